@@ -1,0 +1,194 @@
+//! [`PageBuffer`]: an owning handle to anonymous, page-aligned memory handed to SCST as a
+//! command buffer (scst_user spec §3.6, §8.9: page-aligned, writable anonymous memory,
+//! `MADV_DONTFORK`).
+//!
+//! The memory is shared with agents Rust cannot see (the kernel copies initiator data into it
+//! through pinned pages; later a device DMAs into it), so no Rust reference into it is ever
+//! handed out: access is by copy ([`PageBuffer::read_at`], [`PageBuffer::write_at`]).
+#![allow(unsafe_code)] // UNSAFETY: mmap/munmap and raw copies into memory other agents write.
+
+use std::ptr::NonNull;
+
+/// Page size of the kernel SCST runs on (x86_64).
+pub const PAGE_SIZE: usize = 4096;
+
+/// Errors allocating a buffer.
+#[derive(Debug, thiserror::Error)]
+pub enum PageBufferError {
+    /// Zero or absurd length.
+    #[error("invalid buffer length {0}: must be 1..=1 GiB")]
+    InvalidLength(usize),
+    /// mmap failed.
+    #[error("cannot map {len} bytes of anonymous memory (raise the memory limit or lower queue depth)")]
+    Map {
+        /// Requested length.
+        len: usize,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Anonymous page-aligned memory, unmapped on drop.
+#[derive(Debug)]
+pub struct PageBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain memory owned by this handle; all access goes through copies that
+// take `&self`/`&mut self` bounds checks, so moving or sharing the handle across threads is sound.
+unsafe impl Send for PageBuffer {}
+// SAFETY: see `Send`; concurrent copies through `&self` are byte copies into memory that other
+// agents (kernel, device) may also write, which is the documented contract of this type.
+unsafe impl Sync for PageBuffer {}
+
+impl PageBuffer {
+    /// Map `len` bytes (rounded up to whole pages), zero-filled.
+    ///
+    /// # Errors
+    /// [`PageBufferError`] if the length is invalid or the kernel refuses the mapping.
+    pub fn new(len: usize) -> Result<Self, PageBufferError> {
+        if len == 0 || len > (1 << 30) {
+            return Err(PageBufferError::InvalidLength(len));
+        }
+        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        // SAFETY: anonymous private mapping with no address hint; the result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(PageBufferError::Map {
+                len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `ptr..ptr+len` is the mapping just created. DONTFORK keeps a forked child from
+        // sharing pinned pages (spec §8.9); failure only matters for forking programs, so it is
+        // logged rather than fatal.
+        if unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) } != 0 {
+            log::debug!(
+                "madvise(MADV_DONTFORK) failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(PageBufferError::InvalidLength(len))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// Length in bytes (whole pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never empty; present for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The user virtual address SCST sees (`pbuf`).
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    fn check(&self, offset: usize, len: usize) {
+        let end = offset.checked_add(len);
+        assert!(
+            end.is_some_and(|end| end <= self.len),
+            "access {offset}+{len} outside buffer of {} bytes",
+            self.len
+        );
+    }
+
+    /// Copy `out.len()` bytes starting at `offset` out of the buffer.
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) {
+        self.check(offset, out.len());
+        // SAFETY: the range was checked to lie inside the mapping, which lives as long as self;
+        // `out` is a distinct Rust allocation, so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Copy `data` into the buffer at `offset`.
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn write_at(&self, offset: usize, data: &[u8]) {
+        self.check(offset, data.len());
+        // SAFETY: as in `read_at`. Writing through `&self` is the type's contract: the memory is
+        // shared with the kernel and devices and never borrowed as a Rust reference.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) }
+    }
+
+    /// Fill `len` bytes at `offset` with `byte`.
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) {
+        self.check(offset, len);
+        // SAFETY: the range was checked to lie inside the mapping.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) }
+    }
+}
+
+impl Drop for PageBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`; no reference into it exists.
+        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
+            log::error!(
+                "munmap of {} bytes at {:#x} failed: {}",
+                self.len,
+                self.addr(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_page_aligned_and_rounded() {
+        let b = PageBuffer::new(5000).expect("map");
+        assert_eq!(b.len(), 8192);
+        assert_eq!(b.addr() % PAGE_SIZE as u64, 0);
+    }
+
+    #[test]
+    fn copies_round_trip() {
+        let b = PageBuffer::new(4096).expect("map");
+        b.write_at(100, b"scst");
+        let mut out = [0u8; 4];
+        b.read_at(100, &mut out);
+        assert_eq!(&out, b"scst");
+        b.fill(0, 4096, 0xab);
+        b.read_at(4092, &mut out);
+        assert_eq!(out, [0xab; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside buffer")]
+    fn out_of_range_access_panics() {
+        let b = PageBuffer::new(4096).expect("map");
+        b.write_at(4095, b"xy");
+    }
+
+    #[test]
+    fn zero_length_is_refused() {
+        assert!(matches!(
+            PageBuffer::new(0),
+            Err(PageBufferError::InvalidLength(0))
+        ));
+    }
+}

@@ -1,0 +1,1 @@
+//! The frontend: worker threads serving an scst_user fd.

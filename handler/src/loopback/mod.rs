@@ -1,0 +1,1 @@
+//! The loopback kernel: an in-process model of the scst_user kernel side.

@@ -1,0 +1,1 @@
+//! SCSI block commands (SBC): typed CDB parsing, responses, sense.

@@ -1,0 +1,181 @@
+//! The store interface between the SCSI engine and storage (issue 2 §5).
+//!
+//! Asynchronous and queue-per-thread, in SPDK's model: each frontend worker opens its own
+//! [`StoreQueue`], submits batches of tagged requests (one doorbell per batch on hardware) and
+//! reaps completions, waiting on [`StoreQueue::notify_fd`] together with the scst_user fd.
+//! Requests carry the command's buffer itself (host address and, on DMA-capable stores, IOVA),
+//! so data moves between the SCST-pinned buffer and the medium without a copy in the handler.
+//! The RAM store ([`ram::RamStore`]) implements it now; the accelerator queue driver is the
+//! second implementation.
+
+use scst_accel_dma::PageBuffer;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+pub mod ram;
+
+/// What a store request does. LBAs and counts are in logical blocks of [`StoreInfo::block_size`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Medium → buffer.
+    Read { lba: u64, blocks: u32 },
+    /// Buffer → medium; `fua` forces it to stable media before completion.
+    Write { lba: u64, blocks: u32, fua: bool },
+    /// Make every completed write stable.
+    Flush,
+    /// Write the first block of the buffer to every block of the range (WRITE SAME).
+    WriteSame { lba: u64, blocks: u32 },
+    /// Zero the range; with `deallocate` the store may unmap it (reads then return zeroes).
+    WriteZeroes { lba: u64, blocks: u32, deallocate: bool },
+    /// Deallocate ranges (UNMAP); each range is (lba, blocks).
+    Unmap { ranges: Box<[(u64, u32)]> },
+    /// Check the range is readable (VERIFY with BYTCHK 0).
+    Verify { lba: u64, blocks: u32 },
+    /// Compare the buffer against the medium (VERIFY / WRITE AND VERIFY with BYTCHK 1).
+    Compare { lba: u64, blocks: u32 },
+}
+
+impl StoreOp {
+    /// Does this op read from or write into the request's buffer?
+    pub fn uses_buffer(&self) -> bool {
+        matches!(
+            self,
+            StoreOp::Read { .. }
+                | StoreOp::Write { .. }
+                | StoreOp::WriteSame { .. }
+                | StoreOp::Compare { .. }
+        )
+    }
+
+    /// Bytes of buffer the op needs, for a store with `block_size`.
+    pub fn buffer_bytes(&self, block_size: u32) -> u64 {
+        match self {
+            StoreOp::Read { blocks, .. }
+            | StoreOp::Write { blocks, .. }
+            | StoreOp::Compare { blocks, .. } => u64::from(*blocks) * u64::from(block_size),
+            StoreOp::WriteSame { .. } => u64::from(block_size),
+            _ => 0,
+        }
+    }
+}
+
+/// A command buffer: the pages SCST pinned for this command, owned by the handler.
+#[derive(Clone, Debug)]
+pub struct IoBuffer {
+    /// The pages.
+    pub pages: Arc<PageBuffer>,
+    /// Where the command's data starts inside them.
+    pub offset: usize,
+    /// Bytes of command data.
+    pub len: usize,
+}
+
+/// One request.
+#[derive(Clone, Debug)]
+pub struct StoreRequest {
+    /// Caller's tag, returned in the completion.
+    pub tag: u64,
+    /// The operation.
+    pub op: StoreOp,
+    /// The buffer, for ops that [`StoreOp::uses_buffer`].
+    pub buffer: Option<IoBuffer>,
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreStatus {
+    /// Done.
+    Good,
+    /// Compare found a difference at this byte offset of the range.
+    Miscompare { offset: u64 },
+    /// Unrecovered read error at this LBA.
+    ReadError { lba: u64 },
+    /// Write error at this LBA.
+    WriteError { lba: u64 },
+    /// The range is outside the medium.
+    OutOfRange,
+    /// The request itself was malformed (buffer missing or too small).
+    InvalidRequest,
+    /// The device failed (hardware error).
+    DeviceError,
+    /// Aborted (queue stopped, reset).
+    Aborted,
+}
+
+/// A completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreCompletion {
+    /// The request's tag.
+    pub tag: u64,
+    /// Outcome.
+    pub status: StoreStatus,
+}
+
+/// What a store offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Capacity in blocks.
+    pub num_blocks: u64,
+    /// Largest single transfer in blocks.
+    pub max_transfer_blocks: u32,
+    /// Deallocation (UNMAP, WRITE ZEROES with deallocate) is supported.
+    pub supports_unmap: bool,
+    /// A volatile write cache exists (FLUSH and FUA mean something).
+    pub volatile_cache: bool,
+}
+
+/// Errors opening or driving a store queue.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The queue is full: reap completions, then resubmit the rest.
+    #[error("store queue full ({in_flight} requests in flight); reap completions before submitting more")]
+    QueueFull {
+        /// Requests in flight.
+        in_flight: usize,
+    },
+    /// No more queues.
+    #[error("store has no free queue (all {max} in use); start fewer workers")]
+    NoQueue {
+        /// Queues the store has.
+        max: usize,
+    },
+    /// The device is gone or failed.
+    #[error("store device failed: {0}")]
+    Device(String),
+}
+
+/// A store: shared by all workers, each of which opens its own queue.
+pub trait Store: Send + Sync {
+    /// Geometry and capabilities.
+    fn info(&self) -> StoreInfo;
+    /// Open a queue for the calling worker.
+    ///
+    /// # Errors
+    /// [`StoreError::NoQueue`] when every queue is taken.
+    fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError>;
+}
+
+/// One worker's queue. Not shared: the owning thread submits and reaps without locks.
+pub trait StoreQueue: Send {
+    /// Submit requests in order; the accepted ones are drained from the front of `batch`.
+    ///
+    /// # Errors
+    /// [`StoreError::QueueFull`] with the rest left in `batch`.
+    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError>;
+    /// Move finished completions into `out`; returns how many.
+    fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize;
+    /// Readable while completions may be waiting; `None` for a store that completes every
+    /// request inside [`StoreQueue::submit`].
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Requests submitted and not yet reaped.
+    fn in_flight(&self) -> usize;
+}
+
+impl fmt::Display for StoreStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}

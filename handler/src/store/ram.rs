@@ -1,0 +1,1 @@
+//! RAM store.

@@ -1,0 +1,1 @@
+//! The real `/dev/scst_user` transport.
