@@ -15,6 +15,8 @@ use std::fmt;
 use std::os::fd::BorrowedFd;
 
 pub mod device;
+pub mod fdio;
+pub mod version;
 
 /// An errno returned by an scst_user ioctl (the kernel's answer, kept as is).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
