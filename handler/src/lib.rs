@@ -14,3 +14,4 @@ pub mod loopback;
 pub mod scsi;
 pub mod store;
 pub mod transport;
+pub mod workload;

@@ -1,1 +1,593 @@
-//! SCSI block commands (SBC): typed CDB parsing, responses, sense.
+//! SCSI block commands (SBC): the engine that turns a CDB into a response or a store plan.
+//!
+//! Pure and synchronous: [`Disk::start`] decodes the CDB (`cdb.rs`, driven by the one opcode
+//! table in `opcodes.rs`) and either answers at once ([`Plan::Done`]: INQUIRY, MODE SENSE,
+//! errors...) or says what the store must do ([`Plan::Io`]); the frontend runs the store op and
+//! calls [`Disk::finish`] with its status, which answers or plans the next step (WRITE AND
+//! VERIFY). Shared by all frontend workers: every method takes `&self`.
+//!
+//! - `cdb.rs`: typed CDB decoding; `opcodes.rs`: the command table, REPORT SUPPORTED OPERATION
+//!   CODES; `info.rs`: what the PARSE reply needs; [`sense`]: fixed/descriptor sense;
+//!   `inquiry.rs`: INQUIRY and VPD pages; `capacity.rs`: READ CAPACITY; `mode.rs`: mode pages,
+//!   MODE SENSE/SELECT; `rw.rs`: store plans for READ/WRITE/VERIFY/WRITE SAME/UNMAP/SYNCHRONIZE
+//!   CACHE and their completion.
+//!
+//! SCST core answers REPORT LUNS, persistent reservations and more itself (spec §6.4); those are
+//! not reimplemented here.
+
+use crate::abi::sam_status;
+use crate::store::StoreOp;
+use crate::store::StoreStatus;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+
+mod capacity;
+mod cdb;
+mod info;
+mod inquiry;
+mod mode;
+mod opcodes;
+mod rw;
+pub mod sense;
+
+#[cfg(test)]
+mod tests;
+
+use cdb::Command;
+use cdb::Decoded;
+use cdb::Geometry;
+use mode::ModePages;
+use sense::Sense;
+
+pub use inquiry::NAA_OUI;
+
+/// Limits reported in the Block Limits VPD page (B0h) and enforced on commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockLimits {
+    /// MAXIMUM TRANSFER LENGTH in blocks; longer READ/WRITE/VERIFY get INVALID FIELD IN CDB.
+    pub max_transfer_blocks: u32,
+    /// OPTIMAL TRANSFER LENGTH in blocks.
+    pub optimal_transfer_blocks: u32,
+    /// MAXIMUM UNMAP LBA COUNT: blocks one UNMAP command may deallocate in total.
+    pub max_unmap_lba_count: u32,
+    /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+    pub max_unmap_descriptors: u32,
+    /// MAXIMUM WRITE SAME LENGTH in blocks.
+    pub max_write_same_blocks: u64,
+    /// OPTIMAL UNMAP GRANULARITY in blocks.
+    pub unmap_granularity: u32,
+}
+
+/// What the disk is: geometry, identity, features and initial mode page values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Logical block size: a power of two in 512..=65536, equal to the block size registered
+    /// with SCST (spec §3.10: the core snoops READ CAPACITY).
+    pub block_size: u32,
+    /// Capacity in blocks.
+    pub num_blocks: u64,
+    /// INQUIRY T10 vendor identification (up to 8 ASCII characters, space padded).
+    pub vendor: String,
+    /// INQUIRY product identification (up to 16 characters).
+    pub product: String,
+    /// INQUIRY product revision level (up to 4 characters).
+    pub revision: String,
+    /// Unit serial number (VPD 80h; also the T10 vendor ID designator in VPD 83h).
+    pub serial: String,
+    /// Identifier of the logical unit. VPD 83h reports it as an NAA IEEE Registered Extended
+    /// designator (NAA 6, 16 bytes): [`NAA_OUI`], 36 zero bits, then all 64 bits of
+    /// `naa_id` as the vendor specific identifier extension. NAA 6 is chosen over NAA 5 because
+    /// NAA 5 has room for only 36 of the 64 bits, so two ids could collide.
+    pub naa_id: u64,
+    /// Writes end with DATA PROTECT / WRITE PROTECTED (SCST core also enforces this for
+    /// WRITE_MEDIUM commands, spec §6.4); MODE SENSE reports WP.
+    pub read_only: bool,
+    /// Logical block provisioning: LBPME in READ CAPACITY(16), VPD B2h, UNMAP and WRITE SAME
+    /// with UNMAP offered.
+    pub thin_provisioning: bool,
+    /// Deallocated blocks read as zeroes (LBPRZ). Set it only if the store guarantees it.
+    pub unmapped_reads_zero: bool,
+    /// Initial WCE of the caching mode page; with WCE 0 every write is forced to FUA.
+    pub write_cache: bool,
+    /// Initial D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70)
+    /// sense. Register SCST with the same value (`Opt::d_sense`) so core-made sense agrees.
+    pub d_sense: bool,
+    /// Limits (VPD B0h).
+    pub limits: BlockLimits,
+}
+
+impl DiskConfig {
+    /// A disk with sensible defaults: 4 MiB maximum transfer (SCST caches buffers up to 4 MiB,
+    /// spec pitfall 9), 1 MiB optimal, 4 KiB unmap granularity, 1 GiB UNMAP / WRITE SAME limits,
+    /// write cache on, fixed sense, thick provisioning, read-write.
+    pub fn new(block_size: u32, num_blocks: u64) -> Self {
+        let blocks_of =
+            |bytes: u64| u32::try_from((bytes / u64::from(block_size.max(1))).max(1)).unwrap_or(u32::MAX);
+        Self {
+            block_size,
+            num_blocks,
+            vendor: "SCST_ACC".to_owned(),
+            product: "scst-accel disk".to_owned(),
+            revision: "0001".to_owned(),
+            serial: String::new(),
+            naa_id: 0,
+            read_only: false,
+            thin_provisioning: false,
+            unmapped_reads_zero: false,
+            write_cache: true,
+            d_sense: false,
+            limits: BlockLimits {
+                max_transfer_blocks: blocks_of(4 << 20),
+                optimal_transfer_blocks: blocks_of(1 << 20),
+                max_unmap_lba_count: blocks_of(1 << 30),
+                max_unmap_descriptors: 256,
+                max_write_same_blocks: u64::from(blocks_of(1 << 30)),
+                unmap_granularity: blocks_of(4096),
+            },
+        }
+    }
+}
+
+/// A [`DiskConfig`] the engine cannot serve.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DiskConfigError {
+    /// Block size is not a power of two in 512..=65536.
+    #[error("block size {0} is not a power of two between 512 and 65536; use 512, 4096, ...")]
+    BlockSize(u32),
+    /// The maximum transfer cannot be expressed in the kernel's i32 buffer length, or is 0.
+    #[error("max_transfer_blocks {blocks} × block size {block_size} must be 1 block .. 2 GiB; lower it")]
+    MaxTransfer {
+        /// Configured blocks.
+        blocks: u32,
+        /// Block size.
+        block_size: u32,
+    },
+}
+
+/// Data the initiator sent with the command (data-out), read by the engine where it must look
+/// at it: MODE SELECT and UNMAP parameter lists, the WRITE SAME block.
+pub trait DataOut {
+    /// Bytes available.
+    fn len(&self) -> usize;
+    /// Is there no data?
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copy bytes from `offset` into `out`; bytes past [`DataOut::len`] read as zero.
+    fn read(&self, offset: usize, out: &mut [u8]);
+}
+
+impl DataOut for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        let src = self.get(offset..).unwrap_or(&[]);
+        let n = src.len().min(out.len());
+        out[..n].copy_from_slice(&src[..n]);
+        out[n..].fill(0);
+    }
+}
+
+/// A slice as `&dyn DataOut` (`[u8]` itself is unsized and cannot be a trait object):
+/// `disk.start(cdb, &data)` with `data: &[u8]`.
+impl DataOut for &[u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        DataOut::read(*self, offset, out);
+    }
+}
+
+impl DataOut for Vec<u8> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        DataOut::read(self.as_slice(), offset, out);
+    }
+}
+
+impl<const N: usize> DataOut for [u8; N] {
+    fn len(&self) -> usize {
+        N
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        DataOut::read(self.as_slice(), offset, out);
+    }
+}
+
+/// No data-out.
+pub const NO_DATA: &[u8] = &[];
+
+/// The engine's answer to a command step.
+#[derive(Debug)]
+pub enum Plan {
+    /// Finished: send this response.
+    Done(Response),
+    /// Run this store op, then call [`Disk::finish`].
+    Io(IoPlan),
+}
+
+/// A store step and what to do when it completes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoPlan {
+    /// The store operation, in blocks of [`Disk::block_size`]. Ops that
+    /// [`StoreOp::uses_buffer`] use the command's SCST buffer ([`StoreOp::buffer_bytes`] of it).
+    pub op: StoreOp,
+    /// The step after this one succeeds (the verification of WRITE AND VERIFY).
+    then: Option<StoreOp>,
+    /// Data-in bytes the command returns when the op succeeds (READ).
+    data_in_len: usize,
+}
+
+/// A finished command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// SAM status (`crate::abi::sam_status`).
+    pub status: u8,
+    /// Sense data; empty unless CHECK CONDITION.
+    pub sense: Vec<u8>,
+    /// Data-in generated by the engine, already truncated to the CDB's allocation length.
+    pub data: Vec<u8>,
+    /// Data-in bytes of the command: `data.len()` for engine data, the bytes the store moved
+    /// for a READ.
+    pub data_in_len: usize,
+}
+
+impl Response {
+    /// GOOD, no data.
+    pub fn good() -> Self {
+        Self {
+            status: sam_status::GOOD,
+            sense: Vec::new(),
+            data: Vec::new(),
+            data_in_len: 0,
+        }
+    }
+
+    /// GOOD with engine data, truncated to `alloc` bytes.
+    fn with_data(mut data: Vec<u8>, alloc: u32) -> Self {
+        data.truncate(usize::try_from(alloc).unwrap_or(usize::MAX));
+        let data_in_len = data.len();
+        Self {
+            status: sam_status::GOOD,
+            sense: Vec::new(),
+            data,
+            data_in_len,
+        }
+    }
+
+    /// CHECK CONDITION with these sense bytes.
+    pub fn check_condition(sense: Vec<u8>) -> Self {
+        Self {
+            status: sam_status::CHECK_CONDITION,
+            sense,
+            data: Vec::new(),
+            data_in_len: 0,
+        }
+    }
+}
+
+/// What SCST's PARSE reply needs (spec §3.4 PARSE row). `op_flags` are to be OR-ed into the
+/// op_flags the kernel sent, which carry the core's own flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CdbInfo {
+    /// `crate::abi::data_direction` (NONE when nothing is transferred).
+    pub direction: u8,
+    /// Buffer bytes (bufflen).
+    pub transfer_len: u32,
+    /// First LBA (0 for commands without one).
+    pub lba: u64,
+    /// Bytes of the medium the command covers (WRITE SAME: the whole range; else transfer_len).
+    pub data_len: u64,
+    /// INFO_VALID always; WRITE_MEDIUM for commands that write the medium; LBA_NOT_VALID for
+    /// commands without an LBA.
+    pub op_flags: u32,
+}
+
+/// One logical unit: configuration plus the state commands change (mode pages, stopped,
+/// prevent-removal, capacity).
+#[derive(Debug)]
+pub struct Disk {
+    config: DiskConfig,
+    num_blocks: AtomicU64,
+    /// START STOP UNIT with START=0: media access gets NOT READY.
+    stopped: AtomicBool,
+    /// PREVENT ALLOW MEDIUM REMOVAL.
+    prevent_removal: AtomicBool,
+    /// Mirrors of the current WCE and D_SENSE, read on every command without the lock.
+    wce: AtomicBool,
+    d_sense: AtomicBool,
+    /// Current mode pages; the lock is held only to read or replace them.
+    mode: Mutex<ModePages>,
+}
+
+static_assertions::assert_impl_all!(Disk: Send, Sync);
+
+impl Disk {
+    /// A disk for `config`.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`Disk::try_new`]): that is a programming error of
+    /// the caller, not something the initiator or kernel can cause.
+    pub fn new(config: DiskConfig) -> Self {
+        match Self::try_new(config) {
+            Ok(disk) => disk,
+            Err(e) => panic!("invalid disk configuration: {e}"),
+        }
+    }
+
+    /// A disk for `config`, checking it first.
+    ///
+    /// # Errors
+    /// [`DiskConfigError`] when the block size or transfer limit cannot be served.
+    pub fn try_new(config: DiskConfig) -> Result<Self, DiskConfigError> {
+        let bs = config.block_size;
+        if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+            return Err(DiskConfigError::BlockSize(bs));
+        }
+        let max = config.limits.max_transfer_blocks;
+        if max == 0 || u64::from(max) * u64::from(bs) > i32::MAX as u64 {
+            return Err(DiskConfigError::MaxTransfer {
+                blocks: max,
+                block_size: bs,
+            });
+        }
+        Ok(Self {
+            num_blocks: AtomicU64::new(config.num_blocks),
+            stopped: AtomicBool::new(false),
+            prevent_removal: AtomicBool::new(false),
+            wce: AtomicBool::new(config.write_cache),
+            d_sense: AtomicBool::new(config.d_sense),
+            mode: Mutex::new(ModePages::defaults(&config)),
+            config,
+        })
+    }
+
+    /// The configuration the disk was built with (initial values; see the getters for state).
+    pub fn config(&self) -> &DiskConfig {
+        &self.config
+    }
+
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.config.block_size
+    }
+
+    /// Current capacity in blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks.load(Ordering::Acquire)
+    }
+
+    /// Resize; READ CAPACITY reports the new size from now on. The caller tells SCST with
+    /// DEVICE_CAPACITY_CHANGED (spec §3.9) so initiators get the unit attention.
+    pub fn set_num_blocks(&self, blocks: u64) {
+        log::info!("disk resized: {} -> {} blocks", self.num_blocks(), blocks);
+        self.num_blocks.store(blocks, Ordering::Release);
+    }
+
+    /// Current D_SENSE: descriptor sense rather than fixed.
+    pub fn descriptor_sense(&self) -> bool {
+        self.d_sense.load(Ordering::Acquire)
+    }
+
+    /// Current WCE of the caching mode page.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.wce.load(Ordering::Acquire)
+    }
+
+    /// Stopped by START STOP UNIT?
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Medium removal prevented by PREVENT ALLOW MEDIUM REMOVAL?
+    pub fn removal_prevented(&self) -> bool {
+        self.prevent_removal.load(Ordering::Acquire)
+    }
+
+    /// Start a command. `data_out` is the data the initiator sent (MODE SELECT / UNMAP
+    /// parameter lists, WRITE SAME block, VERIFY BYTCHK data); empty for commands without it.
+    pub fn start(&self, cdb: &[u8], data_out: &dyn DataOut) -> Plan {
+        let decoded = match cdb::decode(cdb, &self.geometry()) {
+            Ok(d) => d,
+            Err(sense) => return self.fail(cdb.first().copied(), "unsupported or malformed CDB", sense),
+        };
+        match self.execute(&decoded, data_out) {
+            Ok(plan) => plan,
+            Err(sense) => self.fail(Some(decoded.entry.opcode), decoded.entry.name, sense),
+        }
+    }
+
+    /// Continue after the store finished `io` with `status`: the final response, or the next
+    /// store step (WRITE AND VERIFY: the write, then the compare or verify).
+    pub fn finish(&self, io: &IoPlan, status: StoreStatus) -> Plan {
+        match rw::finish(io, status) {
+            Ok(plan) => plan,
+            Err(sense) => {
+                log::debug!("store op {:?} ended {status}", io.op);
+                Plan::Done(Response::check_condition(sense.encode(self.descriptor_sense())))
+            }
+        }
+    }
+
+    /// What SCST's PARSE reply needs for this CDB (spec §3.4). Unsupported or malformed CDB →
+    /// `Err` with CHECK CONDITION and sense.
+    pub fn cdb_info(&self, cdb: &[u8]) -> Result<CdbInfo, Response> {
+        let geo = self.geometry();
+        match cdb::decode(cdb, &geo) {
+            Ok(d) => Ok(info::cdb_info(&d, &geo)),
+            Err(sense) => Err(Response::check_condition(sense.encode(self.descriptor_sense()))),
+        }
+    }
+
+    /// LOGICAL UNIT RESET / TARGET RESET: clear PREVENT ALLOW MEDIUM REMOVAL and return the
+    /// mode pages to their defaults. The stopped state is left as it is: only START STOP UNIT
+    /// changes it (SBC-3 §4.20; SCST's fileio likewise only clears prevent-removal, §6.3).
+    pub fn reset(&self) {
+        self.prevent_removal.store(false, Ordering::Release);
+        let defaults = ModePages::defaults(&self.config);
+        let mut pages = self.mode_pages();
+        self.publish_mode(&defaults);
+        *pages = defaults;
+    }
+
+    /// Sense bytes (fixed or descriptor per the current D_SENSE) for key/asc/ascq, for callers
+    /// that need sense without a CDB (BUSY handling, aborted commands).
+    pub fn sense(&self, key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+        Sense::new(key, (asc, ascq)).encode(self.descriptor_sense())
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            block_size: self.config.block_size,
+            num_blocks: self.num_blocks(),
+            thin: self.config.thin_provisioning,
+            limits: self.config.limits,
+        }
+    }
+
+    fn fail(&self, opcode: Option<u8>, what: &str, sense: Sense) -> Plan {
+        log::debug!(
+            "opcode {:02x?} ({what}): CHECK CONDITION {:x}/{:02x}/{:02x}",
+            opcode,
+            sense.key,
+            sense.asc,
+            sense.ascq
+        );
+        Plan::Done(Response::check_condition(sense.encode(self.descriptor_sense())))
+    }
+
+    /// The mode pages; a poisoned lock still holds valid pages (they are replaced whole), so
+    /// it is recovered rather than propagated as a panic.
+    fn mode_pages(&self) -> MutexGuard<'_, ModePages> {
+        self.mode.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish_mode(&self, pages: &ModePages) {
+        self.wce.store(pages.wce(), Ordering::Release);
+        self.d_sense.store(pages.d_sense(), Ordering::Release);
+    }
+
+    fn execute(&self, d: &Decoded, data_out: &dyn DataOut) -> Result<Plan, Sense> {
+        if d.entry.media_access && self.is_stopped() {
+            return Err(Sense::not_ready_stopped());
+        }
+        if d.entry.writes_medium && self.config.read_only {
+            return Err(Sense::write_protected());
+        }
+        let done = |r: Response| Ok(Plan::Done(r));
+        match d.command {
+            Command::TestUnitReady | Command::ReserveRelease => done(Response::good()),
+            Command::RequestSense { desc, alloc } => {
+                // SPC-4 §6.39: no pending sense (SCST core answers those, spec §6.4), so report
+                // the unit's condition: NOT READY while stopped, else NO SENSE.
+                let sense = if self.is_stopped() {
+                    Sense::not_ready_stopped()
+                } else {
+                    Sense::new(sense::sense_key::NO_SENSE, sense::asc::NO_ADDITIONAL_SENSE)
+                };
+                done(Response::with_data(sense.encode(desc), alloc))
+            }
+            Command::Inquiry { evpd, page, alloc } => {
+                let data = if evpd {
+                    inquiry::vpd_page(page, &self.config)?
+                } else {
+                    inquiry::standard(&self.config)
+                };
+                done(Response::with_data(data, alloc))
+            }
+            Command::ReadCapacity10 => done(Response::with_data(
+                capacity::read_capacity_10(self.num_blocks(), self.block_size()).to_vec(),
+                u32::MAX,
+            )),
+            Command::ReadCapacity16 { alloc } => done(Response::with_data(
+                capacity::read_capacity_16(self.num_blocks(), &self.config).to_vec(),
+                alloc,
+            )),
+            Command::ModeSense(ms) => {
+                let data = mode::mode_sense(&ms, &self.mode_pages(), &self.config, self.num_blocks())?;
+                done(Response::with_data(data, ms.alloc))
+            }
+            Command::ModeSelect { ten, param_len } => {
+                let param = read_param(data_out, param_len);
+                let mut pages = self.mode_pages();
+                let new = mode::mode_select(ten, &param, &pages, self.block_size(), self.num_blocks())?;
+                self.publish_mode(&new);
+                *pages = new;
+                done(Response::good())
+            }
+            Command::StartStopUnit {
+                no_flush,
+                start,
+                loej,
+            } => self.start_stop(start, loej, no_flush),
+            Command::PreventAllow { prevent } => {
+                self.prevent_removal.store(prevent, Ordering::Release);
+                done(Response::good())
+            }
+            Command::ReportSupportedOpcodes { request, alloc } => done(Response::with_data(
+                opcodes::report(request, self.config.thin_provisioning)?,
+                alloc,
+            )),
+            Command::Read { .. }
+            | Command::Write { .. }
+            | Command::WriteAndVerify { .. }
+            | Command::Verify { .. }
+            | Command::SynchronizeCache { .. }
+            | Command::WriteSame { .. }
+            | Command::Unmap { .. } => rw::plan(&d.command, data_out, &self.rw_context()),
+        }
+    }
+
+    fn rw_context(&self) -> rw::Context {
+        rw::Context {
+            geometry: self.geometry(),
+            write_cache: self.write_cache_enabled(),
+        }
+    }
+
+    /// START STOP UNIT (SBC-3 §5.25). Stopping flushes the cache unless NO_FLUSH; an eject
+    /// (LOEJ with START=0) is refused while removal is prevented.
+    fn start_stop(&self, start: bool, loej: bool, no_flush: bool) -> Result<Plan, Sense> {
+        if start {
+            self.stopped.store(false, Ordering::Release);
+            return Ok(Plan::Done(Response::good()));
+        }
+        if loej && self.removal_prevented() {
+            return Err(Sense::new(
+                sense::sense_key::ILLEGAL_REQUEST,
+                sense::asc::MEDIUM_REMOVAL_PREVENTED,
+            ));
+        }
+        self.stopped.store(true, Ordering::Release);
+        if no_flush {
+            Ok(Plan::Done(Response::good()))
+        } else {
+            Ok(Plan::Io(IoPlan {
+                op: StoreOp::Flush,
+                then: None,
+                data_in_len: 0,
+            }))
+        }
+    }
+}
+
+/// The first `param_len` bytes of the data-out (fewer if the initiator sent fewer).
+fn read_param(data_out: &dyn DataOut, param_len: u32) -> Vec<u8> {
+    let n = data_out
+        .len()
+        .min(usize::try_from(param_len).unwrap_or(usize::MAX));
+    let mut v = vec![0u8; n];
+    data_out.read(0, &mut v);
+    v
+}

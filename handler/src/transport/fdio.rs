@@ -28,9 +28,8 @@ impl EventFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh descriptor this process owns and nobody else closes.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd })
     }
 
     /// Make it readable (adds 1 to the counter; saturating is harmless for a flag).

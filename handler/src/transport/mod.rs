@@ -16,6 +16,8 @@ use std::os::fd::BorrowedFd;
 
 pub mod device;
 pub mod fdio;
+pub mod register;
+pub mod sys;
 pub mod version;
 
 /// An errno returned by an scst_user ioctl (the kernel's answer, kept as is).

@@ -1,1 +1,0 @@
-//! The frontend: worker threads serving an scst_user fd.

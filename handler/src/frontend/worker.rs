@@ -1,0 +1,585 @@
+//! One frontend worker: a loop over REPLY_AND_GET_MULTI, the engine and its own store queue.
+
+use super::SessionInfo;
+use super::Shared;
+use super::WorkerExit;
+use crate::abi;
+use crate::abi::data_direction;
+use crate::abi::sam_status;
+use crate::abi::GetCmd;
+use crate::abi::MultiBuffer;
+use crate::abi::ReplyCmd;
+use crate::scsi::DataOut;
+use crate::scsi::IoPlan;
+use crate::scsi::Plan;
+use crate::scsi::Response;
+use crate::store::IoBuffer;
+use crate::store::StoreCompletion;
+use crate::store::StoreQueue;
+use crate::store::StoreRequest;
+use crate::transport::fdio::poll_readable;
+use crate::transport::Errno;
+use scst_accel_dma::PageBuffer;
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What an EXEC reply needs to know about its command.
+struct ExecCtx {
+    buffer: Option<IoBuffer>,
+    direction: u8,
+    bufflen: u32,
+    /// Buffer allocated at EXEC time (pbuf was 0): must be named in the reply (spec §3.5).
+    new_pbuf: u64,
+}
+
+/// An EXEC whose store work is under way.
+struct Inflight {
+    io: IoPlan,
+    ctx: ExecCtx,
+}
+
+/// The command buffer as the engine's data-out source.
+struct BufferDataOut<'a> {
+    buffer: Option<&'a IoBuffer>,
+}
+
+impl DataOut for BufferDataOut<'_> {
+    fn len(&self) -> usize {
+        self.buffer.map_or(0, |b| b.len)
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        if let Some(b) = self.buffer {
+            let n = out.len().min(b.len.saturating_sub(offset));
+            b.pages.read_at(b.offset + offset, &mut out[..n]);
+        }
+    }
+}
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    queue: Box<dyn StoreQueue>,
+    multi: MultiBuffer,
+    /// Replies for the next ioctl, contiguous as the kernel reads them (`preplies`).
+    replies: Vec<ReplyCmd>,
+    /// Sense bytes the replies point at; alive until their replies are consumed.
+    senses: Vec<Vec<u8>>,
+    inflight: HashMap<u32, Inflight>,
+    submit: Vec<StoreRequest>,
+    completions: Vec<StoreCompletion>,
+}
+
+impl Worker {
+    pub(super) fn new(shared: Arc<Shared>, queue: Box<dyn StoreQueue>) -> Self {
+        let multi = MultiBuffer::new(shared.config.cmds_per_call.max(1));
+        Self {
+            shared,
+            queue,
+            multi,
+            replies: Vec::new(),
+            senses: Vec::new(),
+            inflight: HashMap::new(),
+            submit: Vec::new(),
+            completions: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self) -> WorkerExit {
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            self.reap_store();
+            let stopping = self.shared.stop.load(Ordering::Acquire);
+            if stopping {
+                let deadline =
+                    *stop_deadline.get_or_insert_with(|| Instant::now() + self.shared.config.stop_grace);
+                if self.inflight.is_empty() && self.replies.is_empty() {
+                    return WorkerExit::default();
+                }
+                if Instant::now() >= deadline {
+                    log::error!(
+                        "stop grace expired with {} store requests in flight and {} replies pending",
+                        self.inflight.len(),
+                        self.replies.len()
+                    );
+                    return WorkerExit {
+                        abandoned: self.inflight.len(),
+                        undelivered_replies: self.replies.len(),
+                    };
+                }
+            }
+            let want = if stopping { 0 } else { self.multi.capacity() };
+            let fetched = if want > 0 || !self.replies.is_empty() {
+                self.exchange(want)
+            } else {
+                0
+            };
+            for index in 0..fetched {
+                let cmd = *self.multi.cmd(index);
+                self.dispatch(&cmd);
+            }
+            self.flush_submissions();
+            if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
+                // While stopping, new commands are not fetched: wait for the store only.
+                self.wait(!stopping);
+            }
+        }
+    }
+
+    fn completions_pending(&self) -> usize {
+        if self.queue.notify_fd().is_none() {
+            self.queue.in_flight()
+        } else {
+            0
+        }
+    }
+
+    /// Wait for the fd (when `fetching`) or the store queue, bounded by `idle_poll`.
+    fn wait(&self, fetching: bool) {
+        let fd = Some(self.shared.fd.poll_fd()).filter(|_| fetching);
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().chain(self.queue.notify_fd()).collect();
+        if fds.is_empty() {
+            std::thread::sleep(self.shared.config.idle_poll);
+            return;
+        }
+        if let Err(e) = poll_readable(&fds, self.shared.config.idle_poll) {
+            log::warn!("poll on the scst_user fd failed: {e}");
+            std::thread::sleep(self.shared.config.idle_poll);
+        }
+    }
+
+    /// One REPLY_AND_GET_MULTI: deliver pending replies, fetch up to `want` commands. Returns
+    /// the number of commands fetched. Reply bookkeeping follows spec §3.3 and pitfall §8.3: a
+    /// reply the kernel failed on is consumed and never resent.
+    fn exchange(&mut self, want: usize) -> usize {
+        let replies_cnt = self.replies.len().min(i16::MAX as usize);
+        self.multi.set_header(abi::GetMultiHeader {
+            preplies: if replies_cnt > 0 {
+                self.replies.as_ptr() as u64
+            } else {
+                0
+            },
+            replies_cnt: replies_cnt as i16,
+            replies_done: 0,
+            cmds_cnt: want as i16,
+            _pad: 0,
+        });
+        self.shared.counters.ioctls.fetch_add(1, Ordering::Relaxed);
+        let result = self.shared.fd.reply_and_get_multi(&mut self.multi);
+        let header = self.multi.header();
+        let done = (header.replies_done.max(0) as usize).min(replies_cnt);
+        let fetched = (header.cmds_cnt.max(0) as usize).min(want);
+        match result {
+            Ok(()) => self.consume_replies(replies_cnt),
+            Err(errno) if done < replies_cnt => {
+                let failed = self.replies[done];
+                self.shared.counters.reply_errors.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "kernel refused reply for cmd_h {} subcode {:#x}: {errno}; it is consumed and not resent",
+                    failed.cmd_h,
+                    failed.subcode
+                );
+                self.consume_replies(done + 1);
+            }
+            Err(Errno::EAGAIN) => self.consume_replies(replies_cnt),
+            Err(errno) => {
+                self.consume_replies(replies_cnt);
+                log::warn!("REPLY_AND_GET_MULTI failed after all replies were taken: {errno}");
+            }
+        }
+        fetched
+    }
+
+    fn consume_replies(&mut self, n: usize) {
+        self.replies.drain(..n);
+        if self.replies.is_empty() {
+            self.senses.clear();
+        }
+    }
+
+    fn dispatch(&mut self, cmd: &GetCmd) {
+        let counters = &self.shared.counters;
+        match cmd.subcode {
+            abi::SCST_USER_EXEC => {
+                counters.exec.fetch_add(1, Ordering::Relaxed);
+                self.exec(cmd);
+            }
+            abi::SCST_USER_ALLOC_MEM => {
+                counters.alloc_mem.fetch_add(1, Ordering::Relaxed);
+                self.alloc_mem(cmd);
+            }
+            abi::SCST_USER_ON_FREE_CMD => {
+                counters.on_free.fetch_add(1, Ordering::Relaxed);
+                let free: abi::ScsiOnFreeCmd = cmd.read_payload();
+                if free.buffer_cached == 0 && free.pbuf != 0 {
+                    self.shared.buffers.release(free.pbuf);
+                }
+                self.replies.push(ReplyCmd::new(cmd.cmd_h, cmd.subcode));
+            }
+            abi::SCST_USER_ON_CACHED_MEM_FREE => {
+                counters.on_cached_mem_free.fetch_add(1, Ordering::Relaxed);
+                let free: abi::OnCachedMemFree = cmd.read_payload();
+                if !self.shared.buffers.release(free.pbuf) {
+                    log::warn!(
+                        "ON_CACHED_MEM_FREE for unknown buffer {:#x} (owner cmd_h {})",
+                        free.pbuf,
+                        cmd.cmd_h
+                    );
+                }
+                self.replies.push(ReplyCmd::new(cmd.cmd_h, cmd.subcode));
+            }
+            abi::SCST_USER_PARSE => {
+                counters.parse.fetch_add(1, Ordering::Relaxed);
+                self.parse(cmd);
+            }
+            abi::SCST_USER_ATTACH_SESS | abi::SCST_USER_DETACH_SESS => self.session(cmd),
+            abi::SCST_USER_TASK_MGMT_RECEIVED | abi::SCST_USER_TASK_MGMT_DONE => self.task_mgmt(cmd),
+            abi::SCST_USER_EXT_COPY_REMAP => self.ext_copy_remap(cmd),
+            other => log::error!("unknown subcode {other:#x} for cmd_h {}; not answered", cmd.cmd_h),
+        }
+    }
+
+    fn session(&mut self, cmd: &GetCmd) {
+        let sess: abi::Sess = cmd.read_payload();
+        let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if cmd.subcode == abi::SCST_USER_ATTACH_SESS {
+            self.shared.counters.attach.fetch_add(1, Ordering::Relaxed);
+            let info = SessionInfo {
+                lun: sess.lun,
+                initiator: abi::c_name(&sess.initiator_name),
+                rd_only: sess.rd_only != 0,
+            };
+            log::info!(
+                "session {:#x} attached: LUN {} initiator {}",
+                sess.sess_h,
+                info.lun,
+                info.initiator
+            );
+            let result = if sessions.insert(sess.sess_h, info).is_some() {
+                -libc::EEXIST
+            } else {
+                0
+            };
+            self.replies
+                .push(ReplyCmd::with_result(cmd.cmd_h, cmd.subcode, result));
+        } else {
+            self.shared.counters.detach.fetch_add(1, Ordering::Relaxed);
+            sessions.remove(&sess.sess_h);
+            log::info!("session {:#x} detached", sess.sess_h);
+            self.replies.push(ReplyCmd::new(cmd.cmd_h, cmd.subcode));
+        }
+    }
+
+    fn task_mgmt(&mut self, cmd: &GetCmd) {
+        self.shared.counters.task_mgmt.fetch_add(1, Ordering::Relaxed);
+        let tm: abi::Tm = cmd.read_payload();
+        log::info!(
+            "task management {} fn {} cmd_h_to_abort {} ({} commands in flight here)",
+            if cmd.subcode == abi::SCST_USER_TASK_MGMT_RECEIVED {
+                "received"
+            } else {
+                "done"
+            },
+            tm.fn_,
+            tm.cmd_h_to_abort,
+            self.inflight.len()
+        );
+        if cmd.subcode == abi::SCST_USER_TASK_MGMT_DONE
+            && matches!(
+                tm.fn_,
+                abi::tm_fn::LUN_RESET | abi::tm_fn::TARGET_RESET | abi::tm_fn::PR_ABORT_ALL
+            )
+        {
+            self.shared.disk.reset();
+        }
+        // Affected EXECs finish on their own (the store completes them); spec §4 only asks that
+        // every one of them is answered, which the in-flight table guarantees.
+        self.replies.push(ReplyCmd::with_result(
+            cmd.cmd_h,
+            cmd.subcode,
+            abi::tm_result::SUCCESS,
+        ));
+    }
+
+    fn ext_copy_remap(&mut self, cmd: &GetCmd) {
+        // We register ext_copy_remap_supported = 0, so this is a kernel surprise: fail the
+        // segment rather than claim it was copied.
+        log::warn!("unexpected EXT_COPY_REMAP for cmd_h {}", cmd.cmd_h);
+        let sense = self.shared.disk.sense(0x05, 0x20, 0x00);
+        let (sense_len, psense_buffer) = self.keep_sense(sense);
+        let reply = abi::ExtCopyReplyRemap {
+            status: sam_status::CHECK_CONDITION,
+            sense_len,
+            psense_buffer,
+            ..Default::default()
+        };
+        self.replies
+            .push(ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &reply));
+    }
+
+    fn parse(&mut self, cmd: &GetCmd) {
+        let parse: abi::ScsiCmdParse = cmd.read_payload();
+        let cdb_len = usize::from(parse.cdb_len).min(abi::SCST_MAX_CDB_SIZE);
+        let reply = match self.shared.disk.cdb_info(&parse.cdb[..cdb_len]) {
+            Ok(info) => ReplyCmd::with_payload(
+                cmd.cmd_h,
+                cmd.subcode,
+                &abi::ParseReply {
+                    status: 0,
+                    queue_type: parse.queue_type,
+                    data_direction: info.direction,
+                    cdb_len: 0,
+                    lba: info.lba as i64,
+                    data_len: info.data_len as i64,
+                    bufflen: info.transfer_len as i32,
+                    // Keep what SCST set (e.g. LOCAL_CMD), add what the engine knows.
+                    op_flags: parse.op_flags | info.op_flags | abi::op_flags::INFO_VALID,
+                    out_bufflen: 0,
+                    ..Default::default()
+                },
+            ),
+            Err(response) => {
+                let (sense_len, psense_buffer) = self.keep_sense(response.sense);
+                ReplyCmd::with_payload(
+                    cmd.cmd_h,
+                    cmd.subcode,
+                    &abi::ParseReplySense {
+                        status: response.status,
+                        sense_len,
+                        psense_buffer,
+                        ..Default::default()
+                    },
+                )
+            }
+        };
+        self.replies.push(reply);
+    }
+
+    fn alloc_mem(&mut self, cmd: &GetCmd) {
+        let alloc: abi::ScsiCmdAllocMem = cmd.read_payload();
+        let pbuf = match usize::try_from(alloc.alloc_len) {
+            Ok(len) if len > 0 => self.shared.buffers.allocate(len).map_or(0, |b| b.addr()),
+            _ => 0,
+        };
+        if pbuf == 0 {
+            // spec §3.4: pbuf 0 makes the kernel answer BUSY; nothing waits.
+            self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+        }
+        self.replies.push(ReplyCmd::with_payload(
+            cmd.cmd_h,
+            cmd.subcode,
+            &abi::AllocMemReply { pbuf },
+        ));
+    }
+
+    /// Full CDB: the inline 16 bytes, plus GET_EXTENDED_CDB for longer ones (spec §3.9).
+    fn cdb(&self, cmd_h: u32, exec: &abi::ScsiCmdExec) -> Result<Vec<u8>, Errno> {
+        let len = usize::from(exec.cdb_len);
+        if len <= abi::SCST_MAX_CDB_SIZE {
+            return Ok(exec.cdb[..len].to_vec());
+        }
+        let mut cdb = vec![0u8; len];
+        cdb[..abi::SCST_MAX_CDB_SIZE].copy_from_slice(&exec.cdb);
+        let ext = &mut cdb[abi::SCST_MAX_CDB_SIZE..];
+        let arg = abi::GetExtCdb {
+            cmd_h,
+            _pad: 0,
+            ext_cdb_buffer: ext.as_mut_ptr() as u64,
+        };
+        self.shared.fd.get_extended_cdb(&arg)?;
+        Ok(cdb)
+    }
+
+    fn exec(&mut self, cmd: &GetCmd) {
+        let exec: abi::ScsiCmdExec = cmd.read_payload();
+        let bufflen = exec.bufflen.max(0) as u32;
+        let direction = exec.data_direction;
+        let (buffer, new_pbuf) = match self.exec_buffer(&exec) {
+            Ok(found) => found,
+            Err(response) => return self.reply_exec(cmd.cmd_h, direction, bufflen, None, 0, response),
+        };
+        let cdb = match self.cdb(cmd.cmd_h, &exec) {
+            Ok(cdb) => cdb,
+            Err(errno) => {
+                log::error!("GET_EXTENDED_CDB for cmd_h {} failed: {errno}", cmd.cmd_h);
+                let response = self.check_condition(0x04, 0x44, 0x00);
+                return self.reply_exec(cmd.cmd_h, direction, bufflen, buffer.as_ref(), new_pbuf, response);
+            }
+        };
+        let writes = matches!(direction, data_direction::WRITE | data_direction::BIDI);
+        let data_out = BufferDataOut {
+            buffer: buffer.as_ref().filter(|_| writes),
+        };
+        let plan = self.shared.disk.start(&cdb, &data_out);
+        self.continue_exec(
+            cmd.cmd_h,
+            ExecCtx {
+                buffer,
+                direction,
+                bufflen,
+                new_pbuf,
+            },
+            plan,
+        );
+    }
+
+    /// Find or allocate the EXEC's buffer (spec §3.5): the cached/ALLOC_MEM buffer named by
+    /// `pbuf`, or a new one of `alloc_len` for a delayed READ allocation.
+    fn exec_buffer(&mut self, exec: &abi::ScsiCmdExec) -> Result<(Option<IoBuffer>, u64), Response> {
+        let bufflen = exec.bufflen.max(0) as usize;
+        if exec.pbuf != 0 {
+            return match self.shared.buffers.get(exec.pbuf) {
+                Some(pages) => Ok((Some(io_buffer(pages, bufflen)), 0)),
+                None => {
+                    log::error!(
+                        "EXEC names buffer {:#x} that this handler never handed out",
+                        exec.pbuf
+                    );
+                    Err(self.check_condition(0x04, 0x44, 0x00))
+                }
+            };
+        }
+        if exec.data_direction == data_direction::NONE || bufflen == 0 {
+            return Ok((None, 0));
+        }
+        let len = (exec.alloc_len.max(0) as usize).max(bufflen);
+        match self.shared.buffers.allocate(len) {
+            Some(pages) => {
+                let addr = pages.addr();
+                Ok((Some(io_buffer(pages, bufflen)), addr))
+            }
+            None => {
+                self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+                Err(Response {
+                    status: sam_status::TASK_SET_FULL,
+                    sense: Vec::new(),
+                    data: Vec::new(),
+                    data_in_len: 0,
+                })
+            }
+        }
+    }
+
+    fn continue_exec(&mut self, cmd_h: u32, ctx: ExecCtx, plan: Plan) {
+        match plan {
+            Plan::Done(response) => self.reply_exec(
+                cmd_h,
+                ctx.direction,
+                ctx.bufflen,
+                ctx.buffer.as_ref(),
+                ctx.new_pbuf,
+                response,
+            ),
+            Plan::Io(io) => {
+                self.submit.push(StoreRequest {
+                    tag: u64::from(cmd_h),
+                    op: io.op.clone(),
+                    buffer: ctx.buffer.clone(),
+                });
+                self.inflight.insert(cmd_h, Inflight { io, ctx });
+            }
+        }
+    }
+
+    fn flush_submissions(&mut self) {
+        while !self.submit.is_empty() {
+            if let Err(e) = self.queue.submit(&mut self.submit) {
+                log::debug!("store queue: {e}");
+                if self.reap_store() == 0 {
+                    self.wait(false);
+                }
+            }
+            self.reap_store();
+        }
+        self.reap_store();
+    }
+
+    /// Reap store completions and move their commands on. Returns how many were reaped.
+    fn reap_store(&mut self) -> usize {
+        let n = self.queue.reap(&mut self.completions);
+        let done: Vec<StoreCompletion> = self.completions.drain(..).collect();
+        for completion in done {
+            let cmd_h = completion.tag as u32;
+            let Some(state) = self.inflight.remove(&cmd_h) else {
+                log::error!("store completed unknown tag {}; ignored", completion.tag);
+                continue;
+            };
+            let plan = self.shared.disk.finish(&state.io, completion.status);
+            self.continue_exec(cmd_h, state.ctx, plan);
+        }
+        n
+    }
+
+    fn check_condition(&self, key: u8, asc: u8, ascq: u8) -> Response {
+        Response {
+            status: sam_status::CHECK_CONDITION,
+            sense: self.shared.disk.sense(key, asc, ascq),
+            data: Vec::new(),
+            data_in_len: 0,
+        }
+    }
+
+    /// Keep `sense` alive until its reply is consumed; returns (sense_len, psense_buffer).
+    fn keep_sense(&mut self, mut sense: Vec<u8>) -> (u8, u64) {
+        if sense.is_empty() {
+            return (0, 0);
+        }
+        sense.truncate(abi::SCST_SENSE_BUFFERSIZE);
+        let len = sense.len() as u8;
+        let addr = sense.as_ptr() as u64;
+        self.senses.push(sense);
+        (len, addr)
+    }
+
+    fn reply_exec(
+        &mut self,
+        cmd_h: u32,
+        direction: u8,
+        bufflen: u32,
+        buffer: Option<&IoBuffer>,
+        new_pbuf: u64,
+        response: Response,
+    ) {
+        if response.status != sam_status::GOOD {
+            self.shared.counters.exec_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        // spec §3.5: resp_data_len only for direction READ, never above bufflen.
+        let mut resp_data_len = 0usize;
+        if direction == data_direction::READ {
+            if let Some(buf) = buffer {
+                let engine_data = response.data.len().min(buf.len);
+                if engine_data > 0 {
+                    buf.pages.write_at(buf.offset, &response.data[..engine_data]);
+                }
+                resp_data_len = response.data_in_len.min(bufflen as usize).min(buf.len);
+            }
+        }
+        if resp_data_len == 0 && new_pbuf != 0 {
+            // The kernel ignores a pbuf with no data (spec §3.5): the buffer stays ours to free.
+            self.shared.buffers.release(new_pbuf);
+        }
+        let (sense_len, psense_buffer) = self.keep_sense(response.sense);
+        let reply = abi::ExecReply {
+            resp_data_len: resp_data_len as i32,
+            pbuf: if resp_data_len > 0 { new_pbuf } else { 0 },
+            reply_type: abi::exec_reply_type::COMPLETED,
+            status: response.status,
+            sense_len,
+            psense_buffer,
+            ..Default::default()
+        };
+        self.replies
+            .push(ReplyCmd::with_payload(cmd_h, abi::SCST_USER_EXEC, &reply));
+    }
+}
+
+fn io_buffer(pages: Arc<PageBuffer>, bufflen: usize) -> IoBuffer {
+    let len = bufflen.min(pages.len());
+    IoBuffer {
+        pages,
+        offset: 0,
+        len,
+    }
+}

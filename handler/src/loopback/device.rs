@@ -1,0 +1,587 @@
+//! One registered loopback device: the state behind the per-device lock (the model of
+//! `udev_cmd_threads.cmd_list_lock`, spec §5.6) and the fetch path of REPLY_AND_GET (spec §3.2).
+//!
+//! Lock rules (spec §5.6), kept by construction: the state is mutated only inside
+//! [`Device::with`] / the fetch loop; user memory is never copied while the lock is held
+//! (copies happen between a "plan" and an "apply" step); completions to the initiator and
+//! condvar wake-ups are collected in [`Effects`] and delivered after the lock is dropped.
+
+use super::core_parse::ParsedCdb;
+use super::sense::SenseCode;
+use super::session::ScsiCompletion;
+use super::session::TmCompletion;
+use super::sgv::SgvPool;
+use super::uaccess;
+use super::ucmd::Ucmd;
+use super::ucmd::UcmdKind;
+use crate::abi;
+use crate::abi::GetCmd;
+use crate::abi::Opt;
+use crate::transport::Errno;
+use crossbeam_channel::Sender;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::io::Write;
+use std::sync::Condvar;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::time::Duration;
+use std::time::Instant;
+use zerocopy::IntoBytes;
+
+/// A blocking fetch is a condvar wait that re-checks at this period; it never spins.
+const WAIT_SLICE: Duration = Duration::from_millis(250);
+/// Upper bound of one blocking fetch. The kernel would wait until a signal; the model returns
+/// `EINTR` (as a non-SA_RESTART signal would, spec §3.2) so that no wait is unbounded.
+pub(crate) const BLOCKING_FETCH_CAP: Duration = Duration::from_secs(60);
+/// `scst_suspend_activity` timeout used by SET_OPTIONS and FLUSH_CACHE (spec §3.6, §3.9).
+pub(crate) const SUSPEND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Level-triggered readiness of one open file (spec §3.9 poll): a pipe holding one byte while
+/// the ready list or the core's active list is non-empty. A pipe instead of an eventfd keeps
+/// this module free of `unsafe`; `poll(2)` sees the same thing. Arm/disarm happen under the
+/// device lock, so the byte can never go stale.
+#[derive(Debug)]
+pub(crate) struct PollSignal {
+    reader: std::io::PipeReader,
+    writer: std::io::PipeWriter,
+}
+
+impl PollSignal {
+    /// A new, unarmed signal.
+    pub fn new() -> std::io::Result<Self> {
+        let (reader, writer) = std::io::pipe()?;
+        Ok(Self { reader, writer })
+    }
+
+    /// The fd to poll.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.reader.as_fd()
+    }
+
+    fn arm(&self) {
+        if let Err(e) = (&self.writer).write_all(&[1]) {
+            log::error!("loopback: cannot arm the poll pipe: {e}");
+        }
+    }
+
+    fn disarm(&self) {
+        let mut b = [0u8; 1];
+        // Only called while armed: exactly one byte is in the pipe, so this never blocks.
+        if let Err(e) = (&self.reader).read_exact(&mut b) {
+            log::error!("loopback: cannot drain the poll pipe: {e}");
+        }
+    }
+}
+
+/// What the initiator side sees of one attached session.
+#[derive(Debug)]
+pub(crate) struct SessState {
+    pub lun: u64,
+    pub rd_only: bool,
+    pub tx: Sender<ScsiCompletion>,
+    pub tm_tx: Sender<TmCompletion>,
+    /// Pending unit attention (DEVICE_CAPACITY_CHANGED).
+    pub ua: Option<SenseCode>,
+    pub next_sn: u32,
+    /// Commands submitted and not yet completed (`sess_cmd_count`, for `scst_set_busy`).
+    pub outstanding: usize,
+    /// DETACH requested: no new commands.
+    pub detached: bool,
+}
+
+/// One ATTACH_SESS waiting for its reply.
+#[derive(Debug)]
+pub(crate) struct AttachWait {
+    pub sess: Option<SessState>,
+    pub result: Option<i32>,
+}
+
+/// One task management function in progress (spec §4).
+#[derive(Debug)]
+pub(crate) struct TmState {
+    pub id: u64,
+    pub sess_h: u64,
+    pub fn_: u32,
+    pub cmd_h_to_abort: u32,
+    /// Aborted commands the handler still holds; DONE waits for them.
+    pub affected: HashSet<u64>,
+    pub received_replied: bool,
+    pub done_queued: bool,
+    pub tx: Sender<TmCompletion>,
+}
+
+/// One SCSI command inside the core.
+#[derive(Debug, Clone)]
+pub(crate) struct ScsiCmd {
+    pub id: u64,
+    pub sess_h: u64,
+    pub tag: u64,
+    pub cdb: Vec<u8>,
+    pub data_out: Vec<u8>,
+    pub expected_data_in: u32,
+    pub queue_type: u8,
+    pub timeout: u32,
+    pub sn: u32,
+    pub parsed: ParsedCdb,
+    pub ucmd: Option<u32>,
+    /// SGV object holding the buffer, and its address.
+    pub sgv: Option<u64>,
+    pub pbuf: u64,
+    /// `alloc_len` of ALLOC_MEM / delayed EXEC.
+    pub alloc_len: i32,
+    /// Cache decision for this command.
+    pub cached: bool,
+    /// Initiator data must be copied into the buffer before EXEC is delivered.
+    pub data_out_pending: bool,
+    pub aborted: bool,
+    pub completed: bool,
+    pub status: u8,
+    pub resp_data_len: i32,
+}
+
+/// One entry of the SCST active list (spec §3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CoreWork {
+    /// A new command from the initiator.
+    New(u64),
+    /// A command failed by the kernel (unjam), requeued to the core to complete there.
+    Finish {
+        id: u64,
+        status: u8,
+        sense: Vec<u8>,
+        aborted: bool,
+    },
+}
+
+/// Work to do after the lock is dropped.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub scsi: Vec<(Sender<ScsiCompletion>, ScsiCompletion)>,
+    pub tm: Vec<(Sender<TmCompletion>, TmCompletion)>,
+    pub wake_fetchers: bool,
+    pub wake_all: bool,
+    pub wake_attach: bool,
+}
+
+/// Device state guarded by the per-device lock.
+pub(crate) struct DeviceState {
+    pub opt: Opt,
+    pub dev_type: u8,
+    pub block_size: u32,
+    /// Sampled from O_NONBLOCK at REGISTER; cleared by UNREGISTER and release (spec §1.1).
+    pub blocking: bool,
+    pub ucmds: HashMap<u32, Ucmd>,
+    pub handle_counter: u32,
+    pub ready: VecDeque<u32>,
+    /// The SCST active list: core work done in handler threads, inside their fetches.
+    pub active: VecDeque<CoreWork>,
+    pub cmds: HashMap<u64, ScsiCmd>,
+    pub next_cmd_id: u64,
+    pub sessions: HashMap<u64, SessState>,
+    pub attaches: HashMap<u64, AttachWait>,
+    pub tms: HashMap<u64, TmState>,
+    pub sgv: SgvPool,
+    /// `scst_suspend_activity` in progress: the core processes no new commands.
+    pub suspended: u32,
+    pub released: bool,
+    pub commands_completed: u64,
+    poll: std::sync::Arc<PollSignal>,
+    poll_armed: bool,
+}
+
+impl DeviceState {
+    /// A fresh state.
+    pub fn new(
+        opt: Opt,
+        dev_type: u8,
+        block_size: u32,
+        blocking: bool,
+        sgv: SgvPool,
+        poll: std::sync::Arc<PollSignal>,
+    ) -> Self {
+        Self {
+            opt,
+            dev_type,
+            block_size,
+            blocking,
+            ucmds: HashMap::new(),
+            handle_counter: 0,
+            ready: VecDeque::new(),
+            active: VecDeque::new(),
+            cmds: HashMap::new(),
+            next_cmd_id: 1,
+            sessions: HashMap::new(),
+            attaches: HashMap::new(),
+            tms: HashMap::new(),
+            sgv,
+            suspended: 0,
+            released: false,
+            commands_completed: 0,
+            poll,
+            poll_armed: false,
+        }
+    }
+
+    /// Next free handle: a counter starting at 0 that skips handles still in the hash (spec
+    /// §3.1; 0 is valid).
+    pub fn alloc_handle(&mut self) -> u32 {
+        loop {
+            let h = self.handle_counter;
+            self.handle_counter = self.handle_counter.wrapping_add(1);
+            if !self.ucmds.contains_key(&h) {
+                return h;
+            }
+        }
+    }
+
+    /// Create a ucmd with the creation reference.
+    pub fn new_ucmd(&mut self, kind: UcmdKind) -> u32 {
+        let h = self.alloc_handle();
+        self.ucmds.insert(h, Ucmd::new(h, kind));
+        h
+    }
+
+    /// `dev_user_add_to_ready` (spec §3.1): mgmt FIFO at the front; PARSE, ALLOC_MEM and
+    /// HEAD_OF_QUEUE EXEC right after the mgmt block (LIFO among themselves); the rest appended.
+    pub fn queue_ready(&mut self, h: u32, fx: &mut Effects) {
+        let Some(ucmd) = self.ucmds.get(&h) else { return };
+        let head_of_queue = ucmd.state == abi::UCMD_STATE_EXECING
+            && ucmd
+                .scsi_cmd()
+                .and_then(|id| self.cmds.get(&id))
+                .is_some_and(|c| c.queue_type == abi::queue_type::HEAD_OF_QUEUE);
+        let front = ucmd.is_mgmt()
+            || matches!(ucmd.state, abi::UCMD_STATE_PARSING | abi::UCMD_STATE_BUF_ALLOCING)
+            || head_of_queue;
+        if front {
+            let mgmt_end = self
+                .ready
+                .iter()
+                .position(|x| !self.ucmds.get(x).is_some_and(Ucmd::is_mgmt))
+                .unwrap_or(self.ready.len());
+            self.ready.insert(mgmt_end, h);
+        } else {
+            self.ready.push_back(h);
+        }
+        fx.wake_fetchers = true;
+    }
+
+    /// Remove `h` from the ready list if queued.
+    pub fn unqueue(&mut self, h: u32) {
+        self.ready.retain(|x| *x != h);
+    }
+
+    /// Drop one reference; the ucmd leaves the hash at 0 (spec §5.4).
+    pub fn put_ucmd(&mut self, h: u32) {
+        if let Some(u) = self.ucmds.get_mut(&h) {
+            u.refs = u.refs.saturating_sub(1);
+            if u.refs == 0 {
+                self.ucmds.remove(&h);
+                self.unqueue(h);
+            }
+        }
+    }
+
+    /// Keep the poll pipe level-triggered: armed iff something is ready or core work pends.
+    pub fn sync_poll(&mut self) {
+        let want = !self.ready.is_empty() || (!self.active.is_empty() && self.suspended == 0);
+        if want && !self.poll_armed {
+            self.poll.arm();
+            self.poll_armed = true;
+        } else if !want && self.poll_armed {
+            self.poll.disarm();
+            self.poll_armed = false;
+        }
+    }
+
+    /// Commands the core still executes (not yet completed to the initiator).
+    pub fn commands_in_flight(&self) -> usize {
+        self.cmds.values().filter(|c| !c.completed).count()
+    }
+}
+
+impl Drop for DeviceState {
+    fn drop(&mut self) {
+        if self.poll_armed {
+            self.poll.disarm();
+        }
+    }
+}
+
+thread_local! {
+    /// Device locks this thread holds: the §5.6 rules are asserted against it.
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Assert that this thread holds no device lock (spec §5.6: no user copies, no completions
+/// to the initiator, no blocking with `cmd_list_lock` held). Checked in debug builds.
+pub(crate) fn assert_unlocked(what: &str) {
+    debug_assert_eq!(
+        HELD.with(|h| h.get()),
+        0,
+        "{what} with a device lock held (spec §5.6)"
+    );
+}
+
+/// The device lock, counted per thread for [`assert_unlocked`].
+pub(crate) struct StateGuard<'a>(Option<MutexGuard<'a, DeviceState>>);
+
+impl<'a> StateGuard<'a> {
+    /// `Condvar::wait_timeout`, keeping the per-thread count right while unlocked.
+    pub fn wait_timeout(mut self, cond: &Condvar, dur: Duration) -> StateGuard<'a> {
+        let Some(guard) = self.0.take() else { return self };
+        HELD.with(|h| h.set(h.get().saturating_sub(1)));
+        let guard = cond.wait_timeout(guard, dur).unwrap_or_else(|e| e.into_inner()).0;
+        HELD.with(|h| h.set(h.get() + 1));
+        StateGuard(Some(guard))
+    }
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = DeviceState;
+    fn deref(&self) -> &DeviceState {
+        match &self.0 {
+            Some(g) => g,
+            None => unreachable!("guard taken only inside wait_timeout"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut DeviceState {
+        match &mut self.0 {
+            Some(g) => g,
+            None => unreachable!("guard taken only inside wait_timeout"),
+        }
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            HELD.with(|h| h.set(h.get().saturating_sub(1)));
+        }
+    }
+}
+
+/// One registered device.
+pub(crate) struct Device {
+    /// Name (≤48 characters).
+    pub name: String,
+    state: Mutex<DeviceState>,
+    /// Wakes fetchers (exclusive waits) and suspend waiters.
+    pub cond: Condvar,
+    /// Wakes ATTACH_SESS waiters.
+    pub attach_cond: Condvar,
+}
+
+/// One delivered message, prepared under the lock and completed outside it.
+struct Delivery {
+    msg: GetCmd,
+    len: usize,
+    data_out: Option<(u64, Vec<u8>)>,
+    cmd: Option<u64>,
+}
+
+impl Device {
+    /// A device around `state`.
+    pub fn new(name: String, state: DeviceState) -> Self {
+        Self {
+            name,
+            state: Mutex::new(state),
+            cond: Condvar::new(),
+            attach_cond: Condvar::new(),
+        }
+    }
+
+    /// Lock the state; a poisoned lock is recovered (the state stays consistent per step).
+    pub fn lock(&self) -> StateGuard<'_> {
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        HELD.with(|h| h.set(h.get() + 1));
+        StateGuard(Some(guard))
+    }
+
+    /// Run `f` under the lock, then deliver its effects with the lock dropped.
+    pub fn with<R>(&self, f: impl FnOnce(&mut DeviceState, &mut Effects) -> R) -> R {
+        let mut fx = Effects::default();
+        let r = {
+            let mut st = self.lock();
+            let r = f(&mut st, &mut fx);
+            st.sync_poll();
+            r
+        };
+        self.finish(fx);
+        r
+    }
+
+    /// Deliver effects; must be called without the lock held.
+    pub fn finish(&self, fx: Effects) {
+        if !fx.scsi.is_empty() || !fx.tm.is_empty() {
+            assert_unlocked("completing to the initiator");
+        }
+        if fx.wake_all {
+            self.cond.notify_all();
+        } else if fx.wake_fetchers {
+            self.cond.notify_one();
+        }
+        if fx.wake_attach {
+            self.attach_cond.notify_all();
+        }
+        for (tx, c) in fx.scsi {
+            // The initiator may have dropped its session: nothing to deliver then.
+            let _ = tx.send(c);
+        }
+        for (tx, c) in fx.tm {
+            let _ = tx.send(c);
+        }
+    }
+
+    /// The fetch half of REPLY_AND_GET (spec §3.2 step 2): drain the active list, dequeue one
+    /// ready ucmd, mark it sent/seen, copy `payload_len` bytes into `out`. Waits while the
+    /// device is blocking and nothing is ready, if `may_block`.
+    ///
+    /// # Errors
+    /// `EAGAIN` when nothing is ready and the call may not block; `EINTR` after
+    /// [`BLOCKING_FETCH_CAP`]; `EFAULT` if the initiator's data cannot be placed in the buffer.
+    pub fn fetch(&self, out: &mut GetCmd, may_block: bool) -> Result<(), Errno> {
+        let deadline = Instant::now() + BLOCKING_FETCH_CAP;
+        loop {
+            let mut fx = Effects::default();
+            let mut st = self.lock();
+            let delivery = loop {
+                st.run_core_work(&mut fx);
+                if let Some(d) = st.dequeue_for_user(&mut fx) {
+                    break Some(d);
+                }
+                if !fx.scsi.is_empty() || !fx.tm.is_empty() {
+                    // Deliver completions before sleeping; then look again.
+                    break None;
+                }
+                let now = Instant::now();
+                if !may_block || !st.blocking || now >= deadline {
+                    let interrupted = may_block && st.blocking;
+                    st.sync_poll();
+                    drop(st);
+                    self.finish(fx);
+                    return Err(if interrupted { Errno::EINTR } else { Errno::EAGAIN });
+                }
+                st.sync_poll();
+                let wait = WAIT_SLICE.min(deadline - now);
+                st = st.wait_timeout(&self.cond, wait);
+            };
+            st.sync_poll();
+            drop(st);
+            self.finish(fx);
+            let Some(d) = delivery else { continue };
+            if let Some((addr, data)) = &d.data_out {
+                if uaccess::copy_to_user(*addr, data).is_err() {
+                    // The pinned pages vanished: the core fails the command (internal failure).
+                    log::warn!("loopback {}: cannot copy data-out to {addr:#x}", self.name);
+                    if let Some(id) = d.cmd {
+                        self.with(|st, fx| {
+                            if let Some(u) = st.ucmds.get_mut(&d.msg.cmd_h) {
+                                u.sent_to_user = false;
+                            }
+                            st.complete_with_sense(id, super::sense::INTERNAL_FAILURE, fx);
+                        });
+                    }
+                    return Err(Errno::EFAULT);
+                }
+            }
+            // Only payload_len bytes are written; the rest of the caller's struct stays stale
+            // (spec §2.3).
+            out.as_mut_bytes()[..d.len].copy_from_slice(&d.msg.as_bytes()[..d.len]);
+            return Ok(());
+        }
+    }
+}
+
+impl DeviceState {
+    /// Pop the next deliverable ucmd. Aborted PARSE/ALLOC_MEM/EXEC ucmds are failed instead of
+    /// delivered (spec §3.1).
+    fn dequeue_for_user(&mut self, fx: &mut Effects) -> Option<Delivery> {
+        while let Some(h) = self.ready.pop_front() {
+            let Some(u) = self.ucmds.get(&h) else { continue };
+            let cmd = u.scsi_cmd();
+            let is_scsi_stage = matches!(
+                u.state,
+                abi::UCMD_STATE_PARSING | abi::UCMD_STATE_BUF_ALLOCING | abi::UCMD_STATE_EXECING
+            );
+            if is_scsi_stage {
+                if let Some(id) = cmd.filter(|id| self.cmds.get(id).is_some_and(|c| c.aborted)) {
+                    self.complete_aborted(id, fx);
+                    continue;
+                }
+            }
+            let data_out = match cmd.and_then(|id| self.cmds.get_mut(&id)) {
+                Some(c) if u.state == abi::UCMD_STATE_EXECING && c.data_out_pending && c.pbuf != 0 => {
+                    c.data_out_pending = false;
+                    let n = c.data_out.len().min(c.buffer_bytes());
+                    Some((c.pbuf, c.data_out[..n].to_vec()))
+                }
+                _ => None,
+            };
+            let Some(u) = self.ucmds.get_mut(&h) else { continue };
+            u.sent_to_user = true;
+            u.seen_by_user = true;
+            let len = abi::payload_len(u.msg.subcode).unwrap_or(std::mem::size_of::<GetCmd>());
+            return Some(Delivery {
+                msg: u.msg,
+                len,
+                data_out,
+                cmd,
+            });
+        }
+        None
+    }
+}
+
+impl ScsiCmd {
+    /// Bytes of buffer the command needs (data-in plus BIDI data-out).
+    pub fn buffer_bytes(&self) -> usize {
+        let n = i64::from(self.parsed.bufflen.max(0)) + i64::from(self.parsed.out_bufflen.max(0));
+        n as usize
+    }
+}
+
+/// Validate options as REGISTER and SET_OPTIONS do (spec §2.6, §3.9); unknown SCSI types are
+/// forced to PARSE_CALL.
+///
+/// # Errors
+/// `EINVAL` for any value out of range (qerr 2 is reserved).
+pub(crate) fn validate_opt(opt: &Opt, dev_type: u8) -> Result<Opt, Errno> {
+    let ok = opt.parse_type <= abi::parse_type::EXCEPTION
+        && opt.on_free_cmd_type <= abi::on_free_cmd_type::IGNORE
+        && opt.memory_reuse_type <= abi::memory_reuse_type::REUSE_ALL
+        && opt.partial_transfers_type <= abi::partial_transfers_type::SUPPORTED
+        && opt.tst <= 1
+        && opt.tmf_only <= 1
+        && opt.queue_alg <= 1
+        && matches!(opt.qerr, 0 | 1 | 3)
+        && opt.tas <= 1
+        && opt.swp <= 1
+        && opt.d_sense <= 1
+        && opt.has_own_order_mgmt <= 1
+        && opt.ext_copy_remap_supported <= 1;
+    if !ok {
+        log::warn!("loopback: invalid scst_user options {opt:?}");
+        return Err(Errno::EINVAL);
+    }
+    let mut opt = *opt;
+    if !KNOWN_TYPES.contains(&dev_type) {
+        opt.parse_type = abi::parse_type::CALL;
+    }
+    Ok(opt)
+}
+
+/// SCSI peripheral types SCST has a built-in parser for.
+const KNOWN_TYPES: [u8; 7] = [0x00, 0x01, 0x03, 0x05, 0x07, 0x08, 0x0c];
+
+/// Types whose block size must be a power of two ≥ 512 (spec §3.10): DISK, ROM, MOD.
+pub(crate) fn block_size_ok(dev_type: u8, block_size: u32) -> bool {
+    !matches!(dev_type, 0x00 | 0x05 | 0x07) || (block_size >= 512 && block_size.is_power_of_two())
+}

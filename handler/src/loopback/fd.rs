@@ -1,0 +1,448 @@
+//! [`LoopbackFd`]: one open file of the loopback `/dev/scst_user`, implementing
+//! [`ScstUserFd`] with the kernel's errnos (spec §1.2, §3.2, §3.3, §3.9). Clones share the open
+//! file like dup(2); the last one dropped (or [`LoopbackFd::close`]) runs release (spec §5).
+
+use super::device::block_size_ok;
+use super::device::validate_opt;
+use super::device::Device;
+use super::device::DeviceState;
+use super::device::PollSignal;
+use super::device::SUSPEND_TIMEOUT;
+use super::reply::process_reply;
+use super::session::KernelInner;
+use super::sgv::SgvObject;
+use super::sgv::SgvPool;
+use super::uaccess;
+use super::ucmd::UcmdKind;
+use super::unjam;
+use super::unjam::CloseReport;
+use crate::abi;
+use crate::abi::DevDesc;
+use crate::abi::GetCmd;
+use crate::abi::GetExtCdb;
+use crate::abi::MultiBuffer;
+use crate::abi::Opt;
+use crate::abi::PreallocBuffer;
+use crate::abi::ReplyCmd;
+use crate::transport::Errno;
+use crate::transport::IoctlResult;
+use crate::transport::ScstUserFd;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::Weak;
+use std::time::Duration;
+use std::time::Instant;
+use zerocopy::IntoBytes;
+
+/// Longest device name the kernel keeps (`strscpy` into 49 bytes, spec §8.8).
+const MAX_DEVICE_NAME: usize = 48;
+/// Default SGV purge interval (spec §2.2: 0 means 60 s).
+const DEFAULT_PURGE: Duration = Duration::from_secs(60);
+
+/// One open file.
+struct OpenFile {
+    kernel: Arc<KernelInner>,
+    nonblocking: bool,
+    register_lock: Mutex<()>,
+    device: OnceLock<Arc<Device>>,
+    poll: Arc<PollSignal>,
+}
+
+impl OpenFile {
+    fn device(&self) -> Result<&Arc<Device>, Errno> {
+        self.device.get().ok_or(Errno::ENODEV)
+    }
+
+    /// `dev_user_release`: remove the device from the global list, then exit/cleanup.
+    fn release(&mut self) -> CloseReport {
+        let Some(dev) = self.device.take() else {
+            return CloseReport {
+                released: true,
+                ..Default::default()
+            };
+        };
+        {
+            let mut devices = self.kernel.devices.lock().unwrap_or_else(|e| e.into_inner());
+            if devices.get(&dev.name).is_some_and(|d| Arc::ptr_eq(d, &dev)) {
+                devices.remove(&dev.name);
+            }
+        }
+        unjam::release(&dev)
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
+
+/// An open loopback scst_user file descriptor. `Clone` is dup(2): the last clone dropped (or
+/// closed with [`LoopbackFd::close`]) releases the device (spec §5). Its [`ScstUserFd::poll_fd`]
+/// is a pipe that polls readable (level-triggered) while commands are ready or core work
+/// pends; before REGISTER it never becomes readable (the kernel would answer POLLNVAL).
+#[derive(Clone)]
+pub struct LoopbackFd {
+    file: Arc<OpenFile>,
+}
+
+static_assertions::assert_impl_all!(LoopbackFd: Send, Sync);
+
+impl LoopbackFd {
+    pub(crate) fn new(kernel: Arc<KernelInner>, nonblocking: bool) -> Self {
+        let poll = match PollSignal::new() {
+            Ok(p) => p,
+            // Out of file descriptors at open: the model cannot exist without its poll pipe.
+            Err(e) => panic!("loopback: cannot create the poll pipe (raise RLIMIT_NOFILE): {e}"),
+        };
+        Self {
+            file: Arc::new(OpenFile {
+                kernel,
+                nonblocking,
+                register_lock: Mutex::new(()),
+                device: OnceLock::new(),
+                poll: Arc::new(poll),
+            }),
+        }
+    }
+
+    /// Close this handle. If it is the last one, release runs now and its report is returned
+    /// (`released: true`); otherwise the other clones keep the file open.
+    pub fn close(self) -> CloseReport {
+        match Arc::try_unwrap(self.file) {
+            Ok(mut file) => file.release(),
+            Err(_) => CloseReport::default(),
+        }
+    }
+
+    /// The registered device name, if any.
+    pub fn device_name(&self) -> Option<String> {
+        self.file.device.get().map(|d| d.name.clone())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn device_for_test(&self) -> Arc<Device> {
+        match self.file.device.get() {
+            Some(d) => d.clone(),
+            None => panic!("no device registered"),
+        }
+    }
+
+    /// `scst_suspend_activity` around `f`: new commands wait in the active list and commands in
+    /// flight must finish first (bounded by 90 s, then `EBUSY`).
+    fn suspended<R>(
+        &self,
+        dev: &Device,
+        f: impl FnOnce(&mut DeviceState, &mut super::device::Effects) -> R,
+    ) -> Result<R, Errno> {
+        let deadline = Instant::now() + SUSPEND_TIMEOUT;
+        let mut st = dev.lock();
+        st.suspended += 1;
+        st.sync_poll();
+        while st.commands_in_flight_started() > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                st.suspended -= 1;
+                st.sync_poll();
+                return Err(Errno::EBUSY);
+            }
+            st = st.wait_timeout(&dev.cond, (deadline - now).min(Duration::from_millis(100)));
+        }
+        drop(st);
+        Ok(dev.with(|st, fx| {
+            let r = f(st, fx);
+            st.suspended -= 1;
+            fx.wake_fetchers = true;
+            r
+        }))
+    }
+}
+
+impl DeviceState {
+    /// Commands past their first core step and not yet completed (what a suspend waits for).
+    fn commands_in_flight_started(&self) -> usize {
+        self.cmds
+            .values()
+            .filter(|c| !c.completed && c.ucmd.is_some())
+            .count()
+    }
+}
+
+fn purge_interval_of(desc: &DevDesc, configured: Option<Duration>) -> Option<Duration> {
+    configured.or(match desc.sgv_purge_interval {
+        0 => Some(DEFAULT_PURGE),
+        n if n < 0 => None,
+        n => Some(Duration::from_secs(n as u64)),
+    })
+}
+
+/// The SGV purge work of one device: evicts buffers unused for a purge interval.
+fn spawn_purge(dev: Weak<Device>, interval: Duration) {
+    let tick = interval
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    let spawned = std::thread::Builder::new()
+        .name("scst_lb_purge".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            let Some(dev) = dev.upgrade() else { return };
+            let stop = dev.with(|st, fx| {
+                if st.released {
+                    return true;
+                }
+                let evicted = st.sgv.purge(Instant::now());
+                st.evict(evicted, fx);
+                false
+            });
+            if stop {
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("loopback: cannot start the SGV purge thread, buffers stay cached: {e}");
+    }
+}
+
+impl ScstUserFd for LoopbackFd {
+    fn register_device(&self, desc: &DevDesc) -> IoctlResult {
+        let _serial = self.file.register_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.file.device.get().is_some() {
+            log::warn!("loopback: device already registered on this fd");
+            return Err(Errno::EINVAL);
+        }
+        let kernel = &self.file.kernel;
+        let expected = kernel.config.version.as_bytes();
+        // A FIXED max(sizeof(DEV_USER_VERSION), 20) bytes from both strings (spec §1.4).
+        let fixed = (expected.len() + 1).max(abi::VERSION_READ_MIN);
+        let license = uaccess::copy_fixed_c_string(desc.license_str, fixed)?;
+        if !abi::ACCEPTED_LICENSES.iter().any(|l| l.as_bytes() == license) {
+            log::warn!(
+                "loopback: license {:?} refused",
+                String::from_utf8_lossy(&license)
+            );
+            return Err(Errno::EPERM);
+        }
+        let version = uaccess::copy_fixed_c_string(desc.version_str, fixed)?;
+        let raw_name = abi::c_name(&desc.name);
+        if version != expected {
+            log::warn!(
+                "Incorrect version of user device {raw_name} ({}). Expected: {}",
+                String::from_utf8_lossy(&version),
+                kernel.config.version
+            );
+            return Err(Errno::EINVAL);
+        }
+        let name_end = desc.name.iter().position(|&b| b == 0).unwrap_or(desc.name.len());
+        let name = String::from_utf8_lossy(&desc.name[..name_end.min(MAX_DEVICE_NAME)]).into_owned();
+        if name.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        if !block_size_ok(desc.type_, desc.block_size) {
+            log::warn!(
+                "loopback: block size {} invalid for type {}",
+                desc.block_size,
+                desc.type_
+            );
+            return Err(Errno::EINVAL);
+        }
+        let opt = validate_opt(&desc.opt, desc.type_)?;
+        let purge = purge_interval_of(desc, kernel.config.purge_interval);
+        let mut devices = kernel.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if devices.contains_key(&name) {
+            return Err(Errno::EEXIST);
+        }
+        let state = DeviceState::new(
+            opt,
+            desc.type_,
+            desc.block_size,
+            !self.file.nonblocking,
+            SgvPool::new(desc.sgv_single_alloc_pages, purge),
+            self.file.poll.clone(),
+        );
+        let dev = Arc::new(Device::new(name.clone(), state));
+        devices.insert(name.clone(), dev.clone());
+        drop(devices);
+        if self.file.device.set(dev.clone()).is_err() {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(interval) = purge {
+            spawn_purge(Arc::downgrade(&dev), interval);
+        }
+        log::info!("loopback: registered device {name}");
+        Ok(())
+    }
+
+    fn unregister_device(&self) -> IoctlResult {
+        let dev = self.file.device()?;
+        log::warn!(
+            "loopback {}: SCST_USER_UNREGISTER_DEVICE is obsolete; fd made non-blocking",
+            dev.name
+        );
+        dev.with(|st, fx| {
+            st.blocking = false;
+            fx.wake_all = true;
+        });
+        Ok(())
+    }
+
+    fn set_options(&self, opt: &Opt) -> IoctlResult {
+        let dev = self.file.device()?;
+        let (dev_type, tst, has_sessions) = {
+            let st = dev.lock();
+            (st.dev_type, st.opt.tst, !st.sessions.is_empty())
+        };
+        let opt = validate_opt(opt, dev_type)?;
+        if opt.tst != tst && has_sessions {
+            log::warn!("loopback {}: cannot change tst while sessions exist", dev.name);
+            return Err(Errno::EINVAL);
+        }
+        self.suspended(dev, |st, _| st.opt = opt)
+    }
+
+    fn get_options(&self) -> IoctlResult<Opt> {
+        let dev = self.file.device()?;
+        Ok(dev.lock().opt)
+    }
+
+    fn reply_and_get_cmd(&self, cmd: &mut GetCmd) -> IoctlResult {
+        let dev = self.file.device()?;
+        let preply = cmd.preply();
+        if preply != 0 {
+            let mut reply = ReplyCmd::new(0, 0);
+            uaccess::copy_from_user(preply, reply.as_mut_bytes())?;
+            // An error processing the reply returns at once, fetching nothing (spec §3.2).
+            process_reply(dev, &reply)?;
+        }
+        dev.fetch(cmd, true)
+    }
+
+    fn reply_cmd(&self, reply: &ReplyCmd) -> IoctlResult {
+        process_reply(self.file.device()?, reply)
+    }
+
+    fn flush_cache(&self) -> IoctlResult {
+        let dev = self.file.device()?;
+        self.suspended(dev, |st, fx| {
+            st.flush_sgv(fx);
+        })
+    }
+
+    fn device_capacity_changed(&self) -> IoctlResult {
+        let dev = self.file.device()?;
+        dev.with(|st, _| {
+            for s in st.sessions.values_mut() {
+                s.ua = Some(super::sense::CAPACITY_CHANGED);
+            }
+        });
+        Ok(())
+    }
+
+    fn get_extended_cdb(&self, arg: &GetExtCdb) -> IoctlResult {
+        let dev = self.file.device()?;
+        let tail = dev.with(|st, _| {
+            let u = st.ucmds.get(&arg.cmd_h).ok_or(Errno::ESRCH)?;
+            let stage = matches!(
+                u.state,
+                abi::UCMD_STATE_PARSING | abi::UCMD_STATE_BUF_ALLOCING | abi::UCMD_STATE_EXECING
+            );
+            if !stage || !(u.sent_to_user || u.background) {
+                return Err(Errno::EINVAL);
+            }
+            let cdb = u
+                .scsi_cmd()
+                .and_then(|id| st.cmds.get(&id))
+                .map(|c| c.cdb.clone())
+                .ok_or(Errno::EINVAL)?;
+            Ok(cdb
+                .get(abi::SCST_MAX_CDB_SIZE..)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default())
+        })?;
+        if !tail.is_empty() {
+            uaccess::copy_to_user(arg.ext_cdb_buffer, &tail)?;
+        }
+        Ok(())
+    }
+
+    fn prealloc_buffer(&self, arg: &mut PreallocBuffer) -> IoctlResult {
+        let dev = self.file.device()?;
+        if arg.pbuf == 0 || !arg.pbuf.is_multiple_of(uaccess::PAGE_SIZE) || arg.bufflen == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let class = dev.lock().sgv.class_pages(u64::from(arg.bufflen));
+        let pages = class.unwrap_or_else(|| u64::from(arg.bufflen).div_ceil(uaccess::PAGE_SIZE));
+        uaccess::pin_user_pages(arg.pbuf, pages * uaccess::PAGE_SIZE)?;
+        let pbuf = arg.pbuf;
+        let clustered = arg.for_clust_pool != 0;
+        let h = dev.with(|st, fx| {
+            let h = st.new_ucmd(UcmdKind::Prealloc);
+            st.sgv.insert(SgvObject {
+                pbuf,
+                pages,
+                owner: h,
+                cached: true,
+                clustered,
+                in_use: false,
+                last_used: Instant::now(),
+            });
+            // The creation reference is dropped and the owner reference taken: net 1.
+            if class.is_none() {
+                // Too big to cache: it comes straight back as ON_CACHED_MEM_FREE.
+                let evicted = st.sgv.flush().into_iter().filter(|e| e.owner == h).collect();
+                st.evict(evicted, fx);
+            }
+            h
+        });
+        arg.pbuf = (arg.pbuf & !0xffff_ffff) | u64::from(h);
+        Ok(())
+    }
+
+    fn reply_and_get_multi(&self, arg: &mut MultiBuffer) -> IoctlResult {
+        let dev = self.file.device()?;
+        let mut header = arg.header();
+        let replies = header.replies_cnt.max(0) as usize;
+        for i in 0..replies {
+            let mut reply = ReplyCmd::new(0, 0);
+            let addr = header.preplies + (i * std::mem::size_of::<ReplyCmd>()) as u64;
+            let r =
+                uaccess::copy_from_user(addr, reply.as_mut_bytes()).and_then(|()| process_reply(dev, &reply));
+            if let Err(e) = r {
+                header.replies_done = i as i16;
+                header.cmds_cnt = 0;
+                arg.set_header(header);
+                return Err(e);
+            }
+        }
+        // replies_done is written before fetching (spec §3.3).
+        header.replies_done = replies as i16;
+        let wanted = header.cmds_cnt.max(0) as usize;
+        header.cmds_cnt = 0;
+        arg.set_header(header);
+        let mut delivered = 0usize;
+        let mut result = Ok(());
+        for i in 0..wanted {
+            if i >= arg.capacity() {
+                // Beyond the caller's buffer: the kernel's copy would fault here.
+                result = Err(Errno::EFAULT);
+                break;
+            }
+            match dev.fetch(arg.cmd_mut(i), i == 0) {
+                Ok(()) => delivered += 1,
+                Err(Errno::EAGAIN) if i > 0 => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        header.cmds_cnt = delivered as i16;
+        arg.set_header(header);
+        result
+    }
+
+    fn poll_fd(&self) -> BorrowedFd<'_> {
+        self.file.poll.fd()
+    }
+}

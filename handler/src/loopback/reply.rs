@@ -1,0 +1,522 @@
+//! Reply processing (`dev_user_process_reply`, spec §3.4, §3.5): lookup and state checks under
+//! the device lock, user copies (sense, data-in, pins, WRITE SAME descriptors) with the lock
+//! dropped, then the effects under the lock again.
+
+use super::core::has_data_out;
+use super::device::Device;
+use super::device::DeviceState;
+use super::device::Effects;
+use super::sense;
+use super::sgv::SgvObject;
+use super::uaccess;
+use super::ucmd::UcmdKind;
+use crate::abi;
+use crate::abi::data_direction;
+use crate::abi::exec_reply_type;
+use crate::abi::ReplyCmd;
+use crate::abi::SCST_SENSE_BUFFERSIZE;
+use crate::transport::Errno;
+use std::time::Instant;
+
+/// WRITE SAME descriptor arrays are at most this long (spec §3.5).
+const MAX_WS_DESCRIPTORS_LEN: u16 = 4096;
+
+/// User copies to do between the two locked steps.
+enum Plan {
+    /// Nothing left to do.
+    Done,
+    /// PARSE with an error status: copy the sense, complete.
+    ParseError {
+        h: u32,
+        id: u64,
+        status: u8,
+        sense: (u64, u8),
+    },
+    /// ALLOC_MEM: pin the buffer.
+    AllocMem {
+        h: u32,
+        id: u64,
+        pbuf: u64,
+        len: u64,
+        pages: u64,
+        cached: bool,
+    },
+    /// EXEC COMPLETED: maybe pin a new buffer, copy data-in and sense.
+    Exec {
+        h: u32,
+        id: u64,
+        status: u8,
+        sense: (u64, u8),
+        resp: usize,
+        /// The initiator's data-in buffer size.
+        want_in: usize,
+        /// (pbuf, bytes to pin, pages, cached) of a buffer supplied with the reply.
+        new_buf: Option<(u64, u64, u64, bool)>,
+        data_addr: u64,
+    },
+    /// DO_WRITE_SAME with descriptors to read.
+    WriteSame { h: u32, id: u64, addr: u64, len: u16 },
+}
+
+/// Process one 56-byte reply, as every reply-carrying ioctl does.
+///
+/// # Errors
+/// The errno of the spec §3.4/§3.5 table (`ESRCH`, `EINVAL`, `EFAULT`).
+pub(crate) fn process_reply(dev: &Device, reply: &ReplyCmd) -> Result<(), Errno> {
+    let plan = dev.with(|st, fx| st.reply_begin(reply, fx))?;
+    match plan {
+        Plan::Done => Ok(()),
+        Plan::ParseError { h, id, status, sense } => {
+            let copied = copy_sense(sense);
+            dev.with(|st, fx| {
+                st.reply_end(h);
+                match copied {
+                    Ok(s) => {
+                        st.complete_or_abort(id, status, s, Vec::new(), fx);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        st.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
+                        Err(e)
+                    }
+                }
+            })
+        }
+        Plan::AllocMem {
+            h,
+            id,
+            pbuf,
+            len,
+            pages,
+            cached,
+        } => {
+            let pinned = uaccess::pin_user_pages(pbuf, len);
+            dev.with(|st, fx| {
+                st.reply_end(h);
+                if pinned.is_err() {
+                    st.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
+                    return Err(Errno::EFAULT);
+                }
+                st.attach_buffer(h, id, pbuf, pages, cached);
+                if let Some(c) = st.cmds.get_mut(&id) {
+                    c.data_out_pending = has_data_out(c.parsed.direction);
+                }
+                st.queue_exec(id, fx);
+                Ok(())
+            })
+        }
+        Plan::Exec {
+            h,
+            id,
+            status,
+            sense,
+            resp,
+            want_in,
+            new_buf,
+            data_addr,
+        } => {
+            if let Some((pbuf, len, _, _)) = new_buf {
+                if uaccess::pin_user_pages(pbuf, len).is_err() {
+                    return dev.with(|st, fx| {
+                        st.reply_end(h);
+                        let busy = st
+                            .cmds
+                            .get(&id)
+                            .map_or(abi::sam_status::BUSY, |c| st.busy_status(c.sess_h));
+                        st.complete_or_abort(id, busy, Vec::new(), Vec::new(), fx);
+                        Ok(())
+                    });
+                }
+            }
+            // Only what the initiator's buffer takes is moved (the size is the handler's word).
+            let mut data = vec![0u8; resp.min(want_in)];
+            let copied = uaccess::copy_from_user(data_addr, &mut data).and_then(|()| copy_sense(sense));
+            dev.with(|st, fx| {
+                st.reply_end(h);
+                if let Some((pbuf, _, pages, cached)) = new_buf {
+                    st.attach_buffer(h, id, pbuf, pages, cached);
+                }
+                match copied {
+                    Ok(sense) => {
+                        if let Some(c) = st.cmds.get_mut(&id) {
+                            c.resp_data_len = resp as i32;
+                        }
+                        st.complete_or_abort(id, status, sense, data, fx);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        st.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
+                        Err(e)
+                    }
+                }
+            })
+        }
+        Plan::WriteSame { h, id, addr, len } => {
+            let mut raw = vec![0u8; usize::from(len)];
+            let copied = uaccess::copy_from_user(addr, &mut raw);
+            dev.with(|st, fx| {
+                st.reply_end(h);
+                if copied.is_err() {
+                    st.complete_with_sense(id, sense::HARDWARE_ERROR, fx);
+                    return Err(Errno::EFAULT);
+                }
+                // The last descriptor must terminate the list (usdd_blocks == 0).
+                let last_blocks = &raw[raw.len() - 8..];
+                if last_blocks.iter().any(|&b| b != 0) {
+                    log::warn!("loopback: DO_WRITE_SAME descriptors not terminated");
+                    st.complete_with_sense(id, sense::HARDWARE_ERROR, fx);
+                    return Err(Errno::EINVAL);
+                }
+                st.complete_or_abort(id, abi::sam_status::GOOD, Vec::new(), Vec::new(), fx);
+                Ok(())
+            })
+        }
+    }
+}
+
+fn copy_sense((addr, len): (u64, u8)) -> Result<Vec<u8>, Errno> {
+    let n = usize::from(len).min(SCST_SENSE_BUFFERSIZE);
+    let mut sense = vec![0u8; n];
+    if n > 0 {
+        uaccess::copy_from_user(addr, &mut sense)?;
+    }
+    Ok(sense)
+}
+
+impl DeviceState {
+    /// Complete normally, or as aborted if a TM aborted the command meanwhile.
+    fn complete_or_abort(&mut self, id: u64, status: u8, sense: Vec<u8>, data: Vec<u8>, fx: &mut Effects) {
+        self.complete_cmd(id, status, sense, data, false, fx);
+    }
+
+    fn reply_end(&mut self, h: u32) {
+        if let Some(u) = self.ucmds.get_mut(&h) {
+            u.in_reply = false;
+        }
+    }
+
+    /// Wrap a pinned user buffer in a new SGV object owned by ucmd `h` (extra reference).
+    fn attach_buffer(&mut self, h: u32, id: u64, pbuf: u64, pages: u64, cached: bool) {
+        let Some(cmd) = self.cmds.get_mut(&id) else { return };
+        let oid = self.sgv.insert(SgvObject {
+            pbuf,
+            pages,
+            owner: h,
+            cached,
+            clustered: false,
+            in_use: true,
+            last_used: Instant::now(),
+        });
+        cmd.sgv = Some(oid);
+        cmd.pbuf = pbuf;
+        if let Some(u) = self.ucmds.get_mut(&h) {
+            u.refs += 1;
+        }
+    }
+
+    /// Fail a command whose reply was invalid, with `code`; returns `err` for the ioctl.
+    fn invalid(
+        &mut self,
+        id: u64,
+        code: sense::SenseCode,
+        err: Errno,
+        fx: &mut Effects,
+    ) -> Result<Plan, Errno> {
+        self.complete_with_sense(id, code, fx);
+        Err(err)
+    }
+
+    fn reply_begin(&mut self, reply: &ReplyCmd, fx: &mut Effects) -> Result<Plan, Errno> {
+        let h = reply.cmd_h;
+        let Some(u) = self.ucmds.get(&h).filter(|u| u.refs > 0) else {
+            return Err(Errno::ESRCH);
+        };
+        if u.background {
+            return self.background_reply(h, reply);
+        }
+        if u.this_state_unjammed {
+            log::debug!("loopback: reply to unjammed ucmd {h} ignored");
+            return Ok(Plan::Done);
+        }
+        if !u.sent_to_user {
+            return Err(Errno::EINVAL);
+        }
+        if reply.subcode != u.msg.subcode || abi::subcode_state(reply.subcode) != u.state {
+            log::warn!(
+                "loopback: reply subcode {:#x} for ucmd {h} in state {}: failing the command",
+                reply.subcode,
+                u.state
+            );
+            self.unjam(h, false, fx);
+            return Err(Errno::EINVAL);
+        }
+        let state = u.state;
+        let kind = u.kind;
+        let id = u.scsi_cmd();
+        if let Some(u) = self.ucmds.get_mut(&h) {
+            u.sent_to_user = false;
+        }
+        match (state, id) {
+            (abi::UCMD_STATE_PARSING, Some(id)) => self.reply_parse(h, id, reply, fx),
+            (abi::UCMD_STATE_BUF_ALLOCING, Some(id)) => self.reply_alloc_mem(h, id, reply, fx),
+            (abi::UCMD_STATE_EXECING, Some(id)) => self.reply_exec(h, id, reply, fx),
+            (abi::UCMD_STATE_ON_FREEING, Some(id)) => {
+                self.finish_free(id);
+                Ok(Plan::Done)
+            }
+            (abi::UCMD_STATE_ON_CACHE_FREEING, _) => {
+                // Drops the buffer-owner reference: the zombie leaves the hash.
+                self.put_ucmd(h);
+                Ok(Plan::Done)
+            }
+            (abi::UCMD_STATE_TM_RECEIVED_EXECING, _) => {
+                if let UcmdKind::Tm { tm } = kind {
+                    if let Some(t) = self.tms.get_mut(&tm) {
+                        t.received_replied = true;
+                    }
+                }
+                self.put_ucmd(h);
+                self.check_tms(fx);
+                Ok(Plan::Done)
+            }
+            (abi::UCMD_STATE_TM_DONE_EXECING, _) => {
+                if let UcmdKind::Tm { tm } = kind {
+                    self.finish_tm(tm, reply.result(), fx);
+                }
+                self.put_ucmd(h);
+                Ok(Plan::Done)
+            }
+            (abi::UCMD_STATE_ATTACH_SESS, _) => {
+                if let UcmdKind::Attach { sess_h } = kind {
+                    self.attach_result(sess_h, reply.result(), fx);
+                }
+                self.put_ucmd(h);
+                Ok(Plan::Done)
+            }
+            (abi::UCMD_STATE_DETACH_SESS, _) => {
+                self.put_ucmd(h);
+                Ok(Plan::Done)
+            }
+            _ => {
+                log::error!("loopback: ucmd {h} in state {state} has no command");
+                Err(Errno::EINVAL)
+            }
+        }
+    }
+
+    /// Result of ATTACH_SESS: 0 makes the session live; anything else refuses it.
+    pub fn attach_result(&mut self, sess_h: u64, result: i32, fx: &mut Effects) {
+        if let Some(w) = self.attaches.get_mut(&sess_h) {
+            w.result = Some(result);
+            if result == 0 {
+                if let Some(s) = w.sess.take() {
+                    self.sessions.insert(sess_h, s);
+                }
+            }
+            fx.wake_attach = true;
+        }
+    }
+
+    /// The second reply of a BACKGROUND exec: only COMPLETED, which drops the extra ref.
+    fn background_reply(&mut self, h: u32, reply: &ReplyCmd) -> Result<Plan, Errno> {
+        let r: abi::ExecReply = reply.read_payload();
+        if r.reply_type != exec_reply_type::COMPLETED {
+            log::warn!("loopback: second BACKGROUND reply for ucmd {h}");
+            return Err(Errno::EINVAL);
+        }
+        if let Some(u) = self.ucmds.get_mut(&h) {
+            u.background = false;
+        }
+        self.put_ucmd(h);
+        Ok(Plan::Done)
+    }
+
+    fn reply_parse(&mut self, h: u32, id: u64, reply: &ReplyCmd, fx: &mut Effects) -> Result<Plan, Errno> {
+        let r: abi::ParseReply = reply.read_payload();
+        if r.status != 0 {
+            let s: abi::ParseReplySense = reply.read_payload();
+            self.set_in_reply(h);
+            return Ok(Plan::ParseError {
+                h,
+                id,
+                status: r.status,
+                sense: (s.psense_buffer, s.sense_len),
+            });
+        }
+        let Some(cmd) = self.cmds.get_mut(&id) else {
+            return Ok(Plan::Done);
+        };
+        let orig_cdb_len = cmd.cdb.len();
+        let valid = r.queue_type <= abi::queue_type::ACA
+            && matches!(
+                r.data_direction,
+                data_direction::WRITE | data_direction::READ | data_direction::BIDI | data_direction::NONE
+            )
+            && (r.bufflen != 0 || r.data_direction == data_direction::NONE)
+            && r.bufflen >= 0
+            && r.out_bufflen >= 0
+            && r.data_len >= 0
+            && r.lba >= 0
+            && usize::from(r.cdb_len) <= orig_cdb_len
+            && r.op_flags & abi::op_flags::INFO_VALID != 0;
+        if !valid {
+            log::warn!("loopback: invalid PARSE reply for ucmd {h}: {r:?}");
+            return self.invalid(id, sense::HARDWARE_ERROR, Errno::EINVAL, fx);
+        }
+        cmd.queue_type = r.queue_type;
+        cmd.parsed.direction = r.data_direction;
+        if r.cdb_len != 0 {
+            cmd.cdb.truncate(usize::from(r.cdb_len));
+        }
+        cmd.parsed.lba = r.lba;
+        cmd.parsed.data_len = r.data_len;
+        cmd.parsed.bufflen = r.bufflen;
+        cmd.parsed.op_flags = r.op_flags;
+        cmd.parsed.out_bufflen = r.out_bufflen;
+        if cmd.aborted {
+            self.complete_aborted(id, fx);
+        } else {
+            self.after_parse(id, fx);
+        }
+        Ok(Plan::Done)
+    }
+
+    fn reply_alloc_mem(
+        &mut self,
+        h: u32,
+        id: u64,
+        reply: &ReplyCmd,
+        fx: &mut Effects,
+    ) -> Result<Plan, Errno> {
+        let r: abi::AllocMemReply = reply.read_payload();
+        let Some(cmd) = self.cmds.get(&id) else {
+            return Ok(Plan::Done);
+        };
+        if r.pbuf == 0 {
+            let busy = self.busy_status(cmd.sess_h);
+            self.complete_or_abort(id, busy, Vec::new(), Vec::new(), fx);
+            return Ok(Plan::Done);
+        }
+        let cached = cmd.cached;
+        if cached && !r.pbuf.is_multiple_of(uaccess::PAGE_SIZE) {
+            log::warn!("loopback: misaligned cached buffer {:#x} for ucmd {h}", r.pbuf);
+            return self.invalid(id, sense::HARDWARE_ERROR, Errno::EINVAL, fx);
+        }
+        let len = if cached {
+            cmd.alloc_len as u64
+        } else {
+            cmd.buffer_bytes() as u64
+        };
+        self.set_in_reply(h);
+        Ok(Plan::AllocMem {
+            h,
+            id,
+            pbuf: r.pbuf,
+            len,
+            pages: len.div_ceil(uaccess::PAGE_SIZE),
+            cached,
+        })
+    }
+
+    fn reply_exec(&mut self, h: u32, id: u64, reply: &ReplyCmd, fx: &mut Effects) -> Result<Plan, Errno> {
+        let r: abi::ExecReply = reply.read_payload();
+        let Some(cmd) = self.cmds.get(&id) else {
+            return Ok(Plan::Done);
+        };
+        let dir = cmd.parsed.direction;
+        match r.reply_type {
+            exec_reply_type::COMPLETED => {
+                if r.resp_data_len < 0
+                    || r.resp_data_len > cmd.parsed.bufflen
+                    || (r.resp_data_len > 0 && dir != data_direction::READ)
+                {
+                    log::warn!("loopback: invalid EXEC reply for ucmd {h}: {r:?}");
+                    return self.invalid(id, sense::INTERNAL_FAILURE, Errno::EINVAL, fx);
+                }
+                let resp = r.resp_data_len as usize;
+                let want_in = cmd.expected_data_in as usize;
+                let mut new_buf = None;
+                let mut data_addr = cmd.pbuf;
+                if resp > 0 && cmd.pbuf == 0 {
+                    if r.pbuf == 0 {
+                        let busy = self.busy_status(cmd.sess_h);
+                        self.complete_or_abort(id, busy, Vec::new(), Vec::new(), fx);
+                        return Ok(Plan::Done);
+                    }
+                    if cmd.cached && !r.pbuf.is_multiple_of(uaccess::PAGE_SIZE) {
+                        log::warn!("loopback: misaligned cached buffer {:#x} in EXEC reply", r.pbuf);
+                        return self.invalid(id, sense::INTERNAL_FAILURE, Errno::EINVAL, fx);
+                    }
+                    let len = if cmd.cached {
+                        cmd.alloc_len as u64
+                    } else {
+                        cmd.buffer_bytes() as u64
+                    };
+                    new_buf = Some((r.pbuf, len, len.div_ceil(uaccess::PAGE_SIZE), cmd.cached));
+                    data_addr = r.pbuf;
+                }
+                self.set_in_reply(h);
+                Ok(Plan::Exec {
+                    h,
+                    id,
+                    status: r.status,
+                    sense: (r.psense_buffer, r.sense_len),
+                    resp,
+                    want_in,
+                    new_buf,
+                    data_addr,
+                })
+            }
+            exec_reply_type::BACKGROUND => {
+                if matches!(dir, data_direction::READ | data_direction::BIDI) || r.resp_data_len != 0 {
+                    log::warn!("loopback: BACKGROUND refused for ucmd {h} (direction {dir})");
+                    return self.invalid(id, sense::INTERNAL_FAILURE, Errno::EINVAL, fx);
+                }
+                if let Some(u) = self.ucmds.get_mut(&h) {
+                    u.background = true;
+                    u.refs += 1;
+                }
+                // Completed to the initiator with GOOD now; status and sense are skipped.
+                self.complete_or_abort(id, abi::sam_status::GOOD, Vec::new(), Vec::new(), fx);
+                Ok(Plan::Done)
+            }
+            exec_reply_type::DO_WRITE_SAME => {
+                let ws: abi::ExecReplyWriteSame = reply.read_payload();
+                let opcode = cmd.cdb.first().copied().unwrap_or(0);
+                let is_ws = matches!(
+                    opcode,
+                    super::core_parse::WRITE_SAME_10 | super::core_parse::WRITE_SAME_16
+                );
+                if !is_ws || ws.status != 0 {
+                    return self.invalid(id, sense::HARDWARE_ERROR, Errno::EINVAL, fx);
+                }
+                if ws.ws_descriptors_len == 0 {
+                    // The core writes the whole range itself.
+                    self.complete_or_abort(id, abi::sam_status::GOOD, Vec::new(), Vec::new(), fx);
+                    return Ok(Plan::Done);
+                }
+                if !ws.ws_descriptors_len.is_multiple_of(16) || ws.ws_descriptors_len > MAX_WS_DESCRIPTORS_LEN
+                {
+                    return self.invalid(id, sense::HARDWARE_ERROR, Errno::EINVAL, fx);
+                }
+                self.set_in_reply(h);
+                Ok(Plan::WriteSame {
+                    h,
+                    id,
+                    addr: ws.ws_descriptors,
+                    len: ws.ws_descriptors_len,
+                })
+            }
+            other => {
+                log::warn!("loopback: unknown EXEC reply_type {other} for ucmd {h}");
+                self.invalid(id, sense::INTERNAL_FAILURE, Errno::EINVAL, fx)
+            }
+        }
+    }
+
+    fn set_in_reply(&mut self, h: u32) {
+        if let Some(u) = self.ucmds.get_mut(&h) {
+            u.in_reply = true;
+        }
+    }
+}

@@ -1,0 +1,606 @@
+//! The initiator side of the loopback kernel: the kernel object itself ([`LoopbackKernel`]),
+//! sessions attached to a device's LUN (ATTACH_SESS / DETACH_SESS, spec §3.4, §7.3), SCSI
+//! command submission, task management (spec §4) and diagnostics (sysfs `commands`, §7.2).
+
+use super::device::CoreWork;
+use super::device::Device;
+use super::device::ScsiCmd;
+use super::device::SessState;
+use super::device::TmState;
+use super::fd::LoopbackFd;
+use super::ucmd::state_name;
+use super::ucmd::UcmdKind;
+use crate::abi;
+use crate::abi::tm_fn;
+use crate::transport::Errno;
+use crossbeam_channel::Receiver;
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+/// Configuration of a loopback kernel.
+#[derive(Clone, Debug)]
+pub struct KernelConfig {
+    /// The interface version string REGISTER must match (spec §1.4).
+    pub version: String,
+    /// How long ATTACH_SESS waits for the handler's reply (`DEV_USER_ATTACH_TIMEOUT`, 5 s).
+    pub attach_timeout: Duration,
+    /// SGV purge interval; `None` = from the device descriptor (0 → 60 s, <0 → never).
+    pub purge_interval: Option<Duration>,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            version: crate::transport::version::default_version_string(),
+            attach_timeout: Duration::from_secs(5),
+            purge_interval: None,
+        }
+    }
+}
+
+/// Shared kernel state: configuration and the global device list (`dev_list`).
+pub(crate) struct KernelInner {
+    pub config: KernelConfig,
+    pub devices: Mutex<HashMap<String, Arc<Device>>>,
+    next_sess: AtomicU64,
+    next_tm: AtomicU64,
+}
+
+impl KernelInner {
+    /// The registered device `name`.
+    pub fn device(&self, name: &str) -> Option<Arc<Device>> {
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+/// An in-process model of the scst_user kernel module, SCST core and an initiator
+/// (`scst_local`). Cheap to clone.
+#[derive(Clone)]
+pub struct LoopbackKernel {
+    inner: Arc<KernelInner>,
+}
+
+/// How a session sees the LUN.
+#[derive(Clone, Debug)]
+pub struct SessionSpec {
+    /// Initiator name.
+    pub initiator_name: String,
+    /// Target name.
+    pub target_name: String,
+    /// LUN number.
+    pub lun: u64,
+    /// Read-only LUN: the core refuses WRITE_MEDIUM commands (DATA PROTECT).
+    pub rd_only: bool,
+}
+
+/// One SCSI command from the initiator.
+#[derive(Clone, Debug, Default)]
+pub struct ScsiRequest {
+    /// Initiator task tag (unique among the session's outstanding commands).
+    pub tag: u64,
+    /// The CDB (up to 16 bytes inline; longer ones through GET_EXTENDED_CDB).
+    pub cdb: Vec<u8>,
+    /// Data-out.
+    pub data_out: Vec<u8>,
+    /// Size of the initiator's data-in buffer.
+    pub expected_data_in: u32,
+    /// [`abi::queue_type`] value.
+    pub queue_type: u8,
+    /// Timeout in seconds (passed through to the handler).
+    pub timeout_secs: u32,
+}
+
+/// The outcome of one SCSI command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiCompletion {
+    /// Tag of the request.
+    pub tag: u64,
+    /// SAM status.
+    pub status: u8,
+    /// Sense bytes (empty unless CHECK CONDITION).
+    pub sense: Vec<u8>,
+    /// Data-in, at most `expected_data_in` bytes.
+    pub data_in: Vec<u8>,
+    /// Aborted by task management (status TASK ABORTED).
+    pub aborted: bool,
+}
+
+/// The outcome of one task management function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TmCompletion {
+    /// The id `task_mgmt` returned.
+    pub id: u64,
+    /// [`abi::tm_result`] value.
+    pub result: i32,
+}
+
+/// Why a session could not be attached.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AttachError {
+    /// No device of that name is registered.
+    #[error("no scst_user device {0:?} is registered: start the handler first")]
+    NoDevice(String),
+    /// The device is being released.
+    #[error("device {0:?} is being released")]
+    DeviceGone(String),
+    /// The handler answered ATTACH_SESS with a non-zero result.
+    #[error("the handler refused the session with result {0}")]
+    Refused(i32),
+    /// The handler did not answer within the attach timeout (no thread serving the fd?).
+    #[error("ATTACH_SESS not answered within {0:?}: is a handler thread serving the fd?")]
+    Timeout(Duration),
+}
+
+/// Why a command or TM could not be submitted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The device was released (fd closed).
+    #[error("the device is gone (its fd was closed)")]
+    DeviceGone,
+    /// The session was detached.
+    #[error("the session was detached")]
+    SessionGone,
+    /// Another outstanding command of this session has this tag.
+    #[error("tag {0} is already outstanding in this session")]
+    DuplicateTag(u64),
+    /// Empty or oversized CDB.
+    #[error("CDB of {0} bytes: must be 1..=65536")]
+    InvalidCdb(usize),
+    /// Unknown TM function.
+    #[error("unknown task management function {0} (valid: 0..=11)")]
+    InvalidFunction(u32),
+}
+
+/// Counters of one device, for tests and diagnostics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// ucmds in the hash.
+    pub ucmds: usize,
+    /// ucmds by state name.
+    pub by_state: BTreeMap<&'static str, usize>,
+    /// ucmds on the ready list.
+    pub ready: usize,
+    /// Free buffers in the SGV cache.
+    pub cached_buffers: usize,
+    /// Bytes of those buffers.
+    pub cached_bytes: u64,
+    /// Buffers attached to live commands.
+    pub buffers_in_use: usize,
+    /// Commands completed to initiators.
+    pub commands_completed: u64,
+    /// Commands not yet completed.
+    pub commands_in_flight: usize,
+    /// Attached sessions.
+    pub sessions: usize,
+}
+
+/// One session (I_T nexus) with the LUN of one device. `Send + Sync`. Dropping it without
+/// [`Session::detach`] leaves the session attached (like an initiator that stays logged in);
+/// its completions are then discarded.
+pub struct Session {
+    dev: Arc<Device>,
+    kernel: Arc<KernelInner>,
+    sess_h: u64,
+    rx: Receiver<ScsiCompletion>,
+    tm_rx: Receiver<TmCompletion>,
+}
+
+static_assertions::assert_impl_all!(Session: Send, Sync);
+static_assertions::assert_impl_all!(LoopbackKernel: Send, Sync);
+
+/// First session handle: looks like a kernel pointer, never 0 (spec §8.15).
+const SESS_H_BASE: u64 = 0xffff_8881_0000_0000;
+
+impl LoopbackKernel {
+    /// A kernel with no devices.
+    pub fn new(config: KernelConfig) -> Self {
+        Self {
+            inner: Arc::new(KernelInner {
+                config,
+                devices: Mutex::new(HashMap::new()),
+                next_sess: AtomicU64::new(1),
+                next_tm: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Open `/dev/scst_user` (with O_NONBLOCK if `nonblocking`; sampled at REGISTER, §1.1).
+    ///
+    /// # Panics
+    /// If the process is out of file descriptors for the fd's poll pipe (as `open(2)` would
+    /// fail with EMFILE); raise RLIMIT_NOFILE.
+    pub fn open(&self, nonblocking: bool) -> LoopbackFd {
+        LoopbackFd::new(self.inner.clone(), nonblocking)
+    }
+
+    /// Like adding the device as a LUN to a target with a session (`scst_local`): queues
+    /// ATTACH_SESS and waits up to `attach_timeout` for the handler's reply.
+    ///
+    /// # Errors
+    /// [`AttachError`]: no such device, refused (result ≠ 0, or -EFAULT if the fd closed), or
+    /// no reply in time.
+    pub fn attach_session(&self, device: &str, spec: SessionSpec) -> Result<Session, AttachError> {
+        let dev = self
+            .inner
+            .device(device)
+            .ok_or_else(|| AttachError::NoDevice(device.to_owned()))?;
+        let sess_h = SESS_H_BASE + self.inner.next_sess.fetch_add(1, Ordering::Relaxed) * 0x1000;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tm_tx, tm_rx) = crossbeam_channel::unbounded();
+        dev.with(|st, fx| {
+            if st.released {
+                return Err(AttachError::DeviceGone(device.to_owned()));
+            }
+            let h = st.new_ucmd(UcmdKind::Attach { sess_h });
+            let mut payload: abi::Sess = zerocopy::FromZeros::new_zeroed();
+            payload.sess_h = sess_h;
+            payload.lun = spec.lun;
+            payload.threads_num = 1;
+            payload.rd_only = spec.rd_only as u8;
+            payload.initiator_name = abi::fill_c_name(&spec.initiator_name);
+            payload.target_name = abi::fill_c_name(&spec.target_name);
+            if let Some(u) = st.ucmds.get_mut(&h) {
+                u.set_message(abi::SCST_USER_ATTACH_SESS, &payload);
+            }
+            st.attaches.insert(
+                sess_h,
+                super::device::AttachWait {
+                    sess: Some(SessState {
+                        lun: spec.lun,
+                        rd_only: spec.rd_only,
+                        tx,
+                        tm_tx,
+                        ua: None,
+                        next_sn: 0,
+                        outstanding: 0,
+                        detached: false,
+                    }),
+                    result: None,
+                },
+            );
+            st.queue_ready(h, fx);
+            Ok(())
+        })?;
+        let timeout = self.inner.config.attach_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut st = dev.lock();
+        loop {
+            if let Some(result) = st.attaches.get(&sess_h).and_then(|w| w.result) {
+                st.attaches.remove(&sess_h);
+                drop(st);
+                return if result == 0 {
+                    Ok(Session {
+                        dev,
+                        kernel: self.inner.clone(),
+                        sess_h,
+                        rx,
+                        tm_rx,
+                    })
+                } else {
+                    Err(AttachError::Refused(result))
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // The ATTACH ucmd stays until replied or unjammed; a late reply is dropped.
+                st.attaches.remove(&sess_h);
+                log::warn!("loopback {}: ATTACH_SESS timed out after {timeout:?}", dev.name);
+                return Err(AttachError::Timeout(timeout));
+            }
+            st = st.wait_timeout(&dev.attach_cond, deadline - now);
+        }
+    }
+
+    /// FLUSH_CACHE from the core side: every free cached buffer is evicted
+    /// (ON_CACHED_MEM_FREE with its owner's handle).
+    ///
+    /// # Errors
+    /// `ENODEV` if no such device is registered.
+    pub fn flush_cache(&self, device: &str) -> Result<(), Errno> {
+        let dev = self.inner.device(device).ok_or(Errno::ENODEV)?;
+        dev.with(|st, fx| {
+            st.flush_sgv(fx);
+        });
+        Ok(())
+    }
+
+    /// Counters of `device`, if registered.
+    pub fn device_stats(&self, device: &str) -> Option<DeviceStats> {
+        let dev = self.inner.device(device)?;
+        let st = dev.lock();
+        let mut by_state = BTreeMap::new();
+        for u in st.ucmds.values() {
+            *by_state.entry(state_name(u.state)).or_insert(0) += 1;
+        }
+        let (cached_buffers, cached_bytes) = st.sgv.cached_totals();
+        Some(DeviceStats {
+            ucmds: st.ucmds.len(),
+            by_state,
+            ready: st.ready.len(),
+            cached_buffers,
+            cached_bytes,
+            buffers_in_use: st.sgv.in_use(),
+            commands_completed: st.commands_completed,
+            commands_in_flight: st.commands_in_flight(),
+            sessions: st.sessions.len(),
+        })
+    }
+
+    /// The live ucmds of `device`, one per line, like the sysfs `commands` file (spec §7.2).
+    pub fn commands_dump(&self, device: &str) -> Option<String> {
+        let dev = self.inner.device(device)?;
+        let st = dev.lock();
+        let mut hs: Vec<u32> = st.ucmds.keys().copied().collect();
+        hs.sort_unstable();
+        let mut out = String::new();
+        for h in hs {
+            if let Some(u) = st.ucmds.get(&h) {
+                out.push_str(&format!(
+                    "ucmd {h} state {} ref {} sent {} seen {} aborted {} jammed {} background {}\n",
+                    state_name(u.state),
+                    u.refs,
+                    u.sent_to_user as u8,
+                    u.seen_by_user as u8,
+                    u.aborted as u8,
+                    u.jammed as u8,
+                    u.background as u8,
+                ));
+            }
+        }
+        Some(out)
+    }
+
+    /// Names of the registered devices, sorted.
+    pub fn registered_devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Session {
+    /// The opaque, non-zero session handle the handler sees.
+    pub fn sess_h(&self) -> u64 {
+        self.sess_h
+    }
+
+    /// Queue one SCSI command from the initiator; never blocks on the handler (it goes to the
+    /// SCST active list, processed inside handler threads).
+    ///
+    /// # Errors
+    /// [`SubmitError`] if the device or session is gone, the tag is in use, or the CDB is
+    /// empty or too long.
+    pub fn submit(&self, req: ScsiRequest) -> Result<(), SubmitError> {
+        if req.cdb.is_empty() || req.cdb.len() > abi::SCST_MAX_LONG_CDB_SIZE {
+            return Err(SubmitError::InvalidCdb(req.cdb.len()));
+        }
+        let sess_h = self.sess_h;
+        self.dev.with(|st, fx| {
+            if st.released {
+                return Err(SubmitError::DeviceGone);
+            }
+            let dup = st
+                .cmds
+                .values()
+                .any(|c| c.sess_h == sess_h && c.tag == req.tag && !c.completed);
+            let sess = match st.sessions.get_mut(&sess_h) {
+                Some(s) if !s.detached => s,
+                _ => return Err(SubmitError::SessionGone),
+            };
+            if dup {
+                return Err(SubmitError::DuplicateTag(req.tag));
+            }
+            let sn = sess.next_sn;
+            sess.next_sn = sess.next_sn.wrapping_add(1);
+            sess.outstanding += 1;
+            let id = st.next_cmd_id;
+            st.next_cmd_id += 1;
+            st.cmds.insert(
+                id,
+                ScsiCmd {
+                    id,
+                    sess_h,
+                    tag: req.tag,
+                    cdb: req.cdb,
+                    data_out: req.data_out,
+                    expected_data_in: req.expected_data_in,
+                    queue_type: req.queue_type,
+                    timeout: req.timeout_secs,
+                    sn,
+                    parsed: super::core_parse::ParsedCdb {
+                        direction: abi::data_direction::UNKNOWN,
+                        bufflen: 0,
+                        out_bufflen: 0,
+                        data_len: 0,
+                        lba: 0,
+                        op_flags: 0,
+                    },
+                    ucmd: None,
+                    sgv: None,
+                    pbuf: 0,
+                    alloc_len: 0,
+                    cached: false,
+                    data_out_pending: false,
+                    aborted: false,
+                    completed: false,
+                    status: 0,
+                    resp_data_len: 0,
+                },
+            );
+            st.active.push_back(CoreWork::New(id));
+            fx.wake_fetchers = true;
+            Ok(())
+        })
+    }
+
+    /// Completions of submitted commands, in completion order.
+    pub fn completions(&self) -> &Receiver<ScsiCompletion> {
+        &self.rx
+    }
+
+    /// Task management (spec §4): affected commands the handler has not seen are aborted at
+    /// once; TASK_MGMT_RECEIVED is queued; TASK_MGMT_DONE follows when RECEIVED was replied
+    /// and every affected command the handler holds has been replied. The outcome arrives on
+    /// [`Session::tm_completions`]. `abort_tag` selects the command for ABORT TASK.
+    ///
+    /// # Errors
+    /// [`SubmitError`] if the device or session is gone or `function` is unknown.
+    pub fn task_mgmt(&self, function: u32, abort_tag: Option<u64>) -> Result<u64, SubmitError> {
+        if function > tm_fn::PR_ABORT_ALL {
+            return Err(SubmitError::InvalidFunction(function));
+        }
+        let id = self.kernel.next_tm.fetch_add(1, Ordering::Relaxed);
+        let sess_h = self.sess_h;
+        self.dev.with(|st, fx| {
+            if st.released {
+                return Err(SubmitError::DeviceGone);
+            }
+            let tm_tx = match st.sessions.get(&sess_h) {
+                Some(s) if !s.detached => s.tm_tx.clone(),
+                _ => return Err(SubmitError::SessionGone),
+            };
+            let whole_lun = match function {
+                tm_fn::ABORT_TASK_SET | tm_fn::CLEAR_TASK_SET => st.opt.tst == 0,
+                tm_fn::LUN_RESET
+                | tm_fn::TARGET_RESET
+                | tm_fn::NEXUS_LOSS
+                | tm_fn::ABORT_ALL_TASKS
+                | tm_fn::PR_ABORT_ALL => true,
+                _ => false,
+            };
+            let mut targets: Vec<u64> = st
+                .cmds
+                .values()
+                .filter(|c| !c.completed)
+                .filter(|c| match function {
+                    tm_fn::ABORT_TASK => c.sess_h == sess_h && Some(c.tag) == abort_tag,
+                    tm_fn::CLEAR_ACA => false,
+                    _ => whole_lun || c.sess_h == sess_h,
+                })
+                .map(|c| c.id)
+                .collect();
+            targets.sort_unstable();
+            if function == tm_fn::ABORT_TASK && targets.is_empty() {
+                // The core finds no such task: the device is not involved.
+                fx.tm.push((
+                    tm_tx,
+                    TmCompletion {
+                        id,
+                        result: abi::tm_result::TASK_NOT_EXIST,
+                    },
+                ));
+                return Ok(id);
+            }
+            let cmd_h_to_abort = if function == tm_fn::ABORT_TASK {
+                targets
+                    .first()
+                    .and_then(|t| st.cmds.get(t))
+                    .and_then(|c| c.ucmd)
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            let mut affected = HashSet::new();
+            for cid in targets {
+                if let Some(c) = st.cmds.get_mut(&cid) {
+                    c.aborted = true;
+                }
+                let ucmd = st.cmds.get(&cid).and_then(|c| c.ucmd);
+                let new_pos = st.active.iter().position(|w| *w == CoreWork::New(cid));
+                if let Some(pos) = new_pos {
+                    st.active.remove(pos);
+                    st.complete_aborted(cid, fx);
+                    continue;
+                }
+                let Some(h) = ucmd else {
+                    affected.insert(cid);
+                    continue;
+                };
+                let (held, queued) = match st.ucmds.get(&h) {
+                    Some(u) => (u.sent_to_user || u.in_reply, st.ready.contains(&h)),
+                    None => (false, false),
+                };
+                if !held && queued {
+                    // dev_user_abort_ready_commands: queued-unseen, failed without the handler.
+                    st.unqueue(h);
+                    if let Some(u) = st.ucmds.get_mut(&h) {
+                        u.aborted = true;
+                        u.jammed = true;
+                    }
+                    st.complete_aborted(cid, fx);
+                } else {
+                    affected.insert(cid);
+                }
+            }
+            let h = st.new_ucmd(UcmdKind::Tm { tm: id });
+            let payload = abi::Tm {
+                sess_h,
+                fn_: function,
+                cmd_h_to_abort,
+                ..Default::default()
+            };
+            if let Some(u) = st.ucmds.get_mut(&h) {
+                u.set_message(abi::SCST_USER_TASK_MGMT_RECEIVED, &payload);
+            }
+            st.tms.insert(
+                id,
+                TmState {
+                    id,
+                    sess_h,
+                    fn_: function,
+                    cmd_h_to_abort,
+                    affected,
+                    received_replied: false,
+                    done_queued: false,
+                    tx: tm_tx,
+                },
+            );
+            st.queue_ready(h, fx);
+            Ok(id)
+        })
+    }
+
+    /// Outcomes of [`Session::task_mgmt`].
+    pub fn tm_completions(&self) -> &Receiver<TmCompletion> {
+        &self.tm_rx
+    }
+
+    /// Remove the LUN from this session: DETACH_SESS is queued (nobody waits for its reply);
+    /// commands still outstanding complete normally.
+    pub fn detach(self) {
+        let sess_h = self.sess_h;
+        self.dev.with(|st, fx| {
+            if st.released || !st.sessions.contains_key(&sess_h) {
+                return;
+            }
+            let payload = super::unjam::detach_payload(st, sess_h);
+            if let Some(s) = st.sessions.get_mut(&sess_h) {
+                s.detached = true;
+            }
+            st.sessions.retain(|_, s| !(s.detached && s.outstanding == 0));
+            let h = st.new_ucmd(UcmdKind::Detach { sess_h });
+            if let Some(u) = st.ucmds.get_mut(&h) {
+                u.set_message(abi::SCST_USER_DETACH_SESS, &payload);
+            }
+            st.queue_ready(h, fx);
+        });
+    }
+}

@@ -1,0 +1,216 @@
+//! The SGV buffer cache of one device (spec §3.6): pinned user buffers wrapped in pool objects,
+//! each owned by the ucmd that first supplied it ("buffer owner", holding an extra ucmd
+//! reference). Free objects sit in the pool by size class; eviction (purge, FLUSH_CACHE,
+//! teardown) hands the owner back to the device, which queues ON_CACHED_MEM_FREE with the
+//! OWNER's handle.
+//!
+//! Not modelled: `sgv_shared` pools across devices (each device has its own pools), and the
+//! memory shrinker (only purge, FLUSH_CACHE and teardown evict).
+
+use std::collections::HashMap;
+use std::time::Duration;
+use std::time::Instant;
+
+/// Pages of the largest cached class: order 10, 4 MiB (spec §3.6).
+const MAX_CACHED_PAGES: u64 = 1024;
+const PAGE: u64 = 4096;
+
+/// One pool object: a pinned user buffer.
+#[derive(Clone, Debug)]
+pub(crate) struct SgvObject {
+    /// User address of the buffer.
+    pub pbuf: u64,
+    /// Pages pinned (the class size when cached).
+    pub pages: u64,
+    /// Owner ucmd handle.
+    pub owner: u32,
+    /// Lives in the cache (returned to the pool when its command ends) or dies with it.
+    pub cached: bool,
+    /// Belongs to the clustered pool.
+    pub clustered: bool,
+    /// Attached to a live command.
+    pub in_use: bool,
+    /// Last time it went back to the pool.
+    pub last_used: Instant,
+}
+
+/// An object evicted from the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    /// Owner ucmd handle (the cmd_h of ON_CACHED_MEM_FREE).
+    pub owner: u32,
+    /// The buffer.
+    pub pbuf: u64,
+}
+
+/// Both pools (normal and clustered) of one device.
+#[derive(Debug)]
+pub(crate) struct SgvPool {
+    objects: HashMap<u64, SgvObject>,
+    next_id: u64,
+    single_alloc_pages: u64,
+    purge_interval: Option<Duration>,
+}
+
+impl SgvPool {
+    /// A pool; `single_alloc_pages` > 0 selects single-class mode.
+    pub fn new(single_alloc_pages: i32, purge_interval: Option<Duration>) -> Self {
+        Self {
+            objects: HashMap::new(),
+            next_id: 1,
+            single_alloc_pages: u64::try_from(single_alloc_pages).unwrap_or(0),
+            purge_interval,
+        }
+    }
+
+    /// Pages of the size class for `bytes`, or `None` if such a buffer is never cached:
+    /// power-of-two classes of 1..1024 pages, or the single class of `sgv_single_alloc_pages`.
+    pub fn class_pages(&self, bytes: u64) -> Option<u64> {
+        let pages = bytes.div_ceil(PAGE).max(1);
+        if self.single_alloc_pages > 0 {
+            return (pages <= self.single_alloc_pages).then_some(self.single_alloc_pages);
+        }
+        let class = pages.next_power_of_two();
+        (class <= MAX_CACHED_PAGES).then_some(class)
+    }
+
+    /// Take a free object of exactly `pages` (most recently used first: the LRU tail is reused
+    /// and the cold head gets purged).
+    pub fn take_free(&mut self, pages: u64, clustered: bool) -> Option<(u64, SgvObject)> {
+        let id = self
+            .objects
+            .iter()
+            .filter(|(_, o)| !o.in_use && o.cached && o.pages == pages && o.clustered == clustered)
+            .max_by_key(|(id, o)| (o.last_used, **id))
+            .map(|(id, _)| *id)?;
+        let obj = self.objects.get_mut(&id)?;
+        obj.in_use = true;
+        Some((id, obj.clone()))
+    }
+
+    /// Insert a new object; returns its id.
+    pub fn insert(&mut self, obj: SgvObject) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.objects.insert(id, obj);
+        id
+    }
+
+    /// The object `id`.
+    pub fn get(&self, id: u64) -> Option<&SgvObject> {
+        self.objects.get(&id)
+    }
+
+    /// A command is done with `id`: cached objects return to the pool, the others are
+    /// destroyed (their owner reference must then be dropped by the caller).
+    pub fn release(&mut self, id: u64, now: Instant) -> Option<SgvObject> {
+        let obj = self.objects.get_mut(&id)?;
+        if obj.cached {
+            obj.in_use = false;
+            obj.last_used = now;
+            None
+        } else {
+            self.objects.remove(&id)
+        }
+    }
+
+    /// Evict every free cached object (FLUSH_CACHE, teardown).
+    pub fn flush(&mut self) -> Vec<Evicted> {
+        self.evict_where(|_| true)
+    }
+
+    /// Evict free objects unused for at least the purge interval.
+    pub fn purge(&mut self, now: Instant) -> Vec<Evicted> {
+        match self.purge_interval {
+            Some(interval) => self.evict_where(|o| now.duration_since(o.last_used) >= interval),
+            None => Vec::new(),
+        }
+    }
+
+    fn evict_where(&mut self, pred: impl Fn(&SgvObject) -> bool) -> Vec<Evicted> {
+        let ids: Vec<u64> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| !o.in_use && pred(o))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out: Vec<(u64, Evicted)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                self.objects.remove(&id).map(|o| {
+                    (
+                        id,
+                        Evicted {
+                            owner: o.owner,
+                            pbuf: o.pbuf,
+                        },
+                    )
+                })
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Free (cached, unused) objects and their bytes.
+    pub fn cached_totals(&self) -> (usize, u64) {
+        self.objects
+            .values()
+            .filter(|o| o.cached && !o.in_use)
+            .fold((0, 0), |(n, b), o| (n + 1, b + o.pages * PAGE))
+    }
+
+    /// Objects attached to live commands.
+    pub fn in_use(&self) -> usize {
+        self.objects.values().filter(|o| o.in_use).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(pages: u64, owner: u32) -> SgvObject {
+        SgvObject {
+            pbuf: 0x1000 * u64::from(owner),
+            pages,
+            owner,
+            cached: true,
+            clustered: false,
+            in_use: true,
+            last_used: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn classes_are_powers_of_two_up_to_4_mib() {
+        let pool = SgvPool::new(0, None);
+        assert_eq!(pool.class_pages(1), Some(1));
+        assert_eq!(pool.class_pages(4097), Some(2));
+        assert_eq!(pool.class_pages(3 * 4096), Some(4));
+        assert_eq!(pool.class_pages(4 << 20), Some(1024));
+        assert_eq!(pool.class_pages((4 << 20) + 1), None);
+        let single = SgvPool::new(8, None);
+        assert_eq!(single.class_pages(4096), Some(8));
+        assert_eq!(single.class_pages(9 * 4096), None);
+    }
+
+    #[test]
+    fn released_objects_are_reused_then_flushed_with_their_owner() {
+        let mut pool = SgvPool::new(0, None);
+        let id = pool.insert(obj(2, 7));
+        assert!(pool.take_free(2, false).is_none(), "in use");
+        assert!(pool.release(id, Instant::now()).is_none());
+        assert_eq!(pool.take_free(2, false).map(|(i, _)| i), Some(id));
+        pool.release(id, Instant::now());
+        assert_eq!(pool.cached_totals(), (1, 8192));
+        assert_eq!(
+            pool.flush(),
+            vec![Evicted {
+                owner: 7,
+                pbuf: 0x7000
+            }]
+        );
+        assert_eq!(pool.cached_totals(), (0, 0));
+    }
+}

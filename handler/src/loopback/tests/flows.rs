@@ -1,0 +1,183 @@
+//! Typical flows (spec §3.7).
+
+use super::*;
+use crate::abi;
+use crate::abi::data_direction;
+use crate::abi::sam_status;
+use crate::abi::GetCmd;
+use crate::abi::ReplyCmd;
+use crate::transport::Errno;
+use crate::transport::ScstUserFd;
+use scst_accel_dma::PageBuffer;
+use std::time::Instant;
+use zerocopy::IntoBytes;
+
+#[test]
+fn read_miss_then_hit_reuses_the_cached_buffer() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    s.submit(read10(1, 8, 3)).unwrap();
+    let c = wait_cmd(&r.fd);
+    assert_eq!(c.subcode, abi::SCST_USER_EXEC, "plain READ miss: no ALLOC_MEM");
+    let e: abi::ScsiCmdExec = c.read_payload();
+    assert_eq!((e.pbuf, e.alloc_len, e.bufflen, e.lba), (0, 4096, 1536, 8));
+    assert_eq!(e.data_direction, data_direction::READ);
+    assert_eq!(e.sess_h, s.sess_h());
+    let buf = PageBuffer::new(4096).unwrap();
+    buf.fill(0, 1536, 0x5a);
+    r.fd.reply_cmd(&completed(c.cmd_h, 1536, buf.addr(), 0)).unwrap();
+    let done = recv(&s);
+    assert_eq!(
+        (done.tag, done.status, done.aborted),
+        (1, sam_status::GOOD, false)
+    );
+    assert_eq!(done.data_in, vec![0x5a; 1536]);
+    let owner = c.cmd_h;
+    assert_eq!(stats(&r).cached_buffers, 1);
+
+    s.submit(read10(2, 0, 8)).unwrap();
+    let c2 = wait_cmd(&r.fd);
+    assert_eq!(c2.subcode, abi::SCST_USER_EXEC);
+    let e2: abi::ScsiCmdExec = c2.read_payload();
+    assert_eq!(e2.pbuf, buf.addr(), "cache hit carries the cached buffer");
+    buf.fill(0, 4096, 0x11);
+    r.fd.reply_cmd(&completed(c2.cmd_h, 4096, 0, 0)).unwrap();
+    assert_eq!(recv(&s).data_in, vec![0x11; 4096]);
+    // The owner ucmd is a zombie (ON_FREE_SKIPPED) until eviction.
+    let dump = r.kernel.commands_dump("disk0").unwrap();
+    assert!(
+        dump.contains(&format!("ucmd {owner} state ON_FREE_SKIPPED ref 1")),
+        "{dump}"
+    );
+}
+
+#[test]
+fn write_miss_allocates_then_hit_carries_the_data() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    s.submit(write10(1, 4, vec![0xab; 2048])).unwrap();
+    let c = wait_cmd(&r.fd);
+    assert_eq!(c.subcode, abi::SCST_USER_ALLOC_MEM);
+    let a: abi::ScsiCmdAllocMem = c.read_payload();
+    assert_eq!((a.alloc_len, a.data_direction), (4096, data_direction::WRITE));
+    let buf = PageBuffer::new(4096).unwrap();
+    r.fd.reply_cmd(&ReplyCmd::with_payload(
+        c.cmd_h,
+        abi::SCST_USER_ALLOC_MEM,
+        &abi::AllocMemReply { pbuf: buf.addr() },
+    ))
+    .unwrap();
+    let x = wait_cmd(&r.fd);
+    assert_eq!(
+        (x.subcode, x.cmd_h),
+        (abi::SCST_USER_EXEC, c.cmd_h),
+        "same handle"
+    );
+    let e: abi::ScsiCmdExec = x.read_payload();
+    assert_eq!(e.pbuf, buf.addr());
+    let mut got = vec![0u8; 2048];
+    buf.read_at(0, &mut got);
+    assert_eq!(
+        got,
+        vec![0xab; 2048],
+        "data-out is in the buffer when EXEC arrives"
+    );
+    r.fd.reply_cmd(&completed(x.cmd_h, 0, 0, 0)).unwrap();
+    assert_eq!(recv(&s).status, sam_status::GOOD);
+
+    s.submit(write10(2, 0, vec![0xcd; 4096])).unwrap();
+    let x2 = wait_cmd(&r.fd);
+    assert_eq!(x2.subcode, abi::SCST_USER_EXEC, "hit: no ALLOC_MEM");
+    let mut got = vec![0u8; 4096];
+    buf.read_at(0, &mut got);
+    assert_eq!(got, vec![0xcd; 4096]);
+    r.fd.reply_cmd(&completed(x2.cmd_h, 0, 0, 0)).unwrap();
+    assert_eq!(recv(&s).status, sam_status::GOOD);
+}
+
+#[test]
+fn no_reuse_with_on_free_call_reports_every_buffer() {
+    let r = rig(opt(
+        abi::parse_type::STANDARD,
+        abi::on_free_cmd_type::CALL,
+        abi::memory_reuse_type::NO_REUSE,
+    ));
+    let s = attach(&r, false);
+    s.submit(read10(1, 0, 3)).unwrap();
+    let c = wait_cmd(&r.fd);
+    let e: abi::ScsiCmdExec = c.read_payload();
+    assert_eq!(
+        (e.pbuf, e.alloc_len),
+        (0, 1536),
+        "not cached: alloc_len = bufflen"
+    );
+    let mut heap = vec![7u8; 1536]; // any alignment is fine when not cached
+    r.fd.reply_cmd(&completed(c.cmd_h, 1536, heap.as_mut_ptr() as u64, 0))
+        .unwrap();
+    assert_eq!(recv(&s).data_in, vec![7u8; 1536]);
+    let f = wait_cmd(&r.fd);
+    assert_eq!((f.subcode, f.cmd_h), (abi::SCST_USER_ON_FREE_CMD, c.cmd_h));
+    let of: abi::ScsiOnFreeCmd = f.read_payload();
+    assert_eq!(
+        (of.pbuf, of.buffer_cached, of.resp_data_len),
+        (heap.as_ptr() as u64, 0, 1536)
+    );
+    assert_eq!((of.aborted, of.status, of.delivery_status), (0, 0, 0));
+    r.fd.reply_cmd(&ReplyCmd::new(f.cmd_h, abi::SCST_USER_ON_FREE_CMD))
+        .unwrap();
+    assert_eq!(stats(&r).ucmds, 0, "ucmd and its buffer reference are gone");
+
+    s.submit(write10(2, 0, vec![1; 512])).unwrap();
+    let a = wait_cmd(&r.fd);
+    assert_eq!(a.subcode, abi::SCST_USER_ALLOC_MEM);
+    let mut wbuf = vec![0u8; 512];
+    r.fd.reply_cmd(&ReplyCmd::with_payload(
+        a.cmd_h,
+        abi::SCST_USER_ALLOC_MEM,
+        &abi::AllocMemReply {
+            pbuf: wbuf.as_mut_ptr() as u64,
+        },
+    ))
+    .unwrap();
+    let x = wait_cmd(&r.fd);
+    assert_eq!(x.subcode, abi::SCST_USER_EXEC);
+    assert_eq!(wbuf, vec![1; 512]);
+    r.fd.reply_cmd(&completed(x.cmd_h, 0, 0, 0)).unwrap();
+    recv(&s);
+    let f = wait_cmd(&r.fd);
+    assert_eq!(f.subcode, abi::SCST_USER_ON_FREE_CMD);
+    r.fd.reply_cmd(&ReplyCmd::new(f.cmd_h, abi::SCST_USER_ON_FREE_CMD))
+        .unwrap();
+    assert_eq!(stats(&r).ucmds, 0);
+}
+
+#[test]
+fn no_data_command_and_stale_bytes_beyond_payload_len() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    s.submit(tur(9)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let c = loop {
+        let mut c = GetCmd::zeroed();
+        c.as_mut_bytes().fill(0xee);
+        c.set_preply(0);
+        match r.fd.reply_and_get_cmd(&mut c) {
+            Ok(()) => break c,
+            Err(Errno::EAGAIN) if Instant::now() < deadline => continue,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(c.subcode, abi::SCST_USER_EXEC);
+    let len = abi::payload_len(abi::SCST_USER_EXEC).unwrap();
+    assert!(
+        c.as_bytes()[len..].iter().all(|&b| b == 0xee),
+        "bytes beyond payload_len stay stale"
+    );
+    let e: abi::ScsiCmdExec = c.read_payload();
+    assert_eq!(
+        (e.pbuf, e.data_direction, e.alloc_len),
+        (0, data_direction::NONE, 0)
+    );
+    r.fd.reply_cmd(&completed(c.cmd_h, 0, 0, 0)).unwrap();
+    assert_eq!(recv(&s).status, sam_status::GOOD);
+}

@@ -1,0 +1,93 @@
+//! READ CAPACITY (10) and (16) parameter data (SBC-3 §5.15, §5.16).
+//!
+//! The block length reported must be the block size registered with SCST: the core snoops
+//! these responses and updates its block shift from them (spec §3.10).
+
+use super::DiskConfig;
+
+/// RETURNED LOGICAL BLOCK ADDRESS of the last block; a disk of 0 blocks reports 0 (the field
+/// cannot express an empty medium).
+fn last_lba(num_blocks: u64) -> u64 {
+    num_blocks.saturating_sub(1)
+}
+
+/// READ CAPACITY(10): last LBA (FFFFFFFFh when it does not fit: use READ CAPACITY(16)) and the
+/// block length.
+pub(crate) fn read_capacity_10(num_blocks: u64, block_size: u32) -> [u8; 8] {
+    let last = u32::try_from(last_lba(num_blocks)).unwrap_or(u32::MAX);
+    let mut d = [0u8; 8];
+    d[..4].copy_from_slice(&last.to_be_bytes());
+    d[4..].copy_from_slice(&block_size.to_be_bytes());
+    d
+}
+
+/// READ CAPACITY(16): last LBA, block length, no protection, one logical block per physical
+/// block, LBPME/LBPRZ from the provisioning configuration, lowest aligned LBA 0.
+pub(crate) fn read_capacity_16(num_blocks: u64, config: &DiskConfig) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    d[..8].copy_from_slice(&last_lba(num_blocks).to_be_bytes());
+    d[8..12].copy_from_slice(&config.block_size.to_be_bytes());
+    if config.thin_provisioning {
+        d[14] |= 0x80; // LBPME
+        if config.unmapped_reads_zero {
+            d[14] |= 0x40; // LBPRZ
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::disk_with;
+    use super::super::tests::good_data;
+    use super::super::DiskConfig;
+
+    #[test]
+    fn read_capacity_10_reports_last_lba_and_block_size() {
+        let disk = disk_with(DiskConfig::new(4096, 1000));
+        let data = good_data(&disk, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+        assert_eq!(data, [0, 0, 0x03, 0xE7, 0, 0, 0x10, 0]);
+    }
+
+    #[test]
+    fn read_capacity_10_saturates_when_too_large() {
+        let disk = disk_with(DiskConfig::new(512, 1 << 33));
+        let data = good_data(&disk, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+        assert_eq!(data, [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 2, 0]);
+    }
+
+    #[test]
+    fn read_capacity_16_reports_full_lba_and_lbpme_when_thin() {
+        let mut cfg = DiskConfig::new(512, 1 << 33);
+        cfg.thin_provisioning = true;
+        cfg.unmapped_reads_zero = true;
+        let disk = disk_with(cfg);
+        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        let data = good_data(&disk, &cdb, &[]);
+        assert_eq!(data.len(), 32);
+        assert_eq!(
+            &data[..16],
+            &[0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 2, 0, 0, 0, 0xC0, 0]
+        );
+    }
+
+    #[test]
+    fn read_capacity_16_truncates_to_allocation_length_and_is_thick_by_default() {
+        let disk = disk_with(DiskConfig::new(512, 100));
+        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0];
+        assert_eq!(good_data(&disk, &cdb, &[]), [0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 2, 0]);
+        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        assert_eq!(good_data(&disk, &cdb, &[])[14], 0);
+    }
+
+    #[test]
+    fn read_capacity_follows_set_num_blocks() {
+        let disk = disk_with(DiskConfig::new(512, 100));
+        disk.set_num_blocks(5000);
+        let data = good_data(&disk, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+        assert_eq!(&data[..4], &[0, 0, 0x13, 0x87]);
+        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        assert_eq!(&good_data(&disk, &cdb, &[])[..8], &[0, 0, 0, 0, 0, 0, 0x13, 0x87]);
+        assert_eq!(disk.num_blocks(), 5000);
+    }
+}

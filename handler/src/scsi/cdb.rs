@@ -1,0 +1,582 @@
+//! Typed CDB decoding: bytes → [`Command`], with every check that needs only the CDB and the
+//! disk's geometry (field values, transfer limits, LBA range). Never panics: the table lookup
+//! checks the CDB length first and every field read goes through [`Fields`], which yields 0 past
+//! the end.
+
+use super::opcodes;
+use super::opcodes::Op;
+use super::opcodes::OpcodeEntry;
+use super::opcodes::RsocRequest;
+use super::sense::Sense;
+use super::BlockLimits;
+
+/// What decoding needs to know about the disk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub thin: bool,
+    pub limits: BlockLimits,
+}
+
+/// A range of logical blocks, already checked to lie inside the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocks {
+    pub lba: u64,
+    pub count: u32,
+}
+
+/// A decoded command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    TestUnitReady,
+    RequestSense {
+        desc: bool,
+        alloc: u32,
+    },
+    Inquiry {
+        evpd: bool,
+        page: u8,
+        alloc: u32,
+    },
+    ModeSense(ModeSenseCdb),
+    ModeSelect {
+        ten: bool,
+        param_len: u32,
+    },
+    StartStopUnit {
+        no_flush: bool,
+        start: bool,
+        loej: bool,
+    },
+    PreventAllow {
+        prevent: bool,
+    },
+    ReserveRelease,
+    ReadCapacity10,
+    ReadCapacity16 {
+        alloc: u32,
+    },
+    Read {
+        blocks: Blocks,
+        fua: bool,
+    },
+    Write {
+        blocks: Blocks,
+        fua: bool,
+    },
+    /// BYTCHK 1: compare the data-out; 0: verify the medium only.
+    WriteAndVerify {
+        blocks: Blocks,
+        bytchk: bool,
+    },
+    Verify {
+        blocks: Blocks,
+        bytchk: bool,
+    },
+    /// The range is only checked: the store flushes its whole cache.
+    SynchronizeCache {
+        lba: u64,
+        count: u64,
+    },
+    WriteSame {
+        blocks: Blocks,
+        unmap: bool,
+        ndob: bool,
+    },
+    Unmap {
+        param_len: u32,
+    },
+    ReportSupportedOpcodes {
+        request: RsocRequest,
+        alloc: u32,
+    },
+}
+
+/// MODE SENSE(6)/(10) fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ModeSenseCdb {
+    pub ten: bool,
+    pub dbd: bool,
+    pub llbaa: bool,
+    /// Page control: 0 current, 1 changeable, 2 default, 3 saved.
+    pub pc: u8,
+    pub page: u8,
+    pub subpage: u8,
+    pub alloc: u32,
+}
+
+/// A CDB found in the table, and what it asks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Decoded {
+    pub entry: &'static OpcodeEntry,
+    pub command: Command,
+}
+
+/// Bounds-safe big-endian field reads.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn byte(&self, i: usize) -> u8 {
+        self.0.get(i).copied().unwrap_or(0)
+    }
+
+    fn bit(&self, i: usize, bit: u8) -> bool {
+        self.byte(i) & (1 << bit) != 0
+    }
+
+    fn be(&self, start: usize, len: usize) -> u64 {
+        (start..start + len).fold(0u64, |acc, i| (acc << 8) | u64::from(self.byte(i)))
+    }
+
+    fn be32(&self, start: usize, len: usize) -> u32 {
+        u32::try_from(self.be(start, len.min(4))).unwrap_or(u32::MAX)
+    }
+}
+
+/// Where the LBA and length fields of a block command are, per CDB size.
+struct Layout {
+    lba: (usize, usize),
+    len: (usize, usize),
+}
+
+fn layout(cdb_len: usize) -> Layout {
+    match cdb_len {
+        10 => Layout {
+            lba: (2, 4),
+            len: (7, 2),
+        },
+        12 => Layout {
+            lba: (2, 4),
+            len: (6, 4),
+        },
+        _ => Layout {
+            lba: (2, 8),
+            len: (10, 4),
+        },
+    }
+}
+
+/// Decode `cdb` against the table and the disk's geometry.
+pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
+    let entry = opcodes::lookup(cdb, geo.thin)?;
+    let f = Fields(&cdb[..entry.cdb_len().min(cdb.len())]);
+    let command = match entry.op {
+        Op::TestUnitReady => Command::TestUnitReady,
+        Op::RequestSense => Command::RequestSense {
+            desc: f.bit(1, 0),
+            alloc: f.be32(4, 1),
+        },
+        Op::Inquiry => {
+            let (evpd, page) = (f.bit(1, 0), f.byte(2));
+            if !evpd && page != 0 {
+                return Err(Sense::invalid_cdb_field(2, None));
+            }
+            Command::Inquiry {
+                evpd,
+                page,
+                alloc: f.be32(3, 2),
+            }
+        }
+        Op::ModeSense6 | Op::ModeSense10 => {
+            let ten = entry.op == Op::ModeSense10;
+            Command::ModeSense(ModeSenseCdb {
+                ten,
+                dbd: f.bit(1, 3),
+                llbaa: ten && f.bit(1, 4),
+                pc: f.byte(2) >> 6,
+                page: f.byte(2) & 0x3F,
+                subpage: f.byte(3),
+                alloc: if ten { f.be32(7, 2) } else { f.be32(4, 1) },
+            })
+        }
+        Op::ModeSelect6 | Op::ModeSelect10 => {
+            let ten = entry.op == Op::ModeSelect10;
+            if f.bit(1, 0) {
+                // SP: saving pages is not supported (SPC-4 §6.11).
+                return Err(Sense::invalid_cdb_field(1, Some(0)));
+            }
+            Command::ModeSelect {
+                ten,
+                param_len: if ten { f.be32(7, 2) } else { f.be32(4, 1) },
+            }
+        }
+        Op::StartStopUnit => {
+            if f.byte(4) >> 4 != 0 {
+                return Err(Sense::invalid_cdb_field(4, Some(7)));
+            }
+            Command::StartStopUnit {
+                no_flush: f.bit(4, 2),
+                loej: f.bit(4, 1),
+                start: f.bit(4, 0),
+            }
+        }
+        Op::PreventAllowMediumRemoval => match f.byte(4) & 0x03 {
+            0 => Command::PreventAllow { prevent: false },
+            1 => Command::PreventAllow { prevent: true },
+            // 10b/11b are obsolete (medium changer) in SBC.
+            _ => return Err(Sense::invalid_cdb_field(4, Some(1))),
+        },
+        Op::Reserve6 | Op::Release6 | Op::Reserve10 | Op::Release10 => Command::ReserveRelease,
+        Op::ReadCapacity10 => {
+            // SBC-3 §5.15: with PMI=0 the LOGICAL BLOCK ADDRESS field must be 0.
+            if !f.bit(8, 0) && f.be(2, 4) != 0 {
+                return Err(Sense::invalid_cdb_field(2, None));
+            }
+            Command::ReadCapacity10
+        }
+        Op::ReadCapacity16 => Command::ReadCapacity16 { alloc: f.be32(10, 4) },
+        Op::ReportSupportedOpcodes => Command::ReportSupportedOpcodes {
+            request: RsocRequest {
+                rctd: f.bit(2, 7),
+                options: f.byte(2) & 0x07,
+                opcode: f.byte(3),
+                service_action: f.be(4, 2) as u16,
+            },
+            alloc: f.be32(6, 4),
+        },
+        Op::Read6 | Op::Write6 => {
+            let lba = f.be(1, 3) & 0x1F_FFFF;
+            // SBC-3 §5.8: a TRANSFER LENGTH of 0 means 256 blocks in the 6-byte CDBs.
+            let count = match f.byte(4) {
+                0 => 256,
+                n => u32::from(n),
+            };
+            let blocks = transfer_blocks(lba, count, 4, geo)?;
+            if entry.op == Op::Read6 {
+                Command::Read { blocks, fua: false }
+            } else {
+                Command::Write { blocks, fua: false }
+            }
+        }
+        Op::Read10 | Op::Read12 | Op::Read16 | Op::Write10 | Op::Write12 | Op::Write16 => {
+            check_protect(&f)?;
+            let l = layout(entry.cdb_len());
+            let blocks = transfer_blocks(f.be(l.lba.0, l.lba.1), f.be32(l.len.0, l.len.1), l.len.0, geo)?;
+            let fua = f.bit(1, 3);
+            if matches!(entry.op, Op::Read10 | Op::Read12 | Op::Read16) {
+                Command::Read { blocks, fua }
+            } else {
+                Command::Write { blocks, fua }
+            }
+        }
+        Op::WriteAndVerify10 | Op::WriteAndVerify12 | Op::WriteAndVerify16 => {
+            check_protect(&f)?;
+            let bytchk = bytchk(&f)?;
+            let l = layout(entry.cdb_len());
+            let blocks = transfer_blocks(f.be(l.lba.0, l.lba.1), f.be32(l.len.0, l.len.1), l.len.0, geo)?;
+            Command::WriteAndVerify { blocks, bytchk }
+        }
+        Op::Verify10 | Op::Verify12 | Op::Verify16 => {
+            check_protect(&f)?;
+            let bytchk = bytchk(&f)?;
+            let l = layout(entry.cdb_len());
+            let (lba, count) = (f.be(l.lba.0, l.lba.1), f.be32(l.len.0, l.len.1));
+            // Only a verification that transfers data is bound by MAXIMUM TRANSFER LENGTH.
+            let blocks = if bytchk {
+                transfer_blocks(lba, count, l.len.0, geo)?
+            } else {
+                in_range(lba, u64::from(count), geo)?
+            };
+            Command::Verify { blocks, bytchk }
+        }
+        Op::SynchronizeCache10 | Op::SynchronizeCache16 => {
+            let l = layout(entry.cdb_len());
+            let (lba, count) = (f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1));
+            // NUMBER OF LOGICAL BLOCKS 0 = up to the last LBA (SBC-3 §5.22).
+            let count = if count == 0 {
+                geo.num_blocks.saturating_sub(lba)
+            } else {
+                count
+            };
+            match lba.checked_add(count) {
+                Some(end) if end <= geo.num_blocks => Command::SynchronizeCache { lba, count },
+                _ => return Err(Sense::lba_out_of_range()),
+            }
+        }
+        Op::WriteSame10 | Op::WriteSame16 => {
+            check_protect(&f)?;
+            let unmap = f.bit(1, 3);
+            let ndob = entry.op == Op::WriteSame16 && f.bit(1, 0);
+            if unmap && !geo.thin {
+                // LBPWS=0: unmapping through WRITE SAME is not offered (SBC-3 §5.43).
+                return Err(Sense::invalid_cdb_field(1, Some(3)));
+            }
+            let l = layout(entry.cdb_len());
+            let max = geo.limits.max_write_same_blocks;
+            // NUMBER OF LOGICAL BLOCKS 0 = up to the last LBA (WSNZ=0 in the Block Limits page).
+            let blocks = to_end(f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1), l.len.0, max, geo)?;
+            Command::WriteSame { blocks, unmap, ndob }
+        }
+        Op::Unmap => Command::Unmap {
+            param_len: f.be32(7, 2),
+        },
+    };
+    Ok(Decoded { entry, command })
+}
+
+/// RDPROTECT/WRPROTECT/VRPROTECT (byte 1 bits 7..5) must be 0: no protection information.
+fn check_protect(f: &Fields<'_>) -> Result<(), Sense> {
+    if f.byte(1) >> 5 != 0 {
+        return Err(Sense::invalid_cdb_field(1, Some(7)));
+    }
+    Ok(())
+}
+
+/// BYTCHK (byte 1 bits 2..1): 00b verify, 01b compare; 10b/11b are not supported.
+fn bytchk(f: &Fields<'_>) -> Result<bool, Sense> {
+    match (f.byte(1) >> 1) & 0x03 {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(Sense::invalid_cdb_field(1, Some(2))),
+    }
+}
+
+/// A data-transferring range: bound by MAXIMUM TRANSFER LENGTH (and by the kernel's i32
+/// buffer length), then by the capacity.
+fn transfer_blocks(lba: u64, count: u32, len_byte: usize, geo: &Geometry) -> Result<Blocks, Sense> {
+    let bytes = u64::from(count) * u64::from(geo.block_size);
+    if count > geo.limits.max_transfer_blocks || bytes > i32::MAX as u64 {
+        return Err(Sense::invalid_cdb_field(len_byte, None));
+    }
+    in_range(lba, u64::from(count), geo)
+}
+
+/// A range where a count of 0 means "to the last LBA", bound by `max` blocks.
+fn to_end(lba: u64, count: u64, len_byte: usize, max: u64, geo: &Geometry) -> Result<Blocks, Sense> {
+    let count = if count == 0 {
+        geo.num_blocks.checked_sub(lba).ok_or(Sense::lba_out_of_range())?
+    } else {
+        count
+    };
+    if count > max || count > u64::from(u32::MAX) {
+        return Err(Sense::invalid_cdb_field(len_byte, None));
+    }
+    in_range(lba, count, geo)
+}
+
+/// SBC-3 §4.5: LBA + count must not pass the capacity → LBA OUT OF RANGE.
+fn in_range(lba: u64, count: u64, geo: &Geometry) -> Result<Blocks, Sense> {
+    match lba.checked_add(count) {
+        Some(end) if end <= geo.num_blocks => Ok(Blocks {
+            lba,
+            count: u32::try_from(count).map_err(|_| Sense::lba_out_of_range())?,
+        }),
+        _ => Err(Sense::lba_out_of_range()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo() -> Geometry {
+        let mut limits = super::super::DiskConfig::new(512, 1000).limits;
+        limits.max_transfer_blocks = 128;
+        limits.max_write_same_blocks = 500;
+        Geometry {
+            block_size: 512,
+            num_blocks: 1000,
+            thin: true,
+            limits,
+        }
+    }
+
+    fn cmd(cdb: &[u8]) -> Result<Command, Sense> {
+        decode(cdb, &geo()).map(|d| d.command)
+    }
+
+    #[test]
+    fn read6_length_zero_means_256_and_lba_is_21_bits() {
+        let mut g = geo();
+        g.num_blocks = 0x20_0000;
+        g.limits.max_transfer_blocks = 256;
+        let d = decode(&[0x08, 0x1F, 0x00, 0x10, 0, 0], &g).unwrap();
+        assert_eq!(
+            d.command,
+            Command::Read {
+                blocks: Blocks {
+                    lba: 0x1F_0010,
+                    count: 256
+                },
+                fua: false
+            }
+        );
+    }
+
+    #[test]
+    fn read10_fields() {
+        let c = cmd(&[0x28, 0x08, 0, 0, 0x01, 0x00, 0, 0, 0x10, 0]).unwrap();
+        assert_eq!(
+            c,
+            Command::Read {
+                blocks: Blocks { lba: 256, count: 16 },
+                fua: true
+            }
+        );
+    }
+
+    #[test]
+    fn read16_and_write12_fields() {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x88;
+        cdb[9] = 7;
+        cdb[13] = 3;
+        assert_eq!(
+            cmd(&cdb).unwrap(),
+            Command::Read {
+                blocks: Blocks { lba: 7, count: 3 },
+                fua: false
+            }
+        );
+        let c = cmd(&[0xAA, 0, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0]).unwrap();
+        assert_eq!(
+            c,
+            Command::Write {
+                blocks: Blocks { lba: 9, count: 2 },
+                fua: false
+            }
+        );
+    }
+
+    #[test]
+    fn protect_field_is_rejected() {
+        assert_eq!(
+            cmd(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Err(Sense::invalid_cdb_field(1, Some(7)))
+        );
+    }
+
+    #[test]
+    fn transfer_over_limit_points_at_length_field() {
+        assert_eq!(
+            cmd(&[0x28, 0, 0, 0, 0, 0, 0, 0, 129, 0]),
+            Err(Sense::invalid_cdb_field(7, None))
+        );
+        assert_eq!(
+            cmd(&[0xA8, 0, 0, 0, 0, 0, 0, 0, 0, 129, 0, 0]),
+            Err(Sense::invalid_cdb_field(6, None))
+        );
+    }
+
+    #[test]
+    fn range_past_the_end_is_out_of_range() {
+        assert_eq!(
+            cmd(&[0x28, 0, 0, 0, 0x03, 0xE0, 0, 0, 9, 0]),
+            Err(Sense::lba_out_of_range())
+        );
+        assert!(cmd(&[0x28, 0, 0, 0, 0x03, 0xE0, 0, 0, 8, 0]).is_ok());
+        let mut cdb = [0xFFu8; 16];
+        cdb[0] = 0x88;
+        cdb[1] = 0;
+        cdb[10..14].copy_from_slice(&[0, 0, 0, 1]);
+        cdb[14] = 0;
+        cdb[15] = 0;
+        assert_eq!(cmd(&cdb), Err(Sense::lba_out_of_range()));
+    }
+
+    #[test]
+    fn bytchk_values() {
+        assert_eq!(
+            cmd(&[0x2F, 0x02, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Ok(Command::Verify {
+                blocks: Blocks { lba: 0, count: 1 },
+                bytchk: true
+            })
+        );
+        assert_eq!(
+            cmd(&[0x2F, 0x04, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Err(Sense::invalid_cdb_field(1, Some(2)))
+        );
+        assert_eq!(
+            cmd(&[0x2E, 0x06, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Err(Sense::invalid_cdb_field(1, Some(2)))
+        );
+        // Medium verification is not bound by the transfer limit.
+        assert!(cmd(&[0x2F, 0, 0, 0, 0, 0, 0, 0x01, 0, 0]).is_ok());
+    }
+
+    #[test]
+    fn write_same_zero_blocks_runs_to_the_end_within_limit() {
+        assert_eq!(
+            cmd(&[0x41, 0, 0, 0, 0x01, 0xF4, 0, 0, 0, 0]),
+            Ok(Command::WriteSame {
+                blocks: Blocks { lba: 500, count: 500 },
+                unmap: false,
+                ndob: false
+            })
+        );
+        assert_eq!(
+            cmd(&[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(Sense::invalid_cdb_field(7, None))
+        );
+        assert_eq!(
+            cmd(&[0x41, 0, 0, 0, 0, 0, 0, 0x01, 0xF5, 0]),
+            Err(Sense::invalid_cdb_field(7, None))
+        );
+    }
+
+    #[test]
+    fn write_same_anchor_and_unmap_without_thin_are_invalid() {
+        assert_eq!(
+            cmd(&[0x41, 0x10, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Err(Sense::invalid_cdb_field(1, Some(4)))
+        );
+        let mut g = geo();
+        g.thin = false;
+        let r = decode(&[0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0], &g).map(|d| d.command);
+        assert_eq!(r, Err(Sense::invalid_cdb_field(1, Some(3))));
+    }
+
+    #[test]
+    fn sync_cache_zero_means_to_end() {
+        assert_eq!(
+            cmd(&[0x35, 0, 0, 0, 0, 10, 0, 0, 0, 0]),
+            Ok(Command::SynchronizeCache { lba: 10, count: 990 })
+        );
+        assert_eq!(
+            cmd(&[0x35, 0, 0, 0, 0x03, 0xE9, 0, 0, 0, 0]),
+            Err(Sense::lba_out_of_range())
+        );
+    }
+
+    #[test]
+    fn inquiry_page_without_evpd_is_invalid() {
+        assert_eq!(
+            cmd(&[0x12, 0, 0x80, 0, 0xFF, 0]),
+            Err(Sense::invalid_cdb_field(2, None))
+        );
+    }
+
+    #[test]
+    fn mode_select_save_pages_is_invalid() {
+        assert_eq!(
+            cmd(&[0x15, 0x11, 0, 0, 0, 0]),
+            Err(Sense::invalid_cdb_field(1, Some(0)))
+        );
+    }
+
+    #[test]
+    fn start_stop_power_condition_is_invalid() {
+        assert_eq!(
+            cmd(&[0x1B, 0, 0, 0, 0x10, 0]),
+            Err(Sense::invalid_cdb_field(4, Some(7)))
+        );
+        assert_eq!(
+            cmd(&[0x1B, 0, 0, 0x01, 0, 0]),
+            Err(Sense::invalid_cdb_field(3, Some(0)))
+        );
+    }
+
+    #[test]
+    fn read_capacity10_lba_without_pmi_is_invalid() {
+        assert_eq!(
+            cmd(&[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Err(Sense::invalid_cdb_field(2, None))
+        );
+        assert_eq!(
+            cmd(&[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]),
+            Ok(Command::ReadCapacity10)
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! INQUIRY: standard data (SPC-4 §6.6.2) and the vital product data pages (SPC-4 §7.8,
+//! SBC-3 §6.6): 00h supported pages, 80h unit serial number, 83h device identification,
+//! B0h block limits, B1h block device characteristics, B2h logical block provisioning (thin
+//! disks only).
+
+use super::sense::Sense;
+use super::DiskConfig;
+use crate::abi::TYPE_DISK;
+
+/// IEEE company id used in the NAA 6 designator of VPD 83h. 0x001405 is the OUI the Linux
+/// target stack (LIO) reports for software-defined logical units; replace it with the
+/// product's own registered OUI when there is one.
+pub const NAA_OUI: u32 = 0x00_1405;
+
+/// Version descriptors claimed in standard INQUIRY data (SPC-4 table 150): SAM-5, SPC-4,
+/// SBC-3, each "no version claimed".
+const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x0460, 0x04C0];
+
+/// Standard INQUIRY data, 96 bytes.
+pub(crate) fn standard(config: &DiskConfig) -> Vec<u8> {
+    let mut d = vec![0u8; 96];
+    d[0] = TYPE_DISK; // peripheral qualifier 0: connected
+    d[2] = 0x06; // VERSION: SPC-4
+    d[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
+    d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
+    d[7] = 0x02; // CMDQUE
+    d[8..16].copy_from_slice(&ascii_field::<8>(&config.vendor));
+    d[16..32].copy_from_slice(&ascii_field::<16>(&config.product));
+    d[32..36].copy_from_slice(&ascii_field::<4>(&config.revision));
+    for (i, v) in VERSION_DESCRIPTORS.iter().enumerate() {
+        d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
+    }
+    d
+}
+
+/// The VPD pages this disk offers, ascending.
+fn supported_pages(config: &DiskConfig) -> Vec<u8> {
+    let mut pages = vec![0x00, 0x80, 0x83, 0xB0, 0xB1];
+    if config.thin_provisioning {
+        pages.push(0xB2);
+    }
+    pages
+}
+
+/// A VPD page; an unsupported page → INVALID FIELD IN CDB at the PAGE CODE (byte 2).
+pub(crate) fn vpd_page(page: u8, config: &DiskConfig) -> Result<Vec<u8>, Sense> {
+    if !supported_pages(config).contains(&page) {
+        return Err(Sense::invalid_cdb_field(2, None));
+    }
+    let body = match page {
+        0x00 => supported_pages(config),
+        0x80 => printable(&config.serial).into_bytes(),
+        0x83 => device_identification(config),
+        0xB0 => block_limits(config),
+        0xB1 => block_device_characteristics(),
+        _ => logical_block_provisioning(config),
+    };
+    let mut d = vec![TYPE_DISK, page];
+    d.extend_from_slice(&u16::try_from(body.len()).unwrap_or(u16::MAX).to_be_bytes());
+    d.extend_from_slice(&body);
+    Ok(d)
+}
+
+/// Printable ASCII only (SPC-4 §4.4.1), at most 240 bytes so the 83h page stays small;
+/// anything else becomes '_'.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(240)
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+        .collect()
+}
+
+/// A left-aligned, space-padded ASCII field.
+fn ascii_field<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [b' '; N];
+    for (o, b) in out.iter_mut().zip(printable(s).bytes()) {
+        *o = b;
+    }
+    out
+}
+
+/// Designation descriptors: NAA 6 (binary) and T10 vendor ID (ASCII), both for the logical unit.
+fn device_identification(config: &DiskConfig) -> Vec<u8> {
+    let mut d = Vec::new();
+    // NAA IEEE Registered Extended: NAA 6 | OUI (24) | vendor specific id (36, zero) | extension (64).
+    let naa_high: u64 = (6u64 << 60) | (u64::from(NAA_OUI & 0x00FF_FFFF) << 36);
+    d.extend_from_slice(&[0x01, 0x03, 0x00, 16]); // binary; LU association; NAA
+    d.extend_from_slice(&naa_high.to_be_bytes());
+    d.extend_from_slice(&config.naa_id.to_be_bytes());
+    // T10 vendor ID: vendor (8) + the serial, or the id in hex when there is no serial.
+    let mut t10 = ascii_field::<8>(&config.vendor).to_vec();
+    let serial = printable(&config.serial);
+    if serial.is_empty() {
+        t10.extend_from_slice(format!("{:016x}", config.naa_id).as_bytes());
+    } else {
+        t10.extend_from_slice(serial.as_bytes());
+    }
+    d.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]); // ASCII; LU; T10 vendor ID
+    d.extend_from_slice(&t10);
+    d
+}
+
+/// Block Limits (B0h), 60 bytes after the header (SBC-3 §6.6.3).
+fn block_limits(config: &DiskConfig) -> Vec<u8> {
+    let l = &config.limits;
+    let mut d = vec![0u8; 0x3C];
+    // d[0]: WSNZ=0: WRITE SAME with 0 blocks means "to the end". d[1]: no COMPARE AND WRITE.
+    d[4..8].copy_from_slice(&l.max_transfer_blocks.to_be_bytes());
+    d[8..12].copy_from_slice(&l.optimal_transfer_blocks.to_be_bytes());
+    if config.thin_provisioning {
+        d[16..20].copy_from_slice(&l.max_unmap_lba_count.to_be_bytes());
+        d[20..24].copy_from_slice(&l.max_unmap_descriptors.to_be_bytes());
+        d[24..28].copy_from_slice(&l.unmap_granularity.to_be_bytes());
+    }
+    d[32..40].copy_from_slice(&l.max_write_same_blocks.to_be_bytes());
+    d
+}
+
+/// Block Device Characteristics (B1h): non-rotating medium (SBC-3 §6.6.2).
+fn block_device_characteristics() -> Vec<u8> {
+    let mut d = vec![0u8; 0x3C];
+    d[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE: non-rotating
+    d
+}
+
+/// Logical Block Provisioning (B2h): UNMAP and WRITE SAME (10)/(16) with UNMAP, thin
+/// provisioned (SBC-3 §6.6.4).
+fn logical_block_provisioning(config: &DiskConfig) -> Vec<u8> {
+    let mut b1 = 0x80 | 0x40 | 0x20; // LBPU, LBPWS, LBPWS10
+    if config.unmapped_reads_zero {
+        b1 |= 0x04; // LBPRZ
+    }
+    vec![0x00, b1, 0x02, 0x00] // threshold exponent, flags, PROVISIONING TYPE 010b thin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::check_sense;
+    use super::super::tests::disk_with;
+    use super::super::tests::good_data;
+    use super::super::DiskConfig;
+
+    fn config() -> DiskConfig {
+        let mut cfg = DiskConfig::new(512, 2048);
+        cfg.vendor = "ACME".into();
+        cfg.product = "Disk".into();
+        cfg.revision = "1.0".into();
+        cfg.serial = "SN01".into();
+        cfg.naa_id = 0x0123_4567_89AB_CDEF;
+        cfg
+    }
+
+    #[test]
+    fn standard_inquiry() {
+        let disk = disk_with(config());
+        let d = good_data(&disk, &[0x12, 0, 0, 0, 0xFF, 0], &[]);
+        assert_eq!(d.len(), 96);
+        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0, 0, 0x02]);
+        assert_eq!(&d[8..36], b"ACME    Disk            1.0 ");
+        assert_eq!(&d[58..64], &[0x00, 0xA0, 0x04, 0x60, 0x04, 0xC0]);
+    }
+
+    #[test]
+    fn inquiry_truncates_to_allocation_length() {
+        let disk = disk_with(config());
+        assert_eq!(good_data(&disk, &[0x12, 0, 0, 0, 5, 0], &[]).len(), 5);
+        assert!(good_data(&disk, &[0x12, 0, 0, 0, 0, 0], &[]).is_empty());
+    }
+
+    #[test]
+    fn vpd_supported_pages_follow_provisioning() {
+        let disk = disk_with(config());
+        assert_eq!(
+            good_data(&disk, &[0x12, 1, 0, 0, 0xFF, 0], &[]),
+            [0, 0, 0, 5, 0, 0x80, 0x83, 0xB0, 0xB1]
+        );
+        let mut cfg = config();
+        cfg.thin_provisioning = true;
+        let disk = disk_with(cfg);
+        assert_eq!(
+            good_data(&disk, &[0x12, 1, 0, 0, 0xFF, 0], &[])[3..],
+            [6, 0, 0x80, 0x83, 0xB0, 0xB1, 0xB2]
+        );
+    }
+
+    #[test]
+    fn vpd_unit_serial_number() {
+        let disk = disk_with(config());
+        assert_eq!(
+            good_data(&disk, &[0x12, 1, 0x80, 0, 0xFF, 0], &[]),
+            b"\0\x80\0\x04SN01"
+        );
+    }
+
+    #[test]
+    fn vpd_device_identification_has_naa6_and_t10() {
+        let disk = disk_with(config());
+        let d = good_data(&disk, &[0x12, 1, 0x83, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[..4], &[0, 0x83, 0, 20 + 16]);
+        assert_eq!(&d[4..8], &[0x01, 0x03, 0x00, 16]);
+        assert_eq!(&d[8..16], &[0x60, 0x01, 0x40, 0x50, 0, 0, 0, 0]);
+        assert_eq!(&d[16..24], &[0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF]);
+        assert_eq!(&d[24..28], &[0x02, 0x01, 0x00, 12]);
+        assert_eq!(&d[28..40], b"ACME    SN01");
+    }
+
+    #[test]
+    fn vpd_block_limits() {
+        let mut cfg = config();
+        cfg.thin_provisioning = true;
+        cfg.limits.max_transfer_blocks = 0x800;
+        cfg.limits.max_unmap_descriptors = 7;
+        let disk = disk_with(cfg.clone());
+        let d = good_data(&disk, &[0x12, 1, 0xB0, 0, 0xFF, 0], &[]);
+        assert_eq!(d.len(), 64);
+        assert_eq!(&d[..4], &[0, 0xB0, 0, 0x3C]);
+        assert_eq!(&d[8..12], &[0, 0, 0x08, 0]);
+        assert_eq!(&d[24..28], &[0, 0, 0, 7]);
+        assert_eq!(&d[36..44], &cfg.limits.max_write_same_blocks.to_be_bytes());
+    }
+
+    #[test]
+    fn vpd_characteristics_and_provisioning() {
+        let mut cfg = config();
+        cfg.thin_provisioning = true;
+        let disk = disk_with(cfg);
+        let d = good_data(&disk, &[0x12, 1, 0xB1, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[..6], &[0, 0xB1, 0, 0x3C, 0, 1]);
+        let d = good_data(&disk, &[0x12, 1, 0xB2, 0, 0xFF, 0], &[]);
+        assert_eq!(d, [0, 0xB2, 0, 4, 0, 0xE0, 0x02, 0]);
+    }
+
+    #[test]
+    fn unsupported_vpd_page_is_invalid_field() {
+        let disk = disk_with(config());
+        check_sense(
+            &disk,
+            &[0x12, 1, 0xB2, 0, 0xFF, 0],
+            &[],
+            [5, 0x24, 0],
+            Some([0xC0, 0, 2]),
+        );
+        check_sense(
+            &disk,
+            &[0x12, 1, 0x81, 0, 0xFF, 0],
+            &[],
+            [5, 0x24, 0],
+            Some([0xC0, 0, 2]),
+        );
+    }
+}

@@ -1,0 +1,495 @@
+//! Mode parameters (SPC-4 §7.5): the caching (08h), control (0Ah) and informational exceptions
+//! control (1Ch) pages; MODE SENSE (6)/(10) and MODE SELECT (6)/(10).
+//!
+//! Each page is kept as its wire bytes together with a mask of the bits MODE SELECT may change:
+//! WCE (caching), D_SENSE (control), DEXCPT/MRIE/interval timer/report count (informational
+//! exceptions). Saving pages is not supported (PS=0, SP=1 and PC=11b are refused).
+
+use super::cdb::ModeSenseCdb;
+use super::opcodes::highest_bit;
+use super::sense::asc;
+use super::sense::sense_key;
+use super::sense::Sense;
+use super::DiskConfig;
+
+const CACHING: u8 = 0x08;
+const CONTROL: u8 = 0x0A;
+const INFORMATIONAL_EXCEPTIONS: u8 = 0x1C;
+/// MODE SENSE page code for "all pages".
+const ALL_PAGES: u8 = 0x3F;
+/// MODE SENSE subpage code for "all subpages".
+const ALL_SUBPAGES: u8 = 0xFF;
+
+/// The three mode pages, as wire bytes (byte 0 page code, byte 1 page length).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ModePages {
+    caching: [u8; 20],
+    control: [u8; 12],
+    informational_exceptions: [u8; 12],
+}
+
+impl ModePages {
+    /// Default values: WCE and D_SENSE from the configuration; queue algorithm modifier 1
+    /// (unrestricted reordering, as SCST's fileio registers); informational exception
+    /// reporting disabled (DEXCPT).
+    pub fn defaults(config: &DiskConfig) -> Self {
+        let mut caching = [0u8; 20];
+        caching[0] = CACHING;
+        caching[1] = 0x12;
+        if config.write_cache {
+            caching[2] |= 0x04; // WCE
+        }
+        let mut control = [0u8; 12];
+        control[0] = CONTROL;
+        control[1] = 0x0A;
+        if config.d_sense {
+            control[2] |= 0x04; // D_SENSE
+        }
+        // TST 001b (per I_T nexus task sets) and QAM 1: what scst-accel registers with SCST
+        // (`transport::register::default_options`: tst 1, queue_alg 1), which SCST enforces.
+        control[2] |= 0x20;
+        control[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1
+        let mut iec = [0u8; 12];
+        iec[0] = INFORMATIONAL_EXCEPTIONS;
+        iec[1] = 0x0A;
+        iec[2] = 0x08; // DEXCPT
+        Self {
+            caching,
+            control,
+            informational_exceptions: iec,
+        }
+    }
+
+    /// The changeable-values masks (PC=01b).
+    fn changeable() -> Self {
+        let mut caching = [0u8; 20];
+        caching[0] = CACHING;
+        caching[1] = 0x12;
+        caching[2] = 0x04; // WCE
+        let mut control = [0u8; 12];
+        control[0] = CONTROL;
+        control[1] = 0x0A;
+        control[2] = 0x04; // D_SENSE
+        let mut iec = [0xFFu8; 12];
+        iec[0] = INFORMATIONAL_EXCEPTIONS;
+        iec[1] = 0x0A;
+        iec[2] = 0x08; // DEXCPT
+        iec[3] = 0x0F; // MRIE
+        Self {
+            caching,
+            control,
+            informational_exceptions: iec,
+        }
+    }
+
+    /// Current WCE.
+    pub fn wce(&self) -> bool {
+        self.caching[2] & 0x04 != 0
+    }
+
+    /// Current D_SENSE.
+    pub fn d_sense(&self) -> bool {
+        self.control[2] & 0x04 != 0
+    }
+
+    /// The pages in ascending page code order.
+    fn pages(&self) -> [&[u8]; 3] {
+        [&self.caching, &self.control, &self.informational_exceptions]
+    }
+
+    fn page_mut(&mut self, code: u8) -> Option<&mut [u8]> {
+        match code {
+            CACHING => Some(&mut self.caching),
+            CONTROL => Some(&mut self.control),
+            INFORMATIONAL_EXCEPTIONS => Some(&mut self.informational_exceptions),
+            _ => None,
+        }
+    }
+}
+
+/// MODE SENSE parameter data (untruncated).
+pub(crate) fn mode_sense(
+    cdb: &ModeSenseCdb,
+    current: &ModePages,
+    config: &DiskConfig,
+    num_blocks: u64,
+) -> Result<Vec<u8>, Sense> {
+    let source = match cdb.pc {
+        0 => current.clone(),
+        1 => ModePages::changeable(),
+        2 => ModePages::defaults(config),
+        _ => {
+            return Err(Sense::new(
+                sense_key::ILLEGAL_REQUEST,
+                asc::SAVING_PARAMETERS_NOT_SUPPORTED,
+            ))
+        }
+    };
+    if cdb.subpage != 0 && cdb.subpage != ALL_SUBPAGES {
+        return Err(Sense::invalid_cdb_field(3, None));
+    }
+    let mut pages = Vec::new();
+    for page in source.pages() {
+        if cdb.page == ALL_PAGES || cdb.page == page[0] {
+            pages.extend_from_slice(page);
+        }
+    }
+    if pages.is_empty() {
+        return Err(Sense::invalid_cdb_field(2, Some(5)));
+    }
+    let block_descriptor = if cdb.dbd {
+        Vec::new()
+    } else if cdb.llbaa {
+        let mut bd = vec![0u8; 16];
+        bd[..8].copy_from_slice(&num_blocks.to_be_bytes());
+        bd[12..].copy_from_slice(&config.block_size.to_be_bytes());
+        bd
+    } else {
+        // SBC-3 §6.4.2: a capacity that does not fit reports FFFFFFFFh.
+        let mut bd = vec![0u8; 8];
+        bd[..4].copy_from_slice(&u32::try_from(num_blocks).unwrap_or(u32::MAX).to_be_bytes());
+        bd[5..].copy_from_slice(&config.block_size.to_be_bytes()[1..]);
+        bd
+    };
+    // DEVICE-SPECIFIC PARAMETER: WP, DPOFUA (DPO and FUA are accepted).
+    let dsp = if config.read_only { 0x80 } else { 0 } | 0x10;
+    let mut d = if cdb.ten {
+        let mut h = vec![0u8; 8];
+        h[3] = dsp;
+        h[4] = u8::from(cdb.llbaa && !cdb.dbd); // LONGLBA
+        h[6..8].copy_from_slice(&(block_descriptor.len() as u16).to_be_bytes());
+        h
+    } else {
+        vec![0, 0, dsp, block_descriptor.len() as u8]
+    };
+    d.extend_from_slice(&block_descriptor);
+    d.extend_from_slice(&pages);
+    // MODE DATA LENGTH excludes itself.
+    if cdb.ten {
+        let len = u16::try_from(d.len() - 2).unwrap_or(u16::MAX);
+        d[..2].copy_from_slice(&len.to_be_bytes());
+    } else {
+        d[0] = u8::try_from(d.len() - 1).unwrap_or(u8::MAX);
+    }
+    Ok(d)
+}
+
+/// Validate a MODE SELECT parameter list against `current` and return the new pages.
+///
+/// Header and block descriptor (SPC-4 §7.5.4, SBC-3 §6.4.2): medium type 0; block descriptor
+/// length 0, 8, or 16 with LONGLBA; the descriptor's block length must be the block size and
+/// its block count 0, the current capacity or all ones (capacity cannot be changed here).
+/// Pages: known page code, no subpage format, the page's own length, and only changeable bits
+/// may differ from the current values (SPC-4 §6.11). Truncated structures → PARAMETER LIST
+/// LENGTH ERROR. Nothing is applied unless the whole list is valid.
+pub(crate) fn mode_select(
+    ten: bool,
+    param: &[u8],
+    current: &ModePages,
+    block_size: u32,
+    num_blocks: u64,
+) -> Result<ModePages, Sense> {
+    if param.is_empty() {
+        return Ok(current.clone());
+    }
+    let header_len = if ten { 8 } else { 4 };
+    let Some(header) = param.get(..header_len) else {
+        return Err(Sense::param_list_length());
+    };
+    let medium_type_at = if ten { 2 } else { 1 };
+    if header[medium_type_at] != 0 {
+        return Err(Sense::invalid_param_field(medium_type_at, None));
+    }
+    let (long_lba, bd_len, bd_len_at) = if ten {
+        (
+            header[4] & 0x01 != 0,
+            usize::from(u16::from_be_bytes([header[6], header[7]])),
+            6,
+        )
+    } else {
+        (false, usize::from(header[3]), 3)
+    };
+    match (bd_len, long_lba) {
+        (0, _) | (8, false) | (16, true) => {}
+        _ => return Err(Sense::invalid_param_field(bd_len_at, None)),
+    }
+    let Some(bd) = param.get(header_len..header_len + bd_len) else {
+        return Err(Sense::param_list_length());
+    };
+    check_block_descriptor(bd, header_len, block_size, num_blocks)?;
+
+    let changeable = ModePages::changeable();
+    let mut new = current.clone();
+    let mut off = header_len + bd_len;
+    while off < param.len() {
+        let Some(&[b0, len]) = param.get(off..off + 2) else {
+            return Err(Sense::param_list_length());
+        };
+        if b0 & 0x40 != 0 {
+            return Err(Sense::invalid_param_field(off, Some(6))); // SPF: no subpages here
+        }
+        let code = b0 & 0x3F;
+        let Some(page) = new.page_mut(code) else {
+            return Err(Sense::invalid_param_field(off, Some(5)));
+        };
+        if usize::from(len) != page.len() - 2 {
+            return Err(Sense::invalid_param_field(off + 1, None));
+        }
+        let Some(sent) = param.get(off..off + page.len()) else {
+            return Err(Sense::param_list_length());
+        };
+        let mask = changeable
+            .pages()
+            .into_iter()
+            .find(|p| p[0] == code)
+            .unwrap_or(&[]);
+        // Bytes 0..2 were checked above (the PS bit is reserved in MODE SELECT and ignored).
+        for i in 2..page.len() {
+            let m = mask.get(i).copied().unwrap_or(0);
+            let diff = (sent[i] ^ page[i]) & !m;
+            if diff != 0 {
+                return Err(Sense::invalid_param_field(off + i, Some(highest_bit(diff))));
+            }
+            page[i] = (page[i] & !m) | (sent[i] & m);
+        }
+        off += page.len();
+    }
+    Ok(new)
+}
+
+fn check_block_descriptor(bd: &[u8], at: usize, block_size: u32, num_blocks: u64) -> Result<(), Sense> {
+    let (count, all_ones, current, len_at) = match bd.len() {
+        8 => (
+            u64::from(u32::from_be_bytes([bd[0], bd[1], bd[2], bd[3]])),
+            u64::from(u32::MAX),
+            num_blocks.min(u64::from(u32::MAX)),
+            5,
+        ),
+        16 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&bd[..8]);
+            (u64::from_be_bytes(n), u64::MAX, num_blocks, 12)
+        }
+        _ => return Ok(()),
+    };
+    let len_bytes = &bd[len_at..];
+    let length = len_bytes.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
+    if length != block_size {
+        return Err(Sense::invalid_param_field(at + len_at, None));
+    }
+    if count != 0 && count != all_ones && count != current {
+        return Err(Sense::invalid_param_field(at, None));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::check_sense;
+    use super::super::tests::disk_with;
+    use super::super::tests::good;
+    use super::super::tests::good_data;
+    use super::super::DiskConfig;
+
+    fn disk() -> super::super::Disk {
+        disk_with(DiskConfig::new(512, 1000))
+    }
+
+    const SENSE6_ALL: [u8; 6] = [0x1A, 0, 0x3F, 0, 0xFF, 0];
+
+    #[test]
+    fn mode_sense6_all_pages_with_block_descriptor() {
+        let d = good_data(&disk(), &SENSE6_ALL, &[]);
+        assert_eq!(d.len(), 4 + 8 + 20 + 12 + 12);
+        assert_eq!(&d[..4], &[55, 0, 0x10, 8]);
+        assert_eq!(&d[4..12], &[0, 0, 0x03, 0xE8, 0, 0, 0x02, 0]);
+        assert_eq!(&d[12..15], &[0x08, 0x12, 0x04]);
+        assert_eq!(&d[32..35], &[0x0A, 0x0A, 0x20]);
+        assert_eq!(&d[44..47], &[0x1C, 0x0A, 0x08]);
+    }
+
+    #[test]
+    fn mode_sense_reports_write_protect() {
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.read_only = true;
+        assert_eq!(good_data(&disk_with(cfg), &SENSE6_ALL, &[])[2], 0x90);
+    }
+
+    #[test]
+    fn mode_sense10_long_lba_descriptor_and_dbd() {
+        let d = good_data(&disk(), &[0x5A, 0x10, 0x08, 0, 0, 0, 0, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[..8], &[0, 6 + 16 + 20, 0, 0x10, 1, 0, 0, 16]);
+        assert_eq!(
+            &d[8..24],
+            &[0, 0, 0, 0, 0, 0, 0x03, 0xE8, 0, 0, 0, 0, 0, 0, 0x02, 0]
+        );
+        assert_eq!(d[24], 0x08);
+        let d = good_data(&disk(), &[0x5A, 0x18, 0x0A, 0, 0, 0, 0, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[..8], &[0, 6 + 12, 0, 0x10, 0, 0, 0, 0]);
+        assert_eq!(d[8], 0x0A);
+    }
+
+    #[test]
+    fn mode_sense_changeable_and_default_values() {
+        let d = good_data(&disk(), &[0x1A, 0x08, 0x48, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[4..7], &[0x08, 0x12, 0x04]);
+        assert!(d[7..].iter().all(|&b| b == 0));
+        let disk = disk();
+        disk.reset();
+        let d = good_data(&disk, &[0x1A, 0x08, 0x8A, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[4..8], &[0x0A, 0x0A, 0x20, 0x10]);
+    }
+
+    #[test]
+    fn mode_sense_errors() {
+        let disk = disk();
+        check_sense(&disk, &[0x1A, 0, 0xC8, 0, 0xFF, 0], &[], [5, 0x39, 0], None);
+        check_sense(
+            &disk,
+            &[0x1A, 0, 0x19, 0, 0xFF, 0],
+            &[],
+            [5, 0x24, 0],
+            Some([0xCD, 0, 2]),
+        );
+        check_sense(
+            &disk,
+            &[0x1A, 0, 0x08, 1, 0xFF, 0],
+            &[],
+            [5, 0x24, 0],
+            Some([0xC0, 0, 3]),
+        );
+        // Subpage FFh (all subpages) is fine.
+        assert_eq!(
+            good_data(&disk, &[0x1A, 0x08, 0x08, 0xFF, 0xFF, 0], &[]).len(),
+            24
+        );
+    }
+
+    /// Round trip: sense the caching page, clear WCE, select it back, sense again.
+    #[test]
+    fn mode_select_round_trip_changes_wce() {
+        let disk = disk();
+        assert!(disk.write_cache_enabled());
+        let mut d = good_data(&disk, &[0x1A, 0, 0x08, 0, 0xFF, 0], &[]);
+        d[0] = 0; // mode data length is reserved in MODE SELECT
+        d[2] = 0; // so are WP/DPOFUA
+        d[12 + 2] &= !0x04;
+        good(&disk, &[0x15, 0x10, 0, 0, d.len() as u8, 0], &d);
+        assert!(!disk.write_cache_enabled());
+        let again = good_data(&disk, &[0x1A, 0, 0x08, 0, 0xFF, 0], &[]);
+        assert_eq!(again[14] & 0x04, 0);
+    }
+
+    #[test]
+    fn mode_select10_sets_d_sense_and_sense_follows() {
+        let disk = disk();
+        let mut p = vec![0u8; 8];
+        p.extend_from_slice(&[0x0A, 0x0A, 0x24, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]);
+        good(&disk, &[0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0], &p);
+        assert!(disk.descriptor_sense());
+        assert_eq!(disk.sense(5, 0x20, 0), [0x72, 5, 0x20, 0, 0, 0, 0, 0]);
+        disk.reset();
+        assert!(!disk.descriptor_sense());
+    }
+
+    #[test]
+    fn mode_select_with_short_block_descriptor() {
+        let disk = disk();
+        let p = [0, 0, 0, 8, 0, 0, 0x03, 0xE8, 0, 0, 0x02, 0];
+        good(&disk, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p);
+        // Wrong block length: pointer at the LOGICAL BLOCK LENGTH field (byte 4 + 5).
+        let p = [0, 0, 0, 8, 0, 0, 0x03, 0xE8, 0, 0, 0x10, 0];
+        check_sense(
+            &disk,
+            &[0x15, 0x10, 0, 0, p.len() as u8, 0],
+            &p,
+            [5, 0x26, 0],
+            Some([0x80, 0, 9]),
+        );
+        // Wrong block descriptor length.
+        let p = [0, 0, 0, 4, 0, 0, 0, 0];
+        check_sense(
+            &disk,
+            &[0x15, 0x10, 0, 0, p.len() as u8, 0],
+            &p,
+            [5, 0x26, 0],
+            Some([0x80, 0, 3]),
+        );
+    }
+
+    #[test]
+    fn mode_select_refuses_unchangeable_bits_with_pointer() {
+        let disk = disk();
+        let mut p = vec![0u8, 0, 0, 0];
+        let mut page = [0u8; 20];
+        page[0] = 0x08;
+        page[1] = 0x12;
+        page[2] = 0x04 | 0x01; // RCD is not changeable
+        p.extend_from_slice(&page);
+        check_sense(
+            &disk,
+            &[0x15, 0x10, 0, 0, p.len() as u8, 0],
+            &p,
+            [5, 0x26, 0],
+            Some([0x88, 0, 6]),
+        );
+        assert!(disk.write_cache_enabled());
+    }
+
+    #[test]
+    fn mode_select_header_and_page_errors() {
+        let disk = disk();
+        // Truncated header.
+        check_sense(&disk, &[0x15, 0x10, 0, 0, 2, 0], &[0, 0], [5, 0x1A, 0], None);
+        // Medium type.
+        check_sense(
+            &disk,
+            &[0x15, 0x10, 0, 0, 4, 0],
+            &[0, 1, 0, 0],
+            [5, 0x26, 0],
+            Some([0x80, 0, 1]),
+        );
+        // Unknown page.
+        let p = [0, 0, 0, 0, 0x19, 0x02, 0, 0];
+        check_sense(
+            &disk,
+            &[0x15, 0x10, 0, 0, 8, 0],
+            &p,
+            [5, 0x26, 0],
+            Some([0x8D, 0, 4]),
+        );
+        // Wrong page length.
+        let p = [0, 0, 0, 0, 0x0A, 0x02, 0, 0];
+        check_sense(
+            &disk,
+            &[0x15, 0x10, 0, 0, 8, 0],
+            &p,
+            [5, 0x26, 0],
+            Some([0x80, 0, 5]),
+        );
+        // Truncated page.
+        let p = [0, 0, 0, 0, 0x0A, 0x0A, 0, 0];
+        check_sense(&disk, &[0x15, 0x10, 0, 0, 8, 0], &p, [5, 0x1A, 0], None);
+        // Parameter list length 0 changes nothing.
+        good(&disk, &[0x15, 0x10, 0, 0, 0, 0], &[]);
+    }
+
+    #[test]
+    fn mode_select_is_all_or_nothing() {
+        let disk = disk();
+        let mut p = vec![0u8, 0, 0, 0];
+        let mut caching = [0u8; 20];
+        caching[0] = 0x08;
+        caching[1] = 0x12; // WCE off: allowed
+        p.extend_from_slice(&caching);
+        p.extend_from_slice(&[0x0A, 0x0A, 0x24, 0x18, 0, 0, 0, 0, 0, 0, 0, 0]); // NUAR: not allowed
+        check_sense(
+            &disk,
+            &[0x15, 0x10, 0, 0, p.len() as u8, 0],
+            &p,
+            [5, 0x26, 0],
+            Some([0x8B, 0, 27]),
+        );
+        assert!(disk.write_cache_enabled());
+    }
+}

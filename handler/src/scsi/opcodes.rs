@@ -1,0 +1,505 @@
+//! The one table of supported commands, and REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35).
+//!
+//! Every command the engine understands has exactly one [`OpcodeEntry`]: its opcode and service
+//! action, its CDB usage data (which is also the CDB length and the mask of bits the decoder
+//! accepts), and its properties (media access, writes the medium, needs thin provisioning).
+//! Decoding ([`super::cdb`]), `cdb_info` and the RSOC report all read this table, so what the
+//! engine executes and what it says it supports cannot disagree.
+//!
+//! Commands SCST core answers itself are absent on purpose (spec §6.4): REPORT LUNS, PERSISTENT
+//! RESERVE IN/OUT, the other MAINTENANCE IN/OUT service actions, COMPARE AND WRITE, EXTENDED COPY,
+//! RECEIVE COPY RESULTS. RESERVE/RELEASE are present: the core performs the reservation and then
+//! forwards the command, which only has to succeed here.
+
+use super::sense::Sense;
+
+/// What a table entry is, for dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    TestUnitReady,
+    RequestSense,
+    Read6,
+    Write6,
+    Inquiry,
+    ModeSelect6,
+    Reserve6,
+    Release6,
+    ModeSense6,
+    StartStopUnit,
+    PreventAllowMediumRemoval,
+    ReadCapacity10,
+    Read10,
+    Write10,
+    WriteAndVerify10,
+    Verify10,
+    SynchronizeCache10,
+    WriteSame10,
+    Unmap,
+    ModeSelect10,
+    Reserve10,
+    Release10,
+    ModeSense10,
+    Read16,
+    Write16,
+    WriteAndVerify16,
+    Verify16,
+    SynchronizeCache16,
+    WriteSame16,
+    ReadCapacity16,
+    ReportSupportedOpcodes,
+    Read12,
+    Write12,
+    WriteAndVerify12,
+    Verify12,
+}
+
+/// One supported command.
+#[derive(Debug)]
+pub(crate) struct OpcodeEntry {
+    /// Dispatch key.
+    pub op: Op,
+    /// Operation code (CDB byte 0).
+    pub opcode: u8,
+    /// Service action (CDB byte 1 bits 4..0) for opcodes that have them.
+    pub service_action: Option<u8>,
+    /// Name, for logs.
+    pub name: &'static str,
+    /// CDB usage data (SPC-4 §6.35.3): byte 0 is the opcode, each other bit set is a bit the
+    /// engine evaluates or accepts. Its length is the CDB length. The control byte (last) is 0:
+    /// NACA is not supported and the vendor/obsolete bits are ignored.
+    pub usage: &'static [u8],
+    /// Reaches the medium: refused with NOT READY while the unit is stopped.
+    pub media_access: bool,
+    /// Writes the medium: WRITE_MEDIUM in the PARSE reply, DATA PROTECT when read-only.
+    pub writes_medium: bool,
+    /// Only offered when the disk is thin provisioned (UNMAP).
+    pub needs_thin: bool,
+}
+
+impl OpcodeEntry {
+    /// CDB length.
+    pub fn cdb_len(&self) -> usize {
+        self.usage.len()
+    }
+
+    /// Is this entry offered on a disk with the given provisioning?
+    pub fn offered(&self, thin: bool) -> bool {
+        thin || !self.needs_thin
+    }
+}
+
+/// Control byte usage: nothing evaluated (NACA is rejected separately, see [`check_cdb_bits`]).
+const CTL: u8 = 0x00;
+
+const fn entry(
+    op: Op,
+    opcode: u8,
+    service_action: Option<u8>,
+    name: &'static str,
+    usage: &'static [u8],
+    media_access: bool,
+    writes_medium: bool,
+) -> OpcodeEntry {
+    OpcodeEntry {
+        op,
+        opcode,
+        service_action,
+        name,
+        usage,
+        media_access,
+        writes_medium,
+        needs_thin: false,
+    }
+}
+
+/// The table, in ascending (opcode, service action) order (the RSOC "all commands" order).
+/// Columns: dispatch key, opcode, service action, name, CDB usage data, media access, writes medium.
+#[rustfmt::skip]
+pub(crate) static TABLE: &[OpcodeEntry] = &[
+    entry(Op::TestUnitReady, 0x00, None, "TEST UNIT READY", &[0x00, 0, 0, 0, 0, CTL], true, false),
+    entry(Op::RequestSense, 0x03, None, "REQUEST SENSE", &[0x03, 0x01, 0, 0, 0xFF, CTL], false, false),
+    entry(Op::Read6, 0x08, None, "READ(6)", &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, CTL], true, false),
+    entry(Op::Write6, 0x0A, None, "WRITE(6)", &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, CTL], true, true),
+    entry(Op::Inquiry, 0x12, None, "INQUIRY", &[0x12, 0x01, 0xFF, 0xFF, 0xFF, CTL], false, false),
+    entry(Op::ModeSelect6, 0x15, None, "MODE SELECT(6)", &[0x15, 0x11, 0, 0, 0xFF, CTL], false, false),
+    // RESERVE/RELEASE: the core already checked and performed them (spec §6.4); accept any bits.
+    entry(Op::Reserve6, 0x16, None, "RESERVE(6)", &[0x16, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
+    entry(Op::Release6, 0x17, None, "RELEASE(6)", &[0x17, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
+    entry(Op::ModeSense6, 0x1A, None, "MODE SENSE(6)", &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, CTL], false, false),
+    // Power condition modifiers are not supported; the POWER CONDITION field is evaluated
+    // (only 0h, START_VALID, is accepted).
+    entry(Op::StartStopUnit, 0x1B, None, "START STOP UNIT", &[0x1B, 0x01, 0, 0, 0xF7, CTL], false, false),
+    entry(Op::PreventAllowMediumRemoval, 0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", &[0x1E, 0, 0, 0, 0x03, CTL], false, false),
+    entry(Op::ReadCapacity10, 0x25, None, "READ CAPACITY(10)", &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, CTL], false, false),
+    entry(Op::Read10, 0x28, None, "READ(10)", &[0x28, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, false),
+    entry(Op::Write10, 0x2A, None, "WRITE(10)", &[0x2A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, true),
+    entry(Op::WriteAndVerify10, 0x2E, None, "WRITE AND VERIFY(10)", &[0x2E, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, true),
+    entry(Op::Verify10, 0x2F, None, "VERIFY(10)", &[0x2F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, false),
+    entry(Op::SynchronizeCache10, 0x35, None, "SYNCHRONIZE CACHE(10)", &[0x35, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, false),
+    // ANCHOR (byte 1 bit 4) is not supported (ANC_SUP=0), so it is not in the usage data.
+    entry(Op::WriteSame10, 0x41, None, "WRITE SAME(10)", &[0x41, 0xE8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, true),
+    // UNMAP exists only on thin disks (needs_thin); ANCHOR is not supported.
+    OpcodeEntry { needs_thin: true, ..entry(Op::Unmap, 0x42, None, "UNMAP", &[0x42, 0x00, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, CTL], true, true) },
+    entry(Op::ModeSelect10, 0x55, None, "MODE SELECT(10)", &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL], false, false),
+    entry(Op::Reserve10, 0x56, None, "RESERVE(10)", &[0x56, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
+    entry(Op::Release10, 0x57, None, "RELEASE(10)", &[0x57, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
+    entry(Op::ModeSense10, 0x5A, None, "MODE SENSE(10)", &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, CTL], false, false),
+    entry(Op::Read16, 0x88, None, "READ(16)", &[0x88, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
+    entry(Op::Write16, 0x8A, None, "WRITE(16)", &[0x8A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
+    entry(Op::WriteAndVerify16, 0x8E, None, "WRITE AND VERIFY(16)", &[0x8E, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
+    entry(Op::Verify16, 0x8F, None, "VERIFY(16)", &[0x8F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
+    entry(Op::SynchronizeCache16, 0x91, None, "SYNCHRONIZE CACHE(16)", &[0x91, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
+    entry(Op::WriteSame16, 0x93, None, "WRITE SAME(16)", &[0x93, 0xE9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
+    entry(Op::ReadCapacity16, 0x9E, Some(0x10), "READ CAPACITY(16)", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, CTL], false, false),
+    entry(Op::ReportSupportedOpcodes, 0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", &[0xA3, 0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false),
+    entry(Op::Read12, 0xA8, None, "READ(12)", &[0xA8, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, false),
+    entry(Op::Write12, 0xAA, None, "WRITE(12)", &[0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, true),
+    entry(Op::WriteAndVerify12, 0xAE, None, "WRITE AND VERIFY(12)", &[0xAE, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, true),
+    entry(Op::Verify12, 0xAF, None, "VERIFY(12)", &[0xAF, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, false),
+];
+
+/// Does any entry for `opcode` have service actions?
+fn has_service_actions(opcode: u8) -> bool {
+    TABLE
+        .iter()
+        .any(|e| e.opcode == opcode && e.service_action.is_some())
+}
+
+/// The entry for `opcode` / `service_action` if the disk offers it.
+fn find(opcode: u8, service_action: Option<u8>, thin: bool) -> Option<&'static OpcodeEntry> {
+    TABLE
+        .iter()
+        .find(|e| e.opcode == opcode && e.service_action == service_action && e.offered(thin))
+}
+
+/// Look the CDB up in the table and check its length and reserved bits.
+///
+/// Unknown opcode → INVALID COMMAND OPERATION CODE; known opcode with an unknown service action
+/// → INVALID FIELD IN CDB at byte 1 (SPC-4 §4.3.4.2); short CDB → INVALID FIELD IN CDB at the
+/// first missing byte; a set bit outside the usage data or NACA → INVALID FIELD IN CDB there.
+pub(crate) fn lookup(cdb: &[u8], thin: bool) -> Result<&'static OpcodeEntry, Sense> {
+    let Some(&opcode) = cdb.first() else {
+        return Err(Sense::invalid_opcode());
+    };
+    let entry = if has_service_actions(opcode) {
+        let Some(&b1) = cdb.get(1) else {
+            return Err(Sense::invalid_cdb_field(1, Some(4)));
+        };
+        find(opcode, Some(b1 & 0x1F), thin).ok_or(Sense::invalid_cdb_field(1, Some(4)))?
+    } else {
+        find(opcode, None, thin).ok_or(Sense::invalid_opcode())?
+    };
+    if cdb.len() < entry.cdb_len() {
+        return Err(Sense::invalid_cdb_field(cdb.len(), None));
+    }
+    check_cdb_bits(&cdb[..entry.cdb_len()], entry.usage)?;
+    Ok(entry)
+}
+
+/// Reject set bits the usage data does not cover, and NACA in the control byte (SAM-5 §5.2:
+/// ACA is not supported, NormACA=0 in INQUIRY).
+fn check_cdb_bits(cdb: &[u8], usage: &[u8]) -> Result<(), Sense> {
+    let last = cdb.len().saturating_sub(1);
+    for (i, (&b, &mask)) in cdb.iter().zip(usage).enumerate().skip(1) {
+        let bad = if i == last { b & 0x04 } else { b & !mask };
+        if bad != 0 {
+            return Err(Sense::invalid_cdb_field(i, Some(highest_bit(bad))));
+        }
+    }
+    Ok(())
+}
+
+/// Bit number of the most significant set bit of a non-zero byte.
+pub(crate) fn highest_bit(b: u8) -> u8 {
+    7u8.saturating_sub(b.leading_zeros() as u8)
+}
+
+/// Fields of the REPORT SUPPORTED OPERATION CODES CDB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RsocRequest {
+    /// Return command timeouts descriptors.
+    pub rctd: bool,
+    /// REPORTING OPTIONS (byte 2 bits 2..0).
+    pub options: u8,
+    /// REQUESTED OPERATION CODE.
+    pub opcode: u8,
+    /// REQUESTED SERVICE ACTION.
+    pub service_action: u16,
+}
+
+/// Command timeouts descriptor (SPC-4 §6.35.4): nominal and recommended timeouts 0 mean "not
+/// specified"; the engine itself never takes long, the store's time is not known here.
+const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// Build the REPORT SUPPORTED OPERATION CODES parameter data (untruncated).
+pub(crate) fn report(req: RsocRequest, thin: bool) -> Result<Vec<u8>, Sense> {
+    match req.options {
+        0 => Ok(report_all(req.rctd, thin)),
+        1 => {
+            if has_service_actions(req.opcode) {
+                return Err(Sense::invalid_cdb_field(3, None));
+            }
+            Ok(report_one(find(req.opcode, None, thin), req.rctd))
+        }
+        2 => {
+            if !has_service_actions(req.opcode) {
+                return Err(Sense::invalid_cdb_field(3, None));
+            }
+            let sa = u8::try_from(req.service_action).ok();
+            Ok(report_one(
+                sa.and_then(|sa| find(req.opcode, Some(sa), thin)),
+                req.rctd,
+            ))
+        }
+        3 => {
+            // SPC-4: opcode with or without service action; SA ignored when it has none.
+            let entry = if has_service_actions(req.opcode) {
+                u8::try_from(req.service_action)
+                    .ok()
+                    .and_then(|sa| find(req.opcode, Some(sa), thin))
+            } else {
+                find(req.opcode, None, thin)
+            };
+            Ok(report_one(entry, req.rctd))
+        }
+        _ => Err(Sense::invalid_cdb_field(2, Some(2))),
+    }
+}
+
+fn report_all(rctd: bool, thin: bool) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    for e in TABLE.iter().filter(|e| e.offered(thin)) {
+        let sa = e.service_action.unwrap_or(0);
+        let mut flags = 0u8;
+        if e.service_action.is_some() {
+            flags |= 0x01; // SERVACTV
+        }
+        if rctd {
+            flags |= 0x02; // CTDP
+        }
+        let len = e.cdb_len() as u16;
+        out.extend_from_slice(&[e.opcode, 0, 0, sa, 0, flags]);
+        out.extend_from_slice(&len.to_be_bytes());
+        if rctd {
+            out.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
+        }
+    }
+    let data_len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
+    out[..4].copy_from_slice(&data_len.to_be_bytes());
+    out
+}
+
+fn report_one(entry: Option<&OpcodeEntry>, rctd: bool) -> Vec<u8> {
+    let Some(e) = entry else {
+        // SUPPORT 001b: not supported, no usage data.
+        return vec![0, 0x01, 0, 0];
+    };
+    let mut b1 = 0x03; // SUPPORT 011b: supported as in the standard
+    if rctd {
+        b1 |= 0x80; // CTDP
+    }
+    let mut out = vec![0, b1];
+    out.extend_from_slice(&(e.cdb_len() as u16).to_be_bytes());
+    out.extend_from_slice(e.usage);
+    if let Some(sa) = e.service_action {
+        out[5] = sa; // usage data byte 1 holds the service action
+    }
+    if rctd {
+        out.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_unique_and_opcode_bytes_match() {
+        for pair in TABLE.windows(2) {
+            let a = (pair[0].opcode, pair[0].service_action);
+            let b = (pair[1].opcode, pair[1].service_action);
+            assert!(a < b, "{a:?} !< {b:?}");
+        }
+        for e in TABLE {
+            assert_eq!(e.usage[0], e.opcode, "{}", e.name);
+            let group_len = match e.opcode >> 5 {
+                0 => 6,
+                1 | 2 => 10,
+                4 => 16,
+                5 => 12,
+                _ => 0,
+            };
+            assert_eq!(e.cdb_len(), group_len, "{}", e.name);
+        }
+    }
+
+    #[test]
+    fn unknown_opcode_is_invalid_opcode() {
+        assert_eq!(
+            lookup(&[0xC0, 0, 0, 0, 0, 0], false).unwrap_err(),
+            Sense::invalid_opcode()
+        );
+        assert_eq!(lookup(&[], false).unwrap_err(), Sense::invalid_opcode());
+    }
+
+    #[test]
+    fn unmap_exists_only_when_thin() {
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        assert_eq!(lookup(&cdb, false).unwrap_err(), Sense::invalid_opcode());
+        assert_eq!(lookup(&cdb, true).map(|e| e.op), Ok(Op::Unmap));
+    }
+
+    #[test]
+    fn unknown_service_action_points_at_byte_1() {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9E;
+        cdb[1] = 0x11;
+        assert_eq!(
+            lookup(&cdb, false).unwrap_err(),
+            Sense::invalid_cdb_field(1, Some(4))
+        );
+    }
+
+    #[test]
+    fn reserved_bit_and_naca_are_rejected_with_pointer() {
+        // TEST UNIT READY with byte 2 bit 3 set.
+        assert_eq!(
+            lookup(&[0, 0, 0x08, 0, 0, 0], false).unwrap_err(),
+            Sense::invalid_cdb_field(2, Some(3))
+        );
+        // NACA in the control byte; vendor bits are ignored.
+        assert_eq!(
+            lookup(&[0, 0, 0, 0, 0, 0x04], false).unwrap_err(),
+            Sense::invalid_cdb_field(5, Some(2))
+        );
+        assert!(lookup(&[0, 0, 0, 0, 0, 0xC0], false).is_ok());
+    }
+
+    #[test]
+    fn short_cdb_points_at_first_missing_byte() {
+        assert_eq!(
+            lookup(&[0x28, 0, 0], false).unwrap_err(),
+            Sense::invalid_cdb_field(3, None)
+        );
+    }
+
+    #[test]
+    fn report_all_lists_every_offered_command() {
+        let data = report(
+            RsocRequest {
+                rctd: false,
+                options: 0,
+                opcode: 0,
+                service_action: 0,
+            },
+            false,
+        )
+        .unwrap();
+        let n = TABLE.iter().filter(|e| e.offered(false)).count();
+        assert_eq!(data.len(), 4 + 8 * n);
+        assert_eq!(
+            u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize,
+            8 * n
+        );
+        // READ CAPACITY(16) descriptor: SERVACTV and service action 0x10.
+        let rc16 = data[4..].chunks(8).find(|d| d[0] == 0x9E).unwrap();
+        assert_eq!(rc16, &[0x9E, 0, 0, 0x10, 0, 0x01, 0, 16]);
+        assert!(
+            !data[4..].chunks(8).any(|d| d[0] == 0x42),
+            "UNMAP not offered without thin"
+        );
+    }
+
+    #[test]
+    fn report_all_with_timeouts_has_20_byte_descriptors() {
+        let data = report(
+            RsocRequest {
+                rctd: true,
+                options: 0,
+                opcode: 0,
+                service_action: 0,
+            },
+            true,
+        )
+        .unwrap();
+        let n = TABLE.len();
+        assert_eq!(data.len(), 4 + 20 * n);
+        assert_eq!(&data[4..12], &[0x00, 0, 0, 0, 0, 0x02, 0, 6]);
+        assert_eq!(&data[12..14], &[0x00, 0x0A]);
+    }
+
+    #[test]
+    fn report_one_gives_usage_data() {
+        let data = report(
+            RsocRequest {
+                rctd: false,
+                options: 1,
+                opcode: 0x28,
+                service_action: 0,
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            data,
+            [0, 0x03, 0, 10, 0x28, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]
+        );
+        let data = report(
+            RsocRequest {
+                rctd: false,
+                options: 2,
+                opcode: 0x9E,
+                service_action: 0x10,
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(&data[..6], &[0, 0x03, 0, 16, 0x9E, 0x10]);
+        let data = report(
+            RsocRequest {
+                rctd: false,
+                options: 1,
+                opcode: 0xC0,
+                service_action: 0,
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(data, [0, 0x01, 0, 0]);
+    }
+
+    #[test]
+    fn report_one_rejects_mismatched_service_action_use() {
+        let r = report(
+            RsocRequest {
+                rctd: false,
+                options: 1,
+                opcode: 0x9E,
+                service_action: 0,
+            },
+            false,
+        );
+        assert_eq!(r.unwrap_err(), Sense::invalid_cdb_field(3, None));
+        let r = report(
+            RsocRequest {
+                rctd: false,
+                options: 2,
+                opcode: 0x28,
+                service_action: 0,
+            },
+            false,
+        );
+        assert_eq!(r.unwrap_err(), Sense::invalid_cdb_field(3, None));
+        let r = report(
+            RsocRequest {
+                rctd: false,
+                options: 5,
+                opcode: 0x28,
+                service_action: 0,
+            },
+            false,
+        );
+        assert_eq!(r.unwrap_err(), Sense::invalid_cdb_field(2, Some(2)));
+    }
+}

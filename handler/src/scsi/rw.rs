@@ -1,0 +1,527 @@
+//! Store plans for the medium commands (READ, WRITE, WRITE AND VERIFY, VERIFY, SYNCHRONIZE
+//! CACHE, WRITE SAME, UNMAP) and the mapping of store completions to SCSI status and sense.
+//!
+//! The decoder already checked fields, limits and ranges; this file decides the store op(s).
+
+use super::cdb::Blocks;
+use super::cdb::Command;
+use super::cdb::Geometry;
+use super::read_param;
+use super::sense::asc;
+use super::sense::sense_key;
+use super::sense::Sense;
+use super::DataOut;
+use super::IoPlan;
+use super::Plan;
+use super::Response;
+use crate::store::StoreOp;
+use crate::store::StoreStatus;
+
+/// Disk state a plan depends on.
+pub(crate) struct Context {
+    pub geometry: Geometry,
+    /// Current WCE: with the write cache disabled every write is made durable (FUA).
+    pub write_cache: bool,
+}
+
+fn io(op: StoreOp) -> Plan {
+    Plan::Io(IoPlan {
+        op,
+        then: None,
+        data_in_len: 0,
+    })
+}
+
+fn good() -> Result<Plan, Sense> {
+    Ok(Plan::Done(Response::good()))
+}
+
+/// Plan a medium command. A transfer length of 0 is GOOD without I/O (SBC-3 §5.8).
+pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Result<Plan, Sense> {
+    let bs = ctx.geometry.block_size;
+    match *cmd {
+        Command::Read { blocks, .. } if blocks.count == 0 => good(),
+        Command::Read {
+            blocks: Blocks { lba, count },
+            ..
+        } => {
+            let len = u64::from(count) * u64::from(bs);
+            Ok(Plan::Io(IoPlan {
+                op: StoreOp::Read { lba, blocks: count },
+                then: None,
+                data_in_len: usize::try_from(len).unwrap_or(usize::MAX),
+            }))
+        }
+        Command::Write { blocks, .. } if blocks.count == 0 => good(),
+        Command::Write {
+            blocks: Blocks { lba, count },
+            fua,
+        } => Ok(io(StoreOp::Write {
+            lba,
+            blocks: count,
+            fua: fua || !ctx.write_cache,
+        })),
+        Command::WriteAndVerify { blocks, .. } if blocks.count == 0 => good(),
+        Command::WriteAndVerify {
+            blocks: Blocks { lba, count },
+            bytchk,
+        } => {
+            // The verification must see the medium, not the cache: write through.
+            Ok(Plan::Io(IoPlan {
+                op: StoreOp::Write {
+                    lba,
+                    blocks: count,
+                    fua: true,
+                },
+                then: Some(verify_op(lba, count, bytchk)),
+                data_in_len: 0,
+            }))
+        }
+        Command::Verify { blocks, .. } if blocks.count == 0 => good(),
+        Command::Verify {
+            blocks: Blocks { lba, count },
+            bytchk,
+        } => Ok(io(verify_op(lba, count, bytchk))),
+        // The store flushes everything; the range was only checked (SBC-3 §5.22 allows more).
+        Command::SynchronizeCache { .. } => Ok(io(StoreOp::Flush)),
+        Command::WriteSame { blocks, .. } if blocks.count == 0 => good(),
+        Command::WriteSame {
+            blocks: Blocks { lba, count },
+            unmap,
+            ndob,
+        } => {
+            // SBC-3 §4.7.3.4: with UNMAP the range may be deallocated only if the data equals
+            // what deallocated blocks read (zeroes); NDOB means that data is zeroes.
+            if ndob || block_is_zero(data_out, bs) {
+                let deallocate = unmap && ctx.geometry.thin;
+                Ok(io(StoreOp::WriteZeroes {
+                    lba,
+                    blocks: count,
+                    deallocate,
+                }))
+            } else {
+                Ok(io(StoreOp::WriteSame { lba, blocks: count }))
+            }
+        }
+        Command::Unmap { param_len } => unmap(&read_param(data_out, param_len), &ctx.geometry),
+        _ => good(),
+    }
+}
+
+/// BYTCHK 1 compares the data-out with the medium, BYTCHK 0 only checks it is readable.
+fn verify_op(lba: u64, blocks: u32, bytchk: bool) -> StoreOp {
+    if bytchk {
+        StoreOp::Compare { lba, blocks }
+    } else {
+        StoreOp::Verify { lba, blocks }
+    }
+}
+
+/// Is the first block of the data-out all zeroes? A data-out shorter than a block is not
+/// (the store then reports the short buffer).
+fn block_is_zero(data_out: &dyn DataOut, block_size: u32) -> bool {
+    let bs = usize::try_from(block_size).unwrap_or(usize::MAX);
+    if data_out.len() < bs {
+        return false;
+    }
+    let mut chunk = [0u8; 512];
+    (0..bs).step_by(chunk.len()).all(|off| {
+        let n = chunk.len().min(bs - off);
+        data_out.read(off, &mut chunk[..n]);
+        chunk[..n].iter().all(|&b| b == 0)
+    })
+}
+
+/// UNMAP parameter list (SBC-3 §5.28): 8-byte header (UNMAP DATA LENGTH, UNMAP BLOCK
+/// DESCRIPTOR DATA LENGTH), then 16-byte descriptors (LBA, NUMBER OF LOGICAL BLOCKS).
+/// A partial trailing descriptor is ignored; zero-length descriptors are skipped.
+fn unmap(param: &[u8], geo: &Geometry) -> Result<Plan, Sense> {
+    if param.is_empty() {
+        return good(); // PARAMETER LIST LENGTH 0: nothing to do
+    }
+    let Some(header) = param.get(..8) else {
+        return Err(Sense::param_list_length());
+    };
+    let descriptor_bytes = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let Some(descriptors) = param.get(8..8 + descriptor_bytes) else {
+        return Err(Sense::param_list_length());
+    };
+    let count = descriptors.len() / 16;
+    if count > usize::try_from(geo.limits.max_unmap_descriptors).unwrap_or(usize::MAX) {
+        return Err(Sense::invalid_param_field(2, None));
+    }
+    let mut ranges = Vec::with_capacity(count);
+    let mut total: u64 = 0;
+    for (i, d) in descriptors.chunks_exact(16).enumerate() {
+        let at = 8 + 16 * i;
+        let lba = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        let blocks = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+        total += u64::from(blocks);
+        if total > u64::from(geo.limits.max_unmap_lba_count) {
+            return Err(Sense::invalid_param_field(at + 8, None));
+        }
+        match lba.checked_add(u64::from(blocks)) {
+            Some(end) if end <= geo.num_blocks => {}
+            _ => return Err(Sense::lba_out_of_range()),
+        }
+        if blocks != 0 {
+            ranges.push((lba, blocks));
+        }
+    }
+    if ranges.is_empty() {
+        return good();
+    }
+    Ok(io(StoreOp::Unmap {
+        ranges: ranges.into_boxed_slice(),
+    }))
+}
+
+/// The response (or next step) after the store ended `io` with `status`.
+pub(crate) fn finish(io: &IoPlan, status: StoreStatus) -> Result<Plan, Sense> {
+    match status {
+        StoreStatus::Good => Ok(match &io.then {
+            Some(next) => Plan::Io(IoPlan {
+                op: next.clone(),
+                then: None,
+                data_in_len: 0,
+            }),
+            None => Plan::Done(Response {
+                data_in_len: io.data_in_len,
+                ..Response::good()
+            }),
+        }),
+        // SBC-3 §5.34: INFORMATION is the offset in the data-out of the first miscompare.
+        StoreStatus::Miscompare { offset } => {
+            Err(Sense::new(sense_key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(offset))
+        }
+        StoreStatus::ReadError { lba } => {
+            Err(Sense::new(sense_key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR).with_information(lba))
+        }
+        StoreStatus::WriteError { lba } => {
+            Err(Sense::new(sense_key::MEDIUM_ERROR, asc::WRITE_ERROR).with_information(lba))
+        }
+        StoreStatus::OutOfRange => Err(Sense::lba_out_of_range()),
+        StoreStatus::InvalidRequest | StoreStatus::DeviceError => Err(Sense::new(
+            sense_key::HARDWARE_ERROR,
+            asc::INTERNAL_TARGET_FAILURE,
+        )),
+        StoreStatus::Aborted => Err(Sense::new(sense_key::ABORTED_COMMAND, asc::NO_ADDITIONAL_SENSE)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::check_sense;
+    use super::super::tests::disk_with;
+    use super::super::tests::good;
+    use super::super::tests::io_op;
+    use super::super::Disk;
+    use super::super::DiskConfig;
+    use super::super::Plan;
+    use super::super::NO_DATA;
+    use crate::abi::sam_status;
+    use crate::store::StoreOp;
+    use crate::store::StoreStatus;
+
+    fn thin() -> Disk {
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.thin_provisioning = true;
+        cfg.limits.max_unmap_descriptors = 2;
+        cfg.limits.max_unmap_lba_count = 100;
+        cfg.limits.max_transfer_blocks = 64;
+        disk_with(cfg)
+    }
+
+    fn done(plan: Plan) -> super::Response {
+        match plan {
+            Plan::Done(r) => r,
+            Plan::Io(io) => panic!("expected a response, got {:?}", io.op),
+        }
+    }
+
+    #[test]
+    fn read_plans_store_read_and_reports_bytes_moved() {
+        let disk = thin();
+        let Plan::Io(io) = disk.start(&[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &NO_DATA) else {
+            panic!()
+        };
+        assert_eq!(io.op, StoreOp::Read { lba: 10, blocks: 4 });
+        let r = done(disk.finish(&io, StoreStatus::Good));
+        assert_eq!(
+            (r.status, r.data_in_len, r.data.len()),
+            (sam_status::GOOD, 2048, 0)
+        );
+    }
+
+    #[test]
+    fn zero_length_transfer_is_good_without_io() {
+        let disk = thin();
+        good(&disk, &[0x28, 0, 0, 0, 0, 10, 0, 0, 0, 0], &[]);
+        good(&disk, &[0x2A, 0, 0, 0, 0, 10, 0, 0, 0, 0], &[]);
+        good(&disk, &[0x2F, 0, 0, 0, 0, 10, 0, 0, 0, 0], &[]);
+    }
+
+    #[test]
+    fn write_fua_follows_cdb_and_write_cache() {
+        let disk = thin();
+        let w = |fua: u8| io_op(&disk, &[0x2A, fua, 0, 0, 0, 1, 0, 0, 1, 0], &[]);
+        assert_eq!(
+            w(0),
+            StoreOp::Write {
+                lba: 1,
+                blocks: 1,
+                fua: false
+            }
+        );
+        assert_eq!(
+            w(0x08),
+            StoreOp::Write {
+                lba: 1,
+                blocks: 1,
+                fua: true
+            }
+        );
+        // WCE off: every write is FUA.
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.write_cache = false;
+        let disk = disk_with(cfg);
+        assert_eq!(
+            io_op(&disk, &[0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[]),
+            StoreOp::Write {
+                lba: 1,
+                blocks: 1,
+                fua: true
+            }
+        );
+    }
+
+    #[test]
+    fn write_and_verify_writes_then_compares() {
+        let disk = thin();
+        let Plan::Io(first) = disk.start(&[0x2E, 0x02, 0, 0, 0, 3, 0, 0, 2, 0], &NO_DATA) else {
+            panic!()
+        };
+        assert_eq!(
+            first.op,
+            StoreOp::Write {
+                lba: 3,
+                blocks: 2,
+                fua: true
+            }
+        );
+        let Plan::Io(second) = disk.finish(&first, StoreStatus::Good) else {
+            panic!()
+        };
+        assert_eq!(second.op, StoreOp::Compare { lba: 3, blocks: 2 });
+        let r = done(disk.finish(&second, StoreStatus::Miscompare { offset: 700 }));
+        assert_eq!(r.status, sam_status::CHECK_CONDITION);
+        assert_eq!(
+            r.sense,
+            [0xF0, 0, 0x0E, 0, 0, 0x02, 0xBC, 10, 0, 0, 0, 0, 0x1D, 0, 0, 0, 0, 0]
+        );
+        // BYTCHK 0: write then verify.
+        let Plan::Io(first) = disk.start(&[0x2E, 0, 0, 0, 0, 3, 0, 0, 2, 0], &NO_DATA) else {
+            panic!()
+        };
+        let Plan::Io(second) = disk.finish(&first, StoreStatus::Good) else {
+            panic!()
+        };
+        assert_eq!(second.op, StoreOp::Verify { lba: 3, blocks: 2 });
+        assert_eq!(
+            done(disk.finish(&second, StoreStatus::Good)),
+            super::Response::good()
+        );
+    }
+
+    #[test]
+    fn verify_bytchk_selects_op() {
+        let disk = thin();
+        assert_eq!(
+            io_op(&disk, &[0x2F, 0, 0, 0, 0, 3, 0, 0, 2, 0], &[]),
+            StoreOp::Verify { lba: 3, blocks: 2 }
+        );
+        assert_eq!(
+            io_op(&disk, &[0xAF, 2, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0], &[]),
+            StoreOp::Compare { lba: 3, blocks: 2 }
+        );
+    }
+
+    #[test]
+    fn sync_cache_flushes() {
+        let disk = thin();
+        assert_eq!(
+            io_op(&disk, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]),
+            StoreOp::Flush
+        );
+        let mut c16 = [0u8; 16];
+        c16[0] = 0x91;
+        assert_eq!(io_op(&disk, &c16, &[]), StoreOp::Flush);
+    }
+
+    #[test]
+    fn write_same_variants() {
+        let disk = thin();
+        let zero = vec![0u8; 512];
+        let mut ones = vec![0u8; 512];
+        ones[511] = 1;
+        let ws10 = |unmap: u8| [0x41, unmap, 0, 0, 0, 5, 0, 0, 9, 0];
+        assert_eq!(
+            io_op(&disk, &ws10(0), &ones),
+            StoreOp::WriteSame { lba: 5, blocks: 9 }
+        );
+        assert_eq!(
+            io_op(&disk, &ws10(0), &zero),
+            StoreOp::WriteZeroes {
+                lba: 5,
+                blocks: 9,
+                deallocate: false
+            }
+        );
+        assert_eq!(
+            io_op(&disk, &ws10(0x08), &zero),
+            StoreOp::WriteZeroes {
+                lba: 5,
+                blocks: 9,
+                deallocate: true
+            }
+        );
+        assert_eq!(
+            io_op(&disk, &ws10(0x08), &ones),
+            StoreOp::WriteSame { lba: 5, blocks: 9 }
+        );
+        let mut ws16 = [0u8; 16];
+        ws16[0] = 0x93;
+        ws16[1] = 0x09; // UNMAP, NDOB
+        ws16[13] = 9;
+        assert_eq!(
+            io_op(&disk, &ws16, &[]),
+            StoreOp::WriteZeroes {
+                lba: 0,
+                blocks: 9,
+                deallocate: true
+            }
+        );
+    }
+
+    fn unmap_list(descriptors: &[(u64, u32)]) -> Vec<u8> {
+        let mut p = vec![0u8; 8];
+        p[0..2].copy_from_slice(&((6 + 16 * descriptors.len()) as u16).to_be_bytes());
+        p[2..4].copy_from_slice(&((16 * descriptors.len()) as u16).to_be_bytes());
+        for &(lba, n) in descriptors {
+            p.extend_from_slice(&lba.to_be_bytes());
+            p.extend_from_slice(&n.to_be_bytes());
+            p.extend_from_slice(&[0; 4]);
+        }
+        p
+    }
+
+    fn unmap_cdb(len: usize) -> [u8; 10] {
+        [0x42, 0, 0, 0, 0, 0, 0, (len >> 8) as u8, len as u8, 0]
+    }
+
+    #[test]
+    fn unmap_plans_ranges_and_skips_empty_descriptors() {
+        let disk = thin();
+        let p = unmap_list(&[(10, 5), (900, 0)]);
+        assert_eq!(
+            io_op(&disk, &unmap_cdb(p.len()), &p),
+            StoreOp::Unmap {
+                ranges: vec![(10, 5)].into()
+            }
+        );
+        good(&disk, &unmap_cdb(0), &[]);
+        let p = unmap_list(&[(1, 0)]);
+        good(&disk, &unmap_cdb(p.len()), &p);
+    }
+
+    #[test]
+    fn unmap_errors() {
+        let disk = thin();
+        // Short parameter list.
+        check_sense(&disk, &unmap_cdb(4), &[0; 4], [5, 0x1A, 0], None);
+        // Descriptor data length past the list.
+        let mut p = unmap_list(&[(1, 1)]);
+        p[3] = 32;
+        check_sense(&disk, &unmap_cdb(p.len()), &p, [5, 0x1A, 0], None);
+        // Too many descriptors.
+        let p = unmap_list(&[(1, 1), (2, 1), (3, 1)]);
+        check_sense(&disk, &unmap_cdb(p.len()), &p, [5, 0x26, 0], Some([0x80, 0, 2]));
+        // Too many blocks in total: pointer at the second descriptor's count.
+        let p = unmap_list(&[(0, 60), (100, 41)]);
+        check_sense(&disk, &unmap_cdb(p.len()), &p, [5, 0x26, 0], Some([0x80, 0, 32]));
+        // Out of range.
+        let p = unmap_list(&[(999, 2)]);
+        check_sense(&disk, &unmap_cdb(p.len()), &p, [5, 0x21, 0], None);
+        // Not thin: no such command.
+        let plain = disk_with(DiskConfig::new(512, 1000));
+        let p = unmap_list(&[(1, 1)]);
+        check_sense(&plain, &unmap_cdb(p.len()), &p, [5, 0x20, 0], None);
+    }
+
+    #[test]
+    fn read_only_refuses_writes_but_reads() {
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.read_only = true;
+        let disk = disk_with(cfg);
+        check_sense(&disk, &[0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[], [7, 0x27, 0], None);
+        check_sense(
+            &disk,
+            &[0x41, 0, 0, 0, 0, 1, 0, 0, 1, 0],
+            &[0; 512],
+            [7, 0x27, 0],
+            None,
+        );
+        assert_eq!(
+            io_op(&disk, &[0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[]),
+            StoreOp::Read { lba: 1, blocks: 1 }
+        );
+    }
+
+    #[test]
+    fn store_errors_map_to_sense() {
+        let disk = thin();
+        let Plan::Io(io) = disk.start(&[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &NO_DATA) else {
+            panic!()
+        };
+        let sense = |s| done(disk.finish(&io, s)).sense;
+        assert_eq!(
+            &sense(StoreStatus::ReadError { lba: 12 })[..14],
+            &[0xF0, 0, 3, 0, 0, 0, 12, 10, 0, 0, 0, 0, 0x11, 0]
+        );
+        assert_eq!(
+            &sense(StoreStatus::WriteError { lba: 13 })[..14],
+            &[0xF0, 0, 3, 0, 0, 0, 13, 10, 0, 0, 0, 0, 0x0C, 0]
+        );
+        assert_eq!(
+            &sense(StoreStatus::OutOfRange)[..14],
+            &[0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0]
+        );
+        assert_eq!(
+            &sense(StoreStatus::DeviceError)[..14],
+            &[0x70, 0, 4, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0]
+        );
+        assert_eq!(
+            &sense(StoreStatus::InvalidRequest)[..14],
+            &[0x70, 0, 4, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0]
+        );
+        assert_eq!(
+            &sense(StoreStatus::Aborted)[..14],
+            &[0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn store_error_in_descriptor_format() {
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.d_sense = true;
+        let disk = disk_with(cfg);
+        let Plan::Io(io) = disk.start(&[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &NO_DATA) else {
+            panic!()
+        };
+        let r = done(disk.finish(&io, StoreStatus::ReadError { lba: 0x1_0000_0000 }));
+        assert_eq!(
+            r.sense,
+            [0x72, 3, 0x11, 0, 0, 0, 0, 12, 0, 0x0A, 0x80, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+        );
+    }
+}

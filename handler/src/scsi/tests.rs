@@ -1,0 +1,484 @@
+//! Engine-level tests: helpers shared by the per-file tests, the state commands (TEST UNIT
+//! READY, REQUEST SENSE, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL, reset) and the
+//! properties over arbitrary CDBs and data-out.
+
+use super::Disk;
+use super::DiskConfig;
+use super::IoPlan;
+use super::Plan;
+use super::Response;
+use super::NO_DATA;
+use crate::abi::data_direction;
+use crate::abi::sam_status;
+use crate::store::StoreOp;
+use crate::store::StoreStatus;
+use proptest::prelude::*;
+
+pub(crate) fn disk_with(config: DiskConfig) -> Disk {
+    Disk::try_new(config).expect("test configuration is valid")
+}
+
+fn response(disk: &Disk, cdb: &[u8], data_out: &[u8]) -> Response {
+    match disk.start(cdb, &data_out) {
+        Plan::Done(r) => r,
+        Plan::Io(io) => panic!("{cdb:02x?}: expected a response, got store op {:?}", io.op),
+    }
+}
+
+/// Run a command that must end GOOD; return its data-in.
+pub(crate) fn good_data(disk: &Disk, cdb: &[u8], data_out: &[u8]) -> Vec<u8> {
+    let r = response(disk, cdb, data_out);
+    assert_eq!(r.status, sam_status::GOOD, "{cdb:02x?}: sense {:02x?}", r.sense);
+    assert!(r.sense.is_empty());
+    assert_eq!(r.data_in_len, r.data.len());
+    r.data
+}
+
+/// Run a command that must end GOOD without data.
+pub(crate) fn good(disk: &Disk, cdb: &[u8], data_out: &[u8]) {
+    assert!(
+        good_data(disk, cdb, data_out).is_empty(),
+        "{cdb:02x?}: unexpected data"
+    );
+}
+
+/// Run a command that must plan a store op; return the op.
+pub(crate) fn io_op(disk: &Disk, cdb: &[u8], data_out: &[u8]) -> StoreOp {
+    match disk.start(cdb, &data_out) {
+        Plan::Io(io) => io.op,
+        Plan::Done(r) => panic!("{cdb:02x?}: expected a store op, got {r:02x?}"),
+    }
+}
+
+/// Run a command that must end CHECK CONDITION with fixed sense `key/asc/ascq` and, if given,
+/// these sense-key-specific bytes (else none).
+pub(crate) fn check_sense(disk: &Disk, cdb: &[u8], data_out: &[u8], kcq: [u8; 3], sks: Option<[u8; 3]>) {
+    let r = response(disk, cdb, data_out);
+    assert_eq!(r.status, sam_status::CHECK_CONDITION, "{cdb:02x?}");
+    assert_eq!(r.sense.len(), 18, "{cdb:02x?}: {:02x?}", r.sense);
+    assert_eq!(r.sense[0] & 0x7F, 0x70);
+    assert_eq!(
+        [r.sense[2], r.sense[12], r.sense[13]],
+        kcq,
+        "{cdb:02x?}: {:02x?}",
+        r.sense
+    );
+    assert_eq!(
+        r.sense[15..18],
+        sks.unwrap_or([0; 3]),
+        "{cdb:02x?}: {:02x?}",
+        r.sense
+    );
+    assert!(r.data.is_empty());
+}
+
+fn disk() -> Disk {
+    disk_with(DiskConfig::new(512, 1000))
+}
+
+const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];
+const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+
+#[test]
+fn test_unit_ready_and_invalid_opcode() {
+    let disk = disk();
+    good(&disk, &TUR, &[]);
+    check_sense(&disk, &[0xC8, 0, 0, 0, 0, 0], &[], [5, 0x20, 0], None);
+    check_sense(&disk, &[], &[], [5, 0x20, 0], None);
+}
+
+#[test]
+fn request_sense_reports_no_sense_in_requested_format() {
+    let disk = disk();
+    let fixed = good_data(&disk, &[0x03, 0, 0, 0, 0xFF, 0], &[]);
+    assert_eq!(fixed, [0x70, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let desc = good_data(&disk, &[0x03, 1, 0, 0, 0xFF, 0], &[]);
+    assert_eq!(desc, [0x72, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(good_data(&disk, &[0x03, 0, 0, 0, 4, 0], &[]).len(), 4);
+}
+
+#[test]
+fn stopped_unit_is_not_ready_for_media_access() {
+    let disk = disk();
+    // STOP (flush first), then media access is NOT READY / 04/02.
+    assert_eq!(io_op(&disk, &[0x1B, 0, 0, 0, 0, 0], &[]), StoreOp::Flush);
+    assert!(disk.is_stopped());
+    check_sense(&disk, &TUR, &[], [2, 0x04, 0x02], None);
+    check_sense(&disk, &READ10, &[], [2, 0x04, 0x02], None);
+    // Non-media commands still work; REQUEST SENSE reports the condition.
+    good_data(&disk, &[0x12, 0, 0, 0, 36, 0], &[]);
+    let s = good_data(&disk, &[0x03, 0, 0, 0, 0xFF, 0], &[]);
+    assert_eq!([s[2], s[12], s[13]], [2, 0x04, 0x02]);
+    // Reset leaves the stopped state alone; START UNIT ends it.
+    disk.reset();
+    assert!(disk.is_stopped());
+    good(&disk, &[0x1B, 0, 0, 0, 0x01, 0], &[]);
+    good(&disk, &TUR, &[]);
+    // NO_FLUSH: stop without I/O.
+    good(&disk, &[0x1B, 0, 0, 0, 0x04, 0], &[]);
+    assert!(disk.is_stopped());
+}
+
+#[test]
+fn prevent_medium_removal_blocks_eject_until_allowed_or_reset() {
+    let disk = disk();
+    good(&disk, &[0x1E, 0, 0, 0, 1, 0], &[]);
+    assert!(disk.removal_prevented());
+    check_sense(&disk, &[0x1B, 0, 0, 0, 0x02, 0], &[], [5, 0x53, 0x02], None);
+    check_sense(
+        &disk,
+        &[0x1E, 0, 0, 0, 2, 0],
+        &[],
+        [5, 0x24, 0],
+        Some([0xC9, 0, 4]),
+    );
+    disk.reset();
+    assert!(!disk.removal_prevented());
+    assert_eq!(io_op(&disk, &[0x1B, 0, 0, 0, 0x02, 0], &[]), StoreOp::Flush);
+}
+
+#[test]
+fn reserve_release_are_accepted() {
+    let disk = disk();
+    good(&disk, &[0x16, 0, 0, 0, 0, 0], &[]);
+    good(&disk, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+}
+
+#[test]
+fn report_supported_opcodes_through_the_disk() {
+    let disk = disk();
+    let d = good_data(&disk, &[0xA3, 0x0C, 0x01, 0x28, 0, 0, 0, 0, 0, 0xFF, 0, 0], &[]);
+    assert_eq!(&d[..5], &[0, 3, 0, 10, 0x28]);
+    let d = good_data(&disk, &[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], &[]);
+    assert_eq!(d.len(), 8);
+    check_sense(
+        &disk,
+        &[0xA3, 0x05, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0],
+        &[],
+        [5, 0x24, 0],
+        Some([0xCC, 0, 1]),
+    );
+}
+
+#[test]
+fn sense_helper_follows_d_sense() {
+    let disk = disk();
+    assert_eq!(
+        disk.sense(0x0B, 0, 0),
+        [0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    let mut cfg = DiskConfig::new(512, 8);
+    cfg.d_sense = true;
+    let disk = disk_with(cfg);
+    assert_eq!(disk.sense(0x0B, 0x47, 0x03), [0x72, 0x0B, 0x47, 0x03, 0, 0, 0, 0]);
+    // Errors use the same format.
+    let r = response(&disk, &[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0], &[]);
+    assert_eq!(
+        r.sense,
+        [0x72, 5, 0x24, 0, 0, 0, 0, 8, 0x02, 0x06, 0, 0, 0xCF, 0, 1, 0]
+    );
+}
+
+#[test]
+fn invalid_configuration_is_refused() {
+    assert!(Disk::try_new(DiskConfig::new(1000, 8)).is_err());
+    assert!(Disk::try_new(DiskConfig::new(256, 8)).is_err());
+    let mut cfg = DiskConfig::new(65536, 8);
+    cfg.limits.max_transfer_blocks = 1 << 16;
+    assert!(Disk::try_new(cfg).is_err());
+    for bs in [512, 4096, 65536] {
+        assert!(Disk::try_new(DiskConfig::new(bs, 8)).is_ok());
+    }
+}
+
+/// Sense is well formed: 0x70 fixed with additional length 10, or 0x72 descriptor whose
+/// additional length covers exactly the descriptors that follow.
+fn assert_well_formed_sense(sense: &[u8]) {
+    match sense.first().map(|b| b & 0x7F) {
+        Some(0x70) => {
+            assert_eq!(sense.len(), 18);
+            assert_eq!(usize::from(sense[7]), sense.len() - 8);
+        }
+        Some(0x72) => {
+            assert!(sense.len() >= 8);
+            assert_eq!(usize::from(sense[7]), sense.len() - 8);
+            let mut off = 8;
+            while off < sense.len() {
+                off += 2 + usize::from(sense[off + 1]);
+            }
+            assert_eq!(off, sense.len());
+        }
+        other => panic!("bad sense response code {other:?}: {sense:02x?}"),
+    }
+}
+
+fn assert_well_formed_response(r: &Response) {
+    match r.status {
+        sam_status::GOOD => {
+            assert!(r.sense.is_empty());
+            assert!(r.data_in_len == r.data.len() || r.data.is_empty());
+        }
+        sam_status::CHECK_CONDITION => {
+            assert!(r.data.is_empty());
+            assert_eq!(r.data_in_len, 0);
+            assert_well_formed_sense(&r.sense);
+        }
+        other => panic!("unexpected status {other:#x}"),
+    }
+}
+
+/// A store op stays inside the disk and needs no more buffer than PARSE asked for.
+fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
+    let n = disk.num_blocks();
+    let inside = |lba: u64, blocks: u32| lba.checked_add(u64::from(blocks)).is_some_and(|end| end <= n);
+    match &io.op {
+        StoreOp::Read { lba, blocks }
+        | StoreOp::Write { lba, blocks, .. }
+        | StoreOp::WriteSame { lba, blocks }
+        | StoreOp::WriteZeroes { lba, blocks, .. }
+        | StoreOp::Verify { lba, blocks }
+        | StoreOp::Compare { lba, blocks } => {
+            assert!(*blocks > 0, "{:?}", io.op);
+            assert!(inside(*lba, *blocks), "{:?} outside {n} blocks", io.op);
+        }
+        StoreOp::Unmap { ranges } => {
+            assert!(!ranges.is_empty());
+            assert!(
+                ranges.iter().all(|&(lba, b)| b > 0 && inside(lba, b)),
+                "{:?}",
+                io.op
+            );
+        }
+        StoreOp::Flush => {}
+    }
+    let info = disk.cdb_info(cdb).expect("a CDB that starts I/O parses");
+    if io.op.uses_buffer() {
+        assert_ne!(info.direction, data_direction::NONE);
+        assert_eq!(
+            io.op.buffer_bytes(disk.block_size()),
+            u64::from(info.transfer_len),
+            "{:?}",
+            io.op
+        );
+    }
+    if matches!(io.op, StoreOp::Read { .. }) {
+        assert_eq!(info.direction, data_direction::READ);
+        assert_eq!(io.data_in_len as u64, u64::from(info.transfer_len));
+    }
+}
+
+const ALL_STATUSES: [StoreStatus; 8] = [
+    StoreStatus::Good,
+    StoreStatus::Miscompare { offset: 17 },
+    StoreStatus::ReadError { lba: 3 },
+    StoreStatus::WriteError { lba: u64::MAX },
+    StoreStatus::OutOfRange,
+    StoreStatus::InvalidRequest,
+    StoreStatus::DeviceError,
+    StoreStatus::Aborted,
+];
+
+/// Arbitrary bytes, or a CDB built from a table entry: each byte zero with probability 6/7
+/// (small LBAs and lengths, so I/O paths are reached), else random within the usage data (or,
+/// rarely, fully random), sometimes followed by padding as in SCST's 16-byte CDB array.
+fn any_cdb() -> impl Strategy<Value = Vec<u8>> {
+    let raw = prop::collection::vec(any::<u8>(), 0..=32);
+    let table = super::opcodes::TABLE;
+    let structured = (
+        0..table.len(),
+        prop::collection::vec((any::<u8>(), any::<u8>()), 16),
+        0usize..=16,
+        any::<u8>(),
+    )
+        .prop_map(move |(i, bytes, pad, strict)| {
+            let e = &table[i];
+            let mut cdb: Vec<u8> = e
+                .usage
+                .iter()
+                .zip(&bytes)
+                .map(|(&mask, &(keep, v))| match (keep, strict) {
+                    (0..=215, _) => 0,
+                    (_, 0..=230) => v & mask,
+                    _ => v,
+                })
+                .collect();
+            cdb[0] = e.opcode;
+            if let Some(sa) = e.service_action {
+                cdb[1] = (cdb[1] & 0xE0) | sa;
+            }
+            cdb.resize(cdb.len() + pad, 0);
+            cdb
+        });
+    prop_oneof![1 => raw, 3 => structured]
+}
+
+/// Arbitrary bytes, or mostly-zero bytes (parameter lists with small lengths and counts).
+fn any_data_out() -> impl Strategy<Value = Vec<u8>> {
+    let raw = prop::collection::vec(any::<u8>(), 0..=600);
+    let sparse = prop::collection::vec(prop_oneof![4 => Just(0u8), 1 => any::<u8>()], 0..=600);
+    prop_oneof![raw, sparse]
+}
+
+/// A medium-access CDB with an LBA and length near the disk sizes used here, so the I/O
+/// paths are reached often; byte 1 is random within the command's usage data.
+fn media_cdb() -> impl Strategy<Value = Vec<u8>> {
+    let opcodes = vec![
+        0x08u8, 0x0A, 0x28, 0x2A, 0x2E, 0x2F, 0x35, 0x41, 0x88, 0x8A, 0x8E, 0x8F, 0x91, 0x93, 0xA8, 0xAA,
+        0xAE, 0xAF,
+    ];
+    (prop::sample::select(opcodes), 0u64..1600, 0u32..320, any::<u8>()).prop_map(|(op, lba, len, flags)| {
+        let usage = super::opcodes::TABLE
+            .iter()
+            .find(|e| e.opcode == op)
+            .map_or(0, |e| e.usage[1]);
+        let flags = flags & usage & 0x1F; // no RDPROTECT/WRPROTECT: they are tested elsewhere
+        let mut cdb = vec![op];
+        match op >> 5 {
+            0 => cdb.extend_from_slice(&[
+                (lba >> 16) as u8 & 0x1F,
+                (lba >> 8) as u8,
+                lba as u8,
+                len as u8,
+                0,
+            ]),
+            1 => {
+                cdb.push(flags);
+                cdb.extend_from_slice(&(lba as u32).to_be_bytes());
+                cdb.push(0);
+                cdb.extend_from_slice(&(len as u16).to_be_bytes());
+                cdb.push(0);
+            }
+            5 => {
+                cdb.push(flags);
+                cdb.extend_from_slice(&(lba as u32).to_be_bytes());
+                cdb.extend_from_slice(&len.to_be_bytes());
+                cdb.extend_from_slice(&[0, 0]);
+            }
+            _ => {
+                cdb.push(flags);
+                cdb.extend_from_slice(&lba.to_be_bytes());
+                cdb.extend_from_slice(&len.to_be_bytes());
+                cdb.extend_from_slice(&[0, 0]);
+            }
+        }
+        cdb
+    })
+}
+
+/// An UNMAP with a parameter list of small descriptors (sometimes with a wrong header).
+fn unmap_command() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    let descriptor = (0u64..1600, 0u32..200);
+    (prop::collection::vec(descriptor, 0..10), any::<u8>(), 0usize..8).prop_map(|(ds, junk, cut)| {
+        let mut p = vec![0u8; 8];
+        p[0..2].copy_from_slice(&((6 + 16 * ds.len()) as u16).to_be_bytes());
+        p[2..4].copy_from_slice(&((16 * ds.len()) as u16).to_be_bytes());
+        for (lba, n) in ds {
+            p.extend_from_slice(&lba.to_be_bytes());
+            p.extend_from_slice(&n.to_be_bytes());
+            p.extend_from_slice(&[0; 4]);
+        }
+        if junk > 200 {
+            p[3] ^= junk; // descriptor length that does not match the list
+        }
+        p.truncate(p.len().saturating_sub(cut));
+        let cdb = vec![0x42, 0, 0, 0, 0, 0, 0, (p.len() >> 8) as u8, p.len() as u8, 0];
+        (cdb, p)
+    })
+}
+
+/// Any command: arbitrary or table-shaped CDBs with arbitrary data-out, well-formed medium
+/// commands with a block of data-out (zero or not), or UNMAP with a parameter list.
+fn any_command() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    let block = prop_oneof![Just(vec![0u8; 4096]), prop::collection::vec(any::<u8>(), 0..=600)];
+    prop_oneof![
+        2 => (any_cdb(), any_data_out()),
+        2 => (media_cdb(), block),
+        1 => unmap_command(),
+    ]
+}
+
+fn any_disk() -> impl Strategy<Value = Disk> {
+    (
+        prop::sample::select(vec![512u32, 4096]),
+        0u64..3000,
+        any::<[bool; 5]>(),
+    )
+        .prop_map(|(bs, n, f)| {
+            let mut cfg = DiskConfig::new(bs, n);
+            [
+                cfg.thin_provisioning,
+                cfg.read_only,
+                cfg.write_cache,
+                cfg.d_sense,
+                cfg.unmapped_reads_zero,
+            ] = f;
+            cfg.limits.max_transfer_blocks = 300;
+            cfg.limits.max_write_same_blocks = 2000;
+            cfg.limits.max_unmap_descriptors = 8;
+            cfg.limits.max_unmap_lba_count = 2000;
+            disk_with(cfg)
+        })
+}
+
+proptest! {
+    // No regression file: it would land outside this module; failing inputs are turned into
+    // unit tests instead (e.g. `info::tests::huge_allocation_length_is_capped`).
+    #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Any CDB and data-out (0..=600 bytes, or a 4 KiB zero block): `start` answers well-formed or plans I/O inside the disk, and
+    /// every store outcome of that I/O (and of its next step) is answered well-formed too.
+    #[test]
+    fn start_and_finish_never_misbehave(
+        disk in any_disk(),
+        (cdb, data_out) in any_command(),
+        stop_first in prop::bool::weighted(0.1),
+    ) {
+        if stop_first {
+            let _ = disk.start(&[0x1B, 0, 0, 0, 0x04, 0], &NO_DATA);
+        }
+        match disk.start(&cdb, &data_out) {
+            Plan::Done(r) => assert_well_formed_response(&r),
+            Plan::Io(io) => {
+                assert_io_consistent(&disk, &cdb, &io);
+                for status in ALL_STATUSES {
+                    match disk.finish(&io, status) {
+                        Plan::Done(r) => assert_well_formed_response(&r),
+                        Plan::Io(next) => {
+                            prop_assert_eq!(status, StoreStatus::Good);
+                            assert_io_consistent(&disk, &cdb, &next);
+                            for status in ALL_STATUSES {
+                                match disk.finish(&next, status) {
+                                    Plan::Done(r) => assert_well_formed_response(&r),
+                                    Plan::Io(_) => prop_assert!(false, "more than two steps"),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Any CDB: `cdb_info` is Ok with values the kernel accepts (spec §3.4), or CHECK
+    /// CONDITION with well-formed sense; and it agrees with `start` on rejecting the CDB.
+    #[test]
+    fn cdb_info_never_misbehaves(disk in any_disk(), cdb in prop_oneof![any_cdb(), media_cdb()]) {
+        match disk.cdb_info(&cdb) {
+            Ok(info) => {
+                prop_assert!(info.op_flags & crate::abi::op_flags::INFO_VALID != 0);
+                prop_assert!(info.transfer_len <= i32::MAX as u32);
+                prop_assert_eq!(info.direction == data_direction::NONE, info.transfer_len == 0);
+                prop_assert!(info.data_len <= i64::MAX as u64 && info.lba <= i64::MAX as u64);
+            }
+            Err(r) => {
+                prop_assert_eq!(r.status, sam_status::CHECK_CONDITION);
+                assert_well_formed_response(&r);
+                // start() refuses it with the same sense.
+                match disk.start(&cdb, &NO_DATA) {
+                    Plan::Done(s) => prop_assert_eq!(s.sense, r.sense),
+                    Plan::Io(io) => prop_assert!(false, "cdb_info refused, start planned {:?}", io.op),
+                }
+            }
+        }
+    }
+}

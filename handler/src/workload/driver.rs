@@ -1,0 +1,423 @@
+//! One thread per session: keep the session's share of the queue depth busy, check every read.
+
+use super::stamp;
+use super::Geometry;
+use super::Latency;
+use super::Mix;
+use super::Pattern;
+use super::Progress;
+use super::WorkloadConfig;
+use super::WorkloadError;
+use super::WorkloadReport;
+use crate::abi::queue_type;
+use crate::abi::sam_status;
+use crate::loopback::ScsiCompletion;
+use crate::loopback::ScsiRequest;
+use crate::loopback::Session;
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+const MAX_ERRORS_KEPT: usize = 10;
+
+/// Figures shared with the progress reporter.
+#[derive(Default)]
+struct Live {
+    issued: AtomicU64,
+    commands: AtomicU64,
+    bytes: AtomicU64,
+    verify_errors: AtomicU64,
+}
+
+struct Pending {
+    unit: usize,
+    write_gen: Option<u32>,
+    started: Instant,
+}
+
+struct Driver<'a> {
+    session: &'a Session,
+    config: &'a WorkloadConfig,
+    block_size: u32,
+    blocks_per_io: u32,
+    /// Global unit numbers this driver owns.
+    units: Vec<u64>,
+    gens: Vec<u32>,
+    busy: Vec<bool>,
+    cursor: usize,
+    prefilling: bool,
+    rng: stamp::Rng,
+    inflight: HashMap<u64, Pending>,
+    next_tag: u64,
+    depth: usize,
+    live: &'a Live,
+    report: WorkloadReport,
+    histogram: Histogram<u64>,
+}
+
+pub(super) fn run_all(
+    sessions: &[Session],
+    geometry: Geometry,
+    config: &WorkloadConfig,
+    units: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<WorkloadReport, WorkloadError> {
+    let live = Live::default();
+    let start = Instant::now();
+    let n = sessions.len();
+    let results = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (index, session) in sessions.iter().enumerate() {
+            let depth = config.queue_depth.max(1) / n + usize::from(index < config.queue_depth.max(1) % n);
+            let owned: Vec<u64> = (index as u64..units).step_by(n).collect();
+            let live = &live;
+            let spawned = std::thread::Builder::new()
+                .name(format!("workload-{index}"))
+                .spawn_scoped(scope, move || {
+                    Driver::new(session, geometry, config, owned, depth, index, live).run()
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => return Err(WorkloadError::Spawn(e)),
+            }
+        }
+        let snapshot = || Progress {
+            elapsed: start.elapsed(),
+            commands: live.commands.load(Ordering::Relaxed),
+            bytes: live.bytes.load(Ordering::Relaxed),
+            verify_errors: live.verify_errors.load(Ordering::Relaxed),
+        };
+        let mut last = Instant::now();
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::park_timeout(Duration::from_millis(100));
+            if last.elapsed() >= Duration::from_secs(1) {
+                progress(snapshot());
+                last = Instant::now();
+            }
+        }
+        progress(snapshot());
+        Ok(handles.into_iter().map(|h| h.join()).collect::<Vec<_>>())
+    })?;
+    let mut total = WorkloadReport::default();
+    let mut histogram = new_histogram();
+    for result in results {
+        match result {
+            Ok((report, h)) => {
+                merge(&mut total, report);
+                if let Err(e) = histogram.add(&h) {
+                    log::warn!("latency histogram merge: {e}");
+                }
+            }
+            Err(_) => total.first_errors.push("a workload thread panicked".into()),
+        }
+    }
+    total.elapsed = start.elapsed();
+    total.latency = Latency {
+        p50: histogram.value_at_quantile(0.50) as f64 / 1000.0,
+        p99: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        p999: histogram.value_at_quantile(0.999) as f64 / 1000.0,
+        max: histogram.max() as f64 / 1000.0,
+        mean: histogram.mean() / 1000.0,
+    };
+    Ok(total)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds from 1 ns to 10 minutes at 3 significant digits; these bounds are valid.
+    match Histogram::new_with_bounds(1, 600_000_000_000, 3) {
+        Ok(h) => h,
+        Err(_) => unreachable!("static histogram bounds are valid"),
+    }
+}
+
+fn merge(total: &mut WorkloadReport, part: WorkloadReport) {
+    total.commands += part.commands;
+    total.reads += part.reads;
+    total.writes += part.writes;
+    total.bytes += part.bytes;
+    total.verified_bytes += part.verified_bytes;
+    total.verify_errors += part.verify_errors;
+    total.scsi_errors += part.scsi_errors;
+    total.unanswered += part.unanswered;
+    for e in part.first_errors {
+        if total.first_errors.len() < MAX_ERRORS_KEPT {
+            total.first_errors.push(e);
+        }
+    }
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        session: &'a Session,
+        geometry: Geometry,
+        config: &'a WorkloadConfig,
+        units: Vec<u64>,
+        depth: usize,
+        index: usize,
+        live: &'a Live,
+    ) -> Self {
+        let initial = if config.expect_zeroed {
+            stamp::GEN_ZERO
+        } else {
+            stamp::GEN_UNKNOWN
+        };
+        let count = units.len();
+        Self {
+            session,
+            config,
+            block_size: geometry.block_size,
+            blocks_per_io: config.io_size / geometry.block_size,
+            units,
+            gens: vec![initial; count],
+            busy: vec![false; count],
+            cursor: 0,
+            prefilling: false,
+            rng: stamp::Rng::new(config.seed.wrapping_add(index as u64 * 0x1000_0001)),
+            inflight: HashMap::new(),
+            next_tag: (index as u64) << 48,
+            depth,
+            live,
+            report: WorkloadReport::default(),
+            histogram: new_histogram(),
+        }
+    }
+
+    fn run(mut self) -> (WorkloadReport, Histogram<u64>) {
+        if self.config.prefill {
+            self.prefill();
+            if self.report.unanswered > 0 || self.report.scsi_errors > 0 {
+                return (self.report, self.histogram);
+            }
+            self.report = WorkloadReport::default();
+            self.histogram.reset();
+        }
+        let deadline = Instant::now() + self.config.duration;
+        self.pump(|d| Instant::now() < deadline && d.may_issue(), |d| d.is_read());
+        (self.report, self.histogram)
+    }
+
+    /// Write every owned unit once, in order.
+    fn prefill(&mut self) {
+        let mut remaining = self.units.len();
+        self.cursor = 0;
+        self.prefilling = true;
+        self.pump(
+            move |_| {
+                let go = remaining > 0;
+                remaining = remaining.saturating_sub(1);
+                go
+            },
+            |_| false,
+        );
+        self.prefilling = false;
+        self.cursor = 0;
+    }
+
+    /// Keep `depth` commands in flight while `more` allows, choosing reads with `read`; then
+    /// drain. Every wait is bounded by `completion_timeout`.
+    fn pump(&mut self, mut more: impl FnMut(&mut Self) -> bool, mut read: impl FnMut(&mut Self) -> bool) {
+        loop {
+            while self.inflight.len() < self.depth && more(self) {
+                let is_read = read(self);
+                if !self.submit_one(is_read) {
+                    break;
+                }
+            }
+            if self.inflight.is_empty() {
+                break;
+            }
+            match self
+                .session
+                .completions()
+                .recv_timeout(self.config.completion_timeout)
+            {
+                Ok(completion) => self.complete(completion),
+                Err(e) => {
+                    let n = self.inflight.len() as u64;
+                    self.error(format!(
+                        "{n} commands unanswered after {:?}: {e}",
+                        self.config.completion_timeout
+                    ));
+                    self.report.unanswered += n;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn may_issue(&self) -> bool {
+        match self.config.max_commands {
+            Some(max) => self.live.issued.fetch_add(1, Ordering::Relaxed) < max,
+            None => true,
+        }
+    }
+
+    fn pick_unit(&mut self) -> Option<usize> {
+        let n = self.units.len();
+        let start = match self.config.pattern {
+            _ if self.prefilling => self.cursor,
+            Pattern::Sequential => self.cursor,
+            Pattern::Random => self.rng.below(n as u64) as usize,
+        };
+        let found = (0..n).map(|i| (start + i) % n).find(|&i| !self.busy[i])?;
+        self.cursor = (found + 1) % n;
+        Some(found)
+    }
+
+    fn is_read(&mut self) -> bool {
+        match self.config.mix {
+            Mix::Read => true,
+            Mix::Write => false,
+            Mix::Mixed { read_percent } => self.rng.below(100) < u64::from(read_percent),
+        }
+    }
+
+    fn submit_one(&mut self, read: bool) -> bool {
+        let Some(unit) = self.pick_unit() else {
+            return false;
+        };
+        let lba = self.units[unit] * u64::from(self.blocks_per_io);
+        let (cdb, data_out, write_gen) = if read {
+            (rw_cdb(false, lba, self.blocks_per_io), Vec::new(), None)
+        } else {
+            let gen = next_generation(self.gens[unit]);
+            let mut data = vec![0u8; self.config.io_size as usize];
+            for (i, block) in data.chunks_exact_mut(self.block_size as usize).enumerate() {
+                stamp::stamp(block, lba + i as u64, gen);
+            }
+            (rw_cdb(true, lba, self.blocks_per_io), data, Some(gen))
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let request = ScsiRequest {
+            tag,
+            cdb,
+            data_out,
+            expected_data_in: if read { self.config.io_size } else { 0 },
+            queue_type: queue_type::SIMPLE,
+            timeout_secs: 30,
+        };
+        if let Err(e) = self.session.submit(request) {
+            self.error(format!("submit failed: {e}"));
+            return false;
+        }
+        self.busy[unit] = true;
+        self.inflight.insert(
+            tag,
+            Pending {
+                unit,
+                write_gen,
+                started: Instant::now(),
+            },
+        );
+        true
+    }
+
+    fn complete(&mut self, c: ScsiCompletion) {
+        let Some(p) = self.inflight.remove(&c.tag) else {
+            self.error(format!("completion for unknown tag {:#x}", c.tag));
+            return;
+        };
+        self.busy[p.unit] = false;
+        let nanos = p.started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        if let Err(e) = self.histogram.record(nanos.max(1)) {
+            log::debug!("latency {nanos} ns not recorded: {e}");
+        }
+        self.report.commands += 1;
+        self.live.commands.fetch_add(1, Ordering::Relaxed);
+        let lba = self.units[p.unit] * u64::from(self.blocks_per_io);
+        if c.status != sam_status::GOOD {
+            self.report.scsi_errors += 1;
+            let sense: Vec<String> = c.sense.iter().take(18).map(|b| format!("{b:02x}")).collect();
+            self.error(format!(
+                "LBA {lba}: status {:#04x} sense {}",
+                c.status,
+                sense.join("")
+            ));
+            if p.write_gen.is_some() {
+                self.gens[p.unit] = stamp::GEN_UNKNOWN;
+            }
+            return;
+        }
+        self.report.bytes += u64::from(self.config.io_size);
+        self.live
+            .bytes
+            .fetch_add(u64::from(self.config.io_size), Ordering::Relaxed);
+        match p.write_gen {
+            Some(gen) => {
+                self.report.writes += 1;
+                self.gens[p.unit] = gen;
+            }
+            None => {
+                self.report.reads += 1;
+                self.verify(p.unit, lba, &c.data_in);
+            }
+        }
+    }
+
+    fn verify(&mut self, unit: usize, lba: u64, data: &[u8]) {
+        let gen = self.gens[unit];
+        if data.len() != self.config.io_size as usize {
+            self.report.verify_errors += 1;
+            self.live.verify_errors.fetch_add(1, Ordering::Relaxed);
+            self.error(format!(
+                "LBA {lba}: read returned {} bytes, expected {}",
+                data.len(),
+                self.config.io_size
+            ));
+            return;
+        }
+        let mut bad = 0;
+        for (i, block) in data.chunks_exact(self.block_size as usize).enumerate() {
+            if let Err(m) = stamp::verify(block, lba + i as u64, gen) {
+                bad += 1;
+                self.error(format!(
+                    "LBA {}: {m:?} (expected generation {gen})",
+                    lba + i as u64
+                ));
+            }
+        }
+        if bad == 0 {
+            if gen != stamp::GEN_UNKNOWN {
+                self.report.verified_bytes += data.len() as u64;
+            }
+        } else {
+            self.report.verify_errors += bad;
+            self.live.verify_errors.fetch_add(bad, Ordering::Relaxed);
+        }
+    }
+
+    fn error(&mut self, message: String) {
+        log::warn!("workload: {message}");
+        if self.report.first_errors.len() < MAX_ERRORS_KEPT {
+            self.report.first_errors.push(message);
+        }
+    }
+}
+
+fn next_generation(current: u32) -> u32 {
+    match current.wrapping_add(1) {
+        stamp::GEN_UNKNOWN | stamp::GEN_ZERO => 1,
+        next => next,
+    }
+}
+
+/// READ/WRITE(10) when the LBA and length fit, else (16).
+pub(crate) fn rw_cdb(write: bool, lba: u64, blocks: u32) -> Vec<u8> {
+    if lba <= u64::from(u32::MAX) && blocks <= u32::from(u16::MAX) {
+        let mut cdb = vec![0u8; 10];
+        cdb[0] = if write { 0x2a } else { 0x28 };
+        cdb[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
+        cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes());
+        cdb
+    } else {
+        let mut cdb = vec![0u8; 16];
+        cdb[0] = if write { 0x8a } else { 0x88 };
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        cdb
+    }
+}

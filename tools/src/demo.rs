@@ -1,0 +1,324 @@
+//! `scst-accel demo`: the loopback kernel + the frontend + a store, driven by a verified
+//! workload, with live progress on a terminal and a summary (or one JSON object) at the end.
+
+use crate::cpu::process_cpu_time;
+use crate::disk::DiskArgs;
+use crate::exit;
+use crate::units::parse_duration;
+use crate::units::parse_size;
+use clap::Args;
+use clap::ValueEnum;
+use scst_accel_handler::frontend::Frontend;
+use scst_accel_handler::frontend::FrontendReport;
+use scst_accel_handler::loopback::KernelConfig;
+use scst_accel_handler::loopback::LoopbackKernel;
+use scst_accel_handler::loopback::Session;
+use scst_accel_handler::loopback::SessionSpec;
+use scst_accel_handler::scsi::Disk;
+use scst_accel_handler::store::ram::RamStore;
+use scst_accel_handler::store::Store;
+use scst_accel_handler::transport::register::register;
+use scst_accel_handler::transport::version;
+use scst_accel_handler::workload;
+use scst_accel_handler::workload::Geometry;
+use scst_accel_handler::workload::Mix;
+use scst_accel_handler::workload::Pattern;
+use scst_accel_handler::workload::Progress;
+use scst_accel_handler::workload::WorkloadConfig;
+use scst_accel_handler::workload::WorkloadReport;
+use serde_json::json;
+use std::io::IsTerminal;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which store stands behind the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Board {
+    /// Process memory (no accelerator).
+    Ram,
+}
+
+/// Read/write mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Rw {
+    /// Reads only (the region is prefilled first).
+    Read,
+    /// Writes only.
+    Write,
+    /// --read-percent reads, the rest writes.
+    Mixed,
+}
+
+/// `demo` arguments.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// Store behind the engine.
+    #[arg(long, value_enum, default_value_t = Board::Ram)]
+    board: Board,
+    /// Access pattern.
+    #[arg(long, value_enum, default_value_t = PatternArg::Random)]
+    pattern: PatternArg,
+    /// Read/write mix.
+    #[arg(long, value_enum, default_value_t = Rw::Mixed)]
+    rw: Rw,
+    /// Percentage of reads with --rw mixed.
+    #[arg(long, default_value_t = 70, value_parser = clap::value_parser!(u8).range(0..=100))]
+    read_percent: u8,
+    /// Bytes per command.
+    #[arg(long = "bs", default_value = "4k", value_parser = parse_size)]
+    io_size: u64,
+    /// Commands in flight, over all sessions.
+    #[arg(long, default_value_t = 32)]
+    queue_depth: usize,
+    /// Initiator sessions (each one an ATTACH_SESS and a driver thread).
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Length of the timed phase.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the access pattern.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the whole region once before the timed phase (default: on when the mix reads).
+    #[arg(long)]
+    prefill: Option<bool>,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Access pattern argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PatternArg {
+    /// Sequential.
+    Sequential,
+    /// Random.
+    Random,
+}
+
+struct Outcome {
+    workload: WorkloadReport,
+    frontend: FrontendReport,
+    cpu: Option<Duration>,
+    devices_left: usize,
+}
+
+/// Run the demo; returns the process exit code.
+pub fn run(args: DemoArgs) -> u8 {
+    let blocks = match args.disk.validate() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("scst-accel demo: {e}");
+            return exit::USAGE;
+        }
+    };
+    if args.io_size == 0
+        || !args.io_size.is_multiple_of(u64::from(args.disk.block_size))
+        || args.io_size > 16 << 20
+    {
+        eprintln!("scst-accel demo: --bs must be a multiple of --block-size and at most 16M");
+        return exit::USAGE;
+    }
+    match demo(&args, blocks) {
+        Ok(outcome) => report(&args, &outcome),
+        Err(e) => {
+            eprintln!("scst-accel demo: {e}");
+            exit::SOFTWARE
+        }
+    }
+}
+
+fn workload_config(args: &DemoArgs) -> WorkloadConfig {
+    let mix = match args.rw {
+        Rw::Read => Mix::Read,
+        Rw::Write => Mix::Write,
+        Rw::Mixed => Mix::Mixed {
+            read_percent: args.read_percent,
+        },
+    };
+    let pattern = match args.pattern {
+        PatternArg::Random => Pattern::Random,
+        PatternArg::Sequential => Pattern::Sequential,
+    };
+    WorkloadConfig {
+        pattern,
+        mix,
+        io_size: args.io_size as u32,
+        queue_depth: args.queue_depth,
+        duration: args.duration,
+        seed: args.seed,
+        prefill: args.prefill.unwrap_or(args.rw != Rw::Write),
+        ..WorkloadConfig::default()
+    }
+}
+
+fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let kernel = LoopbackKernel::new(KernelConfig {
+        version: version::resolve(&args.disk.scst_version),
+        ..KernelConfig::default()
+    });
+    let fd = kernel.open(true);
+    register(&fd, &args.disk.register_params())?;
+    let disk = Arc::new(Disk::try_new(args.disk.disk_config(blocks))?);
+    let store: Arc<dyn Store> = match args.board {
+        Board::Ram => Arc::new(RamStore::new(
+            args.disk.block_size,
+            blocks,
+            args.disk.max_transfer_blocks,
+        )),
+    };
+    let frontend = Frontend::start(Arc::new(fd), disk, store, args.disk.frontend_config())?;
+    let sessions = attach(&kernel, &args.disk.name, args.sessions.max(1))?;
+    let geometry = Geometry {
+        block_size: args.disk.block_size,
+        num_blocks: blocks,
+    };
+    let live = std::io::stderr().is_terminal() && !args.json;
+    let cpu_before = process_cpu_time();
+    let mut progress = |p: Progress| {
+        if live {
+            let secs = p.elapsed.as_secs_f64().max(1e-9);
+            eprint!(
+                "\r{:6.1}s {:>10} cmds {:>10.0} IOPS {:>8.1} MB/s verify errors {}   ",
+                secs,
+                p.commands,
+                p.commands as f64 / secs,
+                p.bytes as f64 / 1e6 / secs,
+                p.verify_errors
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let result = workload::run(&sessions, geometry, &workload_config(args), &mut progress);
+    let cpu = cpu_before
+        .zip(process_cpu_time())
+        .map(|(a, b)| b.saturating_sub(a));
+    if live {
+        eprintln!();
+    }
+    for session in sessions {
+        session.detach();
+    }
+    // DETACH_SESS is answered by the workers; give them a bounded moment before stopping, so
+    // the sessions end through the handler rather than through the close path.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !frontend.sessions().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let frontend = frontend.shutdown();
+    let devices_left = kernel.registered_devices().len();
+    Ok(Outcome {
+        workload: result?,
+        frontend,
+        cpu,
+        devices_left,
+    })
+}
+
+fn attach(
+    kernel: &LoopbackKernel,
+    device: &str,
+    count: usize,
+) -> Result<Vec<Session>, Box<dyn std::error::Error>> {
+    (0..count)
+        .map(|i| {
+            let spec = SessionSpec {
+                initiator_name: format!("iqn.2026-11.io.scst-accel:demo-initiator-{i}"),
+                target_name: "iqn.2026-11.io.scst-accel:demo-target".into(),
+                lun: 0,
+                rd_only: false,
+            };
+            kernel
+                .attach_session(device, spec)
+                .map_err(|e| format!("attaching session {i}: {e}").into())
+        })
+        .collect()
+}
+
+fn report(args: &DemoArgs, o: &Outcome) -> u8 {
+    let w = &o.workload;
+    let cpu_us_per_command = o.cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64));
+    let s = &o.frontend.stats;
+    let value = json!({
+        "board": format!("{:?}", args.board).to_lowercase(),
+        "workload": {
+            "pattern": format!("{:?}", args.pattern).to_lowercase(),
+            "rw": format!("{:?}", args.rw).to_lowercase(),
+            "bs": args.io_size,
+            "queue_depth": args.queue_depth,
+            "sessions": args.sessions,
+            "duration_s": args.duration.as_secs_f64(),
+            "block_size": args.disk.block_size,
+            "size": args.disk.size,
+        },
+        "iops": w.iops(),
+        "mb_per_s": w.mb_per_s(),
+        "latency_us": { "p50": w.latency.p50, "p99": w.latency.p99, "p999": w.latency.p999,
+                        "max": w.latency.max, "mean": w.latency.mean },
+        "commands": w.commands,
+        "reads": w.reads,
+        "writes": w.writes,
+        "verified_bytes": w.verified_bytes,
+        "verify_errors": w.verify_errors,
+        "scsi_errors": w.scsi_errors,
+        "unanswered_commands": w.unanswered,
+        "elapsed_s": w.elapsed.as_secs_f64(),
+        "cpu_s": o.cpu.map(|c| c.as_secs_f64()),
+        "cpu_us_per_command": cpu_us_per_command,
+        "frontend": {
+            "exec": s.exec, "exec_errors": s.exec_errors, "alloc_mem": s.alloc_mem, "parse": s.parse,
+            "on_free": s.on_free, "on_cached_mem_free": s.on_cached_mem_free, "task_mgmt": s.task_mgmt,
+            "attach": s.attach, "detach": s.detach, "reply_errors": s.reply_errors, "busy": s.busy,
+            "ioctls": s.ioctls,
+            "buffers": { "allocated": s.buffers.allocated, "released": s.buffers.released,
+                         "held_at_exit": s.buffers.buffers, "refused": s.buffers.refused },
+            "panicked_workers": o.frontend.panicked_workers,
+        },
+        "devices_left_registered": o.devices_left,
+        "errors": w.first_errors,
+    });
+    if args.json {
+        println!("{value}");
+    } else {
+        println!(
+            "{} {} {} B, QD {}: {:.0} IOPS, {:.1} MB/s, latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us",
+            format!("{:?}", args.pattern).to_lowercase(),
+            format!("{:?}", args.rw).to_lowercase(),
+            args.io_size,
+            args.queue_depth,
+            w.iops(),
+            w.mb_per_s(),
+            w.latency.p50,
+            w.latency.p99,
+            w.latency.p999
+        );
+        println!(
+            "{} commands ({} reads, {} writes), {} bytes verified, {} verify errors, {} SCSI errors, {} unanswered",
+            w.commands, w.reads, w.writes, w.verified_bytes, w.verify_errors, w.scsi_errors, w.unanswered
+        );
+        if let Some(us) = cpu_us_per_command {
+            println!(
+                "CPU {:.2} s, {:.2} us per command (whole process: initiator, loopback kernel, handler)",
+                o.cpu.map_or(0.0, |c| c.as_secs_f64()),
+                us
+            );
+        }
+        for e in &w.first_errors {
+            println!("error: {e}");
+        }
+    }
+    let healthy = w.verify_errors == 0
+        && w.unanswered == 0
+        && w.scsi_errors == 0
+        && o.frontend.panicked_workers == 0
+        && o.devices_left == 0
+        && w.commands > 0;
+    if healthy {
+        0
+    } else {
+        exit::DATA
+    }
+}

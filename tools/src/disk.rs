@@ -1,0 +1,100 @@
+//! Options shared by `demo` and `serve`: the exported disk and its registration.
+
+use crate::units::parse_size;
+use clap::Args;
+use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::scsi::DiskConfig;
+use scst_accel_handler::transport::register::default_options;
+use scst_accel_handler::transport::register::RegisterParams;
+use scst_accel_handler::transport::version;
+
+/// The disk and how it registers with SCST.
+#[derive(Args, Debug, Clone)]
+pub struct DiskArgs {
+    /// SCST device name (sysfs name; 1-48 characters of A-Z a-z 0-9 _ . -).
+    #[arg(long, default_value = "accel0")]
+    pub name: String,
+    /// Disk size (k, M, G, T suffixes).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub size: u64,
+    /// Logical block size in bytes (power of two, 512 to 4096).
+    #[arg(long, default_value_t = 512)]
+    pub block_size: u32,
+    /// Worker threads serving /dev/scst_user.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Commands fetched per REPLY_AND_GET_MULTI call.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Cap on command-buffer memory; beyond it SCST gets BUSY.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub buffer_memory: u64,
+    /// scst_user interface version: 3.11 (default), 3.10, 3.9, 3.8, or the literal string the
+    /// kernel expects (find it with `dmesg | grep 'Incorrect version of user device'`).
+    #[arg(long, default_value = "3.11")]
+    pub scst_version: String,
+    /// Largest transfer in blocks advertised in the block limits VPD page.
+    #[arg(long, default_value_t = 2048)]
+    pub max_transfer_blocks: u32,
+}
+
+impl DiskArgs {
+    /// Validate what the library would otherwise refuse later.
+    pub fn validate(&self) -> Result<u64, String> {
+        if !self.block_size.is_power_of_two() || !(512..=4096).contains(&self.block_size) {
+            return Err(format!(
+                "--block-size {} must be a power of two from 512 to 4096",
+                self.block_size
+            ));
+        }
+        let blocks = self.size / u64::from(self.block_size);
+        if blocks == 0 || !self.size.is_multiple_of(u64::from(self.block_size)) {
+            return Err(format!(
+                "--size {} must be a non-zero multiple of the block size",
+                self.size
+            ));
+        }
+        if self.max_transfer_blocks == 0 {
+            return Err("--max-transfer-blocks must be at least 1".into());
+        }
+        if self.workers == 0 || self.batch == 0 {
+            return Err("--workers and --batch must be at least 1".into());
+        }
+        Ok(blocks)
+    }
+
+    /// The SCSI disk.
+    pub fn disk_config(&self, blocks: u64) -> DiskConfig {
+        let mut config = DiskConfig::new(self.block_size, blocks);
+        config.product = self.name.chars().take(16).collect();
+        config.serial = format!("{:016x}", naa_seed(&self.name));
+        config.naa_id = naa_seed(&self.name);
+        config.limits.max_transfer_blocks = self.max_transfer_blocks;
+        config
+    }
+
+    /// Registration parameters.
+    pub fn register_params(&self) -> RegisterParams {
+        let mut params = RegisterParams::new(&self.name, self.block_size, default_options());
+        params.version = version::resolve(&self.scst_version);
+        params
+    }
+
+    /// Frontend tuning.
+    pub fn frontend_config(&self) -> FrontendConfig {
+        FrontendConfig {
+            workers: self.workers,
+            cmds_per_call: self.batch,
+            max_buffer_bytes: self.buffer_memory,
+            ..FrontendConfig::default()
+        }
+    }
+}
+
+/// A stable identifier derived from the device name (FNV-1a), so the LUN keeps its identity
+/// across restarts.
+fn naa_seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}

@@ -1,0 +1,131 @@
+//! `scst-accel serve`: register a disk on the real `/dev/scst_user` and serve it until SIGINT or
+//! SIGTERM, then stop cleanly (every command in flight answered) and exit with a code a service
+//! manager can act on (see [`crate::exit`]).
+
+use crate::disk::DiskArgs;
+use crate::exit;
+use clap::Args;
+use scst_accel_handler::abi::DEV_USER_PATH;
+use scst_accel_handler::frontend::Frontend;
+use scst_accel_handler::scsi::Disk;
+use scst_accel_handler::store::ram::RamStore;
+use scst_accel_handler::store::Store;
+use scst_accel_handler::transport::device::OpenError;
+use scst_accel_handler::transport::device::ScstUserDevice;
+use scst_accel_handler::transport::register::register;
+use signal_hook::consts::SIGHUP;
+use signal_hook::consts::SIGINT;
+use signal_hook::consts::SIGTERM;
+use signal_hook::iterator::Signals;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `serve` arguments.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// The scst_user device node.
+    #[arg(long, default_value = DEV_USER_PATH)]
+    device: PathBuf,
+    /// Buffers to hand to SCST's buffer cache at start (PREALLOC_BUFFER).
+    #[arg(long, default_value_t = 0)]
+    prealloc: usize,
+    /// Size of each preallocated buffer.
+    #[arg(long, default_value = "128k", value_parser = crate::units::parse_size)]
+    prealloc_size: u64,
+}
+
+/// Serve; returns the process exit code.
+pub fn run(args: ServeArgs) -> u8 {
+    let blocks = match args.disk.validate() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("scst-accel serve: {e}");
+            return exit::USAGE;
+        }
+    };
+    let disk = match Disk::try_new(args.disk.disk_config(blocks)) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            eprintln!("scst-accel serve: {e}");
+            return exit::USAGE;
+        }
+    };
+    // Signals are blocked into an iterator before any worker starts, so a SIGTERM that arrives
+    // during start-up is not lost and no worker thread is ever interrupted inside an ioctl.
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("scst-accel serve: cannot install signal handlers: {e}");
+            return exit::SOFTWARE;
+        }
+    };
+    let fd = match ScstUserDevice::open(&args.device) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("scst-accel serve: {e}");
+            return match e {
+                OpenError::ModuleNotLoaded { .. } => exit::UNAVAILABLE,
+                OpenError::PermissionDenied { .. } => exit::NOPERM,
+                _ => exit::UNAVAILABLE,
+            };
+        }
+    };
+    if let Err(e) = register(&fd, &args.disk.register_params()) {
+        eprintln!(
+            "scst-accel serve: registration of {} refused: {e}",
+            args.disk.name
+        );
+        return exit::CONFIG;
+    }
+    let store: Arc<dyn Store> = Arc::new(RamStore::new(
+        args.disk.block_size,
+        blocks,
+        args.disk.max_transfer_blocks,
+    ));
+    let frontend = match Frontend::start(Arc::new(fd), disk, store, args.disk.frontend_config()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("scst-accel serve: {e}");
+            return exit::SOFTWARE;
+        }
+    };
+    log::info!(
+        "serving {} ({} blocks of {} bytes) on {}; add it as a LUN now (see README)",
+        args.disk.name,
+        blocks,
+        args.disk.block_size,
+        args.device.display()
+    );
+    if args.prealloc > 0 {
+        match frontend.prealloc_buffers(args.prealloc, args.prealloc_size as usize) {
+            Ok(n) => log::info!("preallocated {n} buffers of {} bytes", args.prealloc_size),
+            Err(e) => log::warn!("PREALLOC_BUFFER refused: {e}; continuing without preallocation"),
+        }
+    }
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            // SIGHUP: return every cached buffer to us (FLUSH_CACHE), e.g. to shrink memory.
+            match frontend.flush_cache() {
+                Ok(()) => log::info!("SIGHUP: SCST buffer cache flushed"),
+                Err(e) => log::warn!("SIGHUP: FLUSH_CACHE failed: {e}"),
+            }
+            continue;
+        }
+        log::info!("signal {signal}: stopping");
+        break;
+    }
+    let report = frontend.shutdown();
+    log::info!(
+        "stopped: {} EXEC served, {} reply errors, {} store requests abandoned",
+        report.stats.exec,
+        report.stats.reply_errors,
+        report.workers.iter().map(|w| w.abandoned).sum::<usize>()
+    );
+    if report.panicked_workers > 0 {
+        exit::SOFTWARE
+    } else {
+        0
+    }
+}
