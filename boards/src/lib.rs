@@ -1,4 +1,4 @@
 //! scst-accel board definitions (register map, queue geometry, limits, quirks) and the
-//! simulated accelerator board.
-//!
-//! Empty until the accelerator issue; it will depend on hal and dma only.
+//! simulated accelerator board. Depends on hal and dma only; knows nothing of SCSI.
+
+pub mod sca1;

@@ -1,5 +1,165 @@
-//! scst-accel hardware access layer: the device trait (registers, DMA map/unmap, interrupts,
-//! reset, device-gone detection) with its VFIO and simulator backends.
+//! scst-accel hardware access layer: one device trait ([`DeviceBacking`]) with a VFIO backend
+//! and a simulator backend, so that the same driver code runs on a real PCIe function and on a
+//! simulated board (in the manner of openvmm's `user_driver`).
 //!
-//! Empty until the accelerator issue; the layering holds already: hal depends on nothing of
-//! scst-accel, everything else may depend on it.
+//! Everything a driver needs from a device goes through the trait: BAR registers
+//! ([`RegisterIo`]), IOMMU mappings ([`DmaMapper`]), interrupts (eventfds) and reset. hal knows
+//! nothing of any board's register map and nothing of SCSI.
+
+pub mod fdio;
+
+pub use fdio::EventFd;
+
+/// Errors of device access.
+#[derive(Debug, thiserror::Error)]
+pub enum HalError {
+    /// The device is gone (registers read all-ones, the fd returned ENODEV...).
+    #[error("device {device} is gone")]
+    Gone {
+        /// Device identifier.
+        device: String,
+    },
+    /// An IOMMU mapping could not be made.
+    #[error("cannot map {len} bytes at IOVA {iova:#x} for DMA on {device}")]
+    Map {
+        /// Device identifier.
+        device: String,
+        /// IOVA.
+        iova: u64,
+        /// Length.
+        len: u64,
+        /// Cause (errno kept).
+        #[source]
+        source: std::io::Error,
+    },
+    /// An unmap failed or named a range that is not mapped.
+    #[error("cannot unmap {len} bytes at IOVA {iova:#x} on {device}")]
+    Unmap {
+        /// Device identifier.
+        device: String,
+        /// IOVA.
+        iova: u64,
+        /// Length.
+        len: u64,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Interrupt setup failed.
+    #[error("cannot set up {vectors} interrupt vectors on {device}")]
+    Interrupts {
+        /// Device identifier.
+        device: String,
+        /// Vectors asked for.
+        vectors: u32,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device offers no reset.
+    #[error("device {device} offers no function reset")]
+    NoReset {
+        /// Device identifier.
+        device: String,
+    },
+    /// A reset was attempted and failed.
+    #[error("reset of {device} failed")]
+    Reset {
+        /// Device identifier.
+        device: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Other errors opening or driving the device, with what to do in the message.
+    #[error("{message}")]
+    Other {
+        /// What failed and what to do.
+        message: String,
+        /// Cause.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+}
+
+/// Access to one memory BAR by offset. Implementations use volatile, naturally aligned
+/// accesses; an access outside the BAR or misaligned is a driver bug and panics with the offset.
+pub trait RegisterIo: Send + Sync {
+    /// BAR length in bytes.
+    fn len(&self) -> u64;
+    /// Always false for a mapped BAR.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// 32-bit read.
+    fn read32(&self, offset: u64) -> u32;
+    /// 32-bit write.
+    fn write32(&self, offset: u64, value: u32);
+    /// 64-bit read (a device without 64-bit access may split it low-then-high).
+    fn read64(&self, offset: u64) -> u64;
+    /// 64-bit write (low then high when split).
+    fn write64(&self, offset: u64, value: u64);
+}
+
+/// The device's IOMMU domain.
+// UNSAFETY: `map` hands the device access to memory Rust cannot track; its caller must promise
+// the memory outlives the mapping, so the method is `unsafe`.
+#[allow(unsafe_code)]
+pub trait DmaMapper: Send + Sync {
+    /// Map `len` bytes of host memory at virtual address `host` to device address `iova`.
+    ///
+    /// # Safety
+    /// `host..host+len` must be memory of this process that stays mapped, and is never
+    /// accessed through Rust references (only volatile/atomic raw access or copies), until
+    /// [`DmaMapper::unmap`] of the same range returns: the device may read or write it at any
+    /// time in between.
+    ///
+    /// # Errors
+    /// [`HalError::Map`] with the errno (ENOMEM: the locked-memory limit, EEXIST: overlap).
+    unsafe fn map(&self, iova: u64, host: u64, len: u64) -> Result<(), HalError>;
+
+    /// Remove the mapping of exactly `iova..iova+len` as made by one `map` call. When it
+    /// returns, the device can no longer reach that memory (IOTLB flushed).
+    ///
+    /// # Errors
+    /// [`HalError::Unmap`] with the errno.
+    fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError>;
+}
+
+/// What a function reset did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetKind {
+    /// VFIO_DEVICE_RESET (FLR or a bus reset): all DMA of the function stopped.
+    Function,
+    /// The simulator's reset: the model's engines were stopped and joined.
+    Simulated,
+}
+
+/// One PCIe function (or its simulation): the only way drivers reach hardware.
+pub trait DeviceBacking: Send + Sync {
+    /// Identifier for logs and errors (`0000:00:04.0`, `sim0`).
+    fn id(&self) -> &str;
+    /// BAR0 registers.
+    fn bar0(&self) -> &dyn RegisterIo;
+    /// The IOMMU domain.
+    fn dma(&self) -> &dyn DmaMapper;
+    /// MSI-X vectors the function offers (0: poll only).
+    fn max_interrupts(&self) -> u32;
+    /// Enable `vectors` MSI-X vectors, each signalling its own eventfd (index = vector).
+    ///
+    /// # Errors
+    /// [`HalError::Interrupts`].
+    fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError>;
+    /// Disable every vector.
+    ///
+    /// # Errors
+    /// [`HalError::Interrupts`].
+    fn disable_interrupts(&self) -> Result<(), HalError>;
+    /// Reset the function. When this returns `Ok`, no DMA of the function is in progress or
+    /// will start until the driver enables it again.
+    ///
+    /// # Errors
+    /// [`HalError::NoReset`] when the function offers none (the caller must use the board's
+    /// soft reset, or treat the device as failed); [`HalError::Reset`] when it failed.
+    fn reset(&self) -> Result<ResetKind, HalError>;
+}
