@@ -28,3 +28,24 @@ mod tests {
         assert!(after >= before, "{after:?} < {before:?} ({x})");
     }
 }
+
+/// CPU time of this process's threads whose name starts with `prefix` (e.g. the frontend's
+/// `scst-worker-` threads), from /proc/self/task/*/stat; `None` where /proc is unavailable.
+pub fn threads_cpu_time(prefix: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        total += Duration::from_millis((ticks(11) + ticks(12)) * 10);
+    }
+    Some(total)
+}

@@ -16,7 +16,9 @@ use crate::loopback::ScsiRequest;
 use crate::loopback::Session;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
@@ -26,6 +28,10 @@ const MAX_ERRORS_KEPT: usize = 10;
 /// Figures shared with the progress reporter.
 #[derive(Default)]
 struct Live {
+    /// Drivers done with their prefill.
+    prefilled: AtomicUsize,
+    /// Set by the coordinator when the timed phase starts.
+    go: AtomicBool,
     issued: AtomicU64,
     commands: AtomicU64,
     bytes: AtomicU64,
@@ -66,9 +72,8 @@ pub(super) fn run_all(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<WorkloadReport, WorkloadError> {
     let live = Live::default();
-    let start = Instant::now();
     let n = sessions.len();
-    let results = std::thread::scope(|scope| {
+    let (elapsed, results) = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (index, session) in sessions.iter().enumerate() {
             let depth = config.queue_depth.max(1) / n + usize::from(index < config.queue_depth.max(1) % n);
@@ -84,12 +89,25 @@ pub(super) fn run_all(
                 Err(e) => return Err(WorkloadError::Spawn(e)),
             }
         }
+        // Untimed prefill first: wait (1 ms polls) until every driver is done with it or has left,
+        // then start the clock and release them together.
+        while config.prefill
+            && live.prefilled.load(Ordering::Acquire) < n
+            && !handles.iter().any(|h| h.is_finished())
+        {
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+        live.commands.store(0, Ordering::Relaxed);
+        live.bytes.store(0, Ordering::Relaxed);
+        let start = Instant::now();
+        live.go.store(true, Ordering::Release);
         let snapshot = || Progress {
             elapsed: start.elapsed(),
             commands: live.commands.load(Ordering::Relaxed),
             bytes: live.bytes.load(Ordering::Relaxed),
             verify_errors: live.verify_errors.load(Ordering::Relaxed),
         };
+        progress(snapshot());
         let mut last = Instant::now();
         while !handles.iter().all(|h| h.is_finished()) {
             std::thread::park_timeout(Duration::from_millis(100));
@@ -99,7 +117,10 @@ pub(super) fn run_all(
             }
         }
         progress(snapshot());
-        Ok(handles.into_iter().map(|h| h.join()).collect::<Vec<_>>())
+        Ok((
+            start.elapsed(),
+            handles.into_iter().map(|h| h.join()).collect::<Vec<_>>(),
+        ))
     })?;
     let mut total = WorkloadReport::default();
     let mut histogram = new_histogram();
@@ -114,7 +135,7 @@ pub(super) fn run_all(
             Err(_) => total.first_errors.push("a workload thread panicked".into()),
         }
     }
-    total.elapsed = start.elapsed();
+    total.elapsed = elapsed;
     total.latency = Latency {
         p50: histogram.value_at_quantile(0.50) as f64 / 1000.0,
         p99: histogram.value_at_quantile(0.99) as f64 / 1000.0,
@@ -193,6 +214,12 @@ impl<'a> Driver<'a> {
             }
             self.report = WorkloadReport::default();
             self.histogram.reset();
+            self.live.prefilled.fetch_add(1, Ordering::AcqRel);
+            // Bounded: the coordinator releases every driver once all are prefilled.
+            let deadline = Instant::now() + self.config.completion_timeout;
+            while !self.live.go.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
         let deadline = Instant::now() + self.config.duration;
         self.pump(|d| Instant::now() < deadline && d.may_issue(), |d| d.is_read());

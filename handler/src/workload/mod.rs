@@ -104,7 +104,8 @@ pub struct Latency {
     pub mean: f64,
 }
 
-/// Live figures, reported about once a second.
+/// Live figures of the timed phase: reported once when it starts (all zero, after any prefill),
+/// then about once a second, then at the end.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Time since start.
@@ -136,7 +137,7 @@ pub struct WorkloadReport {
     pub scsi_errors: u64,
     /// Commands submitted that never completed.
     pub unanswered: u64,
-    /// Wall time of the run.
+    /// Wall time of the timed phase (prefill excluded).
     pub elapsed: Duration,
     /// Completion latency.
     pub latency: Latency,
