@@ -1,4 +1,7 @@
 //! scst-accel board definitions (register map, queue geometry, limits, quirks) and the
 //! simulated accelerator board. Depends on hal and dma only; knows nothing of SCSI.
 
+pub mod definition;
+pub mod open;
 pub mod sca1;
+pub mod sim;

@@ -7,6 +7,8 @@
 //! nothing of any board's register map and nothing of SCSI.
 
 pub mod fdio;
+pub mod sim;
+pub mod vfio;
 
 pub use fdio::EventFd;
 

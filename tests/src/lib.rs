@@ -1,6 +1,7 @@
 //! Shared fixtures of the integration suites: a [`Rig`] (loopback kernel + registered frontend +
 //! store) and a [`GatedStore`] whose completions the test releases, to hold commands in flight.
 
+use scst_accel_dma::SgvPool;
 use scst_accel_handler::abi::Opt;
 use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::frontend::FrontendConfig;
@@ -47,8 +48,27 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// Register `name` with `opt` and serve it from `store`.
+    /// Register `name` with `opt` and serve it from `store`, with host-only buffers.
     pub fn new(name: &str, block_size: u32, blocks: u64, opt: Opt, store: Arc<dyn Store>) -> Self {
+        Self::with_pool(
+            name,
+            block_size,
+            blocks,
+            opt,
+            store,
+            Arc::new(SgvPool::new(None, None, 1 << 30)),
+        )
+    }
+
+    /// Register `name` with `opt` and serve it from `store` with buffers from `pool`.
+    pub fn with_pool(
+        name: &str,
+        block_size: u32,
+        blocks: u64,
+        opt: Opt,
+        store: Arc<dyn Store>,
+        pool: Arc<SgvPool>,
+    ) -> Self {
         let kernel = LoopbackKernel::new(KernelConfig::default());
         let fd = kernel.open(true);
         register(&fd, &RegisterParams::new(name, block_size, opt)).expect("registration");
@@ -58,7 +78,7 @@ impl Rig {
             cmds_per_call: 8,
             ..FrontendConfig::default()
         };
-        let frontend = Frontend::start(Arc::new(fd), disk, store, config).expect("frontend");
+        let frontend = Frontend::start(Arc::new(fd), disk, store, pool, config).expect("frontend");
         Self {
             kernel,
             frontend: Some(frontend),
@@ -228,3 +248,5 @@ impl StoreQueue for GatedQueue {
         self.in_flight
     }
 }
+
+pub mod sim;

@@ -14,21 +14,6 @@ pub fn process_cpu_time() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cpu_time_grows_with_work() {
-        let before = super::process_cpu_time().expect("/proc/self/stat readable");
-        let mut x = 0u64;
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(60) {
-            x = x.wrapping_add(std::hint::black_box(1));
-        }
-        let after = super::process_cpu_time().expect("/proc/self/stat readable");
-        assert!(after >= before, "{after:?} < {before:?} ({x})");
-    }
-}
-
 /// CPU time of this process's threads whose name starts with `prefix` (e.g. the frontend's
 /// `scst-worker-` threads), from /proc/self/task/*/stat; `None` where /proc is unavailable.
 pub fn threads_cpu_time(prefix: &str) -> Option<Duration> {
@@ -48,4 +33,19 @@ pub fn threads_cpu_time(prefix: &str) -> Option<Duration> {
         total += Duration::from_millis((ticks(11) + ticks(12)) * 10);
     }
     Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = super::process_cpu_time().expect("/proc/self/stat readable");
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(60) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let after = super::process_cpu_time().expect("/proc/self/stat readable");
+        assert!(after >= before, "{after:?} < {before:?} ({x})");
+    }
 }

@@ -1,6 +1,8 @@
 //! `scst-accel demo`: the loopback kernel + the frontend + a store, driven by a verified
 //! workload, with live progress on a terminal and a summary (or one JSON object) at the end.
 
+use crate::backend::BackendReport;
+use crate::backend::BoardArg;
 use crate::cpu::process_cpu_time;
 use crate::cpu::threads_cpu_time;
 use crate::disk::DiskArgs;
@@ -9,6 +11,7 @@ use crate::units::parse_duration;
 use crate::units::parse_size;
 use clap::Args;
 use clap::ValueEnum;
+use scst_accel_boards::sim::Fault;
 use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::frontend::FrontendReport;
 use scst_accel_handler::loopback::KernelConfig;
@@ -16,8 +19,6 @@ use scst_accel_handler::loopback::LoopbackKernel;
 use scst_accel_handler::loopback::Session;
 use scst_accel_handler::loopback::SessionSpec;
 use scst_accel_handler::scsi::Disk;
-use scst_accel_handler::store::ram::RamStore;
-use scst_accel_handler::store::Store;
 use scst_accel_handler::transport::register::register;
 use scst_accel_handler::transport::version;
 use scst_accel_handler::workload;
@@ -32,13 +33,6 @@ use std::io::IsTerminal;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Which store stands behind the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Board {
-    /// Process memory (no accelerator).
-    Ram,
-}
 
 /// Read/write mix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,9 +50,17 @@ pub enum Rw {
 pub struct DemoArgs {
     #[command(flatten)]
     disk: DiskArgs,
-    /// Store behind the engine.
-    #[arg(long, value_enum, default_value_t = Board::Ram)]
-    board: Board,
+    /// What stands behind the engine.
+    #[arg(long, value_enum, default_value_t = BoardArg::Sim)]
+    board: BoardArg,
+    /// PCI address of the function for --board sca1.
+    #[arg(long)]
+    pci: Option<String>,
+    /// Inject a fault into the simulated board (repeatable), e.g. latency:500us,
+    /// never-complete:every=100, error:every=50,status=5, hang, gone, fatal,
+    /// unknown-tag:every=200, duplicate:every=200, bad-phase:every=300.
+    #[arg(long = "inject", value_parser = parse_fault)]
+    inject: Vec<Fault>,
     /// Access pattern.
     #[arg(long, value_enum, default_value_t = PatternArg::Random)]
     pattern: PatternArg,
@@ -100,9 +102,14 @@ pub enum PatternArg {
     Random,
 }
 
+fn parse_fault(text: &str) -> Result<Fault, String> {
+    text.parse::<Fault>().map_err(|e| e.to_string())
+}
+
 struct Outcome {
     workload: WorkloadReport,
     frontend: FrontendReport,
+    backend: BackendReport,
     cpu: Option<Duration>,
     worker_cpu: Option<Duration>,
     devices_left: usize,
@@ -165,14 +172,14 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let fd = kernel.open(true);
     register(&fd, &args.disk.register_params())?;
     let disk = Arc::new(Disk::try_new(args.disk.disk_config(blocks))?);
-    let store: Arc<dyn Store> = match args.board {
-        Board::Ram => Arc::new(RamStore::new(
-            args.disk.block_size,
-            blocks,
-            args.disk.max_transfer_blocks,
-        )),
-    };
-    let frontend = Frontend::start(Arc::new(fd), disk, store, args.disk.frontend_config())?;
+    let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &args.inject)?;
+    let frontend = Frontend::start(
+        Arc::new(fd),
+        disk,
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.pool),
+        args.disk.frontend_config(),
+    )?;
     let sessions = attach(&kernel, &args.disk.name, args.sessions.max(1))?;
     let geometry = Geometry {
         block_size: args.disk.block_size,
@@ -224,9 +231,11 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     }
     let frontend = frontend.shutdown();
     let devices_left = kernel.registered_devices().len();
+    let backend = backend.shutdown();
     Ok(Outcome {
         workload: result?,
         frontend,
+        backend,
         cpu,
         worker_cpu,
         devices_left,
@@ -294,6 +303,18 @@ fn report(args: &DemoArgs, o: &Outcome) -> u8 {
             "panicked_workers": o.frontend.panicked_workers,
         },
         "devices_left_registered": o.devices_left,
+        "iommu_faults": o.backend.iommu_faults,
+        "device_errors": o.backend.device_errors,
+        "device": {
+            "timeouts": o.backend.timeouts, "resets": o.backend.resets, "unknown_tags": o.backend.unknown_tags,
+        },
+        "pool": {
+            "allocations": o.backend.pool.allocations, "reuses": o.backend.pool.reuses,
+            "refused": o.backend.pool.refused, "cached_at_exit": o.backend.pool.cached,
+            "mapped_bytes_at_exit": o.backend.pool.mapped_bytes,
+            "mapped_bytes_after_release": o.backend.mapped_after, "leaked_buffers": o.backend.leaked_buffers,
+        },
+        "injected": args.inject.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
         "errors": w.first_errors,
     });
     if args.json {
@@ -326,12 +347,17 @@ fn report(args: &DemoArgs, o: &Outcome) -> u8 {
             println!("error: {e}");
         }
     }
+    // With injected faults, commands may fail (with proper sense); they must still all be
+    // answered, verified when they succeed, and leave no DMA behind.
     let healthy = w.verify_errors == 0
         && w.unanswered == 0
-        && w.scsi_errors == 0
+        && (w.scsi_errors == 0 || !args.inject.is_empty())
+        && o.backend.iommu_faults == 0
+        && o.backend.leaked_buffers == 0
+        && o.backend.mapped_after == 0
         && o.frontend.panicked_workers == 0
         && o.devices_left == 0
-        && w.commands > 0;
+        && (w.commands > 0 || !args.inject.is_empty());
     if healthy {
         0
     } else {

@@ -85,7 +85,6 @@ impl DiskArgs {
         FrontendConfig {
             workers: self.workers,
             cmds_per_call: self.batch,
-            max_buffer_bytes: self.buffer_memory,
             ..FrontendConfig::default()
         }
     }

@@ -1,6 +1,7 @@
 //! `scst-accel`: the service an appliance boots (`serve`) and the demo/benchmark (`demo`).
 #![forbid(unsafe_code)]
 
+mod backend;
 mod cpu;
 mod demo;
 mod disk;

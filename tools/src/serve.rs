@@ -2,14 +2,13 @@
 //! SIGTERM, then stop cleanly (every command in flight answered) and exit with a code a service
 //! manager can act on (see [`crate::exit`]).
 
+use crate::backend::BoardArg;
 use crate::disk::DiskArgs;
 use crate::exit;
 use clap::Args;
 use scst_accel_handler::abi::DEV_USER_PATH;
 use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::scsi::Disk;
-use scst_accel_handler::store::ram::RamStore;
-use scst_accel_handler::store::Store;
 use scst_accel_handler::transport::device::OpenError;
 use scst_accel_handler::transport::device::ScstUserDevice;
 use scst_accel_handler::transport::register::register;
@@ -28,6 +27,12 @@ pub struct ServeArgs {
     /// The scst_user device node.
     #[arg(long, default_value = DEV_USER_PATH)]
     device: PathBuf,
+    /// What stands behind the engine (serve defaults to RAM until a board is named).
+    #[arg(long, value_enum, default_value_t = BoardArg::Ram)]
+    board: BoardArg,
+    /// PCI address of the function for --board sca1.
+    #[arg(long)]
+    pci: Option<String>,
     /// Buffers to hand to SCST's buffer cache at start (PREALLOC_BUFFER).
     #[arg(long, default_value_t = 0)]
     prealloc: usize,
@@ -61,6 +66,14 @@ pub fn run(args: ServeArgs) -> u8 {
             return exit::SOFTWARE;
         }
     };
+    // The board first: a board that cannot be opened leaves nothing registered with SCST.
+    let backend = match crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &[]) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("scst-accel serve: {e}");
+            return exit::UNAVAILABLE;
+        }
+    };
     let fd = match ScstUserDevice::open(&args.device) {
         Ok(fd) => fd,
         Err(e) => {
@@ -79,12 +92,13 @@ pub fn run(args: ServeArgs) -> u8 {
         );
         return exit::CONFIG;
     }
-    let store: Arc<dyn Store> = Arc::new(RamStore::new(
-        args.disk.block_size,
-        blocks,
-        args.disk.max_transfer_blocks,
-    ));
-    let frontend = match Frontend::start(Arc::new(fd), disk, store, args.disk.frontend_config()) {
+    let frontend = match Frontend::start(
+        Arc::new(fd),
+        disk,
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.pool),
+        args.disk.frontend_config(),
+    ) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("scst-accel serve: {e}");
@@ -123,6 +137,14 @@ pub fn run(args: ServeArgs) -> u8 {
         report.stats.reply_errors,
         report.workers.iter().map(|w| w.abandoned).sum::<usize>()
     );
+    let released = backend.shutdown();
+    if released.leaked_buffers > 0 || released.mapped_after > 0 {
+        log::error!(
+            "{} buffers still held, {} bytes still mapped at exit",
+            released.leaked_buffers,
+            released.mapped_after
+        );
+    }
     if report.panicked_workers > 0 {
         exit::SOFTWARE
     } else {

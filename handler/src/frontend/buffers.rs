@@ -7,7 +7,8 @@
 //! `buffer_cached == 0`, ON_CACHED_MEM_FREE, or an EXEC reply the kernel ignores (spec §3.5,
 //! §8.9) remove an entry; the memory is unmapped when the last command holding it finishes.
 
-use scst_accel_dma::PageBuffer;
+use crate::store::CmdBuffer;
+use scst_accel_dma::SgvPool;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -25,15 +26,15 @@ pub struct BufferFigures {
     pub allocated: u64,
     /// Buffers returned by SCST and released.
     pub released: u64,
-    /// Allocations refused because of the memory cap or mmap failure.
+    /// Allocations refused by the pool (cap reached or no memory).
     pub refused: u64,
 }
 
-/// Buffers handed to SCST.
+/// Buffers handed to SCST, drawn from an SGV pool.
 #[derive(Debug)]
 pub struct BufferTable {
-    map: Mutex<HashMap<u64, Arc<PageBuffer>>>,
-    max_bytes: u64,
+    map: Mutex<HashMap<u64, Arc<CmdBuffer>>>,
+    pool: Arc<SgvPool>,
     bytes: AtomicU64,
     allocated: AtomicU64,
     released: AtomicU64,
@@ -41,11 +42,11 @@ pub struct BufferTable {
 }
 
 impl BufferTable {
-    /// A table that refuses allocations beyond `max_bytes` in total.
-    pub fn new(max_bytes: u64) -> Self {
+    /// A table drawing from `pool` (whose cap bounds the memory SCST can hold).
+    pub fn new(pool: Arc<SgvPool>) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
-            max_bytes,
+            pool,
             bytes: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
             released: AtomicU64::new(0),
@@ -53,44 +54,36 @@ impl BufferTable {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<PageBuffer>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<CmdBuffer>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Allocate a page-aligned buffer of at least `len` bytes and record it; `None` when over
-    /// the cap or out of memory (the caller answers BUSY / TASK SET FULL, never waits).
-    pub fn allocate(&self, len: usize) -> Option<Arc<PageBuffer>> {
-        let rounded = len.div_ceil(scst_accel_dma::PAGE_SIZE) as u64 * scst_accel_dma::PAGE_SIZE as u64;
-        let prev = self.bytes.fetch_add(rounded, Ordering::Relaxed);
-        if prev + rounded > self.max_bytes {
-            self.bytes.fetch_sub(rounded, Ordering::Relaxed);
+    /// The pool.
+    pub fn pool(&self) -> &Arc<SgvPool> {
+        &self.pool
+    }
+
+    /// A buffer of at least `len` bytes, recorded as handed to SCST; `None` when the pool
+    /// refuses (the caller answers BUSY / TASK SET FULL, never waits).
+    pub fn allocate(&self, len: usize) -> Option<Arc<CmdBuffer>> {
+        let Some(buffer) = CmdBuffer::allocate(&self.pool, len) else {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            log::debug!(
-                "buffer of {len} bytes refused: {prev} of {} bytes in use",
-                self.max_bytes
-            );
+            log::debug!("buffer of {len} bytes refused by the pool");
             return None;
-        }
-        let buffer = match PageBuffer::new(len) {
-            Ok(b) => Arc::new(b),
-            Err(e) => {
-                self.bytes.fetch_sub(rounded, Ordering::Relaxed);
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                log::warn!("buffer allocation failed: {e}");
-                return None;
-            }
         };
         self.allocated.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         self.lock().insert(buffer.addr(), Arc::clone(&buffer));
         Some(buffer)
     }
 
     /// The buffer at user address `pbuf`, if SCST may legitimately hold it.
-    pub fn get(&self, pbuf: u64) -> Option<Arc<PageBuffer>> {
+    pub fn get(&self, pbuf: u64) -> Option<Arc<CmdBuffer>> {
         self.lock().get(&pbuf).cloned()
     }
 
-    /// SCST gave the buffer back: forget it. It is unmapped when the last holder drops it.
+    /// SCST gave the buffer back: forget it. It returns to the pool when the last holder
+    /// (a store request still in flight) drops it.
     pub fn release(&self, pbuf: u64) -> bool {
         let removed = self.lock().remove(&pbuf);
         match removed {
@@ -113,6 +106,13 @@ impl BufferTable {
             refused: self.refused.load(Ordering::Relaxed),
         }
     }
+
+    /// Forget every buffer (SCST has closed: it holds none any more).
+    pub fn clear(&self) -> usize {
+        let drained: Vec<_> = self.lock().drain().collect();
+        self.bytes.store(0, Ordering::Relaxed);
+        drained.len()
+    }
 }
 
 #[cfg(test)]
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn allocate_get_release_and_cap() {
-        let table = BufferTable::new(3 * 4096);
+        let table = BufferTable::new(Arc::new(SgvPool::new(None, None, 3 * 4096)));
         let a = table.allocate(100).expect("first");
         let b = table.allocate(8192).expect("second");
         assert!(table.allocate(1).is_none(), "cap reached");

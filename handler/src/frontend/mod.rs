@@ -18,6 +18,7 @@ use crate::store::Store;
 use crate::store::StoreError;
 use crate::transport::Errno;
 use crate::transport::ScstUserFd;
+use scst_accel_dma::SgvPool;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -34,8 +35,6 @@ pub struct FrontendConfig {
     pub workers: usize,
     /// Commands fetched per REPLY_AND_GET_MULTI.
     pub cmds_per_call: usize,
-    /// Cap on command-buffer memory; beyond it SCST gets BUSY / TASK SET FULL.
-    pub max_buffer_bytes: u64,
     /// How long an idle worker sleeps in poll before re-checking for stop.
     pub idle_poll: Duration,
     /// On stop, how long workers wait for in-flight store requests before leaving them to the
@@ -48,7 +47,6 @@ impl Default for FrontendConfig {
         Self {
             workers: 2,
             cmds_per_call: 16,
-            max_buffer_bytes: 1 << 30,
             idle_poll: Duration::from_millis(50),
             stop_grace: Duration::from_secs(5),
         }
@@ -188,7 +186,8 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    /// Start `config.workers` workers on a registered fd.
+    /// Start `config.workers` workers on a registered fd; command buffers come from `pool`
+    /// (whose cap bounds what SCST may hold: beyond it SCST gets BUSY / TASK SET FULL).
     ///
     /// # Errors
     /// [`FrontendError`] if a store queue or thread cannot be had; workers already started are
@@ -197,13 +196,14 @@ impl Frontend {
         fd: Arc<dyn ScstUserFd>,
         disk: Arc<Disk>,
         store: Arc<dyn Store>,
+        pool: Arc<SgvPool>,
         config: FrontendConfig,
     ) -> Result<Self, FrontendError> {
         let shared = Arc::new(Shared {
             fd,
             disk,
             store,
-            buffers: BufferTable::new(config.max_buffer_bytes),
+            buffers: BufferTable::new(pool),
             counters: Counters::default(),
             sessions: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),

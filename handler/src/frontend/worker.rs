@@ -13,13 +13,13 @@ use crate::scsi::DataOut;
 use crate::scsi::IoPlan;
 use crate::scsi::Plan;
 use crate::scsi::Response;
+use crate::store::CmdBuffer;
 use crate::store::IoBuffer;
 use crate::store::StoreCompletion;
 use crate::store::StoreQueue;
 use crate::store::StoreRequest;
 use crate::transport::fdio::poll_readable;
 use crate::transport::Errno;
-use scst_accel_dma::PageBuffer;
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
@@ -54,7 +54,7 @@ impl DataOut for BufferDataOut<'_> {
     fn read(&self, offset: usize, out: &mut [u8]) {
         if let Some(b) = self.buffer {
             let n = out.len().min(b.len.saturating_sub(offset));
-            b.pages.read_at(b.offset + offset, &mut out[..n]);
+            b.read_at(offset, &mut out[..n]);
         }
     }
 }
@@ -551,7 +551,7 @@ impl Worker {
             if let Some(buf) = buffer {
                 let engine_data = response.data.len().min(buf.len);
                 if engine_data > 0 {
-                    buf.pages.write_at(buf.offset, &response.data[..engine_data]);
+                    buf.write_at(0, &response.data[..engine_data]);
                 }
                 resp_data_len = response.data_in_len.min(bufflen as usize).min(buf.len);
             }
@@ -575,11 +575,6 @@ impl Worker {
     }
 }
 
-fn io_buffer(pages: Arc<PageBuffer>, bufflen: usize) -> IoBuffer {
-    let len = bufflen.min(pages.len());
-    IoBuffer {
-        pages,
-        offset: 0,
-        len,
-    }
+fn io_buffer(buffer: Arc<CmdBuffer>, bufflen: usize) -> IoBuffer {
+    IoBuffer::new(buffer, bufflen)
 }

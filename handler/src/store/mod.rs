@@ -8,12 +8,15 @@
 //! The RAM store ([`ram::RamStore`]) implements it now; the accelerator queue driver is the
 //! second implementation.
 
-use scst_accel_dma::PageBuffer;
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
+pub mod accel;
+pub mod buffer;
 pub mod ram;
+
+pub use buffer::CmdBuffer;
 
 /// What a store request does. LBAs and counts are in logical blocks of [`StoreInfo::block_size`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,15 +63,56 @@ impl StoreOp {
     }
 }
 
-/// A command buffer: the pages SCST pinned for this command, owned by the handler.
+/// A command's data: a window of the buffer SCST pinned for it, owned by the handler.
 #[derive(Clone, Debug)]
 pub struct IoBuffer {
-    /// The pages.
-    pub pages: Arc<PageBuffer>,
-    /// Where the command's data starts inside them.
+    /// The buffer (kept alive, and out of its pool, while the request is in flight).
+    pub buffer: Arc<CmdBuffer>,
+    /// Where the command's data starts inside it.
     pub offset: usize,
     /// Bytes of command data.
     pub len: usize,
+}
+
+impl IoBuffer {
+    /// The whole of `buffer`'s first `len` bytes.
+    pub fn new(buffer: Arc<CmdBuffer>, len: usize) -> Self {
+        let len = len.min(buffer.len());
+        Self {
+            buffer,
+            offset: 0,
+            len,
+        }
+    }
+
+    /// Device address of the data (buffer IOVA + offset), when the buffer is DMA-mapped.
+    pub fn iova(&self) -> Option<u64> {
+        self.buffer.iova().map(|iova| iova + self.offset as u64)
+    }
+
+    /// Copy out of the data window.
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) {
+        self.buffer.pages().read_at(self.offset + offset, out)
+    }
+
+    /// Copy into the data window.
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn write_at(&self, offset: usize, data: &[u8]) {
+        self.buffer.pages().write_at(self.offset + offset, data)
+    }
+
+    /// Fill part of the data window.
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) {
+        self.buffer.pages().fill(self.offset + offset, len, byte)
+    }
 }
 
 /// One request.

@@ -122,7 +122,7 @@ impl Inner {
     fn execute(&self, req: &StoreRequest) -> StoreStatus {
         let needed = req.op.buffer_bytes(self.info.block_size) as usize;
         let buffer = match (&req.buffer, req.op.uses_buffer()) {
-            (Some(b), true) if b.len >= needed && b.offset + needed <= b.pages.len() => Some(b),
+            (Some(b), true) if b.len >= needed && b.offset + needed <= b.buffer.len() => Some(b),
             (_, true) => return StoreStatus::InvalidRequest,
             (_, false) => None,
         };
@@ -202,8 +202,8 @@ impl Inner {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
             let guard = self.chunks[chunk].read().unwrap_or_else(|e| e.into_inner());
             match guard.as_deref() {
-                Some(data) => buf.pages.write_at(buf.offset + done, &data[at..at + n]),
-                None => buf.pages.fill(buf.offset + done, n, 0),
+                Some(data) => buf.write_at(done, &data[at..at + n]),
+                None => buf.fill(done, n, 0),
             }
         });
     }
@@ -212,7 +212,7 @@ impl Inner {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
             let mut guard = self.chunks[chunk].write().unwrap_or_else(|e| e.into_inner());
             let data = guard.get_or_insert_with(|| vec![0u8; CHUNK_SIZE].into_boxed_slice());
-            buf.pages.read_at(buf.offset + done, &mut data[at..at + n]);
+            buf.read_at(done, &mut data[at..at + n]);
         });
     }
 
@@ -235,7 +235,7 @@ impl Inner {
                 return;
             }
             scratch.resize(n, 0);
-            buf.pages.read_at(buf.offset + done, &mut scratch);
+            buf.read_at(done, &mut scratch);
             let guard = self.chunks[chunk].read().unwrap_or_else(|e| e.into_inner());
             let pos = match guard.as_deref() {
                 Some(data) => scratch.iter().zip(&data[at..at + n]).position(|(a, b)| a != b),
@@ -253,14 +253,12 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scst_accel_dma::PageBuffer;
+    use crate::store::CmdBuffer;
+    use scst_accel_dma::SgvPool;
 
     fn buffer(len: usize) -> IoBuffer {
-        IoBuffer {
-            pages: Arc::new(PageBuffer::new(len).expect("map")),
-            offset: 0,
-            len,
-        }
+        let pool = Arc::new(SgvPool::new(None, None, 1 << 30));
+        IoBuffer::new(CmdBuffer::allocate(&pool, len).expect("buffer"), len)
     }
 
     fn run(store: &RamStore, op: StoreOp, buf: Option<&IoBuffer>) -> StoreStatus {
@@ -283,7 +281,7 @@ mod tests {
         let lba = (CHUNK_SIZE / 512 - 2) as u64;
         let src = buffer(4096);
         for i in 0..4096 {
-            src.pages.write_at(i, &[(i % 251) as u8]);
+            src.write_at(i, &[(i % 251) as u8]);
         }
         assert_eq!(
             run(
@@ -303,14 +301,14 @@ mod tests {
             StoreStatus::Good
         );
         let (mut a, mut b) = (vec![0; 4096], vec![0; 4096]);
-        src.pages.read_at(0, &mut a);
-        dst.pages.read_at(0, &mut b);
+        src.read_at(0, &mut a);
+        dst.read_at(0, &mut b);
         assert_eq!(a, b);
         assert_eq!(
             run(&store, StoreOp::Compare { lba, blocks: 8 }, Some(&src)),
             StoreStatus::Good
         );
-        src.pages.write_at(1000, &[0xee]);
+        src.write_at(1000, &[0xee]);
         assert_eq!(
             run(&store, StoreOp::Compare { lba, blocks: 8 }, Some(&src)),
             StoreStatus::Miscompare { offset: 1000 }
@@ -321,7 +319,7 @@ mod tests {
     fn unwritten_and_unmapped_blocks_read_zero() {
         let store = RamStore::new(4096, 1024, 256);
         let buf = buffer(8192);
-        buf.pages.fill(0, 8192, 0x5a);
+        buf.fill(0, 8192, 0x5a);
         assert_eq!(
             run(
                 &store,
@@ -341,7 +339,7 @@ mod tests {
             StoreStatus::Good
         );
         let mut out = vec![0; 8192];
-        buf.pages.read_at(0, &mut out);
+        buf.read_at(0, &mut out);
         assert!(out[..4096].iter().all(|&b| b == 0));
         assert!(out[4096..].iter().all(|&b| b == 0x5a));
     }
@@ -379,7 +377,7 @@ mod tests {
     fn write_same_replicates_the_first_block() {
         let store = RamStore::new(512, 64, 64);
         let buf = buffer(4096);
-        buf.pages.fill(0, 512, 0x11);
+        buf.fill(0, 512, 0x11);
         assert_eq!(
             run(&store, StoreOp::WriteSame { lba: 10, blocks: 4 }, Some(&buf)),
             StoreStatus::Good
@@ -390,7 +388,7 @@ mod tests {
             StoreStatus::Good
         );
         let mut bytes = vec![0; 3072];
-        out.pages.read_at(0, &mut bytes);
+        out.read_at(0, &mut bytes);
         assert!(bytes[..512].iter().all(|&b| b == 0));
         assert!(bytes[512..2560].iter().all(|&b| b == 0x11));
         assert!(bytes[2560..].iter().all(|&b| b == 0));

@@ -1,0 +1,99 @@
+//! Board definitions: what the driver needs to know about one product that the device does not
+//! tell it, as data. A vendor adds a board by adding a [`BoardDefinition`] to [`BOARDS`] (or
+//! passing one to [`crate::open::open_board`]); nothing in the handler changes.
+
+/// How completions are signalled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// One MSI-X vector per queue.
+    Msix,
+    /// No interrupts: the driver polls the completion rings.
+    Poll,
+}
+
+/// Device behaviours that differ from the contract and that the driver works around.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// The function offers no VFIO reset: only the soft reset proves DMA has stopped.
+    pub no_function_reset: bool,
+    /// 64-bit registers must be written as two 32-bit writes, low then high.
+    pub split_64bit_mmio: bool,
+}
+
+/// One board.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoardDefinition {
+    /// Name used on the command line (`--board NAME`).
+    pub name: &'static str,
+    /// One line for `--help` and logs.
+    pub description: &'static str,
+    /// PCI vendor ID (0 for the simulator).
+    pub vendor_id: u16,
+    /// PCI device ID (0 for the simulator).
+    pub device_id: u16,
+    /// Queues the driver brings up (capped by CAP0).
+    pub queues: u32,
+    /// Ring entries per queue (capped by CAP0).
+    pub queue_depth: u32,
+    /// Largest transfer per descriptor the board handles well (capped by CAP1).
+    pub max_transfer_bytes: u32,
+    /// Interrupt mode.
+    pub interrupts: InterruptMode,
+    /// Quirks.
+    pub quirks: Quirks,
+}
+
+/// The simulated SCA-1 board (boards/src/sim), used by the demo and the test suites.
+pub const SIM: BoardDefinition = BoardDefinition {
+    name: "sim",
+    description: "simulated SCA-1 accelerator (IOMMU model, fault injection)",
+    vendor_id: 0,
+    device_id: 0,
+    queues: 4,
+    queue_depth: 256,
+    max_transfer_bytes: 1 << 20,
+    interrupts: InterruptMode::Msix,
+    quirks: Quirks {
+        no_function_reset: false,
+        split_64bit_mmio: false,
+    },
+};
+
+/// A PCIe function implementing the SCA-1 contract, through VFIO.
+pub const SCA1_PCI: BoardDefinition = BoardDefinition {
+    name: "sca1",
+    description: "SCA-1 contract accelerator on PCIe (VFIO, --pci ADDRESS)",
+    vendor_id: 0x1d0f,
+    device_id: 0x5ca1,
+    queues: 4,
+    queue_depth: 1024,
+    max_transfer_bytes: 1 << 20,
+    interrupts: InterruptMode::Msix,
+    quirks: Quirks {
+        no_function_reset: false,
+        split_64bit_mmio: true,
+    },
+};
+
+/// Every known board.
+pub const BOARDS: &[BoardDefinition] = &[SIM, SCA1_PCI];
+
+/// The board called `name`.
+pub fn find(name: &str) -> Option<&'static BoardDefinition> {
+    BOARDS.iter().find(|b| b.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boards_are_found_by_name_and_names_are_unique() {
+        assert_eq!(find("sim"), Some(&SIM));
+        assert!(find("nope").is_none());
+        let mut names: Vec<_> = BOARDS.iter().map(|b| b.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), BOARDS.len());
+    }
+}

@@ -1,0 +1,350 @@
+//! The SCA-1 function driver: bring-up, capabilities, reset and device-gone detection
+//! (docs/accelerator.md §1, §7, §8). Generic over [`DeviceBacking`], so the same code drives a
+//! VFIO function and the simulated board.
+
+use super::queue::QueueConfig;
+use super::queue::Sca1Queue;
+use super::regs;
+use super::regs::control;
+use super::regs::global;
+use super::regs::status;
+use super::regs::Cap0;
+use super::regs::Timeouts;
+use scst_accel_dma::IovaAllocator;
+use scst_accel_hal::DeviceBacking;
+use scst_accel_hal::HalError;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+/// Errors of the SCA-1 driver.
+#[derive(Debug, thiserror::Error)]
+pub enum Sca1Error {
+    /// ID did not read as SCA-1.
+    #[error("{device}: ID register reads {id:#010x}, not an SCA-1 function ({expected:#010x}); check --board and --pci")]
+    NotSca1 {
+        /// Device.
+        device: String,
+        /// What was read.
+        id: u32,
+        /// What SCA-1 reads.
+        expected: u32,
+    },
+    /// Unsupported contract version.
+    #[error("{device}: contract version {major}.{minor} is not supported (this driver speaks 1.x)")]
+    Version {
+        /// Device.
+        device: String,
+        /// Major.
+        major: u32,
+        /// Minor.
+        minor: u32,
+    },
+    /// The device is gone (registers read all-ones).
+    #[error("{device}: the device is gone (registers read all-ones)")]
+    Gone {
+        /// Device.
+        device: String,
+    },
+    /// A bounded wait on the device expired.
+    #[error("{device}: {what} did not happen within {timeout:?}")]
+    Timeout {
+        /// Device.
+        device: String,
+        /// What was waited for.
+        what: &'static str,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The function reported FATAL.
+    #[error("{device}: fatal error code {code:#x}; a reset is required")]
+    Fatal {
+        /// Device.
+        device: String,
+        /// FATAL_CODE.
+        code: u32,
+    },
+    /// Queue or ring setup failed.
+    #[error("{device}: {what}")]
+    Setup {
+        /// Device.
+        device: String,
+        /// What failed.
+        what: String,
+    },
+    /// The HAL failed.
+    #[error(transparent)]
+    Hal(#[from] HalError),
+}
+
+/// What the function offers (CAP0, CAP1, CAPACITY, BLOCK_SIZE, TIMEOUTS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sca1Caps {
+    /// Queues and limits.
+    pub cap0: Cap0,
+    /// Largest transfer of one descriptor in bytes.
+    pub max_transfer_bytes: u32,
+    /// Medium blocks.
+    pub capacity_blocks: u64,
+    /// Block size.
+    pub block_size: u32,
+    /// Stop and reset bounds.
+    pub timeouts: Timeouts,
+}
+
+/// Driver tuning.
+#[derive(Clone, Debug)]
+pub struct Sca1Config {
+    /// Queues to bring up (at most CAP0.queues).
+    pub queues: u32,
+    /// Entries per ring (power of two, at most 2^CAP0.max_ring).
+    pub ring_entries: u32,
+    /// Use MSI-X interrupts when offered (else poll).
+    pub interrupts: bool,
+    /// INT_COALESCE: completions per interrupt.
+    pub coalesce_count: u8,
+    /// INT_COALESCE: µs before an interrupt for fewer.
+    pub coalesce_us: u16,
+    /// IOVA window for rings, scatter lists and buffers.
+    pub iova_base: u64,
+    /// Size of the window.
+    pub iova_size: u64,
+}
+
+impl Default for Sca1Config {
+    fn default() -> Self {
+        Self {
+            queues: 2,
+            ring_entries: 256,
+            interrupts: true,
+            coalesce_count: 8,
+            coalesce_us: 20,
+            iova_base: 1 << 32,
+            iova_size: 1 << 40,
+        }
+    }
+}
+
+/// An enabled SCA-1 function.
+pub struct Sca1 {
+    device: Arc<dyn DeviceBacking>,
+    caps: Sca1Caps,
+    iovas: Arc<Mutex<IovaAllocator>>,
+}
+
+impl Sca1 {
+    /// Bring the function up (accelerator.md §7 "Bring-up"): reset, identify, enable, then
+    /// create and start `config.queues` queue pairs.
+    ///
+    /// # Errors
+    /// [`Sca1Error`]; on failure the function is left reset (no DMA).
+    pub fn bring_up(
+        device: Arc<dyn DeviceBacking>,
+        config: &Sca1Config,
+    ) -> Result<(Self, Vec<Sca1Queue>), Sca1Error> {
+        let id = device.bar0().read32(global::ID);
+        if id == regs::ALL_ONES {
+            return Err(Sca1Error::Gone {
+                device: device.id().to_owned(),
+            });
+        }
+        if id != regs::ID_VALUE {
+            return Err(Sca1Error::NotSca1 {
+                device: device.id().to_owned(),
+                id,
+                expected: regs::ID_VALUE,
+            });
+        }
+        let version = device.bar0().read32(global::VERSION);
+        if version >> 16 != 1 {
+            return Err(Sca1Error::Version {
+                device: device.id().to_owned(),
+                major: version >> 16,
+                minor: version & 0xffff,
+            });
+        }
+        let caps = read_caps(device.as_ref());
+        let iovas = Arc::new(Mutex::new(IovaAllocator::new(config.iova_base, config.iova_size)));
+        let driver = Self { device, caps, iovas };
+        driver.soft_reset()?;
+        match driver.enable_and_create(config) {
+            Ok(queues) => Ok((driver, queues)),
+            Err(e) => {
+                if let Err(reset) = driver.reset() {
+                    log::error!("{}: reset after failed bring-up failed: {reset}", driver.id());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn enable_and_create(&self, config: &Sca1Config) -> Result<Vec<Sca1Queue>, Sca1Error> {
+        let bar = self.device.bar0();
+        bar.write32(global::CONTROL, control::ENABLE);
+        self.wait("READY", self.reset_timeout(), || {
+            let s = bar.read32(global::STATUS);
+            (s & status::READY != 0).then_some(())
+        })?;
+        let count = config.queues.clamp(1, self.caps.cap0.queues.max(1));
+        let entries = config
+            .ring_entries
+            .clamp(2, 1 << self.caps.cap0.max_ring_log2.min(16));
+        let vectors = if config.interrupts {
+            self.device.max_interrupts().min(count)
+        } else {
+            0
+        };
+        let mut irqs = if vectors > 0 {
+            self.device
+                .enable_interrupts(vectors)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        bar.write32(
+            global::INT_COALESCE,
+            u32::from(config.coalesce_count) | (u32::from(config.coalesce_us) << 8),
+        );
+        let mut queues = Vec::new();
+        for index in 0..count {
+            let irq = irqs.get_mut(index as usize).and_then(Option::take);
+            let qc = QueueConfig {
+                index,
+                entries: entries.next_power_of_two(),
+                max_sgl: 1 << self.caps.cap0.max_sgl_log2.min(12),
+                stop_timeout: self.stop_timeout(),
+            };
+            queues.push(Sca1Queue::create(
+                Arc::clone(&self.device),
+                Arc::clone(&self.iovas),
+                qc,
+                irq,
+            )?);
+        }
+        log::info!(
+            "{}: SCA-1 up: {} queues x {} entries, {} vectors, {} blocks of {} bytes",
+            self.id(),
+            count,
+            entries,
+            vectors,
+            self.caps.capacity_blocks,
+            self.caps.block_size
+        );
+        Ok(queues)
+    }
+
+    /// Device identifier.
+    pub fn id(&self) -> &str {
+        self.device.id()
+    }
+
+    /// Capabilities read at bring-up.
+    pub fn caps(&self) -> Sca1Caps {
+        self.caps
+    }
+
+    /// The IOVA window shared by rings and the SGV pool.
+    pub fn iovas(&self) -> &Arc<Mutex<IovaAllocator>> {
+        &self.iovas
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<dyn DeviceBacking> {
+        &self.device
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.caps.timeouts.stop_ms.max(1)))
+    }
+
+    fn reset_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.caps.timeouts.reset_ms.max(1)))
+    }
+
+    /// The device is gone: ID reads all-ones (accelerator.md §8).
+    pub fn is_gone(&self) -> bool {
+        self.device.bar0().read32(global::ID) == regs::ALL_ONES
+    }
+
+    /// FATAL_CODE when STATUS.FATAL is set.
+    pub fn fatal(&self) -> Option<u32> {
+        let s = self.device.bar0().read32(global::STATUS);
+        (s != regs::ALL_ONES && s & status::FATAL != 0).then(|| self.device.bar0().read32(global::FATAL_CODE))
+    }
+
+    /// Soft reset (accelerator.md §7), bounded by RESET_TIMEOUT.
+    ///
+    /// # Errors
+    /// [`Sca1Error::Gone`] or [`Sca1Error::Timeout`].
+    pub fn soft_reset(&self) -> Result<(), Sca1Error> {
+        let bar = self.device.bar0();
+        bar.write32(global::CONTROL, control::SOFT_RESET);
+        self.wait("soft reset completion", self.reset_timeout(), || {
+            (bar.read32(global::CONTROL) & control::SOFT_RESET == 0).then_some(())
+        })
+    }
+
+    /// The reset that proves DMA has ended: the soft reset, escalating to a function reset
+    /// when the soft reset does not complete. `Ok` means no DMA is in progress or will start.
+    ///
+    /// # Errors
+    /// [`Sca1Error`] when neither reset could be confirmed (treat the device as failed and do
+    /// not unmap memory it may still reach, unless it is gone).
+    pub fn reset(&self) -> Result<(), Sca1Error> {
+        match self.soft_reset() {
+            Ok(()) => Ok(()),
+            Err(Sca1Error::Gone { device }) => Err(Sca1Error::Gone { device }),
+            Err(soft) => {
+                log::warn!("{}: {soft}; escalating to a function reset", self.id());
+                let kind = self.device.reset()?;
+                log::info!("{}: function reset done ({kind:?})", self.id());
+                Ok(())
+            }
+        }
+    }
+
+    /// Poll `probe` until it yields, the device is gone, or `timeout` passes: yield first, then
+    /// sleep with backoff up to 1 ms.
+    fn wait<T>(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> Result<T, Sca1Error> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(10);
+        loop {
+            if let Some(v) = probe() {
+                return Ok(v);
+            }
+            if self.is_gone() {
+                return Err(Sca1Error::Gone {
+                    device: self.id().to_owned(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Sca1Error::Timeout {
+                    device: self.id().to_owned(),
+                    what,
+                    timeout,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+    }
+}
+
+fn read_caps(device: &dyn DeviceBacking) -> Sca1Caps {
+    let bar = device.bar0();
+    Sca1Caps {
+        cap0: Cap0::from_bits(bar.read32(global::CAP0)),
+        max_transfer_bytes: bar.read32(global::CAP1).saturating_mul(4096),
+        capacity_blocks: bar.read64(global::CAPACITY),
+        block_size: bar.read32(global::BLOCK_SIZE),
+        timeouts: Timeouts::from_bits(bar.read32(global::TIMEOUTS)),
+    }
+}

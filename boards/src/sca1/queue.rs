@@ -1,0 +1,449 @@
+//! One SCA-1 queue pair, owned by one thread (accelerator.md §2–§6): descriptors into the
+//! submission ring, one doorbell per batch, completions validated against the in-flight table
+//! before they are trusted, and the stop / restart primitives recovery is built from.
+
+use super::desc::flags;
+use super::desc::Completion;
+use super::desc::Descriptor;
+use super::desc::SglEntry;
+use super::driver::Sca1Error;
+use super::regs;
+use super::regs::doorbell;
+use super::regs::global;
+use super::regs::queue;
+use scst_accel_dma::CompletionRing;
+use scst_accel_dma::DmaRegion;
+use scst_accel_dma::IovaAllocator;
+use scst_accel_dma::MappedRegion;
+use scst_accel_dma::SubmissionRing;
+use scst_accel_hal::DeviceBacking;
+use scst_accel_hal::DmaMapper;
+use scst_accel_hal::EventFd;
+use scst_accel_hal::HalError;
+use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+use zerocopy::IntoBytes;
+
+/// Bits of a tag that index the slot table; the rest is a generation that catches stale and
+/// duplicated completions.
+const SLOT_BITS: u16 = 12;
+const SLOT_MASK: u16 = (1 << SLOT_BITS) - 1;
+
+/// Queue geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueConfig {
+    /// Queue index.
+    pub index: u32,
+    /// Ring entries (power of two, at most 4096).
+    pub entries: u32,
+    /// Scatter entries per descriptor.
+    pub max_sgl: u32,
+    /// STOP_TIMEOUT.
+    pub stop_timeout: Duration,
+}
+
+/// One request for the device.
+#[derive(Clone, Copy, Debug)]
+pub struct Sca1Request<'a> {
+    /// Caller's tag, returned in the completion.
+    pub user_tag: u64,
+    /// [`super::desc::opcode`].
+    pub opcode: u8,
+    /// Force unit access.
+    pub fua: bool,
+    /// First block.
+    pub lba: u64,
+    /// Bytes.
+    pub length: u32,
+    /// Data segments (IOVA, bytes); one segment goes inline, more go in a scatter list.
+    pub segments: &'a [(u64, u32)],
+}
+
+/// A validated completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sca1Completion {
+    /// The request's tag.
+    pub user_tag: u64,
+    /// [`super::desc::cq_status`].
+    pub status: u8,
+    /// Bytes moved.
+    pub bytes: u32,
+    /// Error detail.
+    pub detail: u32,
+}
+
+/// Why a request was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// No free slot: reap first.
+    #[error("queue full")]
+    Full,
+    /// More segments than a scatter list holds.
+    #[error("{segments} segments exceed the scatter list limit of {max}")]
+    TooManySegments {
+        /// Segments asked for.
+        segments: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The queue is halted or the device gone: recover first.
+    #[error("queue is not running")]
+    NotRunning,
+}
+
+/// Counters of device misbehaviour and work, for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Descriptors submitted.
+    pub submitted: u64,
+    /// Completions accepted.
+    pub completed: u64,
+    /// Completions whose tag matched nothing in flight (never followed).
+    pub unknown_tags: u64,
+    /// Doorbell writes.
+    pub doorbells: u64,
+    /// Times the queue was restarted.
+    pub restarts: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    user_tag: Option<u64>,
+    generation: u16,
+    submitted: Option<Instant>,
+}
+
+/// Lets rings map their memory through the device's IOMMU domain.
+struct DeviceMapper(Arc<dyn DeviceBacking>);
+
+// UNSAFETY: delegation of the unsafe `map` to the device's mapper with the same contract.
+#[allow(unsafe_code)]
+impl DmaMapper for DeviceMapper {
+    unsafe fn map(&self, iova: u64, host: u64, len: u64) -> Result<(), HalError> {
+        // SAFETY: our caller upholds `DmaMapper::map`'s contract, which we pass on unchanged.
+        unsafe { self.0.dma().map(iova, host, len) }
+    }
+
+    fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError> {
+        self.0.dma().unmap(iova, len)
+    }
+}
+
+/// Wrap a device so DMA users (rings, the SGV pool) can hold its mapper.
+pub fn device_mapper(device: Arc<dyn DeviceBacking>) -> Arc<dyn DmaMapper> {
+    Arc::new(DeviceMapper(device))
+}
+
+/// A queue pair.
+pub struct Sca1Queue {
+    device: Arc<dyn DeviceBacking>,
+    config: QueueConfig,
+    sq: SubmissionRing,
+    cq: CompletionRing,
+    sgl: MappedRegion,
+    irq: Option<EventFd>,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    seq: u32,
+    running: bool,
+    stats: QueueStats,
+}
+
+impl Sca1Queue {
+    /// Allocate and map the rings and scatter lists, program the queue registers and set RUN.
+    ///
+    /// # Errors
+    /// [`Sca1Error::Setup`] when memory or mappings cannot be had.
+    pub fn create(
+        device: Arc<dyn DeviceBacking>,
+        iovas: Arc<Mutex<IovaAllocator>>,
+        config: QueueConfig,
+        irq: Option<EventFd>,
+    ) -> Result<Self, Sca1Error> {
+        let entries = config.entries.clamp(2, 1 << SLOT_BITS);
+        let setup = |what: &str, e: &dyn std::fmt::Display| Sca1Error::Setup {
+            device: device.id().to_owned(),
+            what: format!("queue {}: {what}: {e}", config.index),
+        };
+        let mapper = device_mapper(Arc::clone(&device));
+        let map = |bytes: usize| -> Result<MappedRegion, Sca1Error> {
+            let region = DmaRegion::new(bytes.max(4096)).map_err(|e| setup("ring memory", &e))?;
+            MappedRegion::new(region, Arc::clone(&mapper), Arc::clone(&iovas))
+                .map_err(|e| setup("ring mapping", &e))
+        };
+        let sq = SubmissionRing::new(map(entries as usize * 32)?, entries, 32)
+            .map_err(|e| setup("submission ring", &e))?;
+        let cq = CompletionRing::new(map(entries as usize * 16)?, entries, 16, 3, super::desc::CQ_PHASE)
+            .map_err(|e| setup("completion ring", &e))?;
+        let sgl = map(entries as usize * config.max_sgl.max(1) as usize * 16)?;
+        let mut q = Self {
+            device,
+            config: QueueConfig { entries, ..config },
+            sq,
+            cq,
+            sgl,
+            irq,
+            slots: vec![Slot::default(); entries as usize],
+            free: (0..entries as u16).rev().collect(),
+            seq: 0,
+            running: false,
+            stats: QueueStats::default(),
+        };
+        q.program_and_run();
+        Ok(q)
+    }
+
+    fn reg(&self, offset: u64) -> u64 {
+        queue::reg(self.config.index, offset)
+    }
+
+    /// Program SQ/CQ base, size, vector, unmask, RUN (accelerator.md §7 bring-up).
+    fn program_and_run(&mut self) {
+        let bar = self.device.bar0();
+        bar.write64(self.reg(queue::SQ_BASE), self.sq.iova());
+        bar.write64(self.reg(queue::CQ_BASE), self.cq.iova());
+        bar.write32(self.reg(queue::RING_SIZE), self.config.entries);
+        bar.write32(self.reg(queue::Q_VECTOR), self.config.index);
+        if self.irq.is_some() {
+            bar.write32(global::INT_MASK_CLEAR, 1 << self.config.index);
+        }
+        bar.write32(self.reg(queue::Q_CONTROL), queue::RUN);
+        self.running = true;
+    }
+
+    /// Queue index.
+    pub fn index(&self) -> u32 {
+        self.config.index
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether the queue accepts requests.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// The oldest in-flight request's submission time (for deadlines).
+    pub fn oldest_submission(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.submitted).min()
+    }
+
+    /// Tags in flight submitted before `cutoff`.
+    pub fn expired(&self, cutoff: Instant) -> Vec<u64> {
+        self.slots
+            .iter()
+            .filter(|s| s.submitted.is_some_and(|t| t < cutoff))
+            .filter_map(|s| s.user_tag)
+            .collect()
+    }
+
+    /// The interrupt eventfd, readable when completions may have been posted.
+    pub fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.irq.as_ref().map(|e| e.as_fd())
+    }
+
+    /// Queue one request (not visible to the device until [`Sca1Queue::ring_doorbell`]).
+    ///
+    /// # Errors
+    /// [`SubmitError`].
+    pub fn submit(&mut self, req: &Sca1Request<'_>) -> Result<(), SubmitError> {
+        if !self.running {
+            return Err(SubmitError::NotRunning);
+        }
+        if req.segments.len() > self.config.max_sgl as usize {
+            return Err(SubmitError::TooManySegments {
+                segments: req.segments.len(),
+                max: self.config.max_sgl,
+            });
+        }
+        if self.sq.free_slots() == 0 {
+            return Err(SubmitError::Full);
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(SubmitError::Full);
+        };
+        let (desc_flags, addr, sgl_entries) = match req.segments {
+            [] => (0, 0, 0),
+            [(iova, _)] => (0, *iova, 0),
+            many => {
+                let base = slot as usize * self.config.max_sgl as usize * 16;
+                for (i, &(iova, length)) in many.iter().enumerate() {
+                    let entry = SglEntry {
+                        iova,
+                        length,
+                        reserved: 0,
+                    };
+                    self.sgl.region().write_obj(base + i * 16, &entry);
+                }
+                (flags::SGL, self.sgl.iova() + base as u64, many.len() as u16)
+            }
+        };
+        let entry = &mut self.slots[slot as usize];
+        entry.user_tag = Some(req.user_tag);
+        entry.submitted = Some(Instant::now());
+        let tag = (entry.generation << SLOT_BITS) | slot;
+        let desc = Descriptor {
+            opcode: req.opcode,
+            flags: desc_flags | if req.fua { flags::FUA } else { 0 },
+            tag,
+            seq: self.seq,
+            lba: req.lba,
+            length: req.length,
+            sgl_entries,
+            reserved: 0,
+            addr,
+        };
+        if self.sq.push(desc.as_bytes()).is_err() {
+            self.release(slot);
+            return Err(SubmitError::Full);
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.stats.submitted += 1;
+        Ok(())
+    }
+
+    /// Make queued descriptors visible: one doorbell write per batch, only if anything is new.
+    pub fn ring_doorbell(&mut self) {
+        if let Some(tail) = self.sq.commit() {
+            self.device
+                .bar0()
+                .write32(doorbell::sq_tail(self.config.index), tail);
+            self.stats.doorbells += 1;
+        }
+    }
+
+    fn release(&mut self, slot: u16) {
+        let entry = &mut self.slots[slot as usize];
+        entry.user_tag = None;
+        entry.submitted = None;
+        entry.generation = (entry.generation + 1) & (u16::MAX >> SLOT_BITS);
+        self.free.push(slot);
+    }
+
+    /// Move posted completions into `out`, trusting none before its tag matches a request in
+    /// flight with the same generation (unknown and duplicated tags are counted and logged,
+    /// never followed). Returns how many were accepted.
+    pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
+        if let Some(irq) = &self.irq {
+            irq.clear();
+        }
+        let mut accepted = 0;
+        let mut consumed = 0;
+        while let Some(c) = self.cq.pop::<Completion>() {
+            consumed += 1;
+            let slot = c.tag & SLOT_MASK;
+            let generation = c.tag >> SLOT_BITS;
+            let matches = self
+                .slots
+                .get(slot as usize)
+                .is_some_and(|s| s.user_tag.is_some() && s.generation == generation);
+            if !matches {
+                self.stats.unknown_tags += 1;
+                log::warn!(
+                    "{} queue {}: completion with tag {:#06x} matches nothing in flight (status {}); ignored",
+                    self.device.id(),
+                    self.config.index,
+                    c.tag,
+                    c.status
+                );
+                continue;
+            }
+            let user_tag = self.slots[slot as usize].user_tag.unwrap_or_default();
+            self.sq.update_head(u32::from(c.sq_head));
+            self.release(slot);
+            self.stats.completed += 1;
+            out.push(Sca1Completion {
+                user_tag,
+                status: c.status,
+                bytes: c.bytes,
+                detail: c.detail,
+            });
+            accepted += 1;
+        }
+        if consumed > 0 {
+            let bar = self.device.bar0();
+            bar.write32(doorbell::cq_head(self.config.index), self.cq.head());
+            bar.write32(global::INT_STATUS_CLEAR, 1 << self.config.index);
+        }
+        accepted
+    }
+
+    /// Q_STATUS, or `None` when the device is gone.
+    pub fn status(&self) -> Option<u32> {
+        let s = self.device.bar0().read32(self.reg(queue::Q_STATUS));
+        (s != regs::ALL_ONES).then_some(s)
+    }
+
+    /// Stop handshake (accelerator.md §6): clear RUN and wait, bounded by STOP_TIMEOUT, for BUSY
+    /// to clear. `Ok` means the queue's engine holds nothing: buffers of its abandoned
+    /// descriptors may be reclaimed.
+    ///
+    /// # Errors
+    /// [`Sca1Error::Gone`] or [`Sca1Error::Timeout`] (the engine is hung: only a reset helps).
+    pub fn stop(&mut self) -> Result<(), Sca1Error> {
+        self.running = false;
+        let bar = self.device.bar0();
+        bar.write32(self.reg(queue::Q_CONTROL), 0);
+        let deadline = Instant::now() + self.config.stop_timeout;
+        let mut pause = Duration::from_micros(10);
+        loop {
+            match self.status() {
+                None => {
+                    return Err(Sca1Error::Gone {
+                        device: self.device.id().to_owned(),
+                    })
+                }
+                Some(s) if s & queue::BUSY == 0 => return Ok(()),
+                Some(_) if Instant::now() >= deadline => {
+                    return Err(Sca1Error::Timeout {
+                        device: self.device.id().to_owned(),
+                        what: "queue BUSY to clear after RUN=0",
+                        timeout: self.config.stop_timeout,
+                    })
+                }
+                Some(_) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    /// Forget every request in flight and return their tags. Call only after [`Sca1Queue::stop`]
+    /// succeeded or the function was reset (or is gone): then no DMA for them can happen.
+    pub fn abandon_all(&mut self) -> Vec<u64> {
+        let slots: Vec<u16> = (0..self.slots.len() as u16)
+            .filter(|&s| self.slots[s as usize].user_tag.is_some())
+            .collect();
+        let mut tags = Vec::with_capacity(slots.len());
+        for slot in slots {
+            if let Some(tag) = self.slots[slot as usize].user_tag {
+                tags.push(tag);
+            }
+            self.release(slot);
+        }
+        tags
+    }
+
+    /// Empty the rings and run again (after a stop or a reset, with nothing in flight).
+    pub fn restart(&mut self) {
+        debug_assert_eq!(self.in_flight(), 0, "restart with requests in flight");
+        self.sq.reset();
+        self.cq.reset();
+        self.seq = 0;
+        self.stats.restarts += 1;
+        self.program_and_run();
+    }
+}

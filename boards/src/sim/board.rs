@@ -1,0 +1,339 @@
+//! The simulated SCA-1 board: the [`SimModel`] behind a [`SimDevice`](scst_accel_hal::sim::SimDevice),
+//! owning the register file, the medium, the fault plan and one engine thread per queue.
+//!
+//! Locking: one mutex guards the register file and every queue's engine state
+//! ([`BoardState`]); the fault plan has its own mutex, never taken while holding the state
+//! lock. No lock is held across a DMA copy, an interrupt or a thread join: register writes
+//! return their [`Effects`](super::registers::Effects), carried out after unlocking.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Condvar;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::PoisonError;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::Instant;
+
+use scst_accel_hal::sim::InterruptLines;
+use scst_accel_hal::sim::Iommu;
+use scst_accel_hal::sim::SimContext;
+use scst_accel_hal::sim::SimModel;
+
+use super::engine;
+use super::fault::Decision;
+use super::fault::FaultPlan;
+use super::medium::Medium;
+use super::registers::BoardState;
+use super::Fault;
+use super::SimConfig;
+use super::SimStats;
+use crate::sca1::regs::ALL_ONES;
+
+/// How long shutdown waits for the engine threads to end before leaving them detached.
+const JOIN_BOUND: Duration = Duration::from_secs(5);
+
+/// Event counters behind [`SimStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub descriptors: AtomicU64,
+    pub completions: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub interrupts: AtomicU64,
+    pub resets: AtomicU64,
+    pub stale: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Everything the board's engines, its BAR and its [`SimHandle`](super::SimHandle) share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Device name for logs.
+    pub id: String,
+    /// Capabilities.
+    pub config: SimConfig,
+    /// The only path to host memory.
+    pub iommu: Arc<Iommu>,
+    /// MSI-X vectors.
+    pub interrupts: Arc<InterruptLines>,
+    /// The blocks.
+    pub medium: Medium,
+    /// Counters.
+    pub stats: Counters,
+    state: Mutex<BoardState>,
+    /// Signalled on every change an engine or a reset waiter may be waiting for.
+    wake: Condvar,
+    gone: AtomicBool,
+    stopping: AtomicBool,
+    faults: Mutex<FaultPlan>,
+}
+
+impl Shared {
+    /// Lock the register file (a poisoned lock is still usable: the state is plain data).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BoardState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wait for a change, at most `timeout`.
+    pub(crate) fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, BoardState>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, BoardState> {
+        match self.wake.wait_timeout(guard, timeout) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    /// Wake every waiter.
+    pub(crate) fn notify(&self) {
+        self.wake.notify_all();
+    }
+
+    /// The device was removed ([`Fault::DeviceGone`]).
+    pub(crate) fn gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// The SimDevice is being dropped.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Raise `vector` (outside every lock) and count it.
+    pub(crate) fn raise(&self, vector: u32) {
+        Counters::add(&self.stats.interrupts, 1);
+        self.interrupts.raise(vector);
+    }
+
+    /// The fault plan's verdict on the `n`th descriptor of queue `q`.
+    pub(crate) fn decide(&self, q: u32, n: u64) -> Decision {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decide(q, n)
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        if self.gone() {
+            return ALL_ONES;
+        }
+        self.lock().read32(&self.config, offset)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        if self.gone() {
+            return;
+        }
+        let fx = self.lock().write32(offset, value, Instant::now());
+        if fx.soft_reset {
+            self.start_reset();
+        }
+        if fx.wake {
+            self.notify();
+        }
+        for vector in fx.raise {
+            self.raise(vector);
+        }
+    }
+
+    /// §7: stop every queue, abandon in-flight work, reset every register. Completes (SOFT_RESET
+    /// reads 0) when no engine holds a descriptor any more.
+    fn start_reset(&self) {
+        // Hung engines are released by the reset; remove the fault so they stay released.
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_hangs();
+        let mut st = self.lock();
+        st.apply_reset();
+        Counters::add(&self.stats.resets, 1);
+        if st.finish_reset_if_idle() {
+            log::info!("{}: reset complete", self.id);
+        }
+        drop(st);
+        self.notify();
+    }
+
+    /// A function reset: a soft reset, then wait (bounded by RESET_TIMEOUT) until no engine
+    /// holds a descriptor, so that no DMA is in progress or will start when this returns.
+    fn function_reset(&self) {
+        if !self.gone() {
+            self.start_reset();
+        }
+        let bound = Duration::from_millis(u64::from(self.config.reset_timeout_ms));
+        let deadline = Instant::now() + bound;
+        let mut st = self.lock();
+        while st.resetting || st.any_busy() {
+            let now = Instant::now();
+            if now >= deadline {
+                log::error!(
+                    "{}: engines still busy {} ms after a function reset; the model is broken",
+                    self.id,
+                    bound.as_millis()
+                );
+                return;
+            }
+            st = self.wait(st, deadline - now);
+        }
+    }
+
+    /// Apply an event fault or store a standing one.
+    pub(crate) fn inject(&self, fault: Fault) {
+        log::info!("{}: injecting fault {fault}", self.id);
+        match fault {
+            Fault::DeviceGone => {
+                self.gone.store(true, Ordering::Release);
+                // Take the lock so no engine misses the flag between its check and its wait.
+                drop(self.lock());
+            }
+            Fault::Fatal { code } => {
+                let mut st = self.lock();
+                st.fatal = true;
+                st.fatal_code = code.max(1);
+            }
+            other => self
+                .faults
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(other),
+        }
+        self.notify();
+    }
+
+    /// Remove every standing fault (events already applied stay: a gone device stays gone, a
+    /// fatal board stays fatal until reset).
+    pub(crate) fn clear_faults(&self) {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.notify();
+    }
+
+    /// The standing faults.
+    pub(crate) fn faults(&self) -> Vec<Fault> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner).list()
+    }
+
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> SimStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SimStats {
+            descriptors: get(&self.stats.descriptors),
+            completions: get(&self.stats.completions),
+            bytes_read: get(&self.stats.bytes_read),
+            bytes_written: get(&self.stats.bytes_written),
+            iommu_faults: self.iommu.fault_count(),
+            interrupts: get(&self.stats.interrupts),
+            resets: get(&self.stats.resets),
+            stale: get(&self.stats.stale),
+            halted_queues: self.lock().halted_queues(),
+        }
+    }
+}
+
+/// The model handed to the SimDevice.
+pub(crate) struct SimBoard {
+    shared: Arc<Shared>,
+    engines: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl SimBoard {
+    /// A board in its reset state; no engine runs until [`SimBoard::start_engines`].
+    pub(crate) fn new(id: &str, config: SimConfig, medium: Medium, ctx: SimContext) -> Self {
+        let state = BoardState::new(config.queues);
+        Self {
+            shared: Arc::new(Shared {
+                id: id.to_owned(),
+                config,
+                iommu: ctx.iommu,
+                interrupts: ctx.interrupts,
+                medium,
+                stats: Counters::default(),
+                state: Mutex::new(state),
+                wake: Condvar::new(),
+                gone: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                faults: Mutex::new(FaultPlan::default()),
+            }),
+            engines: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The state shared with engines and handles.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Start one engine thread per queue.
+    ///
+    /// # Errors
+    /// The errno of thread creation; engines already started keep running until shutdown.
+    pub(crate) fn start_engines(&self) -> std::io::Result<()> {
+        let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        for q in 0..self.shared.config.queues {
+            let shared = Arc::clone(&self.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-q{q}", self.shared.id))
+                .spawn(move || engine::run(shared, q))?;
+            engines.push(handle);
+        }
+        Ok(())
+    }
+}
+
+impl SimModel for SimBoard {
+    fn read32(&self, offset: u64) -> u32 {
+        self.shared.read32(offset)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        self.shared.write32(offset, value);
+    }
+
+    fn read64(&self, offset: u64) -> u64 {
+        if self.shared.gone() {
+            return u64::MAX;
+        }
+        // Both halves under one lock: a 64-bit register never tears in this model.
+        let st = self.shared.lock();
+        u64::from(st.read32(&self.shared.config, offset))
+            | (u64::from(st.read32(&self.shared.config, offset + 4)) << 32)
+    }
+
+    fn function_reset(&self) {
+        self.shared.function_reset();
+    }
+
+    fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        drop(self.shared.lock());
+        self.shared.notify();
+        let engines = std::mem::take(&mut *self.engines.lock().unwrap_or_else(PoisonError::into_inner));
+        let deadline = Instant::now() + JOIN_BOUND;
+        for handle in engines {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !handle.is_finished() {
+                log::error!(
+                    "{}: an engine thread did not stop within {JOIN_BOUND:?}; left detached",
+                    self.shared.id
+                );
+                continue;
+            }
+            if handle.join().is_err() {
+                log::error!("{}: an engine thread panicked", self.shared.id);
+            }
+        }
+        log::debug!("{}: board shut down", self.shared.id);
+    }
+}

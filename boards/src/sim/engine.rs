@@ -1,0 +1,598 @@
+//! One queue's DMA engine: a thread that fetches descriptors through the IOMMU, executes them
+//! against the medium and posts completions (accelerator.md §3–§9).
+//!
+//! The engine sleeps on the board's condition variable (woken by doorbells, RUN changes, resets
+//! and faults; every wait bounded so stop flags are re-checked). Before each DMA step it checks
+//! that the descriptor it holds is still valid: RUN still set under the same epoch, no reset,
+//! no FATAL, device present. Otherwise it abandons the descriptor with no completion and clears
+//! BUSY (§6, §7). Since a reset completes only once no engine is BUSY, and no engine starts a
+//! DMA step without re-checking, no DMA happens after SOFT_RESET reads 0.
+
+use std::collections::HashSet;
+use std::sync::atomic::fence;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::MutexGuard;
+use std::time::Duration;
+use std::time::Instant;
+
+use zerocopy::FromBytes;
+use zerocopy::IntoBytes;
+
+use super::board::Counters;
+use super::board::Shared;
+use super::registers::BoardState;
+use crate::sca1::desc::cq_status;
+use crate::sca1::desc::flags;
+use crate::sca1::desc::opcode;
+use crate::sca1::desc::Completion;
+use crate::sca1::desc::Descriptor;
+use crate::sca1::desc::SglEntry;
+use crate::sca1::desc::CQ_PHASE;
+
+/// Longest single wait: stop, reset and shutdown flags are re-checked at least this often.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Data moves in pieces of at most this much, with a validity check before each.
+const DMA_CHUNK: usize = 64 * 1024;
+/// How long a [`BadPhase`](super::Fault::BadPhase) entry stays with the wrong phase.
+const BAD_PHASE_HOLD: Duration = Duration::from_millis(1);
+const DESCRIPTOR_BYTES: u64 = 32;
+const COMPLETION_BYTES: u64 = 16;
+const SGL_ENTRY_BYTES: usize = 16;
+
+/// The descriptor was abandoned (RUN cleared, reset, FATAL, device gone or shutdown), or the
+/// queue halted: stop working on it, post nothing more.
+#[derive(Debug)]
+struct Abandoned;
+
+type Step<T> = Result<T, Abandoned>;
+
+/// What the engine held when it took a descriptor.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    epoch: u64,
+    reset_epoch: u64,
+    index: u32,
+    seq: u32,
+    ring_size: u32,
+    sq_base: u64,
+    cq_base: u64,
+}
+
+/// A descriptor's result, before it becomes a completion entry.
+#[derive(Clone, Copy, Debug)]
+struct Outcome {
+    status: u8,
+    bytes: u32,
+    detail: u32,
+}
+
+impl Outcome {
+    fn ok(bytes: u32) -> Self {
+        Self {
+            status: cq_status::OK,
+            bytes,
+            detail: 0,
+        }
+    }
+
+    fn error(status: u8, detail: u32) -> Self {
+        Self {
+            status,
+            bytes: 0,
+            detail,
+        }
+    }
+}
+
+struct Engine {
+    shared: Arc<Shared>,
+    q: u32,
+    /// Descriptors taken since the board was created (the fault plan's `every` counter).
+    taken: u64,
+    /// Tags seen on this queue, so an injected unknown tag is really unknown.
+    seen_tags: HashSet<u16>,
+}
+
+/// Body of queue `q`'s engine thread: runs until the board shuts down.
+pub(crate) fn run(shared: Arc<Shared>, q: u32) {
+    let mut engine = Engine {
+        shared,
+        q,
+        taken: 0,
+        seen_tags: HashSet::new(),
+    };
+    log::debug!("{}: engine {q} started", engine.shared.id);
+    while let Some(job) = engine.next_job() {
+        // An abandoned or halted descriptor needs nothing more than BUSY cleared.
+        let _ = engine.process(&job);
+        engine.release();
+    }
+    log::debug!("{}: engine {q} stopped", engine.shared.id);
+}
+
+impl Engine {
+    fn qi(&self) -> usize {
+        self.q as usize
+    }
+
+    /// Still allowed to work on `job`?
+    fn valid(&self, st: &BoardState, job: &Job) -> bool {
+        !self.shared.gone()
+            && !self.shared.stopping()
+            && st.runnable(self.qi())
+            && st.queues[self.qi()].epoch == job.epoch
+    }
+
+    fn checkpoint(&self, job: &Job) -> Step<()> {
+        let st = self.shared.lock();
+        if self.valid(&st, job) {
+            Ok(())
+        } else {
+            Err(Abandoned)
+        }
+    }
+
+    /// Raise a coalesced interrupt whose timer has run out; returns the guard re-taken.
+    fn fire_due_interrupt<'a>(&'a self, mut st: MutexGuard<'a, BoardState>) -> MutexGuard<'a, BoardState> {
+        if let Some(vector) = st.interrupt_if_due(self.qi(), Instant::now()) {
+            drop(st);
+            self.shared.raise(vector);
+            st = self.shared.lock();
+        }
+        st
+    }
+
+    /// How long to sleep: [`IDLE_WAIT`], or less if a deadline or the coalescing timer is near.
+    fn wait_time(&self, st: &BoardState, until: Option<Instant>) -> Duration {
+        let now = Instant::now();
+        [until, st.coalesce_deadline(self.qi())]
+            .into_iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(now))
+            .fold(IDLE_WAIT, Duration::min)
+            .max(Duration::from_micros(10))
+    }
+
+    /// Wait for a descriptor to take; `None` at shutdown. Sets BUSY.
+    fn next_job(&mut self) -> Option<Job> {
+        let mut st = self.shared.lock();
+        loop {
+            if self.shared.stopping() {
+                return None;
+            }
+            st = self.fire_due_interrupt(st);
+            let reset_epoch = st.reset_epoch;
+            if !self.shared.gone() && st.runnable(self.qi()) {
+                let qs = &mut st.queues[self.q as usize];
+                if qs.sq_head != qs.sq_tail {
+                    qs.busy = true;
+                    return Some(Job {
+                        epoch: qs.epoch,
+                        reset_epoch,
+                        index: qs.sq_head,
+                        seq: qs.seq,
+                        ring_size: qs.ring_size,
+                        sq_base: qs.sq_base,
+                        cq_base: qs.cq_base,
+                    });
+                }
+            }
+            let timeout = self.wait_time(&st, None);
+            st = self.shared.wait(st, timeout);
+        }
+    }
+
+    /// Clear BUSY; the last engine to go idle completes a pending reset.
+    fn release(&self) {
+        let mut st = self.shared.lock();
+        st.queues[self.qi()].busy = false;
+        if st.finish_reset_if_idle() {
+            log::info!("{}: reset complete", self.shared.id);
+        }
+        drop(st);
+        self.shared.notify();
+    }
+
+    /// Hold `job` until `ready(state)` or `until`; abandons if the job becomes invalid.
+    fn hold(
+        &self,
+        job: &Job,
+        until: Option<Instant>,
+        ready: impl Fn(&BoardState) -> bool,
+    ) -> Step<MutexGuard<'_, BoardState>> {
+        let mut st = self.shared.lock();
+        loop {
+            if !self.valid(&st, job) {
+                return Err(Abandoned);
+            }
+            if ready(&st) || until.is_some_and(|t| Instant::now() >= t) {
+                return Ok(st);
+            }
+            st = self.fire_due_interrupt(st);
+            let timeout = self.wait_time(&st, until);
+            st = self.shared.wait(st, timeout);
+        }
+    }
+
+    /// [`Fault::EngineHang`](super::Fault::EngineHang): keep BUSY, do nothing, until a reset
+    /// (or device loss, or shutdown).
+    fn hang(&self, job: &Job) {
+        log::warn!(
+            "{}: engine {} hung (injected) at index {}",
+            self.shared.id,
+            self.q,
+            job.index
+        );
+        let mut st = self.shared.lock();
+        while st.reset_epoch == job.reset_epoch && !self.shared.gone() && !self.shared.stopping() {
+            st = self.shared.wait(st, IDLE_WAIT);
+        }
+    }
+
+    /// §8: halt the queue at `job`'s index. The contract posts no completion for a halt (the
+    /// slot's tag cannot be trusted); the model sets INT_STATUS and raises the queue's vector
+    /// (unless masked) so a driver that reads Q_STATUS on each interrupt learns of it at once.
+    fn halt(&self, job: &Job, error: u8) -> Abandoned {
+        let mut st = self.shared.lock();
+        if !self.valid(&st, job) {
+            return Abandoned;
+        }
+        log::warn!(
+            "{}: queue {} halted: error {error} at index {}",
+            self.shared.id,
+            self.q,
+            job.index
+        );
+        st.halt(self.qi(), error, job.index);
+        st.int_status |= 1 << self.q;
+        let vector = (st.int_mask & (1 << self.q) == 0).then_some(st.queues[self.qi()].vector);
+        drop(st);
+        if let Some(vector) = vector {
+            self.shared.raise(vector);
+        }
+        Abandoned
+    }
+
+    fn process(&mut self, job: &Job) -> Step<()> {
+        self.taken += 1;
+        let plan = self.shared.decide(self.q, self.taken);
+        if plan.hang {
+            self.hang(job);
+            return Err(Abandoned);
+        }
+        if plan.latency_micros > 0 {
+            let until = Instant::now() + Duration::from_micros(plan.latency_micros);
+            drop(self.hold(job, Some(until), |_| false)?);
+        }
+
+        // Fetch (§3): only through the IOMMU; a fault on the ring halts the queue (§8).
+        self.checkpoint(job)?;
+        let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
+        let slot = job.sq_base + u64::from(job.index) * DESCRIPTOR_BYTES;
+        if self.shared.iommu.dma_read(slot, &mut raw).is_err() {
+            return Err(self.halt(job, cq_status::DMA_FAULT));
+        }
+        Counters::add(&self.shared.stats.descriptors, 1);
+        let desc = Descriptor::read_from_bytes(&raw).map_err(|_| Abandoned)?;
+        if desc.seq != job.seq {
+            log::warn!(
+                "{}: queue {} index {}: seq {} but expected {} (stale descriptor)",
+                self.shared.id,
+                self.q,
+                job.index,
+                desc.seq,
+                job.seq
+            );
+            Counters::add(&self.shared.stats.stale, 1);
+            return Err(self.halt(job, cq_status::STALE));
+        }
+        // Consumed: the slot may be reused once the host sees sq_head move past it.
+        let sq_head = (job.index + 1) % job.ring_size;
+        {
+            let mut st = self.shared.lock();
+            if !self.valid(&st, job) {
+                return Err(Abandoned);
+            }
+            let qs = &mut st.queues[self.qi()];
+            qs.sq_head = sq_head;
+            qs.seq = job.seq.wrapping_add(1);
+        }
+        self.seen_tags.insert(desc.tag);
+
+        let outcome = match plan.error_status {
+            Some(status) => Outcome::error(status, desc.lba as u32),
+            None => self.execute(job, &desc)?,
+        };
+        if plan.never_complete {
+            log::debug!(
+                "{}: queue {} tag {}: completion dropped (injected)",
+                self.shared.id,
+                self.q,
+                desc.tag
+            );
+            return Ok(());
+        }
+        let entry = Completion {
+            tag: desc.tag,
+            status: outcome.status,
+            flags: 0,
+            bytes: outcome.bytes,
+            detail: outcome.detail,
+            sq_head: sq_head as u16,
+            reserved: 0,
+        };
+        self.post(job, entry, plan.bad_phase)?;
+        if plan.duplicate {
+            self.post(job, entry, false)?;
+        }
+        if plan.unknown_tag {
+            let tag = self.unused_tag(desc.tag);
+            self.post(
+                job,
+                Completion {
+                    tag,
+                    status: cq_status::OK,
+                    bytes: 0,
+                    detail: 0,
+                    ..entry
+                },
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A tag this queue has never been given.
+    fn unused_tag(&self, near: u16) -> u16 {
+        let mut tag = near.wrapping_add(0x8000);
+        for _ in 0..=u16::MAX {
+            if !self.seen_tags.contains(&tag) {
+                break;
+            }
+            tag = tag.wrapping_add(1);
+        }
+        tag
+    }
+
+    /// Check and execute one descriptor against the medium (§3, §5).
+    fn execute(&self, job: &Job, desc: &Descriptor) -> Step<Outcome> {
+        let config = &self.shared.config;
+        let block = u64::from(config.block_size);
+        if !matches!(
+            desc.opcode,
+            opcode::READ | opcode::WRITE | opcode::FLUSH | opcode::WRITE_ZEROES | opcode::DEALLOCATE
+        ) {
+            return Ok(Outcome::error(cq_status::INVALID_OPCODE, u32::from(desc.opcode)));
+        }
+        let data_op = matches!(desc.opcode, opcode::READ | opcode::WRITE);
+        if desc.flags & !(flags::FUA | flags::SGL) != 0
+            || desc.reserved != 0
+            || (!data_op && desc.flags & flags::SGL != 0)
+        {
+            return Ok(Outcome::error(cq_status::INVALID_FIELD, 0));
+        }
+        if desc.opcode == opcode::FLUSH {
+            // FLUSH covers the whole medium; its LBA and length are not used.
+            return Ok(match self.shared.medium.flush() {
+                Ok(()) => Outcome::ok(0),
+                Err(e) => self.medium_error(cq_status::WRITE_ERROR, desc, &e),
+            });
+        }
+        let length = u64::from(desc.length);
+        if length == 0
+            || !length.is_multiple_of(block)
+            || (data_op && desc.length > config.max_transfer_bytes)
+        {
+            return Ok(Outcome::error(cq_status::INVALID_FIELD, desc.length));
+        }
+        if desc
+            .lba
+            .checked_add(length / block)
+            .is_none_or(|end| end > config.num_blocks)
+        {
+            return Ok(Outcome::error(
+                cq_status::LBA_RANGE,
+                desc.lba.max(config.num_blocks) as u32,
+            ));
+        }
+        let offset = desc.lba * block;
+        match desc.opcode {
+            opcode::WRITE_ZEROES | opcode::DEALLOCATE => {
+                let done = if desc.opcode == opcode::WRITE_ZEROES {
+                    self.shared.medium.write_zeroes(offset, length)
+                } else {
+                    self.shared.medium.deallocate(offset, length)
+                };
+                // No data moves, but `bytes` reports the range done so success always means
+                // bytes == length.
+                Ok(match done {
+                    Ok(()) => Outcome::ok(desc.length),
+                    Err(e) => self.medium_error(cq_status::WRITE_ERROR, desc, &e),
+                })
+            }
+            _ => {
+                let segments = match self.segments(job, desc)? {
+                    Ok(segments) => segments,
+                    Err(outcome) => return Ok(outcome),
+                };
+                if desc.opcode == opcode::WRITE {
+                    self.write(job, desc, offset, &segments)
+                } else {
+                    self.read(job, desc, offset, &segments)
+                }
+            }
+        }
+    }
+
+    fn medium_error(&self, status: u8, desc: &Descriptor, e: &std::io::Error) -> Outcome {
+        log::warn!(
+            "{}: queue {} medium error at LBA {}: {e}",
+            self.shared.id,
+            self.q,
+            desc.lba
+        );
+        Outcome::error(status, desc.lba as u32)
+    }
+
+    /// The data's `(iova, bytes)` pieces: the contiguous buffer, or the scatter list fetched
+    /// through the IOMMU (a fault there halts the queue, §8). `Ok(Err(outcome))` is a
+    /// descriptor error to complete with.
+    fn segments(&self, job: &Job, desc: &Descriptor) -> Step<Result<Vec<(u64, u32)>, Outcome>> {
+        if desc.flags & flags::SGL == 0 {
+            return Ok(Ok(vec![(desc.addr, desc.length)]));
+        }
+        let count = u32::from(desc.sgl_entries);
+        if count == 0 || count > self.shared.config.max_sgl_entries() {
+            return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, count)));
+        }
+        self.checkpoint(job)?;
+        let mut raw = vec![0u8; count as usize * SGL_ENTRY_BYTES];
+        if self.shared.iommu.dma_read(desc.addr, &mut raw).is_err() {
+            return Err(self.halt(job, cq_status::DMA_FAULT));
+        }
+        let mut segments = Vec::with_capacity(count as usize);
+        let mut total = 0u64;
+        for chunk in raw.chunks_exact(SGL_ENTRY_BYTES) {
+            let entry = SglEntry::read_from_bytes(chunk).map_err(|_| Abandoned)?;
+            if entry.length == 0 || entry.reserved != 0 {
+                return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, entry.iova as u32)));
+            }
+            total += u64::from(entry.length);
+            segments.push((entry.iova, entry.length));
+        }
+        if total != u64::from(desc.length) {
+            return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, total as u32)));
+        }
+        Ok(Ok(segments))
+    }
+
+    /// WRITE: host → medium. The data is gathered first, so a DMA fault leaves the medium
+    /// unchanged.
+    fn write(&self, job: &Job, desc: &Descriptor, offset: u64, segments: &[(u64, u32)]) -> Step<Outcome> {
+        let mut data = vec![0u8; desc.length as usize];
+        let mut at = 0usize;
+        for &(iova, len) in segments {
+            let mut done = 0usize;
+            while done < len as usize {
+                let n = (len as usize - done).min(DMA_CHUNK);
+                self.checkpoint(job)?;
+                if let Err(fault) = self
+                    .shared
+                    .iommu
+                    .dma_read(iova + done as u64, &mut data[at..at + n])
+                {
+                    return Ok(Outcome {
+                        status: cq_status::DMA_FAULT,
+                        bytes: at as u32,
+                        detail: fault.iova as u32,
+                    });
+                }
+                done += n;
+                at += n;
+            }
+        }
+        if let Err(e) = self.shared.medium.write(offset, &data) {
+            return Ok(self.medium_error(cq_status::WRITE_ERROR, desc, &e));
+        }
+        if desc.flags & flags::FUA != 0 {
+            if let Err(e) = self.shared.medium.flush() {
+                return Ok(self.medium_error(cq_status::WRITE_ERROR, desc, &e));
+            }
+        }
+        Counters::add(&self.shared.stats.bytes_written, u64::from(desc.length));
+        Ok(Outcome::ok(desc.length))
+    }
+
+    /// READ: medium → host, piece by piece; on a DMA fault `bytes` says how much arrived.
+    fn read(&self, job: &Job, desc: &Descriptor, offset: u64, segments: &[(u64, u32)]) -> Step<Outcome> {
+        let mut data = vec![0u8; desc.length as usize];
+        if let Err(e) = self.shared.medium.read(offset, &mut data) {
+            return Ok(self.medium_error(cq_status::READ_ERROR, desc, &e));
+        }
+        let mut at = 0usize;
+        for &(iova, len) in segments {
+            let mut done = 0usize;
+            while done < len as usize {
+                let n = (len as usize - done).min(DMA_CHUNK);
+                self.checkpoint(job)?;
+                if let Err(fault) = self.shared.iommu.dma_write(iova + done as u64, &data[at..at + n]) {
+                    Counters::add(&self.shared.stats.bytes_read, at as u64);
+                    return Ok(Outcome {
+                        status: cq_status::DMA_FAULT,
+                        bytes: at as u32,
+                        detail: fault.iova as u32,
+                    });
+                }
+                done += n;
+                at += n;
+            }
+        }
+        Counters::add(&self.shared.stats.bytes_read, u64::from(desc.length));
+        Ok(Outcome::ok(desc.length))
+    }
+
+    /// Post one completion entry (§4): wait for a free slot (a full ring stalls the engine,
+    /// never drops), write the 16 bytes with the flags byte last, advance the tail (flipping
+    /// the phase on wrap), then count it for interrupts (§9).
+    fn post(&self, job: &Job, entry: Completion, bad_phase: bool) -> Step<()> {
+        let (slot, phase) = {
+            let st = self.hold(job, None, |st| !st.queues[self.qi()].cq_full())?;
+            let qs = &st.queues[self.qi()];
+            (qs.cq_tail, qs.phase)
+        };
+        let addr = job.cq_base + u64::from(slot) * COMPLETION_BYTES;
+        let flags = if phase { CQ_PHASE } else { 0 };
+        if bad_phase {
+            // The previous pass's phase: to a driver that checks PHASE this is "not written".
+            self.write_entry(
+                job,
+                addr,
+                &Completion {
+                    flags: flags ^ CQ_PHASE,
+                    ..entry
+                },
+            )?;
+            drop(self.hold(job, Some(Instant::now() + BAD_PHASE_HOLD), |_| false)?);
+        }
+        self.write_entry(job, addr, &Completion { flags, ..entry })?;
+
+        let mut st = self.shared.lock();
+        if !self.valid(&st, job) {
+            return Err(Abandoned);
+        }
+        let qs = &mut st.queues[self.qi()];
+        qs.cq_tail = (slot + 1) % job.ring_size;
+        if qs.cq_tail == 0 {
+            qs.phase = !qs.phase;
+        }
+        Counters::add(&self.shared.stats.completions, 1);
+        let vector = st.note_completion(self.qi(), Instant::now());
+        drop(st);
+        if let Some(vector) = vector {
+            self.shared.raise(vector);
+        }
+        Ok(())
+    }
+
+    /// Write an entry's bytes 0..3 and 4..16, then the flags byte (3) on its own, so a host
+    /// that sees the new PHASE sees the whole entry. A fault on the ring halts the queue.
+    fn write_entry(&self, job: &Job, addr: u64, entry: &Completion) -> Step<()> {
+        let bytes = entry.as_bytes();
+        self.checkpoint(job)?;
+        let body = self
+            .shared
+            .iommu
+            .dma_write(addr, &bytes[..3])
+            .and_then(|()| self.shared.iommu.dma_write(addr + 4, &bytes[4..]));
+        if body.is_err() {
+            return Err(self.halt(job, cq_status::DMA_FAULT));
+        }
+        fence(Ordering::Release);
+        self.checkpoint(job)?;
+        if self.shared.iommu.dma_write(addr + 3, &bytes[3..4]).is_err() {
+            return Err(self.halt(job, cq_status::DMA_FAULT));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! The simulated board's medium: the blocks behind READ, WRITE, FLUSH, WRITE_ZEROES and
+//! DEALLOCATE (accelerator.md §3), in lazily allocated RAM or a sparse file.
+//!
+//! Offsets and lengths arrive already checked against the capacity by the engine; the medium
+//! still refuses an access past its end with an error instead of panicking.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+
+/// RAM is allocated in chunks of this size on first write.
+const RAM_CHUNK: u64 = 64 * 1024;
+
+/// Zeroes written per call when a file range is zeroed.
+const ZERO_RUN: usize = 64 * 1024;
+
+/// Blocks in RAM or in a sparse file.
+#[derive(Debug)]
+pub(crate) enum Medium {
+    /// Chunk index → chunk; a missing chunk reads as zeroes.
+    Ram {
+        len: u64,
+        chunks: Mutex<HashMap<u64, Box<[u8]>>>,
+    },
+    /// A file of exactly `len` bytes.
+    File { len: u64, file: File },
+}
+
+impl Medium {
+    /// An empty RAM medium of `len` bytes (nothing allocated yet).
+    pub(crate) fn ram(len: u64) -> Self {
+        Self::Ram {
+            len,
+            chunks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Open or create the sparse file at `path` and give it exactly `len` bytes (extending it
+    /// leaves a hole that reads as zeroes).
+    pub(crate) fn sparse_file(path: &Path, len: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        file.set_len(len)?;
+        Ok(Self::File { len, file })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Self::Ram { len, .. } | Self::File { len, .. } => *len,
+        }
+    }
+
+    fn check(&self, offset: u64, len: u64) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at {offset} are past the medium's {} bytes",
+                    self.len()
+                ),
+            )),
+        }
+    }
+
+    /// Copy `out.len()` bytes at `offset` out of the medium.
+    pub(crate) fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.check(offset, out.len() as u64)?;
+        match self {
+            Self::Ram { chunks, .. } => {
+                let chunks = chunks.lock().unwrap_or_else(PoisonError::into_inner);
+                for_each_chunk(offset, out.len(), |index, within, at, n| {
+                    match chunks.get(&index) {
+                        Some(chunk) => out[at..at + n].copy_from_slice(&chunk[within..within + n]),
+                        None => out[at..at + n].fill(0),
+                    }
+                });
+                Ok(())
+            }
+            Self::File { file, .. } => file.read_exact_at(out, offset),
+        }
+    }
+
+    /// Copy `data` into the medium at `offset`.
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check(offset, data.len() as u64)?;
+        match self {
+            Self::Ram { chunks, .. } => {
+                let mut chunks = chunks.lock().unwrap_or_else(PoisonError::into_inner);
+                for_each_chunk(offset, data.len(), |index, within, at, n| {
+                    let chunk = chunks
+                        .entry(index)
+                        .or_insert_with(|| vec![0u8; RAM_CHUNK as usize].into_boxed_slice());
+                    chunk[within..within + n].copy_from_slice(&data[at..at + n]);
+                });
+                Ok(())
+            }
+            Self::File { file, .. } => file.write_all_at(data, offset),
+        }
+    }
+
+    /// Zero `len` bytes at `offset` (WRITE_ZEROES). In RAM, chunks wholly inside the range
+    /// are released rather than filled, so zeroing costs no memory.
+    pub(crate) fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check(offset, len)?;
+        match self {
+            Self::Ram { chunks, .. } => {
+                let mut chunks = chunks.lock().unwrap_or_else(PoisonError::into_inner);
+                let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                for_each_chunk(offset, len, |index, within, _, n| {
+                    if n as u64 == RAM_CHUNK {
+                        chunks.remove(&index);
+                    } else if let Some(chunk) = chunks.get_mut(&index) {
+                        chunk[within..within + n].fill(0);
+                    }
+                });
+                Ok(())
+            }
+            Self::File { file, .. } => {
+                let zeroes = vec![0u8; ZERO_RUN];
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(ZERO_RUN as u64) as usize;
+                    file.write_all_at(&zeroes[..n], offset + done)?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Deallocate `len` bytes at `offset` (DEALLOCATE). This medium guarantees deallocated
+    /// blocks read as zeroes afterwards (NVMe's DLFEAT "read zeroes"), so it is WRITE_ZEROES.
+    pub(crate) fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len)
+    }
+
+    /// Make every completed write stable (FLUSH, FUA): `fdatasync` for a file, nothing for RAM.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        match self {
+            Self::Ram { .. } => Ok(()),
+            Self::File { file, .. } => file.sync_data(),
+        }
+    }
+
+    /// RAM bytes allocated (0 for a file): shows that RAM is lazy.
+    #[cfg(test)]
+    pub(crate) fn allocated(&self) -> u64 {
+        match self {
+            Self::Ram { chunks, .. } => {
+                chunks.lock().unwrap_or_else(PoisonError::into_inner).len() as u64 * RAM_CHUNK
+            }
+            Self::File { .. } => 0,
+        }
+    }
+}
+
+/// Split `offset..offset+len` at chunk boundaries: `f(chunk index, offset in chunk, offset in
+/// the caller's buffer, bytes)`.
+fn for_each_chunk(offset: u64, len: usize, mut f: impl FnMut(u64, usize, usize, usize)) {
+    let mut at = 0usize;
+    while at < len {
+        let pos = offset + at as u64;
+        let within = (pos % RAM_CHUNK) as usize;
+        let n = (RAM_CHUNK as usize - within).min(len - at);
+        f(pos / RAM_CHUNK, within, at, n);
+        at += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn exercise(m: &Medium) {
+        let mut out = vec![0xAAu8; 8192];
+        m.read(0, &mut out).expect("read unwritten");
+        assert!(out.iter().all(|&b| b == 0), "unwritten blocks read as zeroes");
+
+        // A write that straddles a chunk boundary.
+        let data = pattern(3 * 4096, 7);
+        let at = RAM_CHUNK - 4096;
+        m.write(at, &data).expect("write");
+        let mut back = vec![0u8; data.len()];
+        m.read(at, &mut back).expect("read back");
+        assert_eq!(back, data);
+
+        m.write_zeroes(at + 512, 1024).expect("zero");
+        m.read(at, &mut back).expect("read zeroed");
+        assert_eq!(&back[..512], &data[..512]);
+        assert!(back[512..1536].iter().all(|&b| b == 0));
+        assert_eq!(&back[1536..], &data[1536..]);
+
+        m.deallocate(at, data.len() as u64).expect("deallocate");
+        m.read(at, &mut back).expect("read deallocated");
+        assert!(back.iter().all(|&b| b == 0));
+        m.flush().expect("flush");
+
+        let end = m.len();
+        assert!(m.read(end - 512, &mut [0u8; 1024]).is_err(), "read past the end");
+        assert!(m.write(end, &[0u8; 1]).is_err(), "write past the end");
+    }
+
+    #[test]
+    fn ram_is_lazy_and_reads_zeroes() {
+        let m = Medium::ram(4 << 20);
+        assert_eq!(m.allocated(), 0, "nothing allocated before the first write");
+        exercise(&m);
+        let before = m.allocated();
+        m.write(1 << 20, &[1u8; 512]).expect("write");
+        assert_eq!(m.allocated() - before, RAM_CHUNK, "one chunk for one small write");
+        m.write_zeroes(1 << 20, RAM_CHUNK).expect("zero the whole chunk");
+        assert_eq!(m.allocated(), before, "a wholly zeroed chunk is released");
+    }
+
+    #[test]
+    fn sparse_file_round_trips() {
+        let path = std::env::temp_dir().join(format!("scst-accel-medium-{}.img", std::process::id()));
+        let m = Medium::sparse_file(&path, 4 << 20).expect("create");
+        exercise(&m);
+        drop(m);
+        let len = std::fs::metadata(&path).map(|m| m.len());
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(len.expect("metadata"), 4 << 20);
+    }
+}

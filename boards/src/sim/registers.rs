@@ -1,0 +1,510 @@
+//! The SCA-1 register file of the simulated board (accelerator.md §1, §2) and the per-queue
+//! engine state it shares with the engines, all behind one lock in [`Board`](super::board).
+//!
+//! This module is plain data and decoding: no threads, no DMA. A register write returns the
+//! [`Effects`] the board must carry out after dropping the lock (wake engines, start a reset,
+//! raise vectors), so that no lock is held across an interrupt or a DMA.
+
+use std::time::Duration;
+use std::time::Instant;
+
+use super::SimConfig;
+use crate::sca1::regs::control;
+use crate::sca1::regs::doorbell;
+use crate::sca1::regs::global;
+use crate::sca1::regs::queue;
+use crate::sca1::regs::status;
+use crate::sca1::regs::ID_VALUE;
+use crate::sca1::regs::VERSION_1_0;
+
+/// Ring base IOVAs must be 4 KiB aligned (§2).
+const RING_ALIGN: u64 = 4096;
+
+/// `mask` if `on`, else 0.
+fn bit(on: bool, mask: u32) -> u32 {
+    if on {
+        mask
+    } else {
+        0
+    }
+}
+
+/// One queue's registers and engine state.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct QueueState {
+    /// SQ_BASE.
+    pub sq_base: u64,
+    /// CQ_BASE.
+    pub cq_base: u64,
+    /// RING_SIZE.
+    pub ring_size: u32,
+    /// Q_CONTROL.RUN.
+    pub run: bool,
+    /// Q_VECTOR.
+    pub vector: u32,
+    /// Q_STATUS.ERROR: halted (§8).
+    pub halted: bool,
+    /// Q_ERROR.
+    pub error: u32,
+    /// Q_ERROR_INDEX.
+    pub error_index: u32,
+    /// Q_STATUS.BUSY: the engine holds a descriptor.
+    pub busy: bool,
+    /// Bumped by every RUN change and reset: an engine holding a descriptor taken under an
+    /// older epoch abandons it.
+    pub epoch: u64,
+    /// Last SQ_TAIL doorbell.
+    pub sq_tail: u32,
+    /// Engine's submission head.
+    pub sq_head: u32,
+    /// Sequence number the next descriptor must carry (§3).
+    pub seq: u32,
+    /// Last CQ_HEAD doorbell.
+    pub cq_head: u32,
+    /// Next completion slot.
+    pub cq_tail: u32,
+    /// PHASE of the current pass (§4).
+    pub phase: bool,
+    /// Completions posted since the last interrupt (§9 coalescing).
+    pub coalesced: u32,
+    /// When the oldest of them was posted.
+    pub first_pending: Option<Instant>,
+    /// An interrupt came due while masked: deliver it on unmask (MSI-X pending bit).
+    pub latched: bool,
+}
+
+impl QueueState {
+    /// RUN 0 → 1: the ring state starts over (§2, §3, §4).
+    fn start(&mut self) {
+        self.run = true;
+        self.epoch += 1;
+        self.halted = false;
+        self.error = 0;
+        self.error_index = 0;
+        self.sq_tail = 0;
+        self.sq_head = 0;
+        self.seq = 0;
+        self.cq_head = 0;
+        self.cq_tail = 0;
+        self.phase = true;
+        self.coalesced = 0;
+        self.first_pending = None;
+        self.latched = false;
+    }
+
+    /// A completion ring with one free slot short of full: the engine keeps one slot empty so
+    /// that CQ_HEAD == tail always means "empty" (the NVMe rule; the host likewise keeps at most
+    /// RING_SIZE - 1 descriptors outstanding).
+    pub(crate) fn cq_full(&self) -> bool {
+        self.ring_size == 0 || (self.cq_tail + 1) % self.ring_size == self.cq_head
+    }
+}
+
+/// What the board must do after a register write, outside the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// Engines must re-check their conditions.
+    pub wake: bool,
+    /// CONTROL.SOFT_RESET was written.
+    pub soft_reset: bool,
+    /// Vectors to raise (latched interrupts released by an unmask).
+    pub raise: Vec<u32>,
+}
+
+/// The whole register file.
+#[derive(Debug)]
+pub(crate) struct BoardState {
+    /// CONTROL.ENABLE.
+    pub enable: bool,
+    /// A reset is in progress (CONTROL.SOFT_RESET reads 1, STATUS.RESETTING).
+    pub resetting: bool,
+    /// STATUS.FATAL.
+    pub fatal: bool,
+    /// FATAL_CODE.
+    pub fatal_code: u32,
+    /// INT_STATUS.
+    pub int_status: u32,
+    /// INT_MASK.
+    pub int_mask: u32,
+    /// INT_COALESCE.
+    pub int_coalesce: u32,
+    /// Bumped by every reset; a hung engine waits for it to change.
+    pub reset_epoch: u64,
+    /// Per-queue state.
+    pub queues: Vec<QueueState>,
+    /// Bits of INT_STATUS/INT_MASK that name a queue.
+    queue_bits: u32,
+}
+
+impl BoardState {
+    /// The state after power-on: as after a reset.
+    pub(crate) fn new(queues: u32) -> Self {
+        let queue_bits = if queues >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << queues) - 1
+        };
+        let mut s = Self {
+            enable: false,
+            resetting: false,
+            fatal: false,
+            fatal_code: 0,
+            int_status: 0,
+            int_mask: queue_bits,
+            int_coalesce: 0,
+            reset_epoch: 0,
+            queues: vec![QueueState::default(); queues as usize],
+            queue_bits,
+        };
+        s.apply_reset();
+        s.resetting = false;
+        s
+    }
+
+    /// §7: stop every queue and return every register to its reset value (ENABLE = 0, RUN = 0,
+    /// masks set, rings unset, FATAL cleared). BUSY is left to the engines, which clear it when
+    /// they notice the new epoch; the reset completes when none is busy
+    /// ([`BoardState::finish_reset_if_idle`]).
+    pub(crate) fn apply_reset(&mut self) {
+        self.enable = false;
+        self.resetting = true;
+        self.fatal = false;
+        self.fatal_code = 0;
+        self.int_status = 0;
+        self.int_mask = self.queue_bits;
+        self.int_coalesce = 0;
+        self.reset_epoch += 1;
+        for q in &mut self.queues {
+            let busy = q.busy;
+            let epoch = q.epoch + 1;
+            *q = QueueState {
+                busy,
+                epoch,
+                ..QueueState::default()
+            };
+        }
+    }
+
+    /// Any engine holds a descriptor (STATUS.BUSY).
+    pub(crate) fn any_busy(&self) -> bool {
+        self.queues.iter().any(|q| q.busy)
+    }
+
+    /// End a reset once no engine holds a descriptor: from then on no DMA is in progress or
+    /// will start (§7). Returns whether a reset just completed.
+    pub(crate) fn finish_reset_if_idle(&mut self) -> bool {
+        if self.resetting && !self.any_busy() {
+            self.resetting = false;
+            return true;
+        }
+        false
+    }
+
+    /// The engine of queue `q` may take descriptors.
+    pub(crate) fn runnable(&self, q: usize) -> bool {
+        let qs = &self.queues[q];
+        self.enable && !self.fatal && !self.resetting && qs.run && !qs.halted
+    }
+
+    /// Halt queue `q` (§8): ERROR with `error` at ring index `index`.
+    pub(crate) fn halt(&mut self, q: usize, error: u8, index: u32) {
+        let qs = &mut self.queues[q];
+        qs.halted = true;
+        qs.error = u32::from(error);
+        qs.error_index = index;
+    }
+
+    /// Queues currently halted.
+    pub(crate) fn halted_queues(&self) -> u32 {
+        self.queues.iter().filter(|q| q.halted).count() as u32
+    }
+
+    /// INT_COALESCE count threshold (0 means 1) and delay.
+    fn coalesce_limits(&self) -> (u32, Duration) {
+        let count = (self.int_coalesce & 0xff).max(1);
+        let micros = (self.int_coalesce >> 8) & 0xffff;
+        (count, Duration::from_micros(u64::from(micros)))
+    }
+
+    /// Queue `q` posted a completion at `now` (§9): set INT_STATUS bit q, count it for
+    /// coalescing, and return the vector to raise if an interrupt is now due.
+    pub(crate) fn note_completion(&mut self, q: usize, now: Instant) -> Option<u32> {
+        self.int_status |= 1 << q;
+        let qs = &mut self.queues[q];
+        qs.coalesced += 1;
+        qs.first_pending.get_or_insert(now);
+        self.interrupt_if_due(q, now)
+    }
+
+    /// When queue `q`'s coalescing timer fires, if it is running.
+    pub(crate) fn coalesce_deadline(&self, q: usize) -> Option<Instant> {
+        let (_, delay) = self.coalesce_limits();
+        self.queues[q].first_pending.map(|first| first + delay)
+    }
+
+    /// §9: raise when the count is reached or the time has elapsed (0 = immediately); a masked
+    /// queue latches the interrupt instead, delivered on unmask.
+    pub(crate) fn interrupt_if_due(&mut self, q: usize, now: Instant) -> Option<u32> {
+        let (count, delay) = self.coalesce_limits();
+        let qs = &self.queues[q];
+        let first = qs.first_pending?;
+        if qs.coalesced < count && now < first + delay {
+            return None;
+        }
+        let masked = self.int_mask & (1 << q) != 0;
+        let qs = &mut self.queues[q];
+        qs.coalesced = 0;
+        qs.first_pending = None;
+        if masked {
+            qs.latched = true;
+            return None;
+        }
+        Some(qs.vector)
+    }
+
+    /// A register read (the board answers all-ones itself once the device is gone).
+    pub(crate) fn read32(&self, config: &SimConfig, offset: u64) -> u32 {
+        if let Some((q, reg)) = self.queue_register(offset) {
+            let qs = &self.queues[q];
+            return match reg {
+                queue::SQ_BASE => qs.sq_base as u32,
+                r if r == queue::SQ_BASE + 4 => (qs.sq_base >> 32) as u32,
+                queue::CQ_BASE => qs.cq_base as u32,
+                r if r == queue::CQ_BASE + 4 => (qs.cq_base >> 32) as u32,
+                queue::RING_SIZE => qs.ring_size,
+                queue::Q_CONTROL => bit(qs.run, queue::RUN),
+                queue::Q_STATUS => bit(qs.busy, queue::BUSY) | bit(qs.halted, queue::ERROR),
+                queue::Q_ERROR => qs.error,
+                queue::Q_ERROR_INDEX => qs.error_index,
+                queue::Q_VECTOR => qs.vector,
+                _ => 0,
+            };
+        }
+        match offset {
+            global::ID => ID_VALUE,
+            global::VERSION => VERSION_1_0,
+            global::CAP0 => config.cap0(),
+            global::CAP1 => config.cap1(),
+            global::CAPACITY => config.num_blocks as u32,
+            o if o == global::CAPACITY + 4 => (config.num_blocks >> 32) as u32,
+            global::BLOCK_SIZE => config.block_size,
+            global::TIMEOUTS => config.timeouts(),
+            global::CONTROL => bit(self.enable, control::ENABLE) | bit(self.resetting, control::SOFT_RESET),
+            global::STATUS => {
+                let ready = self.enable && !self.fatal && !self.resetting;
+                bit(ready, status::READY)
+                    | bit(self.fatal, status::FATAL)
+                    | bit(self.any_busy(), status::BUSY)
+                    | bit(self.resetting, status::RESETTING)
+            }
+            global::FATAL_CODE => self.fatal_code,
+            global::INT_STATUS => self.int_status,
+            global::INT_MASK => self.int_mask,
+            global::INT_COALESCE => self.int_coalesce,
+            // Write-only aliases, doorbells and holes read 0 (reserved bits read 0).
+            _ => 0,
+        }
+    }
+
+    /// A register write. Writes while a reset is in progress are dropped, as a function in
+    /// reset ignores its BAR.
+    pub(crate) fn write32(&mut self, offset: u64, value: u32, now: Instant) -> Effects {
+        let mut fx = Effects::default();
+        if self.resetting {
+            log::debug!("sim: write {value:#x} at {offset:#x} dropped during reset");
+            return fx;
+        }
+        if let Some((q, reg)) = self.queue_register(offset) {
+            self.write_queue_register(q, reg, value, &mut fx);
+            return fx;
+        }
+        if let Some((q, head)) = self.doorbell(offset) {
+            let qs = &mut self.queues[q];
+            if !qs.run || value >= qs.ring_size {
+                log::warn!(
+                    "sim: queue {q} doorbell {value} ignored (RUN={}, ring {})",
+                    qs.run,
+                    qs.ring_size
+                );
+                return fx;
+            }
+            if head {
+                qs.cq_head = value;
+            } else {
+                qs.sq_tail = value;
+            }
+            fx.wake = true;
+            return fx;
+        }
+        match offset {
+            global::CONTROL => {
+                if value & control::SOFT_RESET != 0 {
+                    fx.soft_reset = true;
+                    return fx;
+                }
+                self.enable = value & control::ENABLE != 0;
+                fx.wake = true;
+            }
+            global::INT_STATUS_CLEAR => self.int_status &= !(value & self.queue_bits),
+            global::INT_MASK_SET => self.int_mask |= value & self.queue_bits,
+            global::INT_MASK_CLEAR => {
+                let cleared = value & self.queue_bits;
+                self.int_mask &= !cleared;
+                for (q, qs) in self.queues.iter_mut().enumerate() {
+                    if cleared & (1 << q) != 0 && qs.latched {
+                        qs.latched = false;
+                        fx.raise.push(qs.vector);
+                    }
+                }
+                // A coalescing timer may have come due while masked.
+                for q in 0..self.queues.len() {
+                    if cleared & (1 << q) != 0 {
+                        fx.raise.extend(self.interrupt_if_due(q, now));
+                    }
+                }
+            }
+            global::INT_COALESCE => {
+                self.int_coalesce = value & 0x00ff_ffff;
+                fx.wake = true;
+            }
+            _ => log::debug!("sim: write {value:#x} to read-only or reserved offset {offset:#x} ignored"),
+        }
+        fx
+    }
+
+    fn write_queue_register(&mut self, q: usize, reg: u64, value: u32, fx: &mut Effects) {
+        let qs = &mut self.queues[q];
+        let ring_reg = matches!(reg, 0x00..=0x13);
+        if ring_reg && qs.run {
+            log::warn!("sim: queue {q} register +{reg:#x} is writable only while RUN = 0 (§2); ignored");
+            return;
+        }
+        match reg {
+            queue::SQ_BASE => qs.sq_base = (qs.sq_base & !0xffff_ffff) | u64::from(value),
+            r if r == queue::SQ_BASE + 4 => {
+                qs.sq_base = (qs.sq_base & 0xffff_ffff) | (u64::from(value) << 32)
+            }
+            queue::CQ_BASE => qs.cq_base = (qs.cq_base & !0xffff_ffff) | u64::from(value),
+            r if r == queue::CQ_BASE + 4 => {
+                qs.cq_base = (qs.cq_base & 0xffff_ffff) | (u64::from(value) << 32)
+            }
+            queue::RING_SIZE => qs.ring_size = value,
+            queue::Q_CONTROL => {
+                let run = value & queue::RUN != 0;
+                if run && !qs.run {
+                    qs.start();
+                    self.check_ring_config(q);
+                } else if !run && qs.run {
+                    // §6: the engine finishes or abandons what it holds, then clears BUSY.
+                    qs.run = false;
+                    qs.epoch += 1;
+                }
+                fx.wake = true;
+            }
+            queue::Q_VECTOR => qs.vector = value,
+            _ => log::debug!("sim: write {value:#x} to read-only queue {q} register +{reg:#x} ignored"),
+        }
+    }
+
+    /// A queue started with a ring it cannot use halts at once with INVALID_FIELD, index 0,
+    /// rather than DMA to a bogus address.
+    fn check_ring_config(&mut self, q: usize) {
+        let qs = &self.queues[q];
+        let size_ok = qs.ring_size >= 2 && qs.ring_size.is_power_of_two();
+        let aligned = qs.sq_base.is_multiple_of(RING_ALIGN) && qs.cq_base.is_multiple_of(RING_ALIGN);
+        if !size_ok || !aligned {
+            log::warn!(
+                "sim: queue {q} started with ring size {} SQ {:#x} CQ {:#x}: halted",
+                qs.ring_size,
+                qs.sq_base,
+                qs.cq_base
+            );
+            self.halt(q, crate::sca1::desc::cq_status::INVALID_FIELD, 0);
+        }
+    }
+
+    /// `(queue, register offset within its block)` for a per-queue register offset.
+    fn queue_register(&self, offset: u64) -> Option<(usize, u64)> {
+        let rel = offset.checked_sub(queue::QUEUE_BASE)?;
+        let q = usize::try_from(rel / queue::QUEUE_STRIDE).ok()?;
+        (q < self.queues.len()).then_some((q, rel % queue::QUEUE_STRIDE))
+    }
+
+    /// `(queue, is CQ_HEAD)` for a doorbell offset.
+    fn doorbell(&self, offset: u64) -> Option<(usize, bool)> {
+        let rel = offset.checked_sub(doorbell::BASE)?;
+        let q = usize::try_from(rel / doorbell::STRIDE).ok()?;
+        if q >= self.queues.len() {
+            return None;
+        }
+        match rel % doorbell::STRIDE {
+            0 => Some((q, false)),
+            0x1000 => Some((q, true)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_reset_reads_one_until_no_engine_is_busy() {
+        let config = SimConfig::default();
+        let mut st = BoardState::new(2);
+        st.write32(global::CONTROL, control::ENABLE, Instant::now());
+        st.queues[1].busy = true;
+        let fx = st.write32(global::CONTROL, control::SOFT_RESET, Instant::now());
+        assert!(fx.soft_reset);
+        st.apply_reset();
+        assert!(!st.finish_reset_if_idle(), "queue 1 still holds a descriptor");
+        assert_eq!(st.read32(&config, global::CONTROL), control::SOFT_RESET);
+        assert_eq!(
+            st.read32(&config, global::STATUS),
+            status::BUSY | status::RESETTING
+        );
+        st.write32(global::INT_MASK_CLEAR, 0b11, Instant::now());
+        assert_eq!(
+            st.read32(&config, global::INT_MASK),
+            0b11,
+            "writes are dropped while resetting"
+        );
+        st.queues[1].busy = false;
+        assert!(st.finish_reset_if_idle());
+        assert_eq!(st.read32(&config, global::CONTROL), 0);
+        assert_eq!(st.read32(&config, global::STATUS), 0);
+    }
+
+    #[test]
+    fn coalescing_counts_completions_then_times_out_the_rest() {
+        let mut st = BoardState::new(1);
+        st.write32(global::INT_MASK_CLEAR, 1, Instant::now());
+        st.queues[0].vector = 0;
+        st.write32(global::INT_COALESCE, 3 | (100 << 8), Instant::now());
+        let t0 = Instant::now();
+        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(
+            st.note_completion(0, t0),
+            Some(0),
+            "third completion reaches the count"
+        );
+        assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 1);
+        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.coalesce_deadline(0), Some(t0 + Duration::from_micros(100)));
+        assert_eq!(st.interrupt_if_due(0, t0 + Duration::from_micros(99)), None);
+        assert_eq!(
+            st.interrupt_if_due(0, t0 + Duration::from_micros(100)),
+            Some(0),
+            "timer"
+        );
+        assert_eq!(st.coalesce_deadline(0), None);
+
+        // Masked: the interrupt is latched and delivered by the unmask.
+        st.write32(global::INT_MASK_SET, 1, t0);
+        st.write32(global::INT_COALESCE, 0, t0);
+        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.write32(global::INT_MASK_CLEAR, 1, t0).raise, vec![0]);
+    }
+}

@@ -1,0 +1,416 @@
+//! Data path: WRITE/READ (contiguous and SGL), FLUSH, WRITE_ZEROES, DEALLOCATE, descriptor
+//! errors, phase and wrap, a full completion ring, stale descriptors, DMA faults, interrupts
+//! (accelerator.md §3–§5, §8, §9).
+
+use std::os::fd::AsFd;
+
+use scst_accel_hal::fdio::poll_readable;
+
+use super::*;
+use crate::sca1::desc::cq_status;
+use crate::sca1::desc::flags;
+use crate::sim::Backing;
+
+#[test]
+fn write_then_read_contiguous_returns_the_data() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 16);
+    let data = pattern(8192, 3);
+    assert_eq!(write_then_read(&mut rig, &mut tq, 10, &data), data);
+    let stats = rig.sim.stats();
+    assert_eq!((stats.bytes_written, stats.bytes_read), (8192, 8192));
+    assert_eq!(
+        (stats.descriptors, stats.completions, stats.iommu_faults),
+        (2, 2, 0)
+    );
+}
+
+#[test]
+fn write_then_read_through_scatter_lists() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 1, 16);
+    let data = pattern(3 * 4096, 9);
+
+    // WRITE gathers from three buffers: 4096 + 512 + 7680 bytes.
+    let pieces = [4096usize, 512, 7680];
+    let mut entries = Vec::new();
+    let mut at = 0;
+    for len in pieces {
+        let (b, iova) = rig.map_data(len);
+        rig.buf(b).write_at(0, &data[at..at + len]);
+        entries.push((iova, len as u32));
+        at += len;
+    }
+    let (sgl, sgl_iova) = rig.map_data(4096);
+    rig.write_sgl(sgl, &entries);
+    tq.submit(
+        &rig,
+        sgl_desc(opcode::WRITE, 7, 100, data.len() as u32, sgl_iova, 3),
+    );
+    let c = tq.next(&rig);
+    assert_eq!((c.tag, c.status, c.bytes), (7, cq_status::OK, data.len() as u32));
+
+    // READ scatters into two buffers split differently: 6144 + 6144.
+    let (a, a_iova) = rig.map_data(6144);
+    let (b, b_iova) = rig.map_data(6144);
+    let (sgl2, sgl2_iova) = rig.map_data(4096);
+    rig.write_sgl(sgl2, &[(a_iova, 6144), (b_iova, 6144)]);
+    tq.submit(
+        &rig,
+        sgl_desc(opcode::READ, 8, 100, data.len() as u32, sgl2_iova, 2),
+    );
+    let c = tq.next(&rig);
+    assert_eq!((c.tag, c.status, c.bytes), (8, cq_status::OK, data.len() as u32));
+    let mut back = rig.read_buf(a, 0, 6144);
+    back.extend(rig.read_buf(b, 0, 6144));
+    assert_eq!(back, data);
+
+    // A scatter list whose lengths do not add up is an invalid field; so is an empty one.
+    rig.write_sgl(sgl2, &[(a_iova, 512)]);
+    tq.submit(&rig, sgl_desc(opcode::READ, 9, 100, 1024, sgl2_iova, 1));
+    assert_eq!(tq.next(&rig).status, cq_status::INVALID_FIELD);
+    tq.submit(&rig, sgl_desc(opcode::READ, 10, 100, 512, sgl2_iova, 0));
+    assert_eq!(tq.next(&rig).status, cq_status::INVALID_FIELD);
+}
+
+#[test]
+fn flush_write_zeroes_and_deallocate() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 16);
+    let data = pattern(4096, 1);
+    assert_eq!(write_then_read(&mut rig, &mut tq, 0, &data), data);
+
+    tq.submit(
+        &rig,
+        Descriptor {
+            flags: flags::FUA,
+            ..desc(opcode::FLUSH, 3, 0, 0, 0)
+        },
+    );
+    let c = tq.next(&rig);
+    assert_eq!((c.tag, c.status, c.bytes), (3, cq_status::OK, 0));
+
+    // Zero blocks 1..3 (bytes 512..1536).
+    tq.submit(&rig, desc(opcode::WRITE_ZEROES, 4, 1, 1024, 0));
+    let c = tq.next(&rig);
+    assert_eq!((c.tag, c.status, c.bytes), (4, cq_status::OK, 1024));
+    let (dst, dst_iova) = rig.map_data(4096);
+    tq.submit(&rig, desc(opcode::READ, 5, 0, 4096, dst_iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    let back = rig.read_buf(dst, 0, 4096);
+    assert_eq!(&back[..512], &data[..512]);
+    assert!(back[512..1536].iter().all(|&b| b == 0), "zeroed blocks");
+    assert_eq!(&back[1536..], &data[1536..]);
+
+    tq.submit(&rig, desc(opcode::DEALLOCATE, 6, 0, 4096, 0));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    rig.buf(dst).fill(0, 4096, 0xee);
+    tq.submit(&rig, desc(opcode::READ, 7, 0, 4096, dst_iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    assert!(
+        rig.read_buf(dst, 0, 4096).iter().all(|&b| b == 0),
+        "deallocated blocks read zeroes"
+    );
+}
+
+#[test]
+fn bad_descriptors_complete_with_their_status_and_the_queue_keeps_running() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 16);
+    let (_, iova) = rig.map_data(512 * 1024);
+    let cases = [
+        (
+            desc(opcode::READ, 1, 8191, 1024, iova),
+            cq_status::LBA_RANGE,
+            8192,
+        ),
+        (
+            desc(opcode::WRITE, 2, 9000, 512, iova),
+            cq_status::LBA_RANGE,
+            9000,
+        ),
+        (
+            desc(opcode::WRITE_ZEROES, 3, 8000, 512 * 193, 0),
+            cq_status::LBA_RANGE,
+            8192,
+        ),
+        (desc(9, 4, 0, 512, iova), cq_status::INVALID_OPCODE, 9),
+        (desc(opcode::READ, 5, 0, 100, iova), cq_status::INVALID_FIELD, 100),
+        (desc(opcode::READ, 6, 0, 0, iova), cq_status::INVALID_FIELD, 0),
+        (
+            desc(opcode::READ, 7, 0, 512 * 1024, iova),
+            cq_status::INVALID_FIELD,
+            512 * 1024,
+        ),
+        (
+            Descriptor {
+                flags: 0x80,
+                ..desc(opcode::READ, 8, 0, 512, iova)
+            },
+            cq_status::INVALID_FIELD,
+            0,
+        ),
+        (
+            Descriptor {
+                reserved: 1,
+                ..desc(opcode::READ, 9, 0, 512, iova)
+            },
+            cq_status::INVALID_FIELD,
+            0,
+        ),
+    ];
+    for (d, status, detail) in cases {
+        tq.submit(&rig, d);
+        let c = tq.next(&rig);
+        assert_eq!((c.tag, c.status, c.detail), (d.tag, status, detail), "{d:?}");
+    }
+    assert_eq!(rig.qread(0, queue::Q_STATUS), 0, "not halted");
+    tq.submit(&rig, desc(opcode::READ, 10, 8191, 512, iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK, "the last block is in range");
+}
+
+#[test]
+fn phase_flips_each_time_the_completion_ring_wraps() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 4);
+    let (_, iova) = rig.map_data(4096);
+    let mut seen = Vec::new();
+    // Ten descriptors through a ring of four, at most three outstanding (one slot stays free).
+    for batch in [&[0u16, 1, 2][..], &[3, 4], &[5, 6, 7], &[8, 9]] {
+        for &tag in batch {
+            tq.push(&rig, desc(opcode::READ, tag, u64::from(tag), 512, iova));
+        }
+        tq.ring(&rig);
+        for _ in batch {
+            let slot = tq.head;
+            let phase = tq.phase;
+            let c = tq.next(&rig);
+            assert_eq!(c.flags & CQ_PHASE != 0, phase, "slot {slot}");
+            assert_eq!(c.status, cq_status::OK);
+            seen.push((c.tag, c.sq_head, phase));
+        }
+    }
+    let tags: Vec<u16> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(tags, (0..10).collect::<Vec<u16>>());
+    let heads: Vec<u16> = seen.iter().map(|s| s.1).collect();
+    assert_eq!(
+        heads,
+        vec![1, 2, 3, 0, 1, 2, 3, 0, 1, 2],
+        "sq_head after each descriptor"
+    );
+    let phases: Vec<bool> = seen.iter().map(|s| s.2).collect();
+    let want = [true, true, true, true, false, false, false, false, true, true];
+    assert_eq!(phases, want, "PHASE 1 on the first pass, flipped on every wrap");
+}
+
+#[test]
+fn a_full_completion_ring_stalls_the_engine_until_the_head_moves() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 4);
+    let (_, iova) = rig.map_data(4096);
+    for tag in 1..=3 {
+        tq.push(&rig, desc(opcode::READ, tag, 0, 512, iova));
+    }
+    tq.ring(&rig);
+    assert!(
+        wait_until(|| tq.peek(&rig, 2).is_some()),
+        "three completions posted"
+    );
+    // The SQ slots were consumed (sq_head 3): a fourth descriptor may go in.
+    tq.submit(&rig, desc(opcode::READ, 4, 0, 512, iova));
+    assert!(
+        wait_until(|| rig.sim.stats().descriptors == 4),
+        "fourth descriptor fetched"
+    );
+    assert!(
+        holds_for_a_while(|| tq.busy(&rig) && tq.peek(&rig, 3).is_none()),
+        "engine holds the fourth completion while the ring is full"
+    );
+    for tag in 1..=3 {
+        // Consume without telling the device until all three are read.
+        assert_eq!(tq.peek(&rig, tag - 1).map(|c| c.tag), Some(tag as u16));
+    }
+    assert_eq!(rig.sim.stats().completions, 3);
+    for _ in 0..3 {
+        tq.poll(&rig).expect("posted");
+    }
+    let c = tq.next(&rig);
+    assert_eq!((c.tag, c.status), (4, cq_status::OK));
+    assert!(wait_until(|| !tq.busy(&rig)), "BUSY clears once posted");
+}
+
+#[test]
+fn a_stale_sequence_number_halts_the_queue_until_restarted() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 8);
+    let (_, iova) = rig.map_data(4096);
+    tq.submit(&rig, desc(opcode::READ, 1, 0, 512, iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    rig.write(global::INT_STATUS_CLEAR, 1);
+
+    // Index 1 carries seq 7 instead of 1, then a well-formed descriptor follows.
+    tq.push_raw(
+        &rig,
+        Descriptor {
+            seq: 7,
+            ..desc(opcode::READ, 2, 0, 512, iova)
+        },
+    );
+    tq.seq += 1;
+    tq.push(&rig, desc(opcode::READ, 3, 0, 512, iova));
+    tq.ring(&rig);
+    assert!(
+        wait_until(|| rig.qread(0, queue::Q_STATUS) & queue::ERROR != 0),
+        "halted"
+    );
+    assert_eq!(rig.qread(0, queue::Q_ERROR), u32::from(cq_status::STALE));
+    assert_eq!(rig.qread(0, queue::Q_ERROR_INDEX), 1);
+    assert!(tq.stays_empty(&rig), "nothing after the stale slot is executed");
+    let stats = rig.sim.stats();
+    assert_eq!((stats.stale, stats.halted_queues, stats.completions), (1, 1, 1));
+    assert_ne!(
+        rig.read(global::INT_STATUS) & 1,
+        0,
+        "the halt is signalled in INT_STATUS"
+    );
+
+    tq.stop(&rig);
+    tq.restart(&rig);
+    assert_eq!(rig.qread(0, queue::Q_STATUS), 0, "RUN clears the error");
+    tq.submit(&rig, desc(opcode::READ, 4, 0, 512, iova));
+    let c = tq.next(&rig);
+    assert_eq!((c.tag, c.status, c.sq_head), (4, cq_status::OK, 1));
+}
+
+#[test]
+fn an_unmapped_data_iova_is_a_dma_fault_that_touches_nothing() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 8);
+    let data = pattern(4096, 5);
+    assert_eq!(write_then_read(&mut rig, &mut tq, 0, &data), data);
+
+    // READ of 8 KiB into a 4 KiB mapping: the access reaches an unmapped page.
+    let (dst, dst_iova) = rig.map_data(4096);
+    rig.buf(dst).fill(0, 4096, 0xee);
+    tq.submit(&rig, desc(opcode::READ, 3, 0, 8192, dst_iova));
+    let c = tq.next(&rig);
+    assert_eq!(
+        (c.tag, c.status, c.detail),
+        (3, cq_status::DMA_FAULT, dst_iova as u32)
+    );
+    assert!(
+        rig.read_buf(dst, 0, 4096).iter().all(|&b| b == 0xee),
+        "host memory untouched"
+    );
+    let faults = rig.sim.iommu().faults();
+    assert_eq!(faults.len(), 1);
+    assert_eq!((faults[0].iova, faults[0].write), (dst_iova, true));
+
+    // WRITE from an unmapped IOVA: DMA_FAULT, medium unchanged.
+    tq.submit(&rig, desc(opcode::WRITE, 4, 0, 4096, 0x7000_0000));
+    let c = tq.next(&rig);
+    assert_eq!(
+        (c.status, c.detail, c.bytes),
+        (cq_status::DMA_FAULT, 0x7000_0000, 0)
+    );
+    assert_eq!(rig.sim.stats().iommu_faults, 2);
+    let (dst2, dst2_iova) = rig.map_data(4096);
+    tq.submit(&rig, desc(opcode::READ, 5, 0, 4096, dst2_iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    assert_eq!(rig.read_buf(dst2, 0, 4096), data, "medium unchanged");
+    assert_eq!(
+        rig.qread(0, queue::Q_STATUS),
+        0,
+        "a data fault does not halt the queue"
+    );
+}
+
+#[test]
+fn a_fault_on_the_rings_or_a_scatter_list_halts_the_queue() {
+    let mut rig = Rig::enabled();
+    // Submission ring not mapped.
+    rig.bar().write64(queue::reg(1, queue::SQ_BASE), 0x6000_0000);
+    rig.bar().write64(queue::reg(1, queue::CQ_BASE), 0x6100_0000);
+    rig.qwrite(1, queue::RING_SIZE, 4);
+    rig.qwrite(1, queue::Q_CONTROL, queue::RUN);
+    rig.write(doorbell::sq_tail(1), 1);
+    assert!(
+        wait_until(|| rig.qread(1, queue::Q_STATUS) & queue::ERROR != 0),
+        "halted on fetch"
+    );
+    assert_eq!(rig.qread(1, queue::Q_ERROR), u32::from(cq_status::DMA_FAULT));
+    assert!(!rig.sim.iommu().faults()[0].write, "a device read");
+
+    // Scatter list not mapped.
+    let mut tq = TestQueue::start(&mut rig, 0, 8);
+    tq.submit(&rig, sgl_desc(opcode::READ, 1, 0, 512, 0x6200_0000, 1));
+    assert!(
+        wait_until(|| rig.qread(0, queue::Q_STATUS) & queue::ERROR != 0),
+        "halted on SGL"
+    );
+    assert_eq!(rig.qread(0, queue::Q_ERROR), u32::from(cq_status::DMA_FAULT));
+    assert_eq!(rig.qread(0, queue::Q_ERROR_INDEX), 0);
+    assert!(tq.stays_empty(&rig));
+    assert_eq!(rig.sim.stats().halted_queues, 2);
+}
+
+#[test]
+fn completions_raise_the_queue_vector_and_int_status() {
+    let mut rig = Rig::enabled();
+    let fds = rig.dev.enable_interrupts(2).expect("MSI-X");
+    let mut tq = TestQueue::start(&mut rig, 1, 8);
+    let (_, iova) = rig.map_data(4096);
+    let readable = |i: usize, timeout: Duration| poll_readable(&[fds[i].as_fd()], timeout).expect("poll")[0];
+
+    tq.submit(&rig, desc(opcode::READ, 1, 0, 512, iova));
+    assert!(readable(1, WAIT), "vector 1 signalled");
+    assert!(!readable(0, Duration::ZERO), "vector 0 not signalled");
+    assert_eq!(tq.next(&rig).tag, 1);
+    assert_eq!(rig.read(global::INT_STATUS), 0b10);
+    rig.write(global::INT_STATUS_CLEAR, 0b10);
+    assert_eq!(rig.read(global::INT_STATUS), 0);
+    fds[1].clear();
+
+    // Masked: the completion posts, INT_STATUS says so, no interrupt until unmasked.
+    rig.write(global::INT_MASK_SET, 0b10);
+    tq.submit(&rig, desc(opcode::READ, 2, 0, 512, iova));
+    assert_eq!(tq.next(&rig).tag, 2);
+    assert_eq!(rig.read(global::INT_STATUS), 0b10);
+    assert!(!readable(1, Duration::ZERO), "masked");
+    rig.write(global::INT_MASK_CLEAR, 0b10);
+    assert!(readable(1, WAIT), "the latched interrupt arrives on unmask");
+    fds[1].clear();
+
+    // Coalescing by count with a timer: one completion short of the count still interrupts
+    // when the time has elapsed.
+    rig.write(global::INT_COALESCE, 8 | (500 << 8));
+    tq.submit(&rig, desc(opcode::READ, 3, 0, 512, iova));
+    assert!(readable(1, WAIT), "coalescing timer fires");
+    assert_eq!(tq.next(&rig).tag, 3);
+    assert!(rig.sim.stats().interrupts >= 3);
+}
+
+#[test]
+fn a_sparse_file_backs_the_medium() {
+    let path = std::env::temp_dir().join(format!("scst-accel-simboard-{}.img", std::process::id()));
+    {
+        let mut rig = Rig::new(SimConfig {
+            backing: Backing::SparseFile(path.clone()),
+            ..small_config()
+        });
+        rig.enable();
+        let mut tq = TestQueue::start(&mut rig, 0, 8);
+        let data = pattern(8192, 77);
+        assert_eq!(write_then_read(&mut rig, &mut tq, 4000, &data), data);
+    }
+    let mut on_disk = vec![0u8; 8192];
+    let read = std::fs::File::open(&path).and_then(|f| {
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut on_disk, 4000 * 512)
+    });
+    let len = std::fs::metadata(&path).map(|m| m.len());
+    let _ = std::fs::remove_file(&path);
+    read.expect("read the backing file");
+    assert_eq!(on_disk, pattern(8192, 77));
+    assert_eq!(len.expect("metadata"), 8192 * 512);
+}

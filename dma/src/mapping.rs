@@ -1,0 +1,263 @@
+//! [`MappedRegion`]: a [`DmaRegion`] mapped on a device at an IOVA of its own.
+//!
+//! Ownership makes the `DmaMapper::map` contract hold: the region is owned by the mapping and
+//! is only given back (or dropped) after the IOMMU mapping is gone. When an unmap fails, the
+//! device may still reach the memory, so the region is leaked rather than freed.
+#![allow(unsafe_code)] // UNSAFETY: calls the unsafe `DmaMapper::map` on memory this type owns.
+
+use crate::DmaError;
+use crate::DmaRegion;
+use crate::IovaAllocator;
+use crate::HUGE_PAGE_SIZE;
+use crate::PAGE_SIZE;
+use scst_accel_hal::DmaMapper;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+
+/// Lock the IOVA allocator, recovering from poisoning: the allocator's state is consistent
+/// after any panic (it has no multi-step updates that a panic could interrupt halfway through
+/// in a way that matters more than a leak), and teardown must never panic.
+pub(crate) fn lock_iovas(iovas: &Mutex<IovaAllocator>) -> MutexGuard<'_, IovaAllocator> {
+    iovas.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A region mapped on a device. Unmapped by [`MappedRegion::unmap`] or, as a safety net, on
+/// drop (errors logged). Only unmap once the device can no longer use it (queue stopped and
+/// idle, or the function reset: `accelerator.md §6`, `§7`).
+pub struct MappedRegion {
+    /// `None` only after the region was taken by `unmap` or leaked.
+    region: Option<DmaRegion>,
+    iova: u64,
+    mapper: Arc<dyn DmaMapper>,
+    iovas: Arc<Mutex<IovaAllocator>>,
+}
+
+impl std::fmt::Debug for MappedRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedRegion")
+            .field("region", &self.region)
+            .field("iova", &format_args!("{:#x}", self.iova))
+            .finish_non_exhaustive()
+    }
+}
+
+impl MappedRegion {
+    /// Give `region` an IOVA from `iovas` (aligned to 2 MiB for huge-page regions so the
+    /// IOMMU can use large pages, else 4 KiB) and map it on `mapper`'s device.
+    ///
+    /// # Errors
+    /// [`DmaError::IovaExhausted`] when the window is full; [`DmaError::Map`] when the IOMMU
+    /// refuses (the IOVA is returned and `region` dropped).
+    pub fn new(
+        region: DmaRegion,
+        mapper: Arc<dyn DmaMapper>,
+        iovas: Arc<Mutex<IovaAllocator>>,
+    ) -> Result<Self, DmaError> {
+        let len = region.len() as u64;
+        let align = if region.huge_pages() {
+            HUGE_PAGE_SIZE
+        } else {
+            PAGE_SIZE
+        } as u64;
+        let iova = lock_iovas(&iovas)
+            .alloc(len, align)
+            .ok_or(DmaError::IovaExhausted { len, align })?;
+        // SAFETY: `region` is anonymous memory of this process that `Self` owns from here on:
+        // it stays mapped until the IOMMU mapping is removed (unmap/drop below unmap first and
+        // leak the region if that fails), and it is only accessed by copies and atomics.
+        if let Err(source) = unsafe { mapper.map(iova, region.addr(), len) } {
+            lock_iovas(&iovas).free(iova, len);
+            return Err(DmaError::Map { iova, len, source });
+        }
+        log::debug!(
+            "mapped DMA region of {len} bytes at {:#x} to IOVA {iova:#x}",
+            region.addr()
+        );
+        Ok(Self {
+            region: Some(region),
+            iova,
+            mapper,
+            iovas,
+        })
+    }
+
+    /// The device address of the region's first byte.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// The host side of the region.
+    ///
+    /// # Panics
+    /// Never in practice: the region is only absent while `unmap`/drop run, which consume or
+    /// end `self`.
+    pub fn region(&self) -> &DmaRegion {
+        match &self.region {
+            Some(region) => region,
+            None => unreachable!("MappedRegion used after its region was taken"),
+        }
+    }
+
+    /// Mapped length in bytes.
+    pub fn len(&self) -> usize {
+        self.region().len()
+    }
+
+    /// Never empty; present for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remove the mapping and give the region back (e.g. to reuse it after a reset).
+    ///
+    /// # Errors
+    /// [`DmaError::Unmap`] when the IOMMU refuses: the region is then leaked on purpose (the
+    /// device may still reach it) and its IOVA stays allocated.
+    pub fn unmap(mut self) -> Result<DmaRegion, DmaError> {
+        let Some(region) = self.region.take() else {
+            unreachable!("MappedRegion unmapped twice");
+        };
+        let len = region.len() as u64;
+        self.release(region).map_err(|source| DmaError::Unmap {
+            iova: self.iova,
+            len,
+            source,
+        })
+    }
+
+    /// Unmap the region; on success free the IOVA and hand the region back, on failure leak
+    /// both (the device may still reach the memory, and the IOVA may still be mapped).
+    fn release(&self, region: DmaRegion) -> Result<DmaRegion, scst_accel_hal::HalError> {
+        let len = region.len() as u64;
+        match self.mapper.unmap(self.iova, len) {
+            Ok(()) => {
+                lock_iovas(&self.iovas).free(self.iova, len);
+                Ok(region)
+            }
+            Err(e) => {
+                log::error!(
+                    "unmap of DMA region at IOVA {:#x} ({len} bytes) failed: {e}; leaking it, \
+                     the device may still reach it",
+                    self.iova
+                );
+                std::mem::forget(region);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for MappedRegion {
+    fn drop(&mut self) {
+        if let Some(region) = self.region.take() {
+            // Errors were logged by `release`; Drop must not panic.
+            let _ = self.release(region);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_mapper::LedgerMapper;
+    use std::sync::atomic::Ordering;
+
+    fn setup() -> (Arc<LedgerMapper>, Arc<Mutex<IovaAllocator>>) {
+        (
+            Arc::new(LedgerMapper::default()),
+            Arc::new(Mutex::new(IovaAllocator::new(0, 1 << 30))),
+        )
+    }
+
+    #[test]
+    fn map_then_unmap_returns_region_and_iova() {
+        let (mapper, iovas) = setup();
+        let region = DmaRegion::new(3 * PAGE_SIZE).expect("region");
+        let host = region.addr();
+        let m = MappedRegion::new(region, mapper.clone(), iovas.clone()).expect("map");
+        assert_ne!(m.iova(), 0);
+        assert_eq!(m.iova() % PAGE_SIZE as u64, 0);
+        assert_eq!(mapper.live(), vec![(m.iova(), host, 3 * PAGE_SIZE as u64)]);
+        m.region().write_at(0, b"ring");
+        let region = m.unmap().expect("unmap");
+        assert_eq!(region.addr(), host);
+        assert_eq!(mapper.live(), vec![]);
+        assert_eq!(lock_iovas(&iovas).allocated(), 0);
+        assert_eq!(mapper.counts(), (1, 1, 0));
+    }
+
+    #[test]
+    fn drop_unmaps() {
+        let (mapper, iovas) = setup();
+        let a = MappedRegion::new(
+            DmaRegion::new(PAGE_SIZE).expect("r"),
+            mapper.clone(),
+            iovas.clone(),
+        )
+        .expect("a");
+        let b = MappedRegion::new(
+            DmaRegion::new(PAGE_SIZE).expect("r"),
+            mapper.clone(),
+            iovas.clone(),
+        )
+        .expect("b");
+        assert_ne!(a.iova(), b.iova());
+        drop(a);
+        drop(b);
+        assert_eq!(mapper.counts(), (2, 2, 0));
+        assert_eq!(lock_iovas(&iovas).allocated(), 0);
+    }
+
+    #[test]
+    fn map_failure_returns_the_iova() {
+        let (mapper, iovas) = setup();
+        mapper.fail_maps.store(true, Ordering::Relaxed);
+        let err = MappedRegion::new(
+            DmaRegion::new(PAGE_SIZE).expect("r"),
+            mapper.clone(),
+            iovas.clone(),
+        )
+        .expect_err("must fail");
+        assert!(matches!(err, DmaError::Map { .. }));
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "HalError kept as source"
+        );
+        assert_eq!(lock_iovas(&iovas).allocated(), 0);
+    }
+
+    #[test]
+    fn iova_exhaustion_is_an_error() {
+        let mapper = Arc::new(LedgerMapper::default());
+        let iovas = Arc::new(Mutex::new(IovaAllocator::new(PAGE_SIZE as u64, PAGE_SIZE as u64)));
+        let _a = MappedRegion::new(
+            DmaRegion::new(PAGE_SIZE).expect("r"),
+            mapper.clone(),
+            iovas.clone(),
+        )
+        .expect("a");
+        let err = MappedRegion::new(DmaRegion::new(PAGE_SIZE).expect("r"), mapper, iovas).expect_err("full");
+        assert!(matches!(err, DmaError::IovaExhausted { .. }));
+    }
+
+    #[test]
+    fn failed_unmap_leaks_and_keeps_the_iova() {
+        let (mapper, iovas) = setup();
+        let m = MappedRegion::new(
+            DmaRegion::new(PAGE_SIZE).expect("r"),
+            mapper.clone(),
+            iovas.clone(),
+        )
+        .expect("m");
+        mapper.fail_unmaps.store(true, Ordering::Relaxed);
+        let err = m.unmap().expect_err("unmap fails");
+        assert!(matches!(err, DmaError::Unmap { .. }));
+        assert_eq!(
+            lock_iovas(&iovas).allocated(),
+            PAGE_SIZE as u64,
+            "IOVA not reused"
+        );
+        assert_eq!(mapper.live().len(), 1);
+    }
+}

@@ -1,0 +1,401 @@
+//! [`DmaRegion`]: locked, page-aligned anonymous memory for descriptor rings, completion rings
+//! and scatter lists.
+//!
+//! The memory is shared with a device (or the simulated device's engine thread), which writes
+//! it behind Rust's back. So no Rust reference into it is ever formed: access is by copy
+//! ([`DmaRegion::read_at`], [`DmaRegion::read_obj`]) or by atomic raw access for the bytes
+//! that synchronise with the device (the completion phase byte, `accelerator.md §4`).
+#![allow(unsafe_code)] // UNSAFETY: mmap/mlock/munmap and raw copies into memory a device writes.
+
+use crate::DmaError;
+use crate::PAGE_SIZE;
+use std::mem::size_of;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering;
+use zerocopy::FromBytes;
+use zerocopy::Immutable;
+use zerocopy::IntoBytes;
+
+/// Size of an x86_64 huge page, the unit regions of at least this size try to use.
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+
+/// Largest region: rings and scatter lists are small; anything near this is a bug.
+const MAX_REGION_LEN: usize = 1 << 30;
+
+/// Set once the mlock failure has been logged, so a busy system logs it once, not per ring.
+static MLOCK_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Anonymous, page-aligned memory, locked when the limit allows, unmapped on drop.
+///
+/// Zero-filled when made. Accessors panic on an out-of-range offset: offsets come from the
+/// driver's own ring arithmetic, never from the device, so a bad one is a driver bug.
+#[derive(Debug)]
+pub struct DmaRegion {
+    ptr: NonNull<u8>,
+    len: usize,
+    huge: bool,
+}
+
+// SAFETY: the region is plain memory owned by this handle; every access is a bounds-checked
+// copy or atomic access through `&self`, so moving the handle to another thread is sound.
+unsafe impl Send for DmaRegion {}
+// SAFETY: see `Send`; concurrent accesses through `&self` are copies or atomics on memory the
+// device also writes, which is this type's documented contract (no references are handed out).
+unsafe impl Sync for DmaRegion {}
+
+impl DmaRegion {
+    /// Map `len` bytes rounded up to whole pages. From [`HUGE_PAGE_SIZE`] up, 2 MiB huge pages
+    /// are tried first (fewer IOTLB entries) with the length rounded to 2 MiB; when the system
+    /// has none reserved, 4 KiB pages are used instead (logged at debug). The memory is
+    /// `MADV_DONTFORK` (a forked child must not share pages a device writes) and `mlock`ed
+    /// when `RLIMIT_MEMLOCK` allows (VFIO pins mapped pages anyway; locking early makes the
+    /// limit visible at start rather than at the first map).
+    ///
+    /// # Errors
+    /// [`DmaError::InvalidLength`] for 0 or more than 1 GiB; [`DmaError::Alloc`] when the
+    /// kernel refuses the mapping.
+    pub fn new(len: usize) -> Result<Self, DmaError> {
+        if len == 0 || len > MAX_REGION_LEN {
+            return Err(DmaError::InvalidLength {
+                len,
+                max: MAX_REGION_LEN,
+            });
+        }
+        let (ptr, len, huge) = match map_huge(len) {
+            Some((ptr, huge_len)) => (ptr, huge_len, true),
+            None => {
+                let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+                (
+                    map_anonymous(len, 0).map_err(|source| DmaError::Alloc { len, source })?,
+                    len,
+                    false,
+                )
+            }
+        };
+        advise_and_lock(ptr, len);
+        Ok(Self { ptr, len, huge })
+    }
+
+    /// The host virtual address of the first byte.
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// Length in bytes (whole pages, or whole huge pages when [`DmaRegion::huge_pages`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never empty; present for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the region is backed by 2 MiB huge pages.
+    pub fn huge_pages(&self) -> bool {
+        self.huge
+    }
+
+    fn check(&self, offset: usize, len: usize) {
+        let end = offset.checked_add(len);
+        assert!(
+            end.is_some_and(|end| end <= self.len),
+            "access {offset}+{len} outside DMA region of {} bytes",
+            self.len
+        );
+    }
+
+    /// Copy `out.len()` bytes at `offset` out of the region.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) {
+        self.check(offset, out.len());
+        // SAFETY: the range lies inside the mapping (checked), which lives as long as `self`;
+        // `out` is a distinct Rust allocation, so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Copy `data` into the region at `offset`.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub fn write_at(&self, offset: usize, data: &[u8]) {
+        self.check(offset, data.len());
+        // SAFETY: as in `read_at`. Writing through `&self` is the type's contract: the memory is
+        // shared with a device and never borrowed as a Rust reference.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) }
+    }
+
+    /// Copy a `T` out of the region at `offset` (any alignment).
+    ///
+    /// # Panics
+    /// If `offset..offset + size_of::<T>()` is outside the region.
+    pub fn read_obj<T: FromBytes>(&self, offset: usize) -> T {
+        self.check(offset, size_of::<T>());
+        let mut value = T::new_zeroed();
+        // SAFETY: the source range lies inside the mapping (checked); the destination is the
+        // local `value`, exactly size_of::<T>() bytes, distinct from the mapping. `T: FromBytes`
+        // makes every byte pattern a valid `T`, so overwriting its bytes cannot break it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                (&mut value as *mut T).cast::<u8>(),
+                size_of::<T>(),
+            )
+        }
+        value
+    }
+
+    /// Copy `value`'s bytes into the region at `offset` (any alignment).
+    ///
+    /// # Panics
+    /// If `offset..offset + size_of::<T>()` is outside the region.
+    pub fn write_obj<T: IntoBytes + Immutable>(&self, offset: usize, value: &T) {
+        self.write_at(offset, value.as_bytes());
+    }
+
+    fn atomic_u8(&self, offset: usize) -> &AtomicU8 {
+        self.check(offset, 1);
+        // SAFETY: the byte lies inside the mapping (checked), which outlives the returned
+        // borrow of `self`; a u8 is always aligned; every access made through the result is
+        // atomic, which is how the device's writes and ours synchronise (accelerator.md §4).
+        unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) }
+    }
+
+    /// Load the byte at `offset` with acquire ordering: after it, the rest of an entry whose
+    /// phase byte the device wrote last is visible (`accelerator.md §4`).
+    ///
+    /// # Panics
+    /// If `offset` is outside the region.
+    pub fn load_u8_acquire(&self, offset: usize) -> u8 {
+        self.atomic_u8(offset).load(Ordering::Acquire)
+    }
+
+    /// Store `v` at `offset` with release ordering: everything written before is visible to
+    /// whoever acquire-loads this byte (the simulated device's side of the phase protocol).
+    ///
+    /// # Panics
+    /// If `offset` is outside the region.
+    pub fn store_u8_release(&self, offset: usize, v: u8) {
+        self.atomic_u8(offset).store(v, Ordering::Release);
+    }
+
+    /// Set `len` bytes at `offset` to `byte`.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) {
+        self.check(offset, len);
+        // SAFETY: the range lies inside the mapping (checked); raw writes, no reference formed.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) }
+    }
+}
+
+impl Drop for DmaRegion {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `new`; no reference into it exists, and
+        // a region still mapped on a device is never dropped (MappedRegion leaks it instead).
+        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
+            log::error!(
+                "munmap of DMA region ({} bytes at {:#x}) failed: {}",
+                self.len,
+                self.addr(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Try 2 MiB huge pages for regions of at least that size; `None` means "use 4 KiB pages".
+fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
+    if len < HUGE_PAGE_SIZE {
+        return None;
+    }
+    let huge_len = len.div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
+    match map_anonymous(huge_len, libc::MAP_HUGETLB | libc::MAP_HUGE_2MB) {
+        Ok(ptr) => Some((ptr, huge_len)),
+        Err(e) => {
+            // The common case on hosts without reserved huge pages (vm.nr_hugepages = 0).
+            log::debug!("no 2 MiB huge pages for a {huge_len}-byte DMA region ({e}); using 4 KiB pages");
+            None
+        }
+    }
+}
+
+fn map_anonymous(len: usize, extra_flags: libc::c_int) -> std::io::Result<NonNull<u8>> {
+    // SAFETY: anonymous private mapping with no address hint and no fd; the result is checked.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra_flags,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+fn advise_and_lock(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: `ptr..ptr+len` is a mapping this process just made; madvise does not touch data.
+    if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTFORK) } != 0 {
+        log::debug!(
+            "madvise(MADV_DONTFORK) on a DMA region failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: as above; mlock only faults the pages in and pins them.
+    if unsafe { libc::mlock(ptr.as_ptr().cast(), len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if !MLOCK_WARNED.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cannot lock {len} bytes of DMA memory ({e}); continuing unlocked. VFIO pins mapped \
+                 memory against RLIMIT_MEMLOCK: raise it (ulimit -l, LimitMEMLOCK= in systemd)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::KnownLayout;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    struct Entry {
+        tag: u16,
+        status: u8,
+        flags: u8,
+        bytes: u32,
+        detail: u64,
+    }
+
+    #[test]
+    fn small_regions_are_page_aligned_and_rounded() {
+        let r = DmaRegion::new(100).expect("map");
+        assert_eq!(r.len(), PAGE_SIZE);
+        assert_eq!(r.addr() % PAGE_SIZE as u64, 0);
+        assert!(!r.huge_pages());
+        let mut out = [0xffu8; 64];
+        r.read_at(0, &mut out);
+        assert_eq!(out, [0; 64], "fresh regions are zero-filled");
+    }
+
+    #[test]
+    fn large_regions_use_huge_pages_or_fall_back() {
+        let r = DmaRegion::new(HUGE_PAGE_SIZE + 1).expect("map");
+        if r.huge_pages() {
+            assert_eq!(r.len(), 2 * HUGE_PAGE_SIZE);
+            assert_eq!(r.addr() % HUGE_PAGE_SIZE as u64, 0);
+        } else {
+            assert_eq!(r.len(), HUGE_PAGE_SIZE + PAGE_SIZE);
+        }
+        r.write_at(r.len() - 4, b"last");
+        let mut out = [0u8; 4];
+        r.read_at(r.len() - 4, &mut out);
+        assert_eq!(&out, b"last");
+    }
+
+    #[test]
+    fn bytes_and_objects_round_trip_at_any_offset() {
+        let r = DmaRegion::new(PAGE_SIZE).expect("map");
+        r.write_at(7, b"scst");
+        let mut out = [0u8; 4];
+        r.read_at(7, &mut out);
+        assert_eq!(&out, b"scst");
+
+        let e = Entry {
+            tag: 0x1234,
+            status: 4,
+            flags: 1,
+            bytes: 4096,
+            detail: 0xdead_beef_0000_0001,
+        };
+        r.write_obj(33, &e); // unaligned on purpose
+        assert_eq!(r.read_obj::<Entry>(33), e);
+        assert_eq!(r.read_obj::<u16>(33), 0x1234);
+        let mut raw = [0u8; 16];
+        r.read_at(33, &mut raw);
+        assert_eq!(&raw[..4], &[0x34, 0x12, 4, 1], "little-endian wire layout");
+    }
+
+    #[test]
+    fn fill_and_phase_atomics() {
+        let r = DmaRegion::new(PAGE_SIZE).expect("map");
+        r.fill(0, PAGE_SIZE, 0xff);
+        assert_eq!(r.load_u8_acquire(PAGE_SIZE - 1), 0xff);
+        r.fill(16, 16, 0);
+        assert_eq!(r.read_obj::<[u8; 18]>(15), {
+            let mut v = [0u8; 18];
+            v[0] = 0xff;
+            v[17] = 0xff;
+            v
+        });
+        r.store_u8_release(19, 1);
+        assert_eq!(r.load_u8_acquire(19), 1);
+        assert_eq!(
+            r.read_obj::<Entry>(16).flags,
+            1,
+            "atomic and copy access see the same byte"
+        );
+    }
+
+    #[test]
+    fn phase_byte_publishes_an_entry_across_threads() {
+        // The device side writes the body, then the flags byte with release; the host side
+        // acquire-loads the flags and must then see the body (accelerator.md §4).
+        let r = std::sync::Arc::new(DmaRegion::new(PAGE_SIZE).expect("map"));
+        let writer = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                for i in 1..=200u32 {
+                    let off = (i as usize % 200) * 16;
+                    r.write_obj(off + 4, &i);
+                    r.store_u8_release(off + 3, 1);
+                }
+            })
+        };
+        let mut seen = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen < 200 && std::time::Instant::now() < deadline {
+            seen = 0;
+            for slot in 0..200usize {
+                if r.load_u8_acquire(slot * 16 + 3) == 1 {
+                    let v: u32 = r.read_obj(slot * 16 + 4);
+                    let expected = if slot == 0 { 200 } else { slot as u32 };
+                    assert_eq!(v, expected);
+                    seen += 1;
+                }
+            }
+        }
+        writer.join().expect("writer");
+        assert_eq!(seen, 200);
+    }
+
+    #[test]
+    fn invalid_lengths_are_refused() {
+        assert!(matches!(
+            DmaRegion::new(0),
+            Err(DmaError::InvalidLength { len: 0, .. })
+        ));
+        assert!(matches!(
+            DmaRegion::new(MAX_REGION_LEN + 1),
+            Err(DmaError::InvalidLength { .. })
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside DMA region")]
+    fn out_of_range_object_read_panics() {
+        let r = DmaRegion::new(PAGE_SIZE).expect("map");
+        let _: u64 = r.read_obj(PAGE_SIZE - 4);
+    }
+}

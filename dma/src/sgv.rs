@@ -1,0 +1,208 @@
+//! The SGV pool: command buffers handed to SCST, DMA-mapped once and reused.
+//!
+//! SCST caches the scatter-gather vectors of user buffers per size class and asks the
+//! handler for memory only on a cache miss (`scst_user.md §3.6`). This pool mirrors that on our
+//! side: power-of-two classes of 1..=1024 pages (orders 0..=10, SCST's `SGV_POOL_ELEMENTS`),
+//! each buffer a page-aligned [`PageBuffer`](crate::PageBuffer) mapped on the device at its own
+//! IOVA **once**, when first allocated, and kept mapped while it is cached. Larger requests get
+//! an exact buffer that is unmapped and freed as soon as it comes back (SCST never caches them
+//! either).
+//!
+//! - Fast path: a small per-thread stash per class (no shared lock); it spills half to the
+//!   shared free lists when it grows past its limit, and is drained by [`SgvPool::flush`] and
+//!   when its thread exits.
+//! - A cap on the bytes the pool holds (in use + cached): a miss that would pass it first evicts
+//!   idle cached buffers, then refuses at once with `None` (the caller answers BUSY or TASK SET
+//!   FULL). The pool never waits for a buffer to come back.
+//! - Buffers return by value ([`SgvPool::put`]) or by drop: a [`DmaBuffer`] is a moved handle,
+//!   so returning one twice does not compile. Returning one to the wrong pool is counted
+//!   (`foreign_puts`) and the buffer goes back to its own pool.
+//! - Teardown: [`SgvPool::shutdown`] unmaps every cached buffer and refuses (with the count)
+//!   while buffers are still out: those stay mapped, because a device may still hold them, and
+//!   are unmapped when they are finally returned.
+//!
+//! Locks: the pool has three kinds (a thread's stash, the shared free lists, the stash
+//! registry) and never holds two at once; the IOVA allocator's lock is only taken with none of
+//! them held. Unmapping (an ioctl on VFIO) happens with no pool lock held, so a pool call never
+//! blocks another thread's get/put on a system call.
+
+mod buffer;
+mod shared;
+mod stash;
+#[cfg(test)]
+mod tests;
+
+pub use buffer::DmaBuffer;
+
+use crate::IovaAllocator;
+use crate::PAGE_SIZE;
+use scst_accel_hal::DmaMapper;
+use shared::Shared;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// Number of cached size classes: orders 0..=10, 4 KiB to 4 MiB (`scst_user.md §3.6`).
+pub const SGV_CLASSES: usize = 11;
+
+/// Largest cached buffer: 1024 pages.
+pub const MAX_CACHED_LEN: usize = PAGE_SIZE << (SGV_CLASSES - 1);
+
+/// [`DmaBuffer::class`] of an exact, uncached buffer (larger than [`MAX_CACHED_LEN`]).
+pub const UNCACHED_CLASS: u8 = u8::MAX;
+
+/// The class and buffer size serving a request of `len` bytes.
+fn class_for(len: usize) -> (u8, usize) {
+    if len <= MAX_CACHED_LEN {
+        let pages = len.div_ceil(PAGE_SIZE).max(1);
+        let order = pages.next_power_of_two().trailing_zeros() as u8;
+        (order, PAGE_SIZE << order)
+    } else {
+        (UNCACHED_CLASS, len.div_ceil(PAGE_SIZE) * PAGE_SIZE)
+    }
+}
+
+/// A snapshot of the pool's counters. Taken from independent atomics: under concurrent use the
+/// fields may be from slightly different instants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers handed out and not yet returned.
+    pub in_use: u64,
+    /// Their bytes.
+    pub in_use_bytes: u64,
+    /// Idle buffers kept for reuse (shared lists and per-thread stashes).
+    pub cached: u64,
+    /// Their bytes.
+    pub cached_bytes: u64,
+    /// Bytes currently mapped on the device (0 for a host-only pool).
+    pub mapped_bytes: u64,
+    /// Buffers made (cache misses that succeeded).
+    pub allocations: u64,
+    /// Requests served from the cache.
+    pub reuses: u64,
+    /// Requests refused because of the byte cap.
+    pub refused: u64,
+    /// Requests that failed for another reason: no memory, no IOVA, the IOMMU refused.
+    pub failures: u64,
+    /// Buffers returned to this pool that belong to another (sent back to their own).
+    pub foreign_puts: u64,
+    /// Buffers whose unmap failed: leaked on purpose, still counted in `mapped_bytes`.
+    pub leaked: u64,
+}
+
+/// [`SgvPool::shutdown`] found buffers still in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{in_use} pool buffers ({in_use_bytes} bytes) are still in use: they stay mapped until returned \
+     (answer or abort their commands, after stopping or resetting the device, then return them)"
+)]
+pub struct PoolShutdownError {
+    /// Buffers still out.
+    pub in_use: u64,
+    /// Their bytes.
+    pub in_use_bytes: u64,
+    /// The counters after the flush.
+    pub stats: PoolStats,
+}
+
+/// The SGV pool. `Send + Sync`: share it by reference or `Arc` among worker threads.
+#[derive(Debug)]
+pub struct SgvPool {
+    shared: Arc<Shared>,
+}
+
+impl SgvPool {
+    /// A pool holding at most `max_bytes` (in use + cached). Where buffers are mapped:
+    /// - `mapper` and `iovas`: each buffer at an IOVA from `iovas` (shared with the rings of
+    ///   the same IOMMU domain);
+    /// - `mapper` only: IOVA = host virtual address (DPDK's "IOVA as VA" mode): only for an
+    ///   IOMMU whose window covers the process's addresses, and no other allocator may hand
+    ///   out IOVAs in that domain;
+    /// - neither: host-only buffers (RAM store, loopback); `iovas` alone is ignored.
+    pub fn new(
+        mapper: Option<Arc<dyn DmaMapper>>,
+        iovas: Option<Arc<Mutex<IovaAllocator>>>,
+        max_bytes: u64,
+    ) -> Self {
+        Self {
+            shared: Shared::new(mapper, iovas, max_bytes),
+        }
+    }
+
+    /// A buffer of at least `len` bytes: its class size (a power of two of pages up to
+    /// 4 MiB) or, above that, `len` rounded to pages. From the cache when one is idle,
+    /// otherwise made and mapped. `None` at once when the cap would be passed even after
+    /// evicting idle buffers (`refused`), or when memory, IOVA space or the IOMMU says no
+    /// (`failures`, logged): answer the command BUSY / TASK SET FULL.
+    pub fn get(&self, len: usize) -> Option<DmaBuffer> {
+        let (class, size) = class_for(len);
+        if class != UNCACHED_CLASS {
+            if let Some(slot) = Shared::take_cached(&self.shared, class) {
+                self.shared.counters.reuses.fetch_add(1, Ordering::Relaxed);
+                return Some(DmaBuffer::new(slot, self.shared.clone()));
+            }
+        }
+        let slot = self.shared.allocate(class, size)?;
+        Some(DmaBuffer::new(slot, self.shared.clone()))
+    }
+
+    /// Return `buffer` for reuse (the same as dropping it). A buffer from another pool is
+    /// counted in `foreign_puts`, logged at debug, and returned to its own pool.
+    pub fn put(&self, buffer: DmaBuffer) {
+        if !Arc::ptr_eq(buffer.pool(), &self.shared) {
+            self.shared.counters.foreign_puts.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "pool buffer at {:#x} returned to pool {} but belongs to pool {}; sent back to its own",
+                buffer.addr(),
+                self.shared.id,
+                buffer.pool().id
+            );
+        }
+        drop(buffer);
+    }
+
+    /// Unmap and free every cached (idle) buffer, on every thread. Buffers in use are not
+    /// touched. Returns how many were released. Call it outside command-path locks: it makes
+    /// one unmap ioctl per buffer.
+    pub fn flush(&self) -> usize {
+        self.shared.flush()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats()
+    }
+
+    /// Close the pool: flush it, and from now on unmap and free each buffer as it comes back.
+    ///
+    /// # Errors
+    /// [`PoolShutdownError`] when buffers are still in use: they stay mapped (a device may
+    /// still reach them) until they are returned.
+    pub fn shutdown(self) -> Result<PoolStats, PoolShutdownError> {
+        self.shared.close();
+        let released = self.shared.flush();
+        let stats = self.shared.stats();
+        log::info!(
+            "SGV pool {} shut down: {released} cached buffers released, {} in use, {} bytes still mapped",
+            self.shared.id,
+            stats.in_use,
+            stats.mapped_bytes
+        );
+        if stats.in_use > 0 {
+            return Err(PoolShutdownError {
+                in_use: stats.in_use,
+                in_use_bytes: stats.in_use_bytes,
+                stats,
+            });
+        }
+        Ok(stats)
+    }
+}
+
+impl Drop for SgvPool {
+    fn drop(&mut self) {
+        // Safety net when shutdown was skipped: the same close and flush.
+        self.shared.close();
+        self.shared.flush();
+    }
+}

@@ -1,0 +1,448 @@
+//! The pool's shared state: where buffers are mapped, the shared free lists, the registry of
+//! per-thread stashes, the byte cap and the counters.
+#![allow(unsafe_code)] // UNSAFETY: maps pool buffers on the device (`DmaMapper::map` is unsafe).
+
+use super::stash::local_stash;
+use super::stash::stash_limit;
+use super::stash::StashRef;
+use super::PoolStats;
+use super::SGV_CLASSES;
+use super::UNCACHED_CLASS;
+use crate::mapping::lock_iovas;
+use crate::IovaAllocator;
+use crate::PageBuffer;
+use crate::PAGE_SIZE;
+use scst_accel_hal::DmaMapper;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+
+/// Pool identities, never reused (thread-local stashes are keyed by them).
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An idle or in-use buffer as the pool keeps it. While `iova` is `Some`, the memory is mapped
+/// on the device and this `Arc` keeps it alive.
+pub(super) struct Slot {
+    pub(super) pages: Arc<PageBuffer>,
+    pub(super) iova: Option<u64>,
+    pub(super) class: u8,
+}
+
+impl Slot {
+    fn bytes(&self) -> u64 {
+        self.pages.len() as u64
+    }
+}
+
+/// Idle buffers by class, most recently returned last.
+#[derive(Default)]
+pub(super) struct Lists(pub(super) [Vec<Slot>; SGV_CLASSES]);
+
+impl Lists {
+    fn take_all(&mut self) -> Vec<Slot> {
+        self.0.iter_mut().flat_map(|list| list.drain(..)).collect()
+    }
+}
+
+/// Where the pool's buffers are mapped.
+enum Placement {
+    /// Not mapped (RAM store, loopback).
+    HostOnly,
+    /// At IOVAs from an allocator shared with the domain's rings.
+    Window {
+        mapper: Arc<dyn DmaMapper>,
+        iovas: Arc<Mutex<IovaAllocator>>,
+    },
+    /// At IOVA = host virtual address.
+    Identity { mapper: Arc<dyn DmaMapper> },
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    in_use: AtomicU64,
+    in_use_bytes: AtomicU64,
+    cached: AtomicU64,
+    cached_bytes: AtomicU64,
+    mapped_bytes: AtomicU64,
+    allocations: AtomicU64,
+    pub(super) reuses: AtomicU64,
+    refused: AtomicU64,
+    failures: AtomicU64,
+    pub(super) foreign_puts: AtomicU64,
+    leaked: AtomicU64,
+}
+
+/// Lock a pool mutex. Nothing panics while holding one, and every critical section leaves
+/// its lists consistent, so a poisoned lock is still usable; teardown must never panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) struct Shared {
+    pub(super) id: u64,
+    placement: Placement,
+    max_bytes: u64,
+    /// Bytes in use + cached (+ leaked): what the cap limits.
+    held: AtomicU64,
+    /// Set by shutdown/drop: returned buffers are released, not cached.
+    closed: AtomicBool,
+    free: Mutex<Lists>,
+    stashes: Mutex<Vec<StashRef>>,
+    pub(super) counters: Counters,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let placement = match self.placement {
+            Placement::HostOnly => "host-only",
+            Placement::Window { .. } => "iova-window",
+            Placement::Identity { .. } => "iova-as-va",
+        };
+        f.debug_struct("SgvPool")
+            .field("id", &self.id)
+            .field("placement", &placement)
+            .field("max_bytes", &self.max_bytes)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Shared {
+    pub(super) fn new(
+        mapper: Option<Arc<dyn DmaMapper>>,
+        iovas: Option<Arc<Mutex<IovaAllocator>>>,
+        max_bytes: u64,
+    ) -> Arc<Self> {
+        let placement = match (mapper, iovas) {
+            (Some(mapper), Some(iovas)) => Placement::Window { mapper, iovas },
+            (Some(mapper), None) => Placement::Identity { mapper },
+            (None, iovas) => {
+                if iovas.is_some() {
+                    log::debug!("SGV pool given an IOVA allocator but no mapper: buffers are host-only");
+                }
+                Placement::HostOnly
+            }
+        };
+        Arc::new(Self {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            placement,
+            max_bytes,
+            held: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            free: Mutex::default(),
+            stashes: Mutex::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    fn mapper(&self) -> Option<&Arc<dyn DmaMapper>> {
+        match &self.placement {
+            Placement::HostOnly => None,
+            Placement::Window { mapper, .. } | Placement::Identity { mapper } => Some(mapper),
+        }
+    }
+
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn note_handed_out(&self, bytes: u64) {
+        self.counters.in_use.fetch_add(1, Ordering::Relaxed);
+        self.counters.in_use_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn note_cached(&self, n: u64, bytes: u64) {
+        self.counters.cached.fetch_add(n, Ordering::Relaxed);
+        self.counters.cached_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn note_uncached(&self, n: u64, bytes: u64) {
+        self.counters.cached.fetch_sub(n, Ordering::Relaxed);
+        self.counters.cached_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn register_stash(&self, stash: StashRef) {
+        lock(&self.stashes).push(stash);
+    }
+
+    /// An idle buffer of `class`: this thread's stash first, then the shared list.
+    pub(super) fn take_cached(this: &Arc<Self>, class: u8) -> Option<Slot> {
+        let index = usize::from(class);
+        let from_stash = if stash_limit(class) > 0 {
+            local_stash(this).and_then(|stash| lock(&stash).0[index].pop())
+        } else {
+            None
+        };
+        let slot = from_stash.or_else(|| lock(&this.free).0[index].pop())?;
+        this.note_uncached(1, slot.bytes());
+        Some(slot)
+    }
+
+    /// Make (and map) a new buffer of `size` bytes, within the cap.
+    pub(super) fn allocate(&self, class: u8, size: usize) -> Option<Slot> {
+        let bytes = size as u64;
+        if !self.reserve(bytes) {
+            self.reclaim(bytes);
+            if !self.reserve(bytes) {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                log::debug!(
+                    "SGV pool {}: {size}-byte buffer refused, cap of {} bytes reached",
+                    self.id,
+                    self.max_bytes
+                );
+                return None;
+            }
+        }
+        let pages = match PageBuffer::new(size) {
+            Ok(pages) => Arc::new(pages),
+            Err(e) => {
+                log::warn!("SGV pool {}: cannot allocate a {size}-byte buffer: {e}", self.id);
+                return self.allocation_failed(bytes);
+            }
+        };
+        let Some(iova) = self.map(&pages) else {
+            return self.allocation_failed(bytes);
+        };
+        self.counters.allocations.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { pages, iova, class })
+    }
+
+    fn allocation_failed(&self, bytes: u64) -> Option<Slot> {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Map a new buffer: `Some(None)` for host-only, `Some(Some(iova))` when mapped, `None`
+    /// (logged) when no IOVA is free or the IOMMU refused.
+    fn map(&self, pages: &Arc<PageBuffer>) -> Option<Option<u64>> {
+        let len = pages.len() as u64;
+        let (mapper, iova) = match &self.placement {
+            Placement::HostOnly => return Some(None),
+            Placement::Window { mapper, iovas } => match lock_iovas(iovas).alloc(len, PAGE_SIZE as u64) {
+                Some(iova) => (mapper, iova),
+                None => {
+                    log::warn!(
+                        "SGV pool {}: no free IOVA range for a {len}-byte buffer (flush the pool or \
+                         enlarge the IOVA window)",
+                        self.id
+                    );
+                    return None;
+                }
+            },
+            Placement::Identity { mapper } => (mapper, pages.addr()),
+        };
+        // SAFETY: `pages` is anonymous memory of this process, accessed only by copies. The
+        // slot made from it holds this `Arc` until `release` has unmapped the range (and leaks
+        // it if the unmap fails), so the memory outlives the IOMMU mapping.
+        match unsafe { mapper.map(iova, pages.addr(), len) } {
+            Ok(()) => {
+                self.counters.mapped_bytes.fetch_add(len, Ordering::Relaxed);
+                Some(Some(iova))
+            }
+            Err(e) => {
+                log::warn!("SGV pool {}: cannot map a {len}-byte buffer: {e}", self.id);
+                if let Placement::Window { iovas, .. } = &self.placement {
+                    lock_iovas(iovas).free(iova, len);
+                }
+                None
+            }
+        }
+    }
+
+    fn reserve(&self, bytes: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&total| total <= self.max_bytes)
+            })
+            .is_ok()
+    }
+
+    /// Evict idle buffers (largest classes first, shared lists before stashes) until `bytes`
+    /// more fit under the cap, or nothing idle is left.
+    fn reclaim(&self, bytes: u64) {
+        let need = (self.held.load(Ordering::Relaxed).saturating_add(bytes)).saturating_sub(self.max_bytes);
+        let mut victims = Vec::new();
+        let mut got = 0u64;
+        let evict = |lists: &mut Lists, victims: &mut Vec<Slot>, got: &mut u64| {
+            for list in lists.0.iter_mut().rev() {
+                while *got < need {
+                    let Some(slot) = list.pop() else { break };
+                    *got += slot.bytes();
+                    victims.push(slot);
+                }
+            }
+        };
+        evict(&mut lock(&self.free), &mut victims, &mut got);
+        if got < need {
+            let stashes = lock(&self.stashes).clone();
+            for stash in stashes {
+                evict(&mut lock(&stash), &mut victims, &mut got);
+            }
+        }
+        if victims.is_empty() {
+            return;
+        }
+        self.note_uncached(victims.len() as u64, got);
+        log::debug!(
+            "SGV pool {}: evicting {} idle buffers ({got} bytes) to stay under the cap",
+            self.id,
+            victims.len()
+        );
+        for slot in victims {
+            self.release(slot);
+        }
+    }
+
+    /// Unmap (if mapped), return the IOVA and free the memory. On an unmap failure the memory
+    /// and the IOVA are leaked (the device may still reach them) and `false` is returned.
+    fn release(&self, slot: Slot) -> bool {
+        let bytes = slot.bytes();
+        if let (Some(iova), Some(mapper)) = (slot.iova, self.mapper()) {
+            if let Err(e) = mapper.unmap(iova, bytes) {
+                log::error!(
+                    "SGV pool {}: unmap of buffer at IOVA {iova:#x} ({bytes} bytes) failed: {e}; \
+                     leaking it, the device may still reach it",
+                    self.id
+                );
+                self.counters.leaked.fetch_add(1, Ordering::Relaxed);
+                std::mem::forget(slot.pages);
+                return false;
+            }
+            if let Placement::Window { iovas, .. } = &self.placement {
+                lock_iovas(iovas).free(iova, bytes);
+            }
+            self.counters.mapped_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// A buffer comes back (put or drop): into this thread's stash, else the shared lists;
+    /// released at once when uncached or when the pool is closed.
+    pub(super) fn give_back(this: &Arc<Self>, slot: Slot) {
+        let bytes = slot.bytes();
+        this.counters.in_use.fetch_sub(1, Ordering::Relaxed);
+        this.counters.in_use_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if slot.class == UNCACHED_CLASS || this.is_closed() {
+            this.release(slot);
+            return;
+        }
+        let limit = stash_limit(slot.class);
+        let stash = if limit > 0 { local_stash(this) } else { None };
+        let Some(stash) = stash else {
+            this.note_cached(1, bytes);
+            this.to_shared_lists(vec![slot]);
+            return;
+        };
+        let mut lists = lock(&stash);
+        // Checked under the stash lock: `flush` after `close` locks every stash, so a buffer
+        // either lands before that drain or sees `closed` here. Never stranded while mapped.
+        if this.is_closed() {
+            drop(lists);
+            this.release(slot);
+            return;
+        }
+        let list = &mut lists.0[usize::from(slot.class)];
+        list.push(slot);
+        this.note_cached(1, bytes);
+        let spill: Vec<Slot> = if list.len() > limit {
+            let keep = limit / 2;
+            list.drain(..list.len() - keep).collect()
+        } else {
+            Vec::new()
+        };
+        drop(lists);
+        this.to_shared_lists(spill);
+    }
+
+    /// Move cached slots to the shared lists (released instead if the pool is closed).
+    fn to_shared_lists(&self, slots: Vec<Slot>) {
+        if slots.is_empty() {
+            return;
+        }
+        let mut free = lock(&self.free);
+        if self.is_closed() {
+            drop(free);
+            let bytes = slots.iter().map(Slot::bytes).sum();
+            self.note_uncached(slots.len() as u64, bytes);
+            for slot in slots {
+                self.release(slot);
+            }
+            return;
+        }
+        for slot in slots {
+            free.0[usize::from(slot.class)].push(slot);
+        }
+    }
+
+    /// A thread is exiting: its stash joins the shared lists and leaves the registry.
+    pub(super) fn adopt_orphan(&self, stash: &StashRef) {
+        let slots = lock(stash).take_all();
+        lock(&self.stashes).retain(|s| !Arc::ptr_eq(s, stash));
+        self.to_shared_lists(slots);
+    }
+
+    /// Take every idle buffer out of every stash and the shared lists.
+    fn drain_all(&self) -> Vec<Slot> {
+        let stashes = lock(&self.stashes).clone();
+        let mut slots = Vec::new();
+        for stash in stashes {
+            slots.append(&mut lock(&stash).take_all());
+        }
+        slots.append(&mut lock(&self.free).take_all());
+        let bytes = slots.iter().map(Slot::bytes).sum();
+        self.note_uncached(slots.len() as u64, bytes);
+        slots
+    }
+
+    pub(super) fn flush(&self) -> usize {
+        let slots = self.drain_all();
+        let count = slots.len();
+        let released = slots
+            .into_iter()
+            .map(|slot| self.release(slot))
+            .filter(|&ok| ok)
+            .count();
+        if count > 0 {
+            log::debug!("SGV pool {}: flushed {released} of {count} idle buffers", self.id);
+        }
+        released
+    }
+
+    pub(super) fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PoolStats {
+            in_use: get(&c.in_use),
+            in_use_bytes: get(&c.in_use_bytes),
+            cached: get(&c.cached),
+            cached_bytes: get(&c.cached_bytes),
+            mapped_bytes: get(&c.mapped_bytes),
+            allocations: get(&c.allocations),
+            reuses: get(&c.reuses),
+            refused: get(&c.refused),
+            failures: get(&c.failures),
+            foreign_puts: get(&c.foreign_puts),
+            leaked: get(&c.leaked),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Last reference gone: the pool and every buffer. Nothing should be cached (the pool's
+        // drop flushed), but never leave memory mapped behind.
+        let released = self.flush();
+        if released > 0 {
+            log::debug!("SGV pool {}: released {released} buffers at final drop", self.id);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! [`InterruptLines`]: the simulated function's MSI-X vectors. The model raises a vector; if the
+//! driver has enabled it, its eventfd is signalled, as `VFIO_DEVICE_SET_IRQS` with
+//! `DATA_EVENTFD` wires a real vector to an eventfd.
+
+use std::fs::File;
+use std::io;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+use std::sync::RwLock;
+
+use crate::EventFd;
+use crate::HalError;
+
+/// The MSI-X vectors of one simulated function.
+#[derive(Debug)]
+pub struct InterruptLines {
+    device: String,
+    vectors: u32,
+    /// One entry per enabled vector: a duplicate of the descriptor handed to the driver, kept as
+    /// a `File` so that signalling is a plain `write(2)` of a u64 with no unsafe code.
+    lines: RwLock<Vec<File>>,
+    raised: AtomicU64,
+    delivered: AtomicU64,
+}
+
+impl InterruptLines {
+    /// `vectors` MSI-X vectors, all disabled, for the device named `device`.
+    pub fn new(device: &str, vectors: u32) -> Self {
+        Self {
+            device: device.to_owned(),
+            vectors,
+            lines: RwLock::new(Vec::new()),
+            raised: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }
+    }
+
+    /// The model asserts `vector`: its eventfd is signalled if the driver enabled it; otherwise
+    /// the message is lost, as an MSI-X write with the vector disabled is. A vector the
+    /// function does not have is a model bug: logged and ignored.
+    pub fn raise(&self, vector: u32) {
+        if vector >= self.vectors {
+            log::warn!(
+                "{}: model raised vector {vector} but the function has only {}",
+                self.device,
+                self.vectors
+            );
+            return;
+        }
+        self.raised.fetch_add(1, Ordering::Relaxed);
+        let lines = self.lines.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut line) = lines.get(vector as usize) else {
+            log::trace!("{}: vector {vector} raised while disabled", self.device);
+            return;
+        };
+        match line.write(&1u64.to_ne_bytes()) {
+            Ok(_) => {}
+            // EAGAIN: the counter is at its maximum, so the eventfd is readable anyway.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                log::warn!("{}: cannot signal vector {vector}: {e}", self.device);
+                return;
+            }
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times the model raised a valid vector, enabled or not.
+    pub fn raised(&self) -> u64 {
+        self.raised.load(Ordering::Relaxed)
+    }
+
+    /// Times a raise signalled an enabled vector's eventfd.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Vectors the function offers.
+    pub fn vectors(&self) -> u32 {
+        self.vectors
+    }
+
+    /// Vectors currently enabled (0: the driver polls).
+    pub fn enabled(&self) -> u32 {
+        self.lines.read().unwrap_or_else(PoisonError::into_inner).len() as u32
+    }
+
+    /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before.
+    pub(crate) fn enable(&self, count: u32) -> Result<Vec<EventFd>, HalError> {
+        let error = |source: io::Error| HalError::Interrupts {
+            device: self.device.clone(),
+            vectors: count,
+            source,
+        };
+        if count == 0 || count > self.vectors {
+            return Err(error(io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let mut handed_out = Vec::with_capacity(count as usize);
+        let mut kept = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let fd = EventFd::new().map_err(error)?;
+            kept.push(File::from(fd.as_fd().try_clone_to_owned().map_err(error)?));
+            handed_out.push(fd);
+        }
+        *self.lines.write().unwrap_or_else(PoisonError::into_inner) = kept;
+        log::debug!("{}: enabled {count} MSI-X vectors", self.device);
+        Ok(handed_out)
+    }
+
+    /// Disable every vector; the driver's eventfds stay open but are never signalled again.
+    pub(crate) fn disable(&self) {
+        self.lines.write().unwrap_or_else(PoisonError::into_inner).clear();
+        log::debug!("{}: disabled MSI-X", self.device);
+    }
+}

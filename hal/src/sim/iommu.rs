@@ -1,0 +1,360 @@
+//! [`Iommu`]: the simulated device's IOMMU domain, an IOVA → host page table kept by
+//! [`DmaMapper::map`]/[`DmaMapper::unmap`], and the only path from a device model to host
+//! memory.
+//!
+//! Like a real IOMMU it refuses overlapping or unaligned mappings, unmaps only what was mapped,
+//! and turns a device access to any unmapped byte into a recorded fault that moves no data.
+//! A copy holds the table's read lock from translation to the last byte, and an unmap takes the
+//! write lock, so when `unmap` returns no copy can still be touching that memory: the same
+//! guarantee an IOTLB flush gives the VFIO backend.
+// UNSAFETY: the device side copies to and from raw host addresses that the `DmaMapper::map`
+// contract keeps valid while mapped; implementing that `unsafe fn` also needs the opt-in.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
+use std::sync::RwLockWriteGuard;
+
+use crate::DmaMapper;
+use crate::HalError;
+
+/// IOMMU page size: mappings are made of whole 4 KiB pages, as with VFIO type1 on x86_64.
+pub const IOMMU_PAGE_SIZE: u64 = 4096;
+
+/// Faults kept for inspection by [`Iommu::faults`]; later ones are only counted.
+pub const FAULTS_KEPT: usize = 64;
+
+/// A device access that reached an unmapped IOVA. The access as the device issued it (start and
+/// length), not just the first unmapped byte, so a test can tell which transfer went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("IOMMU fault: device {} of {len} bytes at IOVA {iova:#x} reached unmapped memory", if *.write { "write" } else { "read" })]
+pub struct IommuFault {
+    /// First IOVA of the access.
+    pub iova: u64,
+    /// Length of the access in bytes.
+    pub len: u64,
+    /// Device write to host memory (true) or device read from it (false).
+    pub write: bool,
+}
+
+/// One `map` call's range. The host address is kept as a number: the table never dereferences
+/// it outside the copy functions below.
+#[derive(Clone, Copy, Debug)]
+struct Mapping {
+    host: u64,
+    len: u64,
+}
+
+/// The simulated IOMMU domain of one device.
+#[derive(Debug)]
+pub struct Iommu {
+    device: String,
+    /// IOVA of each mapping's first byte → mapping. Mappings never overlap.
+    table: RwLock<BTreeMap<u64, Mapping>>,
+    fault_count: AtomicU64,
+    faults: Mutex<Vec<IommuFault>>,
+    /// Largest total of mapped bytes `map` accepts (None: no limit), standing in for the
+    /// locked-memory limit (RLIMIT_MEMLOCK) that makes VFIO type1 refuse a map with ENOMEM.
+    map_limit: Mutex<Option<u64>>,
+    /// Copies between translation and their last byte; lets tests see that an unmap waited.
+    copies_in_flight: AtomicU64,
+}
+
+impl Iommu {
+    /// An empty domain for the device named `device` (used in errors and logs).
+    pub fn new(device: &str) -> Self {
+        Self {
+            device: device.to_owned(),
+            table: RwLock::new(BTreeMap::new()),
+            fault_count: AtomicU64::new(0),
+            faults: Mutex::new(Vec::new()),
+            map_limit: Mutex::new(None),
+            copies_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Device read of host memory: copy `out.len()` bytes at `iova` into `out`.
+    ///
+    /// # Errors
+    /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; `out` is then left
+    /// unchanged and no host memory was read.
+    pub fn dma_read(&self, iova: u64, out: &mut [u8]) -> Result<(), IommuFault> {
+        let len = out.len() as u64;
+        let table = self.read_table();
+        if !covered(&table, iova, len) {
+            return Err(self.fault(iova, len, false));
+        }
+        let _copy = CopyInFlight::new(&self.copies_in_flight);
+        for (host, at, seg) in Segments::new(&table, iova, len) {
+            // SAFETY: `host..host+seg` lies inside one live mapping (`Segments` walks only the
+            // translation `covered` just checked, under the same read lock), and the caller of
+            // `map` promised that memory stays valid until `unmap` returns, which needs the write
+            // lock we exclude. `out` is a Rust reference, which the map contract forbids into
+            // mapped memory, so the ranges cannot overlap.
+            unsafe { copy_from_host(host, &mut out[at..at + seg]) };
+        }
+        Ok(())
+    }
+
+    /// Device write to host memory: copy `data` to `iova`.
+    ///
+    /// # Errors
+    /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; no host memory is
+    /// then written, not even the mapped part.
+    pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+        let len = data.len() as u64;
+        let table = self.read_table();
+        if !covered(&table, iova, len) {
+            return Err(self.fault(iova, len, true));
+        }
+        let _copy = CopyInFlight::new(&self.copies_in_flight);
+        for (host, at, seg) in Segments::new(&table, iova, len) {
+            // SAFETY: as in `dma_read`: `host..host+seg` is inside a mapping that cannot be
+            // unmapped while we hold the read lock, and `data` (a Rust reference) cannot overlap
+            // mapped memory by the map contract.
+            unsafe { copy_to_host(&data[at..at + seg], host) };
+        }
+        Ok(())
+    }
+
+    /// Faults since the domain was created.
+    pub fn fault_count(&self) -> u64 {
+        self.fault_count.load(Ordering::Relaxed)
+    }
+
+    /// The first [`FAULTS_KEPT`] faults, oldest first.
+    pub fn faults(&self) -> Vec<IommuFault> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Bytes currently mapped.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.read_table().values().map(|m| m.len).sum()
+    }
+
+    /// Mappings currently live (one per successful `map` not yet unmapped).
+    pub fn mappings(&self) -> usize {
+        self.read_table().len()
+    }
+
+    /// Limit the bytes that may be mapped at once (None: no limit); a `map` that would exceed it
+    /// fails with ENOMEM, as VFIO does at the locked-memory limit. Lets tests exercise a
+    /// driver's handling of that error. Existing mappings are kept even if above a new limit.
+    pub fn set_map_limit(&self, limit: Option<u64>) {
+        *self.map_limit.lock().unwrap_or_else(PoisonError::into_inner) = limit;
+    }
+
+    /// Copies currently between translation and their last byte.
+    #[cfg(test)]
+    pub(crate) fn copies_in_flight(&self) -> u64 {
+        self.copies_in_flight.load(Ordering::SeqCst)
+    }
+
+    fn fault(&self, iova: u64, len: u64, write: bool) -> IommuFault {
+        let fault = IommuFault { iova, len, write };
+        let n = self.fault_count.fetch_add(1, Ordering::Relaxed);
+        if (n as usize) < FAULTS_KEPT {
+            log::warn!("{}: {fault}", self.device);
+            let mut kept = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+            if kept.len() < FAULTS_KEPT {
+                kept.push(fault);
+            }
+        } else {
+            log::debug!("{}: {fault} (fault #{})", self.device, n + 1);
+        }
+        fault
+    }
+
+    // A panic while holding the lock cannot leave the table half-updated (every update is one
+    // insert or remove), so a poisoned lock is still consistent and is used as is.
+    fn read_table(&self) -> RwLockReadGuard<'_, BTreeMap<u64, Mapping>> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_table(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, Mapping>> {
+        self.table.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn map_error(&self, iova: u64, len: u64, errno: i32) -> HalError {
+        HalError::Map {
+            device: self.device.clone(),
+            iova,
+            len,
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+}
+
+impl DmaMapper for Iommu {
+    /// Add `iova..iova+len` → `host..host+len` to the table.
+    ///
+    /// # Safety
+    /// As [`DmaMapper::map`]: the host range stays valid, and is never accessed through Rust
+    /// references, until `unmap` of the same range returns.
+    ///
+    /// # Errors
+    /// [`HalError::Map`] with EINVAL for a zero length, an IOVA, host address or length that is
+    /// not a multiple of 4 KiB, a null host address or a range that wraps; EEXIST when the IOVA
+    /// range overlaps an existing mapping; ENOMEM above the limit set by
+    /// [`Iommu::set_map_limit`].
+    unsafe fn map(&self, iova: u64, host: u64, len: u64) -> Result<(), HalError> {
+        let aligned = [iova, host, len]
+            .iter()
+            .all(|v| v.is_multiple_of(IOMMU_PAGE_SIZE));
+        if len == 0
+            || !aligned
+            || host == 0
+            || iova.checked_add(len).is_none()
+            || host.checked_add(len).is_none()
+        {
+            return Err(self.map_error(iova, len, libc::EINVAL));
+        }
+        let mut table = self.write_table();
+        let end = iova + len;
+        // Only the mapping starting at or before `iova`, and any starting inside the new range,
+        // can overlap it: mappings in the table never overlap each other.
+        let below = table
+            .range(..=iova)
+            .next_back()
+            .is_some_and(|(&start, m)| start + m.len > iova);
+        let inside = table.range(iova..end).next().is_some();
+        if below || inside {
+            return Err(self.map_error(iova, len, libc::EEXIST));
+        }
+        let limit = *self.map_limit.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(limit) = limit {
+            let mapped: u64 = table.values().map(|m| m.len).sum();
+            if mapped.saturating_add(len) > limit {
+                return Err(self.map_error(iova, len, libc::ENOMEM));
+            }
+        }
+        table.insert(iova, Mapping { host, len });
+        log::trace!("{}: mapped {len:#x} bytes at IOVA {iova:#x}", self.device);
+        Ok(())
+    }
+
+    /// Remove the mapping made by one `map(iova, _, len)`. Waits for copies in progress (they hold
+    /// the read lock), so when it returns the model can no longer reach that memory.
+    ///
+    /// # Errors
+    /// [`HalError::Unmap`] with ENOENT unless exactly that range is mapped.
+    fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError> {
+        let mut table = self.write_table();
+        match table.get(&iova) {
+            Some(m) if m.len == len => {
+                table.remove(&iova);
+                log::trace!("{}: unmapped {len:#x} bytes at IOVA {iova:#x}", self.device);
+                Ok(())
+            }
+            _ => Err(HalError::Unmap {
+                device: self.device.clone(),
+                iova,
+                len,
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            }),
+        }
+    }
+}
+
+/// Whether every byte of `iova..iova+len` is mapped (a zero-length access touches nothing and is
+/// always allowed; a range that wraps never is).
+fn covered(table: &BTreeMap<u64, Mapping>, iova: u64, len: u64) -> bool {
+    let Some(end) = iova.checked_add(len) else {
+        return false;
+    };
+    let mut at = iova;
+    while at < end {
+        match table.range(..=at).next_back() {
+            // `start + m.len` cannot wrap: `map` refused ranges that do.
+            Some((&start, m)) if at < start + m.len => at = start + m.len,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The host pieces of an IOVA range already checked by [`covered`]: yields
+/// `(host address, offset into the access, length)`.
+struct Segments<'a> {
+    table: &'a BTreeMap<u64, Mapping>,
+    iova: u64,
+    at: u64,
+    end: u64,
+}
+
+impl<'a> Segments<'a> {
+    fn new(table: &'a BTreeMap<u64, Mapping>, iova: u64, len: u64) -> Self {
+        Self {
+            table,
+            iova,
+            at: iova,
+            end: iova.saturating_add(len),
+        }
+    }
+}
+
+impl Iterator for Segments<'_> {
+    type Item = (u64, usize, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.end {
+            return None;
+        }
+        let (&start, m) = self.table.range(..=self.at).next_back()?;
+        let seg_end = (start + m.len).min(self.end);
+        if seg_end <= self.at {
+            // Not covered: cannot happen after `covered`, but stop rather than loop.
+            return None;
+        }
+        let item = (
+            m.host + (self.at - start),
+            (self.at - self.iova) as usize,
+            (seg_end - self.at) as usize,
+        );
+        self.at = seg_end;
+        Some(item)
+    }
+}
+
+/// Counts a copy in progress for as long as it lives.
+struct CopyInFlight<'a>(&'a AtomicU64);
+
+impl<'a> CopyInFlight<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for CopyInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Copy host memory at `host` into `out`. A byte copy, never a reference: the driver may be
+/// writing the same memory (that is a driver bug, with torn data as on hardware).
+///
+/// # Safety
+/// `host..host+out.len()` must be readable memory of this process, valid for the whole call,
+/// and must not overlap `out`.
+unsafe fn copy_from_host(host: u64, out: &mut [u8]) {
+    // SAFETY: the caller guarantees the source range is valid and disjoint from `out`.
+    unsafe { std::ptr::copy_nonoverlapping(host as *const u8, out.as_mut_ptr(), out.len()) }
+}
+
+/// Copy `data` into host memory at `host`.
+///
+/// # Safety
+/// `host..host+data.len()` must be writable memory of this process, valid for the whole call,
+/// not referenced by any live Rust reference, and must not overlap `data`.
+unsafe fn copy_to_host(data: &[u8], host: u64) {
+    // SAFETY: the caller guarantees the destination range is valid, unaliased and disjoint.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), host as *mut u8, data.len()) }
+}

@@ -1,0 +1,357 @@
+//! Tests of the IOMMU model: the map/unmap rules, translation across mappings, faults that move
+//! no data, and unmap waiting for copies in progress.
+// UNSAFETY: the tests own raw anonymous memory (mmap/munmap) to map into the IOMMU, and `map`
+// itself is an unsafe fn.
+#![allow(unsafe_code)]
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use super::Iommu;
+use super::IommuFault;
+use crate::DmaMapper;
+use crate::HalError;
+
+const PAGE: u64 = 4096;
+
+/// Anonymous page-aligned memory accessed only by copies, as DMA memory must be.
+struct TestMemory {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: plain memory owned by this handle and only copied to or from through raw pointers.
+unsafe impl Send for TestMemory {}
+// SAFETY: as for Send; concurrent raw copies are what the IOMMU model does to DMA memory.
+unsafe impl Sync for TestMemory {}
+
+impl TestMemory {
+    fn new(len: usize, fill: u8) -> Self {
+        // SAFETY: an anonymous private mapping with no address hint; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap of {len} bytes failed");
+        let mem = Self { ptr: ptr.cast(), len };
+        // SAFETY: `ptr..ptr+len` is the mapping just made and nothing else refers to it.
+        unsafe { std::ptr::write_bytes(mem.ptr, fill, len) };
+        mem
+    }
+
+    fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+        assert!(offset + len <= self.len);
+        let mut out = vec![0; len];
+        // SAFETY: the range was checked to lie inside the mapping, which lives as long as self.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), len) };
+        out
+    }
+
+    fn write(&self, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= self.len);
+        // SAFETY: as in `read`; the memory is never borrowed as a Rust reference.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+    }
+}
+
+impl Drop for TestMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `new`; no reference into it exists.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Map `mem` at `iova`.
+fn map(iommu: &Iommu, iova: u64, mem: &TestMemory) -> Result<(), HalError> {
+    // SAFETY: every test unmaps (or drops the Iommu) before dropping `mem`, and touches `mem`
+    // only through raw copies.
+    unsafe { iommu.map(iova, mem.addr(), mem.len as u64) }
+}
+
+fn map_errno(result: Result<(), HalError>) -> Option<i32> {
+    match result {
+        Err(HalError::Map { source, .. }) => source.raw_os_error(),
+        other => panic!("expected a map error, got {other:?}"),
+    }
+}
+
+fn unmap_errno(result: Result<(), HalError>) -> Option<i32> {
+    match result {
+        Err(HalError::Unmap { source, .. }) => source.raw_os_error(),
+        other => panic!("expected an unmap error, got {other:?}"),
+    }
+}
+
+#[test]
+fn map_refuses_zero_unaligned_null_and_wrapping_ranges() {
+    let iommu = Iommu::new("sim-test");
+    let mem = TestMemory::new(2 * PAGE as usize, 0);
+    let host = mem.addr();
+    let cases = [
+        (0x1_0000, host, 0),                   // zero length
+        (0x1_0800, host, PAGE),                // unaligned IOVA
+        (0x1_0000, host + 8, PAGE),            // unaligned host address
+        (0x1_0000, host, PAGE + 512),          // unaligned length
+        (0x1_0000, 0, PAGE),                   // null host address
+        (u64::MAX - PAGE + 1, host, 2 * PAGE), // IOVA range wraps
+    ];
+    for (iova, host, len) in cases {
+        // SAFETY: every case is refused, so nothing is mapped.
+        let result = unsafe { iommu.map(iova, host, len) };
+        assert_eq!(
+            map_errno(result),
+            Some(libc::EINVAL),
+            "iova {iova:#x} host {host:#x} len {len:#x}"
+        );
+    }
+    assert_eq!(iommu.mappings(), 0);
+    assert_eq!(iommu.mapped_bytes(), 0);
+}
+
+#[test]
+fn map_refuses_overlaps_and_accepts_neighbours() {
+    let iommu = Iommu::new("sim-test");
+    let mem = TestMemory::new(4 * PAGE as usize, 0);
+    // Existing mapping: 0x10000..0x12000.
+    // SAFETY: `mem` outlives `iommu`'s mappings (unmapped by dropping `iommu` first).
+    unsafe { iommu.map(0x1_0000, mem.addr(), 2 * PAGE) }.expect("first mapping");
+    let overlapping = [
+        (0x1_0000, 2 * PAGE), // identical
+        (0x1_1000, PAGE),     // inside
+        (0xF000, 2 * PAGE),   // ends inside
+        (0x1_1000, 2 * PAGE), // starts inside
+        (0xF000, 4 * PAGE),   // contains it
+    ];
+    for (iova, len) in overlapping {
+        // SAFETY: refused, nothing mapped.
+        let result = unsafe { iommu.map(iova, mem.addr(), len) };
+        assert_eq!(
+            map_errno(result),
+            Some(libc::EEXIST),
+            "iova {iova:#x} len {len:#x}"
+        );
+    }
+    // Neighbours on both sides touch but do not overlap.
+    // SAFETY: as above.
+    unsafe { iommu.map(0xF000, mem.addr(), PAGE) }.expect("mapping below");
+    // SAFETY: as above.
+    unsafe { iommu.map(0x1_2000, mem.addr(), PAGE) }.expect("mapping above");
+    assert_eq!(iommu.mappings(), 3);
+    assert_eq!(iommu.mapped_bytes(), 4 * PAGE);
+    drop(iommu);
+}
+
+#[test]
+fn unmap_removes_exact_ranges_only() {
+    let iommu = Iommu::new("sim-test");
+    let mem = TestMemory::new(4 * PAGE as usize, 0);
+    map(&iommu, 0x2_0000, &mem).expect("map");
+    for (iova, len) in [
+        (0x2_0000, PAGE),     // part of it
+        (0x2_1000, 3 * PAGE), // its tail
+        (0x2_0000, 8 * PAGE), // more than it
+        (0x4_0000, 4 * PAGE), // nothing mapped there
+    ] {
+        assert_eq!(
+            unmap_errno(iommu.unmap(iova, len)),
+            Some(libc::ENOENT),
+            "iova {iova:#x} len {len:#x}"
+        );
+    }
+    assert_eq!(iommu.mappings(), 1);
+    iommu.unmap(0x2_0000, 4 * PAGE).expect("exact unmap");
+    assert_eq!(iommu.mappings(), 0);
+    assert_eq!(iommu.mapped_bytes(), 0);
+    assert_eq!(unmap_errno(iommu.unmap(0x2_0000, 4 * PAGE)), Some(libc::ENOENT));
+    // The device can no longer reach it.
+    let mut out = [0u8; 4];
+    assert!(iommu.dma_read(0x2_0000, &mut out).is_err());
+}
+
+#[test]
+fn map_beyond_the_limit_is_refused_with_enomem() {
+    let iommu = Iommu::new("sim-test");
+    let mem = TestMemory::new(4 * PAGE as usize, 0);
+    iommu.set_map_limit(Some(3 * PAGE));
+    // SAFETY: `mem` outlives the mappings (unmapped below).
+    unsafe { iommu.map(0x1_0000, mem.addr(), 2 * PAGE) }.expect("within the limit");
+    // SAFETY: refused, nothing mapped.
+    let result = unsafe { iommu.map(0x8_0000, mem.addr(), 2 * PAGE) };
+    assert_eq!(map_errno(result), Some(libc::ENOMEM));
+    assert_eq!(iommu.mapped_bytes(), 2 * PAGE);
+    iommu.set_map_limit(None);
+    // SAFETY: as above.
+    unsafe { iommu.map(0x8_0000, mem.addr(), 2 * PAGE) }.expect("no limit");
+    iommu.unmap(0x1_0000, 2 * PAGE).expect("unmap");
+    iommu.unmap(0x8_0000, 2 * PAGE).expect("unmap");
+}
+
+#[test]
+fn dma_crosses_adjacent_mappings_of_separate_host_memory() {
+    let iommu = Iommu::new("sim-test");
+    // Two host buffers that are not adjacent in host memory, adjacent in IOVA space.
+    let low = TestMemory::new(PAGE as usize, 0);
+    let high = TestMemory::new(2 * PAGE as usize, 0);
+    map(&iommu, 0x10_0000, &low).expect("map low");
+    map(&iommu, 0x10_1000, &high).expect("map high");
+
+    let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let iova = 0x10_1000 - 1000;
+    iommu.dma_write(iova, &data).expect("write across the boundary");
+    assert_eq!(low.read(PAGE as usize - 1000, 1000), data[..1000]);
+    assert_eq!(high.read(0, 2000), data[1000..]);
+    // Bytes around the written range are untouched.
+    assert_eq!(low.read(0, PAGE as usize - 1000), vec![0; PAGE as usize - 1000]);
+    assert_eq!(high.read(2000, 100), vec![0; 100]);
+
+    let mut back = vec![0u8; 3000];
+    iommu.dma_read(iova, &mut back).expect("read across the boundary");
+    assert_eq!(back, data);
+
+    // The device sees what the host wrote, across the boundary too.
+    low.write(PAGE as usize - 4, b"host");
+    high.write(0, b"data");
+    let mut seen = [0u8; 8];
+    iommu
+        .dma_read(0x10_1000 - 4, &mut seen)
+        .expect("read host-written bytes");
+    assert_eq!(&seen, b"hostdata");
+    assert_eq!(iommu.fault_count(), 0);
+
+    iommu.unmap(0x10_0000, PAGE).expect("unmap low");
+    iommu.unmap(0x10_1000, 2 * PAGE).expect("unmap high");
+}
+
+#[test]
+fn access_to_any_unmapped_byte_faults_and_moves_no_data() {
+    let iommu = Iommu::new("sim-test");
+    let mem = TestMemory::new(PAGE as usize, 0x5A);
+    map(&iommu, 0x20_0000, &mem).expect("map");
+
+    // A write that runs one byte past the mapping: nothing at all is written.
+    let write = iommu.dma_write(0x20_0000 + 100, &vec![0xEE; PAGE as usize - 99]);
+    assert_eq!(
+        write,
+        Err(IommuFault {
+            iova: 0x20_0000 + 100,
+            len: PAGE - 99,
+            write: true
+        })
+    );
+    assert_eq!(mem.read(0, PAGE as usize), vec![0x5A; PAGE as usize]);
+
+    // A read that starts before the mapping: the destination is left as it was.
+    let mut out = vec![0xAAu8; 64];
+    let read = iommu.dma_read(0x20_0000 - 32, &mut out);
+    assert_eq!(
+        read,
+        Err(IommuFault {
+            iova: 0x20_0000 - 32,
+            len: 64,
+            write: false
+        })
+    );
+    assert_eq!(out, vec![0xAA; 64]);
+
+    // An access whose range wraps around the IOVA space.
+    let mut small = [0u8; 8];
+    assert!(iommu.dma_read(u64::MAX - 3, &mut small).is_err());
+
+    assert_eq!(iommu.fault_count(), 3);
+    let faults = iommu.faults();
+    assert_eq!(faults.len(), 3);
+    assert_eq!(faults[0], write.expect_err("fault"));
+    assert_eq!(faults[1], read.expect_err("fault"));
+    assert!(!faults[2].write);
+
+    // A zero-length access touches no byte, so it is not a fault.
+    iommu.dma_write(0x99_0000, &[]).expect("empty write");
+    assert_eq!(iommu.fault_count(), 3);
+    iommu.unmap(0x20_0000, PAGE).expect("unmap");
+}
+
+#[test]
+fn fault_log_keeps_the_first_faults_and_counts_all() {
+    let iommu = Iommu::new("sim-test");
+    for i in 0..100u64 {
+        assert!(iommu.dma_write(i * PAGE, &[1]).is_err());
+    }
+    assert_eq!(iommu.fault_count(), 100);
+    let faults = iommu.faults();
+    assert_eq!(faults.len(), super::iommu::FAULTS_KEPT);
+    assert_eq!(faults[0].iova, 0);
+    assert_eq!(
+        faults[super::iommu::FAULTS_KEPT - 1].iova,
+        (super::iommu::FAULTS_KEPT as u64 - 1) * PAGE
+    );
+}
+
+#[test]
+fn unmap_waits_for_a_copy_in_progress() {
+    // A large copy keeps the read lock long enough that the unmap below almost always lands in
+    // the middle of one; the unmap must then wait for it to finish before returning.
+    const LEN: usize = 64 << 20;
+    const IOVA: u64 = 0x1_0000_0000;
+    let iommu = Arc::new(Iommu::new("sim-test"));
+    let mem = TestMemory::new(LEN, 0xC3);
+    map(&iommu, IOVA, &mem).expect("map");
+
+    let (done_tx, done_rx) = mpsc::channel();
+    let device = Arc::clone(&iommu);
+    std::thread::spawn(move || {
+        let mut out = vec![0u8; LEN];
+        let mut complete_copies = 0u64;
+        // Copy until the mapping is gone; every copy that succeeds must be complete and intact.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            out.fill(0);
+            match device.dma_read(IOVA, &mut out) {
+                Ok(()) => {
+                    if out.iter().any(|&b| b != 0xC3) {
+                        let _ = done_tx.send(Err("a copy returned torn data"));
+                        return;
+                    }
+                    complete_copies += 1;
+                }
+                Err(_) => {
+                    let _ = done_tx.send(Ok(complete_copies));
+                    return;
+                }
+            }
+        }
+        let _ = done_tx.send(Err("the mapping never went away"));
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while iommu.copies_in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the device thread never started a copy"
+        );
+        std::thread::yield_now();
+    }
+    iommu.unmap(IOVA, LEN as u64).expect("unmap");
+    // The copy that was in progress has finished, and no new copy can translate this range.
+    assert_eq!(iommu.copies_in_flight(), 0);
+    // Freeing the memory now is what a pool does after unmap; a copy still running would fault.
+    drop(mem);
+
+    let copies = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("device thread finished")
+        .expect("device thread saw only whole copies");
+    assert!(copies >= 1, "the copy in progress during unmap completed");
+    assert_eq!(iommu.fault_count(), 1);
+}

@@ -1,0 +1,200 @@
+//! What stands behind the SCSI engine: the RAM store, or an SCA-1 board (simulated or on PCIe)
+//! with its SGV pool of DMA-mapped buffers; and the ordered release of both.
+
+use crate::disk::DiskArgs;
+use clap::ValueEnum;
+use scst_accel_boards::definition;
+use scst_accel_boards::open::open_board;
+use scst_accel_boards::open::BoardSource;
+use scst_accel_boards::sca1::device_mapper;
+use scst_accel_boards::sim::Fault;
+use scst_accel_boards::sim::SimConfig;
+use scst_accel_boards::sim::SimHandle;
+use scst_accel_dma::PoolStats;
+use scst_accel_dma::SgvPool;
+use scst_accel_handler::store::accel::AccelConfig;
+use scst_accel_handler::store::accel::AccelStore;
+use scst_accel_handler::store::ram::RamStore;
+use scst_accel_handler::store::Store;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// `--board`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BoardArg {
+    /// Process memory, no accelerator.
+    Ram,
+    /// The simulated SCA-1 accelerator (DMA through an IOMMU model; faults with --inject).
+    Sim,
+    /// An SCA-1 accelerator on PCIe through VFIO (needs --pci).
+    Sca1,
+}
+
+/// The store, its buffer pool, and the board behind them.
+pub struct Backend {
+    /// The store the frontend uses.
+    pub store: Arc<dyn Store>,
+    /// Command buffers.
+    pub pool: Arc<SgvPool>,
+    accel: Option<Arc<AccelStore>>,
+    /// Fault injection and statistics of a simulated board.
+    pub sim: Option<SimHandle>,
+}
+
+/// Figures of a backend at release.
+#[derive(Clone, Debug, Default)]
+pub struct BackendReport {
+    /// IOMMU faults the simulated device took (0 on other boards: not observable).
+    pub iommu_faults: u64,
+    /// Requests the device completed with an error status.
+    pub device_errors: u64,
+    /// Requests failed by timeout escalation.
+    pub timeouts: u64,
+    /// Function resets during the run (recovery).
+    pub resets: u64,
+    /// Completions with unknown or duplicated tags, ignored.
+    pub unknown_tags: u64,
+    /// Pool figures before release.
+    pub pool: PoolStats,
+    /// Bytes still mapped after release (must be 0).
+    pub mapped_after: u64,
+    /// Buffers the pool could not release because something still held them.
+    pub leaked_buffers: u64,
+}
+
+/// Build the backend for `board`.
+///
+/// # Errors
+/// A message naming what failed and what to do.
+pub fn build(
+    board: BoardArg,
+    disk: &DiskArgs,
+    blocks: u64,
+    pci: Option<&str>,
+    faults: &[Fault],
+) -> Result<Backend, String> {
+    let queues = disk.workers as u32;
+    let (def, source) = match board {
+        BoardArg::Ram => {
+            let store = Arc::new(RamStore::new(disk.block_size, blocks, disk.max_transfer_blocks));
+            let pool = Arc::new(SgvPool::new(None, None, disk.buffer_memory));
+            return Ok(Backend {
+                store,
+                pool,
+                accel: None,
+                sim: None,
+            });
+        }
+        BoardArg::Sim => {
+            let config = SimConfig {
+                queues: queues.max(definition::SIM.queues),
+                block_size: disk.block_size,
+                num_blocks: blocks,
+                ..SimConfig::default()
+            };
+            (&definition::SIM, BoardSource::Sim(config))
+        }
+        BoardArg::Sca1 => {
+            let address = pci.ok_or("--board sca1 needs --pci ADDRESS (e.g. 0000:03:00.0)")?;
+            (&definition::SCA1_PCI, BoardSource::Pci(address.to_owned()))
+        }
+    };
+    let opened = open_board(def, source, queues).map_err(|e| error_chain(&e))?;
+    if opened.queues.len() < disk.workers {
+        return Err(format!(
+            "board {} offers {} queues for {} workers; lower --workers",
+            def.name,
+            opened.queues.len(),
+            disk.workers
+        ));
+    }
+    if let Some(sim) = &opened.sim {
+        for fault in faults {
+            log::info!("injecting {fault:?}");
+            sim.inject(*fault);
+        }
+    } else if !faults.is_empty() {
+        return Err("--inject works only with --board sim".into());
+    }
+    let mapper = device_mapper(Arc::clone(opened.sca1.device()));
+    let pool = Arc::new(SgvPool::new(
+        Some(mapper),
+        Some(Arc::clone(opened.sca1.iovas())),
+        disk.buffer_memory,
+    ));
+    let accel = Arc::new(AccelStore::new(
+        opened.sca1,
+        opened.queues,
+        AccelConfig::default(),
+    ));
+    let store: Arc<dyn Store> = accel.clone();
+    Ok(Backend {
+        store,
+        pool,
+        accel: Some(accel),
+        sim: opened.sim,
+    })
+}
+
+impl Backend {
+    /// Release in the only safe order (architecture.md §5): the frontend is already shut
+    /// down (SCST holds no buffer); reset the board so no DMA can happen, drop the queues
+    /// (unmapping their rings), then flush and unmap the pool.
+    pub fn shutdown(self) -> BackendReport {
+        let mut report = BackendReport::default();
+        let Backend {
+            store,
+            pool,
+            accel,
+            sim,
+        } = self;
+        drop(store);
+        if let Some(accel) = accel {
+            let c = accel.counters();
+            report.device_errors = c.device_errors.load(Ordering::Relaxed);
+            report.timeouts = c.timeouts.load(Ordering::Relaxed);
+            report.resets = c.resets.load(Ordering::Relaxed);
+            report.unknown_tags = c.unknown_tags.load(Ordering::Relaxed);
+            if let Err(e) = accel.board().reset() {
+                log::warn!("{}: reset at shutdown: {e}", accel.board().id());
+            }
+            drop(accel);
+        }
+        report.pool = pool.stats();
+        match Arc::try_unwrap(pool) {
+            Ok(pool) => match pool.shutdown() {
+                Ok(stats) => report.mapped_after = stats.mapped_bytes,
+                Err(e) => {
+                    log::error!("buffer pool: {e}");
+                    report.leaked_buffers = report.pool.in_use;
+                    report.mapped_after = report.pool.mapped_bytes;
+                }
+            },
+            Err(pool) => {
+                let stats = pool.stats();
+                log::error!(
+                    "buffer pool still shared at shutdown: {} buffers in use",
+                    stats.in_use
+                );
+                report.leaked_buffers = stats.in_use;
+                report.mapped_after = stats.mapped_bytes;
+            }
+        }
+        if let Some(sim) = sim {
+            report.iommu_faults = sim.stats().iommu_faults;
+        }
+        report
+    }
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
