@@ -125,7 +125,10 @@ pub fn build(
     let accel = Arc::new(AccelStore::new(
         opened.sca1,
         opened.queues,
-        AccelConfig::default(),
+        AccelConfig {
+            command_timeout: disk.command_timeout,
+            ..AccelConfig::default()
+        },
     ));
     let store: Arc<dyn Store> = accel.clone();
     Ok(Backend {

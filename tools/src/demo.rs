@@ -115,22 +115,34 @@ struct Outcome {
     devices_left: usize,
 }
 
+/// Check the arguments; returns the disk's block count.
+pub fn validate(args: &DemoArgs) -> Result<u64, String> {
+    let blocks = args.disk.validate()?;
+    if args.io_size == 0
+        || !args.io_size.is_multiple_of(u64::from(args.disk.block_size))
+        || args.io_size > 16 << 20
+    {
+        return Err("--bs must be a multiple of --block-size and at most 16M".into());
+    }
+    Ok(blocks)
+}
+
+/// Run one demo and return its JSON summary and whether it was healthy.
+pub fn measure(args: &DemoArgs) -> Result<(serde_json::Value, bool), String> {
+    let blocks = validate(args)?;
+    let outcome = demo(args, blocks).map_err(|e| crate::backend::error_chain(e.as_ref()))?;
+    Ok((summary(args, &outcome), healthy(args, &outcome)))
+}
+
 /// Run the demo; returns the process exit code.
 pub fn run(args: DemoArgs) -> u8 {
-    let blocks = match args.disk.validate() {
+    let blocks = match validate(&args) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("scst-accel demo: {e}");
             return exit::USAGE;
         }
     };
-    if args.io_size == 0
-        || !args.io_size.is_multiple_of(u64::from(args.disk.block_size))
-        || args.io_size > 16 << 20
-    {
-        eprintln!("scst-accel demo: --bs must be a multiple of --block-size and at most 16M");
-        return exit::USAGE;
-    }
     match demo(&args, blocks) {
         Ok(outcome) => report(&args, &outcome),
         Err(e) => {
@@ -262,11 +274,11 @@ fn attach(
         .collect()
 }
 
-fn report(args: &DemoArgs, o: &Outcome) -> u8 {
+fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
     let w = &o.workload;
     let cpu_us_per_command = o.cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64));
     let s = &o.frontend.stats;
-    let value = json!({
+    json!({
         "board": format!("{:?}", args.board).to_lowercase(),
         "workload": {
             "pattern": format!("{:?}", args.pattern).to_lowercase(),
@@ -315,8 +327,30 @@ fn report(args: &DemoArgs, o: &Outcome) -> u8 {
             "mapped_bytes_after_release": o.backend.mapped_after, "leaked_buffers": o.backend.leaked_buffers,
         },
         "injected": args.inject.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
+        "healthy": healthy(args, o),
         "errors": w.first_errors,
-    });
+    })
+}
+
+/// With injected faults, commands may fail (with proper sense); they must still all be
+/// answered, verified when they succeed, and leave no DMA behind.
+fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
+    let w = &o.workload;
+    w.verify_errors == 0
+        && w.unanswered == 0
+        && (w.scsi_errors == 0 || !args.inject.is_empty())
+        && o.backend.iommu_faults == 0
+        && o.backend.leaked_buffers == 0
+        && o.backend.mapped_after == 0
+        && o.frontend.panicked_workers == 0
+        && o.devices_left == 0
+        && (w.commands > 0 || !args.inject.is_empty())
+}
+
+fn report(args: &DemoArgs, o: &Outcome) -> u8 {
+    let w = &o.workload;
+    let value = summary(args, o);
+    let cpu_us_per_command = o.cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64));
     if args.json {
         println!("{value}");
     } else {
@@ -347,18 +381,7 @@ fn report(args: &DemoArgs, o: &Outcome) -> u8 {
             println!("error: {e}");
         }
     }
-    // With injected faults, commands may fail (with proper sense); they must still all be
-    // answered, verified when they succeed, and leave no DMA behind.
-    let healthy = w.verify_errors == 0
-        && w.unanswered == 0
-        && (w.scsi_errors == 0 || !args.inject.is_empty())
-        && o.backend.iommu_faults == 0
-        && o.backend.leaked_buffers == 0
-        && o.backend.mapped_after == 0
-        && o.frontend.panicked_workers == 0
-        && o.devices_left == 0
-        && (w.commands > 0 || !args.inject.is_empty());
-    if healthy {
+    if healthy(args, o) {
         0
     } else {
         exit::DATA

@@ -33,6 +33,9 @@ pub struct DiskArgs {
     /// kernel expects (find it with `dmesg | grep 'Incorrect version of user device'`).
     #[arg(long, default_value = "3.11")]
     pub scst_version: String,
+    /// A device request older than this is escalated (stop the queue, reset, fail with sense).
+    #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
+    pub command_timeout: std::time::Duration,
     /// Largest transfer in blocks advertised in the block limits VPD page.
     #[arg(long, default_value_t = 2048)]
     pub max_transfer_blocks: u32,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod bench;
 mod cpu;
 mod demo;
 mod disk;
@@ -48,6 +49,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Serve a disk on /dev/scst_user until SIGINT/SIGTERM.
     Serve(serve::ServeArgs),
+    /// Compare boards on the same verified workloads in one run (ratios, not targets).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     ExitCode::from(code)
 }

@@ -90,3 +90,51 @@ fn demo_rejects_bad_arguments_with_usage_code() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bs"));
 }
+
+/// Issue 3's done-check, in small: every fault kind through the CLI ends healthy (all commands
+/// answered, no wrong data, zero IOMMU faults, everything unmapped).
+#[test]
+fn demo_survives_every_injected_fault_kind() {
+    for fault in [
+        "latency:100us",
+        "never-complete:every=50",
+        "error:every=20",
+        "hang:queue=1",
+        "gone",
+        "fatal",
+        "unknown-tag:every=30",
+        "duplicate:every=30",
+        "bad-phase:every=30",
+    ] {
+        let (code, j, stderr) = demo(&[
+            "--board",
+            "sim",
+            "--inject",
+            fault,
+            "--command-timeout",
+            "300ms",
+            "--duration",
+            "1s",
+            "--size",
+            "16M",
+            "--queue-depth",
+            "8",
+        ]);
+        assert_eq!(code, Some(0), "{fault}: {j}\n{stderr}");
+        assert_eq!(j["unanswered_commands"], 0, "{fault}");
+        assert_eq!(j["verify_errors"], 0, "{fault}");
+        assert_eq!(j["iommu_faults"], 0, "{fault}");
+        assert_eq!(j["pool"]["mapped_bytes_after_release"], 0, "{fault}");
+        assert_eq!(j["frontend"]["panicked_workers"], 0, "{fault}");
+    }
+}
+
+#[test]
+fn demo_rejects_an_unknown_fault_with_the_accepted_forms() {
+    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(["demo", "--inject", "meteor"])
+        .output()
+        .expect("run scst-accel");
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never-complete"));
+}

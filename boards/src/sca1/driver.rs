@@ -13,6 +13,8 @@ use super::regs::Timeouts;
 use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -131,6 +133,9 @@ pub struct Sca1 {
     device: Arc<dyn DeviceBacking>,
     caps: Sca1Caps,
     iovas: Arc<Mutex<IovaAllocator>>,
+    coalesce: u32,
+    /// Bumped by every reset: a queue that sees it change knows its engine was stopped.
+    resets: AtomicU64,
 }
 
 impl Sca1 {
@@ -166,7 +171,14 @@ impl Sca1 {
         }
         let caps = read_caps(device.as_ref());
         let iovas = Arc::new(Mutex::new(IovaAllocator::new(config.iova_base, config.iova_size)));
-        let driver = Self { device, caps, iovas };
+        let coalesce = u32::from(config.coalesce_count) | (u32::from(config.coalesce_us) << 8);
+        let driver = Self {
+            device,
+            caps,
+            iovas,
+            coalesce,
+            resets: AtomicU64::new(0),
+        };
         driver.soft_reset()?;
         match driver.enable_and_create(config) {
             Ok(queues) => Ok((driver, queues)),
@@ -179,13 +191,20 @@ impl Sca1 {
         }
     }
 
-    fn enable_and_create(&self, config: &Sca1Config) -> Result<Vec<Sca1Queue>, Sca1Error> {
+    /// Set ENABLE, wait (bounded) for READY, program interrupt coalescing.
+    fn enable(&self) -> Result<(), Sca1Error> {
         let bar = self.device.bar0();
         bar.write32(global::CONTROL, control::ENABLE);
         self.wait("READY", self.reset_timeout(), || {
             let s = bar.read32(global::STATUS);
             (s & status::READY != 0).then_some(())
         })?;
+        bar.write32(global::INT_COALESCE, self.coalesce);
+        Ok(())
+    }
+
+    fn enable_and_create(&self, config: &Sca1Config) -> Result<Vec<Sca1Queue>, Sca1Error> {
+        self.enable()?;
         let count = config.queues.clamp(1, self.caps.cap0.queues.max(1));
         let entries = config
             .ring_entries
@@ -204,10 +223,6 @@ impl Sca1 {
         } else {
             Vec::new()
         };
-        bar.write32(
-            global::INT_COALESCE,
-            u32::from(config.coalesce_count) | (u32::from(config.coalesce_us) << 8),
-        );
         let mut queues = Vec::new();
         for index in 0..count {
             let irq = irqs.get_mut(index as usize).and_then(Option::take);
@@ -288,13 +303,14 @@ impl Sca1 {
     }
 
     /// The reset that proves DMA has ended: the soft reset, escalating to a function reset
-    /// when the soft reset does not complete. `Ok` means no DMA is in progress or will start.
+    /// when the soft reset does not complete. `Ok` means no DMA is in progress or will start;
+    /// the function is left disabled, every queue stopped (see [`Sca1::recover`]).
     ///
     /// # Errors
     /// [`Sca1Error`] when neither reset could be confirmed (treat the device as failed and do
     /// not unmap memory it may still reach, unless it is gone).
     pub fn reset(&self) -> Result<(), Sca1Error> {
-        match self.soft_reset() {
+        let result = match self.soft_reset() {
             Ok(()) => Ok(()),
             Err(Sca1Error::Gone { device }) => Err(Sca1Error::Gone { device }),
             Err(soft) => {
@@ -303,7 +319,28 @@ impl Sca1 {
                 log::info!("{}: function reset done ({kind:?})", self.id());
                 Ok(())
             }
-        }
+        };
+        result
+    }
+
+    /// Reset, then enable again so queues can restart: the recovery from a hung engine or a
+    /// FATAL function. Every queue's in-flight work is dead after it (each queue notices
+    /// through [`Sca1::reset_count`]).
+    ///
+    /// # Errors
+    /// As [`Sca1::reset`], or the bounded wait for READY.
+    pub fn recover(&self) -> Result<(), Sca1Error> {
+        self.reset()?;
+        self.enable()?;
+        // Published only once the function is usable again, so a queue that sees the new
+        // count can restart at once.
+        self.resets.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Resets so far; a queue compares it with the value it last saw.
+    pub fn reset_count(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
     }
 
     /// Poll `probe` until it yields, the device is gone, or `timeout` passes: yield first, then

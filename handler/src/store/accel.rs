@@ -172,6 +172,7 @@ struct AccelQueue {
     done: Vec<StoreCompletion>,
     completions: Vec<Sca1Completion>,
     last_health: Instant,
+    seen_resets: u64,
     gone: bool,
 }
 
@@ -183,6 +184,7 @@ impl AccelQueue {
         config: AccelConfig,
         counters: Arc<AccelCounters>,
     ) -> Self {
+        let seen_resets = board.reset_count();
         Self {
             board,
             queue,
@@ -196,6 +198,7 @@ impl AccelQueue {
             done: Vec::new(),
             completions: Vec::new(),
             last_health: Instant::now(),
+            seen_resets,
             gone: false,
         }
     }
@@ -483,8 +486,10 @@ impl AccelQueue {
         abandoned.len()
     }
 
-    /// Escalate (architecture.md §6): stop the queue, reset the function if the engine does not
-    /// go idle, fail what was in flight, restart. A gone device fails everything for good.
+    /// Escalate (architecture.md §6): stop the queue; if the engine does not go idle, or the
+    /// function is FATAL, reset and re-enable the function; then fail what was in flight
+    /// (ABORTED: no DMA can happen for it any more) and restart. A gone device fails
+    /// everything, for good.
     fn recover(&mut self, why: &str) {
         log::error!(
             "{} queue {}: {why}; {} requests in flight, {} waiting: stopping the queue",
@@ -493,50 +498,64 @@ impl AccelQueue {
             self.queue.in_flight(),
             self.backlog.len()
         );
-        let stopped = match self.queue.stop() {
+        let mut alive = match self.queue.stop() {
             Ok(()) => {
                 self.counters.queue_stops.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                true
             }
-            Err(Sca1Error::Gone { .. }) => Err(true),
+            Err(Sca1Error::Gone { .. }) => false,
             Err(e) => {
                 log::error!("{}: {e}; resetting the function", self.board.id());
-                match self.board.reset() {
-                    Ok(()) => {
-                        self.counters.resets.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(Sca1Error::Gone { .. }) => Err(true),
-                    Err(e) => {
-                        log::error!(
-                            "{}: reset failed: {e}; treating the device as gone",
-                            self.board.id()
-                        );
-                        Err(false)
-                    }
-                }
+                self.reset_function()
             }
         };
-        match stopped {
+        if alive && self.board.fatal().is_some() {
+            alive = self.reset_function();
+        }
+        if alive {
+            let n = self.fail_all(StoreStatus::Aborted);
+            self.counters.timeouts.fetch_add(n as u64, Ordering::Relaxed);
+            self.queue.restart();
+        } else {
+            self.gone = true;
+            let n = self.fail_all(StoreStatus::DeviceError);
+            self.counters.gone_failures.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Reset and re-enable the function; false when the device is gone or will not recover.
+    fn reset_function(&mut self) -> bool {
+        match self.board.recover() {
             Ok(()) => {
-                let n = self.fail_all(StoreStatus::Aborted);
-                self.counters.timeouts.fetch_add(n as u64, Ordering::Relaxed);
-                if self.board.fatal().is_none() && !self.board.is_gone() {
-                    self.queue.restart();
-                } else {
-                    self.gone = true;
-                }
+                self.counters.resets.fetch_add(1, Ordering::Relaxed);
+                self.seen_resets = self.board.reset_count();
+                true
             }
-            Err(_) => {
-                self.gone = true;
-                let n = self.fail_all(StoreStatus::DeviceError);
-                self.counters.gone_failures.fetch_add(n as u64, Ordering::Relaxed);
+            Err(Sca1Error::Gone { .. }) => false,
+            Err(e) => {
+                log::error!(
+                    "{}: recovery failed: {e}; treating the device as gone",
+                    self.board.id()
+                );
+                false
             }
         }
     }
 
     /// Deadlines and health, checked on every reap (the worker reaps at least every idle poll).
     fn check_health(&mut self) {
+        let resets = self.board.reset_count();
+        if resets != self.seen_resets {
+            // Another queue reset the function: our engine was stopped with it, so what we had
+            // in flight will never complete and can no longer be touched by DMA.
+            self.seen_resets = resets;
+            let n = self.fail_all(StoreStatus::Aborted);
+            log::warn!(
+                "queue {}: function was reset; {n} requests failed, restarting",
+                self.queue.index()
+            );
+            self.queue.restart();
+        }
         if self.queue.in_flight() == 0 && self.backlog.is_empty() {
             return;
         }

@@ -209,7 +209,9 @@ impl<'a> Driver<'a> {
     fn run(mut self) -> (WorkloadReport, Histogram<u64>) {
         if self.config.prefill {
             self.prefill();
-            if self.report.unanswered > 0 || self.report.scsi_errors > 0 {
+            // Failed prefill writes leave their units unverifiable (GEN_UNKNOWN), not the run
+            // invalid; only commands left unanswered end it.
+            if self.report.unanswered > 0 {
                 return (self.report, self.histogram);
             }
             self.report = WorkloadReport::default();
