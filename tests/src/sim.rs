@@ -48,8 +48,20 @@ pub struct Released {
 }
 
 impl SimRig {
-    /// A 2-queue simulated board of `blocks` blocks, with `command_timeout` deadlines.
+    /// A 2-queue simulated board of `blocks` blocks, with `command_timeout` deadlines and
+    /// MSI-X interrupts.
     pub fn new(name: &str, block_size: u32, blocks: u64, command_timeout: Duration) -> Self {
+        Self::with_interrupts(name, block_size, blocks, command_timeout, true)
+    }
+
+    /// As [`SimRig::new`]; with `interrupts` false the driver polls the completion rings.
+    pub fn with_interrupts(
+        name: &str,
+        block_size: u32,
+        blocks: u64,
+        command_timeout: Duration,
+        interrupts: bool,
+    ) -> Self {
         let config = SimConfig {
             queues: 2,
             vectors: 2,
@@ -61,6 +73,7 @@ impl SimRig {
         let driver = Sca1Config {
             queues: 2,
             ring_entries: 64,
+            interrupts,
             ..Sca1Config::default()
         };
         let (sca1, queues) = Sca1::bring_up(device.clone(), &driver).expect("bring-up");

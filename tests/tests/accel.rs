@@ -144,3 +144,15 @@ fn duplicate_completions_are_ignored() {
 fn bad_phase_entries_are_not_trusted() {
     survive("bad-phase", "bad-phase:every=20".parse().expect("fault"), false);
 }
+
+#[test]
+fn polling_mode_without_interrupts_moves_verified_data() {
+    let rig = SimRig::with_interrupts("accel-poll", 512, BLOCKS, Duration::from_secs(5), false);
+    let report = run(&rig, 400, 131072);
+    assert_eq!(report.verify_errors, 0, "{:?}", report.first_errors);
+    assert_eq!(report.scsi_errors, 0, "{:?}", report.first_errors);
+    assert_eq!(report.unanswered, 0);
+    let released = rig.release();
+    assert_eq!(released.iommu_faults, 0);
+    assert_eq!(released.mapped_after, 0);
+}

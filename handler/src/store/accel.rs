@@ -19,6 +19,7 @@ use super::StoreQueue;
 use super::StoreRequest;
 use super::StoreStatus;
 use scst_accel_boards::sca1::desc::cq_status;
+use scst_accel_dma::split_for_device;
 use scst_accel_boards::sca1::desc::opcode;
 use scst_accel_boards::sca1::Sca1;
 use scst_accel_boards::sca1::Sca1Completion;
@@ -35,6 +36,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
+
+/// Largest piece of a scatter list entry: buffers above it are described by a scatter list,
+/// as a device without an IOMMU would need for physically scattered pages.
+const SGL_SEGMENT: usize = 64 << 10;
 
 /// Tuning of the accelerator store.
 #[derive(Clone, Copy, Debug)]
@@ -236,8 +241,10 @@ impl AccelQueue {
             let mut done = 0;
             while done < blocks {
                 let n = (blocks - done).min(max_blocks);
+                // Large transfers go to the device as scatter lists of SGL_SEGMENT pieces
+                // (accelerator.md §3); a small one is a single inline address.
                 let segments = iova
-                    .map(|base| vec![(base + done * bs, (n * bs) as u32)])
+                    .map(|base| split_for_device(base + done * bs, (n * bs) as usize, SGL_SEGMENT))
                     .unwrap_or_default();
                 out.push(child(opcode, fua, lba + done, n, segments));
                 done += n;
