@@ -60,6 +60,8 @@ pub struct BackendReport {
     pub mapped_after: u64,
     /// Buffers the pool could not release because something still held them.
     pub leaked_buffers: u64,
+    /// Time to reset the board, drop its queues and unmap the pool.
+    pub release_ms: f64,
 }
 
 /// Build the backend for `board`.
@@ -144,6 +146,7 @@ impl Backend {
     /// down (SCST holds no buffer); reset the board so no DMA can happen, drop the queues
     /// (unmapping their rings), then flush and unmap the pool.
     pub fn shutdown(self) -> BackendReport {
+        let started = std::time::Instant::now();
         let mut report = BackendReport::default();
         let Backend {
             store,
@@ -183,6 +186,7 @@ impl Backend {
                 report.mapped_after = stats.mapped_bytes;
             }
         }
+        report.release_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(sim) = sim {
             report.iommu_faults = sim.stats().iommu_faults;
         }

@@ -14,6 +14,7 @@ use clap::ValueEnum;
 use scst_accel_boards::sim::Fault;
 use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::frontend::FrontendReport;
+use scst_accel_handler::frontend::TeardownConfig;
 use scst_accel_handler::loopback::KernelConfig;
 use scst_accel_handler::loopback::LoopbackKernel;
 use scst_accel_handler::loopback::Session;
@@ -91,6 +92,9 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Tear the handler down halfway through the timed phase, with the workload still running.
+    #[arg(long)]
+    teardown_under_load: bool,
 }
 
 /// Access pattern argument.
@@ -201,7 +205,9 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.
     let mut cpu_at_start: Option<(Option<Duration>, Duration)> = None;
+    let timed_phase = std::sync::atomic::AtomicBool::new(false);
     let mut progress = |p: Progress| {
+        timed_phase.store(true, std::sync::atomic::Ordering::Release);
         if cpu_at_start.is_none() {
             cpu_at_start = Some((
                 process_cpu_time(),
@@ -221,7 +227,29 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             let _ = std::io::stderr().flush();
         }
     };
-    let result = workload::run(&sessions, geometry, &workload_config(args), &mut progress);
+    let workload_config = workload_config(args);
+    let mut frontend = Some(frontend);
+    let (result, torn_down) = if args.teardown_under_load {
+        // Tear down halfway through the timed phase with the workload still running: new
+        // commands get BUSY, then the device goes away under the initiator.
+        let running = frontend.take();
+        let timed = &timed_phase;
+        std::thread::scope(|scope| {
+            let teardown = scope.spawn(move || {
+                // Halfway through the timed phase (after any prefill), bounded.
+                let deadline = std::time::Instant::now() + Duration::from_secs(600);
+                while !timed.load(std::sync::atomic::Ordering::Acquire) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                std::thread::sleep(args.duration / 2);
+                running.map(|f| f.teardown(TeardownConfig::default()))
+            });
+            let result = workload::run(&sessions, geometry, &workload_config, &mut progress);
+            (result, Some(teardown.join()))
+        })
+    } else {
+        (workload::run(&sessions, geometry, &workload_config, &mut progress), None)
+    };
     let (cpu_before, worker_cpu_before) = cpu_at_start.unwrap_or_default();
     let cpu = cpu_before
         .zip(process_cpu_time())
@@ -232,16 +260,22 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     if live {
         eprintln!();
     }
-    for session in sessions {
-        session.detach();
-    }
-    // DETACH_SESS is answered by the workers; give them a bounded moment before stopping, so
-    // the sessions end through the handler rather than through the close path.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !frontend.sessions().is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let frontend = frontend.shutdown();
+    let frontend = match (torn_down, frontend) {
+        (Some(Ok(Some(report))), _) => report,
+        (Some(_), _) | (None, None) => return Err("the teardown thread failed".into()),
+        (None, Some(frontend)) => {
+            for session in sessions {
+                session.detach();
+            }
+            // DETACH_SESS is answered by the workers; give them a bounded moment before
+            // stopping, so the sessions end through the handler rather than the close path.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !frontend.sessions().is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            frontend.shutdown()
+        }
+    };
     let devices_left = kernel.registered_devices().len();
     let backend = backend.shutdown();
     Ok(Outcome {
@@ -326,9 +360,37 @@ fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "mapped_bytes_at_exit": o.backend.pool.mapped_bytes,
             "mapped_bytes_after_release": o.backend.mapped_after, "leaked_buffers": o.backend.leaked_buffers,
         },
+        "teardown": teardown_json(o),
         "injected": args.inject.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
         "healthy": healthy(args, o),
         "errors": w.first_errors,
+    })
+}
+
+/// The teardown budget: the sum of the steps' bounds plus the workers' stop grace and a
+/// second for closing the fd and resetting the board.
+fn teardown_budget() -> Duration {
+    let t = TeardownConfig::default();
+    t.drain + t.abort + t.flush + scst_accel_handler::frontend::FrontendConfig::default().stop_grace + Duration::from_secs(1)
+}
+
+fn teardown_json(o: &Outcome) -> serde_json::Value {
+    let t = &o.frontend.teardown;
+    let ms = t.duration.as_secs_f64() * 1e3 + o.backend.release_ms;
+    json!({
+        "ms": ms,
+        "budget_ms": teardown_budget().as_secs_f64() * 1e3,
+        "in_flight_at_start": t.in_flight_at_start,
+        "drained": t.drained,
+        "aborted": t.aborted,
+        "resets": o.backend.resets,
+        "answered": t.answered,
+        "zombies_left": t.zombies_left,
+        "buffers_held_at_close": t.buffers_held_at_close,
+        "iommu_faults": o.backend.iommu_faults,
+        "steps": t.steps.iter().map(|s| json!({
+            "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": s.within_bound,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -338,7 +400,9 @@ fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
     let w = &o.workload;
     w.verify_errors == 0
         && w.unanswered == 0
-        && (w.scsi_errors == 0 || !args.inject.is_empty())
+        && (w.scsi_errors == 0 || !args.inject.is_empty() || args.teardown_under_load)
+        && o.frontend.teardown.zombies_left == 0
+        && o.frontend.teardown.duration + Duration::from_secs_f64(o.backend.release_ms / 1e3) <= teardown_budget()
         && o.backend.iommu_faults == 0
         && o.backend.leaked_buffers == 0
         && o.backend.mapped_after == 0

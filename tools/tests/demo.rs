@@ -138,3 +138,26 @@ fn demo_rejects_an_unknown_fault_with_the_accepted_forms() {
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("never-complete"));
 }
+
+/// Issue 4's done-check, in small: teardown with the workload still running, healthy and under
+/// faults, answers every command, leaves no zombie, takes no IOMMU fault, stays in budget.
+#[test]
+fn teardown_under_load_leaves_nothing_behind() {
+    for fault in [None, Some("hang"), Some("never-complete:every=20"), Some("fatal"), Some("gone")] {
+        let mut args = vec![
+            "--board", "sim", "--teardown-under-load", "--duration", "1s", "--command-timeout", "300ms",
+            "--size", "16M", "--queue-depth", "16",
+        ];
+        if let Some(f) = fault {
+            args.extend(["--inject", f]);
+        }
+        let (code, j, stderr) = demo(&args);
+        let t = &j["teardown"];
+        assert_eq!(code, Some(0), "{fault:?}: {j}\n{stderr}");
+        assert_eq!(j["unanswered_commands"], 0, "{fault:?}");
+        assert_eq!(t["zombies_left"], 0, "{fault:?}");
+        assert_eq!(t["iommu_faults"], 0, "{fault:?}");
+        assert!(t["ms"].as_f64() <= t["budget_ms"].as_f64(), "{fault:?}: {t}");
+        assert_eq!(j["pool"]["mapped_bytes_after_release"], 0, "{fault:?}");
+    }
+}

@@ -8,10 +8,14 @@
 //! table and counters.
 
 mod buffers;
+mod teardown;
 mod worker;
 
 pub use buffers::BufferFigures;
 pub use buffers::BufferTable;
+pub use teardown::TeardownConfig;
+pub use teardown::TeardownReport;
+pub use teardown::TeardownStep;
 
 use crate::scsi::Disk;
 use crate::store::Store;
@@ -20,7 +24,8 @@ use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use scst_accel_dma::SgvPool;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -103,6 +108,12 @@ pub struct Counters {
     pub busy: AtomicU64,
     /// ioctl calls made.
     pub ioctls: AtomicU64,
+    /// EXECs answered BUSY because intake had stopped (teardown step 1).
+    pub refused_in_teardown: AtomicU64,
+    /// EXEC replies sent after the teardown began (completed, failed or BUSY).
+    pub answered_in_teardown: AtomicU64,
+    /// Store requests aborted by the teardown's escalation.
+    pub aborted: AtomicU64,
 }
 
 /// A snapshot of [`Counters`] and buffer figures.
@@ -132,6 +143,14 @@ pub struct FrontendStats {
     pub busy: u64,
     /// ioctl calls.
     pub ioctls: u64,
+    /// EXECs answered BUSY because intake had stopped.
+    pub refused_in_teardown: u64,
+    /// EXEC replies sent after the teardown began.
+    pub answered_in_teardown: u64,
+    /// Store requests aborted by the teardown.
+    pub aborted: u64,
+    /// Store requests in flight now.
+    pub inflight: u64,
     /// Buffers.
     pub buffers: BufferFigures,
 }
@@ -155,6 +174,8 @@ pub struct FrontendReport {
     pub workers: Vec<WorkerExit>,
     /// Workers that panicked (a bug; logged).
     pub panicked_workers: usize,
+    /// What the teardown did.
+    pub teardown: TeardownReport,
 }
 
 /// A session SCST attached to our device.
@@ -175,8 +196,24 @@ pub(crate) struct Shared {
     buffers: BufferTable,
     counters: Counters,
     sessions: Mutex<HashMap<u64, SessionInfo>>,
-    stop: AtomicBool,
+    phase: AtomicU8,
+    /// Store requests in flight over all workers.
+    inflight: AtomicUsize,
     config: FrontendConfig,
+}
+
+/// Where the frontend is in its life (architecture.md §5). Phases only move forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Serving commands.
+    Serving = 0,
+    /// Intake stopped: new EXECs answered BUSY, in-flight work finishing, buffers honoured.
+    Draining = 1,
+    /// In-flight work that did not finish in time is aborted on the device.
+    Aborting = 2,
+    /// Workers send what is pending and leave; nothing new is fetched.
+    Leaving = 3,
 }
 
 /// The running frontend.
@@ -206,7 +243,8 @@ impl Frontend {
             buffers: BufferTable::new(pool),
             counters: Counters::default(),
             sessions: Mutex::new(HashMap::new()),
-            stop: AtomicBool::new(false),
+            phase: AtomicU8::new(Phase::Serving as u8),
+            inflight: AtomicUsize::new(0),
             config: config.clone(),
         });
         let mut frontend = Self {
@@ -314,7 +352,7 @@ impl Frontend {
     /// Ask the workers to stop: they finish in-flight commands (bounded by `stop_grace`), send
     /// every pending reply, and leave.
     pub fn request_stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.advance(Phase::Leaving);
     }
 
     fn stop_workers(&mut self) -> (Vec<WorkerExit>, usize) {
@@ -335,24 +373,9 @@ impl Frontend {
         (exits, panicked)
     }
 
-    /// Stop the workers, then close the fd (the kernel, or the loopback, answers whatever is
-    /// still queued and returns every cached buffer), and only then release the buffers.
-    pub fn shutdown(mut self) -> FrontendReport {
-        let (workers, panicked_workers) = self.stop_workers();
-        let stats = self.shared.stats();
-        log::info!(
-            "frontend stopped: {} EXEC, {} reply errors, {} buffers still held",
-            stats.exec,
-            stats.reply_errors,
-            stats.buffers.buffers
-        );
-        FrontendReport {
-            stats,
-            workers,
-            panicked_workers,
-        }
-        // `self` drops here: the last reference to the fd closes it before the buffer table
-        // (inside `Shared`) is dropped, because workers held the only other references.
+    /// Tear down with the default bounds ([`Frontend::teardown`]).
+    pub fn shutdown(self) -> FrontendReport {
+        self.teardown(TeardownConfig::default())
     }
 }
 
@@ -365,6 +388,20 @@ impl Drop for Frontend {
 }
 
 impl Shared {
+    pub(crate) fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Serving,
+            1 => Phase::Draining,
+            2 => Phase::Aborting,
+            _ => Phase::Leaving,
+        }
+    }
+
+    /// Move to `phase` (never backwards).
+    fn advance(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+    }
+
     fn stats(&self) -> FrontendStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -381,6 +418,10 @@ impl Shared {
             reply_errors: get(&c.reply_errors),
             busy: get(&c.busy),
             ioctls: get(&c.ioctls),
+            refused_in_teardown: get(&c.refused_in_teardown),
+            answered_in_teardown: get(&c.answered_in_teardown),
+            aborted: get(&c.aborted),
+            inflight: self.inflight.load(Ordering::Relaxed) as u64,
             buffers: self.buffers.figures(),
         }
     }

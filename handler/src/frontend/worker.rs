@@ -2,6 +2,7 @@
 
 use super::SessionInfo;
 use super::Shared;
+use super::Phase;
 use super::WorkerExit;
 use crate::abi;
 use crate::abi::data_direction;
@@ -88,13 +89,22 @@ impl Worker {
     }
 
     pub(super) fn run(mut self) -> WorkerExit {
-        let mut stop_deadline: Option<Instant> = None;
+        let mut leave_deadline: Option<Instant> = None;
+        let mut aborted = false;
         loop {
             self.reap_store();
-            let stopping = self.shared.stop.load(Ordering::Acquire);
-            if stopping {
+            let phase = self.shared.phase();
+            if phase >= Phase::Aborting && !aborted {
+                aborted = true;
+                let n = self.queue.abort_all();
+                if n > 0 {
+                    log::warn!("teardown: {n} store requests aborted on this worker's queue");
+                }
+                self.shared.counters.aborted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if phase == Phase::Leaving {
                 let deadline =
-                    *stop_deadline.get_or_insert_with(|| Instant::now() + self.shared.config.stop_grace);
+                    *leave_deadline.get_or_insert_with(|| Instant::now() + self.shared.config.stop_grace);
                 if self.inflight.is_empty() && self.replies.is_empty() {
                     return WorkerExit::default();
                 }
@@ -110,7 +120,9 @@ impl Worker {
                     };
                 }
             }
-            let want = if stopping { 0 } else { self.multi.capacity() };
+            // Until the workers leave, they keep fetching: while draining, new commands are
+            // answered (BUSY) and returned buffers honoured, never left to the close path.
+            let want = if phase == Phase::Leaving { 0 } else { self.multi.capacity() };
             let fetched = if want > 0 || !self.replies.is_empty() {
                 self.exchange(want)
             } else {
@@ -122,8 +134,7 @@ impl Worker {
             }
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
-                // While stopping, new commands are not fetched: wait for the store only.
-                self.wait(!stopping);
+                self.wait(phase != Phase::Leaving);
             }
         }
     }
@@ -360,6 +371,8 @@ impl Worker {
     fn alloc_mem(&mut self, cmd: &GetCmd) {
         let alloc: abi::ScsiCmdAllocMem = cmd.read_payload();
         let pbuf = match usize::try_from(alloc.alloc_len) {
+            // While draining no new buffer is handed out: pbuf 0 makes SCST answer BUSY.
+            _ if self.shared.phase() >= Phase::Draining => 0,
             Ok(len) if len > 0 => self.shared.buffers.allocate(len).map_or(0, |b| b.addr()),
             _ => 0,
         };
@@ -396,6 +409,13 @@ impl Worker {
         let exec: abi::ScsiCmdExec = cmd.read_payload();
         let bufflen = exec.bufflen.max(0) as u32;
         let direction = exec.data_direction;
+        if self.shared.phase() >= Phase::Draining {
+            // Intake is stopped (teardown step 1): answered at once, never dropped.
+            self.shared.counters.refused_in_teardown.fetch_add(1, Ordering::Relaxed);
+            let busy = Response { status: sam_status::BUSY, sense: Vec::new(), data: Vec::new(), data_in_len: 0 };
+            let new_pbuf = 0;
+            return self.reply_exec(cmd.cmd_h, direction, bufflen, None, new_pbuf, busy);
+        }
         let (buffer, new_pbuf) = match self.exec_buffer(&exec) {
             Ok(found) => found,
             Err(response) => return self.reply_exec(cmd.cmd_h, direction, bufflen, None, 0, response),
@@ -478,7 +498,9 @@ impl Worker {
                     op: io.op.clone(),
                     buffer: ctx.buffer.clone(),
                 });
-                self.inflight.insert(cmd_h, Inflight { io, ctx });
+                if self.inflight.insert(cmd_h, Inflight { io, ctx }).is_none() {
+                    self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -502,7 +524,9 @@ impl Worker {
         let done: Vec<StoreCompletion> = self.completions.drain(..).collect();
         for completion in done {
             let cmd_h = completion.tag as u32;
-            let Some(state) = self.inflight.remove(&cmd_h) else {
+            let Some(state) = self.inflight.remove(&cmd_h).inspect(|_| {
+                self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+            }) else {
                 log::error!("store completed unknown tag {}; ignored", completion.tag);
                 continue;
             };
@@ -544,6 +568,9 @@ impl Worker {
     ) {
         if response.status != sam_status::GOOD {
             self.shared.counters.exec_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.shared.phase() >= Phase::Draining {
+            self.shared.counters.answered_in_teardown.fetch_add(1, Ordering::Relaxed);
         }
         // spec §3.5: resp_data_len only for direction READ, never above bufflen.
         let mut resp_data_len = 0usize;

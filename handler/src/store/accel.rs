@@ -635,6 +635,15 @@ impl StoreQueue for AccelQueue {
     fn in_flight(&self) -> usize {
         self.parents.len() + self.done.len()
     }
+
+    fn abort_all(&mut self) -> usize {
+        if self.gone || self.parents.is_empty() {
+            return 0;
+        }
+        let n = self.parents.len();
+        self.recover("teardown: aborting requests still in flight");
+        n
+    }
 }
 
 impl Drop for AccelQueue {

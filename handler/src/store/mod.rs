@@ -216,6 +216,14 @@ pub trait StoreQueue: Send {
     fn notify_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Requests submitted and not yet reaped.
     fn in_flight(&self) -> usize;
+    /// Teardown escalation: end every request in flight now. On hardware this stops the queue
+    /// and, if the engine does not go idle, resets the function (the proof that no more DMA
+    /// will happen); the requests then complete with [`StoreStatus::Aborted`] through
+    /// [`StoreQueue::reap`]. Returns how many were aborted. Stores that complete inside
+    /// `submit` have nothing to abort.
+    fn abort_all(&mut self) -> usize {
+        0
+    }
 }
 
 impl fmt::Display for StoreStatus {
