@@ -238,7 +238,9 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             let teardown = scope.spawn(move || {
                 // Halfway through the timed phase (after any prefill), bounded.
                 let deadline = std::time::Instant::now() + Duration::from_secs(600);
-                while !timed.load(std::sync::atomic::Ordering::Acquire) && std::time::Instant::now() < deadline {
+                while !timed.load(std::sync::atomic::Ordering::Acquire)
+                    && std::time::Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 std::thread::sleep(args.duration / 2);
@@ -248,7 +250,10 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             (result, Some(teardown.join()))
         })
     } else {
-        (workload::run(&sessions, geometry, &workload_config, &mut progress), None)
+        (
+            workload::run(&sessions, geometry, &workload_config, &mut progress),
+            None,
+        )
     };
     let (cpu_before, worker_cpu_before) = cpu_at_start.unwrap_or_default();
     let cpu = cpu_before
@@ -371,7 +376,11 @@ fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
 /// second for closing the fd and resetting the board.
 fn teardown_budget() -> Duration {
     let t = TeardownConfig::default();
-    t.drain + t.abort + t.flush + scst_accel_handler::frontend::FrontendConfig::default().stop_grace + Duration::from_secs(1)
+    t.drain
+        + t.abort
+        + t.flush
+        + scst_accel_handler::frontend::FrontendConfig::default().stop_grace
+        + Duration::from_secs(1)
 }
 
 fn teardown_json(o: &Outcome) -> serde_json::Value {
@@ -402,7 +411,8 @@ fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
         && w.unanswered == 0
         && (w.scsi_errors == 0 || !args.inject.is_empty() || args.teardown_under_load)
         && o.frontend.teardown.zombies_left == 0
-        && o.frontend.teardown.duration + Duration::from_secs_f64(o.backend.release_ms / 1e3) <= teardown_budget()
+        && o.frontend.teardown.duration + Duration::from_secs_f64(o.backend.release_ms / 1e3)
+            <= teardown_budget()
         && o.backend.iommu_faults == 0
         && o.backend.leaked_buffers == 0
         && o.backend.mapped_after == 0

@@ -143,10 +143,25 @@ fn demo_rejects_an_unknown_fault_with_the_accepted_forms() {
 /// faults, answers every command, leaves no zombie, takes no IOMMU fault, stays in budget.
 #[test]
 fn teardown_under_load_leaves_nothing_behind() {
-    for fault in [None, Some("hang"), Some("never-complete:every=20"), Some("fatal"), Some("gone")] {
+    for fault in [
+        None,
+        Some("hang"),
+        Some("never-complete:every=20"),
+        Some("fatal"),
+        Some("gone"),
+    ] {
         let mut args = vec![
-            "--board", "sim", "--teardown-under-load", "--duration", "1s", "--command-timeout", "300ms",
-            "--size", "16M", "--queue-depth", "16",
+            "--board",
+            "sim",
+            "--teardown-under-load",
+            "--duration",
+            "1s",
+            "--command-timeout",
+            "300ms",
+            "--size",
+            "16M",
+            "--queue-depth",
+            "16",
         ];
         if let Some(f) = fault {
             args.extend(["--inject", f]);

@@ -34,7 +34,11 @@ pub struct TeardownConfig {
 
 impl Default for TeardownConfig {
     fn default() -> Self {
-        Self { drain: Duration::from_secs(2), abort: Duration::from_secs(3), flush: Duration::from_secs(2) }
+        Self {
+            drain: Duration::from_secs(2),
+            abort: Duration::from_secs(3),
+            flush: Duration::from_secs(2),
+        }
     }
 }
 
@@ -84,7 +88,10 @@ impl Frontend {
 
         shared.advance(Phase::Draining);
         report.in_flight_at_start = in_flight();
-        log::info!("teardown: intake stopped, {} store requests in flight", report.in_flight_at_start);
+        log::info!(
+            "teardown: intake stopped, {} store requests in flight",
+            report.in_flight_at_start
+        );
 
         let step = Instant::now();
         let drained_ok = wait_until(config.drain, || in_flight() == 0);
@@ -108,7 +115,10 @@ impl Frontend {
             within_bound: aborted_ok,
         });
         if before_abort > 0 {
-            log::warn!("teardown: {before_abort} requests did not drain; {} aborted on the device", report.aborted);
+            log::warn!(
+                "teardown: {before_abort} requests did not drain; {} aborted on the device",
+                report.aborted
+            );
         }
 
         let step = Instant::now();
@@ -128,7 +138,10 @@ impl Frontend {
         let step = Instant::now();
         let (workers, panicked_workers) = self.stop_workers();
         report.zombies_left = in_flight();
-        report.answered = shared.counters.answered_in_teardown.load(std::sync::atomic::Ordering::Relaxed);
+        report.answered = shared
+            .counters
+            .answered_in_teardown
+            .load(std::sync::atomic::Ordering::Relaxed);
         report.buffers_held_at_close = shared.buffers.figures().buffers;
         let stats = shared.stats();
         report.steps.push(TeardownStep {
@@ -158,7 +171,12 @@ impl Frontend {
             report.zombies_left,
             report.buffers_held_at_close
         );
-        FrontendReport { stats, workers, panicked_workers, teardown: report }
+        FrontendReport {
+            stats,
+            workers,
+            panicked_workers,
+            teardown: report,
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! One frontend worker: a loop over REPLY_AND_GET_MULTI, the engine and its own store queue.
 
+use super::Phase;
 use super::SessionInfo;
 use super::Shared;
-use super::Phase;
 use super::WorkerExit;
 use crate::abi;
 use crate::abi::data_direction;
@@ -100,7 +100,10 @@ impl Worker {
                 if n > 0 {
                     log::warn!("teardown: {n} store requests aborted on this worker's queue");
                 }
-                self.shared.counters.aborted.fetch_add(n as u64, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .aborted
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             if phase == Phase::Leaving {
                 let deadline =
@@ -122,7 +125,11 @@ impl Worker {
             }
             // Until the workers leave, they keep fetching: while draining, new commands are
             // answered (BUSY) and returned buffers honoured, never left to the close path.
-            let want = if phase == Phase::Leaving { 0 } else { self.multi.capacity() };
+            let want = if phase == Phase::Leaving {
+                0
+            } else {
+                self.multi.capacity()
+            };
             let fetched = if want > 0 || !self.replies.is_empty() {
                 self.exchange(want)
             } else {
@@ -411,8 +418,16 @@ impl Worker {
         let direction = exec.data_direction;
         if self.shared.phase() >= Phase::Draining {
             // Intake is stopped (teardown step 1): answered at once, never dropped.
-            self.shared.counters.refused_in_teardown.fetch_add(1, Ordering::Relaxed);
-            let busy = Response { status: sam_status::BUSY, sense: Vec::new(), data: Vec::new(), data_in_len: 0 };
+            self.shared
+                .counters
+                .refused_in_teardown
+                .fetch_add(1, Ordering::Relaxed);
+            let busy = Response {
+                status: sam_status::BUSY,
+                sense: Vec::new(),
+                data: Vec::new(),
+                data_in_len: 0,
+            };
             let new_pbuf = 0;
             return self.reply_exec(cmd.cmd_h, direction, bufflen, None, new_pbuf, busy);
         }
@@ -570,7 +585,10 @@ impl Worker {
             self.shared.counters.exec_errors.fetch_add(1, Ordering::Relaxed);
         }
         if self.shared.phase() >= Phase::Draining {
-            self.shared.counters.answered_in_teardown.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .answered_in_teardown
+                .fetch_add(1, Ordering::Relaxed);
         }
         // spec §3.5: resp_data_len only for direction READ, never above bufflen.
         let mut resp_data_len = 0usize;
