@@ -10,16 +10,22 @@ use crate::DmaRegion;
 use crate::IovaAllocator;
 use crate::HUGE_PAGE_SIZE;
 use crate::PAGE_SIZE;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::locks::OrderedMutexGuard;
 use scst_accel_hal::DmaMapper;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
 
-/// Lock the IOVA allocator, recovering from poisoning: the allocator's state is consistent
-/// after any panic (it has no multi-step updates that a panic could interrupt halfway through
-/// in a way that matters more than a leak), and teardown must never panic.
-pub(crate) fn lock_iovas(iovas: &Mutex<IovaAllocator>) -> MutexGuard<'_, IovaAllocator> {
-    iovas.lock().unwrap_or_else(|e| e.into_inner())
+/// An IOMMU domain's IOVA allocator behind its lock (level `dma.iova`, docs/locking.md),
+/// shared by the domain's rings and SGV pool: `Arc<IovaLock>`.
+pub type IovaLock = OrderedMutex<IovaAllocator, levels::DmaIova>;
+
+/// Lock the IOVA allocator. A leaf in practice: held for one alloc or free, never across the
+/// map or unmap it brackets. Poisoning is recovered by the lock: the allocator's state is
+/// consistent after any panic (no multi-step update a panic could interrupt in a way that
+/// matters more than a leak), and teardown must never panic.
+pub(crate) fn lock_iovas(iovas: &IovaLock) -> OrderedMutexGuard<'_, IovaAllocator, levels::DmaIova> {
+    iovas.lock_unchecked_at_runtime()
 }
 
 /// A region mapped on a device. Unmapped by [`MappedRegion::unmap`] or, as a safety net, on
@@ -30,7 +36,7 @@ pub struct MappedRegion {
     region: Option<DmaRegion>,
     iova: u64,
     mapper: Arc<dyn DmaMapper>,
-    iovas: Arc<Mutex<IovaAllocator>>,
+    iovas: Arc<IovaLock>,
 }
 
 impl std::fmt::Debug for MappedRegion {
@@ -52,7 +58,7 @@ impl MappedRegion {
     pub fn new(
         region: DmaRegion,
         mapper: Arc<dyn DmaMapper>,
-        iovas: Arc<Mutex<IovaAllocator>>,
+        iovas: Arc<IovaLock>,
     ) -> Result<Self, DmaError> {
         let len = region.len() as u64;
         let align = if region.huge_pages() {
@@ -163,10 +169,10 @@ mod tests {
     use crate::test_mapper::LedgerMapper;
     use std::sync::atomic::Ordering;
 
-    fn setup() -> (Arc<LedgerMapper>, Arc<Mutex<IovaAllocator>>) {
+    fn setup() -> (Arc<LedgerMapper>, Arc<IovaLock>) {
         (
             Arc::new(LedgerMapper::default()),
-            Arc::new(Mutex::new(IovaAllocator::new(0, 1 << 30))),
+            Arc::new(IovaLock::new(IovaAllocator::new(0, 1 << 30))),
         )
     }
 
@@ -230,7 +236,10 @@ mod tests {
     #[test]
     fn iova_exhaustion_is_an_error() {
         let mapper = Arc::new(LedgerMapper::default());
-        let iovas = Arc::new(Mutex::new(IovaAllocator::new(PAGE_SIZE as u64, PAGE_SIZE as u64)));
+        let iovas = Arc::new(IovaLock::new(IovaAllocator::new(
+            PAGE_SIZE as u64,
+            PAGE_SIZE as u64,
+        )));
         let _a = MappedRegion::new(
             DmaRegion::new(PAGE_SIZE).expect("r"),
             mapper.clone(),

@@ -338,11 +338,11 @@ impl CompletionRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::IovaLock;
     use crate::test_mapper::LedgerMapper;
     use crate::IovaAllocator;
     use crate::PAGE_SIZE;
     use std::sync::Arc;
-    use std::sync::Mutex;
     use zerocopy::Immutable;
     use zerocopy::IntoBytes;
     use zerocopy::KnownLayout;
@@ -362,7 +362,7 @@ mod tests {
 
     fn mapped(len: usize) -> (MappedRegion, Arc<LedgerMapper>) {
         let mapper = Arc::new(LedgerMapper::default());
-        let iovas = Arc::new(Mutex::new(IovaAllocator::new(0x10_0000, 1 << 24)));
+        let iovas = Arc::new(IovaLock::new(IovaAllocator::new(0x10_0000, 1 << 24)));
         let region = DmaRegion::new(len).expect("region");
         (
             MappedRegion::new(region, mapper.clone(), iovas).expect("map"),

@@ -21,10 +21,13 @@
 //!   while buffers are still out: those stay mapped, because a device may still hold them, and
 //!   are unmapped when they are finally returned.
 //!
-//! Locks: the pool has three kinds (a thread's stash, the shared free lists, the stash
-//! registry) and never holds two at once; the IOVA allocator's lock is only taken with none of
-//! them held. Unmapping (an ioctl on VFIO) happens with no pool lock held, so a pool call never
-//! blocks another thread's get/put on a system call.
+//! Locks (levels `sgv.stashes` < `sgv.pool` < `sgv.stash` < `dma.iova`, docs/locking.md): the
+//! pool has three kinds (a thread's stash, the shared free lists, the stash registry) and never
+//! holds two at once; the IOVA allocator's lock is only taken with none of them held. Mapping
+//! and unmapping (ioctls on VFIO) happen with no lock held at all (asserted by the VFIO backend
+//! and the simulated IOMMU in test builds), so a pool call never blocks another thread's
+//! get/put on a system call. The pool never calls back into its users: its locks are after the
+//! command table's, which may be held while a buffer is returned, never the reverse.
 
 mod buffer;
 mod shared;
@@ -34,13 +37,12 @@ mod tests;
 
 pub use buffer::DmaBuffer;
 
-use crate::IovaAllocator;
+use crate::mapping::IovaLock;
 use crate::PAGE_SIZE;
 use scst_accel_hal::DmaMapper;
 use shared::Shared;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
 
 /// Number of cached size classes: orders 0..=10, 4 KiB to 4 MiB (`scst_user.md §3.6`).
 pub const SGV_CLASSES: usize = 11;
@@ -119,11 +121,7 @@ impl SgvPool {
     ///   IOMMU whose window covers the process's addresses, and no other allocator may hand
     ///   out IOVAs in that domain;
     /// - neither: host-only buffers (RAM store, loopback); `iovas` alone is ignored.
-    pub fn new(
-        mapper: Option<Arc<dyn DmaMapper>>,
-        iovas: Option<Arc<Mutex<IovaAllocator>>>,
-        max_bytes: u64,
-    ) -> Self {
+    pub fn new(mapper: Option<Arc<dyn DmaMapper>>, iovas: Option<Arc<IovaLock>>, max_bytes: u64) -> Self {
         Self {
             shared: Shared::new(mapper, iovas, max_bytes),
         }

@@ -63,7 +63,11 @@ impl AsFd for EventFd {
 ///
 /// # Errors
 /// Any other errno of poll(2).
+///
+/// # Panics
+/// In debug and test builds, when a checked lock is held ([`crate::locks`]): poll blocks.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<bool>> {
+    crate::locks::assert_no_locks_held("poll");
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|fd| libc::pollfd {

@@ -7,6 +7,7 @@
 //! nothing of any board's register map and nothing of SCSI.
 
 pub mod fdio;
+pub mod locks;
 pub mod sim;
 pub mod vfio;
 

@@ -13,5 +13,7 @@ pub mod frontend;
 pub mod loopback;
 pub mod scsi;
 pub mod store;
+mod sync;
+pub mod teardown;
 pub mod transport;
 pub mod workload;

@@ -9,6 +9,7 @@ use scst_accel_boards::sim::create_sim_board;
 use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
 use scst_accel_dma::SgvPool;
+use scst_accel_handler::frontend::TeardownConfig;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
 use scst_accel_handler::transport::register::default_options;
@@ -45,6 +46,10 @@ pub struct Released {
     pub device_errors: u64,
     /// Ignored completions (unknown or duplicated tags).
     pub unknown_tags: u64,
+    /// Store requests still in flight when the frontend's workers left (must be 0).
+    pub zombies_left: u64,
+    /// The frontend's teardown time.
+    pub teardown: Duration,
 }
 
 impl SimRig {
@@ -111,15 +116,26 @@ impl SimRig {
             accel,
             pool,
         } = self;
-        if let Some(frontend) = rig.frontend.take() {
-            frontend.shutdown();
-        }
+        // Tight bounds: a soak runs hundreds of teardowns, and each step's bound is what a
+        // misbehaving device may cost.
+        let bounds = TeardownConfig {
+            drain: Duration::from_millis(300),
+            abort: Duration::from_millis(600),
+            flush: Duration::from_millis(200),
+        };
+        let teardown = rig
+            .frontend
+            .take()
+            .map(|frontend| frontend.teardown(bounds).teardown)
+            .unwrap_or_default();
         let c = accel.counters();
         let mut out = Released {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             resets: c.resets.load(Ordering::Relaxed),
             device_errors: c.device_errors.load(Ordering::Relaxed),
             unknown_tags: c.unknown_tags.load(Ordering::Relaxed),
+            zombies_left: teardown.zombies_left,
+            teardown: teardown.duration,
             ..Released::default()
         };
         if let Err(e) = accel.board().reset() {

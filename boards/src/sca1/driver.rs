@@ -10,13 +10,13 @@ use super::regs::global;
 use super::regs::status;
 use super::regs::Cap0;
 use super::regs::Timeouts;
+use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -132,7 +132,7 @@ impl Default for Sca1Config {
 pub struct Sca1 {
     device: Arc<dyn DeviceBacking>,
     caps: Sca1Caps,
-    iovas: Arc<Mutex<IovaAllocator>>,
+    iovas: Arc<IovaLock>,
     coalesce: u32,
     /// Bumped by every reset: a queue that sees it change knows its engine was stopped.
     resets: AtomicU64,
@@ -170,7 +170,10 @@ impl Sca1 {
             });
         }
         let caps = read_caps(device.as_ref());
-        let iovas = Arc::new(Mutex::new(IovaAllocator::new(config.iova_base, config.iova_size)));
+        let iovas = Arc::new(IovaLock::new(IovaAllocator::new(
+            config.iova_base,
+            config.iova_size,
+        )));
         let coalesce = u32::from(config.coalesce_count) | (u32::from(config.coalesce_us) << 8);
         let driver = Self {
             device,
@@ -262,7 +265,7 @@ impl Sca1 {
     }
 
     /// The IOVA window shared by rings and the SGV pool.
-    pub fn iovas(&self) -> &Arc<Mutex<IovaAllocator>> {
+    pub fn iovas(&self) -> &Arc<IovaLock> {
         &self.iovas
     }
 
@@ -369,7 +372,8 @@ impl Sca1 {
                     timeout,
                 });
             }
-            std::thread::sleep(pause);
+            // A wait on the device: no lock may be held (asserted in test builds).
+            scst_accel_hal::locks::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
         }
     }

@@ -11,9 +11,9 @@ use super::regs;
 use super::regs::doorbell;
 use super::regs::global;
 use super::regs::queue;
+use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::CompletionRing;
 use scst_accel_dma::DmaRegion;
-use scst_accel_dma::IovaAllocator;
 use scst_accel_dma::MappedRegion;
 use scst_accel_dma::SubmissionRing;
 use scst_accel_hal::DeviceBacking;
@@ -23,7 +23,6 @@ use scst_accel_hal::HalError;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 use zerocopy::IntoBytes;
@@ -160,7 +159,7 @@ impl Sca1Queue {
     /// [`Sca1Error::Setup`] when memory or mappings cannot be had.
     pub fn create(
         device: Arc<dyn DeviceBacking>,
-        iovas: Arc<Mutex<IovaAllocator>>,
+        iovas: Arc<IovaLock>,
         config: QueueConfig,
         irq: Option<EventFd>,
     ) -> Result<Self, Sca1Error> {
@@ -414,7 +413,8 @@ impl Sca1Queue {
                     })
                 }
                 Some(_) => {
-                    std::thread::sleep(pause);
+                    // A wait on the device: no lock may be held (asserted in test builds).
+                    scst_accel_hal::locks::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(1));
                 }
             }

@@ -1,23 +1,26 @@
 //! The simulated SCA-1 board: the [`SimModel`] behind a [`SimDevice`](scst_accel_hal::sim::SimDevice),
 //! owning the register file, the medium, the fault plan and one engine thread per queue.
 //!
-//! Locking: one mutex guards the register file and every queue's engine state
-//! ([`BoardState`]); the fault plan has its own mutex, never taken while holding the state
-//! lock. No lock is held across a DMA copy, an interrupt or a thread join: register writes
-//! return their [`Effects`](super::registers::Effects), carried out after unlocking.
+//! Locking (docs/locking.md): one mutex guards the register file and every queue's engine state
+//! ([`BoardState`], level `sim.state`); the fault plan has its own (`sim.faults`), never taken
+//! while holding the state lock; the engine handles have `sim.engines`. No lock is held across
+//! a DMA copy, an interrupt or a thread join: register writes return their
+//! [`Effects`](super::registers::Effects), carried out after unlocking. The simulated IOMMU
+//! asserts it: a DMA copy starts from a root [`LockToken`](scst_accel_hal::locks::LockToken).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Condvar;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
-use std::sync::PoisonError;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
 
+use scst_accel_hal::locks;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedCondvar;
+use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::locks::OrderedMutexGuard;
 use scst_accel_hal::sim::InterruptLines;
 use scst_accel_hal::sim::Iommu;
 use scst_accel_hal::sim::SimContext;
@@ -35,6 +38,9 @@ use crate::sca1::regs::ALL_ONES;
 
 /// How long shutdown waits for the engine threads to end before leaving them detached.
 const JOIN_BOUND: Duration = Duration::from_secs(5);
+
+/// The register-file lock's guard.
+pub(crate) type StateGuard<'a> = OrderedMutexGuard<'a, BoardState, levels::SimState>;
 
 /// Event counters behind [`SimStats`].
 #[derive(Debug, Default)]
@@ -69,30 +75,25 @@ pub(crate) struct Shared {
     pub medium: Medium,
     /// Counters.
     pub stats: Counters,
-    state: Mutex<BoardState>,
+    state: OrderedMutex<BoardState, levels::SimState>,
     /// Signalled on every change an engine or a reset waiter may be waiting for.
-    wake: Condvar,
+    wake: OrderedCondvar,
     gone: AtomicBool,
     stopping: AtomicBool,
-    faults: Mutex<FaultPlan>,
+    faults: OrderedMutex<FaultPlan, levels::SimFaults>,
 }
 
 impl Shared {
     /// Lock the register file (a poisoned lock is still usable: the state is plain data).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, BoardState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Register accesses arrive through the `RegisterIo` trait object, where no token can be
+    /// threaded: checked at run time.
+    pub(crate) fn lock(&self) -> StateGuard<'_> {
+        self.state.lock_unchecked_at_runtime()
     }
 
     /// Wait for a change, at most `timeout`.
-    pub(crate) fn wait<'a>(
-        &self,
-        guard: MutexGuard<'a, BoardState>,
-        timeout: Duration,
-    ) -> MutexGuard<'a, BoardState> {
-        match self.wake.wait_timeout(guard, timeout) {
-            Ok((guard, _)) => guard,
-            Err(poisoned) => poisoned.into_inner().0,
-        }
+    pub(crate) fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
+        self.wake.wait_timeout(guard, timeout).0
     }
 
     /// Wake every waiter.
@@ -118,10 +119,7 @@ impl Shared {
 
     /// The fault plan's verdict on the `n`th descriptor of queue `q`.
     pub(crate) fn decide(&self, q: u32, n: u64) -> Decision {
-        self.faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .decide(q, n)
+        self.faults.lock_unchecked_at_runtime().decide(q, n)
     }
 
     fn read32(&self, offset: u64) -> u32 {
@@ -151,10 +149,7 @@ impl Shared {
     /// reads 0) when no engine holds a descriptor any more.
     fn start_reset(&self) {
         // Hung engines are released by the reset; remove the fault so they stay released.
-        self.faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove_hangs();
+        self.faults.lock_unchecked_at_runtime().remove_hangs();
         let mut st = self.lock();
         st.apply_reset();
         Counters::add(&self.stats.resets, 1);
@@ -202,11 +197,7 @@ impl Shared {
                 st.fatal = true;
                 st.fatal_code = code.max(1);
             }
-            other => self
-                .faults
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .add(other),
+            other => self.faults.lock_unchecked_at_runtime().add(other),
         }
         self.notify();
     }
@@ -214,13 +205,13 @@ impl Shared {
     /// Remove every standing fault (events already applied stay: a gone device stays gone, a
     /// fatal board stays fatal until reset).
     pub(crate) fn clear_faults(&self) {
-        self.faults.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.faults.lock_unchecked_at_runtime().clear();
         self.notify();
     }
 
     /// The standing faults.
     pub(crate) fn faults(&self) -> Vec<Fault> {
-        self.faults.lock().unwrap_or_else(PoisonError::into_inner).list()
+        self.faults.lock_unchecked_at_runtime().list()
     }
 
     /// A snapshot of the counters.
@@ -243,7 +234,7 @@ impl Shared {
 /// The model handed to the SimDevice.
 pub(crate) struct SimBoard {
     shared: Arc<Shared>,
-    engines: Mutex<Vec<JoinHandle<()>>>,
+    engines: OrderedMutex<Vec<JoinHandle<()>>, levels::SimEngines>,
 }
 
 impl SimBoard {
@@ -258,13 +249,13 @@ impl SimBoard {
                 interrupts: ctx.interrupts,
                 medium,
                 stats: Counters::default(),
-                state: Mutex::new(state),
-                wake: Condvar::new(),
+                state: OrderedMutex::new(state),
+                wake: OrderedCondvar::new(),
                 gone: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
-                faults: Mutex::new(FaultPlan::default()),
+                faults: OrderedMutex::new(FaultPlan::default()),
             }),
-            engines: Mutex::new(Vec::new()),
+            engines: OrderedMutex::new(Vec::new()),
         }
     }
 
@@ -278,7 +269,7 @@ impl SimBoard {
     /// # Errors
     /// The errno of thread creation; engines already started keep running until shutdown.
     pub(crate) fn start_engines(&self) -> std::io::Result<()> {
-        let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut engines = self.engines.lock_unchecked_at_runtime();
         for q in 0..self.shared.config.queues {
             let shared = Arc::clone(&self.shared);
             let handle = std::thread::Builder::new()
@@ -317,7 +308,16 @@ impl SimModel for SimBoard {
         self.shared.stopping.store(true, Ordering::Release);
         drop(self.shared.lock());
         self.shared.notify();
-        let engines = std::mem::take(&mut *self.engines.lock().unwrap_or_else(PoisonError::into_inner));
+        let engines = std::mem::take(&mut *self.engines.lock_unchecked_at_runtime());
+        // This runs from `Drop`, which must not panic, so the rule "no lock across a join" is
+        // reported here rather than asserted (locks::join_bounded would panic in test builds).
+        if let Some((name, level)) = locks::held_locks().last() {
+            log::error!(
+                "{}: joining engine threads while holding `{name}` (level {level}): a lock held \
+                 across a blocking call (docs/locking.md)",
+                self.shared.id
+            );
+        }
         let deadline = Instant::now() + JOIN_BOUND;
         for handle in engines {
             while !handle.is_finished() && Instant::now() < deadline {

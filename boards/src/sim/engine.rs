@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::sync::atomic::fence;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::MutexGuard;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -21,6 +20,7 @@ use zerocopy::IntoBytes;
 
 use super::board::Counters;
 use super::board::Shared;
+use super::board::StateGuard;
 use super::registers::BoardState;
 use crate::sca1::desc::cq_status;
 use crate::sca1::desc::flags;
@@ -134,7 +134,7 @@ impl Engine {
     }
 
     /// Raise a coalesced interrupt whose timer has run out; returns the guard re-taken.
-    fn fire_due_interrupt<'a>(&'a self, mut st: MutexGuard<'a, BoardState>) -> MutexGuard<'a, BoardState> {
+    fn fire_due_interrupt<'a>(&'a self, mut st: StateGuard<'a>) -> StateGuard<'a> {
         if let Some(vector) = st.interrupt_if_due(self.qi(), Instant::now()) {
             drop(st);
             self.shared.raise(vector);
@@ -200,7 +200,7 @@ impl Engine {
         job: &Job,
         until: Option<Instant>,
         ready: impl Fn(&BoardState) -> bool,
-    ) -> Step<MutexGuard<'_, BoardState>> {
+    ) -> Step<StateGuard<'_>> {
         let mut st = self.shared.lock();
         loop {
             if !self.valid(&st, job) {

@@ -10,8 +10,9 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::PoisonError;
+
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
 
 /// RAM is allocated in chunks of this size on first write.
 const RAM_CHUNK: u64 = 64 * 1024;
@@ -25,7 +26,9 @@ pub(crate) enum Medium {
     /// Chunk index → chunk; a missing chunk reads as zeroes.
     Ram {
         len: u64,
-        chunks: Mutex<HashMap<u64, Box<[u8]>>>,
+        /// Level `sim.medium`: a leaf, held for one copy between the medium and the engine's
+        /// bounce buffer (never host DMA memory).
+        chunks: OrderedMutex<HashMap<u64, Box<[u8]>>, levels::SimMedium>,
     },
     /// A file of exactly `len` bytes.
     File { len: u64, file: File },
@@ -36,7 +39,7 @@ impl Medium {
     pub(crate) fn ram(len: u64) -> Self {
         Self::Ram {
             len,
-            chunks: Mutex::new(HashMap::new()),
+            chunks: OrderedMutex::new(HashMap::new()),
         }
     }
 
@@ -77,7 +80,7 @@ impl Medium {
         self.check(offset, out.len() as u64)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let chunks = chunks.lock().unwrap_or_else(PoisonError::into_inner);
+                let chunks = chunks.lock_unchecked_at_runtime();
                 for_each_chunk(offset, out.len(), |index, within, at, n| {
                     match chunks.get(&index) {
                         Some(chunk) => out[at..at + n].copy_from_slice(&chunk[within..within + n]),
@@ -95,7 +98,7 @@ impl Medium {
         self.check(offset, data.len() as u64)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let mut chunks = chunks.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut chunks = chunks.lock_unchecked_at_runtime();
                 for_each_chunk(offset, data.len(), |index, within, at, n| {
                     let chunk = chunks
                         .entry(index)
@@ -114,7 +117,7 @@ impl Medium {
         self.check(offset, len)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let mut chunks = chunks.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut chunks = chunks.lock_unchecked_at_runtime();
                 let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
                 for_each_chunk(offset, len, |index, within, _, n| {
                     if n as u64 == RAM_CHUNK {
@@ -156,9 +159,7 @@ impl Medium {
     #[cfg(test)]
     pub(crate) fn allocated(&self) -> u64 {
         match self {
-            Self::Ram { chunks, .. } => {
-                chunks.lock().unwrap_or_else(PoisonError::into_inner).len() as u64 * RAM_CHUNK
-            }
+            Self::Ram { chunks, .. } => chunks.lock_unchecked_at_runtime().len() as u64 * RAM_CHUNK,
             Self::File { .. } => 0,
         }
     }

@@ -9,16 +9,19 @@ use super::PoolStats;
 use super::SGV_CLASSES;
 use super::UNCACHED_CLASS;
 use crate::mapping::lock_iovas;
-use crate::IovaAllocator;
+use crate::mapping::IovaLock;
 use crate::PageBuffer;
 use crate::PAGE_SIZE;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::Level;
+use scst_accel_hal::locks::LockLevel;
+use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::locks::OrderedMutexGuard;
 use scst_accel_hal::DmaMapper;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
 
 /// Pool identities, never reused (thread-local stashes are keyed by them).
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
@@ -54,7 +57,7 @@ enum Placement {
     /// At IOVAs from an allocator shared with the domain's rings.
     Window {
         mapper: Arc<dyn DmaMapper>,
-        iovas: Arc<Mutex<IovaAllocator>>,
+        iovas: Arc<IovaLock>,
     },
     /// At IOVA = host virtual address.
     Identity { mapper: Arc<dyn DmaMapper> },
@@ -75,10 +78,13 @@ pub(super) struct Counters {
     leaked: AtomicU64,
 }
 
-/// Lock a pool mutex. Nothing panics while holding one, and every critical section leaves
-/// its lists consistent, so a poisoned lock is still usable; teardown must never panic.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Lock a pool mutex. The pool's locks never nest (each critical section takes one, with no
+/// other checked lock of the pool's held) and are taken from `Drop` paths where no token can be
+/// threaded, so they rely on the runtime check. Nothing panics while holding one, and every
+/// critical section leaves its lists consistent, so poisoning is recovered by the lock.
+fn lock<T, L: LockLevel>(m: &OrderedMutex<T, L>) -> OrderedMutexGuard<'_, T, L> {
+    debug_assert!(L::LEVEL > levels::CmdTable::LEVEL);
+    m.lock_unchecked_at_runtime()
 }
 
 pub(super) struct Shared {
@@ -89,8 +95,10 @@ pub(super) struct Shared {
     held: AtomicU64,
     /// Set by shutdown/drop: returned buffers are released, not cached.
     closed: AtomicBool,
-    free: Mutex<Lists>,
-    stashes: Mutex<Vec<StashRef>>,
+    /// Level `sgv.pool`.
+    free: OrderedMutex<Lists, levels::SgvPool>,
+    /// Level `sgv.stashes`.
+    stashes: OrderedMutex<Vec<StashRef>, levels::SgvStashes>,
     pub(super) counters: Counters,
 }
 
@@ -113,7 +121,7 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     pub(super) fn new(
         mapper: Option<Arc<dyn DmaMapper>>,
-        iovas: Option<Arc<Mutex<IovaAllocator>>>,
+        iovas: Option<Arc<IovaLock>>,
         max_bytes: u64,
     ) -> Arc<Self> {
         let placement = match (mapper, iovas) {
@@ -132,8 +140,8 @@ impl Shared {
             max_bytes,
             held: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            free: Mutex::default(),
-            stashes: Mutex::default(),
+            free: OrderedMutex::default(),
+            stashes: OrderedMutex::default(),
             counters: Counters::default(),
         })
     }

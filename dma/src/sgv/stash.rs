@@ -1,7 +1,7 @@
 //! The per-thread fast path: each thread keeps a small stash of idle buffers per class and per
 //! pool, so a worker that gets and puts buffers in a loop touches no shared lock.
 //!
-//! The stash itself is an `Arc<Mutex<Lists>>` registered in its pool, so that the pool can
+//! The stash itself is an `Arc<OrderedMutex<Lists, SgvStash>>` (level `sgv.stash`) registered in its pool, so that the pool can
 //! drain every thread's stash (flush, shutdown, eviction under the cap). Its owner thread is
 //! the only one that locks it on the data path, so that lock is uncontended. When the thread
 //! exits, its stash is handed back to the pool's shared lists.
@@ -9,13 +9,14 @@
 use super::shared::Lists;
 use super::shared::Shared;
 use crate::PAGE_SIZE;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::Weak;
 
 /// A thread's stash for one pool.
-pub(super) type StashRef = Arc<Mutex<Lists>>;
+pub(super) type StashRef = Arc<OrderedMutex<Lists, levels::SgvStash>>;
 
 /// Bytes a thread keeps per class before spilling to the shared lists.
 const STASH_BYTES: usize = 1 << 20;

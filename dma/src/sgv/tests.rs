@@ -1,27 +1,30 @@
 //! SGV pool tests: classes, reuse, cap, flush, shutdown, the map/unmap ledger, threads.
 
 use super::*;
+use crate::mapping::IovaLock;
 use crate::test_mapper::LedgerMapper;
+use crate::IovaAllocator;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 const K4: usize = PAGE_SIZE;
 
 struct Fixture {
     mapper: Arc<LedgerMapper>,
-    iovas: Arc<Mutex<IovaAllocator>>,
+    iovas: Arc<IovaLock>,
     pool: SgvPool,
 }
 
 fn fixture(max_bytes: u64) -> Fixture {
     let mapper = Arc::new(LedgerMapper::default());
-    let iovas = Arc::new(Mutex::new(IovaAllocator::new(0, 1 << 40)));
+    let iovas = Arc::new(IovaLock::new(IovaAllocator::new(0, 1 << 40)));
     let pool = SgvPool::new(Some(mapper.clone()), Some(iovas.clone()), max_bytes);
     Fixture { mapper, iovas, pool }
 }
 
 /// Every mapping the pool made was unmapped exactly, and every IOVA returned.
-fn assert_clean(mapper: &LedgerMapper, iovas: &Mutex<IovaAllocator>) {
+fn assert_clean(mapper: &LedgerMapper, iovas: &IovaLock) {
     assert_eq!(mapper.live(), vec![], "mappings left behind");
     let (maps, unmaps, bad) = mapper.counts();
     assert_eq!(bad, 0, "an unmap matched no live mapping");
@@ -242,7 +245,7 @@ fn map_failures_and_iova_exhaustion_fail_fast() {
     f.shutdown_clean();
 
     let mapper = Arc::new(LedgerMapper::default());
-    let iovas = Arc::new(Mutex::new(IovaAllocator::new(0x1000, 2 * K4 as u64)));
+    let iovas = Arc::new(IovaLock::new(IovaAllocator::new(0x1000, 2 * K4 as u64)));
     let pool = SgvPool::new(Some(mapper.clone()), Some(iovas.clone()), 1 << 30);
     let a = pool.get(2 * K4).expect("fills the window");
     assert!(pool.get(K4).is_none(), "no IOVA left");

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
-use std::sync::RwLock;
 
+use crate::locks::levels;
+use crate::locks::OrderedRwLock;
 use crate::EventFd;
 use crate::HalError;
 
@@ -21,7 +21,8 @@ pub struct InterruptLines {
     vectors: u32,
     /// One entry per enabled vector: a duplicate of the descriptor handed to the driver, kept as
     /// a `File` so that signalling is a plain `write(2)` of a u64 with no unsafe code.
-    lines: RwLock<Vec<File>>,
+    /// Level `interrupts.lines`: a leaf, read-held for one non-blocking eventfd write.
+    lines: OrderedRwLock<Vec<File>, levels::InterruptLines>,
     raised: AtomicU64,
     delivered: AtomicU64,
 }
@@ -32,7 +33,7 @@ impl InterruptLines {
         Self {
             device: device.to_owned(),
             vectors,
-            lines: RwLock::new(Vec::new()),
+            lines: OrderedRwLock::new(Vec::new()),
             raised: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
         }
@@ -51,7 +52,7 @@ impl InterruptLines {
             return;
         }
         self.raised.fetch_add(1, Ordering::Relaxed);
-        let lines = self.lines.read().unwrap_or_else(PoisonError::into_inner);
+        let lines = self.lines.read_unchecked_at_runtime();
         let Some(mut line) = lines.get(vector as usize) else {
             log::trace!("{}: vector {vector} raised while disabled", self.device);
             return;
@@ -85,7 +86,7 @@ impl InterruptLines {
 
     /// Vectors currently enabled (0: the driver polls).
     pub fn enabled(&self) -> u32 {
-        self.lines.read().unwrap_or_else(PoisonError::into_inner).len() as u32
+        self.lines.read_unchecked_at_runtime().len() as u32
     }
 
     /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before.
@@ -105,14 +106,14 @@ impl InterruptLines {
             kept.push(File::from(fd.as_fd().try_clone_to_owned().map_err(error)?));
             handed_out.push(fd);
         }
-        *self.lines.write().unwrap_or_else(PoisonError::into_inner) = kept;
+        *self.lines.write_unchecked_at_runtime() = kept;
         log::debug!("{}: enabled {count} MSI-X vectors", self.device);
         Ok(handed_out)
     }
 
     /// Disable every vector; the driver's eventfds stay open but are never signalled again.
     pub(crate) fn disable(&self) {
-        self.lines.write().unwrap_or_else(PoisonError::into_inner).clear();
+        self.lines.write_unchecked_at_runtime().clear();
         log::debug!("{}: disabled MSI-X", self.device);
     }
 }

@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-use std::sync::PoisonError;
-use std::sync::RwLock;
-use std::sync::RwLockReadGuard;
-use std::sync::RwLockWriteGuard;
 
+use crate::locks::levels;
+use crate::locks::LockBefore;
+use crate::locks::LockToken;
+use crate::locks::OrderedMutex;
+use crate::locks::OrderedRwLock;
 use crate::DmaMapper;
 use crate::HalError;
 
@@ -55,13 +55,17 @@ struct Mapping {
 #[derive(Debug)]
 pub struct Iommu {
     device: String,
-    /// IOVA of each mapping's first byte → mapping. Mappings never overlap.
-    table: RwLock<BTreeMap<u64, Mapping>>,
+    /// IOVA of each mapping's first byte → mapping. Mappings never overlap. Level
+    /// `iommu.table`: read-held for a whole copy, so an unmap (write) waits for copies; the fault
+    /// record and the map limit are taken under it. A panic while holding it cannot leave the
+    /// table half-updated (every update is one insert or remove), so a poisoned lock is used as
+    /// is.
+    table: OrderedRwLock<BTreeMap<u64, Mapping>, levels::IommuTable>,
     fault_count: AtomicU64,
-    faults: Mutex<Vec<IommuFault>>,
+    faults: OrderedMutex<Vec<IommuFault>, levels::IommuFaults>,
     /// Largest total of mapped bytes `map` accepts (None: no limit), standing in for the
     /// locked-memory limit (RLIMIT_MEMLOCK) that makes VFIO type1 refuse a map with ENOMEM.
-    map_limit: Mutex<Option<u64>>,
+    map_limit: OrderedMutex<Option<u64>, levels::IommuMapLimit>,
     /// Copies between translation and their last byte; lets tests see that an unmap waited.
     copies_in_flight: AtomicU64,
 }
@@ -71,10 +75,10 @@ impl Iommu {
     pub fn new(device: &str) -> Self {
         Self {
             device: device.to_owned(),
-            table: RwLock::new(BTreeMap::new()),
+            table: OrderedRwLock::new(BTreeMap::new()),
             fault_count: AtomicU64::new(0),
-            faults: Mutex::new(Vec::new()),
-            map_limit: Mutex::new(None),
+            faults: OrderedMutex::new(Vec::new()),
+            map_limit: OrderedMutex::new(None),
             copies_in_flight: AtomicU64::new(0),
         }
     }
@@ -86,9 +90,11 @@ impl Iommu {
     /// unchanged and no host memory was read.
     pub fn dma_read(&self, iova: u64, out: &mut [u8]) -> Result<(), IommuFault> {
         let len = out.len() as u64;
-        let table = self.read_table();
+        // A DMA copy is device work: the model calls it with no lock of its own held.
+        let mut token = LockToken::root();
+        let (table, mut under_table) = self.table.read(&mut token);
         if !covered(&table, iova, len) {
-            return Err(self.fault(iova, len, false));
+            return Err(self.fault(&mut under_table, iova, len, false));
         }
         let _copy = CopyInFlight::new(&self.copies_in_flight);
         for (host, at, seg) in Segments::new(&table, iova, len) {
@@ -109,9 +115,10 @@ impl Iommu {
     /// then written, not even the mapped part.
     pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
         let len = data.len() as u64;
-        let table = self.read_table();
+        let mut token = LockToken::root();
+        let (table, mut under_table) = self.table.read(&mut token);
         if !covered(&table, iova, len) {
-            return Err(self.fault(iova, len, true));
+            return Err(self.fault(&mut under_table, iova, len, true));
         }
         let _copy = CopyInFlight::new(&self.copies_in_flight);
         for (host, at, seg) in Segments::new(&table, iova, len) {
@@ -130,24 +137,28 @@ impl Iommu {
 
     /// The first [`FAULTS_KEPT`] faults, oldest first.
     pub fn faults(&self) -> Vec<IommuFault> {
-        self.faults.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.faults.lock_unchecked_at_runtime().clone()
     }
 
     /// Bytes currently mapped.
     pub fn mapped_bytes(&self) -> u64 {
-        self.read_table().values().map(|m| m.len).sum()
+        self.table
+            .read_unchecked_at_runtime()
+            .values()
+            .map(|m| m.len)
+            .sum()
     }
 
     /// Mappings currently live (one per successful `map` not yet unmapped).
     pub fn mappings(&self) -> usize {
-        self.read_table().len()
+        self.table.read_unchecked_at_runtime().len()
     }
 
     /// Limit the bytes that may be mapped at once (None: no limit); a `map` that would exceed it
     /// fails with ENOMEM, as VFIO does at the locked-memory limit. Lets tests exercise a
     /// driver's handling of that error. Existing mappings are kept even if above a new limit.
     pub fn set_map_limit(&self, limit: Option<u64>) {
-        *self.map_limit.lock().unwrap_or_else(PoisonError::into_inner) = limit;
+        *self.map_limit.lock_unchecked_at_runtime() = limit;
     }
 
     /// Copies currently between translation and their last byte.
@@ -156,12 +167,19 @@ impl Iommu {
         self.copies_in_flight.load(Ordering::SeqCst)
     }
 
-    fn fault(&self, iova: u64, len: u64, write: bool) -> IommuFault {
+    /// Record a fault; called with the table read-held (`token` proves the order).
+    fn fault<M: LockBefore<levels::IommuFaults>>(
+        &self,
+        token: &mut LockToken<'_, M>,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> IommuFault {
         let fault = IommuFault { iova, len, write };
         let n = self.fault_count.fetch_add(1, Ordering::Relaxed);
         if (n as usize) < FAULTS_KEPT {
             log::warn!("{}: {fault}", self.device);
-            let mut kept = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mut kept, _) = self.faults.lock(token);
             if kept.len() < FAULTS_KEPT {
                 kept.push(fault);
             }
@@ -169,16 +187,6 @@ impl Iommu {
             log::debug!("{}: {fault} (fault #{})", self.device, n + 1);
         }
         fault
-    }
-
-    // A panic while holding the lock cannot leave the table half-updated (every update is one
-    // insert or remove), so a poisoned lock is still consistent and is used as is.
-    fn read_table(&self) -> RwLockReadGuard<'_, BTreeMap<u64, Mapping>> {
-        self.table.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write_table(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, Mapping>> {
-        self.table.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn map_error(&self, iova: u64, len: u64, errno: i32) -> HalError {
@@ -215,7 +223,10 @@ impl DmaMapper for Iommu {
         {
             return Err(self.map_error(iova, len, libc::EINVAL));
         }
-        let mut table = self.write_table();
+        // Stands for VFIO_IOMMU_MAP_DMA, a blocking ioctl: no lock may be held across it, which
+        // `root` asserts in test builds, so the simulator catches what hardware would hang on.
+        let mut token = LockToken::root();
+        let (mut table, mut under_table) = self.table.write(&mut token);
         let end = iova + len;
         // Only the mapping starting at or before `iova`, and any starting inside the new range,
         // can overlap it: mappings in the table never overlap each other.
@@ -227,7 +238,7 @@ impl DmaMapper for Iommu {
         if below || inside {
             return Err(self.map_error(iova, len, libc::EEXIST));
         }
-        let limit = *self.map_limit.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = *self.map_limit.lock(&mut under_table).0;
         if let Some(limit) = limit {
             let mapped: u64 = table.values().map(|m| m.len).sum();
             if mapped.saturating_add(len) > limit {
@@ -245,7 +256,9 @@ impl DmaMapper for Iommu {
     /// # Errors
     /// [`HalError::Unmap`] with ENOENT unless exactly that range is mapped.
     fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError> {
-        let mut table = self.write_table();
+        // VFIO_IOMMU_UNMAP_DMA on hardware: asserted lock-free like `map`.
+        let mut token = LockToken::root();
+        let (mut table, _) = self.table.write(&mut token);
         match table.get(&iova) {
             Some(m) if m.len == len => {
                 table.remove(&iova);

@@ -99,6 +99,9 @@ impl VfioDevice {
 
     fn open_checked(addr: &str, checked: preflight::Preflight) -> Result<Self, VfioError> {
         let id = addr.to_owned();
+        // Opening the container, group and device are ioctls (and may wait on the group): the
+        // vfio-ioctls calls below run with no lock held.
+        crate::locks::assert_no_locks_held("VFIO open (container, group, device)");
         let container = Arc::new(VfioContainer::new(None).map_err(|source| VfioError::Container {
             addr: id.clone(),
             source,
@@ -125,6 +128,7 @@ impl VfioDevice {
         let reset_supported = info.flags & VFIO_DEVICE_FLAGS_RESET != 0;
         let bar0 = map_bar0(addr, &handle)?;
         let config = ConfigSpace::open(addr, &handle)?;
+        crate::locks::assert_no_locks_held("VFIO_DEVICE_GET_IRQ_INFO");
         let msix_vectors = handle
             .device()
             .and_then(|d| d.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX))

@@ -75,6 +75,8 @@ impl DmaMapper for VfioDma {
             Ok(size) if size > 0 && host != 0 => size,
             _ => return Err(self.map_error(iova, len, io::Error::from_raw_os_error(libc::EINVAL))),
         };
+        // A blocking ioctl (it pins the pages): never under a lock.
+        crate::locks::assert_no_locks_held("VFIO_IOMMU_MAP_DMA");
         // SAFETY: our caller promised (DmaMapper::map # Safety) that host..host+len stays mapped
         // and is touched only through raw volatile/atomic access until unmap: the contract of
         // VfioContainer::vfio_dma_map.
@@ -111,6 +113,7 @@ impl DmaMapper for VfioDma {
             .ok()
             .filter(|&s| s > 0)
             .ok_or_else(|| unmap_error(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        crate::locks::assert_no_locks_held("VFIO_IOMMU_UNMAP_DMA");
         self.container
             .vfio_dma_unmap(iova, size)
             .map_err(|e| unmap_error(errno_of(e)))?;

@@ -49,6 +49,7 @@ pub(crate) fn device_fd(device: &vfio_ioctls::VfioDevice) -> BorrowedFd<'_> {
 
 /// `VFIO_DEVICE_GET_INFO`: flags (reset support), region and irq counts.
 pub(crate) fn device_info(device: BorrowedFd<'_>) -> io::Result<vfio_device_info> {
+    crate::locks::assert_no_locks_held("VFIO_DEVICE_GET_INFO");
     let mut info = vfio_device_info {
         argsz: size_of::<vfio_device_info>() as u32,
         ..Default::default()
@@ -64,6 +65,7 @@ pub(crate) fn device_info(device: BorrowedFd<'_>) -> io::Result<vfio_device_info
 
 /// `VFIO_DEVICE_GET_REGION_INFO` for one region index (capability chain not fetched).
 pub(crate) fn region_info(device: BorrowedFd<'_>, index: u32) -> io::Result<vfio_region_info> {
+    crate::locks::assert_no_locks_held("VFIO_DEVICE_GET_REGION_INFO");
     let mut info = vfio_region_info {
         argsz: size_of::<vfio_region_info>() as u32,
         index,
@@ -99,6 +101,7 @@ fn irq_set_words(flags: u32, index: u32, fds: &[BorrowedFd<'_>]) -> Vec<u32> {
 }
 
 fn set_irqs(device: BorrowedFd<'_>, words: &[u32]) -> io::Result<()> {
+    crate::locks::assert_no_locks_held("VFIO_DEVICE_SET_IRQS");
     // SAFETY: `words` is a live, 4-aligned vfio_irq_set whose argsz (words[0]) equals its length
     // in bytes (built by irq_set_words); the kernel only reads it.
     let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_SET_IRQS, words.as_ptr()) };
@@ -132,6 +135,7 @@ pub(crate) fn disable_irq_index(device: BorrowedFd<'_>, index: u32) -> io::Resul
 
 /// `VFIO_DEVICE_RESET`: function-level (or bus) reset; the errno is returned.
 pub(crate) fn device_reset(device: BorrowedFd<'_>) -> io::Result<()> {
+    crate::locks::assert_no_locks_held("VFIO_DEVICE_RESET");
     // SAFETY: an argument-less ioctl on an open fd; no memory is passed.
     let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_RESET) };
     if rc < 0 {

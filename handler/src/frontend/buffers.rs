@@ -9,11 +9,13 @@
 
 use crate::store::CmdBuffer;
 use scst_accel_dma::SgvPool;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::locks::OrderedMutexGuard;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
 
 /// Byte and count figures of the table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,7 +35,7 @@ pub struct BufferFigures {
 /// Buffers handed to SCST, drawn from an SGV pool.
 #[derive(Debug)]
 pub struct BufferTable {
-    map: Mutex<HashMap<u64, Arc<CmdBuffer>>>,
+    map: OrderedMutex<HashMap<u64, Arc<CmdBuffer>>, levels::CmdTable>,
     pool: Arc<SgvPool>,
     bytes: AtomicU64,
     allocated: AtomicU64,
@@ -45,7 +47,7 @@ impl BufferTable {
     /// A table drawing from `pool` (whose cap bounds the memory SCST can hold).
     pub fn new(pool: Arc<SgvPool>) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: OrderedMutex::new(HashMap::new()),
             pool,
             bytes: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
@@ -54,8 +56,10 @@ impl BufferTable {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<CmdBuffer>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    /// The command table (docs/locking.md level 2): held for one hash operation; a buffer it
+    /// drops may return to the SGV pool (a higher level), never the reverse.
+    fn lock(&self) -> OrderedMutexGuard<'_, HashMap<u64, Arc<CmdBuffer>>, levels::CmdTable> {
+        self.map.lock_unchecked_at_runtime()
     }
 
     /// The pool.

@@ -23,13 +23,14 @@ use crate::store::StoreError;
 use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use scst_accel_dma::SgvPool;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -195,7 +196,7 @@ pub(crate) struct Shared {
     store: Arc<dyn Store>,
     buffers: BufferTable,
     counters: Counters,
-    sessions: Mutex<HashMap<u64, SessionInfo>>,
+    sessions: OrderedMutex<HashMap<u64, SessionInfo>, levels::FrontendSessions>,
     phase: AtomicU8,
     /// Store requests in flight over all workers.
     inflight: AtomicUsize,
@@ -242,7 +243,7 @@ impl Frontend {
             store,
             buffers: BufferTable::new(pool),
             counters: Counters::default(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: OrderedMutex::new(HashMap::new()),
             phase: AtomicU8::new(Phase::Serving as u8),
             inflight: AtomicUsize::new(0),
             config: config.clone(),
@@ -288,11 +289,7 @@ impl Frontend {
 
     /// Sessions attached now.
     pub fn sessions(&self) -> HashMap<u64, SessionInfo> {
-        self.shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.sessions.lock_unchecked_at_runtime().clone()
     }
 
     /// The engine.
@@ -360,7 +357,7 @@ impl Frontend {
         let mut exits = Vec::new();
         let mut panicked = 0;
         for handle in self.workers.drain(..) {
-            match handle.join() {
+            match scst_accel_hal::locks::join(handle) {
                 Ok(exit) => exits.push(exit),
                 Err(_) => {
                     panicked += 1;

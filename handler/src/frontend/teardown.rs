@@ -190,6 +190,6 @@ fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        scst_accel_hal::locks::sleep(Duration::from_millis(1));
     }
 }

@@ -159,12 +159,12 @@ impl Worker {
         let fd = Some(self.shared.fd.poll_fd()).filter(|_| fetching);
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().chain(self.queue.notify_fd()).collect();
         if fds.is_empty() {
-            std::thread::sleep(self.shared.config.idle_poll);
+            scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
             return;
         }
         if let Err(e) = poll_readable(&fds, self.shared.config.idle_poll) {
             log::warn!("poll on the scst_user fd failed: {e}");
-            std::thread::sleep(self.shared.config.idle_poll);
+            scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
         }
     }
 
@@ -261,7 +261,7 @@ impl Worker {
 
     fn session(&mut self, cmd: &GetCmd) {
         let sess: abi::Sess = cmd.read_payload();
-        let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.shared.sessions.lock_unchecked_at_runtime();
         if cmd.subcode == abi::SCST_USER_ATTACH_SESS {
             self.shared.counters.attach.fetch_add(1, Ordering::Relaxed);
             let info = SessionInfo {

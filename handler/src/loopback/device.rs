@@ -19,14 +19,15 @@ use crate::abi::GetCmd;
 use crate::abi::Opt;
 use crate::transport::Errno;
 use crossbeam_channel::Sender;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedCondvar;
+use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::locks::OrderedMutexGuard;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::io::Write;
-use std::sync::Condvar;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
 use std::time::Duration;
 use std::time::Instant;
 use zerocopy::IntoBytes;
@@ -327,15 +328,16 @@ pub(crate) fn assert_unlocked(what: &str) {
     );
 }
 
-/// The device lock, counted per thread for [`assert_unlocked`].
-pub(crate) struct StateGuard<'a>(Option<MutexGuard<'a, DeviceState>>);
+/// The device lock (level `loopback.device`), counted per thread for [`assert_unlocked`].
+pub(crate) struct StateGuard<'a>(Option<OrderedMutexGuard<'a, DeviceState, levels::LoopbackDevice>>);
 
 impl<'a> StateGuard<'a> {
-    /// `Condvar::wait_timeout`, keeping the per-thread count right while unlocked.
-    pub fn wait_timeout(mut self, cond: &Condvar, dur: Duration) -> StateGuard<'a> {
+    /// `Condvar::wait_timeout`, keeping the per-thread count (and the checked-lock stack) right
+    /// while unlocked.
+    pub fn wait_timeout(mut self, cond: &OrderedCondvar, dur: Duration) -> StateGuard<'a> {
         let Some(guard) = self.0.take() else { return self };
         HELD.with(|h| h.set(h.get().saturating_sub(1)));
-        let guard = cond.wait_timeout(guard, dur).unwrap_or_else(|e| e.into_inner()).0;
+        let guard = cond.wait_timeout(guard, dur).0;
         HELD.with(|h| h.set(h.get() + 1));
         StateGuard(Some(guard))
     }
@@ -372,11 +374,11 @@ impl Drop for StateGuard<'_> {
 pub(crate) struct Device {
     /// Name (≤48 characters).
     pub name: String,
-    state: Mutex<DeviceState>,
+    state: OrderedMutex<DeviceState, levels::LoopbackDevice>,
     /// Wakes fetchers (exclusive waits) and suspend waiters.
-    pub cond: Condvar,
+    pub cond: OrderedCondvar,
     /// Wakes ATTACH_SESS waiters.
-    pub attach_cond: Condvar,
+    pub attach_cond: OrderedCondvar,
 }
 
 /// One delivered message, prepared under the lock and completed outside it.
@@ -392,15 +394,16 @@ impl Device {
     pub fn new(name: String, state: DeviceState) -> Self {
         Self {
             name,
-            state: Mutex::new(state),
-            cond: Condvar::new(),
-            attach_cond: Condvar::new(),
+            state: OrderedMutex::new(state),
+            cond: OrderedCondvar::new(),
+            attach_cond: OrderedCondvar::new(),
         }
     }
 
     /// Lock the state; a poisoned lock is recovered (the state stays consistent per step).
+    /// Checked at run time (the ioctl entry points reach it through the `ScstUserFd` trait).
     pub fn lock(&self) -> StateGuard<'_> {
-        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.state.lock_unchecked_at_runtime();
         HELD.with(|h| h.set(h.get() + 1));
         StateGuard(Some(guard))
     }

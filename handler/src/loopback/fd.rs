@@ -27,9 +27,12 @@ use crate::abi::ReplyCmd;
 use crate::transport::Errno;
 use crate::transport::IoctlResult;
 use crate::transport::ScstUserFd;
+use scst_accel_hal::locks;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockToken;
+use scst_accel_hal::locks::OrderedMutex;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::Weak;
 use std::time::Duration;
@@ -45,7 +48,9 @@ const DEFAULT_PURGE: Duration = Duration::from_secs(60);
 struct OpenFile {
     kernel: Arc<KernelInner>,
     nonblocking: bool,
-    register_lock: Mutex<()>,
+    /// Level `loopback.register`: serializes REGISTER on this fd; the device list is taken
+    /// under it (with a token: the nesting is checked by the compiler).
+    register_lock: OrderedMutex<(), levels::LoopbackRegister>,
     device: OnceLock<Arc<Device>>,
     poll: Arc<PollSignal>,
 }
@@ -64,7 +69,7 @@ impl OpenFile {
             };
         };
         {
-            let mut devices = self.kernel.devices.lock().unwrap_or_else(|e| e.into_inner());
+            let mut devices = self.kernel.devices.lock_unchecked_at_runtime();
             if devices.get(&dev.name).is_some_and(|d| Arc::ptr_eq(d, &dev)) {
                 devices.remove(&dev.name);
             }
@@ -101,7 +106,7 @@ impl LoopbackFd {
             file: Arc::new(OpenFile {
                 kernel,
                 nonblocking,
-                register_lock: Mutex::new(()),
+                register_lock: OrderedMutex::new(()),
                 device: OnceLock::new(),
                 poll: Arc::new(poll),
             }),
@@ -186,7 +191,7 @@ fn spawn_purge(dev: Weak<Device>, interval: Duration) {
     let spawned = std::thread::Builder::new()
         .name("scst_lb_purge".into())
         .spawn(move || loop {
-            std::thread::sleep(tick);
+            locks::sleep(tick);
             let Some(dev) = dev.upgrade() else { return };
             let stop = dev.with(|st, fx| {
                 if st.released {
@@ -207,7 +212,10 @@ fn spawn_purge(dev: Weak<Device>, interval: Duration) {
 
 impl ScstUserFd for LoopbackFd {
     fn register_device(&self, desc: &DevDesc) -> IoctlResult {
-        let _serial = self.file.register_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_REGISTER_DEVICE");
+        let mut token = LockToken::root();
+        let (_serial, mut under_register) = self.file.register_lock.lock(&mut token);
         if self.file.device.get().is_some() {
             log::warn!("loopback: device already registered on this fd");
             return Err(Errno::EINVAL);
@@ -249,7 +257,7 @@ impl ScstUserFd for LoopbackFd {
         }
         let opt = validate_opt(&desc.opt, desc.type_)?;
         let purge = purge_interval_of(desc, kernel.config.purge_interval);
-        let mut devices = kernel.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut devices, _) = kernel.devices.lock(&mut under_register);
         if devices.contains_key(&name) {
             return Err(Errno::EEXIST);
         }
@@ -275,6 +283,8 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn unregister_device(&self) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_UNREGISTER_DEVICE");
         let dev = self.file.device()?;
         log::warn!(
             "loopback {}: SCST_USER_UNREGISTER_DEVICE is obsolete; fd made non-blocking",
@@ -288,6 +298,8 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn set_options(&self, opt: &Opt) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_SET_OPTIONS");
         let dev = self.file.device()?;
         let (dev_type, tst, has_sessions) = {
             let st = dev.lock();
@@ -302,11 +314,15 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn get_options(&self) -> IoctlResult<Opt> {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_GET_OPTIONS");
         let dev = self.file.device()?;
         Ok(dev.lock().opt)
     }
 
     fn reply_and_get_cmd(&self, cmd: &mut GetCmd) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_REPLY_AND_GET_CMD");
         let dev = self.file.device()?;
         let preply = cmd.preply();
         if preply != 0 {
@@ -319,10 +335,14 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn reply_cmd(&self, reply: &ReplyCmd) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_REPLY_CMD");
         process_reply(self.file.device()?, reply)
     }
 
     fn flush_cache(&self) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_FLUSH_CACHE");
         let dev = self.file.device()?;
         self.suspended(dev, |st, fx| {
             st.flush_sgv(fx);
@@ -330,6 +350,8 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn device_capacity_changed(&self) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_DEVICE_CAPACITY_CHANGED");
         let dev = self.file.device()?;
         dev.with(|st, _| {
             for s in st.sessions.values_mut() {
@@ -340,6 +362,8 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn get_extended_cdb(&self, arg: &GetExtCdb) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_GET_EXTENDED_CDB");
         let dev = self.file.device()?;
         let tail = dev.with(|st, _| {
             let u = st.ucmds.get(&arg.cmd_h).ok_or(Errno::ESRCH)?;
@@ -367,6 +391,8 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn prealloc_buffer(&self, arg: &mut PreallocBuffer) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_PREALLOC_BUFFER");
         let dev = self.file.device()?;
         if arg.pbuf == 0 || !arg.pbuf.is_multiple_of(uaccess::PAGE_SIZE) || arg.bufflen == 0 {
             return Err(Errno::EINVAL);
@@ -400,6 +426,8 @@ impl ScstUserFd for LoopbackFd {
     }
 
     fn reply_and_get_multi(&self, arg: &mut MultiBuffer) -> IoctlResult {
+        // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
+        locks::assert_no_locks_held("SCST_USER_REPLY_AND_GET_MULTI");
         let dev = self.file.device()?;
         let mut header = arg.header();
         let replies = header.replies_cnt.max(0) as usize;

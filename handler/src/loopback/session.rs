@@ -14,13 +14,14 @@ use crate::abi;
 use crate::abi::tm_fn;
 use crate::transport::Errno;
 use crossbeam_channel::Receiver;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -48,7 +49,9 @@ impl Default for KernelConfig {
 /// Shared kernel state: configuration and the global device list (`dev_list`).
 pub(crate) struct KernelInner {
     pub config: KernelConfig,
-    pub devices: Mutex<HashMap<String, Arc<Device>>>,
+    /// Level `loopback.devices`: held for one map operation (and, in REGISTER, while the new
+    /// device is built; no device lock is ever taken under it).
+    pub devices: OrderedMutex<HashMap<String, Arc<Device>>, levels::LoopbackDevices>,
     next_sess: AtomicU64,
     next_tm: AtomicU64,
 }
@@ -56,11 +59,7 @@ pub(crate) struct KernelInner {
 impl KernelInner {
     /// The registered device `name`.
     pub fn device(&self, name: &str) -> Option<Arc<Device>> {
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.devices.lock_unchecked_at_runtime().get(name).cloned()
     }
 }
 
@@ -208,7 +207,7 @@ impl LoopbackKernel {
         Self {
             inner: Arc::new(KernelInner {
                 config,
-                devices: Mutex::new(HashMap::new()),
+                devices: OrderedMutex::new(HashMap::new()),
                 next_sess: AtomicU64::new(1),
                 next_tm: AtomicU64::new(1),
             }),
@@ -366,8 +365,7 @@ impl LoopbackKernel {
         let mut v: Vec<String> = self
             .inner
             .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unchecked_at_runtime()
             .keys()
             .cloned()
             .collect();

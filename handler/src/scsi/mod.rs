@@ -18,11 +18,12 @@
 use crate::abi::sam_status;
 use crate::store::StoreOp;
 use crate::store::StoreStatus;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::locks::OrderedMutexGuard;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
 
 mod capacity;
 mod cdb;
@@ -308,7 +309,8 @@ pub struct Disk {
     wce: AtomicBool,
     d_sense: AtomicBool,
     /// Current mode pages; the lock is held only to read or replace them.
-    mode: Mutex<ModePages>,
+    /// Level `scsi.mode_pages`: a leaf, held while pages are read or replaced.
+    mode: OrderedMutex<ModePages, levels::ScsiModePages>,
 }
 
 static_assertions::assert_impl_all!(Disk: Send, Sync);
@@ -348,7 +350,7 @@ impl Disk {
             prevent_removal: AtomicBool::new(false),
             wce: AtomicBool::new(config.write_cache),
             d_sense: AtomicBool::new(config.d_sense),
-            mode: Mutex::new(ModePages::defaults(&config)),
+            mode: OrderedMutex::new(ModePages::defaults(&config)),
             config,
         })
     }
@@ -469,8 +471,8 @@ impl Disk {
 
     /// The mode pages; a poisoned lock still holds valid pages (they are replaced whole), so
     /// it is recovered rather than propagated as a panic.
-    fn mode_pages(&self) -> MutexGuard<'_, ModePages> {
-        self.mode.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn mode_pages(&self) -> OrderedMutexGuard<'_, ModePages, levels::ScsiModePages> {
+        self.mode.lock_unchecked_at_runtime()
     }
 
     fn publish_mode(&self, pages: &ModePages) {

@@ -27,13 +27,14 @@ use scst_accel_boards::sca1::Sca1Queue;
 use scst_accel_boards::sca1::Sca1Request;
 use scst_accel_boards::sca1::SubmitError;
 use scst_accel_dma::split_for_device;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedMutex;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -80,7 +81,7 @@ pub struct AccelCounters {
 pub struct AccelStore {
     board: Arc<Sca1>,
     info: StoreInfo,
-    queues: Mutex<Vec<Sca1Queue>>,
+    queues: OrderedMutex<Vec<Sca1Queue>, levels::AccelSpareQueues>,
     total_queues: usize,
     config: AccelConfig,
     counters: Arc<AccelCounters>,
@@ -102,7 +103,7 @@ impl AccelStore {
         Self {
             board,
             info,
-            queues: Mutex::new(queues),
+            queues: OrderedMutex::new(queues),
             total_queues,
             config,
             counters: Arc::default(),
@@ -126,7 +127,7 @@ impl Store for AccelStore {
     }
 
     fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
-        let queue = self.queues.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let queue = self.queues.lock_unchecked_at_runtime().pop();
         match queue {
             Some(q) => Ok(Box::new(AccelQueue::new(
                 Arc::clone(&self.board),

@@ -14,14 +14,15 @@ use super::StoreOp;
 use super::StoreQueue;
 use super::StoreRequest;
 use super::StoreStatus;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::OrderedRwLock;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::sync::RwLock;
 
 const CHUNK_SIZE: usize = 1 << 20;
 
 /// One lazily allocated chunk of the medium (`None` reads as zeroes).
-type Chunk = RwLock<Option<Box<[u8]>>>;
+type Chunk = OrderedRwLock<Option<Box<[u8]>>, levels::RamChunk>;
 
 /// A store held in process memory.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ impl RamStore {
         Self {
             inner: Arc::new(Inner {
                 info,
-                chunks: (0..chunks).map(|_| RwLock::new(None)).collect(),
+                chunks: (0..chunks).map(|_| OrderedRwLock::new(None)).collect(),
             }),
         }
     }
@@ -200,7 +201,7 @@ impl Inner {
 
     fn copy_out(&self, start: u64, len: u64, buf: &IoBuffer) {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
-            let guard = self.chunks[chunk].read().unwrap_or_else(|e| e.into_inner());
+            let guard = self.chunks[chunk].read_unchecked_at_runtime();
             match guard.as_deref() {
                 Some(data) => buf.write_at(done, &data[at..at + n]),
                 None => buf.fill(done, n, 0),
@@ -210,7 +211,7 @@ impl Inner {
 
     fn copy_in(&self, start: u64, len: u64, buf: &IoBuffer) {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
-            let mut guard = self.chunks[chunk].write().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.chunks[chunk].write_unchecked_at_runtime();
             let data = guard.get_or_insert_with(|| vec![0u8; CHUNK_SIZE].into_boxed_slice());
             buf.read_at(done, &mut data[at..at + n]);
         });
@@ -218,7 +219,7 @@ impl Inner {
 
     fn zero(&self, start: u64, len: u64) {
         Self::for_each_chunk(start, len, |chunk, at, n, _| {
-            let mut guard = self.chunks[chunk].write().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.chunks[chunk].write_unchecked_at_runtime();
             if n == CHUNK_SIZE {
                 *guard = None;
             } else if let Some(data) = guard.as_deref_mut() {
@@ -236,7 +237,7 @@ impl Inner {
             }
             scratch.resize(n, 0);
             buf.read_at(done, &mut scratch);
-            let guard = self.chunks[chunk].read().unwrap_or_else(|e| e.into_inner());
+            let guard = self.chunks[chunk].read_unchecked_at_runtime();
             let pos = match guard.as_deref() {
                 Some(data) => scratch.iter().zip(&data[at..at + n]).position(|(a, b)| a != b),
                 None => scratch.iter().position(|&b| b != 0),

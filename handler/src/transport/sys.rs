@@ -16,6 +16,10 @@
 //! page buffers with copy-only access (`PageBuffer`) or buffers owned by the call. Keeping it is
 //! the job of whoever fills those fields for [`super::ScstUserFd`]; these functions forward the
 //! addresses unchanged and cannot check them.
+//!
+//! Every ioctl here may block (REPLY_AND_GET waits for commands; the others may wait for SCST to
+//! suspend activity), so each asserts, in test builds, that the calling thread holds no checked
+//! lock (docs/locking.md).
 // UNSAFETY: ioctl(2) and close(2) are FFI calls that take raw pointers to argument structures.
 #![allow(unsafe_code)]
 
@@ -28,6 +32,7 @@ use crate::abi::MultiBuffer;
 use crate::abi::Opt;
 use crate::abi::PreallocBuffer;
 use crate::abi::ReplyCmd;
+use scst_accel_hal::locks::assert_no_locks_held;
 use std::os::fd::AsRawFd;
 use std::os::fd::BorrowedFd;
 use std::os::fd::IntoRawFd;
@@ -52,6 +57,7 @@ fn check(ret: libc::c_int) -> Result<libc::c_int, Errno> {
 /// SCST_USER_REGISTER_DEVICE. The kernel reads the 160-byte descriptor, then a fixed 91+ bytes
 /// from `version_str` and `license_str` (spec §1.4).
 pub fn register_device(fd: BorrowedFd<'_>, desc: &DevDesc) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_REGISTER_DEVICE");
     // SAFETY: `_IOW` of size_of::<DevDesc>(): the kernel only reads 160 bytes from `desc`, a live
     // shared reference; the embedded string addresses are read with copy_from_user (EFAULT).
     let ret = unsafe {
@@ -67,6 +73,7 @@ pub fn register_device(fd: BorrowedFd<'_>, desc: &DevDesc) -> Result<(), Errno> 
 /// SCST_USER_UNREGISTER_DEVICE: obsolete no-op that makes the device non-blocking and wakes
 /// every waiter (spec §3.9).
 pub fn unregister_device(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_UNREGISTER_DEVICE");
     // SAFETY: `_IO` request: no argument is read or written; the third argument is ignored.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request(abi::SCST_USER_UNREGISTER_DEVICE), 0) };
     check(ret).map(drop)
@@ -74,6 +81,7 @@ pub fn unregister_device(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 
 /// SCST_USER_SET_OPTIONS.
 pub fn set_options(fd: BorrowedFd<'_>, opt: &Opt) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_SET_OPTIONS");
     // SAFETY: `_IOW` of size_of::<Opt>(): the kernel reads 20 bytes from a live shared reference.
     let ret = unsafe {
         libc::ioctl(
@@ -87,6 +95,7 @@ pub fn set_options(fd: BorrowedFd<'_>, opt: &Opt) -> Result<(), Errno> {
 
 /// SCST_USER_GET_OPTIONS.
 pub fn get_options(fd: BorrowedFd<'_>) -> Result<Opt, Errno> {
+    assert_no_locks_held("SCST_USER_GET_OPTIONS");
     let mut opt = Opt::new_zeroed();
     // SAFETY: `_IOR` of size_of::<Opt>(): the kernel writes 20 bytes into a local `Opt`, which
     // is valid for any bit pattern (FromBytes) and exclusively borrowed for the call.
@@ -103,6 +112,7 @@ pub fn get_options(fd: BorrowedFd<'_>) -> Result<Opt, Errno> {
 /// SCST_USER_REPLY_AND_GET_CMD (spec §3.2): processes the reply at `cmd.preply()` (if not 0),
 /// then writes at most 544 bytes of one command into `cmd`.
 pub fn reply_and_get_cmd(fd: BorrowedFd<'_>, cmd: &mut GetCmd) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_REPLY_AND_GET_CMD");
     // SAFETY: `_IOWR` of size_of::<GetCmd>(): the kernel reads `preply` and writes at most
     // `payload_len` ≤ 544 bytes into `cmd`, exclusively borrowed and valid for any bytes; the
     // reply behind `preply` is read with copy_from_user.
@@ -118,6 +128,7 @@ pub fn reply_and_get_cmd(fd: BorrowedFd<'_>, cmd: &mut GetCmd) -> Result<(), Err
 
 /// SCST_USER_REPLY_CMD.
 pub fn reply_cmd(fd: BorrowedFd<'_>, reply: &ReplyCmd) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_REPLY_CMD");
     // SAFETY: `_IOW` of size_of::<ReplyCmd>(): the kernel reads 56 bytes from a live reference.
     let ret = unsafe {
         libc::ioctl(
@@ -131,6 +142,7 @@ pub fn reply_cmd(fd: BorrowedFd<'_>, reply: &ReplyCmd) -> Result<(), Errno> {
 
 /// SCST_USER_FLUSH_CACHE.
 pub fn flush_cache(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_FLUSH_CACHE");
     // SAFETY: `_IO` request: no argument is read or written.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request(abi::SCST_USER_FLUSH_CACHE), 0) };
     check(ret).map(drop)
@@ -138,6 +150,7 @@ pub fn flush_cache(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 
 /// SCST_USER_DEVICE_CAPACITY_CHANGED.
 pub fn device_capacity_changed(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_DEVICE_CAPACITY_CHANGED");
     // SAFETY: `_IO` request: no argument is read or written.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request(abi::SCST_USER_DEVICE_CAPACITY_CHANGED), 0) };
     check(ret).map(drop)
@@ -145,6 +158,7 @@ pub fn device_capacity_changed(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 
 /// SCST_USER_GET_EXTENDED_CDB (spec §3.9): copies CDB bytes 16.. to `arg.ext_cdb_buffer`.
 pub fn get_extended_cdb(fd: BorrowedFd<'_>, arg: &GetExtCdb) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_GET_EXTENDED_CDB");
     // SAFETY: although encoded `_IOWR`, the kernel only reads the 16-byte argument (a live
     // shared reference); the CDB bytes go to `ext_cdb_buffer` through copy_to_user, see the
     // address contract in the module docs.
@@ -161,6 +175,7 @@ pub fn get_extended_cdb(fd: BorrowedFd<'_>, arg: &GetExtCdb) -> Result<(), Errno
 /// SCST_USER_PREALLOC_BUFFER; on success the kernel has written the owner handle over the low
 /// four bytes of `arg.pbuf` ([`PreallocBuffer::out_cmd_h`]).
 pub fn prealloc_buffer(fd: BorrowedFd<'_>, arg: &mut PreallocBuffer) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_PREALLOC_BUFFER");
     // SAFETY: `_IOWR` of size_of::<PreallocBuffer>(): the kernel reads and writes 16 bytes of
     // `arg`, exclusively borrowed and valid for any bytes; the pages at `pbuf` are pinned by the
     // kernel (address contract in the module docs).
@@ -181,6 +196,7 @@ pub fn prealloc_buffer(fd: BorrowedFd<'_>, arg: &mut PreallocBuffer) -> Result<(
 /// `EINVAL` without calling the kernel when the header asks for more commands than `buf` has
 /// slots: the kernel trusts `cmds_cnt` and would write past the allocation.
 pub fn reply_and_get_multi(fd: BorrowedFd<'_>, buf: &mut MultiBuffer) -> Result<(), Errno> {
+    assert_no_locks_held("SCST_USER_REPLY_AND_GET_MULTI");
     let header = buf.header();
     if usize::try_from(header.cmds_cnt).is_ok_and(|cnt| cnt > buf.capacity()) {
         log::error!(

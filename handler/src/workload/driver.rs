@@ -220,7 +220,7 @@ impl<'a> Driver<'a> {
             // Bounded: the coordinator releases every driver once all are prefilled.
             let deadline = Instant::now() + self.config.completion_timeout;
             while !self.live.go.load(Ordering::Acquire) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(200));
+                scst_accel_hal::locks::sleep(Duration::from_micros(200));
             }
         }
         let deadline = Instant::now() + self.config.duration;

@@ -1,0 +1,72 @@
+//! [`OrderedCondvar`]: a condition variable for [`OrderedMutex`]es that keeps the held-lock
+//! stack right: a wait releases the mutex, so its entry is popped for the wait and pushed again
+//! (re-checked) when the mutex is re-taken.
+//!
+//! A wait is a blocking call: no other checked lock may be held across it (asserted in debug
+//! and test builds), only the mutex being waited on. Waits are always bounded (`wait_timeout`);
+//! there is no unbounded `wait`.
+
+use std::sync::Condvar;
+use std::time::Duration;
+
+use super::levels::LockLevel;
+use super::runtime::assert_no_locks_held;
+use super::runtime::Held;
+use super::OrderedMutexGuard;
+
+/// A condition variable used with [`OrderedMutex`](super::OrderedMutex)es.
+#[derive(Debug, Default)]
+pub struct OrderedCondvar {
+    inner: Condvar,
+}
+
+impl OrderedCondvar {
+    /// A new condition variable.
+    pub const fn new() -> Self {
+        Self {
+            inner: Condvar::new(),
+        }
+    }
+
+    /// Release `guard`'s mutex, wait for a notification or `timeout`, re-take the mutex.
+    /// Returns the guard and whether the wait timed out. A poisoned mutex is recovered.
+    ///
+    /// # Panics
+    /// In debug and test builds, if this thread holds any checked lock other than `guard`'s.
+    #[track_caller]
+    pub fn wait_timeout<'a, T, L: LockLevel>(
+        &self,
+        guard: OrderedMutexGuard<'a, T, L>,
+        timeout: Duration,
+    ) -> (OrderedMutexGuard<'a, T, L>, bool) {
+        let OrderedMutexGuard { inner, held, _level } = guard;
+        drop(held);
+        assert_no_locks_held("Condvar::wait_timeout");
+        let (inner, result) = self
+            .inner
+            .wait_timeout(inner, timeout)
+            .unwrap_or_else(|poisoned| {
+                log::warn!(
+                    "lock `{}` was poisoned by a panic while held; using its value as is",
+                    L::NAME
+                );
+                poisoned.into_inner()
+            });
+        let guard = OrderedMutexGuard {
+            inner,
+            held: Held::acquired(L::LEVEL, L::NAME),
+            _level,
+        };
+        (guard, result.timed_out())
+    }
+
+    /// Wake one waiter.
+    pub fn notify_one(&self) {
+        self.inner.notify_one();
+    }
+
+    /// Wake every waiter.
+    pub fn notify_all(&self) {
+        self.inner.notify_all();
+    }
+}

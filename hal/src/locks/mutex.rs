@@ -1,0 +1,162 @@
+//! [`OrderedMutex`]: `std::sync::Mutex` with a place in the lock hierarchy.
+
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::PoisonError;
+use std::sync::TryLockError;
+
+use super::levels::LockBefore;
+use super::levels::LockLevel;
+use super::runtime::Held;
+use super::LockToken;
+
+/// A mutex of level `L`. Taken with a token ([`OrderedMutex::lock`], checked by the compiler and
+/// at run time) or without one ([`OrderedMutex::lock_unchecked_at_runtime`], checked at run time
+/// only). A poisoned mutex is recovered: its value is used as is, the poisoning is logged and
+/// cleared; callers keep their data consistent at every step, as the project's rules require.
+pub struct OrderedMutex<T: ?Sized, L: LockLevel> {
+    _level: PhantomData<fn() -> L>,
+    inner: Mutex<T>,
+}
+
+/// The guard of an [`OrderedMutex`]: dereferences to the value; dropping it unlocks.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct OrderedMutexGuard<'a, T: ?Sized, L: LockLevel> {
+    pub(crate) inner: MutexGuard<'a, T>,
+    pub(crate) held: Held,
+    pub(crate) _level: PhantomData<fn() -> L>,
+}
+
+impl<T, L: LockLevel> OrderedMutex<T, L> {
+    /// A mutex holding `value`.
+    pub const fn new(value: T) -> Self {
+        Self {
+            _level: PhantomData,
+            inner: Mutex::new(value),
+        }
+    }
+
+    /// The value (a poisoned mutex's value is returned as is).
+    pub fn into_inner(self) -> T {
+        self.inner.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
+    /// Lock, with `token` proving at compile time that this thread holds nothing at or above
+    /// `L`. Returns the guard and the token for taking locks above `L` while it is held; both
+    /// borrow `token`, which is usable again once they are dropped.
+    ///
+    /// # Panics
+    /// In debug and test builds, if this thread holds a checked lock at or above `L` taken
+    /// outside the token chain (the runtime check backs the types).
+    #[track_caller]
+    pub fn lock<'a, M>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+    ) -> (OrderedMutexGuard<'a, T, L>, LockToken<'a, L>)
+    where
+        M: LockBefore<L>,
+    {
+        let _ = token;
+        (self.lock_unchecked_at_runtime(), LockToken::new())
+    }
+
+    /// Lock without a token, where one cannot be threaded through (callbacks, trait objects,
+    /// `Drop`). Not checked by the compiler; checked at run time in debug and test builds.
+    ///
+    /// # Panics
+    /// In debug and test builds, at once (before blocking) if this thread holds a checked lock
+    /// of level `L` or above: "lock order violation: taking `a` (level n) while holding `b`
+    /// (level m)".
+    #[track_caller]
+    pub fn lock_unchecked_at_runtime(&self) -> OrderedMutexGuard<'_, T, L> {
+        Held::check(L::LEVEL, L::NAME);
+        let inner = self.inner.lock().unwrap_or_else(|poisoned| {
+            log::warn!(
+                "lock `{}` was poisoned by a panic while held; using its value as is",
+                L::NAME
+            );
+            self.inner.clear_poison();
+            poisoned.into_inner()
+        });
+        OrderedMutexGuard {
+            inner,
+            held: Held::acquired(L::LEVEL, L::NAME),
+            _level: PhantomData,
+        }
+    }
+
+    /// Lock if free, without waiting (runtime-checked like
+    /// [`OrderedMutex::lock_unchecked_at_runtime`]); `None` if another thread holds it.
+    ///
+    /// # Panics
+    /// As [`OrderedMutex::lock_unchecked_at_runtime`].
+    #[track_caller]
+    pub fn try_lock_unchecked_at_runtime(&self) -> Option<OrderedMutexGuard<'_, T, L>> {
+        Held::check(L::LEVEL, L::NAME);
+        let inner = match self.inner.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => {
+                log::warn!(
+                    "lock `{}` was poisoned by a panic while held; using its value as is",
+                    L::NAME
+                );
+                self.inner.clear_poison();
+                poisoned.into_inner()
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(OrderedMutexGuard {
+            inner,
+            held: Held::acquired(L::LEVEL, L::NAME),
+            _level: PhantomData,
+        })
+    }
+
+    /// The value, through exclusive access (no locking, so no check).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.inner.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lock's name (its level's).
+    pub fn name(&self) -> &'static str {
+        L::NAME
+    }
+}
+
+impl<T: Default, L: LockLevel> Default for OrderedMutex<T, L> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T: ?Sized, L: LockLevel> std::fmt::Debug for OrderedMutex<T, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never locks: Debug may be called with the lock held (or from a panic message).
+        f.debug_struct("OrderedMutex")
+            .field("name", &L::NAME)
+            .field("level", &L::LEVEL)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized, L: LockLevel> std::ops::Deref for OrderedMutexGuard<'_, T, L> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: ?Sized, L: LockLevel> std::ops::DerefMut for OrderedMutexGuard<'_, T, L> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+impl<T: ?Sized + std::fmt::Debug, L: LockLevel> std::fmt::Debug for OrderedMutexGuard<'_, T, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.inner, f)
+    }
+}

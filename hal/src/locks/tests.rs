@@ -1,0 +1,255 @@
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::levels;
+use super::levels::Level;
+use super::*;
+
+type Table = OrderedMutex<Vec<u64>, levels::CmdTable>;
+type Pool = OrderedMutex<Vec<u64>, levels::SgvPool>;
+
+#[test]
+fn levels_are_a_strict_order_with_unique_names() {
+    let mut names = HashSet::new();
+    for pair in levels::ALL.windows(2) {
+        assert_eq!(pair[0].0 + 1, pair[1].0, "{} then {}", pair[0].1, pair[1].1);
+    }
+    for (_, name) in levels::ALL {
+        assert!(names.insert(*name), "{name} twice");
+    }
+    assert_eq!(levels::ALL[0].0, 1);
+}
+
+#[test]
+fn the_token_chain_takes_locks_in_order_and_frees_the_parent() {
+    let table = Table::new(vec![1]);
+    let pool = Pool::new(vec![2]);
+    let mut token = LockToken::root();
+    {
+        let (mut entries, mut inner) = table.lock(&mut token);
+        assert_eq!(inner.level(), levels::CmdTable::LEVEL);
+        let (mut lists, _) = pool.lock(&mut inner);
+        entries.extend(lists.pop());
+        if cfg!(debug_assertions) {
+            assert_eq!(held_locks(), vec![("frontend.cmd_table", 2), ("sgv.pool", 8)]);
+        }
+    }
+    assert!(held_locks().is_empty());
+    // The root token is usable again once the guards are gone.
+    let (entries, _) = table.lock(&mut token);
+    assert_eq!(*entries, vec![1, 2]);
+}
+
+#[test]
+fn guards_may_be_dropped_out_of_order() {
+    let table = Table::new(Vec::new());
+    let pool = Pool::new(Vec::new());
+    let t = table.lock_unchecked_at_runtime();
+    let p = pool.lock_unchecked_at_runtime();
+    drop(t);
+    if cfg!(debug_assertions) {
+        assert_eq!(held_locks(), vec![("sgv.pool", 8)]);
+    }
+    drop(p);
+    assert!(held_locks().is_empty());
+    // Nothing held: any order again.
+    drop(pool.lock_unchecked_at_runtime());
+    drop(table.lock_unchecked_at_runtime());
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(
+    expected = "lock order violation: taking `frontend.cmd_table` (level 2) while holding `sgv.pool` (level 8)"
+)]
+fn the_scst_inversion_panics_at_run_time() {
+    // SCST's cleanup path: the pool lock, then the command list. Two threads doing this and the
+    // I/O order would deadlock; the checker rejects the first thread alone, at once.
+    let table = Table::new(Vec::new());
+    let pool = Pool::new(Vec::new());
+    let _free_lists = pool.lock_unchecked_at_runtime();
+    let _entries = table.lock_unchecked_at_runtime();
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(
+    expected = "lock order violation: taking `sgv.stash` (level 9) while holding `sgv.stash` (level 9)"
+)]
+fn two_locks_of_one_level_are_never_nested() {
+    let mine = OrderedMutex::<(), levels::SgvStash>::new(());
+    let other = OrderedMutex::<(), levels::SgvStash>::new(());
+    let _a = mine.lock_unchecked_at_runtime();
+    let _b = other.lock_unchecked_at_runtime();
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "lock order violation: taking `iommu.table` (level 17)")]
+fn a_recursive_read_panics() {
+    let table = OrderedRwLock::<u32, levels::IommuTable>::new(0);
+    let _a = table.read_unchecked_at_runtime();
+    let _b = table.read_unchecked_at_runtime();
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "blocking call `VFIO_DEVICE_RESET` while holding `sim.state` (level 15)")]
+fn a_blocking_call_under_a_lock_panics() {
+    let state = OrderedMutex::<(), levels::SimState>::new(());
+    let _g = state.lock_unchecked_at_runtime();
+    assert_no_locks_held("VFIO_DEVICE_RESET");
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "blocking call `LockToken::root` while holding `frontend.cmd_table`")]
+fn a_root_token_under_a_lock_panics() {
+    let table = Table::new(Vec::new());
+    let _g = table.lock_unchecked_at_runtime();
+    let _second_root = LockToken::root();
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "blocking call `sleep` while holding `dma.iova` (level 10)")]
+fn sleep_under_a_lock_panics() {
+    let iovas = OrderedMutex::<(), levels::DmaIova>::new(());
+    let _g = iovas.lock_unchecked_at_runtime();
+    sleep(Duration::ZERO);
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(
+    expected = "blocking call `Condvar::wait_timeout` while holding `frontend.sessions` (level 1)"
+)]
+fn a_condvar_wait_under_another_lock_panics() {
+    let sessions = OrderedMutex::<(), levels::FrontendSessions>::new(());
+    let state = OrderedMutex::<(), levels::SimState>::new(());
+    let cond = OrderedCondvar::new();
+    let _outer = sessions.lock_unchecked_at_runtime();
+    let g = state.lock_unchecked_at_runtime();
+    let _ = cond.wait_timeout(g, Duration::ZERO);
+}
+
+#[test]
+fn a_condvar_wait_releases_and_retakes_its_mutex() {
+    let shared = Arc::new((
+        OrderedMutex::<bool, levels::SimState>::new(false),
+        OrderedCondvar::new(),
+    ));
+    let setter = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            *shared.0.lock_unchecked_at_runtime() = true;
+            shared.1.notify_all();
+        })
+    };
+    let mut g = shared.0.lock_unchecked_at_runtime();
+    for _ in 0..1000 {
+        if *g {
+            break;
+        }
+        // The setter can only take the mutex because the wait released it.
+        g = shared.1.wait_timeout(g, Duration::from_millis(10)).0;
+        if cfg!(debug_assertions) {
+            assert_eq!(held_locks(), vec![("sim.state", 15)], "re-pushed after the wait");
+        }
+    }
+    assert!(*g, "the setter ran while we waited");
+    drop(g);
+    assert!(held_locks().is_empty());
+    join(setter).expect("setter");
+}
+
+#[test]
+fn a_poisoned_lock_is_recovered_with_its_value() {
+    let m = Arc::new(OrderedMutex::<u32, levels::ScsiModePages>::new(1));
+    let m2 = Arc::clone(&m);
+    let r = std::thread::spawn(move || {
+        let mut g = m2.lock_unchecked_at_runtime();
+        *g = 2;
+        panic!("poison it");
+    })
+    .join();
+    assert!(r.is_err());
+    assert_eq!(*m.lock_unchecked_at_runtime(), 2);
+    assert!(held_locks().is_empty(), "the panicking thread's stack is its own");
+
+    let rw = Arc::new(OrderedRwLock::<u32, levels::RamChunk>::new(1));
+    let rw2 = Arc::clone(&rw);
+    let r = std::thread::spawn(move || {
+        let mut g = rw2.write_unchecked_at_runtime();
+        *g = 3;
+        panic!("poison it");
+    })
+    .join();
+    assert!(r.is_err());
+    assert_eq!(*rw.read_unchecked_at_runtime(), 3);
+    *rw.write_unchecked_at_runtime() = 4;
+    assert_eq!(Arc::try_unwrap(rw).map(OrderedRwLock::into_inner).ok(), Some(4));
+}
+
+#[test]
+fn try_lock_reports_a_held_lock() {
+    let m = Arc::new(OrderedMutex::<(), levels::SimEngines>::new(()));
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || {
+            let _g = m.lock_unchecked_at_runtime();
+            held_tx.send(()).expect("send");
+            let _ = release_rx.recv_timeout(Duration::from_secs(10));
+        })
+    };
+    recv_timeout(&held_rx, Duration::from_secs(10)).expect("holder has the lock");
+    assert!(m.try_lock_unchecked_at_runtime().is_none());
+    release_tx.send(()).expect("release");
+    join(holder).expect("holder");
+    assert!(m.try_lock_unchecked_at_runtime().is_some());
+}
+
+#[cfg(debug_assertions)]
+#[test]
+fn nesting_is_recorded_as_edges() {
+    let table = OrderedRwLock::<(), levels::IommuTable>::new(());
+    let faults = OrderedMutex::<(), levels::IommuFaults>::new(());
+    let mut token = LockToken::root();
+    let (_t, mut inner) = table.read(&mut token);
+    drop(faults.lock(&mut inner));
+    assert!(observed_edges().contains(&("iommu.table", "iommu.faults")));
+}
+
+#[test]
+fn join_bounded_gives_back_a_running_thread() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let _ = rx.recv_timeout(Duration::from_secs(30));
+        7
+    });
+    // The worker cannot finish before we send, so the bound must run out.
+    let worker = match join_bounded(worker, Duration::from_millis(5)) {
+        Err(handle) => handle,
+        Ok(_) => panic!("the worker was still waiting for us"),
+    };
+    tx.send(()).expect("send");
+    let joined = join_bounded(worker, Duration::from_secs(30));
+    assert!(matches!(joined, Ok(Ok(7))));
+}
+
+#[test]
+fn blocking_helpers_run_their_call() {
+    let (tx, rx) = mpsc::channel();
+    tx.send(5).expect("send");
+    assert_eq!(recv_timeout(&rx, Duration::ZERO), Ok(5));
+    assert_eq!(
+        recv_timeout(&rx, Duration::ZERO),
+        Err(mpsc::RecvTimeoutError::Timeout)
+    );
+    assert_eq!(blocking("compute", || 6), 6);
+    sleep(Duration::ZERO);
+}

@@ -1,0 +1,452 @@
+//! Device leases on DMA memory: teardown steps 3-5 (architecture.md §5, "drain before unmap").
+//!
+//! When a descriptor that points at a buffer is handed to the device, the buffer is leased to the
+//! device: the device may DMA into or out of it until the lease ends. The lease holds the
+//! device's reference to the buffer (its payload, typically an `Arc` of the pooled buffer whose
+//! `Drop` returns it to the pool), so a buffer goes back to its pool only after the device's
+//! lease on it ended, whichever reference (device or command table) is dropped last.
+//!
+//! A lease ends exactly once, in one of two ways:
+//! - its completion: [`Lease::release`] (the device reported the descriptor done), or
+//! - [`LeaseTable::revoke_all`], called only after a function reset proved that no more DMA will
+//!   happen (accelerator.md's stop contract; architecture.md §5 step 3). A completion that
+//!   arrives after the revoke (a late completion racing with teardown) finds its lease already
+//!   ended: its release is a counted no-op, never a second release of the buffer.
+//!
+//! The DMA memory may be unmapped only under an [`UnmapPermit`], which exists only while no lease
+//! is outstanding and, while it lives, makes [`LeaseTable::grant`] refuse.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::sync;
+use crate::sync::Arc;
+use crate::sync::Condvar;
+use crate::sync::Deadline;
+use crate::sync::Mutex;
+use crate::sync::MutexGuard;
+
+/// The table of outstanding device leases on DMA memory.
+///
+/// Invariants:
+/// - every granted [`Lease`] ends exactly once: by [`Lease::release`] or by
+///   [`revoke_all`](Self::revoke_all); its payload is handed back exactly once, by whichever
+///   ended it, and never while the lease is outstanding;
+/// - [`unmap_guard`](Self::unmap_guard) returns a permit only when no lease is outstanding, at
+///   most one permit exists, and no lease is granted while it lives;
+/// - payloads are handed back to the caller, never dropped while the table's lock is held (a
+///   buffer's `Drop` may take the pool's lock; the table must never nest it).
+///
+/// `T` is the device's reference to the memory (e.g. `Arc<Buffer>`); `()` when the caller keeps
+/// the references itself.
+pub struct LeaseTable<T = ()> {
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    inner: Mutex<Inner<T>>,
+    /// Signalled when the last outstanding lease ends.
+    released: Condvar,
+}
+
+struct Inner<T> {
+    /// Outstanding leases by internal key (unique for the table's life, so a stale handle can
+    /// never match a newer lease with the same caller id). A BTreeMap keeps the order of
+    /// `revoke_all` deterministic (loom replays executions and needs the same order each time).
+    outstanding: BTreeMap<u64, Entry<T>>,
+    next_key: u64,
+    /// An [`UnmapPermit`] lives.
+    unmapping: bool,
+    stats: LeaseStats,
+}
+
+struct Entry<T> {
+    id: u64,
+    payload: T,
+}
+
+/// Counters of a [`LeaseTable`] since it was created, for the teardown report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    /// Leases granted.
+    pub granted: u64,
+    /// Leases ended by their completion.
+    pub released: u64,
+    /// Leases ended by `revoke_all`.
+    pub revoked: u64,
+    /// Releases that found their lease already revoked (late completions): no-ops.
+    pub late_releases: u64,
+    /// Grants refused because an unmap permit lived.
+    pub refused: u64,
+}
+
+/// A grant refused because the memory is being unmapped; the payload comes back untouched.
+///
+/// The command it was for must not reach the device: fail it (BUSY) instead.
+pub struct Refused<T> {
+    /// The caller's id for the lease.
+    pub id: u64,
+    /// The payload that would have been leased.
+    pub payload: T,
+}
+
+/// Leases still outstanding when a bounded wait for their release gave up: reset the function,
+/// then [`LeaseTable::revoke_all`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{outstanding} device lease(s) still outstanding at the deadline: reset the device, then revoke")]
+pub struct Outstanding {
+    /// Leases outstanding when the wait gave up.
+    pub outstanding: usize,
+}
+
+impl<T> LeaseTable<T> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    outstanding: BTreeMap::new(),
+                    next_key: 0,
+                    unmapping: false,
+                    stats: LeaseStats::default(),
+                }),
+                released: Condvar::new(),
+            }),
+        }
+    }
+
+    /// Leases `payload` to the device under the caller's `id` (a tag, for logs).
+    ///
+    /// # Errors
+    /// [`Refused`] (with the payload) while an [`UnmapPermit`] lives: do not hand the memory to
+    /// the device.
+    pub fn grant(&self, id: u64, payload: T) -> Result<Lease<T>, Refused<T>> {
+        let mut inner = self.lock();
+        if inner.unmapping {
+            inner.stats.refused += 1;
+            drop(inner);
+            log::debug!("lease {id} refused: DMA memory is being unmapped");
+            return Err(Refused { id, payload });
+        }
+        let key = inner.next_key;
+        inner.next_key += 1;
+        inner.outstanding.insert(key, Entry { id, payload });
+        inner.stats.granted += 1;
+        Ok(Lease {
+            shared: Arc::clone(&self.shared),
+            key,
+            id,
+            ended: false,
+        })
+    }
+
+    /// Leases outstanding now.
+    pub fn outstanding(&self) -> usize {
+        self.lock().outstanding.len()
+    }
+
+    /// Caller ids of the outstanding leases, oldest first (for the teardown's stuck-command dump).
+    pub fn outstanding_ids(&self) -> Vec<u64> {
+        self.lock().outstanding.values().map(|e| e.id).collect()
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> LeaseStats {
+        self.lock().stats
+    }
+
+    /// Ends every outstanding lease and hands back their `(id, payload)`s, oldest first.
+    ///
+    /// Call it only after a reset proved the device does no more DMA (architecture.md §5 step 3):
+    /// it is what lets the memory be unmapped with descriptors still unanswered. A later
+    /// [`Lease::release`] of a revoked lease is a counted no-op. Drop the returned payloads
+    /// outside any command-path lock (their `Drop` may return buffers to the pool).
+    pub fn revoke_all(&self) -> Vec<(u64, T)> {
+        let mut inner = self.lock();
+        let revoked: Vec<(u64, T)> = std::mem::take(&mut inner.outstanding)
+            .into_values()
+            .map(|e| (e.id, e.payload))
+            .collect();
+        inner.stats.revoked += revoked.len() as u64;
+        if !revoked.is_empty() {
+            self.shared.released.notify_all();
+        }
+        drop(inner);
+        if !revoked.is_empty() {
+            log::info!(
+                "leases: revoked {} outstanding lease(s) after reset",
+                revoked.len()
+            );
+        }
+        revoked
+    }
+
+    /// Waits at most `timeout` for every outstanding lease to end.
+    ///
+    /// # Errors
+    /// [`Outstanding`] with the count if some are still outstanding at the deadline: escalate
+    /// (reset, then [`revoke_all`](Self::revoke_all)).
+    pub fn wait_released(&self, timeout: Duration) -> Result<(), Outstanding> {
+        let deadline = Deadline::after(timeout);
+        let mut inner = self.lock();
+        loop {
+            let outstanding = inner.outstanding.len();
+            if outstanding == 0 {
+                return Ok(());
+            }
+            let Some(left) = deadline.remaining() else {
+                log::warn!("leases: deadline passed with {outstanding} lease(s) outstanding");
+                return Err(Outstanding { outstanding });
+            };
+            inner = sync::wait_timeout(&self.shared.released, inner, left, "lease table");
+        }
+    }
+
+    /// The permission to unmap the leased memory: `Some` only when no lease is outstanding and no
+    /// other permit lives. While the permit lives, [`grant`](Self::grant) refuses, so nothing can
+    /// race the unmap; drop it when the unmap is done.
+    pub fn unmap_guard(&self) -> Option<UnmapPermit<T>> {
+        let mut inner = self.lock();
+        if inner.unmapping || !inner.outstanding.is_empty() {
+            return None;
+        }
+        inner.unmapping = true;
+        Some(UnmapPermit {
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        self.shared.lock()
+    }
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        sync::lock(&self.inner, "lease table")
+    }
+}
+
+impl<T> Default for LeaseTable<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> fmt::Debug for LeaseTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("LeaseTable")
+            .field("outstanding", &inner.outstanding.len())
+            .field("unmapping", &inner.unmapping)
+            .field("stats", &inner.stats)
+            .finish()
+    }
+}
+
+/// The device's hold on one piece of DMA memory. Not `Clone`: it ends once.
+///
+/// End it with [`release`](Self::release) when its completion arrives. Dropping it unreleased
+/// does NOT end it (the device may still be using the memory): the lease stays outstanding until
+/// [`LeaseTable::revoke_all`] after a reset, and a warning is logged.
+pub struct Lease<T = ()> {
+    shared: Arc<Shared<T>>,
+    key: u64,
+    id: u64,
+    ended: bool,
+}
+
+impl<T> Lease<T> {
+    /// The caller's id given at grant.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Ends the lease on its completion and hands the payload back; `None` if `revoke_all`
+    /// already ended it (a late completion after a reset: nothing to do, and it is counted).
+    pub fn release(mut self) -> Option<T> {
+        self.ended = true;
+        let mut inner = self.shared.lock();
+        let payload = match inner.outstanding.remove(&self.key) {
+            Some(entry) => {
+                inner.stats.released += 1;
+                if inner.outstanding.is_empty() {
+                    self.shared.released.notify_all();
+                }
+                Some(entry.payload)
+            }
+            None => {
+                inner.stats.late_releases += 1;
+                None
+            }
+        };
+        drop(inner);
+        if payload.is_none() {
+            log::debug!("lease {}: released after revoke_all; no-op", self.id);
+        }
+        payload
+    }
+}
+
+impl<T> Drop for Lease<T> {
+    fn drop(&mut self) {
+        if !self.ended {
+            log::warn!(
+                "lease {} dropped without release: it stays outstanding until revoke_all after a reset",
+                self.id
+            );
+        }
+    }
+}
+
+impl<T> fmt::Debug for Lease<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease").field("id", &self.id).finish()
+    }
+}
+
+/// Permission to unmap the leased DMA memory (teardown step 5). While it lives no lease is
+/// outstanding and none can be granted. Dropping it allows grants again.
+pub struct UnmapPermit<T = ()> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Drop for UnmapPermit<T> {
+    fn drop(&mut self) {
+        self.shared.lock().unmapping = false;
+    }
+}
+
+impl<T> fmt::Debug for UnmapPermit<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UnmapPermit")
+    }
+}
+
+impl<T> fmt::Debug for Refused<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refused")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for Refused<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lease {} refused: the DMA memory is being unmapped; fail the command",
+            self.id
+        )
+    }
+}
+
+impl<T> std::error::Error for Refused<T> {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    static_assertions::assert_impl_all!(LeaseTable<std::sync::Arc<u8>>: Send, Sync);
+    static_assertions::assert_impl_all!(Lease<std::sync::Arc<u8>>: Send);
+    static_assertions::assert_not_impl_any!(Lease: Clone);
+
+    /// Counts its drops: stands for a pooled buffer whose `Drop` returns it to the pool.
+    struct Buf<'a>(&'a AtomicUsize);
+    impl Drop for Buf<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn grant_release_counts() {
+        let table = LeaseTable::<u32>::new();
+        let a = table.grant(7, 70).expect("no permit");
+        let b = table.grant(8, 80).expect("no permit");
+        assert_eq!(table.outstanding(), 2);
+        assert_eq!(table.outstanding_ids(), vec![7, 8]);
+        assert_eq!(a.id(), 7);
+        assert_eq!(a.release(), Some(70));
+        assert_eq!(table.outstanding(), 1);
+        assert_eq!(b.release(), Some(80));
+        assert_eq!(table.outstanding(), 0);
+        let stats = table.stats();
+        assert_eq!(
+            (stats.granted, stats.released, stats.revoked, stats.late_releases),
+            (2, 2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn revoke_then_late_release_is_a_counted_noop() {
+        let returned = AtomicUsize::new(0);
+        let table = LeaseTable::new();
+        let lease = table.grant(1, Buf(&returned)).expect("no permit");
+        let revoked = table.revoke_all();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].0, 1);
+        assert_eq!(table.outstanding(), 0);
+        drop(revoked);
+        assert_eq!(returned.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            lease.release().is_none(),
+            "a revoked lease has nothing to hand back"
+        );
+        assert_eq!(
+            returned.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "never released twice"
+        );
+        let stats = table.stats();
+        assert_eq!((stats.revoked, stats.late_releases, stats.released), (1, 1, 0));
+        assert!(table.revoke_all().is_empty());
+    }
+
+    #[test]
+    fn wait_released_times_out_then_succeeds() {
+        let table = LeaseTable::<()>::new();
+        assert_eq!(table.wait_released(Duration::ZERO), Ok(()));
+        let lease = table.grant(3, ()).expect("no permit");
+        assert_eq!(
+            table.wait_released(Duration::from_millis(20)),
+            Err(Outstanding { outstanding: 1 })
+        );
+        std::thread::scope(|s| {
+            s.spawn(move || lease.release());
+            assert_eq!(table.wait_released(Duration::from_secs(30)), Ok(()));
+        });
+    }
+
+    #[test]
+    fn unmap_permit_excludes_leases() {
+        let table = LeaseTable::<u8>::new();
+        let lease = table.grant(1, 1).expect("no permit");
+        assert!(table.unmap_guard().is_none(), "a lease is outstanding");
+        assert_eq!(lease.release(), Some(1));
+        let permit = table.unmap_guard().expect("nothing outstanding");
+        assert!(table.unmap_guard().is_none(), "one permit at a time");
+        let refused = table.grant(2, 2).expect_err("grant refused while unmapping");
+        assert_eq!((refused.id, refused.payload), (2, 2));
+        assert_eq!(table.stats().refused, 1);
+        drop(permit);
+        let again = table.grant(3, 3).expect("permit dropped");
+        assert_eq!(again.release(), Some(3));
+    }
+
+    #[test]
+    fn dropped_lease_stays_outstanding_until_revoked() {
+        let returned = AtomicUsize::new(0);
+        let table = LeaseTable::new();
+        drop(table.grant(9, Buf(&returned)).expect("no permit"));
+        assert_eq!(table.outstanding(), 1, "the device may still use it");
+        assert_eq!(returned.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(table.unmap_guard().is_none());
+        drop(table.revoke_all());
+        assert_eq!(returned.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(table.unmap_guard().is_some());
+    }
+}
