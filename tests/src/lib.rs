@@ -69,15 +69,29 @@ impl Rig {
         store: Arc<dyn Store>,
         pool: Arc<SgvPool>,
     ) -> Self {
-        let kernel = LoopbackKernel::new(KernelConfig::default());
-        let fd = kernel.open(true);
-        register(&fd, &RegisterParams::new(name, block_size, opt)).expect("registration");
-        let disk = Arc::new(Disk::new(DiskConfig::new(block_size, blocks)));
         let config = FrontendConfig {
             workers: 2,
             cmds_per_call: 8,
             ..FrontendConfig::default()
         };
+        Self::with_config(name, block_size, blocks, opt, store, pool, config)
+    }
+
+    /// As [`Rig::with_pool`] with a frontend configuration of the caller's.
+    pub fn with_config(
+        name: &str,
+        block_size: u32,
+        blocks: u64,
+        opt: Opt,
+        store: Arc<dyn Store>,
+        pool: Arc<SgvPool>,
+        config: FrontendConfig,
+    ) -> Self {
+        let kernel = LoopbackKernel::new(KernelConfig::default());
+        let fd = kernel.open(true);
+        register(&fd, &RegisterParams::new(name, block_size, opt)).expect("registration");
+        let disk = Arc::new(Disk::new(DiskConfig::new(block_size, blocks)));
+
         let frontend = Frontend::start(Arc::new(fd), disk, store, pool, config).expect("frontend");
         Self {
             kernel,

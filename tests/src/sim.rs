@@ -9,6 +9,7 @@ use scst_accel_boards::sim::create_sim_board;
 use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
 use scst_accel_dma::SgvPool;
+use scst_accel_handler::frontend::FrontendConfig;
 use scst_accel_handler::frontend::TeardownConfig;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
@@ -67,6 +68,23 @@ impl SimRig {
         command_timeout: Duration,
         interrupts: bool,
     ) -> Self {
+        let frontend = FrontendConfig {
+            workers: 2,
+            cmds_per_call: 8,
+            ..FrontendConfig::default()
+        };
+        Self::with_configs(name, block_size, blocks, command_timeout, interrupts, frontend)
+    }
+
+    /// As [`SimRig::with_interrupts`] with the caller's frontend configuration.
+    pub fn with_configs(
+        name: &str,
+        block_size: u32,
+        blocks: u64,
+        command_timeout: Duration,
+        interrupts: bool,
+        frontend: FrontendConfig,
+    ) -> Self {
         let config = SimConfig {
             queues: 2,
             vectors: 2,
@@ -92,13 +110,14 @@ impl SimRig {
             health_interval: Duration::from_millis(10),
         };
         let accel = Arc::new(AccelStore::new(Arc::new(sca1), queues, accel_config));
-        let rig = Rig::with_pool(
+        let rig = Rig::with_config(
             name,
             block_size,
             blocks,
             default_options(),
             accel.clone(),
             Arc::clone(&pool),
+            frontend,
         );
         Self {
             rig,

@@ -156,3 +156,33 @@ fn polling_mode_without_interrupts_moves_verified_data() {
     assert_eq!(released.iommu_faults, 0);
     assert_eq!(released.mapped_after, 0);
 }
+
+/// The frontend's watchdog (a command's deadline, from its payload timeout capped by
+/// configuration) catches lost completions even when the store's own timeout is far away.
+#[test]
+fn the_command_deadline_watchdog_aborts_lost_commands() {
+    let frontend = scst_accel_handler::frontend::FrontendConfig {
+        workers: 2,
+        cmds_per_call: 8,
+        max_command_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    // Store-level timeout of a minute: only the frontend's deadline can end a lost command.
+    let rig = SimRig::with_configs(
+        "accel-watchdog",
+        512,
+        BLOCKS,
+        Duration::from_secs(60),
+        true,
+        frontend,
+    );
+    rig.sim.inject("never-complete:every=25".parse().expect("fault"));
+    let report = run(&rig, 200, 4096);
+    assert_eq!(report.unanswered, 0, "{:?}", report.first_errors);
+    assert_eq!(report.verify_errors, 0, "{:?}", report.first_errors);
+    assert!(report.scsi_errors > 0, "lost commands are answered with sense");
+    assert!(rig.rig.frontend().stats().deadline_escalations > 0);
+    let released = rig.release();
+    assert_eq!(released.iommu_faults, 0, "{released:?}");
+    assert_eq!(released.mapped_after, 0, "{released:?}");
+}

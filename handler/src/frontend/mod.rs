@@ -43,6 +43,9 @@ pub struct FrontendConfig {
     pub cmds_per_call: usize,
     /// How long an idle worker sleeps in poll before re-checking for stop.
     pub idle_poll: Duration,
+    /// Cap on a command's deadline (the payload's timeout, or this when it has none): past it
+    /// the watchdog aborts the queue's requests on the device and answers them.
+    pub max_command_timeout: Duration,
     /// On stop, how long workers wait for in-flight store requests before leaving them to the
     /// kernel's close path.
     pub stop_grace: Duration,
@@ -55,6 +58,7 @@ impl Default for FrontendConfig {
             cmds_per_call: 16,
             idle_poll: Duration::from_millis(50),
             stop_grace: Duration::from_secs(5),
+            max_command_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct Counters {
     pub answered_in_teardown: AtomicU64,
     /// Store requests aborted by the teardown's escalation.
     pub aborted: AtomicU64,
+    /// Watchdog escalations (a command missed its deadline).
+    pub deadline_escalations: AtomicU64,
 }
 
 /// A snapshot of [`Counters`] and buffer figures.
@@ -150,6 +156,8 @@ pub struct FrontendStats {
     pub answered_in_teardown: u64,
     /// Store requests aborted by the teardown.
     pub aborted: u64,
+    /// Watchdog escalations.
+    pub deadline_escalations: u64,
     /// Store requests in flight now.
     pub inflight: u64,
     /// Buffers.
@@ -418,6 +426,7 @@ impl Shared {
             refused_in_teardown: get(&c.refused_in_teardown),
             answered_in_teardown: get(&c.answered_in_teardown),
             aborted: get(&c.aborted),
+            deadline_escalations: get(&c.deadline_escalations),
             inflight: self.inflight.load(Ordering::Relaxed) as u64,
             buffers: self.buffers.figures(),
         }

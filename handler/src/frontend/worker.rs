@@ -25,10 +25,15 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// What an EXEC reply needs to know about its command.
 struct ExecCtx {
+    /// When SCST handed the command over, and by when it must be answered (the payload's
+    /// timeout, capped by `FrontendConfig::max_command_timeout`).
+    received: Instant,
+    deadline: Instant,
     buffer: Option<IoBuffer>,
     direction: u8,
     bufflen: u32,
@@ -71,6 +76,7 @@ pub(super) struct Worker {
     inflight: HashMap<u32, Inflight>,
     submit: Vec<StoreRequest>,
     completions: Vec<StoreCompletion>,
+    last_escalation: Option<Instant>,
 }
 
 impl Worker {
@@ -85,6 +91,7 @@ impl Worker {
             inflight: HashMap::new(),
             submit: Vec::new(),
             completions: Vec::new(),
+            last_escalation: None,
         }
     }
 
@@ -93,6 +100,9 @@ impl Worker {
         let mut aborted = false;
         loop {
             self.reap_store();
+            if !self.inflight.is_empty() {
+                self.check_deadlines();
+            }
             let phase = self.shared.phase();
             if phase >= Phase::Aborting && !aborted {
                 aborted = true;
@@ -144,6 +154,73 @@ impl Worker {
                 self.wait(phase != Phase::Leaving);
             }
         }
+    }
+
+    /// The payload's timeout in seconds (0: none given), capped by configuration.
+    fn command_timeout(&self, seconds: i32) -> Duration {
+        let cap = self.shared.config.max_command_timeout;
+        match u64::try_from(seconds) {
+            Ok(s) if s > 0 => Duration::from_secs(s).min(cap),
+            _ => cap,
+        }
+    }
+
+    /// Watchdog (architecture.md §6): a command past its deadline is logged with the state of
+    /// every command of this worker, then everything in flight on the queue is aborted on the
+    /// device (stop, reset if needed) and answered ABORTED COMMAND. Never blocks the I/O path
+    /// for longer than the store's own bounded escalation; re-escalates at most once a second.
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_escalation
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let Some((&late, _)) = self.inflight.iter().find(|(_, f)| f.ctx.deadline <= now) else {
+            return;
+        };
+        self.last_escalation = Some(now);
+        log::error!(
+            "cmd_h {late} missed its deadline; state of this worker's commands:\n{}",
+            self.dump(now)
+        );
+        let aborted = self.queue.abort_all();
+        self.shared
+            .counters
+            .deadline_escalations
+            .fetch_add(1, Ordering::Relaxed);
+        if aborted == 0 {
+            log::error!(
+                "the store could not abort its requests; they stay in flight until it completes them"
+            );
+        }
+    }
+
+    /// One line per command in flight: handle, state, age, store op, buffer.
+    fn dump(&self, now: Instant) -> String {
+        let mut lines: Vec<String> = self
+            .inflight
+            .iter()
+            .map(|(cmd_h, f)| {
+                format!(
+                    "  cmd_h {cmd_h}: EXEC in store, age {:?}, deadline {}, op {:?}, buffer {}",
+                    now.duration_since(f.ctx.received),
+                    if f.ctx.deadline <= now {
+                        "missed"
+                    } else {
+                        "pending"
+                    },
+                    f.io.op,
+                    f.ctx
+                        .buffer
+                        .as_ref()
+                        .map_or("none".into(), |b| format!("{:#x}", b.buffer.addr())),
+                )
+            })
+            .collect();
+        lines.sort();
+        lines.join("\n")
     }
 
     fn completions_pending(&self) -> usize {
@@ -448,16 +525,17 @@ impl Worker {
             buffer: buffer.as_ref().filter(|_| writes),
         };
         let plan = self.shared.disk.start(&cdb, &data_out);
-        self.continue_exec(
-            cmd.cmd_h,
-            ExecCtx {
-                buffer,
-                direction,
-                bufflen,
-                new_pbuf,
-            },
-            plan,
-        );
+        let received = Instant::now();
+        let deadline = received + self.command_timeout(exec.timeout);
+        let ctx = ExecCtx {
+            received,
+            deadline,
+            buffer,
+            direction,
+            bufflen,
+            new_pbuf,
+        };
+        self.continue_exec(cmd.cmd_h, ctx, plan);
     }
 
     /// Find or allocate the EXEC's buffer (spec §3.5): the cached/ALLOC_MEM buffer named by
