@@ -21,6 +21,9 @@ use super::Phase;
 use std::time::Duration;
 use std::time::Instant;
 
+/// The return-buffers step ends early when no buffer came back for this long.
+const FLUSH_STALL: Duration = Duration::from_millis(50);
+
 /// Bounds of each teardown step.
 #[derive(Clone, Copy, Debug)]
 pub struct TeardownConfig {
@@ -126,7 +129,17 @@ impl Frontend {
         if let Err(e) = shared.fd.flush_cache() {
             log::warn!("teardown: FLUSH_CACHE failed: {e}; cached buffers come back when the fd closes");
         }
-        let flushed_ok = wait_until(config.flush, || shared.buffers.figures().buffers == 0);
+        // Under load SCST keeps re-caching buffers for the commands it is answering BUSY, so
+        // "all returned" may never come while the initiator keeps sending: wait until they
+        // are all back or the returns stop making progress (the close returns the rest).
+        let mut last = (held_before, Instant::now());
+        let flushed_ok = wait_until(config.flush, || {
+            let held = shared.buffers.figures().buffers;
+            if held < last.0 {
+                last = (held, Instant::now());
+            }
+            held == 0 || last.1.elapsed() >= FLUSH_STALL
+        });
         let held_after = shared.buffers.figures().buffers;
         report.steps.push(TeardownStep {
             name: "return buffers",
