@@ -614,8 +614,9 @@ impl Worker {
     /// Reap store completions and move their commands on. Returns how many were reaped.
     fn reap_store(&mut self) -> usize {
         let n = self.queue.reap(&mut self.completions);
-        let done: Vec<StoreCompletion> = self.completions.drain(..).collect();
-        for completion in done {
+        // Reuse the completion buffer: no allocation per loop on the I/O path.
+        let mut done = std::mem::take(&mut self.completions);
+        for completion in done.drain(..) {
             let cmd_h = completion.tag as u32;
             let Some(state) = self.inflight.remove(&cmd_h).inspect(|_| {
                 self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -626,6 +627,7 @@ impl Worker {
             let plan = self.shared.disk.finish(&state.io, completion.status);
             self.continue_exec(cmd_h, state.ctx, plan);
         }
+        self.completions = done;
         n
     }
 
