@@ -2,6 +2,7 @@
 //! simulated accelerator board. Depends on hal and dma only; knows nothing of SCSI.
 
 pub mod definition;
+pub mod engine;
 pub mod open;
 pub mod sca1;
 pub mod sim;

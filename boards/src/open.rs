@@ -3,6 +3,8 @@
 
 use crate::definition::BoardDefinition;
 use crate::definition::InterruptMode;
+use crate::engine::Controller;
+use crate::engine::QueueEngine;
 use crate::sca1::Sca1;
 use crate::sca1::Sca1Config;
 use crate::sca1::Sca1Error;
@@ -27,10 +29,10 @@ pub enum BoardSource {
 
 /// An opened, enabled board.
 pub struct OpenedBoard {
-    /// The driver.
-    pub sca1: Arc<Sca1>,
+    /// The controller.
+    pub controller: Arc<dyn Controller>,
     /// Its queues, one per worker.
-    pub queues: Vec<Sca1Queue>,
+    pub queues: Vec<Box<dyn QueueEngine>>,
     /// Fault injection and statistics of a simulated board.
     pub sim: Option<SimHandle>,
     /// The definition it was opened with.
@@ -75,8 +77,11 @@ pub fn open_board(
     };
     let (sca1, queues) = Sca1::bring_up(device, &config)?;
     Ok(OpenedBoard {
-        sca1: Arc::new(sca1),
-        queues,
+        controller: Arc::new(sca1),
+        queues: queues
+            .into_iter()
+            .map(|q: Sca1Queue| Box::new(q) as Box<dyn QueueEngine>)
+            .collect(),
         sim,
         definition,
     })

@@ -109,6 +109,10 @@ impl SimRig {
             command_timeout,
             health_interval: Duration::from_millis(10),
         };
+        let queues = queues
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn scst_accel_boards::engine::QueueEngine>)
+            .collect();
         let accel = Arc::new(AccelStore::new(Arc::new(sca1), queues, accel_config));
         let rig = Rig::with_config(
             name,

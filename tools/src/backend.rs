@@ -118,14 +118,14 @@ pub fn build(
     } else if !faults.is_empty() {
         return Err("--inject works only with --board sim".into());
     }
-    let mapper = device_mapper(Arc::clone(opened.sca1.device()));
+    let mapper = device_mapper(Arc::clone(opened.controller.device()));
     let pool = Arc::new(SgvPool::new(
         Some(mapper),
-        Some(Arc::clone(opened.sca1.iovas())),
+        Some(Arc::clone(opened.controller.iovas())),
         disk.buffer_memory,
     ));
     let accel = Arc::new(AccelStore::new(
-        opened.sca1,
+        opened.controller,
         opened.queues,
         AccelConfig {
             command_timeout: disk.command_timeout,

@@ -3,6 +3,7 @@
 
 pub mod desc;
 mod driver;
+mod engine;
 mod queue;
 pub mod regs;
 

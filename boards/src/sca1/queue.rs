@@ -75,24 +75,7 @@ pub struct Sca1Completion {
     pub detail: u32,
 }
 
-/// Why a request was not queued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
-    /// No free slot: reap first.
-    #[error("queue full")]
-    Full,
-    /// More segments than a scatter list holds.
-    #[error("{segments} segments exceed the scatter list limit of {max}")]
-    TooManySegments {
-        /// Segments asked for.
-        segments: usize,
-        /// The limit.
-        max: u32,
-    },
-    /// The queue is halted or the device gone: recover first.
-    #[error("queue is not running")]
-    NotRunning,
-}
+pub use crate::engine::SubmitError;
 
 /// Counters of device misbehaviour and work, for reports and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -150,6 +133,8 @@ pub struct Sca1Queue {
     seq: u32,
     running: bool,
     stats: QueueStats,
+    /// Reused by the engine-contract reap (no allocation per reap).
+    pub(super) reaped: Vec<Sca1Completion>,
 }
 
 impl Sca1Queue {
@@ -191,6 +176,7 @@ impl Sca1Queue {
             seq: 0,
             running: false,
             stats: QueueStats::default(),
+            reaped: Vec::new(),
         };
         q.program_and_run();
         Ok(q)
@@ -377,6 +363,17 @@ impl Sca1Queue {
             bar.write32(global::INT_STATUS_CLEAR, 1 << self.config.index);
         }
         accepted
+    }
+
+    /// Q_ERROR and Q_ERROR_INDEX when Q_STATUS.ERROR is set.
+    pub fn error_registers(&self) -> Option<(u32, u32)> {
+        let bar = self.device.bar0();
+        self.status().filter(|s| s & queue::ERROR != 0).map(|_| {
+            (
+                bar.read32(self.reg(queue::Q_ERROR)),
+                bar.read32(self.reg(queue::Q_ERROR_INDEX)),
+            )
+        })
     }
 
     /// Q_STATUS, or `None` when the device is gone.

@@ -1,7 +1,10 @@
-//! The accelerator store: [`Store`] on SCA-1 queues (docs/accelerator.md). Each frontend
-//! worker owns one device queue; a store request becomes one or more descriptors (split at the
-//! device's transfer limit; WRITE SAME as a scatter list repeating the pattern block; UNMAP as
-//! one DEALLOCATE per range), and their completions are gathered back into one.
+//! The accelerator store: [`Store`] on the queues of any device that keeps the engine contract
+//! (`scst_accel_boards::engine`: the SCA-1 accelerator of docs/accelerator.md, or an NVMe
+//! controller). Each frontend worker owns one device queue; a store request becomes one or more
+//! device requests (split at the device's transfer limit; WRITE SAME as a scatter list repeating
+//! the pattern block, or, on devices that take one contiguous range per request, a scratch
+//! buffer filled with it; UNMAP as one DEALLOCATE per range), and their completions are gathered
+//! back into one.
 //!
 //! Every completion is validated by the queue before it is trusted. A request the device does
 //! not complete within `command_timeout` escalates: stop the queue (RUN=0, bounded wait for
@@ -18,14 +21,14 @@ use super::StoreOp;
 use super::StoreQueue;
 use super::StoreRequest;
 use super::StoreStatus;
-use scst_accel_boards::sca1::desc::cq_status;
-use scst_accel_boards::sca1::desc::opcode;
-use scst_accel_boards::sca1::Sca1;
-use scst_accel_boards::sca1::Sca1Completion;
-use scst_accel_boards::sca1::Sca1Error;
-use scst_accel_boards::sca1::Sca1Queue;
-use scst_accel_boards::sca1::Sca1Request;
-use scst_accel_boards::sca1::SubmitError;
+use scst_accel_boards::engine::Controller;
+use scst_accel_boards::engine::DeviceCompletion;
+use scst_accel_boards::engine::DeviceOp;
+use scst_accel_boards::engine::DeviceRequest;
+use scst_accel_boards::engine::DeviceStatus;
+use scst_accel_boards::engine::EngineError;
+use scst_accel_boards::engine::QueueEngine;
+use scst_accel_boards::engine::SubmitError;
 use scst_accel_dma::split_for_device;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::OrderedMutex;
@@ -35,6 +38,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -75,29 +79,33 @@ pub struct AccelCounters {
     pub gone_failures: AtomicU64,
     /// Completions with unknown or duplicated tags (ignored).
     pub unknown_tags: AtomicU64,
+    /// Requests queued on a device queue, summed over queues (for dumps on demand).
+    pub in_flight: AtomicU64,
 }
 
 /// The store.
 pub struct AccelStore {
-    board: Arc<Sca1>,
+    board: Arc<dyn Controller>,
     info: StoreInfo,
-    queues: OrderedMutex<Vec<Sca1Queue>, levels::AccelSpareQueues>,
+    queues: OrderedMutex<Vec<Box<dyn QueueEngine>>, levels::AccelSpareQueues>,
     total_queues: usize,
     config: AccelConfig,
     counters: Arc<AccelCounters>,
+    /// Set once, by the first queue that finds the device unusable (gone, or recovery failed).
+    failure: Arc<OnceLock<String>>,
 }
 
 impl AccelStore {
     /// A store over the queues of a brought-up board.
-    pub fn new(board: Arc<Sca1>, queues: Vec<Sca1Queue>, config: AccelConfig) -> Self {
-        let caps = board.caps();
-        let block_size = caps.block_size.max(512);
+    pub fn new(board: Arc<dyn Controller>, queues: Vec<Box<dyn QueueEngine>>, config: AccelConfig) -> Self {
+        let geometry = board.geometry();
+        let block_size = geometry.block_size.max(512);
         let info = StoreInfo {
             block_size,
-            num_blocks: caps.capacity_blocks,
-            max_transfer_blocks: (caps.max_transfer_bytes / block_size).max(1),
-            supports_unmap: true,
-            volatile_cache: true,
+            num_blocks: geometry.capacity_blocks,
+            max_transfer_blocks: (geometry.max_transfer_bytes / block_size).max(1),
+            supports_unmap: geometry.supports_deallocate,
+            volatile_cache: geometry.volatile_cache,
         };
         let total_queues = queues.len();
         Self {
@@ -107,11 +115,12 @@ impl AccelStore {
             total_queues,
             config,
             counters: Arc::default(),
+            failure: Arc::default(),
         }
     }
 
-    /// The board.
-    pub fn board(&self) -> &Arc<Sca1> {
+    /// The board's controller.
+    pub fn board(&self) -> &Arc<dyn Controller> {
         &self.board
     }
 
@@ -135,11 +144,33 @@ impl Store for AccelStore {
                 self.info,
                 self.config,
                 Arc::clone(&self.counters),
+                Arc::clone(&self.failure),
             ))),
             None => Err(StoreError::NoQueue {
                 max: self.total_queues,
             }),
         }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
+    }
+
+    fn dump(&self) -> Option<String> {
+        let c = &self.counters;
+        Some(format!(
+            "{}\nstore: {} device requests queued; device_errors {} timeouts {} queue_stops {} resets {} \
+             gone_failures {} unknown_tags {}{}",
+            self.board.dump_registers(),
+            c.in_flight.load(Ordering::Relaxed),
+            c.device_errors.load(Ordering::Relaxed),
+            c.timeouts.load(Ordering::Relaxed),
+            c.queue_stops.load(Ordering::Relaxed),
+            c.resets.load(Ordering::Relaxed),
+            c.gone_failures.load(Ordering::Relaxed),
+            c.unknown_tags.load(Ordering::Relaxed),
+            self.failure().map_or(String::new(), |f| format!("; FAILED: {f}")),
+        ))
     }
 }
 
@@ -147,7 +178,7 @@ impl Store for AccelStore {
 #[derive(Clone, Debug)]
 struct Child {
     parent: u64,
-    opcode: u8,
+    op: DeviceOp,
     fua: bool,
     lba: u64,
     length: u32,
@@ -163,11 +194,15 @@ struct Parent {
     status: StoreStatus,
     /// For Compare: the command's data and the scratch the medium is read into.
     compare: Option<ComparePair>,
+    /// Memory the device reads for this request besides the command's buffer (the expanded
+    /// WRITE SAME pattern): kept until the last child completes.
+    #[expect(dead_code, reason = "held, never read: keeps the pattern alive while the device reads it")]
+    scratch: Option<IoBuffer>,
 }
 
 struct AccelQueue {
-    board: Arc<Sca1>,
-    queue: Sca1Queue,
+    board: Arc<dyn Controller>,
+    queue: Box<dyn QueueEngine>,
     info: StoreInfo,
     config: AccelConfig,
     counters: Arc<AccelCounters>,
@@ -176,21 +211,29 @@ struct AccelQueue {
     backlog: VecDeque<u64>,
     next_child: u64,
     done: Vec<StoreCompletion>,
-    completions: Vec<Sca1Completion>,
+    completions: Vec<DeviceCompletion>,
     last_health: Instant,
     seen_resets: u64,
+    seen_unknown: u64,
     gone: bool,
+    failure: Arc<OnceLock<String>>,
+    /// Device requests queued on the device, as last published to the counters.
+    published_in_flight: usize,
+    /// [`scst_accel_boards::engine::Geometry::max_segments`].
+    max_segments: u32,
 }
 
 impl AccelQueue {
     fn new(
-        board: Arc<Sca1>,
-        queue: Sca1Queue,
+        board: Arc<dyn Controller>,
+        queue: Box<dyn QueueEngine>,
         info: StoreInfo,
         config: AccelConfig,
         counters: Arc<AccelCounters>,
+        failure: Arc<OnceLock<String>>,
     ) -> Self {
         let seen_resets = board.reset_count();
+        let max_segments = board.geometry().max_segments;
         Self {
             board,
             queue,
@@ -205,7 +248,11 @@ impl AccelQueue {
             completions: Vec::new(),
             last_health: Instant::now(),
             seen_resets,
+            seen_unknown: 0,
             gone: false,
+            failure,
+            published_in_flight: 0,
+            max_segments,
         }
     }
 
@@ -213,8 +260,16 @@ impl AccelQueue {
         u64::from(self.info.block_size)
     }
 
-    /// Split a store request into device requests.
-    fn plan(&self, req: &StoreRequest) -> Result<Vec<Child>, StoreStatus> {
+    /// Split a store request into device requests; `pattern` is the expanded WRITE SAME
+    /// pattern when the device cannot repeat a block through a scatter list.
+    fn plan(&self, req: &StoreRequest, pattern: Option<&IoBuffer>) -> Result<Vec<Child>, StoreStatus> {
+        // Devices that take one contiguous range per request (NVMe PRPs are built from it) get
+        // it whole; SCA-1 gets scatter lists of SGL_SEGMENT pieces (accelerator.md §3).
+        let max_segment = if self.max_segments <= 1 {
+            usize::MAX
+        } else {
+            SGL_SEGMENT
+        };
         let bs = self.bs();
         let max_blocks = u64::from(self.info.max_transfer_blocks);
         let in_range = |lba: u64, blocks: u64| {
@@ -229,15 +284,15 @@ impl AccelQueue {
             }
             Ok((iova, buf))
         };
-        let child = |opcode: u8, fua: bool, lba: u64, blocks: u64, segments: Vec<(u64, u32)>| Child {
+        let child = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, segments: Vec<(u64, u32)>| Child {
             parent: req.tag,
-            opcode,
+            op,
             fua,
             lba,
             length: (blocks * bs) as u32,
             segments,
         };
-        let split = |opcode: u8, fua: bool, lba: u64, blocks: u64, iova: Option<u64>| -> Vec<Child> {
+        let split = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, iova: Option<u64>| -> Vec<Child> {
             let mut out = Vec::new();
             let mut done = 0;
             while done < blocks {
@@ -245,9 +300,9 @@ impl AccelQueue {
                 // Large transfers go to the device as scatter lists of SGL_SEGMENT pieces
                 // (accelerator.md §3); a small one is a single inline address.
                 let segments = iova
-                    .map(|base| split_for_device(base + done * bs, (n * bs) as usize, SGL_SEGMENT))
+                    .map(|base| split_for_device(base + done * bs, (n * bs) as usize, max_segment))
                     .unwrap_or_default();
-                out.push(child(opcode, fua, lba + done, n, segments));
+                out.push(child(op, fua, lba + done, n, segments));
                 done += n;
             }
             out
@@ -262,8 +317,8 @@ impl AccelQueue {
                 }
                 let (iova, _) = buffer_iova(blocks * bs)?;
                 Ok(match req.op {
-                    StoreOp::Write { fua, .. } => split(opcode::WRITE, fua, *lba, blocks, Some(iova)),
-                    _ => split(opcode::READ, false, *lba, blocks, Some(iova)),
+                    StoreOp::Write { fua, .. } => split(DeviceOp::Write, fua, *lba, blocks, Some(iova)),
+                    _ => split(DeviceOp::Read, false, *lba, blocks, Some(iova)),
                 })
             }
             StoreOp::WriteSame { lba, blocks } => {
@@ -272,19 +327,18 @@ impl AccelQueue {
                     return Err(StoreStatus::OutOfRange);
                 }
                 let (iova, _) = buffer_iova(bs)?;
-                // One scatter list repeats the pattern block (accelerator.md §3).
-                let per = max_blocks.min(64);
+                let per = self.write_same_chunk();
                 let mut out = Vec::new();
                 let mut done = 0;
                 while done < blocks {
                     let n = (blocks - done).min(per);
-                    out.push(child(
-                        opcode::WRITE,
-                        false,
-                        lba + done,
-                        n,
-                        vec![(iova, bs as u32); n as usize],
-                    ));
+                    let segments = match pattern.and_then(IoBuffer::iova) {
+                        // The pattern expanded in scratch memory, shared by every chunk.
+                        Some(expanded) => vec![(expanded, (n * bs) as u32)],
+                        // One scatter list repeats the pattern block (accelerator.md §3).
+                        None => vec![(iova, bs as u32); n as usize],
+                    };
+                    out.push(child(DeviceOp::Write, false, lba + done, n, segments));
                     done += n;
                 }
                 Ok(out)
@@ -298,10 +352,10 @@ impl AccelQueue {
                 if !in_range(*lba, blocks) {
                     return Err(StoreStatus::OutOfRange);
                 }
-                let op = if *deallocate {
-                    opcode::DEALLOCATE
+                let op = if *deallocate && self.info.supports_unmap {
+                    DeviceOp::Deallocate
                 } else {
-                    opcode::WRITE_ZEROES
+                    DeviceOp::WriteZeroes
                 };
                 Ok(split(op, false, *lba, blocks, None))
             }
@@ -311,11 +365,11 @@ impl AccelQueue {
                     if !in_range(lba, u64::from(blocks)) {
                         return Err(StoreStatus::OutOfRange);
                     }
-                    out.extend(split(opcode::DEALLOCATE, false, lba, u64::from(blocks), None));
+                    out.extend(split(DeviceOp::Deallocate, false, lba, u64::from(blocks), None));
                 }
                 Ok(out)
             }
-            StoreOp::Flush => Ok(vec![child(opcode::FLUSH, false, 0, 0, Vec::new())]),
+            StoreOp::Flush => Ok(vec![child(DeviceOp::Flush, false, 0, 0, Vec::new())]),
             // SCA-1 1.0 has no media verify: VERIFY with BYTCHK 0 checks the range only.
             StoreOp::Verify { lba, blocks } => {
                 if in_range(*lba, u64::from(*blocks)) {
@@ -340,7 +394,11 @@ impl AccelQueue {
             Ok(pair) => pair,
             Err(failed) => return self.finish_parent(failed.tag, failed.status),
         };
-        let children = match self.plan(&req) {
+        let scratch = match self.expand_write_same(&req) {
+            Ok(scratch) => scratch,
+            Err(status) => return self.finish_parent(req.tag, status),
+        };
+        let children = match self.plan(&req, scratch.as_ref()) {
             Ok(c) => c,
             Err(status) => return self.finish_parent(req.tag, status),
         };
@@ -353,6 +411,7 @@ impl AccelQueue {
                 remaining: children.len(),
                 status: StoreStatus::Good,
                 compare,
+                scratch,
             },
         );
         for c in children {
@@ -361,6 +420,37 @@ impl AccelQueue {
             self.children.insert(id, c);
             self.backlog.push_back(id);
         }
+    }
+
+    /// Blocks per WRITE SAME device request.
+    fn write_same_chunk(&self) -> u64 {
+        u64::from(self.info.max_transfer_blocks).min(64)
+    }
+
+    /// WRITE SAME on a device that cannot repeat one block through a scatter list: expand the
+    /// pattern into scratch memory next to the command buffer (one chunk, read by every child).
+    fn expand_write_same(&self, req: &StoreRequest) -> Result<Option<IoBuffer>, StoreStatus> {
+        let StoreOp::WriteSame { blocks, .. } = req.op else {
+            return Ok(None);
+        };
+        let per = self.write_same_chunk();
+        if u64::from(self.max_segments) >= per {
+            return Ok(None);
+        }
+        let data = req.buffer.as_ref().ok_or(StoreStatus::InvalidRequest)?;
+        let bs = self.bs() as usize;
+        if data.len < bs {
+            return Err(StoreStatus::InvalidRequest);
+        }
+        let len = (u64::from(blocks).min(per) as usize).max(1) * bs;
+        let scratch = data.buffer.pool_sibling(len).ok_or(StoreStatus::DeviceError)?;
+        let scratch = IoBuffer::new(scratch, len);
+        let mut block = vec![0u8; bs];
+        data.read_at(0, &mut block);
+        for i in 0..len / bs {
+            scratch.write_at(i * bs, &block);
+        }
+        Ok(Some(scratch))
     }
 
     /// Compare reads the medium into scratch memory: allocate it next to the command buffer.
@@ -400,9 +490,9 @@ impl AccelQueue {
                 self.backlog.pop_front();
                 continue;
             };
-            let request = Sca1Request {
+            let request = DeviceRequest {
                 user_tag: id,
-                opcode: c.opcode,
+                op: c.op,
                 fua: c.fua,
                 lba: c.lba,
                 length: c.length,
@@ -413,7 +503,7 @@ impl AccelQueue {
                     self.backlog.pop_front();
                 }
                 Err(SubmitError::Full) | Err(SubmitError::NotRunning) => break,
-                Err(e @ SubmitError::TooManySegments { .. }) => {
+                Err(e @ (SubmitError::TooManySegments { .. } | SubmitError::Unaligned(_))) => {
                     log::error!("queue {}: {e}", self.queue.index());
                     self.backlog.pop_front();
                     self.child_done(id, StoreStatus::InvalidRequest);
@@ -447,24 +537,26 @@ impl AccelQueue {
         self.finish_parent(child.parent, status);
     }
 
-    fn device_status(&self, c: &Sca1Completion, child: Option<&Child>) -> StoreStatus {
+    fn device_status(&self, c: &DeviceCompletion, child: Option<&Child>) -> StoreStatus {
         let lba = child.map_or(0, |c| c.lba);
         match c.status {
-            cq_status::OK => StoreStatus::Good,
-            cq_status::LBA_RANGE => StoreStatus::OutOfRange,
-            cq_status::READ_ERROR => StoreStatus::ReadError { lba },
-            cq_status::WRITE_ERROR => StoreStatus::WriteError { lba },
-            cq_status::ABORTED => StoreStatus::Aborted,
-            _ => StoreStatus::DeviceError,
+            DeviceStatus::Ok => StoreStatus::Good,
+            DeviceStatus::LbaRange => StoreStatus::OutOfRange,
+            DeviceStatus::ReadError => StoreStatus::ReadError { lba },
+            DeviceStatus::WriteError => StoreStatus::WriteError { lba },
+            DeviceStatus::Aborted => StoreStatus::Aborted,
+            DeviceStatus::Other(_) => StoreStatus::DeviceError,
         }
     }
 
     fn reap_device(&mut self) -> usize {
-        let before = self.queue.stats().unknown_tags;
         let n = self.queue.reap(&mut self.completions);
-        let unknown = self.queue.stats().unknown_tags - before;
-        if unknown > 0 {
-            self.counters.unknown_tags.fetch_add(unknown, Ordering::Relaxed);
+        let unknown = self.queue.unknown_tags();
+        if unknown > self.seen_unknown {
+            self.counters
+                .unknown_tags
+                .fetch_add(unknown - self.seen_unknown, Ordering::Relaxed);
+            self.seen_unknown = unknown;
         }
         // Reuse the completion buffer: no allocation per reap on the I/O path.
         let mut completions = std::mem::take(&mut self.completions);
@@ -473,7 +565,7 @@ impl AccelQueue {
             if status != StoreStatus::Good {
                 self.counters.device_errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
-                    "queue {}: device status {} for request {}",
+                    "queue {}: device status {:?} for request {}",
                     self.queue.index(),
                     c.status,
                     c.user_tag
@@ -508,12 +600,15 @@ impl AccelQueue {
             self.queue.in_flight(),
             self.backlog.len()
         );
+        // The register and ring state at the moment of escalation (issue 4 §2).
+        log::error!("{}", self.board.dump_registers());
+        log::error!("{}", self.queue.dump());
         let mut alive = match self.queue.stop() {
             Ok(()) => {
                 self.counters.queue_stops.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(Sca1Error::Gone { .. }) => false,
+            Err(EngineError::Gone { .. }) => false,
             Err(e) => {
                 log::error!("{}: {e}; resetting the function", self.board.id());
                 self.reset_function()
@@ -525,11 +620,37 @@ impl AccelQueue {
         if alive {
             let n = self.fail_all(StoreStatus::Aborted);
             self.counters.timeouts.fetch_add(n as u64, Ordering::Relaxed);
-            self.queue.restart();
+            alive = self.restart_queue();
+        }
+        if !alive {
+            self.give_up(why);
+        }
+    }
+
+    /// Restart after a stop or reset; false (and the device treated as failed) if it will not.
+    fn restart_queue(&mut self) -> bool {
+        match self.queue.restart() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("{} queue {}: restart failed: {e}", self.board.id(), self.queue.index());
+                false
+            }
+        }
+    }
+
+    /// The device cannot serve any more: fail everything, for good, and tell the frontend
+    /// ([`Store::failure`]) so it runs the teardown.
+    fn give_up(&mut self, why: &str) {
+        self.gone = true;
+        let n = self.fail_all(StoreStatus::DeviceError);
+        self.counters.gone_failures.fetch_add(n as u64, Ordering::Relaxed);
+        let reason = if self.board.is_gone() {
+            format!("{}: the device is gone ({why})", self.board.id())
         } else {
-            self.gone = true;
-            let n = self.fail_all(StoreStatus::DeviceError);
-            self.counters.gone_failures.fetch_add(n as u64, Ordering::Relaxed);
+            format!("{}: recovery failed after: {why}", self.board.id())
+        };
+        if self.failure.set(reason.clone()).is_ok() {
+            log::error!("{reason}; the store can no longer serve");
         }
     }
 
@@ -541,7 +662,7 @@ impl AccelQueue {
                 self.seen_resets = self.board.reset_count();
                 true
             }
-            Err(Sca1Error::Gone { .. }) => false,
+            Err(EngineError::Gone { .. }) => false,
             Err(e) => {
                 log::error!(
                     "{}: recovery failed: {e}; treating the device as gone",
@@ -549,6 +670,17 @@ impl AccelQueue {
                 );
                 false
             }
+        }
+    }
+
+    /// Keep [`AccelCounters::in_flight`] (the sum over queues) up to date for dumps.
+    fn publish_in_flight(&mut self) {
+        let now = self.queue.in_flight();
+        if now != self.published_in_flight {
+            let counter = &self.counters.in_flight;
+            counter.fetch_add(now as u64, Ordering::Relaxed);
+            counter.fetch_sub(self.published_in_flight as u64, Ordering::Relaxed);
+            self.published_in_flight = now;
         }
     }
 
@@ -564,7 +696,9 @@ impl AccelQueue {
                 "queue {}: function was reset; {n} requests failed, restarting",
                 self.queue.index()
             );
-            self.queue.restart();
+            if !self.restart_queue() {
+                return self.give_up("the queue could not be re-created after a reset");
+            }
         }
         if self.queue.in_flight() == 0 && self.backlog.is_empty() {
             return;
@@ -585,15 +719,11 @@ impl AccelQueue {
             log::error!("{}: FATAL {code:#x}", self.board.id());
             return self.recover("the device reported FATAL");
         }
-        if self
-            .queue
-            .status()
-            .is_some_and(|s| s & scst_accel_boards::sca1::regs::queue::ERROR != 0)
-        {
+        if self.queue.is_halted() {
             return self.recover("the queue halted on an error");
         }
-        if !self.queue.is_running() && !self.gone {
-            self.queue.restart();
+        if !self.queue.is_running() && !self.gone && !self.restart_queue() {
+            self.give_up("the queue could not be restarted");
         }
     }
 }
@@ -617,6 +747,7 @@ impl StoreQueue for AccelQueue {
             self.start(req);
         }
         self.pump();
+        self.publish_in_flight();
         Ok(())
     }
 
@@ -626,6 +757,7 @@ impl StoreQueue for AccelQueue {
             self.check_health();
             self.pump();
         }
+        self.publish_in_flight();
         let n = self.done.len();
         out.append(&mut self.done);
         n
@@ -637,6 +769,17 @@ impl StoreQueue for AccelQueue {
 
     fn in_flight(&self) -> usize {
         self.parents.len() + self.done.len()
+    }
+
+    fn dump(&self) -> Option<String> {
+        Some(format!(
+            "{}; store requests {} (device requests {}, waiting for a ring slot {}){}",
+            self.queue.dump(),
+            self.parents.len(),
+            self.children.len(),
+            self.backlog.len(),
+            if self.gone { "; device failed" } else { "" }
+        ))
     }
 
     fn abort_all(&mut self) -> usize {
@@ -654,12 +797,15 @@ impl Drop for AccelQueue {
     /// right after this, so first make sure the engine holds nothing, resetting the function if
     /// the stop handshake fails.
     fn drop(&mut self) {
+        self.counters
+            .in_flight
+            .fetch_sub(self.published_in_flight as u64, Ordering::Relaxed);
         if self.gone || (!self.queue.is_running() && self.queue.in_flight() == 0) {
             return;
         }
         match self.queue.stop() {
             Ok(()) => {}
-            Err(Sca1Error::Gone { .. }) => {}
+            Err(EngineError::Gone { .. }) => {}
             Err(e) => {
                 log::error!(
                     "{}: {e} while closing queue {}; resetting the function",

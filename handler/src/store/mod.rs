@@ -200,6 +200,17 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::NoQueue`] when every queue is taken.
     fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError>;
+    /// Why the store can no longer serve, once it cannot: the device is gone, or a fatal
+    /// error or timeout that recovery could not clear. The frontend then runs its teardown
+    /// (one sequence for every trigger, architecture.md §5). `None` while healthy.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+    /// Registers, rings and queue states of the device behind the store, for logs on
+    /// escalation and for dumps on demand; `None` for stores without a device.
+    fn dump(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One worker's queue. Not shared: the owning thread submits and reaps without locks.
@@ -223,6 +234,11 @@ pub trait StoreQueue: Send {
     /// `submit` have nothing to abort.
     fn abort_all(&mut self) -> usize {
         0
+    }
+    /// This queue's device state (ring pointers, requests in flight), for logs on escalation
+    /// and dumps on demand; `None` for stores without a device.
+    fn dump(&self) -> Option<String> {
+        None
     }
 }
 

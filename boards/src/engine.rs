@@ -1,0 +1,238 @@
+//! The device contract every storage engine offers the handler: a [`Controller`] (one PCIe
+//! function: geometry, health, reset) and its [`QueueEngine`]s (one submission/completion pair
+//! per frontend worker). The SCA-1 driver and the NVMe driver both implement it, so the
+//! accelerator store (request splitting, deadlines, the escalation ladder, teardown) is written
+//! once, in the manner of SPDK's bdev modules over different transports.
+//!
+//! The rules both implementations keep:
+//! - A completion is trusted only when its tag matches a request in flight (tags carry a
+//!   generation); anything else is counted in [`QueueEngine::unknown_tags`] and ignored.
+//! - [`QueueEngine::abandon_all`] is called only after [`QueueEngine::stop`] succeeded or the
+//!   function was reset (or is gone): only then can no DMA for the abandoned requests happen.
+//! - Every wait on the device is bounded (by a value the device advertises where it advertises
+//!   one) and is made with no lock held.
+
+use scst_accel_dma::mapping::IovaLock;
+use scst_accel_hal::DeviceBacking;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a device request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceOp {
+    /// Medium → host memory.
+    Read,
+    /// Host memory → medium.
+    Write,
+    /// Make completed writes stable.
+    Flush,
+    /// Zero the range (no data transfer).
+    WriteZeroes,
+    /// Deallocate the range (reads return zeroes afterwards).
+    Deallocate,
+}
+
+/// One request for the device.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceRequest<'a> {
+    /// Caller's tag, returned in the completion.
+    pub user_tag: u64,
+    /// The operation.
+    pub op: DeviceOp,
+    /// Force unit access (writes).
+    pub fua: bool,
+    /// First block.
+    pub lba: u64,
+    /// Bytes (a multiple of the block size; 0 for Flush).
+    pub length: u32,
+    /// Data segments (IOVA, bytes) in order; empty for ops without data. The caller splits
+    /// at [`Geometry::max_transfer_bytes`] and keeps at most [`Geometry::max_segments`].
+    pub segments: &'a [(u64, u32)],
+}
+
+/// How a device request ended, in the device-independent terms the store maps to SCSI sense.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Success.
+    Ok,
+    /// The range is outside the medium.
+    LbaRange,
+    /// Unrecovered read error.
+    ReadError,
+    /// Write fault.
+    WriteError,
+    /// Aborted by the device (abort command, queue deletion, reset).
+    Aborted,
+    /// Any other device error; the raw status code for the log.
+    Other(u32),
+}
+
+/// A validated completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceCompletion {
+    /// The request's tag.
+    pub user_tag: u64,
+    /// Outcome.
+    pub status: DeviceStatus,
+}
+
+/// Why a request was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// No free slot: reap first.
+    #[error("queue full")]
+    Full,
+    /// More segments than one request can describe.
+    #[error("{segments} segments exceed the limit of {max}")]
+    TooManySegments {
+        /// Segments asked for.
+        segments: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// A segment the device cannot describe (e.g. an NVMe PRP needs page-aligned middles).
+    #[error("segment layout the device cannot describe: {0}")]
+    Unaligned(&'static str),
+    /// The queue is halted, being recreated, or the device gone: recover first.
+    #[error("queue is not running")]
+    NotRunning,
+}
+
+/// Errors of controller and queue operations that the store escalates on.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The device is gone (registers read all-ones): nothing more can be done with it.
+    #[error("{device}: the device is gone (registers read all-ones)")]
+    Gone {
+        /// Device.
+        device: String,
+    },
+    /// A bounded wait on the device expired.
+    #[error("{device}: {what} did not happen within {timeout:?}")]
+    Timeout {
+        /// Device.
+        device: String,
+        /// What was waited for.
+        what: &'static str,
+        /// The bound.
+        timeout: std::time::Duration,
+    },
+    /// Anything else, with what to do in the message.
+    #[error("{device}: {message}")]
+    Failed {
+        /// Device.
+        device: String,
+        /// What failed and what to do.
+        message: String,
+    },
+}
+
+impl EngineError {
+    /// Is the device gone for good?
+    pub fn is_gone(&self) -> bool {
+        matches!(self, EngineError::Gone { .. })
+    }
+}
+
+/// What a controller offers the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Capacity in blocks.
+    pub capacity_blocks: u64,
+    /// Largest transfer of one device request in bytes.
+    pub max_transfer_bytes: u32,
+    /// Most data segments one device request may carry.
+    pub max_segments: u32,
+    /// The device deallocates (UNMAP, WRITE ZEROES with deallocate).
+    pub supports_deallocate: bool,
+    /// The device has a volatile write cache (FLUSH and FUA mean something).
+    pub volatile_cache: bool,
+}
+
+/// One PCIe function as the store sees it. Shared by every queue.
+pub trait Controller: Send + Sync {
+    /// Name for logs (the PCI address or the simulator's name).
+    fn id(&self) -> &str;
+    /// Medium geometry and limits.
+    fn geometry(&self) -> Geometry;
+    /// The device, for DMA mappings of command buffers.
+    fn device(&self) -> &Arc<dyn DeviceBacking>;
+    /// The IOVA space rings and buffers share.
+    fn iovas(&self) -> &Arc<IovaLock>;
+    /// Registers read all-ones.
+    fn is_gone(&self) -> bool;
+    /// A fatal controller status (SCA-1 FATAL, NVMe CSTS.CFS), with a code for the log.
+    fn fatal(&self) -> Option<u32>;
+    /// Reset the function and leave it disabled: when this returns `Ok`, no DMA of this
+    /// function can happen (the teardown's proof). Bounded.
+    ///
+    /// # Errors
+    /// [`EngineError`].
+    fn reset(&self) -> Result<(), EngineError>;
+    /// Reset and bring the function back to serving: queues notice through
+    /// [`Controller::reset_count`], fail what they had in flight and [`QueueEngine::restart`].
+    ///
+    /// # Errors
+    /// [`EngineError`]; the store then treats the device as gone.
+    fn recover(&self) -> Result<(), EngineError>;
+    /// Bumped by every reset: a queue that sees it change knows its requests were dropped.
+    fn reset_count(&self) -> u64;
+    /// Mask every interrupt of the function (teardown, before the device is closed).
+    fn disable_interrupts(&self);
+    /// Orderly stop at the end of a run (NVMe shutdown notification; SCA-1 reset), bounded.
+    /// Queues are stopped or abandoned first.
+    ///
+    /// # Errors
+    /// [`EngineError`]; the caller falls back to [`Controller::reset`].
+    fn shutdown(&self) -> Result<(), EngineError> {
+        self.reset()
+    }
+    /// The function's registers, decoded, for logs on escalation and for `diag`.
+    fn dump_registers(&self) -> String;
+}
+
+/// One queue pair, owned by one worker thread (no locks on the I/O path).
+pub trait QueueEngine: Send {
+    /// Queue index (1-based on NVMe, whose queue 0 is the admin queue).
+    fn index(&self) -> u32;
+    /// Requests submitted and not yet completed or abandoned.
+    fn in_flight(&self) -> usize;
+    /// Accepting submissions.
+    fn is_running(&self) -> bool;
+    /// The queue reported an error that halts it (SCA-1 Q_STATUS.ERROR); NVMe never halts a
+    /// single queue.
+    fn is_halted(&self) -> bool;
+    /// When the oldest request in flight was submitted.
+    fn oldest_submission(&self) -> Option<Instant>;
+    /// Readable when completions may have been posted (an MSI-X eventfd); `None` when polling.
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Queue one request (visible to the device after [`QueueEngine::ring_doorbell`]).
+    ///
+    /// # Errors
+    /// [`SubmitError`].
+    fn submit(&mut self, req: &DeviceRequest<'_>) -> Result<(), SubmitError>;
+    /// Make queued requests visible: one doorbell write per batch, only if anything is new.
+    fn ring_doorbell(&mut self);
+    /// Move validated completions into `out`; returns how many.
+    fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize;
+    /// Completions whose tag matched nothing in flight, so far.
+    fn unknown_tags(&self) -> u64;
+    /// Stop the queue and wait, bounded, until the device holds none of its requests.
+    ///
+    /// # Errors
+    /// [`EngineError::Gone`], or [`EngineError::Timeout`] when only a reset will help.
+    fn stop(&mut self) -> Result<(), EngineError>;
+    /// Forget every request in flight and return their tags (see the module rules).
+    fn abandon_all(&mut self) -> Vec<u64>;
+    /// Run again after a stop or a reset, with nothing in flight (re-creating the queue on
+    /// the device where the reset destroyed it).
+    ///
+    /// # Errors
+    /// [`EngineError`]; the store then treats the device as gone.
+    fn restart(&mut self) -> Result<(), EngineError>;
+    /// The queue's registers and ring pointers, for logs on escalation and for `diag`.
+    fn dump(&self) -> String;
+}
