@@ -229,7 +229,8 @@ impl QueueEngine for Sca1Queue {
             Sca1Queue::index(self),
             Sca1Queue::is_running(self),
             Sca1Queue::in_flight(self),
-            self.status().map_or("all-ones (gone)".to_owned(), |s| format!("{s:#x}")),
+            self.status()
+                .map_or("all-ones (gone)".to_owned(), |s| format!("{s:#x}")),
             stats.submitted,
             stats.completed,
             stats.doorbells,

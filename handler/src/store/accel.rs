@@ -196,7 +196,10 @@ struct Parent {
     compare: Option<ComparePair>,
     /// Memory the device reads for this request besides the command's buffer (the expanded
     /// WRITE SAME pattern): kept until the last child completes.
-    #[expect(dead_code, reason = "held, never read: keeps the pattern alive while the device reads it")]
+    #[expect(
+        dead_code,
+        reason = "held, never read: keeps the pattern alive while the device reads it"
+    )]
     scratch: Option<IoBuffer>,
 }
 
@@ -632,7 +635,11 @@ impl AccelQueue {
         match self.queue.restart() {
             Ok(()) => true,
             Err(e) => {
-                log::error!("{} queue {}: restart failed: {e}", self.board.id(), self.queue.index());
+                log::error!(
+                    "{} queue {}: restart failed: {e}",
+                    self.board.id(),
+                    self.queue.index()
+                );
                 false
             }
         }
