@@ -11,6 +11,15 @@ pub enum InterruptMode {
     Poll,
 }
 
+/// Which driver speaks to the board.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The SCA-1 contract (docs/accelerator.md).
+    Sca1,
+    /// An NVMe controller (NVMe base specification 1.4, NVM command set).
+    Nvme,
+}
+
 /// Device behaviours that differ from the contract and that the driver works around.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Quirks {
@@ -27,7 +36,9 @@ pub struct BoardDefinition {
     pub name: &'static str,
     /// One line for `--help` and logs.
     pub description: &'static str,
-    /// PCI vendor ID (0 for the simulator).
+    /// The driver.
+    pub engine: EngineKind,
+    /// PCI vendor ID (0 for the simulator, or for any vendor).
     pub vendor_id: u16,
     /// PCI device ID (0 for the simulator).
     pub device_id: u16,
@@ -47,6 +58,7 @@ pub struct BoardDefinition {
 pub const SIM: BoardDefinition = BoardDefinition {
     name: "sim",
     description: "simulated SCA-1 accelerator (IOMMU model, fault injection)",
+    engine: EngineKind::Sca1,
     vendor_id: 0,
     device_id: 0,
     queues: 4,
@@ -63,6 +75,7 @@ pub const SIM: BoardDefinition = BoardDefinition {
 pub const SCA1_PCI: BoardDefinition = BoardDefinition {
     name: "sca1",
     description: "SCA-1 contract accelerator on PCIe (VFIO, --pci ADDRESS)",
+    engine: EngineKind::Sca1,
     vendor_id: 0x1d0f,
     device_id: 0x5ca1,
     queues: 4,
@@ -75,8 +88,61 @@ pub const SCA1_PCI: BoardDefinition = BoardDefinition {
     },
 };
 
+/// Any NVMe controller on PCIe (VFIO, --pci ADDRESS): queue count, depth and transfer size are
+/// capped by what the controller reports (CAP.MQES, SET FEATURES Number of Queues, MDTS).
+pub const NVME: BoardDefinition = BoardDefinition {
+    name: "nvme",
+    description: "NVMe controller on PCIe (VFIO, --pci ADDRESS)",
+    engine: EngineKind::Nvme,
+    vendor_id: 0,
+    device_id: 0,
+    queues: 8,
+    queue_depth: 1024,
+    max_transfer_bytes: 1 << 20,
+    interrupts: InterruptMode::Msix,
+    quirks: Quirks {
+        no_function_reset: false,
+        split_64bit_mmio: false,
+    },
+};
+
+/// QEMU's emulated NVMe controller (the HIL suite's device, tests/hil): 1b36:0010. Its MMIO is
+/// emulated, so every register access costs an exit; a modest depth is as fast as a deep one.
+pub const QEMU_NVME: BoardDefinition = BoardDefinition {
+    name: "qemu-nvme",
+    description: "QEMU's emulated NVMe controller (VFIO in a guest, --pci ADDRESS)",
+    engine: EngineKind::Nvme,
+    vendor_id: 0x1b36,
+    device_id: 0x0010,
+    queues: 4,
+    queue_depth: 256,
+    max_transfer_bytes: 1 << 20,
+    interrupts: InterruptMode::Msix,
+    quirks: Quirks {
+        no_function_reset: false,
+        split_64bit_mmio: false,
+    },
+};
+
+/// The simulated NVMe controller (boards/src/sim/nvme): the NVMe engine in CI without QEMU.
+pub const NVME_SIM: BoardDefinition = BoardDefinition {
+    name: "nvme-sim",
+    description: "simulated NVMe controller (IOMMU model, fault injection)",
+    engine: EngineKind::Nvme,
+    vendor_id: 0,
+    device_id: 0,
+    queues: 4,
+    queue_depth: 256,
+    max_transfer_bytes: 1 << 20,
+    interrupts: InterruptMode::Msix,
+    quirks: Quirks {
+        no_function_reset: false,
+        split_64bit_mmio: false,
+    },
+};
+
 /// Every known board.
-pub const BOARDS: &[BoardDefinition] = &[SIM, SCA1_PCI];
+pub const BOARDS: &[BoardDefinition] = &[SIM, SCA1_PCI, NVME, QEMU_NVME, NVME_SIM];
 
 /// The board called `name`.
 pub fn find(name: &str) -> Option<&'static BoardDefinition> {

@@ -18,6 +18,7 @@ use scst_accel_handler::store::ram::RamStore;
 use scst_accel_handler::store::Store;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// `--board`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -62,6 +63,19 @@ pub struct BackendReport {
     pub leaked_buffers: u64,
     /// Time to reset the board, drop its queues and unmap the pool.
     pub release_ms: f64,
+    /// The release steps in order.
+    pub steps: Vec<ReleaseStep>,
+}
+
+/// One step of the release.
+#[derive(Clone, Debug)]
+pub struct ReleaseStep {
+    /// What it did.
+    pub name: &'static str,
+    /// How long it took.
+    pub duration: std::time::Duration,
+    /// What it counted (buffers for the pool step).
+    pub count: u64,
 }
 
 /// Build the backend for `board`.
@@ -142,11 +156,20 @@ pub fn build(
 }
 
 impl Backend {
-    /// Release in the only safe order (architecture.md §5): the frontend is already shut
-    /// down (SCST holds no buffer); reset the board so no DMA can happen, drop the queues
-    /// (unmapping their rings), then flush and unmap the pool.
+    /// Ring and register dumps of the board's queues that no worker holds.
+    pub fn queue_dumps(&self) -> Vec<String> {
+        self.accel
+            .as_ref()
+            .map(|a| a.spare_queue_dumps())
+            .unwrap_or_default()
+    }
+
+    /// Release in the only safe order (architecture.md §5), each step timed and reported: the
+    /// frontend is already shut down (every SCST command answered, SCST holds no buffer);
+    /// reset the function so no DMA can happen, drop the queues (unmapping their rings), flush
+    /// and unmap the pool, then disable interrupts and close the device.
     pub fn shutdown(self) -> BackendReport {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut report = BackendReport::default();
         let Backend {
             store,
@@ -155,42 +178,87 @@ impl Backend {
             sim,
         } = self;
         drop(store);
-        if let Some(accel) = accel {
+        let mut steps = Vec::new();
+        let controller = accel.map(|accel| {
             let c = accel.counters();
             report.device_errors = c.device_errors.load(Ordering::Relaxed);
             report.timeouts = c.timeouts.load(Ordering::Relaxed);
             report.resets = c.resets.load(Ordering::Relaxed);
             report.unknown_tags = c.unknown_tags.load(Ordering::Relaxed);
-            if let Err(e) = accel.board().reset() {
-                log::warn!("{}: reset at shutdown: {e}", accel.board().id());
-            }
-            drop(accel);
-        }
-        report.pool = pool.stats();
-        match Arc::try_unwrap(pool) {
-            Ok(pool) => match pool.shutdown() {
-                Ok(stats) => report.mapped_after = stats.mapped_bytes,
-                Err(e) => {
-                    log::error!("buffer pool: {e}");
-                    report.leaked_buffers = report.pool.in_use;
-                    report.mapped_after = report.pool.mapped_bytes;
+            let controller = Arc::clone(accel.board());
+            timed(&mut steps, "reset the function (no more DMA)", || {
+                if let Err(e) = controller.reset() {
+                    log::warn!("{}: reset at shutdown: {e}", controller.id());
                 }
-            },
-            Err(pool) => {
-                let stats = pool.stats();
-                log::error!(
-                    "buffer pool still shared at shutdown: {} buffers in use",
-                    stats.in_use
-                );
-                report.leaked_buffers = stats.in_use;
-                report.mapped_after = stats.mapped_bytes;
-            }
+            });
+            // The store owns the spare queues; the workers' queues were dropped with them.
+            timed(&mut steps, "drop queues (unmap rings)", || drop(accel));
+            controller
+        });
+        report.pool = pool.stats();
+        let (mapped_after, leaked) = timed(&mut steps, "flush and unmap the buffer pool", || {
+            release_pool(pool)
+        });
+        report.mapped_after = mapped_after;
+        report.leaked_buffers = leaked;
+        if let Some(step) = steps.last_mut() {
+            step.count = report.pool.cached + report.pool.in_use;
         }
+        if let Some(controller) = controller {
+            timed(&mut steps, "disable interrupts", || {
+                controller.disable_interrupts()
+            });
+            timed(&mut steps, "close the device", || {
+                let holders = Arc::strong_count(&controller);
+                if holders > 1 {
+                    log::warn!("{}: {holders} references left at close", controller.id());
+                }
+                drop(controller);
+            });
+        }
+        report.steps = steps;
         report.release_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(sim) = sim {
             report.iommu_faults = sim.stats().iommu_faults;
         }
         report
+    }
+}
+
+/// Run one release step, recording how long it took.
+fn timed<T>(steps: &mut Vec<ReleaseStep>, name: &'static str, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    steps.push(ReleaseStep {
+        name,
+        duration: started.elapsed(),
+        count: 0,
+    });
+    out
+}
+
+/// Flush and unmap the pool: (bytes still mapped after, buffers leaked). A pool something
+/// still holds is not unmapped: a leak is reported, never a use after unmap.
+fn release_pool(pool: Arc<SgvPool>) -> (u64, u64) {
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => {
+            let before = pool.stats();
+            match pool.shutdown() {
+                Ok(stats) => (stats.mapped_bytes, 0),
+                Err(e) => {
+                    log::error!("buffer pool: {e}");
+                    (before.mapped_bytes, before.in_use)
+                }
+            }
+        }
+        Err(pool) => {
+            let stats = pool.stats();
+            log::error!(
+                "buffer pool still shared at shutdown: {} buffers in use; not unmapped",
+                stats.in_use
+            );
+            (stats.mapped_bytes, stats.in_use)
+        }
     }
 }
 

@@ -185,10 +185,11 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         version: version::resolve(&args.disk.scst_version),
         ..KernelConfig::default()
     });
-    let fd = kernel.open(true);
-    register(&fd, &args.disk.register_params())?;
-    let disk = Arc::new(Disk::try_new(args.disk.disk_config(blocks))?);
     let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &args.inject)?;
+    let info = backend.store.info();
+    let fd = kernel.open(true);
+    register(&fd, &args.disk.register_params(info.block_size))?;
+    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info))?);
     let frontend = Frontend::start(
         Arc::new(fd),
         disk,
@@ -198,8 +199,8 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     )?;
     let sessions = attach(&kernel, &args.disk.name, args.sessions.max(1))?;
     let geometry = Geometry {
-        block_size: args.disk.block_size,
-        num_blocks: blocks,
+        block_size: info.block_size,
+        num_blocks: info.num_blocks,
     };
     let live = std::io::stderr().is_terminal() && !args.json;
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
@@ -399,7 +400,10 @@ fn teardown_json(o: &Outcome) -> serde_json::Value {
         "iommu_faults": o.backend.iommu_faults,
         "steps": t.steps.iter().map(|s| json!({
             "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": s.within_bound,
-        })).collect::<Vec<_>>(),
+        })).chain(o.backend.steps.iter().map(|s| json!({
+            "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": true,
+        }))).collect::<Vec<_>>(),
+        "buffers_unmapped": o.backend.pool.cached + o.backend.pool.in_use - o.backend.leaked_buffers,
     })
 }
 

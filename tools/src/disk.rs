@@ -4,6 +4,7 @@ use crate::units::parse_size;
 use clap::Args;
 use scst_accel_handler::frontend::FrontendConfig;
 use scst_accel_handler::scsi::DiskConfig;
+use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::transport::register::default_options;
 use scst_accel_handler::transport::register::RegisterParams;
 use scst_accel_handler::transport::version;
@@ -67,18 +68,22 @@ impl DiskArgs {
     }
 
     /// The SCSI disk.
-    pub fn disk_config(&self, blocks: u64) -> DiskConfig {
-        let mut config = DiskConfig::new(self.block_size, blocks);
+    ///
+    /// The geometry is the store's: on a hardware board the medium's size and block size (an
+    /// NVMe namespace's NSZE and LBA format) are what READ CAPACITY reports, whatever `--size`
+    /// said; the block limits VPD never advertises more than the device takes in one request.
+    pub fn disk_config(&self, info: &StoreInfo) -> DiskConfig {
+        let mut config = DiskConfig::new(info.block_size, info.num_blocks);
         config.product = self.name.chars().take(16).collect();
         config.serial = format!("{:016x}", naa_seed(&self.name));
         config.naa_id = naa_seed(&self.name);
-        config.limits.max_transfer_blocks = self.max_transfer_blocks;
+        config.limits.max_transfer_blocks = self.max_transfer_blocks.min(info.max_transfer_blocks.max(1));
         config
     }
 
-    /// Registration parameters.
-    pub fn register_params(&self) -> RegisterParams {
-        let mut params = RegisterParams::new(&self.name, self.block_size, default_options());
+    /// Registration parameters for a disk of `block_size` bytes per block.
+    pub fn register_params(&self, block_size: u32) -> RegisterParams {
+        let mut params = RegisterParams::new(&self.name, block_size, default_options());
         params.version = version::resolve(&self.scst_version);
         params
     }

@@ -1,10 +1,12 @@
-//! `scst-accel`: the service an appliance boots (`serve`) and the demo/benchmark (`demo`).
+//! `scst-accel`: the service an appliance boots (`serve`), the demo/benchmark (`demo`,
+//! `bench`) and diagnostics (`diag`).
 #![forbid(unsafe_code)]
 
 mod backend;
 mod bench;
 mod cpu;
 mod demo;
+mod diag;
 mod disk;
 mod serve;
 mod units;
@@ -51,6 +53,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Compare boards on the same verified workloads in one run (ratios, not targets).
     Bench(bench::BenchArgs),
+    /// Open a board, print its geometry, registers and queue rings, and release it.
+    Diag(diag::DiagArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Diag(args) => diag::run(args),
     };
     ExitCode::from(code)
 }

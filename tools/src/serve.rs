@@ -50,13 +50,6 @@ pub fn run(args: ServeArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let disk = match Disk::try_new(args.disk.disk_config(blocks)) {
-        Ok(d) => Arc::new(d),
-        Err(e) => {
-            eprintln!("scst-accel serve: {e}");
-            return exit::USAGE;
-        }
-    };
     // Signals are blocked into an iterator before any worker starts, so a SIGTERM that arrives
     // during start-up is not lost and no worker thread is ever interrupted inside an ioctl.
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
@@ -74,10 +67,20 @@ pub fn run(args: ServeArgs) -> u8 {
             return exit::UNAVAILABLE;
         }
     };
+    let info = backend.store.info();
+    let disk = match Disk::try_new(args.disk.disk_config(&info)) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            eprintln!("scst-accel serve: {e}");
+            backend.shutdown();
+            return exit::USAGE;
+        }
+    };
     let fd = match ScstUserDevice::open(&args.device) {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("scst-accel serve: {e}");
+            backend.shutdown();
             return match e {
                 OpenError::ModuleNotLoaded { .. } => exit::UNAVAILABLE,
                 OpenError::PermissionDenied { .. } => exit::NOPERM,
@@ -85,11 +88,12 @@ pub fn run(args: ServeArgs) -> u8 {
             };
         }
     };
-    if let Err(e) = register(&fd, &args.disk.register_params()) {
+    if let Err(e) = register(&fd, &args.disk.register_params(info.block_size)) {
         eprintln!(
             "scst-accel serve: registration of {} refused: {e}",
             args.disk.name
         );
+        backend.shutdown();
         return exit::CONFIG;
     }
     let frontend = match Frontend::start(
@@ -102,14 +106,15 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(f) => f,
         Err(e) => {
             eprintln!("scst-accel serve: {e}");
+            backend.shutdown();
             return exit::SOFTWARE;
         }
     };
     log::info!(
         "serving {} ({} blocks of {} bytes) on {}; add it as a LUN now (see README)",
         args.disk.name,
-        blocks,
-        args.disk.block_size,
+        info.num_blocks,
+        info.block_size,
         args.device.display()
     );
     if args.prealloc > 0 {

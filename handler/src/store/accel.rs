@@ -128,6 +128,16 @@ impl AccelStore {
     pub fn counters(&self) -> &Arc<AccelCounters> {
         &self.counters
     }
+
+    /// Dumps of the queues no worker has opened (for `diag`; an opened queue is dumped by its
+    /// worker through [`StoreQueue::dump`]). Register reads only: nothing blocks under the lock.
+    pub fn spare_queue_dumps(&self) -> Vec<String> {
+        self.queues
+            .lock_unchecked_at_runtime()
+            .iter()
+            .map(|q| q.dump())
+            .collect()
+    }
 }
 
 impl Store for AccelStore {

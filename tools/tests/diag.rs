@@ -1,0 +1,59 @@
+//! `scst-accel diag`: the on-demand register and ring dump of a board that is not serving.
+
+use std::process::Command;
+
+fn diag(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .arg("diag")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run scst-accel");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    (out.status.code(), json, stderr)
+}
+
+#[test]
+fn diag_dumps_the_sim_boards_registers_and_every_queue_then_releases_it() {
+    let (code, j, stderr) = diag(&["--board", "sim", "--workers", "3", "--size", "8M"]);
+    assert_eq!(code, Some(0), "{j}\n{stderr}");
+    let registers = j["registers"].as_str().expect("registers");
+    assert!(registers.contains("SCA-1 ID 0x53434131"), "{registers}");
+    assert!(
+        registers.contains("STATUS 0x1 "),
+        "enabled and READY: {registers}"
+    );
+    let queues = j["queues"].as_array().expect("queues");
+    assert_eq!(queues.len(), 3, "one dump per queue brought up: {j}");
+    for q in queues {
+        let q = q.as_str().unwrap_or_default();
+        assert!(q.contains("running true") && q.contains("in_flight 0"), "{q}");
+    }
+    assert_eq!(j["num_blocks"], 8 * 1024 * 1024 / 512);
+    assert_eq!(j["released_cleanly"], true, "{j}");
+}
+
+#[test]
+fn diag_on_the_ram_store_says_there_is_no_device() {
+    let (code, j, stderr) = diag(&["--board", "ram", "--size", "8M"]);
+    assert_eq!(code, Some(0), "{j}\n{stderr}");
+    assert!(
+        j["registers"].as_str().unwrap_or_default().contains("no device"),
+        "{j}"
+    );
+    assert_eq!(j["queues"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn diag_without_a_pci_address_for_a_hardware_board_explains_what_to_pass() {
+    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(["diag", "--board", "sca1"])
+        .output()
+        .expect("run scst-accel");
+    assert_eq!(out.status.code(), Some(69));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--pci"), "{stderr}");
+}
