@@ -28,6 +28,7 @@ mod engine;
 mod fault;
 mod handle;
 mod medium;
+pub mod nvme;
 mod registers;
 
 #[cfg(test)]

@@ -1,0 +1,172 @@
+//! [`NvmeSimConfig`]: the geometry and limits of one simulated NVMe controller.
+
+use super::super::SimError;
+use super::spec::PAGE_SIZE;
+
+/// Largest number of I/O queue pairs a model offers (it keeps BAR0 at 8 KiB).
+pub const MAX_IO_QUEUES: u16 = 64;
+
+/// Largest MDTS accepted: 2^10 pages of 4 KiB = 4 MiB per command, the bound of the model's
+/// per-command bounce buffer.
+pub const MAX_MDTS: u8 = 10;
+
+/// The simulated controller's capabilities and its one namespace. [`Default`] is a small
+/// controller: 512-byte blocks, 64 MiB, 4 I/O queue pairs, 5 MSI-X vectors, MDTS 5.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NvmeSimConfig {
+    /// Namespace 1's logical block size: 512 or 4096 (Identify Namespace LBAF0.LBADS).
+    pub block_size: u32,
+    /// Namespace 1's size in blocks (NSZE = NCAP = NUSE), at least 1.
+    pub num_blocks: u64,
+    /// I/O queue pairs offered (the most Set Features Number of Queues grants),
+    /// 1..=[`MAX_IO_QUEUES`].
+    pub queues: u16,
+    /// MSI-X vectors of the function, 1..=2048 (the admin CQ uses vector 0).
+    pub interrupts: u32,
+    /// Maximum Data Transfer Size as Identify reports it: 2^mdts pages of 4 KiB,
+    /// 1..=[`MAX_MDTS`]. Transfers above it complete with Invalid Field in Command.
+    pub mdts: u8,
+}
+
+impl Default for NvmeSimConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 512,
+            num_blocks: (64 << 20) / 512,
+            queues: 4,
+            interrupts: 5,
+            mdts: 5,
+        }
+    }
+}
+
+impl NvmeSimConfig {
+    /// Check every field.
+    ///
+    /// # Errors
+    /// [`SimError::InvalidConfig`] naming the field and the accepted range.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |field: &'static str, reason: String| Err(SimError::InvalidConfig { field, reason });
+        if self.block_size != 512 && self.block_size != 4096 {
+            return bad(
+                "block_size",
+                format!("{} is neither 512 nor 4096", self.block_size),
+            );
+        }
+        if self.num_blocks == 0 || self.num_blocks.checked_mul(u64::from(self.block_size)).is_none() {
+            return bad(
+                "num_blocks",
+                format!(
+                    "{} blocks of {} bytes is empty or too large",
+                    self.num_blocks, self.block_size
+                ),
+            );
+        }
+        if !(1..=MAX_IO_QUEUES).contains(&self.queues) {
+            return bad("queues", format!("{} is not in 1..={MAX_IO_QUEUES}", self.queues));
+        }
+        if !(1..=2048).contains(&self.interrupts) {
+            return bad(
+                "interrupts",
+                format!("{} is not in 1..=2048 (MSI-X)", self.interrupts),
+            );
+        }
+        if !(1..=MAX_MDTS).contains(&self.mdts) {
+            return bad("mdts", format!("{} is not in 1..={MAX_MDTS}", self.mdts));
+        }
+        Ok(())
+    }
+
+    /// Largest data transfer of one command in bytes (MDTS in units of CAP.MPSMIN = 4 KiB).
+    pub fn max_transfer_bytes(&self) -> u64 {
+        PAGE_SIZE << self.mdts
+    }
+
+    /// Namespace 1's capacity in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.num_blocks * u64::from(self.block_size)
+    }
+
+    /// BAR0 length: the registers' 4 KiB page, then the doorbells of the admin queue pair and
+    /// every I/O queue pair (8 bytes each with CAP.DSTRD = 0), rounded up to 4 KiB.
+    pub fn bar0_len(&self) -> u64 {
+        PAGE_SIZE + (8 * (u64::from(self.queues) + 1)).next_multiple_of(PAGE_SIZE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_field_out_of_range_is_named() {
+        let cases: [(&str, NvmeSimConfig); 7] = [
+            (
+                "block_size",
+                NvmeSimConfig {
+                    block_size: 1024,
+                    ..Default::default()
+                },
+            ),
+            (
+                "num_blocks",
+                NvmeSimConfig {
+                    num_blocks: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "queues",
+                NvmeSimConfig {
+                    queues: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "queues",
+                NvmeSimConfig {
+                    queues: MAX_IO_QUEUES + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "interrupts",
+                NvmeSimConfig {
+                    interrupts: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "mdts",
+                NvmeSimConfig {
+                    mdts: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "mdts",
+                NvmeSimConfig {
+                    mdts: MAX_MDTS + 1,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, config) in cases {
+            match config.validate() {
+                Err(SimError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        NvmeSimConfig::default().validate().expect("the default is valid");
+    }
+
+    #[test]
+    fn bar_holds_every_doorbell() {
+        let config = NvmeSimConfig {
+            queues: MAX_IO_QUEUES,
+            ..Default::default()
+        };
+        assert_eq!(config.bar0_len(), 0x2000);
+        assert_eq!(NvmeSimConfig::default().max_transfer_bytes(), 128 * 1024);
+    }
+}

@@ -1,0 +1,78 @@
+//! Identify data structures (NVMe 1.4 §5.15.2): the controller (CNS 01h), namespace 1
+//! (CNS 00h) and the active namespace list (CNS 02h), each 4096 bytes, little endian.
+
+use super::spec;
+use super::NvmeSimConfig;
+
+/// Bytes of every Identify data structure.
+pub(crate) const IDENTIFY_BYTES: usize = 4096;
+
+/// PCI vendor ID reported (VID, SSVID): the one QEMU's model uses, so a driver's quirk tables
+/// treat both models alike.
+const VENDOR_ID: u16 = 0x1B36;
+
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// An ASCII field of `len` bytes, left justified and padded with spaces (§1.5).
+fn put_ascii(buf: &mut [u8], at: usize, len: usize, text: &str) {
+    let field = &mut buf[at..at + len];
+    field.fill(b' ');
+    let n = text.len().min(len);
+    field[..n].copy_from_slice(&text.as_bytes()[..n]);
+}
+
+/// Identify Controller (Figure 247).
+pub(crate) fn controller(id: &str, config: &NvmeSimConfig) -> Vec<u8> {
+    let mut b = vec![0u8; IDENTIFY_BYTES];
+    put(&mut b, 0, &VENDOR_ID.to_le_bytes()); // VID
+    put(&mut b, 2, &VENDOR_ID.to_le_bytes()); // SSVID
+    put_ascii(&mut b, 4, 20, &format!("SIM-{id}")); // SN
+    put_ascii(&mut b, 24, 40, "scst-accel simulated NVMe controller"); // MN
+    put_ascii(&mut b, 64, 8, "1.0"); // FR
+    b[77] = config.mdts; // MDTS, in units of CAP.MPSMIN
+    put(&mut b, 78, &1u16.to_le_bytes()); // CNTLID
+    put(&mut b, 80, &spec::VERSION.to_le_bytes()); // VER
+    b[111] = 1; // CNTRLTYPE: I/O controller
+                // OACS (256) = 0: no optional admin commands.
+    b[258] = spec::ACL;
+    b[259] = spec::AERL;
+    b[260] = 0x02; // FRMW: one firmware slot, slot 1 read/write
+                   // LPA (261) = 0, ELPE (262) = 0: one Error Information log entry.
+    put(&mut b, 266, &0x0157u16.to_le_bytes()); // WCTEMP: 343 K
+    put(&mut b, 268, &0x0175u16.to_le_bytes()); // CCTEMP: 373 K
+    b[512] = (spec::SQES << 4 | spec::SQES) as u8; // SQES: 0x66
+    b[513] = (spec::CQES << 4 | spec::CQES) as u8; // CQES: 0x44
+    put(&mut b, 516, &1u32.to_le_bytes()); // NN
+    put(&mut b, 520, &0x000Cu16.to_le_bytes()); // ONCS: DSM (bit 2), Write Zeroes (bit 3)
+    b[525] = 0x01; // VWC: a volatile write cache is present
+                   // SGLS (536) = 0: PRPs only.
+                   // SUBNQN: UTF-8, NUL padded.
+    let nqn = format!("nqn.2026-11.org.scst-accel:nvmesim:{id}");
+    put(&mut b, 768, &nqn.as_bytes()[..nqn.len().min(255)]);
+    put(&mut b, 2048, &2500u16.to_le_bytes()); // PSD0.MP: 25 W
+    b
+}
+
+/// Identify Namespace for namespace 1 (Figure 245).
+pub(crate) fn namespace(config: &NvmeSimConfig) -> Vec<u8> {
+    let mut b = vec![0u8; IDENTIFY_BYTES];
+    for at in [0, 8, 16] {
+        put(&mut b, at, &config.num_blocks.to_le_bytes()); // NSZE, NCAP, NUSE
+    }
+    // NSFEAT (24) = 0, NLBAF (25) = 0: one format, FLBAS (26) = 0 selects it.
+    b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
+    let lbads = config.block_size.trailing_zeros();
+    put(&mut b, 128, &(lbads << 16).to_le_bytes()); // LBAF0: MS = 0, LBADS, RP = 0
+    b
+}
+
+/// Active Namespace ID list (CNS 02h): the active NSIDs greater than `nsid`, ascending.
+pub(crate) fn active_namespaces(nsid: u32) -> Vec<u8> {
+    let mut b = vec![0u8; IDENTIFY_BYTES];
+    if nsid < 1 {
+        put(&mut b, 0, &1u32.to_le_bytes());
+    }
+    b
+}

@@ -1,0 +1,176 @@
+//! NVM commands on namespace 1 (NVMe 1.4 §6): Read, Write (with FUA), Flush, Write Zeroes and
+//! Dataset Management (deallocate). Data moves only through the IOMMU, via the command's PRPs;
+//! an IOMMU fault completes the command with Data Transfer Error (QEMU's model completes such
+//! a command with success instead, see the module doc of `sim::nvme`).
+
+use super::prp;
+use super::spec::nvm;
+use super::spec::status;
+use super::spec::Sqe;
+use super::spec::Status;
+use super::worker::CmdResult;
+use super::worker::Exec;
+use super::worker::Failure;
+use super::worker::Reply;
+
+/// Bytes of one Dataset Management range (§6.7, Figure 364).
+const DSM_RANGE_BYTES: usize = 16;
+
+/// Execute NVM command `sqe`; `media_error` is the fault plan's verdict for a READ.
+pub(crate) fn execute(exec: &Exec<'_>, sqe: &Sqe, media_error: bool) -> CmdResult {
+    let opcode = sqe.opcode();
+    let known = matches!(
+        opcode,
+        nvm::FLUSH | nvm::WRITE | nvm::READ | nvm::WRITE_ZEROES | nvm::DATASET_MANAGEMENT
+    );
+    if !known {
+        return Err(status::INVALID_OPCODE.into());
+    }
+    // Flush may name every namespace (FFFFFFFFh); everything else only namespace 1.
+    let broadcast_ok = opcode == nvm::FLUSH && sqe.nsid == u32::MAX;
+    if sqe.nsid != 1 && !broadcast_ok {
+        return Err(status::INVALID_NAMESPACE.into());
+    }
+    if sqe.psdt() != 0 {
+        // SGLS = 0: PRPs only.
+        return Err(status::INVALID_FIELD.into());
+    }
+    match opcode {
+        nvm::FLUSH => medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT),
+        nvm::READ => read(exec, sqe, media_error),
+        nvm::WRITE => write(exec, sqe),
+        nvm::WRITE_ZEROES => write_zeroes(exec, sqe),
+        _ => dataset_management(exec, sqe),
+    }
+}
+
+/// A checked LBA range: byte offset and length on the medium.
+struct Range {
+    offset: u64,
+    bytes: u64,
+}
+
+/// SLBA (CDW10-11) and NLB (CDW12 15:0, 0's based), checked against the namespace size.
+fn lba_range(exec: &Exec<'_>, slba: u64, blocks: u64) -> Result<Range, Failure> {
+    let config = &exec.shared.config;
+    if slba.checked_add(blocks).is_none_or(|end| end > config.num_blocks) {
+        return Err(status::LBA_OUT_OF_RANGE.into());
+    }
+    let block = u64::from(config.block_size);
+    Ok(Range {
+        offset: slba * block,
+        bytes: blocks * block,
+    })
+}
+
+fn slba(sqe: &Sqe) -> u64 {
+    u64::from(sqe.cdw10) | (u64::from(sqe.cdw11) << 32)
+}
+
+fn nlb(sqe: &Sqe) -> u64 {
+    u64::from(sqe.cdw12 & 0xFFFF) + 1
+}
+
+/// A data command's range: the transfer must fit MDTS (else Invalid Field, checked first as
+/// QEMU does) and the namespace (else LBA Out of Range).
+fn data_range(exec: &Exec<'_>, sqe: &Sqe) -> Result<Range, Failure> {
+    let bytes = nlb(sqe) * u64::from(exec.shared.config.block_size);
+    if bytes > exec.shared.config.max_transfer_bytes() {
+        return Err(status::INVALID_FIELD.into());
+    }
+    lba_range(exec, slba(sqe), nlb(sqe))
+}
+
+fn medium_result(exec: &Exec<'_>, result: std::io::Result<()>, error: Status) -> CmdResult {
+    match result {
+        Ok(()) => Ok(Reply::Done(0)),
+        Err(e) => {
+            log::warn!("{}: medium error: {e}", exec.shared.id);
+            Err(error.into())
+        }
+    }
+}
+
+/// Read (§6.9): medium → host.
+fn read(exec: &Exec<'_>, sqe: &Sqe, media_error: bool) -> CmdResult {
+    let range = data_range(exec, sqe)?;
+    let pieces = prp::pieces(exec, sqe.prp1, sqe.prp2, range.bytes)?;
+    if media_error {
+        log::debug!(
+            "{}: READ at LBA {}: injected media error",
+            exec.shared.id,
+            slba(sqe)
+        );
+        return Err(status::UNRECOVERED_READ_ERROR.into());
+    }
+    let mut data = vec![0u8; range.bytes as usize];
+    if let Err(e) = exec.shared.medium.read(range.offset, &mut data) {
+        return medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR);
+    }
+    prp::write_to_host(exec, &pieces, &data)?;
+    Ok(Reply::Done(0))
+}
+
+/// Write (§6.15): host → medium. All data is gathered before the medium changes, so a Data
+/// Transfer Error leaves the blocks as they were. FUA (CDW12 bit 30) flushes before
+/// completing.
+fn write(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+    let range = data_range(exec, sqe)?;
+    let pieces = prp::pieces(exec, sqe.prp1, sqe.prp2, range.bytes)?;
+    let mut data = vec![0u8; range.bytes as usize];
+    prp::read_from_host(exec, &pieces, &mut data)?;
+    exec.checkpoint()?;
+    medium_result(
+        exec,
+        exec.shared.medium.write(range.offset, &data),
+        status::WRITE_FAULT,
+    )?;
+    if sqe.cdw12 & (1 << 30) != 0 {
+        medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT)?;
+    }
+    Ok(Reply::Done(0))
+}
+
+/// Write Zeroes (§6.16): no data transfer, so MDTS does not apply.
+fn write_zeroes(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+    let range = lba_range(exec, slba(sqe), nlb(sqe))?;
+    exec.checkpoint()?;
+    medium_result(
+        exec,
+        exec.shared.medium.write_zeroes(range.offset, range.bytes),
+        status::WRITE_FAULT,
+    )
+}
+
+/// Dataset Management (§6.7): NR + 1 ranges read from the host; with AD (CDW11 bit 2) each is
+/// deallocated (reads back as zeroes: Identify Namespace DLFEAT = 1). Every range is checked
+/// before any is deallocated. Without AD the attributes are hints and nothing happens.
+fn dataset_management(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+    let count = (sqe.cdw10 & 0xFF) as usize + 1;
+    let deallocate = sqe.cdw11 & (1 << 2) != 0;
+    let mut raw = vec![0u8; count * DSM_RANGE_BYTES];
+    let pieces = prp::pieces(exec, sqe.prp1, sqe.prp2, raw.len() as u64)?;
+    prp::read_from_host(exec, &pieces, &mut raw)?;
+    if !deallocate {
+        return Ok(Reply::Done(0));
+    }
+    let mut ranges = Vec::with_capacity(count);
+    for entry in raw.chunks_exact(DSM_RANGE_BYTES) {
+        let blocks = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&entry[8..16]);
+        let start = u64::from_le_bytes(start);
+        if blocks > 0 {
+            ranges.push(lba_range(exec, start, u64::from(blocks))?);
+        }
+    }
+    for range in ranges {
+        exec.checkpoint()?;
+        medium_result(
+            exec,
+            exec.shared.medium.deallocate(range.offset, range.bytes),
+            status::WRITE_FAULT,
+        )?;
+    }
+    Ok(Reply::Done(0))
+}

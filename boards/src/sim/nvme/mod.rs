@@ -1,0 +1,105 @@
+//! A simulated NVMe controller (NVMe base specification 1.4) for fast CI tests of the NVMe
+//! driver, on hal's [`SimDevice`] like the simulated SCA-1 board. It is written from the
+//! specification, independently of the driver, so a misreading on either side fails a test;
+//! QEMU's NVMe model in a guest stays the final judge, and this model adds faults QEMU cannot
+//! produce.
+//!
+//! - [`create_nvme_sim`] builds the function: BAR0 holds the controller registers (§3.1) and
+//!   the doorbells at 0x1000 (CAP.DSTRD = 0); [`NvmeSimHandle`] injects [`NvmeFault`]s and
+//!   reads [`NvmeSimStats`].
+//! - CAP: MQES = 1023, CQR = 1, TO = 20 (10 s), CSS = NVM, MPSMIN = MPSMAX = 0 (4 KiB pages);
+//!   VS = 1.4.0. CC.EN 0→1 checks AQA/ASQ/ACQ and CC, then sets CSTS.RDY about 2 ms later;
+//!   CC.EN 1→0 is a controller reset (§7.6.1): every queue deleted, held AERs dropped, CFS and
+//!   SHST cleared, and RDY cleared once the worker holds no command, so RDY = 0 proves no DMA
+//!   follows. CC.SHN sets SHST to occurring, then complete about 2 ms later; from SHN on no new
+//!   command is fetched. A function reset is a controller reset plus every register back to its
+//!   reset value, and returns only when the worker holds no command.
+//! - One worker thread fetches submission queue entries through the IOMMU, serves the SQs
+//!   round robin, executes one command at a time and posts its completion (phase tag, SQHD,
+//!   SQID, CID) before raising the CQ's MSI-X vector when IEN is set. A full CQ stalls its SQs.
+//! - Admin: Identify (CNS 00h, 01h, 02h), Get/Set Features (Number of Queues, Volatile Write
+//!   Cache, and the mandatory ones stored as given), Create/Delete I/O CQ/SQ with the
+//!   specification's checks, Abort (always "not aborted"), Get Log Page (Error Information,
+//!   empty), Asynchronous Event Request (held; completed by invalid doorbell writes).
+//! - NVM on namespace 1: Read, Write (FUA), Flush, Write Zeroes, Dataset Management
+//!   (deallocate), with PRP1/PRP2/PRP-list walking (§4.3), LBA range checks and MDTS.
+//!
+//! Where this model differs from QEMU's (`hw/nvme`), on purpose:
+//! - **DMA to an unmapped IOVA** (data or PRP list) is recorded as an IOMMU fault and the
+//!   command completes with **Data Transfer Error (SCT 0, SC 04h)**. QEMU under an emulated
+//!   IOMMU completes such a command with success and the data silently not moved, so a driver
+//!   tested only on QEMU never sees this status. A fault fetching an SQ entry or posting a CQ
+//!   entry has no command to report it on: the model sets CSTS.CFS, which is what CFS means.
+//! - A PRP list that starts at an offset holds only the entries up to the end of its page,
+//!   the last of which chains on when more are needed (§4.3). QEMU reads the first list as if
+//!   it started at the page boundary; a driver should keep PRP lists page aligned.
+//! - Like QEMU, and stricter than the specification, enabling requires IOSQES = 6 and
+//!   IOCQES = 4 and non-zero, 4 KiB-aligned ASQ/ACQ; otherwise CSTS.CFS = 1 and RDY stays 0.
+//! - Writes to AQA/ASQ/ACQ, and to CC.CSS/MPS/AMS/IOSQES/IOCQES, while CC.EN = 1 are ignored.
+//!   Doorbell writes while not ready, to a queue that does not exist, or out of range are
+//!   ignored and counted; the latter two post an Error asynchronous event (§5.2).
+//! - INTMS/INTMC are stored and read back but mask nothing: the function has MSI-X only, where
+//!   the specification forbids host use of them (§3.1.3).
+//!
+//! [`SimDevice`]: scst_accel_hal::sim::SimDevice
+
+mod admin;
+mod config;
+mod controller;
+mod fault;
+mod handle;
+mod identify;
+mod io;
+mod prp;
+mod spec;
+mod state;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use scst_accel_hal::sim::SimDevice;
+use scst_accel_hal::sim::SimModel;
+
+pub use config::NvmeSimConfig;
+pub use config::MAX_IO_QUEUES;
+pub use config::MAX_MDTS;
+pub use fault::NvmeFault;
+pub use fault::NvmeFaultParseError;
+pub use fault::NVME_FAULT_KINDS;
+pub use handle::NvmeSimHandle;
+pub use handle::NvmeSimStats;
+
+use super::medium::Medium;
+use super::SimError;
+use controller::NvmeController;
+
+/// Build a simulated NVMe controller named `id` with `config`, in its power-on state
+/// (CC.EN = 0, no queues).
+///
+/// # Errors
+/// [`SimError::InvalidConfig`] naming the bad field; [`SimError::Spawn`] when the worker
+/// thread cannot be started.
+pub fn create_nvme_sim(id: &str, config: NvmeSimConfig) -> Result<(Arc<SimDevice>, NvmeSimHandle), SimError> {
+    config.validate()?;
+    let medium = Medium::ram(config.capacity_bytes());
+    let bar_len = config.bar0_len();
+    let vectors = config.interrupts;
+    let mut built: Option<Arc<NvmeController>> = None;
+    let device = SimDevice::new(id, bar_len, vectors, |ctx| {
+        let controller = Arc::new(NvmeController::new(id, config, medium, ctx));
+        built = Some(Arc::clone(&controller));
+        controller as Arc<dyn SimModel>
+    });
+    let Some(controller) = built else {
+        return Err(SimError::Spawn {
+            source: std::io::Error::other("the simulated device did not build its model"),
+        });
+    };
+    // On failure `device` is dropped here, which shuts the (unstarted) model down.
+    controller.start().map_err(|source| SimError::Spawn { source })?;
+    log::info!("{id}: simulated NVMe controller ready");
+    Ok((Arc::new(device), NvmeSimHandle::new(controller.shared())))
+}

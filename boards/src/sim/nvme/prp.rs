@@ -1,0 +1,126 @@
+//! Physical Region Page walking (NVMe 1.4 §4.3): turn a command's PRP1/PRP2 and transfer
+//! length into the host IOVA pieces of its data buffer, reading PRP lists through the IOMMU.
+//!
+//! The rules applied, with the memory page size of CC.MPS = 0 (4 KiB):
+//! - PRP1 may carry an offset into its page; it must be dword aligned (bits 1:0 = 0). The
+//!   first piece runs from PRP1 to the end of its page or of the transfer.
+//! - If the rest fits in one page, PRP2 points at it and must be page aligned.
+//! - Otherwise PRP2 points at a PRP list (qword aligned, with an offset allowed). Each list
+//!   entry is a page-aligned data page. When more entries are needed than fit in the rest of
+//!   the list's page, the last entry of the page instead points at the next list page, which
+//!   must be page aligned.
+//!
+//! An offset that breaks these rules completes with Invalid PRP Offset; a list page the IOMMU
+//! refuses, with Data Transfer Error.
+
+use super::spec::status;
+use super::spec::PAGE_SIZE;
+use super::worker::Exec;
+use super::worker::Failure;
+
+/// One contiguous piece of a data buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub iova: u64,
+    pub len: usize,
+}
+
+/// The pieces of a `len`-byte transfer described by `prp1` and `prp2`.
+///
+/// # Errors
+/// [`Failure::Status`] with Invalid PRP Offset or Data Transfer Error; [`Failure::Abandoned`]
+/// if a reset takes the command away while a list is read.
+pub(crate) fn pieces(exec: &Exec<'_>, prp1: u64, prp2: u64, len: u64) -> Result<Vec<Piece>, Failure> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if prp1 & 0x3 != 0 {
+        return Err(status::INVALID_PRP_OFFSET.into());
+    }
+    let first = len.min(PAGE_SIZE - prp1 % PAGE_SIZE);
+    let mut out = vec![Piece {
+        iova: prp1,
+        len: first as usize,
+    }];
+    let mut rest = len - first;
+    if rest == 0 {
+        return Ok(out);
+    }
+    if rest <= PAGE_SIZE {
+        if !prp2.is_multiple_of(PAGE_SIZE) {
+            return Err(status::INVALID_PRP_OFFSET.into());
+        }
+        out.push(Piece {
+            iova: prp2,
+            len: rest as usize,
+        });
+        return Ok(out);
+    }
+    if prp2 & 0x7 != 0 {
+        return Err(status::INVALID_PRP_OFFSET.into());
+    }
+    let mut list = prp2;
+    while rest > 0 {
+        let needed = rest.div_ceil(PAGE_SIZE);
+        let room = (PAGE_SIZE - list % PAGE_SIZE) / 8;
+        // All remaining entries fit here, or this page ends with a pointer to the next one.
+        let (data_entries, chained) = if needed <= room {
+            (needed, false)
+        } else {
+            (room - 1, true)
+        };
+        let read = data_entries + u64::from(chained);
+        let mut raw = vec![0u8; (read * 8) as usize];
+        exec.dma_read(list, &mut raw)?;
+        let entries: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        for &entry in &entries[..data_entries as usize] {
+            if !entry.is_multiple_of(PAGE_SIZE) {
+                return Err(status::INVALID_PRP_OFFSET.into());
+            }
+            let n = rest.min(PAGE_SIZE);
+            out.push(Piece {
+                iova: entry,
+                len: n as usize,
+            });
+            rest -= n;
+        }
+        if chained {
+            let next = entries[data_entries as usize];
+            if !next.is_multiple_of(PAGE_SIZE) {
+                return Err(status::INVALID_PRP_OFFSET.into());
+            }
+            list = next;
+        }
+    }
+    Ok(out)
+}
+
+/// Copy `data` to the host pieces in order.
+pub(crate) fn write_to_host(exec: &Exec<'_>, pieces: &[Piece], data: &[u8]) -> Result<(), Failure> {
+    let mut at = 0usize;
+    for p in pieces {
+        exec.dma_write(p.iova, &data[at..at + p.len])?;
+        at += p.len;
+    }
+    Ok(())
+}
+
+/// Copy the host pieces in order into `out`.
+pub(crate) fn read_from_host(exec: &Exec<'_>, pieces: &[Piece], out: &mut [u8]) -> Result<(), Failure> {
+    let mut at = 0usize;
+    for p in pieces {
+        exec.dma_read(p.iova, &mut out[at..at + p.len])?;
+        at += p.len;
+    }
+    Ok(())
+}
+
+/// Move `len` bytes of `data` to the buffer described by `prp1`/`prp2` (a controller →
+/// host transfer such as Identify or Get Log Page).
+pub(crate) fn send(exec: &Exec<'_>, prp1: u64, prp2: u64, data: &[u8]) -> Result<(), Failure> {
+    let pieces = pieces(exec, prp1, prp2, data.len() as u64)?;
+    write_to_host(exec, &pieces, data)
+}

@@ -1,0 +1,511 @@
+//! The controller's state behind one lock: the register file (§3.1), the queues the worker
+//! serves, and the reset and enable transitions (§7.6.1, §7.6.2, §7.3). Pure state changes:
+//! no DMA, no interrupt, no wait happens here; a register write returns its [`Effects`] for the
+//! caller to carry out after unlocking.
+
+use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::time::Duration;
+use std::time::Instant;
+
+use super::spec;
+use super::spec::aqa;
+use super::spec::cc;
+use super::spec::csts;
+use super::spec::reg;
+use super::NvmeSimConfig;
+
+/// Time from CC.EN = 1 to CSTS.RDY = 1 (a real controller takes up to CAP.TO).
+pub(crate) const ENABLE_DELAY: Duration = Duration::from_millis(2);
+/// Time from CC.SHN to CSTS.SHST = complete.
+pub(crate) const SHUTDOWN_DELAY: Duration = Duration::from_millis(2);
+
+/// A submission queue the controller serves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SubQueue {
+    pub base: u64,
+    /// Entries (1-based).
+    pub size: u16,
+    /// Next entry to fetch.
+    pub head: u16,
+    /// Last tail doorbell value.
+    pub tail: u16,
+    pub cqid: u16,
+}
+
+/// A completion queue the controller posts to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CompQueue {
+    pub base: u64,
+    /// Entries (1-based).
+    pub size: u16,
+    /// Last head doorbell value.
+    pub head: u16,
+    /// Next entry to post.
+    pub tail: u16,
+    /// Phase tag of the current pass (starts at 1, §4.6).
+    pub phase: bool,
+    pub vector: u16,
+    pub ien: bool,
+}
+
+impl CompQueue {
+    /// A free slot exists: a queue of N entries holds at most N - 1 completions (§4.1).
+    pub(crate) fn has_room(&self) -> bool {
+        (self.tail + 1) % self.size != self.head
+    }
+}
+
+/// Where the controller is between CC.EN and CSTS.RDY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// CC.EN = 0, CSTS.RDY = 0.
+    Disabled,
+    /// CC.EN = 1; CSTS.RDY becomes 1 at `ready_at`.
+    Enabling { ready_at: Instant },
+    /// CC.EN = 1, CSTS.RDY = 1: commands are processed.
+    Ready,
+    /// CC.EN went 1→0 while the worker held a command: CSTS.RDY stays 1 until the worker lets
+    /// go of it, so RDY = 0 proves no DMA follows (§7.6.2).
+    Resetting,
+}
+
+/// What the worker should do next.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Work {
+    /// Execute the command at `index` of SQ `sqid`.
+    Command(Job),
+    /// Complete the held Asynchronous Event Request `cid` with `dw0`.
+    Event { epoch: u64, cid: u16, dw0: u32 },
+}
+
+/// One command taken from a submission queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Job {
+    /// The controller epoch it was taken in: any reset makes it stale.
+    pub epoch: u64,
+    pub sqid: u16,
+    pub index: u16,
+    pub sq_base: u64,
+    pub cqid: u16,
+    /// SQ head after taking it, reported as SQHD.
+    pub sqhd: u16,
+}
+
+/// What a register write asks the caller to do after unlocking.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Effects {
+    /// Wake the worker (new work, or a reset it must notice).
+    pub wake: bool,
+    /// A doorbell was written.
+    pub doorbell: bool,
+    /// The doorbell write was invalid (§4.1, asynchronous event "Invalid Doorbell ...").
+    pub invalid_doorbell: bool,
+    /// A controller reset started.
+    pub reset: bool,
+}
+
+/// Register file and queues.
+#[derive(Debug)]
+pub(crate) struct ControllerState {
+    pub cc: u32,
+    pub aqa: u32,
+    pub asq: u64,
+    pub acq: u64,
+    /// INTMS/INTMC mask. Kept and read back only: with MSI-X the spec forbids host access
+    /// (§3.1.3) and masking is the MSI-X table's job.
+    pub intms: u32,
+    pub readiness: Readiness,
+    pub cfs: bool,
+    /// CSTS.SHST.
+    pub shst: u32,
+    shutdown_done_at: Option<Instant>,
+    /// Bumped by every enable and reset: work taken under an older epoch is abandoned.
+    pub epoch: u64,
+    /// Indexed by queue id, 0 = admin.
+    pub sqs: Vec<Option<SubQueue>>,
+    pub cqs: Vec<Option<CompQueue>>,
+    /// I/O queues granted by Set Features Number of Queues (1-based).
+    pub nsqa: u16,
+    pub ncqa: u16,
+    /// Volatile Write Cache enable (feature 06h).
+    pub wce: bool,
+    /// Other stored features, by identifier.
+    pub features: BTreeMap<u8, u32>,
+    /// CIDs of held Asynchronous Event Requests.
+    pub aers: Vec<u16>,
+    /// Events waiting for an AER (completion dword 0).
+    pub events: VecDeque<u32>,
+    /// An error event was reported and the host has not read the Error Information log since
+    /// (§5.2: the event type is masked until then).
+    pub error_event_masked: bool,
+    /// The worker holds a command.
+    pub busy: bool,
+    /// [`NvmeFault::Hang`](super::NvmeFault::Hang) is in effect.
+    pub hung: bool,
+    /// [`NvmeFault::ShutdownHang`](super::NvmeFault::ShutdownHang) is standing.
+    pub shutdown_hang: bool,
+    next_sq: usize,
+    max_queues: u16,
+}
+
+impl ControllerState {
+    /// The state after power-on: every register at its reset value.
+    pub(crate) fn new(config: &NvmeSimConfig) -> Self {
+        let n = usize::from(config.queues) + 1;
+        Self {
+            cc: 0,
+            aqa: 0,
+            asq: 0,
+            acq: 0,
+            intms: 0,
+            readiness: Readiness::Disabled,
+            cfs: false,
+            shst: 0,
+            shutdown_done_at: None,
+            epoch: 0,
+            sqs: vec![None; n],
+            cqs: vec![None; n],
+            nsqa: config.queues,
+            ncqa: config.queues,
+            wce: true,
+            features: BTreeMap::new(),
+            aers: Vec::new(),
+            events: VecDeque::new(),
+            error_event_masked: false,
+            busy: false,
+            hung: false,
+            shutdown_hang: false,
+            next_sq: 0,
+            max_queues: config.queues,
+        }
+    }
+
+    /// Let time-driven transitions happen: RDY after the enable delay, SHST after shutdown.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        if let Readiness::Enabling { ready_at } = self.readiness {
+            if now >= ready_at {
+                self.readiness = Readiness::Ready;
+            }
+        }
+        if let Some(at) = self.shutdown_done_at {
+            if now >= at {
+                self.shst = csts::SHST_COMPLETE;
+                self.shutdown_done_at = None;
+            }
+        }
+    }
+
+    /// 32-bit register read.
+    pub(crate) fn read32(&self, offset: u64) -> u32 {
+        match offset {
+            reg::CAP => spec::cap::VALUE as u32,
+            o if o == reg::CAP + 4 => (spec::cap::VALUE >> 32) as u32,
+            reg::VS => spec::VERSION,
+            reg::INTMS | reg::INTMC => self.intms,
+            reg::CC => self.cc,
+            reg::CSTS => self.csts(),
+            reg::AQA => self.aqa,
+            reg::ASQ => self.asq as u32,
+            o if o == reg::ASQ + 4 => (self.asq >> 32) as u32,
+            reg::ACQ => self.acq as u32,
+            o if o == reg::ACQ + 4 => (self.acq >> 32) as u32,
+            // Optional registers (CMB, BP, PMR) read as 0 ("not supported"); doorbells are
+            // write-only and read as 0 too.
+            _ => 0,
+        }
+    }
+
+    fn csts(&self) -> u32 {
+        let rdy = matches!(self.readiness, Readiness::Ready | Readiness::Resetting);
+        let rdy = if rdy { csts::RDY } else { 0 };
+        let cfs = if self.cfs { csts::CFS } else { 0 };
+        rdy | cfs | (self.shst << csts::SHST_SHIFT)
+    }
+
+    /// 32-bit register write at `offset`.
+    pub(crate) fn write32(&mut self, offset: u64, value: u32, now: Instant, id: &str) -> Effects {
+        let enabled = self.cc & cc::EN != 0;
+        let mut fx = Effects::default();
+        match offset {
+            reg::INTMS => self.intms |= value,
+            reg::INTMC => self.intms &= !value,
+            reg::CC => fx = self.write_cc(value, now, id),
+            // §3.1.8-§3.1.10: the admin queue registers are read when CC.EN goes to 1; a write
+            // while enabled would describe a queue the controller is not using.
+            o if (reg::AQA..reg::ACQ + 8).contains(&o) && enabled => log::warn!(
+                "{id}: write of {value:#x} to admin queue register {offset:#x} while CC.EN = 1 ignored"
+            ),
+            reg::AQA => self.aqa = value & aqa::WRITABLE,
+            reg::ASQ => self.asq = (self.asq & !0xFFFF_FFFF) | u64::from(value),
+            o if o == reg::ASQ + 4 => self.asq = (self.asq & 0xFFFF_FFFF) | (u64::from(value) << 32),
+            reg::ACQ => self.acq = (self.acq & !0xFFFF_FFFF) | u64::from(value),
+            o if o == reg::ACQ + 4 => self.acq = (self.acq & 0xFFFF_FFFF) | (u64::from(value) << 32),
+            o if o >= reg::DOORBELLS => fx = self.doorbell(o, value, id),
+            _ => {
+                log::debug!("{id}: write of {value:#x} to read-only or reserved register {offset:#x} ignored")
+            }
+        }
+        fx
+    }
+
+    /// CC (§3.1.5): EN 0→1 enables, EN 1→0 resets, SHN starts a shutdown.
+    fn write_cc(&mut self, value: u32, now: Instant, id: &str) -> Effects {
+        let old = self.cc;
+        let mut value = value & cc::WRITABLE;
+        let mut fx = Effects {
+            wake: true,
+            ..Effects::default()
+        };
+        let was_enabled = old & cc::EN != 0;
+        let enable = value & cc::EN != 0;
+        if was_enabled && enable && (old ^ value) & cc::FROZEN_WHILE_ENABLED != 0 {
+            log::warn!(
+                "{id}: CC write {value:#x} changes CSS/MPS/AMS/IOSQES/IOCQES while enabled; kept {old:#x}"
+            );
+            value = (value & !cc::FROZEN_WHILE_ENABLED) | (old & cc::FROZEN_WHILE_ENABLED);
+        }
+        self.cc = value;
+        match (was_enabled, enable) {
+            (false, true) => self.enable(now, id),
+            (true, false) => {
+                log::info!("{id}: controller reset (CC.EN 1 -> 0)");
+                self.controller_reset();
+                fx.reset = true;
+            }
+            _ => {}
+        }
+        let shn_old = old & cc::SHN_MASK;
+        let shn = value & cc::SHN_MASK;
+        if shn != 0 && shn_old == 0 && enable {
+            // §7.6.2: processing stops; the worker takes no new command from here on.
+            self.shst = csts::SHST_OCCURRING;
+            self.shutdown_done_at = (!self.shutdown_hang).then_some(now + SHUTDOWN_DELAY);
+            log::info!("{id}: shutdown notification (SHN {:#x})", shn >> 14);
+        } else if shn == 0 && shn_old != 0 && enable {
+            // As QEMU: clearing SHN clears SHST; the host must still reset before new I/O.
+            self.shst = 0;
+            self.shutdown_done_at = None;
+        }
+        fx
+    }
+
+    /// CC.EN 0→1 (§7.6.1): check the admin queue and CC, then set RDY after [`ENABLE_DELAY`].
+    /// A configuration the controller cannot run sets CSTS.CFS and leaves RDY = 0, as QEMU
+    /// does; this model is as strict as QEMU about IOSQES/IOCQES (6 and 4 when EN is set).
+    fn enable(&mut self, now: Instant, id: &str) {
+        let asqs = self.aqa & aqa::ASQS_MASK;
+        let acqs = (self.aqa >> aqa::ACQS_SHIFT) & aqa::ASQS_MASK;
+        let iosqes = (self.cc >> cc::IOSQES_SHIFT) & 0xF;
+        let iocqes = (self.cc >> cc::IOCQES_SHIFT) & 0xF;
+        let misaligned = |a: u64| a == 0 || !a.is_multiple_of(spec::PAGE_SIZE);
+        let problem = if asqs == 0 || acqs == 0 {
+            Some(format!(
+                "AQA {:#x}: admin queues need at least 2 entries",
+                self.aqa
+            ))
+        } else if misaligned(self.asq) {
+            Some(format!("ASQ {:#x} is zero or not 4 KiB aligned", self.asq))
+        } else if misaligned(self.acq) {
+            Some(format!("ACQ {:#x} is zero or not 4 KiB aligned", self.acq))
+        } else if self.cc & (cc::CSS_MASK | cc::MPS_MASK | cc::AMS_MASK) != 0 {
+            Some(format!(
+                "CC {:#x}: only CSS = NVM, MPS = 0 (4 KiB), AMS = round robin",
+                self.cc
+            ))
+        } else if iosqes != spec::SQES || iocqes != spec::CQES {
+            Some(format!("CC {:#x}: IOSQES must be 6 and IOCQES 4", self.cc))
+        } else {
+            None
+        };
+        self.epoch += 1;
+        if let Some(problem) = problem {
+            log::error!("{id}: cannot enable: {problem}; CSTS.CFS set");
+            self.cfs = true;
+            return;
+        }
+        self.sqs[0] = Some(SubQueue {
+            base: self.asq,
+            size: asqs as u16 + 1,
+            head: 0,
+            tail: 0,
+            cqid: 0,
+        });
+        self.cqs[0] = Some(CompQueue {
+            base: self.acq,
+            size: acqs as u16 + 1,
+            head: 0,
+            tail: 0,
+            phase: true,
+            vector: 0,
+            ien: true,
+        });
+        self.readiness = Readiness::Enabling {
+            ready_at: now + ENABLE_DELAY,
+        };
+        log::info!(
+            "{id}: enabling (admin SQ {} entries, CQ {} entries)",
+            asqs + 1,
+            acqs + 1
+        );
+    }
+
+    /// Controller reset (§7.3.2 via CC.EN 1→0): stop every queue, delete them all, drop held
+    /// AERs and pending events, clear CFS, SHST and the hang, return features to defaults.
+    /// AQA, ASQ and ACQ keep their values. RDY clears at once unless the worker holds a
+    /// command; then it clears when the worker lets go ([`ControllerState::release`]).
+    pub(crate) fn controller_reset(&mut self) {
+        self.epoch += 1;
+        self.sqs.iter_mut().for_each(|q| *q = None);
+        self.cqs.iter_mut().for_each(|q| *q = None);
+        self.nsqa = self.max_queues;
+        self.ncqa = self.max_queues;
+        self.wce = true;
+        self.features.clear();
+        self.aers.clear();
+        self.events.clear();
+        self.error_event_masked = false;
+        self.cfs = false;
+        self.hung = false;
+        self.shst = 0;
+        self.shutdown_done_at = None;
+        self.next_sq = 0;
+        self.readiness = if self.busy {
+            Readiness::Resetting
+        } else {
+            Readiness::Disabled
+        };
+    }
+
+    /// Function reset: a controller reset, then every register to its reset value.
+    pub(crate) fn function_reset(&mut self) {
+        self.controller_reset();
+        self.cc = 0;
+        self.aqa = 0;
+        self.asq = 0;
+        self.acq = 0;
+        self.intms = 0;
+    }
+
+    /// The worker let go of its command: a reset waiting for it completes (RDY = 0).
+    pub(crate) fn release(&mut self) {
+        self.busy = false;
+        if self.readiness == Readiness::Resetting {
+            self.readiness = Readiness::Disabled;
+        }
+    }
+
+    /// A doorbell write (§3.1.24, §3.1.25). An invalid one is ignored and reported as an
+    /// asynchronous event (§4.1, §5.2).
+    fn doorbell(&mut self, offset: u64, value: u32, id: &str) -> Effects {
+        let index = (offset - reg::DOORBELLS) / 4;
+        let qid = (index / 2) as usize;
+        let is_cq = index % 2 == 1;
+        let mut fx = Effects {
+            doorbell: true,
+            ..Effects::default()
+        };
+        if self.readiness != Readiness::Ready {
+            log::warn!("{id}: doorbell {offset:#x} written ({value}) while the controller is not ready");
+            fx.invalid_doorbell = true;
+            return fx;
+        }
+        let verdict = if is_cq {
+            match self.cqs.get_mut(qid).and_then(Option::as_mut) {
+                None => Err(spec::AEI_INVALID_DOORBELL_REGISTER),
+                Some(cq) => {
+                    // The new head may release only entries that were posted.
+                    let posted = (cq.tail + cq.size - cq.head) % cq.size;
+                    let released = (value as u16).wrapping_add(cq.size).wrapping_sub(cq.head) % cq.size;
+                    if value >= u32::from(cq.size) || released > posted {
+                        Err(spec::AEI_INVALID_DOORBELL_VALUE)
+                    } else {
+                        cq.head = value as u16;
+                        Ok(())
+                    }
+                }
+            }
+        } else {
+            match self.sqs.get_mut(qid).and_then(Option::as_mut) {
+                None => Err(spec::AEI_INVALID_DOORBELL_REGISTER),
+                Some(sq) if value >= u32::from(sq.size) => Err(spec::AEI_INVALID_DOORBELL_VALUE),
+                Some(sq) => {
+                    sq.tail = value as u16;
+                    Ok(())
+                }
+            }
+        };
+        match verdict {
+            Ok(()) => fx.wake = true,
+            Err(info) => {
+                log::warn!(
+                    "{id}: invalid {} doorbell write {value} for queue {qid} (event info {info:#x})",
+                    if is_cq { "CQ head" } else { "SQ tail" }
+                );
+                fx.invalid_doorbell = true;
+                fx.wake = self.error_event(info);
+            }
+        }
+        fx
+    }
+
+    /// Queue an Error Status asynchronous event unless that type is masked; returns whether
+    /// one was queued.
+    fn error_event(&mut self, info: u8) -> bool {
+        if self.error_event_masked {
+            return false;
+        }
+        self.error_event_masked = true;
+        self.events.push_back(spec::async_error_event(info));
+        true
+    }
+
+    /// Take the next piece of work, or `None` when there is nothing the controller may do.
+    /// Submission queues are served round robin (CC.AMS = 0), admin included; a queue whose
+    /// completion queue is full waits (§4.1: a full CQ stalls, never overflows).
+    pub(crate) fn next_work(&mut self) -> Option<Work> {
+        if self.readiness != Readiness::Ready || self.cfs || self.hung || self.shst != 0 || self.busy {
+            return None;
+        }
+        let admin_room = self.cqs[0].is_some_and(|cq| cq.has_room());
+        if admin_room && !self.events.is_empty() && !self.aers.is_empty() {
+            let cid = self.aers.remove(0);
+            let dw0 = self.events.pop_front().unwrap_or_default();
+            self.busy = true;
+            return Some(Work::Event {
+                epoch: self.epoch,
+                cid,
+                dw0,
+            });
+        }
+        let n = self.sqs.len();
+        for i in 0..n {
+            let sqid = (self.next_sq + i) % n;
+            let Some(sq) = self.sqs[sqid].as_mut() else {
+                continue;
+            };
+            let room = self.cqs[usize::from(sq.cqid)].is_some_and(|cq| cq.has_room());
+            if sq.head == sq.tail || !room {
+                continue;
+            }
+            let index = sq.head;
+            sq.head = (sq.head + 1) % sq.size;
+            self.next_sq = sqid + 1;
+            self.busy = true;
+            return Some(Work::Command(Job {
+                epoch: self.epoch,
+                sqid: sqid as u16,
+                index,
+                sq_base: sq.base,
+                cqid: sq.cqid,
+                sqhd: sq.head,
+            }));
+        }
+        None
+    }
+
+    /// Any I/O queue exists (Set Features Number of Queues is then refused, §5.21.1.7).
+    pub(crate) fn any_io_queue(&self) -> bool {
+        self.sqs[1..].iter().any(Option::is_some) || self.cqs[1..].iter().any(Option::is_some)
+    }
+}

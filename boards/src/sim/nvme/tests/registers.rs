@@ -1,0 +1,188 @@
+//! Registers: CAP and VS, the enable/disable handshake, enable checks, shutdown, function
+//! reset, doorbells while disabled, and the worker thread's end.
+
+use scst_accel_hal::DeviceBacking;
+
+use super::super::spec::cc;
+use super::super::spec::csts;
+use super::super::spec::nvm;
+use super::super::spec::reg;
+use super::super::spec::status as st;
+use super::*;
+
+#[test]
+fn cap_and_version_describe_the_controller() {
+    let rig = Rig::new(small_config());
+    let cap = rig.bar().read64(reg::CAP);
+    assert_eq!(cap & 0xFFFF, 1023, "MQES");
+    assert_eq!((cap >> 16) & 1, 1, "CQR");
+    assert_eq!((cap >> 24) & 0xFF, 20, "TO: 10 s");
+    assert_eq!((cap >> 32) & 0xF, 0, "DSTRD");
+    assert_eq!((cap >> 37) & 0xFF, 1, "CSS: NVM");
+    assert_eq!((cap >> 48) & 0xFF, 0, "MPSMIN and MPSMAX");
+    assert_eq!(rig.read(reg::VS), 0x0001_0400);
+    assert_eq!(rig.csts(), 0, "power-on: not ready, no CFS, no shutdown");
+    assert_eq!(rig.dev.bar0().len(), 0x2000);
+}
+
+#[test]
+fn enable_and_disable_handshake() {
+    let mut rig = Rig::new(small_config());
+    assert_eq!(rig.csts() & csts::RDY, 0);
+    rig.enable();
+    assert_eq!(rig.csts() & csts::CFS, 0);
+    assert_eq!(rig.read(reg::CC), CC_ENABLE);
+    rig.disable();
+    assert_eq!(rig.sim.stats().resets, 1);
+    // Enabled again with the same admin queue registers, which a reset keeps.
+    assert_eq!(rig.read(reg::AQA), 15 | (15 << 16));
+    rig.enable();
+    let c = rig.admin(sqe(0x7F, 0));
+    assert_eq!(status(&c), st::INVALID_OPCODE);
+}
+
+#[test]
+fn enable_with_an_unusable_configuration_sets_cfs() {
+    let cases: [(&str, u32, u64, u32); 5] = [
+        ("ASQ misaligned", 15 | (15 << 16), 0x800, CC_ENABLE),
+        ("ASQS = 0", 15 << 16, 0, CC_ENABLE),
+        (
+            "IOSQES missing",
+            15 | (15 << 16),
+            0,
+            cc::EN | (4 << cc::IOCQES_SHIFT),
+        ),
+        ("MPS = 1", 15 | (15 << 16), 0, CC_ENABLE | (1 << 7)),
+        ("CSS = 1", 15 | (15 << 16), 0, CC_ENABLE | (1 << 4)),
+    ];
+    for (what, aqa, asq_offset, cc_value) in cases {
+        let mut rig = Rig::new(small_config());
+        let sq = rig.alloc(8192);
+        let cq = rig.alloc(4096);
+        rig.write(reg::AQA, aqa);
+        rig.bar().write64(reg::ASQ, rig.iova(sq) + asq_offset);
+        rig.bar().write64(reg::ACQ, rig.iova(cq));
+        rig.write(reg::CC, cc_value);
+        assert!(wait_until(|| rig.csts() & csts::CFS != 0), "{what}: CFS");
+        assert_eq!(rig.csts() & csts::RDY, 0, "{what}: not ready");
+        // A controller reset clears CFS.
+        rig.write(reg::CC, 0);
+        assert_eq!(rig.csts(), 0, "{what}: reset clears CFS");
+    }
+}
+
+#[test]
+fn admin_queue_registers_are_frozen_while_enabled() {
+    let rig = Rig::enabled();
+    let asq = rig.bar().read64(reg::ASQ);
+    rig.write(reg::AQA, 1 | (1 << 16));
+    rig.bar().write64(reg::ASQ, 0x1234_5000);
+    assert_eq!(rig.read(reg::AQA), 15 | (15 << 16));
+    assert_eq!(rig.bar().read64(reg::ASQ), asq);
+    // CC.MPS cannot change while enabled either.
+    rig.write(reg::CC, CC_ENABLE | (1 << 7));
+    assert_eq!(rig.read(reg::CC), CC_ENABLE);
+}
+
+#[test]
+fn interrupt_mask_set_and_clear_are_kept() {
+    let rig = Rig::new(small_config());
+    rig.write(reg::INTMS, 0b101);
+    assert_eq!(rig.read(reg::INTMS), 0b101);
+    rig.write(reg::INTMC, 0b001);
+    assert_eq!(rig.read(reg::INTMC), 0b100);
+}
+
+#[test]
+fn doorbells_while_disabled_are_ignored_and_counted() {
+    let rig = Rig::new(small_config());
+    rig.write(reg::DOORBELLS, 1);
+    rig.write(reg::DOORBELLS + 4, 1);
+    let stats = rig.sim.stats();
+    assert_eq!(stats.doorbell_writes, 2);
+    assert_eq!(stats.invalid_doorbell_writes, 2);
+    assert_eq!(stats.commands, 0);
+}
+
+#[test]
+fn shutdown_completes_and_stops_fetching() {
+    let mut rig = Rig::with_io_queue(8);
+    rig.write(reg::CC, CC_ENABLE | (1 << 14));
+    assert!(
+        wait_until(|| (rig.csts() >> csts::SHST_SHIFT) & 3 == csts::SHST_COMPLETE),
+        "SHST complete"
+    );
+    let before = rig.sim.stats().commands;
+    rig.submit(1, sqe(nvm::FLUSH, 1));
+    assert!(
+        rig.next_completion_within(1, QUIET).is_none(),
+        "no command after shutdown"
+    );
+    assert_eq!(rig.sim.stats().commands, before);
+    // A controller reset clears SHST; the controller works again after enabling.
+    rig.disable();
+    assert_eq!(rig.csts(), 0);
+    rig.enable();
+    rig.create_io_queue(1, 8);
+    assert_eq!(status(&rig.command(1, sqe(nvm::FLUSH, 1))), Status::SUCCESS);
+}
+
+#[test]
+fn function_reset_returns_registers_to_reset_values() {
+    let mut rig = Rig::with_io_queue(8);
+    rig.write(reg::INTMS, 1);
+    rig.dev.reset().expect("function reset");
+    for (name, offset) in [
+        ("CC", reg::CC),
+        ("CSTS", reg::CSTS),
+        ("AQA", reg::AQA),
+        ("ASQ", reg::ASQ),
+        ("ACQ", reg::ACQ),
+        ("INTMS", reg::INTMS),
+    ] {
+        assert_eq!(rig.read(offset), 0, "{name}");
+    }
+    assert_eq!(rig.sim.stats().resets, 1);
+    rig.enable();
+    rig.create_io_queue(1, 8);
+    assert_eq!(status(&rig.command(1, sqe(nvm::FLUSH, 1))), Status::SUCCESS);
+}
+
+#[test]
+fn a_controller_reset_deletes_every_queue_but_keeps_the_data() {
+    let mut rig = Rig::with_io_queue(8);
+    let data = pattern(1024, 3);
+    assert_eq!(rig.write_blocks(10, &data), Status::SUCCESS);
+    rig.disable();
+    rig.enable();
+    // The I/O queues are gone: their doorbells are invalid now.
+    let invalid = rig.sim.stats().invalid_doorbell_writes;
+    rig.write(reg::DOORBELLS + 8, 1);
+    assert_eq!(rig.sim.stats().invalid_doorbell_writes, invalid + 1);
+    // Queue 1 can be made again (it would be Invalid Queue Identifier if it still existed).
+    rig.create_io_queue(1, 8);
+    let (s, back) = rig.read_blocks(10, 2);
+    assert_eq!(s, Status::SUCCESS);
+    assert_eq!(back, data);
+}
+
+/// Whether a thread named `name` runs in this process.
+fn thread_exists(name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+    })
+}
+
+#[test]
+fn the_worker_thread_ends_when_the_device_is_dropped() {
+    let (dev, sim) = create_nvme_sim("nvjoin", small_config()).expect("create");
+    // The thread names itself once it runs.
+    assert!(wait_until(|| thread_exists("nvjoin-nvme")), "the worker runs");
+    drop(dev);
+    // Joined by the SimDevice's drop: gone at once, even though the handle lives on.
+    assert!(!thread_exists("nvjoin-nvme"), "the worker was joined");
+    assert_eq!(sim.stats().commands, 0);
+}

@@ -1,0 +1,293 @@
+//! The controller's worker thread: takes commands from the submission queues the doorbells
+//! announced, fetches each 64-byte entry through the IOMMU, executes it and posts its
+//! completion with the phase tag (§4.6), then raises the completion queue's MSI-X vector.
+//!
+//! One thread serves every queue, so queue state needs no lock of its own beyond the
+//! controller state, which is never held across DMA. Before every DMA step the worker checks
+//! that its command is still valid (same epoch: no reset since, device present, not shutting
+//! down); otherwise it drops the command with no completion. A controller reset clears
+//! CSTS.RDY only once the worker has let go ([`ControllerState::release`]), so RDY = 0 proves
+//! no DMA follows.
+//!
+//! [`ControllerState::release`]: super::state::ControllerState::release
+
+use std::sync::atomic::fence;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use zerocopy::FromBytes;
+use zerocopy::IntoBytes;
+
+use super::admin;
+use super::controller::Counters;
+use super::controller::Shared;
+use super::controller::StateGuard;
+use super::io;
+use super::spec::nvm;
+use super::spec::status;
+use super::spec::Cqe;
+use super::spec::Sqe;
+use super::spec::Status;
+use super::spec::CQE_BYTES;
+use super::spec::SQE_BYTES;
+use super::state::Job;
+use super::state::Work;
+
+/// Longest single wait: stop flags are re-checked at least this often.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+/// Why a command produced no completion of its own.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// A reset, device loss or shutdown took the command away: post nothing.
+    Abandoned,
+    /// Complete with this error status (dword 0 = 0).
+    Status(Status),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Failure::Status(status)
+    }
+}
+
+/// A command's successful result.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// Complete with success and this dword 0.
+    Done(u32),
+    /// Post nothing now (a held Asynchronous Event Request).
+    Held,
+}
+
+/// What a command handler returns.
+pub(crate) type CmdResult = Result<Reply, Failure>;
+
+/// A command being executed: the shared controller plus the job, for checked DMA.
+pub(crate) struct Exec<'a> {
+    pub shared: &'a Shared,
+    pub job: Job,
+}
+
+impl Exec<'_> {
+    /// Whether the job is still valid under `st`.
+    fn valid(&self, st: &StateGuard<'_>) -> bool {
+        !self.shared.gone() && !self.shared.stopping() && st.epoch == self.job.epoch
+    }
+
+    /// The controller state, if the job is still valid.
+    pub(crate) fn lock_valid(&self) -> Result<StateGuard<'_>, Failure> {
+        let st = self.shared.lock();
+        if self.valid(&st) {
+            Ok(st)
+        } else {
+            Err(Failure::Abandoned)
+        }
+    }
+
+    /// Abandon unless the job is still valid.
+    pub(crate) fn checkpoint(&self) -> Result<(), Failure> {
+        self.lock_valid().map(drop)
+    }
+
+    /// Device read of host memory; an IOMMU fault (recorded by the IOMMU) is a Data Transfer
+    /// Error.
+    pub(crate) fn dma_read(&self, iova: u64, out: &mut [u8]) -> Result<(), Failure> {
+        self.checkpoint()?;
+        self.shared
+            .iommu
+            .dma_read(iova, out)
+            .map_err(|_| Failure::Status(status::DATA_TRANSFER_ERROR))
+    }
+
+    /// Device write to host memory; an IOMMU fault is a Data Transfer Error.
+    pub(crate) fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), Failure> {
+        self.checkpoint()?;
+        self.shared
+            .iommu
+            .dma_write(iova, data)
+            .map_err(|_| Failure::Status(status::DATA_TRANSFER_ERROR))
+    }
+
+    /// Wait until `until`, abandoning the command if it becomes invalid meanwhile.
+    fn pause(&self, until: Instant) -> Result<(), Failure> {
+        let mut st = self.lock_valid()?;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            st = self.shared.wait(st, (until - now).min(IDLE_WAIT));
+            if !self.valid(&st) {
+                return Err(Failure::Abandoned);
+            }
+        }
+    }
+}
+
+/// Body of the worker thread: runs until the SimDevice shuts down.
+pub(crate) fn run(shared: Arc<Shared>) {
+    log::debug!("{}: NVMe worker started", shared.id);
+    while let Some(work) = next_work(&shared) {
+        match work {
+            Work::Command(job) => command(&shared, job),
+            Work::Event { epoch, cid, dw0 } => {
+                let job = Job {
+                    epoch,
+                    sqid: 0,
+                    index: 0,
+                    sq_base: 0,
+                    cqid: 0,
+                    sqhd: 0,
+                };
+                // The SQ head to report is the admin SQ's current head.
+                let sqhd = shared.lock().sqs[0].map_or(0, |sq| sq.head);
+                let exec = Exec {
+                    shared: &shared,
+                    job: Job { sqhd, ..job },
+                };
+                let _ = post(&exec, cid, dw0, Status::SUCCESS);
+            }
+        }
+        let mut st = shared.lock();
+        st.release();
+        drop(st);
+        shared.notify();
+    }
+    log::debug!("{}: NVMe worker stopped", shared.id);
+}
+
+/// Wait for work; `None` at shutdown. Marks the controller busy.
+fn next_work(shared: &Shared) -> Option<Work> {
+    let mut st = shared.lock();
+    loop {
+        if shared.stopping() {
+            return None;
+        }
+        if !shared.gone() {
+            if let Some(work) = st.next_work() {
+                return Some(work);
+            }
+        }
+        st = shared.wait(st, IDLE_WAIT);
+    }
+}
+
+/// Fetch, execute and complete one command.
+fn command(shared: &Shared, job: Job) {
+    let exec = Exec { shared, job };
+    let mut raw = [0u8; SQE_BYTES as usize];
+    let slot = job.sq_base + u64::from(job.index) * SQE_BYTES;
+    match exec.dma_read(slot, &mut raw) {
+        Ok(()) => {}
+        Err(Failure::Abandoned) => return,
+        Err(Failure::Status(_)) => {
+            // No command identifier to complete with: a fatal error the controller cannot
+            // report in a completion queue, which is what CSTS.CFS means (§3.1.6).
+            fatal(
+                &exec,
+                &format!("cannot fetch SQ {} entry {}", job.sqid, job.index),
+            );
+            return;
+        }
+    }
+    Counters::add(&shared.stats.commands);
+    let Ok(sqe) = Sqe::read_from_bytes(&raw) else {
+        return;
+    };
+    let io_command = job.sqid != 0;
+    let plan = shared.decide(io_command, io_command && sqe.opcode() == nvm::READ);
+    if plan.latency_micros > 0
+        && exec
+            .pause(Instant::now() + Duration::from_micros(plan.latency_micros))
+            .is_err()
+    {
+        return;
+    }
+    let result = if sqe.fuse() != 0 {
+        // Fused operations are not supported (Identify FUSES = 0).
+        Err(Failure::Status(status::INVALID_FIELD))
+    } else if io_command {
+        io::execute(&exec, &sqe, plan.media_error)
+    } else {
+        admin::execute(&exec, &sqe)
+    };
+    let (dw0, status) = match result {
+        Ok(Reply::Done(dw0)) => (dw0, Status::SUCCESS),
+        Ok(Reply::Held) | Err(Failure::Abandoned) => return,
+        Err(Failure::Status(status)) => (0, status),
+    };
+    if plan.never_complete {
+        log::debug!(
+            "{}: SQ {} CID {}: completion dropped (injected)",
+            shared.id,
+            job.sqid,
+            sqe.cid()
+        );
+        return;
+    }
+    let _ = post(&exec, sqe.cid(), dw0, status);
+}
+
+/// Post a completion on the job's CQ (§4.6): the body first, then the dword holding the
+/// phase tag, so a host that sees the new phase sees the whole entry; advance the tail
+/// (flipping the phase on wrap); raise the vector if the CQ has interrupts enabled.
+pub(crate) fn post(exec: &Exec<'_>, cid: u16, dw0: u32, status: Status) -> Result<(), Failure> {
+    let job = exec.job;
+    let (slot_addr, phase, sqid) = {
+        let st = exec.lock_valid()?;
+        let Some(cq) = st.cqs[usize::from(job.cqid)] else {
+            return Err(Failure::Abandoned);
+        };
+        (cq.base + u64::from(cq.tail) * CQE_BYTES, cq.phase, job.sqid)
+    };
+    let entry = Cqe {
+        dw0,
+        dw1: 0,
+        sqhd: job.sqhd,
+        sqid,
+        cid,
+        status: status.field(phase),
+    };
+    let bytes = entry.as_bytes();
+    let written = exec.dma_write(slot_addr, &bytes[..12]).and_then(|()| {
+        fence(Ordering::Release);
+        exec.dma_write(slot_addr + 12, &bytes[12..])
+    });
+    match written {
+        Ok(()) => {}
+        Err(Failure::Status(_)) => {
+            fatal(exec, &format!("cannot post to CQ {}", job.cqid));
+            return Err(Failure::Abandoned);
+        }
+        Err(e) => return Err(e),
+    }
+    let mut st = exec.lock_valid()?;
+    let Some(cq) = st.cqs[usize::from(job.cqid)].as_mut() else {
+        return Err(Failure::Abandoned);
+    };
+    cq.tail = (cq.tail + 1) % cq.size;
+    if cq.tail == 0 {
+        cq.phase = !cq.phase;
+    }
+    let vector = cq.ien.then_some(u32::from(cq.vector));
+    drop(st);
+    Counters::add(&exec.shared.stats.completions);
+    if let Some(vector) = vector {
+        exec.shared.raise(vector);
+    }
+    Ok(())
+}
+
+/// Set CSTS.CFS: the controller stops processing until a controller reset.
+fn fatal(exec: &Exec<'_>, what: &str) {
+    if let Ok(mut st) = exec.lock_valid() {
+        log::error!(
+            "{}: {what}: IOMMU fault; controller fatal status (CSTS.CFS) set",
+            exec.shared.id
+        );
+        st.cfs = true;
+    }
+}
