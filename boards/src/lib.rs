@@ -3,6 +3,7 @@
 
 pub mod definition;
 pub mod engine;
+pub mod nvme;
 pub mod open;
 pub mod sca1;
 pub mod sim;

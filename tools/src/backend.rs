@@ -4,9 +4,14 @@
 use crate::disk::DiskArgs;
 use clap::ValueEnum;
 use scst_accel_boards::definition;
+use scst_accel_boards::engine::Controller;
 use scst_accel_boards::open::open_board;
 use scst_accel_boards::open::BoardSource;
+use scst_accel_boards::open::OpenedBoard;
 use scst_accel_boards::sca1::device_mapper;
+use scst_accel_boards::sim::nvme::NvmeFault;
+use scst_accel_boards::sim::nvme::NvmeSimConfig;
+use scst_accel_boards::sim::nvme::NvmeSimHandle;
 use scst_accel_boards::sim::Fault;
 use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
@@ -29,6 +34,12 @@ pub enum BoardArg {
     Sim,
     /// An SCA-1 accelerator on PCIe through VFIO (needs --pci).
     Sca1,
+    /// Any NVMe controller on PCIe through VFIO (needs --pci).
+    Nvme,
+    /// QEMU's emulated NVMe controller through VFIO in a guest (needs --pci; tests/hil).
+    QemuNvme,
+    /// The simulated NVMe controller (DMA through an IOMMU model; faults with --inject).
+    NvmeSim,
 }
 
 /// The store, its buffer pool, and the board behind them.
@@ -40,6 +51,8 @@ pub struct Backend {
     accel: Option<Arc<AccelStore>>,
     /// Fault injection and statistics of a simulated board.
     pub sim: Option<SimHandle>,
+    /// Fault injection and statistics of a simulated NVMe controller.
+    pub nvme_sim: Option<NvmeSimHandle>,
 }
 
 /// Figures of a backend at release.
@@ -87,7 +100,7 @@ pub fn build(
     disk: &DiskArgs,
     blocks: u64,
     pci: Option<&str>,
-    faults: &[Fault],
+    faults: &[String],
 ) -> Result<Backend, String> {
     let queues = disk.workers as u32;
     let (def, source) = match board {
@@ -99,6 +112,7 @@ pub fn build(
                 pool,
                 accel: None,
                 sim: None,
+                nvme_sim: None,
             });
         }
         BoardArg::Sim => {
@@ -110,9 +124,29 @@ pub fn build(
             };
             (&definition::SIM, BoardSource::Sim(config))
         }
-        BoardArg::Sca1 => {
-            let address = pci.ok_or("--board sca1 needs --pci ADDRESS (e.g. 0000:03:00.0)")?;
-            (&definition::SCA1_PCI, BoardSource::Pci(address.to_owned()))
+        BoardArg::NvmeSim => {
+            let config = NvmeSimConfig {
+                block_size: disk.block_size,
+                num_blocks: blocks,
+                queues: queues.clamp(definition::NVME_SIM.queues, 64) as u16,
+                interrupts: queues.max(definition::NVME_SIM.queues) + 1,
+                ..NvmeSimConfig::default()
+            };
+            (&definition::NVME_SIM, BoardSource::NvmeSim(config))
+        }
+        BoardArg::Sca1 | BoardArg::Nvme | BoardArg::QemuNvme => {
+            let def = match board {
+                BoardArg::Sca1 => &definition::SCA1_PCI,
+                BoardArg::Nvme => &definition::NVME,
+                _ => &definition::QEMU_NVME,
+            };
+            let address = pci.ok_or_else(|| {
+                format!(
+                    "--board {} needs --pci ADDRESS (e.g. 0000:03:00.0; see `lspci -D`)",
+                    def.name
+                )
+            })?;
+            (def, BoardSource::Pci(address.to_owned()))
         }
     };
     let opened = open_board(def, source, queues).map_err(|e| error_chain(&e))?;
@@ -124,14 +158,7 @@ pub fn build(
             disk.workers
         ));
     }
-    if let Some(sim) = &opened.sim {
-        for fault in faults {
-            log::info!("injecting {fault:?}");
-            sim.inject(*fault);
-        }
-    } else if !faults.is_empty() {
-        return Err("--inject works only with --board sim".into());
-    }
+    inject(&opened, faults)?;
     let mapper = device_mapper(Arc::clone(opened.controller.device()));
     let pool = Arc::new(SgvPool::new(
         Some(mapper),
@@ -152,10 +179,60 @@ pub fn build(
         pool,
         accel: Some(accel),
         sim: opened.sim,
+        nvme_sim: opened.nvme_sim,
     })
 }
 
+/// Check `--inject` values against the board's fault syntax before anything is opened.
+///
+/// # Errors
+/// The first value that does not parse, with the accepted forms; or faults for a board that
+/// cannot take them.
+pub fn check_faults(board: BoardArg, faults: &[String]) -> Result<(), String> {
+    for text in faults {
+        match board {
+            BoardArg::Sim => drop(
+                text.parse::<Fault>()
+                    .map_err(|e| format!("--inject {text}: {e}"))?,
+            ),
+            BoardArg::NvmeSim => drop(
+                text.parse::<NvmeFault>()
+                    .map_err(|e| format!("--inject {text}: {e}"))?,
+            ),
+            _ => return Err("--inject works only with a simulated board (--board sim or nvme-sim)".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Inject `faults` into the simulated board, parsed in that simulator's syntax.
+fn inject(opened: &OpenedBoard, faults: &[String]) -> Result<(), String> {
+    for text in faults {
+        if let Some(sim) = &opened.sim {
+            let fault = text
+                .parse::<Fault>()
+                .map_err(|e| format!("--inject {text}: {e}"))?;
+            log::info!("injecting {fault:?}");
+            sim.inject(fault);
+        } else if let Some(sim) = &opened.nvme_sim {
+            let fault = text
+                .parse::<NvmeFault>()
+                .map_err(|e| format!("--inject {text}: {e}"))?;
+            log::info!("injecting {fault:?}");
+            sim.inject(fault);
+        } else {
+            return Err("--inject works only with a simulated board (--board sim or nvme-sim)".into());
+        }
+    }
+    Ok(())
+}
+
 impl Backend {
+    /// The board's controller (none for the RAM store).
+    pub fn controller(&self) -> Option<Arc<dyn Controller>> {
+        self.accel.as_ref().map(|a| Arc::clone(a.board()))
+    }
+
     /// Ring and register dumps of the board's queues that no worker holds.
     pub fn queue_dumps(&self) -> Vec<String> {
         self.accel
@@ -176,6 +253,7 @@ impl Backend {
             pool,
             accel,
             sim,
+            nvme_sim,
         } = self;
         drop(store);
         let mut steps = Vec::new();
@@ -219,6 +297,9 @@ impl Backend {
         report.steps = steps;
         report.release_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(sim) = sim {
+            report.iommu_faults = sim.stats().iommu_faults;
+        }
+        if let Some(sim) = nvme_sim {
             report.iommu_faults = sim.stats().iommu_faults;
         }
         report

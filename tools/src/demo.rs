@@ -11,7 +11,6 @@ use crate::units::parse_duration;
 use crate::units::parse_size;
 use clap::Args;
 use clap::ValueEnum;
-use scst_accel_boards::sim::Fault;
 use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::frontend::FrontendReport;
 use scst_accel_handler::frontend::TeardownConfig;
@@ -54,14 +53,16 @@ pub struct DemoArgs {
     /// What stands behind the engine.
     #[arg(long, value_enum, default_value_t = BoardArg::Sim)]
     board: BoardArg,
-    /// PCI address of the function for --board sca1.
+    /// PCI address of the function for a hardware board (sca1, nvme, qemu-nvme).
     #[arg(long)]
     pci: Option<String>,
-    /// Inject a fault into the simulated board (repeatable), e.g. latency:500us,
+    /// Inject a fault into the simulated board (repeatable). --board sim: latency:500us,
     /// never-complete:every=100, error:every=50,status=5, hang, gone, fatal,
-    /// unknown-tag:every=200, duplicate:every=200, bad-phase:every=300.
-    #[arg(long = "inject", value_parser = parse_fault)]
-    inject: Vec<Fault>,
+    /// unknown-tag:every=200, duplicate:every=200, bad-phase:every=300, storm:hold=20ms.
+    /// --board nvme-sim: latency:500us, never-complete:every=N, error:every=N, hang, gone, cfs,
+    /// shutdown-hang.
+    #[arg(long = "inject")]
+    inject: Vec<String>,
     /// Access pattern.
     #[arg(long, value_enum, default_value_t = PatternArg::Random)]
     pattern: PatternArg,
@@ -95,6 +96,11 @@ pub struct DemoArgs {
     /// Tear the handler down halfway through the timed phase, with the workload still running.
     #[arg(long)]
     teardown_under_load: bool,
+    /// Reset the controller halfway through the timed phase, with the workload still running:
+    /// the commands in flight fail with ABORTED COMMAND, every queue is re-created, and the
+    /// run goes on (accelerator boards only).
+    #[arg(long, conflicts_with = "teardown_under_load")]
+    reset_during_load: bool,
 }
 
 /// Access pattern argument.
@@ -104,10 +110,6 @@ pub enum PatternArg {
     Sequential,
     /// Random.
     Random,
-}
-
-fn parse_fault(text: &str) -> Result<Fault, String> {
-    text.parse::<Fault>().map_err(|e| e.to_string())
 }
 
 struct Outcome {
@@ -128,6 +130,7 @@ pub fn validate(args: &DemoArgs) -> Result<u64, String> {
     {
         return Err("--bs must be a multiple of --block-size and at most 16M".into());
     }
+    crate::backend::check_faults(args.board, &args.inject)?;
     Ok(blocks)
 }
 
@@ -198,9 +201,14 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         args.disk.frontend_config(),
     )?;
     let sessions = attach(&kernel, &args.disk.name, args.sessions.max(1))?;
+    // The workload's region: the disk, or the first --size bytes of a larger device (a
+    // hardware board's disk is its whole namespace; the demo need not write all of it).
     let geometry = Geometry {
         block_size: info.block_size,
-        num_blocks: info.num_blocks,
+        num_blocks: info
+            .num_blocks
+            .min(args.disk.size / u64::from(info.block_size))
+            .max(1),
     };
     let live = std::io::stderr().is_terminal() && !args.json;
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
@@ -249,6 +257,30 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             });
             let result = workload::run(&sessions, geometry, &workload_config, &mut progress);
             (result, Some(teardown.join()))
+        })
+    } else if args.reset_during_load {
+        let controller = backend
+            .controller()
+            .ok_or("--reset-during-load needs an accelerator board (not --board ram)")?;
+        let timed = &timed_phase;
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(600);
+                while !timed.load(std::sync::atomic::Ordering::Acquire)
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                std::thread::sleep(args.duration / 2);
+                log::warn!("--reset-during-load: resetting {} under load", controller.id());
+                if let Err(e) = controller.recover() {
+                    log::error!("--reset-during-load: recovery failed: {e}");
+                }
+            });
+            (
+                workload::run(&sessions, geometry, &workload_config, &mut progress),
+                None,
+            )
         })
     } else {
         (
@@ -367,7 +399,7 @@ fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "mapped_bytes_after_release": o.backend.mapped_after, "leaked_buffers": o.backend.leaked_buffers,
         },
         "teardown": teardown_json(o),
-        "injected": args.inject.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
+        "injected": args.inject,
         "healthy": healthy(args, o),
         "errors": w.first_errors,
     })
@@ -413,7 +445,10 @@ fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
     let w = &o.workload;
     w.verify_errors == 0
         && w.unanswered == 0
-        && (w.scsi_errors == 0 || !args.inject.is_empty() || args.teardown_under_load)
+        && (w.scsi_errors == 0
+            || !args.inject.is_empty()
+            || args.teardown_under_load
+            || args.reset_during_load)
         && o.frontend.teardown.zombies_left == 0
         && o.frontend.teardown.duration + Duration::from_secs_f64(o.backend.release_ms / 1e3)
             <= teardown_budget()

@@ -30,7 +30,7 @@ pub struct ServeArgs {
     /// What stands behind the engine (serve defaults to RAM until a board is named).
     #[arg(long, value_enum, default_value_t = BoardArg::Ram)]
     board: BoardArg,
-    /// PCI address of the function for --board sca1.
+    /// PCI address of the function for a hardware board (sca1, nvme, qemu-nvme).
     #[arg(long)]
     pci: Option<String>,
     /// Buffers to hand to SCST's buffer cache at start (PREALLOC_BUFFER).

@@ -133,6 +133,10 @@ lock_order! {
     RamChunk = "ram.chunk",
     /// The SCSI engine's mode pages (MODE SELECT, resets).
     ScsiModePages = "scsi.mode_pages",
+    /// An NVMe controller's admin queue: held to place a command (SQ entry and doorbell write)
+    /// and to reap the admin CQ, never while waiting for a completion. Above every simulator
+    /// lock, because a simulated device's register write runs under it.
+    NvmeAdmin = "nvme.admin",
     /// The simulated board's engine thread handles.
     SimEngines = "sim.engines",
     /// The simulated board's fault plan.
@@ -165,6 +169,7 @@ pub const ALL: &[(u32, &str)] = &[
     (DmaIova::LEVEL, DmaIova::NAME),
     (RamChunk::LEVEL, RamChunk::NAME),
     (ScsiModePages::LEVEL, ScsiModePages::NAME),
+    (NvmeAdmin::LEVEL, NvmeAdmin::NAME),
     (SimEngines::LEVEL, SimEngines::NAME),
     (SimFaults::LEVEL, SimFaults::NAME),
     (SimState::LEVEL, SimState::NAME),

@@ -234,6 +234,8 @@ struct AccelQueue {
     published_in_flight: usize,
     /// [`scst_accel_boards::engine::Geometry::max_segments`].
     max_segments: u32,
+    /// Restarts have failed since then (another queue's recovery may still be running).
+    restart_failing_since: Option<Instant>,
 }
 
 impl AccelQueue {
@@ -266,6 +268,7 @@ impl AccelQueue {
             failure,
             published_in_flight: 0,
             max_segments,
+            restart_failing_since: None,
         }
     }
 
@@ -633,23 +636,34 @@ impl AccelQueue {
         if alive {
             let n = self.fail_all(StoreStatus::Aborted);
             self.counters.timeouts.fetch_add(n as u64, Ordering::Relaxed);
-            alive = self.restart_queue();
-        }
-        if !alive {
+            self.restart_queue();
+        } else {
             self.give_up(why);
         }
     }
 
-    /// Restart after a stop or reset; false (and the device treated as failed) if it will not.
+    /// Restart after a stop or reset. A restart can fail while another queue's recovery of the
+    /// same function is still running (an NVMe queue is re-created through the admin queue);
+    /// the queue then stays stopped, its requests waiting, and the health check retries. Only
+    /// a restart that keeps failing for twice the command timeout, or a gone device, makes
+    /// the store give up.
     fn restart_queue(&mut self) -> bool {
         match self.queue.restart() {
-            Ok(()) => true,
+            Ok(()) => {
+                self.restart_failing_since = None;
+                true
+            }
             Err(e) => {
-                log::error!(
-                    "{} queue {}: restart failed: {e}",
+                let since = *self.restart_failing_since.get_or_insert_with(Instant::now);
+                log::warn!(
+                    "{} queue {}: restart failed: {e}; retrying ({:?} so far)",
                     self.board.id(),
-                    self.queue.index()
+                    self.queue.index(),
+                    since.elapsed()
                 );
+                if e.is_gone() || self.board.is_gone() || since.elapsed() >= self.config.command_timeout * 2 {
+                    self.give_up("the queue could not be restarted");
+                }
                 false
             }
         }
@@ -673,6 +687,15 @@ impl AccelQueue {
 
     /// Reset and re-enable the function; false when the device is gone or will not recover.
     fn reset_function(&mut self) -> bool {
+        let resets = self.board.reset_count();
+        if resets != self.seen_resets {
+            // Another queue reset the function after every request of ours was submitted
+            // (requests submitted since we last saw the count went to a queue that reset
+            // destroyed): that reset is our proof too, and a second one would only disturb the
+            // other queues' restart.
+            self.seen_resets = resets;
+            return true;
+        }
         match self.board.recover() {
             Ok(()) => {
                 self.counters.resets.fetch_add(1, Ordering::Relaxed);
@@ -713,9 +736,10 @@ impl AccelQueue {
                 "queue {}: function was reset; {n} requests failed, restarting",
                 self.queue.index()
             );
-            if !self.restart_queue() {
-                return self.give_up("the queue could not be re-created after a reset");
-            }
+            self.restart_queue();
+        }
+        if self.gone {
+            return;
         }
         if self.queue.in_flight() == 0 && self.backlog.is_empty() {
             return;
@@ -739,8 +763,8 @@ impl AccelQueue {
         if self.queue.is_halted() {
             return self.recover("the queue halted on an error");
         }
-        if !self.queue.is_running() && !self.gone && !self.restart_queue() {
-            self.give_up("the queue could not be restarted");
+        if !self.queue.is_running() && !self.gone {
+            self.restart_queue();
         }
     }
 }

@@ -1,0 +1,124 @@
+//! The NVMe driver behind the device-independent contract of [`crate::engine`].
+
+use super::NvmeController;
+use super::NvmeQueue;
+use crate::engine::Controller;
+use crate::engine::DeviceCompletion;
+use crate::engine::DeviceRequest;
+use crate::engine::EngineError;
+use crate::engine::Geometry;
+use crate::engine::QueueEngine;
+use crate::engine::SubmitError;
+use scst_accel_dma::mapping::IovaLock;
+use scst_accel_hal::DeviceBacking;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Controller for NvmeController {
+    fn id(&self) -> &str {
+        NvmeController::id(self)
+    }
+
+    fn geometry(&self) -> Geometry {
+        NvmeController::geometry(self)
+    }
+
+    fn device(&self) -> &Arc<dyn DeviceBacking> {
+        NvmeController::device(self)
+    }
+
+    fn iovas(&self) -> &Arc<IovaLock> {
+        NvmeController::iovas(self)
+    }
+
+    fn is_gone(&self) -> bool {
+        NvmeController::is_gone(self)
+    }
+
+    fn fatal(&self) -> Option<u32> {
+        NvmeController::fatal(self)
+    }
+
+    fn reset(&self) -> Result<(), EngineError> {
+        Ok(NvmeController::reset(self)?)
+    }
+
+    fn recover(&self) -> Result<(), EngineError> {
+        Ok(NvmeController::recover(self)?)
+    }
+
+    fn reset_count(&self) -> u64 {
+        NvmeController::reset_count(self)
+    }
+
+    fn disable_interrupts(&self) {
+        NvmeController::disable_interrupts(self);
+    }
+
+    fn shutdown(&self) -> Result<(), EngineError> {
+        Ok(NvmeController::shutdown(self)?)
+    }
+
+    fn dump_registers(&self) -> String {
+        NvmeController::dump_registers(self)
+    }
+}
+
+impl QueueEngine for NvmeQueue {
+    fn index(&self) -> u32 {
+        u32::from(self.qid())
+    }
+
+    fn in_flight(&self) -> usize {
+        NvmeQueue::in_flight(self)
+    }
+
+    fn is_running(&self) -> bool {
+        NvmeQueue::is_running(self)
+    }
+
+    fn is_halted(&self) -> bool {
+        false
+    }
+
+    fn oldest_submission(&self) -> Option<Instant> {
+        NvmeQueue::oldest_submission(self)
+    }
+
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        NvmeQueue::notify_fd(self)
+    }
+
+    fn submit(&mut self, req: &DeviceRequest<'_>) -> Result<(), SubmitError> {
+        NvmeQueue::submit(self, req)
+    }
+
+    fn ring_doorbell(&mut self) {
+        NvmeQueue::ring_doorbell(self);
+    }
+
+    fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
+        NvmeQueue::reap(self, out)
+    }
+
+    fn unknown_tags(&self) -> u64 {
+        NvmeQueue::unknown_tags(self)
+    }
+
+    fn stop(&mut self) -> Result<(), EngineError> {
+        Ok(NvmeQueue::stop(self)?)
+    }
+
+    fn abandon_all(&mut self) -> Vec<u64> {
+        NvmeQueue::abandon_all(self)
+    }
+
+    fn restart(&mut self) -> Result<(), EngineError> {
+        Ok(NvmeQueue::restart(self)?)
+    }
+
+    fn dump(&self) -> String {
+        NvmeQueue::dump(self)
+    }
+}

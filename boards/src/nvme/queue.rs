@@ -1,0 +1,605 @@
+//! One NVMe I/O queue pair (NVMe 1.4 §4.1, §7.2), owned by one thread: commands into the
+//! submission queue, one doorbell per batch, completions validated against the in-flight table
+//! before they are trusted, and the stop (delete) / restart (re-create) primitives recovery is
+//! built from.
+
+use super::cmd::admin_opcode;
+use super::cmd::io_opcode;
+use super::cmd::sc;
+use super::cmd::sct;
+use super::cmd::Cqe;
+use super::cmd::Sqe;
+use super::cmd::Status;
+use super::cmd::CDW12_FUA;
+use super::cmd::CQE_STATUS_OFFSET;
+use super::cmd::CQ_IEN;
+use super::cmd::DSM_ATTR_DEALLOCATE;
+use super::cmd::QUEUE_PC;
+use super::controller::build_prps;
+use super::controller::map_region;
+use super::controller::NvmeController;
+use super::controller::PAGE_SIZE;
+use super::error::NvmeError;
+use crate::engine::DeviceCompletion;
+use crate::engine::DeviceOp;
+use crate::engine::DeviceRequest;
+use crate::engine::DeviceStatus;
+use crate::engine::SubmitError;
+use scst_accel_dma::CompletionRing;
+use scst_accel_dma::MappedRegion;
+use scst_accel_dma::SubmissionRing;
+use scst_accel_hal::EventFd;
+use std::fmt::Write as _;
+use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::Instant;
+use zerocopy::IntoBytes;
+
+/// Counters of work and device misbehaviour, for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NvmeQueueStats {
+    /// Commands submitted to the device.
+    pub submitted: u64,
+    /// Completions accepted.
+    pub completed: u64,
+    /// Requests completed without the device (an operation the controller lacks).
+    pub refused: u64,
+    /// Completions that matched nothing in flight (ignored).
+    pub unknown_tags: u64,
+    /// SQ tail doorbell writes.
+    pub doorbells: u64,
+    /// Re-creations on the device.
+    pub restarts: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    user_tag: Option<u64>,
+    generation: u16,
+    submitted: Option<Instant>,
+}
+
+/// The DSM range descriptor (NVMe 1.4 §6.7, Figure 364).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, zerocopy::IntoBytes, zerocopy::Immutable)]
+struct DsmRange {
+    context_attributes: u32,
+    blocks: u32,
+    slba: u64,
+}
+
+static_assertions::assert_eq_size!(DsmRange, [u8; 16]);
+
+/// An I/O queue pair.
+pub struct NvmeQueue {
+    ctrl: Arc<NvmeController>,
+    qid: u16,
+    depth: u16,
+    slot_bits: u32,
+    generations: u16,
+    sq: SubmissionRing,
+    cq: CompletionRing,
+    sq_iova: u64,
+    cq_iova: u64,
+    /// One page per slot: the slot's PRP list, or its DSM range.
+    pages: MappedRegion,
+    irq: Option<EventFd>,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    /// Requests completed without the device, returned by the next reap.
+    local: Vec<DeviceCompletion>,
+    running: bool,
+    /// The controller epoch in which the queue was created on the device (None: it is not).
+    live_epoch: Option<u64>,
+    seen_resets: u64,
+    sq_doorbell: u64,
+    cq_doorbell: u64,
+    last_sq_doorbell: u32,
+    last_cq_doorbell: u32,
+    stats: NvmeQueueStats,
+}
+
+impl NvmeQueue {
+    /// Allocate and map the rings and PRP pages of queue `qid` with `depth` entries (a power
+    /// of two), then create the CQ and SQ on the controller.
+    ///
+    /// # Errors
+    /// [`NvmeError`] from memory setup or the admin commands.
+    pub fn create(
+        ctrl: Arc<NvmeController>,
+        qid: u16,
+        depth: u16,
+        irq: Option<EventFd>,
+    ) -> Result<Self, NvmeError> {
+        let device = Arc::clone(ctrl.device());
+        let iovas = Arc::clone(ctrl.iovas());
+        let memory = |what: String, source| NvmeError::Memory {
+            device: device.id().to_owned(),
+            what,
+            source: Box::new(source),
+        };
+        let entries = u32::from(depth);
+        let sq_region = map_region(&device, &iovas, usize::from(depth) * 64, "an I/O SQ")?;
+        let cq_region = map_region(&device, &iovas, usize::from(depth) * 16, "an I/O CQ")?;
+        let (sq_iova, cq_iova) = (sq_region.iova(), cq_region.iova());
+        let sq = SubmissionRing::new(sq_region, entries, size_of::<Sqe>())
+            .map_err(|e| memory(format!("I/O SQ {qid}"), e))?;
+        let cq = CompletionRing::new(cq_region, entries, size_of::<Cqe>(), CQE_STATUS_OFFSET, 1)
+            .map_err(|e| memory(format!("I/O CQ {qid}"), e))?;
+        let pages = map_region(
+            &device,
+            &iovas,
+            usize::from(depth) * PAGE_SIZE as usize,
+            "PRP list pages",
+        )?;
+        let slot_bits = depth.trailing_zeros();
+        let cap = ctrl.cap();
+        let usable = depth - 1; // one SQ entry always stays empty
+        let mut q = Self {
+            qid,
+            depth,
+            slot_bits,
+            generations: ((1u32 << (16 - slot_bits)) - 1) as u16,
+            sq,
+            cq,
+            sq_iova,
+            cq_iova,
+            pages,
+            irq,
+            slots: vec![Slot::default(); usize::from(usable)],
+            free: (0..usable).rev().collect(),
+            local: Vec::new(),
+            running: false,
+            live_epoch: None,
+            seen_resets: ctrl.reset_count(),
+            sq_doorbell: cap.doorbell(qid, false),
+            cq_doorbell: cap.doorbell(qid, true),
+            last_sq_doorbell: 0,
+            last_cq_doorbell: 0,
+            stats: NvmeQueueStats::default(),
+            ctrl,
+        };
+        q.create_on_device()?;
+        Ok(q)
+    }
+
+    /// Queue identifier (1-based).
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Entries per ring.
+    pub fn depth(&self) -> u16 {
+        self.depth
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NvmeQueueStats {
+        self.stats
+    }
+
+    /// The controller.
+    pub fn controller(&self) -> &Arc<NvmeController> {
+        &self.ctrl
+    }
+
+    /// The queue exists on the controller (created, and the controller not disabled since).
+    fn live_on_device(&self) -> bool {
+        self.live_epoch == Some(self.ctrl.epoch()) && self.ctrl.is_enabled()
+    }
+
+    /// CREATE I/O CQ then CREATE I/O SQ (NVMe 1.4 §5.3, §5.4), physically contiguous.
+    fn create_on_device(&mut self) -> Result<(), NvmeError> {
+        let epoch = self.ctrl.epoch();
+        let size = u32::from(self.depth - 1) << 16;
+        let qid = u32::from(self.qid);
+        let interrupts = match self.irq {
+            Some(_) => CQ_IEN | (qid << 16),
+            None => 0,
+        };
+        self.ctrl.admin(
+            "CREATE I/O CQ",
+            Sqe {
+                opcode: admin_opcode::CREATE_CQ,
+                prp1: self.cq_iova,
+                cdw10: qid | size,
+                cdw11: QUEUE_PC | interrupts,
+                ..Sqe::default()
+            },
+        )?;
+        let sq = self.ctrl.admin(
+            "CREATE I/O SQ",
+            Sqe {
+                opcode: admin_opcode::CREATE_SQ,
+                prp1: self.sq_iova,
+                cdw10: qid | size,
+                // QPRIO 0 (ignored under round robin arbitration), CQID = this queue.
+                cdw11: QUEUE_PC | (qid << 16),
+                ..Sqe::default()
+            },
+        );
+        if let Err(e) = sq {
+            self.delete_cq_best_effort();
+            return Err(e);
+        }
+        self.live_epoch = Some(epoch);
+        self.seen_resets = self.ctrl.reset_count();
+        self.running = true;
+        self.last_sq_doorbell = 0;
+        self.last_cq_doorbell = 0;
+        log::debug!(
+            "{}: I/O queue {} created ({} entries)",
+            self.ctrl.id(),
+            self.qid,
+            self.depth
+        );
+        Ok(())
+    }
+
+    fn delete_cq_best_effort(&self) {
+        let r = self.ctrl.admin(
+            "DELETE I/O CQ",
+            Sqe {
+                opcode: admin_opcode::DELETE_CQ,
+                cdw10: u32::from(self.qid),
+                ..Sqe::default()
+            },
+        );
+        if let Err(e) = r {
+            log::warn!(
+                "{}: deleting CQ {} after a failed SQ creation: {e}",
+                self.ctrl.id(),
+                self.qid
+            );
+        }
+    }
+
+    /// Requests submitted and not yet completed or abandoned.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len() + self.local.len()
+    }
+
+    /// Accepting submissions: created on the device, and no controller reset since.
+    pub fn is_running(&self) -> bool {
+        self.running && self.seen_resets == self.ctrl.reset_count() && self.live_on_device()
+    }
+
+    /// When the oldest request in flight was submitted.
+    pub fn oldest_submission(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.submitted).min()
+    }
+
+    /// The MSI-X eventfd of this queue, when interrupts are used.
+    pub fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.irq.as_ref().map(|e| e.as_fd())
+    }
+
+    /// Completions whose CID matched nothing in flight, so far.
+    pub fn unknown_tags(&self) -> u64 {
+        self.stats.unknown_tags
+    }
+
+    /// Queue one request (visible after [`NvmeQueue::ring_doorbell`]).
+    ///
+    /// # Errors
+    /// [`SubmitError`]: not running, full, or a layout or size one command cannot describe.
+    pub fn submit(&mut self, req: &DeviceRequest<'_>) -> Result<(), SubmitError> {
+        if !self.is_running() {
+            return Err(SubmitError::NotRunning);
+        }
+        let geometry = self.ctrl.geometry();
+        let nsid = self.ctrl.info().nsid;
+        let block_size = geometry.block_size;
+        if !req.length.is_multiple_of(block_size) {
+            return Err(SubmitError::Unaligned(
+                "length is not a multiple of the block size",
+            ));
+        }
+        let blocks = req.length / block_size;
+        let op = req.op;
+        if op != DeviceOp::Flush && blocks == 0 {
+            return Err(SubmitError::Unaligned("zero-length request"));
+        }
+        if matches!(op, DeviceOp::Read | DeviceOp::Write | DeviceOp::WriteZeroes) && blocks > 65536 {
+            return Err(SubmitError::Unaligned("more than 65536 blocks in one command"));
+        }
+        let controller = &self.ctrl.info().controller;
+        let supported = match op {
+            DeviceOp::WriteZeroes => controller.supports_write_zeroes(),
+            DeviceOp::Deallocate => controller.supports_dsm(),
+            _ => true,
+        };
+        if !supported {
+            // The controller lacks it (ONCS): complete it here as the device would, with
+            // Invalid Command Opcode, rather than send a command it must refuse.
+            self.local.push(DeviceCompletion {
+                user_tag: req.user_tag,
+                status: DeviceStatus::Other(u32::from(Status::new(sct::GENERIC, sc::INVALID_OPCODE).0)),
+            });
+            self.stats.refused += 1;
+            return Ok(());
+        }
+        if matches!(op, DeviceOp::Read | DeviceOp::Write) {
+            if req.length > geometry.max_transfer_bytes {
+                return Err(SubmitError::Unaligned(
+                    "longer than the controller's largest transfer",
+                ));
+            }
+            if req.segments.len() > geometry.max_segments as usize {
+                return Err(SubmitError::TooManySegments {
+                    segments: req.segments.len(),
+                    max: geometry.max_segments,
+                });
+            }
+            let total: u64 = req.segments.iter().map(|&(_, l)| u64::from(l)).sum();
+            if total != u64::from(req.length) {
+                return Err(SubmitError::Unaligned("segments do not add up to the length"));
+            }
+        }
+        if self.sq.free_slots() == 0 {
+            return Err(SubmitError::Full);
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(SubmitError::Full);
+        };
+        let page = usize::from(slot) * PAGE_SIZE as usize;
+        let slba = req.lba;
+        let rw_cdw12 = (blocks.wrapping_sub(1) & 0xFFFF) | if req.fua { CDW12_FUA } else { 0 };
+        let mut sqe = Sqe {
+            nsid,
+            cdw10: slba as u32,
+            cdw11: (slba >> 32) as u32,
+            ..Sqe::default()
+        };
+        match op {
+            DeviceOp::Read | DeviceOp::Write => {
+                let prps = match build_prps(req.segments, &self.pages, page) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.free.push(slot);
+                        return Err(e);
+                    }
+                };
+                sqe.opcode = if op == DeviceOp::Read {
+                    io_opcode::READ
+                } else {
+                    io_opcode::WRITE
+                };
+                sqe.prp1 = prps.prp1;
+                sqe.prp2 = prps.prp2;
+                sqe.cdw12 = rw_cdw12;
+            }
+            DeviceOp::Flush => {
+                sqe.opcode = io_opcode::FLUSH;
+                sqe.cdw10 = 0;
+                sqe.cdw11 = 0;
+            }
+            DeviceOp::WriteZeroes => {
+                sqe.opcode = io_opcode::WRITE_ZEROES;
+                sqe.cdw12 = rw_cdw12;
+            }
+            DeviceOp::Deallocate => {
+                let range = DsmRange {
+                    context_attributes: 0,
+                    blocks,
+                    slba,
+                };
+                self.pages.region().write_obj(page, &range);
+                sqe.opcode = io_opcode::DSM;
+                sqe.prp1 = self.pages.iova() + page as u64;
+                sqe.cdw10 = 0; // one range (NR is 0-based)
+                sqe.cdw11 = DSM_ATTR_DEALLOCATE;
+            }
+        }
+        let entry = &mut self.slots[usize::from(slot)];
+        sqe.cid = (entry.generation << self.slot_bits) | slot;
+        if self.sq.push(sqe.as_bytes()).is_err() {
+            self.free.push(slot);
+            return Err(SubmitError::Full);
+        }
+        entry.user_tag = Some(req.user_tag);
+        entry.submitted = Some(Instant::now());
+        self.stats.submitted += 1;
+        Ok(())
+    }
+
+    /// One SQ tail doorbell write for everything queued since the last one.
+    pub fn ring_doorbell(&mut self) {
+        if let Some(tail) = self.sq.commit() {
+            if self.live_on_device() {
+                self.ctrl.registers().write32(self.sq_doorbell, tail);
+                self.last_sq_doorbell = tail;
+                self.stats.doorbells += 1;
+            }
+        }
+    }
+
+    fn release(&mut self, slot: u16) {
+        let entry = &mut self.slots[usize::from(slot)];
+        entry.user_tag = None;
+        entry.submitted = None;
+        entry.generation = (entry.generation + 1) % self.generations;
+        self.free.push(slot);
+    }
+
+    /// Move posted completions into `out`, trusting none whose SQID, slot and generation do
+    /// not match a command in flight. Returns how many were added.
+    pub fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
+        if let Some(irq) = &self.irq {
+            irq.clear();
+        }
+        let mut accepted = 0;
+        let mut consumed = false;
+        while let Some(cqe) = self.cq.pop::<Cqe>() {
+            consumed = true;
+            let slot = cqe.cid & ((1 << self.slot_bits) - 1);
+            let generation = cqe.cid >> self.slot_bits;
+            let user_tag = self
+                .slots
+                .get(usize::from(slot))
+                .filter(|s| s.generation == generation)
+                .and_then(|s| s.user_tag);
+            let Some(user_tag) = user_tag.filter(|_| cqe.sq_id == self.qid) else {
+                self.stats.unknown_tags += 1;
+                log::warn!(
+                    "{} queue {}: completion with CID {:#06x} SQID {} matches nothing in flight (status {:#x}); ignored",
+                    self.ctrl.id(),
+                    self.qid,
+                    cqe.cid,
+                    cqe.sq_id,
+                    cqe.status >> 1
+                );
+                continue;
+            };
+            if let Err(e) = self.sq.try_update_head(u32::from(cqe.sq_head)) {
+                log::warn!("{} queue {}: {e}; ignored", self.ctrl.id(), self.qid);
+            }
+            self.release(slot);
+            self.stats.completed += 1;
+            out.push(DeviceCompletion {
+                user_tag,
+                status: Status::from_cqe(cqe.status).device_status(),
+            });
+            accepted += 1;
+        }
+        if consumed && self.live_on_device() {
+            let head = self.cq.head();
+            self.ctrl.registers().write32(self.cq_doorbell, head);
+            self.last_cq_doorbell = head;
+        }
+        accepted += self.local.len();
+        out.append(&mut self.local);
+        accepted
+    }
+
+    fn delete(&self, command: &'static str, opcode: u8) -> Result<(), NvmeError> {
+        let r = self.ctrl.admin(
+            command,
+            Sqe {
+                opcode,
+                cdw10: u32::from(self.qid),
+                ..Sqe::default()
+            },
+        );
+        match r {
+            Ok(_) => Ok(()),
+            // The controller was disabled meanwhile: the queue is gone with it.
+            Err(_) if !self.live_on_device() && !self.ctrl.is_gone() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stop: NVMe has no per-queue stop, so delete the SQ (the controller completes or aborts
+    /// every command of it before the deletion completes, NVMe 1.4 §5.7), then the CQ. `Ok`
+    /// means the device holds none of this queue's requests. A queue the controller no longer
+    /// has (reset, disabled) is stopped already.
+    ///
+    /// # Errors
+    /// [`NvmeError::Gone`], or [`NvmeError::Timeout`] (only a controller reset helps).
+    pub fn stop(&mut self) -> Result<(), NvmeError> {
+        self.running = false;
+        if !self.live_on_device() {
+            self.live_epoch = None;
+            return Ok(());
+        }
+        if self.ctrl.is_gone() {
+            return Err(NvmeError::Gone {
+                device: self.ctrl.id().to_owned(),
+            });
+        }
+        self.delete("DELETE I/O SQ", admin_opcode::DELETE_SQ)?;
+        self.delete("DELETE I/O CQ", admin_opcode::DELETE_CQ)?;
+        self.live_epoch = None;
+        log::debug!("{}: I/O queue {} deleted", self.ctrl.id(), self.qid);
+        Ok(())
+    }
+
+    /// Forget every request in flight and return their tags. Only after a successful
+    /// [`NvmeQueue::stop`] or a controller reset (then no DMA for them can happen).
+    pub fn abandon_all(&mut self) -> Vec<u64> {
+        let mut tags: Vec<u64> = self.local.drain(..).map(|c| c.user_tag).collect();
+        for slot in 0..self.slots.len() as u16 {
+            if let Some(tag) = self.slots[usize::from(slot)].user_tag {
+                tags.push(tag);
+                self.release(slot);
+            }
+        }
+        tags
+    }
+
+    /// Run again after a stop or a controller reset: zeroed rings, head, tail and phase back
+    /// to the start, and the CQ then the SQ created again through the admin queue.
+    ///
+    /// # Errors
+    /// [`NvmeError::Disabled`] when requests are still in flight (abandon them first) or the
+    /// controller is not enabled; errors of the admin commands.
+    pub fn restart(&mut self) -> Result<(), NvmeError> {
+        if self.in_flight() > 0 {
+            return Err(NvmeError::Unsupported {
+                device: self.ctrl.id().to_owned(),
+                what: format!(
+                    "restart of queue {} with {} requests in flight: abandon them first",
+                    self.qid,
+                    self.in_flight()
+                ),
+            });
+        }
+        if self.live_on_device() {
+            self.stop()?;
+        }
+        if !self.ctrl.is_enabled() {
+            return Err(NvmeError::Disabled {
+                device: self.ctrl.id().to_owned(),
+            });
+        }
+        self.running = false;
+        self.live_epoch = None;
+        self.sq.reset();
+        self.cq.reset();
+        if let Some(irq) = &self.irq {
+            irq.clear();
+        }
+        self.create_on_device()?;
+        self.stats.restarts += 1;
+        Ok(())
+    }
+
+    /// Ring pointers and doorbell values, for logs and `diag`.
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "queue {}: depth {}, {} in flight, running {}, on device {}, SQ tail doorbell {} with {} entries \
+             not yet consumed, CQ head {} (doorbell {}) phase {}, unknown completions {}, submitted {}, \
+             completed {}, restarts {}",
+            self.qid,
+            self.depth,
+            self.in_flight(),
+            self.is_running(),
+            self.live_on_device(),
+            self.last_sq_doorbell,
+            self.sq.in_flight(),
+            self.cq.head(),
+            self.last_cq_doorbell,
+            u8::from(self.cq.expected_phase()),
+            self.stats.unknown_tags,
+            self.stats.submitted,
+            self.stats.completed,
+            self.stats.restarts
+        );
+        s
+    }
+}
+
+impl Drop for NvmeQueue {
+    /// Safety net: a queue still on the device is deleted before its rings are unmapped
+    /// (bounded by the admin timeout; errors logged, never a panic).
+    fn drop(&mut self) {
+        if self.live_on_device() && !self.ctrl.is_gone() {
+            if let Err(e) = self.stop() {
+                log::error!("{}: deleting queue {} on drop: {e}", self.ctrl.id(), self.qid);
+            }
+        }
+    }
+}
