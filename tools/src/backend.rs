@@ -66,6 +66,9 @@ pub struct BackendReport {
     pub timeouts: u64,
     /// Function resets during the run (recovery).
     pub resets: u64,
+    /// Controller recoveries during the run, whoever asked for them (the store's escalation,
+    /// `--reset-during-load`): the controller's own count.
+    pub controller_resets: u64,
     /// Completions with unknown or duplicated tags, ignored.
     pub unknown_tags: u64,
     /// Pool figures before release.
@@ -264,6 +267,7 @@ impl Backend {
             report.resets = c.resets.load(Ordering::Relaxed);
             report.unknown_tags = c.unknown_tags.load(Ordering::Relaxed);
             let controller = Arc::clone(accel.board());
+            report.controller_resets = controller.reset_count();
             timed(&mut steps, "reset the function (no more DMA)", || {
                 if let Err(e) = controller.reset() {
                     log::warn!("{}: reset at shutdown: {e}", controller.id());

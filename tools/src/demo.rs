@@ -218,6 +218,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let mut progress = |p: Progress| {
         timed_phase.store(true, std::sync::atomic::Ordering::Release);
         if cpu_at_start.is_none() {
+            log::info!("timed phase started");
             cpu_at_start = Some((
                 process_cpu_time(),
                 threads_cpu_time("scst-worker").unwrap_or_default(),
@@ -391,6 +392,7 @@ fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
         "device_errors": o.backend.device_errors,
         "device": {
             "timeouts": o.backend.timeouts, "resets": o.backend.resets, "unknown_tags": o.backend.unknown_tags,
+            "controller_resets": o.backend.controller_resets,
         },
         "pool": {
             "allocations": o.backend.pool.allocations, "reuses": o.backend.pool.reuses,

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The peer benchmark (issue 5 §4): in one QEMU guest, on one emulated NVMe controller, Linux's
+# own nvme driver (fio) against scst-accel's NVMe engine through the loopback kernel. Prints
+# both and the ratio scst-accel / kernel. A benchmark, not a test: the figures depend on the
+# host's load (TCG is CPU-bound); compare ratios from one run.
+#
+#   tests/hil/bench.sh [--bin PATH]         HIL_BENCH_SECONDS (default 10) per workload
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=""
+if [[ ${1:-} == --bin ]]; then
+	bin=$2
+fi
+why=$("$here/hil.sh" check 2>&1) || { echo "hil bench: QEMU cannot run here: $why" >&2; exit 3; }
+if [[ -z $bin ]]; then
+	(cd "$root" && cargo build --release --locked -p scst-accel)
+	bin="${CARGO_TARGET_DIR:-$root/target}/release/scst-accel"
+fi
+out="${HIL_OUT:-$root/target/hil/bench}"
+"$here/hil.sh" run --out "$out" --timeout 900 --bin "$bin" --bin "$(command -v fio)" \
+	--bin "$here/scenarios/common.sh" -- "$here/scenarios/bench.sh"
+python3 - "$out/share" <<'PY'
+import json, sys, os
+share = sys.argv[1]
+def load(name):
+    with open(os.path.join(share, name)) as f:
+        return json.load(f)
+rows = []
+for kind, label in (("randread", "4 KiB random read QD32"), ("seqread", "128 KiB sequential read QD8")):
+    k = load(f"kernel-{kind}.json")["jobs"][0]["read"]
+    a = load(f"accel-{kind}.json")
+    assert a["verify_errors"] == 0 and a["unanswered_commands"] == 0, a
+    kiops, kmb = k["iops"], k["bw_bytes"] / 1e6
+    aiops, amb = a["iops"], a["mb_per_s"]
+    rows.append((label, kiops, kmb, aiops, amb))
+print(f"{'workload':30} {'kernel IOPS':>12} {'MB/s':>8} {'scst-accel IOPS':>16} {'MB/s':>8} {'ratio':>6}")
+for label, kiops, kmb, aiops, amb in rows:
+    print(f"{label:30} {kiops:12.0f} {kmb:8.1f} {aiops:16.0f} {amb:8.1f} {aiops / kiops:6.2f}")
+PY

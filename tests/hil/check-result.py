@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Check one HIL scenario's `scst-accel demo --json` result (tests/hil/suite.sh).
+
+Usage: check-result.py SCENARIO RESULT.json
+Prints one line per check; exits 1 if any fails. The checks are the ones the simulator suites
+make (tests/tests/accel.rs, tools/tests/demo.rs), on a real PCIe function behind a real IOMMU;
+DMAR faults are the kernel-log check's job (hil.sh), not this one's.
+"""
+import json
+import sys
+
+
+def main():
+    scenario, path = sys.argv[1], sys.argv[2]
+    try:
+        with open(path) as f:
+            j = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"FAIL {scenario}: no JSON result ({e})")
+        return 1
+    t = j.get("teardown", {})
+    pool = j.get("pool", {})
+    checks = [
+        ("healthy", j.get("healthy") is True),
+        ("verify_errors == 0", j.get("verify_errors") == 0),
+        ("unanswered_commands == 0", j.get("unanswered_commands") == 0),
+        ("commands > 0", j.get("commands", 0) > 0),
+        ("teardown.zombies_left == 0", t.get("zombies_left") == 0),
+        ("teardown.ms <= budget_ms", t.get("ms", 1e18) <= t.get("budget_ms", 0)),
+        ("no buffer leaked", pool.get("leaked_buffers") == 0),
+        ("nothing mapped after release", pool.get("mapped_bytes_after_release") == 0),
+        ("no worker panicked", j.get("frontend", {}).get("panicked_workers") == 0),
+    ]
+    if scenario in ("workload", "restart"):
+        checks.append(("no SCSI errors", j.get("scsi_errors") == 0))
+    if scenario == "teardown":
+        checks.append(("commands in flight at teardown", t.get("in_flight_at_start", 0) > 0))
+    if scenario == "reset":
+        checks.append(
+            ("the controller was reset", j.get("device", {}).get("controller_resets", 0) >= 1)
+        )
+    failed = 0
+    for name, ok in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {scenario}: {name}")
+        failed += not ok
+    print(
+        f"     {scenario}: {j.get('commands')} commands, {j.get('iops', 0):.0f} IOPS, "
+        f"{j.get('mb_per_s', 0):.1f} MB/s, scsi_errors {j.get('scsi_errors')}, "
+        f"teardown {t.get('ms', 0):.0f} ms (in flight {t.get('in_flight_at_start')}, "
+        f"drained {t.get('drained')}, aborted {t.get('aborted')})"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

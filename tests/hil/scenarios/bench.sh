@@ -1,0 +1,14 @@
+# HIL peer benchmark (issue 5 §4), one guest, one emulated controller: Linux's nvme driver (fio,
+# libaio, O_DIRECT on /dev/nvme0n1) against scst-accel's NVMe engine through the loopback kernel,
+# 4 KiB random read QD32 and 128 KiB sequential read QD8, over the same first 64 MiB.
+set -e
+. ./common.sh
+rt=${HIL_BENCH_SECONDS:-10}
+dev=$(bind_nvme "$NVME_BDF")
+common="--filename=$dev --ioengine=libaio --direct=1 --time_based --runtime=$rt --size=64M --output-format=json"
+fio --name=randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 $common --output="$HIL_SHARE/kernel-randread.json"
+fio --name=seqread-128k-qd8 --rw=read --bs=128k --iodepth=8 $common --output="$HIL_SHARE/kernel-seqread.json"
+bind_vfio "$NVME_BDF"
+demo_args="--board qemu-nvme --pci $NVME_BDF --size 64M --log warn --rw read --duration ${rt}s"
+scst-accel demo $demo_args --pattern random --bs 4k --queue-depth 32 --json >"$HIL_SHARE/accel-randread.json"
+scst-accel demo $demo_args --pattern sequential --bs 128k --queue-depth 8 --json >"$HIL_SHARE/accel-seqread.json"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The HIL suite (issue 5 §3): each scenario boots a fresh QEMU guest (q35 + intel-iommu + NVMe
+# under TCG), binds the controller to vfio-pci and runs scst-accel on it; hil.sh checks the guest
+# kernel log (no DMAR fault, no VFIO warning, no oops) and check-result.py the demo's JSON.
+#
+#   tests/hil/suite.sh [--bin PATH] [SCENARIO...]     (default: every scenario)
+#
+# Without --bin it builds the release binary. Exits 0 when every scenario passed, 1 otherwise;
+# when QEMU cannot run here at all it says why and exits 0 with SKIPPED (the only skip).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=""
+if [[ ${1:-} == --bin ]]; then
+	bin=$2
+	shift 2
+fi
+scenarios=("$@")
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart)
+
+if ! why=$("$here/hil.sh" check 2>&1); then
+	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
+	exit 0
+fi
+if [[ -z $bin ]]; then
+	(cd "$root" && cargo build --release --locked -p scst-accel)
+	bin="${CARGO_TARGET_DIR:-$root/target}/release/scst-accel"
+fi
+out="${HIL_OUT:-$root/target/hil/suite}"
+mkdir -p "$out"
+started=$SECONDS
+failed=()
+for s in "${scenarios[@]}"; do
+	script="$here/scenarios/$s.sh"
+	[[ -f $script ]] || { echo "hil suite: no scenario $s" >&2; exit 2; }
+	dir="$out/$s"
+	t0=$SECONDS
+	echo "== hil: $s"
+	rc=0
+	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-600}" --bin "$bin" \
+		--bin "$here/scenarios/common.sh" -- "$script" || rc=$?
+	if [[ $rc -ne 0 ]]; then
+		echo "FAIL $s: guest run exited $rc (see $dir/serial.log, $dir/share/script.log)"
+		failed+=("$s")
+	elif ! python3 "$here/check-result.py" "$s" "$dir/share/result.json"; then
+		failed+=("$s")
+	fi
+	echo "   $s took $((SECONDS - t0)) s"
+done
+echo "hil suite: ${#scenarios[@]} scenarios in $((SECONDS - started)) s; failed: ${failed[*]:-none}"
+[[ ${#failed[@]} -eq 0 ]]
