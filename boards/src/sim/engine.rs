@@ -7,6 +7,12 @@
 //! no FATAL, device present. Otherwise it abandons the descriptor with no completion and clears
 //! BUSY (§6, §7). Since a reset completes only once no engine is BUSY, and no engine starts a
 //! DMA step without re-checking, no DMA happens after SOFT_RESET reads 0.
+//!
+//! Under [`Fault::Storm`](super::Fault::Storm) the engine withholds completions and posts them
+//! later in a burst. Posting a burst is work like a descriptor: BUSY is set while it writes the
+//! completion ring, so a host that clears RUN and sees BUSY = 0 knows no ring write follows.
+//! Withheld completions belong to the RUN epoch in which their descriptors ran: once RUN is
+//! cleared or the board resets they are dropped, never posted (see [`Withheld`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::fence;
@@ -47,7 +53,8 @@ struct Abandoned;
 
 type Step<T> = Result<T, Abandoned>;
 
-/// What the engine held when it took a descriptor.
+/// What the engine held when it took a descriptor (or, for a burst, when it withheld the last
+/// completion of the burst).
 #[derive(Clone, Copy, Debug)]
 struct Job {
     epoch: u64,
@@ -85,6 +92,51 @@ impl Outcome {
     }
 }
 
+/// Completions a [`Fault::Storm`](super::Fault::Storm) holds back for one burst.
+///
+/// RUN = 0 (§6) and resets (§7) drop them. §6 lets the engine finish or abandon what it holds,
+/// "an abandoned one gets no completion"; the model abandons, because finishing cannot be
+/// bounded: after RUN = 0 the CQ_HEAD doorbell is ignored, so a burst larger than the ring's
+/// free space could never be posted, and a host that saw BUSY = 0 may already have reclaimed
+/// the ring. The host treats these commands as it treats a never-completing one (its deadline,
+/// then the stop or reset it does anyway). A halted queue (§8) likewise posts nothing until RUN
+/// is cleared, which drops them.
+#[derive(Debug)]
+struct Withheld {
+    /// The epoch and ring they belong to (the last descriptor withheld).
+    job: Job,
+    /// Entries in posting order, each with its [`BadPhase`](super::Fault::BadPhase) flag.
+    entries: Vec<(Completion, bool)>,
+    /// When the burst is due: the first entry's withholding time plus the storm's hold.
+    due: Instant,
+}
+
+/// What the engine works on next; BUSY is set for either.
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    /// Execute the descriptor at the job's index.
+    Descriptor(Job),
+    /// Post the withheld completions.
+    Burst(Job),
+}
+
+/// What [`Engine::wait_for_work`] found.
+enum Next {
+    Work(Work),
+    /// The withheld completions belong to an epoch that ended (RUN cleared or reset): drop them.
+    StaleBurst,
+    Shutdown,
+}
+
+/// How a completion is signalled (§9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    /// Counted for INT_COALESCE; raises when the coalescing condition is met.
+    Coalesced,
+    /// Part of a burst: INT_STATUS only; [`Engine::signal_burst`] raises once for the lot.
+    Burst,
+}
+
 struct Engine {
     shared: Arc<Shared>,
     q: u32,
@@ -92,6 +144,8 @@ struct Engine {
     taken: u64,
     /// Tags seen on this queue, so an injected unknown tag is really unknown.
     seen_tags: HashSet<u16>,
+    /// Completions withheld by a storm, if any.
+    withheld: Option<Withheld>,
 }
 
 /// Body of queue `q`'s engine thread: runs until the board shuts down.
@@ -101,11 +155,15 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
         q,
         taken: 0,
         seen_tags: HashSet::new(),
+        withheld: None,
     };
     log::debug!("{}: engine {q} started", engine.shared.id);
-    while let Some(job) = engine.next_job() {
-        // An abandoned or halted descriptor needs nothing more than BUSY cleared.
-        let _ = engine.process(&job);
+    while let Some(work) = engine.next_work() {
+        // Abandoned or halted work needs nothing more than BUSY cleared.
+        let _ = match work {
+            Work::Descriptor(job) => engine.process(&job),
+            Work::Burst(job) => engine.burst(&job),
+        };
         engine.release();
     }
     log::debug!("{}: engine {q} stopped", engine.shared.id);
@@ -154,20 +212,54 @@ impl Engine {
             .max(Duration::from_micros(10))
     }
 
-    /// Wait for a descriptor to take; `None` at shutdown. Sets BUSY.
-    fn next_job(&mut self) -> Option<Job> {
+    /// Wait for work: a due burst first (the storm's timer has fired), else a descriptor;
+    /// `None` at shutdown. Sets BUSY.
+    fn next_work(&mut self) -> Option<Work> {
+        loop {
+            match self.wait_for_work() {
+                Next::Work(work) => return Some(work),
+                Next::Shutdown => return None,
+                Next::StaleBurst => self.drop_withheld("the queue was stopped or reset"),
+            }
+        }
+    }
+
+    /// Drop every withheld completion (see [`Withheld`] for why this is what §6 and §7 ask).
+    fn drop_withheld(&mut self, why: &str) {
+        if let Some(w) = self.withheld.take() {
+            log::debug!(
+                "{}: queue {}: {} withheld completions dropped: {why}",
+                self.shared.id,
+                self.q,
+                w.entries.len()
+            );
+        }
+    }
+
+    /// [`Engine::next_work`]'s wait, under the state lock.
+    fn wait_for_work(&self) -> Next {
+        let burst = self.withheld.as_ref().map(|w| (w.job, w.due));
         let mut st = self.shared.lock();
         loop {
             if self.shared.stopping() {
-                return None;
+                return Next::Shutdown;
             }
             st = self.fire_due_interrupt(st);
             let reset_epoch = st.reset_epoch;
+            if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
+                return Next::StaleBurst;
+            }
             if !self.shared.gone() && st.runnable(self.qi()) {
                 let qs = &mut st.queues[self.q as usize];
+                if let Some((job, due)) = burst {
+                    if Instant::now() >= due {
+                        qs.busy = true;
+                        return Next::Work(Work::Burst(job));
+                    }
+                }
                 if qs.sq_head != qs.sq_tail {
                     qs.busy = true;
-                    return Some(Job {
+                    return Next::Work(Work::Descriptor(Job {
                         epoch: qs.epoch,
                         reset_epoch,
                         index: qs.sq_head,
@@ -175,10 +267,10 @@ impl Engine {
                         ring_size: qs.ring_size,
                         sq_base: qs.sq_base,
                         cq_base: qs.cq_base,
-                    });
+                    }));
                 }
             }
-            let timeout = self.wait_time(&st, None);
+            let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
             st = self.shared.wait(st, timeout);
         }
     }
@@ -322,37 +414,134 @@ impl Engine {
             sq_head: sq_head as u16,
             reserved: 0,
         };
-        self.post(job, entry, plan.bad_phase)?;
-        if plan.duplicate {
-            self.post(job, entry, false)?;
-        }
-        if plan.unknown_tag {
-            let tag = self.unused_tag(desc.tag);
-            self.post(
-                job,
-                Completion {
-                    tag,
-                    status: cq_status::OK,
-                    bytes: 0,
-                    detail: 0,
-                    ..entry
-                },
-                false,
-            )?;
+        let duplicate = plan.duplicate.then_some((entry, false));
+        let unknown = if plan.unknown_tag {
+            let unknown = Completion {
+                tag: self.unused_tag(job, desc.tag)?,
+                status: cq_status::OK,
+                bytes: 0,
+                detail: 0,
+                ..entry
+            };
+            Some((unknown, false))
+        } else {
+            None
+        };
+        let entries = [Some((entry, plan.bad_phase)), duplicate, unknown]
+            .into_iter()
+            .flatten();
+        match plan.storm_hold_micros {
+            Some(hold) => self.withhold(job, entries, hold),
+            None => {
+                for (entry, bad_phase) in entries {
+                    self.post(job, entry, bad_phase, Signal::Coalesced)?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// A tag this queue has never been given.
-    fn unused_tag(&self, near: u16) -> u16 {
+    /// [`Fault::Storm`](super::Fault::Storm): keep `entries` for the next burst, which is due
+    /// `hold_micros` after the first completion withheld for it.
+    fn withhold(&mut self, job: &Job, entries: impl Iterator<Item = (Completion, bool)>, hold_micros: u64) {
+        if self.withheld.as_ref().is_some_and(|w| w.job.epoch != job.epoch) {
+            self.drop_withheld("the queue was stopped or reset");
+        }
+        let withheld = self.withheld.get_or_insert_with(|| Withheld {
+            job: *job,
+            entries: Vec::new(),
+            due: Instant::now() + Duration::from_micros(hold_micros),
+        });
+        withheld.job = *job;
+        withheld.entries.extend(entries);
+    }
+
+    /// Post the withheld completions in order, one interrupt for the lot. A full ring (§4)
+    /// stalls the rest of the burst until the host advances CQ_HEAD; before stalling, the
+    /// engine raises the interrupt for what it has posted, or a host waiting for an interrupt
+    /// and an engine waiting for CQ_HEAD would wait for each other. If the burst is abandoned
+    /// (RUN cleared, reset, FATAL, device gone), the rest is dropped.
+    fn burst(&mut self, job: &Job) -> Step<()> {
+        let Some(withheld) = self.withheld.take() else {
+            return Ok(());
+        };
+        let total = withheld.entries.len();
+        let mut unsignalled = 0u32;
+        for (posted, (entry, bad_phase)) in withheld.entries.into_iter().enumerate() {
+            if unsignalled > 0 && self.shared.lock().queues[self.qi()].cq_full() {
+                self.signal_burst(job, unsignalled)?;
+                unsignalled = 0;
+            }
+            if let Err(abandoned) = self.post(job, entry, bad_phase, Signal::Burst) {
+                log::debug!(
+                    "{}: queue {}: burst abandoned after {posted} of {total} completions",
+                    self.shared.id,
+                    self.q
+                );
+                return Err(abandoned);
+            }
+            unsignalled += 1;
+        }
+        if unsignalled > 0 {
+            self.signal_burst(job, unsignalled)?;
+        }
+        Ok(())
+    }
+
+    /// Raise queue q's vector once for `count` burst completions (§9). A burst is one
+    /// interrupt whatever INT_COALESCE says, and it also signals any coalesced completions
+    /// still waiting for their count or timer. Masked, it is latched as any other interrupt.
+    fn signal_burst(&self, job: &Job, count: u32) -> Step<()> {
+        let mut st = self.shared.lock();
+        if !self.valid(&st, job) {
+            return Err(Abandoned);
+        }
+        let masked = st.int_mask & (1 << self.q) != 0;
+        let qs = &mut st.queues[self.qi()];
+        qs.coalesced = 0;
+        qs.first_pending = None;
+        let vector = if masked {
+            qs.latched = true;
+            None
+        } else {
+            Some(qs.vector)
+        };
+        drop(st);
+        log::trace!(
+            "{}: queue {}: burst of {count} completions signalled",
+            self.shared.id,
+            self.q
+        );
+        if let Some(vector) = vector {
+            self.shared.raise(vector);
+        }
+        Ok(())
+    }
+
+    /// A tag this queue has never fetched and that no slot of its submission ring holds now:
+    /// as far as a device can know, no command the host has in flight. Fetched tags alone are
+    /// not enough: a host's next tags are typically in the ring already, submitted but not yet
+    /// fetched, and "unknown" completing one of those would complete a real command before its
+    /// data moved. The ring is read through the IOMMU like a fetch (a fault halts the queue).
+    fn unused_tag(&self, job: &Job, near: u16) -> Step<u16> {
+        self.checkpoint(job)?;
+        let mut ring = vec![0u8; job.ring_size as usize * DESCRIPTOR_BYTES as usize];
+        if self.shared.iommu.dma_read(job.sq_base, &mut ring).is_err() {
+            return Err(self.halt(job, cq_status::DMA_FAULT));
+        }
+        let in_ring: HashSet<u16> = ring
+            .chunks_exact(DESCRIPTOR_BYTES as usize)
+            .filter_map(|raw| Descriptor::read_from_bytes(raw).ok())
+            .map(|d| d.tag)
+            .collect();
         let mut tag = near.wrapping_add(0x8000);
         for _ in 0..=u16::MAX {
-            if !self.seen_tags.contains(&tag) {
+            if !self.seen_tags.contains(&tag) && !in_ring.contains(&tag) {
                 break;
             }
             tag = tag.wrapping_add(1);
         }
-        tag
+        Ok(tag)
     }
 
     /// Check and execute one descriptor against the medium (§3, §5).
@@ -534,8 +723,8 @@ impl Engine {
 
     /// Post one completion entry (§4): wait for a free slot (a full ring stalls the engine,
     /// never drops), write the 16 bytes with the flags byte last, advance the tail (flipping
-    /// the phase on wrap), then count it for interrupts (§9).
-    fn post(&self, job: &Job, entry: Completion, bad_phase: bool) -> Step<()> {
+    /// the phase on wrap), then signal it as `signal` says (§9).
+    fn post(&self, job: &Job, entry: Completion, bad_phase: bool, signal: Signal) -> Step<()> {
         let (slot, phase) = {
             let st = self.hold(job, None, |st| !st.queues[self.qi()].cq_full())?;
             let qs = &st.queues[self.qi()];
@@ -567,7 +756,13 @@ impl Engine {
             qs.phase = !qs.phase;
         }
         Counters::add(&self.shared.stats.completions, 1);
-        let vector = st.note_completion(self.qi(), Instant::now());
+        let vector = match signal {
+            Signal::Coalesced => st.note_completion(self.qi(), Instant::now()),
+            Signal::Burst => {
+                st.int_status |= 1 << self.q;
+                None
+            }
+        };
         drop(st);
         if let Some(vector) = vector {
             self.shared.raise(vector);

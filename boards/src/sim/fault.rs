@@ -24,13 +24,18 @@ pub const FAULT_KINDS: &[&str] = &[
     "unknown-tag",
     "duplicate",
     "bad-phase",
+    "storm",
 ];
+
+/// The hold of a [`Fault::Storm`] written without `hold=`.
+const DEFAULT_STORM_HOLD_MICROS: u64 = 20_000;
 
 /// The accepted forms, for error messages and `--help`.
 const FORMS: &str = "latency:<N>us|ms|s[,queue=Q], never-complete[:every=N][,queue=Q], \
 error[:every=N][,status=S][,queue=Q], hang[:queue=Q], gone, fatal[:code=C], \
-unknown-tag[:every=N][,queue=Q], duplicate[:every=N][,queue=Q], bad-phase[:every=N][,queue=Q] \
-(numbers decimal or 0x hex; every defaults to 1, status to 5 READ_ERROR, code to 1)";
+unknown-tag[:every=N][,queue=Q], duplicate[:every=N][,queue=Q], bad-phase[:every=N][,queue=Q], \
+storm[:hold=<N>us|ms|s][,queue=Q] (numbers decimal or 0x hex; every defaults to 1, status to 5 \
+READ_ERROR, code to 1, hold to 20ms)";
 
 /// A misbehaviour of the simulated board. What a driver observes is documented per variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +85,8 @@ pub enum Fault {
         code: u32,
     },
     /// After every Nth descriptor's completion, post one more completion (status OK, bytes 0)
-    /// whose tag was never submitted on that queue. A driver must detect the unknown tag and
+    /// whose tag the engine never fetched on that queue and no slot of its submission ring
+    /// holds (so no command submitted before it). A driver must detect the unknown tag and
     /// treat it as a device error, not complete some other command.
     UnknownTag {
         /// Queue, or every queue.
@@ -106,6 +112,19 @@ pub enum Fault {
         queue: Option<u32>,
         /// Every Nth descriptor.
         every: u32,
+    },
+    /// Completion storms: the engine executes each descriptor (does its DMA) as usual but
+    /// withholds its completion (and any extra entries other faults add), then posts everything
+    /// withheld at once, `hold_micros` after the first withheld completion, with one interrupt
+    /// per burst whatever INT_COALESCE says. The burst respects the ring's free space (§4: at
+    /// most N − 1 entries): when the ring is full the engine raises the interrupt for what it
+    /// has posted, and the rest of the burst waits for CQ_HEAD to advance. Clearing RUN (§6)
+    /// or a reset (§7) drops whatever is still withheld: those commands get no completion.
+    Storm {
+        /// Queue, or every queue.
+        queue: Option<u32>,
+        /// How long completions are withheld before their burst, at least 1 µs.
+        hold_micros: u64,
     },
 }
 
@@ -146,7 +165,7 @@ impl FromStr for Fault {
     /// except latency's first arg, the delay with its unit. Examples: `latency:500us`,
     /// `latency:2ms,queue=1`, `never-complete:every=100`, `error:every=50,status=5`, `hang`,
     /// `hang:queue=0`, `gone`, `fatal`, `fatal:code=0x12`, `unknown-tag:every=200`,
-    /// `duplicate:every=200`, `bad-phase:every=300`.
+    /// `duplicate:every=200`, `bad-phase:every=300`, `storm:hold=20ms`, `storm:hold=5ms,queue=1`.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let fail = |reason: String| FaultParseError {
             input: input.to_owned(),
@@ -172,10 +191,19 @@ impl FromStr for Fault {
         let mut every = None;
         let mut status = None;
         let mut code = None;
+        let mut hold = None;
         for arg in args {
             let (key, value) = arg
                 .split_once('=')
                 .ok_or_else(|| fail(format!("argument {arg:?} is not key=value")))?;
+            if key == "hold" {
+                let micros = parse_duration_micros(value)
+                    .ok_or_else(|| fail(format!("hold={value:?} is not a duration such as 20ms")))?;
+                if hold.replace(micros).is_some() {
+                    return Err(fail("hold given twice".to_owned()));
+                }
+                continue;
+            }
             let number =
                 parse_number(value).ok_or_else(|| fail(format!("{key}={value:?} is not a number")))?;
             let slot = match key {
@@ -196,6 +224,7 @@ impl FromStr for Fault {
             "error" => &["queue", "every", "status"],
             "fatal" => &["code"],
             "gone" => &[],
+            "storm" => &["queue", "hold"],
             _ => {
                 return Err(fail(format!(
                     "unknown kind {kind:?} (kinds: {})",
@@ -208,6 +237,7 @@ impl FromStr for Fault {
             ("every", every.is_some()),
             ("status", status.is_some()),
             ("code", code.is_some()),
+            ("hold", hold.is_some()),
         ] {
             if given && !allowed.contains(&key) {
                 return Err(fail(format!("{kind} takes no {key}")));
@@ -226,6 +256,10 @@ impl FromStr for Fault {
             .map_err(|_| fail("status must fit in a byte (accelerator.md §5)".to_owned()))?;
         let code =
             u32::try_from(code.unwrap_or(1)).map_err(|_| fail("code must fit in 32 bits".to_owned()))?;
+        let hold_micros = hold.unwrap_or(DEFAULT_STORM_HOLD_MICROS);
+        if hold_micros == 0 {
+            return Err(fail("hold must be at least 1us".to_owned()));
+        }
 
         Ok(match kind {
             "latency" => Fault::Latency {
@@ -239,6 +273,7 @@ impl FromStr for Fault {
             "fatal" => Fault::Fatal { code },
             "unknown-tag" => Fault::UnknownTag { queue, every },
             "duplicate" => Fault::DuplicateCompletion { queue, every },
+            "storm" => Fault::Storm { queue, hold_micros },
             _ => Fault::BadPhase { queue, every },
         })
     }
@@ -267,6 +302,10 @@ impl fmt::Display for Fault {
                 write!(f, "duplicate:every={every}{}", queue(q))
             }
             Fault::BadPhase { queue: q, every } => write!(f, "bad-phase:every={every}{}", queue(q)),
+            Fault::Storm {
+                queue: q,
+                hold_micros,
+            } => write!(f, "storm:hold={hold_micros}us{}", queue(q)),
         }
     }
 }
@@ -288,6 +327,9 @@ pub(crate) struct Decision {
     pub duplicate: bool,
     /// Write the completion with the wrong phase first.
     pub bad_phase: bool,
+    /// Withhold the completion for a burst this long after the first withheld one (the
+    /// longest if several storms apply).
+    pub storm_hold_micros: Option<u64>,
 }
 
 /// The standing faults (events are applied at injection and never stored).
@@ -337,6 +379,10 @@ impl FaultPlan {
                 Fault::UnknownTag { queue: q, every } if on(q) && nth(every) => d.unknown_tag = true,
                 Fault::DuplicateCompletion { queue: q, every } if on(q) && nth(every) => d.duplicate = true,
                 Fault::BadPhase { queue: q, every } if on(q) && nth(every) => d.bad_phase = true,
+                Fault::Storm {
+                    queue: q,
+                    hold_micros,
+                } if on(q) => d.storm_hold_micros = d.storm_hold_micros.max(Some(*hold_micros)),
                 _ => {}
             }
         }
@@ -382,6 +428,14 @@ mod tests {
             Fault::BadPhase {
                 queue: None,
                 every: 300,
+            },
+            Fault::Storm {
+                queue: None,
+                hold_micros: 20_000,
+            },
+            Fault::Storm {
+                queue: Some(1),
+                hold_micros: 750,
             },
         ]
     }
@@ -474,6 +528,34 @@ mod tests {
                     every: 300,
                 },
             ),
+            (
+                "storm:hold=20ms",
+                Fault::Storm {
+                    queue: None,
+                    hold_micros: 20_000,
+                },
+            ),
+            (
+                "storm:hold=500us,queue=1",
+                Fault::Storm {
+                    queue: Some(1),
+                    hold_micros: 500,
+                },
+            ),
+            (
+                "storm:queue=0,hold=1s",
+                Fault::Storm {
+                    queue: Some(0),
+                    hold_micros: 1_000_000,
+                },
+            ),
+            (
+                "storm",
+                Fault::Storm {
+                    queue: None,
+                    hold_micros: 20_000,
+                },
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(text.parse::<Fault>(), Ok(want), "{text}");
@@ -495,6 +577,11 @@ mod tests {
             ("duplicate:every=2,every=3", "given twice"),
             ("bad-phase:often", "not key=value"),
             ("unknown-tag:colour=3", "unknown argument"),
+            ("storm:hold=20", "not a duration"),
+            ("storm:hold=0ms", "at least 1us"),
+            ("storm:hold=1ms,hold=2ms", "given twice"),
+            ("storm:every=2", "takes no every"),
+            ("latency:5us,hold=1ms", "takes no hold"),
         ];
         for (text, reason) in cases {
             let err = text.parse::<Fault>().expect_err(text);
@@ -532,5 +619,27 @@ mod tests {
         assert_eq!(plan.list().len(), 2);
         plan.clear();
         assert_eq!(plan.decide(1, 3), Decision::default());
+    }
+
+    #[test]
+    fn a_storm_applies_to_every_descriptor_of_its_queue_with_the_longest_hold() {
+        let mut plan = FaultPlan::default();
+        plan.add(Fault::Storm {
+            queue: Some(1),
+            hold_micros: 5_000,
+        });
+        assert_eq!(plan.decide(1, 1).storm_hold_micros, Some(5_000));
+        assert_eq!(plan.decide(1, 2).storm_hold_micros, Some(5_000));
+        assert_eq!(plan.decide(0, 1).storm_hold_micros, None, "other queue");
+        plan.add(Fault::Storm {
+            queue: None,
+            hold_micros: 2_000,
+        });
+        assert_eq!(plan.decide(0, 1).storm_hold_micros, Some(2_000));
+        assert_eq!(
+            plan.decide(1, 1).storm_hold_micros,
+            Some(5_000),
+            "the longer hold"
+        );
     }
 }

@@ -190,6 +190,32 @@ fn unknown_tag_adds_a_completion_for_a_tag_never_submitted() {
 }
 
 #[test]
+fn an_unknown_tag_is_never_one_submitted_but_not_yet_fetched() {
+    let mut rig = Rig::enabled();
+    rig.sim.inject("unknown-tag:every=1".parse().expect("fault"));
+    let mut tq = TestQueue::start(&mut rig, 0, 8);
+    let (_, iova) = rig.map_data(4096);
+    // The tags the engine would pick if it excluded only those it has fetched: when it
+    // completes tag 1, the others wait in the ring, submitted and not yet fetched.
+    let submitted = [1u16, 0x8001, 0x8002, 0x8003];
+    for tag in submitted {
+        tq.push(&rig, desc(opcode::READ, tag, 0, 512, iova));
+    }
+    tq.ring(&rig);
+    let got: Vec<u16> = (0..8).map(|_| tq.next(&rig).tag).collect();
+    let real: Vec<u16> = got.iter().step_by(2).copied().collect();
+    let extra: Vec<u16> = got.iter().skip(1).step_by(2).copied().collect();
+    assert_eq!(real, submitted, "each command completed once, in order");
+    for tag in extra {
+        assert!(
+            !submitted.contains(&tag),
+            "extra completion {tag:#x} names a submitted command"
+        );
+    }
+    assert!(tq.stays_empty(&rig));
+}
+
+#[test]
 fn duplicate_posts_the_same_completion_twice() {
     let mut rig = Rig::enabled();
     rig.sim.inject(Fault::DuplicateCompletion {

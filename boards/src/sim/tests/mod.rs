@@ -9,6 +9,7 @@ mod faults;
 mod io;
 mod registers;
 mod resets;
+mod storm;
 
 use std::sync::Arc;
 use std::time::Duration;
