@@ -220,6 +220,19 @@ pub trait QueueEngine: Send {
     fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize;
     /// Completions whose tag matched nothing in flight, so far.
     fn unknown_tags(&self) -> u64;
+    /// Ask the device to abort these requests (by user tag) without stopping the queue: the
+    /// first rung of the escalation ladder (NVMe ABORT, NVMe 1.4 §5.1). Returns how many the
+    /// device agreed to abort; their completions (status `Aborted`) then come through
+    /// [`QueueEngine::reap`]. A device may refuse (QEMU's controller always does); devices
+    /// without a per-request abort return `Ok(0)`. Bounded.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the abort itself failed (the store then stops the queue).
+    fn abort(&mut self, user_tags: &[u64]) -> Result<usize, EngineError> {
+        let _ = user_tags;
+        Ok(0)
+    }
+
     /// Stop the queue and wait, bounded, until the device holds none of its requests.
     ///
     /// # Errors

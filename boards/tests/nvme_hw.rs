@@ -5,7 +5,9 @@
 //!
 //! Every step asserts: bring-up and IDENTIFY, verified write/read patterns on two queues at
 //! queue depth > 1 (single block, PRP list, largest transfer, an unaligned first segment,
-//! several segments), FLUSH, WRITE ZEROES, DATASET MANAGEMENT, a controller recovery with
+//! several segments), FLUSH, WRITE ZEROES, DATASET MANAGEMENT, an ABORT of a just-submitted
+//! read (completed exactly once whatever the controller answers), a read past the end of the
+//! namespace, the Error Information log (read, parsed, printed), a controller recovery with
 //! commands in flight, and shutdown. DMA faults are checked outside, in the guest's kernel log.
 
 use scst_accel_boards::engine::Controller;
@@ -14,6 +16,7 @@ use scst_accel_boards::engine::DeviceOp;
 use scst_accel_boards::engine::DeviceRequest;
 use scst_accel_boards::engine::DeviceStatus;
 use scst_accel_boards::engine::QueueEngine;
+use scst_accel_boards::nvme::cmd::ERROR_LOG_ENTRY_LEN;
 use scst_accel_boards::nvme::NvmeConfig;
 use scst_accel_boards::nvme::NvmeController;
 use scst_accel_boards::nvme::NvmeQueue;
@@ -305,6 +308,82 @@ fn nvme_controller_through_vfio() {
         }
         run_ok(q, &[rq(4, DeviceOp::Flush, 0, 0, &[])]);
         println!("FLUSH passed");
+    }
+
+    // ABORT of a just-submitted read (NVMe 1.4 §5.1). QEMU answers "not aborted" for a command
+    // it already executes; either answer is accepted, but the read must complete exactly once,
+    // as Aborted when the controller agreed to abort it.
+    {
+        let q = &mut queues[0];
+        let dst = buffer(&ctrl, max as usize);
+        let seg = [(dst.iova(), max)];
+        q.submit(&rq(500, DeviceOp::Read, 0, max, &seg)).expect("submit");
+        q.ring_doorbell();
+        let aborted = QueueEngine::abort(q, &[500]).expect("abort");
+        assert!(aborted <= 1, "{aborted} aborted of one");
+        assert_eq!(q.stats().aborts_sent, 1, "the read was in flight: one ABORT sent");
+        let done = reap(q, 1);
+        let want = if aborted == 1 {
+            DeviceStatus::Aborted
+        } else {
+            DeviceStatus::Ok
+        };
+        assert_eq!((done[0].user_tag, done[0].status), (500, want));
+        // Exactly once: no second completion for it, and nothing unknown.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut extra = Vec::new();
+        assert_eq!(q.reap(&mut extra), 0, "second completion: {extra:?}");
+        assert_eq!(q.in_flight(), 0);
+        assert_eq!(q.unknown_tags(), 0, "{}", q.dump());
+        // Tags not in flight send nothing.
+        assert_eq!(QueueEngine::abort(q, &[500, 12345]).expect("abort"), 0);
+        assert_eq!(q.stats().aborts_sent, 1);
+        println!(
+            "ABORT of a just-submitted read: {} by the controller; the read completed once ({:?})",
+            if aborted == 1 { "aborted" } else { "not aborted" },
+            done[0].status
+        );
+    }
+
+    // A read past the end of the namespace fails with LBA Out of Range; then the Error
+    // Information log (NVMe 1.4 §5.14.1.1) must read and parse, whatever it holds.
+    {
+        let q = &mut queues[1];
+        let dst = buffer(&ctrl, 4096);
+        q.submit(&rq(
+            600,
+            DeviceOp::Read,
+            g.capacity_blocks,
+            g.block_size,
+            &[(dst.iova(), g.block_size)],
+        ))
+        .expect("submit");
+        q.ring_doorbell();
+        let done = reap(q, 1);
+        assert_eq!((done[0].user_tag, done[0].status), (600, DeviceStatus::LbaRange));
+        let log = ctrl.error_log(Duration::from_secs(5)).expect("error log");
+        let entries = (info.controller.error_log_entries() as usize).min(4096 / ERROR_LOG_ENTRY_LEN);
+        assert_eq!(
+            log.len(),
+            entries,
+            "ELPE {} + 1 entries, one page at most",
+            info.controller.elpe
+        );
+        let used: Vec<_> = log.iter().filter(|e| !e.is_empty()).collect();
+        println!(
+            "error log: {} entries read (ELPE {}, ACL {}), {} used",
+            log.len(),
+            info.controller.elpe,
+            info.controller.acl,
+            used.len()
+        );
+        for e in &used {
+            println!("  {e}");
+        }
+        let dump = ctrl.dump_registers();
+        assert!(dump.contains("error log: "), "{dump}");
+        assert!(!dump.contains("error log: unavailable"), "{dump}");
+        println!("{dump}");
     }
 
     // Recovery with commands in flight: the restart path abandons them, and new I/O works

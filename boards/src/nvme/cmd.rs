@@ -1,6 +1,7 @@
-//! NVMe wire formats (NVMe base spec 1.4 §4.2, §4.6, §5.15, and NVM command set §6): the
-//! 64-byte submission queue entry, the 16-byte completion queue entry, opcodes, status codes and
-//! their device-independent meaning, and the IDENTIFY data this driver reads.
+//! NVMe wire formats (NVMe base spec 1.4 §4.2, §4.6, §5.1, §5.14, §5.15, and NVM command set
+//! §6): the 64-byte submission queue entry, the 16-byte completion queue entry, opcodes, status
+//! codes and their device-independent meaning, the IDENTIFY data this driver reads, the ABORT
+//! command dword and the Error Information log entry.
 
 use crate::engine::DeviceStatus;
 use static_assertions::assert_eq_size;
@@ -58,6 +59,36 @@ pub mod cns {
 pub mod feature {
     /// Number of Queues.
     pub const NUMBER_OF_QUEUES: u32 = 0x07;
+}
+
+/// Log page identifiers (NVMe 1.4 §5.14.1).
+pub mod log_page {
+    /// Error Information (one 64-byte entry per error, ELPE + 1 entries at most).
+    pub const ERROR_INFORMATION: u8 = 0x01;
+}
+
+/// GET LOG PAGE CDW10 bit: Retain Asynchronous Event (NVMe 1.4 §5.14). Set on every read this
+/// driver makes, so a diagnostic read changes no controller state.
+pub const LOG_RAE: u32 = 1 << 15;
+
+/// GET LOG PAGE CDW10 and CDW11 for `bytes` (a multiple of 4, at least 4) of log `lid` from
+/// offset 0, with RAE set: NUMD (0's based dwords) is split into NUMDL (CDW10 31:16) and NUMDU
+/// (CDW11 15:0) (NVMe 1.4 §5.14).
+pub const fn get_log_page_dwords(lid: u8, bytes: u32) -> (u32, u32) {
+    let numd = bytes / 4 - 1;
+    (lid as u32 | LOG_RAE | ((numd & 0xFFFF) << 16), numd >> 16)
+}
+
+/// ABORT CDW10 (NVMe 1.4 §5.1): the Submission Queue Identifier in bits 15:0 and
+/// the Command Identifier of the command to abort in bits 31:16.
+pub const fn abort_cdw10(sqid: u16, cid: u16) -> u32 {
+    sqid as u32 | ((cid as u32) << 16)
+}
+
+/// ABORT completion dword 0 bit 0 (NVMe 1.4 §5.1.1): 0 = the command was aborted (its own
+/// completion carries Command Abort Requested), 1 = it was not.
+pub const fn abort_succeeded(dw0: u32) -> bool {
+    dw0 & 1 == 0
 }
 
 /// Read/Write CDW12 bit: Force Unit Access (NVMe 1.4 §6.9).
@@ -259,6 +290,10 @@ pub struct IdentifyController {
     pub oncs: u16,
     /// Volatile Write Cache (bit 0: present).
     pub vwc: u8,
+    /// Abort Command Limit: concurrent ABORT commands, 0's based (byte 258).
+    pub acl: u8,
+    /// Error Log Page Entries: Error Information log entries kept, 0's based (byte 262).
+    pub elpe: u8,
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -293,7 +328,19 @@ impl IdentifyController {
             nn: le32(data, 516),
             oncs: le16(data, 520),
             vwc: data[525],
+            acl: data[258],
+            elpe: data[262],
         }
+    }
+
+    /// ABORT commands the controller accepts at once (ACL + 1).
+    pub fn abort_limit(&self) -> u32 {
+        u32::from(self.acl) + 1
+    }
+
+    /// Entries the Error Information log holds (ELPE + 1).
+    pub fn error_log_entries(&self) -> u32 {
+        u32::from(self.elpe) + 1
     }
 
     /// Dataset Management (deallocate) supported.
@@ -309,6 +356,90 @@ impl IdentifyController {
     /// A volatile write cache is present.
     pub fn volatile_cache(&self) -> bool {
         self.vwc & 1 != 0
+    }
+}
+
+/// Bytes of one Error Information log entry.
+pub const ERROR_LOG_ENTRY_LEN: usize = 64;
+
+/// One Error Information log entry (NVMe 1.4 §5.14.1.1). An entry whose
+/// `error_count` is 0 is unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ErrorLogEntry {
+    /// Error Count: a unique, incrementing identifier of the error (0 = unused entry).
+    pub error_count: u64,
+    /// Submission Queue ID of the failed command (0xFFFF: not specific to one).
+    pub sqid: u16,
+    /// Command ID of the failed command (0xFFFF: not specific to one).
+    pub cid: u16,
+    /// Status Field of its completion in bits 15:1, the phase tag it was posted with in bit 0.
+    pub status_field: u16,
+    /// Parameter Error Location: byte (7:0) and bit (10:8) of the command that was in error.
+    pub parameter_error_location: u16,
+    /// The first LBA that saw the error, where it applies.
+    pub lba: u64,
+    /// Namespace of the error (0xFFFF_FFFF: not specific to one).
+    pub nsid: u32,
+    /// Vendor Specific Information Available (log page identifier, or 0).
+    pub vendor_specific: u8,
+    /// Transport Type.
+    pub trtype: u8,
+    /// Reserved.
+    pub reserved0: [u8; 2],
+    /// Command Specific Information.
+    pub command_specific: u64,
+    /// Transport Type Specific Information.
+    pub trtype_specific: u16,
+    /// Reserved.
+    pub reserved1: [u8; 22],
+}
+
+assert_eq_size!(ErrorLogEntry, [u8; ERROR_LOG_ENTRY_LEN]);
+const _: () = assert!(offset_of!(ErrorLogEntry, sqid) == 8);
+const _: () = assert!(offset_of!(ErrorLogEntry, cid) == 10);
+const _: () = assert!(offset_of!(ErrorLogEntry, status_field) == 12);
+const _: () = assert!(offset_of!(ErrorLogEntry, parameter_error_location) == 14);
+const _: () = assert!(offset_of!(ErrorLogEntry, lba) == 16);
+const _: () = assert!(offset_of!(ErrorLogEntry, nsid) == 24);
+const _: () = assert!(offset_of!(ErrorLogEntry, vendor_specific) == 28);
+const _: () = assert!(offset_of!(ErrorLogEntry, trtype) == 29);
+const _: () = assert!(offset_of!(ErrorLogEntry, command_specific) == 32);
+const _: () = assert!(offset_of!(ErrorLogEntry, trtype_specific) == 40);
+
+impl ErrorLogEntry {
+    /// Parse entries from log page bytes (a trailing partial entry is ignored).
+    pub fn parse_all(data: &[u8]) -> Vec<ErrorLogEntry> {
+        data.chunks_exact(ERROR_LOG_ENTRY_LEN)
+            .filter_map(|chunk| ErrorLogEntry::read_from_bytes(chunk).ok())
+            .collect()
+    }
+
+    /// The entry is unused (Error Count 0).
+    pub fn is_empty(&self) -> bool {
+        self.error_count == 0
+    }
+
+    /// The failed command's status (the phase tag dropped).
+    pub fn status(&self) -> Status {
+        Status::from_cqe(self.status_field)
+    }
+}
+
+impl std::fmt::Display for ErrorLogEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "error #{}: SQID {} CID {:#06x} status {} NSID {:#x} LBA {:#x} parameter byte {} bit {}",
+            self.error_count,
+            self.sqid,
+            self.cid,
+            self.status(),
+            self.nsid,
+            self.lba,
+            self.parameter_error_location & 0xFF,
+            (self.parameter_error_location >> 8) & 0x7
+        )
     }
 }
 
@@ -399,6 +530,17 @@ mod tests {
     }
 
     #[test]
+    fn abort_and_get_log_page_dwords() {
+        assert_eq!(abort_cdw10(3, 0x1234), 0x1234_0003);
+        assert!(abort_succeeded(0) && !abort_succeeded(1));
+        // One 64-byte entry: NUMD 15; a page: 1023; 256 KiB: NUMDU 1, NUMDL 0xFFFF.
+        assert_eq!(get_log_page_dwords(1, 64), (0x000F_8001, 0));
+        assert_eq!(get_log_page_dwords(1, 4096), (0x03FF_8001, 0));
+        assert_eq!(get_log_page_dwords(1, 256 * 1024), (0xFFFF_8001, 0));
+        assert_eq!(get_log_page_dwords(1, 256 * 1024 + 4), (0x0000_8001, 1));
+    }
+
+    #[test]
     fn entries_have_the_wire_layout() {
         let sqe = Sqe {
             opcode: 0x02,
@@ -438,7 +580,13 @@ mod tests {
         c[516..520].copy_from_slice(&256u32.to_le_bytes());
         c[520..522].copy_from_slice(&(ONCS_DSM | ONCS_WRITE_ZEROES).to_le_bytes());
         c[525] = 1;
+        c[258] = 3;
+        c[262] = 63;
         let id = IdentifyController::parse(&c);
+        assert_eq!(
+            (id.acl, id.abort_limit(), id.elpe, id.error_log_entries()),
+            (3, 4, 63, 64)
+        );
         assert_eq!(id.vid, 0x1b36);
         assert_eq!(id.sn, "SERIAL01");
         assert_eq!(id.mn, "QEMU NVMe Ctrl");

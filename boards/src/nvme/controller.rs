@@ -1,14 +1,18 @@
 //! The NVMe controller (NVMe base spec 1.4 §7.6): bring-up, identify, the resets recovery is
-//! built from, and shutdown. Generic over [`DeviceBacking`], so the same code drives a VFIO
-//! function and a simulated controller.
+//! built from, shutdown, ABORT under the Abort Command Limit (§5.1) and the Error Information
+//! log (§5.14.1.1). Generic over [`DeviceBacking`], so the same code drives a VFIO function and
+//! a simulated controller.
 
 use super::admin::AdminQueue;
 use super::admin::ADMIN_ENTRIES;
 use super::cmd;
 use super::cmd::admin_opcode;
+use super::cmd::log_page;
+use super::cmd::ErrorLogEntry;
 use super::cmd::IdentifyController;
 use super::cmd::IdentifyNamespace;
 use super::cmd::Sqe;
+use super::cmd::ERROR_LOG_ENTRY_LEN;
 use super::cmd::IDENTIFY_LEN;
 use super::error::NvmeError;
 use super::prp::PrpEntries;
@@ -27,7 +31,9 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_dma::MappedRegion;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
+use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,6 +46,15 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PRP_LIST_ENTRIES: usize = (PAGE_SIZE / 8) as usize;
 /// Largest transfer this driver issues: what one PRP list page describes (2 MiB).
 pub const MAX_TRANSFER: u32 = PRP_LIST_ENTRIES as u32 * PAGE_SIZE as u32;
+/// Error Information log entries read at most: what the one log page holds.
+pub const ERROR_LOG_MAX_ENTRIES: usize = PAGE_SIZE as usize / ERROR_LOG_ENTRY_LEN;
+/// Bound on the error log read of [`NvmeController::dump_registers`]: short, so that a dump
+/// taken at an escalation of a controller that stopped answering does not delay the reset.
+pub const DUMP_ERROR_LOG_TIMEOUT: Duration = Duration::from_millis(200);
+/// Entries [`NvmeController::dump_registers`] shows, newest first.
+const DUMP_ERROR_LOG_ENTRIES: usize = 8;
+/// No error log read has timed out (the value of `log_timeout_epoch`).
+const NO_EPOCH: u64 = u64::MAX;
 
 /// Driver settings.
 #[derive(Clone, Debug)]
@@ -103,6 +118,18 @@ pub struct NvmeController {
     /// Bumped whenever the controller is disabled: I/O queues created before it are gone.
     epoch: AtomicU64,
     recovering: AtomicBool,
+    /// ABORT commands outstanding on the controller, held by [`AbortPermit`]s.
+    aborts_outstanding: AtomicU32,
+    /// ABORT commands whose waiter timed out: still outstanding as far as the controller's
+    /// Abort Command Limit is concerned, until the next reset drops them.
+    aborts_abandoned: AtomicU32,
+    /// The page GET LOG PAGE writes into. Mapped for the controller's life rather than per
+    /// read, so that a read whose waiter timed out can never DMA into unmapped memory.
+    log_page: MappedRegion,
+    /// A thread is reading the error log (the page has one reader at a time).
+    log_busy: AtomicBool,
+    /// The epoch in which an error log read last timed out ([`NO_EPOCH`]: none did).
+    log_timeout_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for NvmeController {
@@ -162,6 +189,7 @@ impl NvmeController {
             map_region(&device, &iovas, usize::from(ADMIN_ENTRIES) * 64, "the admin SQ")?,
             map_region(&device, &iovas, usize::from(ADMIN_ENTRIES) * 16, "the admin CQ")?,
         )?;
+        let log_page = map_region(&device, &iovas, PAGE_SIZE as usize, "the error log page")?;
         let start = Instant::now();
         let result = identify_and_configure(&device, config, cap, &admin, &iovas, version);
         let (info, io_queues) = match result {
@@ -187,6 +215,11 @@ impl NvmeController {
             resets: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             recovering: AtomicBool::new(false),
+            aborts_outstanding: AtomicU32::new(0),
+            aborts_abandoned: AtomicU32::new(0),
+            log_page,
+            log_busy: AtomicBool::new(false),
+            log_timeout_epoch: AtomicU64::new(NO_EPOCH),
         });
         let queues = controller.create_queues().inspect_err(|_| {
             if let Err(d) = controller.reset() {
@@ -326,7 +359,7 @@ impl NvmeController {
         self.admin.set_enabled(false);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         let r = self.registers();
-        match disable(self.device.as_ref(), &r, self.cap) {
+        let result = match disable(self.device.as_ref(), &r, self.cap) {
             Ok(()) => Ok(()),
             Err(NvmeError::Gone { device }) => Err(NvmeError::Gone { device }),
             Err(e) => {
@@ -339,7 +372,12 @@ impl NvmeController {
                 // The function reset returned the controller to its reset state (CC.EN = 0).
                 disable(self.device.as_ref(), &r, self.cap)
             }
+        };
+        if result.is_ok() {
+            // The disabled controller dropped every command, abandoned ABORTs included.
+            self.aborts_abandoned.store(0, Ordering::Release);
         }
+        result
     }
 
     /// Reset, then enable with fresh admin rings and ask for the I/O queues again; bump the
@@ -454,13 +492,213 @@ impl NvmeController {
         }
     }
 
-    /// CAP, VS, CC, CSTS, AQA, INTMS decoded.
+    /// CAP, VS, CC, CSTS, AQA, INTMS decoded, then the newest entries of the Error Information
+    /// log, read with [`DUMP_ERROR_LOG_TIMEOUT`] only when the controller is ready (CSTS.RDY = 1,
+    /// CFS = 0) and no earlier read timed out since the last reset; otherwise
+    /// `error log: unavailable (reason)`.
     pub fn dump_registers(&self) -> String {
         let r = self.registers();
-        if r.csts() == ALL_ONES_32 {
+        let status = r.csts();
+        if status == ALL_ONES_32 {
             return format!("{}: registers read all-ones (device gone)\n", self.id());
         }
-        regs::describe(&r)
+        let mut s = regs::describe(&r);
+        s.push_str(&self.describe_error_log(status));
+        s
+    }
+
+    /// The error log part of [`NvmeController::dump_registers`].
+    fn describe_error_log(&self, status: u32) -> String {
+        let unavailable = |why: String| format!("error log: unavailable ({why})\n");
+        if status & (csts::RDY | csts::CFS) != csts::RDY {
+            return unavailable(format!("controller not ready: CSTS {status:#010x}"));
+        }
+        if !self.is_enabled() {
+            return unavailable("the driver has disabled the controller".to_owned());
+        }
+        if self.log_timeout_epoch.load(Ordering::Acquire) == self.epoch() {
+            return unavailable(
+                "an earlier read timed out and the controller was not reset since".to_owned(),
+            );
+        }
+        let entries = match self.error_log(DUMP_ERROR_LOG_TIMEOUT) {
+            Ok(entries) => entries,
+            Err(e) => return unavailable(e.to_string()),
+        };
+        let mut used: Vec<&ErrorLogEntry> = entries.iter().filter(|e| !e.is_empty()).collect();
+        if used.is_empty() {
+            return format!("error log: no errors ({} entries read)\n", entries.len());
+        }
+        // Error Count is the error's unique, incrementing identifier: highest = newest.
+        used.sort_by_key(|e| std::cmp::Reverse(e.error_count));
+        let mut s = format!(
+            "error log: {} of {} entries used, newest first:\n",
+            used.len(),
+            entries.len()
+        );
+        for e in used.iter().take(DUMP_ERROR_LOG_ENTRIES) {
+            let _ = writeln!(s, "  {e}");
+        }
+        if used.len() > DUMP_ERROR_LOG_ENTRIES {
+            let _ = writeln!(s, "  ... {} older", used.len() - DUMP_ERROR_LOG_ENTRIES);
+        }
+        s
+    }
+
+    /// GET LOG PAGE, Error Information (NVMe 1.4 §5.14.1.1): the ELPE + 1 entries IDENTIFY
+    /// reported (at most [`ERROR_LOG_MAX_ENTRIES`], one page), in the controller's order;
+    /// unused entries have `error_count` 0 (a controller may also transfer fewer bytes than
+    /// asked, QEMU's sends one entry: the page is zeroed before each read). RAE is set, so the
+    /// read changes no asynchronous event state. One reader at a time; the whole call,
+    /// including the wait for another reader, is bounded by `timeout`.
+    ///
+    /// # Errors
+    /// As [`NvmeController`]'s admin commands; [`NvmeError::Timeout`] also when another
+    /// thread's read did not end in time.
+    pub fn error_log(&self, timeout: Duration) -> Result<Vec<ErrorLogEntry>, NvmeError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(10);
+        while self
+            .log_busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            if Instant::now() >= deadline {
+                return Err(NvmeError::Timeout {
+                    device: self.id().to_owned(),
+                    what: "another thread's error log read",
+                    timeout,
+                });
+            }
+            scst_accel_hal::locks::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+        let result = self.read_error_log(deadline.saturating_duration_since(Instant::now()));
+        self.log_busy.store(false, Ordering::Release);
+        result.map_err(|e| match e {
+            // The bound the caller gave, not what was left of it after the wait for the page.
+            NvmeError::Timeout { device, what, .. } => NvmeError::Timeout {
+                device,
+                what,
+                timeout,
+            },
+            other => other,
+        })
+    }
+
+    fn read_error_log(&self, timeout: Duration) -> Result<Vec<ErrorLogEntry>, NvmeError> {
+        let wanted = self.info.controller.error_log_entries() as usize;
+        let entries = wanted.min(ERROR_LOG_MAX_ENTRIES);
+        if entries < wanted {
+            log::debug!(
+                "{}: the error log holds {wanted} entries; reading the first {entries}",
+                self.id()
+            );
+        }
+        let len = entries * ERROR_LOG_ENTRY_LEN;
+        let region = self.log_page.region();
+        region.fill(0, len, 0);
+        let (cdw10, cdw11) = cmd::get_log_page_dwords(log_page::ERROR_INFORMATION, len as u32);
+        let sqe = Sqe {
+            opcode: admin_opcode::GET_LOG_PAGE,
+            // The log is global to the controller (§5.14.1.1): every namespace.
+            nsid: u32::MAX,
+            prp1: self.log_page.iova(),
+            cdw10,
+            cdw11,
+            ..Sqe::default()
+        };
+        let epoch = self.epoch();
+        match self
+            .admin
+            .execute("GET LOG PAGE (Error Information)", sqe, timeout)
+        {
+            Ok(_) => {}
+            Err(e) => {
+                if matches!(e, NvmeError::Timeout { .. }) {
+                    self.log_timeout_epoch.store(epoch, Ordering::Release);
+                }
+                return Err(e);
+            }
+        }
+        let mut data = vec![0u8; len];
+        region.read_at(0, &mut data);
+        Ok(ErrorLogEntry::parse_all(&data))
+    }
+
+    /// ABORT (NVMe 1.4 §5.1) the command `cid` of submission queue `sqid`, bounded by the admin
+    /// timeout (once for a free abort slot, once for the command). Never more than ACL + 1
+    /// ABORTs are outstanding on the controller, whichever threads send them (§5.1: more
+    /// fail with Abort Command Limit Exceeded). Returns whether the controller aborted it (its
+    /// own completion then carries Command Abort Requested).
+    ///
+    /// # Errors
+    /// As [`NvmeController`]'s admin commands.
+    pub(crate) fn abort_command(&self, sqid: u16, cid: u16) -> Result<bool, NvmeError> {
+        let timeout = self.config.admin_timeout;
+        let permit = self.abort_permit(timeout)?;
+        let sqe = Sqe {
+            opcode: admin_opcode::ABORT,
+            cdw10: cmd::abort_cdw10(sqid, cid),
+            ..Sqe::default()
+        };
+        match self.admin.execute("ABORT", sqe, timeout) {
+            Ok(cqe) => Ok(cmd::abort_succeeded(cqe.dw0)),
+            Err(e) => {
+                if matches!(e, NvmeError::Timeout { .. }) {
+                    // Still outstanding on the controller until a reset drops it.
+                    self.aborts_abandoned.fetch_add(1, Ordering::AcqRel);
+                }
+                drop(permit);
+                Err(e)
+            }
+        }
+    }
+
+    /// Wait, bounded by `timeout`, until fewer than ACL + 1 ABORTs are outstanding, and take
+    /// one of the slots.
+    fn abort_permit(&self, timeout: Duration) -> Result<AbortPermit<'_>, NvmeError> {
+        let limit = self.info.controller.abort_limit();
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(10);
+        loop {
+            let outstanding = self.aborts_outstanding.load(Ordering::Acquire);
+            let abandoned = self.aborts_abandoned.load(Ordering::Acquire);
+            if outstanding.saturating_add(abandoned) < limit
+                && self
+                    .aborts_outstanding
+                    .compare_exchange(outstanding, outstanding + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return Ok(AbortPermit { ctrl: self });
+            }
+            if Instant::now() >= deadline {
+                return Err(NvmeError::Timeout {
+                    device: self.id().to_owned(),
+                    what: "a free ABORT slot (Abort Command Limit)",
+                    timeout,
+                });
+            }
+            scst_accel_hal::locks::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Count `n` ABORTs as abandoned (outstanding until the next reset), to test the limit.
+    #[cfg(test)]
+    pub(crate) fn abandon_abort_slots(&self, n: u32) {
+        self.aborts_abandoned.fetch_add(n, Ordering::AcqRel);
+    }
+}
+
+/// One of the controller's ACL + 1 ABORT slots, returned on drop.
+struct AbortPermit<'a> {
+    ctrl: &'a NvmeController,
+}
+
+impl Drop for AbortPermit<'_> {
+    fn drop(&mut self) {
+        self.ctrl.aborts_outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -106,6 +106,10 @@ impl QueueEngine for NvmeQueue {
         NvmeQueue::unknown_tags(self)
     }
 
+    fn abort(&mut self, user_tags: &[u64]) -> Result<usize, EngineError> {
+        Ok(NvmeQueue::abort(self, user_tags)?)
+    }
+
     fn stop(&mut self) -> Result<(), EngineError> {
         Ok(NvmeQueue::stop(self)?)
     }

@@ -2,14 +2,14 @@
 //! engine behind [`crate::engine`]'s `Controller` / `QueueEngine` contract, over any
 //! [`DeviceBacking`](scst_accel_hal::DeviceBacking): a VFIO function or a simulator.
 //!
-//! What is implemented: controller bring-up and reset (§7.6.1, §7.3.2), normal shutdown
-//! (§7.6.2), the admin queue shared by threads (IDENTIFY, SET FEATURES Number of Queues,
-//! CREATE / DELETE I/O SQ and CQ), I/O queue pairs with one owner thread each (READ, WRITE
-//! with FUA, FLUSH, WRITE ZEROES, DATASET MANAGEMENT deallocate), PRP lists of one page per
-//! command, MSI-X per I/O queue or polling, command identifiers with generations.
+//! What is implemented: controller bring-up and reset (§7.6.1, §7.3.2), normal shutdown (§7.6.2),
+//! the admin queue shared by threads (IDENTIFY, SET FEATURES Number of Queues, CREATE / DELETE I/O
+//! SQ and CQ, ABORT, GET LOG PAGE Error Information), I/O queue pairs with one owner thread each
+//! (READ, WRITE with FUA, FLUSH, WRITE ZEROES, DATASET MANAGEMENT deallocate), PRP lists of one
+//! page per command, MSI-X per I/O queue or polling, command identifiers with generations.
 //!
 //! What is not: namespace management and more than one namespace (the first active NSID is
-//! served), SGLs, metadata / protection information, fused commands, ABORT, asynchronous
+//! served), SGLs, metadata / protection information, fused commands, asynchronous
 //! events, weighted round robin arbitration, controller memory buffers, PRP list chaining
 //! (transfers are limited to what one PRP list page describes, 2 MiB, and to MDTS).
 //!

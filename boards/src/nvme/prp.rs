@@ -106,49 +106,51 @@ pub fn build(
     })
 }
 
-/// The device's reading of PRP entries for a transfer of `len` bytes: the (address, bytes)
-/// ranges it will touch, in order. `read_list(list_iova, index)` reads a PRP list entry. Used by
-/// the tests and the test model to check [`build`] against the spec's rules, not its own.
-#[cfg(test)]
-pub(crate) fn walk(
-    prp1: u64,
-    prp2: u64,
-    len: u64,
-    page_size: u64,
-    mut read_list: impl FnMut(u64, usize) -> u64,
-) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let first = len.min(page_size - (prp1 & (page_size - 1)));
-    out.push((prp1, first));
-    let mut left = len - first;
-    if left == 0 {
-        return out;
-    }
-    if left <= page_size {
-        out.push((prp2, left));
-        return out;
-    }
-    let mut index = 0;
-    while left > 0 {
-        let page = read_list(prp2, index);
-        let n = left.min(page_size);
-        out.push((page, n));
-        left -= n;
-        index += 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const PAGE: u64 = 4096;
     const LIST: u64 = 0xF000_0000;
+    /// Entries of one PRP list page: PRP1 plus these make the most pages one command describes.
+    const LIST_CAPACITY: usize = 512;
+
+    /// The device's reading of PRP entries for a transfer of `len` bytes (NVMe 1.4 §4.3),
+    /// written from the specification rather than from [`build`]: the (address, bytes) ranges
+    /// it will touch, in order. `read_list(list_iova, index)` reads a PRP list entry.
+    fn walk(
+        prp1: u64,
+        prp2: u64,
+        len: u64,
+        page_size: u64,
+        mut read_list: impl FnMut(u64, usize) -> u64,
+    ) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let first = len.min(page_size - (prp1 & (page_size - 1)));
+        out.push((prp1, first));
+        let mut left = len - first;
+        if left == 0 {
+            return out;
+        }
+        if left <= page_size {
+            out.push((prp2, left));
+            return out;
+        }
+        let mut index = 0;
+        while left > 0 {
+            let page = read_list(prp2, index);
+            let n = left.min(page_size);
+            out.push((page, n));
+            left -= n;
+            index += 1;
+        }
+        out
+    }
 
     fn run(segments: &[(u64, u32)]) -> Result<(PrpEntries, Vec<u64>), SubmitError> {
-        let mut list = vec![0u64; 512];
-        let prp = build(segments, PAGE, 512, LIST, |i, a| list[i] = a)?;
+        let mut list = vec![0u64; LIST_CAPACITY];
+        let prp = build(segments, PAGE, LIST_CAPACITY, LIST, |i, a| list[i] = a)?;
         Ok((prp, list))
     }
 
@@ -164,15 +166,22 @@ mod tests {
         out
     }
 
-    fn covered(segments: &[(u64, u32)]) -> Vec<(u64, u64)> {
-        let (prp, list) = run(segments).expect("valid layout");
+    /// The bytes the device touches for an accepted layout, merged; `Err` if it was refused.
+    fn covered(segments: &[(u64, u32)]) -> Result<Vec<(u64, u64)>, TestCaseError> {
+        let (prp, list) = run(segments).map_err(|e| TestCaseError::fail(format!("refused: {e}")))?;
         let total: u64 = segments.iter().map(|&(_, l)| u64::from(l)).sum();
-        assert_eq!(prp.list_entries > 0, prp.prp2 == LIST);
-        merge(walk(prp.prp1, prp.prp2, total, PAGE, |base, i| {
-            assert_eq!(base, LIST);
-            assert!(i < prp.list_entries, "device reads past the list entries written");
-            list[i]
-        }))
+        prop_assert_eq!(prp.list_entries > 0, prp.prp2 == LIST);
+        let mut read_past = false;
+        let ranges = walk(prp.prp1, prp.prp2, total, PAGE, |base, i| {
+            read_past |= base != LIST || i >= prp.list_entries;
+            list.get(i).copied().unwrap_or(0)
+        });
+        prop_assert!(!read_past, "the device reads past the list entries written");
+        Ok(merge(ranges))
+    }
+
+    fn bytes(segments: &[(u64, u32)]) -> Vec<(u64, u64)> {
+        merge(segments.iter().map(|&(a, l)| (a, u64::from(l))))
     }
 
     #[test]
@@ -204,79 +213,97 @@ mod tests {
         );
     }
 
-    /// A small deterministic generator (xorshift), so the property runs without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
+    /// A layout the rules allow, of `segments` segments: the first at a dword offset into its
+    /// page, page-aligned middles that end on a page boundary, a last segment of any length.
+    fn valid_layout(segments: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<(u64, u32)>> {
+        (
+            prop::collection::vec((1u64..1 << 20, 1u64..=8), segments),
+            0..PAGE / 4,
+            1..=8 * PAGE,
+        )
+            .prop_map(|(pages, dwords, last_len)| {
+                let count = pages.len();
+                pages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(page, n))| {
+                        let offset = if i == 0 { dwords * 4 } else { 0 };
+                        let len = if i == count - 1 {
+                            last_len
+                        } else {
+                            n * PAGE - offset
+                        };
+                        (page * PAGE + offset, len as u32)
+                    })
+                    .collect()
+            })
     }
 
-    /// A random layout the rules allow: a first segment at a dword offset, page-aligned middles,
-    /// a last segment of any length.
-    fn valid_layout(rng: &mut Rng) -> Vec<(u64, u32)> {
-        let count = 1 + rng.below(6) as usize;
-        let mut segs = Vec::new();
-        for i in 0..count {
-            let base = (1 + rng.below(1 << 20)) * PAGE;
-            let offset = if i == 0 { rng.below(PAGE / 4) * 4 } else { 0 };
-            let last = i == count - 1;
-            let len = if last {
-                1 + rng.below(8 * PAGE)
-            } else {
-                // Ends on a page boundary.
-                (1 + rng.below(8)) * PAGE - offset
-            };
-            segs.push((base + offset, len as u32));
-        }
-        segs
+    /// One way to break a valid layout.
+    #[derive(Clone, Copy, Debug)]
+    enum Break {
+        /// A segment after the first starts off a page boundary.
+        ShiftStart,
+        /// A segment before the last ends off a page boundary.
+        CutEnd,
+        /// PRP1 is not dword aligned.
+        MisalignFirst,
     }
 
-    #[test]
-    fn property_valid_layouts_cover_exactly_their_bytes() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        for _ in 0..2000 {
-            let segs = valid_layout(&mut rng);
-            let want = merge(segs.iter().map(|&(a, l)| (a, u64::from(l))));
-            assert_eq!(covered(&segs), want, "layout {segs:x?}");
-        }
-    }
+    proptest! {
+        // Each case builds and walks at most 50 pages: 1000 cases take well under a second in
+        // a debug build. No persistence file: a failure prints its minimal layout.
+        #![proptest_config(ProptestConfig {
+            cases: 1000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
-    #[test]
-    fn property_broken_layouts_are_refused() {
-        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-        let mut refused = 0;
-        for _ in 0..2000 {
-            let mut segs = valid_layout(&mut rng);
-            if segs.len() < 2 {
-                continue;
-            }
-            // Break one rule: shift a later segment's start, or cut a middle segment short.
-            let i = 1 + rng.below(segs.len() as u64 - 1) as usize;
-            if rng.below(2) == 0 {
-                segs[i].0 += 4 * (1 + rng.below(PAGE / 4 - 1));
-            } else {
-                let j = i - 1;
-                let room = u64::from(segs[j].1).min(PAGE) / 4;
-                if room < 2 {
-                    continue;
+        #[test]
+        fn valid_layouts_cover_exactly_their_bytes(segs in valid_layout(1..=6)) {
+            prop_assert_eq!(covered(&segs)?, bytes(&segs), "layout {:x?}", segs);
+        }
+
+        #[test]
+        fn broken_layouts_are_refused(
+            segs in valid_layout(2..=6),
+            which in any::<prop::sample::Index>(),
+            how in prop_oneof![Just(Break::ShiftStart), Just(Break::CutEnd), Just(Break::MisalignFirst)],
+            amount in 1u64..PAGE,
+        ) {
+            let mut segs = segs;
+            let i = 1 + which.index(segs.len() - 1);
+            match how {
+                Break::ShiftStart => segs[i].0 += 4 * (1 + amount % (PAGE / 4 - 1)),
+                Break::CutEnd => {
+                    // Less than a page off a page-aligned end, and never the whole segment.
+                    let room = u64::from(segs[i - 1].1).min(PAGE);
+                    segs[i - 1].1 -= (1 + amount % (room - 1)) as u32;
                 }
-                segs[j].1 -= 4 * (1 + rng.below(room - 1)) as u32;
+                Break::MisalignFirst => segs[0].0 += 1 + amount % 3,
             }
-            assert!(
+            prop_assert!(
                 matches!(run(&segs), Err(SubmitError::Unaligned(_))),
-                "accepted {segs:x?}"
+                "accepted {:x?}", segs
             );
-            refused += 1;
         }
-        assert!(refused > 1000);
+
+        /// One segment is accepted exactly when its pages fit PRP1 plus one list page, and then
+        /// covers exactly its bytes.
+        #[test]
+        fn one_segment_fits_exactly_one_list_page(
+            page in 1u64..1 << 20,
+            dwords in 0..PAGE / 4,
+            len in 1u64..=520 * PAGE,
+        ) {
+            let start = page * PAGE + dwords * 4;
+            let pages = (dwords * 4 + len).div_ceil(PAGE);
+            let segs = [(start, len as u32)];
+            if pages <= 1 + LIST_CAPACITY as u64 {
+                prop_assert_eq!(covered(&segs)?, bytes(&segs));
+            } else {
+                prop_assert!(matches!(run(&segs), Err(SubmitError::Unaligned(_))), "accepted {} pages", pages);
+            }
+        }
     }
 }

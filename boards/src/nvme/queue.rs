@@ -1,7 +1,7 @@
 //! One NVMe I/O queue pair (NVMe 1.4 §4.1, §7.2), owned by one thread: commands into the
 //! submission queue, one doorbell per batch, completions validated against the in-flight table
-//! before they are trusted, and the stop (delete) / restart (re-create) primitives recovery is
-//! built from.
+//! before they are trusted, ABORT of single commands (NVMe 1.4 §5.1), and the stop (delete) /
+//! restart (re-create) primitives recovery is built from.
 
 use super::cmd::admin_opcode;
 use super::cmd::io_opcode;
@@ -51,6 +51,10 @@ pub struct NvmeQueueStats {
     pub doorbells: u64,
     /// Re-creations on the device.
     pub restarts: u64,
+    /// ABORT commands sent for this queue's commands.
+    pub aborts_sent: u64,
+    /// ABORTs the controller carried out (the command then completes as aborted).
+    pub aborts_accepted: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -473,6 +477,65 @@ impl NvmeQueue {
         accepted
     }
 
+    /// ABORT (NVMe 1.4 §5.1), through the admin queue, each of `user_tags` that is in flight
+    /// on the device, one after another (each waited for, bounded by the admin timeout; the
+    /// controller-wide Abort Command Limit is kept by the controller). Tags not in flight, and
+    /// requests completed without the device, are skipped; so is everything when the queue no
+    /// longer exists on the controller (a reset dropped its commands). Returns how many the
+    /// controller agreed to abort: their completions, status
+    /// [`DeviceStatus::Aborted`], come through [`NvmeQueue::reap`]. A refused abort ("not
+    /// aborted", or an error status such as Abort Command Limit Exceeded) leaves the command in
+    /// flight, to complete or be stopped.
+    ///
+    /// # Errors
+    /// [`NvmeError::Timeout`] when an ABORT did not complete within the admin timeout (the
+    /// admin queue is stuck: stop the queue or reset), [`NvmeError::Gone`], and every other
+    /// admin error except a completion with an error status.
+    pub fn abort(&mut self, user_tags: &[u64]) -> Result<usize, NvmeError> {
+        if !self.live_on_device() {
+            log::debug!(
+                "{} queue {}: not on the controller; nothing to abort",
+                self.ctrl.id(),
+                self.qid
+            );
+            return Ok(0);
+        }
+        let mut aborted = 0;
+        let mut sent: Vec<usize> = Vec::new();
+        for &tag in user_tags {
+            // The CID cannot be reused before this thread reaps the completion, so the ABORT
+            // can only ever name this command.
+            let Some(slot) = self.slots.iter().position(|s| s.user_tag == Some(tag)) else {
+                continue;
+            };
+            if sent.contains(&slot) {
+                continue; // a tag given twice: one ABORT
+            }
+            sent.push(slot);
+            let cid = (self.slots[slot].generation << self.slot_bits) | slot as u16;
+            self.stats.aborts_sent += 1;
+            match self.ctrl.abort_command(self.qid, cid) {
+                Ok(true) => {
+                    self.stats.aborts_accepted += 1;
+                    aborted += 1;
+                }
+                Ok(false) => log::info!(
+                    "{} queue {}: the controller did not abort CID {cid:#06x} (tag {tag})",
+                    self.ctrl.id(),
+                    self.qid
+                ),
+                Err(NvmeError::Command { status, .. }) => log::warn!(
+                    "{} queue {}: ABORT of CID {cid:#06x} (tag {tag}) failed with status {status}; \
+                     the command stays in flight",
+                    self.ctrl.id(),
+                    self.qid
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(aborted)
+    }
+
     fn delete(&self, command: &'static str, opcode: u8) -> Result<(), NvmeError> {
         let r = self.ctrl.admin(
             command,
@@ -572,7 +635,7 @@ impl NvmeQueue {
             s,
             "queue {}: depth {}, {} in flight, running {}, on device {}, SQ tail doorbell {} with {} entries \
              not yet consumed, CQ head {} (doorbell {}) phase {}, unknown completions {}, submitted {}, \
-             completed {}, restarts {}",
+             completed {}, restarts {}, aborts sent {} accepted {}",
             self.qid,
             self.depth,
             self.in_flight(),
@@ -586,7 +649,9 @@ impl NvmeQueue {
             self.stats.unknown_tags,
             self.stats.submitted,
             self.stats.completed,
-            self.stats.restarts
+            self.stats.restarts,
+            self.stats.aborts_sent,
+            self.stats.aborts_accepted
         );
         s
     }

@@ -79,6 +79,8 @@ pub struct AccelCounters {
     pub gone_failures: AtomicU64,
     /// Completions with unknown or duplicated tags (ignored).
     pub unknown_tags: AtomicU64,
+    /// Late requests the device aborted on request (the first rung of the ladder).
+    pub device_aborts: AtomicU64,
     /// Requests queued on a device queue, summed over queues (for dumps on demand).
     pub in_flight: AtomicU64,
 }
@@ -169,11 +171,12 @@ impl Store for AccelStore {
     fn dump(&self) -> Option<String> {
         let c = &self.counters;
         Some(format!(
-            "{}\nstore: {} device requests queued; device_errors {} timeouts {} queue_stops {} resets {} \
-             gone_failures {} unknown_tags {}{}",
+            "{}\nstore: {} device requests queued; device_errors {} device_aborts {} timeouts {} queue_stops {} \
+             resets {} gone_failures {} unknown_tags {}{}",
             self.board.dump_registers(),
             c.in_flight.load(Ordering::Relaxed),
             c.device_errors.load(Ordering::Relaxed),
+            c.device_aborts.load(Ordering::Relaxed),
             c.timeouts.load(Ordering::Relaxed),
             c.queue_stops.load(Ordering::Relaxed),
             c.resets.load(Ordering::Relaxed),
@@ -193,6 +196,8 @@ struct Child {
     lba: u64,
     length: u32,
     segments: Vec<(u64, u32)>,
+    /// When it went to the device (`None` while it waits in the backlog).
+    submitted: Option<Instant>,
 }
 
 /// For Compare: the command's data and the scratch buffer the medium is read into.
@@ -307,6 +312,7 @@ impl AccelQueue {
             lba,
             length: (blocks * bs) as u32,
             segments,
+            submitted: None,
         };
         let split = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, iova: Option<u64>| -> Vec<Child> {
             let mut out = Vec::new();
@@ -517,6 +523,9 @@ impl AccelQueue {
             match self.queue.submit(&request) {
                 Ok(()) => {
                     self.backlog.pop_front();
+                    if let Some(c) = self.children.get_mut(&id) {
+                        c.submitted = Some(Instant::now());
+                    }
                 }
                 Err(SubmitError::Full) | Err(SubmitError::NotRunning) => break,
                 Err(e @ (SubmitError::TooManySegments { .. } | SubmitError::Unaligned(_))) => {
@@ -602,6 +611,72 @@ impl AccelQueue {
             self.child_done(id, status);
         }
         abandoned.len()
+    }
+
+    /// A request missed its deadline. First rung: ask the device to abort the late requests
+    /// (NVMe ABORT) and wait, bounded, for their aborted completions; if the device refuses or
+    /// they do not come, climb the rest of the ladder ([`AccelQueue::recover`]).
+    fn escalate_timeout(&mut self) {
+        let cutoff = Instant::now() - self.config.command_timeout;
+        let late: Vec<u64> = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.submitted.is_some_and(|t| t <= cutoff))
+            .map(|(&id, _)| id)
+            .collect();
+        match self.queue.abort(&late) {
+            Ok(n) if n > 0 && n == late.len() => {
+                let deadline = Instant::now() + self.config.command_timeout.min(Duration::from_secs(1));
+                while Instant::now() < deadline {
+                    self.reap_device();
+                    if late.iter().all(|id| !self.children.contains_key(id)) {
+                        self.counters.device_aborts.fetch_add(n as u64, Ordering::Relaxed);
+                        log::warn!(
+                            "{} queue {}: {n} late requests aborted on the device",
+                            self.board.id(),
+                            self.queue.index()
+                        );
+                        return;
+                    }
+                    // A wait on the device: no lock is held here.
+                    scst_accel_hal::locks::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!(
+                    "{} queue {}: abort failed: {e}",
+                    self.board.id(),
+                    self.queue.index()
+                );
+                if matches!(e, EngineError::Timeout { .. }) {
+                    // The device does not answer admin commands: a stop (queue deletion) would
+                    // time out the same way, so go straight to the reset.
+                    return self
+                        .recover_by_reset("a request exceeded the command timeout and the abort timed out");
+                }
+            }
+        }
+        self.recover("a request exceeded the command timeout")
+    }
+
+    /// The last rungs without the stop: reset the function (the proof no DMA happens), fail
+    /// what was in flight, restart.
+    fn recover_by_reset(&mut self, why: &str) {
+        log::error!(
+            "{} queue {}: {why}; {} requests in flight: resetting the function",
+            self.board.id(),
+            self.queue.index(),
+            self.queue.in_flight()
+        );
+        log::error!("{}", self.queue.dump());
+        if self.reset_function() {
+            let n = self.fail_all(StoreStatus::Aborted);
+            self.counters.timeouts.fetch_add(n as u64, Ordering::Relaxed);
+            self.restart_queue();
+        } else {
+            self.give_up(why);
+        }
     }
 
     /// Escalate (architecture.md §6): stop the queue; if the engine does not go idle, or the
@@ -746,7 +821,7 @@ impl AccelQueue {
         }
         if let Some(oldest) = self.queue.oldest_submission() {
             if oldest.elapsed() >= self.config.command_timeout {
-                return self.recover("a request exceeded the command timeout");
+                return self.escalate_timeout();
             }
         }
         if self.last_health.elapsed() < self.config.health_interval {

@@ -1,0 +1,407 @@
+//! Bring-up and the I/O path: data through PRP lists, the optional commands, requests refused
+//! before the device sees them, completion validation, interrupts, the admin queue under
+//! several threads, the split-MMIO workaround.
+
+use super::buffer;
+use super::config;
+use super::fault;
+use super::interposer::Interposer;
+use super::interposer::InterposerConfig;
+use super::ok;
+use super::pattern;
+use super::reap_n;
+use super::req;
+use super::run;
+use super::sim;
+use super::verified_io;
+use super::wait_until;
+use super::Rig;
+use crate::engine::Controller;
+use crate::engine::DeviceOp;
+use crate::engine::DeviceRequest;
+use crate::engine::DeviceStatus;
+use crate::engine::QueueEngine;
+use crate::engine::SubmitError;
+use crate::nvme::cmd::admin_opcode;
+use crate::nvme::cmd::feature;
+use crate::nvme::cmd::Cqe;
+use crate::nvme::cmd::Sqe;
+use crate::nvme::NvmeConfig;
+use crate::nvme::NvmeQueue;
+use crate::nvme::ADMIN_ENTRIES;
+use crate::sim::nvme::NvmeSimConfig;
+use scst_accel_hal::DeviceBacking;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use zerocopy::FromBytes;
+use zerocopy::IntoBytes;
+
+/// Get Features (admin opcode 0Ah): the driver has no use for it; the test needs an admin
+/// command that any number of threads may repeat with the same answer. (Set Features Number of
+/// Queues, which the driver does send, is refused once I/O queues exist: NVMe 1.4 §5.21.1.7.)
+const GET_FEATURES: u8 = 0x0A;
+/// ASQ (NVMe 1.4 §3.1.9).
+const ASQ: u64 = 0x28;
+
+#[test]
+fn bring_up_identifies_and_moves_data_through_prp_lists() {
+    // Arrange
+    let mut rig = Rig::up("drv-bring-up", NvmeSimConfig::default(), &config());
+    let g = rig.ctrl.geometry();
+    assert_eq!((g.block_size, g.capacity_blocks), (512, (64 << 20) / 512));
+    assert_eq!(g.max_transfer_bytes, 128 * 1024, "MDTS 5 = 32 pages");
+    assert!(g.supports_deallocate && g.volatile_cache);
+    assert_eq!(
+        rig.ctrl.info().controller.mn,
+        "scst-accel simulated NVMe controller"
+    );
+    assert_eq!(rig.ctrl.info().nsid, 1);
+    assert_eq!(rig.queues.len(), 2);
+    assert_eq!(rig.queues[0].depth(), 16);
+    let buf = buffer(&rig.ctrl, 256 * 1024);
+    let data = pattern(3584 + 57344 + 4096, 7);
+    buf.region().write_at(512, &data);
+    let base = buf.iova();
+    // 127 blocks starting mid-page, then whole pages: a PRP list of 15 entries.
+    let segs = [(base + 512, 3584), (base + 4096, 57344), (base + 61440, 4096)];
+    assert_eq!(segs.iter().map(|s| s.1).sum::<u32>() as usize, data.len());
+    let commands = rig.sim.stats().commands;
+
+    // Act: write on queue 1, read back into another place on queue 2.
+    let w = run(
+        &mut rig.queues[0],
+        &[req(1, DeviceOp::Write, 100, data.len() as u32, &segs)],
+    );
+    let rsegs = [(base + 128 * 1024, data.len() as u32)];
+    let r = run(
+        &mut rig.queues[1],
+        &[req(2, DeviceOp::Read, 100, data.len() as u32, &rsegs)],
+    );
+
+    // Assert
+    assert_eq!(w, vec![ok(1)]);
+    assert_eq!(r, vec![ok(2)]);
+    let mut back = vec![0u8; data.len()];
+    buf.region().read_at(128 * 1024, &mut back);
+    assert!(back == data, "data read back differs");
+    assert_eq!(rig.sim.stats().commands, commands + 2, "one command each");
+
+    // Write zeroes, flush, deallocate, out of range.
+    let last = g.capacity_blocks - 1;
+    let c = run(
+        &mut rig.queues[0],
+        &[
+            req(3, DeviceOp::WriteZeroes, 100, 4096, &[]),
+            req(4, DeviceOp::Flush, 0, 0, &[]),
+            req(5, DeviceOp::Deallocate, 108, 4096, &[]),
+            req(6, DeviceOp::Read, last, 1024, &[(base, 1024)]),
+        ],
+    );
+    let statuses: Vec<_> = c.iter().map(|c| (c.user_tag, c.status)).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (3, DeviceStatus::Ok),
+            (4, DeviceStatus::Ok),
+            (5, DeviceStatus::Ok),
+            (6, DeviceStatus::LbaRange)
+        ]
+    );
+    let r = run(
+        &mut rig.queues[1],
+        &[req(
+            7,
+            DeviceOp::Read,
+            100,
+            17 * 512,
+            &[(base + 128 * 1024, 17 * 512)],
+        )],
+    );
+    assert_eq!(r, vec![ok(7)]);
+    let mut back = vec![0xAAu8; 17 * 512];
+    buf.region().read_at(128 * 1024, &mut back);
+    assert!(
+        back[..16 * 512].iter().all(|&b| b == 0),
+        "zeroed and deallocated blocks read zeroes"
+    );
+    assert_eq!(
+        &back[16 * 512..],
+        &data[16 * 512..17 * 512],
+        "the next block is untouched"
+    );
+
+    drop(buf);
+    rig.finish();
+}
+
+#[test]
+fn invalid_requests_are_refused_before_the_device_sees_them() {
+    let mut rig = Rig::up("drv-refused", NvmeSimConfig::default(), &config());
+    let buf = buffer(&rig.ctrl, 64 * 1024);
+    let b = buf.iova();
+    let commands = rig.sim.stats().commands;
+    let q = &mut rig.queues[0];
+    let err = |q: &mut NvmeQueue, r: DeviceRequest<'_>| q.submit(&r).expect_err("refused");
+    assert!(matches!(
+        err(q, req(1, DeviceOp::Read, 0, 500, &[(b, 500)])),
+        SubmitError::Unaligned(_)
+    ));
+    assert!(matches!(
+        err(q, req(1, DeviceOp::Read, 0, 1024, &[(b, 512)])),
+        SubmitError::Unaligned(_)
+    ));
+    assert!(matches!(
+        err(
+            q,
+            req(1, DeviceOp::Read, 0, 8192, &[(b, 4096), (b + 8192 + 512, 4096)])
+        ),
+        SubmitError::Unaligned(_)
+    ));
+    assert!(
+        matches!(
+            err(q, req(1, DeviceOp::Read, 0, 256 * 1024, &[(b, 256 * 1024)])),
+            SubmitError::Unaligned(_)
+        ),
+        "beyond MDTS"
+    );
+    assert!(matches!(
+        err(q, req(1, DeviceOp::Write, 0, 0, &[])),
+        SubmitError::Unaligned(_)
+    ));
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(rig.sim.stats().commands, commands, "nothing reached the device");
+    // Depth 16: 15 usable slots.
+    for tag in 0..15 {
+        q.submit(&req(tag, DeviceOp::Flush, 0, 0, &[])).expect("fits");
+    }
+    assert_eq!(err(q, req(99, DeviceOp::Flush, 0, 0, &[])), SubmitError::Full);
+    assert_eq!(q.in_flight(), 15);
+    q.ring_doorbell();
+    let mut tags: Vec<u64> = reap_n(q, 15).iter().map(|c| c.user_tag).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (0..15).collect::<Vec<_>>());
+    assert_eq!(rig.sim.stats().commands, commands + 15);
+    QueueEngine::stop(q).expect("stop");
+    assert_eq!(
+        err(q, req(1, DeviceOp::Flush, 0, 0, &[])),
+        SubmitError::NotRunning
+    );
+    QueueEngine::restart(q).expect("restart");
+    drop(buf);
+    rig.finish();
+}
+
+/// The IOVA the driver gave the ring of queue `qid` in its CREATE I/O CQ or SQ command
+/// (`opcode`), found in the admin SQ as the controller read it.
+fn ring_iova(rig: &Rig, opcode: u8, qid: u16) -> u64 {
+    let asq = rig.ctrl.device().bar0().read64(ASQ);
+    let iommu = rig.sim.iommu();
+    (0..u64::from(ADMIN_ENTRIES))
+        .find_map(|i| {
+            let mut raw = [0u8; 64];
+            iommu.dma_read(asq + 64 * i, &mut raw).ok()?;
+            let sqe = Sqe::read_from_bytes(&raw).ok()?;
+            (sqe.opcode == opcode && sqe.cdw10 & 0xFFFF == u32::from(qid)).then_some(sqe.prp1)
+        })
+        .expect("the queue's create command is in the admin SQ")
+}
+
+/// Post `cqe` with phase tag 1 into entry `index` of the CQ at `cq`, as a misbehaving
+/// controller would (the simulator never posts a completion twice).
+fn post_forged(rig: &Rig, cq: u64, index: u64, mut cqe: Cqe) {
+    cqe.status |= 1;
+    rig.sim
+        .iommu()
+        .dma_write(cq + 16 * index, cqe.as_bytes())
+        .expect("the CQ is mapped");
+}
+
+fn read_cqe(rig: &Rig, cq: u64, index: u64) -> Cqe {
+    let mut raw = [0u8; 16];
+    rig.sim
+        .iommu()
+        .dma_read(cq + 16 * index, &mut raw)
+        .expect("the CQ is mapped");
+    Cqe::read_from_bytes(&raw).expect("16 bytes")
+}
+
+/// The one misbehaviour the simulator cannot produce, a completion posted twice or with a
+/// stale command identifier, is forged here by writing entries into the queue's CQ through
+/// the simulated IOMMU. That puts the CQ out of step with the controller, so each step ends
+/// with a stop and restart, as the store's escalation would.
+#[test]
+fn duplicate_and_stale_completions_are_counted_and_ignored() {
+    let mut rig = Rig::up("drv-duplicates", NvmeSimConfig::default(), &config());
+    let cq = ring_iova(&rig, admin_opcode::CREATE_CQ, 1);
+    let sq = ring_iova(&rig, admin_opcode::CREATE_SQ, 1);
+
+    // A fresh CQ: the two completions are its entries 0 and 1; post each again as 2 and 3.
+    let out = run(
+        &mut rig.queues[0],
+        &[
+            req(1, DeviceOp::Flush, 0, 0, &[]),
+            req(2, DeviceOp::Flush, 0, 0, &[]),
+        ],
+    );
+    assert_eq!(out, vec![ok(1), ok(2)]);
+    for i in 0..2 {
+        post_forged(&rig, cq, 2 + i, read_cqe(&rig, cq, i));
+    }
+    let q = &mut rig.queues[0];
+    let mut more = Vec::new();
+    assert_eq!(q.reap(&mut more), 0);
+    assert!(more.is_empty());
+    assert_eq!(q.unknown_tags(), 2, "{}", q.dump());
+    assert_eq!(q.in_flight(), 0);
+    QueueEngine::stop(q).expect("stop");
+    QueueEngine::restart(q).expect("restart");
+
+    // A command the device holds (executed, never completed); a completion naming its slot
+    // with another generation must not complete it.
+    rig.sim.inject(fault("never-complete"));
+    let commands = rig.sim.stats().commands;
+    let q = &mut rig.queues[0];
+    q.submit(&req(3, DeviceOp::Flush, 0, 0, &[])).expect("submit");
+    q.ring_doorbell();
+    assert!(wait_until(|| rig.sim.stats().commands == commands + 1));
+    let mut raw = [0u8; 64];
+    rig.sim.iommu().dma_read(sq, &mut raw).expect("the SQ is mapped");
+    let held = Sqe::read_from_bytes(&raw).expect("64 bytes");
+    let slot_bits = q.depth().trailing_zeros();
+    let stale = Cqe {
+        sq_id: 1,
+        cid: held.cid ^ (1 << slot_bits),
+        ..Cqe::default()
+    };
+    post_forged(&rig, cq, 0, stale);
+    let q = &mut rig.queues[0];
+    let mut out = Vec::new();
+    assert_eq!(q.reap(&mut out), 0);
+    assert_eq!(q.unknown_tags(), 3);
+    assert_eq!(q.in_flight(), 1, "the held command is still in flight");
+    // Its own completion with another SQID is not trusted either.
+    post_forged(
+        &rig,
+        cq,
+        1,
+        Cqe {
+            sq_id: 2,
+            cid: held.cid,
+            ..Cqe::default()
+        },
+    );
+    let q = &mut rig.queues[0];
+    assert_eq!(q.reap(&mut out), 0);
+    assert_eq!(q.unknown_tags(), 4);
+    QueueEngine::stop(q).expect("stop");
+    assert_eq!(q.abandon_all(), vec![3]);
+    rig.sim.clear_faults();
+    QueueEngine::restart(q).expect("restart");
+    assert_eq!(run(q, &[req(4, DeviceOp::Flush, 0, 0, &[])]), vec![ok(4)]);
+    assert_eq!(q.unknown_tags(), 4);
+    rig.finish();
+}
+
+#[test]
+fn a_controller_granting_fewer_queues_gets_fewer() {
+    let sim_config = NvmeSimConfig {
+        queues: 1,
+        ..NvmeSimConfig::default()
+    };
+    let mut rig = Rig::up("drv-one-queue", sim_config, &config());
+    assert_eq!(rig.queues.len(), 1, "the controller granted one I/O queue");
+    verified_io(&mut rig.queues[0], 0, 1);
+    rig.finish();
+}
+
+#[test]
+fn a_media_error_reaches_the_store_as_a_read_error() {
+    let mut rig = Rig::up("drv-media-error", NvmeSimConfig::default(), &config());
+    let buf = buffer(&rig.ctrl, 4096);
+    rig.sim.inject(fault("error"));
+    let q = &mut rig.queues[0];
+    let out = run(
+        q,
+        &[
+            req(1, DeviceOp::Read, 0, 512, &[(buf.iova(), 512)]),
+            req(2, DeviceOp::Write, 0, 512, &[(buf.iova(), 512)]),
+        ],
+    );
+    let statuses: Vec<_> = out.iter().map(|c| (c.user_tag, c.status)).collect();
+    assert_eq!(
+        statuses,
+        vec![(1, DeviceStatus::ReadError), (2, DeviceStatus::Ok)]
+    );
+    rig.sim.clear_faults();
+    drop(buf);
+    verified_io(&mut rig.queues[0], 0, 2);
+    rig.finish();
+}
+
+#[test]
+fn split_64bit_mmio_uses_only_32_bit_accesses() {
+    let split = NvmeConfig {
+        split_64bit_mmio: true,
+        ..config()
+    };
+    for (config, split) in [(split, true), (config(), false)] {
+        let (device, handle) = sim("drv-split", NvmeSimConfig::default());
+        let (device, knobs) = Interposer::new(device, InterposerConfig::default());
+        let device: Arc<dyn DeviceBacking> = device;
+        let mut rig = Rig::up_on(device, handle, &config);
+        verified_io(&mut rig.queues[0], 0, 3);
+        assert!(rig.ctrl.dump_registers().contains("MQES 1024"));
+        let access64 = knobs.access64.load(Ordering::Relaxed);
+        if split {
+            assert_eq!(access64, 0, "split: 32-bit accesses only");
+        } else {
+            assert!(access64 > 0, "CAP, ASQ and ACQ are 64-bit accesses");
+        }
+        rig.finish();
+    }
+}
+
+#[test]
+fn interrupts_signal_the_queue_eventfd() {
+    let irq = NvmeConfig {
+        interrupts: true,
+        ..config()
+    };
+    let mut rig = Rig::up("drv-msix", NvmeSimConfig::default(), &irq);
+    for q in &mut rig.queues {
+        assert!(q.notify_fd().is_some());
+        q.submit(&req(1, DeviceOp::Flush, 0, 0, &[])).expect("submit");
+        q.ring_doorbell();
+        let fd = q.notify_fd().expect("fd");
+        let ready = scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_secs(5)).expect("poll");
+        assert_eq!(ready, vec![true], "vector {} fired", q.qid());
+        assert_eq!(reap_n(q, 1), vec![ok(1)]);
+    }
+    assert!(rig.sim.stats().interrupts >= 2);
+    rig.finish();
+}
+
+#[test]
+fn the_admin_queue_serves_several_threads() {
+    let rig = Rig::up("drv-admin-threads", NvmeSimConfig::default(), &config());
+    let ctrl = &rig.ctrl;
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let sqe = Sqe {
+                        opcode: GET_FEATURES,
+                        cdw10: feature::NUMBER_OF_QUEUES,
+                        ..Default::default()
+                    };
+                    let cqe = ctrl.admin("GET FEATURES", sqe).expect("admin");
+                    assert_eq!(cqe.dw0, 0x0001_0001, "two queue pairs granted");
+                }
+            });
+        }
+    });
+    assert_eq!(rig.ctrl.admin_unknown_completions(), 0);
+    assert!(!Controller::is_gone(rig.ctrl.as_ref()));
+    rig.finish();
+}

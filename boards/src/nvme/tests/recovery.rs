@@ -1,0 +1,317 @@
+//! The escalation ladder against the simulator's faults: stop and restart with commands the
+//! device holds, recovery with commands in flight, a hung controller (admin timeout),
+//! controller fatal status, a disable that never finishes (function reset), a shutdown that
+//! never completes, a gone device.
+
+use super::assert_released;
+use super::buffer;
+use super::config;
+use super::fault;
+use super::interposer::Interposer;
+use super::interposer::InterposerConfig;
+use super::ok;
+use super::req;
+use super::run;
+use super::sim;
+use super::verified_io;
+use super::wait_until;
+use super::Rig;
+use crate::engine::Controller;
+use crate::engine::DeviceCompletion;
+use crate::engine::DeviceOp;
+use crate::engine::EngineError;
+use crate::engine::QueueEngine;
+use crate::engine::SubmitError;
+use crate::nvme::NvmeConfig;
+use crate::nvme::NvmeController;
+use crate::nvme::NvmeError;
+use crate::sim::nvme::NvmeSimConfig;
+use scst_accel_hal::DeviceBacking;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The admin timeout of the tests that wait one out: short, so the test is, but it also bounds
+/// the recovery's own admin commands, which at 200 ms timed out about once in 24 runs with
+/// three test binaries in parallel on two loaded cores.
+const SHORT_ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// CAP.TO the interposer reports where a test waits out "up to CAP.TO": 1 = 500 ms.
+const SHORT_CAP_TO: u8 = 1;
+
+/// A controller behind the interposer, with CAP.TO = 500 ms.
+fn interposed(id: &str, config: &NvmeConfig) -> (Rig, Arc<super::interposer::Knobs>) {
+    let (device, handle) = sim(id, NvmeSimConfig::default());
+    let (device, knobs) = Interposer::new(
+        device,
+        InterposerConfig {
+            cap_to: Some(SHORT_CAP_TO),
+        },
+    );
+    let device: Arc<dyn DeviceBacking> = device;
+    (Rig::up_on(device, handle, config), knobs)
+}
+
+/// With the controller executing commands but never posting their completions, a stop still
+/// succeeds (DELETE I/O SQ completes), and the requests are the caller's to abandon.
+#[test]
+fn stop_with_commands_the_device_never_completes_then_restart() {
+    let mut rig = Rig::up("drv-never-complete", NvmeSimConfig::default(), &config());
+    rig.sim.inject(fault("never-complete"));
+    let commands = rig.sim.stats().commands;
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Flush, 0, 0, &[])).expect("submit");
+    q.submit(&req(2, DeviceOp::Flush, 0, 0, &[])).expect("submit");
+    q.ring_doorbell();
+    assert!(wait_until(|| rig.sim.stats().commands == commands + 2));
+    let q = &mut rig.queues[0];
+    assert!(q.oldest_submission().is_some());
+
+    QueueEngine::stop(q).expect("stop");
+
+    assert!(!q.is_running());
+    let mut out = Vec::new();
+    assert_eq!(q.reap(&mut out), 0, "no completion: {out:?}");
+    assert_eq!(q.in_flight(), 2);
+    let mut tags = q.abandon_all();
+    tags.sort_unstable();
+    assert_eq!(tags, vec![1, 2]);
+    assert!(q.oldest_submission().is_none());
+    rig.sim.clear_faults();
+    QueueEngine::restart(q).expect("restart");
+    assert!(q.is_running());
+    verified_io(q, 8, 1);
+    rig.finish();
+}
+
+/// A stop while the controller works through the queue: whatever the controller ran before the
+/// DELETE I/O SQ completed comes back as a completion, whatever it had not fetched is implicitly
+/// aborted (NVMe 1.4 §5.6) and is abandoned; each request exactly once. The buffer is unmapped
+/// right after: a later DMA of an abandoned read would be an IOMMU fault, which the end of the
+/// test checks for.
+#[test]
+fn stop_while_the_device_is_busy_accounts_for_every_request_once() {
+    let mut rig = Rig::up("drv-busy-stop", NvmeSimConfig::default(), &config());
+    let buf = buffer(&rig.ctrl, 4096);
+    rig.sim.inject(fault("latency:20ms"));
+    let q = &mut rig.queues[0];
+    for tag in 0..6 {
+        q.submit(&req(tag, DeviceOp::Read, tag, 512, &[(buf.iova(), 512)]))
+            .expect("submit");
+    }
+    q.ring_doorbell();
+
+    QueueEngine::stop(q).expect("stop");
+
+    let mut out: Vec<DeviceCompletion> = Vec::new();
+    q.reap(&mut out);
+    assert!(out.iter().all(|c| c == &ok(c.user_tag)), "{out:?}");
+    let abandoned = q.abandon_all();
+    let mut seen: Vec<u64> = out.iter().map(|c| c.user_tag).chain(abandoned).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..6).collect::<Vec<_>>(), "each request exactly once");
+    drop(buf);
+    rig.sim.clear_faults();
+    QueueEngine::restart(q).expect("restart");
+    verified_io(q, 16, 2);
+    rig.finish();
+}
+
+/// A hung controller holds commands on every queue; recovery resets it, every queue sees the
+/// reset, refuses to restart with requests in flight, abandons them and serves again.
+#[test]
+fn recover_with_commands_in_flight_then_restart_serves_again() {
+    let mut rig = Rig::up("drv-recover", NvmeSimConfig::default(), &config());
+    let buf = buffer(&rig.ctrl, 8192);
+    rig.sim.inject(fault("hang"));
+    for (i, q) in rig.queues.iter_mut().enumerate() {
+        for t in 0..3 {
+            q.submit(&req(
+                10 * i as u64 + t,
+                DeviceOp::Read,
+                t,
+                512,
+                &[(buf.iova(), 512)],
+            ))
+            .expect("submit");
+        }
+        q.ring_doorbell();
+        assert_eq!(q.in_flight(), 3);
+    }
+    assert_eq!(rig.ctrl.reset_count(), 0);
+
+    Controller::recover(rig.ctrl.as_ref()).expect("recover");
+
+    assert_eq!(rig.ctrl.reset_count(), 1);
+    for (i, q) in rig.queues.iter_mut().enumerate() {
+        assert!(!q.is_running(), "a queue sees the reset");
+        assert_eq!(
+            q.submit(&req(99, DeviceOp::Flush, 0, 0, &[])),
+            Err(SubmitError::NotRunning)
+        );
+        assert!(
+            matches!(QueueEngine::restart(q), Err(EngineError::Failed { .. })),
+            "in flight"
+        );
+        let mut tags = q.abandon_all();
+        tags.sort_unstable();
+        let base = 10 * i as u64;
+        assert_eq!(tags, vec![base, base + 1, base + 2]);
+        QueueEngine::restart(q).expect("restart");
+        let out = run(q, &[req(50, DeviceOp::Read, 0, 512, &[(buf.iova(), 512)])]);
+        assert_eq!(out, vec![ok(50)]);
+        assert_eq!(q.unknown_tags(), 0);
+    }
+    drop(buf);
+    rig.finish();
+}
+
+/// A hung controller with I/O in flight: the queue's stop (DELETE I/O SQ) times out within
+/// the admin timeout, recovery resets the controller, the requests are abandoned, the queues
+/// are re-created, and data written afterwards reads back.
+#[test]
+fn a_hung_controller_times_out_stop_then_recovery_serves_verified_io() {
+    let short = NvmeConfig {
+        admin_timeout: SHORT_ADMIN_TIMEOUT,
+        ..config()
+    };
+    let mut rig = Rig::up("drv-hang", NvmeSimConfig::default(), &short);
+    let buf = buffer(&rig.ctrl, 4096);
+    rig.sim.inject(fault("hang"));
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Write, 0, 4096, &[(buf.iova(), 4096)]))
+        .expect("submit");
+    q.ring_doorbell();
+
+    let err = QueueEngine::stop(q).expect_err("the delete never completes");
+
+    match err {
+        EngineError::Timeout { timeout, .. } => assert_eq!(timeout, SHORT_ADMIN_TIMEOUT),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert!(rig.ctrl.fatal().is_none(), "a hang is not a fatal status");
+    Controller::recover(rig.ctrl.as_ref()).expect("recover");
+    for q in &mut rig.queues {
+        let expected: Vec<u64> = if q.qid() == 1 { vec![1] } else { vec![] };
+        assert_eq!(q.abandon_all(), expected);
+        QueueEngine::restart(q).expect("restart");
+    }
+    drop(buf);
+    verified_io(&mut rig.queues[0], 0, 3);
+    verified_io(&mut rig.queues[1], 64, 4);
+    assert_eq!(rig.ctrl.admin_unknown_completions(), 0);
+    rig.finish();
+}
+
+/// CSTS.CFS: the controller reports it, processes nothing, and a recovery brings I/O back.
+#[test]
+fn controller_fatal_status_is_reported_and_recovery_brings_io_back() {
+    let mut rig = Rig::up("drv-cfs", NvmeSimConfig::default(), &config());
+    let buf = buffer(&rig.ctrl, 4096);
+    assert!(rig.ctrl.fatal().is_none());
+    rig.sim.inject(fault("cfs"));
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Read, 0, 512, &[(buf.iova(), 512)]))
+        .expect("submit");
+    q.ring_doorbell();
+
+    let csts = Controller::fatal(rig.ctrl.as_ref()).expect("CSTS.CFS is reported");
+
+    assert_ne!(csts & 0x2, 0, "CFS is CSTS bit 1: {csts:#x}");
+    assert!(!Controller::is_gone(rig.ctrl.as_ref()));
+    let q = &mut rig.queues[0];
+    let err = QueueEngine::stop(q).expect_err("no admin command completes under CFS");
+    assert!(!err.is_gone(), "{err}");
+    Controller::recover(rig.ctrl.as_ref()).expect("recover");
+    assert!(rig.ctrl.fatal().is_none(), "a controller reset clears CFS");
+    for q in &mut rig.queues {
+        let expected: Vec<u64> = if q.qid() == 1 { vec![1] } else { vec![] };
+        assert_eq!(q.abandon_all(), expected);
+        QueueEngine::restart(q).expect("restart");
+    }
+    drop(buf);
+    verified_io(&mut rig.queues[0], 0, 5);
+    verified_io(&mut rig.queues[1], 32, 6);
+    rig.finish();
+}
+
+/// CC.EN = 0 that never brings CSTS.RDY to 0 (the interposer drops the write): after CAP.TO
+/// the driver resets the function (the simulator's function reset), and the controller is
+/// disabled; a recovery then brings it back.
+#[test]
+fn a_stuck_disable_escalates_to_a_function_reset() {
+    let (rig, knobs) = interposed("drv-stuck-disable", &config());
+    let resets = rig.sim.stats().resets;
+    knobs.stuck_disable.store(true, Ordering::Release);
+
+    Controller::reset(rig.ctrl.as_ref()).expect("reset through the function reset");
+
+    assert!(knobs.dropped_disables.load(Ordering::Relaxed) >= 1);
+    assert_eq!(knobs.function_resets.load(Ordering::Relaxed), 1);
+    assert!(rig.sim.stats().resets > resets, "the simulator was reset");
+    assert!(!rig.ctrl.is_enabled());
+    let Rig {
+        ctrl,
+        mut queues,
+        sim,
+    } = rig;
+    for q in &mut queues {
+        assert!(!q.is_running());
+        QueueEngine::stop(q).expect("a queue the controller no longer has is stopped");
+    }
+    drop(queues); // not on the device any more: no admin commands
+    ctrl.recover().expect("recover");
+    assert!(ctrl.is_enabled());
+    ctrl.shutdown().expect("shutdown");
+    drop(ctrl);
+    assert_released(&sim);
+}
+
+/// CC.SHN with a controller that never reports shutdown complete: the shutdown fails within
+/// CAP.TO, and a reset still disables the controller.
+#[test]
+fn a_shutdown_that_never_completes_is_bounded_then_reset_works() {
+    let (mut rig, _knobs) = interposed("drv-shutdown-hang", &config());
+    for q in &mut rig.queues {
+        QueueEngine::stop(q).expect("stop");
+    }
+    rig.sim.inject(fault("shutdown-hang"));
+
+    let err = Controller::shutdown(rig.ctrl.as_ref()).expect_err("SHST never reaches complete");
+
+    match err {
+        EngineError::Timeout { timeout, .. } => {
+            assert_eq!(timeout, Duration::from_millis(500 * u64::from(SHORT_CAP_TO)));
+        }
+        other => panic!("expected a timeout, got {other}"),
+    }
+    Controller::reset(rig.ctrl.as_ref()).expect("reset");
+    assert!(!rig.ctrl.is_enabled());
+    rig.release();
+}
+
+#[test]
+fn a_gone_device_is_reported() {
+    let mut rig = Rig::up("drv-gone", NvmeSimConfig::default(), &config());
+    rig.sim.inject(fault("gone"));
+    assert!(Controller::is_gone(rig.ctrl.as_ref()));
+    assert!(rig.ctrl.fatal().is_none());
+    assert!(QueueEngine::stop(&mut rig.queues[0]).expect_err("gone").is_gone());
+    assert!(Controller::recover(rig.ctrl.as_ref())
+        .expect_err("gone")
+        .is_gone());
+    assert!(Controller::shutdown(rig.ctrl.as_ref())
+        .expect_err("gone")
+        .is_gone());
+    assert!(rig.ctrl.dump_registers().contains("gone"));
+    rig.release();
+
+    let (device, handle) = sim("drv-gone-early", NvmeSimConfig::default());
+    handle.inject(fault("gone"));
+    let device: Arc<dyn DeviceBacking> = device;
+    assert!(matches!(
+        NvmeController::bring_up(device, &config()),
+        Err(NvmeError::Gone { .. })
+    ));
+    assert_released(&handle);
+}
