@@ -236,7 +236,9 @@ pub trait QueueEngine: Send {
     /// Stop the queue and wait, bounded, until the device holds none of its requests.
     ///
     /// # Errors
-    /// [`EngineError::Gone`], or [`EngineError::Timeout`] when only a reset will help.
+    /// [`EngineError::Gone`], [`EngineError::Timeout`] when only a reset will help, or
+    /// [`EngineError::Failed`] when the device reports a fatal state (NVMe: CSTS.CFS) or
+    /// refuses the stop.
     fn stop(&mut self) -> Result<(), EngineError>;
     /// Forget every request in flight and return their tags (see the module rules).
     fn abandon_all(&mut self) -> Vec<u64>;

@@ -14,14 +14,20 @@
 //! (transfers are limited to what one PRP list page describes, 2 MiB, and to MDTS).
 //!
 //! Files: [`regs`] (registers), [`cmd`] (wire formats, IDENTIFY), [`prp`] (PRP
-//! construction), `admin` (admin queue), `controller` ([`NvmeController`]), `queue`
-//! ([`NvmeQueue`]), `engine` (the trait implementations), `error` ([`NvmeError`]).
+//! construction), `admin` (admin queue), `controller` ([`NvmeController`]'s lifecycle:
+//! bring-up, reset, recovery, shutdown), `bringup` (the enable / IDENTIFY / queue count steps
+//! and the geometry they imply), `abort` (ABORT under the Abort Command Limit), `error_log`
+//! (the Error Information log), `queue` ([`NvmeQueue`]), `engine` (the trait
+//! implementations), `error` ([`NvmeError`]).
 
+mod abort;
 mod admin;
+mod bringup;
 pub mod cmd;
 mod controller;
 mod engine;
 mod error;
+mod error_log;
 pub mod prp;
 mod queue;
 pub mod regs;
@@ -37,5 +43,7 @@ pub use controller::MAX_TRANSFER;
 pub use controller::PAGE_SIZE;
 pub use controller::PRP_LIST_ENTRIES;
 pub use error::NvmeError;
+pub use error_log::DUMP_ERROR_LOG_TIMEOUT;
+pub use error_log::ERROR_LOG_MAX_ENTRIES;
 pub use queue::NvmeQueue;
 pub use queue::NvmeQueueStats;

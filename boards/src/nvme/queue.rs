@@ -553,13 +553,20 @@ impl NvmeQueue {
         }
     }
 
-    /// Stop: NVMe has no per-queue stop, so delete the SQ (the controller completes or aborts
-    /// every command of it before the deletion completes, NVMe 1.4 §5.7), then the CQ. `Ok`
-    /// means the device holds none of this queue's requests. A queue the controller no longer
-    /// has (reset, disabled) is stopped already.
+    /// Stop: NVMe has no per-queue stop, so delete the SQ (Delete I/O Submission Queue, NVMe 1.4
+    /// §5.6), then the CQ (Delete I/O Completion Queue, §5.5). Before the SQ deletion completes
+    /// the controller completes or aborts every command of it, and it may abort commands it has
+    /// not fetched without posting completions for them: `Ok` means the device holds none of
+    /// this queue's requests and no further completion for them will be reaped, not that each
+    /// one completed. The requests still in flight then are the caller's to collect with
+    /// [`NvmeQueue::abandon_all`]. A queue the controller no longer has (reset, disabled) is
+    /// stopped already.
     ///
     /// # Errors
-    /// [`NvmeError::Gone`], or [`NvmeError::Timeout`] (only a controller reset helps).
+    /// [`NvmeError::Gone`]; [`NvmeError::Timeout`] (only a controller reset helps);
+    /// [`NvmeError::Fatal`] when the controller reports CSTS.CFS (as an engine error:
+    /// `EngineError::Failed`; only a controller reset helps); [`NvmeError::Command`] when the
+    /// controller refuses a deletion.
     pub fn stop(&mut self) -> Result<(), NvmeError> {
         self.running = false;
         if !self.live_on_device() {

@@ -1,0 +1,299 @@
+//! Controller bring-up steps (NVMe 1.4 §7.6.1): the CC.EN / CSTS.RDY handshakes (§3.1.5,
+//! §3.1.6), IDENTIFY of the controller and its first active namespace (§5.15), SET FEATURES
+//! Number of Queues (§5.21.1.7), and what CAP and IDENTIFY imply for queue depth and transfer
+//! geometry. Free functions over the device, its registers and the admin queue, so that
+//! [`NvmeController`](super::NvmeController) runs them both before it exists (bring-up) and
+//! during recovery.
+
+use super::admin::AdminQueue;
+use super::admin::ADMIN_ENTRIES;
+use super::cmd;
+use super::cmd::admin_opcode;
+use super::cmd::IdentifyController;
+use super::cmd::IdentifyNamespace;
+use super::cmd::Sqe;
+use super::cmd::IDENTIFY_LEN;
+use super::controller::map_region;
+use super::controller::NvmeConfig;
+use super::controller::NvmeInfo;
+use super::controller::MAX_TRANSFER;
+use super::controller::PAGE_SIZE;
+use super::error::NvmeError;
+use super::regs;
+use super::regs::cc;
+use super::regs::csts;
+use super::regs::offset;
+use super::regs::Cap;
+use super::regs::Registers;
+use super::regs::ALL_ONES_32;
+use crate::engine::Geometry;
+use scst_accel_dma::mapping::IovaLock;
+use scst_accel_hal::DeviceBacking;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+/// Poll CSTS until `done` (which decides what CFS means to the caller), the device is gone
+/// (all-ones), or `timeout` passes.
+pub(super) fn wait_csts(
+    device: &dyn DeviceBacking,
+    r: &Registers<'_>,
+    what: &'static str,
+    timeout: Duration,
+    done: impl Fn(u32) -> bool,
+) -> Result<(), NvmeError> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(10);
+    loop {
+        let s = r.csts();
+        if s == ALL_ONES_32 {
+            return Err(NvmeError::Gone {
+                device: device.id().to_owned(),
+            });
+        }
+        if done(s) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(NvmeError::Timeout {
+                device: device.id().to_owned(),
+                what,
+                timeout,
+            });
+        }
+        // A wait on the device: no lock may be held (asserted in test builds).
+        scst_accel_hal::locks::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
+/// CC.EN = 0 and wait for CSTS.RDY = 0, bounded by CAP.TO (NVMe 1.4 §3.1.5, §7.6.1).
+pub(super) fn disable(device: &dyn DeviceBacking, r: &Registers<'_>, cap: Cap) -> Result<(), NvmeError> {
+    let current = r.cc();
+    if current == ALL_ONES_32 {
+        return Err(NvmeError::Gone {
+            device: device.id().to_owned(),
+        });
+    }
+    if current & cc::EN != 0 {
+        r.write32(offset::CC, current & !(cc::EN | cc::SHN_MASK));
+    }
+    wait_csts(
+        device,
+        r,
+        "CSTS.RDY = 0 after CC.EN = 0",
+        cap.ready_timeout(),
+        |s| s & csts::RDY == 0,
+    )
+}
+
+/// Program the admin queue and enable: AQA, ASQ, ACQ, CC, wait for CSTS.RDY = 1 (CFS fatal).
+pub(super) fn enable(
+    device: &dyn DeviceBacking,
+    r: &Registers<'_>,
+    cap: Cap,
+    admin: &AdminQueue,
+) -> Result<(), NvmeError> {
+    r.write32(offset::AQA, regs::aqa(ADMIN_ENTRIES));
+    r.write64(offset::ASQ, admin.sq_iova());
+    r.write64(offset::ACQ, admin.cq_iova());
+    r.write32(offset::CC, cc::config(false));
+    r.write32(offset::CC, cc::config(true));
+    wait_csts(
+        device,
+        r,
+        "CSTS.RDY = 1 after CC.EN = 1",
+        cap.ready_timeout(),
+        |s| s & (csts::RDY | csts::CFS) != 0,
+    )?;
+    let s = r.csts();
+    if s & csts::CFS != 0 {
+        return Err(NvmeError::Fatal {
+            device: device.id().to_owned(),
+            csts: s,
+        });
+    }
+    admin.set_enabled(true);
+    Ok(())
+}
+
+/// IDENTIFY into a fresh mapped page (bring-up only: no buffer is shared between threads).
+fn identify(
+    device: &Arc<dyn DeviceBacking>,
+    admin: &AdminQueue,
+    iovas: &Arc<IovaLock>,
+    timeout: Duration,
+    cns: u32,
+    nsid: u32,
+) -> Result<Box<[u8; IDENTIFY_LEN]>, NvmeError> {
+    let page = map_region(device, iovas, IDENTIFY_LEN, "an IDENTIFY buffer")?;
+    let sqe = Sqe {
+        opcode: admin_opcode::IDENTIFY,
+        nsid,
+        prp1: page.iova(),
+        cdw10: cns,
+        ..Sqe::default()
+    };
+    admin.execute("IDENTIFY", sqe, timeout)?;
+    let mut data = Box::new([0u8; IDENTIFY_LEN]);
+    page.region().read_at(0, &mut data[..]);
+    Ok(data)
+}
+
+/// SET FEATURES Number of Queues (NVMe 1.4 §5.21.1.7); returns the I/O queue pairs granted.
+pub(super) fn set_queue_count(admin: &AdminQueue, timeout: Duration, wanted: u16) -> Result<u16, NvmeError> {
+    let n = u32::from(wanted.max(1) - 1);
+    let sqe = Sqe {
+        opcode: admin_opcode::SET_FEATURES,
+        cdw10: cmd::feature::NUMBER_OF_QUEUES,
+        cdw11: n | (n << 16),
+        ..Sqe::default()
+    };
+    let cqe = admin.execute("SET FEATURES (Number of Queues)", sqe, timeout)?;
+    let nsqa = (cqe.dw0 & 0xFFFF) + 1;
+    let ncqa = (cqe.dw0 >> 16) + 1;
+    Ok(u32::from(wanted.max(1)).min(nsqa).min(ncqa) as u16)
+}
+
+/// From any state to enabled and identified: disable (a disable that times out escalates to a
+/// function reset), enable, IDENTIFY the controller and its first active namespace, check both
+/// suit this driver, and ask for `config.queues` I/O queue pairs. Returns the IDENTIFY data
+/// and the pairs granted.
+pub(super) fn identify_and_configure(
+    device: &Arc<dyn DeviceBacking>,
+    config: &NvmeConfig,
+    cap: Cap,
+    admin: &AdminQueue,
+    iovas: &Arc<IovaLock>,
+    version: u32,
+) -> Result<(NvmeInfo, u16), NvmeError> {
+    let id = device.id();
+    let r = Registers::new(device.bar0(), config.split_64bit_mmio);
+    if r.cc() & cc::EN != 0 || r.csts() & csts::RDY != 0 {
+        log::info!("{id}: controller was enabled; disabling it first");
+    }
+    disable(device.as_ref(), &r, cap).or_else(|e| match e {
+        NvmeError::Timeout { .. } => {
+            log::warn!("{id}: {e}; escalating to a function reset");
+            device.reset().map_err(|source| NvmeError::Hal {
+                device: id.to_owned(),
+                source: Box::new(source),
+            })?;
+            disable(device.as_ref(), &r, cap)
+        }
+        other => Err(other),
+    })?;
+    enable(device.as_ref(), &r, cap, admin)?;
+    let timeout = config.admin_timeout;
+    let data = identify(device, admin, iovas, timeout, cmd::cns::CONTROLLER, 0)?;
+    let controller = IdentifyController::parse(&data);
+    let unsupported = |what: String| NvmeError::Unsupported {
+        device: id.to_owned(),
+        what,
+    };
+    if controller.sqes & 0xF > 6 || controller.cqes & 0xF > 4 {
+        return Err(unsupported(format!(
+            "required entry sizes SQES {:#x} CQES {:#x} exceed 64/16 bytes",
+            controller.sqes, controller.cqes
+        )));
+    }
+    let list = identify(device, admin, iovas, timeout, cmd::cns::ACTIVE_NSIDS, 0)?;
+    let nsid = cmd::first_active_nsid(&list).ok_or_else(|| unsupported("no active namespace".to_owned()))?;
+    let data = identify(device, admin, iovas, timeout, cmd::cns::NAMESPACE, nsid)?;
+    let namespace = IdentifyNamespace::parse(&data);
+    match namespace.format() {
+        Some(f) if f.ms == 0 && namespace.lbads().is_some() => {}
+        f => {
+            return Err(unsupported(format!(
+                "namespace {nsid} LBA format {f:?} (FLBAS {:#x}): need 512 B..64 KiB blocks without metadata",
+                namespace.flbas
+            )))
+        }
+    }
+    let io_queues = set_queue_count(admin, timeout, config.queues)?;
+    Ok((
+        NvmeInfo {
+            version,
+            controller,
+            nsid,
+            namespace,
+        },
+        io_queues,
+    ))
+}
+
+/// Entries per I/O queue: a power of two in 2..=min(MQES + 1, 4096).
+pub(super) fn queue_depth(wanted: u32, cap: Cap) -> u16 {
+    let max = (u32::from(cap.mqes) + 1).min(4096);
+    let depth = wanted.clamp(2, max.max(2));
+    (1u32 << (31 - depth.leading_zeros())) as u16
+}
+
+/// Geometry from CAP and IDENTIFY: MDTS (in CAP.MPSMIN units, 0 = no limit) and the PRP list
+/// page bound the transfer size.
+pub(super) fn geometry(cap: Cap, info: &NvmeInfo) -> Geometry {
+    let block_size = 1u32 << info.namespace.lbads().unwrap_or(9);
+    let mdts_bytes = match info.controller.mdts {
+        0 => u64::MAX,
+        m => cap.min_page_size().checked_shl(u32::from(m)).unwrap_or(u64::MAX),
+    };
+    let max_blocks_bytes = u64::from(block_size) * 65536; // NLB is 16 bits
+    let max_transfer = mdts_bytes.min(u64::from(MAX_TRANSFER)).min(max_blocks_bytes) as u32;
+    Geometry {
+        block_size,
+        capacity_blocks: info.namespace.nsze,
+        max_transfer_bytes: max_transfer,
+        max_segments: max_transfer / PAGE_SIZE as u32 + 1,
+        supports_deallocate: info.controller.supports_dsm(),
+        volatile_cache: info.controller.volatile_cache(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_depth_is_a_capped_power_of_two() {
+        let cap = |mqes| Cap {
+            mqes,
+            ..Cap::from_bits(0)
+        };
+        assert_eq!(queue_depth(256, cap(2047)), 256);
+        assert_eq!(queue_depth(300, cap(2047)), 256);
+        assert_eq!(queue_depth(9999, cap(2047)), 2048);
+        assert_eq!(queue_depth(9999, cap(u16::MAX)), 4096);
+        assert_eq!(queue_depth(64, cap(31)), 32);
+        assert_eq!(queue_depth(0, cap(1)), 2);
+    }
+
+    fn info(mdts: u8, lbads: u8, oncs: u16) -> NvmeInfo {
+        let mut c = [0u8; IDENTIFY_LEN];
+        c[77] = mdts;
+        c[520..522].copy_from_slice(&oncs.to_le_bytes());
+        let mut n = [0u8; IDENTIFY_LEN];
+        n[0..8].copy_from_slice(&1000u64.to_le_bytes());
+        n[128..132].copy_from_slice(&(u32::from(lbads) << 16).to_le_bytes());
+        NvmeInfo {
+            version: 0x0001_0400,
+            controller: IdentifyController::parse(&c),
+            nsid: 1,
+            namespace: IdentifyNamespace::parse(&n),
+        }
+    }
+
+    #[test]
+    fn geometry_honours_mdts_and_the_prp_list() {
+        let cap = Cap::from_bits(0);
+        let g = geometry(cap, &info(7, 9, cmd::ONCS_DSM));
+        assert_eq!(g.max_transfer_bytes, 512 * 1024, "QEMU's MDTS 7 = 128 pages");
+        assert_eq!(g.max_segments, 129);
+        assert_eq!((g.block_size, g.capacity_blocks), (512, 1000));
+        assert!(g.supports_deallocate && !g.volatile_cache);
+        let g = geometry(cap, &info(0, 12, 0));
+        assert_eq!(g.max_transfer_bytes, MAX_TRANSFER, "no MDTS: one PRP list page");
+        assert_eq!(g.block_size, 4096);
+        assert!(!g.supports_deallocate);
+        assert_eq!(geometry(cap, &info(10, 9, 0)).max_transfer_bytes, 2 << 20);
+    }
+}
