@@ -1,11 +1,17 @@
 //! Shared fixtures of the integration suites: a [`Rig`] (loopback kernel + registered frontend +
-//! store) and a [`GatedStore`] whose completions the test releases, to hold commands in flight.
+//! store), a [`GatedStore`] whose completions the test releases, to hold commands in flight (and
+//! whose failure and abort support the test controls), an [`UnpluggableFd`] to take the device
+//! away from under the handler, and [`release_pool`], the only way the suites unmap a command
+//! buffer pool: under the teardown's unmap permit.
 
 use scst_accel_dma::SgvPool;
+use scst_accel_handler::abi;
 use scst_accel_handler::abi::Opt;
 use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::frontend::PoolPermit;
 use scst_accel_handler::loopback::KernelConfig;
+use scst_accel_handler::loopback::LoopbackFd;
 use scst_accel_handler::loopback::LoopbackKernel;
 use scst_accel_handler::loopback::ScsiCompletion;
 use scst_accel_handler::loopback::ScsiRequest;
@@ -20,12 +26,18 @@ use scst_accel_handler::store::StoreError;
 use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::store::StoreQueue;
 use scst_accel_handler::store::StoreRequest;
+use scst_accel_handler::store::StoreStatus;
 use scst_accel_handler::transport::fdio::EventFd;
 use scst_accel_handler::transport::register::default_options;
 use scst_accel_handler::transport::register::register;
 use scst_accel_handler::transport::register::RegisterParams;
+use scst_accel_handler::transport::Errno;
+use scst_accel_handler::transport::IoctlResult;
+use scst_accel_handler::transport::ScstUserFd;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -87,12 +99,30 @@ impl Rig {
         pool: Arc<SgvPool>,
         config: FrontendConfig,
     ) -> Self {
+        Self::with_fd(name, block_size, blocks, opt, store, pool, config, |fd| {
+            Arc::new(fd)
+        })
+    }
+
+    /// As [`Rig::with_config`], serving the registered loopback fd through `wrap` (an
+    /// [`UnpluggableFd`], say).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_fd(
+        name: &str,
+        block_size: u32,
+        blocks: u64,
+        opt: Opt,
+        store: Arc<dyn Store>,
+        pool: Arc<SgvPool>,
+        config: FrontendConfig,
+        wrap: impl FnOnce(LoopbackFd) -> Arc<dyn ScstUserFd>,
+    ) -> Self {
         let kernel = LoopbackKernel::new(KernelConfig::default());
         let fd = kernel.open(true);
         register(&fd, &RegisterParams::new(name, block_size, opt)).expect("registration");
         let disk = Arc::new(Disk::new(DiskConfig::new(block_size, blocks)));
 
-        let frontend = Frontend::start(Arc::new(fd), disk, store, pool, config).expect("frontend");
+        let frontend = Frontend::start(wrap(fd), disk, store, pool, config).expect("frontend");
         Self {
             kernel,
             frontend: Some(frontend),
@@ -151,7 +181,10 @@ pub fn execute(session: &Session, tag: u64, cdb: &[u8], data_out: Vec<u8>, data_
 }
 
 /// A store that passes requests to a RAM store but holds each completion until the test
-/// releases it, so commands can be kept in flight deterministically.
+/// releases it, so commands can be kept in flight deterministically. By default its queues
+/// cannot abort (a store that keeps a request forever); [`GatedStore::set_abortable`] makes
+/// `abort_all` fail the held requests of the queue with ABORTED, as a device reset would.
+/// [`GatedStore::fail`] makes [`Store::failure`] report a failure.
 #[derive(Clone)]
 pub struct GatedStore {
     ram: RamStore,
@@ -161,6 +194,8 @@ pub struct GatedStore {
 #[derive(Default)]
 struct Gate {
     held: Mutex<Vec<(StoreRequest, Arc<QueueShared>)>>,
+    abortable: AtomicBool,
+    failure: Mutex<Option<String>>,
 }
 
 struct QueueShared {
@@ -175,6 +210,16 @@ impl GatedStore {
             ram,
             gate: Arc::new(Gate::default()),
         }
+    }
+
+    /// Let (or not) the queues' `abort_all` end the requests they hold (ABORTED).
+    pub fn set_abortable(&self, abortable: bool) {
+        self.gate.abortable.store(abortable, Ordering::SeqCst);
+    }
+
+    /// From now on, [`Store::failure`] reports `why`.
+    pub fn fail(&self, why: &str) {
+        *self.gate.failure.lock().expect("gate") = Some(why.to_string());
     }
 
     /// Requests currently held.
@@ -214,6 +259,14 @@ impl GatedStore {
 impl Store for GatedStore {
     fn info(&self) -> StoreInfo {
         self.ram.info()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.gate.failure.lock().expect("gate").clone()
+    }
+
+    fn dump(&self) -> Option<String> {
+        Some(format!("gated store: {} request(s) held", self.held()))
     }
 
     fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
@@ -261,6 +314,172 @@ impl StoreQueue for GatedQueue {
     fn in_flight(&self) -> usize {
         self.in_flight
     }
+
+    fn abort_all(&mut self) -> usize {
+        if !self.gate.abortable.load(Ordering::SeqCst) {
+            return 0;
+        }
+        let mine: Vec<StoreRequest> = {
+            let mut held = self.gate.held.lock().expect("gate");
+            let (mine, others) = std::mem::take(&mut *held)
+                .into_iter()
+                .partition(|(_, queue)| Arc::ptr_eq(queue, &self.shared));
+            *held = others;
+            mine.into_iter().map(|(req, _)| req).collect()
+        };
+        let n = mine.len();
+        let mut done = self.shared.done.lock().expect("queue");
+        for req in mine {
+            done.push(StoreCompletion {
+                tag: req.tag,
+                status: StoreStatus::Aborted,
+            });
+        }
+        drop(done);
+        self.shared.notify.signal();
+        n
+    }
+}
+
+/// An scst_user fd that can be taken away from under the handler: once [`unplugged`], every
+/// REPLY_AND_GET_MULTI answers ENODEV, as the kernel does for an fd whose device is gone. The
+/// loopback kernel itself has no way to unregister a device while its fd is open (as with
+/// SCST, only the fd's release does), so this wrapper stands for SCST closing the device. The
+/// loopback device behind it is released (its commands answered by the close path) when the
+/// frontend closes the fd.
+///
+/// [`unplugged`]: UnpluggableFd::unplug
+pub struct UnpluggableFd {
+    inner: LoopbackFd,
+    unplugged: Arc<AtomicBool>,
+}
+
+impl UnpluggableFd {
+    /// Wrap `inner`; `unplugged` is the switch ([`UnpluggableFd::unplug`] sets it).
+    pub fn new(inner: LoopbackFd, unplugged: Arc<AtomicBool>) -> Self {
+        Self { inner, unplugged }
+    }
+
+    /// Take the device away.
+    pub fn unplug(switch: &AtomicBool) {
+        switch.store(true, Ordering::SeqCst);
+    }
+
+    fn gone(&self) -> IoctlResult {
+        if self.unplugged.load(Ordering::SeqCst) {
+            Err(Errno::ENODEV)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl ScstUserFd for UnpluggableFd {
+    fn register_device(&self, desc: &abi::DevDesc) -> IoctlResult {
+        self.inner.register_device(desc)
+    }
+    fn unregister_device(&self) -> IoctlResult {
+        self.inner.unregister_device()
+    }
+    fn set_options(&self, opt: &Opt) -> IoctlResult {
+        self.gone()?;
+        self.inner.set_options(opt)
+    }
+    fn get_options(&self) -> IoctlResult<Opt> {
+        self.gone()?;
+        self.inner.get_options()
+    }
+    fn reply_and_get_cmd(&self, cmd: &mut abi::GetCmd) -> IoctlResult {
+        self.gone()?;
+        self.inner.reply_and_get_cmd(cmd)
+    }
+    fn reply_cmd(&self, reply: &abi::ReplyCmd) -> IoctlResult {
+        self.gone()?;
+        self.inner.reply_cmd(reply)
+    }
+    fn flush_cache(&self) -> IoctlResult {
+        self.gone()?;
+        self.inner.flush_cache()
+    }
+    fn device_capacity_changed(&self) -> IoctlResult {
+        self.gone()?;
+        self.inner.device_capacity_changed()
+    }
+    fn get_extended_cdb(&self, arg: &abi::GetExtCdb) -> IoctlResult {
+        self.gone()?;
+        self.inner.get_extended_cdb(arg)
+    }
+    fn prealloc_buffer(&self, arg: &mut abi::PreallocBuffer) -> IoctlResult {
+        self.gone()?;
+        self.inner.prealloc_buffer(arg)
+    }
+    fn reply_and_get_multi(&self, arg: &mut abi::MultiBuffer) -> IoctlResult {
+        // As the kernel: no device, no reply processed, nothing fetched.
+        self.gone()?;
+        self.inner.reply_and_get_multi(arg)
+    }
+    fn poll_fd(&self) -> BorrowedFd<'_> {
+        self.inner.poll_fd()
+    }
+}
+
+/// What [`release_pool`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolRelease {
+    /// The pool was shut down (flushed and unmapped) under the permit.
+    pub unmapped: bool,
+    /// No permit: the pool was leaked, not unmapped (the device may still DMA into it).
+    pub leaked_without_permit: bool,
+    /// Buffers the pool could not get back (held elsewhere), or leaked with the pool.
+    pub leaked: u64,
+    /// Bytes still mapped afterwards.
+    pub mapped_after: u64,
+}
+
+/// Shut the command-buffer pool down, only under the teardown's unmap permit
+/// ([`scst_accel_handler::frontend::FrontendReport::unmap`]). Without one, a device lease is
+/// outstanding: the pool is leaked (forgotten, never unmapped), loudly and counted, because a
+/// leak is better than a DMA into unmapped memory.
+pub fn release_pool(pool: Arc<SgvPool>, permit: Option<PoolPermit>) -> PoolRelease {
+    let Some(permit) = permit else {
+        let stats = pool.stats();
+        log::error!(
+            "no unmap permit: leaking the buffer pool ({} buffers in use, {} bytes mapped) instead of unmapping it",
+            stats.in_use,
+            stats.mapped_bytes
+        );
+        std::mem::forget(pool);
+        return PoolRelease {
+            unmapped: false,
+            leaked_without_permit: true,
+            leaked: stats.in_use.max(1),
+            mapped_after: stats.mapped_bytes,
+        };
+    };
+    let out = match Arc::try_unwrap(pool) {
+        Ok(pool) => match pool.shutdown() {
+            Ok(stats) => PoolRelease {
+                unmapped: true,
+                mapped_after: stats.mapped_bytes,
+                ..PoolRelease::default()
+            },
+            Err(e) => {
+                log::error!("pool: {e}");
+                PoolRelease {
+                    leaked: 1,
+                    ..PoolRelease::default()
+                }
+            }
+        },
+        Err(pool) => PoolRelease {
+            leaked: pool.stats().in_use.max(1),
+            mapped_after: pool.stats().mapped_bytes,
+            ..PoolRelease::default()
+        },
+    };
+    // The unmap is done: grants may resume (there is nobody left to grant).
+    drop(permit);
+    out
 }
 
 pub mod sim;

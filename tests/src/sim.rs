@@ -1,6 +1,9 @@
 //! A [`Rig`] on the simulated SCA-1 board: loopback kernel → frontend → accelerator store →
-//! SCA-1 driver → simulated device behind its IOMMU model, released in the safe order.
+//! SCA-1 driver → simulated device behind its IOMMU model, released in the safe order: the
+//! frontend's teardown ([`SimRig::teardown`]), then the board and the pool
+//! ([`SimRemains::release`]), the pool unmapped only under the teardown's unmap permit.
 
+use crate::release_pool;
 use crate::Rig;
 use scst_accel_boards::sca1::device_mapper;
 use scst_accel_boards::sca1::Sca1;
@@ -10,7 +13,10 @@ use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
 use scst_accel_dma::SgvPool;
 use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::frontend::FrontendReport;
+use scst_accel_handler::frontend::PoolPermit;
 use scst_accel_handler::frontend::TeardownConfig;
+use scst_accel_handler::frontend::TeardownReport;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
 use scst_accel_handler::transport::register::default_options;
@@ -51,6 +57,24 @@ pub struct Released {
     pub zombies_left: u64,
     /// The frontend's teardown time.
     pub teardown: Duration,
+    /// The pool was unmapped under the teardown's permit.
+    pub unmapped: bool,
+    /// No unmap permit (a device lease was outstanding): the pool was leaked, not unmapped.
+    pub leaked_without_permit: bool,
+    /// Device leases outstanding at the end of the teardown.
+    pub leases_outstanding: u64,
+}
+
+/// What is left of a [`SimRig`] after the frontend's teardown: the board and the pool, to be
+/// released with the teardown's unmap permit ([`SimRemains::release`]).
+pub struct SimRemains {
+    /// Fault injection and device statistics.
+    pub sim: SimHandle,
+    /// The accelerator store.
+    pub accel: Arc<AccelStore>,
+    /// Command buffers.
+    pub pool: Arc<SgvPool>,
+    teardown: TeardownReport,
 }
 
 impl SimRig {
@@ -131,26 +155,58 @@ impl SimRig {
         }
     }
 
-    /// Stop the frontend, reset the board, drop the queues, shut the pool down.
-    pub fn release(self) -> Released {
+    /// Tear the frontend down with `bounds` (the one sequence of every trigger); the board and
+    /// the pool are left to [`SimRemains::release`], which needs the report's unmap permit.
+    pub fn teardown(self, bounds: TeardownConfig) -> (SimRemains, FrontendReport) {
         let SimRig {
             mut rig,
             sim,
             accel,
             pool,
         } = self;
-        // Tight bounds: a soak runs hundreds of teardowns, and each step's bound is what a
-        // misbehaving device may cost.
-        let bounds = TeardownConfig {
+        let report = rig
+            .frontend
+            .take()
+            .map(|frontend| frontend.teardown(bounds))
+            .unwrap_or_default();
+        let remains = SimRemains {
+            sim,
+            accel,
+            pool,
+            teardown: report.teardown.clone(),
+        };
+        (remains, report)
+    }
+
+    /// Tight teardown bounds: a soak runs hundreds of teardowns, and each step's bound is what
+    /// a misbehaving device may cost.
+    pub fn tight_bounds() -> TeardownConfig {
+        TeardownConfig {
             drain: Duration::from_millis(300),
             abort: Duration::from_millis(600),
             flush: Duration::from_millis(200),
-        };
-        let teardown = rig
-            .frontend
-            .take()
-            .map(|frontend| frontend.teardown(bounds).teardown)
-            .unwrap_or_default();
+        }
+    }
+
+    /// Tear the frontend down ([`SimRig::tight_bounds`]), then release the board and the pool
+    /// under the teardown's unmap permit.
+    pub fn release(self) -> Released {
+        let (remains, mut report) = self.teardown(Self::tight_bounds());
+        remains.release(report.unmap.take())
+    }
+}
+
+impl SimRemains {
+    /// Reset the board, drop the queues, then shut the pool down, only under `permit` (the
+    /// teardown's [`FrontendReport::unmap`]). Without a permit a device lease is outstanding:
+    /// the pool is leaked, not unmapped ([`Released::leaked_without_permit`]).
+    pub fn release(self, permit: Option<PoolPermit>) -> Released {
+        let SimRemains {
+            sim,
+            accel,
+            pool,
+            teardown,
+        } = self;
         let c = accel.counters();
         let mut out = Released {
             timeouts: c.timeouts.load(Ordering::Relaxed),
@@ -159,25 +215,18 @@ impl SimRig {
             unknown_tags: c.unknown_tags.load(Ordering::Relaxed),
             zombies_left: teardown.zombies_left,
             teardown: teardown.duration,
+            leases_outstanding: teardown.leases_outstanding,
             ..Released::default()
         };
         if let Err(e) = accel.board().reset() {
             log::warn!("reset at release: {e}");
         }
         drop(accel);
-        match Arc::try_unwrap(pool) {
-            Ok(pool) => match pool.shutdown() {
-                Ok(stats) => out.mapped_after = stats.mapped_bytes,
-                Err(e) => {
-                    out.leaked = 1;
-                    log::error!("pool: {e}");
-                }
-            },
-            Err(pool) => {
-                out.leaked = pool.stats().in_use.max(1);
-                out.mapped_after = pool.stats().mapped_bytes;
-            }
-        }
+        let pool = release_pool(pool, permit);
+        out.unmapped = pool.unmapped;
+        out.leaked_without_permit = pool.leaked_without_permit;
+        out.leaked = pool.leaked;
+        out.mapped_after = pool.mapped_after;
         out.iommu_faults = sim.stats().iommu_faults;
         out
     }

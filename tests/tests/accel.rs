@@ -1,9 +1,13 @@
 //! The accelerator path end to end on the simulated SCA-1 board, healthy and under every
 //! injected fault (docs/accelerator.md §5–§8): the workload finishes or fails commands with
 //! sense, every command is answered, the handler stays up, nothing is read wrong, and the
-//! IOMMU model sees no access to unmapped memory over the whole life of the board.
+//! IOMMU model sees no access to unmapped memory over the whole life of the board. The pool is
+//! unmapped only under the teardown's unmap permit (`SimRemains::release`).
 
 use scst_accel_boards::sim::Fault;
+use scst_accel_handler::abi::sam_status;
+use scst_accel_handler::frontend::TeardownTrigger;
+use scst_accel_handler::loopback::ScsiRequest;
 use scst_accel_handler::workload;
 use scst_accel_handler::workload::Geometry;
 use scst_accel_handler::workload::Mix;
@@ -183,6 +187,74 @@ fn the_command_deadline_watchdog_aborts_lost_commands() {
     assert!(report.scsi_errors > 0, "lost commands are answered with sense");
     assert!(rig.rig.frontend().stats().deadline_escalations > 0);
     let released = rig.release();
+    assert_eq!(released.iommu_faults, 0, "{released:?}");
+    assert_eq!(released.mapped_after, 0, "{released:?}");
+}
+
+/// A board that goes away under load: the store reports its failure, which triggers the
+/// frontend's teardown; the one sequence runs, and the pool is unmapped under the permit with
+/// no IOMMU fault.
+#[test]
+fn a_gone_device_triggers_the_teardown_through_the_store() {
+    let rig = SimRig::new("accel-gone-trigger", 512, BLOCKS, Duration::from_millis(300));
+    rig.sim.inject("gone".parse().expect("fault"));
+    let report = run(&rig, 100, 4096);
+    assert_eq!(report.unanswered, 0, "{:?}", report.first_errors);
+    let trigger = rig.rig.frontend().wait_trigger(WAIT);
+    assert!(
+        matches!(trigger, Some(TeardownTrigger::StoreFailed(_))),
+        "{trigger:?}"
+    );
+    let (remains, mut frontend) = rig.teardown(SimRig::tight_bounds());
+    assert_eq!(Some(frontend.teardown.trigger.clone()), trigger);
+    assert!(frontend.teardown.unmap_permitted, "{:?}", frontend.teardown);
+    let released = remains.release(frontend.unmap.take());
+    assert!(released.unmapped, "{released:?}");
+    assert_eq!(released.iommu_faults, 0, "{released:?}");
+    assert_eq!(released.mapped_after, 0, "{released:?}");
+}
+
+/// Commands the device never completes (and a store timeout far away) are still in flight at
+/// teardown: the drain times out, the abort step stops the queues (resetting if needed), the
+/// commands are answered, the device leases end, and only then is the pool unmapped.
+#[test]
+fn teardown_aborts_lost_commands_then_unmaps_under_the_permit() {
+    let rig = SimRig::new("accel-teardown-abort", 512, BLOCKS, Duration::from_secs(60));
+    rig.sim.inject("never-complete:every=1".parse().expect("fault"));
+    let session = rig.rig.session(0);
+    let tags: Vec<u64> = (1..=4).collect();
+    for &tag in &tags {
+        session
+            .submit(ScsiRequest {
+                tag,
+                cdb: vec![0x28, 0, 0, 0, 0, tag as u8 * 8, 0, 0, 8, 0],
+                data_out: Vec::new(),
+                expected_data_in: 4096,
+                queue_type: scst_accel_handler::abi::queue_type::SIMPLE,
+                timeout_secs: 60,
+            })
+            .expect("submit");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while rig.rig.frontend().stats().leases_outstanding < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let stats = rig.rig.frontend().stats();
+    assert_eq!((stats.inflight, stats.leases_outstanding), (4, 4), "{stats:?}");
+    let dump = rig.rig.frontend().dump();
+    assert_eq!(dump.matches("EXEC in store").count(), 4, "{dump}");
+    let (remains, mut frontend) = rig.teardown(SimRig::tight_bounds());
+    let t = &frontend.teardown;
+    assert_eq!(t.trigger, TeardownTrigger::Requested);
+    assert_eq!(t.in_flight_at_start, 4, "{t:?}");
+    assert!(t.abort_proven && t.aborted >= 4, "{t:?}");
+    assert_eq!((t.leases_outstanding, t.zombies_left), (0, 0), "{t:?}");
+    for _ in &tags {
+        let c = session.completions().recv_timeout(WAIT).expect("answered");
+        assert_eq!(c.status, sam_status::CHECK_CONDITION, "{c:?}");
+    }
+    let released = remains.release(frontend.unmap.take());
+    assert!(released.unmapped, "{released:?}");
     assert_eq!(released.iommu_faults, 0, "{released:?}");
     assert_eq!(released.mapped_after, 0, "{released:?}");
 }

@@ -1,12 +1,24 @@
 //! End to end: initiator → loopback kernel → frontend → SCSI engine → store, and back.
 
+use scst_accel_dma::SgvPool;
 use scst_accel_handler::abi::memory_reuse_type;
 use scst_accel_handler::abi::on_free_cmd_type;
 use scst_accel_handler::abi::parse_type;
 use scst_accel_handler::abi::sam_status;
 use scst_accel_handler::abi::tm_fn;
+use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::frontend::TeardownConfig;
+use scst_accel_handler::frontend::TeardownTrigger;
+use scst_accel_handler::loopback::ScsiCompletion;
 use scst_accel_handler::loopback::ScsiRequest;
+use scst_accel_handler::loopback::Session;
 use scst_accel_handler::store::ram::RamStore;
+use scst_accel_handler::store::Store;
+use scst_accel_handler::store::StoreCompletion;
+use scst_accel_handler::store::StoreError;
+use scst_accel_handler::store::StoreInfo;
+use scst_accel_handler::store::StoreQueue;
+use scst_accel_handler::store::StoreRequest;
 use scst_accel_handler::transport::register::default_options;
 use scst_accel_handler::workload;
 use scst_accel_handler::workload::Geometry;
@@ -14,11 +26,16 @@ use scst_accel_handler::workload::Mix;
 use scst_accel_handler::workload::Pattern;
 use scst_accel_handler::workload::WorkloadConfig;
 use scst_accel_tests::execute;
+use scst_accel_tests::release_pool;
 use scst_accel_tests::GatedStore;
 use scst_accel_tests::Rig;
+use scst_accel_tests::UnpluggableFd;
 use scst_accel_tests::WAIT;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 fn verified_run(rig: &Rig, sessions: usize, config: WorkloadConfig) -> workload::WorkloadReport {
     let sessions: Vec<_> = (0..sessions).map(|i| rig.session(i)).collect();
@@ -263,4 +280,355 @@ fn sense_triple(sense: &[u8]) -> (u8, u8, u8) {
             sense.get(13).copied().unwrap_or(0),
         ),
     }
+}
+
+/// READ of 8 blocks at `lba`, submitted without waiting.
+fn submit_read(session: &Session, tag: u64, lba: u32) {
+    let l = lba.to_be_bytes();
+    session
+        .submit(ScsiRequest {
+            tag,
+            cdb: vec![0x28, 0, l[0], l[1], l[2], l[3], 0, 0, 8, 0],
+            data_out: Vec::new(),
+            expected_data_in: 4096,
+            queue_type: scst_accel_handler::abi::queue_type::SIMPLE,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+}
+
+/// The completions of `tags` (any order), each within the bound.
+fn completions(session: &Session, tags: &[u64]) -> Vec<ScsiCompletion> {
+    let mut got: Vec<ScsiCompletion> = tags
+        .iter()
+        .map(|_| {
+            session
+                .completions()
+                .recv_timeout(WAIT)
+                .expect("every command is answered")
+        })
+        .collect();
+    got.sort_by_key(|c| c.tag);
+    let answered: Vec<u64> = got.iter().map(|c| c.tag).collect();
+    let mut expected = tags.to_vec();
+    expected.sort_unstable();
+    assert_eq!(answered, expected, "each command answered exactly once");
+    assert!(
+        session
+            .completions()
+            .recv_timeout(Duration::from_millis(50))
+            .is_err(),
+        "no second answer"
+    );
+    got
+}
+
+/// Polls `f` until true, bounded by [`WAIT`].
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    f()
+}
+
+fn short_bounds() -> TeardownConfig {
+    TeardownConfig {
+        drain: Duration::from_millis(100),
+        abort: WAIT,
+        flush: Duration::from_millis(200),
+    }
+}
+
+/// The frontend's in-flight count is the drain's, and it is exact: every accepted EXEC counts
+/// until its reply is handed to SCST. The on-demand dump lists each of them.
+#[test]
+fn the_drain_counts_every_command_in_flight_and_the_dump_lists_them() {
+    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
+    let rig = Rig::new("e2e-count", 512, 8192, default_options(), Arc::new(gated.clone()));
+    let session = rig.session(0);
+    let tags: Vec<u64> = (1..=5).collect();
+    for &tag in &tags {
+        submit_read(&session, tag, tag as u32 * 8);
+    }
+    assert!(gated.wait_held(5), "the READs never reached the store");
+    let stats = rig.frontend().stats();
+    assert_eq!(stats.inflight, 5, "{stats:?}");
+    assert_eq!(
+        stats.leases_outstanding, 5,
+        "one device lease per buffer in the store"
+    );
+    let dump = rig.frontend().dump();
+    assert_eq!(dump.matches("EXEC in store").count(), 5, "{dump}");
+    assert!(dump.contains("lease held"), "{dump}");
+    assert!(dump.contains("gated store: 5 request(s) held"), "{dump}");
+    assert!(dump.contains("intake open, 5 command(s) in flight"), "{dump}");
+    assert_eq!(gated.release_all(), 5);
+    for c in completions(&session, &tags) {
+        assert_eq!(c.status, sam_status::GOOD, "{c:?}");
+    }
+    assert!(
+        eventually(|| rig.frontend().stats().inflight == 0),
+        "tokens leave with the replies: {:?}",
+        rig.frontend().stats()
+    );
+    assert_eq!(rig.frontend().stats().leases_outstanding, 0);
+    assert_eq!(rig.frontend().trigger(), None, "nothing triggered a teardown");
+}
+
+/// Under load the drain's count never exceeds what the initiators may have outstanding (plus
+/// one reply batch per worker still being consumed), and comes back to zero: no token leaks.
+#[test]
+fn in_flight_accounting_under_load_returns_to_zero() {
+    let rig = Rig::ram("e2e-load-count", 512, 32768);
+    let sessions = 2u64;
+    let depth = 16u64;
+    let config = short(Mix::Mixed { read_percent: 50 }, Pattern::Random, 4096, 3000);
+    let workers = 2u64;
+    let batch = 8u64; // Rig's cmds_per_call
+    let bound = sessions * depth + workers * batch;
+    let mut peak = 0;
+    let report = std::thread::scope(|s| {
+        let load = s.spawn(|| verified_run(&rig, sessions as usize, config));
+        while !load.is_finished() {
+            let n = rig.frontend().stats().inflight;
+            peak = peak.max(n);
+            assert!(
+                n <= bound,
+                "{n} commands counted in flight, at most {bound} possible"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        load.join().expect("workload thread")
+    });
+    assert_clean(&report);
+    assert!(
+        eventually(|| rig.frontend().stats().inflight == 0),
+        "{:?}",
+        rig.frontend().stats()
+    );
+    let stats = rig.frontend().stats();
+    assert_eq!(stats.leases_outstanding, 0, "{stats:?}");
+    assert_eq!(stats.refused_in_teardown, 0, "{stats:?}");
+    assert!(peak > 0, "the sampler saw the load");
+}
+
+/// A store whose `failure()` turns `Some` triggers the teardown; the one sequence aborts what the
+/// store holds, answers every command exactly once, and hands out the unmap permit.
+#[test]
+fn a_failed_store_triggers_the_teardown_and_every_command_is_answered() {
+    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
+    gated.set_abortable(true);
+    let pool = Arc::new(SgvPool::new(None, None, 64 << 20));
+    let mut rig = Rig::with_pool(
+        "e2e-store-failed",
+        512,
+        8192,
+        default_options(),
+        Arc::new(gated.clone()),
+        Arc::clone(&pool),
+    );
+    let session = rig.session(0);
+    let tags: Vec<u64> = (1..=4).collect();
+    for &tag in &tags {
+        submit_read(&session, tag, tag as u32 * 8);
+    }
+    assert!(gated.wait_held(4));
+    assert_eq!(rig.frontend().wait_trigger(Duration::from_millis(30)), None);
+    gated.fail("test: the device is gone");
+    let trigger = rig.frontend().wait_trigger(WAIT);
+    assert_eq!(
+        trigger,
+        Some(TeardownTrigger::StoreFailed("test: the device is gone".into()))
+    );
+    let frontend = rig.frontend.take().expect("frontend");
+    let report = frontend.teardown(short_bounds());
+    let t = &report.teardown;
+    assert_eq!(t.trigger, trigger.expect("checked"));
+    assert_eq!(t.in_flight_at_start, 4, "{t:?}");
+    assert!(t.abort_proven, "{t:?}");
+    assert_eq!(t.aborted, 4, "{t:?}");
+    assert_eq!((t.leases_outstanding, t.zombies_left), (0, 0), "{t:?}");
+    assert!(t.unmap_permitted && report.unmap.is_some(), "{t:?}");
+    let names: Vec<&str> = t.steps.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            "stop intake",
+            "drain",
+            "abort",
+            "return buffers",
+            "leave",
+            "unmap permit",
+            "close"
+        ]
+    );
+    for c in completions(&session, &tags) {
+        assert!(
+            c.status == sam_status::CHECK_CONDITION || c.aborted,
+            "aborted commands fail with sense: {c:?}"
+        );
+    }
+    drop(rig);
+    let released = release_pool(pool, report.unmap);
+    assert!(released.unmapped, "{released:?}");
+    assert_eq!(released.leaked, 0, "{released:?}");
+}
+
+/// A store that keeps a request forever and cannot abort it: the device may still write into
+/// the buffer, so the teardown gives no unmap permit and the pool is leaked, never unmapped.
+/// The initiator's commands are still answered (by the close path).
+#[test]
+fn no_unmap_permit_while_a_store_keeps_a_request() {
+    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
+    let pool = Arc::new(SgvPool::new(None, None, 64 << 20));
+    let config = FrontendConfig {
+        workers: 2,
+        cmds_per_call: 8,
+        stop_grace: Duration::from_millis(200),
+        ..FrontendConfig::default()
+    };
+    let mut rig = Rig::with_config(
+        "e2e-no-permit",
+        512,
+        8192,
+        default_options(),
+        Arc::new(gated.clone()),
+        Arc::clone(&pool),
+        config,
+    );
+    let session = rig.session(0);
+    let tags = [1, 2];
+    for tag in tags {
+        submit_read(&session, tag, tag as u32 * 8);
+    }
+    assert!(gated.wait_held(2));
+    let report = rig.frontend.take().expect("frontend").teardown(TeardownConfig {
+        drain: Duration::from_millis(50),
+        abort: Duration::from_millis(200),
+        flush: Duration::from_millis(50),
+    });
+    let t = &report.teardown;
+    assert_eq!(t.trigger, TeardownTrigger::Requested);
+    assert!(!t.abort_proven, "the store could not abort: {t:?}");
+    assert_eq!(t.leases_revoked, 0, "never revoked without proof: {t:?}");
+    assert_eq!(t.leases_outstanding, 2, "{t:?}");
+    assert!(!t.unmap_permitted && report.unmap.is_none(), "{t:?}");
+    assert_eq!(t.zombies_left, 2, "{t:?}");
+    // Answered exactly once, by SCST's close path.
+    completions(&session, &tags);
+    let in_use = pool.stats().in_use;
+    let released = release_pool(pool, report.unmap);
+    assert!(
+        !released.unmapped && released.leaked_without_permit,
+        "{released:?}"
+    );
+    assert!(released.leaked >= in_use.max(1), "{released:?}");
+    drop(rig);
+    // The "device" finishes late: nobody is there any more, nothing breaks.
+    assert_eq!(gated.release_all(), 2);
+}
+
+/// SCST closing the device under the handler (ENODEV on REPLY_AND_GET_MULTI) triggers the
+/// teardown. The loopback kernel cannot unregister a device whose fd is open (nor can SCST:
+/// only the fd's release does), so an fd wrapper stands for it.
+#[test]
+fn scst_closing_the_device_triggers_the_teardown() {
+    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
+    gated.set_abortable(true);
+    let unplugged = Arc::new(AtomicBool::new(false));
+    let switch = Arc::clone(&unplugged);
+    let mut rig = Rig::with_fd(
+        "e2e-scst-closed",
+        512,
+        8192,
+        default_options(),
+        Arc::new(gated.clone()),
+        Arc::new(SgvPool::new(None, None, 64 << 20)),
+        FrontendConfig {
+            workers: 2,
+            cmds_per_call: 8,
+            ..FrontendConfig::default()
+        },
+        move |fd| Arc::new(UnpluggableFd::new(fd, switch)),
+    );
+    let session = rig.session(0);
+    submit_read(&session, 1, 0);
+    assert!(gated.wait_held(1));
+    UnpluggableFd::unplug(&unplugged);
+    assert_eq!(
+        rig.frontend().wait_trigger(WAIT),
+        Some(TeardownTrigger::ScstClosed)
+    );
+    let report = rig.frontend.take().expect("frontend").teardown(short_bounds());
+    let t = &report.teardown;
+    assert_eq!(t.trigger, TeardownTrigger::ScstClosed);
+    assert!(t.abort_proven && report.unmap.is_some(), "{t:?}");
+    assert_eq!(t.leases_outstanding, 0, "{t:?}");
+    // The reply could not be delivered: the close path answered the command, once.
+    completions(&session, &[1]);
+}
+
+/// A store whose queue panics in `submit`: the worker dies, which triggers the teardown.
+struct PanickingStore(RamStore);
+
+struct PanickingQueue;
+
+impl Store for PanickingStore {
+    fn info(&self) -> StoreInfo {
+        self.0.info()
+    }
+    fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
+        Ok(Box::new(PanickingQueue))
+    }
+}
+
+impl StoreQueue for PanickingQueue {
+    fn submit(&mut self, _batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+        panic!("test: a store bug");
+    }
+    fn reap(&mut self, _out: &mut Vec<StoreCompletion>) -> usize {
+        0
+    }
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    fn in_flight(&self) -> usize {
+        0
+    }
+}
+
+#[test]
+fn a_worker_that_dies_triggers_the_teardown() {
+    let mut rig = Rig::new(
+        "e2e-worker-died",
+        512,
+        8192,
+        default_options(),
+        Arc::new(PanickingStore(RamStore::new(512, 8192, 256))),
+    );
+    let session = rig.session(0);
+    submit_read(&session, 1, 0);
+    assert_eq!(
+        rig.frontend().wait_trigger(WAIT),
+        Some(TeardownTrigger::WorkerFailed)
+    );
+    assert!(rig.frontend().dump().contains("worker"), "the dump still answers");
+    // The dead worker's lease can never end by itself (no proven abort for its queue): a short
+    // abort bound keeps the test quick.
+    let report = rig.frontend.take().expect("frontend").teardown(TeardownConfig {
+        abort: Duration::from_millis(200),
+        ..short_bounds()
+    });
+    assert_eq!(report.teardown.trigger, TeardownTrigger::WorkerFailed);
+    assert_eq!(report.panicked_workers, 1);
+    assert!(
+        report.unmap.is_none(),
+        "the dead worker's lease is never revoked without proof"
+    );
+    // The dead worker's command is answered by the close path.
+    completions(&session, &[1]);
 }

@@ -17,6 +17,7 @@ use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
 use scst_accel_dma::PoolStats;
 use scst_accel_dma::SgvPool;
+use scst_accel_handler::frontend::PoolPermit;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
 use scst_accel_handler::store::ram::RamStore;
@@ -81,6 +82,17 @@ pub struct BackendReport {
     pub release_ms: f64,
     /// The release steps in order.
     pub steps: Vec<ReleaseStep>,
+    /// The frontend gave no unmap permit, so the pool was leaked rather than unmapped.
+    pub pool_leaked_without_permit: bool,
+}
+
+/// What allows the pool to be unmapped.
+enum Clearance {
+    /// The frontend's teardown proved no device lease is outstanding; while the permit lives,
+    /// no lease can be granted.
+    Permit(#[expect(dead_code, reason = "held across the unmap, never read")] PoolPermit),
+    /// No frontend ever ran.
+    NeverServed,
 }
 
 /// One step of the release.
@@ -248,7 +260,21 @@ impl Backend {
     /// frontend is already shut down (every SCST command answered, SCST holds no buffer);
     /// reset the function so no DMA can happen, drop the queues (unmapping their rings), flush
     /// and unmap the pool, then disable interrupts and close the device.
-    pub fn shutdown(self) -> BackendReport {
+    ///
+    /// The pool is unmapped only with the frontend's permit (its teardown proved no device
+    /// lease on a buffer is outstanding). Without one it is leaked, loudly and counted: a leak
+    /// is better than a device DMA into memory that was unmapped and reused.
+    pub fn shutdown(self, permit: Option<PoolPermit>) -> BackendReport {
+        self.release(permit.map(Clearance::Permit))
+    }
+
+    /// Release a backend no frontend ever served (start-up failed before any command): no
+    /// buffer was ever handed to the device, so the pool needs no permit.
+    pub fn shutdown_unserved(self) -> BackendReport {
+        self.release(Some(Clearance::NeverServed))
+    }
+
+    fn release(self, clearance: Option<Clearance>) -> BackendReport {
         let started = Instant::now();
         let mut report = BackendReport::default();
         let Backend {
@@ -278,9 +304,24 @@ impl Backend {
             controller
         });
         report.pool = pool.stats();
-        let (mapped_after, leaked) = timed(&mut steps, "flush and unmap the buffer pool", || {
-            release_pool(pool)
-        });
+        let (mapped_after, leaked) = match clearance {
+            Some(clearance) => timed(&mut steps, "flush and unmap the buffer pool", || {
+                let out = release_pool(pool);
+                drop(clearance);
+                out
+            }),
+            None => {
+                log::error!(
+                    "no unmap permit from the frontend (device leases outstanding): the buffer pool \
+                     ({} bytes mapped) is leaked, not unmapped",
+                    report.pool.mapped_bytes
+                );
+                report.pool_leaked_without_permit = true;
+                let stats = report.pool;
+                std::mem::forget(pool);
+                (stats.mapped_bytes, stats.in_use.max(1))
+            }
+        };
         report.mapped_after = mapped_after;
         report.leaked_buffers = leaked;
         if let Some(step) = steps.last_mut() {

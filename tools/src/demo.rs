@@ -299,7 +299,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     if live {
         eprintln!();
     }
-    let frontend = match (torn_down, frontend) {
+    let mut frontend = match (torn_down, frontend) {
         (Some(Ok(Some(report))), _) => report,
         (Some(_), _) | (None, None) => return Err("the teardown thread failed".into()),
         (None, Some(frontend)) => {
@@ -316,7 +316,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         }
     };
     let devices_left = kernel.registered_devices().len();
-    let backend = backend.shutdown();
+    let backend = backend.shutdown(frontend.unmap.take());
     Ok(Outcome {
         workload: result?,
         frontend,
@@ -431,6 +431,12 @@ fn teardown_json(o: &Outcome) -> serde_json::Value {
         "answered": t.answered,
         "zombies_left": t.zombies_left,
         "buffers_held_at_close": t.buffers_held_at_close,
+        "trigger": format!("{:?}", t.trigger),
+        "abort_proven": t.abort_proven,
+        "leases_revoked": t.leases_revoked,
+        "leases_outstanding": t.leases_outstanding,
+        "unmap_permitted": t.unmap_permitted,
+        "pool_leaked_without_permit": o.backend.pool_leaked_without_permit,
         "iommu_faults": o.backend.iommu_faults,
         "steps": t.steps.iter().map(|s| json!({
             "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": s.within_bound,
@@ -456,6 +462,8 @@ fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
             <= teardown_budget()
         && o.backend.iommu_faults == 0
         && o.backend.leaked_buffers == 0
+        && o.frontend.teardown.unmap_permitted
+        && !o.backend.pool_leaked_without_permit
         && o.backend.mapped_after == 0
         && o.frontend.panicked_workers == 0
         && o.devices_left == 0

@@ -47,7 +47,7 @@ pub fn run(args: DiagArgs) -> u8 {
         .dump()
         .unwrap_or_else(|| "no device (RAM store)".to_owned());
     let queues = backend.queue_dumps();
-    let released = backend.shutdown();
+    let released = backend.shutdown_unserved();
     let clean = released.mapped_after == 0 && released.leaked_buffers == 0;
     if args.json {
         let out = json!({

@@ -25,6 +25,9 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// Internal failure (a worker died): restart.
     pub const SOFTWARE: u8 = 70;
+    /// The device failed while serving (gone, fatal, a timeout recovery could not clear); the
+    /// teardown ran. Check the device (`scst-accel diag`), then restart.
+    pub const IOERR: u8 = 74;
     /// Permission denied on /dev/scst_user.
     pub const NOPERM: u8 = 77;
     /// Registration refused (license, version, name) or invalid configuration: do not restart.

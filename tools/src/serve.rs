@@ -8,6 +8,7 @@ use crate::exit;
 use clap::Args;
 use scst_accel_handler::abi::DEV_USER_PATH;
 use scst_accel_handler::frontend::Frontend;
+use scst_accel_handler::frontend::TeardownTrigger;
 use scst_accel_handler::scsi::Disk;
 use scst_accel_handler::transport::device::OpenError;
 use scst_accel_handler::transport::device::ScstUserDevice;
@@ -15,9 +16,11 @@ use scst_accel_handler::transport::register::register;
 use signal_hook::consts::SIGHUP;
 use signal_hook::consts::SIGINT;
 use signal_hook::consts::SIGTERM;
+use signal_hook::consts::SIGUSR1;
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// `serve` arguments.
 #[derive(Args, Debug)]
@@ -52,7 +55,7 @@ pub fn run(args: ServeArgs) -> u8 {
     };
     // Signals are blocked into an iterator before any worker starts, so a SIGTERM that arrives
     // during start-up is not lost and no worker thread is ever interrupted inside an ioctl.
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("scst-accel serve: cannot install signal handlers: {e}");
@@ -72,7 +75,7 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("scst-accel serve: {e}");
-            backend.shutdown();
+            backend.shutdown_unserved();
             return exit::USAGE;
         }
     };
@@ -80,7 +83,7 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("scst-accel serve: {e}");
-            backend.shutdown();
+            backend.shutdown_unserved();
             return match e {
                 OpenError::ModuleNotLoaded { .. } => exit::UNAVAILABLE,
                 OpenError::PermissionDenied { .. } => exit::NOPERM,
@@ -93,7 +96,7 @@ pub fn run(args: ServeArgs) -> u8 {
             "scst-accel serve: registration of {} refused: {e}",
             args.disk.name
         );
-        backend.shutdown();
+        backend.shutdown_unserved();
         return exit::CONFIG;
     }
     let frontend = match Frontend::start(
@@ -106,7 +109,7 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(f) => f,
         Err(e) => {
             eprintln!("scst-accel serve: {e}");
-            backend.shutdown();
+            backend.shutdown_unserved();
             return exit::SOFTWARE;
         }
     };
@@ -123,26 +126,40 @@ pub fn run(args: ServeArgs) -> u8 {
             Err(e) => log::warn!("PREALLOC_BUFFER refused: {e}; continuing without preallocation"),
         }
     }
-    for signal in signals.forever() {
-        if signal == SIGHUP {
-            // SIGHUP: return every cached buffer to us (FLUSH_CACHE), e.g. to shrink memory.
-            match frontend.flush_cache() {
-                Ok(()) => log::info!("SIGHUP: SCST buffer cache flushed"),
-                Err(e) => log::warn!("SIGHUP: FLUSH_CACHE failed: {e}"),
-            }
-            continue;
+    // Serve until a signal asks for the teardown or the frontend triggers it itself (the
+    // device failed, SCST closed the device, a worker died): one sequence for every trigger.
+    let trigger = loop {
+        if let Some(trigger) = frontend.wait_trigger(Duration::from_millis(200)) {
+            break trigger;
         }
-        log::info!("signal {signal}: stopping");
-        break;
-    }
-    let report = frontend.shutdown();
+        for signal in signals.pending() {
+            match signal {
+                SIGHUP => match frontend.flush_cache() {
+                    // Return every cached buffer to us (FLUSH_CACHE), e.g. to shrink memory.
+                    Ok(()) => log::info!("SIGHUP: SCST buffer cache flushed"),
+                    Err(e) => log::warn!("SIGHUP: FLUSH_CACHE failed: {e}"),
+                },
+                SIGUSR1 => log::warn!("SIGUSR1: state dump\n{}", frontend.dump()),
+                _ => {
+                    log::info!("signal {signal}: stopping");
+                    frontend.request_teardown();
+                }
+            }
+        }
+    };
+    log::info!("teardown: {trigger:?}");
+    let mut report = frontend.shutdown();
     log::info!(
-        "stopped: {} EXEC served, {} reply errors, {} store requests abandoned",
+        "stopped: {} EXEC served, {} reply errors, {} store requests abandoned; teardown {:?} \
+         (zombies left {}, unmap permitted {})",
         report.stats.exec,
         report.stats.reply_errors,
-        report.workers.iter().map(|w| w.abandoned).sum::<usize>()
+        report.workers.iter().map(|w| w.abandoned).sum::<usize>(),
+        report.teardown.duration,
+        report.teardown.zombies_left,
+        report.teardown.unmap_permitted,
     );
-    let released = backend.shutdown();
+    let released = backend.shutdown(report.unmap.take());
     if released.leaked_buffers > 0 || released.mapped_after > 0 {
         log::error!(
             "{} buffers still held, {} bytes still mapped at exit",
@@ -150,9 +167,16 @@ pub fn run(args: ServeArgs) -> u8 {
             released.mapped_after
         );
     }
-    if report.panicked_workers > 0 {
-        exit::SOFTWARE
-    } else {
-        0
+    exit_code(&trigger, report.panicked_workers)
+}
+
+/// The exit code for how serving ended (see [`crate::exit`] and the README's table).
+fn exit_code(trigger: &TeardownTrigger, panicked_workers: usize) -> u8 {
+    match trigger {
+        _ if panicked_workers > 0 => exit::SOFTWARE,
+        TeardownTrigger::Requested => 0,
+        TeardownTrigger::StoreFailed(_) => exit::IOERR,
+        TeardownTrigger::ScstClosed => exit::UNAVAILABLE,
+        TeardownTrigger::WorkerFailed => exit::SOFTWARE,
     }
 }

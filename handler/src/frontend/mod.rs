@@ -5,10 +5,15 @@
 //! REPLY_AND_GET_MULTI on a non-blocking fd, waiting in `poll(2)` (spec §8 pitfall 2, design a):
 //! no thread ever sleeps inside an ioctl, so no signal can make the kernel resubmit a consumed
 //! reply. The only shared state is the engine (`Disk`, internally synchronized), the buffer
-//! table and counters.
+//! table, counters, and the teardown's primitives: the intake gate and in-flight count
+//! ([`crate::teardown::Drain`]), the device leases on command buffers
+//! ([`crate::teardown::LeaseTable`]) and the first teardown trigger ([`TeardownTrigger`]).
+//! The teardown itself is one sequence for every trigger (`teardown.rs`).
 
 mod buffers;
+mod dump;
 mod teardown;
+mod trigger;
 mod worker;
 
 pub use buffers::BufferFigures;
@@ -16,16 +21,22 @@ pub use buffers::BufferTable;
 pub use teardown::TeardownConfig;
 pub use teardown::TeardownReport;
 pub use teardown::TeardownStep;
+pub use trigger::TeardownTrigger;
 
 use crate::scsi::Disk;
+use crate::store::CmdBuffer;
 use crate::store::Store;
 use crate::store::StoreError;
+use crate::teardown::Drain;
+use crate::teardown::LeaseTable;
+use crate::teardown::UnmapPermit;
 use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use scst_accel_dma::SgvPool;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::OrderedMutex;
 use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::AtomicUsize;
@@ -34,6 +45,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// How long after its stop grace a worker may take to end before it is left detached.
+const LEAVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Permission to unmap the command-buffer pool: no device lease on any of its buffers is
+/// outstanding, and none can be granted while it lives ([`crate::teardown::UnmapPermit`]). The
+/// teardown hands it out in [`FrontendReport::unmap`]; whoever shuts the pool down takes it.
+pub type PoolPermit = UnmapPermit<Arc<CmdBuffer>>;
+
 /// Frontend tuning.
 #[derive(Clone, Debug)]
 pub struct FrontendConfig {
@@ -41,7 +60,8 @@ pub struct FrontendConfig {
     pub workers: usize,
     /// Commands fetched per REPLY_AND_GET_MULTI.
     pub cmds_per_call: usize,
-    /// How long an idle worker sleeps in poll before re-checking for stop.
+    /// How long an idle worker sleeps in poll before re-checking for stop; also how often it
+    /// asks the store whether it failed ([`Store::failure`]).
     pub idle_poll: Duration,
     /// Cap on a command's deadline (the payload's timeout, or this when it has none): past it
     /// the watchdog aborts the queue's requests on the device and answers them.
@@ -74,6 +94,13 @@ pub enum FrontendError {
         /// Cause.
         #[source]
         source: StoreError,
+    },
+    /// The teardown trigger's eventfd could not be created.
+    #[error("cannot create the teardown trigger's eventfd (out of file descriptors?)")]
+    Trigger {
+        /// Cause.
+        #[source]
+        source: std::io::Error,
     },
     /// A worker thread could not be spawned.
     #[error("cannot spawn worker thread {worker}")]
@@ -158,8 +185,11 @@ pub struct FrontendStats {
     pub aborted: u64,
     /// Watchdog escalations.
     pub deadline_escalations: u64,
-    /// Store requests in flight now.
+    /// EXEC commands accepted and not yet answered: the drain's count
+    /// ([`crate::teardown::Drain::in_flight`]).
     pub inflight: u64,
+    /// Device leases on command buffers outstanding now (store requests carrying a buffer).
+    pub leases_outstanding: u64,
     /// Buffers.
     pub buffers: BufferFigures,
 }
@@ -168,23 +198,28 @@ pub struct FrontendStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerExit {
     /// Store requests still in flight when the stop grace ran out (their commands are answered
-    /// by the kernel's close path).
+    /// by the kernel's close path; their device leases stay outstanding).
     pub abandoned: usize,
-    /// Replies that could not be delivered.
+    /// Replies that could not be delivered (stop grace ran out, or SCST closed the device).
     pub undelivered_replies: usize,
 }
 
-/// What [`Frontend::shutdown`] reports.
-#[derive(Clone, Debug, Default)]
+/// What [`Frontend::teardown`] reports.
+#[derive(Debug, Default)]
 pub struct FrontendReport {
     /// Final counters.
     pub stats: FrontendStats,
     /// Per-worker exits.
     pub workers: Vec<WorkerExit>,
-    /// Workers that panicked (a bug; logged).
+    /// Workers that panicked, or did not leave within their stop grace and were left
+    /// detached (a bug, or a store call that never returns; logged).
     pub panicked_workers: usize,
     /// What the teardown did.
     pub teardown: TeardownReport,
+    /// Permission to unmap the command-buffer pool, when no device lease is outstanding
+    /// (`None` otherwise: the device may still DMA into a buffer, so the pool must NOT be
+    /// unmapped; leak it, and say so). Pass it to whoever shuts the pool down; drop it after.
+    pub unmap: Option<PoolPermit>,
 }
 
 /// A session SCST attached to our device.
@@ -205,30 +240,57 @@ pub(crate) struct Shared {
     buffers: BufferTable,
     counters: Counters,
     sessions: OrderedMutex<HashMap<u64, SessionInfo>, levels::FrontendSessions>,
+    /// Steps of the teardown after intake closed; whether intake is closed, and how many
+    /// commands are inside, is the drain's alone.
     phase: AtomicU8,
-    /// Store requests in flight over all workers.
-    inflight: AtomicUsize,
+    /// The intake gate and in-flight count: every EXEC a worker accepts holds a token until its
+    /// reply is handed to SCST (teardown steps 1-2).
+    drain: Drain,
+    /// The device's leases on command buffers: one per store request carrying a buffer,
+    /// released by its completion or revoked after a proven abort (teardown steps 3-5).
+    leases: LeaseTable<Arc<CmdBuffer>>,
+    /// The first teardown trigger.
+    trigger: trigger::Trigger,
+    /// How the workers' aborts went (teardown step 3).
+    abort: AbortTally,
     config: FrontendConfig,
 }
 
-/// Where the frontend is in its life (architecture.md §5). Phases only move forward.
+/// The workers' reports of the abort step: the teardown may revoke the device's leases only
+/// if every worker's queue proved it holds no request any more.
+#[derive(Debug, Default)]
+pub(crate) struct AbortTally {
+    /// Workers that ran their queue's `abort_all`.
+    reported: AtomicUsize,
+    /// Of those, workers whose queue still held requests afterwards (no proof of no DMA).
+    unproven: AtomicUsize,
+    /// Workers that left (normally or not).
+    exited: AtomicUsize,
+    /// Workers that panicked or left while they should have been serving: their queues never
+    /// proved anything.
+    failed: AtomicUsize,
+}
+
+/// Where the frontend is in its teardown (architecture.md §5), after the drain's gate closed.
+/// Phases only move forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Phase {
-    /// Serving commands.
+    /// Serving commands (answering BUSY once the drain's gate is closed).
     Serving = 0,
-    /// Intake stopped: new EXECs answered BUSY, in-flight work finishing, buffers honoured.
-    Draining = 1,
-    /// In-flight work that did not finish in time is aborted on the device.
-    Aborting = 2,
+    /// Each worker aborts what its queue still holds, once, and reports ([`AbortTally`]);
+    /// nothing new reaches the device.
+    Aborting = 1,
     /// Workers send what is pending and leave; nothing new is fetched.
-    Leaving = 3,
+    Leaving = 2,
 }
 
 /// The running frontend.
 pub struct Frontend {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<WorkerExit>>,
+    /// One dump channel per worker ([`Frontend::dump`]).
+    dumpers: Vec<dump::DumpSender>,
 }
 
 impl Frontend {
@@ -245,6 +307,7 @@ impl Frontend {
         pool: Arc<SgvPool>,
         config: FrontendConfig,
     ) -> Result<Self, FrontendError> {
+        let trigger = trigger::Trigger::new().map_err(|source| FrontendError::Trigger { source })?;
         let shared = Arc::new(Shared {
             fd,
             disk,
@@ -253,12 +316,16 @@ impl Frontend {
             counters: Counters::default(),
             sessions: OrderedMutex::new(HashMap::new()),
             phase: AtomicU8::new(Phase::Serving as u8),
-            inflight: AtomicUsize::new(0),
+            drain: Drain::new(),
+            leases: LeaseTable::new(),
+            trigger,
+            abort: AbortTally::default(),
             config: config.clone(),
         });
         let mut frontend = Self {
             shared: Arc::clone(&shared),
             workers: Vec::new(),
+            dumpers: Vec::new(),
         };
         for index in 0..config.workers.max(1) {
             let queue = match shared.store.open_queue() {
@@ -271,12 +338,25 @@ impl Frontend {
                     });
                 }
             };
-            let worker = worker::Worker::new(Arc::clone(&shared), queue);
+            let (dump_tx, dump_rx) = dump::channel();
+            let worker = worker::Worker::new(Arc::clone(&shared), queue, index, dump_rx);
+            let guard = ExitGuard {
+                shared: Arc::clone(&shared),
+                worker: index,
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("scst-worker-{index}"))
-                .spawn(move || worker.run());
+                .spawn(move || {
+                    // Dropped when the worker returns or unwinds: a worker that leaves before
+                    // it was told to triggers the teardown (its commands are the close path's).
+                    let _guard = guard;
+                    worker.run()
+                });
             match spawned {
-                Ok(handle) => frontend.workers.push(handle),
+                Ok(handle) => {
+                    frontend.workers.push(handle);
+                    frontend.dumpers.push(dump_tx);
+                }
                 Err(source) => {
                     frontend.stop_workers();
                     return Err(FrontendError::Spawn {
@@ -354,23 +434,57 @@ impl Frontend {
         Ok(count)
     }
 
-    /// Ask the workers to stop: they finish in-flight commands (bounded by `stop_grace`), send
-    /// every pending reply, and leave.
-    pub fn request_stop(&self) {
-        self.shared.advance(Phase::Leaving);
+    /// Ask for the teardown from any thread (a signal handler's thread, `serve` stopping): sets
+    /// [`TeardownTrigger::Requested`] unless another trigger came first, which wakes
+    /// [`Frontend::wait_trigger`]. The owner then runs [`Frontend::teardown`].
+    pub fn request_teardown(&self) {
+        self.shared.trigger.fire(TeardownTrigger::Requested);
     }
 
+    /// Waits at most `timeout` for a teardown trigger (the store failed, SCST closed the
+    /// device, a worker failed, or [`Frontend::request_teardown`]); `None` if none came. The
+    /// first trigger is kept: every later call returns it at once. The owner then runs
+    /// [`Frontend::teardown`] (which records the trigger in its report).
+    pub fn wait_trigger(&self, timeout: Duration) -> Option<TeardownTrigger> {
+        self.shared.trigger.wait(timeout)
+    }
+
+    /// The first teardown trigger, if one fired (never blocks).
+    pub fn trigger(&self) -> Option<TeardownTrigger> {
+        self.shared.trigger.get().cloned()
+    }
+
+    /// A descriptor that polls readable once a teardown trigger fired (and stays readable), for
+    /// an owner that waits in `poll(2)` on several descriptors (a signal pipe and this).
+    pub fn trigger_fd(&self) -> BorrowedFd<'_> {
+        self.shared.trigger.fd()
+    }
+
+    /// Tell the workers to leave and join them (they send what is pending first, bounded by
+    /// `stop_grace`). Returns their exits and how many panicked; a worker that has not ended
+    /// [`LEAVE_MARGIN`] after its stop grace (stuck in a store call) is left detached, logged
+    /// and counted as failed: it keeps its leases, so the pool gets no unmap permit.
     fn stop_workers(&mut self) -> (Vec<WorkerExit>, usize) {
-        self.request_stop();
+        self.shared.advance(Phase::Leaving);
+        let bound = self.shared.config.stop_grace + LEAVE_MARGIN;
+        let deadline = std::time::Instant::now() + bound;
         let mut exits = Vec::new();
         let mut panicked = 0;
-        for handle in self.workers.drain(..) {
-            match scst_accel_hal::locks::join(handle) {
-                Ok(exit) => exits.push(exit),
-                Err(_) => {
+        for (index, handle) in self.workers.drain(..).enumerate() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match scst_accel_hal::locks::join_bounded(handle, left) {
+                Ok(Ok(exit)) => exits.push(exit),
+                Ok(Err(_)) => {
                     panicked += 1;
                     log::error!(
-                        "a frontend worker panicked; its commands are answered by the kernel close path"
+                        "frontend worker {index} panicked; its commands are answered by the kernel close path"
+                    );
+                }
+                Err(_detached) => {
+                    panicked += 1;
+                    log::error!(
+                        "frontend worker {index} did not leave within {bound:?} (stuck in a store call?); \
+                         left detached with its device leases"
                     );
                 }
             }
@@ -378,7 +492,8 @@ impl Frontend {
         (exits, panicked)
     }
 
-    /// Tear down with the default bounds ([`Frontend::teardown`]).
+    /// Tear down with the default bounds ([`Frontend::teardown`]) and the trigger that fired
+    /// ([`TeardownTrigger::Requested`] if none).
     pub fn shutdown(self) -> FrontendReport {
         self.teardown(TeardownConfig::default())
     }
@@ -387,8 +502,45 @@ impl Frontend {
 impl Drop for Frontend {
     fn drop(&mut self) {
         if !self.workers.is_empty() {
+            // Not the orderly path (that is `teardown`): at least close intake so nothing new
+            // reaches the device while the workers leave.
+            self.shared.drain.close();
             self.stop_workers();
         }
+    }
+}
+
+/// Counts a worker out when its thread ends, and triggers the teardown if it ended while it
+/// should have been serving (a panic, or a return before `Leaving`).
+struct ExitGuard {
+    shared: Arc<Shared>,
+    worker: usize,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        let panicked = std::thread::panicking();
+        if panicked || shared.phase() != Phase::Leaving {
+            shared.abort.failed.fetch_add(1, Ordering::AcqRel);
+            log::error!(
+                "worker {} {} while serving; its commands are answered by SCST's close path",
+                self.worker,
+                if panicked { "panicked" } else { "left" }
+            );
+            shared.trigger.fire(TeardownTrigger::WorkerFailed);
+        }
+        shared.abort.exited.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl AbortTally {
+    /// A worker ran its queue's abort; `proven`: the queue holds no request afterwards.
+    pub(crate) fn report(&self, proven: bool) {
+        if !proven {
+            self.unproven.fetch_add(1, Ordering::AcqRel);
+        }
+        self.reported.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -396,8 +548,7 @@ impl Shared {
     pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Serving,
-            1 => Phase::Draining,
-            2 => Phase::Aborting,
+            1 => Phase::Aborting,
             _ => Phase::Leaving,
         }
     }
@@ -427,7 +578,8 @@ impl Shared {
             answered_in_teardown: get(&c.answered_in_teardown),
             aborted: get(&c.aborted),
             deadline_escalations: get(&c.deadline_escalations),
-            inflight: self.inflight.load(Ordering::Relaxed) as u64,
+            inflight: self.drain.in_flight(),
+            leases_outstanding: self.leases.outstanding() as u64,
             buffers: self.buffers.figures(),
         }
     }

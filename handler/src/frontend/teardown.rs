@@ -1,23 +1,47 @@
-//! The frontend's part of the teardown (architecture.md §5), one sequence for every trigger,
-//! each step bounded and logged with counts:
+//! The frontend's teardown (architecture.md §5, issue 4 §3): ONE sequence for every trigger
+//! ([`TeardownTrigger`]: a request, the store failing, SCST closing the device, a worker
+//! failing), run by [`Frontend::teardown`] on the owner's thread, each step bounded and logged
+//! with its counts. It runs on the loom-checked primitives of [`crate::teardown`]: the intake
+//! gate and in-flight count are the frontend's [`crate::teardown::Drain`], the device's hold on
+//! command buffers its [`crate::teardown::LeaseTable`].
 //!
-//! 1. **stop intake**: new EXECs are answered BUSY and ALLOC_MEM gets no buffer (SCST answers
-//!    BUSY), never dropped; returned buffers and task management keep being honoured;
-//! 2. **drain**: wait, bounded, for the store requests in flight;
-//! 3. **abort zombies**: what is still in flight is aborted on the device (stop the queue, reset
-//!    the function if the engine stays busy: the reset proves no more DMA), and answered with
-//!    ABORTED COMMAND;
+//! 1. **stop intake** ([`Drain::close`](crate::teardown::Drain::close)): every later EXEC is
+//!    refused at the gate and answered BUSY, ALLOC_MEM gets no buffer (SCST answers BUSY); never
+//!    dropped. Returned buffers, sessions and task management keep being honoured.
+//! 2. **drain** ([`Drain::wait_idle`](crate::teardown::Drain::wait_idle), bounded by
+//!    [`TeardownConfig::drain`]): wait for every accepted EXEC's reply to be handed to SCST. Its
+//!    [`Remaining`](crate::teardown::Remaining) feeds step 3.
+//! 3. **abort** (only if commands remain or device leases are outstanding; bounded by
+//!    [`TeardownConfig::abort`]): the escalation dump is logged (per-command states and the
+//!    store's registers and rings, [`Frontend::dump`]); each worker calls its queue's
+//!    `abort_all` once (the store stops the queue and resets the function if the engine does not
+//!    go idle: the proof that no more DMA happens), answers the aborted commands (ABORTED
+//!    COMMAND) and reports whether its queue is empty afterwards. Only if every worker proved
+//!    it are the leases still outstanding revoked
+//!    ([`LeaseTable::revoke_all`](crate::teardown::LeaseTable::revoke_all)); then the drain and
+//!    the leases are waited for, within what is left of the bound.
 //! 4. **return buffers**: FLUSH_CACHE from this (non-worker) thread, so SCST hands back every
-//!    cached buffer while the workers still serve (spec §3.6, §8 pitfall 13), bounded;
-//! 5. **leave**: the workers send what is pending and exit; the fd is closed, and the kernel
-//!    (or loopback) answers whatever it still held (spec §5.3).
+//!    cached buffer (ON_CACHED_MEM_FREE) while the workers still serve (spec §3.6, §8 pitfall
+//!    13), bounded by [`TeardownConfig::flush`]. Skipped when SCST closed the device, and when
+//!    commands are still unanswered or a worker died: FLUSH_CACHE suspends SCST's activity,
+//!    which waits for every command in flight (up to the kernel's 90 s).
+//! 5. **leave**: the workers send what is pending and exit (bounded by the stop grace).
+//! 6. **unmap permit** ([`LeaseTable::unmap_guard`](crate::teardown::LeaseTable::unmap_guard)):
+//!    granted only with no device lease outstanding, and returned in
+//!    [`FrontendReport::unmap`].
+//! 7. **close**: the scst_user fd closes with the frontend; SCST's close path answers whatever
+//!    it still held and returns every buffer (spec §5.3).
 //!
-//! Unmapping the buffer pool and resetting the board come after this, outside every
-//! command-path lock, in the owner of the board (it alone knows when DMA is provably over).
+//! After it returns, the owner of the pool flushes and unmaps it under the permit, outside
+//! every command-path lock, then disables interrupts and closes the device. Without a permit
+//! the pool must be leaked (loudly), never unmapped: a leak is better than a DMA into unmapped
+//! memory.
 
 use super::Frontend;
 use super::FrontendReport;
 use super::Phase;
+use super::TeardownTrigger;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -27,9 +51,9 @@ const FLUSH_STALL: Duration = Duration::from_millis(50);
 /// Bounds of each teardown step.
 #[derive(Clone, Copy, Debug)]
 pub struct TeardownConfig {
-    /// Step 2: how long in-flight store requests may take to finish.
+    /// Step 2: how long accepted commands may take to be answered.
     pub drain: Duration,
-    /// Step 3: how long aborted requests may take to be answered.
+    /// Step 3: how long the aborts, their answers and the device leases' end may take.
     pub abort: Duration,
     /// Step 4: how long SCST may take to return cached buffers.
     pub flush: Duration,
@@ -52,7 +76,7 @@ pub struct TeardownStep {
     pub name: &'static str,
     /// How long it took.
     pub duration: Duration,
-    /// What it counted (requests drained, aborted, buffers returned...).
+    /// What it counted (commands drained, aborted, buffers returned...).
     pub count: u64,
     /// Whether it finished within its bound.
     pub within_bound: bool,
@@ -61,86 +85,188 @@ pub struct TeardownStep {
 /// What the frontend's teardown did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TeardownReport {
+    /// What triggered it (the first trigger; [`TeardownTrigger::Requested`] if none fired
+    /// before [`Frontend::teardown`] was called).
+    pub trigger: TeardownTrigger,
     /// The steps, in order.
     pub steps: Vec<TeardownStep>,
     /// Total time.
     pub duration: Duration,
-    /// Store requests in flight when intake stopped.
+    /// EXECs accepted and not yet answered when intake stopped (the drain's count).
     pub in_flight_at_start: u64,
-    /// Of those, finished normally.
+    /// Of those, answered within the drain bound.
     pub drained: u64,
     /// Store requests aborted on the device.
     pub aborted: u64,
+    /// Whether the abort step ran, and every worker's queue proved empty after it (the
+    /// condition for revoking device leases). `true` when no abort was needed.
+    pub abort_proven: bool,
+    /// Device leases revoked after a proven abort.
+    pub leases_revoked: u64,
+    /// Device leases still outstanding at the end: the device may still DMA into those
+    /// buffers, so there is no unmap permit (must be 0).
+    pub leases_outstanding: u64,
+    /// Whether [`FrontendReport::unmap`] holds the permit to unmap the pool.
+    pub unmap_permitted: bool,
     /// EXEC replies sent after intake stopped (completed, failed, BUSY).
     pub answered: u64,
     /// Store requests still in flight when the workers left: their commands were answered by
-    /// the close path, and the board owner must reset before unmapping (must be 0).
+    /// the close path, and their buffers stay leased (must be 0).
     pub zombies_left: u64,
     /// Buffers SCST still held when the fd was closed (returned by the close itself).
     pub buffers_held_at_close: u64,
 }
 
 impl Frontend {
-    /// Tear down (module doc): stop intake, drain, abort zombies, get every buffer back, leave,
-    /// close the fd. Bounded by the sum of `config`'s steps plus the workers' stop grace.
+    /// Tear down (module doc): stop intake, drain, abort what remains (revoking device leases
+    /// only after a proven abort), get every buffer back, leave, close the fd, and hand out the
+    /// pool's unmap permit if no lease is outstanding. The same sequence for every trigger; the
+    /// trigger that fired first is recorded ([`TeardownTrigger::Requested`] if none).
+    /// Bounded by the sum of `config`'s steps plus the workers' stop grace.
     pub fn teardown(mut self, config: TeardownConfig) -> FrontendReport {
         let start = Instant::now();
         let shared = std::sync::Arc::clone(&self.shared);
-        let in_flight = || shared.inflight.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        let workers_started = self.workers.len();
         let mut report = TeardownReport::default();
+        shared.trigger.fire(TeardownTrigger::Requested);
+        report.trigger = shared.trigger.get().cloned().unwrap_or_default();
+        let scst_closed = report.trigger == TeardownTrigger::ScstClosed;
 
-        shared.advance(Phase::Draining);
-        report.in_flight_at_start = in_flight();
-        log::info!(
-            "teardown: intake stopped, {} store requests in flight",
-            report.in_flight_at_start
-        );
-
+        // 1. Stop intake.
         let step = Instant::now();
-        let drained_ok = wait_until(config.drain, || in_flight() == 0);
-        report.drained = report.in_flight_at_start.saturating_sub(in_flight());
+        shared.drain.close();
+        report.in_flight_at_start = shared.drain.in_flight();
+        log::info!(
+            "teardown ({}): intake stopped, {} command(s) in flight, {} device lease(s) outstanding",
+            report.trigger,
+            report.in_flight_at_start,
+            shared.leases.outstanding()
+        );
+        report.steps.push(TeardownStep {
+            name: "stop intake",
+            duration: step.elapsed(),
+            count: report.in_flight_at_start,
+            within_bound: true,
+        });
+
+        // 2. Drain.
+        let step = Instant::now();
+        let remaining = match shared.drain.wait_idle(config.drain) {
+            Ok(()) => 0,
+            Err(remaining) => remaining.in_flight,
+        };
+        report.drained = report.in_flight_at_start.saturating_sub(remaining);
+        log::info!(
+            "teardown: drain: {} answered, {remaining} still in flight",
+            report.drained
+        );
         report.steps.push(TeardownStep {
             name: "drain",
             duration: step.elapsed(),
             count: report.drained,
-            within_bound: drained_ok,
+            within_bound: remaining == 0,
         });
 
+        // 3. Abort what remains, then revoke the device's leases if the abort is proven.
         let step = Instant::now();
-        let before_abort = in_flight();
-        shared.advance(Phase::Aborting);
-        let aborted_ok = wait_until(config.abort, || in_flight() == 0);
-        report.aborted = shared.counters.aborted.load(std::sync::atomic::Ordering::Relaxed);
-        report.steps.push(TeardownStep {
-            name: "abort",
-            duration: step.elapsed(),
-            count: before_abort,
-            within_bound: aborted_ok,
-        });
-        if before_abort > 0 {
+        let leases_before = shared.leases.outstanding();
+        report.abort_proven = true;
+        if remaining > 0 || leases_before > 0 {
             log::warn!(
-                "teardown: {before_abort} requests did not drain; {} aborted on the device",
-                report.aborted
+                "teardown: escalating: {remaining} command(s) in flight, {leases_before} device lease(s) \
+                 outstanding; state:\n{}",
+                self.dump()
             );
+            let deadline = Instant::now() + config.abort;
+            shared.advance(Phase::Aborting);
+            let tally = &shared.abort;
+            let all_reported = wait_until(deadline, || {
+                tally.reported.load(Ordering::Acquire) + tally.failed.load(Ordering::Acquire)
+                    >= workers_started
+            });
+            report.abort_proven = all_reported
+                && tally.failed.load(Ordering::Acquire) == 0
+                && tally.unproven.load(Ordering::Acquire) == 0
+                && tally.reported.load(Ordering::Acquire) == workers_started;
+            let left = || deadline.saturating_duration_since(Instant::now());
+            let answered = shared.drain.wait_idle(left());
+            if report.abort_proven {
+                // Every queue is empty after its abort (reset if needed): no DMA can happen
+                // for any lease still outstanding. Payloads drop here, no lock held.
+                let revoked = shared.leases.revoke_all();
+                report.leases_revoked = revoked.len() as u64;
+                drop(revoked);
+            } else {
+                log::error!(
+                    "teardown: abort not proven ({} of {workers_started} worker(s) reported, {} with \
+                     requests left, {} failed): device leases are NOT revoked",
+                    tally.reported.load(Ordering::Acquire),
+                    tally.unproven.load(Ordering::Acquire),
+                    tally.failed.load(Ordering::Acquire)
+                );
+            }
+            let released = shared.leases.wait_released(left());
+            report.aborted = shared.counters.aborted.load(Ordering::Relaxed);
+            log::warn!(
+                "teardown: abort: {} store request(s) aborted, {} lease(s) revoked, {} command(s) and {} \
+                 lease(s) left",
+                report.aborted,
+                report.leases_revoked,
+                shared.drain.in_flight(),
+                shared.leases.outstanding()
+            );
+            report.steps.push(TeardownStep {
+                name: "abort",
+                duration: step.elapsed(),
+                count: report.aborted,
+                within_bound: all_reported && answered.is_ok() && released.is_ok(),
+            });
+        } else {
+            report.steps.push(TeardownStep {
+                name: "abort",
+                duration: step.elapsed(),
+                count: 0,
+                within_bound: true,
+            });
         }
 
+        // 4. Return buffers.
         let step = Instant::now();
         let held_before = shared.buffers.figures().buffers;
-        if let Err(e) = shared.fd.flush_cache() {
-            log::warn!("teardown: FLUSH_CACHE failed: {e}; cached buffers come back when the fd closes");
-        }
-        // Under load SCST keeps re-caching buffers for the commands it is answering BUSY, so
-        // "all returned" may never come while the initiator keeps sending: wait until they
-        // are all back or the returns stop making progress (the close returns the rest).
-        let mut last = (held_before, Instant::now());
-        let flushed_ok = wait_until(config.flush, || {
-            let held = shared.buffers.figures().buffers;
-            if held < last.0 {
-                last = (held, Instant::now());
+        let unanswered = shared.drain.in_flight();
+        let failed_workers = shared.abort.failed.load(Ordering::Acquire);
+        let flushed_ok = if scst_closed {
+            log::info!("teardown: SCST closed the device: its close path returns the buffers");
+            true
+        } else if unanswered > 0 || failed_workers > 0 {
+            // FLUSH_CACHE suspends SCST's activity, which waits for every command in flight
+            // (up to the kernel's 90 s): with commands we cannot answer it would outlast every
+            // bound. The close returns the buffers instead.
+            log::warn!(
+                "teardown: FLUSH_CACHE skipped: {unanswered} command(s) unanswered, {failed_workers}                  worker(s) failed; the close returns the buffers"
+            );
+            false
+        } else {
+            if let Err(e) = shared.fd.flush_cache() {
+                log::warn!("teardown: FLUSH_CACHE failed: {e}; cached buffers come back when the fd closes");
             }
-            held == 0 || last.1.elapsed() >= FLUSH_STALL
-        });
+            // Under load SCST keeps re-caching buffers for the commands it is answering BUSY,
+            // so "all returned" may never come while the initiator keeps sending: wait until
+            // they are all back or the returns stop making progress (the close returns the rest).
+            let mut last = (held_before, Instant::now());
+            wait_until(Instant::now() + config.flush, || {
+                let held = shared.buffers.figures().buffers;
+                if held < last.0 {
+                    last = (held, Instant::now());
+                }
+                held == 0 || last.1.elapsed() >= FLUSH_STALL
+            })
+        };
         let held_after = shared.buffers.figures().buffers;
+        log::info!(
+            "teardown: return buffers: {} returned, {held_after} still held by SCST",
+            held_before.saturating_sub(held_after)
+        );
         report.steps.push(TeardownStep {
             name: "return buffers",
             duration: step.elapsed(),
@@ -148,25 +274,49 @@ impl Frontend {
             within_bound: flushed_ok,
         });
 
+        // 5. Leave.
         let step = Instant::now();
         let (workers, panicked_workers) = self.stop_workers();
-        report.zombies_left = in_flight();
-        report.answered = shared
-            .counters
-            .answered_in_teardown
-            .load(std::sync::atomic::Ordering::Relaxed);
+        report.zombies_left = workers.iter().map(|w| w.abandoned as u64).sum();
+        report.answered = shared.counters.answered_in_teardown.load(Ordering::Relaxed);
         report.buffers_held_at_close = shared.buffers.figures().buffers;
         let stats = shared.stats();
+        log::info!(
+            "teardown: leave: {} worker(s) joined, {panicked_workers} panicked, {} store request(s) abandoned",
+            workers.len(),
+            report.zombies_left
+        );
         report.steps.push(TeardownStep {
             name: "leave",
             duration: step.elapsed(),
             count: workers.len() as u64,
-            within_bound: workers.iter().all(|w| w.abandoned == 0),
+            within_bound: panicked_workers == 0 && workers.iter().all(|w| w.abandoned == 0),
         });
-        drop(shared);
+
+        // 6. The permit to unmap the pool: only with no device lease outstanding. The workers are
+        // gone, so no lease can be granted or released any more.
         let step = Instant::now();
-        // The fd closes with the last reference (inside `self`): SCST's close path answers
-        // what it still held and unpins every buffer before the table drops them.
+        let unmap = shared.leases.unmap_guard();
+        report.leases_outstanding = shared.leases.outstanding() as u64;
+        report.unmap_permitted = unmap.is_some();
+        if unmap.is_none() {
+            log::error!(
+                "teardown: {} device lease(s) still outstanding (cmd_h {:?}): NO permit to unmap the \
+                 buffer pool; it must be leaked, not unmapped",
+                report.leases_outstanding,
+                shared.leases.outstanding_ids()
+            );
+        }
+        report.steps.push(TeardownStep {
+            name: "unmap permit",
+            duration: step.elapsed(),
+            count: report.leases_outstanding,
+            within_bound: unmap.is_some(),
+        });
+        // 7. Close: the fd closes with the last reference (inside `self`): SCST's close path
+        // answers what it still held and unpins every buffer before the table drops them.
+        let step = Instant::now();
+        drop(shared);
         drop(self);
         report.steps.push(TeardownStep {
             name: "close",
@@ -174,28 +324,38 @@ impl Frontend {
             count: report.buffers_held_at_close,
             within_bound: true,
         });
+
         report.duration = start.elapsed();
         log::info!(
-            "teardown: {:?}: drained {}, aborted {}, answered {}, zombies left {}, buffers held at close {}",
+            "teardown ({}): {:?}: drained {}, aborted {}, revoked {}, answered {}, zombies left {}, \
+             buffers held at close {}, leases outstanding {}, unmap {}",
+            report.trigger,
             report.duration,
             report.drained,
             report.aborted,
+            report.leases_revoked,
             report.answered,
             report.zombies_left,
-            report.buffers_held_at_close
+            report.buffers_held_at_close,
+            report.leases_outstanding,
+            if report.unmap_permitted {
+                "permitted"
+            } else {
+                "REFUSED"
+            }
         );
         FrontendReport {
             stats,
             workers,
             panicked_workers,
             teardown: report,
+            unmap,
         }
     }
 }
 
-/// Poll `done` until true or `bound` passes (1 ms sleeps; this thread holds no lock).
-fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + bound;
+/// Poll `done` until true or `deadline` passes (1 ms sleeps; this thread holds no lock).
+fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
     loop {
         if done() {
             return true;

@@ -1,8 +1,19 @@
 //! One frontend worker: a loop over REPLY_AND_GET_MULTI, the engine and its own store queue.
+//!
+//! Its part of the teardown (module doc of `teardown.rs`): every EXEC it accepts enters the
+//! frontend's [`crate::teardown::Drain`] (refused: answered BUSY at once) and its token leaves
+//! with the reply, when the reply is handed to SCST; every store request carrying a buffer
+//! holds a device lease on it until its completion is reaped; in the `Aborting` phase it aborts
+//! its queue once and reports whether the queue is empty afterwards. From its loop it also
+//! detects teardown triggers (the store's failure, SCST closing the fd) and answers dump
+//! requests.
 
+use super::dump::DumpReceiver;
+use super::dump::WorkerDump;
 use super::Phase;
 use super::SessionInfo;
 use super::Shared;
+use super::TeardownTrigger;
 use super::WorkerExit;
 use crate::abi;
 use crate::abi::data_direction;
@@ -19,6 +30,8 @@ use crate::store::IoBuffer;
 use crate::store::StoreCompletion;
 use crate::store::StoreQueue;
 use crate::store::StoreRequest;
+use crate::teardown::InFlightOwned;
+use crate::teardown::Lease;
 use crate::transport::fdio::poll_readable;
 use crate::transport::Errno;
 use std::collections::HashMap;
@@ -39,12 +52,33 @@ struct ExecCtx {
     bufflen: u32,
     /// Buffer allocated at EXEC time (pbuf was 0): must be named in the reply (spec §3.5).
     new_pbuf: u64,
+    /// The command's place in the drain; `None` only for an EXEC refused at the gate. It goes
+    /// with the reply and drops when the reply is handed to SCST.
+    token: Option<InFlightOwned>,
+}
+
+impl ExecCtx {
+    /// The context of an EXEC answered at once (refused, or failed before any work).
+    fn immediate(direction: u8, bufflen: u32, token: Option<InFlightOwned>) -> Self {
+        let now = Instant::now();
+        Self {
+            received: now,
+            deadline: now,
+            buffer: None,
+            direction,
+            bufflen,
+            new_pbuf: 0,
+            token,
+        }
+    }
 }
 
 /// An EXEC whose store work is under way.
 struct Inflight {
     io: IoPlan,
     ctx: ExecCtx,
+    /// The device's lease on the command's buffer, released when the store completes it.
+    lease: Option<Lease<Arc<CmdBuffer>>>,
 }
 
 /// The command buffer as the engine's data-out source.
@@ -68,74 +102,100 @@ impl DataOut for BufferDataOut<'_> {
 pub(super) struct Worker {
     shared: Arc<Shared>,
     queue: Box<dyn StoreQueue>,
+    /// This worker's index, also the name of its store queue in dumps.
+    index: usize,
     multi: MultiBuffer,
     /// Replies for the next ioctl, contiguous as the kernel reads them (`preplies`).
     replies: Vec<ReplyCmd>,
+    /// One entry per reply: the drain token of an accepted EXEC, dropped with its reply.
+    reply_tokens: Vec<Option<InFlightOwned>>,
     /// Sense bytes the replies point at; alive until their replies are consumed.
     senses: Vec<Vec<u8>>,
     inflight: HashMap<u32, Inflight>,
     submit: Vec<StoreRequest>,
     completions: Vec<StoreCompletion>,
     last_escalation: Option<Instant>,
+    /// Dump requests ([`super::Frontend::dump`]).
+    dumps: DumpReceiver,
+    /// Next time to ask the store whether it failed.
+    next_health_check: Instant,
+    /// This worker's queue was aborted in the `Aborting` phase: nothing new is submitted.
+    aborted: bool,
+    /// SCST closed the device under us (ENODEV / EBADF): nothing can be fetched or delivered.
+    fd_closed: bool,
+    /// Replies discarded because the fd was closed.
+    undelivered: usize,
 }
 
 impl Worker {
-    pub(super) fn new(shared: Arc<Shared>, queue: Box<dyn StoreQueue>) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        queue: Box<dyn StoreQueue>,
+        index: usize,
+        dumps: DumpReceiver,
+    ) -> Self {
         let multi = MultiBuffer::new(shared.config.cmds_per_call.max(1));
         Self {
             shared,
             queue,
+            index,
             multi,
             replies: Vec::new(),
+            reply_tokens: Vec::new(),
             senses: Vec::new(),
             inflight: HashMap::new(),
             submit: Vec::new(),
             completions: Vec::new(),
             last_escalation: None,
+            dumps,
+            next_health_check: Instant::now(),
+            aborted: false,
+            fd_closed: false,
+            undelivered: 0,
         }
     }
 
     pub(super) fn run(mut self) -> WorkerExit {
         let mut leave_deadline: Option<Instant> = None;
-        let mut aborted = false;
         loop {
             self.reap_store();
             if !self.inflight.is_empty() {
                 self.check_deadlines();
             }
+            self.answer_dumps();
+            self.check_store_health();
             let phase = self.shared.phase();
-            if phase >= Phase::Aborting && !aborted {
-                aborted = true;
-                let n = self.queue.abort_all();
-                if n > 0 {
-                    log::warn!("teardown: {n} store requests aborted on this worker's queue");
-                }
-                self.shared
-                    .counters
-                    .aborted
-                    .fetch_add(n as u64, Ordering::Relaxed);
+            if phase >= Phase::Aborting && !self.aborted {
+                self.abort_queue();
+            }
+            if self.fd_closed {
+                self.discard_replies();
             }
             if phase == Phase::Leaving {
                 let deadline =
                     *leave_deadline.get_or_insert_with(|| Instant::now() + self.shared.config.stop_grace);
                 if self.inflight.is_empty() && self.replies.is_empty() {
-                    return WorkerExit::default();
+                    return WorkerExit {
+                        abandoned: 0,
+                        undelivered_replies: self.undelivered,
+                    };
                 }
                 if Instant::now() >= deadline {
                     log::error!(
-                        "stop grace expired with {} store requests in flight and {} replies pending",
+                        "worker {}: stop grace expired with {} store requests in flight and {} replies pending",
+                        self.index,
                         self.inflight.len(),
                         self.replies.len()
                     );
                     return WorkerExit {
                         abandoned: self.inflight.len(),
-                        undelivered_replies: self.replies.len(),
+                        undelivered_replies: self.undelivered + self.replies.len(),
                     };
                 }
             }
             // Until the workers leave, they keep fetching: while draining, new commands are
             // answered (BUSY) and returned buffers honoured, never left to the close path.
-            let want = if phase == Phase::Leaving {
+            let want = if phase == Phase::Leaving || self.fd_closed {
                 0
             } else {
                 self.multi.capacity()
@@ -151,8 +211,74 @@ impl Worker {
             }
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
-                self.wait(phase != Phase::Leaving);
+                self.wait(phase != Phase::Leaving && !self.fd_closed);
             }
+        }
+    }
+
+    /// Teardown step 3 on this worker's queue, once: abort what the store holds (it stops the
+    /// queue and resets the function if needed), move the aborted completions on, and report
+    /// whether the queue is empty now (the proof that the device holds none of our buffers).
+    fn abort_queue(&mut self) {
+        self.aborted = true;
+        let n = self.queue.abort_all();
+        self.reap_store();
+        let left = self.queue.in_flight();
+        if n > 0 {
+            log::warn!(
+                "teardown: worker {}: {n} store requests aborted on the device",
+                self.index
+            );
+        }
+        if left > 0 {
+            log::error!(
+                "teardown: worker {}: {left} store requests still held by the store after abort_all; \
+                 their buffers stay leased to the device",
+                self.index
+            );
+        }
+        self.shared
+            .counters
+            .aborted
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.shared.abort.report(left == 0);
+    }
+
+    /// Teardown trigger (a): ask the store whether it failed, at most once per idle poll (not
+    /// per command: a failed store fails its requests anyway, the trigger only starts the
+    /// teardown).
+    fn check_store_health(&mut self) {
+        let now = Instant::now();
+        if now < self.next_health_check {
+            return;
+        }
+        self.next_health_check = now + self.shared.config.idle_poll;
+        if self.shared.trigger.get().is_some() {
+            return;
+        }
+        if let Some(why) = self.shared.store.failure() {
+            self.shared.trigger.fire(TeardownTrigger::StoreFailed(why));
+        }
+    }
+
+    /// Answer the dump requests waiting (one `try_recv` when there are none).
+    fn answer_dumps(&mut self) {
+        while let Ok(request) = self.dumps.try_recv() {
+            let text = self.dump(Instant::now());
+            // The asker may have given up waiting: nothing to do then.
+            let _ = request.reply.send(WorkerDump {
+                worker: self.index,
+                text,
+            });
+        }
+    }
+
+    /// The fd is closed: replies can never be handed to SCST, whose close path answers their
+    /// commands. Drop them (and their drain tokens), counted.
+    fn discard_replies(&mut self) {
+        if !self.replies.is_empty() {
+            self.undelivered += self.replies.len();
+            self.consume_replies(self.replies.len());
         }
     }
 
@@ -166,9 +292,10 @@ impl Worker {
     }
 
     /// Watchdog (architecture.md §6): a command past its deadline is logged with the state of
-    /// every command of this worker, then everything in flight on the queue is aborted on the
-    /// device (stop, reset if needed) and answered ABORTED COMMAND. Never blocks the I/O path
-    /// for longer than the store's own bounded escalation; re-escalates at most once a second.
+    /// every command of this worker and the store's register/ring dump, then everything in
+    /// flight on the queue is aborted on the device (stop, reset if needed) and answered
+    /// ABORTED COMMAND. Never blocks the I/O path for longer than the store's own bounded
+    /// escalation; re-escalates at most once a second.
     fn check_deadlines(&mut self) {
         let now = Instant::now();
         if self
@@ -185,6 +312,9 @@ impl Worker {
             "cmd_h {late} missed its deadline; state of this worker's commands:\n{}",
             self.dump(now)
         );
+        if let Some(device) = self.shared.store.dump() {
+            log::error!("device state at the escalation of cmd_h {late}:\n{device}");
+        }
         let aborted = self.queue.abort_all();
         self.shared
             .counters
@@ -197,30 +327,53 @@ impl Worker {
         }
     }
 
-    /// One line per command in flight: handle, state, age, store op, buffer.
+    /// A header line, then one line per command this worker holds: tag (cmd_h), state, age,
+    /// queue, store op, buffer, lease; then a summary of the replies waiting to be sent.
     fn dump(&self, now: Instant) -> String {
         let mut lines: Vec<String> = self
             .inflight
             .iter()
             .map(|(cmd_h, f)| {
                 format!(
-                    "  cmd_h {cmd_h}: EXEC in store, age {:?}, deadline {}, op {:?}, buffer {}",
+                    "  cmd_h {cmd_h}: EXEC in store, age {:?}, deadline {}, queue {}, op {:?}, buffer {}, lease {}",
                     now.duration_since(f.ctx.received),
                     if f.ctx.deadline <= now {
                         "missed"
                     } else {
                         "pending"
                     },
+                    self.index,
                     f.io.op,
                     f.ctx
                         .buffer
                         .as_ref()
                         .map_or("none".into(), |b| format!("{:#x}", b.buffer.addr())),
+                    if f.lease.is_some() { "held" } else { "none" },
                 )
             })
             .collect();
         lines.sort();
-        lines.join("\n")
+        let waiting: Vec<String> = self
+            .replies
+            .iter()
+            .map(|r| format!("{}/{:#x}", r.cmd_h, r.subcode))
+            .collect();
+        format!(
+            "worker {} (queue {}): {} command(s) in the store ({} reported by the queue), {} reply(ies) to send{}{}\n{}{}",
+            self.index,
+            self.index,
+            self.inflight.len(),
+            self.queue.in_flight(),
+            self.replies.len(),
+            if waiting.is_empty() {
+                String::new()
+            } else {
+                format!(" [cmd_h/subcode {}]", waiting.join(" "))
+            },
+            if self.fd_closed { "; fd closed by SCST" } else { "" },
+            lines.join("\n"),
+            if lines.is_empty() { "" } else { "\n" },
+        )
     }
 
     fn completions_pending(&self) -> usize {
@@ -268,6 +421,21 @@ impl Worker {
         let fetched = (header.cmds_cnt.max(0) as usize).min(want);
         match result {
             Ok(()) => self.consume_replies(replies_cnt),
+            Err(errno) if errno == Errno::ENODEV || errno.0 == libc::EBADF => {
+                // Teardown trigger (b): SCST closed or unregistered the device under us. What
+                // we still hold is answered by its close path (scst_user.md §5.3).
+                if !self.fd_closed {
+                    log::error!(
+                        "worker {}: REPLY_AND_GET_MULTI: {errno}: SCST closed the device; {} replies undeliverable",
+                        self.index,
+                        self.replies.len()
+                    );
+                }
+                self.fd_closed = true;
+                self.shared.trigger.fire(TeardownTrigger::ScstClosed);
+                self.discard_replies();
+                return 0;
+            }
             Err(errno) if done < replies_cnt => {
                 let failed = self.replies[done];
                 self.shared.counters.reply_errors.fetch_add(1, Ordering::Relaxed);
@@ -287,11 +455,20 @@ impl Worker {
         fetched
     }
 
+    /// The first `n` replies were handed to SCST (or consumed by a refusal): forget them and
+    /// drop their EXECs' drain tokens (the command is answered, it leaves the drain).
     fn consume_replies(&mut self, n: usize) {
         self.replies.drain(..n);
+        self.reply_tokens.drain(..n);
         if self.replies.is_empty() {
             self.senses.clear();
         }
+    }
+
+    /// Queue a reply; `token` is the drain token of the EXEC it answers.
+    fn push_reply(&mut self, reply: ReplyCmd, token: Option<InFlightOwned>) {
+        self.replies.push(reply);
+        self.reply_tokens.push(token);
     }
 
     fn dispatch(&mut self, cmd: &GetCmd) {
@@ -311,7 +488,7 @@ impl Worker {
                 if free.buffer_cached == 0 && free.pbuf != 0 {
                     self.shared.buffers.release(free.pbuf);
                 }
-                self.replies.push(ReplyCmd::new(cmd.cmd_h, cmd.subcode));
+                self.push_reply(ReplyCmd::new(cmd.cmd_h, cmd.subcode), None);
             }
             abi::SCST_USER_ON_CACHED_MEM_FREE => {
                 counters.on_cached_mem_free.fetch_add(1, Ordering::Relaxed);
@@ -323,7 +500,7 @@ impl Worker {
                         cmd.cmd_h
                     );
                 }
-                self.replies.push(ReplyCmd::new(cmd.cmd_h, cmd.subcode));
+                self.push_reply(ReplyCmd::new(cmd.cmd_h, cmd.subcode), None);
             }
             abi::SCST_USER_PARSE => {
                 counters.parse.fetch_add(1, Ordering::Relaxed);
@@ -338,33 +515,35 @@ impl Worker {
 
     fn session(&mut self, cmd: &GetCmd) {
         let sess: abi::Sess = cmd.read_payload();
-        let mut sessions = self.shared.sessions.lock_unchecked_at_runtime();
-        if cmd.subcode == abi::SCST_USER_ATTACH_SESS {
-            self.shared.counters.attach.fetch_add(1, Ordering::Relaxed);
-            let info = SessionInfo {
-                lun: sess.lun,
-                initiator: abi::c_name(&sess.initiator_name),
-                rd_only: sess.rd_only != 0,
-            };
-            log::info!(
-                "session {:#x} attached: LUN {} initiator {}",
-                sess.sess_h,
-                info.lun,
-                info.initiator
-            );
-            let result = if sessions.insert(sess.sess_h, info).is_some() {
-                -libc::EEXIST
+        let reply = {
+            let mut sessions = self.shared.sessions.lock_unchecked_at_runtime();
+            if cmd.subcode == abi::SCST_USER_ATTACH_SESS {
+                self.shared.counters.attach.fetch_add(1, Ordering::Relaxed);
+                let info = SessionInfo {
+                    lun: sess.lun,
+                    initiator: abi::c_name(&sess.initiator_name),
+                    rd_only: sess.rd_only != 0,
+                };
+                log::info!(
+                    "session {:#x} attached: LUN {} initiator {}",
+                    sess.sess_h,
+                    info.lun,
+                    info.initiator
+                );
+                let result = if sessions.insert(sess.sess_h, info).is_some() {
+                    -libc::EEXIST
+                } else {
+                    0
+                };
+                ReplyCmd::with_result(cmd.cmd_h, cmd.subcode, result)
             } else {
-                0
-            };
-            self.replies
-                .push(ReplyCmd::with_result(cmd.cmd_h, cmd.subcode, result));
-        } else {
-            self.shared.counters.detach.fetch_add(1, Ordering::Relaxed);
-            sessions.remove(&sess.sess_h);
-            log::info!("session {:#x} detached", sess.sess_h);
-            self.replies.push(ReplyCmd::new(cmd.cmd_h, cmd.subcode));
-        }
+                self.shared.counters.detach.fetch_add(1, Ordering::Relaxed);
+                sessions.remove(&sess.sess_h);
+                log::info!("session {:#x} detached", sess.sess_h);
+                ReplyCmd::new(cmd.cmd_h, cmd.subcode)
+            }
+        };
+        self.push_reply(reply, None);
     }
 
     fn task_mgmt(&mut self, cmd: &GetCmd) {
@@ -391,11 +570,10 @@ impl Worker {
         }
         // Affected EXECs finish on their own (the store completes them); spec §4 only asks that
         // every one of them is answered, which the in-flight table guarantees.
-        self.replies.push(ReplyCmd::with_result(
-            cmd.cmd_h,
-            cmd.subcode,
-            abi::tm_result::SUCCESS,
-        ));
+        self.push_reply(
+            ReplyCmd::with_result(cmd.cmd_h, cmd.subcode, abi::tm_result::SUCCESS),
+            None,
+        );
     }
 
     fn ext_copy_remap(&mut self, cmd: &GetCmd) {
@@ -410,8 +588,7 @@ impl Worker {
             psense_buffer,
             ..Default::default()
         };
-        self.replies
-            .push(ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &reply));
+        self.push_reply(ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &reply), None);
     }
 
     fn parse(&mut self, cmd: &GetCmd) {
@@ -449,14 +626,14 @@ impl Worker {
                 )
             }
         };
-        self.replies.push(reply);
+        self.push_reply(reply, None);
     }
 
     fn alloc_mem(&mut self, cmd: &GetCmd) {
         let alloc: abi::ScsiCmdAllocMem = cmd.read_payload();
         let pbuf = match usize::try_from(alloc.alloc_len) {
-            // While draining no new buffer is handed out: pbuf 0 makes SCST answer BUSY.
-            _ if self.shared.phase() >= Phase::Draining => 0,
+            // Once intake is closed no new buffer is handed out: pbuf 0 makes SCST answer BUSY.
+            _ if self.shared.drain.is_closed() => 0,
             Ok(len) if len > 0 => self.shared.buffers.allocate(len).map_or(0, |b| b.addr()),
             _ => 0,
         };
@@ -464,11 +641,10 @@ impl Worker {
             // spec §3.4: pbuf 0 makes the kernel answer BUSY; nothing waits.
             self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
         }
-        self.replies.push(ReplyCmd::with_payload(
-            cmd.cmd_h,
-            cmd.subcode,
-            &abi::AllocMemReply { pbuf },
-        ));
+        self.push_reply(
+            ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &abi::AllocMemReply { pbuf }),
+            None,
+        );
     }
 
     /// Full CDB: the inline 16 bytes, plus GET_EXTENDED_CDB for longer ones (spec §3.9).
@@ -493,31 +669,31 @@ impl Worker {
         let exec: abi::ScsiCmdExec = cmd.read_payload();
         let bufflen = exec.bufflen.max(0) as u32;
         let direction = exec.data_direction;
-        if self.shared.phase() >= Phase::Draining {
+        let Some(token) = self.shared.drain.try_enter_owned() else {
             // Intake is stopped (teardown step 1): answered at once, never dropped.
             self.shared
                 .counters
                 .refused_in_teardown
                 .fetch_add(1, Ordering::Relaxed);
-            let busy = Response {
-                status: sam_status::BUSY,
-                sense: Vec::new(),
-                data: Vec::new(),
-                data_in_len: 0,
-            };
-            let new_pbuf = 0;
-            return self.reply_exec(cmd.cmd_h, direction, bufflen, None, new_pbuf, busy);
-        }
+            let ctx = ExecCtx::immediate(direction, bufflen, None);
+            return self.reply_exec(cmd.cmd_h, ctx, busy());
+        };
         let (buffer, new_pbuf) = match self.exec_buffer(&exec) {
             Ok(found) => found,
-            Err(response) => return self.reply_exec(cmd.cmd_h, direction, bufflen, None, 0, response),
+            Err(response) => {
+                let ctx = ExecCtx::immediate(direction, bufflen, Some(token));
+                return self.reply_exec(cmd.cmd_h, ctx, response);
+            }
         };
         let cdb = match self.cdb(cmd.cmd_h, &exec) {
             Ok(cdb) => cdb,
             Err(errno) => {
                 log::error!("GET_EXTENDED_CDB for cmd_h {} failed: {errno}", cmd.cmd_h);
                 let response = self.check_condition(0x04, 0x44, 0x00);
-                return self.reply_exec(cmd.cmd_h, direction, bufflen, buffer.as_ref(), new_pbuf, response);
+                let mut ctx = ExecCtx::immediate(direction, bufflen, Some(token));
+                ctx.buffer = buffer;
+                ctx.new_pbuf = new_pbuf;
+                return self.reply_exec(cmd.cmd_h, ctx, response);
             }
         };
         let writes = matches!(direction, data_direction::WRITE | data_direction::BIDI);
@@ -534,6 +710,7 @@ impl Worker {
             direction,
             bufflen,
             new_pbuf,
+            token: Some(token),
         };
         self.continue_exec(cmd.cmd_h, ctx, plan);
     }
@@ -576,25 +753,43 @@ impl Worker {
     }
 
     fn continue_exec(&mut self, cmd_h: u32, ctx: ExecCtx, plan: Plan) {
-        match plan {
-            Plan::Done(response) => self.reply_exec(
-                cmd_h,
-                ctx.direction,
-                ctx.bufflen,
-                ctx.buffer.as_ref(),
-                ctx.new_pbuf,
-                response,
-            ),
-            Plan::Io(io) => {
-                self.submit.push(StoreRequest {
-                    tag: u64::from(cmd_h),
-                    op: io.op.clone(),
-                    buffer: ctx.buffer.clone(),
-                });
-                if self.inflight.insert(cmd_h, Inflight { io, ctx }).is_none() {
-                    self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        let io = match plan {
+            Plan::Done(response) => return self.reply_exec(cmd_h, ctx, response),
+            Plan::Io(io) => io,
+        };
+        if self.aborted {
+            // The queue was aborted for the teardown: nothing new reaches the device (a
+            // command's next store step after an aborted one).
+            let response = self.check_condition(0x0b, 0x00, 0x00);
+            return self.reply_exec(cmd_h, ctx, response);
+        }
+        // The device's reference to the buffer is a lease, released by the completion.
+        let lease = match &ctx.buffer {
+            Some(buffer) => match self
+                .shared
+                .leases
+                .grant(u64::from(cmd_h), Arc::clone(&buffer.buffer))
+            {
+                Ok(lease) => Some(lease),
+                Err(refused) => {
+                    // The pool is being unmapped: the buffer must not reach the device.
+                    log::warn!("cmd_h {cmd_h}: {refused}");
+                    return self.reply_exec(cmd_h, ctx, busy());
                 }
-            }
+            },
+            None => None,
+        };
+        self.submit.push(StoreRequest {
+            tag: u64::from(cmd_h),
+            op: io.op.clone(),
+            buffer: ctx.buffer.clone(),
+        });
+        if let Some(previous) = self.inflight.insert(cmd_h, Inflight { io, ctx, lease }) {
+            // SCST reuses a handle only after the reply: a second EXEC with a live handle is a
+            // kernel bug. Keep the old lease outstanding (its request may still be on the
+            // device) rather than release it early.
+            log::error!("cmd_h {cmd_h} submitted while already in the store; the older entry is dropped");
+            drop(previous);
         }
     }
 
@@ -618,12 +813,15 @@ impl Worker {
         let mut done = std::mem::take(&mut self.completions);
         for completion in done.drain(..) {
             let cmd_h = completion.tag as u32;
-            let Some(state) = self.inflight.remove(&cmd_h).inspect(|_| {
-                self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
-            }) else {
+            let Some(state) = self.inflight.remove(&cmd_h) else {
                 log::error!("store completed unknown tag {}; ignored", completion.tag);
                 continue;
             };
+            // The device is done with the buffer: its lease ends (the payload, the device's
+            // reference, drops here, outside any lock).
+            if let Some(lease) = state.lease {
+                drop(lease.release());
+            }
             let plan = self.shared.disk.finish(&state.io, completion.status);
             self.continue_exec(cmd_h, state.ctx, plan);
         }
@@ -652,19 +850,22 @@ impl Worker {
         (len, addr)
     }
 
-    fn reply_exec(
-        &mut self,
-        cmd_h: u32,
-        direction: u8,
-        bufflen: u32,
-        buffer: Option<&IoBuffer>,
-        new_pbuf: u64,
-        response: Response,
-    ) {
+    /// Queue the EXEC's reply; its drain token (in `ctx`) goes with it and drops when the reply
+    /// is handed to SCST.
+    fn reply_exec(&mut self, cmd_h: u32, ctx: ExecCtx, response: Response) {
+        let ExecCtx {
+            direction,
+            bufflen,
+            buffer,
+            new_pbuf,
+            token,
+            ..
+        } = ctx;
+        let buffer = buffer.as_ref();
         if response.status != sam_status::GOOD {
             self.shared.counters.exec_errors.fetch_add(1, Ordering::Relaxed);
         }
-        if self.shared.phase() >= Phase::Draining {
+        if self.shared.drain.is_closed() {
             self.shared
                 .counters
                 .answered_in_teardown
@@ -695,11 +896,20 @@ impl Worker {
             psense_buffer,
             ..Default::default()
         };
-        self.replies
-            .push(ReplyCmd::with_payload(cmd_h, abi::SCST_USER_EXEC, &reply));
+        self.push_reply(ReplyCmd::with_payload(cmd_h, abi::SCST_USER_EXEC, &reply), token);
     }
 }
 
 fn io_buffer(buffer: Arc<CmdBuffer>, bufflen: usize) -> IoBuffer {
     IoBuffer::new(buffer, bufflen)
+}
+
+/// BUSY, no sense: "try again later" (intake closed, or the pool is being unmapped).
+fn busy() -> Response {
+    Response {
+        status: sam_status::BUSY,
+        sense: Vec::new(),
+        data: Vec::new(),
+        data_in_len: 0,
+    }
 }

@@ -1,0 +1,143 @@
+//! Teardown triggers (issue 4 §3, architecture.md §5): what made the frontend's teardown
+//! necessary, recorded once, and a level-triggered wake-up for whoever waits to run it.
+//!
+//! Every trigger runs the one teardown sequence ([`super::Frontend::teardown`]) on the owner's
+//! thread. The frontend only *detects* them (workers and their idle loop) and publishes the first
+//! one here; the owner waits with [`super::Frontend::wait_trigger`] (bounded) or polls
+//! [`super::Frontend::trigger_fd`] together with its own descriptors (a signal pipe), then calls
+//! the teardown. No lock: the trigger is a `OnceLock`, the wake-up an eventfd that is signalled
+//! once and never cleared, so any number of waiters see it, whenever they look.
+
+use crate::transport::fdio::poll_readable;
+use crate::transport::fdio::EventFd;
+use std::fmt;
+use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
+use std::sync::OnceLock;
+use std::time::Duration;
+use std::time::Instant;
+
+/// Why the frontend's teardown runs (the first trigger wins; later ones are logged only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TeardownTrigger {
+    /// The owner asked: a signal, `serve` stopping, the end of a demo or test.
+    #[default]
+    Requested,
+    /// The store can no longer serve ([`crate::store::Store::failure`]): the device is gone, or
+    /// a fatal error or timeout that recovery could not clear.
+    StoreFailed(String),
+    /// SCST closed or unregistered the device under us: the scst_user fd answered ENODEV or
+    /// EBADF to a worker's REPLY_AND_GET_MULTI. What we still held is answered by SCST's close
+    /// path (scst_user.md §5.3), not by us.
+    ScstClosed,
+    /// A worker thread panicked or left while the frontend was serving: its commands are
+    /// answered by the close path and its queue cannot be trusted.
+    WorkerFailed,
+}
+
+impl fmt::Display for TeardownTrigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Requested => f.write_str("requested"),
+            Self::StoreFailed(why) => write!(f, "store failed: {why}"),
+            Self::ScstClosed => f.write_str("SCST closed the device"),
+            Self::WorkerFailed => f.write_str("a worker failed"),
+        }
+    }
+}
+
+/// The first trigger and its wake-up.
+#[derive(Debug)]
+pub(crate) struct Trigger {
+    first: OnceLock<TeardownTrigger>,
+    /// Signalled once, when `first` is set; never cleared (level-triggered for every waiter).
+    wake: EventFd,
+}
+
+impl Trigger {
+    /// No trigger yet.
+    ///
+    /// # Errors
+    /// The eventfd could not be created (out of file descriptors).
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            first: OnceLock::new(),
+            wake: EventFd::new()?,
+        })
+    }
+
+    /// Records `trigger` if it is the first; returns whether it was. Never blocks.
+    pub(crate) fn fire(&self, trigger: TeardownTrigger) -> bool {
+        let mut fresh = false;
+        let first = self.first.get_or_init(|| {
+            fresh = true;
+            trigger.clone()
+        });
+        if fresh {
+            log::warn!("teardown triggered: {first}");
+            self.wake.signal();
+        } else if *first != trigger {
+            log::info!("teardown trigger {trigger} ignored: already triggered by {first}");
+        }
+        fresh
+    }
+
+    /// The first trigger, if any.
+    pub(crate) fn get(&self) -> Option<&TeardownTrigger> {
+        self.first.get()
+    }
+
+    /// Readable once a trigger fired.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Waits at most `timeout` for a trigger (poll on the eventfd: no lock, no spinning).
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<TeardownTrigger> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.first.get() {
+                return Some(t.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if let Err(e) = poll_readable(&[self.wake.as_fd()], left) {
+                // Cannot wait on the fd: fall back to a short sleep so the wait stays bounded
+                // and does not spin.
+                log::warn!("poll on the teardown trigger failed: {e}");
+                scst_accel_hal::locks::sleep(left.min(Duration::from_millis(10)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_trigger_wins_and_wakes_every_waiter() {
+        let trigger = Trigger::new().expect("eventfd");
+        assert_eq!(trigger.wait(Duration::ZERO), None);
+        assert_eq!(trigger.wait(Duration::from_millis(5)), None);
+        std::thread::scope(|s| {
+            let waiters: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| trigger.wait(Duration::from_secs(30))))
+                .collect();
+            assert!(trigger.fire(TeardownTrigger::ScstClosed));
+            for w in waiters {
+                assert_eq!(w.join().expect("waiter"), Some(TeardownTrigger::ScstClosed));
+            }
+        });
+        assert!(!trigger.fire(TeardownTrigger::Requested), "only the first counts");
+        assert_eq!(trigger.get(), Some(&TeardownTrigger::ScstClosed));
+        // Level-triggered: a late waiter sees it at once, and so does poll on the fd.
+        assert_eq!(trigger.wait(Duration::ZERO), Some(TeardownTrigger::ScstClosed));
+        assert_eq!(
+            poll_readable(&[trigger.fd()], Duration::ZERO).expect("poll"),
+            vec![true]
+        );
+    }
+}
