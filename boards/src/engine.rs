@@ -240,6 +240,18 @@ pub trait QueueEngine: Send {
     /// [`EngineError::Failed`] when the device reports a fatal state (NVMe: CSTS.CFS) or
     /// refuses the stop.
     fn stop(&mut self) -> Result<(), EngineError>;
+    /// [`QueueEngine::stop`] waiting at most `bound` (where the stop itself talks to the device,
+    /// as NVMe's queue deletion does), for callers that escalate to a reset sooner than the
+    /// device's own timeout (the teardown). Devices whose stop is bounded by the device's own
+    /// short handshake keep the default.
+    ///
+    /// # Errors
+    /// As [`QueueEngine::stop`].
+    fn stop_within(&mut self, bound: std::time::Duration) -> Result<(), EngineError> {
+        let _ = bound;
+        self.stop()
+    }
+
     /// Forget every request in flight and return their tags (see the module rules).
     fn abandon_all(&mut self) -> Vec<u64>;
     /// Run again after a stop or a reset, with nothing in flight (re-creating the queue on

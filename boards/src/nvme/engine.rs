@@ -13,6 +13,7 @@ use scst_accel_dma::mapping::IovaLock;
 use scst_accel_hal::DeviceBacking;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 impl Controller for NvmeController {
@@ -112,6 +113,10 @@ impl QueueEngine for NvmeQueue {
 
     fn stop(&mut self) -> Result<(), EngineError> {
         Ok(NvmeQueue::stop(self)?)
+    }
+
+    fn stop_within(&mut self, bound: Duration) -> Result<(), EngineError> {
+        Ok(NvmeQueue::stop_within(self, bound)?)
     }
 
     fn abandon_all(&mut self) -> Vec<u64> {

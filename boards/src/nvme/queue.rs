@@ -33,6 +33,7 @@ use std::fmt::Write as _;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 use zerocopy::IntoBytes;
 
@@ -536,14 +537,15 @@ impl NvmeQueue {
         Ok(aborted)
     }
 
-    fn delete(&self, command: &'static str, opcode: u8) -> Result<(), NvmeError> {
-        let r = self.ctrl.admin(
+    fn delete(&self, command: &'static str, opcode: u8, bound: Duration) -> Result<(), NvmeError> {
+        let r = self.ctrl.admin_within(
             command,
             Sqe {
                 opcode,
                 cdw10: u32::from(self.qid),
                 ..Sqe::default()
             },
+            bound,
         );
         match r {
             Ok(_) => Ok(()),
@@ -568,6 +570,16 @@ impl NvmeQueue {
     /// `EngineError::Failed`; only a controller reset helps); [`NvmeError::Command`] when the
     /// controller refuses a deletion.
     pub fn stop(&mut self) -> Result<(), NvmeError> {
+        self.stop_within(self.ctrl.config().admin_timeout)
+    }
+
+    /// [`NvmeQueue::stop`] with each deletion bounded by `bound` instead of the admin timeout
+    /// (the teardown's abort step cannot wait the admin timeout for a hung controller: it
+    /// resets it instead).
+    ///
+    /// # Errors
+    /// As [`NvmeQueue::stop`].
+    pub fn stop_within(&mut self, bound: Duration) -> Result<(), NvmeError> {
         self.running = false;
         if !self.live_on_device() {
             self.live_epoch = None;
@@ -578,8 +590,8 @@ impl NvmeQueue {
                 device: self.ctrl.id().to_owned(),
             });
         }
-        self.delete("DELETE I/O SQ", admin_opcode::DELETE_SQ)?;
-        self.delete("DELETE I/O CQ", admin_opcode::DELETE_CQ)?;
+        self.delete("DELETE I/O SQ", admin_opcode::DELETE_SQ, bound)?;
+        self.delete("DELETE I/O CQ", admin_opcode::DELETE_CQ, bound)?;
         self.live_epoch = None;
         log::debug!("{}: I/O queue {} deleted", self.ctrl.id(), self.qid);
         Ok(())

@@ -46,6 +46,11 @@ use std::time::Instant;
 /// as a device without an IOMMU would need for physically scattered pages.
 const SGL_SEGMENT: usize = 64 << 10;
 
+/// How long the teardown's abort waits for a queue to stop before it resets the function: a
+/// queue stop that talks to the device (NVMe queue deletion) can otherwise take the whole admin
+/// timeout on a hung controller, and the reset is what proves DMA has ended anyway.
+const TEARDOWN_STOP_BOUND: Duration = Duration::from_millis(500);
+
 /// Tuning of the accelerator store.
 #[derive(Clone, Copy, Debug)]
 pub struct AccelConfig {
@@ -684,6 +689,12 @@ impl AccelQueue {
     /// (ABORTED: no DMA can happen for it any more) and restart. A gone device fails
     /// everything, for good.
     fn recover(&mut self, why: &str) {
+        self.recover_with(why, None)
+    }
+
+    /// [`AccelQueue::recover`] with the stop bounded by `stop_bound` instead of the device's
+    /// own timeout (the teardown resets a device that does not stop promptly).
+    fn recover_with(&mut self, why: &str, stop_bound: Option<Duration>) {
         log::error!(
             "{} queue {}: {why}; {} requests in flight, {} waiting: stopping the queue",
             self.board.id(),
@@ -694,7 +705,11 @@ impl AccelQueue {
         // The register and ring state at the moment of escalation (issue 4 §2).
         log::error!("{}", self.board.dump_registers());
         log::error!("{}", self.queue.dump());
-        let mut alive = match self.queue.stop() {
+        let stopped = match stop_bound {
+            Some(bound) => self.queue.stop_within(bound),
+            None => self.queue.stop(),
+        };
+        let mut alive = match stopped {
             Ok(()) => {
                 self.counters.queue_stops.fetch_add(1, Ordering::Relaxed);
                 true
@@ -903,7 +918,10 @@ impl StoreQueue for AccelQueue {
             return 0;
         }
         let n = self.parents.len();
-        self.recover("teardown: aborting requests still in flight");
+        self.recover_with(
+            "teardown: aborting requests still in flight",
+            Some(TEARDOWN_STOP_BOUND),
+        );
         n
     }
 }
