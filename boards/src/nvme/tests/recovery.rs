@@ -315,3 +315,59 @@ fn a_gone_device_is_reported() {
     ));
     assert_released(&handle);
 }
+
+/// A process killed with its controller enabled, I/O queues live and commands on the device
+/// (what `kill -9` leaves when nothing resets the function on release): the next bring-up on
+/// the same controller must disable it first (CC.EN = 0, RDY = 0 within CAP.TO), then serve
+/// verified I/O, with no DMA fault on the way.
+#[test]
+fn a_controller_left_enabled_by_a_dead_driver_is_disabled_and_serves_again() {
+    // Arrange: the first driver brings the controller up and dies with reads held by the device.
+    let (device, sim) = sim("drv-left-enabled", NvmeSimConfig::default());
+    sim.inject(fault("latency:20ms"));
+    let (first, mut first_queues) =
+        NvmeController::bring_up(device.clone() as Arc<dyn DeviceBacking>, &config()).expect("bring-up");
+    let held = buffer(&first, 64 * 1024);
+    let reqs: Vec<_> = (0..8u64)
+        .map(|i| (i, (held.iova() + i * 8192, 8192u32)))
+        .collect();
+    for (tag, seg) in &reqs {
+        first_queues[0]
+            .submit(&req(
+                *tag,
+                DeviceOp::Read,
+                tag * 16,
+                8192,
+                std::slice::from_ref(seg),
+            ))
+            .expect("submit");
+    }
+    first_queues[0].ring_doorbell();
+    assert!(first.is_enabled());
+    // The process dies: nothing of the first driver runs again. Its memory stays mapped, as
+    // it would until the kernel tears the VFIO container down.
+    std::mem::forget(held);
+    std::mem::forget(first_queues);
+    std::mem::forget(first);
+    sim.clear_faults();
+
+    // Act: a new driver on the same controller, in another IOVA window.
+    let second = NvmeConfig {
+        iova_base: 1 << 36,
+        ..config()
+    };
+    let (ctrl, mut queues) = NvmeController::bring_up(device.clone() as Arc<dyn DeviceBacking>, &second)
+        .expect("bring-up over a controller left enabled");
+
+    // Assert: the controller was reset on the way (the first driver's queues are gone) and
+    // serves verified I/O on every new queue.
+    assert!(ctrl.is_enabled());
+    for (i, q) in queues.iter_mut().enumerate() {
+        verified_io(q, 4096 + 64 * i as u64, 40 + i as u8);
+    }
+    assert_eq!(sim.iommu().fault_count(), 0, "{:?}", sim.iommu().faults());
+    for q in &mut queues {
+        QueueEngine::stop(q).expect("stop");
+    }
+    Controller::shutdown(ctrl.as_ref()).expect("shutdown");
+}
