@@ -146,6 +146,10 @@ pub struct Geometry {
     pub max_transfer_bytes: u32,
     /// Most data segments one device request may carry.
     pub max_segments: u32,
+    /// Every segment but the first must start, and every segment but the last must end, on a
+    /// multiple of this many bytes of IOVA (NVMe PRPs: the memory page; SCA-1 scatter lists:
+    /// 1, any byte). A layout that breaks it is refused with [`SubmitError::Unaligned`].
+    pub segment_alignment: u32,
     /// The device deallocates (UNMAP, WRITE ZEROES with deallocate).
     pub supports_deallocate: bool,
     /// The device has a volatile write cache (FLUSH and FUA mean something).

@@ -244,6 +244,7 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo) -> Geometry {
         capacity_blocks: info.namespace.nsze,
         max_transfer_bytes: max_transfer,
         max_segments: max_transfer / PAGE_SIZE as u32 + 1,
+        segment_alignment: PAGE_SIZE as u32,
         supports_deallocate: info.controller.supports_dsm(),
         volatile_cache: info.controller.volatile_cache(),
     }

@@ -78,6 +78,7 @@ impl Controller for Sca1 {
             capacity_blocks: caps.capacity_blocks,
             max_transfer_bytes: caps.max_transfer_bytes,
             max_segments: 1 << caps.cap0.max_sgl_log2.min(12),
+            segment_alignment: 1,
             supports_deallocate: true,
             volatile_cache: true,
         }

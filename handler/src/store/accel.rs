@@ -2,9 +2,9 @@
 //! (`scst_accel_boards::engine`: the SCA-1 accelerator of docs/accelerator.md, or an NVMe
 //! controller). Each frontend worker owns one device queue; a store request becomes one or more
 //! device requests (split at the device's transfer limit; WRITE SAME as a scatter list repeating
-//! the pattern block, or, on devices that take one contiguous range per request, a scratch
-//! buffer filled with it; UNMAP as one DEALLOCATE per range), and their completions are gathered
-//! back into one.
+//! the pattern block, or, where a block boundary is not a valid segment boundary (NVMe PRPs
+//! with blocks smaller than a page), a scratch buffer filled with it; UNMAP as one DEALLOCATE
+//! per range), and their completions are gathered back into one.
 //!
 //! Every completion is validated by the queue before it is trusted. A request the device does
 //! not complete within `command_timeout` escalates: stop the queue (RUN=0, bounded wait for
@@ -242,8 +242,9 @@ struct AccelQueue {
     failure: Arc<OnceLock<String>>,
     /// Device requests queued on the device, as last published to the counters.
     published_in_flight: usize,
-    /// [`scst_accel_boards::engine::Geometry::max_segments`].
-    max_segments: u32,
+    /// The device can describe WRITE SAME as a scatter list repeating the pattern block
+    /// (enough segments, and a block boundary is a valid segment boundary).
+    repeats_blocks: bool,
     /// Restarts have failed since then (another queue's recovery may still be running).
     restart_failing_since: Option<Instant>,
 }
@@ -258,7 +259,9 @@ impl AccelQueue {
         failure: Arc<OnceLock<String>>,
     ) -> Self {
         let seen_resets = board.reset_count();
-        let max_segments = board.geometry().max_segments;
+        let geometry = board.geometry();
+        let repeats_blocks = u64::from(geometry.max_segments) >= write_same_chunk(info)
+            && info.block_size.is_multiple_of(geometry.segment_alignment.max(1));
         Self {
             board,
             queue,
@@ -277,7 +280,7 @@ impl AccelQueue {
             gone: false,
             failure,
             published_in_flight: 0,
-            max_segments,
+            repeats_blocks,
             restart_failing_since: None,
         }
     }
@@ -289,13 +292,6 @@ impl AccelQueue {
     /// Split a store request into device requests; `pattern` is the expanded WRITE SAME
     /// pattern when the device cannot repeat a block through a scatter list.
     fn plan(&self, req: &StoreRequest, pattern: Option<&IoBuffer>) -> Result<Vec<Child>, StoreStatus> {
-        // Devices that take one contiguous range per request (NVMe PRPs are built from it) get
-        // it whole; SCA-1 gets scatter lists of SGL_SEGMENT pieces (accelerator.md §3).
-        let max_segment = if self.max_segments <= 1 {
-            usize::MAX
-        } else {
-            SGL_SEGMENT
-        };
         let bs = self.bs();
         let max_blocks = u64::from(self.info.max_transfer_blocks);
         let in_range = |lba: u64, blocks: u64| {
@@ -327,7 +323,7 @@ impl AccelQueue {
                 // Large transfers go to the device as scatter lists of SGL_SEGMENT pieces
                 // (accelerator.md §3); a small one is a single inline address.
                 let segments = iova
-                    .map(|base| split_for_device(base + done * bs, (n * bs) as usize, max_segment))
+                    .map(|base| split_for_device(base + done * bs, (n * bs) as usize, SGL_SEGMENT))
                     .unwrap_or_default();
                 out.push(child(op, fua, lba + done, n, segments));
                 done += n;
@@ -354,7 +350,7 @@ impl AccelQueue {
                     return Err(StoreStatus::OutOfRange);
                 }
                 let (iova, _) = buffer_iova(bs)?;
-                let per = self.write_same_chunk();
+                let per = write_same_chunk(self.info);
                 let mut out = Vec::new();
                 let mut done = 0;
                 while done < blocks {
@@ -449,21 +445,16 @@ impl AccelQueue {
         }
     }
 
-    /// Blocks per WRITE SAME device request.
-    fn write_same_chunk(&self) -> u64 {
-        u64::from(self.info.max_transfer_blocks).min(64)
-    }
-
     /// WRITE SAME on a device that cannot repeat one block through a scatter list: expand the
     /// pattern into scratch memory next to the command buffer (one chunk, read by every child).
     fn expand_write_same(&self, req: &StoreRequest) -> Result<Option<IoBuffer>, StoreStatus> {
         let StoreOp::WriteSame { blocks, .. } = req.op else {
             return Ok(None);
         };
-        let per = self.write_same_chunk();
-        if u64::from(self.max_segments) >= per {
+        if self.repeats_blocks {
             return Ok(None);
         }
+        let per = write_same_chunk(self.info);
         let data = req.buffer.as_ref().ok_or(StoreStatus::InvalidRequest)?;
         let bs = self.bs() as usize;
         if data.len < bs {
@@ -857,6 +848,11 @@ impl AccelQueue {
             self.restart_queue();
         }
     }
+}
+
+/// Blocks per WRITE SAME device request.
+fn write_same_chunk(info: StoreInfo) -> u64 {
+    u64::from(info.max_transfer_blocks).min(64)
 }
 
 fn compare(data: &IoBuffer, scratch: &IoBuffer) -> StoreStatus {
