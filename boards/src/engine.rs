@@ -211,6 +211,8 @@ pub trait QueueEngine: Send {
     fn is_halted(&self) -> bool;
     /// When the oldest request in flight was submitted.
     fn oldest_submission(&self) -> Option<Instant>;
+    /// User tags of the requests in flight submitted before `cutoff` (the late ones).
+    fn expired(&self, cutoff: Instant) -> Vec<u64>;
     /// Readable when completions may have been posted (an MSI-X eventfd); `None` when polling.
     fn notify_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Queue one request (visible to the device after [`QueueEngine::ring_doorbell`]).

@@ -87,6 +87,10 @@ impl QueueEngine for NvmeQueue {
         NvmeQueue::oldest_submission(self)
     }
 
+    fn expired(&self, cutoff: Instant) -> Vec<u64> {
+        NvmeQueue::expired(self, cutoff)
+    }
+
     fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
         NvmeQueue::notify_fd(self)
     }

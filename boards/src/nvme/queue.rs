@@ -275,6 +275,15 @@ impl NvmeQueue {
         self.slots.iter().filter_map(|s| s.submitted).min()
     }
 
+    /// User tags of the commands in flight submitted before `cutoff`.
+    pub fn expired(&self, cutoff: Instant) -> Vec<u64> {
+        self.slots
+            .iter()
+            .filter(|s| s.submitted.is_some_and(|t| t < cutoff))
+            .filter_map(|s| s.user_tag)
+            .collect()
+    }
+
     /// The MSI-X eventfd of this queue, when interrupts are used.
     pub fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
         self.irq.as_ref().map(|e| e.as_fd())

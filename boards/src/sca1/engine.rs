@@ -163,6 +163,10 @@ impl QueueEngine for Sca1Queue {
         Sca1Queue::oldest_submission(self)
     }
 
+    fn expired(&self, cutoff: Instant) -> Vec<u64> {
+        Sca1Queue::expired(self, cutoff)
+    }
+
     fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
         Sca1Queue::notify_fd(self)
     }

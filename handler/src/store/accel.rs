@@ -56,7 +56,7 @@ const TEARDOWN_STOP_BOUND: Duration = Duration::from_millis(500);
 pub struct AccelConfig {
     /// A device request older than this escalates (stop, reset, fail).
     pub command_timeout: Duration,
-    /// How often an idle queue with requests in flight checks for device loss or FATAL.
+    /// How often a queue with requests in flight checks their deadlines, device loss and FATAL.
     pub health_interval: Duration,
 }
 
@@ -86,8 +86,6 @@ pub struct AccelCounters {
     pub unknown_tags: AtomicU64,
     /// Late requests the device aborted on request (the first rung of the ladder).
     pub device_aborts: AtomicU64,
-    /// Requests queued on a device queue, summed over queues (for dumps on demand).
-    pub in_flight: AtomicU64,
 }
 
 /// The store.
@@ -176,10 +174,9 @@ impl Store for AccelStore {
     fn dump(&self) -> Option<String> {
         let c = &self.counters;
         Some(format!(
-            "{}\nstore: {} device requests queued; device_errors {} device_aborts {} timeouts {} queue_stops {} \
-             resets {} gone_failures {} unknown_tags {}{}",
+            "{}\nstore: device_errors {} device_aborts {} timeouts {} queue_stops {} resets {} \
+             gone_failures {} unknown_tags {}{}",
             self.board.dump_registers(),
-            c.in_flight.load(Ordering::Relaxed),
             c.device_errors.load(Ordering::Relaxed),
             c.device_aborts.load(Ordering::Relaxed),
             c.timeouts.load(Ordering::Relaxed),
@@ -201,8 +198,6 @@ struct Child {
     lba: u64,
     length: u32,
     segments: Vec<(u64, u32)>,
-    /// When it went to the device (`None` while it waits in the backlog).
-    submitted: Option<Instant>,
 }
 
 /// For Compare: the command's data and the scratch buffer the medium is read into.
@@ -240,8 +235,6 @@ struct AccelQueue {
     seen_unknown: u64,
     gone: bool,
     failure: Arc<OnceLock<String>>,
-    /// Device requests queued on the device, as last published to the counters.
-    published_in_flight: usize,
     /// The device can describe WRITE SAME as a scatter list repeating the pattern block
     /// (enough segments, and a block boundary is a valid segment boundary).
     repeats_blocks: bool,
@@ -279,7 +272,6 @@ impl AccelQueue {
             seen_unknown: 0,
             gone: false,
             failure,
-            published_in_flight: 0,
             repeats_blocks,
             restart_failing_since: None,
         }
@@ -313,7 +305,6 @@ impl AccelQueue {
             lba,
             length: (blocks * bs) as u32,
             segments,
-            submitted: None,
         };
         let split = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, iova: Option<u64>| -> Vec<Child> {
             let mut out = Vec::new();
@@ -519,9 +510,6 @@ impl AccelQueue {
             match self.queue.submit(&request) {
                 Ok(()) => {
                     self.backlog.pop_front();
-                    if let Some(c) = self.children.get_mut(&id) {
-                        c.submitted = Some(Instant::now());
-                    }
                 }
                 Err(SubmitError::Full) | Err(SubmitError::NotRunning) => break,
                 Err(e @ (SubmitError::TooManySegments { .. } | SubmitError::Unaligned(_))) => {
@@ -614,12 +602,7 @@ impl AccelQueue {
     /// they do not come, climb the rest of the ladder ([`AccelQueue::recover`]).
     fn escalate_timeout(&mut self) {
         let cutoff = Instant::now() - self.config.command_timeout;
-        let late: Vec<u64> = self
-            .children
-            .iter()
-            .filter(|(_, c)| c.submitted.is_some_and(|t| t <= cutoff))
-            .map(|(&id, _)| id)
-            .collect();
+        let late = self.queue.expired(cutoff);
         match self.queue.abort(&late) {
             Ok(n) if n > 0 && n == late.len() => {
                 let deadline = Instant::now() + self.config.command_timeout.min(Duration::from_secs(1));
@@ -794,17 +777,6 @@ impl AccelQueue {
         }
     }
 
-    /// Keep [`AccelCounters::in_flight`] (the sum over queues) up to date for dumps.
-    fn publish_in_flight(&mut self) {
-        let now = self.queue.in_flight();
-        if now != self.published_in_flight {
-            let counter = &self.counters.in_flight;
-            counter.fetch_add(now as u64, Ordering::Relaxed);
-            counter.fetch_sub(self.published_in_flight as u64, Ordering::Relaxed);
-            self.published_in_flight = now;
-        }
-    }
-
     /// Deadlines and health, checked on every reap (the worker reaps at least every idle poll).
     fn check_health(&mut self) {
         let resets = self.board.reset_count();
@@ -825,15 +797,18 @@ impl AccelQueue {
         if self.queue.in_flight() == 0 && self.backlog.is_empty() {
             return;
         }
+        // Deadlines and device health are checked every health interval, not on every reap:
+        // finding the oldest request scans the queue's slots, and the health checks read
+        // registers (uncached MMIO on hardware).
+        if self.last_health.elapsed() < self.config.health_interval {
+            return;
+        }
+        self.last_health = Instant::now();
         if let Some(oldest) = self.queue.oldest_submission() {
             if oldest.elapsed() >= self.config.command_timeout {
                 return self.escalate_timeout();
             }
         }
-        if self.last_health.elapsed() < self.config.health_interval {
-            return;
-        }
-        self.last_health = Instant::now();
         if self.board.is_gone() {
             return self.recover("the device is gone");
         }
@@ -874,7 +849,6 @@ impl StoreQueue for AccelQueue {
             self.start(req);
         }
         self.pump();
-        self.publish_in_flight();
         Ok(())
     }
 
@@ -884,7 +858,6 @@ impl StoreQueue for AccelQueue {
             self.check_health();
             self.pump();
         }
-        self.publish_in_flight();
         let n = self.done.len();
         out.append(&mut self.done);
         n
@@ -927,9 +900,6 @@ impl Drop for AccelQueue {
     /// right after this, so first make sure the engine holds nothing, resetting the function if
     /// the stop handshake fails.
     fn drop(&mut self) {
-        self.counters
-            .in_flight
-            .fetch_sub(self.published_in_flight as u64, Ordering::Relaxed);
         if self.gone || (!self.queue.is_running() && self.queue.in_flight() == 0) {
             return;
         }
