@@ -48,6 +48,7 @@ fn every_store_operation_works_on_the_nvme_engine_write_same_included() {
             ..NvmeSimConfig::default()
         };
         let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("open");
+        let sim = opened.nvme_sim.clone().expect("simulated controller");
         let pool = Arc::new(SgvPool::new(
             Some(device_mapper(Arc::clone(opened.controller.device()))),
             Some(Arc::clone(opened.controller.iovas())),
@@ -151,5 +152,11 @@ fn every_store_operation_works_on_the_nvme_engine_write_same_included() {
         );
         drop(q);
         assert_eq!(store.failure(), None);
+        let stats = sim.stats();
+        assert_eq!(
+            stats.invalid_doorbell_writes, 0,
+            "the driver never wrote a doorbell the controller refused"
+        );
+        assert_eq!(stats.iommu_faults, 0);
     }
 }

@@ -231,17 +231,29 @@ fn command(shared: &Shared, job: Job) {
     let _ = post(&exec, sqe.cid(), dw0, status);
 }
 
-/// Post a completion on the job's CQ (§4.6): the body first, then the dword holding the
-/// phase tag, so a host that sees the new phase sees the whole entry; advance the tail
-/// (flipping the phase on wrap); raise the vector if the CQ has interrupts enabled.
+/// Post a completion on the job's CQ (§4.6): claim the slot (advance the tail, flipping the
+/// phase on wrap) before the entry becomes visible, so a host that consumes it at once and
+/// writes the CQ head doorbell never gets ahead of the controller's own tail; then write the
+/// body first and the dword holding the phase tag last, so a host that sees the new phase sees
+/// the whole entry; raise the vector if the CQ has interrupts enabled.
 pub(crate) fn post(exec: &Exec<'_>, cid: u16, dw0: u32, status: Status) -> Result<(), Failure> {
     let job = exec.job;
-    let (slot_addr, phase, sqid) = {
-        let st = exec.lock_valid()?;
-        let Some(cq) = st.cqs[usize::from(job.cqid)] else {
+    let (slot_addr, phase, sqid, vector) = {
+        let mut st = exec.lock_valid()?;
+        let Some(cq) = st.cqs[usize::from(job.cqid)].as_mut() else {
             return Err(Failure::Abandoned);
         };
-        (cq.base + u64::from(cq.tail) * CQE_BYTES, cq.phase, job.sqid)
+        let claimed = (cq.base + u64::from(cq.tail) * CQE_BYTES, cq.phase, job.sqid);
+        cq.tail = (cq.tail + 1) % cq.size;
+        if cq.tail == 0 {
+            cq.phase = !cq.phase;
+        }
+        (
+            claimed.0,
+            claimed.1,
+            claimed.2,
+            cq.ien.then_some(u32::from(cq.vector)),
+        )
     };
     let entry = Cqe {
         dw0,
@@ -264,16 +276,6 @@ pub(crate) fn post(exec: &Exec<'_>, cid: u16, dw0: u32, status: Status) -> Resul
         }
         Err(e) => return Err(e),
     }
-    let mut st = exec.lock_valid()?;
-    let Some(cq) = st.cqs[usize::from(job.cqid)].as_mut() else {
-        return Err(Failure::Abandoned);
-    };
-    cq.tail = (cq.tail + 1) % cq.size;
-    if cq.tail == 0 {
-        cq.phase = !cq.phase;
-    }
-    let vector = cq.ien.then_some(u32::from(cq.vector));
-    drop(st);
     Counters::add(&exec.shared.stats.completions);
     if let Some(vector) = vector {
         exec.shared.raise(vector);
