@@ -138,14 +138,16 @@ pub struct FaultParseError {
     pub reason: String,
 }
 
-fn parse_number(text: &str) -> Option<u64> {
+/// A decimal or `0x` hexadecimal number (shared with the NVMe simulator's fault syntax).
+pub(super) fn parse_number(text: &str) -> Option<u64> {
     match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),
     }
 }
 
-fn parse_duration_micros(text: &str) -> Option<u64> {
+/// `<N>us`, `<N>ms` or `<N>s` in microseconds (shared with the NVMe simulator's fault syntax).
+pub(super) fn parse_duration_micros(text: &str) -> Option<u64> {
     let (number, scale) = if let Some(n) = text.strip_suffix("us") {
         (n, 1)
     } else if let Some(n) = text.strip_suffix("ms") {

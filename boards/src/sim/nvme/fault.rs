@@ -7,6 +7,8 @@
 //! the moment the fault is injected, 1-based: `every=3` hits the 3rd, 6th, ... matching
 //! command after injection.
 
+use crate::sim::fault::parse_duration_micros;
+use crate::sim::fault::parse_number;
 use std::fmt;
 use std::str::FromStr;
 
@@ -66,26 +68,6 @@ pub struct NvmeFaultParseError {
     pub input: String,
     /// What is wrong with it.
     pub reason: String,
-}
-
-fn parse_number(text: &str) -> Option<u64> {
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    }
-}
-
-fn parse_duration_micros(text: &str) -> Option<u64> {
-    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
-        (n, 1)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1_000)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1_000_000)
-    } else {
-        return None;
-    };
-    parse_number(number)?.checked_mul(scale)
 }
 
 impl FromStr for NvmeFault {
