@@ -74,7 +74,12 @@ impl Trigger {
             trigger.clone()
         });
         if fresh {
-            log::warn!("teardown triggered: {first}");
+            // An asked-for stop is routine; every other trigger is a failure worth a warning.
+            if *first == TeardownTrigger::Requested {
+                log::info!("teardown triggered: {first}");
+            } else {
+                log::warn!("teardown triggered: {first}");
+            }
             self.wake.signal();
         } else if *first != trigger {
             log::info!("teardown trigger {trigger} ignored: already triggered by {first}");

@@ -793,17 +793,23 @@ impl Worker {
         }
     }
 
+    /// Submit everything queued, reaping after each batch (a reap can queue a command's next
+    /// store step, which is submitted in the same call). Reaps at least once.
     fn flush_submissions(&mut self) {
-        while !self.submit.is_empty() {
-            if let Err(e) = self.queue.submit(&mut self.submit) {
-                log::debug!("store queue: {e}");
-                if self.reap_store() == 0 {
-                    self.wait(false);
+        loop {
+            if !self.submit.is_empty() {
+                if let Err(e) = self.queue.submit(&mut self.submit) {
+                    log::debug!("store queue: {e}");
+                    if self.reap_store() == 0 {
+                        self.wait(false);
+                    }
                 }
             }
             self.reap_store();
+            if self.submit.is_empty() {
+                return;
+            }
         }
-        self.reap_store();
     }
 
     /// Reap store completions and move their commands on. Returns how many were reaped.
