@@ -43,6 +43,11 @@ use scst_accel_hal::DmaMapper;
 use shared::Shared;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `shutdown` waits for threads caught handing their stash back: the move is a few
+/// list operations, so only a descheduled thread takes more than microseconds.
+const ORPHAN_WAIT: Duration = Duration::from_secs(2);
 
 /// Number of cached size classes: orders 0..=10, 4 KiB to 4 MiB (`scst_user.md §3.6`).
 pub const SGV_CLASSES: usize = 11;
@@ -166,6 +171,15 @@ impl SgvPool {
         self.shared.flush()
     }
 
+    /// Hand this thread's idle buffers for this pool back now (to the shared lists, or
+    /// released when the pool is closed) instead of at thread exit. A thread that served the
+    /// pool calls it last: thread-local destructors run after `thread::scope`'s implicit join
+    /// and after `JoinHandle::is_finished` says true, so their timing is nothing to build on.
+    /// Returns whether this thread had a stash for the pool.
+    pub fn return_thread_stash(&self) -> bool {
+        stash::return_local_stash(&self.shared)
+    }
+
     /// The counters now.
     pub fn stats(&self) -> PoolStats {
         self.shared.stats()
@@ -178,7 +192,18 @@ impl SgvPool {
     /// still reach them) until they are returned.
     pub fn shutdown(self) -> Result<PoolStats, PoolShutdownError> {
         self.shared.close();
-        let released = self.shared.flush();
+        let mut released = self.shared.flush();
+        // A thread that was handing its stash back when the pool closed releases those buffers
+        // itself (it sees `closed`); wait for it so that "shut down" means "unmapped".
+        let stalled = self.shared.wait_for_orphans(ORPHAN_WAIT);
+        if stalled > 0 {
+            log::warn!(
+                "SGV pool {}: {stalled} thread stashes still being returned after {ORPHAN_WAIT:?}; \
+                 their buffers are released when those threads go on",
+                self.shared.id
+            );
+        }
+        released += self.shared.flush();
         let stats = self.shared.stats();
         log::info!(
             "SGV pool {} shut down: {released} cached buffers released, {} in use, {} bytes still mapped",

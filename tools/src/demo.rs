@@ -265,7 +265,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             .ok_or("--reset-during-load needs an accelerator board (not --board ram)")?;
         let timed = &timed_phase;
         std::thread::scope(|scope| {
-            scope.spawn(move || {
+            let resetter = scope.spawn(move || {
                 let deadline = std::time::Instant::now() + Duration::from_secs(600);
                 while !timed.load(std::sync::atomic::Ordering::Acquire)
                     && std::time::Instant::now() < deadline
@@ -278,10 +278,13 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
                     log::error!("--reset-during-load: recovery failed: {e}");
                 }
             });
-            (
-                workload::run(&sessions, geometry, &workload_config, &mut progress),
-                None,
-            )
+            let result = workload::run(&sessions, geometry, &workload_config, &mut progress);
+            // Joined explicitly (issue 16): the recovery may return pool buffers on this
+            // thread, and an implicit scope join does not wait for its thread-locals.
+            if resetter.join().is_err() {
+                log::error!("--reset-during-load: the reset thread panicked");
+            }
+            (result, None)
         })
     } else {
         (

@@ -99,6 +99,8 @@ pub(super) struct Shared {
     free: OrderedMutex<Lists, levels::SgvPool>,
     /// Level `sgv.stashes`.
     stashes: OrderedMutex<Vec<StashRef>, levels::SgvStashes>,
+    /// Stashes being moved to the shared lists by [`Shared::adopt_orphan`] right now.
+    orphans_in_transit: AtomicU64,
     pub(super) counters: Counters,
 }
 
@@ -142,6 +144,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             free: OrderedMutex::default(),
             stashes: OrderedMutex::default(),
+            orphans_in_transit: AtomicU64::new(0),
             counters: Counters::default(),
         })
     }
@@ -391,11 +394,37 @@ impl Shared {
         }
     }
 
-    /// A thread is exiting: its stash joins the shared lists and leaves the registry.
+    /// A thread is done with its stash (explicit return, or its thread-local destructor): the
+    /// stash joins the shared lists and leaves the registry.
+    ///
+    /// Between `take_all` and `to_shared_lists` the slots are in neither place, so a concurrent
+    /// drain cannot see them. They are counted in `orphans_in_transit` from *under the stash
+    /// lock*: a drain that then locks this stash (or clones a registry without it) is ordered
+    /// after the increment, and `shutdown` waits for the count to fall to zero.
     pub(super) fn adopt_orphan(&self, stash: &StashRef) {
-        let slots = lock(stash).take_all();
+        let slots = {
+            let mut lists = lock(stash);
+            self.orphans_in_transit.fetch_add(1, Ordering::SeqCst);
+            lists.take_all()
+        };
+        #[cfg(test)]
+        tests_hook::pause_if_armed(self.id);
         lock(&self.stashes).retain(|s| !Arc::ptr_eq(s, stash));
         self.to_shared_lists(slots);
+        self.orphans_in_transit.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wait (bounded by `bound`, 1 ms sleeps, no lock held) until no stash is in transit.
+    /// Returns how many still are at the end (0 unless a thread stalled mid-move).
+    pub(super) fn wait_for_orphans(&self, bound: std::time::Duration) -> u64 {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let left = self.orphans_in_transit.load(Ordering::SeqCst);
+            if left == 0 || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            scst_accel_hal::locks::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Take every idle buffer out of every stash and the shared lists.
@@ -451,6 +480,37 @@ impl Drop for Shared {
         let released = self.flush();
         if released > 0 {
             log::debug!("SGV pool {}: released {released} buffers at final drop", self.id);
+        }
+    }
+}
+
+/// Test-only: make `adopt_orphan` of one pool stop between taking a stash's slots and placing
+/// them, so a test can run `shutdown` inside that window on purpose.
+#[cfg(test)]
+pub(super) mod tests_hook {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static ARMED_POOL: AtomicU64 = AtomicU64::new(0);
+    static ENTERED: Mutex<Option<std::sync::mpsc::Sender<()>>> = Mutex::new(None);
+
+    /// The next `adopt_orphan` of pool `id` signals `entered`, then stalls for `pause`.
+    pub(in crate::sgv) fn arm(id: u64, entered: std::sync::mpsc::Sender<()>) {
+        *ENTERED.lock().expect("hook") = Some(entered);
+        ARMED_POOL.store(id, Ordering::SeqCst);
+    }
+
+    pub(super) fn pause_if_armed(id: u64) {
+        if ARMED_POOL
+            .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            if let Some(tx) = ENTERED.lock().expect("hook").take() {
+                let _ = tx.send(());
+            }
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 }

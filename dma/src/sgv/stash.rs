@@ -3,8 +3,15 @@
 //!
 //! The stash itself is an `Arc<OrderedMutex<Lists, SgvStash>>` (level `sgv.stash`) registered in its pool, so that the pool can
 //! drain every thread's stash (flush, shutdown, eviction under the cap). Its owner thread is
-//! the only one that locks it on the data path, so that lock is uncontended. When the thread
-//! exits, its stash is handed back to the pool's shared lists.
+//! the only one that locks it on the data path, so that lock is uncontended.
+//!
+//! A thread that is done with a pool hands its stash back explicitly with
+//! [`return_local_stash`] (`SgvPool::return_thread_stash`). The thread-local destructor does the
+//! same as a safety net, but nothing may rely on *when* it runs: `std::thread::scope`'s implicit
+//! join and `JoinHandle::is_finished` both report a thread done before its thread-local
+//! destructors have run (rust-lang/rust#116237). The pool counts a stash whose buffers are being
+//! moved as in transit, and `shutdown` waits (bounded) for those moves, so a late destructor
+//! cannot leave a buffer mapped after `shutdown` returned.
 
 use super::shared::Lists;
 use super::shared::Shared;
@@ -71,6 +78,22 @@ pub(super) fn local_stash(shared: &Arc<Shared>) -> Option<StashRef> {
         })
         .ok()
         .flatten()
+}
+
+/// Hand this thread's stash for `shared` back to the pool now (its buffers join the shared
+/// lists, or are released if the pool is closed) and forget it. Returns whether the thread
+/// had one. A later `get`/`put` on this thread makes a new stash.
+pub(super) fn return_local_stash(shared: &Shared) -> bool {
+    let taken = LOCAL
+        .try_with(|cell| {
+            let mut stashes = cell.try_borrow_mut().ok()?;
+            let at = stashes.iter().position(|s| s.pool_id == shared.id)?;
+            Some(stashes.swap_remove(at))
+        })
+        .ok()
+        .flatten();
+    // Dropped outside the RefCell borrow: the drop hands the stash to the pool.
+    taken.is_some()
 }
 
 #[cfg(test)]

@@ -296,7 +296,9 @@ fn stash_spills_to_the_shared_lists_and_flush_reaches_other_threads() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(move || {
+        // Joined explicitly below: an implicit scope join returns before the thread's
+        // thread-local destructors (its stash) have run (rust-lang/rust#116237).
+        let worker = s.spawn(move || {
             let held: Vec<DmaBuffer> = (0..40).map(|_| pool.get(K4).expect("b")).collect();
             drop(held); // 40 returns: the stash keeps at most 16, the rest spill.
             ready_tx.send(()).expect("send");
@@ -309,6 +311,7 @@ fn stash_spills_to_the_shared_lists_and_flush_reaches_other_threads() {
         assert_eq!(pool.stats().cached, 40);
         assert_eq!(pool.flush(), 40, "flush drains the live thread's stash too");
         done_tx.send(()).expect("send");
+        worker.join().expect("worker");
     });
     assert_eq!(f.pool.stats().cached, 0);
     f.shutdown_clean();
@@ -323,8 +326,9 @@ fn concurrent_get_and_put_from_several_threads() {
     let pool = &f.pool;
     let out_ref = &out;
     std::thread::scope(|s| {
+        let mut workers = Vec::new();
         for t in 0..THREADS {
-            s.spawn(move || {
+            workers.push(s.spawn(move || {
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ t;
                 let mut held: Vec<(DmaBuffer, u64)> = Vec::new();
                 for round in 0..ROUNDS {
@@ -362,7 +366,14 @@ fn concurrent_get_and_put_from_several_threads() {
                     out_ref.lock().expect("set").remove(&b.addr());
                     pool.put(b);
                 }
-            });
+                // What a pool's worker thread does last: its idle buffers go back now, not
+                // whenever its thread-local destructor happens to run.
+                pool.return_thread_stash();
+            }));
+        }
+        // Explicit joins: the scope's implicit join does not wait for thread-local destructors.
+        for w in workers {
+            w.join().expect("worker");
         }
     });
     let s = f.pool.stats();
@@ -371,4 +382,57 @@ fn concurrent_get_and_put_from_several_threads() {
     assert!(s.allocations + s.reuses + s.refused >= THREADS * ROUNDS);
     let end = f.shutdown_clean();
     assert_eq!((end.mapped_bytes, end.cached), (0, 0));
+}
+
+#[test]
+fn return_thread_stash_hands_the_idle_buffers_back_at_once() {
+    let f = fixture(1 << 30);
+    let pool = &f.pool;
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let held: Vec<DmaBuffer> = (0..4).map(|_| pool.get(K4).expect("b")).collect();
+            drop(held);
+            let before = pool.stats().cached;
+            assert!(pool.return_thread_stash(), "this thread had a stash");
+            assert!(!pool.return_thread_stash(), "and now has none");
+            // Still cached, but in the shared lists: another thread reuses them.
+            before
+        });
+        assert_eq!(worker.join().expect("worker"), 4);
+        let b = pool.get(K4).expect("from the shared lists");
+        assert_eq!(pool.stats().reuses, 1);
+        drop(b);
+    });
+    f.shutdown_clean();
+}
+
+/// The failure CI hit (issue 16): a thread that had ended (as far as `thread::scope`'s implicit
+/// join could tell) was still running its stash's thread-local destructor, with the slots out
+/// of the stash and not yet in the shared lists, while `shutdown` ran; `shutdown` returned with
+/// those buffers still mapped. The hook stalls the destructor inside that window on purpose;
+/// `shutdown` must wait for it and leave nothing mapped.
+#[test]
+fn shutdown_waits_for_a_stash_caught_in_transit() {
+    let f = fixture(1 << 30);
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    super::shared::tests_hook::arm(f.pool.shared.id, entered_tx);
+    let Fixture { mapper, iovas, pool } = f;
+    let pool = Arc::new(pool);
+    let worker = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || {
+            let held: Vec<DmaBuffer> = (0..8).map(|_| pool.get(K4).expect("b")).collect();
+            drop(held);
+            drop(pool);
+            // The closure ends here; the stash goes back in the thread-local destructor.
+        })
+    };
+    entered_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the stash destructor reached the window");
+    let pool = Arc::try_unwrap(pool).expect("the worker dropped its reference before exiting");
+    let stats = pool.shutdown().expect("nothing in use");
+    assert_eq!(stats.in_use, 0);
+    assert_clean(&mapper, &iovas);
+    worker.join().expect("worker");
 }

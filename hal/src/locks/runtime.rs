@@ -26,6 +26,9 @@ mod imp {
         name: &'static str,
     }
 
+    // Nothing depends on when these are destroyed: they describe only their own thread, and a
+    // thread holds no guard once its closure has returned (issue 16: thread-local destructors
+    // may run after a scope's implicit join or `is_finished` reported the thread done).
     thread_local! {
         static HELD: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
         static NEXT_ID: Cell<u64> = const { Cell::new(1) };

@@ -344,13 +344,19 @@ impl Frontend {
                 shared: Arc::clone(&shared),
                 worker: index,
             };
+            let pool = Arc::clone(shared.buffers.pool());
             let spawned = std::thread::Builder::new()
                 .name(format!("scst-worker-{index}"))
                 .spawn(move || {
                     // Dropped when the worker returns or unwinds: a worker that leaves before
                     // it was told to triggers the teardown (its commands are the close path's).
                     let _guard = guard;
-                    worker.run()
+                    let exit = worker.run();
+                    // The buffers this worker cached go back to the pool now, before the
+                    // teardown can see the thread as finished: its thread-local destructor
+                    // would run only after that (issue 16; dma::sgv::stash).
+                    pool.return_thread_stash();
+                    exit
                 });
             match spawned {
                 Ok(handle) => {

@@ -314,7 +314,8 @@ impl Drop for DeviceState {
 }
 
 thread_local! {
-    /// Device locks this thread holds: the §5.6 rules are asserted against it.
+    /// Device locks this thread holds: the §5.6 rules are asserted against it. Per thread and
+    /// plain data: nothing waits for its destructor (issue 16).
     static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 

@@ -334,16 +334,23 @@ mod tests {
     fn many_threads_every_exit_counted() {
         let drain = Drain::new();
         std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..1000 {
-                        if let Some(t) = drain.try_enter() {
-                            drop(t);
+            let mut threads: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        for _ in 0..1000 {
+                            if let Some(t) = drain.try_enter() {
+                                drop(t);
+                            }
                         }
-                    }
-                });
+                    })
+                })
+                .collect();
+            threads.push(s.spawn(|| drain.close()));
+            // Joined explicitly (issue 16): the scope's implicit join does not wait for
+            // thread-local destructors, and the lock checker's per-thread state is one.
+            for t in threads {
+                t.join().expect("thread");
             }
-            s.spawn(|| drain.close());
         });
         assert_eq!(drain.in_flight(), 0);
         assert_eq!(drain.wait_idle(Duration::ZERO), Ok(()));

@@ -416,8 +416,9 @@ mod tests {
             Err(Outstanding { outstanding: 1 })
         );
         std::thread::scope(|s| {
-            s.spawn(move || lease.release());
+            let releaser = s.spawn(move || lease.release());
             assert_eq!(table.wait_released(Duration::from_secs(30)), Ok(()));
+            releaser.join().expect("releaser"); // explicit: see issue 16
         });
     }
 

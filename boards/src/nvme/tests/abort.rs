@@ -348,12 +348,18 @@ fn the_error_log_reads_and_parses_after_media_errors() {
 
     // Concurrent readers take turns on the one log page.
     std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| {
-                for _ in 0..5 {
-                    assert_eq!(rig.ctrl.error_log(super::WAIT).expect("error log").len(), 1);
-                }
-            });
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        assert_eq!(rig.ctrl.error_log(super::WAIT).expect("error log").len(), 1);
+                    }
+                })
+            })
+            .collect();
+        // Explicit joins (issue 16): an implicit scope join does not wait for thread-locals.
+        for r in readers {
+            r.join().expect("error log reader");
         }
     });
 

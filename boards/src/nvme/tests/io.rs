@@ -387,18 +387,24 @@ fn the_admin_queue_serves_several_threads() {
     let rig = Rig::up("drv-admin-threads", NvmeSimConfig::default(), &config());
     let ctrl = &rig.ctrl;
     std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| {
-                for _ in 0..50 {
-                    let sqe = Sqe {
-                        opcode: GET_FEATURES,
-                        cdw10: feature::NUMBER_OF_QUEUES,
-                        ..Default::default()
-                    };
-                    let cqe = ctrl.admin("GET FEATURES", sqe).expect("admin");
-                    assert_eq!(cqe.dw0, 0x0001_0001, "two queue pairs granted");
-                }
-            });
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let sqe = Sqe {
+                            opcode: GET_FEATURES,
+                            cdw10: feature::NUMBER_OF_QUEUES,
+                            ..Default::default()
+                        };
+                        let cqe = ctrl.admin("GET FEATURES", sqe).expect("admin");
+                        assert_eq!(cqe.dw0, 0x0001_0001, "two queue pairs granted");
+                    }
+                })
+            })
+            .collect();
+        // Explicit joins (issue 16): an implicit scope join does not wait for thread-locals.
+        for t in threads {
+            t.join().expect("admin thread");
         }
     });
     assert_eq!(rig.ctrl.admin_unknown_completions(), 0);
