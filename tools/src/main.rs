@@ -2,37 +2,13 @@
 //! `bench`) and diagnostics (`diag`).
 #![forbid(unsafe_code)]
 
-mod backend;
-mod bench;
-mod cpu;
-mod demo;
-mod diag;
-mod disk;
-mod serve;
-mod units;
-
 use clap::Parser;
 use clap::Subcommand;
+use scst_accel::bench;
+use scst_accel::demo;
+use scst_accel::diag;
+use scst_accel::serve;
 use std::process::ExitCode;
-
-/// Exit codes a service manager can act on (sysexits.h values).
-pub mod exit {
-    /// Bad command line.
-    pub const USAGE: u8 = 64;
-    /// A verify error, an unanswered command, or another failed check in a demo.
-    pub const DATA: u8 = 65;
-    /// /dev/scst_user is missing: the SCST modules are not loaded. Retrying later may work.
-    pub const UNAVAILABLE: u8 = 69;
-    /// Internal failure (a worker died): restart.
-    pub const SOFTWARE: u8 = 70;
-    /// The device failed while serving (gone, fatal, a timeout recovery could not clear); the
-    /// teardown ran. Check the device (`scst-accel diag`), then restart.
-    pub const IOERR: u8 = 74;
-    /// Permission denied on /dev/scst_user.
-    pub const NOPERM: u8 = 77;
-    /// Registration refused (license, version, name) or invalid configuration: do not restart.
-    pub const CONFIG: u8 = 78;
-}
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,0 +1,37 @@
+//! scst-accel's service library: everything the `scst-accel` binary runs, usable from tests.
+//!
+//! - [`serve`], [`service`]: the appliance service (one process, many disks, systemd-native);
+//! - [`config`]: the TOML configuration file and `check-config`;
+//! - [`demo`], [`bench`], [`diag`]: the loopback demo/benchmark and diagnostics;
+//! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod bench;
+pub mod config;
+pub mod cpu;
+pub mod demo;
+pub mod diag;
+pub mod disk;
+pub mod serve;
+pub mod status;
+pub mod units;
+
+/// Exit codes a service manager can act on (sysexits.h values).
+pub mod exit {
+    /// Bad command line.
+    pub const USAGE: u8 = 64;
+    /// A verify error, an unanswered command, or another failed check in a demo.
+    pub const DATA: u8 = 65;
+    /// /dev/scst_user is missing: the SCST modules are not loaded. Retrying later may work.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Internal failure (a worker died): restart.
+    pub const SOFTWARE: u8 = 70;
+    /// The device failed while serving (gone, fatal, a timeout recovery could not clear); the
+    /// teardown ran. Check the device (`scst-accel diag`), then restart.
+    pub const IOERR: u8 = 74;
+    /// Permission denied on /dev/scst_user.
+    pub const NOPERM: u8 = 77;
+    /// Registration refused (license, version, name) or invalid configuration: do not restart.
+    pub const CONFIG: u8 = 78;
+}

@@ -1,0 +1,137 @@
+//! What a running service says about its disks: the contract between the service (which owns
+//! the disks) and whatever reports on them (the control socket, `scst-accel status`, the
+//! Prometheus endpoint, the systemd STATUS= line).
+
+use scst_accel_handler::frontend::FrontendStats;
+use serde::Serialize;
+use std::time::SystemTime;
+
+/// Where a disk is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskState {
+    /// Opening the board, registering, exporting.
+    Starting,
+    /// Registered (and exported, if configured): serving commands.
+    Serving,
+    /// Its teardown is running.
+    Stopping,
+    /// Torn down after a request (SIGTERM, `demo` end): not an error.
+    Stopped,
+    /// Torn down because it failed (device gone or fatal, SCST closed it, a worker died), or
+    /// it never started; the others keep serving.
+    Failed,
+}
+
+/// The identity an initiator sees (INQUIRY, VPD 80h/83h).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IdentityView {
+    /// T10 vendor identification.
+    pub vendor: String,
+    /// Product identification.
+    pub product: String,
+    /// Unit serial number.
+    pub serial: String,
+    /// NAA designator, hex.
+    pub naa: String,
+    /// Where it came from: "config", "state" (generated earlier and persisted), "generated"
+    /// (generated now and persisted), "device" (NVMe NGUID/EUI64).
+    pub source: String,
+}
+
+/// Device figures of an accelerator board (zero on the RAM store).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceCounters {
+    /// Requests the device completed with an error status.
+    pub device_errors: u64,
+    /// Requests failed by timeout escalation.
+    pub timeouts: u64,
+    /// Queue resets by the store's escalation.
+    pub resets: u64,
+    /// Controller recoveries (function resets), whoever asked.
+    pub controller_resets: u64,
+    /// Completions with an unknown or duplicated tag, ignored.
+    pub unknown_tags: u64,
+}
+
+/// One teardown this disk went through.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TeardownRecord {
+    /// When it ended.
+    #[serde(serialize_with = "unix_seconds")]
+    pub at: SystemTime,
+    /// What triggered it, as text ("Requested", "StoreFailed(...)", ...).
+    pub trigger: String,
+    /// How long it took, ms.
+    pub duration_ms: f64,
+    /// Commands in flight when intake stopped, answered within the bound, aborted on the device.
+    pub in_flight_at_start: u64,
+    /// Answered within the drain bound.
+    pub drained: u64,
+    /// Aborted on the device.
+    pub aborted: u64,
+    /// Store requests left in flight (must be 0).
+    pub zombies_left: u64,
+    /// The pool was unmapped with the frontend's permit.
+    pub unmap_permitted: bool,
+}
+
+/// One disk, as a snapshot at one instant: raw counters, no rates. Rates and percentiles
+/// come from successive snapshots (see the metrics module).
+#[derive(Clone, Debug, Serialize)]
+pub struct DiskSnapshot {
+    /// SCST device name.
+    pub name: String,
+    /// Where it is in its life.
+    pub state: DiskState,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// Board name (`ram`, `sim`, `nvme`, ...).
+    pub board: String,
+    /// PCI function of a hardware board.
+    pub pci: Option<String>,
+    /// Identity.
+    pub identity: IdentityView,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Capacity in blocks.
+    pub num_blocks: u64,
+    /// Exports applied now, as "driver/target/lun".
+    pub exports: Vec<String>,
+    /// The frontend's counters while it runs (its last ones after a teardown). Not serialized
+    /// as is: the status renderer turns them into named figures.
+    #[serde(skip)]
+    pub frontend: Option<FrontendStats>,
+    /// Device counters.
+    pub device: DeviceCounters,
+    /// Teardowns so far (normally 0 or 1 per process).
+    pub teardowns: Vec<TeardownRecord>,
+}
+
+/// What the control socket and the metrics endpoint ask of the service. The service
+/// implements it over its disks; tests implement it over fakes.
+pub trait ServiceView: Send + Sync {
+    /// Every disk, in configuration order.
+    fn snapshot(&self) -> Vec<DiskSnapshot>;
+    /// The dump of one disk (every command in flight, the device's registers and rings), as
+    /// SIGUSR1 logs it.
+    ///
+    /// # Errors
+    /// The disk is unknown or not serving: a message saying so.
+    fn dump(&self, disk: &str) -> Result<String, String>;
+    /// Grow a disk to `bytes` (RAM/file stores) and tell SCST (DEVICE_CAPACITY_CHANGED, so
+    /// initiators see CAPACITY DATA HAS CHANGED). Returns the new capacity in blocks.
+    ///
+    /// # Errors
+    /// Unknown disk, a board whose capacity is the device's, a shrink, a size that is not a
+    /// multiple of the block size, or the kernel's refusal: a message saying what to do.
+    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String>;
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    s.serialize_f64(secs)
+}
