@@ -7,6 +7,7 @@ use scst_accel_boards::definition;
 use scst_accel_boards::engine::Controller;
 use scst_accel_boards::open::open_board;
 use scst_accel_boards::open::BoardSource;
+use scst_accel_boards::open::OpenBoardError;
 use scst_accel_boards::open::OpenedBoard;
 use scst_accel_boards::sca1::device_mapper;
 use scst_accel_boards::sim::nvme::NvmeFault;
@@ -106,17 +107,74 @@ pub struct ReleaseStep {
     pub count: u64,
 }
 
+/// Why a backend could not be built: what failed and what to do, and the exit code of its class
+/// (see [`crate::exit`]), so that a service manager restarts only what a restart can fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    /// What failed, with its causes, and what to do.
+    pub message: String,
+    /// 78 configuration (address, binding, IOMMU group, permissions, locked memory, a missing
+    /// `--pci`), 69 unavailable (the vfio modules are not loaded, the group is held by another
+    /// process), 74 the device itself failed to come up, 70 anything else.
+    pub exit_code: u8,
+}
+
+impl BackendError {
+    fn config(message: String) -> Self {
+        Self {
+            message,
+            exit_code: crate::exit::CONFIG,
+        }
+    }
+}
+
+impl From<OpenBoardError> for BackendError {
+    fn from(e: OpenBoardError) -> Self {
+        Self {
+            message: error_chain(&e),
+            exit_code: open_error_exit_code(&e),
+        }
+    }
+}
+
+/// The exit code class of a board that did not open.
+pub fn open_error_exit_code(e: &OpenBoardError) -> u8 {
+    use crate::exit;
+    use scst_accel_hal::vfio::VfioError as V;
+    match e {
+        OpenBoardError::Vfio(v) => match v {
+            // The machine is not set up for this function: no restart fixes it.
+            V::BadAddress { .. }
+            | V::NoSuchDevice { .. }
+            | V::NoIommuGroup { .. }
+            | V::Unbound { .. }
+            | V::WrongDriver { .. }
+            | V::GroupNotViable { .. }
+            | V::GroupPermission { .. }
+            | V::GroupNodeMissing { .. }
+            | V::AlternateDevRoot { .. }
+            | V::MemlockLimit { .. } => exit::CONFIG,
+            // A module not loaded yet, or another process holding the group: later may work.
+            V::NoVfioContainer { .. } | V::GroupBusy { .. } => exit::UNAVAILABLE,
+            _ => exit::IOERR,
+        },
+        OpenBoardError::Driver(_) | OpenBoardError::Nvme(_) => exit::IOERR,
+        _ => exit::SOFTWARE,
+    }
+}
+
 /// Build the backend for `board`.
 ///
 /// # Errors
-/// A message naming what failed and what to do.
+/// What failed and what to do, with the exit code of its class.
 pub fn build(
     board: BoardArg,
     disk: &DiskArgs,
     blocks: u64,
     pci: Option<&str>,
     faults: &[String],
-) -> Result<Backend, String> {
+) -> Result<Backend, BackendError> {
     let queues = disk.workers as u32;
     let (def, source) = match board {
         BoardArg::Ram => {
@@ -156,24 +214,24 @@ pub fn build(
                 _ => &definition::QEMU_NVME,
             };
             let address = pci.ok_or_else(|| {
-                format!(
+                BackendError::config(format!(
                     "--board {} needs --pci ADDRESS (e.g. 0000:03:00.0; see `lspci -D`)",
                     def.name
-                )
+                ))
             })?;
             (def, BoardSource::Pci(address.to_owned()))
         }
     };
-    let opened = open_board(def, source, queues).map_err(|e| error_chain(&e))?;
+    let opened = open_board(def, source, queues)?;
     if opened.queues.len() < disk.workers {
-        return Err(format!(
+        return Err(BackendError::config(format!(
             "board {} offers {} queues for {} workers; lower --workers",
             def.name,
             opened.queues.len(),
             disk.workers
-        ));
+        )));
     }
-    inject(&opened, faults)?;
+    inject(&opened, faults).map_err(BackendError::config)?;
     let mapper = device_mapper(Arc::clone(opened.controller.device()));
     let pool = Arc::new(SgvPool::new(
         Some(mapper),
@@ -246,6 +304,21 @@ impl Backend {
     /// The board's controller (none for the RAM store).
     pub fn controller(&self) -> Option<Arc<dyn Controller>> {
         self.accel.as_ref().map(|a| Arc::clone(a.board()))
+    }
+
+    /// The device's counters now (zero on the RAM store).
+    pub fn device_counters(&self) -> crate::status::DeviceCounters {
+        let Some(accel) = &self.accel else {
+            return crate::status::DeviceCounters::default();
+        };
+        let c = accel.counters();
+        crate::status::DeviceCounters {
+            device_errors: c.device_errors.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            resets: c.resets.load(Ordering::Relaxed),
+            controller_resets: accel.board().reset_count(),
+            unknown_tags: c.unknown_tags.load(Ordering::Relaxed),
+        }
     }
 
     /// Ring and register dumps of the board's queues that no worker holds.

@@ -46,23 +46,27 @@ pub enum Rw {
 }
 
 /// `demo` arguments.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
+    /// Serve every disk of this configuration file on the loopback kernel and run the workload
+    /// on each at once (the JSON then has a `disks` array and `totals`).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
-    disk: DiskArgs,
+    pub(crate) disk: DiskArgs,
     /// What stands behind the engine.
     #[arg(long, value_enum, default_value_t = BoardArg::Sim)]
-    board: BoardArg,
+    pub(crate) board: BoardArg,
     /// PCI address of the function for a hardware board (sca1, nvme, qemu-nvme).
     #[arg(long)]
-    pci: Option<String>,
+    pub(crate) pci: Option<String>,
     /// Inject a fault into the simulated board (repeatable). --board sim: latency:500us,
     /// never-complete:every=100, error:every=50,status=5, hang, gone, fatal,
     /// unknown-tag:every=200, duplicate:every=200, bad-phase:every=300, storm:hold=20ms.
     /// --board nvme-sim: latency:500us, never-complete:every=N, error:every=N, hang, gone, cfs,
     /// shutdown-hang.
     #[arg(long = "inject")]
-    inject: Vec<String>,
+    pub(crate) inject: Vec<String>,
     /// Access pattern.
     #[arg(long, value_enum, default_value_t = PatternArg::Random)]
     pattern: PatternArg,
@@ -80,10 +84,10 @@ pub struct DemoArgs {
     queue_depth: usize,
     /// Initiator sessions (each one an ATTACH_SESS and a driver thread).
     #[arg(long, default_value_t = 1)]
-    sessions: usize,
+    pub(crate) sessions: usize,
     /// Length of the timed phase.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Seed of the access pattern.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -92,7 +96,7 @@ pub struct DemoArgs {
     prefill: Option<bool>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Tear the handler down halfway through the timed phase, with the workload still running.
     #[arg(long)]
     teardown_under_load: bool,
@@ -112,13 +116,13 @@ pub enum PatternArg {
     Random,
 }
 
-struct Outcome {
-    workload: WorkloadReport,
-    frontend: FrontendReport,
-    backend: BackendReport,
-    cpu: Option<Duration>,
-    worker_cpu: Option<Duration>,
-    devices_left: usize,
+pub(crate) struct Outcome {
+    pub(crate) workload: WorkloadReport,
+    pub(crate) frontend: FrontendReport,
+    pub(crate) backend: BackendReport,
+    pub(crate) cpu: Option<Duration>,
+    pub(crate) worker_cpu: Option<Duration>,
+    pub(crate) devices_left: usize,
 }
 
 /// Check the arguments; returns the disk's block count.
@@ -143,6 +147,9 @@ pub fn measure(args: &DemoArgs) -> Result<(serde_json::Value, bool), String> {
 
 /// Run the demo; returns the process exit code.
 pub fn run(args: DemoArgs) -> u8 {
+    if let Some(path) = args.config.clone() {
+        return crate::demo_config::run(&args, &path);
+    }
     let blocks = match validate(&args) {
         Ok(b) => b,
         Err(e) => {
@@ -159,7 +166,7 @@ pub fn run(args: DemoArgs) -> u8 {
     }
 }
 
-fn workload_config(args: &DemoArgs) -> WorkloadConfig {
+pub(crate) fn workload_config(args: &DemoArgs) -> WorkloadConfig {
     let mix = match args.rw {
         Rw::Read => Mix::Read,
         Rw::Write => Mix::Write,
@@ -330,7 +337,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     })
 }
 
-fn attach(
+pub(crate) fn attach(
     kernel: &LoopbackKernel,
     device: &str,
     count: usize,
@@ -350,7 +357,7 @@ fn attach(
         .collect()
 }
 
-fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
+pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
     let w = &o.workload;
     let cpu_us_per_command = o.cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64));
     let s = &o.frontend.stats;
@@ -452,7 +459,7 @@ fn teardown_json(o: &Outcome) -> serde_json::Value {
 
 /// With injected faults, commands may fail (with proper sense); they must still all be
 /// answered, verified when they succeed, and leave no DMA behind.
-fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
+pub(crate) fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
     let w = &o.workload;
     w.verify_errors == 0
         && w.unanswered == 0

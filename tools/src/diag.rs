@@ -38,7 +38,7 @@ pub fn run(args: DiagArgs) -> u8 {
         Ok(b) => b,
         Err(e) => {
             eprintln!("scst-accel diag: {e}");
-            return exit::UNAVAILABLE;
+            return e.exit_code;
         }
     };
     let info = backend.store.info();

@@ -105,3 +105,15 @@ fn naa_seed(name: &str) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
 }
+
+impl Default for DiskArgs {
+    /// The command line's defaults (parsed from an empty command line, so they cannot drift).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            disk: DiskArgs,
+        }
+        <Defaults as clap::Parser>::parse_from(["scst-accel"]).disk
+    }
+}

@@ -11,9 +11,11 @@ pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod demo;
+pub mod demo_config;
 pub mod diag;
 pub mod disk;
 pub mod serve;
+pub mod service;
 pub mod status;
 pub mod units;
 

@@ -18,8 +18,9 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace; or env_logger syntax). RUST_LOG also works.
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
+    /// Default: info for `serve` (one line per disk when it serves), warn otherwise.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,14 +38,24 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let env = env_logger::Env::default().default_filter_or(cli.log.as_str());
+    // The matches are kept so that `serve` can tell which flags were given (they override the
+    // configuration file's).
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let env = env_logger::Env::default().default_filter_or(cli.log.as_deref().unwrap_or(default_level));
     env_logger::Builder::from_env(env)
         .format_timestamp_millis()
         .init();
     let code = match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args, matches.subcommand_matches("serve")),
         Command::Bench(args) => bench::run(args),
         Command::Diag(args) => diag::run(args),
     };

@@ -1,56 +1,86 @@
-//! `scst-accel serve`: register a disk on the real `/dev/scst_user` and serve it until SIGINT or
-//! SIGTERM, then stop cleanly (every command in flight answered) and exit with a code a service
-//! manager can act on (see [`crate::exit`]).
+//! `scst-accel serve`: the service an appliance boots. Registers every configured disk on
+//! `/dev/scst_user` (or, with `--loopback`, on the in-process loopback kernel), serves them until
+//! SIGINT/SIGTERM, then tears them all down in parallel, each bounded, and exits with a code a
+//! service manager can act on (see [`crate::exit`]).
+//!
+//! The disks come from `--config FILE` or, for one disk, from the command line. With a file, a
+//! disk flag given on the command line overrides that setting of the file's disk; it is refused
+//! (exit 64) when the file declares more than one disk, where it would be ambiguous.
 
 use crate::backend::BoardArg;
+use crate::config::DiskSpec;
+use crate::config::IdentitySpec;
+use crate::config::ServiceConfig;
+use crate::config::ServiceSettings;
 use crate::disk::DiskArgs;
 use crate::exit;
+use crate::service::KernelSide;
+use crate::service::Service;
+use clap::parser::ValueSource;
+use clap::ArgMatches;
 use clap::Args;
 use scst_accel_handler::abi::DEV_USER_PATH;
-use scst_accel_handler::frontend::Frontend;
-use scst_accel_handler::frontend::TeardownTrigger;
-use scst_accel_handler::scsi::Disk;
-use scst_accel_handler::transport::device::OpenError;
-use scst_accel_handler::transport::device::ScstUserDevice;
-use scst_accel_handler::transport::register::register;
+use scst_accel_handler::loopback::KernelConfig;
+use scst_accel_handler::loopback::LoopbackKernel;
+use scst_accel_handler::transport::version;
 use signal_hook::consts::SIGHUP;
 use signal_hook::consts::SIGINT;
 use signal_hook::consts::SIGTERM;
 use signal_hook::consts::SIGUSR1;
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// `serve` arguments.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// The service's configuration file (TOML: any number of disks, exports, identities;
+    /// see examples/appliance.toml). Without it, one disk from the flags below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    disk: DiskArgs,
-    /// The scst_user device node.
+    pub disk: DiskArgs,
+    /// The scst_user device node (overrides service.scst_device).
     #[arg(long, default_value = DEV_USER_PATH)]
-    device: PathBuf,
-    /// What stands behind the engine (serve defaults to RAM until a board is named).
+    pub device: PathBuf,
+    /// Serve on the in-process loopback kernel instead of /dev/scst_user: tries a
+    /// configuration (boards, registration, identities, status) on a machine without SCST.
+    #[arg(long)]
+    pub loopback: bool,
+    /// What stands behind the engine (one-disk use; serve defaults to RAM until a board is named).
     #[arg(long, value_enum, default_value_t = BoardArg::Ram)]
-    board: BoardArg,
+    pub board: BoardArg,
     /// PCI address of the function for a hardware board (sca1, nvme, qemu-nvme).
     #[arg(long)]
-    pci: Option<String>,
+    pub pci: Option<String>,
     /// Buffers to hand to SCST's buffer cache at start (PREALLOC_BUFFER).
     #[arg(long, default_value_t = 0)]
-    prealloc: usize,
+    pub prealloc: usize,
     /// Size of each preallocated buffer.
     #[arg(long, default_value = "128k", value_parser = crate::units::parse_size)]
-    prealloc_size: u64,
+    pub prealloc_size: u64,
+    /// Where generated identities are kept (overrides service.state_dir).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The control socket (overrides service.control_socket).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// The disk is read-only (one-disk use).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Logical block provisioning: UNMAP, WRITE SAME with UNMAP (one-disk use).
+    #[arg(long)]
+    pub thin_provisioning: bool,
 }
 
-/// Serve; returns the process exit code.
-pub fn run(args: ServeArgs) -> u8 {
-    let blocks = match args.disk.validate() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("scst-accel serve: {e}");
-            return exit::USAGE;
+/// Serve; returns the process exit code. `matches` are the `serve` subcommand's, to tell which
+/// flags were given on the command line (they override the file).
+pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
+    let config = match service_config(&args, matches) {
+        Ok(c) => c,
+        Err((message, code)) => {
+            eprintln!("scst-accel serve: {message}");
+            return code;
         }
     };
     // Signals are blocked into an iterator before any worker starts, so a SIGTERM that arrives
@@ -62,121 +92,171 @@ pub fn run(args: ServeArgs) -> u8 {
             return exit::SOFTWARE;
         }
     };
-    // The board first: a board that cannot be opened leaves nothing registered with SCST.
-    let backend = match crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &[]) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("scst-accel serve: {e}");
-            return exit::UNAVAILABLE;
-        }
+    let kernel = if args.loopback {
+        KernelSide::Loopback(LoopbackKernel::new(KernelConfig {
+            version: version::resolve(&args.disk.scst_version),
+            ..KernelConfig::default()
+        }))
+    } else {
+        KernelSide::Real(config.service.scst_device.clone())
     };
-    let info = backend.store.info();
-    let disk = match Disk::try_new(args.disk.disk_config(&info)) {
-        Ok(d) => Arc::new(d),
-        Err(e) => {
-            eprintln!("scst-accel serve: {e}");
-            backend.shutdown_unserved();
-            return exit::USAGE;
+    let mut service = Service::start(config.service.clone(), config.disks, kernel);
+    let failures = service.start_failures();
+    if service.serving() == 0 {
+        let code = failures.first().map_or(exit::SOFTWARE, |(_, f)| f.exit_code);
+        for (name, failure) in &failures {
+            eprintln!("scst-accel serve: disk {name}: {}", failure.message);
         }
-    };
-    let fd = match ScstUserDevice::open(&args.device) {
-        Ok(fd) => fd,
-        Err(e) => {
-            eprintln!("scst-accel serve: {e}");
-            backend.shutdown_unserved();
-            return match e {
-                OpenError::ModuleNotLoaded { .. } => exit::UNAVAILABLE,
-                OpenError::PermissionDenied { .. } => exit::NOPERM,
-                _ => exit::UNAVAILABLE,
-            };
-        }
-    };
-    if let Err(e) = register(&fd, &args.disk.register_params(info.block_size)) {
-        eprintln!(
-            "scst-accel serve: registration of {} refused: {e}",
-            args.disk.name
-        );
-        backend.shutdown_unserved();
-        return exit::CONFIG;
+        eprintln!("scst-accel serve: no disk could start; exiting {code}");
+        let _ = service.stop();
+        return code;
     }
-    let frontend = match Frontend::start(
-        Arc::new(fd),
-        disk,
-        Arc::clone(&backend.store),
-        Arc::clone(&backend.pool),
-        args.disk.frontend_config(),
-    ) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("scst-accel serve: {e}");
-            backend.shutdown_unserved();
-            return exit::SOFTWARE;
-        }
-    };
-    log::info!(
-        "serving {} ({} blocks of {} bytes) on {}; add it as a LUN now (see README)",
-        args.disk.name,
-        info.num_blocks,
-        info.block_size,
-        args.device.display()
-    );
-    if args.prealloc > 0 {
-        match frontend.prealloc_buffers(args.prealloc, args.prealloc_size as usize) {
-            Ok(n) => log::info!("preallocated {n} buffers of {} bytes", args.prealloc_size),
-            Err(e) => log::warn!("PREALLOC_BUFFER refused: {e}; continuing without preallocation"),
-        }
-    }
-    // Serve until a signal asks for the teardown or the frontend triggers it itself (the
-    // device failed, SCST closed the device, a worker died): one sequence for every trigger.
-    let trigger = loop {
-        if let Some(trigger) = frontend.wait_trigger(Duration::from_millis(200)) {
-            break trigger;
+    log::info!("{}", service.status_line());
+    loop {
+        if !service.supervise(Duration::from_millis(200)) {
+            break;
         }
         for signal in signals.pending() {
             match signal {
-                SIGHUP => match frontend.flush_cache() {
-                    // Return every cached buffer to us (FLUSH_CACHE), e.g. to shrink memory.
-                    Ok(()) => log::info!("SIGHUP: SCST buffer cache flushed"),
-                    Err(e) => log::warn!("SIGHUP: FLUSH_CACHE failed: {e}"),
-                },
-                SIGUSR1 => log::warn!("SIGUSR1: state dump\n{}", frontend.dump()),
+                SIGHUP => log::info!("SIGHUP: not acted on while several disks serve; see README"),
+                SIGUSR1 => {
+                    for snapshot in crate::status::ServiceView::snapshot(&service.handle()) {
+                        log::warn!("SIGUSR1: disk {} is {:?}", snapshot.name, snapshot.state);
+                    }
+                }
                 _ => {
-                    log::info!("signal {signal}: stopping");
-                    frontend.request_teardown();
+                    log::info!("signal {signal}: stopping every disk");
+                    service.begin_stop();
                 }
             }
         }
-    };
-    log::info!("teardown: {trigger:?}");
-    let mut report = frontend.shutdown();
-    log::info!(
-        "stopped: {} EXEC served, {} reply errors, {} store requests abandoned; teardown {:?} \
-         (zombies left {}, unmap permitted {})",
-        report.stats.exec,
-        report.stats.reply_errors,
-        report.workers.iter().map(|w| w.abandoned).sum::<usize>(),
-        report.teardown.duration,
-        report.teardown.zombies_left,
-        report.teardown.unmap_permitted,
-    );
-    let released = backend.shutdown(report.unmap.take());
-    if released.leaked_buffers > 0 || released.mapped_after > 0 {
-        log::error!(
-            "{} buffers still held, {} bytes still mapped at exit",
-            released.leaked_buffers,
-            released.mapped_after
-        );
+        if service.stop_requested() && !service.active() {
+            break;
+        }
     }
-    exit_code(&trigger, report.panicked_workers)
+    let outcomes = service.stop();
+    let code = Service::exit_code(&outcomes);
+    log::info!("stopped; exit code {code}");
+    code
 }
 
-/// The exit code for how serving ended (see [`crate::exit`] and the README's table).
-fn exit_code(trigger: &TeardownTrigger, panicked_workers: usize) -> u8 {
-    match trigger {
-        _ if panicked_workers > 0 => exit::SOFTWARE,
-        TeardownTrigger::Requested => 0,
-        TeardownTrigger::StoreFailed(_) => exit::IOERR,
-        TeardownTrigger::ScstClosed => exit::UNAVAILABLE,
-        TeardownTrigger::WorkerFailed => exit::SOFTWARE,
+/// The configuration to serve: the file's (with command-line overrides) or one disk from the
+/// flags. `Err((message, exit code))`.
+fn service_config(args: &ServeArgs, matches: Option<&ArgMatches>) -> Result<ServiceConfig, (String, u8)> {
+    let given = |id: &str| matches.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+    let mut config = match &args.config {
+        Some(path) => crate::config::load::load(path).map_err(|e| (e.to_string(), exit::CONFIG))?,
+        None => ServiceConfig {
+            service: ServiceSettings::default(),
+            disks: vec![one_disk(args)],
+        },
+    };
+    if args.config.is_some() {
+        let disk_flags: Vec<&str> = DISK_FLAGS.iter().copied().filter(|id| given(id)).collect();
+        if !disk_flags.is_empty() {
+            if config.disks.len() != 1 {
+                return Err((
+                    format!(
+                        "--{} override one disk, but {} declares {}; change the file instead",
+                        disk_flags.join(", --").replace('_', "-"),
+                        args.config
+                            .as_deref()
+                            .unwrap_or_else(|| std::path::Path::new(""))
+                            .display(),
+                        config.disks.len()
+                    ),
+                    exit::USAGE,
+                ));
+            }
+            override_disk(&mut config.disks[0], args, &given);
+        }
+        if given("device") {
+            config.service.scst_device = args.device.clone();
+        }
+    } else {
+        config.service.scst_device = args.device.clone();
+    }
+    if let Some(dir) = &args.state_dir {
+        config.service.state_dir = dir.clone();
+    }
+    if let Some(path) = &args.control_socket {
+        config.service.control_socket = path.clone();
+    }
+    for disk in &config.disks {
+        disk.args
+            .validate()
+            .map_err(|e| (format!("disk {}: {e}", disk.args.name), exit::USAGE))?;
+    }
+    Ok(config)
+}
+
+/// Disk flags that, given on the command line, override the file's one disk.
+const DISK_FLAGS: &[&str] = &[
+    "name",
+    "size",
+    "block_size",
+    "workers",
+    "batch",
+    "buffer_memory",
+    "scst_version",
+    "command_timeout",
+    "max_transfer_blocks",
+    "board",
+    "pci",
+    "prealloc",
+    "prealloc_size",
+    "read_only",
+    "thin_provisioning",
+];
+
+fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> bool) {
+    let a = &args.disk;
+    let d = &mut disk.args;
+    macro_rules! take {
+        ($($field:ident),*) => { $( if given(stringify!($field)) { d.$field = a.$field.clone(); } )* };
+    }
+    take!(
+        name,
+        size,
+        block_size,
+        workers,
+        batch,
+        buffer_memory,
+        scst_version,
+        command_timeout,
+        max_transfer_blocks
+    );
+    if given("board") {
+        disk.board = args.board;
+    }
+    if given("pci") {
+        disk.pci = args.pci.clone();
+    }
+    if given("prealloc") {
+        disk.prealloc = args.prealloc;
+    }
+    if given("prealloc_size") {
+        disk.prealloc_size = args.prealloc_size;
+    }
+    if given("read_only") {
+        disk.read_only = args.read_only;
+    }
+    if given("thin_provisioning") {
+        disk.thin_provisioning = args.thin_provisioning;
+    }
+}
+
+fn one_disk(args: &ServeArgs) -> DiskSpec {
+    DiskSpec {
+        args: args.disk.clone(),
+        board: args.board,
+        pci: args.pci.clone(),
+        inject: Vec::new(),
+        read_only: args.read_only,
+        thin_provisioning: args.thin_provisioning,
+        identity: IdentitySpec::default(),
+        exports: Vec::new(),
+        prealloc: args.prealloc,
+        prealloc_size: args.prealloc_size,
     }
 }

@@ -1,0 +1,746 @@
+//! The appliance service: many disks in one process, each with its own board, store, frontend,
+//! workers and teardown.
+//!
+//! One supervisor thread owns every disk: it starts them, watches each frontend's teardown
+//! trigger, tears a failed disk down *alone* (its LUNs removed first) while the others keep
+//! serving, answers the control socket's requests, and on stop tears every disk down in
+//! parallel, each bounded. Nothing here is shared behind a lock: other threads (the control
+//! socket, the metrics endpoint, the watchdog) talk to the supervisor through a channel and wait
+//! a bounded time for its answer. A supervisor that stops answering therefore also stops the
+//! watchdog pings, so systemd sees a wedged service, not only a dead one.
+
+use crate::backend::Backend;
+use crate::backend::BackendReport;
+use crate::backend::BoardArg;
+use crate::config::DiskSpec;
+use crate::config::ServiceSettings;
+use crate::exit;
+use crate::status::DeviceCounters;
+use crate::status::DiskSnapshot;
+use crate::status::DiskState;
+use crate::status::IdentityView;
+use crate::status::ServiceView;
+use crate::status::TeardownRecord;
+use crossbeam_channel::Receiver;
+use crossbeam_channel::Sender;
+use scst_accel_handler::frontend::Frontend;
+use scst_accel_handler::frontend::FrontendReport;
+use scst_accel_handler::frontend::FrontendStats;
+use scst_accel_handler::frontend::TeardownTrigger;
+use scst_accel_handler::loopback::LoopbackKernel;
+use scst_accel_handler::scsi::Disk;
+use scst_accel_handler::store::StoreInfo;
+use scst_accel_handler::transport::device::OpenError;
+use scst_accel_handler::transport::device::ScstUserDevice;
+use scst_accel_handler::transport::register::register;
+use scst_accel_handler::transport::ScstUserFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+
+/// How long a caller of [`ServiceHandle`] waits for the supervisor's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the supervisor looks at triggers and finished teardowns when no request comes.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Which kernel side the disks register with.
+#[derive(Clone)]
+pub enum KernelSide {
+    /// The real `/dev/scst_user` at this path.
+    Real(PathBuf),
+    /// The in-process loopback kernel (demo, tests, trying a configuration without SCST).
+    Loopback(LoopbackKernel),
+}
+
+/// Why a disk could not start, with the exit code its class maps to (see [`crate::exit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartFailure {
+    /// What failed and what to do.
+    pub message: String,
+    /// The exit code of its class: 78 configuration (bad PCI address, VFIO permission or
+    /// binding, locked memory, registration refused), 69 unavailable (SCST or VFIO modules not
+    /// loaded, the function busy), 77 permission on `/dev/scst_user`, 74 the device failed.
+    pub exit_code: u8,
+}
+
+/// What one disk's teardown left: the figures `demo --json` reports per disk.
+pub struct DiskOutcome {
+    /// Disk name.
+    pub name: String,
+    /// How it ended (`Stopped` or `Failed`).
+    pub state: DiskState,
+    /// Why it failed.
+    pub failure: Option<String>,
+    /// The frontend's report (`None` when it never started).
+    pub frontend: Option<FrontendReport>,
+    /// The backend's release report (`None` when it never opened, or the teardown overran).
+    pub backend: Option<BackendReport>,
+    /// The exit code of a start failure or a failure while serving (0 when stopped cleanly).
+    pub exit_code: u8,
+}
+
+/// A running disk.
+struct Running {
+    frontend: Frontend,
+    backend: Backend,
+}
+
+/// What a teardown thread hands back.
+struct Finished {
+    frontend: FrontendReport,
+    backend: BackendReport,
+}
+
+/// One configured disk, owned by the supervisor.
+struct Slot {
+    spec: DiskSpec,
+    state: DiskState,
+    failure: Option<String>,
+    exit_code: u8,
+    info: Option<StoreInfo>,
+    identity: IdentityView,
+    running: Option<Running>,
+    teardown: Option<(JoinHandle<Finished>, Instant, TeardownTrigger)>,
+    last_stats: Option<FrontendStats>,
+    device: DeviceCounters,
+    teardowns: Vec<TeardownRecord>,
+    outcome: Option<Finished>,
+}
+
+enum Request {
+    Snapshot(Sender<Vec<DiskSnapshot>>),
+    Dump(String, Sender<Result<String, String>>),
+    Resize(String, u64, Sender<Result<u64, String>>),
+    Wedged(Duration, Sender<Vec<String>>),
+    Stop,
+}
+
+/// A cheap, cloneable way to talk to the supervisor from any thread: it implements
+/// [`ServiceView`] for the control socket and the metrics endpoint.
+#[derive(Clone)]
+pub struct ServiceHandle {
+    requests: Sender<Request>,
+}
+
+impl ServiceHandle {
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.requests.send(make(tx)).ok()?;
+        rx.recv_timeout(ANSWER_WAIT).ok()
+    }
+
+    /// Ask every disk to stop (what SIGTERM does): the supervisor tears them down in parallel.
+    pub fn request_stop(&self) {
+        let _ = self.requests.send(Request::Stop);
+    }
+
+    /// Disks whose workers have not looped within `max_age` (or have exited while serving);
+    /// `Err` when the supervisor itself did not answer within its bound. The watchdog withholds
+    /// its ping on either.
+    ///
+    /// # Errors
+    /// The supervisor did not answer.
+    pub fn wedged(&self, max_age: Duration) -> Result<Vec<String>, String> {
+        self.ask(|tx| Request::Wedged(max_age, tx))
+            .ok_or_else(|| format!("the service supervisor did not answer within {ANSWER_WAIT:?}"))
+    }
+}
+
+impl ServiceView for ServiceHandle {
+    fn snapshot(&self) -> Vec<DiskSnapshot> {
+        self.ask(Request::Snapshot).unwrap_or_default()
+    }
+
+    fn dump(&self, disk: &str) -> Result<String, String> {
+        self.ask(|tx| Request::Dump(disk.to_owned(), tx))
+            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
+    }
+
+    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+        self.ask(|tx| Request::Resize(disk.to_owned(), bytes, tx))
+            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
+    }
+}
+
+/// The service: its disks and the supervisor's inbox.
+pub struct Service {
+    settings: ServiceSettings,
+    kernel: KernelSide,
+    slots: Vec<Slot>,
+    requests: Receiver<Request>,
+    handle: ServiceHandle,
+    stopping: bool,
+    last_status: String,
+}
+
+impl Service {
+    /// Start every disk of `disks`, in order. A disk that cannot start is `Failed` (visible in
+    /// status, logged) and the others go on; [`Service::serving`] tells how many serve.
+    pub fn start(settings: ServiceSettings, disks: Vec<DiskSpec>, kernel: KernelSide) -> Self {
+        let (tx, requests) = crossbeam_channel::unbounded();
+        let mut service = Self {
+            settings,
+            kernel,
+            slots: disks.into_iter().map(Slot::new).collect(),
+            requests,
+            handle: ServiceHandle { requests: tx },
+            stopping: false,
+            last_status: String::new(),
+        };
+        for index in 0..service.slots.len() {
+            service.start_disk(index);
+        }
+        service
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> ServiceHandle {
+        self.handle.clone()
+    }
+
+    /// Disks serving now.
+    pub fn serving(&self) -> usize {
+        self.count(DiskState::Serving)
+    }
+
+    fn count(&self, state: DiskState) -> usize {
+        self.slots.iter().filter(|s| s.state == state).count()
+    }
+
+    /// The first start failure, if any disk failed to start.
+    pub fn start_failures(&self) -> Vec<(String, StartFailure)> {
+        self.slots
+            .iter()
+            .filter(|s| s.state == DiskState::Failed && s.running.is_none() && s.outcome.is_none())
+            .map(|s| {
+                (
+                    s.spec.args.name.clone(),
+                    StartFailure {
+                        message: s.failure.clone().unwrap_or_default(),
+                        exit_code: s.exit_code,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// One line for systemd's STATUS= and the log: "3 disks serving, 0 failed".
+    pub fn status_line(&self) -> String {
+        let serving = self.serving();
+        let failed = self.count(DiskState::Failed);
+        let stopping = self.count(DiskState::Stopping);
+        let mut line = format!("{serving} disks serving, {failed} failed");
+        if stopping > 0 {
+            line.push_str(&format!(", {stopping} stopping"));
+        }
+        line
+    }
+
+    /// The serving frontend of disk `name` (demo: to attach sessions and read figures).
+    pub fn frontend(&self, name: &str) -> Option<&Frontend> {
+        self.slot(name)
+            .and_then(|s| s.running.as_ref())
+            .map(|r| &r.frontend)
+    }
+
+    /// The backend of disk `name` while it serves (demo: fault injection, device figures).
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.slot(name)
+            .and_then(|s| s.running.as_ref())
+            .map(|r| &r.backend)
+    }
+
+    /// The store's geometry of disk `name`, once its board opened.
+    pub fn info(&self, name: &str) -> Option<StoreInfo> {
+        self.slot(name).and_then(|s| s.info)
+    }
+
+    fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.spec.args.name == name)
+    }
+
+    /// Run the supervisor for at most `for_at_most` (or until every disk has ended): answer
+    /// requests, tear down disks whose trigger fired, collect finished teardowns. Returns
+    /// whether any disk is still serving or stopping.
+    pub fn supervise(&mut self, for_at_most: Duration) -> bool {
+        let deadline = Instant::now() + for_at_most;
+        loop {
+            self.watch_triggers();
+            self.collect_teardowns();
+            if !self.active() {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            match self.requests.recv_timeout(left.min(TICK)) {
+                Ok(request) => self.answer(request),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    scst_accel_hal::locks::sleep(left.min(TICK));
+                }
+            }
+        }
+    }
+
+    /// Whether any disk is serving or stopping.
+    pub fn active(&self) -> bool {
+        self.slots.iter().any(|s| {
+            matches!(
+                s.state,
+                DiskState::Serving | DiskState::Starting | DiskState::Stopping
+            )
+        })
+    }
+
+    /// Whether a stop was requested (SIGTERM, [`ServiceHandle::request_stop`]).
+    pub fn stop_requested(&self) -> bool {
+        self.stopping
+    }
+
+    /// Begin the teardown of every disk still serving, all at once (each in its own thread).
+    pub fn begin_stop(&mut self) {
+        self.stopping = true;
+        for index in 0..self.slots.len() {
+            if self.slots[index].state == DiskState::Serving {
+                self.begin_teardown(index, TeardownTrigger::Requested);
+            }
+        }
+    }
+
+    /// Stop every disk and wait for all the teardowns, each bounded by the service's
+    /// `stop_timeout`; returns every disk's outcome, in configuration order.
+    pub fn stop(mut self) -> Vec<DiskOutcome> {
+        self.begin_stop();
+        let bound = self.settings.stop_timeout + Duration::from_secs(1);
+        let deadline = Instant::now() + bound;
+        while self.active() && Instant::now() < deadline {
+            self.supervise(deadline.saturating_duration_since(Instant::now()).min(TICK));
+        }
+        for slot in self.slots.iter_mut().filter(|s| s.state == DiskState::Stopping) {
+            log::error!(
+                "disk {}: teardown still running after {bound:?}; left to finish on its own",
+                slot.spec.args.name
+            );
+            slot.teardown = None;
+            slot.state = DiskState::Failed;
+            slot.failure = Some(format!("teardown overran {bound:?}"));
+            slot.exit_code = exit::SOFTWARE;
+        }
+        self.slots.into_iter().map(Slot::into_outcome).collect()
+    }
+
+    /// The time the slowest disk's teardown may take, for systemd's EXTEND_TIMEOUT_USEC.
+    pub fn stop_budget(&self) -> Duration {
+        self.settings.stop_timeout + Duration::from_secs(1)
+    }
+
+    /// The status line if it changed since the last call (for STATUS= updates).
+    pub fn status_changed(&mut self) -> Option<String> {
+        let line = self.status_line();
+        (line != self.last_status).then(|| {
+            self.last_status = line.clone();
+            line
+        })
+    }
+
+    /// The exit code for how the service ended: 0 when every disk stopped on request;
+    /// otherwise the first failed disk's class (a failure while serving is 74, 69 or 70 as for
+    /// one disk; a start failure its own class).
+    pub fn exit_code(outcomes: &[DiskOutcome]) -> u8 {
+        outcomes
+            .iter()
+            .find(|o| o.exit_code != 0)
+            .map_or(0, |o| o.exit_code)
+    }
+
+    fn start_disk(&mut self, index: usize) {
+        let kernel = self.kernel.clone();
+        let slot = &mut self.slots[index];
+        let name = slot.spec.args.name.clone();
+        match start_one(&slot.spec, &kernel) {
+            Ok((running, info, identity)) => {
+                log::info!(
+                    "disk {name}: serving {} bytes ({} blocks of {}) from board {}{}; identity \
+                     vendor {:?} product {:?} serial {} NAA {}",
+                    info.num_blocks * u64::from(info.block_size),
+                    info.num_blocks,
+                    info.block_size,
+                    board_name(slot.spec.board),
+                    slot.spec
+                        .pci
+                        .as_deref()
+                        .map(|p| format!(" at {p}"))
+                        .unwrap_or_default(),
+                    identity.vendor,
+                    identity.product,
+                    identity.serial,
+                    identity.naa,
+                );
+                slot.info = Some(info);
+                slot.identity = identity;
+                slot.running = Some(running);
+                slot.state = DiskState::Serving;
+            }
+            Err(failure) => {
+                log::error!("disk {name}: cannot start: {}", failure.message);
+                slot.state = DiskState::Failed;
+                slot.failure = Some(failure.message);
+                slot.exit_code = failure.exit_code;
+            }
+        }
+    }
+
+    fn watch_triggers(&mut self) {
+        for index in 0..self.slots.len() {
+            let fired = match &self.slots[index].running {
+                Some(r) if self.slots[index].state == DiskState::Serving => r.frontend.trigger(),
+                _ => None,
+            };
+            if let Some(trigger) = fired {
+                log::error!(
+                    "disk {}: {trigger:?}; tearing it down alone, the other disks keep serving",
+                    self.slots[index].spec.args.name
+                );
+                self.begin_teardown(index, trigger);
+            }
+        }
+    }
+
+    fn begin_teardown(&mut self, index: usize, trigger: TeardownTrigger) {
+        let slot = &mut self.slots[index];
+        let Some(running) = slot.running.take() else {
+            return;
+        };
+        slot.last_stats = Some(running.frontend.stats());
+        slot.device = device_counters(&running.backend);
+        slot.state = DiskState::Stopping;
+        let name = slot.spec.args.name.clone();
+        if trigger == TeardownTrigger::Requested {
+            running.frontend.request_teardown();
+        }
+        let spawned = std::thread::Builder::new()
+            .name(format!("teardown-{name}"))
+            .spawn(move || teardown_one(running));
+        match spawned {
+            Ok(handle) => slot.teardown = Some((handle, Instant::now(), trigger)),
+            Err(e) => {
+                // No thread: the disk's resources are gone with the closure (its frontend's Drop
+                // stops the workers); say so rather than pretend it was torn down.
+                log::error!("disk {name}: cannot spawn its teardown thread: {e}");
+                slot.state = DiskState::Failed;
+                slot.failure = Some(format!("teardown thread: {e}"));
+                slot.exit_code = exit::SOFTWARE;
+            }
+        }
+    }
+
+    fn collect_teardowns(&mut self) {
+        for slot in &mut self.slots {
+            let done = matches!(&slot.teardown, Some((h, _, _)) if h.is_finished());
+            if !done {
+                continue;
+            }
+            let Some((handle, started, trigger)) = slot.teardown.take() else {
+                continue;
+            };
+            // `is_finished` may say true before the thread's thread-locals are gone; the
+            // explicit join waits for them (issue 16).
+            match scst_accel_hal::locks::join(handle) {
+                Ok(finished) => slot.finish(finished, started, &trigger),
+                Err(_) => {
+                    log::error!("disk {}: its teardown thread panicked", slot.spec.args.name);
+                    slot.state = DiskState::Failed;
+                    slot.failure = Some("teardown panicked".into());
+                    slot.exit_code = exit::SOFTWARE;
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Snapshot(tx) => {
+                let _ = tx.send(self.slots.iter().map(Slot::snapshot).collect());
+            }
+            Request::Dump(name, tx) => {
+                let _ = tx.send(self.dump(&name));
+            }
+            Request::Resize(name, bytes, tx) => {
+                let _ = tx.send(self.resize(&name, bytes));
+            }
+            Request::Wedged(max_age, tx) => {
+                let _ = tx.send(self.wedged(max_age));
+            }
+            Request::Stop => {
+                log::info!("stop requested: tearing down every disk");
+                self.begin_stop();
+            }
+        }
+    }
+
+    fn serving_slot(&self, name: &str) -> Result<&Running, String> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| format!("no disk named {name:?}; `scst-accel status` lists them"))?;
+        slot.running
+            .as_ref()
+            .ok_or_else(|| format!("disk {name} is {:?}, not serving", slot.state))
+    }
+
+    fn dump(&self, name: &str) -> Result<String, String> {
+        Ok(self.serving_slot(name)?.frontend.dump())
+    }
+
+    fn resize(&mut self, name: &str, bytes: u64) -> Result<u64, String> {
+        let running = self.serving_slot(name)?;
+        let block_size = running.backend.store.info().block_size;
+        if bytes == 0 || !bytes.is_multiple_of(u64::from(block_size)) {
+            return Err(format!(
+                "{bytes} bytes is not a non-zero multiple of disk {name}'s block size ({block_size})"
+            ));
+        }
+        Err(format!(
+            "disk {name}: resizing is not supported by this build yet ({} bytes asked)",
+            bytes
+        ))
+    }
+
+    fn wedged(&self, _max_age: Duration) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl Slot {
+    fn new(spec: DiskSpec) -> Self {
+        Self {
+            spec,
+            state: DiskState::Starting,
+            failure: None,
+            exit_code: 0,
+            info: None,
+            identity: IdentityView::default(),
+            running: None,
+            teardown: None,
+            last_stats: None,
+            device: DeviceCounters::default(),
+            teardowns: Vec::new(),
+            outcome: None,
+        }
+    }
+
+    fn finish(&mut self, finished: Finished, started: Instant, trigger: &TeardownTrigger) {
+        let t = &finished.frontend.teardown;
+        let name = &self.spec.args.name;
+        log::info!(
+            "disk {name}: torn down ({trigger:?}) in {:?}: {} in flight at start, {} drained, {} aborted, \
+             {} zombies left, unmap permitted {}",
+            started.elapsed(),
+            t.in_flight_at_start,
+            t.drained,
+            t.aborted,
+            t.zombies_left,
+            t.unmap_permitted
+        );
+        self.teardowns.push(TeardownRecord {
+            at: SystemTime::now(),
+            trigger: format!("{trigger:?}"),
+            duration_ms: t.duration.as_secs_f64() * 1e3 + finished.backend.release_ms,
+            in_flight_at_start: t.in_flight_at_start,
+            drained: t.drained,
+            aborted: t.aborted,
+            zombies_left: t.zombies_left,
+            unmap_permitted: t.unmap_permitted,
+        });
+        self.last_stats = Some(finished.frontend.stats);
+        self.device = DeviceCounters {
+            device_errors: finished.backend.device_errors,
+            timeouts: finished.backend.timeouts,
+            resets: finished.backend.resets,
+            controller_resets: finished.backend.controller_resets,
+            unknown_tags: finished.backend.unknown_tags,
+        };
+        let code = failure_exit_code(trigger, finished.frontend.panicked_workers);
+        if code == 0 {
+            self.state = DiskState::Stopped;
+        } else {
+            self.state = DiskState::Failed;
+            self.failure = Some(format!("{trigger:?}"));
+            self.exit_code = code;
+        }
+        self.outcome = Some(finished);
+    }
+
+    fn snapshot(&self) -> DiskSnapshot {
+        let running = self.running.as_ref();
+        DiskSnapshot {
+            name: self.spec.args.name.clone(),
+            state: self.state,
+            failure: self.failure.clone(),
+            board: board_name(self.spec.board).into(),
+            pci: self.spec.pci.clone(),
+            identity: self.identity.clone(),
+            block_size: self.info.map_or(self.spec.args.block_size, |i| i.block_size),
+            num_blocks: running
+                .map(|r| r.frontend.disk().num_blocks())
+                .or(self.info.map(|i| i.num_blocks))
+                .unwrap_or(0),
+            exports: Vec::new(),
+            frontend: running.map(|r| r.frontend.stats()).or(self.last_stats),
+            device: running.map_or(self.device, |r| device_counters(&r.backend)),
+            teardowns: self.teardowns.clone(),
+        }
+    }
+
+    fn into_outcome(self) -> DiskOutcome {
+        let (frontend, backend) = match self.outcome {
+            Some(f) => (Some(f.frontend), Some(f.backend)),
+            None => (None, None),
+        };
+        DiskOutcome {
+            name: self.spec.args.name,
+            state: self.state,
+            failure: self.failure,
+            frontend,
+            backend,
+            exit_code: self.exit_code,
+        }
+    }
+}
+
+/// Open the board, register with SCST, start the frontend: one disk, or why not (with the
+/// exit code of its class). A failure leaves nothing behind: the board is released, and the
+/// registration goes with the fd.
+fn start_one(
+    spec: &DiskSpec,
+    kernel: &KernelSide,
+) -> Result<(Running, StoreInfo, IdentityView), StartFailure> {
+    let usage = |message: String| StartFailure {
+        message,
+        exit_code: exit::CONFIG,
+    };
+    let blocks = spec.args.validate().map_err(usage)?;
+    // The board first: a board that cannot be opened leaves nothing registered with SCST.
+    let backend = crate::backend::build(spec.board, &spec.args, blocks, spec.pci.as_deref(), &spec.inject)
+        .map_err(|e| StartFailure {
+            message: e.message,
+            exit_code: e.exit_code,
+        })?;
+    let info = backend.store.info();
+    let mut config = spec.args.disk_config(&info);
+    config.read_only = spec.read_only;
+    config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
+    let identity = IdentityView {
+        vendor: config.vendor.clone(),
+        product: config.product.clone(),
+        serial: config.serial.clone(),
+        naa: format!("{:016x}", config.naa_id),
+        source: "name".into(),
+    };
+    let disk = match Disk::try_new(config) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            backend.shutdown_unserved();
+            return Err(usage(e.to_string()));
+        }
+    };
+    let fd: Arc<dyn ScstUserFd> = match kernel {
+        KernelSide::Loopback(kernel) => Arc::new(kernel.open(true)),
+        KernelSide::Real(path) => match ScstUserDevice::open(path) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                backend.shutdown_unserved();
+                let exit_code = match e {
+                    OpenError::PermissionDenied { .. } => exit::NOPERM,
+                    _ => exit::UNAVAILABLE,
+                };
+                return Err(StartFailure {
+                    message: e.to_string(),
+                    exit_code,
+                });
+            }
+        },
+    };
+    if let Err(e) = register(fd.as_ref(), &spec.args.register_params(info.block_size)) {
+        backend.shutdown_unserved();
+        return Err(usage(format!("registration of {} refused: {e}", spec.args.name)));
+    }
+    let frontend = match Frontend::start(
+        fd,
+        disk,
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.pool),
+        spec.args.frontend_config(),
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            backend.shutdown_unserved();
+            return Err(StartFailure {
+                message: e.to_string(),
+                exit_code: exit::SOFTWARE,
+            });
+        }
+    };
+    if spec.prealloc > 0 {
+        match frontend.prealloc_buffers(spec.prealloc, spec.prealloc_size as usize) {
+            Ok(n) => log::info!(
+                "disk {}: preallocated {n} buffers of {} bytes",
+                spec.args.name,
+                spec.prealloc_size
+            ),
+            Err(e) => log::warn!(
+                "disk {}: PREALLOC_BUFFER refused: {e}; continuing without preallocation",
+                spec.args.name
+            ),
+        }
+    }
+    Ok((Running { frontend, backend }, info, identity))
+}
+
+/// One disk's teardown, on its own thread: the frontend's sequence (drain, abort on the
+/// device, return buffers, leave, close), then the board's release in the safe order.
+fn teardown_one(running: Running) -> Finished {
+    let Running { frontend, backend } = running;
+    let mut frontend = frontend.shutdown();
+    let backend = backend.shutdown(frontend.unmap.take());
+    if backend.leaked_buffers > 0 || backend.mapped_after > 0 {
+        log::error!(
+            "{} buffers still held, {} bytes still mapped after the release",
+            backend.leaked_buffers,
+            backend.mapped_after
+        );
+    }
+    Finished { frontend, backend }
+}
+
+fn device_counters(backend: &Backend) -> DeviceCounters {
+    backend.device_counters()
+}
+
+/// The exit code for how a disk's serving ended (see [`crate::exit`] and the README's table).
+pub fn failure_exit_code(trigger: &TeardownTrigger, panicked_workers: usize) -> u8 {
+    match trigger {
+        _ if panicked_workers > 0 => exit::SOFTWARE,
+        TeardownTrigger::Requested => 0,
+        TeardownTrigger::StoreFailed(_) => exit::IOERR,
+        TeardownTrigger::ScstClosed => exit::UNAVAILABLE,
+        TeardownTrigger::WorkerFailed => exit::SOFTWARE,
+    }
+}
+
+/// The board's name as the configuration file and `--board` spell it.
+pub fn board_name(board: BoardArg) -> &'static str {
+    match board {
+        BoardArg::Ram => "ram",
+        BoardArg::Sim => "sim",
+        BoardArg::Sca1 => "sca1",
+        BoardArg::Nvme => "nvme",
+        BoardArg::QemuNvme => "qemu-nvme",
+        BoardArg::NvmeSim => "nvme-sim",
+    }
+}

@@ -1,0 +1,206 @@
+//! The appliance service in-process on the loopback kernel: many disks at once, a failed disk
+//! torn down alone, exit-code classes of start failures.
+
+use scst_accel::backend::BoardArg;
+use scst_accel::config::DiskSpec;
+use scst_accel::config::IdentitySpec;
+use scst_accel::config::ServiceSettings;
+use scst_accel::disk::DiskArgs;
+use scst_accel::exit;
+use scst_accel::service::KernelSide;
+use scst_accel::service::Service;
+use scst_accel::status::DiskState;
+use scst_accel::status::ServiceView;
+use scst_accel_handler::loopback::KernelConfig;
+use scst_accel_handler::loopback::LoopbackKernel;
+use std::time::Duration;
+use std::time::Instant;
+
+fn disk(name: &str, board: BoardArg, size: u64, block_size: u32) -> DiskSpec {
+    DiskSpec {
+        args: DiskArgs {
+            name: name.into(),
+            size,
+            block_size,
+            ..DiskArgs::default()
+        },
+        board,
+        pci: None,
+        inject: Vec::new(),
+        read_only: false,
+        thin_provisioning: false,
+        identity: IdentitySpec::default(),
+        exports: Vec::new(),
+        prealloc: 0,
+        prealloc_size: 128 << 10,
+    }
+}
+
+fn settings() -> ServiceSettings {
+    ServiceSettings {
+        stop_timeout: Duration::from_secs(15),
+        ..ServiceSettings::default()
+    }
+}
+
+fn loopback() -> (LoopbackKernel, KernelSide) {
+    let kernel = LoopbackKernel::new(KernelConfig::default());
+    (kernel.clone(), KernelSide::Loopback(kernel))
+}
+
+/// Snapshots are answered by the supervisor: run it on this thread while asking from another.
+fn snapshot_states(service: &mut Service) -> Vec<(String, DiskState)> {
+    let handle = service.handle();
+    std::thread::scope(|s| {
+        let asker = s.spawn(move || {
+            handle
+                .snapshot()
+                .into_iter()
+                .map(|d| (d.name, d.state))
+                .collect::<Vec<_>>()
+        });
+        while !asker.is_finished() {
+            service.supervise(Duration::from_millis(10));
+        }
+        asker.join().expect("asker")
+    })
+}
+
+#[test]
+fn three_boards_serve_at_once_and_stop_cleanly() {
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        settings(),
+        vec![
+            disk("svc-sim", BoardArg::Sim, 64 << 20, 4096),
+            disk("svc-nvme", BoardArg::NvmeSim, 64 << 20, 512),
+            disk("svc-ram", BoardArg::Ram, 32 << 20, 4096),
+        ],
+        side,
+    );
+    assert_eq!(service.serving(), 3, "{:?}", service.start_failures());
+    assert_eq!(service.status_line(), "3 disks serving, 0 failed");
+    assert_eq!(kernel.registered_devices().len(), 3);
+    let states = snapshot_states(&mut service);
+    assert!(states.iter().all(|(_, s)| *s == DiskState::Serving), "{states:?}");
+    assert_eq!(service.info("svc-nvme").map(|i| i.block_size), Some(512));
+    let outcomes = service.stop();
+    assert_eq!(Service::exit_code(&outcomes), 0);
+    for o in &outcomes {
+        assert_eq!(o.state, DiskState::Stopped, "{}", o.name);
+        let backend = o.backend.as_ref().expect("released");
+        assert_eq!((backend.mapped_after, backend.iommu_faults), (0, 0), "{}", o.name);
+        assert!(o.frontend.as_ref().expect("report").teardown.unmap_permitted);
+    }
+    assert!(kernel.registered_devices().is_empty());
+}
+
+#[test]
+fn a_failed_device_is_torn_down_alone() {
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        settings(),
+        vec![
+            disk("alone-sim", BoardArg::Sim, 32 << 20, 4096),
+            disk("alone-ram", BoardArg::Ram, 32 << 20, 4096),
+        ],
+        side,
+    );
+    assert_eq!(service.serving(), 2);
+    let sim = service
+        .backend("alone-sim")
+        .and_then(|b| b.sim.clone())
+        .expect("simulated board");
+    sim.inject("gone".parse().expect("fault"));
+    // Nothing reaches the store while no initiator sends commands, so ask through a session:
+    // one READ finds the device gone.
+    let session = kernel
+        .attach_session(
+            "alone-sim",
+            scst_accel_handler::loopback::SessionSpec {
+                initiator_name: "iqn.2026-12.test:i".into(),
+                target_name: "iqn.2026-12.test:t".into(),
+                lun: 0,
+                rd_only: false,
+            },
+        )
+        .expect("attach");
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], // READ(10), LBA 0, 1 block
+            data_out: Vec::new(),
+            expected_data_in: 4096,
+            queue_type: 0,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    // Answered (with sense, or by the close path), never lost.
+    session
+        .completions()
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the READ was answered");
+    // Let the failed disk's teardown finish; the RAM disk keeps serving meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        service.supervise(Duration::from_millis(50));
+        let s = snapshot_states(&mut service);
+        if s.contains(&("alone-sim".into(), DiskState::Failed)) || Instant::now() > deadline {
+            assert_eq!(
+                s,
+                vec![
+                    ("alone-sim".into(), DiskState::Failed),
+                    ("alone-ram".into(), DiskState::Serving)
+                ]
+            );
+            break;
+        }
+    }
+    assert_eq!(service.status_line(), "1 disks serving, 1 failed");
+    assert_eq!(kernel.registered_devices(), vec!["alone-ram".to_string()]);
+    drop(session);
+    let outcomes = service.stop();
+    assert_eq!(outcomes[0].exit_code, exit::IOERR, "{:?}", outcomes[0].failure);
+    assert_eq!(outcomes[1].state, DiskState::Stopped);
+    assert_eq!(Service::exit_code(&outcomes), exit::IOERR);
+}
+
+#[test]
+fn start_failures_carry_their_exit_class() {
+    let (_kernel, side) = loopback();
+    let service = Service::start(
+        settings(),
+        vec![
+            disk("class-nvme", BoardArg::Nvme, 32 << 20, 512),
+            disk("class-ram", BoardArg::Ram, 32 << 20, 512),
+        ],
+        side,
+    );
+    let failures = service.start_failures();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, "class-nvme");
+    assert_eq!(failures[0].1.exit_code, exit::CONFIG, "{}", failures[0].1.message);
+    assert!(
+        failures[0].1.message.contains("--pci"),
+        "{}",
+        failures[0].1.message
+    );
+    assert_eq!(service.serving(), 1);
+    let outcomes = service.stop();
+    assert_eq!(Service::exit_code(&outcomes), exit::CONFIG);
+
+    // No /dev/scst_user: the SCST modules are not loaded (69).
+    let service = Service::start(
+        settings(),
+        vec![disk("class-dev", BoardArg::Ram, 32 << 20, 512)],
+        KernelSide::Real("/nonexistent/scst_user".into()),
+    );
+    let failures = service.start_failures();
+    assert_eq!(
+        failures[0].1.exit_code,
+        exit::UNAVAILABLE,
+        "{}",
+        failures[0].1.message
+    );
+    drop(service.stop());
+}
