@@ -53,7 +53,8 @@ fn diag_without_a_pci_address_for_a_hardware_board_explains_what_to_pass() {
         .args(["diag", "--board", "sca1"])
         .output()
         .expect("run scst-accel");
-    assert_eq!(out.status.code(), Some(69));
+    // A missing --pci is a configuration error (78), not "try again later" (69).
+    assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--pci"), "{stderr}");
 }
