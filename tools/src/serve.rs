@@ -118,12 +118,8 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
         }
         for signal in signals.pending() {
             match signal {
-                SIGHUP => log::info!("SIGHUP: not acted on while several disks serve; see README"),
-                SIGUSR1 => {
-                    for snapshot in crate::status::ServiceView::snapshot(&service.handle()) {
-                        log::warn!("SIGUSR1: disk {} is {:?}", snapshot.name, snapshot.state);
-                    }
-                }
+                SIGHUP => service.flush_caches(),
+                SIGUSR1 => service.log_dumps(),
                 _ => {
                     log::info!("signal {signal}: stopping every disk");
                     service.begin_stop();

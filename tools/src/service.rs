@@ -288,6 +288,40 @@ impl Service {
         }
     }
 
+    /// FLUSH_CACHE on every serving disk (SIGHUP: SCST hands back the buffers it caches), each
+    /// on its own thread, so that the kernel's suspend (up to 90 s, spec §3.6) never stalls the
+    /// supervisor, the watchdog or a teardown.
+    pub fn flush_caches(&self) {
+        for slot in &self.slots {
+            let Some(running) = &slot.running else { continue };
+            let flush = running.frontend.cache_flusher();
+            let name = slot.spec.args.name.clone();
+            let spawned =
+                std::thread::Builder::new()
+                    .name(format!("flush-{name}"))
+                    .spawn(move || match flush() {
+                        Ok(()) => log::info!("disk {name}: SCST buffer cache flushed"),
+                        Err(e) => log::warn!("disk {name}: FLUSH_CACHE failed: {e}"),
+                    });
+            if let Err(e) = spawned {
+                log::warn!(
+                    "disk {}: cannot spawn the FLUSH_CACHE thread: {e}",
+                    slot.spec.args.name
+                );
+            }
+        }
+    }
+
+    /// Log every serving disk's dump (SIGUSR1): commands in flight, registers, rings.
+    pub fn log_dumps(&self) {
+        for slot in &self.slots {
+            match &slot.running {
+                Some(r) => log::warn!("disk {}: state dump\n{}", slot.spec.args.name, r.frontend.dump()),
+                None => log::warn!("disk {}: {:?}, nothing to dump", slot.spec.args.name, slot.state),
+            }
+        }
+    }
+
     /// Whether any disk is serving or stopping.
     pub fn active(&self) -> bool {
         self.slots.iter().any(|s| {

@@ -401,6 +401,14 @@ impl Frontend {
         self.shared.fd.flush_cache()
     }
 
+    /// [`Frontend::flush_cache`] to run later on another thread (the kernel may hold the call
+    /// for up to 90 s while it suspends SCST's activity, spec §3.6): the owner stays free to
+    /// serve, supervise and tear down meanwhile.
+    pub fn cache_flusher(&self) -> impl FnOnce() -> Result<(), Errno> + Send + 'static {
+        let fd = Arc::clone(&self.shared.fd);
+        move || fd.flush_cache()
+    }
+
     /// The disk changed size: update the engine, then DEVICE_CAPACITY_CHANGED so that SCST
     /// raises CAPACITY DATA HAS CHANGED to every initiator (spec §3.9).
     ///
