@@ -6,6 +6,8 @@
 //! known target driver. Nothing is applied until the whole file is valid.
 
 pub mod load;
+#[cfg(test)]
+mod tests;
 
 use crate::backend::BoardArg;
 use crate::disk::DiskArgs;
