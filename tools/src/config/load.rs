@@ -586,6 +586,14 @@ fn disk_name(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Spanned<String>
     None
 }
 
+/// The board's name in the file (its command-line value).
+fn board_name(board: BoardArg) -> String {
+    board
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 fn board_names() -> String {
     BoardArg::value_variants()
         .iter()
@@ -633,7 +641,7 @@ fn pci(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> Opt
         (Some(b), None) if is_hardware(b) && sec.get("pci").is_none() => ctx.error(
             &sec.span,
             "a hardware board needs `pci`: which PCI function to claim",
-            "add pci = \"DDDD:BB:DD.F\" (find it with lspci -D)",
+            "add pci = \"DDDD:BB:DD.F\"; find it with lspci -D",
         ),
         (Some(b), Some(p)) if !is_hardware(b) => ctx.error(
             &p.span(),
@@ -643,7 +651,7 @@ fn pci(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> Opt
         (_, Some(p)) if !is_pci_address(p.get_ref()) => ctx.error(
             &p.span(),
             format!("pci {:?} is not a PCI address", p.get_ref()),
-            "write it as DDDD:BB:DD.F in hex, e.g. \"0000:03:00.0\" (lspci -D shows it)",
+            "write it as DDDD:BB:DD.F in hex, e.g. \"0000:03:00.0\"; lspci -D shows it",
         ),
         _ => return pci,
     }
@@ -723,7 +731,7 @@ fn inject(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> 
     if let Some(b) = board.filter(|b| !is_simulated(*b) && !items.is_empty()) {
         ctx.error(
             &value.span(),
-            format!("`inject` needs a simulated board, not {b:?}"),
+            format!("`inject` needs a simulated board, not {}", board_name(b)),
             "use board = \"sim\" or \"nvme-sim\", or remove inject",
         );
         return Vec::new();
@@ -735,9 +743,11 @@ fn inject(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> 
             continue;
         };
         if let Some(Err(e)) = board.map(|b| check_faults(b, &[text.to_string()])) {
+            // check_faults words its message for the command line.
+            let message = e.strip_prefix("--inject ").unwrap_or(&e).to_owned();
             ctx.error(
                 &item.span(),
-                e,
+                message,
                 "fix the fault, e.g. \"latency:500us\" or \"error:every=50\"",
             );
         }
