@@ -19,7 +19,7 @@
 //! [[disk]]                       # at least one
 //! name = "accel0"                # required; 1-48 characters of A-Z a-z 0-9 _ . -
 //! board = "sim"                  # required: ram | sim | sca1 | nvme | qemu-nvme | nvme-sim
-//! pci = "0000:03:00.0"           # required for sca1/nvme/qemu-nvme, refused for the others
+//! # pci = "0000:03:00.0"         # required for sca1/nvme/qemu-nvme, refused for the others
 //! size = "16G"                   # a string with a k/M/G/T suffix, or bytes; default 256M
 //! block_size = 4096              # power of two from 512 to 4096; default 512
 //! workers = 2

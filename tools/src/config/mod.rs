@@ -1,5 +1,6 @@
 //! The service's configuration file (`/etc/scst-accel/scst-accel.toml`): what it declares, once
-//! validated. Parsing, validation with line numbers, and `check-config` live in [`load`].
+//! validated. Parsing and validation with line numbers live in [`load`]; the `check-config`
+//! subcommand is [`crate::check_config`].
 //!
 //! A validated [`ServiceConfig`] is complete and consistent: every disk has a unique name and
 //! its own PCI function, every size is a multiple of its block size, every export names a

@@ -527,3 +527,18 @@ fn an_unreadable_file_is_one_error_without_a_line() {
         .to_string()
         .starts_with("/nonexistent/scst-accel.toml: cannot read"));
 }
+
+#[test]
+fn the_format_documented_in_load_rs_is_valid() {
+    let source = include_str!("load.rs");
+    let doc: String = source
+        .lines()
+        .map_while(|l| l.strip_prefix("//!"))
+        .map(|l| format!("{}\n", l.strip_prefix(' ').unwrap_or(l)))
+        .collect();
+    let start = doc.find("```toml\n").map(|i| i + "```toml\n".len());
+    let example = start.and_then(|s| doc[s..].find("```").map(|e| &doc[s..s + e]));
+    let example = example.unwrap_or_else(|| panic!("no toml example in load.rs's doc"));
+    let config = parse(example, "load.rs").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.disks[0].exports.len(), 1);
+}
