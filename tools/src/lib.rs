@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod check_config;
 pub mod config;
 pub mod cpu;
 pub mod demo;

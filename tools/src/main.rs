@@ -5,6 +5,7 @@
 use clap::Parser;
 use clap::Subcommand;
 use scst_accel::bench;
+use scst_accel::check_config;
 use scst_accel::demo;
 use scst_accel::diag;
 use scst_accel::serve;
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Open a board, print its geometry, registers and queue rings, and release it.
     Diag(diag::DiagArgs),
+    /// Validate a service configuration file (every error with its line); touches nothing else.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args, matches.subcommand_matches("serve")),
         Command::Bench(args) => bench::run(args),
         Command::Diag(args) => diag::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
     };
     ExitCode::from(code)
 }

@@ -1,11 +1,14 @@
 //! The service's configuration file (`/etc/scst-accel/scst-accel.toml`): what it declares, once
-//! validated. Parsing, validation with line numbers, and `check-config` live in [`load`].
+//! validated. Parsing and validation with line numbers live in [`load`]; the `check-config`
+//! subcommand is [`crate::check_config`].
 //!
 //! A validated [`ServiceConfig`] is complete and consistent: every disk has a unique name and
 //! its own PCI function, every size is a multiple of its block size, every export names a
 //! known target driver. Nothing is applied until the whole file is valid.
 
 pub mod load;
+#[cfg(test)]
+mod tests;
 
 use crate::backend::BoardArg;
 use crate::disk::DiskArgs;
