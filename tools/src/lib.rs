@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod demo;
 pub mod diag;
 pub mod disk;
+pub mod export;
 pub mod notify;
 pub mod serve;
 pub mod status;
