@@ -15,6 +15,8 @@ pub mod demo;
 pub mod demo_config;
 pub mod diag;
 pub mod disk;
+pub mod export;
+pub mod notify;
 pub mod serve;
 pub mod service;
 pub mod status;

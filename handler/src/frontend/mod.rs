@@ -12,6 +12,7 @@
 
 mod buffers;
 mod dump;
+mod liveness;
 mod teardown;
 mod trigger;
 mod worker;
@@ -253,6 +254,8 @@ pub(crate) struct Shared {
     trigger: trigger::Trigger,
     /// How the workers' aborts went (teardown step 3).
     abort: AbortTally,
+    /// Each worker's heartbeat ([`Frontend::wedged_workers`]).
+    liveness: liveness::Liveness,
     config: FrontendConfig,
 }
 
@@ -320,6 +323,7 @@ impl Frontend {
             leases: LeaseTable::new(),
             trigger,
             abort: AbortTally::default(),
+            liveness: liveness::Liveness::new(config.workers.max(1)),
             config: config.clone(),
         });
         let mut frontend = Self {
@@ -379,6 +383,15 @@ impl Frontend {
     /// Current counters.
     pub fn stats(&self) -> FrontendStats {
         self.shared.stats()
+    }
+
+    /// Workers that look wedged: their heartbeat is older than `max_age`, or they have
+    /// exited. A worker beats at the top of every loop iteration; a healthy one is never more
+    /// than about `idle_poll` plus the duration of its store calls behind (worker.rs,
+    /// `Worker::run`), so `max_age` should be well above both (the service uses several
+    /// seconds). For a health check (the systemd watchdog): cheap, no lock, never blocks.
+    pub fn wedged_workers(&self, max_age: Duration) -> Vec<usize> {
+        self.shared.liveness.wedged(max_age)
     }
 
     /// Sessions attached now.
@@ -544,6 +557,7 @@ impl Drop for ExitGuard {
             );
             shared.trigger.fire(TeardownTrigger::WorkerFailed);
         }
+        shared.liveness.exited(self.worker);
         shared.abort.exited.fetch_add(1, Ordering::AcqRel);
     }
 }

@@ -158,6 +158,17 @@ impl Worker {
     pub(super) fn run(mut self) -> WorkerExit {
         let mut leave_deadline: Option<Instant> = None;
         loop {
+            // Liveness (`Frontend::wedged_workers`): one relaxed store per iteration. What one
+            // iteration can block on, hence how old a live worker's heartbeat can get:
+            // - `wait`: one poll(2) bounded by `idle_poll` (50 ms by default);
+            // - `flush_submissions`: one `wait(false)` (≤ `idle_poll`) per retry while the store
+            //   queue refuses a batch and nothing is reaped, so as long as the store stays full;
+            // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
+            //   abort step): as long as the store's own bounded escalation (a device reset);
+            // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd).
+            // A heartbeat older than a few seconds therefore means a store call that does not
+            // return, or a store that accepts nothing: the service is wedged.
+            self.shared.liveness.beat(self.index);
             self.reap_store();
             if !self.inflight.is_empty() {
                 self.check_deadlines();

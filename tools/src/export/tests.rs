@@ -1,0 +1,328 @@
+//! A fake SCST sysfs in a temporary directory: every mgmt/enabled attribute is a FIFO (made with
+//! `mkfifo(1)`: this crate forbids unsafe code), and one reader thread opens the FIFOs in the
+//! order the test expects, recording each line. A write to any other attribute, or in another
+//! order, finds no reader and blocks: the exporter then misses the bound and the test fails
+//! with what was recorded. The kernel creates an iSCSI target's directory synchronously with
+//! the `add_target` write, which a FIFO cannot do; so the fake target's files exist from the
+//! start behind a symlink, which the exporter (rightly: SCST targets are directories) does not
+//! take for an existing target.
+
+use super::*;
+use std::io::Read;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BOUND: Duration = Duration::from_secs(10);
+const IQN: &str = "iqn.2026-11.com.example:accel";
+
+struct FakeSysfs {
+    dir: tempfile::TempDir,
+}
+
+fn mkfifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo(1) runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+impl FakeSysfs {
+    /// scst_local with `scst_local_tgt`, iscsi with no target but IQN's files behind a symlink.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        mkfifo(&root.join("targets/scst_local/scst_local_tgt/luns/mgmt"));
+        mkfifo(&root.join("targets/iscsi/mgmt"));
+        mkfifo(&root.join("targets/iscsi/enabled"));
+        let real = root.join("targets/iscsi/.created-by-add_target");
+        mkfifo(&real.join("luns/mgmt"));
+        mkfifo(&real.join("enabled"));
+        std::os::unix::fs::symlink(&real, root.join("targets/iscsi").join(IQN)).expect("symlink");
+        Self { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run `op` while a reader takes one line from each of `expected` (relative paths), in
+    /// order; returns `op`'s result and the (path, line) pairs read.
+    fn run<T: Send + 'static>(
+        &self,
+        expected: &[&str],
+        op: impl FnOnce() -> T + Send + 'static,
+    ) -> (T, Vec<(String, String)>) {
+        let (line_tx, line_rx) = mpsc::channel();
+        let root = self.root().to_path_buf();
+        let paths: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            let mut next = 0;
+            while let Some(rel) = paths.get(next) {
+                let mut text = String::new();
+                std::fs::File::open(root.join(rel))
+                    .and_then(|mut f| f.read_to_string(&mut text))
+                    .expect("read the fake attribute");
+                // Back-to-back writes to one attribute can reach one open of its FIFO: each
+                // line counts as one write, to the file it was read from.
+                for line in text.split_inclusive('\n') {
+                    next += 1;
+                    if line_tx.send((rel.clone(), line.to_string())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let (op_tx, op_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = op_tx.send(op());
+        });
+        let result = op_rx.recv_timeout(BOUND);
+        let lines: Vec<(String, String)> = line_rx.try_iter().collect();
+        let Ok(result) = result else {
+            panic!("the exporter blocked on a write nobody expected; lines so far: {lines:?}");
+        };
+        // Lines the exporter wrote last may still be in the reader.
+        let mut lines = lines;
+        while lines.len() < expected.len() {
+            match line_rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        (result, lines)
+    }
+}
+
+fn spec(driver: TargetDriver, target: &str, lun: u32, enable: bool) -> ExportSpec {
+    ExportSpec {
+        driver,
+        target: target.into(),
+        lun,
+        enable,
+    }
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(p, l)| (p.to_string(), format!("{l}\n")))
+        .collect()
+}
+
+fn paths<'a>(expected: &[(&'a str, &str)]) -> Vec<&'a str> {
+    expected.iter().map(|(p, _)| *p).collect()
+}
+
+const LOCAL_LUNS: &str = "targets/scst_local/scst_local_tgt/luns/mgmt";
+const ISCSI_MGMT: &str = "targets/iscsi/mgmt";
+const ISCSI_ENABLED: &str = "targets/iscsi/enabled";
+const IQN_LUNS: &str = "targets/iscsi/iqn.2026-11.com.example:accel/luns/mgmt";
+const IQN_ENABLED: &str = "targets/iscsi/iqn.2026-11.com.example:accel/enabled";
+
+#[test]
+fn export_scst_local_adds_and_removes_the_lun() {
+    let fake = FakeSysfs::new();
+    let exporter = Exporter::new(fake.root());
+    let specs = vec![spec(TargetDriver::ScstLocal, "scst_local_tgt", 3, true)];
+    exporter.preflight(&specs).expect("preflight");
+
+    let add = [(LOCAL_LUNS, "add accel0 3")];
+    let e = exporter.clone();
+    let (applied, lines) = fake.run(&paths(&add), move || e.apply("accel0", &specs));
+    assert_eq!(lines, pairs(&add));
+    let applied = applied.expect("apply");
+    assert_eq!(applied.describe(), vec!["scst_local/scst_local_tgt/3"]);
+
+    let del = [(LOCAL_LUNS, "del 3")];
+    let (errors, lines) = fake.run(&paths(&del), move || applied.remove());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(lines, pairs(&del));
+}
+
+#[test]
+fn export_iscsi_creates_enables_and_removes_in_reverse() {
+    let fake = FakeSysfs::new();
+    let exporter = Exporter::new(fake.root());
+    let specs = vec![
+        spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false),
+        spec(TargetDriver::Iscsi, IQN, 1, true),
+    ];
+    exporter.preflight(&specs).expect("preflight");
+
+    let add = [
+        (LOCAL_LUNS, "add accel0 0"),
+        (ISCSI_MGMT, "add_target iqn.2026-11.com.example:accel"),
+        (IQN_LUNS, "add accel0 1"),
+        (IQN_ENABLED, "1"),
+        (ISCSI_ENABLED, "1"),
+    ];
+    let e = exporter.clone();
+    let (applied, lines) = fake.run(&paths(&add), move || e.apply("accel0", &specs));
+    assert_eq!(lines, pairs(&add));
+    let applied = applied.expect("apply");
+    assert_eq!(
+        applied.describe(),
+        vec![
+            "scst_local/scst_local_tgt/0",
+            "iscsi/iqn.2026-11.com.example:accel/1"
+        ]
+    );
+
+    let del = [
+        (IQN_LUNS, "del 1"),
+        (ISCSI_MGMT, "del_target iqn.2026-11.com.example:accel"),
+        (LOCAL_LUNS, "del 0"),
+    ];
+    let (errors, lines) = fake.run(&paths(&del), move || applied.remove());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(lines, pairs(&del));
+}
+
+#[test]
+fn export_iscsi_existing_target_is_neither_created_nor_deleted() {
+    let fake = FakeSysfs::new();
+    // A real directory: the target exists (made by hand or by scstadmin).
+    let target = fake.root().join("targets/iscsi/iqn.2026-11.com.example:other");
+    mkfifo(&target.join("luns/mgmt"));
+    let exporter = Exporter::new(fake.root());
+    let specs = vec![spec(
+        TargetDriver::Iscsi,
+        "iqn.2026-11.com.example:other",
+        0,
+        false,
+    )];
+    let luns = "targets/iscsi/iqn.2026-11.com.example:other/luns/mgmt";
+    let e = exporter.clone();
+    let (applied, lines) = fake.run(&[luns], move || e.apply("accel0", &specs));
+    assert_eq!(lines, pairs(&[(luns, "add accel0 0")]));
+    let (errors, lines) = fake.run(&[luns], move || applied.expect("apply").remove());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(lines, pairs(&[(luns, "del 0")]));
+}
+
+#[test]
+fn export_failure_rolls_back_what_was_applied() {
+    let fake = FakeSysfs::new();
+    // The target's `enabled` is a directory: the write fails (EISDIR) after the target was
+    // created and the LUN added.
+    let enabled = fake.root().join("targets/iscsi/.created-by-add_target/enabled");
+    std::fs::remove_file(&enabled).expect("rm fifo");
+    std::fs::create_dir(&enabled).expect("mkdir");
+    let exporter = Exporter::new(fake.root());
+    let specs = vec![
+        spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false),
+        spec(TargetDriver::Iscsi, IQN, 1, true),
+    ];
+    let expected = [
+        (LOCAL_LUNS, "add accel0 0"),
+        (ISCSI_MGMT, "add_target iqn.2026-11.com.example:accel"),
+        (IQN_LUNS, "add accel0 1"),
+        // The failed write to `enabled` reads nothing; the undo, in reverse:
+        (IQN_LUNS, "del 1"),
+        (ISCSI_MGMT, "del_target iqn.2026-11.com.example:accel"),
+        (LOCAL_LUNS, "del 0"),
+    ];
+    let e = exporter.clone();
+    let (result, lines) = fake.run(&paths(&expected), move || e.apply("accel0", &specs));
+    assert_eq!(lines, pairs(&expected));
+    let err = result.expect_err("the enable write fails");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, ExportError::Write { line, source, .. } if line == "1" && source.raw_os_error() == Some(libc::EISDIR)),
+        "{err:?}"
+    );
+    assert!(text.contains("enabled") && text.contains("\"1\""), "{text}");
+}
+
+#[test]
+fn export_remove_attempts_every_step() {
+    let fake = FakeSysfs::new();
+    let exporter = Exporter::new(fake.root());
+    let specs = vec![
+        spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false),
+        spec(TargetDriver::Iscsi, IQN, 1, false),
+    ];
+    let add = [
+        (LOCAL_LUNS, "add accel0 0"),
+        (ISCSI_MGMT, "add_target iqn.2026-11.com.example:accel"),
+        (IQN_LUNS, "add accel0 1"),
+    ];
+    let e = exporter.clone();
+    let (applied, _) = fake.run(&paths(&add), move || e.apply("accel0", &specs));
+    let applied = applied.expect("apply");
+    // The iSCSI LUN file vanishes: its `del` fails, the other steps still run.
+    let luns = fake.root().join("targets/iscsi/.created-by-add_target/luns/mgmt");
+    std::fs::remove_file(&luns).expect("rm");
+    let del = [
+        (ISCSI_MGMT, "del_target iqn.2026-11.com.example:accel"),
+        (LOCAL_LUNS, "del 0"),
+    ];
+    let (errors, lines) = fake.run(&paths(&del), move || applied.remove());
+    assert_eq!(lines, pairs(&del));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let text = errors[0].to_string();
+    assert!(text.contains("\"del 1\"") && text.contains("luns/mgmt"), "{text}");
+}
+
+#[test]
+fn export_preflight_reports_missing_driver_and_target() {
+    let fake = FakeSysfs::new();
+    let exporter = Exporter::new(fake.root());
+    std::fs::remove_dir_all(fake.root().join("targets/iscsi")).expect("rm iscsi");
+
+    let err = exporter
+        .preflight(&[spec(TargetDriver::Iscsi, IQN, 0, true)])
+        .expect_err("iscsi is not loaded");
+    assert!(matches!(
+        err,
+        ExportError::DriverMissing {
+            driver: TargetDriver::Iscsi,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("modprobe iscsi-scst"), "{err}");
+
+    let err = exporter
+        .preflight(&[spec(TargetDriver::ScstLocal, "no_such_tgt", 0, false)])
+        .expect_err("the target does not exist");
+    assert!(matches!(&err, ExportError::TargetMissing { target, .. } if target == "no_such_tgt"));
+    assert!(err.to_string().contains("add_target no_such_tgt"), "{err}");
+
+    let empty = Exporter::new(fake.root().join("nowhere"));
+    let err = empty
+        .preflight(&[spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false)])
+        .expect_err("scst_local is not loaded");
+    assert!(err.to_string().contains("modprobe scst_local"), "{err}");
+
+    let err = exporter
+        .preflight(&[spec(TargetDriver::ScstLocal, "../x", 0, false)])
+        .expect_err("a path is no target name");
+    assert!(matches!(err, ExportError::BadTargetName { .. }));
+
+    exporter
+        .preflight(&[spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false)])
+        .expect("scst_local_tgt exists");
+}
+
+#[test]
+fn export_errors_say_what_to_do() {
+    let taken = ExportError::Write {
+        path: PathBuf::from("/sys/kernel/scst_tgt/targets/scst_local/scst_local_tgt/luns/mgmt"),
+        line: "add accel0 0".into(),
+        source: io::Error::from_raw_os_error(libc::EEXIST),
+    };
+    let text = taken.to_string();
+    assert!(text.contains("the LUN is taken: pick another lun"), "{text}");
+    assert!(
+        text.contains("\"add accel0 0\"") && text.contains("luns/mgmt"),
+        "{text}"
+    );
+    let denied = ExportError::Write {
+        path: PathBuf::from("/sys/kernel/scst_tgt/targets/iscsi/mgmt"),
+        line: "add_target x".into(),
+        source: io::Error::from_raw_os_error(libc::EACCES),
+    };
+    assert!(denied.to_string().contains("ReadWritePaths"), "{denied}");
+}
