@@ -10,6 +10,7 @@ use crate::exit;
 use crate::service::DiskOutcome;
 use crate::service::KernelSide;
 use crate::service::Service;
+use crate::service::StartOptions;
 use scst_accel_handler::loopback::KernelConfig;
 use scst_accel_handler::loopback::LoopbackKernel;
 use scst_accel_handler::loopback::Session;
@@ -45,7 +46,14 @@ pub fn run(args: &DemoArgs, path: &Path) -> u8 {
     let specs = config.disks.clone();
     let started = Instant::now();
     let cpu_before = crate::cpu::process_cpu_time();
-    let mut service = Service::start(config.service, config.disks, KernelSide::Loopback(kernel.clone()));
+    // The loopback sessions stand in for SCST's targets: export blocks are not applied.
+    let options = StartOptions { apply_exports: false };
+    let mut service = Service::start(
+        config.service,
+        config.disks,
+        KernelSide::Loopback(kernel.clone()),
+        options,
+    );
     let mut loads = Vec::new();
     for spec in &specs {
         let name = &spec.args.name;

@@ -14,8 +14,11 @@ use crate::config::ServiceConfig;
 use crate::config::ServiceSettings;
 use crate::disk::DiskArgs;
 use crate::exit;
+use crate::notify::Notifier;
+use crate::notify::Watchdog;
 use crate::service::KernelSide;
 use crate::service::Service;
+use crate::service::StartOptions;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use clap::Args;
@@ -29,6 +32,7 @@ use signal_hook::consts::SIGTERM;
 use signal_hook::consts::SIGUSR1;
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `serve` arguments.
@@ -100,7 +104,14 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     } else {
         KernelSide::Real(config.service.scst_device.clone())
     };
-    let mut service = Service::start(config.service.clone(), config.disks, kernel);
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.status(&format!("starting {} disks", config.disks.len()));
+    let mut service = Service::start(
+        config.service.clone(),
+        config.disks,
+        kernel,
+        StartOptions::default(),
+    );
     let failures = service.start_failures();
     if service.serving() == 0 {
         let code = failures.first().map_or(exit::SOFTWARE, |(_, f)| f.exit_code);
@@ -108,13 +119,23 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
             eprintln!("scst-accel serve: disk {name}: {}", failure.message);
         }
         eprintln!("scst-accel serve: no disk could start; exiting {code}");
+        notifier.status(&format!("no disk could start (exit {code})"));
         let _ = service.stop();
         return code;
     }
-    log::info!("{}", service.status_line());
+    // Every disk is registered and exported, or has failed (visible in status): ready.
+    let line = service.status_changed().unwrap_or_default();
+    log::info!("{line}");
+    notifier.status(&line);
+    notifier.ready();
+    let watchdog = start_watchdog(&notifier, &service);
     loop {
         if !service.supervise(Duration::from_millis(200)) {
             break;
+        }
+        if let Some(line) = service.status_changed() {
+            log::info!("{line}");
+            notifier.status(&line);
         }
         for signal in signals.pending() {
             match signal {
@@ -122,6 +143,7 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
                 SIGUSR1 => service.log_dumps(),
                 _ => {
                     log::info!("signal {signal}: stopping every disk");
+                    announce_stop(&notifier, &service);
                     service.begin_stop();
                 }
             }
@@ -130,10 +152,53 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
             break;
         }
     }
+    if !service.stop_requested() {
+        // Every disk ended on its own (each failed): the stop below only collects them.
+        announce_stop(&notifier, &service);
+    }
+    // The watchdog goes first: a teardown is not a hang, and systemd's stop timeout (extended
+    // above) bounds it instead.
+    if let Some(watchdog) = watchdog {
+        watchdog.stop();
+    }
     let outcomes = service.stop();
     let code = Service::exit_code(&outcomes);
+    notifier.status(&format!("stopped (exit {code})"));
     log::info!("stopped; exit code {code}");
     code
+}
+
+/// STOPPING=1, and more time for systemd's stop timeout: the teardowns run in parallel, each
+/// bounded by `stop_timeout`.
+fn announce_stop(notifier: &Notifier, service: &Service) {
+    notifier.stopping();
+    notifier.status("stopping: tearing every disk down");
+    notifier.extend_timeout(service.stop_budget() + Duration::from_secs(5));
+}
+
+/// How old a worker's heartbeat may be before its disk counts as wedged. A worker beats at the
+/// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls, which
+/// the store's own deadlines bound to `command_timeout`); a few seconds means stuck.
+const WEDGED_AFTER: Duration = Duration::from_secs(10);
+
+/// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
+/// supervisor answers and no serving disk has a wedged worker.
+fn start_watchdog(notifier: &Arc<Notifier>, service: &Service) -> Option<Watchdog> {
+    let interval = notifier.watchdog_interval()?;
+    let handle = service.handle();
+    let max_age = WEDGED_AFTER.min(interval);
+    let health = Box::new(move || match handle.wedged(max_age) {
+        Ok(wedged) if wedged.is_empty() => Ok(()),
+        Ok(wedged) => Err(format!("wedged: {}", wedged.join("; "))),
+        Err(e) => Err(e),
+    });
+    match Watchdog::start(Arc::clone(notifier), interval, health) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::error!("cannot start the watchdog thread: {e}; systemd will restart the service");
+            None
+        }
+    }
 }
 
 /// The configuration to serve: the file's (with command-line overrides) or one disk from the

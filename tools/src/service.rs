@@ -15,6 +15,8 @@ use crate::backend::BoardArg;
 use crate::config::DiskSpec;
 use crate::config::ServiceSettings;
 use crate::exit;
+use crate::export::AppliedExports;
+use crate::export::Exporter;
 use crate::status::DeviceCounters;
 use crate::status::DiskSnapshot;
 use crate::status::DiskState;
@@ -87,6 +89,23 @@ pub struct DiskOutcome {
 struct Running {
     frontend: Frontend,
     backend: Backend,
+    /// LUNs added for it through SCST's sysfs; removed first at its teardown.
+    exports: Option<AppliedExports>,
+}
+
+/// How [`Service::start`] treats what lies outside the process.
+#[derive(Clone, Copy, Debug)]
+pub struct StartOptions {
+    /// Apply each disk's export blocks through `scst_sysfs` (checked for every disk before any
+    /// disk starts), and remove them at its teardown. Off for the demo, whose loopback sessions
+    /// stand in for SCST's targets.
+    pub apply_exports: bool,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { apply_exports: true }
+    }
 }
 
 /// What a teardown thread hands back.
@@ -175,13 +194,24 @@ pub struct Service {
     handle: ServiceHandle,
     stopping: bool,
     last_status: String,
+    exporter: Option<Exporter>,
 }
 
 impl Service {
     /// Start every disk of `disks`, in order. A disk that cannot start is `Failed` (visible in
     /// status, logged) and the others go on; [`Service::serving`] tells how many serve.
-    pub fn start(settings: ServiceSettings, disks: Vec<DiskSpec>, kernel: KernelSide) -> Self {
+    ///
+    /// Export blocks are checked for every disk first (the target drivers are loaded, the
+    /// scst_local targets exist): if any is not applicable, no disk starts at all, so a bad
+    /// export never leaves half a configuration applied.
+    pub fn start(
+        settings: ServiceSettings,
+        disks: Vec<DiskSpec>,
+        kernel: KernelSide,
+        options: StartOptions,
+    ) -> Self {
         let (tx, requests) = crossbeam_channel::unbounded();
+        let settings_root = settings.scst_sysfs.clone();
         let mut service = Self {
             settings,
             kernel,
@@ -190,11 +220,32 @@ impl Service {
             handle: ServiceHandle { requests: tx },
             stopping: false,
             last_status: String::new(),
+            exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
         };
+        if let Some(refusal) = service.preflight_exports() {
+            for slot in &mut service.slots {
+                slot.state = DiskState::Failed;
+                slot.failure = Some(refusal.clone());
+                slot.exit_code = exit::CONFIG;
+            }
+            log::error!("{refusal}; no disk was started");
+            return service;
+        }
         for index in 0..service.slots.len() {
             service.start_disk(index);
         }
         service
+    }
+
+    /// Every disk's exports checked against SCST's sysfs; the first refusal, if any.
+    fn preflight_exports(&self) -> Option<String> {
+        let exporter = self.exporter.as_ref()?;
+        self.slots.iter().find_map(|slot| {
+            exporter
+                .preflight(&slot.spec.exports)
+                .err()
+                .map(|e| format!("disk {}: export: {e}", slot.spec.args.name))
+        })
     }
 
     /// A handle for other threads.
@@ -395,9 +446,10 @@ impl Service {
 
     fn start_disk(&mut self, index: usize) {
         let kernel = self.kernel.clone();
+        let exporter = self.exporter.as_ref();
         let slot = &mut self.slots[index];
         let name = slot.spec.args.name.clone();
-        match start_one(&slot.spec, &kernel) {
+        match start_one(&slot.spec, &kernel, exporter) {
             Ok((running, info, identity)) => {
                 log::info!(
                     "disk {name}: serving {} bytes ({} blocks of {}) from board {}{}; identity \
@@ -545,8 +597,15 @@ impl Service {
         ))
     }
 
-    fn wedged(&self, _max_age: Duration) -> Vec<String> {
-        Vec::new()
+    fn wedged(&self, max_age: Duration) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter_map(|slot| {
+                let running = slot.running.as_ref()?;
+                let wedged = running.frontend.wedged_workers(max_age);
+                (!wedged.is_empty()).then(|| format!("disk {}: workers {wedged:?}", slot.spec.args.name))
+            })
+            .collect()
     }
 }
 
@@ -624,7 +683,10 @@ impl Slot {
                 .map(|r| r.frontend.disk().num_blocks())
                 .or(self.info.map(|i| i.num_blocks))
                 .unwrap_or(0),
-            exports: Vec::new(),
+            exports: running
+                .and_then(|r| r.exports.as_ref())
+                .map(AppliedExports::describe)
+                .unwrap_or_default(),
             frontend: running.map(|r| r.frontend.stats()).or(self.last_stats),
             device: running.map_or(self.device, |r| device_counters(&r.backend)),
             teardowns: self.teardowns.clone(),
@@ -653,6 +715,7 @@ impl Slot {
 fn start_one(
     spec: &DiskSpec,
     kernel: &KernelSide,
+    exporter: Option<&Exporter>,
 ) -> Result<(Running, StoreInfo, IdentityView), StartFailure> {
     let usage = |message: String| StartFailure {
         message,
@@ -733,13 +796,46 @@ fn start_one(
             ),
         }
     }
-    Ok((Running { frontend, backend }, info, identity))
+    let mut running = Running {
+        frontend,
+        backend,
+        exports: None,
+    };
+    if let Some(exporter) = exporter.filter(|_| !spec.exports.is_empty()) {
+        match exporter.apply(&spec.args.name, &spec.exports) {
+            Ok(applied) => {
+                log::info!(
+                    "disk {}: exported as {}",
+                    spec.args.name,
+                    applied.describe().join(", ")
+                );
+                running.exports = Some(applied);
+            }
+            Err(e) => {
+                // `apply` undid what it had applied; the disk goes as it came.
+                drop(teardown_one(running));
+                return Err(usage(format!("export: {e}")));
+            }
+        }
+    }
+    Ok((running, info, identity))
 }
 
 /// One disk's teardown, on its own thread: the frontend's sequence (drain, abort on the
 /// device, return buffers, leave, close), then the board's release in the safe order.
 fn teardown_one(running: Running) -> Finished {
-    let Running { frontend, backend } = running;
+    let Running {
+        frontend,
+        backend,
+        exports,
+    } = running;
+    // The LUNs go first, while the workers still serve: SCST finishes the commands it holds for
+    // them before it removes them, and no initiator sends new ones to a disk being torn down.
+    if let Some(exports) = exports {
+        for e in exports.remove() {
+            log::error!("removing an export: {e}");
+        }
+    }
     let mut frontend = frontend.shutdown();
     let backend = backend.shutdown(frontend.unmap.take());
     if backend.leaked_buffers > 0 || backend.mapped_after > 0 {

@@ -9,6 +9,7 @@ use scst_accel::disk::DiskArgs;
 use scst_accel::exit;
 use scst_accel::service::KernelSide;
 use scst_accel::service::Service;
+use scst_accel::service::StartOptions;
 use scst_accel::status::DiskState;
 use scst_accel::status::ServiceView;
 use scst_accel_handler::loopback::KernelConfig;
@@ -77,6 +78,7 @@ fn three_boards_serve_at_once_and_stop_cleanly() {
             disk("svc-ram", BoardArg::Ram, 32 << 20, 4096),
         ],
         side,
+        StartOptions::default(),
     );
     assert_eq!(service.serving(), 3, "{:?}", service.start_failures());
     assert_eq!(service.status_line(), "3 disks serving, 0 failed");
@@ -105,6 +107,7 @@ fn a_failed_device_is_torn_down_alone() {
             disk("alone-ram", BoardArg::Ram, 32 << 20, 4096),
         ],
         side,
+        StartOptions::default(),
     );
     assert_eq!(service.serving(), 2);
     let sim = service
@@ -175,6 +178,7 @@ fn start_failures_carry_their_exit_class() {
             disk("class-ram", BoardArg::Ram, 32 << 20, 512),
         ],
         side,
+        StartOptions::default(),
     );
     let failures = service.start_failures();
     assert_eq!(failures.len(), 1);
@@ -194,6 +198,7 @@ fn start_failures_carry_their_exit_class() {
         settings(),
         vec![disk("class-dev", BoardArg::Ram, 32 << 20, 512)],
         KernelSide::Real("/nonexistent/scst_user".into()),
+        StartOptions::default(),
     );
     let failures = service.start_failures();
     assert_eq!(
