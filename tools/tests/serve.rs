@@ -116,3 +116,121 @@ fn sigterm_stops_cleanly_and_serving_is_logged_at_info() {
     assert!(log.contains("1 disks serving, 0 failed"), "{log}");
     assert!(log.contains("torn down (Requested)"), "{log}");
 }
+
+/// Every datagram that arrives on `socket` within `bound` or until `until` matches one.
+fn datagrams_until(
+    socket: &std::os::unix::net::UnixDatagram,
+    bound: Duration,
+    mut until: impl FnMut(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + bound;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        socket
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+            .expect("timeout");
+        let Ok(n) = socket.recv(&mut buf) else { break };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = until(&text);
+        got.push(text);
+        if done {
+            break;
+        }
+    }
+    got
+}
+
+#[test]
+fn systemd_hears_ready_after_registration_watchdog_pings_and_stopping() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    // The log goes to a file: every line the child wrote before it sent READY is in the file
+    // when READY arrives (a pipe read by a thread could still be behind).
+    let log_path = dir.path().join("serve.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut child = serve(&[
+        "--loopback",
+        "--board",
+        "sim",
+        "--name",
+        "x-notify",
+        "--size",
+        "16M",
+    ])
+    .env("NOTIFY_SOCKET", &path)
+    .env("WATCHDOG_USEC", "400000")
+    .env_remove("WATCHDOG_PID")
+    .stderr(log_file)
+    .spawn()
+    .expect("spawn");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let before_ready = datagrams_until(&socket, Duration::from_secs(30), |m| m.contains("READY=1"));
+    assert!(
+        before_ready.last().is_some_and(|m| m.contains("READY=1")),
+        "{before_ready:?}"
+    );
+    // READY only once the disk registered: the log already says so when READY arrives.
+    let at_ready = log();
+    assert!(
+        at_ready.contains("registered scst_user device \"x-notify\""),
+        "READY before registration: {at_ready}"
+    );
+    assert!(
+        before_ready.iter().any(|m| m.contains("STATUS=starting 1 disks")),
+        "{before_ready:?}"
+    );
+    assert!(
+        before_ready
+            .iter()
+            .any(|m| m.contains("STATUS=1 disks serving, 0 failed")),
+        "{before_ready:?}"
+    );
+    // The watchdog pings every WATCHDOG_USEC/2 while the disk's workers loop.
+    let mut pings = 0;
+    let serving = datagrams_until(&socket, Duration::from_secs(10), |m| {
+        pings += usize::from(m.contains("WATCHDOG=1"));
+        pings >= 3
+    });
+    assert!(
+        serving.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{serving:?}"
+    );
+    sigterm(&child);
+    let stopping = datagrams_until(&socket, Duration::from_secs(30), |m| m.contains("STATUS=stopped"));
+    let code = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", log());
+    assert!(stopping.iter().any(|m| m.contains("STOPPING=1")), "{stopping:?}");
+    assert!(
+        stopping.iter().any(|m| m.contains("EXTEND_TIMEOUT_USEC=")),
+        "{stopping:?}"
+    );
+    assert!(
+        stopping.iter().any(|m| m.contains("STATUS=stopped (exit 0)")),
+        "{stopping:?}"
+    );
+}
+
+#[test]
+fn without_notify_socket_nothing_is_sent_and_serve_still_runs() {
+    let mut child = serve(&[
+        "--loopback",
+        "--board",
+        "ram",
+        "--name",
+        "x-nonotify",
+        "--size",
+        "8M",
+    ])
+    .env_remove("NOTIFY_SOCKET")
+    .spawn()
+    .expect("spawn");
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
+}

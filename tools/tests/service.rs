@@ -209,3 +209,160 @@ fn start_failures_carry_their_exit_class() {
     );
     drop(service.stop());
 }
+
+/// A stand-in for SCST's sysfs: `targets/scst_local/scst_local_tgt/luns/mgmt` is a FIFO whose
+/// reader records every line written to it, one open at a time, as the kernel's attribute
+/// would take them. (`mkfifo(1)`: this crate forbids unsafe code.)
+struct FakeScstSysfs {
+    dir: tempfile::TempDir,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeScstSysfs {
+    fn new() -> Self {
+        use std::io::Read;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mgmt = dir.path().join("targets/scst_local/scst_local_tgt/luns/mgmt");
+        std::fs::create_dir_all(mgmt.parent().expect("parent")).expect("mkdir");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&mgmt)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = std::sync::Arc::clone(&lines);
+        let reader = std::thread::spawn(move || loop {
+            let mut text = String::new();
+            if std::fs::File::open(&mgmt)
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .is_err()
+            {
+                return;
+            }
+            for line in text.lines() {
+                if line == "END" {
+                    return;
+                }
+                recorded.lock().expect("lines").push(line.to_owned());
+            }
+        });
+        Self {
+            dir,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// The lines once `n` have been recorded (the reader records after the writer's close).
+    fn wait_lines(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.lines().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.lines()
+    }
+}
+
+impl Drop for FakeScstSysfs {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let mgmt = self
+            .dir
+            .path()
+            .join("targets/scst_local/scst_local_tgt/luns/mgmt");
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(mgmt) {
+            let _ = f.write_all(b"END\n");
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+fn exported(mut spec: DiskSpec, lun: u32) -> DiskSpec {
+    spec.exports.push(scst_accel::config::ExportSpec {
+        driver: scst_accel::config::TargetDriver::ScstLocal,
+        target: "scst_local_tgt".into(),
+        lun,
+        enable: true,
+    });
+    spec
+}
+
+#[test]
+fn exports_are_applied_after_registration_and_removed_at_stop() {
+    let sysfs = FakeScstSysfs::new();
+    let (_kernel, side) = loopback();
+    let mut service = Service::start(
+        ServiceSettings {
+            scst_sysfs: sysfs.root(),
+            ..settings()
+        },
+        vec![exported(disk("exp-ram", BoardArg::Ram, 16 << 20, 4096), 3)],
+        side,
+        StartOptions::default(),
+    );
+    assert_eq!(service.serving(), 1, "{:?}", service.start_failures());
+    assert_eq!(sysfs.wait_lines(1), vec!["add exp-ram 3".to_string()]);
+    let handle = service.handle();
+    let exports = std::thread::scope(|s| {
+        let asker = s.spawn(move || handle.snapshot()[0].exports.clone());
+        while !asker.is_finished() {
+            service.supervise(Duration::from_millis(10));
+        }
+        asker.join().expect("asker")
+    });
+    assert_eq!(exports, vec!["scst_local/scst_local_tgt/3".to_string()]);
+    let outcomes = service.stop();
+    assert_eq!(Service::exit_code(&outcomes), 0);
+    assert_eq!(
+        sysfs.wait_lines(2),
+        vec!["add exp-ram 3".to_string(), "del 3".to_string()]
+    );
+}
+
+#[test]
+fn an_export_that_cannot_apply_starts_no_disk_at_all() {
+    let sysfs = FakeScstSysfs::new();
+    let (kernel, side) = loopback();
+    let mut iscsi = disk("exp-iscsi", BoardArg::Ram, 16 << 20, 4096);
+    iscsi.exports.push(scst_accel::config::ExportSpec {
+        driver: scst_accel::config::TargetDriver::Iscsi,
+        target: "iqn.2026-12.com.example:t".into(),
+        lun: 0,
+        enable: true,
+    });
+    let service = Service::start(
+        ServiceSettings {
+            scst_sysfs: sysfs.root(),
+            ..settings()
+        },
+        vec![
+            exported(disk("exp-first", BoardArg::Ram, 16 << 20, 4096), 0),
+            iscsi,
+        ],
+        side,
+        StartOptions::default(),
+    );
+    assert_eq!(service.serving(), 0);
+    let failures = service.start_failures();
+    assert_eq!(failures.len(), 2, "every disk is refused");
+    assert!(failures.iter().all(|(_, f)| f.exit_code == exit::CONFIG));
+    assert!(
+        failures[0].1.message.contains("iscsi"),
+        "{}",
+        failures[0].1.message
+    );
+    assert!(kernel.registered_devices().is_empty(), "nothing registered");
+    drop(service.stop());
+    assert!(sysfs.lines().is_empty(), "nothing written: {:?}", sysfs.lines());
+}
