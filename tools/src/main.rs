@@ -5,6 +5,7 @@
 use clap::Parser;
 use clap::Subcommand;
 use scst_accel::bench;
+use scst_accel::control;
 use scst_accel::demo;
 use scst_accel::diag;
 use scst_accel::serve;
@@ -34,6 +35,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Open a board, print its geometry, registers and queue rings, and release it.
     Diag(diag::DiagArgs),
+    /// Ask the running service how its disks are (state, capacity, IOPS, MB/s, p99, errors).
+    Status(control::StatusArgs),
+    /// Ask the running service to dump a disk's commands in flight and device state.
+    Dump(control::DumpArgs),
+    /// Grow a disk of the running service (RAM store) and tell the initiators.
+    Resize(control::ResizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +54,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Diag(args) => diag::run(args),
+        Command::Status(args) => control::run_status(args),
+        Command::Dump(args) => control::run_dump(args),
+        Command::Resize(args) => control::run_resize(args),
     };
     ExitCode::from(code)
 }
