@@ -133,6 +133,9 @@ fn disk_rates(name: &str, now: FrontendStats, then: FrontendStats, window: Durat
     }
 }
 
+/// One per-disk figure read from a snapshot.
+type Figure<'a> = dyn Fn(&DiskSnapshot) -> u64 + 'a;
+
 /// A label value in the exposition format: backslash, double quote and newline escaped.
 fn label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -224,7 +227,7 @@ pub fn prometheus_text(snapshots: &[DiskSnapshot], window: &[DiskRates]) -> Stri
             let _ = writeln!(o, "{name}{{disk=\"{}\"}} {}", label(&d.name), value(d));
         }
     };
-    let simple: [(&str, &str, &str, &dyn Fn(&DiskSnapshot) -> u64); 9] = [
+    let simple: [(&str, &str, &str, &Figure<'_>); 9] = [
         (
             "scst_accel_command_errors_total",
             "counter",
