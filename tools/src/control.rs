@@ -37,6 +37,7 @@ use std::io::BufReader;
 use std::io::Read;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::net::UnixStream;
@@ -85,7 +86,17 @@ impl ControlServer {
                     .create(parent)?;
             }
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            // Never remove something that is not a socket: the path is misconfigured.
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket; fix service.control_socket or remove it",
+                        path.display()
+                    ),
+                ));
+            }
             // A socket file left by a process that died: remove it, but never one that a live
             // service answers on (that would cut it off from its clients).
             if UnixStream::connect(path).is_ok() {
@@ -549,7 +560,6 @@ fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::status::fake::FakeView;
-    use std::os::unix::fs::FileTypeExt;
 
     fn socket_path(name: &str) -> PathBuf {
         std::env::temp_dir()
@@ -717,6 +727,15 @@ mod tests {
         let server = ControlServer::start(&path, Arc::new(FakeView::default())).unwrap();
         status_ok(&path);
         server.stop();
+        // A file that is not a socket is left alone.
+        std::fs::write(&path, b"not a socket").unwrap();
+        let refused = ControlServer::start(&path, Arc::new(FakeView::default()));
+        assert_eq!(
+            refused.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        std::fs::remove_file(&path).unwrap();
         // No service: the client says where to look, exit 69.
         let e = request(&path, &json!({"cmd": "status"})).unwrap_err();
         assert_eq!(e.exit_code(), exit::UNAVAILABLE);

@@ -30,6 +30,9 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// How often a sampler fed by a server's loop takes a snapshot.
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 
+/// Snapshots closer together than this replace each other (at most ~100 per window).
+pub const MIN_GAP: Duration = Duration::from_millis(100);
+
 /// One disk's figures over the window.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct DiskRates {
@@ -68,7 +71,17 @@ impl Sampler {
 
     /// Keep `snapshots`, taken at `at`; forget what is older than the window (keeping one
     /// snapshot at least [`WINDOW`] old when there is one, so the window is full).
+    /// Snapshots closer than [`MIN_GAP`] to the previous one replace it, so that clients
+    /// asking often (each request samples) cannot grow the history.
     pub fn push(&mut self, at: Instant, snapshots: Vec<DiskSnapshot>) {
+        if self.history.len() > 1
+            && self
+                .history
+                .back()
+                .is_some_and(|(last, _)| at.saturating_duration_since(*last) < MIN_GAP)
+        {
+            self.history.pop_back();
+        }
         self.history.push_back((at, snapshots));
         while self.history.len() > 2 && at.duration_since(self.history[1].0) >= WINDOW {
             self.history.pop_front();
@@ -551,6 +564,12 @@ mod tests {
         let p99 = r.p99_us.unwrap();
         assert!((50.0..=62.5).contains(&p99), "{p99}");
         assert!(sampler.history.len() <= 11);
+        // Requests in a burst replace the newest snapshot instead of piling up.
+        let last = t0 + Duration::from_secs(14);
+        for i in 1..50u64 {
+            sampler.push(last + Duration::from_millis(i), view.snapshot());
+        }
+        assert!(sampler.history.len() <= 12, "{}", sampler.history.len());
     }
 
     #[test]
