@@ -233,6 +233,94 @@ fn capacity_change_raises_a_unit_attention_then_reports_the_new_size() {
 }
 
 #[test]
+fn the_frontend_counts_reads_writes_bytes_and_latency() {
+    let rig = Rig::ram("e2e-figures", 512, 4096);
+    let session = rig.session(0);
+    let before = rig.frontend().stats();
+    // 3 WRITE(10)s of 8 blocks, 2 READ(10)s of 8 blocks, 1 TEST UNIT READY.
+    for tag in 0..3u64 {
+        let cdb = [0x2a, 0, 0, 0, 0, (tag * 8) as u8, 0, 0, 8, 0];
+        let done = execute(&session, tag, &cdb, vec![tag as u8; 4096], 0);
+        assert_eq!(done.status, sam_status::GOOD);
+    }
+    for tag in 3..5u64 {
+        let done = execute(
+            &session,
+            tag,
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            Vec::new(),
+            4096,
+        );
+        assert_eq!(done.status, sam_status::GOOD);
+    }
+    assert_eq!(
+        execute(&session, 5, &[0, 0, 0, 0, 0, 0], Vec::new(), 0).status,
+        sam_status::GOOD
+    );
+    // A command's latency is taken when its reply is handed over, which the initiator can see
+    // a moment before the worker records it.
+    assert!(
+        eventually(|| {
+            let s = rig.frontend().stats();
+            s.latency.count() - before.latency.count() == s.exec - before.exec
+        }),
+        "every answered EXEC has a latency: {:?}",
+        rig.frontend().stats()
+    );
+    let s = rig.frontend().stats();
+    assert_eq!(s.write_commands - before.write_commands, 3);
+    assert_eq!(s.write_bytes - before.write_bytes, 3 * 4096);
+    assert_eq!(s.read_commands - before.read_commands, 2);
+    assert_eq!(s.read_bytes - before.read_bytes, 2 * 4096);
+    let window = s.latency.delta(&before.latency);
+    assert!(window.count() >= 6, "{window:?}");
+    let p50 = window.percentile(0.5).expect("latencies");
+    assert!(p50 > Duration::ZERO && p50 < WAIT, "{p50:?}");
+    assert!(window.sum() > Duration::ZERO);
+}
+
+#[test]
+fn resize_grows_the_ram_store_and_tells_the_initiators() {
+    let rig = Rig::ram("e2e-grow", 512, 4096);
+    let session = rig.session(0);
+    let write_at_8000 = [0x2a, 0, 0, 0, 0x1f, 0x40, 0, 0, 1, 0];
+    let refused = execute(&session, 1, &write_at_8000, vec![0x77; 512], 0);
+    assert_eq!(refused.status, sam_status::CHECK_CONDITION, "beyond the old end");
+    rig.frontend().resize(8192).expect("grow");
+    let read_capacity = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let first = execute(&session, 2, &read_capacity, Vec::new(), 8);
+    assert_eq!(
+        sense_triple(&first.sense),
+        (0x06, 0x2a, 0x09),
+        "CAPACITY DATA HAS CHANGED"
+    );
+    let second = execute(&session, 3, &read_capacity, Vec::new(), 8);
+    assert_eq!(&second.data_in[..4], &8191u32.to_be_bytes());
+    let written = execute(&session, 4, &write_at_8000, vec![0x77; 512], 0);
+    assert_eq!(written.status, sam_status::GOOD);
+    let read = execute(
+        &session,
+        5,
+        &[0x28, 0, 0, 0, 0x1f, 0x40, 0, 0, 1, 0],
+        Vec::new(),
+        512,
+    );
+    assert!(read.data_in.iter().all(|&b| b == 0x77));
+    // Shrinking is refused by the store and changes nothing.
+    let e = rig.frontend().resize(100).expect_err("shrink");
+    assert!(
+        matches!(
+            e,
+            scst_accel_handler::frontend::ResizeError::Store(StoreError::Shrink { .. })
+        ),
+        "{e}"
+    );
+    let again = execute(&session, 6, &read_capacity, Vec::new(), 8);
+    assert_eq!(again.status, sam_status::GOOD);
+    assert_eq!(&again.data_in[..4], &8191u32.to_be_bytes());
+}
+
+#[test]
 fn any_cdb_through_the_whole_stack_is_answered() {
     let mut opt = default_options();
     opt.parse_type = parse_type::CALL; // every CDB reaches the handler's engine

@@ -3,19 +3,23 @@
 //! - [`serve`], [`service`]: the appliance service (one process, many disks, systemd-native);
 //! - [`config`]: the TOML configuration file and `check-config`;
 //! - [`demo`], [`bench`], [`diag`]: the loopback demo/benchmark and diagnostics;
-//! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST.
+//! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST;
+//! - [`status`], [`control`], [`metrics`]: what the service says about its disks, over the
+//!   control socket (`scst-accel status`, `dump`, `resize`) and the Prometheus endpoint.
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod bench;
 pub mod check_config;
 pub mod config;
+pub mod control;
 pub mod cpu;
 pub mod demo;
 pub mod demo_config;
 pub mod diag;
 pub mod disk;
 pub mod export;
+pub mod metrics;
 pub mod notify;
 pub mod serve;
 pub mod service;

@@ -6,6 +6,7 @@ use clap::Parser;
 use clap::Subcommand;
 use scst_accel::bench;
 use scst_accel::check_config;
+use scst_accel::control;
 use scst_accel::demo;
 use scst_accel::diag;
 use scst_accel::serve;
@@ -38,6 +39,12 @@ enum Command {
     Diag(diag::DiagArgs),
     /// Validate a service configuration file (every error with its line); touches nothing else.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Ask the running service how its disks are (state, capacity, IOPS, MB/s, p99, errors).
+    Status(control::StatusArgs),
+    /// Ask the running service to dump a disk's commands in flight and device state.
+    Dump(control::DumpArgs),
+    /// Grow a disk of the running service (RAM store) and tell the initiators.
+    Resize(control::ResizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +69,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Diag(args) => diag::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Status(args) => control::run_status(args),
+        Command::Dump(args) => control::run_dump(args),
+        Command::Resize(args) => control::run_resize(args),
     };
     ExitCode::from(code)
 }

@@ -135,3 +135,85 @@ fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::
         .unwrap_or(0.0);
     s.serialize_f64(secs)
 }
+
+/// A fake service for tests of the reporting side: two disks whose counters move with every
+/// snapshot, a dump for one, and resizes recorded.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use scst_accel_handler::frontend::LatencyHistogram;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    pub(crate) struct FakeView {
+        pub(crate) snapshots: AtomicU64,
+        pub(crate) resized: Mutex<Vec<(String, u64)>>,
+    }
+
+    impl ServiceView for FakeView {
+        fn snapshot(&self) -> Vec<DiskSnapshot> {
+            let n = self.snapshots.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut latency = LatencyHistogram::default();
+            for _ in 0..n * 100 {
+                latency.record(Duration::from_micros(50));
+            }
+            let frontend = FrontendStats {
+                exec: n * 100,
+                read_commands: n * 60,
+                write_commands: n * 30,
+                read_bytes: n * 60 * 4096,
+                write_bytes: n * 30 * 4096,
+                exec_errors: n,
+                busy: 2,
+                inflight: 3,
+                latency,
+                ..FrontendStats::default()
+            };
+            let disk = |name: &str, state, failure: Option<&str>| DiskSnapshot {
+                name: name.to_string(),
+                state,
+                failure: failure.map(str::to_string),
+                board: "ram".into(),
+                pci: None,
+                identity: IdentityView {
+                    vendor: "SCST_ACC".into(),
+                    product: "RAM \"disk\"\n".into(),
+                    serial: "0001".into(),
+                    naa: "600140500000000000000000000000001".into(),
+                    source: "generated".into(),
+                },
+                block_size: 512,
+                num_blocks: 2048,
+                exports: vec!["scst_local/scst_local_tgt/0".into()],
+                frontend: Some(frontend),
+                device: DeviceCounters {
+                    device_errors: 1,
+                    ..DeviceCounters::default()
+                },
+                teardowns: Vec::new(),
+            };
+            vec![
+                disk("ram0", DiskState::Serving, None),
+                disk("bad\"disk", DiskState::Failed, Some("device gone")),
+            ]
+        }
+
+        fn dump(&self, disk: &str) -> Result<String, String> {
+            match disk {
+                "ram0" => Ok("worker 0: 0 command(s)".into()),
+                _ => Err(format!("no disk {disk:?}")),
+            }
+        }
+
+        fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+            if disk != "ram0" {
+                return Err(format!("no disk {disk:?}"));
+            }
+            self.resized.lock().unwrap().push((disk.to_string(), bytes));
+            Ok(bytes / 512)
+        }
+    }
+}

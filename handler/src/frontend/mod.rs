@@ -12,6 +12,7 @@
 
 mod buffers;
 mod dump;
+mod latency;
 mod liveness;
 mod teardown;
 mod trigger;
@@ -19,6 +20,8 @@ mod worker;
 
 pub use buffers::BufferFigures;
 pub use buffers::BufferTable;
+pub use latency::LatencyHistogram;
+pub use latency::LATENCY_BUCKETS;
 pub use teardown::TeardownConfig;
 pub use teardown::TeardownReport;
 pub use teardown::TeardownStep;
@@ -114,6 +117,24 @@ pub enum FrontendError {
     },
 }
 
+/// Errors growing a disk ([`Frontend::resize`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    /// The store refused (its capacity is the device's, a shrink, too large); nothing changed.
+    #[error("the store refused the resize: {0}")]
+    Store(#[source] StoreError),
+    /// The store grew and the engine reports the new capacity, but SCST was not told
+    /// (DEVICE_CAPACITY_CHANGED failed): initiators see the new size only after they re-read
+    /// the capacity (a rescan). Retrying the resize with the same size tells SCST again.
+    #[error("the disk grew to {num_blocks} blocks but SCST was not told ({errno}); retry, or rescan on the initiators")]
+    Notify {
+        /// The new capacity in blocks.
+        num_blocks: u64,
+        /// The kernel's errno.
+        errno: Errno,
+    },
+}
+
 /// Counters, updated by workers with relaxed atomics.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -151,11 +172,21 @@ pub struct Counters {
     pub deadline_escalations: AtomicU64,
 }
 
-/// A snapshot of [`Counters`] and buffer figures.
+/// A snapshot of [`Counters`], the workers' per-command figures and buffer figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrontendStats {
     /// EXEC commands received.
     pub exec: u64,
+    /// EXECs answered whose data went to the initiator (data direction READ), any status.
+    pub read_commands: u64,
+    /// EXECs answered whose data came from the initiator (WRITE or BIDI), any status.
+    pub write_commands: u64,
+    /// Bytes returned to initiators (the replies' `resp_data_len`).
+    pub read_bytes: u64,
+    /// Bytes written by initiators in commands answered GOOD.
+    pub write_bytes: u64,
+    /// EXEC latency, from the EXEC's arrival to its reply being handed to the kernel.
+    pub latency: LatencyHistogram,
     /// EXEC replies with a status other than GOOD.
     pub exec_errors: u64,
     /// PARSE.
@@ -240,6 +271,8 @@ pub(crate) struct Shared {
     store: Arc<dyn Store>,
     buffers: BufferTable,
     counters: Counters,
+    /// One per worker, indexed by the worker's index, each written by its worker alone.
+    figures: Box<[latency::WorkerFigures]>,
     sessions: OrderedMutex<HashMap<u64, SessionInfo>, levels::FrontendSessions>,
     /// Steps of the teardown after intake closed; whether intake is closed, and how many
     /// commands are inside, is the drain's alone.
@@ -317,6 +350,9 @@ impl Frontend {
             store,
             buffers: BufferTable::new(pool),
             counters: Counters::default(),
+            figures: (0..config.workers.max(1))
+                .map(|_| latency::WorkerFigures::default())
+                .collect(),
             sessions: OrderedMutex::new(HashMap::new()),
             phase: AtomicU8::new(Phase::Serving as u8),
             drain: Drain::new(),
@@ -430,6 +466,19 @@ impl Frontend {
     pub fn capacity_changed(&self, num_blocks: u64) -> Result<(), Errno> {
         self.shared.disk.set_num_blocks(num_blocks);
         self.shared.fd.device_capacity_changed()
+    }
+
+    /// Grow the disk to `num_blocks` blocks: the store first (so no initiator can address a
+    /// block it does not have yet), then [`Frontend::capacity_changed`] (engine, then SCST's
+    /// DEVICE_CAPACITY_CHANGED). Resizing to the current size only tells SCST again.
+    ///
+    /// # Errors
+    /// [`ResizeError::Store`] when the store refuses (nothing changed);
+    /// [`ResizeError::Notify`] when SCST could not be told.
+    pub fn resize(&self, num_blocks: u64) -> Result<(), ResizeError> {
+        self.shared.store.resize(num_blocks).map_err(ResizeError::Store)?;
+        self.capacity_changed(num_blocks)
+            .map_err(|errno| ResizeError::Notify { num_blocks, errno })
     }
 
     /// PREALLOC_BUFFER `count` buffers of `len` bytes into SCST's SGV cache, so that the first
@@ -589,7 +638,7 @@ impl Shared {
     fn stats(&self) -> FrontendStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        FrontendStats {
+        let mut stats = FrontendStats {
             exec: get(&c.exec),
             exec_errors: get(&c.exec_errors),
             parse: get(&c.parse),
@@ -609,6 +658,11 @@ impl Shared {
             inflight: self.drain.in_flight(),
             leases_outstanding: self.leases.outstanding() as u64,
             buffers: self.buffers.figures(),
+            ..FrontendStats::default()
+        };
+        for figures in self.figures.iter() {
+            figures.add_to(&mut stats);
         }
+        stats
     }
 }

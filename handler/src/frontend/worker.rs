@@ -10,6 +10,8 @@
 
 use super::dump::DumpReceiver;
 use super::dump::WorkerDump;
+use super::latency::Direction;
+use super::latency::WorkerFigures;
 use super::Phase;
 use super::SessionInfo;
 use super::Shared;
@@ -59,11 +61,10 @@ struct ExecCtx {
 
 impl ExecCtx {
     /// The context of an EXEC answered at once (refused, or failed before any work).
-    fn immediate(direction: u8, bufflen: u32, token: Option<InFlightOwned>) -> Self {
-        let now = Instant::now();
+    fn immediate(received: Instant, direction: u8, bufflen: u32, token: Option<InFlightOwned>) -> Self {
         Self {
-            received: now,
-            deadline: now,
+            received,
+            deadline: received,
             buffer: None,
             direction,
             bufflen,
@@ -71,6 +72,15 @@ impl ExecCtx {
             token,
         }
     }
+}
+
+/// What a queued reply carries besides the reply itself.
+struct ReplyMeta {
+    /// The drain token of an accepted EXEC: never read, held so that it drops (the EXEC
+    /// leaves the drain) when its reply is consumed.
+    _token: Option<InFlightOwned>,
+    /// When its EXEC arrived; `None` for replies to other subcodes.
+    received: Option<Instant>,
 }
 
 /// An EXEC whose store work is under way.
@@ -107,8 +117,9 @@ pub(super) struct Worker {
     multi: MultiBuffer,
     /// Replies for the next ioctl, contiguous as the kernel reads them (`preplies`).
     replies: Vec<ReplyCmd>,
-    /// One entry per reply: the drain token of an accepted EXEC, dropped with its reply.
-    reply_tokens: Vec<Option<InFlightOwned>>,
+    /// One entry per reply: the drain token of an accepted EXEC, dropped with its reply, and
+    /// when the EXEC arrived (for its latency, taken when the reply is handed to SCST).
+    reply_tokens: Vec<ReplyMeta>,
     /// Sense bytes the replies point at; alive until their replies are consumed.
     senses: Vec<Vec<u8>>,
     inflight: HashMap<u32, Inflight>,
@@ -289,7 +300,7 @@ impl Worker {
     fn discard_replies(&mut self) {
         if !self.replies.is_empty() {
             self.undelivered += self.replies.len();
-            self.consume_replies(self.replies.len());
+            self.consume_replies(self.replies.len(), false);
         }
     }
 
@@ -431,7 +442,7 @@ impl Worker {
         let done = (header.replies_done.max(0) as usize).min(replies_cnt);
         let fetched = (header.cmds_cnt.max(0) as usize).min(want);
         match result {
-            Ok(()) => self.consume_replies(replies_cnt),
+            Ok(()) => self.consume_replies(replies_cnt, true),
             Err(errno) if errno == Errno::ENODEV || errno.0 == libc::EBADF => {
                 // Teardown trigger (b): SCST closed or unregistered the device under us. What
                 // we still hold is answered by its close path (scst_user.md §5.3).
@@ -455,11 +466,11 @@ impl Worker {
                     failed.cmd_h,
                     failed.subcode
                 );
-                self.consume_replies(done + 1);
+                self.consume_replies(done + 1, true);
             }
-            Err(Errno::EAGAIN) => self.consume_replies(replies_cnt),
+            Err(Errno::EAGAIN) => self.consume_replies(replies_cnt, true),
             Err(errno) => {
-                self.consume_replies(replies_cnt);
+                self.consume_replies(replies_cnt, true);
                 log::warn!("REPLY_AND_GET_MULTI failed after all replies were taken: {errno}");
             }
         }
@@ -468,8 +479,22 @@ impl Worker {
 
     /// The first `n` replies were handed to SCST (or consumed by a refusal): forget them and
     /// drop their EXECs' drain tokens (the command is answered, it leaves the drain).
-    fn consume_replies(&mut self, n: usize) {
+    ///
+    /// `delivered`: the kernel took them, so their EXECs' latencies end now (replies discarded
+    /// because the fd closed are not counted).
+    fn consume_replies(&mut self, n: usize, delivered: bool) {
         self.replies.drain(..n);
+        if delivered {
+            // One clock read per batch: every reply of the batch was handed over by this call.
+            let mut now = None;
+            let figures = self.figures();
+            for meta in &self.reply_tokens[..n] {
+                if let Some(received) = meta.received {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    figures.latency(now.saturating_duration_since(received));
+                }
+            }
+        }
         self.reply_tokens.drain(..n);
         if self.replies.is_empty() {
             self.senses.clear();
@@ -478,8 +503,21 @@ impl Worker {
 
     /// Queue a reply; `token` is the drain token of the EXEC it answers.
     fn push_reply(&mut self, reply: ReplyCmd, token: Option<InFlightOwned>) {
+        self.push_reply_timed(reply, token, None);
+    }
+
+    /// Queue a reply, with its EXEC's arrival time for the latency figures.
+    fn push_reply_timed(&mut self, reply: ReplyCmd, token: Option<InFlightOwned>, received: Option<Instant>) {
         self.replies.push(reply);
-        self.reply_tokens.push(token);
+        self.reply_tokens.push(ReplyMeta {
+            _token: token,
+            received,
+        });
+    }
+
+    /// This worker's own figures (it is their only writer).
+    fn figures(&self) -> &WorkerFigures {
+        &self.shared.figures[self.index]
     }
 
     fn dispatch(&mut self, cmd: &GetCmd) {
@@ -677,6 +715,8 @@ impl Worker {
     }
 
     fn exec(&mut self, cmd: &GetCmd) {
+        // The EXEC's latency starts here: it was fetched by the ioctl that just returned.
+        let received = Instant::now();
         let exec: abi::ScsiCmdExec = cmd.read_payload();
         let bufflen = exec.bufflen.max(0) as u32;
         let direction = exec.data_direction;
@@ -686,13 +726,13 @@ impl Worker {
                 .counters
                 .refused_in_teardown
                 .fetch_add(1, Ordering::Relaxed);
-            let ctx = ExecCtx::immediate(direction, bufflen, None);
+            let ctx = ExecCtx::immediate(received, direction, bufflen, None);
             return self.reply_exec(cmd.cmd_h, ctx, busy());
         };
         let (buffer, new_pbuf) = match self.exec_buffer(&exec) {
             Ok(found) => found,
             Err(response) => {
-                let ctx = ExecCtx::immediate(direction, bufflen, Some(token));
+                let ctx = ExecCtx::immediate(received, direction, bufflen, Some(token));
                 return self.reply_exec(cmd.cmd_h, ctx, response);
             }
         };
@@ -701,7 +741,7 @@ impl Worker {
             Err(errno) => {
                 log::error!("GET_EXTENDED_CDB for cmd_h {} failed: {errno}", cmd.cmd_h);
                 let response = self.check_condition(0x04, 0x44, 0x00);
-                let mut ctx = ExecCtx::immediate(direction, bufflen, Some(token));
+                let mut ctx = ExecCtx::immediate(received, direction, bufflen, Some(token));
                 ctx.buffer = buffer;
                 ctx.new_pbuf = new_pbuf;
                 return self.reply_exec(cmd.cmd_h, ctx, response);
@@ -712,7 +752,6 @@ impl Worker {
             buffer: buffer.as_ref().filter(|_| writes),
         };
         let plan = self.shared.disk.start(&cdb, &data_out);
-        let received = Instant::now();
         let deadline = received + self.command_timeout(exec.timeout);
         let ctx = ExecCtx {
             received,
@@ -871,6 +910,7 @@ impl Worker {
     /// is handed to SCST.
     fn reply_exec(&mut self, cmd_h: u32, ctx: ExecCtx, response: Response) {
         let ExecCtx {
+            received,
             direction,
             bufflen,
             buffer,
@@ -903,6 +943,19 @@ impl Worker {
             // The kernel ignores a pbuf with no data (spec §3.5): the buffer stays ours to free.
             self.shared.buffers.release(new_pbuf);
         }
+        let (figure_direction, bytes) = match direction {
+            data_direction::READ => (Direction::Read, resp_data_len as u64),
+            data_direction::WRITE | data_direction::BIDI => (
+                Direction::Write,
+                if response.status == sam_status::GOOD {
+                    u64::from(bufflen)
+                } else {
+                    0
+                },
+            ),
+            _ => (Direction::Other, 0),
+        };
+        self.figures().answered(figure_direction, bytes);
         let (sense_len, psense_buffer) = self.keep_sense(response.sense);
         let reply = abi::ExecReply {
             resp_data_len: resp_data_len as i32,
@@ -913,7 +966,11 @@ impl Worker {
             psense_buffer,
             ..Default::default()
         };
-        self.push_reply(ReplyCmd::with_payload(cmd_h, abi::SCST_USER_EXEC, &reply), token);
+        self.push_reply_timed(
+            ReplyCmd::with_payload(cmd_h, abi::SCST_USER_EXEC, &reply),
+            token,
+            Some(received),
+        );
     }
 }
 

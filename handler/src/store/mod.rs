@@ -189,6 +189,24 @@ pub enum StoreError {
     /// The device is gone or failed.
     #[error("store device failed: {0}")]
     Device(String),
+    /// The store's capacity is the device's (an NVMe namespace, a board's medium): it cannot
+    /// be changed from here.
+    #[error("this store's capacity is the device's; resize the device (or namespace) itself, then restart the disk")]
+    FixedCapacity,
+    /// A resize asked for fewer blocks than the store has: data would be lost under initiators.
+    #[error("cannot shrink from {current} to {requested} blocks: only growing is supported (data past the new end would vanish under initiators)")]
+    Shrink {
+        /// Blocks now.
+        current: u64,
+        /// Blocks asked for.
+        requested: u64,
+    },
+    /// A resize asked for more than the store can address.
+    #[error("{requested} blocks is more than this store can hold; ask for less")]
+    TooLarge {
+        /// Blocks asked for.
+        requested: u64,
+    },
 }
 
 /// A store: shared by all workers, each of which opens its own queue.
@@ -210,6 +228,17 @@ pub trait Store: Send + Sync {
     /// escalation and for dumps on demand; `None` for stores without a device.
     fn dump(&self) -> Option<String> {
         None
+    }
+    /// Grow the medium to `num_blocks` blocks while I/O goes on; [`Store::info`] reports the
+    /// new size once this returns. The caller then tells the engine and SCST
+    /// ([`crate::frontend::Frontend::resize`] does both).
+    ///
+    /// # Errors
+    /// [`StoreError::FixedCapacity`] by default (the capacity is the device's);
+    /// [`StoreError::Shrink`] or [`StoreError::TooLarge`] from stores that can grow.
+    fn resize(&self, num_blocks: u64) -> Result<(), StoreError> {
+        let _ = num_blocks;
+        Err(StoreError::FixedCapacity)
     }
 }
 

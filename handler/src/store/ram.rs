@@ -4,6 +4,13 @@
 //! unwritten and deallocated blocks read as zeroes (LBPRZ). Each chunk has its own `RwLock`, a
 //! leaf lock held only for one memcpy, never across a blocking call. Every queue completes its
 //! requests inside [`StoreQueue::submit`], so it needs no notification fd.
+//!
+//! The store can grow while it serves ([`Store::resize`]) without a lock on the I/O path: the
+//! chunk table is a list of segments of doubling size (segment `s` holds `2^s` chunks), each
+//! set once ([`OnceLock`]) and never moved, so a chunk's address is stable; the capacity is an
+//! atomic published (Release) only after the segments it needs exist, and every request
+//! checks its range against it (Acquire). Bytes past the old end were never written (requests
+//! are bounded by the capacity), so grown blocks read as zeroes.
 
 use super::IoBuffer;
 use super::Store;
@@ -17,7 +24,10 @@ use super::StoreStatus;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::OrderedRwLock;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 const CHUNK_SIZE: usize = 1 << 20;
 
@@ -30,10 +40,16 @@ pub struct RamStore {
     inner: Arc<Inner>,
 }
 
+/// Segments of the chunk table: segment `s` holds chunks `2^s - 1 .. 2^(s+1) - 1`.
+const SEGMENTS: usize = 48;
+
 #[derive(Debug)]
 struct Inner {
+    /// Geometry; its `num_blocks` is the size at creation, the current one is `num_blocks`.
     info: StoreInfo,
-    chunks: Box<[Chunk]>,
+    /// Capacity in blocks now; grows only.
+    num_blocks: AtomicU64,
+    segments: [OnceLock<Box<[Chunk]>>; SEGMENTS],
 }
 
 impl RamStore {
@@ -44,8 +60,6 @@ impl RamStore {
     /// CLI validates user input before).
     pub fn new(block_size: u32, num_blocks: u64, max_transfer_blocks: u32) -> Self {
         assert!(block_size.is_power_of_two() && (512..=65536).contains(&block_size));
-        let bytes = num_blocks * u64::from(block_size);
-        let chunks = bytes.div_ceil(CHUNK_SIZE as u64) as usize;
         let info = StoreInfo {
             block_size,
             num_blocks,
@@ -53,11 +67,16 @@ impl RamStore {
             supports_unmap: true,
             volatile_cache: false,
         };
+        let inner = Inner {
+            info,
+            num_blocks: AtomicU64::new(0),
+            segments: std::array::from_fn(|_| OnceLock::new()),
+        };
+        if let Err(e) = inner.grow(num_blocks) {
+            panic!("RamStore of {num_blocks} blocks of {block_size}: {e}");
+        }
         Self {
-            inner: Arc::new(Inner {
-                info,
-                chunks: (0..chunks).map(|_| OrderedRwLock::new(None)).collect(),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -69,7 +88,14 @@ impl RamStore {
 
 impl Store for RamStore {
     fn info(&self) -> StoreInfo {
-        self.inner.info
+        StoreInfo {
+            num_blocks: self.inner.num_blocks.load(Ordering::Acquire),
+            ..self.inner.info
+        }
+    }
+
+    fn resize(&self, num_blocks: u64) -> Result<(), StoreError> {
+        self.inner.grow(num_blocks)
     }
 
     fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
@@ -111,9 +137,57 @@ impl StoreQueue for RamQueue {
 }
 
 impl Inner {
+    /// Make room for `num_blocks` blocks, then publish the capacity. Concurrent calls are fine:
+    /// each creates the segments it needs (`OnceLock` makes one win) before `fetch_max`.
+    fn grow(&self, num_blocks: u64) -> Result<(), StoreError> {
+        let current = self.num_blocks.load(Ordering::Acquire);
+        if num_blocks < current {
+            return Err(StoreError::Shrink {
+                current,
+                requested: num_blocks,
+            });
+        }
+        let too_large = StoreError::TooLarge {
+            requested: num_blocks,
+        };
+        let bytes = num_blocks
+            .checked_mul(u64::from(self.info.block_size))
+            .ok_or(too_large)?;
+        let chunks = bytes.div_ceil(CHUNK_SIZE as u64);
+        // Segments 0..=s hold 2^(s+1) - 1 chunks.
+        let needed = (u64::BITS - chunks.leading_zeros()) as usize;
+        if needed > SEGMENTS {
+            return Err(StoreError::TooLarge {
+                requested: num_blocks,
+            });
+        }
+        for (s, segment) in self.segments.iter().enumerate().take(needed) {
+            segment.get_or_init(|| (0..1usize << s).map(|_| OrderedRwLock::new(None)).collect());
+        }
+        let before = self.num_blocks.fetch_max(num_blocks, Ordering::AcqRel);
+        if before > num_blocks {
+            // Another resize grew it further meanwhile: this one asked to shrink after all.
+            return Err(StoreError::Shrink {
+                current: before,
+                requested: num_blocks,
+            });
+        }
+        Ok(())
+    }
+
+    /// Chunk `index`, which exists: ranges are checked against the published capacity first.
+    fn chunk(&self, index: usize) -> &Chunk {
+        let slot = index + 1;
+        let segment = (usize::BITS - 1 - slot.leading_zeros()) as usize;
+        let segment_chunks = self.segments[segment]
+            .get()
+            .expect("a chunk inside the published capacity has its segment");
+        &segment_chunks[slot - (1 << segment)]
+    }
+
     fn byte_range(&self, lba: u64, blocks: u64) -> Option<(u64, u64)> {
         let end = lba.checked_add(blocks)?;
-        if end > self.info.num_blocks {
+        if end > self.num_blocks.load(Ordering::Acquire) {
             return None;
         }
         let bs = u64::from(self.info.block_size);
@@ -201,7 +275,7 @@ impl Inner {
 
     fn copy_out(&self, start: u64, len: u64, buf: &IoBuffer) {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
-            let guard = self.chunks[chunk].read_unchecked_at_runtime();
+            let guard = self.chunk(chunk).read_unchecked_at_runtime();
             match guard.as_deref() {
                 Some(data) => buf.write_at(done, &data[at..at + n]),
                 None => buf.fill(done, n, 0),
@@ -211,7 +285,7 @@ impl Inner {
 
     fn copy_in(&self, start: u64, len: u64, buf: &IoBuffer) {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
-            let mut guard = self.chunks[chunk].write_unchecked_at_runtime();
+            let mut guard = self.chunk(chunk).write_unchecked_at_runtime();
             let data = guard.get_or_insert_with(|| vec![0u8; CHUNK_SIZE].into_boxed_slice());
             buf.read_at(done, &mut data[at..at + n]);
         });
@@ -219,7 +293,7 @@ impl Inner {
 
     fn zero(&self, start: u64, len: u64) {
         Self::for_each_chunk(start, len, |chunk, at, n, _| {
-            let mut guard = self.chunks[chunk].write_unchecked_at_runtime();
+            let mut guard = self.chunk(chunk).write_unchecked_at_runtime();
             if n == CHUNK_SIZE {
                 *guard = None;
             } else if let Some(data) = guard.as_deref_mut() {
@@ -237,7 +311,7 @@ impl Inner {
             }
             scratch.resize(n, 0);
             buf.read_at(done, &mut scratch);
-            let guard = self.chunks[chunk].read_unchecked_at_runtime();
+            let guard = self.chunk(chunk).read_unchecked_at_runtime();
             let pos = match guard.as_deref() {
                 Some(data) => scratch.iter().zip(&data[at..at + n]).position(|(a, b)| a != b),
                 None => scratch.iter().position(|&b| b != 0),
@@ -393,5 +467,107 @@ mod tests {
         assert!(bytes[..512].iter().all(|&b| b == 0));
         assert!(bytes[512..2560].iter().all(|&b| b == 0x11));
         assert!(bytes[2560..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn grows_while_serving_and_refuses_to_shrink() {
+        // 1.5 chunks: the last chunk is partial, and its tail becomes addressable on growth.
+        let store = RamStore::new(4096, 384, 64);
+        let buf = buffer(4096);
+        buf.fill(0, 4096, 0x5a);
+        assert_eq!(
+            run(
+                &store,
+                StoreOp::Write {
+                    lba: 383,
+                    blocks: 1,
+                    fua: false
+                },
+                Some(&buf)
+            ),
+            StoreStatus::Good
+        );
+        assert_eq!(
+            run(&store, StoreOp::Read { lba: 384, blocks: 1 }, Some(&buf)),
+            StoreStatus::OutOfRange
+        );
+        // Grow to 10 chunks while another thread writes and reads the old range.
+        std::thread::scope(|scope| {
+            let io = scope.spawn(|| {
+                let b = buffer(4096);
+                for i in 0..2000u64 {
+                    b.fill(0, 4096, i as u8);
+                    let lba = i % 383;
+                    assert_eq!(
+                        run(
+                            &store,
+                            StoreOp::Write {
+                                lba,
+                                blocks: 1,
+                                fua: false
+                            },
+                            Some(&b)
+                        ),
+                        StoreStatus::Good
+                    );
+                }
+            });
+            store.resize(2560).expect("grow");
+            io.join().expect("io thread");
+        });
+        assert_eq!(store.info().num_blocks, 2560);
+        // The old last block kept its data; the grown blocks read as zeroes and are writable.
+        let out = buffer(8192);
+        assert_eq!(
+            run(&store, StoreOp::Read { lba: 383, blocks: 2 }, Some(&out)),
+            StoreStatus::Good
+        );
+        let mut bytes = vec![0; 8192];
+        out.read_at(0, &mut bytes);
+        assert!(bytes[..4096].iter().all(|&b| b == 0x5a));
+        assert!(bytes[4096..].iter().all(|&b| b == 0));
+        assert_eq!(
+            run(
+                &store,
+                StoreOp::Write {
+                    lba: 2559,
+                    blocks: 1,
+                    fua: false
+                },
+                Some(&buf)
+            ),
+            StoreStatus::Good
+        );
+        assert_eq!(
+            run(&store, StoreOp::Read { lba: 2560, blocks: 1 }, Some(&buf)),
+            StoreStatus::OutOfRange
+        );
+        // Shrinking is refused and changes nothing; the same size is fine.
+        assert!(matches!(
+            store.resize(100),
+            Err(StoreError::Shrink {
+                current: 2560,
+                requested: 100
+            })
+        ));
+        store.resize(2560).expect("same size");
+        assert_eq!(store.info().num_blocks, 2560);
+        assert!(matches!(store.resize(u64::MAX), Err(StoreError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn the_default_resize_refuses() {
+        struct Fixed;
+        impl Store for Fixed {
+            fn info(&self) -> StoreInfo {
+                RamStore::new(512, 8, 8).info()
+            }
+            fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
+                Err(StoreError::NoQueue { max: 0 })
+            }
+        }
+        let e = Fixed.resize(16).unwrap_err();
+        assert!(matches!(e, StoreError::FixedCapacity));
+        assert!(e.to_string().contains("device"));
     }
 }

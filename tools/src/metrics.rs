@@ -1,0 +1,669 @@
+//! Rates over the last seconds ([`Sampler`]), the Prometheus text exposition
+//! ([`prometheus_text`]) and its HTTP endpoint ([`MetricsServer`], `service.metrics_listen`).
+//!
+//! A [`crate::status::DiskSnapshot`] holds raw, monotonic counters. Rates (IOPS, MB/s) and
+//! latency percentiles over a window come from two snapshots: the newest and the oldest kept
+//! (about 10 s back, one a second). Prometheus gets the raw counters and computes its own rates.
+
+use crate::status::DiskSnapshot;
+use crate::status::DiskState;
+use crate::status::ServiceView;
+use scst_accel_handler::frontend::FrontendStats;
+use scst_accel_handler::frontend::LatencyHistogram;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::net::TcpListener;
+use std::net::TcpStream;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::Instant;
+
+/// How far back the window reaches.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// How often a sampler fed by a server's loop takes a snapshot.
+pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Snapshots closer together than this replace each other (at most ~100 per window).
+pub const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// One disk's figures over the window.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct DiskRates {
+    /// SCST device name.
+    pub name: String,
+    /// Length of the window the figures cover (0: a single snapshot, no rate yet).
+    pub window_s: f64,
+    /// EXEC commands per second.
+    pub iops: f64,
+    /// Bytes read and written per second, in MB (10^6 bytes).
+    pub mb_per_s: f64,
+    /// Latency percentiles over the window in µs (upper bound of their bucket, at most 25%
+    /// above the truth); `None` when no command completed in the window.
+    pub p50_us: Option<f64>,
+    /// 99th percentile, µs.
+    pub p99_us: Option<f64>,
+    /// 99.9th percentile, µs.
+    pub p999_us: Option<f64>,
+    /// Upper bound of the highest latency bucket hit in the window, µs.
+    pub max_us: Option<f64>,
+    /// EXEC replies other than GOOD in the window.
+    pub errors: u64,
+}
+
+/// The last [`WINDOW`] of snapshots, one per [`SAMPLE_PERIOD`] (more if fed on demand).
+#[derive(Debug, Default)]
+pub struct Sampler {
+    history: VecDeque<(Instant, Vec<DiskSnapshot>)>,
+}
+
+impl Sampler {
+    /// An empty sampler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keep `snapshots`, taken at `at`; forget what is older than the window (keeping one
+    /// snapshot at least [`WINDOW`] old when there is one, so the window is full).
+    /// Snapshots closer than [`MIN_GAP`] to the previous one replace it, so that clients
+    /// asking often (each request samples) cannot grow the history.
+    pub fn push(&mut self, at: Instant, snapshots: Vec<DiskSnapshot>) {
+        if self.history.len() > 1
+            && self
+                .history
+                .back()
+                .is_some_and(|(last, _)| at.saturating_duration_since(*last) < MIN_GAP)
+        {
+            self.history.pop_back();
+        }
+        self.history.push_back((at, snapshots));
+        while self.history.len() > 2 && at.duration_since(self.history[1].0) >= WINDOW {
+            self.history.pop_front();
+        }
+    }
+
+    /// Take a snapshot now (the view is asked outside any lock of ours).
+    pub fn sample(&mut self, view: &dyn ServiceView) {
+        let snapshots = view.snapshot();
+        self.push(Instant::now(), snapshots);
+    }
+
+    /// When the newest snapshot was taken.
+    pub fn last_sample(&self) -> Option<Instant> {
+        self.history.back().map(|(at, _)| *at)
+    }
+
+    /// The newest snapshots.
+    pub fn latest(&self) -> Option<&[DiskSnapshot]> {
+        self.history.back().map(|(_, s)| s.as_slice())
+    }
+
+    /// Per disk of the newest snapshot: figures between the oldest snapshot kept and the
+    /// newest (a disk absent from the oldest counts from zero).
+    pub fn rates(&self) -> Vec<DiskRates> {
+        let Some((now_at, now)) = self.history.back() else {
+            return Vec::new();
+        };
+        let (then_at, then) = self.history.front().expect("non-empty");
+        let window = now_at.duration_since(*then_at);
+        now.iter()
+            .map(|disk| {
+                let earlier = then
+                    .iter()
+                    .find(|d| d.name == disk.name)
+                    .and_then(|d| d.frontend)
+                    .unwrap_or_default();
+                disk_rates(&disk.name, disk.frontend.unwrap_or_default(), earlier, window)
+            })
+            .collect()
+    }
+}
+
+fn disk_rates(name: &str, now: FrontendStats, then: FrontendStats, window: Duration) -> DiskRates {
+    let secs = window.as_secs_f64();
+    let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    // A restarted frontend's counters start over: saturate rather than wrap.
+    let commands = now.exec.saturating_sub(then.exec);
+    let bytes = (now.read_bytes + now.write_bytes).saturating_sub(then.read_bytes + then.write_bytes);
+    let latency = now.latency.delta(&then.latency);
+    let us = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+    DiskRates {
+        name: name.to_string(),
+        window_s: secs,
+        iops: per_s(commands),
+        mb_per_s: per_s(bytes) / 1e6,
+        p50_us: us(latency.percentile(0.5)),
+        p99_us: us(latency.percentile(0.99)),
+        p999_us: us(latency.percentile(0.999)),
+        max_us: us(latency.max_bucket()),
+        errors: now.exec_errors.saturating_sub(then.exec_errors),
+    }
+}
+
+/// One per-disk figure read from a snapshot.
+type Figure<'a> = dyn Fn(&DiskSnapshot) -> u64 + 'a;
+
+/// A label value in the exposition format: backslash, double quote and newline escaped.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn state_name(state: DiskState) -> &'static str {
+    match state {
+        DiskState::Starting => "starting",
+        DiskState::Serving => "serving",
+        DiskState::Stopping => "stopping",
+        DiskState::Stopped => "stopped",
+        DiskState::Failed => "failed",
+    }
+}
+
+const STATES: [DiskState; 5] = [
+    DiskState::Starting,
+    DiskState::Serving,
+    DiskState::Stopping,
+    DiskState::Stopped,
+    DiskState::Failed,
+];
+
+/// A bucket bound in seconds, as Prometheus writes it.
+fn seconds(d: Duration) -> String {
+    if d == Duration::MAX {
+        "+Inf".to_string()
+    } else {
+        format!("{}", d.as_secs_f64())
+    }
+}
+
+/// The service's figures in the Prometheus text exposition format 0.0.4 (counters as totals
+/// since the disk started; `window`, from [`Sampler::rates`], adds the sampler's rates as
+/// gauges). Histogram buckets are every power of two of the handler's histogram (1.024 µs ..
+/// 68.7 s) and `+Inf`: a cumulative subset of its finer buckets.
+pub fn prometheus_text(snapshots: &[DiskSnapshot], window: &[DiskRates]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, lines: &mut dyn FnMut(&mut String)| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        lines(&mut out);
+    };
+    let stats = |d: &DiskSnapshot| d.frontend.unwrap_or_default();
+    family(
+        "scst_accel_commands_total",
+        "counter",
+        "SCSI commands (EXEC) answered, by data direction.",
+        &mut |o| {
+            for d in snapshots {
+                let s = stats(d);
+                let other = s.exec.saturating_sub(s.read_commands + s.write_commands);
+                let n = label(&d.name);
+                for (op, v) in [
+                    ("read", s.read_commands),
+                    ("write", s.write_commands),
+                    ("other", other),
+                ] {
+                    let _ = writeln!(o, "scst_accel_commands_total{{disk=\"{n}\",op=\"{op}\"}} {v}");
+                }
+            }
+        },
+    );
+    family(
+        "scst_accel_bytes_total",
+        "counter",
+        "Bytes transferred by SCSI commands, by direction.",
+        &mut |o| {
+            for d in snapshots {
+                let s = stats(d);
+                let n = label(&d.name);
+                for (op, v) in [("read", s.read_bytes), ("write", s.write_bytes)] {
+                    let _ = writeln!(o, "scst_accel_bytes_total{{disk=\"{n}\",op=\"{op}\"}} {v}");
+                }
+            }
+        },
+    );
+    let per_disk = |o: &mut String, name: &str, value: &dyn Fn(&DiskSnapshot) -> u64| {
+        for d in snapshots {
+            let _ = writeln!(o, "{name}{{disk=\"{}\"}} {}", label(&d.name), value(d));
+        }
+    };
+    let simple: [(&str, &str, &str, &Figure<'_>); 9] = [
+        (
+            "scst_accel_command_errors_total",
+            "counter",
+            "SCSI commands answered with a status other than GOOD.",
+            &|d| stats(d).exec_errors,
+        ),
+        (
+            "scst_accel_busy_total",
+            "counter",
+            "Commands answered BUSY or TASK SET FULL for lack of buffers.",
+            &|d| stats(d).busy,
+        ),
+        (
+            "scst_accel_commands_in_flight",
+            "gauge",
+            "SCSI commands accepted and not yet answered.",
+            &|d| stats(d).inflight,
+        ),
+        (
+            "scst_accel_device_errors_total",
+            "counter",
+            "Device requests completed with an error status.",
+            &|d| d.device.device_errors,
+        ),
+        (
+            "scst_accel_device_timeouts_total",
+            "counter",
+            "Device requests failed by timeout escalation.",
+            &|d| d.device.timeouts,
+        ),
+        (
+            "scst_accel_device_resets_total",
+            "counter",
+            "Queue resets and controller recoveries of the device.",
+            &|d| d.device.resets + d.device.controller_resets,
+        ),
+        (
+            "scst_accel_capacity_bytes",
+            "gauge",
+            "Disk capacity in bytes.",
+            &|d| d.num_blocks.saturating_mul(u64::from(d.block_size)),
+        ),
+        (
+            "scst_accel_teardowns_total",
+            "counter",
+            "Teardowns the disk went through.",
+            &|d| d.teardowns.len() as u64,
+        ),
+        (
+            "scst_accel_block_size_bytes",
+            "gauge",
+            "Logical block size in bytes.",
+            &|d| u64::from(d.block_size),
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        family(name, kind, help, &mut |o| per_disk(o, name, value));
+    }
+    family(
+        "scst_accel_command_latency_seconds",
+        "histogram",
+        "SCSI command latency, from its arrival to its reply being handed to the kernel.",
+        &mut |o| {
+            for d in snapshots {
+                let h: LatencyHistogram = stats(d).latency;
+                let n = label(&d.name);
+                // Every 4th bucket of the handler's (powers of two), then +Inf.
+                for (i, (bound, cumulative)) in h.buckets().enumerate() {
+                    if i % 4 == 0 || bound == Duration::MAX {
+                        let le = seconds(bound);
+                        let _ = writeln!(
+                            o,
+                            "scst_accel_command_latency_seconds_bucket{{disk=\"{n}\",le=\"{le}\"}} {cumulative}"
+                        );
+                    }
+                }
+                let _ = writeln!(
+                    o,
+                    "scst_accel_command_latency_seconds_sum{{disk=\"{n}\"}} {}",
+                    h.sum().as_secs_f64()
+                );
+                let _ = writeln!(
+                    o,
+                    "scst_accel_command_latency_seconds_count{{disk=\"{n}\"}} {}",
+                    h.count()
+                );
+            }
+        },
+    );
+    family(
+        "scst_accel_disk_state",
+        "gauge",
+        "Where the disk is in its life: 1 for its current state.",
+        &mut |o| {
+            for d in snapshots {
+                let n = label(&d.name);
+                for state in STATES {
+                    let _ = writeln!(
+                        o,
+                        "scst_accel_disk_state{{disk=\"{n}\",state=\"{}\"}} {}",
+                        state_name(state),
+                        u8::from(state == d.state)
+                    );
+                }
+            }
+        },
+    );
+    if !window.is_empty() {
+        family(
+            "scst_accel_window_iops",
+            "gauge",
+            "SCSI commands per second over the service's last seconds.",
+            &mut |o| {
+                for r in window {
+                    let _ = writeln!(
+                        o,
+                        "scst_accel_window_iops{{disk=\"{}\"}} {}",
+                        label(&r.name),
+                        r.iops
+                    );
+                }
+            },
+        );
+    }
+    out
+}
+
+/// Longest request head read; more is a 400.
+const MAX_HEAD: usize = 8 * 1024;
+/// Each connection is served within this, whatever the peer does.
+const CONNECTION_BUDGET: Duration = Duration::from_secs(2);
+/// How often the accept loop looks at its stop flag (and feeds the sampler).
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+/// How long `stop` waits for the thread.
+const STOP_BOUND: Duration = Duration::from_secs(5);
+
+/// The Prometheus endpoint: `GET /metrics` on one thread.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    done: crossbeam_channel::Receiver<()>,
+}
+
+impl MetricsServer {
+    /// Listen on `addr` (port 0: any free port, see [`MetricsServer::local_addr`]).
+    ///
+    /// # Errors
+    /// Binding failed (address in use, not on this host), or the thread could not start.
+    pub fn start(addr: SocketAddr, view: Arc<dyn ServiceView>) -> io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)?;
+        // Non-blocking accept: the loop must see its stop flag, so it never sleeps in accept.
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("scst-metrics".into())
+            .spawn(move || {
+                serve_metrics(&listener, &*view, &flag);
+                let _ = done_tx.send(());
+            })?;
+        log::info!("metrics endpoint on http://{addr}/metrics");
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+            done,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop and join the thread, waiting at most a few seconds (a connection being served
+    /// ends within its 2 s budget); past that the thread is left detached and logged.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        join_within(self.thread.take(), &self.done, "metrics");
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Join `thread` if it signals `done` within [`STOP_BOUND`]; otherwise leave it detached.
+pub(crate) fn join_within(
+    thread: Option<JoinHandle<()>>,
+    done: &crossbeam_channel::Receiver<()>,
+    what: &str,
+) {
+    let Some(thread) = thread else { return };
+    match done.recv_timeout(STOP_BOUND) {
+        Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+            if thread.join().is_err() {
+                log::error!("the {what} server thread panicked");
+            }
+        }
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            log::error!("the {what} server thread did not stop within {STOP_BOUND:?}; left detached");
+        }
+    }
+}
+
+fn serve_metrics(listener: &TcpListener, view: &dyn ServiceView, stop: &AtomicBool) {
+    let mut sampler = Sampler::new();
+    while !stop.load(Ordering::Relaxed) {
+        if sampler.last_sample().is_none_or(|t| t.elapsed() >= SAMPLE_PERIOD) {
+            sampler.sample(view);
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                if let Err(e) = answer_http(stream, view, &mut sampler) {
+                    log::debug!("metrics: {peer}: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+            Err(e) => {
+                log::warn!("metrics: accept: {e}");
+                std::thread::sleep(ACCEPT_POLL);
+            }
+        }
+    }
+}
+
+/// Read one request head (bounded in size and time) and answer it; the connection closes.
+fn answer_http(mut stream: TcpStream, view: &dyn ServiceView, sampler: &mut Sampler) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let deadline = Instant::now() + CONNECTION_BUDGET;
+    stream.set_write_timeout(Some(CONNECTION_BUDGET))?;
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break true;
+        }
+        if head.len() > MAX_HEAD {
+            break false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break false,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e),
+        }
+    };
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end().split(' ');
+    let (method, path, version) = (parts.next(), parts.next(), parts.next());
+    let well_formed = complete
+        && parts.next().is_none()
+        && version.is_some_and(|v| v.starts_with("HTTP/1."))
+        && path.is_some_and(|p| p.starts_with('/'));
+    let (status, body, kind) = if !well_formed {
+        ("400 Bad Request", "bad request\n".to_string(), "text/plain")
+    } else if path.map(|p| p.split('?').next().unwrap_or(p)) != Some("/metrics") {
+        (
+            "404 Not Found",
+            "not found; the metrics are at /metrics\n".to_string(),
+            "text/plain",
+        )
+    } else if method != Some("GET") && method != Some("HEAD") {
+        ("405 Method Not Allowed", "only GET\n".to_string(), "text/plain")
+    } else {
+        sampler.sample(view);
+        let snapshots = sampler.latest().unwrap_or_default();
+        let text = prometheus_text(snapshots, &sampler.rates());
+        ("200 OK", text, "text/plain; version=0.0.4; charset=utf-8")
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        response.push_str("Allow: GET\r\n");
+    }
+    response.push_str("\r\n");
+    if method != Some("HEAD") {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::fake::FakeView;
+
+    #[test]
+    fn sampler_rates_over_the_window() {
+        let view = FakeView::default();
+        let mut sampler = Sampler::new();
+        let t0 = Instant::now();
+        // Snapshot n has n*100 commands: 100 commands a second, 9 MB/s-ish.
+        for i in 0..15u64 {
+            sampler.push(t0 + Duration::from_secs(i), view.snapshot());
+        }
+        let rates = sampler.rates();
+        assert_eq!(rates.len(), 2);
+        let r = &rates[0];
+        assert_eq!(r.name, "ram0");
+        assert!((r.window_s - 10.0).abs() < 1e-9, "{}", r.window_s);
+        assert!((r.iops - 100.0).abs() < 1e-9, "{}", r.iops);
+        assert!((r.mb_per_s - 90.0 * 4096.0 / 1e6).abs() < 1e-9, "{}", r.mb_per_s);
+        assert_eq!(r.errors, 10);
+        let p99 = r.p99_us.unwrap();
+        assert!((50.0..=62.5).contains(&p99), "{p99}");
+        assert!(sampler.history.len() <= 11);
+        // Requests in a burst replace the newest snapshot instead of piling up.
+        let last = t0 + Duration::from_secs(14);
+        for i in 1..50u64 {
+            sampler.push(last + Duration::from_millis(i), view.snapshot());
+        }
+        assert!(sampler.history.len() <= 12, "{}", sampler.history.len());
+    }
+
+    #[test]
+    fn exposition_format() {
+        let snapshots = FakeView::default().snapshot();
+        let text = prometheus_text(&snapshots, &[]);
+        assert!(text.ends_with('\n'));
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                assert!(
+                    rest.starts_with("HELP scst_accel_") || rest.starts_with("TYPE scst_accel_"),
+                    "{line}"
+                );
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(series.starts_with("scst_accel_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert!(text.contains("# TYPE scst_accel_command_latency_seconds histogram"));
+        assert!(text.contains("scst_accel_commands_total{disk=\"ram0\",op=\"read\"} 60"));
+        assert!(text.contains("scst_accel_commands_total{disk=\"ram0\",op=\"other\"} 10"));
+        assert!(text.contains("scst_accel_command_latency_seconds_bucket{disk=\"ram0\",le=\"+Inf\"} 100"));
+        assert!(text.contains("scst_accel_command_latency_seconds_count{disk=\"ram0\"} 100"));
+        assert!(text.contains("scst_accel_disk_state{disk=\"ram0\",state=\"serving\"} 1"));
+        assert!(text.contains("scst_accel_disk_state{disk=\"ram0\",state=\"failed\"} 0"));
+        assert!(text.contains("scst_accel_capacity_bytes{disk=\"ram0\"} 1048576"));
+        // The quote in a disk name is escaped.
+        assert!(text.contains("scst_accel_disk_state{disk=\"bad\\\"disk\",state=\"failed\"} 1"));
+        assert_eq!(label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    }
+
+    fn http(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn server_scrapes_over_tcp_and_refuses_the_rest() {
+        let view: Arc<dyn ServiceView> = Arc::new(FakeView::default());
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), view).unwrap();
+        let addr = server.local_addr();
+        let reply = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        assert!(body.contains("scst_accel_commands_total{disk=\"ram0\",op=\"read\"}"));
+        promtool_check(body);
+        assert!(http(addr, b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(http(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+        assert!(http(addr, b"\x00\xff\x13garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+        assert!(http(addr, &[b'A'; 20000]).starts_with("HTTP/1.1 400"));
+        // Half a request then close: no answer, and the server goes on.
+        let _ = http(addr, b"GET /met");
+        assert!(http(addr, b"GET /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 200"));
+        let started = Instant::now();
+        server.stop();
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// `promtool check metrics` when installed; otherwise say loudly that it was skipped.
+    fn promtool_check(body: &str) {
+        let child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                eprintln!("SKIPPED: promtool check metrics: promtool is not installed ({e})");
+                return;
+            }
+        };
+        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

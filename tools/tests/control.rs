@@ -1,0 +1,116 @@
+//! `scst-accel status`, `dump` and `resize`, the built binary against a control socket served
+//! in this process over a fake service.
+
+use scst_accel::control::ControlServer;
+use scst_accel::status::DeviceCounters;
+use scst_accel::status::DiskSnapshot;
+use scst_accel::status::DiskState;
+use scst_accel::status::IdentityView;
+use scst_accel::status::ServiceView;
+use scst_accel_handler::frontend::FrontendStats;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+#[derive(Default)]
+struct Fake {
+    ticks: AtomicU64,
+}
+
+impl ServiceView for Fake {
+    fn snapshot(&self) -> Vec<DiskSnapshot> {
+        let n = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        let disk = |name: &str, state, failure: Option<&str>| DiskSnapshot {
+            name: name.into(),
+            state,
+            failure: failure.map(Into::into),
+            board: "ram".into(),
+            pci: None,
+            identity: IdentityView::default(),
+            block_size: 4096,
+            num_blocks: 1 << 18,
+            exports: Vec::new(),
+            frontend: Some(FrontendStats {
+                exec: n * 1000,
+                exec_errors: 7,
+                ..FrontendStats::default()
+            }),
+            device: DeviceCounters::default(),
+            teardowns: Vec::new(),
+        };
+        vec![
+            disk("disk_a", DiskState::Serving, None),
+            disk("disk_b", DiskState::Failed, Some("the device went away")),
+        ]
+    }
+
+    fn dump(&self, disk: &str) -> Result<String, String> {
+        Err(format!("no disk named {disk}"))
+    }
+
+    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+        match disk {
+            "disk_a" => Ok(bytes / 4096),
+            _ => Err(format!("no disk named {disk}")),
+        }
+    }
+}
+
+fn socket(name: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("scst-accel-it-{}-{name}", std::process::id()))
+        .join("control.sock")
+}
+
+fn run(args: &[&str], socket: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run scst-accel");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_dump_and_resize_through_the_binary() {
+    let path = socket("status");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    let server = ControlServer::start(&path, Arc::new(Fake::default())).expect("control server");
+
+    let (code, stdout, stderr) = run(&["status", "--json"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(reply["disks"][0]["name"], "disk_a");
+    assert_eq!(reply["disks"][0]["capacity_bytes"], 1u64 << 30);
+    assert_eq!(reply["disks"][1]["state"], "failed");
+
+    let (code, table, stderr) = run(&["status"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(table.starts_with("DISK"), "{table}");
+    assert!(table.contains("disk_a") && table.contains("1.0GiB"), "{table}");
+    assert!(table.contains("disk_b: the device went away"), "{table}");
+
+    let (code, _, stderr) = run(&["dump", "disk_z"], &path);
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(stderr.contains("no disk named disk_z"), "{stderr}");
+
+    let (code, stdout, stderr) = run(&["resize", "disk_a", "2G"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("524288 blocks"), "{stdout}");
+    let (code, _, _) = run(&["resize", "disk_a", "2X"], &path);
+    assert_eq!(code, Some(64));
+
+    server.stop();
+    let (code, _, stderr) = run(&["status"], &path);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("is scst-accel serve running?"), "{stderr}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
