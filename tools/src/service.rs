@@ -210,9 +210,18 @@ impl Service {
         kernel: KernelSide,
         options: StartOptions,
     ) -> Self {
+        let mut service = Self::new(settings, disks, kernel, options);
+        service.start_disks();
+        service
+    }
+
+    /// The service with its inbox but no disk started yet: [`Service::handle`] works already
+    /// (requests wait for [`Service::start_disks`] and the supervisor), so the control socket
+    /// can be bound before anything is registered.
+    pub fn new(settings: ServiceSettings, disks: Vec<DiskSpec>, kernel: KernelSide, options: StartOptions) -> Self {
         let (tx, requests) = crossbeam_channel::unbounded();
         let settings_root = settings.scst_sysfs.clone();
-        let mut service = Self {
+        Self {
             settings,
             kernel,
             slots: disks.into_iter().map(Slot::new).collect(),
@@ -221,20 +230,23 @@ impl Service {
             stopping: false,
             last_status: String::new(),
             exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
-        };
-        if let Some(refusal) = service.preflight_exports() {
-            for slot in &mut service.slots {
+        }
+    }
+
+    /// Start every disk, in order (see [`Service::start`]).
+    pub fn start_disks(&mut self) {
+        if let Some(refusal) = self.preflight_exports() {
+            for slot in &mut self.slots {
                 slot.state = DiskState::Failed;
                 slot.failure = Some(refusal.clone());
                 slot.exit_code = exit::CONFIG;
             }
             log::error!("{refusal}; no disk was started");
-            return service;
+            return;
         }
-        for index in 0..service.slots.len() {
-            service.start_disk(index);
+        for index in 0..self.slots.len() {
+            self.start_disk(index);
         }
-        service
     }
 
     /// Every disk's exports checked against SCST's sysfs; the first refusal, if any.
@@ -591,10 +603,15 @@ impl Service {
                 "{bytes} bytes is not a non-zero multiple of disk {name}'s block size ({block_size})"
             ));
         }
-        Err(format!(
-            "disk {name}: resizing is not supported by this build yet ({} bytes asked)",
-            bytes
-        ))
+        let blocks = bytes / u64::from(block_size);
+        running
+            .frontend
+            .resize(blocks)
+            .map_err(|e| format!("disk {name}: {e}"))?;
+        log::info!(
+            "disk {name}: resized to {bytes} bytes ({blocks} blocks); initiators told (CAPACITY DATA HAS CHANGED)"
+        );
+        Ok(blocks)
     }
 
     fn wedged(&self, max_age: Duration) -> Vec<String> {
