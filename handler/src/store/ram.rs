@@ -52,6 +52,7 @@ impl RamStore {
             max_transfer_blocks,
             supports_unmap: true,
             volatile_cache: false,
+            device_ids: None,
         };
         Self {
             inner: Arc::new(Inner {
