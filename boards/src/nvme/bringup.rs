@@ -308,7 +308,11 @@ mod tests {
         assert_eq!(ns.nguid, nguid);
         assert_eq!(ns.eui64, [0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7]);
         let ids = crate::engine::DeviceIds::from_raw(ns.nguid, [0; 8]).expect("an NGUID");
-        assert_eq!((ids.nguid, ids.eui64), (Some(nguid), None), "all-zero EUI64 is absent");
+        assert_eq!(
+            (ids.nguid, ids.eui64),
+            (Some(nguid), None),
+            "all-zero EUI64 is absent"
+        );
         assert_eq!(crate::engine::DeviceIds::from_raw([0; 16], [0; 8]), None);
     }
 }

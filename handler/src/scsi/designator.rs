@@ -130,7 +130,9 @@ impl FromStr for Designator {
     type Err = DesignatorParseError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = || DesignatorParseError { text: text.to_owned() };
+        let err = || DesignatorParseError {
+            text: text.to_owned(),
+        };
         let t = text.trim();
         if let Some(eui) = t.strip_prefix("eui.").or_else(|| t.strip_prefix("EUI.")) {
             return parse_hex::<8>(eui)
@@ -199,7 +201,10 @@ mod tests {
             assert_eq!(d.to_string(), text);
         }
         assert_eq!(
-            "6001405ABCDEF0120123456789ABCDEF".parse::<Designator>().unwrap().to_string(),
+            "6001405ABCDEF0120123456789ABCDEF"
+                .parse::<Designator>()
+                .unwrap()
+                .to_string(),
             "6001405abcdef0120123456789abcdef"
         );
         for bad in [

@@ -142,7 +142,8 @@ mod tests {
         cfg.product = "Disk".into();
         cfg.revision = "1.0".into();
         cfg.serial = "SN01".into();
-        cfg.designator = super::super::Designator::registered_extended(super::NAA_OUI, 0, 0x0123_4567_89AB_CDEF);
+        cfg.designator =
+            super::super::Designator::registered_extended(super::NAA_OUI, 0, 0x0123_4567_89AB_CDEF);
         cfg
     }
 
@@ -217,7 +218,9 @@ mod tests {
     fn vpd_device_identification_has_eui64_from_nguid() {
         let mut cfg = config();
         cfg.serial.clear();
-        let nguid = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0, 0x14, 0x05, 1, 2, 3, 4, 5];
+        let nguid = [
+            0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0, 0x14, 0x05, 1, 2, 3, 4, 5,
+        ];
         cfg.designator = super::super::Designator::Eui64Extended(nguid);
         let disk = disk_with(cfg);
         let d = good_data(&disk, &[0x12, 1, 0x83, 0, 0xFF, 0], &[]);
