@@ -3,7 +3,8 @@
 //! - [`serve`], [`service`]: the appliance service (one process, many disks, systemd-native);
 //! - [`config`]: the TOML configuration file and `check-config`;
 //! - [`demo`], [`bench`], [`diag`]: the loopback demo/benchmark and diagnostics;
-//! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST.
+//! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST;
+//! - [`identity`]: the disk's stable identity (serial, VPD 83h designator), and `identity`.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -13,6 +14,7 @@ pub mod cpu;
 pub mod demo;
 pub mod diag;
 pub mod disk;
+pub mod identity;
 pub mod serve;
 pub mod status;
 pub mod units;

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use scst_accel::bench;
 use scst_accel::demo;
 use scst_accel::diag;
+use scst_accel::identity;
 use scst_accel::serve;
 use std::process::ExitCode;
 
@@ -34,6 +35,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Open a board, print its geometry, registers and queue rings, and release it.
     Diag(diag::DiagArgs),
+    /// Resolve a disk's identity (serial, VPD 83h designator) as `serve` would, persisting a
+    /// generated one in the state directory, and print it.
+    Identity(identity::IdentityArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Diag(args) => diag::run(args),
+        Command::Identity(args) => identity::run(args),
     };
     ExitCode::from(code)
 }

@@ -5,6 +5,7 @@
 use crate::backend::BoardArg;
 use crate::disk::DiskArgs;
 use crate::exit;
+use crate::identity::IdentityFlags;
 use clap::Args;
 use scst_accel_handler::abi::DEV_USER_PATH;
 use scst_accel_handler::frontend::Frontend;
@@ -42,6 +43,12 @@ pub struct ServeArgs {
     /// Size of each preallocated buffer.
     #[arg(long, default_value = "128k", value_parser = crate::units::parse_size)]
     prealloc_size: u64,
+    /// Generated identities are persisted here (`identity/<name>.toml`), so the disk keeps its
+    /// serial and designator across restarts.
+    #[arg(long, default_value = "/var/lib/scst-accel")]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    identity: IdentityFlags,
 }
 
 /// Serve; returns the process exit code.
@@ -71,7 +78,27 @@ pub fn run(args: ServeArgs) -> u8 {
         }
     };
     let info = backend.store.info();
-    let disk = match Disk::try_new(args.disk.disk_config(&info)) {
+    let identity = match crate::identity::resolve(
+        &args.disk.name,
+        &args.identity.spec(),
+        Some(&args.state_dir),
+        info.device_ids.as_ref(),
+    ) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("scst-accel serve: {e}");
+            backend.shutdown_unserved();
+            return exit::CONFIG;
+        }
+    };
+    log::info!(
+        "{}: identity serial {} designator {} ({})",
+        args.disk.name,
+        identity.serial,
+        identity.naa,
+        identity.source
+    );
+    let disk = match Disk::try_new(args.disk.disk_config(&info, &identity)) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("scst-accel serve: {e}");
