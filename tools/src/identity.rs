@@ -569,4 +569,45 @@ mod tests {
             (id.naa.to_string(), "generated")
         );
     }
+
+    /// The whole path on the simulated NVMe board: IDENTIFY's NGUID → the engine's device ids
+    /// → StoreInfo → the resolved identity → VPD 83h bytes out of the SCSI engine.
+    #[test]
+    fn nvme_sim_nguid_reaches_vpd_83h() {
+        use scst_accel_boards::definition;
+        use scst_accel_boards::open::open_board;
+        use scst_accel_boards::open::BoardSource;
+        use scst_accel_boards::sim::nvme::NvmeSimConfig;
+        use scst_accel_handler::scsi::Disk;
+        use scst_accel_handler::scsi::Plan;
+        use scst_accel_handler::store::accel::AccelConfig;
+        use scst_accel_handler::store::accel::AccelStore;
+        use scst_accel_handler::store::Store;
+
+        let nguid: [u8; 16] = core::array::from_fn(|i| 0xC0 + i as u8);
+        let config = NvmeSimConfig {
+            num_blocks: 4096,
+            nguid: Some(nguid),
+            eui64: Some([0x5A, 0xCC, 0xE1, 0, 0, 0, 0, 1]),
+            ..NvmeSimConfig::default()
+        };
+        let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("open");
+        let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+        let info = store.info();
+        let ids = info.device_ids.expect("the simulated namespace reports ids");
+        assert_eq!(ids.nguid, Some(nguid));
+        let id = resolve("accel0", &IdentitySpec::default(), None, Some(&ids)).unwrap();
+        assert_eq!(id.source, "device");
+        let mut disk_config = DiskConfig::new(info.block_size, info.num_blocks);
+        id.apply(&mut disk_config);
+        let disk = Disk::try_new(disk_config).expect("disk");
+        let Plan::Done(r) = disk.start(&[0x12, 1, 0x83, 0, 0xFF, 0], &[0u8; 0]) else {
+            panic!("INQUIRY is answered by the engine");
+        };
+        assert_eq!(&r.data[..2], &[0x00, 0x83]);
+        // SPC-4 §7.8.6.5: binary, LU association, designator type 2 (EUI-64), length 16.
+        assert_eq!(&r.data[4..8], &[0x01, 0x02, 0x00, 16]);
+        assert_eq!(&r.data[8..24], &nguid);
+        let _ = store.board().shutdown();
+    }
 }

@@ -7,9 +7,10 @@ use super::sense::Sense;
 use super::DiskConfig;
 use crate::abi::TYPE_DISK;
 
-/// IEEE company id used in the NAA 6 designator of VPD 83h. 0x001405 is the OUI the Linux
-/// target stack (LIO) reports for software-defined logical units; replace it with the
-/// product's own registered OUI when there is one.
+/// IEEE company id of the default NAA 6 designator ([`super::Designator::default`], used only
+/// where no identity was resolved). 0x001405 is the OUI the Linux target stack (LIO) reports
+/// for software-defined logical units; generated identities use NAA 3 instead, which claims
+/// no OUI.
 pub const NAA_OUI: u32 = 0x00_1405;
 
 /// Version descriptors claimed in standard INQUIRY data (SPC-4 table 150): SAM-5, SPC-4,
