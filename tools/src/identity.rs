@@ -374,6 +374,10 @@ pub struct IdentityArgs {
 
 /// `scst-accel identity`: resolve (and persist, if generated) the identity `serve` would give
 /// the disk, without a board or SCST, and print it. Returns the process exit code.
+///
+/// The board is not opened, so an NVMe namespace's NGUID/EUI64 (which `serve` prefers to the
+/// state directory) is not consulted: on an NVMe board this shows what the disk would get if
+/// the namespace reported none.
 pub fn run(args: IdentityArgs) -> u8 {
     match resolve(&args.name, &args.flags.spec(), Some(&args.state_dir), None) {
         Ok(id) => {
