@@ -156,12 +156,38 @@ pub struct Geometry {
     pub volatile_cache: bool,
 }
 
+/// Identifiers the device itself gives the medium (an NVMe namespace's NGUID and EUI64), for
+/// the SCSI identity. Each is `None` when the device reports it all zero, which the NVMe spec
+/// (1.4 Figure 245) defines as "not supported".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeviceIds {
+    /// Namespace Globally Unique Identifier (16 bytes, big-endian as stored).
+    pub nguid: Option<[u8; 16]>,
+    /// IEEE Extended Unique Identifier (8 bytes, big-endian as stored).
+    pub eui64: Option<[u8; 8]>,
+}
+
+impl DeviceIds {
+    /// From the raw fields; `None` when both are all zero.
+    pub fn from_raw(nguid: [u8; 16], eui64: [u8; 8]) -> Option<Self> {
+        let ids = Self {
+            nguid: Some(nguid).filter(|g| g.iter().any(|&b| b != 0)),
+            eui64: Some(eui64).filter(|e| e.iter().any(|&b| b != 0)),
+        };
+        (ids.nguid.is_some() || ids.eui64.is_some()).then_some(ids)
+    }
+}
+
 /// One PCIe function as the store sees it. Shared by every queue.
 pub trait Controller: Send + Sync {
     /// Name for logs (the PCI address or the simulator's name).
     fn id(&self) -> &str;
     /// Medium geometry and limits.
     fn geometry(&self) -> Geometry;
+    /// Identifiers the device gives the medium, if it has any (SCA-1: none).
+    fn device_ids(&self) -> Option<DeviceIds> {
+        None
+    }
     /// The device, for DMA mappings of command buffers.
     fn device(&self) -> &Arc<dyn DeviceBacking>;
     /// The IOVA space rings and buffers share.

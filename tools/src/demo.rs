@@ -199,7 +199,14 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let info = backend.store.info();
     let fd = kernel.open(true);
     register(&fd, &args.disk.register_params(info.block_size))?;
-    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info))?);
+    // The demo persists nothing: a fresh identity each run (source "generated").
+    let identity = crate::identity::resolve(
+        &args.disk.name,
+        &crate::config::IdentitySpec::default(),
+        None,
+        info.device_ids.as_ref(),
+    )?;
+    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity))?);
     let frontend = Frontend::start(
         Arc::new(fd),
         disk,

@@ -47,7 +47,10 @@ pub fn run(args: &DemoArgs, path: &Path) -> u8 {
     let started = Instant::now();
     let cpu_before = crate::cpu::process_cpu_time();
     // The loopback sessions stand in for SCST's targets: export blocks are not applied.
-    let options = StartOptions { apply_exports: false };
+    let options = StartOptions {
+        apply_exports: false,
+        persist_identities: false,
+    };
     let mut service = Service::start(
         config.service,
         config.disks,

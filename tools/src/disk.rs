@@ -1,5 +1,6 @@
 //! Options shared by `demo` and `serve`: the exported disk and its registration.
 
+use crate::identity::Identity;
 use crate::units::parse_size;
 use clap::Args;
 use scst_accel_handler::frontend::FrontendConfig;
@@ -72,11 +73,13 @@ impl DiskArgs {
     /// The geometry is the store's: on a hardware board the medium's size and block size (an
     /// NVMe namespace's NSZE and LBA format) are what READ CAPACITY reports, whatever `--size`
     /// said; the block limits VPD never advertises more than the device takes in one request.
-    pub fn disk_config(&self, info: &StoreInfo) -> DiskConfig {
+    ///
+    /// The identity (vendor, product, serial, VPD 83h designator) is resolved beforehand
+    /// ([`crate::identity::resolve`]), never derived from the name: two appliances that both
+    /// call their disk `accel0` must not report the same LUN.
+    pub fn disk_config(&self, info: &StoreInfo, identity: &Identity) -> DiskConfig {
         let mut config = DiskConfig::new(info.block_size, info.num_blocks);
-        config.product = self.name.chars().take(16).collect();
-        config.serial = format!("{:016x}", naa_seed(&self.name));
-        config.naa_id = naa_seed(&self.name);
+        identity.apply(&mut config);
         config.limits.max_transfer_blocks = self.max_transfer_blocks.min(info.max_transfer_blocks.max(1));
         config
     }
@@ -96,14 +99,6 @@ impl DiskArgs {
             ..FrontendConfig::default()
         }
     }
-}
-
-/// A stable identifier derived from the device name (FNV-1a), so the LUN keeps its identity
-/// across restarts.
-fn naa_seed(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 impl Default for DiskArgs {

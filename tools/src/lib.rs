@@ -6,6 +6,7 @@
 //! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST;
 //! - [`status`], [`control`], [`metrics`]: what the service says about its disks, over the
 //!   control socket (`scst-accel status`, `dump`, `resize`) and the Prometheus endpoint.
+//! - [`identity`]: the disk's stable identity (serial, VPD 83h designator), and `identity`.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod demo_config;
 pub mod diag;
 pub mod disk;
 pub mod export;
+pub mod identity;
 pub mod metrics;
 pub mod notify;
 pub mod serve;

@@ -9,6 +9,7 @@ use scst_accel::check_config;
 use scst_accel::control;
 use scst_accel::demo;
 use scst_accel::diag;
+use scst_accel::identity;
 use scst_accel::serve;
 use std::process::ExitCode;
 
@@ -45,6 +46,9 @@ enum Command {
     Dump(control::DumpArgs),
     /// Grow a disk of the running service (RAM store) and tell the initiators.
     Resize(control::ResizeArgs),
+    /// Resolve a disk's identity (serial, VPD 83h designator) as `serve` would, persisting a
+    /// generated one in the state directory, and print it.
+    Identity(identity::IdentityArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Status(args) => control::run_status(args),
         Command::Dump(args) => control::run_dump(args),
         Command::Resize(args) => control::run_resize(args),
+        Command::Identity(args) => identity::run(args),
     };
     ExitCode::from(code)
 }

@@ -9,11 +9,11 @@
 
 use crate::backend::BoardArg;
 use crate::config::DiskSpec;
-use crate::config::IdentitySpec;
 use crate::config::ServiceConfig;
 use crate::config::ServiceSettings;
 use crate::disk::DiskArgs;
 use crate::exit;
+use crate::identity::IdentityFlags;
 use crate::notify::Notifier;
 use crate::notify::Watchdog;
 use crate::service::KernelSide;
@@ -63,7 +63,9 @@ pub struct ServeArgs {
     /// Size of each preallocated buffer.
     #[arg(long, default_value = "128k", value_parser = crate::units::parse_size)]
     pub prealloc_size: u64,
-    /// Where generated identities are kept (overrides service.state_dir).
+    /// Where generated identities are kept, as `identity/<name>.toml`, so a disk keeps its
+    /// serial and designator across restarts (overrides service.state_dir; default
+    /// /var/lib/scst-accel).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// The control socket (overrides service.control_socket).
@@ -75,6 +77,10 @@ pub struct ServeArgs {
     /// Logical block provisioning: UNMAP, WRITE SAME with UNMAP (one-disk use).
     #[arg(long)]
     pub thin_provisioning: bool,
+    /// Identity overrides (one-disk use; with a file they override its one disk's
+    /// `[disk.identity]`).
+    #[command(flatten)]
+    pub identity: IdentityFlags,
 }
 
 /// Serve; returns the process exit code. `matches` are the `serve` subcommand's, to tell which
@@ -268,6 +274,10 @@ const DISK_FLAGS: &[&str] = &[
     "prealloc_size",
     "read_only",
     "thin_provisioning",
+    "vendor",
+    "product",
+    "serial",
+    "naa",
 ];
 
 fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> bool) {
@@ -305,6 +315,12 @@ fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> 
     if given("thin_provisioning") {
         disk.thin_provisioning = args.thin_provisioning;
     }
+    let flags = args.identity.spec();
+    let identity = &mut disk.identity;
+    identity.vendor = flags.vendor.or(identity.vendor.take());
+    identity.product = flags.product.or(identity.product.take());
+    identity.serial = flags.serial.or(identity.serial.take());
+    identity.naa = flags.naa.or(identity.naa.take());
 }
 
 fn one_disk(args: &ServeArgs) -> DiskSpec {
@@ -315,7 +331,7 @@ fn one_disk(args: &ServeArgs) -> DiskSpec {
         inject: Vec::new(),
         read_only: args.read_only,
         thin_provisioning: args.thin_provisioning,
-        identity: IdentitySpec::default(),
+        identity: args.identity.spec(),
         exports: Vec::new(),
         prealloc: args.prealloc,
         prealloc_size: args.prealloc_size,

@@ -100,11 +100,17 @@ pub struct StartOptions {
     /// disk starts), and remove them at its teardown. Off for the demo, whose loopback sessions
     /// stand in for SCST's targets.
     pub apply_exports: bool,
+    /// Keep generated identities in `state_dir` (`identity/<name>.toml`) so a disk keeps its
+    /// serial and designator across restarts. Off for the demo, whose disks are throwaway.
+    pub persist_identities: bool,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        Self { apply_exports: true }
+        Self {
+            apply_exports: true,
+            persist_identities: true,
+        }
     }
 }
 
@@ -195,6 +201,7 @@ pub struct Service {
     stopping: bool,
     last_status: String,
     exporter: Option<Exporter>,
+    persist_identities: bool,
 }
 
 impl Service {
@@ -218,7 +225,12 @@ impl Service {
     /// The service with its inbox but no disk started yet: [`Service::handle`] works already
     /// (requests wait for [`Service::start_disks`] and the supervisor), so the control socket
     /// can be bound before anything is registered.
-    pub fn new(settings: ServiceSettings, disks: Vec<DiskSpec>, kernel: KernelSide, options: StartOptions) -> Self {
+    pub fn new(
+        settings: ServiceSettings,
+        disks: Vec<DiskSpec>,
+        kernel: KernelSide,
+        options: StartOptions,
+    ) -> Self {
         let (tx, requests) = crossbeam_channel::unbounded();
         let settings_root = settings.scst_sysfs.clone();
         Self {
@@ -230,6 +242,7 @@ impl Service {
             stopping: false,
             last_status: String::new(),
             exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
+            persist_identities: options.persist_identities,
         }
     }
 
@@ -459,9 +472,12 @@ impl Service {
     fn start_disk(&mut self, index: usize) {
         let kernel = self.kernel.clone();
         let exporter = self.exporter.as_ref();
+        let state_dir = self
+            .persist_identities
+            .then_some(self.settings.state_dir.as_path());
         let slot = &mut self.slots[index];
         let name = slot.spec.args.name.clone();
-        match start_one(&slot.spec, &kernel, exporter) {
+        match start_one(&slot.spec, &kernel, exporter, state_dir) {
             Ok((running, info, identity)) => {
                 log::info!(
                     "disk {name}: serving {} bytes ({} blocks of {}) from board {}{}; identity \
@@ -733,6 +749,7 @@ fn start_one(
     spec: &DiskSpec,
     kernel: &KernelSide,
     exporter: Option<&Exporter>,
+    state_dir: Option<&std::path::Path>,
 ) -> Result<(Running, StoreInfo, IdentityView), StartFailure> {
     let usage = |message: String| StartFailure {
         message,
@@ -746,16 +763,30 @@ fn start_one(
             exit_code: e.exit_code,
         })?;
     let info = backend.store.info();
-    let mut config = spec.args.disk_config(&info);
+    let resolved = crate::identity::resolve(
+        &spec.args.name,
+        &spec.identity,
+        state_dir,
+        info.device_ids.as_ref(),
+    );
+    let identity = match resolved {
+        Ok(identity) => identity,
+        Err(e) => {
+            backend.shutdown_unserved();
+            return Err(usage(format!("identity: {e}")));
+        }
+    };
+    let mut config = spec.args.disk_config(&info, &identity);
     config.read_only = spec.read_only;
     config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
-    let identity = IdentityView {
-        vendor: config.vendor.clone(),
-        product: config.product.clone(),
-        serial: config.serial.clone(),
-        naa: format!("{:016x}", config.naa_id),
-        source: "name".into(),
-    };
+    if spec.thin_provisioning && !info.supports_unmap {
+        log::warn!(
+            "disk {}: thin_provisioning asked, but board {} cannot deallocate: the disk is served thick",
+            spec.args.name,
+            board_name(spec.board)
+        );
+    }
+    let identity = identity.view();
     let disk = match Disk::try_new(config) {
         Ok(d) => Arc::new(d),
         Err(e) => {

@@ -32,10 +32,11 @@ pub struct IdentityView {
     pub product: String,
     /// Unit serial number.
     pub serial: String,
-    /// NAA designator, hex.
+    /// VPD 83h designator: NAA as bare hex, EUI-64 based (NVMe) as `eui.` + hex.
     pub naa: String,
     /// Where it came from: "config", "state" (generated earlier and persisted), "generated"
-    /// (generated now and persisted), "device" (NVMe NGUID/EUI64).
+    /// (generated now: persisted, or not at all when there is no state directory, as in the
+    /// demo), "device" (NVMe NGUID/EUI64).
     pub source: String,
 }
 

@@ -37,9 +37,12 @@ fn disk(name: &str, board: BoardArg, size: u64, block_size: u32) -> DiskSpec {
     }
 }
 
+/// Identities persist in a fresh directory per service (kept after the test: a few bytes in
+/// the system's temp directory), never in /var/lib/scst-accel.
 fn settings() -> ServiceSettings {
     ServiceSettings {
         stop_timeout: Duration::from_secs(15),
+        state_dir: tempfile::tempdir().expect("temp dir").keep(),
         ..ServiceSettings::default()
     }
 }

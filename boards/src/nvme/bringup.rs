@@ -297,4 +297,22 @@ mod tests {
         assert!(!g.supports_deallocate);
         assert_eq!(geometry(cap, &info(10, 9, 0)).max_transfer_bytes, 2 << 20);
     }
+
+    #[test]
+    fn identify_namespace_keeps_nguid_and_eui64() {
+        let mut n = [0u8; IDENTIFY_LEN];
+        let nguid: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        n[104..120].copy_from_slice(&nguid);
+        n[120..128].copy_from_slice(&[0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7]);
+        let ns = IdentifyNamespace::parse(&n);
+        assert_eq!(ns.nguid, nguid);
+        assert_eq!(ns.eui64, [0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7]);
+        let ids = crate::engine::DeviceIds::from_raw(ns.nguid, [0; 8]).expect("an NGUID");
+        assert_eq!(
+            (ids.nguid, ids.eui64),
+            (Some(nguid), None),
+            "all-zero EUI64 is absent"
+        );
+        assert_eq!(crate::engine::DeviceIds::from_raw([0; 16], [0; 8]), None);
+    }
 }

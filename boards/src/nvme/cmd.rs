@@ -465,6 +465,10 @@ pub struct IdentifyNamespace {
     pub flbas: u8,
     /// LBA formats (NLBAF + 1 of them).
     pub lbaf: Vec<LbaFormat>,
+    /// Namespace Globally Unique Identifier (bytes 119:104; all zero: not supported).
+    pub nguid: [u8; 16],
+    /// IEEE Extended Unique Identifier (bytes 127:120; all zero: not supported).
+    pub eui64: [u8; 8],
 }
 
 impl IdentifyNamespace {
@@ -486,6 +490,10 @@ impl IdentifyNamespace {
             ncap: le64(data, 8),
             flbas: data[26],
             lbaf,
+            // Byte arrays, big-endian in the structure (NVMe 1.4 Figure 245): copied, not
+            // byte-swapped like the little-endian integer fields.
+            nguid: data[104..120].try_into().unwrap_or_default(),
+            eui64: data[120..128].try_into().unwrap_or_default(),
         }
     }
 

@@ -4,6 +4,7 @@ use super::NvmeController;
 use super::NvmeQueue;
 use crate::engine::Controller;
 use crate::engine::DeviceCompletion;
+use crate::engine::DeviceIds;
 use crate::engine::DeviceRequest;
 use crate::engine::EngineError;
 use crate::engine::Geometry;
@@ -23,6 +24,11 @@ impl Controller for NvmeController {
 
     fn geometry(&self) -> Geometry {
         NvmeController::geometry(self)
+    }
+
+    fn device_ids(&self) -> Option<DeviceIds> {
+        let ns = &self.info().namespace;
+        DeviceIds::from_raw(ns.nguid, ns.eui64)
     }
 
     fn device(&self) -> &Arc<dyn DeviceBacking> {

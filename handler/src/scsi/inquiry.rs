@@ -7,9 +7,10 @@ use super::sense::Sense;
 use super::DiskConfig;
 use crate::abi::TYPE_DISK;
 
-/// IEEE company id used in the NAA 6 designator of VPD 83h. 0x001405 is the OUI the Linux
-/// target stack (LIO) reports for software-defined logical units; replace it with the
-/// product's own registered OUI when there is one.
+/// IEEE company id of the default NAA 6 designator ([`super::Designator::default`], used only
+/// where no identity was resolved). 0x001405 is the OUI the Linux target stack (LIO) reports
+/// for software-defined logical units; generated identities use NAA 3 instead, which claims
+/// no OUI.
 pub const NAA_OUI: u32 = 0x00_1405;
 
 /// Version descriptors claimed in standard INQUIRY data (SPC-4 table 150): SAM-5, SPC-4,
@@ -79,19 +80,15 @@ fn ascii_field<const N: usize>(s: &str) -> [u8; N] {
     out
 }
 
-/// Designation descriptors: NAA 6 (binary) and T10 vendor ID (ASCII), both for the logical unit.
+/// Designation descriptors (SPC-4 §7.8.6): the LU's own designator (NAA or EUI-64 based,
+/// binary) and a T10 vendor ID designator (ASCII, §7.8.6.4), both for the logical unit.
 fn device_identification(config: &DiskConfig) -> Vec<u8> {
-    let mut d = Vec::new();
-    // NAA IEEE Registered Extended: NAA 6 | OUI (24) | vendor specific id (36, zero) | extension (64).
-    let naa_high: u64 = (6u64 << 60) | (u64::from(NAA_OUI & 0x00FF_FFFF) << 36);
-    d.extend_from_slice(&[0x01, 0x03, 0x00, 16]); // binary; LU association; NAA
-    d.extend_from_slice(&naa_high.to_be_bytes());
-    d.extend_from_slice(&config.naa_id.to_be_bytes());
-    // T10 vendor ID: vendor (8) + the serial, or the id in hex when there is no serial.
+    let mut d = config.designator.descriptor();
+    // T10 vendor ID: vendor (8) + the serial, or the designator in hex when there is no serial.
     let mut t10 = ascii_field::<8>(&config.vendor).to_vec();
     let serial = printable(&config.serial);
     if serial.is_empty() {
-        t10.extend_from_slice(format!("{:016x}", config.naa_id).as_bytes());
+        t10.extend_from_slice(config.designator.to_string().as_bytes());
     } else {
         t10.extend_from_slice(serial.as_bytes());
     }
@@ -146,7 +143,8 @@ mod tests {
         cfg.product = "Disk".into();
         cfg.revision = "1.0".into();
         cfg.serial = "SN01".into();
-        cfg.naa_id = 0x0123_4567_89AB_CDEF;
+        cfg.designator =
+            super::super::Designator::registered_extended(super::NAA_OUI, 0, 0x0123_4567_89AB_CDEF);
         cfg
     }
 
@@ -202,6 +200,37 @@ mod tests {
         assert_eq!(&d[16..24], &[0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF]);
         assert_eq!(&d[24..28], &[0x02, 0x01, 0x00, 12]);
         assert_eq!(&d[28..40], b"ACME    SN01");
+    }
+
+    #[test]
+    fn vpd_device_identification_has_naa3_and_t10() {
+        let mut cfg = config();
+        cfg.designator = super::super::Designator::local(0x0123_4567_89AB_CDEF);
+        let disk = disk_with(cfg);
+        let d = good_data(&disk, &[0x12, 1, 0x83, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[..4], &[0, 0x83, 0, 12 + 16]);
+        assert_eq!(&d[4..8], &[0x01, 0x03, 0x00, 8]); // binary; LU, NAA; 8 bytes
+        assert_eq!(&d[8..16], &[0x31, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF]);
+        assert_eq!(&d[16..20], &[0x02, 0x01, 0x00, 12]);
+        assert_eq!(&d[20..32], b"ACME    SN01");
+    }
+
+    #[test]
+    fn vpd_device_identification_has_eui64_from_nguid() {
+        let mut cfg = config();
+        cfg.serial.clear();
+        let nguid = [
+            0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0, 0x14, 0x05, 1, 2, 3, 4, 5,
+        ];
+        cfg.designator = super::super::Designator::Eui64Extended(nguid);
+        let disk = disk_with(cfg);
+        let d = good_data(&disk, &[0x12, 1, 0x83, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[4..8], &[0x01, 0x02, 0x00, 16]); // binary; LU, EUI-64; 16 bytes
+        assert_eq!(&d[8..24], &nguid);
+        // Without a serial the T10 vendor ID designator carries the designator's text.
+        let t10 = b"ACME    eui.10111213141516170014050102030405";
+        assert_eq!(&d[24..28], &[0x02, 0x01, 0x00, t10.len() as u8]);
+        assert_eq!(&d[28..], t10);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 
 mod capacity;
 mod cdb;
+mod designator;
 mod info;
 mod inquiry;
 mod mode;
@@ -43,6 +44,8 @@ use cdb::Geometry;
 use mode::ModePages;
 use sense::Sense;
 
+pub use designator::Designator;
+pub use designator::DesignatorParseError;
 pub use inquiry::NAA_OUI;
 
 /// Limits reported in the Block Limits VPD page (B0h) and enforced on commands.
@@ -78,11 +81,10 @@ pub struct DiskConfig {
     pub revision: String,
     /// Unit serial number (VPD 80h; also the T10 vendor ID designator in VPD 83h).
     pub serial: String,
-    /// Identifier of the logical unit. VPD 83h reports it as an NAA IEEE Registered Extended
-    /// designator (NAA 6, 16 bytes): [`NAA_OUI`], 36 zero bits, then all 64 bits of
-    /// `naa_id` as the vendor specific identifier extension. NAA 6 is chosen over NAA 5 because
-    /// NAA 5 has room for only 36 of the 64 bits, so two ids could collide.
-    pub naa_id: u64,
+    /// The logical unit's designator, reported in VPD 83h (an NAA or an EUI-64 based
+    /// designator, see [`Designator`]). It must be unique among every LU an initiator can see:
+    /// multipath merges LUs that share one.
+    pub designator: Designator,
     /// Writes end with DATA PROTECT / WRITE PROTECTED (SCST core also enforces this for
     /// WRITE_MEDIUM commands, spec §6.4); MODE SENSE reports WP.
     pub read_only: bool,
@@ -114,7 +116,7 @@ impl DiskConfig {
             product: "scst-accel disk".to_owned(),
             revision: "0001".to_owned(),
             serial: String::new(),
-            naa_id: 0,
+            designator: Designator::default(),
             read_only: false,
             thin_provisioning: false,
             unmapped_reads_zero: false,

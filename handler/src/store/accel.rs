@@ -111,6 +111,7 @@ impl AccelStore {
             max_transfer_blocks: (geometry.max_transfer_bytes / block_size).max(1),
             supports_unmap: geometry.supports_deallocate,
             volatile_cache: geometry.volatile_cache,
+            device_ids: board.device_ids(),
         };
         let total_queues = queues.len();
         Self {

@@ -17,6 +17,7 @@ pub mod buffer;
 pub mod ram;
 
 pub use buffer::CmdBuffer;
+pub use scst_accel_boards::engine::DeviceIds;
 
 /// What a store request does. LBAs and counts are in logical blocks of [`StoreInfo::block_size`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +170,10 @@ pub struct StoreInfo {
     pub supports_unmap: bool,
     /// A volatile write cache exists (FLUSH and FUA mean something).
     pub volatile_cache: bool,
+    /// Identifiers the device gives the medium (an NVMe namespace's NGUID/EUI64), which the
+    /// SCSI identity uses when the configuration gives none. `None` on the RAM store, SCA-1,
+    /// and an NVMe namespace that reports both as zero.
+    pub device_ids: Option<DeviceIds>,
 }
 
 /// Errors opening or driving a store queue.

@@ -66,6 +66,7 @@ impl RamStore {
             max_transfer_blocks,
             supports_unmap: true,
             volatile_cache: false,
+            device_ids: None,
         };
         let inner = Inner {
             info,

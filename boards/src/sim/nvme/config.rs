@@ -2,6 +2,8 @@
 
 use super::super::SimError;
 use super::spec::PAGE_SIZE;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
 
 /// Largest number of I/O queue pairs a model offers (it keeps BAR0 at 8 KiB).
 pub const MAX_IO_QUEUES: u16 = 64;
@@ -26,6 +28,12 @@ pub struct NvmeSimConfig {
     /// Maximum Data Transfer Size as Identify reports it: 2^mdts pages of 4 KiB,
     /// 1..=[`MAX_MDTS`]. Transfers above it complete with Invalid Field in Command.
     pub mdts: u8,
+    /// Namespace 1's NGUID (Identify Namespace bytes 119:104), `None`: derived when the
+    /// controller is built from the pid and a process-wide counter, so two simulated
+    /// controllers (in one process or in two) report different ones, as two drives would.
+    pub nguid: Option<[u8; 16]>,
+    /// Namespace 1's EUI64 (Identify Namespace bytes 127:120), `None`: derived like `nguid`.
+    pub eui64: Option<[u8; 8]>,
 }
 
 impl Default for NvmeSimConfig {
@@ -36,6 +44,8 @@ impl Default for NvmeSimConfig {
             queues: 4,
             interrupts: 5,
             mdts: 5,
+            nguid: None,
+            eui64: None,
         }
     }
 }
@@ -77,6 +87,35 @@ impl NvmeSimConfig {
         Ok(())
     }
 
+    /// This config with `nguid` and `eui64` filled in: given ones are kept, absent ones derived
+    /// (pid, then a process-wide counter). The company id is a CID-format value (ZYXM = 1010,
+    /// the U/L bit set: locally administered), not a registered OUI, so it can never equal a
+    /// real drive's.
+    pub(crate) fn with_device_ids(mut self) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        const CID: [u8; 3] = [0x5A, 0xCC, 0xE1];
+        if self.nguid.is_some() && self.eui64.is_some() {
+            return self;
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // NGUID (NVMe 1.4 Figure 245 note): identifier extension (8), company id (3), vendor
+        // specific extension identifier (5), big-endian as the bytes of the field.
+        let mut nguid = [0u8; 16];
+        nguid[..4].copy_from_slice(&pid.to_be_bytes());
+        nguid[4..8].copy_from_slice(&n.to_be_bytes());
+        nguid[8..11].copy_from_slice(&CID);
+        nguid[11..16].copy_from_slice(b"NVSIM");
+        // EUI64: company id (3), then 5 bytes: the pid's low 24 bits and the counter's low 16.
+        let mut eui64 = [0u8; 8];
+        eui64[..3].copy_from_slice(&CID);
+        eui64[3..6].copy_from_slice(&pid.to_be_bytes()[1..]);
+        eui64[6..8].copy_from_slice(&(n as u16).to_be_bytes());
+        self.nguid.get_or_insert(nguid);
+        self.eui64.get_or_insert(eui64);
+        self
+    }
+
     /// Largest data transfer of one command in bytes (MDTS in units of CAP.MPSMIN = 4 KiB).
     pub fn max_transfer_bytes(&self) -> u64 {
         PAGE_SIZE << self.mdts
@@ -97,6 +136,23 @@ impl NvmeSimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_device_ids_differ_between_controllers_and_given_ones_are_kept() {
+        let a = NvmeSimConfig::default().with_device_ids();
+        let b = NvmeSimConfig::default().with_device_ids();
+        assert_ne!(a.nguid, b.nguid);
+        assert_ne!(a.eui64, b.eui64);
+        assert!(a.nguid.is_some_and(|g| g != [0; 16]));
+        assert!(a.eui64.is_some_and(|e| e != [0; 8]));
+        let given = NvmeSimConfig {
+            nguid: Some([7; 16]),
+            eui64: Some([9; 8]),
+            ..NvmeSimConfig::default()
+        }
+        .with_device_ids();
+        assert_eq!((given.nguid, given.eui64), (Some([7; 16]), Some([9; 8])));
+    }
 
     #[test]
     fn each_field_out_of_range_is_named() {

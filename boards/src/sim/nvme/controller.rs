@@ -232,6 +232,7 @@ pub(crate) struct NvmeController {
 impl NvmeController {
     /// A controller in its power-on state; nothing runs until [`NvmeController::start`].
     pub(crate) fn new(id: &str, config: NvmeSimConfig, medium: Medium, ctx: SimContext) -> Self {
+        let config = config.with_device_ids();
         let state = ControllerState::new(&config);
         Self {
             shared: Arc::new(Shared {

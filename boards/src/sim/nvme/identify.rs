@@ -63,6 +63,10 @@ pub(crate) fn namespace(config: &NvmeSimConfig) -> Vec<u8> {
     }
     // NSFEAT (24) = 0, NLBAF (25) = 0: one format, FLBAS (26) = 0 selects it.
     b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
+                  // NGUID (bytes 119:104) and EUI64 (bytes 127:120), NVMe 1.4 Figure 245: byte arrays in
+                  // big-endian order, copied as they are. All zero would mean "not supported".
+    put(&mut b, 104, &config.nguid.unwrap_or_default());
+    put(&mut b, 120, &config.eui64.unwrap_or_default());
     let lbads = config.block_size.trailing_zeros();
     put(&mut b, 128, &(lbads << 16).to_le_bytes()); // LBAF0: MS = 0, LBADS, RP = 0
     b

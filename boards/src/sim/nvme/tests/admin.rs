@@ -43,6 +43,19 @@ fn identify_controller_namespace_and_namespace_list() {
     assert_eq!(u64_at(&ns, 8), 8192, "NCAP");
     assert_eq!(ns[26] & 0xF, 0, "FLBAS");
     assert_eq!((u32_at(&ns, 128) >> 16) & 0xFF, 9, "LBAF0.LBADS: 512 bytes");
+    assert!(
+        ns[104..120].iter().any(|&b| b != 0),
+        "NGUID (bytes 119:104) is reported"
+    );
+    assert!(
+        ns[120..128].iter().any(|&b| b != 0),
+        "EUI64 (bytes 127:120) is reported"
+    );
+    assert_eq!(
+        &ns[128 - 8..128 - 5],
+        &[0x5A, 0xCC, 0xE1],
+        "EUI64 starts with its company id"
+    );
 
     let c = rig.admin(identify(2, 0, rig.iova(buf), 0));
     assert_eq!(status(&c), Status::SUCCESS);

@@ -1,0 +1,617 @@
+//! A disk's identity as initiators see it (INQUIRY vendor/product, VPD 80h serial, VPD 83h
+//! designator), resolved once at start and stable for the life of the LUN.
+//!
+//! Multipath and clustered file systems key on the VPD 83h designator (and the serial): two
+//! unrelated LUNs that report the same one get merged into one device, with data loss to
+//! follow. So an identity is never derived from the disk's name (two appliances both calling
+//! their disk `accel0` would collide); it comes, per field, from:
+//!
+//! 1. the configuration (`[disk.identity]`, or `--vendor/--product/--serial/--naa`): source
+//!    "config";
+//! 2. the device: an NVMe namespace's NGUID, else its EUI64, reported as an EUI-64 based
+//!    designator as the NVM Express SCSI Translation Reference maps them: source "device";
+//! 3. the state directory: generated on an earlier start and persisted in
+//!    `STATE_DIR/identity/<disk>.toml`: source "state";
+//! 4. generated now from the OS random source (serial: 64 random bits as 16 hex digits;
+//!    designator: NAA 3, locally assigned, 60 random bits) and persisted for next time:
+//!    source "generated". Without a state directory (the demo) nothing is persisted.
+//!
+//! A state file that exists but does not parse is an error, never a reason to generate a new
+//! identity: that would silently turn the disk into a different LUN for every initiator.
+
+use crate::config::IdentitySpec;
+use crate::status::IdentityView;
+use clap::Args;
+use scst_accel_handler::scsi::Designator;
+use scst_accel_handler::scsi::DiskConfig;
+use scst_accel_handler::store::DeviceIds;
+use serde::Deserialize;
+use serde::Serialize;
+use std::fs;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::path::PathBuf;
+
+/// Default T10 vendor identification: the one the handler has always reported, so existing
+/// initiator-side rules (udev, multipath blacklists) keep matching.
+pub const DEFAULT_VENDOR: &str = "SCST_ACC";
+
+/// The directory under the state directory that holds one file per disk.
+const IDENTITY_DIR: &str = "identity";
+
+/// A resolved identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// T10 vendor identification (1-8 printable ASCII characters).
+    pub vendor: String,
+    /// Product identification (1-16 printable ASCII characters).
+    pub product: String,
+    /// Unit serial number (1-32 printable ASCII characters).
+    pub serial: String,
+    /// The LU designator of VPD 83h.
+    pub naa: Designator,
+    /// Where the serial and designator came from: "config", "device", "state" or "generated"
+    /// (the least configured of the two, so a generated serial next to a configured NAA says
+    /// "generated").
+    pub source: &'static str,
+}
+
+impl Identity {
+    /// As the status contract reports it.
+    pub fn view(&self) -> IdentityView {
+        IdentityView {
+            vendor: self.vendor.clone(),
+            product: self.product.clone(),
+            serial: self.serial.clone(),
+            naa: self.naa.to_string(),
+            source: self.source.to_owned(),
+        }
+    }
+
+    /// Give the SCSI disk this identity.
+    pub fn apply(&self, config: &mut DiskConfig) {
+        config.vendor.clone_from(&self.vendor);
+        config.product.clone_from(&self.product);
+        config.serial.clone_from(&self.serial);
+        config.designator = self.naa;
+    }
+}
+
+/// Why no identity could be resolved. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A configured field is not acceptable.
+    #[error("identity {field} {value:?} is invalid: {reason}; fix it in the configuration (or the --{field} flag)")]
+    InvalidField {
+        /// `vendor`, `product`, `serial` or `naa`.
+        field: &'static str,
+        /// What was given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The disk name cannot name a state file.
+    #[error("disk name {0:?} cannot name an identity state file: use 1-48 characters of A-Z a-z 0-9 _ . - not starting with '.'")]
+    DiskName(String),
+    /// The state directory cannot be created or written.
+    #[error("cannot write identity state in {dir}: {source}; create it (writable by the service, mode 0700) or point service.state_dir / --state-dir elsewhere")]
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The state file exists but cannot be read.
+    #[error("cannot read identity state file {path}: {source}; fix its permissions")]
+    StateRead {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The state file does not parse.
+    #[error("identity state file {path} is corrupt ({reason}); fix it, or remove it to give the disk a NEW identity (initiators will then see a different LUN)")]
+    StateCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The OS random source failed.
+    #[error("cannot read random bytes from /dev/urandom to generate an identity: {0}; configure serial and naa explicitly")]
+    Random(io::Error),
+}
+
+/// What a state file holds: only the generated fields (vendor and product come from the
+/// configuration or fixed defaults, so they are not frozen here).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    serial: String,
+    naa: String,
+}
+
+/// Identity flags of `serve` and `identity`: each overrides the generated value.
+#[derive(Args, Debug, Clone, Default)]
+pub struct IdentityFlags {
+    /// T10 vendor identification (1-8 printable ASCII characters).
+    #[arg(long)]
+    pub vendor: Option<String>,
+    /// Product identification (1-16 printable ASCII characters; default: the disk name).
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Unit serial number (1-32 printable ASCII characters).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// NAA designator: 32 hex digits starting with 6, or 16 starting with 3.
+    #[arg(long)]
+    pub naa: Option<String>,
+}
+
+impl IdentityFlags {
+    /// As a configuration's identity block.
+    pub fn spec(&self) -> IdentitySpec {
+        IdentitySpec {
+            vendor: self.vendor.clone(),
+            product: self.product.clone(),
+            serial: self.serial.clone(),
+            naa: self.naa.clone(),
+        }
+    }
+}
+
+fn check_ascii(field: &'static str, value: &str, max: usize) -> Result<String, IdentityError> {
+    let bad = |reason: String| IdentityError::InvalidField {
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    if value.is_empty() || value.len() > max {
+        return Err(bad(format!("it must be 1 to {max} characters")));
+    }
+    // SPC-4 §4.4.1: these fields are printable ASCII (20h-7Eh).
+    if !value.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
+        return Err(bad("only printable ASCII characters are allowed".into()));
+    }
+    Ok(value.to_owned())
+}
+
+/// The designator an NVMe namespace's ids give, per the NVM Express SCSI Translation
+/// Reference: a non-zero NGUID as a 16-byte EUI-64 based designator, else a non-zero EUI64 as
+/// an 8-byte one.
+fn device_designator(device: &DeviceIds) -> Option<Designator> {
+    device
+        .nguid
+        .map(Designator::Eui64Extended)
+        .or(device.eui64.map(Designator::Eui64))
+}
+
+/// Resolve the identity of `disk_name` (see the module documentation for the order).
+///
+/// # Errors
+/// An invalid configured field, an unusable state directory, a corrupt state file, or no
+/// random source: [`IdentityError`] saying what to do.
+pub fn resolve(
+    disk_name: &str,
+    spec: &IdentitySpec,
+    state_dir: Option<&Path>,
+    device: Option<&DeviceIds>,
+) -> Result<Identity, IdentityError> {
+    if let Some(dir) = state_dir {
+        // A bad name is reported as such, before anything else complains about it.
+        state_path(dir, disk_name)?;
+    }
+    let vendor = check_ascii("vendor", spec.vendor.as_deref().unwrap_or(DEFAULT_VENDOR), 8)?;
+    let default_product: String = disk_name.chars().take(16).collect();
+    let product = check_ascii("product", spec.product.as_deref().unwrap_or(&default_product), 16)?;
+    let serial = spec
+        .serial
+        .as_deref()
+        .map(|s| check_ascii("serial", s, 32))
+        .transpose()?;
+    let naa = spec
+        .naa
+        .as_deref()
+        .map(|n| {
+            n.parse::<Designator>()
+                .ok()
+                .filter(|d| matches!(d, Designator::RegisteredExtended(_) | Designator::Local(_)))
+                .ok_or_else(|| IdentityError::InvalidField {
+                    field: "naa",
+                    value: n.to_owned(),
+                    reason:
+                        "give 32 hex digits starting with 6 (NAA 6) or 16 hex digits starting with 3 (NAA 3)"
+                            .into(),
+                })
+        })
+        .transpose()?;
+    let done = |serial: String, naa: Designator, source| Identity {
+        vendor: vendor.clone(),
+        product: product.clone(),
+        serial,
+        naa,
+        source,
+    };
+    if let (Some(serial), Some(naa)) = (&serial, naa) {
+        return Ok(done(serial.clone(), naa, "config"));
+    }
+    if let Some(dev) = device.and_then(device_designator) {
+        // The device's id is unique per namespace, so the serial is derived from it too (its
+        // hex, at most 32 digits) rather than persisted: the same namespace behind another
+        // appliance keeps the same identity, which is right for the same medium.
+        let dev_serial: String = dev.bytes().iter().map(|b| format!("{b:02x}")).collect();
+        return Ok(done(serial.unwrap_or(dev_serial), naa.unwrap_or(dev), "device"));
+    }
+    let (gen_serial, gen_naa, source) = match state_dir {
+        Some(dir) => load_or_generate(disk_name, dir)?,
+        None => {
+            let (s, n) = generate()?;
+            (s, n, "generated")
+        }
+    };
+    Ok(done(serial.unwrap_or(gen_serial), naa.unwrap_or(gen_naa), source))
+}
+
+/// The state file of `disk_name` under `state_dir`.
+pub fn state_path(state_dir: &Path, disk_name: &str) -> Result<PathBuf, IdentityError> {
+    let ok_name = !disk_name.is_empty()
+        && disk_name.len() <= 48
+        && !disk_name.starts_with('.')
+        && disk_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !ok_name {
+        return Err(IdentityError::DiskName(disk_name.to_owned()));
+    }
+    Ok(state_dir.join(IDENTITY_DIR).join(format!("{disk_name}.toml")))
+}
+
+fn load_or_generate(
+    disk_name: &str,
+    state_dir: &Path,
+) -> Result<(String, Designator, &'static str), IdentityError> {
+    let path = state_path(state_dir, disk_name)?;
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let (serial, naa) = parse_state(&path, &text)?;
+            Ok((serial, naa, "state"))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let (serial, naa) = generate()?;
+            persist(&path, disk_name, &serial, naa)?;
+            Ok((serial, naa, "generated"))
+        }
+        Err(source) => Err(IdentityError::StateRead { path, source }),
+    }
+}
+
+fn parse_state(path: &Path, text: &str) -> Result<(String, Designator), IdentityError> {
+    let corrupt = |reason: String| IdentityError::StateCorrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let file: StateFile = toml::from_str(text).map_err(|e| corrupt(e.message().to_owned()))?;
+    let serial = check_ascii("serial", &file.serial, 32).map_err(|e| corrupt(e.to_string()))?;
+    let naa = file
+        .naa
+        .parse::<Designator>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok((serial, naa))
+}
+
+fn generate() -> Result<(String, Designator), IdentityError> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(IdentityError::Random)?;
+    let serial: String = bytes[..8].iter().map(|b| format!("{b:02X}")).collect();
+    let naa = Designator::local(u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default()));
+    Ok((serial, naa))
+}
+
+/// Write the state file so that a crash at any point leaves either no file or the whole
+/// file: a temporary file in the same directory, fsync'd, renamed over the name (atomic on
+/// POSIX), then the directory fsync'd so the rename itself is durable.
+fn persist(path: &Path, disk_name: &str, serial: &str, naa: Designator) -> Result<(), IdentityError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let err = |source: io::Error| IdentityError::StateDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    // 0700: the identity is the service's own; nobody else should edit it.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let body = toml::to_string(&StateFile {
+        serial: serial.to_owned(),
+        naa: naa.to_string(),
+    })
+    .map_err(|e| err(io::Error::other(e)))?;
+    let text = format!(
+        "# Identity of SCST disk {disk_name:?}, generated once by scst-accel. Initiators know the\n\
+         # LUN by it: changing or removing this file makes it a different LUN to them.\n{body}"
+    );
+    let tmp = dir.join(format!(".{disk_name}.toml.tmp{}", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+/// `identity` arguments.
+#[derive(Args, Debug)]
+pub struct IdentityArgs {
+    /// SCST device name of the disk.
+    #[arg(long, default_value = "accel0")]
+    pub name: String,
+    /// State directory, as `serve --state-dir` (the identity is persisted there if generated).
+    #[arg(long, default_value = "/var/lib/scst-accel")]
+    pub state_dir: PathBuf,
+    /// Print JSON (the status contract's identity object) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub flags: IdentityFlags,
+}
+
+/// `scst-accel identity`: resolve (and persist, if generated) the identity `serve` would give
+/// the disk, without a board or SCST, and print it. Returns the process exit code.
+///
+/// The board is not opened, so an NVMe namespace's NGUID/EUI64 (which `serve` prefers to the
+/// state directory) is not consulted: on an NVMe board this shows what the disk would get if
+/// the namespace reported none.
+pub fn run(args: IdentityArgs) -> u8 {
+    match resolve(&args.name, &args.flags.spec(), Some(&args.state_dir), None) {
+        Ok(id) => {
+            let view = id.view();
+            if args.json {
+                match serde_json::to_string(&view) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("scst-accel identity: {e}");
+                        return crate::exit::SOFTWARE;
+                    }
+                }
+            } else {
+                println!("vendor:  {}", view.vendor);
+                println!("product: {}", view.product);
+                println!("serial:  {}", view.serial);
+                println!("naa:     {}", view.naa);
+                println!("source:  {}", view.source);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("scst-accel identity: {e}");
+            crate::exit::CONFIG
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("scst-accel-identity-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn config_wins() {
+        let spec = IdentitySpec {
+            vendor: Some("ACME".into()),
+            product: Some("Box".into()),
+            serial: Some("SN-1".into()),
+            naa: Some("6001405abcdef0120123456789abcdef".into()),
+        };
+        let ids = DeviceIds {
+            nguid: Some([1; 16]),
+            eui64: None,
+        };
+        let dir = temp_dir("config");
+        let id = resolve("accel0", &spec, Some(&dir), Some(&ids)).unwrap();
+        assert_eq!(
+            (id.vendor.as_str(), id.product.as_str(), id.serial.as_str()),
+            ("ACME", "Box", "SN-1")
+        );
+        assert_eq!(id.naa.to_string(), "6001405abcdef0120123456789abcdef");
+        assert_eq!(id.source, "config");
+        assert!(!dir.exists(), "a fully configured identity writes no state");
+    }
+
+    #[test]
+    fn defaults_are_the_handler_vendor_and_the_name() {
+        let id = resolve("a-very-long-disk-name", &IdentitySpec::default(), None, None).unwrap();
+        assert_eq!(id.vendor, DEFAULT_VENDOR);
+        assert_eq!(id.product, "a-very-long-disk");
+        assert_eq!(id.source, "generated");
+        assert!(matches!(id.naa, Designator::Local(b) if b[0] >> 4 == 3));
+        assert_eq!(id.serial.len(), 16);
+    }
+
+    #[test]
+    fn persisted_identity_survives_a_second_resolve() {
+        let dir = temp_dir("persist");
+        let first = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap();
+        assert_eq!(first.source, "generated");
+        let second = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap();
+        assert_eq!(second.source, "state");
+        assert_eq!((first.serial, first.naa), (second.serial, second.naa));
+        let path = state_path(&dir, "accel0").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn two_state_dirs_give_different_identities() {
+        let (a, b) = (temp_dir("two-a"), temp_dir("two-b"));
+        let x = resolve("accel0", &IdentitySpec::default(), Some(&a), None).unwrap();
+        let y = resolve("accel0", &IdentitySpec::default(), Some(&b), None).unwrap();
+        assert_ne!(x.naa, y.naa);
+        assert_ne!(x.serial, y.serial);
+        let _ = fs::remove_dir_all(&a);
+        let _ = fs::remove_dir_all(&b);
+    }
+
+    #[test]
+    fn corrupt_state_file_is_an_error_not_a_new_identity() {
+        let dir = temp_dir("corrupt");
+        let path = state_path(&dir, "accel0").unwrap();
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for text in ["serial = \"X\"\nnaa = \"5000\"\n", "naa = 3\n", "\0garbage"] {
+            fs::write(&path, text).unwrap();
+            let err = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, IdentityError::StateCorrupt { .. }), "{msg}");
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains("remove it"),
+                "{msg}"
+            );
+            assert_eq!(fs::read_to_string(&path).unwrap(), text, "the file is left alone");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nvme_ids_are_used_when_nothing_is_configured() {
+        let nguid: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        let ids = DeviceIds {
+            nguid: Some(nguid),
+            eui64: Some([9; 8]),
+        };
+        let dir = temp_dir("device");
+        let id = resolve("accel0", &IdentitySpec::default(), Some(&dir), Some(&ids)).unwrap();
+        assert_eq!(id.naa, Designator::Eui64Extended(nguid));
+        assert_eq!(id.serial, "0102030405060708090a0b0c0d0e0f10");
+        assert_eq!(id.source, "device");
+        assert!(!dir.exists());
+        let only_eui = DeviceIds {
+            nguid: None,
+            eui64: Some([9; 8]),
+        };
+        let id = resolve("accel0", &IdentitySpec::default(), None, Some(&only_eui)).unwrap();
+        assert_eq!(id.naa, Designator::Eui64([9; 8]));
+    }
+
+    #[test]
+    fn invalid_fields_and_names_are_refused() {
+        let bad_naa = IdentitySpec {
+            naa: Some("5001405abcdef012".into()),
+            ..IdentitySpec::default()
+        };
+        assert!(matches!(
+            resolve("d", &bad_naa, None, None),
+            Err(IdentityError::InvalidField { field: "naa", .. })
+        ));
+        let eui_naa = IdentitySpec {
+            naa: Some("eui.0102030405060708".into()),
+            ..IdentitySpec::default()
+        };
+        assert!(
+            resolve("d", &eui_naa, None, None).is_err(),
+            "config takes NAA forms only"
+        );
+        let long_vendor = IdentitySpec {
+            vendor: Some("NINECHARS".into()),
+            ..IdentitySpec::default()
+        };
+        assert!(resolve("d", &long_vendor, None, None).is_err());
+        let dir = temp_dir("names");
+        for name in ["..", "../x", "a/b", ""] {
+            assert!(matches!(
+                resolve(name, &IdentitySpec::default(), Some(&dir), None),
+                Err(IdentityError::DiskName(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn unwritable_state_dir_says_what_to_do() {
+        let err = resolve(
+            "accel0",
+            &IdentitySpec::default(),
+            Some(Path::new("/proc/no-such")),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, IdentityError::StateDir { .. }), "{err}");
+        assert!(err.to_string().contains("state_dir"), "{err}");
+    }
+
+    #[test]
+    fn apply_sets_the_disk_config() {
+        let id = resolve("accel0", &IdentitySpec::default(), None, None).unwrap();
+        let mut config = DiskConfig::new(512, 8);
+        id.apply(&mut config);
+        assert_eq!(config.designator, id.naa);
+        assert_eq!(config.serial, id.serial);
+        let view = id.view();
+        assert_eq!(
+            (view.naa, view.source.as_str()),
+            (id.naa.to_string(), "generated")
+        );
+    }
+
+    /// The whole path on the simulated NVMe board: IDENTIFY's NGUID → the engine's device ids
+    /// → StoreInfo → the resolved identity → VPD 83h bytes out of the SCSI engine.
+    #[test]
+    fn nvme_sim_nguid_reaches_vpd_83h() {
+        use scst_accel_boards::definition;
+        use scst_accel_boards::open::open_board;
+        use scst_accel_boards::open::BoardSource;
+        use scst_accel_boards::sim::nvme::NvmeSimConfig;
+        use scst_accel_handler::scsi::Disk;
+        use scst_accel_handler::scsi::Plan;
+        use scst_accel_handler::store::accel::AccelConfig;
+        use scst_accel_handler::store::accel::AccelStore;
+        use scst_accel_handler::store::Store;
+
+        let nguid: [u8; 16] = core::array::from_fn(|i| 0xC0 + i as u8);
+        let config = NvmeSimConfig {
+            num_blocks: 4096,
+            nguid: Some(nguid),
+            eui64: Some([0x5A, 0xCC, 0xE1, 0, 0, 0, 0, 1]),
+            ..NvmeSimConfig::default()
+        };
+        let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("open");
+        let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+        let info = store.info();
+        let ids = info.device_ids.expect("the simulated namespace reports ids");
+        assert_eq!(ids.nguid, Some(nguid));
+        let id = resolve("accel0", &IdentitySpec::default(), None, Some(&ids)).unwrap();
+        assert_eq!(id.source, "device");
+        let mut disk_config = DiskConfig::new(info.block_size, info.num_blocks);
+        id.apply(&mut disk_config);
+        let disk = Disk::try_new(disk_config).expect("disk");
+        let Plan::Done(r) = disk.start(&[0x12, 1, 0x83, 0, 0xFF, 0], &[0u8; 0]) else {
+            panic!("INQUIRY is answered by the engine");
+        };
+        assert_eq!(&r.data[..2], &[0x00, 0x83]);
+        // SPC-4 §7.8.6.5: binary, LU association, designator type 2 (EUI-64), length 16.
+        assert_eq!(&r.data[4..8], &[0x01, 0x02, 0x00, 16]);
+        assert_eq!(&r.data[8..24], &nguid);
+        let _ = store.board().shutdown();
+    }
+}
