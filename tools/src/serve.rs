@@ -11,14 +11,17 @@ use crate::backend::BoardArg;
 use crate::config::DiskSpec;
 use crate::config::ServiceConfig;
 use crate::config::ServiceSettings;
+use crate::control::ControlServer;
 use crate::disk::DiskArgs;
 use crate::exit;
 use crate::identity::IdentityFlags;
+use crate::metrics::MetricsServer;
 use crate::notify::Notifier;
 use crate::notify::Watchdog;
 use crate::service::KernelSide;
 use crate::service::Service;
 use crate::service::StartOptions;
+use crate::status::ServiceView;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use clap::Args;
@@ -112,12 +115,23 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     };
     let notifier = Arc::new(Notifier::from_env());
     notifier.status(&format!("starting {} disks", config.disks.len()));
-    let mut service = Service::start(
+    let mut service = Service::new(
         config.service.clone(),
         config.disks,
         kernel,
         StartOptions::default(),
     );
+    // The control socket and the metrics endpoint are bound before any disk registers: one
+    // that cannot bind is a configuration error, and nothing has been applied yet.
+    let servers = match Servers::start(&config.service, &service) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("scst-accel serve: {message}");
+            let _ = service.stop();
+            return exit::CONFIG;
+        }
+    };
+    service.start_disks();
     let failures = service.start_failures();
     if service.serving() == 0 {
         let code = failures.first().map_or(exit::SOFTWARE, |(_, f)| f.exit_code);
@@ -127,6 +141,7 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
         eprintln!("scst-accel serve: no disk could start; exiting {code}");
         notifier.status(&format!("no disk could start (exit {code})"));
         let _ = service.stop();
+        servers.stop();
         return code;
     }
     // Every disk is registered and exported, or has failed (visible in status): ready.
@@ -167,11 +182,60 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     if let Some(watchdog) = watchdog {
         watchdog.stop();
     }
+    // The control socket answers (state `stopping`) until every teardown has ended.
     let outcomes = service.stop();
+    servers.stop();
     let code = Service::exit_code(&outcomes);
     notifier.status(&format!("stopped (exit {code})"));
     log::info!("stopped; exit code {code}");
     code
+}
+
+/// The control socket and, when configured, the Prometheus endpoint.
+struct Servers {
+    control: ControlServer,
+    metrics: Option<MetricsServer>,
+}
+
+impl Servers {
+    fn start(settings: &ServiceSettings, service: &Service) -> Result<Self, String> {
+        let view: Arc<dyn ServiceView> = Arc::new(service.handle());
+        let control = ControlServer::start(&settings.control_socket, Arc::clone(&view)).map_err(|e| {
+            format!(
+                "control socket {}: {e} (set service.control_socket or --control-socket to a \
+                 path this user may create)",
+                settings.control_socket.display()
+            )
+        })?;
+        log::info!(
+            "control socket at {} (scst-accel status)",
+            settings.control_socket.display()
+        );
+        let metrics = match settings.metrics_listen {
+            None => None,
+            Some(addr) => match MetricsServer::start(addr, view) {
+                Ok(m) => {
+                    log::info!("Prometheus metrics at http://{}/metrics", m.local_addr());
+                    Some(m)
+                }
+                Err(e) => {
+                    control.stop();
+                    return Err(format!(
+                        "metrics endpoint {addr}: {e} (another process on that port? change \
+                         service.metrics_listen)"
+                    ));
+                }
+            },
+        };
+        Ok(Self { control, metrics })
+    }
+
+    fn stop(self) {
+        if let Some(metrics) = self.metrics {
+            metrics.stop();
+        }
+        self.control.stop();
+    }
 }
 
 /// STOPPING=1, and more time for systemd's stop timeout: the teardowns run in parallel, each

@@ -234,3 +234,72 @@ fn without_notify_socket_nothing_is_sent_and_serve_still_runs() {
     sigterm(&child);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn status_over_the_control_socket_while_serving_then_the_socket_is_gone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("ctl.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args([
+            "serve",
+            "--loopback",
+            "--board",
+            "sim",
+            "--name",
+            "x-status",
+            "--size",
+            "16M",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--control-socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let status = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
+        cmd.arg("status").arg("--socket").arg(&socket);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("status")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        let out = status(true);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            if v.to_string().contains("\"serving\"") {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no serving status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = reply.to_string();
+    assert!(text.contains("x-status"), "{text}");
+    assert!(text.contains("16777216"), "capacity: {text}");
+    // The identity was generated and is the one in the state directory.
+    let state = std::fs::read_to_string(dir.path().join("state/identity/x-status.toml")).expect("state file");
+    let naa = reply.to_string();
+    assert!(
+        state
+            .lines()
+            .any(|l| l.starts_with("naa") && naa.contains(l.split('"').nth(1).unwrap_or("?"))),
+        "{state} vs {naa}"
+    );
+    let table = status(false);
+    assert!(table.status.success());
+    assert!(String::from_utf8_lossy(&table.stdout).contains("x-status"));
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
+    assert!(!socket.exists(), "the control socket is removed at exit");
+    let gone = status(true);
+    assert_eq!(gone.status.code(), Some(69), "no service: unavailable");
+}

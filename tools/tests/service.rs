@@ -369,3 +369,89 @@ fn an_export_that_cannot_apply_starts_no_disk_at_all() {
     drop(service.stop());
     assert!(sysfs.lines().is_empty(), "nothing written: {:?}", sysfs.lines());
 }
+
+fn command(
+    session: &scst_accel_handler::loopback::Session,
+    tag: u64,
+    cdb: Vec<u8>,
+    data_in: u32,
+) -> scst_accel_handler::loopback::ScsiCompletion {
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag,
+            cdb,
+            data_out: Vec::new(),
+            expected_data_in: data_in,
+            queue_type: 0,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    session
+        .completions()
+        .recv_timeout(Duration::from_secs(20))
+        .expect("answered")
+}
+
+/// READ CAPACITY(10): the number of blocks.
+fn capacity(session: &scst_accel_handler::loopback::Session, tag: u64) -> u64 {
+    let done = command(session, tag, vec![0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
+    assert_eq!(done.status, 0, "{done:?}");
+    u64::from(u32::from_be_bytes(
+        done.data_in[0..4].try_into().expect("4 bytes"),
+    )) + 1
+}
+
+#[test]
+fn resize_through_the_service_raises_capacity_data_has_changed() {
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        settings(),
+        vec![disk("rsz-ram", BoardArg::Ram, 16 << 20, 4096)],
+        side,
+        StartOptions::default(),
+    );
+    let session = kernel
+        .attach_session(
+            "rsz-ram",
+            scst_accel_handler::loopback::SessionSpec {
+                initiator_name: "iqn.2026-12.test:rsz".into(),
+                target_name: "iqn.2026-12.test:t".into(),
+                lun: 0,
+                rd_only: false,
+            },
+        )
+        .expect("attach");
+    assert_eq!(capacity(&session, 1), 4096);
+    let handle = service.handle();
+    let (grown, shrink, unaligned) = std::thread::scope(|s| {
+        let asker = s.spawn(move || {
+            (
+                handle.resize("rsz-ram", 32 << 20),
+                handle.resize("rsz-ram", 8 << 20),
+                handle.resize("rsz-ram", (64 << 20) + 512),
+            )
+        });
+        while !asker.is_finished() {
+            service.supervise(Duration::from_millis(10));
+        }
+        asker.join().expect("asker")
+    });
+    assert_eq!(grown, Ok(8192));
+    assert!(shrink.as_ref().is_err_and(|e| e.contains("shrink")), "{shrink:?}");
+    assert!(
+        unaligned.as_ref().is_err_and(|e| e.contains("block size")),
+        "{unaligned:?}"
+    );
+    // The initiator's next command sees the unit attention, then the new capacity.
+    let tur = command(&session, 2, vec![0; 6], 0);
+    assert_eq!(tur.status, 2, "CHECK CONDITION: {tur:?}");
+    assert_eq!(
+        scst_accel_handler::loopback::decode_sense(&tur.sense),
+        Some((0x6, 0x2a, 0x09)),
+        "UNIT ATTENTION, CAPACITY DATA HAS CHANGED"
+    );
+    assert_eq!(capacity(&session, 3), 8192);
+    session.detach();
+    let outcomes = service.stop();
+    assert_eq!(Service::exit_code(&outcomes), 0);
+}
