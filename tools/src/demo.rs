@@ -369,7 +369,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
     let cpu_us_per_command = o.cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64));
     let s = &o.frontend.stats;
     json!({
-        "board": format!("{:?}", args.board).to_lowercase(),
+        "board": crate::service::board_name(args.board),
         "workload": {
             "pattern": format!("{:?}", args.pattern).to_lowercase(),
             "rw": format!("{:?}", args.rw).to_lowercase(),
