@@ -57,6 +57,21 @@ pub struct Backend {
     pub nvme_sim: Option<NvmeSimHandle>,
 }
 
+impl Backend {
+    /// A backend over a store of the caller's own (a vendor's store, or a test's) with
+    /// host-only command buffers capped at `buffer_memory` bytes: no board, no DMA mapping, so
+    /// its release is the pool's flush only. See [`crate::service::StartOptions::stores`].
+    pub fn from_store(store: Arc<dyn Store>, buffer_memory: u64) -> Self {
+        Self {
+            store,
+            pool: Arc::new(SgvPool::new(None, None, buffer_memory)),
+            accel: None,
+            sim: None,
+            nvme_sim: None,
+        }
+    }
+}
+
 /// Figures of a backend at release.
 #[derive(Clone, Debug, Default)]
 pub struct BackendReport {

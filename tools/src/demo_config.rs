@@ -50,6 +50,7 @@ pub fn run(args: &DemoArgs, path: &Path) -> u8 {
     let options = StartOptions {
         apply_exports: false,
         persist_identities: false,
+        ..StartOptions::default()
     };
     let mut service = Service::start(
         config.service,

@@ -93,8 +93,14 @@ struct Running {
     exports: Option<AppliedExports>,
 }
 
+/// Builds a disk's backend instead of the board named in its configuration: `Some` to take the
+/// disk, `None` to leave it to its board. The seam for a store of one's own (see
+/// [`Backend::from_store`]).
+pub type StoreFactory =
+    Arc<dyn Fn(&DiskSpec) -> Option<Result<Backend, crate::backend::BackendError>> + Send + Sync>;
+
 /// How [`Service::start`] treats what lies outside the process.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct StartOptions {
     /// Apply each disk's export blocks through `scst_sysfs` (checked for every disk before any
     /// disk starts), and remove them at its teardown. Off for the demo, whose loopback sessions
@@ -103,6 +109,8 @@ pub struct StartOptions {
     /// Keep generated identities in `state_dir` (`identity/<name>.toml`) so a disk keeps its
     /// serial and designator across restarts. Off for the demo, whose disks are throwaway.
     pub persist_identities: bool,
+    /// Stores of one's own for some disks (none by default: every disk gets its board's).
+    pub stores: Option<StoreFactory>,
 }
 
 impl Default for StartOptions {
@@ -110,6 +118,7 @@ impl Default for StartOptions {
         Self {
             apply_exports: true,
             persist_identities: true,
+            stores: None,
         }
     }
 }
@@ -202,6 +211,7 @@ pub struct Service {
     last_status: String,
     exporter: Option<Exporter>,
     persist_identities: bool,
+    stores: Option<StoreFactory>,
 }
 
 impl Service {
@@ -243,6 +253,7 @@ impl Service {
             last_status: String::new(),
             exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
             persist_identities: options.persist_identities,
+            stores: options.stores,
         }
     }
 
@@ -477,7 +488,8 @@ impl Service {
             .then_some(self.settings.state_dir.as_path());
         let slot = &mut self.slots[index];
         let name = slot.spec.args.name.clone();
-        match start_one(&slot.spec, &kernel, exporter, state_dir) {
+        let custom = self.stores.as_ref().and_then(|make| make(&slot.spec));
+        match start_one(&slot.spec, &kernel, exporter, state_dir, custom) {
             Ok((running, info, identity)) => {
                 log::info!(
                     "disk {name}: serving {} bytes ({} blocks of {}) from board {}{}; identity \
@@ -750,6 +762,7 @@ fn start_one(
     kernel: &KernelSide,
     exporter: Option<&Exporter>,
     state_dir: Option<&std::path::Path>,
+    custom: Option<Result<Backend, crate::backend::BackendError>>,
 ) -> Result<(Running, StoreInfo, IdentityView), StartFailure> {
     let usage = |message: String| StartFailure {
         message,
@@ -757,7 +770,10 @@ fn start_one(
     };
     let blocks = spec.args.validate().map_err(usage)?;
     // The board first: a board that cannot be opened leaves nothing registered with SCST.
-    let backend = crate::backend::build(spec.board, &spec.args, blocks, spec.pci.as_deref(), &spec.inject)
+    let backend = custom
+        .unwrap_or_else(|| {
+            crate::backend::build(spec.board, &spec.args, blocks, spec.pci.as_deref(), &spec.inject)
+        })
         .map_err(|e| StartFailure {
             message: e.message,
             exit_code: e.exit_code,

@@ -25,9 +25,17 @@ fn disk<'a>(j: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn assert_verified(j: &serde_json::Value, name: &str) {
     let d = disk(j, name);
     assert_eq!(d["state"], "stopped", "{d}");
-    assert!(d["commands"].as_u64().unwrap_or(0) > 0, "{name} ran commands: {d}");
+    assert!(
+        d["commands"].as_u64().unwrap_or(0) > 0,
+        "{name} ran commands: {d}"
+    );
     assert!(d["verified_bytes"].as_u64().unwrap_or(0) > 0, "{d}");
-    for field in ["verify_errors", "unanswered_commands", "iommu_faults", "scsi_errors"] {
+    for field in [
+        "verify_errors",
+        "unanswered_commands",
+        "iommu_faults",
+        "scsi_errors",
+    ] {
         assert_eq!(d[field], 0, "{name} {field}: {d}");
     }
     assert_eq!(d["teardown"]["zombies_left"], 0, "{d}");
@@ -87,7 +95,10 @@ block_size = 4096
         "{failed}"
     );
     assert_eq!(failed["exit_code"], 74, "{failed}");
-    assert_eq!(failed["unanswered_commands"], 0, "every command answered: {failed}");
+    assert_eq!(
+        failed["unanswered_commands"], 0,
+        "every command answered: {failed}"
+    );
     assert_eq!(failed["iommu_faults"], 0, "{failed}");
     assert_verified(&j, "ok-nvme");
     assert_verified(&j, "ok-ram");

@@ -455,3 +455,208 @@ fn resize_through_the_service_raises_capacity_data_has_changed() {
     let outcomes = service.stop();
     assert_eq!(Service::exit_code(&outcomes), 0);
 }
+
+/// A gate a store call blocks on until the test opens it.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut open = self.open.lock().expect("gate");
+        while !*open {
+            open = self.changed.wait(open).expect("gate");
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().expect("gate") = true;
+        self.changed.notify_all();
+    }
+}
+
+/// A RAM store whose `submit` blocks on the gate: a device call that does not return.
+struct GatedStore {
+    ram: scst_accel_handler::store::ram::RamStore,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl scst_accel_handler::store::Store for GatedStore {
+    fn info(&self) -> scst_accel_handler::store::StoreInfo {
+        self.ram.info()
+    }
+
+    fn open_queue(
+        &self,
+    ) -> Result<Box<dyn scst_accel_handler::store::StoreQueue>, scst_accel_handler::store::StoreError> {
+        Ok(Box::new(GatedQueue {
+            inner: self.ram.open_queue()?,
+            gate: std::sync::Arc::clone(&self.gate),
+        }))
+    }
+}
+
+struct GatedQueue {
+    inner: Box<dyn scst_accel_handler::store::StoreQueue>,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl scst_accel_handler::store::StoreQueue for GatedQueue {
+    fn submit(
+        &mut self,
+        batch: &mut Vec<scst_accel_handler::store::StoreRequest>,
+    ) -> Result<(), scst_accel_handler::store::StoreError> {
+        self.gate.pass();
+        self.inner.submit(batch)
+    }
+
+    fn reap(&mut self, out: &mut Vec<scst_accel_handler::store::StoreCompletion>) -> usize {
+        self.inner.reap(out)
+    }
+
+    fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.inner.notify_fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}
+
+/// A worker stuck in a store call that does not return is reported as wedged to the
+/// watchdog's health check, which then withholds its pings (systemd restarts a wedged service,
+/// not only a dead one); once the call returns, the pings resume. The store is the test's own,
+/// through the service's store seam (`StartOptions::stores`).
+#[test]
+fn a_wedged_worker_stops_the_watchdog_until_it_recovers() {
+    use scst_accel::notify::Notifier;
+    use scst_accel::notify::Watchdog;
+    let (kernel, side) = loopback();
+    let gate = std::sync::Arc::new(Gate::default());
+    let store_gate = std::sync::Arc::clone(&gate);
+    let stores: scst_accel::service::StoreFactory = std::sync::Arc::new(move |spec: &DiskSpec| {
+        let ram = scst_accel_handler::store::ram::RamStore::new(spec.args.block_size, 4096, 2048);
+        let store = GatedStore {
+            ram,
+            gate: std::sync::Arc::clone(&store_gate),
+        };
+        Some(Ok(scst_accel::backend::Backend::from_store(
+            std::sync::Arc::new(store),
+            64 << 20,
+        )))
+    });
+    let mut spec = disk("wdg-gated", BoardArg::Ram, 16 << 20, 4096);
+    spec.args.workers = 1;
+    let options = StartOptions {
+        stores: Some(stores),
+        ..StartOptions::default()
+    };
+    let mut service = Service::start(settings(), vec![spec], side, options);
+    assert_eq!(service.serving(), 1, "{:?}", service.start_failures());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    // Every health verdict and every ping, in order, on one timeline.
+    let timeline = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let handle = service.handle();
+    let verdicts = std::sync::Arc::clone(&timeline);
+    let health = Box::new(move || {
+        let verdict = match handle.wedged(Duration::from_millis(500)) {
+            Ok(w) if w.is_empty() => Ok(()),
+            Ok(w) => Err(w.join("; ")),
+            Err(e) => Err(e),
+        };
+        verdicts.lock().expect("timeline").push(format!("{verdict:?}"));
+        verdict
+    });
+    let notifier = std::sync::Arc::new(Notifier::to_socket(&socket_path));
+    let watchdog = Watchdog::start(notifier, Duration::from_millis(200), health).expect("watchdog");
+    let pings = std::sync::Arc::clone(&timeline);
+    let stop_listening = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::clone(&stop_listening);
+    let listener = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                    pings.lock().expect("timeline").push("PING".into());
+                }
+            }
+        }
+    });
+    let count = |what: &str| {
+        timeline
+            .lock()
+            .expect("timeline")
+            .iter()
+            .filter(|e| e.contains(what))
+            .count()
+    };
+    let supervise_until = |service: &mut Service, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() && Instant::now() < deadline {
+            service.supervise(Duration::from_millis(20));
+        }
+        assert!(done(), "timed out: {:?}", timeline.lock().expect("timeline"));
+    };
+    supervise_until(&mut service, &|| count("PING") >= 2);
+    let session = kernel
+        .attach_session(
+            "wdg-gated",
+            scst_accel_handler::loopback::SessionSpec {
+                initiator_name: "iqn.2026-12.test:wdg".into(),
+                target_name: "iqn.2026-12.test:t".into(),
+                lun: 0,
+                rd_only: false,
+            },
+        )
+        .expect("attach");
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            data_out: Vec::new(),
+            expected_data_in: 4096,
+            queue_type: 0,
+            timeout_secs: 60,
+        })
+        .expect("submit");
+    // The worker is now stuck in `submit`: the health check must say so, more than once.
+    supervise_until(&mut service, &|| count("wdg-gated") >= 2);
+    gate.open();
+    let done = session.completions().recv_timeout(Duration::from_secs(20));
+    supervise_until(&mut service, &|| {
+        let t = timeline.lock().expect("timeline");
+        let last_wedged = t.iter().rposition(|e| e.contains("wdg-gated")).unwrap_or(0);
+        t[last_wedged..].iter().filter(|e| *e == "PING").count() >= 2
+    });
+    assert_eq!(done.expect("the READ was answered once released").status, 0);
+    let dog_stopped = std::thread::spawn(move || watchdog.stop());
+    while !dog_stopped.is_finished() {
+        service.supervise(Duration::from_millis(20));
+    }
+    dog_stopped.join().expect("watchdog stop");
+    stop_listening.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.join().expect("listener");
+    let t = timeline.lock().expect("timeline").clone();
+    let first = t
+        .iter()
+        .position(|e| e.contains("wdg-gated"))
+        .expect("wedged reported");
+    let healthy_again = t[first..]
+        .iter()
+        .position(|e| e == "Ok(())")
+        .expect("healthy again")
+        + first;
+    assert!(
+        !t[first..healthy_again].iter().any(|e| e == "PING"),
+        "no ping while wedged: {t:?}"
+    );
+    session.detach();
+    drop(service.stop());
+}
