@@ -487,3 +487,60 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit;
+    use scst_accel_hal::vfio::VfioError;
+
+    fn code(e: VfioError) -> u8 {
+        open_error_exit_code(&OpenBoardError::Vfio(e))
+    }
+
+    /// What a restart cannot fix is a configuration error (78); what a later start may find
+    /// fixed (a module loaded, another process gone) is "unavailable" (69).
+    #[test]
+    fn vfio_failures_map_to_their_exit_class() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            code(VfioError::GroupPermission {
+                path: "/dev/vfio/7".into(),
+                source: denied,
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            code(VfioError::MemlockLimit {
+                needed: 1 << 30,
+                limit: 8 << 20,
+                needed_kib: 1 << 20,
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            code(VfioError::BadAddress {
+                addr: "nonsense".into(),
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            code(VfioError::GroupBusy {
+                group: 7,
+                path: "/dev/vfio/7".into(),
+            }),
+            exit::UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn a_hardware_board_without_pci_is_a_configuration_error() {
+        let disk = DiskArgs::default();
+        let blocks = disk.validate().expect("defaults are valid");
+        for board in [BoardArg::Sca1, BoardArg::Nvme, BoardArg::QemuNvme] {
+            let e = build(board, &disk, blocks, None, &[]).err().expect("refused");
+            assert_eq!(e.exit_code, exit::CONFIG, "{board:?}: {e}");
+            assert!(e.message.contains("--pci"), "{e}");
+        }
+    }
+}

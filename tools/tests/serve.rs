@@ -8,13 +8,44 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
+/// `serve ARGS` with its state directory and control socket in a fresh temporary directory
+/// (kept: a few bytes), never in /var/lib or /run.
 fn serve(args: &[&str]) -> Command {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
     cmd.arg("serve")
         .args(args)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--control-socket")
+        .arg(dir.join("control.sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// A child process killed when the test ends, even by a panic: a failed test must not leave a
+/// service running behind it.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
@@ -106,8 +137,13 @@ fn sigterm_stops_cleanly_and_serving_is_logged_at_info() {
         }
         all
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("serve reported serving");
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let code = wait_exit(&mut child, Duration::from_secs(30));
+        panic!(
+            "serve never reported serving (exit {code:?}): {}",
+            reader.join().expect("reader")
+        );
+    }
     sigterm(&child);
     let code = wait_exit(&mut child, Duration::from_secs(30));
     let log = reader.join().expect("reader");
@@ -257,6 +293,7 @@ fn status_over_the_control_socket_while_serving_then_the_socket_is_gone() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .expect("spawn");
     let status = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
@@ -302,4 +339,130 @@ fn status_over_the_control_socket_while_serving_then_the_socket_is_gone() {
     assert!(!socket.exists(), "the control socket is removed at exit");
     let gone = status(true);
     assert_eq!(gone.status.code(), Some(69), "no service: unavailable");
+}
+
+/// Start `serve --loopback` with `extra` args, wait until its control socket reports the disk
+/// serving, return the status JSON, and stop it with SIGTERM (exit 0).
+fn serve_once(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let socket = dir.join(format!("ctl-{}.sock", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(["serve", "--loopback"])
+        .args(extra)
+        .arg("--control-socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("status");
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            if v["disks"][0]["state"] == "serving" {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "never serving");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
+    reply
+}
+
+/// Two appliances that both call their disk `accel0` (the default name) report different
+/// identities, and each keeps its own across a restart: the identity is generated once and
+/// persisted in the state directory.
+#[test]
+fn the_default_name_gets_a_unique_identity_that_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = (dir.path().join("appliance-a"), dir.path().join("appliance-b"));
+    let id = |state: &std::path::Path| {
+        let v = serve_once(dir.path(), &["--state-dir", state.to_str().expect("utf-8")]);
+        assert_eq!(v["disks"][0]["name"], "accel0");
+        v["disks"][0]["identity"].clone()
+    };
+    let first = id(&a);
+    let other = id(&b);
+    let again = id(&a);
+    assert_eq!(first["source"], "generated", "{first}");
+    assert_eq!(again["source"], "state", "{again}");
+    assert_ne!(
+        first["naa"], other["naa"],
+        "two appliances, one NAA: {first} {other}"
+    );
+    assert_ne!(first["serial"], other["serial"]);
+    assert_eq!(first["naa"], again["naa"], "the restart kept its identity");
+    assert_eq!(first["serial"], again["serial"]);
+    assert!(
+        first["naa"].as_str().is_some_and(|n| n.starts_with('3')),
+        "NAA 3, locally administered: {first}"
+    );
+}
+
+/// A configuration file with `metrics_listen` serves Prometheus text on that address.
+#[test]
+fn the_metrics_endpoint_serves_prometheus_text() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A free port: bind, note it, release it (another process could take it in between; the
+    // test then fails with "address in use", loudly, not silently).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("m.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[service]\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:{port}\"\n\n\
+             [[disk]]\nname = \"m0\"\nboard = \"ram\"\nsize = \"8M\"\n",
+            dir.path().join("state").display(),
+            dir.path().join("ctl.sock").display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(["serve", "--loopback", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let scraped = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        match scraped {
+            Ok(text) if text.contains("scst_accel_disk_state{disk=\"m0\",state=\"serving\"} 1") => {
+                break text
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no metrics: {scraped:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("# TYPE scst_accel_command_latency_seconds histogram"),
+        "{body}"
+    );
+    assert!(
+        body.contains("scst_accel_capacity_bytes{disk=\"m0\"} 8388608"),
+        "{body}"
+    );
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
 }
