@@ -466,3 +466,48 @@ fn the_metrics_endpoint_serves_prometheus_text() {
     sigterm(&child);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
 }
+
+/// Permission denied on the scst_user node is its own class (77: run as root or add a udev
+/// rule). Root is never refused, so the child runs as `nobody` through setpriv(1); where that
+/// is impossible (not root, no setpriv) the test says so and does not pretend to have run.
+#[test]
+fn permission_denied_on_the_scst_user_node_is_77() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !setpriv {
+        eprintln!(
+            "SKIPPED permission_denied_on_the_scst_user_node_is_77: needs root and setpriv(1) to run \
+             the child as nobody (root {root}, setpriv {setpriv})"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let node = dir.path().join("scst_user");
+    std::fs::write(&node, b"").expect("node");
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_scst-accel"))
+        .args([
+            "serve", "--board", "ram", "--name", "x-perm", "--size", "8M", "--device",
+        ])
+        .arg(&node)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--control-socket")
+        .arg(dir.path().join("ctl.sock"))
+        .output()
+        .expect("run serve as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.to_lowercase().contains("permission"), "{stderr}");
+}
