@@ -47,6 +47,17 @@ fn settings() -> ServiceSettings {
     }
 }
 
+/// One initiator session on `device`, LUN 0.
+fn attach(kernel: &LoopbackKernel, device: &str) -> scst_accel_handler::loopback::Session {
+    let spec = scst_accel_handler::loopback::SessionSpec {
+        initiator_name: format!("iqn.2026-12.io.scst-accel.test:{device}"),
+        target_name: "iqn.2026-12.io.scst-accel.test:target".into(),
+        lun: 0,
+        rd_only: false,
+    };
+    kernel.attach_session(device, spec).expect("attach")
+}
+
 fn loopback() -> (LoopbackKernel, KernelSide) {
     let kernel = LoopbackKernel::new(KernelConfig::default());
     (kernel.clone(), KernelSide::Loopback(kernel))
@@ -120,17 +131,7 @@ fn a_failed_device_is_torn_down_alone() {
     sim.inject("gone".parse().expect("fault"));
     // Nothing reaches the store while no initiator sends commands, so ask through a session:
     // one READ finds the device gone.
-    let session = kernel
-        .attach_session(
-            "alone-sim",
-            scst_accel_handler::loopback::SessionSpec {
-                initiator_name: "iqn.2026-12.test:i".into(),
-                target_name: "iqn.2026-12.test:t".into(),
-                lun: 0,
-                rd_only: false,
-            },
-        )
-        .expect("attach");
+    let session = attach(&kernel, "alone-sim");
     session
         .submit(scst_accel_handler::loopback::ScsiRequest {
             tag: 1,
@@ -410,17 +411,7 @@ fn resize_through_the_service_raises_capacity_data_has_changed() {
         side,
         StartOptions::default(),
     );
-    let session = kernel
-        .attach_session(
-            "rsz-ram",
-            scst_accel_handler::loopback::SessionSpec {
-                initiator_name: "iqn.2026-12.test:rsz".into(),
-                target_name: "iqn.2026-12.test:t".into(),
-                lun: 0,
-                rd_only: false,
-            },
-        )
-        .expect("attach");
+    let session = attach(&kernel, "rsz-ram");
     assert_eq!(capacity(&session, 1), 4096);
     let handle = service.handle();
     let (grown, shrink, unaligned) = std::thread::scope(|s| {
@@ -605,17 +596,7 @@ fn a_wedged_worker_stops_the_watchdog_until_it_recovers() {
         assert!(done(), "timed out: {:?}", timeline.lock().expect("timeline"));
     };
     supervise_until(&mut service, &|| count("PING") >= 2);
-    let session = kernel
-        .attach_session(
-            "wdg-gated",
-            scst_accel_handler::loopback::SessionSpec {
-                initiator_name: "iqn.2026-12.test:wdg".into(),
-                target_name: "iqn.2026-12.test:t".into(),
-                lun: 0,
-                rd_only: false,
-            },
-        )
-        .expect("attach");
+    let session = attach(&kernel, "wdg-gated");
     session
         .submit(scst_accel_handler::loopback::ScsiRequest {
             tag: 1,
