@@ -1,7 +1,8 @@
 //! The appliance service: many disks in one process, each with its own board, store, frontend,
 //! workers and teardown.
 //!
-//! One supervisor thread owns every disk: it starts them, watches each frontend's teardown
+//! One supervisor (the thread that calls [`Service::supervise`], `serve`'s main thread) owns every
+//! disk: it starts them, watches each frontend's teardown
 //! trigger, tears a failed disk down *alone* (its LUNs removed first) while the others keep
 //! serving, answers the control socket's requests, and on stop tears every disk down in
 //! parallel, each bounded. Nothing here is shared behind a lock: other threads (the control
@@ -298,7 +299,7 @@ impl Service {
         self.slots.iter().filter(|s| s.state == state).count()
     }
 
-    /// The first start failure, if any disk failed to start.
+    /// Every disk that failed to start, with why and its exit class, in configuration order.
     pub fn start_failures(&self) -> Vec<(String, StartFailure)> {
         self.slots
             .iter()
