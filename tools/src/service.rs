@@ -1,11 +1,10 @@
 //! The appliance service: many disks in one process, each with its own board, store, frontend,
 //! workers and teardown.
 //!
-//! One supervisor (the thread that calls [`Service::supervise`], `serve`'s main thread) owns every
-//! disk: it starts them, watches each frontend's teardown
-//! trigger, tears a failed disk down *alone* (its LUNs removed first) while the others keep
-//! serving, answers the control socket's requests, and on stop tears every disk down in
-//! parallel, each bounded. Nothing here is shared behind a lock: other threads (the control
+//! One supervisor (the thread that calls [`Service::supervise`]: `serve`'s main thread) owns
+//! every disk: it starts them, watches each frontend's teardown trigger, tears a failed disk
+//! down *alone* (its LUNs removed first) while the others keep serving, answers the control
+//! socket's requests, and on stop tears every disk down in parallel, each bounded. Nothing here is shared behind a lock: other threads (the control
 //! socket, the metrics endpoint, the watchdog) talk to the supervisor through a channel and wait
 //! a bounded time for its answer. A supervisor that stops answering therefore also stops the
 //! watchdog pings, so systemd sees a wedged service, not only a dead one.
