@@ -6,7 +6,7 @@
 //! Requests carry the command's buffer itself (host address and, on DMA-capable stores, IOVA),
 //! so data moves between the SCST-pinned buffer and the medium without a copy in the handler.
 //! The RAM store ([`ram::RamStore`]) implements it, the accelerator queue driver
-//! ([`accel::AccelStore`]).
+//! ([`accel::AccelStore`]) and the file and block-device store ([`file::FileStore`]).
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 pub mod accel;
 pub mod buffer;
+pub mod file;
 pub mod ram;
 
 pub use buffer::CmdBuffer;
