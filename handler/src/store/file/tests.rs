@@ -345,8 +345,26 @@ fn permission_denied_says_so() {
             assert!(matches!(e, FileStoreError::PermissionDenied { .. }), "{e}");
             assert!(!e.is_io());
         }
-        // root ignores the mode: nothing to check here.
-        Ok(_) => eprintln!("running as root: a read-only mode does not stop the open"),
+        // root ignores the mode; an immutable file (chattr +i) stops root too (EPERM).
+        Ok(store) => {
+            drop(store);
+            let chattr = |flag: &str| {
+                std::process::Command::new("chattr")
+                    .arg(flag)
+                    .arg(&path)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !chattr("+i") {
+                eprintln!("running as root without chattr +i: skipped");
+                return;
+            }
+            let result = FileStore::open(&config(&path, None));
+            chattr("-i");
+            let e = result.unwrap_err();
+            assert!(matches!(e, FileStoreError::PermissionDenied { .. }), "{e}");
+            assert!(e.to_string().contains("permission denied"), "{e}");
+        }
     }
 }
 
