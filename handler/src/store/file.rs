@@ -167,7 +167,7 @@ pub enum FileStoreError {
         block_size: u32,
     },
     /// An existing file of another size than the one asked for.
-    #[error("{path}: the file has {actual} bytes, not the {requested} asked for; it is never truncated nor grown: ask for {actual} (or no size), or resize the file yourself")]
+    #[error("{path}: the file has {actual} bytes, not the {requested} asked for; it is never truncated nor grown: ask for {actual} bytes (--size, or `size` in the config), or resize the file yourself")]
     SizeMismatch {
         /// The path.
         path: PathBuf,
