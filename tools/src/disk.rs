@@ -9,6 +9,7 @@ use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::transport::register::default_options;
 use scst_accel_handler::transport::register::RegisterParams;
 use scst_accel_handler::transport::version;
+use std::path::PathBuf;
 
 /// The disk and how it registers with SCST.
 #[derive(Args, Debug, Clone)]
@@ -41,6 +42,15 @@ pub struct DiskArgs {
     /// Largest transfer in blocks advertised in the block limits VPD page.
     #[arg(long, default_value_t = 2048)]
     pub max_transfer_blocks: u32,
+    /// The disk image (--board file; created at --size when absent, and an existing one must
+    /// have that size: it is never truncated nor grown) or the block device (--board
+    /// blockdev; its size and block size are the device's).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Buffered I/O through the page cache instead of O_DIRECT (--board file/blockdev), for
+    /// file systems that refuse O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
 }
 
 impl DiskArgs {
