@@ -606,6 +606,64 @@ mod tests {
         );
     }
 
+    /// A file board: what the operator must fix is 78, the medium failing is 74.
+    #[test]
+    fn file_store_failures_map_to_their_exit_class() {
+        let path = std::path::PathBuf::from("/srv/disk0.img");
+        let io = |errno| std::io::Error::from_raw_os_error(errno);
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Missing { path: path.clone() }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::SizeMismatch {
+                path: path.clone(),
+                actual: 1 << 20,
+                requested: 2 << 20,
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::PermissionDenied {
+                path: path.clone(),
+                source: io(libc::EACCES),
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Io {
+                path: path.clone(),
+                what: "the first O_DIRECT read",
+                source: io(libc::EIO),
+            }),
+            exit::IOERR
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Busy {
+                path,
+                source: io(libc::EBUSY),
+            }),
+            exit::UNAVAILABLE
+        );
+        // Without --path, and a block device board on a regular file.
+        let disk = DiskArgs::default();
+        let blocks = disk.validate().expect("defaults are valid");
+        for board in [BoardArg::File, BoardArg::Blockdev] {
+            let e = build(board, &disk, blocks, None, &[]).err().expect("refused");
+            assert_eq!(e.exit_code, exit::CONFIG, "{board:?}: {e}");
+            assert!(e.message.contains("--path"), "{e}");
+        }
+        let file = DiskArgs {
+            path: Some(std::env::current_exe().expect("the test binary")),
+            ..DiskArgs::default()
+        };
+        let e = build(BoardArg::Blockdev, &file, blocks, None, &[])
+            .err()
+            .expect("refused");
+        assert_eq!(e.exit_code, exit::CONFIG, "{e}");
+        assert!(e.message.contains("not a block device"), "{e}");
+    }
+
     #[test]
     fn a_hardware_board_without_pci_is_a_configuration_error() {
         let disk = DiskArgs::default();

@@ -263,6 +263,8 @@ struct Shared {
     sync: File,
     /// A regular file (hole punching may work) rather than a block device.
     regular: bool,
+    /// Opened with O_DIRECT.
+    direct: bool,
     /// The file system punches holes (cleared on the first EOPNOTSUPP).
     punch: AtomicBool,
     /// Lowest LBA written back (not FUA) since the last good flush; `u64::MAX` if none.
@@ -400,6 +402,7 @@ impl FileStore {
             data,
             sync,
             regular: !block_device,
+            direct: config.direct,
             punch: AtomicBool::new(!block_device),
             dirty_low: AtomicU64::new(u64::MAX),
             flush_failed_lba: AtomicU64::new(u64::MAX),
@@ -474,14 +477,32 @@ impl Store for FileStore {
         }))
     }
 
-    fn failure(&self) -> Option<String> {
-        let lba = self.shared.flush_failed_lba.load(Ordering::Acquire);
-        (lba != u64::MAX).then(|| {
-            format!(
-                "{}: a flush (fdatasync) failed; writes from LBA {lba} on may be lost",
-                self.shared.path.display()
-            )
-        })
+    /// The medium, its mode and the durability state; the disk keeps serving after a failed
+    /// flush (every later flush fails, see the module doc), so this is where an operator sees
+    /// it besides the log.
+    fn dump(&self) -> Option<String> {
+        let shared = &self.shared;
+        let failed = shared.flush_failed_lba.load(Ordering::Acquire);
+        let low = shared.dirty_low.load(Ordering::Acquire);
+        Some(format!(
+            "file store {} ({}, {}): {} blocks of {}; {}; {}; {} I/O threads",
+            shared.path.display(),
+            if shared.regular { "file" } else { "block device" },
+            if shared.direct { "O_DIRECT" } else { "buffered" },
+            shared.info.num_blocks,
+            shared.info.block_size,
+            if low == u64::MAX {
+                "nothing written back since the last flush".to_owned()
+            } else {
+                format!("written back since the last flush from LBA {low}")
+            },
+            if failed == u64::MAX {
+                "flushes good".to_owned()
+            } else {
+                format!("a flush FAILED: writes from LBA {failed} on may be lost; every flush fails until restart")
+            },
+            self.pool.threads.len(),
+        ))
     }
 }
 

@@ -505,3 +505,32 @@ fn many_queues_share_the_bounded_pool() {
     }
     assert!(out.iter().all(|c| c.status == StoreStatus::Good));
 }
+
+/// A failed fdatasync is sticky (Linux may have dropped the pages it could not write): every
+/// later flush fails, at the lowest LBA written back since the last good flush. fdatasync
+/// cannot be made to fail on a healthy file system here, so the failure is set as the flush
+/// path sets it; the write-back tracking is real.
+#[test]
+fn a_failed_flush_stays_failed() {
+    let dir = TempDir::new("flush");
+    let store = FileStore::open(&config(&dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(4096);
+    for (lba, fua) in [(40, false), (9, true), (12, false)] {
+        let op = StoreOp::Write { lba, blocks: 1, fua };
+        assert_eq!(run(&mut q, op, Some(&buf)), StoreStatus::Good);
+    }
+    // FUA writes are already stable: the lowest written-back LBA is 12, not 9.
+    assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), 12);
+    assert!(store.dump().expect("dump").contains("from LBA 12"));
+    assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
+    assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), u64::MAX);
+    store.shared.flush_failed_lba.store(12, Ordering::Release);
+    for _ in 0..2 {
+        assert_eq!(
+            run(&mut q, StoreOp::Flush, None),
+            StoreStatus::WriteError { lba: 12 }
+        );
+    }
+    assert!(store.dump().expect("dump").contains("FAILED"));
+}
