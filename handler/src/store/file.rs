@@ -124,6 +124,12 @@ pub enum FileStoreError {
         /// The path.
         path: PathBuf,
     },
+    /// The file is to be created in a directory that does not exist.
+    #[error("{path}: cannot create it, its directory does not exist; create the directory or fix the path")]
+    NoDirectory {
+        /// The path.
+        path: PathBuf,
+    },
     /// Neither a regular file nor a block device.
     #[error("{path}: neither a regular file nor a block device; point it at a disk image or /dev/<disk>")]
     NotFileOrDevice {
@@ -1070,6 +1076,11 @@ fn create_file(path: &Path, size: u64, block_size: u32, direct: bool) -> Result<
         }
         // Created by someone else meanwhile: open it as an existing file (its size is checked).
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(FileStoreError::NoDirectory {
+                path: path.to_owned(),
+            })
+        }
         Err(e) => return Err(FileStoreError::from_io(path, "create", e)),
     }
     open_medium(path, direct, 0, false)

@@ -322,6 +322,8 @@ fn creation_and_refusals_of_sizes() {
     let e = FileStore::open(&config(&tiny, None)).unwrap_err();
     assert!(matches!(e, FileStoreError::TooSmall { .. }), "{e}");
 
+    let e = FileStore::open(&config(&dir.file("no/such/dir.img"), Some(1 << 20))).unwrap_err();
+    assert!(matches!(e, FileStoreError::NoDirectory { .. }), "{e}");
     let e = FileStore::open(&config(&dir.0, None)).unwrap_err();
     assert!(matches!(e, FileStoreError::NotFileOrDevice { .. }), "{e}");
     let e = FileStore::open(&FileStoreConfig {
