@@ -414,8 +414,8 @@ fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io() {
 }
 
 /// A failed write is WriteError at the failing LBA, never Good. A real EIO needs a failing
-/// device (dm-error or a full file system for ENOSPC: both need mount or device-mapper, not
-/// available unprivileged here), so the errno is injected into the store's own transfer path
+/// device (dm-error: device-mapper; a full file system for ENOSPC is the ignored test below,
+/// it needs mount), so the errno is injected into the store's own transfer path
 /// (what a short write followed by EIO looks like); and a file truncated under the store gives
 /// a real EOF inside the range, which is a read error at the first missing block.
 #[test]
