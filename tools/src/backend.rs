@@ -21,6 +21,10 @@ use scst_accel_dma::SgvPool;
 use scst_accel_handler::frontend::PoolPermit;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
+use scst_accel_handler::store::file::FileStore;
+use scst_accel_handler::store::file::FileStoreConfig;
+use scst_accel_handler::store::file::FileStoreError;
+use scst_accel_handler::store::file::DEFAULT_WORKERS;
 use scst_accel_handler::store::ram::RamStore;
 use scst_accel_handler::store::Store;
 use std::sync::atomic::Ordering;
@@ -42,6 +46,11 @@ pub enum BoardArg {
     QemuNvme,
     /// The simulated NVMe controller (DMA through an IOMMU model; faults with --inject).
     NvmeSim,
+    /// A disk image file (needs --path; created at --size when absent; O_DIRECT unless
+    /// --buffered).
+    File,
+    /// A block device (needs --path /dev/X; its size and block size are the device's).
+    Blockdev,
 }
 
 /// The store, its buffer pool, and the board behind them.
@@ -179,6 +188,69 @@ pub fn open_error_exit_code(e: &OpenBoardError) -> u8 {
     }
 }
 
+/// The exit code class of a file store that did not open: the medium itself failing (EIO) is
+/// 74, a device another program holds is 69 (later may work), anything else is the
+/// configuration's (a missing file without a size, a bad size, permissions, O_DIRECT refused).
+pub fn file_error_exit_code(e: &FileStoreError) -> u8 {
+    use crate::exit;
+    match e {
+        FileStoreError::Busy { .. } => exit::UNAVAILABLE,
+        FileStoreError::Resources { .. } => exit::SOFTWARE,
+        e if e.is_io() => exit::IOERR,
+        _ => exit::CONFIG,
+    }
+}
+
+/// Open the file or block device of `disk` (`--path`).
+fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> {
+    let flag = if board == BoardArg::File {
+        "file"
+    } else {
+        "blockdev"
+    };
+    let path = disk.path.as_ref().ok_or_else(|| {
+        BackendError::config(format!(
+            "--board {flag} needs --path ({})",
+            if board == BoardArg::File {
+                "the disk image, e.g. /srv/disk0.img"
+            } else {
+                "the block device, e.g. /dev/sdb"
+            }
+        ))
+    })?;
+    let is_device = std::fs::metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_block_device()
+    });
+    if board == BoardArg::Blockdev && !is_device {
+        return Err(BackendError::config(format!(
+            "{}: not a block device; use --board file for a disk image",
+            path.display()
+        )));
+    }
+    if board == BoardArg::File && is_device {
+        return Err(BackendError::config(format!(
+            "{}: a block device; use --board blockdev for it",
+            path.display()
+        )));
+    }
+    let config = FileStoreConfig {
+        // A block device's size and block size are its own (like a hardware board's medium);
+        // a file's are the disk's: created at --size, or checked against it.
+        create_size: (board == BoardArg::File).then_some(disk.size),
+        block_size: (board == BoardArg::File).then_some(disk.block_size),
+        direct: !disk.buffered,
+        workers: DEFAULT_WORKERS.max(disk.workers),
+        max_transfer_blocks: disk.max_transfer_blocks,
+        ..FileStoreConfig::new(path)
+    };
+    let store = FileStore::open(&config).map_err(|e| BackendError {
+        message: error_chain(&e),
+        exit_code: file_error_exit_code(&e),
+    })?;
+    Ok(Backend::from_store(Arc::new(store), disk.buffer_memory))
+}
+
 /// Build the backend for `board`.
 ///
 /// # Errors
@@ -203,6 +275,7 @@ pub fn build(
                 nvme_sim: None,
             });
         }
+        BoardArg::File | BoardArg::Blockdev => return open_file(board, disk),
         BoardArg::Sim => {
             let config = SimConfig {
                 queues: queues.max(definition::SIM.queues),
@@ -531,6 +604,64 @@ mod tests {
             }),
             exit::UNAVAILABLE
         );
+    }
+
+    /// A file board: what the operator must fix is 78, the medium failing is 74.
+    #[test]
+    fn file_store_failures_map_to_their_exit_class() {
+        let path = std::path::PathBuf::from("/srv/disk0.img");
+        let io = |errno| std::io::Error::from_raw_os_error(errno);
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Missing { path: path.clone() }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::SizeMismatch {
+                path: path.clone(),
+                actual: 1 << 20,
+                requested: 2 << 20,
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::PermissionDenied {
+                path: path.clone(),
+                source: io(libc::EACCES),
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Io {
+                path: path.clone(),
+                what: "the first O_DIRECT read",
+                source: io(libc::EIO),
+            }),
+            exit::IOERR
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Busy {
+                path,
+                source: io(libc::EBUSY),
+            }),
+            exit::UNAVAILABLE
+        );
+        // Without --path, and a block device board on a regular file.
+        let disk = DiskArgs::default();
+        let blocks = disk.validate().expect("defaults are valid");
+        for board in [BoardArg::File, BoardArg::Blockdev] {
+            let e = build(board, &disk, blocks, None, &[]).err().expect("refused");
+            assert_eq!(e.exit_code, exit::CONFIG, "{board:?}: {e}");
+            assert!(e.message.contains("--path"), "{e}");
+        }
+        let file = DiskArgs {
+            path: Some(std::env::current_exe().expect("the test binary")),
+            ..DiskArgs::default()
+        };
+        let e = build(BoardArg::Blockdev, &file, blocks, None, &[])
+            .err()
+            .expect("refused");
+        assert_eq!(e.exit_code, exit::CONFIG, "{e}");
+        assert!(e.message.contains("not a block device"), "{e}");
     }
 
     #[test]

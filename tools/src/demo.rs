@@ -161,7 +161,10 @@ pub fn run(args: DemoArgs) -> u8 {
         Ok(outcome) => report(&args, &outcome),
         Err(e) => {
             eprintln!("scst-accel demo: {e}");
-            exit::SOFTWARE
+            // A backend that did not open has its own class (a missing image is the
+            // configuration's, a failing medium is I/O); anything else is ours.
+            e.downcast_ref::<crate::backend::BackendError>()
+                .map_or(exit::SOFTWARE, |b| b.exit_code)
         }
     }
 }

@@ -9,6 +9,7 @@ use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::transport::register::default_options;
 use scst_accel_handler::transport::register::RegisterParams;
 use scst_accel_handler::transport::version;
+use std::path::PathBuf;
 
 /// The disk and how it registers with SCST.
 #[derive(Args, Debug, Clone)]
@@ -41,6 +42,15 @@ pub struct DiskArgs {
     /// Largest transfer in blocks advertised in the block limits VPD page.
     #[arg(long, default_value_t = 2048)]
     pub max_transfer_blocks: u32,
+    /// The disk image (--board file; created at --size when absent, and an existing one must
+    /// have that size: it is never truncated nor grown) or the block device (--board
+    /// blockdev; its size and block size are the device's).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Buffered I/O through the page cache instead of O_DIRECT (--board file/blockdev), for
+    /// file systems that refuse O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
 }
 
 impl DiskArgs {
@@ -80,6 +90,10 @@ impl DiskArgs {
     pub fn disk_config(&self, info: &StoreInfo, identity: &Identity) -> DiskConfig {
         let mut config = DiskConfig::new(info.block_size, info.num_blocks);
         identity.apply(&mut config);
+        // The caching mode page tells the truth (SBC-3 §6.4.5): WCE = 1 only over a volatile
+        // write cache (a file store's page or device cache, an NVMe controller with VWC).
+        // Without one, WCE = 0: writes are durable on completion, which is what the store does.
+        config.write_cache = info.volatile_cache;
         config.limits.max_transfer_blocks = self.max_transfer_blocks.min(info.max_transfer_blocks.max(1));
         config
     }
@@ -110,5 +124,25 @@ impl Default for DiskArgs {
             disk: DiskArgs,
         }
         <Defaults as clap::Parser>::parse_from(["scst-accel"]).disk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IdentitySpec;
+    use scst_accel_handler::store::ram::RamStore;
+    use scst_accel_handler::store::Store;
+
+    /// WCE follows the store: on over a volatile cache (a file store), off without one.
+    #[test]
+    fn the_caching_page_reports_the_store_s_write_cache() {
+        let args = DiskArgs::default();
+        let identity =
+            crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
+        let mut info = RamStore::new(512, 64, 64).info();
+        assert!(!args.disk_config(&info, &identity).write_cache);
+        info.volatile_cache = true;
+        assert!(args.disk_config(&info, &identity).write_cache);
     }
 }

@@ -332,6 +332,8 @@ const DISK_FLAGS: &[&str] = &[
     "scst_version",
     "command_timeout",
     "max_transfer_blocks",
+    "path",
+    "buffered",
     "board",
     "pci",
     "prealloc",
@@ -359,7 +361,9 @@ fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> 
         buffer_memory,
         scst_version,
         command_timeout,
-        max_transfer_blocks
+        max_transfer_blocks,
+        path,
+        buffered
     );
     if given("board") {
         disk.board = args.board;

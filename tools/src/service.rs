@@ -936,5 +936,7 @@ pub fn board_name(board: BoardArg) -> &'static str {
         BoardArg::Nvme => "nvme",
         BoardArg::QemuNvme => "qemu-nvme",
         BoardArg::NvmeSim => "nvme-sim",
+        BoardArg::File => "file",
+        BoardArg::Blockdev => "blockdev",
     }
 }

@@ -5,8 +5,8 @@
 //! reaps completions, waiting on [`StoreQueue::notify_fd`] together with the scst_user fd.
 //! Requests carry the command's buffer itself (host address and, on DMA-capable stores, IOVA),
 //! so data moves between the SCST-pinned buffer and the medium without a copy in the handler.
-//! The RAM store ([`ram::RamStore`]) implements it now; the accelerator queue driver is the
-//! second implementation.
+//! The RAM store ([`ram::RamStore`]) implements it, the accelerator queue driver
+//! ([`accel::AccelStore`]) and the file and block-device store ([`file::FileStore`]).
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 pub mod accel;
 pub mod buffer;
+pub mod file;
 pub mod ram;
 
 pub use buffer::CmdBuffer;
@@ -105,6 +106,45 @@ impl IoBuffer {
     /// If the range is outside the buffer.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
         self.buffer.pages().write_at(self.offset + offset, data)
+    }
+
+    /// One pread(2) from `fd` at `file_offset` straight into the data window at `offset`
+    /// (no copy in the handler; see [`scst_accel_dma::PageBuffer::pread_from`]).
+    ///
+    /// # Errors
+    /// The errno of pread(2).
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn pread(
+        &self,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<usize> {
+        self.buffer
+            .pages()
+            .pread_from(fd, file_offset, self.offset + offset, len)
+    }
+
+    /// One pwrite(2) of the data window at `offset` to `fd` at `file_offset`.
+    ///
+    /// # Errors
+    /// The errno of pwrite(2).
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn pwrite(
+        &self,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<usize> {
+        self.buffer
+            .pages()
+            .pwrite_to(fd, file_offset, self.offset + offset, len)
     }
 
     /// Fill part of the data window.

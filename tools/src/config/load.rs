@@ -18,8 +18,12 @@
 //!
 //! [[disk]]                       # at least one
 //! name = "accel0"                # required; 1-48 characters of A-Z a-z 0-9 _ . -
-//! board = "sim"                  # required: ram | sim | sca1 | nvme | qemu-nvme | nvme-sim
+//! board = "sim"                  # required: ram | sim | sca1 | nvme | qemu-nvme | nvme-sim | file | blockdev
 //! # pci = "0000:03:00.0"         # required for sca1/nvme/qemu-nvme, refused for the others
+//! # path = "/srv/disk0.img"      # required for file/blockdev (absolute), refused for the others;
+//! #                              # a file is created at `size` when absent, an existing one must
+//! #                              # have that size (never truncated nor grown)
+//! # buffered = false             # file/blockdev: page cache instead of O_DIRECT
 //! size = "16G"                   # a string with a k/M/G/T suffix, or bytes; default 256M
 //! block_size = 4096              # power of two from 512 to 4096; default 512
 //! workers = 2
@@ -491,6 +495,8 @@ const DISK_KEYS: &[&str] = &[
     "name",
     "board",
     "pci",
+    "path",
+    "buffered",
     "size",
     "block_size",
     "workers",
@@ -514,6 +520,7 @@ struct ReadDisk {
     /// Where `name` is; `None` when it is missing (already reported).
     name_at: Option<Range<usize>>,
     pci_at: Option<Range<usize>>,
+    path_at: Option<Range<usize>>,
     exports_at: Vec<Range<usize>>,
 }
 
@@ -523,7 +530,17 @@ fn read_disk(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ReadDisk {
     let name = disk_name(ctx, sec);
     let board = board(ctx, sec);
     let pci = pci(ctx, sec, board);
-    let args = disk_args(ctx, sec, name.as_ref().map(|n| n.get_ref().clone()));
+    let path = medium_path(ctx, sec, board);
+    let mut args = disk_args(ctx, sec, name.as_ref().map(|n| n.get_ref().clone()));
+    args.path = path.as_ref().map(|p| PathBuf::from(p.get_ref()));
+    if args.buffered && board.is_some_and(|b| !is_file_board(b)) {
+        let at = sec.get("buffered").map_or(sec.span.clone(), |v| v.span());
+        ctx.error(
+            &at,
+            "`buffered` is only for the file and blockdev boards",
+            "remove buffered, or choose board = \"file\" or \"blockdev\"",
+        );
+    }
     let inject = inject(ctx, sec, board);
     let identity = table(ctx, sec, "identity", "[disk.identity]")
         .map(|s| read_identity(ctx, &s))
@@ -554,6 +571,7 @@ fn read_disk(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ReadDisk {
         spec,
         name_at: name.map(|n| n.span()),
         pci_at: pci.map(|p| p.span()),
+        path_at: path.map(|p| p.span()),
         exports_at: exports.into_iter().map(|(_, span)| span).collect(),
     }
 }
@@ -658,6 +676,38 @@ fn pci(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> Opt
     None
 }
 
+fn is_file_board(board: BoardArg) -> bool {
+    matches!(board, BoardArg::File | BoardArg::Blockdev)
+}
+
+/// `path`: required by the file and blockdev boards (the image or the device), absolute (the
+/// service runs from /), refused by the others (it would silently be ignored).
+fn medium_path(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> Option<Spanned<String>> {
+    let path = string(ctx, sec, "path", "\"/srv/disk0.img\"");
+    match (board, &path) {
+        (Some(b), None) if is_file_board(b) && sec.get("path").is_none() => ctx.error(
+            &sec.span,
+            format!(
+                "board {} needs `path`: the disk image or block device",
+                board_name(b)
+            ),
+            "add path = \"/srv/disk0.img\" (file) or path = \"/dev/sdX\" (blockdev)",
+        ),
+        (Some(b), Some(p)) if !is_file_board(b) => ctx.error(
+            &p.span(),
+            "`path` is only for the file and blockdev boards",
+            "remove path, or choose board = \"file\" or \"blockdev\"",
+        ),
+        (_, Some(p)) if !Path::new(p.get_ref()).is_absolute() => ctx.error(
+            &p.span(),
+            format!("path {:?} is not absolute", p.get_ref()),
+            "write the full path, e.g. \"/srv/disk0.img\" (the service runs from /)",
+        ),
+        _ => return path,
+    }
+    None
+}
+
 /// `DDDD:BB:DD.F`: domain, bus, device (at most 1f) and function (0-7), hex.
 fn is_pci_address(text: &str) -> bool {
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -697,6 +747,8 @@ fn disk_args(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<String>) -> 
         scst_version: scst_version.unwrap_or_else(|| "3.11".into()),
         command_timeout: duration(ctx, sec, "command_timeout").unwrap_or(Duration::from_secs(5)),
         max_transfer_blocks: narrow(integer(ctx, sec, "max_transfer_blocks", 1..=u32_max)).unwrap_or(2048),
+        path: None,
+        buffered: boolean(ctx, sec, "buffered").unwrap_or(false),
     }
 }
 
@@ -922,6 +974,7 @@ fn check_unique(ctx: &mut Ctx<'_>, disks: &[ReadDisk]) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut functions: HashMap<String, (&str, usize)> = HashMap::new();
     let mut luns: HashMap<(&str, &str, u32), (&str, usize)> = HashMap::new();
+    let mut paths: HashMap<PathBuf, (&str, usize)> = HashMap::new();
     for disk in disks {
         let name = disk.spec.args.name.as_str();
         if let Some(at) = &disk.name_at {
@@ -941,6 +994,21 @@ fn check_unique(ctx: &mut Ctx<'_>, disks: &[ReadDisk]) {
                     at,
                     format!("PCI function {pci} is already used by disk {other:?} (line {first})"),
                     "each disk needs its own PCI function; give another pci",
+                );
+            }
+        }
+        if let (Some(path), Some(at)) = (&disk.spec.args.path, &disk.path_at) {
+            let line = ctx.line(at.start);
+            // The same file under two spellings (a symlink, `..`) is the same medium.
+            let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            if let Some((other, first)) = paths.insert(key, (name, line)) {
+                ctx.error(
+                    at,
+                    format!(
+                        "{} is already the medium of disk {other:?} (line {first})",
+                        path.display()
+                    ),
+                    "two disks on one file or device would corrupt each other; give each its own path",
                 );
             }
         }

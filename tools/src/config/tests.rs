@@ -542,3 +542,50 @@ fn the_format_documented_in_load_rs_is_valid() {
     let config = parse(example, "load.rs").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.disks[0].exports.len(), 1);
 }
+
+#[test]
+fn a_file_disk_reads_its_path_and_buffered() {
+    let text = "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = \"/srv/disk0.img\"\nbuffered = true\n";
+    let config = parse(text, "t.toml").expect("valid");
+    let d = &config.disks[0];
+    assert_eq!(d.board, BoardArg::File);
+    assert_eq!(
+        d.args.path.as_deref(),
+        Some(std::path::Path::new("/srv/disk0.img"))
+    );
+    assert!(d.args.buffered);
+    let text = "[[disk]]\nname = \"b\"\nboard = \"blockdev\"\npath = \"/dev/sdb\"\n";
+    let d = &parse(text, "t.toml").expect("valid").disks[0];
+    assert_eq!(d.board, BoardArg::Blockdev);
+    assert!(!d.args.buffered, "O_DIRECT by default");
+}
+
+#[test]
+fn path_and_buffered_belong_to_file_boards() {
+    assert_one(
+        "[[disk]]\nname = \"f\"\nboard = \"blockdev\"\n",
+        Some(1),
+        "needs `path`",
+    );
+    assert_one(
+        &disk_with("path = \"/srv/x.img\"\n"),
+        Some(4),
+        "only for the file and blockdev",
+    );
+    assert_one(
+        &disk_with("buffered = true\n"),
+        Some(4),
+        "only for the file and blockdev",
+    );
+    assert_one(
+        "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = \"disk.img\"\n",
+        Some(4),
+        "not absolute",
+    );
+    assert_one(
+        "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = \"/srv/a.img\"\n\n\
+         [[disk]]\nname = \"g\"\nboard = \"file\"\npath = \"/srv/a.img\"\n",
+        Some(9),
+        "already the medium of disk \"f\" (line 4)",
+    );
+}

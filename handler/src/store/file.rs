@@ -1,0 +1,1155 @@
+//! The file store: a regular file or a block device behind the [`Store`] interface.
+//!
+//! - **No copy.** Reads and writes go between the medium and the command buffer SCST pinned
+//!   (page aligned) with pread(2)/pwrite(2) on its pages ([`IoBuffer::pread`]); with O_DIRECT
+//!   (the default) the kernel DMAs straight into them. Ops that need memory of their own
+//!   (WRITE SAME, zeroing, VERIFY, COMPARE) use a page-aligned scratch buffer per I/O thread.
+//! - **A bounded pool.** Every queue hands its requests to one shared pool of `workers` I/O
+//!   threads through a bounded crossbeam channel, and gets completions back through its own
+//!   channel plus an eventfd ([`StoreQueue::notify_fd`]) the frontend polls. No thread per
+//!   request; no lock anywhere (the threads share only the read-only files and atomics), so no
+//!   lock is ever held across the I/O.
+//! - **Durability, exact.** The cache is write-back ([`StoreInfo::volatile_cache`] = true, so
+//!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every write
+//!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2). A FUA write goes through a second fd
+//!   opened with O_DSYNC, so it is on stable media when it completes (SBC-3 §5.39: FUA). A
+//!   failed write is [`StoreStatus::WriteError`] with the first failing LBA, a failed read
+//!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
+//!   dirty pages it could not write and report the error once only, so every later FLUSH
+//!   fails too (with the lowest LBA written since the last good flush), until the disk is
+//!   restarted; reporting GOOD would tell the initiator that lost data is safe.
+//! - **Geometry from the medium.** A file's size is its length (it is created at
+//!   `create_size` when absent, and never truncated nor grown); a block device's is its size
+//!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
+//!   its range, a 1-block one included.
+//! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
+//!   (reads of a hole return zeroes); a file system that cannot punch holes gets zeroes
+//!   written for WRITE ZEROES, and UNMAP (a hint, SBC-3 §4.7.3.4) does nothing. Block devices
+//!   report no deallocation yet ([`StoreInfo::supports_unmap`] = false).
+
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use super::IoBuffer;
+use super::Store;
+use super::StoreCompletion;
+use super::StoreError;
+use super::StoreInfo;
+use super::StoreOp;
+use super::StoreQueue;
+use super::StoreRequest;
+use super::StoreStatus;
+use crossbeam_channel::Receiver;
+use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::Sender;
+use crossbeam_channel::TrySendError;
+use scst_accel_dma::PageBuffer;
+use scst_accel_hal::locks;
+use scst_accel_hal::EventFd;
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io;
+use std::io::Seek;
+use std::io::SeekFrom;
+use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Default I/O threads.
+pub const DEFAULT_WORKERS: usize = 4;
+/// Requests one queue may have in flight; beyond, `submit` answers QueueFull.
+const QUEUE_DEPTH: usize = 256;
+/// Scratch memory of each I/O thread (WRITE SAME, zeroing, VERIFY, COMPARE go by pieces of it).
+const SCRATCH: usize = 1 << 20;
+/// How often an idle I/O thread looks up from its channel (every wait is bounded).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long dropping the store waits for each I/O thread (it finishes at most one request).
+const JOIN_BOUND: Duration = Duration::from_secs(10);
+/// How long `abort_all` waits for requests already in a thread's hands.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+
+/// How to open a file store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStoreConfig {
+    /// A regular file or a block device.
+    pub path: PathBuf,
+    /// Create a regular file of this many bytes when `path` does not exist. An existing file
+    /// must already have this size: it is never truncated nor grown.
+    pub create_size: Option<u64>,
+    /// Logical block size of a regular file (default 512). A block device has its own.
+    pub block_size: Option<u32>,
+    /// O_DIRECT (the default): no page cache between the command buffers and the medium.
+    /// `false`: buffered I/O, for file systems that refuse O_DIRECT (tmpfs before Linux 6.6).
+    pub direct: bool,
+    /// I/O threads of the pool shared by every queue.
+    pub workers: usize,
+    /// Largest transfer in blocks the store announces.
+    pub max_transfer_blocks: u32,
+}
+
+impl FileStoreConfig {
+    /// O_DIRECT, [`DEFAULT_WORKERS`] threads, 512-byte blocks for a file, 2048-block transfers.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            create_size: None,
+            block_size: None,
+            direct: true,
+            workers: DEFAULT_WORKERS,
+            max_transfer_blocks: 2048,
+        }
+    }
+}
+
+/// Why a file store did not open: what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum FileStoreError {
+    /// No such file, and no size to create it with.
+    #[error(
+        "{path}: no such file; give a size (--size, or `size` in the config) to create it, or fix the path"
+    )]
+    Missing {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file is to be created in a directory that does not exist.
+    #[error("{path}: cannot create it, its directory does not exist; create the directory or fix the path")]
+    NoDirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Neither a regular file nor a block device.
+    #[error("{path}: neither a regular file nor a block device; point it at a disk image or /dev/<disk>")]
+    NotFileOrDevice {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The block size is not one a disk can have.
+    #[error("block size {block_size} is not a power of two from 512 to 65536; use 512 or 4096")]
+    BlockSize {
+        /// The size asked for.
+        block_size: u32,
+    },
+    /// A block size was given for a block device that has another.
+    #[error("{path}: the device's logical block size is {device}, not {requested}; leave the block size out for a block device (it is the device's)")]
+    DeviceBlockSize {
+        /// The path.
+        path: PathBuf,
+        /// The device's.
+        device: u32,
+        /// The one asked for.
+        requested: u32,
+    },
+    /// The size is not a whole number of blocks.
+    #[error("{path}: size {size} is not a multiple of the block size {block_size}; resize the file to a multiple (truncate -s), or choose a block size that divides it")]
+    NotMultiple {
+        /// The path.
+        path: PathBuf,
+        /// Bytes.
+        size: u64,
+        /// Block size.
+        block_size: u32,
+    },
+    /// Not even one block.
+    #[error("{path}: size {size} is smaller than one block of {block_size} bytes; use a larger file")]
+    TooSmall {
+        /// The path.
+        path: PathBuf,
+        /// Bytes.
+        size: u64,
+        /// Block size.
+        block_size: u32,
+    },
+    /// An existing file of another size than the one asked for.
+    #[error("{path}: the file has {actual} bytes, not the {requested} asked for; it is never truncated nor grown: ask for {actual} bytes (--size, or `size` in the config), or resize the file yourself")]
+    SizeMismatch {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        actual: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+    /// O_DIRECT refused: by the file system (EINVAL), or at this block size.
+    #[error("{path}: the file system refuses O_DIRECT at {block_size}-byte blocks; use buffered I/O (--buffered, or buffered = true in the config), or a block size of at least the file system's")]
+    DirectUnsupported {
+        /// The path.
+        path: PathBuf,
+        /// The block size tried.
+        block_size: u32,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// No permission.
+    #[error("{path}: permission denied; run as a user that may read and write it (root for /dev/<disk>), or fix its mode")]
+    PermissionDenied {
+        /// The path.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// The block device is in use (mounted, or held exclusively by another program).
+    #[error("{path}: the device is in use (mounted, part of a RAID/LVM, or open exclusively elsewhere); release it first")]
+    Busy {
+        /// The path.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// Another I/O error while opening (EIO: the medium itself).
+    #[error("{path}: {what} failed; check the device (dmesg) and the file system")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// Out of memory or threads for the pool.
+    #[error("cannot start the file store's I/O threads; lower their number or free memory")]
+    Resources {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FileStoreError {
+    /// An error of the medium or the system (EIO, no resources), rather than of the
+    /// configuration: a service manager may retry these.
+    pub fn is_io(&self) -> bool {
+        matches!(self, Self::Io { .. } | Self::Resources { .. })
+    }
+
+    /// Classify an errno of `what` on `path`.
+    fn from_io(path: &Path, what: &'static str, source: io::Error) -> Self {
+        let path = path.to_owned();
+        match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => Self::PermissionDenied { path, source },
+            Some(libc::EBUSY) => Self::Busy { path, source },
+            Some(libc::ENOENT) => Self::Missing { path },
+            _ => Self::Io { path, what, source },
+        }
+    }
+}
+
+/// A store over a regular file or a block device.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+}
+
+/// What every I/O thread reads: the files and the geometry. No lock: the atomics are the only
+/// mutable state.
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    info: StoreInfo,
+    /// Reads, write-back writes, fdatasync.
+    data: File,
+    /// Write-through (FUA) writes: the same file opened with O_DSYNC.
+    sync: File,
+    /// A regular file (hole punching may work) rather than a block device.
+    regular: bool,
+    /// Opened with O_DIRECT.
+    direct: bool,
+    /// The file system punches holes (cleared on the first EOPNOTSUPP).
+    punch: AtomicBool,
+    /// Lowest LBA written back (not FUA) since the last good flush; `u64::MAX` if none.
+    dirty_low: AtomicU64,
+    /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has).
+    flush_failed_lba: AtomicU64,
+}
+
+/// The I/O threads and their request channel.
+#[derive(Debug)]
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// One request travelling to an I/O thread.
+struct Job {
+    req: StoreRequest,
+    /// The queue's abort epoch when it was submitted: a newer epoch aborts it unstarted.
+    epoch: u64,
+    queue: Arc<QueueShared>,
+}
+
+/// The part of a queue the I/O threads see.
+#[derive(Debug)]
+struct QueueShared {
+    done: Sender<StoreCompletion>,
+    notify: EventFd,
+    abort_epoch: AtomicU64,
+}
+
+impl FileStore {
+    /// Open (or create) the file or device of `config` and start its I/O threads.
+    ///
+    /// # Errors
+    /// [`FileStoreError`], saying what to do.
+    pub fn open(config: &FileStoreConfig) -> Result<Self, FileStoreError> {
+        let path = &config.path;
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(FileStoreError::from_io(path, "stat", e)),
+        };
+        let block_device = meta.as_ref().is_some_and(|m| m.file_type().is_block_device());
+        if meta.as_ref().is_some_and(|m| !m.is_file() && !block_device) {
+            return Err(FileStoreError::NotFileOrDevice { path: path.clone() });
+        }
+        if let Some(bs) = config.block_size {
+            if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+                return Err(FileStoreError::BlockSize { block_size: bs });
+            }
+        }
+        let (data, block_size, size) = if block_device {
+            let data = open_medium(path, config.direct, 0, true)?;
+            let block_size = device_block_size(path, &data)?;
+            if let Some(requested) = config.block_size.filter(|&b| b != block_size) {
+                return Err(FileStoreError::DeviceBlockSize {
+                    path: path.clone(),
+                    device: block_size,
+                    requested,
+                });
+            }
+            let size = (&data)
+                .seek(SeekFrom::End(0))
+                .map_err(|e| FileStoreError::from_io(path, "seek to the end of the device", e))?;
+            if let Some(requested) = config.create_size.filter(|&s| s != size) {
+                return Err(FileStoreError::SizeMismatch {
+                    path: path.clone(),
+                    actual: size,
+                    requested,
+                });
+            }
+            (data, block_size, size)
+        } else {
+            let block_size = config.block_size.unwrap_or(512);
+            let data = match (meta, config.create_size) {
+                (None, None) => return Err(FileStoreError::Missing { path: path.clone() }),
+                (None, Some(size)) => create_file(path, size, block_size, config.direct)?,
+                (Some(_), _) => open_medium(path, config.direct, 0, false)?,
+            };
+            let size = data
+                .metadata()
+                .map_err(|e| FileStoreError::from_io(path, "stat", e))?
+                .len();
+            if let Some(requested) = config.create_size.filter(|&s| s != size) {
+                return Err(FileStoreError::SizeMismatch {
+                    path: path.clone(),
+                    actual: size,
+                    requested,
+                });
+            }
+            (data, block_size, size)
+        };
+        let bs = u64::from(block_size);
+        if size < bs {
+            return Err(FileStoreError::TooSmall {
+                path: path.clone(),
+                size,
+                block_size,
+            });
+        }
+        if !size.is_multiple_of(bs) {
+            return Err(FileStoreError::NotMultiple {
+                path: path.clone(),
+                size,
+                block_size,
+            });
+        }
+        let sync = open_medium(path, config.direct, libc::O_DSYNC, false)?;
+        same_file(path, &data, &sync)?;
+        let scratch = |n: usize| -> Result<Vec<PageBuffer>, FileStoreError> {
+            (0..n)
+                .map(|_| {
+                    PageBuffer::new(SCRATCH).map_err(|e| FileStoreError::Resources {
+                        source: io::Error::other(e),
+                    })
+                })
+                .collect()
+        };
+        let workers = config.workers.max(1);
+        let mut scratches = scratch(workers)?;
+        if config.direct {
+            probe_direct(path, &data, block_size, size, &scratches[0])?;
+        }
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            info: StoreInfo {
+                block_size,
+                num_blocks: size / bs,
+                max_transfer_blocks: config.max_transfer_blocks.max(1),
+                supports_unmap: !block_device,
+                volatile_cache: true,
+                device_ids: None,
+            },
+            data,
+            sync,
+            regular: !block_device,
+            direct: config.direct,
+            punch: AtomicBool::new(!block_device),
+            dirty_low: AtomicU64::new(u64::MAX),
+            flush_failed_lba: AtomicU64::new(u64::MAX),
+        });
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(workers * QUEUE_DEPTH);
+        let mut threads = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let rx = rx.clone();
+            let shared = Arc::clone(&shared);
+            let scratch = scratches.pop().expect("one scratch per thread");
+            let spawned = std::thread::Builder::new()
+                .name(format!("file-io-{index}"))
+                .spawn(move || io_thread(&shared, &rx, &scratch));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(source) => {
+                    // Dropping the pool closes the channel and joins the threads started.
+                    drop(Pool {
+                        jobs: Some(jobs),
+                        threads,
+                    });
+                    return Err(FileStoreError::Resources { source });
+                }
+            }
+        }
+        log::info!(
+            "file store {}: {} blocks of {block_size} bytes, {}, {workers} I/O threads",
+            path.display(),
+            size / bs,
+            if config.direct { "O_DIRECT" } else { "buffered" },
+        );
+        Ok(Self {
+            shared,
+            pool: Arc::new(Pool {
+                jobs: Some(jobs),
+                threads,
+            }),
+        })
+    }
+
+    /// The file or device.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+}
+
+impl Store for FileStore {
+    fn info(&self) -> StoreInfo {
+        self.shared.info
+    }
+
+    fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
+        let Some(jobs) = self.pool.jobs.clone() else {
+            return Err(StoreError::Device(
+                "the file store's I/O threads are stopped".into(),
+            ));
+        };
+        let notify =
+            EventFd::new().map_err(|e| StoreError::Device(format!("eventfd for a file store queue: {e}")))?;
+        let (done, completions) = crossbeam_channel::unbounded();
+        Ok(Box::new(FileQueue {
+            jobs,
+            _pool: Arc::clone(&self.pool),
+            completions,
+            shared: Arc::new(QueueShared {
+                done,
+                notify,
+                abort_epoch: AtomicU64::new(0),
+            }),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            submitted: 0,
+        }))
+    }
+
+    /// The medium, its mode and the durability state; the disk keeps serving after a failed
+    /// flush (every later flush fails, see the module doc), so this is where an operator sees
+    /// it besides the log.
+    fn dump(&self) -> Option<String> {
+        let shared = &self.shared;
+        let failed = shared.flush_failed_lba.load(Ordering::Acquire);
+        let low = shared.dirty_low.load(Ordering::Acquire);
+        Some(format!(
+            "file store {} ({}, {}): {} blocks of {}; {}; {}; {} I/O threads",
+            shared.path.display(),
+            if shared.regular { "file" } else { "block device" },
+            if shared.direct { "O_DIRECT" } else { "buffered" },
+            shared.info.num_blocks,
+            shared.info.block_size,
+            if low == u64::MAX {
+                "nothing written back since the last flush".to_owned()
+            } else {
+                format!("written back since the last flush from LBA {low}")
+            },
+            if failed == u64::MAX {
+                "flushes good".to_owned()
+            } else {
+                format!("a flush FAILED: writes from LBA {failed} on may be lost; every flush fails until restart")
+            },
+            self.pool.threads.len(),
+        ))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the channel ends every thread once it has finished its current request.
+        drop(self.jobs.take());
+        for handle in self.threads.drain(..) {
+            if let Err(handle) = locks::join_bounded(handle, JOIN_BOUND) {
+                log::error!(
+                    "file store I/O thread {:?} still in a system call after {JOIN_BOUND:?}; left detached",
+                    handle.thread().name()
+                );
+            }
+        }
+    }
+}
+
+/// One worker's queue: submits to the shared pool, reaps from its own channel.
+struct FileQueue {
+    jobs: Sender<Job>,
+    /// Keeps the threads alive while the queue lives.
+    _pool: Arc<Pool>,
+    completions: Receiver<StoreCompletion>,
+    shared: Arc<QueueShared>,
+    /// Submitted and not yet reaped (the threads do not touch it: only this queue's owner).
+    in_flight: Arc<AtomicUsize>,
+    submitted: u64,
+}
+
+impl StoreQueue for FileQueue {
+    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+        let epoch = self.shared.abort_epoch.load(Ordering::Acquire);
+        let mut refused: Option<StoreError> = None;
+        // Allocates only when the pool refuses part of the batch.
+        let mut rest = Vec::new();
+        for req in batch.drain(..) {
+            if refused.is_some() {
+                rest.push(req);
+                continue;
+            }
+            if self.in_flight.load(Ordering::Relaxed) >= QUEUE_DEPTH {
+                refused = Some(StoreError::QueueFull {
+                    in_flight: QUEUE_DEPTH,
+                });
+                rest.push(req);
+                continue;
+            }
+            let job = Job {
+                req,
+                epoch,
+                queue: Arc::clone(&self.shared),
+            };
+            match self.jobs.try_send(job) {
+                Ok(()) => {
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                    self.submitted += 1;
+                }
+                Err(TrySendError::Full(job)) => {
+                    refused = Some(StoreError::QueueFull {
+                        in_flight: self.in_flight.load(Ordering::Relaxed),
+                    });
+                    rest.push(job.req);
+                }
+                Err(TrySendError::Disconnected(job)) => {
+                    refused = Some(StoreError::Device("the file store's I/O threads are gone".into()));
+                    rest.push(job.req);
+                }
+            }
+        }
+        batch.append(&mut rest);
+        refused.map_or(Ok(()), Err)
+    }
+
+    fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {
+        // Clear first, then drain: a completion sent after the drain signals again, so the fd
+        // is readable whenever a completion waits (level-triggered, no lost wake-up).
+        self.shared.notify.clear();
+        let mut n = 0;
+        while let Ok(c) = self.completions.try_recv() {
+            out.push(c);
+            n += 1;
+        }
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        n
+    }
+
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.shared.notify.as_fd())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests not yet started complete with [`StoreStatus::Aborted`]; those in a thread's
+    /// system call finish it (a pread cannot be taken back) and complete with their outcome.
+    /// Waits at most [`ABORT_WAIT`] for them, so the frontend finds them reaped.
+    fn abort_all(&mut self) -> usize {
+        let n = self.in_flight();
+        if n == 0 {
+            return 0;
+        }
+        self.shared.abort_epoch.fetch_add(1, Ordering::AcqRel);
+        let deadline = std::time::Instant::now() + ABORT_WAIT;
+        while self.completions.len() < n && std::time::Instant::now() < deadline {
+            locks::sleep(Duration::from_millis(1));
+        }
+        n
+    }
+
+    fn dump(&self) -> Option<String> {
+        Some(format!(
+            "file store queue: {} in flight, {} completions waiting, {} submitted",
+            self.in_flight(),
+            self.completions.len(),
+            self.submitted
+        ))
+    }
+}
+
+/// An I/O thread: take a job, run it with no lock held, send the completion, signal the queue.
+fn io_thread(shared: &Shared, rx: &Receiver<Job>, scratch: &PageBuffer) {
+    let mut compare = Vec::new();
+    loop {
+        let job = match locks::blocking("file store: wait for a request", || rx.recv_timeout(IDLE_POLL)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let Job { req, epoch, queue } = job;
+        let status = if epoch < queue.abort_epoch.load(Ordering::Acquire) {
+            StoreStatus::Aborted
+        } else {
+            shared.execute(&req, scratch, &mut compare)
+        };
+        let tag = req.tag;
+        // Let go of the buffer before completing: the worker's reference is then the last, and
+        // the buffer goes back to the pool from the worker's thread (its SGV stash).
+        drop(req);
+        // A queue dropped meanwhile has nobody to tell.
+        if queue.done.send(StoreCompletion { tag, status }).is_ok() {
+            queue.notify.signal();
+        }
+    }
+}
+
+/// Which fd a write goes through.
+#[derive(Clone, Copy)]
+enum Through {
+    WriteBack,
+    Fua,
+}
+
+impl Shared {
+    fn fd(&self, through: Through) -> BorrowedFd<'_> {
+        match through {
+            Through::WriteBack => self.data.as_fd(),
+            Through::Fua => self.sync.as_fd(),
+        }
+    }
+
+    /// Byte offset and length of `blocks` at `lba`, if inside the medium.
+    fn range(&self, lba: u64, blocks: u32) -> Option<(u64, usize)> {
+        let end = lba.checked_add(u64::from(blocks))?;
+        if end > self.info.num_blocks {
+            return None;
+        }
+        let bs = u64::from(self.info.block_size);
+        Some((lba * bs, usize::try_from(u64::from(blocks) * bs).ok()?))
+    }
+
+    fn lba_of(&self, byte: u64) -> u64 {
+        byte / u64::from(self.info.block_size)
+    }
+
+    fn execute(&self, req: &StoreRequest, scratch: &PageBuffer, compare: &mut Vec<u8>) -> StoreStatus {
+        let needed = req.op.buffer_bytes(self.info.block_size) as usize;
+        let buffer = match (&req.buffer, req.op.uses_buffer()) {
+            (Some(b), true) if b.len >= needed && b.offset + needed <= b.buffer.len() => Some(b),
+            (_, true) => return StoreStatus::InvalidRequest,
+            (_, false) => None,
+        };
+        match (&req.op, buffer) {
+            (StoreOp::Read { lba, blocks }, Some(buf)) => match self.range(*lba, *blocks) {
+                Some((start, len)) => self.read(start, len, |fd, at, done, n| buf.pread(fd, at, done, n)),
+                None => StoreStatus::OutOfRange,
+            },
+            (StoreOp::Write { lba, blocks, fua }, Some(buf)) => match self.range(*lba, *blocks) {
+                Some((start, len)) => {
+                    let through = if *fua { Through::Fua } else { Through::WriteBack };
+                    self.write(start, len, through, |fd, at, done, n| buf.pwrite(fd, at, done, n))
+                }
+                None => StoreStatus::OutOfRange,
+            },
+            (StoreOp::WriteSame { lba, blocks }, Some(buf)) => match self.range(*lba, *blocks) {
+                Some((start, len)) => self.write_same(start, len, buf, scratch),
+                None => StoreStatus::OutOfRange,
+            },
+            (StoreOp::Compare { lba, blocks }, Some(buf)) => match self.range(*lba, *blocks) {
+                Some((start, len)) => self.compare(start, len, buf, scratch, compare),
+                None => StoreStatus::OutOfRange,
+            },
+            (StoreOp::Verify { lba, blocks }, _) => match self.range(*lba, *blocks) {
+                Some((start, len)) => self.by_scratch(start, len, scratch, |_, _| None),
+                None => StoreStatus::OutOfRange,
+            },
+            (
+                StoreOp::WriteZeroes {
+                    lba,
+                    blocks,
+                    deallocate,
+                },
+                _,
+            ) => match self.range(*lba, *blocks) {
+                Some((start, len)) => {
+                    if *deallocate && self.punch_hole(start, len as u64) {
+                        return StoreStatus::Good;
+                    }
+                    self.write_zeroes(start, len, scratch)
+                }
+                None => StoreStatus::OutOfRange,
+            },
+            (StoreOp::Unmap { ranges }, _) => {
+                let resolved: Option<Vec<_>> = ranges.iter().map(|&(l, b)| self.range(l, b)).collect();
+                let Some(resolved) = resolved else {
+                    return StoreStatus::OutOfRange;
+                };
+                // UNMAP is a hint (SBC-3 §4.7.3.4) and the disk does not claim LBPRZ from it:
+                // where no hole can be punched the blocks simply stay mapped.
+                for (start, len) in resolved {
+                    self.punch_hole(start, len as u64);
+                }
+                StoreStatus::Good
+            }
+            (StoreOp::Flush, _) => self.flush(),
+            // Buffer ops without a buffer were answered above.
+            _ => StoreStatus::InvalidRequest,
+        }
+    }
+
+    /// Run `io(fd, file offset, offset in the range, bytes)` until `len` bytes are done,
+    /// retrying EINTR and short transfers. On failure: the byte offset in the range where the
+    /// failing call started, and its error (EOF inside the range is UnexpectedEof: the file
+    /// was truncated under us).
+    fn transfer(
+        fd: BorrowedFd<'_>,
+        start: u64,
+        len: usize,
+        mut io: impl FnMut(BorrowedFd<'_>, u64, usize, usize) -> io::Result<usize>,
+    ) -> Result<(), (usize, io::Error)> {
+        let mut done = 0;
+        while done < len {
+            match io(fd, start + done as u64, done, len - done) {
+                Ok(0) => return Err((done, io::Error::from(io::ErrorKind::UnexpectedEof))),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((done, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The first block of `[start, start+len)` that fails alone, from the block holding byte
+    /// `failed_at`, so the sense data names the failing LBA rather than the first of the
+    /// transfer; if every block succeeds on retry, the block where the failure was seen.
+    fn locate(
+        &self,
+        fd: BorrowedFd<'_>,
+        start: u64,
+        len: usize,
+        failed_at: usize,
+        mut io: impl FnMut(BorrowedFd<'_>, u64, usize, usize) -> io::Result<usize>,
+    ) -> u64 {
+        let bs = self.info.block_size as usize;
+        let first = failed_at / bs * bs;
+        for at in (first..len).step_by(bs) {
+            let one = Self::transfer(fd, start + at as u64, bs, |fd, pos, done, n| {
+                io(fd, pos, at + done, n)
+            });
+            if one.is_err() {
+                return self.lba_of(start + at as u64);
+            }
+        }
+        self.lba_of(start + first as u64)
+    }
+
+    fn read(
+        &self,
+        start: u64,
+        len: usize,
+        mut io: impl FnMut(BorrowedFd<'_>, u64, usize, usize) -> io::Result<usize>,
+    ) -> StoreStatus {
+        let fd = self.data.as_fd();
+        match Self::transfer(fd, start, len, &mut io) {
+            Ok(()) => StoreStatus::Good,
+            Err((at, e)) => {
+                if let Some(status) = self.not_a_medium_error(&e, "read") {
+                    return status;
+                }
+                let lba = self.locate(fd, start, len, at, io);
+                log::error!("{}: read error at LBA {lba}: {e}", self.path.display());
+                StoreStatus::ReadError { lba }
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        start: u64,
+        len: usize,
+        through: Through,
+        mut io: impl FnMut(BorrowedFd<'_>, u64, usize, usize) -> io::Result<usize>,
+    ) -> StoreStatus {
+        let fd = self.fd(through);
+        match Self::transfer(fd, start, len, &mut io) {
+            Ok(()) => {
+                if matches!(through, Through::WriteBack) {
+                    self.dirty_low.fetch_min(self.lba_of(start), Ordering::AcqRel);
+                }
+                StoreStatus::Good
+            }
+            Err((at, e)) => {
+                if let Some(status) = self.not_a_medium_error(&e, "write") {
+                    return status;
+                }
+                let lba = self.locate(fd, start, len, at, io);
+                log::error!("{}: write error at LBA {lba}: {e}", self.path.display());
+                StoreStatus::WriteError { lba }
+            }
+        }
+    }
+
+    /// EINVAL means a request O_DIRECT cannot take (a misaligned buffer: a handler bug), not
+    /// a bad medium; say so instead of blaming an LBA.
+    fn not_a_medium_error(&self, e: &io::Error, what: &str) -> Option<StoreStatus> {
+        (e.raw_os_error() == Some(libc::EINVAL)).then(|| {
+            log::error!(
+                "{}: {what} refused with EINVAL (buffer or offset not aligned for O_DIRECT?)",
+                self.path.display()
+            );
+            StoreStatus::InvalidRequest
+        })
+    }
+
+    /// WRITE SAME: the first block of the buffer to every block of the range, a 1-block range
+    /// included (SBC-3 §5.42; fileio_tgt skips the single block). The block is replicated into
+    /// the scratch buffer once, then written a scratch-full at a time.
+    fn write_same(&self, start: u64, len: usize, buf: &IoBuffer, scratch: &PageBuffer) -> StoreStatus {
+        let bs = self.info.block_size as usize;
+        let mut block = vec![0u8; bs];
+        buf.read_at(0, &mut block);
+        let piece = len.min(SCRATCH / bs * bs);
+        for at in (0..piece).step_by(bs) {
+            scratch.write_at(at, &block);
+        }
+        self.by_pieces(start, len, piece, Through::WriteBack, scratch)
+    }
+
+    fn write_zeroes(&self, start: u64, len: usize, scratch: &PageBuffer) -> StoreStatus {
+        let piece = len.min(SCRATCH);
+        scratch.fill(0, piece, 0);
+        self.by_pieces(start, len, piece, Through::WriteBack, scratch)
+    }
+
+    /// Write the first `piece` bytes of `scratch` over `[start, start+len)`, repeatedly.
+    fn by_pieces(
+        &self,
+        start: u64,
+        len: usize,
+        piece: usize,
+        through: Through,
+        scratch: &PageBuffer,
+    ) -> StoreStatus {
+        let mut done = 0;
+        while done < len {
+            let n = piece.min(len - done);
+            let at = start + done as u64;
+            let status = self.write(at, n, through, |fd, pos, off, k| {
+                scratch.pwrite_to(fd, pos, off, k)
+            });
+            if status != StoreStatus::Good {
+                return status;
+            }
+            done += n;
+        }
+        StoreStatus::Good
+    }
+
+    /// Read `[start, start+len)` a scratch-full at a time, handing each piece to `check(offset
+    /// in the range, bytes)`; a read error is [`StoreStatus::ReadError`] at the failing LBA.
+    fn by_scratch(
+        &self,
+        start: u64,
+        len: usize,
+        scratch: &PageBuffer,
+        mut check: impl FnMut(usize, usize) -> Option<StoreStatus>,
+    ) -> StoreStatus {
+        let mut done = 0;
+        while done < len {
+            let n = SCRATCH.min(len - done);
+            let status = self.read(start + done as u64, n, |fd, pos, off, k| {
+                scratch.pread_from(fd, pos, off, k)
+            });
+            if status != StoreStatus::Good {
+                return status;
+            }
+            if let Some(status) = check(done, n) {
+                return status;
+            }
+            done += n;
+        }
+        StoreStatus::Good
+    }
+
+    /// COMPARE: the medium against the buffer; the first difference is a miscompare at its
+    /// byte offset in the range (SBC-3 §5.34, the INFORMATION field).
+    fn compare(
+        &self,
+        start: u64,
+        len: usize,
+        buf: &IoBuffer,
+        scratch: &PageBuffer,
+        expected: &mut Vec<u8>,
+    ) -> StoreStatus {
+        let mut medium = vec![0u8; SCRATCH.min(len)];
+        self.by_scratch(start, len, scratch, |done, n| {
+            expected.resize(n, 0);
+            buf.read_at(done, expected);
+            scratch.read_at(0, &mut medium[..n]);
+            medium[..n]
+                .iter()
+                .zip(expected.iter())
+                .position(|(a, b)| a != b)
+                .map(|p| StoreStatus::Miscompare {
+                    offset: (done + p) as u64,
+                })
+        })
+    }
+
+    /// Punch a hole; `false` when it cannot be done here (block device, or the file system
+    /// said EOPNOTSUPP once: then never again) or failed, so the caller writes zeroes.
+    fn punch_hole(&self, start: u64, len: u64) -> bool {
+        if !self.regular || !self.punch.load(Ordering::Relaxed) {
+            return false;
+        }
+        match sys::punch_hole(self.data.as_fd(), start, len) {
+            Ok(()) => true,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    log::info!(
+                        "{}: the file system cannot punch holes; deallocation writes zeroes",
+                        self.path.display()
+                    );
+                    self.punch.store(false, Ordering::Relaxed);
+                } else {
+                    log::warn!("{}: punching a hole failed: {e}", self.path.display());
+                }
+                false
+            }
+        }
+    }
+
+    /// SYNCHRONIZE CACHE: fdatasync. Sticky on failure (see the module doc): the LBA reported
+    /// is the lowest one written back since the last good flush, the first that may be lost.
+    fn flush(&self) -> StoreStatus {
+        let failed = self.flush_failed_lba.load(Ordering::Acquire);
+        if failed != u64::MAX {
+            return StoreStatus::WriteError { lba: failed };
+        }
+        // Writes completing from here on are covered by this fdatasync or the next flush.
+        let low = self.dirty_low.swap(u64::MAX, Ordering::AcqRel);
+        match self.data.sync_data() {
+            Ok(()) => StoreStatus::Good,
+            Err(e) => {
+                let lba = if low == u64::MAX { 0 } else { low };
+                log::error!(
+                    "{}: fdatasync failed: {e}; writes from LBA {lba} on may be lost, every later \
+                     flush fails until the disk is restarted",
+                    self.path.display()
+                );
+                self.dirty_low.fetch_min(lba, Ordering::AcqRel);
+                let _ = self.flush_failed_lba.compare_exchange(
+                    u64::MAX,
+                    lba,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                StoreStatus::WriteError {
+                    lba: self.flush_failed_lba.load(Ordering::Acquire),
+                }
+            }
+        }
+    }
+}
+
+/// Open the medium read-write, with O_DIRECT when `direct`, plus `flags`; a block device
+/// exclusively (O_EXCL: the kernel refuses a mounted device).
+fn open_medium(
+    path: &Path,
+    direct: bool,
+    flags: libc::c_int,
+    exclusive: bool,
+) -> Result<File, FileStoreError> {
+    let mut flags = flags | libc::O_CLOEXEC;
+    if direct {
+        flags |= libc::O_DIRECT;
+    }
+    if exclusive {
+        flags |= libc::O_EXCL;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| direct_refused(path, e, 0).unwrap_or_else(|e| FileStoreError::from_io(path, "open", e)))
+}
+
+/// EINVAL with O_DIRECT is the file system refusing it.
+fn direct_refused(path: &Path, e: io::Error, block_size: u32) -> Result<FileStoreError, io::Error> {
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        return Ok(FileStoreError::DirectUnsupported {
+            path: path.to_owned(),
+            block_size,
+            source: e,
+        });
+    }
+    Err(e)
+}
+
+/// Create a sparse file of `size` bytes (checked first: nothing is created for a bad size).
+fn create_file(path: &Path, size: u64, block_size: u32, direct: bool) -> Result<File, FileStoreError> {
+    let bs = u64::from(block_size);
+    if size < bs {
+        return Err(FileStoreError::TooSmall {
+            path: path.to_owned(),
+            size,
+            block_size,
+        });
+    }
+    if !size.is_multiple_of(bs) {
+        return Err(FileStoreError::NotMultiple {
+            path: path.to_owned(),
+            size,
+            block_size,
+        });
+    }
+    let created = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path);
+    match created {
+        Ok(file) => {
+            file.set_len(size).map_err(|e| {
+                let _ = std::fs::remove_file(path);
+                FileStoreError::from_io(path, "set the new file's size", e)
+            })?;
+            file.sync_all()
+                .map_err(|e| FileStoreError::from_io(path, "sync the new file", e))?;
+            log::info!("{}: created, {size} bytes", path.display());
+        }
+        // Created by someone else meanwhile: open it as an existing file (its size is checked).
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(FileStoreError::NoDirectory {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => return Err(FileStoreError::from_io(path, "create", e)),
+    }
+    open_medium(path, direct, 0, false)
+}
+
+/// The two opens must be of one file (a rename between them would split reads and FUA writes).
+fn same_file(path: &Path, a: &File, b: &File) -> Result<(), FileStoreError> {
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino(), m.rdev()));
+    let (a, b) = (
+        id(a).map_err(|e| FileStoreError::from_io(path, "stat", e))?,
+        id(b).map_err(|e| FileStoreError::from_io(path, "stat", e))?,
+    );
+    if a != b {
+        return Err(FileStoreError::Io {
+            path: path.to_owned(),
+            what: "open (the path changed to another file while it was opened twice)",
+            source: io::Error::other("path replaced"),
+        });
+    }
+    Ok(())
+}
+
+/// Some file systems accept O_DIRECT at open and refuse the first transfer (EINVAL), or take
+/// it only at their own block size: read one block (the second when there is one, to test the
+/// alignment of the block size too) and say what to do rather than fail every command.
+fn probe_direct(
+    path: &Path,
+    file: &File,
+    block_size: u32,
+    size: u64,
+    scratch: &PageBuffer,
+) -> Result<(), FileStoreError> {
+    let bs = u64::from(block_size);
+    let at = if size >= 2 * bs { bs } else { 0 };
+    match scratch.pread_from(file.as_fd(), at, 0, block_size as usize) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(direct_refused(path, e, block_size)
+            .unwrap_or_else(|e| FileStoreError::from_io(path, "the first O_DIRECT read", e))),
+    }
+}
+
+/// A block device's logical block size, from sysfs (`/sys/dev/block/MAJ:MIN/queue`; a
+/// partition has no queue of its own and uses its disk's, one directory up).
+fn device_block_size(path: &Path, file: &File) -> Result<u32, FileStoreError> {
+    let rdev = file
+        .metadata()
+        .map_err(|e| FileStoreError::from_io(path, "stat", e))?
+        .rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let base = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let read = |name: &str| -> Option<u32> {
+        [base.join("queue").join(name), base.join("../queue").join(name)]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| text.trim().parse().ok())
+    };
+    let logical = read("logical_block_size").ok_or_else(|| FileStoreError::Io {
+        path: path.to_owned(),
+        what: "reading the logical block size from /sys/dev/block (is sysfs mounted?)",
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })?;
+    if let Some(physical) = read("physical_block_size") {
+        log::info!(
+            "{}: logical block size {logical}, physical {physical}",
+            path.display()
+        );
+    }
+    if !logical.is_power_of_two() || !(512..=65536).contains(&logical) {
+        return Err(FileStoreError::BlockSize { block_size: logical });
+    }
+    Ok(logical)
+}
