@@ -94,6 +94,13 @@ impl DiskArgs {
         // write cache (a file store's page or device cache, an NVMe controller with VWC).
         // Without one, WCE = 0: writes are durable on completion, which is what the store does.
         config.write_cache = info.volatile_cache;
+        // Geometry and provisioning exactly as the store has them: READ CAPACITY(16)'s
+        // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2), and LBPRZ (READ
+        // CAPACITY(16), VPD B2h, SBC-3 §6.6.4) only where deallocated blocks do read as
+        // zeroes. Thin provisioning itself is the caller's choice, bounded by
+        // `info.supports_unmap`; LBPRZ means nothing without it.
+        config.physical_block_exponent = info.physical_block_exponent();
+        config.unmapped_reads_zero = info.unmapped_reads_zero;
         config.limits.max_transfer_blocks = self.max_transfer_blocks.min(info.max_transfer_blocks.max(1));
         config
     }
@@ -144,5 +151,22 @@ mod tests {
         assert!(!args.disk_config(&info, &identity).write_cache);
         info.volatile_cache = true;
         assert!(args.disk_config(&info, &identity).write_cache);
+    }
+
+    /// The physical block size and LBPRZ come from the store, exactly.
+    #[test]
+    fn geometry_and_lbprz_follow_the_store() {
+        let args = DiskArgs::default();
+        let identity =
+            crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
+        let mut info = RamStore::new(512, 64, 64).info();
+        let config = args.disk_config(&info, &identity);
+        assert_eq!(config.physical_block_exponent, 0);
+        assert!(config.unmapped_reads_zero, "the RAM store zeroes what it unmaps");
+        info.physical_block_size = 4096;
+        info.unmapped_reads_zero = false;
+        let config = args.disk_config(&info, &identity);
+        assert_eq!(config.physical_block_exponent, 3);
+        assert!(!config.unmapped_reads_zero);
     }
 }

@@ -795,9 +795,12 @@ fn start_one(
     let mut config = spec.args.disk_config(&info, &identity);
     config.read_only = spec.read_only;
     config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
+    // LBPRZ is a provisioning claim: only on a thin disk (SBC-3 §5.16.2).
+    config.unmapped_reads_zero &= config.thin_provisioning;
     if spec.thin_provisioning && !info.supports_unmap {
         log::warn!(
-            "disk {}: thin_provisioning asked, but board {} cannot deallocate: the disk is served thick",
+            "disk {}: thin_provisioning asked, but store {} cannot deallocate (a block device \
+             without discard support?): the disk is served thick",
             spec.args.name,
             board_name(spec.board)
         );

@@ -21,12 +21,14 @@ pub(crate) fn read_capacity_10(num_blocks: u64, block_size: u32) -> [u8; 8] {
     d
 }
 
-/// READ CAPACITY(16): last LBA, block length, no protection, one logical block per physical
-/// block, LBPME/LBPRZ from the provisioning configuration, lowest aligned LBA 0.
+/// READ CAPACITY(16) (SBC-3 §5.16.2): last LBA, block length, no protection, LOGICAL BLOCKS
+/// PER PHYSICAL BLOCK EXPONENT from the store's physical block size, LBPME/LBPRZ from the
+/// provisioning configuration, lowest aligned LBA 0 (LBA 0 starts a physical block).
 pub(crate) fn read_capacity_16(num_blocks: u64, config: &DiskConfig) -> [u8; 32] {
     let mut d = [0u8; 32];
     d[..8].copy_from_slice(&last_lba(num_blocks).to_be_bytes());
     d[8..12].copy_from_slice(&config.block_size.to_be_bytes());
+    d[13] = config.physical_block_exponent & 0x0F;
     if config.thin_provisioning {
         d[14] |= 0x80; // LBPME
         if config.unmapped_reads_zero {
@@ -78,6 +80,17 @@ mod tests {
         assert_eq!(good_data(&disk, &cdb, &[]), [0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 2, 0]);
         let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
         assert_eq!(good_data(&disk, &cdb, &[])[14], 0);
+    }
+
+    #[test]
+    fn read_capacity_16_reports_the_physical_block_exponent() {
+        let mut cfg = DiskConfig::new(512, 100);
+        cfg.physical_block_exponent = 3; // 4096-byte physical blocks
+        let disk = disk_with(cfg);
+        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        let data = good_data(&disk, &cdb, &[]);
+        assert_eq!(data[13], 3);
+        assert_eq!(data[14], 0, "thick: no LBPME, and lowest aligned LBA 0");
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct DiskConfig {
     pub block_size: u32,
     /// Capacity in blocks.
     pub num_blocks: u64,
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT of READ CAPACITY(16) (SBC-3 §5.16.2): the
+    /// medium's physical block holds 2^exponent logical blocks (0..=15; 0 = one per block).
+    pub physical_block_exponent: u8,
     /// INQUIRY T10 vendor identification (up to 8 ASCII characters, space padded).
     pub vendor: String,
     /// INQUIRY product identification (up to 16 characters).
@@ -112,6 +115,7 @@ impl DiskConfig {
         Self {
             block_size,
             num_blocks,
+            physical_block_exponent: 0,
             vendor: "SCST_ACC".to_owned(),
             product: "scst-accel disk".to_owned(),
             revision: "0001".to_owned(),

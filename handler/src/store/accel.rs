@@ -108,8 +108,12 @@ impl AccelStore {
         let info = StoreInfo {
             block_size,
             num_blocks: geometry.capacity_blocks,
+            // The board's geometry has no physical block size (nor a read-zeroes guarantee
+            // for deallocated blocks): claim neither.
+            physical_block_size: block_size,
             max_transfer_blocks: (geometry.max_transfer_bytes / block_size).max(1),
             supports_unmap: geometry.supports_deallocate,
+            unmapped_reads_zero: false,
             volatile_cache: geometry.volatile_cache,
             device_ids: board.device_ids(),
         };

@@ -23,9 +23,17 @@
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
 //!   its range, a 1-block one included.
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
-//!   (reads of a hole return zeroes); a file system that cannot punch holes gets zeroes
-//!   written for WRITE ZEROES, and UNMAP (a hint, SBC-3 §4.7.3.4) does nothing. Block devices
-//!   report no deallocation yet ([`StoreInfo::supports_unmap`] = false).
+//!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
+//!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a
+//!   hint, SBC-3 §4.7.3.4) does nothing. On a block device deallocation is offered only when
+//!   the device discards (sysfs `queue/discard_max_bytes` > 0): UNMAP is BLKDISCARD, WRITE
+//!   ZEROES is BLKZEROOUT (BLKDISCARD for WRITE ZEROES with deallocate only when the device
+//!   says discarded blocks read as zeroes, `queue/discard_zeroes_data`, which modern kernels
+//!   always report 0), and LBPRZ is claimed only in that case. The ioctls run on the I/O
+//!   threads like every other request, holding no lock.
+//! - **Physical blocks.** A block device's `queue/physical_block_size`, a file's file system
+//!   block (st_blksize) become [`StoreInfo::physical_block_size`], hence READ CAPACITY(16)'s
+//!   LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2).
 
 mod sys;
 #[cfg(test)]
@@ -273,6 +281,10 @@ struct Shared {
     direct: bool,
     /// The file system punches holes (cleared on the first EOPNOTSUPP).
     punch: AtomicBool,
+    /// A block device that discards (cleared on the first EOPNOTSUPP).
+    discard: AtomicBool,
+    /// A block device whose discarded blocks read as zeroes (sysfs discard_zeroes_data).
+    discard_zeroes: bool,
     /// Lowest LBA written back (not FUA) since the last good flush; `u64::MAX` if none.
     dirty_low: AtomicU64,
     /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has).
@@ -323,9 +335,10 @@ impl FileStore {
                 return Err(FileStoreError::BlockSize { block_size: bs });
             }
         }
-        let (data, block_size, size) = if block_device {
+        let (data, block_size, size, queue) = if block_device {
             let data = open_medium(path, config.direct, 0, true)?;
-            let block_size = device_block_size(path, &data)?;
+            let queue = device_queue(path, &data)?;
+            let block_size = queue.logical_block_size;
             if let Some(requested) = config.block_size.filter(|&b| b != block_size) {
                 return Err(FileStoreError::DeviceBlockSize {
                     path: path.clone(),
@@ -343,7 +356,7 @@ impl FileStore {
                     requested,
                 });
             }
-            (data, block_size, size)
+            (data, block_size, size, Some(queue))
         } else {
             let block_size = config.block_size.unwrap_or(512);
             let data = match (meta, config.create_size) {
@@ -362,7 +375,7 @@ impl FileStore {
                     requested,
                 });
             }
-            (data, block_size, size)
+            (data, block_size, size, None)
         };
         let bs = u64::from(block_size);
         if size < bs {
@@ -379,6 +392,25 @@ impl FileStore {
                 block_size,
             });
         }
+        // The file system's block is the file's physical block: a write of less is a
+        // read-modify-write there (st_blksize; 4096 on ext4 and XFS).
+        let physical_block_size = match &queue {
+            Some(queue) => queue.physical_block_size,
+            None => data
+                .metadata()
+                .map_err(|e| FileStoreError::from_io(path, "stat", e))?
+                .blksize()
+                .try_into()
+                .unwrap_or(block_size),
+        };
+        let physical_block_size = if physical_block_size > block_size && physical_block_size.is_power_of_two()
+        {
+            physical_block_size
+        } else {
+            block_size
+        };
+        let discard = queue.as_ref().is_some_and(|q| q.discard);
+        let discard_zeroes = queue.as_ref().is_some_and(|q| q.discard && q.discard_zeroes);
         let sync = open_medium(path, config.direct, libc::O_DSYNC, false)?;
         same_file(path, &data, &sync)?;
         let scratch = |n: usize| -> Result<Vec<PageBuffer>, FileStoreError> {
@@ -400,8 +432,11 @@ impl FileStore {
             info: StoreInfo {
                 block_size,
                 num_blocks: size / bs,
+                physical_block_size,
                 max_transfer_blocks: config.max_transfer_blocks.max(1),
-                supports_unmap: !block_device,
+                supports_unmap: !block_device || discard,
+                // A hole reads as zeroes; a discarded device block only if the device says so.
+                unmapped_reads_zero: !block_device || discard_zeroes,
                 volatile_cache: true,
                 device_ids: None,
             },
@@ -410,6 +445,8 @@ impl FileStore {
             regular: !block_device,
             direct: config.direct,
             punch: AtomicBool::new(!block_device),
+            discard: AtomicBool::new(discard),
+            discard_zeroes,
             dirty_low: AtomicU64::new(u64::MAX),
             flush_failed_lba: AtomicU64::new(u64::MAX),
         });
@@ -728,6 +765,14 @@ impl Shared {
                     if *deallocate && self.punch_hole(start, len as u64) {
                         return StoreStatus::Good;
                     }
+                    // Deallocate on a device only where the blocks then read as zeroes: WRITE
+                    // ZEROES must leave zeroes (SBC-3 §5.50), whatever LBPRZ says.
+                    if *deallocate && self.discard_zeroes && self.discard(start, len as u64) {
+                        return StoreStatus::Good;
+                    }
+                    if self.zero_out(start, len as u64) {
+                        return StoreStatus::Good;
+                    }
                     self.write_zeroes(start, len, scratch)
                 }
                 None => StoreStatus::OutOfRange,
@@ -740,7 +785,11 @@ impl Shared {
                 // UNMAP is a hint (SBC-3 §4.7.3.4) and the disk does not claim LBPRZ from it:
                 // where no hole can be punched the blocks simply stay mapped.
                 for (start, len) in resolved {
-                    self.punch_hole(start, len as u64);
+                    if self.regular {
+                        self.punch_hole(start, len as u64);
+                    } else {
+                        self.discard(start, len as u64);
+                    }
                 }
                 StoreStatus::Good
             }
@@ -972,6 +1021,48 @@ impl Shared {
         }
     }
 
+    /// BLKDISCARD on a block device; `false` when the device does not discard (then never
+    /// again after its first EOPNOTSUPP) or the discard failed. UNMAP ignores that (a hint);
+    /// WRITE ZEROES then zeroes the range another way.
+    fn discard(&self, start: u64, len: u64) -> bool {
+        if self.regular || !self.discard.load(Ordering::Relaxed) {
+            return false;
+        }
+        match sys::discard(self.data.as_fd(), start, len) {
+            Ok(()) => true,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    log::info!(
+                        "{}: the device refuses to discard; UNMAP is ignored from now on",
+                        self.path.display()
+                    );
+                    self.discard.store(false, Ordering::Relaxed);
+                } else {
+                    log::warn!("{}: discard failed: {e}", self.path.display());
+                }
+                false
+            }
+        }
+    }
+
+    /// BLKZEROOUT on a block device; `false` on a regular file or when it failed, so the
+    /// caller writes the zeroes itself (and reports the exact LBA if that fails too).
+    fn zero_out(&self, start: u64, len: u64) -> bool {
+        if self.regular {
+            return false;
+        }
+        match sys::zero_out(self.data.as_fd(), start, len) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!(
+                    "{}: BLKZEROOUT failed: {e}; writing the zeroes instead",
+                    self.path.display()
+                );
+                false
+            }
+        }
+    }
+
     /// SYNCHRONIZE CACHE: fdatasync. Sticky on failure (see the module doc): the LBA reported
     /// is the lowest one written back since the last good flush, the first that may be lost.
     fn flush(&self) -> StoreStatus {
@@ -1122,34 +1213,62 @@ fn probe_direct(
     }
 }
 
-/// A block device's logical block size, from sysfs (`/sys/dev/block/MAJ:MIN/queue`; a
-/// partition has no queue of its own and uses its disk's, one directory up).
-fn device_block_size(path: &Path, file: &File) -> Result<u32, FileStoreError> {
+/// What sysfs says about a block device's request queue.
+#[derive(Clone, Copy, Debug)]
+struct DeviceQueue {
+    logical_block_size: u32,
+    /// `physical_block_size`, or the logical size when absent.
+    physical_block_size: u32,
+    /// `discard_max_bytes` > 0: the device takes BLKDISCARD.
+    discard: bool,
+    /// `discard_zeroes_data` = 1 (absent on kernels since 6.x, always 0 since 4.12).
+    discard_zeroes: bool,
+}
+
+/// A block device's queue limits, from sysfs (`/sys/dev/block/MAJ:MIN/queue`; a partition has
+/// no queue of its own and uses its disk's, one directory up).
+fn device_queue(path: &Path, file: &File) -> Result<DeviceQueue, FileStoreError> {
     let rdev = file
         .metadata()
         .map_err(|e| FileStoreError::from_io(path, "stat", e))?
         .rdev();
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
     let base = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
-    let read = |name: &str| -> Option<u32> {
+    let read = |name: &str| -> Option<u64> {
         [base.join("queue").join(name), base.join("../queue").join(name)]
             .iter()
             .find_map(|p| std::fs::read_to_string(p).ok())
             .and_then(|text| text.trim().parse().ok())
     };
-    let logical = read("logical_block_size").ok_or_else(|| FileStoreError::Io {
-        path: path.to_owned(),
-        what: "reading the logical block size from /sys/dev/block (is sysfs mounted?)",
-        source: io::Error::from(io::ErrorKind::NotFound),
-    })?;
-    if let Some(physical) = read("physical_block_size") {
-        log::info!(
-            "{}: logical block size {logical}, physical {physical}",
-            path.display()
-        );
-    }
+    let logical = read("logical_block_size")
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| FileStoreError::Io {
+            path: path.to_owned(),
+            what: "reading the logical block size from /sys/dev/block (is sysfs mounted?)",
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
     if !logical.is_power_of_two() || !(512..=65536).contains(&logical) {
         return Err(FileStoreError::BlockSize { block_size: logical });
     }
-    Ok(logical)
+    let physical = read("physical_block_size")
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(logical);
+    let discard = read("discard_max_bytes").is_some_and(|n| n > 0);
+    let discard_zeroes = read("discard_zeroes_data") == Some(1);
+    log::info!(
+        "{}: logical block size {logical}, physical {physical}, discard {}{}",
+        path.display(),
+        if discard { "yes" } else { "no" },
+        if discard_zeroes {
+            " (discarded blocks read as zeroes)"
+        } else {
+            ""
+        },
+    );
+    Ok(DeviceQueue {
+        logical_block_size: logical,
+        physical_block_size: physical,
+        discard,
+        discard_zeroes,
+    })
 }

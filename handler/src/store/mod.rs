@@ -204,16 +204,39 @@ pub struct StoreInfo {
     pub block_size: u32,
     /// Capacity in blocks.
     pub num_blocks: u64,
+    /// Physical block size in bytes: a power-of-two multiple of `block_size` (equal to it when
+    /// the medium says nothing better). READ CAPACITY(16) reports the ratio as LOGICAL BLOCKS
+    /// PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2), so initiators align their writes to it.
+    pub physical_block_size: u32,
     /// Largest single transfer in blocks.
     pub max_transfer_blocks: u32,
     /// Deallocation (UNMAP, WRITE ZEROES with deallocate) is supported.
     pub supports_unmap: bool,
+    /// Deallocated blocks read as zeroes (LBPRZ, SBC-3 §4.7.3.5 and §6.6.4): true only where
+    /// the store guarantees it (a punched hole in a file, the RAM store's zeroing), false for a
+    /// device whose discard leaves the data undefined.
+    pub unmapped_reads_zero: bool,
     /// A volatile write cache exists (FLUSH and FUA mean something).
     pub volatile_cache: bool,
     /// Identifiers the device gives the medium (an NVMe namespace's NGUID/EUI64), which the
     /// SCSI identity uses when the configuration gives none. `None` on the RAM store, SCA-1,
     /// and an NVMe namespace that reports both as zero.
     pub device_ids: Option<DeviceIds>,
+}
+
+impl StoreInfo {
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2): log2(physical / logical),
+    /// 0 when the physical size is not a larger power-of-two multiple of the logical one (the
+    /// field can only say "2^n logical blocks per physical block"), capped at the field's 4 bits.
+    pub fn physical_block_exponent(&self) -> u8 {
+        let (logical, physical) = (self.block_size.max(1), self.physical_block_size);
+        if physical <= logical || !physical.is_multiple_of(logical) || !(physical / logical).is_power_of_two()
+        {
+            return 0;
+        }
+        let exponent = (physical / logical).trailing_zeros();
+        u8::try_from(exponent).map_or(0, |e| if e > 15 { 0 } else { e })
+    }
 }
 
 /// Errors opening or driving a store queue.

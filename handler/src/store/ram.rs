@@ -63,8 +63,12 @@ impl RamStore {
         let info = StoreInfo {
             block_size,
             num_blocks,
+            physical_block_size: block_size,
             max_transfer_blocks,
             supports_unmap: true,
+            // UNMAP and WRITE ZEROES zero the range (`zero`), so deallocated blocks read as
+            // zeroes: LBPRZ is the truth.
+            unmapped_reads_zero: true,
             volatile_cache: false,
             device_ids: None,
         };

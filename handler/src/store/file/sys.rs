@@ -1,5 +1,7 @@
-//! The one system call of the file store that std does not wrap: fallocate(2) to punch holes.
-// UNSAFETY: fallocate(2) is an FFI call; it takes no pointers, only the fd and two offsets.
+//! The system calls of the file store that std does not wrap: fallocate(2) to punch holes in
+//! a file, and the BLKDISCARD / BLKZEROOUT ioctls on a block device.
+// UNSAFETY: fallocate(2) is an FFI call taking only the fd and two offsets; the two ioctls
+// read one 16-byte range from memory we own for the duration of the call.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -25,6 +27,68 @@ pub(super) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Resul
             len,
         )
     };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `_IO(0x12, nr)` (linux/fs.h): no size, and the "none" direction, which is 1 (bit 29) on
+/// the architectures with a 3-bit direction field and 0 elsewhere.
+const fn block_io(nr: libc::Ioctl) -> libc::Ioctl {
+    #[cfg(any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "sparc",
+        target_arch = "sparc64"
+    ))]
+    const NONE: libc::Ioctl = 0x2000_0000;
+    #[cfg(not(any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "sparc",
+        target_arch = "sparc64"
+    )))]
+    const NONE: libc::Ioctl = 0;
+    NONE | (0x12 << 8) | nr
+}
+
+/// BLKDISCARD: `_IO(0x12, 119)`.
+const BLKDISCARD: libc::Ioctl = block_io(119);
+/// BLKZEROOUT: `_IO(0x12, 127)`.
+const BLKZEROOUT: libc::Ioctl = block_io(127);
+
+/// Discard (deallocate) `len` bytes at `offset` of a block device: UNMAP, and WRITE ZEROES
+/// with deallocate when the device guarantees zeroes after a discard. The data of the range
+/// is then undefined unless the device says otherwise (SBC-3 §4.7.3.4: LBPRZ 0).
+///
+/// # Errors
+/// The errno: EOPNOTSUPP when the device cannot discard, EINVAL on a range not aligned to
+/// the logical block size or past the end, EIO.
+pub(super) fn discard(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    block_range_ioctl(fd, BLKDISCARD, offset, len)
+}
+
+/// Zero `len` bytes at `offset` of a block device (WRITE ZEROES). The kernel uses the
+/// device's write-zeroes command or writes zero pages itself, and does not deallocate
+/// (BLKZEROOUT asks for BLKDEV_ZERO_NOUNMAP).
+///
+/// # Errors
+/// The errno: EINVAL on a misaligned range, EIO when the device failed.
+pub(super) fn zero_out(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    block_range_ioctl(fd, BLKZEROOUT, offset, len)
+}
+
+fn block_range_ioctl(fd: BorrowedFd<'_>, request: libc::Ioctl, offset: u64, len: u64) -> io::Result<()> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: both ioctls read a `uint64_t[2]` (start, length) from the pointer and write
+    // nothing back; `range` lives on our stack for the whole call, and the fd is borrowed,
+    // hence open, for it.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, range.as_ptr()) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
