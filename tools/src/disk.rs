@@ -153,6 +153,60 @@ mod tests {
         assert!(args.disk_config(&info, &identity).write_cache);
     }
 
+    /// READ CAPACITY(16) over a real file store of 512-byte blocks on this file system: the
+    /// exponent is log2(st_blksize / 512) (3 on ext4 and XFS, 4096-byte blocks), and a thin
+    /// disk claims LBPME and LBPRZ (a punched hole reads as zeroes), SBC-3 §5.16.2.
+    #[test]
+    fn read_capacity_16_of_a_file_store_is_exact() {
+        use scst_accel_handler::scsi::Disk;
+        use scst_accel_handler::scsi::Plan;
+        use scst_accel_handler::store::file::FileStore;
+        use scst_accel_handler::store::file::FileStoreConfig;
+        use std::os::unix::fs::MetadataExt;
+
+        let dir = std::env::temp_dir().join(format!("disk-rc16-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("disk.img");
+        let store = FileStore::open(&FileStoreConfig {
+            create_size: Some(1 << 20),
+            block_size: Some(512),
+            direct: false,
+            workers: 1,
+            ..FileStoreConfig::new(&path)
+        })
+        .expect("file store");
+        let blksize = std::fs::metadata(&path).expect("stat").blksize();
+        let info = store.info();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        let expected: u8 = match blksize {
+            4096 => 3,
+            b if b > 512 && b.is_power_of_two() => u8::try_from(b.trailing_zeros() - 9).expect("small"),
+            _ => 0,
+        };
+        assert_eq!(info.physical_block_size, 512 << expected, "st_blksize {blksize}");
+        assert!(info.supports_unmap && info.unmapped_reads_zero);
+
+        let identity =
+            crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
+        let mut config = DiskArgs::default().disk_config(&info, &identity);
+        config.thin_provisioning = true; // what service.rs does when the spec asks and the store can
+        let disk = Disk::try_new(config).expect("disk");
+        let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        let Plan::Done(r) = disk.start(&cdb, &[0u8; 0]) else {
+            panic!("READ CAPACITY is answered by the engine");
+        };
+        assert_eq!(&r.data[..8], &2047u64.to_be_bytes());
+        assert_eq!(&r.data[8..12], &512u32.to_be_bytes());
+        assert_eq!(r.data[13], expected, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT");
+        assert_eq!(r.data[14], 0xC0, "LBPME and LBPRZ, lowest aligned LBA 0");
+        // VPD B2h agrees: LBPRZ (byte 5, bit 2).
+        let Plan::Done(r) = disk.start(&[0x12, 1, 0xB2, 0, 0xFF, 0], &[0u8; 0]) else {
+            panic!("INQUIRY is answered by the engine");
+        };
+        assert_eq!(r.data[5] & 0x04, 0x04);
+    }
+
     /// The physical block size and LBPRZ come from the store, exactly.
     #[test]
     fn geometry_and_lbprz_follow_the_store() {

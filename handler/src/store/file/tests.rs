@@ -590,3 +590,200 @@ fn a_full_file_system_is_a_write_error_at_the_first_block_not_written() {
     );
     assert!(bytes(&out, 512).iter().all(|&b| b == 0xee));
 }
+
+/// A file on this file system: the physical block is st_blksize, and a hole reads as zeroes
+/// (LBPRZ): UNMAP, then READ, returns zeroes where data was.
+#[test]
+fn a_file_reports_its_physical_block_and_unmapped_blocks_read_zero() {
+    let dir = TempDir::new("lbprz");
+    let path = dir.file("disk.img");
+    let store = FileStore::open(&FileStoreConfig {
+        block_size: Some(512),
+        ..config(&path, Some(1 << 20))
+    })
+    .expect("open");
+    let blksize = std::fs::metadata(&path).expect("stat").blksize();
+    let info = store.info();
+    if blksize == 4096 {
+        assert_eq!(info.physical_block_size, 4096);
+        assert_eq!(info.physical_block_exponent(), 3);
+    } else {
+        eprintln!("note: st_blksize here is {blksize}, not 4096");
+    }
+    assert!(info.supports_unmap && info.unmapped_reads_zero);
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(65536);
+    pattern(&buf, 65536, 0x5A);
+    let write = StoreOp::Write {
+        lba: 0,
+        blocks: 128,
+        fua: false,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    // 4096-aligned, so a hole is punched whatever the file system block.
+    let ranges = vec![(8u64, 16u32)].into_boxed_slice();
+    assert_eq!(run(&mut q, StoreOp::Unmap { ranges }, None), StoreStatus::Good);
+    let out = buffer(65536);
+    let read = StoreOp::Read { lba: 0, blocks: 128 };
+    assert_eq!(run(&mut q, read, Some(&out)), StoreStatus::Good);
+    let got = bytes(&out, 65536);
+    let expected = bytes(&buf, 65536);
+    assert!(
+        got[8 * 512..24 * 512].iter().all(|&b| b == 0),
+        "unmapped blocks read zero"
+    );
+    assert_eq!(got[..8 * 512], expected[..8 * 512]);
+    assert_eq!(got[24 * 512..], expected[24 * 512..]);
+}
+
+/// A loop device over a file in the temp dir, detached on drop.
+struct LoopDevice {
+    device: PathBuf,
+    _dir: TempDir,
+}
+
+impl LoopDevice {
+    /// `None`, with the reason, when one cannot be made here (not root, no losetup, no
+    /// /dev/loop-control).
+    fn new(size: u64) -> Result<Self, String> {
+        // The effective uid, from /proc (no FFI for a test).
+        let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+        let root = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0");
+        if !root {
+            return Err("not running as root (losetup needs it)".into());
+        }
+        let dir = TempDir::new("loop");
+        let backing = dir.file("backing.img");
+        let file = File::create(&backing).map_err(|e| e.to_string())?;
+        file.set_len(size).map_err(|e| e.to_string())?;
+        drop(file);
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing)
+            .output()
+            .map_err(|e| format!("cannot run losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(Self { device, _dir: dir })
+    }
+
+    fn queue_file(&self, name: &str) -> Option<String> {
+        let dev = self.device.file_name()?.to_str()?;
+        std::fs::read_to_string(format!("/sys/block/{dev}/queue/{name}"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.device)
+            .status();
+    }
+}
+
+/// On a loop device (which discards: it punches holes in its backing file): UNMAP is
+/// BLKDISCARD, WRITE ZEROES is BLKZEROOUT, and LBPRZ is claimed only if the device says
+/// discarded blocks read as zeroes (discard_zeroes_data, 0 on modern kernels). Skipped, loudly,
+/// where no loop device can be made.
+#[test]
+fn a_loop_device_discards_and_zeroes_out() {
+    let lo = match LoopDevice::new(4 << 20) {
+        Ok(lo) => lo,
+        Err(reason) => {
+            eprintln!("SKIPPED a_loop_device_discards_and_zeroes_out: {reason}");
+            return;
+        }
+    };
+    let store = FileStore::open(&FileStoreConfig {
+        workers: 2,
+        ..FileStoreConfig::new(&lo.device)
+    })
+    .expect("open the loop device");
+    let info = store.info();
+    let discards = lo
+        .queue_file("discard_max_bytes")
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|n| n > 0);
+    let zeroes = lo.queue_file("discard_zeroes_data").as_deref() == Some("1");
+    assert_eq!(info.supports_unmap, discards);
+    assert_eq!(info.unmapped_reads_zero, discards && zeroes);
+    let physical = lo
+        .queue_file("physical_block_size")
+        .and_then(|s| s.parse::<u32>().ok())
+        .expect("sysfs physical_block_size");
+    assert_eq!(info.physical_block_size, physical.max(info.block_size));
+    let bs = info.block_size as usize;
+    let mut q = store.open_queue().expect("queue");
+    let len = 64 * 1024;
+    let blocks = u32::try_from(len / bs).expect("blocks");
+    let data = buffer(len);
+    pattern(&data, len, 0xA5);
+    let out = buffer(len);
+    let write = |q: &mut Box<dyn StoreQueue>| {
+        let op = StoreOp::Write {
+            lba: 0,
+            blocks,
+            fua: true,
+        };
+        assert_eq!(run(q, op, Some(&data)), StoreStatus::Good);
+    };
+    let read_is_zero = |q: &mut Box<dyn StoreQueue>| {
+        let op = StoreOp::Read { lba: 0, blocks };
+        assert_eq!(run(q, op, Some(&out)), StoreStatus::Good);
+        bytes(&out, len).iter().all(|&b| b == 0)
+    };
+    // WRITE ZEROES without deallocate: BLKZEROOUT, always zeroes.
+    write(&mut q);
+    let op = StoreOp::WriteZeroes {
+        lba: 0,
+        blocks,
+        deallocate: false,
+    };
+    assert_eq!(run(&mut q, op, None), StoreStatus::Good);
+    assert!(read_is_zero(&mut q), "BLKZEROOUT left data");
+    // WRITE ZEROES with deallocate: zeroes too (BLKDISCARD only where that guarantees them).
+    write(&mut q);
+    let op = StoreOp::WriteZeroes {
+        lba: 0,
+        blocks,
+        deallocate: true,
+    };
+    assert_eq!(run(&mut q, op, None), StoreStatus::Good);
+    assert!(read_is_zero(&mut q), "WRITE ZEROES with deallocate left data");
+    // UNMAP: BLKDISCARD. A loop device punches a hole in its backing file, so the blocks
+    // read zero here, though the store does not promise it unless the device says so.
+    write(&mut q);
+    let ranges = vec![(0u64, blocks)].into_boxed_slice();
+    assert_eq!(run(&mut q, StoreOp::Unmap { ranges }, None), StoreStatus::Good);
+    if discards {
+        assert!(read_is_zero(&mut q), "BLKDISCARD on a loop device punches a hole");
+    }
+    drop(q);
+    drop(store);
+    // The ioctls themselves succeed (the store would otherwise fall back silently to writing
+    // zeroes, and the checks above could not tell).
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lo.device)
+        .expect("reopen the loop device");
+    sys::zero_out(file.as_fd(), 0, len as u64).expect("BLKZEROOUT");
+    if discards {
+        sys::discard(file.as_fd(), 0, len as u64).expect("BLKDISCARD");
+    }
+    // A misaligned range is EINVAL, not a silent partial operation.
+    let err = sys::zero_out(file.as_fd(), 1, 512).expect_err("misaligned BLKZEROOUT");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+}
