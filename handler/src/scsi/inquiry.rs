@@ -102,6 +102,11 @@ fn block_limits(config: &DiskConfig) -> Vec<u8> {
     let l = &config.limits;
     let mut d = vec![0u8; 0x3C];
     // d[0]: WSNZ=0: WRITE SAME with 0 blocks means "to the end". d[1]: no COMPARE AND WRITE.
+    // OPTIMAL TRANSFER LENGTH GRANULARITY (page bytes 6-7): the physical block, so initiators
+    // avoid read-modify-write below it (Linux takes it as io_min); 0 = not reported.
+    if config.physical_block_exponent > 0 {
+        d[2..4].copy_from_slice(&(1u16 << (config.physical_block_exponent & 0x0F)).to_be_bytes());
+    }
     d[4..8].copy_from_slice(&l.max_transfer_blocks.to_be_bytes());
     d[8..12].copy_from_slice(&l.optimal_transfer_blocks.to_be_bytes());
     if config.thin_provisioning {
@@ -246,6 +251,10 @@ mod tests {
         assert_eq!(&d[8..12], &[0, 0, 0x08, 0]);
         assert_eq!(&d[24..28], &[0, 0, 0, 7]);
         assert_eq!(&d[36..44], &cfg.limits.max_write_same_blocks.to_be_bytes());
+        assert_eq!(&d[6..8], &[0, 0], "one logical block per physical: not reported");
+        cfg.physical_block_exponent = 3;
+        let d = good_data(&disk_with(cfg), &[0x12, 1, 0xB0, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[6..8], &[0, 8], "8 logical blocks per physical block");
     }
 
     #[test]
