@@ -101,6 +101,8 @@ impl DiskArgs {
         // `info.supports_unmap`; LBPRZ means nothing without it.
         config.physical_block_exponent = info.physical_block_exponent();
         config.unmapped_reads_zero = info.unmapped_reads_zero;
+        // GET LBA STATUS (SBC-3 §5.7) only where the store knows what is mapped.
+        config.lba_status = info.reports_lba_status;
         config.limits.max_transfer_blocks = self.max_transfer_blocks.min(info.max_transfer_blocks.max(1));
         config
     }
@@ -190,6 +192,10 @@ mod tests {
         let identity =
             crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
         let mut config = DiskArgs::default().disk_config(&info, &identity);
+        assert!(
+            config.lba_status,
+            "a file's holes are known: GET LBA STATUS is offered"
+        );
         config.thin_provisioning = true; // what service.rs does when the spec asks and the store can
         let disk = Disk::try_new(config).expect("disk");
         let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
@@ -217,6 +223,7 @@ mod tests {
         let config = args.disk_config(&info, &identity);
         assert_eq!(config.physical_block_exponent, 0);
         assert!(config.unmapped_reads_zero, "the RAM store zeroes what it unmaps");
+        assert!(config.lba_status, "the RAM store reports every block mapped");
         info.physical_block_size = 4096;
         info.unmapped_reads_zero = false;
         let config = args.disk_config(&info, &identity);

@@ -93,6 +93,66 @@ mod tests {
         assert_eq!(data[14], 0, "thick: no LBPME, and lowest aligned LBA 0");
     }
 
+    fn get_lba_status(lba: u64, alloc: u32) -> [u8; 16] {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9E;
+        cdb[1] = 0x12;
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[10..14].copy_from_slice(&alloc.to_be_bytes());
+        cdb
+    }
+
+    /// GET LBA STATUS (SBC-3 §5.7) is offered only on a thin disk whose store reports it; it
+    /// asks the store for one descriptor, the data truncated to the allocation length.
+    #[test]
+    fn get_lba_status_asks_the_store_only_where_offered() {
+        use super::super::tests::check_sense;
+        use super::super::tests::io_op;
+        use super::super::Plan;
+        use crate::store::StoreOp;
+        use crate::store::StoreStatus;
+
+        let mut cfg = DiskConfig::new(512, 100);
+        cfg.thin_provisioning = true;
+        let disk = disk_with(cfg.clone());
+        // Not offered: an unknown service action of SERVICE ACTION IN(16), byte 1 bit 4.
+        check_sense(
+            &disk,
+            &get_lba_status(0, 24),
+            &[],
+            [5, 0x24, 0],
+            Some([0xCC, 0, 1]),
+        );
+        cfg.lba_status = true;
+        cfg.thin_provisioning = false;
+        let thick = disk_with(cfg.clone());
+        check_sense(
+            &thick,
+            &get_lba_status(0, 24),
+            &[],
+            [5, 0x24, 0],
+            Some([0xCC, 0, 1]),
+        );
+        cfg.thin_provisioning = true;
+        let disk = disk_with(cfg);
+        assert_eq!(
+            io_op(&disk, &get_lba_status(7, 4096), &[]),
+            StoreOp::LbaStatus { lba: 7 }
+        );
+        for (alloc, len) in [(4096u32, 24usize), (24, 24), (8, 8)] {
+            let Plan::Io(io) = disk.start(&get_lba_status(99, alloc), &[0u8; 0]) else {
+                panic!("GET LBA STATUS goes to the store");
+            };
+            let Plan::Done(r) = disk.finish(&io, StoreStatus::Good) else {
+                panic!("one step");
+            };
+            assert_eq!(r.data_in_len, len, "allocation length {alloc}");
+        }
+        assert!(good_data(&disk, &get_lba_status(0, 0), &[]).is_empty());
+        // SBC-3 §5.7.1: a starting LBA past the last one is LBA OUT OF RANGE.
+        check_sense(&disk, &get_lba_status(100, 24), &[], [5, 0x21, 0], None);
+    }
+
     #[test]
     fn read_capacity_follows_set_num_blocks() {
         let disk = disk_with(DiskConfig::new(512, 100));

@@ -16,6 +16,8 @@ pub(crate) struct Geometry {
     pub block_size: u32,
     pub num_blocks: u64,
     pub thin: bool,
+    /// GET LBA STATUS is offered (the store reports it; only on thin disks).
+    pub lba_status: bool,
     pub limits: BlockLimits,
 }
 
@@ -55,6 +57,11 @@ pub(crate) enum Command {
     ReserveRelease,
     ReadCapacity10,
     ReadCapacity16 {
+        alloc: u32,
+    },
+    /// GET LBA STATUS from `lba`, already checked to lie inside the disk.
+    GetLbaStatus {
+        lba: u64,
         alloc: u32,
     },
     Read {
@@ -159,7 +166,11 @@ fn layout(cdb_len: usize) -> Layout {
 
 /// Decode `cdb` against the table and the disk's geometry.
 pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
-    let entry = opcodes::lookup(cdb, geo.thin)?;
+    let provisioning = opcodes::Provisioning {
+        thin: geo.thin,
+        lba_status: geo.lba_status,
+    };
+    let entry = opcodes::lookup(cdb, provisioning)?;
     let f = Fields(&cdb[..entry.cdb_len().min(cdb.len())]);
     let command = match entry.op {
         Op::TestUnitReady => Command::TestUnitReady,
@@ -226,6 +237,17 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
             Command::ReadCapacity10
         }
         Op::ReadCapacity16 => Command::ReadCapacity16 { alloc: f.be32(10, 4) },
+        Op::GetLbaStatus => {
+            // SBC-3 §5.7.1: a STARTING LBA past the last LBA is LBA OUT OF RANGE.
+            let lba = f.be(2, 8);
+            if lba >= geo.num_blocks {
+                return Err(Sense::lba_out_of_range());
+            }
+            Command::GetLbaStatus {
+                lba,
+                alloc: f.be32(10, 4),
+            }
+        }
         Op::ReportSupportedOpcodes => Command::ReportSupportedOpcodes {
             request: RsocRequest {
                 rctd: f.bit(2, 7),
@@ -378,6 +400,7 @@ mod tests {
             block_size: 512,
             num_blocks: 1000,
             thin: true,
+            lba_status: true,
             limits,
         }
     }

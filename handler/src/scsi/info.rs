@@ -15,7 +15,7 @@ fn bytes(count: u64, geo: &Geometry) -> u64 {
 
 /// Largest buffer asked for engine-generated data. Allocation lengths may say up to 4 GiB but
 /// the engine never returns more than a few hundred bytes (the longest is REPORT SUPPORTED
-/// OPERATION CODES with timeouts, 704), and the kernel's bufflen is an i32: a shorter buffer
+/// OPERATION CODES with timeouts, 724), and the kernel's bufflen is an i32: a shorter buffer
 /// is a normal underflow (residual) for the initiator.
 const MAX_ENGINE_DATA: u64 = 0xFFFF;
 
@@ -36,6 +36,7 @@ pub(crate) fn cdb_info(d: &Decoded, geo: &Geometry) -> CdbInfo {
         }
         Command::ModeSense(ms) => (true, u64::from(ms.alloc).min(MAX_ENGINE_DATA), None, None),
         Command::ReadCapacity10 => (true, 8, None, None),
+        Command::GetLbaStatus { alloc, .. } => (true, u64::from(alloc).min(MAX_ENGINE_DATA), None, None),
         Command::ModeSelect { param_len, .. } | Command::Unmap { param_len } => {
             (false, u64::from(param_len), None, None)
         }

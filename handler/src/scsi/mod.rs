@@ -96,6 +96,9 @@ pub struct DiskConfig {
     pub thin_provisioning: bool,
     /// Deallocated blocks read as zeroes (LBPRZ). Set it only if the store guarantees it.
     pub unmapped_reads_zero: bool,
+    /// GET LBA STATUS is offered on a thin disk (SBC-3 §5.7): set it only when the store
+    /// answers [`StoreOp::LbaStatus`] (`StoreInfo::reports_lba_status`).
+    pub lba_status: bool,
     /// Initial WCE of the caching mode page; with WCE 0 every write is forced to FUA.
     pub write_cache: bool,
     /// Initial D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70)
@@ -124,6 +127,7 @@ impl DiskConfig {
             read_only: false,
             thin_provisioning: false,
             unmapped_reads_zero: false,
+            lba_status: false,
             write_cache: true,
             d_sense: false,
             limits: BlockLimits {
@@ -460,6 +464,7 @@ impl Disk {
             block_size: self.config.block_size,
             num_blocks: self.num_blocks(),
             thin: self.config.thin_provisioning,
+            lba_status: self.config.thin_provisioning && self.config.lba_status,
             limits: self.config.limits,
         }
     }
@@ -522,6 +527,14 @@ impl Disk {
                 capacity::read_capacity_16(self.num_blocks(), &self.config).to_vec(),
                 alloc,
             )),
+            // The store writes the parameter data into the command's buffer: one descriptor,
+            // truncated to the allocation length (SBC-3 §5.7.2). Nothing to ask for 0 bytes.
+            Command::GetLbaStatus { alloc: 0, .. } => done(Response::good()),
+            Command::GetLbaStatus { lba, alloc } => Ok(Plan::Io(IoPlan {
+                op: StoreOp::LbaStatus { lba },
+                then: None,
+                data_in_len: crate::store::LBA_STATUS_DATA_LEN.min(alloc as usize),
+            })),
             Command::ModeSense(ms) => {
                 let data = mode::mode_sense(&ms, &self.mode_pages(), &self.config, self.num_blocks())?;
                 done(Response::with_data(data, ms.alloc))
@@ -544,7 +557,13 @@ impl Disk {
                 done(Response::good())
             }
             Command::ReportSupportedOpcodes { request, alloc } => done(Response::with_data(
-                opcodes::report(request, self.config.thin_provisioning)?,
+                opcodes::report(
+                    request,
+                    opcodes::Provisioning {
+                        thin: self.config.thin_provisioning,
+                        lba_status: self.config.lba_status,
+                    },
+                )?,
                 alloc,
             )),
             Command::Read { .. }

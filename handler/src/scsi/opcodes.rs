@@ -46,6 +46,7 @@ pub(crate) enum Op {
     SynchronizeCache16,
     WriteSame16,
     ReadCapacity16,
+    GetLbaStatus,
     ReportSupportedOpcodes,
     Read12,
     Write12,
@@ -74,6 +75,27 @@ pub(crate) struct OpcodeEntry {
     pub writes_medium: bool,
     /// Only offered when the disk is thin provisioned (UNMAP).
     pub needs_thin: bool,
+    /// Only offered when the disk is thin and its store reports LBA status (GET LBA STATUS).
+    pub needs_lba_status: bool,
+}
+
+/// What the disk's provisioning offers, for the opcode table. A `bool` is thin provisioning
+/// (true) or not, without GET LBA STATUS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Provisioning {
+    /// LBPME: UNMAP, WRITE SAME with UNMAP.
+    pub thin: bool,
+    /// GET LBA STATUS (SBC-3 §5.7), only meaningful when thin.
+    pub lba_status: bool,
+}
+
+impl From<bool> for Provisioning {
+    fn from(thin: bool) -> Self {
+        Self {
+            thin,
+            lba_status: false,
+        }
+    }
 }
 
 impl OpcodeEntry {
@@ -83,8 +105,9 @@ impl OpcodeEntry {
     }
 
     /// Is this entry offered on a disk with the given provisioning?
-    pub fn offered(&self, thin: bool) -> bool {
-        thin || !self.needs_thin
+    pub fn offered(&self, provisioning: impl Into<Provisioning>) -> bool {
+        let p = provisioning.into();
+        (p.thin || !self.needs_thin) && ((p.thin && p.lba_status) || !self.needs_lba_status)
     }
 }
 
@@ -109,6 +132,7 @@ const fn entry(
         media_access,
         writes_medium,
         needs_thin: false,
+        needs_lba_status: false,
     }
 }
 
@@ -151,6 +175,8 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::SynchronizeCache16, 0x91, None, "SYNCHRONIZE CACHE(16)", &[0x91, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
     entry(Op::WriteSame16, 0x93, None, "WRITE SAME(16)", &[0x93, 0xE9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
     entry(Op::ReadCapacity16, 0x9E, Some(0x10), "READ CAPACITY(16)", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, CTL], false, false),
+    // GET LBA STATUS (SBC-3 §5.7): thin disks whose store knows its mapping.
+    OpcodeEntry { needs_lba_status: true, ..entry(Op::GetLbaStatus, 0x9E, Some(0x12), "GET LBA STATUS", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, false) },
     entry(Op::ReportSupportedOpcodes, 0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", &[0xA3, 0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false),
     entry(Op::Read12, 0xA8, None, "READ(12)", &[0xA8, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, false),
     entry(Op::Write12, 0xAA, None, "WRITE(12)", &[0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, true),
@@ -166,7 +192,7 @@ fn has_service_actions(opcode: u8) -> bool {
 }
 
 /// The entry for `opcode` / `service_action` if the disk offers it.
-fn find(opcode: u8, service_action: Option<u8>, thin: bool) -> Option<&'static OpcodeEntry> {
+fn find(opcode: u8, service_action: Option<u8>, thin: Provisioning) -> Option<&'static OpcodeEntry> {
     TABLE
         .iter()
         .find(|e| e.opcode == opcode && e.service_action == service_action && e.offered(thin))
@@ -177,7 +203,8 @@ fn find(opcode: u8, service_action: Option<u8>, thin: bool) -> Option<&'static O
 /// Unknown opcode → INVALID COMMAND OPERATION CODE; known opcode with an unknown service action
 /// → INVALID FIELD IN CDB at byte 1 (SPC-4 §4.3.4.2); short CDB → INVALID FIELD IN CDB at the
 /// first missing byte; a set bit outside the usage data or NACA → INVALID FIELD IN CDB there.
-pub(crate) fn lookup(cdb: &[u8], thin: bool) -> Result<&'static OpcodeEntry, Sense> {
+pub(crate) fn lookup(cdb: &[u8], thin: impl Into<Provisioning>) -> Result<&'static OpcodeEntry, Sense> {
+    let thin = thin.into();
     let Some(&opcode) = cdb.first() else {
         return Err(Sense::invalid_opcode());
     };
@@ -232,7 +259,8 @@ pub(crate) struct RsocRequest {
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// Build the REPORT SUPPORTED OPERATION CODES parameter data (untruncated).
-pub(crate) fn report(req: RsocRequest, thin: bool) -> Result<Vec<u8>, Sense> {
+pub(crate) fn report(req: RsocRequest, thin: impl Into<Provisioning>) -> Result<Vec<u8>, Sense> {
+    let thin = thin.into();
     match req.options {
         0 => Ok(report_all(req.rctd, thin)),
         1 => {
@@ -266,7 +294,7 @@ pub(crate) fn report(req: RsocRequest, thin: bool) -> Result<Vec<u8>, Sense> {
     }
 }
 
-fn report_all(rctd: bool, thin: bool) -> Vec<u8> {
+fn report_all(rctd: bool, thin: Provisioning) -> Vec<u8> {
     let mut out = vec![0u8; 4];
     for e in TABLE.iter().filter(|e| e.offered(thin)) {
         let sa = e.service_action.unwrap_or(0);
@@ -420,11 +448,26 @@ mod tests {
                 opcode: 0,
                 service_action: 0,
             },
-            true,
+            Provisioning {
+                thin: true,
+                lba_status: true,
+            },
         )
         .unwrap();
         let n = TABLE.len();
         assert_eq!(data.len(), 4 + 20 * n);
+        // GET LBA STATUS needs both; thin alone leaves it out.
+        let gls = TABLE.iter().find(|e| e.op == Op::GetLbaStatus).unwrap();
+        assert!(!gls.offered(true) && !gls.offered(false));
+        let both = Provisioning {
+            thin: true,
+            lba_status: true,
+        };
+        assert!(gls.offered(both));
+        assert!(!gls.offered(Provisioning {
+            thin: false,
+            lba_status: true
+        }));
         assert_eq!(&data[4..12], &[0x00, 0, 0, 0, 0, 0x02, 0, 6]);
         assert_eq!(&data[12..14], &[0x00, 0x0A]);
     }

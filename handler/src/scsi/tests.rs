@@ -250,6 +250,13 @@ fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
             );
         }
         StoreOp::Flush => {}
+        StoreOp::LbaStatus { lba } => {
+            assert!(*lba < n, "{:?} outside {n} blocks", io.op);
+            let info = disk.cdb_info(cdb).expect("a CDB that starts I/O parses");
+            assert_eq!(info.direction, data_direction::READ);
+            assert!(io.data_in_len as u64 <= u64::from(info.transfer_len));
+            return;
+        }
     }
     let info = disk.cdb_info(cdb).expect("a CDB that starts I/O parses");
     if io.op.uses_buffer() {
@@ -401,7 +408,7 @@ fn any_disk() -> impl Strategy<Value = Disk> {
     (
         prop::sample::select(vec![512u32, 4096]),
         0u64..3000,
-        any::<[bool; 5]>(),
+        any::<[bool; 6]>(),
     )
         .prop_map(|(bs, n, f)| {
             let mut cfg = DiskConfig::new(bs, n);
@@ -411,6 +418,7 @@ fn any_disk() -> impl Strategy<Value = Disk> {
                 cfg.write_cache,
                 cfg.d_sense,
                 cfg.unmapped_reads_zero,
+                cfg.lba_status,
             ] = f;
             cfg.limits.max_transfer_blocks = 300;
             cfg.limits.max_write_same_blocks = 2000;

@@ -114,6 +114,7 @@ impl AccelStore {
             max_transfer_blocks: (geometry.max_transfer_bytes / block_size).max(1),
             supports_unmap: geometry.supports_deallocate,
             unmapped_reads_zero: false,
+            reports_lba_status: false,
             volatile_cache: geometry.volatile_cache,
             device_ids: board.device_ids(),
         };
@@ -389,6 +390,8 @@ impl AccelQueue {
                 Ok(out)
             }
             StoreOp::Flush => Ok(vec![child(DeviceOp::Flush, false, 0, 0, Vec::new())]),
+            // Not offered on boards (reports_lba_status = false): the engine never sends it.
+            StoreOp::LbaStatus { .. } => Err(StoreStatus::InvalidRequest),
             // SCA-1 1.0 has no media verify: VERIFY with BYTCHK 0 checks the range only.
             StoreOp::Verify { lba, blocks } => {
                 if in_range(*lba, u64::from(*blocks)) {

@@ -437,6 +437,9 @@ impl FileStore {
                 supports_unmap: !block_device || discard,
                 // A hole reads as zeroes; a discarded device block only if the device says so.
                 unmapped_reads_zero: !block_device || discard_zeroes,
+                // Holes of a file are known (SEEK_DATA/SEEK_HOLE); a device does not say
+                // what it discarded.
+                reports_lba_status: !block_device,
                 volatile_cache: true,
                 device_ids: None,
             },
@@ -794,6 +797,17 @@ impl Shared {
                 StoreStatus::Good
             }
             (StoreOp::Flush, _) => self.flush(),
+            (StoreOp::LbaStatus { lba }, Some(buf)) => match self.lba_status(*lba) {
+                Ok(Some((blocks, deallocated))) => {
+                    buf.put_lba_status(&super::lba_status_data(*lba, blocks, deallocated));
+                    StoreStatus::Good
+                }
+                Ok(None) => StoreStatus::OutOfRange,
+                Err(e) => {
+                    log::warn!("{}: SEEK_DATA/SEEK_HOLE failed: {e}", self.path.display());
+                    StoreStatus::ReadError { lba: *lba }
+                }
+            },
             // Buffer ops without a buffer were answered above.
             _ => StoreStatus::InvalidRequest,
         }
@@ -1061,6 +1075,31 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// The extent from `lba` with one provisioning status (SBC-3 §5.7.3): its length in blocks
+    /// (capped at u32::MAX) and whether it is deallocated (a hole); `None` past the end. A
+    /// block with any data in it is mapped (a logical block larger than the file system's
+    /// may be partly a hole).
+    fn lba_status(&self, lba: u64) -> io::Result<Option<(u32, bool)>> {
+        let total = self.info.num_blocks;
+        if !self.regular || lba >= total {
+            return Ok(None);
+        }
+        let bs = u64::from(self.info.block_size);
+        let fd = self.data.as_fd();
+        let start = lba * bs;
+        let data_byte = sys::seek(fd, start, true)?;
+        let data = data_byte.map_or(total, |d| (d / bs).min(total));
+        let (end, deallocated) = if data > lba {
+            (data, true)
+        } else {
+            // Data at `lba` (or in it): mapped up to the next hole, rounded up to a block.
+            let from = data_byte.unwrap_or(start).max(start);
+            let hole = sys::seek(fd, from, false)?.unwrap_or(total * bs);
+            (hole.div_ceil(bs).clamp(lba + 1, total), false)
+        };
+        Ok(Some((u32::try_from(end - lba).unwrap_or(u32::MAX), deallocated)))
     }
 
     /// SYNCHRONIZE CACHE: fdatasync. Sticky on failure (see the module doc): the LBA reported

@@ -39,6 +39,10 @@ pub enum StoreOp {
     Verify { lba: u64, blocks: u32 },
     /// Compare the buffer against the medium (VERIFY / WRITE AND VERIFY with BYTCHK 1).
     Compare { lba: u64, blocks: u32 },
+    /// GET LBA STATUS (SBC-3 §5.7): write the parameter data for the extent starting at `lba`
+    /// (one descriptor, [`lba_status_data`]) to the buffer, truncated to the buffer's length.
+    /// Only sent to stores with [`StoreInfo::reports_lba_status`].
+    LbaStatus { lba: u64 },
 }
 
 impl StoreOp {
@@ -50,6 +54,7 @@ impl StoreOp {
                 | StoreOp::Write { .. }
                 | StoreOp::WriteSame { .. }
                 | StoreOp::Compare { .. }
+                | StoreOp::LbaStatus { .. }
         )
     }
 
@@ -216,6 +221,9 @@ pub struct StoreInfo {
     /// the store guarantees it (a punched hole in a file, the RAM store's zeroing), false for a
     /// device whose discard leaves the data undefined.
     pub unmapped_reads_zero: bool,
+    /// The store knows which blocks are mapped and answers [`StoreOp::LbaStatus`] (GET LBA
+    /// STATUS is offered only then).
+    pub reports_lba_status: bool,
     /// A volatile write cache exists (FLUSH and FUA mean something).
     pub volatile_cache: bool,
     /// Identifiers the device gives the medium (an NVMe namespace's NGUID/EUI64), which the
@@ -236,6 +244,32 @@ impl StoreInfo {
         }
         let exponent = (physical / logical).trailing_zeros();
         u8::try_from(exponent).map_or(0, |e| if e > 15 { 0 } else { e })
+    }
+}
+
+/// Bytes of GET LBA STATUS parameter data with one descriptor (SBC-3 §5.7.2): the 8-byte
+/// header and one 16-byte LBA status descriptor.
+pub const LBA_STATUS_DATA_LEN: usize = 24;
+
+/// GET LBA STATUS parameter data (SBC-3 §5.7.2, §5.7.3) describing one extent: `blocks`
+/// blocks from `lba`, deallocated (PROVISIONING STATUS 1) or mapped (0). One descriptor is
+/// enough: the device server may return fewer than fit, and the initiator asks again from
+/// the first LBA not described.
+pub fn lba_status_data(lba: u64, blocks: u32, deallocated: bool) -> [u8; LBA_STATUS_DATA_LEN] {
+    let mut d = [0u8; LBA_STATUS_DATA_LEN];
+    // PARAMETER DATA LENGTH: the bytes that follow it (4 reserved + one 16-byte descriptor).
+    d[..4].copy_from_slice(&(LBA_STATUS_DATA_LEN as u32 - 4).to_be_bytes());
+    d[8..16].copy_from_slice(&lba.to_be_bytes());
+    d[16..20].copy_from_slice(&blocks.to_be_bytes());
+    d[20] = u8::from(deallocated);
+    d
+}
+
+impl IoBuffer {
+    /// Write GET LBA STATUS parameter data, truncated to the window (the allocation length).
+    pub fn put_lba_status(&self, data: &[u8; LBA_STATUS_DATA_LEN]) {
+        let n = self.len.min(data.len());
+        self.write_at(0, &data[..n]);
     }
 }
 

@@ -69,6 +69,8 @@ impl RamStore {
             // UNMAP and WRITE ZEROES zero the range (`zero`), so deallocated blocks read as
             // zeroes: LBPRZ is the truth.
             unmapped_reads_zero: true,
+            // Every block is backed by memory: all mapped, which GET LBA STATUS can say.
+            reports_lba_status: true,
             volatile_cache: false,
             device_ids: None,
         };
@@ -260,6 +262,15 @@ impl Inner {
                 None => StoreStatus::OutOfRange,
             },
             (StoreOp::Flush, _) => StoreStatus::Good,
+            (StoreOp::LbaStatus { lba }, Some(buf)) => {
+                let total = self.num_blocks.load(Ordering::Acquire);
+                if *lba >= total {
+                    return StoreStatus::OutOfRange;
+                }
+                let blocks = u32::try_from(total - lba).unwrap_or(u32::MAX);
+                buf.put_lba_status(&super::lba_status_data(*lba, blocks, false));
+                StoreStatus::Good
+            }
             // Buffer ops without a buffer were answered above.
             _ => StoreStatus::InvalidRequest,
         }

@@ -94,3 +94,27 @@ fn block_range_ioctl(fd: BorrowedFd<'_>, request: libc::Ioctl, offset: u64, len:
     }
     Ok(())
 }
+
+/// Where the next data (SEEK_DATA) or hole (SEEK_HOLE) of a regular file starts at or after
+/// `offset` (lseek(2)); `None` for SEEK_DATA past the last data (ENXIO). End of file counts as
+/// a hole. For GET LBA STATUS (SBC-3 §5.7). Moves the shared file offset, which nothing else
+/// uses: every transfer is pread/pwrite at an explicit offset.
+///
+/// # Errors
+/// The errno: EINVAL when the file system does not support SEEK_DATA/SEEK_HOLE semantics
+/// beyond the trivial ones, EIO.
+pub(super) fn seek(fd: BorrowedFd<'_>, offset: u64, data: bool) -> io::Result<Option<u64>> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let whence = if data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+    // SAFETY: lseek reads no memory of ours; the fd is borrowed, hence open, for the call.
+    let at = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if at < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(u64::try_from(at).ok())
+}

@@ -787,3 +787,60 @@ fn a_loop_device_discards_and_zeroes_out() {
     let err = sys::zero_out(file.as_fd(), 1, 512).expect_err("misaligned BLKZEROOUT");
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
 }
+
+/// GET LBA STATUS on a file: SEEK_DATA/SEEK_HOLE give the extents, an unmapped range is
+/// reported deallocated (PROVISIONING STATUS 1), data mapped (0), SBC-3 §5.7.3.
+#[test]
+fn lba_status_reports_the_holes_of_a_file() {
+    let dir = TempDir::new("lbastatus");
+    let path = dir.file("disk.img");
+    let store = FileStore::open(&FileStoreConfig {
+        block_size: Some(512),
+        ..config(&path, Some(1 << 20))
+    })
+    .expect("open");
+    assert!(store.info().reports_lba_status);
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(65536);
+    pattern(&buf, 65536, 0x33);
+    let write = StoreOp::Write {
+        lba: 0,
+        blocks: 128,
+        fua: true,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    let ranges = vec![(8u64, 16u32)].into_boxed_slice();
+    assert_eq!(run(&mut q, StoreOp::Unmap { ranges }, None), StoreStatus::Good);
+    let out = buffer(4096);
+    let mut status = |lba: u64| {
+        assert_eq!(
+            run(&mut q, StoreOp::LbaStatus { lba }, Some(&out)),
+            StoreStatus::Good
+        );
+        let d = bytes(&out, crate::store::LBA_STATUS_DATA_LEN);
+        assert_eq!(&d[..4], &[0, 0, 0, 20], "PARAMETER DATA LENGTH: one descriptor");
+        assert_eq!(u64::from_be_bytes(d[8..16].try_into().unwrap()), lba);
+        let blocks = u32::from_be_bytes(d[16..20].try_into().unwrap());
+        (blocks, d[20])
+    };
+    // The file is sparse: only what was written is mapped (the hole punched is 4096-aligned,
+    // so it is exact on any file system with blocks up to 4 KiB).
+    assert_eq!(status(0), (8, 0));
+    assert_eq!(status(8), (16, 1));
+    assert_eq!(status(24), (104, 0));
+    assert_eq!(status(128), (2048 - 128, 1));
+    assert_eq!(
+        run(&mut q, StoreOp::LbaStatus { lba: 2048 }, Some(&out)),
+        StoreStatus::OutOfRange
+    );
+    // A short allocation length gets the data truncated, nothing written past it.
+    let short = IoBuffer::new(out.buffer.clone(), 8);
+    out.fill(0, 4096, 0xEE);
+    assert_eq!(
+        run(&mut q, StoreOp::LbaStatus { lba: 0 }, Some(&short)),
+        StoreStatus::Good
+    );
+    let d = bytes(&out, 9);
+    assert_eq!(&d[..8], &[0, 0, 0, 20, 0, 0, 0, 0]);
+    assert_eq!(d[8], 0xEE);
+}
