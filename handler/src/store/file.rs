@@ -31,6 +31,9 @@
 //!   says discarded blocks read as zeroes, `queue/discard_zeroes_data`, which modern kernels
 //!   always report 0), and LBPRZ is claimed only in that case. The ioctls run on the I/O
 //!   threads like every other request, holding no lock.
+//! - **GET LBA STATUS** (SBC-3 §5.7) on regular files: SEEK_DATA/SEEK_HOLE give the extent
+//!   from an LBA and whether it is a hole ([`StoreInfo::reports_lba_status`]); a block device
+//!   cannot say what it discarded and does not offer it.
 //! - **Physical blocks.** A block device's `queue/physical_block_size`, a file's file system
 //!   block (st_blksize) become [`StoreInfo::physical_block_size`], hence READ CAPACITY(16)'s
 //!   LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2).
