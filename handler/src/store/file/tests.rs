@@ -673,7 +673,15 @@ impl LoopDevice {
             ));
         }
         let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        Ok(Self { device, _dir: dir })
+        let lo = Self { device, _dir: dir };
+        if !lo.device.exists() {
+            // A container may attach the device without having its node in /dev.
+            return Err(format!(
+                "{} was attached but has no device node here",
+                lo.device.display()
+            ));
+        }
+        Ok(lo)
     }
 
     fn queue_file(&self, name: &str) -> Option<String> {
