@@ -77,9 +77,9 @@ pub struct CrashArgs {
     pub duration: Duration,
 }
 
-/// Blocks per write unit: writes start on a 4 KiB boundary of 512-byte blocks, so O_DIRECT
-/// never needs a fallback and the mix exercises 4-16 KiB writes.
-const UNIT_BLOCKS: u64 = 8;
+/// Bytes per write unit: writes start on a 4 KiB boundary, so O_DIRECT never needs a fallback,
+/// and are 1-4 units long.
+const UNIT_BYTES: u32 = 4096;
 /// Longest wait for one command; a stuck handler makes the writer fail, not hang.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Printed on stdout when the write loop starts, so a test can time its kill from there.
@@ -356,9 +356,11 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
     });
     let backend = crate::backend::build(args.board, &args.disk, blocks, None, &[])?;
     let info = backend.store.info();
-    if info.block_size != 512 {
+    // A write unit of 4 KiB: every write starts on a 4 KiB boundary, so O_DIRECT never needs
+    // a fallback; blocks of 512 B to 4 KiB.
+    if !(512..=UNIT_BYTES).contains(&info.block_size) || !info.block_size.is_power_of_two() {
         return Err(format!(
-            "crash-writer needs 512-byte blocks, the store has {}",
+            "crash-writer needs blocks of 512 B to 4 KiB, the store has {}",
             info.block_size
         )
         .into());
@@ -381,11 +383,12 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
     )?;
     let mut sessions = crate::demo::attach(&kernel, &args.disk.name, 1)?;
     let session = sessions.pop().ok_or("no session")?;
-    let units = info.num_blocks / UNIT_BLOCKS;
+    let unit_blocks = u64::from(UNIT_BYTES / info.block_size);
+    let units = info.num_blocks / unit_blocks;
     if units == 0 {
         return Err("the disk is smaller than one 4 KiB unit".into());
     }
-    let mut writer = Writer::open(args, session, units)?;
+    let mut writer = Writer::open(args, session, units, info.block_size)?;
     println!("{READY_LINE}");
     std::io::stdout().flush()?;
     let until = Instant::now() + args.duration;
@@ -405,6 +408,8 @@ struct Writer {
     journal_path: PathBuf,
     rng: Rng,
     units: u64,
+    block_size: usize,
+    unit_blocks: u64,
     next_generation: u32,
     tag: u64,
     writes: u64,
@@ -412,7 +417,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn open(args: &CrashArgs, session: Session, units: u64) -> Result<Self, JournalError> {
+    fn open(args: &CrashArgs, session: Session, units: u64, block_size: u32) -> Result<Self, JournalError> {
         let io = |source| JournalError::Io {
             path: args.journal.clone(),
             source,
@@ -441,6 +446,8 @@ impl Writer {
             journal_path: args.journal.clone(),
             rng: Rng::new(args.seed ^ u64::from(last)),
             units,
+            block_size: block_size as usize,
+            unit_blocks: u64::from(UNIT_BYTES / block_size),
             next_generation: last + 1,
             tag: 0,
             writes: 0,
@@ -488,8 +495,8 @@ impl Writer {
     fn write(&mut self, fua: bool) -> Result<Record, WriterError> {
         let unit = self.rng.below(self.units);
         let max_units = (self.units - unit).min(4);
-        let blocks = ((1 + self.rng.below(max_units)) * UNIT_BLOCKS) as u32;
-        let lba = unit * UNIT_BLOCKS;
+        let blocks = ((1 + self.rng.below(max_units)) * self.unit_blocks) as u32;
+        let lba = unit * self.unit_blocks;
         let generation = self.next_generation;
         self.next_generation += 1;
         let record = Record {
@@ -500,8 +507,8 @@ impl Writer {
         };
         // Before the data can reach the image: whatever is found there must be traceable.
         self.append(&[record], false)?;
-        let mut data = vec![0u8; blocks as usize * 512];
-        for (i, block) in data.chunks_exact_mut(512).enumerate() {
+        let mut data = vec![0u8; blocks as usize * self.block_size];
+        for (i, block) in data.chunks_exact_mut(self.block_size).enumerate() {
             stamp::stamp(block, lba + i as u64, generation);
         }
         let mut cdb = vec![0u8; 16];

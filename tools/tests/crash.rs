@@ -7,7 +7,7 @@
 //! journal. Bounded in count (`SCST_ACCEL_CRASH_CYCLES`, default 100) and in time
 //! (`SCST_ACCEL_CRASH_SECONDS`, default 90). Every fourth cycle runs with --buffered: the
 //! page cache survives the kill, so this shows the handler never acknowledges before pwrite(2)
-//! returned, whatever the I/O mode.
+//! returned, whatever the I/O mode. Every third cycle runs on a disk of 4 KiB blocks.
 
 use scst_accel::crash;
 use scst_accel_handler::workload::stamp::Rng;
@@ -48,7 +48,7 @@ impl Drop for Writer {
 
 const IMAGE_SIZE: &str = "8M";
 
-fn start(image: &Path, journal: &Path, seed: u64, buffered: bool) -> Writer {
+fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool) -> Writer {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
     cmd.args([
         "crash-writer",
@@ -59,6 +59,7 @@ fn start(image: &Path, journal: &Path, seed: u64, buffered: bool) -> Writer {
         "--duration",
         "60s",
     ])
+    .args(["--block-size", &block_size.to_string()])
     .arg("--path")
     .arg(image)
     .arg("--journal")
@@ -98,12 +99,16 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
     let budget = Duration::from_secs(env_u64("SCST_ACCEL_CRASH_SECONDS", 90));
     let mut rng = Rng::new(env_u64("SCST_ACCEL_CRASH_SEED", 2026));
     let dir = scratch("sigkill");
-    let (image, journal) = (dir.join("disk.img"), dir.join("journal"));
     let started = Instant::now();
-    let (mut done, mut buffered_cycles, mut checked, mut durable_writes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut done, mut buffered_cycles, mut checked) = (0u64, 0u64, 0u64);
+    let mut durable_writes = [0u64; 2];
     while done < cycles && started.elapsed() < budget {
         let buffered = done % 4 == 3;
-        let mut writer = start(&image, &journal, rng.next_u64(), buffered);
+        // Every third cycle on a disk of 4 KiB blocks (an image and journal of its own).
+        let block_size = if done % 3 == 2 { 4096 } else { 512 };
+        let image = dir.join(format!("disk-{block_size}.img"));
+        let journal = dir.join(format!("journal-{block_size}"));
+        let mut writer = start(&image, &journal, block_size, rng.next_u64(), buffered);
         wait_ready(&mut writer);
         std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
         // Child::kill is SIGKILL: nothing of the handler runs after it.
@@ -117,7 +122,7 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
 
         let records = crash::read_journal(&journal).expect("journal");
         let bytes = std::fs::read(&image).expect("read the image");
-        let report = crash::check(&bytes, 512, &records);
+        let report = crash::check(&bytes, block_size, &records);
         assert_eq!(
             (report.lost, report.stale_or_torn),
             (0, 0),
@@ -126,18 +131,21 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
             report.first_errors
         );
         checked += report.durable_blocks;
-        durable_writes = report.durable_writes;
+        // The journals only grow: the last check of each holds all its durable writes.
+        durable_writes[usize::from(block_size == 4096)] = report.durable_writes;
         buffered_cycles += u64::from(buffered);
         done += 1;
     }
     assert!(done > 0, "no cycle ran within {budget:?}");
+    let durable_writes: u64 = durable_writes.iter().sum();
     assert!(
         durable_writes > 0,
         "no write was ever acknowledged durable: the test proved nothing"
     );
     println!(
-        "crash: {done} cycles ({buffered_cycles} buffered) in {:.1}s, {durable_writes} acknowledged durable writes \
-         in the journal, {checked} durable blocks checked over all cycles, lost 0, stale/torn 0",
+        "crash: {done} cycles ({buffered_cycles} buffered, {} on 4 KiB blocks) in {:.1}s, {durable_writes} acknowledged durable writes \
+         in the journals, {checked} durable blocks checked over all cycles, lost 0, stale/torn 0",
+        done / 3,
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&dir);
