@@ -15,6 +15,7 @@ pub mod check_config;
 pub mod config;
 pub mod control;
 pub mod cpu;
+pub mod crash;
 pub mod demo;
 pub mod demo_config;
 pub mod diag;

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use scst_accel::bench;
 use scst_accel::check_config;
 use scst_accel::control;
+use scst_accel::crash;
 use scst_accel::demo;
 use scst_accel::diag;
 use scst_accel::identity;
@@ -49,6 +50,11 @@ enum Command {
     /// Resolve a disk's identity (serial, VPD 83h designator) as `serve` would, persisting a
     /// generated one in the state directory, and print it.
     Identity(identity::IdentityArgs),
+    /// For the crash-consistency test (tools/tests/crash.rs): serve a file disk in-process and
+    /// write stamped blocks with FUA, SYNCHRONIZE CACHE and unsynced writes, journaling which
+    /// writes were submitted and which acknowledged durable, until killed. Hidden: a test tool.
+    #[command(hide = true)]
+    CrashWriter(crash::CrashArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
         Command::Dump(args) => control::run_dump(args),
         Command::Resize(args) => control::run_resize(args),
         Command::Identity(args) => identity::run(args),
+        Command::CrashWriter(args) => crash::run(args),
     };
     ExitCode::from(code)
 }
