@@ -34,7 +34,17 @@ def main():
     if scenario in ("workload", "restart"):
         checks.append(("no SCSI errors", j.get("scsi_errors") == 0))
     if scenario == "teardown":
-        checks.append(("commands in flight at teardown", t.get("in_flight_at_start", 0) > 0))
+        # The teardown must meet a running workload. The handler holding commands at the very
+        # instant intake closes is not guaranteed (a fast device can leave it empty between
+        # two commands: seen as 0 in about 1 of 6 runs on QEMU's controller), but commands
+        # answered after intake closed (the drained ones, and BUSY to those that arrived at the
+        # closed gate) are: the workload runs for the second half of the timed phase.
+        checks.append(
+            (
+                "the teardown met the running workload (in flight at start, or answered after)",
+                t.get("in_flight_at_start", 0) > 0 or t.get("answered", 0) > 0,
+            )
+        )
     if scenario == "reset":
         checks.append(
             ("the controller was reset", j.get("device", {}).get("controller_resets", 0) >= 1)
