@@ -36,7 +36,7 @@ def main():
     if scenario == "teardown":
         # The teardown must meet a running workload. The handler holding commands at the very
         # instant intake closes is not guaranteed (a fast device can leave it empty between
-        # two commands: seen as 0 in about 1 of 6 runs on QEMU's controller), but commands
+        # two commands: seen as 0 in 2 of 8 runs on QEMU's controller), but commands
         # answered after intake closed (the drained ones, and BUSY to those that arrived at the
         # closed gate) are: the workload runs for the second half of the timed phase.
         checks.append(
