@@ -9,6 +9,7 @@
 pub mod fdio;
 pub mod locks;
 pub mod sim;
+pub mod skip;
 pub mod vfio;
 
 pub use fdio::EventFd;

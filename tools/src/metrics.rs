@@ -653,7 +653,10 @@ mod tests {
         let mut child = match child {
             Ok(child) => child,
             Err(e) => {
-                eprintln!("SKIPPED: promtool check metrics: promtool is not installed ({e})");
+                scst_accel_hal::skip::test_skipped(
+                    "promtool check metrics",
+                    &format!("promtool is not installed ({e})"),
+                );
                 return;
             }
         };

@@ -409,9 +409,10 @@ mod tests {
             .arg("--version")
             .output();
         if !probe.is_ok_and(|o| o.status.success()) {
-            eprintln!(
-                "SKIPPED notify_unit_file_verifies: systemd-analyze is not installed \
-                 (apt-get install systemd); dist/scst-accel.service was NOT verified"
+            scst_accel_hal::skip::test_skipped(
+                "notify_unit_file_verifies",
+                "systemd-analyze is not installed (apt-get install systemd); \
+                 dist/scst-accel.service was NOT verified",
             );
             return;
         }

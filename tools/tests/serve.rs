@@ -483,9 +483,9 @@ fn permission_denied_on_the_scst_user_node_is_77() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !root || !setpriv {
-        eprintln!(
-            "SKIPPED permission_denied_on_the_scst_user_node_is_77: needs root and setpriv(1) to run \
-             the child as nobody (root {root}, setpriv {setpriv})"
+        scst_accel_hal::skip::test_skipped(
+            "permission_denied_on_the_scst_user_node_is_77",
+            &format!("needs root and setpriv(1) to run the child as nobody (root {root}, setpriv {setpriv})"),
         );
         return;
     }

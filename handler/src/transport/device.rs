@@ -297,7 +297,10 @@ mod tests {
     fn real_device_registers_and_polls_empty() {
         let path = Path::new(DEV_USER_PATH);
         if !path.exists() {
-            eprintln!("skipped: /dev/scst_user not present");
+            scst_accel_hal::skip::test_skipped(
+                "real_device_registers_and_polls_empty",
+                "/dev/scst_user not present (no SCST kernel here)",
+            );
             return;
         }
         let dev = ScstUserDevice::open(path).expect("open /dev/scst_user");

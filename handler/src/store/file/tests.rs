@@ -358,7 +358,10 @@ fn permission_denied_says_so() {
                     .is_ok_and(|s| s.success())
             };
             if !chattr("+i") {
-                eprintln!("running as root without chattr +i: skipped");
+                scst_accel_hal::skip::test_skipped(
+                    "permission_denied_says_so",
+                    "running as root and chattr +i is not available",
+                );
                 return;
             }
             let result = FileStore::open(&config(&path, None));
@@ -377,7 +380,10 @@ fn permission_denied_says_so() {
 fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io() {
     let shm = Path::new("/dev/shm");
     if !shm.is_dir() {
-        eprintln!("no /dev/shm: skipped");
+        scst_accel_hal::skip::test_skipped(
+            "o_direct_on_tmpfs_opens_or_says_to_use_buffered_io",
+            "no /dev/shm",
+        );
         return;
     }
     let dir = TempDir::under(shm, "tmpfs");
@@ -545,7 +551,10 @@ fn a_failed_flush_stays_failed() {
 #[ignore = "needs FILESTORE_SMALL_FS: a directory on a file system smaller than 1 MiB"]
 fn a_full_file_system_is_a_write_error_at_the_first_block_not_written() {
     let Some(root) = std::env::var_os("FILESTORE_SMALL_FS") else {
-        eprintln!("FILESTORE_SMALL_FS not set: skipped");
+        scst_accel_hal::skip::test_skipped(
+            "a_full_file_system_is_a_write_error_at_the_first_block_not_written",
+            "FILESTORE_SMALL_FS not set",
+        );
         return;
     };
     let dir = TempDir::under(Path::new(&root), "enospc");
@@ -710,7 +719,7 @@ fn a_loop_device_discards_and_zeroes_out() {
     let lo = match LoopDevice::new(4 << 20) {
         Ok(lo) => lo,
         Err(reason) => {
-            eprintln!("SKIPPED a_loop_device_discards_and_zeroes_out: {reason}");
+            scst_accel_hal::skip::test_skipped("a_loop_device_discards_and_zeroes_out", &reason);
             return;
         }
     };
