@@ -544,7 +544,7 @@ impl Service {
             return;
         };
         slot.last_stats = Some(running.frontend.stats());
-        slot.device = device_counters(&running.backend);
+        slot.device = running.backend.device_counters();
         slot.state = DiskState::Stopping;
         let name = slot.spec.args.name.clone();
         if trigger == TeardownTrigger::Requested {
@@ -733,7 +733,7 @@ impl Slot {
                 .map(AppliedExports::describe)
                 .unwrap_or_default(),
             frontend: running.map(|r| r.frontend.stats()).or(self.last_stats),
-            device: running.map_or(self.device, |r| device_counters(&r.backend)),
+            device: running.map_or(self.device, |r| r.backend.device_counters()),
             teardowns: self.teardowns.clone(),
         }
     }
@@ -913,10 +913,6 @@ fn teardown_one(running: Running) -> Finished {
         );
     }
     Finished { frontend, backend }
-}
-
-fn device_counters(backend: &Backend) -> DeviceCounters {
-    backend.device_counters()
 }
 
 /// The exit code for how a disk's serving ended (see [`crate::exit`] and the README's table).

@@ -253,7 +253,7 @@ fn systemd_hears_ready_after_registration_watchdog_pings_and_stopping() {
 }
 
 #[test]
-fn without_notify_socket_nothing_is_sent_and_serve_still_runs() {
+fn without_notify_socket_serve_runs_and_stops_cleanly() {
     let mut child = serve(&[
         "--loopback",
         "--board",
