@@ -6,7 +6,9 @@
 //!
 //! The rules both implementations keep:
 //! - A completion is trusted only when its tag matches a request in flight (tags carry a
-//!   generation); anything else is counted in [`QueueEngine::unknown_tags`] and ignored.
+//!   generation) and, where the device's completion format lets the host check it, it can be
+//!   that request's own (SCA-1: the engine consumed the descriptor and OK moved every byte);
+//!   anything else is counted in [`QueueEngine::unknown_tags`] and ignored.
 //! - [`QueueEngine::abandon_all`] is called only after [`QueueEngine::stop`] succeeded or the
 //!   function was reset (or is gone): only then can no DMA for the abandoned requests happen.
 //! - Every wait on the device is bounded (by a value the device advertises where it advertises
@@ -250,7 +252,8 @@ pub trait QueueEngine: Send {
     fn ring_doorbell(&mut self);
     /// Move validated completions into `out`; returns how many.
     fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize;
-    /// Completions whose tag matched nothing in flight, so far.
+    /// Completions not trusted so far: tags matching nothing in flight, and (where checked)
+    /// completions that cannot be their request's own.
     fn unknown_tags(&self) -> u64;
     /// Ask the device to abort these requests (by user tag) without stopping the queue: the
     /// first rung of the escalation ladder (NVMe ABORT, NVMe 1.4 §5.1). Returns how many the

@@ -101,6 +101,11 @@ impl SubmissionRing {
         self.entries - 1
     }
 
+    /// The device's head as last reported: slots before it were consumed by the device.
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+
     /// Slots written and not yet released by the device (committed or not).
     pub fn in_flight(&self) -> u32 {
         self.tail.wrapping_sub(self.head) & self.mask()

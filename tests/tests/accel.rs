@@ -135,6 +135,18 @@ fn unknown_tags_are_ignored() {
     assert!(released.unknown_tags > 0, "{released:?}");
 }
 
+/// A completion that claims OK for fewer bytes than the request is refused by the driver; the
+/// request's deadline fails it with sense, and no wrong data reaches the initiator.
+#[test]
+fn short_ok_completions_are_refused_and_failed_by_the_deadline() {
+    let released = survive("short-ok", "short-ok:every=40".parse().expect("fault"), true);
+    assert!(
+        released.unknown_tags > 0,
+        "refused entries are counted: {released:?}"
+    );
+    assert!(released.timeouts > 0, "{released:?}");
+}
+
 #[test]
 fn duplicate_completions_are_ignored() {
     let released = survive("duplicate", "duplicate:every=20".parse().expect("fault"), false);

@@ -106,6 +106,7 @@ fn demo_survives_every_injected_fault_kind() {
         "duplicate:every=30",
         "bad-phase:every=30",
         "storm:hold=5ms",
+        "short-ok:every=40",
     ] {
         let (code, j, stderr) = demo(&[
             "--board",

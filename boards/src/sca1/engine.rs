@@ -208,7 +208,8 @@ impl QueueEngine for Sca1Queue {
     }
 
     fn unknown_tags(&self) -> u64 {
-        self.stats().unknown_tags
+        let stats = self.stats();
+        stats.unknown_tags + stats.refused
     }
 
     fn stop(&mut self) -> Result<(), EngineError> {
@@ -230,7 +231,7 @@ impl QueueEngine for Sca1Queue {
         let _ = write!(
             out,
             "queue {}: running {} in_flight {} Q_STATUS {} submitted {} completed {} doorbells {} \
-             unknown_tags {} restarts {}",
+             unknown_tags {} refused {} restarts {}",
             Sca1Queue::index(self),
             Sca1Queue::is_running(self),
             Sca1Queue::in_flight(self),
@@ -240,6 +241,7 @@ impl QueueEngine for Sca1Queue {
             stats.completed,
             stats.doorbells,
             stats.unknown_tags,
+            stats.refused,
             stats.restarts,
         );
         if let Some(err) = self.error_registers() {

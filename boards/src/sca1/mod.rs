@@ -18,3 +18,6 @@ pub use queue::Sca1Completion;
 pub use queue::Sca1Queue;
 pub use queue::Sca1Request;
 pub use queue::SubmitError;
+
+#[cfg(test)]
+mod tests;

@@ -86,6 +86,11 @@ pub struct QueueStats {
     pub completed: u64,
     /// Completions whose tag matched nothing in flight (never followed).
     pub unknown_tags: u64,
+    /// Completions whose tag matched a request in flight but which cannot be its completion:
+    /// the engine had not consumed the descriptor yet (the entry's `sq_head` does not cover
+    /// it), or status OK did not account for the request's bytes (§4). Refused, never
+    /// followed; the request stays in flight for its real completion or its deadline.
+    pub refused: u64,
     /// Doorbell writes.
     pub doorbells: u64,
     /// Times the queue was restarted.
@@ -97,6 +102,11 @@ struct Slot {
     user_tag: Option<u64>,
     generation: u16,
     submitted: Option<Instant>,
+    /// The request's length: an OK completion must report exactly this many bytes (§4).
+    length: u32,
+    /// Set once a completion's `sq_head` has moved past the descriptor: only then can the
+    /// engine have executed it, so only then can a completion for its tag be its own.
+    consumed: bool,
 }
 
 /// Lets rings map their memory through the device's IOMMU domain.
@@ -130,6 +140,8 @@ pub struct Sca1Queue {
     irq: Option<EventFd>,
     slots: Vec<Slot>,
     free: Vec<u16>,
+    /// Submission-ring index -> slot, for descriptors the engine has not consumed yet.
+    unconsumed: Vec<Option<u16>>,
     seq: u32,
     running: bool,
     stats: QueueStats,
@@ -173,6 +185,7 @@ impl Sca1Queue {
             irq,
             slots: vec![Slot::default(); entries as usize],
             free: (0..entries as u16).rev().collect(),
+            unconsumed: vec![None; entries as usize],
             seq: 0,
             running: false,
             stats: QueueStats::default(),
@@ -278,6 +291,8 @@ impl Sca1Queue {
         let entry = &mut self.slots[slot as usize];
         entry.user_tag = Some(req.user_tag);
         entry.submitted = Some(Instant::now());
+        entry.length = req.length;
+        entry.consumed = false;
         let tag = (entry.generation << SLOT_BITS) | slot;
         let desc = Descriptor {
             opcode: req.opcode,
@@ -290,9 +305,12 @@ impl Sca1Queue {
             reserved: 0,
             addr,
         };
-        if self.sq.push(desc.as_bytes()).is_err() {
-            self.release(slot);
-            return Err(SubmitError::Full);
+        match self.sq.push(desc.as_bytes()) {
+            Ok(index) => self.unconsumed[index as usize] = Some(slot),
+            Err(_) => {
+                self.release(slot);
+                return Err(SubmitError::Full);
+            }
         }
         self.seq = self.seq.wrapping_add(1);
         self.stats.submitted += 1;
@@ -313,13 +331,15 @@ impl Sca1Queue {
         let entry = &mut self.slots[slot as usize];
         entry.user_tag = None;
         entry.submitted = None;
+        entry.consumed = false;
         entry.generation = (entry.generation + 1) & (u16::MAX >> SLOT_BITS);
         self.free.push(slot);
     }
 
     /// Move posted completions into `out`, trusting none before its tag matches a request in
     /// flight with the same generation (unknown and duplicated tags are counted and logged,
-    /// never followed). Returns how many were accepted.
+    /// never followed) and it can be that request's completion (see [`Sca1Queue::vet`]).
+    /// Returns how many were accepted.
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
         if let Some(irq) = &self.irq {
             irq.clear();
@@ -345,8 +365,21 @@ impl Sca1Queue {
                 );
                 continue;
             }
+            self.advance_head(c.sq_head);
+            if let Err(why) = self.vet(slot, &c) {
+                self.stats.refused += 1;
+                log::warn!(
+                    "{} queue {}: completion with tag {:#06x} (status {}, {} bytes) cannot be its \
+                     request's: {why}; refused, the request stays in flight",
+                    self.device.id(),
+                    self.config.index,
+                    c.tag,
+                    c.status,
+                    c.bytes
+                );
+                continue;
+            }
             let user_tag = self.slots[slot as usize].user_tag.unwrap_or_default();
-            self.sq.update_head(u32::from(c.sq_head));
             self.release(slot);
             self.stats.completed += 1;
             out.push(Sca1Completion {
@@ -363,6 +396,39 @@ impl Sca1Queue {
             bar.write32(global::INT_STATUS_CLEAR, 1 << self.config.index);
         }
         accepted
+    }
+
+    /// Take the engine's submission head from a completion (§4) and mark every descriptor it
+    /// moved past as consumed. A head outside the in-flight window is logged and ignored.
+    fn advance_head(&mut self, sq_head: u16) {
+        let old = self.sq.head();
+        if let Err(e) = self.sq.try_update_head(u32::from(sq_head)) {
+            log::warn!("{} queue {}: {e}; ignored", self.device.id(), self.config.index);
+            return;
+        }
+        let mask = self.config.entries - 1;
+        let mut index = old;
+        while index != self.sq.head() {
+            if let Some(slot) = self.unconsumed[index as usize].take() {
+                self.slots[slot as usize].consumed = true;
+            }
+            index = (index + 1) & mask;
+        }
+    }
+
+    /// Whether completion `c`, whose tag matches `slot`, can be that request's completion. A
+    /// device that posts a tag it was never given can hit a tag the host has just submitted
+    /// (it cannot know the host's next tags), so a matching tag is not enough: the engine
+    /// must have consumed the descriptor, and OK must account for every byte (§4).
+    fn vet(&self, slot: u16, c: &Completion) -> Result<(), &'static str> {
+        let s = &self.slots[slot as usize];
+        if !s.consumed {
+            return Err("the engine has not consumed its descriptor (sq_head does not cover it)");
+        }
+        if c.status == super::desc::cq_status::OK && c.bytes != s.length {
+            return Err("status OK with a byte count other than the request's length");
+        }
+        Ok(())
     }
 
     /// Q_ERROR and Q_ERROR_INDEX when Q_STATUS.ERROR is set.
@@ -431,6 +497,7 @@ impl Sca1Queue {
             }
             self.release(slot);
         }
+        self.unconsumed.fill(None);
         tags
     }
 
@@ -439,6 +506,7 @@ impl Sca1Queue {
         debug_assert_eq!(self.in_flight(), 0, "restart with requests in flight");
         self.sq.reset();
         self.cq.reset();
+        self.unconsumed.fill(None);
         self.seq = 0;
         self.stats.restarts += 1;
         self.program_and_run();

@@ -405,11 +405,16 @@ impl Engine {
             );
             return Ok(());
         }
+        let short = if plan.short_ok && outcome.status == cq_status::OK {
+            outcome.bytes.min(self.shared.config.block_size)
+        } else {
+            0
+        };
         let entry = Completion {
             tag: desc.tag,
             status: outcome.status,
             flags: 0,
-            bytes: outcome.bytes,
+            bytes: outcome.bytes - short,
             detail: outcome.detail,
             sq_head: sq_head as u16,
             reserved: 0,

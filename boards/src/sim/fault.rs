@@ -25,6 +25,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "duplicate",
     "bad-phase",
     "storm",
+    "short-ok",
 ];
 
 /// The hold of a [`Fault::Storm`] written without `hold=`.
@@ -34,7 +35,7 @@ const DEFAULT_STORM_HOLD_MICROS: u64 = 20_000;
 const FORMS: &str = "latency:<N>us|ms|s[,queue=Q], never-complete[:every=N][,queue=Q], \
 error[:every=N][,status=S][,queue=Q], hang[:queue=Q], gone, fatal[:code=C], \
 unknown-tag[:every=N][,queue=Q], duplicate[:every=N][,queue=Q], bad-phase[:every=N][,queue=Q], \
-storm[:hold=<N>us|ms|s][,queue=Q] (numbers decimal or 0x hex; every defaults to 1, status to 5 \
+storm[:hold=<N>us|ms|s][,queue=Q], short-ok[:every=N][,queue=Q] (numbers decimal or 0x hex; every defaults to 1, status to 5 \
 READ_ERROR, code to 1, hold to 20ms)";
 
 /// A misbehaviour of the simulated board. What a driver observes is documented per variant.
@@ -86,9 +87,23 @@ pub enum Fault {
     },
     /// After every Nth descriptor's completion, post one more completion (status OK, bytes 0)
     /// whose tag the engine never fetched on that queue and no slot of its submission ring
-    /// holds (so no command submitted before it). A driver must detect the unknown tag and
-    /// treat it as a device error, not complete some other command.
+    /// holds (so no command submitted before it). The host may submit that very tag before it
+    /// reaps the entry (a device cannot know the host's next tags; this one is picked among
+    /// the unseen, the likeliest to come next), so a matching tag alone proves nothing: a
+    /// driver must refuse the entry (its `sq_head` does not cover the new descriptor, and OK
+    /// does not account for the bytes), never complete some other command with it.
     UnknownTag {
+        /// Queue, or every queue.
+        queue: Option<u32>,
+        /// Every Nth descriptor.
+        every: u32,
+    },
+    /// Execute every Nth data descriptor (its data moves) but post status OK with `bytes` one
+    /// block short of its length: a completion that lies about the work done. OK must account
+    /// for every byte (§4), so a driver must refuse the entry and let the request's deadline
+    /// end it, never report success for data that may not be there. FLUSH (length 0) is
+    /// completed honestly.
+    ShortOk {
         /// Queue, or every queue.
         queue: Option<u32>,
         /// Every Nth descriptor.
@@ -222,7 +237,7 @@ impl FromStr for Fault {
 
         let allowed: &[&str] = match kind {
             "latency" | "hang" => &["queue"],
-            "never-complete" | "unknown-tag" | "duplicate" | "bad-phase" => &["queue", "every"],
+            "never-complete" | "unknown-tag" | "duplicate" | "bad-phase" | "short-ok" => &["queue", "every"],
             "error" => &["queue", "every", "status"],
             "fatal" => &["code"],
             "gone" => &[],
@@ -276,6 +291,7 @@ impl FromStr for Fault {
             "unknown-tag" => Fault::UnknownTag { queue, every },
             "duplicate" => Fault::DuplicateCompletion { queue, every },
             "storm" => Fault::Storm { queue, hold_micros },
+            "short-ok" => Fault::ShortOk { queue, every },
             _ => Fault::BadPhase { queue, every },
         })
     }
@@ -304,6 +320,7 @@ impl fmt::Display for Fault {
                 write!(f, "duplicate:every={every}{}", queue(q))
             }
             Fault::BadPhase { queue: q, every } => write!(f, "bad-phase:every={every}{}", queue(q)),
+            Fault::ShortOk { queue: q, every } => write!(f, "short-ok:every={every}{}", queue(q)),
             Fault::Storm {
                 queue: q,
                 hold_micros,
@@ -329,6 +346,8 @@ pub(crate) struct Decision {
     pub duplicate: bool,
     /// Write the completion with the wrong phase first.
     pub bad_phase: bool,
+    /// Report OK one block short of the length.
+    pub short_ok: bool,
     /// Withhold the completion for a burst this long after the first withheld one (the
     /// longest if several storms apply).
     pub storm_hold_micros: Option<u64>,
@@ -381,6 +400,7 @@ impl FaultPlan {
                 Fault::UnknownTag { queue: q, every } if on(q) && nth(every) => d.unknown_tag = true,
                 Fault::DuplicateCompletion { queue: q, every } if on(q) && nth(every) => d.duplicate = true,
                 Fault::BadPhase { queue: q, every } if on(q) && nth(every) => d.bad_phase = true,
+                Fault::ShortOk { queue: q, every } if on(q) && nth(every) => d.short_ok = true,
                 Fault::Storm {
                     queue: q,
                     hold_micros,
@@ -430,6 +450,10 @@ mod tests {
             Fault::BadPhase {
                 queue: None,
                 every: 300,
+            },
+            Fault::ShortOk {
+                queue: Some(1),
+                every: 7,
             },
             Fault::Storm {
                 queue: None,

@@ -1,0 +1,173 @@
+//! The SCA-1 driver's queue against the simulated board, where the rule is the driver's own:
+//! which completions it trusts.
+
+use super::desc::opcode;
+use super::Sca1;
+use super::Sca1Config;
+use super::Sca1Queue;
+use super::Sca1Request;
+use crate::sim::create_sim_board;
+use crate::sim::SimConfig;
+use crate::sim::SimHandle;
+use scst_accel_dma::DmaRegion;
+use scst_accel_dma::MappedRegion;
+use scst_accel_hal::DeviceBacking;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+struct Rig {
+    sim: SimHandle,
+    driver: Sca1,
+    queue: Sca1Queue,
+    data: MappedRegion,
+}
+
+impl Rig {
+    fn new(name: &str) -> Self {
+        let config = SimConfig {
+            queues: 1,
+            vectors: 0,
+            num_blocks: 1024,
+            ..SimConfig::default()
+        };
+        let (device, sim) = create_sim_board(name, config).expect("sim board");
+        let device: Arc<dyn DeviceBacking> = device;
+        let driver_config = Sca1Config {
+            queues: 1,
+            ring_entries: 16,
+            interrupts: false,
+            ..Sca1Config::default()
+        };
+        let (driver, mut queues) = Sca1::bring_up(Arc::clone(&device), &driver_config).expect("bring-up");
+        let data = MappedRegion::new(
+            DmaRegion::new(4096).expect("data region"),
+            super::device_mapper(device),
+            Arc::clone(driver.iovas()),
+        )
+        .expect("data mapping");
+        Self {
+            sim,
+            driver,
+            queue: queues.remove(0),
+            data,
+        }
+    }
+
+    /// Submit one 4 KiB request with `user_tag` and ring the doorbell.
+    /// (A FLUSH moves no data: length 0, no segments.)
+    fn submit(&mut self, user_tag: u64, op: u8, lba: u64) {
+        let data = [(self.data.iova(), 4096)];
+        let segments: &[(u64, u32)] = if op == opcode::FLUSH { &[] } else { &data };
+        self.queue
+            .submit(&Sca1Request {
+                user_tag,
+                opcode: op,
+                fua: false,
+                lba,
+                length: segments.iter().map(|s| s.1).sum(),
+                segments,
+            })
+            .expect("submit");
+        self.queue.ring_doorbell();
+    }
+
+    /// Wait (bounded) until the board has posted `n` completion entries in all.
+    fn wait_posted(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.sim.stats().completions < n {
+            assert!(
+                Instant::now() < deadline,
+                "the board posted {:?}",
+                self.sim.stats()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn reap_all(&mut self) -> Vec<super::Sca1Completion> {
+        let mut out = Vec::new();
+        self.queue.reap(&mut out);
+        out
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.driver.reset();
+    }
+}
+
+/// A device that posts a tag it was never given cannot know which tags the host submits next,
+/// so the tag may name a request the host submitted after the entry was posted (the CI failure
+/// of 2026-12-04: the sim's unknown-tag fault, QD 8, completed a READ before its data moved).
+/// The entry's `sq_head` does not cover the new descriptor (and OK carries 0 bytes): the driver
+/// refuses it and completes the request once, from its real completion. Returns the
+/// (user tag, bytes) of the completions accepted.
+fn collide(name: &str, second: u8) -> Vec<(u64, u32)> {
+    let mut rig = Rig::new(name);
+    // Eight round trips on slot 0 (generations 0..7) make the board see tags 0x0000..0x7000,
+    // so its next unknown tag is the first unseen one: 0x0001, slot 1 generation 0.
+    for i in 0..8 {
+        rig.submit(i, opcode::WRITE, 0);
+        rig.wait_posted(i + 1);
+        let done = rig.reap_all();
+        assert_eq!(done.len(), 1);
+    }
+    rig.sim.inject("unknown-tag:every=1".parse().expect("fault"));
+    rig.submit(100, opcode::READ, 0); // slot 0, tag 0x8000
+    rig.wait_posted(10); // its completion and the unknown tag 0x0001
+    rig.submit(200, second, 8); // slot 1 (slot 0 is in flight): tag 0x0001
+    rig.wait_posted(12);
+    let done = rig.reap_all();
+    let stats = rig.queue.stats();
+    assert_eq!(stats.refused, 1, "{stats:?}");
+    assert_eq!(
+        stats.unknown_tags, 1,
+        "the second unknown tag names nothing: {stats:?}"
+    );
+    assert_eq!(rig.queue.in_flight(), 0);
+    done.iter().map(|c| (c.user_tag, c.bytes)).collect()
+}
+
+#[test]
+fn a_posted_tag_that_names_a_read_submitted_later_is_refused() {
+    assert_eq!(
+        collide("sca1-colliding-read", opcode::READ),
+        [(100, 4096), (200, 4096)],
+        "each request completed once, by its own entry"
+    );
+}
+
+/// A FLUSH moves no bytes, so only the `sq_head` check can tell its real completion from a
+/// lie (which would report the cache flushed before the engine saw the command).
+#[test]
+fn a_posted_tag_that_names_a_flush_submitted_later_is_refused() {
+    assert_eq!(
+        collide("sca1-colliding-flush", opcode::FLUSH),
+        [(100, 4096), (200, 0)],
+        "each request completed once, by its own entry"
+    );
+}
+
+/// OK must account for every byte (accelerator.md §4): an entry for a request the engine has
+/// consumed that reports fewer bytes is refused, and the request stays in flight for its
+/// deadline; an honest entry is trusted.
+#[test]
+fn an_ok_completion_short_of_the_request_length_is_refused() {
+    let mut rig = Rig::new("sca1-short-ok");
+    rig.submit(1, opcode::READ, 0);
+    rig.wait_posted(1);
+    assert_eq!(rig.reap_all().len(), 1, "an honest completion is trusted");
+    rig.sim.inject("short-ok:every=1".parse().expect("fault"));
+    rig.submit(2, opcode::READ, 8);
+    rig.wait_posted(2);
+    assert!(
+        rig.reap_all().is_empty(),
+        "OK for 3584 of 4096 bytes is not a completion"
+    );
+    let stats = rig.queue.stats();
+    assert_eq!((stats.refused, stats.completed), (1, 1), "{stats:?}");
+    assert_eq!(rig.queue.in_flight(), 1, "the request waits for its deadline");
+    assert_eq!(rig.queue.expired(Instant::now() + Duration::from_secs(1)), [2]);
+}
