@@ -43,6 +43,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+/// REPLY_AND_GET_MULTI calls in a row that may fail before the kernel reads any reply before
+/// the replies are dropped ([`Worker::replies_untaken`]).
+const UNTAKEN_CALLS_MAX: u32 = 3;
+
 /// What an EXEC reply needs to know about its command.
 struct ExecCtx {
     /// When SCST handed the command over, and by when it must be answered (the payload's
@@ -136,6 +140,8 @@ pub(super) struct Worker {
     fd_closed: bool,
     /// Replies discarded because the fd was closed.
     undelivered: usize,
+    /// REPLY_AND_GET_MULTI calls in a row that failed before the kernel read any reply.
+    untaken_calls: u32,
 }
 
 impl Worker {
@@ -163,6 +169,7 @@ impl Worker {
             aborted: false,
             fd_closed: false,
             undelivered: 0,
+            untaken_calls: 0,
         }
     }
 
@@ -423,6 +430,11 @@ impl Worker {
     /// One REPLY_AND_GET_MULTI: deliver pending replies, fetch up to `want` commands. Returns
     /// the number of commands fetched. Reply bookkeeping follows spec §3.3 and pitfall §8.3: a
     /// reply the kernel failed on is consumed and never resent.
+    ///
+    /// `replies_done` is preset to -1 so that "the kernel wrote nothing" (it failed before
+    /// reading any reply, e.g. EFAULT on the header) is told apart from "reply 0 failed": in
+    /// the first case no reply was consumed, none is lost, and all are sent again (a bounded
+    /// number of times, [`UNTAKEN_CALLS_MAX`]).
     fn exchange(&mut self, want: usize) -> usize {
         let replies_cnt = self.replies.len().min(i16::MAX as usize);
         self.multi.set_header(abi::GetMultiHeader {
@@ -432,7 +444,7 @@ impl Worker {
                 0
             },
             replies_cnt: replies_cnt as i16,
-            replies_done: 0,
+            replies_done: -1,
             cmds_cnt: want as i16,
             _pad: 0,
         });
@@ -458,6 +470,11 @@ impl Worker {
                 self.discard_replies();
                 return 0;
             }
+            Err(errno) if replies_cnt > 0 && header.replies_done < 0 => {
+                // The kernel wrote nothing (§3.3 writes replies_done before it fetches, even
+                // on a reply failure): it read no reply and fetched nothing.
+                return self.replies_untaken(errno);
+            }
             Err(errno) if done < replies_cnt => {
                 let failed = self.replies[done];
                 self.shared.counters.reply_errors.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +491,37 @@ impl Worker {
                 log::warn!("REPLY_AND_GET_MULTI failed after all replies were taken: {errno}");
             }
         }
+        self.untaken_calls = 0;
         fetched
+    }
+
+    /// REPLY_AND_GET_MULTI failed before the kernel read any reply: keep them all for the next
+    /// call. After [`UNTAKEN_CALLS_MAX`] such calls in a row they are dropped (counted as
+    /// refused, logged): the kernel keeps failing the call, and a worker that resends forever
+    /// would never reach its teardown checks. Returns 0: nothing was fetched.
+    fn replies_untaken(&mut self, errno: Errno) -> usize {
+        self.untaken_calls += 1;
+        if self.untaken_calls < UNTAKEN_CALLS_MAX {
+            log::warn!(
+                "worker {}: REPLY_AND_GET_MULTI failed ({errno}) before the kernel read any of {} replies; sending them again",
+                self.index,
+                self.replies.len()
+            );
+            return 0;
+        }
+        log::error!(
+            "worker {}: REPLY_AND_GET_MULTI failed ({errno}) {} times in a row before reading any reply; dropping {} replies (their commands are left to SCST's timeout and abort)",
+            self.index,
+            self.untaken_calls,
+            self.replies.len()
+        );
+        self.shared
+            .counters
+            .reply_errors
+            .fetch_add(self.replies.len() as u64, Ordering::Relaxed);
+        self.consume_replies(self.replies.len(), false);
+        self.untaken_calls = 0;
+        0
     }
 
     /// The first `n` replies were handed to SCST (or consumed by a refusal): forget them and
@@ -783,6 +830,16 @@ impl Worker {
         }
         if exec.data_direction == data_direction::NONE || bufflen == 0 {
             return Ok((None, 0));
+        }
+        if matches!(exec.data_direction, data_direction::WRITE | data_direction::BIDI) {
+            // spec §3.5: a WRITE's EXEC comes with its buffer, which already holds the
+            // initiator's data (allocation is delayed to EXEC only for READs, §4). pbuf 0 here
+            // is a kernel contract violation; a fresh buffer would put zeroes on the medium.
+            log::error!(
+                "EXEC for a {}-byte WRITE names no buffer (pbuf 0): the kernel broke the scst_user contract; answered HARDWARE ERROR, nothing written",
+                bufflen
+            );
+            return Err(self.check_condition(0x04, 0x44, 0x00));
         }
         let len = (exec.alloc_len.max(0) as usize).max(bufflen);
         match self.shared.buffers.allocate(len) {
