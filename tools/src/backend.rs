@@ -84,8 +84,10 @@ impl Backend {
 /// Figures of a backend at release.
 #[derive(Clone, Debug, Default)]
 pub struct BackendReport {
-    /// IOMMU faults the simulated device took (0 on other boards: not observable).
-    pub iommu_faults: u64,
+    /// IOMMU faults the simulated device took; `None` on boards that cannot observe them
+    /// (RAM and file stores have no IOMMU; a real function's faults go to the host's log,
+    /// not to us), so a report never shows a 0 nobody counted.
+    pub iommu_faults: Option<u64>,
     /// Requests the device completed with an error status.
     pub device_errors: u64,
     /// Requests failed by timeout escalation.
@@ -129,7 +131,15 @@ pub struct ReleaseStep {
     pub duration: std::time::Duration,
     /// What it counted (buffers for the pool step).
     pub count: u64,
+    /// It did what it must (the reset succeeded within the device's own bounded wait, the
+    /// pool was unmapped with nothing leaked), and a step that does not wait took at most
+    /// [`NO_WAIT_STEP_BOUND`].
+    pub within_bound: bool,
 }
+
+/// The bound of a release step that waits for nothing (dropping queues, closing the device):
+/// longer means the process was starved or something blocked where nothing should.
+pub const NO_WAIT_STEP_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a backend could not be built: what failed and what to do, and the exit code of its class
 /// (see [`crate::exit`]), so that a service manager restarts only what a restart can fix.
@@ -455,21 +465,32 @@ impl Backend {
             report.unknown_tags = c.unknown_tags.load(Ordering::Relaxed);
             let controller = Arc::clone(accel.board());
             report.controller_resets = controller.reset_count();
-            timed(&mut steps, "reset the function (no more DMA)", || {
-                if let Err(e) = controller.reset() {
+            // The reset's wait is bounded by the device's own timeout; it fails past it.
+            timed(&mut steps, "reset the function (no more DMA)", None, || {
+                let reset = controller.reset();
+                if let Err(e) = &reset {
                     log::warn!("{}: reset at shutdown: {e}", controller.id());
                 }
+                (reset.is_ok(), ())
             });
             // The store owns the spare queues; the workers' queues were dropped with them.
-            timed(&mut steps, "drop queues (unmap rings)", || drop(accel));
+            timed(
+                &mut steps,
+                "drop queues (unmap rings)",
+                Some(NO_WAIT_STEP_BOUND),
+                || {
+                    drop(accel);
+                    (true, ())
+                },
+            );
             controller
         });
         report.pool = pool.stats();
         let (mapped_after, leaked) = match clearance {
-            Some(clearance) => timed(&mut steps, "flush and unmap the buffer pool", || {
-                let out = release_pool(pool);
+            Some(clearance) => timed(&mut steps, "flush and unmap the buffer pool", None, || {
+                let (mapped_after, leaked) = release_pool(pool);
                 drop(clearance);
-                out
+                (mapped_after == 0 && leaked == 0, (mapped_after, leaked))
             }),
             None => {
                 log::error!(
@@ -489,37 +510,48 @@ impl Backend {
             step.count = report.pool.cached + report.pool.in_use;
         }
         if let Some(controller) = controller {
-            timed(&mut steps, "disable interrupts", || {
-                controller.disable_interrupts()
+            timed(&mut steps, "disable interrupts", Some(NO_WAIT_STEP_BOUND), || {
+                controller.disable_interrupts();
+                (true, ())
             });
-            timed(&mut steps, "close the device", || {
+            timed(&mut steps, "close the device", Some(NO_WAIT_STEP_BOUND), || {
                 let holders = Arc::strong_count(&controller);
                 if holders > 1 {
                     log::warn!("{}: {holders} references left at close", controller.id());
                 }
                 drop(controller);
+                (holders == 1, ())
             });
         }
         report.steps = steps;
         report.release_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(sim) = sim {
-            report.iommu_faults = sim.stats().iommu_faults;
+            report.iommu_faults = Some(sim.stats().iommu_faults);
         }
         if let Some(sim) = nvme_sim {
-            report.iommu_faults = sim.stats().iommu_faults;
+            report.iommu_faults = Some(sim.stats().iommu_faults);
         }
         report
     }
 }
 
-/// Run one release step, recording how long it took.
-fn timed<T>(steps: &mut Vec<ReleaseStep>, name: &'static str, f: impl FnOnce() -> T) -> T {
+/// Run one release step, recording how long it took and whether it was within its bound:
+/// `f` says whether it did what it must; `bound` is the time limit of a step that waits for
+/// nothing (`None`: the step's waits are bounded inside it, and past them it fails).
+fn timed<T>(
+    steps: &mut Vec<ReleaseStep>,
+    name: &'static str,
+    bound: Option<std::time::Duration>,
+    f: impl FnOnce() -> (bool, T),
+) -> T {
     let started = Instant::now();
-    let out = f();
+    let (ok, out) = f();
+    let duration = started.elapsed();
     steps.push(ReleaseStep {
         name,
-        duration: started.elapsed(),
+        duration,
         count: 0,
+        within_bound: ok && bound.is_none_or(|b| duration <= b),
     });
     out
 }

@@ -461,7 +461,7 @@ fn teardown_json(o: &Outcome) -> serde_json::Value {
         "steps": t.steps.iter().map(|s| json!({
             "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": s.within_bound,
         })).chain(o.backend.steps.iter().map(|s| json!({
-            "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": true,
+            "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": s.within_bound,
         }))).collect::<Vec<_>>(),
         "buffers_unmapped": o.backend.pool.cached + o.backend.pool.in_use - o.backend.leaked_buffers,
     })
@@ -480,7 +480,7 @@ pub(crate) fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
         && o.frontend.teardown.zombies_left == 0
         && o.frontend.teardown.duration + Duration::from_secs_f64(o.backend.release_ms / 1e3)
             <= teardown_budget()
-        && o.backend.iommu_faults == 0
+        && o.backend.iommu_faults.unwrap_or(0) == 0
         && o.backend.leaked_buffers == 0
         && o.frontend.teardown.unmap_permitted
         && !o.backend.pool_leaked_without_permit

@@ -319,3 +319,37 @@ fn teardown_under_load_leaves_nothing_behind() {
         }
     }
 }
+
+/// Every teardown and release step reports whether it kept its bound as measured, none as a
+/// constant: on a healthy board all do; on a board that is gone, the reset cannot succeed and
+/// its step says so.
+#[test]
+fn teardown_steps_report_their_bounds_as_measured() {
+    let steps = |j: &serde_json::Value| -> Vec<(String, bool)> {
+        j["teardown"]["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().expect("name").to_owned(),
+                    s["within_bound"].as_bool().expect("bool"),
+                )
+            })
+            .collect()
+    };
+    let common = ["--board", "sim", "--duration", "300ms", "--size", "16M"];
+    let (code, healthy, stderr) = demo(&common);
+    assert_eq!(code, Some(0), "{healthy}\n{stderr}");
+    let healthy = steps(&healthy);
+    assert!(healthy.len() >= 10, "{healthy:?}");
+    assert!(healthy.iter().all(|(_, ok)| *ok), "{healthy:?}");
+
+    let (_, gone, _) = demo(&[&common[..], &["--inject", "gone", "--command-timeout", "300ms"]].concat());
+    let gone = steps(&gone);
+    let reset = gone
+        .iter()
+        .find(|(name, _)| name.starts_with("reset the function"))
+        .expect("a reset step");
+    assert!(!reset.1, "a gone device cannot be reset: {gone:?}");
+}
