@@ -43,6 +43,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+/// The first backoff after a readable fd gave nothing to fetch ([`Worker::back_off`]).
+const READY_BACKOFF_FIRST: Duration = Duration::from_micros(50);
+/// The longest: how late a command can be taken once a suspension ends.
+const READY_BACKOFF_MAX: Duration = Duration::from_millis(5);
+
 /// REPLY_AND_GET_MULTI calls in a row that may fail before the kernel reads any reply before
 /// the replies are dropped ([`Worker::replies_untaken`]).
 const UNTAKEN_CALLS_MAX: u32 = 3;
@@ -142,6 +147,15 @@ pub(super) struct Worker {
     undelivered: usize,
     /// REPLY_AND_GET_MULTI calls in a row that failed before the kernel read any reply.
     untaken_calls: u32,
+    /// The last wait found the scst_user fd readable (or ended a backoff with it readable):
+    /// the fetch that follows tells whether that readiness was real.
+    fd_said_ready: bool,
+    /// Fetches in a row that found nothing right after the fd polled readable. The kernel's
+    /// POLLIN is level-triggered on SCST's active list as well as on the ready list (spec
+    /// §3.9), and while SCST's activity is suspended (FLUSH_CACHE, SET_OPTIONS: up to 90 s)
+    /// the active list cannot drain: POLLIN stays up and every fetch gets EAGAIN. Past
+    /// zero, [`Worker::wait`] backs off instead of polling the fd again at once.
+    empty_ready_fetches: u32,
 }
 
 impl Worker {
@@ -170,6 +184,8 @@ impl Worker {
             fd_closed: false,
             undelivered: 0,
             untaken_calls: 0,
+            fd_said_ready: false,
+            empty_ready_fetches: 0,
         }
     }
 
@@ -229,11 +245,17 @@ impl Worker {
             } else {
                 self.multi.capacity()
             };
+            let fd_said_ready = std::mem::take(&mut self.fd_said_ready);
             let fetched = if want > 0 || !self.replies.is_empty() {
                 self.exchange(want)
             } else {
                 0
             };
+            if fetched > 0 {
+                self.empty_ready_fetches = 0;
+            } else if fd_said_ready && want > 0 {
+                self.empty_ready_fetches = self.empty_ready_fetches.saturating_add(1);
+            }
             for index in 0..fetched {
                 let cmd = *self.multi.cmd(index);
                 self.dispatch(&cmd);
@@ -413,17 +435,56 @@ impl Worker {
         }
     }
 
-    /// Wait for the fd (when `fetching`) or the store queue, bounded by `idle_poll`.
-    fn wait(&self, fetching: bool) {
+    /// Wait for the fd (when `fetching`) or the store queue, bounded by `idle_poll`. After a
+    /// readable fd gave nothing to fetch, back off instead ([`Worker::back_off`]).
+    fn wait(&mut self, fetching: bool) {
+        if fetching && self.empty_ready_fetches > 0 {
+            self.back_off();
+            return;
+        }
         let fd = Some(self.shared.fd.poll_fd()).filter(|_| fetching);
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().chain(self.queue.notify_fd()).collect();
         if fds.is_empty() {
             scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
             return;
         }
-        if let Err(e) = poll_readable(&fds, self.shared.config.idle_poll) {
-            log::warn!("poll on the scst_user fd failed: {e}");
-            scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
+        match poll_readable(&fds, self.shared.config.idle_poll) {
+            Ok(ready) => self.fd_said_ready = fetching && ready.first().copied().unwrap_or(false),
+            Err(e) => {
+                log::warn!("poll on the scst_user fd failed: {e}");
+                scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
+            }
+        }
+    }
+
+    /// The fd polled readable and the fetch found nothing (spec §3.9: POLLIN on SCST's active
+    /// list, which a suspension keeps full). Wait for the store's completions only, for a time
+    /// that doubles with each empty fetch up to [`READY_BACKOFF_MAX`], then look at the fd
+    /// without waiting: still readable, the next fetch tries again; not readable, the
+    /// readiness was a passing one and the normal wait resumes. Commands cannot be delivered
+    /// while the suspension lasts, so the backoff delays none; once it ends, the next fetch
+    /// after at most [`READY_BACKOFF_MAX`] takes them.
+    fn back_off(&mut self) {
+        let shift = (self.empty_ready_fetches - 1).min(16);
+        let pause = READY_BACKOFF_FIRST
+            .saturating_mul(1 << shift)
+            .min(READY_BACKOFF_MAX)
+            .min(self.shared.config.idle_poll);
+        match self.queue.notify_fd() {
+            Some(store) => {
+                if let Err(e) = poll_readable(&[store], pause) {
+                    log::warn!("poll on the store queue failed: {e}");
+                    scst_accel_hal::locks::sleep(pause);
+                }
+            }
+            None => scst_accel_hal::locks::sleep(pause),
+        }
+        let fd = self.shared.fd.poll_fd();
+        let still_ready = poll_readable(&[fd], Duration::ZERO).is_ok_and(|r| r.first() == Some(&true));
+        if still_ready {
+            self.fd_said_ready = true;
+        } else {
+            self.empty_ready_fetches = 0;
         }
     }
 
