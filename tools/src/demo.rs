@@ -421,6 +421,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "mapped_bytes_after_release": o.backend.mapped_after, "leaked_buffers": o.backend.leaked_buffers,
         },
         "teardown": teardown_json(o),
+        "locks": crate::status::locks_json(Some(w.commands)),
         "injected": args.inject,
         "healthy": healthy(args, o),
         "errors": w.first_errors,

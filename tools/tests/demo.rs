@@ -52,6 +52,19 @@ fn demo_json_reports_a_verified_mixed_workload() {
         "{j}"
     );
     assert!(j["verified_bytes"].as_u64().unwrap_or(0) > 0, "{j}");
+    // Lock statistics of the run: the command table is taken, and per command.
+    assert_eq!(
+        j["locks"]["checker"], true,
+        "a debug build checks lock order: {j}"
+    );
+    let levels = j["locks"]["levels"].as_array().expect("lock levels");
+    let table = levels
+        .iter()
+        .find(|l| l["name"] == "frontend.cmd_table")
+        .unwrap_or_else(|| panic!("no command-table figures: {j}"));
+    assert!(table["acquisitions"].as_u64().unwrap_or(0) > 0, "{table}");
+    assert!(table["per_command"].as_f64().is_some(), "{table}");
+    assert!(table["longest_hold_us"].as_f64().is_some(), "{table}");
 }
 
 #[test]
