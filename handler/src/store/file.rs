@@ -1,23 +1,36 @@
 //! The file store: a regular file or a block device behind the [`Store`] interface.
 //!
 //! - **No copy.** Reads and writes go between the medium and the command buffer SCST pinned
-//!   (page aligned) with pread(2)/pwrite(2) on its pages ([`IoBuffer::pread`]); with O_DIRECT
-//!   (the default) the kernel DMAs straight into them. Ops that need memory of their own
-//!   (WRITE SAME, zeroing, VERIFY, COMPARE) use a page-aligned scratch buffer per I/O thread.
-//! - **A bounded pool.** Every queue hands its requests to one shared pool of `workers` I/O
-//!   threads through a bounded crossbeam channel, and gets completions back through its own
-//!   channel plus an eventfd ([`StoreQueue::notify_fd`]) the frontend polls. No thread per
-//!   request; no lock anywhere (the threads share only the read-only files and atomics), so no
-//!   lock is ever held across the I/O.
+//!   (page aligned): the buffer's own address is the I/O buffer, on io_uring or through
+//!   pread(2)/pwrite(2) on its pages ([`IoBuffer::pread`]); with O_DIRECT (the default) the
+//!   kernel DMAs straight into it. Ops that need memory of their own (WRITE SAME, zeroing,
+//!   VERIFY, COMPARE) use a page-aligned scratch buffer per I/O thread.
+//! - **Two engines** ([`IoEngine`], `--io-engine`, `io_engine` in the config). *io_uring*
+//!   (`uring`): each queue owns a ring, so submitting takes no lock (a queue belongs to one
+//!   frontend worker); READ, WRITE and FLUSH go on it (`file/uring.rs` has the details), the
+//!   other ops to the thread pool below. *Threads* (`threads`): every op goes to the pool.
+//!   `auto` (the default) probes io_uring when the store opens and falls back to the threads
+//!   where the kernel lacks it or refuses it (ENOSYS, or EPERM under
+//!   `kernel.io_uring_disabled`), saying why once in the log (a warning, later stores at info
+//!   level); `uring` forced where it is unavailable is [`FileStoreError::UringUnavailable`].
+//!   [`FileStore::io_engine`] and the dump say which engine runs.
+//! - **A bounded pool.** The thread engine's queues hand their requests to one shared pool of
+//!   `workers` I/O threads through a bounded crossbeam channel, and get completions back
+//!   through their own channel plus an eventfd ([`StoreQueue::notify_fd`]) the frontend polls;
+//!   a ring signals that same eventfd. No thread per request; no lock anywhere (the threads
+//!   and the rings share only the read-only files and atomics), so no lock is ever held
+//!   across the I/O. At most `QUEUE_DEPTH` (256) requests per queue, in either engine.
 //! - **Durability, exact.** The cache is write-back ([`StoreInfo::volatile_cache`] = true, so
 //!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every write
-//!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2). A FUA write goes through a second fd
-//!   opened with O_DSYNC, so it is on stable media when it completes (SBC-3 §5.39: FUA). A
+//!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2) (IORING_OP_FSYNC with DATASYNC on a
+//!   ring). A FUA write goes through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on
+//!   the write), so it is on stable media when it completes (SBC-3 §5.39: FUA). A
 //!   failed write is [`StoreStatus::WriteError`] with the first failing LBA, a failed read
 //!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
 //!   fails too (with the lowest LBA written since the last good flush), until the disk is
-//!   restarted; reporting GOOD would tell the initiator that lost data is safe.
+//!   restarted; reporting GOOD would tell the initiator that lost data is safe. Both engines
+//!   share that state (`Shared::flush_begin`, `Shared::flush_end`).
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
