@@ -1234,3 +1234,98 @@ fn without_io_uring_auto_falls_back_once_and_serves() {
         .count();
     assert_eq!(ours, 2, "each fallback logged: {lines:?}");
 }
+
+/// Reap `n` completions (bounded wait), as (tag, status) in tag order.
+fn reap_n(q: &mut dyn StoreQueue, n: usize) -> Vec<(u64, StoreStatus)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "{} of {n} completions", out.len());
+        if q.reap(&mut out) == 0 {
+            let fd = q.notify_fd().expect("a file queue has a notify fd");
+            scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_millis(50)).expect("poll");
+        }
+    }
+    assert_eq!(q.in_flight(), 0);
+    let mut got: Vec<_> = out.iter().map(|c| (c.tag, c.status)).collect();
+    got.sort_unstable_by_key(|&(tag, _)| tag);
+    got
+}
+
+/// The ring's handling of what the kernel answers, with the CQE injected as the kernel would
+/// post it: a short write resubmits exactly its remainder (and only then is Good); a failed
+/// FSYNC is a write error at the lowest LBA written back, and every later flush on the ring
+/// fails the same; a failed read goes to the threads, which retry it whole; EINVAL (an
+/// O_DIRECT misfit, not the medium) is InvalidRequest.
+#[test]
+fn uring_completions_from_the_kernel_are_handled_exactly() {
+    if !uring_or_skip("uring_completions_from_the_kernel_are_handled_exactly") {
+        return;
+    }
+    let dir = TempDir::new("cqe");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let threads = store.thread_queue().expect("thread queue");
+    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads) else {
+        panic!("a ring for the queue");
+    };
+    let src = buffer(8192);
+    pattern(&src, 8192, 0x41);
+    let write = StoreRequest {
+        tag: 1,
+        op: StoreOp::Write {
+            lba: 64,
+            blocks: 16,
+            fua: false,
+        },
+        buffer: Some(src.clone()),
+    };
+    // The kernel says 4096 of 8192 bytes were written (it wrote none: made up here).
+    q.complete_as_the_kernel(write, 4096);
+    assert_eq!(reap_n(&mut q, 1), [(1, StoreStatus::Good)]);
+    let out = buffer(8192);
+    let read = |tag| StoreRequest {
+        tag,
+        op: StoreOp::Read { lba: 64, blocks: 16 },
+        buffer: Some(out.clone()),
+    };
+    q.submit(&mut vec![read(2)]).expect("submit");
+    assert_eq!(reap_n(&mut q, 1), [(2, StoreStatus::Good)]);
+    let got = bytes(&out, 8192);
+    assert!(
+        got[..4096].iter().all(|&b| b == 0),
+        "the part said done is not redone"
+    );
+    assert_eq!(
+        got[4096..],
+        bytes(&src, 8192)[4096..],
+        "the remainder, at its offset"
+    );
+    assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), 64);
+
+    let flush = |tag| StoreRequest {
+        tag,
+        op: StoreOp::Flush,
+        buffer: None,
+    };
+    q.complete_as_the_kernel(flush(3), -libc::EIO);
+    assert_eq!(reap_n(&mut q, 1), [(3, StoreStatus::WriteError { lba: 64 })]);
+    q.submit(&mut vec![flush(4), flush(5)]).expect("submit");
+    assert_eq!(
+        reap_n(&mut q, 2),
+        [
+            (4, StoreStatus::WriteError { lba: 64 }),
+            (5, StoreStatus::WriteError { lba: 64 })
+        ]
+    );
+
+    out.fill(0, 8192, 0xff);
+    q.complete_as_the_kernel(read(6), -libc::EIO);
+    assert_eq!(
+        reap_n(&mut q, 1),
+        [(6, StoreStatus::Good)],
+        "retried whole by the threads"
+    );
+    assert_eq!(bytes(&out, 8192), got);
+    q.complete_as_the_kernel(read(7), -libc::EINVAL);
+    assert_eq!(reap_n(&mut q, 1), [(7, StoreStatus::InvalidRequest)]);
+}

@@ -416,6 +416,46 @@ impl UringQueue {
         }
     }
 
+    /// What the ring does for `req`: `None` for the ops the threads run, an answer for a
+    /// request that needs no I/O (out of range, malformed, a flush after a failed one).
+    fn slot_io(&self, req: &StoreRequest) -> Result<Option<SlotIo>, StoreStatus> {
+        let buffer = self.store.checked_buffer(req)?;
+        match (&req.op, buffer) {
+            (StoreOp::Read { lba, blocks }, Some(buf)) | (StoreOp::Write { lba, blocks, .. }, Some(buf)) => {
+                let (start, len) = self.store.range(*lba, *blocks).ok_or(StoreStatus::OutOfRange)?;
+                Ok(Some(SlotIo::Transfer {
+                    write: matches!(req.op, StoreOp::Write { .. }),
+                    fua: matches!(req.op, StoreOp::Write { fua: true, .. }),
+                    start,
+                    len,
+                    done: 0,
+                    addr: buf.buffer.addr() + buf.offset as u64,
+                }))
+            }
+            (StoreOp::Flush, _) => self.store.flush_begin().map(|low| Some(SlotIo::Flush { low })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Tests: take `req` into a slot as if its SQE had gone to the kernel (none is pushed) and
+    /// deliver its CQE with `result` (bytes, or -errno), as the kernel would.
+    #[cfg(test)]
+    pub(super) fn complete_as_the_kernel(&mut self, req: StoreRequest, result: i32) {
+        let io = self
+            .slot_io(&req)
+            .expect("a request that needs I/O")
+            .expect("a ring op");
+        let index = self.free.pop().expect("a free slot");
+        self.slots[index] = Some(Slot {
+            req,
+            io,
+            aborted: false,
+            retries: 0,
+        });
+        self.complete(index, result);
+        self.submit_ring();
+    }
+
     /// Cancel every request the kernel holds; returns how many.
     fn cancel_ring(&mut self) -> usize {
         let mut n = 0;
@@ -485,28 +525,7 @@ impl StoreQueue for UringQueue {
                 rest.push(req);
                 continue;
             }
-            let io = match self.store.checked_buffer(&req) {
-                Err(status) => Err(status),
-                Ok(buffer) => match (&req.op, buffer) {
-                    (StoreOp::Read { lba, blocks }, Some(buf))
-                    | (StoreOp::Write { lba, blocks, .. }, Some(buf)) => {
-                        match self.store.range(*lba, *blocks) {
-                            Some((start, len)) => Ok(Some(SlotIo::Transfer {
-                                write: matches!(req.op, StoreOp::Write { .. }),
-                                fua: matches!(req.op, StoreOp::Write { fua: true, .. }),
-                                start,
-                                len,
-                                done: 0,
-                                addr: buf.buffer.addr() + buf.offset as u64,
-                            })),
-                            None => Err(StoreStatus::OutOfRange),
-                        }
-                    }
-                    (StoreOp::Flush, _) => self.store.flush_begin().map(|low| Some(SlotIo::Flush { low })),
-                    _ => Ok(None),
-                },
-            };
-            match io {
+            match self.slot_io(&req) {
                 Err(status) => {
                     self.answer(req.tag, status);
                     self.submitted += 1;
