@@ -774,7 +774,7 @@ fn io_engine(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<IoEngine> {
             ctx.error(
                 &text.span(),
                 e,
-                "io_engine = \"auto\" (io_uring where the kernel offers it, else threads), \"uring\" or \"threads\"",
+                "write \"auto\" (io_uring where the kernel offers it, else threads), \"uring\" (io_uring or fail) or \"threads\"",
             );
             None
         }

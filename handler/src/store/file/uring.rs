@@ -271,6 +271,11 @@ impl UringQueue {
                 self.store.path.display()
             ),
         }
+        if self.unsubmitted {
+            // No CQE may come to wake the worker: make it reap (which submits again) rather
+            // than leave the requests waiting for its next submit.
+            self.threads.notify().signal();
+        }
     }
 
     /// Answer a request now (no I/O): reaped by the next `reap`, which the eventfd announces.
