@@ -1,5 +1,6 @@
-//! The file board as a user runs it: `scst-accel demo --board file --path IMG`, with each I/O engine over the
-//! same image (the later runs find the file and its data), and `check-config` on file disks.
+//! The file board as a user runs it: `scst-accel demo --board file --path IMG`, with each I/O
+//! engine over the same image (the later runs find the file and its data), and `check-config`
+//! on file disks.
 
 use std::path::Path;
 use std::path::PathBuf;
