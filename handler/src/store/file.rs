@@ -666,7 +666,8 @@ impl Store for FileStore {
             return Ok(Box::new(threads));
         }
         // The queue's own ring; its eventfd is the thread queue's, so one fd says both.
-        match uring::UringQueue::new(Arc::clone(&self.shared), threads) {
+        let kernel_workers = u32::try_from(self.pool.threads.len()).unwrap_or(u32::MAX);
+        match uring::UringQueue::new(Arc::clone(&self.shared), threads, kernel_workers) {
             Ok(queue) => Ok(Box::new(queue)),
             Err((e, threads)) => {
                 log::warn!(

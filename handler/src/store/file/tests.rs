@@ -1265,7 +1265,7 @@ fn uring_completions_from_the_kernel_are_handled_exactly() {
     let dir = TempDir::new("cqe");
     let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
     let threads = store.thread_queue().expect("thread queue");
-    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads) else {
+    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads, 2) else {
         panic!("a ring for the queue");
     };
     let src = buffer(8192);

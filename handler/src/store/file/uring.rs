@@ -25,7 +25,9 @@
 //!   small next to the transfer. No SQPOLL: a kernel thread spinning per ring costs a core.
 //! - Bounded: at most [`QUEUE_DEPTH`] requests per queue (ring and pool together), beyond
 //!   which `submit` answers QueueFull; the ring has that many SQEs and twice the CQEs, so
-//!   neither overflows. `abort_all` cancels (IORING_OP_ASYNC_CANCEL) and waits at most
+//!   neither overflows. The kernel's own workers for what it cannot issue without blocking
+//!   (io-wq: buffered writes, fsync) are capped at the store's I/O thread count per worker
+//!   thread (IORING_REGISTER_IOWQ_MAX_WORKERS). `abort_all` cancels (IORING_OP_ASYNC_CANCEL) and waits at most
 //!   [`ABORT_WAIT`]; drop waits at most [`JOIN_BOUND`]. A request the kernel still holds
 //!   after that keeps its buffer forever (leaked, logged as an error): the kernel may still
 //!   write into it, so it must never go back to the pool.
@@ -163,10 +165,16 @@ pub(super) struct UringQueue {
 }
 
 impl UringQueue {
-    /// A ring for `threads`'s worker, signalling its eventfd. On failure `threads` is given
-    /// back, for the caller to use alone.
+    /// A ring for `threads`'s worker, signalling its eventfd, whose kernel workers (io-wq: what
+    /// the kernel cannot issue without blocking, buffered writes and fsync) are capped at
+    /// `kernel_workers`. On failure `threads` is given back, for the caller to use alone.
+    // The error carries the queue back (it is large) so the caller can serve without a ring.
     #[allow(clippy::result_large_err)]
-    pub(super) fn new(store: Arc<Shared>, threads: FileQueue) -> Result<Self, (io::Error, FileQueue)> {
+    pub(super) fn new(
+        store: Arc<Shared>,
+        threads: FileQueue,
+        kernel_workers: u32,
+    ) -> Result<Self, (io::Error, FileQueue)> {
         let entries = QUEUE_DEPTH as u32;
         let ring = match IoUring::new(entries) {
             Ok(ring) => ring,
@@ -181,6 +189,12 @@ impl UringQueue {
             });
         if let Err(e) = registered {
             return Err((e, threads));
+        }
+        // No thread per request in the kernel either (Linux 5.15+; older ones keep their own
+        // bound, so a refusal only costs the cap).
+        let mut max = [kernel_workers.max(1), kernel_workers.max(1)];
+        if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
+            log::debug!("io_uring: cannot cap the kernel's io-wq workers: {e}");
         }
         Ok(Self {
             ring,
@@ -205,6 +219,7 @@ impl UringQueue {
             return false;
         };
         let fixed = types::Fixed(0);
+        let mut dsync = false;
         let entry = match slot.io {
             SlotIo::Transfer {
                 write,
@@ -219,9 +234,7 @@ impl UringQueue {
                 let ptr = (addr + done as u64) as *mut u8;
                 if write {
                     let flags = if fua { libc::RWF_DSYNC } else { 0 };
-                    if flags & libc::RWF_DSYNC != 0 {
-                        self.store.dsync_writes.fetch_add(1, Ordering::Relaxed);
-                    }
+                    dsync = flags & libc::RWF_DSYNC != 0;
                     opcode::Write::new(fixed, ptr, n)
                         .offset(at)
                         .rw_flags(flags)
@@ -234,7 +247,11 @@ impl UringQueue {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         };
-        self.push_entry(&entry.user_data(index as u64))
+        let pushed = self.push_entry(&entry.user_data(index as u64));
+        if pushed && dsync {
+            self.store.dsync_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        pushed
     }
 
     fn push_entry(&mut self, entry: &squeue::Entry) -> bool {
