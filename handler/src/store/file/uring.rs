@@ -161,6 +161,8 @@ pub(super) struct UringQueue {
     ready: Vec<StoreCompletion>,
     /// SQEs pushed and not yet taken by the kernel.
     unsubmitted: bool,
+    /// The CQEs of one drain (kept: no allocation per reap).
+    cqes: Vec<(u64, i32)>,
     submitted: u64,
 }
 
@@ -204,6 +206,7 @@ impl UringQueue {
             free: (0..QUEUE_DEPTH).rev().collect(),
             ready: Vec::new(),
             unsubmitted: false,
+            cqes: Vec::with_capacity(2 * QUEUE_DEPTH),
             submitted: 0,
         })
     }
@@ -316,18 +319,20 @@ impl UringQueue {
 
     /// Move the CQ's completions into `ready`, resubmitting what is not finished.
     fn drain_cq(&mut self) {
-        let mut cqes: Vec<(u64, i32)> = Vec::new();
+        let mut cqes = std::mem::take(&mut self.cqes);
         {
             let mut cq = self.ring.completion();
             cq.sync();
             cqes.extend(cq.map(|cqe| (cqe.user_data(), cqe.result())));
         }
-        for (user_data, result) in cqes {
+        for &(user_data, result) in &cqes {
             if user_data & CANCEL != 0 {
                 continue;
             }
             self.complete(user_data as usize, result);
         }
+        cqes.clear();
+        self.cqes = cqes;
         self.submit_ring();
     }
 
