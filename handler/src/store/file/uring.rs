@@ -370,10 +370,11 @@ impl UringQueue {
                 let (write, fua, start, len) = (*write, *fua, *start, *len);
                 if result > 0 {
                     *done += result as usize;
+                    // Written back, wholly or in part (an aborted one): the next flush owes it.
+                    if write && !fua && (*done >= len || slot.aborted) {
+                        self.store.wrote_back(start);
+                    }
                     if *done >= len {
-                        if write && !fua {
-                            self.store.wrote_back(start);
-                        }
                         StoreStatus::Good
                     } else if slot.aborted {
                         StoreStatus::Aborted
