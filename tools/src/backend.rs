@@ -64,6 +64,8 @@ pub struct Backend {
     pub sim: Option<SimHandle>,
     /// Fault injection and statistics of a simulated NVMe controller.
     pub nvme_sim: Option<NvmeSimHandle>,
+    /// The file store's I/O engine in use ("uring" or "threads"); `None` on other boards.
+    pub io_engine: Option<&'static str>,
 }
 
 impl Backend {
@@ -77,6 +79,7 @@ impl Backend {
             accel: None,
             sim: None,
             nvme_sim: None,
+            io_engine: None,
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct BackendReport {
     pub steps: Vec<ReleaseStep>,
     /// The frontend gave no unmap permit, so the pool was leaked rather than unmapped.
     pub pool_leaked_without_permit: bool,
+    /// The file store's I/O engine ("uring" or "threads"); `None` on other boards.
+    pub io_engine: Option<&'static str>,
 }
 
 /// What allows the pool to be unmapped.
@@ -250,6 +255,7 @@ fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> 
         create_size: (board == BoardArg::File).then_some(disk.size),
         block_size: (board == BoardArg::File).then_some(disk.block_size),
         direct: !disk.buffered,
+        io_engine: disk.io_engine,
         workers: DEFAULT_WORKERS.max(disk.workers),
         max_transfer_blocks: disk.max_transfer_blocks,
         ..FileStoreConfig::new(path)
@@ -258,7 +264,11 @@ fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> 
         message: error_chain(&e),
         exit_code: file_error_exit_code(&e),
     })?;
-    Ok(Backend::from_store(Arc::new(store), disk.buffer_memory))
+    let io_engine = Some(store.io_engine().name());
+    Ok(Backend {
+        io_engine,
+        ..Backend::from_store(Arc::new(store), disk.buffer_memory)
+    })
 }
 
 /// Build the backend for `board`.
@@ -283,6 +293,7 @@ pub fn build(
                 accel: None,
                 sim: None,
                 nvme_sim: None,
+                io_engine: None,
             });
         }
         BoardArg::File | BoardArg::Blockdev => return open_file(board, disk),
@@ -351,6 +362,7 @@ pub fn build(
         accel: Some(accel),
         sim: opened.sim,
         nvme_sim: opened.nvme_sim,
+        io_engine: None,
     })
 }
 
@@ -454,7 +466,9 @@ impl Backend {
             accel,
             sim,
             nvme_sim,
+            io_engine,
         } = self;
+        report.io_engine = io_engine;
         drop(store);
         let mut steps = Vec::new();
         let controller = accel.map(|accel| {

@@ -373,6 +373,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
     let s = &o.frontend.stats;
     json!({
         "board": crate::service::board_name(args.board),
+        "io_engine": o.backend.io_engine,
         "workload": {
             "pattern": format!("{:?}", args.pattern).to_lowercase(),
             "rw": format!("{:?}", args.rw).to_lowercase(),

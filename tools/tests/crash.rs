@@ -7,7 +7,9 @@
 //! journal. Bounded in count (`SCST_ACCEL_CRASH_CYCLES`, default 100) and in time
 //! (`SCST_ACCEL_CRASH_SECONDS`, default 90). Every fourth cycle runs with --buffered: the
 //! page cache survives the kill, so this shows the handler never acknowledges before pwrite(2)
-//! returned, whatever the I/O mode. Every third cycle runs on a disk of 4 KiB blocks.
+//! returned, whatever the I/O mode. Every third cycle runs on a disk of 4 KiB blocks. Four
+//! cycles in a row take the file store's `auto` I/O engine (io_uring where the kernel offers
+//! it), the next four `threads`, so both engines are killed with writes in flight.
 
 use scst_accel::crash;
 use scst_accel_handler::workload::stamp::Rng;
@@ -48,7 +50,7 @@ impl Drop for Writer {
 
 const IMAGE_SIZE: &str = "8M";
 
-fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool) -> Writer {
+fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool, engine: &str) -> Writer {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
     cmd.args([
         "crash-writer",
@@ -65,6 +67,7 @@ fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: b
     .arg("--journal")
     .arg(journal)
     .args(["--seed", &seed.to_string()])
+    .args(["--io-engine", engine])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
@@ -104,11 +107,12 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
     let mut durable_writes = [0u64; 2];
     while done < cycles && started.elapsed() < budget {
         let buffered = done % 4 == 3;
+        let engine = if (done / 4) % 2 == 0 { "auto" } else { "threads" };
         // Every third cycle on a disk of 4 KiB blocks (an image and journal of its own).
         let block_size = if done % 3 == 2 { 4096 } else { 512 };
         let image = dir.join(format!("disk-{block_size}.img"));
         let journal = dir.join(format!("journal-{block_size}"));
-        let mut writer = start(&image, &journal, block_size, rng.next_u64(), buffered);
+        let mut writer = start(&image, &journal, block_size, rng.next_u64(), buffered, engine);
         wait_ready(&mut writer);
         std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
         // Child::kill is SIGKILL: nothing of the handler runs after it.
@@ -126,7 +130,7 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
         assert_eq!(
             (report.lost, report.stale_or_torn),
             (0, 0),
-            "cycle {done} ({}): {:?}",
+            "cycle {done} ({}, {engine}): {:?}",
             if buffered { "buffered" } else { "O_DIRECT" },
             report.first_errors
         );
