@@ -38,6 +38,8 @@
 //!   block (st_blksize) become [`StoreInfo::physical_block_size`], hence READ CAPACITY(16)'s
 //!   LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2).
 
+mod failure;
+mod lock;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -214,13 +216,20 @@ pub enum FileStoreError {
         source: io::Error,
     },
     /// The block device is in use (mounted, or held exclusively by another program).
-    #[error("{path}: the device is in use (mounted, part of a RAID/LVM, or open exclusively elsewhere); release it first")]
+    #[error("{path}: the device is in use (mounted, part of a RAID/LVM, or open exclusively by another process, such as another scst-accel serving it); release it first (find the holder with `fuser -v {path}`, `lsof {path}` or `findmnt --source {path}`)")]
     Busy {
         /// The path.
         path: PathBuf,
         /// The errno.
         #[source]
         source: io::Error,
+    },
+    /// Another process (or another store of this one) serves the image: it holds the exclusive
+    /// lock taken at open, and two handlers on one image would corrupt it.
+    #[error("{path}: another process is serving this image (it holds its exclusive lock); stop it, or serve another image (find it with `fuser -v {path}` or `lsof {path}`)")]
+    Locked {
+        /// The path.
+        path: PathBuf,
     },
     /// Another I/O error while opening (EIO: the medium itself).
     #[error("{path}: {what} failed; check the device (dmesg) and the file system")]
@@ -367,6 +376,7 @@ impl FileStore {
                 (None, Some(size)) => create_file(path, size, block_size, config.direct)?,
                 (Some(_), _) => open_medium(path, config.direct, 0, false)?,
             };
+            lock::lock_image(path, &data)?;
             let size = data
                 .metadata()
                 .map_err(|e| FileStoreError::from_io(path, "stat", e))?
@@ -876,8 +886,7 @@ impl Shared {
                     return status;
                 }
                 let lba = self.locate(fd, start, len, at, io);
-                log::error!("{}: read error at LBA {lba}: {e}", self.path.display());
-                StoreStatus::ReadError { lba }
+                self.read_failed(&e, lba)
             }
         }
     }
@@ -889,6 +898,9 @@ impl Shared {
         through: Through,
         mut io: impl FnMut(BorrowedFd<'_>, u64, usize, usize) -> io::Result<usize>,
     ) -> StoreStatus {
+        if let Some(status) = self.truncated_at(start, len) {
+            return status;
+        }
         let fd = self.fd(through);
         match Self::transfer(fd, start, len, &mut io) {
             Ok(()) => {
@@ -902,8 +914,7 @@ impl Shared {
                     return status;
                 }
                 let lba = self.locate(fd, start, len, at, io);
-                log::error!("{}: write error at LBA {lba}: {e}", self.path.display());
-                StoreStatus::WriteError { lba }
+                self.write_failed(&e, lba)
             }
         }
     }
