@@ -255,6 +255,8 @@ fn disk_entry(
     totals.elapsed = totals.elapsed.max(workload.elapsed);
     let outcome_figures = Outcome {
         workload,
+        // The configuration demo does not scan its disks' media first (yet).
+        preexisting: None,
         frontend,
         backend,
         cpu: None,
