@@ -13,11 +13,16 @@
 //!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every write
 //!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2). A FUA write goes through a second fd
 //!   opened with O_DSYNC, so it is on stable media when it completes (SBC-3 §5.39: FUA). A
-//!   failed write is [`StoreStatus::WriteError`] with the first failing LBA, a failed read
-//!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
+//!   failed write is [`StoreStatus::WriteError`] with the first failing LBA (a file system out
+//!   of space: [`StoreStatus::SpaceExhausted`]), a failed or short read
+//!   [`StoreStatus::ReadError`]; never Good (the mapping of each errno, and a file truncated
+//!   under the store: `file/failure.rs`). A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
 //!   fails too (with the lowest LBA written since the last good flush), until the disk is
 //!   restarted; reporting GOOD would tell the initiator that lost data is safe.
+//! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
+//!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
+//!   (`file/lock.rs`).
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of

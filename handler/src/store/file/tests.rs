@@ -421,11 +421,11 @@ fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io() {
     assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
 }
 
-/// A failed write is WriteError at the failing LBA, never Good. A real EIO needs a failing
-/// device (dm-error: device-mapper; a full file system for ENOSPC is the ignored test below,
-/// it needs mount), so the errno is injected into the store's own transfer path
-/// (what a short write followed by EIO looks like); and a file truncated under the store gives
-/// a real EOF inside the range, which is a read error at the first missing block.
+/// A failed write is WriteError at the failing LBA, never Good. Here the errno is injected
+/// into the store's own transfer path (what a short write followed by EIO looks like); real
+/// failing media (a shrunk device, a full file system) are in `tests/failures.rs`; and a file
+/// truncated under the store gives a real EOF inside the range, which is a read error at the
+/// first missing block.
 #[test]
 fn a_failed_write_is_a_write_error_at_the_failing_lba() {
     let dir = TempDir::new("efbig");

@@ -465,3 +465,40 @@ fn a_second_store_on_one_image_is_refused() {
     assert!(e.to_string().contains("fuser"), "{e}");
     drop(first);
 }
+
+/// A block device shrunk under the store (a loop device whose backing file was cut, `losetup
+/// -c`): a read past its new end is a read error at the first missing block, and a write there
+/// (ENOSPC from the block layer: past the device's end, not a full file system) a write error,
+/// not SpaceExhausted.
+#[test]
+fn a_block_device_shrunk_under_the_store_is_a_medium_error() {
+    let name = "a_block_device_shrunk_under_the_store_is_a_medium_error";
+    let lo = match LoopDevice::new(1 << 20) {
+        Ok(lo) => lo,
+        Err(reason) => return scst_accel_hal::skip::test_skipped(name, &reason),
+    };
+    let store = FileStore::open(&FileStoreConfig::new(&lo.device)).expect("open the loop device");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(8192);
+    pattern(&buf, 8192, 0x3c);
+    let write = StoreOp::Write {
+        lba: 1020,
+        blocks: 4,
+        fua: false,
+    };
+    assert_eq!(run(&mut q, write.clone(), Some(&buf)), StoreStatus::Good);
+    OpenOptions::new()
+        .write(true)
+        .open(lo._dir.file("backing.img"))
+        .and_then(|f| f.set_len(1000 * 512))
+        .expect("cut the backing file");
+    sh("losetup", &["-c", &lo.device.to_string_lossy()]).expect("losetup -c");
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 996, blocks: 8 }, Some(&buf)),
+        StoreStatus::ReadError { lba: 1000 }
+    );
+    assert_eq!(
+        run(&mut q, write, Some(&buf)),
+        StoreStatus::WriteError { lba: 1020 }
+    );
+}
