@@ -13,20 +13,23 @@
 //!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every write
 //!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2). A FUA write goes through a second fd
 //!   opened with O_DSYNC, so it is on stable media when it completes (SBC-3 §5.39: FUA). A
-//!   failed write is [`StoreStatus::WriteError`] with the first failing LBA (a file system out
-//!   of space: [`StoreStatus::SpaceExhausted`]), a failed or short read
-//!   [`StoreStatus::ReadError`]; never Good (the mapping of each errno, and a file truncated
-//!   under the store: `file/failure.rs`). A failed fdatasync is sticky: Linux may drop the
+//!   failed write is [`StoreStatus::WriteError`] with the first failing LBA, a failed read
+//!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
 //!   fails too (with the lowest LBA written since the last good flush), until the disk is
 //!   restarted; reporting GOOD would tell the initiator that lost data is safe.
-//! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
-//!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
-//!   (`file/lock.rs`).
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
 //!   its range, a 1-block one included.
+//! - **Failures.** A file system out of space is [`StoreStatus::SpaceExhausted`] (the engine
+//!   answers as SBC says for the disk's provisioning), a failed write otherwise WriteError, a
+//!   failed or short read ReadError, each at the first LBA that fails alone; a write to a file
+//!   truncated under the store is refused rather than growing it (`file/failure.rs`, shared by
+//!   the I/O paths).
+//! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
+//!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
+//!   (`file/lock.rs`).
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
 //!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
 //!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a

@@ -1,9 +1,9 @@
+mod failures;
+
 use super::*;
 use crate::store::CmdBuffer;
 use scst_accel_dma::SgvPool;
 use std::time::Instant;
-
-mod failures;
 
 /// A directory under the system's temp dir (ext4 here: O_DIRECT works), removed on drop.
 struct TempDir(PathBuf);
@@ -421,11 +421,11 @@ fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io() {
     assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
 }
 
-/// A failed write is WriteError at the failing LBA, never Good. Here the errno is injected
-/// into the store's own transfer path (what a short write followed by EIO looks like); real
-/// failing media (a shrunk device, a full file system) are in `tests/failures.rs`; and a file
-/// truncated under the store gives a real EOF inside the range, which is a read error at the
-/// first missing block.
+/// A failed write is WriteError at the failing LBA, never Good. A real EIO needs a failing
+/// device (dm-error: device-mapper; a full file system for ENOSPC is the ignored test below,
+/// it needs mount), so the errno is injected into the store's own transfer path
+/// (what a short write followed by EIO looks like); and a file truncated under the store gives
+/// a real EOF inside the range, which is a read error at the first missing block.
 #[test]
 fn a_failed_write_is_a_write_error_at_the_failing_lba() {
     let dir = TempDir::new("efbig");
@@ -543,6 +543,63 @@ fn a_failed_flush_stays_failed() {
         );
     }
     assert!(store.dump().expect("dump").contains("FAILED"));
+}
+
+/// A real ENOSPC: the file system fills up under a sparse image. Needs a small file system,
+/// which takes mount (root), so it is not run by default:
+/// `mount -t tmpfs -o size=256k none /mnt/small &&
+///  FILESTORE_SMALL_FS=/mnt/small cargo test -p scst-accel-handler --lib full_file_system -- --ignored`.
+#[test]
+#[ignore = "needs FILESTORE_SMALL_FS: a directory on a file system smaller than 1 MiB"]
+fn a_full_file_system_is_a_write_error_at_the_first_block_not_written() {
+    let Some(root) = std::env::var_os("FILESTORE_SMALL_FS") else {
+        scst_accel_hal::skip::test_skipped(
+            "a_full_file_system_is_a_write_error_at_the_first_block_not_written",
+            "FILESTORE_SMALL_FS not set",
+        );
+        return;
+    };
+    let dir = TempDir::under(Path::new(&root), "enospc");
+    let store = FileStore::open(&FileStoreConfig {
+        direct: false,
+        ..config(&dir.file("disk.img"), Some(1 << 20))
+    })
+    .expect("a sparse 1 MiB file fits");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(64 << 10);
+    buf.fill(0, 64 << 10, 0xee);
+    let mut failed = None;
+    for lba in (0..2048).step_by(128) {
+        let op = StoreOp::Write {
+            lba,
+            blocks: 128,
+            fua: false,
+        };
+        match run(&mut q, op, Some(&buf)) {
+            StoreStatus::Good => {}
+            StoreStatus::SpaceExhausted { lba: at } => {
+                assert!((lba..lba + 128).contains(&at), "{at} outside the write at {lba}");
+                failed = Some(at);
+                break;
+            }
+            other => panic!("write at {lba}: {other:?}"),
+        }
+    }
+    let at = failed.expect("a file system smaller than the image fills up");
+    // Everything before the failing block was written.
+    let out = buffer(512);
+    assert_eq!(
+        run(
+            &mut q,
+            StoreOp::Read {
+                lba: at - 1,
+                blocks: 1
+            },
+            Some(&out)
+        ),
+        StoreStatus::Good
+    );
+    assert!(bytes(&out, 512).iter().all(|&b| b == 0xee));
 }
 
 /// A file on this file system: the physical block is st_blksize, and a hole reads as zeroes

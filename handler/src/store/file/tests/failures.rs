@@ -10,6 +10,15 @@ use crate::scsi::Plan;
 use crate::scsi::NO_DATA;
 use std::process::Command;
 
+/// An image of `size` bytes (created when absent), O_DIRECT, 2 I/O threads.
+fn image_config(path: &Path, size: u64) -> FileStoreConfig {
+    FileStoreConfig {
+        create_size: Some(size),
+        workers: 2,
+        ..FileStoreConfig::new(path)
+    }
+}
+
 /// Root, from /proc (no FFI for a test).
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
@@ -163,7 +172,7 @@ fn a_full_file_system_is_space_exhausted_at_the_first_block_not_stored() {
     };
     let store = FileStore::open(&FileStoreConfig {
         direct: false,
-        ..config(&fs.file("disk.img"), Some(1 << 20))
+        ..image_config(&fs.file("disk.img"), 1 << 20)
     })
     .expect("a sparse 1 MiB file fits");
     let mut q = store.open_queue().expect("queue");
@@ -282,7 +291,7 @@ fn a_failing_device_is_a_medium_error_at_the_failing_lba() {
     let device_end = (device_at + cut_lba - file_at) * 512;
     let backing = fs.dir.file("fs.img");
     let device = fs.loop_device.clone().expect("a loop device");
-    let store = FileStore::open(&config(&image, Some(size))).expect("open the image (O_DIRECT)");
+    let store = FileStore::open(&image_config(&image, size)).expect("open the image (O_DIRECT)");
     let mut q = store.open_queue().expect("queue");
     let buf = buffer(8192);
     assert_eq!(
@@ -370,7 +379,7 @@ fn a_failing_device_is_a_medium_error_at_the_failing_lba() {
 fn a_file_truncated_under_the_store_is_neither_read_nor_grown() {
     let dir = TempDir::new("truncated");
     let path = dir.file("disk.img");
-    let store = FileStore::open(&config(&path, Some(1 << 20))).expect("open");
+    let store = FileStore::open(&image_config(&path, 1 << 20)).expect("open");
     let mut q = store.open_queue().expect("queue");
     let buf = buffer(8192);
     pattern(&buf, 8192, 0x5a);
@@ -438,8 +447,8 @@ fn a_file_truncated_under_the_store_is_neither_read_nor_grown() {
 fn a_second_store_on_one_image_is_refused() {
     let dir = TempDir::new("lock");
     let path = dir.file("disk.img");
-    let first = FileStore::open(&config(&path, Some(64 << 10))).expect("open");
-    let e = FileStore::open(&config(&path, Some(64 << 10))).expect_err("a second store on the image");
+    let first = FileStore::open(&image_config(&path, 64 << 10)).expect("open");
+    let e = FileStore::open(&image_config(&path, 64 << 10)).expect_err("a second store on the image");
     assert!(matches!(e, FileStoreError::Locked { .. }), "{e}");
     let text = e.to_string();
     assert!(
@@ -447,7 +456,7 @@ fn a_second_store_on_one_image_is_refused() {
         "{text}"
     );
     drop(first);
-    let again = FileStore::open(&config(&path, Some(64 << 10))).expect("the lock went with the store");
+    let again = FileStore::open(&image_config(&path, 64 << 10)).expect("the lock went with the store");
     drop(again);
 
     let lo = match LoopDevice::new(1 << 20) {
