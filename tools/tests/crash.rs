@@ -13,6 +13,7 @@ use scst_accel::crash;
 use scst_accel_handler::workload::stamp::Rng;
 use std::io::BufRead;
 use std::io::BufReader;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
@@ -48,8 +49,14 @@ impl Drop for Writer {
 
 const IMAGE_SIZE: &str = "8M";
 
-fn start(board: &str, image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool) -> Writer {
+fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool) -> Writer {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
+    // The board follows the medium: a block device (a loop device) is served as one.
+    let board = if std::fs::metadata(image).is_ok_and(|m| m.file_type().is_block_device()) {
+        "blockdev"
+    } else {
+        "file"
+    };
     cmd.args([
         "crash-writer",
         "--board",
@@ -93,33 +100,22 @@ fn wait_ready(writer: &mut Writer) {
     }
 }
 
-/// The media of a run: the board and, for each block size, the path to serve.
-struct Media<'a> {
-    board: &'a str,
-    path: &'a dyn Fn(usize) -> PathBuf,
-}
-
-/// Run SIGKILL cycles until `cycles` or `budget`, checking the medium against the journal after
-/// each; returns the summary line.
-fn sigkill_cycles(name: &str, media: &Media<'_>, cycles: u64, budget: Duration, dir: &Path) -> String {
+#[test]
+fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
+    let cycles = env_u64("SCST_ACCEL_CRASH_CYCLES", 100);
+    let budget = Duration::from_secs(env_u64("SCST_ACCEL_CRASH_SECONDS", 90));
     let mut rng = Rng::new(env_u64("SCST_ACCEL_CRASH_SEED", 2026));
+    let dir = scratch("sigkill");
     let started = Instant::now();
     let (mut done, mut buffered_cycles, mut checked) = (0u64, 0u64, 0u64);
     let mut durable_writes = [0u64; 2];
     while done < cycles && started.elapsed() < budget {
         let buffered = done % 4 == 3;
-        // Every third cycle on a disk of 4 KiB blocks (a medium and journal of its own).
+        // Every third cycle on a disk of 4 KiB blocks (an image and journal of its own).
         let block_size = if done % 3 == 2 { 4096 } else { 512 };
-        let image = (media.path)(block_size);
+        let image = dir.join(format!("disk-{block_size}.img"));
         let journal = dir.join(format!("journal-{block_size}"));
-        let mut writer = start(
-            media.board,
-            &image,
-            &journal,
-            block_size,
-            rng.next_u64(),
-            buffered,
-        );
+        let mut writer = start(&image, &journal, block_size, rng.next_u64(), buffered);
         wait_ready(&mut writer);
         std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
         // Child::kill is SIGKILL: nothing of the handler runs after it.
@@ -127,7 +123,7 @@ fn sigkill_cycles(name: &str, media: &Media<'_>, cycles: u64, budget: Duration, 
         let status = writer.0.wait().expect("reap the writer");
         assert!(
             status.code().is_none(),
-            "{name} cycle {done}: the writer exited by itself ({status}) before it was killed"
+            "cycle {done}: the writer exited by itself ({status}) before it was killed"
         );
         drop(writer);
 
@@ -137,7 +133,7 @@ fn sigkill_cycles(name: &str, media: &Media<'_>, cycles: u64, budget: Duration, 
         assert_eq!(
             (report.lost, report.stale_or_torn),
             (0, 0),
-            "{name} cycle {done} ({}): {:?}",
+            "cycle {done} ({}): {:?}",
             if buffered { "buffered" } else { "O_DIRECT" },
             report.first_errors
         );
@@ -147,31 +143,18 @@ fn sigkill_cycles(name: &str, media: &Media<'_>, cycles: u64, budget: Duration, 
         buffered_cycles += u64::from(buffered);
         done += 1;
     }
-    assert!(done > 0, "{name}: no cycle ran within {budget:?}");
+    assert!(done > 0, "no cycle ran within {budget:?}");
     let durable_writes: u64 = durable_writes.iter().sum();
     assert!(
         durable_writes > 0,
-        "{name}: no write was ever acknowledged durable: the test proved nothing"
+        "no write was ever acknowledged durable: the test proved nothing"
     );
-    format!(
-        "{name}: {done} cycles ({buffered_cycles} buffered, {} on 4 KiB blocks) in {:.1}s, {durable_writes} acknowledged durable writes \
+    println!(
+        "crash: {done} cycles ({buffered_cycles} buffered, {} on 4 KiB blocks) in {:.1}s, {durable_writes} acknowledged durable writes \
          in the journals, {checked} durable blocks checked over all cycles, lost 0, stale/torn 0",
         done / 3,
         started.elapsed().as_secs_f64()
-    )
-}
-
-#[test]
-fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
-    let cycles = env_u64("SCST_ACCEL_CRASH_CYCLES", 100);
-    let budget = Duration::from_secs(env_u64("SCST_ACCEL_CRASH_SECONDS", 90));
-    let dir = scratch("sigkill");
-    let path = |block_size: usize| dir.join(format!("disk-{block_size}.img"));
-    let media = Media {
-        board: "file",
-        path: &path,
-    };
-    println!("{}", sigkill_cycles("crash", &media, cycles, budget, &dir));
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -225,13 +208,14 @@ impl Drop for LoopDevice {
 
 /// The same on a block device (`--board blockdev` on loop devices of 512 B and 4 KiB sectors):
 /// the handler opens it O_EXCL and writes through O_DIRECT or the device's page cache; after
-/// each SIGKILL the device itself is read. Smaller than the file run for CI (30 cycles, 40 s:
-/// `SCST_ACCEL_CRASH_BLOCKDEV_CYCLES`, `SCST_ACCEL_CRASH_BLOCKDEV_SECONDS`).
+/// each SIGKILL the device itself is read and checked. Smaller than the file run for CI: 30
+/// cycles, 40 s (`SCST_ACCEL_CRASH_BLOCKDEV_CYCLES`, `SCST_ACCEL_CRASH_BLOCKDEV_SECONDS`).
 #[test]
 fn sigkill_on_a_block_device_never_loses_an_acknowledged_write() {
     let name = "sigkill_on_a_block_device_never_loses_an_acknowledged_write";
     let cycles = env_u64("SCST_ACCEL_CRASH_BLOCKDEV_CYCLES", 30);
     let budget = Duration::from_secs(env_u64("SCST_ACCEL_CRASH_BLOCKDEV_SECONDS", 40));
+    let mut rng = Rng::new(env_u64("SCST_ACCEL_CRASH_SEED", 2026));
     let dir = scratch("blockdev");
     let devices = match (LoopDevice::new(&dir, 512), LoopDevice::new(&dir, 4096)) {
         (Ok(a), Ok(b)) => [a, b],
@@ -241,14 +225,53 @@ fn sigkill_on_a_block_device_never_loses_an_acknowledged_write() {
             return;
         }
     };
-    let path = |block_size: usize| devices[usize::from(block_size == 4096)].0.clone();
-    let media = Media {
-        board: "blockdev",
-        path: &path,
-    };
+    let started = Instant::now();
+    let (mut done, mut buffered_cycles, mut checked) = (0u64, 0u64, 0u64);
+    let mut durable_writes = [0u64; 2];
+    while done < cycles && started.elapsed() < budget {
+        let buffered = done % 4 == 3;
+        // Every third cycle on the device of 4 KiB sectors (a journal of its own).
+        let block_size = if done % 3 == 2 { 4096 } else { 512 };
+        let device = &devices[usize::from(block_size == 4096)].0;
+        let journal = dir.join(format!("journal-{block_size}"));
+        let mut writer = start(device, &journal, block_size, rng.next_u64(), buffered);
+        wait_ready(&mut writer);
+        std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
+        writer.0.kill().expect("SIGKILL the writer");
+        let status = writer.0.wait().expect("reap the writer");
+        assert!(
+            status.code().is_none(),
+            "cycle {done}: the writer exited by itself ({status}) before it was killed"
+        );
+        drop(writer);
+
+        let records = crash::read_journal(&journal).expect("journal");
+        let bytes = std::fs::read(device).expect("read the device");
+        let report = crash::check(&bytes, block_size, &records);
+        assert_eq!(
+            (report.lost, report.stale_or_torn),
+            (0, 0),
+            "cycle {done} on {} ({}): {:?}",
+            device.display(),
+            if buffered { "buffered" } else { "O_DIRECT" },
+            report.first_errors
+        );
+        checked += report.durable_blocks;
+        durable_writes[usize::from(block_size == 4096)] = report.durable_writes;
+        buffered_cycles += u64::from(buffered);
+        done += 1;
+    }
+    assert!(done > 0, "no cycle ran within {budget:?}");
+    let durable_writes: u64 = durable_writes.iter().sum();
+    assert!(
+        durable_writes > 0,
+        "no write was ever acknowledged durable: the test proved nothing"
+    );
     println!(
-        "{}",
-        sigkill_cycles("crash (block device)", &media, cycles, budget, &dir)
+        "crash (block device): {done} cycles ({buffered_cycles} buffered, {} on 4 KiB sectors) in {:.1}s, {durable_writes} \
+         acknowledged durable writes in the journals, {checked} durable blocks checked over all cycles, lost 0, stale/torn 0",
+        done / 3,
+        started.elapsed().as_secs_f64()
     );
     drop(devices);
     let _ = std::fs::remove_dir_all(&dir);
