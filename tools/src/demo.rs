@@ -233,28 +233,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     // A medium that outlives the process may hold an earlier run's stamps: check every block
     // before this run overwrites them (zeroes, or a whole stamp of its own LBA), so a second run
     // over the same image proves the first one's data survived.
-    let preexisting = persistent(args.board).then(|| {
-        let config = workload_config(args);
-        let report = workload::scan(
-            &sessions[0],
-            geometry,
-            geometry.num_blocks,
-            SCAN_BYTES
-                .div_ceil(info.block_size)
-                .min(info.max_transfer_blocks)
-                .min(args.disk.max_transfer_blocks)
-                .max(1),
-            SCAN_DEPTH,
-            config.completion_timeout,
-        );
-        log::info!(
-            "pre-existing data: {} blocks checked, {} stamped by an earlier run, {} errors",
-            report.blocks_checked,
-            report.stamped,
-            report.errors
-        );
-        report
-    });
+    let preexisting = persistent(args.board).then(|| scan_preexisting(args, &sessions[0], geometry, &info));
     let live = std::io::stderr().is_terminal() && !args.json;
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.
@@ -381,8 +360,38 @@ const SCAN_BYTES: u32 = 128 << 10;
 const SCAN_DEPTH: usize = 8;
 
 /// Boards whose medium outlives the process.
-fn persistent(board: BoardArg) -> bool {
+pub(crate) fn persistent(board: BoardArg) -> bool {
     matches!(board, BoardArg::File | BoardArg::Blockdev)
+}
+
+/// Check every block of the workload's region before the run writes it: zeroes, or a whole
+/// stamp of its own LBA left by an earlier run ([`workload::scan`]).
+pub(crate) fn scan_preexisting(
+    args: &DemoArgs,
+    session: &Session,
+    geometry: Geometry,
+    info: &scst_accel_handler::store::StoreInfo,
+) -> ScanReport {
+    let report = workload::scan(
+        session,
+        geometry,
+        geometry.num_blocks,
+        SCAN_BYTES
+            .div_ceil(info.block_size)
+            .min(info.max_transfer_blocks)
+            .min(args.disk.max_transfer_blocks)
+            .max(1),
+        SCAN_DEPTH,
+        workload_config(args).completion_timeout,
+    );
+    log::info!(
+        "{}: pre-existing data: {} blocks checked, {} stamped by an earlier run, {} errors",
+        args.disk.name,
+        report.blocks_checked,
+        report.stamped,
+        report.errors
+    );
+    report
 }
 
 fn preexisting_json(o: &Outcome) -> serde_json::Value {

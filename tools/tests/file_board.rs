@@ -290,6 +290,59 @@ fn a_held_image_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `demo --config` checks each persistent disk's medium too: a file disk beside a RAM disk,
+/// twice; the second run finds the first's stamps on the file, and the RAM disk (nothing
+/// persists) reports no check.
+#[test]
+fn demo_config_checks_the_file_disks_medium() {
+    let dir = scratch("democonfig");
+    let image = dir.join("f.img");
+    let config = dir.join("disks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = {:?}\nsize = \"16M\"\n\n[[disk]]\nname = \"r\"\nboard = \"ram\"\nsize = \"16M\"\n",
+            image.display().to_string()
+        ),
+    )
+    .expect("write the configuration");
+    let run = || {
+        let (code, stdout, stderr) = scst_accel(&[
+            "demo",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--duration",
+            "1s",
+            "--json",
+        ]);
+        let j: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+        (code, j, stderr)
+    };
+    let disk = |j: &serde_json::Value, name: &str| {
+        j["disks"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no disk {name} in {j}"))
+    };
+    let (code, first, stderr) = run();
+    assert_eq!(code, Some(0), "{first}\n{stderr}");
+    assert_eq!(disk(&first, "f")["preexisting"]["stamped"], 0, "{first}");
+    assert!(disk(&first, "r")["preexisting"].is_null(), "{first}");
+    let (code, second, stderr) = run();
+    assert_eq!(code, Some(0), "{second}\n{stderr}");
+    let f = disk(&second, "f");
+    assert_eq!(f["preexisting"]["blocks_checked"], BLOCKS, "{f}");
+    assert_eq!(f["preexisting"]["stamped"], BLOCKS, "{f}");
+    corrupt(&image);
+    let (code, third, _) = run();
+    assert_eq!(code, Some(65), "{third}");
+    let f = disk(&third, "f");
+    assert_eq!(f["preexisting"]["errors"], 2, "{f}");
+    assert_eq!(f["healthy"], false, "{f}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn check_config_accepts_a_file_disk_and_refuses_one_without_path() {
     let dir = scratch("config");
