@@ -201,7 +201,7 @@ pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Pla
         StoreStatus::WriteError { lba } => {
             Err(Sense::new(sense_key::MEDIUM_ERROR, asc::WRITE_ERROR).with_information(lba))
         }
-        // SBC-3 §4.7.3.6 (SBC-4 §4.7.3.7, resource exhaustion): a thin provisioned logical unit
+        // SBC-3 §4.7.3.6 (thin provisioning, resource exhaustion): a thin provisioned logical unit
         // that cannot map an LBA for a write ends it with DATA PROTECT / SPACE ALLOCATION FAILED
         // WRITE PROTECT (Linux turns it into ENOSPC, not a retried I/O error). That code is
         // defined for thin provisioning only: a fully provisioned logical unit has every LBA

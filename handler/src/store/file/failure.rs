@@ -11,9 +11,9 @@
 //!   provisioning. On a block device ENOSPC means a write past the device's end (it shrank
 //!   under us), a write error.
 //! - **End of file inside the medium** on a read (a short read: another program truncated the
-//!   file) is a read error at the first missing block: the initiator's capacity did not
-//!   change, its data past the cut is gone (SBC-3 §4.5: every LBA up to the capacity is
-//!   readable), so returning GOOD over zeroes would hide the loss.
+//!   file) is a read error at the first missing block: the capacity the initiator read did not
+//!   change, so every LBA below it must return the data last written there; that data is gone,
+//!   and GOOD over zeroes would hide the loss.
 //! - **A write past the end of a truncated file** would grow it back, silently, with holes
 //!   before: the store promises never to truncate nor grow. [`Shared::truncated_at`] checks the
 //!   file's size first (one fstat per write on a regular file), and the write fails as a write
