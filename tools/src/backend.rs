@@ -204,12 +204,17 @@ pub fn open_error_exit_code(e: &OpenBoardError) -> u8 {
 }
 
 /// The exit code class of a file store that did not open: the medium itself failing (EIO) is
-/// 74, a device another program holds is 69 (later may work), anything else is the
+/// 74, a device or image another process holds is 69 (later may work), anything else is the
 /// configuration's (a missing file without a size, a bad size, permissions, O_DIRECT refused).
 pub fn file_error_exit_code(e: &FileStoreError) -> u8 {
     use crate::exit;
     match e {
-        FileStoreError::Busy { .. } => exit::UNAVAILABLE,
+        // Another process serves the image (its lock) or holds the device (O_EXCL): nothing in
+        // our configuration is wrong, and the holder may be going away (the previous instance
+        // still stopping while the service manager starts the next), so a retry may succeed:
+        // EX_UNAVAILABLE, like a VFIO group another process holds. If the holder stays, the
+        // message names the path and how to find it.
+        FileStoreError::Busy { .. } | FileStoreError::Locked { .. } => exit::UNAVAILABLE,
         FileStoreError::Resources { .. } => exit::SOFTWARE,
         e if e.is_io() => exit::IOERR,
         _ => exit::CONFIG,
@@ -683,6 +688,10 @@ mod tests {
                 source: io(libc::EIO),
             }),
             exit::IOERR
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Locked { path: path.clone() }),
+            exit::UNAVAILABLE
         );
         assert_eq!(
             file_error_exit_code(&FileStoreError::Busy {

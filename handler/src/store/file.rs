@@ -35,6 +35,14 @@
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
 //!   its range, a 1-block one included.
+//! - **Failures.** A file system out of space is [`StoreStatus::SpaceExhausted`] (the engine
+//!   answers as SBC says for the disk's provisioning), a failed write otherwise WriteError, a
+//!   failed or short read ReadError, each at the first LBA that fails alone; a write to a file
+//!   truncated under the store is refused rather than growing it (`file/failure.rs`, shared by
+//!   the I/O paths).
+//! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
+//!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
+//!   (`file/lock.rs`).
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
 //!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
 //!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a
@@ -51,6 +59,8 @@
 //!   block (st_blksize) become [`StoreInfo::physical_block_size`], hence READ CAPACITY(16)'s
 //!   LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2).
 
+mod failure;
+mod lock;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -283,13 +293,20 @@ pub enum FileStoreError {
         source: io::Error,
     },
     /// The block device is in use (mounted, or held exclusively by another program).
-    #[error("{path}: the device is in use (mounted, part of a RAID/LVM, or open exclusively elsewhere); release it first")]
+    #[error("{path}: the device is in use (mounted, part of a RAID/LVM, or open exclusively by another process, such as another scst-accel serving it); release it first (find the holder with `fuser -v {path}`, `lsof {path}` or `findmnt --source {path}`)")]
     Busy {
         /// The path.
         path: PathBuf,
         /// The errno.
         #[source]
         source: io::Error,
+    },
+    /// Another process (or another store of this one) serves the image: it holds the exclusive
+    /// lock taken at open, and two handlers on one image would corrupt it.
+    #[error("{path}: another process is serving this image (it holds its exclusive lock); stop it, or serve another image (find it with `fuser -v {path}` or `lsof {path}`)")]
+    Locked {
+        /// The path.
+        path: PathBuf,
     },
     /// Another I/O error while opening (EIO: the medium itself).
     #[error("{path}: {what} failed; check the device (dmesg) and the file system")]
@@ -489,6 +506,7 @@ impl FileStore {
                 (None, Some(size)) => create_file(path, size, block_size, config.direct)?,
                 (Some(_), _) => open_medium(path, config.direct, 0, false)?,
             };
+            lock::lock_image(path, &data)?;
             let size = data
                 .metadata()
                 .map_err(|e| FileStoreError::from_io(path, "stat", e))?
@@ -1056,8 +1074,7 @@ impl Shared {
                     return status;
                 }
                 let lba = self.locate(fd, start, len, at, io);
-                log::error!("{}: read error at LBA {lba}: {e}", self.path.display());
-                StoreStatus::ReadError { lba }
+                self.read_failed(&e, lba)
             }
         }
     }
@@ -1069,6 +1086,9 @@ impl Shared {
         through: Through,
         mut io: impl FnMut(BorrowedFd<'_>, u64, usize, usize) -> io::Result<usize>,
     ) -> StoreStatus {
+        if let Some(status) = self.truncated_at(start, len) {
+            return status;
+        }
         let fd = self.fd(through);
         match Self::transfer(fd, start, len, &mut io) {
             Ok(()) => {
@@ -1082,8 +1102,7 @@ impl Shared {
                     return status;
                 }
                 let lba = self.locate(fd, start, len, at, io);
-                log::error!("{}: write error at LBA {lba}: {e}", self.path.display());
-                StoreStatus::WriteError { lba }
+                self.write_failed(&e, lba)
             }
         }
     }

@@ -1,3 +1,5 @@
+mod failures;
+
 use super::*;
 use crate::store::CmdBuffer;
 use scst_accel_dma::SgvPool;
@@ -624,7 +626,7 @@ fn a_full_file_system_is_a_write_error_at_the_first_block_not_written() {
         };
         match run(&mut q, op, Some(&buf)) {
             StoreStatus::Good => {}
-            StoreStatus::WriteError { lba: at } => {
+            StoreStatus::SpaceExhausted { lba: at } => {
                 assert!((lba..lba + 128).contains(&at), "{at} outside the write at {lba}");
                 failed = Some(at);
                 break;
