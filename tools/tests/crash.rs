@@ -238,7 +238,9 @@ fn sigkill_on_a_block_device_never_loses_an_acknowledged_write() {
         let block_size = if done % 3 == 2 { 4096 } else { 512 };
         let device = &devices[usize::from(block_size == 4096)].0;
         let journal = dir.join(format!("journal-{block_size}"));
-        let mut writer = start(device, &journal, block_size, rng.next_u64(), buffered);
+        // Both engines on the device too: four cycles `auto` (io_uring here), four `threads`.
+        let engine = if (done / 4) % 2 == 0 { "auto" } else { "threads" };
+        let mut writer = start(device, &journal, block_size, rng.next_u64(), buffered, engine);
         wait_ready(&mut writer);
         std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
         writer.0.kill().expect("SIGKILL the writer");

@@ -593,64 +593,6 @@ fn a_failed_flush_stays_failed(engine: IoEngine) {
     assert!(store.dump().expect("dump").contains("FAILED"));
 }
 
-/// A real ENOSPC: the file system fills up under a sparse image. Needs a small file system,
-/// which takes mount (root), so it is not run by default:
-/// `mount -t tmpfs -o size=256k none /mnt/small &&
-///  FILESTORE_SMALL_FS=/mnt/small cargo test -p scst-accel-handler --lib full_file_system -- --ignored`.
-#[test]
-#[ignore = "needs FILESTORE_SMALL_FS: a directory on a file system smaller than 1 MiB"]
-fn a_full_file_system_is_a_write_error_at_the_first_block_not_written() {
-    let engine = IoEngine::Auto;
-    let Some(root) = std::env::var_os("FILESTORE_SMALL_FS") else {
-        scst_accel_hal::skip::test_skipped(
-            "a_full_file_system_is_a_write_error_at_the_first_block_not_written",
-            "FILESTORE_SMALL_FS not set",
-        );
-        return;
-    };
-    let dir = TempDir::under(Path::new(&root), "enospc");
-    let store = open(&FileStoreConfig {
-        direct: false,
-        ..config(engine, &dir.file("disk.img"), Some(1 << 20))
-    })
-    .expect("a sparse 1 MiB file fits");
-    let mut q = store.open_queue().expect("queue");
-    let buf = buffer(64 << 10);
-    buf.fill(0, 64 << 10, 0xee);
-    let mut failed = None;
-    for lba in (0..2048).step_by(128) {
-        let op = StoreOp::Write {
-            lba,
-            blocks: 128,
-            fua: false,
-        };
-        match run(&mut q, op, Some(&buf)) {
-            StoreStatus::Good => {}
-            StoreStatus::SpaceExhausted { lba: at } => {
-                assert!((lba..lba + 128).contains(&at), "{at} outside the write at {lba}");
-                failed = Some(at);
-                break;
-            }
-            other => panic!("write at {lba}: {other:?}"),
-        }
-    }
-    let at = failed.expect("a file system smaller than the image fills up");
-    // Everything before the failing block was written.
-    let out = buffer(512);
-    assert_eq!(
-        run(
-            &mut q,
-            StoreOp::Read {
-                lba: at - 1,
-                blocks: 1
-            },
-            Some(&out)
-        ),
-        StoreStatus::Good
-    );
-    assert!(bytes(&out, 512).iter().all(|&b| b == 0xee));
-}
-
 /// A file on this file system: the physical block is st_blksize, and a hole reads as zeroes
 /// (LBPRZ): UNMAP, then READ, returns zeroes where data was.
 fn a_file_reports_its_physical_block_and_unmapped_blocks_read_zero(engine: IoEngine) {

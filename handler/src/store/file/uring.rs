@@ -451,8 +451,15 @@ impl UringQueue {
         match (&req.op, buffer) {
             (StoreOp::Read { lba, blocks }, Some(buf)) | (StoreOp::Write { lba, blocks, .. }, Some(buf)) => {
                 let (start, len) = self.store.range(*lba, *blocks).ok_or(StoreStatus::OutOfRange)?;
+                let write = matches!(req.op, StoreOp::Write { .. });
+                if write {
+                    // As the threads' writes: a file truncated under the store is not grown.
+                    if let Some(status) = self.store.truncated_at(start, len) {
+                        return Err(status);
+                    }
+                }
                 Ok(Some(SlotIo::Transfer {
-                    write: matches!(req.op, StoreOp::Write { .. }),
+                    write,
                     fua: matches!(req.op, StoreOp::Write { fua: true, .. }),
                     start,
                     len,
@@ -654,12 +661,20 @@ impl Drop for UringQueue {
     /// The kernel must be done with every buffer before the slots let go of them: cancel, wait
     /// at most [`JOIN_BOUND`], and leak what it still holds.
     fn drop(&mut self) {
-        if self.slots_in_use() == 0 {
-            return;
+        if self.slots_in_use() > 0 {
+            self.cancel_ring();
+            if !self.wait_settled(Instant::now() + JOIN_BOUND, |_| true) {
+                self.leak_held(JOIN_BOUND);
+                return;
+            }
         }
-        self.cancel_ring();
-        if !self.wait_settled(Instant::now() + JOIN_BOUND, |_| true) {
-            self.leak_held(JOIN_BOUND);
+        // The kernel tears a ring down asynchronously (a workqueue drops its registered files
+        // some time after the ring's fd is closed), and the image's lock (flock on a file, the
+        // O_EXCL claim on a device) lives as long as any reference to the image's open file:
+        // give the file back now, with nothing in flight, so that a store opened right after
+        // this one is dropped (a restart) finds the image free.
+        if let Err(e) = self.ring.submitter().unregister_files() {
+            log::warn!("io_uring: unregistering the image file: {e}; its lock is freed when the kernel tears the ring down");
         }
     }
 }
