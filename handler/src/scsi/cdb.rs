@@ -81,6 +81,11 @@ pub(crate) enum Command {
         blocks: Blocks,
         bytchk: bool,
     },
+    /// The range is only checked: nothing is read ahead (GOOD, not CONDITION MET).
+    PreFetch {
+        lba: u64,
+        count: u64,
+    },
     /// The range is only checked: the store flushes its whole cache.
     SynchronizeCache {
         lba: u64,
@@ -301,6 +306,22 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
                 in_range(lba, u64::from(count), geo)?
             };
             Command::Verify { blocks, bytchk }
+        }
+        Op::PreFetch10 | Op::PreFetch16 => {
+            let l = layout(entry.cdb_len());
+            let (lba, count) = (f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1));
+            // PREFETCH LENGTH 0 = up to the last LBA (SBC-3 §5.9).
+            let count = if count == 0 {
+                geo.num_blocks.saturating_sub(lba)
+            } else {
+                count
+            };
+            match lba.checked_add(count) {
+                Some(end) if end <= geo.num_blocks && lba < geo.num_blocks => {
+                    Command::PreFetch { lba, count }
+                }
+                _ => return Err(Sense::lba_out_of_range()),
+            }
         }
         Op::SynchronizeCache10 | Op::SynchronizeCache16 => {
             let l = layout(entry.cdb_len());
@@ -549,6 +570,35 @@ mod tests {
         g.thin = false;
         let r = decode(&[0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0], &g).map(|d| d.command);
         assert_eq!(r, Err(Sense::invalid_cdb_field(1, Some(3))));
+    }
+
+    #[test]
+    fn pre_fetch_checks_its_range_and_zero_means_to_end() {
+        assert_eq!(
+            cmd(&[0x34, 0x02, 0, 0, 0, 10, 0, 0, 20, 0]),
+            Ok(Command::PreFetch { lba: 10, count: 20 })
+        );
+        assert_eq!(
+            cmd(&[0x34, 0, 0, 0, 0x03, 0xE7, 0, 0, 0, 0]),
+            Ok(Command::PreFetch { lba: 999, count: 1 })
+        );
+        assert_eq!(
+            cmd(&[0x34, 0, 0, 0, 0x03, 0xE8, 0, 0, 0, 0]),
+            Err(Sense::lba_out_of_range())
+        );
+        let mut sixteen = [0u8; 16];
+        sixteen[0] = 0x90;
+        sixteen[9] = 100;
+        sixteen[13] = 1;
+        assert_eq!(cmd(&sixteen), Ok(Command::PreFetch { lba: 100, count: 1 }));
+        assert_eq!(
+            cmd(&[0x34, 0, 0, 0, 0x03, 0xE8, 0, 0, 1, 0]),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            cmd(&[0x34, 0, 0, 0, 0x03, 0xE9, 0, 0, 0, 0]),
+            Err(Sense::lba_out_of_range())
+        );
     }
 
     #[test]

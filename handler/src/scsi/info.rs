@@ -52,7 +52,9 @@ pub(crate) fn cdb_info(d: &Decoded, geo: &Geometry) -> CdbInfo {
             let n = bytes(u64::from(blocks.count), geo);
             (false, if bytchk { n } else { 0 }, Some(blocks.lba), Some(n))
         }
-        Command::SynchronizeCache { lba, count } => (false, 0, Some(lba), Some(bytes(count, geo))),
+        Command::SynchronizeCache { lba, count } | Command::PreFetch { lba, count } => {
+            (false, 0, Some(lba), Some(bytes(count, geo)))
+        }
         Command::WriteSame { blocks, ndob, .. } => {
             let block = if ndob || blocks.count == 0 {
                 0

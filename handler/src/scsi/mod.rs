@@ -500,7 +500,9 @@ impl Disk {
         }
         let done = |r: Response| Ok(Plan::Done(r));
         match d.command {
-            Command::TestUnitReady | Command::ReserveRelease => done(Response::good()),
+            Command::TestUnitReady | Command::ReserveRelease | Command::PreFetch { .. } => {
+                done(Response::good())
+            }
             Command::RequestSense { desc, alloc } => {
                 // SPC-4 §6.39: no pending sense (SCST core answers those, spec §6.4), so report
                 // the unit's condition: NOT READY while stopped, else NO SENSE.

@@ -491,3 +491,25 @@ proptest! {
         }
     }
 }
+
+/// PRE-FETCH (SBC-3 §5.9, §5.10) is executed (the range checked, GOOD: nothing is promised to
+/// be cached) and reported as supported; past the end it is LBA OUT OF RANGE.
+#[test]
+fn pre_fetch_is_good_in_range_and_out_of_range_past_the_end() {
+    let disk = disk();
+    good(&disk, &[0x34, 0x02, 0, 0, 0, 0, 0, 0, 8, 0], &[]);
+    let mut sixteen = [0u8; 16];
+    sixteen[0] = 0x90;
+    sixteen[13] = 8;
+    good(&disk, &sixteen, &[]);
+    check_sense(
+        &disk,
+        &[0x34, 0, 0xFF, 0xFF, 0xFF, 0xF0, 0, 0, 1, 0],
+        &[],
+        [5, 0x21, 0],
+        None,
+    );
+    // REPORT SUPPORTED OPERATION CODES, one command (reporting options 001b): supported (3).
+    let rsoc = good_data(&disk, &[0xA3, 0x0C, 0x01, 0x34, 0, 0, 0, 0, 0, 0xFF, 0, 0], &[]);
+    assert_eq!(rsoc[1] & 0x07, 3, "{rsoc:?}");
+}
