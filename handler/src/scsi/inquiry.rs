@@ -104,11 +104,12 @@ fn block_limits(config: &DiskConfig) -> Vec<u8> {
     // d[0]: WSNZ=0: WRITE SAME with 0 blocks means "to the end". d[1]: no COMPARE AND WRITE.
     // OPTIMAL TRANSFER LENGTH GRANULARITY (page bytes 6-7): the physical block, so initiators
     // avoid read-modify-write below it (Linux takes it as io_min); 0 = not reported.
+    let granularity = 1u16 << (config.physical_block_exponent & 0x0F);
     if config.physical_block_exponent > 0 {
-        d[2..4].copy_from_slice(&(1u16 << (config.physical_block_exponent & 0x0F)).to_be_bytes());
+        d[2..4].copy_from_slice(&granularity.to_be_bytes());
     }
     d[4..8].copy_from_slice(&l.max_transfer_blocks.to_be_bytes());
-    d[8..12].copy_from_slice(&l.optimal_transfer_blocks.to_be_bytes());
+    d[8..12].copy_from_slice(&optimal_transfer_blocks(l, u32::from(granularity)).to_be_bytes());
     if config.thin_provisioning {
         d[16..20].copy_from_slice(&l.max_unmap_lba_count.to_be_bytes());
         d[20..24].copy_from_slice(&l.max_unmap_descriptors.to_be_bytes());
@@ -116,6 +117,20 @@ fn block_limits(config: &DiskConfig) -> Vec<u8> {
     }
     d[32..40].copy_from_slice(&l.max_write_same_blocks.to_be_bytes());
     d
+}
+
+/// OPTIMAL TRANSFER LENGTH as reported: never above MAXIMUM TRANSFER LENGTH (SBC-3 §6.6.3;
+/// Linux ignores a larger one: "Optimal transfer size ... > dev_max"), and a multiple of the
+/// granularity (the physical block) when one fits under the maximum.
+fn optimal_transfer_blocks(l: &super::BlockLimits, granularity: u32) -> u32 {
+    let mut optimal = l.optimal_transfer_blocks;
+    if l.max_transfer_blocks > 0 {
+        optimal = optimal.min(l.max_transfer_blocks);
+    }
+    if granularity > 1 && optimal >= granularity {
+        optimal -= optimal % granularity;
+    }
+    optimal
 }
 
 /// Block Device Characteristics (B1h): non-rotating medium (SBC-3 §6.6.2).
@@ -255,6 +270,24 @@ mod tests {
         cfg.physical_block_exponent = 3;
         let d = good_data(&disk_with(cfg), &[0x12, 1, 0xB0, 0, 0xFF, 0], &[]);
         assert_eq!(&d[6..8], &[0, 8], "8 logical blocks per physical block");
+    }
+
+    /// OPTIMAL TRANSFER LENGTH never exceeds MAXIMUM TRANSFER LENGTH (an NVMe board's MDTS
+    /// clamps the maximum to 1024 blocks while the optimal stayed 2048, which Linux rejects),
+    /// and is a multiple of the granularity.
+    #[test]
+    fn vpd_block_limits_optimal_is_at_most_the_maximum() {
+        let optimal = |max: u32, optimal: u32, exponent: u8| {
+            let mut cfg = config();
+            cfg.limits.max_transfer_blocks = max;
+            cfg.limits.optimal_transfer_blocks = optimal;
+            cfg.physical_block_exponent = exponent;
+            let d = good_data(&disk_with(cfg), &[0x12, 1, 0xB0, 0, 0xFF, 0], &[]);
+            u32::from_be_bytes(d[12..16].try_into().expect("4 bytes"))
+        };
+        assert_eq!(optimal(1024, 2048, 0), 1024);
+        assert_eq!(optimal(4096, 2048, 0), 2048);
+        assert_eq!(optimal(1020, 2048, 3), 1016, "a multiple of 8 under the maximum");
     }
 
     #[test]
