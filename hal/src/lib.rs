@@ -75,6 +75,14 @@ pub enum HalError {
         #[source]
         source: std::io::Error,
     },
+    /// Bus mastering could not be disabled, or its clearing not confirmed.
+    #[error("cannot disable bus mastering on {device}: {reason}; it may still DMA, so memory it could reach must stay mapped")]
+    BusMaster {
+        /// Device identifier.
+        device: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Other errors opening or driving the device, with what to do in the message.
     #[error("{message}")]
     Other {
@@ -166,4 +174,19 @@ pub trait DeviceBacking: Send + Sync {
     /// [`HalError::NoReset`] when the function offers none (the caller must use the board's
     /// soft reset, or treat the device as failed); [`HalError::Reset`] when it failed.
     fn reset(&self) -> Result<ResetKind, HalError>;
+    /// Clear Bus Master Enable in the function's PCI command register and read it back: the
+    /// device-independent way to stop a function's DMA when its reset failed (PCIe: a
+    /// function with Bus Master Enable clear issues no memory requests). `Ok` only when the
+    /// bit reads back clear; after it, memory the function could reach may be unmapped.
+    ///
+    /// # Errors
+    /// [`HalError::BusMaster`] when config space cannot be reached, reads all-ones (the
+    /// function is gone or its link is down: nothing can be confirmed), or the bit does not
+    /// clear. The default says the backing cannot do it: the caller must then not unmap.
+    fn disable_bus_master(&self) -> Result<(), HalError> {
+        Err(HalError::BusMaster {
+            device: self.id().to_owned(),
+            reason: "this device backing cannot clear Bus Master Enable".to_owned(),
+        })
+    }
 }

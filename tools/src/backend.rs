@@ -114,6 +114,9 @@ pub struct BackendReport {
     pub steps: Vec<ReleaseStep>,
     /// The frontend gave no unmap permit, so the pool was leaked rather than unmapped.
     pub pool_leaked_without_permit: bool,
+    /// The function could be neither reset nor its bus mastering disabled (or it is gone and
+    /// nothing can be confirmed): it may still DMA, so its rings and the pool were leaked.
+    pub device_not_quiesced: bool,
     /// The file store's I/O engine ("uring" or "threads"); `None` on other boards.
     pub io_engine: Option<&'static str>,
 }
@@ -476,6 +479,7 @@ impl Backend {
         report.io_engine = io_engine;
         drop(store);
         let mut steps = Vec::new();
+        let mut quiesced = true;
         let controller = accel.map(|accel| {
             let c = accel.counters();
             report.device_errors = c.device_errors.load(Ordering::Relaxed);
@@ -485,32 +489,73 @@ impl Backend {
             let controller = Arc::clone(accel.board());
             report.controller_resets = controller.reset_count();
             // The reset's wait is bounded by the device's own timeout; it fails past it.
-            timed(&mut steps, "reset the function (no more DMA)", None, || {
+            let reset = timed(&mut steps, "reset the function (no more DMA)", None, || {
                 let reset = controller.reset();
                 if let Err(e) = &reset {
                     log::warn!("{}: reset at shutdown: {e}", controller.id());
                 }
-                (reset.is_ok(), ())
+                (reset.is_ok(), reset.is_ok())
             });
-            // The store owns the spare queues; the workers' queues were dropped with them.
-            timed(
-                &mut steps,
-                "drop queues (unmap rings)",
-                Some(NO_WAIT_STEP_BOUND),
-                || {
-                    drop(accel);
-                    (true, ())
-                },
-            );
+            if !reset {
+                // Without a reset nothing proves the DMA has ended: clear Bus Master Enable,
+                // the device-independent stop, and confirm it by reading it back.
+                quiesced = timed(
+                    &mut steps,
+                    "disable bus mastering (no more DMA)",
+                    None,
+                    || match controller.device().disable_bus_master() {
+                        Ok(()) => (true, true),
+                        Err(e) => {
+                            log::error!("{e}");
+                            (false, false)
+                        }
+                    },
+                );
+            }
+            if quiesced {
+                // The store owns the spare queues; the workers' queues were dropped with them.
+                timed(
+                    &mut steps,
+                    "drop queues (unmap rings)",
+                    Some(NO_WAIT_STEP_BOUND),
+                    || {
+                        drop(accel);
+                        (true, ())
+                    },
+                );
+            } else {
+                log::error!(
+                    "{}: neither a reset nor disabling bus mastering could be confirmed: the function \
+                     may still DMA, so its rings and the buffer pool are leaked, never unmapped",
+                    controller.id()
+                );
+                timed(
+                    &mut steps,
+                    "leak queues (the function may still DMA)",
+                    None,
+                    || {
+                        std::mem::forget(accel);
+                        (false, ())
+                    },
+                );
+            }
             controller
         });
         report.pool = pool.stats();
+        report.device_not_quiesced = !quiesced;
+        let clearance = clearance.filter(|_| quiesced);
         let (mapped_after, leaked) = match clearance {
             Some(clearance) => timed(&mut steps, "flush and unmap the buffer pool", None, || {
                 let (mapped_after, leaked) = release_pool(pool);
                 drop(clearance);
                 (mapped_after == 0 && leaked == 0, (mapped_after, leaked))
             }),
+            None if !quiesced => {
+                // Logged with the queues above: the pool goes with them.
+                let stats = report.pool;
+                std::mem::forget(pool);
+                (stats.mapped_bytes, stats.in_use + stats.cached)
+            }
             None => {
                 log::error!(
                     "no unmap permit from the frontend (device leases outstanding): the buffer pool \

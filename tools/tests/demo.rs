@@ -120,6 +120,7 @@ fn demo_survives_every_injected_fault_kind() {
         "bad-phase:every=30",
         "storm:hold=5ms",
         "short-ok:every=40",
+        "no-reset",
     ] {
         let (code, j, stderr) = demo(&[
             "--board",
@@ -139,7 +140,14 @@ fn demo_survives_every_injected_fault_kind() {
         assert_eq!(j["unanswered_commands"], 0, "{fault}");
         assert_eq!(j["verify_errors"], 0, "{fault}");
         assert_eq!(j["iommu_faults"], 0, "{fault}");
-        assert_eq!(j["pool"]["mapped_bytes_after_release"], 0, "{fault}");
+        // A gone function can be neither reset nor confirmed off the bus: its rings and pool
+        // are leaked, never unmapped. Every other one is quiesced and everything unmapped.
+        let gone = fault == "gone";
+        assert_eq!(j["teardown"]["device_quiesced"], !gone, "{fault}: {j}");
+        let mapped = j["pool"]["mapped_bytes_after_release"]
+            .as_u64()
+            .expect("mapped bytes");
+        assert_eq!(mapped > 0, gone, "{fault}: {j}");
         assert_eq!(j["frontend"]["panicked_workers"], 0, "{fault}");
     }
 }
@@ -301,10 +309,20 @@ fn teardown_under_load_leaves_nothing_behind() {
             "{name}: teardown took {ms} ms, budget {budget} ms: {t}"
         );
         // No buffer leaked, still mapped, or given back twice: every buffer SCST was given came
-        // back, through ON_CACHED_MEM_FREE or with the close of the fd.
+        // back, through ON_CACHED_MEM_FREE or with the close of the fd. Except where the device
+        // cannot be quiesced (gone: neither reset nor Bus Master Enable can be confirmed): then
+        // the whole pool is leaked on purpose, never unmapped.
         let pool = &j["pool"];
-        assert_eq!(pool["leaked_buffers"], 0, "{name}: {pool}");
-        assert_eq!(pool["mapped_bytes_after_release"], 0, "{name}: {pool}");
+        if t["device_quiesced"] == true {
+            assert_eq!(pool["leaked_buffers"], 0, "{name}: {pool}");
+            assert_eq!(pool["mapped_bytes_after_release"], 0, "{name}: {pool}");
+        } else {
+            assert!(
+                b.inject.contains(&"gone"),
+                "{name}: only a gone device stays unquiesced: {t}"
+            );
+            assert_eq!(pool["leaked_buffers"], pool["cached_at_exit"], "{name}: {pool}");
+        }
         let buffers = &j["frontend"]["buffers"];
         let count = |key: &str| number(&buffers[key], key);
         assert_eq!(
@@ -335,7 +353,8 @@ fn teardown_under_load_leaves_nothing_behind() {
 
 /// Every teardown and release step reports whether it kept its bound as measured, none as a
 /// constant: on a healthy board all do; on a board that is gone, the reset cannot succeed and
-/// its step says so.
+/// its step says so. A function that ignores its reset is stopped by clearing Bus Master
+/// Enable, and only then are its rings and pool unmapped.
 #[test]
 fn teardown_steps_report_their_bounds_as_measured() {
     let steps = |j: &serde_json::Value| -> Vec<(String, bool)> {
@@ -365,4 +384,29 @@ fn teardown_steps_report_their_bounds_as_measured() {
         .find(|(name, _)| name.starts_with("reset the function"))
         .expect("a reset step");
     assert!(!reset.1, "a gone device cannot be reset: {gone:?}");
+
+    let (code, j, stderr) = demo(&[&common[..], &["--inject", "no-reset"]].concat());
+    assert_eq!(code, Some(0), "{j}\n{stderr}");
+    let order: Vec<(String, bool)> = steps(&j)
+        .into_iter()
+        .skip_while(|(n, _)| !n.starts_with("reset"))
+        .collect();
+    let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "reset the function (no more DMA)",
+            "disable bus mastering (no more DMA)",
+            "drop queues (unmap rings)",
+            "flush and unmap the buffer pool"
+        ],
+        "{j}"
+    );
+    assert_eq!(
+        (order[0].1, order[1].1),
+        (false, true),
+        "reset failed, bus mastering off: {j}"
+    );
+    assert_eq!(j["teardown"]["device_quiesced"], true);
+    assert_eq!(j["pool"]["mapped_bytes_after_release"], 0);
 }

@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     /// Signalled on every change an engine or a reset waiter may be waiting for.
     wake: OrderedCondvar,
     gone: AtomicBool,
+    /// A soft reset was ignored ([`Fault::ResetIgnored`]): CONTROL.SOFT_RESET reads 1 for ever.
+    reset_stuck: AtomicBool,
     stopping: AtomicBool,
     faults: OrderedMutex<FaultPlan, levels::SimFaults>,
 }
@@ -126,7 +128,17 @@ impl Shared {
         if self.gone() {
             return ALL_ONES;
         }
-        self.lock().read32(&self.config, offset)
+        let value = self.lock().read32(&self.config, offset);
+        if offset == crate::sca1::regs::global::CONTROL && self.reset_stuck.load(Ordering::Acquire) {
+            // An ignored soft reset never completes (Fault::ResetIgnored).
+            return value | crate::sca1::regs::control::SOFT_RESET;
+        }
+        value
+    }
+
+    /// Resets are ignored ([`Fault::ResetIgnored`]).
+    fn resets_ignored(&self) -> bool {
+        self.faults.lock_unchecked_at_runtime().resets_ignored()
     }
 
     fn write32(&self, offset: u64, value: u32) {
@@ -135,7 +147,12 @@ impl Shared {
         }
         let fx = self.lock().write32(offset, value, Instant::now());
         if fx.soft_reset {
-            self.start_reset();
+            if self.resets_ignored() {
+                log::warn!("{}: soft reset ignored (injected no-reset)", self.id);
+                self.reset_stuck.store(true, Ordering::Release);
+            } else {
+                self.start_reset();
+            }
         }
         if fx.wake {
             self.notify();
@@ -252,6 +269,7 @@ impl SimBoard {
                 state: OrderedMutex::new(state),
                 wake: OrderedCondvar::new(),
                 gone: AtomicBool::new(false),
+                reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 faults: OrderedMutex::new(FaultPlan::default()),
             }),
@@ -302,6 +320,14 @@ impl SimModel for SimBoard {
 
     fn function_reset(&self) {
         self.shared.function_reset();
+    }
+
+    fn reset_refused(&self) -> bool {
+        self.shared.resets_ignored()
+    }
+
+    fn config_space_responds(&self) -> bool {
+        !self.shared.gone()
     }
 
     fn shutdown(&self) {

@@ -26,6 +26,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "bad-phase",
     "storm",
     "short-ok",
+    "no-reset",
 ];
 
 /// The hold of a [`Fault::Storm`] written without `hold=`.
@@ -35,7 +36,7 @@ const DEFAULT_STORM_HOLD_MICROS: u64 = 20_000;
 const FORMS: &str = "latency:<N>us|ms|s[,queue=Q], never-complete[:every=N][,queue=Q], \
 error[:every=N][,status=S][,queue=Q], hang[:queue=Q], gone, fatal[:code=C], \
 unknown-tag[:every=N][,queue=Q], duplicate[:every=N][,queue=Q], bad-phase[:every=N][,queue=Q], \
-storm[:hold=<N>us|ms|s][,queue=Q], short-ok[:every=N][,queue=Q] (numbers decimal or 0x hex; every defaults to 1, status to 5 \
+storm[:hold=<N>us|ms|s][,queue=Q], short-ok[:every=N][,queue=Q], no-reset (numbers decimal or 0x hex; every defaults to 1, status to 5 \
 READ_ERROR, code to 1, hold to 20ms)";
 
 /// A misbehaviour of the simulated board. What a driver observes is documented per variant.
@@ -109,6 +110,11 @@ pub enum Fault {
         /// Every Nth descriptor.
         every: u32,
     },
+    /// The function ignores resets: a soft reset is never acted on (CONTROL.SOFT_RESET keeps
+    /// reading 1) and a function reset is refused; the engines keep running and doing their
+    /// DMA. Only clearing Bus Master Enable stops them, and a driver whose reset failed must not
+    /// unmap memory the function can reach until it has (issue 12: quiesce before unmap).
+    ResetIgnored,
     /// Post every Nth descriptor's completion twice, in two consecutive ring entries. A driver
     /// must complete the command once and treat the second as a device error.
     DuplicateCompletion {
@@ -240,7 +246,7 @@ impl FromStr for Fault {
             "never-complete" | "unknown-tag" | "duplicate" | "bad-phase" | "short-ok" => &["queue", "every"],
             "error" => &["queue", "every", "status"],
             "fatal" => &["code"],
-            "gone" => &[],
+            "gone" | "no-reset" => &[],
             "storm" => &["queue", "hold"],
             _ => {
                 return Err(fail(format!(
@@ -292,6 +298,7 @@ impl FromStr for Fault {
             "duplicate" => Fault::DuplicateCompletion { queue, every },
             "storm" => Fault::Storm { queue, hold_micros },
             "short-ok" => Fault::ShortOk { queue, every },
+            "no-reset" => Fault::ResetIgnored,
             _ => Fault::BadPhase { queue, every },
         })
     }
@@ -321,6 +328,7 @@ impl fmt::Display for Fault {
             }
             Fault::BadPhase { queue: q, every } => write!(f, "bad-phase:every={every}{}", queue(q)),
             Fault::ShortOk { queue: q, every } => write!(f, "short-ok:every={every}{}", queue(q)),
+            Fault::ResetIgnored => write!(f, "no-reset"),
             Fault::Storm {
                 queue: q,
                 hold_micros,
@@ -373,6 +381,11 @@ impl FaultPlan {
     /// The standing faults, oldest first.
     pub(crate) fn list(&self) -> Vec<Fault> {
         self.faults.clone()
+    }
+
+    /// The function ignores resets ([`Fault::ResetIgnored`]).
+    pub(crate) fn resets_ignored(&self) -> bool {
+        self.faults.contains(&Fault::ResetIgnored)
     }
 
     /// A reset releases hung engines: remove the hangs so the board works again afterwards.
@@ -455,6 +468,7 @@ mod tests {
                 queue: Some(1),
                 every: 7,
             },
+            Fault::ResetIgnored,
             Fault::Storm {
                 queue: None,
                 hold_micros: 20_000,

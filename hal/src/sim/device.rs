@@ -166,9 +166,41 @@ impl DeviceBacking for SimDevice {
     /// Runs [`SimModel::function_reset`], which returns only when the model's DMA has stopped.
     /// Interrupt wiring is kept, as vfio-pci restores MSI-X state around a reset.
     fn reset(&self) -> Result<ResetKind, HalError> {
+        if self.bar0.model.reset_refused() {
+            log::error!("{}: function reset refused (injected)", self.bar0.device);
+            return Err(HalError::Reset {
+                device: self.bar0.device.clone(),
+                source: std::io::Error::other("the function did not complete its reset"),
+            });
+        }
         log::info!("{}: function reset", self.bar0.device);
         self.bar0.model.function_reset();
         Ok(ResetKind::Simulated)
+    }
+
+    /// Clears the simulated Bus Master Enable: every later DMA of the model fails (counted in
+    /// [`SimDevice::blocked_dmas`]), and the copies already running are waited out. A model
+    /// whose config space does not answer (a removed function) cannot confirm it.
+    fn disable_bus_master(&self) -> Result<(), HalError> {
+        if !self.bar0.model.config_space_responds() {
+            return Err(HalError::BusMaster {
+                device: self.bar0.device.clone(),
+                reason: "config space reads all-ones (the function is gone)".to_owned(),
+            });
+        }
+        self.iommu.disable_bus_master();
+        log::warn!(
+            "{}: bus mastering disabled: the function can no longer DMA",
+            self.bar0.device
+        );
+        Ok(())
+    }
+}
+
+impl SimDevice {
+    /// DMAs refused since bus mastering was disabled ([`DeviceBacking::disable_bus_master`]).
+    pub fn blocked_dmas(&self) -> u64 {
+        self.iommu.blocked_dmas()
     }
 }
 

@@ -68,6 +68,11 @@ pub struct Iommu {
     map_limit: OrderedMutex<Option<u64>, levels::IommuMapLimit>,
     /// Copies between translation and their last byte; lets tests see that an unmap waited.
     copies_in_flight: AtomicU64,
+    /// Bus Master Enable cleared ([`Iommu::disable_bus_master`]): the function issues no
+    /// memory requests; every DMA fails before it touches anything.
+    bus_master_off: std::sync::atomic::AtomicBool,
+    /// DMAs refused because bus mastering was off (not IOMMU faults: nothing reached the IOMMU).
+    blocked: AtomicU64,
 }
 
 impl Iommu {
@@ -80,7 +85,34 @@ impl Iommu {
             faults: OrderedMutex::new(Vec::new()),
             map_limit: OrderedMutex::new(None),
             copies_in_flight: AtomicU64::new(0),
+            bus_master_off: std::sync::atomic::AtomicBool::new(false),
+            blocked: AtomicU64::new(0),
         }
+    }
+
+    /// Bus Master Enable cleared: from now on every DMA of the function fails at once (it is
+    /// counted in [`Iommu::blocked_dmas`], not as an IOMMU fault). Every copy checks the flag
+    /// under the table's read lock and holds that lock to its last byte; taking the write lock
+    /// once after setting the flag waits out the copies already past the check, so when this
+    /// returns no DMA can reach memory any more.
+    pub fn disable_bus_master(&self) {
+        self.bus_master_off.store(true, Ordering::SeqCst);
+        let mut token = LockToken::root();
+        drop(self.table.write(&mut token));
+    }
+
+    /// DMAs refused since bus mastering was disabled.
+    pub fn blocked_dmas(&self) -> u64 {
+        self.blocked.load(Ordering::Relaxed)
+    }
+
+    /// A DMA refused because bus mastering is off, as the error the model sees.
+    fn blocked(&self, iova: u64, len: u64, write: bool) -> Option<IommuFault> {
+        if !self.bus_master_off.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.blocked.fetch_add(1, Ordering::Relaxed);
+        Some(IommuFault { iova, len, write })
     }
 
     /// Device read of host memory: copy `out.len()` bytes at `iova` into `out`.
@@ -93,6 +125,10 @@ impl Iommu {
         // A DMA copy is device work: the model calls it with no lock of its own held.
         let mut token = LockToken::root();
         let (table, mut under_table) = self.table.read(&mut token);
+        // Checked under the table's read lock, which `disable_bus_master` waits out.
+        if let Some(refused) = self.blocked(iova, len, false) {
+            return Err(refused);
+        }
         if !covered(&table, iova, len) {
             return Err(self.fault(&mut under_table, iova, len, false));
         }
@@ -117,6 +153,10 @@ impl Iommu {
         let len = data.len() as u64;
         let mut token = LockToken::root();
         let (table, mut under_table) = self.table.read(&mut token);
+        // Checked under the table's read lock, which `disable_bus_master` waits out.
+        if let Some(refused) = self.blocked(iova, len, true) {
+            return Err(refused);
+        }
         if !covered(&table, iova, len) {
             return Err(self.fault(&mut under_table, iova, len, true));
         }

@@ -355,3 +355,26 @@ fn unmap_waits_for_a_copy_in_progress() {
     assert!(copies >= 1, "the copy in progress during unmap completed");
     assert_eq!(iommu.fault_count(), 1);
 }
+
+/// Clearing Bus Master Enable stops every later DMA, read or write, before it touches memory:
+/// refused and counted as blocked, not as IOMMU faults (nothing reached the IOMMU).
+#[test]
+fn no_dma_passes_once_bus_mastering_is_disabled() {
+    let iommu = Iommu::new("sim-test");
+    let mem = TestMemory::new(PAGE as usize, 0x5A);
+    map(&iommu, 0x1_0000, &mem).expect("map");
+    let mut out = [0u8; 16];
+    iommu
+        .dma_read(0x1_0000, &mut out)
+        .expect("DMA while bus mastering");
+    assert_eq!(out, [0x5A; 16]);
+
+    iommu.disable_bus_master();
+    let mut out = [0u8; 16];
+    assert!(iommu.dma_read(0x1_0000, &mut out).is_err());
+    assert_eq!(out, [0u8; 16], "nothing was read");
+    assert!(iommu.dma_write(0x1_0000, &[0xFF; 16]).is_err());
+    assert_eq!(mem.read(0, 16), [0x5A; 16], "nothing was written");
+    assert_eq!((iommu.blocked_dmas(), iommu.fault_count()), (2, 0));
+    iommu.unmap(0x1_0000, PAGE).expect("unmap");
+}

@@ -65,6 +65,18 @@ pub trait SimModel: Send + Sync + 'static {
     /// model is in progress or will start until the driver enables it again. Must be bounded.
     fn function_reset(&self);
 
+    /// The function refuses a function reset (an injected fault): [`SimDevice`]'s reset then
+    /// fails without touching the model, as a real function whose FLR does not complete.
+    fn reset_refused(&self) -> bool {
+        false
+    }
+
+    /// Config space answers (a removed function's reads all-ones): clearing Bus Master Enable
+    /// can be done and confirmed only then.
+    fn config_space_responds(&self) -> bool {
+        true
+    }
+
     /// The [`SimDevice`] is being dropped: stop and join the model's threads, with a bounded
     /// wait. Called once, from `Drop`, so it must not panic.
     fn shutdown(&self);

@@ -254,6 +254,36 @@ impl DeviceBacking for VfioDevice {
         Ok(fds)
     }
 
+    fn disable_bus_master(&self) -> Result<(), HalError> {
+        let fail = |reason: String| HalError::BusMaster {
+            device: self.id.clone(),
+            reason,
+        };
+        let cmd = self
+            .config
+            .read16(PCI_COMMAND)
+            .map_err(|e| fail(format!("reading the command register: {e}")))?;
+        if cmd == u16::MAX {
+            return Err(fail(
+                "config space reads all-ones (the function is gone or its link is down)".into(),
+            ));
+        }
+        self.config
+            .write16(PCI_COMMAND, cmd & !PCI_COMMAND_MASTER)
+            .map_err(|e| fail(format!("writing the command register: {e}")))?;
+        let now = self
+            .config
+            .read16(PCI_COMMAND)
+            .map_err(|e| fail(format!("reading the command register back: {e}")))?;
+        if now == u16::MAX || now & PCI_COMMAND_MASTER != 0 {
+            return Err(fail(format!(
+                "the command register reads {now:#06x} after clearing Bus Master Enable"
+            )));
+        }
+        log::warn!("{}: bus mastering disabled (PCI command {cmd:#06x} -> {now:#06x}): the function can no longer DMA", self.id);
+        Ok(())
+    }
+
     fn disable_interrupts(&self) -> Result<(), HalError> {
         if !self.irqs_enabled.swap(false, Ordering::AcqRel) {
             return Ok(());

@@ -401,6 +401,8 @@ fn choose_engine(
 struct Shared {
     path: PathBuf,
     info: StoreInfo,
+    /// Holds the claim on the image (see `open`); never used for I/O.
+    _claim: File,
     /// Reads, write-back writes, fdatasync.
     data: File,
     /// Write-through (FUA) writes: the same file opened with O_DSYNC.
@@ -477,8 +479,13 @@ impl FileStore {
                 return Err(FileStoreError::BlockSize { block_size: bs });
             }
         }
-        let (data, block_size, size, queue) = if block_device {
-            let data = open_medium(path, config.direct, 0, true)?;
+        // The claim on the image (flock on a file, O_EXCL on a device) is held by an fd of its
+        // own, which no io_uring ring ever registers: a ring's files are released by the kernel
+        // asynchronously after the ring is closed or its process killed, and a claim on a
+        // registered fd would outlive a SIGKILLed handler long enough to refuse its restart.
+        let (claim, data, block_size, size, queue) = if block_device {
+            let claim = open_medium(path, false, 0, true)?;
+            let data = open_medium(path, config.direct, 0, false)?;
             let queue = device_queue(path, &data)?;
             let block_size = queue.logical_block_size;
             if let Some(requested) = config.block_size.filter(|&b| b != block_size) {
@@ -498,7 +505,7 @@ impl FileStore {
                     requested,
                 });
             }
-            (data, block_size, size, Some(queue))
+            (claim, data, block_size, size, Some(queue))
         } else {
             let block_size = config.block_size.unwrap_or(512);
             let data = match (meta, config.create_size) {
@@ -506,7 +513,7 @@ impl FileStore {
                 (None, Some(size)) => create_file(path, size, block_size, config.direct)?,
                 (Some(_), _) => open_medium(path, config.direct, 0, false)?,
             };
-            lock::lock_image(path, &data)?;
+            let claim = lock::open_and_lock_image(path)?;
             let size = data
                 .metadata()
                 .map_err(|e| FileStoreError::from_io(path, "stat", e))?
@@ -518,7 +525,7 @@ impl FileStore {
                     requested,
                 });
             }
-            (data, block_size, size, None)
+            (claim, data, block_size, size, None)
         };
         let bs = u64::from(block_size);
         if size < bs {
@@ -586,6 +593,7 @@ impl FileStore {
                 volatile_cache: true,
                 device_ids: None,
             },
+            _claim: claim,
             data,
             sync,
             regular: !block_device,

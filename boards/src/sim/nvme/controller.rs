@@ -293,6 +293,10 @@ impl SimModel for NvmeController {
         self.shared.function_reset();
     }
 
+    fn config_space_responds(&self) -> bool {
+        !self.shared.gone()
+    }
+
     fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         drop(self.shared.lock());
