@@ -6,6 +6,10 @@
 //! ([`RegisterIo`]), IOMMU mappings ([`DmaMapper`]), interrupts (eventfds) and reset. hal knows
 //! nothing of any board's register map and nothing of SCSI.
 
+// MMIO ordering (vfio/mmio.rs: io_wmb, io_rmb) is written for these two architectures only.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("scst-accel's MMIO barriers are defined for x86_64 and aarch64 only (hal/src/vfio/mmio.rs)");
+
 pub mod fdio;
 pub mod locks;
 pub mod sim;

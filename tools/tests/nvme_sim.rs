@@ -32,7 +32,8 @@ fn number(j: &serde_json::Value, what: &str) -> f64 {
 }
 
 /// Every command answered, none verified wrong, no zombie, no IOMMU fault, within budget, the
-/// pool unmapped under the frontend's permit.
+/// pool unmapped under the frontend's permit (or, for a gone controller that cannot be
+/// quiesced, leaked whole).
 fn assert_clean_teardown(name: &str, code: Option<i32>, j: &serde_json::Value, stderr: &str) {
     let t = &j["teardown"];
     assert_eq!(code, Some(0), "{name}: {j}\n{stderr}");
@@ -45,8 +46,23 @@ fn assert_clean_teardown(name: &str, code: Option<i32>, j: &serde_json::Value, s
         number(&t["ms"], "ms") <= number(&t["budget_ms"], "budget_ms"),
         "{name}: over budget: {t}"
     );
-    assert_eq!(j["pool"]["leaked_buffers"], 0, "{name}: {j}");
-    assert_eq!(j["pool"]["mapped_bytes_after_release"], 0, "{name}: {j}");
+    if t["device_quiesced"] == true {
+        assert_eq!(j["pool"]["leaked_buffers"], 0, "{name}: {j}");
+        assert_eq!(j["pool"]["mapped_bytes_after_release"], 0, "{name}: {j}");
+    } else {
+        // A gone controller can be neither reset nor confirmed off the bus: its queues and
+        // pool are leaked on purpose, never unmapped.
+        assert!(
+            j["injected"]
+                .as_array()
+                .is_some_and(|f| f.contains(&"gone".into())),
+            "{name}: {j}"
+        );
+        assert_eq!(
+            j["pool"]["leaked_buffers"], j["pool"]["cached_at_exit"],
+            "{name}: {j}"
+        );
+    }
     assert_eq!(j["frontend"]["panicked_workers"], 0, "{name}: {j}");
 }
 

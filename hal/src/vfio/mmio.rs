@@ -13,6 +13,38 @@ use std::ptr::NonNull;
 
 use crate::RegisterIo;
 
+/// Order every earlier write to normal memory (descriptors, DMA buffers) before the next MMIO
+/// write as the device observes them: Linux's `__iowmb()` in `writel()`. A doorbell must never
+/// reach the device before the descriptor it announces.
+#[inline(always)]
+fn io_wmb() {
+    // x86_64: stores are not reordered with stores (TSO) and an uncached MMIO store follows
+    // the write-back stores before it; only the compiler must not move them (Linux: barrier()).
+    #[cfg(target_arch = "x86_64")]
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    // aarch64: Device-memory stores are not ordered after Normal-memory stores to the outer
+    // shareable domain without a barrier; Linux uses dma_wmb() = `dmb oshst`.
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: a data memory barrier: no operands, no memory or register effects besides
+    // ordering.
+    unsafe {
+        std::arch::asm!("dmb oshst", options(nostack, preserves_flags));
+    }
+}
+
+/// Order the MMIO read just done before every later read of normal memory (a status register,
+/// then the completions it announces): Linux's `__iormb()` in `readl()`.
+#[inline(always)]
+fn io_rmb() {
+    #[cfg(target_arch = "x86_64")]
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as in io_wmb: a barrier with no operands.
+    unsafe {
+        std::arch::asm!("dmb oshld", options(nostack, preserves_flags));
+    }
+}
+
 /// How a 64-bit register access reaches the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access64 {
@@ -130,11 +162,13 @@ impl MmioRegion {
         // SAFETY: `at..at+4` lies inside the live mapping and is 4-aligned (checked above; the
         // mapping itself is page-aligned); volatile because the device may change it.
         let raw = unsafe { self.base.as_ptr().add(at).cast::<u32>().read_volatile() };
+        io_rmb();
         u32::from_le(raw)
     }
 
     fn store32(&self, offset: u64, value: u32) {
         let at = self.checked(offset, 4);
+        io_wmb();
         // SAFETY: as in load32: inside the mapping, aligned; volatile so the store reaches the
         // device exactly once and in program order.
         unsafe {
@@ -166,6 +200,7 @@ impl RegisterIo for MmioRegion {
             Access64::Native => {
                 // SAFETY: `at..at+8` is inside the mapping and 8-aligned (checked above).
                 let raw = unsafe { self.base.as_ptr().add(at).cast::<u64>().read_volatile() };
+                io_rmb();
                 u64::from_le(raw)
             }
             Access64::Split => {
@@ -180,6 +215,7 @@ impl RegisterIo for MmioRegion {
         let at = self.checked(offset, 8);
         match self.access64 {
             Access64::Native => {
+                io_wmb();
                 // SAFETY: `at..at+8` is inside the mapping and 8-aligned (checked above).
                 unsafe {
                     self.base
