@@ -354,6 +354,7 @@ pub fn run(args: BenchArgs) -> u8 {
     if let FioPlan::Skipped(reason) = &fio_plan {
         eprintln!("scst-accel bench: fio skipped: {reason}");
     }
+    let load_before = load_average();
     let mut rows = Vec::new();
     let mut fio_errors = Vec::new();
     let mut healthy = true;
@@ -447,11 +448,20 @@ pub fn run(args: BenchArgs) -> u8 {
                 "results": rows,
                 "ratios": ratios,
                 "notes": notes,
+                "machine": machine(load_before),
                 "healthy": healthy,
             })
         );
     } else {
         print_table(&rows, &ratios, target.as_ref(), &fio_json, &notes);
+        let m = machine(load_before);
+        println!(
+            "machine: {} CPUs, Linux {}, load average {} at start, {} at end",
+            m["cpus"],
+            m["kernel"].as_str().unwrap_or("?"),
+            m["loadavg_start"].as_str().unwrap_or("?"),
+            m["loadavg_end"].as_str().unwrap_or("?"),
+        );
     }
     drop(target);
     if healthy {
@@ -459,6 +469,22 @@ pub fn run(args: BenchArgs) -> u8 {
     } else {
         exit::DATA
     }
+}
+
+/// The 1, 5 and 15 minute load averages (/proc/loadavg), to judge how noisy a run was.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// What the figures were measured on.
+fn machine(load_before: Option<String>) -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|k| k.trim().to_owned()),
+        "loadavg_start": load_before,
+        "loadavg_end": load_average(),
+    })
 }
 
 /// The median of `runs` by IOPS.

@@ -113,6 +113,7 @@ fn ram_and_file_on_both_layers_with_fio_missing() {
         }
     }
     assert_eq!(j["healthy"], true);
+    assert!(j["machine"]["cpus"].as_u64().unwrap_or(0) > 0, "{j}");
     // The image: made for the run in the directory, in the mode reported, removed afterwards.
     let mode = j["file"]["io_mode"].as_str().expect("io_mode");
     assert!(mode == "direct" || mode == "buffered", "{j}");
@@ -162,6 +163,7 @@ fn the_table_says_what_was_compared() {
         "file/ram (store)",
         "fio: skipped: fio not found",
         "note: loopback:",
+        "machine: ",
     ] {
         assert!(stdout.contains(text), "{text:?} missing from:\n{stdout}");
     }
