@@ -687,9 +687,16 @@ fn notes(args: &BenchArgs, target: Option<&Target>, fio: &FioPlan) -> Vec<String
     }
     if args.layers.contains(&Layer::Store) {
         notes.push(format!(
-            "store: the store alone through its queue interface (one submitting thread; the file \
-             store's {} I/O threads), block headers verified",
-            scst_accel_handler::store::file::DEFAULT_WORKERS.max(DiskArgs::default().workers)
+            "store: the store alone through its queue interface (one submitting thread{}), block \
+             headers verified",
+            if target.is_some() {
+                format!(
+                    "; the file store's {} I/O threads",
+                    scst_accel_handler::store::file::DEFAULT_WORKERS.max(DiskArgs::default().workers)
+                )
+            } else {
+                String::new()
+            }
         ));
     }
     if let Some(t) = target {
