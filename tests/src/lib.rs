@@ -423,6 +423,64 @@ impl ScstUserFd for UnpluggableFd {
     }
 }
 
+/// How a [`MeddlingFd`] serves REPLY_AND_GET_MULTI: given the real loopback fd and the
+/// caller's buffer, it may call through, change what comes back, or fail as a kernel would.
+pub type MultiHook = dyn Fn(&LoopbackFd, &mut abi::MultiBuffer) -> IoctlResult + Send + Sync;
+
+/// A loopback fd whose REPLY_AND_GET_MULTI goes through a test's hook, to make the kernel do
+/// what the spec allows and the model never does on its own (fail before reading a reply,
+/// hand over an EXEC that breaks the contract). Every other ioctl goes straight through.
+pub struct MeddlingFd {
+    inner: LoopbackFd,
+    hook: Box<MultiHook>,
+}
+
+impl MeddlingFd {
+    /// Serve `inner`, with REPLY_AND_GET_MULTI through `hook`.
+    pub fn new(inner: LoopbackFd, hook: Box<MultiHook>) -> Self {
+        Self { inner, hook }
+    }
+}
+
+impl ScstUserFd for MeddlingFd {
+    fn register_device(&self, desc: &abi::DevDesc) -> IoctlResult {
+        self.inner.register_device(desc)
+    }
+    fn unregister_device(&self) -> IoctlResult {
+        self.inner.unregister_device()
+    }
+    fn set_options(&self, opt: &Opt) -> IoctlResult {
+        self.inner.set_options(opt)
+    }
+    fn get_options(&self) -> IoctlResult<Opt> {
+        self.inner.get_options()
+    }
+    fn reply_and_get_cmd(&self, cmd: &mut abi::GetCmd) -> IoctlResult {
+        self.inner.reply_and_get_cmd(cmd)
+    }
+    fn reply_cmd(&self, reply: &abi::ReplyCmd) -> IoctlResult {
+        self.inner.reply_cmd(reply)
+    }
+    fn flush_cache(&self) -> IoctlResult {
+        self.inner.flush_cache()
+    }
+    fn device_capacity_changed(&self) -> IoctlResult {
+        self.inner.device_capacity_changed()
+    }
+    fn get_extended_cdb(&self, arg: &abi::GetExtCdb) -> IoctlResult {
+        self.inner.get_extended_cdb(arg)
+    }
+    fn prealloc_buffer(&self, arg: &mut abi::PreallocBuffer) -> IoctlResult {
+        self.inner.prealloc_buffer(arg)
+    }
+    fn reply_and_get_multi(&self, arg: &mut abi::MultiBuffer) -> IoctlResult {
+        (self.hook)(&self.inner, arg)
+    }
+    fn poll_fd(&self) -> BorrowedFd<'_> {
+        self.inner.poll_fd()
+    }
+}
+
 /// What [`release_pool`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolRelease {

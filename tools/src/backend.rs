@@ -64,6 +64,8 @@ pub struct Backend {
     pub sim: Option<SimHandle>,
     /// Fault injection and statistics of a simulated NVMe controller.
     pub nvme_sim: Option<NvmeSimHandle>,
+    /// The file store's I/O engine in use ("uring" or "threads"); `None` on other boards.
+    pub io_engine: Option<&'static str>,
 }
 
 impl Backend {
@@ -77,6 +79,7 @@ impl Backend {
             accel: None,
             sim: None,
             nvme_sim: None,
+            io_engine: None,
         }
     }
 }
@@ -84,8 +87,10 @@ impl Backend {
 /// Figures of a backend at release.
 #[derive(Clone, Debug, Default)]
 pub struct BackendReport {
-    /// IOMMU faults the simulated device took (0 on other boards: not observable).
-    pub iommu_faults: u64,
+    /// IOMMU faults the simulated device took; `None` on boards that cannot observe them
+    /// (RAM and file stores have no IOMMU; a real function's faults go to the host's log,
+    /// not to us), so a report never shows a 0 nobody counted.
+    pub iommu_faults: Option<u64>,
     /// Requests the device completed with an error status.
     pub device_errors: u64,
     /// Requests failed by timeout escalation.
@@ -109,6 +114,8 @@ pub struct BackendReport {
     pub steps: Vec<ReleaseStep>,
     /// The frontend gave no unmap permit, so the pool was leaked rather than unmapped.
     pub pool_leaked_without_permit: bool,
+    /// The file store's I/O engine ("uring" or "threads"); `None` on other boards.
+    pub io_engine: Option<&'static str>,
 }
 
 /// What allows the pool to be unmapped.
@@ -129,7 +136,15 @@ pub struct ReleaseStep {
     pub duration: std::time::Duration,
     /// What it counted (buffers for the pool step).
     pub count: u64,
+    /// It did what it must (the reset succeeded within the device's own bounded wait, the
+    /// pool was unmapped with nothing leaked), and a step that does not wait took at most
+    /// [`NO_WAIT_STEP_BOUND`].
+    pub within_bound: bool,
 }
+
+/// The bound of a release step that waits for nothing (dropping queues, closing the device):
+/// longer means the process was starved or something blocked where nothing should.
+pub const NO_WAIT_STEP_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a backend could not be built: what failed and what to do, and the exit code of its class
 /// (see [`crate::exit`]), so that a service manager restarts only what a restart can fix.
@@ -189,12 +204,17 @@ pub fn open_error_exit_code(e: &OpenBoardError) -> u8 {
 }
 
 /// The exit code class of a file store that did not open: the medium itself failing (EIO) is
-/// 74, a device another program holds is 69 (later may work), anything else is the
+/// 74, a device or image another process holds is 69 (later may work), anything else is the
 /// configuration's (a missing file without a size, a bad size, permissions, O_DIRECT refused).
 pub fn file_error_exit_code(e: &FileStoreError) -> u8 {
     use crate::exit;
     match e {
-        FileStoreError::Busy { .. } => exit::UNAVAILABLE,
+        // Another process serves the image (its lock) or holds the device (O_EXCL): nothing in
+        // our configuration is wrong, and the holder may be going away (the previous instance
+        // still stopping while the service manager starts the next), so a retry may succeed:
+        // EX_UNAVAILABLE, like a VFIO group another process holds. If the holder stays, the
+        // message names the path and how to find it.
+        FileStoreError::Busy { .. } | FileStoreError::Locked { .. } => exit::UNAVAILABLE,
         FileStoreError::Resources { .. } => exit::SOFTWARE,
         e if e.is_io() => exit::IOERR,
         _ => exit::CONFIG,
@@ -240,6 +260,7 @@ fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> 
         create_size: (board == BoardArg::File).then_some(disk.size),
         block_size: (board == BoardArg::File).then_some(disk.block_size),
         direct: !disk.buffered,
+        io_engine: disk.io_engine,
         workers: DEFAULT_WORKERS.max(disk.workers),
         max_transfer_blocks: disk.max_transfer_blocks,
         ..FileStoreConfig::new(path)
@@ -248,7 +269,11 @@ fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> 
         message: error_chain(&e),
         exit_code: file_error_exit_code(&e),
     })?;
-    Ok(Backend::from_store(Arc::new(store), disk.buffer_memory))
+    let io_engine = Some(store.io_engine().name());
+    Ok(Backend {
+        io_engine,
+        ..Backend::from_store(Arc::new(store), disk.buffer_memory)
+    })
 }
 
 /// Build the backend for `board`.
@@ -273,6 +298,7 @@ pub fn build(
                 accel: None,
                 sim: None,
                 nvme_sim: None,
+                io_engine: None,
             });
         }
         BoardArg::File | BoardArg::Blockdev => return open_file(board, disk),
@@ -341,6 +367,7 @@ pub fn build(
         accel: Some(accel),
         sim: opened.sim,
         nvme_sim: opened.nvme_sim,
+        io_engine: None,
     })
 }
 
@@ -444,7 +471,9 @@ impl Backend {
             accel,
             sim,
             nvme_sim,
+            io_engine,
         } = self;
+        report.io_engine = io_engine;
         drop(store);
         let mut steps = Vec::new();
         let controller = accel.map(|accel| {
@@ -455,21 +484,32 @@ impl Backend {
             report.unknown_tags = c.unknown_tags.load(Ordering::Relaxed);
             let controller = Arc::clone(accel.board());
             report.controller_resets = controller.reset_count();
-            timed(&mut steps, "reset the function (no more DMA)", || {
-                if let Err(e) = controller.reset() {
+            // The reset's wait is bounded by the device's own timeout; it fails past it.
+            timed(&mut steps, "reset the function (no more DMA)", None, || {
+                let reset = controller.reset();
+                if let Err(e) = &reset {
                     log::warn!("{}: reset at shutdown: {e}", controller.id());
                 }
+                (reset.is_ok(), ())
             });
             // The store owns the spare queues; the workers' queues were dropped with them.
-            timed(&mut steps, "drop queues (unmap rings)", || drop(accel));
+            timed(
+                &mut steps,
+                "drop queues (unmap rings)",
+                Some(NO_WAIT_STEP_BOUND),
+                || {
+                    drop(accel);
+                    (true, ())
+                },
+            );
             controller
         });
         report.pool = pool.stats();
         let (mapped_after, leaked) = match clearance {
-            Some(clearance) => timed(&mut steps, "flush and unmap the buffer pool", || {
-                let out = release_pool(pool);
+            Some(clearance) => timed(&mut steps, "flush and unmap the buffer pool", None, || {
+                let (mapped_after, leaked) = release_pool(pool);
                 drop(clearance);
-                out
+                (mapped_after == 0 && leaked == 0, (mapped_after, leaked))
             }),
             None => {
                 log::error!(
@@ -489,37 +529,48 @@ impl Backend {
             step.count = report.pool.cached + report.pool.in_use;
         }
         if let Some(controller) = controller {
-            timed(&mut steps, "disable interrupts", || {
-                controller.disable_interrupts()
+            timed(&mut steps, "disable interrupts", Some(NO_WAIT_STEP_BOUND), || {
+                controller.disable_interrupts();
+                (true, ())
             });
-            timed(&mut steps, "close the device", || {
+            timed(&mut steps, "close the device", Some(NO_WAIT_STEP_BOUND), || {
                 let holders = Arc::strong_count(&controller);
                 if holders > 1 {
                     log::warn!("{}: {holders} references left at close", controller.id());
                 }
                 drop(controller);
+                (holders == 1, ())
             });
         }
         report.steps = steps;
         report.release_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(sim) = sim {
-            report.iommu_faults = sim.stats().iommu_faults;
+            report.iommu_faults = Some(sim.stats().iommu_faults);
         }
         if let Some(sim) = nvme_sim {
-            report.iommu_faults = sim.stats().iommu_faults;
+            report.iommu_faults = Some(sim.stats().iommu_faults);
         }
         report
     }
 }
 
-/// Run one release step, recording how long it took.
-fn timed<T>(steps: &mut Vec<ReleaseStep>, name: &'static str, f: impl FnOnce() -> T) -> T {
+/// Run one release step, recording how long it took and whether it was within its bound:
+/// `f` says whether it did what it must; `bound` is the time limit of a step that waits for
+/// nothing (`None`: the step's waits are bounded inside it, and past them it fails).
+fn timed<T>(
+    steps: &mut Vec<ReleaseStep>,
+    name: &'static str,
+    bound: Option<std::time::Duration>,
+    f: impl FnOnce() -> (bool, T),
+) -> T {
     let started = Instant::now();
-    let out = f();
+    let (ok, out) = f();
+    let duration = started.elapsed();
     steps.push(ReleaseStep {
         name,
-        duration: started.elapsed(),
+        duration,
         count: 0,
+        within_bound: ok && bound.is_none_or(|b| duration <= b),
     });
     out
 }
@@ -637,6 +688,10 @@ mod tests {
                 source: io(libc::EIO),
             }),
             exit::IOERR
+        );
+        assert_eq!(
+            file_error_exit_code(&FileStoreError::Locked { path: path.clone() }),
+            exit::UNAVAILABLE
         );
         assert_eq!(
             file_error_exit_code(&FileStoreError::Busy {

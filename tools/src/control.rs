@@ -320,6 +320,7 @@ pub fn status_reply(disks: &[DiskSnapshot], rates: &[DiskRates]) -> Value {
     json!({
         "ok": true,
         "disks": disks,
+        "locks": crate::status::locks_json(None),
         "totals": {
             "disks": disks.len(),
             "failed": totals.4,
@@ -626,6 +627,8 @@ mod tests {
         }
         assert_eq!(disk["device"]["device_errors"], 1);
         assert!(disk["teardowns"].is_array());
+        assert!(reply["locks"]["levels"].is_array(), "{reply}");
+        assert_eq!(reply["locks"]["checker"], cfg!(debug_assertions));
         assert_eq!(reply["disks"][1]["failure"], "device gone");
         assert_eq!(reply["totals"]["disks"], 2);
         assert_eq!(reply["totals"]["failed"], 1);

@@ -26,6 +26,7 @@ use scst_accel_handler::workload::Geometry;
 use scst_accel_handler::workload::Mix;
 use scst_accel_handler::workload::Pattern;
 use scst_accel_handler::workload::Progress;
+use scst_accel_handler::workload::ScanReport;
 use scst_accel_handler::workload::WorkloadConfig;
 use scst_accel_handler::workload::WorkloadReport;
 use serde_json::json;
@@ -118,6 +119,8 @@ pub enum PatternArg {
 
 pub(crate) struct Outcome {
     pub(crate) workload: WorkloadReport,
+    /// What the medium held before the run (a persistent board: file, blockdev).
+    pub(crate) preexisting: Option<ScanReport>,
     pub(crate) frontend: FrontendReport,
     pub(crate) backend: BackendReport,
     pub(crate) cpu: Option<Duration>,
@@ -227,6 +230,10 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             .min(args.disk.size / u64::from(info.block_size))
             .max(1),
     };
+    // A medium that outlives the process may hold an earlier run's stamps: check every block
+    // before this run overwrites them (zeroes, or a whole stamp of its own LBA), so a second run
+    // over the same image proves the first one's data survived.
+    let preexisting = persistent(args.board).then(|| scan_preexisting(args, &sessions[0], geometry, &info));
     let live = std::io::stderr().is_terminal() && !args.json;
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.
@@ -339,11 +346,62 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let backend = backend.shutdown(frontend.unmap.take());
     Ok(Outcome {
         workload: result?,
+        preexisting,
         frontend,
         backend,
         cpu,
         worker_cpu,
         devices_left,
+    })
+}
+
+/// Bytes per READ of the pre-existing data scan, and READs in flight.
+const SCAN_BYTES: u32 = 128 << 10;
+const SCAN_DEPTH: usize = 8;
+
+/// Boards whose medium outlives the process.
+pub(crate) fn persistent(board: BoardArg) -> bool {
+    matches!(board, BoardArg::File | BoardArg::Blockdev)
+}
+
+/// Check every block of the workload's region before the run writes it: zeroes, or a whole
+/// stamp of its own LBA left by an earlier run ([`workload::scan`]).
+pub(crate) fn scan_preexisting(
+    args: &DemoArgs,
+    session: &Session,
+    geometry: Geometry,
+    info: &scst_accel_handler::store::StoreInfo,
+) -> ScanReport {
+    let report = workload::scan(
+        session,
+        geometry,
+        geometry.num_blocks,
+        SCAN_BYTES
+            .div_ceil(info.block_size)
+            .min(info.max_transfer_blocks)
+            .min(args.disk.max_transfer_blocks)
+            .max(1),
+        SCAN_DEPTH,
+        workload_config(args).completion_timeout,
+    );
+    log::info!(
+        "{}: pre-existing data: {} blocks checked, {} stamped by an earlier run, {} errors",
+        args.disk.name,
+        report.blocks_checked,
+        report.stamped,
+        report.errors
+    );
+    report
+}
+
+fn preexisting_json(o: &Outcome) -> serde_json::Value {
+    o.preexisting.as_ref().map_or(serde_json::Value::Null, |p| {
+        json!({
+            "blocks_checked": p.blocks_checked,
+            "stamped": p.stamped,
+            "errors": p.errors,
+            "first_errors": p.first_errors,
+        })
     })
 }
 
@@ -373,6 +431,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
     let s = &o.frontend.stats;
     json!({
         "board": crate::service::board_name(args.board),
+        "io_engine": o.backend.io_engine,
         "workload": {
             "pattern": format!("{:?}", args.pattern).to_lowercase(),
             "rw": format!("{:?}", args.rw).to_lowercase(),
@@ -392,6 +451,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
         "writes": w.writes,
         "verified_bytes": w.verified_bytes,
         "verify_errors": w.verify_errors,
+        "preexisting": preexisting_json(o),
         "scsi_errors": w.scsi_errors,
         "unanswered_commands": w.unanswered,
         "elapsed_s": w.elapsed.as_secs_f64(),
@@ -421,9 +481,11 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "mapped_bytes_after_release": o.backend.mapped_after, "leaked_buffers": o.backend.leaked_buffers,
         },
         "teardown": teardown_json(o),
+        "locks": crate::status::locks_json(Some(w.commands)),
         "injected": args.inject,
         "healthy": healthy(args, o),
-        "errors": w.first_errors,
+        "errors": o.preexisting.iter().flat_map(|p| p.first_errors.iter().map(|e| format!("pre-existing data: {e}")))
+            .chain(w.first_errors.iter().cloned()).collect::<Vec<_>>(),
     })
 }
 
@@ -461,7 +523,7 @@ fn teardown_json(o: &Outcome) -> serde_json::Value {
         "steps": t.steps.iter().map(|s| json!({
             "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": s.within_bound,
         })).chain(o.backend.steps.iter().map(|s| json!({
-            "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": true,
+            "name": s.name, "ms": s.duration.as_secs_f64() * 1e3, "count": s.count, "within_bound": s.within_bound,
         }))).collect::<Vec<_>>(),
         "buffers_unmapped": o.backend.pool.cached + o.backend.pool.in_use - o.backend.leaked_buffers,
     })
@@ -472,6 +534,7 @@ fn teardown_json(o: &Outcome) -> serde_json::Value {
 pub(crate) fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
     let w = &o.workload;
     w.verify_errors == 0
+        && o.preexisting.as_ref().is_none_or(|p| p.errors == 0)
         && w.unanswered == 0
         && (w.scsi_errors == 0
             || !args.inject.is_empty()
@@ -480,7 +543,7 @@ pub(crate) fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
         && o.frontend.teardown.zombies_left == 0
         && o.frontend.teardown.duration + Duration::from_secs_f64(o.backend.release_ms / 1e3)
             <= teardown_budget()
-        && o.backend.iommu_faults == 0
+        && o.backend.iommu_faults.unwrap_or(0) == 0
         && o.backend.leaked_buffers == 0
         && o.frontend.teardown.unmap_permitted
         && !o.backend.pool_leaked_without_permit
@@ -519,6 +582,15 @@ fn report(args: &DemoArgs, o: &Outcome) -> u8 {
                 o.cpu.map_or(0.0, |c| c.as_secs_f64()),
                 us
             );
+        }
+        if let Some(p) = &o.preexisting {
+            println!(
+                "pre-existing data: {} blocks checked, {} stamped by an earlier run, {} errors",
+                p.blocks_checked, p.stamped, p.errors
+            );
+            for e in &p.first_errors {
+                println!("error: pre-existing data: {e}");
+            }
         }
         for e in &w.first_errors {
             println!("error: {e}");

@@ -14,9 +14,11 @@ use crate::service::StartOptions;
 use scst_accel_handler::loopback::KernelConfig;
 use scst_accel_handler::loopback::LoopbackKernel;
 use scst_accel_handler::loopback::Session;
+use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::transport::version;
 use scst_accel_handler::workload;
 use scst_accel_handler::workload::Geometry;
+use scst_accel_handler::workload::ScanReport;
 use scst_accel_handler::workload::WorkloadReport;
 use serde_json::json;
 use std::path::Path;
@@ -28,7 +30,13 @@ struct Load {
     name: String,
     sessions: Vec<Session>,
     geometry: Geometry,
+    /// The arguments of the disk (its board, name, limits), for the pre-existing data scan.
+    disk_args: DemoArgs,
+    info: StoreInfo,
 }
+
+/// One disk's workload, and what its medium held before (a persistent board).
+type LoadReport = (Result<WorkloadReport, String>, Option<ScanReport>);
 
 /// Run; returns the process exit code (0 only when every disk is healthy by `demo`'s rules).
 pub fn run(args: &DemoArgs, path: &Path) -> u8 {
@@ -79,10 +87,15 @@ pub fn run(args: &DemoArgs, path: &Path) -> u8 {
                 .min(spec.args.size / u64::from(info.block_size))
                 .max(1),
         };
+        let mut disk_args = args.clone();
+        disk_args.disk = spec.args.clone();
+        disk_args.board = spec.board;
         loads.push(Load {
             name: name.clone(),
             sessions,
             geometry,
+            disk_args,
+            info,
         });
     }
     let reports = run_loads(args, &mut service, &loads);
@@ -115,11 +128,7 @@ pub fn run(args: &DemoArgs, path: &Path) -> u8 {
 
 /// Every disk's workload at once (one thread per disk, joined explicitly), while this thread
 /// keeps supervising: a disk whose trigger fires is torn down alone during the run.
-fn run_loads(
-    args: &DemoArgs,
-    service: &mut Service,
-    loads: &[Load],
-) -> Vec<(String, Result<WorkloadReport, String>)> {
+fn run_loads(args: &DemoArgs, service: &mut Service, loads: &[Load]) -> Vec<(String, LoadReport)> {
     let config = crate::demo::workload_config(args);
     std::thread::scope(|scope| {
         let handles: Vec<_> = loads
@@ -129,8 +138,19 @@ fn run_loads(
                 let handle = std::thread::Builder::new()
                     .name(format!("demo-{}", load.name))
                     .spawn_scoped(scope, move || {
-                        workload::run(&load.sessions, load.geometry, config, &mut |_| {})
-                            .map_err(|e| e.to_string())
+                        // A persistent medium is checked first, as `demo` does, on this thread so
+                        // the disk stays supervised meanwhile.
+                        let preexisting = crate::demo::persistent(load.disk_args.board).then(|| {
+                            crate::demo::scan_preexisting(
+                                &load.disk_args,
+                                &load.sessions[0],
+                                load.geometry,
+                                &load.info,
+                            )
+                        });
+                        let report = workload::run(&load.sessions, load.geometry, config, &mut |_| {})
+                            .map_err(|e| e.to_string());
+                        (report, preexisting)
                     });
                 (load.name.clone(), handle)
             })
@@ -147,8 +167,8 @@ fn run_loads(
                 let result = match handle {
                     Ok(h) => h
                         .join()
-                        .unwrap_or_else(|_| Err("the workload thread panicked".into())),
-                    Err(e) => Err(format!("cannot spawn the workload thread: {e}")),
+                        .unwrap_or_else(|_| (Err("the workload thread panicked".into()), None)),
+                    Err(e) => (Err(format!("cannot spawn the workload thread: {e}")), None),
                 };
                 (name, result)
             })
@@ -179,7 +199,7 @@ fn summary(
     args: &DemoArgs,
     specs: &[crate::config::DiskSpec],
     outcomes: Vec<DiskOutcome>,
-    mut reports: Vec<(String, Result<WorkloadReport, String>)>,
+    mut reports: Vec<(String, LoadReport)>,
     devices_left: usize,
     cpu: Option<Duration>,
     elapsed: Duration,
@@ -197,7 +217,8 @@ fn summary(
         disk_args.board = spec.board;
         disk_args.pci = spec.pci.clone();
         disk_args.inject = spec.inject.clone();
-        let (entry, ok) = disk_entry(&disk_args, outcome, report, &mut totals);
+        let (report, preexisting) = report.map_or((None, None), |(r, p)| (Some(r), p));
+        let (entry, ok) = disk_entry(&disk_args, outcome, report, preexisting, &mut totals);
         healthy &= ok;
         disks.push(entry);
     }
@@ -231,6 +252,7 @@ fn disk_entry(
     args: &DemoArgs,
     outcome: DiskOutcome,
     report: Option<Result<WorkloadReport, String>>,
+    preexisting: Option<ScanReport>,
     totals: &mut WorkloadReport,
 ) -> (serde_json::Value, bool) {
     let base = json!({
@@ -255,6 +277,7 @@ fn disk_entry(
     totals.elapsed = totals.elapsed.max(workload.elapsed);
     let outcome_figures = Outcome {
         workload,
+        preexisting,
         frontend,
         backend,
         cpu: None,

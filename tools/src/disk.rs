@@ -5,6 +5,7 @@ use crate::units::parse_size;
 use clap::Args;
 use scst_accel_handler::frontend::FrontendConfig;
 use scst_accel_handler::scsi::DiskConfig;
+use scst_accel_handler::store::file::IoEngine;
 use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::transport::register::default_options;
 use scst_accel_handler::transport::register::RegisterParams;
@@ -51,6 +52,11 @@ pub struct DiskArgs {
     /// file systems that refuse O_DIRECT.
     #[arg(long)]
     pub buffered: bool,
+    /// How the file store does its I/O (--board file/blockdev): auto (io_uring where the
+    /// kernel offers it, else a pool of I/O threads, said once in the log), uring (fail when
+    /// it is unavailable), or threads.
+    #[arg(long, default_value = "auto", value_parser = IoEngine::parse)]
+    pub io_engine: IoEngine,
 }
 
 impl DiskArgs {

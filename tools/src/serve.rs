@@ -334,6 +334,7 @@ const DISK_FLAGS: &[&str] = &[
     "max_transfer_blocks",
     "path",
     "buffered",
+    "io_engine",
     "board",
     "pci",
     "prealloc",
@@ -363,7 +364,8 @@ fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> 
         command_timeout,
         max_transfer_blocks,
         path,
-        buffered
+        buffered,
+        io_engine
     );
     if given("board") {
         disk.board = args.board;

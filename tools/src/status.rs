@@ -139,6 +139,28 @@ fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::
 
 /// A fake service for tests of the reporting side: two disks whose counters move with every
 /// snapshot, a dump for one, and resizes recorded.
+/// The process's lock statistics ([`scst_accel_hal::locks::lock_stats`]): per lock level,
+/// acquisitions, contended acquisitions (the taker waited for another thread) and the longest
+/// hold, and whether the runtime order checker is compiled in. `per_command` divides the
+/// acquisitions by `commands` when given (in the demo that includes the loopback kernel
+/// model's and the initiator's own locks, which a real kernel does not take in this process).
+pub fn locks_json(commands: Option<u64>) -> serde_json::Value {
+    let levels: Vec<serde_json::Value> = scst_accel_hal::locks::lock_stats()
+        .into_iter()
+        .map(|l| {
+            serde_json::json!({
+                "name": l.name,
+                "level": l.level,
+                "acquisitions": l.acquisitions,
+                "contended": l.contended,
+                "longest_hold_us": l.longest_hold.as_secs_f64() * 1e6,
+                "per_command": commands.filter(|&c| c > 0).map(|c| l.acquisitions as f64 / c as f64),
+            })
+        })
+        .collect();
+    serde_json::json!({ "checker": scst_accel_hal::locks::LOCK_CHECK, "levels": levels })
+}
+
 #[cfg(test)]
 pub(crate) mod fake {
     use super::*;

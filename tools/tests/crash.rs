@@ -7,12 +7,15 @@
 //! journal. Bounded in count (`SCST_ACCEL_CRASH_CYCLES`, default 100) and in time
 //! (`SCST_ACCEL_CRASH_SECONDS`, default 90). Every fourth cycle runs with --buffered: the
 //! page cache survives the kill, so this shows the handler never acknowledges before pwrite(2)
-//! returned, whatever the I/O mode. Every third cycle runs on a disk of 4 KiB blocks.
+//! returned, whatever the I/O mode. Every third cycle runs on a disk of 4 KiB blocks. Four
+//! cycles in a row take the file store's `auto` I/O engine (io_uring where the kernel offers
+//! it), the next four `threads`, so both engines are killed with writes in flight.
 
 use scst_accel::crash;
 use scst_accel_handler::workload::stamp::Rng;
 use std::io::BufRead;
 use std::io::BufReader;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
@@ -48,12 +51,18 @@ impl Drop for Writer {
 
 const IMAGE_SIZE: &str = "8M";
 
-fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool) -> Writer {
+fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool, engine: &str) -> Writer {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
+    // The board follows the medium: a block device (a loop device) is served as one.
+    let board = if std::fs::metadata(image).is_ok_and(|m| m.file_type().is_block_device()) {
+        "blockdev"
+    } else {
+        "file"
+    };
     cmd.args([
         "crash-writer",
         "--board",
-        "file",
+        board,
         "--size",
         IMAGE_SIZE,
         "--duration",
@@ -65,6 +74,7 @@ fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: b
     .arg("--journal")
     .arg(journal)
     .args(["--seed", &seed.to_string()])
+    .args(["--io-engine", engine])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
@@ -104,11 +114,12 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
     let mut durable_writes = [0u64; 2];
     while done < cycles && started.elapsed() < budget {
         let buffered = done % 4 == 3;
+        let engine = if (done / 4) % 2 == 0 { "auto" } else { "threads" };
         // Every third cycle on a disk of 4 KiB blocks (an image and journal of its own).
         let block_size = if done % 3 == 2 { 4096 } else { 512 };
         let image = dir.join(format!("disk-{block_size}.img"));
         let journal = dir.join(format!("journal-{block_size}"));
-        let mut writer = start(&image, &journal, block_size, rng.next_u64(), buffered);
+        let mut writer = start(&image, &journal, block_size, rng.next_u64(), buffered, engine);
         wait_ready(&mut writer);
         std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
         // Child::kill is SIGKILL: nothing of the handler runs after it.
@@ -126,7 +137,7 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
         assert_eq!(
             (report.lost, report.stale_or_torn),
             (0, 0),
-            "cycle {done} ({}): {:?}",
+            "cycle {done} ({}, {engine}): {:?}",
             if buffered { "buffered" } else { "O_DIRECT" },
             report.first_errors
         );
@@ -148,5 +159,126 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
         done / 3,
         started.elapsed().as_secs_f64()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Root, from /proc (no FFI for a test).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+/// A loop device of `sector_size`-byte blocks over a new file of the image's size in `dir`,
+/// detached on drop (a failing assertion included).
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn new(dir: &Path, sector_size: usize) -> Result<Self, String> {
+        if !is_root() {
+            return Err("not root (losetup needs it)".into());
+        }
+        let backing = dir.join(format!("backing-{sector_size}.img"));
+        std::fs::File::create(&backing)
+            .and_then(|f| f.set_len(8 << 20))
+            .map_err(|e| format!("backing file: {e}"))?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--sector-size", &sector_size.to_string()])
+            .arg(&backing)
+            .output()
+            .map_err(|e| format!("cannot run losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let lo = Self(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        if !lo.0.exists() {
+            return Err(format!("{} attached but has no device node here", lo.0.display()));
+        }
+        Ok(lo)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// The same on a block device (`--board blockdev` on loop devices of 512 B and 4 KiB sectors):
+/// the handler opens it O_EXCL and writes through O_DIRECT or the device's page cache; after
+/// each SIGKILL the device itself is read and checked. Smaller than the file run for CI: 30
+/// cycles, 40 s (`SCST_ACCEL_CRASH_BLOCKDEV_CYCLES`, `SCST_ACCEL_CRASH_BLOCKDEV_SECONDS`).
+#[test]
+fn sigkill_on_a_block_device_never_loses_an_acknowledged_write() {
+    let name = "sigkill_on_a_block_device_never_loses_an_acknowledged_write";
+    let cycles = env_u64("SCST_ACCEL_CRASH_BLOCKDEV_CYCLES", 30);
+    let budget = Duration::from_secs(env_u64("SCST_ACCEL_CRASH_BLOCKDEV_SECONDS", 40));
+    let mut rng = Rng::new(env_u64("SCST_ACCEL_CRASH_SEED", 2026));
+    let dir = scratch("blockdev");
+    let devices = match (LoopDevice::new(&dir, 512), LoopDevice::new(&dir, 4096)) {
+        (Ok(a), Ok(b)) => [a, b],
+        (Err(reason), _) | (_, Err(reason)) => {
+            scst_accel_hal::skip::test_skipped(name, &reason);
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+    };
+    let started = Instant::now();
+    let (mut done, mut buffered_cycles, mut checked) = (0u64, 0u64, 0u64);
+    let mut durable_writes = [0u64; 2];
+    while done < cycles && started.elapsed() < budget {
+        let buffered = done % 4 == 3;
+        // Every third cycle on the device of 4 KiB sectors (a journal of its own).
+        let block_size = if done % 3 == 2 { 4096 } else { 512 };
+        let device = &devices[usize::from(block_size == 4096)].0;
+        let journal = dir.join(format!("journal-{block_size}"));
+        // Both engines on the device too: four cycles `auto` (io_uring here), four `threads`.
+        let engine = if (done / 4) % 2 == 0 { "auto" } else { "threads" };
+        let mut writer = start(device, &journal, block_size, rng.next_u64(), buffered, engine);
+        wait_ready(&mut writer);
+        std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
+        writer.0.kill().expect("SIGKILL the writer");
+        let status = writer.0.wait().expect("reap the writer");
+        assert!(
+            status.code().is_none(),
+            "cycle {done}: the writer exited by itself ({status}) before it was killed"
+        );
+        drop(writer);
+
+        let records = crash::read_journal(&journal).expect("journal");
+        let bytes = std::fs::read(device).expect("read the device");
+        let report = crash::check(&bytes, block_size, &records);
+        assert_eq!(
+            (report.lost, report.stale_or_torn),
+            (0, 0),
+            "cycle {done} on {} ({}): {:?}",
+            device.display(),
+            if buffered { "buffered" } else { "O_DIRECT" },
+            report.first_errors
+        );
+        checked += report.durable_blocks;
+        durable_writes[usize::from(block_size == 4096)] = report.durable_writes;
+        buffered_cycles += u64::from(buffered);
+        done += 1;
+    }
+    assert!(done > 0, "no cycle ran within {budget:?}");
+    let durable_writes: u64 = durable_writes.iter().sum();
+    assert!(
+        durable_writes > 0,
+        "no write was ever acknowledged durable: the test proved nothing"
+    );
+    println!(
+        "crash (block device): {done} cycles ({buffered_cycles} buffered, {} on 4 KiB sectors) in {:.1}s, {durable_writes} \
+         acknowledged durable writes in the journals, {checked} durable blocks checked over all cycles, lost 0, stale/torn 0",
+        done / 3,
+        started.elapsed().as_secs_f64()
+    );
+    drop(devices);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,6 +52,19 @@ fn demo_json_reports_a_verified_mixed_workload() {
         "{j}"
     );
     assert!(j["verified_bytes"].as_u64().unwrap_or(0) > 0, "{j}");
+    // Lock statistics of the run: the command table is taken, and per command.
+    assert_eq!(
+        j["locks"]["checker"], true,
+        "a debug build checks lock order: {j}"
+    );
+    let levels = j["locks"]["levels"].as_array().expect("lock levels");
+    let table = levels
+        .iter()
+        .find(|l| l["name"] == "frontend.cmd_table")
+        .unwrap_or_else(|| panic!("no command-table figures: {j}"));
+    assert!(table["acquisitions"].as_u64().unwrap_or(0) > 0, "{table}");
+    assert!(table["per_command"].as_f64().is_some(), "{table}");
+    assert!(table["longest_hold_us"].as_f64().is_some(), "{table}");
 }
 
 #[test]
@@ -318,4 +331,38 @@ fn teardown_under_load_leaves_nothing_behind() {
             );
         }
     }
+}
+
+/// Every teardown and release step reports whether it kept its bound as measured, none as a
+/// constant: on a healthy board all do; on a board that is gone, the reset cannot succeed and
+/// its step says so.
+#[test]
+fn teardown_steps_report_their_bounds_as_measured() {
+    let steps = |j: &serde_json::Value| -> Vec<(String, bool)> {
+        j["teardown"]["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().expect("name").to_owned(),
+                    s["within_bound"].as_bool().expect("bool"),
+                )
+            })
+            .collect()
+    };
+    let common = ["--board", "sim", "--duration", "300ms", "--size", "16M"];
+    let (code, healthy, stderr) = demo(&common);
+    assert_eq!(code, Some(0), "{healthy}\n{stderr}");
+    let healthy = steps(&healthy);
+    assert!(healthy.len() >= 10, "{healthy:?}");
+    assert!(healthy.iter().all(|(_, ok)| *ok), "{healthy:?}");
+
+    let (_, gone, _) = demo(&[&common[..], &["--inject", "gone", "--command-timeout", "300ms"]].concat());
+    let gone = steps(&gone);
+    let reset = gone
+        .iter()
+        .find(|(name, _)| name.starts_with("reset the function"))
+        .expect("a reset step");
+    assert!(!reset.1, "a gone device cannot be reset: {gone:?}");
 }

@@ -1,5 +1,6 @@
-//! The file board as a user runs it: `scst-accel demo --board file --path IMG`, twice over the
-//! same image (the second run finds the file and its data), and `check-config` on file disks.
+//! The file board as a user runs it: `scst-accel demo --board file --path IMG`, with each I/O
+//! engine over the same image (the later runs find the file and its data), and `check-config`
+//! on file disks.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -34,7 +35,8 @@ fn scst_accel(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-fn demo_passes(image: &Path) {
+/// A healthy demo over `image` with I/O engine `engine`; returns the engine it reports.
+fn demo_passes(image: &Path, engine: &str) -> String {
     let path = image.to_str().expect("utf-8 path");
     let (code, stdout, stderr) = scst_accel(&[
         "demo",
@@ -46,6 +48,8 @@ fn demo_passes(image: &Path) {
         "16M",
         "--duration",
         "1s",
+        "--io-engine",
+        engine,
         "--json",
     ]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
@@ -59,15 +63,42 @@ fn demo_passes(image: &Path) {
         j["reads"].as_u64().unwrap_or(0) > 0 && j["writes"].as_u64().unwrap_or(0) > 0,
         "{j}"
     );
+    j["io_engine"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no io_engine: {j}"))
+        .to_owned()
 }
 
 #[test]
-fn demo_on_a_file_passes_twice_over_the_same_image() {
+fn demo_on_a_file_passes_with_each_io_engine_over_the_same_image() {
     let dir = scratch("demo");
     let image = dir.join("disk.img");
-    demo_passes(&image);
+    let auto = demo_passes(&image, "auto");
     assert_eq!(std::fs::metadata(&image).expect("created").len(), 16 << 20);
-    demo_passes(&image);
+    assert_eq!(demo_passes(&image, "threads"), "threads");
+    // Auto is io_uring where the kernel offers it; then forcing it works, else forcing it is
+    // a configuration error that says what to do.
+    match auto.as_str() {
+        "uring" => assert_eq!(demo_passes(&image, "uring"), "uring"),
+        "threads" => {
+            let (code, _, stderr) = scst_accel(&[
+                "demo",
+                "--board",
+                "file",
+                "--path",
+                image.to_str().expect("utf-8"),
+                "--size",
+                "16M",
+                "--duration",
+                "1s",
+                "--io-engine",
+                "uring",
+            ]);
+            assert_eq!(code, Some(78), "{stderr}");
+            assert!(stderr.contains("--io-engine threads"), "{stderr}");
+        }
+        other => panic!("engine {other:?}"),
+    }
 
     // Another size is refused, and the file is left as it was.
     let (code, _, stderr) = scst_accel(&[

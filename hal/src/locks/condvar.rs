@@ -54,7 +54,7 @@ impl OrderedCondvar {
             });
         let guard = OrderedMutexGuard {
             inner,
-            held: Held::acquired(L::LEVEL, L::NAME),
+            held: Held::acquired(L::LEVEL, L::NAME, false),
             _level,
         };
         (guard, result.timed_out())

@@ -21,10 +21,12 @@
 //!   entries.extend(lists.pop());
 //!   ```
 //!
-//! - **At run time**, in debug and test builds (as tracing-mutex): every acquisition, with or
-//!   without a token, checks a per-thread stack of held locks and panics at once, before
-//!   blocking, on an inversion: "lock order violation: taking `frontend.cmd_table` (level 2)
-//!   while holding `sgv.pool` (level 8)". Call sites that cannot thread a token (callbacks,
+//! - **At run time**, in debug and test builds, and in release builds with the `lock-check`
+//!   feature (as tracing-mutex): every acquisition, with or without a token, checks a
+//!   per-thread stack of held locks and fails at once, before blocking, on an inversion:
+//!   "lock order violation: taking `frontend.cmd_table` (level 2) at src/x.rs:10:5 while
+//!   holding `sgv.pool` (level 8) taken at src/y.rs:20:9" (a panic in debug builds; in release
+//!   builds a log line and an abort, never a deadlock). Call sites that cannot thread a token (callbacks,
 //!   trait objects, `Drop`) use [`OrderedMutex::lock_unchecked_at_runtime`] and rely on this.
 //!   Locks of the same level are never nested, so the order is total and no cycle can form.
 //!
@@ -33,9 +35,10 @@
 //! waits); [`sleep`], [`join`], [`join_bounded`], [`recv_timeout`] and [`blocking`] assert
 //! before they block.
 //!
-//! In release builds the runtime checks compile to nothing: the wrappers are std's locks plus a
-//! zero-sized level. A poisoned lock is recovered (its value used as is, the poisoning logged),
-//! never turned into a panic.
+//! Without the runtime checker (release builds without `lock-check`) the checks compile to
+//! nothing. Either way every lock level keeps [`lock_stats`]: acquisitions, contended
+//! acquisitions and the longest hold. A poisoned lock is recovered (its value used as is, the
+//! poisoning logged), never turned into a panic.
 
 mod blocking;
 mod condvar;
@@ -43,6 +46,7 @@ pub mod levels;
 mod mutex;
 mod runtime;
 mod rwlock;
+mod stats;
 mod token;
 
 #[cfg(test)]
@@ -63,7 +67,10 @@ pub use mutex::OrderedMutexGuard;
 pub use runtime::assert_no_locks_held;
 pub use runtime::held_locks;
 pub use runtime::observed_edges;
+pub use runtime::LOCK_CHECK;
 pub use rwlock::OrderedReadGuard;
 pub use rwlock::OrderedRwLock;
 pub use rwlock::OrderedWriteGuard;
+pub use stats::lock_stats;
+pub use stats::LockStat;
 pub use token::LockToken;

@@ -73,7 +73,13 @@ impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
     #[track_caller]
     pub fn lock_unchecked_at_runtime(&self) -> OrderedMutexGuard<'_, T, L> {
         Held::check(L::LEVEL, L::NAME);
-        let inner = self.inner.lock().unwrap_or_else(|poisoned| {
+        // One try first, so a wait behind another thread is counted (lock_stats).
+        let (result, contended) = match self.inner.try_lock() {
+            Ok(guard) => (Ok(guard), false),
+            Err(TryLockError::Poisoned(poisoned)) => (Err(poisoned), false),
+            Err(TryLockError::WouldBlock) => (self.inner.lock(), true),
+        };
+        let inner = result.unwrap_or_else(|poisoned| {
             log::warn!(
                 "lock `{}` was poisoned by a panic while held; using its value as is",
                 L::NAME
@@ -83,7 +89,7 @@ impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
         });
         OrderedMutexGuard {
             inner,
-            held: Held::acquired(L::LEVEL, L::NAME),
+            held: Held::acquired(L::LEVEL, L::NAME, contended),
             _level: PhantomData,
         }
     }
@@ -110,7 +116,7 @@ impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
         };
         Some(OrderedMutexGuard {
             inner,
-            held: Held::acquired(L::LEVEL, L::NAME),
+            held: Held::acquired(L::LEVEL, L::NAME, false),
             _level: PhantomData,
         })
     }

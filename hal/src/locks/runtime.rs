@@ -1,22 +1,25 @@
-//! The runtime half of the checker, compiled in debug and test builds only
-//! (`cfg(debug_assertions)`): a per-thread stack of the checked locks held, asserted on every
-//! acquisition and at every blocking point, and a global record of the (held → taken) edges
+//! The runtime half of the checker, compiled as `cfg(lock_check)`: in debug and test builds,
+//! and in release builds with the `lock-check` feature (hal/build.rs). A per-thread stack of the
+//! checked locks held, each with the place it was taken, asserted on every acquisition and at
+//! every blocking point, and (debug builds) a global record of the (held → taken) edges
 //! observed, in the manner of tracing-mutex.
 //!
 //! It catches what the types cannot see: acquisitions through
 //! `lock_unchecked_at_runtime` (callbacks, trait objects), a second [`LockToken::root`] made
-//! while a lock is held, and locks held across blocking calls. In release builds every function
-//! here is an empty inline function and a guard carries nothing extra.
+//! while a lock is held, and locks held across blocking calls. A violation names both locks and
+//! both acquisition sites; debug and test builds panic (tests expect it), release builds log
+//! and abort: a handler that has broken the order must stop before it deadlocks, and a panic in
+//! a worker thread could be caught and leave the deadlock to happen. Without `lock_check`
+//! every function here is an empty inline function and a guard carries nothing but its hold
+//! time for [`lock_stats`](super::lock_stats).
 //!
 //! [`LockToken::root`]: super::LockToken::root
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 mod imp {
     use std::cell::Cell;
     use std::cell::RefCell;
-    use std::collections::BTreeSet;
-    use std::sync::Mutex;
-    use std::sync::PoisonError;
+    use std::panic::Location;
 
     /// One lock this thread holds.
     #[derive(Clone, Copy, Debug)]
@@ -24,6 +27,7 @@ mod imp {
         id: u64,
         level: u32,
         name: &'static str,
+        site: &'static Location<'static>,
     }
 
     // Nothing depends on when these are destroyed: they describe only their own thread, and a
@@ -34,9 +38,24 @@ mod imp {
         static NEXT_ID: Cell<u64> = const { Cell::new(1) };
     }
 
-    /// Edges observed by any thread, by lock name. A plain std mutex: it is the checker's own,
-    /// never held while anything else is taken.
-    static EDGES: Mutex<BTreeSet<(&'static str, &'static str)>> = Mutex::new(BTreeSet::new());
+    /// Edges observed by any thread, by lock name (debug builds: the tests compare them with
+    /// docs/locking.md). A plain std mutex: it is the checker's own, never held while anything
+    /// else is taken. Not kept in release builds, where it would be one more shared lock per
+    /// nested acquisition.
+    #[cfg(debug_assertions)]
+    static EDGES: std::sync::Mutex<std::collections::BTreeSet<(&'static str, &'static str)>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+    /// Report a violation: panic in debug and test builds, log and abort in release builds.
+    #[cold]
+    fn fail(message: String) -> ! {
+        if cfg!(debug_assertions) {
+            panic!("{message}");
+        }
+        log::error!("{message}");
+        eprintln!("scst-accel: {message}; aborting");
+        std::process::abort();
+    }
 
     /// The held lock that forbids taking `level`: the highest one at or above it.
     fn violation(level: u32) -> Option<Entry> {
@@ -52,19 +71,26 @@ mod imp {
         .flatten()
     }
 
-    /// Panics unless every lock this thread holds is of a level strictly below `level`.
+    /// Fails unless every lock this thread holds is of a level strictly below `level`.
+    #[track_caller]
     pub(crate) fn check_acquire(level: u32, name: &'static str) {
         if let Some(held) = violation(level) {
-            panic!(
-                "lock order violation: taking `{name}` (level {level}) while holding `{}` (level {}) \
-                 (docs/locking.md: a lock may only be taken while holding locks of lower levels)",
-                held.name, held.level
-            );
+            fail(format!(
+                "lock order violation: taking `{name}` (level {level}) while holding `{}` \
+                 (level {}); taken at {}, the held one at {} (docs/locking.md: a lock may only \
+                 be taken while holding locks of lower levels)",
+                held.name,
+                held.level,
+                Location::caller(),
+                held.site
+            ));
         }
     }
 
     /// Record that this thread now holds the lock; returns the id to release it with.
+    #[track_caller]
     pub(crate) fn push(level: u32, name: &'static str) -> u64 {
+        let site = Location::caller();
         let id = NEXT_ID
             .try_with(|next| {
                 let id = next.get();
@@ -72,19 +98,29 @@ mod imp {
                 id
             })
             .unwrap_or(0);
-        let below: Vec<&'static str> = HELD
+        let _below: Vec<&'static str> = HELD
             .try_with(|held| match held.try_borrow_mut() {
                 Ok(mut held) => {
-                    let below = held.iter().map(|e| e.name).collect();
-                    held.push(Entry { id, level, name });
+                    let below = if cfg!(debug_assertions) {
+                        held.iter().map(|e| e.name).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    held.push(Entry {
+                        id,
+                        level,
+                        name,
+                        site,
+                    });
                     below
                 }
                 Err(_) => Vec::new(),
             })
             .unwrap_or_default();
-        if !below.is_empty() {
-            let mut edges = EDGES.lock().unwrap_or_else(PoisonError::into_inner);
-            for held in below {
+        #[cfg(debug_assertions)]
+        if !_below.is_empty() {
+            let mut edges = EDGES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for held in _below {
                 edges.insert((held, name));
             }
         }
@@ -113,18 +149,45 @@ mod imp {
         .unwrap_or_default()
     }
 
-    /// Every (held → taken) pair seen so far, by name.
+    /// Fails if this thread holds any checked lock (before a blocking call `what`).
+    #[track_caller]
+    pub(crate) fn assert_none_held(what: &str) {
+        let held = HELD
+            .try_with(|held| held.try_borrow().map(|h| h.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(last) = held.last() {
+            let all: Vec<String> = held
+                .iter()
+                .map(|e| format!("`{}` (level {}) taken at {}", e.name, e.level, e.site))
+                .collect();
+            fail(format!(
+                "blocking call `{what}` while holding `{}` (level {}); called at {}; held: {}. \
+                 No lock may be held across a blocking call (docs/locking.md)",
+                last.name,
+                last.level,
+                Location::caller(),
+                all.join(", ")
+            ));
+        }
+    }
+
+    /// Every (held → taken) pair seen so far, by name (debug builds; empty otherwise).
     pub(crate) fn observed_edges() -> Vec<(&'static str, &'static str)> {
-        EDGES
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect()
+        #[cfg(debug_assertions)]
+        {
+            EDGES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .copied()
+                .collect()
+        }
+        #[cfg(not(debug_assertions))]
+        Vec::new()
     }
 }
 
-#[cfg(not(debug_assertions))]
+#[cfg(not(lock_check))]
 mod imp {
     #[inline(always)]
     pub(crate) fn check_acquire(_level: u32, _name: &'static str) {}
@@ -140,38 +203,48 @@ mod imp {
     }
 
     #[inline(always)]
+    pub(crate) fn assert_none_held(_what: &str) {}
+
+    #[inline(always)]
     pub(crate) fn observed_edges() -> Vec<(&'static str, &'static str)> {
         Vec::new()
     }
 }
 
-pub(crate) use imp::check_acquire;
-#[cfg(debug_assertions)]
-pub(crate) use imp::pop;
-pub(crate) use imp::push;
+/// Whether the runtime checker is compiled in (debug and test builds; release builds with the
+/// `lock-check` feature).
+pub const LOCK_CHECK: bool = cfg!(lock_check);
 
-/// This thread holds one checked lock for as long as this lives (empty in release builds).
+/// This thread holds one checked lock for as long as this lives; it also times the hold for
+/// [`lock_stats`](super::lock_stats).
 #[derive(Debug)]
 pub(crate) struct Held {
-    #[cfg(debug_assertions)]
+    #[cfg(lock_check)]
     id: u64,
+    level: u32,
+    since: std::time::Instant,
 }
 
 impl Held {
-    /// Check the order for a lock of `level` about to be taken (panics on a violation, before
-    /// blocking on the lock, so an inversion is a panic and not a deadlock).
+    /// Check the order for a lock of `level` about to be taken (fails on a violation, before
+    /// blocking on the lock, so an inversion is a panic or an abort and not a deadlock).
     #[inline]
+    #[track_caller]
     pub(crate) fn check(level: u32, name: &'static str) {
-        check_acquire(level, name);
+        imp::check_acquire(level, name);
     }
 
-    /// The lock was taken: record it.
+    /// The lock was taken (`contended`: another thread held it first): record it.
     #[inline]
-    pub(crate) fn acquired(level: u32, name: &'static str) -> Self {
-        let _id = push(level, name);
+    #[track_caller]
+    pub(crate) fn acquired(level: u32, name: &'static str, contended: bool) -> Self {
+        let _id = imp::push(level, name);
+        super::stats::acquired(level, name, contended);
         Self {
-            #[cfg(debug_assertions)]
+            #[cfg(lock_check)]
             id: _id,
+            level,
+            since: std::time::Instant::now(),
         }
     }
 }
@@ -179,13 +252,14 @@ impl Held {
 impl Drop for Held {
     #[inline]
     fn drop(&mut self) {
-        #[cfg(debug_assertions)]
-        pop(self.id);
+        #[cfg(lock_check)]
+        imp::pop(self.id);
+        super::stats::released(self.level, self.since.elapsed());
     }
 }
 
-/// The checked locks this thread holds now, as (name, level), oldest first. Always empty in
-/// release builds, where nothing is tracked.
+/// The checked locks this thread holds now, as (name, level), oldest first. Always empty
+/// without the runtime checker, where nothing is tracked.
 pub fn held_locks() -> Vec<(&'static str, u32)> {
     imp::held()
 }
@@ -196,27 +270,15 @@ pub fn observed_edges() -> Vec<(&'static str, &'static str)> {
     imp::observed_edges()
 }
 
-/// Panics (debug and test builds) if this thread holds any checked lock: call it before every
-/// blocking call (an ioctl, a wait on the device, a channel receive, a sleep, a join). `what`
-/// names the call in the message. Free in release builds.
+/// Fails if this thread holds any checked lock: call it before every blocking call (an ioctl,
+/// a wait on the device, a channel receive, a sleep, a join). `what` names the call in the
+/// message. Panics in debug and test builds, logs and aborts in release builds with the
+/// `lock-check` feature, and is free without it.
 ///
 /// # Panics
 /// In debug and test builds, when a checked lock is held.
 #[track_caller]
 #[inline]
 pub fn assert_no_locks_held(what: &str) {
-    #[cfg(debug_assertions)]
-    {
-        let held = imp::held();
-        if let Some((name, level)) = held.last() {
-            let all: Vec<String> = held.iter().map(|(n, l)| format!("`{n}` (level {l})")).collect();
-            panic!(
-                "blocking call `{what}` while holding `{name}` (level {level}); held: {}. \
-                 No lock may be held across a blocking call (docs/locking.md)",
-                all.join(", ")
-            );
-        }
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = what;
+    imp::assert_none_held(what);
 }

@@ -8,6 +8,7 @@ use std::sync::PoisonError;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
+use std::sync::TryLockError;
 
 use super::levels::LockBefore;
 use super::levels::LockLevel;
@@ -99,13 +100,19 @@ impl<T: ?Sized, L: LockLevel> OrderedRwLock<T, L> {
     #[track_caller]
     pub fn read_unchecked_at_runtime(&self) -> OrderedReadGuard<'_, T, L> {
         Held::check(L::LEVEL, L::NAME);
-        let inner = self.inner.read().unwrap_or_else(|p| {
+        // One try first, so a wait behind another thread is counted (lock_stats).
+        let (result, contended) = match self.inner.try_read() {
+            Ok(guard) => (Ok(guard), false),
+            Err(TryLockError::Poisoned(poisoned)) => (Err(poisoned), false),
+            Err(TryLockError::WouldBlock) => (self.inner.read(), true),
+        };
+        let inner = result.unwrap_or_else(|p| {
             self.inner.clear_poison();
             recovered(L::NAME, p)
         });
         OrderedReadGuard {
             inner,
-            _held: Held::acquired(L::LEVEL, L::NAME),
+            _held: Held::acquired(L::LEVEL, L::NAME, contended),
             _level: PhantomData,
         }
     }
@@ -118,13 +125,19 @@ impl<T: ?Sized, L: LockLevel> OrderedRwLock<T, L> {
     #[track_caller]
     pub fn write_unchecked_at_runtime(&self) -> OrderedWriteGuard<'_, T, L> {
         Held::check(L::LEVEL, L::NAME);
-        let inner = self.inner.write().unwrap_or_else(|p| {
+        // One try first, so a wait behind another thread is counted (lock_stats).
+        let (result, contended) = match self.inner.try_write() {
+            Ok(guard) => (Ok(guard), false),
+            Err(TryLockError::Poisoned(poisoned)) => (Err(poisoned), false),
+            Err(TryLockError::WouldBlock) => (self.inner.write(), true),
+        };
+        let inner = result.unwrap_or_else(|p| {
             self.inner.clear_poison();
             recovered(L::NAME, p)
         });
         OrderedWriteGuard {
             inner,
-            _held: Held::acquired(L::LEVEL, L::NAME),
+            _held: Held::acquired(L::LEVEL, L::NAME, contended),
             _level: PhantomData,
         }
     }

@@ -32,7 +32,7 @@ fn the_token_chain_takes_locks_in_order_and_frees_the_parent() {
         assert_eq!(inner.level(), levels::CmdTable::LEVEL);
         let (mut lists, _) = pool.lock(&mut inner);
         entries.extend(lists.pop());
-        if cfg!(debug_assertions) {
+        if cfg!(lock_check) {
             assert_eq!(held_locks(), vec![("frontend.cmd_table", 2), ("sgv.pool", 8)]);
         }
     }
@@ -49,7 +49,7 @@ fn guards_may_be_dropped_out_of_order() {
     let t = table.lock_unchecked_at_runtime();
     let p = pool.lock_unchecked_at_runtime();
     drop(t);
-    if cfg!(debug_assertions) {
+    if cfg!(lock_check) {
         assert_eq!(held_locks(), vec![("sgv.pool", 8)]);
     }
     drop(p);
@@ -59,7 +59,7 @@ fn guards_may_be_dropped_out_of_order() {
     drop(table.lock_unchecked_at_runtime());
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 #[should_panic(
     expected = "lock order violation: taking `frontend.cmd_table` (level 2) while holding `sgv.pool` (level 8)"
@@ -73,7 +73,7 @@ fn the_scst_inversion_panics_at_run_time() {
     let _entries = table.lock_unchecked_at_runtime();
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 #[should_panic(
     expected = "lock order violation: taking `sgv.stash` (level 9) while holding `sgv.stash` (level 9)"
@@ -85,7 +85,7 @@ fn two_locks_of_one_level_are_never_nested() {
     let _b = other.lock_unchecked_at_runtime();
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 #[should_panic(expected = "lock order violation: taking `iommu.table` (level 18)")]
 fn a_recursive_read_panics() {
@@ -94,7 +94,7 @@ fn a_recursive_read_panics() {
     let _b = table.read_unchecked_at_runtime();
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 #[should_panic(expected = "blocking call `VFIO_DEVICE_RESET` while holding `sim.state` (level 16)")]
 fn a_blocking_call_under_a_lock_panics() {
@@ -103,7 +103,7 @@ fn a_blocking_call_under_a_lock_panics() {
     assert_no_locks_held("VFIO_DEVICE_RESET");
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 #[should_panic(expected = "blocking call `LockToken::root` while holding `frontend.cmd_table`")]
 fn a_root_token_under_a_lock_panics() {
@@ -112,7 +112,7 @@ fn a_root_token_under_a_lock_panics() {
     let _second_root = LockToken::root();
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 #[should_panic(expected = "blocking call `sleep` while holding `dma.iova` (level 10)")]
 fn sleep_under_a_lock_panics() {
@@ -121,7 +121,7 @@ fn sleep_under_a_lock_panics() {
     sleep(Duration::ZERO);
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 #[should_panic(
     expected = "blocking call `Condvar::wait_timeout` while holding `frontend.sessions` (level 1)"
@@ -155,7 +155,7 @@ fn a_condvar_wait_releases_and_retakes_its_mutex() {
         }
         // The setter can only take the mutex because the wait released it.
         g = shared.1.wait_timeout(g, Duration::from_millis(10)).0;
-        if cfg!(debug_assertions) {
+        if cfg!(lock_check) {
             assert_eq!(held_locks(), vec![("sim.state", 16)], "re-pushed after the wait");
         }
     }
@@ -213,7 +213,7 @@ fn try_lock_reports_a_held_lock() {
     assert!(m.try_lock_unchecked_at_runtime().is_some());
 }
 
-#[cfg(debug_assertions)]
+#[cfg(lock_check)]
 #[test]
 fn nesting_is_recorded_as_edges() {
     let table = OrderedRwLock::<(), levels::IommuTable>::new(());
@@ -252,4 +252,41 @@ fn blocking_helpers_run_their_call() {
     );
     assert_eq!(blocking("compute", || 6), 6);
     sleep(Duration::ZERO);
+}
+
+/// Lock statistics count every acquisition, the ones that waited behind another thread, and
+/// the longest hold (the figures only grow, so other tests taking the same level in parallel
+/// cannot make this fail).
+#[test]
+fn lock_stats_count_acquisitions_contention_and_the_longest_hold() {
+    let find = || {
+        lock_stats()
+            .into_iter()
+            .find(|s| s.name == levels::ScsiModePages::NAME)
+            .map_or((0, 0, Duration::ZERO), |s| {
+                (s.acquisitions, s.contended, s.longest_hold)
+            })
+    };
+    let (acquired_before, contended_before, _) = find();
+    let lock = Arc::new(OrderedMutex::<u32, levels::ScsiModePages>::new(0));
+    let (held_tx, held_rx) = mpsc::channel();
+    let holder = {
+        let lock = Arc::clone(&lock);
+        std::thread::spawn(move || {
+            let guard = lock.lock_unchecked_at_runtime();
+            held_tx.send(()).expect("send");
+            std::thread::sleep(Duration::from_millis(80));
+            drop(guard);
+        })
+    };
+    held_rx.recv().expect("held");
+    *lock.lock_unchecked_at_runtime() += 1; // waits for the holder
+    holder.join().expect("holder");
+    let (acquired, contended, longest) = find();
+    assert!(
+        acquired >= acquired_before + 2,
+        "{acquired} after {acquired_before}"
+    );
+    assert!(contended > contended_before, "the second taker waited");
+    assert!(longest >= Duration::from_millis(80), "{longest:?}");
 }

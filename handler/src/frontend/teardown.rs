@@ -69,6 +69,15 @@ impl Default for TeardownConfig {
     }
 }
 
+/// The bound of a step that waits for nothing (stopping intake, an abort step with nothing to
+/// abort): longer means the thread was starved or blocked where nothing should block.
+pub const NO_WAIT_STEP_BOUND: Duration = Duration::from_secs(1);
+
+/// The bound of the close step. Closing the fd runs SCST's close path, which answers what it
+/// still held and unpins every buffer (scst_user.md §5.3); by then the earlier steps have
+/// answered everything the handler could, so the kernel has nothing slow left to wait for.
+pub const CLOSE_STEP_BOUND: Duration = Duration::from_secs(5);
+
 /// One step of the teardown.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TeardownStep {
@@ -142,11 +151,12 @@ impl Frontend {
             report.in_flight_at_start,
             shared.leases.outstanding()
         );
+        let duration = step.elapsed();
         report.steps.push(TeardownStep {
             name: "stop intake",
-            duration: step.elapsed(),
+            duration,
             count: report.in_flight_at_start,
-            within_bound: true,
+            within_bound: duration <= NO_WAIT_STEP_BOUND,
         });
 
         // 2. Drain.
@@ -222,11 +232,12 @@ impl Frontend {
                 within_bound: all_reported && answered.is_ok() && released.is_ok(),
             });
         } else {
+            let duration = step.elapsed();
             report.steps.push(TeardownStep {
                 name: "abort",
-                duration: step.elapsed(),
+                duration,
                 count: 0,
-                within_bound: true,
+                within_bound: duration <= NO_WAIT_STEP_BOUND,
             });
         }
 
@@ -318,11 +329,12 @@ impl Frontend {
         let step = Instant::now();
         drop(shared);
         drop(self);
+        let duration = step.elapsed();
         report.steps.push(TeardownStep {
             name: "close",
-            duration: step.elapsed(),
+            duration,
             count: report.buffers_held_at_close,
-            within_bound: true,
+            within_bound: duration <= CLOSE_STEP_BOUND,
         });
 
         report.duration = start.elapsed();

@@ -43,6 +43,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+/// The first backoff after a readable fd gave nothing to fetch ([`Worker::back_off`]).
+const READY_BACKOFF_FIRST: Duration = Duration::from_micros(50);
+/// The longest: how late a command can be taken once a suspension ends.
+const READY_BACKOFF_MAX: Duration = Duration::from_millis(5);
+
+/// REPLY_AND_GET_MULTI calls in a row that may fail before the kernel reads any reply before
+/// the replies are dropped ([`Worker::replies_untaken`]).
+const UNTAKEN_CALLS_MAX: u32 = 3;
+
 /// What an EXEC reply needs to know about its command.
 struct ExecCtx {
     /// When SCST handed the command over, and by when it must be answered (the payload's
@@ -136,6 +145,17 @@ pub(super) struct Worker {
     fd_closed: bool,
     /// Replies discarded because the fd was closed.
     undelivered: usize,
+    /// REPLY_AND_GET_MULTI calls in a row that failed before the kernel read any reply.
+    untaken_calls: u32,
+    /// The last wait found the scst_user fd readable (or ended a backoff with it readable):
+    /// the fetch that follows tells whether that readiness was real.
+    fd_said_ready: bool,
+    /// Fetches in a row that found nothing right after the fd polled readable. The kernel's
+    /// POLLIN is level-triggered on SCST's active list as well as on the ready list (spec
+    /// §3.9), and while SCST's activity is suspended (FLUSH_CACHE, SET_OPTIONS: up to 90 s)
+    /// the active list cannot drain: POLLIN stays up and every fetch gets EAGAIN. Past
+    /// zero, [`Worker::wait`] backs off instead of polling the fd again at once.
+    empty_ready_fetches: u32,
 }
 
 impl Worker {
@@ -163,6 +183,9 @@ impl Worker {
             aborted: false,
             fd_closed: false,
             undelivered: 0,
+            untaken_calls: 0,
+            fd_said_ready: false,
+            empty_ready_fetches: 0,
         }
     }
 
@@ -222,11 +245,17 @@ impl Worker {
             } else {
                 self.multi.capacity()
             };
+            let fd_said_ready = std::mem::take(&mut self.fd_said_ready);
             let fetched = if want > 0 || !self.replies.is_empty() {
                 self.exchange(want)
             } else {
                 0
             };
+            if fetched > 0 {
+                self.empty_ready_fetches = 0;
+            } else if fd_said_ready && want > 0 {
+                self.empty_ready_fetches = self.empty_ready_fetches.saturating_add(1);
+            }
             for index in 0..fetched {
                 let cmd = *self.multi.cmd(index);
                 self.dispatch(&cmd);
@@ -406,23 +435,67 @@ impl Worker {
         }
     }
 
-    /// Wait for the fd (when `fetching`) or the store queue, bounded by `idle_poll`.
-    fn wait(&self, fetching: bool) {
+    /// Wait for the fd (when `fetching`) or the store queue, bounded by `idle_poll`. After a
+    /// readable fd gave nothing to fetch, back off instead ([`Worker::back_off`]).
+    fn wait(&mut self, fetching: bool) {
+        if fetching && self.empty_ready_fetches > 0 {
+            self.back_off();
+            return;
+        }
         let fd = Some(self.shared.fd.poll_fd()).filter(|_| fetching);
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().chain(self.queue.notify_fd()).collect();
         if fds.is_empty() {
             scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
             return;
         }
-        if let Err(e) = poll_readable(&fds, self.shared.config.idle_poll) {
-            log::warn!("poll on the scst_user fd failed: {e}");
-            scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
+        match poll_readable(&fds, self.shared.config.idle_poll) {
+            Ok(ready) => self.fd_said_ready = fetching && ready.first().copied().unwrap_or(false),
+            Err(e) => {
+                log::warn!("poll on the scst_user fd failed: {e}");
+                scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
+            }
+        }
+    }
+
+    /// The fd polled readable and the fetch found nothing (spec §3.9: POLLIN on SCST's active
+    /// list, which a suspension keeps full). Wait for the store's completions only, for a time
+    /// that doubles with each empty fetch up to [`READY_BACKOFF_MAX`], then look at the fd
+    /// without waiting: still readable, the next fetch tries again; not readable, the
+    /// readiness was a passing one and the normal wait resumes. Commands cannot be delivered
+    /// while the suspension lasts, so the backoff delays none; once it ends, the next fetch
+    /// after at most [`READY_BACKOFF_MAX`] takes them.
+    fn back_off(&mut self) {
+        let shift = (self.empty_ready_fetches - 1).min(16);
+        let pause = READY_BACKOFF_FIRST
+            .saturating_mul(1 << shift)
+            .min(READY_BACKOFF_MAX)
+            .min(self.shared.config.idle_poll);
+        match self.queue.notify_fd() {
+            Some(store) => {
+                if let Err(e) = poll_readable(&[store], pause) {
+                    log::warn!("poll on the store queue failed: {e}");
+                    scst_accel_hal::locks::sleep(pause);
+                }
+            }
+            None => scst_accel_hal::locks::sleep(pause),
+        }
+        let fd = self.shared.fd.poll_fd();
+        let still_ready = poll_readable(&[fd], Duration::ZERO).is_ok_and(|r| r.first() == Some(&true));
+        if still_ready {
+            self.fd_said_ready = true;
+        } else {
+            self.empty_ready_fetches = 0;
         }
     }
 
     /// One REPLY_AND_GET_MULTI: deliver pending replies, fetch up to `want` commands. Returns
     /// the number of commands fetched. Reply bookkeeping follows spec §3.3 and pitfall §8.3: a
     /// reply the kernel failed on is consumed and never resent.
+    ///
+    /// `replies_done` is preset to -1 so that "the kernel wrote nothing" (it failed before
+    /// reading any reply, e.g. EFAULT on the header) is told apart from "reply 0 failed": in
+    /// the first case no reply was consumed, none is lost, and all are sent again (a bounded
+    /// number of times, [`UNTAKEN_CALLS_MAX`]).
     fn exchange(&mut self, want: usize) -> usize {
         let replies_cnt = self.replies.len().min(i16::MAX as usize);
         self.multi.set_header(abi::GetMultiHeader {
@@ -432,7 +505,7 @@ impl Worker {
                 0
             },
             replies_cnt: replies_cnt as i16,
-            replies_done: 0,
+            replies_done: -1,
             cmds_cnt: want as i16,
             _pad: 0,
         });
@@ -458,6 +531,11 @@ impl Worker {
                 self.discard_replies();
                 return 0;
             }
+            Err(errno) if replies_cnt > 0 && header.replies_done < 0 => {
+                // The kernel wrote nothing (§3.3 writes replies_done before it fetches, even
+                // on a reply failure): it read no reply and fetched nothing.
+                return self.replies_untaken(errno);
+            }
             Err(errno) if done < replies_cnt => {
                 let failed = self.replies[done];
                 self.shared.counters.reply_errors.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +552,37 @@ impl Worker {
                 log::warn!("REPLY_AND_GET_MULTI failed after all replies were taken: {errno}");
             }
         }
+        self.untaken_calls = 0;
         fetched
+    }
+
+    /// REPLY_AND_GET_MULTI failed before the kernel read any reply: keep them all for the next
+    /// call. After [`UNTAKEN_CALLS_MAX`] such calls in a row they are dropped (counted as
+    /// refused, logged): the kernel keeps failing the call, and a worker that resends forever
+    /// would never reach its teardown checks. Returns 0: nothing was fetched.
+    fn replies_untaken(&mut self, errno: Errno) -> usize {
+        self.untaken_calls += 1;
+        if self.untaken_calls < UNTAKEN_CALLS_MAX {
+            log::warn!(
+                "worker {}: REPLY_AND_GET_MULTI failed ({errno}) before the kernel read any of {} replies; sending them again",
+                self.index,
+                self.replies.len()
+            );
+            return 0;
+        }
+        log::error!(
+            "worker {}: REPLY_AND_GET_MULTI failed ({errno}) {} times in a row before reading any reply; dropping {} replies (their commands are left to SCST's timeout and abort)",
+            self.index,
+            self.untaken_calls,
+            self.replies.len()
+        );
+        self.shared
+            .counters
+            .reply_errors
+            .fetch_add(self.replies.len() as u64, Ordering::Relaxed);
+        self.consume_replies(self.replies.len(), false);
+        self.untaken_calls = 0;
+        0
     }
 
     /// The first `n` replies were handed to SCST (or consumed by a refusal): forget them and
@@ -783,6 +891,16 @@ impl Worker {
         }
         if exec.data_direction == data_direction::NONE || bufflen == 0 {
             return Ok((None, 0));
+        }
+        if matches!(exec.data_direction, data_direction::WRITE | data_direction::BIDI) {
+            // spec §3.5: a WRITE's EXEC comes with its buffer, which already holds the
+            // initiator's data (allocation is delayed to EXEC only for READs, §4). pbuf 0 here
+            // is a kernel contract violation; a fresh buffer would put zeroes on the medium.
+            log::error!(
+                "EXEC for a {}-byte WRITE names no buffer (pbuf 0): the kernel broke the scst_user contract; answered HARDWARE ERROR, nothing written",
+                bufflen
+            );
+            return Err(self.check_condition(0x04, 0x44, 0x00));
         }
         let len = (exec.alloc_len.max(0) as usize).max(bufflen);
         match self.shared.buffers.allocate(len) {

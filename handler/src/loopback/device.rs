@@ -288,8 +288,11 @@ impl DeviceState {
     }
 
     /// Keep the poll pipe level-triggered: armed iff something is ready or core work pends.
+    /// As the kernel's `dev_user_poll` (spec §3.9), the active list counts even while SCST's
+    /// activity is suspended and the work cannot run: POLLIN stays up, and the fetch that
+    /// follows gets EAGAIN for as long as the suspension lasts (up to 90 s).
     pub fn sync_poll(&mut self) {
-        let want = !self.ready.is_empty() || (!self.active.is_empty() && self.suspended == 0);
+        let want = !self.ready.is_empty() || !self.active.is_empty();
         if want && !self.poll_armed {
             self.poll.arm();
             self.poll_armed = true;

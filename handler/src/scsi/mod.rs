@@ -423,7 +423,7 @@ impl Disk {
     /// Continue after the store finished `io` with `status`: the final response, or the next
     /// store step (WRITE AND VERIFY: the write, then the compare or verify).
     pub fn finish(&self, io: &IoPlan, status: StoreStatus) -> Plan {
-        match rw::finish(io, status) {
+        match rw::finish(io, status, self.config.thin_provisioning) {
             Ok(plan) => plan,
             Err(sense) => {
                 log::debug!("store op {:?} ended {status}", io.op);

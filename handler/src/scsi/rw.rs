@@ -176,8 +176,9 @@ fn unmap(param: &[u8], geo: &Geometry) -> Result<Plan, Sense> {
     }))
 }
 
-/// The response (or next step) after the store ended `io` with `status`.
-pub(crate) fn finish(io: &IoPlan, status: StoreStatus) -> Result<Plan, Sense> {
+/// The response (or next step) after the store ended `io` with `status`, on a thin
+/// provisioned disk when `thin`.
+pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Plan, Sense> {
     match status {
         StoreStatus::Good => Ok(match &io.then {
             Some(next) => Plan::Io(IoPlan {
@@ -198,6 +199,21 @@ pub(crate) fn finish(io: &IoPlan, status: StoreStatus) -> Result<Plan, Sense> {
             Err(Sense::new(sense_key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR).with_information(lba))
         }
         StoreStatus::WriteError { lba } => {
+            Err(Sense::new(sense_key::MEDIUM_ERROR, asc::WRITE_ERROR).with_information(lba))
+        }
+        // SBC-3 §4.7.3.6 (thin provisioning, resource exhaustion): a thin provisioned logical unit
+        // that cannot map an LBA for a write ends it with DATA PROTECT / SPACE ALLOCATION FAILED
+        // WRITE PROTECT (Linux turns it into ENOSPC, not a retried I/O error). That code is
+        // defined for thin provisioning only: a fully provisioned logical unit has every LBA
+        // mapped by definition (SBC-3 §4.7.2), so a write its medium cannot store is a write
+        // error at that LBA. INFORMATION is the LBA either way (SPC-4 §4.5.2.2: for a
+        // direct-access device, the LBA the sense is about).
+        StoreStatus::SpaceExhausted { lba } if thin => Err(Sense::new(
+            sense_key::DATA_PROTECT,
+            asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
+        )
+        .with_information(lba)),
+        StoreStatus::SpaceExhausted { lba } => {
             Err(Sense::new(sense_key::MEDIUM_ERROR, asc::WRITE_ERROR).with_information(lba))
         }
         StoreStatus::OutOfRange => Err(Sense::lba_out_of_range()),
@@ -507,6 +523,30 @@ mod tests {
         assert_eq!(
             &sense(StoreStatus::Aborted)[..14],
             &[0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    /// Out of space: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT with the LBA on a thin
+    /// disk (SBC-3 §4.7.3.6), MEDIUM ERROR / WRITE ERROR with the LBA on a fully provisioned one.
+    #[test]
+    fn space_exhausted_depends_on_provisioning() {
+        let write = [0x2a, 0, 0, 0, 0, 10, 0, 0, 4, 0];
+        let data = vec![0u8; 2048];
+        let thin = thin();
+        let Plan::Io(io) = thin.start(&write, &data) else {
+            panic!()
+        };
+        assert_eq!(
+            &done(thin.finish(&io, StoreStatus::SpaceExhausted { lba: 12 })).sense[..14],
+            &[0xF0, 0, 7, 0, 0, 0, 12, 10, 0, 0, 0, 0, 0x27, 0x07]
+        );
+        let thick = disk_with(DiskConfig::new(512, 1000));
+        let Plan::Io(io) = thick.start(&write, &data) else {
+            panic!()
+        };
+        assert_eq!(
+            &done(thick.finish(&io, StoreStatus::SpaceExhausted { lba: 12 })).sense[..14],
+            &[0xF0, 0, 3, 0, 0, 0, 12, 10, 0, 0, 0, 0, 0x0C, 0]
         );
     }
 

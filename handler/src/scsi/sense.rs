@@ -53,6 +53,8 @@ pub mod asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
     /// Write protected.
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
+    /// Space allocation failed write protect (a thin provisioned disk out of space).
+    pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: (u8, u8) = (0x27, 0x07);
     /// Saving parameters not supported.
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
     /// Internal target failure.

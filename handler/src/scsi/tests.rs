@@ -274,11 +274,12 @@ fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
     }
 }
 
-const ALL_STATUSES: [StoreStatus; 8] = [
+const ALL_STATUSES: [StoreStatus; 9] = [
     StoreStatus::Good,
     StoreStatus::Miscompare { offset: 17 },
     StoreStatus::ReadError { lba: 3 },
     StoreStatus::WriteError { lba: u64::MAX },
+    StoreStatus::SpaceExhausted { lba: 5 },
     StoreStatus::OutOfRange,
     StoreStatus::InvalidRequest,
     StoreStatus::DeviceError,

@@ -1,27 +1,48 @@
 //! The file store: a regular file or a block device behind the [`Store`] interface.
 //!
 //! - **No copy.** Reads and writes go between the medium and the command buffer SCST pinned
-//!   (page aligned) with pread(2)/pwrite(2) on its pages ([`IoBuffer::pread`]); with O_DIRECT
-//!   (the default) the kernel DMAs straight into them. Ops that need memory of their own
-//!   (WRITE SAME, zeroing, VERIFY, COMPARE) use a page-aligned scratch buffer per I/O thread.
-//! - **A bounded pool.** Every queue hands its requests to one shared pool of `workers` I/O
-//!   threads through a bounded crossbeam channel, and gets completions back through its own
-//!   channel plus an eventfd ([`StoreQueue::notify_fd`]) the frontend polls. No thread per
-//!   request; no lock anywhere (the threads share only the read-only files and atomics), so no
-//!   lock is ever held across the I/O.
+//!   (page aligned): the buffer's own address is the I/O buffer, on io_uring or through
+//!   pread(2)/pwrite(2) on its pages ([`IoBuffer::pread`]); with O_DIRECT (the default) the
+//!   kernel DMAs straight into it. Ops that need memory of their own (WRITE SAME, zeroing,
+//!   VERIFY, COMPARE) use a page-aligned scratch buffer per I/O thread.
+//! - **Two engines** ([`IoEngine`], `--io-engine`, `io_engine` in the config). *io_uring*
+//!   (`uring`): each queue owns a ring, so submitting takes no lock (a queue belongs to one
+//!   frontend worker); READ, WRITE and FLUSH go on it (`file/uring.rs` has the details), the
+//!   other ops to the thread pool below. *Threads* (`threads`): every op goes to the pool.
+//!   `auto` (the default) probes io_uring when the store opens and falls back to the threads
+//!   where the kernel lacks it or refuses it (ENOSYS, or EPERM under
+//!   `kernel.io_uring_disabled`), saying why once in the log (a warning, later stores at info
+//!   level); `uring` forced where it is unavailable is [`FileStoreError::UringUnavailable`].
+//!   [`FileStore::io_engine`] and the dump say which engine runs.
+//! - **A bounded pool.** The thread engine's queues hand their requests to one shared pool of
+//!   `workers` I/O threads through a bounded crossbeam channel, and get completions back
+//!   through their own channel plus an eventfd ([`StoreQueue::notify_fd`]) the frontend polls;
+//!   a ring signals that same eventfd. No thread per request; no lock anywhere (the threads
+//!   and the rings share only the read-only files and atomics), so no lock is ever held
+//!   across the I/O. At most `QUEUE_DEPTH` (256) requests per queue, in either engine.
 //! - **Durability, exact.** The cache is write-back ([`StoreInfo::volatile_cache`] = true, so
 //!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every write
-//!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2). A FUA write goes through a second fd
-//!   opened with O_DSYNC, so it is on stable media when it completes (SBC-3 §5.39: FUA). A
+//!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2) (IORING_OP_FSYNC with DATASYNC on a
+//!   ring). A FUA write goes through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on
+//!   the write), so it is on stable media when it completes (SBC-3 §5.39: FUA). A
 //!   failed write is [`StoreStatus::WriteError`] with the first failing LBA, a failed read
 //!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
 //!   fails too (with the lowest LBA written since the last good flush), until the disk is
-//!   restarted; reporting GOOD would tell the initiator that lost data is safe.
+//!   restarted; reporting GOOD would tell the initiator that lost data is safe. Both engines
+//!   share that state (`Shared::flush_begin`, `Shared::flush_end`).
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
 //!   its range, a 1-block one included.
+//! - **Failures.** A file system out of space is [`StoreStatus::SpaceExhausted`] (the engine
+//!   answers as SBC says for the disk's provisioning), a failed write otherwise WriteError, a
+//!   failed or short read ReadError, each at the first LBA that fails alone; a write to a file
+//!   truncated under the store is refused rather than growing it (`file/failure.rs`, shared by
+//!   the I/O paths).
+//! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
+//!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
+//!   (`file/lock.rs`).
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
 //!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
 //!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a
@@ -38,9 +59,12 @@
 //!   block (st_blksize) become [`StoreInfo::physical_block_size`], hence READ CAPACITY(16)'s
 //!   LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2).
 
+mod failure;
+mod lock;
 mod sys;
 #[cfg(test)]
 mod tests;
+mod uring;
 
 use super::IoBuffer;
 use super::Store;
@@ -108,6 +132,60 @@ pub struct FileStoreConfig {
     pub workers: usize,
     /// Largest transfer in blocks the store announces.
     pub max_transfer_blocks: u32,
+    /// How reads, writes and flushes reach the medium (see the module doc).
+    pub io_engine: IoEngine,
+}
+
+/// How a file store does its reads, writes and flushes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// io_uring where the kernel offers it, else the thread pool (said once in the log).
+    #[default]
+    Auto,
+    /// io_uring, one ring per queue; opening fails where the kernel does not offer it.
+    Uring,
+    /// The bounded pool of I/O threads with pread(2)/pwrite(2).
+    Threads,
+}
+
+impl IoEngine {
+    /// The name the command line and the configuration use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Threads => "threads",
+        }
+    }
+
+    /// Parse the command line's or the configuration's name.
+    ///
+    /// # Errors
+    /// What the accepted names are.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            "threads" => Ok(Self::Threads),
+            _ => Err(format!(
+                "unknown I/O engine {text:?}; use \"auto\", \"uring\" or \"threads\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for IoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for IoEngine {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
 }
 
 impl FileStoreConfig {
@@ -120,6 +198,7 @@ impl FileStoreConfig {
             direct: true,
             workers: DEFAULT_WORKERS,
             max_transfer_blocks: 2048,
+            io_engine: IoEngine::Auto,
         }
     }
 }
@@ -214,13 +293,20 @@ pub enum FileStoreError {
         source: io::Error,
     },
     /// The block device is in use (mounted, or held exclusively by another program).
-    #[error("{path}: the device is in use (mounted, part of a RAID/LVM, or open exclusively elsewhere); release it first")]
+    #[error("{path}: the device is in use (mounted, part of a RAID/LVM, or open exclusively by another process, such as another scst-accel serving it); release it first (find the holder with `fuser -v {path}`, `lsof {path}` or `findmnt --source {path}`)")]
     Busy {
         /// The path.
         path: PathBuf,
         /// The errno.
         #[source]
         source: io::Error,
+    },
+    /// Another process (or another store of this one) serves the image: it holds the exclusive
+    /// lock taken at open, and two handlers on one image would corrupt it.
+    #[error("{path}: another process is serving this image (it holds its exclusive lock); stop it, or serve another image (find it with `fuser -v {path}` or `lsof {path}`)")]
+    Locked {
+        /// The path.
+        path: PathBuf,
     },
     /// Another I/O error while opening (EIO: the medium itself).
     #[error("{path}: {what} failed; check the device (dmesg) and the file system")]
@@ -232,6 +318,12 @@ pub enum FileStoreError {
         /// The errno.
         #[source]
         source: io::Error,
+    },
+    /// io_uring was asked for and this kernel does not offer it.
+    #[error("io_uring is not available: {reason}; use the thread pool (--io-engine threads or auto, io_engine = \"threads\" or \"auto\" in the config), or allow io_uring (sysctl kernel.io_uring_disabled=0)")]
+    UringUnavailable {
+        /// Why, as the kernel said it.
+        reason: String,
     },
     /// Out of memory or threads for the pool.
     #[error("cannot start the file store's I/O threads; lower their number or free memory")]
@@ -266,6 +358,41 @@ impl FileStoreError {
 pub struct FileStore {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
+    /// The engine in use: [`IoEngine::Uring`] or [`IoEngine::Threads`], never Auto.
+    engine: IoEngine,
+}
+
+/// The first fallback from io_uring to the threads is a warning; later ones (more disks on
+/// the same kernel) say the same at info level, so the log says it once.
+static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Resolve Auto: io_uring when `uring_available` says so, else the threads (logged once).
+fn choose_engine(
+    wanted: IoEngine,
+    path: &Path,
+    uring_available: impl FnOnce() -> Result<(), String>,
+) -> Result<IoEngine, FileStoreError> {
+    match wanted {
+        IoEngine::Threads => Ok(IoEngine::Threads),
+        IoEngine::Uring => uring_available()
+            .map(|()| IoEngine::Uring)
+            .map_err(|reason| FileStoreError::UringUnavailable { reason }),
+        IoEngine::Auto => match uring_available() {
+            Ok(()) => Ok(IoEngine::Uring),
+            Err(reason) => {
+                let message = format!(
+                    "{}: io_uring is not available ({reason}); the file store uses its pool of I/O threads",
+                    path.display()
+                );
+                if FALLBACK_WARNED.swap(true, Ordering::AcqRel) {
+                    log::info!("{message}");
+                } else {
+                    log::warn!("{message}");
+                }
+                Ok(IoEngine::Threads)
+            }
+        },
+    }
 }
 
 /// What every I/O thread reads: the files and the geometry. No lock: the atomics are the only
@@ -292,6 +419,8 @@ struct Shared {
     dirty_low: AtomicU64,
     /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has).
     flush_failed_lba: AtomicU64,
+    /// Writes the io_uring engine sent with RWF_DSYNC (FUA), for the dump and the tests.
+    dsync_writes: AtomicU64,
 }
 
 /// The I/O threads and their request channel.
@@ -323,7 +452,17 @@ impl FileStore {
     /// # Errors
     /// [`FileStoreError`], saying what to do.
     pub fn open(config: &FileStoreConfig) -> Result<Self, FileStoreError> {
+        Self::open_probing(config, uring::available)
+    }
+
+    /// [`FileStore::open`], with the io_uring probe given (tests make it fail).
+    fn open_probing(
+        config: &FileStoreConfig,
+        uring_available: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Self, FileStoreError> {
         let path = &config.path;
+        // First: a forced engine the kernel lacks must not create the file.
+        let engine = choose_engine(config.io_engine, path, uring_available)?;
         let meta = match std::fs::metadata(path) {
             Ok(meta) => Some(meta),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -367,6 +506,7 @@ impl FileStore {
                 (None, Some(size)) => create_file(path, size, block_size, config.direct)?,
                 (Some(_), _) => open_medium(path, config.direct, 0, false)?,
             };
+            lock::lock_image(path, &data)?;
             let size = data
                 .metadata()
                 .map_err(|e| FileStoreError::from_io(path, "stat", e))?
@@ -455,6 +595,7 @@ impl FileStore {
             discard_zeroes,
             dirty_low: AtomicU64::new(u64::MAX),
             flush_failed_lba: AtomicU64::new(u64::MAX),
+            dsync_writes: AtomicU64::new(0),
         });
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(workers * QUEUE_DEPTH);
         let mut threads = Vec::with_capacity(workers);
@@ -478,10 +619,14 @@ impl FileStore {
             }
         }
         log::info!(
-            "file store {}: {} blocks of {block_size} bytes, {}, {workers} I/O threads",
+            "file store {}: {} blocks of {block_size} bytes, {}, {}, {workers} I/O threads",
             path.display(),
             size / bs,
             if config.direct { "O_DIRECT" } else { "buffered" },
+            match engine {
+                IoEngine::Uring => "io_uring (one ring per queue; the threads take the other ops)",
+                _ => "thread pool",
+            },
         );
         Ok(Self {
             shared,
@@ -489,6 +634,36 @@ impl FileStore {
                 jobs: Some(jobs),
                 threads,
             }),
+            engine,
+        })
+    }
+
+    /// The engine in use: [`IoEngine::Uring`] or [`IoEngine::Threads`] (Auto resolved).
+    pub fn io_engine(&self) -> IoEngine {
+        self.engine
+    }
+
+    /// A queue of the thread engine.
+    fn thread_queue(&self) -> Result<FileQueue, StoreError> {
+        let Some(jobs) = self.pool.jobs.clone() else {
+            return Err(StoreError::Device(
+                "the file store's I/O threads are stopped".into(),
+            ));
+        };
+        let notify =
+            EventFd::new().map_err(|e| StoreError::Device(format!("eventfd for a file store queue: {e}")))?;
+        let (done, completions) = crossbeam_channel::unbounded();
+        Ok(FileQueue {
+            jobs,
+            _pool: Arc::clone(&self.pool),
+            completions,
+            shared: Arc::new(QueueShared {
+                done,
+                notify,
+                abort_epoch: AtomicU64::new(0),
+            }),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            submitted: 0,
         })
     }
 
@@ -504,26 +679,22 @@ impl Store for FileStore {
     }
 
     fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
-        let Some(jobs) = self.pool.jobs.clone() else {
-            return Err(StoreError::Device(
-                "the file store's I/O threads are stopped".into(),
-            ));
-        };
-        let notify =
-            EventFd::new().map_err(|e| StoreError::Device(format!("eventfd for a file store queue: {e}")))?;
-        let (done, completions) = crossbeam_channel::unbounded();
-        Ok(Box::new(FileQueue {
-            jobs,
-            _pool: Arc::clone(&self.pool),
-            completions,
-            shared: Arc::new(QueueShared {
-                done,
-                notify,
-                abort_epoch: AtomicU64::new(0),
-            }),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            submitted: 0,
-        }))
+        let threads = self.thread_queue()?;
+        if self.engine != IoEngine::Uring {
+            return Ok(Box::new(threads));
+        }
+        // The queue's own ring; its eventfd is the thread queue's, so one fd says both.
+        let kernel_workers = u32::try_from(self.pool.threads.len()).unwrap_or(u32::MAX);
+        match uring::UringQueue::new(Arc::clone(&self.shared), threads, kernel_workers) {
+            Ok(queue) => Ok(Box::new(queue)),
+            Err((e, threads)) => {
+                log::warn!(
+                    "{}: cannot set up an io_uring for a queue ({e}); this queue uses the I/O threads",
+                    self.shared.path.display()
+                );
+                Ok(Box::new(threads))
+            }
+        }
     }
 
     /// The medium, its mode and the durability state; the disk keeps serving after a failed
@@ -534,10 +705,11 @@ impl Store for FileStore {
         let failed = shared.flush_failed_lba.load(Ordering::Acquire);
         let low = shared.dirty_low.load(Ordering::Acquire);
         Some(format!(
-            "file store {} ({}, {}): {} blocks of {}; {}; {}; {} I/O threads",
+            "file store {} ({}, {}, engine {}): {} blocks of {}; {}; {}; {} I/O threads; {} FUA writes with RWF_DSYNC",
             shared.path.display(),
             if shared.regular { "file" } else { "block device" },
             if shared.direct { "O_DIRECT" } else { "buffered" },
+            self.engine,
             shared.info.num_blocks,
             shared.info.block_size,
             if low == u64::MAX {
@@ -551,6 +723,7 @@ impl Store for FileStore {
                 format!("a flush FAILED: writes from LBA {failed} on may be lost; every flush fails until restart")
             },
             self.pool.threads.len(),
+            shared.dsync_writes.load(Ordering::Relaxed),
         ))
     }
 }
@@ -580,6 +753,27 @@ struct FileQueue {
     /// Submitted and not yet reaped (the threads do not touch it: only this queue's owner).
     in_flight: Arc<AtomicUsize>,
     submitted: u64,
+}
+
+impl FileQueue {
+    /// Abort every request not yet started; returns how many are in flight.
+    fn abort_start(&self) -> usize {
+        let n = self.in_flight();
+        if n > 0 {
+            self.shared.abort_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        n
+    }
+
+    /// Have the `n` requests in flight at [`FileQueue::abort_start`] all completed?
+    fn abort_settled(&self, n: usize) -> bool {
+        self.completions.len() >= n
+    }
+
+    /// The eventfd completions signal (the io_uring engine registers it with its ring).
+    fn notify(&self) -> &EventFd {
+        &self.shared.notify
+    }
 }
 
 impl StoreQueue for FileQueue {
@@ -651,13 +845,9 @@ impl StoreQueue for FileQueue {
     /// system call finish it (a pread cannot be taken back) and complete with their outcome.
     /// Waits at most [`ABORT_WAIT`] for them, so the frontend finds them reaped.
     fn abort_all(&mut self) -> usize {
-        let n = self.in_flight();
-        if n == 0 {
-            return 0;
-        }
-        self.shared.abort_epoch.fetch_add(1, Ordering::AcqRel);
+        let n = self.abort_start();
         let deadline = std::time::Instant::now() + ABORT_WAIT;
-        while self.completions.len() < n && std::time::Instant::now() < deadline {
+        while !self.abort_settled(n) && std::time::Instant::now() < deadline {
             locks::sleep(Duration::from_millis(1));
         }
         n
@@ -728,12 +918,20 @@ impl Shared {
         byte / u64::from(self.info.block_size)
     }
 
-    fn execute(&self, req: &StoreRequest, scratch: &PageBuffer, compare: &mut Vec<u8>) -> StoreStatus {
+    /// The request's buffer, if its op uses one and it is large enough; InvalidRequest if not.
+    fn checked_buffer<'r>(&self, req: &'r StoreRequest) -> Result<Option<&'r IoBuffer>, StoreStatus> {
         let needed = req.op.buffer_bytes(self.info.block_size) as usize;
-        let buffer = match (&req.buffer, req.op.uses_buffer()) {
-            (Some(b), true) if b.len >= needed && b.offset + needed <= b.buffer.len() => Some(b),
-            (_, true) => return StoreStatus::InvalidRequest,
-            (_, false) => None,
+        match (&req.buffer, req.op.uses_buffer()) {
+            (Some(b), true) if b.len >= needed && b.offset + needed <= b.buffer.len() => Ok(Some(b)),
+            (_, true) => Err(StoreStatus::InvalidRequest),
+            (_, false) => Ok(None),
+        }
+    }
+
+    fn execute(&self, req: &StoreRequest, scratch: &PageBuffer, compare: &mut Vec<u8>) -> StoreStatus {
+        let buffer = match self.checked_buffer(req) {
+            Ok(buffer) => buffer,
+            Err(status) => return status,
         };
         match (&req.op, buffer) {
             (StoreOp::Read { lba, blocks }, Some(buf)) => match self.range(*lba, *blocks) {
@@ -876,8 +1074,7 @@ impl Shared {
                     return status;
                 }
                 let lba = self.locate(fd, start, len, at, io);
-                log::error!("{}: read error at LBA {lba}: {e}", self.path.display());
-                StoreStatus::ReadError { lba }
+                self.read_failed(&e, lba)
             }
         }
     }
@@ -889,11 +1086,14 @@ impl Shared {
         through: Through,
         mut io: impl FnMut(BorrowedFd<'_>, u64, usize, usize) -> io::Result<usize>,
     ) -> StoreStatus {
+        if let Some(status) = self.truncated_at(start, len) {
+            return status;
+        }
         let fd = self.fd(through);
         match Self::transfer(fd, start, len, &mut io) {
             Ok(()) => {
                 if matches!(through, Through::WriteBack) {
-                    self.dirty_low.fetch_min(self.lba_of(start), Ordering::AcqRel);
+                    self.wrote_back(start);
                 }
                 StoreStatus::Good
             }
@@ -902,10 +1102,14 @@ impl Shared {
                     return status;
                 }
                 let lba = self.locate(fd, start, len, at, io);
-                log::error!("{}: write error at LBA {lba}: {e}", self.path.display());
-                StoreStatus::WriteError { lba }
+                self.write_failed(&e, lba)
             }
         }
+    }
+
+    /// A write-back (not FUA) write from byte `start` completed: the next flush must cover it.
+    fn wrote_back(&self, start: u64) {
+        self.dirty_low.fetch_min(self.lba_of(start), Ordering::AcqRel);
     }
 
     /// EINVAL means a request O_DIRECT cannot take (a misaligned buffer: a handler bug), not
@@ -1108,13 +1312,26 @@ impl Shared {
     /// SYNCHRONIZE CACHE: fdatasync. Sticky on failure (see the module doc): the LBA reported
     /// is the lowest one written back since the last good flush, the first that may be lost.
     fn flush(&self) -> StoreStatus {
+        match self.flush_begin() {
+            Ok(low) => self.flush_end(low, self.data.sync_data()),
+            Err(status) => status,
+        }
+    }
+
+    /// Before the fdatasync: the sticky failure if a flush failed already, else the lowest
+    /// LBA written back since the last flush (taken: writes completing from here on are
+    /// covered by this fdatasync or the next flush).
+    fn flush_begin(&self) -> Result<u64, StoreStatus> {
         let failed = self.flush_failed_lba.load(Ordering::Acquire);
         if failed != u64::MAX {
-            return StoreStatus::WriteError { lba: failed };
+            return Err(StoreStatus::WriteError { lba: failed });
         }
-        // Writes completing from here on are covered by this fdatasync or the next flush.
-        let low = self.dirty_low.swap(u64::MAX, Ordering::AcqRel);
-        match self.data.sync_data() {
+        Ok(self.dirty_low.swap(u64::MAX, Ordering::AcqRel))
+    }
+
+    /// After the fdatasync (of either engine): its outcome, sticky on failure.
+    fn flush_end(&self, low: u64, synced: io::Result<()>) -> StoreStatus {
+        match synced {
             Ok(()) => StoreStatus::Good,
             Err(e) => {
                 let lba = if low == u64::MAX { 0 } else { low };

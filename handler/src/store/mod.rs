@@ -183,6 +183,11 @@ pub enum StoreStatus {
     ReadError { lba: u64 },
     /// Write error at this LBA.
     WriteError { lba: u64 },
+    /// The medium has no space left to store this LBA (a sparse image on a full file system:
+    /// ENOSPC, EDQUOT). The engine reports it as SBC says for the disk's provisioning: DATA
+    /// PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT on a thin disk, a write error on a
+    /// fully provisioned one.
+    SpaceExhausted { lba: u64 },
     /// The range is outside the medium.
     OutOfRange,
     /// The request itself was malformed (buffer missing or too small).

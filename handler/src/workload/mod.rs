@@ -6,7 +6,11 @@
 //! can be checked against the last completed write (see [`stamp`]).
 
 mod driver;
+mod scan;
 pub mod stamp;
+
+pub use scan::scan;
+pub use scan::ScanReport;
 
 use crate::loopback::Session;
 use std::time::Duration;

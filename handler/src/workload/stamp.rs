@@ -68,6 +68,24 @@ pub fn verify(block: &[u8], lba: u64, generation: u32) -> Result<(), Mismatch> {
     Ok(())
 }
 
+/// Check one logical block at `lba` with no memory of what was written there: it is either
+/// never written (all zeroes: `Ok(None)`) or a whole stamp of its own LBA from some earlier run
+/// (`Ok(Some(generation))`). Every byte of a stamp follows from its (LBA, generation) header,
+/// so the body is its own checksum: a block written at another LBA (misplaced) fails on the
+/// header, a torn one (part of another write, or zeroes, inside it) on the body, and the magic
+/// tells a stamp from foreign data.
+pub fn check_any(block: &[u8], lba: u64) -> Result<Option<u32>, Mismatch> {
+    if block.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let found_gen = u32::from_le_bytes(block[8..12].try_into().unwrap_or([0; 4]));
+    if found_gen == GEN_ZERO || found_gen == GEN_UNKNOWN {
+        // Never written by a workload: no generation is zero or unknown on the medium.
+        return Err(Mismatch::WrongGeneration { found: found_gen });
+    }
+    verify(block, lba, found_gen).map(|()| Some(found_gen))
+}
+
 /// xorshift64*: a small, seedable generator for reproducible workloads.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -108,6 +126,36 @@ mod tests {
         block[300] ^= 1;
         assert_eq!(verify(&block, 5, 3), Err(Mismatch::Corrupt { offset: 296 }));
         assert_eq!(verify(&block, 5, GEN_UNKNOWN), Ok(()));
+    }
+
+    /// Without knowing what was written: zeroes and whole stamps of the block's own LBA pass;
+    /// a misplaced, torn, half-zeroed or foreign block fails.
+    #[test]
+    fn blocks_check_without_memory_of_the_writes() {
+        let mut block = vec![0u8; 512];
+        assert_eq!(check_any(&block, 9), Ok(None));
+        stamp(&mut block, 9, 7);
+        assert_eq!(check_any(&block, 9), Ok(Some(7)));
+        assert_eq!(check_any(&block, 10), Err(Mismatch::WrongLba { found: 9 }));
+        // Torn: the second half from another generation of the same LBA.
+        let mut other = vec![0u8; 512];
+        stamp(&mut other, 9, 8);
+        let mut torn = block.clone();
+        torn[256..].copy_from_slice(&other[256..]);
+        assert_eq!(check_any(&torn, 9), Err(Mismatch::Corrupt { offset: 256 }));
+        // Torn with zeroes (a write that did not complete).
+        let mut half = block.clone();
+        half[256..].fill(0);
+        assert_eq!(check_any(&half, 9), Err(Mismatch::Corrupt { offset: 256 }));
+        // Foreign data, and a zeroed header over a stamped body.
+        let foreign = vec![0x41u8; 512];
+        assert!(check_any(&foreign, 0x4141_4141_4141_4141).is_err());
+        let mut headless = block.clone();
+        headless[..16].fill(0);
+        assert_eq!(
+            check_any(&headless, 9),
+            Err(Mismatch::WrongGeneration { found: 0 })
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! #                              # a file is created at `size` when absent, an existing one must
 //! #                              # have that size (never truncated nor grown)
 //! # buffered = false             # file/blockdev: page cache instead of O_DIRECT
+//! # io_engine = "auto"            # file/blockdev: "auto" (io_uring, else threads), "uring", "threads"
 //! size = "16G"                   # a string with a k/M/G/T suffix, or bytes; default 256M
 //! block_size = 4096              # power of two from 512 to 4096; default 512
 //! workers = 2
@@ -66,6 +67,7 @@ use crate::disk::DiskArgs;
 use crate::units::parse_duration;
 use crate::units::parse_size;
 use clap::ValueEnum;
+use scst_accel_handler::store::file::IoEngine;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -497,6 +499,7 @@ const DISK_KEYS: &[&str] = &[
     "pci",
     "path",
     "buffered",
+    "io_engine",
     "size",
     "block_size",
     "workers",
@@ -540,6 +543,15 @@ fn read_disk(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ReadDisk {
             "`buffered` is only for the file and blockdev boards",
             "remove buffered, or choose board = \"file\" or \"blockdev\"",
         );
+    }
+    if let Some(at) = sec.get("io_engine").map(|v| v.span()) {
+        if board.is_some_and(|b| !is_file_board(b)) {
+            ctx.error(
+                &at,
+                "`io_engine` is only for the file and blockdev boards",
+                "remove io_engine, or choose board = \"file\" or \"blockdev\"",
+            );
+        }
     }
     let inject = inject(ctx, sec, board);
     let identity = table(ctx, sec, "identity", "[disk.identity]")
@@ -749,6 +761,23 @@ fn disk_args(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<String>) -> 
         max_transfer_blocks: narrow(integer(ctx, sec, "max_transfer_blocks", 1..=u32_max)).unwrap_or(2048),
         path: None,
         buffered: boolean(ctx, sec, "buffered").unwrap_or(false),
+        io_engine: io_engine(ctx, sec).unwrap_or_default(),
+    }
+}
+
+/// `io_engine`: "auto", "uring" or "threads"; `None` when absent or invalid (reported).
+fn io_engine(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<IoEngine> {
+    let text = string(ctx, sec, "io_engine", "\"auto\"")?;
+    match IoEngine::parse(text.get_ref()) {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            ctx.error(
+                &text.span(),
+                e,
+                "write \"auto\" (io_uring where the kernel offers it, else threads), \"uring\" (io_uring or fail) or \"threads\"",
+            );
+            None
+        }
     }
 }
 

@@ -589,3 +589,35 @@ fn path_and_buffered_belong_to_file_boards() {
         "already the medium of disk \"f\" (line 4)",
     );
 }
+
+#[test]
+fn io_engine_is_read_and_checked_on_its_line() {
+    use scst_accel_handler::store::file::IoEngine;
+    let file = "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = \"/srv/disk0.img\"\n";
+    let d = &parse(file, "t.toml").expect("valid").disks[0];
+    assert_eq!(d.args.io_engine, IoEngine::Auto, "auto by default");
+    for (name, engine) in [
+        ("auto", IoEngine::Auto),
+        ("uring", IoEngine::Uring),
+        ("threads", IoEngine::Threads),
+    ] {
+        let text = format!("{file}io_engine = \"{name}\"\n");
+        let d = &parse(&text, "t.toml").expect("valid").disks[0];
+        assert_eq!(d.args.io_engine, engine, "{name}");
+    }
+    let e = assert_one(
+        &format!("{file}io_engine = \"aio\"\n"),
+        Some(5),
+        "unknown I/O engine",
+    );
+    assert!(
+        e.message.contains("threads") && e.hint.contains("threads"),
+        "{e:?}"
+    );
+    assert_one(&format!("{file}io_engine = 1\n"), Some(5), "io_engine");
+    assert_one(
+        &disk_with("io_engine = \"uring\"\n"),
+        Some(4),
+        "only for the file and blockdev",
+    );
+}

@@ -1,7 +1,8 @@
 //! The system calls of the file store that std does not wrap: fallocate(2) to punch holes in
-//! a file, and the BLKDISCARD / BLKZEROOUT ioctls on a block device.
-// UNSAFETY: fallocate(2) is an FFI call taking only the fd and two offsets; the two ioctls
-// read one 16-byte range from memory we own for the duration of the call.
+//! a file, the BLKDISCARD / BLKZEROOUT ioctls on a block device, and flock(2) on an image
+//! (std's `File::try_lock` is newer than the crate's minimum Rust).
+// UNSAFETY: fallocate(2) and flock(2) are FFI calls taking only the fd and integers; the two
+// ioctls read one 16-byte range from memory we own for the duration of the call.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -117,4 +118,22 @@ pub(super) fn seek(fd: BorrowedFd<'_>, offset: u64, data: bool) -> io::Result<Op
         };
     }
     Ok(u64::try_from(at).ok())
+}
+
+/// Take an exclusive flock(2) on a regular file without waiting (LOCK_EX | LOCK_NB): two
+/// handlers serving one image would interleave their writes and corrupt it. The lock belongs to
+/// the open file description, so it holds against a second open in this process too, and goes
+/// with the last fd of it (the store's drop, or the process's death: a SIGKILLed handler leaves
+/// no stale lock behind).
+///
+/// # Errors
+/// EWOULDBLOCK when another open of the file holds it; ENOLCK, EINTR (not retried: the caller
+/// reports it), EINVAL on a file system without flock.
+pub(super) fn lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: flock reads no memory of ours; the fd is borrowed, hence open, for the call.
+    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

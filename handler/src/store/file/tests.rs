@@ -1,7 +1,53 @@
+mod failures;
+
 use super::*;
 use crate::store::CmdBuffer;
 use scst_accel_dma::SgvPool;
 use std::time::Instant;
+
+/// The tests below that take an engine run once with each: `threads::NAME` and `uring::NAME`.
+/// Where the kernel has no io_uring the uring ones say they were skipped (never a silent pass).
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod threads {
+            $( #[test] fn $name() { super::$name(super::IoEngine::Threads) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() {
+                if super::uring_or_skip(concat!("uring::", stringify!($name))) {
+                    super::$name(super::IoEngine::Uring)
+                }
+            } )*
+        }
+    };
+}
+
+on_both_engines!(
+    every_op_round_trips,
+    write_same_of_one_block_writes_it,
+    data_persists_across_reopen,
+    out_of_range_and_malformed_requests,
+    o_direct_on_tmpfs_opens_or_says_to_use_buffered_io,
+    a_failed_write_is_a_write_error_at_the_failing_lba,
+    many_queues_share_the_bounded_pool,
+    a_failed_flush_stays_failed,
+    a_file_reports_its_physical_block_and_unmapped_blocks_read_zero,
+    a_loop_device_discards_and_zeroes_out,
+    lba_status_reports_the_holes_of_a_file,
+    abort_with_requests_in_flight_is_bounded_and_answers_all,
+    drop_with_requests_in_flight_is_bounded_and_frees_the_buffers,
+);
+
+/// Whether io_uring works here; if not, the test `name` says it is skipped.
+fn uring_or_skip(name: &str) -> bool {
+    match super::uring::available() {
+        Ok(()) => true,
+        Err(reason) => {
+            scst_accel_hal::skip::test_skipped(name, &format!("io_uring unavailable: {reason}"));
+            false
+        }
+    }
+}
 
 /// A directory under the system's temp dir (ext4 here: O_DIRECT works), removed on drop.
 struct TempDir(PathBuf);
@@ -37,10 +83,20 @@ fn buffer(len: usize) -> IoBuffer {
     IoBuffer::new(CmdBuffer::allocate(&pool, len).expect("buffer"), len)
 }
 
-fn config(path: &Path, size: Option<u64>) -> FileStoreConfig {
+/// Open, and check the store runs the engine asked for (Auto: either).
+fn open(config: &FileStoreConfig) -> Result<FileStore, FileStoreError> {
+    let store = FileStore::open(config)?;
+    if config.io_engine != IoEngine::Auto {
+        assert_eq!(store.io_engine(), config.io_engine, "the engine asked for");
+    }
+    Ok(store)
+}
+
+fn config(engine: IoEngine, path: &Path, size: Option<u64>) -> FileStoreConfig {
     FileStoreConfig {
         create_size: size,
         workers: 2,
+        io_engine: engine,
         ..FileStoreConfig::new(path)
     }
 }
@@ -78,10 +134,9 @@ fn bytes(buf: &IoBuffer, len: usize) -> Vec<u8> {
     out
 }
 
-#[test]
-fn every_op_round_trips() {
+fn every_op_round_trips(engine: IoEngine) {
     let dir = TempDir::new("ops");
-    let store = FileStore::open(&config(&dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(1 << 20))).expect("open");
     let info = store.info();
     assert_eq!((info.block_size, info.num_blocks), (512, 2048));
     assert!(info.volatile_cache && info.supports_unmap);
@@ -162,10 +217,9 @@ fn every_op_round_trips() {
     }
 }
 
-#[test]
-fn write_same_of_one_block_writes_it() {
+fn write_same_of_one_block_writes_it(engine: IoEngine) {
     let dir = TempDir::new("ws");
-    let store = FileStore::open(&config(&dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(1 << 20))).expect("open");
     let mut q = store.open_queue().expect("queue");
     let src = buffer(4096);
     src.fill(0, 512, 0xa5);
@@ -206,14 +260,13 @@ fn write_same_of_one_block_writes_it() {
     assert!(bytes(&dst, 4096).iter().all(|&b| b == 0x3c));
 }
 
-#[test]
-fn data_persists_across_reopen() {
+fn data_persists_across_reopen(engine: IoEngine) {
     let dir = TempDir::new("persist");
     let path = dir.file("disk.img");
     let src = buffer(4096);
     pattern(&src, 4096, 0x77);
     {
-        let store = FileStore::open(&config(&path, Some(64 << 10))).expect("create");
+        let store = open(&config(engine, &path, Some(64 << 10))).expect("create");
         let mut q = store.open_queue().expect("queue");
         let op = StoreOp::Write {
             lba: 8,
@@ -225,7 +278,7 @@ fn data_persists_across_reopen() {
     }
     // Reopened without a size (the file's own), and with the same size.
     for size in [None, Some(64 << 10)] {
-        let store = FileStore::open(&config(&path, size)).expect("reopen");
+        let store = open(&config(engine, &path, size)).expect("reopen");
         assert_eq!(store.info().num_blocks, 128);
         let mut q = store.open_queue().expect("queue");
         let dst = buffer(4096);
@@ -237,10 +290,9 @@ fn data_persists_across_reopen() {
     }
 }
 
-#[test]
-fn out_of_range_and_malformed_requests() {
+fn out_of_range_and_malformed_requests(engine: IoEngine) {
     let dir = TempDir::new("range");
-    let store = FileStore::open(&config(&dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(64 << 10))).expect("open");
     let mut q = store.open_queue().expect("queue");
     let buf = buffer(4096);
     for op in [
@@ -284,21 +336,22 @@ fn out_of_range_and_malformed_requests() {
 
 #[test]
 fn creation_and_refusals_of_sizes() {
+    let engine = IoEngine::Auto;
     let dir = TempDir::new("sizes");
     let path = dir.file("disk.img");
-    let e = FileStore::open(&config(&path, None)).unwrap_err();
+    let e = open(&config(engine, &path, None)).unwrap_err();
     assert!(matches!(e, FileStoreError::Missing { .. }), "{e}");
     assert!(e.to_string().contains("give a size"), "{e}");
-    let e = FileStore::open(&config(&path, Some(1000))).unwrap_err();
+    let e = open(&config(engine, &path, Some(1000))).unwrap_err();
     assert!(matches!(e, FileStoreError::NotMultiple { .. }), "{e}");
-    let e = FileStore::open(&config(&path, Some(256))).unwrap_err();
+    let e = open(&config(engine, &path, Some(256))).unwrap_err();
     assert!(matches!(e, FileStoreError::TooSmall { .. }), "{e}");
     assert!(!path.exists(), "nothing is created for a bad size");
 
-    FileStore::open(&config(&path, Some(1 << 20))).expect("create");
+    open(&config(engine, &path, Some(1 << 20))).expect("create");
     assert_eq!(std::fs::metadata(&path).expect("stat").len(), 1 << 20);
     for other in [512 << 10, 2 << 20] {
-        let e = FileStore::open(&config(&path, Some(other))).unwrap_err();
+        let e = open(&config(engine, &path, Some(other))).unwrap_err();
         assert!(matches!(e, FileStoreError::SizeMismatch { .. }), "{e}");
         assert!(e.to_string().contains("never truncated"), "{e}");
         assert_eq!(
@@ -311,24 +364,24 @@ fn creation_and_refusals_of_sizes() {
     // An existing file that is not a multiple of the block size, or smaller than one block.
     let odd = dir.file("odd.img");
     std::fs::write(&odd, vec![0u8; 4096 + 512]).expect("write");
-    let e = FileStore::open(&FileStoreConfig {
+    let e = open(&FileStoreConfig {
         block_size: Some(4096),
-        ..config(&odd, None)
+        ..config(engine, &odd, None)
     })
     .unwrap_err();
     assert!(matches!(e, FileStoreError::NotMultiple { .. }), "{e}");
     let tiny = dir.file("tiny.img");
     std::fs::write(&tiny, [0u8; 100]).expect("write");
-    let e = FileStore::open(&config(&tiny, None)).unwrap_err();
+    let e = open(&config(engine, &tiny, None)).unwrap_err();
     assert!(matches!(e, FileStoreError::TooSmall { .. }), "{e}");
 
-    let e = FileStore::open(&config(&dir.file("no/such/dir.img"), Some(1 << 20))).unwrap_err();
+    let e = open(&config(engine, &dir.file("no/such/dir.img"), Some(1 << 20))).unwrap_err();
     assert!(matches!(e, FileStoreError::NoDirectory { .. }), "{e}");
-    let e = FileStore::open(&config(&dir.0, None)).unwrap_err();
+    let e = open(&config(engine, &dir.0, None)).unwrap_err();
     assert!(matches!(e, FileStoreError::NotFileOrDevice { .. }), "{e}");
-    let e = FileStore::open(&FileStoreConfig {
+    let e = open(&FileStoreConfig {
         block_size: Some(1000),
-        ..config(&path, None)
+        ..config(engine, &path, None)
     })
     .unwrap_err();
     assert!(matches!(e, FileStoreError::BlockSize { .. }), "{e}");
@@ -336,13 +389,14 @@ fn creation_and_refusals_of_sizes() {
 
 #[test]
 fn permission_denied_says_so() {
+    let engine = IoEngine::Auto;
     let dir = TempDir::new("perm");
     let path = dir.file("ro.img");
     std::fs::write(&path, vec![0u8; 4096]).expect("write");
     let mut perms = std::fs::metadata(&path).expect("stat").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o400);
     std::fs::set_permissions(&path, perms).expect("chmod");
-    match FileStore::open(&config(&path, None)) {
+    match open(&config(engine, &path, None)) {
         Err(e) => {
             assert!(matches!(e, FileStoreError::PermissionDenied { .. }), "{e}");
             assert!(!e.is_io());
@@ -364,7 +418,7 @@ fn permission_denied_says_so() {
                 );
                 return;
             }
-            let result = FileStore::open(&config(&path, None));
+            let result = open(&config(engine, &path, None));
             chattr("-i");
             let e = result.unwrap_err();
             assert!(matches!(e, FileStoreError::PermissionDenied { .. }), "{e}");
@@ -376,19 +430,18 @@ fn permission_denied_says_so() {
 /// tmpfs refused O_DIRECT before Linux 6.6 (EINVAL at open); since, it accepts it. Either the
 /// store opens and works, or the error is the typed one that says to use buffered I/O. Buffered
 /// I/O works there in any case.
-#[test]
-fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io() {
+fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io(engine: IoEngine) {
     let shm = Path::new("/dev/shm");
     if !shm.is_dir() {
         scst_accel_hal::skip::test_skipped(
-            "o_direct_on_tmpfs_opens_or_says_to_use_buffered_io",
+            &format!("o_direct_on_tmpfs_opens_or_says_to_use_buffered_io ({engine})"),
             "no /dev/shm",
         );
         return;
     }
     let dir = TempDir::under(shm, "tmpfs");
     let path = dir.file("disk.img");
-    match FileStore::open(&config(&path, Some(64 << 10))) {
+    match open(&config(engine, &path, Some(64 << 10))) {
         Ok(store) => {
             let mut q = store.open_queue().expect("queue");
             let buf = buffer(4096);
@@ -402,9 +455,9 @@ fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io() {
             assert!(e.to_string().contains("buffered"), "{e}");
         }
     }
-    let store = FileStore::open(&FileStoreConfig {
+    let store = open(&FileStoreConfig {
         direct: false,
-        ..config(&path, Some(64 << 10))
+        ..config(engine, &path, Some(64 << 10))
     })
     .expect("buffered open");
     let mut q = store.open_queue().expect("queue");
@@ -424,12 +477,11 @@ fn o_direct_on_tmpfs_opens_or_says_to_use_buffered_io() {
 /// it needs mount), so the errno is injected into the store's own transfer path
 /// (what a short write followed by EIO looks like); and a file truncated under the store gives
 /// a real EOF inside the range, which is a read error at the first missing block.
-#[test]
-fn a_failed_write_is_a_write_error_at_the_failing_lba() {
+fn a_failed_write_is_a_write_error_at_the_failing_lba(engine: IoEngine) {
     let dir = TempDir::new("efbig");
-    let store = FileStore::open(&FileStoreConfig {
+    let store = open(&FileStoreConfig {
         direct: false,
-        ..config(&dir.file("disk.img"), Some(1 << 20))
+        ..config(engine, &dir.file("disk.img"), Some(1 << 20))
     })
     .expect("open");
     let shared = Arc::clone(&store.shared);
@@ -464,10 +516,9 @@ fn a_failed_write_is_a_write_error_at_the_failing_lba() {
     );
 }
 
-#[test]
-fn many_queues_share_the_bounded_pool() {
+fn many_queues_share_the_bounded_pool(engine: IoEngine) {
     let dir = TempDir::new("pool");
-    let store = FileStore::open(&config(&dir.file("disk.img"), Some(4 << 20))).expect("open");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(4 << 20))).expect("open");
     std::thread::scope(|scope| {
         for worker in 0..4u64 {
             let store = &store;
@@ -518,10 +569,9 @@ fn many_queues_share_the_bounded_pool() {
 /// later flush fails, at the lowest LBA written back since the last good flush. fdatasync
 /// cannot be made to fail on a healthy file system here, so the failure is set as the flush
 /// path sets it; the write-back tracking is real.
-#[test]
-fn a_failed_flush_stays_failed() {
+fn a_failed_flush_stays_failed(engine: IoEngine) {
     let dir = TempDir::new("flush");
-    let store = FileStore::open(&config(&dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(64 << 10))).expect("open");
     let mut q = store.open_queue().expect("queue");
     let buf = buffer(4096);
     for (lba, fua) in [(40, false), (9, true), (12, false)] {
@@ -543,72 +593,14 @@ fn a_failed_flush_stays_failed() {
     assert!(store.dump().expect("dump").contains("FAILED"));
 }
 
-/// A real ENOSPC: the file system fills up under a sparse image. Needs a small file system,
-/// which takes mount (root), so it is not run by default:
-/// `mount -t tmpfs -o size=256k none /mnt/small &&
-///  FILESTORE_SMALL_FS=/mnt/small cargo test -p scst-accel-handler --lib full_file_system -- --ignored`.
-#[test]
-#[ignore = "needs FILESTORE_SMALL_FS: a directory on a file system smaller than 1 MiB"]
-fn a_full_file_system_is_a_write_error_at_the_first_block_not_written() {
-    let Some(root) = std::env::var_os("FILESTORE_SMALL_FS") else {
-        scst_accel_hal::skip::test_skipped(
-            "a_full_file_system_is_a_write_error_at_the_first_block_not_written",
-            "FILESTORE_SMALL_FS not set",
-        );
-        return;
-    };
-    let dir = TempDir::under(Path::new(&root), "enospc");
-    let store = FileStore::open(&FileStoreConfig {
-        direct: false,
-        ..config(&dir.file("disk.img"), Some(1 << 20))
-    })
-    .expect("a sparse 1 MiB file fits");
-    let mut q = store.open_queue().expect("queue");
-    let buf = buffer(64 << 10);
-    buf.fill(0, 64 << 10, 0xee);
-    let mut failed = None;
-    for lba in (0..2048).step_by(128) {
-        let op = StoreOp::Write {
-            lba,
-            blocks: 128,
-            fua: false,
-        };
-        match run(&mut q, op, Some(&buf)) {
-            StoreStatus::Good => {}
-            StoreStatus::WriteError { lba: at } => {
-                assert!((lba..lba + 128).contains(&at), "{at} outside the write at {lba}");
-                failed = Some(at);
-                break;
-            }
-            other => panic!("write at {lba}: {other:?}"),
-        }
-    }
-    let at = failed.expect("a file system smaller than the image fills up");
-    // Everything before the failing block was written.
-    let out = buffer(512);
-    assert_eq!(
-        run(
-            &mut q,
-            StoreOp::Read {
-                lba: at - 1,
-                blocks: 1
-            },
-            Some(&out)
-        ),
-        StoreStatus::Good
-    );
-    assert!(bytes(&out, 512).iter().all(|&b| b == 0xee));
-}
-
 /// A file on this file system: the physical block is st_blksize, and a hole reads as zeroes
 /// (LBPRZ): UNMAP, then READ, returns zeroes where data was.
-#[test]
-fn a_file_reports_its_physical_block_and_unmapped_blocks_read_zero() {
+fn a_file_reports_its_physical_block_and_unmapped_blocks_read_zero(engine: IoEngine) {
     let dir = TempDir::new("lbprz");
     let path = dir.file("disk.img");
-    let store = FileStore::open(&FileStoreConfig {
+    let store = open(&FileStoreConfig {
         block_size: Some(512),
-        ..config(&path, Some(1 << 20))
+        ..config(engine, &path, Some(1 << 20))
     })
     .expect("open");
     let blksize = std::fs::metadata(&path).expect("stat").blksize();
@@ -714,17 +706,20 @@ impl Drop for LoopDevice {
 /// BLKDISCARD, WRITE ZEROES is BLKZEROOUT, and LBPRZ is claimed only if the device says
 /// discarded blocks read as zeroes (discard_zeroes_data, 0 on modern kernels). Skipped, loudly,
 /// where no loop device can be made.
-#[test]
-fn a_loop_device_discards_and_zeroes_out() {
+fn a_loop_device_discards_and_zeroes_out(engine: IoEngine) {
     let lo = match LoopDevice::new(4 << 20) {
         Ok(lo) => lo,
         Err(reason) => {
-            scst_accel_hal::skip::test_skipped("a_loop_device_discards_and_zeroes_out", &reason);
+            scst_accel_hal::skip::test_skipped(
+                &format!("a_loop_device_discards_and_zeroes_out ({engine})"),
+                &reason,
+            );
             return;
         }
     };
-    let store = FileStore::open(&FileStoreConfig {
+    let store = open(&FileStoreConfig {
         workers: 2,
+        io_engine: engine,
         ..FileStoreConfig::new(&lo.device)
     })
     .expect("open the loop device");
@@ -807,13 +802,12 @@ fn a_loop_device_discards_and_zeroes_out() {
 
 /// GET LBA STATUS on a file: SEEK_DATA/SEEK_HOLE give the extents, an unmapped range is
 /// reported deallocated (PROVISIONING STATUS 1), data mapped (0), SBC-3 §5.7.3.
-#[test]
-fn lba_status_reports_the_holes_of_a_file() {
+fn lba_status_reports_the_holes_of_a_file(engine: IoEngine) {
     let dir = TempDir::new("lbastatus");
     let path = dir.file("disk.img");
-    let store = FileStore::open(&FileStoreConfig {
+    let store = open(&FileStoreConfig {
         block_size: Some(512),
-        ..config(&path, Some(1 << 20))
+        ..config(engine, &path, Some(1 << 20))
     })
     .expect("open");
     assert!(store.info().reports_lba_status);
@@ -860,4 +854,431 @@ fn lba_status_reports_the_holes_of_a_file() {
     let d = bytes(&out, 9);
     assert_eq!(&d[..8], &[0, 0, 0, 20, 0, 0, 0, 0]);
     assert_eq!(d[8], 0xEE);
+}
+
+/// Submit `batch`, wholly accepted.
+fn submit_all(q: &mut Box<dyn StoreQueue>, mut batch: Vec<StoreRequest>) {
+    q.submit(&mut batch).expect("submit");
+    assert!(batch.is_empty());
+}
+
+/// Reap until `n` completions came back (at most `bound`), each tag once.
+fn reap_all(q: &mut Box<dyn StoreQueue>, n: usize, bound: Duration) -> Vec<StoreCompletion> {
+    let deadline = Instant::now() + bound;
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} answered within {bound:?}",
+            out.len()
+        );
+        if q.reap(&mut out) == 0 {
+            let fd = q.notify_fd().expect("a file queue has a notify fd");
+            scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_millis(50)).expect("poll");
+        }
+    }
+    let mut tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    assert_eq!(tags.len(), n, "every request answered exactly once");
+    assert_eq!(q.in_flight(), 0);
+    out
+}
+
+/// Large O_DIRECT reads and flushes in flight, then abort_all: it returns within its bound,
+/// every request is answered (done or Aborted, nothing lost), and the queue serves afterwards.
+fn abort_with_requests_in_flight_is_bounded_and_answers_all(engine: IoEngine) {
+    let dir = TempDir::new("abort");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(32 << 20))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let buffers: Vec<IoBuffer> = (0..32).map(|_| buffer(1 << 20)).collect();
+    let mut batch: Vec<StoreRequest> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, buf)| StoreRequest {
+            tag: i as u64,
+            op: StoreOp::Read {
+                lba: i as u64 * 2048,
+                blocks: 2048,
+            },
+            buffer: Some(buf.clone()),
+        })
+        .collect();
+    batch.extend((32..40).map(|tag| StoreRequest {
+        tag,
+        op: StoreOp::Flush,
+        buffer: None,
+    }));
+    // And ops the io_uring engine leaves to the threads: both sides are aborted together.
+    batch.extend((40..44).map(|tag| StoreRequest {
+        tag,
+        op: StoreOp::Verify {
+            lba: 0,
+            blocks: 65536,
+        },
+        buffer: None,
+    }));
+    submit_all(&mut q, batch);
+    let started = Instant::now();
+    let n = q.abort_all();
+    let took = started.elapsed();
+    assert!(n <= 44, "{n}");
+    assert!(
+        took <= ABORT_WAIT + Duration::from_millis(500),
+        "abort took {took:?}"
+    );
+    let out = reap_all(&mut q, 44, Duration::from_secs(10));
+    for c in &out {
+        assert!(
+            matches!(c.status, StoreStatus::Good | StoreStatus::Aborted),
+            "{c:?}"
+        );
+    }
+    // Every buffer is back with its only owner: no request holds one any more.
+    for buf in &buffers {
+        assert_eq!(Arc::strong_count(&buf.buffer), 1);
+    }
+    let buf = buffer(4096);
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 0, blocks: 8 }, Some(&buf)),
+        StoreStatus::Good
+    );
+}
+
+/// Dropping a queue with requests in flight returns within its bound and lets go of every
+/// buffer (the kernel or the threads finished with them first).
+fn drop_with_requests_in_flight_is_bounded_and_frees_the_buffers(engine: IoEngine) {
+    let dir = TempDir::new("drop");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(32 << 20))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let buffers: Vec<IoBuffer> = (0..32).map(|_| buffer(1 << 20)).collect();
+    let batch = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, buf)| StoreRequest {
+            tag: i as u64,
+            op: StoreOp::Write {
+                lba: i as u64 * 2048,
+                blocks: 2048,
+                fua: i % 2 == 0,
+            },
+            buffer: Some(buf.clone()),
+        })
+        .collect();
+    submit_all(&mut q, batch);
+    let started = Instant::now();
+    drop(q);
+    assert!(
+        started.elapsed() <= JOIN_BOUND,
+        "drop took {:?}",
+        started.elapsed()
+    );
+    // The I/O threads may still be finishing a request they took (bounded by JOIN_BOUND too).
+    let deadline = Instant::now() + JOIN_BOUND;
+    while buffers.iter().any(|b| Arc::strong_count(&b.buffer) > 1) {
+        assert!(Instant::now() < deadline, "a buffer is still held");
+        locks::sleep(Duration::from_millis(1));
+    }
+}
+
+/// io_uring is allowed here (kernel.io_uring_disabled = 0, root): forcing it opens a store on
+/// rings, whose queues say so, and the store's dump names the engine.
+#[test]
+fn forced_uring_works_here() {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "absent".into());
+    if let Err(reason) = super::uring::available() {
+        scst_accel_hal::skip::test_skipped(
+            "forced_uring_works_here",
+            &format!("io_uring unavailable (kernel.io_uring_disabled = {disabled}): {reason}"),
+        );
+        return;
+    }
+    let dir = TempDir::new("forced");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    assert_eq!(store.io_engine(), IoEngine::Uring);
+    assert!(store.dump().expect("dump").contains("engine uring"));
+    let mut q = store.open_queue().expect("queue");
+    assert!(
+        q.dump().expect("dump").contains("io_uring"),
+        "the queue has its ring"
+    );
+    let buf = buffer(4096);
+    pattern(&buf, 4096, 0x5c);
+    let write = StoreOp::Write {
+        lba: 3,
+        blocks: 8,
+        fua: false,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    let out = buffer(4096);
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 3, blocks: 8 }, Some(&out)),
+        StoreStatus::Good
+    );
+    assert_eq!(bytes(&out, 4096), bytes(&buf, 4096));
+}
+
+/// A file truncated under the store in the middle of a block: the ring's read comes back
+/// short, its remainder hits EOF, and the request is a read error at the first block not
+/// wholly read (the partial one), never Good.
+#[test]
+fn uring_a_short_read_at_eof_is_not_good() {
+    if !uring_or_skip("uring_a_short_read_at_eof_is_not_good") {
+        return;
+    }
+    let dir = TempDir::new("short");
+    let path = dir.file("disk.img");
+    let store = open(&FileStoreConfig {
+        direct: false,
+        ..config(IoEngine::Uring, &path, Some(1 << 20))
+    })
+    .expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(8192);
+    buf.fill(0, 8192, 0x99);
+    let write = StoreOp::Write {
+        lba: 0,
+        blocks: 16,
+        fua: false,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    // Blocks 0..9 whole, block 9 cut after 488 of its 512 bytes.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(9 * 512 + 488)
+        .expect("truncate");
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 6, blocks: 4 }, Some(&buf)),
+        StoreStatus::ReadError { lba: 9 }
+    );
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 12, blocks: 1 }, Some(&buf)),
+        StoreStatus::ReadError { lba: 12 }
+    );
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 0, blocks: 9 }, Some(&buf)),
+        StoreStatus::Good
+    );
+}
+
+/// On the ring a FUA write carries RWF_DSYNC (counted where the SQE is built from its flags),
+/// a write-back one does not and is owed to the next flush; the data is what was written.
+#[test]
+fn uring_fua_writes_carry_rwf_dsync() {
+    if !uring_or_skip("uring_fua_writes_carry_rwf_dsync") {
+        return;
+    }
+    let dir = TempDir::new("dsync");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let dsync = || store.shared.dsync_writes.load(Ordering::Relaxed);
+    let buf = buffer(4096);
+    pattern(&buf, 4096, 0x3e);
+    let write = |lba, fua| StoreOp::Write { lba, blocks: 8, fua };
+    assert_eq!(run(&mut q, write(16, true), Some(&buf)), StoreStatus::Good);
+    assert_eq!(dsync(), 1);
+    assert_eq!(
+        store.shared.dirty_low.load(Ordering::Acquire),
+        u64::MAX,
+        "FUA is stable already"
+    );
+    assert_eq!(run(&mut q, write(32, false), Some(&buf)), StoreStatus::Good);
+    assert_eq!(dsync(), 1, "a write-back write has no RWF_DSYNC");
+    assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), 32);
+    assert!(store
+        .dump()
+        .expect("dump")
+        .contains("1 FUA writes with RWF_DSYNC"));
+    let out = buffer(4096);
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 16, blocks: 8 }, Some(&out)),
+        StoreStatus::Good
+    );
+    assert_eq!(bytes(&out, 4096), bytes(&buf, 4096));
+}
+
+/// Records every log line of the test binary, for the fallback test.
+struct Recorder(std::sync::Mutex<Vec<(log::Level, String)>>);
+
+impl log::Log for Recorder {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = (record.level(), record.args().to_string());
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+static RECORDER: Recorder = Recorder(std::sync::Mutex::new(Vec::new()));
+
+/// io_uring unavailable (the probe fails as the kernel's would): Auto falls back to the
+/// threads, warns once in the process (a second store says it at info level), and serves;
+/// forcing io_uring is the typed error that says what to do, before any file is created.
+#[test]
+fn without_io_uring_auto_falls_back_once_and_serves() {
+    if log::set_logger(&RECORDER).is_err() {
+        scst_accel_hal::skip::test_skipped(
+            "without_io_uring_auto_falls_back_once_and_serves",
+            "another logger is installed in this test binary",
+        );
+        return;
+    }
+    log::set_max_level(log::LevelFilter::Info);
+    let dir = TempDir::new("fallback");
+    let unavailable = || Err("io_uring_setup: ENOSYS (test)".to_owned());
+    // Where the kernel lacks io_uring another test may have warned already (once per process).
+    let warned_before = usize::from(FALLBACK_WARNED.load(Ordering::Acquire));
+    let forced = dir.file("forced.img");
+    let e =
+        FileStore::open_probing(&config(IoEngine::Uring, &forced, Some(1 << 20)), unavailable).unwrap_err();
+    assert!(matches!(e, FileStoreError::UringUnavailable { .. }), "{e}");
+    assert!(e.to_string().contains("--io-engine threads"), "{e}");
+    assert!(!forced.exists(), "nothing created");
+    for name in ["a.img", "b.img"] {
+        let path = dir.file(name);
+        let store = FileStore::open_probing(&config(IoEngine::Auto, &path, Some(1 << 20)), unavailable)
+            .expect("open");
+        assert_eq!(store.io_engine(), IoEngine::Threads);
+        let mut q = store.open_queue().expect("queue");
+        assert!(!q.dump().expect("dump").contains("io_uring"), "a thread queue");
+        let buf = buffer(4096);
+        let write = StoreOp::Write {
+            lba: 0,
+            blocks: 8,
+            fua: true,
+        };
+        assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+        assert_eq!(
+            store.shared.dsync_writes.load(Ordering::Relaxed),
+            0,
+            "threads use O_DSYNC"
+        );
+    }
+    let lines = RECORDER
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let fallbacks = |level: log::Level| {
+        lines
+            .iter()
+            .filter(|(l, m)| *l == level && m.contains("io_uring is not available"))
+            .count()
+    };
+    assert_eq!(
+        fallbacks(log::Level::Warn),
+        1 - warned_before,
+        "warned once: {lines:?}"
+    );
+    let ours = lines
+        .iter()
+        .filter(|(_, m)| m.contains("io_uring is not available") && m.contains(&*dir.0.to_string_lossy()))
+        .count();
+    assert_eq!(ours, 2, "each fallback logged: {lines:?}");
+}
+
+/// Reap `n` completions (bounded wait), as (tag, status) in tag order.
+fn reap_n(q: &mut dyn StoreQueue, n: usize) -> Vec<(u64, StoreStatus)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "{} of {n} completions", out.len());
+        if q.reap(&mut out) == 0 {
+            let fd = q.notify_fd().expect("a file queue has a notify fd");
+            scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_millis(50)).expect("poll");
+        }
+    }
+    assert_eq!(q.in_flight(), 0);
+    let mut got: Vec<_> = out.iter().map(|c| (c.tag, c.status)).collect();
+    got.sort_unstable_by_key(|&(tag, _)| tag);
+    got
+}
+
+/// The ring's handling of what the kernel answers, with the CQE injected as the kernel would
+/// post it: a short write resubmits exactly its remainder (and only then is Good); a failed
+/// FSYNC is a write error at the lowest LBA written back, and every later flush on the ring
+/// fails the same; a failed read goes to the threads, which retry it whole; EINVAL (an
+/// O_DIRECT misfit, not the medium) is InvalidRequest.
+#[test]
+fn uring_completions_from_the_kernel_are_handled_exactly() {
+    if !uring_or_skip("uring_completions_from_the_kernel_are_handled_exactly") {
+        return;
+    }
+    let dir = TempDir::new("cqe");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let threads = store.thread_queue().expect("thread queue");
+    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads, 2) else {
+        panic!("a ring for the queue");
+    };
+    let src = buffer(8192);
+    pattern(&src, 8192, 0x41);
+    let write = StoreRequest {
+        tag: 1,
+        op: StoreOp::Write {
+            lba: 64,
+            blocks: 16,
+            fua: false,
+        },
+        buffer: Some(src.clone()),
+    };
+    // The kernel says 4096 of 8192 bytes were written (it wrote none: made up here).
+    q.complete_as_the_kernel(write, 4096);
+    assert_eq!(reap_n(&mut q, 1), [(1, StoreStatus::Good)]);
+    let out = buffer(8192);
+    let read = |tag| StoreRequest {
+        tag,
+        op: StoreOp::Read { lba: 64, blocks: 16 },
+        buffer: Some(out.clone()),
+    };
+    q.submit(&mut vec![read(2)]).expect("submit");
+    assert_eq!(reap_n(&mut q, 1), [(2, StoreStatus::Good)]);
+    let got = bytes(&out, 8192);
+    assert!(
+        got[..4096].iter().all(|&b| b == 0),
+        "the part said done is not redone"
+    );
+    assert_eq!(
+        got[4096..],
+        bytes(&src, 8192)[4096..],
+        "the remainder, at its offset"
+    );
+    assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), 64);
+
+    let flush = |tag| StoreRequest {
+        tag,
+        op: StoreOp::Flush,
+        buffer: None,
+    };
+    q.complete_as_the_kernel(flush(3), -libc::EIO);
+    assert_eq!(reap_n(&mut q, 1), [(3, StoreStatus::WriteError { lba: 64 })]);
+    q.submit(&mut vec![flush(4), flush(5)]).expect("submit");
+    assert_eq!(
+        reap_n(&mut q, 2),
+        [
+            (4, StoreStatus::WriteError { lba: 64 }),
+            (5, StoreStatus::WriteError { lba: 64 })
+        ]
+    );
+
+    out.fill(0, 8192, 0xff);
+    q.complete_as_the_kernel(read(6), -libc::EIO);
+    assert_eq!(
+        reap_n(&mut q, 1),
+        [(6, StoreStatus::Good)],
+        "retried whole by the threads"
+    );
+    assert_eq!(bytes(&out, 8192), got);
+    q.complete_as_the_kernel(read(7), -libc::EINVAL);
+    assert_eq!(reap_n(&mut q, 1), [(7, StoreStatus::InvalidRequest)]);
 }

@@ -1,0 +1,92 @@
+//! How the file store fails: the errno of a failed transfer as a [`StoreStatus`], and the check
+//! that keeps a write from silently growing a file truncated under the handler. Kept apart from
+//! the transfer paths so that every I/O engine maps failures alike.
+//!
+//! - **EIO** (the device under the file failed) on a read is [`StoreStatus::ReadError`], on a
+//!   write [`StoreStatus::WriteError`], at the first LBA that fails alone (the engine sends
+//!   MEDIUM ERROR / UNRECOVERED READ ERROR or WRITE ERROR with it in INFORMATION).
+//! - **ENOSPC, EDQUOT** on a write to a regular file: the file system could not allocate the
+//!   block (a sparse image, or a hole UNMAP punched, on a full file system):
+//!   [`StoreStatus::SpaceExhausted`], which the engine reports as SBC says for the disk's
+//!   provisioning. On a block device ENOSPC means a write past the device's end (it shrank
+//!   under us), a write error.
+//! - **End of file inside the medium** on a read (a short read: another program truncated the
+//!   file) is a read error at the first missing block: the capacity the initiator read did not
+//!   change, so every LBA below it must return the data last written there; that data is gone,
+//!   and GOOD over zeroes would hide the loss.
+//! - **A write past the end of a truncated file** would grow it back, silently, with holes
+//!   before: the store promises never to truncate nor grow. [`Shared::truncated_at`] checks the
+//!   file's size first (one fstat per write on a regular file), and the write fails as a write
+//!   error at the first missing block. A truncation between that check and the write is not
+//!   caught (nothing atomic exists short of a lease); the next read past the cut reports it.
+
+use super::Shared;
+use super::StoreStatus;
+use std::io;
+
+impl Shared {
+    /// The status of a write that failed with `e` (not EINVAL, see `not_a_medium_error`) at
+    /// `lba`, logged.
+    pub(super) fn write_failed(&self, e: &io::Error, lba: u64) -> StoreStatus {
+        let path = self.path.display();
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) if self.regular => {
+                log::error!(
+                    "{path}: no space to store LBA {lba} ({e}); free space on its file system (or \
+                     raise the quota), or preallocate the image (fallocate -l SIZE) so that \
+                     every block is allocated"
+                );
+                StoreStatus::SpaceExhausted { lba }
+            }
+            _ => {
+                log::error!("{path}: write error at LBA {lba}: {e}");
+                StoreStatus::WriteError { lba }
+            }
+        }
+    }
+
+    /// The status of a read that failed with `e` at `lba`, logged.
+    pub(super) fn read_failed(&self, e: &io::Error, lba: u64) -> StoreStatus {
+        let path = self.path.display();
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            log::error!(
+                "{path}: LBA {lba} is past the end of the {}: it was truncated (or shrunk) under \
+                 the handler, and the data past its end is lost; restore it to {} bytes",
+                if self.regular { "file" } else { "device" },
+                self.info.num_blocks * u64::from(self.info.block_size),
+            );
+        } else {
+            log::error!("{path}: read error at LBA {lba}: {e}");
+        }
+        StoreStatus::ReadError { lba }
+    }
+
+    /// A write to `[start, start+len)` of a regular file that no longer reaches there (it was
+    /// truncated under the handler) would grow it: the first LBA of the range past its end, as
+    /// a write error. `None` when the range is inside the file, on a block device, or when the
+    /// size cannot be read (the write then reports what the medium says).
+    pub(super) fn truncated_at(&self, start: u64, len: usize) -> Option<StoreStatus> {
+        if !self.regular {
+            return None;
+        }
+        let size = match self.data.metadata() {
+            Ok(meta) => meta.len(),
+            Err(e) => {
+                log::warn!("{}: fstat before a write: {e}", self.path.display());
+                return None;
+            }
+        };
+        if start + len as u64 <= size {
+            return None;
+        }
+        // The block holding the end of the file is cut too (a size not a multiple of blocks).
+        let lba = self.lba_of(size).max(self.lba_of(start));
+        log::error!(
+            "{}: the file has {size} bytes, {} expected: it was truncated under the handler; \
+             the write at LBA {lba} would grow it and is refused; restore its size",
+            self.path.display(),
+            self.info.num_blocks * u64::from(self.info.block_size),
+        );
+        Some(StoreStatus::WriteError { lba })
+    }
+}

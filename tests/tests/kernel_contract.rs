@@ -1,0 +1,197 @@
+//! The handler against a kernel that does what scst_user.md allows and the loopback model
+//! never does on its own: REPLY_AND_GET_MULTI failing before it reads a reply (§3.3), and an
+//! EXEC that breaks the contract (§3.5). Each test fails on the handler before its fix.
+
+use scst_accel_dma::SgvPool;
+use scst_accel_handler::abi;
+use scst_accel_handler::abi::data_direction;
+use scst_accel_handler::abi::sam_status;
+use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::loopback::decode_sense;
+use scst_accel_handler::store::ram::RamStore;
+use scst_accel_handler::transport::register::default_options;
+use scst_accel_handler::transport::Errno;
+use scst_accel_handler::transport::ScstUserFd;
+use scst_accel_tests::execute;
+use scst_accel_tests::MeddlingFd;
+use scst_accel_tests::MultiHook;
+use scst_accel_tests::Rig;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const BLOCK: u32 = 512;
+const BLOCKS: u64 = 2048;
+
+fn rig(name: &str, hook: Box<MultiHook>) -> Rig {
+    let config = FrontendConfig {
+        workers: 1,
+        cmds_per_call: 8,
+        ..FrontendConfig::default()
+    };
+    Rig::with_fd(
+        name,
+        BLOCK,
+        BLOCKS,
+        default_options(),
+        Arc::new(RamStore::new(BLOCK, BLOCKS, 2048)),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        config,
+        |fd| Arc::new(MeddlingFd::new(fd, hook)) as Arc<dyn ScstUserFd>,
+    )
+}
+
+fn write10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = vec![0x2A, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+fn read10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = write10(lba, blocks);
+    cdb[0] = 0x28;
+    cdb
+}
+
+/// §3.3: the kernel writes `replies_done` before it fetches, also when a reply fails; a call
+/// that fails earlier (EFAULT reading the header) wrote nothing and read no reply. The handler
+/// must send those replies again, not take reply 0 for refused: with `replies_done` preset to
+/// 0 it dropped the first reply, and its command never completed.
+#[test]
+fn replies_the_kernel_never_read_are_sent_again() {
+    let failed = Arc::new(AtomicU32::new(0));
+    let hook_failed = Arc::clone(&failed);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        // Fail the first two calls that carry replies, before reading anything.
+        if arg.header().replies_cnt > 0 && hook_failed.load(Ordering::SeqCst) < 2 {
+            hook_failed.fetch_add(1, Ordering::SeqCst);
+            return Err(Errno::EFAULT);
+        }
+        fd.reply_and_get_multi(arg)
+    });
+    let rig = rig("contract-untaken", hook);
+    let session = rig.session(0);
+    let data: Vec<u8> = (0..BLOCK as usize * 4).map(|i| (i % 251) as u8).collect();
+    for tag in 0..4u32 {
+        let w = execute(
+            &session,
+            u64::from(tag) * 2,
+            &write10(tag * 4, 4),
+            data.clone(),
+            0,
+        );
+        assert_eq!(w.status, sam_status::GOOD, "{w:?}");
+        let r = execute(
+            &session,
+            u64::from(tag) * 2 + 1,
+            &read10(tag * 4, 4),
+            Vec::new(),
+            BLOCK * 4,
+        );
+        assert_eq!((r.status, &r.data_in), (sam_status::GOOD, &data));
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 2, "the kernel failed two calls");
+    assert_eq!(rig.frontend().stats().reply_errors, 0, "no reply was lost");
+    session.detach();
+}
+
+/// §3.5: a WRITE's EXEC names its buffer, which holds the initiator's data. An EXEC for a
+/// WRITE with pbuf 0 breaks the contract: the handler answers HARDWARE ERROR and writes
+/// nothing (it used to allocate a fresh buffer and write its zeroes to the medium, GOOD).
+#[test]
+fn a_write_exec_without_its_buffer_writes_nothing() {
+    let meddle = Arc::new(AtomicBool::new(false));
+    let hook_meddle = Arc::clone(&meddle);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        let result = fd.reply_and_get_multi(arg);
+        if hook_meddle.load(Ordering::SeqCst) {
+            for i in 0..arg.header().cmds_cnt.max(0) as usize {
+                let cmd = arg.cmd_mut(i);
+                if cmd.subcode != abi::SCST_USER_EXEC {
+                    continue;
+                }
+                let mut exec: abi::ScsiCmdExec = cmd.read_payload();
+                if exec.data_direction == data_direction::WRITE {
+                    exec.pbuf = 0;
+                    cmd.write_payload(&exec);
+                }
+            }
+        }
+        result
+    });
+    let rig = rig("contract-write-pbuf0", hook);
+    let session = rig.session(0);
+    let old = vec![0xA5u8; BLOCK as usize];
+    let w = execute(&session, 1, &write10(7, 1), old.clone(), 0);
+    assert_eq!(w.status, sam_status::GOOD);
+
+    meddle.store(true, Ordering::SeqCst);
+    let w = execute(&session, 2, &write10(7, 1), vec![0x5Au8; BLOCK as usize], 0);
+    meddle.store(false, Ordering::SeqCst);
+    assert_eq!(w.status, sam_status::CHECK_CONDITION, "{w:?}");
+    assert_eq!(
+        decode_sense(&w.sense),
+        Some((0x04, 0x44, 0x00)),
+        "HARDWARE ERROR / INTERNAL TARGET FAILURE"
+    );
+
+    let r = execute(&session, 3, &read10(7, 1), Vec::new(), BLOCK);
+    assert_eq!(r.status, sam_status::GOOD);
+    assert_eq!(r.data_in, old, "the medium keeps what was there");
+    session.detach();
+}
+
+/// A kernel that keeps failing before it reads any reply does not make the worker resend
+/// forever: after a bounded number of calls the replies are dropped (counted as reply errors,
+/// their commands left to SCST's timeout and abort), and the worker goes on serving.
+#[test]
+fn replies_the_kernel_keeps_refusing_to_read_are_dropped_after_a_bound() {
+    let refuse = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicU32::new(0));
+    let (hook_refuse, hook_calls) = (Arc::clone(&refuse), Arc::clone(&calls));
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        let header = arg.header();
+        if header.replies_cnt > 0 && hook_refuse.load(Ordering::SeqCst) {
+            hook_calls.fetch_add(1, Ordering::SeqCst);
+            return Err(Errno::EFAULT);
+        }
+        fd.reply_and_get_multi(arg)
+    });
+    refuse.store(false, Ordering::SeqCst);
+    let rig = rig("contract-untaken-bound", hook);
+    let session = rig.session(0);
+    refuse.store(true, Ordering::SeqCst);
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb: write10(0, 1),
+            data_out: vec![1u8; BLOCK as usize],
+            expected_data_in: 0,
+            queue_type: abi::queue_type::SIMPLE,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
+    while rig.frontend().stats().reply_errors == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replies were never dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    refuse.store(false, Ordering::SeqCst);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "three calls, then the replies are dropped"
+    );
+    assert!(
+        session.completions().try_recv().is_err(),
+        "the dropped reply's command is SCST's to time out"
+    );
+    let r = execute(&session, 2, &read10(8, 1), Vec::new(), BLOCK);
+    assert_eq!(r.status, sam_status::GOOD, "the worker goes on serving");
+    session.detach();
+}

@@ -1,0 +1,324 @@
+//! Data survives the process (issue 10): `scst-accel demo` on a persistent board (a file, a
+//! block device) first checks every block of the medium: zeroes, or a whole stamp of its own LBA
+//! left by an earlier run. A second run over the same medium verifies the first run's stamps; a
+//! block corrupted or misplaced between the runs fails the run and is named. Also: a second
+//! handler on a held image is refused.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use std::time::Instant;
+
+/// A directory of its own under cargo's scratch directory for integration tests.
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("persistence-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn scst_accel(args: &[&str]) -> (Option<i32>, String, String) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(args)
+        .output()
+        .expect("run scst-accel");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// 16 MiB of 512-byte blocks.
+const BLOCKS: u64 = 32768;
+
+/// A demo over `image` that passes; its JSON.
+fn demo_passes(board: &str, image: &Path) -> serde_json::Value {
+    let path = image.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = scst_accel(&[
+        "demo",
+        "--board",
+        board,
+        "--path",
+        path,
+        "--size",
+        "16M",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    assert_eq!(j["verify_errors"], 0, "{j}");
+    assert_eq!(j["scsi_errors"], 0, "{j}");
+    assert_eq!(j["unanswered_commands"], 0, "{j}");
+    assert!(j["verified_bytes"].as_u64().unwrap_or(0) > 0, "{j}");
+    assert!(
+        j["reads"].as_u64().unwrap_or(0) > 0 && j["writes"].as_u64().unwrap_or(0) > 0,
+        "{j}"
+    );
+    assert_eq!(j["preexisting"]["blocks_checked"], BLOCKS, "{j}");
+    assert_eq!(j["preexisting"]["errors"], 0, "{j}");
+    j
+}
+
+/// Flip one byte of block 100 (torn or rotted) and copy block 200 over block 201 (a misplaced
+/// write) of a medium every block of which a demo stamped.
+fn corrupt(medium: &Path) {
+    use std::io::Read;
+    use std::io::Seek;
+    use std::io::SeekFrom;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(medium)
+        .expect("open the medium");
+    let mut byte = [0u8; 1];
+    f.seek(SeekFrom::Start(100 * 512 + 300)).expect("seek");
+    f.read_exact(&mut byte).expect("read");
+    byte[0] ^= 1;
+    f.seek(SeekFrom::Start(100 * 512 + 300)).expect("seek");
+    f.write_all(&byte).expect("write");
+    let mut block = vec![0u8; 512];
+    f.seek(SeekFrom::Start(200 * 512)).expect("seek");
+    f.read_exact(&mut block).expect("read");
+    f.seek(SeekFrom::Start(201 * 512)).expect("seek");
+    f.write_all(&block).expect("write");
+    f.sync_all().expect("sync");
+}
+
+/// A demo over a medium `corrupt` damaged: it fails (exit 65, EX_DATAERR) and names both
+/// blocks in the pre-existing data report.
+fn demo_reports_corruption(board: &str, medium: &Path) {
+    let (code, stdout, stderr) = scst_accel(&[
+        "demo",
+        "--board",
+        board,
+        "--path",
+        medium.to_str().expect("utf-8"),
+        "--size",
+        "16M",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(code, Some(65), "{stdout}\n{stderr}");
+    let j: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let p = &j["preexisting"];
+    assert_eq!(p["blocks_checked"], BLOCKS, "{j}");
+    assert_eq!(p["errors"], 2, "{j}");
+    assert_eq!(p["stamped"], BLOCKS - 2, "{j}");
+    let errors = j["errors"].to_string();
+    assert!(errors.contains("LBA 100: Corrupt"), "{errors}");
+    assert!(errors.contains("LBA 201: WrongLba { found: 200 }"), "{errors}");
+    assert_eq!(j["healthy"], false, "{j}");
+}
+
+/// Two demos on one image file: the first finds it new (all zeroes), the second finds every
+/// block stamped by the first (it prefilled the whole disk) and intact; then a flipped byte and
+/// a misplaced block fail the third.
+#[test]
+fn a_second_demo_on_a_file_verifies_the_first_runs_stamps() {
+    let dir = scratch("file");
+    let image = dir.join("disk.img");
+    let first = demo_passes("file", &image);
+    assert_eq!(
+        first["preexisting"]["stamped"], 0,
+        "a new image is all zeroes: {first}"
+    );
+    let second = demo_passes("file", &image);
+    assert_eq!(second["preexisting"]["stamped"], BLOCKS, "{second}");
+    corrupt(&image);
+    demo_reports_corruption("file", &image);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Root, from /proc (no FFI for a test).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+/// A loop device over a file of the scratch directory, detached on drop (a failing assertion
+/// included).
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn new(backing: &Path) -> Result<Self, String> {
+        if !is_root() {
+            return Err("not root (losetup needs it)".into());
+        }
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .map_err(|e| format!("cannot run losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let lo = Self(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        if !lo.0.exists() {
+            return Err(format!("{} attached but has no device node here", lo.0.display()));
+        }
+        Ok(lo)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// The same on a block device: two demos on a loop device, the second verifying the first's
+/// stamps; then a corrupted block is reported.
+#[test]
+fn demo_on_a_block_device_verifies_the_previous_run() {
+    let dir = scratch("blockdev");
+    let backing = dir.join("backing.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("backing file");
+    let lo = match LoopDevice::new(&backing) {
+        Ok(lo) => lo,
+        Err(reason) => {
+            scst_accel_hal::skip::test_skipped("demo_on_a_block_device_verifies_the_previous_run", &reason);
+            return;
+        }
+    };
+    let first = demo_passes("blockdev", &lo.0);
+    assert_eq!(first["preexisting"]["stamped"], 0, "{first}");
+    let second = demo_passes("blockdev", &lo.0);
+    assert_eq!(second["preexisting"]["stamped"], BLOCKS, "{second}");
+    corrupt(&lo.0);
+    demo_reports_corruption("blockdev", &lo.0);
+    drop(lo);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An image another process holds (here `flock`, standing for another handler) is refused:
+/// exit 69 (EX_UNAVAILABLE: the holder may go away), and the message names the image and how
+/// to find the holder.
+#[test]
+fn a_held_image_is_refused() {
+    let dir = scratch("lock");
+    let image = dir.join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("image");
+    let path = image.to_str().expect("utf-8");
+    let holder = Command::new("flock")
+        .args(["--exclusive", path, "sleep", "60"])
+        .spawn();
+    let Ok(holder) = holder else {
+        scst_accel_hal::skip::test_skipped("a_held_image_is_refused", "no flock(1) to hold the image");
+        return;
+    };
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Reap(holder);
+    // Until flock(1) holds it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["--nonblock", "--exclusive", path, "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(Instant::now() < deadline, "flock(1) did not take the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, stdout, stderr) = scst_accel(&[
+        "demo",
+        "--board",
+        "file",
+        "--path",
+        path,
+        "--size",
+        "16M",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(code, Some(69), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(path) && stderr.contains("another process") && stderr.contains("fuser"),
+        "{stderr}"
+    );
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `demo --config` checks each persistent disk's medium too: a file disk beside a RAM disk,
+/// twice; the second run finds the first's stamps on the file, and the RAM disk (nothing
+/// persists) reports no check.
+#[test]
+fn demo_config_checks_the_file_disks_medium() {
+    let dir = scratch("democonfig");
+    let image = dir.join("f.img");
+    let config = dir.join("disks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = {:?}\nsize = \"16M\"\n\n[[disk]]\nname = \"r\"\nboard = \"ram\"\nsize = \"16M\"\n",
+            image.display().to_string()
+        ),
+    )
+    .expect("write the configuration");
+    let run = || {
+        let (code, stdout, stderr) = scst_accel(&[
+            "demo",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--duration",
+            "1s",
+            "--json",
+        ]);
+        let j: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+        (code, j, stderr)
+    };
+    let disk = |j: &serde_json::Value, name: &str| {
+        j["disks"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no disk {name} in {j}"))
+    };
+    let (code, first, stderr) = run();
+    assert_eq!(code, Some(0), "{first}\n{stderr}");
+    assert_eq!(disk(&first, "f")["preexisting"]["stamped"], 0, "{first}");
+    assert!(disk(&first, "r")["preexisting"].is_null(), "{first}");
+    let (code, second, stderr) = run();
+    assert_eq!(code, Some(0), "{second}\n{stderr}");
+    let f = disk(&second, "f");
+    assert_eq!(f["preexisting"]["blocks_checked"], BLOCKS, "{f}");
+    assert_eq!(f["preexisting"]["stamped"], BLOCKS, "{f}");
+    corrupt(&image);
+    let (code, third, _) = run();
+    assert_eq!(code, Some(65), "{third}");
+    let f = disk(&third, "f");
+    assert_eq!(f["preexisting"]["errors"], 2, "{f}");
+    assert_eq!(f["healthy"], false, "{f}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
