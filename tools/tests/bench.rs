@@ -103,6 +103,8 @@ fn ram_and_file_on_both_layers_with_fio_missing() {
                 assert_clean(row);
                 if board == "file" {
                     assert!(row["io_mode"].is_string(), "{row}");
+                    let engine = row["io_engine"].as_str().unwrap_or("");
+                    assert!(engine == "uring" || engine == "threads", "{row}");
                     assert!(row.get("ratio_to_fio").is_none(), "no fio ran: {row}");
                 }
             }
@@ -175,7 +177,8 @@ fn the_table_says_what_was_compared() {
     let _ = std::fs::remove_dir_all(&empty_path);
 }
 
-/// An existing image is used as is: at its own size, never truncated, and kept.
+/// An existing image is used as is: at its own size, never truncated, and kept; the engine
+/// asked for is the one that runs.
 #[test]
 fn an_existing_image_is_used_at_its_size_and_kept() {
     let dir = scratch("existing");
@@ -197,6 +200,8 @@ fn an_existing_image_is_used_at_its_size_and_kept() {
             "64M",
             "--duration",
             "100ms",
+            "--io-engine",
+            "threads",
             "--json",
         ],
         None,
@@ -208,6 +213,7 @@ fn an_existing_image_is_used_at_its_size_and_kept() {
     for row in j["results"].as_array().expect("results") {
         assert_clean(row);
         assert_eq!(row["region_bytes"], 8 << 20, "{row}");
+        assert_eq!(row["io_engine"], "threads", "{row}");
     }
     assert_eq!(std::fs::metadata(&image).expect("kept").len(), 8 << 20);
     assert_eq!(j["fio"]["status"], "not requested");
