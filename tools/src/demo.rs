@@ -106,6 +106,10 @@ pub struct DemoArgs {
     /// run goes on (accelerator boards only).
     #[arg(long, conflicts_with = "teardown_under_load")]
     reset_during_load: bool,
+    /// Set by `bench`, not a flag: the medium is the bench's scratch, overwritten by its other
+    /// runs and by fio, so the check of pre-existing data (an earlier run's stamps) is not run.
+    #[arg(skip)]
+    pub(crate) scratch_medium: bool,
 }
 
 /// Access pattern argument.
@@ -233,7 +237,8 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     // A medium that outlives the process may hold an earlier run's stamps: check every block
     // before this run overwrites them (zeroes, or a whole stamp of its own LBA), so a second run
     // over the same image proves the first one's data survived.
-    let preexisting = persistent(args.board).then(|| scan_preexisting(args, &sessions[0], geometry, &info));
+    let preexisting = (persistent(args.board) && !args.scratch_medium)
+        .then(|| scan_preexisting(args, &sessions[0], geometry, &info));
     let live = std::io::stderr().is_terminal() && !args.json;
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.

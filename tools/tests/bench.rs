@@ -1,0 +1,297 @@
+//! `scst-accel bench` as a user runs it: the file store against RAM on both layers, fio side by
+//! side (or reported as skipped, with the reason), and what happens to the image. Behaviour
+//! only (shape, verification, the image's fate): never timings, this machine is shared.
+
+use scst_accel_hal::skip::test_skipped;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use std::time::Instant;
+
+const WORKLOADS: [&str; 4] = [
+    "4k-randread-qd32",
+    "4k-randwrite-qd32",
+    "128k-seqread-qd8",
+    "128k-seqwrite-qd8",
+];
+
+/// A directory of its own under cargo's scratch directory (a real file system, not tmpfs).
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Run `scst-accel bench ARGS`, with `PATH` replaced when given; (exit code, stdout, stderr).
+fn bench(args: &[&str], path_env: Option<&Path>) -> (Option<i32>, String, String) {
+    let started = Instant::now();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
+    command.arg("bench").args(args);
+    if let Some(path) = path_env {
+        command.env("PATH", path);
+    }
+    let out = command.output().expect("run scst-accel");
+    assert!(
+        started.elapsed() < Duration::from_secs(300),
+        "bench took {:?}",
+        started.elapsed()
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(stdout: &str, stderr: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"))
+}
+
+/// Every row: verified, nothing failed or unanswered, figures present.
+fn assert_clean(row: &serde_json::Value) {
+    assert_eq!(row["verify_errors"], 0, "{row}");
+    assert_eq!(row["errors"], 0, "{row}");
+    assert_eq!(row["unanswered_commands"], 0, "{row}");
+    assert_eq!(row["healthy"], true, "{row}");
+    assert!(row["commands"].as_u64().unwrap_or(0) > 0, "{row}");
+    for key in ["iops", "mb_per_s", "ratio_to_first"] {
+        assert!(row[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {row}");
+    }
+    for key in ["p50", "p99"] {
+        assert!(
+            row["latency_us"][key].as_f64().is_some(),
+            "latency {key} in {row}"
+        );
+    }
+}
+
+/// ram,file on both layers, every workload, in a directory: 16 verified rows, each file row
+/// with its mode and its ratio to RAM; the image made for the run is gone afterwards; and with
+/// a PATH that has no fio, `--fio` is reported as skipped with the reason, not silently.
+#[test]
+fn ram_and_file_on_both_layers_with_fio_missing() {
+    let dir = scratch("ram-file");
+    let empty_path = scratch("no-fio");
+    let (code, stdout, stderr) = bench(
+        &[
+            "--boards",
+            "ram,file",
+            "--path",
+            dir.to_str().expect("utf-8"),
+            "--size",
+            "16M",
+            "--duration",
+            "200ms",
+            "--fio",
+            "--json",
+        ],
+        Some(&empty_path),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j = json(&stdout, &stderr);
+    let rows = j["results"].as_array().expect("results");
+    assert_eq!(rows.len(), WORKLOADS.len() * 2 * 2, "{j}");
+    for workload in WORKLOADS {
+        for board in ["ram", "file"] {
+            for layer in ["loopback", "store"] {
+                let row = rows
+                    .iter()
+                    .find(|r| r["workload"] == workload && r["board"] == board && r["layer"] == layer)
+                    .unwrap_or_else(|| panic!("no {workload} {board} {layer} in {j}"));
+                assert_clean(row);
+                if board == "file" {
+                    assert!(row["io_mode"].is_string(), "{row}");
+                    let engine = row["io_engine"].as_str().unwrap_or("");
+                    assert!(engine == "uring" || engine == "threads", "{row}");
+                    assert!(row.get("ratio_to_fio").is_none(), "no fio ran: {row}");
+                }
+            }
+        }
+        for layer in ["loopback", "store"] {
+            let key = format!("file/ram ({layer})");
+            assert!(j["ratios"][workload][&key].as_f64().is_some(), "{key} in {j}");
+        }
+    }
+    assert_eq!(j["healthy"], true);
+    assert!(j["machine"]["cpus"].as_u64().unwrap_or(0) > 0, "{j}");
+    // The image: made for the run in the directory, in the mode reported, removed afterwards.
+    let mode = j["file"]["io_mode"].as_str().expect("io_mode");
+    assert!(mode == "direct" || mode == "buffered", "{j}");
+    assert_eq!(j["file"]["created_and_removed"], true, "{j}");
+    let image = PathBuf::from(j["file"]["path"].as_str().expect("path"));
+    assert_eq!(image.parent(), Some(dir.as_path()));
+    assert!(!image.exists(), "{} left behind", image.display());
+    // fio: skipped, loudly, with the reason and how to install it.
+    assert_eq!(j["fio"]["status"], "skipped", "{j}");
+    let reason = j["fio"]["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("fio not found") && reason.contains("install-fio.sh"),
+        "{reason}"
+    );
+    assert!(stderr.contains("fio skipped"), "{stderr}");
+    assert!(!rows.iter().any(|r| r["board"] == "fio"), "{j}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&empty_path);
+}
+
+/// The table names the layers, the fio status and the fairness caveat.
+#[test]
+fn the_table_says_what_was_compared() {
+    let dir = scratch("table");
+    let empty_path = scratch("table-no-fio");
+    let (code, stdout, stderr) = bench(
+        &[
+            "--boards",
+            "ram,file",
+            "--path",
+            dir.join("x.img").to_str().expect("utf-8"),
+            "--size",
+            "16M",
+            "--duration",
+            "100ms",
+            "--workloads",
+            "4k-randread-qd32",
+            "--fio",
+        ],
+        Some(&empty_path),
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    for text in [
+        "4k-randread-qd32",
+        "loopback",
+        "store",
+        "file/ram (store)",
+        "fio: skipped: fio not found",
+        "note: loopback:",
+        "machine: ",
+    ] {
+        assert!(stdout.contains(text), "{text:?} missing from:\n{stdout}");
+    }
+    assert!(
+        !dir.join("x.img").exists(),
+        "the image made for the run is removed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&empty_path);
+}
+
+/// An existing image is used as is: at its own size, never truncated, and kept; the engine
+/// asked for is the one that runs.
+#[test]
+fn an_existing_image_is_used_at_its_size_and_kept() {
+    let dir = scratch("existing");
+    let image = dir.join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    let (code, stdout, stderr) = bench(
+        &[
+            "--boards",
+            "file",
+            "--layers",
+            "store",
+            "--workloads",
+            "4k-randread-qd32,128k-seqwrite-qd8",
+            "--path",
+            image.to_str().expect("utf-8"),
+            "--size",
+            "64M",
+            "--duration",
+            "100ms",
+            "--io-engine",
+            "threads",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j = json(&stdout, &stderr);
+    assert_eq!(j["file"]["size"], 8 << 20, "{j}");
+    assert_eq!(j["file"]["created_and_removed"], false, "{j}");
+    for row in j["results"].as_array().expect("results") {
+        assert_clean(row);
+        assert_eq!(row["region_bytes"], 8 << 20, "{row}");
+        assert_eq!(row["io_engine"], "threads", "{row}");
+    }
+    assert_eq!(std::fs::metadata(&image).expect("kept").len(), 8 << 20);
+    assert_eq!(j["fio"]["status"], "not requested");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A file board without --path is a usage error that says what to give.
+#[test]
+fn a_file_board_needs_a_path() {
+    let (code, stdout, stderr) = bench(&["--boards", "ram,file", "--duration", "100ms"], None);
+    assert_eq!(code, Some(64), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--path") && stderr.contains("/dev/shm"),
+        "{stderr}"
+    );
+}
+
+/// With fio installed: fio runs on the same file, its row and the file rows' ratio to it are
+/// reported. Without it (or where the kernel refuses its ioengine) this says so and stops.
+#[test]
+fn fio_side_by_side_when_installed() {
+    let Ok(paths) = std::env::var("PATH") else {
+        test_skipped("fio_side_by_side_when_installed", "no PATH");
+        return;
+    };
+    if !std::env::split_paths(&paths).any(|d| d.join("fio").is_file()) {
+        test_skipped(
+            "fio_side_by_side_when_installed",
+            "fio is not installed (tools/bench/install-fio.sh)",
+        );
+        return;
+    }
+    let dir = scratch("fio");
+    let (code, stdout, stderr) = bench(
+        &[
+            "--boards",
+            "ram,file",
+            "--path",
+            dir.to_str().expect("utf-8"),
+            "--size",
+            "16M",
+            "--duration",
+            "200ms",
+            "--workloads",
+            "4k-randread-qd32,128k-seqwrite-qd8",
+            "--fio",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j = json(&stdout, &stderr);
+    if j["fio"]["status"] == "failed" {
+        test_skipped(
+            "fio_side_by_side_when_installed",
+            &format!("fio is installed but failed here: {}", j["fio"]["errors"]),
+        );
+        return;
+    }
+    assert_eq!(j["fio"]["status"], "ran", "{j}");
+    let direct = j["file"]["io_mode"] == "direct";
+    assert_eq!(j["fio"]["direct"], direct, "fio runs in the store's mode: {j}");
+    let rows = j["results"].as_array().expect("results");
+    for workload in ["4k-randread-qd32", "128k-seqwrite-qd8"] {
+        let fio = rows
+            .iter()
+            .find(|r| r["workload"] == workload && r["board"] == "fio")
+            .unwrap_or_else(|| panic!("no fio row for {workload}: {j}"));
+        assert!(fio["iops"].as_f64().is_some_and(|v| v > 0.0), "{fio}");
+        assert!(fio["cpu_us_per_command"].as_f64().is_some(), "{fio}");
+        for layer in ["loopback", "store"] {
+            let key = format!("file/fio ({layer})");
+            assert!(j["ratios"][workload][&key].as_f64().is_some(), "{key} in {j}");
+        }
+    }
+    assert!(
+        std::fs::read_dir(&dir).expect("dir").next().is_none(),
+        "image removed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
