@@ -118,6 +118,23 @@ impl Rig {
         wrap: impl FnOnce(LoopbackFd) -> Arc<dyn ScstUserFd>,
     ) -> Self {
         let kernel = LoopbackKernel::new(KernelConfig::default());
+        Self::on_kernel(kernel, name, block_size, blocks, opt, store, pool, config, wrap)
+    }
+
+    /// As [`Rig::with_fd`], registering `name` on an existing loopback `kernel`: several rigs
+    /// on one kernel are several LUNs of one SCST (what a kernel-wide suspension spans).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_kernel(
+        kernel: LoopbackKernel,
+        name: &str,
+        block_size: u32,
+        blocks: u64,
+        opt: Opt,
+        store: Arc<dyn Store>,
+        pool: Arc<SgvPool>,
+        config: FrontendConfig,
+        wrap: impl FnOnce(LoopbackFd) -> Arc<dyn ScstUserFd>,
+    ) -> Self {
         let fd = kernel.open(true);
         register(&fd, &RegisterParams::new(name, block_size, opt)).expect("registration");
         let disk = Arc::new(Disk::new(DiskConfig::new(block_size, blocks)));

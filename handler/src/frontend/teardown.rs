@@ -78,6 +78,41 @@ pub const NO_WAIT_STEP_BOUND: Duration = Duration::from_secs(1);
 /// answered everything the handler could, so the kernel has nothing slow left to wait for.
 pub const CLOSE_STEP_BOUND: Duration = Duration::from_secs(5);
 
+/// FLUSH_CACHE with a bound (spec §3.6): the ioctl suspends all of SCST's activity and waits
+/// for every command in flight on any LUN, up to the kernel's 90 s, so one slow command of
+/// another handler can hold it far past the step's bound. It runs on a thread of its own; if it
+/// has not returned within `bound` the teardown goes on without it (the close returns the
+/// buffers), and the thread, which holds a reference to the fd, ends when the kernel lets the
+/// call return: the fd's close (SCST's release) waits for that, within the kernel's bound.
+/// Returns whether the flush returned within the bound (successfully or not).
+fn flush_cache_bounded(fd: &std::sync::Arc<dyn crate::transport::ScstUserFd>, bound: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flusher = std::sync::Arc::clone(fd);
+    let spawned = std::thread::Builder::new()
+        .name("scst_flush_cache".into())
+        .spawn(move || {
+            let _ = tx.send(flusher.flush_cache());
+        });
+    if let Err(e) = spawned {
+        log::warn!("teardown: cannot start a thread for FLUSH_CACHE ({e}); the close returns the buffers");
+        return false;
+    }
+    match scst_accel_hal::locks::recv_timeout(&rx, bound) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            log::warn!("teardown: FLUSH_CACHE failed: {e}; cached buffers come back when the fd closes");
+            true
+        }
+        Err(_) => {
+            log::warn!(
+                "teardown: FLUSH_CACHE still suspended after {bound:?} (SCST waits for a slow command, \
+                 possibly another LUN's); going on: the close returns the buffers"
+            );
+            false
+        }
+    }
+}
+
 /// One step of the teardown.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TeardownStep {
@@ -257,10 +292,9 @@ impl Frontend {
                 "teardown: FLUSH_CACHE skipped: {unanswered} command(s) unanswered, {failed_workers}                  worker(s) failed; the close returns the buffers"
             );
             false
+        } else if !flush_cache_bounded(&shared.fd, config.flush) {
+            false
         } else {
-            if let Err(e) = shared.fd.flush_cache() {
-                log::warn!("teardown: FLUSH_CACHE failed: {e}; cached buffers come back when the fd closes");
-            }
             // Under load SCST keeps re-caching buffers for the commands it is answering BUSY,
             // so "all returned" may never come while the initiator keeps sending: wait until
             // they are all back or the returns stop making progress (the close returns the rest).

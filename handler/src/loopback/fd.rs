@@ -135,33 +135,62 @@ impl LoopbackFd {
         }
     }
 
-    /// `scst_suspend_activity` around `f`: new commands wait in the active list and commands in
-    /// flight must finish first (bounded by 90 s, then `EBUSY`).
+    /// `scst_suspend_activity` around `f`: kernel-wide, as SCST's is (spec §3.6). Every
+    /// registered device stops taking new work (its new commands wait in its active list, and
+    /// its poll fd stays readable, §3.9), and the suspension waits until no device, this one or
+    /// any other LUN, has a command in flight: one slow command anywhere holds it, bounded by
+    /// 90 s, then `EBUSY`.
     fn suspended<R>(
         &self,
         dev: &Device,
         f: impl FnOnce(&mut DeviceState, &mut super::device::Effects) -> R,
     ) -> Result<R, Errno> {
         let deadline = Instant::now() + SUSPEND_TIMEOUT;
-        let mut st = dev.lock();
-        st.suspended += 1;
-        st.sync_poll();
-        while st.commands_in_flight_started() > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                st.suspended -= 1;
+        let devices: Vec<Arc<Device>> = self
+            .file
+            .kernel
+            .devices
+            .lock_unchecked_at_runtime()
+            .values()
+            .cloned()
+            .collect();
+        let set_all = |delta: i64| {
+            for d in &devices {
+                let mut st = d.lock();
+                st.suspended = if delta > 0 {
+                    st.suspended + 1
+                } else {
+                    st.suspended.saturating_sub(1)
+                };
                 st.sync_poll();
+                drop(st);
+                // Fetchers blocked in the kernel look at their device again.
+                d.cond.notify_all();
+            }
+        };
+        set_all(1);
+        loop {
+            let busy = devices.iter().any(|d| d.lock().commands_in_flight_started() > 0);
+            if !busy {
+                break;
+            }
+            if Instant::now() >= deadline {
+                set_all(-1);
                 return Err(Errno::EBUSY);
             }
-            st = st.wait_timeout(&dev.cond, (deadline - now).min(Duration::from_millis(100)));
+            // A wait in the kernel: no lock held (each device's lock is taken only to look).
+            locks::sleep(Duration::from_millis(5));
         }
-        drop(st);
-        Ok(dev.with(|st, fx| {
+        let r = dev.with(|st, fx| {
             let r = f(st, fx);
-            st.suspended -= 1;
             fx.wake_fetchers = true;
             r
-        }))
+        });
+        set_all(-1);
+        for d in &devices {
+            d.with(|_, fx| fx.wake_fetchers = true);
+        }
+        Ok(r)
     }
 }
 

@@ -1,0 +1,128 @@
+//! FLUSH_CACHE as the kernel has it (scst_user.md §3.6): it suspends all of SCST's activity and
+//! waits for every command in flight on any LUN, up to 90 s. The loopback model does the same
+//! (a suspension spans every device of the kernel), and the handler never lets that hold its
+//! teardown past the step's bound.
+
+use scst_accel_dma::SgvPool;
+use scst_accel_handler::abi::queue_type;
+use scst_accel_handler::abi::sam_status;
+use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::frontend::TeardownConfig;
+use scst_accel_handler::loopback::KernelConfig;
+use scst_accel_handler::loopback::LoopbackKernel;
+use scst_accel_handler::loopback::ScsiRequest;
+use scst_accel_handler::store::ram::RamStore;
+use scst_accel_handler::store::Store;
+use scst_accel_handler::transport::register::default_options;
+use scst_accel_handler::transport::ScstUserFd;
+use scst_accel_tests::GatedStore;
+use scst_accel_tests::Rig;
+use scst_accel_tests::WAIT;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+const BLOCK: u32 = 512;
+const BLOCKS: u64 = 2048;
+
+fn lun(kernel: &LoopbackKernel, name: &str, store: Arc<dyn Store>) -> Rig {
+    let config = FrontendConfig {
+        workers: 1,
+        cmds_per_call: 8,
+        ..FrontendConfig::default()
+    };
+    Rig::on_kernel(
+        kernel.clone(),
+        name,
+        BLOCK,
+        BLOCKS,
+        default_options(),
+        store,
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        config,
+        |fd| Arc::new(fd) as Arc<dyn ScstUserFd>,
+    )
+}
+
+/// Two LUNs on one kernel; LUN B's store holds one WRITE.
+fn two_luns() -> (Rig, Rig, GatedStore, scst_accel_handler::loopback::Session) {
+    let kernel = LoopbackKernel::new(KernelConfig::default());
+    let held = GatedStore::new(RamStore::new(BLOCK, BLOCKS, 2048));
+    let a = lun(&kernel, "flush-a", Arc::new(RamStore::new(BLOCK, BLOCKS, 2048)));
+    let b = lun(&kernel, "flush-b", Arc::new(held.clone()));
+    let session = b.session(0);
+    session
+        .submit(ScsiRequest {
+            tag: 1,
+            cdb: vec![0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            data_out: vec![7; BLOCK as usize],
+            expected_data_in: 0,
+            queue_type: queue_type::SIMPLE,
+            timeout_secs: 60,
+        })
+        .expect("submit");
+    assert!(held.wait_held(1), "LUN B's store holds its WRITE");
+    (a, b, held, session)
+}
+
+/// The model: LUN A's FLUSH_CACHE waits for LUN B's command (the suspension is SCST-wide), and
+/// returns once it completes.
+#[test]
+fn flush_cache_waits_for_another_luns_command() {
+    let (a, _b, held, session) = two_luns();
+    let flusher = std::thread::spawn(a.frontend().cache_flusher());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !flusher.is_finished(),
+        "FLUSH_CACHE returned while another LUN had a command in flight"
+    );
+    held.release_all();
+    let deadline = Instant::now() + WAIT;
+    while !flusher.is_finished() {
+        assert!(Instant::now() < deadline, "FLUSH_CACHE never returned");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    flusher.join().expect("flusher").expect("FLUSH_CACHE");
+    let done = session
+        .completions()
+        .recv_timeout(WAIT)
+        .expect("B's WRITE completes");
+    assert_eq!(done.status, sam_status::GOOD);
+    session.detach();
+}
+
+/// The handler: LUN A's teardown is not held by LUN B's slow command. Its FLUSH_CACHE is given
+/// the step's bound and then left behind; the teardown goes on and ends within its budget.
+#[test]
+fn a_teardown_is_not_held_by_another_luns_slow_command() {
+    let (mut a, _b, held, session) = two_luns();
+    let config = TeardownConfig {
+        drain: Duration::from_millis(200),
+        abort: Duration::from_secs(2),
+        flush: Duration::from_millis(300),
+    };
+    let started = Instant::now();
+    let report = a.frontend.take().expect("frontend").teardown(config);
+    let took = started.elapsed();
+    let step = report
+        .teardown
+        .steps
+        .iter()
+        .find(|s| s.name == "return buffers")
+        .expect("return-buffers step");
+    assert!(
+        !step.within_bound,
+        "the flush did not return within its bound: {step:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "teardown took {took:?} behind another LUN's command"
+    );
+    held.release_all();
+    let done = session
+        .completions()
+        .recv_timeout(WAIT)
+        .expect("B's WRITE completes");
+    assert_eq!(done.status, sam_status::GOOD);
+    session.detach();
+}
