@@ -126,3 +126,75 @@ fn a_teardown_is_not_held_by_another_luns_slow_command() {
     assert_eq!(done.status, sam_status::GOOD);
     session.detach();
 }
+
+/// SCST keeps finished commands' buffers cached until its purge (a minute or more). With the
+/// buffer cap full of them, a command of another size is refused; the refusal makes the
+/// handler ask SCST for them back (FLUSH_CACHE, on a thread of its own), so the command is
+/// served within moments, not after the purge.
+#[test]
+fn a_refused_allocation_makes_scst_return_its_cached_buffers() {
+    let kernel = LoopbackKernel::new(KernelConfig {
+        purge_interval: Some(Duration::from_secs(600)),
+        ..KernelConfig::default()
+    });
+    let config = FrontendConfig {
+        workers: 1,
+        cmds_per_call: 8,
+        ..FrontendConfig::default()
+    };
+    let rig = Rig::on_kernel(
+        kernel,
+        "cap-flush",
+        BLOCK,
+        BLOCKS,
+        default_options(),
+        Arc::new(RamStore::new(BLOCK, BLOCKS, 2048)),
+        Arc::new(SgvPool::new(None, None, 32 << 10)),
+        config,
+        |fd| Arc::new(fd) as Arc<dyn ScstUserFd>,
+    );
+    let session = rig.session(0);
+    let read = |tag: u64, blocks: u8| {
+        session
+            .submit(ScsiRequest {
+                tag,
+                cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, blocks, 0],
+                data_out: Vec::new(),
+                expected_data_in: u32::from(blocks) * BLOCK,
+                queue_type: queue_type::SIMPLE,
+                timeout_secs: 60,
+            })
+            .expect("submit");
+        session.completions().recv_timeout(WAIT).expect("completion")
+    };
+    // A 32 KiB READ: its buffer fills the cap, and SCST keeps it cached afterwards.
+    assert_eq!(read(1, 64).status, sam_status::GOOD);
+    assert_eq!(rig.frontend().stats().cap_flushes, 0);
+    // A 4 KiB READ needs a buffer of another size: refused until SCST gives the cached one back.
+    let started = Instant::now();
+    let mut tag = 2;
+    loop {
+        let done = read(tag, 8);
+        if done.status == sam_status::GOOD {
+            break;
+        }
+        assert!(
+            matches!(done.status, sam_status::BUSY | sam_status::TASK_SET_FULL),
+            "{done:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still refused after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        tag += 1;
+    }
+    let stats = rig.frontend().stats();
+    assert!(stats.cap_flushes >= 1, "{stats:?}");
+    assert!(
+        stats.buffers.refused >= 1 || stats.busy >= 1,
+        "the cap did refuse: {stats:?}"
+    );
+    session.detach();
+}

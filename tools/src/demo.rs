@@ -467,7 +467,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "exec": s.exec, "exec_errors": s.exec_errors, "alloc_mem": s.alloc_mem, "parse": s.parse,
             "on_free": s.on_free, "on_cached_mem_free": s.on_cached_mem_free, "task_mgmt": s.task_mgmt,
             "attach": s.attach, "detach": s.detach, "reply_errors": s.reply_errors, "busy": s.busy,
-            "ioctls": s.ioctls,
+            "ioctls": s.ioctls, "cap_flushes": s.cap_flushes,
             "buffers": { "allocated": s.buffers.allocated, "released": s.buffers.released,
                          "held_at_exit": s.buffers.buffers, "refused": s.buffers.refused },
             "panicked_workers": o.frontend.panicked_workers,

@@ -11,6 +11,7 @@
 //! The teardown itself is one sequence for every trigger (`teardown.rs`).
 
 mod buffers;
+mod cap_flush;
 mod dump;
 mod latency;
 mod liveness;
@@ -224,6 +225,8 @@ pub struct FrontendStats {
     pub leases_outstanding: u64,
     /// Buffers.
     pub buffers: BufferFigures,
+    /// FLUSH_CACHE calls started because the buffer cap refused an allocation.
+    pub cap_flushes: u64,
 }
 
 /// What a worker reports when it leaves.
@@ -289,6 +292,8 @@ pub(crate) struct Shared {
     abort: AbortTally,
     /// Each worker's heartbeat ([`Frontend::wedged_workers`]).
     liveness: liveness::Liveness,
+    /// FLUSH_CACHE when the buffer cap refuses an allocation.
+    cap_flush: cap_flush::CapFlush,
     config: FrontendConfig,
 }
 
@@ -360,6 +365,7 @@ impl Frontend {
             trigger,
             abort: AbortTally::default(),
             liveness: liveness::Liveness::new(config.workers.max(1)),
+            cap_flush: cap_flush::CapFlush::default(),
             config: config.clone(),
         });
         let mut frontend = Self {
@@ -658,6 +664,7 @@ impl Shared {
             inflight: self.drain.in_flight(),
             leases_outstanding: self.leases.outstanding() as u64,
             buffers: self.buffers.figures(),
+            cap_flushes: self.cap_flush.started(),
             ..FrontendStats::default()
         };
         for figures in self.figures.iter() {

@@ -791,7 +791,13 @@ impl Worker {
         let pbuf = match usize::try_from(alloc.alloc_len) {
             // Once intake is closed no new buffer is handed out: pbuf 0 makes SCST answer BUSY.
             _ if self.shared.drain.is_closed() => 0,
-            Ok(len) if len > 0 => self.shared.buffers.allocate(len).map_or(0, |b| b.addr()),
+            Ok(len) if len > 0 => match self.shared.buffers.allocate(len) {
+                Some(buffer) => buffer.addr(),
+                None => {
+                    self.cap_refused();
+                    0
+                }
+            },
             _ => 0,
         };
         if pbuf == 0 {
@@ -802,6 +808,14 @@ impl Worker {
             ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &abi::AllocMemReply { pbuf }),
             None,
         );
+    }
+
+    /// The buffer-memory cap refused an allocation: have SCST return its cached buffers now
+    /// rather than at its next purge (a minute or two of BUSY), unless the teardown runs.
+    fn cap_refused(&self) {
+        if !self.shared.drain.is_closed() {
+            self.shared.cap_flush.request(&self.shared.fd);
+        }
     }
 
     /// Full CDB: the inline 16 bytes, plus GET_EXTENDED_CDB for longer ones (spec §3.9).
@@ -910,6 +924,7 @@ impl Worker {
             }
             None => {
                 self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+                self.cap_refused();
                 Err(Response {
                     status: sam_status::TASK_SET_FULL,
                     sense: Vec::new(),
