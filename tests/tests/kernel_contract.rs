@@ -1,6 +1,10 @@
 //! The handler against a kernel that does what scst_user.md allows and the loopback model
 //! never does on its own: REPLY_AND_GET_MULTI failing before it reads a reply (§3.3), and an
-//! EXEC that breaks the contract (§3.5). Each test fails on the handler before its fix.
+//! EXEC that breaks the contract (§3.5), a reply the kernel refuses. Each test fails on the
+//! handler before its fix.
+// UNSAFETY: one test reads the worker's reply array through the `preplies` pointer, as the
+// kernel does, to hand the kernel a modified copy.
+#![allow(unsafe_code)]
 
 use scst_accel_dma::SgvPool;
 use scst_accel_handler::abi;
@@ -193,5 +197,67 @@ fn replies_the_kernel_keeps_refusing_to_read_are_dropped_after_a_bound() {
     );
     let r = execute(&session, 2, &read10(8, 1), Vec::new(), BLOCK);
     assert_eq!(r.status, sam_status::GOOD, "the worker goes on serving");
+    session.detach();
+}
+
+/// A READ's buffer is allocated at EXEC time and named in the EXEC reply (spec §3.5); SCST owns
+/// it only once it takes that reply. When the kernel refuses the reply before attaching the
+/// buffer (EINVAL: here a resp_data_len above bufflen), SCST never returns it, so the handler
+/// must free it: afterwards its buffer table holds exactly what the kernel holds.
+#[test]
+fn a_buffer_named_in_a_refused_exec_reply_is_freed() {
+    let meddled = Arc::new(AtomicBool::new(false));
+    let hook_meddled = Arc::clone(&meddled);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        let header = arg.header();
+        if header.replies_cnt > 0 && !hook_meddled.load(Ordering::SeqCst) {
+            // SAFETY: `preplies` points at the worker's array of `replies_cnt` replies, which it
+            // keeps alive and unchanged while it waits in this call (the kernel reads it the
+            // same way); it is only read, and copied out.
+            let replies: Vec<abi::ReplyCmd> = unsafe {
+                std::slice::from_raw_parts(
+                    header.preplies as *const abi::ReplyCmd,
+                    header.replies_cnt as usize,
+                )
+            }
+            .to_vec();
+            let named = replies.iter().position(|r| {
+                r.subcode == abi::SCST_USER_EXEC && r.read_payload::<abi::ExecReply>().pbuf != 0
+            });
+            if let Some(i) = named {
+                hook_meddled.store(true, Ordering::SeqCst);
+                let mut copy = replies;
+                let mut exec: abi::ExecReply = copy[i].read_payload();
+                exec.resp_data_len = i32::MAX; // above any bufflen: rejected before the pin
+                copy[i] = abi::ReplyCmd::with_payload(copy[i].cmd_h, copy[i].subcode, &exec);
+                let mut changed = header;
+                changed.preplies = copy.as_ptr() as u64;
+                arg.set_header(changed);
+                return fd.reply_and_get_multi(arg);
+            }
+        }
+        fd.reply_and_get_multi(arg)
+    });
+    let rig = rig("contract-refused-pbuf", hook);
+    let session = rig.session(0);
+    let r = execute(&session, 1, &read10(0, 8), Vec::new(), BLOCK * 8);
+    assert!(
+        meddled.load(Ordering::SeqCst),
+        "the READ's buffer was named in its EXEC reply"
+    );
+    assert_eq!(
+        r.status,
+        sam_status::CHECK_CONDITION,
+        "the kernel failed the command: {r:?}"
+    );
+    assert_eq!(rig.frontend().stats().reply_errors, 1);
+    // Idle now: every buffer the handler holds is one the kernel holds (cached or attached).
+    let kernel = rig.kernel.device_stats(&rig.name).expect("device");
+    let held = rig.frontend().stats().buffers.buffers;
+    assert_eq!(
+        held,
+        (kernel.cached_buffers + kernel.buffers_in_use) as u64,
+        "the handler holds a buffer SCST never took: {kernel:?}"
+    );
     session.detach();
 }

@@ -90,6 +90,9 @@ struct ReplyMeta {
     _token: Option<InFlightOwned>,
     /// When its EXEC arrived; `None` for replies to other subcodes.
     received: Option<Instant>,
+    /// A buffer allocated at EXEC time and named in this reply (spec §3.5), 0 if none: SCST
+    /// owns it only once the reply is taken.
+    new_pbuf: u64,
 }
 
 /// An EXEC whose store work is under way.
@@ -544,6 +547,7 @@ impl Worker {
                     failed.cmd_h,
                     failed.subcode
                 );
+                self.free_unattached_buffer(done, errno);
                 self.consume_replies(done + 1, true);
             }
             Err(Errno::EAGAIN) => self.consume_replies(replies_cnt, true),
@@ -554,6 +558,26 @@ impl Worker {
         }
         self.untaken_calls = 0;
         fetched
+    }
+
+    /// The kernel refused reply `index`. If that reply named a buffer allocated at EXEC time,
+    /// SCST took it only if it got as far as attaching it: ESRCH (no such command) and EINVAL
+    /// (a reply the kernel rejects, spec §3.4 and §3.5: checked before the pin) mean it never
+    /// did, and no ON_CACHED_MEM_FREE will ever return it, so it is freed here. After any other
+    /// errno (EFAULT copying sense happens after the attach) SCST may own it: it stays, and is
+    /// returned by SCST or at the close.
+    fn free_unattached_buffer(&mut self, index: usize, errno: Errno) {
+        let pbuf = self.reply_tokens[index].new_pbuf;
+        if pbuf == 0 {
+            return;
+        }
+        if errno == Errno::ESRCH || errno == Errno::EINVAL {
+            if self.shared.buffers.release(pbuf) {
+                log::warn!("buffer {pbuf:#x} of the refused reply was never SCST's: freed");
+            }
+        } else {
+            log::warn!("buffer {pbuf:#x} of the refused reply ({errno}) may be SCST's: kept until SCST or the close returns it");
+        }
     }
 
     /// REPLY_AND_GET_MULTI failed before the kernel read any reply: keep them all for the next
@@ -620,6 +644,7 @@ impl Worker {
         self.reply_tokens.push(ReplyMeta {
             _token: token,
             received,
+            new_pbuf: 0,
         });
     }
 
@@ -1104,6 +1129,9 @@ impl Worker {
             token,
             Some(received),
         );
+        if let Some(meta) = self.reply_tokens.last_mut() {
+            meta.new_pbuf = reply.pbuf;
+        }
     }
 }
 
