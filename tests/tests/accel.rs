@@ -147,6 +147,31 @@ fn short_ok_completions_are_refused_and_failed_by_the_deadline() {
     assert!(released.timeouts > 0, "{released:?}");
 }
 
+/// An occasional untrusted completion is only counted (above); a device that lies on most of
+/// its completions climbs the recovery ladder (handler/src/store/accel.rs: at least
+/// UNTRUSTED_MIN untrusted entries, one per UNTRUSTED_SHARE accepted, within TRUST_WINDOW):
+/// stop or reset, in-flight requests failed ABORTED, restart. Still nothing is read wrong.
+#[test]
+fn a_device_that_keeps_lying_is_recovered_not_just_counted() {
+    let rig = SimRig::new("accel-liar", 512, BLOCKS, Duration::from_millis(300));
+    rig.sim.inject("unknown-tag:every=1".parse().expect("fault"));
+    let report = run(&rig, 300, 4096);
+    assert_eq!(report.unanswered, 0, "{:?}", report.first_errors);
+    assert_eq!(report.verify_errors, 0, "{:?}", report.first_errors);
+    let recoveries = rig
+        .accel
+        .counters()
+        .untrusted_recoveries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        recoveries > 0,
+        "no recovery after every completion came with a lie"
+    );
+    let released = rig.release();
+    assert_eq!(released.iommu_faults, 0, "{released:?}");
+    assert_eq!(released.mapped_after, 0, "{released:?}");
+}
+
 #[test]
 fn duplicate_completions_are_ignored() {
     let released = survive("duplicate", "duplicate:every=20".parse().expect("fault"), false);

@@ -86,7 +86,21 @@ pub struct AccelCounters {
     pub unknown_tags: AtomicU64,
     /// Late requests the device aborted on request (the first rung of the ladder).
     pub device_aborts: AtomicU64,
+    /// Recoveries started because the device posted too many completions that cannot be
+    /// trusted ([`UNTRUSTED_MIN`], [`UNTRUSTED_SHARE`]).
+    pub untrusted_recoveries: AtomicU64,
 }
+
+/// A queue whose device posts at least this many untrusted completions (unknown or duplicated
+/// tags, entries refused as not their request's: the engine's `unknown_tags`) within
+/// [`TRUST_WINDOW`]...
+pub const UNTRUSTED_MIN: u64 = 32;
+/// ...and at least one for every `UNTRUSTED_SHARE` completions it accepted in that window, is
+/// recovered (stop or reset, in-flight requests failed ABORTED, restart): a device that lies
+/// that often is not one to keep trusting with DMA. An occasional bad entry is only counted.
+pub const UNTRUSTED_SHARE: u64 = 8;
+/// The window of those counts.
+pub const TRUST_WINDOW: Duration = Duration::from_secs(1);
 
 /// The store.
 pub struct AccelStore {
@@ -239,6 +253,8 @@ struct AccelQueue {
     last_health: Instant,
     seen_resets: u64,
     seen_unknown: u64,
+    /// Start of the current [`TRUST_WINDOW`], and the untrusted and accepted completions in it.
+    trust_window: (Instant, u64, u64),
     gone: bool,
     failure: Arc<OnceLock<String>>,
     /// The device can describe WRITE SAME as a scatter list repeating the pattern block
@@ -276,6 +292,7 @@ impl AccelQueue {
             last_health: Instant::now(),
             seen_resets,
             seen_unknown: 0,
+            trust_window: (Instant::now(), 0, 0),
             gone: false,
             failure,
             repeats_blocks,
@@ -569,10 +586,9 @@ impl AccelQueue {
     fn reap_device(&mut self) -> usize {
         let n = self.queue.reap(&mut self.completions);
         let unknown = self.queue.unknown_tags();
-        if unknown > self.seen_unknown {
-            self.counters
-                .unknown_tags
-                .fetch_add(unknown - self.seen_unknown, Ordering::Relaxed);
+        let untrusted = unknown.saturating_sub(self.seen_unknown);
+        if untrusted > 0 {
+            self.counters.unknown_tags.fetch_add(untrusted, Ordering::Relaxed);
             self.seen_unknown = unknown;
         }
         // Reuse the completion buffer: no allocation per reap on the I/O path.
@@ -591,7 +607,28 @@ impl AccelQueue {
             self.child_done(c.user_tag, status);
         }
         self.completions = completions;
+        self.weigh_trust(untrusted, n as u64);
         n
+    }
+
+    /// Count untrusted and accepted completions in the [`TRUST_WINDOW`]; past the threshold
+    /// ([`UNTRUSTED_MIN`], [`UNTRUSTED_SHARE`]) climb the recovery ladder.
+    fn weigh_trust(&mut self, untrusted: u64, accepted: u64) {
+        let now = Instant::now();
+        if now.duration_since(self.trust_window.0) >= TRUST_WINDOW {
+            self.trust_window = (now, 0, 0);
+        }
+        self.trust_window.1 += untrusted;
+        self.trust_window.2 += accepted;
+        let (_, bad, good) = self.trust_window;
+        if bad >= UNTRUSTED_MIN && bad * UNTRUSTED_SHARE > good {
+            self.trust_window = (now, 0, 0);
+            self.counters.untrusted_recoveries.fetch_add(1, Ordering::Relaxed);
+            self.recover(&format!(
+                "the device posted {bad} completions that cannot be trusted (unknown or duplicated \
+                 tags, entries that are not their request's) against {good} accepted within {TRUST_WINDOW:?}"
+            ));
+        }
     }
 
     /// Fail every request of this queue with `status` (after a stop or reset proved no DMA).
