@@ -77,6 +77,22 @@ pub struct DeviceCompletion {
     pub user_tag: u64,
     /// Outcome.
     pub status: DeviceStatus,
+    /// For a medium error, the low 32 bits of the failing LBA when the device reports it
+    /// (SCA-1's `detail`, accelerator.md §4); the caller places them inside the request's range.
+    pub failing_lba_low: Option<u32>,
+}
+
+/// The failing LBA of a request of `blocks` blocks from `first`, from the low 32 bits the
+/// device reported: the one LBA of the range with those low bits. `first` when the device
+/// reported none, or bits that name no block of the range (a device that lies is not believed).
+pub fn failing_lba(first: u64, blocks: u64, low: Option<u32>) -> u64 {
+    let Some(low) = low else { return first };
+    let end = first.saturating_add(blocks.max(1));
+    let candidate = (first & !0xFFFF_FFFF) | u64::from(low);
+    [candidate, candidate.wrapping_add(1 << 32)]
+        .into_iter()
+        .find(|&lba| lba >= first && lba < end)
+        .unwrap_or(first)
 }
 
 /// Why a request was not queued.
@@ -297,4 +313,27 @@ pub trait QueueEngine: Send {
     fn restart(&mut self) -> Result<(), EngineError>;
     /// The queue's registers and ring pointers, for logs on escalation and for `diag`.
     fn dump(&self) -> String;
+}
+
+#[cfg(test)]
+mod failing_lba_tests {
+    use super::failing_lba;
+
+    #[test]
+    fn the_reported_low_bits_name_a_block_of_the_request_or_are_not_believed() {
+        // Inside the range.
+        assert_eq!(failing_lba(1000, 8, Some(1005)), 1005);
+        // Nothing reported: the first block.
+        assert_eq!(failing_lba(1000, 8, None), 1000);
+        // Bits naming a block outside the request: not believed.
+        assert_eq!(failing_lba(1000, 8, Some(2000)), 1000);
+        assert_eq!(failing_lba(1000, 8, Some(999)), 1000);
+        // High bits come from the request, across a 2^32 boundary too.
+        let first = (7u64 << 32) | 0xFFFF_FFFE;
+        assert_eq!(failing_lba(first, 4, Some(1)), (8u64 << 32) | 1);
+        assert_eq!(
+            failing_lba(first, 4, Some(0xFFFF_FFFF)),
+            (7u64 << 32) | 0xFFFF_FFFF
+        );
+    }
 }

@@ -330,6 +330,7 @@ impl NvmeQueue {
             self.local.push(DeviceCompletion {
                 user_tag: req.user_tag,
                 status: DeviceStatus::Other(u32::from(Status::new(sct::GENERIC, sc::INVALID_OPCODE).0)),
+                failing_lba_low: None,
             });
             self.stats.refused += 1;
             return Ok(());
@@ -474,6 +475,8 @@ impl NvmeQueue {
             out.push(DeviceCompletion {
                 user_tag,
                 status: Status::from_cqe(cqe.status).device_status(),
+                // The CQE has no LBA; the error log page does (error_log.rs), not read per I/O.
+                failing_lba_low: None,
             });
             accepted += 1;
         }

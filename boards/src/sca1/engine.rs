@@ -199,9 +199,15 @@ impl QueueEngine for Sca1Queue {
     fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         let mut raw = std::mem::take(&mut self.reaped);
         let n = Sca1Queue::reap(self, &mut raw);
-        out.extend(raw.drain(..).map(|c| DeviceCompletion {
-            user_tag: c.user_tag,
-            status: device_status(c.status),
+        out.extend(raw.drain(..).map(|c| {
+            let status = device_status(c.status);
+            DeviceCompletion {
+                user_tag: c.user_tag,
+                status,
+                // accelerator.md §4-§5: a medium error's detail is the failing LBA's low bits.
+                failing_lba_low: matches!(status, DeviceStatus::ReadError | DeviceStatus::WriteError)
+                    .then_some(c.detail),
+            }
         }));
         self.reaped = raw;
         n

@@ -572,7 +572,11 @@ impl AccelQueue {
     }
 
     fn device_status(&self, c: &DeviceCompletion, child: Option<&Child>) -> StoreStatus {
-        let lba = child.map_or(0, |c| c.lba);
+        // MEDIUM ERROR's INFORMATION: the failing block where the device says which one.
+        let lba = child.map_or(0, |ch| {
+            let blocks = u64::from(ch.length) / u64::from(self.info.block_size.max(1));
+            scst_accel_boards::engine::failing_lba(ch.lba, blocks, c.failing_lba_low)
+        });
         match c.status {
             DeviceStatus::Ok => StoreStatus::Good,
             DeviceStatus::LbaRange => StoreStatus::OutOfRange,

@@ -200,6 +200,7 @@ fn ok(tag: u64) -> DeviceCompletion {
     DeviceCompletion {
         user_tag: tag,
         status: DeviceStatus::Ok,
+        failing_lba_low: None,
     }
 }
 
