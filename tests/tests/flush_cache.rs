@@ -1,7 +1,7 @@
 //! FLUSH_CACHE as the kernel has it (scst_user.md §3.6): it suspends all of SCST's activity and
 //! waits for every command in flight on any LUN, up to 90 s. The loopback model does the same
-//! (a suspension spans every device of the kernel), and the handler never lets that hold its
-//! teardown past the step's bound.
+//! (a suspension spans every device of the kernel); the handler's teardown does not flush (the
+//! close returns the buffers), and a refused allocation asks for a flush off the workers.
 
 use scst_accel_dma::SgvPool;
 use scst_accel_handler::abi::queue_type;
@@ -91,8 +91,9 @@ fn flush_cache_waits_for_another_luns_command() {
     session.detach();
 }
 
-/// The handler: LUN A's teardown is not held by LUN B's slow command. Its FLUSH_CACHE is given
-/// the step's bound and then left behind; the teardown goes on and ends within its budget.
+/// The handler: LUN A's teardown issues no FLUSH_CACHE (it would suspend every LUN until LUN
+/// B's slow command ends, and hold A's close with it); SCST's close path returns A's buffers.
+/// So A's teardown ends promptly while B holds its command, and B is served afterwards.
 #[test]
 fn a_teardown_is_not_held_by_another_luns_slow_command() {
     let (mut a, _b, held, session) = two_luns();
@@ -104,19 +105,14 @@ fn a_teardown_is_not_held_by_another_luns_slow_command() {
     let started = Instant::now();
     let report = a.frontend.take().expect("frontend").teardown(config);
     let took = started.elapsed();
-    let step = report
-        .teardown
-        .steps
-        .iter()
-        .find(|s| s.name == "return buffers")
-        .expect("return-buffers step");
-    assert!(
-        !step.within_bound,
-        "the flush did not return within its bound: {step:?}"
-    );
     assert!(
         took < Duration::from_secs(5),
         "teardown took {took:?} behind another LUN's command"
+    );
+    assert!(
+        report.teardown.steps.iter().all(|s| s.within_bound),
+        "{:?}",
+        report.teardown.steps
     );
     held.release_all();
     let done = session

@@ -74,6 +74,19 @@ impl CapFlush {
         }
     }
 
+    /// Wait (bounded, polling) until no flush started here is in the kernel; whether none is.
+    pub(crate) fn wait_idle(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while self.running.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // A wait on the kernel: no lock held.
+            scst_accel_hal::locks::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
     /// Flushes started so far.
     pub(crate) fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)

@@ -20,11 +20,14 @@
 //!    it are the leases still outstanding revoked
 //!    ([`LeaseTable::revoke_all`](crate::teardown::LeaseTable::revoke_all)); then the drain and
 //!    the leases are waited for, within what is left of the bound.
-//! 4. **return buffers**: FLUSH_CACHE from this (non-worker) thread, so SCST hands back every
-//!    cached buffer (ON_CACHED_MEM_FREE) while the workers still serve (spec §3.6, §8 pitfall
-//!    13), bounded by [`TeardownConfig::flush`]. Skipped when SCST closed the device, and when
-//!    commands are still unanswered or a worker died: FLUSH_CACHE suspends SCST's activity,
-//!    which waits for every command in flight (up to the kernel's 90 s).
+//! 4. **return buffers**: no FLUSH_CACHE. It would suspend all of SCST's activity, every LUN's,
+//!    until every command in flight anywhere is answered (up to the kernel's 90 s, spec §3.6),
+//!    and while it runs the fd cannot close: a slow command of another handler would hold this
+//!    teardown, and a teardown that left with the flush still in the kernel would leave its own
+//!    commands unanswered for that long. SCST's close path (step 7) unpins every buffer it
+//!    still caches, touching no other LUN. This step counts what came back on its own, and
+//!    waits, with the workers still serving, for a flush a refused allocation had started
+//!    (`cap_flush`), bounded by [`TeardownConfig::flush`].
 //! 5. **leave**: the workers send what is pending and exit (bounded by the stop grace).
 //! 6. **unmap permit** ([`LeaseTable::unmap_guard`](crate::teardown::LeaseTable::unmap_guard)):
 //!    granted only with no device lease outstanding, and returned in
@@ -45,9 +48,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
-/// The return-buffers step ends early when no buffer came back for this long.
-const FLUSH_STALL: Duration = Duration::from_millis(50);
-
 /// Bounds of each teardown step.
 #[derive(Clone, Copy, Debug)]
 pub struct TeardownConfig {
@@ -55,7 +55,8 @@ pub struct TeardownConfig {
     pub drain: Duration,
     /// Step 3: how long the aborts, their answers and the device leases' end may take.
     pub abort: Duration,
-    /// Step 4: how long SCST may take to return cached buffers.
+    /// Step 4: how long a FLUSH_CACHE still in the kernel (started when the buffer cap refused
+    /// an allocation) may take to return while the workers keep serving.
     pub flush: Duration,
 }
 
@@ -77,41 +78,6 @@ pub const NO_WAIT_STEP_BOUND: Duration = Duration::from_secs(1);
 /// still held and unpins every buffer (scst_user.md §5.3); by then the earlier steps have
 /// answered everything the handler could, so the kernel has nothing slow left to wait for.
 pub const CLOSE_STEP_BOUND: Duration = Duration::from_secs(5);
-
-/// FLUSH_CACHE with a bound (spec §3.6): the ioctl suspends all of SCST's activity and waits
-/// for every command in flight on any LUN, up to the kernel's 90 s, so one slow command of
-/// another handler can hold it far past the step's bound. It runs on a thread of its own; if it
-/// has not returned within `bound` the teardown goes on without it (the close returns the
-/// buffers), and the thread, which holds a reference to the fd, ends when the kernel lets the
-/// call return: the fd's close (SCST's release) waits for that, within the kernel's bound.
-/// Returns whether the flush returned within the bound (successfully or not).
-fn flush_cache_bounded(fd: &std::sync::Arc<dyn crate::transport::ScstUserFd>, bound: Duration) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let flusher = std::sync::Arc::clone(fd);
-    let spawned = std::thread::Builder::new()
-        .name("scst_flush_cache".into())
-        .spawn(move || {
-            let _ = tx.send(flusher.flush_cache());
-        });
-    if let Err(e) = spawned {
-        log::warn!("teardown: cannot start a thread for FLUSH_CACHE ({e}); the close returns the buffers");
-        return false;
-    }
-    match scst_accel_hal::locks::recv_timeout(&rx, bound) {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            log::warn!("teardown: FLUSH_CACHE failed: {e}; cached buffers come back when the fd closes");
-            true
-        }
-        Err(_) => {
-            log::warn!(
-                "teardown: FLUSH_CACHE still suspended after {bound:?} (SCST waits for a slow command, \
-                 possibly another LUN's); going on: the close returns the buffers"
-            );
-            false
-        }
-    }
-}
 
 /// One step of the teardown.
 #[derive(Clone, Debug, PartialEq)]
@@ -279,33 +245,21 @@ impl Frontend {
         // 4. Return buffers.
         let step = Instant::now();
         let held_before = shared.buffers.figures().buffers;
-        let unanswered = shared.drain.in_flight();
-        let failed_workers = shared.abort.failed.load(Ordering::Acquire);
         let flushed_ok = if scst_closed {
             log::info!("teardown: SCST closed the device: its close path returns the buffers");
             true
-        } else if unanswered > 0 || failed_workers > 0 {
-            // FLUSH_CACHE suspends SCST's activity, which waits for every command in flight
-            // (up to the kernel's 90 s): with commands we cannot answer it would outlast every
-            // bound. The close returns the buffers instead.
-            log::warn!(
-                "teardown: FLUSH_CACHE skipped: {unanswered} command(s) unanswered, {failed_workers}                  worker(s) failed; the close returns the buffers"
-            );
-            false
-        } else if !flush_cache_bounded(&shared.fd, config.flush) {
-            false
         } else {
-            // Under load SCST keeps re-caching buffers for the commands it is answering BUSY,
-            // so "all returned" may never come while the initiator keeps sending: wait until
-            // they are all back or the returns stop making progress (the close returns the rest).
-            let mut last = (held_before, Instant::now());
-            wait_until(Instant::now() + config.flush, || {
-                let held = shared.buffers.figures().buffers;
-                if held < last.0 {
-                    last = (held, Instant::now());
-                }
-                held == 0 || last.1.elapsed() >= FLUSH_STALL
-            })
+            // Workers leave in the next step: a flush still in the kernel would then wait for
+            // commands nobody answers, and hold the close with it.
+            let idle = shared.cap_flush.wait_idle(config.flush);
+            if !idle {
+                log::error!(
+                    "teardown: a FLUSH_CACHE is still in the kernel after {:?} (SCST waits for a slow \
+                     command, possibly another LUN's); the close follows once the kernel ends it",
+                    config.flush
+                );
+            }
+            idle
         };
         let held_after = shared.buffers.figures().buffers;
         log::info!(
