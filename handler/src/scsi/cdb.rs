@@ -169,6 +169,22 @@ fn layout(cdb_len: usize) -> Layout {
     }
 }
 
+/// The (LBA, count) of a command whose count 0 means "up to the last LBA" (PRE-FETCH,
+/// SYNCHRONIZE CACHE), checked to end inside the disk.
+fn range_to_end(f: &Fields<'_>, cdb_len: usize, geo: &Geometry) -> Result<(u64, u64), Sense> {
+    let l = layout(cdb_len);
+    let (lba, count) = (f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1));
+    let count = if count == 0 {
+        geo.num_blocks.saturating_sub(lba)
+    } else {
+        count
+    };
+    match lba.checked_add(count) {
+        Some(end) if end <= geo.num_blocks => Ok((lba, count)),
+        _ => Err(Sense::lba_out_of_range()),
+    }
+}
+
 /// Decode `cdb` against the table and the disk's geometry.
 pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
     let provisioning = opcodes::Provisioning {
@@ -308,34 +324,17 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
             Command::Verify { blocks, bytchk }
         }
         Op::PreFetch10 | Op::PreFetch16 => {
-            let l = layout(entry.cdb_len());
-            let (lba, count) = (f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1));
             // PREFETCH LENGTH 0 = up to the last LBA (SBC-3 §5.9).
-            let count = if count == 0 {
-                geo.num_blocks.saturating_sub(lba)
-            } else {
-                count
-            };
-            match lba.checked_add(count) {
-                Some(end) if end <= geo.num_blocks && lba < geo.num_blocks => {
-                    Command::PreFetch { lba, count }
-                }
-                _ => return Err(Sense::lba_out_of_range()),
+            let (lba, count) = range_to_end(&f, entry.cdb_len(), geo)?;
+            if lba >= geo.num_blocks {
+                return Err(Sense::lba_out_of_range());
             }
+            Command::PreFetch { lba, count }
         }
         Op::SynchronizeCache10 | Op::SynchronizeCache16 => {
-            let l = layout(entry.cdb_len());
-            let (lba, count) = (f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1));
             // NUMBER OF LOGICAL BLOCKS 0 = up to the last LBA (SBC-3 §5.22).
-            let count = if count == 0 {
-                geo.num_blocks.saturating_sub(lba)
-            } else {
-                count
-            };
-            match lba.checked_add(count) {
-                Some(end) if end <= geo.num_blocks => Command::SynchronizeCache { lba, count },
-                _ => return Err(Sense::lba_out_of_range()),
-            }
+            let (lba, count) = range_to_end(&f, entry.cdb_len(), geo)?;
+            Command::SynchronizeCache { lba, count }
         }
         Op::WriteSame10 | Op::WriteSame16 => {
             check_protect(&f)?;
