@@ -53,7 +53,14 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         max_sgl,
         stop_timeout: Duration::ZERO,
     };
-    let Ok(mut q) = Sca1Queue::create(Arc::clone(&device), iovas, config, None) else {
+    let created = Sca1Queue::create(Arc::clone(&device), iovas, config, None);
+    // Only a ring size the ring cannot have (3, 0 is clamped to 2) may refuse: anything else
+    // means the rig fuzzes nothing.
+    let Ok(mut q) = created else {
+        check!(
+            !entries.clamp(2, 4096).is_power_of_two(),
+            "queue of {entries} entries refused"
+        );
         return Ok(());
     };
     let reg = |r: u64| queue::reg(index, r);
