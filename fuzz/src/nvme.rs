@@ -36,6 +36,10 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 use std::time::Instant;
 
+/// Completions the driver accepted, over every input of the process (the runner prints it:
+/// a harness whose forged completions never land would fuzz nothing).
+pub static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Operations per input.
 const MAX_OPS: usize = 48;
 /// NVMe register offsets (NVMe 1.4 §3.1), written out here rather than taken from the driver.
@@ -47,8 +51,10 @@ const CREATE_IO_CQ: u8 = 0x05;
 /// What the interposer learned and what the fuzzer forces.
 #[derive(Debug, Default)]
 struct State {
-    /// Admin SQ tail seen so far (to read each new admin command once).
+    /// Admin SQ tail read so far (to read each new admin command once).
     admin_tail: u32,
+    /// Admin SQ tail the driver last rang.
+    admin_rung: u32,
     /// I/O CQs created: qid -> (IOVA, entries).
     cqs: HashMap<u16, (u64, u32)>,
     /// Forced register values (reads return these).
@@ -69,10 +75,13 @@ impl Interposer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Read the admin commands the driver just queued, to learn where I/O CQs live.
-    fn snoop_admin(&self, tail: u32) {
+    /// Read the admin commands the driver queued since the last call, to learn where I/O CQs
+    /// live. Called by the target between driver calls: the driver holds its admin lock while
+    /// it rings, and DMA from inside that call would be a blocking call under a lock.
+    fn snoop_admin(&self) {
         let asq = self.inner.bar0().read64(ASQ);
         let mut st = self.state();
+        let tail = st.admin_rung;
         let mut index = st.admin_tail;
         // The admin queue has at most 4096 entries; never loop on a bogus tail.
         for _ in 0..4096 {
@@ -115,7 +124,7 @@ impl RegisterIo for Interposer {
         if offset >= DOORBELLS && (offset - DOORBELLS).is_multiple_of(8) {
             let qid = (offset - DOORBELLS) / 8;
             if qid == 0 {
-                self.snoop_admin(value);
+                self.state().admin_rung = value;
             } else if self.hostile.load(Ordering::Relaxed) {
                 return;
             }
@@ -162,7 +171,10 @@ impl DeviceBacking for Interposer {
     }
 
     fn reset(&self) -> std::result::Result<ResetKind, HalError> {
-        self.state().admin_tail = 0;
+        let mut st = self.state();
+        st.admin_tail = 0;
+        st.admin_rung = 0;
+        drop(st);
         self.inner.reset()
     }
 }
@@ -213,6 +225,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         if u.is_empty() {
             break;
         }
+        device.snoop_admin();
         let cq = device.state().cqs.get(&qid).copied();
         if cq != cq_seen {
             cq_seen = cq;
@@ -312,6 +325,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             7 => {
                 out.clear();
                 let n = q.reap(&mut out);
+                ACCEPTED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 check!(n == out.len(), "reap said {n}, returned {}", out.len());
                 for c in &out {
                     check!(

@@ -31,6 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+/// Completions the driver accepted, over every input of the process (the runner prints it:
+/// a harness whose forged completions never land would fuzz nothing).
+pub static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Operations per input.
 const MAX_OPS: usize = 64;
 
@@ -166,6 +170,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             7 => {
                 out.clear();
                 let n = q.reap(&mut out);
+                ACCEPTED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 check!(n == out.len(), "reap said {n}, returned {}", out.len());
                 for c in &out {
                     let Some(length) = in_flight.remove(&c.user_tag) else {

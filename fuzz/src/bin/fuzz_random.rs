@@ -49,6 +49,17 @@ fn main() -> ExitCode {
             }));
             let crashed = result.is_err();
             println!("{name} executions={executions} crashes={}", u8::from(crashed));
+            let accepted = match name.as_str() {
+                "sca1" => Some(&scst_accel_fuzz::sca1::ACCEPTED),
+                "nvme" => Some(&scst_accel_fuzz::nvme::ACCEPTED),
+                _ => None,
+            };
+            if let Some(a) = accepted {
+                println!(
+                    "{name}: forged completions the driver accepted: {}",
+                    a.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
             if crashed {
                 if let Some(dir) = crash_dir {
                     let path = dir.join(format!("{name}-seed{seed}-crash"));
