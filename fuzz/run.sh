@@ -42,9 +42,9 @@ if [[ $mode == afl ]]; then
   # The instrumented build has its own target dir: AFL's flags would invalidate the normal one.
   build_start=$(date +%s)
   cargo afl build --release --locked -p scst-accel-fuzz --features afl --target-dir target/afl
-  cargo build --release --locked -p scst-accel-fuzz --bin fuzz_random
   echo "fuzz: instrumented build took $(($(date +%s) - build_start))s"
-  replayer=target/release/fuzz_random
+  # Built with the AFL binaries; outside afl-fuzz it runs as a plain program.
+  replayer=target/afl/release/fuzz_random
 else
   echo "== fuzz: STRUCTURED RANDOM MODE, NO COVERAGE GUIDANCE (AFL++ is not installed here:"
   echo "   run fuzz/install-afl.sh for the coverage-guided campaign), ${seconds}s per target: $targets"
