@@ -3,8 +3,10 @@
 //!
 //! Invariants beyond "no panic":
 //! - a refused file has at least one error; every error has a message and a hint;
-//! - every error's line, when it has one, is a line of the text (1..=lines, or one past the
-//!   last line for an error at the end of the file);
+//! - every error carries a line, except the two that have none: a file without any `[[disk]]`
+//!   (a whole-file problem) and a TOML syntax error the TOML parser gave no position;
+//! - every error's line is a line of the text (1..=lines, or one past the last line for an
+//!   error at the end of the file);
 //! - errors are in line order, errors without a line last;
 //! - the result does not depend on the origin name.
 
@@ -24,6 +26,12 @@ pub fn target(data: &[u8]) {
     let mut last = Some(0usize);
     for e in &errors.errors {
         check!(!e.message.is_empty() && !e.hint.is_empty(), "{e:?}\n{text}");
+        check!(
+            e.line.is_some()
+                || e.message.starts_with("no [[disk]]")
+                || e.message.starts_with("TOML syntax error"),
+            "an error without a line: {e:?}\n{text}"
+        );
         if let Some(line) = e.line {
             check!(
                 (1..=lines).contains(&line),

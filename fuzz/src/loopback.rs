@@ -273,7 +273,11 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 "{} bytes of data-in, expected {limit}",
                 c.data_in.len()
             );
-            check!(c.sense.len() <= 252, "{} bytes of sense", c.sense.len());
+            check!(
+                c.sense.len() <= abi::SCST_SENSE_BUFFERSIZE,
+                "{} bytes of sense",
+                c.sense.len()
+            );
         }
     };
     for _ in 0..MAX_OPS {
