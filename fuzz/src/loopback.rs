@@ -316,6 +316,40 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 };
                 let _ = session.task_mgmt(function, tag);
             }
+            9 if u.ratio(1, 3)? => {
+                // SET_OPTIONS: mostly valid values, sometimes not. Only with nothing in flight:
+                // like SCST, the model suspends the device and waits (up to 90 s) for commands
+                // in flight to finish, which this single thread would never do.
+                drain(&mut done, &submitted, &expected_in);
+                if done.len() != submitted.len() {
+                    continue;
+                }
+                let small = |u: &mut Unstructured<'_>, max: u8| -> Result<u8> {
+                    Ok(if u.ratio(7, 8)? {
+                        u.int_in_range(0..=max)?
+                    } else {
+                        u.arbitrary()?
+                    })
+                };
+                let opt = Opt {
+                    parse_type: small(u, 2)?,
+                    on_free_cmd_type: small(u, 1)?,
+                    memory_reuse_type: small(u, 3)?,
+                    partial_transfers_type: small(u, 1)?,
+                    partial_len: u.arbitrary()?,
+                    tst: small(u, 1)?,
+                    tmf_only: small(u, 1)?,
+                    queue_alg: small(u, 1)?,
+                    qerr: small(u, 3)?,
+                    tas: small(u, 1)?,
+                    swp: small(u, 1)?,
+                    d_sense: small(u, 1)?,
+                    has_own_order_mgmt: small(u, 1)?,
+                    ext_copy_remap_supported: small(u, 1)?,
+                    ..Default::default()
+                };
+                let _ = fd.set_options(&opt);
+            }
             _ => drain(&mut done, &submitted, &expected_in),
         }
     }
