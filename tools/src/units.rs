@@ -44,10 +44,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("unknown duration unit in {text:?}; use ms, s, m or h")),
     };
-    if !seconds.is_finite() || seconds < 0.0 {
+    // `Duration::from_secs_f64` panics past u64::MAX seconds (found by fuzzing the
+    // configuration parser: `command_timeout = "77777777777777777777777777777777s"`).
+    if seconds < 0.0 {
         return Err(format!("duration {text:?} out of range"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration {text:?} out of range"))
 }
 
 #[cfg(test)]
@@ -70,5 +72,22 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    /// Past `u64::MAX` seconds (or infinite) is an error, not a panic (fuzz target `config`).
+    #[test]
+    fn huge_durations_are_out_of_range_not_a_panic() {
+        for text in [
+            "77777777777777777777777777777777s",
+            "18446744073709551616",
+            "99999999999999999999h",
+        ] {
+            let e = parse_duration(text).expect_err(text);
+            assert!(e.contains("out of range"), "{text}: {e}");
+        }
+        assert_eq!(
+            parse_duration("9007199254740992"),
+            Ok(Duration::from_secs(1 << 53))
+        );
     }
 }

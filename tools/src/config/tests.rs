@@ -337,6 +337,13 @@ fn bad_durations_are_reported() {
         Some(4),
         "bad `command_timeout`",
     );
+    // Past u64::MAX seconds: an error on its line, not a panic (found by the fuzz target
+    // `config`; the input is fuzz/corpus/config/crash-huge-duration).
+    assert_one(
+        &disk_with("command_timeout = \"77777777777777777777777777777777s\"\n"),
+        Some(4),
+        "out of range",
+    );
     assert_one(
         &disk_with("command_timeout = \"0s\"\n"),
         Some(4),
