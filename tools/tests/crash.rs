@@ -11,13 +11,16 @@
 //! cycles in a row take the file store's `auto` I/O engine (io_uring where the kernel offers
 //! it), the next four `threads`, so both engines are killed with writes in flight.
 
+mod common;
+
+use common::scratch;
+use common::LoopDevice;
 use scst_accel::crash;
 use scst_accel_handler::workload::stamp::Rng;
 use std::io::BufRead;
 use std::io::BufReader;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
@@ -29,14 +32,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A directory of its own under cargo's scratch directory.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
 }
 
 /// The writer, killed and reaped when dropped (a failing assertion must not leave it running).
@@ -108,7 +103,7 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
     let cycles = env_u64("SCST_ACCEL_CRASH_CYCLES", 100);
     let budget = Duration::from_secs(env_u64("SCST_ACCEL_CRASH_SECONDS", 90));
     let mut rng = Rng::new(env_u64("SCST_ACCEL_CRASH_SEED", 2026));
-    let dir = scratch("sigkill");
+    let dir = scratch("crash", "sigkill");
     let started = Instant::now();
     let (mut done, mut buffered_cycles, mut checked) = (0u64, 0u64, 0u64);
     let mut durable_writes = [0u64; 2];
@@ -162,52 +157,13 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Root, from /proc (no FFI for a test).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    })
-}
-
-/// A loop device of `sector_size`-byte blocks over a new file of the image's size in `dir`,
-/// detached on drop (a failing assertion included).
-struct LoopDevice(PathBuf);
-
-impl LoopDevice {
-    fn new(dir: &Path, sector_size: usize) -> Result<Self, String> {
-        if !is_root() {
-            return Err("not root (losetup needs it)".into());
-        }
-        let backing = dir.join(format!("backing-{sector_size}.img"));
-        std::fs::File::create(&backing)
-            .and_then(|f| f.set_len(8 << 20))
-            .map_err(|e| format!("backing file: {e}"))?;
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--sector-size", &sector_size.to_string()])
-            .arg(&backing)
-            .output()
-            .map_err(|e| format!("cannot run losetup: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "losetup: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let lo = Self(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        if !lo.0.exists() {
-            return Err(format!("{} attached but has no device node here", lo.0.display()));
-        }
-        Ok(lo)
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
+/// A loop device of `sector_size`-byte blocks over a new file of the image's size in `dir`.
+fn loop_device(dir: &Path, sector_size: usize) -> Result<LoopDevice, String> {
+    let backing = dir.join(format!("backing-{sector_size}.img"));
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(8 << 20))
+        .map_err(|e| format!("backing file: {e}"))?;
+    LoopDevice::attach(&backing, Some(sector_size))
 }
 
 /// The same on a block device (`--board blockdev` on loop devices of 512 B and 4 KiB sectors):
@@ -220,8 +176,8 @@ fn sigkill_on_a_block_device_never_loses_an_acknowledged_write() {
     let cycles = env_u64("SCST_ACCEL_CRASH_BLOCKDEV_CYCLES", 30);
     let budget = Duration::from_secs(env_u64("SCST_ACCEL_CRASH_BLOCKDEV_SECONDS", 40));
     let mut rng = Rng::new(env_u64("SCST_ACCEL_CRASH_SEED", 2026));
-    let dir = scratch("blockdev");
-    let devices = match (LoopDevice::new(&dir, 512), LoopDevice::new(&dir, 4096)) {
+    let dir = scratch("crash", "blockdev");
+    let devices = match (loop_device(&dir, 512), loop_device(&dir, 4096)) {
         (Ok(a), Ok(b)) => [a, b],
         (Err(reason), _) | (_, Err(reason)) => {
             scst_accel_hal::skip::test_skipped(name, &reason);

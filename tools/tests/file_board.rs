@@ -2,38 +2,11 @@
 //! engine over the same image (the later runs find the file and its data), and `check-config`
 //! on file disks.
 
+mod common;
+
+use common::scratch;
+use common::scst_accel;
 use std::path::Path;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
-use std::time::Instant;
-
-/// A directory of its own under cargo's scratch directory for integration tests.
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("file_board-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn scst_accel(args: &[&str]) -> (Option<i32>, String, String) {
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
-        .args(args)
-        .output()
-        .expect("run scst-accel");
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "took {:?}",
-        started.elapsed()
-    );
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A healthy demo over `image` with I/O engine `engine`; returns the engine it reports.
 fn demo_passes(image: &Path, engine: &str) -> String {
@@ -71,7 +44,7 @@ fn demo_passes(image: &Path, engine: &str) -> String {
 
 #[test]
 fn demo_on_a_file_passes_with_each_io_engine_over_the_same_image() {
-    let dir = scratch("demo");
+    let dir = scratch("file_board", "demo");
     let image = dir.join("disk.img");
     let auto = demo_passes(&image, "auto");
     assert_eq!(std::fs::metadata(&image).expect("created").len(), 16 << 20);
@@ -125,7 +98,7 @@ fn demo_on_a_file_passes_with_each_io_engine_over_the_same_image() {
 
 #[test]
 fn check_config_accepts_a_file_disk_and_refuses_one_without_path() {
-    let dir = scratch("config");
+    let dir = scratch("file_board", "config");
     let image = dir.join("disk0.img");
     let valid = dir.join("valid.toml");
     std::fs::write(

@@ -4,38 +4,15 @@
 //! block corrupted or misplaced between the runs fails the run and is named. Also: a second
 //! handler on a held image is refused.
 
+mod common;
+
+use common::scratch;
+use common::scst_accel;
+use common::LoopDevice;
 use std::path::Path;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
-
-/// A directory of its own under cargo's scratch directory for integration tests.
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("persistence-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn scst_accel(args: &[&str]) -> (Option<i32>, String, String) {
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
-        .args(args)
-        .output()
-        .expect("run scst-accel");
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "took {:?}",
-        started.elapsed()
-    );
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// 16 MiB of 512-byte blocks.
 const BLOCKS: u64 = 32768;
@@ -130,7 +107,7 @@ fn demo_reports_corruption(board: &str, medium: &Path) {
 /// a misplaced block fail the third.
 #[test]
 fn a_second_demo_on_a_file_verifies_the_first_runs_stamps() {
-    let dir = scratch("file");
+    let dir = scratch("persistence", "file");
     let image = dir.join("disk.img");
     let first = demo_passes("file", &image);
     assert_eq!(
@@ -144,60 +121,16 @@ fn a_second_demo_on_a_file_verifies_the_first_runs_stamps() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Root, from /proc (no FFI for a test).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    })
-}
-
-/// A loop device over a file of the scratch directory, detached on drop (a failing assertion
-/// included).
-struct LoopDevice(PathBuf);
-
-impl LoopDevice {
-    fn new(backing: &Path) -> Result<Self, String> {
-        if !is_root() {
-            return Err("not root (losetup needs it)".into());
-        }
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(backing)
-            .output()
-            .map_err(|e| format!("cannot run losetup: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "losetup: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let lo = Self(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        if !lo.0.exists() {
-            return Err(format!("{} attached but has no device node here", lo.0.display()));
-        }
-        Ok(lo)
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 /// The same on a block device: two demos on a loop device, the second verifying the first's
 /// stamps; then a corrupted block is reported.
 #[test]
 fn demo_on_a_block_device_verifies_the_previous_run() {
-    let dir = scratch("blockdev");
+    let dir = scratch("persistence", "blockdev");
     let backing = dir.join("backing.img");
     std::fs::File::create(&backing)
         .and_then(|f| f.set_len(16 << 20))
         .expect("backing file");
-    let lo = match LoopDevice::new(&backing) {
+    let lo = match LoopDevice::attach(&backing, None) {
         Ok(lo) => lo,
         Err(reason) => {
             scst_accel_hal::skip::test_skipped("demo_on_a_block_device_verifies_the_previous_run", &reason);
@@ -219,7 +152,7 @@ fn demo_on_a_block_device_verifies_the_previous_run() {
 /// to find the holder.
 #[test]
 fn a_held_image_is_refused() {
-    let dir = scratch("lock");
+    let dir = scratch("persistence", "lock");
     let image = dir.join("disk.img");
     std::fs::File::create(&image)
         .and_then(|f| f.set_len(16 << 20))
@@ -275,7 +208,7 @@ fn a_held_image_is_refused() {
 /// persists) reports no check.
 #[test]
 fn demo_config_checks_the_file_disks_medium() {
-    let dir = scratch("democonfig");
+    let dir = scratch("persistence", "democonfig");
     let image = dir.join("f.img");
     let config = dir.join("disks.toml");
     std::fs::write(
