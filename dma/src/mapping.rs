@@ -11,6 +11,8 @@ use crate::IovaAllocator;
 use crate::HUGE_PAGE_SIZE;
 use crate::PAGE_SIZE;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::levels::Root;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
 use scst_accel_hal::DmaMapper;
@@ -20,12 +22,19 @@ use std::sync::Arc;
 /// shared by the domain's rings and SGV pool: `Arc<IovaLock>`.
 pub type IovaLock = OrderedMutex<IovaAllocator, levels::DmaIova>;
 
-/// Lock the IOVA allocator. A leaf in practice: held for one alloc or free, never across the
-/// map or unmap it brackets. Poisoning is recovered by the lock: the allocator's state is
-/// consistent after any panic (no multi-step update a panic could interrupt in a way that
-/// matters more than a leak), and teardown must never panic.
-pub(crate) fn lock_iovas(iovas: &IovaLock) -> OrderedMutexGuard<'_, IovaAllocator, levels::DmaIova> {
-    iovas.lock_unchecked_at_runtime()
+/// Lock the IOVA allocator. A leaf: held for one alloc or free, never across the map or unmap
+/// it brackets, so the token is the root's (every caller is about to make, or has just made,
+/// a map or unmap ioctl, which must run with no lock held). Poisoning is recovered by the
+/// lock: the allocator's state is consistent after any panic (no multi-step update a panic
+/// could interrupt in a way that matters more than a leak), and teardown must never panic.
+pub(crate) fn lock_iovas<'a>(
+    iovas: &'a IovaLock,
+    token: &'a mut LockToken<'_, Root>,
+) -> (
+    OrderedMutexGuard<'a, IovaAllocator, levels::DmaIova>,
+    LockToken<'a, levels::DmaIova>,
+) {
+    iovas.lock(token)
 }
 
 /// A region mapped on a device. Unmapped by [`MappedRegion::unmap`] or, as a safety net, on
@@ -66,14 +75,17 @@ impl MappedRegion {
         } else {
             PAGE_SIZE
         } as u64;
-        let iova = lock_iovas(&iovas)
+        // The map ioctl below is a blocking call: this thread must hold no lock (asserted).
+        let mut token = LockToken::root();
+        let iova = lock_iovas(&iovas, &mut token)
+            .0
             .alloc(len, align)
             .ok_or(DmaError::IovaExhausted { len, align })?;
         // SAFETY: `region` is anonymous memory of this process that `Self` owns from here on:
         // it stays mapped until the IOMMU mapping is removed (unmap/drop below unmap first and
         // leak the region if that fails), and it is only accessed by copies and atomics.
         if let Err(source) = unsafe { mapper.map(iova, region.addr(), len) } {
-            lock_iovas(&iovas).free(iova, len);
+            lock_iovas(&iovas, &mut token).0.free(iova, len);
             return Err(DmaError::Map { iova, len, source });
         }
         log::debug!(
@@ -136,9 +148,11 @@ impl MappedRegion {
     /// both (the device may still reach the memory, and the IOVA may still be mapped).
     fn release(&self, region: DmaRegion) -> Result<DmaRegion, scst_accel_hal::HalError> {
         let len = region.len() as u64;
+        // The unmap is a blocking call: this thread must hold no lock (asserted).
+        let mut token = LockToken::root();
         match self.mapper.unmap(self.iova, len) {
             Ok(()) => {
-                lock_iovas(&self.iovas).free(self.iova, len);
+                lock_iovas(&self.iovas, &mut token).0.free(self.iova, len);
                 Ok(region)
             }
             Err(e) => {
@@ -189,7 +203,7 @@ mod tests {
         let region = m.unmap().expect("unmap");
         assert_eq!(region.addr(), host);
         assert_eq!(mapper.live(), vec![]);
-        assert_eq!(lock_iovas(&iovas).allocated(), 0);
+        assert_eq!(lock_iovas(&iovas, &mut LockToken::root()).0.allocated(), 0);
         assert_eq!(mapper.counts(), (1, 1, 0));
     }
 
@@ -212,7 +226,7 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(mapper.counts(), (2, 2, 0));
-        assert_eq!(lock_iovas(&iovas).allocated(), 0);
+        assert_eq!(lock_iovas(&iovas, &mut LockToken::root()).0.allocated(), 0);
     }
 
     #[test]
@@ -230,7 +244,7 @@ mod tests {
             std::error::Error::source(&err).is_some(),
             "HalError kept as source"
         );
-        assert_eq!(lock_iovas(&iovas).allocated(), 0);
+        assert_eq!(lock_iovas(&iovas, &mut LockToken::root()).0.allocated(), 0);
     }
 
     #[test]
@@ -263,7 +277,7 @@ mod tests {
         let err = m.unmap().expect_err("unmap fails");
         assert!(matches!(err, DmaError::Unmap { .. }));
         assert_eq!(
-            lock_iovas(&iovas).allocated(),
+            lock_iovas(&iovas, &mut LockToken::root()).0.allocated(),
             PAGE_SIZE as u64,
             "IOVA not reused"
         );

@@ -39,6 +39,10 @@ pub use buffer::DmaBuffer;
 
 use crate::mapping::IovaLock;
 use crate::PAGE_SIZE;
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
+use scst_accel_hal::locks::OrderedMutexGuard;
 use scst_accel_hal::DmaMapper;
 use shared::Shared;
 use std::sync::atomic::Ordering;
@@ -137,20 +141,25 @@ impl SgvPool {
     /// otherwise made and mapped. `None` at once when the cap would be passed even after
     /// evicting idle buffers (`refused`), or when memory, IOVA space or the IOMMU says no
     /// (`failures`, logged): answer the command BUSY / TASK SET FULL.
-    pub fn get(&self, len: usize) -> Option<DmaBuffer> {
+    ///
+    /// `token` is the root's: a miss maps the new buffer (a VFIO ioctl, a blocking call), so
+    /// the caller must hold no lock, and the compiler sees to it (a token borrowed by a guard
+    /// cannot be passed).
+    pub fn get(&self, token: &mut LockToken<'_, levels::Root>, len: usize) -> Option<DmaBuffer> {
         let (class, size) = class_for(len);
         if class != UNCACHED_CLASS {
-            if let Some(slot) = Shared::take_cached(&self.shared, class) {
+            if let Some(slot) = Shared::take_cached(&self.shared, token, class) {
                 self.shared.counters.reuses.fetch_add(1, Ordering::Relaxed);
                 return Some(DmaBuffer::new(slot, self.shared.clone()));
             }
         }
-        let slot = self.shared.allocate(class, size)?;
+        let slot = self.shared.allocate(token, class, size)?;
         Some(DmaBuffer::new(slot, self.shared.clone()))
     }
 
-    /// Return `buffer` for reuse (the same as dropping it). A buffer from another pool is
-    /// counted in `foreign_puts`, logged at debug, and returned to its own pool.
+    /// Return `buffer` for reuse (the same as dropping it: it is queued without a lock and
+    /// placed in this thread's stash by the next call with a token). A buffer from another pool
+    /// is counted in `foreign_puts`, logged at debug, and returned to its own pool.
     pub fn put(&self, buffer: DmaBuffer) {
         if !Arc::ptr_eq(buffer.pool(), &self.shared) {
             self.shared.counters.foreign_puts.fetch_add(1, Ordering::Relaxed);
@@ -166,9 +175,22 @@ impl SgvPool {
 
     /// Unmap and free every cached (idle) buffer, on every thread. Buffers in use are not
     /// touched. Returns how many were released. Call it outside command-path locks: it makes
-    /// one unmap ioctl per buffer.
-    pub fn flush(&self) -> usize {
-        self.shared.flush()
+    /// one unmap ioctl per buffer (hence the root token).
+    pub fn flush(&self, token: &mut LockToken<'_, levels::Root>) -> usize {
+        self.shared.flush(token)
+    }
+
+    /// The idle buffers per class on the shared lists, under the pool's lock (level
+    /// `sgv.pool`), with the token for what may still be taken while it is held: only locks
+    /// after the pool's in docs/locking.md. The command table, the lease table and every other
+    /// handler lock come before it, so reaching one of them from here (SCST's cleanup did:
+    /// `scst_user.md §5.5`) does not compile. For diagnostics; hold it briefly.
+    pub fn idle_lists<'a, M: LockBefore<levels::SgvPool>>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+    ) -> (IdleLists<'a>, LockToken<'a, levels::SgvPool>) {
+        let (lists, under_pool) = self.shared.lock_free_lists(token);
+        (IdleLists { lists }, under_pool)
     }
 
     /// Hand this thread's idle buffers for this pool back now (to the shared lists, or
@@ -176,7 +198,9 @@ impl SgvPool {
     /// pool calls it last: thread-local destructors run after `thread::scope`'s implicit join
     /// and after `JoinHandle::is_finished` says true, so their timing is nothing to build on.
     /// Returns whether this thread had a stash for the pool.
-    pub fn return_thread_stash(&self) -> bool {
+    /// `token` is the root's: the hand-back may unmap (a closed pool).
+    pub fn return_thread_stash(&self, token: &mut LockToken<'_, levels::Root>) -> bool {
+        let _ = token;
         stash::return_local_stash(&self.shared)
     }
 
@@ -191,8 +215,10 @@ impl SgvPool {
     /// [`PoolShutdownError`] when buffers are still in use: they stay mapped (a device may
     /// still reach them) until they are returned.
     pub fn shutdown(self) -> Result<PoolStats, PoolShutdownError> {
+        // Unmaps: a blocking call, so no lock may be held (asserted by the root token).
+        let mut token = LockToken::root();
         self.shared.close();
-        let mut released = self.shared.flush();
+        let mut released = self.shared.flush(&mut token);
         // A thread that was handing its stash back when the pool closed releases those buffers
         // itself (it sees `closed`); wait for it so that "shut down" means "unmapped".
         let stalled = self.shared.wait_for_orphans(ORPHAN_WAIT);
@@ -203,7 +229,7 @@ impl SgvPool {
                 self.shared.id
             );
         }
-        released += self.shared.flush();
+        released += self.shared.flush(&mut token);
         let stats = self.shared.stats();
         log::info!(
             "SGV pool {} shut down: {released} cached buffers released, {} in use, {} bytes still mapped",
@@ -224,8 +250,28 @@ impl SgvPool {
 
 impl Drop for SgvPool {
     fn drop(&mut self) {
-        // Safety net when shutdown was skipped: the same close and flush.
+        // Safety net when shutdown was skipped: the same close and flush (unmaps: the thread
+        // dropping the pool must hold no lock, which the root token asserts).
         self.shared.close();
-        self.shared.flush();
+        self.shared.flush(&mut LockToken::root());
+    }
+}
+
+/// A view of the pool's shared free lists while their lock is held ([`SgvPool::idle_lists`]).
+pub struct IdleLists<'a> {
+    lists: OrderedMutexGuard<'a, shared::Lists, levels::SgvPool>,
+}
+
+impl IdleLists<'_> {
+    /// Idle buffers of size class `class` (order 0..=10) on the shared lists.
+    pub fn idle(&self, class: usize) -> usize {
+        self.lists.0.get(class).map_or(0, Vec::len)
+    }
+}
+
+impl std::fmt::Debug for IdleLists<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: Vec<usize> = (0..SGV_CLASSES).map(|c| self.idle(c)).collect();
+        f.debug_struct("IdleLists").field("idle", &idle).finish()
     }
 }

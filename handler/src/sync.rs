@@ -15,6 +15,8 @@
 use std::time::Duration;
 
 #[cfg(not(loom))]
+pub(crate) use std::sync::atomic::AtomicBool;
+#[cfg(not(loom))]
 pub(crate) use std::sync::atomic::AtomicU64;
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::Ordering;
@@ -28,6 +30,8 @@ pub(crate) use std::sync::Mutex;
 pub(crate) use std::sync::MutexGuard;
 
 #[cfg(loom)]
+pub(crate) use loom::sync::atomic::AtomicBool;
+#[cfg(loom)]
 pub(crate) use loom::sync::atomic::AtomicU64;
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::Ordering;
@@ -39,6 +43,105 @@ pub(crate) use loom::sync::Condvar;
 pub(crate) use loom::sync::Mutex;
 #[cfg(loom)]
 pub(crate) use loom::sync::MutexGuard;
+
+/// A mutex with a level in the lock hierarchy (docs/locking.md), taken with a [`LockToken`]
+/// like every command-path lock: hal's `OrderedMutex` in a normal build (checked by the
+/// compiler and at run time, counted in the lock statistics), loom's mutex behind the same
+/// token API in the model-checking build (checked by the compiler only; loom explores the
+/// interleavings).
+///
+/// [`LockToken`]: scst_accel_hal::locks::LockToken
+#[cfg(not(loom))]
+pub(crate) type LevelMutex<T, L> = scst_accel_hal::locks::OrderedMutex<T, L>;
+/// The guard of a [`LevelMutex`].
+#[cfg(not(loom))]
+pub(crate) type LevelGuard<'a, T, L> = scst_accel_hal::locks::OrderedMutexGuard<'a, T, L>;
+/// A condition variable waited on with a [`LevelGuard`].
+#[cfg(not(loom))]
+pub(crate) type LevelCondvar = scst_accel_hal::locks::OrderedCondvar;
+
+#[cfg(loom)]
+pub(crate) use level_loom::LevelCondvar;
+#[cfg(loom)]
+pub(crate) use level_loom::LevelGuard;
+#[cfg(loom)]
+pub(crate) use level_loom::LevelMutex;
+
+#[cfg(loom)]
+mod level_loom {
+    use scst_accel_hal::locks::LockBefore;
+    use scst_accel_hal::locks::LockLevel;
+    use scst_accel_hal::locks::LockToken;
+    use std::marker::PhantomData;
+
+    pub(crate) struct LevelGuard<'a, T, L> {
+        pub(crate) inner: loom::sync::MutexGuard<'a, T>,
+        pub(crate) _level: PhantomData<fn() -> L>,
+    }
+
+    impl<T, L> std::ops::Deref for LevelGuard<'_, T, L> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.inner
+        }
+    }
+
+    impl<T, L> std::ops::DerefMut for LevelGuard<'_, T, L> {
+        fn deref_mut(&mut self) -> &mut T {
+            &mut self.inner
+        }
+    }
+
+    pub(crate) type LevelCondvar = loom::sync::Condvar;
+
+    pub(crate) struct LevelMutex<T, L> {
+        inner: loom::sync::Mutex<T>,
+        _level: PhantomData<fn() -> L>,
+    }
+
+    impl<T, L: LockLevel> LevelMutex<T, L> {
+        pub(crate) fn new(value: T) -> Self {
+            Self {
+                inner: loom::sync::Mutex::new(value),
+                _level: PhantomData,
+            }
+        }
+
+        pub(crate) fn lock<'a, M: LockBefore<L>>(
+            &'a self,
+            token: &'a mut LockToken<'_, M>,
+        ) -> (LevelGuard<'a, T, L>, LockToken<'a, L>) {
+            let inner = super::lock(&self.inner, L::NAME);
+            (
+                LevelGuard {
+                    inner,
+                    _level: PhantomData,
+                },
+                token.for_foreign_lock::<L>(),
+            )
+        }
+    }
+}
+
+/// Waits on `condvar` with a [`LevelMutex`]'s guard for at most `timeout` (loom: until woken).
+pub(crate) fn wait_level<'a, T, L: scst_accel_hal::locks::LockLevel>(
+    condvar: &LevelCondvar,
+    guard: LevelGuard<'a, T, L>,
+    timeout: Duration,
+) -> LevelGuard<'a, T, L> {
+    #[cfg(not(loom))]
+    {
+        condvar.wait_timeout(guard, timeout).0
+    }
+    #[cfg(loom)]
+    {
+        let level_loom::LevelGuard { inner, _level } = guard;
+        level_loom::LevelGuard {
+            inner: wait_timeout(condvar, inner, timeout, L::NAME),
+            _level,
+        }
+    }
+}
 
 /// Locks `mutex`, recovering the data if a previous holder panicked.
 ///

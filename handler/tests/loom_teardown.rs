@@ -16,10 +16,18 @@ use loom::sync::atomic::Ordering;
 use loom::sync::mpsc;
 use loom::sync::Arc;
 use loom::thread;
+use scst_accel_hal::locks::levels::Root;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_handler::teardown::Drain;
 use scst_accel_handler::teardown::InFlightOwned;
 use scst_accel_handler::teardown::LeaseTable;
 use scst_accel_handler::teardown::Remaining;
+
+/// A model thread's lock token: it holds no lock (the table's lock is loom's here, taken
+/// through the same token API as in the product).
+fn t() -> LockToken<'static, Root> {
+    LockToken::root()
+}
 
 /// Longer than any model runs: only a wake-up ends such a wait under loom.
 const LONG: Duration = Duration::from_secs(3600);
@@ -150,7 +158,7 @@ impl Drop for Buf {
         // The only lease in the model is on this buffer. `outstanding()` takes the table's lock:
         // were the payload dropped under it, loom would report the self-deadlock.
         assert_eq!(
-            self.table.outstanding(),
+            self.table.outstanding(&mut t()),
             0,
             "buffer returned to the pool while leased to the device"
         );
@@ -171,11 +179,11 @@ fn revoke_races_late_completion() {
             table: Arc::clone(&table),
             returns: Arc::clone(&returns),
         });
-        let lease = table.grant(1, Arc::clone(&buf)).expect("no permit");
+        let lease = table.grant(&mut t(), 1, Arc::clone(&buf)).expect("no permit");
         let cmd_table_ref = buf;
 
         let completion = thread::spawn(move || {
-            let payload = lease.release();
+            let payload = lease.release(&mut t());
             let ended_it = payload.is_some();
             drop(payload);
             drop(cmd_table_ref);
@@ -184,11 +192,15 @@ fn revoke_races_late_completion() {
         let teardown = {
             let table = Arc::clone(&table);
             thread::spawn(move || {
-                let revoked = table.revoke_all();
+                let revoked = table.revoke_all(&mut t());
                 let count = revoked.len();
                 drop(revoked);
-                if let Some(permit) = table.unmap_guard() {
-                    assert_eq!(table.outstanding(), 0, "unmap permitted with a lease alive");
+                if let Some(permit) = table.unmap_guard(&mut t()) {
+                    assert_eq!(
+                        table.outstanding(&mut t()),
+                        0,
+                        "unmap permitted with a lease alive"
+                    );
                     drop(permit);
                 }
                 count
@@ -203,13 +215,13 @@ fn revoke_races_late_completion() {
             1,
             "the buffer returned to the pool exactly once"
         );
-        let stats = table.stats();
+        let stats = table.stats(&mut t());
         assert_eq!((stats.released, stats.revoked), (released as u64, revoked as u64));
         assert_eq!(
             stats.late_releases, revoked as u64,
             "a revoked lease's release is a no-op"
         );
-        assert_eq!(table.outstanding(), 0);
+        assert_eq!(table.outstanding(&mut t()), 0);
     });
 }
 
@@ -223,13 +235,13 @@ fn unmap_guard_excludes_grant() {
         let submitter = {
             let table = Arc::clone(&table);
             let unmapping = Arc::clone(&unmapping);
-            thread::spawn(move || match table.grant(7, ()) {
+            thread::spawn(move || match table.grant(&mut t(), 7, ()) {
                 Ok(lease) => {
                     assert!(
                         !unmapping.load(Ordering::SeqCst),
                         "a lease lives during the unmap"
                     );
-                    assert!(lease.release().is_some());
+                    assert!(lease.release(&mut t()).is_some());
                     true
                 }
                 Err(refused) => {
@@ -239,18 +251,18 @@ fn unmap_guard_excludes_grant() {
             })
         };
 
-        if let Some(permit) = table.unmap_guard() {
+        if let Some(permit) = table.unmap_guard(&mut t()) {
             unmapping.store(true, Ordering::SeqCst);
-            assert_eq!(table.outstanding(), 0);
+            assert_eq!(table.outstanding(&mut t()), 0);
             unmapping.store(false, Ordering::SeqCst);
             drop(permit);
         }
 
         let granted = submitter.join().expect("submitter");
-        let stats = table.stats();
+        let stats = table.stats(&mut t());
         assert_eq!(stats.granted, u64::from(granted));
         assert_eq!(stats.refused, u64::from(!granted));
-        assert_eq!(table.outstanding(), 0);
+        assert_eq!(table.outstanding(&mut t()), 0);
     });
 }
 
@@ -260,18 +272,18 @@ fn unmap_guard_excludes_grant() {
 fn wait_released_is_woken() {
     loom::model(|| {
         let table = Arc::new(LeaseTable::<()>::new());
-        let lease = table.grant(1, ()).expect("no permit");
-        let completion = thread::spawn(move || lease.release().is_some());
+        let lease = table.grant(&mut t(), 1, ()).expect("no permit");
+        let completion = thread::spawn(move || lease.release(&mut t()).is_some());
 
-        match table.wait_released(Duration::ZERO) {
+        match table.wait_released(&mut t(), Duration::ZERO) {
             Ok(()) => {}
             Err(e) => assert_eq!(e.outstanding, 1),
         }
         table
-            .wait_released(LONG)
+            .wait_released(&mut t(), LONG)
             .expect("the completion's release wakes the waiter");
         assert!(
-            table.unmap_guard().is_some(),
+            table.unmap_guard(&mut t()).is_some(),
             "nothing outstanding after wait_released"
         );
         assert!(completion.join().expect("completion"));

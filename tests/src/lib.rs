@@ -249,7 +249,9 @@ impl GatedStore {
         let held: Vec<_> = std::mem::take(&mut *self.gate.held.lock().expect("gate"));
         let n = held.len();
         for (req, queue) in held {
-            let status = self.ram.execute(&req);
+            let status = self
+                .ram
+                .execute(&mut scst_accel_handler::store::StoreToken::root(), &req);
             queue
                 .done
                 .lock()
@@ -306,7 +308,11 @@ struct GatedQueue {
 }
 
 impl StoreQueue for GatedQueue {
-    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+    fn submit(
+        &mut self,
+        _token: &mut scst_accel_handler::store::StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
         let mut held = self.gate.held.lock().expect("gate");
         for req in batch.drain(..) {
             self.in_flight += 1;

@@ -675,7 +675,11 @@ impl Store for PanickingStore {
 }
 
 impl StoreQueue for PanickingQueue {
-    fn submit(&mut self, _batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+    fn submit(
+        &mut self,
+        _token: &mut scst_accel_handler::store::StoreToken<'_>,
+        _batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
         panic!("test: a store bug");
     }
     fn reap(&mut self, _out: &mut Vec<StoreCompletion>) -> usize {

@@ -18,13 +18,17 @@ use scst_accel_handler::store::StoreOp;
 use scst_accel_handler::store::StoreQueue;
 use scst_accel_handler::store::StoreRequest;
 use scst_accel_handler::store::StoreStatus;
+use scst_accel_handler::store::StoreToken;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
 fn complete(q: &mut dyn StoreQueue, tag: u64, op: StoreOp, buffer: Option<IoBuffer>) -> StoreStatus {
-    q.submit(&mut vec![StoreRequest { tag, op, buffer }])
-        .expect("submit");
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest { tag, op, buffer }],
+    )
+    .expect("submit");
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut out: Vec<StoreCompletion> = Vec::new();
     while out.is_empty() && Instant::now() < deadline {
@@ -59,7 +63,12 @@ fn every_store_operation_works_on_the_nvme_engine_write_same_included() {
         let bs = block_size as usize;
         let blocks = 300u32; // more than one WRITE SAME chunk (64 blocks)
         let len = blocks as usize * bs;
-        let buf = |len| IoBuffer::new(CmdBuffer::allocate(&pool, len).expect("buffer"), len);
+        let buf = |len| {
+            IoBuffer::new(
+                CmdBuffer::allocate(&mut StoreToken::root(), &pool, len).expect("buffer"),
+                len,
+            )
+        };
 
         // WRITE SAME: one pattern block over 300 blocks.
         let pattern: Vec<u8> = (0..bs).map(|i| (i % 251) as u8).collect();

@@ -504,10 +504,11 @@ struct GatedQueue {
 impl scst_accel_handler::store::StoreQueue for GatedQueue {
     fn submit(
         &mut self,
+        token: &mut scst_accel_handler::store::StoreToken<'_>,
         batch: &mut Vec<scst_accel_handler::store::StoreRequest>,
     ) -> Result<(), scst_accel_handler::store::StoreError> {
         self.gate.pass();
-        self.inner.submit(batch)
+        self.inner.submit(token, batch)
     }
 
     fn reap(&mut self, out: &mut Vec<scst_accel_handler::store::StoreCompletion>) -> usize {

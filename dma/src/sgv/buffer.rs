@@ -13,14 +13,16 @@ use std::sync::Arc;
 ///
 /// ```compile_fail,E0382
 /// let pool = scst_accel_dma::SgvPool::new(None, None, 1 << 20);
-/// let Some(buffer) = pool.get(4096) else { return };
+/// let mut token = scst_accel_hal::locks::LockToken::root();
+/// let Some(buffer) = pool.get(&mut token, 4096) else { return };
 /// pool.put(buffer);
 /// pool.put(buffer); // error[E0382]: use of moved value
 /// ```
 ///
 /// ```
 /// let pool = scst_accel_dma::SgvPool::new(None, None, 1 << 20);
-/// let Some(buffer) = pool.get(4096) else { return };
+/// let mut token = scst_accel_hal::locks::LockToken::root();
+/// let Some(buffer) = pool.get(&mut token, 4096) else { return };
 /// buffer.pages().write_at(0, b"data");
 /// pool.put(buffer);
 /// assert_eq!(pool.stats().cached, 1);

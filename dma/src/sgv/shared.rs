@@ -12,12 +12,14 @@ use crate::mapping::lock_iovas;
 use crate::mapping::IovaLock;
 use crate::PageBuffer;
 use crate::PAGE_SIZE;
+use crossbeam_channel::Receiver;
+use crossbeam_channel::Sender;
 use scst_accel_hal::locks::levels;
-use scst_accel_hal::locks::Level;
-use scst_accel_hal::locks::LockLevel;
+use scst_accel_hal::locks::levels::Root;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
-use scst_accel_hal::locks::OrderedMutexGuard;
 use scst_accel_hal::DmaMapper;
+use std::sync::atomic::fence;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -78,14 +80,14 @@ pub(super) struct Counters {
     leaked: AtomicU64,
 }
 
-/// Lock a pool mutex. The pool's locks never nest (each critical section takes one, with no
-/// other checked lock of the pool's held) and are taken from `Drop` paths where no token can be
-/// threaded, so they rely on the runtime check. Nothing panics while holding one, and every
-/// critical section leaves its lists consistent, so poisoning is recovered by the lock.
-fn lock<T, L: LockLevel>(m: &OrderedMutex<T, L>) -> OrderedMutexGuard<'_, T, L> {
-    debug_assert!(L::LEVEL > levels::CmdTable::LEVEL);
-    m.lock_unchecked_at_runtime()
-}
+/// The token every pool operation takes: a thread holding no checked lock at all ([`Root`]).
+///
+/// Any pool operation may map or unmap a buffer (a VFIO ioctl: a blocking call, docs/locking.md
+/// rule 2), so none may run under any lock; the type says so. Inside, the pool's locks are taken
+/// one at a time from this token (they never nest), each checked by the compiler against the
+/// order. Nothing panics while holding one, and every critical section leaves its lists
+/// consistent, so poisoning is recovered by the lock.
+pub(super) type PoolToken<'a> = LockToken<'a, Root>;
 
 pub(super) struct Shared {
     pub(super) id: u64,
@@ -99,6 +101,10 @@ pub(super) struct Shared {
     free: OrderedMutex<Lists, levels::SgvPool>,
     /// Level `sgv.stashes`.
     stashes: OrderedMutex<Vec<StashRef>, levels::SgvStashes>,
+    /// Buffers dropped since the last drain: a `Drop` cannot be given a token, so it takes no
+    /// lock; it queues the buffer here (lock-free), and the next pool call with a token (a get,
+    /// a flush, an eviction) moves it to a stash or the shared lists. Counted as cached.
+    returned: (Sender<Slot>, Receiver<Slot>),
     /// Stashes being moved to the shared lists by [`Shared::adopt_orphan`] right now.
     orphans_in_transit: AtomicU64,
     pub(super) counters: Counters,
@@ -144,6 +150,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             free: OrderedMutex::default(),
             stashes: OrderedMutex::default(),
+            returned: crossbeam_channel::unbounded(),
             orphans_in_transit: AtomicU64::new(0),
             counters: Counters::default(),
         })
@@ -179,28 +186,50 @@ impl Shared {
         self.counters.cached_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    pub(super) fn register_stash(&self, stash: StashRef) {
-        lock(&self.stashes).push(stash);
+    /// The shared free lists' lock, taken from any token before it (for [`super::IdleLists`]).
+    pub(super) fn lock_free_lists<'a, M: scst_accel_hal::locks::LockBefore<levels::SgvPool>>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+    ) -> (
+        scst_accel_hal::locks::OrderedMutexGuard<'a, Lists, levels::SgvPool>,
+        LockToken<'a, levels::SgvPool>,
+    ) {
+        self.free.lock(token)
     }
 
-    /// An idle buffer of `class`: this thread's stash first, then the shared list.
-    pub(super) fn take_cached(this: &Arc<Self>, class: u8) -> Option<Slot> {
+    pub(super) fn register_stash(&self, token: &mut PoolToken<'_>, stash: StashRef) {
+        self.stashes.lock(token).0.push(stash);
+    }
+
+    /// An idle buffer of `class`: this thread's stash first, then the shared list. Buffers
+    /// dropped since the last call are put in place first.
+    pub(super) fn take_cached(this: &Arc<Self>, token: &mut PoolToken<'_>, class: u8) -> Option<Slot> {
+        Self::place_returned(this, token);
         let index = usize::from(class);
         let from_stash = if stash_limit(class) > 0 {
-            local_stash(this).and_then(|stash| lock(&stash).0[index].pop())
+            local_stash(this, token).and_then(|stash| stash.lock(token).0 .0[index].pop())
         } else {
             None
         };
-        let slot = from_stash.or_else(|| lock(&this.free).0[index].pop())?;
+        let slot = from_stash.or_else(|| this.free.lock(token).0 .0[index].pop())?;
         this.note_uncached(1, slot.bytes());
         Some(slot)
     }
 
+    /// Move the buffers dropped since the last drain into this thread's stash (spilling to the
+    /// shared lists) or, for a closed pool, release them.
+    pub(super) fn place_returned(this: &Arc<Self>, token: &mut PoolToken<'_>) {
+        while let Ok(slot) = this.returned.1.try_recv() {
+            this.note_uncached(1, slot.bytes());
+            Self::cache(this, token, slot);
+        }
+    }
+
     /// Make (and map) a new buffer of `size` bytes, within the cap.
-    pub(super) fn allocate(&self, class: u8, size: usize) -> Option<Slot> {
+    pub(super) fn allocate(&self, token: &mut PoolToken<'_>, class: u8, size: usize) -> Option<Slot> {
         let bytes = size as u64;
         if !self.reserve(bytes) {
-            self.reclaim(bytes);
+            self.reclaim(token, bytes);
             if !self.reserve(bytes) {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 log::debug!(
@@ -218,7 +247,7 @@ impl Shared {
                 return self.allocation_failed(bytes);
             }
         };
-        let Some(iova) = self.map(&pages) else {
+        let Some(iova) = self.map(token, &pages) else {
             return self.allocation_failed(bytes);
         };
         self.counters.allocations.fetch_add(1, Ordering::Relaxed);
@@ -233,21 +262,23 @@ impl Shared {
 
     /// Map a new buffer: `Some(None)` for host-only, `Some(Some(iova))` when mapped, `None`
     /// (logged) when no IOVA is free or the IOMMU refused.
-    fn map(&self, pages: &Arc<PageBuffer>) -> Option<Option<u64>> {
+    fn map(&self, token: &mut PoolToken<'_>, pages: &Arc<PageBuffer>) -> Option<Option<u64>> {
         let len = pages.len() as u64;
         let (mapper, iova) = match &self.placement {
             Placement::HostOnly => return Some(None),
-            Placement::Window { mapper, iovas } => match lock_iovas(iovas).alloc(len, PAGE_SIZE as u64) {
-                Some(iova) => (mapper, iova),
-                None => {
-                    log::warn!(
-                        "SGV pool {}: no free IOVA range for a {len}-byte buffer (flush the pool or \
+            Placement::Window { mapper, iovas } => {
+                match lock_iovas(iovas, token).0.alloc(len, PAGE_SIZE as u64) {
+                    Some(iova) => (mapper, iova),
+                    None => {
+                        log::warn!(
+                            "SGV pool {}: no free IOVA range for a {len}-byte buffer (flush the pool or \
                          enlarge the IOVA window)",
-                        self.id
-                    );
-                    return None;
+                            self.id
+                        );
+                        return None;
+                    }
                 }
-            },
+            }
             Placement::Identity { mapper } => (mapper, pages.addr()),
         };
         // SAFETY: `pages` is anonymous memory of this process, accessed only by copies. The
@@ -261,7 +292,7 @@ impl Shared {
             Err(e) => {
                 log::warn!("SGV pool {}: cannot map a {len}-byte buffer: {e}", self.id);
                 if let Placement::Window { iovas, .. } = &self.placement {
-                    lock_iovas(iovas).free(iova, len);
+                    lock_iovas(iovas, token).0.free(iova, len);
                 }
                 None
             }
@@ -278,7 +309,7 @@ impl Shared {
 
     /// Evict idle buffers (largest classes first, shared lists before stashes) until `bytes`
     /// more fit under the cap, or nothing idle is left.
-    fn reclaim(&self, bytes: u64) {
+    fn reclaim(&self, token: &mut PoolToken<'_>, bytes: u64) {
         let need = (self.held.load(Ordering::Relaxed).saturating_add(bytes)).saturating_sub(self.max_bytes);
         let mut victims = Vec::new();
         let mut got = 0u64;
@@ -291,11 +322,21 @@ impl Shared {
                 }
             }
         };
-        evict(&mut lock(&self.free), &mut victims, &mut got);
+        // Dropped buffers first: they are idle and in no list yet.
+        while got < need {
+            let Ok(slot) = self.returned.1.try_recv() else {
+                break;
+            };
+            got += slot.bytes();
+            victims.push(slot);
+        }
         if got < need {
-            let stashes = lock(&self.stashes).clone();
+            evict(&mut self.free.lock(token).0, &mut victims, &mut got);
+        }
+        if got < need {
+            let stashes = self.stashes.lock(token).0.clone();
             for stash in stashes {
-                evict(&mut lock(&stash), &mut victims, &mut got);
+                evict(&mut stash.lock(token).0, &mut victims, &mut got);
             }
         }
         if victims.is_empty() {
@@ -308,13 +349,13 @@ impl Shared {
             victims.len()
         );
         for slot in victims {
-            self.release(slot);
+            self.release(token, slot);
         }
     }
 
     /// Unmap (if mapped), return the IOVA and free the memory. On an unmap failure the memory
     /// and the IOVA are leaked (the device may still reach them) and `false` is returned.
-    fn release(&self, slot: Slot) -> bool {
+    fn release(&self, token: &mut PoolToken<'_>, slot: Slot) -> bool {
         let bytes = slot.bytes();
         if let (Some(iova), Some(mapper)) = (slot.iova, self.mapper()) {
             if let Err(e) = mapper.unmap(iova, bytes) {
@@ -328,7 +369,7 @@ impl Shared {
                 return false;
             }
             if let Placement::Window { iovas, .. } = &self.placement {
-                lock_iovas(iovas).free(iova, bytes);
+                lock_iovas(iovas, token).0.free(iova, bytes);
             }
             self.counters.mapped_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -336,29 +377,67 @@ impl Shared {
         true
     }
 
-    /// A buffer comes back (put or drop): into this thread's stash, else the shared lists;
-    /// released at once when uncached or when the pool is closed.
+    /// A buffer comes back (put or drop). `Drop` has no token, so this takes no lock: a cached
+    /// buffer is queued for the next pool call with a token ([`Shared::place_returned`]); an
+    /// uncached one, or any buffer of a closed pool, is released at once (an unmap: a blocking
+    /// call, so the thread must hold no lock, which [`LockToken::root`] asserts).
     pub(super) fn give_back(this: &Arc<Self>, slot: Slot) {
         let bytes = slot.bytes();
         this.counters.in_use.fetch_sub(1, Ordering::Relaxed);
         this.counters.in_use_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if slot.class == UNCACHED_CLASS || this.is_closed() {
-            this.release(slot);
+            this.release(&mut LockToken::root(), slot);
+            return;
+        }
+        this.note_cached(1, bytes);
+        if this.returned.0.send(slot).is_err() {
+            // The receiver lives in `this`: unreachable while `this` exists.
+            log::error!("SGV pool {}: return queue closed", this.id);
+            return;
+        }
+        // A close racing this return: `close` stores `closed` then drains the queue; here the
+        // queue was written, then `closed` is read. With a SeqCst fence on each side, either the
+        // close's drain sees this buffer or this read sees `closed` and drains it: never left
+        // mapped in a closed pool.
+        fence(Ordering::SeqCst);
+        if this.is_closed() {
+            this.release_returned(&mut LockToken::root());
+        }
+    }
+
+    /// Release every queued returned buffer (closed pool, flush).
+    fn release_returned(&self, token: &mut PoolToken<'_>) -> usize {
+        let mut released = 0;
+        while let Ok(slot) = self.returned.1.try_recv() {
+            self.note_uncached(1, slot.bytes());
+            if self.release(token, slot) {
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Keep an idle buffer: into this thread's stash, spilling half past the stash's limit,
+    /// else the shared lists; released when uncached or when the pool is closed.
+    fn cache(this: &Arc<Self>, token: &mut PoolToken<'_>, slot: Slot) {
+        let bytes = slot.bytes();
+        if slot.class == UNCACHED_CLASS || this.is_closed() {
+            this.release(token, slot);
             return;
         }
         let limit = stash_limit(slot.class);
-        let stash = if limit > 0 { local_stash(this) } else { None };
+        let stash = if limit > 0 { local_stash(this, token) } else { None };
         let Some(stash) = stash else {
             this.note_cached(1, bytes);
-            this.to_shared_lists(vec![slot]);
+            this.to_shared_lists(token, vec![slot]);
             return;
         };
-        let mut lists = lock(&stash);
+        let (mut lists, _) = stash.lock(token);
         // Checked under the stash lock: `flush` after `close` locks every stash, so a buffer
         // either lands before that drain or sees `closed` here. Never stranded while mapped.
         if this.is_closed() {
             drop(lists);
-            this.release(slot);
+            this.release(token, slot);
             return;
         }
         let list = &mut lists.0[usize::from(slot.class)];
@@ -371,21 +450,21 @@ impl Shared {
             Vec::new()
         };
         drop(lists);
-        this.to_shared_lists(spill);
+        this.to_shared_lists(token, spill);
     }
 
     /// Move cached slots to the shared lists (released instead if the pool is closed).
-    fn to_shared_lists(&self, slots: Vec<Slot>) {
+    fn to_shared_lists(&self, token: &mut PoolToken<'_>, slots: Vec<Slot>) {
         if slots.is_empty() {
             return;
         }
-        let mut free = lock(&self.free);
+        let (mut free, _) = self.free.lock(token);
         if self.is_closed() {
             drop(free);
             let bytes = slots.iter().map(Slot::bytes).sum();
             self.note_uncached(slots.len() as u64, bytes);
             for slot in slots {
-                self.release(slot);
+                self.release(token, slot);
             }
             return;
         }
@@ -401,16 +480,16 @@ impl Shared {
     /// drain cannot see them. They are counted in `orphans_in_transit` from *under the stash
     /// lock*: a drain that then locks this stash (or clones a registry without it) is ordered
     /// after the increment, and `shutdown` waits for the count to fall to zero.
-    pub(super) fn adopt_orphan(&self, stash: &StashRef) {
+    pub(super) fn adopt_orphan(&self, token: &mut PoolToken<'_>, stash: &StashRef) {
         let slots = {
-            let mut lists = lock(stash);
+            let (mut lists, _) = stash.lock(token);
             self.orphans_in_transit.fetch_add(1, Ordering::SeqCst);
             lists.take_all()
         };
         #[cfg(test)]
         tests_hook::pause_if_armed(self.id);
-        lock(&self.stashes).retain(|s| !Arc::ptr_eq(s, stash));
-        self.to_shared_lists(slots);
+        self.stashes.lock(token).0.retain(|s| !Arc::ptr_eq(s, stash));
+        self.to_shared_lists(token, slots);
         self.orphans_in_transit.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -428,24 +507,26 @@ impl Shared {
     }
 
     /// Take every idle buffer out of every stash and the shared lists.
-    fn drain_all(&self) -> Vec<Slot> {
-        let stashes = lock(&self.stashes).clone();
-        let mut slots = Vec::new();
+    fn drain_all(&self, token: &mut PoolToken<'_>) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = self.returned.1.try_iter().collect();
+        let stashes = self.stashes.lock(token).0.clone();
         for stash in stashes {
-            slots.append(&mut lock(&stash).take_all());
+            slots.append(&mut stash.lock(token).0.take_all());
         }
-        slots.append(&mut lock(&self.free).take_all());
+        slots.append(&mut self.free.lock(token).0.take_all());
         let bytes = slots.iter().map(Slot::bytes).sum();
         self.note_uncached(slots.len() as u64, bytes);
         slots
     }
 
-    pub(super) fn flush(&self) -> usize {
-        let slots = self.drain_all();
+    pub(super) fn flush(&self, token: &mut PoolToken<'_>) -> usize {
+        // A close is ordered before this drain (see `give_back`).
+        fence(Ordering::SeqCst);
+        let slots = self.drain_all(token);
         let count = slots.len();
         let released = slots
             .into_iter()
-            .map(|slot| self.release(slot))
+            .map(|slot| self.release(token, slot))
             .filter(|&ok| ok)
             .count();
         if count > 0 {
@@ -476,8 +557,10 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         // Last reference gone: the pool and every buffer. Nothing should be cached (the pool's
-        // drop flushed), but never leave memory mapped behind.
-        let released = self.flush();
+        // drop flushed), but never leave memory mapped behind. The flush unmaps (a blocking
+        // call), so the thread dropping the last reference must hold no lock: the root token
+        // asserts it.
+        let released = self.flush(&mut LockToken::root());
         if released > 0 {
             log::debug!("SGV pool {}: released {released} buffers at final drop", self.id);
         }

@@ -14,9 +14,11 @@
 //! cannot leave a buffer mapped after `shutdown` returned.
 
 use super::shared::Lists;
+use super::shared::PoolToken;
 use super::shared::Shared;
 use crate::PAGE_SIZE;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -45,9 +47,13 @@ struct LocalStash {
 
 impl Drop for LocalStash {
     fn drop(&mut self) {
-        // The thread is exiting (or the entry is pruned): its idle buffers go back to the pool.
+        // The thread is exiting (its thread-local destructor), or handing the stash back
+        // (`return_local_stash`), or the entry is pruned: its idle buffers go back to the pool.
+        // No token reaches a destructor, so the chain starts here: a thread-local destructor
+        // runs after the thread's closure returned (no guard can be alive), and the explicit
+        // paths are pool calls made with no lock held; the root token asserts it.
         if let Some(shared) = self.owner.upgrade() {
-            shared.adopt_orphan(&self.lists);
+            shared.adopt_orphan(&mut LockToken::root(), &self.lists);
         }
     }
 }
@@ -58,7 +64,7 @@ thread_local! {
 
 /// This thread's stash for `shared`, made and registered on first use. `None` while the
 /// thread's locals are being torn down (the caller then uses the shared lists).
-pub(super) fn local_stash(shared: &Arc<Shared>) -> Option<StashRef> {
+pub(super) fn local_stash(shared: &Arc<Shared>, token: &mut PoolToken<'_>) -> Option<StashRef> {
     LOCAL
         .try_with(|cell| {
             let mut stashes = cell.try_borrow_mut().ok()?;
@@ -68,7 +74,7 @@ pub(super) fn local_stash(shared: &Arc<Shared>) -> Option<StashRef> {
             // Forget stashes of pools that are gone (they were drained when the pool died).
             stashes.retain(|s| s.owner.strong_count() > 0);
             let lists = StashRef::default();
-            shared.register_stash(lists.clone());
+            shared.register_stash(token, lists.clone());
             stashes.push(LocalStash {
                 pool_id: shared.id,
                 owner: Arc::downgrade(shared),

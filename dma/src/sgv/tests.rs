@@ -4,6 +4,7 @@ use super::*;
 use crate::mapping::IovaLock;
 use crate::test_mapper::LedgerMapper;
 use crate::IovaAllocator;
+use scst_accel_hal::locks::LockToken;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -29,7 +30,12 @@ fn assert_clean(mapper: &LedgerMapper, iovas: &IovaLock) {
     let (maps, unmaps, bad) = mapper.counts();
     assert_eq!(bad, 0, "an unmap matched no live mapping");
     assert_eq!(maps, unmaps);
-    assert_eq!(crate::mapping::lock_iovas(iovas).allocated(), 0);
+    assert_eq!(
+        crate::mapping::lock_iovas(iovas, &mut LockToken::root())
+            .0
+            .allocated(),
+        0
+    );
 }
 
 impl Fixture {
@@ -62,7 +68,7 @@ fn requests_round_up_to_scst_size_classes() {
         (MAX_CACHED_LEN, 10, MAX_CACHED_LEN),
         (MAX_CACHED_LEN + 1, UNCACHED_CLASS, MAX_CACHED_LEN + K4),
     ] {
-        let b = f.pool.get(len).expect("buffer");
+        let b = f.pool.get(&mut LockToken::root(), len).expect("buffer");
         assert_eq!((b.class(), b.len()), (class, size), "request of {len} bytes");
         assert_eq!(b.addr() % K4 as u64, 0);
         let iova = b.iova().expect("mapped");
@@ -75,12 +81,12 @@ fn requests_round_up_to_scst_size_classes() {
 #[test]
 fn returned_buffers_are_reused_without_remapping() {
     let f = fixture(1 << 30);
-    let b = f.pool.get(10_000).expect("b");
+    let b = f.pool.get(&mut LockToken::root(), 10_000).expect("b");
     let (addr, iova) = (b.addr(), b.iova());
     b.pages().write_at(0, b"kept");
     f.pool.put(b);
     assert_eq!(f.pool.stats().cached, 1);
-    let again = f.pool.get(16_384).expect("same class");
+    let again = f.pool.get(&mut LockToken::root(), 16_384).expect("same class");
     assert_eq!((again.addr(), again.iova()), (addr, iova));
     let s = f.pool.stats();
     assert_eq!((s.allocations, s.reuses, s.in_use, s.cached), (1, 1, 1, 0));
@@ -96,7 +102,11 @@ fn never_hands_out_a_buffer_twice() {
     let mut held = Vec::new();
     for round in 0..3 {
         for i in 0..40 {
-            held.push(f.pool.get((i % 5 + 1) * 3000).expect("buffer"));
+            held.push(
+                f.pool
+                    .get(&mut LockToken::root(), (i % 5 + 1) * 3000)
+                    .expect("buffer"),
+            );
         }
         let mut ranges: Vec<(u64, u64)> = held
             .iter()
@@ -127,20 +137,28 @@ fn never_hands_out_a_buffer_twice() {
 #[test]
 fn cap_refuses_at_once_and_evicts_idle_buffers_first() {
     let f = fixture(16 * K4 as u64);
-    let mut held: Vec<DmaBuffer> = (0..16).map(|_| f.pool.get(K4).expect("under cap")).collect();
-    assert!(f.pool.get(1).is_none(), "cap reached: refused, not waited for");
+    let mut held: Vec<DmaBuffer> = (0..16)
+        .map(|_| f.pool.get(&mut LockToken::root(), K4).expect("under cap"))
+        .collect();
+    assert!(
+        f.pool.get(&mut LockToken::root(), 1).is_none(),
+        "cap reached: refused, not waited for"
+    );
     assert_eq!(f.pool.stats().refused, 1);
     // Return them all: 64 KiB idle. A 64 KiB request evicts them instead of being refused.
     for b in held.drain(..) {
         f.pool.put(b);
     }
     assert_eq!(f.pool.stats().cached_bytes, 16 * K4 as u64);
-    let big = f.pool.get(16 * K4).expect("fits after eviction");
+    let big = f
+        .pool
+        .get(&mut LockToken::root(), 16 * K4)
+        .expect("fits after eviction");
     let s = f.pool.stats();
     assert_eq!((s.cached, s.in_use_bytes, s.refused), (0, 16 * K4 as u64, 1));
     assert_eq!(s.mapped_bytes, 16 * K4 as u64, "evicted buffers were unmapped");
     assert!(
-        f.pool.get(K4).is_none(),
+        f.pool.get(&mut LockToken::root(), K4).is_none(),
         "nothing idle to evict while the big one is out"
     );
     drop(big);
@@ -150,13 +168,13 @@ fn cap_refuses_at_once_and_evicts_idle_buffers_first() {
 #[test]
 fn flush_releases_idle_buffers_only() {
     let f = fixture(1 << 30);
-    let keep = f.pool.get(8 * K4).expect("keep");
+    let keep = f.pool.get(&mut LockToken::root(), 8 * K4).expect("keep");
     for len in [K4, 2 * K4, 1 << 20, 4 << 20] {
-        let b = f.pool.get(len).expect("b");
+        let b = f.pool.get(&mut LockToken::root(), len).expect("b");
         f.pool.put(b);
     }
     assert_eq!(f.pool.stats().cached, 4);
-    assert_eq!(f.pool.flush(), 4);
+    assert_eq!(f.pool.flush(&mut LockToken::root()), 4);
     let s = f.pool.stats();
     assert_eq!((s.cached, s.cached_bytes, s.in_use), (0, 0, 1));
     assert_eq!(s.mapped_bytes, 8 * K4 as u64);
@@ -166,7 +184,7 @@ fn flush_releases_idle_buffers_only() {
         "the counter agrees with the IOMMU"
     );
     assert_eq!(f.mapper.live().len(), 1);
-    assert_eq!(f.pool.flush(), 0);
+    assert_eq!(f.pool.flush(&mut LockToken::root()), 0);
     f.pool.put(keep);
     f.shutdown_clean();
 }
@@ -174,8 +192,8 @@ fn flush_releases_idle_buffers_only() {
 #[test]
 fn shutdown_with_buffers_in_use_is_refused_and_keeps_them_mapped() {
     let f = fixture(1 << 30);
-    let out = f.pool.get(3 * K4).expect("out");
-    let idle = f.pool.get(K4).expect("idle");
+    let out = f.pool.get(&mut LockToken::root(), 3 * K4).expect("out");
+    let idle = f.pool.get(&mut LockToken::root(), K4).expect("idle");
     f.pool.put(idle);
     let Fixture { mapper, iovas, pool } = f;
     let err = pool.shutdown().expect_err("a buffer is still out");
@@ -195,7 +213,7 @@ fn shutdown_with_buffers_in_use_is_refused_and_keeps_them_mapped() {
 fn a_foreign_buffer_is_counted_and_goes_home() {
     let a = fixture(1 << 30);
     let b = fixture(1 << 30);
-    let buf = a.pool.get(K4).expect("from a");
+    let buf = a.pool.get(&mut LockToken::root(), K4).expect("from a");
     b.pool.put(buf);
     assert_eq!(b.pool.stats().foreign_puts, 1);
     assert_eq!(b.pool.stats().cached, 0, "b's lists untouched");
@@ -208,7 +226,7 @@ fn a_foreign_buffer_is_counted_and_goes_home() {
 #[test]
 fn large_requests_are_exact_and_never_cached() {
     let f = fixture(1 << 30);
-    let b = f.pool.get(5 << 20).expect("large");
+    let b = f.pool.get(&mut LockToken::root(), 5 << 20).expect("large");
     assert_eq!((b.class(), b.len()), (UNCACHED_CLASS, 5 << 20));
     f.pool.put(b);
     let s = f.pool.stats();
@@ -219,14 +237,14 @@ fn large_requests_are_exact_and_never_cached() {
 #[test]
 fn host_only_and_iova_as_va_pools() {
     let host = SgvPool::new(None, None, 1 << 20);
-    let b = host.get(K4).expect("host buffer");
+    let b = host.get(&mut LockToken::root(), K4).expect("host buffer");
     assert_eq!(b.iova(), None);
     drop(b);
     assert_eq!(host.shutdown().expect("clean").mapped_bytes, 0);
 
     let mapper = Arc::new(LedgerMapper::default());
     let identity = SgvPool::new(Some(mapper.clone()), None, 1 << 20);
-    let b = identity.get(K4).expect("identity buffer");
+    let b = identity.get(&mut LockToken::root(), K4).expect("identity buffer");
     assert_eq!(b.iova(), Some(b.addr()));
     drop(b);
     identity.shutdown().expect("clean");
@@ -237,18 +255,23 @@ fn host_only_and_iova_as_va_pools() {
 fn map_failures_and_iova_exhaustion_fail_fast() {
     let f = fixture(1 << 30);
     f.mapper.fail_maps.store(true, Ordering::Relaxed);
-    assert!(f.pool.get(K4).is_none());
+    assert!(f.pool.get(&mut LockToken::root(), K4).is_none());
     f.mapper.fail_maps.store(false, Ordering::Relaxed);
     let s = f.pool.stats();
     assert_eq!((s.failures, s.in_use, s.allocations), (1, 0, 0));
-    assert!(f.pool.get(K4).is_some(), "the reservation was given back");
+    assert!(
+        f.pool.get(&mut LockToken::root(), K4).is_some(),
+        "the reservation was given back"
+    );
     f.shutdown_clean();
 
     let mapper = Arc::new(LedgerMapper::default());
     let iovas = Arc::new(IovaLock::new(IovaAllocator::new(0x1000, 2 * K4 as u64)));
     let pool = SgvPool::new(Some(mapper.clone()), Some(iovas.clone()), 1 << 30);
-    let a = pool.get(2 * K4).expect("fills the window");
-    assert!(pool.get(K4).is_none(), "no IOVA left");
+    let a = pool
+        .get(&mut LockToken::root(), 2 * K4)
+        .expect("fills the window");
+    assert!(pool.get(&mut LockToken::root(), K4).is_none(), "no IOVA left");
     assert_eq!(pool.stats().failures, 1);
     drop(a);
     pool.shutdown().expect("clean");
@@ -258,10 +281,10 @@ fn map_failures_and_iova_exhaustion_fail_fast() {
 #[test]
 fn failed_unmaps_leak_instead_of_freeing_mapped_memory() {
     let f = fixture(1 << 30);
-    let b = f.pool.get(K4).expect("b");
+    let b = f.pool.get(&mut LockToken::root(), K4).expect("b");
     f.pool.put(b);
     f.mapper.fail_unmaps.store(true, Ordering::Relaxed);
-    assert_eq!(f.pool.flush(), 0);
+    assert_eq!(f.pool.flush(&mut LockToken::root()), 0);
     let s = f.pool.stats();
     assert_eq!((s.leaked, s.cached, s.mapped_bytes), (1, 0, K4 as u64));
     assert_eq!(f.mapper.live().len(), 1, "still mapped, so its memory was kept");
@@ -273,7 +296,7 @@ fn an_exiting_thread_returns_its_stash() {
     let pool = &f.pool;
     let addr = std::thread::scope(|s| {
         s.spawn(|| {
-            let b = pool.get(K4).expect("b");
+            let b = pool.get(&mut LockToken::root(), K4).expect("b");
             let addr = b.addr();
             pool.put(b);
             addr
@@ -282,7 +305,10 @@ fn an_exiting_thread_returns_its_stash() {
         .expect("thread")
     });
     assert_eq!(f.pool.stats().cached, 1);
-    let b = f.pool.get(K4).expect("reused from the shared list");
+    let b = f
+        .pool
+        .get(&mut LockToken::root(), K4)
+        .expect("reused from the shared list");
     assert_eq!(b.addr(), addr);
     assert_eq!(f.pool.stats().reuses, 1);
     drop(b);
@@ -299,7 +325,9 @@ fn stash_spills_to_the_shared_lists_and_flush_reaches_other_threads() {
         // Joined explicitly below: an implicit scope join returns before the thread's
         // thread-local destructors (its stash) have run (rust-lang/rust#116237).
         let worker = s.spawn(move || {
-            let held: Vec<DmaBuffer> = (0..40).map(|_| pool.get(K4).expect("b")).collect();
+            let held: Vec<DmaBuffer> = (0..40)
+                .map(|_| pool.get(&mut LockToken::root(), K4).expect("b"))
+                .collect();
             drop(held); // 40 returns: the stash keeps at most 16, the rest spill.
             ready_tx.send(()).expect("send");
             // Stay alive (stash still owned by this thread) until the main thread has flushed.
@@ -309,7 +337,11 @@ fn stash_spills_to_the_shared_lists_and_flush_reaches_other_threads() {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("worker ready");
         assert_eq!(pool.stats().cached, 40);
-        assert_eq!(pool.flush(), 40, "flush drains the live thread's stash too");
+        assert_eq!(
+            pool.flush(&mut LockToken::root()),
+            40,
+            "flush drains the live thread's stash too"
+        );
         done_tx.send(()).expect("send");
         worker.join().expect("worker");
     });
@@ -336,7 +368,7 @@ fn concurrent_get_and_put_from_several_threads() {
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     let len = 1 + (seed >> 33) as usize % (300 * 1024);
-                    if let Some(b) = pool.get(len) {
+                    if let Some(b) = pool.get(&mut LockToken::root(), len) {
                         assert!(b.len() >= len);
                         assert!(
                             out_ref.lock().expect("set").insert(b.addr()),
@@ -359,7 +391,7 @@ fn concurrent_get_and_put_from_several_threads() {
                         }
                     }
                     if round % 500 == 499 && t == 0 {
-                        pool.flush();
+                        pool.flush(&mut LockToken::root());
                     }
                 }
                 for (b, _) in held {
@@ -368,7 +400,7 @@ fn concurrent_get_and_put_from_several_threads() {
                 }
                 // What a pool's worker thread does last: its idle buffers go back now, not
                 // whenever its thread-local destructor happens to run.
-                pool.return_thread_stash();
+                pool.return_thread_stash(&mut LockToken::root());
             }));
         }
         // Explicit joins: the scope's implicit join does not wait for thread-local destructors.
@@ -390,16 +422,26 @@ fn return_thread_stash_hands_the_idle_buffers_back_at_once() {
     let pool = &f.pool;
     std::thread::scope(|s| {
         let worker = s.spawn(|| {
-            let held: Vec<DmaBuffer> = (0..4).map(|_| pool.get(K4).expect("b")).collect();
+            let held: Vec<DmaBuffer> = (0..4)
+                .map(|_| pool.get(&mut LockToken::root(), K4).expect("b"))
+                .collect();
             drop(held);
             let before = pool.stats().cached;
-            assert!(pool.return_thread_stash(), "this thread had a stash");
-            assert!(!pool.return_thread_stash(), "and now has none");
+            assert!(
+                pool.return_thread_stash(&mut LockToken::root()),
+                "this thread had a stash"
+            );
+            assert!(
+                !pool.return_thread_stash(&mut LockToken::root()),
+                "and now has none"
+            );
             // Still cached, but in the shared lists: another thread reuses them.
             before
         });
         assert_eq!(worker.join().expect("worker"), 4);
-        let b = pool.get(K4).expect("from the shared lists");
+        let b = pool
+            .get(&mut LockToken::root(), K4)
+            .expect("from the shared lists");
         assert_eq!(pool.stats().reuses, 1);
         drop(b);
     });
@@ -421,7 +463,9 @@ fn shutdown_waits_for_a_stash_caught_in_transit() {
     let worker = {
         let pool = Arc::clone(&pool);
         std::thread::spawn(move || {
-            let held: Vec<DmaBuffer> = (0..8).map(|_| pool.get(K4).expect("b")).collect();
+            let held: Vec<DmaBuffer> = (0..8)
+                .map(|_| pool.get(&mut LockToken::root(), K4).expect("b"))
+                .collect();
             drop(held);
             drop(pool);
             // The closure ends here; the stash goes back in the thread-local destructor.

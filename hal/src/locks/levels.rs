@@ -8,24 +8,26 @@
 //! | 0 | (no lock held: [`Root`]) | |
 //! | 1 | `frontend.sessions` | handler/src/frontend/mod.rs |
 //! | 2 | `frontend.cmd_table` | handler/src/frontend/buffers.rs |
-//! | 3 | `accel.spare_queues` | handler/src/store/accel.rs |
-//! | 4 | `loopback.register` | handler/src/loopback/fd.rs |
-//! | 5 | `loopback.devices` | handler/src/loopback/session.rs |
-//! | 6 | `loopback.device` | handler/src/loopback/device.rs |
-//! | 7 | `sgv.stashes` | dma/src/sgv/shared.rs |
-//! | 8 | `sgv.pool` | dma/src/sgv/shared.rs |
-//! | 9 | `sgv.stash` | dma/src/sgv/stash.rs |
-//! | 10 | `dma.iova` | dma/src/mapping.rs (shared with boards/src/sca1/) |
-//! | 11 | `ram.chunk` | handler/src/store/ram.rs |
-//! | 12 | `scsi.mode_pages` | handler/src/scsi/mod.rs |
-//! | 13 | `sim.engines` | boards/src/sim/board.rs |
-//! | 14 | `sim.faults` | boards/src/sim/board.rs |
-//! | 15 | `sim.state` | boards/src/sim/board.rs |
-//! | 16 | `sim.medium` | boards/src/sim/medium.rs |
-//! | 17 | `iommu.table` | hal/src/sim/iommu.rs |
-//! | 18 | `iommu.faults` | hal/src/sim/iommu.rs |
-//! | 19 | `iommu.map_limit` | hal/src/sim/iommu.rs |
-//! | 20 | `interrupts.lines` | hal/src/sim/interrupts.rs |
+//! | 3 | `teardown.leases` | handler/src/teardown/lease.rs |
+//! | 4 | `accel.spare_queues` | handler/src/store/accel.rs |
+//! | 5 | `loopback.register` | handler/src/loopback/fd.rs |
+//! | 6 | `loopback.devices` | handler/src/loopback/session.rs |
+//! | 7 | `loopback.device` | handler/src/loopback/device.rs |
+//! | 8 | `sgv.stashes` | dma/src/sgv/shared.rs |
+//! | 9 | `sgv.pool` | dma/src/sgv/shared.rs |
+//! | 10 | `sgv.stash` | dma/src/sgv/stash.rs |
+//! | 11 | `dma.iova` | dma/src/mapping.rs (shared with boards/src/sca1/) |
+//! | 12 | `ram.chunk` | handler/src/store/ram.rs |
+//! | 13 | `scsi.mode_pages` | handler/src/scsi/mod.rs |
+//! | 14 | `nvme.admin` | boards/src/nvme/admin.rs |
+//! | 15 | `sim.engines` | boards/src/sim/board.rs |
+//! | 16 | `sim.faults` | boards/src/sim/board.rs |
+//! | 17 | `sim.state` | boards/src/sim/board.rs |
+//! | 18 | `sim.medium` | boards/src/sim/medium.rs |
+//! | 19 | `iommu.table` | hal/src/sim/iommu.rs |
+//! | 20 | `iommu.faults` | hal/src/sim/iommu.rs |
+//! | 21 | `iommu.map_limit` | hal/src/sim/iommu.rs |
+//! | 22 | `interrupts.lines` | hal/src/sim/interrupts.rs |
 //!
 //! The fixed rule from SCST's history (scst_user.md §5.6): the command table
 //! ([`CmdTable`]) comes before every SGV pool lock, so "pool lock, then command table" (what
@@ -113,6 +115,12 @@ lock_order! {
     /// dropping a table entry under the lock may return a buffer to the pool; the pool never
     /// calls back into the table.
     CmdTable = "frontend.cmd_table",
+    /// The device leases on command buffers (handler/src/teardown/lease.rs): one grant per
+    /// store request carrying a buffer, one release per completion, and the teardown's revoke,
+    /// wait and unmap permit. A leaf: payloads (buffers) are handed back and dropped after
+    /// unlocking, so nothing of the pool is ever taken under it. After the command table (a
+    /// worker never holds the table while granting, but nothing forbids it), before the pool.
+    TeardownLeases = "teardown.leases",
     /// The accelerator store's queues not yet handed to a worker. A leaf (one `pop`).
     AccelSpareQueues = "accel.spare_queues",
     /// The loopback fd's REGISTER serialization; held while the device list is updated.
@@ -159,6 +167,7 @@ lock_order! {
 pub const ALL: &[(u32, &str)] = &[
     (FrontendSessions::LEVEL, FrontendSessions::NAME),
     (CmdTable::LEVEL, CmdTable::NAME),
+    (TeardownLeases::LEVEL, TeardownLeases::NAME),
     (AccelSpareQueues::LEVEL, AccelSpareQueues::NAME),
     (LoopbackRegister::LEVEL, LoopbackRegister::NAME),
     (LoopbackDevices::LEVEL, LoopbackDevices::NAME),

@@ -7,6 +7,8 @@
 use std::marker::PhantomData;
 
 use super::levels::Level;
+use super::levels::LockBefore;
+use super::levels::LockLevel;
 use super::levels::Root;
 use super::runtime::assert_no_locks_held;
 
@@ -50,6 +52,18 @@ impl<L: Level> LockToken<'_, L> {
             _level: PhantomData,
             _borrow: PhantomData,
         }
+    }
+
+    /// The token for a lock of level `M` that is not one of this module's types: the caller
+    /// takes that lock itself (the handler's teardown primitives, whose mutexes are loom's in
+    /// the model-checking build, `handler/src/sync.rs`). The order is checked by the compiler
+    /// exactly as for [`OrderedMutex::lock`](super::OrderedMutex::lock); the runtime stack does
+    /// not see the lock.
+    pub fn for_foreign_lock<M: LockLevel>(&mut self) -> LockToken<'_, M>
+    where
+        L: LockBefore<M>,
+    {
+        LockToken::new()
     }
 
     /// The level this token stands for (0 for [`Root`]).

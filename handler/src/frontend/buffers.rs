@@ -3,6 +3,10 @@
 //! SCST refers to buffers only by address (`pbuf`), and the message that returns one
 //! (ON_FREE_CMD, ON_CACHED_MEM_FREE) may reach any worker, so the table is shared. Its mutex is
 //! a leaf lock held for one hash operation; allocation and unmapping happen outside it.
+//!
+//! Every method takes the caller's [`LockToken`]: a worker owns one from the top of its thread
+//! and passes it here, so the compiler checks that the table is never taken under a lock that
+//! comes after it (the SGV pool's, the lease table's: SCST's inversion, `scst_user.md §5.5`).
 //! Buffers are never freed while SCST may still use them: only ON_FREE_CMD with
 //! `buffer_cached == 0`, ON_CACHED_MEM_FREE, or an EXEC reply the kernel ignores (spec §3.5,
 //! §8.9) remove an entry; the memory is unmapped when the last command holding it finishes.
@@ -10,6 +14,9 @@
 use crate::store::CmdBuffer;
 use scst_accel_dma::SgvPool;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::levels::Root;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
 use std::collections::HashMap;
@@ -37,6 +44,8 @@ pub struct BufferFigures {
 pub struct BufferTable {
     map: OrderedMutex<HashMap<u64, Arc<CmdBuffer>>, levels::CmdTable>,
     pool: Arc<SgvPool>,
+    /// Entries in `map` (kept beside it so that figures take no lock).
+    buffers: AtomicU64,
     bytes: AtomicU64,
     allocated: AtomicU64,
     released: AtomicU64,
@@ -49,6 +58,7 @@ impl BufferTable {
         Self {
             map: OrderedMutex::new(HashMap::new()),
             pool,
+            buffers: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
             released: AtomicU64::new(0),
@@ -56,10 +66,15 @@ impl BufferTable {
         }
     }
 
-    /// The command table (docs/locking.md level 2): held for one hash operation; a buffer it
-    /// drops may return to the SGV pool (a higher level), never the reverse.
-    fn lock(&self) -> OrderedMutexGuard<'_, HashMap<u64, Arc<CmdBuffer>>, levels::CmdTable> {
-        self.map.lock_unchecked_at_runtime()
+    /// The command table (docs/locking.md, `frontend.cmd_table`): held for one hash operation,
+    /// with nothing taken under it (removed entries are dropped after unlocking, so a buffer's
+    /// return to the SGV pool never happens under it either).
+    #[track_caller]
+    fn lock<'a, L: LockBefore<levels::CmdTable>>(
+        &'a self,
+        token: &'a mut LockToken<'_, L>,
+    ) -> OrderedMutexGuard<'a, HashMap<u64, Arc<CmdBuffer>>, levels::CmdTable> {
+        self.map.lock(token).0
     }
 
     /// The pool.
@@ -68,30 +83,39 @@ impl BufferTable {
     }
 
     /// A buffer of at least `len` bytes, recorded as handed to SCST; `None` when the pool
-    /// refuses (the caller answers BUSY / TASK SET FULL, never waits).
-    pub fn allocate(&self, len: usize) -> Option<Arc<CmdBuffer>> {
-        let Some(buffer) = CmdBuffer::allocate(&self.pool, len) else {
+    /// refuses (the caller answers BUSY / TASK SET FULL, never waits). The root token: the
+    /// pool may map a new buffer (an ioctl), so nothing may be held.
+    pub fn allocate(&self, token: &mut LockToken<'_, Root>, len: usize) -> Option<Arc<CmdBuffer>> {
+        let Some(buffer) = CmdBuffer::allocate(token, &self.pool, len) else {
             self.refused.fetch_add(1, Ordering::Relaxed);
             log::debug!("buffer of {len} bytes refused by the pool");
             return None;
         };
         self.allocated.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
-        self.lock().insert(buffer.addr(), Arc::clone(&buffer));
+        let replaced = self.lock(token).insert(buffer.addr(), Arc::clone(&buffer));
+        if replaced.is_none() {
+            self.buffers.fetch_add(1, Ordering::Relaxed);
+        }
         Some(buffer)
     }
 
     /// The buffer at user address `pbuf`, if SCST may legitimately hold it.
-    pub fn get(&self, pbuf: u64) -> Option<Arc<CmdBuffer>> {
-        self.lock().get(&pbuf).cloned()
+    pub fn get<L: LockBefore<levels::CmdTable>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        pbuf: u64,
+    ) -> Option<Arc<CmdBuffer>> {
+        self.lock(token).get(&pbuf).cloned()
     }
 
     /// SCST gave the buffer back: forget it. It returns to the pool when the last holder
-    /// (a store request still in flight) drops it.
-    pub fn release(&self, pbuf: u64) -> bool {
-        let removed = self.lock().remove(&pbuf);
+    /// (a store request still in flight) drops it, never under the table's lock.
+    pub fn release<L: LockBefore<levels::CmdTable>>(&self, token: &mut LockToken<'_, L>, pbuf: u64) -> bool {
+        let removed = self.lock(token).remove(&pbuf);
         match removed {
             Some(buffer) => {
+                self.buffers.fetch_sub(1, Ordering::Relaxed);
                 self.bytes.fetch_sub(buffer.len() as u64, Ordering::Relaxed);
                 self.released.fetch_add(1, Ordering::Relaxed);
                 true
@@ -103,7 +127,7 @@ impl BufferTable {
     /// Current figures.
     pub fn figures(&self) -> BufferFigures {
         BufferFigures {
-            buffers: self.lock().len() as u64,
+            buffers: self.buffers.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             allocated: self.allocated.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
@@ -112,8 +136,9 @@ impl BufferTable {
     }
 
     /// Forget every buffer (SCST has closed: it holds none any more).
-    pub fn clear(&self) -> usize {
-        let drained: Vec<_> = self.lock().drain().collect();
+    pub fn clear<L: LockBefore<levels::CmdTable>>(&self, token: &mut LockToken<'_, L>) -> usize {
+        let drained: Vec<_> = self.lock(token).drain().collect();
+        self.buffers.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
         drained.len()
     }
@@ -126,18 +151,21 @@ mod tests {
     #[test]
     fn allocate_get_release_and_cap() {
         let table = BufferTable::new(Arc::new(SgvPool::new(None, None, 3 * 4096)));
-        let a = table.allocate(100).expect("first");
-        let b = table.allocate(8192).expect("second");
-        assert!(table.allocate(1).is_none(), "cap reached");
+        let mut t = LockToken::root();
+        let a = table.allocate(&mut t, 100).expect("first");
+        let b = table.allocate(&mut t, 8192).expect("second");
+        assert!(table.allocate(&mut t, 1).is_none(), "cap reached");
         assert_eq!(table.figures().refused, 1);
-        assert!(Arc::ptr_eq(&table.get(a.addr()).expect("known"), &a));
-        assert!(table.release(b.addr()));
+        assert!(Arc::ptr_eq(&table.get(&mut t, a.addr()).expect("known"), &a));
+        assert!(table.release(&mut t, b.addr()));
         assert!(
-            !table.release(b.addr()),
+            !table.release(&mut t, b.addr()),
             "second release of the same buffer is refused"
         );
-        assert!(table.get(b.addr()).is_none());
+        assert!(table.get(&mut t, b.addr()).is_none());
         let f = table.figures();
         assert_eq!((f.buffers, f.bytes, f.allocated, f.released), (1, 4096, 2, 1));
+        assert_eq!(table.clear(&mut t), 1);
+        assert_eq!((table.figures().buffers, table.figures().bytes), (0, 0));
     }
 }

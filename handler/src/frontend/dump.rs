@@ -91,7 +91,9 @@ impl Frontend {
                 }
             }
         }
-        let leases = shared.leases.stats();
+        // The asking thread holds no lock (an API entry; asserted).
+        let mut token = scst_accel_hal::locks::LockToken::root();
+        let leases = shared.leases.stats(&mut token);
         let _ = writeln!(
             out,
             "frontend: intake {}, {} command(s) in flight, {} device lease(s) outstanding \
@@ -102,7 +104,7 @@ impl Frontend {
                 "open"
             },
             shared.drain.in_flight(),
-            shared.leases.outstanding(),
+            shared.leases.outstanding(&mut token),
             leases.granted,
             leases.released,
             leases.revoked,

@@ -39,6 +39,7 @@ use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use scst_accel_dma::SgvPool;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
@@ -385,7 +386,7 @@ impl Frontend {
                 }
             };
             let (dump_tx, dump_rx) = dump::channel();
-            let worker = worker::Worker::new(Arc::clone(&shared), queue, index, dump_rx);
+            let worker_shared = Arc::clone(&shared);
             let guard = ExitGuard {
                 shared: Arc::clone(&shared),
                 worker: index,
@@ -397,11 +398,12 @@ impl Frontend {
                     // Dropped when the worker returns or unwinds: a worker that leaves before
                     // it was told to triggers the teardown (its commands are the close path's).
                     let _guard = guard;
-                    let exit = worker.run();
+                    // Made here: the worker owns its thread's lock token.
+                    let exit = worker::Worker::new(worker_shared, queue, index, dump_rx).run();
                     // The buffers this worker cached go back to the pool now, before the
                     // teardown can see the thread as finished: its thread-local destructor
                     // would run only after that (issue 16; dma::sgv::stash).
-                    pool.return_thread_stash();
+                    pool.return_thread_stash(&mut LockToken::root());
                     exit
                 });
             match spawned {
@@ -438,7 +440,9 @@ impl Frontend {
 
     /// Sessions attached now.
     pub fn sessions(&self) -> HashMap<u64, SessionInfo> {
-        self.shared.sessions.lock_unchecked_at_runtime().clone()
+        // `frontend.sessions` is the lowest level: holding any lock while taking it breaks the
+        // order, so a root token (which asserts that none is held) is exactly as strict.
+        self.shared.sessions.lock(&mut LockToken::root()).0.clone()
     }
 
     /// The engine.
@@ -493,8 +497,10 @@ impl Frontend {
     /// # Errors
     /// The kernel's errno for the first refusal, after releasing that buffer.
     pub fn prealloc_buffers(&self, count: usize, len: usize) -> Result<usize, Errno> {
+        // Each step makes an ioctl: nothing may be held (asserted by the root token).
+        let mut token = LockToken::root();
         for done in 0..count {
-            let Some(buffer) = self.shared.buffers.allocate(len) else {
+            let Some(buffer) = self.shared.buffers.allocate(&mut token, len) else {
                 return Ok(done);
             };
             let mut arg = crate::abi::PreallocBuffer {
@@ -504,7 +510,7 @@ impl Frontend {
                 _pad: [0; 3],
             };
             if let Err(errno) = self.shared.fd.prealloc_buffer(&mut arg) {
-                self.shared.buffers.release(buffer.addr());
+                self.shared.buffers.release(&mut token, buffer.addr());
                 return Err(errno);
             }
             log::debug!(
@@ -662,7 +668,8 @@ impl Shared {
             aborted: get(&c.aborted),
             deadline_escalations: get(&c.deadline_escalations),
             inflight: self.drain.in_flight(),
-            leases_outstanding: self.leases.outstanding() as u64,
+            // An API entry: the caller holds no lock (asserted by the root token).
+            leases_outstanding: self.leases.outstanding(&mut LockToken::root()) as u64,
             buffers: self.buffers.figures(),
             cap_flushes: self.cap_flush.started(),
             ..FrontendStats::default()

@@ -44,6 +44,7 @@ use super::Frontend;
 use super::FrontendReport;
 use super::Phase;
 use super::TeardownTrigger;
+use scst_accel_hal::locks::LockToken;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
@@ -134,6 +135,9 @@ impl Frontend {
     /// trigger that fired first is recorded ([`TeardownTrigger::Requested`] if none).
     /// Bounded by the sum of `config`'s steps plus the workers' stop grace.
     pub fn teardown(mut self, config: TeardownConfig) -> FrontendReport {
+        // The teardown's thread: it holds no lock (asserted), and takes the lease table from
+        // this token at each step.
+        let mut token = LockToken::root();
         let start = Instant::now();
         let shared = std::sync::Arc::clone(&self.shared);
         let workers_started = self.workers.len();
@@ -150,7 +154,7 @@ impl Frontend {
             "teardown ({}): intake stopped, {} command(s) in flight, {} device lease(s) outstanding",
             report.trigger,
             report.in_flight_at_start,
-            shared.leases.outstanding()
+            shared.leases.outstanding(&mut token)
         );
         let duration = step.elapsed();
         report.steps.push(TeardownStep {
@@ -180,7 +184,7 @@ impl Frontend {
 
         // 3. Abort what remains, then revoke the device's leases if the abort is proven.
         let step = Instant::now();
-        let leases_before = shared.leases.outstanding();
+        let leases_before = shared.leases.outstanding(&mut token);
         report.abort_proven = true;
         if remaining > 0 || leases_before > 0 {
             log::warn!(
@@ -204,7 +208,7 @@ impl Frontend {
             if report.abort_proven {
                 // Every queue is empty after its abort (reset if needed): no DMA can happen
                 // for any lease still outstanding. Payloads drop here, no lock held.
-                let revoked = shared.leases.revoke_all();
+                let revoked = shared.leases.revoke_all(&mut token);
                 report.leases_revoked = revoked.len() as u64;
                 drop(revoked);
             } else {
@@ -216,7 +220,7 @@ impl Frontend {
                     tally.failed.load(Ordering::Acquire)
                 );
             }
-            let released = shared.leases.wait_released(left());
+            let released = shared.leases.wait_released(&mut token, left());
             report.aborted = shared.counters.aborted.load(Ordering::Relaxed);
             log::warn!(
                 "teardown: abort: {} store request(s) aborted, {} lease(s) revoked, {} command(s) and {} \
@@ -224,7 +228,7 @@ impl Frontend {
                 report.aborted,
                 report.leases_revoked,
                 shared.drain.in_flight(),
-                shared.leases.outstanding()
+                shared.leases.outstanding(&mut token)
             );
             report.steps.push(TeardownStep {
                 name: "abort",
@@ -295,15 +299,15 @@ impl Frontend {
         // 6. The permit to unmap the pool: only with no device lease outstanding. The workers are
         // gone, so no lease can be granted or released any more.
         let step = Instant::now();
-        let unmap = shared.leases.unmap_guard();
-        report.leases_outstanding = shared.leases.outstanding() as u64;
+        let unmap = shared.leases.unmap_guard(&mut token);
+        report.leases_outstanding = shared.leases.outstanding(&mut token) as u64;
         report.unmap_permitted = unmap.is_some();
         if unmap.is_none() {
             log::error!(
                 "teardown: {} device lease(s) still outstanding (cmd_h {:?}): NO permit to unmap the \
                  buffer pool; it must be leaked, not unmapped",
                 report.leases_outstanding,
-                shared.leases.outstanding_ids()
+                shared.leases.outstanding_ids(&mut token)
             );
         }
         report.steps.push(TeardownStep {

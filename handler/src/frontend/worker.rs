@@ -36,6 +36,8 @@ use crate::teardown::InFlightOwned;
 use crate::teardown::Lease;
 use crate::transport::fdio::poll_readable;
 use crate::transport::Errno;
+use scst_accel_hal::locks::levels::Root;
+use scst_accel_hal::locks::LockToken;
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
@@ -121,8 +123,14 @@ impl DataOut for BufferDataOut<'_> {
     }
 }
 
+/// Not `Send`: made on its own thread (it owns that thread's lock token).
 pub(super) struct Worker {
     shared: Arc<Shared>,
+    /// This thread's lock token (docs/locking.md), made when the worker starts: every lock the
+    /// worker takes on the command path (the command table, the sessions, the lease table, the
+    /// SGV pool, its store's locks) is taken from it, so the compiler checks their order, and
+    /// no token exists for a lock taken out of order.
+    token: LockToken<'static, Root>,
     queue: Box<dyn StoreQueue>,
     /// This worker's index, also the name of its store queue in dumps.
     index: usize,
@@ -171,6 +179,8 @@ impl Worker {
         let multi = MultiBuffer::new(shared.config.cmds_per_call.max(1));
         Self {
             shared,
+            // The top of the worker's thread: nothing is held yet (asserted).
+            token: LockToken::root(),
             queue,
             index,
             multi,
@@ -572,7 +582,7 @@ impl Worker {
             return;
         }
         if errno == Errno::ESRCH || errno == Errno::EINVAL {
-            if self.shared.buffers.release(pbuf) {
+            if self.shared.buffers.release(&mut self.token, pbuf) {
                 log::warn!("buffer {pbuf:#x} of the refused reply was never SCST's: freed");
             }
         } else {
@@ -668,14 +678,14 @@ impl Worker {
                 counters.on_free.fetch_add(1, Ordering::Relaxed);
                 let free: abi::ScsiOnFreeCmd = cmd.read_payload();
                 if free.buffer_cached == 0 && free.pbuf != 0 {
-                    self.shared.buffers.release(free.pbuf);
+                    self.shared.buffers.release(&mut self.token, free.pbuf);
                 }
                 self.push_reply(ReplyCmd::new(cmd.cmd_h, cmd.subcode), None);
             }
             abi::SCST_USER_ON_CACHED_MEM_FREE => {
                 counters.on_cached_mem_free.fetch_add(1, Ordering::Relaxed);
                 let free: abi::OnCachedMemFree = cmd.read_payload();
-                if !self.shared.buffers.release(free.pbuf) {
+                if !self.shared.buffers.release(&mut self.token, free.pbuf) {
                     log::warn!(
                         "ON_CACHED_MEM_FREE for unknown buffer {:#x} (owner cmd_h {})",
                         free.pbuf,
@@ -698,7 +708,7 @@ impl Worker {
     fn session(&mut self, cmd: &GetCmd) {
         let sess: abi::Sess = cmd.read_payload();
         let reply = {
-            let mut sessions = self.shared.sessions.lock_unchecked_at_runtime();
+            let (mut sessions, _) = self.shared.sessions.lock(&mut self.token);
             if cmd.subcode == abi::SCST_USER_ATTACH_SESS {
                 self.shared.counters.attach.fetch_add(1, Ordering::Relaxed);
                 let info = SessionInfo {
@@ -816,7 +826,7 @@ impl Worker {
         let pbuf = match usize::try_from(alloc.alloc_len) {
             // Once intake is closed no new buffer is handed out: pbuf 0 makes SCST answer BUSY.
             _ if self.shared.drain.is_closed() => 0,
-            Ok(len) if len > 0 => match self.shared.buffers.allocate(len) {
+            Ok(len) if len > 0 => match self.shared.buffers.allocate(&mut self.token, len) {
                 Some(buffer) => buffer.addr(),
                 None => {
                     self.cap_refused();
@@ -917,7 +927,7 @@ impl Worker {
     fn exec_buffer(&mut self, exec: &abi::ScsiCmdExec) -> Result<(Option<IoBuffer>, u64), Response> {
         let bufflen = exec.bufflen.max(0) as usize;
         if exec.pbuf != 0 {
-            return match self.shared.buffers.get(exec.pbuf) {
+            return match self.shared.buffers.get(&mut self.token, exec.pbuf) {
                 Some(pages) => Ok((Some(io_buffer(pages, bufflen)), 0)),
                 None => {
                     log::error!(
@@ -942,7 +952,7 @@ impl Worker {
             return Err(self.check_condition(0x04, 0x44, 0x00));
         }
         let len = (exec.alloc_len.max(0) as usize).max(bufflen);
-        match self.shared.buffers.allocate(len) {
+        match self.shared.buffers.allocate(&mut self.token, len) {
             Some(pages) => {
                 let addr = pages.addr();
                 Ok((Some(io_buffer(pages, bufflen)), addr))
@@ -972,21 +982,22 @@ impl Worker {
             return self.reply_exec(cmd_h, ctx, response);
         }
         // The device's reference to the buffer is a lease, released by the completion.
-        let lease = match &ctx.buffer {
-            Some(buffer) => match self
-                .shared
-                .leases
-                .grant(u64::from(cmd_h), Arc::clone(&buffer.buffer))
-            {
-                Ok(lease) => Some(lease),
-                Err(refused) => {
-                    // The pool is being unmapped: the buffer must not reach the device.
-                    log::warn!("cmd_h {cmd_h}: {refused}");
-                    return self.reply_exec(cmd_h, ctx, busy());
-                }
-            },
-            None => None,
-        };
+        let lease =
+            match &ctx.buffer {
+                Some(buffer) => match self.shared.leases.grant(
+                    &mut self.token,
+                    u64::from(cmd_h),
+                    Arc::clone(&buffer.buffer),
+                ) {
+                    Ok(lease) => Some(lease),
+                    Err(refused) => {
+                        // The pool is being unmapped: the buffer must not reach the device.
+                        log::warn!("cmd_h {cmd_h}: {refused}");
+                        return self.reply_exec(cmd_h, ctx, busy());
+                    }
+                },
+                None => None,
+            };
         self.submit.push(StoreRequest {
             tag: u64::from(cmd_h),
             op: io.op.clone(),
@@ -1006,7 +1017,7 @@ impl Worker {
     fn flush_submissions(&mut self) {
         loop {
             if !self.submit.is_empty() {
-                if let Err(e) = self.queue.submit(&mut self.submit) {
+                if let Err(e) = self.queue.submit(&mut self.token, &mut self.submit) {
                     log::debug!("store queue: {e}");
                     if self.reap_store() == 0 {
                         self.wait(false);
@@ -1034,7 +1045,7 @@ impl Worker {
             // The device is done with the buffer: its lease ends (the payload, the device's
             // reference, drops here, outside any lock).
             if let Some(lease) = state.lease {
-                drop(lease.release());
+                drop(lease.release(&mut self.token));
             }
             let plan = self.shared.disk.finish(&state.io, completion.status);
             self.continue_exec(cmd_h, state.ctx, plan);
@@ -1099,7 +1110,7 @@ impl Worker {
         }
         if resp_data_len == 0 && new_pbuf != 0 {
             // The kernel ignores a pbuf with no data (spec §3.5): the buffer stays ours to free.
-            self.shared.buffers.release(new_pbuf);
+            self.shared.buffers.release(&mut self.token, new_pbuf);
         }
         let (figure_direction, bytes) = match direction {
             data_direction::READ => (Direction::Read, resp_data_len as u64),

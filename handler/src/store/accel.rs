@@ -31,6 +31,7 @@ use scst_accel_boards::engine::QueueEngine;
 use scst_accel_boards::engine::SubmitError;
 use scst_accel_dma::split_for_device;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -156,9 +157,11 @@ impl AccelStore {
 
     /// Dumps of the queues no worker has opened (for `diag`; an opened queue is dumped by its
     /// worker through [`StoreQueue::dump`]). Register reads only: nothing blocks under the lock.
+    /// An API entry (`diag`, the control socket): the caller holds no lock (asserted).
     pub fn spare_queue_dumps(&self) -> Vec<String> {
         self.queues
-            .lock_unchecked_at_runtime()
+            .lock(&mut LockToken::root())
+            .0
             .iter()
             .map(|q| q.dump())
             .collect()
@@ -171,7 +174,9 @@ impl Store for AccelStore {
     }
 
     fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
-        let queue = self.queues.lock_unchecked_at_runtime().pop();
+        // Called by the frontend as it starts a worker, with nothing held (asserted): the
+        // trait has no token parameter because opening is not on the command path.
+        let queue = self.queues.lock(&mut LockToken::root()).0.pop();
         match queue {
             Some(q) => Ok(Box::new(AccelQueue::new(
                 Arc::clone(&self.board),
@@ -424,16 +429,16 @@ impl AccelQueue {
         self.done.push(StoreCompletion { tag, status });
     }
 
-    fn start(&mut self, req: StoreRequest) {
+    fn start(&mut self, token: &mut crate::store::StoreToken<'_>, req: StoreRequest) {
         if self.gone {
             self.counters.gone_failures.fetch_add(1, Ordering::Relaxed);
             return self.finish_parent(req.tag, StoreStatus::DeviceError);
         }
-        let (req, compare) = match self.compare_scratch(req) {
+        let (req, compare) = match self.compare_scratch(token, req) {
             Ok(pair) => pair,
             Err(failed) => return self.finish_parent(failed.tag, failed.status),
         };
-        let scratch = match self.expand_write_same(&req) {
+        let scratch = match self.expand_write_same(token, &req) {
             Ok(scratch) => scratch,
             Err(status) => return self.finish_parent(req.tag, status),
         };
@@ -463,7 +468,11 @@ impl AccelQueue {
 
     /// WRITE SAME on a device that cannot repeat one block through a scatter list: expand the
     /// pattern into scratch memory next to the command buffer (one chunk, read by every child).
-    fn expand_write_same(&self, req: &StoreRequest) -> Result<Option<IoBuffer>, StoreStatus> {
+    fn expand_write_same(
+        &self,
+        token: &mut crate::store::StoreToken<'_>,
+        req: &StoreRequest,
+    ) -> Result<Option<IoBuffer>, StoreStatus> {
         let StoreOp::WriteSame { blocks, .. } = req.op else {
             return Ok(None);
         };
@@ -477,7 +486,10 @@ impl AccelQueue {
             return Err(StoreStatus::InvalidRequest);
         }
         let len = (u64::from(blocks).min(per) as usize).max(1) * bs;
-        let scratch = data.buffer.pool_sibling(len).ok_or(StoreStatus::DeviceError)?;
+        let scratch = data
+            .buffer
+            .pool_sibling(token, len)
+            .ok_or(StoreStatus::DeviceError)?;
         let scratch = IoBuffer::new(scratch, len);
         let mut block = vec![0u8; bs];
         data.read_at(0, &mut block);
@@ -490,6 +502,7 @@ impl AccelQueue {
     /// Compare reads the medium into scratch memory: allocate it next to the command buffer.
     fn compare_scratch(
         &self,
+        token: &mut crate::store::StoreToken<'_>,
         req: StoreRequest,
     ) -> Result<(StoreRequest, Option<ComparePair>), StoreCompletion> {
         let StoreOp::Compare { blocks, .. } = req.op else {
@@ -502,7 +515,7 @@ impl AccelQueue {
             });
         };
         let len = u64::from(blocks) * self.bs();
-        let Some(scratch) = data.buffer.pool_sibling(len as usize) else {
+        let Some(scratch) = data.buffer.pool_sibling(token, len as usize) else {
             return Err(StoreCompletion {
                 tag: req.tag,
                 status: StoreStatus::DeviceError,
@@ -893,9 +906,13 @@ fn compare(data: &IoBuffer, scratch: &IoBuffer) -> StoreStatus {
 }
 
 impl StoreQueue for AccelQueue {
-    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+    fn submit(
+        &mut self,
+        token: &mut crate::store::StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
         for req in batch.drain(..) {
-            self.start(req);
+            self.start(token, req);
         }
         self.pump();
         Ok(())

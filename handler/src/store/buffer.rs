@@ -5,6 +5,8 @@
 use scst_accel_dma::DmaBuffer;
 use scst_accel_dma::PageBuffer;
 use scst_accel_dma::SgvPool;
+use scst_accel_hal::locks::levels::Root;
+use scst_accel_hal::locks::LockToken;
 use std::sync::Arc;
 
 /// One buffer from an [`SgvPool`].
@@ -17,8 +19,9 @@ pub struct CmdBuffer {
 impl CmdBuffer {
     /// A buffer of at least `len` bytes, or `None` when the pool is exhausted (the caller
     /// answers BUSY / TASK SET FULL; nothing waits).
-    pub fn allocate(pool: &Arc<SgvPool>, len: usize) -> Option<Arc<Self>> {
-        let buffer = pool.get(len)?;
+    /// The root token: a pool miss maps the new buffer (an ioctl), so nothing may be held.
+    pub fn allocate(token: &mut LockToken<'_, Root>, pool: &Arc<SgvPool>, len: usize) -> Option<Arc<Self>> {
+        let buffer = pool.get(token, len)?;
         Some(Arc::new(Self {
             buffer: Some(buffer),
             pool: Arc::clone(pool),
@@ -26,8 +29,8 @@ impl CmdBuffer {
     }
 
     /// Another buffer from the same pool (scratch memory for a compare).
-    pub fn pool_sibling(&self, len: usize) -> Option<Arc<Self>> {
-        Self::allocate(&self.pool, len)
+    pub fn pool_sibling(&self, token: &mut LockToken<'_, Root>, len: usize) -> Option<Arc<Self>> {
+        Self::allocate(token, &self.pool, len)
     }
 
     fn dma(&self) -> &DmaBuffer {

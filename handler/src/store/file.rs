@@ -784,8 +784,10 @@ impl FileQueue {
     }
 }
 
-impl StoreQueue for FileQueue {
-    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+impl FileQueue {
+    /// [`StoreQueue::submit`] without a token (the file store takes no lock): also the io_uring
+    /// engine's way to hand a request to the I/O threads.
+    pub(super) fn submit_requests(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
         let epoch = self.shared.abort_epoch.load(Ordering::Acquire);
         let mut refused: Option<StoreError> = None;
         // Allocates only when the pool refuses part of the batch.
@@ -826,6 +828,16 @@ impl StoreQueue for FileQueue {
         }
         batch.append(&mut rest);
         refused.map_or(Ok(()), Err)
+    }
+}
+
+impl StoreQueue for FileQueue {
+    fn submit(
+        &mut self,
+        _token: &mut crate::store::StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
+        self.submit_requests(batch)
     }
 
     fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {

@@ -8,6 +8,8 @@
 //! The RAM store ([`ram::RamStore`]) implements it, the accelerator queue driver
 //! ([`accel::AccelStore`]) and the file and block-device store ([`file::FileStore`]).
 
+use scst_accel_hal::locks::levels::Root;
+use scst_accel_hal::locks::LockToken;
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -349,13 +351,21 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// The lock token a store is given with each submission: the worker's, which holds no lock
+/// when it submits (docs/locking.md). A store that takes locks on the command path (the RAM
+/// store's chunks, the SGV pool for scratch memory) takes them from it, so the compiler checks
+/// their order; the others ignore it.
+pub type StoreToken<'a> = LockToken<'a, Root>;
+
 /// One worker's queue. Not shared: the owning thread submits and reaps without locks.
 pub trait StoreQueue: Send {
     /// Submit requests in order; the accepted ones are drained from the front of `batch`.
+    /// `token` is the submitting worker's (no lock held).
     ///
     /// # Errors
     /// [`StoreError::QueueFull`] with the rest left in `batch`.
-    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError>;
+    fn submit(&mut self, token: &mut StoreToken<'_>, batch: &mut Vec<StoreRequest>)
+        -> Result<(), StoreError>;
     /// Move finished completions into `out`; returns how many.
     fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize;
     /// Readable while completions may be waiting; `None` for a store that completes every

@@ -21,6 +21,7 @@ use super::StoreOp;
 use super::StoreQueue;
 use super::StoreRequest;
 use super::StoreStatus;
+use super::StoreToken;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::OrderedRwLock;
 use std::os::fd::BorrowedFd;
@@ -88,8 +89,8 @@ impl RamStore {
     }
 
     /// Run one request to completion.
-    pub fn execute(&self, req: &StoreRequest) -> StoreStatus {
-        self.inner.execute(req)
+    pub fn execute(&self, token: &mut StoreToken<'_>, req: &StoreRequest) -> StoreStatus {
+        self.inner.execute(token, req)
     }
 }
 
@@ -120,9 +121,13 @@ struct RamQueue {
 }
 
 impl StoreQueue for RamQueue {
-    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+    fn submit(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
         for req in batch.drain(..) {
-            let status = self.store.execute(&req);
+            let status = self.store.execute(token, &req);
             self.done.push(StoreCompletion { tag: req.tag, status });
         }
         Ok(())
@@ -201,7 +206,7 @@ impl Inner {
         Some((lba * bs, blocks * bs))
     }
 
-    fn execute(&self, req: &StoreRequest) -> StoreStatus {
+    fn execute(&self, token: &mut StoreToken<'_>, req: &StoreRequest) -> StoreStatus {
         let needed = req.op.buffer_bytes(self.info.block_size) as usize;
         let buffer = match (&req.buffer, req.op.uses_buffer()) {
             (Some(b), true) if b.len >= needed && b.offset + needed <= b.buffer.len() => Some(b),
@@ -212,14 +217,14 @@ impl Inner {
         match (&req.op, buffer) {
             (StoreOp::Read { lba, blocks }, Some(buf)) => match range(*lba, u64::from(*blocks)) {
                 Some((start, len)) => {
-                    self.copy_out(start, len, buf);
+                    self.copy_out(token, start, len, buf);
                     StoreStatus::Good
                 }
                 None => StoreStatus::OutOfRange,
             },
             (StoreOp::Write { lba, blocks, .. }, Some(buf)) => match range(*lba, u64::from(*blocks)) {
                 Some((start, len)) => {
-                    self.copy_in(start, len, buf);
+                    self.copy_in(token, start, len, buf);
                     StoreStatus::Good
                 }
                 None => StoreStatus::OutOfRange,
@@ -228,19 +233,19 @@ impl Inner {
                 Some((start, len)) => {
                     let bs = u64::from(self.info.block_size);
                     for offset in (0..len).step_by(bs as usize) {
-                        self.copy_in(start + offset, bs, buf);
+                        self.copy_in(token, start + offset, bs, buf);
                     }
                     StoreStatus::Good
                 }
                 None => StoreStatus::OutOfRange,
             },
             (StoreOp::Compare { lba, blocks }, Some(buf)) => match range(*lba, u64::from(*blocks)) {
-                Some((start, len)) => self.compare(start, len, buf),
+                Some((start, len)) => self.compare(token, start, len, buf),
                 None => StoreStatus::OutOfRange,
             },
             (StoreOp::WriteZeroes { lba, blocks, .. }, _) => match range(*lba, u64::from(*blocks)) {
                 Some((start, len)) => {
-                    self.zero(start, len);
+                    self.zero(token, start, len);
                     StoreStatus::Good
                 }
                 None => StoreStatus::OutOfRange,
@@ -250,7 +255,7 @@ impl Inner {
                 match resolved {
                     Some(resolved) => {
                         for (start, len) in resolved {
-                            self.zero(start, len);
+                            self.zero(token, start, len);
                         }
                         StoreStatus::Good
                     }
@@ -289,9 +294,9 @@ impl Inner {
         }
     }
 
-    fn copy_out(&self, start: u64, len: u64, buf: &IoBuffer) {
+    fn copy_out(&self, token: &mut StoreToken<'_>, start: u64, len: u64, buf: &IoBuffer) {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
-            let guard = self.chunk(chunk).read_unchecked_at_runtime();
+            let (guard, _) = self.chunk(chunk).read(token);
             match guard.as_deref() {
                 Some(data) => buf.write_at(done, &data[at..at + n]),
                 None => buf.fill(done, n, 0),
@@ -299,17 +304,17 @@ impl Inner {
         });
     }
 
-    fn copy_in(&self, start: u64, len: u64, buf: &IoBuffer) {
+    fn copy_in(&self, token: &mut StoreToken<'_>, start: u64, len: u64, buf: &IoBuffer) {
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
-            let mut guard = self.chunk(chunk).write_unchecked_at_runtime();
+            let (mut guard, _) = self.chunk(chunk).write(token);
             let data = guard.get_or_insert_with(|| vec![0u8; CHUNK_SIZE].into_boxed_slice());
             buf.read_at(done, &mut data[at..at + n]);
         });
     }
 
-    fn zero(&self, start: u64, len: u64) {
+    fn zero(&self, token: &mut StoreToken<'_>, start: u64, len: u64) {
         Self::for_each_chunk(start, len, |chunk, at, n, _| {
-            let mut guard = self.chunk(chunk).write_unchecked_at_runtime();
+            let (mut guard, _) = self.chunk(chunk).write(token);
             if n == CHUNK_SIZE {
                 *guard = None;
             } else if let Some(data) = guard.as_deref_mut() {
@@ -318,7 +323,7 @@ impl Inner {
         });
     }
 
-    fn compare(&self, start: u64, len: u64, buf: &IoBuffer) -> StoreStatus {
+    fn compare(&self, token: &mut StoreToken<'_>, start: u64, len: u64, buf: &IoBuffer) -> StoreStatus {
         let mut first_diff = None;
         let mut scratch = Vec::new();
         Self::for_each_chunk(start, len, |chunk, at, n, done| {
@@ -327,7 +332,7 @@ impl Inner {
             }
             scratch.resize(n, 0);
             buf.read_at(done, &mut scratch);
-            let guard = self.chunk(chunk).read_unchecked_at_runtime();
+            let (guard, _) = self.chunk(chunk).read(token);
             let pos = match guard.as_deref() {
                 Some(data) => scratch.iter().zip(&data[at..at + n]).position(|(a, b)| a != b),
                 None => scratch.iter().position(|&b| b != 0),
@@ -349,7 +354,10 @@ mod tests {
 
     fn buffer(len: usize) -> IoBuffer {
         let pool = Arc::new(SgvPool::new(None, None, 1 << 30));
-        IoBuffer::new(CmdBuffer::allocate(&pool, len).expect("buffer"), len)
+        IoBuffer::new(
+            CmdBuffer::allocate(&mut crate::store::StoreToken::root(), &pool, len).expect("buffer"),
+            len,
+        )
     }
 
     fn run(store: &RamStore, op: StoreOp, buf: Option<&IoBuffer>) -> StoreStatus {
@@ -359,7 +367,8 @@ mod tests {
             op,
             buffer: buf.cloned(),
         }];
-        q.submit(&mut batch).expect("submit");
+        q.submit(&mut crate::store::StoreToken::root(), &mut batch)
+            .expect("submit");
         let mut out = Vec::new();
         assert_eq!(q.reap(&mut out), 1);
         assert_eq!(out[0].tag, 7);

@@ -15,17 +15,27 @@
 //!
 //! The DMA memory may be unmapped only under an [`UnmapPermit`], which exists only while no lease
 //! is outstanding and, while it lives, makes [`LeaseTable::grant`] refuse.
+//!
+//! The table's lock has a level (`teardown.leases`, docs/locking.md): every method takes the
+//! caller's [`LockToken`], so the compiler refuses the table under a lock that comes after it
+//! (the SGV pool's above all: a buffer's return must never wait for the table).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use scst_accel_hal::locks::levels::TeardownLeases;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
+
 use crate::sync;
 use crate::sync::Arc;
-use crate::sync::Condvar;
+use crate::sync::AtomicBool;
 use crate::sync::Deadline;
-use crate::sync::Mutex;
-use crate::sync::MutexGuard;
+use crate::sync::LevelCondvar;
+use crate::sync::LevelGuard;
+use crate::sync::LevelMutex;
+use crate::sync::Ordering;
 
 /// The table of outstanding device leases on DMA memory.
 ///
@@ -45,9 +55,14 @@ pub struct LeaseTable<T = ()> {
 }
 
 struct Shared<T> {
-    inner: Mutex<Inner<T>>,
+    inner: LevelMutex<Inner<T>, TeardownLeases>,
     /// Signalled when the last outstanding lease ends.
-    released: Condvar,
+    released: LevelCondvar,
+    /// An [`UnmapPermit`] lives. Set under the lock (by `unmap_guard`, only with no lease
+    /// outstanding) and read under it (by `grant`); cleared by the permit's `Drop`, which has
+    /// no token and so takes no lock: clearing only ever allows grants again, so a `grant`
+    /// that races it may refuse once more, never admit a lease during an unmap.
+    unmapping: AtomicBool,
 }
 
 struct Inner<T> {
@@ -56,8 +71,6 @@ struct Inner<T> {
     /// `revoke_all` deterministic (loom replays executions and needs the same order each time).
     outstanding: BTreeMap<u64, Entry<T>>,
     next_key: u64,
-    /// An [`UnmapPermit`] lives.
-    unmapping: bool,
     stats: LeaseStats,
 }
 
@@ -105,13 +118,13 @@ impl<T> LeaseTable<T> {
     pub fn new() -> Self {
         Self {
             shared: Arc::new(Shared {
-                inner: Mutex::new(Inner {
+                inner: LevelMutex::new(Inner {
                     outstanding: BTreeMap::new(),
                     next_key: 0,
-                    unmapping: false,
                     stats: LeaseStats::default(),
                 }),
-                released: Condvar::new(),
+                released: LevelCondvar::new(),
+                unmapping: AtomicBool::new(false),
             }),
         }
     }
@@ -121,9 +134,14 @@ impl<T> LeaseTable<T> {
     /// # Errors
     /// [`Refused`] (with the payload) while an [`UnmapPermit`] lives: do not hand the memory to
     /// the device.
-    pub fn grant(&self, id: u64, payload: T) -> Result<Lease<T>, Refused<T>> {
-        let mut inner = self.lock();
-        if inner.unmapping {
+    pub fn grant<L: LockBefore<TeardownLeases>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        id: u64,
+        payload: T,
+    ) -> Result<Lease<T>, Refused<T>> {
+        let mut inner = self.lock(token);
+        if self.shared.unmapping.load(Ordering::SeqCst) {
             inner.stats.refused += 1;
             drop(inner);
             log::debug!("lease {id} refused: DMA memory is being unmapped");
@@ -142,18 +160,18 @@ impl<T> LeaseTable<T> {
     }
 
     /// Leases outstanding now.
-    pub fn outstanding(&self) -> usize {
-        self.lock().outstanding.len()
+    pub fn outstanding<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> usize {
+        self.lock(token).outstanding.len()
     }
 
     /// Caller ids of the outstanding leases, oldest first (for the teardown's stuck-command dump).
-    pub fn outstanding_ids(&self) -> Vec<u64> {
-        self.lock().outstanding.values().map(|e| e.id).collect()
+    pub fn outstanding_ids<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> Vec<u64> {
+        self.lock(token).outstanding.values().map(|e| e.id).collect()
     }
 
     /// Counters since creation.
-    pub fn stats(&self) -> LeaseStats {
-        self.lock().stats
+    pub fn stats<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> LeaseStats {
+        self.lock(token).stats
     }
 
     /// Ends every outstanding lease and hands back their `(id, payload)`s, oldest first.
@@ -162,8 +180,8 @@ impl<T> LeaseTable<T> {
     /// it is what lets the memory be unmapped with descriptors still unanswered. A later
     /// [`Lease::release`] of a revoked lease is a counted no-op. Drop the returned payloads
     /// outside any command-path lock (their `Drop` may return buffers to the pool).
-    pub fn revoke_all(&self) -> Vec<(u64, T)> {
-        let mut inner = self.lock();
+    pub fn revoke_all<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> Vec<(u64, T)> {
+        let mut inner = self.lock(token);
         let revoked: Vec<(u64, T)> = std::mem::take(&mut inner.outstanding)
             .into_values()
             .map(|e| (e.id, e.payload))
@@ -187,9 +205,13 @@ impl<T> LeaseTable<T> {
     /// # Errors
     /// [`Outstanding`] with the count if some are still outstanding at the deadline: escalate
     /// (reset, then [`revoke_all`](Self::revoke_all)).
-    pub fn wait_released(&self, timeout: Duration) -> Result<(), Outstanding> {
+    pub fn wait_released<L: LockBefore<TeardownLeases>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        timeout: Duration,
+    ) -> Result<(), Outstanding> {
         let deadline = Deadline::after(timeout);
-        let mut inner = self.lock();
+        let mut inner = self.lock(token);
         loop {
             let outstanding = inner.outstanding.len();
             if outstanding == 0 {
@@ -199,32 +221,44 @@ impl<T> LeaseTable<T> {
                 log::warn!("leases: deadline passed with {outstanding} lease(s) outstanding");
                 return Err(Outstanding { outstanding });
             };
-            inner = sync::wait_timeout(&self.shared.released, inner, left, "lease table");
+            inner = sync::wait_level(&self.shared.released, inner, left);
         }
     }
 
     /// The permission to unmap the leased memory: `Some` only when no lease is outstanding and no
     /// other permit lives. While the permit lives, [`grant`](Self::grant) refuses, so nothing can
     /// race the unmap; drop it when the unmap is done.
-    pub fn unmap_guard(&self) -> Option<UnmapPermit<T>> {
-        let mut inner = self.lock();
-        if inner.unmapping || !inner.outstanding.is_empty() {
+    pub fn unmap_guard<L: LockBefore<TeardownLeases>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+    ) -> Option<UnmapPermit<T>> {
+        let inner = self.lock(token);
+        if self.shared.unmapping.load(Ordering::SeqCst) || !inner.outstanding.is_empty() {
             return None;
         }
-        inner.unmapping = true;
+        self.shared.unmapping.store(true, Ordering::SeqCst);
+        drop(inner);
         Some(UnmapPermit {
             shared: Arc::clone(&self.shared),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
-        self.shared.lock()
+    fn lock<'a, L: LockBefore<TeardownLeases>>(
+        &'a self,
+        token: &'a mut LockToken<'_, L>,
+    ) -> LevelGuard<'a, Inner<T>, TeardownLeases> {
+        self.shared.lock(token)
     }
 }
 
 impl<T> Shared<T> {
-    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
-        sync::lock(&self.inner, "lease table")
+    /// The table's lock (level `teardown.leases`): a leaf, held for a few map and counter
+    /// updates; poisoning is recovered (the state is consistent after every step).
+    fn lock<'a, L: LockBefore<TeardownLeases>>(
+        &'a self,
+        token: &'a mut LockToken<'_, L>,
+    ) -> LevelGuard<'a, Inner<T>, TeardownLeases> {
+        self.inner.lock(token).0
     }
 }
 
@@ -236,12 +270,10 @@ impl<T> Default for LeaseTable<T> {
 
 impl<T> fmt::Debug for LeaseTable<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = self.lock();
+        // No token reaches `fmt`: no lock is taken, so only the lock-free state is shown.
         f.debug_struct("LeaseTable")
-            .field("outstanding", &inner.outstanding.len())
-            .field("unmapping", &inner.unmapping)
-            .field("stats", &inner.stats)
-            .finish()
+            .field("unmapping", &self.shared.unmapping.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -265,9 +297,9 @@ impl<T> Lease<T> {
 
     /// Ends the lease on its completion and hands the payload back; `None` if `revoke_all`
     /// already ended it (a late completion after a reset: nothing to do, and it is counted).
-    pub fn release(mut self) -> Option<T> {
+    pub fn release<L: LockBefore<TeardownLeases>>(mut self, token: &mut LockToken<'_, L>) -> Option<T> {
         self.ended = true;
-        let mut inner = self.shared.lock();
+        let mut inner = self.shared.lock(token);
         let payload = match inner.outstanding.remove(&self.key) {
             Some(entry) => {
                 inner.stats.released += 1;
@@ -314,7 +346,8 @@ pub struct UnmapPermit<T = ()> {
 
 impl<T> Drop for UnmapPermit<T> {
     fn drop(&mut self) {
-        self.shared.lock().unmapping = false;
+        // No token reaches a `Drop`: the flag is cleared without the lock (see `Shared`).
+        self.shared.unmapping.store(false, Ordering::SeqCst);
     }
 }
 
@@ -349,6 +382,12 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use scst_accel_hal::locks::levels::Root;
+
+    /// The test thread's token: it holds no lock.
+    fn t() -> LockToken<'static, Root> {
+        LockToken::root()
+    }
 
     static_assertions::assert_impl_all!(LeaseTable<std::sync::Arc<u8>>: Send, Sync);
     static_assertions::assert_impl_all!(Lease<std::sync::Arc<u8>>: Send);
@@ -365,16 +404,16 @@ mod tests {
     #[test]
     fn grant_release_counts() {
         let table = LeaseTable::<u32>::new();
-        let a = table.grant(7, 70).expect("no permit");
-        let b = table.grant(8, 80).expect("no permit");
-        assert_eq!(table.outstanding(), 2);
-        assert_eq!(table.outstanding_ids(), vec![7, 8]);
+        let a = table.grant(&mut t(), 7, 70).expect("no permit");
+        let b = table.grant(&mut t(), 8, 80).expect("no permit");
+        assert_eq!(table.outstanding(&mut t()), 2);
+        assert_eq!(table.outstanding_ids(&mut t()), vec![7, 8]);
         assert_eq!(a.id(), 7);
-        assert_eq!(a.release(), Some(70));
-        assert_eq!(table.outstanding(), 1);
-        assert_eq!(b.release(), Some(80));
-        assert_eq!(table.outstanding(), 0);
-        let stats = table.stats();
+        assert_eq!(a.release(&mut t()), Some(70));
+        assert_eq!(table.outstanding(&mut t()), 1);
+        assert_eq!(b.release(&mut t()), Some(80));
+        assert_eq!(table.outstanding(&mut t()), 0);
+        let stats = table.stats(&mut t());
         assert_eq!(
             (stats.granted, stats.released, stats.revoked, stats.late_releases),
             (2, 2, 0, 0)
@@ -385,15 +424,15 @@ mod tests {
     fn revoke_then_late_release_is_a_counted_noop() {
         let returned = AtomicUsize::new(0);
         let table = LeaseTable::new();
-        let lease = table.grant(1, Buf(&returned)).expect("no permit");
-        let revoked = table.revoke_all();
+        let lease = table.grant(&mut t(), 1, Buf(&returned)).expect("no permit");
+        let revoked = table.revoke_all(&mut t());
         assert_eq!(revoked.len(), 1);
         assert_eq!(revoked[0].0, 1);
-        assert_eq!(table.outstanding(), 0);
+        assert_eq!(table.outstanding(&mut t()), 0);
         drop(revoked);
         assert_eq!(returned.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(
-            lease.release().is_none(),
+            lease.release(&mut t()).is_none(),
             "a revoked lease has nothing to hand back"
         );
         assert_eq!(
@@ -401,23 +440,23 @@ mod tests {
             1,
             "never released twice"
         );
-        let stats = table.stats();
+        let stats = table.stats(&mut t());
         assert_eq!((stats.revoked, stats.late_releases, stats.released), (1, 1, 0));
-        assert!(table.revoke_all().is_empty());
+        assert!(table.revoke_all(&mut t()).is_empty());
     }
 
     #[test]
     fn wait_released_times_out_then_succeeds() {
         let table = LeaseTable::<()>::new();
-        assert_eq!(table.wait_released(Duration::ZERO), Ok(()));
-        let lease = table.grant(3, ()).expect("no permit");
+        assert_eq!(table.wait_released(&mut t(), Duration::ZERO), Ok(()));
+        let lease = table.grant(&mut t(), 3, ()).expect("no permit");
         assert_eq!(
-            table.wait_released(Duration::from_millis(20)),
+            table.wait_released(&mut t(), Duration::from_millis(20)),
             Err(Outstanding { outstanding: 1 })
         );
         std::thread::scope(|s| {
-            let releaser = s.spawn(move || lease.release());
-            assert_eq!(table.wait_released(Duration::from_secs(30)), Ok(()));
+            let releaser = s.spawn(move || lease.release(&mut t()));
+            assert_eq!(table.wait_released(&mut t(), Duration::from_secs(30)), Ok(()));
             releaser.join().expect("releaser"); // explicit: see issue 16
         });
     }
@@ -425,29 +464,31 @@ mod tests {
     #[test]
     fn unmap_permit_excludes_leases() {
         let table = LeaseTable::<u8>::new();
-        let lease = table.grant(1, 1).expect("no permit");
-        assert!(table.unmap_guard().is_none(), "a lease is outstanding");
-        assert_eq!(lease.release(), Some(1));
-        let permit = table.unmap_guard().expect("nothing outstanding");
-        assert!(table.unmap_guard().is_none(), "one permit at a time");
-        let refused = table.grant(2, 2).expect_err("grant refused while unmapping");
+        let lease = table.grant(&mut t(), 1, 1).expect("no permit");
+        assert!(table.unmap_guard(&mut t()).is_none(), "a lease is outstanding");
+        assert_eq!(lease.release(&mut t()), Some(1));
+        let permit = table.unmap_guard(&mut t()).expect("nothing outstanding");
+        assert!(table.unmap_guard(&mut t()).is_none(), "one permit at a time");
+        let refused = table
+            .grant(&mut t(), 2, 2)
+            .expect_err("grant refused while unmapping");
         assert_eq!((refused.id, refused.payload), (2, 2));
-        assert_eq!(table.stats().refused, 1);
+        assert_eq!(table.stats(&mut t()).refused, 1);
         drop(permit);
-        let again = table.grant(3, 3).expect("permit dropped");
-        assert_eq!(again.release(), Some(3));
+        let again = table.grant(&mut t(), 3, 3).expect("permit dropped");
+        assert_eq!(again.release(&mut t()), Some(3));
     }
 
     #[test]
     fn dropped_lease_stays_outstanding_until_revoked() {
         let returned = AtomicUsize::new(0);
         let table = LeaseTable::new();
-        drop(table.grant(9, Buf(&returned)).expect("no permit"));
-        assert_eq!(table.outstanding(), 1, "the device may still use it");
+        drop(table.grant(&mut t(), 9, Buf(&returned)).expect("no permit"));
+        assert_eq!(table.outstanding(&mut t()), 1, "the device may still use it");
         assert_eq!(returned.load(std::sync::atomic::Ordering::SeqCst), 0);
-        assert!(table.unmap_guard().is_none());
-        drop(table.revoke_all());
+        assert!(table.unmap_guard(&mut t()).is_none());
+        drop(table.revoke_all(&mut t()));
         assert_eq!(returned.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert!(table.unmap_guard().is_some());
+        assert!(table.unmap_guard(&mut t()).is_some());
     }
 }

@@ -16,6 +16,7 @@ use scst_accel_handler::store::StoreError;
 use scst_accel_handler::store::StoreOp;
 use scst_accel_handler::store::StoreRequest;
 use scst_accel_handler::store::StoreStatus;
+use scst_accel_handler::store::StoreToken;
 use scst_accel_handler::workload::stamp::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,9 +193,11 @@ pub fn run(
         });
     }
     let mut queue = store.open_queue()?;
+    // This thread's lock token (docs/locking.md): the bench is a store's only submitter.
+    let mut token = StoreToken::root();
     let slots = (0..w.queue_depth.max(1))
         .map(|_| {
-            CmdBuffer::allocate(pool, w.io_size as usize)
+            CmdBuffer::allocate(&mut token, pool, w.io_size as usize)
                 .map(|buffer| Slot { buffer, busy: None })
                 .ok_or(StoreBenchError::NoBuffer {
                     len: w.io_size as usize,
@@ -237,6 +240,8 @@ impl Driver<'_> {
         let started = Instant::now();
         let deadline = started + self.w.duration;
         let mut prefilled = 0u64;
+        // The bench thread's lock token: it holds nothing while it drives the queue.
+        let mut token = StoreToken::root();
         let mut batch: Vec<StoreRequest> = Vec::with_capacity(self.slots.len());
         let mut done: Vec<StoreCompletion> = Vec::with_capacity(self.slots.len());
         let mut last_progress = Instant::now();
@@ -265,7 +270,7 @@ impl Driver<'_> {
                 }
             }
             if !batch.is_empty() {
-                match queue.submit(&mut batch) {
+                match queue.submit(&mut token, &mut batch) {
                     Ok(()) | Err(StoreError::QueueFull { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }

@@ -94,9 +94,13 @@ struct BlockingQueue {
 }
 
 impl StoreQueue for BlockingQueue {
-    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+    fn submit(
+        &mut self,
+        token: &mut crate::store::StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
         self.gate.pass();
-        self.inner.submit(batch)
+        self.inner.submit(token, batch)
     }
 
     fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {

@@ -80,7 +80,10 @@ impl Drop for TempDir {
 
 fn buffer(len: usize) -> IoBuffer {
     let pool = Arc::new(SgvPool::new(None, None, 1 << 30));
-    IoBuffer::new(CmdBuffer::allocate(&pool, len).expect("buffer"), len)
+    IoBuffer::new(
+        CmdBuffer::allocate(&mut crate::store::StoreToken::root(), &pool, len).expect("buffer"),
+        len,
+    )
 }
 
 /// Open, and check the store runs the engine asked for (Auto: either).
@@ -108,7 +111,8 @@ fn run(q: &mut Box<dyn StoreQueue>, op: StoreOp, buf: Option<&IoBuffer>) -> Stor
         op,
         buffer: buf.cloned(),
     }];
-    q.submit(&mut batch).expect("submit");
+    q.submit(&mut crate::store::StoreToken::root(), &mut batch)
+        .expect("submit");
     assert!(batch.is_empty());
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut out = Vec::new();
@@ -551,7 +555,9 @@ fn many_queues_share_the_bounded_pool(engine: IoEngine) {
             buffer: None,
         })
         .collect();
-    let e = q.submit(&mut batch).unwrap_err();
+    let e = q
+        .submit(&mut crate::store::StoreToken::root(), &mut batch)
+        .unwrap_err();
     assert!(matches!(e, StoreError::QueueFull { .. }), "{e}");
     assert_eq!(batch.len(), 10);
     assert_eq!(batch[0].tag, QUEUE_DEPTH as u64);
@@ -858,7 +864,8 @@ fn lba_status_reports_the_holes_of_a_file(engine: IoEngine) {
 
 /// Submit `batch`, wholly accepted.
 fn submit_all(q: &mut Box<dyn StoreQueue>, mut batch: Vec<StoreRequest>) {
-    q.submit(&mut batch).expect("submit");
+    q.submit(&mut crate::store::StoreToken::root(), &mut batch)
+        .expect("submit");
     assert!(batch.is_empty());
 }
 
@@ -1241,7 +1248,8 @@ fn uring_completions_from_the_kernel_are_handled_exactly() {
         op: StoreOp::Read { lba: 64, blocks: 16 },
         buffer: Some(out.clone()),
     };
-    q.submit(&mut vec![read(2)]).expect("submit");
+    q.submit(&mut crate::store::StoreToken::root(), &mut vec![read(2)])
+        .expect("submit");
     assert_eq!(reap_n(&mut q, 1), [(2, StoreStatus::Good)]);
     let got = bytes(&out, 8192);
     assert!(
@@ -1262,7 +1270,11 @@ fn uring_completions_from_the_kernel_are_handled_exactly() {
     };
     q.complete_as_the_kernel(flush(3), -libc::EIO);
     assert_eq!(reap_n(&mut q, 1), [(3, StoreStatus::WriteError { lba: 64 })]);
-    q.submit(&mut vec![flush(4), flush(5)]).expect("submit");
+    q.submit(
+        &mut crate::store::StoreToken::root(),
+        &mut vec![flush(4), flush(5)],
+    )
+    .expect("submit");
     assert_eq!(
         reap_n(&mut q, 2),
         [

@@ -308,7 +308,7 @@ impl UringQueue {
     fn delegate(&mut self, req: StoreRequest, status: StoreStatus) {
         let tag = req.tag;
         let mut one = vec![req];
-        if let Err(e) = self.threads.submit(&mut one) {
+        if let Err(e) = self.threads.submit_requests(&mut one) {
             log::warn!(
                 "{}: cannot hand a request to the I/O threads: {e}",
                 self.store.path.display()
@@ -546,7 +546,11 @@ impl UringQueue {
 }
 
 impl StoreQueue for UringQueue {
-    fn submit(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
+    fn submit(
+        &mut self,
+        _token: &mut crate::store::StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
         let mut refused: Option<StoreError> = None;
         let mut rest = Vec::new();
         for req in batch.drain(..) {
@@ -567,7 +571,7 @@ impl StoreQueue for UringQueue {
                 }
                 Ok(None) => {
                     let mut one = vec![req];
-                    if let Err(e) = self.threads.submit(&mut one) {
+                    if let Err(e) = self.threads.submit_requests(&mut one) {
                         refused = Some(e);
                         rest.append(&mut one);
                     } else {
