@@ -200,6 +200,57 @@ fn replies_the_kernel_keeps_refusing_to_read_are_dropped_after_a_bound() {
     session.detach();
 }
 
+/// The same, for a READ whose buffer the handler allocated at EXEC time and named in the dropped
+/// reply: the kernel never read that reply, so it never attached the buffer and will never
+/// return it; the handler frees it when it drops the reply. Afterwards its buffer table holds
+/// exactly what the kernel holds.
+#[test]
+fn a_buffer_named_in_a_dropped_reply_is_freed() {
+    let refuse = Arc::new(AtomicBool::new(false));
+    let hook_refuse = Arc::clone(&refuse);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        if arg.header().replies_cnt > 0 && hook_refuse.load(Ordering::SeqCst) {
+            return Err(Errno::EFAULT);
+        }
+        fd.reply_and_get_multi(arg)
+    });
+    let rig = rig("contract-untaken-pbuf", hook);
+    let session = rig.session(0);
+    let before = rig.frontend().stats().buffers;
+    refuse.store(true, Ordering::SeqCst);
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb: read10(0, 8),
+            data_out: Vec::new(),
+            expected_data_in: BLOCK * 8,
+            queue_type: abi::queue_type::SIMPLE,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
+    while rig.frontend().stats().reply_errors == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replies were never dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    refuse.store(false, Ordering::SeqCst);
+    let after = rig.frontend().stats().buffers;
+    assert!(
+        after.allocated > before.allocated,
+        "the READ's buffer was allocated at EXEC time: {after:?}"
+    );
+    let kernel = rig.kernel.device_stats(&rig.name).expect("device");
+    assert_eq!(
+        after.buffers,
+        (kernel.cached_buffers + kernel.buffers_in_use) as u64,
+        "the handler holds a buffer SCST never took: {kernel:?}"
+    );
+    session.detach();
+}
+
 /// A READ's buffer is allocated at EXEC time and named in the EXEC reply (spec §3.5); SCST owns
 /// it only once it takes that reply. When the kernel refuses the reply before attaching the
 /// buffer (EINVAL: here a resp_data_len above bufflen), SCST never returns it, so the handler

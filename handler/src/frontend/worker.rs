@@ -593,7 +593,10 @@ impl Worker {
     /// REPLY_AND_GET_MULTI failed before the kernel read any reply: keep them all for the next
     /// call. After [`UNTAKEN_CALLS_MAX`] such calls in a row they are dropped (counted as
     /// refused, logged): the kernel keeps failing the call, and a worker that resends forever
-    /// would never reach its teardown checks. Returns 0: nothing was fetched.
+    /// would never reach its teardown checks. A buffer allocated at EXEC time and named in a
+    /// dropped reply was never attached (the kernel read none of them, spec §3.3), so no
+    /// ON_CACHED_MEM_FREE will return it: it is freed with its reply. Returns 0: nothing was
+    /// fetched.
     fn replies_untaken(&mut self, errno: Errno) -> usize {
         self.untaken_calls += 1;
         if self.untaken_calls < UNTAKEN_CALLS_MAX {
@@ -614,6 +617,12 @@ impl Worker {
             .counters
             .reply_errors
             .fetch_add(self.replies.len() as u64, Ordering::Relaxed);
+        for index in 0..self.replies.len() {
+            let pbuf = self.reply_tokens[index].new_pbuf;
+            if pbuf != 0 && self.shared.buffers.release(&mut self.token, pbuf) {
+                log::warn!("buffer {pbuf:#x} of a dropped reply was never SCST's: freed");
+            }
+        }
         self.consume_replies(self.replies.len(), false);
         self.untaken_calls = 0;
         0
