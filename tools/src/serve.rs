@@ -248,7 +248,8 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
 
 /// How old a worker's heartbeat may be before its disk counts as wedged. A worker beats at the
 /// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls, which
-/// the store's own deadlines bound to `command_timeout`); a few seconds means stuck.
+/// the store's own deadlines bound to `command_timeout`); an idle worker parked in poll sets
+/// its heartbeat ahead to the end of its park first; a few seconds means stuck.
 const WEDGED_AFTER: Duration = Duration::from_secs(10);
 
 /// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the

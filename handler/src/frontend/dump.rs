@@ -56,7 +56,11 @@ impl Frontend {
         let mut asked = Vec::new();
         for (worker, sender) in self.dumpers.iter().enumerate() {
             match sender.try_send(DumpRequest { reply: tx.clone() }) {
-                Ok(()) => asked.push(worker),
+                Ok(()) => {
+                    // An idle worker sleeps in poll for up to `idle_park`: wake it.
+                    shared.ring(worker);
+                    asked.push(worker);
+                }
                 Err(TrySendError::Full(_)) => {
                     let _ = writeln!(out, "worker {worker}: busy (earlier dump requests unanswered)");
                 }

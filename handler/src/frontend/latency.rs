@@ -187,6 +187,8 @@ pub(crate) struct WorkerFigures {
     write_bytes: AtomicU64,
     sum_ns: AtomicU64,
     counts: [AtomicU64; LATENCY_BUCKETS],
+    /// Returns from the worker's wait in poll (woken, or its bound passed).
+    wakeups: AtomicU64,
 }
 
 impl Default for WorkerFigures {
@@ -198,6 +200,7 @@ impl Default for WorkerFigures {
             write_bytes: AtomicU64::new(0),
             sum_ns: AtomicU64::new(0),
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            wakeups: AtomicU64::new(0),
         }
     }
 }
@@ -235,6 +238,11 @@ impl WorkerFigures {
         bump(&self.sum_ns, ns);
     }
 
+    /// The worker came back from its wait. Called by the owning worker only.
+    pub(crate) fn woke(&self) {
+        bump(&self.wakeups, 1);
+    }
+
     /// Add this worker's figures to `out` (reads, relaxed).
     pub(crate) fn add_to(&self, out: &mut super::FrontendStats) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -242,6 +250,7 @@ impl WorkerFigures {
         out.write_commands += get(&self.write_commands);
         out.read_bytes += get(&self.read_bytes);
         out.write_bytes += get(&self.write_bytes);
+        out.wakeups += get(&self.wakeups);
         let mut h = LatencyHistogram::default();
         for (a, b) in h.counts.iter_mut().zip(self.counts.iter()) {
             *a = get(b);

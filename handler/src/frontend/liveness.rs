@@ -39,6 +39,19 @@ impl Liveness {
         }
     }
 
+    /// Worker `index` is about to sleep for at most `bound` (an idle worker parked in poll):
+    /// its heartbeat is set to the time it will be back by, so a parked worker never looks
+    /// wedged, and one that does not come back in time does once `max_age` has passed since.
+    pub(crate) fn beat_until(&self, index: usize, bound: Duration) {
+        if let Some(beat) = self.beats.get(index) {
+            let ahead = u64::try_from(bound.as_millis()).unwrap_or(EXITED - 1);
+            beat.store(
+                self.now_ms().saturating_add(ahead).min(EXITED - 1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Worker `index` has ended.
     pub(crate) fn exited(&self, index: usize) {
         if let Some(beat) = self.beats.get(index) {

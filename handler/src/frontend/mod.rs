@@ -35,6 +35,7 @@ use crate::store::StoreError;
 use crate::teardown::Drain;
 use crate::teardown::LeaseTable;
 use crate::teardown::UnmapPermit;
+use crate::transport::fdio::EventFd;
 use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use scst_accel_dma::SgvPool;
@@ -66,9 +67,16 @@ pub struct FrontendConfig {
     pub workers: usize,
     /// Commands fetched per REPLY_AND_GET_MULTI.
     pub cmds_per_call: usize,
-    /// How long an idle worker sleeps in poll before re-checking for stop; also how often it
-    /// asks the store whether it failed ([`Store::failure`]).
+    /// How long a worker with work pending (commands in the store, replies to send, the
+    /// teardown under way) waits in poll before looking again; also how often it asks the store
+    /// whether it failed ([`Store::failure`]) while busy.
     pub idle_poll: Duration,
+    /// How long a worker with nothing at all to do (no command in flight, no reply pending,
+    /// serving) sleeps in poll: it wakes at once for a command (the scst_user fd), a store
+    /// completion, a teardown step or a dump (its doorbell), so this bounds only the idle
+    /// store-health check and the wake-ups of an idle service (one per `idle_park` per
+    /// worker; a serving process without I/O uses no measurable CPU).
+    pub idle_park: Duration,
     /// Cap on a command's deadline (the payload's timeout, or this when it has none): past it
     /// the watchdog aborts the queue's requests on the device and answers them.
     pub max_command_timeout: Duration,
@@ -83,6 +91,7 @@ impl Default for FrontendConfig {
             workers: 2,
             cmds_per_call: 16,
             idle_poll: Duration::from_millis(50),
+            idle_park: Duration::from_secs(1),
             stop_grace: Duration::from_secs(5),
             max_command_timeout: Duration::from_secs(30),
         }
@@ -101,8 +110,10 @@ pub enum FrontendError {
         #[source]
         source: StoreError,
     },
-    /// The teardown trigger's eventfd could not be created.
-    #[error("cannot create the teardown trigger's eventfd (out of file descriptors?)")]
+    /// The teardown trigger's eventfd, or a worker's doorbell, could not be created.
+    #[error(
+        "cannot create the teardown trigger's or a worker doorbell's eventfd (out of file descriptors?)"
+    )]
     Trigger {
         /// Cause.
         #[source]
@@ -228,6 +239,9 @@ pub struct FrontendStats {
     pub buffers: BufferFigures,
     /// FLUSH_CACHE calls started because the buffer cap refused an allocation.
     pub cap_flushes: u64,
+    /// Returns of the workers from their wait in poll: about one per `idle_park` per worker
+    /// while idle ([`FrontendConfig::idle_park`]), one per batch while busy.
+    pub wakeups: u64,
 }
 
 /// What a worker reports when it leaves.
@@ -295,6 +309,9 @@ pub(crate) struct Shared {
     liveness: liveness::Liveness,
     /// FLUSH_CACHE when the buffer cap refuses an allocation.
     cap_flush: cap_flush::CapFlush,
+    /// One doorbell per worker: rung when the worker must look now (a teardown step, a dump
+    /// request), so that an idle worker can sleep in poll without a short timeout.
+    doorbells: Box<[EventFd]>,
     config: FrontendConfig,
 }
 
@@ -350,6 +367,10 @@ impl Frontend {
         config: FrontendConfig,
     ) -> Result<Self, FrontendError> {
         let trigger = trigger::Trigger::new().map_err(|source| FrontendError::Trigger { source })?;
+        let doorbells = (0..config.workers.max(1))
+            .map(|_| EventFd::new())
+            .collect::<std::io::Result<Box<[EventFd]>>>()
+            .map_err(|source| FrontendError::Trigger { source })?;
         let shared = Arc::new(Shared {
             fd,
             disk,
@@ -367,6 +388,7 @@ impl Frontend {
             abort: AbortTally::default(),
             liveness: liveness::Liveness::new(config.workers.max(1)),
             cap_flush: cap_flush::CapFlush::default(),
+            doorbells,
             config: config.clone(),
         });
         let mut frontend = Self {
@@ -642,9 +664,24 @@ impl Shared {
         }
     }
 
-    /// Move to `phase` (never backwards).
+    /// Move to `phase` (never backwards), and wake every worker to act on it.
     fn advance(&self, phase: Phase) {
         self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        self.ring_all();
+    }
+
+    /// Ring every worker's doorbell.
+    pub(crate) fn ring_all(&self) {
+        for doorbell in self.doorbells.iter() {
+            doorbell.signal();
+        }
+    }
+
+    /// Ring worker `index`'s doorbell.
+    pub(crate) fn ring(&self, index: usize) {
+        if let Some(doorbell) = self.doorbells.get(index) {
+            doorbell.signal();
+        }
     }
 
     fn stats(&self) -> FrontendStats {

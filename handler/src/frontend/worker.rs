@@ -39,6 +39,7 @@ use crate::transport::Errno;
 use scst_accel_hal::locks::levels::Root;
 use scst_accel_hal::locks::LockToken;
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -207,7 +208,9 @@ impl Worker {
         loop {
             // Liveness (`Frontend::wedged_workers`): one relaxed store per iteration. What one
             // iteration can block on, hence how old a live worker's heartbeat can get:
-            // - `wait`: one poll(2) bounded by `idle_poll` (50 ms by default);
+            // - `wait`: one poll(2) bounded by `idle_poll` (50 ms by default) while anything is
+            //   pending; by `idle_park` (1 s) when idle, with the heartbeat set ahead to the
+            //   end of that bound first (`Liveness::beat_until`), so parking never looks wedged;
             // - `flush_submissions`: one `wait(false)` (≤ `idle_poll`) per retry while the store
             //   queue refuses a batch and nothing is reaped, so as long as the store stays full;
             // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
@@ -448,26 +451,48 @@ impl Worker {
         }
     }
 
-    /// Wait for the fd (when `fetching`) or the store queue, bounded by `idle_poll`. After a
-    /// readable fd gave nothing to fetch, back off instead ([`Worker::back_off`]).
+    /// Wait for the fd (when `fetching`), the store queue or this worker's doorbell. Bounded by
+    /// `idle_poll` while anything is pending (commands in the store, deadlines to watch, the
+    /// teardown under way), by `idle_park` when there is nothing at all: then only a command,
+    /// a completion, a teardown step or a dump (which ring the doorbell) wakes the worker, and
+    /// an idle service costs one wake-up per `idle_park` per worker. After a readable fd gave
+    /// nothing to fetch, back off instead ([`Worker::back_off`]).
     fn wait(&mut self, fetching: bool) {
         if fetching && self.empty_ready_fetches > 0 {
             self.back_off();
             return;
         }
+        let idle = fetching
+            && self.inflight.is_empty()
+            && self.replies.is_empty()
+            && self.shared.phase() == Phase::Serving;
+        let bound = if idle {
+            self.shared.config.idle_park.max(self.shared.config.idle_poll)
+        } else {
+            self.shared.config.idle_poll
+        };
+        let doorbell = self.shared.doorbells.get(self.index);
         let fd = Some(self.shared.fd.poll_fd()).filter(|_| fetching);
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().chain(self.queue.notify_fd()).collect();
-        if fds.is_empty() {
-            scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
-            return;
+        let fds: Vec<BorrowedFd<'_>> = fd
+            .into_iter()
+            .chain(self.queue.notify_fd())
+            .chain(doorbell.map(AsFd::as_fd))
+            .collect();
+        if idle {
+            self.shared.liveness.beat_until(self.index, bound);
         }
-        match poll_readable(&fds, self.shared.config.idle_poll) {
+        match poll_readable(&fds, bound) {
             Ok(ready) => self.fd_said_ready = fetching && ready.first().copied().unwrap_or(false),
             Err(e) => {
                 log::warn!("poll on the scst_user fd failed: {e}");
                 scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
             }
         }
+        if let Some(doorbell) = doorbell {
+            // Rung or not, the loop looks at the phase and the dumps next.
+            doorbell.clear();
+        }
+        self.figures().woke();
     }
 
     /// The fd polled readable and the fetch found nothing (spec §3.9: POLLIN on SCST's active

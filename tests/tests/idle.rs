@@ -1,0 +1,97 @@
+//! Quiet when idle (issue 13 §4): a worker with nothing at all to do sleeps in poll for
+//! `idle_park` instead of waking every `idle_poll`, and whatever needs it wakes it at once: a
+//! command (the scst_user fd), a dump request and every teardown step (its doorbell).
+
+use scst_accel_dma::SgvPool;
+use scst_accel_handler::abi::sam_status;
+use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::frontend::TeardownConfig;
+use scst_accel_handler::store::ram::RamStore;
+use scst_accel_handler::transport::register::default_options;
+use scst_accel_tests::execute;
+use scst_accel_tests::Rig;
+use std::sync::Arc;
+use std::time::Duration;
+
+const BLOCK: u32 = 512;
+const BLOCKS: u64 = 2048;
+const WORKERS: u64 = 2;
+
+fn rig(name: &str, idle_park: Duration) -> Rig {
+    let config = FrontendConfig {
+        workers: WORKERS as usize,
+        idle_poll: Duration::from_millis(10),
+        idle_park,
+        ..FrontendConfig::default()
+    };
+    Rig::with_config(
+        name,
+        BLOCK,
+        BLOCKS,
+        default_options(),
+        Arc::new(RamStore::new(BLOCK, BLOCKS, 2048)),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        config,
+    )
+}
+
+fn read10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = vec![0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+/// Idle for 1.5 s with `idle_park` 300 ms and `idle_poll` 10 ms: each worker wakes about 5
+/// times, not about 150 (the wait is still bounded: it does wake).
+#[test]
+fn an_idle_worker_wakes_once_per_park_not_once_per_poll() {
+    let rig = rig("idle-park", Duration::from_millis(300));
+    let session = rig.session(0);
+    let r = execute(&session, 1, &read10(0, 1), Vec::new(), BLOCK);
+    assert_eq!(r.status, sam_status::GOOD);
+    std::thread::sleep(Duration::from_millis(100));
+    let before = rig.frontend().stats().wakeups;
+    std::thread::sleep(Duration::from_millis(1500));
+    let woke = rig.frontend().stats().wakeups - before;
+    assert!(
+        woke <= WORKERS * (1500 / 300 + 3),
+        "{woke} wake-ups of {WORKERS} idle workers in 1.5 s (idle_poll would give ~300)"
+    );
+    assert!(
+        woke >= WORKERS,
+        "a parked worker's wait is bounded: {woke} wake-ups"
+    );
+    session.detach();
+}
+
+/// With `idle_park` at 60 s a parked worker still serves a command, answers a dump and leaves
+/// at the teardown at once: nothing waits for the park to end.
+#[test]
+fn a_parked_worker_is_woken_by_commands_dumps_and_the_teardown() {
+    let mut rig = rig("idle-wake", Duration::from_secs(60));
+    let session = rig.session(0);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = execute(&session, 1, &read10(8, 1), Vec::new(), BLOCK);
+    assert_eq!(r.status, sam_status::GOOD, "a command wakes a parked worker");
+    std::thread::sleep(Duration::from_millis(200));
+    let dump = rig.frontend().dump();
+    assert!(
+        !dump.contains("no answer"),
+        "every parked worker answers the dump:\n{dump}"
+    );
+    session.detach();
+    std::thread::sleep(Duration::from_millis(200));
+    let frontend = rig.frontend.take().expect("frontend");
+    let report = frontend.teardown(TeardownConfig::default());
+    let leave = report
+        .teardown
+        .steps
+        .iter()
+        .find(|s| s.name == "leave")
+        .expect("leave step");
+    assert!(
+        leave.within_bound && leave.duration < Duration::from_secs(5),
+        "the workers leave when told, not when their park ends: {leave:?}"
+    );
+}
