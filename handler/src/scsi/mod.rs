@@ -38,6 +38,8 @@ mod rw;
 pub mod sense;
 
 #[cfg(test)]
+mod advertising_tests;
+#[cfg(test)]
 mod tests;
 
 use cdb::Command;
