@@ -158,9 +158,7 @@ impl DiskConfig {
             },
         }
     }
-}
 
-impl DiskConfig {
     /// The disk a store describes: its geometry (block size, capacity, physical block), its
     /// largest request, its write cache (WCE = 1 only over a volatile cache, SBC-3 §6.4.5) and
     /// what it knows about deallocation (LBPRZ, GET LBA STATUS). Thin provisioning stays off:
@@ -174,10 +172,7 @@ impl DiskConfig {
         config.write_cache = info.volatile_cache;
         config.unmapped_reads_zero = info.unmapped_reads_zero;
         config.lba_status = info.reports_lba_status;
-        config.limits.max_transfer_blocks = config
-            .limits
-            .max_transfer_blocks
-            .min(info.max_transfer_blocks.max(1));
+        config.limits.max_transfer_blocks = info.max_transfer_blocks.max(1);
         config
     }
 }
