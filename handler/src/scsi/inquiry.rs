@@ -5,6 +5,7 @@
 //! [`Capabilities`].
 
 use super::caps::Capabilities;
+use super::caps::CopyOffload;
 use super::sense::Sense;
 use super::DiskConfig;
 use crate::abi::TYPE_DISK;
@@ -19,13 +20,18 @@ pub const NAA_OUI: u32 = 0x00_1405;
 /// SBC-3, each "no version claimed".
 const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x0460, 0x04C0];
 
-/// Standard INQUIRY data, 96 bytes.
-pub(crate) fn standard(config: &DiskConfig) -> Vec<u8> {
+/// Standard INQUIRY data, 96 bytes: identity from the configuration, 3PC from the
+/// capabilities.
+pub(crate) fn standard(config: &DiskConfig, caps: &Capabilities) -> Vec<u8> {
     let mut d = vec![0u8; 96];
     d[0] = TYPE_DISK; // peripheral qualifier 0: connected
     d[2] = 0x06; // VERSION: SPC-4
     d[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
+                                // 3PC: third-party copy (EXTENDED COPY) only where the disk takes part in it.
+    d[5] = match caps.copy_offload {
+        CopyOffload::None => 0,
+    };
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(&ascii_field::<8>(&config.vendor));
     d[16..32].copy_from_slice(&ascii_field::<16>(&config.product));

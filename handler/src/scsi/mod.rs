@@ -560,7 +560,7 @@ impl Disk {
                 let data = if evpd {
                     inquiry::vpd_page(page, &self.config, &self.caps)?
                 } else {
-                    inquiry::standard(&self.config)
+                    inquiry::standard(&self.config, &self.caps)
                 };
                 done(Response::with_data(data, alloc))
             }
