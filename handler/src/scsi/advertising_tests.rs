@@ -291,7 +291,7 @@ fn check_core_compare_and_write(label: &str, disk: &Disk) {
         .iter()
         .find(|e| e.executor == Executor::ScstCore)
         .expect("COMPARE AND WRITE entry");
-    assert!(max >= 1 && max <= COMPARE_AND_WRITE_FIELD_MAX, "{label}: {max}");
+    assert!((1..=COMPARE_AND_WRITE_FIELD_MAX).contains(&max), "{label}: {max}");
     let core_cdbs = |byte1: u8, nlb: u32| {
         let mut read = base_cdb(0x88, None, 16);
         read[1] = byte1 & 0x1F;
