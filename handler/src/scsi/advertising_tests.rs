@@ -516,6 +516,22 @@ fn block_limits_are_consistent_and_enforced() {
             assert_eq!(rc16[14] & 0x40, 0, "{what}: LBPRZ without LBPME");
         }
 
+        // V_SUP (Extended INQUIRY Data) where the caching page's default WCE says a volatile
+        // cache exists.
+        assert!(pages[4..].contains(&0x86), "{what}");
+        let b86 = data(&disk, &[0x12, 0x01, 0x86, 0, 0xFF, 0]);
+        let caching_default = data(&disk, &[0x1A, 0x08, 0x88, 0, 0xFF, 0]);
+        assert_eq!(
+            b86[6] & 0x01 != 0,
+            caching_default[6] & 0x04 != 0,
+            "{what}: V_SUP and WCE"
+        );
+        assert_eq!(
+            caching_default[6] & 0x04 != 0,
+            info.volatile_cache,
+            "{what}: WCE and the store's cache"
+        );
+
         // DPOFUA, and the DPO and FUA bits in the usage data of every READ and WRITE.
         let mode = data(&disk, &[0x1A, 0x08, 0x3F, 0, 0xFF, 0]);
         assert_eq!(mode[2] & 0x10, 0x10, "{what}: DPOFUA");

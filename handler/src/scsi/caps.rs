@@ -89,7 +89,8 @@ pub struct Capabilities {
     pub compare_and_write: CompareAndWrite,
     /// Provisioning.
     pub provisioning: Provisioning,
-    /// Initial WCE of the caching mode page (a volatile write cache exists).
+    /// A volatile write cache exists: the initial WCE of the caching mode page, and V_SUP in
+    /// the Extended INQUIRY Data page.
     pub write_cache: bool,
     /// Initial D_SENSE of the control mode page.
     pub d_sense: bool,

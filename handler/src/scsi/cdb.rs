@@ -134,9 +134,9 @@ struct Fields<'a> {
 impl Fields<'_> {
     /// The bits `mask` of byte `i` (0 past the end).
     fn bits(&self, i: usize, mask: u8) -> u8 {
-        if let Some(slot) = self.read.get().get(i).copied() {
-            let mut read = self.read.get();
-            read[i] = slot | mask;
+        let mut read = self.read.get();
+        if let Some(slot) = read.get_mut(i) {
+            *slot |= mask;
             self.read.set(read);
         }
         self.cdb.get(i).copied().unwrap_or(0) & mask

@@ -1,6 +1,6 @@
 //! INQUIRY: standard data (SPC-4 §6.6.2) and the vital product data pages (SPC-4 §7.8,
 //! SBC-3 §6.6): 00h supported pages, 80h unit serial number, 83h device identification,
-//! B0h block limits, B1h block device characteristics, B2h logical block provisioning (thin
+//! 86h extended INQUIRY data, B0h block limits, B1h block device characteristics, B2h logical block provisioning (thin
 //! disks only). Identity comes from the [`DiskConfig`]; every capability from the disk's
 //! [`Capabilities`].
 
@@ -44,7 +44,7 @@ pub(crate) fn standard(config: &DiskConfig, caps: &Capabilities) -> Vec<u8> {
 
 /// The VPD pages this disk offers, ascending.
 fn supported_pages(caps: &Capabilities) -> Vec<u8> {
-    let mut pages = vec![0x00, 0x80, 0x83, 0xB0, 0xB1];
+    let mut pages = vec![0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1];
     if caps.provisioning.thin {
         pages.push(0xB2);
     }
@@ -60,6 +60,7 @@ pub(crate) fn vpd_page(page: u8, config: &DiskConfig, caps: &Capabilities) -> Re
         0x00 => supported_pages(caps),
         0x80 => printable(&config.serial).into_bytes(),
         0x83 => device_identification(config),
+        0x86 => extended_inquiry_data(caps),
         0xB0 => block_limits(caps),
         0xB1 => block_device_characteristics(caps),
         _ => logical_block_provisioning(caps),
@@ -102,6 +103,21 @@ fn device_identification(config: &DiskConfig) -> Vec<u8> {
     }
     d.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]); // ASCII; LU; T10 vendor ID
     d.extend_from_slice(&t10);
+    d
+}
+
+/// Extended INQUIRY Data (86h), 60 bytes after the header (SPC-4 §7.8.7): no protection
+/// information; the SIMPLE, ORDERED and HEAD OF QUEUE task attributes (SCST's core orders the
+/// commands of every device it serves, as for its own vdisk); V_SUP where a volatile cache
+/// exists (FUA and SYNCHRONIZE CACHE then mean something); LUICLR, as SCST's core clears unit
+/// attentions for every I_T nexus of the logical unit.
+fn extended_inquiry_data(caps: &Capabilities) -> Vec<u8> {
+    let mut d = vec![0u8; 0x3C];
+    d[1] = 0x07; // HEADSUP, ORDSUP, SIMPSUP
+    if caps.write_cache {
+        d[2] = 0x01; // V_SUP
+    }
+    d[3] = 0x01; // LUICLR
     d
 }
 
@@ -186,14 +202,14 @@ mod tests {
         let disk = disk_with(config());
         assert_eq!(
             good_data(&disk, &[0x12, 1, 0, 0, 0xFF, 0], &[]),
-            [0, 0, 0, 5, 0, 0x80, 0x83, 0xB0, 0xB1]
+            [0, 0, 0, 6, 0, 0x80, 0x83, 0x86, 0xB0, 0xB1]
         );
         let mut cfg = config();
         cfg.thin_provisioning = true;
         let disk = disk_with(cfg);
         assert_eq!(
             good_data(&disk, &[0x12, 1, 0, 0, 0xFF, 0], &[])[3..],
-            [6, 0, 0x80, 0x83, 0xB0, 0xB1, 0xB2]
+            [7, 0, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2]
         );
     }
 
@@ -284,6 +300,19 @@ mod tests {
         assert_eq!(optimal(1024, 2048, 0), 1024);
         assert_eq!(optimal(4096, 2048, 0), 2048);
         assert_eq!(optimal(1020, 2048, 3), 1016, "a multiple of 8 under the maximum");
+    }
+
+    /// Extended INQUIRY Data: task attributes, LUICLR, and V_SUP only over a volatile cache.
+    #[test]
+    fn vpd_extended_inquiry_data() {
+        let d = good_data(&disk_with(config()), &[0x12, 1, 0x86, 0, 0xFF, 0], &[]);
+        assert_eq!(d.len(), 64);
+        assert_eq!(&d[..8], &[0, 0x86, 0, 0x3C, 0, 0x07, 0x01, 0x01]);
+        assert!(d[8..].iter().all(|&b| b == 0));
+        let mut cfg = config();
+        cfg.write_cache = false;
+        let d = good_data(&disk_with(cfg), &[0x12, 1, 0x86, 0, 0xFF, 0], &[]);
+        assert_eq!(d[6], 0, "no volatile cache: no V_SUP");
     }
 
     #[test]

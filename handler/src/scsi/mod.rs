@@ -391,14 +391,15 @@ impl Disk {
                 block_size: bs,
             });
         }
+        let caps = Capabilities::new(&config);
         Ok(Self {
             num_blocks: AtomicU64::new(config.num_blocks),
             stopped: AtomicBool::new(false),
             prevent_removal: AtomicBool::new(false),
             wce: AtomicBool::new(config.write_cache),
             d_sense: AtomicBool::new(config.d_sense),
-            mode: OrderedMutex::new(ModePages::defaults(&Capabilities::new(&config))),
-            caps: Capabilities::new(&config),
+            mode: OrderedMutex::new(ModePages::defaults(&caps)),
+            caps,
             config,
         })
     }
