@@ -55,6 +55,12 @@ fn open_every_store() -> Vec<(String, StoreInfo)> {
     for bs in [512u32, 4096] {
         infos.push((format!("ram/{bs}"), RamStore::new(bs, 4096, 2048).info()));
     }
+    // A store on a spinning disk (what the file store reports over one).
+    let spinning = StoreInfo {
+        rotational: Some(true),
+        ..RamStore::new(512, 4096, 2048).info()
+    };
+    infos.push(("spinning".to_owned(), spinning));
     let dir = std::env::temp_dir().join(format!("scsi-advertising-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("disk.img");
@@ -530,6 +536,15 @@ fn block_limits_are_consistent_and_enforced() {
             caching_default[6] & 0x04 != 0,
             info.volatile_cache,
             "{what}: WCE and the store's cache"
+        );
+
+        // MEDIUM ROTATION RATE: non-rotating unless the store's medium spins.
+        let b1 = data(&disk, &[0x12, 0x01, 0xB1, 0, 0xFF, 0]);
+        let rate = u16::from_be_bytes([b1[4], b1[5]]);
+        assert_eq!(
+            rate == 1,
+            info.rotational != Some(true),
+            "{what}: rotation rate {rate}"
         );
 
         // DPOFUA, and the DPO and FUA bits in the usage data of every READ and WRITE.

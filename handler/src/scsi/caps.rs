@@ -29,6 +29,9 @@ pub const COMPARE_AND_WRITE_FIELD_MAX: u32 = 255;
 /// MEDIUM ROTATION RATE 0001h: a non-rotating medium (SBC-3 §6.6.2).
 pub const NON_ROTATING: u16 = 1;
 
+/// MEDIUM ROTATION RATE 0000h: not reported (a spinning medium whose rate is not known).
+pub const ROTATION_NOT_REPORTED: u16 = 0;
+
 /// Who runs COMPARE AND WRITE for this disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompareAndWrite {

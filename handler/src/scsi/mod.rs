@@ -117,8 +117,9 @@ pub struct DiskConfig {
     /// STANDARD, what `transport::register::default_options` registers); with parse_type CALL
     /// the PARSE of 0x89 reaches this engine, which refuses it, so set it false there.
     pub compare_and_write: bool,
-    /// MEDIUM ROTATION RATE of VPD B1h (SBC-3 §6.6.2): 1 = non-rotating (every store the
-    /// handler has: RAM, SCA-1, NVMe; a file store on a rotating disk is not detected).
+    /// MEDIUM ROTATION RATE of VPD B1h (SBC-3 §6.6.2): 1 = non-rotating (the default, and
+    /// what RAM, SCA-1 and NVMe stores are), 0 = not reported (a file store on a spinning
+    /// disk, [`crate::store::StoreInfo::rotational`]).
     pub rotation_rate: u16,
     /// Limits (VPD B0h), before normalisation (see [`Capabilities`]).
     pub limits: BlockLimits,
@@ -173,6 +174,13 @@ impl DiskConfig {
         config.unmapped_reads_zero = info.unmapped_reads_zero;
         config.lba_status = info.reports_lba_status;
         config.limits.max_transfer_blocks = info.max_transfer_blocks.max(1);
+        // MEDIUM ROTATION RATE (SBC-3 §6.6.2): 0001h non-rotating; a spinning medium's rate is
+        // not known here, so 0000h "not reported". Unknown (tmpfs...) stays non-rotating: no
+        // file system without a block device sits on a spinning disk of its own.
+        config.rotation_rate = match info.rotational {
+            Some(true) => caps::ROTATION_NOT_REPORTED,
+            Some(false) | None => caps::NON_ROTATING,
+        };
         config
     }
 }
