@@ -109,8 +109,9 @@ fn device_identification(config: &DiskConfig) -> Vec<u8> {
 /// Extended INQUIRY Data (86h), 60 bytes after the header (SPC-4 §7.8.7): no protection
 /// information; the SIMPLE, ORDERED and HEAD OF QUEUE task attributes (SCST's core orders the
 /// commands of every device it serves, as for its own vdisk); V_SUP where a volatile cache
-/// exists (FUA and SYNCHRONIZE CACHE then mean something); LUICLR, as SCST's core clears unit
-/// attentions for every I_T nexus of the logical unit.
+/// exists (FUA and SYNCHRONIZE CACHE then mean something); LUICLR, which SPC-4 requires
+/// ("shall be set to one"): SCST's core answers REPORT LUNS and clears REPORTED LUNS DATA HAS
+/// CHANGED on every logical unit of that I_T nexus (`scst_report_luns_local`).
 fn extended_inquiry_data(caps: &Capabilities) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     d[1] = 0x07; // HEADSUP, ORDSUP, SIMPSUP
