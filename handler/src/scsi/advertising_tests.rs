@@ -237,6 +237,8 @@ fn the_engine_executes_a_command_iff_rsoc_says_supported() {
                             refused.sense, expected,
                             "{what}: not supported, so refused as such"
                         );
+                        let parse = disk.cdb_info(&cdb).expect_err(&what);
+                        assert_eq!(parse.sense, expected, "{what}: PARSE refuses it the same way");
                         assert!(
                             !all.iter().any(|&(o, s, _)| o == opcode && s == sa),
                             "{what} listed"
@@ -258,6 +260,13 @@ fn the_engine_executes_a_command_iff_rsoc_says_supported() {
                         );
                         match e.executor {
                             Executor::Engine => {
+                                if let Err(r) = disk.cdb_info(&cdb) {
+                                    assert_ne!(
+                                        asc(&r),
+                                        INVALID_OPCODE,
+                                        "{what}: PARSE refuses a supported command"
+                                    );
+                                }
                                 if let Err(r) = &outcome {
                                     assert_ne!(asc(r), INVALID_OPCODE, "{what}: supported but refused");
                                     if sa.is_some() {
