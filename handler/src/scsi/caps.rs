@@ -6,6 +6,7 @@
 //! (`capacity.rs`), the mode pages (`mode.rs`), REPORT SUPPORTED OPERATION CODES and the
 //! decoder's limits (`opcodes.rs`, `cdb.rs`). Nothing there reads the configuration directly
 //! for a capability, so what the disk says and what it does come from the same numbers.
+//! `docs/scsi.md` has the table of fields, where each comes from and where it is reported.
 //!
 //! Normalisation (SBC-3 §6.6.3, and what Linux accepts):
 //! - the transfer granularity is the physical block (2^exponent logical blocks);

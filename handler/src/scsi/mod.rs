@@ -51,6 +51,7 @@ use sense::Sense;
 pub use caps::Capabilities;
 pub use caps::CompareAndWrite;
 pub use caps::CopyOffload;
+pub use caps::Provisioning;
 pub use designator::Designator;
 pub use designator::DesignatorParseError;
 pub use inquiry::NAA_OUI;
