@@ -221,7 +221,8 @@ fn well_formed(cdb: &[u8], r: &Response, after_store: Option<u32>) {
 
 fn io_inside(disk: &Disk, cdb: &[u8], io: &IoPlan, transfer_len: u32) {
     let n = disk.num_blocks();
-    let limits = disk.config().limits;
+    // The limits the disk enforces and advertises (normalised from the configuration).
+    let limits = disk.capabilities().limits;
     let inside = |lba: u64, blocks: u64| lba.checked_add(blocks).is_some_and(|end| end <= n);
     match &io.op {
         StoreOp::Read { lba, blocks } | StoreOp::Write { lba, blocks, .. } => {

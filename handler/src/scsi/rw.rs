@@ -93,7 +93,7 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             // SBC-3 §4.7.3.4: with UNMAP the range may be deallocated only if the data equals
             // what deallocated blocks read (zeroes); NDOB means that data is zeroes.
             if ndob || block_is_zero(data_out, bs) {
-                let deallocate = unmap && ctx.geometry.thin;
+                let deallocate = unmap && ctx.geometry.features.thin;
                 Ok(io(StoreOp::WriteZeroes {
                     lba,
                     blocks: count,
