@@ -196,7 +196,7 @@ mod tests {
         config.thin_provisioning = true; // what service.rs does when the spec asks and the store can
         let disk = Disk::try_new(config).expect("disk");
         let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
-        let Plan::Done(r) = disk.start(&cdb, &[0u8; 0]) else {
+        let Plan::Done(r) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &[0u8; 0]) else {
             panic!("READ CAPACITY is answered by the engine");
         };
         assert_eq!(&r.data[..8], &2047u64.to_be_bytes());
@@ -204,7 +204,11 @@ mod tests {
         assert_eq!(r.data[13], expected, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT");
         assert_eq!(r.data[14], 0xC0, "LBPME and LBPRZ, lowest aligned LBA 0");
         // VPD B2h agrees: LBPRZ (byte 5, bit 2).
-        let Plan::Done(r) = disk.start(&[0x12, 1, 0xB2, 0, 0xFF, 0], &[0u8; 0]) else {
+        let Plan::Done(r) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x12, 1, 0xB2, 0, 0xFF, 0],
+            &[0u8; 0],
+        ) else {
             panic!("INQUIRY is answered by the engine");
         };
         assert_eq!(r.data[5] & 0x04, 0x04);

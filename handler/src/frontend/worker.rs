@@ -792,7 +792,7 @@ impl Worker {
                 abi::tm_fn::LUN_RESET | abi::tm_fn::TARGET_RESET | abi::tm_fn::PR_ABORT_ALL
             )
         {
-            self.shared.disk.reset();
+            self.shared.disk.reset(&mut self.token);
         }
         // Affected EXECs finish on their own (the store completes them); spec §4 only asks that
         // every one of them is answered, which the in-flight table guarantees.
@@ -942,7 +942,7 @@ impl Worker {
         let data_out = BufferDataOut {
             buffer: buffer.as_ref().filter(|_| writes),
         };
-        let plan = self.shared.disk.start(&cdb, &data_out);
+        let plan = self.shared.disk.start(&mut self.token, &cdb, &data_out);
         let deadline = received + self.command_timeout(exec.timeout);
         let ctx = ExecCtx {
             received,

@@ -139,7 +139,7 @@ fn every_disk() -> Vec<(String, StoreInfo, Disk)> {
 }
 
 fn run(disk: &Disk, cdb: &[u8]) -> Result<Plan, Response> {
-    match disk.start(cdb, &[0u8; 0]) {
+    match disk.start(&mut scst_accel_hal::locks::LockToken::root(), cdb, &[0u8; 0]) {
         Plan::Done(r) if r.status != sam_status::GOOD => Err(r),
         plan => Ok(plan),
     }

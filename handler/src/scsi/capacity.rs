@@ -140,7 +140,11 @@ mod tests {
             StoreOp::LbaStatus { lba: 7 }
         );
         for (alloc, len) in [(4096u32, 24usize), (24, 24), (8, 8)] {
-            let Plan::Io(io) = disk.start(&get_lba_status(99, alloc), &[0u8; 0]) else {
+            let Plan::Io(io) = disk.start(
+                &mut scst_accel_hal::locks::LockToken::root(),
+                &get_lba_status(99, alloc),
+                &[0u8; 0],
+            ) else {
                 panic!("GET LBA STATUS goes to the store");
             };
             let Plan::Done(r) = disk.finish(&io, StoreStatus::Good) else {

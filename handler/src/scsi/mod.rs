@@ -20,6 +20,8 @@ use crate::abi::sam_status;
 use crate::store::StoreOp;
 use crate::store::StoreStatus;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
 use std::sync::atomic::AtomicBool;
@@ -463,12 +465,19 @@ impl Disk {
 
     /// Start a command. `data_out` is the data the initiator sent (MODE SELECT / UNMAP
     /// parameter lists, WRITE SAME block, VERIFY BYTCHK data); empty for commands without it.
-    pub fn start(&self, cdb: &[u8], data_out: &dyn DataOut) -> Plan {
+    /// `token` is the calling thread's lock token (the worker's): MODE SENSE and MODE SELECT
+    /// take the mode pages' lock from it.
+    pub fn start<L: LockBefore<levels::ScsiModePages>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        cdb: &[u8],
+        data_out: &dyn DataOut,
+    ) -> Plan {
         let decoded = match cdb::decode(cdb, &self.geometry()) {
             Ok(d) => d,
             Err(sense) => return self.fail(cdb.first().copied(), "unsupported or malformed CDB", sense),
         };
-        match self.execute(&decoded, data_out) {
+        match self.execute(token, &decoded, data_out) {
             Ok(plan) => plan,
             Err(sense) => self.fail(Some(decoded.entry.opcode), decoded.entry.name, sense),
         }
@@ -499,10 +508,10 @@ impl Disk {
     /// LOGICAL UNIT RESET / TARGET RESET: clear PREVENT ALLOW MEDIUM REMOVAL and return the
     /// mode pages to their defaults. The stopped state is left as it is: only START STOP UNIT
     /// changes it (SBC-3 §4.20; SCST's fileio likewise only clears prevent-removal, §6.3).
-    pub fn reset(&self) {
+    pub fn reset<L: LockBefore<levels::ScsiModePages>>(&self, token: &mut LockToken<'_, L>) {
         self.prevent_removal.store(false, Ordering::Release);
         let defaults = ModePages::defaults(&self.caps);
-        let mut pages = self.mode_pages();
+        let mut pages = self.mode_pages(token);
         self.publish_mode(&defaults);
         *pages = defaults;
     }
@@ -533,10 +542,13 @@ impl Disk {
         Plan::Done(Response::check_condition(sense.encode(self.descriptor_sense())))
     }
 
-    /// The mode pages; a poisoned lock still holds valid pages (they are replaced whole), so
-    /// it is recovered rather than propagated as a panic.
-    fn mode_pages(&self) -> OrderedMutexGuard<'_, ModePages, levels::ScsiModePages> {
-        self.mode.lock_unchecked_at_runtime()
+    /// The mode pages (level `scsi.mode_pages`, a leaf); a poisoned lock still holds valid
+    /// pages (they are replaced whole), so it is recovered rather than propagated as a panic.
+    fn mode_pages<'a, L: LockBefore<levels::ScsiModePages>>(
+        &'a self,
+        token: &'a mut LockToken<'_, L>,
+    ) -> OrderedMutexGuard<'a, ModePages, levels::ScsiModePages> {
+        self.mode.lock(token).0
     }
 
     fn publish_mode(&self, pages: &ModePages) {
@@ -544,7 +556,12 @@ impl Disk {
         self.d_sense.store(pages.d_sense(), Ordering::Release);
     }
 
-    fn execute(&self, d: &Decoded, data_out: &dyn DataOut) -> Result<Plan, Sense> {
+    fn execute<L: LockBefore<levels::ScsiModePages>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        d: &Decoded,
+        data_out: &dyn DataOut,
+    ) -> Result<Plan, Sense> {
         if d.entry.media_access && self.is_stopped() {
             return Err(Sense::not_ready_stopped());
         }
@@ -591,12 +608,12 @@ impl Disk {
                 data_in_len: crate::store::LBA_STATUS_DATA_LEN.min(alloc as usize),
             })),
             Command::ModeSense(ms) => {
-                let data = mode::mode_sense(&ms, &self.mode_pages(), &self.caps, self.num_blocks())?;
+                let data = mode::mode_sense(&ms, &self.mode_pages(token), &self.caps, self.num_blocks())?;
                 done(Response::with_data(data, ms.alloc))
             }
             Command::ModeSelect { ten, param_len } => {
                 let param = read_param(data_out, param_len);
-                let mut pages = self.mode_pages();
+                let mut pages = self.mode_pages(token);
                 let new = mode::mode_select(ten, &param, &pages, self.block_size(), self.num_blocks())?;
                 self.publish_mode(&new);
                 *pages = new;

@@ -337,7 +337,7 @@ mod tests {
         assert_eq!(&d[4..7], &[0x08, 0x12, 0x04]);
         assert!(d[7..].iter().all(|&b| b == 0));
         let disk = disk();
-        disk.reset();
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
         let d = good_data(&disk, &[0x1A, 0x08, 0x8A, 0, 0xFF, 0], &[]);
         assert_eq!(&d[4..8], &[0x0A, 0x0A, 0x20, 0x10]);
     }
@@ -390,7 +390,7 @@ mod tests {
         good(&disk, &[0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0], &p);
         assert!(disk.descriptor_sense());
         assert_eq!(disk.sense(5, 0x20, 0), [0x72, 5, 0x20, 0, 0, 0, 0, 0]);
-        disk.reset();
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
         assert!(!disk.descriptor_sense());
     }
 
