@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 use crate::locks::levels;
+use crate::locks::LockToken;
 use crate::locks::OrderedRwLock;
 use crate::EventFd;
 use crate::HalError;
@@ -42,6 +43,12 @@ impl InterruptLines {
     /// The model asserts `vector`: its eventfd is signalled if the driver enabled it; otherwise
     /// the message is lost, as an MSI-X write with the vector disabled is. A vector the
     /// function does not have is a model bug: logged and ignored.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock: a model raises its
+    /// interrupts after releasing its own state (docs/locking.md, `interrupts.lines` is taken
+    /// alone).
+    #[track_caller]
     pub fn raise(&self, vector: u32) {
         if vector >= self.vectors {
             log::warn!(
@@ -52,7 +59,8 @@ impl InterruptLines {
             return;
         }
         self.raised.fetch_add(1, Ordering::Relaxed);
-        let lines = self.lines.read_unchecked_at_runtime();
+        let mut token = LockToken::root();
+        let (lines, _) = self.lines.read(&mut token);
         let Some(mut line) = lines.get(vector as usize) else {
             log::trace!("{}: vector {vector} raised while disabled", self.device);
             return;
@@ -85,11 +93,21 @@ impl InterruptLines {
     }
 
     /// Vectors currently enabled (0: the driver polls).
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (an inspection, made
+    /// with none held).
+    #[track_caller]
     pub fn enabled(&self) -> u32 {
-        self.lines.read_unchecked_at_runtime().len() as u32
+        let mut token = LockToken::root();
+        let (lines, _) = self.lines.read(&mut token);
+        lines.len() as u32
     }
 
     /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before.
+    /// Stands for `VFIO_DEVICE_SET_IRQS`, a blocking ioctl: asserts (debug and test builds)
+    /// that the caller holds no checked lock, as the VFIO backend does.
+    #[track_caller]
     pub(crate) fn enable(&self, count: u32) -> Result<Vec<EventFd>, HalError> {
         let error = |source: io::Error| HalError::Interrupts {
             device: self.device.clone(),
@@ -106,14 +124,18 @@ impl InterruptLines {
             kept.push(File::from(fd.as_fd().try_clone_to_owned().map_err(error)?));
             handed_out.push(fd);
         }
-        *self.lines.write_unchecked_at_runtime() = kept;
+        let mut token = LockToken::root();
+        *self.lines.write(&mut token).0 = kept;
         log::debug!("{}: enabled {count} MSI-X vectors", self.device);
         Ok(handed_out)
     }
 
     /// Disable every vector; the driver's eventfds stay open but are never signalled again.
+    /// `VFIO_DEVICE_SET_IRQS` again: asserts that no checked lock is held, like [`Self::enable`].
+    #[track_caller]
     pub(crate) fn disable(&self) {
-        self.lines.write_unchecked_at_runtime().clear();
+        let mut token = LockToken::root();
+        self.lines.write(&mut token).0.clear();
         log::debug!("{}: disabled MSI-X", self.device);
     }
 }
