@@ -6,7 +6,14 @@
 //! while holding the state lock; the engine handles have `sim.engines`. No lock is held across
 //! a DMA copy, an interrupt or a thread join: register writes return their
 //! [`Effects`](super::registers::Effects), carried out after unlocking. The simulated IOMMU
-//! asserts it: a DMA copy starts from a root [`LockToken`](scst_accel_hal::locks::LockToken).
+//! asserts it: a DMA copy starts from a root [`LockToken`].
+//!
+//! Every acquisition is made with a token: each engine thread makes its root at its top and
+//! threads it down ([`engine::run`]); the register accesses (the `SimModel` entry points),
+//! the handle's calls and `function_reset` make one at their entry, which asserts that the
+//! caller holds no checked lock. The SCA-1 driver touches the BAR with none held (one thread
+//! drives each queue's rings, docs/locking.md). Only `shutdown`, reached from `Drop`, falls
+//! back to runtime-checked acquisitions when its caller holds a lock (logged, never a panic).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -18,6 +25,8 @@ use std::time::Instant;
 
 use scst_accel_hal::locks;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedCondvar;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
@@ -41,6 +50,9 @@ const JOIN_BOUND: Duration = Duration::from_secs(5);
 
 /// The register-file lock's guard.
 pub(crate) type StateGuard<'a> = OrderedMutexGuard<'a, BoardState, levels::SimState>;
+
+/// The token of a thread of the model that holds no lock (an engine's, or an entry point's).
+pub(crate) type Token<'t> = LockToken<'t, levels::Root>;
 
 /// Event counters behind [`SimStats`].
 #[derive(Debug, Default)]
@@ -87,10 +99,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Lock the register file (a poisoned lock is still usable: the state is plain data).
-    /// Register accesses arrive through the `RegisterIo` trait object, where no token can be
-    /// threaded: checked at run time.
-    pub(crate) fn lock(&self) -> StateGuard<'_> {
-        self.state.lock_unchecked_at_runtime()
+    pub(crate) fn lock<'a, M: LockBefore<levels::SimState>>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+    ) -> StateGuard<'a> {
+        self.state.lock(token).0
     }
 
     /// Wait for a change, at most `timeout`.
@@ -120,15 +133,18 @@ impl Shared {
     }
 
     /// The fault plan's verdict on the `n`th descriptor of queue `q`.
-    pub(crate) fn decide(&self, q: u32, n: u64) -> Decision {
-        self.faults.lock_unchecked_at_runtime().decide(q, n)
+    pub(crate) fn decide(&self, token: &mut Token<'_>, q: u32, n: u64) -> Decision {
+        self.faults.lock(token).0.decide(q, n)
     }
 
+    /// A register read from the driver (no checked lock held: asserted by the root token).
+    #[track_caller]
     fn read32(&self, offset: u64) -> u32 {
         if self.gone() {
             return ALL_ONES;
         }
-        let value = self.lock().read32(&self.config, offset);
+        let mut token = LockToken::root();
+        let value = self.lock(&mut token).read32(&self.config, offset);
         if offset == crate::sca1::regs::global::CONTROL && self.reset_stuck.load(Ordering::Acquire) {
             // An ignored soft reset never completes (Fault::ResetIgnored).
             return value | crate::sca1::regs::control::SOFT_RESET;
@@ -137,21 +153,24 @@ impl Shared {
     }
 
     /// Resets are ignored ([`Fault::ResetIgnored`]).
-    fn resets_ignored(&self) -> bool {
-        self.faults.lock_unchecked_at_runtime().resets_ignored()
+    fn resets_ignored(&self, token: &mut Token<'_>) -> bool {
+        self.faults.lock(token).0.resets_ignored()
     }
 
+    /// A register write from the driver (no checked lock held: asserted by the root token).
+    #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
         if self.gone() {
             return;
         }
-        let fx = self.lock().write32(offset, value, Instant::now());
+        let mut token = LockToken::root();
+        let fx = self.lock(&mut token).write32(offset, value, Instant::now());
         if fx.soft_reset {
-            if self.resets_ignored() {
+            if self.resets_ignored(&mut token) {
                 log::warn!("{}: soft reset ignored (injected no-reset)", self.id);
                 self.reset_stuck.store(true, Ordering::Release);
             } else {
-                self.start_reset();
+                self.start_reset(&mut token);
             }
         }
         if fx.wake {
@@ -164,10 +183,10 @@ impl Shared {
 
     /// §7: stop every queue, abandon in-flight work, reset every register. Completes (SOFT_RESET
     /// reads 0) when no engine holds a descriptor any more.
-    fn start_reset(&self) {
+    fn start_reset(&self, token: &mut Token<'_>) {
         // Hung engines are released by the reset; remove the fault so they stay released.
-        self.faults.lock_unchecked_at_runtime().remove_hangs();
-        let mut st = self.lock();
+        self.faults.lock(token).0.remove_hangs();
+        let mut st = self.lock(token);
         st.apply_reset();
         Counters::add(&self.stats.resets, 1);
         if st.finish_reset_if_idle() {
@@ -179,13 +198,15 @@ impl Shared {
 
     /// A function reset: a soft reset, then wait (bounded by RESET_TIMEOUT) until no engine
     /// holds a descriptor, so that no DMA is in progress or will start when this returns.
+    #[track_caller]
     fn function_reset(&self) {
+        let mut token = LockToken::root();
         if !self.gone() {
-            self.start_reset();
+            self.start_reset(&mut token);
         }
         let bound = Duration::from_millis(u64::from(self.config.reset_timeout_ms));
         let deadline = Instant::now() + bound;
-        let mut st = self.lock();
+        let mut st = self.lock(&mut token);
         while st.resetting || st.any_busy() {
             let now = Instant::now();
             if now >= deadline {
@@ -201,38 +222,61 @@ impl Shared {
     }
 
     /// Apply an event fault or store a standing one.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (the handle is a test
+    /// and operator tool, used with none held).
+    #[track_caller]
     pub(crate) fn inject(&self, fault: Fault) {
         log::info!("{}: injecting fault {fault}", self.id);
+        let mut token = LockToken::root();
         match fault {
             Fault::DeviceGone => {
                 self.gone.store(true, Ordering::Release);
                 // Take the lock so no engine misses the flag between its check and its wait.
-                drop(self.lock());
+                drop(self.lock(&mut token));
             }
             Fault::Fatal { code } => {
-                let mut st = self.lock();
+                let mut st = self.lock(&mut token);
                 st.fatal = true;
                 st.fatal_code = code.max(1);
             }
-            other => self.faults.lock_unchecked_at_runtime().add(other),
+            other => self.faults.lock(&mut token).0.add(other),
         }
         self.notify();
     }
 
     /// Remove every standing fault (events already applied stay: a gone device stays gone, a
     /// fatal board stays fatal until reset).
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn clear_faults(&self) {
-        self.faults.lock_unchecked_at_runtime().clear();
+        let mut token = LockToken::root();
+        self.faults.lock(&mut token).0.clear();
         self.notify();
     }
 
     /// The standing faults.
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn faults(&self) -> Vec<Fault> {
-        self.faults.lock_unchecked_at_runtime().list()
+        let mut token = LockToken::root();
+        let (plan, _) = self.faults.lock(&mut token);
+        plan.list()
     }
 
     /// A snapshot of the counters.
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn stats(&self) -> SimStats {
+        let mut token = LockToken::root();
+        let halted_queues = self.lock(&mut token).halted_queues();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SimStats {
             descriptors: get(&self.stats.descriptors),
@@ -243,7 +287,7 @@ impl Shared {
             interrupts: get(&self.stats.interrupts),
             resets: get(&self.stats.resets),
             stale: get(&self.stats.stale),
-            halted_queues: self.lock().halted_queues(),
+            halted_queues,
         }
     }
 }
@@ -286,8 +330,14 @@ impl SimBoard {
     ///
     /// # Errors
     /// The errno of thread creation; engines already started keep running until shutdown.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (it is called once, by
+    /// [`create_sim_board`](super::create_sim_board)).
+    #[track_caller]
     pub(crate) fn start_engines(&self) -> std::io::Result<()> {
-        let mut engines = self.engines.lock_unchecked_at_runtime();
+        let mut token = LockToken::root();
+        let (mut engines, _) = self.engines.lock(&mut token);
         for q in 0..self.shared.config.queues {
             let shared = Arc::clone(&self.shared);
             let handle = std::thread::Builder::new()
@@ -313,7 +363,8 @@ impl SimModel for SimBoard {
             return u64::MAX;
         }
         // Both halves under one lock: a 64-bit register never tears in this model.
-        let st = self.shared.lock();
+        let mut token = LockToken::root();
+        let st = self.shared.lock(&mut token);
         u64::from(st.read32(&self.shared.config, offset))
             | (u64::from(st.read32(&self.shared.config, offset + 4)) << 32)
     }
@@ -323,7 +374,7 @@ impl SimModel for SimBoard {
     }
 
     fn reset_refused(&self) -> bool {
-        self.shared.resets_ignored()
+        self.shared.resets_ignored(&mut LockToken::root())
     }
 
     fn config_space_responds(&self) -> bool {
@@ -332,18 +383,28 @@ impl SimModel for SimBoard {
 
     fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
-        drop(self.shared.lock());
-        self.shared.notify();
-        let engines = std::mem::take(&mut *self.engines.lock_unchecked_at_runtime());
         // This runs from `Drop`, which must not panic, so the rule "no lock across a join" is
-        // reported here rather than asserted (locks::join_bounded would panic in test builds).
-        if let Some((name, level)) = locks::held_locks().last() {
+        // reported here rather than asserted (a root token or locks::join_bounded would panic
+        // in test builds).
+        let engines = if let Some((name, level)) = locks::held_locks().last() {
             log::error!(
                 "{}: joining engine threads while holding `{name}` (level {level}): a lock held \
                  across a blocking call (docs/locking.md)",
                 self.shared.id
             );
-        }
+            // Unchecked: reached from Drop with a lock held (reported above), where a root
+            // token would panic; the runtime order check still applies.
+            drop(self.shared.state.lock_unchecked_at_runtime());
+            self.shared.notify();
+            // Unchecked: as above.
+            std::mem::take(&mut *self.engines.lock_unchecked_at_runtime())
+        } else {
+            let mut token = LockToken::root();
+            drop(self.shared.lock(&mut token));
+            self.shared.notify();
+            let (mut engines, _) = self.engines.lock(&mut token);
+            std::mem::take(&mut *engines)
+        };
         let deadline = Instant::now() + JOIN_BOUND;
         for handle in engines {
             while !handle.is_finished() && Instant::now() < deadline {
