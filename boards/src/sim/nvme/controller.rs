@@ -285,7 +285,8 @@ impl Shared {
         match fault {
             NvmeFault::Gone => {
                 self.gone.store(true, Ordering::Release);
-                // Take the lock so the worker cannot miss the flag between check and wait.
+                // The worker reads the flag before it parks and `notify` below unparks it, so
+                // it cannot sleep past it; the lock orders it with checks made under the lock.
                 drop(self.lock(&mut token));
             }
             NvmeFault::Hang => self.lock(&mut token).hung = true,
