@@ -72,6 +72,12 @@ impl KernelInner {
 
 /// An in-process model of the scst_user kernel module, SCST core and an initiator
 /// (`scst_local`). Cheap to clone.
+///
+/// # Panics
+/// Every method that looks at a device (and every method of [`Session`]) is an entry into
+/// the "kernel": it starts its lock chain from [`LockToken::root`], which panics in debug and
+/// test builds when the caller holds a checked lock (docs/locking.md: the handler reaches the
+/// kernel only with none held).
 #[derive(Clone)]
 pub struct LoopbackKernel {
     inner: Arc<KernelInner>,
@@ -194,6 +200,9 @@ pub struct DeviceStats {
 /// One session (I_T nexus) with the LUN of one device. `Send + Sync`. Dropping it without
 /// [`Session::detach`] leaves the session attached (like an initiator that stays logged in);
 /// its completions are then discarded.
+///
+/// # Panics
+/// Its methods start from a root token, as [`LoopbackKernel`]'s do.
 pub struct Session {
     dev: Arc<Device>,
     kernel: Arc<KernelInner>,
