@@ -50,17 +50,49 @@ impl InterruptLines {
     /// alone).
     #[track_caller]
     pub fn raise(&self, vector: u32) {
+        if !self.valid(vector) {
+            return;
+        }
+        let mut token = LockToken::root();
+        let (lines, _) = self.lines.read(&mut token);
+        self.signal(&lines, vector);
+    }
+
+    /// [`InterruptLines::raise`] for a raise caused by a register access (an unmask that
+    /// delivers a latched interrupt), where the model has no token: BAR accesses arrive through
+    /// the `RegisterIo` trait object, with whatever locks the driver holds there (an MMIO
+    /// access is not a blocking call). Checked at run time only: every driver lock is below
+    /// `interrupts.lines`.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds `interrupts.lines` or a lock above it.
+    #[track_caller]
+    pub fn raise_unchecked_at_runtime(&self, vector: u32) {
+        if !self.valid(vector) {
+            return;
+        }
+        // Unchecked: reached from a BAR access through the `RegisterIo` trait object, which
+        // carries no token, possibly under a driver's lock (see above).
+        let lines = self.lines.read_unchecked_at_runtime();
+        self.signal(&lines, vector);
+    }
+
+    /// A vector the function has (counted as raised), or a model bug (logged).
+    fn valid(&self, vector: u32) -> bool {
         if vector >= self.vectors {
             log::warn!(
                 "{}: model raised vector {vector} but the function has only {}",
                 self.device,
                 self.vectors
             );
-            return;
+            return false;
         }
         self.raised.fetch_add(1, Ordering::Relaxed);
-        let mut token = LockToken::root();
-        let (lines, _) = self.lines.read(&mut token);
+        true
+    }
+
+    /// Signal `vector`'s eventfd if enabled in `lines`.
+    fn signal(&self, lines: &[File], vector: u32) {
         let Some(mut line) = lines.get(vector as usize) else {
             log::trace!("{}: vector {vector} raised while disabled", self.device);
             return;
