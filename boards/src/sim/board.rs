@@ -8,12 +8,15 @@
 //! [`Effects`](super::registers::Effects), carried out after unlocking. The simulated IOMMU
 //! asserts it: a DMA copy starts from a root [`LockToken`].
 //!
-//! Every acquisition is made with a token: each engine thread makes its root at its top and
-//! threads it down ([`engine::run`]); the register accesses (the `SimModel` entry points),
-//! the handle's calls and `function_reset` make one at their entry, which asserts that the
-//! caller holds no checked lock. The SCA-1 driver touches the BAR with none held (one thread
-//! drives each queue's rings, docs/locking.md). Only `shutdown`, reached from `Drop`, falls
-//! back to runtime-checked acquisitions when its caller holds a lock (logged, never a panic).
+//! Locks are taken with a token wherever one can reach: each engine thread makes its root at
+//! its top and threads it down ([`engine::run`]); the handle's calls, `function_reset`,
+//! `reset_refused` and the engines' start make one at their entry, which asserts that the
+//! caller holds no checked lock (a reset stands for a blocking VFIO ioctl). Two paths take
+//! them checked at run time only, each site marked `Unchecked:`: a BAR access, which arrives
+//! through the `RegisterIo` trait object with no token and possibly under a driver's lock (an
+//! MMIO access is not a blocking call: diag dumps spare queues' registers under
+//! `accel.spare_queues`), and `shutdown` from `Drop` when its caller holds a lock (logged,
+//! never a panic).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -137,14 +140,22 @@ impl Shared {
         self.faults.lock(token).0.decide(q, n)
     }
 
-    /// A register read from the driver (no checked lock held: asserted by the root token).
+    /// Lock the register file for a BAR access.
+    #[track_caller]
+    fn lock_for_bar(&self) -> StateGuard<'_> {
+        // Unchecked: a BAR access arrives through the `RegisterIo` trait object (hal), which
+        // carries no token, and the driver may hold its own lock there; every driver lock is
+        // below `sim.state`, which the runtime check still enforces.
+        self.state.lock_unchecked_at_runtime()
+    }
+
+    /// A register read from the driver.
     #[track_caller]
     fn read32(&self, offset: u64) -> u32 {
         if self.gone() {
             return ALL_ONES;
         }
-        let mut token = LockToken::root();
-        let value = self.lock(&mut token).read32(&self.config, offset);
+        let value = self.lock_for_bar().read32(&self.config, offset);
         if offset == crate::sca1::regs::global::CONTROL && self.reset_stuck.load(Ordering::Acquire) {
             // An ignored soft reset never completes (Fault::ResetIgnored).
             return value | crate::sca1::regs::control::SOFT_RESET;
@@ -157,27 +168,32 @@ impl Shared {
         self.faults.lock(token).0.resets_ignored()
     }
 
-    /// A register write from the driver (no checked lock held: asserted by the root token).
+    /// A register write from the driver. A soft reset and the interrupts it releases are
+    /// carried out on the same BAR path (no token).
     #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
         if self.gone() {
             return;
         }
-        let mut token = LockToken::root();
-        let fx = self.lock(&mut token).write32(offset, value, Instant::now());
+        let fx = self.lock_for_bar().write32(offset, value, Instant::now());
         if fx.soft_reset {
-            if self.resets_ignored(&mut token) {
+            // Unchecked: the BAR path, as in `lock_for_bar`.
+            let ignored = self.faults.lock_unchecked_at_runtime().resets_ignored();
+            if ignored {
                 log::warn!("{}: soft reset ignored (injected no-reset)", self.id);
                 self.reset_stuck.store(true, Ordering::Release);
             } else {
-                self.start_reset(&mut token);
+                // Unchecked: the BAR path, as in `lock_for_bar`.
+                self.faults.lock_unchecked_at_runtime().remove_hangs();
+                self.apply_reset(self.lock_for_bar());
             }
         }
         if fx.wake {
             self.notify();
         }
         for vector in fx.raise {
-            self.raise(vector);
+            Counters::add(&self.stats.interrupts, 1);
+            self.interrupts.raise_unchecked_at_runtime(vector);
         }
     }
 
@@ -186,7 +202,11 @@ impl Shared {
     fn start_reset(&self, token: &mut Token<'_>) {
         // Hung engines are released by the reset; remove the fault so they stay released.
         self.faults.lock(token).0.remove_hangs();
-        let mut st = self.lock(token);
+        self.apply_reset(self.lock(token));
+    }
+
+    /// The part of [`Shared::start_reset`] under the state lock, then the wake-up.
+    fn apply_reset(&self, mut st: StateGuard<'_>) {
         st.apply_reset();
         Counters::add(&self.stats.resets, 1);
         if st.finish_reset_if_idle() {
@@ -363,8 +383,7 @@ impl SimModel for SimBoard {
             return u64::MAX;
         }
         // Both halves under one lock: a 64-bit register never tears in this model.
-        let mut token = LockToken::root();
-        let st = self.shared.lock(&mut token);
+        let st = self.shared.lock_for_bar();
         u64::from(st.read32(&self.shared.config, offset))
             | (u64::from(st.read32(&self.shared.config, offset + 4)) << 32)
     }

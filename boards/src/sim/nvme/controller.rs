@@ -8,14 +8,18 @@
 //! taken under it; the worker's join handle has `sim.engines`; the medium has `sim.medium`.
 //! No lock is held across a DMA copy, an interrupt, a sleep or a join.
 //!
-//! Every acquisition starts from a [`LockToken`]: the worker makes its root at the top of its
-//! thread and threads it down; the register accesses, the handle's calls and the model's
-//! `function_reset`/`shutdown` make one at their entry (asserting that the caller holds no
-//! checked lock). The one register access a driver makes under its own lock, a doorbell write
-//! (the NVMe driver's admin queue rings its doorbells under `nvme.admin`), takes no lock here:
-//! doorbells are posted writes ([`Posted`]), queued without a lock and applied, in order, by the
-//! next holder of the state lock, and the write wakes the worker with `unpark` (a wake-up that
-//! cannot be lost, unlike a condition variable notified without its mutex).
+//! Locks are taken with a [`LockToken`] wherever one can reach: the worker makes its root at
+//! the top of its thread and threads it down; the handle's calls, the worker's start and the
+//! model's `function_reset`/`shutdown` make one at their entry (asserting that the caller holds
+//! no checked lock). The register access a driver makes under its own lock on every command,
+//! a doorbell write (the NVMe driver's admin queue rings its doorbells under `nvme.admin`),
+//! takes no lock here: doorbells are posted writes ([`Posted`]), queued without a lock and
+//! applied, in order, by the next holder of the state lock, and the write wakes the worker with
+//! `unpark` (a wake-up that cannot be lost, unlike a condition variable notified without its
+//! mutex). Other BAR accesses take the state lock checked at run time only (`lock_for_bar`):
+//! they arrive through the `RegisterIo` trait object with no token, possibly under a driver's
+//! lock (an MMIO access is not a blocking call; diag reads a spare queue's registers under
+//! `accel.spare_queues`).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -137,6 +141,18 @@ impl Shared {
         st
     }
 
+    /// Lock the controller state for a BAR access other than a doorbell, as [`Shared::lock`].
+    #[track_caller]
+    fn lock_for_bar(&self) -> StateGuard<'_> {
+        // Unchecked: a BAR access arrives through the `RegisterIo` trait object (hal), which
+        // carries no token, and the driver may hold its own lock there; every driver lock is
+        // below `sim.state`, which the runtime check still enforces.
+        let mut st = self.state.lock_unchecked_at_runtime();
+        self.apply_posted(&mut st);
+        st.tick(Instant::now());
+        st
+    }
+
     /// Apply the posted doorbell writes to `st`, each at the time it was written. Their
     /// wake-up was already given by the writer ([`Shared::ring`]).
     fn apply_posted(&self, st: &mut ControllerState) {
@@ -210,20 +226,17 @@ impl Shared {
         self.faults.lock(token).0.decide(io, read)
     }
 
-    /// A register read from the driver (no checked lock held: asserted by the root token).
+    /// A register read from the driver.
     #[track_caller]
     fn read32(&self, offset: u64) -> u32 {
         if self.gone() {
             return u32::MAX;
         }
-        let mut token = LockToken::root();
-        let value = self.lock(&mut token).read32(offset);
-        value
+        self.lock_for_bar().read32(offset)
     }
 
     /// A register write from the driver: a doorbell is posted ([`Shared::ring`], no lock);
-    /// any other register is written under the state lock, from a root token (asserting that
-    /// the driver holds no checked lock).
+    /// any other register is written under the state lock ([`Shared::lock_for_bar`]).
     #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
         if self.gone() {
@@ -233,9 +246,8 @@ impl Shared {
             self.ring(offset, value);
             return;
         }
-        let mut token = LockToken::root();
         let fx = self
-            .lock(&mut token)
+            .lock_for_bar()
             .write32(offset, value, Instant::now(), &self.id);
         if fx.invalid_doorbell {
             Counters::add(&self.stats.invalid_doorbell_writes);
@@ -415,8 +427,7 @@ impl SimModel for NvmeController {
             return u64::MAX;
         }
         // Both halves under one lock: CAP, ASQ and ACQ never tear in this model.
-        let mut token = LockToken::root();
-        let st = self.shared.lock(&mut token);
+        let st = self.shared.lock_for_bar();
         u64::from(st.read32(offset)) | (u64::from(st.read32(offset + 4)) << 32)
     }
 
