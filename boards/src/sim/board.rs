@@ -1,6 +1,10 @@
 //! The simulated SCA-1 board: the [`SimModel`] behind a [`SimDevice`](scst_accel_hal::sim::SimDevice),
 //! owning the register file, the medium, the fault plan and one engine thread per queue.
 //!
+//! Wake-ups: each engine parks between looks at the state; a doorbell unparks only its own
+//! queue's engine, every other change all of them ([`Shared::notify`]), which also signals the
+//! condition variable a function reset waits on for the engines to go idle.
+//!
 //! Locking (docs/locking.md): one mutex guards the register file and every queue's engine state
 //! ([`BoardState`], level `sim.state`); the fault plan has its own (`sim.faults`), never taken
 //! while holding the state lock; the engine handles have `sim.engines`. No lock is held across
@@ -22,7 +26,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
+use std::thread::Thread;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -91,8 +97,12 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<BoardState, levels::SimState>,
-    /// Signalled on every change an engine or a reset waiter may be waiting for.
+    /// Signalled on every change a reset waiter may be waiting for (engines going idle).
     wake: OrderedCondvar,
+    /// Each queue's engine thread, woken with `unpark`: by its own queue's doorbells alone,
+    /// and by every other change ([`Shared::notify`]). Set by the engine before it first looks
+    /// at the state, so no wake-up is lost.
+    engines: Vec<OnceLock<Thread>>,
     gone: AtomicBool,
     /// A soft reset was ignored ([`Fault::ResetIgnored`]): CONTROL.SOFT_RESET reads 1 for ever.
     reset_stuck: AtomicBool,
@@ -109,14 +119,37 @@ impl Shared {
         self.state.lock(token).0
     }
 
-    /// Wait for a change, at most `timeout`.
-    pub(crate) fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
+    /// A reset waiter's wait for a change, at most `timeout`.
+    fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
         self.wake.wait_timeout(guard, timeout).0
     }
 
-    /// Wake every waiter.
+    /// An engine's wait: at most `timeout`, or until [`Shared::notify`] or one of its queue's
+    /// doorbells wakes it. It holds no lock here (asserted) and re-reads the state after.
+    pub(crate) fn park(&self, timeout: Duration) {
+        locks::blocking("a simulated engine's park", || std::thread::park_timeout(timeout));
+    }
+
+    /// Called by queue `q`'s engine at the top of its thread.
+    pub(crate) fn register_engine(&self, q: u32) {
+        if let Some(slot) = self.engines.get(q as usize) {
+            let _ = slot.set(std::thread::current());
+        }
+    }
+
+    /// Wake queue `q`'s engine only (a doorbell of that queue).
+    fn wake_engine(&self, q: usize) {
+        if let Some(engine) = self.engines.get(q).and_then(OnceLock::get) {
+            engine.unpark();
+        }
+    }
+
+    /// Wake every engine and every reset waiter.
     pub(crate) fn notify(&self) {
         self.wake.notify_all();
+        for q in 0..self.engines.len() {
+            self.wake_engine(q);
+        }
     }
 
     /// The device was removed ([`Fault::DeviceGone`]).
@@ -190,6 +223,8 @@ impl Shared {
         }
         if fx.wake {
             self.notify();
+        } else if let Some(q) = fx.wake_queue {
+            self.wake_engine(q);
         }
         for vector in fx.raise {
             Counters::add(&self.stats.interrupts, 1);
@@ -321,6 +356,7 @@ pub(crate) struct SimBoard {
 impl SimBoard {
     /// A board in its reset state; no engine runs until [`SimBoard::start_engines`].
     pub(crate) fn new(id: &str, config: SimConfig, medium: Medium, ctx: SimContext) -> Self {
+        let queues = config.queues;
         let state = BoardState::new(config.queues);
         Self {
             shared: Arc::new(Shared {
@@ -332,6 +368,7 @@ impl SimBoard {
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
                 wake: OrderedCondvar::new(),
+                engines: (0..queues).map(|_| OnceLock::new()).collect(),
                 gone: AtomicBool::new(false),
                 reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),

@@ -1,8 +1,9 @@
 //! One queue's DMA engine: a thread that fetches descriptors through the IOMMU, executes them
 //! against the medium and posts completions (accelerator.md §3–§9).
 //!
-//! The engine sleeps on the board's condition variable (woken by doorbells, RUN changes, resets
-//! and faults; every wait bounded so stop flags are re-checked). Before each DMA step it checks
+//! The engine sleeps parked, with no lock held (unparked by its own queue's doorbells and by
+//! every other change: RUN, resets, faults, shutdown; every wait bounded so stop flags are
+//! re-checked). A doorbell of another queue does not wake it. Before each DMA step it checks
 //! that the descriptor it holds is still valid: RUN still set under the same epoch, no reset,
 //! no FATAL, device present. Otherwise it abandons the descriptor with no completion and clears
 //! BUSY (§6, §7). Since a reset completes only once no engine is BUSY, and no engine starts a
@@ -154,6 +155,8 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
     // The engine's lock chain starts here and is threaded down: every lock it takes is taken
     // with this token, so the compiler sees that it never nests two.
     let mut token = Token::root();
+    // Before the first look at the state: a doorbell of this queue unparks this thread.
+    shared.register_engine(q);
     let mut engine = Engine {
         shared,
         q,
@@ -244,48 +247,47 @@ impl Engine {
         }
     }
 
-    /// [`Engine::next_work`]'s wait, under the state lock.
+    /// [`Engine::next_work`]'s wait: look under the state lock, park without it.
     fn wait_for_work(&self, token: &mut Token<'_>) -> Next {
         let burst = self.withheld.as_ref().map(|w| (w.job, w.due));
-        // Outer loop: (re)take the lock; inner loop: wait on it.
-        'relock: loop {
-            let mut st = self.shared.lock(token);
-            loop {
-                if self.shared.stopping() {
-                    return Next::Shutdown;
-                }
-                st = match self.fire_due_interrupt(st) {
-                    Some(st) => st,
-                    None => continue 'relock,
-                };
-                let reset_epoch = st.reset_epoch;
-                if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
-                    return Next::StaleBurst;
-                }
-                if !self.shared.gone() && st.runnable(self.qi()) {
-                    let qs = &mut st.queues[self.q as usize];
-                    if let Some((job, due)) = burst {
-                        if Instant::now() >= due {
-                            qs.busy = true;
-                            return Next::Work(Work::Burst(job));
-                        }
-                    }
-                    if qs.sq_head != qs.sq_tail {
-                        qs.busy = true;
-                        return Next::Work(Work::Descriptor(Job {
-                            epoch: qs.epoch,
-                            reset_epoch,
-                            index: qs.sq_head,
-                            seq: qs.seq,
-                            ring_size: qs.ring_size,
-                            sq_base: qs.sq_base,
-                            cq_base: qs.cq_base,
-                        }));
-                    }
-                }
-                let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
-                st = self.shared.wait(st, timeout);
+        loop {
+            let st = self.shared.lock(token);
+            if self.shared.stopping() {
+                return Next::Shutdown;
             }
+            let Some(mut st) = self.fire_due_interrupt(st) else {
+                continue;
+            };
+            let reset_epoch = st.reset_epoch;
+            if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
+                return Next::StaleBurst;
+            }
+            if !self.shared.gone() && st.runnable(self.qi()) {
+                let qs = &mut st.queues[self.q as usize];
+                if let Some((job, due)) = burst {
+                    if Instant::now() >= due {
+                        qs.busy = true;
+                        return Next::Work(Work::Burst(job));
+                    }
+                }
+                if qs.sq_head != qs.sq_tail {
+                    qs.busy = true;
+                    return Next::Work(Work::Descriptor(Job {
+                        epoch: qs.epoch,
+                        reset_epoch,
+                        index: qs.sq_head,
+                        seq: qs.seq,
+                        ring_size: qs.ring_size,
+                        sq_base: qs.sq_base,
+                        cq_base: qs.cq_base,
+                    }));
+                }
+            }
+            let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
+            drop(st);
+            // Every change that makes work unparks this engine after making it, so one found
+            // nothing above is not slept over.
+            self.shared.park(timeout);
         }
     }
 
@@ -310,25 +312,23 @@ impl Engine {
         until: Option<Instant>,
         ready: impl Fn(&BoardState) -> Option<R>,
     ) -> Step<Option<R>> {
-        'relock: loop {
-            let mut st = self.shared.lock(token);
-            loop {
-                if !self.valid(&st, job) {
-                    return Err(Abandoned);
-                }
-                if let Some(value) = ready(&st) {
-                    return Ok(Some(value));
-                }
-                if until.is_some_and(|t| Instant::now() >= t) {
-                    return Ok(None);
-                }
-                st = match self.fire_due_interrupt(st) {
-                    Some(st) => st,
-                    None => continue 'relock,
-                };
-                let timeout = self.wait_time(&st, until);
-                st = self.shared.wait(st, timeout);
+        loop {
+            let st = self.shared.lock(token);
+            if !self.valid(&st, job) {
+                return Err(Abandoned);
             }
+            if let Some(value) = ready(&st) {
+                return Ok(Some(value));
+            }
+            if until.is_some_and(|t| Instant::now() >= t) {
+                return Ok(None);
+            }
+            let Some(st) = self.fire_due_interrupt(st) else {
+                continue;
+            };
+            let timeout = self.wait_time(&st, until);
+            drop(st);
+            self.shared.park(timeout);
         }
     }
 
@@ -341,9 +341,11 @@ impl Engine {
             self.q,
             job.index
         );
-        let mut st = self.shared.lock(token);
-        while st.reset_epoch == job.reset_epoch && !self.shared.gone() && !self.shared.stopping() {
-            st = self.shared.wait(st, IDLE_WAIT);
+        while {
+            let st = self.shared.lock(token);
+            st.reset_epoch == job.reset_epoch && !self.shared.gone() && !self.shared.stopping()
+        } {
+            self.shared.park(IDLE_WAIT);
         }
     }
 
