@@ -144,6 +144,12 @@ pub(super) struct Worker {
     /// Sense bytes the replies point at; alive until their replies are consumed.
     senses: Vec<Vec<u8>>,
     inflight: HashMap<u32, Inflight>,
+    /// Leases of the requests reaped in this pass, ended together ([`LeaseTable::release_batch`]).
+    ///
+    /// [`LeaseTable::release_batch`]: crate::teardown::LeaseTable::release_batch
+    reaped_leases: Vec<Lease<Arc<CmdBuffer>>>,
+    /// Their payloads, dropped after the lease table's lock (reused: no allocation per reap).
+    released_buffers: Vec<Arc<CmdBuffer>>,
     submit: Vec<StoreRequest>,
     completions: Vec<StoreCompletion>,
     last_escalation: Option<Instant>,
@@ -189,6 +195,8 @@ impl Worker {
             reply_tokens: Vec::new(),
             senses: Vec::new(),
             inflight: HashMap::new(),
+            reaped_leases: Vec::new(),
+            released_buffers: Vec::new(),
             submit: Vec::new(),
             completions: Vec::new(),
             last_escalation: None,
@@ -1076,15 +1084,22 @@ impl Worker {
                 log::error!("store completed unknown tag {}; ignored", completion.tag);
                 continue;
             };
-            // The device is done with the buffer: its lease ends (the payload, the device's
-            // reference, drops here, outside any lock).
+            // The device is done with the buffer: its lease ends with the reap's others, under
+            // one acquisition of the lease table below.
             if let Some(lease) = state.lease {
-                drop(lease.release(&mut self.token));
+                self.reaped_leases.push(lease);
             }
             let plan = self.shared.disk.finish(&state.io, completion.status);
             self.continue_exec(cmd_h, state.ctx, plan);
         }
         self.completions = done;
+        self.shared.leases.release_batch(
+            &mut self.token,
+            &mut self.reaped_leases,
+            &mut self.released_buffers,
+        );
+        // The device's references to the buffers go here, outside any lock.
+        self.released_buffers.clear();
         n
     }
 
