@@ -791,9 +791,7 @@ impl FileQueue {
     fn notify(&self) -> &EventFd {
         &self.shared.notify
     }
-}
 
-impl FileQueue {
     /// [`StoreQueue::submit`] without a token (the file store takes no lock): also the io_uring
     /// engine's way to hand a request to the I/O threads.
     pub(super) fn submit_requests(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
