@@ -615,11 +615,18 @@ impl Worker {
             return;
         }
         if errno == Errno::ESRCH || errno == Errno::EINVAL {
-            if self.shared.buffers.release(&mut self.token, pbuf) {
-                log::warn!("buffer {pbuf:#x} of the refused reply was never SCST's: freed");
-            }
+            self.free_reply_buffer(index, "the refused reply");
         } else {
             log::warn!("buffer {pbuf:#x} of the refused reply ({errno}) may be SCST's: kept until SCST or the close returns it");
+        }
+    }
+
+    /// Reply `index` named a buffer allocated at EXEC time that SCST never attached (`what`
+    /// says which reply): free it; nothing else will return it.
+    fn free_reply_buffer(&mut self, index: usize, what: &str) {
+        let pbuf = self.reply_tokens[index].new_pbuf;
+        if pbuf != 0 && self.shared.buffers.release(&mut self.token, pbuf) {
+            log::warn!("buffer {pbuf:#x} of {what} was never SCST's: freed");
         }
     }
 
@@ -651,10 +658,7 @@ impl Worker {
             .reply_errors
             .fetch_add(self.replies.len() as u64, Ordering::Relaxed);
         for index in 0..self.replies.len() {
-            let pbuf = self.reply_tokens[index].new_pbuf;
-            if pbuf != 0 && self.shared.buffers.release(&mut self.token, pbuf) {
-                log::warn!("buffer {pbuf:#x} of a dropped reply was never SCST's: freed");
-            }
+            self.free_reply_buffer(index, "a dropped reply");
         }
         self.consume_replies(self.replies.len(), false);
         self.untaken_calls = 0;

@@ -74,6 +74,23 @@ struct Inner<T> {
     stats: LeaseStats,
 }
 
+impl<T> Inner<T> {
+    /// End the lease `key` on its completion: its payload, or `None` (counted as a late
+    /// release) when `revoke_all` already ended it. The caller logs, after unlocking.
+    fn end(&mut self, key: u64) -> Option<T> {
+        match self.outstanding.remove(&key) {
+            Some(entry) => {
+                self.stats.released += 1;
+                Some(entry.payload)
+            }
+            None => {
+                self.stats.late_releases += 1;
+                None
+            }
+        }
+    }
+}
+
 struct Entry<T> {
     id: u64,
     payload: T,
@@ -215,6 +232,7 @@ impl<T> LeaseTable<T> {
             return;
         }
         let mut foreign = Vec::new();
+        let mut late = 0usize;
         {
             let mut inner = self.lock(token);
             for mut lease in leases.drain(..) {
@@ -223,20 +241,17 @@ impl<T> LeaseTable<T> {
                     continue;
                 }
                 lease.ended = true;
-                match inner.outstanding.remove(&lease.key) {
-                    Some(entry) => {
-                        inner.stats.released += 1;
-                        payloads.push(entry.payload);
-                    }
-                    None => {
-                        inner.stats.late_releases += 1;
-                        log::debug!("lease {}: released after revoke_all; no-op", lease.id);
-                    }
+                match inner.end(lease.key) {
+                    Some(payload) => payloads.push(payload),
+                    None => late += 1,
                 }
             }
             if inner.outstanding.is_empty() {
                 self.shared.released.notify_all();
             }
+        }
+        if late > 0 {
+            log::debug!("{late} lease(s) released after revoke_all; no-op");
         }
         for lease in foreign {
             payloads.extend(lease.release(token));
@@ -343,19 +358,10 @@ impl<T> Lease<T> {
     pub fn release<L: LockBefore<TeardownLeases>>(mut self, token: &mut LockToken<'_, L>) -> Option<T> {
         self.ended = true;
         let mut inner = self.shared.lock(token);
-        let payload = match inner.outstanding.remove(&self.key) {
-            Some(entry) => {
-                inner.stats.released += 1;
-                if inner.outstanding.is_empty() {
-                    self.shared.released.notify_all();
-                }
-                Some(entry.payload)
-            }
-            None => {
-                inner.stats.late_releases += 1;
-                None
-            }
-        };
+        let payload = inner.end(self.key);
+        if payload.is_some() && inner.outstanding.is_empty() {
+            self.shared.released.notify_all();
+        }
         drop(inner);
         if payload.is_none() {
             log::debug!("lease {}: released after revoke_all; no-op", self.id);
