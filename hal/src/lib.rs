@@ -10,6 +10,7 @@
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("scst-accel's MMIO barriers are defined for x86_64 and aarch64 only (hal/src/vfio/mmio.rs)");
 
+pub mod alloc_stats;
 pub mod fdio;
 pub mod locks;
 pub mod sim;

@@ -10,6 +10,7 @@
 //! size, pattern, queue depth, region and duration, and reports the file store's ratio to it.
 
 pub mod fio;
+pub mod handler;
 pub mod store;
 
 use crate::backend::BoardArg;
@@ -62,10 +63,17 @@ pub struct BenchArgs {
     /// uring, or threads. The engine that ran is reported on each file row (`io_engine`).
     #[arg(long, default_value = "auto", value_parser = IoEngine::parse)]
     io_engine: IoEngine,
-    /// Layers measured: loopback (initiator → loopback kernel model → handler → store) and
-    /// store (the store alone through its queue interface: no SCSI, no kernel model; the fair
-    /// comparison with fio). Accelerator boards run through the loopback only.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "loopback,store")]
+    /// Layers measured: handler (the handler alone: pre-built commands from a replay kernel,
+    /// the null store; once per workload), loopback (initiator → loopback kernel model →
+    /// handler → store), store (the store alone through its queue interface: no SCSI, no kernel
+    /// model; the fair comparison with fio) and reference (one copy of the block size and one
+    /// empty ioctl, measured in the same run). Accelerator boards run through the loopback only.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "handler,loopback,store,reference"
+    )]
     layers: Vec<Layer>,
     /// Workloads (default: all four).
     #[arg(
@@ -111,17 +119,24 @@ pub enum IoMode {
 /// `--layers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Layer {
+    /// The handler alone: the real frontend serving pre-built commands (the replay kernel)
+    /// over the null store ([`handler`]); once per workload, whatever the boards.
+    Handler,
     /// Through the loopback kernel model, the SCSI engine and the handler.
     Loopback,
     /// The store alone.
     Store,
+    /// The physical reference: one copy of the block size, one empty ioctl ([`handler`]).
+    Reference,
 }
 
 impl Layer {
     fn name(self) -> &'static str {
         match self {
+            Layer::Handler => "handler",
             Layer::Loopback => "loopback",
             Layer::Store => "store",
+            Layer::Reference => "reference",
         }
     }
 }
@@ -367,8 +382,19 @@ pub fn run(args: BenchArgs) -> u8 {
     for spec in args.workloads.iter().map(|w| w.spec()) {
         let mut first: std::collections::HashMap<&'static str, f64> = Default::default();
         let mut cells: Vec<Value> = Vec::new();
+        match boardless_cells(&args, &spec) {
+            Ok(c) => cells.extend(c),
+            Err(e) => {
+                eprintln!("scst-accel bench: {}: {e}", spec.name);
+                return exit::SOFTWARE;
+            }
+        }
+        healthy &= cells.iter().all(|c| c["healthy"].as_bool().unwrap_or(false));
         for &board in &args.boards {
             for &layer in &args.layers {
+                if matches!(layer, Layer::Handler | Layer::Reference) {
+                    continue;
+                }
                 if layer == Layer::Store
                     && !matches!(board, BoardArg::Ram | BoardArg::File | BoardArg::Blockdev)
                 {
@@ -379,6 +405,7 @@ pub fn run(args: BenchArgs) -> u8 {
                     let measured = match layer {
                         Layer::Loopback => loopback(&args, board, &spec, target.as_ref()),
                         Layer::Store => store_only(&args, board, &spec, target.as_ref()),
+                        Layer::Handler | Layer::Reference => unreachable!("measured once per workload"),
                     };
                     match measured {
                         Ok(v) => runs.push(v),
@@ -632,6 +659,31 @@ fn store_only(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Ta
     }))
 }
 
+/// The cells of the layers measured once per workload, whatever the boards: the handler alone
+/// and the physical reference (in that order, right before the boards' cells).
+fn boardless_cells(args: &BenchArgs, spec: &Spec) -> Result<Vec<Value>, String> {
+    let w = handler::HandlerWorkload {
+        name: spec.name,
+        random: spec.random,
+        write: spec.write,
+        io_size: spec.bs,
+        queue_depth: spec.queue_depth,
+        duration: args.duration,
+        region_bytes: args.size,
+    };
+    let mut cells = Vec::new();
+    if args.layers.contains(&Layer::Handler) {
+        let runs = (0..args.repeat.max(1))
+            .map(|_| handler::run(&w))
+            .collect::<Result<Vec<_>, _>>()?;
+        cells.push(median(runs));
+    }
+    if args.layers.contains(&Layer::Reference) {
+        cells.push(handler::reference(&w)?);
+    }
+    Ok(cells)
+}
+
 /// fio on the target, same workload.
 fn run_fio(args: &BenchArgs, bin: &Path, spec: &Spec, t: &Target) -> Result<Value, fio::FioError> {
     let job = fio::FioJob {
@@ -662,7 +714,13 @@ fn run_fio(args: &BenchArgs, bin: &Path, spec: &Spec, t: &Target) -> Result<Valu
     }))
 }
 
-/// Per workload: each later board against the first, per layer; each file row against fio.
+/// The ratio of the handler's CPU per command (`--layers handler`) to one copy of the block
+/// size (`--layers reference`), in the same run: below 1, the handler costs less than touching
+/// the data once.
+pub const HANDLER_TO_COPY: &str = "handler cpu per command / memcpy";
+
+/// Per workload: each later board against the first, per layer; each file row against fio; the
+/// handler's CPU per command against one copy of the data.
 fn ratios(args: &BenchArgs, rows: &[Value]) -> Value {
     let first = args
         .boards
@@ -679,6 +737,9 @@ fn ratios(args: &BenchArgs, rows: &[Value]) -> Value {
             continue;
         };
         let entry = out.entry(workload.to_owned()).or_insert_with(|| json!({}));
+        if layer == "handler" || layer == "reference" {
+            continue;
+        }
         if board != first && board != "fio" {
             if let Some(r) = row["ratio_to_first"].as_f64() {
                 entry[format!("{board}/{first} ({layer})")] = json!(r);
@@ -686,6 +747,18 @@ fn ratios(args: &BenchArgs, rows: &[Value]) -> Value {
         }
         if let Some(r) = row["ratio_to_fio"].as_f64() {
             entry[format!("{board}/fio ({layer})")] = json!(r);
+        }
+    }
+    for (workload, entry) in &mut out {
+        let cell = |layer: &str| {
+            rows.iter().find(|r| {
+                r["workload"].as_str() == Some(workload.as_str()) && r["layer"].as_str() == Some(layer)
+            })
+        };
+        let handler_cpu = cell("handler").and_then(|r| r["cpu_us_per_command"].as_f64());
+        let copy = cell("reference").and_then(|r| r["memcpy_us"].as_f64());
+        if let (Some(cpu), Some(copy)) = (handler_cpu, copy.filter(|c| *c > 0.0)) {
+            entry[HANDLER_TO_COPY] = json!(cpu / copy);
         }
     }
     Value::Object(out)

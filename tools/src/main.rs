@@ -14,6 +14,11 @@ use scst_accel::identity;
 use scst_accel::serve;
 use std::process::ExitCode;
 
+/// Counts allocations once asked (`bench --layers handler` reports them per command).
+#[global_allocator]
+static ALLOCATOR: scst_accel_hal::alloc_stats::CountingAllocator =
+    scst_accel_hal::alloc_stats::CountingAllocator;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "scst-accel",

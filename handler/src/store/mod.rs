@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub mod accel;
 pub mod buffer;
 pub mod file;
+pub mod null;
 pub mod ram;
 
 pub use buffer::CmdBuffer;

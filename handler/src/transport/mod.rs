@@ -17,6 +17,7 @@ use std::os::fd::BorrowedFd;
 pub mod device;
 pub mod fdio;
 pub mod register;
+pub mod replay;
 pub mod sys;
 pub mod version;
 
