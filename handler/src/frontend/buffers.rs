@@ -4,6 +4,15 @@
 //! (ON_FREE_CMD, ON_CACHED_MEM_FREE) may reach any worker, so the table is shared. Its mutex is
 //! a leaf lock held for one hash operation; allocation and unmapping happen outside it.
 //!
+//! The table's lock is not taken per command: each worker looks buffers up through its own
+//! [`BufferCache`], which asks the table only for an address it has not seen since the table
+//! last changed (a buffer released or replaced bumps the table's generation, and every cache
+//! drops its entries when it sees a new one). In steady state (SCST's SGV cache warm, the same
+//! buffers coming back in EXEC after EXEC) a command takes no lock here at all. A cache holds
+//! `Arc`s, so a stale entry can never point at freed memory: it only keeps a released buffer
+//! out of the pool until its worker next looks at the generation (each loop iteration; the
+//! worker that released rings the others' doorbells so idle ones look at once).
+//!
 //! Every method takes the caller's [`LockToken`]: a worker owns one from the top of its thread
 //! and passes it here, so the compiler checks that the table is never taken under a lock that
 //! comes after it (the SGV pool's, the lease table's: SCST's inversion, `scst_user.md §5.5`).
@@ -50,6 +59,8 @@ pub struct BufferTable {
     allocated: AtomicU64,
     released: AtomicU64,
     refused: AtomicU64,
+    /// Bumped after an entry is removed or replaced: caches built before are stale.
+    generation: AtomicU64,
 }
 
 impl BufferTable {
@@ -63,6 +74,7 @@ impl BufferTable {
             allocated: AtomicU64::new(0),
             released: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -94,8 +106,13 @@ impl BufferTable {
         self.allocated.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         let replaced = self.lock(token).insert(buffer.addr(), Arc::clone(&buffer));
-        if replaced.is_none() {
-            self.buffers.fetch_add(1, Ordering::Relaxed);
+        match replaced {
+            None => {
+                self.buffers.fetch_add(1, Ordering::Relaxed);
+            }
+            // An address handed out twice (the old buffer was never returned by SCST): the
+            // caches may hold the old one.
+            Some(_) => self.invalidate(),
         }
         Some(buffer)
     }
@@ -115,6 +132,7 @@ impl BufferTable {
         let removed = self.lock(token).remove(&pbuf);
         match removed {
             Some(buffer) => {
+                self.invalidate();
                 self.buffers.fetch_sub(1, Ordering::Relaxed);
                 self.bytes.fetch_sub(buffer.len() as u64, Ordering::Relaxed);
                 self.released.fetch_add(1, Ordering::Relaxed);
@@ -122,6 +140,12 @@ impl BufferTable {
             }
             None => false,
         }
+    }
+
+    /// The table changed in a way a [`BufferCache`] must see (after the change is made: a cache
+    /// that reads the new generation finds the new table).
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Current figures.
@@ -138,9 +162,65 @@ impl BufferTable {
     /// Forget every buffer (SCST has closed: it holds none any more).
     pub fn clear<L: LockBefore<levels::CmdTable>>(&self, token: &mut LockToken<'_, L>) -> usize {
         let drained: Vec<_> = self.lock(token).drain().collect();
+        self.invalidate();
         self.buffers.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
         drained.len()
+    }
+}
+
+/// One worker's view of the [`BufferTable`] (module doc): the buffers it looked up since the
+/// table last changed. Not shared: its owner looks up without any lock.
+#[derive(Debug, Default)]
+pub struct BufferCache {
+    generation: u64,
+    map: HashMap<u64, Arc<CmdBuffer>>,
+}
+
+impl BufferCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drop every entry if the table changed since they were looked up; true if it did.
+    pub fn purge_if_stale(&mut self, table: &BufferTable) -> bool {
+        let current = table.generation.load(Ordering::SeqCst);
+        if current == self.generation {
+            return false;
+        }
+        self.map.clear();
+        self.generation = current;
+        true
+    }
+
+    /// The buffer at `pbuf` ([`BufferTable::get`]): from this cache while the table has not
+    /// changed, else from the table (one lock), remembered.
+    pub fn get<L: LockBefore<levels::CmdTable>>(
+        &mut self,
+        table: &BufferTable,
+        token: &mut LockToken<'_, L>,
+        pbuf: u64,
+    ) -> Option<Arc<CmdBuffer>> {
+        self.purge_if_stale(table);
+        if let Some(buffer) = self.map.get(&pbuf) {
+            return Some(Arc::clone(buffer));
+        }
+        // The generation read above is older than this lookup: a change racing it bumps the
+        // generation again, and the next call purges what this one adds.
+        let buffer = table.get(token, pbuf)?;
+        self.map.insert(pbuf, Arc::clone(&buffer));
+        Some(buffer)
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// No entry held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -167,5 +247,37 @@ mod tests {
         assert_eq!((f.buffers, f.bytes, f.allocated, f.released), (1, 4096, 2, 1));
         assert_eq!(table.clear(&mut t), 1);
         assert_eq!((table.figures().buffers, table.figures().bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_cache_serves_repeat_lookups_and_forgets_what_the_table_released() {
+        let pool = Arc::new(SgvPool::new(None, None, 1 << 20));
+        let table = BufferTable::new(Arc::clone(&pool));
+        let mut t = LockToken::root();
+        let a = table.allocate(&mut t, 4096).expect("a");
+        let b = table.allocate(&mut t, 4096).expect("b");
+        let mut cache = BufferCache::new();
+        assert!(cache.get(&table, &mut t, 0x1000).is_none(), "never handed out");
+        assert!(Arc::ptr_eq(&cache.get(&table, &mut t, a.addr()).expect("a"), &a));
+        assert!(Arc::ptr_eq(&cache.get(&table, &mut t, b.addr()).expect("b"), &b));
+        assert_eq!(cache.len(), 2);
+        assert!(!cache.purge_if_stale(&table), "nothing changed");
+        // SCST gives b back (another worker's ON_CACHED_MEM_FREE): this cache must not serve it.
+        assert!(table.release(&mut t, b.addr()));
+        let b_addr = b.addr();
+        drop(b);
+        let in_use = pool.stats().in_use;
+        assert!(cache.purge_if_stale(&table));
+        assert!(cache.is_empty());
+        assert_eq!(
+            pool.stats().in_use,
+            in_use - 1,
+            "the purge let b go back to the pool"
+        );
+        assert!(cache.get(&table, &mut t, b_addr).is_none());
+        assert!(Arc::ptr_eq(&cache.get(&table, &mut t, a.addr()).expect("a"), &a));
+        // The whole table forgotten (SCST closed): every cache forgets too.
+        table.clear(&mut t);
+        assert!(cache.get(&table, &mut t, a.addr()).is_none());
     }
 }

@@ -14,27 +14,27 @@ mod buffers;
 mod cap_flush;
 mod dump;
 mod latency;
+mod leases;
 mod liveness;
 mod teardown;
 mod trigger;
 mod worker;
 
+pub use buffers::BufferCache;
 pub use buffers::BufferFigures;
 pub use buffers::BufferTable;
 pub use latency::LatencyHistogram;
 pub use latency::LATENCY_BUCKETS;
+pub use leases::PoolPermit;
 pub use teardown::TeardownConfig;
 pub use teardown::TeardownReport;
 pub use teardown::TeardownStep;
 pub use trigger::TeardownTrigger;
 
 use crate::scsi::Disk;
-use crate::store::CmdBuffer;
 use crate::store::Store;
 use crate::store::StoreError;
 use crate::teardown::Drain;
-use crate::teardown::LeaseTable;
-use crate::teardown::UnmapPermit;
 use crate::transport::fdio::EventFd;
 use crate::transport::Errno;
 use crate::transport::ScstUserFd;
@@ -54,11 +54,6 @@ use std::time::Duration;
 
 /// How long after its stop grace a worker may take to end before it is left detached.
 const LEAVE_MARGIN: Duration = Duration::from_secs(1);
-
-/// Permission to unmap the command-buffer pool: no device lease on any of its buffers is
-/// outstanding, and none can be granted while it lives ([`crate::teardown::UnmapPermit`]). The
-/// teardown hands it out in [`FrontendReport::unmap`]; whoever shuts the pool down takes it.
-pub type PoolPermit = UnmapPermit<Arc<CmdBuffer>>;
 
 /// Frontend tuning.
 #[derive(Clone, Debug)]
@@ -300,7 +295,7 @@ pub(crate) struct Shared {
     drain: Drain,
     /// The device's leases on command buffers: one per store request carrying a buffer,
     /// released by its completion or revoked after a proven abort (teardown steps 3-5).
-    leases: LeaseTable<Arc<CmdBuffer>>,
+    leases: leases::WorkerLeases,
     /// The first teardown trigger.
     trigger: trigger::Trigger,
     /// How the workers' aborts went (teardown step 3).
@@ -383,7 +378,7 @@ impl Frontend {
             sessions: OrderedMutex::new(HashMap::new()),
             phase: AtomicU8::new(Phase::Serving as u8),
             drain: Drain::new(),
-            leases: LeaseTable::new(),
+            leases: leases::WorkerLeases::new(config.workers.max(1)),
             trigger,
             abort: AbortTally::default(),
             liveness: liveness::Liveness::new(config.workers.max(1)),

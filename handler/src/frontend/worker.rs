@@ -8,6 +8,7 @@
 //! detects teardown triggers (the store's failure, SCST closing the fd) and answers dump
 //! requests.
 
+use super::buffers::BufferCache;
 use super::dump::DumpReceiver;
 use super::dump::WorkerDump;
 use super::latency::Direction;
@@ -38,6 +39,7 @@ use crate::transport::fdio::poll_readable;
 use crate::transport::Errno;
 use scst_accel_hal::locks::levels::Root;
 use scst_accel_hal::locks::LockToken;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
@@ -133,6 +135,11 @@ pub(super) struct Worker {
     /// no token exists for a lock taken out of order.
     token: LockToken<'static, Root>,
     queue: Box<dyn StoreQueue>,
+    /// The buffers this worker looked up, so an EXEC naming a known buffer takes no lock.
+    buffer_cache: BufferCache,
+    /// This worker released buffers since it last told the other workers (whose caches may
+    /// hold them: they look at the table's generation when their doorbell rings).
+    released_buffers_unannounced: bool,
     /// This worker's index, also the name of its store queue in dumps.
     index: usize,
     multi: MultiBuffer,
@@ -189,6 +196,8 @@ impl Worker {
             // The top of the worker's thread: nothing is held yet (asserted).
             token: LockToken::root(),
             queue,
+            buffer_cache: BufferCache::new(),
+            released_buffers_unannounced: false,
             index,
             multi,
             replies: Vec::new(),
@@ -227,6 +236,9 @@ impl Worker {
             // A heartbeat older than a few seconds therefore means a store call that does not
             // return, or a store that accepts nothing: the service is wedged.
             self.shared.liveness.beat(self.index);
+            // Buffers another worker released leave this worker's cache now, so they return
+            // to the pool (one atomic load when nothing changed).
+            self.buffer_cache.purge_if_stale(&self.shared.buffers);
             self.reap_store();
             if !self.inflight.is_empty() {
                 self.check_deadlines();
@@ -284,6 +296,7 @@ impl Worker {
                 let cmd = *self.multi.cmd(index);
                 self.dispatch(&cmd);
             }
+            self.announce_released_buffers();
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
                 self.wait(phase != Phase::Leaving && !self.fd_closed);
@@ -625,7 +638,7 @@ impl Worker {
     /// says which reply): free it; nothing else will return it.
     fn free_reply_buffer(&mut self, index: usize, what: &str) {
         let pbuf = self.reply_tokens[index].new_pbuf;
-        if pbuf != 0 && self.shared.buffers.release(&mut self.token, pbuf) {
+        if pbuf != 0 && self.release_buffer(pbuf) {
             log::warn!("buffer {pbuf:#x} of {what} was never SCST's: freed");
         }
     }
@@ -704,6 +717,25 @@ impl Worker {
         });
     }
 
+    /// Release `pbuf` (SCST gave it back, or never took it): true if it was ours. The other
+    /// workers' caches may hold it; they are told after this batch of commands.
+    fn release_buffer(&mut self, pbuf: u64) -> bool {
+        let released = self.shared.buffers.release(&mut self.token, pbuf);
+        self.released_buffers_unannounced |= released;
+        released
+    }
+
+    /// Ring the other workers' doorbells if this worker released buffers: an idle worker's
+    /// cache would otherwise keep them out of the pool until its next wake-up.
+    fn announce_released_buffers(&mut self) {
+        if !std::mem::take(&mut self.released_buffers_unannounced) {
+            return;
+        }
+        for other in (0..self.shared.doorbells.len()).filter(|&i| i != self.index) {
+            self.shared.ring(other);
+        }
+    }
+
     /// This worker's own figures (it is their only writer).
     fn figures(&self) -> &WorkerFigures {
         &self.shared.figures[self.index]
@@ -724,14 +756,14 @@ impl Worker {
                 counters.on_free.fetch_add(1, Ordering::Relaxed);
                 let free: abi::ScsiOnFreeCmd = cmd.read_payload();
                 if free.buffer_cached == 0 && free.pbuf != 0 {
-                    self.shared.buffers.release(&mut self.token, free.pbuf);
+                    self.release_buffer(free.pbuf);
                 }
                 self.push_reply(ReplyCmd::new(cmd.cmd_h, cmd.subcode), None);
             }
             abi::SCST_USER_ON_CACHED_MEM_FREE => {
                 counters.on_cached_mem_free.fetch_add(1, Ordering::Relaxed);
                 let free: abi::OnCachedMemFree = cmd.read_payload();
-                if !self.shared.buffers.release(&mut self.token, free.pbuf) {
+                if !self.release_buffer(free.pbuf) {
                     log::warn!(
                         "ON_CACHED_MEM_FREE for unknown buffer {:#x} (owner cmd_h {})",
                         free.pbuf,
@@ -899,11 +931,13 @@ impl Worker {
         }
     }
 
-    /// Full CDB: the inline 16 bytes, plus GET_EXTENDED_CDB for longer ones (spec §3.9).
-    fn cdb(&self, cmd_h: u32, exec: &abi::ScsiCmdExec) -> Result<Vec<u8>, Errno> {
+    /// Full CDB: the inline 16 bytes, borrowed from the EXEC (no copy, no allocation: the
+    /// command path's common case), plus GET_EXTENDED_CDB for longer ones (spec §3.9), which
+    /// are rare enough to allocate.
+    fn cdb<'e>(&self, cmd_h: u32, exec: &'e abi::ScsiCmdExec) -> Result<Cow<'e, [u8]>, Errno> {
         let len = usize::from(exec.cdb_len);
         if len <= abi::SCST_MAX_CDB_SIZE {
-            return Ok(exec.cdb[..len].to_vec());
+            return Ok(Cow::Borrowed(&exec.cdb[..len]));
         }
         let mut cdb = vec![0u8; len];
         cdb[..abi::SCST_MAX_CDB_SIZE].copy_from_slice(&exec.cdb);
@@ -914,7 +948,7 @@ impl Worker {
             ext_cdb_buffer: ext.as_mut_ptr() as u64,
         };
         self.shared.fd.get_extended_cdb(&arg)?;
-        Ok(cdb)
+        Ok(Cow::Owned(cdb))
     }
 
     fn exec(&mut self, cmd: &GetCmd) {
@@ -973,7 +1007,10 @@ impl Worker {
     fn exec_buffer(&mut self, exec: &abi::ScsiCmdExec) -> Result<(Option<IoBuffer>, u64), Response> {
         let bufflen = exec.bufflen.max(0) as usize;
         if exec.pbuf != 0 {
-            return match self.shared.buffers.get(&mut self.token, exec.pbuf) {
+            return match self
+                .buffer_cache
+                .get(&self.shared.buffers, &mut self.token, exec.pbuf)
+            {
                 Some(pages) => Ok((Some(io_buffer(pages, bufflen)), 0)),
                 None => {
                     log::error!(
@@ -1028,22 +1065,21 @@ impl Worker {
             return self.reply_exec(cmd_h, ctx, response);
         }
         // The device's reference to the buffer is a lease, released by the completion.
-        let lease =
-            match &ctx.buffer {
-                Some(buffer) => match self.shared.leases.grant(
-                    &mut self.token,
-                    u64::from(cmd_h),
-                    Arc::clone(&buffer.buffer),
-                ) {
-                    Ok(lease) => Some(lease),
-                    Err(refused) => {
-                        // The pool is being unmapped: the buffer must not reach the device.
-                        log::warn!("cmd_h {cmd_h}: {refused}");
-                        return self.reply_exec(cmd_h, ctx, busy());
-                    }
-                },
-                None => None,
-            };
+        let lease = match &ctx.buffer {
+            Some(buffer) => match self.shared.leases.worker(self.index).grant(
+                &mut self.token,
+                u64::from(cmd_h),
+                Arc::clone(&buffer.buffer),
+            ) {
+                Ok(lease) => Some(lease),
+                Err(refused) => {
+                    // The pool is being unmapped: the buffer must not reach the device.
+                    log::warn!("cmd_h {cmd_h}: {refused}");
+                    return self.reply_exec(cmd_h, ctx, busy());
+                }
+            },
+            None => None,
+        };
         self.submit.push(StoreRequest {
             tag: u64::from(cmd_h),
             op: io.op.clone(),
@@ -1097,7 +1133,7 @@ impl Worker {
             self.continue_exec(cmd_h, state.ctx, plan);
         }
         self.completions = done;
-        self.shared.leases.release_batch(
+        self.shared.leases.worker(self.index).release_batch(
             &mut self.token,
             &mut self.reaped_leases,
             &mut self.released_buffers,
@@ -1163,7 +1199,7 @@ impl Worker {
         }
         if resp_data_len == 0 && new_pbuf != 0 {
             // The kernel ignores a pbuf with no data (spec §3.5): the buffer stays ours to free.
-            self.shared.buffers.release(&mut self.token, new_pbuf);
+            self.release_buffer(new_pbuf);
         }
         let (figure_direction, bytes) = match direction {
             data_direction::READ => (Direction::Read, resp_data_len as u64),

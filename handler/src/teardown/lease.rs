@@ -20,7 +20,6 @@
 //! caller's [`LockToken`], so the compiler refuses the table under a lock that comes after it
 //! (the SGV pool's above all: a buffer's return must never wait for the table).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -66,20 +65,52 @@ struct Shared<T> {
 }
 
 struct Inner<T> {
-    /// Outstanding leases by internal key (unique for the table's life, so a stale handle can
-    /// never match a newer lease with the same caller id). A BTreeMap keeps the order of
-    /// `revoke_all` deterministic (loom replays executions and needs the same order each time).
-    outstanding: BTreeMap<u64, Entry<T>>,
-    next_key: u64,
+    /// Outstanding leases in a slab: a grant takes a free slot and a release frees it, so once
+    /// the slab has grown to the most leases ever outstanding at once, granting and releasing
+    /// allocate nothing (the command path's rule). Its order is deterministic (loom replays
+    /// executions and needs the same order each time).
+    slots: Vec<Option<Entry<T>>>,
+    /// Free slots of `slots`.
+    free: Vec<usize>,
+    /// Occupied slots of `slots`.
+    outstanding: usize,
+    /// The next lease's sequence number: unique for the table's life, so a stale handle (a
+    /// lease revoked, its slot reused) never matches a newer lease in the same slot.
+    next_seq: u64,
     stats: LeaseStats,
 }
 
 impl<T> Inner<T> {
+    /// Put a new lease in a free slot; its key.
+    fn insert(&mut self, id: u64, payload: T) -> LeaseKey {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Some(Entry { id, seq, payload });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = entry;
+                slot
+            }
+            None => {
+                self.slots.push(entry);
+                self.slots.len() - 1
+            }
+        };
+        self.outstanding += 1;
+        LeaseKey { slot, seq }
+    }
+
     /// End the lease `key` on its completion: its payload, or `None` (counted as a late
     /// release) when `revoke_all` already ended it. The caller logs, after unlocking.
-    fn end(&mut self, key: u64) -> Option<T> {
-        match self.outstanding.remove(&key) {
+    fn end(&mut self, key: LeaseKey) -> Option<T> {
+        let current = self
+            .slots
+            .get_mut(key.slot)
+            .filter(|e| e.as_ref().is_some_and(|e| e.seq == key.seq));
+        match current.and_then(Option::take) {
             Some(entry) => {
+                self.free.push(key.slot);
+                self.outstanding -= 1;
                 self.stats.released += 1;
                 Some(entry.payload)
             }
@@ -89,10 +120,35 @@ impl<T> Inner<T> {
             }
         }
     }
+
+    /// The outstanding entries, oldest first.
+    fn entries_by_age(&self) -> Vec<&Entry<T>> {
+        let mut entries: Vec<&Entry<T>> = self.slots.iter().flatten().collect();
+        entries.sort_unstable_by_key(|e| e.seq);
+        entries
+    }
+
+    /// Take every outstanding entry out, oldest first; every slot is free after.
+    fn take_all(&mut self) -> Vec<Entry<T>> {
+        let mut entries: Vec<Entry<T>> = self.slots.iter_mut().filter_map(Option::take).collect();
+        entries.sort_unstable_by_key(|e| e.seq);
+        self.free.clear();
+        self.free.extend((0..self.slots.len()).rev());
+        self.outstanding = 0;
+        entries
+    }
+}
+
+/// Where a lease lives in its table's slab, and which lease of that slot it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LeaseKey {
+    slot: usize,
+    seq: u64,
 }
 
 struct Entry<T> {
     id: u64,
+    seq: u64,
     payload: T,
 }
 
@@ -136,8 +192,10 @@ impl<T> LeaseTable<T> {
         Self {
             shared: Arc::new(Shared {
                 inner: LevelMutex::new(Inner {
-                    outstanding: BTreeMap::new(),
-                    next_key: 0,
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    outstanding: 0,
+                    next_seq: 0,
                     stats: LeaseStats::default(),
                 }),
                 released: LevelCondvar::new(),
@@ -164,9 +222,7 @@ impl<T> LeaseTable<T> {
             log::debug!("lease {id} refused: DMA memory is being unmapped");
             return Err(Refused { id, payload });
         }
-        let key = inner.next_key;
-        inner.next_key += 1;
-        inner.outstanding.insert(key, Entry { id, payload });
+        let key = inner.insert(id, payload);
         inner.stats.granted += 1;
         Ok(Lease {
             shared: Arc::clone(&self.shared),
@@ -178,12 +234,12 @@ impl<T> LeaseTable<T> {
 
     /// Leases outstanding now.
     pub fn outstanding<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> usize {
-        self.lock(token).outstanding.len()
+        self.lock(token).outstanding
     }
 
     /// Caller ids of the outstanding leases, oldest first (for the teardown's stuck-command dump).
     pub fn outstanding_ids<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> Vec<u64> {
-        self.lock(token).outstanding.values().map(|e| e.id).collect()
+        self.lock(token).entries_by_age().iter().map(|e| e.id).collect()
     }
 
     /// Counters since creation.
@@ -199,10 +255,7 @@ impl<T> LeaseTable<T> {
     /// outside any command-path lock (their `Drop` may return buffers to the pool).
     pub fn revoke_all<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> Vec<(u64, T)> {
         let mut inner = self.lock(token);
-        let revoked: Vec<(u64, T)> = std::mem::take(&mut inner.outstanding)
-            .into_values()
-            .map(|e| (e.id, e.payload))
-            .collect();
+        let revoked: Vec<(u64, T)> = inner.take_all().into_iter().map(|e| (e.id, e.payload)).collect();
         inner.stats.revoked += revoked.len() as u64;
         if !revoked.is_empty() {
             self.shared.released.notify_all();
@@ -246,7 +299,7 @@ impl<T> LeaseTable<T> {
                     None => late += 1,
                 }
             }
-            if inner.outstanding.is_empty() {
+            if inner.outstanding == 0 {
                 self.shared.released.notify_all();
             }
         }
@@ -271,7 +324,7 @@ impl<T> LeaseTable<T> {
         let deadline = Deadline::after(timeout);
         let mut inner = self.lock(token);
         loop {
-            let outstanding = inner.outstanding.len();
+            let outstanding = inner.outstanding;
             if outstanding == 0 {
                 return Ok(());
             }
@@ -291,7 +344,7 @@ impl<T> LeaseTable<T> {
         token: &mut LockToken<'_, L>,
     ) -> Option<UnmapPermit<T>> {
         let inner = self.lock(token);
-        if self.shared.unmapping.load(Ordering::SeqCst) || !inner.outstanding.is_empty() {
+        if self.shared.unmapping.load(Ordering::SeqCst) || inner.outstanding != 0 {
             return None;
         }
         self.shared.unmapping.store(true, Ordering::SeqCst);
@@ -342,7 +395,7 @@ impl<T> fmt::Debug for LeaseTable<T> {
 /// [`LeaseTable::revoke_all`] after a reset, and a warning is logged.
 pub struct Lease<T = ()> {
     shared: Arc<Shared<T>>,
-    key: u64,
+    key: LeaseKey,
     id: u64,
     ended: bool,
 }
@@ -359,7 +412,7 @@ impl<T> Lease<T> {
         self.ended = true;
         let mut inner = self.shared.lock(token);
         let payload = inner.end(self.key);
-        if payload.is_some() && inner.outstanding.is_empty() {
+        if payload.is_some() && inner.outstanding == 0 {
             self.shared.released.notify_all();
         }
         drop(inner);
@@ -466,6 +519,37 @@ mod tests {
         assert_eq!(
             (stats.granted, stats.released, stats.revoked, stats.late_releases),
             (2, 2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn slots_are_reused_and_a_stale_release_never_ends_the_slots_next_lease() {
+        let table = LeaseTable::<u32>::new();
+        // Steady state: as many slots as leases ever outstanding at once, whatever the count
+        // of grants.
+        for round in 0..100 {
+            let a = table.grant(&mut t(), round, 1).expect("no permit");
+            let b = table.grant(&mut t(), round, 2).expect("no permit");
+            assert_eq!(b.release(&mut t()), Some(2));
+            assert_eq!(a.release(&mut t()), Some(1));
+        }
+        assert_eq!(
+            table.shared.lock(&mut t()).slots.len(),
+            2,
+            "no growth past the peak"
+        );
+        // A lease revoked, its slot taken by a new lease: the old one's release is late, and the
+        // new lease stays outstanding.
+        let old = table.grant(&mut t(), 1, 10).expect("no permit");
+        assert_eq!(table.revoke_all(&mut t()), vec![(1, 10)]);
+        let new = table.grant(&mut t(), 2, 20).expect("no permit");
+        assert_eq!(old.release(&mut t()), None, "late: revoked");
+        assert_eq!(table.outstanding_ids(&mut t()), vec![2]);
+        assert_eq!(new.release(&mut t()), Some(20));
+        let s = table.stats(&mut t());
+        assert_eq!(
+            (s.granted, s.released, s.revoked, s.late_releases),
+            (202, 201, 1, 1)
         );
     }
 
