@@ -155,14 +155,15 @@ impl DeviceState {
             self.queue_exec(id, fx);
             return;
         }
-        let class = if is_buff_cached(reuse, dir) {
+        let buff_cached = is_buff_cached(reuse, dir);
+        let class = if buff_cached {
             self.sgv.class_pages(bytes)
         } else {
             None
         };
         let hit = class.and_then(|pages| self.sgv.take_free(pages, false));
         let Some(cmd) = self.cmds.get_mut(&id) else { return };
-        cmd.cached = class.is_some();
+        cmd.cached = buff_cached;
         if let Some((oid, obj)) = hit {
             // Cache hit: no ALLOC_MEM, EXEC carries the cached buffer.
             cmd.sgv = Some(oid);
@@ -173,6 +174,8 @@ impl DeviceState {
         }
         cmd.alloc_len = match class {
             Some(pages) => (pages * 4096) as i32,
+            // Too big for a class but cached: whole pages, never kept by the pool (§8.9).
+            None if buff_cached => bytes.next_multiple_of(4096) as i32,
             None => bytes as i32,
         };
         let needs_alloc_mem = has_data_out(dir) || cmd.parsed.op_flags & abi::op_flags::LOCAL_CMD != 0;
@@ -333,10 +336,9 @@ impl DeviceState {
             self.cmds.remove(&id);
             return;
         };
-        let buffer_cached = cmd
-            .sgv
-            .and_then(|oid| self.sgv.get(oid))
-            .is_some_and(|o| o.cached);
+        // The kernel's `ucmd->buff_cached`: set for every buffer of a cached command, also one
+        // too big for the pool, which comes back by ON_CACHED_MEM_FREE (spec §8.9).
+        let buffer_cached = cmd.cached && cmd.sgv.is_some();
         let payload = abi::ScsiOnFreeCmd {
             pbuf: cmd.pbuf,
             resp_data_len: cmd.resp_data_len,
@@ -362,17 +364,28 @@ impl DeviceState {
             self.queue_ready(h, fx);
         } else {
             u.state = abi::UCMD_STATE_ON_FREE_SKIPPED;
-            self.finish_free(id);
+            self.finish_free(id, fx);
         }
     }
 
-    /// End of the free stage: release the buffer (back to the cache, or destroyed with its
-    /// owner reference), drop the creation reference, forget the command.
-    pub fn finish_free(&mut self, id: u64) {
+    /// End of the free stage: release the buffer (back to the cache; or destroyed, and then
+    /// returned to its owner by ON_CACHED_MEM_FREE if it was cached in the kernel's sense, or
+    /// with its owner reference dropped), drop the creation reference, forget the command.
+    pub fn finish_free(&mut self, id: u64, fx: &mut Effects) {
         let Some(cmd) = self.cmds.remove(&id) else { return };
         if let Some(oid) = cmd.sgv {
             if let Some(destroyed) = self.sgv.release(oid, Instant::now()) {
-                self.put_ucmd(destroyed.owner);
+                if destroyed.return_to_owner {
+                    self.evict(
+                        vec![Evicted {
+                            owner: destroyed.owner,
+                            pbuf: destroyed.pbuf,
+                        }],
+                        fx,
+                    );
+                } else {
+                    self.put_ucmd(destroyed.owner);
+                }
             }
         }
         if let Some(h) = cmd.ucmd {

@@ -136,7 +136,9 @@ pub(crate) struct ScsiCmd {
     pub pbuf: u64,
     /// `alloc_len` of ALLOC_MEM / delayed EXEC.
     pub alloc_len: i32,
-    /// Cache decision for this command.
+    /// The kernel's cache decision for this command (`ucmd->buff_cached`, `is_buff_cached`,
+    /// spec §3.6): the buffer must be page aligned and returns to its owner by
+    /// ON_CACHED_MEM_FREE, even when it is too big for the pool's classes (spec §8.9).
     pub cached: bool,
     /// Initiator data must be copied into the buffer before EXEC is delivered.
     pub data_out_pending: bool,

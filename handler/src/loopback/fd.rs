@@ -479,6 +479,7 @@ impl ScstUserFd for LoopbackFd {
                 pages,
                 owner: h,
                 cached: true,
+                return_to_owner: true,
                 clustered,
                 in_use: false,
                 last_used: Instant::now(),

@@ -199,11 +199,15 @@ impl DeviceState {
     /// Wrap a pinned user buffer in a new SGV object owned by ucmd `h` (extra reference).
     fn attach_buffer(&mut self, h: u32, id: u64, pbuf: u64, pages: u64, cached: bool) {
         let Some(cmd) = self.cmds.get_mut(&id) else { return };
+        // A cached buffer too big for the pool's classes is destroyed right after use and goes
+        // back to its owner (spec §8.9).
+        let pooled = cached && self.sgv.class_pages(pages * uaccess::PAGE_SIZE).is_some();
         let oid = self.sgv.insert(SgvObject {
             pbuf,
             pages,
             owner: h,
-            cached,
+            cached: pooled,
+            return_to_owner: cached,
             clustered: false,
             in_use: true,
             last_used: Instant::now(),
@@ -262,7 +266,7 @@ impl DeviceState {
             (abi::UCMD_STATE_BUF_ALLOCING, Some(id)) => self.reply_alloc_mem(h, id, reply, fx),
             (abi::UCMD_STATE_EXECING, Some(id)) => self.reply_exec(h, id, reply, fx),
             (abi::UCMD_STATE_ON_FREEING, Some(id)) => {
-                self.finish_free(id);
+                self.finish_free(id, fx);
                 Ok(Plan::Done)
             }
             (abi::UCMD_STATE_ON_CACHE_FREEING, _) => {

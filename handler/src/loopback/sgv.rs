@@ -26,6 +26,10 @@ pub(crate) struct SgvObject {
     pub owner: u32,
     /// Lives in the cache (returned to the pool when its command ends) or dies with it.
     pub cached: bool,
+    /// Its command's buffer was "cached" in the kernel's sense (`ucmd->buff_cached`, spec
+    /// §3.6): the owner gets it back with ON_CACHED_MEM_FREE when the object is destroyed,
+    /// even right after use when it is too big for the pool (spec §8.9).
+    pub return_to_owner: bool,
     /// Belongs to the clustered pool.
     pub clustered: bool,
     /// Attached to a live command.
@@ -94,11 +98,6 @@ impl SgvPool {
         self.next_id += 1;
         self.objects.insert(id, obj);
         id
-    }
-
-    /// The object `id`.
-    pub fn get(&self, id: u64) -> Option<&SgvObject> {
-        self.objects.get(&id)
     }
 
     /// A command is done with `id`: cached objects return to the pool, the others are
@@ -176,6 +175,7 @@ mod tests {
             pages,
             owner,
             cached: true,
+            return_to_owner: true,
             clustered: false,
             in_use: true,
             last_used: Instant::now(),

@@ -126,7 +126,7 @@ impl DeviceState {
             }
             abi::UCMD_STATE_ON_FREEING => {
                 if let Some(id) = cmd {
-                    self.finish_free(id);
+                    self.finish_free(id, fx);
                 }
                 Some(UnjamAction::OnFree)
             }

@@ -181,3 +181,55 @@ fn no_data_command_and_stale_bytes_beyond_payload_len() {
     r.fd.reply_cmd(&completed(c.cmd_h, 0, 0, 0)).unwrap();
     assert_eq!(recv(&s).status, sam_status::GOOD);
 }
+
+/// Spec §8.9: under memory reuse a buffer too big for the SGV pool's classes (above 4 MiB) is
+/// still "cached" in the kernel's sense (`ucmd->buff_cached`): ON_FREE_CMD says so, and the
+/// buffer comes back to its owner by ON_CACHED_MEM_FREE right after use. A handler that
+/// registers ON_FREE_CMD_IGNORE with REUSE_ALL relies on it to free every buffer.
+#[test]
+fn a_buffer_too_big_for_the_pool_comes_back_by_on_cached_mem_free_right_after_use() {
+    for on_free in [abi::on_free_cmd_type::CALL, abi::on_free_cmd_type::IGNORE] {
+        let r = rig(opt(
+            abi::parse_type::STANDARD,
+            on_free,
+            abi::memory_reuse_type::REUSE_ALL,
+        ));
+        let s = attach(&r, false);
+        let blocks: u16 = 16384; // 8 MiB of 512-byte blocks
+        let bytes = usize::from(blocks) * BS as usize;
+        s.submit(read10(1, 0, blocks)).unwrap();
+        let c = wait_cmd(&r.fd);
+        let e: abi::ScsiCmdExec = c.read_payload();
+        assert_eq!(
+            (e.pbuf, e.alloc_len as usize),
+            (0, bytes),
+            "whole pages, no class"
+        );
+        let buf = PageBuffer::new(bytes).unwrap();
+        r.fd.reply_cmd(&completed(c.cmd_h, bytes as i32, buf.addr(), 0))
+            .unwrap();
+        assert_eq!(recv(&s).status, sam_status::GOOD);
+        if on_free == abi::on_free_cmd_type::CALL {
+            let f = wait_cmd(&r.fd);
+            assert_eq!(f.subcode, abi::SCST_USER_ON_FREE_CMD);
+            let of: abi::ScsiOnFreeCmd = f.read_payload();
+            assert_eq!(
+                (of.pbuf, of.buffer_cached),
+                (buf.addr(), 1),
+                "cached: do not free it now"
+            );
+            r.fd.reply_cmd(&ReplyCmd::new(f.cmd_h, f.subcode)).unwrap();
+        }
+        let m = wait_cmd(&r.fd);
+        assert_eq!(
+            (m.subcode, m.cmd_h),
+            (abi::SCST_USER_ON_CACHED_MEM_FREE, c.cmd_h),
+            "to its owner"
+        );
+        let freed: abi::OnCachedMemFree = m.read_payload();
+        assert_eq!(freed.pbuf, buf.addr());
+        assert_eq!(stats(&r).cached_buffers, 0, "never kept by the pool");
+        r.fd.reply_cmd(&ReplyCmd::new(m.cmd_h, m.subcode)).unwrap();
+        assert_eq!(stats(&r).ucmds, 0, "the owner left with its reply");
+    }
+}
