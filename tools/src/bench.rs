@@ -103,6 +103,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// The regression check (CI): a JSON file recording the handler's CPU per command over one
+    /// copy of the data for one workload (`workload`, `handler_cpu_per_copy`); the run fails
+    /// (exit 70) when the same ratio measured now is more than twice the recorded one. Needs
+    /// `--layers handler,reference` and that workload. The repository's record:
+    /// tools/bench/handler-baseline.json.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// `--io-mode`.
@@ -468,6 +475,14 @@ pub fn run(args: BenchArgs) -> u8 {
     };
     let notes = notes(&args, target.as_ref(), &fio_plan);
     let ratios = ratios(&args, &rows);
+    let baseline = match args.baseline.as_deref().map(|path| check_baseline(path, &ratios)) {
+        None => None,
+        Some(Ok(check)) => Some(check),
+        Some(Err(e)) => {
+            eprintln!("scst-accel bench: --baseline: {e}");
+            return exit::USAGE;
+        }
+    };
     if args.json {
         println!(
             "{}",
@@ -483,6 +498,7 @@ pub fn run(args: BenchArgs) -> u8 {
                 "notes": notes,
                 "machine": machine(load_before),
                 "healthy": healthy,
+                "baseline": baseline.as_ref().map(BaselineCheck::json),
             })
         );
     } else {
@@ -497,11 +513,94 @@ pub fn run(args: BenchArgs) -> u8 {
         );
     }
     drop(target);
+    if let Some(check) = &baseline {
+        eprintln!("scst-accel bench: {check}");
+        if !check.passed() {
+            return exit::SOFTWARE;
+        }
+    }
     if healthy {
         0
     } else {
         exit::DATA
     }
+}
+
+/// The recorded handler cost (`--baseline`).
+#[derive(Debug, serde::Deserialize)]
+struct Baseline {
+    workload: String,
+    handler_cpu_per_copy: f64,
+}
+
+/// How much the handler's cost may grow against the record before the check fails.
+pub const BASELINE_TOLERANCE: f64 = 2.0;
+
+/// A measured ratio against its record.
+#[derive(Debug)]
+pub struct BaselineCheck {
+    workload: String,
+    recorded: f64,
+    measured: f64,
+}
+
+impl BaselineCheck {
+    fn passed(&self) -> bool {
+        self.measured <= self.recorded * BASELINE_TOLERANCE
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "workload": self.workload,
+            "recorded": self.recorded,
+            "measured": self.measured,
+            "limit": self.recorded * BASELINE_TOLERANCE,
+            "passed": self.passed(),
+        })
+    }
+}
+
+impl std::fmt::Display for BaselineCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "handler cost check, {}: CPU per command / one copy = {:.3}, recorded {:.3}, limit {:.3}: {}",
+            self.workload,
+            self.measured,
+            self.recorded,
+            self.recorded * BASELINE_TOLERANCE,
+            if self.passed() {
+                "passed"
+            } else {
+                "FAILED: the handler's cost per command more than doubled; find the change (bench --layers handler shows allocations and locks per command)"
+            }
+        )
+    }
+}
+
+/// Compare this run's handler/copy ratio with the record at `path`.
+fn check_baseline(path: &Path, ratios: &Value) -> Result<BaselineCheck, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let baseline: Baseline = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !(baseline.handler_cpu_per_copy > 0.0) {
+        return Err(format!(
+            "{}: handler_cpu_per_copy must be positive",
+            path.display()
+        ));
+    }
+    let measured = ratios[&baseline.workload][HANDLER_TO_COPY]
+        .as_f64()
+        .ok_or_else(|| {
+            format!(
+                "workload {} has no handler/copy ratio in this run: run it with --layers handler,reference",
+                baseline.workload
+            )
+        })?;
+    Ok(BaselineCheck {
+        workload: baseline.workload,
+        recorded: baseline.handler_cpu_per_copy,
+        measured,
+    })
 }
 
 /// The 1, 5 and 15 minute load averages (/proc/loadavg), to judge how noisy a run was.

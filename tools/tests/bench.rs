@@ -67,6 +67,45 @@ fn assert_clean(row: &serde_json::Value) {
     }
 }
 
+/// The handler-alone row and the reference row of `workload`, and their ratio: measured,
+/// healthy (every replayed command answered right, every buffer back), figures present.
+fn assert_handler_and_reference(j: &serde_json::Value, workload: &str) {
+    let rows = j["results"].as_array().expect("results");
+    let row = |layer: &str| {
+        rows.iter()
+            .find(|r| r["workload"] == workload && r["layer"] == layer)
+            .unwrap_or_else(|| panic!("no {workload} {layer} row in {j}"))
+    };
+    let handler = row("handler");
+    assert_eq!(handler["board"], "null", "{handler}");
+    assert_eq!(handler["healthy"], true, "{handler}");
+    assert_eq!(handler["replay"]["finished"], true, "{handler}");
+    assert_eq!(handler["replay"]["bad_replies"], 0, "{handler}");
+    assert_eq!(handler["buffers_left_in_handler"], 0, "{handler}");
+    assert!(handler["commands"].as_u64().unwrap_or(0) > 0, "{handler}");
+    assert!(
+        handler["cpu_us_per_command"].as_f64().is_some_and(|v| v > 0.0),
+        "{handler}"
+    );
+    // The binary's counting allocator is installed: the figure is a number, not null.
+    assert!(handler["allocations_per_command"].as_f64().is_some(), "{handler}");
+    assert!(
+        handler["reply_and_get_multi_per_command"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{handler}"
+    );
+    let reference = row("reference");
+    for key in ["memcpy_us", "empty_ioctl_us"] {
+        assert!(
+            reference[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {reference}"
+        );
+    }
+    let ratio = &j["ratios"][workload]["handler cpu per command / memcpy"];
+    assert!(ratio.as_f64().is_some_and(|v| v > 0.0), "{ratio} in {j}");
+}
+
 /// ram,file on both layers, every workload, in a directory: 16 verified rows, each file row
 /// with its mode and its ratio to RAM; the image made for the run is gone afterwards; and with
 /// a PATH that has no fio, `--fio` is reported as skipped with the reason, not silently.
@@ -92,8 +131,10 @@ fn ram_and_file_on_both_layers_with_fio_missing() {
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     let j = json(&stdout, &stderr);
     let rows = j["results"].as_array().expect("results");
-    assert_eq!(rows.len(), WORKLOADS.len() * 2 * 2, "{j}");
+    // Per workload: 2 boards x 2 layers, plus the handler alone and the reference, once each.
+    assert_eq!(rows.len(), WORKLOADS.len() * (2 * 2 + 2), "{j}");
     for workload in WORKLOADS {
+        assert_handler_and_reference(&j, workload);
         for board in ["ram", "file"] {
             for layer in ["loopback", "store"] {
                 let row = rows
@@ -293,5 +334,53 @@ fn fio_side_by_side_when_installed() {
         std::fs::read_dir(&dir).expect("dir").next().is_none(),
         "image removed"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--baseline`: the handler/copy ratio of this run against a record; more than twice the
+/// record fails the run (exit 70, said on stderr), a record not measured is a usage error.
+/// The records are extreme on purpose (this is about the check, not about a timing).
+#[test]
+fn the_baseline_check_fails_a_run_whose_handler_cost_more_than_doubled() {
+    let dir = scratch("baseline");
+    let run = |recorded: f64, workload: &str| {
+        let file = dir.join(format!("baseline-{recorded}.json"));
+        std::fs::write(
+            &file,
+            format!(r#"{{"workload": "{workload}", "handler_cpu_per_copy": {recorded}}}"#),
+        )
+        .expect("baseline file");
+        bench(
+            &[
+                "--layers",
+                "handler,reference",
+                "--workloads",
+                "4k-randread-qd32",
+                "--size",
+                "16M",
+                "--duration",
+                "100ms",
+                "--baseline",
+                file.to_str().expect("utf-8"),
+                "--json",
+            ],
+            None,
+        )
+    };
+    let (code, stdout, stderr) = run(1e9, "4k-randread-qd32");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j = json(&stdout, &stderr);
+    assert_eq!(j["baseline"]["passed"], true, "{j}");
+    assert!(
+        stderr.contains("handler cost check") && stderr.contains("passed"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(1e-9, "4k-randread-qd32");
+    assert_eq!(code, Some(70), "{stdout}\n{stderr}");
+    assert_eq!(json(&stdout, &stderr)["baseline"]["passed"], false);
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    let (code, _, stderr) = run(1.0, "128k-seqread-qd8");
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--layers handler,reference"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

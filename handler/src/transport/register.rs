@@ -313,9 +313,14 @@ pub fn default_options() -> Opt {
         // SCST's built-in parser knows every SBC command we serve, so PARSE round trips are
         // saved, and parse ≠ CALL keeps the kernel's block-size snooping working (spec §3.10).
         parse_type: abi::parse_type::STANDARD,
-        // ON_FREE_CMD tells us when a command's buffer is no longer used by the kernel; we need
-        // it to recycle non-cached buffers and to close each command's lifecycle (spec §3.6).
-        on_free_cmd_type: abi::on_free_cmd_type::CALL,
+        // No ON_FREE_CMD: with REUSE_ALL (below) every buffer is "cached" in the kernel's sense
+        // (`is_buff_cached`, spec §3.6), including one too big for the SGV pool, and comes back
+        // by ON_CACHED_MEM_FREE (spec §8.9), the only message on which the handler frees it
+        // (ON_FREE_CMD frees only when buffer_cached is 0, which REUSE_ALL never sends). With
+        // CALL every command costs a second message and reply for nothing. A handler that
+        // registers another memory_reuse_type must ask for ON_FREE_CMD_CALL again, or it leaks
+        // the non-cached buffers (spec §3.6, "non-cached path").
+        on_free_cmd_type: abi::on_free_cmd_type::IGNORE,
         // Our buffers are DMA-mapped page buffers: letting the SGV cache reuse them for every
         // direction avoids a map/pin per command (spec §3.6).
         memory_reuse_type: abi::memory_reuse_type::REUSE_ALL,
@@ -423,10 +428,23 @@ fn check_options(opt: &Opt) -> Result<(), String> {
         ("has_own_order_mgmt", opt.has_own_order_mgmt, &[0, 1]),
         ("ext_copy_remap_supported", opt.ext_copy_remap_supported, &[0, 1]),
     ];
-    match fields.iter().find(|(_, value, allowed)| !allowed.contains(value)) {
-        Some((field, value, allowed)) => Err(format!("{field} is {value}; allowed: {allowed:?}")),
-        None => Ok(()),
+    if let Some((field, value, allowed)) = fields.iter().find(|(_, value, allowed)| !allowed.contains(value))
+    {
+        return Err(format!("{field} is {value}; allowed: {allowed:?}"));
     }
+    // The kernel accepts it, but the handler would leak: without REUSE_ALL some buffers are not
+    // cached, and only ON_FREE_CMD says when those are free (spec §3.6, "non-cached path").
+    if opt.on_free_cmd_type == abi::on_free_cmd_type::IGNORE
+        && opt.memory_reuse_type != abi::memory_reuse_type::REUSE_ALL
+    {
+        return Err(format!(
+            "on_free_cmd_type IGNORE needs memory_reuse_type REUSE_ALL ({}), not {}: the handler frees \
+             non-cached buffers on ON_FREE_CMD; use on_free_cmd_type CALL",
+            abi::memory_reuse_type::REUSE_ALL,
+            opt.memory_reuse_type
+        ));
+    }
+    Ok(())
 }
 
 /// `s` NUL-terminated and zero-padded to [`STRING_BUF_LEN`] (validated to fit beforehand).
@@ -728,6 +746,18 @@ mod tests {
         assert!(p.validate().is_ok());
         p.opt.memory_reuse_type = 4;
         assert!(matches!(p.validate(), Err(RegisterError::InvalidOptions { .. })));
+
+        // No ON_FREE_CMD is safe only when every buffer comes back by ON_CACHED_MEM_FREE.
+        let mut p = params();
+        assert_eq!(
+            (p.opt.on_free_cmd_type, p.opt.memory_reuse_type),
+            (abi::on_free_cmd_type::IGNORE, abi::memory_reuse_type::REUSE_ALL)
+        );
+        p.opt.memory_reuse_type = abi::memory_reuse_type::REUSE_READ;
+        let e = p.validate().expect_err("IGNORE without REUSE_ALL leaks");
+        assert!(e.to_string().contains("on_free_cmd_type CALL"), "{e}");
+        p.opt.on_free_cmd_type = abi::on_free_cmd_type::CALL;
+        assert!(p.validate().is_ok());
     }
 
     #[test]

@@ -21,8 +21,11 @@
 //!
 //! The replay takes no lock: slot states are atomics, so any number of workers may share it, and
 //! what it costs per command (a few atomic operations and the structs it writes) is what a
-//! kernel's bookkeeping costs at least. Its poll fd is level-triggered like the kernel's (spec
-//! §3.9): readable while a slot has something to deliver.
+//! kernel's bookkeeping costs at least. Its poll fd is readable whenever a slot has something to
+//! deliver (spec §3.9); unlike the kernel's, which computes readiness when polled, it is an
+//! eventfd, cleared lazily, by the first fetch that finds nothing, so that a busy replay makes no
+//! syscall per command (a poll right after a fetch that took everything may see it readable
+//! once: the next fetch finds nothing and clears it, as a kernel's passing readiness would).
 // UNSAFETY: REPLY_AND_GET_MULTI's reply array is named by a user address (`preplies`), exactly as
 // for the kernel; reading it is the one unsafe operation here.
 #![allow(unsafe_code)]
@@ -143,6 +146,8 @@ pub struct ReplayKernel {
     cursor: AtomicUsize,
     running: AtomicBool,
     readiness: EventFd,
+    /// `readiness` is signalled (readable).
+    signalled: AtomicBool,
     counters: Counters,
 }
 
@@ -178,9 +183,10 @@ impl ReplayKernel {
             cursor: AtomicUsize::new(0),
             running: AtomicBool::new(true),
             readiness,
+            signalled: AtomicBool::new(false),
             counters: Counters::default(),
         };
-        replay.readiness.signal();
+        replay.signal();
         Ok(replay)
     }
 
@@ -191,7 +197,7 @@ impl ReplayKernel {
         // Slots idle now deliver their ON_CACHED_MEM_FREE at the next fetch: make sure a
         // sleeping worker looks.
         if self.ready.load(Ordering::SeqCst) > 0 {
-            self.readiness.signal();
+            self.signal();
         }
     }
 
@@ -239,25 +245,36 @@ impl ReplayKernel {
         (seq << SLOT_BITS) | index as u32
     }
 
-    /// A slot became deliverable.
-    fn more_ready(&self) {
-        if self.ready.fetch_add(1, Ordering::SeqCst) == 0 {
+    /// Make the poll fd readable, unless it is.
+    fn signal(&self) {
+        if !self.signalled.swap(true, Ordering::SeqCst) {
             self.counters.readiness_changes.fetch_add(1, Ordering::Relaxed);
             self.readiness.signal();
         }
     }
 
-    /// A slot stopped being deliverable.
-    fn less_ready(&self) {
-        if self.ready.fetch_sub(1, Ordering::SeqCst) == 1 {
+    /// A fetch found nothing: the poll fd stops being readable, unless a slot became
+    /// deliverable meanwhile (then it is signalled again: readiness is never lost).
+    fn unsignal(&self) {
+        if self.signalled.swap(false, Ordering::SeqCst) {
             self.counters.readiness_changes.fetch_add(1, Ordering::Relaxed);
             self.readiness.clear();
-            // A slot made ready between the decrement and the clear signalled first: look
-            // again, so readiness is never lost (a spurious one costs the worker one empty fetch).
-            if self.ready.load(Ordering::SeqCst) > 0 {
-                self.readiness.signal();
-            }
         }
+        if self.ready.load(Ordering::SeqCst) > 0 {
+            self.signal();
+        }
+    }
+
+    /// A slot became deliverable.
+    fn more_ready(&self) {
+        if self.ready.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.signal();
+        }
+    }
+
+    /// A slot stopped being deliverable (the poll fd is cleared lazily, by [`Self::unsignal`]).
+    fn less_ready(&self) {
+        self.ready.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn lba(&self, index: usize, seq: u32) -> u64 {
@@ -547,6 +564,7 @@ impl ScstUserFd for ReplayKernel {
         header.cmds_cnt = fetched as i16;
         arg.set_header(header);
         if fetched == 0 && want > 0 {
+            self.unsignal();
             return Err(Errno::EAGAIN);
         }
         Ok(())

@@ -180,7 +180,7 @@ fn a_wrong_reply_is_refused_at_its_index_and_counted() {
 }
 
 #[test]
-fn poll_fd_is_readable_exactly_while_a_slot_has_something_to_deliver() {
+fn poll_fd_is_readable_while_a_slot_has_something_and_cleared_by_an_empty_fetch() {
     let replay = ReplayKernel::new(ReplayConfig {
         queue_depth: 2,
         ..config(false, false)
@@ -190,10 +190,14 @@ fn poll_fd_is_readable_exactly_while_a_slot_has_something_to_deliver() {
     assert!(readable());
     let (_, cmds, _) = exchange(&replay, &[], 8);
     assert_eq!(cmds.len(), 2);
-    assert!(!readable(), "every command is out");
+    assert!(readable(), "cleared lazily: no syscall per fetch");
+    let (result, none, _) = exchange(&replay, &[], 8);
+    assert_eq!((result, none.len()), (Err(Errno::EAGAIN), 0));
+    assert!(!readable(), "the empty fetch cleared it");
     let reply = exec_reply(&cmds[0], 0x40_0000, 4096);
     assert!(replay.reply_cmd(&reply).is_ok());
     assert!(readable(), "a slot is free again");
+    assert_eq!(replay.stats().readiness_changes, 3, "signal, clear, signal");
 }
 
 /// The replay drives the real frontend over the null store: every command answered GOOD, no
