@@ -95,6 +95,13 @@ fn assert_handler_and_reference(j: &serde_json::Value, workload: &str) {
             .is_some_and(|v| v > 0.0),
         "{handler}"
     );
+    let (all, shared) = (
+        handler["lock_acquisitions_per_command"].as_f64().expect("locks"),
+        handler["shared_lock_acquisitions_per_command"]
+            .as_f64()
+            .expect("shared locks"),
+    );
+    assert!(shared <= all, "{handler}");
     let reference = row("reference");
     for key in ["memcpy_us", "empty_ioctl_us"] {
         assert!(

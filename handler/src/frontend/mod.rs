@@ -26,6 +26,12 @@ pub use buffers::BufferTable;
 pub use latency::LatencyHistogram;
 pub use latency::LATENCY_BUCKETS;
 pub use leases::PoolPermit;
+
+/// Lock levels whose every lock in the frontend belongs to one worker: on the command path only
+/// that worker takes it (the teardown and dumps take it rarely), so it is not a lock workers
+/// share. `teardown.leases`: the frontend's lease tables are one per worker
+/// (`WorkerLeases`), and nothing else in the product makes a lease table.
+pub const PER_WORKER_LOCK_LEVELS: &[&str] = &["teardown.leases"];
 pub use teardown::TeardownConfig;
 pub use teardown::TeardownReport;
 pub use teardown::TeardownStep;

@@ -11,9 +11,15 @@
 //! poll.
 //!
 //! *reference*: in the same run, what touching the data once costs: a copy of the workload's
-//! block size between random blocks of two regions of the run's size (as a RAM store copies),
-//! and one empty ioctl (an scst_user request on /dev/null, answered ENOTTY: the syscall's entry
-//! and exit and the VFS dispatch, nothing else).
+//! block size between random blocks of two regions of the run's size (`memcpy_us`: as a RAM
+//! store copies; data an initiator sends is not in the handler's cache either), the same copy
+//! of one block over and over (`memcpy_hot_us`: from and to the cache, for comparison), and one
+//! empty ioctl (an scst_user request on /dev/null, answered ENOTTY: the syscall's entry and
+//! exit and the VFS dispatch, nothing else).
+//!
+//! Locks: `shared_lock_acquisitions_per_command` counts every level but those in
+//! [`PER_WORKER_LOCK_LEVELS`], whose every lock belongs to one worker and is taken per command
+//! only by it.
 
 use crate::cpu::threads_cpu_time_precise;
 use scst_accel_dma::SgvPool;
@@ -23,6 +29,7 @@ use scst_accel_hal::locks::LockStat;
 use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::frontend::FrontendConfig;
 use scst_accel_handler::frontend::FrontendStats;
+use scst_accel_handler::frontend::PER_WORKER_LOCK_LEVELS;
 use scst_accel_handler::scsi::Disk;
 use scst_accel_handler::scsi::DiskConfig;
 use scst_accel_handler::store::null::NullStore;
@@ -175,6 +182,7 @@ fn cell(
         .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e6);
     let mut locks = serde_json::Map::new();
     let mut total_locks = 0u64;
+    let mut shared_locks = 0u64;
     for after in &end.locks {
         let before = start
             .locks
@@ -184,6 +192,9 @@ fn cell(
         let taken = after.acquisitions - before;
         if taken > 0 {
             total_locks += taken;
+            if !PER_WORKER_LOCK_LEVELS.contains(&after.name) {
+                shared_locks += taken;
+            }
             locks.insert(after.name.to_owned(), json!(per(taken as f64)));
         }
     }
@@ -200,6 +211,8 @@ fn cell(
         "commands": commands,
         "allocations_per_command": counting.then(|| per((end.allocations - start.allocations) as f64)),
         "lock_acquisitions_per_command": per(total_locks as f64),
+        "shared_lock_acquisitions_per_command": per(shared_locks as f64),
+        "per_worker_lock_levels": PER_WORKER_LOCK_LEVELS,
         "locks_per_command": locks,
         "reply_and_get_multi_per_command": per(calls as f64),
         "commands_per_call": if calls > 0 { commands as f64 / calls as f64 } else { 0.0 },
@@ -218,11 +231,10 @@ fn cell(
 
 /// The physical reference of a workload: one copy of its block size, one empty ioctl.
 pub fn reference(w: &HandlerWorkload) -> Result<Value, String> {
-    let copy_ns = copy_cost(
-        w.io_size as usize,
-        w.region_bytes,
-        w.duration.min(Duration::from_secs(1)),
-    );
+    let time = w.duration.min(Duration::from_secs(1));
+    let copy_ns = copy_cost(w.io_size as usize, w.region_bytes, time);
+    // The same block over and over: what a copy costs from and to the cache, for comparison.
+    let hot_ns = copy_cost(w.io_size as usize, 0, time / 4);
     let ioctl_ns = ioctl_cost(Duration::from_millis(300))?;
     let bandwidth = f64::from(w.io_size) / copy_ns.max(1e-9) * 1e9 / 1e6;
     Ok(json!({
@@ -231,6 +243,7 @@ pub fn reference(w: &HandlerWorkload) -> Result<Value, String> {
         "layer": "reference",
         "region_bytes": w.region_bytes,
         "memcpy_us": copy_ns / 1e3,
+        "memcpy_hot_us": hot_ns / 1e3,
         "memcpy_mb_per_s": bandwidth,
         "empty_ioctl_us": ioctl_ns / 1e3,
         "healthy": true,
@@ -238,9 +251,10 @@ pub fn reference(w: &HandlerWorkload) -> Result<Value, String> {
 }
 
 /// Nanoseconds per copy of `size` bytes from a random block of one region to a random block of
-/// another (each `region` bytes, at least 64 blocks), over `time`.
+/// another (each `region` bytes, at most 65536 blocks), over `time`; a region of 0 copies one
+/// block to one block (in cache after the first copy).
 fn copy_cost(size: usize, region: u64, time: Duration) -> f64 {
-    let blocks = (usize::try_from(region).unwrap_or(usize::MAX) / size).clamp(64, 1 << 16);
+    let blocks = (usize::try_from(region).unwrap_or(usize::MAX) / size).clamp(1, 1 << 16);
     let source: Vec<u8> = (0..blocks * size).map(|i| i as u8).collect();
     let mut target = vec![0u8; blocks * size];
     let mut x = 0x2545_f491_4f6c_dd1du64;
