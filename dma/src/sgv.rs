@@ -29,6 +29,7 @@
 //! get/put on a system call. The pool never calls back into its users: its locks are after the
 //! command table's, which may be held while a buffer is returned, never the reverse.
 
+mod arena;
 mod buffer;
 mod shared;
 mod stash;
