@@ -15,19 +15,25 @@
 //!   idle cached buffers, then refuses at once with `None` (the caller answers BUSY or TASK SET
 //!   FULL). The pool never waits for a buffer to come back.
 //! - Buffers return by value ([`SgvPool::put`]) or by drop: a [`DmaBuffer`] is a moved handle,
-//!   so returning one twice does not compile. Returning one to the wrong pool is counted
-//!   (`foreign_puts`) and the buffer goes back to its own pool.
+//!   so returning one twice does not compile. A return takes no lock (a `Drop` has no lock
+//!   token): the buffer goes to the pool's lock-free return queue, counted as cached, and the
+//!   next pool call with a token (a get, a flush, an eviction) places it in that caller's stash
+//!   or the shared lists. Returning one to the wrong pool is counted (`foreign_puts`) and the
+//!   buffer goes back to its own pool.
 //! - Teardown: [`SgvPool::shutdown`] unmaps every cached buffer and refuses (with the count)
 //!   while buffers are still out: those stay mapped, because a device may still hold them, and
 //!   are unmapped when they are finally returned.
 //!
 //! Locks (levels `sgv.stashes` < `sgv.pool` < `sgv.stash` < `dma.iova`, docs/locking.md): the
 //! pool has three kinds (a thread's stash, the shared free lists, the stash registry) and never
-//! holds two at once; the IOVA allocator's lock is only taken with none of them held. Mapping
-//! and unmapping (ioctls on VFIO) happen with no lock held at all (asserted by the VFIO backend
-//! and the simulated IOMMU in test builds), so a pool call never blocks another thread's
-//! get/put on a system call. The pool never calls back into its users: its locks are after the
-//! command table's, which may be held while a buffer is returned, never the reverse.
+//! holds two at once; the IOVA allocator's lock is only taken with none of them held. Every
+//! pool call takes the caller's root lock token (`&mut LockToken<'_, Root>`): a miss maps a new
+//! buffer and a flush unmaps (ioctls on VFIO, blocking calls), so nothing may be held, and the
+//! compiler refuses a call made under a held guard; inside, each pool lock is taken from that
+//! token. So a pool call never blocks another thread's get/put on a system call, and the pool
+//! never calls back into its users: no handler lock can be taken under a pool lock
+//! (`handler/tests/compile_fail/scst_inversion.rs` takes the real command table under
+//! [`SgvPool::idle_lists`] and does not compile).
 
 mod arena;
 mod buffer;

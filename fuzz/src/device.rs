@@ -87,3 +87,63 @@ pub fn hostile_device(id: &str, bar0_len: u64) -> (Arc<SimDevice>, Arc<Hostile>,
     let iommu = iommu.unwrap_or_else(|| Arc::clone(device.iommu()));
     (device, model, iommu)
 }
+
+/// The device's side of a completion ring the target forges entries into: the slot a well-
+/// behaved device writes next, and its phase. Shared by the SCA-1 and NVMe targets.
+#[derive(Debug)]
+pub struct ForgedCompletions {
+    entries: u32,
+    /// The next slot in order.
+    pub tail: u32,
+    /// The phase a well-behaved device writes in this pass.
+    pub phase: bool,
+}
+
+impl ForgedCompletions {
+    /// A ring of `entries` slots, as the driver programmed it (tail 0, phase 1).
+    pub fn new(entries: u32) -> Self {
+        Self {
+            entries,
+            tail: 0,
+            phase: true,
+        }
+    }
+
+    /// The driver made a new ring (a restart): back to slot 0, phase 1.
+    pub fn restart(&mut self) {
+        self.tail = 0;
+        self.phase = true;
+    }
+
+    /// Where to write the next forged entry: mostly the next slot in order, sometimes anywhere.
+    pub fn slot(&self, u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u32> {
+        if u.ratio(7, 8)? {
+            Ok(self.tail)
+        } else {
+            u.int_in_range(0..=self.entries - 1)
+        }
+    }
+
+    /// An entry was written at `at`: the tail moves on when it was the next slot, and the phase
+    /// flips with each pass.
+    pub fn written(&mut self, at: u32) {
+        if at == self.tail {
+            self.tail = (self.tail + 1) % self.entries;
+            if self.tail == 0 {
+                self.phase = !self.phase;
+            }
+        }
+    }
+}
+
+/// A reap returned `tag`: it must be in flight, and leaves it (returned: its bookkeeping).
+///
+/// # Panics
+/// "invariant violated" when the tag is not in flight: a completion reported twice, or one the
+/// host never submitted.
+pub fn take_in_flight<T>(in_flight: &mut HashMap<u64, T>, tag: u64, what: &dyn std::fmt::Debug) -> T {
+    match in_flight.remove(&tag) {
+        Some(entry) => entry,
+        None => panic!("invariant violated: reap returned tag {tag} not in flight: {what:?}"),
+    }
+}

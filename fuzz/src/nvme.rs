@@ -11,6 +11,8 @@
 //! - `expired` names only requests in flight; `abandon_all` returns exactly those in flight.
 
 use crate::check;
+use crate::device::take_in_flight;
+use crate::device::ForgedCompletions;
 use arbitrary::Result;
 use arbitrary::Unstructured;
 use scst_accel_boards::engine::DeviceOp;
@@ -214,10 +216,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let mut q = queues.pop().expect("one I/O queue");
     let qid = q.qid();
     let iommu = Arc::clone(device.inner.iommu());
-    // The device's completion tail and phase, per CQ base (a restart makes a new CQ).
-    let mut tail = 0u32;
-    let mut phase = true;
+    // The device's completion tail and phase, per CQ (a restart makes a new CQ).
     let mut cq_seen = None;
+    let mut forged = ForgedCompletions::new(1);
     let mut in_flight: HashMap<u64, ()> = HashMap::new();
     let mut next_tag = 0u64;
     let mut out = Vec::new();
@@ -229,8 +230,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         let cq = device.state().cqs.get(&qid).copied();
         if cq != cq_seen {
             cq_seen = cq;
-            tail = 0;
-            phase = true;
+            forged = ForgedCompletions::new(cq.map_or(1, |(_, entries)| entries.clamp(1, 4096)));
         }
         match u.int_in_range(0..=10u8)? {
             0..=2 => {
@@ -275,10 +275,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             }
             3 => q.ring_doorbell(),
             4..=6 => {
-                let Some((base, entries)) = cq_seen else {
+                let Some((base, _)) = cq_seen else {
                     continue;
                 };
-                let entries = entries.clamp(1, 4096);
                 let slot_bits = q.depth().trailing_zeros();
                 let cid = if u.ratio(3, 4)? {
                     // A plausible CID: a slot with a small generation.
@@ -288,7 +287,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 } else {
                     u.arbitrary()?
                 };
-                let status_phase = u16::from(phase);
+                let status_phase = u16::from(forged.phase);
                 let cqe = Cqe {
                     dw0: u.arbitrary()?,
                     dw1: u.arbitrary()?,
@@ -309,18 +308,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                         u.arbitrary()?
                     },
                 };
-                let at = if u.ratio(7, 8)? {
-                    tail
-                } else {
-                    u.int_in_range(0..=entries - 1)?
-                };
+                let at = forged.slot(u)?;
                 let _ = iommu.dma_write(base + u64::from(at) * 16, zerocopy::IntoBytes::as_bytes(&cqe));
-                if at == tail {
-                    tail = (tail + 1) % entries;
-                    if tail == 0 {
-                        phase = !phase;
-                    }
-                }
+                forged.written(at);
             }
             7 => {
                 out.clear();
@@ -328,11 +318,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 ACCEPTED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 check!(n == out.len(), "reap said {n}, returned {}", out.len());
                 for c in &out {
-                    check!(
-                        in_flight.remove(&c.user_tag).is_some(),
-                        "reap returned tag {} not in flight: {c:?}",
-                        c.user_tag
-                    );
+                    take_in_flight(&mut in_flight, c.user_tag, c);
                 }
             }
             8 => {

@@ -13,6 +13,8 @@
 
 use crate::check;
 use crate::device::hostile_device;
+use crate::device::take_in_flight;
+use crate::device::ForgedCompletions;
 use arbitrary::Result;
 use arbitrary::Unstructured;
 use scst_accel_boards::sca1::desc::cq_status;
@@ -76,8 +78,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         .unwrap_or(0);
     check!(ring.is_power_of_two() && ring >= 2, "ring size {ring} programmed");
     // The device's view: completion tail and phase, reset when the driver sets RUN.
-    let mut tail = 0u32;
-    let mut phase = true;
+    let mut forged = ForgedCompletions::new(ring);
     let mut runs = 1usize;
     // The host's view: user tag -> length, for requests in flight.
     let mut in_flight: HashMap<u64, u32> = HashMap::new();
@@ -95,8 +96,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             .count();
         if runs_now != runs {
             runs = runs_now;
-            tail = 0;
-            phase = true;
+            forged.restart();
         }
         match u.int_in_range(0..=11u8)? {
             0..=2 => {
@@ -140,7 +140,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                         u.arbitrary()?
                     },
                     flags: if u.ratio(7, 8)? {
-                        u8::from(phase) * CQ_PHASE
+                        u8::from(forged.phase) * CQ_PHASE
                     } else {
                         u.arbitrary()?
                     },
@@ -153,19 +153,10 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     },
                     reserved: u.arbitrary()?,
                 };
-                let at = if u.ratio(7, 8)? {
-                    tail
-                } else {
-                    u.int_in_range(0..=ring - 1)?
-                };
+                let at = forged.slot(u)?;
                 let bytes = zerocopy::IntoBytes::as_bytes(&c).to_vec();
                 let _ = iommu.dma_write(cq + u64::from(at) * 16, &bytes);
-                if at == tail {
-                    tail = (tail + 1) % ring;
-                    if tail == 0 {
-                        phase = !phase;
-                    }
-                }
+                forged.written(at);
             }
             7 => {
                 out.clear();
@@ -173,12 +164,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 ACCEPTED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 check!(n == out.len(), "reap said {n}, returned {}", out.len());
                 for c in &out {
-                    let Some(length) = in_flight.remove(&c.user_tag) else {
-                        panic!(
-                            "invariant violated: reap returned tag {} not in flight: {c:?}",
-                            c.user_tag
-                        );
-                    };
+                    let length = take_in_flight(&mut in_flight, c.user_tag, c);
                     if c.status == cq_status::OK {
                         check!(c.bytes == length, "OK for {} of {length} bytes: {c:?}", c.bytes);
                     }

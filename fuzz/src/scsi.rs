@@ -130,7 +130,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             break;
         }
         match u.int_in_range(0..=15u8)? {
-            0 => disk.reset(),
+            0 => disk.reset(&mut scst_accel_hal::locks::LockToken::root()),
             1 => disk.set_num_blocks(u.arbitrary()?),
             _ => command(&disk, u)?,
         }
@@ -158,7 +158,7 @@ fn command(disk: &Disk, u: &mut Unstructured<'_>) -> Result<()> {
         Err(r) => {
             check!(r.status == sam_status::CHECK_CONDITION, "{cdb:02x?}: {r:?}");
             well_formed(&cdb, &r, None);
-            match disk.start(&cdb, &data_out) {
+            match disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &data_out) {
                 Plan::Done(s) => check!(s.sense == r.sense, "{cdb:02x?}: {s:?} vs {r:?}"),
                 Plan::Io(io) => check!(false, "{cdb:02x?}: cdb_info refused, start planned {:?}", io.op),
             }
@@ -166,7 +166,7 @@ fn command(disk: &Disk, u: &mut Unstructured<'_>) -> Result<()> {
         }
     };
     let transfer_len = info.map_or(0, |i| i.transfer_len);
-    match disk.start(&cdb, &data_out) {
+    match disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &data_out) {
         Plan::Done(r) => {
             well_formed(&cdb, &r, None);
             check!(
@@ -221,7 +221,8 @@ fn well_formed(cdb: &[u8], r: &Response, after_store: Option<u32>) {
 
 fn io_inside(disk: &Disk, cdb: &[u8], io: &IoPlan, transfer_len: u32) {
     let n = disk.num_blocks();
-    let limits = disk.config().limits;
+    // The limits the disk enforces and advertises (normalised from the configuration).
+    let limits = disk.capabilities().limits;
     let inside = |lba: u64, blocks: u64| lba.checked_add(blocks).is_some_and(|end| end <= n);
     match &io.op {
         StoreOp::Read { lba, blocks } | StoreOp::Write { lba, blocks, .. } => {

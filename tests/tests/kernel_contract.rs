@@ -147,6 +147,35 @@ fn a_write_exec_without_its_buffer_writes_nothing() {
     session.detach();
 }
 
+/// Submit one command (tag 1) while the hook refuses to read replies, and wait (bounded) until
+/// the worker has dropped its reply (counted as a reply error).
+fn submit_until_its_reply_is_dropped(
+    rig: &Rig,
+    session: &scst_accel_handler::loopback::Session,
+    cdb: Vec<u8>,
+    data_out: Vec<u8>,
+    expected_data_in: u32,
+) {
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb,
+            data_out,
+            expected_data_in,
+            queue_type: abi::queue_type::SIMPLE,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
+    while rig.frontend().stats().reply_errors == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replies were never dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// A kernel that keeps failing before it reads any reply does not make the worker resend
 /// forever: after a bounded number of calls the replies are dropped (counted as reply errors,
 /// their commands left to SCST's timeout and abort), and the worker goes on serving.
@@ -167,24 +196,7 @@ fn replies_the_kernel_keeps_refusing_to_read_are_dropped_after_a_bound() {
     let rig = rig("contract-untaken-bound", hook);
     let session = rig.session(0);
     refuse.store(true, Ordering::SeqCst);
-    session
-        .submit(scst_accel_handler::loopback::ScsiRequest {
-            tag: 1,
-            cdb: write10(0, 1),
-            data_out: vec![1u8; BLOCK as usize],
-            expected_data_in: 0,
-            queue_type: abi::queue_type::SIMPLE,
-            timeout_secs: 30,
-        })
-        .expect("submit");
-    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
-    while rig.frontend().stats().reply_errors == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replies were never dropped"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    submit_until_its_reply_is_dropped(&rig, &session, write10(0, 1), vec![1u8; BLOCK as usize], 0);
     refuse.store(false, Ordering::SeqCst);
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -218,24 +230,7 @@ fn a_buffer_named_in_a_dropped_reply_is_freed() {
     let session = rig.session(0);
     let before = rig.frontend().stats().buffers;
     refuse.store(true, Ordering::SeqCst);
-    session
-        .submit(scst_accel_handler::loopback::ScsiRequest {
-            tag: 1,
-            cdb: read10(0, 8),
-            data_out: Vec::new(),
-            expected_data_in: BLOCK * 8,
-            queue_type: abi::queue_type::SIMPLE,
-            timeout_secs: 30,
-        })
-        .expect("submit");
-    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
-    while rig.frontend().stats().reply_errors == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replies were never dropped"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    submit_until_its_reply_is_dropped(&rig, &session, read10(0, 8), Vec::new(), BLOCK * 8);
     refuse.store(false, Ordering::SeqCst);
     let after = rig.frontend().stats().buffers;
     assert!(

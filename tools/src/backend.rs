@@ -544,6 +544,9 @@ impl Backend {
         report.pool = pool.stats();
         report.device_not_quiesced = !quiesced;
         let clearance = clearance.filter(|_| quiesced);
+        // Only the flush step counts the pool's buffers; when the pool is leaked no step of its
+        // own runs, and the last step (the queues' leak, or the leave) keeps its own count.
+        let pool_step = clearance.is_some();
         let (mapped_after, leaked) = match clearance {
             Some(clearance) => timed(&mut steps, "flush and unmap the buffer pool", None, || {
                 let (mapped_after, leaked) = release_pool(pool);
@@ -570,7 +573,7 @@ impl Backend {
         };
         report.mapped_after = mapped_after;
         report.leaked_buffers = leaked;
-        if let Some(step) = steps.last_mut() {
+        if let Some(step) = steps.last_mut().filter(|_| pool_step) {
             step.count = report.pool.cached + report.pool.in_use;
         }
         if let Some(controller) = controller {

@@ -25,6 +25,8 @@ use crate::exit;
 use crate::metrics::join_within;
 use crate::metrics::DiskRates;
 use crate::metrics::Sampler;
+use crate::metrics::StopSignal;
+use crate::metrics::ACCEPT_RETRY;
 use crate::metrics::SAMPLE_PERIOD;
 use crate::status::DiskSnapshot;
 use crate::status::ServiceView;
@@ -36,6 +38,7 @@ use std::io::BufRead;
 use std::io::BufReader;
 use std::io::Read;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::PermissionsExt;
@@ -43,8 +46,6 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -58,15 +59,13 @@ pub const MAX_LINE: usize = 64 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection is served at most this long in all, whatever the peer does.
 const CONNECTION_BUDGET: Duration = Duration::from_secs(2);
-/// How often the accept loop looks at its stop flag.
-const ACCEPT_POLL: Duration = Duration::from_millis(50);
 /// The client waits this long for a reply (a dump may take a moment).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control socket's server: one thread, one connection at a time.
 pub struct ControlServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     thread: Option<JoinHandle<()>>,
     done: crossbeam_channel::Receiver<()>,
 }
@@ -114,7 +113,7 @@ impl ControlServer {
         // bind() honours the umask; the socket must be root-only whatever the umask is.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopSignal::new()?);
         let flag = Arc::clone(&stop);
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
@@ -140,7 +139,7 @@ impl ControlServer {
     /// Stop (bounded: a connection being served ends within its budget), join, and remove
     /// the socket file.
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.raise();
         join_within(self.thread.take(), &self.done, "control");
         if let Err(e) = std::fs::remove_file(&self.path) {
             log::warn!("cannot remove the control socket {}: {e}", self.path.display());
@@ -150,13 +149,13 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.raise();
     }
 }
 
-fn serve(listener: &UnixListener, view: &dyn ServiceView, stop: &AtomicBool) {
+fn serve(listener: &UnixListener, view: &dyn ServiceView, stop: &StopSignal) {
     let mut sampler = Sampler::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_raised() {
         if sampler.last_sample().is_none_or(|t| t.elapsed() >= SAMPLE_PERIOD) {
             sampler.sample(view);
         }
@@ -166,10 +165,13 @@ fn serve(listener: &UnixListener, view: &dyn ServiceView, stop: &AtomicBool) {
                     log::debug!("control: {e}");
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stop.wait_for_accept(listener.as_fd(), &sampler)
+            }
             Err(e) => {
+                // Not a poll: a listener that stays readable while accept fails (EMFILE) would spin.
                 log::warn!("control: accept: {e}");
-                std::thread::sleep(ACCEPT_POLL);
+                scst_accel_hal::locks::sleep(ACCEPT_RETRY);
             }
         }
     }

@@ -94,22 +94,13 @@ impl DiskArgs {
     /// ([`crate::identity::resolve`]), never derived from the name: two appliances that both
     /// call their disk `accel0` must not report the same LUN.
     pub fn disk_config(&self, info: &StoreInfo, identity: &Identity) -> DiskConfig {
-        let mut config = DiskConfig::new(info.block_size, info.num_blocks);
+        // Geometry, write cache and provisioning facts exactly as the store has them
+        // (`DiskConfig::for_store`: WCE = 1 only over a volatile cache, the physical block
+        // exponent, LBPRZ and GET LBA STATUS only where the store guarantees them). Thin
+        // provisioning itself is the caller's choice, bounded by `info.supports_unmap`.
+        let mut config = DiskConfig::for_store(info);
         identity.apply(&mut config);
-        // The caching mode page tells the truth (SBC-3 §6.4.5): WCE = 1 only over a volatile
-        // write cache (a file store's page or device cache, an NVMe controller with VWC).
-        // Without one, WCE = 0: writes are durable on completion, which is what the store does.
-        config.write_cache = info.volatile_cache;
-        // Geometry and provisioning exactly as the store has them: READ CAPACITY(16)'s
-        // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 §5.16.2), and LBPRZ (READ
-        // CAPACITY(16), VPD B2h, SBC-3 §6.6.4) only where deallocated blocks do read as
-        // zeroes. Thin provisioning itself is the caller's choice, bounded by
-        // `info.supports_unmap`; LBPRZ means nothing without it.
-        config.physical_block_exponent = info.physical_block_exponent();
-        config.unmapped_reads_zero = info.unmapped_reads_zero;
-        // GET LBA STATUS (SBC-3 §5.7) only where the store knows what is mapped.
-        config.lba_status = info.reports_lba_status;
-        config.limits.max_transfer_blocks = self.max_transfer_blocks.min(info.max_transfer_blocks.max(1));
+        config.limits.max_transfer_blocks = config.limits.max_transfer_blocks.min(self.max_transfer_blocks);
         config
     }
 
@@ -205,7 +196,7 @@ mod tests {
         config.thin_provisioning = true; // what service.rs does when the spec asks and the store can
         let disk = Disk::try_new(config).expect("disk");
         let cdb = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
-        let Plan::Done(r) = disk.start(&cdb, &[0u8; 0]) else {
+        let Plan::Done(r) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &[0u8; 0]) else {
             panic!("READ CAPACITY is answered by the engine");
         };
         assert_eq!(&r.data[..8], &2047u64.to_be_bytes());
@@ -213,7 +204,11 @@ mod tests {
         assert_eq!(r.data[13], expected, "LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT");
         assert_eq!(r.data[14], 0xC0, "LBPME and LBPRZ, lowest aligned LBA 0");
         // VPD B2h agrees: LBPRZ (byte 5, bit 2).
-        let Plan::Done(r) = disk.start(&[0x12, 1, 0xB2, 0, 0xFF, 0], &[0u8; 0]) else {
+        let Plan::Done(r) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x12, 1, 0xB2, 0, 0xFF, 0],
+            &[0u8; 0],
+        ) else {
             panic!("INQUIRY is answered by the engine");
         };
         assert_eq!(r.data[5] & 0x04, 0x04);

@@ -605,7 +605,11 @@ mod tests {
         let mut disk_config = DiskConfig::new(info.block_size, info.num_blocks);
         id.apply(&mut disk_config);
         let disk = Disk::try_new(disk_config).expect("disk");
-        let Plan::Done(r) = disk.start(&[0x12, 1, 0x83, 0, 0xFF, 0], &[0u8; 0]) else {
+        let Plan::Done(r) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x12, 1, 0x83, 0, 0xFF, 0],
+            &[0u8; 0],
+        ) else {
             panic!("INQUIRY is answered by the engine");
         };
         assert_eq!(&r.data[..2], &[0x00, 0x83]);

@@ -8,6 +8,8 @@
 use crate::status::DiskSnapshot;
 use crate::status::DiskState;
 use crate::status::ServiceView;
+use scst_accel_hal::fdio::poll_readable;
+use scst_accel_hal::fdio::EventFd;
 use scst_accel_handler::frontend::FrontendStats;
 use scst_accel_handler::frontend::LatencyHistogram;
 use std::collections::VecDeque;
@@ -18,6 +20,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::net::TcpListener;
 use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -372,15 +376,15 @@ pub fn prometheus_text(snapshots: &[DiskSnapshot], window: &[DiskRates]) -> Stri
 const MAX_HEAD: usize = 8 * 1024;
 /// Each connection is served within this, whatever the peer does.
 const CONNECTION_BUDGET: Duration = Duration::from_secs(2);
-/// How often the accept loop looks at its stop flag (and feeds the sampler).
-const ACCEPT_POLL: Duration = Duration::from_millis(50);
+/// After a failed accept or poll, the pause before the accept loop tries again.
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// How long `stop` waits for the thread.
 const STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// The Prometheus endpoint: `GET /metrics` on one thread.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     thread: Option<JoinHandle<()>>,
     done: crossbeam_channel::Receiver<()>,
 }
@@ -395,7 +399,7 @@ impl MetricsServer {
         // Non-blocking accept: the loop must see its stop flag, so it never sleeps in accept.
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopSignal::new()?);
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -421,14 +425,57 @@ impl MetricsServer {
     /// Stop and join the thread, waiting at most a few seconds (a connection being served
     /// ends within its 2 s budget); past that the thread is left detached and logged.
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.raise();
         join_within(self.thread.take(), &self.done, "metrics");
     }
 }
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.raise();
+    }
+}
+
+/// An accept loop's stop flag and the eventfd that wakes it: the loop sleeps in `poll(2)` on its
+/// listener and this, so it wakes for a connection or a stop at once, and otherwise only when
+/// its sampler is due (once per [`SAMPLE_PERIOD`]): an idle service's servers cost nothing.
+pub(crate) struct StopSignal {
+    raised: AtomicBool,
+    wake: EventFd,
+}
+
+impl StopSignal {
+    /// Not raised.
+    ///
+    /// # Errors
+    /// The eventfd cannot be created (out of file descriptors).
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self {
+            raised: AtomicBool::new(false),
+            wake: EventFd::new()?,
+        })
+    }
+
+    /// Ask the loop to stop, and wake it.
+    pub(crate) fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.wake.signal();
+    }
+
+    /// Whether the loop should stop.
+    pub(crate) fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Sleep until `listener` has a connection, the stop is raised, or `sampler` is due.
+    pub(crate) fn wait_for_accept(&self, listener: BorrowedFd<'_>, sampler: &Sampler) {
+        let due = sampler
+            .last_sample()
+            .map_or(Duration::ZERO, |t| SAMPLE_PERIOD.saturating_sub(t.elapsed()));
+        if let Err(e) = poll_readable(&[listener, self.wake.as_fd()], due) {
+            log::warn!("accept loop: poll: {e}");
+            scst_accel_hal::locks::sleep(ACCEPT_RETRY);
+        }
     }
 }
 
@@ -451,9 +498,9 @@ pub(crate) fn join_within(
     }
 }
 
-fn serve_metrics(listener: &TcpListener, view: &dyn ServiceView, stop: &AtomicBool) {
+fn serve_metrics(listener: &TcpListener, view: &dyn ServiceView, stop: &StopSignal) {
     let mut sampler = Sampler::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_raised() {
         if sampler.last_sample().is_none_or(|t| t.elapsed() >= SAMPLE_PERIOD) {
             sampler.sample(view);
         }
@@ -463,10 +510,12 @@ fn serve_metrics(listener: &TcpListener, view: &dyn ServiceView, stop: &AtomicBo
                     log::debug!("metrics: {peer}: {e}");
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stop.wait_for_accept(listener.as_fd(), &sampler)
+            }
             Err(e) => {
                 log::warn!("metrics: accept: {e}");
-                std::thread::sleep(ACCEPT_POLL);
+                scst_accel_hal::locks::sleep(ACCEPT_RETRY);
             }
         }
     }

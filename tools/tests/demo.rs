@@ -148,6 +148,23 @@ fn demo_survives_every_injected_fault_kind() {
             .as_u64()
             .expect("mapped bytes");
         assert_eq!(mapped > 0, gone, "{fault}: {j}");
+        // The pool's buffer count belongs to its own step; a leaked pool has none, and the
+        // queues' leak counts nothing.
+        let steps = j["teardown"]["steps"].as_array().expect("steps");
+        let step = |prefix: &str| {
+            steps
+                .iter()
+                .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        };
+        assert_eq!(
+            step("flush and unmap the buffer pool").is_some(),
+            !gone,
+            "{fault}: {j}"
+        );
+        if let Some(leak) = step("leak queues") {
+            assert_eq!(leak["count"], 0, "{fault}: {leak}");
+        }
+        assert_eq!(step("leak queues").is_some(), gone, "{fault}: {j}");
         assert_eq!(j["frontend"]["panicked_workers"], 0, "{fault}");
     }
 }

@@ -19,9 +19,12 @@ use scst_accel_dma::CompletionRing;
 use scst_accel_dma::MappedRegion;
 use scst_accel_dma::SubmissionRing;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::DeviceBacking;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,8 +63,6 @@ struct AdminState {
     sq: SubmissionRing,
     cq: CompletionRing,
     slots: Vec<Slot>,
-    /// Completions that matched no waiting command.
-    unknown: u64,
 }
 
 /// The lock level of the admin queue (docs/locking.md).
@@ -77,6 +78,12 @@ pub struct AdminQueue {
     cq_iova: u64,
     /// The controller accepts commands (CC.EN = 1 and CSTS.RDY = 1 seen).
     enabled: AtomicBool,
+    /// Completions that matched no waiting command (counted under the lock, read without it:
+    /// a statistic must not need the admin lock).
+    unknown: AtomicU64,
+    /// Every entry point that locks it is a blocking call (a command's submit-and-wait, the
+    /// ring reset between a controller reset and the re-enable), so each starts its chain from
+    /// [`LockToken::root`], which asserts that no checked lock is held.
     state: OrderedMutex<AdminState, AdminLevel>,
 }
 
@@ -124,12 +131,8 @@ impl AdminQueue {
             sq_iova,
             cq_iova,
             enabled: AtomicBool::new(false),
-            state: OrderedMutex::new(AdminState {
-                sq,
-                cq,
-                slots,
-                unknown: 0,
-            }),
+            unknown: AtomicU64::new(0),
+            state: OrderedMutex::new(AdminState { sq, cq, slots }),
         })
     }
 
@@ -155,15 +158,21 @@ impl AdminQueue {
 
     /// Completions that matched no waiting command, so far.
     pub fn unknown_completions(&self) -> u64 {
-        self.state.lock_unchecked_at_runtime().unknown
+        self.unknown.load(Ordering::Relaxed)
     }
 
     /// Empty, zeroed rings and no command outstanding, as the controller expects after a
     /// reset (NVMe 1.4 §7.6.1: the admin queue is re-initialized with the controller). Waiters
     /// of dropped commands see their slot's generation change and return
     /// [`NvmeError::ResetDuringCommand`]. Call only while the controller is disabled.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock: it runs between a
+    /// controller reset and the re-enable, both blocking.
+    #[track_caller]
     pub fn reset_rings(&self) {
-        let mut state = self.state.lock_unchecked_at_runtime();
+        let mut token = LockToken::root();
+        let (mut state, _) = self.state.lock(&mut token);
         state.sq.reset();
         state.cq.reset();
         for slot in &mut state.slots {
@@ -181,10 +190,16 @@ impl AdminQueue {
     /// [`NvmeError::Fatal`] or [`NvmeError::Timeout`] while waiting (the caller escalates to a
     /// controller reset); [`NvmeError::ResetDuringCommand`]; [`NvmeError::Command`] when the
     /// completion carries an error status.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock: waiting for a device is
+    /// a blocking call (docs/locking.md rule 2).
+    #[track_caller]
     pub fn execute(&self, command: &'static str, sqe: Sqe, timeout: Duration) -> Result<Cqe, NvmeError> {
+        let mut token = LockToken::root();
         let deadline = Instant::now() + timeout;
-        let (slot, generation) = self.submit(command, sqe, deadline, timeout)?;
-        let cqe = self.wait(command, slot, generation, deadline, timeout)?;
+        let (slot, generation) = self.submit(&mut token, command, sqe, deadline, timeout)?;
+        let cqe = self.wait(&mut token, command, slot, generation, deadline, timeout)?;
         let status = Status::from_cqe(cqe.status);
         if !status.is_success() {
             return Err(NvmeError::Command {
@@ -202,8 +217,9 @@ impl AdminQueue {
     }
 
     /// Take a slot and queue the command; when every slot is taken, poll (bounded) for one.
-    fn submit(
+    fn submit<M: LockBefore<AdminLevel>>(
         &self,
+        token: &mut LockToken<'_, M>,
         command: &'static str,
         mut sqe: Sqe,
         deadline: Instant,
@@ -217,7 +233,7 @@ impl AdminQueue {
                 });
             }
             {
-                let mut state = self.state.lock_unchecked_at_runtime();
+                let (mut state, _) = self.state.lock(token);
                 self.reap(&mut state);
                 let free = state.slots.iter().position(|s| s.state == SlotState::Free);
                 if let (Some(index), true) = (free, state.sq.free_slots() > 0) {
@@ -241,8 +257,9 @@ impl AdminQueue {
     }
 
     /// Poll for the completion of the command in `slot` with `generation`.
-    fn wait(
+    fn wait<M: LockBefore<AdminLevel>>(
         &self,
+        token: &mut LockToken<'_, M>,
         command: &'static str,
         slot: usize,
         generation: u16,
@@ -252,7 +269,7 @@ impl AdminQueue {
         let mut pause = POLL_MIN;
         loop {
             {
-                let mut state = self.state.lock_unchecked_at_runtime();
+                let (mut state, _) = self.state.lock(token);
                 self.reap(&mut state);
                 let entry = &mut state.slots[slot];
                 if entry.generation != generation {
@@ -268,7 +285,7 @@ impl AdminQueue {
                 }
             }
             if let Err(e) = self.check_health(command, deadline, timeout) {
-                let mut state = self.state.lock_unchecked_at_runtime();
+                let (mut state, _) = self.state.lock(token);
                 let entry = &mut state.slots[slot];
                 if entry.generation == generation && entry.state == SlotState::Pending {
                     entry.state = SlotState::Abandoned;
@@ -326,7 +343,7 @@ impl AdminQueue {
                     SlotState::Pending | SlotState::Abandoned
                 );
             if !matches {
-                state.unknown += 1;
+                self.unknown.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
                     "{}: admin completion with CID {:#06x} (SQID {}) matches no command; ignored",
                     self.device.id(),

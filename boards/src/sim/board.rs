@@ -1,23 +1,41 @@
 //! The simulated SCA-1 board: the [`SimModel`] behind a [`SimDevice`](scst_accel_hal::sim::SimDevice),
 //! owning the register file, the medium, the fault plan and one engine thread per queue.
 //!
+//! Wake-ups: each engine parks between looks at the state; a doorbell unparks only its own
+//! queue's engine, every other change all of them ([`Shared::notify`]), which also signals the
+//! condition variable a function reset waits on for the engines to go idle.
+//!
 //! Locking (docs/locking.md): one mutex guards the register file and every queue's engine state
 //! ([`BoardState`], level `sim.state`); the fault plan has its own (`sim.faults`), never taken
 //! while holding the state lock; the engine handles have `sim.engines`. No lock is held across
 //! a DMA copy, an interrupt or a thread join: register writes return their
 //! [`Effects`](super::registers::Effects), carried out after unlocking. The simulated IOMMU
-//! asserts it: a DMA copy starts from a root [`LockToken`](scst_accel_hal::locks::LockToken).
+//! asserts it: a DMA copy starts from a root [`LockToken`].
+//!
+//! Locks are taken with a token wherever one can reach: each engine thread makes its root at
+//! its top and threads it down ([`engine::run`]); the handle's calls, `function_reset`,
+//! `reset_refused` and the engines' start make one at their entry, which asserts that the
+//! caller holds no checked lock (a reset stands for a blocking VFIO ioctl). Two paths take
+//! them checked at run time only, each site marked `Unchecked:`: a BAR access, which arrives
+//! through the `RegisterIo` trait object with no token and possibly under a driver's lock (an
+//! MMIO access is not a blocking call: diag dumps spare queues' registers under
+//! `accel.spare_queues`), and `shutdown` from `Drop` when its caller holds a lock (logged,
+//! never a panic).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
+use std::thread::Thread;
 use std::time::Duration;
 use std::time::Instant;
 
 use scst_accel_hal::locks;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedCondvar;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
@@ -41,6 +59,9 @@ const JOIN_BOUND: Duration = Duration::from_secs(5);
 
 /// The register-file lock's guard.
 pub(crate) type StateGuard<'a> = OrderedMutexGuard<'a, BoardState, levels::SimState>;
+
+/// The token of a thread of the model that holds no lock (an engine's, or an entry point's).
+pub(crate) type Token<'t> = LockToken<'t, levels::Root>;
 
 /// Event counters behind [`SimStats`].
 #[derive(Debug, Default)]
@@ -76,8 +97,12 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<BoardState, levels::SimState>,
-    /// Signalled on every change an engine or a reset waiter may be waiting for.
+    /// Signalled on every change a reset waiter may be waiting for (engines going idle).
     wake: OrderedCondvar,
+    /// Each queue's engine thread, woken with `unpark`: by its own queue's doorbells alone,
+    /// and by every other change ([`Shared::notify`]). Set by the engine before it first looks
+    /// at the state, so no wake-up is lost.
+    engines: Vec<OnceLock<Thread>>,
     gone: AtomicBool,
     /// A soft reset was ignored ([`Fault::ResetIgnored`]): CONTROL.SOFT_RESET reads 1 for ever.
     reset_stuck: AtomicBool,
@@ -87,20 +112,44 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Lock the register file (a poisoned lock is still usable: the state is plain data).
-    /// Register accesses arrive through the `RegisterIo` trait object, where no token can be
-    /// threaded: checked at run time.
-    pub(crate) fn lock(&self) -> StateGuard<'_> {
-        self.state.lock_unchecked_at_runtime()
+    pub(crate) fn lock<'a, M: LockBefore<levels::SimState>>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+    ) -> StateGuard<'a> {
+        self.state.lock(token).0
     }
 
-    /// Wait for a change, at most `timeout`.
-    pub(crate) fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
+    /// A reset waiter's wait for a change, at most `timeout`.
+    fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
         self.wake.wait_timeout(guard, timeout).0
     }
 
-    /// Wake every waiter.
+    /// An engine's wait: at most `timeout`, or until [`Shared::notify`] or one of its queue's
+    /// doorbells wakes it. It holds no lock here (asserted) and re-reads the state after.
+    pub(crate) fn park(&self, timeout: Duration) {
+        locks::blocking("a simulated engine's park", || std::thread::park_timeout(timeout));
+    }
+
+    /// Called by queue `q`'s engine at the top of its thread.
+    pub(crate) fn register_engine(&self, q: u32) {
+        if let Some(slot) = self.engines.get(q as usize) {
+            let _ = slot.set(std::thread::current());
+        }
+    }
+
+    /// Wake queue `q`'s engine only (a doorbell of that queue).
+    fn wake_engine(&self, q: usize) {
+        if let Some(engine) = self.engines.get(q).and_then(OnceLock::get) {
+            engine.unpark();
+        }
+    }
+
+    /// Wake every engine and every reset waiter.
     pub(crate) fn notify(&self) {
         self.wake.notify_all();
+        for q in 0..self.engines.len() {
+            self.wake_engine(q);
+        }
     }
 
     /// The device was removed ([`Fault::DeviceGone`]).
@@ -120,15 +169,26 @@ impl Shared {
     }
 
     /// The fault plan's verdict on the `n`th descriptor of queue `q`.
-    pub(crate) fn decide(&self, q: u32, n: u64) -> Decision {
-        self.faults.lock_unchecked_at_runtime().decide(q, n)
+    pub(crate) fn decide(&self, token: &mut Token<'_>, q: u32, n: u64) -> Decision {
+        self.faults.lock(token).0.decide(q, n)
     }
 
+    /// Lock the register file for a BAR access.
+    #[track_caller]
+    fn lock_for_bar(&self) -> StateGuard<'_> {
+        // Unchecked: a BAR access arrives through the `RegisterIo` trait object (hal), which
+        // carries no token, and the driver may hold its own lock there; every driver lock is
+        // below `sim.state`, which the runtime check still enforces.
+        self.state.lock_unchecked_at_runtime()
+    }
+
+    /// A register read from the driver.
+    #[track_caller]
     fn read32(&self, offset: u64) -> u32 {
         if self.gone() {
             return ALL_ONES;
         }
-        let value = self.lock().read32(&self.config, offset);
+        let value = self.lock_for_bar().read32(&self.config, offset);
         if offset == crate::sca1::regs::global::CONTROL && self.reset_stuck.load(Ordering::Acquire) {
             // An ignored soft reset never completes (Fault::ResetIgnored).
             return value | crate::sca1::regs::control::SOFT_RESET;
@@ -137,37 +197,51 @@ impl Shared {
     }
 
     /// Resets are ignored ([`Fault::ResetIgnored`]).
-    fn resets_ignored(&self) -> bool {
-        self.faults.lock_unchecked_at_runtime().resets_ignored()
+    fn resets_ignored(&self, token: &mut Token<'_>) -> bool {
+        self.faults.lock(token).0.resets_ignored()
     }
 
+    /// A register write from the driver. A soft reset and the interrupts it releases are
+    /// carried out on the same BAR path (no token).
+    #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
         if self.gone() {
             return;
         }
-        let fx = self.lock().write32(offset, value, Instant::now());
+        let fx = self.lock_for_bar().write32(offset, value, Instant::now());
         if fx.soft_reset {
-            if self.resets_ignored() {
+            // Unchecked: the BAR path, as in `lock_for_bar`.
+            let ignored = self.faults.lock_unchecked_at_runtime().resets_ignored();
+            if ignored {
                 log::warn!("{}: soft reset ignored (injected no-reset)", self.id);
                 self.reset_stuck.store(true, Ordering::Release);
             } else {
-                self.start_reset();
+                // Unchecked: the BAR path, as in `lock_for_bar`.
+                self.faults.lock_unchecked_at_runtime().remove_hangs();
+                self.apply_reset(self.lock_for_bar());
             }
         }
         if fx.wake {
             self.notify();
+        } else if let Some(q) = fx.wake_queue {
+            self.wake_engine(q);
         }
         for vector in fx.raise {
-            self.raise(vector);
+            Counters::add(&self.stats.interrupts, 1);
+            self.interrupts.raise_unchecked_at_runtime(vector);
         }
     }
 
     /// §7: stop every queue, abandon in-flight work, reset every register. Completes (SOFT_RESET
     /// reads 0) when no engine holds a descriptor any more.
-    fn start_reset(&self) {
+    fn start_reset(&self, token: &mut Token<'_>) {
         // Hung engines are released by the reset; remove the fault so they stay released.
-        self.faults.lock_unchecked_at_runtime().remove_hangs();
-        let mut st = self.lock();
+        self.faults.lock(token).0.remove_hangs();
+        self.apply_reset(self.lock(token));
+    }
+
+    /// The part of [`Shared::start_reset`] under the state lock, then the wake-up.
+    fn apply_reset(&self, mut st: StateGuard<'_>) {
         st.apply_reset();
         Counters::add(&self.stats.resets, 1);
         if st.finish_reset_if_idle() {
@@ -179,13 +253,15 @@ impl Shared {
 
     /// A function reset: a soft reset, then wait (bounded by RESET_TIMEOUT) until no engine
     /// holds a descriptor, so that no DMA is in progress or will start when this returns.
+    #[track_caller]
     fn function_reset(&self) {
+        let mut token = LockToken::root();
         if !self.gone() {
-            self.start_reset();
+            self.start_reset(&mut token);
         }
         let bound = Duration::from_millis(u64::from(self.config.reset_timeout_ms));
         let deadline = Instant::now() + bound;
-        let mut st = self.lock();
+        let mut st = self.lock(&mut token);
         while st.resetting || st.any_busy() {
             let now = Instant::now();
             if now >= deadline {
@@ -201,38 +277,61 @@ impl Shared {
     }
 
     /// Apply an event fault or store a standing one.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (the handle is a test
+    /// and operator tool, used with none held).
+    #[track_caller]
     pub(crate) fn inject(&self, fault: Fault) {
         log::info!("{}: injecting fault {fault}", self.id);
+        let mut token = LockToken::root();
         match fault {
             Fault::DeviceGone => {
                 self.gone.store(true, Ordering::Release);
                 // Take the lock so no engine misses the flag between its check and its wait.
-                drop(self.lock());
+                drop(self.lock(&mut token));
             }
             Fault::Fatal { code } => {
-                let mut st = self.lock();
+                let mut st = self.lock(&mut token);
                 st.fatal = true;
                 st.fatal_code = code.max(1);
             }
-            other => self.faults.lock_unchecked_at_runtime().add(other),
+            other => self.faults.lock(&mut token).0.add(other),
         }
         self.notify();
     }
 
     /// Remove every standing fault (events already applied stay: a gone device stays gone, a
     /// fatal board stays fatal until reset).
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn clear_faults(&self) {
-        self.faults.lock_unchecked_at_runtime().clear();
+        let mut token = LockToken::root();
+        self.faults.lock(&mut token).0.clear();
         self.notify();
     }
 
     /// The standing faults.
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn faults(&self) -> Vec<Fault> {
-        self.faults.lock_unchecked_at_runtime().list()
+        let mut token = LockToken::root();
+        let (plan, _) = self.faults.lock(&mut token);
+        plan.list()
     }
 
     /// A snapshot of the counters.
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn stats(&self) -> SimStats {
+        let mut token = LockToken::root();
+        let halted_queues = self.lock(&mut token).halted_queues();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SimStats {
             descriptors: get(&self.stats.descriptors),
@@ -243,7 +342,7 @@ impl Shared {
             interrupts: get(&self.stats.interrupts),
             resets: get(&self.stats.resets),
             stale: get(&self.stats.stale),
-            halted_queues: self.lock().halted_queues(),
+            halted_queues,
         }
     }
 }
@@ -257,6 +356,7 @@ pub(crate) struct SimBoard {
 impl SimBoard {
     /// A board in its reset state; no engine runs until [`SimBoard::start_engines`].
     pub(crate) fn new(id: &str, config: SimConfig, medium: Medium, ctx: SimContext) -> Self {
+        let queues = config.queues;
         let state = BoardState::new(config.queues);
         Self {
             shared: Arc::new(Shared {
@@ -268,6 +368,7 @@ impl SimBoard {
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
                 wake: OrderedCondvar::new(),
+                engines: (0..queues).map(|_| OnceLock::new()).collect(),
                 gone: AtomicBool::new(false),
                 reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
@@ -286,8 +387,14 @@ impl SimBoard {
     ///
     /// # Errors
     /// The errno of thread creation; engines already started keep running until shutdown.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (it is called once, by
+    /// [`create_sim_board`](super::create_sim_board)).
+    #[track_caller]
     pub(crate) fn start_engines(&self) -> std::io::Result<()> {
-        let mut engines = self.engines.lock_unchecked_at_runtime();
+        let mut token = LockToken::root();
+        let (mut engines, _) = self.engines.lock(&mut token);
         for q in 0..self.shared.config.queues {
             let shared = Arc::clone(&self.shared);
             let handle = std::thread::Builder::new()
@@ -313,7 +420,7 @@ impl SimModel for SimBoard {
             return u64::MAX;
         }
         // Both halves under one lock: a 64-bit register never tears in this model.
-        let st = self.shared.lock();
+        let st = self.shared.lock_for_bar();
         u64::from(st.read32(&self.shared.config, offset))
             | (u64::from(st.read32(&self.shared.config, offset + 4)) << 32)
     }
@@ -323,7 +430,7 @@ impl SimModel for SimBoard {
     }
 
     fn reset_refused(&self) -> bool {
-        self.shared.resets_ignored()
+        self.shared.resets_ignored(&mut LockToken::root())
     }
 
     fn config_space_responds(&self) -> bool {
@@ -332,18 +439,28 @@ impl SimModel for SimBoard {
 
     fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
-        drop(self.shared.lock());
-        self.shared.notify();
-        let engines = std::mem::take(&mut *self.engines.lock_unchecked_at_runtime());
         // This runs from `Drop`, which must not panic, so the rule "no lock across a join" is
-        // reported here rather than asserted (locks::join_bounded would panic in test builds).
-        if let Some((name, level)) = locks::held_locks().last() {
+        // reported here rather than asserted (a root token or locks::join_bounded would panic
+        // in test builds).
+        let engines = if let Some((name, level)) = locks::held_locks().last() {
             log::error!(
                 "{}: joining engine threads while holding `{name}` (level {level}): a lock held \
                  across a blocking call (docs/locking.md)",
                 self.shared.id
             );
-        }
+            // Unchecked: reached from Drop with a lock held (reported above), where a root
+            // token would panic; the runtime order check still applies.
+            drop(self.shared.state.lock_unchecked_at_runtime());
+            self.shared.notify();
+            // Unchecked: as above.
+            std::mem::take(&mut *self.engines.lock_unchecked_at_runtime())
+        } else {
+            let mut token = LockToken::root();
+            drop(self.shared.lock(&mut token));
+            self.shared.notify();
+            let (mut engines, _) = self.engines.lock(&mut token);
+            std::mem::take(&mut *engines)
+        };
         let deadline = Instant::now() + JOIN_BOUND;
         for handle in engines {
             while !handle.is_finished() && Instant::now() < deadline {

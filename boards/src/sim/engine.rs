@@ -1,8 +1,9 @@
 //! One queue's DMA engine: a thread that fetches descriptors through the IOMMU, executes them
 //! against the medium and posts completions (accelerator.md §3–§9).
 //!
-//! The engine sleeps on the board's condition variable (woken by doorbells, RUN changes, resets
-//! and faults; every wait bounded so stop flags are re-checked). Before each DMA step it checks
+//! The engine sleeps parked, with no lock held (unparked by its own queue's doorbells and by
+//! every other change: RUN, resets, faults, shutdown; every wait bounded so stop flags are
+//! re-checked). A doorbell of another queue does not wake it. Before each DMA step it checks
 //! that the descriptor it holds is still valid: RUN still set under the same epoch, no reset,
 //! no FATAL, device present. Otherwise it abandons the descriptor with no completion and clears
 //! BUSY (§6, §7). Since a reset completes only once no engine is BUSY, and no engine starts a
@@ -27,6 +28,7 @@ use zerocopy::IntoBytes;
 use super::board::Counters;
 use super::board::Shared;
 use super::board::StateGuard;
+use super::board::Token;
 use super::registers::BoardState;
 use crate::sca1::desc::cq_status;
 use crate::sca1::desc::flags;
@@ -150,6 +152,11 @@ struct Engine {
 
 /// Body of queue `q`'s engine thread: runs until the board shuts down.
 pub(crate) fn run(shared: Arc<Shared>, q: u32) {
+    // The engine's lock chain starts here and is threaded down: every lock it takes is taken
+    // with this token, so the compiler sees that it never nests two.
+    let mut token = Token::root();
+    // Before the first look at the state: a doorbell of this queue unparks this thread.
+    shared.register_engine(q);
     let mut engine = Engine {
         shared,
         q,
@@ -158,13 +165,13 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
         withheld: None,
     };
     log::debug!("{}: engine {q} started", engine.shared.id);
-    while let Some(work) = engine.next_work() {
+    while let Some(work) = engine.next_work(&mut token) {
         // Abandoned or halted work needs nothing more than BUSY cleared.
         let _ = match work {
-            Work::Descriptor(job) => engine.process(&job),
-            Work::Burst(job) => engine.burst(&job),
+            Work::Descriptor(job) => engine.process(&mut token, &job),
+            Work::Burst(job) => engine.burst(&mut token, &job),
         };
-        engine.release();
+        engine.release(&mut token);
     }
     log::debug!("{}: engine {q} stopped", engine.shared.id);
 }
@@ -182,8 +189,8 @@ impl Engine {
             && st.queues[self.qi()].epoch == job.epoch
     }
 
-    fn checkpoint(&self, job: &Job) -> Step<()> {
-        let st = self.shared.lock();
+    fn checkpoint(&self, token: &mut Token<'_>, job: &Job) -> Step<()> {
+        let st = self.shared.lock(token);
         if self.valid(&st, job) {
             Ok(())
         } else {
@@ -191,14 +198,18 @@ impl Engine {
         }
     }
 
-    /// Raise a coalesced interrupt whose timer has run out; returns the guard re-taken.
-    fn fire_due_interrupt<'a>(&'a self, mut st: StateGuard<'a>) -> StateGuard<'a> {
-        if let Some(vector) = st.interrupt_if_due(self.qi(), Instant::now()) {
-            drop(st);
-            self.shared.raise(vector);
-            st = self.shared.lock();
+    /// Take a coalesced interrupt whose timer has run out: `Some(st)` back if none is due,
+    /// else `None` with the lock released and the interrupt raised (the caller re-locks: the
+    /// state may have changed meanwhile).
+    fn fire_due_interrupt<'a>(&self, mut st: StateGuard<'a>) -> Option<StateGuard<'a>> {
+        match st.interrupt_if_due(self.qi(), Instant::now()) {
+            Some(vector) => {
+                drop(st);
+                self.shared.raise(vector);
+                None
+            }
+            None => Some(st),
         }
-        st
     }
 
     /// How long to sleep: [`IDLE_WAIT`], or less if a deadline or the coalescing timer is near.
@@ -214,9 +225,9 @@ impl Engine {
 
     /// Wait for work: a due burst first (the storm's timer has fired), else a descriptor;
     /// `None` at shutdown. Sets BUSY.
-    fn next_work(&mut self) -> Option<Work> {
+    fn next_work(&mut self, token: &mut Token<'_>) -> Option<Work> {
         loop {
-            match self.wait_for_work() {
+            match self.wait_for_work(token) {
                 Next::Work(work) => return Some(work),
                 Next::Shutdown => return None,
                 Next::StaleBurst => self.drop_withheld("the queue was stopped or reset"),
@@ -236,15 +247,17 @@ impl Engine {
         }
     }
 
-    /// [`Engine::next_work`]'s wait, under the state lock.
-    fn wait_for_work(&self) -> Next {
+    /// [`Engine::next_work`]'s wait: look under the state lock, park without it.
+    fn wait_for_work(&self, token: &mut Token<'_>) -> Next {
         let burst = self.withheld.as_ref().map(|w| (w.job, w.due));
-        let mut st = self.shared.lock();
         loop {
+            let st = self.shared.lock(token);
             if self.shared.stopping() {
                 return Next::Shutdown;
             }
-            st = self.fire_due_interrupt(st);
+            let Some(mut st) = self.fire_due_interrupt(st) else {
+                continue;
+            };
             let reset_epoch = st.reset_epoch;
             if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
                 return Next::StaleBurst;
@@ -271,13 +284,16 @@ impl Engine {
                 }
             }
             let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
-            st = self.shared.wait(st, timeout);
+            drop(st);
+            // Every change that makes work unparks this engine after making it, so one found
+            // nothing above is not slept over.
+            self.shared.park(timeout);
         }
     }
 
     /// Clear BUSY; the last engine to go idle completes a pending reset.
-    fn release(&self) {
-        let mut st = self.shared.lock();
+    fn release(&self, token: &mut Token<'_>) {
+        let mut st = self.shared.lock(token);
         st.queues[self.qi()].busy = false;
         if st.finish_reset_if_idle() {
             log::info!("{}: reset complete", self.shared.id);
@@ -286,47 +302,58 @@ impl Engine {
         self.shared.notify();
     }
 
-    /// Hold `job` until `ready(state)` or `until`; abandons if the job becomes invalid.
-    fn hold(
+    /// Hold `job` until `ready(state)` gives a value (`Some`) or `until` passes (`None`);
+    /// abandons if the job becomes invalid. The value is read under the same lock hold that
+    /// found the job valid.
+    fn hold<R>(
         &self,
+        token: &mut Token<'_>,
         job: &Job,
         until: Option<Instant>,
-        ready: impl Fn(&BoardState) -> bool,
-    ) -> Step<StateGuard<'_>> {
-        let mut st = self.shared.lock();
+        ready: impl Fn(&BoardState) -> Option<R>,
+    ) -> Step<Option<R>> {
         loop {
+            let st = self.shared.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
-            if ready(&st) || until.is_some_and(|t| Instant::now() >= t) {
-                return Ok(st);
+            if let Some(value) = ready(&st) {
+                return Ok(Some(value));
             }
-            st = self.fire_due_interrupt(st);
+            if until.is_some_and(|t| Instant::now() >= t) {
+                return Ok(None);
+            }
+            let Some(st) = self.fire_due_interrupt(st) else {
+                continue;
+            };
             let timeout = self.wait_time(&st, until);
-            st = self.shared.wait(st, timeout);
+            drop(st);
+            self.shared.park(timeout);
         }
     }
 
     /// [`Fault::EngineHang`](super::Fault::EngineHang): keep BUSY, do nothing, until a reset
     /// (or device loss, or shutdown).
-    fn hang(&self, job: &Job) {
+    fn hang(&self, token: &mut Token<'_>, job: &Job) {
         log::warn!(
             "{}: engine {} hung (injected) at index {}",
             self.shared.id,
             self.q,
             job.index
         );
-        let mut st = self.shared.lock();
-        while st.reset_epoch == job.reset_epoch && !self.shared.gone() && !self.shared.stopping() {
-            st = self.shared.wait(st, IDLE_WAIT);
+        while {
+            let st = self.shared.lock(token);
+            st.reset_epoch == job.reset_epoch && !self.shared.gone() && !self.shared.stopping()
+        } {
+            self.shared.park(IDLE_WAIT);
         }
     }
 
     /// §8: halt the queue at `job`'s index. The contract posts no completion for a halt (the
     /// slot's tag cannot be trusted); the model sets INT_STATUS and raises the queue's vector
     /// (unless masked) so a driver that reads Q_STATUS on each interrupt learns of it at once.
-    fn halt(&self, job: &Job, error: u8) -> Abandoned {
-        let mut st = self.shared.lock();
+    fn halt(&self, token: &mut Token<'_>, job: &Job, error: u8) -> Abandoned {
+        let mut st = self.shared.lock(token);
         if !self.valid(&st, job) {
             return Abandoned;
         }
@@ -346,24 +373,24 @@ impl Engine {
         Abandoned
     }
 
-    fn process(&mut self, job: &Job) -> Step<()> {
+    fn process(&mut self, token: &mut Token<'_>, job: &Job) -> Step<()> {
         self.taken += 1;
-        let plan = self.shared.decide(self.q, self.taken);
+        let plan = self.shared.decide(token, self.q, self.taken);
         if plan.hang {
-            self.hang(job);
+            self.hang(token, job);
             return Err(Abandoned);
         }
         if plan.latency_micros > 0 {
             let until = Instant::now() + Duration::from_micros(plan.latency_micros);
-            drop(self.hold(job, Some(until), |_| false)?);
+            self.hold(token, job, Some(until), |_| None::<()>)?;
         }
 
         // Fetch (§3): only through the IOMMU; a fault on the ring halts the queue (§8).
-        self.checkpoint(job)?;
+        self.checkpoint(token, job)?;
         let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
         let slot = job.sq_base + u64::from(job.index) * DESCRIPTOR_BYTES;
         if self.shared.iommu.dma_read(slot, &mut raw).is_err() {
-            return Err(self.halt(job, cq_status::DMA_FAULT));
+            return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         Counters::add(&self.shared.stats.descriptors, 1);
         let desc = Descriptor::read_from_bytes(&raw).map_err(|_| Abandoned)?;
@@ -377,12 +404,12 @@ impl Engine {
                 job.seq
             );
             Counters::add(&self.shared.stats.stale, 1);
-            return Err(self.halt(job, cq_status::STALE));
+            return Err(self.halt(token, job, cq_status::STALE));
         }
         // Consumed: the slot may be reused once the host sees sq_head move past it.
         let sq_head = (job.index + 1) % job.ring_size;
         {
-            let mut st = self.shared.lock();
+            let mut st = self.shared.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
@@ -394,7 +421,7 @@ impl Engine {
 
         let outcome = match plan.error_status {
             Some(status) => Outcome::error(status, desc.lba as u32),
-            None => self.execute(job, &desc)?,
+            None => self.execute(token, job, &desc)?,
         };
         if plan.never_complete {
             log::debug!(
@@ -422,7 +449,7 @@ impl Engine {
         let duplicate = plan.duplicate.then_some((entry, false));
         let unknown = if plan.unknown_tag {
             let unknown = Completion {
-                tag: self.unused_tag(job, desc.tag)?,
+                tag: self.unused_tag(token, job, desc.tag)?,
                 status: cq_status::OK,
                 bytes: 0,
                 detail: 0,
@@ -439,7 +466,7 @@ impl Engine {
             Some(hold) => self.withhold(job, entries, hold),
             None => {
                 for (entry, bad_phase) in entries {
-                    self.post(job, entry, bad_phase, Signal::Coalesced)?;
+                    self.post(token, job, entry, bad_phase, Signal::Coalesced)?;
                 }
             }
         }
@@ -466,18 +493,18 @@ impl Engine {
     /// engine raises the interrupt for what it has posted, or a host waiting for an interrupt
     /// and an engine waiting for CQ_HEAD would wait for each other. If the burst is abandoned
     /// (RUN cleared, reset, FATAL, device gone), the rest is dropped.
-    fn burst(&mut self, job: &Job) -> Step<()> {
+    fn burst(&mut self, token: &mut Token<'_>, job: &Job) -> Step<()> {
         let Some(withheld) = self.withheld.take() else {
             return Ok(());
         };
         let total = withheld.entries.len();
         let mut unsignalled = 0u32;
         for (posted, (entry, bad_phase)) in withheld.entries.into_iter().enumerate() {
-            if unsignalled > 0 && self.shared.lock().queues[self.qi()].cq_full() {
-                self.signal_burst(job, unsignalled)?;
+            if unsignalled > 0 && self.shared.lock(token).queues[self.qi()].cq_full() {
+                self.signal_burst(token, job, unsignalled)?;
                 unsignalled = 0;
             }
-            if let Err(abandoned) = self.post(job, entry, bad_phase, Signal::Burst) {
+            if let Err(abandoned) = self.post(token, job, entry, bad_phase, Signal::Burst) {
                 log::debug!(
                     "{}: queue {}: burst abandoned after {posted} of {total} completions",
                     self.shared.id,
@@ -488,7 +515,7 @@ impl Engine {
             unsignalled += 1;
         }
         if unsignalled > 0 {
-            self.signal_burst(job, unsignalled)?;
+            self.signal_burst(token, job, unsignalled)?;
         }
         Ok(())
     }
@@ -496,8 +523,8 @@ impl Engine {
     /// Raise queue q's vector once for `count` burst completions (§9). A burst is one
     /// interrupt whatever INT_COALESCE says, and it also signals any coalesced completions
     /// still waiting for their count or timer. Masked, it is latched as any other interrupt.
-    fn signal_burst(&self, job: &Job, count: u32) -> Step<()> {
-        let mut st = self.shared.lock();
+    fn signal_burst(&self, token: &mut Token<'_>, job: &Job, count: u32) -> Step<()> {
+        let mut st = self.shared.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
@@ -528,11 +555,11 @@ impl Engine {
     /// not enough: a host's next tags are typically in the ring already, submitted but not yet
     /// fetched, and "unknown" completing one of those would complete a real command before its
     /// data moved. The ring is read through the IOMMU like a fetch (a fault halts the queue).
-    fn unused_tag(&self, job: &Job, near: u16) -> Step<u16> {
-        self.checkpoint(job)?;
+    fn unused_tag(&self, token: &mut Token<'_>, job: &Job, near: u16) -> Step<u16> {
+        self.checkpoint(token, job)?;
         let mut ring = vec![0u8; job.ring_size as usize * DESCRIPTOR_BYTES as usize];
         if self.shared.iommu.dma_read(job.sq_base, &mut ring).is_err() {
-            return Err(self.halt(job, cq_status::DMA_FAULT));
+            return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         let in_ring: HashSet<u16> = ring
             .chunks_exact(DESCRIPTOR_BYTES as usize)
@@ -550,7 +577,7 @@ impl Engine {
     }
 
     /// Check and execute one descriptor against the medium (§3, §5).
-    fn execute(&self, job: &Job, desc: &Descriptor) -> Step<Outcome> {
+    fn execute(&self, token: &mut Token<'_>, job: &Job, desc: &Descriptor) -> Step<Outcome> {
         let config = &self.shared.config;
         let block = u64::from(config.block_size);
         if !matches!(
@@ -594,9 +621,9 @@ impl Engine {
         match desc.opcode {
             opcode::WRITE_ZEROES | opcode::DEALLOCATE => {
                 let done = if desc.opcode == opcode::WRITE_ZEROES {
-                    self.shared.medium.write_zeroes(offset, length)
+                    self.shared.medium.write_zeroes(token, offset, length)
                 } else {
-                    self.shared.medium.deallocate(offset, length)
+                    self.shared.medium.deallocate(token, offset, length)
                 };
                 // No data moves, but `bytes` reports the range done so success always means
                 // bytes == length.
@@ -606,14 +633,14 @@ impl Engine {
                 })
             }
             _ => {
-                let segments = match self.segments(job, desc)? {
+                let segments = match self.segments(token, job, desc)? {
                     Ok(segments) => segments,
                     Err(outcome) => return Ok(outcome),
                 };
                 if desc.opcode == opcode::WRITE {
-                    self.write(job, desc, offset, &segments)
+                    self.write(token, job, desc, offset, &segments)
                 } else {
-                    self.read(job, desc, offset, &segments)
+                    self.read(token, job, desc, offset, &segments)
                 }
             }
         }
@@ -632,7 +659,12 @@ impl Engine {
     /// The data's `(iova, bytes)` pieces: the contiguous buffer, or the scatter list fetched
     /// through the IOMMU (a fault there halts the queue, §8). `Ok(Err(outcome))` is a
     /// descriptor error to complete with.
-    fn segments(&self, job: &Job, desc: &Descriptor) -> Step<Result<Vec<(u64, u32)>, Outcome>> {
+    fn segments(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        desc: &Descriptor,
+    ) -> Step<Result<Vec<(u64, u32)>, Outcome>> {
         if desc.flags & flags::SGL == 0 {
             return Ok(Ok(vec![(desc.addr, desc.length)]));
         }
@@ -640,10 +672,10 @@ impl Engine {
         if count == 0 || count > self.shared.config.max_sgl_entries() {
             return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, count)));
         }
-        self.checkpoint(job)?;
+        self.checkpoint(token, job)?;
         let mut raw = vec![0u8; count as usize * SGL_ENTRY_BYTES];
         if self.shared.iommu.dma_read(desc.addr, &mut raw).is_err() {
-            return Err(self.halt(job, cq_status::DMA_FAULT));
+            return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         let mut segments = Vec::with_capacity(count as usize);
         let mut total = 0u64;
@@ -663,14 +695,21 @@ impl Engine {
 
     /// WRITE: host → medium. The data is gathered first, so a DMA fault leaves the medium
     /// unchanged.
-    fn write(&self, job: &Job, desc: &Descriptor, offset: u64, segments: &[(u64, u32)]) -> Step<Outcome> {
+    fn write(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        desc: &Descriptor,
+        offset: u64,
+        segments: &[(u64, u32)],
+    ) -> Step<Outcome> {
         let mut data = vec![0u8; desc.length as usize];
         let mut at = 0usize;
         for &(iova, len) in segments {
             let mut done = 0usize;
             while done < len as usize {
                 let n = (len as usize - done).min(DMA_CHUNK);
-                self.checkpoint(job)?;
+                self.checkpoint(token, job)?;
                 if let Err(fault) = self
                     .shared
                     .iommu
@@ -686,7 +725,7 @@ impl Engine {
                 at += n;
             }
         }
-        if let Err(e) = self.shared.medium.write(offset, &data) {
+        if let Err(e) = self.shared.medium.write(token, offset, &data) {
             return Ok(self.medium_error(cq_status::WRITE_ERROR, desc, &e));
         }
         if desc.flags & flags::FUA != 0 {
@@ -699,9 +738,16 @@ impl Engine {
     }
 
     /// READ: medium → host, piece by piece; on a DMA fault `bytes` says how much arrived.
-    fn read(&self, job: &Job, desc: &Descriptor, offset: u64, segments: &[(u64, u32)]) -> Step<Outcome> {
+    fn read(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        desc: &Descriptor,
+        offset: u64,
+        segments: &[(u64, u32)],
+    ) -> Step<Outcome> {
         let mut data = vec![0u8; desc.length as usize];
-        if let Err(e) = self.shared.medium.read(offset, &mut data) {
+        if let Err(e) = self.shared.medium.read(token, offset, &mut data) {
             return Ok(self.medium_error(cq_status::READ_ERROR, desc, &e));
         }
         let mut at = 0usize;
@@ -709,7 +755,7 @@ impl Engine {
             let mut done = 0usize;
             while done < len as usize {
                 let n = (len as usize - done).min(DMA_CHUNK);
-                self.checkpoint(job)?;
+                self.checkpoint(token, job)?;
                 if let Err(fault) = self.shared.iommu.dma_write(iova + done as u64, &data[at..at + n]) {
                     Counters::add(&self.shared.stats.bytes_read, at as u64);
                     return Ok(Outcome {
@@ -729,17 +775,28 @@ impl Engine {
     /// Post one completion entry (§4): wait for a free slot (a full ring stalls the engine,
     /// never drops), write the 16 bytes with the flags byte last, advance the tail (flipping
     /// the phase on wrap), then signal it as `signal` says (§9).
-    fn post(&self, job: &Job, entry: Completion, bad_phase: bool, signal: Signal) -> Step<()> {
-        let (slot, phase) = {
-            let st = self.hold(job, None, |st| !st.queues[self.qi()].cq_full())?;
+    fn post(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        entry: Completion,
+        bad_phase: bool,
+        signal: Signal,
+    ) -> Step<()> {
+        let free_slot = |st: &BoardState| {
             let qs = &st.queues[self.qi()];
-            (qs.cq_tail, qs.phase)
+            (!qs.cq_full()).then_some((qs.cq_tail, qs.phase))
+        };
+        // Without a deadline the hold returns only with a free slot, or abandons.
+        let Some((slot, phase)) = self.hold(token, job, None, free_slot)? else {
+            return Err(Abandoned);
         };
         let addr = job.cq_base + u64::from(slot) * COMPLETION_BYTES;
         let flags = if phase { CQ_PHASE } else { 0 };
         if bad_phase {
             // The previous pass's phase: to a driver that checks PHASE this is "not written".
             self.write_entry(
+                token,
                 job,
                 addr,
                 &Completion {
@@ -747,11 +804,11 @@ impl Engine {
                     ..entry
                 },
             )?;
-            drop(self.hold(job, Some(Instant::now() + BAD_PHASE_HOLD), |_| false)?);
+            self.hold(token, job, Some(Instant::now() + BAD_PHASE_HOLD), |_| None::<()>)?;
         }
-        self.write_entry(job, addr, &Completion { flags, ..entry })?;
+        self.write_entry(token, job, addr, &Completion { flags, ..entry })?;
 
-        let mut st = self.shared.lock();
+        let mut st = self.shared.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
@@ -777,21 +834,21 @@ impl Engine {
 
     /// Write an entry's bytes 0..3 and 4..16, then the flags byte (3) on its own, so a host
     /// that sees the new PHASE sees the whole entry. A fault on the ring halts the queue.
-    fn write_entry(&self, job: &Job, addr: u64, entry: &Completion) -> Step<()> {
+    fn write_entry(&self, token: &mut Token<'_>, job: &Job, addr: u64, entry: &Completion) -> Step<()> {
         let bytes = entry.as_bytes();
-        self.checkpoint(job)?;
+        self.checkpoint(token, job)?;
         let body = self
             .shared
             .iommu
             .dma_write(addr, &bytes[..3])
             .and_then(|()| self.shared.iommu.dma_write(addr + 4, &bytes[4..]));
         if body.is_err() {
-            return Err(self.halt(job, cq_status::DMA_FAULT));
+            return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         fence(Ordering::Release);
-        self.checkpoint(job)?;
+        self.checkpoint(token, job)?;
         if self.shared.iommu.dma_write(addr + 3, &bytes[3..4]).is_err() {
-            return Err(self.halt(job, cq_status::DMA_FAULT));
+            return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         Ok(())
     }

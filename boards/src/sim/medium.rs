@@ -12,6 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 
 /// RAM is allocated in chunks of this size on first write.
@@ -76,11 +78,16 @@ impl Medium {
     }
 
     /// Copy `out.len()` bytes at `offset` out of the medium.
-    pub(crate) fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+    pub(crate) fn read<L: LockBefore<levels::SimMedium>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        offset: u64,
+        out: &mut [u8],
+    ) -> io::Result<()> {
         self.check(offset, out.len() as u64)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let chunks = chunks.lock_unchecked_at_runtime();
+                let (chunks, _) = chunks.lock(token);
                 for_each_chunk(offset, out.len(), |index, within, at, n| {
                     match chunks.get(&index) {
                         Some(chunk) => out[at..at + n].copy_from_slice(&chunk[within..within + n]),
@@ -94,11 +101,16 @@ impl Medium {
     }
 
     /// Copy `data` into the medium at `offset`.
-    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn write<L: LockBefore<levels::SimMedium>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        offset: u64,
+        data: &[u8],
+    ) -> io::Result<()> {
         self.check(offset, data.len() as u64)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let mut chunks = chunks.lock_unchecked_at_runtime();
+                let (mut chunks, _) = chunks.lock(token);
                 for_each_chunk(offset, data.len(), |index, within, at, n| {
                     let chunk = chunks
                         .entry(index)
@@ -113,11 +125,16 @@ impl Medium {
 
     /// Zero `len` bytes at `offset` (WRITE_ZEROES). In RAM, chunks wholly inside the range
     /// are released rather than filled, so zeroing costs no memory.
-    pub(crate) fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+    pub(crate) fn write_zeroes<L: LockBefore<levels::SimMedium>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
         self.check(offset, len)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let mut chunks = chunks.lock_unchecked_at_runtime();
+                let (mut chunks, _) = chunks.lock(token);
                 let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
                 for_each_chunk(offset, len, |index, within, _, n| {
                     if n as u64 == RAM_CHUNK {
@@ -143,8 +160,13 @@ impl Medium {
 
     /// Deallocate `len` bytes at `offset` (DEALLOCATE). This medium guarantees deallocated
     /// blocks read as zeroes afterwards (NVMe's DLFEAT "read zeroes"), so it is WRITE_ZEROES.
-    pub(crate) fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.write_zeroes(offset, len)
+    pub(crate) fn deallocate<L: LockBefore<levels::SimMedium>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        self.write_zeroes(token, offset, len)
     }
 
     /// Make every completed write stable (FLUSH, FUA): `fdatasync` for a file, nothing for RAM.
@@ -159,7 +181,11 @@ impl Medium {
     #[cfg(test)]
     pub(crate) fn allocated(&self) -> u64 {
         match self {
-            Self::Ram { chunks, .. } => chunks.lock_unchecked_at_runtime().len() as u64 * RAM_CHUNK,
+            Self::Ram { chunks, .. } => {
+                let mut token = LockToken::root();
+                let (chunks, _) = chunks.lock(&mut token);
+                chunks.len() as u64 * RAM_CHUNK
+            }
             Self::File { .. } => 0,
         }
     }
@@ -190,31 +216,43 @@ mod tests {
 
     fn exercise(m: &Medium) {
         let mut out = vec![0xAAu8; 8192];
-        m.read(0, &mut out).expect("read unwritten");
+        m.read(&mut LockToken::root(), 0, &mut out)
+            .expect("read unwritten");
         assert!(out.iter().all(|&b| b == 0), "unwritten blocks read as zeroes");
 
         // A write that straddles a chunk boundary.
         let data = pattern(3 * 4096, 7);
         let at = RAM_CHUNK - 4096;
-        m.write(at, &data).expect("write");
+        m.write(&mut LockToken::root(), at, &data).expect("write");
         let mut back = vec![0u8; data.len()];
-        m.read(at, &mut back).expect("read back");
+        m.read(&mut LockToken::root(), at, &mut back).expect("read back");
         assert_eq!(back, data);
 
-        m.write_zeroes(at + 512, 1024).expect("zero");
-        m.read(at, &mut back).expect("read zeroed");
+        m.write_zeroes(&mut LockToken::root(), at + 512, 1024)
+            .expect("zero");
+        m.read(&mut LockToken::root(), at, &mut back)
+            .expect("read zeroed");
         assert_eq!(&back[..512], &data[..512]);
         assert!(back[512..1536].iter().all(|&b| b == 0));
         assert_eq!(&back[1536..], &data[1536..]);
 
-        m.deallocate(at, data.len() as u64).expect("deallocate");
-        m.read(at, &mut back).expect("read deallocated");
+        m.deallocate(&mut LockToken::root(), at, data.len() as u64)
+            .expect("deallocate");
+        m.read(&mut LockToken::root(), at, &mut back)
+            .expect("read deallocated");
         assert!(back.iter().all(|&b| b == 0));
         m.flush().expect("flush");
 
         let end = m.len();
-        assert!(m.read(end - 512, &mut [0u8; 1024]).is_err(), "read past the end");
-        assert!(m.write(end, &[0u8; 1]).is_err(), "write past the end");
+        assert!(
+            m.read(&mut LockToken::root(), end - 512, &mut [0u8; 1024])
+                .is_err(),
+            "read past the end"
+        );
+        assert!(
+            m.write(&mut LockToken::root(), end, &[0u8; 1]).is_err(),
+            "write past the end"
+        );
     }
 
     #[test]
@@ -223,9 +261,11 @@ mod tests {
         assert_eq!(m.allocated(), 0, "nothing allocated before the first write");
         exercise(&m);
         let before = m.allocated();
-        m.write(1 << 20, &[1u8; 512]).expect("write");
+        m.write(&mut LockToken::root(), 1 << 20, &[1u8; 512])
+            .expect("write");
         assert_eq!(m.allocated() - before, RAM_CHUNK, "one chunk for one small write");
-        m.write_zeroes(1 << 20, RAM_CHUNK).expect("zero the whole chunk");
+        m.write_zeroes(&mut LockToken::root(), 1 << 20, RAM_CHUNK)
+            .expect("zero the whole chunk");
         assert_eq!(m.allocated(), before, "a wholly zeroed chunk is released");
     }
 

@@ -103,8 +103,10 @@ impl QueueState {
 /// What the board must do after a register write, outside the lock.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
-    /// Engines must re-check their conditions.
+    /// Every engine must re-check its conditions.
     pub wake: bool,
+    /// Only this queue's engine must (a doorbell of that queue).
+    pub wake_queue: Option<usize>,
     /// CONTROL.SOFT_RESET was written.
     pub soft_reset: bool,
     /// Vectors to raise (latched interrupts released by an unmask).
@@ -333,7 +335,7 @@ impl BoardState {
             } else {
                 qs.sq_tail = value;
             }
-            fx.wake = true;
+            fx.wake_queue = Some(q);
             return fx;
         }
         match offset {

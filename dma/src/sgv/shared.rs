@@ -401,20 +401,9 @@ impl Shared {
         // mapped in a closed pool.
         fence(Ordering::SeqCst);
         if this.is_closed() {
-            this.release_returned(&mut LockToken::root());
+            // Placing a buffer in a closed pool releases it (`cache`).
+            Self::place_returned(this, &mut LockToken::root());
         }
-    }
-
-    /// Release every queued returned buffer (closed pool, flush).
-    fn release_returned(&self, token: &mut PoolToken<'_>) -> usize {
-        let mut released = 0;
-        while let Ok(slot) = self.returned.1.try_recv() {
-            self.note_uncached(1, slot.bytes());
-            if self.release(token, slot) {
-                released += 1;
-            }
-        }
-        released
     }
 
     /// Keep an idle buffer: into this thread's stash, spilling half past the stash's limit,

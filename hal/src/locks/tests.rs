@@ -33,7 +33,7 @@ fn the_token_chain_takes_locks_in_order_and_frees_the_parent() {
         let (mut lists, _) = pool.lock(&mut inner);
         entries.extend(lists.pop());
         if cfg!(lock_check) {
-            assert_eq!(held_locks(), vec![("frontend.cmd_table", 2), ("sgv.pool", 8)]);
+            assert_eq!(held_locks(), vec![("frontend.cmd_table", 2), ("sgv.pool", 9)]);
         }
     }
     assert!(held_locks().is_empty());
@@ -50,7 +50,7 @@ fn guards_may_be_dropped_out_of_order() {
     let p = pool.lock_unchecked_at_runtime();
     drop(t);
     if cfg!(lock_check) {
-        assert_eq!(held_locks(), vec![("sgv.pool", 8)]);
+        assert_eq!(held_locks(), vec![("sgv.pool", 9)]);
     }
     drop(p);
     assert!(held_locks().is_empty());
@@ -62,7 +62,7 @@ fn guards_may_be_dropped_out_of_order() {
 #[cfg(lock_check)]
 #[test]
 #[should_panic(
-    expected = "lock order violation: taking `frontend.cmd_table` (level 2) while holding `sgv.pool` (level 8)"
+    expected = "lock order violation: taking `frontend.cmd_table` (level 2) while holding `sgv.pool` (level 9)"
 )]
 fn the_scst_inversion_panics_at_run_time() {
     // SCST's cleanup path: the pool lock, then the command list. Two threads doing this and the
@@ -76,7 +76,7 @@ fn the_scst_inversion_panics_at_run_time() {
 #[cfg(lock_check)]
 #[test]
 #[should_panic(
-    expected = "lock order violation: taking `sgv.stash` (level 9) while holding `sgv.stash` (level 9)"
+    expected = "lock order violation: taking `sgv.stash` (level 10) while holding `sgv.stash` (level 10)"
 )]
 fn two_locks_of_one_level_are_never_nested() {
     let mine = OrderedMutex::<(), levels::SgvStash>::new(());
@@ -87,7 +87,7 @@ fn two_locks_of_one_level_are_never_nested() {
 
 #[cfg(lock_check)]
 #[test]
-#[should_panic(expected = "lock order violation: taking `iommu.table` (level 18)")]
+#[should_panic(expected = "lock order violation: taking `iommu.table` (level 19)")]
 fn a_recursive_read_panics() {
     let table = OrderedRwLock::<u32, levels::IommuTable>::new(0);
     let _a = table.read_unchecked_at_runtime();
@@ -96,7 +96,7 @@ fn a_recursive_read_panics() {
 
 #[cfg(lock_check)]
 #[test]
-#[should_panic(expected = "blocking call `VFIO_DEVICE_RESET` while holding `sim.state` (level 16)")]
+#[should_panic(expected = "blocking call `VFIO_DEVICE_RESET` while holding `sim.state` (level 17)")]
 fn a_blocking_call_under_a_lock_panics() {
     let state = OrderedMutex::<(), levels::SimState>::new(());
     let _g = state.lock_unchecked_at_runtime();
@@ -114,7 +114,7 @@ fn a_root_token_under_a_lock_panics() {
 
 #[cfg(lock_check)]
 #[test]
-#[should_panic(expected = "blocking call `sleep` while holding `dma.iova` (level 10)")]
+#[should_panic(expected = "blocking call `sleep` while holding `dma.iova` (level 11)")]
 fn sleep_under_a_lock_panics() {
     let iovas = OrderedMutex::<(), levels::DmaIova>::new(());
     let _g = iovas.lock_unchecked_at_runtime();
@@ -156,7 +156,7 @@ fn a_condvar_wait_releases_and_retakes_its_mutex() {
         // The setter can only take the mutex because the wait released it.
         g = shared.1.wait_timeout(g, Duration::from_millis(10)).0;
         if cfg!(lock_check) {
-            assert_eq!(held_locks(), vec![("sim.state", 16)], "re-pushed after the wait");
+            assert_eq!(held_locks(), vec![("sim.state", 17)], "re-pushed after the wait");
         }
     }
     assert!(*g, "the setter ran while we waited");

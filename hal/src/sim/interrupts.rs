@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 use crate::locks::levels;
+use crate::locks::LockToken;
 use crate::locks::OrderedRwLock;
 use crate::EventFd;
 use crate::HalError;
@@ -42,17 +43,56 @@ impl InterruptLines {
     /// The model asserts `vector`: its eventfd is signalled if the driver enabled it; otherwise
     /// the message is lost, as an MSI-X write with the vector disabled is. A vector the
     /// function does not have is a model bug: logged and ignored.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock: a model raises its
+    /// interrupts after releasing its own state (docs/locking.md, `interrupts.lines` is taken
+    /// alone).
+    #[track_caller]
     pub fn raise(&self, vector: u32) {
+        if !self.valid(vector) {
+            return;
+        }
+        let mut token = LockToken::root();
+        let (lines, _) = self.lines.read(&mut token);
+        self.signal(&lines, vector);
+    }
+
+    /// [`InterruptLines::raise`] for a raise caused by a register access (an unmask that
+    /// delivers a latched interrupt), where the model has no token: BAR accesses arrive through
+    /// the `RegisterIo` trait object, with whatever locks the driver holds there (an MMIO
+    /// access is not a blocking call). Checked at run time only: every driver lock is below
+    /// `interrupts.lines`.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds `interrupts.lines` or a lock above it.
+    #[track_caller]
+    pub fn raise_unchecked_at_runtime(&self, vector: u32) {
+        if !self.valid(vector) {
+            return;
+        }
+        // Unchecked: reached from a BAR access through the `RegisterIo` trait object, which
+        // carries no token, possibly under a driver's lock (see above).
+        let lines = self.lines.read_unchecked_at_runtime();
+        self.signal(&lines, vector);
+    }
+
+    /// A vector the function has (counted as raised), or a model bug (logged).
+    fn valid(&self, vector: u32) -> bool {
         if vector >= self.vectors {
             log::warn!(
                 "{}: model raised vector {vector} but the function has only {}",
                 self.device,
                 self.vectors
             );
-            return;
+            return false;
         }
         self.raised.fetch_add(1, Ordering::Relaxed);
-        let lines = self.lines.read_unchecked_at_runtime();
+        true
+    }
+
+    /// Signal `vector`'s eventfd if enabled in `lines`.
+    fn signal(&self, lines: &[File], vector: u32) {
         let Some(mut line) = lines.get(vector as usize) else {
             log::trace!("{}: vector {vector} raised while disabled", self.device);
             return;
@@ -85,11 +125,21 @@ impl InterruptLines {
     }
 
     /// Vectors currently enabled (0: the driver polls).
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (an inspection, made
+    /// with none held).
+    #[track_caller]
     pub fn enabled(&self) -> u32 {
-        self.lines.read_unchecked_at_runtime().len() as u32
+        let mut token = LockToken::root();
+        let (lines, _) = self.lines.read(&mut token);
+        lines.len() as u32
     }
 
     /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before.
+    /// Stands for `VFIO_DEVICE_SET_IRQS`, a blocking ioctl: asserts (debug and test builds)
+    /// that the caller holds no checked lock, as the VFIO backend does.
+    #[track_caller]
     pub(crate) fn enable(&self, count: u32) -> Result<Vec<EventFd>, HalError> {
         let error = |source: io::Error| HalError::Interrupts {
             device: self.device.clone(),
@@ -106,14 +156,18 @@ impl InterruptLines {
             kept.push(File::from(fd.as_fd().try_clone_to_owned().map_err(error)?));
             handed_out.push(fd);
         }
-        *self.lines.write_unchecked_at_runtime() = kept;
+        let mut token = LockToken::root();
+        *self.lines.write(&mut token).0 = kept;
         log::debug!("{}: enabled {count} MSI-X vectors", self.device);
         Ok(handed_out)
     }
 
     /// Disable every vector; the driver's eventfds stay open but are never signalled again.
+    /// `VFIO_DEVICE_SET_IRQS` again: asserts that no checked lock is held, like [`Self::enable`].
+    #[track_caller]
     pub(crate) fn disable(&self) {
-        self.lines.write_unchecked_at_runtime().clear();
+        let mut token = LockToken::root();
+        self.lines.write(&mut token).0.clear();
         log::debug!("{}: disabled MSI-X", self.device);
     }
 }

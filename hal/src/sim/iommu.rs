@@ -176,29 +176,49 @@ impl Iommu {
     }
 
     /// The first [`FAULTS_KEPT`] faults, oldest first.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock: an inspection of the
+    /// device's IOMMU (as VFIO's would be an ioctl) is made with none held.
+    #[track_caller]
     pub fn faults(&self) -> Vec<IommuFault> {
-        self.faults.lock_unchecked_at_runtime().clone()
+        let mut token = LockToken::root();
+        let (faults, _) = self.faults.lock(&mut token);
+        faults.clone()
     }
 
     /// Bytes currently mapped.
+    ///
+    /// # Panics
+    /// As [`Iommu::faults`].
+    #[track_caller]
     pub fn mapped_bytes(&self) -> u64 {
-        self.table
-            .read_unchecked_at_runtime()
-            .values()
-            .map(|m| m.len)
-            .sum()
+        let mut token = LockToken::root();
+        let (table, _) = self.table.read(&mut token);
+        table.values().map(|m| m.len).sum()
     }
 
     /// Mappings currently live (one per successful `map` not yet unmapped).
+    ///
+    /// # Panics
+    /// As [`Iommu::faults`].
+    #[track_caller]
     pub fn mappings(&self) -> usize {
-        self.table.read_unchecked_at_runtime().len()
+        let mut token = LockToken::root();
+        let (table, _) = self.table.read(&mut token);
+        table.len()
     }
 
     /// Limit the bytes that may be mapped at once (None: no limit); a `map` that would exceed it
     /// fails with ENOMEM, as VFIO does at the locked-memory limit. Lets tests exercise a
     /// driver's handling of that error. Existing mappings are kept even if above a new limit.
+    ///
+    /// # Panics
+    /// As [`Iommu::faults`] (the limit stands for a process limit, set with no lock held).
+    #[track_caller]
     pub fn set_map_limit(&self, limit: Option<u64>) {
-        *self.map_limit.lock_unchecked_at_runtime() = limit;
+        let mut token = LockToken::root();
+        *self.map_limit.lock(&mut token).0 = limit;
     }
 
     /// Copies currently between translation and their last byte.

@@ -144,6 +144,12 @@ pub(super) struct Worker {
     /// Sense bytes the replies point at; alive until their replies are consumed.
     senses: Vec<Vec<u8>>,
     inflight: HashMap<u32, Inflight>,
+    /// Leases of the requests reaped in this pass, ended together ([`LeaseTable::release_batch`]).
+    ///
+    /// [`LeaseTable::release_batch`]: crate::teardown::LeaseTable::release_batch
+    reaped_leases: Vec<Lease<Arc<CmdBuffer>>>,
+    /// Their payloads, dropped after the lease table's lock (reused: no allocation per reap).
+    released_buffers: Vec<Arc<CmdBuffer>>,
     submit: Vec<StoreRequest>,
     completions: Vec<StoreCompletion>,
     last_escalation: Option<Instant>,
@@ -189,6 +195,8 @@ impl Worker {
             reply_tokens: Vec::new(),
             senses: Vec::new(),
             inflight: HashMap::new(),
+            reaped_leases: Vec::new(),
+            released_buffers: Vec::new(),
             submit: Vec::new(),
             completions: Vec::new(),
             last_escalation: None,
@@ -607,11 +615,18 @@ impl Worker {
             return;
         }
         if errno == Errno::ESRCH || errno == Errno::EINVAL {
-            if self.shared.buffers.release(&mut self.token, pbuf) {
-                log::warn!("buffer {pbuf:#x} of the refused reply was never SCST's: freed");
-            }
+            self.free_reply_buffer(index, "the refused reply");
         } else {
             log::warn!("buffer {pbuf:#x} of the refused reply ({errno}) may be SCST's: kept until SCST or the close returns it");
+        }
+    }
+
+    /// Reply `index` named a buffer allocated at EXEC time that SCST never attached (`what`
+    /// says which reply): free it; nothing else will return it.
+    fn free_reply_buffer(&mut self, index: usize, what: &str) {
+        let pbuf = self.reply_tokens[index].new_pbuf;
+        if pbuf != 0 && self.shared.buffers.release(&mut self.token, pbuf) {
+            log::warn!("buffer {pbuf:#x} of {what} was never SCST's: freed");
         }
     }
 
@@ -643,10 +658,7 @@ impl Worker {
             .reply_errors
             .fetch_add(self.replies.len() as u64, Ordering::Relaxed);
         for index in 0..self.replies.len() {
-            let pbuf = self.reply_tokens[index].new_pbuf;
-            if pbuf != 0 && self.shared.buffers.release(&mut self.token, pbuf) {
-                log::warn!("buffer {pbuf:#x} of a dropped reply was never SCST's: freed");
-            }
+            self.free_reply_buffer(index, "a dropped reply");
         }
         self.consume_replies(self.replies.len(), false);
         self.untaken_calls = 0;
@@ -792,7 +804,7 @@ impl Worker {
                 abi::tm_fn::LUN_RESET | abi::tm_fn::TARGET_RESET | abi::tm_fn::PR_ABORT_ALL
             )
         {
-            self.shared.disk.reset();
+            self.shared.disk.reset(&mut self.token);
         }
         // Affected EXECs finish on their own (the store completes them); spec §4 only asks that
         // every one of them is answered, which the in-flight table guarantees.
@@ -942,7 +954,7 @@ impl Worker {
         let data_out = BufferDataOut {
             buffer: buffer.as_ref().filter(|_| writes),
         };
-        let plan = self.shared.disk.start(&cdb, &data_out);
+        let plan = self.shared.disk.start(&mut self.token, &cdb, &data_out);
         let deadline = received + self.command_timeout(exec.timeout);
         let ctx = ExecCtx {
             received,
@@ -1076,15 +1088,22 @@ impl Worker {
                 log::error!("store completed unknown tag {}; ignored", completion.tag);
                 continue;
             };
-            // The device is done with the buffer: its lease ends (the payload, the device's
-            // reference, drops here, outside any lock).
+            // The device is done with the buffer: its lease ends with the reap's others, under
+            // one acquisition of the lease table below.
             if let Some(lease) = state.lease {
-                drop(lease.release(&mut self.token));
+                self.reaped_leases.push(lease);
             }
             let plan = self.shared.disk.finish(&state.io, completion.status);
             self.continue_exec(cmd_h, state.ctx, plan);
         }
         self.completions = done;
+        self.shared.leases.release_batch(
+            &mut self.token,
+            &mut self.reaped_leases,
+            &mut self.released_buffers,
+        );
+        // The device's references to the buffers go here, outside any lock.
+        self.released_buffers.clear();
         n
     }
 

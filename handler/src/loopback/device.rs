@@ -20,6 +20,8 @@ use crate::abi::Opt;
 use crate::transport::Errno;
 use crossbeam_channel::Sender;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedCondvar;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
@@ -332,6 +334,11 @@ pub(crate) fn assert_unlocked(what: &str) {
     );
 }
 
+/// The token of a loopback thread that holds no checked lock: made with [`LockToken::root`] at
+/// each entry into the model (an ioctl of the fd, a call of the initiator side, the purge
+/// thread's loop) and threaded down to every acquisition.
+pub(crate) type Token<'t> = LockToken<'t, levels::Root>;
+
 /// The device lock (level `loopback.device`), counted per thread for [`assert_unlocked`].
 pub(crate) struct StateGuard<'a>(Option<OrderedMutexGuard<'a, DeviceState, levels::LoopbackDevice>>);
 
@@ -405,18 +412,25 @@ impl Device {
     }
 
     /// Lock the state; a poisoned lock is recovered (the state stays consistent per step).
-    /// Checked at run time (the ioctl entry points reach it through the `ScstUserFd` trait).
-    pub fn lock(&self) -> StateGuard<'_> {
-        let guard = self.state.lock_unchecked_at_runtime();
+    /// The guard borrows `token`: nothing else can be locked with it until the guard is gone.
+    pub fn lock<'a, M: LockBefore<levels::LoopbackDevice>>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+    ) -> StateGuard<'a> {
+        let (guard, _) = self.state.lock(token);
         HELD.with(|h| h.set(h.get() + 1));
         StateGuard(Some(guard))
     }
 
     /// Run `f` under the lock, then deliver its effects with the lock dropped.
-    pub fn with<R>(&self, f: impl FnOnce(&mut DeviceState, &mut Effects) -> R) -> R {
+    pub fn with<M: LockBefore<levels::LoopbackDevice>, R>(
+        &self,
+        token: &mut LockToken<'_, M>,
+        f: impl FnOnce(&mut DeviceState, &mut Effects) -> R,
+    ) -> R {
         let mut fx = Effects::default();
         let r = {
-            let mut st = self.lock();
+            let mut st = self.lock(token);
             let r = f(&mut st, &mut fx);
             st.sync_poll();
             r
@@ -454,11 +468,11 @@ impl Device {
     /// # Errors
     /// `EAGAIN` when nothing is ready and the call may not block; `EINTR` after
     /// [`BLOCKING_FETCH_CAP`]; `EFAULT` if the initiator's data cannot be placed in the buffer.
-    pub fn fetch(&self, out: &mut GetCmd, may_block: bool) -> Result<(), Errno> {
+    pub fn fetch(&self, token: &mut Token<'_>, out: &mut GetCmd, may_block: bool) -> Result<(), Errno> {
         let deadline = Instant::now() + BLOCKING_FETCH_CAP;
         loop {
             let mut fx = Effects::default();
-            let mut st = self.lock();
+            let mut st = self.lock(token);
             let delivery = loop {
                 st.run_core_work(&mut fx);
                 if let Some(d) = st.dequeue_for_user(&mut fx) {
@@ -489,7 +503,7 @@ impl Device {
                     // The pinned pages vanished: the core fails the command (internal failure).
                     log::warn!("loopback {}: cannot copy data-out to {addr:#x}", self.name);
                     if let Some(id) = d.cmd {
-                        self.with(|st, fx| {
+                        self.with(token, |st, fx| {
                             if let Some(u) = st.ucmds.get_mut(&d.msg.cmd_h) {
                                 u.sent_to_user = false;
                             }

@@ -7,6 +7,7 @@ use super::device::validate_opt;
 use super::device::Device;
 use super::device::DeviceState;
 use super::device::PollSignal;
+use super::device::Token;
 use super::device::SUSPEND_TIMEOUT;
 use super::reply::process_reply;
 use super::session::KernelInner;
@@ -60,7 +61,8 @@ impl OpenFile {
         self.device.get().ok_or(Errno::ENODEV)
     }
 
-    /// `dev_user_release`: remove the device from the global list, then exit/cleanup.
+    /// `dev_user_release`: remove the device from the global list, then exit/cleanup. The
+    /// last close of a file: its caller holds no checked lock (asserted by the root token).
     fn release(&mut self) -> CloseReport {
         let Some(dev) = self.device.take() else {
             return CloseReport {
@@ -68,18 +70,46 @@ impl OpenFile {
                 ..Default::default()
             };
         };
-        {
-            let mut devices = self.kernel.devices.lock_unchecked_at_runtime();
-            if devices.get(&dev.name).is_some_and(|d| Arc::ptr_eq(d, &dev)) {
-                devices.remove(&dev.name);
-            }
-        }
-        unjam::release(&dev)
+        release_device(&self.kernel, dev, &mut LockToken::root())
     }
+}
+
+/// Remove `dev` from the kernel's list and run its exit and cleanup.
+fn release_device(kernel: &KernelInner, dev: Arc<Device>, token: &mut Token<'_>) -> CloseReport {
+    {
+        let (mut devices, _) = kernel.devices.lock(token);
+        if devices.get(&dev.name).is_some_and(|d| Arc::ptr_eq(d, &dev)) {
+            devices.remove(&dev.name);
+        }
+    }
+    unjam::release(&dev, token)
 }
 
 impl Drop for OpenFile {
     fn drop(&mut self) {
+        // A close is a blocking call, so the last clone must be dropped with no checked lock
+        // held; `Drop` must not panic, though (docs/locking.md rule 6), so a caller that
+        // breaks the rule is logged and the release runs on a thread of its own, where the
+        // root token is true.
+        if let Some((name, level)) = locks::held_locks().last() {
+            log::error!(
+                "loopback: last close of an fd while holding `{name}` (level {level}) (docs/locking.md); \
+                 releasing its device on another thread"
+            );
+            let Some(dev) = self.device.take() else {
+                return;
+            };
+            let kernel = Arc::clone(&self.kernel);
+            let spawned = std::thread::Builder::new()
+                .name("scst_lb_release".into())
+                .spawn(move || {
+                    release_device(&kernel, dev, &mut LockToken::root());
+                });
+            if let Err(e) = spawned {
+                log::error!("loopback: cannot start the release thread, the device stays registered: {e}");
+            }
+            return;
+        }
         let _ = self.release();
     }
 }
@@ -142,21 +172,18 @@ impl LoopbackFd {
     /// 90 s, then `EBUSY`.
     fn suspended<R>(
         &self,
+        token: &mut Token<'_>,
         dev: &Device,
         f: impl FnOnce(&mut DeviceState, &mut super::device::Effects) -> R,
     ) -> Result<R, Errno> {
         let deadline = Instant::now() + SUSPEND_TIMEOUT;
-        let devices: Vec<Arc<Device>> = self
-            .file
-            .kernel
-            .devices
-            .lock_unchecked_at_runtime()
-            .values()
-            .cloned()
-            .collect();
-        let set_all = |delta: i64| {
+        let devices: Vec<Arc<Device>> = {
+            let (devices, _) = self.file.kernel.devices.lock(token);
+            devices.values().cloned().collect()
+        };
+        let set_all = |token: &mut Token<'_>, delta: i64| {
             for d in &devices {
-                let mut st = d.lock();
+                let mut st = d.lock(token);
                 st.suspended = if delta > 0 {
                     st.suspended + 1
                 } else {
@@ -168,27 +195,29 @@ impl LoopbackFd {
                 d.cond.notify_all();
             }
         };
-        set_all(1);
+        set_all(token, 1);
         loop {
-            let busy = devices.iter().any(|d| d.lock().commands_in_flight_started() > 0);
+            let busy = devices
+                .iter()
+                .any(|d| d.lock(token).commands_in_flight_started() > 0);
             if !busy {
                 break;
             }
             if Instant::now() >= deadline {
-                set_all(-1);
+                set_all(token, -1);
                 return Err(Errno::EBUSY);
             }
             // A wait in the kernel: no lock held (each device's lock is taken only to look).
             locks::sleep(Duration::from_millis(5));
         }
-        let r = dev.with(|st, fx| {
+        let r = dev.with(token, |st, fx| {
             let r = f(st, fx);
             fx.wake_fetchers = true;
             r
         });
-        set_all(-1);
+        set_all(token, -1);
         for d in &devices {
-            d.with(|_, fx| fx.wake_fetchers = true);
+            d.with(token, |_, fx| fx.wake_fetchers = true);
         }
         Ok(r)
     }
@@ -221,8 +250,10 @@ fn spawn_purge(dev: Weak<Device>, interval: Duration) {
         .name("scst_lb_purge".into())
         .spawn(move || loop {
             locks::sleep(tick);
+            // A thread of its own: each pass starts from no lock held.
+            let token = &mut LockToken::root();
             let Some(dev) = dev.upgrade() else { return };
-            let stop = dev.with(|st, fx| {
+            let stop = dev.with(token, |st, fx| {
                 if st.released {
                     return true;
                 }
@@ -314,12 +345,13 @@ impl ScstUserFd for LoopbackFd {
     fn unregister_device(&self) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_UNREGISTER_DEVICE");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
         log::warn!(
             "loopback {}: SCST_USER_UNREGISTER_DEVICE is obsolete; fd made non-blocking",
             dev.name
         );
-        dev.with(|st, fx| {
+        dev.with(token, |st, fx| {
             st.blocking = false;
             fx.wake_all = true;
         });
@@ -329,9 +361,10 @@ impl ScstUserFd for LoopbackFd {
     fn set_options(&self, opt: &Opt) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_SET_OPTIONS");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
         let (dev_type, tst, has_sessions) = {
-            let st = dev.lock();
+            let st = dev.lock(token);
             (st.dev_type, st.opt.tst, !st.sessions.is_empty())
         };
         let opt = validate_opt(opt, dev_type)?;
@@ -339,41 +372,46 @@ impl ScstUserFd for LoopbackFd {
             log::warn!("loopback {}: cannot change tst while sessions exist", dev.name);
             return Err(Errno::EINVAL);
         }
-        self.suspended(dev, |st, _| st.opt = opt)
+        self.suspended(token, dev, |st, _| st.opt = opt)
     }
 
     fn get_options(&self) -> IoctlResult<Opt> {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_GET_OPTIONS");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
-        Ok(dev.lock().opt)
+        let opt = dev.lock(token).opt;
+        Ok(opt)
     }
 
     fn reply_and_get_cmd(&self, cmd: &mut GetCmd) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_REPLY_AND_GET_CMD");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
         let preply = cmd.preply();
         if preply != 0 {
             let mut reply = ReplyCmd::new(0, 0);
             uaccess::copy_from_user(preply, reply.as_mut_bytes())?;
             // An error processing the reply returns at once, fetching nothing (spec §3.2).
-            process_reply(dev, &reply)?;
+            process_reply(dev, token, &reply)?;
         }
-        dev.fetch(cmd, true)
+        dev.fetch(token, cmd, true)
     }
 
     fn reply_cmd(&self, reply: &ReplyCmd) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_REPLY_CMD");
-        process_reply(self.file.device()?, reply)
+        let token = &mut LockToken::root();
+        process_reply(self.file.device()?, token, reply)
     }
 
     fn flush_cache(&self) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_FLUSH_CACHE");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
-        self.suspended(dev, |st, fx| {
+        self.suspended(token, dev, |st, fx| {
             st.flush_sgv(fx);
         })
     }
@@ -381,8 +419,9 @@ impl ScstUserFd for LoopbackFd {
     fn device_capacity_changed(&self) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_DEVICE_CAPACITY_CHANGED");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
-        dev.with(|st, _| {
+        dev.with(token, |st, _| {
             for s in st.sessions.values_mut() {
                 s.ua = Some(super::sense::CAPACITY_CHANGED);
             }
@@ -393,8 +432,9 @@ impl ScstUserFd for LoopbackFd {
     fn get_extended_cdb(&self, arg: &GetExtCdb) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_GET_EXTENDED_CDB");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
-        let tail = dev.with(|st, _| {
+        let tail = dev.with(token, |st, _| {
             let u = st.ucmds.get(&arg.cmd_h).ok_or(Errno::ESRCH)?;
             let stage = matches!(
                 u.state,
@@ -422,16 +462,17 @@ impl ScstUserFd for LoopbackFd {
     fn prealloc_buffer(&self, arg: &mut PreallocBuffer) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_PREALLOC_BUFFER");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
         if arg.pbuf == 0 || !arg.pbuf.is_multiple_of(uaccess::PAGE_SIZE) || arg.bufflen == 0 {
             return Err(Errno::EINVAL);
         }
-        let class = dev.lock().sgv.class_pages(u64::from(arg.bufflen));
+        let class = dev.lock(token).sgv.class_pages(u64::from(arg.bufflen));
         let pages = class.unwrap_or_else(|| u64::from(arg.bufflen).div_ceil(uaccess::PAGE_SIZE));
         uaccess::pin_user_pages(arg.pbuf, pages * uaccess::PAGE_SIZE)?;
         let pbuf = arg.pbuf;
         let clustered = arg.for_clust_pool != 0;
-        let h = dev.with(|st, fx| {
+        let h = dev.with(token, |st, fx| {
             let h = st.new_ucmd(UcmdKind::Prealloc);
             st.sgv.insert(SgvObject {
                 pbuf,
@@ -457,14 +498,15 @@ impl ScstUserFd for LoopbackFd {
     fn reply_and_get_multi(&self, arg: &mut MultiBuffer) -> IoctlResult {
         // An ioctl: the caller blocks in it, so it may hold no lock (checked in test builds).
         locks::assert_no_locks_held("SCST_USER_REPLY_AND_GET_MULTI");
+        let token = &mut LockToken::root();
         let dev = self.file.device()?;
         let mut header = arg.header();
         let replies = header.replies_cnt.max(0) as usize;
         for i in 0..replies {
             let mut reply = ReplyCmd::new(0, 0);
             let addr = header.preplies + (i * std::mem::size_of::<ReplyCmd>()) as u64;
-            let r =
-                uaccess::copy_from_user(addr, reply.as_mut_bytes()).and_then(|()| process_reply(dev, &reply));
+            let r = uaccess::copy_from_user(addr, reply.as_mut_bytes())
+                .and_then(|()| process_reply(dev, token, &reply));
             if let Err(e) = r {
                 header.replies_done = i as i16;
                 header.cmds_cnt = 0;
@@ -485,7 +527,7 @@ impl ScstUserFd for LoopbackFd {
                 result = Err(Errno::EFAULT);
                 break;
             }
-            match dev.fetch(arg.cmd_mut(i), i == 0) {
+            match dev.fetch(token, arg.cmd_mut(i), i == 0) {
                 Ok(()) => delivered += 1,
                 Err(Errno::EAGAIN) if i > 0 => break,
                 Err(e) => {

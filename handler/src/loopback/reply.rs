@@ -6,6 +6,7 @@ use super::core::has_data_out;
 use super::device::Device;
 use super::device::DeviceState;
 use super::device::Effects;
+use super::device::Token;
 use super::sense;
 use super::sgv::SgvObject;
 use super::uaccess;
@@ -62,13 +63,13 @@ enum Plan {
 ///
 /// # Errors
 /// The errno of the spec §3.4/§3.5 table (`ESRCH`, `EINVAL`, `EFAULT`).
-pub(crate) fn process_reply(dev: &Device, reply: &ReplyCmd) -> Result<(), Errno> {
-    let plan = dev.with(|st, fx| st.reply_begin(reply, fx))?;
+pub(crate) fn process_reply(dev: &Device, token: &mut Token<'_>, reply: &ReplyCmd) -> Result<(), Errno> {
+    let plan = dev.with(token, |st, fx| st.reply_begin(reply, fx))?;
     match plan {
         Plan::Done => Ok(()),
         Plan::ParseError { h, id, status, sense } => {
             let copied = copy_sense(sense);
-            dev.with(|st, fx| {
+            dev.with(token, |st, fx| {
                 st.reply_end(h);
                 match copied {
                     Ok(s) => {
@@ -91,7 +92,7 @@ pub(crate) fn process_reply(dev: &Device, reply: &ReplyCmd) -> Result<(), Errno>
             cached,
         } => {
             let pinned = uaccess::pin_user_pages(pbuf, len);
-            dev.with(|st, fx| {
+            dev.with(token, |st, fx| {
                 st.reply_end(h);
                 if pinned.is_err() {
                     st.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
@@ -117,7 +118,7 @@ pub(crate) fn process_reply(dev: &Device, reply: &ReplyCmd) -> Result<(), Errno>
         } => {
             if let Some((pbuf, len, _, _)) = new_buf {
                 if uaccess::pin_user_pages(pbuf, len).is_err() {
-                    return dev.with(|st, fx| {
+                    return dev.with(token, |st, fx| {
                         st.reply_end(h);
                         let busy = st
                             .cmds
@@ -131,7 +132,7 @@ pub(crate) fn process_reply(dev: &Device, reply: &ReplyCmd) -> Result<(), Errno>
             // Only what the initiator's buffer takes is moved (the size is the handler's word).
             let mut data = vec![0u8; resp.min(want_in)];
             let copied = uaccess::copy_from_user(data_addr, &mut data).and_then(|()| copy_sense(sense));
-            dev.with(|st, fx| {
+            dev.with(token, |st, fx| {
                 st.reply_end(h);
                 if let Some((pbuf, _, pages, cached)) = new_buf {
                     st.attach_buffer(h, id, pbuf, pages, cached);
@@ -154,7 +155,7 @@ pub(crate) fn process_reply(dev: &Device, reply: &ReplyCmd) -> Result<(), Errno>
         Plan::WriteSame { h, id, addr, len } => {
             let mut raw = vec![0u8; usize::from(len)];
             let copied = uaccess::copy_from_user(addr, &mut raw);
-            dev.with(|st, fx| {
+            dev.with(token, |st, fx| {
                 st.reply_end(h);
                 if copied.is_err() {
                     st.complete_with_sense(id, sense::HARDWARE_ERROR, fx);

@@ -15,6 +15,8 @@ use crate::abi::tm_fn;
 use crate::transport::Errno;
 use crossbeam_channel::Receiver;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -58,13 +60,24 @@ pub(crate) struct KernelInner {
 
 impl KernelInner {
     /// The registered device `name`.
-    pub fn device(&self, name: &str) -> Option<Arc<Device>> {
-        self.devices.lock_unchecked_at_runtime().get(name).cloned()
+    pub fn device<M: LockBefore<levels::LoopbackDevices>>(
+        &self,
+        token: &mut LockToken<'_, M>,
+        name: &str,
+    ) -> Option<Arc<Device>> {
+        let (devices, _) = self.devices.lock(token);
+        devices.get(name).cloned()
     }
 }
 
 /// An in-process model of the scst_user kernel module, SCST core and an initiator
 /// (`scst_local`). Cheap to clone.
+///
+/// # Panics
+/// Every method that looks at a device (and every method of [`Session`]) is an entry into
+/// the "kernel": it starts its lock chain from [`LockToken::root`], which panics in debug and
+/// test builds when the caller holds a checked lock (docs/locking.md: the handler reaches the
+/// kernel only with none held).
 #[derive(Clone)]
 pub struct LoopbackKernel {
     inner: Arc<KernelInner>,
@@ -187,6 +200,9 @@ pub struct DeviceStats {
 /// One session (I_T nexus) with the LUN of one device. `Send + Sync`. Dropping it without
 /// [`Session::detach`] leaves the session attached (like an initiator that stays logged in);
 /// its completions are then discarded.
+///
+/// # Panics
+/// Its methods start from a root token, as [`LoopbackKernel`]'s do.
 pub struct Session {
     dev: Arc<Device>,
     kernel: Arc<KernelInner>,
@@ -230,14 +246,16 @@ impl LoopbackKernel {
     /// [`AttachError`]: no such device, refused (result ≠ 0, or -EFAULT if the fd closed), or
     /// no reply in time.
     pub fn attach_session(&self, device: &str, spec: SessionSpec) -> Result<Session, AttachError> {
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
         let dev = self
             .inner
-            .device(device)
+            .device(token, device)
             .ok_or_else(|| AttachError::NoDevice(device.to_owned()))?;
         let sess_h = SESS_H_BASE + self.inner.next_sess.fetch_add(1, Ordering::Relaxed) * 0x1000;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (tm_tx, tm_rx) = crossbeam_channel::unbounded();
-        dev.with(|st, fx| {
+        dev.with(token, |st, fx| {
             if st.released {
                 return Err(AttachError::DeviceGone(device.to_owned()));
             }
@@ -273,7 +291,7 @@ impl LoopbackKernel {
         })?;
         let timeout = self.inner.config.attach_timeout;
         let deadline = Instant::now() + timeout;
-        let mut st = dev.lock();
+        let mut st = dev.lock(token);
         loop {
             if let Some(result) = st.attaches.get(&sess_h).and_then(|w| w.result) {
                 st.attaches.remove(&sess_h);
@@ -307,8 +325,10 @@ impl LoopbackKernel {
     /// # Errors
     /// `ENODEV` if no such device is registered.
     pub fn flush_cache(&self, device: &str) -> Result<(), Errno> {
-        let dev = self.inner.device(device).ok_or(Errno::ENODEV)?;
-        dev.with(|st, fx| {
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
+        let dev = self.inner.device(token, device).ok_or(Errno::ENODEV)?;
+        dev.with(token, |st, fx| {
             st.flush_sgv(fx);
         });
         Ok(())
@@ -316,8 +336,10 @@ impl LoopbackKernel {
 
     /// Counters of `device`, if registered.
     pub fn device_stats(&self, device: &str) -> Option<DeviceStats> {
-        let dev = self.inner.device(device)?;
-        let st = dev.lock();
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
+        let dev = self.inner.device(token, device)?;
+        let st = dev.lock(token);
         let mut by_state = BTreeMap::new();
         for u in st.ucmds.values() {
             *by_state.entry(state_name(u.state)).or_insert(0) += 1;
@@ -338,8 +360,10 @@ impl LoopbackKernel {
 
     /// The live ucmds of `device`, one per line, like the sysfs `commands` file (spec §7.2).
     pub fn commands_dump(&self, device: &str) -> Option<String> {
-        let dev = self.inner.device(device)?;
-        let st = dev.lock();
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
+        let dev = self.inner.device(token, device)?;
+        let st = dev.lock(token);
         let mut hs: Vec<u32> = st.ucmds.keys().copied().collect();
         hs.sort_unstable();
         let mut out = String::new();
@@ -362,13 +386,9 @@ impl LoopbackKernel {
 
     /// Names of the registered devices, sorted.
     pub fn registered_devices(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .inner
-            .devices
-            .lock_unchecked_at_runtime()
-            .keys()
-            .cloned()
-            .collect();
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
+        let mut v: Vec<String> = self.inner.devices.lock(token).0.keys().cloned().collect();
         v.sort();
         v
     }
@@ -387,11 +407,13 @@ impl Session {
     /// [`SubmitError`] if the device or session is gone, the tag is in use, or the CDB is
     /// empty or too long.
     pub fn submit(&self, req: ScsiRequest) -> Result<(), SubmitError> {
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
         if req.cdb.is_empty() || req.cdb.len() > abi::SCST_MAX_LONG_CDB_SIZE {
             return Err(SubmitError::InvalidCdb(req.cdb.len()));
         }
         let sess_h = self.sess_h;
-        self.dev.with(|st, fx| {
+        self.dev.with(token, |st, fx| {
             if st.released {
                 return Err(SubmitError::DeviceGone);
             }
@@ -462,12 +484,14 @@ impl Session {
     /// # Errors
     /// [`SubmitError`] if the device or session is gone or `function` is unknown.
     pub fn task_mgmt(&self, function: u32, abort_tag: Option<u64>) -> Result<u64, SubmitError> {
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
         if function > tm_fn::PR_ABORT_ALL {
             return Err(SubmitError::InvalidFunction(function));
         }
         let id = self.kernel.next_tm.fetch_add(1, Ordering::Relaxed);
         let sess_h = self.sess_h;
-        self.dev.with(|st, fx| {
+        self.dev.with(token, |st, fx| {
             if st.released {
                 return Err(SubmitError::DeviceGone);
             }
@@ -584,8 +608,10 @@ impl Session {
     /// Remove the LUN from this session: DETACH_SESS is queued (nobody waits for its reply);
     /// commands still outstanding complete normally.
     pub fn detach(self) {
+        // An entry of the initiator side: the caller holds no checked lock (asserted).
+        let token = &mut LockToken::root();
         let sess_h = self.sess_h;
-        self.dev.with(|st, fx| {
+        self.dev.with(token, |st, fx| {
             if st.released || !st.sessions.contains_key(&sess_h) {
                 return;
             }

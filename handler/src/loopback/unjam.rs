@@ -5,6 +5,7 @@ use super::device::CoreWork;
 use super::device::Device;
 use super::device::DeviceState;
 use super::device::Effects;
+use super::device::Token;
 use super::sense;
 use super::ucmd::UcmdKind;
 use crate::abi;
@@ -185,12 +186,12 @@ impl DeviceState {
 }
 
 /// `dev_user_exit_dev` + the cleanup thread (spec §5.2, §5.3), run on the last close.
-pub(crate) fn release(dev: &Device) -> CloseReport {
+pub(crate) fn release(dev: &Device, token: &mut Token<'_>) -> CloseReport {
     let mut report = CloseReport {
         released: true,
         ..Default::default()
     };
-    dev.with(|st, fx| {
+    dev.with(token, |st, fx| {
         st.released = true;
         st.blocking = false;
         st.suspended = 0;
@@ -223,7 +224,7 @@ pub(crate) fn release(dev: &Device) -> CloseReport {
     });
     for pass in 0..MAX_CLEANUP_PASSES {
         report.passes = pass + 1;
-        let done = dev.with(|st, fx| {
+        let done = dev.with(token, |st, fx| {
             report.buffers_flushed += st.flush_sgv(fx);
             let left = st.unjam_sent(&mut report, fx);
             report.buffers_flushed += st.flush_sgv(fx);
@@ -252,7 +253,7 @@ pub(crate) fn release(dev: &Device) -> CloseReport {
             break;
         }
     }
-    dev.with(|st, _| {
+    dev.with(token, |st, _| {
         report.remaining_ucmds = st.ucmds.len();
         if report.remaining_ucmds != 0 {
             let dump: Vec<String> = st

@@ -3,7 +3,7 @@
 //! The block length reported must be the block size registered with SCST: the core snoops
 //! these responses and updates its block shift from them (spec §3.10).
 
-use super::DiskConfig;
+use super::caps::Capabilities;
 
 /// RETURNED LOGICAL BLOCK ADDRESS of the last block; a disk of 0 blocks reports 0 (the field
 /// cannot express an empty medium).
@@ -24,14 +24,14 @@ pub(crate) fn read_capacity_10(num_blocks: u64, block_size: u32) -> [u8; 8] {
 /// READ CAPACITY(16) (SBC-3 §5.16.2): last LBA, block length, no protection, LOGICAL BLOCKS
 /// PER PHYSICAL BLOCK EXPONENT from the store's physical block size, LBPME/LBPRZ from the
 /// provisioning configuration, lowest aligned LBA 0 (LBA 0 starts a physical block).
-pub(crate) fn read_capacity_16(num_blocks: u64, config: &DiskConfig) -> [u8; 32] {
+pub(crate) fn read_capacity_16(num_blocks: u64, caps: &Capabilities) -> [u8; 32] {
     let mut d = [0u8; 32];
     d[..8].copy_from_slice(&last_lba(num_blocks).to_be_bytes());
-    d[8..12].copy_from_slice(&config.block_size.to_be_bytes());
-    d[13] = config.physical_block_exponent & 0x0F;
-    if config.thin_provisioning {
+    d[8..12].copy_from_slice(&caps.block_size.to_be_bytes());
+    d[13] = caps.physical_block_exponent & 0x0F;
+    if caps.provisioning.thin {
         d[14] |= 0x80; // LBPME
-        if config.unmapped_reads_zero {
+        if caps.provisioning.unmapped_reads_zero {
             d[14] |= 0x40; // LBPRZ
         }
     }
@@ -140,7 +140,11 @@ mod tests {
             StoreOp::LbaStatus { lba: 7 }
         );
         for (alloc, len) in [(4096u32, 24usize), (24, 24), (8, 8)] {
-            let Plan::Io(io) = disk.start(&get_lba_status(99, alloc), &[0u8; 0]) else {
+            let Plan::Io(io) = disk.start(
+                &mut scst_accel_hal::locks::LockToken::root(),
+                &get_lba_status(99, alloc),
+                &[0u8; 0],
+            ) else {
                 panic!("GET LBA STATUS goes to the store");
             };
             let Plan::Done(r) = disk.finish(&io, StoreStatus::Good) else {

@@ -9,15 +9,15 @@ use super::opcodes::OpcodeEntry;
 use super::opcodes::RsocRequest;
 use super::sense::Sense;
 use super::BlockLimits;
+use std::cell::Cell;
 
 /// What decoding needs to know about the disk.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geometry {
     pub block_size: u32,
     pub num_blocks: u64,
-    pub thin: bool,
-    /// GET LBA STATUS is offered (the store reports it; only on thin disks).
-    pub lba_status: bool,
+    /// What the opcode table offers (thin provisioning, GET LBA STATUS, ...).
+    pub features: opcodes::Features,
     pub limits: BlockLimits,
 }
 
@@ -125,16 +125,29 @@ pub(crate) struct Decoded {
     pub command: Command,
 }
 
-/// Bounds-safe big-endian field reads.
-struct Fields<'a>(&'a [u8]);
+/// Bounds-safe big-endian field reads, each recorded in the read trace.
+struct Fields<'a> {
+    cdb: &'a [u8],
+    read: &'a Cell<[u8; READ_MASK_LEN]>,
+}
 
 impl Fields<'_> {
+    /// The bits `mask` of byte `i` (0 past the end).
+    fn bits(&self, i: usize, mask: u8) -> u8 {
+        let mut read = self.read.get();
+        if let Some(slot) = read.get_mut(i) {
+            *slot |= mask;
+            self.read.set(read);
+        }
+        self.cdb.get(i).copied().unwrap_or(0) & mask
+    }
+
     fn byte(&self, i: usize) -> u8 {
-        self.0.get(i).copied().unwrap_or(0)
+        self.bits(i, 0xFF)
     }
 
     fn bit(&self, i: usize, bit: u8) -> bool {
-        self.byte(i) & (1 << bit) != 0
+        self.bits(i, 1 << bit) != 0
     }
 
     fn be(&self, start: usize, len: usize) -> u64 {
@@ -187,12 +200,25 @@ fn range_to_end(f: &Fields<'_>, cdb_len: usize, geo: &Geometry) -> Result<(u64, 
 
 /// Decode `cdb` against the table and the disk's geometry.
 pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
-    let provisioning = opcodes::Provisioning {
-        thin: geo.thin,
-        lba_status: geo.lba_status,
+    decode_traced(cdb, geo, &Cell::new([0; READ_MASK_LEN]))
+}
+
+/// Bytes of CDB the read trace covers (the longest CDB in the table is 16 bytes).
+pub(crate) const READ_MASK_LEN: usize = 16;
+
+/// [`decode`], recording in `read` every CDB bit the decoder looked at (bit `b` of byte `i`
+/// is `read[i] & (1 << b)`). The opcode table's usage data must be exactly these bits plus the
+/// ones accepted with no effect (the property test `usage_data_is_what_the_decoder_reads`).
+pub(crate) fn decode_traced(
+    cdb: &[u8],
+    geo: &Geometry,
+    read: &Cell<[u8; READ_MASK_LEN]>,
+) -> Result<Decoded, Sense> {
+    let entry = opcodes::lookup(cdb, geo.features)?;
+    let f = Fields {
+        cdb: &cdb[..entry.cdb_len().min(cdb.len())],
+        read,
     };
-    let entry = opcodes::lookup(cdb, provisioning)?;
-    let f = Fields(&cdb[..entry.cdb_len().min(cdb.len())]);
     let command = match entry.op {
         Op::TestUnitReady => Command::TestUnitReady,
         Op::RequestSense => Command::RequestSense {
@@ -234,7 +260,7 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
             }
         }
         Op::StartStopUnit => {
-            if f.byte(4) >> 4 != 0 {
+            if f.bits(4, 0xF0) != 0 {
                 return Err(Sense::invalid_cdb_field(4, Some(7)));
             }
             Command::StartStopUnit {
@@ -243,7 +269,7 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
                 start: f.bit(4, 0),
             }
         }
-        Op::PreventAllowMediumRemoval => match f.byte(4) & 0x03 {
+        Op::PreventAllowMediumRemoval => match f.bits(4, 0x03) {
             0 => Command::PreventAllow { prevent: false },
             1 => Command::PreventAllow { prevent: true },
             // 10b/11b are obsolete (medium changer) in SBC.
@@ -257,7 +283,15 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
             }
             Command::ReadCapacity10
         }
-        Op::ReadCapacity16 => Command::ReadCapacity16 { alloc: f.be32(10, 4) },
+        Op::ReadCapacity16 => {
+            // SBC-3 §5.16.1, as READ CAPACITY(10): with PMI=0 the LOGICAL BLOCK ADDRESS field
+            // must be 0; with PMI=1 the last LBA is reported whatever it says (no block is
+            // slower than another).
+            if !f.bit(14, 0) && f.be(2, 8) != 0 {
+                return Err(Sense::invalid_cdb_field(2, None));
+            }
+            Command::ReadCapacity16 { alloc: f.be32(10, 4) }
+        }
         Op::GetLbaStatus => {
             // SBC-3 §5.7.1: a STARTING LBA past the last LBA is LBA OUT OF RANGE.
             let lba = f.be(2, 8);
@@ -272,14 +306,14 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
         Op::ReportSupportedOpcodes => Command::ReportSupportedOpcodes {
             request: RsocRequest {
                 rctd: f.bit(2, 7),
-                options: f.byte(2) & 0x07,
+                options: f.bits(2, 0x07),
                 opcode: f.byte(3),
                 service_action: f.be(4, 2) as u16,
             },
             alloc: f.be32(6, 4),
         },
         Op::Read6 | Op::Write6 => {
-            let lba = f.be(1, 3) & 0x1F_FFFF;
+            let lba = (u64::from(f.bits(1, 0x1F)) << 16) | f.be(2, 2);
             // SBC-3 §5.8: a TRANSFER LENGTH of 0 means 256 blocks in the 6-byte CDBs.
             let count = match f.byte(4) {
                 0 => 256,
@@ -340,7 +374,7 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
             check_protect(&f)?;
             let unmap = f.bit(1, 3);
             let ndob = entry.op == Op::WriteSame16 && f.bit(1, 0);
-            if unmap && !geo.thin {
+            if unmap && !geo.features.thin {
                 // LBPWS=0: unmapping through WRITE SAME is not offered (SBC-3 §5.43).
                 return Err(Sense::invalid_cdb_field(1, Some(3)));
             }
@@ -350,6 +384,8 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
             let blocks = to_end(f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1), l.len.0, max, geo)?;
             Command::WriteSame { blocks, unmap, ndob }
         }
+        // SCST's core executes it (`Executor::ScstCore`); `lookup` never returns the entry.
+        Op::CompareAndWrite => return Err(Sense::invalid_opcode()),
         Op::Unmap => Command::Unmap {
             param_len: f.be32(7, 2),
         },
@@ -359,7 +395,7 @@ pub(crate) fn decode(cdb: &[u8], geo: &Geometry) -> Result<Decoded, Sense> {
 
 /// RDPROTECT/WRPROTECT/VRPROTECT (byte 1 bits 7..5) must be 0: no protection information.
 fn check_protect(f: &Fields<'_>) -> Result<(), Sense> {
-    if f.byte(1) >> 5 != 0 {
+    if f.bits(1, 0xE0) != 0 {
         return Err(Sense::invalid_cdb_field(1, Some(7)));
     }
     Ok(())
@@ -367,7 +403,7 @@ fn check_protect(f: &Fields<'_>) -> Result<(), Sense> {
 
 /// BYTCHK (byte 1 bits 2..1): 00b verify, 01b compare; 10b/11b are not supported.
 fn bytchk(f: &Fields<'_>) -> Result<bool, Sense> {
-    match (f.byte(1) >> 1) & 0x03 {
+    match f.bits(1, 0x06) >> 1 {
         0 => Ok(false),
         1 => Ok(true),
         _ => Err(Sense::invalid_cdb_field(1, Some(2))),
@@ -419,8 +455,11 @@ mod tests {
         Geometry {
             block_size: 512,
             num_blocks: 1000,
-            thin: true,
-            lba_status: true,
+            features: opcodes::Features {
+                thin: true,
+                lba_status: true,
+                compare_and_write: true,
+            },
             limits,
         }
     }
@@ -566,7 +605,7 @@ mod tests {
             Err(Sense::invalid_cdb_field(1, Some(4)))
         );
         let mut g = geo();
-        g.thin = false;
+        g.features.thin = false;
         let r = decode(&[0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0], &g).map(|d| d.command);
         assert_eq!(r, Err(Sense::invalid_cdb_field(1, Some(3))));
     }

@@ -1,8 +1,11 @@
 //! INQUIRY: standard data (SPC-4 §6.6.2) and the vital product data pages (SPC-4 §7.8,
 //! SBC-3 §6.6): 00h supported pages, 80h unit serial number, 83h device identification,
-//! B0h block limits, B1h block device characteristics, B2h logical block provisioning (thin
-//! disks only).
+//! 86h extended INQUIRY data, B0h block limits, B1h block device characteristics, B2h logical block provisioning (thin
+//! disks only). Identity comes from the [`DiskConfig`]; every capability from the disk's
+//! [`Capabilities`].
 
+use super::caps::Capabilities;
+use super::caps::CopyOffload;
 use super::sense::Sense;
 use super::DiskConfig;
 use crate::abi::TYPE_DISK;
@@ -17,13 +20,18 @@ pub const NAA_OUI: u32 = 0x00_1405;
 /// SBC-3, each "no version claimed".
 const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x0460, 0x04C0];
 
-/// Standard INQUIRY data, 96 bytes.
-pub(crate) fn standard(config: &DiskConfig) -> Vec<u8> {
+/// Standard INQUIRY data, 96 bytes: identity from the configuration, 3PC from the
+/// capabilities.
+pub(crate) fn standard(config: &DiskConfig, caps: &Capabilities) -> Vec<u8> {
     let mut d = vec![0u8; 96];
     d[0] = TYPE_DISK; // peripheral qualifier 0: connected
     d[2] = 0x06; // VERSION: SPC-4
     d[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
+                                // 3PC: third-party copy (EXTENDED COPY) only where the disk takes part in it.
+    d[5] = match caps.copy_offload {
+        CopyOffload::None => 0,
+    };
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(&ascii_field::<8>(&config.vendor));
     d[16..32].copy_from_slice(&ascii_field::<16>(&config.product));
@@ -35,26 +43,27 @@ pub(crate) fn standard(config: &DiskConfig) -> Vec<u8> {
 }
 
 /// The VPD pages this disk offers, ascending.
-fn supported_pages(config: &DiskConfig) -> Vec<u8> {
-    let mut pages = vec![0x00, 0x80, 0x83, 0xB0, 0xB1];
-    if config.thin_provisioning {
+fn supported_pages(caps: &Capabilities) -> Vec<u8> {
+    let mut pages = vec![0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1];
+    if caps.provisioning.thin {
         pages.push(0xB2);
     }
     pages
 }
 
 /// A VPD page; an unsupported page → INVALID FIELD IN CDB at the PAGE CODE (byte 2).
-pub(crate) fn vpd_page(page: u8, config: &DiskConfig) -> Result<Vec<u8>, Sense> {
-    if !supported_pages(config).contains(&page) {
+pub(crate) fn vpd_page(page: u8, config: &DiskConfig, caps: &Capabilities) -> Result<Vec<u8>, Sense> {
+    if !supported_pages(caps).contains(&page) {
         return Err(Sense::invalid_cdb_field(2, None));
     }
     let body = match page {
-        0x00 => supported_pages(config),
+        0x00 => supported_pages(caps),
         0x80 => printable(&config.serial).into_bytes(),
         0x83 => device_identification(config),
-        0xB0 => block_limits(config),
-        0xB1 => block_device_characteristics(),
-        _ => logical_block_provisioning(config),
+        0x86 => extended_inquiry_data(caps),
+        0xB0 => block_limits(caps),
+        0xB1 => block_device_characteristics(caps),
+        _ => logical_block_provisioning(caps),
     };
     let mut d = vec![TYPE_DISK, page];
     d.extend_from_slice(&u16::try_from(body.len()).unwrap_or(u16::MAX).to_be_bytes());
@@ -97,20 +106,38 @@ fn device_identification(config: &DiskConfig) -> Vec<u8> {
     d
 }
 
-/// Block Limits (B0h), 60 bytes after the header (SBC-3 §6.6.3).
-fn block_limits(config: &DiskConfig) -> Vec<u8> {
-    let l = &config.limits;
+/// Extended INQUIRY Data (86h), 60 bytes after the header (SPC-4 §7.8.7): no protection
+/// information; the SIMPLE, ORDERED and HEAD OF QUEUE task attributes (SCST's core orders the
+/// commands of every device it serves, as for its own vdisk); V_SUP where a volatile cache
+/// exists (FUA and SYNCHRONIZE CACHE then mean something); LUICLR, which SPC-4 requires
+/// ("shall be set to one"): SCST's core answers REPORT LUNS and clears REPORTED LUNS DATA HAS
+/// CHANGED on every logical unit of that I_T nexus (`scst_report_luns_local`).
+fn extended_inquiry_data(caps: &Capabilities) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
-    // d[0]: WSNZ=0: WRITE SAME with 0 blocks means "to the end". d[1]: no COMPARE AND WRITE.
+    d[1] = 0x07; // HEADSUP, ORDSUP, SIMPSUP
+    if caps.write_cache {
+        d[2] = 0x01; // V_SUP
+    }
+    d[3] = 0x01; // LUICLR
+    d
+}
+
+/// Block Limits (B0h), 60 bytes after the header (SBC-3 §6.6.3), from the normalised limits.
+fn block_limits(caps: &Capabilities) -> Vec<u8> {
+    let l = &caps.limits;
+    let mut d = vec![0u8; 0x3C];
+    // d[0]: WSNZ=0: WRITE SAME with 0 blocks means "to the end".
+    // d[1]: MAXIMUM COMPARE AND WRITE LENGTH (0: not supported).
+    d[1] = caps.compare_and_write.max_blocks();
     // OPTIMAL TRANSFER LENGTH GRANULARITY (page bytes 6-7): the physical block, so initiators
     // avoid read-modify-write below it (Linux takes it as io_min); 0 = not reported.
-    let granularity = 1u16 << (config.physical_block_exponent & 0x0F);
-    if config.physical_block_exponent > 0 {
+    if caps.granularity_blocks > 1 {
+        let granularity = u16::try_from(caps.granularity_blocks).unwrap_or(u16::MAX);
         d[2..4].copy_from_slice(&granularity.to_be_bytes());
     }
     d[4..8].copy_from_slice(&l.max_transfer_blocks.to_be_bytes());
-    d[8..12].copy_from_slice(&optimal_transfer_blocks(l, u32::from(granularity)).to_be_bytes());
-    if config.thin_provisioning {
+    d[8..12].copy_from_slice(&l.optimal_transfer_blocks.to_be_bytes());
+    if caps.provisioning.thin {
         d[16..20].copy_from_slice(&l.max_unmap_lba_count.to_be_bytes());
         d[20..24].copy_from_slice(&l.max_unmap_descriptors.to_be_bytes());
         d[24..28].copy_from_slice(&l.unmap_granularity.to_be_bytes());
@@ -119,32 +146,18 @@ fn block_limits(config: &DiskConfig) -> Vec<u8> {
     d
 }
 
-/// OPTIMAL TRANSFER LENGTH as reported: never above MAXIMUM TRANSFER LENGTH (SBC-3 §6.6.3;
-/// Linux ignores a larger one: "Optimal transfer size ... > dev_max"), and a multiple of the
-/// granularity (the physical block) when one fits under the maximum.
-fn optimal_transfer_blocks(l: &super::BlockLimits, granularity: u32) -> u32 {
-    let mut optimal = l.optimal_transfer_blocks;
-    if l.max_transfer_blocks > 0 {
-        optimal = optimal.min(l.max_transfer_blocks);
-    }
-    if granularity > 1 && optimal >= granularity {
-        optimal -= optimal % granularity;
-    }
-    optimal
-}
-
-/// Block Device Characteristics (B1h): non-rotating medium (SBC-3 §6.6.2).
-fn block_device_characteristics() -> Vec<u8> {
+/// Block Device Characteristics (B1h): the medium rotation rate (SBC-3 §6.6.2).
+fn block_device_characteristics(caps: &Capabilities) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
-    d[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE: non-rotating
+    d[0..2].copy_from_slice(&caps.rotation_rate.to_be_bytes());
     d
 }
 
 /// Logical Block Provisioning (B2h): UNMAP and WRITE SAME (10)/(16) with UNMAP, thin
 /// provisioned (SBC-3 §6.6.4).
-fn logical_block_provisioning(config: &DiskConfig) -> Vec<u8> {
+fn logical_block_provisioning(caps: &Capabilities) -> Vec<u8> {
     let mut b1 = 0x80 | 0x40 | 0x20; // LBPU, LBPWS, LBPWS10
-    if config.unmapped_reads_zero {
+    if caps.provisioning.unmapped_reads_zero {
         b1 |= 0x04; // LBPRZ
     }
     vec![0x00, b1, 0x02, 0x00] // threshold exponent, flags, PROVISIONING TYPE 010b thin
@@ -190,14 +203,14 @@ mod tests {
         let disk = disk_with(config());
         assert_eq!(
             good_data(&disk, &[0x12, 1, 0, 0, 0xFF, 0], &[]),
-            [0, 0, 0, 5, 0, 0x80, 0x83, 0xB0, 0xB1]
+            [0, 0, 0, 6, 0, 0x80, 0x83, 0x86, 0xB0, 0xB1]
         );
         let mut cfg = config();
         cfg.thin_provisioning = true;
         let disk = disk_with(cfg);
         assert_eq!(
             good_data(&disk, &[0x12, 1, 0, 0, 0xFF, 0], &[])[3..],
-            [6, 0, 0x80, 0x83, 0xB0, 0xB1, 0xB2]
+            [7, 0, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2]
         );
     }
 
@@ -288,6 +301,19 @@ mod tests {
         assert_eq!(optimal(1024, 2048, 0), 1024);
         assert_eq!(optimal(4096, 2048, 0), 2048);
         assert_eq!(optimal(1020, 2048, 3), 1016, "a multiple of 8 under the maximum");
+    }
+
+    /// Extended INQUIRY Data: task attributes, LUICLR, and V_SUP only over a volatile cache.
+    #[test]
+    fn vpd_extended_inquiry_data() {
+        let d = good_data(&disk_with(config()), &[0x12, 1, 0x86, 0, 0xFF, 0], &[]);
+        assert_eq!(d.len(), 64);
+        assert_eq!(&d[..8], &[0, 0x86, 0, 0x3C, 0, 0x07, 0x01, 0x01]);
+        assert!(d[8..].iter().all(|&b| b == 0));
+        let mut cfg = config();
+        cfg.write_cache = false;
+        let d = good_data(&disk_with(cfg), &[0x12, 1, 0x86, 0, 0xFF, 0], &[]);
+        assert_eq!(d[6], 0, "no volatile cache: no V_SUP");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! calls [`Disk::finish`] with its status, which answers or plans the next step (WRITE AND
 //! VERIFY). Shared by all frontend workers: every method takes `&self`.
 //!
-//! - `cdb.rs`: typed CDB decoding; `opcodes.rs`: the command table, REPORT SUPPORTED OPERATION
+//! - `caps.rs`: [`Capabilities`], the one record every advertisement is derived from;
+//!   `cdb.rs`: typed CDB decoding; `opcodes.rs`: the command table, REPORT SUPPORTED OPERATION
 //!   CODES; `info.rs`: what the PARSE reply needs; [`sense`]: fixed/descriptor sense;
 //!   `inquiry.rs`: INQUIRY and VPD pages; `capacity.rs`: READ CAPACITY; `mode.rs`: mode pages,
 //!   MODE SENSE/SELECT; `rw.rs`: store plans for READ/WRITE/VERIFY/WRITE SAME/UNMAP/SYNCHRONIZE
@@ -19,6 +20,8 @@ use crate::abi::sam_status;
 use crate::store::StoreOp;
 use crate::store::StoreStatus;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
 use std::sync::atomic::AtomicBool;
@@ -26,6 +29,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 mod capacity;
+mod caps;
 mod cdb;
 mod designator;
 mod info;
@@ -36,6 +40,8 @@ mod rw;
 pub mod sense;
 
 #[cfg(test)]
+mod advertising_tests;
+#[cfg(test)]
 mod tests;
 
 use cdb::Command;
@@ -44,6 +50,10 @@ use cdb::Geometry;
 use mode::ModePages;
 use sense::Sense;
 
+pub use caps::Capabilities;
+pub use caps::CompareAndWrite;
+pub use caps::CopyOffload;
+pub use caps::Provisioning;
 pub use designator::Designator;
 pub use designator::DesignatorParseError;
 pub use inquiry::NAA_OUI;
@@ -104,7 +114,17 @@ pub struct DiskConfig {
     /// Initial D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70)
     /// sense. Register SCST with the same value (`Opt::d_sense`) so core-made sense agrees.
     pub d_sense: bool,
-    /// Limits (VPD B0h).
+    /// SCST's core executes COMPARE AND WRITE for this disk (`scst_user.md` §6.4: a core-local
+    /// command, run as READ(16) + WRITE(16) through this engine), so it is advertised (RSOC,
+    /// MAXIMUM COMPARE AND WRITE LENGTH). True whenever SCST parses the CDBs (parse_type
+    /// STANDARD, what `transport::register::default_options` registers); with parse_type CALL
+    /// the PARSE of 0x89 reaches this engine, which refuses it, so set it false there.
+    pub compare_and_write: bool,
+    /// MEDIUM ROTATION RATE of VPD B1h (SBC-3 §6.6.2): 1 = non-rotating (the default, and
+    /// what RAM, SCA-1 and NVMe stores are), 0 = not reported (a file store on a spinning
+    /// disk, [`crate::store::StoreInfo::rotational`]).
+    pub rotation_rate: u16,
+    /// Limits (VPD B0h), before normalisation (see [`Capabilities`]).
     pub limits: BlockLimits,
 }
 
@@ -130,6 +150,8 @@ impl DiskConfig {
             lba_status: false,
             write_cache: true,
             d_sense: false,
+            compare_and_write: true,
+            rotation_rate: caps::NON_ROTATING,
             limits: BlockLimits {
                 max_transfer_blocks: blocks_of(4 << 20),
                 optimal_transfer_blocks: blocks_of(1 << 20),
@@ -139,6 +161,30 @@ impl DiskConfig {
                 unmap_granularity: blocks_of(4096),
             },
         }
+    }
+
+    /// The disk a store describes: its geometry (block size, capacity, physical block), its
+    /// largest request, its write cache (WCE = 1 only over a volatile cache, SBC-3 §6.4.5) and
+    /// what it knows about deallocation (LBPRZ, GET LBA STATUS). Thin provisioning stays off:
+    /// it is the operator's choice, possible only where [`StoreInfo::supports_unmap`]; the
+    /// identity, read-only and the operator's limits are applied by the caller.
+    ///
+    /// [`StoreInfo::supports_unmap`]: crate::store::StoreInfo::supports_unmap
+    pub fn for_store(info: &crate::store::StoreInfo) -> Self {
+        let mut config = Self::new(info.block_size, info.num_blocks);
+        config.physical_block_exponent = info.physical_block_exponent();
+        config.write_cache = info.volatile_cache;
+        config.unmapped_reads_zero = info.unmapped_reads_zero;
+        config.lba_status = info.reports_lba_status;
+        config.limits.max_transfer_blocks = info.max_transfer_blocks.max(1);
+        // MEDIUM ROTATION RATE (SBC-3 §6.6.2): 0001h non-rotating; a spinning medium's rate is
+        // not known here, so 0000h "not reported". Unknown (tmpfs...) stays non-rotating: no
+        // file system without a block device sits on a spinning disk of its own.
+        config.rotation_rate = match info.rotational {
+            Some(true) => caps::ROTATION_NOT_REPORTED,
+            Some(false) | None => caps::NON_ROTATING,
+        };
+        config
     }
 }
 
@@ -310,6 +356,8 @@ pub struct CdbInfo {
 #[derive(Debug)]
 pub struct Disk {
     config: DiskConfig,
+    /// What the disk advertises and enforces, derived from `config` once.
+    caps: Capabilities,
     num_blocks: AtomicU64,
     /// START STOP UNIT with START=0: media access gets NOT READY.
     stopped: AtomicBool,
@@ -354,13 +402,15 @@ impl Disk {
                 block_size: bs,
             });
         }
+        let caps = Capabilities::new(&config);
         Ok(Self {
             num_blocks: AtomicU64::new(config.num_blocks),
             stopped: AtomicBool::new(false),
             prevent_removal: AtomicBool::new(false),
             wce: AtomicBool::new(config.write_cache),
             d_sense: AtomicBool::new(config.d_sense),
-            mode: OrderedMutex::new(ModePages::defaults(&config)),
+            mode: OrderedMutex::new(ModePages::defaults(&caps)),
+            caps,
             config,
         })
     }
@@ -368,6 +418,12 @@ impl Disk {
     /// The configuration the disk was built with (initial values; see the getters for state).
     pub fn config(&self) -> &DiskConfig {
         &self.config
+    }
+
+    /// What the disk advertises (and enforces): the one source of INQUIRY, the VPD pages, READ
+    /// CAPACITY(16), the mode pages and REPORT SUPPORTED OPERATION CODES.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
     }
 
     /// Logical block size in bytes.
@@ -409,12 +465,19 @@ impl Disk {
 
     /// Start a command. `data_out` is the data the initiator sent (MODE SELECT / UNMAP
     /// parameter lists, WRITE SAME block, VERIFY BYTCHK data); empty for commands without it.
-    pub fn start(&self, cdb: &[u8], data_out: &dyn DataOut) -> Plan {
+    /// `token` is the calling thread's lock token (the worker's): MODE SENSE and MODE SELECT
+    /// take the mode pages' lock from it.
+    pub fn start<L: LockBefore<levels::ScsiModePages>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        cdb: &[u8],
+        data_out: &dyn DataOut,
+    ) -> Plan {
         let decoded = match cdb::decode(cdb, &self.geometry()) {
             Ok(d) => d,
             Err(sense) => return self.fail(cdb.first().copied(), "unsupported or malformed CDB", sense),
         };
-        match self.execute(&decoded, data_out) {
+        match self.execute(token, &decoded, data_out) {
             Ok(plan) => plan,
             Err(sense) => self.fail(Some(decoded.entry.opcode), decoded.entry.name, sense),
         }
@@ -423,7 +486,7 @@ impl Disk {
     /// Continue after the store finished `io` with `status`: the final response, or the next
     /// store step (WRITE AND VERIFY: the write, then the compare or verify).
     pub fn finish(&self, io: &IoPlan, status: StoreStatus) -> Plan {
-        match rw::finish(io, status, self.config.thin_provisioning) {
+        match rw::finish(io, status, self.caps.provisioning.thin) {
             Ok(plan) => plan,
             Err(sense) => {
                 log::debug!("store op {:?} ended {status}", io.op);
@@ -445,10 +508,10 @@ impl Disk {
     /// LOGICAL UNIT RESET / TARGET RESET: clear PREVENT ALLOW MEDIUM REMOVAL and return the
     /// mode pages to their defaults. The stopped state is left as it is: only START STOP UNIT
     /// changes it (SBC-3 §4.20; SCST's fileio likewise only clears prevent-removal, §6.3).
-    pub fn reset(&self) {
+    pub fn reset<L: LockBefore<levels::ScsiModePages>>(&self, token: &mut LockToken<'_, L>) {
         self.prevent_removal.store(false, Ordering::Release);
-        let defaults = ModePages::defaults(&self.config);
-        let mut pages = self.mode_pages();
+        let defaults = ModePages::defaults(&self.caps);
+        let mut pages = self.mode_pages(token);
         self.publish_mode(&defaults);
         *pages = defaults;
     }
@@ -461,11 +524,10 @@ impl Disk {
 
     fn geometry(&self) -> Geometry {
         Geometry {
-            block_size: self.config.block_size,
+            block_size: self.caps.block_size,
             num_blocks: self.num_blocks(),
-            thin: self.config.thin_provisioning,
-            lba_status: self.config.thin_provisioning && self.config.lba_status,
-            limits: self.config.limits,
+            features: opcodes::Features::of(&self.caps),
+            limits: self.caps.limits,
         }
     }
 
@@ -480,10 +542,13 @@ impl Disk {
         Plan::Done(Response::check_condition(sense.encode(self.descriptor_sense())))
     }
 
-    /// The mode pages; a poisoned lock still holds valid pages (they are replaced whole), so
-    /// it is recovered rather than propagated as a panic.
-    fn mode_pages(&self) -> OrderedMutexGuard<'_, ModePages, levels::ScsiModePages> {
-        self.mode.lock_unchecked_at_runtime()
+    /// The mode pages (level `scsi.mode_pages`, a leaf); a poisoned lock still holds valid
+    /// pages (they are replaced whole), so it is recovered rather than propagated as a panic.
+    fn mode_pages<'a, L: LockBefore<levels::ScsiModePages>>(
+        &'a self,
+        token: &'a mut LockToken<'_, L>,
+    ) -> OrderedMutexGuard<'a, ModePages, levels::ScsiModePages> {
+        self.mode.lock(token).0
     }
 
     fn publish_mode(&self, pages: &ModePages) {
@@ -491,11 +556,16 @@ impl Disk {
         self.d_sense.store(pages.d_sense(), Ordering::Release);
     }
 
-    fn execute(&self, d: &Decoded, data_out: &dyn DataOut) -> Result<Plan, Sense> {
+    fn execute<L: LockBefore<levels::ScsiModePages>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        d: &Decoded,
+        data_out: &dyn DataOut,
+    ) -> Result<Plan, Sense> {
         if d.entry.media_access && self.is_stopped() {
             return Err(Sense::not_ready_stopped());
         }
-        if d.entry.writes_medium && self.config.read_only {
+        if d.entry.writes_medium && self.caps.read_only {
             return Err(Sense::write_protected());
         }
         let done = |r: Response| Ok(Plan::Done(r));
@@ -515,9 +585,9 @@ impl Disk {
             }
             Command::Inquiry { evpd, page, alloc } => {
                 let data = if evpd {
-                    inquiry::vpd_page(page, &self.config)?
+                    inquiry::vpd_page(page, &self.config, &self.caps)?
                 } else {
-                    inquiry::standard(&self.config)
+                    inquiry::standard(&self.config, &self.caps)
                 };
                 done(Response::with_data(data, alloc))
             }
@@ -526,7 +596,7 @@ impl Disk {
                 u32::MAX,
             )),
             Command::ReadCapacity16 { alloc } => done(Response::with_data(
-                capacity::read_capacity_16(self.num_blocks(), &self.config).to_vec(),
+                capacity::read_capacity_16(self.num_blocks(), &self.caps).to_vec(),
                 alloc,
             )),
             // The store writes the parameter data into the command's buffer: one descriptor,
@@ -538,12 +608,12 @@ impl Disk {
                 data_in_len: crate::store::LBA_STATUS_DATA_LEN.min(alloc as usize),
             })),
             Command::ModeSense(ms) => {
-                let data = mode::mode_sense(&ms, &self.mode_pages(), &self.config, self.num_blocks())?;
+                let data = mode::mode_sense(&ms, &self.mode_pages(token), &self.caps, self.num_blocks())?;
                 done(Response::with_data(data, ms.alloc))
             }
             Command::ModeSelect { ten, param_len } => {
                 let param = read_param(data_out, param_len);
-                let mut pages = self.mode_pages();
+                let mut pages = self.mode_pages(token);
                 let new = mode::mode_select(ten, &param, &pages, self.block_size(), self.num_blocks())?;
                 self.publish_mode(&new);
                 *pages = new;
@@ -559,13 +629,7 @@ impl Disk {
                 done(Response::good())
             }
             Command::ReportSupportedOpcodes { request, alloc } => done(Response::with_data(
-                opcodes::report(
-                    request,
-                    opcodes::Provisioning {
-                        thin: self.config.thin_provisioning,
-                        lba_status: self.config.lba_status,
-                    },
-                )?,
+                opcodes::report(request, opcodes::Features::of(&self.caps))?,
                 alloc,
             )),
             Command::Read { .. }

@@ -5,12 +5,12 @@
 //! WCE (caching), D_SENSE (control), DEXCPT/MRIE/interval timer/report count (informational
 //! exceptions). Saving pages is not supported (PS=0, SP=1 and PC=11b are refused).
 
+use super::caps::Capabilities;
 use super::cdb::ModeSenseCdb;
 use super::opcodes::highest_bit;
 use super::sense::asc;
 use super::sense::sense_key;
 use super::sense::Sense;
-use super::DiskConfig;
 
 const CACHING: u8 = 0x08;
 const CONTROL: u8 = 0x0A;
@@ -32,17 +32,17 @@ impl ModePages {
     /// Default values: WCE and D_SENSE from the configuration; queue algorithm modifier 1
     /// (unrestricted reordering, as SCST's fileio registers); informational exception
     /// reporting disabled (DEXCPT).
-    pub fn defaults(config: &DiskConfig) -> Self {
+    pub fn defaults(caps: &Capabilities) -> Self {
         let mut caching = [0u8; 20];
         caching[0] = CACHING;
         caching[1] = 0x12;
-        if config.write_cache {
+        if caps.write_cache {
             caching[2] |= 0x04; // WCE
         }
         let mut control = [0u8; 12];
         control[0] = CONTROL;
         control[1] = 0x0A;
-        if config.d_sense {
+        if caps.d_sense {
             control[2] |= 0x04; // D_SENSE
         }
         // TST 001b (per I_T nexus task sets) and QAM 1: what scst-accel registers with SCST
@@ -111,13 +111,13 @@ impl ModePages {
 pub(crate) fn mode_sense(
     cdb: &ModeSenseCdb,
     current: &ModePages,
-    config: &DiskConfig,
+    caps: &Capabilities,
     num_blocks: u64,
 ) -> Result<Vec<u8>, Sense> {
     let source = match cdb.pc {
         0 => current.clone(),
         1 => ModePages::changeable(),
-        2 => ModePages::defaults(config),
+        2 => ModePages::defaults(caps),
         _ => {
             return Err(Sense::new(
                 sense_key::ILLEGAL_REQUEST,
@@ -142,17 +142,19 @@ pub(crate) fn mode_sense(
     } else if cdb.llbaa {
         let mut bd = vec![0u8; 16];
         bd[..8].copy_from_slice(&num_blocks.to_be_bytes());
-        bd[12..].copy_from_slice(&config.block_size.to_be_bytes());
+        bd[12..].copy_from_slice(&caps.block_size.to_be_bytes());
         bd
     } else {
         // SBC-3 §6.4.2: a capacity that does not fit reports FFFFFFFFh.
         let mut bd = vec![0u8; 8];
         bd[..4].copy_from_slice(&u32::try_from(num_blocks).unwrap_or(u32::MAX).to_be_bytes());
-        bd[5..].copy_from_slice(&config.block_size.to_be_bytes()[1..]);
+        bd[5..].copy_from_slice(&caps.block_size.to_be_bytes()[1..]);
         bd
     };
     // DEVICE-SPECIFIC PARAMETER: WP, DPOFUA (DPO and FUA are accepted).
-    let dsp = if config.read_only { 0x80 } else { 0 } | 0x10;
+    let wp = if caps.read_only { 0x80 } else { 0 };
+    let dpofua = if caps.dpo_fua { 0x10 } else { 0 };
+    let dsp = wp | dpofua;
     let mut d = if cdb.ten {
         let mut h = vec![0u8; 8];
         h[3] = dsp;
@@ -335,7 +337,7 @@ mod tests {
         assert_eq!(&d[4..7], &[0x08, 0x12, 0x04]);
         assert!(d[7..].iter().all(|&b| b == 0));
         let disk = disk();
-        disk.reset();
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
         let d = good_data(&disk, &[0x1A, 0x08, 0x8A, 0, 0xFF, 0], &[]);
         assert_eq!(&d[4..8], &[0x0A, 0x0A, 0x20, 0x10]);
     }
@@ -388,7 +390,7 @@ mod tests {
         good(&disk, &[0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0], &p);
         assert!(disk.descriptor_sense());
         assert_eq!(disk.sense(5, 0x20, 0), [0x72, 5, 0x20, 0, 0, 0, 0, 0]);
-        disk.reset();
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
         assert!(!disk.descriptor_sense());
     }
 

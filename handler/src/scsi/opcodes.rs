@@ -1,16 +1,30 @@
 //! The one table of supported commands, and REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35).
 //!
-//! Every command the engine understands has exactly one [`OpcodeEntry`]: its opcode and service
+//! Every command the disk offers has exactly one [`OpcodeEntry`]: its opcode and service
 //! action, its CDB usage data (which is also the CDB length and the mask of bits the decoder
-//! accepts), and its properties (media access, writes the medium, needs thin provisioning).
-//! Decoding ([`super::cdb`]), `cdb_info` and the RSOC report all read this table, so what the
-//! engine executes and what it says it supports cannot disagree.
+//! accepts), who executes it, and its properties (media access, writes the medium, the
+//! capability it needs). Decoding ([`super::cdb`]), `cdb_info` and the RSOC report all read
+//! this table, and whether an entry is offered is decided from the disk's
+//! [`Capabilities`](super::Capabilities) only, so what the engine executes and what it says it
+//! supports cannot disagree.
 //!
-//! Commands SCST core answers itself are absent on purpose (spec §6.4): REPORT LUNS, PERSISTENT
-//! RESERVE IN/OUT, the other MAINTENANCE IN/OUT service actions, COMPARE AND WRITE, EXTENDED COPY,
-//! RECEIVE COPY RESULTS. RESERVE/RELEASE are present: the core performs the reservation and then
-//! forwards the command, which only has to succeed here.
+//! Usage data (SPC-4 §6.35.3): a bit is 1 where the decoder reads the bit, or accepts it with
+//! no effect by design (DPO, a cache hint; GROUP NUMBER, no grouping function; IMMED, the
+//! command simply completes after the work; the RESERVE/RELEASE CDBs the core already
+//! performed). Every other bit is reserved here and refused with INVALID FIELD IN CDB pointing
+//! at it, as SPC-4 recommends. The control byte's usage is 0: NACA is refused, the vendor
+//! specific and obsolete bits are ignored.
+//!
+//! COMPARE AND WRITE is listed with [`Executor::ScstCore`]: SCST's core runs it for a
+//! user-space disk (`scst_user.md` §6.4) as READ(16) + WRITE(16) through this engine, so it is
+//! reported as supported while the decoder itself never accepts its CDB. The other commands
+//! SCST core answers itself are absent on purpose (spec §6.4): REPORT LUNS, PERSISTENT RESERVE
+//! IN/OUT, the other MAINTENANCE IN/OUT service actions, and EXTENDED COPY / RECEIVE COPY
+//! RESULTS, which fail for this disk (no copy offload, `ext_copy_remap_supported = 0`).
+//! RESERVE/RELEASE are present: the core performs the reservation and then forwards the
+//! command, which only has to succeed here.
 
+use super::caps::Capabilities;
 use super::sense::Sense;
 
 /// What a table entry is, for dispatch.
@@ -54,6 +68,31 @@ pub(crate) enum Op {
     Write12,
     WriteAndVerify12,
     Verify12,
+    CompareAndWrite,
+}
+
+/// Who executes a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Executor {
+    /// This engine: [`lookup`] finds the entry and [`super::cdb::decode`] decodes it.
+    Engine,
+    /// SCST's core (a `SCST_LOCAL_CMD`); the engine only serves the commands the core derives
+    /// from it. [`lookup`] never returns such an entry: if its CDB ever reached the engine (a
+    /// device registered with parse_type CALL) it would be refused as unknown.
+    ScstCore,
+}
+
+/// The capability an entry needs to be offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Needs {
+    /// Always offered.
+    Nothing,
+    /// A thin provisioned disk (UNMAP).
+    Thin,
+    /// A thin disk whose store reports LBA status (GET LBA STATUS).
+    LbaStatus,
+    /// COMPARE AND WRITE offered ([`super::CompareAndWrite::ScstCore`]).
+    CompareAndWrite,
 }
 
 /// One supported command.
@@ -75,27 +114,40 @@ pub(crate) struct OpcodeEntry {
     pub media_access: bool,
     /// Writes the medium: WRITE_MEDIUM in the PARSE reply, DATA PROTECT when read-only.
     pub writes_medium: bool,
-    /// Only offered when the disk is thin provisioned (UNMAP).
-    pub needs_thin: bool,
-    /// Only offered when the disk is thin and its store reports LBA status (GET LBA STATUS).
-    pub needs_lba_status: bool,
+    /// The capability it needs to be offered.
+    pub needs: Needs,
+    /// Who executes it.
+    pub executor: Executor,
 }
 
-/// What the disk's provisioning offers, for the opcode table. A `bool` is thin provisioning
-/// (true) or not, without GET LBA STATUS.
+/// The capabilities the opcode table depends on, taken from [`Capabilities`]. A `bool` is
+/// thin provisioning (true) or not, without GET LBA STATUS nor COMPARE AND WRITE (tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Provisioning {
+pub(crate) struct Features {
     /// LBPME: UNMAP, WRITE SAME with UNMAP.
     pub thin: bool,
     /// GET LBA STATUS (SBC-3 §5.7), only meaningful when thin.
     pub lba_status: bool,
+    /// COMPARE AND WRITE, executed by SCST's core.
+    pub compare_and_write: bool,
 }
 
-impl From<bool> for Provisioning {
+impl Features {
+    /// The features of a disk with these capabilities.
+    pub fn of(caps: &Capabilities) -> Self {
+        Self {
+            thin: caps.provisioning.thin,
+            lba_status: caps.provisioning.lba_status,
+            compare_and_write: caps.compare_and_write.max_blocks() > 0,
+        }
+    }
+}
+
+impl From<bool> for Features {
     fn from(thin: bool) -> Self {
         Self {
             thin,
-            lba_status: false,
+            ..Self::default()
         }
     }
 }
@@ -106,11 +158,80 @@ impl OpcodeEntry {
         self.usage.len()
     }
 
-    /// Is this entry offered on a disk with the given provisioning?
-    pub fn offered(&self, provisioning: impl Into<Provisioning>) -> bool {
-        let p = provisioning.into();
-        (p.thin || !self.needs_thin) && ((p.thin && p.lba_status) || !self.needs_lba_status)
+    /// Is this entry offered on a disk with these features?
+    pub fn offered(&self, features: impl Into<Features>) -> bool {
+        let f = features.into();
+        match self.needs {
+            Needs::Nothing => true,
+            Needs::Thin => f.thin,
+            Needs::LbaStatus => f.thin && f.lba_status,
+            Needs::CompareAndWrite => f.compare_and_write,
+        }
     }
+}
+
+/// The usage-data bits of `e` that the engine accepts with no effect (see the module doc): set
+/// in the usage data, never read by the decoder. Bit `b` of byte `i` is `mask[i] & (1 << b)`.
+#[cfg(test)] // Only the usage-data property reads it; the decoder ignores these bits by not reading them.
+pub(crate) fn accepted_without_effect(e: &OpcodeEntry) -> [u8; 16] {
+    const DPO: u8 = 0x10;
+    const RARC: u8 = 0x04;
+    const FUA_NV: u8 = 0x02;
+    const IMMED: u8 = 0x02;
+    const SYNC_NV: u8 = 0x04;
+    const PF: u8 = 0x10;
+    let mut m = [0u8; 16];
+    // GROUP NUMBER (SBC-3 §4.22): no grouping function is offered.
+    let group = match e.cdb_len() {
+        10 => Some(6),
+        12 => Some(10),
+        16 => Some(14),
+        _ => None,
+    };
+    let group_number = |m: &mut [u8; 16]| {
+        if let Some(i) = group {
+            m[i] = e.usage[i];
+        }
+    };
+    match e.op {
+        Op::Read10 | Op::Read12 | Op::Read16 => {
+            m[1] = DPO | RARC | FUA_NV;
+            group_number(&mut m);
+        }
+        Op::Write10 | Op::Write12 | Op::Write16 => {
+            m[1] = DPO | FUA_NV;
+            group_number(&mut m);
+        }
+        Op::WriteAndVerify10
+        | Op::WriteAndVerify12
+        | Op::WriteAndVerify16
+        | Op::Verify10
+        | Op::Verify12
+        | Op::Verify16 => {
+            m[1] = DPO;
+            group_number(&mut m);
+        }
+        // IMMED: GOOD after the work is done is allowed (SBC-3 §5.9, §5.22).
+        Op::PreFetch10 | Op::PreFetch16 => {
+            m[1] = IMMED;
+            group_number(&mut m);
+        }
+        Op::SynchronizeCache10 | Op::SynchronizeCache16 => {
+            m[1] = IMMED | SYNC_NV;
+            group_number(&mut m);
+        }
+        Op::WriteSame10 | Op::WriteSame16 | Op::Unmap => group_number(&mut m),
+        Op::StartStopUnit => m[1] = 0x01, // IMMED
+        // PF: the parameter list is always parsed as SPC page format.
+        Op::ModeSelect6 | Op::ModeSelect10 => m[1] = PF,
+        // The core already performed the reservation (spec §6.4): every field is accepted.
+        Op::Reserve6 | Op::Release6 | Op::Reserve10 | Op::Release10 => {
+            let last = e.cdb_len() - 1;
+            m[1..last].copy_from_slice(&e.usage[1..last]);
+        }
+        _ => {}
+    }
+    m
 }
 
 /// Control byte usage: nothing evaluated (NACA is rejected separately, see [`check_cdb_bits`]).
@@ -133,8 +254,8 @@ const fn entry(
         usage,
         media_access,
         writes_medium,
-        needs_thin: false,
-        needs_lba_status: false,
+        needs: Needs::Nothing,
+        executor: Executor::Engine,
     }
 }
 
@@ -168,12 +289,19 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     // ANCHOR (byte 1 bit 4) is not supported (ANC_SUP=0), so it is not in the usage data.
     entry(Op::WriteSame10, 0x41, None, "WRITE SAME(10)", &[0x41, 0xE8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, true),
     // UNMAP exists only on thin disks (needs_thin); ANCHOR is not supported.
-    OpcodeEntry { needs_thin: true, ..entry(Op::Unmap, 0x42, None, "UNMAP", &[0x42, 0x00, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, CTL], true, true) },
+    OpcodeEntry { needs: Needs::Thin, ..entry(Op::Unmap, 0x42, None, "UNMAP", &[0x42, 0x00, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, CTL], true, true) },
     entry(Op::ModeSelect10, 0x55, None, "MODE SELECT(10)", &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL], false, false),
     entry(Op::Reserve10, 0x56, None, "RESERVE(10)", &[0x56, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
     entry(Op::Release10, 0x57, None, "RELEASE(10)", &[0x57, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
     entry(Op::ModeSense10, 0x5A, None, "MODE SENSE(10)", &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, CTL], false, false),
     entry(Op::Read16, 0x88, None, "READ(16)", &[0x88, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
+    // COMPARE AND WRITE (SBC-3 §5.2), run by SCST's core as READ(16) with byte 1 & 1Fh and
+    // WRITE(16) with byte 1 (scst_cmp_wr_local): WRPROTECT is evaluated by the core (non-zero
+    // refused without protection information); DPO and FUA reach the engine's READ/WRITE(16),
+    // FUA_NV (obsolete) is accepted there. Bits 0 and 2 of byte 1 are reserved: the engine's
+    // READ(16) refuses bit 0, its WRITE(16) bit 2. Bytes 10-12 (reserved) and GROUP NUMBER are
+    // ignored by the core: 0 in the usage data (SPC-4: ignored), but not refused.
+    OpcodeEntry { needs: Needs::CompareAndWrite, executor: Executor::ScstCore, ..entry(Op::CompareAndWrite, 0x89, None, "COMPARE AND WRITE", &[0x89, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0, CTL], true, true) },
     entry(Op::Write16, 0x8A, None, "WRITE(16)", &[0x8A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
     entry(Op::WriteAndVerify16, 0x8E, None, "WRITE AND VERIFY(16)", &[0x8E, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
     entry(Op::Verify16, 0x8F, None, "VERIFY(16)", &[0x8F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
@@ -182,7 +310,7 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::WriteSame16, 0x93, None, "WRITE SAME(16)", &[0x93, 0xE9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
     entry(Op::ReadCapacity16, 0x9E, Some(0x10), "READ CAPACITY(16)", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, CTL], false, false),
     // GET LBA STATUS (SBC-3 §5.7): thin disks whose store knows its mapping.
-    OpcodeEntry { needs_lba_status: true, ..entry(Op::GetLbaStatus, 0x9E, Some(0x12), "GET LBA STATUS", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, false) },
+    OpcodeEntry { needs: Needs::LbaStatus, ..entry(Op::GetLbaStatus, 0x9E, Some(0x12), "GET LBA STATUS", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, false) },
     entry(Op::ReportSupportedOpcodes, 0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", &[0xA3, 0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false),
     entry(Op::Read12, 0xA8, None, "READ(12)", &[0xA8, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, false),
     entry(Op::Write12, 0xAA, None, "WRITE(12)", &[0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, true),
@@ -197,19 +325,20 @@ fn has_service_actions(opcode: u8) -> bool {
         .any(|e| e.opcode == opcode && e.service_action.is_some())
 }
 
-/// The entry for `opcode` / `service_action` if the disk offers it.
-fn find(opcode: u8, service_action: Option<u8>, thin: Provisioning) -> Option<&'static OpcodeEntry> {
+/// The entry for `opcode` / `service_action` if the disk offers it (whoever executes it).
+fn find(opcode: u8, service_action: Option<u8>, thin: Features) -> Option<&'static OpcodeEntry> {
     TABLE
         .iter()
         .find(|e| e.opcode == opcode && e.service_action == service_action && e.offered(thin))
 }
 
-/// Look the CDB up in the table and check its length and reserved bits.
+/// Look the CDB up in the table and check its length and reserved bits. Only entries the
+/// engine executes are found ([`Executor::Engine`]).
 ///
-/// Unknown opcode → INVALID COMMAND OPERATION CODE; known opcode with an unknown service action
+/// Unknown opcode (or one SCST's core executes) → INVALID COMMAND OPERATION CODE; known opcode with an unknown service action
 /// → INVALID FIELD IN CDB at byte 1 (SPC-4 §4.3.4.2); short CDB → INVALID FIELD IN CDB at the
 /// first missing byte; a set bit outside the usage data or NACA → INVALID FIELD IN CDB there.
-pub(crate) fn lookup(cdb: &[u8], thin: impl Into<Provisioning>) -> Result<&'static OpcodeEntry, Sense> {
+pub(crate) fn lookup(cdb: &[u8], thin: impl Into<Features>) -> Result<&'static OpcodeEntry, Sense> {
     let thin = thin.into();
     let Some(&opcode) = cdb.first() else {
         return Err(Sense::invalid_opcode());
@@ -218,9 +347,13 @@ pub(crate) fn lookup(cdb: &[u8], thin: impl Into<Provisioning>) -> Result<&'stat
         let Some(&b1) = cdb.get(1) else {
             return Err(Sense::invalid_cdb_field(1, Some(4)));
         };
-        find(opcode, Some(b1 & 0x1F), thin).ok_or(Sense::invalid_cdb_field(1, Some(4)))?
+        find(opcode, Some(b1 & 0x1F), thin)
+            .filter(|e| e.executor == Executor::Engine)
+            .ok_or(Sense::invalid_cdb_field(1, Some(4)))?
     } else {
-        find(opcode, None, thin).ok_or(Sense::invalid_opcode())?
+        find(opcode, None, thin)
+            .filter(|e| e.executor == Executor::Engine)
+            .ok_or(Sense::invalid_opcode())?
     };
     if cdb.len() < entry.cdb_len() {
         return Err(Sense::invalid_cdb_field(cdb.len(), None));
@@ -265,7 +398,7 @@ pub(crate) struct RsocRequest {
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// Build the REPORT SUPPORTED OPERATION CODES parameter data (untruncated).
-pub(crate) fn report(req: RsocRequest, thin: impl Into<Provisioning>) -> Result<Vec<u8>, Sense> {
+pub(crate) fn report(req: RsocRequest, thin: impl Into<Features>) -> Result<Vec<u8>, Sense> {
     let thin = thin.into();
     match req.options {
         0 => Ok(report_all(req.rctd, thin)),
@@ -300,7 +433,7 @@ pub(crate) fn report(req: RsocRequest, thin: impl Into<Provisioning>) -> Result<
     }
 }
 
-fn report_all(rctd: bool, thin: Provisioning) -> Vec<u8> {
+fn report_all(rctd: bool, thin: Features) -> Vec<u8> {
     let mut out = vec![0u8; 4];
     for e in TABLE.iter().filter(|e| e.offered(thin)) {
         let sa = e.service_action.unwrap_or(0);
@@ -454,9 +587,10 @@ mod tests {
                 opcode: 0,
                 service_action: 0,
             },
-            Provisioning {
+            Features {
                 thin: true,
                 lba_status: true,
+                compare_and_write: true,
             },
         )
         .unwrap();
@@ -465,14 +599,16 @@ mod tests {
         // GET LBA STATUS needs both; thin alone leaves it out.
         let gls = TABLE.iter().find(|e| e.op == Op::GetLbaStatus).unwrap();
         assert!(!gls.offered(true) && !gls.offered(false));
-        let both = Provisioning {
+        let both = Features {
             thin: true,
             lba_status: true,
+            compare_and_write: false,
         };
         assert!(gls.offered(both));
-        assert!(!gls.offered(Provisioning {
+        assert!(!gls.offered(Features {
             thin: false,
-            lba_status: true
+            lba_status: true,
+            compare_and_write: true,
         }));
         assert_eq!(&data[4..12], &[0x00, 0, 0, 0, 0, 0x02, 0, 6]);
         assert_eq!(&data[12..14], &[0x00, 0x0A]);

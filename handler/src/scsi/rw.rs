@@ -93,7 +93,7 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             // SBC-3 §4.7.3.4: with UNMAP the range may be deallocated only if the data equals
             // what deallocated blocks read (zeroes); NDOB means that data is zeroes.
             if ndob || block_is_zero(data_out, bs) {
-                let deallocate = unmap && ctx.geometry.thin;
+                let deallocate = unmap && ctx.geometry.features.thin;
                 Ok(io(StoreOp::WriteZeroes {
                     lba,
                     blocks: count,
@@ -258,7 +258,11 @@ mod tests {
     #[test]
     fn read_plans_store_read_and_reports_bytes_moved() {
         let disk = thin();
-        let Plan::Io(io) = disk.start(&[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &NO_DATA) else {
+        let Plan::Io(io) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0],
+            &NO_DATA,
+        ) else {
             panic!()
         };
         assert_eq!(io.op, StoreOp::Read { lba: 10, blocks: 4 });
@@ -314,7 +318,11 @@ mod tests {
     #[test]
     fn write_and_verify_writes_then_compares() {
         let disk = thin();
-        let Plan::Io(first) = disk.start(&[0x2E, 0x02, 0, 0, 0, 3, 0, 0, 2, 0], &NO_DATA) else {
+        let Plan::Io(first) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x2E, 0x02, 0, 0, 0, 3, 0, 0, 2, 0],
+            &NO_DATA,
+        ) else {
             panic!()
         };
         assert_eq!(
@@ -336,7 +344,11 @@ mod tests {
             [0xF0, 0, 0x0E, 0, 0, 0x02, 0xBC, 10, 0, 0, 0, 0, 0x1D, 0, 0, 0, 0, 0]
         );
         // BYTCHK 0: write then verify.
-        let Plan::Io(first) = disk.start(&[0x2E, 0, 0, 0, 0, 3, 0, 0, 2, 0], &NO_DATA) else {
+        let Plan::Io(first) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x2E, 0, 0, 0, 0, 3, 0, 0, 2, 0],
+            &NO_DATA,
+        ) else {
             panic!()
         };
         let Plan::Io(second) = disk.finish(&first, StoreStatus::Good) else {
@@ -496,7 +508,11 @@ mod tests {
     #[test]
     fn store_errors_map_to_sense() {
         let disk = thin();
-        let Plan::Io(io) = disk.start(&[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &NO_DATA) else {
+        let Plan::Io(io) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0],
+            &NO_DATA,
+        ) else {
             panic!()
         };
         let sense = |s| done(disk.finish(&io, s)).sense;
@@ -533,7 +549,7 @@ mod tests {
         let write = [0x2a, 0, 0, 0, 0, 10, 0, 0, 4, 0];
         let data = vec![0u8; 2048];
         let thin = thin();
-        let Plan::Io(io) = thin.start(&write, &data) else {
+        let Plan::Io(io) = thin.start(&mut scst_accel_hal::locks::LockToken::root(), &write, &data) else {
             panic!()
         };
         assert_eq!(
@@ -541,7 +557,7 @@ mod tests {
             &[0xF0, 0, 7, 0, 0, 0, 12, 10, 0, 0, 0, 0, 0x27, 0x07]
         );
         let thick = disk_with(DiskConfig::new(512, 1000));
-        let Plan::Io(io) = thick.start(&write, &data) else {
+        let Plan::Io(io) = thick.start(&mut scst_accel_hal::locks::LockToken::root(), &write, &data) else {
             panic!()
         };
         assert_eq!(
@@ -555,7 +571,11 @@ mod tests {
         let mut cfg = DiskConfig::new(512, 1000);
         cfg.d_sense = true;
         let disk = disk_with(cfg);
-        let Plan::Io(io) = disk.start(&[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &NO_DATA) else {
+        let Plan::Io(io) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0],
+            &NO_DATA,
+        ) else {
             panic!()
         };
         let r = done(disk.finish(&io, StoreStatus::ReadError { lba: 0x1_0000_0000 }));

@@ -19,7 +19,7 @@ pub(crate) fn disk_with(config: DiskConfig) -> Disk {
 }
 
 fn response(disk: &Disk, cdb: &[u8], data_out: &[u8]) -> Response {
-    match disk.start(cdb, &data_out) {
+    match disk.start(&mut scst_accel_hal::locks::LockToken::root(), cdb, &data_out) {
         Plan::Done(r) => r,
         Plan::Io(io) => panic!("{cdb:02x?}: expected a response, got store op {:?}", io.op),
     }
@@ -44,7 +44,7 @@ pub(crate) fn good(disk: &Disk, cdb: &[u8], data_out: &[u8]) {
 
 /// Run a command that must plan a store op; return the op.
 pub(crate) fn io_op(disk: &Disk, cdb: &[u8], data_out: &[u8]) -> StoreOp {
-    match disk.start(cdb, &data_out) {
+    match disk.start(&mut scst_accel_hal::locks::LockToken::root(), cdb, &data_out) {
         Plan::Io(io) => io.op,
         Plan::Done(r) => panic!("{cdb:02x?}: expected a store op, got {r:02x?}"),
     }
@@ -110,7 +110,7 @@ fn stopped_unit_is_not_ready_for_media_access() {
     let s = good_data(&disk, &[0x03, 0, 0, 0, 0xFF, 0], &[]);
     assert_eq!([s[2], s[12], s[13]], [2, 0x04, 0x02]);
     // Reset leaves the stopped state alone; START UNIT ends it.
-    disk.reset();
+    disk.reset(&mut scst_accel_hal::locks::LockToken::root());
     assert!(disk.is_stopped());
     good(&disk, &[0x1B, 0, 0, 0, 0x01, 0], &[]);
     good(&disk, &TUR, &[]);
@@ -132,7 +132,7 @@ fn prevent_medium_removal_blocks_eject_until_allowed_or_reset() {
         [5, 0x24, 0],
         Some([0xC9, 0, 4]),
     );
-    disk.reset();
+    disk.reset(&mut scst_accel_hal::locks::LockToken::root());
     assert!(!disk.removal_prevented());
     assert_eq!(io_op(&disk, &[0x1B, 0, 0, 0, 0x02, 0], &[]), StoreOp::Flush);
 }
@@ -443,9 +443,9 @@ proptest! {
         stop_first in prop::bool::weighted(0.1),
     ) {
         if stop_first {
-            let _ = disk.start(&[0x1B, 0, 0, 0, 0x04, 0], &NO_DATA);
+            let _ = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &[0x1B, 0, 0, 0, 0x04, 0], &NO_DATA);
         }
-        match disk.start(&cdb, &data_out) {
+        match disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &data_out) {
             Plan::Done(r) => assert_well_formed_response(&r),
             Plan::Io(io) => {
                 assert_io_consistent(&disk, &cdb, &io);
@@ -483,7 +483,7 @@ proptest! {
                 prop_assert_eq!(r.status, sam_status::CHECK_CONDITION);
                 assert_well_formed_response(&r);
                 // start() refuses it with the same sense.
-                match disk.start(&cdb, &NO_DATA) {
+                match disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &NO_DATA) {
                     Plan::Done(s) => prop_assert_eq!(s.sense, r.sense),
                     Plan::Io(io) => prop_assert!(false, "cdb_info refused, start planned {:?}", io.op),
                 }

@@ -131,6 +131,8 @@ impl AccelStore {
             unmapped_reads_zero: false,
             reports_lba_status: false,
             volatile_cache: geometry.volatile_cache,
+            // Device memory (SCA-1) or flash (NVMe).
+            rotational: Some(false),
             device_ids: board.device_ids(),
         };
         let total_queues = queues.len();

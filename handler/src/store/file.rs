@@ -559,6 +559,14 @@ impl FileStore {
         } else {
             block_size
         };
+        // The device under the medium: the block device itself, or the one the file's file
+        // system lives on (st_dev); none for tmpfs and other file systems without a device.
+        let medium_device = if block_device {
+            data.metadata().map(|m| m.rdev())
+        } else {
+            data.metadata().map(|m| m.dev())
+        };
+        let rotational = medium_device.ok().and_then(device_rotational);
         let discard = queue.as_ref().is_some_and(|q| q.discard);
         let discard_zeroes = queue.as_ref().is_some_and(|q| q.discard && q.discard_zeroes);
         let sync = open_medium(path, config.direct, libc::O_DSYNC, false)?;
@@ -591,6 +599,7 @@ impl FileStore {
                 // what it discarded.
                 reports_lba_status: !block_device,
                 volatile_cache: true,
+                rotational,
                 device_ids: None,
             },
             _claim: claim,
@@ -782,9 +791,7 @@ impl FileQueue {
     fn notify(&self) -> &EventFd {
         &self.shared.notify
     }
-}
 
-impl FileQueue {
     /// [`StoreQueue::submit`] without a token (the file store takes no lock): also the io_uring
     /// engine's way to hand a request to the I/O threads.
     pub(super) fn submit_requests(&mut self, batch: &mut Vec<StoreRequest>) -> Result<(), StoreError> {
@@ -1490,6 +1497,25 @@ fn probe_direct(
         Err(e) => Err(direct_refused(path, e, block_size)
             .unwrap_or_else(|e| FileStoreError::from_io(path, "the first O_DIRECT read", e))),
     }
+}
+
+/// Does the block device `dev` (major:minor) spin? sysfs `queue/rotational` (a partition has
+/// no queue of its own and uses its disk's, one directory up); `None` when sysfs has no such
+/// device (tmpfs, overlay and network file systems have anonymous device numbers).
+fn device_rotational(dev: u64) -> Option<bool> {
+    let base = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    [base.join("queue/rotational"), base.join("../queue/rotational")]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| match text.trim() {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        })
 }
 
 /// What sysfs says about a block device's request queue.

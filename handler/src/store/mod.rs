@@ -233,6 +233,10 @@ pub struct StoreInfo {
     pub reports_lba_status: bool,
     /// A volatile write cache exists (FLUSH and FUA mean something).
     pub volatile_cache: bool,
+    /// The medium spins: `Some(true)` for a hard disk, `Some(false)` for memory and flash
+    /// (RAM, SCA-1, NVMe, an SSD), `None` when nothing says (a file on a file system without a
+    /// block device, such as tmpfs). VPD B1h's MEDIUM ROTATION RATE follows it.
+    pub rotational: Option<bool>,
     /// Identifiers the device gives the medium (an NVMe namespace's NGUID/EUI64), which the
     /// SCSI identity uses when the configuration gives none. `None` on the RAM store, SCA-1,
     /// and an NVMe namespace that reports both as zero.

@@ -73,6 +73,7 @@ impl RamStore {
             // Every block is backed by memory: all mapped, which GET LBA STATUS can say.
             reports_lba_status: true,
             volatile_cache: false,
+            rotational: Some(false),
             device_ids: None,
         };
         let inner = Inner {

@@ -119,7 +119,10 @@ pub(super) fn run_all(
         progress(snapshot());
         Ok((
             start.elapsed(),
-            handles.into_iter().map(|h| h.join()).collect::<Vec<_>>(),
+            handles
+                .into_iter()
+                .map(|h| scst_accel_hal::locks::blocking("join", || h.join()))
+                .collect::<Vec<_>>(),
         ))
     })?;
     let mut total = WorkloadReport::default();
@@ -258,11 +261,9 @@ impl<'a> Driver<'a> {
             if self.inflight.is_empty() {
                 break;
             }
-            match self
-                .session
-                .completions()
-                .recv_timeout(self.config.completion_timeout)
-            {
+            let timeout = self.config.completion_timeout;
+            let completions = self.session.completions();
+            match scst_accel_hal::locks::blocking("completion wait", || completions.recv_timeout(timeout)) {
                 Ok(completion) => self.complete(completion),
                 Err(e) => {
                     let n = self.inflight.len() as u64;

@@ -1,6 +1,7 @@
 //! Admin commands (NVMe 1.4 §5): queue creation and deletion with the specification's checks,
 //! Identify, Get/Set Features, Get Log Page, Abort and Asynchronous Event Request.
 
+use super::controller::Token;
 use super::identify;
 use super::prp;
 use super::spec;
@@ -27,34 +28,34 @@ fn queue_size(cdw10: u32) -> Result<u16, Failure> {
 }
 
 /// Execute admin command `sqe`.
-pub(crate) fn execute(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     if sqe.psdt() != 0 {
         // SGLs are not supported (Identify SGLS = 0), and admin commands use PRPs anyway.
         return Err(status::INVALID_FIELD.into());
     }
     match sqe.opcode() {
-        admin::CREATE_IO_CQ => create_cq(exec, sqe),
-        admin::CREATE_IO_SQ => create_sq(exec, sqe),
-        admin::DELETE_IO_CQ => delete_cq(exec, sqe),
-        admin::DELETE_IO_SQ => delete_sq(exec, sqe),
-        admin::IDENTIFY => identify(exec, sqe),
-        admin::GET_FEATURES => get_features(exec, sqe),
-        admin::SET_FEATURES => set_features(exec, sqe),
-        admin::GET_LOG_PAGE => get_log_page(exec, sqe),
+        admin::CREATE_IO_CQ => create_cq(exec, token, sqe),
+        admin::CREATE_IO_SQ => create_sq(exec, token, sqe),
+        admin::DELETE_IO_CQ => delete_cq(exec, token, sqe),
+        admin::DELETE_IO_SQ => delete_sq(exec, token, sqe),
+        admin::IDENTIFY => identify(exec, token, sqe),
+        admin::GET_FEATURES => get_features(exec, token, sqe),
+        admin::SET_FEATURES => set_features(exec, token, sqe),
+        admin::GET_LOG_PAGE => get_log_page(exec, token, sqe),
         // §5.1: the model never aborts; "not aborted" is dword 0 bit 0 = 1.
         admin::ABORT => Ok(Reply::Done(1)),
-        admin::ASYNC_EVENT_REQUEST => async_event_request(exec, sqe),
+        admin::ASYNC_EVENT_REQUEST => async_event_request(exec, token, sqe),
         _ => Err(status::INVALID_OPCODE.into()),
     }
 }
 
 /// Create I/O Completion Queue (§5.3).
-fn create_cq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn create_cq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let qid = sqe.cdw10 as u16;
     let pc = sqe.cdw11 & 1 != 0;
     let ien = sqe.cdw11 & 2 != 0;
     let vector = (sqe.cdw11 >> 16) as u16;
-    let mut st = exec.lock_valid()?;
+    let mut st = exec.lock_valid(token)?;
     if qid == 0 || qid > st.ncqa || st.cqs[usize::from(qid)].is_some() {
         return Err(status::INVALID_QUEUE_IDENTIFIER.into());
     }
@@ -86,11 +87,11 @@ fn create_cq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 }
 
 /// Create I/O Submission Queue (§5.4).
-fn create_sq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn create_sq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let qid = sqe.cdw10 as u16;
     let pc = sqe.cdw11 & 1 != 0;
     let cqid = (sqe.cdw11 >> 16) as u16;
-    let mut st = exec.lock_valid()?;
+    let mut st = exec.lock_valid(token)?;
     if qid == 0 || qid > st.nsqa || st.sqs[usize::from(qid)].is_some() {
         return Err(status::INVALID_QUEUE_IDENTIFIER.into());
     }
@@ -116,9 +117,9 @@ fn create_sq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 }
 
 /// Delete I/O Completion Queue (§5.5): refused while an SQ still posts to it.
-fn delete_cq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn delete_cq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let qid = sqe.cdw10 as u16;
-    let mut st = exec.lock_valid()?;
+    let mut st = exec.lock_valid(token)?;
     if qid == 0 || st.cqs.get(usize::from(qid)).is_none_or(Option::is_none) {
         return Err(status::INVALID_QUEUE_IDENTIFIER.into());
     }
@@ -132,9 +133,9 @@ fn delete_cq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 /// Delete I/O Submission Queue (§5.6). Commands are executed one at a time as they are
 /// fetched, so none of this queue's is outstanding (commands dropped by a never-complete fault
 /// stay unanswered, as on a controller that lost them).
-fn delete_sq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn delete_sq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let qid = sqe.cdw10 as u16;
-    let mut st = exec.lock_valid()?;
+    let mut st = exec.lock_valid(token)?;
     if qid == 0 || st.sqs.get(usize::from(qid)).is_none_or(Option::is_none) {
         return Err(status::INVALID_QUEUE_IDENTIFIER.into());
     }
@@ -143,7 +144,7 @@ fn delete_sq(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 }
 
 /// Identify (§5.15): CNS 00h namespace 1, 01h controller, 02h active namespace list.
-fn identify(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn identify(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let cns = sqe.cdw10 as u8;
     let config = &exec.shared.config;
     let data = match cns {
@@ -154,14 +155,14 @@ fn identify(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
         0x02 => identify::active_namespaces(sqe.nsid),
         _ => return Err(status::INVALID_FIELD.into()),
     };
-    prp::send(exec, sqe.prp1, sqe.prp2, &data)?;
+    prp::send(exec, token, sqe.prp1, sqe.prp2, &data)?;
     Ok(Reply::Done(0))
 }
 
 /// Get Features (§5.14).
-fn get_features(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn get_features(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let fid = sqe.cdw10 as u8;
-    let st = exec.lock_valid()?;
+    let st = exec.lock_valid(token)?;
     let dw0 = match fid {
         feature::NUMBER_OF_QUEUES => (u32::from(st.ncqa - 1) << 16) | u32::from(st.nsqa - 1),
         feature::VOLATILE_WRITE_CACHE => u32::from(st.wce),
@@ -173,13 +174,13 @@ fn get_features(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 
 /// Set Features (§5.21). Number of Queues grants at most the configured queue pairs and is
 /// refused once an I/O queue exists (§5.21.1.7).
-fn set_features(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn set_features(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let fid = sqe.cdw10 as u8;
     if sqe.cdw10 & (1 << 31) != 0 {
         // SV: nothing is saveable (ONCS bit 4 = 0).
         return Err(status::INVALID_FIELD.into());
     }
-    let mut st = exec.lock_valid()?;
+    let mut st = exec.lock_valid(token)?;
     match fid {
         feature::NUMBER_OF_QUEUES => {
             let nsqr = sqe.cdw11 & 0xFFFF;
@@ -212,7 +213,7 @@ fn set_features(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 /// Get Log Page (§5.14): only the Error Information log (01h), which is always empty (all
 /// zeroes: an entry with Error Count 0 is unused). Reading it without RAE unmasks error
 /// events (§5.2).
-fn get_log_page(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn get_log_page(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let lid = sqe.cdw10 as u8;
     let rae = sqe.cdw10 & (1 << 15) != 0;
     let numd = (u64::from(sqe.cdw11 & 0xFFFF) << 16 | u64::from(sqe.cdw10 >> 16)) + 1;
@@ -227,16 +228,16 @@ fn get_log_page(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
     if len > exec.shared.config.max_transfer_bytes() {
         return Err(status::INVALID_FIELD.into());
     }
-    prp::send(exec, sqe.prp1, sqe.prp2, &vec![0u8; len as usize])?;
+    prp::send(exec, token, sqe.prp1, sqe.prp2, &vec![0u8; len as usize])?;
     if !rae {
-        exec.lock_valid()?.error_event_masked = false;
+        exec.lock_valid(token)?.error_event_masked = false;
     }
     Ok(Reply::Done(0))
 }
 
 /// Asynchronous Event Request (§5.2): held until an event; at most AERL + 1 outstanding.
-fn async_event_request(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
-    let mut st = exec.lock_valid()?;
+fn async_event_request(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
+    let mut st = exec.lock_valid(token)?;
     if st.aers.len() > usize::from(spec::AERL) {
         return Err(status::AER_LIMIT_EXCEEDED.into());
     }

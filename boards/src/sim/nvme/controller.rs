@@ -7,17 +7,34 @@
 //! state (`sim.state`) guards registers and queues; the fault plan (`sim.faults`) is never
 //! taken under it; the worker's join handle has `sim.engines`; the medium has `sim.medium`.
 //! No lock is held across a DMA copy, an interrupt, a sleep or a join.
+//!
+//! Locks are taken with a [`LockToken`] wherever one can reach: the worker makes its root at
+//! the top of its thread and threads it down; the handle's calls, the worker's start and the
+//! model's `function_reset`/`shutdown` make one at their entry (asserting that the caller holds
+//! no checked lock). The register access a driver makes under its own lock on every command,
+//! a doorbell write (the NVMe driver's admin queue rings its doorbells under `nvme.admin`),
+//! takes no lock here: doorbells are posted writes ([`Posted`]), queued without a lock and
+//! applied, in order, by the next holder of the state lock, and the write wakes the worker with
+//! `unpark` (a wake-up that cannot be lost, unlike a condition variable notified without its
+//! mutex). Other BAR accesses take the state lock checked at run time only (`lock_for_bar`):
+//! they arrive through the `RegisterIo` trait object with no token, possibly under a driver's
+//! lock (an MMIO access is not a blocking call; diag reads a spare queue's registers under
+//! `accel.spare_queues`).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
+use std::thread::Thread;
 use std::time::Duration;
 use std::time::Instant;
 
 use scst_accel_hal::locks;
 use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockBefore;
+use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedCondvar;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
@@ -29,6 +46,7 @@ use scst_accel_hal::sim::SimModel;
 use super::super::medium::Medium;
 use super::fault::Decision;
 use super::fault::FaultPlan;
+use super::spec::reg;
 use super::state::ControllerState;
 use super::worker;
 use super::NvmeFault;
@@ -42,6 +60,28 @@ const RESET_BOUND: Duration = Duration::from_secs(2);
 
 /// The state lock's guard.
 pub(crate) type StateGuard<'a> = OrderedMutexGuard<'a, ControllerState, levels::SimState>;
+
+/// The token of a thread of the model that holds no lock (the worker's, or an entry point's).
+pub(crate) type Token<'t> = LockToken<'t, levels::Root>;
+
+/// Doorbell writes not yet applied to the controller state, oldest first: what a real
+/// controller's posted writes are between the bus and its queue logic. The host side only
+/// queues (lock-free: an unbounded crossbeam channel's send takes no lock while nobody blocks
+/// in a receive, and nobody does); the holder of the state lock drains them in
+/// [`Shared::lock`], so every register access and every worker decision sees the doorbells
+/// written before it, in the order written.
+#[derive(Debug)]
+struct Posted {
+    tx: crossbeam_channel::Sender<(u64, u32, Instant)>,
+    rx: crossbeam_channel::Receiver<(u64, u32, Instant)>,
+}
+
+impl Posted {
+    fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Self { tx, rx }
+    }
+}
 
 /// Event counters behind [`NvmeSimStats`].
 #[derive(Debug, Default)]
@@ -76,33 +116,93 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<ControllerState, levels::SimState>,
-    /// Signalled on every change the worker or a reset waiter may be waiting for.
+    /// Doorbell writes not yet applied to `state`.
+    posted: Posted,
+    /// Signalled when the worker lets go of a command (a function reset waits for it).
     wake: OrderedCondvar,
+    /// The worker thread, woken with `unpark` on every change it may be waiting for (set by
+    /// the worker itself before it first looks at the state, so no wake-up is lost).
+    worker: OnceLock<Thread>,
     faults: OrderedMutex<FaultPlan, levels::SimFaults>,
     gone: AtomicBool,
     stopping: AtomicBool,
 }
 
 impl Shared {
-    /// Lock the controller state, letting due time-driven transitions happen first. Register
-    /// accesses arrive through the `RegisterIo` trait object, where no token can be threaded:
-    /// checked at run time.
-    pub(crate) fn lock(&self) -> StateGuard<'_> {
+    /// Lock the controller state, letting the doorbell writes posted so far and due
+    /// time-driven transitions happen first.
+    pub(crate) fn lock<'a, M: LockBefore<levels::SimState>>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+    ) -> StateGuard<'a> {
+        let (mut st, _) = self.state.lock(token);
+        self.apply_posted(&mut st);
+        st.tick(Instant::now());
+        st
+    }
+
+    /// Lock the controller state for a BAR access other than a doorbell, as [`Shared::lock`].
+    #[track_caller]
+    fn lock_for_bar(&self) -> StateGuard<'_> {
+        // Unchecked: a BAR access arrives through the `RegisterIo` trait object (hal), which
+        // carries no token, and the driver may hold its own lock there; every driver lock is
+        // below `sim.state`, which the runtime check still enforces.
         let mut st = self.state.lock_unchecked_at_runtime();
+        self.apply_posted(&mut st);
         st.tick(Instant::now());
         st
     }
 
-    /// Wait for a change, at most `timeout`.
-    pub(crate) fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
+    /// Apply the posted doorbell writes to `st`, each at the time it was written. Their
+    /// wake-up was already given by the writer ([`Shared::ring`]).
+    fn apply_posted(&self, st: &mut ControllerState) {
+        for (offset, value, at) in self.posted.rx.try_iter() {
+            st.tick(at);
+            let fx = st.write32(offset, value, at, &self.id);
+            if fx.invalid_doorbell {
+                Counters::add(&self.stats.invalid_doorbell_writes);
+            }
+        }
+    }
+
+    /// Wait (as the function reset does) for the worker to signal a change, at most `timeout`.
+    fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
         let mut st = self.wake.wait_timeout(guard, timeout).0;
+        self.apply_posted(&mut st);
         st.tick(Instant::now());
         st
     }
 
-    /// Wake every waiter.
+    /// The worker's wait: at most `timeout`, or until [`Shared::notify`] or a doorbell wakes
+    /// it. The worker holds no lock here (asserted): its state is re-read under the lock after.
+    pub(crate) fn park(&self, timeout: Duration) {
+        locks::blocking("the NVMe worker's park", || std::thread::park_timeout(timeout));
+    }
+
+    /// Wake the worker and every reset waiter.
     pub(crate) fn notify(&self) {
         self.wake.notify_all();
+        self.wake_worker();
+    }
+
+    fn wake_worker(&self) {
+        if let Some(worker) = self.worker.get() {
+            worker.unpark();
+        }
+    }
+
+    /// Called by the worker at the top of its thread, before it first looks at the state.
+    pub(crate) fn register_worker(&self) {
+        let _ = self.worker.set(std::thread::current());
+    }
+
+    /// A doorbell write: posted, then the worker woken. Takes no lock, so a driver may ring a
+    /// doorbell while holding its own (the NVMe driver's admin queue does, under `nvme.admin`).
+    fn ring(&self, offset: u64, value: u32) {
+        Counters::add(&self.stats.doorbell_writes);
+        // The receiver lives as long as `self`, so the send cannot fail.
+        let _ = self.posted.tx.send((offset, value, Instant::now()));
+        self.wake_worker();
     }
 
     /// The device was removed ([`NvmeFault::Gone`]).
@@ -122,25 +222,33 @@ impl Shared {
     }
 
     /// The fault plan's verdict on the next command.
-    pub(crate) fn decide(&self, io: bool, read: bool) -> Decision {
-        self.faults.lock_unchecked_at_runtime().decide(io, read)
+    pub(crate) fn decide(&self, token: &mut Token<'_>, io: bool, read: bool) -> Decision {
+        self.faults.lock(token).0.decide(io, read)
     }
 
+    /// A register read from the driver.
+    #[track_caller]
     fn read32(&self, offset: u64) -> u32 {
         if self.gone() {
             return u32::MAX;
         }
-        self.lock().read32(offset)
+        self.lock_for_bar().read32(offset)
     }
 
+    /// A register write from the driver: a doorbell is posted ([`Shared::ring`], no lock);
+    /// any other register is written under the state lock ([`Shared::lock_for_bar`]).
+    #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
         if self.gone() {
             return;
         }
-        let fx = self.lock().write32(offset, value, Instant::now(), &self.id);
-        if fx.doorbell {
-            Counters::add(&self.stats.doorbell_writes);
+        if offset >= reg::DOORBELLS {
+            self.ring(offset, value);
+            return;
         }
+        let fx = self
+            .lock_for_bar()
+            .write32(offset, value, Instant::now(), &self.id);
         if fx.invalid_doorbell {
             Counters::add(&self.stats.invalid_doorbell_writes);
         }
@@ -154,8 +262,10 @@ impl Shared {
 
     /// Function reset: a controller reset with every register back to its reset value, then
     /// wait (bounded) until the worker holds no command, so no DMA follows the return.
+    #[track_caller]
     fn function_reset(&self) {
-        let mut st = self.lock();
+        let mut token = LockToken::root();
+        let mut st = self.lock(&mut token);
         if !self.gone() {
             st.function_reset();
             Counters::add(&self.stats.resets);
@@ -176,40 +286,64 @@ impl Shared {
     }
 
     /// Apply an event fault or store a standing one.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (the handle is a test
+    /// and operator tool, used with none held).
+    #[track_caller]
     pub(crate) fn inject(&self, fault: NvmeFault) {
         log::info!("{}: injecting fault {fault}", self.id);
+        let mut token = LockToken::root();
         match fault {
             NvmeFault::Gone => {
                 self.gone.store(true, Ordering::Release);
-                // Take the lock so the worker cannot miss the flag between check and wait.
-                drop(self.lock());
+                // The worker reads the flag before it parks and `notify` below unparks it, so
+                // it cannot sleep past it; the lock orders it with checks made under the lock.
+                drop(self.lock(&mut token));
             }
-            NvmeFault::Hang => self.lock().hung = true,
-            NvmeFault::Cfs => self.lock().cfs = true,
+            NvmeFault::Hang => self.lock(&mut token).hung = true,
+            NvmeFault::Cfs => self.lock(&mut token).cfs = true,
             NvmeFault::ShutdownHang => {
-                self.faults.lock_unchecked_at_runtime().add(fault);
-                self.lock().shutdown_hang = true;
+                self.faults.lock(&mut token).0.add(fault);
+                self.lock(&mut token).shutdown_hang = true;
             }
-            other => self.faults.lock_unchecked_at_runtime().add(other),
+            other => self.faults.lock(&mut token).0.add(other),
         }
         self.notify();
     }
 
     /// Remove every standing fault (events already applied stay: a gone controller stays
     /// gone, a hung or CFS one stays so until reset).
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn clear_faults(&self) {
-        self.faults.lock_unchecked_at_runtime().clear();
-        self.lock().shutdown_hang = false;
+        let mut token = LockToken::root();
+        self.faults.lock(&mut token).0.clear();
+        self.lock(&mut token).shutdown_hang = false;
         self.notify();
     }
 
     /// The standing faults.
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn faults(&self) -> Vec<NvmeFault> {
-        self.faults.lock_unchecked_at_runtime().list()
+        let mut token = LockToken::root();
+        let (plan, _) = self.faults.lock(&mut token);
+        plan.list()
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters, with every doorbell written so far applied (so an invalid
+    /// one is counted).
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
     pub(crate) fn stats(&self) -> NvmeSimStats {
+        drop(self.lock(&mut LockToken::root()));
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         NvmeSimStats {
             commands: get(&self.stats.commands),
@@ -243,7 +377,9 @@ impl NvmeController {
                 medium,
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
+                posted: Posted::new(),
                 wake: OrderedCondvar::new(),
+                worker: OnceLock::new(),
                 faults: OrderedMutex::new(FaultPlan::default()),
                 gone: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
@@ -261,12 +397,18 @@ impl NvmeController {
     ///
     /// # Errors
     /// The errno of thread creation.
+    ///
+    /// # Panics
+    /// In debug and test builds, when the caller holds a checked lock (it is called once, by
+    /// [`create_nvme_sim`](super::create_nvme_sim)).
+    #[track_caller]
     pub(crate) fn start(&self) -> std::io::Result<()> {
+        let mut token = LockToken::root();
         let shared = Arc::clone(&self.shared);
         let handle = std::thread::Builder::new()
             .name(format!("{}-nvme", self.shared.id))
             .spawn(move || worker::run(shared))?;
-        *self.worker.lock_unchecked_at_runtime() = Some(handle);
+        *self.worker.lock(&mut token).0 = Some(handle);
         Ok(())
     }
 }
@@ -285,7 +427,7 @@ impl SimModel for NvmeController {
             return u64::MAX;
         }
         // Both halves under one lock: CAP, ASQ and ACQ never tear in this model.
-        let st = self.shared.lock();
+        let st = self.shared.lock_for_bar();
         u64::from(st.read32(offset)) | (u64::from(st.read32(offset + 4)) << 32)
     }
 
@@ -299,19 +441,39 @@ impl SimModel for NvmeController {
 
     fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
-        drop(self.shared.lock());
-        self.shared.notify();
-        let Some(handle) = self.worker.lock_unchecked_at_runtime().take() else {
-            return;
-        };
-        // From Drop, which must not panic: a lock held across this join is reported, not
-        // asserted (locks::join_bounded would panic in test builds).
+        // From Drop, which must not panic: a lock held by the caller is reported, not asserted
+        // (a root token or locks::join_bounded would panic in test builds), and the two locks
+        // are then taken unchecked by the compiler, still checked at run time.
         if let Some((name, level)) = locks::held_locks().last() {
             log::error!(
-                "{}: joining the worker while holding `{name}` (level {level}) (docs/locking.md)",
+                "{}: shutting down the worker while holding `{name}` (level {level}): a lock \
+                 held across a join (docs/locking.md)",
                 self.shared.id
             );
+            // Unchecked: reached from Drop with a lock held (reported above), where a root
+            // token would panic; the runtime order check still applies.
+            drop(self.shared.state.lock_unchecked_at_runtime());
+            self.shared.notify();
+            // Unchecked: as above.
+            let handle = self.worker.lock_unchecked_at_runtime().take();
+            self.join_worker(handle);
+            return;
         }
+        let mut token = LockToken::root();
+        drop(self.shared.lock(&mut token));
+        self.shared.notify();
+        let handle = self.worker.lock(&mut token).0.take();
+        self.join_worker(handle);
+    }
+}
+
+impl NvmeController {
+    /// Join the worker, bounded by [`JOIN_BOUND`]; a worker that does not stop is left
+    /// detached (logged).
+    fn join_worker(&self, handle: Option<JoinHandle<()>>) {
+        let Some(handle) = handle else {
+            return;
+        };
         let deadline = Instant::now() + JOIN_BOUND;
         while !handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));

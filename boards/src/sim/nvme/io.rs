@@ -3,6 +3,7 @@
 //! an IOMMU fault completes the command with Data Transfer Error (QEMU's model completes such
 //! a command with success instead, see the module doc of `sim::nvme`).
 
+use super::controller::Token;
 use super::prp;
 use super::spec::nvm;
 use super::spec::status;
@@ -17,7 +18,7 @@ use super::worker::Reply;
 const DSM_RANGE_BYTES: usize = 16;
 
 /// Execute NVM command `sqe`; `media_error` is the fault plan's verdict for a READ.
-pub(crate) fn execute(exec: &Exec<'_>, sqe: &Sqe, media_error: bool) -> CmdResult {
+pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) -> CmdResult {
     let opcode = sqe.opcode();
     let known = matches!(
         opcode,
@@ -37,10 +38,10 @@ pub(crate) fn execute(exec: &Exec<'_>, sqe: &Sqe, media_error: bool) -> CmdResul
     }
     match opcode {
         nvm::FLUSH => medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT),
-        nvm::READ => read(exec, sqe, media_error),
-        nvm::WRITE => write(exec, sqe),
-        nvm::WRITE_ZEROES => write_zeroes(exec, sqe),
-        _ => dataset_management(exec, sqe),
+        nvm::READ => read(exec, token, sqe, media_error),
+        nvm::WRITE => write(exec, token, sqe),
+        nvm::WRITE_ZEROES => write_zeroes(exec, token, sqe),
+        _ => dataset_management(exec, token, sqe),
     }
 }
 
@@ -92,9 +93,9 @@ fn medium_result(exec: &Exec<'_>, result: std::io::Result<()>, error: Status) ->
 }
 
 /// Read (§6.9): medium → host.
-fn read(exec: &Exec<'_>, sqe: &Sqe, media_error: bool) -> CmdResult {
+fn read(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) -> CmdResult {
     let range = data_range(exec, sqe)?;
-    let pieces = prp::pieces(exec, sqe.prp1, sqe.prp2, range.bytes)?;
+    let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
     if media_error {
         log::debug!(
             "{}: READ at LBA {}: injected media error",
@@ -104,25 +105,25 @@ fn read(exec: &Exec<'_>, sqe: &Sqe, media_error: bool) -> CmdResult {
         return Err(status::UNRECOVERED_READ_ERROR.into());
     }
     let mut data = vec![0u8; range.bytes as usize];
-    if let Err(e) = exec.shared.medium.read(range.offset, &mut data) {
+    if let Err(e) = exec.shared.medium.read(token, range.offset, &mut data) {
         return medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR);
     }
-    prp::write_to_host(exec, &pieces, &data)?;
+    prp::write_to_host(exec, token, &pieces, &data)?;
     Ok(Reply::Done(0))
 }
 
 /// Write (§6.15): host → medium. All data is gathered before the medium changes, so a Data
 /// Transfer Error leaves the blocks as they were. FUA (CDW12 bit 30) flushes before
 /// completing.
-fn write(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = data_range(exec, sqe)?;
-    let pieces = prp::pieces(exec, sqe.prp1, sqe.prp2, range.bytes)?;
+    let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
     let mut data = vec![0u8; range.bytes as usize];
-    prp::read_from_host(exec, &pieces, &mut data)?;
-    exec.checkpoint()?;
+    prp::read_from_host(exec, token, &pieces, &mut data)?;
+    exec.checkpoint(token)?;
     medium_result(
         exec,
-        exec.shared.medium.write(range.offset, &data),
+        exec.shared.medium.write(token, range.offset, &data),
         status::WRITE_FAULT,
     )?;
     if sqe.cdw12 & (1 << 30) != 0 {
@@ -132,12 +133,12 @@ fn write(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 }
 
 /// Write Zeroes (§6.16): no data transfer, so MDTS does not apply.
-fn write_zeroes(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn write_zeroes(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = lba_range(exec, slba(sqe), nlb(sqe))?;
-    exec.checkpoint()?;
+    exec.checkpoint(token)?;
     medium_result(
         exec,
-        exec.shared.medium.write_zeroes(range.offset, range.bytes),
+        exec.shared.medium.write_zeroes(token, range.offset, range.bytes),
         status::WRITE_FAULT,
     )
 }
@@ -145,12 +146,12 @@ fn write_zeroes(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
 /// Dataset Management (§6.7): NR + 1 ranges read from the host; with AD (CDW11 bit 2) each is
 /// deallocated (reads back as zeroes: Identify Namespace DLFEAT = 1). Every range is checked
 /// before any is deallocated. Without AD the attributes are hints and nothing happens.
-fn dataset_management(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
+fn dataset_management(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let count = (sqe.cdw10 & 0xFF) as usize + 1;
     let deallocate = sqe.cdw11 & (1 << 2) != 0;
     let mut raw = vec![0u8; count * DSM_RANGE_BYTES];
-    let pieces = prp::pieces(exec, sqe.prp1, sqe.prp2, raw.len() as u64)?;
-    prp::read_from_host(exec, &pieces, &mut raw)?;
+    let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, raw.len() as u64)?;
+    prp::read_from_host(exec, token, &pieces, &mut raw)?;
     if !deallocate {
         return Ok(Reply::Done(0));
     }
@@ -165,10 +166,10 @@ fn dataset_management(exec: &Exec<'_>, sqe: &Sqe) -> CmdResult {
         }
     }
     for range in ranges {
-        exec.checkpoint()?;
+        exec.checkpoint(token)?;
         medium_result(
             exec,
-            exec.shared.medium.deallocate(range.offset, range.bytes),
+            exec.shared.medium.deallocate(token, range.offset, range.bytes),
             status::WRITE_FAULT,
         )?;
     }

@@ -13,6 +13,7 @@
 //! An offset that breaks these rules completes with Invalid PRP Offset; a list page the IOMMU
 //! refuses, with Data Transfer Error.
 
+use super::controller::Token;
 use super::spec::status;
 use super::spec::PAGE_SIZE;
 use super::worker::Exec;
@@ -30,7 +31,13 @@ pub(crate) struct Piece {
 /// # Errors
 /// [`Failure::Status`] with Invalid PRP Offset or Data Transfer Error; [`Failure::Abandoned`]
 /// if a reset takes the command away while a list is read.
-pub(crate) fn pieces(exec: &Exec<'_>, prp1: u64, prp2: u64, len: u64) -> Result<Vec<Piece>, Failure> {
+pub(crate) fn pieces(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    prp1: u64,
+    prp2: u64,
+    len: u64,
+) -> Result<Vec<Piece>, Failure> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -71,7 +78,7 @@ pub(crate) fn pieces(exec: &Exec<'_>, prp1: u64, prp2: u64, len: u64) -> Result<
         };
         let read = data_entries + u64::from(chained);
         let mut raw = vec![0u8; (read * 8) as usize];
-        exec.dma_read(list, &mut raw)?;
+        exec.dma_read(token, list, &mut raw)?;
         let entries: Vec<u64> = raw
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
@@ -99,20 +106,30 @@ pub(crate) fn pieces(exec: &Exec<'_>, prp1: u64, prp2: u64, len: u64) -> Result<
 }
 
 /// Copy `data` to the host pieces in order.
-pub(crate) fn write_to_host(exec: &Exec<'_>, pieces: &[Piece], data: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_to_host(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    pieces: &[Piece],
+    data: &[u8],
+) -> Result<(), Failure> {
     let mut at = 0usize;
     for p in pieces {
-        exec.dma_write(p.iova, &data[at..at + p.len])?;
+        exec.dma_write(token, p.iova, &data[at..at + p.len])?;
         at += p.len;
     }
     Ok(())
 }
 
 /// Copy the host pieces in order into `out`.
-pub(crate) fn read_from_host(exec: &Exec<'_>, pieces: &[Piece], out: &mut [u8]) -> Result<(), Failure> {
+pub(crate) fn read_from_host(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    pieces: &[Piece],
+    out: &mut [u8],
+) -> Result<(), Failure> {
     let mut at = 0usize;
     for p in pieces {
-        exec.dma_read(p.iova, &mut out[at..at + p.len])?;
+        exec.dma_read(token, p.iova, &mut out[at..at + p.len])?;
         at += p.len;
     }
     Ok(())
@@ -120,7 +137,13 @@ pub(crate) fn read_from_host(exec: &Exec<'_>, pieces: &[Piece], out: &mut [u8]) 
 
 /// Move `len` bytes of `data` to the buffer described by `prp1`/`prp2` (a controller →
 /// host transfer such as Identify or Get Log Page).
-pub(crate) fn send(exec: &Exec<'_>, prp1: u64, prp2: u64, data: &[u8]) -> Result<(), Failure> {
-    let pieces = pieces(exec, prp1, prp2, data.len() as u64)?;
-    write_to_host(exec, &pieces, data)
+pub(crate) fn send(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    prp1: u64,
+    prp2: u64,
+    data: &[u8],
+) -> Result<(), Failure> {
+    let pieces = pieces(exec, token, prp1, prp2, data.len() as u64)?;
+    write_to_host(exec, token, &pieces, data)
 }

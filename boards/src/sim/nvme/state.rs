@@ -97,8 +97,6 @@ pub(crate) struct Job {
 pub(crate) struct Effects {
     /// Wake the worker (new work, or a reset it must notice).
     pub wake: bool,
-    /// A doorbell was written.
-    pub doorbell: bool,
     /// The doorbell write was invalid (§4.1, asynchronous event "Invalid Doorbell ...").
     pub invalid_doorbell: bool,
     /// A controller reset started.
@@ -401,10 +399,7 @@ impl ControllerState {
         let index = (offset - reg::DOORBELLS) / 4;
         let qid = (index / 2) as usize;
         let is_cq = index % 2 == 1;
-        let mut fx = Effects {
-            doorbell: true,
-            ..Effects::default()
-        };
+        let mut fx = Effects::default();
         if self.readiness != Readiness::Ready {
             log::warn!("{id}: doorbell {offset:#x} written ({value}) while the controller is not ready");
             fx.invalid_doorbell = true;

@@ -24,6 +24,7 @@ use super::admin;
 use super::controller::Counters;
 use super::controller::Shared;
 use super::controller::StateGuard;
+use super::controller::Token;
 use super::io;
 use super::spec::nvm;
 use super::spec::status;
@@ -65,7 +66,9 @@ pub(crate) enum Reply {
 /// What a command handler returns.
 pub(crate) type CmdResult = Result<Reply, Failure>;
 
-/// A command being executed: the shared controller plus the job, for checked DMA.
+/// A command being executed: the shared controller plus the job, for checked DMA. Its methods
+/// that lock take the worker's token (`&mut Token`): a guard they return borrows it, so the
+/// compiler refuses a DMA or a second lock while the state is held.
 pub(crate) struct Exec<'a> {
     pub shared: &'a Shared,
     pub job: Job,
@@ -78,8 +81,8 @@ impl Exec<'_> {
     }
 
     /// The controller state, if the job is still valid.
-    pub(crate) fn lock_valid(&self) -> Result<StateGuard<'_>, Failure> {
-        let st = self.shared.lock();
+    pub(crate) fn lock_valid<'t>(&'t self, token: &'t mut Token<'_>) -> Result<StateGuard<'t>, Failure> {
+        let st = self.shared.lock(token);
         if self.valid(&st) {
             Ok(st)
         } else {
@@ -88,14 +91,14 @@ impl Exec<'_> {
     }
 
     /// Abandon unless the job is still valid.
-    pub(crate) fn checkpoint(&self) -> Result<(), Failure> {
-        self.lock_valid().map(drop)
+    pub(crate) fn checkpoint(&self, token: &mut Token<'_>) -> Result<(), Failure> {
+        self.lock_valid(token).map(drop)
     }
 
     /// Device read of host memory; an IOMMU fault (recorded by the IOMMU) is a Data Transfer
     /// Error.
-    pub(crate) fn dma_read(&self, iova: u64, out: &mut [u8]) -> Result<(), Failure> {
-        self.checkpoint()?;
+    pub(crate) fn dma_read(&self, token: &mut Token<'_>, iova: u64, out: &mut [u8]) -> Result<(), Failure> {
+        self.checkpoint(token)?;
         self.shared
             .iommu
             .dma_read(iova, out)
@@ -103,8 +106,8 @@ impl Exec<'_> {
     }
 
     /// Device write to host memory; an IOMMU fault is a Data Transfer Error.
-    pub(crate) fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), Failure> {
-        self.checkpoint()?;
+    pub(crate) fn dma_write(&self, token: &mut Token<'_>, iova: u64, data: &[u8]) -> Result<(), Failure> {
+        self.checkpoint(token)?;
         self.shared
             .iommu
             .dma_write(iova, data)
@@ -112,27 +115,27 @@ impl Exec<'_> {
     }
 
     /// Wait until `until`, abandoning the command if it becomes invalid meanwhile.
-    fn pause(&self, until: Instant) -> Result<(), Failure> {
-        let mut st = self.lock_valid()?;
+    fn pause(&self, token: &mut Token<'_>, until: Instant) -> Result<(), Failure> {
         loop {
+            self.checkpoint(token)?;
             let now = Instant::now();
             if now >= until {
                 return Ok(());
             }
-            st = self.shared.wait(st, (until - now).min(IDLE_WAIT));
-            if !self.valid(&st) {
-                return Err(Failure::Abandoned);
-            }
+            self.shared.park((until - now).min(IDLE_WAIT));
         }
     }
 }
 
 /// Body of the worker thread: runs until the SimDevice shuts down.
 pub(crate) fn run(shared: Arc<Shared>) {
+    // Before the first look at the state: a doorbell written from now on unparks this thread.
+    shared.register_worker();
+    let mut token = Token::root();
     log::debug!("{}: NVMe worker started", shared.id);
-    while let Some(work) = next_work(&shared) {
+    while let Some(work) = next_work(&shared, &mut token) {
         match work {
-            Work::Command(job) => command(&shared, job),
+            Work::Command(job) => command(&shared, &mut token, job),
             Work::Event { epoch, cid, dw0 } => {
                 let job = Job {
                     epoch,
@@ -143,15 +146,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     sqhd: 0,
                 };
                 // The SQ head to report is the admin SQ's current head.
-                let sqhd = shared.lock().sqs[0].map_or(0, |sq| sq.head);
+                let sqhd = shared.lock(&mut token).sqs[0].map_or(0, |sq| sq.head);
                 let exec = Exec {
                     shared: &shared,
                     job: Job { sqhd, ..job },
                 };
-                let _ = post(&exec, cid, dw0, Status::SUCCESS);
+                let _ = post(&exec, &mut token, cid, dw0, Status::SUCCESS);
             }
         }
-        let mut st = shared.lock();
+        let mut st = shared.lock(&mut token);
         st.release();
         drop(st);
         shared.notify();
@@ -160,27 +163,28 @@ pub(crate) fn run(shared: Arc<Shared>) {
 }
 
 /// Wait for work; `None` at shutdown. Marks the controller busy.
-fn next_work(shared: &Shared) -> Option<Work> {
-    let mut st = shared.lock();
+fn next_work(shared: &Shared, token: &mut Token<'_>) -> Option<Work> {
     loop {
         if shared.stopping() {
             return None;
         }
         if !shared.gone() {
-            if let Some(work) = st.next_work() {
+            if let Some(work) = shared.lock(token).next_work() {
                 return Some(work);
             }
         }
-        st = shared.wait(st, IDLE_WAIT);
+        // Every change that makes work (a doorbell, a CC write, a fault, a reset, shutdown)
+        // unparks this thread after making it, so one found nothing above is not slept over.
+        shared.park(IDLE_WAIT);
     }
 }
 
 /// Fetch, execute and complete one command.
-fn command(shared: &Shared, job: Job) {
+fn command(shared: &Shared, token: &mut Token<'_>, job: Job) {
     let exec = Exec { shared, job };
     let mut raw = [0u8; SQE_BYTES as usize];
     let slot = job.sq_base + u64::from(job.index) * SQE_BYTES;
-    match exec.dma_read(slot, &mut raw) {
+    match exec.dma_read(token, slot, &mut raw) {
         Ok(()) => {}
         Err(Failure::Abandoned) => return,
         Err(Failure::Status(_)) => {
@@ -188,6 +192,7 @@ fn command(shared: &Shared, job: Job) {
             // report in a completion queue, which is what CSTS.CFS means (§3.1.6).
             fatal(
                 &exec,
+                token,
                 &format!("cannot fetch SQ {} entry {}", job.sqid, job.index),
             );
             return;
@@ -198,10 +203,10 @@ fn command(shared: &Shared, job: Job) {
         return;
     };
     let io_command = job.sqid != 0;
-    let plan = shared.decide(io_command, io_command && sqe.opcode() == nvm::READ);
+    let plan = shared.decide(token, io_command, io_command && sqe.opcode() == nvm::READ);
     if plan.latency_micros > 0
         && exec
-            .pause(Instant::now() + Duration::from_micros(plan.latency_micros))
+            .pause(token, Instant::now() + Duration::from_micros(plan.latency_micros))
             .is_err()
     {
         return;
@@ -210,9 +215,9 @@ fn command(shared: &Shared, job: Job) {
         // Fused operations are not supported (Identify FUSES = 0).
         Err(Failure::Status(status::INVALID_FIELD))
     } else if io_command {
-        io::execute(&exec, &sqe, plan.media_error)
+        io::execute(&exec, token, &sqe, plan.media_error)
     } else {
-        admin::execute(&exec, &sqe)
+        admin::execute(&exec, token, &sqe)
     };
     let (dw0, status) = match result {
         Ok(Reply::Done(dw0)) => (dw0, Status::SUCCESS),
@@ -228,7 +233,7 @@ fn command(shared: &Shared, job: Job) {
         );
         return;
     }
-    let _ = post(&exec, sqe.cid(), dw0, status);
+    let _ = post(&exec, token, sqe.cid(), dw0, status);
 }
 
 /// Post a completion on the job's CQ (§4.6): claim the slot (advance the tail, flipping the
@@ -236,10 +241,16 @@ fn command(shared: &Shared, job: Job) {
 /// writes the CQ head doorbell never gets ahead of the controller's own tail; then write the
 /// body first and the dword holding the phase tag last, so a host that sees the new phase sees
 /// the whole entry; raise the vector if the CQ has interrupts enabled.
-pub(crate) fn post(exec: &Exec<'_>, cid: u16, dw0: u32, status: Status) -> Result<(), Failure> {
+pub(crate) fn post(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    cid: u16,
+    dw0: u32,
+    status: Status,
+) -> Result<(), Failure> {
     let job = exec.job;
     let (slot_addr, phase, sqid, vector) = {
-        let mut st = exec.lock_valid()?;
+        let mut st = exec.lock_valid(token)?;
         let Some(cq) = st.cqs[usize::from(job.cqid)].as_mut() else {
             return Err(Failure::Abandoned);
         };
@@ -264,14 +275,14 @@ pub(crate) fn post(exec: &Exec<'_>, cid: u16, dw0: u32, status: Status) -> Resul
         status: status.field(phase),
     };
     let bytes = entry.as_bytes();
-    let written = exec.dma_write(slot_addr, &bytes[..12]).and_then(|()| {
+    let written = exec.dma_write(token, slot_addr, &bytes[..12]).and_then(|()| {
         fence(Ordering::Release);
-        exec.dma_write(slot_addr + 12, &bytes[12..])
+        exec.dma_write(token, slot_addr + 12, &bytes[12..])
     });
     match written {
         Ok(()) => {}
         Err(Failure::Status(_)) => {
-            fatal(exec, &format!("cannot post to CQ {}", job.cqid));
+            fatal(exec, token, &format!("cannot post to CQ {}", job.cqid));
             return Err(Failure::Abandoned);
         }
         Err(e) => return Err(e),
@@ -284,8 +295,8 @@ pub(crate) fn post(exec: &Exec<'_>, cid: u16, dw0: u32, status: Status) -> Resul
 }
 
 /// Set CSTS.CFS: the controller stops processing until a controller reset.
-fn fatal(exec: &Exec<'_>, what: &str) {
-    if let Ok(mut st) = exec.lock_valid() {
+fn fatal(exec: &Exec<'_>, token: &mut Token<'_>, what: &str) {
+    if let Ok(mut st) = exec.lock_valid(token) {
         log::error!(
             "{}: {what}: IOMMU fault; controller fatal status (CSTS.CFS) set",
             exec.shared.id

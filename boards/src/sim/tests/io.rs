@@ -414,3 +414,24 @@ fn a_sparse_file_backs_the_medium() {
     assert_eq!(on_disk, pattern(8192, 77));
     assert_eq!(len.expect("metadata"), 8192 * 512);
 }
+
+/// A doorbell wakes its own queue's engine (unpark), not every engine and not its idle
+/// timeout: right after a completion the engine has just parked for up to 50 ms, so twenty
+/// round trips that each waited the timeout out would take about a second.
+#[test]
+fn a_doorbell_wakes_its_queues_engine_at_once() {
+    const ROUNDS: u16 = 20;
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 1, 16);
+    let start = std::time::Instant::now();
+    for tag in 0..ROUNDS {
+        tq.submit(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
+        let c = tq.next(&rig);
+        assert_eq!((c.tag, c.status), (tag, cq_status::OK));
+    }
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(500),
+        "{ROUNDS} round trips took {took:?}: doorbell wake-ups were lost"
+    );
+}

@@ -167,3 +167,25 @@ fn invalid_configurations_are_refused() {
     .expect_err("0 queues");
     assert!(err.to_string().contains("queues"), "{err}");
 }
+
+/// BAR accesses reach the board through the `RegisterIo` trait object, with no token and
+/// possibly under a driver's lock (diag reads a spare queue's Q_STATUS under
+/// `accel.spare_queues`): allowed there, soft reset included (its fault-plan and state locks
+/// are taken on the same path), since an MMIO access is not a blocking call.
+#[test]
+fn register_accesses_and_a_soft_reset_under_a_driver_lock_are_allowed() {
+    use scst_accel_hal::locks::levels;
+    use scst_accel_hal::locks::LockToken;
+    use scst_accel_hal::locks::OrderedMutex;
+
+    let rig = Rig::enabled();
+    let spare = OrderedMutex::<(), levels::AccelSpareQueues>::new(());
+    let mut token = LockToken::root();
+    let _held = spare.lock(&mut token);
+    assert_eq!(rig.read(global::ID), ID_VALUE);
+    rig.write(global::CONTROL, crate::sca1::regs::control::SOFT_RESET);
+    assert!(
+        wait_until(|| rig.read(global::CONTROL) & crate::sca1::regs::control::SOFT_RESET == 0),
+        "the soft reset completes"
+    );
+}

@@ -8,6 +8,7 @@ use crate::abi::ReplyCmd;
 use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use scst_accel_dma::PageBuffer;
+use scst_accel_hal::locks::LockToken;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -98,7 +99,7 @@ fn tm_abort_of_an_exec_in_flight() {
 /// Let the core process the active list without delivering anything: peek via stats.
 fn drive_core_until_queued(r: &Rig) {
     let dev = r.fd.device_for_test();
-    dev.with(|st, fx| st.run_core_work(fx));
+    dev.with(&mut LockToken::root(), |st, fx| st.run_core_work(fx));
     assert!(stats(r).ready > 0);
 }
 
@@ -197,6 +198,29 @@ fn only_the_last_clone_releases() {
     );
 }
 
+/// Dropping the last clone with a checked lock held breaks the rule that a close holds none,
+/// but `Drop` must not panic (docs/locking.md rule 6): the release runs on a thread of its own,
+/// whose root token is true, and the device still goes away.
+#[test]
+fn the_last_drop_under_a_lock_releases_on_another_thread_without_panicking() {
+    use scst_accel_hal::locks::levels;
+    use scst_accel_hal::locks::OrderedMutex;
+
+    let r = rig(default_opt());
+    let kernel = r.kernel.clone();
+    let held = OrderedMutex::<(), levels::InterruptLines>::new(());
+    {
+        let mut token = LockToken::root();
+        let _guard = held.lock(&mut token);
+        drop(r);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !kernel.registered_devices().is_empty() {
+        assert!(Instant::now() < deadline, "the device was never released");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn detach_queues_detach_sess_and_closes_the_session() {
     let r = rig(default_opt());
@@ -239,7 +263,7 @@ fn core_local_reads_get_alloc_mem() {
 fn handle_counter_skips_handles_still_in_the_hash() {
     let r = rig(default_opt());
     let dev = r.fd.device_for_test();
-    dev.with(|st, _| {
+    dev.with(&mut LockToken::root(), |st, _| {
         st.handle_counter = u32::MAX;
         let a = st.new_ucmd(crate::loopback::ucmd::UcmdKind::Prealloc);
         let b = st.new_ucmd(crate::loopback::ucmd::UcmdKind::Prealloc);
@@ -262,5 +286,7 @@ fn user_copies_under_the_device_lock_are_caught() {
     let dev = r.fd.device_for_test();
     let mut b = [0u8; 1];
     let addr = b.as_mut_ptr() as u64;
-    dev.with(|_, _| crate::loopback::uaccess::copy_from_user(addr, &mut b).ok());
+    dev.with(&mut LockToken::root(), |_, _| {
+        crate::loopback::uaccess::copy_from_user(addr, &mut b).ok()
+    });
 }

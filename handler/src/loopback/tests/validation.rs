@@ -10,6 +10,7 @@ use crate::abi::ReplyCmd;
 use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use scst_accel_dma::PageBuffer;
+use scst_accel_hal::locks::LockToken;
 
 #[test]
 fn wrong_subcode_fails_the_command_and_the_late_reply_is_ignored() {
@@ -65,7 +66,7 @@ fn unjam_pass_makes_replies_to_unjammed_commands_silently_succeed() {
     let c = wait_cmd(&r.fd);
     let dev = r.fd.device_for_test();
     let mut report = CloseReport::default();
-    dev.with(|st, fx| st.unjam_sent(&mut report, fx));
+    dev.with(&mut LockToken::root(), |st, fx| st.unjam_sent(&mut report, fx));
     assert_eq!(report.lun_not_supported, 1);
     let done = recv(&s);
     assert_eq!(sense_of(&done), (0x05, 0x25, 0x00));

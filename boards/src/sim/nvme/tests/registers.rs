@@ -186,3 +186,78 @@ fn the_worker_thread_ends_when_the_device_is_dropped() {
     assert!(!thread_exists("nvjoin-nvme"), "the worker was joined");
     assert_eq!(sim.stats().commands, 0);
 }
+
+/// The NVMe driver rings its admin doorbells with `nvme.admin` held, and every simulator lock
+/// comes after it: a doorbell write must take none of them (docs/locking.md). Held here is the
+/// highest lock of the hierarchy, so any lock the model took inside the write would be a
+/// lock-order panic; every command still completes, so the posted writes reached the worker,
+/// and woken by them rather than by its 50 ms idle timeout: right after a completion the
+/// worker has just parked, so twenty lost wake-ups would take about a second.
+#[test]
+fn a_doorbell_write_under_a_held_lock_takes_no_simulator_lock() {
+    use scst_accel_hal::locks::levels;
+    use scst_accel_hal::locks::LockToken;
+    use scst_accel_hal::locks::OrderedMutex;
+
+    const ROUNDS: u64 = 20;
+    let mut rig = Rig::enabled();
+    let highest = OrderedMutex::<(), levels::InterruptLines>::new(());
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        let cid = {
+            let mut token = LockToken::root();
+            let _held = highest.lock(&mut token);
+            // Get Features, Number of Queues (FID 07h).
+            let get_queues = Sqe {
+                cdw10: 0x07,
+                ..sqe(super::super::spec::admin::GET_FEATURES, 0)
+            };
+            rig.submit(0, get_queues)
+        };
+        let cqe = rig.next_completion(0);
+        assert_eq!(cqe.cid, cid);
+        assert_eq!(status(&cqe), Status::SUCCESS);
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "{ROUNDS} commands took {took:?}: doorbell wake-ups were lost"
+    );
+    let stats = rig.sim.stats();
+    assert_eq!(stats.invalid_doorbell_writes, 0);
+    // Each round rang the SQ tail and the CQ head doorbell.
+    assert_eq!(stats.doorbell_writes, 2 * ROUNDS);
+}
+
+/// A BAR access other than a doorbell takes the state lock with no token (none reaches through
+/// `RegisterIo`), so the order is checked at run time: under a driver lock (diag reads a spare
+/// queue's registers under `accel.spare_queues`) it is allowed, as an MMIO access is not a
+/// blocking call ...
+#[test]
+fn a_register_access_under_a_driver_lock_is_allowed() {
+    use scst_accel_hal::locks::levels;
+    use scst_accel_hal::locks::LockToken;
+    use scst_accel_hal::locks::OrderedMutex;
+
+    let rig = Rig::new(small_config());
+    let spare = OrderedMutex::<(), levels::AccelSpareQueues>::new(());
+    let mut token = LockToken::root();
+    let _held = spare.lock(&mut token);
+    rig.write(reg::INTMS, 1);
+    assert_eq!(rig.read(reg::INTMS), 1);
+}
+
+/// ... and under a lock after the simulator's own it is a lock-order violation.
+#[test]
+#[should_panic(expected = "lock order violation")]
+fn a_register_access_under_a_lock_after_the_simulators_is_refused() {
+    use scst_accel_hal::locks::levels;
+    use scst_accel_hal::locks::LockToken;
+    use scst_accel_hal::locks::OrderedMutex;
+
+    let rig = Rig::new(small_config());
+    let table = OrderedMutex::<(), levels::IommuTable>::new(());
+    let mut token = LockToken::root();
+    let _held = table.lock(&mut token);
+    rig.read(reg::CSTS);
+}

@@ -138,9 +138,9 @@ fn sense(thin: bool, write: bool, lba: u32, blocks: u16, status: StoreStatus) ->
     cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
     let data = vec![0u8; usize::from(blocks) * 512];
     let plan = if write {
-        disk.start(&cdb, &data)
+        disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &data)
     } else {
-        disk.start(&cdb, &NO_DATA)
+        disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &NO_DATA)
     };
     let Plan::Io(io) = plan else {
         panic!("a READ/WRITE goes to the store")

@@ -1,0 +1,222 @@
+//! What the disk can do, in one record: the single source every advertisement is derived from.
+//!
+//! [`Capabilities::new`] turns a [`DiskConfig`] (itself built from the store's [`StoreInfo`] by
+//! [`DiskConfig::for_store`], then narrowed by the operator) into the values the engine both
+//! enforces and reports: INQUIRY and the VPD pages (`inquiry.rs`), READ CAPACITY(16)
+//! (`capacity.rs`), the mode pages (`mode.rs`), REPORT SUPPORTED OPERATION CODES and the
+//! decoder's limits (`opcodes.rs`, `cdb.rs`). Nothing there reads the configuration directly
+//! for a capability, so what the disk says and what it does come from the same numbers.
+//! `docs/scsi.md` has the table of fields, where each comes from and where it is reported.
+//!
+//! Normalisation (SBC-3 §6.6.3, and what Linux accepts):
+//! - the transfer granularity is the physical block (2^exponent logical blocks);
+//! - MAXIMUM TRANSFER LENGTH is rounded down to a multiple of the granularity (when at least
+//!   one granule fits), so a maximal transfer never ends inside a physical block;
+//! - OPTIMAL TRANSFER LENGTH is at most the maximum and a multiple of the granularity (Linux
+//!   ignores an optimal above the maximum: "Optimal transfer size ... > dev_max");
+//! - MAXIMUM COMPARE AND WRITE LENGTH: SCST's core executes COMPARE AND WRITE for a user-space
+//!   disk (`scst_user.md` §6.4) as one READ(16) and one WRITE(16) of NUMBER OF LOGICAL BLOCKS
+//!   each, sent to this engine, so it is bounded by the maximum transfer length and by the
+//!   one-byte NUMBER OF LOGICAL BLOCKS field (255).
+//!
+//! [`StoreInfo`]: crate::store::StoreInfo
+
+use super::BlockLimits;
+use super::DiskConfig;
+
+/// Largest NUMBER OF LOGICAL BLOCKS a COMPARE AND WRITE CDB can carry (one byte, SBC-3 §5.2).
+pub const COMPARE_AND_WRITE_FIELD_MAX: u32 = 255;
+
+/// MEDIUM ROTATION RATE 0001h: a non-rotating medium (SBC-3 §6.6.2).
+pub const NON_ROTATING: u16 = 1;
+
+/// MEDIUM ROTATION RATE 0000h: not reported (a spinning medium whose rate is not known).
+pub const ROTATION_NOT_REPORTED: u16 = 0;
+
+/// Who runs COMPARE AND WRITE for this disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareAndWrite {
+    /// Not offered: RSOC says unsupported, MAXIMUM COMPARE AND WRITE LENGTH is 0.
+    None,
+    /// SCST's core (`scst_cmp_wr_local`, a `SCST_LOCAL_CMD` with `SCST_SCSI_ATOMIC`): it holds
+    /// back every overlapping command of the device while it reads the range with READ(16),
+    /// compares, and writes it with WRITE(16) (CDB byte 1 passed on, so DPO and FUA reach the
+    /// engine). The engine serves only those two commands.
+    ScstCore {
+        /// MAXIMUM COMPARE AND WRITE LENGTH in blocks (1..=255).
+        max_blocks: u8,
+    },
+}
+
+impl CompareAndWrite {
+    /// MAXIMUM COMPARE AND WRITE LENGTH (Block Limits byte 5): 0 when not offered.
+    pub fn max_blocks(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::ScstCore { max_blocks } => max_blocks,
+        }
+    }
+}
+
+/// Copy offload the disk takes part in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyOffload {
+    /// None: the handler registers `ext_copy_remap_supported = 0`; SCST's copy manager does
+    /// not use this disk (EXTENDED COPY ends in ILLEGAL REQUEST, issue 15 item 3).
+    None,
+}
+
+/// Logical block provisioning (SBC-3 §4.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provisioning {
+    /// Thin provisioned: LBPME, VPD B2h, UNMAP and WRITE SAME with UNMAP.
+    pub thin: bool,
+    /// Deallocated blocks read as zeroes (LBPRZ); only ever true on a thin disk.
+    pub unmapped_reads_zero: bool,
+    /// GET LBA STATUS is offered; only ever true on a thin disk.
+    pub lba_status: bool,
+}
+
+/// Everything the disk advertises, normalised. Built once per disk by [`Capabilities::new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (0..=15).
+    pub physical_block_exponent: u8,
+    /// OPTIMAL TRANSFER LENGTH GRANULARITY in blocks: the physical block (1 when the logical
+    /// block is the physical one; the page then reports 0, "not reported").
+    pub granularity_blocks: u32,
+    /// The limits as enforced and reported (see the module doc for the normalisation).
+    pub limits: BlockLimits,
+    /// COMPARE AND WRITE.
+    pub compare_and_write: CompareAndWrite,
+    /// Provisioning.
+    pub provisioning: Provisioning,
+    /// A volatile write cache exists: the initial WCE of the caching mode page, and V_SUP in
+    /// the Extended INQUIRY Data page.
+    pub write_cache: bool,
+    /// Initial D_SENSE of the control mode page.
+    pub d_sense: bool,
+    /// DPO and FUA are accepted on READ/WRITE (DPOFUA in the mode parameter header). Always
+    /// true: FUA is honoured (a durable write) and DPO, a cache hint, is accepted.
+    pub dpo_fua: bool,
+    /// Write protected (WP in the mode parameter header).
+    pub read_only: bool,
+    /// MEDIUM ROTATION RATE (VPD B1h).
+    pub rotation_rate: u16,
+    /// Copy offload.
+    pub copy_offload: CopyOffload,
+}
+
+impl Capabilities {
+    /// The capabilities of a disk configured as `config` (checked by `Disk::try_new`: block
+    /// size a power of two, a non-zero maximum transfer).
+    pub fn new(config: &DiskConfig) -> Self {
+        let exponent = config.physical_block_exponent.min(15);
+        let granularity = 1u32 << exponent;
+        let mut limits = config.limits;
+        limits.max_transfer_blocks = round_down(limits.max_transfer_blocks.max(1), granularity);
+        limits.optimal_transfer_blocks = round_down(
+            limits.optimal_transfer_blocks.min(limits.max_transfer_blocks),
+            granularity,
+        );
+        limits.unmap_granularity = limits.unmap_granularity.max(1);
+        let caw_max = limits.max_transfer_blocks.min(COMPARE_AND_WRITE_FIELD_MAX);
+        let compare_and_write = match u8::try_from(caw_max) {
+            Ok(max_blocks) if max_blocks > 0 && config.compare_and_write => {
+                CompareAndWrite::ScstCore { max_blocks }
+            }
+            _ => CompareAndWrite::None,
+        };
+        let thin = config.thin_provisioning;
+        Self {
+            block_size: config.block_size,
+            physical_block_exponent: exponent,
+            granularity_blocks: granularity,
+            limits,
+            compare_and_write,
+            provisioning: Provisioning {
+                thin,
+                unmapped_reads_zero: thin && config.unmapped_reads_zero,
+                lba_status: thin && config.lba_status,
+            },
+            write_cache: config.write_cache,
+            d_sense: config.d_sense,
+            dpo_fua: true,
+            read_only: config.read_only,
+            rotation_rate: config.rotation_rate,
+            copy_offload: CopyOffload::None,
+        }
+    }
+}
+
+/// `value` rounded down to a multiple of `granule`, unless that would be 0 (a limit below one
+/// granule stays as it is: the granularity is then only a hint the limit cannot follow).
+fn round_down(value: u32, granule: u32) -> u32 {
+    if granule > 1 && value >= granule {
+        value - value % granule
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(max: u32, optimal: u32, exponent: u8) -> Capabilities {
+        let mut cfg = DiskConfig::new(512, 1 << 20);
+        cfg.limits.max_transfer_blocks = max;
+        cfg.limits.optimal_transfer_blocks = optimal;
+        cfg.physical_block_exponent = exponent;
+        Capabilities::new(&cfg)
+    }
+
+    #[test]
+    fn optimal_is_clamped_to_the_maximum_and_aligned() {
+        let c = caps(1024, 2048, 0);
+        assert_eq!(
+            (c.limits.max_transfer_blocks, c.limits.optimal_transfer_blocks),
+            (1024, 1024)
+        );
+        let c = caps(1020, 2048, 3);
+        assert_eq!(
+            (c.limits.max_transfer_blocks, c.limits.optimal_transfer_blocks),
+            (1016, 1016)
+        );
+        let c = caps(4, 2048, 3);
+        assert_eq!(
+            (c.limits.max_transfer_blocks, c.limits.optimal_transfer_blocks),
+            (4, 4),
+            "a maximum below one physical block is kept"
+        );
+    }
+
+    #[test]
+    fn compare_and_write_limit_follows_the_transfer_limit() {
+        assert_eq!(
+            caps(1024, 2048, 0).compare_and_write,
+            CompareAndWrite::ScstCore { max_blocks: 255 }
+        );
+        assert_eq!(
+            caps(64, 64, 0).compare_and_write,
+            CompareAndWrite::ScstCore { max_blocks: 64 }
+        );
+        let mut cfg = DiskConfig::new(512, 100);
+        cfg.compare_and_write = false;
+        assert_eq!(Capabilities::new(&cfg).compare_and_write, CompareAndWrite::None);
+    }
+
+    #[test]
+    fn provisioning_claims_need_a_thin_disk() {
+        let mut cfg = DiskConfig::new(512, 100);
+        cfg.unmapped_reads_zero = true;
+        cfg.lba_status = true;
+        let p = Capabilities::new(&cfg).provisioning;
+        assert!(!p.unmapped_reads_zero && !p.lba_status);
+        cfg.thin_provisioning = true;
+        let p = Capabilities::new(&cfg).provisioning;
+        assert!(p.thin && p.unmapped_reads_zero && p.lba_status);
+    }
+}
