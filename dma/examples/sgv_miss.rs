@@ -1,0 +1,78 @@
+//! The cost of an SGV pool miss: IOMMU maps per miss and wall time per miss, per size class.
+//!
+//! `cargo run --release -p scst-accel-dma --example sgv_miss`
+//!
+//! For each class it fills a 256 MiB pool (IOVA-window placement) with buffers that are all
+//! kept out, so every `get` is a miss, and counts the `DmaMapper::map` calls the pool made. The
+//! mapper only counts (no ioctl), so the time is the pool's own work per miss (memory, IOVA,
+//! bookkeeping); on VFIO each map adds a `VFIO_IOMMU_MAP_DMA` ioctl that pins the pages.
+//! docs/design/sgv-arenas.md records the figures.
+// UNSAFETY: the counting mapper implements the unsafe `DmaMapper::map`; it records only.
+#![expect(unsafe_code)]
+
+use scst_accel_dma::mapping::IovaLock;
+use scst_accel_dma::IovaAllocator;
+use scst_accel_dma::SgvPool;
+use scst_accel_dma::PAGE_SIZE;
+use scst_accel_hal::locks::LockToken;
+use scst_accel_hal::DmaMapper;
+use scst_accel_hal::HalError;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Pool cap per run.
+const CAP: u64 = 256 << 20;
+
+/// Counts maps and unmaps; the device side of a map is not modelled.
+#[derive(Default)]
+struct CountingMapper {
+    maps: AtomicU64,
+    unmaps: AtomicU64,
+}
+
+impl DmaMapper for CountingMapper {
+    unsafe fn map(&self, _iova: u64, _host: u64, _len: u64) -> Result<(), HalError> {
+        self.maps.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn unmap(&self, _iova: u64, _len: u64) -> Result<(), HalError> {
+        self.unmaps.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn main() {
+    println!("class  size      misses   maps  maps/miss  ns/miss  live mappings at cap");
+    for order in [0u8, 2, 4, 6, 8, 10] {
+        let size = PAGE_SIZE << order;
+        let mapper = Arc::new(CountingMapper::default());
+        let iovas = Arc::new(IovaLock::new(IovaAllocator::new(1 << 20, 1 << 40)));
+        let pool = SgvPool::new(Some(mapper.clone()), Some(iovas), CAP);
+        let mut token = LockToken::root();
+        let misses = (CAP / size as u64) as usize;
+        let mut held = Vec::with_capacity(misses);
+        let start = Instant::now();
+        for _ in 0..misses {
+            match pool.get(&mut token, size) {
+                Some(buffer) => held.push(buffer),
+                None => break,
+            }
+        }
+        let elapsed = start.elapsed();
+        let got = held.len() as u64;
+        let maps = mapper.maps.load(Ordering::Relaxed);
+        let live = maps - mapper.unmaps.load(Ordering::Relaxed);
+        println!(
+            "{order:>5}  {size:>8}  {got:>7}  {maps:>5}  {:>9.5}  {:>7}  {live}",
+            maps as f64 / got.max(1) as f64,
+            elapsed.as_nanos() / u128::from(got.max(1)),
+        );
+        drop(held);
+        if pool.shutdown().is_err() {
+            eprintln!("pool shutdown refused: buffers still out");
+        }
+    }
+}
