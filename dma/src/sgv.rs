@@ -92,8 +92,14 @@ pub struct PoolStats {
     pub cached: u64,
     /// Their bytes.
     pub cached_bytes: u64,
-    /// Bytes currently mapped on the device (0 for a host-only pool).
+    /// Bytes currently mapped on the device (0 for a host-only pool): whole arenas, free
+    /// chunks included, plus exact buffers above 4 MiB.
     pub mapped_bytes: u64,
+    /// Live IOMMU mappings of the pool: one per mapped arena, one per exact buffer above
+    /// 4 MiB (0 for a host-only pool). VFIO type1 allows 65,535 per container by default.
+    pub mappings: u64,
+    /// Arenas the pool holds (mapped or, for a host-only pool, not).
+    pub arenas: u64,
     /// Buffers made (cache misses that succeeded).
     pub allocations: u64,
     /// Requests served from the cache.
@@ -104,7 +110,8 @@ pub struct PoolStats {
     pub failures: u64,
     /// Buffers returned to this pool that belong to another (sent back to their own).
     pub foreign_puts: u64,
-    /// Buffers whose unmap failed: leaked on purpose, still counted in `mapped_bytes`.
+    /// Arenas (and exact buffers) whose unmap failed: leaked on purpose, still counted in
+    /// `mapped_bytes` and `mappings`.
     pub leaked: u64,
 }
 
@@ -266,19 +273,27 @@ impl Drop for SgvPool {
 
 /// A view of the pool's shared free lists while their lock is held ([`SgvPool::idle_lists`]).
 pub struct IdleLists<'a> {
-    lists: OrderedMutexGuard<'a, shared::Lists, levels::SgvPool>,
+    lists: OrderedMutexGuard<'a, shared::PoolLists, levels::SgvPool>,
 }
 
 impl IdleLists<'_> {
     /// Idle buffers of size class `class` (order 0..=10) on the shared lists.
     pub fn idle(&self, class: usize) -> usize {
-        self.lists.0.get(class).map_or(0, Vec::len)
+        self.lists.idle.0.get(class).map_or(0, Vec::len)
+    }
+
+    /// Arenas the pool holds, every class (the set the counter `PoolStats::arenas` follows).
+    pub fn arenas(&self) -> usize {
+        self.lists.arenas.count()
     }
 }
 
 impl std::fmt::Debug for IdleLists<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let idle: Vec<usize> = (0..SGV_CLASSES).map(|c| self.idle(c)).collect();
-        f.debug_struct("IdleLists").field("idle", &idle).finish()
+        f.debug_struct("IdleLists")
+            .field("idle", &idle)
+            .field("arenas", &self.arenas())
+            .finish()
     }
 }

@@ -1,18 +1,174 @@
-//! Chunk bookkeeping of an SGV arena (issue 13 item 3, docs/design/sgv-arenas.md): an arena is
-//! one large mapped region serving one size class, cut into equal chunks; this map says which
-//! chunks are handed out. Equal chunks keep a free O(1) and need no coalescing.
-//!
-//! Not wired into the pool yet: the pool still maps each buffer on its own.
-#![cfg_attr(not(test), allow(dead_code))] // WHY: used by tests only until the pool carves buffers from arenas.
+//! SGV arenas (issue 13 item 3, docs/design/sgv-arenas.md): an arena is one large region,
+//! mapped on the device once, serving one size class cut into equal chunks; each pool buffer
+//! of that class is a [`PageBuffer`] view of one chunk. A [`ChunkMap`] says which chunks are
+//! handed out; [`Arenas`] is the pool's set of arenas per class (kept under the pool's
+//! `sgv.pool` lock with the shared free lists). Equal chunks keep a free O(1) and need no
+//! coalescing.
+
+use super::SGV_CLASSES;
+use crate::DmaRegion;
+use crate::PageBuffer;
+use std::sync::Arc;
 
 /// A chunk returned that was not handed out: a bookkeeping bug, reported instead of corrupting
 /// the map (a double free would hand one range to two buffers).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub(super) enum ChunkError {
     #[error("chunk {index} is out of range (the arena has {chunks})")]
     OutOfRange { index: usize, chunks: usize },
     #[error("chunk {0} returned but not handed out")]
     NotHandedOut(usize),
+    #[error("chunk {index} returned to an arena of class {class} the pool does not hold")]
+    UnknownArena { class: u8, index: usize },
+}
+
+/// One arena: a region carved into `chunks` chunks of `chunk_len` bytes, mapped on the device
+/// as one range at `iova` (host-only pools: not mapped). While the IOMMU mapping lives, the
+/// pool holds an `Arc` of it, so its memory outlives the mapping.
+#[derive(Debug)]
+pub(super) struct Arena {
+    region: Arc<DmaRegion>,
+    /// The device address of the first chunk, `None` for a host-only pool.
+    iova: Option<u64>,
+    class: u8,
+    chunk_len: usize,
+    chunks: usize,
+}
+
+impl Arena {
+    /// An arena of `region` cut into as many `chunk_len` chunks as fit, mapped at `iova`.
+    pub(super) fn new(region: DmaRegion, iova: Option<u64>, class: u8, chunk_len: usize) -> Self {
+        let chunks = region.len() / chunk_len;
+        Self {
+            region: Arc::new(region),
+            iova,
+            class,
+            chunk_len,
+            chunks,
+        }
+    }
+
+    /// How many chunks of `chunk_len` a region of `region_len` bytes holds: the length mapped
+    /// is `chunks * chunk_len` (a huge-page region may be longer than what was asked).
+    pub(super) fn mapped_len_of(region_len: usize, chunk_len: usize) -> u64 {
+        ((region_len / chunk_len) * chunk_len) as u64
+    }
+
+    /// The bytes mapped on the device (or carved, for a host-only pool).
+    pub(super) fn mapped_len(&self) -> u64 {
+        (self.chunks * self.chunk_len) as u64
+    }
+
+    pub(super) fn iova(&self) -> Option<u64> {
+        self.iova
+    }
+
+    pub(super) fn addr(&self) -> u64 {
+        self.region.addr()
+    }
+
+    /// Chunk `index` as a buffer view and its device address (arena IOVA + offset).
+    ///
+    /// # Panics
+    /// If `index` is not a chunk of this arena (the pool's bookkeeping handed it out).
+    pub(super) fn chunk(&self, index: usize) -> (PageBuffer, Option<u64>) {
+        assert!(
+            index < self.chunks,
+            "chunk {index} of an arena of {}",
+            self.chunks
+        );
+        let offset = index * self.chunk_len;
+        let pages = PageBuffer::view(self.region.clone(), offset, self.chunk_len);
+        (pages, self.iova.map(|base| base + offset as u64))
+    }
+}
+
+/// One handed-out (or cached) chunk: which arena, which chunk. Holding it keeps the arena,
+/// hence its memory, alive.
+#[derive(Clone, Debug)]
+pub(super) struct Chunk {
+    pub(super) arena: Arc<Arena>,
+    pub(super) index: usize,
+}
+
+/// An arena in the pool's set, with its chunk map.
+#[derive(Debug)]
+struct Carved {
+    arena: Arc<Arena>,
+    map: ChunkMap,
+}
+
+/// The pool's arenas, per class. Lives under the `sgv.pool` lock with the shared free lists.
+#[derive(Debug, Default)]
+pub(super) struct Arenas([Vec<Carved>; SGV_CLASSES]);
+
+impl Arenas {
+    /// A free chunk of `class` from the fullest arena that has one, or `None` when every arena
+    /// of the class is full (the caller maps a new one). Fullest first packs use into few
+    /// arenas, so the others drain and can be unmapped when their buffers are evicted.
+    pub(super) fn take(&mut self, class: u8) -> Option<Chunk> {
+        let carved = self
+            .0
+            .get_mut(usize::from(class))?
+            .iter_mut()
+            .filter(|c| c.map.used() < c.map.chunks())
+            .max_by_key(|c| c.map.used())?;
+        let index = carved.map.take()?;
+        Some(Chunk {
+            arena: carved.arena.clone(),
+            index,
+        })
+    }
+
+    /// Add a newly mapped arena and take its first chunk.
+    pub(super) fn insert(&mut self, arena: Arc<Arena>) -> Option<Chunk> {
+        let mut map = ChunkMap::new(arena.chunks);
+        let index = map.take()?;
+        let list = self.0.get_mut(usize::from(arena.class))?;
+        list.push(Carved {
+            arena: arena.clone(),
+            map,
+        });
+        Some(Chunk { arena, index })
+    }
+
+    /// Return `chunk`. `Ok(Some(arena))` when its arena is now wholly free: it has left the
+    /// set and the caller unmaps it (with no lock held).
+    pub(super) fn give(&mut self, chunk: &Chunk) -> Result<Option<Arc<Arena>>, ChunkError> {
+        let class = chunk.arena.class;
+        let unknown = ChunkError::UnknownArena {
+            class,
+            index: chunk.index,
+        };
+        let list = self
+            .0
+            .get_mut(usize::from(class))
+            .ok_or_else(|| unknown.clone())?;
+        let at = list
+            .iter()
+            .position(|c| Arc::ptr_eq(&c.arena, &chunk.arena))
+            .ok_or(unknown)?;
+        if !list[at].map.give(chunk.index)? {
+            return Ok(None);
+        }
+        Ok(Some(list.swap_remove(at).arena))
+    }
+
+    /// Arenas in the set.
+    pub(super) fn count(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+
+    /// Bytes of all chunks handed out, every arena (the pool's accounting tests check it
+    /// against the in-use and cached byte counters).
+    #[cfg(test)]
+    pub(super) fn carved_bytes(&self) -> u64 {
+        self.0
+            .iter()
+            .flatten()
+            .map(|c| (c.map.used() * c.arena.chunk_len) as u64)
+            .sum()
+    }
 }
 
 /// Which chunks of an arena are handed out: one bit per chunk, set while in use.
@@ -75,6 +231,11 @@ impl ChunkMap {
     pub(super) fn used(&self) -> usize {
         self.used
     }
+
+    /// Chunks in all.
+    pub(super) fn chunks(&self) -> usize {
+        self.chunks
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +263,58 @@ mod tests {
         assert_eq!(map.give(7), Err(ChunkError::OutOfRange { index: 7, chunks: 3 }));
         assert_eq!(map.give(b), Ok(true));
         assert_eq!(map.used(), 0);
+    }
+
+    fn arena(class: u8, chunks: usize) -> Arc<Arena> {
+        let chunk_len = crate::PAGE_SIZE << class;
+        let region = DmaRegion::new_unlocked(chunks * chunk_len).expect("region");
+        Arc::new(Arena::new(region, Some(0x10_0000), class, chunk_len))
+    }
+
+    #[test]
+    fn chunks_are_views_at_arena_offsets() {
+        let a = arena(1, 4);
+        let (pages, iova) = a.chunk(3);
+        assert_eq!(pages.len(), 8192);
+        assert_eq!(pages.addr(), a.addr() + 3 * 8192);
+        assert_eq!(iova, Some(0x10_0000 + 3 * 8192));
+        assert_eq!(a.mapped_len(), 4 * 8192);
+        pages.write_at(8188, b"tail");
+    }
+
+    #[test]
+    fn takes_from_the_fullest_arena_and_hands_back_an_emptied_one() {
+        let mut set = Arenas::default();
+        let (a, b) = (arena(0, 4), arena(0, 4));
+        let a0 = set.insert(a.clone()).expect("a0");
+        let a1 = set.take(0).expect("a1");
+        let b0 = set.insert(b.clone()).expect("b0");
+        let a2 = set.take(0).expect("from a (2 used) rather than b (1 used)");
+        assert!(Arc::ptr_eq(&a2.arena, &a));
+        let emptied = set.give(&b0).expect("b0 was handed out");
+        assert!(
+            emptied.is_some_and(|gone| Arc::ptr_eq(&gone, &b)),
+            "b's only chunk back: b leaves the set"
+        );
+        assert_eq!(set.count(), 1);
+        for c in [&a0, &a1] {
+            assert_eq!(set.give(c).map(|o| o.is_some()), Ok(false));
+        }
+        assert_eq!(
+            set.give(&a1).map(|o| o.is_some()),
+            Err(ChunkError::NotHandedOut(a1.index)),
+            "double free refused"
+        );
+        assert_eq!(
+            set.give(&a2).map(|o| o.is_some()),
+            Ok(true),
+            "last chunk: the arena leaves"
+        );
+        assert_eq!(set.count(), 0);
+        assert!(matches!(
+            set.give(&a2),
+            Err(ChunkError::UnknownArena { class: 0, .. })
+        ));
     }
 
     proptest! {
