@@ -159,6 +159,12 @@ impl Arenas {
         self.0.iter().map(Vec::len).sum()
     }
 
+    /// Arenas per class.
+    #[cfg(test)]
+    pub(super) fn per_class(&self) -> [usize; SGV_CLASSES] {
+        std::array::from_fn(|class| self.0[class].len())
+    }
+
     /// Bytes of all chunks handed out, every arena (the pool's accounting tests check it
     /// against the in-use and cached byte counters).
     #[cfg(test)]

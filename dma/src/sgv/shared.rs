@@ -296,9 +296,8 @@ impl Shared {
             }
         };
         let len = pages.len() as u64;
-        // SAFETY (of the map inside): `pages` is anonymous memory of this process, accessed
-        // only by copies; the slot made from it holds this `Arc` until `release` has unmapped
-        // the range (and leaks it if the unmap fails), so the memory outlives the mapping.
+        // What `map` relies on: the slot made from `pages` holds this `Arc` until `release`
+        // has unmapped the range, and leaks it if the unmap fails.
         let iova = self.map(token, pages.addr(), len, PAGE_SIZE as u64)?;
         Some(Slot {
             pages,
@@ -372,10 +371,9 @@ impl Shared {
             PAGE_SIZE
         };
         let mapped = Arena::mapped_len_of(region.len(), size);
-        // SAFETY (of the map inside): the region is anonymous memory of this process, accessed
-        // only by copies through `PageBuffer` views. The arena owns it and the pool holds the
-        // arena (in its set, or through each chunk handed out) until `retire` has unmapped the
-        // range, and leaks it if that unmap fails: the memory outlives the mapping.
+        // What `map` relies on: the arena owns the region, and the pool holds the arena (in
+        // its set, and through each chunk handed out) until `retire` has unmapped the range,
+        // and leaks it if that unmap fails. Views hold the region too, never less long.
         let iova = self.map(token, region.addr(), mapped, align as u64)?;
         self.counters.arenas.fetch_add(1, Ordering::Relaxed);
         log::debug!(
@@ -413,8 +411,9 @@ impl Shared {
             Placement::Identity { mapper } => (mapper, host),
         };
         // SAFETY: `host..host + len` is anonymous memory of this process, accessed only by
-        // copies; both callers (`make_arena`, `allocate_exact`) keep it alive until `retire` or
-        // `release` has unmapped the range, and leak it when that unmap fails.
+        // copies (`PageBuffer` forms no reference into it); both callers (`make_arena`,
+        // `allocate_exact`) keep it alive until `retire` or `release` has unmapped the range,
+        // and leak it when that unmap fails.
         match unsafe { mapper.map(iova, host, len) } {
             Ok(()) => {
                 self.counters.mapped_bytes.fetch_add(len, Ordering::Relaxed);

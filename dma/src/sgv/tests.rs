@@ -696,6 +696,46 @@ fn a_leaked_arena_keeps_its_memory_for_views_still_held() {
     );
 }
 
+#[test]
+fn fragmentation_can_map_more_than_the_cap_but_each_class_stays_bounded() {
+    // Arrange: a 64 MiB cap filled with 4 KiB buffers: 4 full arenas of 16 MiB.
+    const CAP: u64 = 64 << 20;
+    let f = fixture(CAP);
+    let mut token = LockToken::root();
+    let mut small: Vec<DmaBuffer> = (0..CAP / K4 as u64)
+        .map(|_| f.pool.get(&mut token, K4).expect("small"))
+        .collect();
+    assert_eq!(f.pool.stats().arenas, 4);
+
+    // Act: keep one buffer per arena in use, flush the rest, fill the cap with 64 KiB ones.
+    let chunks_per_arena = shared::ARENA_BYTES / K4;
+    let kept: Vec<DmaBuffer> = small
+        .drain(..)
+        .enumerate()
+        .filter_map(|(i, b)| (i % chunks_per_arena == 0).then_some(b))
+        .collect();
+    f.pool.flush(&mut token);
+    let kept_bytes = kept.len() as u64 * K4 as u64;
+    let large: Vec<DmaBuffer> = std::iter::from_fn(|| f.pool.get(&mut token, 16 * K4)).collect();
+
+    // Assert: the cap still bounds the buffer bytes, but the 4 partly used arenas stay mapped
+    // beside the new class's: mapped bytes pass the cap (what docs/design/sgv-arenas.md
+    // calls the fragmentation bound: at most cap / arena + 1 arenas per class).
+    let s = f.pool.stats();
+    assert_eq!(kept.len(), 4);
+    assert_eq!(s.in_use_bytes, kept_bytes + large.len() as u64 * 16 * K4 as u64);
+    assert!(s.in_use_bytes <= CAP);
+    assert_eq!(
+        s.arenas, 8,
+        "4 arenas of 4 KiB chunks (one used each) + 4 of 64 KiB chunks"
+    );
+    assert_eq!(s.mapped_bytes, 2 * CAP);
+    drop((kept, large));
+    f.pool.flush(&mut token);
+    assert_eq!(f.pool.stats().mapped_bytes, 0);
+    f.shutdown_clean();
+}
+
 mod accounting {
     //! Random get/put/flush sequences against a model of what is handed out.
     use super::*;
@@ -725,6 +765,24 @@ mod accounting {
             .0
             .arenas
             .carved_bytes()
+    }
+
+    /// A class gets a new arena only when all of its arenas are full, so it never has more
+    /// than `cap / arena_len + 1` (one thread; a one-chunk fallback never happens here).
+    fn assert_arenas_bounded(pool: &SgvPool, cap: u64) {
+        let per_class = pool
+            .shared
+            .lock_free_lists(&mut LockToken::root())
+            .0
+            .arenas
+            .per_class();
+        for (class, &count) in per_class.iter().enumerate() {
+            let arena = shared::arena_len(cap, K4 << class) as u64;
+            assert!(
+                count as u64 <= cap / arena + 1,
+                "class {class}: {count} arenas, cap {cap}"
+            );
+        }
     }
 
     proptest! {
@@ -778,6 +836,7 @@ mod accounting {
                 prop_assert_eq!(s.mappings, s.arenas + exact as u64);
                 prop_assert_eq!(s.arenas as usize, f.pool.idle_lists(&mut token).0.arenas());
                 assert_carved_from_live_mappings(&f.mapper, &held);
+                assert_arenas_bounded(&f.pool, cap_pages * K4 as u64);
             }
             drop(held);
             f.pool.flush(&mut token);
