@@ -13,12 +13,12 @@
 //!   (IOVA = arena IOVA + offset). So the IOMMU mapping count stays small: a 1 GiB cap of
 //!   4 KiB buffers takes 64 mappings instead of 262,144 (VFIO type1 allows 65,535 per
 //!   container by default), and a miss maps (pins) only when its class has no free chunk left:
-//!   once per 4096 misses for 4 KiB buffers. A chunk goes back to its arena when its buffer is
+//!   once per 4096 misses for 4 KiB buffers, and not at all for arenas mapped ahead with
+//!   [`SgvPool::premap`]. A chunk goes back to its arena when its buffer is
 //!   evicted or flushed (a cached buffer keeps its chunk); an arena left with no chunk in use
 //!   is unmapped and freed then. An arena that cannot be had whole (no memory, no IOVA range
 //!   that large, the IOMMU refused) falls back to one chunk, so a tight IOVA window or memlock
 //!   limit costs mappings, not service. `PoolStats::mappings` and `arenas` count them.
-//!
 //! - Fast path: a small per-thread stash per class (no shared lock); it spills half to the
 //!   shared free lists when it grows past its limit, and is drained by [`SgvPool::flush`] and
 //!   when its thread exits.
@@ -185,6 +185,24 @@ impl SgvPool {
         }
         let slot = self.shared.allocate(token, class, size)?;
         Some(DmaBuffer::new(slot, self.shared.clone()))
+    }
+
+    /// Map arenas now, so that the next `buffers` misses for buffers of `len` bytes carve
+    /// from them without mapping (no pinning on the worker that misses): call it at start-up,
+    /// off the command path, for the classes the workload uses. Bounded by the cap: the class
+    /// never gets more arena bytes than `max_bytes` this way. The arenas are mapped memory
+    /// outside the cap's byte count until buffers are carved from them; a flush unmaps those
+    /// still unused. Returns the free chunks the class now has (less than `buffers` when the
+    /// cap or a failed map stopped it; 0 for an exact size above 4 MiB, which is never
+    /// pre-mapped).
+    ///
+    /// `token` is the root's: mapping is a blocking call.
+    pub fn premap(&self, token: &mut LockToken<'_, levels::Root>, len: usize, buffers: usize) -> usize {
+        let (class, size) = class_for(len);
+        if class == UNCACHED_CLASS {
+            return 0;
+        }
+        self.shared.premap(token, class, size, buffers)
     }
 
     /// Return `buffer` for reuse (the same as dropping it: it is queued without a lock and

@@ -132,6 +132,42 @@ impl Arenas {
         Some(Chunk { arena, index })
     }
 
+    /// Add a newly mapped arena with every chunk free (mapped ahead of the misses that will
+    /// use it, `SgvPool::premap`).
+    pub(super) fn insert_free(&mut self, arena: Arc<Arena>) {
+        let map = ChunkMap::new(arena.chunks);
+        if let Some(list) = self.0.get_mut(usize::from(arena.class)) {
+            list.push(Carved { arena, map });
+        }
+    }
+
+    /// Free chunks and arena bytes of `class`.
+    pub(super) fn room(&self, class: u8) -> (usize, u64) {
+        self.0.get(usize::from(class)).map_or((0, 0), |list| {
+            list.iter().fold((0, 0), |(free, bytes), c| {
+                (free + c.map.chunks() - c.map.used(), bytes + c.arena.mapped_len())
+            })
+        })
+    }
+
+    /// Take every arena with no chunk in use out of the set (a flush unmaps them; only
+    /// pre-mapped arenas that were never used can be found so, as an arena leaves the set the
+    /// moment its last chunk comes back).
+    pub(super) fn take_unused(&mut self) -> Vec<Arc<Arena>> {
+        let mut unused = Vec::new();
+        for list in &mut self.0 {
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].map.used() == 0 {
+                    unused.push(list.swap_remove(i).arena);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        unused
+    }
+
     /// Return `chunk`. `Ok(Some(arena))` when its arena is now wholly free: it has left the
     /// set and the caller unmaps it (with no lock held).
     pub(super) fn give(&mut self, chunk: &Chunk) -> Result<Option<Arc<Arena>>, ChunkError> {

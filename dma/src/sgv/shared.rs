@@ -709,7 +709,28 @@ impl Shared {
         if count > 0 {
             log::debug!("SGV pool {}: flushed {released} of {count} idle buffers", self.id);
         }
+        // Pre-mapped arenas never used hold no buffer, so no release above retired them.
+        let unused = self.free.lock(token).0.arenas.take_unused();
+        for arena in unused {
+            self.retire(token, arena);
+        }
         released
+    }
+
+    /// Map arenas for `class` (chunks of `size` bytes) until `buffers` chunks of it are free,
+    /// within the cap's worth of arena bytes for the class. Returns the free chunks now.
+    pub(super) fn premap(&self, token: &mut PoolToken<'_>, class: u8, size: usize, buffers: usize) -> usize {
+        loop {
+            let (free, bytes) = self.free.lock(token).0.arenas.room(class);
+            let len = arena_len(self.max_bytes, size) as u64;
+            if free >= buffers || bytes.saturating_add(len) > self.max_bytes || self.is_closed() {
+                return free;
+            }
+            let Some(arena) = self.new_arena(token, class, size) else {
+                return free;
+            };
+            self.free.lock(token).0.arenas.insert_free(Arc::new(arena));
+        }
     }
 
     pub(super) fn stats(&self) -> PoolStats {

@@ -697,6 +697,56 @@ fn a_leaked_arena_keeps_its_memory_for_views_still_held() {
 }
 
 #[test]
+fn premapped_arenas_take_the_map_off_the_miss_path() {
+    // Arrange: a 32 MiB pool; two 16 MiB arenas of 4 KiB chunks mapped up front.
+    let f = fixture(32 << 20);
+    let mut token = LockToken::root();
+    assert_eq!(f.pool.premap(&mut token, K4, 5000), 8192);
+    assert_eq!(f.mapper.counts().0, 2);
+    let s = f.pool.stats();
+    assert_eq!((s.arenas, s.mappings, s.in_use, s.cached), (2, 2, 0, 0));
+
+    // Act: 5000 misses.
+    let held: Vec<DmaBuffer> = (0..5000)
+        .map(|_| f.pool.get(&mut token, K4).expect("b"))
+        .collect();
+
+    // Assert: none of them mapped.
+    assert_eq!(f.pool.stats().allocations, 5000);
+    assert_eq!(f.mapper.counts().0, 2, "no map on the miss path");
+    assert_carved_from_live_mappings(&f.mapper, &held);
+    drop(held);
+    f.pool.flush(&mut token);
+    assert_eq!(f.pool.stats().mappings, 0);
+    f.shutdown_clean();
+}
+
+#[test]
+fn premap_stays_within_the_cap_and_a_flush_unmaps_unused_arenas() {
+    let f = fixture(16 * K4 as u64);
+    let mut token = LockToken::root();
+    assert_eq!(
+        f.pool.premap(&mut token, K4, 1000),
+        16,
+        "one 64 KiB arena: the cap's worth"
+    );
+    assert_eq!(
+        f.pool.premap(&mut token, 8 << 20, 1),
+        0,
+        "exact sizes are never pre-mapped"
+    );
+    assert_eq!(
+        f.pool.premap(&mut token, 1 << 20, 1),
+        0,
+        "a 1 MiB buffer never fits the cap"
+    );
+    assert_eq!(f.mapper.live().len(), 1);
+    assert_eq!(f.pool.flush(&mut token), 0, "no buffer to release");
+    assert_eq!(f.pool.stats().mappings, 0, "the unused arena was unmapped");
+    f.shutdown_clean();
+}
+
+#[test]
 fn fragmentation_can_map_more_than_the_cap_but_each_class_stays_bounded() {
     // Arrange: a 64 MiB cap filled with 4 KiB buffers: 4 full arenas of 16 MiB.
     const CAP: u64 = 64 << 20;
@@ -748,6 +798,8 @@ mod accounting {
         /// Return the held buffer at this index (modulo how many are held).
         Put(usize),
         Flush,
+        /// Pre-map arenas for this many buffers of order `0..=10`.
+        Premap(u8, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -755,6 +807,7 @@ mod accounting {
             6 => (0u8..=11).prop_map(Op::Get),
             5 => any::<usize>().prop_map(Op::Put),
             1 => Just(Op::Flush),
+            1 => (0u8..=10, 0usize..5000).prop_map(|(order, n)| Op::Premap(order, n)),
         ]
     }
 
@@ -814,6 +867,16 @@ mod accounting {
                     Op::Flush => {
                         f.pool.flush(&mut token);
                         prop_assert_eq!(f.pool.stats().cached, 0);
+                    }
+                    Op::Premap(order, n) => {
+                        let before = f.pool.stats();
+                        f.pool.premap(&mut token, K4 << order, n);
+                        let after = f.pool.stats();
+                        prop_assert_eq!(
+                            (after.in_use, after.cached, after.allocations),
+                            (before.in_use, before.cached, before.allocations),
+                            "pre-mapping hands out and caches nothing"
+                        );
                     }
                 }
                 let s = f.pool.stats();
