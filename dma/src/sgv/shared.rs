@@ -401,7 +401,7 @@ impl Shared {
                 Some(iova) => (mapper, iova),
                 None => {
                     log::warn!(
-                        "SGV pool {}: no free IOVA range for a {len}-byte buffer (flush the pool or \
+                        "SGV pool {}: no free IOVA range of {len} bytes (flush the pool or \
                          enlarge the IOVA window)",
                         self.id
                     );
