@@ -7,10 +7,12 @@
 //! handed out: access is by copy ([`PageBuffer::read_at`], [`PageBuffer::write_at`]).
 #![allow(unsafe_code)] // UNSAFETY: mmap/munmap and raw copies into memory other agents write.
 
+use crate::DmaRegion;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// Page size of the kernel SCST runs on (x86_64).
 pub const PAGE_SIZE: usize = 4096;
@@ -32,11 +34,24 @@ pub enum PageBufferError {
     },
 }
 
-/// Anonymous page-aligned memory, unmapped on drop.
+/// Anonymous page-aligned memory: its own mapping (made by [`PageBuffer::new`], unmapped on
+/// drop), or a view of part of a larger region (an SGV pool buffer carved from an arena,
+/// `sgv.rs`), which it keeps alive. Both behave the same to their users.
 #[derive(Debug)]
 pub struct PageBuffer {
     ptr: NonNull<u8>,
     len: usize,
+    backing: Backing,
+}
+
+/// Who owns the memory a [`PageBuffer`] points into.
+#[derive(Debug)]
+enum Backing {
+    /// This buffer's own anonymous mapping: unmapped when it drops.
+    Own,
+    /// A range of a region shared with other views: the `Arc` keeps the region mapped while
+    /// this view exists, even past its arena's IOMMU unmap.
+    View(#[expect(dead_code, reason = "held only to keep the region alive")] Arc<DmaRegion>),
 }
 
 // SAFETY: the buffer is plain memory owned by this handle; all access goes through copies that
@@ -83,7 +98,30 @@ impl PageBuffer {
             );
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(PageBufferError::InvalidLength(len))?;
-        Ok(Self { ptr, len })
+        Ok(Self {
+            ptr,
+            len,
+            backing: Backing::Own,
+        })
+    }
+
+    /// A view of `len` bytes of `region` at `offset` (both whole pages), keeping the region
+    /// alive: an SGV buffer carved from an arena.
+    ///
+    /// # Panics
+    /// If the range is empty, not page-aligned or outside the region: offsets come from the
+    /// pool's own chunk arithmetic, so a bad one is a pool bug.
+    pub(crate) fn view(region: Arc<DmaRegion>, offset: usize, len: usize) -> Self {
+        assert!(
+            len > 0 && offset.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE),
+            "view {offset}+{len} of a DMA region is not whole pages"
+        );
+        let ptr = region.ptr_at(offset, len);
+        Self {
+            ptr,
+            len,
+            backing: Backing::View(region),
+        }
     }
 
     /// Length in bytes (whole pages).
@@ -205,6 +243,10 @@ impl PageBuffer {
 
 impl Drop for PageBuffer {
     fn drop(&mut self) {
+        if matches!(self.backing, Backing::View(_)) {
+            // The region is unmapped by its own drop, when its last view and arena are gone.
+            return;
+        }
         // SAFETY: unmapping exactly the mapping created in `new`; no reference into it exists.
         if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
             log::error!(

@@ -57,6 +57,23 @@ impl DmaRegion {
     /// [`DmaError::InvalidLength`] for 0 or more than 1 GiB; [`DmaError::Alloc`] when the
     /// kernel refuses the mapping.
     pub fn new(len: usize) -> Result<Self, DmaError> {
+        Self::map(len, true)
+    }
+
+    /// As [`DmaRegion::new`] but never `mlock`ed: for SGV arenas (`sgv::arena`), which are
+    /// large and made on demand. A mapped arena is pinned by the IOMMU map itself (VFIO type1
+    /// charges the pages it pins to the process's `locked_vm`, as mlock does, so an mlock on
+    /// top adds no guarantee and would charge the same pages to `RLIMIT_MEMLOCK` twice), and a
+    /// host-only arena should not fault in 16 MiB up front for a pool that may use one 4 KiB
+    /// buffer of it.
+    ///
+    /// # Errors
+    /// As [`DmaRegion::new`].
+    pub(crate) fn new_unlocked(len: usize) -> Result<Self, DmaError> {
+        Self::map(len, false)
+    }
+
+    fn map(len: usize, lock: bool) -> Result<Self, DmaError> {
         if len == 0 || len > MAX_REGION_LEN {
             return Err(DmaError::InvalidLength {
                 len,
@@ -74,8 +91,20 @@ impl DmaRegion {
                 )
             }
         };
-        advise_and_lock(ptr, len);
+        advise_and_lock(ptr, len, lock);
         Ok(Self { ptr, len, huge })
+    }
+
+    /// A pointer to `offset`, checked so that `offset..offset + len` lies inside the region:
+    /// for [`crate::PageBuffer`] views of an SGV arena, which keep the region alive.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub(crate) fn ptr_at(&self, offset: usize, len: usize) -> NonNull<u8> {
+        self.check(offset, len);
+        // SAFETY: `offset <= self.len` (checked), so the result is inside the mapping or one
+        // past its end, and not null because the mapping is not.
+        unsafe { self.ptr.add(offset) }
     }
 
     /// The host virtual address of the first byte.
@@ -243,13 +272,16 @@ fn map_anonymous(len: usize, extra_flags: libc::c_int) -> std::io::Result<NonNul
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
-fn advise_and_lock(ptr: NonNull<u8>, len: usize) {
+fn advise_and_lock(ptr: NonNull<u8>, len: usize, lock: bool) {
     // SAFETY: `ptr..ptr+len` is a mapping this process just made; madvise does not touch data.
     if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTFORK) } != 0 {
         log::debug!(
             "madvise(MADV_DONTFORK) on a DMA region failed: {}",
             std::io::Error::last_os_error()
         );
+    }
+    if !lock {
+        return;
     }
     // SAFETY: as above; mlock only faults the pages in and pins them.
     if unsafe { libc::mlock(ptr.as_ptr().cast(), len) } != 0 {

@@ -2,12 +2,23 @@
 //!
 //! SCST caches the scatter-gather vectors of user buffers per size class and asks the
 //! handler for memory only on a cache miss (`scst_user.md §3.6`). This pool mirrors that on our
-//! side: power-of-two classes of 1..=1024 pages (orders 0..=10, SCST's `SGV_POOL_ELEMENTS`),
-//! each buffer a page-aligned [`PageBuffer`](crate::PageBuffer) mapped on the device at its own
-//! IOVA **once**, when first allocated, and kept mapped while it is cached. Larger requests get
-//! an exact buffer that is unmapped and freed as soon as it comes back (SCST never caches them
-//! either).
+//! side: power-of-two classes of 1..=1024 pages (orders 0..=10, SCST's `SGV_POOL_ELEMENTS`).
+//! Larger requests get an exact buffer with its own memory and mapping, unmapped and freed as
+//! soon as it comes back (SCST never caches them either).
 //!
+//! - Arenas (issue 13 item 3, docs/design/sgv-arenas.md): a buffer of a cached class is a
+//!   page-aligned [`PageBuffer`](crate::PageBuffer) view of one chunk of an *arena*, one region
+//!   of up to 16 MiB (2 MiB huge pages when the host has them reserved; smaller when the cap
+//!   is) cut into equal chunks of one class and mapped on the device **once**, as one range
+//!   (IOVA = arena IOVA + offset). So the IOMMU mapping count stays small: a 1 GiB cap of
+//!   4 KiB buffers takes 64 mappings instead of 262,144 (VFIO type1 allows 65,535 per
+//!   container by default), and a miss maps (pins) only when its class has no free chunk left:
+//!   once per 4096 misses for 4 KiB buffers, and not at all for arenas mapped ahead with
+//!   [`SgvPool::premap`]. A chunk goes back to its arena when its buffer is
+//!   evicted or flushed (a cached buffer keeps its chunk); an arena left with no chunk in use
+//!   is unmapped and freed then. An arena that cannot be had whole (no memory, no IOVA range
+//!   that large, the IOMMU refused) falls back to one chunk, so a tight IOVA window or memlock
+//!   limit costs mappings, not service. `PoolStats::mappings` and `arenas` count them.
 //! - Fast path: a small per-thread stash per class (no shared lock); it spills half to the
 //!   shared free lists when it grows past its limit, and is drained by [`SgvPool::flush`] and
 //!   when its thread exits.
@@ -20,13 +31,16 @@
 //!   next pool call with a token (a get, a flush, an eviction) places it in that caller's stash
 //!   or the shared lists. Returning one to the wrong pool is counted (`foreign_puts`) and the
 //!   buffer goes back to its own pool.
-//! - Teardown: [`SgvPool::shutdown`] unmaps every cached buffer and refuses (with the count)
-//!   while buffers are still out: those stay mapped, because a device may still hold them, and
-//!   are unmapped when they are finally returned.
+//! - Teardown: [`SgvPool::shutdown`] releases every cached buffer (unmapping every arena left
+//!   empty) and refuses (with the count) while buffers are still out: their arenas stay
+//!   mapped, because a device may still hold them, and are unmapped when the last of their
+//!   buffers is finally returned. An unmap that fails leaks the arena (memory and IOVA range)
+//!   rather than free memory a device may still reach.
 //!
 //! Locks (levels `sgv.stashes` < `sgv.pool` < `sgv.stash` < `dma.iova`, docs/locking.md): the
-//! pool has three kinds (a thread's stash, the shared free lists, the stash registry) and never
-//! holds two at once; the IOVA allocator's lock is only taken with none of them held. Every
+//! pool has three kinds (a thread's stash, the shared free lists with the arenas' chunk maps,
+//! the stash registry) and never holds two at once; a new arena is made and mapped before the
+//! `sgv.pool` lock is taken to add it, and an emptied one is unmapped after it is released; the IOVA allocator's lock is only taken with none of them held. Every
 //! pool call takes the caller's root lock token (`&mut LockToken<'_, Root>`): a miss maps a new
 //! buffer and a flush unmaps (ioctls on VFIO, blocking calls), so nothing may be held, and the
 //! compiler refuses a call made under a held guard; inside, each pool lock is taken from that
@@ -35,6 +49,7 @@
 //! (`handler/tests/compile_fail/scst_inversion.rs` takes the real command table under
 //! [`SgvPool::idle_lists`] and does not compile).
 
+mod arena;
 mod buffer;
 mod shared;
 mod stash;
@@ -91,8 +106,14 @@ pub struct PoolStats {
     pub cached: u64,
     /// Their bytes.
     pub cached_bytes: u64,
-    /// Bytes currently mapped on the device (0 for a host-only pool).
+    /// Bytes currently mapped on the device (0 for a host-only pool): whole arenas, free
+    /// chunks included, plus exact buffers above 4 MiB.
     pub mapped_bytes: u64,
+    /// Live IOMMU mappings of the pool: one per mapped arena, one per exact buffer above
+    /// 4 MiB (0 for a host-only pool). VFIO type1 allows 65,535 per container by default.
+    pub mappings: u64,
+    /// Arenas the pool holds (mapped or, for a host-only pool, not).
+    pub arenas: u64,
     /// Buffers made (cache misses that succeeded).
     pub allocations: u64,
     /// Requests served from the cache.
@@ -103,7 +124,8 @@ pub struct PoolStats {
     pub failures: u64,
     /// Buffers returned to this pool that belong to another (sent back to their own).
     pub foreign_puts: u64,
-    /// Buffers whose unmap failed: leaked on purpose, still counted in `mapped_bytes`.
+    /// Arenas (and exact buffers) whose unmap failed: leaked on purpose, still counted in
+    /// `mapped_bytes` and `mappings`.
     pub leaked: u64,
 }
 
@@ -144,11 +166,13 @@ impl SgvPool {
 
     /// A buffer of at least `len` bytes: its class size (a power of two of pages up to
     /// 4 MiB) or, above that, `len` rounded to pages. From the cache when one is idle,
-    /// otherwise made and mapped. `None` at once when the cap would be passed even after
+    /// otherwise carved from a mapped arena of its class, or, when none has a free chunk, from
+    /// a new arena mapped now (an exact buffer above 4 MiB is made and mapped on its own).
+    /// `None` at once when the cap would be passed even after
     /// evicting idle buffers (`refused`), or when memory, IOVA space or the IOMMU says no
     /// (`failures`, logged): answer the command BUSY / TASK SET FULL.
     ///
-    /// `token` is the root's: a miss maps the new buffer (a VFIO ioctl, a blocking call), so
+    /// `token` is the root's: a miss may map a new arena (a VFIO ioctl, a blocking call), so
     /// the caller must hold no lock, and the compiler sees to it (a token borrowed by a guard
     /// cannot be passed).
     pub fn get(&self, token: &mut LockToken<'_, levels::Root>, len: usize) -> Option<DmaBuffer> {
@@ -161,6 +185,24 @@ impl SgvPool {
         }
         let slot = self.shared.allocate(token, class, size)?;
         Some(DmaBuffer::new(slot, self.shared.clone()))
+    }
+
+    /// Map arenas now, so that the next `buffers` misses for buffers of `len` bytes carve
+    /// from them without mapping (no pinning on the worker that misses): call it at start-up,
+    /// off the command path, for the classes the workload uses. Bounded by the cap: the class
+    /// never gets more arena bytes than `max_bytes` this way. The arenas are mapped memory
+    /// outside the cap's byte count until buffers are carved from them; a flush unmaps those
+    /// still unused. Returns the free chunks the class now has (less than `buffers` when the
+    /// cap or a failed map stopped it; 0 for an exact size above 4 MiB, which is never
+    /// pre-mapped).
+    ///
+    /// `token` is the root's: mapping is a blocking call.
+    pub fn premap(&self, token: &mut LockToken<'_, levels::Root>, len: usize, buffers: usize) -> usize {
+        let (class, size) = class_for(len);
+        if class == UNCACHED_CLASS {
+            return 0;
+        }
+        self.shared.premap(token, class, size, buffers)
     }
 
     /// Return `buffer` for reuse (the same as dropping it: it is queued without a lock and
@@ -179,9 +221,10 @@ impl SgvPool {
         drop(buffer);
     }
 
-    /// Unmap and free every cached (idle) buffer, on every thread. Buffers in use are not
-    /// touched. Returns how many were released. Call it outside command-path locks: it makes
-    /// one unmap ioctl per buffer (hence the root token).
+    /// Release every cached (idle) buffer, on every thread: each chunk goes back to its arena,
+    /// and every arena left with no buffer is unmapped and freed. Buffers in use (and their
+    /// arenas) are not touched. Returns how many buffers were released. Call it outside
+    /// command-path locks: it makes one unmap ioctl per emptied arena (hence the root token).
     pub fn flush(&self, token: &mut LockToken<'_, levels::Root>) -> usize {
         self.shared.flush(token)
     }
@@ -215,7 +258,8 @@ impl SgvPool {
         self.shared.stats()
     }
 
-    /// Close the pool: flush it, and from now on unmap and free each buffer as it comes back.
+    /// Close the pool: flush it, and from now on release each buffer as it comes back (its
+    /// arena is unmapped and freed with its last buffer).
     ///
     /// # Errors
     /// [`PoolShutdownError`] when buffers are still in use: they stay mapped (a device may
@@ -265,19 +309,27 @@ impl Drop for SgvPool {
 
 /// A view of the pool's shared free lists while their lock is held ([`SgvPool::idle_lists`]).
 pub struct IdleLists<'a> {
-    lists: OrderedMutexGuard<'a, shared::Lists, levels::SgvPool>,
+    lists: OrderedMutexGuard<'a, shared::PoolLists, levels::SgvPool>,
 }
 
 impl IdleLists<'_> {
     /// Idle buffers of size class `class` (order 0..=10) on the shared lists.
     pub fn idle(&self, class: usize) -> usize {
-        self.lists.0.get(class).map_or(0, Vec::len)
+        self.lists.idle.0.get(class).map_or(0, Vec::len)
+    }
+
+    /// Arenas the pool holds, every class (the set the counter `PoolStats::arenas` follows).
+    pub fn arenas(&self) -> usize {
+        self.lists.arenas.count()
     }
 }
 
 impl std::fmt::Debug for IdleLists<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let idle: Vec<usize> = (0..SGV_CLASSES).map(|c| self.idle(c)).collect();
-        f.debug_struct("IdleLists").field("idle", &idle).finish()
+        f.debug_struct("IdleLists")
+            .field("idle", &idle)
+            .field("arenas", &self.arenas())
+            .finish()
     }
 }

@@ -1,5 +1,6 @@
 //! [`DmaBuffer`]: one pool buffer in use, returned to its pool when put or dropped.
 
+use super::arena::Chunk;
 use super::shared::Shared;
 use super::shared::Slot;
 use crate::PageBuffer;
@@ -31,6 +32,8 @@ pub struct DmaBuffer {
     pages: Arc<PageBuffer>,
     iova: Option<u64>,
     class: u8,
+    /// The arena chunk this buffer is (`None` for an exact buffer above 4 MiB).
+    chunk: Option<Chunk>,
     shared: Arc<Shared>,
 }
 
@@ -53,6 +56,7 @@ impl DmaBuffer {
             pages: slot.pages,
             iova: slot.iova,
             class: slot.class,
+            chunk: slot.chunk,
             shared,
         }
     }
@@ -101,6 +105,7 @@ impl Drop for DmaBuffer {
             pages: self.pages.clone(),
             iova: self.iova,
             class: self.class,
+            chunk: self.chunk.take(),
         };
         Shared::give_back(&self.shared, slot);
     }

@@ -1,7 +1,10 @@
-//! The pool's shared state: where buffers are mapped, the shared free lists, the registry of
-//! per-thread stashes, the byte cap and the counters.
-#![allow(unsafe_code)] // UNSAFETY: maps pool buffers on the device (`DmaMapper::map` is unsafe).
+//! The pool's shared state: where buffers are mapped, the shared free lists and the arenas
+//! buffers are carved from, the registry of per-thread stashes, the byte cap and the counters.
+#![allow(unsafe_code)] // UNSAFETY: maps arenas and large buffers on the device (`DmaMapper::map` is unsafe).
 
+use super::arena::Arena;
+use super::arena::Arenas;
+use super::arena::Chunk;
 use super::stash::local_stash;
 use super::stash::stash_limit;
 use super::stash::StashRef;
@@ -10,7 +13,9 @@ use super::SGV_CLASSES;
 use super::UNCACHED_CLASS;
 use crate::mapping::lock_iovas;
 use crate::mapping::IovaLock;
+use crate::DmaRegion;
 use crate::PageBuffer;
+use crate::HUGE_PAGE_SIZE;
 use crate::PAGE_SIZE;
 use crossbeam_channel::Receiver;
 use crossbeam_channel::Sender;
@@ -28,12 +33,29 @@ use std::sync::Arc;
 /// Pool identities, never reused (thread-local stashes are keyed by them).
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
-/// An idle or in-use buffer as the pool keeps it. While `iova` is `Some`, the memory is mapped
-/// on the device and this `Arc` keeps it alive.
+/// The largest arena: 64 of them hold a 1 GiB cap, and each is 8 huge pages. Every class size
+/// (4 KiB..4 MiB) divides it.
+pub(super) const ARENA_BYTES: usize = 16 << 20;
+
+/// The arena length for chunks of `chunk_len` bytes in a pool capped at `max_bytes`:
+/// [`ARENA_BYTES`], or less when the cap is smaller (a 64 KiB pool does not reserve 16 MiB
+/// per class), never less than one chunk. Always a multiple of `chunk_len`.
+pub(super) fn arena_len(max_bytes: u64, chunk_len: usize) -> usize {
+    let cap = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    cap.div_ceil(chunk_len)
+        .saturating_mul(chunk_len)
+        .min(ARENA_BYTES)
+        .max(chunk_len)
+}
+
+/// An idle or in-use buffer as the pool keeps it. A cached class's buffer is a chunk of an
+/// arena (`chunk`), mapped as part of the arena; an exact buffer above 4 MiB has no chunk and,
+/// while `iova` is `Some`, its own mapping, whose memory this `Arc` keeps alive.
 pub(super) struct Slot {
     pub(super) pages: Arc<PageBuffer>,
     pub(super) iova: Option<u64>,
     pub(super) class: u8,
+    pub(super) chunk: Option<Chunk>,
 }
 
 impl Slot {
@@ -45,6 +67,15 @@ impl Slot {
 /// Idle buffers by class, most recently returned last.
 #[derive(Default)]
 pub(super) struct Lists(pub(super) [Vec<Slot>; SGV_CLASSES]);
+
+/// What the `sgv.pool` lock guards: the shared free lists and the arenas buffers are carved
+/// from (one lock: a carve follows a free-list miss, a chunk's return follows its removal from
+/// a list, and neither nests another pool lock).
+#[derive(Default)]
+pub(super) struct PoolLists {
+    pub(super) idle: Lists,
+    pub(super) arenas: Arenas,
+}
 
 impl Lists {
     fn take_all(&mut self) -> Vec<Slot> {
@@ -72,6 +103,8 @@ pub(super) struct Counters {
     cached: AtomicU64,
     cached_bytes: AtomicU64,
     mapped_bytes: AtomicU64,
+    mappings: AtomicU64,
+    arenas: AtomicU64,
     allocations: AtomicU64,
     pub(super) reuses: AtomicU64,
     refused: AtomicU64,
@@ -97,8 +130,8 @@ pub(super) struct Shared {
     held: AtomicU64,
     /// Set by shutdown/drop: returned buffers are released, not cached.
     closed: AtomicBool,
-    /// Level `sgv.pool`.
-    free: OrderedMutex<Lists, levels::SgvPool>,
+    /// Level `sgv.pool`: the shared free lists and the arenas.
+    free: OrderedMutex<PoolLists, levels::SgvPool>,
     /// Level `sgv.stashes`.
     stashes: OrderedMutex<Vec<StashRef>, levels::SgvStashes>,
     /// Buffers dropped since the last drain: a `Drop` cannot be given a token, so it takes no
@@ -191,7 +224,7 @@ impl Shared {
         &'a self,
         token: &'a mut LockToken<'_, M>,
     ) -> (
-        scst_accel_hal::locks::OrderedMutexGuard<'a, Lists, levels::SgvPool>,
+        scst_accel_hal::locks::OrderedMutexGuard<'a, PoolLists, levels::SgvPool>,
         LockToken<'a, levels::SgvPool>,
     ) {
         self.free.lock(token)
@@ -211,7 +244,7 @@ impl Shared {
         } else {
             None
         };
-        let slot = from_stash.or_else(|| this.free.lock(token).0 .0[index].pop())?;
+        let slot = from_stash.or_else(|| this.free.lock(token).0.idle.0[index].pop())?;
         this.note_uncached(1, slot.bytes());
         Some(slot)
     }
@@ -240,18 +273,116 @@ impl Shared {
                 return None;
             }
         }
+        let made = if class == UNCACHED_CLASS {
+            self.allocate_exact(token, size)
+        } else {
+            self.carve(token, class, size)
+        };
+        let Some(slot) = made else {
+            return self.allocation_failed(bytes);
+        };
+        self.counters.allocations.fetch_add(1, Ordering::Relaxed);
+        Some(slot)
+    }
+
+    /// An exact buffer above the largest class: its own memory and its own mapping (SCST
+    /// never caches these either, and they are rare).
+    fn allocate_exact(&self, token: &mut PoolToken<'_>, size: usize) -> Option<Slot> {
         let pages = match PageBuffer::new(size) {
             Ok(pages) => Arc::new(pages),
             Err(e) => {
                 log::warn!("SGV pool {}: cannot allocate a {size}-byte buffer: {e}", self.id);
-                return self.allocation_failed(bytes);
+                return None;
             }
         };
-        let Some(iova) = self.map(token, &pages) else {
-            return self.allocation_failed(bytes);
+        let len = pages.len() as u64;
+        // What `map` relies on: the slot made from `pages` holds this `Arc` until `release`
+        // has unmapped the range, and leaks it if the unmap fails.
+        let iova = self.map(token, pages.addr(), len, PAGE_SIZE as u64)?;
+        Some(Slot {
+            pages,
+            iova,
+            class: UNCACHED_CLASS,
+            chunk: None,
+        })
+    }
+
+    /// A buffer of `class` carved from an arena: a free chunk of an arena already mapped (no
+    /// map, no system call), else a new arena mapped for the class (the only map on this path,
+    /// once per `arena_len / size` misses).
+    fn carve(&self, token: &mut PoolToken<'_>, class: u8, size: usize) -> Option<Slot> {
+        let taken = self.free.lock(token).0.arenas.take(class);
+        let chunk = match taken {
+            Some(chunk) => chunk,
+            None => {
+                // Made and mapped with no lock held (the map is a blocking call). Two threads
+                // missing at once may each map one: both join the set.
+                let arena = Arc::new(self.new_arena(token, class, size)?);
+                let inserted = self.free.lock(token).0.arenas.insert(arena.clone());
+                let Some(chunk) = inserted else {
+                    // Unreachable (a new arena has a free chunk and `class` is a cached
+                    // class); never leave its mapping behind.
+                    log::error!("SGV pool {}: a new arena of class {class} had no chunk", self.id);
+                    self.retire(token, arena);
+                    return None;
+                };
+                chunk
+            }
         };
-        self.counters.allocations.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { pages, iova, class })
+        let (pages, iova) = chunk.arena.chunk(chunk.index);
+        Some(Slot {
+            pages: Arc::new(pages),
+            iova,
+            class,
+            chunk: Some(chunk),
+        })
+    }
+
+    /// Make and map an arena for chunks of `size` bytes: [`arena_len`] bytes, or one chunk when
+    /// that does not fit (no memory, no IOVA range that large, the IOMMU refused: a pool that
+    /// still works, with more mappings, rather than one that refuses everything).
+    fn new_arena(&self, token: &mut PoolToken<'_>, class: u8, size: usize) -> Option<Arena> {
+        let len = arena_len(self.max_bytes, size);
+        if let Some(arena) = self.make_arena(token, class, size, len) {
+            return Some(arena);
+        }
+        if len == size {
+            return None;
+        }
+        log::warn!(
+            "SGV pool {}: no {len}-byte arena for class {class}; falling back to one {size}-byte chunk",
+            self.id
+        );
+        self.make_arena(token, class, size, size)
+    }
+
+    fn make_arena(&self, token: &mut PoolToken<'_>, class: u8, size: usize, len: usize) -> Option<Arena> {
+        let region = match DmaRegion::new_unlocked(len) {
+            Ok(region) => region,
+            Err(e) => {
+                log::warn!("SGV pool {}: cannot allocate a {len}-byte arena: {e}", self.id);
+                return None;
+            }
+        };
+        // Huge pages are mapped at a 2 MiB-aligned IOVA, so the IOMMU can use 2 MiB entries.
+        let align = if region.huge_pages() {
+            HUGE_PAGE_SIZE
+        } else {
+            PAGE_SIZE
+        };
+        let mapped = Arena::mapped_len_of(region.len(), size);
+        // What `map` relies on: the arena owns the region, and the pool holds the arena (in
+        // its set, and through each chunk handed out) until `retire` has unmapped the range,
+        // and leaks it if that unmap fails. Views hold the region too, never less long.
+        let iova = self.map(token, region.addr(), mapped, align as u64)?;
+        self.counters.arenas.fetch_add(1, Ordering::Relaxed);
+        log::debug!(
+            "SGV pool {}: new arena of {mapped} bytes for class {class} at {:#x} (huge pages: {})",
+            self.id,
+            region.addr(),
+            region.huge_pages()
+        );
+        Some(Arena::new(region, iova, class, size))
     }
 
     fn allocation_failed(&self, bytes: u64) -> Option<Slot> {
@@ -260,37 +391,37 @@ impl Shared {
         None
     }
 
-    /// Map a new buffer: `Some(None)` for host-only, `Some(Some(iova))` when mapped, `None`
-    /// (logged) when no IOVA is free or the IOMMU refused.
-    fn map(&self, token: &mut PoolToken<'_>, pages: &Arc<PageBuffer>) -> Option<Option<u64>> {
-        let len = pages.len() as u64;
+    /// Map `len` bytes at `host` (an arena or an exact buffer; callers argue the memory
+    /// outlives the mapping): `Some(None)` for host-only, `Some(Some(iova))` when mapped,
+    /// `None` (logged) when no IOVA is free or the IOMMU refused.
+    fn map(&self, token: &mut PoolToken<'_>, host: u64, len: u64, align: u64) -> Option<Option<u64>> {
         let (mapper, iova) = match &self.placement {
             Placement::HostOnly => return Some(None),
-            Placement::Window { mapper, iovas } => {
-                match lock_iovas(iovas, token).0.alloc(len, PAGE_SIZE as u64) {
-                    Some(iova) => (mapper, iova),
-                    None => {
-                        log::warn!(
-                            "SGV pool {}: no free IOVA range for a {len}-byte buffer (flush the pool or \
+            Placement::Window { mapper, iovas } => match lock_iovas(iovas, token).0.alloc(len, align) {
+                Some(iova) => (mapper, iova),
+                None => {
+                    log::warn!(
+                        "SGV pool {}: no free IOVA range of {len} bytes (flush the pool or \
                          enlarge the IOVA window)",
-                            self.id
-                        );
-                        return None;
-                    }
+                        self.id
+                    );
+                    return None;
                 }
-            }
-            Placement::Identity { mapper } => (mapper, pages.addr()),
+            },
+            Placement::Identity { mapper } => (mapper, host),
         };
-        // SAFETY: `pages` is anonymous memory of this process, accessed only by copies. The
-        // slot made from it holds this `Arc` until `release` has unmapped the range (and leaks
-        // it if the unmap fails), so the memory outlives the IOMMU mapping.
-        match unsafe { mapper.map(iova, pages.addr(), len) } {
+        // SAFETY: `host..host + len` is anonymous memory of this process, accessed only by
+        // copies (`PageBuffer` forms no reference into it); both callers (`make_arena`,
+        // `allocate_exact`) keep it alive until `retire` or `release` has unmapped the range,
+        // and leak it when that unmap fails.
+        match unsafe { mapper.map(iova, host, len) } {
             Ok(()) => {
                 self.counters.mapped_bytes.fetch_add(len, Ordering::Relaxed);
+                self.counters.mappings.fetch_add(1, Ordering::Relaxed);
                 Some(Some(iova))
             }
             Err(e) => {
-                log::warn!("SGV pool {}: cannot map a {len}-byte buffer: {e}", self.id);
+                log::warn!("SGV pool {}: cannot map {len} bytes: {e}", self.id);
                 if let Placement::Window { iovas, .. } = &self.placement {
                     lock_iovas(iovas, token).0.free(iova, len);
                 }
@@ -331,7 +462,7 @@ impl Shared {
             victims.push(slot);
         }
         if got < need {
-            evict(&mut self.free.lock(token).0, &mut victims, &mut got);
+            evict(&mut self.free.lock(token).0.idle, &mut victims, &mut got);
         }
         if got < need {
             let stashes = self.stashes.lock(token).0.clone();
@@ -353,10 +484,34 @@ impl Shared {
         }
     }
 
-    /// Unmap (if mapped), return the IOVA and free the memory. On an unmap failure the memory
-    /// and the IOVA are leaked (the device may still reach them) and `false` is returned.
+    /// Give a buffer up: an arena chunk goes back to its arena, and an arena left wholly free
+    /// is unmapped and freed ([`Shared::retire`]); an exact buffer is unmapped (if mapped), its
+    /// IOVA returned and its memory freed. On an unmap failure the memory and the IOVA are
+    /// leaked (the device may still reach them), the buffer's bytes stay counted against the
+    /// cap, and `false` is returned.
     fn release(&self, token: &mut PoolToken<'_>, slot: Slot) -> bool {
         let bytes = slot.bytes();
+        if let Some(chunk) = slot.chunk {
+            drop(slot.pages);
+            let emptied = self.free.lock(token).0.arenas.give(&chunk);
+            drop(chunk);
+            match emptied {
+                Ok(None) => {}
+                Ok(Some(arena)) => {
+                    if !self.retire(token, arena) {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    // A pool bug; the chunk stays marked in use (never handed out twice), and
+                    // its bytes stay counted.
+                    log::error!("SGV pool {}: chunk bookkeeping: {e}", self.id);
+                    return false;
+                }
+            }
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            return true;
+        }
         if let (Some(iova), Some(mapper)) = (slot.iova, self.mapper()) {
             if let Err(e) = mapper.unmap(iova, bytes) {
                 log::error!(
@@ -372,8 +527,41 @@ impl Shared {
                 lock_iovas(iovas, token).0.free(iova, bytes);
             }
             self.counters.mapped_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.counters.mappings.fetch_sub(1, Ordering::Relaxed);
         }
         self.held.fetch_sub(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// An arena has left the set (no chunk in use): unmap it, return its IOVA range, and drop
+    /// it (its memory is freed with the last view). Called with no lock held: the unmap is a
+    /// blocking call. On an unmap failure the arena is leaked, memory and IOVA range, still
+    /// counted in `mapped_bytes` and `mappings`, and `false` is returned.
+    fn retire(&self, token: &mut PoolToken<'_>, arena: Arc<Arena>) -> bool {
+        self.counters.arenas.fetch_sub(1, Ordering::Relaxed);
+        let len = arena.mapped_len();
+        if let (Some(iova), Some(mapper)) = (arena.iova(), self.mapper()) {
+            if let Err(e) = mapper.unmap(iova, len) {
+                log::error!(
+                    "SGV pool {}: unmap of arena at IOVA {iova:#x} ({len} bytes) failed: {e}; \
+                     leaking it, the device may still reach it",
+                    self.id
+                );
+                self.counters.leaked.fetch_add(1, Ordering::Relaxed);
+                std::mem::forget(arena);
+                return false;
+            }
+            if let Placement::Window { iovas, .. } = &self.placement {
+                lock_iovas(iovas, token).0.free(iova, len);
+            }
+            self.counters.mapped_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.counters.mappings.fetch_sub(1, Ordering::Relaxed);
+        }
+        log::debug!(
+            "SGV pool {}: arena at {:#x} ({len} bytes) released",
+            self.id,
+            arena.addr()
+        );
         true
     }
 
@@ -458,7 +646,7 @@ impl Shared {
             return;
         }
         for slot in slots {
-            free.0[usize::from(slot.class)].push(slot);
+            free.idle.0[usize::from(slot.class)].push(slot);
         }
     }
 
@@ -502,7 +690,7 @@ impl Shared {
         for stash in stashes {
             slots.append(&mut stash.lock(token).0.take_all());
         }
-        slots.append(&mut self.free.lock(token).0.take_all());
+        slots.append(&mut self.free.lock(token).0.idle.take_all());
         let bytes = slots.iter().map(Slot::bytes).sum();
         self.note_uncached(slots.len() as u64, bytes);
         slots
@@ -521,7 +709,28 @@ impl Shared {
         if count > 0 {
             log::debug!("SGV pool {}: flushed {released} of {count} idle buffers", self.id);
         }
+        // Pre-mapped arenas never used hold no buffer, so no release above retired them.
+        let unused = self.free.lock(token).0.arenas.take_unused();
+        for arena in unused {
+            self.retire(token, arena);
+        }
         released
+    }
+
+    /// Map arenas for `class` (chunks of `size` bytes) until `buffers` chunks of it are free,
+    /// within the cap's worth of arena bytes for the class. Returns the free chunks now.
+    pub(super) fn premap(&self, token: &mut PoolToken<'_>, class: u8, size: usize, buffers: usize) -> usize {
+        loop {
+            let (free, bytes) = self.free.lock(token).0.arenas.room(class);
+            let len = arena_len(self.max_bytes, size) as u64;
+            if free >= buffers || bytes.saturating_add(len) > self.max_bytes || self.is_closed() {
+                return free;
+            }
+            let Some(arena) = self.new_arena(token, class, size) else {
+                return free;
+            };
+            self.free.lock(token).0.arenas.insert_free(Arc::new(arena));
+        }
     }
 
     pub(super) fn stats(&self) -> PoolStats {
@@ -533,6 +742,8 @@ impl Shared {
             cached: get(&c.cached),
             cached_bytes: get(&c.cached_bytes),
             mapped_bytes: get(&c.mapped_bytes),
+            mappings: get(&c.mappings),
+            arenas: get(&c.arenas),
             allocations: get(&c.allocations),
             reuses: get(&c.reuses),
             refused: get(&c.refused),

@@ -1,4 +1,5 @@
-//! SGV pool tests: classes, reuse, cap, flush, shutdown, the map/unmap ledger, threads.
+//! SGV pool tests: classes, reuse, cap, flush, shutdown, the map/unmap ledger, threads, arenas.
+#![allow(unsafe_code)] // UNSAFETY: `still_mapped` asks mincore(2) whether leaked memory is still mapped.
 
 use super::*;
 use crate::mapping::IovaLock;
@@ -38,6 +39,25 @@ fn assert_clean(mapper: &LedgerMapper, iovas: &IovaLock) {
     );
 }
 
+/// The live mapping (iova, host, len) that covers a buffer of `len` bytes at `iova` / `addr`:
+/// its arena's. Asserts the buffer sits at the same offset on both sides (IOVA = arena IOVA +
+/// offset, host address = arena address + offset).
+fn mapping_of(mapper: &LedgerMapper, iova: u64, addr: u64, len: u64) -> (u64, u64, u64) {
+    let covering: Vec<_> = mapper
+        .live()
+        .into_iter()
+        .filter(|&(i, _, l)| i <= iova && iova + len <= i + l)
+        .collect();
+    assert_eq!(covering.len(), 1, "one live mapping covers IOVA {iova:#x}+{len}");
+    let (arena_iova, arena_addr, arena_len) = covering[0];
+    assert_eq!(
+        iova - arena_iova,
+        addr - arena_addr,
+        "same offset in IOVA and host space"
+    );
+    (arena_iova, arena_addr, arena_len)
+}
+
 impl Fixture {
     /// Shut the pool down (every buffer must be back) and check the ledger is clean.
     fn shutdown_clean(self) -> PoolStats {
@@ -73,7 +93,10 @@ fn requests_round_up_to_scst_size_classes() {
         assert_eq!(b.addr() % K4 as u64, 0);
         let iova = b.iova().expect("mapped");
         assert_ne!(iova, 0);
-        assert!(f.mapper.live().contains(&(iova, b.addr(), size as u64)));
+        let (_, _, mapped) = mapping_of(&f.mapper, iova, b.addr(), size as u64);
+        if class == UNCACHED_CLASS {
+            assert_eq!(mapped, size as u64, "an exact buffer has its own mapping");
+        }
     }
     f.shutdown_clean();
 }
@@ -177,13 +200,15 @@ fn flush_releases_idle_buffers_only() {
     assert_eq!(f.pool.flush(&mut LockToken::root()), 4);
     let s = f.pool.stats();
     assert_eq!((s.cached, s.cached_bytes, s.in_use), (0, 0, 1));
-    assert_eq!(s.mapped_bytes, 8 * K4 as u64);
+    // Only the arena of the buffer still out stays mapped.
+    let arena = mapping_of(&f.mapper, keep.iova().expect("iova"), keep.addr(), 8 * K4 as u64);
+    assert_eq!(f.mapper.live(), vec![arena]);
+    assert_eq!((s.mapped_bytes, s.mappings, s.arenas), (arena.2, 1, 1));
     assert_eq!(
         f.mapper.live_bytes(),
         s.mapped_bytes,
         "the counter agrees with the IOMMU"
     );
-    assert_eq!(f.mapper.live().len(), 1);
     assert_eq!(f.pool.flush(&mut LockToken::root()), 0);
     f.pool.put(keep);
     f.shutdown_clean();
@@ -199,10 +224,9 @@ fn shutdown_with_buffers_in_use_is_refused_and_keeps_them_mapped() {
     let err = pool.shutdown().expect_err("a buffer is still out");
     assert_eq!((err.in_use, err.in_use_bytes), (1, 4 * K4 as u64));
     assert_eq!(err.stats.cached, 0, "idle buffers were still flushed");
-    assert_eq!(
-        mapper.live(),
-        vec![(out.iova().expect("iova"), out.addr(), 4 * K4 as u64)]
-    );
+    // The idle buffer's arena was unmapped; the one holding `out` stays.
+    let arena = mapping_of(&mapper, out.iova().expect("iova"), out.addr(), 4 * K4 as u64);
+    assert_eq!(mapper.live(), vec![arena]);
     // The device is done with it (after a reset, say): returning it now unmaps it.
     out.pages().write_at(0, b"still usable");
     drop(out);
@@ -286,8 +310,17 @@ fn failed_unmaps_leak_instead_of_freeing_mapped_memory() {
     f.mapper.fail_unmaps.store(true, Ordering::Relaxed);
     assert_eq!(f.pool.flush(&mut LockToken::root()), 0);
     let s = f.pool.stats();
-    assert_eq!((s.leaked, s.cached, s.mapped_bytes), (1, 0, K4 as u64));
-    assert_eq!(f.mapper.live().len(), 1, "still mapped, so its memory was kept");
+    let arena_bytes = shared::arena_len(1 << 30, K4) as u64;
+    assert_eq!(
+        (s.leaked, s.cached, s.mapped_bytes, s.mappings, s.arenas),
+        (1, 0, arena_bytes, 1, 0)
+    );
+    let live = f.mapper.live();
+    assert_eq!(live.len(), 1, "still mapped, so its memory was kept");
+    // The leaked arena's memory is still this process's: readable, not unmapped under the
+    // device (a freed mapping would fault here or be reused by the next mmap).
+    let (_, host, len) = live[0];
+    assert!(still_mapped(host, len), "the leaked arena's memory was unmapped");
 }
 
 #[test]
@@ -479,4 +512,400 @@ fn shutdown_waits_for_a_stash_caught_in_transit() {
     assert_eq!(stats.in_use, 0);
     assert_clean(&mapper, &iovas);
     worker.join().expect("worker");
+}
+
+/// Whether `addr..addr + len` is still mapped in this process (mincore fails with ENOMEM on
+/// an unmapped page).
+fn still_mapped(addr: u64, len: u64) -> bool {
+    let pages = len.div_ceil(K4 as u64) as usize;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: mincore only reads the page tables of the range and writes `pages` bytes to
+    // `vec`, which holds that many.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len as usize, vec.as_mut_ptr()) };
+    rc == 0
+}
+
+/// Live mappings by IOVA, for looking up the one covering a buffer in O(log n).
+fn live_by_iova(mapper: &LedgerMapper) -> std::collections::BTreeMap<u64, (u64, u64)> {
+    mapper.live().into_iter().map(|(i, h, l)| (i, (h, l))).collect()
+}
+
+/// Every buffer lies inside one live mapping at the same offset on the host and device side,
+/// and no two buffers overlap, on either side.
+fn assert_carved_from_live_mappings(mapper: &LedgerMapper, held: &[DmaBuffer]) {
+    let live = live_by_iova(mapper);
+    let mut iovas = Vec::with_capacity(held.len());
+    let mut addrs = Vec::with_capacity(held.len());
+    for b in held {
+        let (iova, len) = (b.iova().expect("mapped"), b.len() as u64);
+        let (&base, &(host, mapped)) = live.range(..=iova).next_back().expect("a mapping below");
+        assert!(
+            iova + len <= base + mapped,
+            "buffer at {iova:#x} outside its mapping"
+        );
+        assert_eq!(b.addr() - host, iova - base, "IOVA = arena IOVA + offset");
+        iovas.push((iova, len));
+        addrs.push((b.addr(), len));
+    }
+    for ranges in [&mut iovas, &mut addrs] {
+        ranges.sort_unstable();
+        assert!(
+            ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0),
+            "two buffers overlap"
+        );
+    }
+}
+
+#[test]
+fn a_1_gib_cap_of_4_kib_buffers_takes_at_most_64_mappings() {
+    // Arrange: the cap VFIO type1's 65,535-mapping default could not hold with one mapping per
+    // buffer (262,144).
+    const CAP: u64 = 1 << 30;
+    let f = fixture(CAP);
+    let count = (CAP / K4 as u64) as usize;
+    let mut token = LockToken::root();
+
+    // Act: every buffer of the cap handed out at once, each a miss.
+    let held: Vec<DmaBuffer> = (0..count)
+        .map(|i| f.pool.get(&mut token, K4).unwrap_or_else(|| panic!("buffer {i}")))
+        .collect();
+
+    // Assert
+    let s = f.pool.stats();
+    let (maps, _, _) = f.mapper.counts();
+    assert_eq!(
+        (s.allocations, s.in_use, s.in_use_bytes),
+        (count as u64, count as u64, CAP)
+    );
+    assert!(maps <= 64, "{maps} mappings for {count} buffers");
+    assert_eq!((s.mappings, s.arenas), (maps, maps));
+    assert_eq!(f.mapper.live().len() as u64, s.mappings);
+    assert_eq!(s.mapped_bytes, f.mapper.live_bytes());
+    assert_eq!(s.mapped_bytes, CAP, "the arenas are exactly full");
+    assert_carved_from_live_mappings(&f.mapper, &held);
+    assert!(f.pool.get(&mut token, K4).is_none(), "cap reached");
+
+    // Every buffer back, then a flush: every arena unmapped, every IOVA returned.
+    drop(held);
+    assert_eq!(f.pool.flush(&mut token), count);
+    let s = f.pool.stats();
+    assert_eq!((s.mappings, s.arenas, s.mapped_bytes, s.cached), (0, 0, 0, 0));
+    assert_clean(&f.mapper, &f.iovas);
+    f.shutdown_clean();
+}
+
+#[test]
+fn a_miss_maps_only_when_its_class_has_no_free_chunk() {
+    // 64 KiB cap: the class-0 arena is 64 KiB (16 chunks), not 16 MiB.
+    let f = fixture(16 * K4 as u64);
+    let mut token = LockToken::root();
+    let first = f.pool.get(&mut token, K4).expect("first");
+    assert_eq!(f.mapper.counts().0, 1, "the first miss maps the arena");
+    let rest: Vec<DmaBuffer> = (1..16).map(|_| f.pool.get(&mut token, K4).expect("b")).collect();
+    let s = f.pool.stats();
+    assert_eq!((s.allocations, s.reuses), (16, 0), "all misses");
+    assert_eq!(f.mapper.counts().0, 1, "15 more misses, no map");
+    assert_eq!(
+        f.mapper.live(),
+        vec![mapping_of(
+            &f.mapper,
+            first.iova().expect("iova"),
+            first.addr(),
+            K4 as u64
+        )]
+    );
+    assert_eq!(
+        f.mapper.live_bytes(),
+        16 * K4 as u64,
+        "the arena is no larger than the cap"
+    );
+    drop((first, rest));
+    f.shutdown_clean();
+}
+
+#[test]
+fn host_only_pools_carve_arenas_and_map_nothing() {
+    let pool = SgvPool::new(None, None, 1 << 20);
+    let mut token = LockToken::root();
+    let a = pool.get(&mut token, K4).expect("a");
+    let b = pool.get(&mut token, K4).expect("b");
+    assert_eq!(b.addr(), a.addr() + K4 as u64, "neighbouring chunks of one arena");
+    let s = pool.stats();
+    assert_eq!((s.arenas, s.mappings, s.mapped_bytes), (1, 0, 0));
+    b.pages().write_at(0, b"arena");
+    drop((a, b));
+    assert_eq!(pool.flush(&mut token), 2);
+    assert_eq!(pool.stats().arenas, 0, "an empty arena is freed");
+    pool.shutdown().expect("clean");
+}
+
+#[test]
+fn an_arena_too_large_for_the_iova_window_falls_back_to_one_chunk() {
+    let mapper = Arc::new(LedgerMapper::default());
+    // Room for 4 pages: a 16 MiB arena does not fit, one-chunk arenas do.
+    let iovas = Arc::new(IovaLock::new(IovaAllocator::new(0x1000, 4 * K4 as u64)));
+    let pool = SgvPool::new(Some(mapper.clone()), Some(iovas.clone()), 1 << 30);
+    let mut token = LockToken::root();
+    let held: Vec<DmaBuffer> = (0..4).map(|_| pool.get(&mut token, K4).expect("b")).collect();
+    assert!(pool.get(&mut token, K4).is_none(), "window full");
+    let s = pool.stats();
+    assert_eq!((s.mappings, s.arenas, s.failures), (4, 4, 1));
+    assert_carved_from_live_mappings(&mapper, &held);
+    drop(held);
+    pool.shutdown().expect("clean");
+    assert_clean(&mapper, &iovas);
+}
+
+#[test]
+fn an_arena_stays_mapped_until_its_last_chunk_is_released() {
+    let f = fixture(32 * K4 as u64);
+    let mut token = LockToken::root();
+    let a = f.pool.get(&mut token, K4).expect("a");
+    let b = f.pool.get(&mut token, K4).expect("b");
+    drop(a);
+    assert_eq!(f.pool.flush(&mut token), 1);
+    assert_eq!(f.pool.stats().mappings, 1, "b still uses the arena");
+    // `b` keeps working, and the next miss reuses the freed chunk, not a new arena.
+    b.pages().write_at(0, b"still mapped");
+    let c = f.pool.get(&mut token, K4).expect("c");
+    assert_eq!(f.mapper.counts().0, 1);
+    drop((b, c));
+    assert_eq!(f.pool.flush(&mut token), 2);
+    assert_eq!(f.mapper.counts(), (1, 1, 0), "unmapped once, when empty");
+    f.shutdown_clean();
+}
+
+#[test]
+fn a_leaked_arena_keeps_its_memory_for_views_still_held() {
+    let f = fixture(1 << 30);
+    let mut token = LockToken::root();
+    let b = f.pool.get(&mut token, K4).expect("b");
+    // A clone of the pages outliving the buffer (against the documented rule) stays valid
+    // memory: the view keeps its region alive.
+    let pages = b.pages().clone();
+    drop(b);
+    f.mapper.fail_unmaps.store(true, Ordering::Relaxed);
+    assert_eq!(f.pool.flush(&mut token), 0);
+    pages.write_at(0, b"region alive");
+    drop(pages);
+    let live = f.mapper.live();
+    assert_eq!(live.len(), 1);
+    assert!(
+        still_mapped(live[0].1, live[0].2),
+        "a leaked arena is never freed"
+    );
+}
+
+#[test]
+fn premapped_arenas_take_the_map_off_the_miss_path() {
+    // Arrange: a 32 MiB pool; two 16 MiB arenas of 4 KiB chunks mapped up front.
+    let f = fixture(32 << 20);
+    let mut token = LockToken::root();
+    assert_eq!(f.pool.premap(&mut token, K4, 5000), 8192);
+    assert_eq!(f.mapper.counts().0, 2);
+    let s = f.pool.stats();
+    assert_eq!((s.arenas, s.mappings, s.in_use, s.cached), (2, 2, 0, 0));
+
+    // Act: 5000 misses.
+    let held: Vec<DmaBuffer> = (0..5000)
+        .map(|_| f.pool.get(&mut token, K4).expect("b"))
+        .collect();
+
+    // Assert: none of them mapped.
+    assert_eq!(f.pool.stats().allocations, 5000);
+    assert_eq!(f.mapper.counts().0, 2, "no map on the miss path");
+    assert_carved_from_live_mappings(&f.mapper, &held);
+    drop(held);
+    f.pool.flush(&mut token);
+    assert_eq!(f.pool.stats().mappings, 0);
+    f.shutdown_clean();
+}
+
+#[test]
+fn premap_stays_within_the_cap_and_a_flush_unmaps_unused_arenas() {
+    let f = fixture(16 * K4 as u64);
+    let mut token = LockToken::root();
+    assert_eq!(
+        f.pool.premap(&mut token, K4, 1000),
+        16,
+        "one 64 KiB arena: the cap's worth"
+    );
+    assert_eq!(
+        f.pool.premap(&mut token, 8 << 20, 1),
+        0,
+        "exact sizes are never pre-mapped"
+    );
+    assert_eq!(
+        f.pool.premap(&mut token, 1 << 20, 1),
+        0,
+        "a 1 MiB buffer never fits the cap"
+    );
+    assert_eq!(f.mapper.live().len(), 1);
+    assert_eq!(f.pool.flush(&mut token), 0, "no buffer to release");
+    assert_eq!(f.pool.stats().mappings, 0, "the unused arena was unmapped");
+    f.shutdown_clean();
+}
+
+#[test]
+fn fragmentation_can_map_more_than_the_cap_but_each_class_stays_bounded() {
+    // Arrange: a 64 MiB cap filled with 4 KiB buffers: 4 full arenas of 16 MiB.
+    const CAP: u64 = 64 << 20;
+    let f = fixture(CAP);
+    let mut token = LockToken::root();
+    let mut small: Vec<DmaBuffer> = (0..CAP / K4 as u64)
+        .map(|_| f.pool.get(&mut token, K4).expect("small"))
+        .collect();
+    assert_eq!(f.pool.stats().arenas, 4);
+
+    // Act: keep one buffer per arena in use, flush the rest, fill the cap with 64 KiB ones.
+    let chunks_per_arena = shared::ARENA_BYTES / K4;
+    let kept: Vec<DmaBuffer> = small
+        .drain(..)
+        .enumerate()
+        .filter_map(|(i, b)| (i % chunks_per_arena == 0).then_some(b))
+        .collect();
+    f.pool.flush(&mut token);
+    let kept_bytes = kept.len() as u64 * K4 as u64;
+    let large: Vec<DmaBuffer> = std::iter::from_fn(|| f.pool.get(&mut token, 16 * K4)).collect();
+
+    // Assert: the cap still bounds the buffer bytes, but the 4 partly used arenas stay mapped
+    // beside the new class's: mapped bytes pass the cap (what docs/design/sgv-arenas.md
+    // calls the fragmentation bound: at most cap / arena + 1 arenas per class).
+    let s = f.pool.stats();
+    assert_eq!(kept.len(), 4);
+    assert_eq!(s.in_use_bytes, kept_bytes + large.len() as u64 * 16 * K4 as u64);
+    assert!(s.in_use_bytes <= CAP);
+    assert_eq!(
+        s.arenas, 8,
+        "4 arenas of 4 KiB chunks (one used each) + 4 of 64 KiB chunks"
+    );
+    assert_eq!(s.mapped_bytes, 2 * CAP);
+    drop((kept, large));
+    f.pool.flush(&mut token);
+    assert_eq!(f.pool.stats().mapped_bytes, 0);
+    f.shutdown_clean();
+}
+
+mod accounting {
+    //! Random get/put/flush sequences against a model of what is handed out.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Get a buffer of order `0..=10` (or, for 11, an exact one above 4 MiB).
+        Get(u8),
+        /// Return the held buffer at this index (modulo how many are held).
+        Put(usize),
+        Flush,
+        /// Pre-map arenas for this many buffers of order `0..=10`.
+        Premap(u8, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u8..=11).prop_map(Op::Get),
+            5 => any::<usize>().prop_map(Op::Put),
+            1 => Just(Op::Flush),
+            1 => (0u8..=10, 0usize..5000).prop_map(|(order, n)| Op::Premap(order, n)),
+        ]
+    }
+
+    /// Bytes of every chunk handed out by the arenas (in use or cached).
+    fn carved_bytes(pool: &SgvPool) -> u64 {
+        pool.shared
+            .lock_free_lists(&mut LockToken::root())
+            .0
+            .arenas
+            .carved_bytes()
+    }
+
+    /// A class gets a new arena only when all of its arenas are full, so it never has more
+    /// than `cap / arena_len + 1` (one thread; a one-chunk fallback never happens here).
+    fn assert_arenas_bounded(pool: &SgvPool, cap: u64) {
+        let per_class = pool
+            .shared
+            .lock_free_lists(&mut LockToken::root())
+            .0
+            .arenas
+            .per_class();
+        for (class, &count) in per_class.iter().enumerate() {
+            let arena = shared::arena_len(cap, K4 << class) as u64;
+            assert!(
+                count as u64 <= cap / arena + 1,
+                "class {class}: {count} arenas, cap {cap}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn counters_match_the_model_and_the_iommu(
+            cap_pages in 1u64..3000,
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let f = fixture(cap_pages * K4 as u64);
+            let mut token = LockToken::root();
+            let mut held: Vec<DmaBuffer> = Vec::new();
+            let (mut gets, mut served) = (0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Get(order) => {
+                        let len = if order > 10 { MAX_CACHED_LEN + K4 } else { K4 << order };
+                        gets += 1;
+                        if let Some(b) = f.pool.get(&mut token, len) {
+                            served += 1;
+                            held.push(b);
+                        }
+                    }
+                    Op::Put(i) if !held.is_empty() => {
+                        let b = held.swap_remove(i % held.len());
+                        f.pool.put(b);
+                    }
+                    Op::Put(_) => {}
+                    Op::Flush => {
+                        f.pool.flush(&mut token);
+                        prop_assert_eq!(f.pool.stats().cached, 0);
+                    }
+                    Op::Premap(order, n) => {
+                        let before = f.pool.stats();
+                        f.pool.premap(&mut token, K4 << order, n);
+                        let after = f.pool.stats();
+                        prop_assert_eq!(
+                            (after.in_use, after.cached, after.allocations),
+                            (before.in_use, before.cached, before.allocations),
+                            "pre-mapping hands out and caches nothing"
+                        );
+                    }
+                }
+                let s = f.pool.stats();
+                let cached_classes: Vec<&DmaBuffer> =
+                    held.iter().filter(|b| b.class() != UNCACHED_CLASS).collect();
+                let exact = held.len() - cached_classes.len();
+                let exact_bytes: u64 = held.iter().filter(|b| b.class() == UNCACHED_CLASS).map(|b| b.len() as u64).sum();
+                // What is handed out, exactly.
+                prop_assert_eq!(s.in_use, held.len() as u64);
+                prop_assert_eq!(s.in_use_bytes, held.iter().map(|b| b.len() as u64).sum::<u64>());
+                // Every get counted once.
+                prop_assert_eq!(s.allocations + s.reuses, served);
+                prop_assert_eq!(s.allocations + s.reuses + s.refused + s.failures, gets);
+                // The cap, and the chunk maps agree with the byte counters.
+                prop_assert!(s.in_use_bytes + s.cached_bytes <= cap_pages * K4 as u64);
+                prop_assert_eq!(carved_bytes(&f.pool), s.in_use_bytes + s.cached_bytes - exact_bytes);
+                // The IOMMU agrees with the pool.
+                prop_assert_eq!(f.mapper.live().len() as u64, s.mappings);
+                prop_assert_eq!(f.mapper.live_bytes(), s.mapped_bytes);
+                prop_assert_eq!(s.mappings, s.arenas + exact as u64);
+                prop_assert_eq!(s.arenas as usize, f.pool.idle_lists(&mut token).0.arenas());
+                assert_carved_from_live_mappings(&f.mapper, &held);
+                assert_arenas_bounded(&f.pool, cap_pages * K4 as u64);
+            }
+            drop(held);
+            f.pool.flush(&mut token);
+            let s = f.pool.stats();
+            prop_assert_eq!((s.in_use, s.cached, s.mappings, s.arenas, s.mapped_bytes), (0, 0, 0, 0, 0));
+            f.shutdown_clean();
+        }
+    }
 }
