@@ -992,6 +992,16 @@ impl MultiBuffer {
         }
     }
 
+    /// A buffer with no room at all, allocating nothing: a placeholder while the real one is
+    /// lent out (the worker reads its commands in place instead of copying each 544 bytes).
+    /// Its header reads as all zero; it must not be passed to the kernel or written to.
+    pub fn empty() -> Self {
+        Self {
+            words: Vec::new(),
+            capacity: 0,
+        }
+    }
+
     /// Command slots in this buffer.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -1001,7 +1011,8 @@ impl MultiBuffer {
     pub fn header(&self) -> GetMultiHeader {
         match GetMultiHeader::read_from_prefix(self.words.as_bytes()) {
             Ok((header, _)) => header,
-            Err(_) => unreachable!("buffer always holds a header"),
+            // Only [`MultiBuffer::empty`] has no header.
+            Err(_) => <GetMultiHeader as zerocopy::FromZeros>::new_zeroed(),
         }
     }
 

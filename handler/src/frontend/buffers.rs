@@ -20,6 +20,7 @@
 //! `buffer_cached == 0`, ON_CACHED_MEM_FREE, or an EXEC reply the kernel ignores (spec §3.5,
 //! §8.9) remove an entry; the memory is unmapped when the last command holding it finishes.
 
+use super::int_map::IntMap;
 use crate::store::CmdBuffer;
 use scst_accel_dma::SgvPool;
 use scst_accel_hal::locks::levels;
@@ -174,7 +175,7 @@ impl BufferTable {
 #[derive(Debug, Default)]
 pub struct BufferCache {
     generation: u64,
-    map: HashMap<u64, Arc<CmdBuffer>>,
+    map: IntMap<u64, Arc<CmdBuffer>>,
 }
 
 impl BufferCache {

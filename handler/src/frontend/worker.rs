@@ -11,6 +11,7 @@
 use super::buffers::BufferCache;
 use super::dump::DumpReceiver;
 use super::dump::WorkerDump;
+use super::int_map::IntMap;
 use super::latency::Direction;
 use super::latency::WorkerFigures;
 use super::Phase;
@@ -35,12 +36,12 @@ use crate::store::StoreQueue;
 use crate::store::StoreRequest;
 use crate::teardown::InFlightOwned;
 use crate::teardown::Lease;
+use crate::teardown::Refused;
 use crate::transport::fdio::poll_readable;
 use crate::transport::Errno;
 use scst_accel_hal::locks::levels::Root;
 use scst_accel_hal::locks::LockToken;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
@@ -150,7 +151,7 @@ pub(super) struct Worker {
     reply_tokens: Vec<ReplyMeta>,
     /// Sense bytes the replies point at; alive until their replies are consumed.
     senses: Vec<Vec<u8>>,
-    inflight: HashMap<u32, Inflight>,
+    inflight: IntMap<u32, Inflight>,
     /// Leases of the requests reaped in this pass, ended together ([`LeaseTable::release_batch`]).
     ///
     /// [`LeaseTable::release_batch`]: crate::teardown::LeaseTable::release_batch
@@ -158,6 +159,10 @@ pub(super) struct Worker {
     /// Their payloads, dropped after the lease table's lock (reused: no allocation per reap).
     released_buffers: Vec<Arc<CmdBuffer>>,
     submit: Vec<StoreRequest>,
+    /// Buffers of the requests in `submit` not leased yet, by cmd_h ([`Worker::grant_leases`]).
+    to_lease: Vec<(u64, Arc<CmdBuffer>)>,
+    /// Reused by [`Worker::grant_leases`]: no allocation per batch.
+    granted: Vec<Result<Lease<Arc<CmdBuffer>>, Refused<Arc<CmdBuffer>>>>,
     completions: Vec<StoreCompletion>,
     last_escalation: Option<Instant>,
     /// Dump requests ([`super::Frontend::dump`]).
@@ -203,10 +208,12 @@ impl Worker {
             replies: Vec::new(),
             reply_tokens: Vec::new(),
             senses: Vec::new(),
-            inflight: HashMap::new(),
+            inflight: IntMap::default(),
             reaped_leases: Vec::new(),
             released_buffers: Vec::new(),
             submit: Vec::new(),
+            to_lease: Vec::new(),
+            granted: Vec::new(),
             completions: Vec::new(),
             last_escalation: None,
             dumps,
@@ -292,10 +299,13 @@ impl Worker {
             } else if fd_said_ready && want > 0 {
                 self.empty_ready_fetches = self.empty_ready_fetches.saturating_add(1);
             }
+            // The commands are read in place: the buffer is lent out while they are dispatched
+            // (nothing in dispatch uses it), not copied 544 bytes at a time.
+            let commands = std::mem::replace(&mut self.multi, MultiBuffer::empty());
             for index in 0..fetched {
-                let cmd = *self.multi.cmd(index);
-                self.dispatch(&cmd);
+                self.dispatch(commands.cmd(index));
             }
+            self.multi = commands;
             self.announce_released_buffers();
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
@@ -1064,27 +1074,18 @@ impl Worker {
             let response = self.check_condition(0x0b, 0x00, 0x00);
             return self.reply_exec(cmd_h, ctx, response);
         }
-        // The device's reference to the buffer is a lease, released by the completion.
-        let lease = match &ctx.buffer {
-            Some(buffer) => match self.shared.leases.worker(self.index).grant(
-                &mut self.token,
-                u64::from(cmd_h),
-                Arc::clone(&buffer.buffer),
-            ) {
-                Ok(lease) => Some(lease),
-                Err(refused) => {
-                    // The pool is being unmapped: the buffer must not reach the device.
-                    log::warn!("cmd_h {cmd_h}: {refused}");
-                    return self.reply_exec(cmd_h, ctx, busy());
-                }
-            },
-            None => None,
-        };
+        // The device's reference to the buffer is a lease, released by the completion; granted
+        // with the rest of the batch, before the batch reaches the store
+        // ([`Worker::grant_leases`]).
+        if let Some(buffer) = &ctx.buffer {
+            self.to_lease.push((u64::from(cmd_h), Arc::clone(&buffer.buffer)));
+        }
         self.submit.push(StoreRequest {
             tag: u64::from(cmd_h),
             op: io.op.clone(),
             buffer: ctx.buffer.clone(),
         });
+        let lease = None;
         if let Some(previous) = self.inflight.insert(cmd_h, Inflight { io, ctx, lease }) {
             // SCST reuses a handle only after the reply: a second EXEC with a live handle is a
             // kernel bug. Keep the old lease outstanding (its request may still be on the
@@ -1094,10 +1095,48 @@ impl Worker {
         }
     }
 
+    /// Lease the buffers of the requests queued since the last batch, under one acquisition of
+    /// this worker's lease table, before any of them reaches the store. A refused lease (the
+    /// pool is being unmapped) takes its request out of the batch: the buffer must not reach
+    /// the device, and the command is answered BUSY.
+    fn grant_leases(&mut self) {
+        if self.to_lease.is_empty() {
+            return;
+        }
+        let mut granted = std::mem::take(&mut self.granted);
+        self.shared
+            .leases
+            .worker(self.index)
+            .grant_batch(&mut self.token, &mut self.to_lease, &mut granted);
+        for outcome in granted.drain(..) {
+            match outcome {
+                Ok(lease) => {
+                    let cmd_h = lease.id() as u32;
+                    match self.inflight.get_mut(&cmd_h) {
+                        Some(entry) => entry.lease = Some(lease),
+                        // Not reachable (a request is queued with its entry); were it, the
+                        // lease stays outstanding (logged by its Drop) rather than end early.
+                        None => log::error!("lease for cmd_h {cmd_h} has no command in flight"),
+                    }
+                }
+                Err(refused) => {
+                    let cmd_h = refused.id as u32;
+                    log::warn!("cmd_h {cmd_h}: {refused}");
+                    self.submit.retain(|r| r.tag != refused.id);
+                    if let Some(entry) = self.inflight.remove(&cmd_h) {
+                        self.reply_exec(cmd_h, entry.ctx, busy());
+                    }
+                }
+            }
+        }
+        self.granted = granted;
+    }
+
     /// Submit everything queued, reaping after each batch (a reap can queue a command's next
     /// store step, which is submitted in the same call). Reaps at least once.
     fn flush_submissions(&mut self) {
         loop {
+            self.grant_leases();
             if !self.submit.is_empty() {
                 if let Err(e) = self.queue.submit(&mut self.token, &mut self.submit) {
                     log::debug!("store queue: {e}");

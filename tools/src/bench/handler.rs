@@ -21,6 +21,7 @@
 //! [`PER_WORKER_LOCK_LEVELS`], whose every lock belongs to one worker and is taken per command
 //! only by it.
 
+use crate::cpu::thread_cpu_time;
 use crate::cpu::threads_cpu_time_precise;
 use scst_accel_dma::SgvPool;
 use scst_accel_hal::alloc_stats;
@@ -250,7 +251,7 @@ pub fn reference(w: &HandlerWorkload) -> Result<Value, String> {
     }))
 }
 
-/// Nanoseconds per copy of `size` bytes from a random block of one region to a random block of
+/// CPU nanoseconds per copy of `size` bytes from a random block of one region to a random block of
 /// another (each `region` bytes, at most 65536 blocks), over `time`; a region of 0 copies one
 /// block to one block (in cache after the first copy).
 fn copy_cost(size: usize, region: u64, time: Duration) -> f64 {
@@ -259,6 +260,7 @@ fn copy_cost(size: usize, region: u64, time: Duration) -> f64 {
     let mut target = vec![0u8; blocks * size];
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut copies = 0u64;
+    let clock = CpuClock::start();
     let start = Instant::now();
     while start.elapsed() < time {
         for _ in 0..64 {
@@ -273,14 +275,32 @@ fn copy_cost(size: usize, region: u64, time: Duration) -> f64 {
         }
     }
     std::hint::black_box(&target);
-    start.elapsed().as_nanos() as f64 / copies.max(1) as f64
+    clock.elapsed(start).as_nanos() as f64 / copies.max(1) as f64
 }
 
-/// Nanoseconds per empty ioctl over `time`.
+/// The calling thread's CPU time since `start` (so preemption by other work on a shared
+/// machine is not counted), or the wall time where the kernel does not tell.
+struct CpuClock(Option<Duration>);
+
+impl CpuClock {
+    fn start() -> Self {
+        Self(thread_cpu_time())
+    }
+
+    fn elapsed(&self, wall_start: Instant) -> Duration {
+        match (self.0, thread_cpu_time()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => wall_start.elapsed(),
+        }
+    }
+}
+
+/// CPU nanoseconds per empty ioctl over `time`.
 fn ioctl_cost(time: Duration) -> Result<f64, String> {
     use std::os::fd::AsFd;
     let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let mut calls = 0u64;
+    let clock = CpuClock::start();
     let start = Instant::now();
     while start.elapsed() < time {
         for _ in 0..64 {
@@ -289,5 +309,5 @@ fn ioctl_cost(time: Duration) -> Result<f64, String> {
             calls += 1;
         }
     }
-    Ok(start.elapsed().as_nanos() as f64 / calls.max(1) as f64)
+    Ok(clock.elapsed(start).as_nanos() as f64 / calls.max(1) as f64)
 }
