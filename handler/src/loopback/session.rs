@@ -8,6 +8,8 @@ use super::device::ScsiCmd;
 use super::device::SessState;
 use super::device::TmState;
 use super::fd::LoopbackFd;
+use super::uaccess::ModelSyscalls;
+use super::uaccess::UserMemory;
 use super::ucmd::state_name;
 use super::ucmd::UcmdKind;
 use crate::abi;
@@ -56,6 +58,8 @@ pub(crate) struct KernelInner {
     pub devices: OrderedMutex<HashMap<String, Arc<Device>>, levels::LoopbackDevices>,
     next_sess: AtomicU64,
     next_tm: AtomicU64,
+    /// User memory as this kernel reaches it, with its syscall counters.
+    pub memory: Arc<UserMemory>,
 }
 
 impl KernelInner {
@@ -226,8 +230,16 @@ impl LoopbackKernel {
                 devices: OrderedMutex::new(HashMap::new()),
                 next_sess: AtomicU64::new(1),
                 next_tm: AtomicU64::new(1),
+                memory: Arc::new(UserMemory::default()),
             }),
         }
+    }
+
+    /// The model's own syscalls so far (all devices and fds of this kernel): user-memory
+    /// copies and poll-pipe writes and reads, which the real kernel does not make. Divide
+    /// by commands for "kernel-model syscalls per command".
+    pub fn syscalls(&self) -> ModelSyscalls {
+        self.inner.memory.syscalls()
     }
 
     /// Open `/dev/scst_user` (with O_NONBLOCK if `nonblocking`; sampled at REGISTER, §1.1).
