@@ -401,6 +401,62 @@ impl Drop for GuardedPage {
     }
 }
 
+/// Test helper: one anonymous page that can later be made inaccessible, keeping its mapping
+/// (so the address cannot be reused by another test's mapping meanwhile), like a buffer the
+/// handler unmapped after the kernel pinned it.
+#[cfg(test)]
+pub(crate) struct RevocablePage {
+    base: *mut libc::c_void,
+}
+
+// SAFETY: the page is only reached through its address by process_vm_* and mprotect; no Rust
+// reference into it exists, so moving the handle between threads is sound.
+#[cfg(test)]
+unsafe impl Send for RevocablePage {}
+
+#[cfg(test)]
+impl RevocablePage {
+    pub(crate) fn new() -> Self {
+        // SAFETY: anonymous private mapping of one page, checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE_SIZE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap");
+        Self { base }
+    }
+
+    pub(crate) fn addr(&self) -> u64 {
+        self.base as u64
+    }
+
+    /// Fill the page with `byte`.
+    pub(crate) fn fill(&self, byte: u8) {
+        copy_to_user(self.addr(), &[byte; PAGE_SIZE as usize]).expect("the page is writable");
+    }
+
+    /// Make the page inaccessible (PROT_NONE); the mapping stays.
+    pub(crate) fn revoke(&self) {
+        // SAFETY: changes the protection of exactly the mapping created in `new`.
+        let rc = unsafe { libc::mprotect(self.base, PAGE_SIZE as usize, libc::PROT_NONE) };
+        assert_eq!(rc, 0, "mprotect");
+    }
+}
+
+#[cfg(test)]
+impl Drop for RevocablePage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`.
+        unsafe { libc::munmap(self.base, PAGE_SIZE as usize) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +483,70 @@ mod tests {
         assert_eq!(copy_fixed_c_string(s.as_ptr() as u64, 8).unwrap(), b"GPL");
         let full = *b"abcdefgh";
         assert_eq!(copy_fixed_c_string(full.as_ptr() as u64, 8).unwrap(), b"abcdefg");
+    }
+
+    #[test]
+    fn ranges_pins_and_pipe_events_are_counted_per_syscall() {
+        let mem = UserMemory::default();
+        let mut a = [0u8; 3];
+        let mut b = [0u8; 5];
+        let src = *b"abcdefgh";
+        let base = src.as_ptr() as u64;
+        let read = mem.read_ranges(&mut [(base, &mut a[..]), (base + 3, &mut b[..])]);
+        assert_eq!(read, 2);
+        assert_eq!((&a, &b), (b"abc", b"defgh"));
+        assert_eq!(mem.syscalls().process_vm_readv, 1, "two ranges, one syscall");
+        let pages = vec![0u8; 3 * PAGE_SIZE as usize];
+        mem.pin_user_pages(pages.as_ptr() as u64, pages.len() as u64)
+            .unwrap();
+        assert_eq!(
+            mem.syscalls().process_vm_readv,
+            2,
+            "three pages probed in one syscall"
+        );
+        mem.copy_to_user(a.as_mut_ptr() as u64, b"xyz").unwrap();
+        assert_eq!(&a, b"xyz");
+        mem.count_pipe_write();
+        mem.count_pipe_read();
+        let s = mem.syscalls();
+        assert_eq!(
+            (s.process_vm_writev, s.poll_pipe_writes, s.poll_pipe_reads),
+            (1, 1, 1)
+        );
+        assert_eq!(s.total(), 5);
+    }
+
+    #[test]
+    fn a_fault_stops_the_ranges_at_the_first_bad_one() {
+        let mem = UserMemory::default();
+        let guard = GuardedPage::new();
+        // Range 1 straddles into the guard page: 4 bytes readable, then the fault.
+        let end = guard.place_at_end(b"0123");
+        let mut ok = [0u8; 4];
+        let mut straddling = [0u8; 8];
+        let mut after = [0u8; 4];
+        let src = *b"good";
+        let read = mem.read_ranges(&mut [
+            (src.as_ptr() as u64, &mut ok[..]),
+            (end, &mut straddling[..]),
+            (src.as_ptr() as u64, &mut after[..]),
+        ]);
+        assert_eq!(
+            read, 1,
+            "the straddling range is not complete, nor anything after it"
+        );
+        assert_eq!(&ok, b"good");
+        assert_eq!(after, [0; 4], "nothing after the fault was read");
+        // A partial count, then the retry at the bad byte fails: two calls.
+        assert_eq!(mem.syscalls().process_vm_readv, 2);
+        assert_eq!(mem.pin_user_pages(end, 8), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn the_pid_is_cached() {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        assert_eq!(own_pid(), pid);
+        assert_eq!(PID.load(Ordering::Relaxed), pid);
     }
 }
