@@ -203,6 +203,9 @@ pub(crate) struct DeviceState {
     /// The SCST active list: core work done in handler threads, inside their fetches.
     pub active: VecDeque<CoreWork>,
     pub cmds: HashMap<u64, ScsiCmd>,
+    /// (session, tag) of every command not yet completed: the duplicate-tag check of a
+    /// submit is one lookup, not a scan of `cmds`.
+    pub live_tags: HashSet<(u64, u64)>,
     pub next_cmd_id: u64,
     pub sessions: HashMap<u64, SessState>,
     pub attaches: HashMap<u64, AttachWait>,
@@ -236,6 +239,7 @@ impl DeviceState {
             ready: VecDeque::new(),
             active: VecDeque::new(),
             cmds: HashMap::new(),
+            live_tags: HashSet::new(),
             next_cmd_id: 1,
             sessions: HashMap::new(),
             attaches: HashMap::new(),

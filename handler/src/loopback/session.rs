@@ -429,10 +429,7 @@ impl Session {
             if st.released {
                 return Err(SubmitError::DeviceGone);
             }
-            let dup = st
-                .cmds
-                .values()
-                .any(|c| c.sess_h == sess_h && c.tag == req.tag && !c.completed);
+            let dup = st.live_tags.contains(&(sess_h, req.tag));
             let sess = match st.sessions.get_mut(&sess_h) {
                 Some(s) if !s.detached => s,
                 _ => return Err(SubmitError::SessionGone),
@@ -445,6 +442,7 @@ impl Session {
             sess.outstanding += 1;
             let id = st.next_cmd_id;
             st.next_cmd_id += 1;
+            st.live_tags.insert((sess_h, req.tag));
             st.cmds.insert(
                 id,
                 ScsiCmd {
