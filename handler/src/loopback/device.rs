@@ -426,6 +426,8 @@ pub(crate) struct Delivery {
     /// Initiator data to copy into the buffer first (user address, bytes).
     pub data_out: Option<(u64, Vec<u8>)>,
     pub cmd: Option<u64>,
+    /// `seen_by_user` before this delivery (restored if it is taken back).
+    pub seen_before: bool,
 }
 
 impl Device {
@@ -517,6 +519,7 @@ impl DeviceState {
                 _ => None,
             };
             let Some(u) = self.ucmds.get_mut(&h) else { continue };
+            let seen_before = u.seen_by_user;
             u.sent_to_user = true;
             u.seen_by_user = true;
             let len = abi::payload_len(u.msg.subcode).unwrap_or(std::mem::size_of::<GetCmd>());
@@ -525,9 +528,31 @@ impl DeviceState {
                 len,
                 data_out,
                 cmd,
+                seen_before,
             });
         }
         None
+    }
+
+    /// Take back a delivery that never reached the user (an earlier one of the same ioctl
+    /// faulted): it goes back to the head of the ready list as it was, as the kernel re-queues
+    /// a ucmd whose copy to user space faulted (spec §3.2). Left alone if something else
+    /// (unjam, a reply) has dealt with the ucmd since.
+    pub fn undeliver(&mut self, d: &Delivery, fx: &mut Effects) {
+        let h = d.msg.cmd_h;
+        let Some(u) = self.ucmds.get_mut(&h) else { return };
+        if !u.sent_to_user || u.this_state_unjammed || u.msg.subcode != d.msg.subcode {
+            return;
+        }
+        u.sent_to_user = false;
+        u.seen_by_user = d.seen_before;
+        if d.data_out.is_some() {
+            if let Some(c) = d.cmd.and_then(|id| self.cmds.get_mut(&id)) {
+                c.data_out_pending = true;
+            }
+        }
+        self.ready.push_front(h);
+        fx.wake_fetchers = true;
     }
 }
 

@@ -22,6 +22,12 @@
 //!   on its own as before. Reading user memory has no side effect, and the handler may not
 //!   touch a buffer it has replied with (the real kernel reads the pinned pages even later,
 //!   when the target sends the data);
+//! - the initiator's data-out of all the WRITEs fetched goes into their buffers in one
+//!   `process_vm_writev` after the fetches (the real kernel has it in the pinned pages before
+//!   EXEC is delivered, so this copy is the model's own). If buffer `k` faults, command `k`
+//!   fails as before (internal failure, `EFAULT`, `cmds_cnt` = k) and the commands fetched
+//!   after it, which never reached the user, go back to the head of the ready list as they
+//!   were, as the kernel re-queues a ucmd whose copy to user space faulted (§3.2);
 //! - the lock is held from the first reply to the last fetch and dropped only for user copies
 //!   and waits; completions and wake-ups collected meanwhile are delivered when it drops.
 //!   One thread taking several ready commands in a row is a schedule the kernel allows too.
@@ -31,6 +37,7 @@
 //! thread takes its head; queues per worker would deliver in another order and let a command
 //! wait on a busy worker while another is idle, which the real module never does.
 
+use super::device::Delivery;
 use super::device::Device;
 use super::device::Effects;
 use super::device::StateGuard;
@@ -248,7 +255,7 @@ pub(crate) fn reply_and_get(
     }
 
     let deadline = Instant::now() + BLOCKING_FETCH_CAP;
-    let mut delivered = 0usize;
+    let mut deliveries: Vec<Delivery> = Vec::new();
     let mut result = Ok(());
     'slots: for i in 0..wanted {
         if i >= slots.capacity() {
@@ -257,10 +264,11 @@ pub(crate) fn reply_and_get(
             break;
         }
         let blocking_slot = may_block && i == 0;
-        let delivery = loop {
+        loop {
             st.run_core_work(&mut held.fx);
             if let Some(d) = st.dequeue_for_user(&mut held.fx) {
-                break d;
+                deliveries.push(d);
+                continue 'slots;
             }
             if !held.fx.scsi.is_empty() || !held.fx.tm.is_empty() {
                 // Deliver completions before sleeping or returning; then look again.
@@ -285,29 +293,50 @@ pub(crate) fn reply_and_get(
             }
             st.sync_poll();
             st = st.wait_timeout(&dev.cond, WAIT_SLICE.min(deadline - now));
-        };
-        if let Some((addr, data)) = &delivery.data_out {
-            held.unlock(st);
-            let copied = mem.copy_to_user(*addr, data);
-            st = dev.lock(token);
-            if copied.is_err() {
-                // The pinned pages vanished: the core fails the command (internal failure).
-                log::warn!("loopback {}: cannot copy data-out to {addr:#x}", dev.name);
-                if let Some(id) = delivery.cmd {
-                    if let Some(u) = st.ucmds.get_mut(&delivery.msg.cmd_h) {
-                        u.sent_to_user = false;
-                    }
-                    st.complete_with_sense(id, sense::INTERNAL_FAILURE, &mut held.fx);
-                }
-                result = Err(Errno::EFAULT);
-                break;
-            }
         }
+    }
+    // The initiator's data-out of every EXEC fetched goes into its buffer in one syscall,
+    // with the lock dropped.
+    let with_data: Vec<usize> = (0..deliveries.len())
+        .filter(|&k| deliveries[k].data_out.is_some())
+        .collect();
+    let mut delivered = deliveries.len();
+    if !with_data.is_empty() {
+        held.unlock(st);
+        let written = {
+            let ranges: Vec<(u64, &[u8])> = with_data
+                .iter()
+                .filter_map(|&k| deliveries[k].data_out.as_ref())
+                .map(|(addr, data)| (*addr, data.as_slice()))
+                .collect();
+            mem.write_ranges(&ranges)
+        };
+        st = dev.lock(token);
+        if let Some(&bad) = with_data.get(written) {
+            // The pinned pages vanished: the core fails that command (internal failure) and
+            // the ioctl returns EFAULT with the commands before it delivered; the ones after
+            // it never reached the user and go back to the head of the ready list.
+            let d = &deliveries[bad];
+            if let Some((addr, _)) = &d.data_out {
+                log::warn!("loopback {}: cannot copy data-out to {addr:#x}", dev.name);
+            }
+            if let Some(id) = d.cmd {
+                if let Some(u) = st.ucmds.get_mut(&d.msg.cmd_h) {
+                    u.sent_to_user = false;
+                }
+                st.complete_with_sense(id, sense::INTERNAL_FAILURE, &mut held.fx);
+            }
+            for d in deliveries[bad + 1..].iter().rev() {
+                st.undeliver(d, &mut held.fx);
+            }
+            delivered = bad;
+            result = Err(Errno::EFAULT);
+        }
+    }
+    for (i, d) in deliveries.iter().take(delivered).enumerate() {
         // Only payload_len bytes are written; the rest of the caller's struct stays stale
         // (spec §2.3).
-        let n = delivery.len;
-        slots.slot(i).as_mut_bytes()[..n].copy_from_slice(&delivery.msg.as_bytes()[..n]);
-        delivered += 1;
+        slots.slot(i).as_mut_bytes()[..d.len].copy_from_slice(&d.msg.as_bytes()[..d.len]);
     }
     held.unlock(st);
     Outcome {

@@ -136,14 +136,7 @@ impl UserMemory {
     /// # Errors
     /// `EFAULT` if any byte of the range is not writable.
     pub fn copy_to_user(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {
-        super::device::assert_unlocked("copy_to_user");
-        let span = Span {
-            addr,
-            // process_vm_writev only reads the local buffer; iovec has no const flavour.
-            local: data.as_ptr().cast_mut(),
-            len: data.len(),
-        };
-        if self.transfer(Dir::ToUser, &[span]) == 1 {
+        if self.write_ranges(&[(addr, data)]) == 1 {
             Ok(())
         } else {
             Err(Errno::EFAULT)
@@ -166,6 +159,23 @@ impl UserMemory {
             })
             .collect();
         self.transfer(Dir::FromUser, &spans)
+    }
+
+    /// Write every `(addr, bytes)` range, in order, with as few `process_vm_writev` calls as
+    /// `IOV_MAX` allows. Returns how many leading ranges were written completely (a fault
+    /// stops the transfer there; nothing after it is written).
+    pub fn write_ranges(&self, ranges: &[(u64, &[u8])]) -> usize {
+        super::device::assert_unlocked("copy_to_user");
+        let spans: Vec<Span> = ranges
+            .iter()
+            .map(|(addr, data)| Span {
+                addr: *addr,
+                // process_vm_writev only reads the local buffers; iovec has no const flavour.
+                local: data.as_ptr().cast_mut(),
+                len: data.len(),
+            })
+            .collect();
+        self.transfer(Dir::ToUser, &spans)
     }
 
     /// "Pin" `[addr, addr + len)`: probe one byte of every page the range spans, as
@@ -439,6 +449,13 @@ impl RevocablePage {
     /// Fill the page with `byte`.
     pub(crate) fn fill(&self, byte: u8) {
         copy_to_user(self.addr(), &[byte; PAGE_SIZE as usize]).expect("the page is writable");
+    }
+
+    /// The page's bytes.
+    pub(crate) fn contents(&self) -> Vec<u8> {
+        let mut out = vec![0u8; PAGE_SIZE as usize];
+        copy_from_user(self.addr(), &mut out).expect("the page is readable");
+        out
     }
 
     /// Make the page inaccessible (PROT_NONE); the mapping stays.

@@ -15,11 +15,8 @@ use crate::transport::Errno;
 use crate::transport::ScstUserFd;
 use zerocopy::IntoBytes;
 
-/// Three READs of one page each, arriving as EXECs that carry a cached buffer (so their
-/// replies need no pin and the batch may read their data ahead). Three concurrent misses
-/// answered with `pages` fill the SGV cache first. Returns the EXECs, each with the index of
-/// its page in `pages`.
-fn cached_execs(r: &Rig, s: &Session, pages: &[RevocablePage; 3]) -> Vec<(GetCmd, usize)> {
+/// Three concurrent READ misses answered with `pages` fill the SGV cache with them.
+fn fill_cache(r: &Rig, s: &Session, pages: &[RevocablePage; 3]) {
     for tag in 0..3 {
         s.submit(read10(tag, 0, 8)).unwrap();
     }
@@ -31,17 +28,29 @@ fn cached_execs(r: &Rig, s: &Session, pages: &[RevocablePage; 3]) -> Vec<(GetCmd
         assert_eq!(recv(s).status, sam_status::GOOD);
     }
     assert_eq!(stats(r).cached_buffers, 3);
+}
+
+/// The page of `pages` an EXEC carries.
+fn page_of(c: &GetCmd, pages: &[RevocablePage; 3]) -> usize {
+    let e: abi::ScsiCmdExec = c.read_payload();
+    pages
+        .iter()
+        .position(|p| p.addr() == e.pbuf)
+        .expect("a cache hit carries one of the cached pages")
+}
+
+/// Three READs of one page each, arriving as EXECs that carry a cached buffer (so their
+/// replies need no pin and the batch may read their data ahead). Returns the EXECs, each with
+/// the index of its page in `pages`.
+fn cached_execs(r: &Rig, s: &Session, pages: &[RevocablePage; 3]) -> Vec<(GetCmd, usize)> {
+    fill_cache(r, s, pages);
     for tag in 10..13 {
         s.submit(read10(tag, 0, 8)).unwrap();
     }
     (0..3)
         .map(|_| {
             let c = wait_cmd(&r.fd);
-            let e: abi::ScsiCmdExec = c.read_payload();
-            let page = pages
-                .iter()
-                .position(|p| p.addr() == e.pbuf)
-                .expect("a cache hit carries one of the cached pages");
+            let page = page_of(&c, pages);
             (c, page)
         })
         .collect()
@@ -220,4 +229,84 @@ fn the_counter_sees_every_model_syscall_of_a_command() {
     assert_eq!(after.poll_pipe_writes - before.poll_pipe_writes, 1);
     assert_eq!(after.poll_pipe_reads - before.poll_pipe_reads, 1);
     assert!(!crate::loopback::uaccess::poll_readable(r.fd.poll_fd()));
+}
+
+#[test]
+fn the_data_out_of_every_write_fetched_goes_out_in_one_syscall() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let pages = [RevocablePage::new(), RevocablePage::new(), RevocablePage::new()];
+    fill_cache(&r, &s, &pages);
+    for tag in 0..3u8 {
+        s.submit(write10(u64::from(tag), 0, vec![0xc0 + tag; 4096]))
+            .unwrap();
+    }
+    let mut m = abi::MultiBuffer::new(4);
+    m.set_header(multi_header(&[], 4));
+    let before = r.kernel.syscalls();
+    r.fd.reply_and_get_multi(&mut m).unwrap();
+    let after = r.kernel.syscalls();
+    assert_eq!(m.header().cmds_cnt, 3);
+    assert_eq!(
+        after.process_vm_writev - before.process_vm_writev,
+        1,
+        "three data-outs, one syscall"
+    );
+    for i in 0..3 {
+        let c = *m.cmd(i);
+        assert_eq!(c.subcode, abi::SCST_USER_EXEC, "a hit: no ALLOC_MEM");
+        assert_eq!(
+            pages[page_of(&c, &pages)].contents(),
+            vec![0xc0 + i as u8; 4096],
+            "write {i}"
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_buffer_among_the_writes_fetched_fails_there_and_requeues_the_rest() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let pages = [RevocablePage::new(), RevocablePage::new(), RevocablePage::new()];
+    fill_cache(&r, &s, &pages);
+    for tag in 0..3u8 {
+        s.submit(write10(u64::from(tag), 0, vec![0xd0 + tag; 4096]))
+            .unwrap();
+    }
+    // Which page each write gets is the cache's choice: look at them one by one first.
+    let mut m = abi::MultiBuffer::new(4);
+    m.set_header(multi_header(&[], 4));
+    r.fd.reply_and_get_multi(&mut m).unwrap();
+    assert_eq!(m.header().cmds_cnt, 3);
+    let order: Vec<usize> = (0..3).map(|i| page_of(m.cmd(i), &pages)).collect();
+    for i in 0..3 {
+        // Released one after the other, at distinct times.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        r.fd.reply_cmd(&completed(m.cmd(i).cmd_h, 0, 0, 0)).unwrap();
+        assert_eq!(recv(&s).status, sam_status::GOOD);
+    }
+    // Three more writes: the cache hands out the most recently released page first, so the
+    // middle one of them gets the middle page again, which is gone now.
+    pages[order[1]].revoke();
+    for tag in 10..13u8 {
+        s.submit(write10(u64::from(tag), 0, vec![0xe0 + tag; 4096]))
+            .unwrap();
+    }
+    m.set_header(multi_header(&[], 4));
+    assert_eq!(r.fd.reply_and_get_multi(&mut m).err(), Some(Errno::EFAULT));
+    assert_eq!(
+        m.header().cmds_cnt,
+        1,
+        "the write before the bad buffer is delivered"
+    );
+    let first = *m.cmd(0);
+    assert_eq!(pages[page_of(&first, &pages)].contents(), vec![0xe0 + 10; 4096]);
+    let failed = recv(&s);
+    assert_eq!((failed.tag, failed.status), (11, sam_status::CHECK_CONDITION));
+    assert_eq!(sense_of(&failed), (0x0b, 0x44, 0x00), "internal failure");
+    // The third never reached the user: it is fetched next, its data in its buffer.
+    let third = wait_cmd(&r.fd);
+    assert_eq!(third.subcode, abi::SCST_USER_EXEC);
+    assert_ne!(third.cmd_h, first.cmd_h);
+    assert_eq!(pages[page_of(&third, &pages)].contents(), vec![0xe0 + 12; 4096]);
 }
