@@ -1,8 +1,9 @@
 //! One registered loopback device: the state behind the per-device lock (the model of
-//! `udev_cmd_threads.cmd_list_lock`, spec §5.6) and the fetch path of REPLY_AND_GET (spec §3.2).
+//! `udev_cmd_threads.cmd_list_lock`, spec §5.6) and the dequeue step of REPLY_AND_GET's fetch
+//! (spec §3.2; the ioctl itself is in `reply_get`).
 //!
 //! Lock rules (spec §5.6), kept by construction: the state is mutated only inside
-//! [`Device::with`] / the fetch loop; user memory is never copied while the lock is held
+//! [`Device::with`] / the reply-and-fetch loop of `reply_get`; user memory is never copied while the lock is held
 //! (copies happen between a "plan" and an "apply" step); completions to the initiator and
 //! condvar wake-ups are collected in [`Effects`] and delivered after the lock is dropped.
 
