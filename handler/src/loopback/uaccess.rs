@@ -37,7 +37,8 @@ extern "C" fn forget_pid_in_child() {
 /// The pid `process_vm_*` targets: ourselves. Cached, since `getpid` is a real syscall that
 /// used to double the model's syscalls. Fork-safe: a `pthread_atfork` child hook clears the
 /// cache, so a forked child (which has none of the model's threads, but could still call it)
-/// reads its own memory, never its parent's.
+/// reads its own memory, never its parent's. Children made without the hooks (`vfork`,
+/// `posix_spawn`, a raw `clone`) exec at once and never reach the model.
 fn own_pid() -> libc::pid_t {
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 {
@@ -418,11 +419,6 @@ impl Drop for GuardedPage {
 pub(crate) struct RevocablePage {
     base: *mut libc::c_void,
 }
-
-// SAFETY: the page is only reached through its address by process_vm_* and mprotect; no Rust
-// reference into it exists, so moving the handle between threads is sound.
-#[cfg(test)]
-unsafe impl Send for RevocablePage {}
 
 #[cfg(test)]
 impl RevocablePage {
