@@ -57,6 +57,10 @@ use std::time::Instant;
 use zerocopy::FromZeros;
 use zerocopy::IntoBytes;
 
+/// Most data-in bytes read ahead in one go (besides the reply whose turn it is): bounds the
+/// memory a batch of large READ replies holds at once; the rest is read in the next batch.
+const PREFETCH_BYTES_MAX: usize = 8 << 20;
+
 /// Where fetched commands go: the one struct of REPLY_AND_GET_CMD or the slots of
 /// REPLY_AND_GET_MULTI.
 pub(crate) trait CmdSlots {
@@ -216,8 +220,13 @@ pub(crate) fn reply_and_get(
                     let mut wanted_ranges: Vec<(usize, ExecRanges)> = Vec::new();
                     if let Some(r) = plan.exec_ranges() {
                         wanted_ranges.push((i, r));
+                        let mut bytes = r.data.1;
                         for (j, later) in replies.iter().enumerate().skip(i + 1) {
                             if let Some(r) = st.peek_exec_ranges(later) {
+                                bytes += r.data.1;
+                                if bytes > PREFETCH_BYTES_MAX {
+                                    break;
+                                }
                                 wanted_ranges.push((j, r));
                             }
                         }
