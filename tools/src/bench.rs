@@ -691,6 +691,7 @@ fn loopback(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Targ
         "mb_per_s": v["mb_per_s"],
         "latency_us": v["latency_us"],
         "cpu_us_per_command": v["cpu_us_per_command"],
+        "kernel_model_syscalls_per_command": v["kernel_model"]["syscalls_per_command"],
         "commands": v["commands"],
         "verified_bytes": v["verified_bytes"],
         "verify_errors": v["verify_errors"],

@@ -16,6 +16,7 @@ use scst_accel_handler::frontend::FrontendReport;
 use scst_accel_handler::frontend::TeardownConfig;
 use scst_accel_handler::loopback::KernelConfig;
 use scst_accel_handler::loopback::LoopbackKernel;
+use scst_accel_handler::loopback::ModelSyscalls;
 use scst_accel_handler::loopback::Session;
 use scst_accel_handler::loopback::SessionSpec;
 use scst_accel_handler::scsi::Disk;
@@ -130,6 +131,9 @@ pub(crate) struct Outcome {
     pub(crate) cpu: Option<Duration>,
     pub(crate) worker_cpu: Option<Duration>,
     pub(crate) devices_left: usize,
+    /// The loopback kernel model's own syscalls during the timed phase (None where the
+    /// kernel serves several disks and they cannot be told apart).
+    pub(crate) model_syscalls: Option<ModelSyscalls>,
 }
 
 /// Check the arguments; returns the disk's block count.
@@ -243,6 +247,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.
     let mut cpu_at_start: Option<(Option<Duration>, Duration)> = None;
+    let mut syscalls_at_start: Option<ModelSyscalls> = None;
     let timed_phase = std::sync::atomic::AtomicBool::new(false);
     let mut progress = |p: Progress| {
         timed_phase.store(true, std::sync::atomic::Ordering::Release);
@@ -252,6 +257,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
                 process_cpu_time(),
                 threads_cpu_time("scst-worker").unwrap_or_default(),
             ));
+            syscalls_at_start = Some(kernel.syscalls());
         }
         if live {
             let secs = p.elapsed.as_secs_f64().max(1e-9);
@@ -322,6 +328,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         )
     };
     let (cpu_before, worker_cpu_before) = cpu_at_start.unwrap_or_default();
+    let model_syscalls = model_syscalls_since(syscalls_at_start.unwrap_or_default(), kernel.syscalls());
     let cpu = cpu_before
         .zip(process_cpu_time())
         .map(|(a, b)| b.saturating_sub(a));
@@ -357,7 +364,18 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         cpu,
         worker_cpu,
         devices_left,
+        model_syscalls: Some(model_syscalls),
     })
+}
+
+/// The model's syscalls between two samples.
+fn model_syscalls_since(before: ModelSyscalls, now: ModelSyscalls) -> ModelSyscalls {
+    ModelSyscalls {
+        process_vm_readv: now.process_vm_readv.saturating_sub(before.process_vm_readv),
+        process_vm_writev: now.process_vm_writev.saturating_sub(before.process_vm_writev),
+        poll_pipe_writes: now.poll_pipe_writes.saturating_sub(before.poll_pipe_writes),
+        poll_pipe_reads: now.poll_pipe_reads.saturating_sub(before.poll_pipe_reads),
+    }
 }
 
 /// Bytes per READ of the pre-existing data scan, and READs in flight.
@@ -473,6 +491,13 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "panicked_workers": o.frontend.panicked_workers,
         },
         "devices_left_registered": o.devices_left,
+        "kernel_model": o.model_syscalls.map(|m| json!({
+            "process_vm_readv": m.process_vm_readv,
+            "process_vm_writev": m.process_vm_writev,
+            "poll_pipe_writes": m.poll_pipe_writes,
+            "poll_pipe_reads": m.poll_pipe_reads,
+            "syscalls_per_command": m.total() as f64 / (w.commands.max(1) as f64),
+        })),
         "iommu_faults": o.backend.iommu_faults,
         "device_errors": o.backend.device_errors,
         "device": {

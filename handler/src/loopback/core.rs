@@ -293,6 +293,7 @@ impl DeviceState {
         }
         cmd.completed = true;
         cmd.status = status;
+        self.live_tags.remove(&(cmd.sess_h, cmd.tag));
         let aborted = aborted || cmd.aborted;
         let (status, sense) = if aborted {
             (sam_status::TASK_ABORTED, Vec::new())

@@ -1,8 +1,9 @@
 //! One registered loopback device: the state behind the per-device lock (the model of
-//! `udev_cmd_threads.cmd_list_lock`, spec §5.6) and the fetch path of REPLY_AND_GET (spec §3.2).
+//! `udev_cmd_threads.cmd_list_lock`, spec §5.6) and the dequeue step of REPLY_AND_GET's fetch
+//! (spec §3.2; the ioctl itself is in `reply_get`).
 //!
 //! Lock rules (spec §5.6), kept by construction: the state is mutated only inside
-//! [`Device::with`] / the fetch loop; user memory is never copied while the lock is held
+//! [`Device::with`] / the reply-and-fetch loop of `reply_get`; user memory is never copied while the lock is held
 //! (copies happen between a "plan" and an "apply" step); completions to the initiator and
 //! condvar wake-ups are collected in [`Effects`] and delivered after the lock is dropped.
 
@@ -11,7 +12,7 @@ use super::sense::SenseCode;
 use super::session::ScsiCompletion;
 use super::session::TmCompletion;
 use super::sgv::SgvPool;
-use super::uaccess;
+use super::uaccess::UserMemory;
 use super::ucmd::Ucmd;
 use super::ucmd::UcmdKind;
 use crate::abi;
@@ -30,12 +31,11 @@ use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
-use std::time::Instant;
-use zerocopy::IntoBytes;
 
 /// A blocking fetch is a condvar wait that re-checks at this period; it never spins.
-const WAIT_SLICE: Duration = Duration::from_millis(250);
+pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(250);
 /// Upper bound of one blocking fetch. The kernel would wait until a signal; the model returns
 /// `EINTR` (as a non-SA_RESTART signal would, spec §3.2) so that no wait is unbounded.
 pub(crate) const BLOCKING_FETCH_CAP: Duration = Duration::from_secs(60);
@@ -46,17 +46,25 @@ pub(crate) const SUSPEND_TIMEOUT: Duration = Duration::from_secs(90);
 /// the ready list or the core's active list is non-empty. A pipe instead of an eventfd keeps
 /// this module free of `unsafe`; `poll(2)` sees the same thing. Arm/disarm happen under the
 /// device lock, so the byte can never go stale.
+///
+/// Each arm and disarm is a syscall of the model, counted in [`UserMemory`]: they happen only
+/// when readiness changes, not per command.
 #[derive(Debug)]
 pub(crate) struct PollSignal {
     reader: std::io::PipeReader,
     writer: std::io::PipeWriter,
+    memory: Arc<UserMemory>,
 }
 
 impl PollSignal {
-    /// A new, unarmed signal.
-    pub fn new() -> std::io::Result<Self> {
+    /// A new, unarmed signal whose syscalls count in `memory`.
+    pub fn new(memory: Arc<UserMemory>) -> std::io::Result<Self> {
         let (reader, writer) = std::io::pipe()?;
-        Ok(Self { reader, writer })
+        Ok(Self {
+            reader,
+            writer,
+            memory,
+        })
     }
 
     /// The fd to poll.
@@ -66,12 +74,14 @@ impl PollSignal {
     }
 
     fn arm(&self) {
+        self.memory.count_pipe_write();
         if let Err(e) = (&self.writer).write_all(&[1]) {
             log::error!("loopback: cannot arm the poll pipe: {e}");
         }
     }
 
     fn disarm(&self) {
+        self.memory.count_pipe_read();
         let mut b = [0u8; 1];
         // Only called while armed: exactly one byte is in the pipe, so this never blocks.
         if let Err(e) = (&self.reader).read_exact(&mut b) {
@@ -172,6 +182,17 @@ pub(crate) struct Effects {
     pub wake_attach: bool,
 }
 
+impl Effects {
+    /// Nothing to deliver.
+    pub fn is_empty(&self) -> bool {
+        self.scsi.is_empty()
+            && self.tm.is_empty()
+            && !self.wake_fetchers
+            && !self.wake_all
+            && !self.wake_attach
+    }
+}
+
 /// Device state guarded by the per-device lock.
 pub(crate) struct DeviceState {
     pub opt: Opt,
@@ -185,6 +206,9 @@ pub(crate) struct DeviceState {
     /// The SCST active list: core work done in handler threads, inside their fetches.
     pub active: VecDeque<CoreWork>,
     pub cmds: HashMap<u64, ScsiCmd>,
+    /// (session, tag) of every command not yet completed: the duplicate-tag check of a
+    /// submit is one lookup, not a scan of `cmds`.
+    pub live_tags: HashSet<(u64, u64)>,
     pub next_cmd_id: u64,
     pub sessions: HashMap<u64, SessState>,
     pub attaches: HashMap<u64, AttachWait>,
@@ -194,7 +218,7 @@ pub(crate) struct DeviceState {
     pub suspended: u32,
     pub released: bool,
     pub commands_completed: u64,
-    poll: std::sync::Arc<PollSignal>,
+    poll: Arc<PollSignal>,
     poll_armed: bool,
 }
 
@@ -206,7 +230,7 @@ impl DeviceState {
         block_size: u32,
         blocking: bool,
         sgv: SgvPool,
-        poll: std::sync::Arc<PollSignal>,
+        poll: Arc<PollSignal>,
     ) -> Self {
         Self {
             opt,
@@ -218,6 +242,7 @@ impl DeviceState {
             ready: VecDeque::new(),
             active: VecDeque::new(),
             cmds: HashMap::new(),
+            live_tags: HashSet::new(),
             next_cmd_id: 1,
             sessions: HashMap::new(),
             attaches: HashMap::new(),
@@ -392,24 +417,31 @@ pub(crate) struct Device {
     pub cond: OrderedCondvar,
     /// Wakes ATTACH_SESS waiters.
     pub attach_cond: OrderedCondvar,
+    /// User memory, with the kernel's syscall counters.
+    pub memory: Arc<UserMemory>,
 }
 
 /// One delivered message, prepared under the lock and completed outside it.
-struct Delivery {
-    msg: GetCmd,
-    len: usize,
-    data_out: Option<(u64, Vec<u8>)>,
-    cmd: Option<u64>,
+pub(crate) struct Delivery {
+    pub msg: GetCmd,
+    /// Bytes of `msg` the kernel copies out (`payload_len`, spec §2.3).
+    pub len: usize,
+    /// Initiator data to copy into the buffer first (user address, bytes).
+    pub data_out: Option<(u64, Vec<u8>)>,
+    pub cmd: Option<u64>,
+    /// `seen_by_user` before this delivery (restored if it is taken back).
+    pub seen_before: bool,
 }
 
 impl Device {
     /// A device around `state`.
-    pub fn new(name: String, state: DeviceState) -> Self {
+    pub fn new(name: String, state: DeviceState, memory: Arc<UserMemory>) -> Self {
         Self {
             name,
             state: OrderedMutex::new(state),
             cond: OrderedCondvar::new(),
             attach_cond: OrderedCondvar::new(),
+            memory,
         }
     }
 
@@ -462,71 +494,12 @@ impl Device {
             let _ = tx.send(c);
         }
     }
-
-    /// The fetch half of REPLY_AND_GET (spec §3.2 step 2): drain the active list, dequeue one
-    /// ready ucmd, mark it sent/seen, copy `payload_len` bytes into `out`. Waits while the
-    /// device is blocking and nothing is ready, if `may_block`.
-    ///
-    /// # Errors
-    /// `EAGAIN` when nothing is ready and the call may not block; `EINTR` after
-    /// [`BLOCKING_FETCH_CAP`]; `EFAULT` if the initiator's data cannot be placed in the buffer.
-    pub fn fetch(&self, token: &mut Token<'_>, out: &mut GetCmd, may_block: bool) -> Result<(), Errno> {
-        let deadline = Instant::now() + BLOCKING_FETCH_CAP;
-        loop {
-            let mut fx = Effects::default();
-            let mut st = self.lock(token);
-            let delivery = loop {
-                st.run_core_work(&mut fx);
-                if let Some(d) = st.dequeue_for_user(&mut fx) {
-                    break Some(d);
-                }
-                if !fx.scsi.is_empty() || !fx.tm.is_empty() {
-                    // Deliver completions before sleeping; then look again.
-                    break None;
-                }
-                let now = Instant::now();
-                if !may_block || !st.blocking || now >= deadline {
-                    let interrupted = may_block && st.blocking;
-                    st.sync_poll();
-                    drop(st);
-                    self.finish(fx);
-                    return Err(if interrupted { Errno::EINTR } else { Errno::EAGAIN });
-                }
-                st.sync_poll();
-                let wait = WAIT_SLICE.min(deadline - now);
-                st = st.wait_timeout(&self.cond, wait);
-            };
-            st.sync_poll();
-            drop(st);
-            self.finish(fx);
-            let Some(d) = delivery else { continue };
-            if let Some((addr, data)) = &d.data_out {
-                if uaccess::copy_to_user(*addr, data).is_err() {
-                    // The pinned pages vanished: the core fails the command (internal failure).
-                    log::warn!("loopback {}: cannot copy data-out to {addr:#x}", self.name);
-                    if let Some(id) = d.cmd {
-                        self.with(token, |st, fx| {
-                            if let Some(u) = st.ucmds.get_mut(&d.msg.cmd_h) {
-                                u.sent_to_user = false;
-                            }
-                            st.complete_with_sense(id, super::sense::INTERNAL_FAILURE, fx);
-                        });
-                    }
-                    return Err(Errno::EFAULT);
-                }
-            }
-            // Only payload_len bytes are written; the rest of the caller's struct stays stale
-            // (spec §2.3).
-            out.as_mut_bytes()[..d.len].copy_from_slice(&d.msg.as_bytes()[..d.len]);
-            return Ok(());
-        }
-    }
 }
 
 impl DeviceState {
     /// Pop the next deliverable ucmd. Aborted PARSE/ALLOC_MEM/EXEC ucmds are failed instead of
     /// delivered (spec §3.1).
-    fn dequeue_for_user(&mut self, fx: &mut Effects) -> Option<Delivery> {
+    pub fn dequeue_for_user(&mut self, fx: &mut Effects) -> Option<Delivery> {
         while let Some(h) = self.ready.pop_front() {
             let Some(u) = self.ucmds.get(&h) else { continue };
             let cmd = u.scsi_cmd();
@@ -549,6 +522,7 @@ impl DeviceState {
                 _ => None,
             };
             let Some(u) = self.ucmds.get_mut(&h) else { continue };
+            let seen_before = u.seen_by_user;
             u.sent_to_user = true;
             u.seen_by_user = true;
             let len = abi::payload_len(u.msg.subcode).unwrap_or(std::mem::size_of::<GetCmd>());
@@ -557,9 +531,31 @@ impl DeviceState {
                 len,
                 data_out,
                 cmd,
+                seen_before,
             });
         }
         None
+    }
+
+    /// Take back a delivery that never reached the user (an earlier one of the same ioctl
+    /// faulted): it goes back to the head of the ready list as it was, as the kernel re-queues
+    /// a ucmd whose copy to user space faulted (spec §3.2). Left alone if something else
+    /// (unjam, a reply) has dealt with the ucmd since.
+    pub fn undeliver(&mut self, d: &Delivery, fx: &mut Effects) {
+        let h = d.msg.cmd_h;
+        let Some(u) = self.ucmds.get_mut(&h) else { return };
+        if !u.sent_to_user || u.this_state_unjammed || u.msg.subcode != d.msg.subcode {
+            return;
+        }
+        u.sent_to_user = false;
+        u.seen_by_user = d.seen_before;
+        if d.data_out.is_some() {
+            if let Some(c) = d.cmd.and_then(|id| self.cmds.get_mut(&id)) {
+                c.data_out_pending = true;
+            }
+        }
+        self.ready.push_front(h);
+        fx.wake_fetchers = true;
     }
 }
 

@@ -10,6 +10,8 @@ use super::device::PollSignal;
 use super::device::Token;
 use super::device::SUSPEND_TIMEOUT;
 use super::reply::process_reply;
+use super::reply_get::read_replies;
+use super::reply_get::reply_and_get;
 use super::session::KernelInner;
 use super::sgv::SgvObject;
 use super::sgv::SgvPool;
@@ -38,7 +40,6 @@ use std::sync::OnceLock;
 use std::sync::Weak;
 use std::time::Duration;
 use std::time::Instant;
-use zerocopy::IntoBytes;
 
 /// Longest device name the kernel keeps (`strscpy` into 49 bytes, spec §8.8).
 const MAX_DEVICE_NAME: usize = 48;
@@ -127,7 +128,7 @@ static_assertions::assert_impl_all!(LoopbackFd: Send, Sync);
 
 impl LoopbackFd {
     pub(crate) fn new(kernel: Arc<KernelInner>, nonblocking: bool) -> Self {
-        let poll = match PollSignal::new() {
+        let poll = match PollSignal::new(kernel.memory.clone()) {
             Ok(p) => p,
             // Out of file descriptors at open: the model cannot exist without its poll pipe.
             Err(e) => panic!("loopback: cannot create the poll pipe (raise RLIMIT_NOFILE): {e}"),
@@ -284,7 +285,7 @@ impl ScstUserFd for LoopbackFd {
         let expected = kernel.config.version.as_bytes();
         // A FIXED max(sizeof(DEV_USER_VERSION), 20) bytes from both strings (spec §1.4).
         let fixed = (expected.len() + 1).max(abi::VERSION_READ_MIN);
-        let license = uaccess::copy_fixed_c_string(desc.license_str, fixed)?;
+        let license = kernel.memory.copy_fixed_c_string(desc.license_str, fixed)?;
         if !abi::ACCEPTED_LICENSES.iter().any(|l| l.as_bytes() == license) {
             log::warn!(
                 "loopback: license {:?} refused",
@@ -292,7 +293,7 @@ impl ScstUserFd for LoopbackFd {
             );
             return Err(Errno::EPERM);
         }
-        let version = uaccess::copy_fixed_c_string(desc.version_str, fixed)?;
+        let version = kernel.memory.copy_fixed_c_string(desc.version_str, fixed)?;
         let raw_name = abi::c_name(&desc.name);
         if version != expected {
             log::warn!(
@@ -329,7 +330,7 @@ impl ScstUserFd for LoopbackFd {
             SgvPool::new(desc.sgv_single_alloc_pages, purge),
             self.file.poll.clone(),
         );
-        let dev = Arc::new(Device::new(name.clone(), state));
+        let dev = Arc::new(Device::new(name.clone(), state, kernel.memory.clone()));
         devices.insert(name.clone(), dev.clone());
         drop(devices);
         if self.file.device.set(dev.clone()).is_err() {
@@ -390,13 +391,16 @@ impl ScstUserFd for LoopbackFd {
         let token = &mut LockToken::root();
         let dev = self.file.device()?;
         let preply = cmd.preply();
-        if preply != 0 {
-            let mut reply = ReplyCmd::new(0, 0);
-            uaccess::copy_from_user(preply, reply.as_mut_bytes())?;
-            // An error processing the reply returns at once, fetching nothing (spec §3.2).
-            process_reply(dev, token, &reply)?;
+        let (replies, faulted) = if preply != 0 {
+            read_replies(&dev.memory, preply, 1)
+        } else {
+            (Vec::new(), false)
+        };
+        if faulted {
+            return Err(Errno::EFAULT);
         }
-        dev.fetch(token, cmd, true)
+        // An error processing the reply returns at once, fetching nothing (spec §3.2).
+        reply_and_get(dev, token, &replies, false, cmd, 1, true).result
     }
 
     fn reply_cmd(&self, reply: &ReplyCmd) -> IoctlResult {
@@ -454,7 +458,7 @@ impl ScstUserFd for LoopbackFd {
                 .unwrap_or_default())
         })?;
         if !tail.is_empty() {
-            uaccess::copy_to_user(arg.ext_cdb_buffer, &tail)?;
+            dev.memory.copy_to_user(arg.ext_cdb_buffer, &tail)?;
         }
         Ok(())
     }
@@ -469,7 +473,7 @@ impl ScstUserFd for LoopbackFd {
         }
         let class = dev.lock(token).sgv.class_pages(u64::from(arg.bufflen));
         let pages = class.unwrap_or_else(|| u64::from(arg.bufflen).div_ceil(uaccess::PAGE_SIZE));
-        uaccess::pin_user_pages(arg.pbuf, pages * uaccess::PAGE_SIZE)?;
+        dev.memory.pin_user_pages(arg.pbuf, pages * uaccess::PAGE_SIZE)?;
         let pbuf = arg.pbuf;
         let clustered = arg.for_clust_pool != 0;
         let h = dev.with(token, |st, fx| {
@@ -502,44 +506,17 @@ impl ScstUserFd for LoopbackFd {
         let token = &mut LockToken::root();
         let dev = self.file.device()?;
         let mut header = arg.header();
-        let replies = header.replies_cnt.max(0) as usize;
-        for i in 0..replies {
-            let mut reply = ReplyCmd::new(0, 0);
-            let addr = header.preplies + (i * std::mem::size_of::<ReplyCmd>()) as u64;
-            let r = uaccess::copy_from_user(addr, reply.as_mut_bytes())
-                .and_then(|()| process_reply(dev, token, &reply));
-            if let Err(e) = r {
-                header.replies_done = i as i16;
-                header.cmds_cnt = 0;
-                arg.set_header(header);
-                return Err(e);
-            }
-        }
-        // replies_done is written before fetching (spec §3.3).
-        header.replies_done = replies as i16;
+        let count = header.replies_cnt.max(0) as usize;
+        // One syscall for the whole array; it stops at the first unreadable element.
+        let (replies, faulted) = read_replies(&dev.memory, header.preplies, count);
         let wanted = header.cmds_cnt.max(0) as usize;
-        header.cmds_cnt = 0;
+        let outcome = reply_and_get(dev, token, &replies, faulted, arg, wanted, true);
+        // replies_done is the index of the failing reply, or all of them; the kernel writes
+        // it before fetching (spec §3.3), which nobody can see apart from the final header.
+        header.replies_done = outcome.replies_done as i16;
+        header.cmds_cnt = outcome.delivered as i16;
         arg.set_header(header);
-        let mut delivered = 0usize;
-        let mut result = Ok(());
-        for i in 0..wanted {
-            if i >= arg.capacity() {
-                // Beyond the caller's buffer: the kernel's copy would fault here.
-                result = Err(Errno::EFAULT);
-                break;
-            }
-            match dev.fetch(token, arg.cmd_mut(i), i == 0) {
-                Ok(()) => delivered += 1,
-                Err(Errno::EAGAIN) if i > 0 => break,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        header.cmds_cnt = delivered as i16;
-        arg.set_header(header);
-        result
+        outcome.result
     }
 
     fn poll_fd(&self) -> BorrowedFd<'_> {

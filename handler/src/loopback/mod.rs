@@ -8,16 +8,19 @@
 //! - `ucmd`: the per-message object and its flags (§3.11, §5.4);
 //! - `core`, `core_parse`: the SCST core's own processing of a command (§3.6, §3.7);
 //! - `reply`: reply validation and effects (§3.4, §3.5);
+//! - `reply_get`: the replies and fetches of one REPLY_AND_GET ioctl, batched (§3.2, §3.3);
 //! - `sgv`: the SGV buffer cache with owner handles (§3.6);
 //! - `session`: the kernel object, sessions, task management (§4, §7);
 //! - `unjam`: teardown on the last close (§5);
-//! - `uaccess`: user memory access through `process_vm_readv`/`process_vm_writev`.
+//! - `uaccess`: user memory access through `process_vm_readv`/`process_vm_writev`, batched
+//!   and counted ([`LoopbackKernel::syscalls`]).
 
 mod core;
 mod core_parse;
 mod device;
 mod fd;
 mod reply;
+mod reply_get;
 mod sense;
 mod session;
 mod sgv;
@@ -40,4 +43,5 @@ pub use session::Session;
 pub use session::SessionSpec;
 pub use session::SubmitError;
 pub use session::TmCompletion;
+pub use uaccess::ModelSyscalls;
 pub use unjam::CloseReport;

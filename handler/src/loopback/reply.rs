@@ -10,6 +10,7 @@ use super::device::Token;
 use super::sense;
 use super::sgv::SgvObject;
 use super::uaccess;
+use super::uaccess::UserMemory;
 use super::ucmd::UcmdKind;
 use crate::abi;
 use crate::abi::data_direction;
@@ -23,7 +24,8 @@ use std::time::Instant;
 const MAX_WS_DESCRIPTORS_LEN: u16 = 4096;
 
 /// User copies to do between the two locked steps.
-enum Plan {
+#[derive(Debug)]
+pub(crate) enum Plan {
     /// Nothing left to do.
     Done,
     /// PARSE with an error status: copy the sense, complete.
@@ -59,132 +61,275 @@ enum Plan {
     WriteSame { h: u32, id: u64, addr: u64, len: u16 },
 }
 
-/// Process one 56-byte reply, as every reply-carrying ioctl does.
+/// The user copies of one [`Plan`], done with the device lock dropped (or prefetched).
+pub(crate) enum Copied {
+    /// The plan needed none.
+    Nothing,
+    /// PARSE error: the sense.
+    Sense(Result<Vec<u8>, Errno>),
+    /// ALLOC_MEM: the pin.
+    Pinned(Result<(), Errno>),
+    /// EXEC COMPLETED: whether pinning a buffer supplied with the reply failed (then nothing
+    /// was copied), else the data-in and the sense.
+    Exec {
+        pin_failed: bool,
+        data_sense: Result<(Vec<u8>, Vec<u8>), Errno>,
+    },
+    /// DO_WRITE_SAME: the descriptors.
+    WriteSame(Result<Vec<u8>, Errno>),
+}
+
+/// The user ranges an EXEC COMPLETED reply reads with no pin first: its data-in and its
+/// sense. Several of them are read in one `process_vm_readv` (see `reply_get`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ExecRanges {
+    pub data: (u64, usize),
+    pub sense: (u64, usize),
+}
+
+impl Plan {
+    /// The ranges of an EXEC plan that needs no pin, which may be read ahead of time.
+    pub fn exec_ranges(&self) -> Option<ExecRanges> {
+        match self {
+            Plan::Exec {
+                sense,
+                resp,
+                want_in,
+                new_buf: None,
+                data_addr,
+                ..
+            } => Some(ExecRanges {
+                data: (*data_addr, (*resp).min(*want_in)),
+                sense: (sense.0, sense_bytes(sense.1)),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The copies of a plan that touches no user memory at all, without a syscall.
+    pub fn copied_without_user_memory(&self) -> Option<Copied> {
+        match self {
+            Plan::Done => Some(Copied::Nothing),
+            Plan::ParseError { sense, .. } if sense_bytes(sense.1) == 0 => {
+                Some(Copied::Sense(Ok(Vec::new())))
+            }
+            _ => match self.exec_ranges() {
+                Some(r) if r.data.1 == 0 && r.sense.1 == 0 => Some(Copied::Exec {
+                    pin_failed: false,
+                    data_sense: Ok((Vec::new(), Vec::new())),
+                }),
+                _ => None,
+            },
+        }
+    }
+
+    /// Do the plan's user copies (no device lock held), in the kernel's order: a pin before
+    /// the data, the data before the sense; the first fault stops the rest.
+    pub fn copy(&self, mem: &UserMemory) -> Copied {
+        match self {
+            Plan::Done => Copied::Nothing,
+            Plan::ParseError { sense, .. } => Copied::Sense(copy_sense(mem, *sense)),
+            Plan::AllocMem { pbuf, len, .. } => Copied::Pinned(mem.pin_user_pages(*pbuf, *len)),
+            Plan::Exec {
+                sense,
+                resp,
+                want_in,
+                new_buf,
+                data_addr,
+                ..
+            } => {
+                if let Some((pbuf, len, _, _)) = new_buf {
+                    if mem.pin_user_pages(*pbuf, *len).is_err() {
+                        return Copied::Exec {
+                            pin_failed: true,
+                            data_sense: Err(Errno::EFAULT),
+                        };
+                    }
+                }
+                // Only what the initiator's buffer takes is moved (the size is the handler's word).
+                let mut data = vec![0u8; (*resp).min(*want_in)];
+                let data_sense = mem
+                    .copy_from_user(*data_addr, &mut data)
+                    .and_then(|()| copy_sense(mem, *sense))
+                    .map(|s| (data, s));
+                Copied::Exec {
+                    pin_failed: false,
+                    data_sense,
+                }
+            }
+            Plan::WriteSame { addr, len, .. } => {
+                let mut raw = vec![0u8; usize::from(*len)];
+                Copied::WriteSame(mem.copy_from_user(*addr, &mut raw).map(|()| raw))
+            }
+        }
+    }
+}
+
+/// Process one 56-byte reply on its own (REPLY_CMD): the lookup and checks under the lock,
+/// the copies with it dropped, the effects under it again.
 ///
 /// # Errors
 /// The errno of the spec §3.4/§3.5 table (`ESRCH`, `EINVAL`, `EFAULT`).
 pub(crate) fn process_reply(dev: &Device, token: &mut Token<'_>, reply: &ReplyCmd) -> Result<(), Errno> {
     let plan = dev.with(token, |st, fx| st.reply_begin(reply, fx))?;
-    match plan {
-        Plan::Done => Ok(()),
-        Plan::ParseError { h, id, status, sense } => {
-            let copied = copy_sense(sense);
-            dev.with(token, |st, fx| {
-                st.reply_end(h);
-                match copied {
-                    Ok(s) => {
-                        st.complete_or_abort(id, status, s, Vec::new(), fx);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        st.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
-                        Err(e)
-                    }
-                }
-            })
-        }
-        Plan::AllocMem {
-            h,
-            id,
-            pbuf,
-            len,
-            pages,
-            cached,
-        } => {
-            let pinned = uaccess::pin_user_pages(pbuf, len);
-            dev.with(token, |st, fx| {
-                st.reply_end(h);
-                if pinned.is_err() {
-                    st.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
-                    return Err(Errno::EFAULT);
-                }
-                st.attach_buffer(h, id, pbuf, pages, cached);
-                if let Some(c) = st.cmds.get_mut(&id) {
-                    c.data_out_pending = has_data_out(c.parsed.direction);
-                }
-                st.queue_exec(id, fx);
-                Ok(())
-            })
-        }
-        Plan::Exec {
-            h,
-            id,
-            status,
-            sense,
-            resp,
-            want_in,
-            new_buf,
-            data_addr,
-        } => {
-            if let Some((pbuf, len, _, _)) = new_buf {
-                if uaccess::pin_user_pages(pbuf, len).is_err() {
-                    return dev.with(token, |st, fx| {
-                        st.reply_end(h);
-                        let busy = st
-                            .cmds
-                            .get(&id)
-                            .map_or(abi::sam_status::BUSY, |c| st.busy_status(c.sess_h));
-                        st.complete_or_abort(id, busy, Vec::new(), Vec::new(), fx);
-                        Ok(())
-                    });
-                }
-            }
-            // Only what the initiator's buffer takes is moved (the size is the handler's word).
-            let mut data = vec![0u8; resp.min(want_in)];
-            let copied = uaccess::copy_from_user(data_addr, &mut data).and_then(|()| copy_sense(sense));
-            dev.with(token, |st, fx| {
-                st.reply_end(h);
-                if let Some((pbuf, _, pages, cached)) = new_buf {
-                    st.attach_buffer(h, id, pbuf, pages, cached);
-                }
-                match copied {
-                    Ok(sense) => {
-                        if let Some(c) = st.cmds.get_mut(&id) {
-                            c.resp_data_len = resp as i32;
-                        }
-                        st.complete_or_abort(id, status, sense, data, fx);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        st.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
-                        Err(e)
-                    }
-                }
-            })
-        }
-        Plan::WriteSame { h, id, addr, len } => {
-            let mut raw = vec![0u8; usize::from(len)];
-            let copied = uaccess::copy_from_user(addr, &mut raw);
-            dev.with(token, |st, fx| {
-                st.reply_end(h);
-                if copied.is_err() {
-                    st.complete_with_sense(id, sense::HARDWARE_ERROR, fx);
-                    return Err(Errno::EFAULT);
-                }
-                // The last descriptor must terminate the list (usdd_blocks == 0).
-                let last_blocks = &raw[raw.len() - 8..];
-                if last_blocks.iter().any(|&b| b != 0) {
-                    log::warn!("loopback: DO_WRITE_SAME descriptors not terminated");
-                    st.complete_with_sense(id, sense::HARDWARE_ERROR, fx);
-                    return Err(Errno::EINVAL);
-                }
-                st.complete_or_abort(id, abi::sam_status::GOOD, Vec::new(), Vec::new(), fx);
-                Ok(())
-            })
-        }
-    }
+    let copied = match plan.copied_without_user_memory() {
+        Some(c) => c,
+        None => plan.copy(&dev.memory),
+    };
+    dev.with(token, |st, fx| st.reply_apply(plan, copied, fx))
 }
 
-fn copy_sense((addr, len): (u64, u8)) -> Result<Vec<u8>, Errno> {
-    let n = usize::from(len).min(SCST_SENSE_BUFFERSIZE);
-    let mut sense = vec![0u8; n];
-    if n > 0 {
-        uaccess::copy_from_user(addr, &mut sense)?;
+/// Bytes of sense the kernel copies for a `sense_len` (at most the sense buffer).
+fn sense_bytes(len: u8) -> usize {
+    usize::from(len).min(SCST_SENSE_BUFFERSIZE)
+}
+
+fn copy_sense(mem: &UserMemory, (addr, len): (u64, u8)) -> Result<Vec<u8>, Errno> {
+    let mut sense = vec![0u8; sense_bytes(len)];
+    if !sense.is_empty() {
+        mem.copy_from_user(addr, &mut sense)?;
     }
     Ok(sense)
 }
 
 impl DeviceState {
+    /// The second locked step of a reply: its effects, given its copies.
+    ///
+    /// # Errors
+    /// `EFAULT` when a copy faulted, `EINVAL` for unterminated WRITE SAME descriptors.
+    pub fn reply_apply(&mut self, plan: Plan, copied: Copied, fx: &mut Effects) -> Result<(), Errno> {
+        match (plan, copied) {
+            (Plan::Done, _) => Ok(()),
+            (Plan::ParseError { h, id, status, .. }, Copied::Sense(copied)) => {
+                self.reply_end(h);
+                match copied {
+                    Ok(s) => {
+                        self.complete_or_abort(id, status, s, Vec::new(), fx);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
+                        Err(e)
+                    }
+                }
+            }
+            (
+                Plan::AllocMem {
+                    h,
+                    id,
+                    pbuf,
+                    pages,
+                    cached,
+                    ..
+                },
+                Copied::Pinned(pinned),
+            ) => {
+                self.reply_end(h);
+                if pinned.is_err() {
+                    self.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
+                    return Err(Errno::EFAULT);
+                }
+                self.attach_buffer(h, id, pbuf, pages, cached);
+                if let Some(c) = self.cmds.get_mut(&id) {
+                    c.data_out_pending = has_data_out(c.parsed.direction);
+                }
+                self.queue_exec(id, fx);
+                Ok(())
+            }
+            (
+                Plan::Exec {
+                    h,
+                    id,
+                    status,
+                    resp,
+                    new_buf,
+                    ..
+                },
+                Copied::Exec {
+                    pin_failed,
+                    data_sense,
+                },
+            ) => {
+                self.reply_end(h);
+                if pin_failed {
+                    let busy = self
+                        .cmds
+                        .get(&id)
+                        .map_or(abi::sam_status::BUSY, |c| self.busy_status(c.sess_h));
+                    self.complete_or_abort(id, busy, Vec::new(), Vec::new(), fx);
+                    return Ok(());
+                }
+                if let Some((pbuf, _, pages, cached)) = new_buf {
+                    self.attach_buffer(h, id, pbuf, pages, cached);
+                }
+                match data_sense {
+                    Ok((data, sense)) => {
+                        if let Some(c) = self.cmds.get_mut(&id) {
+                            c.resp_data_len = resp as i32;
+                        }
+                        self.complete_or_abort(id, status, sense, data, fx);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.complete_with_sense(id, sense::INTERNAL_FAILURE, fx);
+                        Err(e)
+                    }
+                }
+            }
+            (Plan::WriteSame { h, id, .. }, Copied::WriteSame(copied)) => {
+                self.reply_end(h);
+                let Ok(raw) = copied else {
+                    self.complete_with_sense(id, sense::HARDWARE_ERROR, fx);
+                    return Err(Errno::EFAULT);
+                };
+                // The last descriptor must terminate the list (usdd_blocks == 0).
+                let last_blocks = &raw[raw.len() - 8..];
+                if last_blocks.iter().any(|&b| b != 0) {
+                    log::warn!("loopback: DO_WRITE_SAME descriptors not terminated");
+                    self.complete_with_sense(id, sense::HARDWARE_ERROR, fx);
+                    return Err(Errno::EINVAL);
+                }
+                self.complete_or_abort(id, abi::sam_status::GOOD, Vec::new(), Vec::new(), fx);
+                Ok(())
+            }
+            (plan, _) => {
+                // Copies come from `plan.copy` or a prefetch matched against the plan.
+                log::error!("loopback: reply plan {plan:?} applied with the copies of another plan");
+                Err(Errno::EINVAL)
+            }
+        }
+    }
+
+    /// What an EXEC COMPLETED reply would read if it were processed now: a read-only look
+    /// used to read the data of several replies in one syscall. Only a hint: the reply's own
+    /// plan is compared with it before the data is used.
+    pub fn peek_exec_ranges(&self, reply: &ReplyCmd) -> Option<ExecRanges> {
+        let u = self.ucmds.get(&reply.cmd_h)?;
+        let deliverable = u.refs > 0
+            && !u.background
+            && !u.this_state_unjammed
+            && u.sent_to_user
+            && reply.subcode == u.msg.subcode
+            && u.state == abi::UCMD_STATE_EXECING;
+        if !deliverable {
+            return None;
+        }
+        let cmd = self.cmds.get(&u.scsi_cmd()?)?;
+        let r: abi::ExecReply = reply.read_payload();
+        let valid = r.reply_type == exec_reply_type::COMPLETED
+            && r.resp_data_len >= 0
+            && r.resp_data_len <= cmd.parsed.bufflen
+            && (r.resp_data_len == 0 || cmd.parsed.direction == data_direction::READ)
+            && (r.resp_data_len == 0 || cmd.pbuf != 0);
+        valid.then(|| ExecRanges {
+            data: (
+                cmd.pbuf,
+                (r.resp_data_len as usize).min(cmd.expected_data_in as usize),
+            ),
+            sense: (r.psense_buffer, sense_bytes(r.sense_len)),
+        })
+    }
+
     /// Complete normally, or as aborted if a TM aborted the command meanwhile.
     fn complete_or_abort(&mut self, id: u64, status: u8, sense: Vec<u8>, data: Vec<u8>, fx: &mut Effects) {
         self.complete_cmd(id, status, sense, data, false, fx);
@@ -231,7 +376,11 @@ impl DeviceState {
         Err(err)
     }
 
-    fn reply_begin(&mut self, reply: &ReplyCmd, fx: &mut Effects) -> Result<Plan, Errno> {
+    /// The first locked step of a reply (spec §3.4): lookup, state checks, validation.
+    ///
+    /// # Errors
+    /// `ESRCH`, `EINVAL` as the spec's table says.
+    pub fn reply_begin(&mut self, reply: &ReplyCmd, fx: &mut Effects) -> Result<Plan, Errno> {
         let h = reply.cmd_h;
         let Some(u) = self.ucmds.get(&h).filter(|u| u.refs > 0) else {
             return Err(Errno::ESRCH);

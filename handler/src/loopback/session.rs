@@ -8,6 +8,8 @@ use super::device::ScsiCmd;
 use super::device::SessState;
 use super::device::TmState;
 use super::fd::LoopbackFd;
+use super::uaccess::ModelSyscalls;
+use super::uaccess::UserMemory;
 use super::ucmd::state_name;
 use super::ucmd::UcmdKind;
 use crate::abi;
@@ -56,6 +58,8 @@ pub(crate) struct KernelInner {
     pub devices: OrderedMutex<HashMap<String, Arc<Device>>, levels::LoopbackDevices>,
     next_sess: AtomicU64,
     next_tm: AtomicU64,
+    /// User memory as this kernel reaches it, with its syscall counters.
+    pub memory: Arc<UserMemory>,
 }
 
 impl KernelInner {
@@ -226,8 +230,16 @@ impl LoopbackKernel {
                 devices: OrderedMutex::new(HashMap::new()),
                 next_sess: AtomicU64::new(1),
                 next_tm: AtomicU64::new(1),
+                memory: Arc::new(UserMemory::default()),
             }),
         }
+    }
+
+    /// The model's own syscalls so far (all devices and fds of this kernel): user-memory
+    /// copies and poll-pipe writes and reads, which the real kernel does not make. Divide
+    /// by commands for "kernel-model syscalls per command".
+    pub fn syscalls(&self) -> ModelSyscalls {
+        self.inner.memory.syscalls()
     }
 
     /// Open `/dev/scst_user` (with O_NONBLOCK if `nonblocking`; sampled at REGISTER, §1.1).
@@ -417,10 +429,7 @@ impl Session {
             if st.released {
                 return Err(SubmitError::DeviceGone);
             }
-            let dup = st
-                .cmds
-                .values()
-                .any(|c| c.sess_h == sess_h && c.tag == req.tag && !c.completed);
+            let dup = st.live_tags.contains(&(sess_h, req.tag));
             let sess = match st.sessions.get_mut(&sess_h) {
                 Some(s) if !s.detached => s,
                 _ => return Err(SubmitError::SessionGone),
@@ -433,6 +442,7 @@ impl Session {
             sess.outstanding += 1;
             let id = st.next_cmd_id;
             st.next_cmd_id += 1;
+            st.live_tags.insert((sess_h, req.tag));
             st.cmds.insert(
                 id,
                 ScsiCmd {

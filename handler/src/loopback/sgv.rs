@@ -7,6 +7,8 @@
 //! Not modelled: `sgv_shared` pools across devices (each device has its own pools), and the
 //! memory shrinker (only purge, FLUSH_CACHE and teardown evict).
 
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::time::Duration;
 use std::time::Instant;
@@ -51,6 +53,9 @@ pub(crate) struct Evicted {
 #[derive(Debug)]
 pub(crate) struct SgvPool {
     objects: HashMap<u64, SgvObject>,
+    /// The free cached objects by (pages, clustered), ordered by (last_used, id): a hit takes
+    /// the last one without looking at the others (one lookup per command, not a scan).
+    free: BTreeMap<(u64, bool), BTreeSet<(Instant, u64)>>,
     next_id: u64,
     single_alloc_pages: u64,
     purge_interval: Option<Duration>,
@@ -61,6 +66,7 @@ impl SgvPool {
     pub fn new(single_alloc_pages: i32, purge_interval: Option<Duration>) -> Self {
         Self {
             objects: HashMap::new(),
+            free: BTreeMap::new(),
             next_id: 1,
             single_alloc_pages: u64::try_from(single_alloc_pages).unwrap_or(0),
             purge_interval,
@@ -81,12 +87,7 @@ impl SgvPool {
     /// Take a free object of exactly `pages` (most recently used first: the LRU tail is reused
     /// and the cold head gets purged).
     pub fn take_free(&mut self, pages: u64, clustered: bool) -> Option<(u64, SgvObject)> {
-        let id = self
-            .objects
-            .iter()
-            .filter(|(_, o)| !o.in_use && o.cached && o.pages == pages && o.clustered == clustered)
-            .max_by_key(|(id, o)| (o.last_used, **id))
-            .map(|(id, _)| *id)?;
+        let (_, id) = self.free.get_mut(&(pages, clustered))?.pop_last()?;
         let obj = self.objects.get_mut(&id)?;
         obj.in_use = true;
         Some((id, obj.clone()))
@@ -96,6 +97,9 @@ impl SgvPool {
     pub fn insert(&mut self, obj: SgvObject) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        if obj.cached && !obj.in_use {
+            self.set_free(id, &obj);
+        }
         self.objects.insert(id, obj);
         id
     }
@@ -107,6 +111,8 @@ impl SgvPool {
         if obj.cached {
             obj.in_use = false;
             obj.last_used = now;
+            let key = (obj.pages, obj.clustered);
+            self.free.entry(key).or_default().insert((now, id));
             None
         } else {
             self.objects.remove(&id)
@@ -137,6 +143,7 @@ impl SgvPool {
             .into_iter()
             .filter_map(|id| {
                 self.objects.remove(&id).map(|o| {
+                    self.unset_free(id, &o);
                     (
                         id,
                         Evicted {
@@ -149,6 +156,19 @@ impl SgvPool {
             .collect();
         out.sort_by_key(|(id, _)| *id);
         out.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn set_free(&mut self, id: u64, o: &SgvObject) {
+        self.free
+            .entry((o.pages, o.clustered))
+            .or_default()
+            .insert((o.last_used, id));
+    }
+
+    fn unset_free(&mut self, id: u64, o: &SgvObject) {
+        if let Some(set) = self.free.get_mut(&(o.pages, o.clustered)) {
+            set.remove(&(o.last_used, id));
+        }
     }
 
     /// Free (cached, unused) objects and their bytes.

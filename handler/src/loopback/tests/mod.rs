@@ -201,6 +201,7 @@ pub(super) fn stats(r: &Rig) -> DeviceStats {
     r.kernel.device_stats(&r.name).unwrap()
 }
 
+mod batching;
 mod core;
 mod flows;
 mod queues;
