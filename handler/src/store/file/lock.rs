@@ -5,7 +5,9 @@
 //!   held by an fd of its own (never registered with io_uring, whose registered files the
 //!   kernel releases asynchronously) until the store drops or the process dies (a SIGKILLed
 //!   handler leaves no stale lock). flock belongs to the open file description, so a second store on the same
-//!   file fails in this process too. It is advisory: `dd` or a program that does not lock is not
+//!   file fails in this process too. A held lock is retried for 200 ms before the open fails:
+//!   a child being spawned shares the description (and the lock) of an image just closed until
+//!   it execs, and a disk reopened at that moment must not be refused. It is advisory: `dd` or a program that does not lock is not
 //!   kept out, but every scst-accel is.
 //! - A block device is opened once more with O_EXCL, by an fd that only holds the claim (the
 //!   I/O goes through fds opened without it): the kernel's exclusive claim, which
@@ -17,6 +19,8 @@ use super::FileStoreError;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::Duration;
+use std::time::Instant;
 
 /// Open `path` once more, only to hold its lock, and lock it for this store alone.
 ///
@@ -38,15 +42,34 @@ pub(super) fn open_and_lock_image(path: &Path) -> Result<File, FileStoreError> {
 /// [`FileStoreError::Locked`] when another open of it holds the lock; [`FileStoreError::Io`]
 /// when the file system cannot lock.
 pub(super) fn lock_image(path: &Path, file: &File) -> Result<(), FileStoreError> {
-    match sys::lock_exclusive(file.as_fd()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(FileStoreError::Locked {
-            path: path.to_owned(),
-        }),
-        Err(source) => Err(FileStoreError::Io {
-            path: path.to_owned(),
-            what: "flock (the exclusive lock that keeps a second handler off the image)",
-            source,
-        }),
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        match sys::lock_exclusive(file.as_fd()) {
+            Ok(()) => return Ok(()),
+            // Held: by another handler (for good), or for a moment by a child this process is
+            // forking (between fork and exec it shares the open file description of an image
+            // just closed, and with it the lock). Look again briefly before saying Locked.
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                if Instant::now() >= deadline {
+                    return Err(FileStoreError::Locked {
+                        path: path.to_owned(),
+                    });
+                }
+                scst_accel_hal::locks::sleep(LOCK_RETRY);
+            }
+            Err(source) => {
+                return Err(FileStoreError::Io {
+                    path: path.to_owned(),
+                    what: "flock (the exclusive lock that keeps a second handler off the image)",
+                    source,
+                })
+            }
+        }
     }
 }
+
+/// How long a held lock is retried before the open fails [`FileStoreError::Locked`]: far longer
+/// than a fork-to-exec window, far shorter than anything an operator would notice.
+const LOCK_PATIENCE: Duration = Duration::from_millis(200);
+/// Pause between tries.
+const LOCK_RETRY: Duration = Duration::from_millis(5);
