@@ -6,9 +6,11 @@
 //! - [`region`]: the shared mapping as bounds-checked atomic/volatile accesses (the module's
 //!   only unsafe code besides the UIO system calls).
 //! - [`ring`]: the command-ring consumer that checks every kernel-supplied offset.
+//! - [`uio`]: finding, mapping, waiting on and kicking the `/dev/uioN` of a TCMU backstore.
 //! - [`sim`]: a simulated kernel side of the ring, the peer of the ring's tests.
 
 pub mod abi;
 pub mod region;
 pub mod ring;
 pub mod sim;
+pub mod uio;

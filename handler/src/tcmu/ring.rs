@@ -30,7 +30,7 @@
 //! either handed out or answered.
 //!
 //! # Not here
-//! Waiting and kicking belong to the UIO device; what a command does belongs to
+//! Waiting and kicking belong to the UIO device ([`super::uio`]); what a command does belongs to
 //! the executor (not built yet, see docs/tcmu.md).
 
 use super::abi;
