@@ -7,9 +7,11 @@
 //!   only unsafe code besides the UIO system calls).
 //! - [`ring`]: the command-ring consumer that checks every kernel-supplied offset.
 //! - [`uio`]: finding, mapping, waiting on and kicking the `/dev/uioN` of a TCMU backstore.
+//! - [`exec`]: a first executor: ring commands through the SBC engine and a store queue.
 //! - [`sim`]: a simulated kernel side of the ring, the peer of the ring's tests.
 
 pub mod abi;
+pub mod exec;
 pub mod region;
 pub mod ring;
 pub mod sim;
