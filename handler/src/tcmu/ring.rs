@@ -321,6 +321,13 @@ pub struct RingState {
     pub outstanding: usize,
 }
 
+/// The checked request of a CMD entry.
+struct Parsed {
+    cdb: Box<[u8]>,
+    data: Vec<DataSegment>,
+    bidi_in: Vec<DataSegment>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Outstanding(u16),
@@ -534,7 +541,7 @@ impl Ring {
             return Err(RingError::Broken(RingFault::DuplicateCmdId { at, cmd_id }));
         }
         match self.parse_command(base, len, &entry) {
-            Ok((cdb, data, bidi_in)) => {
+            Ok(Parsed { cdb, data, bidi_in }) => {
                 let seq = self.push_slot(at, len, SlotState::Outstanding(cmd_id));
                 self.outstanding.insert(cmd_id);
                 Ok(RingEntry::Command(TcmuCommand {
@@ -562,16 +569,7 @@ impl Ring {
         }
     }
 
-    #[expect(
-        clippy::type_complexity,
-        reason = "one private helper's triple, named at its only caller"
-    )]
-    fn parse_command(
-        &self,
-        base: usize,
-        len: u32,
-        entry: &CmdEntryReq,
-    ) -> Result<(Box<[u8]>, Vec<DataSegment>, Vec<DataSegment>), EntryFault> {
+    fn parse_command(&self, base: usize, len: u32, entry: &CmdEntryReq) -> Result<Parsed, EntryFault> {
         let req = &entry.req;
         let entry_start = base as u64;
         let entry_end = entry_start + u64::from(len);
@@ -627,7 +625,7 @@ impl Ring {
                 bidi_in.push(segment);
             }
         }
-        Ok((cdb, data, bidi_in))
+        Ok(Parsed { cdb, data, bidi_in })
     }
 
     fn read_tmr(&mut self, at: u32, len: u32) -> Result<RingEntry, RingError> {

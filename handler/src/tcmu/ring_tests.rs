@@ -900,4 +900,169 @@ mod random {
             prop_assert_eq!((state.next, state.tail, state.unretired), (w.sim.head(), w.sim.head(), 0));
         }
     }
+
+    /// One entry of a hostile ring: mostly shaped like the kernel's, with one field or another
+    /// wrong.
+    #[derive(Debug, Clone)]
+    struct Hostile {
+        kind: u8,
+        a: u64,
+        b: u64,
+        c: u64,
+    }
+
+    fn hostile() -> impl Strategy<Value = Hostile> {
+        (0u8..10, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(kind, a, b, c)| Hostile {
+            kind,
+            a,
+            b,
+            c,
+        })
+    }
+
+    /// Lay `entries` out from ring offset 0 into `ring` (cmdr_size bytes); returns where the
+    /// last one ends (the head a kernel would publish).
+    fn lay_out(entries: &[Hostile], ring: &mut [u8], data_off: u64, data_size: u64) -> usize {
+        let mut at = 0usize;
+        for e in entries {
+            if at + 8 > ring.len() {
+                break;
+            }
+            let jitter = |x: u64, every: u64| x.is_multiple_of(every);
+            let (len, bytes) = match e.kind {
+                0..=6 => {
+                    let iovs = (e.a % 4) as usize;
+                    let base = abi::CMD_ENTRY_SIZE + 16 * iovs;
+                    let opcode = [0x00u8, 0x28, 0x2a, 0x88, 0xa8, 0x7f, 0x12][(e.b % 7) as usize];
+                    let mut len = (base + 16).next_multiple_of(8);
+                    if jitter(e.c, 5) {
+                        len = ((e.c >> 8) % 320) as usize & !7;
+                    }
+                    let mut b = vec![0u8; len.max(abi::CMD_ENTRY_SIZE + 16 * 4 + 32)];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::CMD).to_le_bytes());
+                    b[4..6].copy_from_slice(&((e.a >> 16) as u16 % 8).to_le_bytes());
+                    b[8..12].copy_from_slice(
+                        &(if jitter(e.c, 7) {
+                            (e.c >> 20) as u32
+                        } else {
+                            iovs as u32
+                        })
+                        .to_le_bytes(),
+                    );
+                    let mut cdb_off = SIM_CMDR_OFF as u64 + at as u64 + base as u64;
+                    if jitter(e.c, 3) {
+                        cdb_off = cdb_off.wrapping_add((e.b >> 8) % 64).wrapping_sub(32);
+                    }
+                    b[24..32].copy_from_slice(&cdb_off.to_le_bytes());
+                    for i in 0..iovs {
+                        let mut base = data_off + ((e.a >> 24) + i as u64 * 512) % data_size;
+                        let mut len = (e.b >> (16 + i)) % 1024;
+                        if jitter(e.c >> 8, 11) {
+                            base = e.b.rotate_left(i as u32 * 7);
+                            len = e.a.rotate_left(i as u32 * 13);
+                        }
+                        let o = abi::IOV_ARRAY_OFFSET + 16 * i;
+                        b[o..o + 8].copy_from_slice(&base.to_le_bytes());
+                        b[o + 8..o + 16].copy_from_slice(&len.to_le_bytes());
+                    }
+                    b[base] = opcode;
+                    b[base + 7] = (e.c >> 32) as u8;
+                    (len, b)
+                }
+                7 => {
+                    let len = ((e.a % 64) * 8) as usize;
+                    let mut b = vec![0u8; len.max(8)];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::PAD).to_le_bytes());
+                    (len, b)
+                }
+                8 => {
+                    let cnt = if jitter(e.c, 4) {
+                        (e.b >> 32) as u32
+                    } else {
+                        (e.b % 8) as u32
+                    };
+                    let len = if jitter(e.c, 6) {
+                        ((e.a % 8) * 8) as usize
+                    } else {
+                        (32 + 2 * cnt as usize).next_multiple_of(8).min(512)
+                    };
+                    let mut b = vec![0u8; len.max(32)];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::TMR).to_le_bytes());
+                    b[12..16].copy_from_slice(&cnt.to_le_bytes());
+                    (len, b)
+                }
+                _ => {
+                    let len = ((e.a % 8 + 1) * 8) as usize;
+                    let mut b = vec![0u8; len];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, 3 + (e.b % 5) as u32).to_le_bytes());
+                    (len, b)
+                }
+            };
+            let n = bytes.len().min(ring.len() - at);
+            ring[at..at + n].copy_from_slice(&bytes[..n]);
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+        at
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// A ring full of garbage (as after a kernel bug or a stale mapping): the consumer never
+        /// panics, never spins, and hands out only commands whose CDB and data lie where they
+        /// must.
+        #[test]
+        fn a_ring_of_garbage_is_refused_without_panics_or_spinning(
+            ring_words in 16u32..96,
+            flags in 0u16..16,
+            entries in prop::collection::vec(hostile(), 1..12),
+            head_kind in 0u8..8,
+            head_word in any::<u32>(),
+        ) {
+            let cmdr_size = ring_words * 8;
+            let data_size = 4096;
+            let data_off = (SIM_CMDR_OFF + cmdr_size) as u64;
+            let region = Region::new(Arc::new(HeapMemory::new(data_off as usize + data_size)));
+            let mut bytes = vec![0u8; cmdr_size as usize];
+            let end = lay_out(&entries, &mut bytes, data_off, data_size as u64);
+            let mut mb = Mailbox::new_zeroed();
+            mb.version = abi::TCMU_MAILBOX_VERSION;
+            mb.flags = flags;
+            mb.cmdr_off = SIM_CMDR_OFF;
+            mb.cmdr_size = cmdr_size;
+            // Mostly where the entries end (as the kernel would publish), else anywhere.
+            mb.cmd_head = match head_kind {
+                0 => head_word,
+                1 => (head_word % ring_words) * 8,
+                _ => (end % cmdr_size as usize) as u32,
+            };
+            region.write(0, mb.as_bytes());
+            region.write(SIM_CMDR_OFF as usize, &bytes);
+            let mut ring = Ring::attach(region.clone()).expect("the mailbox is valid");
+            // Every successful step consumes at least 8 bytes of at most cmdr_size published.
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                prop_assert!(steps <= ring_words as usize + 2, "no progress after {steps} steps");
+                match ring.next_entry() {
+                    Ok(None) | Err(RingError::Broken(_)) => break,
+                    Ok(Some(RingEntry::Command(c))) => {
+                        let cdb = c.cdb();
+                        let want = abi::cdb_len(cdb[0], cdb.get(7).copied().unwrap_or(0));
+                        prop_assert_eq!(cdb.len(), want);
+                        for s in c.data().iter().chain(c.bidi_in()) {
+                            prop_assert!(s.off as u64 >= data_off && s.off + s.len <= region.len(), "{s:?}");
+                        }
+                        ring.complete(c, &Response::GOOD).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    }
+                    Ok(Some(RingEntry::TaskManagement(_))) | Err(RingError::Refused { .. }) => {}
+                    Err(e @ RingError::NotOutstanding { .. }) => return Err(TestCaseError::fail(e.to_string())),
+                }
+                let state = ring.state();
+                prop_assert!(state.tail < cmdr_size && state.tail.is_multiple_of(8), "{state:?}");
+            }
+        }
+    }
 }
