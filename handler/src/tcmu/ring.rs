@@ -9,11 +9,13 @@
 //! end the kernel first posts a PAD entry that fills the ring to its end. User space finishes
 //! entries in ring order: it writes the response over the entry's request (`rsp` shares the
 //! union with `req`) and advances `cmd_tail` past it. The kernel reads completions only up to
-//! `cmd_tail`, so here commands may finish in any order: a response is written into its own
-//! entry at once, and `cmd_tail` moves only over a prefix of finished entries (PAD, TMR and
-//! unknown-opcode entries are finished as soon as they are read). The kernel's out-of-order
-//! mode (rewriting `cmd_id` of the entry at the tail, `TCMU_MAILBOX_FLAG_CAP_OOOC`) is not needed
-//! and not used.
+//! `cmd_tail`, so here commands may finish in any order: `cmd_tail` moves only over a prefix of
+//! finished entries (PAD, TMR and unknown-opcode entries are finished as soon as they are
+//! read), and a finished command's response is held in memory and written into its entry only
+//! when `cmd_tail` passes it. No entry beyond `cmd_tail` is ever modified, so a handler that
+//! restarts after a crash reads every unretired request intact (responses written early would
+//! have overwritten them: `rsp` overlays `req`). The kernel's out-of-order mode (rewriting
+//! `cmd_id` of the entry at the tail, `TCMU_MAILBOX_FLAG_CAP_OOOC`) is not needed and not used.
 //!
 //! # Trust nothing
 //! The kernel is the peer, but a kernel bug (or a stale mapping after a ring reset) must not
@@ -328,13 +330,23 @@ struct Parsed {
     bidi_in: Vec<DataSegment>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Outstanding(u16),
-    Done,
+/// What is written into an entry when `cmd_tail` passes it: uflags bits to set, and the
+/// response of a CMD entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    uflags: u8,
+    rsp: Option<abi::CmdRsp>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SlotState {
+    /// Handed out, not completed.
+    Outstanding(u16),
+    /// Finished; its answer (none for PAD and TMR) waits for `cmd_tail` to reach it.
+    Finished(Option<Box<Answer>>),
+}
+
+#[derive(Debug, Clone)]
 struct Slot {
     at: u32,
     len: u32,
@@ -483,11 +495,11 @@ impl Ring {
                 op => {
                     // tcmu-design.rst: flag an opcode we do not handle and go on.
                     log::warn!("tcmu entry at {at}: unknown opcode {op}, flagged UNKNOWN_OP");
-                    let uflags_off = self.entry_off(at) + abi::HDR_UFLAGS;
-                    let uflags: u8 = self.region.read_obj(uflags_off);
-                    self.region
-                        .write_obj(uflags_off, &(uflags | abi::uflags::UNKNOWN_OP));
-                    self.finish_unanswered(at, len);
+                    let answer = Answer {
+                        uflags: abi::uflags::UNKNOWN_OP,
+                        rsp: None,
+                    };
+                    self.push_slot(at, len, SlotState::Finished(Some(Box::new(answer))));
                 }
             }
         }
@@ -520,7 +532,7 @@ impl Ring {
 
     /// Record an entry that needs no response and step over it.
     fn finish_unanswered(&mut self, at: u32, len: u32) {
-        self.push_slot(at, len, SlotState::Done);
+        self.push_slot(at, len, SlotState::Finished(None));
     }
 
     fn push_slot(&mut self, at: u32, len: u32, state: SlotState) -> u64 {
@@ -555,15 +567,12 @@ impl Ring {
             }
             Err(fault) => {
                 log::warn!("tcmu cmd_id {cmd_id} at {at}: {fault}; answered with CHECK CONDITION");
-                self.write_response(
-                    base,
-                    &Response {
-                        status: sam_status::CHECK_CONDITION,
-                        sense: &INTERNAL_TARGET_FAILURE,
-                        read_len: None,
-                    },
-                );
-                self.push_slot(at, len, SlotState::Done);
+                let answer = self.answer(&Response {
+                    status: sam_status::CHECK_CONDITION,
+                    sense: &INTERNAL_TARGET_FAILURE,
+                    read_len: None,
+                });
+                self.push_slot(at, len, SlotState::Finished(Some(Box::new(answer))));
                 Err(RingError::Refused { at, cmd_id, fault })
             }
         }
@@ -632,7 +641,7 @@ impl Ring {
         let base = self.entry_off(at);
         let fixed = size_of::<TmrEntry>() as u32;
         // A TMR needs no response, so a malformed one is skipped, never answered.
-        self.push_slot(at, len, SlotState::Done);
+        self.push_slot(at, len, SlotState::Finished(None));
         if len < fixed {
             let cmd_id: u16 = self
                 .region
@@ -664,33 +673,47 @@ impl Ring {
         }))
     }
 
-    /// Write `rsp` over the request of the entry at region offset `base` (its length was
-    /// checked to be at least a whole `tcmu_cmd_entry`).
-    fn write_response(&self, base: usize, rsp: &Response<'_>) {
+    /// The bytes that answer a CMD entry with `rsp`.
+    fn answer(&self, rsp: &Response<'_>) -> Answer {
         let mut sense = [0u8; abi::TCMU_SENSE_BUFFERSIZE];
         let n = rsp.sense.len().min(sense.len());
         sense[..n].copy_from_slice(&rsp.sense[..n]);
         let read_len = rsp
             .read_len
             .filter(|_| self.flags & abi::mailbox_flags::CAP_READ_LEN != 0);
-        let out = abi::CmdRsp {
-            scsi_status: rsp.status,
-            _pad1: 0,
-            _pad2: 0,
-            read_len: read_len.unwrap_or(0),
-            sense_buffer: sense,
-        };
-        self.region.write_obj(base + abi::RSP_SCSI_STATUS, &out);
-        if read_len.is_some() {
+        Answer {
+            uflags: if read_len.is_some() {
+                abi::uflags::READ_LEN
+            } else {
+                0
+            },
+            rsp: Some(abi::CmdRsp {
+                scsi_status: rsp.status,
+                _pad1: 0,
+                _pad2: 0,
+                read_len: read_len.unwrap_or(0),
+                sense_buffer: sense,
+            }),
+        }
+    }
+
+    /// Write `answer` into the entry at region offset `base` (a CMD entry's length was checked
+    /// to be at least a whole `tcmu_cmd_entry` before it could get a response).
+    fn write_answer(&self, base: usize, answer: &Answer) {
+        if answer.uflags != 0 {
             let uflags_off = base + abi::HDR_UFLAGS;
             let uflags: u8 = self.region.read_obj(uflags_off);
-            self.region
-                .write_obj(uflags_off, &(uflags | abi::uflags::READ_LEN));
+            self.region.write_obj(uflags_off, &(uflags | answer.uflags));
+        }
+        if let Some(rsp) = &answer.rsp {
+            self.region.write_obj(base + abi::RSP_SCSI_STATUS, rsp);
         }
     }
 
     /// Answer `cmd` with `rsp`; `cmd_tail` moves over every finished entry before the first
-    /// unfinished one (check [`Self::take_kick`] afterwards).
+    /// unfinished one (check [`Self::take_kick`] afterwards). The response is written into the
+    /// entry only when `cmd_tail` passes it, so an entry beyond `cmd_tail` still holds its
+    /// request: a handler restarted after a crash reads it again intact.
     ///
     /// # Errors
     /// [`RingError::NotOutstanding`] when `cmd` is not one this ring handed out and has not
@@ -700,30 +723,33 @@ impl Ring {
             cmd_id: cmd.cmd_id,
             seq: cmd.seq,
         };
-        let Some(index) = cmd.seq.checked_sub(self.front_seq) else {
-            return Err(not_outstanding);
-        };
-        let Some(slot) = usize::try_from(index).ok().and_then(|i| self.slots.get_mut(i)) else {
-            return Err(not_outstanding);
-        };
-        if slot.at != cmd.at || slot.state != SlotState::Outstanding(cmd.cmd_id) {
-            return Err(not_outstanding);
+        let answer = self.answer(rsp);
+        let slot = cmd
+            .seq
+            .checked_sub(self.front_seq)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| self.slots.get_mut(index));
+        match slot {
+            Some(slot) if slot.at == cmd.at && slot.state == SlotState::Outstanding(cmd.cmd_id) => {
+                slot.state = SlotState::Finished(Some(Box::new(answer)));
+            }
+            _ => return Err(not_outstanding),
         }
-        slot.state = SlotState::Done;
         self.outstanding.remove(&cmd.cmd_id);
-        let base = self.entry_off(cmd.at);
-        self.write_response(base, rsp);
         self.retire();
         Ok(())
     }
 
-    /// Move `cmd_tail` over the finished prefix; one release store publishes every response
-    /// written before it.
+    /// Write the answers of the finished prefix into their entries and move `cmd_tail` over
+    /// it; one release store publishes them all to the kernel.
     fn retire(&mut self) {
         let mut tail = self.tail;
         while let Some(slot) = self.slots.front() {
-            if slot.state != SlotState::Done {
+            let SlotState::Finished(answer) = &slot.state else {
                 break;
+            };
+            if let Some(answer) = answer {
+                self.write_answer(self.entry_off(slot.at), answer);
             }
             tail = (slot.at + slot.len) % self.cmdr_size;
             self.slots.pop_front();

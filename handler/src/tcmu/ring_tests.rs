@@ -288,29 +288,52 @@ fn unknown_opcodes_are_flagged_and_skipped() {
 }
 
 #[test]
-fn a_restarted_consumer_resumes_at_cmd_tail() {
+fn a_restarted_consumer_resumes_at_cmd_tail_with_the_requests_intact() {
     // What a handler restarted after kill -9 sees: commands read but never finished are still
-    // in the ring, because cmd_tail never passed them.
+    // in the ring, because cmd_tail never passed them; so is one finished after an unfinished
+    // one, whose response was held back: its request is read again intact, not as response
+    // bytes.
     let (mut sim, mut ring) = setup(4096, 0);
-    for id in [1, 2] {
-        sim.post_cmd(id, &cdb10(READ_10, id.into(), 1), &[], &[])
-            .expect("post");
+    let d = sim.data_off();
+    for id in [1u16, 2, 3] {
+        sim.post_cmd(
+            id,
+            &cdb10(READ_10, id.into(), 1),
+            &[iov(d + 512 * usize::from(id), 512)],
+            &[],
+        )
+        .expect("post");
     }
     let a = next_command(&mut ring);
     let _lost = next_command(&mut ring);
+    let c = next_command(&mut ring);
+    let c_off = SIM_CMDR_OFF as usize + c.ring_offset() as usize;
+    let c_entry: CmdEntryReq = sim.region().read_obj(c_off);
     ring.complete(a, &Response::GOOD).expect("a");
+    ring.complete(c, &check_condition(&[0x70, 0, 3])).expect("c");
+    let c_after: CmdEntryReq = sim.region().read_obj(c_off);
+    assert_eq!(c_after, c_entry, "an entry beyond cmd_tail is not written");
     drop(ring);
     let mut ring = Ring::attach(sim.region().clone()).expect("reattach");
-    let again = next_command(&mut ring);
-    assert_eq!((again.cmd_id(), again.cdb()), (2, &cdb10(READ_10, 2, 1)[..]));
-    ring.complete(again, &Response::GOOD).expect("complete");
+    for id in [2u16, 3] {
+        let again = next_command(&mut ring);
+        assert_eq!(
+            (again.cmd_id(), again.cdb()),
+            (id, &cdb10(READ_10, id.into(), 1)[..])
+        );
+        assert_eq!(
+            again.data(),
+            [DataSegment {
+                off: d + 512 * usize::from(id),
+                len: 512
+            }]
+        );
+        ring.complete(again, &Response::GOOD).expect("complete");
+    }
+    let done = sim.reap().expect("reap");
     assert_eq!(
-        sim.reap()
-            .expect("reap")
-            .iter()
-            .map(|c| c.cmd_id)
-            .collect::<Vec<_>>(),
-        [1, 2]
+        done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
+        [(1, 0), (2, 0), (3, 0)]
     );
 }
 
