@@ -154,21 +154,22 @@ fn parse_size(text: &str) -> Option<usize> {
     (size > 0).then_some(size)
 }
 
-/// Every TCMU UIO device under `uio_class` (normally `/sys/class/uio`), by index. Other UIO
-/// devices are skipped.
+/// Every TCMU UIO device under `<sysfs>/class/uio` (`sysfs` is normally `/sys`), by index.
+/// Other UIO devices are skipped.
 ///
 /// # Errors
 /// [`UioError::Sysfs`] when the directory or a TCMU device's attribute cannot be read;
 /// [`UioError::MapSize`] when a TCMU device's map size is not a number.
-pub fn list_tcmu(uio_class: &Path) -> Result<Vec<UioInfo>, UioError> {
-    let entries = std::fs::read_dir(uio_class).map_err(|source| UioError::Sysfs {
-        path: uio_class.to_owned(),
+pub fn list_tcmu(sysfs: &Path) -> Result<Vec<UioInfo>, UioError> {
+    let uio_class = sysfs.join("class/uio");
+    let entries = std::fs::read_dir(&uio_class).map_err(|source| UioError::Sysfs {
+        path: uio_class.clone(),
         source,
     })?;
     let mut found = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| UioError::Sysfs {
-            path: uio_class.to_owned(),
+            path: uio_class.clone(),
             source,
         })?;
         let file_name = entry.file_name();
@@ -203,8 +204,8 @@ pub fn list_tcmu(uio_class: &Path) -> Result<Vec<UioInfo>, UioError> {
 ///
 /// # Errors
 /// As [`list_tcmu`], and [`UioError::NotFound`].
-pub fn find_backstore(uio_class: &Path, hba: &str, device: &str) -> Result<UioInfo, UioError> {
-    list_tcmu(uio_class)?
+pub fn find_backstore(sysfs: &Path, hba: &str, device: &str) -> Result<UioInfo, UioError> {
+    list_tcmu(sysfs)?
         .into_iter()
         .find(|i| i.name.hba == hba && i.name.device == device)
         .ok_or_else(|| UioError::NotFound {
@@ -392,8 +393,8 @@ mod tests {
         dir
     }
 
-    fn fake_uio(class: &Path, index: u32, name: &str, size: &str) {
-        let dir = class.join(format!("uio{index}"));
+    fn fake_uio(sysfs: &Path, index: u32, name: &str, size: &str) {
+        let dir = sysfs.join(format!("class/uio/uio{index}"));
         std::fs::create_dir_all(dir.join("maps/map0")).expect("uio dir");
         std::fs::write(dir.join("name"), format!("{name}\n")).expect("name");
         std::fs::write(dir.join("maps/map0/size"), format!("{size}\n")).expect("size");
@@ -420,38 +421,38 @@ mod tests {
 
     #[test]
     fn the_backstore_is_found_by_hba_and_name_among_other_uio_devices() {
-        let class = scratch("find");
-        fake_uio(&class, 0, "uio_pci_generic", "0x1000");
-        fake_uio(&class, 1, "tcm-user/1/disk0/scst-accel", "0x0000000000802000");
-        fake_uio(&class, 12, "tcm-user/2/disk0/scst-accel/x", "4096");
-        std::fs::create_dir_all(class.join("not-a-uio")).expect("dir");
-        let all = list_tcmu(&class).expect("list");
+        let sysfs = scratch("find");
+        fake_uio(&sysfs, 0, "uio_pci_generic", "0x1000");
+        fake_uio(&sysfs, 1, "tcm-user/1/disk0/scst-accel", "0x0000000000802000");
+        fake_uio(&sysfs, 12, "tcm-user/2/disk0/scst-accel/x", "4096");
+        std::fs::create_dir_all(sysfs.join("class/uio/not-a-uio")).expect("dir");
+        let all = list_tcmu(&sysfs).expect("list");
         assert_eq!(all.iter().map(|i| i.index).collect::<Vec<_>>(), [1, 12]);
-        let info = find_backstore(&class, "2", "disk0").expect("found");
+        let info = find_backstore(&sysfs, "2", "disk0").expect("found");
         assert_eq!((info.index, info.map_size), (12, 4096));
         assert_eq!(
-            find_backstore(&class, "1", "disk0").expect("found").map_size,
+            find_backstore(&sysfs, "1", "disk0").expect("found").map_size,
             0x802000
         );
-        let err = find_backstore(&class, "3", "disk0").expect_err("no such backstore");
+        let err = find_backstore(&sysfs, "3", "disk0").expect_err("no such backstore");
         assert!(matches!(err, UioError::NotFound { .. }), "{err:?}");
-        let _ = std::fs::remove_dir_all(&class);
+        let _ = std::fs::remove_dir_all(&sysfs);
     }
 
     #[test]
     fn a_bad_map_size_is_an_error_not_a_zero_mapping() {
         for bad in ["0x", "0", "lots", ""] {
-            let class = scratch("badsize");
-            fake_uio(&class, 0, "tcm-user/1/d/s", bad);
-            let err = list_tcmu(&class).expect_err("bad size");
+            let sysfs = scratch("badsize");
+            fake_uio(&sysfs, 0, "tcm-user/1/d/s", bad);
+            let err = list_tcmu(&sysfs).expect_err("bad size");
             assert!(matches!(err, UioError::MapSize { .. }), "{bad:?}: {err:?}");
-            let _ = std::fs::remove_dir_all(&class);
+            let _ = std::fs::remove_dir_all(&sysfs);
         }
     }
 
     #[test]
     fn a_missing_class_directory_keeps_its_errno() {
-        let err = list_tcmu(Path::new("/nonexistent/class/uio")).expect_err("missing");
+        let err = list_tcmu(Path::new("/nonexistent")).expect_err("missing");
         match err {
             UioError::Sysfs { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::ENOENT)),
             other => panic!("{other:?}"),
