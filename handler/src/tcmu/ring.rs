@@ -125,8 +125,9 @@ pub enum RingFault {
         /// Entry length.
         len: u32,
     },
-    /// A CMD entry whose `cmd_id` is already outstanding: its completion would be ambiguous.
-    #[error("command entry at ring offset {at} reuses outstanding cmd_id {cmd_id}")]
+    /// A CMD entry whose `cmd_id` another CMD entry still in the ring (not yet passed by
+    /// `cmd_tail`) carries: the kernel's completion lookup would be ambiguous.
+    #[error("command entry at ring offset {at} reuses cmd_id {cmd_id} of an entry still in the ring")]
     DuplicateCmdId {
         /// Ring offset.
         at: u32,
@@ -350,6 +351,8 @@ enum SlotState {
 struct Slot {
     at: u32,
     len: u32,
+    /// The `cmd_id` of a CMD entry.
+    cmd_id: Option<u16>,
     state: SlotState,
 }
 
@@ -366,7 +369,11 @@ pub struct Ring {
     slots: VecDeque<Slot>,
     /// Sequence number of `slots[0]`; a command's `seq` indexes `slots` from it.
     front_seq: u64,
-    outstanding: HashSet<u16>,
+    /// `cmd_id`s of the CMD entries read and not yet passed by `cmd_tail`: the kernel does not
+    /// reuse one before it has reaped its completion.
+    ids_in_ring: HashSet<u16>,
+    /// Commands handed out and not completed.
+    outstanding: usize,
     broken: Option<RingFault>,
     tail_moved: bool,
 }
@@ -419,7 +426,8 @@ impl Ring {
             tail,
             slots: VecDeque::new(),
             front_seq: 0,
-            outstanding: HashSet::new(),
+            ids_in_ring: HashSet::new(),
+            outstanding: 0,
             broken: None,
             tail_moved: false,
         })
@@ -441,7 +449,7 @@ impl Ring {
             next: self.next,
             tail: self.tail,
             unretired: self.slots.len(),
-            outstanding: self.outstanding.len(),
+            outstanding: self.outstanding,
         }
     }
 
@@ -499,7 +507,7 @@ impl Ring {
                         uflags: abi::uflags::UNKNOWN_OP,
                         rsp: None,
                     };
-                    self.push_slot(at, len, SlotState::Finished(Some(Box::new(answer))));
+                    self.push_slot(at, len, None, SlotState::Finished(Some(Box::new(answer))));
                 }
             }
         }
@@ -532,12 +540,17 @@ impl Ring {
 
     /// Record an entry that needs no response and step over it.
     fn finish_unanswered(&mut self, at: u32, len: u32) {
-        self.push_slot(at, len, SlotState::Finished(None));
+        self.push_slot(at, len, None, SlotState::Finished(None));
     }
 
-    fn push_slot(&mut self, at: u32, len: u32, state: SlotState) -> u64 {
+    fn push_slot(&mut self, at: u32, len: u32, cmd_id: Option<u16>, state: SlotState) -> u64 {
         let seq = self.front_seq + self.slots.len() as u64;
-        self.slots.push_back(Slot { at, len, state });
+        self.slots.push_back(Slot {
+            at,
+            len,
+            cmd_id,
+            state,
+        });
         self.next = (at + len) % self.cmdr_size;
         seq
     }
@@ -549,13 +562,13 @@ impl Ring {
         let base = self.entry_off(at);
         let entry: CmdEntryReq = self.region.read_obj(base);
         let cmd_id = entry.hdr.cmd_id;
-        if self.outstanding.contains(&cmd_id) {
+        if !self.ids_in_ring.insert(cmd_id) {
             return Err(RingError::Broken(RingFault::DuplicateCmdId { at, cmd_id }));
         }
         match self.parse_command(base, len, &entry) {
             Ok(Parsed { cdb, data, bidi_in }) => {
-                let seq = self.push_slot(at, len, SlotState::Outstanding(cmd_id));
-                self.outstanding.insert(cmd_id);
+                let seq = self.push_slot(at, len, Some(cmd_id), SlotState::Outstanding(cmd_id));
+                self.outstanding += 1;
                 Ok(RingEntry::Command(TcmuCommand {
                     seq,
                     at,
@@ -572,7 +585,7 @@ impl Ring {
                     sense: &INTERNAL_TARGET_FAILURE,
                     read_len: None,
                 });
-                self.push_slot(at, len, SlotState::Finished(Some(Box::new(answer))));
+                self.push_slot(at, len, Some(cmd_id), SlotState::Finished(Some(Box::new(answer))));
                 Err(RingError::Refused { at, cmd_id, fault })
             }
         }
@@ -641,7 +654,7 @@ impl Ring {
         let base = self.entry_off(at);
         let fixed = size_of::<TmrEntry>() as u32;
         // A TMR needs no response, so a malformed one is skipped, never answered.
-        self.push_slot(at, len, SlotState::Finished(None));
+        self.push_slot(at, len, None, SlotState::Finished(None));
         if len < fixed {
             let cmd_id: u16 = self
                 .region
@@ -735,7 +748,7 @@ impl Ring {
             }
             _ => return Err(not_outstanding),
         }
-        self.outstanding.remove(&cmd.cmd_id);
+        self.outstanding -= 1;
         self.retire();
         Ok(())
     }
@@ -752,6 +765,9 @@ impl Ring {
                 self.write_answer(self.entry_off(slot.at), answer);
             }
             tail = (slot.at + slot.len) % self.cmdr_size;
+            if let Some(id) = slot.cmd_id {
+                self.ids_in_ring.remove(&id);
+            }
             self.slots.pop_front();
             self.front_seq += 1;
         }

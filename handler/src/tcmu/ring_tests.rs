@@ -518,12 +518,32 @@ fn a_command_entry_too_short_for_its_response_breaks_the_ring() {
 }
 
 #[test]
-fn a_duplicate_outstanding_cmd_id_breaks_the_ring() {
+fn a_cmd_id_still_in_the_ring_reused_breaks_the_ring() {
     let (mut sim, mut ring) = setup(1024, 0);
     sim.post_cmd(7, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
     sim.post_cmd(7, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
     let _first = next_command(&mut ring);
     assert_broken(&mut ring, RingFault::DuplicateCmdId { at: 128, cmd_id: 7 });
+
+    // Finished is not enough: the kernel frees an id only once cmd_tail has passed its entry.
+    let (mut sim, mut ring) = setup(1024, 0);
+    for id in [5, 6, 6] {
+        sim.post_cmd(id, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    }
+    let _a = next_command(&mut ring);
+    let b = next_command(&mut ring);
+    ring.complete(b, &Response::GOOD).expect("b");
+    assert_eq!(ring.state().outstanding, 1);
+    assert_broken(&mut ring, RingFault::DuplicateCmdId { at: 256, cmd_id: 6 });
+
+    // Once retired, the id may come back.
+    let (mut sim, mut ring) = setup(1024, 0);
+    for id in [6, 6] {
+        sim.post_cmd(id, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    }
+    let b = next_command(&mut ring);
+    ring.complete(b, &Response::GOOD).expect("b");
+    assert_eq!(next_command(&mut ring).cmd_id(), 6);
 }
 
 // ---------------------------------------------------------------------------------------------
