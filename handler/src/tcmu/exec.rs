@@ -7,15 +7,19 @@
 //! data area before the response. Mapping the data area for the device instead is issue 14's
 //! open question (docs/tcmu.md).
 //!
+//! [`Executor::step`] is one bounded turn of a serving loop: wait (with a timeout) for the
+//! kernel's UIO event or the store's completions, serve, kick the kernel if `cmd_tail` moved.
+//!
 //! Not here yet: deadlines and escalation, task management beyond logging the notice, the
-//! teardown (the caller drops the executor only when nothing is in flight), a wait loop (the
-//! caller polls the UIO fd and the store's notify fd).
+//! teardown (the caller drops the executor only when nothing is in flight), threads.
 
 use super::ring::Response;
 use super::ring::Ring;
 use super::ring::RingEntry;
 use super::ring::RingError;
 use super::ring::TcmuCommand;
+use super::uio::UioError;
+use super::uio::UioEvents;
 use crate::abi::sam_status;
 use crate::scsi;
 use crate::scsi::DataOut;
@@ -31,7 +35,9 @@ use crate::store::StoreRequest;
 use crate::store::StoreToken;
 use scst_accel_dma::SgvPool;
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Bytes copied per step between the data area and a command buffer.
 const BOUNCE: usize = 64 * 1024;
@@ -51,6 +57,17 @@ impl DataOut for RingDataOut<'_> {
         let n = self.ring.read_data(self.cmd, offset, out);
         out[n..].fill(0);
     }
+}
+
+/// Why a serving step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The ring is broken.
+    #[error("tcmu ring")]
+    Ring(#[source] RingError),
+    /// Waiting on or kicking the UIO device failed.
+    #[error("tcmu uio device")]
+    Uio(#[source] UioError),
 }
 
 /// What one [`Executor::poll`] did.
@@ -149,6 +166,37 @@ impl Executor {
             Some(e) => Err(e),
             None => Ok(progress),
         }
+    }
+
+    /// One bounded turn of a serving loop: wait up to `timeout` for the kernel's event on
+    /// `events` or for the store queue's notify fd, take the event (before reading the ring, so
+    /// an entry posted after the read raises a new one), serve with [`Self::poll`], and kick
+    /// the kernel when `cmd_tail` moved.
+    ///
+    /// # Errors
+    /// [`StepError::Uio`] from the wait or the kick; [`StepError::Ring`] when the ring broke
+    /// (the kernel is still kicked for what completed before).
+    pub fn step(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        events: &UioEvents,
+        timeout: Duration,
+    ) -> Result<Progress, StepError> {
+        let ready = {
+            let mut fds = vec![events.as_fd()];
+            fds.extend(self.queue.notify_fd());
+            scst_accel_hal::fdio::poll_readable(&fds, timeout)
+                .map_err(|e| StepError::Uio(UioError::Wait(e)))?
+        };
+        if ready.first().copied().unwrap_or(false) {
+            events.take_event().map_err(StepError::Uio)?;
+        }
+        let served = self.poll(token, ring);
+        if ring.take_kick() {
+            events.kick().map_err(StepError::Uio)?;
+        }
+        served.map_err(StepError::Ring)
     }
 
     fn flush(&mut self, token: &mut StoreToken<'_>, ring: &mut Ring, progress: &mut Progress) {
@@ -441,6 +489,59 @@ mod tests {
         let d = r.sim.read_data(r.sim.data_off() + 512, 8);
         assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]), 2047);
         assert_eq!(u32::from_be_bytes([d[4], d[5], d[6], d[7]]), BS);
+    }
+
+    #[test]
+    fn a_step_waits_for_the_event_serves_and_kicks() {
+        use std::io::Read;
+        use std::io::Write;
+        use std::os::fd::OwnedFd;
+        use std::os::unix::net::UnixStream;
+
+        let mut r = rig();
+        let (ours, mut kernel) = UnixStream::pair().expect("pair");
+        kernel.set_nonblocking(true).expect("nonblocking");
+        let events = UioEvents::new(OwnedFd::from(ours));
+        let mut token = StoreToken::root();
+        // Nothing posted, no event: the step returns after its timeout and kicks nobody.
+        let start = std::time::Instant::now();
+        let idle = r
+            .exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_millis(30))
+            .expect("idle");
+        assert_eq!(idle, Progress::default());
+        assert!(start.elapsed() >= Duration::from_millis(25));
+        let mut kick = [0u8; 4];
+        assert!(kernel.read(&mut kick).is_err(), "no kick without a completion");
+        // A WRITE posted and signalled: served within one step, then the kernel is kicked.
+        let data = vec![0xa5u8; BS as usize];
+        let off = r.sim.data_off();
+        r.sim.write_data(off, &data);
+        let iov = [Iovec {
+            iov_base: off as u64,
+            iov_len: BS.into(),
+        }];
+        r.sim.post_cmd(9, &rw10(0x2a, 5, 1), &iov, &[]).expect("post");
+        kernel.write_all(&1u32.to_ne_bytes()).expect("event");
+        let busy = r
+            .exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_secs(2))
+            .expect("step");
+        assert_eq!((busy.started, busy.completed), (1, 1));
+        kernel.read_exact(&mut kick).expect("kicked");
+        let done = r.sim.reap().expect("reap");
+        assert_eq!(
+            done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
+            [(9, 0)]
+        );
+        // The event was taken: the next step waits its whole timeout again.
+        let start = std::time::Instant::now();
+        let idle = r
+            .exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_millis(30))
+            .expect("idle");
+        assert_eq!(idle, Progress::default());
+        assert!(start.elapsed() >= Duration::from_millis(25));
     }
 
     #[test]

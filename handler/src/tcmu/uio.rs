@@ -301,6 +301,15 @@ impl UioEvents {
         if !ready.first().copied().unwrap_or(false) {
             return Ok(None);
         }
+        self.take_event()
+    }
+
+    /// Read the event count after `poll` said the fd is readable (it blocks otherwise), which
+    /// makes the fd unreadable until the kernel's next event. `None` on a signal.
+    ///
+    /// # Errors
+    /// As [`Self::wait`].
+    pub fn take_event(&self) -> Result<Option<u32>, UioError> {
         let mut count = [0u8; 4];
         match (&self.file).read(&mut count) {
             Ok(4) => Ok(Some(u32::from_ne_bytes(count))),
@@ -323,6 +332,12 @@ impl UioEvents {
             ))),
             Err(e) => Err(UioError::Kick(e)),
         }
+    }
+}
+
+impl AsFd for UioEvents {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
