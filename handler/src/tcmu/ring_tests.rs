@@ -96,9 +96,10 @@ fn commands_come_in_order_with_their_cdb_and_data() {
 
 #[test]
 fn a_pad_at_the_ring_end_is_skipped_and_the_next_command_starts_at_zero() {
-    // 1 iovec + a 10-byte CDB: 112 + 16 + 10 -> 144 bytes. Two fit in 400, the third does not
-    // fit in the remaining 112 and goes to offset 0 after a 112-byte PAD.
-    let (mut sim, mut ring) = setup(400, 0);
+    // 1 iovec + a 10-byte CDB: the CDB at sizeof(tcmu_cmd_entry) = 112 (the iovec fits inside
+    // it), rounded up to 8 -> 128 bytes. Two fit in 320, the third does not fit in the remaining
+    // 64 and goes to offset 0 after a 64-byte PAD.
+    let (mut sim, mut ring) = setup(320, 0);
     let d = sim.data_off();
     for id in 0..2 {
         sim.post_cmd(id, &cdb10(READ_10, 0, 1), &[iov(d, 512)], &[])
@@ -728,7 +729,7 @@ mod random {
     use std::collections::VecDeque;
 
     const SLOTS: u16 = 16;
-    const SLOT_SIZE: usize = 1024;
+    const SLOT_SIZE: usize = 2048;
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -748,7 +749,7 @@ mod random {
         prop_oneof![
             3 => (
                 prop::sample::select(vec![0x00u8, 0x28, 0x2a, 0x88, 0xa8, 0x7f]),
-                prop::collection::vec(1u16..300, 0..4)
+                prop::collection::vec(1u16..300, 0..7)
             )
                 .prop_map(|(o, l)| Op::Post(o, l)),
             1 => Just(Op::Tmr),

@@ -143,9 +143,10 @@ impl SimKernel {
     }
 
     /// Post a CMD entry with `cdb` and the data iovecs `iov` (then the BIDI Data-In iovecs
-    /// `bidi`), offsets from the region start, laid out as `queue_cmd_ring` does: the iovecs
-    /// after the fixed entry, the CDB after `sizeof(tcmu_cmd_entry) + 16 * iovecs`; returns the
-    /// ring offset.
+    /// `bidi`), offsets from the region start, laid out as `queue_cmd_ring` does: the iovecs at
+    /// `req.iov` (overlapping the end of the fixed entry), the CDB at
+    /// `max(offsetof(req.iov[n]), sizeof(tcmu_cmd_entry))` (`tcmu_cmd_get_base_cmd_size`), the
+    /// length that plus the CDB rounded up to 8; returns the ring offset.
     ///
     /// # Errors
     /// [`SimError::RingFull`].
@@ -157,8 +158,8 @@ impl SimKernel {
         bidi: &[Iovec],
     ) -> Result<u32, SimError> {
         let iovs = iov.len() + bidi.len();
-        let base = abi::CMD_ENTRY_SIZE + iovs * size_of::<Iovec>();
-        let len = (base + cdb.len()).next_multiple_of(abi::TCMU_OP_ALIGN_SIZE as usize);
+        let base = (abi::IOV_ARRAY_OFFSET + iovs * size_of::<Iovec>()).max(abi::CMD_ENTRY_SIZE);
+        let len = base + cdb.len().next_multiple_of(abi::TCMU_OP_ALIGN_SIZE as usize);
         let mut bytes = vec![0u8; len];
         let at = self.make_room(len as u32)?;
         let mut entry = CmdEntryReq::new_zeroed();
