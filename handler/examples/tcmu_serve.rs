@@ -29,9 +29,11 @@ fn main() -> ExitCode {
         eprintln!("usage: tcmu_serve HBA DEVICE BLOCK_SIZE BLOCKS SECONDS");
         return ExitCode::from(2);
     };
-    let (Ok(block_size), Ok(blocks), Ok(seconds)) =
-        (block_size.parse::<u32>(), blocks.parse::<u64>(), seconds.parse::<u64>())
-    else {
+    let (Ok(block_size), Ok(blocks), Ok(seconds)) = (
+        block_size.parse::<u32>(),
+        blocks.parse::<u64>(),
+        seconds.parse::<u64>(),
+    ) else {
         eprintln!("BLOCK_SIZE, BLOCKS and SECONDS are numbers");
         return ExitCode::from(2);
     };
