@@ -9,11 +9,15 @@
 # suite's cache alone).
 #
 # Environment: RING_MB (command ring size, default 1: small, so the I/O wraps it), MB (MiB
-# written and read back, default 16), SERVE_SECONDS (how long tcmu_serve runs, default 90).
+# written and read back, default 16), SERVE_SECONDS (how long tcmu_serve runs, default 90),
+# KILL_AFTER (if set: seconds into the write when tcmu_serve is killed with SIGKILL and a new
+# one started on the same device, whose RAM store starts empty: the comparison then covers only
+# what is written again after the restart).
 set -u
 RING_MB=${RING_MB:-1}
 MB=${MB:-16}
 SERVE_SECONDS=${SERVE_SECONDS:-90}
+KILL_AFTER=${KILL_AFTER:-}
 mount -t configfs none /sys/kernel/config 2>/dev/null
 C=/sys/kernel/config/target
 ls $C || { echo "no target configfs"; exit 10; }
@@ -43,7 +47,20 @@ i=0; while [ $i -lt 10 ] && [ ! -b /dev/$SD ]; do sleep 1; i=$((i+1)); done
 N=$((MB * 256))
 dd if=/dev/urandom of=/tmp/pattern bs=4096 count=$N 2>/dev/null
 date
-dd if=/tmp/pattern of=/dev/$SD bs=4096 count=$N seek=100 oflag=direct 2>&1 | tail -1
+if [ -n "$KILL_AFTER" ]; then
+  dd if=/tmp/pattern of=/dev/$SD bs=4096 count=$N seek=100 oflag=direct > dd-write.log 2>&1 &
+  DD=$!
+  sleep "$KILL_AFTER"
+  kill -9 $SERVE; wait $SERVE; echo "killed tcmu_serve at $(date)"; cat serve.log
+  ./tcmu_serve 1 disk0 512 131072 $SERVE_SECONDS > serve.log 2>&1 &
+  SERVE=$!
+  echo "restarted tcmu_serve at $(date)"
+  wait $DD; echo "dd write rc $?"; tail -2 dd-write.log
+  # The new store is empty: write everything again so the comparison is meaningful.
+  dd if=/tmp/pattern of=/dev/$SD bs=4096 count=$N seek=100 oflag=direct 2>&1 | tail -1
+else
+  dd if=/tmp/pattern of=/dev/$SD bs=4096 count=$N seek=100 oflag=direct 2>&1 | tail -1
+fi
 date
 dd if=/dev/$SD of=/tmp/back bs=4096 count=$N skip=100 iflag=direct 2>&1 | tail -1
 date
