@@ -6,6 +6,7 @@
 //! - [`scsi`]: the SCSI block command (SBC) engine.
 //! - [`store`]: the asynchronous store interface and the RAM store.
 //! - [`frontend`]: the worker threads that serve an scst_user fd with the engine and a store.
+//! - [`tcmu`]: LIO's target_core_user ring and UIO device, for a frontend on mainline kernels.
 #![deny(unsafe_code)]
 
 pub mod abi;
@@ -14,6 +15,7 @@ pub mod loopback;
 pub mod scsi;
 pub mod store;
 mod sync;
+pub mod tcmu;
 pub mod teardown;
 pub mod transport;
 pub mod workload;

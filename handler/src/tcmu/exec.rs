@@ -1,0 +1,559 @@
+//! A first executor: commands from a TCMU [`Ring`] through the SBC engine ([`Disk`]) and a
+//! store queue, the way the scst_user worker drives them (`Disk::start`, a store request per
+//! [`Plan::Io`], `Disk::finish` on its completion), on one thread.
+//!
+//! Data moves by copy: Data-Out from the ring's data area into a command buffer of the SGV
+//! pool before a store write, Data-In from the buffer (or the engine's own data) back into the
+//! data area before the response. Mapping the data area for the device instead is issue 14's
+//! open question (docs/tcmu.md).
+//!
+//! [`Executor::step`] is one bounded turn of a serving loop: wait (with a timeout) for the
+//! kernel's UIO event or the store's completions, serve, kick the kernel if `cmd_tail` moved.
+//!
+//! Not here yet: deadlines and escalation, task management beyond logging the notice, the
+//! teardown (the caller drops the executor only when nothing is in flight), threads.
+
+use super::ring::Response;
+use super::ring::Ring;
+use super::ring::RingEntry;
+use super::ring::RingError;
+use super::ring::TcmuCommand;
+use super::uio::UioError;
+use super::uio::UioEvents;
+use crate::abi::sam_status;
+use crate::scsi;
+use crate::scsi::DataOut;
+use crate::scsi::Disk;
+use crate::scsi::IoPlan;
+use crate::scsi::Plan;
+use crate::store::CmdBuffer;
+use crate::store::IoBuffer;
+use crate::store::StoreCompletion;
+use crate::store::StoreOp;
+use crate::store::StoreQueue;
+use crate::store::StoreRequest;
+use crate::store::StoreToken;
+use scst_accel_dma::SgvPool;
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes copied per step between the data area and a command buffer.
+const BOUNCE: usize = 64 * 1024;
+
+/// A command's Data-Out read straight from the ring (MODE SELECT, UNMAP parameter lists).
+struct RingDataOut<'a> {
+    ring: &'a Ring,
+    cmd: &'a TcmuCommand,
+}
+
+impl DataOut for RingDataOut<'_> {
+    fn len(&self) -> usize {
+        self.cmd.data_len()
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        let n = self.ring.read_data(self.cmd, offset, out);
+        out[n..].fill(0);
+    }
+}
+
+/// Why a serving step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The ring is broken.
+    #[error("tcmu ring")]
+    Ring(#[source] RingError),
+    /// Waiting on or kicking the UIO device failed.
+    #[error("tcmu uio device")]
+    Uio(#[source] UioError),
+}
+
+/// What one [`Executor::poll`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Commands taken from the ring.
+    pub started: usize,
+    /// Commands answered.
+    pub completed: usize,
+    /// Malformed entries the ring refused (already answered).
+    pub refused: usize,
+    /// Task management notices seen.
+    pub task_management: usize,
+}
+
+struct Inflight {
+    cmd: TcmuCommand,
+    io: IoPlan,
+    buffer: Option<IoBuffer>,
+}
+
+/// Serves one ring with one disk and one store queue.
+pub struct Executor {
+    disk: Arc<Disk>,
+    queue: Box<dyn StoreQueue>,
+    pool: Arc<SgvPool>,
+    inflight: HashMap<u64, Inflight>,
+    next_tag: u64,
+    submit: Vec<StoreRequest>,
+    completions: Vec<StoreCompletion>,
+    bounce: Vec<u8>,
+}
+
+impl Executor {
+    /// An executor over `disk`, submitting to `queue`, with command buffers from `pool`.
+    pub fn new(disk: Arc<Disk>, queue: Box<dyn StoreQueue>, pool: Arc<SgvPool>) -> Self {
+        Self {
+            disk,
+            queue,
+            pool,
+            inflight: HashMap::new(),
+            next_tag: 0,
+            submit: Vec::new(),
+            completions: Vec::new(),
+            bounce: vec![0; BOUNCE],
+        }
+    }
+
+    /// Commands in the store.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Take every entry the ring has, start its command, submit store requests and move on
+    /// every store completion there is. The caller kicks the kernel when
+    /// [`Ring::take_kick`] says so.
+    ///
+    /// # Errors
+    /// [`RingError::Broken`]: the ring cannot be read any more (commands in the store still
+    /// complete on later polls).
+    pub fn poll(&mut self, token: &mut StoreToken<'_>, ring: &mut Ring) -> Result<Progress, RingError> {
+        let mut progress = Progress::default();
+        let mut broken = None;
+        loop {
+            match ring.next_entry() {
+                Ok(None) => break,
+                Ok(Some(RingEntry::Command(cmd))) => {
+                    progress.started += 1;
+                    let plan = {
+                        let data_out = RingDataOut { ring, cmd: &cmd };
+                        self.disk.start(token, cmd.cdb(), &data_out)
+                    };
+                    self.advance(token, ring, cmd, None, plan, &mut progress);
+                }
+                Ok(Some(RingEntry::TaskManagement(notice))) => {
+                    // The kernel has already decided; the listed commands may still complete.
+                    log::info!(
+                        "tcmu task management {} for {:?}",
+                        notice.tmr_type,
+                        notice.cmd_ids
+                    );
+                    progress.task_management += 1;
+                }
+                Err(e @ RingError::Refused { .. }) => {
+                    log::warn!("tcmu: {e}");
+                    progress.refused += 1;
+                }
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        self.flush(token, ring, &mut progress);
+        match broken {
+            Some(e) => Err(e),
+            None => Ok(progress),
+        }
+    }
+
+    /// One bounded turn of a serving loop: wait up to `timeout` for the kernel's event on
+    /// `events` or for the store queue's notify fd, take the event (before reading the ring, so
+    /// an entry posted after the read raises a new one), serve with [`Self::poll`], and kick
+    /// the kernel when `cmd_tail` moved.
+    ///
+    /// # Errors
+    /// [`StepError::Uio`] from the wait or the kick; [`StepError::Ring`] when the ring broke
+    /// (the kernel is still kicked for what completed before).
+    pub fn step(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        events: &UioEvents,
+        timeout: Duration,
+    ) -> Result<Progress, StepError> {
+        let ready = {
+            let mut fds = vec![events.as_fd()];
+            fds.extend(self.queue.notify_fd());
+            scst_accel_hal::fdio::poll_readable(&fds, timeout)
+                .map_err(|e| StepError::Uio(UioError::Wait(e)))?
+        };
+        if ready.first().copied().unwrap_or(false) {
+            events.take_event().map_err(StepError::Uio)?;
+        }
+        let served = self.poll(token, ring);
+        if ring.take_kick() {
+            events.kick().map_err(StepError::Uio)?;
+        }
+        served.map_err(StepError::Ring)
+    }
+
+    fn flush(&mut self, token: &mut StoreToken<'_>, ring: &mut Ring, progress: &mut Progress) {
+        loop {
+            if !self.submit.is_empty() {
+                if let Err(e) = self.queue.submit(token, &mut self.submit) {
+                    log::debug!("tcmu store queue: {e}");
+                }
+            }
+            let mut done = std::mem::take(&mut self.completions);
+            self.queue.reap(&mut done);
+            let reaped = done.len();
+            for completion in done.drain(..) {
+                let Some(state) = self.inflight.remove(&completion.tag) else {
+                    log::error!("store completed unknown tag {}; ignored", completion.tag);
+                    continue;
+                };
+                let plan = self.disk.finish(&state.io, completion.status);
+                self.advance(token, ring, state.cmd, state.buffer, plan, progress);
+            }
+            self.completions = done;
+            // Stop when nothing new was queued and nothing came back: the rest completes later.
+            if self.submit.is_empty() || reaped == 0 {
+                return;
+            }
+        }
+    }
+
+    fn advance(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        cmd: TcmuCommand,
+        buffer: Option<IoBuffer>,
+        plan: Plan,
+        progress: &mut Progress,
+    ) {
+        let io = match plan {
+            Plan::Done(response) => {
+                self.answer(ring, cmd, buffer.as_ref(), &response);
+                progress.completed += 1;
+                return;
+            }
+            Plan::Io(io) => io,
+        };
+        let buffer = match buffer {
+            Some(b) => Some(b),
+            None if io.op.uses_buffer() => match self.buffer_for(token, ring, &cmd, &io.op) {
+                Some(b) => Some(b),
+                None => {
+                    let busy = scsi::Response {
+                        status: sam_status::TASK_SET_FULL,
+                        sense: Vec::new(),
+                        data: Vec::new(),
+                        data_in_len: 0,
+                    };
+                    self.answer(ring, cmd, None, &busy);
+                    progress.completed += 1;
+                    return;
+                }
+            },
+            None => None,
+        };
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        self.submit.push(StoreRequest {
+            tag,
+            op: io.op.clone(),
+            buffer: buffer.clone(),
+        });
+        self.inflight.insert(tag, Inflight { cmd, io, buffer });
+    }
+
+    /// A command buffer for `op`, holding the command's Data-Out when the op writes it to the
+    /// medium or compares against it. `None` when the pool is exhausted.
+    fn buffer_for(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &Ring,
+        cmd: &TcmuCommand,
+        op: &StoreOp,
+    ) -> Option<IoBuffer> {
+        let need = usize::try_from(op.buffer_bytes(self.disk.block_size())).unwrap_or(usize::MAX);
+        let len = need.max(cmd.data_len());
+        let buffer = IoBuffer::new(CmdBuffer::allocate(token, &self.pool, len)?, len);
+        if matches!(
+            op,
+            StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. }
+        ) {
+            let mut at = 0;
+            while at < cmd.data_len() {
+                let n = ring.read_data(cmd, at, &mut self.bounce);
+                if n == 0 {
+                    break;
+                }
+                buffer.write_at(at, &self.bounce[..n]);
+                at += n;
+            }
+        }
+        Some(buffer)
+    }
+
+    /// Put the Data-In into the ring and complete the command.
+    fn answer(
+        &mut self,
+        ring: &mut Ring,
+        cmd: TcmuCommand,
+        buffer: Option<&IoBuffer>,
+        response: &scsi::Response,
+    ) {
+        let data_in = if !response.data.is_empty() {
+            ring.write_data(&cmd, 0, &response.data)
+        } else if let (Some(buffer), true) = (buffer, response.data_in_len > 0) {
+            let mut at = 0;
+            while at < response.data_in_len.min(buffer.len) {
+                let n = (response.data_in_len.min(buffer.len) - at).min(self.bounce.len());
+                buffer.read_at(at, &mut self.bounce[..n]);
+                let written = ring.write_data(&cmd, at, &self.bounce[..n]);
+                at += written;
+                if written < n {
+                    break;
+                }
+            }
+            at
+        } else {
+            0
+        };
+        // A short Data-In (engine data shorter than the allocation length) is reported so the
+        // kernel sets the residual; a full one or none needs nothing.
+        let buffer_len = if cmd.bidi_in().is_empty() {
+            cmd.data_len()
+        } else {
+            cmd.bidi_in().iter().map(|s| s.len).sum()
+        };
+        let read_len = (data_in > 0 && data_in < buffer_len).then_some(data_in as u32);
+        let rsp = Response {
+            status: response.status,
+            sense: &response.sense,
+            read_len,
+        };
+        if let Err(e) = ring.complete(cmd, &rsp) {
+            log::error!("tcmu: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::DiskConfig;
+    use crate::store::ram::RamStore;
+    use crate::store::Store;
+    use crate::tcmu::abi::Iovec;
+    use crate::tcmu::sim::SimCompletion;
+    use crate::tcmu::sim::SimConfig;
+    use crate::tcmu::sim::SimKernel;
+
+    const BS: u32 = 512;
+
+    struct Rig {
+        sim: SimKernel,
+        ring: Ring,
+        exec: Executor,
+    }
+
+    fn rig() -> Rig {
+        let store = RamStore::new(BS, 2048, 256);
+        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let queue = store.open_queue().expect("queue");
+        let pool = Arc::new(SgvPool::new(None, None, 1 << 24));
+        let sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 256 * 1024,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let ring = Ring::attach(sim.region().clone()).expect("attach");
+        Rig {
+            sim,
+            ring,
+            exec: Executor::new(disk, queue, pool),
+        }
+    }
+
+    impl Rig {
+        /// Post `cdb` with a data buffer of `len` bytes at data offset `at` (holding `out`, if
+        /// given), run the executor, reap the one completion.
+        fn run(&mut self, id: u16, cdb: &[u8], at: usize, len: usize, out: Option<&[u8]>) -> SimCompletion {
+            let off = self.sim.data_off() + at;
+            if let Some(out) = out {
+                self.sim.write_data(off, out);
+            }
+            let iov = if len > 0 {
+                vec![Iovec {
+                    iov_base: off as u64,
+                    iov_len: len as u64,
+                }]
+            } else {
+                vec![]
+            };
+            self.sim.post_cmd(id, cdb, &iov, &[]).expect("post");
+            let progress = self
+                .exec
+                .poll(&mut StoreToken::root(), &mut self.ring)
+                .expect("poll");
+            assert_eq!((progress.started, progress.completed), (1, 1));
+            assert!(self.ring.take_kick());
+            let mut done = self.sim.reap().expect("reap");
+            assert_eq!(done.len(), 1);
+            done.remove(0)
+        }
+    }
+
+    fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+        let mut c = [0u8; 10];
+        c[0] = op;
+        c[2..6].copy_from_slice(&lba.to_be_bytes());
+        c[7..9].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    #[test]
+    fn a_write_then_a_read_return_the_same_bytes_through_the_ram_store() {
+        let mut r = rig();
+        let data: Vec<u8> = (0..4 * BS as usize).map(|i| (i * 7 % 251) as u8).collect();
+        let w = r.run(1, &rw10(0x2a, 100, 4), 0, data.len(), Some(&data));
+        assert_eq!(w.status, sam_status::GOOD, "{:?}", w.sense);
+        let rd = r.run(2, &rw10(0x28, 100, 4), 8192, data.len(), None);
+        assert_eq!(rd.status, sam_status::GOOD, "{:?}", rd.sense);
+        assert_eq!(r.sim.read_data(r.sim.data_off() + 8192, data.len()), data);
+        assert_eq!(
+            rd.uflags & crate::tcmu::abi::uflags::READ_LEN,
+            0,
+            "a full read has no residual"
+        );
+        // Another range reads zeroes: the data went to LBA 100, nowhere else.
+        let other = r.run(3, &rw10(0x28, 0, 1), 16384, BS as usize, None);
+        assert_eq!(other.status, sam_status::GOOD);
+        assert_eq!(
+            r.sim.read_data(r.sim.data_off() + 16384, BS as usize),
+            vec![0; BS as usize]
+        );
+    }
+
+    #[test]
+    fn write_same_takes_its_block_from_the_ring() {
+        let mut r = rig();
+        let block: Vec<u8> = (0..BS as usize).map(|i| (i % 13) as u8 + 1).collect();
+        // WRITE SAME(10): LBA 10, 8 blocks, one block of Data-Out.
+        let ws = r.run(
+            1,
+            &[0x41, 0, 0, 0, 0, 10, 0, 0, 8, 0],
+            0,
+            BS as usize,
+            Some(&block),
+        );
+        assert_eq!(ws.status, sam_status::GOOD, "{:?}", ws.sense);
+        let rd = r.run(2, &rw10(0x28, 9, 10), 4096, 10 * BS as usize, None);
+        assert_eq!(rd.status, sam_status::GOOD);
+        let back = r.sim.read_data(r.sim.data_off() + 4096, 10 * BS as usize);
+        let bs = BS as usize;
+        assert_eq!(&back[..bs], &vec![0; bs][..], "LBA 9 untouched");
+        for lba in 1..9 {
+            assert_eq!(&back[lba * bs..(lba + 1) * bs], &block[..], "LBA {}", 9 + lba);
+        }
+        assert_eq!(&back[9 * bs..], &vec![0; bs][..], "LBA 18 untouched");
+    }
+
+    #[test]
+    fn engine_data_lands_in_data_in_with_its_length() {
+        let mut r = rig();
+        // INQUIRY, allocation length 255: the standard data is shorter, so READ_LEN says how much.
+        let inq = r.run(1, &[0x12, 0, 0, 0, 255, 0], 0, 255, None);
+        assert_eq!(inq.status, sam_status::GOOD);
+        assert_eq!(
+            inq.uflags & crate::tcmu::abi::uflags::READ_LEN,
+            crate::tcmu::abi::uflags::READ_LEN
+        );
+        let n = inq.read_len as usize;
+        assert!((36..255).contains(&n), "standard INQUIRY data is {n} bytes");
+        let data = r.sim.read_data(r.sim.data_off(), n);
+        assert_eq!(data[0] & 0x1f, 0, "direct-access block device");
+        assert_eq!(
+            usize::from(data[4]) + 5,
+            n,
+            "ADDITIONAL LENGTH matches what was sent"
+        );
+        // READ CAPACITY(10): the RAM store's 2048 blocks of 512 bytes.
+        let cap = r.run(2, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 512, 8, None);
+        assert_eq!(cap.status, sam_status::GOOD);
+        let d = r.sim.read_data(r.sim.data_off() + 512, 8);
+        assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]), 2047);
+        assert_eq!(u32::from_be_bytes([d[4], d[5], d[6], d[7]]), BS);
+    }
+
+    #[test]
+    fn a_step_waits_for_the_event_serves_and_kicks() {
+        use std::io::Read;
+        use std::io::Write;
+        use std::os::fd::OwnedFd;
+        use std::os::unix::net::UnixStream;
+
+        let mut r = rig();
+        let (ours, mut kernel) = UnixStream::pair().expect("pair");
+        kernel.set_nonblocking(true).expect("nonblocking");
+        let events = UioEvents::new(OwnedFd::from(ours));
+        let mut token = StoreToken::root();
+        // Nothing posted, no event: the step returns after its timeout and kicks nobody.
+        let start = std::time::Instant::now();
+        let idle = r
+            .exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_millis(30))
+            .expect("idle");
+        assert_eq!(idle, Progress::default());
+        assert!(start.elapsed() >= Duration::from_millis(25));
+        let mut kick = [0u8; 4];
+        assert!(kernel.read(&mut kick).is_err(), "no kick without a completion");
+        // A WRITE posted and signalled: served within one step, then the kernel is kicked.
+        let data = vec![0xa5u8; BS as usize];
+        let off = r.sim.data_off();
+        r.sim.write_data(off, &data);
+        let iov = [Iovec {
+            iov_base: off as u64,
+            iov_len: BS.into(),
+        }];
+        r.sim.post_cmd(9, &rw10(0x2a, 5, 1), &iov, &[]).expect("post");
+        kernel.write_all(&1u32.to_ne_bytes()).expect("event");
+        let busy = r
+            .exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_secs(2))
+            .expect("step");
+        assert_eq!((busy.started, busy.completed), (1, 1));
+        kernel.read_exact(&mut kick).expect("kicked");
+        let done = r.sim.reap().expect("reap");
+        assert_eq!(
+            done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
+            [(9, 0)]
+        );
+        // The event was taken: the next step waits its whole timeout again.
+        let start = std::time::Instant::now();
+        let idle = r
+            .exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_millis(30))
+            .expect("idle");
+        assert_eq!(idle, Progress::default());
+        assert!(start.elapsed() >= Duration::from_millis(25));
+    }
+
+    #[test]
+    fn errors_come_back_as_check_condition_with_sense() {
+        let mut r = rig();
+        let past_end = r.run(1, &rw10(0x28, 2048, 1), 0, BS as usize, None);
+        assert_eq!(past_end.status, sam_status::CHECK_CONDITION);
+        // ILLEGAL REQUEST / LOGICAL BLOCK ADDRESS OUT OF RANGE, fixed format.
+        assert_eq!((past_end.sense[2] & 0x0f, past_end.sense[12]), (0x05, 0x21));
+        let unknown = r.run(2, &[0xd5, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, 0, None);
+        assert_eq!(unknown.status, sam_status::CHECK_CONDITION);
+        assert_eq!((unknown.sense[2] & 0x0f, unknown.sense[12]), (0x05, 0x20));
+        assert_eq!(r.exec.in_flight(), 0);
+    }
+}

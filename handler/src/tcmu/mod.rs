@@ -1,0 +1,18 @@
+//! The TCMU frontend: serving LIO's user-space backstore (`target_core_user`) of a mainline
+//! kernel. What exists so far is the transport underneath the executor (docs/tcmu.md):
+//!
+//! - [`abi`]: the uapi layout of `linux/target_core_user.h`, with compile-time size and offset
+//!   checks.
+//! - [`region`]: the shared mapping as bounds-checked atomic/volatile accesses (the module's
+//!   only unsafe code besides the UIO system calls).
+//! - [`ring`]: the command-ring consumer that checks every kernel-supplied offset.
+//! - [`uio`]: finding, mapping, waiting on and kicking the `/dev/uioN` of a TCMU backstore.
+//! - [`exec`]: a first executor: ring commands through the SBC engine and a store queue.
+//! - [`sim`]: a simulated kernel side of the ring, the peer of the ring's tests.
+
+pub mod abi;
+pub mod exec;
+pub mod region;
+pub mod ring;
+pub mod sim;
+pub mod uio;

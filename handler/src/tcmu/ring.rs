@@ -1,0 +1,836 @@
+//! The command-ring consumer: reads what the kernel posts between our `cmd_tail` and its
+//! `cmd_head`, hands out commands, writes their responses and moves `cmd_tail` over every
+//! finished prefix (`include/uapi/linux/target_core_user.h`, "Ring Design";
+//! tcmu-design.rst, "The Command Ring").
+//!
+//! # The protocol
+//! The kernel writes an entry at `cmd_head`, then advances `cmd_head` by the entry's length
+//! modulo `cmdr_size`. An entry never wraps: when the next one does not fit before the ring's
+//! end the kernel first posts a PAD entry that fills the ring to its end. User space finishes
+//! entries in ring order: it writes the response over the entry's request (`rsp` shares the
+//! union with `req`) and advances `cmd_tail` past it. The kernel reads completions only up to
+//! `cmd_tail`, so here commands may finish in any order: `cmd_tail` moves only over a prefix of
+//! finished entries (PAD, TMR and unknown-opcode entries are finished as soon as they are
+//! read), and a finished command's response is held in memory and written into its entry only
+//! when `cmd_tail` passes it. No entry beyond `cmd_tail` is ever modified, so a handler that
+//! restarts after a crash reads every unretired request intact (responses written early would
+//! have overwritten them: `rsp` overlays `req`). The kernel's out-of-order mode (rewriting
+//! `cmd_id` of the entry at the tail, `TCMU_MAILBOX_FLAG_CAP_OOOC`) is not needed and not used.
+//!
+//! # Trust nothing
+//! The kernel is the peer, but a kernel bug (or a stale mapping after a ring reset) must not
+//! become memory unsafety or a wrong command here. Every value read from the region is checked
+//! before it is used as an offset: the mailbox layout when attaching ([`LayoutError`]);
+//! `cmd_head` and every entry's length against the ring (a [`RingFault`], after which the ring is
+//! broken: the entry stream cannot be resynchronised, so no later entry is read); and a CMD
+//! entry's CDB and iovecs against the entry and the data area (an [`EntryFault`]: the entry's
+//! length is sound, so the ring answers it with CHECK CONDITION, HARDWARE ERROR / INTERNAL
+//! TARGET FAILURE, and goes on). tcmu-runner's `libtcmu.c` checks none of these; it also once
+//! read `cmd_head` without an acquire load (its issue 688, crashes on aarch64) and, when it
+//! meets an unknown CDB length, drops the command without completing it, which hangs it.
+//! Here a zero-length entry is a fault instead of an endless loop, and every command read is
+//! either handed out or answered.
+//!
+//! # Not here
+//! Waiting and kicking belong to the UIO device ([`super::uio`]); what a command does belongs to
+//! the executor (not built yet, see docs/tcmu.md).
+
+use super::abi;
+use super::abi::CmdEntryReq;
+use super::abi::EntryHdr;
+use super::abi::Iovec;
+use super::abi::Mailbox;
+use super::abi::TmrEntry;
+use super::region::Region;
+use crate::abi::sam_status;
+use std::collections::HashSet;
+use std::collections::VecDeque;
+use std::mem::size_of;
+
+/// Why a mapping is not a TCMU region this code can serve (checked once, at attach).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The mapping cannot even hold the mailbox.
+    #[error("mapping of {len} bytes is smaller than the mailbox")]
+    TooSmall {
+        /// Mapping length.
+        len: usize,
+    },
+    /// A mailbox version this code does not know.
+    #[error("mailbox version {found}, expected {expected}", expected = abi::TCMU_MAILBOX_VERSION)]
+    Version {
+        /// What the mailbox says.
+        found: u16,
+    },
+    /// The command ring overlaps the mailbox, is misaligned, empty, or ends past the mapping.
+    #[error("command ring at offset {cmdr_off} of {cmdr_size} bytes does not fit a {len} byte mapping")]
+    Ring {
+        /// `cmdr_off`.
+        cmdr_off: u32,
+        /// `cmdr_size`.
+        cmdr_size: u32,
+        /// Mapping length.
+        len: usize,
+    },
+    /// `cmd_tail` (left by us or a previous handler) is not an 8-aligned offset in the ring.
+    #[error("cmd_tail {tail} is not an entry offset in a {cmdr_size} byte ring")]
+    Tail {
+        /// `cmd_tail`.
+        tail: u32,
+        /// `cmdr_size`.
+        cmdr_size: u32,
+    },
+}
+
+/// A fault in the entry stream itself; the ring reads nothing more after one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingFault {
+    /// `cmd_head` is outside the ring or not 8-aligned.
+    #[error("cmd_head {head} is not an entry offset in a {cmdr_size} byte ring")]
+    Head {
+        /// `cmd_head`.
+        head: u32,
+        /// `cmdr_size`.
+        cmdr_size: u32,
+    },
+    /// An entry of length 0 (would never advance).
+    #[error("entry at ring offset {at} has length 0")]
+    ZeroLength {
+        /// Ring offset of the entry.
+        at: u32,
+    },
+    /// An entry runs past the end of the ring (entries never wrap; PAD fills the end).
+    #[error("entry at ring offset {at} of {len} bytes runs past the ring's end")]
+    CrossesRingEnd {
+        /// Ring offset.
+        at: u32,
+        /// Entry length.
+        len: u32,
+    },
+    /// An entry runs past `cmd_head` (into bytes the kernel has not published).
+    #[error("entry at ring offset {at} of {len} bytes runs past cmd_head {head}")]
+    BeyondHead {
+        /// Ring offset.
+        at: u32,
+        /// Entry length.
+        len: u32,
+        /// `cmd_head` when read.
+        head: u32,
+    },
+    /// A CMD entry too short to hold the response that must be written over it.
+    #[error("command entry at ring offset {at} has {len} bytes, less than a tcmu_cmd_entry")]
+    CmdTooShort {
+        /// Ring offset.
+        at: u32,
+        /// Entry length.
+        len: u32,
+    },
+    /// A CMD entry whose `cmd_id` another CMD entry still in the ring (not yet passed by
+    /// `cmd_tail`) carries: the kernel's completion lookup would be ambiguous.
+    #[error("command entry at ring offset {at} reuses cmd_id {cmd_id} of an entry still in the ring")]
+    DuplicateCmdId {
+        /// Ring offset.
+        at: u32,
+        /// The id.
+        cmd_id: u16,
+    },
+}
+
+/// A fault inside one entry whose length is sound: the entry is answered (CMD) or skipped
+/// (TMR), and the ring goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryFault {
+    /// `cdb_off` does not point at a whole CDB after the iovec array inside the entry.
+    #[error("CDB at offset {cdb_off} is not inside its entry")]
+    CdbOutsideEntry {
+        /// `req.cdb_off`.
+        cdb_off: u64,
+    },
+    /// The iovec array (`iov_cnt + iov_bidi_cnt + iov_dif_cnt` elements) overruns the entry.
+    #[error("{iovs} iovecs do not fit in the entry")]
+    IovArrayOutsideEntry {
+        /// Total iovec count.
+        iovs: u64,
+    },
+    /// An iovec is not inside the data area.
+    #[error("iovec {index} ({base}+{len}) is not inside the data area")]
+    IovOutsideData {
+        /// Index in the iovec array.
+        index: u64,
+        /// `iov_base`.
+        base: u64,
+        /// `iov_len`.
+        len: u64,
+    },
+    /// A TMR entry shorter than its fixed part.
+    #[error("task management entry of {len} bytes is shorter than tcmu_tmr_entry")]
+    TmrTooShort {
+        /// Entry length.
+        len: u32,
+    },
+    /// A TMR entry's id list overruns the entry.
+    #[error("task management entry lists {cmd_cnt} ids, more than fit in the entry")]
+    TmrIdsOutsideEntry {
+        /// `cmd_cnt`.
+        cmd_cnt: u32,
+    },
+}
+
+/// What a ring call can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// The entry stream is broken (now or earlier); nothing more is read. The kernel will time
+    /// out what is outstanding; the device must be reset or removed.
+    #[error("command ring is broken")]
+    Broken(#[source] RingFault),
+    /// One entry was malformed and has been answered (a CMD: CHECK CONDITION, HARDWARE ERROR)
+    /// or skipped (TMR); the ring goes on.
+    #[error("entry at ring offset {at} (cmd_id {cmd_id}) refused")]
+    Refused {
+        /// Ring offset.
+        at: u32,
+        /// The entry's `cmd_id`.
+        cmd_id: u16,
+        /// What was wrong.
+        #[source]
+        fault: EntryFault,
+    },
+    /// A completion for a command this ring has not handed out or already completed.
+    #[error("completion of cmd_id {cmd_id} (sequence {seq}) that is not outstanding")]
+    NotOutstanding {
+        /// The command's id.
+        cmd_id: u16,
+        /// The command's sequence number.
+        seq: u64,
+    },
+}
+
+impl RingError {
+    /// Whether the ring can still be used.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RingError::Broken(_))
+    }
+}
+
+/// A byte range of the data area, checked against the region when the command was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSegment {
+    /// Offset from the start of the region.
+    pub off: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// A SCSI command read from the ring: a copy of its CDB and of its checked iovecs. It must be
+/// given back to [`Ring::complete`] exactly once (it is not `Clone`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TcmuCommand {
+    seq: u64,
+    at: u32,
+    cmd_id: u16,
+    cdb: Box<[u8]>,
+    data: Vec<DataSegment>,
+    bidi_in: Vec<DataSegment>,
+}
+
+impl TcmuCommand {
+    /// The kernel's id of the command.
+    pub fn cmd_id(&self) -> u16 {
+        self.cmd_id
+    }
+
+    /// The CDB, exactly as long as its opcode says.
+    pub fn cdb(&self) -> &[u8] {
+        &self.cdb
+    }
+
+    /// The data buffer: Data-Out of a write, Data-In of a read, Data-Out of a BIDI command.
+    pub fn data(&self) -> &[DataSegment] {
+        &self.data
+    }
+
+    /// The Data-In buffer of a BIDI command (empty otherwise).
+    pub fn bidi_in(&self) -> &[DataSegment] {
+        &self.bidi_in
+    }
+
+    /// Bytes in [`Self::data`].
+    pub fn data_len(&self) -> usize {
+        self.data.iter().map(|s| s.len).sum()
+    }
+
+    /// Ring offset of the entry (for logs and diagnostics).
+    pub fn ring_offset(&self) -> u32 {
+        self.at
+    }
+}
+
+/// A task management notification (`TCMU_OP_TMR`). It needs no response: the kernel has
+/// already decided; the ids name the commands in the ring it aborts, which may still be
+/// completed (their responses are ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmrNotice {
+    /// [`abi::tmr_type`].
+    pub tmr_type: u8,
+    /// The aborted commands' ids.
+    pub cmd_ids: Vec<u16>,
+}
+
+/// What [`Ring::next_entry`] hands out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RingEntry {
+    /// A SCSI command; complete it with [`Ring::complete`].
+    Command(TcmuCommand),
+    /// A task management notification; already finished in the ring.
+    TaskManagement(TmrNotice),
+}
+
+/// A command's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// SAM status.
+    pub status: u8,
+    /// Sense data (the first [`abi::TCMU_SENSE_BUFFERSIZE`] bytes are sent), read by the kernel
+    /// with CHECK CONDITION.
+    pub sense: &'a [u8],
+    /// Bytes actually read into Data-In, when fewer than the buffer (honoured only with
+    /// `TCMU_MAILBOX_FLAG_CAP_READ_LEN`).
+    pub read_len: Option<u32>,
+}
+
+impl Response<'static> {
+    /// GOOD, no sense.
+    pub const GOOD: Response<'static> = Response {
+        status: sam_status::GOOD,
+        sense: &[],
+        read_len: None,
+    };
+}
+
+/// Fixed-format sense for HARDWARE ERROR / INTERNAL TARGET FAILURE (ASC 0x44): the answer to a
+/// command whose entry could not be read.
+const INTERNAL_TARGET_FAILURE: [u8; 18] = [0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0, 0, 0, 0, 0];
+
+/// A snapshot of the ring's indices, for diagnostics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingState {
+    /// Next ring offset to read.
+    pub next: u32,
+    /// `cmd_tail` as last stored.
+    pub tail: u32,
+    /// Entries read and not yet passed by `cmd_tail`.
+    pub unretired: usize,
+    /// Commands handed out and not completed.
+    pub outstanding: usize,
+}
+
+/// The checked request of a CMD entry.
+struct Parsed {
+    cdb: Box<[u8]>,
+    data: Vec<DataSegment>,
+    bidi_in: Vec<DataSegment>,
+}
+
+/// What is written into an entry when `cmd_tail` passes it: uflags bits to set, and the
+/// response of a CMD entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    uflags: u8,
+    rsp: Option<abi::CmdRsp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SlotState {
+    /// Handed out, not completed.
+    Outstanding(u16),
+    /// Finished; its answer (none for PAD and TMR) waits for `cmd_tail` to reach it.
+    Finished(Option<Box<Answer>>),
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    at: u32,
+    len: u32,
+    /// The `cmd_id` of a CMD entry.
+    cmd_id: Option<u16>,
+    state: SlotState,
+}
+
+/// The consumer side of one TCMU command ring.
+#[derive(Debug)]
+pub struct Ring {
+    region: Region,
+    flags: u16,
+    cmdr_off: usize,
+    cmdr_size: u32,
+    data_off: usize,
+    next: u32,
+    tail: u32,
+    slots: VecDeque<Slot>,
+    /// Sequence number of `slots[0]`; a command's `seq` indexes `slots` from it.
+    front_seq: u64,
+    /// `cmd_id`s of the CMD entries read and not yet passed by `cmd_tail`: the kernel does not
+    /// reuse one before it has reaped its completion.
+    ids_in_ring: HashSet<u16>,
+    /// Commands handed out and not completed.
+    outstanding: usize,
+    broken: Option<RingFault>,
+    tail_moved: bool,
+}
+
+impl Ring {
+    /// Check the mailbox of `region` and start reading at its `cmd_tail` (a restarted handler
+    /// resumes where the previous one stopped; entries it had read but not finished are read
+    /// again, since `cmd_tail` never passed them).
+    ///
+    /// # Errors
+    /// [`LayoutError`] when the mailbox does not describe a ring inside the region.
+    pub fn attach(region: Region) -> Result<Self, LayoutError> {
+        let len = region.len();
+        if len < size_of::<Mailbox>() {
+            return Err(LayoutError::TooSmall { len });
+        }
+        let mb: Mailbox = region.read_obj(0);
+        if mb.version != abi::TCMU_MAILBOX_VERSION {
+            return Err(LayoutError::Version { found: mb.version });
+        }
+        let (cmdr_off, cmdr_size) = (mb.cmdr_off, mb.cmdr_size);
+        let ring_end = u64::from(cmdr_off) + u64::from(cmdr_size);
+        if (cmdr_off as usize) < size_of::<Mailbox>()
+            || !cmdr_off.is_multiple_of(abi::TCMU_OP_ALIGN_SIZE)
+            || cmdr_size == 0
+            || !cmdr_size.is_multiple_of(abi::TCMU_OP_ALIGN_SIZE)
+            || ring_end > len as u64
+        {
+            return Err(LayoutError::Ring {
+                cmdr_off,
+                cmdr_size,
+                len,
+            });
+        }
+        let tail = region.load_u32_acquire(abi::MB_CMD_TAIL);
+        if tail >= cmdr_size || !tail.is_multiple_of(abi::TCMU_OP_ALIGN_SIZE) {
+            return Err(LayoutError::Tail { tail, cmdr_size });
+        }
+        log::debug!(
+            "tcmu ring attached: flags {:#x}, ring {cmdr_off}+{cmdr_size}, data {ring_end}..{len}, tail {tail}",
+            mb.flags
+        );
+        Ok(Self {
+            region,
+            flags: mb.flags,
+            cmdr_off: cmdr_off as usize,
+            cmdr_size,
+            data_off: ring_end as usize,
+            next: tail,
+            tail,
+            slots: VecDeque::new(),
+            front_seq: 0,
+            ids_in_ring: HashSet::new(),
+            outstanding: 0,
+            broken: None,
+            tail_moved: false,
+        })
+    }
+
+    /// The kernel's capability flags ([`abi::mailbox_flags`]).
+    pub fn flags(&self) -> u16 {
+        self.flags
+    }
+
+    /// The region, for data transfers the caller does itself.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Indices and counts.
+    pub fn state(&self) -> RingState {
+        RingState {
+            next: self.next,
+            tail: self.tail,
+            unretired: self.slots.len(),
+            outstanding: self.outstanding,
+        }
+    }
+
+    /// Whether `cmd_tail` moved since the last call: the kernel should then be kicked (a 4-byte
+    /// write to the UIO fd) to reap completions and free ring space.
+    pub fn take_kick(&mut self) -> bool {
+        std::mem::take(&mut self.tail_moved)
+    }
+
+    /// The next command or notification the kernel posted, or `None` when the ring is caught up
+    /// with `cmd_head`. PAD and unknown-opcode entries are consumed on the way.
+    ///
+    /// # Errors
+    /// [`RingError::Broken`] after a fault in the entry stream (then on every call);
+    /// [`RingError::Refused`] for one malformed entry, already answered: call again.
+    pub fn next_entry(&mut self) -> Result<Option<RingEntry>, RingError> {
+        if let Some(fault) = &self.broken {
+            return Err(RingError::Broken(fault.clone()));
+        }
+        let entry = self.read_entry();
+        if let Err(RingError::Broken(fault)) = &entry {
+            log::error!("tcmu ring broken: {fault}");
+            self.broken = Some(fault.clone());
+        }
+        self.retire();
+        entry
+    }
+
+    fn read_entry(&mut self) -> Result<Option<RingEntry>, RingError> {
+        loop {
+            let head = self.region.load_u32_acquire(abi::MB_CMD_HEAD);
+            if head >= self.cmdr_size || !head.is_multiple_of(abi::TCMU_OP_ALIGN_SIZE) {
+                return Err(RingError::Broken(RingFault::Head {
+                    head,
+                    cmdr_size: self.cmdr_size,
+                }));
+            }
+            if self.next == head {
+                return Ok(None);
+            }
+            let at = self.next;
+            let hdr: EntryHdr = self.region.read_obj(self.entry_off(at));
+            let len = hdr.entry_len();
+            self.check_extent(at, len, head)?;
+            match hdr.op() {
+                abi::opcode::PAD => self.finish_unanswered(at, len),
+                abi::opcode::CMD => return self.read_command(at, len).map(Some),
+                abi::opcode::TMR if self.flags & abi::mailbox_flags::CAP_TMR != 0 => {
+                    return self.read_tmr(at, len).map(Some);
+                }
+                op => {
+                    // tcmu-design.rst: flag an opcode we do not handle and go on.
+                    log::warn!("tcmu entry at {at}: unknown opcode {op}, flagged UNKNOWN_OP");
+                    let answer = Answer {
+                        uflags: abi::uflags::UNKNOWN_OP,
+                        rsp: None,
+                    };
+                    self.push_slot(at, len, None, SlotState::Finished(Some(Box::new(answer))));
+                }
+            }
+        }
+    }
+
+    /// Offset in the region of the entry at ring offset `at` (< `cmdr_size`, so no overflow:
+    /// `cmdr_off + cmdr_size` fits the region, checked at attach).
+    fn entry_off(&self, at: u32) -> usize {
+        self.cmdr_off + at as usize
+    }
+
+    /// The entry at `at` of `len` bytes must be non-empty, inside the ring and published.
+    fn check_extent(&self, at: u32, len: u32, head: u32) -> Result<(), RingError> {
+        if len == 0 {
+            return Err(RingError::Broken(RingFault::ZeroLength { at }));
+        }
+        if u64::from(at) + u64::from(len) > u64::from(self.cmdr_size) {
+            return Err(RingError::Broken(RingFault::CrossesRingEnd { at, len }));
+        }
+        let published = if head >= at {
+            head - at
+        } else {
+            self.cmdr_size - at + head
+        };
+        if len > published {
+            return Err(RingError::Broken(RingFault::BeyondHead { at, len, head }));
+        }
+        Ok(())
+    }
+
+    /// Record an entry that needs no response and step over it.
+    fn finish_unanswered(&mut self, at: u32, len: u32) {
+        self.push_slot(at, len, None, SlotState::Finished(None));
+    }
+
+    fn push_slot(&mut self, at: u32, len: u32, cmd_id: Option<u16>, state: SlotState) -> u64 {
+        let seq = self.front_seq + self.slots.len() as u64;
+        self.slots.push_back(Slot {
+            at,
+            len,
+            cmd_id,
+            state,
+        });
+        self.next = (at + len) % self.cmdr_size;
+        seq
+    }
+
+    fn read_command(&mut self, at: u32, len: u32) -> Result<RingEntry, RingError> {
+        if (len as usize) < abi::CMD_ENTRY_SIZE {
+            return Err(RingError::Broken(RingFault::CmdTooShort { at, len }));
+        }
+        let base = self.entry_off(at);
+        let entry: CmdEntryReq = self.region.read_obj(base);
+        let cmd_id = entry.hdr.cmd_id;
+        if !self.ids_in_ring.insert(cmd_id) {
+            return Err(RingError::Broken(RingFault::DuplicateCmdId { at, cmd_id }));
+        }
+        match self.parse_command(base, len, &entry) {
+            Ok(Parsed { cdb, data, bidi_in }) => {
+                let seq = self.push_slot(at, len, Some(cmd_id), SlotState::Outstanding(cmd_id));
+                self.outstanding += 1;
+                Ok(RingEntry::Command(TcmuCommand {
+                    seq,
+                    at,
+                    cmd_id,
+                    cdb,
+                    data,
+                    bidi_in,
+                }))
+            }
+            Err(fault) => {
+                log::warn!("tcmu cmd_id {cmd_id} at {at}: {fault}; answered with CHECK CONDITION");
+                let answer = self.answer(&Response {
+                    status: sam_status::CHECK_CONDITION,
+                    sense: &INTERNAL_TARGET_FAILURE,
+                    read_len: None,
+                });
+                self.push_slot(at, len, Some(cmd_id), SlotState::Finished(Some(Box::new(answer))));
+                Err(RingError::Refused { at, cmd_id, fault })
+            }
+        }
+    }
+
+    fn parse_command(&self, base: usize, len: u32, entry: &CmdEntryReq) -> Result<Parsed, EntryFault> {
+        let req = &entry.req;
+        let entry_start = base as u64;
+        let entry_end = entry_start + u64::from(len);
+        let iovs = u64::from(req.iov_cnt) + u64::from(req.iov_bidi_cnt) + u64::from(req.iov_dif_cnt);
+        let iov_end = abi::IOV_ARRAY_OFFSET as u64 + iovs * size_of::<Iovec>() as u64;
+        if iov_end > u64::from(len) {
+            return Err(EntryFault::IovArrayOutsideEntry { iovs });
+        }
+        // The CDB: after the iovec array (the kernel puts it there), whole, inside the entry.
+        let cdb_off = req.cdb_off;
+        let cdb_outside = EntryFault::CdbOutsideEntry { cdb_off };
+        if cdb_off < entry_start + iov_end || cdb_off >= entry_end {
+            return Err(cdb_outside);
+        }
+        let opcode: u8 = self.region.read_obj(cdb_off as usize);
+        let byte7: u8 = if cdb_off + 8 <= entry_end {
+            self.region.read_obj(cdb_off as usize + 7)
+        } else {
+            0
+        };
+        let cdb_len = abi::cdb_len(opcode, byte7);
+        if cdb_off + cdb_len as u64 > entry_end {
+            return Err(cdb_outside);
+        }
+        let mut cdb = vec![0u8; cdb_len].into_boxed_slice();
+        self.region.read(cdb_off as usize, &mut cdb);
+
+        let mut data = Vec::with_capacity(req.iov_cnt as usize);
+        let mut bidi_in = Vec::with_capacity(req.iov_bidi_cnt as usize);
+        let region_len = self.region.len() as u64;
+        for index in 0..u64::from(req.iov_cnt) + u64::from(req.iov_bidi_cnt) {
+            let off = base + abi::IOV_ARRAY_OFFSET + index as usize * size_of::<Iovec>();
+            let iov: Iovec = self.region.read_obj(off);
+            let inside = iov.iov_base >= self.data_off as u64
+                && iov
+                    .iov_base
+                    .checked_add(iov.iov_len)
+                    .is_some_and(|end| end <= region_len);
+            if !inside {
+                return Err(EntryFault::IovOutsideData {
+                    index,
+                    base: iov.iov_base,
+                    len: iov.iov_len,
+                });
+            }
+            let segment = DataSegment {
+                off: iov.iov_base as usize,
+                len: iov.iov_len as usize,
+            };
+            if index < u64::from(req.iov_cnt) {
+                data.push(segment);
+            } else {
+                bidi_in.push(segment);
+            }
+        }
+        Ok(Parsed { cdb, data, bidi_in })
+    }
+
+    fn read_tmr(&mut self, at: u32, len: u32) -> Result<RingEntry, RingError> {
+        let base = self.entry_off(at);
+        let fixed = size_of::<TmrEntry>() as u32;
+        // A TMR needs no response, so a malformed one is skipped, never answered.
+        self.push_slot(at, len, None, SlotState::Finished(None));
+        if len < fixed {
+            let cmd_id: u16 = self
+                .region
+                .read_obj(base + std::mem::offset_of!(EntryHdr, cmd_id));
+            return Err(RingError::Refused {
+                at,
+                cmd_id,
+                fault: EntryFault::TmrTooShort { len },
+            });
+        }
+        let tmr: TmrEntry = self.region.read_obj(base);
+        let ids_len = u64::from(tmr.cmd_cnt) * 2;
+        if abi::TMR_CMD_IDS_OFFSET as u64 + ids_len > u64::from(len) {
+            return Err(RingError::Refused {
+                at,
+                cmd_id: tmr.hdr.cmd_id,
+                fault: EntryFault::TmrIdsOutsideEntry { cmd_cnt: tmr.cmd_cnt },
+            });
+        }
+        let mut raw = vec![0u8; ids_len as usize];
+        self.region.read(base + abi::TMR_CMD_IDS_OFFSET, &mut raw);
+        let cmd_ids = raw
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        Ok(RingEntry::TaskManagement(TmrNotice {
+            tmr_type: tmr.tmr_type,
+            cmd_ids,
+        }))
+    }
+
+    /// The bytes that answer a CMD entry with `rsp`.
+    fn answer(&self, rsp: &Response<'_>) -> Answer {
+        let mut sense = [0u8; abi::TCMU_SENSE_BUFFERSIZE];
+        let n = rsp.sense.len().min(sense.len());
+        sense[..n].copy_from_slice(&rsp.sense[..n]);
+        let read_len = rsp
+            .read_len
+            .filter(|_| self.flags & abi::mailbox_flags::CAP_READ_LEN != 0);
+        Answer {
+            uflags: if read_len.is_some() {
+                abi::uflags::READ_LEN
+            } else {
+                0
+            },
+            rsp: Some(abi::CmdRsp {
+                scsi_status: rsp.status,
+                _pad1: 0,
+                _pad2: 0,
+                read_len: read_len.unwrap_or(0),
+                sense_buffer: sense,
+            }),
+        }
+    }
+
+    /// Write `answer` into the entry at region offset `base` (a CMD entry's length was checked
+    /// to be at least a whole `tcmu_cmd_entry` before it could get a response).
+    fn write_answer(&self, base: usize, answer: &Answer) {
+        if answer.uflags != 0 {
+            let uflags_off = base + abi::HDR_UFLAGS;
+            let uflags: u8 = self.region.read_obj(uflags_off);
+            self.region.write_obj(uflags_off, &(uflags | answer.uflags));
+        }
+        if let Some(rsp) = &answer.rsp {
+            self.region.write_obj(base + abi::RSP_SCSI_STATUS, rsp);
+        }
+    }
+
+    /// Answer `cmd` with `rsp`; `cmd_tail` moves over every finished entry before the first
+    /// unfinished one (check [`Self::take_kick`] afterwards). The response is written into the
+    /// entry only when `cmd_tail` passes it, so an entry beyond `cmd_tail` still holds its
+    /// request: a handler restarted after a crash reads it again intact.
+    ///
+    /// # Errors
+    /// [`RingError::NotOutstanding`] when `cmd` is not one this ring handed out and has not
+    /// completed (a command of another ring); nothing is written then.
+    pub fn complete(&mut self, cmd: TcmuCommand, rsp: &Response<'_>) -> Result<(), RingError> {
+        let not_outstanding = RingError::NotOutstanding {
+            cmd_id: cmd.cmd_id,
+            seq: cmd.seq,
+        };
+        let answer = self.answer(rsp);
+        let slot = cmd
+            .seq
+            .checked_sub(self.front_seq)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| self.slots.get_mut(index));
+        match slot {
+            Some(slot) if slot.at == cmd.at && slot.state == SlotState::Outstanding(cmd.cmd_id) => {
+                slot.state = SlotState::Finished(Some(Box::new(answer)));
+            }
+            _ => return Err(not_outstanding),
+        }
+        self.outstanding -= 1;
+        self.retire();
+        Ok(())
+    }
+
+    /// Write the answers of the finished prefix into their entries and move `cmd_tail` over
+    /// it; one release store publishes them all to the kernel.
+    fn retire(&mut self) {
+        let mut tail = self.tail;
+        while let Some(slot) = self.slots.front() {
+            let SlotState::Finished(answer) = &slot.state else {
+                break;
+            };
+            if let Some(answer) = answer {
+                self.write_answer(self.entry_off(slot.at), answer);
+            }
+            tail = (slot.at + slot.len) % self.cmdr_size;
+            if let Some(id) = slot.cmd_id {
+                self.ids_in_ring.remove(&id);
+            }
+            self.slots.pop_front();
+            self.front_seq += 1;
+        }
+        if tail != self.tail {
+            self.tail = tail;
+            self.region.store_u32_release(abi::MB_CMD_TAIL, tail);
+            self.tail_moved = true;
+        }
+    }
+
+    /// Copy bytes of `cmd`'s data buffer ([`TcmuCommand::data`]) from byte `offset` of the
+    /// buffer into `buf`; returns the bytes copied (fewer at the buffer's end).
+    pub fn read_data(&self, cmd: &TcmuCommand, offset: usize, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        for_each_piece(&cmd.data, offset, buf.len(), |region_off, at, n| {
+            self.region.copy_out(region_off, &mut buf[at..at + n]);
+            done += n;
+        });
+        done
+    }
+
+    /// Copy `buf` into `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one, else
+    /// the data buffer) from byte `offset`; returns the bytes copied.
+    pub fn write_data(&self, cmd: &TcmuCommand, offset: usize, buf: &[u8]) -> usize {
+        let segments = if cmd.bidi_in.is_empty() {
+            &cmd.data
+        } else {
+            &cmd.bidi_in
+        };
+        let mut done = 0;
+        for_each_piece(segments, offset, buf.len(), |region_off, at, n| {
+            self.region.copy_in(region_off, &buf[at..at + n]);
+            done += n;
+        });
+        done
+    }
+}
+
+/// Call `f(region_offset, buffer_offset, len)` for each piece of `len` bytes starting at byte
+/// `offset` of the buffer the `segments` describe, in order.
+fn for_each_piece(
+    segments: &[DataSegment],
+    offset: usize,
+    len: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let mut skip = offset;
+    let mut at = 0;
+    for s in segments {
+        if at == len {
+            break;
+        }
+        if skip >= s.len {
+            skip -= s.len;
+            continue;
+        }
+        let n = (s.len - skip).min(len - at);
+        f(s.off + skip, at, n);
+        at += n;
+        skip = 0;
+    }
+}
+
+#[cfg(test)]
+#[path = "ring_tests.rs"]
+mod tests;

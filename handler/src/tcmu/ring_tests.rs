@@ -1,0 +1,1112 @@
+//! The ring against the simulated kernel ([`crate::tcmu::sim`]): order, PAD at the wrap,
+//! responses where the kernel reads them, every malformed entry refused with its typed error,
+//! and random producer/consumer interleavings.
+
+use super::*;
+use crate::tcmu::abi::mailbox_flags;
+use crate::tcmu::abi::CmdReq;
+use crate::tcmu::region::HeapMemory;
+use crate::tcmu::sim::raw_cmd_entry;
+use crate::tcmu::sim::SimConfig;
+use crate::tcmu::sim::SimError;
+use crate::tcmu::sim::SimKernel;
+use crate::tcmu::sim::SIM_CMDR_OFF;
+use std::sync::Arc;
+use zerocopy::FromZeros;
+use zerocopy::IntoBytes;
+
+const READ_10: u8 = 0x28;
+const WRITE_10: u8 = 0x2a;
+
+fn setup(cmdr_size: u32, flags: u16) -> (SimKernel, Ring) {
+    let sim = SimKernel::new(SimConfig {
+        cmdr_size,
+        data_size: 64 * 1024,
+        flags,
+    });
+    let ring = Ring::attach(sim.region().clone()).expect("attach");
+    (sim, ring)
+}
+
+fn iov(off: usize, len: usize) -> Iovec {
+    Iovec {
+        iov_base: off as u64,
+        iov_len: len as u64,
+    }
+}
+
+fn cdb10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn next_command(ring: &mut Ring) -> TcmuCommand {
+    match ring.next_entry() {
+        Ok(Some(RingEntry::Command(c))) => c,
+        other => panic!("expected a command, got {other:?}"),
+    }
+}
+
+fn check_condition(sense: &[u8]) -> Response<'_> {
+    Response {
+        status: sam_status::CHECK_CONDITION,
+        sense,
+        read_len: None,
+    }
+}
+
+#[test]
+fn commands_come_in_order_with_their_cdb_and_data() {
+    // Arrange
+    let (mut sim, mut ring) = setup(4096, 0);
+    let d = sim.data_off();
+    for (i, id) in [(0usize, 10u16), (1, 11), (2, 12)] {
+        sim.write_data(d + i * 512, &[id as u8; 512]);
+        sim.post_cmd(id, &cdb10(WRITE_10, i as u32, 1), &[iov(d + i * 512, 512)], &[])
+            .expect("post");
+    }
+    // Act
+    let cmds: Vec<TcmuCommand> = (0..3).map(|_| next_command(&mut ring)).collect();
+    assert_eq!(ring.next_entry(), Ok(None));
+    // Assert
+    for (i, c) in cmds.iter().enumerate() {
+        assert_eq!(c.cmd_id(), 10 + i as u16);
+        assert_eq!(c.cdb(), cdb10(WRITE_10, i as u32, 1));
+        assert_eq!(c.data_len(), 512);
+        let mut buf = [0u8; 512];
+        assert_eq!(ring.read_data(c, 0, &mut buf), 512);
+        assert_eq!(buf, [10 + i as u8; 512]);
+    }
+    assert!(!ring.take_kick(), "nothing finished yet");
+    for c in cmds {
+        ring.complete(c, &Response::GOOD).expect("complete");
+    }
+    assert!(ring.take_kick());
+    let done = sim.reap().expect("reap");
+    assert_eq!(
+        done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
+        [(10, 0), (11, 0), (12, 0)]
+    );
+    assert_eq!(ring.state().tail, sim.head());
+    assert_eq!(ring.state().outstanding, 0);
+}
+
+#[test]
+fn a_pad_at_the_ring_end_is_skipped_and_the_next_command_starts_at_zero() {
+    // 1 iovec + a 10-byte CDB: the CDB at sizeof(tcmu_cmd_entry) = 112 (the iovec fits inside
+    // it), rounded up to 8 -> 128 bytes. Two fit in 320, the third does not fit in the remaining
+    // 64 and goes to offset 0 after a 64-byte PAD.
+    let (mut sim, mut ring) = setup(320, 0);
+    let d = sim.data_off();
+    for id in 0..2 {
+        sim.post_cmd(id, &cdb10(READ_10, 0, 1), &[iov(d, 512)], &[])
+            .expect("post");
+        let c = next_command(&mut ring);
+        ring.complete(c, &Response::GOOD).expect("complete");
+    }
+    assert_eq!(sim.reap().expect("reap").len(), 2);
+    let at = sim
+        .post_cmd(7, &cdb10(READ_10, 9, 1), &[iov(d, 512)], &[])
+        .expect("post after pad");
+    assert_eq!(at, 0);
+    assert_eq!(sim.posted(), 2, "the PAD and the command");
+    let c = next_command(&mut ring);
+    assert_eq!((c.cmd_id(), c.ring_offset()), (7, 0));
+    assert_eq!(c.cdb(), cdb10(READ_10, 9, 1));
+    assert_eq!(ring.state().tail, 0, "cmd_tail moved over the PAD at once");
+    ring.complete(c, &Response::GOOD).expect("complete");
+    let done = sim.reap().expect("reap");
+    assert_eq!(done.iter().map(|c| c.cmd_id).collect::<Vec<_>>(), [7]);
+}
+
+#[test]
+fn cmd_tail_moves_only_over_a_finished_prefix() {
+    let (mut sim, mut ring) = setup(4096, 0);
+    for id in [1, 2, 3] {
+        sim.post_cmd(id, &cdb10(READ_10, 0, 0), &[], &[]).expect("post");
+    }
+    let a = next_command(&mut ring);
+    let b = next_command(&mut ring);
+    let c = next_command(&mut ring);
+    ring.complete(c, &Response::GOOD).expect("c");
+    assert!(!ring.take_kick(), "3 finished but 1 and 2 are before it");
+    assert_eq!(sim.reap().expect("reap"), []);
+    ring.complete(a, &Response::GOOD).expect("a");
+    assert!(ring.take_kick());
+    assert_eq!(
+        sim.reap()
+            .expect("reap")
+            .iter()
+            .map(|c| c.cmd_id)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    ring.complete(b, &Response::GOOD).expect("b");
+    assert_eq!(
+        sim.reap()
+            .expect("reap")
+            .iter()
+            .map(|c| c.cmd_id)
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+}
+
+#[test]
+fn responses_land_where_the_kernel_reads_them() {
+    let (mut sim, mut ring) = setup(4096, mailbox_flags::CAP_READ_LEN);
+    let d = sim.data_off();
+    // Four iovecs fill the bytes the sense buffer overlays: stale request bytes must not leak
+    // into the sense the kernel copies.
+    let iovs: Vec<Iovec> = (0..4).map(|i| iov(d + i * 512, 512)).collect();
+    sim.post_cmd(5, &cdb10(READ_10, 0, 4), &iovs, &[]).expect("post");
+    sim.post_cmd(6, &cdb10(READ_10, 0, 4), &iovs, &[]).expect("post");
+    let sense = [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0];
+    let c = next_command(&mut ring);
+    ring.complete(c, &check_condition(&sense)).expect("complete");
+    let c = next_command(&mut ring);
+    let short = Response {
+        read_len: Some(1000),
+        ..Response::GOOD
+    };
+    ring.complete(c, &short).expect("complete");
+    let done = sim.reap().expect("reap");
+    assert_eq!(done[0].status, sam_status::CHECK_CONDITION);
+    assert_eq!(done[0].sense[..18], sense);
+    assert!(done[0].sense[18..].iter().all(|&b| b == 0), "{:?}", done[0].sense);
+    assert_eq!(done[0].uflags, 0);
+    assert_eq!((done[1].status, done[1].read_len), (sam_status::GOOD, 1000));
+    assert_eq!(done[1].uflags, abi::uflags::READ_LEN);
+}
+
+#[test]
+fn read_len_is_not_sent_to_a_kernel_without_the_capability() {
+    let (mut sim, mut ring) = setup(4096, 0);
+    sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let c = next_command(&mut ring);
+    ring.complete(
+        c,
+        &Response {
+            read_len: Some(3),
+            ..Response::GOOD
+        },
+    )
+    .expect("complete");
+    let done = sim.reap().expect("reap");
+    assert_eq!((done[0].uflags, done[0].read_len), (0, 0));
+}
+
+#[test]
+fn data_in_is_scattered_over_the_iovecs_from_an_offset() {
+    let (mut sim, mut ring) = setup(4096, 0);
+    let d = sim.data_off();
+    sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[iov(d + 4096, 3), iov(d, 5)], &[])
+        .expect("post");
+    let c = next_command(&mut ring);
+    assert_eq!(
+        ring.write_data(&c, 1, b"abcdefghij"),
+        7,
+        "8 bytes of buffer, from byte 1"
+    );
+    assert_eq!(sim.read_data(d + 4096, 3), b"\0ab");
+    assert_eq!(sim.read_data(d, 5), b"cdefg");
+    let mut back = [0u8; 8];
+    assert_eq!(ring.read_data(&c, 0, &mut back), 8);
+    assert_eq!(&back, b"\0abcdefg");
+    assert_eq!(ring.read_data(&c, 8, &mut back), 0, "past the buffer");
+    ring.complete(c, &Response::GOOD).expect("complete");
+}
+
+#[test]
+fn a_bidi_command_reads_data_out_and_writes_data_in() {
+    let (mut sim, mut ring) = setup(4096, 0);
+    let d = sim.data_off();
+    sim.write_data(d, b"out!");
+    sim.post_cmd(1, &cdb10(0x53, 0, 1), &[iov(d, 4)], &[iov(d + 100, 4)])
+        .expect("post");
+    let c = next_command(&mut ring);
+    assert_eq!((c.data().len(), c.bidi_in().len()), (1, 1));
+    let mut out = [0u8; 4];
+    ring.read_data(&c, 0, &mut out);
+    assert_eq!(&out, b"out!");
+    ring.write_data(&c, 0, b"in!!");
+    assert_eq!(sim.read_data(d + 100, 4), b"in!!");
+    assert_eq!(sim.read_data(d, 4), b"out!", "Data-Out untouched");
+    ring.complete(c, &Response::GOOD).expect("complete");
+}
+
+#[test]
+fn a_task_management_entry_is_handed_out_in_order_and_needs_no_response() {
+    let (mut sim, mut ring) = setup(4096, mailbox_flags::CAP_TMR);
+    sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    sim.post_tmr(abi::tmr_type::ABORT_TASK, &[1]).expect("tmr");
+    sim.post_cmd(2, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let a = next_command(&mut ring);
+    assert_eq!(
+        ring.next_entry(),
+        Ok(Some(RingEntry::TaskManagement(TmrNotice {
+            tmr_type: abi::tmr_type::ABORT_TASK,
+            cmd_ids: vec![1],
+        })))
+    );
+    let b = next_command(&mut ring);
+    assert_eq!(ring.state().unretired, 3);
+    ring.complete(a, &Response::GOOD).expect("a");
+    assert_eq!(
+        ring.state().unretired,
+        1,
+        "the TMR went with the command before it"
+    );
+    ring.complete(b, &Response::GOOD).expect("b");
+    assert_eq!(
+        sim.reap()
+            .expect("reap")
+            .iter()
+            .map(|c| c.cmd_id)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[test]
+fn unknown_opcodes_are_flagged_and_skipped() {
+    // Without CAP_TMR a TMR opcode is as unknown as opcode 5.
+    let (mut sim, mut ring) = setup(4096, 0);
+    let tmr_at = sim.post_tmr(abi::tmr_type::LUN_RESET, &[]).expect("tmr");
+    let mut odd = vec![0u8; 16];
+    odd[..4].copy_from_slice(&EntryHdr::len_op(16, 5).to_le_bytes());
+    let odd_at = sim.post_raw(&odd).expect("raw");
+    sim.post_cmd(3, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let c = next_command(&mut ring);
+    assert_eq!(c.cmd_id(), 3);
+    assert_eq!(sim.uflags_at(tmr_at), abi::uflags::UNKNOWN_OP);
+    assert_eq!(sim.uflags_at(odd_at), abi::uflags::UNKNOWN_OP);
+    ring.complete(c, &Response::GOOD).expect("complete");
+    assert_eq!(sim.reap().expect("reap").len(), 1);
+}
+
+#[test]
+fn a_restarted_consumer_resumes_at_cmd_tail_with_the_requests_intact() {
+    // What a handler restarted after kill -9 sees: commands read but never finished are still
+    // in the ring, because cmd_tail never passed them; so is one finished after an unfinished
+    // one, whose response was held back: its request is read again intact, not as response
+    // bytes.
+    let (mut sim, mut ring) = setup(4096, 0);
+    let d = sim.data_off();
+    for id in [1u16, 2, 3] {
+        sim.post_cmd(
+            id,
+            &cdb10(READ_10, id.into(), 1),
+            &[iov(d + 512 * usize::from(id), 512)],
+            &[],
+        )
+        .expect("post");
+    }
+    let a = next_command(&mut ring);
+    let _lost = next_command(&mut ring);
+    let c = next_command(&mut ring);
+    let c_off = SIM_CMDR_OFF as usize + c.ring_offset() as usize;
+    let c_entry: CmdEntryReq = sim.region().read_obj(c_off);
+    ring.complete(a, &Response::GOOD).expect("a");
+    ring.complete(c, &check_condition(&[0x70, 0, 3])).expect("c");
+    let c_after: CmdEntryReq = sim.region().read_obj(c_off);
+    assert_eq!(c_after, c_entry, "an entry beyond cmd_tail is not written");
+    drop(ring);
+    let mut ring = Ring::attach(sim.region().clone()).expect("reattach");
+    for id in [2u16, 3] {
+        let again = next_command(&mut ring);
+        assert_eq!(
+            (again.cmd_id(), again.cdb()),
+            (id, &cdb10(READ_10, id.into(), 1)[..])
+        );
+        assert_eq!(
+            again.data(),
+            [DataSegment {
+                off: d + 512 * usize::from(id),
+                len: 512
+            }]
+        );
+        ring.complete(again, &Response::GOOD).expect("complete");
+    }
+    let done = sim.reap().expect("reap");
+    assert_eq!(
+        done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
+        [(1, 0), (2, 0), (3, 0)]
+    );
+}
+
+#[test]
+fn a_full_ring_refuses_the_producer_until_completions_free_space() {
+    let (mut sim, mut ring) = setup(400, 0);
+    sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post"); // 128 bytes
+    sim.post_cmd(2, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    sim.post_cmd(3, &cdb10(READ_10, 0, 1), &[], &[]).expect("post"); // 384 used, 15 free
+    assert!(matches!(
+        sim.post_cmd(4, &cdb10(READ_10, 0, 1), &[], &[]),
+        Err(SimError::RingFull { .. })
+    ));
+    let a = next_command(&mut ring);
+    ring.complete(a, &Response::GOOD).expect("a");
+    sim.reap().expect("reap");
+    // 143 bytes free, but the entry needs a 16-byte PAD to the ring's end first.
+    assert_eq!(
+        sim.post_cmd(4, &cdb10(READ_10, 0, 1), &[], &[]),
+        Err(SimError::RingFull { need: 144, free: 143 })
+    );
+    let b = next_command(&mut ring);
+    ring.complete(b, &Response::GOOD).expect("b");
+    sim.reap().expect("reap");
+    assert_eq!(
+        sim.post_cmd(4, &cdb10(READ_10, 0, 1), &[], &[]),
+        Ok(0),
+        "after a PAD, at 0"
+    );
+}
+
+#[test]
+fn completing_a_command_of_another_ring_is_refused() {
+    let (mut sim_a, mut ring_a) = setup(4096, 0);
+    let (mut sim_b, mut ring_b) = setup(4096, 0);
+    sim_a.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    sim_b.post_cmd(2, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let a = next_command(&mut ring_a);
+    let _b = next_command(&mut ring_b);
+    assert_eq!(
+        ring_b.complete(a, &Response::GOOD),
+        Err(RingError::NotOutstanding { cmd_id: 1, seq: 0 })
+    );
+    assert_eq!(sim_b.reap().expect("reap"), []);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout refused at attach.
+
+fn attach_with(edit: impl FnOnce(&mut Mailbox), len: usize) -> Result<Ring, LayoutError> {
+    let region = Region::new(Arc::new(HeapMemory::new(len)));
+    let mut mb = Mailbox::new_zeroed();
+    mb.version = abi::TCMU_MAILBOX_VERSION;
+    mb.cmdr_off = SIM_CMDR_OFF;
+    mb.cmdr_size = 1024;
+    edit(&mut mb);
+    if len >= size_of::<Mailbox>() {
+        region.write(0, mb.as_bytes());
+    }
+    Ring::attach(region)
+}
+
+#[test]
+fn a_mailbox_that_does_not_describe_a_ring_in_the_mapping_is_refused() {
+    let len = 4096;
+    assert!(attach_with(|_| {}, len).is_ok());
+    assert_eq!(
+        attach_with(|_| {}, 64).err(),
+        Some(LayoutError::TooSmall { len: 64 })
+    );
+    assert_eq!(
+        attach_with(|m| m.version = 1, len).err(),
+        Some(LayoutError::Version { found: 1 })
+    );
+    for (off, size) in [
+        (64, 1024),
+        (132, 1024),
+        (128, 1020),
+        (128, 0),
+        (128, 4096),
+        (u32::MAX - 7, 8),
+    ] {
+        let err = attach_with(
+            |m| {
+                m.cmdr_off = off;
+                m.cmdr_size = size;
+            },
+            len,
+        )
+        .err();
+        assert_eq!(
+            err,
+            Some(LayoutError::Ring {
+                cmdr_off: off,
+                cmdr_size: size,
+                len
+            }),
+            "cmdr_off {off} cmdr_size {size}"
+        );
+    }
+    for tail in [4, 1024, u32::MAX] {
+        assert_eq!(
+            attach_with(|m| m.cmd_tail = tail, len).err(),
+            Some(LayoutError::Tail {
+                tail,
+                cmdr_size: 1024
+            })
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults in the entry stream: the ring is broken and stays so.
+
+fn assert_broken(ring: &mut Ring, fault: RingFault) {
+    let tail = ring.state().tail;
+    assert_eq!(ring.next_entry(), Err(RingError::Broken(fault.clone())));
+    assert_eq!(ring.next_entry(), Err(RingError::Broken(fault)), "stays broken");
+    assert_eq!(
+        ring.state().tail,
+        tail,
+        "cmd_tail does not move over a broken entry"
+    );
+}
+
+#[test]
+fn a_head_outside_the_ring_or_misaligned_breaks_the_ring() {
+    for head in [1024, 4, u32::MAX] {
+        let (sim, mut ring) = setup(1024, 0);
+        sim.corrupt_head(head);
+        assert_broken(
+            &mut ring,
+            RingFault::Head {
+                head,
+                cmdr_size: 1024,
+            },
+        );
+    }
+}
+
+#[test]
+fn a_zero_length_entry_breaks_the_ring_instead_of_spinning() {
+    let (mut sim, mut ring) = setup(1024, 0);
+    sim.post_raw(&[0u8; 8]).expect("raw");
+    assert_broken(&mut ring, RingFault::ZeroLength { at: 0 });
+}
+
+#[test]
+fn an_entry_past_the_ring_end_or_past_the_head_breaks_the_ring() {
+    let (mut sim, mut ring) = setup(1024, 0);
+    sim.post_raw(&raw_cmd_entry(1032, 1, CmdReq::default())[..112])
+        .expect("raw");
+    let mut bytes = raw_cmd_entry(112, 1, CmdReq::default());
+    bytes[..4].copy_from_slice(&EntryHdr::len_op(1032, abi::opcode::CMD).to_le_bytes());
+    let (mut sim2, mut ring2) = setup(1024, 0);
+    sim2.post_raw(&bytes).expect("raw");
+    assert_broken(&mut ring2, RingFault::CrossesRingEnd { at: 0, len: 1032 });
+
+    // The header claims 256 bytes but the kernel published 112.
+    bytes[..4].copy_from_slice(&EntryHdr::len_op(256, abi::opcode::CMD).to_le_bytes());
+    let (mut sim3, mut ring3) = setup(1024, 0);
+    sim3.post_raw(&bytes).expect("raw");
+    assert_broken(
+        &mut ring3,
+        RingFault::BeyondHead {
+            at: 0,
+            len: 256,
+            head: 112,
+        },
+    );
+    // (The first ring's entry claims 1032 of a 1024-byte ring: also past the end.)
+    assert_broken(&mut ring, RingFault::CrossesRingEnd { at: 0, len: 1032 });
+    let _ = sim.reap();
+}
+
+#[test]
+fn a_command_entry_too_short_for_its_response_breaks_the_ring() {
+    let (mut sim, mut ring) = setup(1024, 0);
+    sim.post_raw(&raw_cmd_entry(64, 1, CmdReq::default()))
+        .expect("raw");
+    assert_broken(&mut ring, RingFault::CmdTooShort { at: 0, len: 64 });
+}
+
+#[test]
+fn a_cmd_id_still_in_the_ring_reused_breaks_the_ring() {
+    let (mut sim, mut ring) = setup(1024, 0);
+    sim.post_cmd(7, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    sim.post_cmd(7, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let _first = next_command(&mut ring);
+    assert_broken(&mut ring, RingFault::DuplicateCmdId { at: 128, cmd_id: 7 });
+
+    // Finished is not enough: the kernel frees an id only once cmd_tail has passed its entry.
+    let (mut sim, mut ring) = setup(1024, 0);
+    for id in [5, 6, 6] {
+        sim.post_cmd(id, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    }
+    let _a = next_command(&mut ring);
+    let b = next_command(&mut ring);
+    ring.complete(b, &Response::GOOD).expect("b");
+    assert_eq!(ring.state().outstanding, 1);
+    assert_broken(&mut ring, RingFault::DuplicateCmdId { at: 256, cmd_id: 6 });
+
+    // Once retired, the id may come back.
+    let (mut sim, mut ring) = setup(1024, 0);
+    for id in [6, 6] {
+        sim.post_cmd(id, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    }
+    let b = next_command(&mut ring);
+    ring.complete(b, &Response::GOOD).expect("b");
+    assert_eq!(next_command(&mut ring).cmd_id(), 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults inside one entry: refused, answered with CHECK CONDITION, the ring goes on.
+
+/// Post `bytes`, then a good command; the ring must refuse the first with `fault`, answer it
+/// with HARDWARE ERROR / INTERNAL TARGET FAILURE, and serve the second.
+fn assert_refused(flags: u16, bytes: &[u8], fault: EntryFault) {
+    let (mut sim, mut ring) = setup(4096, flags);
+    let at = sim.post_raw(bytes).expect("raw");
+    sim.post_cmd(99, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    match ring.next_entry() {
+        Err(RingError::Refused { at: a, fault: f, .. }) => {
+            assert_eq!((a, &f), (at, &fault));
+        }
+        other => panic!("expected {fault:?}, got {other:?}"),
+    }
+    let good = next_command(&mut ring);
+    assert_eq!(good.cmd_id(), 99);
+    ring.complete(good, &Response::GOOD).expect("complete");
+    let done = sim.reap().unwrap_or_else(|e| panic!("{e}"));
+    let answered: Vec<u16> = done.iter().map(|c| c.cmd_id).collect();
+    if bytes[..4] == EntryHdr::len_op(bytes.len() as u32, abi::opcode::CMD).to_le_bytes() {
+        // The raw entry was not posted through post_cmd, so the simulated kernel does not list
+        // it as a command: read its response straight from the ring.
+        let rsp: abi::CmdEntryRsp = sim.region().read_obj(SIM_CMDR_OFF as usize + at as usize);
+        assert_eq!(rsp.rsp.scsi_status, sam_status::CHECK_CONDITION, "{fault:?}");
+        assert_eq!((rsp.rsp.sense_buffer[2], rsp.rsp.sense_buffer[12]), (0x04, 0x44));
+    }
+    assert_eq!(answered, [99]);
+}
+
+fn cmd_bytes(len: u32, req: CmdReq, tail: &[(usize, &[u8])]) -> Vec<u8> {
+    let mut b = raw_cmd_entry(len, 1, req);
+    for (off, bytes) in tail {
+        b[*off..off + bytes.len()].copy_from_slice(bytes);
+    }
+    b
+}
+
+#[test]
+fn a_cdb_outside_its_entry_is_refused() {
+    // The raw entry goes at ring offset 0, region offset 128; its CDB belongs at 128 + 112.
+    let entry = SIM_CMDR_OFF as u64;
+    let ok_cdb = entry + 112;
+    for cdb_off in [0, entry, entry + 40, entry + 128, 1 << 40, u64::MAX] {
+        let req = CmdReq {
+            cdb_off,
+            ..CmdReq::default()
+        };
+        let bytes = cmd_bytes(128, req, &[(112, &cdb10(READ_10, 0, 1))]);
+        assert_refused(0, &bytes, EntryFault::CdbOutsideEntry { cdb_off });
+    }
+    // The CDB starts inside but its opcode says 16 bytes and the entry ends after 8.
+    let req = CmdReq {
+        cdb_off: ok_cdb + 8,
+        ..CmdReq::default()
+    };
+    let bytes = cmd_bytes(128, req, &[(120, &[0x88])]);
+    assert_refused(0, &bytes, EntryFault::CdbOutsideEntry { cdb_off: ok_cdb + 8 });
+    // A variable-length CDB whose additional length runs past the entry.
+    let req = CmdReq {
+        cdb_off: ok_cdb,
+        ..CmdReq::default()
+    };
+    let bytes = cmd_bytes(128, req, &[(112, &[0x7f, 0, 0, 0, 0, 0, 0, 0x40])]);
+    assert_refused(0, &bytes, EntryFault::CdbOutsideEntry { cdb_off: ok_cdb });
+}
+
+#[test]
+fn an_iovec_array_larger_than_its_entry_is_refused() {
+    // 48 + 5 * 16 = 128 bytes would fit a 128-byte entry; 6 do not.
+    for (iov_cnt, iov_bidi_cnt, iov_dif_cnt) in [
+        (6, 0, 0),
+        (0, 6, 0),
+        (0, 0, 6),
+        (2, 2, 2),
+        (u32::MAX, u32::MAX, u32::MAX),
+    ] {
+        let req = CmdReq {
+            iov_cnt,
+            iov_bidi_cnt,
+            iov_dif_cnt,
+            cdb_off: SIM_CMDR_OFF as u64 + 112,
+            ..CmdReq::default()
+        };
+        let bytes = cmd_bytes(128, req, &[(112, &cdb10(READ_10, 0, 1))]);
+        let iovs = u64::from(iov_cnt) + u64::from(iov_bidi_cnt) + u64::from(iov_dif_cnt);
+        assert_refused(0, &bytes, EntryFault::IovArrayOutsideEntry { iovs });
+    }
+}
+
+#[test]
+fn an_iovec_outside_the_data_area_is_refused() {
+    let data_off = (SIM_CMDR_OFF + 4096) as u64;
+    let end = data_off + 64 * 1024;
+    let cases = [
+        (0, 8),                   // the mailbox
+        (SIM_CMDR_OFF as u64, 8), // the ring itself
+        (data_off - 1, 8),        // straddles the ring's end
+        (end - 4, 8),             // past the mapping
+        (data_off, u64::MAX),     // wraps around
+        (u64::MAX, 1),
+    ];
+    for (base, len) in cases {
+        let req = CmdReq {
+            iov_cnt: 1,
+            cdb_off: SIM_CMDR_OFF as u64 + 128,
+            ..CmdReq::default()
+        };
+        let v = Iovec {
+            iov_base: base,
+            iov_len: len,
+        };
+        let bytes = cmd_bytes(144, req, &[(48, v.as_bytes()), (128, &cdb10(READ_10, 0, 1))]);
+        assert_refused(0, &bytes, EntryFault::IovOutsideData { index: 0, base, len });
+    }
+    // The second, BIDI, iovec is checked too.
+    let req = CmdReq {
+        iov_cnt: 1,
+        iov_bidi_cnt: 1,
+        cdb_off: SIM_CMDR_OFF as u64 + 144,
+        ..CmdReq::default()
+    };
+    let good = Iovec {
+        iov_base: data_off,
+        iov_len: 512,
+    };
+    let bad = Iovec {
+        iov_base: 16,
+        iov_len: 512,
+    };
+    let bytes = cmd_bytes(
+        160,
+        req,
+        &[
+            (48, good.as_bytes()),
+            (64, bad.as_bytes()),
+            (144, &cdb10(READ_10, 0, 1)),
+        ],
+    );
+    assert_refused(
+        0,
+        &bytes,
+        EntryFault::IovOutsideData {
+            index: 1,
+            base: 16,
+            len: 512,
+        },
+    );
+}
+
+#[test]
+fn a_task_management_entry_with_too_many_ids_is_skipped() {
+    let mut tmr = abi::TmrEntry::new_zeroed();
+    tmr.hdr.len_op = EntryHdr::len_op(40, abi::opcode::TMR);
+    tmr.cmd_cnt = 5; // 10 bytes of ids in 8
+    let mut bytes = tmr.as_bytes().to_vec();
+    bytes.extend_from_slice(&[0; 8]);
+    assert_refused(
+        mailbox_flags::CAP_TMR,
+        &bytes,
+        EntryFault::TmrIdsOutsideEntry { cmd_cnt: 5 },
+    );
+    let short = EntryHdr::len_op(16, abi::opcode::TMR).to_le_bytes();
+    let mut bytes = short.to_vec();
+    bytes.resize(16, 0);
+    assert_refused(
+        mailbox_flags::CAP_TMR,
+        &bytes,
+        EntryFault::TmrTooShort { len: 16 },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random producer/consumer interleavings.
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::collections::VecDeque;
+
+    const SLOTS: u16 = 16;
+    const SLOT_SIZE: usize = 2048;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Post a command: CDB opcode, iovec lengths (each inside its command's data slot).
+        Post(u8, Vec<u16>),
+        /// Post a TMR naming some outstanding commands.
+        Tmr,
+        /// Consumer reads the next entry.
+        Consume,
+        /// Consumer completes the held command at this index (modulo).
+        Complete(usize),
+        /// Kernel reaps.
+        Reap,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (
+                prop::sample::select(vec![0x00u8, 0x28, 0x2a, 0x88, 0xa8, 0x7f]),
+                prop::collection::vec(1u16..300, 0..7)
+            )
+                .prop_map(|(o, l)| Op::Post(o, l)),
+            1 => Just(Op::Tmr),
+            3 => Just(Op::Consume),
+            3 => any::<usize>().prop_map(Op::Complete),
+            2 => Just(Op::Reap),
+        ]
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Expected {
+        Cmd(u16, Vec<u8>, Vec<u8>),
+        Tmr(Vec<u16>),
+    }
+
+    fn cdb_for(opcode: u8, id: u16) -> Vec<u8> {
+        let len = abi::cdb_len(opcode, 0x10);
+        let mut c: Vec<u8> = (0..len).map(|i| (i as u16 * 7 + id) as u8).collect();
+        c[0] = opcode;
+        if opcode == 0x7f {
+            c[7] = 0x10;
+        }
+        c
+    }
+
+    fn response_for(id: u16) -> (u8, Vec<u8>) {
+        if id.is_multiple_of(3) {
+            (
+                sam_status::CHECK_CONDITION,
+                vec![0x70, 0, 3, id as u8, (id >> 8) as u8],
+            )
+        } else {
+            (sam_status::GOOD, vec![])
+        }
+    }
+
+    struct World {
+        sim: SimKernel,
+        ring: Ring,
+        /// What the consumer must read next, in order.
+        to_read: VecDeque<Expected>,
+        /// Commands the kernel posted and not yet reaped, in ring order.
+        in_ring: VecDeque<u16>,
+        held: Vec<TcmuCommand>,
+        completed: HashMap<u16, u8>,
+        next_id: u16,
+        reaped: usize,
+        tmr: bool,
+    }
+
+    impl World {
+        fn free_id(&mut self) -> Option<u16> {
+            for _ in 0..SLOTS {
+                let id = self.next_id;
+                self.next_id = (self.next_id + 1) % SLOTS;
+                if !self.in_ring.contains(&id) {
+                    return Some(id);
+                }
+            }
+            None
+        }
+
+        fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
+            match op {
+                Op::Post(opcode, lens) => {
+                    let Some(id) = self.free_id() else { return Ok(()) };
+                    let slot = self.sim.data_off() + usize::from(id) * SLOT_SIZE;
+                    let mut at = slot;
+                    let mut iovs = Vec::new();
+                    let mut data = Vec::new();
+                    for len in lens {
+                        let bytes: Vec<u8> = (0..len).map(|i| (i ^ id.wrapping_mul(31)) as u8).collect();
+                        self.sim.write_data(at, &bytes);
+                        iovs.push(iov(at, bytes.len()));
+                        data.extend_from_slice(&bytes);
+                        at += bytes.len();
+                    }
+                    let cdb = cdb_for(opcode, id);
+                    match self.sim.post_cmd(id, &cdb, &iovs, &[]) {
+                        Ok(_) => {
+                            self.to_read.push_back(Expected::Cmd(id, cdb, data));
+                            self.in_ring.push_back(id);
+                        }
+                        Err(SimError::RingFull { .. }) => {}
+                        Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                    }
+                }
+                Op::Tmr => {
+                    let ids: Vec<u16> = self.held.iter().map(|c| c.cmd_id()).take(3).collect();
+                    // Without CAP_TMR the opcode is unknown to the ring: flagged and skipped.
+                    if self.sim.post_tmr(abi::tmr_type::ABORT_TASK_SET, &ids).is_ok() && self.tmr {
+                        self.to_read.push_back(Expected::Tmr(ids));
+                    }
+                }
+                Op::Consume => match self.ring.next_entry() {
+                    Ok(None) => prop_assert!(
+                        self.to_read.is_empty(),
+                        "ring empty but {:?} posted",
+                        self.to_read
+                    ),
+                    Ok(Some(RingEntry::Command(c))) => {
+                        let mut data = vec![0u8; c.data_len()];
+                        self.ring.read_data(&c, 0, &mut data);
+                        let got = Expected::Cmd(c.cmd_id(), c.cdb().to_vec(), data);
+                        prop_assert_eq!(Some(got), self.to_read.pop_front());
+                        self.held.push(c);
+                    }
+                    Ok(Some(RingEntry::TaskManagement(t))) => {
+                        prop_assert_eq!(Some(Expected::Tmr(t.cmd_ids)), self.to_read.pop_front());
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("ring error {e}"))),
+                },
+                Op::Complete(i) => {
+                    if !self.held.is_empty() {
+                        let c = self.held.swap_remove(i % self.held.len());
+                        let id = c.cmd_id();
+                        let (status, sense) = response_for(id);
+                        self.ring
+                            .complete(
+                                c,
+                                &Response {
+                                    status,
+                                    sense: &sense,
+                                    read_len: None,
+                                },
+                            )
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        self.completed.insert(id, status);
+                    }
+                }
+                Op::Reap => {
+                    let done = self.sim.reap().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    for c in done {
+                        // The kernel sees completions in ring order, each of a finished command.
+                        prop_assert_eq!(Some(c.cmd_id), self.in_ring.pop_front());
+                        let status = self.completed.remove(&c.cmd_id);
+                        prop_assert_eq!(status, Some(c.status), "cmd {} not finished", c.cmd_id);
+                        let (_, sense) = response_for(c.cmd_id);
+                        prop_assert_eq!(&c.sense[..sense.len()], &sense[..]);
+                        self.reaped += 1;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn random_producer_and_consumer_sequences_agree(
+            ring_words in 40u32..160,
+            tmr in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let sim = SimKernel::new(SimConfig {
+                cmdr_size: ring_words * 8,
+                data_size: usize::from(SLOTS) * SLOT_SIZE,
+                flags: if tmr { mailbox_flags::CAP_TMR } else { 0 },
+            });
+            let ring = Ring::attach(sim.region().clone()).expect("attach");
+            let mut w = World {
+                sim,
+                ring,
+                to_read: VecDeque::new(),
+                in_ring: VecDeque::new(),
+                held: Vec::new(),
+                completed: HashMap::new(),
+                next_id: 0,
+                reaped: 0,
+                tmr,
+            };
+            for op in ops {
+                w.step(op)?;
+            }
+            // Drain: read everything, finish everything, reap everything.
+            while !w.to_read.is_empty() {
+                w.step(Op::Consume)?;
+            }
+            // Once more: entries after the last command (an unknown opcode) are consumed on
+            // the way to "caught up".
+            w.step(Op::Consume)?;
+            while !w.held.is_empty() {
+                w.step(Op::Complete(0))?;
+            }
+            w.step(Op::Reap)?;
+            prop_assert!(w.in_ring.is_empty(), "never reaped: {:?}", w.in_ring);
+            prop_assert!(w.completed.is_empty());
+            prop_assert_eq!(w.sim.posted(), 0);
+            prop_assert_eq!(w.sim.free(), ring_words * 8 - 1);
+            let state = w.ring.state();
+            prop_assert_eq!((state.next, state.tail, state.unretired), (w.sim.head(), w.sim.head(), 0));
+        }
+    }
+
+    /// One entry of a hostile ring: mostly shaped like the kernel's, with one field or another
+    /// wrong.
+    #[derive(Debug, Clone)]
+    struct Hostile {
+        kind: u8,
+        a: u64,
+        b: u64,
+        c: u64,
+    }
+
+    fn hostile() -> impl Strategy<Value = Hostile> {
+        (0u8..10, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(kind, a, b, c)| Hostile {
+            kind,
+            a,
+            b,
+            c,
+        })
+    }
+
+    /// Lay `entries` out from ring offset 0 into `ring` (cmdr_size bytes); returns where the
+    /// last one ends (the head a kernel would publish).
+    fn lay_out(entries: &[Hostile], ring: &mut [u8], data_off: u64, data_size: u64) -> usize {
+        let mut at = 0usize;
+        for e in entries {
+            if at + 8 > ring.len() {
+                break;
+            }
+            let jitter = |x: u64, every: u64| x.is_multiple_of(every);
+            let (len, bytes) = match e.kind {
+                0..=6 => {
+                    let iovs = (e.a % 4) as usize;
+                    let base = abi::CMD_ENTRY_SIZE + 16 * iovs;
+                    let opcode = [0x00u8, 0x28, 0x2a, 0x88, 0xa8, 0x7f, 0x12][(e.b % 7) as usize];
+                    let mut len = (base + 16).next_multiple_of(8);
+                    if jitter(e.c, 5) {
+                        len = ((e.c >> 8) % 320) as usize & !7;
+                    }
+                    let mut b = vec![0u8; len.max(abi::CMD_ENTRY_SIZE + 16 * 4 + 32)];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::CMD).to_le_bytes());
+                    b[4..6].copy_from_slice(&((e.a >> 16) as u16 % 8).to_le_bytes());
+                    b[8..12].copy_from_slice(
+                        &(if jitter(e.c, 7) {
+                            (e.c >> 20) as u32
+                        } else {
+                            iovs as u32
+                        })
+                        .to_le_bytes(),
+                    );
+                    let mut cdb_off = SIM_CMDR_OFF as u64 + at as u64 + base as u64;
+                    if jitter(e.c, 3) {
+                        cdb_off = cdb_off.wrapping_add((e.b >> 8) % 64).wrapping_sub(32);
+                    }
+                    b[24..32].copy_from_slice(&cdb_off.to_le_bytes());
+                    for i in 0..iovs {
+                        let mut base = data_off + ((e.a >> 24) + i as u64 * 512) % data_size;
+                        let mut len = (e.b >> (16 + i)) % 1024;
+                        if jitter(e.c >> 8, 11) {
+                            base = e.b.rotate_left(i as u32 * 7);
+                            len = e.a.rotate_left(i as u32 * 13);
+                        }
+                        let o = abi::IOV_ARRAY_OFFSET + 16 * i;
+                        b[o..o + 8].copy_from_slice(&base.to_le_bytes());
+                        b[o + 8..o + 16].copy_from_slice(&len.to_le_bytes());
+                    }
+                    b[base] = opcode;
+                    b[base + 7] = (e.c >> 32) as u8;
+                    (len, b)
+                }
+                7 => {
+                    let len = ((e.a % 64) * 8) as usize;
+                    let mut b = vec![0u8; len.max(8)];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::PAD).to_le_bytes());
+                    (len, b)
+                }
+                8 => {
+                    let cnt = if jitter(e.c, 4) {
+                        (e.b >> 32) as u32
+                    } else {
+                        (e.b % 8) as u32
+                    };
+                    let len = if jitter(e.c, 6) {
+                        ((e.a % 8) * 8) as usize
+                    } else {
+                        (32 + 2 * cnt as usize).next_multiple_of(8).min(512)
+                    };
+                    let mut b = vec![0u8; len.max(32)];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::TMR).to_le_bytes());
+                    b[12..16].copy_from_slice(&cnt.to_le_bytes());
+                    (len, b)
+                }
+                _ => {
+                    let len = ((e.a % 8 + 1) * 8) as usize;
+                    let mut b = vec![0u8; len];
+                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, 3 + (e.b % 5) as u32).to_le_bytes());
+                    (len, b)
+                }
+            };
+            let n = bytes.len().min(ring.len() - at);
+            ring[at..at + n].copy_from_slice(&bytes[..n]);
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+        at
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// A ring full of garbage (as after a kernel bug or a stale mapping): the consumer never
+        /// panics, never spins, and hands out only commands whose CDB and data lie where they
+        /// must.
+        #[test]
+        fn a_ring_of_garbage_is_refused_without_panics_or_spinning(
+            ring_words in 16u32..96,
+            flags in 0u16..16,
+            entries in prop::collection::vec(hostile(), 1..12),
+            head_kind in 0u8..8,
+            head_word in any::<u32>(),
+        ) {
+            let cmdr_size = ring_words * 8;
+            let data_size = 4096;
+            let data_off = (SIM_CMDR_OFF + cmdr_size) as u64;
+            let region = Region::new(Arc::new(HeapMemory::new(data_off as usize + data_size)));
+            let mut bytes = vec![0u8; cmdr_size as usize];
+            let end = lay_out(&entries, &mut bytes, data_off, data_size as u64);
+            let mut mb = Mailbox::new_zeroed();
+            mb.version = abi::TCMU_MAILBOX_VERSION;
+            mb.flags = flags;
+            mb.cmdr_off = SIM_CMDR_OFF;
+            mb.cmdr_size = cmdr_size;
+            // Mostly where the entries end (as the kernel would publish), else anywhere.
+            mb.cmd_head = match head_kind {
+                0 => head_word,
+                1 => (head_word % ring_words) * 8,
+                _ => (end % cmdr_size as usize) as u32,
+            };
+            region.write(0, mb.as_bytes());
+            region.write(SIM_CMDR_OFF as usize, &bytes);
+            let mut ring = Ring::attach(region.clone()).expect("the mailbox is valid");
+            // Every successful step consumes at least 8 bytes of at most cmdr_size published.
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                prop_assert!(steps <= ring_words as usize + 2, "no progress after {steps} steps");
+                match ring.next_entry() {
+                    Ok(None) | Err(RingError::Broken(_)) => break,
+                    Ok(Some(RingEntry::Command(c))) => {
+                        let cdb = c.cdb();
+                        let want = abi::cdb_len(cdb[0], cdb.get(7).copied().unwrap_or(0));
+                        prop_assert_eq!(cdb.len(), want);
+                        for s in c.data().iter().chain(c.bidi_in()) {
+                            prop_assert!(s.off as u64 >= data_off && s.off + s.len <= region.len(), "{s:?}");
+                        }
+                        ring.complete(c, &Response::GOOD).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    }
+                    Ok(Some(RingEntry::TaskManagement(_))) | Err(RingError::Refused { .. }) => {}
+                    Err(e @ RingError::NotOutstanding { .. }) => return Err(TestCaseError::fail(e.to_string())),
+                }
+                let state = ring.state();
+                prop_assert!(state.tail < cmdr_size && state.tail.is_multiple_of(8), "{state:?}");
+            }
+        }
+    }
+}
