@@ -582,9 +582,9 @@ impl std::fmt::Display for BaselineCheck {
 fn check_baseline(path: &Path, ratios: &Value) -> Result<BaselineCheck, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let baseline: Baseline = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !(baseline.handler_cpu_per_hot_copy > 0.0) {
+    if !baseline.handler_cpu_per_hot_copy.is_finite() || baseline.handler_cpu_per_hot_copy <= 0.0 {
         return Err(format!(
-            "{}: handler_cpu_per_hot_copy must be positive",
+            "{}: handler_cpu_per_hot_copy must be a positive number",
             path.display()
         ));
     }
@@ -947,6 +947,15 @@ fn print_table(rows: &[Value], ratios: &Value, target: Option<&Target>, fio: &Va
             num(&r["cpu_us_per_command"], 9, 2),
             num(&r["ratio_to_first"], 7, 2),
             num(&r["ratio_to_fio"], 7, 2),
+        );
+    }
+    for r in rows.iter().filter(|r| r["layer"] == "reference") {
+        println!(
+            "{}: reference: one copy of the block size {:.3} us ({:.3} us in cache), an empty ioctl {:.3} us",
+            r["workload"].as_str().unwrap_or(""),
+            r["memcpy_us"].as_f64().unwrap_or(0.0),
+            r["memcpy_hot_us"].as_f64().unwrap_or(0.0),
+            r["empty_ioctl_us"].as_f64().unwrap_or(0.0),
         );
     }
     if let Some(map) = ratios.as_object() {

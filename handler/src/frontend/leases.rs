@@ -137,14 +137,13 @@ mod tests {
         let pool = Arc::new(SgvPool::new(None, None, 1 << 20));
         let leases = WorkerLeases::new(2);
         let t = &mut LockToken::root();
-        let lease = leases.worker(1).grant(t, 5, buffer(&pool)).ok().expect("granted");
+        let lease = leases.worker(1).grant(t, 5, buffer(&pool)).expect("granted");
         assert_eq!((leases.outstanding(t), leases.outstanding_ids(t)), (1, vec![5]));
         assert!(leases.unmap_guard(t).is_none(), "worker 1 has a lease");
         // The refused attempt released worker 0's permit: it grants again.
         let other = leases
             .worker(0)
             .grant(t, 6, buffer(&pool))
-            .ok()
             .expect("granted again");
         drop(other.release(t));
         drop(lease.release(t));
@@ -166,8 +165,8 @@ mod tests {
         let pool = Arc::new(SgvPool::new(None, None, 1 << 20));
         let leases = WorkerLeases::new(3);
         let t = &mut LockToken::root();
-        let a = leases.worker(0).grant(t, 1, buffer(&pool)).ok().expect("granted");
-        let b = leases.worker(2).grant(t, 2, buffer(&pool)).ok().expect("granted");
+        let a = leases.worker(0).grant(t, 1, buffer(&pool)).expect("granted");
+        let b = leases.worker(2).grant(t, 2, buffer(&pool)).expect("granted");
         assert_eq!(
             leases.wait_released(t, Duration::from_millis(5)),
             Err(Outstanding { outstanding: 2 })

@@ -58,6 +58,9 @@ const READY_BACKOFF_MAX: Duration = Duration::from_millis(5);
 /// the replies are dropped ([`Worker::replies_untaken`]).
 const UNTAKEN_CALLS_MAX: u32 = 3;
 
+/// A lease of a command buffer, or the buffer back if the pool is being unmapped.
+type LeaseGrant = Result<Lease<Arc<CmdBuffer>>, Refused<Arc<CmdBuffer>>>;
+
 /// What an EXEC reply needs to know about its command.
 struct ExecCtx {
     /// When SCST handed the command over, and by when it must be answered (the payload's
@@ -162,7 +165,7 @@ pub(super) struct Worker {
     /// Buffers of the requests in `submit` not leased yet, by cmd_h ([`Worker::grant_leases`]).
     to_lease: Vec<(u64, Arc<CmdBuffer>)>,
     /// Reused by [`Worker::grant_leases`]: no allocation per batch.
-    granted: Vec<Result<Lease<Arc<CmdBuffer>>, Refused<Arc<CmdBuffer>>>>,
+    granted: Vec<LeaseGrant>,
     completions: Vec<StoreCompletion>,
     last_escalation: Option<Instant>,
     /// Dump requests ([`super::Frontend::dump`]).

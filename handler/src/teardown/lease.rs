@@ -569,7 +569,7 @@ mod tests {
         let mut granted = Vec::new();
         table.grant_batch(&mut t(), &mut requests, &mut granted);
         assert!(requests.is_empty());
-        let leases: Vec<Lease<u32>> = granted.drain(..).map(|g| g.ok().expect("granted")).collect();
+        let leases: Vec<Lease<u32>> = granted.drain(..).map(|g| g.expect("granted")).collect();
         assert_eq!(leases.iter().map(Lease::id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(table.outstanding_ids(&mut t()), vec![1, 2]);
         for lease in leases {

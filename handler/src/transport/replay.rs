@@ -73,6 +73,9 @@ mod state {
     pub const DONE: u8 = 7;
 }
 
+/// Writes one message of slot `index`, sequence `seq`, buffer `pbuf` into a command slot.
+type Fill = fn(&ReplayKernel, usize, u32, u64, &mut GetCmd);
+
 /// What the replay sends.
 #[derive(Clone, Copy, Debug)]
 pub struct ReplayConfig {
@@ -294,7 +297,7 @@ impl ReplayKernel {
         let slot = &self.slots[index];
         let current = slot.state.load(Ordering::Acquire);
         let pbuf = slot.pbuf.load(Ordering::Acquire);
-        let (next, fill): (u8, fn(&Self, usize, u32, u64, &mut GetCmd)) = match current {
+        let (next, fill): (u8, Fill) = match current {
             state::IDLE if !self.running.load(Ordering::Acquire) => {
                 if pbuf == 0 {
                     if slot
@@ -425,7 +428,7 @@ impl ReplayKernel {
             (state::ALLOC_OUT, abi::SCST_USER_ALLOC_MEM) => {
                 self.counters.alloc_mem.fetch_add(1, Ordering::Relaxed);
                 let answer: abi::AllocMemReply = reply.read_payload();
-                if answer.pbuf == 0 || answer.pbuf % 4096 != 0 {
+                if answer.pbuf == 0 || !answer.pbuf.is_multiple_of(4096) {
                     return self.bad("ALLOC_MEM answered without a page-aligned buffer", reply);
                 }
                 slot.pbuf.store(answer.pbuf, Ordering::Release);
@@ -460,7 +463,7 @@ impl ReplayKernel {
         }
         match slot.pbuf.load(Ordering::Acquire) {
             // A miss: the reply names the new buffer, which SCST now caches (spec §3.5).
-            0 if answer.pbuf != 0 && answer.pbuf % 4096 == 0 => {
+            0 if answer.pbuf != 0 && answer.pbuf.is_multiple_of(4096) => {
                 slot.pbuf.store(answer.pbuf, Ordering::Release);
                 true
             }
