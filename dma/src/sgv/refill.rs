@@ -120,12 +120,19 @@ impl Requests {
     }
 }
 
+/// Fewest misses a refill has to map the next arena in, where the arena holds that many.
+const MIN_SLACK: usize = 8;
+
 /// The low-water mark of a class whose arenas hold `chunks_per_arena` chunks: a quarter of an
-/// arena, at least one. A miss that leaves the class with this many free chunks or fewer
-/// asks for a refill, so the refill has that many misses' time to map the next arena before
-/// a worker would have to (1,024 misses for 4 KiB buffers, one for 4 MiB ones).
+/// arena, but at least [`MIN_SLACK`] chunks (or the whole arena when it holds fewer). A miss
+/// that leaves the class with this many free chunks or fewer asks for a refill, so the refill
+/// has that many misses' time to map the next arena before a worker would have to (1,024
+/// misses for 4 KiB buffers; 8 for 1 MiB and 2 MiB ones; 4, a whole arena, for 4 MiB ones:
+/// a quarter of their 4-chunk arena would leave one miss, less than the refill thread's
+/// wake-up on a loaded host, measured in docs/design/sgv-arenas.md). Never more than an
+/// arena, so one arena mapped always lifts the class above the mark.
 pub(super) fn low_water(chunks_per_arena: usize) -> usize {
-    (chunks_per_arena / 4).max(1)
+    (chunks_per_arena / 4).max(MIN_SLACK.min(chunks_per_arena)).max(1)
 }
 
 /// The running `sgv-refill` thread of a pool and how to stop it.
