@@ -198,7 +198,10 @@ impl SgvPool {
     /// [`RefillStartError`] when the thread cannot be spawned.
     pub fn with_refill(self) -> Result<Self, RefillStartError> {
         let mut pool = self.with_refill_requests();
-        pool.refill = Some(RefillThread::start(&pool.shared)?);
+        // One thread per pool: a second would only race the first for the same requests.
+        if pool.refill.is_none() {
+            pool.refill = Some(RefillThread::start(&pool.shared)?);
+        }
         Ok(pool)
     }
 

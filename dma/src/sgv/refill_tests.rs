@@ -19,6 +19,14 @@ use std::time::Instant;
 const K4: usize = PAGE_SIZE;
 const MIB: u64 = 1 << 20;
 
+/// Held by every test here that starts a refill thread, so that one counting them sees only
+/// its own come and go.
+static THREAD_COUNTING: Mutex<()> = Mutex::new(());
+
+fn serialized() -> std::sync::MutexGuard<'static, ()> {
+    THREAD_COUNTING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A ledger mapper whose next map, once armed, says so and then waits to be let go: a refill
 /// caught in the middle of a map.
 #[derive(Default)]
@@ -220,6 +228,7 @@ fn thread_names() -> Vec<String> {
 #[test]
 fn the_refill_thread_maps_ahead_of_the_misses() {
     // Arrange: a pool with its thread; one arena of 4 KiB chunks pre-mapped.
+    let _serialized = serialized();
     let mapper = Arc::new(LedgerMapper::default());
     let iovas = iovas();
     let pool = SgvPool::new(Some(mapper.clone()), Some(iovas.clone()), 64 * MIB)
@@ -258,6 +267,7 @@ fn the_refill_thread_maps_ahead_of_the_misses() {
 #[test]
 fn shutdown_joins_a_refill_caught_mapping_before_it_unmaps() {
     // Arrange: a pool with its thread; the refill's map will stop at the gate.
+    let _serialized = serialized();
     let mapper = Arc::new(GatedMapper::default());
     let iovas = iovas();
     let pool = SgvPool::new(Some(mapper.clone()), Some(iovas.clone()), 64 * MIB)
@@ -291,8 +301,42 @@ fn shutdown_joins_a_refill_caught_mapping_before_it_unmaps() {
     assert_clean(&mapper.ledger, &iovas);
 }
 
+/// Threads of this process named [`REFILL_THREAD_NAME`].
+fn refill_threads() -> usize {
+    thread_names().iter().filter(|n| *n == REFILL_THREAD_NAME).count()
+}
+
+#[test]
+fn a_pool_runs_one_refill_thread_and_its_shutdown_ends_it() {
+    // Other tests' pools run their own threads; a pool's own is seen by the count growing.
+    // Hold `serialized` so that no other test here starts or stops one meanwhile.
+    let _serialized = serialized();
+    let before = refill_threads();
+    let pool = SgvPool::new(None, None, 64 * MIB)
+        .with_refill()
+        .expect("thread")
+        .with_refill()
+        .expect("the same thread");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while refill_threads() < before + 1 && Instant::now() < deadline {
+        scst_accel_hal::locks::sleep(std::time::Duration::from_millis(1));
+    }
+    // Asked twice, one thread.
+    scst_accel_hal::locks::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(refill_threads(), before + 1);
+    pool.shutdown().expect("clean");
+    // Ended (the kernel drops its /proc entry just after a join can return, so wait bounded;
+    // that shutdown waits for the thread is `shutdown_joins_a_refill_caught_mapping_...`).
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while refill_threads() > before && Instant::now() < deadline {
+        scst_accel_hal::locks::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(refill_threads(), before);
+}
+
 #[test]
 fn dropping_a_pool_stops_its_refill_thread_and_unmaps() {
+    let _serialized = serialized();
     let mapper = Arc::new(LedgerMapper::default());
     let iovas = iovas();
     let pool = SgvPool::new(Some(mapper.clone()), Some(iovas.clone()), 64 * MIB)
