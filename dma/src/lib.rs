@@ -38,6 +38,7 @@ pub use segments::split_for_device;
 pub use sgv::DmaBuffer;
 pub use sgv::PoolShutdownError;
 pub use sgv::PoolStats;
+pub use sgv::RefillStartError;
 pub use sgv::SgvPool;
 pub use sgv::MAX_CACHED_LEN;
 pub use sgv::SGV_CLASSES;

@@ -19,6 +19,11 @@
 //!   is unmapped and freed then. An arena that cannot be had whole (no memory, no IOVA range
 //!   that large, the IOMMU refused) falls back to one chunk, so a tight IOVA window or memlock
 //!   limit costs mappings, not service. `PoolStats::mappings` and `arenas` count them.
+//! - Refill ([`SgvPool::with_refill`]): when a miss leaves its class with a quarter of an arena
+//!   free or less, the pool's `sgv-refill` thread maps one more arena for the class (within the
+//!   cap's worth of arena bytes for the class), so a steady miss stream carves without mapping
+//!   on the worker. A miss never waits for it: one that finds no free chunk maps on its own
+//!   thread, counted in `PoolStats::worker_maps`. The thread is joined before shutdown unmaps.
 //! - Fast path: a small per-thread stash per class (no shared lock); it spills half to the
 //!   shared free lists when it grows past its limit, and is drained by [`SgvPool::flush`] and
 //!   when its thread exits.
@@ -51,15 +56,21 @@
 
 mod arena;
 mod buffer;
+mod refill;
+#[cfg(test)]
+mod refill_tests;
 mod shared;
 mod stash;
 #[cfg(test)]
 mod tests;
 
 pub use buffer::DmaBuffer;
+pub use refill::RefillStartError;
+pub use refill::REFILL_THREAD_NAME;
 
 use crate::mapping::IovaLock;
 use crate::PAGE_SIZE;
+use refill::RefillThread;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockBefore;
 use scst_accel_hal::locks::LockToken;
@@ -127,10 +138,16 @@ pub struct PoolStats {
     /// Arenas (and exact buffers) whose unmap failed: leaked on purpose, still counted in
     /// `mapped_bytes` and `mappings`.
     pub leaked: u64,
+    /// Arenas made (and, unless host-only, mapped: pinned) by a miss on the thread that
+    /// missed, because its class had no free chunk. What the refill is there to avoid.
+    pub worker_maps: u64,
+    /// Arenas made ahead of need by the refill (its thread, or
+    /// [`SgvPool::refill_pending`]). Arenas from [`SgvPool::premap`] are in neither count.
+    pub refill_maps: u64,
 }
 
 /// [`SgvPool::shutdown`] found buffers still in use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{in_use} pool buffers ({in_use_bytes} bytes) are still in use: they stay mapped until returned \
      (answer or abort their commands, after stopping or resetting the device, then return them)"
@@ -140,14 +157,17 @@ pub struct PoolShutdownError {
     pub in_use: u64,
     /// Their bytes.
     pub in_use_bytes: u64,
-    /// The counters after the flush.
-    pub stats: PoolStats,
+    /// The counters after the flush (boxed: the error stays small on the `Ok` path).
+    pub stats: Box<PoolStats>,
 }
 
 /// The SGV pool. `Send + Sync`: share it by reference or `Arc` among worker threads.
 #[derive(Debug)]
 pub struct SgvPool {
     shared: Arc<Shared>,
+    /// The `sgv-refill` thread, when started ([`SgvPool::with_refill`]); stopped and joined
+    /// before the pool unmaps anything at shutdown or drop.
+    refill: Option<RefillThread>,
 }
 
 impl SgvPool {
@@ -161,7 +181,43 @@ impl SgvPool {
     pub fn new(mapper: Option<Arc<dyn DmaMapper>>, iovas: Option<Arc<IovaLock>>, max_bytes: u64) -> Self {
         Self {
             shared: Shared::new(mapper, iovas, max_bytes),
+            refill: None,
         }
+    }
+
+    /// The same pool with arenas mapped ahead of need by its own thread, named
+    /// [`REFILL_THREAD_NAME`]: when a miss leaves its class with a quarter of an arena free
+    /// or less, the thread maps one more arena for the class (within the cap's worth of arena
+    /// bytes for the class, as [`SgvPool::premap`]), so the misses that follow carve without
+    /// mapping. A miss that still finds no free chunk maps on its own thread, never waiting
+    /// for the refill (counted in `PoolStats::worker_maps`). The thread is stopped and joined
+    /// by [`SgvPool::shutdown`] (and the pool's drop) before anything is unmapped. The first
+    /// miss of a class still maps unless the class was pre-mapped.
+    ///
+    /// # Errors
+    /// [`RefillStartError`] when the thread cannot be spawned.
+    pub fn with_refill(self) -> Result<Self, RefillStartError> {
+        let mut pool = self.with_refill_requests();
+        // One thread per pool: a second would only race the first for the same requests.
+        if pool.refill.is_none() {
+            pool.refill = Some(RefillThread::start(&pool.shared)?);
+        }
+        Ok(pool)
+    }
+
+    /// The same pool with refill requests made but no thread to serve them: the owner calls
+    /// [`SgvPool::refill_pending`] from a thread of its own (a supervisor's loop; the tests,
+    /// one step at a time).
+    pub fn with_refill_requests(self) -> Self {
+        self.shared.refill.enable();
+        self
+    }
+
+    /// Serve the refill requests queued now on this thread (one arena per class asked for,
+    /// if the class is still low): for a pool from [`SgvPool::with_refill_requests`]. Returns
+    /// how many arenas were mapped. `token` is the root's: mapping is a blocking call.
+    pub fn refill_pending(&self, token: &mut LockToken<'_, levels::Root>) -> usize {
+        self.shared.refill_pending(token)
     }
 
     /// A buffer of at least `len` bytes: its class size (a power of two of pages up to
@@ -264,9 +320,12 @@ impl SgvPool {
     /// # Errors
     /// [`PoolShutdownError`] when buffers are still in use: they stay mapped (a device may
     /// still reach them) until they are returned.
-    pub fn shutdown(self) -> Result<PoolStats, PoolShutdownError> {
+    pub fn shutdown(mut self) -> Result<PoolStats, PoolShutdownError> {
         // Unmaps: a blocking call, so no lock may be held (asserted by the root token).
         let mut token = LockToken::root();
+        // The refill maps; it ends before anything is unmapped, so no arena it maps can
+        // join the set after the flush below.
+        self.stop_refill(&mut token);
         self.shared.close();
         let mut released = self.shared.flush(&mut token);
         // A thread that was handing its stash back when the pool closed releases those buffers
@@ -291,19 +350,31 @@ impl SgvPool {
             return Err(PoolShutdownError {
                 in_use: stats.in_use,
                 in_use_bytes: stats.in_use_bytes,
-                stats,
+                stats: Box::new(stats),
             });
         }
         Ok(stats)
     }
 }
 
+impl SgvPool {
+    /// Stop and join the refill thread, if any (bounded; see `RefillThread::stop`).
+    fn stop_refill(&mut self, token: &mut LockToken<'_, levels::Root>) {
+        if let Some(refill) = self.refill.take() {
+            refill.stop(token);
+        }
+    }
+}
+
 impl Drop for SgvPool {
     fn drop(&mut self) {
-        // Safety net when shutdown was skipped: the same close and flush (unmaps: the thread
-        // dropping the pool must hold no lock, which the root token asserts).
+        // Safety net when shutdown was skipped: the same stop, close and flush (joins and
+        // unmaps: the thread dropping the pool must hold no lock, which the root token
+        // asserts).
+        let mut token = LockToken::root();
+        self.stop_refill(&mut token);
         self.shared.close();
-        self.shared.flush(&mut LockToken::root());
+        self.shared.flush(&mut token);
     }
 }
 

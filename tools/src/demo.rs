@@ -509,6 +509,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "refused": o.backend.pool.refused, "cached_at_exit": o.backend.pool.cached,
             "mapped_bytes_at_exit": o.backend.pool.mapped_bytes,
             "mappings_at_exit": o.backend.pool.mappings, "arenas_at_exit": o.backend.pool.arenas,
+            "worker_maps": o.backend.pool.worker_maps, "refill_maps": o.backend.pool.refill_maps,
             "mapped_bytes_after_release": o.backend.mapped_after, "leaked_buffers": o.backend.leaked_buffers,
         },
         "teardown": teardown_json(o),

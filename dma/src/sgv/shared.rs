@@ -5,6 +5,9 @@
 use super::arena::Arena;
 use super::arena::Arenas;
 use super::arena::Chunk;
+use super::refill::low_water;
+use super::refill::Request;
+use super::refill::Requests;
 use super::stash::local_stash;
 use super::stash::stash_limit;
 use super::stash::StashRef;
@@ -111,6 +114,8 @@ pub(super) struct Counters {
     failures: AtomicU64,
     pub(super) foreign_puts: AtomicU64,
     leaked: AtomicU64,
+    worker_maps: AtomicU64,
+    refill_maps: AtomicU64,
 }
 
 /// The token every pool operation takes: a thread holding no checked lock at all ([`Root`]).
@@ -140,6 +145,8 @@ pub(super) struct Shared {
     returned: (Sender<Slot>, Receiver<Slot>),
     /// Stashes being moved to the shared lists by [`Shared::adopt_orphan`] right now.
     orphans_in_transit: AtomicU64,
+    /// Refill requests (off unless the pool was built with a refill).
+    pub(super) refill: Requests,
     pub(super) counters: Counters,
 }
 
@@ -185,6 +192,7 @@ impl Shared {
             stashes: OrderedMutex::default(),
             returned: crossbeam_channel::unbounded(),
             orphans_in_transit: AtomicU64::new(0),
+            refill: Requests::default(),
             counters: Counters::default(),
         })
     }
@@ -311,13 +319,26 @@ impl Shared {
     /// map, no system call), else a new arena mapped for the class (the only map on this path,
     /// once per `arena_len / size` misses).
     fn carve(&self, token: &mut PoolToken<'_>, class: u8, size: usize) -> Option<Slot> {
-        let taken = self.free.lock(token).0.arenas.take(class);
+        let refill = self.refill.enabled();
+        let (taken, free_left) = {
+            let (mut lists, _) = self.free.lock(token);
+            let taken = lists.arenas.take(class);
+            // Counted only when a refill would act on it (a walk of the class's arenas).
+            let free_left = if refill { lists.arenas.room(class).0 } else { 0 };
+            (taken, free_left)
+        };
+        if refill && taken.is_some() && free_left <= self.low_water(size) {
+            self.refill.ask(class);
+        }
         let chunk = match taken {
             Some(chunk) => chunk,
             None => {
-                // Made and mapped with no lock held (the map is a blocking call). Two threads
-                // missing at once may each map one: both join the set.
+                // No free chunk: this miss maps on its own thread; it never waits for the
+                // refill (that would put the refill's pace on the command path). Made and
+                // mapped with no lock held (the map is a blocking call). Two threads missing
+                // at once may each map one: both join the set.
                 let arena = Arc::new(self.new_arena(token, class, size)?);
+                self.counters.worker_maps.fetch_add(1, Ordering::Relaxed);
                 let inserted = self.free.lock(token).0.arenas.insert(arena.clone());
                 let Some(chunk) = inserted else {
                     // Unreachable (a new arena has a free chunk and `class` is a cached
@@ -733,6 +754,58 @@ impl Shared {
         }
     }
 
+    /// The low-water mark of the class of `size`-byte chunks in this pool.
+    fn low_water(&self, size: usize) -> usize {
+        low_water(arena_len(self.max_bytes, size) / size)
+    }
+
+    /// One refill step for `class`: map one more arena if the class is at or below its
+    /// low-water mark, within the cap's worth of arena bytes for the class (as `premap`), and
+    /// the pool is open. Runs on the refill thread (or the caller of
+    /// [`Shared::refill_pending`]), never on a miss. Returns whether it mapped an arena.
+    pub(super) fn refill_class(&self, token: &mut PoolToken<'_>, class: u8) -> bool {
+        if usize::from(class) >= SGV_CLASSES {
+            return false;
+        }
+        let size = PAGE_SIZE << class;
+        let len = arena_len(self.max_bytes, size) as u64;
+        let (free, bytes) = self.free.lock(token).0.arenas.room(class);
+        if free > self.low_water(size) || bytes.saturating_add(len) > self.max_bytes || self.is_closed() {
+            return false;
+        }
+        let Some(arena) = self.new_arena(token, class, size) else {
+            // Logged by `new_arena`; the next miss that finds the class low asks again, and
+            // one that finds no chunk maps on its worker.
+            return false;
+        };
+        let arena = Arc::new(arena);
+        {
+            let (mut lists, _) = self.free.lock(token);
+            // Checked under the lock a flush after `close` takes to collect unused arenas:
+            // either that flush sees this arena, or this sees `closed` and retires it below.
+            if !self.is_closed() {
+                lists.arenas.insert_free(arena);
+                drop(lists);
+                self.counters.refill_maps.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        self.retire(token, arena);
+        false
+    }
+
+    /// Serve every refill request queued now, on the caller's thread. Returns how many
+    /// arenas were mapped.
+    pub(super) fn refill_pending(&self, token: &mut PoolToken<'_>) -> usize {
+        let mut mapped = 0;
+        while let Some(request) = self.refill.try_take() {
+            if let Request::Class(class) = request {
+                mapped += usize::from(self.refill_class(token, class));
+            }
+        }
+        mapped
+    }
+
     pub(super) fn stats(&self) -> PoolStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -750,6 +823,8 @@ impl Shared {
             failures: get(&c.failures),
             foreign_puts: get(&c.foreign_puts),
             leaked: get(&c.leaked),
+            worker_maps: get(&c.worker_maps),
+            refill_maps: get(&c.refill_maps),
         }
     }
 }

@@ -800,6 +800,8 @@ mod accounting {
         Flush,
         /// Pre-map arenas for this many buffers of order `0..=10`.
         Premap(u8, usize),
+        /// Serve the refill requests queued (one step of the refill thread).
+        Refill,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -808,6 +810,7 @@ mod accounting {
             5 => any::<usize>().prop_map(Op::Put),
             1 => Just(Op::Flush),
             1 => (0u8..=10, 0usize..5000).prop_map(|(order, n)| Op::Premap(order, n)),
+            2 => Just(Op::Refill),
         ]
     }
 
@@ -820,7 +823,8 @@ mod accounting {
             .carved_bytes()
     }
 
-    /// A class gets a new arena only when all of its arenas are full, so it never has more
+    /// A class gets a new arena on a miss only when all of its arenas are full, and ahead of
+    /// need (premap, refill) only within the cap's worth of arena bytes, so it never has more
     /// than `cap / arena_len + 1` (one thread; a one-chunk fallback never happens here).
     fn assert_arenas_bounded(pool: &SgvPool, cap: u64) {
         let per_class = pool
@@ -845,10 +849,14 @@ mod accounting {
             cap_pages in 1u64..3000,
             ops in proptest::collection::vec(op(), 1..120),
         ) {
-            let f = fixture(cap_pages * K4 as u64);
+            let Fixture { mapper, iovas, pool } = fixture(cap_pages * K4 as u64);
+            let f = Fixture { mapper, iovas, pool: pool.with_refill_requests() };
             let mut token = LockToken::root();
             let mut held: Vec<DmaBuffer> = Vec::new();
             let (mut gets, mut served) = (0u64, 0u64);
+            // Maps the pool made: exact buffers (one each) and arenas mapped by `premap`; the
+            // others must be counted as worker or refill maps.
+            let (mut exact_maps, mut premapped) = (0u64, 0u64);
             for op in ops {
                 match op {
                     Op::Get(order) => {
@@ -856,6 +864,7 @@ mod accounting {
                         gets += 1;
                         if let Some(b) = f.pool.get(&mut token, len) {
                             served += 1;
+                            exact_maps += u64::from(b.class() == UNCACHED_CLASS);
                             held.push(b);
                         }
                     }
@@ -877,6 +886,19 @@ mod accounting {
                             (before.in_use, before.cached, before.allocations),
                             "pre-mapping hands out and caches nothing"
                         );
+                        premapped += after.arenas - before.arenas;
+                    }
+                    Op::Refill => {
+                        let before = f.pool.stats();
+                        let mapped = f.pool.refill_pending(&mut token) as u64;
+                        let after = f.pool.stats();
+                        prop_assert_eq!(
+                            (after.in_use, after.cached, after.allocations, after.worker_maps),
+                            (before.in_use, before.cached, before.allocations, before.worker_maps),
+                            "a refill hands out and caches nothing"
+                        );
+                        prop_assert_eq!(after.refill_maps, before.refill_maps + mapped);
+                        prop_assert_eq!(after.arenas, before.arenas + mapped);
                     }
                 }
                 let s = f.pool.stats();
@@ -900,6 +922,8 @@ mod accounting {
                 prop_assert_eq!(s.arenas as usize, f.pool.idle_lists(&mut token).0.arenas());
                 assert_carved_from_live_mappings(&f.mapper, &held);
                 assert_arenas_bounded(&f.pool, cap_pages * K4 as u64);
+                // Every arena map is a worker's, the refill's or a premap's.
+                prop_assert_eq!(f.mapper.counts().0, exact_maps + premapped + s.worker_maps + s.refill_maps);
             }
             drop(held);
             f.pool.flush(&mut token);
