@@ -359,7 +359,7 @@ fn the_baseline_check_fails_a_run_whose_handler_cost_more_than_doubled() {
         let file = dir.join(format!("baseline-{recorded}.json"));
         std::fs::write(
             &file,
-            format!(r#"{{"workload": "{workload}", "handler_cpu_per_hot_copy": {recorded}}}"#),
+            format!(r#"{{"workload": "{workload}", "handler_cpu_per_copy": {recorded}}}"#),
         )
         .expect("baseline file");
         bench(
