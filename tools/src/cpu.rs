@@ -84,21 +84,33 @@ mod tests {
 
     #[test]
     fn a_named_threads_precise_cpu_time_counts_its_work() {
+        // Spin until the thread itself has run 20 ms (its own schedstat), however loaded the
+        // machine: the named threads' figure must then hold at least that much.
         let worker = std::thread::Builder::new()
             .name("cpu-probe-busy".into())
             .spawn(|| {
+                let own = || super::thread_cpu_time().expect("/proc/thread-self/schedstat");
+                let start = own();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
                 let mut x = 0u64;
-                let start = std::time::Instant::now();
-                while start.elapsed() < std::time::Duration::from_millis(30) {
-                    x = x.wrapping_add(std::hint::black_box(1));
+                while own() - start < std::time::Duration::from_millis(20)
+                    && std::time::Instant::now() < deadline
+                {
+                    for _ in 0..10_000 {
+                        x = x.wrapping_add(std::hint::black_box(1));
+                    }
                 }
-                let spent = super::threads_cpu_time_precise("cpu-probe-busy").expect("/proc readable");
-                (x, spent)
+                let ran = own();
+                let named = super::threads_cpu_time_precise("cpu-probe-busy").expect("/proc readable");
+                (x, ran, named)
             })
             .unwrap();
-        let (_, spent) = worker.join().unwrap();
-        // Its own 30 ms of spinning, at least most of it (ticks round to 10 ms).
-        assert!(spent >= std::time::Duration::from_millis(10), "{spent:?}");
+        let (_, ran, named) = worker.join().unwrap();
+        assert!(
+            ran >= std::time::Duration::from_millis(20),
+            "spun {ran:?} in 60 s"
+        );
+        assert!(named >= ran, "named threads {named:?} < the thread's own {ran:?}");
         assert_eq!(
             super::threads_cpu_time_precise("no-such-thread-name"),
             Some(std::time::Duration::ZERO)
