@@ -144,6 +144,11 @@ impl Shared {
         }
     }
 
+    /// Wake the function resets waiting for the engines to go idle, and no engine.
+    pub(crate) fn notify_reset_waiters(&self) {
+        self.wake.notify_all();
+    }
+
     /// Wake every engine and every reset waiter.
     pub(crate) fn notify(&self) {
         self.wake.notify_all();

@@ -291,15 +291,22 @@ impl Engine {
         }
     }
 
-    /// Clear BUSY; the last engine to go idle completes a pending reset.
+    /// Clear BUSY; the last engine to go idle completes a pending reset. BUSY going to 0 is
+    /// news only for a function reset waiting on the condition variable; the other engines
+    /// wait for their own doorbells and need waking only when the reset completes (they may
+    /// run again). Waking every engine after every descriptor cost each idle engine a
+    /// wake-up per descriptor of the busy ones.
     fn release(&self, token: &mut Token<'_>) {
         let mut st = self.shared.lock(token);
         st.queues[self.qi()].busy = false;
-        if st.finish_reset_if_idle() {
-            log::info!("{}: reset complete", self.shared.id);
-        }
+        let reset_done = st.finish_reset_if_idle();
         drop(st);
-        self.shared.notify();
+        if reset_done {
+            log::info!("{}: reset complete", self.shared.id);
+            self.shared.notify();
+        } else {
+            self.shared.notify_reset_waiters();
+        }
     }
 
     /// Hold `job` until `ready(state)` gives a value (`Some`) or `until` passes (`None`);
