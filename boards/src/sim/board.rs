@@ -6,7 +6,10 @@
 //! condition variable a function reset waits on for the engines to go idle.
 //!
 //! Locking (docs/locking.md): one mutex guards the register file and every queue's engine state
-//! ([`BoardState`], level `sim.state`); the fault plan has its own (`sim.faults`), never taken
+//! ([`BoardState`], level `sim.state`), except the registers the host writes on every command:
+//! the doorbells are posted and INT_STATUS_CLEAR is an atomic `fetch_and` ([`Posted`]), so a
+//! driver's submission and reap take no simulator lock and never wait for an engine that holds
+//! the state; the fault plan has its own (`sim.faults`), never taken
 //! while holding the state lock; the engine handles have `sim.engines`. No lock is held across
 //! a DMA copy, an interrupt or a thread join: register writes return their
 //! [`Effects`](super::registers::Effects), carried out after unlocking. The simulated IOMMU
@@ -48,7 +51,9 @@ use super::engine;
 use super::fault::Decision;
 use super::fault::FaultPlan;
 use super::medium::Medium;
+use super::registers::doorbell_of;
 use super::registers::BoardState;
+use super::registers::Posted;
 use super::Fault;
 use super::SimConfig;
 use super::SimStats;
@@ -97,6 +102,10 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<BoardState, levels::SimState>,
+    /// The doorbells and INT_STATUS, written by the host without the state lock.
+    posted: Arc<Posted>,
+    /// Bits of INT_STATUS that name a queue.
+    queue_bits: u32,
     /// Signalled on every change a reset waiter may be waiting for (engines going idle).
     wake: OrderedCondvar,
     /// Each queue's engine thread, woken with `unpark`: by its own queue's doorbells alone,
@@ -206,11 +215,21 @@ impl Shared {
         self.faults.lock(token).0.resets_ignored()
     }
 
-    /// A register write from the driver. A soft reset and the interrupts it releases are
-    /// carried out on the same BAR path (no token).
+    /// A register write from the driver. A doorbell is posted and its queue's engine woken,
+    /// INT_STATUS_CLEAR applied at once, both without the state lock ([`Posted`]); a soft
+    /// reset and the interrupts it releases are carried out on the same BAR path (no token).
     #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
         if self.gone() {
+            return;
+        }
+        if let Some((q, head)) = doorbell_of(offset, self.engines.len()) {
+            self.posted.post(q, head, value);
+            self.wake_engine(q);
+            return;
+        }
+        if offset == crate::sca1::regs::global::INT_STATUS_CLEAR {
+            self.posted.clear_int_status(value & self.queue_bits);
             return;
         }
         let fx = self.lock_for_bar().write32(offset, value, Instant::now());
@@ -363,6 +382,12 @@ impl SimBoard {
     pub(crate) fn new(id: &str, config: SimConfig, medium: Medium, ctx: SimContext) -> Self {
         let queues = config.queues;
         let state = BoardState::new(config.queues);
+        let posted = state.posted();
+        let queue_bits = if queues >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << queues) - 1
+        };
         Self {
             shared: Arc::new(Shared {
                 id: id.to_owned(),
@@ -372,6 +397,8 @@ impl SimBoard {
                 medium,
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
+                posted,
+                queue_bits,
                 wake: OrderedCondvar::new(),
                 engines: (0..queues).map(|_| OnceLock::new()).collect(),
                 gone: AtomicBool::new(false),

@@ -181,6 +181,14 @@ impl Engine {
         self.q as usize
     }
 
+    /// Lock the state, with this queue's posted doorbell writes applied first: every look the
+    /// engine takes at its queue sees the doorbells written before it.
+    fn lock<'a>(&'a self, token: &'a mut Token<'_>) -> StateGuard<'a> {
+        let mut st = self.shared.lock(token);
+        st.apply_posted(self.qi());
+        st
+    }
+
     /// Still allowed to work on `job`?
     fn valid(&self, st: &BoardState, job: &Job) -> bool {
         !self.shared.gone()
@@ -190,7 +198,7 @@ impl Engine {
     }
 
     fn checkpoint(&self, token: &mut Token<'_>, job: &Job) -> Step<()> {
-        let st = self.shared.lock(token);
+        let st = self.lock(token);
         if self.valid(&st, job) {
             Ok(())
         } else {
@@ -251,7 +259,7 @@ impl Engine {
     fn wait_for_work(&self, token: &mut Token<'_>) -> Next {
         let burst = self.withheld.as_ref().map(|w| (w.job, w.due));
         loop {
-            let st = self.shared.lock(token);
+            let st = self.lock(token);
             if self.shared.stopping() {
                 return Next::Shutdown;
             }
@@ -297,7 +305,7 @@ impl Engine {
     /// run again). Waking every engine after every descriptor cost each idle engine a
     /// wake-up per descriptor of the busy ones.
     fn release(&self, token: &mut Token<'_>) {
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         st.queues[self.qi()].busy = false;
         let reset_done = st.finish_reset_if_idle();
         drop(st);
@@ -320,7 +328,7 @@ impl Engine {
         ready: impl Fn(&BoardState) -> Option<R>,
     ) -> Step<Option<R>> {
         loop {
-            let st = self.shared.lock(token);
+            let st = self.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
@@ -349,7 +357,7 @@ impl Engine {
             job.index
         );
         while {
-            let st = self.shared.lock(token);
+            let st = self.lock(token);
             st.reset_epoch == job.reset_epoch && !self.shared.gone() && !self.shared.stopping()
         } {
             self.shared.park(IDLE_WAIT);
@@ -360,7 +368,7 @@ impl Engine {
     /// slot's tag cannot be trusted); the model sets INT_STATUS and raises the queue's vector
     /// (unless masked) so a driver that reads Q_STATUS on each interrupt learns of it at once.
     fn halt(&self, token: &mut Token<'_>, job: &Job, error: u8) -> Abandoned {
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Abandoned;
         }
@@ -371,7 +379,7 @@ impl Engine {
             job.index
         );
         st.halt(self.qi(), error, job.index);
-        st.int_status |= 1 << self.q;
+        st.set_int_status(self.qi());
         let vector = (st.int_mask & (1 << self.q) == 0).then_some(st.queues[self.qi()].vector);
         drop(st);
         if let Some(vector) = vector {
@@ -416,7 +424,7 @@ impl Engine {
         // Consumed: the slot may be reused once the host sees sq_head move past it.
         let sq_head = (job.index + 1) % job.ring_size;
         {
-            let mut st = self.shared.lock(token);
+            let mut st = self.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
@@ -507,7 +515,7 @@ impl Engine {
         let total = withheld.entries.len();
         let mut unsignalled = 0u32;
         for (posted, (entry, bad_phase)) in withheld.entries.into_iter().enumerate() {
-            if unsignalled > 0 && self.shared.lock(token).queues[self.qi()].cq_full() {
+            if unsignalled > 0 && self.lock(token).queues[self.qi()].cq_full() {
                 self.signal_burst(token, job, unsignalled)?;
                 unsignalled = 0;
             }
@@ -531,7 +539,7 @@ impl Engine {
     /// interrupt whatever INT_COALESCE says, and it also signals any coalesced completions
     /// still waiting for their count or timer. Masked, it is latched as any other interrupt.
     fn signal_burst(&self, token: &mut Token<'_>, job: &Job, count: u32) -> Step<()> {
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
@@ -815,7 +823,7 @@ impl Engine {
         }
         self.write_entry(token, job, addr, &Completion { flags, ..entry })?;
 
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
@@ -828,7 +836,7 @@ impl Engine {
         let vector = match signal {
             Signal::Coalesced => st.note_completion(self.qi(), Instant::now()),
             Signal::Burst => {
-                st.int_status |= 1 << self.q;
+                st.set_int_status(self.qi());
                 None
             }
         };
