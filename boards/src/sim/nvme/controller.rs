@@ -118,6 +118,9 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<ControllerState, levels::SimState>,
+    /// The state's epoch, published at every change: a worker's check before a DMA step
+    /// reads it without the lock.
+    epoch: Arc<AtomicU64>,
     /// Doorbell writes not yet applied to `state`.
     posted: Posted,
     /// Signalled when a worker lets go of a command (a function reset and an SQ deletion
@@ -261,6 +264,11 @@ impl Shared {
             std::sync::atomic::fence(Ordering::SeqCst);
             self.wake_stalled();
         }
+    }
+
+    /// The controller epoch as last published (every enable and reset bumps it).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The device was removed ([`NvmeFault::Gone`]).
@@ -427,6 +435,7 @@ impl NvmeController {
         let config = config.with_device_ids();
         let queues = config.queues;
         let state = ControllerState::new(&config);
+        let epoch = state.published_epoch();
         Self {
             shared: Arc::new(Shared {
                 id: id.to_owned(),
@@ -436,6 +445,7 @@ impl NvmeController {
                 medium,
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
+                epoch,
                 posted: Posted::new(),
                 wake: OrderedCondvar::new(),
                 // Worker w serves SQ w: the admin queue and every I/O queue.

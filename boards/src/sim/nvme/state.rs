@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -125,6 +128,9 @@ pub(crate) struct ControllerState {
     shutdown_done_at: Option<Instant>,
     /// Bumped by every enable and reset: work taken under an older epoch is abandoned.
     pub epoch: u64,
+    /// `epoch` as last published, for the workers' checks before each DMA step, which take
+    /// no lock ([`Exec::checkpoint`](super::worker::Exec::checkpoint)).
+    published_epoch: Arc<AtomicU64>,
     /// Indexed by queue id, 0 = admin.
     pub sqs: Vec<Option<SubQueue>>,
     pub cqs: Vec<Option<CompQueue>>,
@@ -169,6 +175,7 @@ impl ControllerState {
             shst: 0,
             shutdown_done_at: None,
             epoch: 0,
+            published_epoch: Arc::new(AtomicU64::new(0)),
             sqs: vec![None; n],
             cqs: vec![None; n],
             nsqa: config.queues,
@@ -184,6 +191,11 @@ impl ControllerState {
             shutdown_hang: false,
             max_queues: config.queues,
         }
+    }
+
+    /// The published epoch, shared with the workers' lock-free checks.
+    pub(crate) fn published_epoch(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.published_epoch)
     }
 
     /// Let time-driven transitions happen: RDY after the enable delay, SHST after shutdown.
@@ -324,6 +336,7 @@ impl ControllerState {
             None
         };
         self.epoch += 1;
+        self.published_epoch.store(self.epoch, Ordering::Release);
         if let Some(problem) = problem {
             log::error!("{id}: cannot enable: {problem}; CSTS.CFS set");
             self.cfs = true;
@@ -362,6 +375,7 @@ impl ControllerState {
     /// command; then it clears when the worker lets go ([`ControllerState::release`]).
     pub(crate) fn controller_reset(&mut self) {
         self.epoch += 1;
+        self.published_epoch.store(self.epoch, Ordering::Release);
         self.sqs.iter_mut().for_each(|q| *q = None);
         self.cqs.iter_mut().for_each(|q| *q = None);
         self.nsqa = self.max_queues;

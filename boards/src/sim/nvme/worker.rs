@@ -93,9 +93,16 @@ impl Exec<'_> {
         }
     }
 
-    /// Abandon unless the job is still valid.
-    pub(crate) fn checkpoint(&self, token: &mut Token<'_>) -> Result<(), Failure> {
-        self.lock_valid(token).map(drop)
+    /// Abandon unless the job is still valid. Before every DMA step, so without the lock:
+    /// the epoch is published by every enable and reset. A reset that begins right after
+    /// this check cannot make the step unsafe: RDY reads 0 (and a function reset or an SQ
+    /// deletion returns) only once this worker has let go of its command, after the step.
+    pub(crate) fn checkpoint(&self, _token: &mut Token<'_>) -> Result<(), Failure> {
+        if !self.shared.gone() && !self.shared.stopping() && self.shared.epoch() == self.job.epoch {
+            Ok(())
+        } else {
+            Err(Failure::Abandoned)
+        }
     }
 
     /// Device read of host memory; an IOMMU fault (recorded by the IOMMU) is a Data Transfer
