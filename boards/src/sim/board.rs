@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<BoardState, levels::SimState>,
+    /// Changes made to the state that can end an engine's right to work, counted under the
+    /// state lock (see [`Shared::changed`]).
+    changes: AtomicU64,
     /// The doorbells and INT_STATUS, written by the host without the state lock.
     posted: Arc<Posted>,
     /// Bits of INT_STATUS that name a queue.
@@ -126,6 +129,19 @@ impl Shared {
         token: &'a mut LockToken<'_, M>,
     ) -> StateGuard<'a> {
         self.state.lock(token).0
+    }
+
+    /// Count a change that can end an engine's right to work (a register write, a reset, a
+    /// halt, FATAL, device loss). Called with the state lock held, after the change, so an
+    /// engine that reads the old count before its own check under the lock saw the state
+    /// before the change or after it, never a half.
+    pub(crate) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The change count ([`Shared::changed`]).
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// A reset waiter's wait for a change, at most `timeout`.
@@ -232,7 +248,12 @@ impl Shared {
             self.posted.clear_int_status(value & self.queue_bits);
             return;
         }
-        let fx = self.lock_for_bar().write32(offset, value, Instant::now());
+        let fx = {
+            let mut st = self.lock_for_bar();
+            let fx = st.write32(offset, value, Instant::now());
+            self.changed();
+            fx
+        };
         if fx.soft_reset {
             // Unchecked: the BAR path, as in `lock_for_bar`.
             let ignored = self.faults.lock_unchecked_at_runtime().resets_ignored();
@@ -267,6 +288,7 @@ impl Shared {
     /// The part of [`Shared::start_reset`] under the state lock, then the wake-up.
     fn apply_reset(&self, mut st: StateGuard<'_>) {
         st.apply_reset();
+        self.changed();
         Counters::add(&self.stats.resets, 1);
         if st.finish_reset_if_idle() {
             log::info!("{}: reset complete", self.id);
@@ -313,12 +335,14 @@ impl Shared {
             Fault::DeviceGone => {
                 self.gone.store(true, Ordering::Release);
                 // Take the lock so no engine misses the flag between its check and its wait.
-                drop(self.lock(&mut token));
+                let _st = self.lock(&mut token);
+                self.changed();
             }
             Fault::Fatal { code } => {
                 let mut st = self.lock(&mut token);
                 st.fatal = true;
                 st.fatal_code = code.max(1);
+                self.changed();
             }
             other => self.faults.lock(&mut token).0.add(other),
         }
@@ -397,6 +421,7 @@ impl SimBoard {
                 medium,
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
+                changes: AtomicU64::new(0),
                 posted,
                 queue_bits,
                 wake: OrderedCondvar::new(),
