@@ -257,7 +257,7 @@ impl Shared {
         let qid = index / 2;
         if qid >= self.workers.len() {
             self.wake_worker(0);
-        } else if index % 2 == 0 {
+        } else if index.is_multiple_of(2) {
             self.wake_worker(qid);
         } else {
             // Sequentially consistent after the send: see `mark_stalled`.
