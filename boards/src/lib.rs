@@ -3,6 +3,7 @@
 
 pub mod definition;
 pub mod engine;
+mod irq_gate;
 pub mod nvme;
 pub mod open;
 pub mod sca1;

@@ -25,6 +25,7 @@ use crate::engine::DeviceOp;
 use crate::engine::DeviceRequest;
 use crate::engine::DeviceStatus;
 use crate::engine::SubmitError;
+use crate::irq_gate::IrqGate;
 use scst_accel_dma::CompletionRing;
 use scst_accel_dma::MappedRegion;
 use scst_accel_dma::SubmissionRing;
@@ -50,6 +51,9 @@ pub struct NvmeQueueStats {
     pub unknown_tags: u64,
     /// SQ tail doorbell writes.
     pub doorbells: u64,
+    /// Reads of the interrupt eventfd (one per reap that finds a completion posted, or that
+    /// finds none twice in a row: see `IrqGate`).
+    pub irq_reads: u64,
     /// Re-creations on the device.
     pub restarts: u64,
     /// ABORT commands sent for this queue's commands.
@@ -90,6 +94,8 @@ pub struct NvmeQueue {
     /// One page per slot: the slot's PRP list, or its DSM range.
     pages: MappedRegion,
     irq: Option<EventFd>,
+    /// When a reap reads `irq` ([`IrqGate`]).
+    irq_gate: IrqGate,
     slots: Vec<Slot>,
     free: Vec<u16>,
     /// Requests completed without the device, returned by the next reap.
@@ -152,6 +158,7 @@ impl NvmeQueue {
             cq_iova,
             pages,
             irq,
+            irq_gate: IrqGate::default(),
             slots: vec![Slot::default(); usize::from(usable)],
             free: (0..usable).rev().collect(),
             local: Vec::new(),
@@ -426,6 +433,7 @@ impl NvmeQueue {
                 self.ctrl.registers().write32(self.sq_doorbell, tail);
                 self.last_sq_doorbell = tail;
                 self.stats.doorbells += 1;
+                self.irq_gate.doorbell();
             }
         }
     }
@@ -442,7 +450,11 @@ impl NvmeQueue {
     /// not match a command in flight. Returns how many were added.
     pub fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         if let Some(irq) = &self.irq {
-            irq.clear();
+            // Before popping, so a completion posted after the read signals it again.
+            if self.irq_gate.reads(self.completion_posted()) {
+                irq.clear();
+                self.stats.irq_reads += 1;
+            }
         }
         let mut accepted = 0;
         let mut consumed = false;
@@ -488,6 +500,14 @@ impl NvmeQueue {
         accepted += self.local.len();
         out.append(&mut self.local);
         accepted
+    }
+
+    /// The CQ's head entry carries the expected phase tag (§4.6): the controller has posted
+    /// it. Read as the pop reads it (the status word's low byte, acquire).
+    fn completion_posted(&self) -> bool {
+        let offset = self.cq.head() as usize * size_of::<Cqe>() + CQE_STATUS_OFFSET;
+        let status = self.cq.region().load_u8_acquire(offset);
+        (status & 1 != 0) == self.cq.expected_phase()
     }
 
     /// ABORT (NVMe 1.4 §5.1), through the admin queue, each of `user_tags` that is in flight

@@ -11,6 +11,7 @@ use super::regs;
 use super::regs::doorbell;
 use super::regs::global;
 use super::regs::queue;
+use crate::irq_gate::IrqGate;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::CompletionRing;
 use scst_accel_dma::DmaRegion;
@@ -93,6 +94,9 @@ pub struct QueueStats {
     pub refused: u64,
     /// Doorbell writes.
     pub doorbells: u64,
+    /// Reads of the interrupt eventfd (one per reap that finds a completion posted, or that
+    /// finds none twice in a row: see `IrqGate`).
+    pub irq_reads: u64,
     /// Times the queue was restarted.
     pub restarts: u64,
 }
@@ -138,6 +142,8 @@ pub struct Sca1Queue {
     cq: CompletionRing,
     sgl: MappedRegion,
     irq: Option<EventFd>,
+    /// When a reap reads `irq` ([`IrqGate`]).
+    irq_gate: IrqGate,
     slots: Vec<Slot>,
     free: Vec<u16>,
     /// Submission-ring index -> slot, for descriptors the engine has not consumed yet.
@@ -183,6 +189,7 @@ impl Sca1Queue {
             cq,
             sgl,
             irq,
+            irq_gate: IrqGate::default(),
             slots: vec![Slot::default(); entries as usize],
             free: (0..entries as u16).rev().collect(),
             unconsumed: vec![None; entries as usize],
@@ -324,6 +331,7 @@ impl Sca1Queue {
                 .bar0()
                 .write32(doorbell::sq_tail(self.config.index), tail);
             self.stats.doorbells += 1;
+            self.irq_gate.doorbell();
         }
     }
 
@@ -341,8 +349,16 @@ impl Sca1Queue {
     /// never followed) and it can be that request's completion (see [`Sca1Queue::vet`]).
     /// Returns how many were accepted.
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
+        let posted = self.completion_posted();
         if let Some(irq) = &self.irq {
-            irq.clear();
+            // Before popping, so a completion posted after the read signals it again.
+            if self.irq_gate.reads(posted) {
+                irq.clear();
+                self.stats.irq_reads += 1;
+            }
+        }
+        if !posted {
+            return 0;
         }
         let mut accepted = 0;
         let mut consumed = 0;
@@ -396,6 +412,14 @@ impl Sca1Queue {
             bar.write32(global::INT_STATUS_CLEAR, 1 << self.config.index);
         }
         accepted
+    }
+
+    /// The completion ring's head entry carries the expected phase (§4): the device has posted
+    /// it. Read as the pop reads it (flags byte, acquire).
+    fn completion_posted(&self) -> bool {
+        let offset = self.cq.head() as usize * 16 + 3;
+        let flags = self.cq.region().load_u8_acquire(offset);
+        (flags & super::desc::CQ_PHASE != 0) == self.cq.expected_phase()
     }
 
     /// Take the engine's submission head from a completion (§4) and mark every descriptor it

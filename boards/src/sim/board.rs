@@ -6,7 +6,10 @@
 //! condition variable a function reset waits on for the engines to go idle.
 //!
 //! Locking (docs/locking.md): one mutex guards the register file and every queue's engine state
-//! ([`BoardState`], level `sim.state`); the fault plan has its own (`sim.faults`), never taken
+//! ([`BoardState`], level `sim.state`), except the registers the host writes on every command:
+//! the doorbells are posted and INT_STATUS_CLEAR is an atomic `fetch_and` ([`Posted`]), so a
+//! driver's submission and reap take no simulator lock and never wait for an engine that holds
+//! the state; the fault plan has its own (`sim.faults`), never taken
 //! while holding the state lock; the engine handles have `sim.engines`. No lock is held across
 //! a DMA copy, an interrupt or a thread join: register writes return their
 //! [`Effects`](super::registers::Effects), carried out after unlocking. The simulated IOMMU
@@ -48,7 +51,9 @@ use super::engine;
 use super::fault::Decision;
 use super::fault::FaultPlan;
 use super::medium::Medium;
+use super::registers::doorbell_of;
 use super::registers::BoardState;
+use super::registers::Posted;
 use super::Fault;
 use super::SimConfig;
 use super::SimStats;
@@ -97,6 +102,13 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<BoardState, levels::SimState>,
+    /// Changes made to the state that can end an engine's right to work, counted under the
+    /// state lock (see [`Shared::changed`]).
+    changes: AtomicU64,
+    /// The doorbells and INT_STATUS, written by the host without the state lock.
+    posted: Arc<Posted>,
+    /// Bits of INT_STATUS that name a queue.
+    queue_bits: u32,
     /// Signalled on every change a reset waiter may be waiting for (engines going idle).
     wake: OrderedCondvar,
     /// Each queue's engine thread, woken with `unpark`: by its own queue's doorbells alone,
@@ -117,6 +129,19 @@ impl Shared {
         token: &'a mut LockToken<'_, M>,
     ) -> StateGuard<'a> {
         self.state.lock(token).0
+    }
+
+    /// Count a change that can end an engine's right to work (a register write, a reset, a
+    /// halt, FATAL, device loss). Called with the state lock held, after the change, so an
+    /// engine that reads the old count before its own check under the lock saw the state
+    /// before the change or after it, never a half.
+    pub(crate) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The change count ([`Shared::changed`]).
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// A reset waiter's wait for a change, at most `timeout`.
@@ -142,6 +167,11 @@ impl Shared {
         if let Some(engine) = self.engines.get(q).and_then(OnceLock::get) {
             engine.unpark();
         }
+    }
+
+    /// Wake the function resets waiting for the engines to go idle, and no engine.
+    pub(crate) fn notify_reset_waiters(&self) {
+        self.wake.notify_all();
     }
 
     /// Wake every engine and every reset waiter.
@@ -201,14 +231,29 @@ impl Shared {
         self.faults.lock(token).0.resets_ignored()
     }
 
-    /// A register write from the driver. A soft reset and the interrupts it releases are
-    /// carried out on the same BAR path (no token).
+    /// A register write from the driver. A doorbell is posted and its queue's engine woken,
+    /// INT_STATUS_CLEAR applied at once, both without the state lock ([`Posted`]); a soft
+    /// reset and the interrupts it releases are carried out on the same BAR path (no token).
     #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
         if self.gone() {
             return;
         }
-        let fx = self.lock_for_bar().write32(offset, value, Instant::now());
+        if let Some((q, head)) = doorbell_of(offset, self.engines.len()) {
+            self.posted.post(q, head, value);
+            self.wake_engine(q);
+            return;
+        }
+        if offset == crate::sca1::regs::global::INT_STATUS_CLEAR {
+            self.posted.clear_int_status(value & self.queue_bits);
+            return;
+        }
+        let fx = {
+            let mut st = self.lock_for_bar();
+            let fx = st.write32(offset, value, Instant::now());
+            self.changed();
+            fx
+        };
         if fx.soft_reset {
             // Unchecked: the BAR path, as in `lock_for_bar`.
             let ignored = self.faults.lock_unchecked_at_runtime().resets_ignored();
@@ -243,6 +288,7 @@ impl Shared {
     /// The part of [`Shared::start_reset`] under the state lock, then the wake-up.
     fn apply_reset(&self, mut st: StateGuard<'_>) {
         st.apply_reset();
+        self.changed();
         Counters::add(&self.stats.resets, 1);
         if st.finish_reset_if_idle() {
             log::info!("{}: reset complete", self.id);
@@ -289,12 +335,14 @@ impl Shared {
             Fault::DeviceGone => {
                 self.gone.store(true, Ordering::Release);
                 // Take the lock so no engine misses the flag between its check and its wait.
-                drop(self.lock(&mut token));
+                let _st = self.lock(&mut token);
+                self.changed();
             }
             Fault::Fatal { code } => {
                 let mut st = self.lock(&mut token);
                 st.fatal = true;
                 st.fatal_code = code.max(1);
+                self.changed();
             }
             other => self.faults.lock(&mut token).0.add(other),
         }
@@ -358,6 +406,12 @@ impl SimBoard {
     pub(crate) fn new(id: &str, config: SimConfig, medium: Medium, ctx: SimContext) -> Self {
         let queues = config.queues;
         let state = BoardState::new(config.queues);
+        let posted = state.posted();
+        let queue_bits = if queues >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << queues) - 1
+        };
         Self {
             shared: Arc::new(Shared {
                 id: id.to_owned(),
@@ -367,6 +421,9 @@ impl SimBoard {
                 medium,
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
+                changes: AtomicU64::new(0),
+                posted,
+                queue_bits,
                 wake: OrderedCondvar::new(),
                 engines: (0..queues).map(|_| OnceLock::new()).collect(),
                 gone: AtomicBool::new(false),

@@ -15,6 +15,7 @@
 //! Withheld completions belong to the RUN epoch in which their descriptors ran: once RUN is
 //! cleared or the board resets they are dropped, never posted (see [`Withheld`]).
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::atomic::fence;
 use std::sync::atomic::Ordering;
@@ -148,6 +149,9 @@ struct Engine {
     seen_tags: HashSet<u16>,
     /// Completions withheld by a storm, if any.
     withheld: Option<Withheld>,
+    /// The last check under the lock that found work of this RUN epoch valid, with the
+    /// board's change count read before it ([`Engine::checkpoint`]).
+    checked: Cell<Option<(u64, u64)>>,
 }
 
 /// Body of queue `q`'s engine thread: runs until the board shuts down.
@@ -163,6 +167,7 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
         taken: 0,
         seen_tags: HashSet::new(),
         withheld: None,
+        checked: Cell::new(None),
     };
     log::debug!("{}: engine {q} started", engine.shared.id);
     while let Some(work) = engine.next_work(&mut token) {
@@ -181,6 +186,14 @@ impl Engine {
         self.q as usize
     }
 
+    /// Lock the state, with this queue's posted doorbell writes applied first: every look the
+    /// engine takes at its queue sees the doorbells written before it.
+    fn lock<'a>(&'a self, token: &'a mut Token<'_>) -> StateGuard<'a> {
+        let mut st = self.shared.lock(token);
+        st.apply_posted(self.qi());
+        st
+    }
+
     /// Still allowed to work on `job`?
     fn valid(&self, st: &BoardState, job: &Job) -> bool {
         !self.shared.gone()
@@ -189,9 +202,25 @@ impl Engine {
             && st.queues[self.qi()].epoch == job.epoch
     }
 
+    /// Before each DMA step: is `job` still valid? Without the lock when nothing that can end
+    /// it changed since a check under the lock found it valid: every such change outside the
+    /// engines (a BAR write, a reset, injected FATAL or device loss) bumps the board's change
+    /// count under the lock ([`Shared::changed`](super::board::Shared::changed)), so an
+    /// unchanged count read before that check proves the check still holds; device loss and
+    /// shutdown are read directly. A change that lands right after this check cannot make the
+    /// step unsafe: the host reclaims nothing before BUSY (or SOFT_RESET) reads 0, which
+    /// happens only when this engine lets go of the descriptor, after the step (§6, §7).
     fn checkpoint(&self, token: &mut Token<'_>, job: &Job) -> Step<()> {
-        let st = self.shared.lock(token);
+        if self.shared.gone() || self.shared.stopping() {
+            return Err(Abandoned);
+        }
+        let changes = self.shared.changes();
+        if self.checked.get() == Some((job.epoch, changes)) {
+            return Ok(());
+        }
+        let st = self.lock(token);
         if self.valid(&st, job) {
+            self.checked.set(Some((job.epoch, changes)));
             Ok(())
         } else {
             Err(Abandoned)
@@ -251,7 +280,7 @@ impl Engine {
     fn wait_for_work(&self, token: &mut Token<'_>) -> Next {
         let burst = self.withheld.as_ref().map(|w| (w.job, w.due));
         loop {
-            let st = self.shared.lock(token);
+            let st = self.lock(token);
             if self.shared.stopping() {
                 return Next::Shutdown;
             }
@@ -291,15 +320,22 @@ impl Engine {
         }
     }
 
-    /// Clear BUSY; the last engine to go idle completes a pending reset.
+    /// Clear BUSY; the last engine to go idle completes a pending reset. BUSY going to 0 is
+    /// news only for a function reset waiting on the condition variable; the other engines
+    /// wait for their own doorbells and need waking only when the reset completes (they may
+    /// run again). Waking every engine after every descriptor cost each idle engine a
+    /// wake-up per descriptor of the busy ones.
     fn release(&self, token: &mut Token<'_>) {
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         st.queues[self.qi()].busy = false;
-        if st.finish_reset_if_idle() {
-            log::info!("{}: reset complete", self.shared.id);
-        }
+        let reset_done = st.finish_reset_if_idle();
         drop(st);
-        self.shared.notify();
+        if reset_done {
+            log::info!("{}: reset complete", self.shared.id);
+            self.shared.notify();
+        } else {
+            self.shared.notify_reset_waiters();
+        }
     }
 
     /// Hold `job` until `ready(state)` gives a value (`Some`) or `until` passes (`None`);
@@ -313,7 +349,7 @@ impl Engine {
         ready: impl Fn(&BoardState) -> Option<R>,
     ) -> Step<Option<R>> {
         loop {
-            let st = self.shared.lock(token);
+            let st = self.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
@@ -342,7 +378,7 @@ impl Engine {
             job.index
         );
         while {
-            let st = self.shared.lock(token);
+            let st = self.lock(token);
             st.reset_epoch == job.reset_epoch && !self.shared.gone() && !self.shared.stopping()
         } {
             self.shared.park(IDLE_WAIT);
@@ -353,7 +389,7 @@ impl Engine {
     /// slot's tag cannot be trusted); the model sets INT_STATUS and raises the queue's vector
     /// (unless masked) so a driver that reads Q_STATUS on each interrupt learns of it at once.
     fn halt(&self, token: &mut Token<'_>, job: &Job, error: u8) -> Abandoned {
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Abandoned;
         }
@@ -364,7 +400,8 @@ impl Engine {
             job.index
         );
         st.halt(self.qi(), error, job.index);
-        st.int_status |= 1 << self.q;
+        self.shared.changed();
+        st.set_int_status(self.qi());
         let vector = (st.int_mask & (1 << self.q) == 0).then_some(st.queues[self.qi()].vector);
         drop(st);
         if let Some(vector) = vector {
@@ -409,7 +446,7 @@ impl Engine {
         // Consumed: the slot may be reused once the host sees sq_head move past it.
         let sq_head = (job.index + 1) % job.ring_size;
         {
-            let mut st = self.shared.lock(token);
+            let mut st = self.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
@@ -500,7 +537,7 @@ impl Engine {
         let total = withheld.entries.len();
         let mut unsignalled = 0u32;
         for (posted, (entry, bad_phase)) in withheld.entries.into_iter().enumerate() {
-            if unsignalled > 0 && self.shared.lock(token).queues[self.qi()].cq_full() {
+            if unsignalled > 0 && self.lock(token).queues[self.qi()].cq_full() {
                 self.signal_burst(token, job, unsignalled)?;
                 unsignalled = 0;
             }
@@ -524,7 +561,7 @@ impl Engine {
     /// interrupt whatever INT_COALESCE says, and it also signals any coalesced completions
     /// still waiting for their count or timer. Masked, it is latched as any other interrupt.
     fn signal_burst(&self, token: &mut Token<'_>, job: &Job, count: u32) -> Step<()> {
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
@@ -808,7 +845,7 @@ impl Engine {
         }
         self.write_entry(token, job, addr, &Completion { flags, ..entry })?;
 
-        let mut st = self.shared.lock(token);
+        let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
@@ -821,7 +858,7 @@ impl Engine {
         let vector = match signal {
             Signal::Coalesced => st.note_completion(self.qi(), Instant::now()),
             Signal::Burst => {
-                st.int_status |= 1 << self.q;
+                st.set_int_status(self.qi());
                 None
             }
         };
@@ -851,5 +888,87 @@ impl Engine {
             return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sca1::regs::control;
+    use crate::sca1::regs::global;
+    use crate::sca1::regs::queue;
+    use crate::sim::create_sim_board;
+    use crate::sim::Fault;
+    use crate::sim::SimConfig;
+    use scst_accel_hal::DeviceBacking;
+
+    /// The check before a DMA step skips the lock while nothing changed since a check under
+    /// it; every change that ends the engine's right to work must still be seen at once.
+    #[test]
+    fn a_checkpoint_sees_run_cleared_resets_fatal_and_device_loss() {
+        type Change = fn(&dyn DeviceBacking, &crate::sim::SimHandle);
+        let changes: [(&str, Change); 5] = [
+            ("RUN cleared", |dev, _| {
+                dev.bar0().write32(queue::reg(0, queue::Q_CONTROL), 0);
+            }),
+            ("soft reset", |dev, _| {
+                dev.bar0().write32(global::CONTROL, control::SOFT_RESET);
+            }),
+            ("ENABLE cleared", |dev, _| {
+                dev.bar0().write32(global::CONTROL, 0);
+            }),
+            ("FATAL", |_, sim| sim.inject(Fault::Fatal { code: 7 })),
+            ("device gone", |_, sim| sim.inject(Fault::DeviceGone)),
+        ];
+        for (what, change) in changes {
+            let config = SimConfig {
+                queues: 1,
+                vectors: 0,
+                num_blocks: 1024,
+                ..SimConfig::default()
+            };
+            let (dev, sim) = create_sim_board("ckpt", config).expect("sim board");
+            let bar = dev.bar0();
+            bar.write32(global::CONTROL, control::ENABLE);
+            bar.write64(queue::reg(0, queue::SQ_BASE), 0x10_0000);
+            bar.write64(queue::reg(0, queue::CQ_BASE), 0x20_0000);
+            bar.write32(queue::reg(0, queue::RING_SIZE), 8);
+            bar.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN);
+            // A second view of queue 0's engine, driven by the test thread.
+            let engine = Engine {
+                shared: Arc::clone(sim.shared()),
+                q: 0,
+                taken: 0,
+                seen_tags: HashSet::new(),
+                withheld: None,
+                checked: Cell::new(None),
+            };
+            let mut token = Token::root();
+            let job = {
+                let st = engine.lock(&mut token);
+                Job {
+                    epoch: st.queues[0].epoch,
+                    reset_epoch: st.reset_epoch,
+                    index: 0,
+                    seq: 0,
+                    ring_size: 8,
+                    sq_base: 0x10_0000,
+                    cq_base: 0x20_0000,
+                }
+            };
+            assert!(
+                engine.checkpoint(&mut token, &job).is_ok(),
+                "{what}: valid before"
+            );
+            assert!(
+                engine.checkpoint(&mut token, &job).is_ok(),
+                "{what}: valid, unlocked"
+            );
+            change(dev.as_ref(), &sim);
+            assert!(
+                engine.checkpoint(&mut token, &job).is_err(),
+                "{what}: the next check abandons the job"
+            );
+        }
     }
 }

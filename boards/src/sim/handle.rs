@@ -42,6 +42,12 @@ impl SimHandle {
         Self { shared }
     }
 
+    /// The board's shared state, for the model's own tests.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Inject `fault` now. [`Fault::DeviceGone`] and [`Fault::Fatal`] take effect at once and
     /// are not stored; the others apply to descriptors taken from now on until
     /// [`SimHandle::clear_faults`].

@@ -1,10 +1,16 @@
 //! The SCA-1 register file of the simulated board (accelerator.md §1, §2) and the per-queue
-//! engine state it shares with the engines, all behind one lock in [`Board`](super::board).
+//! engine state it shares with the engines, behind one lock in [`Board`](super::board),
+//! except the registers the host writes on every command ([`Posted`]: the doorbells and
+//! INT_STATUS), which take no lock, so that the driver's I/O path never waits for an engine.
 //!
 //! This module is plain data and decoding: no threads, no DMA. A register write returns the
 //! [`Effects`] the board must carry out after dropping the lock (wake engines, start a reset,
 //! raise vectors), so that no lock is held across an interrupt or a DMA.
 
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -26,6 +32,75 @@ fn bit(on: bool, mask: u32) -> u32 {
         mask
     } else {
         0
+    }
+}
+
+/// Marks a posted doorbell write not yet applied.
+const PENDING: u64 = 1 << 63;
+/// The bits of a queue's RUN stamp carried by a posted doorbell write.
+const STAMP_MASK: u32 = 0x7FFF_FFFF;
+
+/// The registers the host writes on every command, outside the state lock: per queue the two
+/// doorbells, and INT_STATUS.
+///
+/// A doorbell write is posted, as on the bus: its value is stored with the RUN stamp the
+/// queue had when it was written (`epoch << 1 | RUN`, published by the state at every RUN
+/// change and reset), and the queue's engine applies it at its next look at the state
+/// ([`BoardState::apply_posted`]), where a write made while RUN was 0, or under another RUN
+/// epoch, or out of the ring's range, is ignored as it always was. One slot per doorbell,
+/// holding the newest write: a tail or head register keeps only its last value, so the
+/// slot is bounded and nothing the engine needs is lost. INT_STATUS is an atomic the engines
+/// set (`fetch_or`) and the host's INT_STATUS_CLEAR clears (`fetch_and`).
+#[derive(Debug)]
+pub(crate) struct Posted {
+    queues: Vec<PostedQueue>,
+    /// INT_STATUS.
+    int_status: AtomicU32,
+}
+
+#[derive(Debug, Default)]
+struct PostedQueue {
+    /// The queue's RUN stamp as last published.
+    run_stamp: AtomicU64,
+    /// The newest SQ_TAIL write not yet applied (`PENDING | stamp << 32 | value`), or 0.
+    sq_tail: AtomicU64,
+    /// The newest CQ_HEAD write not yet applied, likewise.
+    cq_head: AtomicU64,
+}
+
+impl PostedQueue {
+    fn doorbell(&self, head: bool) -> &AtomicU64 {
+        if head {
+            &self.cq_head
+        } else {
+            &self.sq_tail
+        }
+    }
+}
+
+impl Posted {
+    fn new(queues: usize) -> Self {
+        Self {
+            queues: (0..queues).map(|_| PostedQueue::default()).collect(),
+            int_status: AtomicU32::new(0),
+        }
+    }
+
+    /// A doorbell write of queue `q` (CQ_HEAD when `head`): posted with the queue's RUN stamp.
+    pub(crate) fn post(&self, q: usize, head: bool, value: u32) {
+        let Some(pq) = self.queues.get(q) else {
+            return;
+        };
+        let stamp = (pq.run_stamp.load(Ordering::Acquire) as u32) & STAMP_MASK;
+        pq.doorbell(head).store(
+            PENDING | (u64::from(stamp) << 32) | u64::from(value),
+            Ordering::Release,
+        );
+    }
+
+    /// INT_STATUS_CLEAR (W1C).
+    pub(crate) fn clear_int_status(&self, bits: u32) {
+        self.int_status.fetch_and(!bits, Ordering::AcqRel);
     }
 }
 
@@ -53,13 +128,13 @@ pub(crate) struct QueueState {
     /// Bumped by every RUN change and reset: an engine holding a descriptor taken under an
     /// older epoch abandons it.
     pub epoch: u64,
-    /// Last SQ_TAIL doorbell.
+    /// Last SQ_TAIL doorbell applied ([`Posted`]).
     pub sq_tail: u32,
     /// Engine's submission head.
     pub sq_head: u32,
     /// Sequence number the next descriptor must carry (§3).
     pub seq: u32,
-    /// Last CQ_HEAD doorbell.
+    /// Last CQ_HEAD doorbell applied ([`Posted`]).
     pub cq_head: u32,
     /// Next completion slot.
     pub cq_tail: u32,
@@ -90,6 +165,11 @@ impl QueueState {
         self.coalesced = 0;
         self.first_pending = None;
         self.latched = false;
+    }
+
+    /// The RUN stamp posted doorbell writes are checked against.
+    fn run_stamp(&self) -> u64 {
+        (self.epoch << 1) | u64::from(self.run)
     }
 
     /// A completion ring with one free slot short of full: the engine keeps one slot empty so
@@ -124,8 +204,8 @@ pub(crate) struct BoardState {
     pub fatal: bool,
     /// FATAL_CODE.
     pub fatal_code: u32,
-    /// INT_STATUS.
-    pub int_status: u32,
+    /// The doorbells and INT_STATUS, shared with the BAR path outside the lock.
+    posted: Arc<Posted>,
     /// INT_MASK.
     pub int_mask: u32,
     /// INT_COALESCE.
@@ -151,7 +231,7 @@ impl BoardState {
             resetting: false,
             fatal: false,
             fatal_code: 0,
-            int_status: 0,
+            posted: Arc::new(Posted::new(queues as usize)),
             int_mask: queue_bits,
             int_coalesce: 0,
             reset_epoch: 0,
@@ -172,7 +252,7 @@ impl BoardState {
         self.resetting = true;
         self.fatal = false;
         self.fatal_code = 0;
-        self.int_status = 0;
+        self.posted.int_status.store(0, Ordering::Release);
         self.int_mask = self.queue_bits;
         self.int_coalesce = 0;
         self.reset_epoch += 1;
@@ -185,6 +265,67 @@ impl BoardState {
                 ..QueueState::default()
             };
         }
+        for q in 0..self.queues.len() {
+            self.publish_run(q);
+        }
+    }
+
+    /// The registers kept outside the lock ([`Posted`]).
+    pub(crate) fn posted(&self) -> Arc<Posted> {
+        Arc::clone(&self.posted)
+    }
+
+    /// Publish queue `q`'s RUN stamp: after every change of its RUN bit or epoch.
+    fn publish_run(&self, q: usize) {
+        self.posted.queues[q]
+            .run_stamp
+            .store(self.queues[q].run_stamp(), Ordering::Release);
+    }
+
+    /// Apply queue `q`'s posted doorbell writes (its engine calls this at every look at the
+    /// state). A write made while RUN was 0 or under another RUN epoch, or beyond the ring,
+    /// is ignored (§2: a doorbell of a stopped queue does nothing).
+    pub(crate) fn apply_posted(&mut self, q: usize) {
+        let Some(pq) = self.posted.queues.get(q) else {
+            return;
+        };
+        for head in [false, true] {
+            let slot = pq.doorbell(head);
+            if slot.load(Ordering::Relaxed) & PENDING == 0 {
+                continue;
+            }
+            let word = slot.swap(0, Ordering::Acquire);
+            if word & PENDING == 0 {
+                continue;
+            }
+            let stamp = ((word >> 32) as u32) & STAMP_MASK;
+            let value = word as u32;
+            let qs = &mut self.queues[q];
+            let current = (qs.run_stamp() as u32) & STAMP_MASK;
+            if stamp != current || stamp & 1 == 0 || value >= qs.ring_size {
+                log::warn!(
+                    "sim: queue {q} doorbell {value} ignored (RUN={}, ring {}, written {})",
+                    qs.run,
+                    qs.ring_size,
+                    if stamp == current {
+                        "in this RUN epoch"
+                    } else {
+                        "in another RUN epoch"
+                    }
+                );
+                continue;
+            }
+            if head {
+                qs.cq_head = value;
+            } else {
+                qs.sq_tail = value;
+            }
+        }
+    }
+
+    /// Set INT_STATUS bit `q`.
+    pub(crate) fn set_int_status(&self, q: usize) {
+        self.posted.int_status.fetch_or(1 << q, Ordering::AcqRel);
     }
 
     /// Any engine holds a descriptor (STATUS.BUSY).
@@ -231,7 +372,7 @@ impl BoardState {
     /// Queue `q` posted a completion at `now` (§9): set INT_STATUS bit q, count it for
     /// coalescing, and return the vector to raise if an interrupt is now due.
     pub(crate) fn note_completion(&mut self, q: usize, now: Instant) -> Option<u32> {
-        self.int_status |= 1 << q;
+        self.set_int_status(q);
         let qs = &mut self.queues[q];
         qs.coalesced += 1;
         qs.first_pending.get_or_insert(now);
@@ -300,7 +441,7 @@ impl BoardState {
                     | bit(self.resetting, status::RESETTING)
             }
             global::FATAL_CODE => self.fatal_code,
-            global::INT_STATUS => self.int_status,
+            global::INT_STATUS => self.posted.int_status.load(Ordering::Acquire),
             global::INT_MASK => self.int_mask,
             global::INT_COALESCE => self.int_coalesce,
             // Write-only aliases, doorbells and holes read 0 (reserved bits read 0).
@@ -321,20 +462,9 @@ impl BoardState {
             return fx;
         }
         if let Some((q, head)) = self.doorbell(offset) {
-            let qs = &mut self.queues[q];
-            if !qs.run || value >= qs.ring_size {
-                log::warn!(
-                    "sim: queue {q} doorbell {value} ignored (RUN={}, ring {})",
-                    qs.run,
-                    qs.ring_size
-                );
-                return fx;
-            }
-            if head {
-                qs.cq_head = value;
-            } else {
-                qs.sq_tail = value;
-            }
+            // The board posts doorbells before taking the lock; a write that reaches here
+            // (the model's own tests) is posted the same way.
+            self.posted.post(q, head, value);
             fx.wake_queue = Some(q);
             return fx;
         }
@@ -347,7 +477,7 @@ impl BoardState {
                 self.enable = value & control::ENABLE != 0;
                 fx.wake = true;
             }
-            global::INT_STATUS_CLEAR => self.int_status &= !(value & self.queue_bits),
+            global::INT_STATUS_CLEAR => self.posted.clear_int_status(value & self.queue_bits),
             global::INT_MASK_SET => self.int_mask |= value & self.queue_bits,
             global::INT_MASK_CLEAR => {
                 let cleared = value & self.queue_bits;
@@ -401,6 +531,7 @@ impl BoardState {
                     qs.run = false;
                     qs.epoch += 1;
                 }
+                self.publish_run(q);
                 fx.wake = true;
             }
             queue::Q_VECTOR => qs.vector = value,
@@ -434,16 +565,21 @@ impl BoardState {
 
     /// `(queue, is CQ_HEAD)` for a doorbell offset.
     fn doorbell(&self, offset: u64) -> Option<(usize, bool)> {
-        let rel = offset.checked_sub(doorbell::BASE)?;
-        let q = usize::try_from(rel / doorbell::STRIDE).ok()?;
-        if q >= self.queues.len() {
-            return None;
-        }
-        match rel % doorbell::STRIDE {
-            0 => Some((q, false)),
-            0x1000 => Some((q, true)),
-            _ => None,
-        }
+        doorbell_of(offset, self.queues.len())
+    }
+}
+
+/// `(queue, is CQ_HEAD)` for a doorbell offset of a board with `queues` queues.
+pub(crate) fn doorbell_of(offset: u64, queues: usize) -> Option<(usize, bool)> {
+    let rel = offset.checked_sub(doorbell::BASE)?;
+    let q = usize::try_from(rel / doorbell::STRIDE).ok()?;
+    if q >= queues {
+        return None;
+    }
+    match rel % doorbell::STRIDE {
+        0 => Some((q, false)),
+        0x1000 => Some((q, true)),
+        _ => None,
     }
 }
 
@@ -476,6 +612,40 @@ mod tests {
         assert!(st.finish_reset_if_idle());
         assert_eq!(st.read32(&config, global::CONTROL), 0);
         assert_eq!(st.read32(&config, global::STATUS), 0);
+    }
+
+    /// Posted doorbells are applied lazily, at the engine's next look; a write made while RUN
+    /// was 0 carries that RUN epoch and stays ignored after RUN is set again, and a write of
+    /// the running queue is applied, the newest one winning.
+    #[test]
+    fn a_posted_doorbell_applies_only_in_the_run_epoch_it_was_written_in() {
+        let now = Instant::now();
+        let mut st = BoardState::new(1);
+        st.write32(global::CONTROL, control::ENABLE, now);
+        st.write32(queue::reg(0, queue::SQ_BASE), 0x1000, now);
+        st.write32(queue::reg(0, queue::CQ_BASE), 0x2000, now);
+        st.write32(queue::reg(0, queue::RING_SIZE), 8, now);
+        // Stopped: the write is posted, then RUN is set before the engine looks.
+        st.write32(doorbell::sq_tail(0), 3, now);
+        st.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN, now);
+        st.apply_posted(0);
+        assert_eq!(st.queues[0].sq_tail, 0, "written while stopped: ignored");
+        // Running: applied, the newest write of each doorbell.
+        st.write32(doorbell::sq_tail(0), 2, now);
+        st.write32(doorbell::sq_tail(0), 5, now);
+        st.write32(doorbell::cq_head(0), 1, now);
+        st.apply_posted(0);
+        assert_eq!((st.queues[0].sq_tail, st.queues[0].cq_head), (5, 1));
+        // Beyond the ring: ignored.
+        st.write32(doorbell::sq_tail(0), 8, now);
+        st.apply_posted(0);
+        assert_eq!(st.queues[0].sq_tail, 5);
+        // Written, then RUN cleared and set again before the engine looks: ignored.
+        st.write32(doorbell::sq_tail(0), 6, now);
+        st.write32(queue::reg(0, queue::Q_CONTROL), 0, now);
+        st.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN, now);
+        st.apply_posted(0);
+        assert_eq!(st.queues[0].sq_tail, 0, "a write of an earlier RUN epoch");
     }
 
     #[test]

@@ -507,15 +507,21 @@ impl Worker {
         };
         let doorbell = self.shared.doorbells.get(self.index);
         let fd = Some(self.shared.fd.poll_fd()).filter(|_| fetching);
-        let fds: Vec<BorrowedFd<'_>> = fd
+        // At most three fds, in a fixed array: no allocation per wait.
+        let mut fds: [BorrowedFd<'_>; 3] = [self.shared.fd.poll_fd(); 3];
+        let mut count = 0;
+        for polled in fd
             .into_iter()
             .chain(self.queue.notify_fd())
             .chain(doorbell.map(AsFd::as_fd))
-            .collect();
+        {
+            fds[count] = polled;
+            count += 1;
+        }
         if idle {
             self.shared.liveness.beat_until(self.index, bound);
         }
-        match poll_readable(&fds, bound) {
+        match poll_readable(&fds[..count], bound) {
             Ok(ready) => self.fd_said_ready = fetching && ready.first().copied().unwrap_or(false),
             Err(e) => {
                 log::warn!("poll on the scst_user fd failed: {e}");

@@ -224,7 +224,74 @@ struct Child {
     fua: bool,
     lba: u64,
     length: u32,
-    segments: Vec<(u64, u32)>,
+    segments: Segments,
+}
+
+/// A device request's data pieces. One piece, the common case (every request up to
+/// [`SGL_SEGMENT`]: a single inline address on the device), is held inline, so a request that
+/// fits one descriptor costs no allocation; none is an empty list, which does not allocate
+/// either.
+#[derive(Clone, Debug)]
+enum Segments {
+    One([(u64, u32); 1]),
+    List(Vec<(u64, u32)>),
+}
+
+impl Segments {
+    /// No data (FLUSH, WRITE ZEROES, DEALLOCATE).
+    const NONE: Segments = Segments::List(Vec::new());
+
+    /// `len` bytes from `iova`, in pieces of at most [`SGL_SEGMENT`].
+    fn of(iova: u64, len: usize) -> Self {
+        if len > 0 && len <= SGL_SEGMENT {
+            Segments::One([(iova, len as u32)])
+        } else {
+            Segments::List(split_for_device(iova, len, SGL_SEGMENT))
+        }
+    }
+
+    fn as_slice(&self) -> &[(u64, u32)] {
+        match self {
+            Segments::One(one) => one,
+            Segments::List(list) => list,
+        }
+    }
+}
+
+/// The device requests of one store request. The first is held inline: a store request that
+/// becomes one device request (the single-descriptor fast path: every READ and WRITE up to
+/// the transfer limit) allocates nothing to be planned.
+#[derive(Debug, Default)]
+struct Children {
+    first: Option<Child>,
+    rest: Vec<Child>,
+}
+
+impl Children {
+    fn push(&mut self, child: Child) {
+        if self.first.is_none() {
+            self.first = Some(child);
+        } else {
+            self.rest.push(child);
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+impl IntoIterator for Children {
+    type Item = Child;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Child>, std::vec::IntoIter<Child>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
 }
 
 /// For Compare: the command's data and the scratch buffer the medium is read into.
@@ -313,7 +380,7 @@ impl AccelQueue {
 
     /// Split a store request into device requests; `pattern` is the expanded WRITE SAME
     /// pattern when the device cannot repeat a block through a scatter list.
-    fn plan(&self, req: &StoreRequest, pattern: Option<&IoBuffer>) -> Result<Vec<Child>, StoreStatus> {
+    fn plan(&self, req: &StoreRequest, pattern: Option<&IoBuffer>) -> Result<Children, StoreStatus> {
         let bs = self.bs();
         let max_blocks = u64::from(self.info.max_transfer_blocks);
         let in_range = |lba: u64, blocks: u64| {
@@ -328,7 +395,7 @@ impl AccelQueue {
             }
             Ok((iova, buf))
         };
-        let child = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, segments: Vec<(u64, u32)>| Child {
+        let child = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, segments: Segments| Child {
             parent: req.tag,
             op,
             fua,
@@ -336,16 +403,16 @@ impl AccelQueue {
             length: (blocks * bs) as u32,
             segments,
         };
-        let split = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, iova: Option<u64>| -> Vec<Child> {
-            let mut out = Vec::new();
+        let split = |op: DeviceOp, fua: bool, lba: u64, blocks: u64, iova: Option<u64>| -> Children {
+            let mut out = Children::default();
             let mut done = 0;
             while done < blocks {
                 let n = (blocks - done).min(max_blocks);
                 // Large transfers go to the device as scatter lists of SGL_SEGMENT pieces
                 // (accelerator.md §3); a small one is a single inline address.
-                let segments = iova
-                    .map(|base| split_for_device(base + done * bs, (n * bs) as usize, SGL_SEGMENT))
-                    .unwrap_or_default();
+                let segments = iova.map_or(Segments::NONE, |base| {
+                    Segments::of(base + done * bs, (n * bs) as usize)
+                });
                 out.push(child(op, fua, lba + done, n, segments));
                 done += n;
             }
@@ -372,15 +439,15 @@ impl AccelQueue {
                 }
                 let (iova, _) = buffer_iova(bs)?;
                 let per = write_same_chunk(self.info);
-                let mut out = Vec::new();
+                let mut out = Children::default();
                 let mut done = 0;
                 while done < blocks {
                     let n = (blocks - done).min(per);
                     let segments = match pattern.and_then(IoBuffer::iova) {
                         // The pattern expanded in scratch memory, shared by every chunk.
-                        Some(expanded) => vec![(expanded, (n * bs) as u32)],
+                        Some(expanded) => Segments::One([(expanded, (n * bs) as u32)]),
                         // One scatter list repeats the pattern block (accelerator.md §3).
-                        None => vec![(iova, bs as u32); n as usize],
+                        None => Segments::List(vec![(iova, bs as u32); n as usize]),
                     };
                     out.push(child(DeviceOp::Write, false, lba + done, n, segments));
                     done += n;
@@ -404,22 +471,28 @@ impl AccelQueue {
                 Ok(split(op, false, *lba, blocks, None))
             }
             StoreOp::Unmap { ranges } => {
-                let mut out = Vec::new();
+                let mut out = Children::default();
                 for &(lba, blocks) in ranges.iter() {
                     if !in_range(lba, u64::from(blocks)) {
                         return Err(StoreStatus::OutOfRange);
                     }
-                    out.extend(split(DeviceOp::Deallocate, false, lba, u64::from(blocks), None));
+                    split(DeviceOp::Deallocate, false, lba, u64::from(blocks), None)
+                        .into_iter()
+                        .for_each(|c| out.push(c));
                 }
                 Ok(out)
             }
-            StoreOp::Flush => Ok(vec![child(DeviceOp::Flush, false, 0, 0, Vec::new())]),
+            StoreOp::Flush => {
+                let mut out = Children::default();
+                out.push(child(DeviceOp::Flush, false, 0, 0, Segments::NONE));
+                Ok(out)
+            }
             // Not offered on boards (reports_lba_status = false): the engine never sends it.
             StoreOp::LbaStatus { .. } => Err(StoreStatus::InvalidRequest),
             // SCA-1 1.0 has no media verify: VERIFY with BYTCHK 0 checks the range only.
             StoreOp::Verify { lba, blocks } => {
                 if in_range(*lba, u64::from(*blocks)) {
-                    Ok(Vec::new())
+                    Ok(Children::default())
                 } else {
                     Err(StoreStatus::OutOfRange)
                 }
@@ -545,7 +618,7 @@ impl AccelQueue {
                 fua: c.fua,
                 lba: c.lba,
                 length: c.length,
-                segments: &c.segments,
+                segments: c.segments.as_slice(),
             };
             match self.queue.submit(&request) {
                 Ok(()) => {

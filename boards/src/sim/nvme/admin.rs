@@ -78,6 +78,7 @@ fn create_cq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
         phase: true,
         vector,
         ien,
+        reserved: 0,
     });
     log::debug!(
         "{}: created CQ {qid} ({size} entries, vector {vector}, IEN {ien})",
@@ -130,16 +131,24 @@ fn delete_cq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     Ok(Reply::Done(0))
 }
 
-/// Delete I/O Submission Queue (§5.6). Commands are executed one at a time as they are
-/// fetched, so none of this queue's is outstanding (commands dropped by a never-complete fault
-/// stay unanswered, as on a controller that lost them).
+/// Delete I/O Submission Queue (§5.6). The queue's worker executes its commands one at a
+/// time as it fetches them, so at most one is outstanding: the deletion completes once that
+/// one is complete (posted, or dropped by a reset), so the host may reclaim the queue's
+/// buffers when it sees this completion. Commands dropped by a never-complete fault stay
+/// unanswered, as on a controller that lost them.
 fn delete_sq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let qid = sqe.cdw10 as u16;
     let mut st = exec.lock_valid(token)?;
     if qid == 0 || st.sqs.get(usize::from(qid)).is_none_or(Option::is_none) {
         return Err(status::INVALID_QUEUE_IDENTIFIER.into());
     }
+    // No further fetch from it...
     st.sqs[usize::from(qid)] = None;
+    // ...and the one its worker holds finishes first. Each wait is bounded and the job is
+    // re-checked after it: a reset, device loss or shutdown abandons this command instead.
+    while st.busy[usize::from(qid)] {
+        st = exec.wait_valid(st)?;
+    }
     Ok(Reply::Done(0))
 }
 

@@ -1,11 +1,11 @@
 //! The simulated NVMe controller: the [`SimModel`] behind a
 //! [`SimDevice`](scst_accel_hal::sim::SimDevice), owning the register file, the namespace's
-//! medium, the fault plan and the worker thread.
+//! medium, the fault plan and the worker threads (one per submission queue).
 //!
 //! Locking (docs/locking.md): the levels of the SCA-1 simulator are reused with the same
 //! meaning, since both are simulated boards and never nest with each other: the controller
 //! state (`sim.state`) guards registers and queues; the fault plan (`sim.faults`) is never
-//! taken under it; the worker's join handle has `sim.engines`; the medium has `sim.medium`.
+//! taken under it; the workers' join handles have `sim.engines`; the medium has `sim.medium`.
 //! No lock is held across a DMA copy, an interrupt, a sleep or a join.
 //!
 //! Locks are taken with a [`LockToken`] wherever one can reach: the worker makes its root at
@@ -14,9 +14,11 @@
 //! no checked lock). The register access a driver makes under its own lock on every command,
 //! a doorbell write (the NVMe driver's admin queue rings its doorbells under `nvme.admin`),
 //! takes no lock here: doorbells are posted writes ([`Posted`]), queued without a lock and
-//! applied, in order, by the next holder of the state lock, and the write wakes the worker with
-//! `unpark` (a wake-up that cannot be lost, unlike a condition variable notified without its
-//! mutex). Other BAR accesses take the state lock checked at run time only (`lock_for_bar`):
+//! applied, in order, by the next holder of the state lock, and the write wakes the worker of
+//! that queue with `unpark` (a wake-up that cannot be lost, unlike a condition variable
+//! notified without its mutex): an SQ tail doorbell its SQ's worker, a CQ head doorbell the
+//! workers stalled on a full CQ ([`Shared::mark_stalled`]), an invalid one the admin worker
+//! (it may owe an asynchronous event). Other BAR accesses take the state lock checked at run time only (`lock_for_bar`):
 //! they arrive through the `RegisterIo` trait object with no token, possibly under a driver's
 //! lock (an MMIO access is not a blocking call; diag reads a spare queue's registers under
 //! `accel.spare_queues`).
@@ -116,13 +118,19 @@ pub(crate) struct Shared {
     /// Counters.
     pub stats: Counters,
     state: OrderedMutex<ControllerState, levels::SimState>,
+    /// The state's epoch, published at every change: a worker's check before a DMA step
+    /// reads it without the lock.
+    epoch: Arc<AtomicU64>,
     /// Doorbell writes not yet applied to `state`.
     posted: Posted,
-    /// Signalled when the worker lets go of a command (a function reset waits for it).
+    /// Signalled when a worker lets go of a command (a function reset and an SQ deletion
+    /// wait for it).
     wake: OrderedCondvar,
-    /// The worker thread, woken with `unpark` on every change it may be waiting for (set by
-    /// the worker itself before it first looks at the state, so no wake-up is lost).
-    worker: OnceLock<Thread>,
+    /// Worker w's thread (SQ w), woken with `unpark` on every change it may be waiting for
+    /// (set by the worker itself before it first looks at the state, so no wake-up is lost).
+    workers: Vec<OnceLock<Thread>>,
+    /// Per worker: it has commands but their CQ is full; a CQ head doorbell wakes it.
+    stalled: Vec<AtomicBool>,
     faults: OrderedMutex<FaultPlan, levels::SimFaults>,
     gone: AtomicBool,
     stopping: AtomicBool,
@@ -154,7 +162,8 @@ impl Shared {
     }
 
     /// Apply the posted doorbell writes to `st`, each at the time it was written. Their
-    /// wake-up was already given by the writer ([`Shared::ring`]).
+    /// wake-up was already given by the writer ([`Shared::ring`]), except an invalid one's
+    /// asynchronous event, which is the admin worker's to post.
     fn apply_posted(&self, st: &mut ControllerState) {
         for (offset, value, at) in self.posted.rx.try_iter() {
             st.tick(at);
@@ -162,11 +171,15 @@ impl Shared {
             if fx.invalid_doorbell {
                 Counters::add(&self.stats.invalid_doorbell_writes);
             }
+            if fx.invalid_doorbell && fx.wake {
+                // An unpark, not a blocking call: allowed under the state lock.
+                self.wake_worker(0);
+            }
         }
     }
 
-    /// Wait (as the function reset does) for the worker to signal a change, at most `timeout`.
-    fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
+    /// Wait (as the function reset does) for a worker to signal a change, at most `timeout`.
+    pub(crate) fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
         let mut st = self.wake.wait_timeout(guard, timeout).0;
         self.apply_posted(&mut st);
         st.tick(Instant::now());
@@ -179,30 +192,83 @@ impl Shared {
         locks::blocking("the NVMe worker's park", || std::thread::park_timeout(timeout));
     }
 
-    /// Wake the worker and every reset waiter.
+    /// Wake every worker and every waiter of the condition variable (a change of the whole
+    /// controller: CC, a fault, a reset, shutdown).
     pub(crate) fn notify(&self) {
         self.wake.notify_all();
-        self.wake_worker();
+        for w in 0..self.workers.len() {
+            self.wake_worker(w);
+        }
     }
 
-    fn wake_worker(&self) {
-        if let Some(worker) = self.worker.get() {
+    /// A worker let go of its command: wake the resets and SQ deletions waiting for that, and
+    /// the workers stalled on a full CQ (a promised slot may be free again). Not the others:
+    /// they wait for their own doorbells.
+    pub(crate) fn released(&self) {
+        self.wake.notify_all();
+        self.wake_stalled();
+    }
+
+    fn wake_worker(&self, w: usize) {
+        if let Some(worker) = self.workers.get(w).and_then(OnceLock::get) {
             worker.unpark();
         }
     }
 
-    /// Called by the worker at the top of its thread, before it first looks at the state.
-    pub(crate) fn register_worker(&self) {
-        let _ = self.worker.set(std::thread::current());
+    fn wake_stalled(&self) {
+        for (w, stalled) in self.stalled.iter().enumerate() {
+            if stalled.load(Ordering::SeqCst) {
+                self.wake_worker(w);
+            }
+        }
     }
 
-    /// A doorbell write: posted, then the worker woken. Takes no lock, so a driver may ring a
+    /// Worker `w` publishes whether it is stalled on a full CQ, before it parks. Returns true
+    /// when a doorbell was posted since its last look at the state (it looks again instead of
+    /// parking). The flag is stored before that check and [`Shared::ring`] loads it after its
+    /// send, both sequentially consistent: either the worker sees the doorbell or the writer
+    /// sees the flag and unparks it (an unpark before the park makes the park return).
+    pub(crate) fn mark_stalled(&self, w: usize, stalled: bool) -> bool {
+        let Some(flag) = self.stalled.get(w) else {
+            return false;
+        };
+        flag.store(stalled, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        stalled && !self.posted.rx.is_empty()
+    }
+
+    /// Called by worker `w` at the top of its thread, before it first looks at the state.
+    pub(crate) fn register_worker(&self, w: usize) {
+        if let Some(slot) = self.workers.get(w) {
+            let _ = slot.set(std::thread::current());
+        }
+    }
+
+    /// A doorbell write: posted, then the worker it concerns woken (an SQ tail doorbell: that
+    /// SQ's worker; a CQ head doorbell: the workers stalled on a full CQ; a doorbell of no
+    /// queue: the admin worker, which reports it). Takes no lock, so a driver may ring a
     /// doorbell while holding its own (the NVMe driver's admin queue does, under `nvme.admin`).
     fn ring(&self, offset: u64, value: u32) {
         Counters::add(&self.stats.doorbell_writes);
         // The receiver lives as long as `self`, so the send cannot fail.
         let _ = self.posted.tx.send((offset, value, Instant::now()));
-        self.wake_worker();
+        // CAP.DSTRD = 0: SQ y's tail doorbell at 2y, CQ y's head doorbell at 2y + 1 (§3.1.24).
+        let index = ((offset - reg::DOORBELLS) / 4) as usize;
+        let qid = index / 2;
+        if qid >= self.workers.len() {
+            self.wake_worker(0);
+        } else if index.is_multiple_of(2) {
+            self.wake_worker(qid);
+        } else {
+            // Sequentially consistent after the send: see `mark_stalled`.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.wake_stalled();
+        }
+    }
+
+    /// The controller epoch as last published (every enable and reset bumps it).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The device was removed ([`NvmeFault::Gone`]).
@@ -261,7 +327,7 @@ impl Shared {
     }
 
     /// Function reset: a controller reset with every register back to its reset value, then
-    /// wait (bounded) until the worker holds no command, so no DMA follows the return.
+    /// wait (bounded) until no worker holds a command, so no DMA follows the return.
     #[track_caller]
     fn function_reset(&self) {
         let mut token = LockToken::root();
@@ -272,11 +338,11 @@ impl Shared {
         }
         self.notify();
         let deadline = Instant::now() + RESET_BOUND;
-        while st.busy {
+        while st.any_busy() {
             let now = Instant::now();
             if now >= deadline {
                 log::error!(
-                    "{}: the worker still holds a command {RESET_BOUND:?} after a function reset",
+                    "{}: a worker still holds a command {RESET_BOUND:?} after a function reset",
                     self.id
                 );
                 return;
@@ -297,7 +363,7 @@ impl Shared {
         match fault {
             NvmeFault::Gone => {
                 self.gone.store(true, Ordering::Release);
-                // The worker reads the flag before it parks and `notify` below unparks it, so
+                // The workers read the flag before they park and `notify` below unparks them, so
                 // it cannot sleep past it; the lock orders it with checks made under the lock.
                 drop(self.lock(&mut token));
             }
@@ -360,14 +426,16 @@ impl Shared {
 /// The model handed to the SimDevice.
 pub(crate) struct NvmeController {
     shared: Arc<Shared>,
-    worker: OrderedMutex<Option<JoinHandle<()>>, levels::SimEngines>,
+    workers: OrderedMutex<Vec<JoinHandle<()>>, levels::SimEngines>,
 }
 
 impl NvmeController {
     /// A controller in its power-on state; nothing runs until [`NvmeController::start`].
     pub(crate) fn new(id: &str, config: NvmeSimConfig, medium: Medium, ctx: SimContext) -> Self {
         let config = config.with_device_ids();
+        let queues = config.queues;
         let state = ControllerState::new(&config);
+        let epoch = state.published_epoch();
         Self {
             shared: Arc::new(Shared {
                 id: id.to_owned(),
@@ -377,14 +445,17 @@ impl NvmeController {
                 medium,
                 stats: Counters::default(),
                 state: OrderedMutex::new(state),
+                epoch,
                 posted: Posted::new(),
                 wake: OrderedCondvar::new(),
-                worker: OnceLock::new(),
+                // Worker w serves SQ w: the admin queue and every I/O queue.
+                workers: (0..=queues).map(|_| OnceLock::new()).collect(),
+                stalled: (0..=queues).map(|_| AtomicBool::new(false)).collect(),
                 faults: OrderedMutex::new(FaultPlan::default()),
                 gone: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
             }),
-            worker: OrderedMutex::new(None),
+            workers: OrderedMutex::new(Vec::new()),
         }
     }
 
@@ -393,10 +464,10 @@ impl NvmeController {
         Arc::clone(&self.shared)
     }
 
-    /// Start the worker thread.
+    /// Start the worker threads, one per submission queue.
     ///
     /// # Errors
-    /// The errno of thread creation.
+    /// The errno of thread creation; workers already started run until shutdown.
     ///
     /// # Panics
     /// In debug and test builds, when the caller holds a checked lock (it is called once, by
@@ -404,11 +475,14 @@ impl NvmeController {
     #[track_caller]
     pub(crate) fn start(&self) -> std::io::Result<()> {
         let mut token = LockToken::root();
-        let shared = Arc::clone(&self.shared);
-        let handle = std::thread::Builder::new()
-            .name(format!("{}-nvme", self.shared.id))
-            .spawn(move || worker::run(shared))?;
-        *self.worker.lock(&mut token).0 = Some(handle);
+        let (mut workers, _) = self.workers.lock(&mut token);
+        for w in 0..self.shared.workers.len() {
+            let shared = Arc::clone(&self.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-nvme{w}", self.shared.id))
+                .spawn(move || worker::run(shared, w))?;
+            workers.push(handle);
+        }
         Ok(())
     }
 }
@@ -455,38 +529,37 @@ impl SimModel for NvmeController {
             drop(self.shared.state.lock_unchecked_at_runtime());
             self.shared.notify();
             // Unchecked: as above.
-            let handle = self.worker.lock_unchecked_at_runtime().take();
-            self.join_worker(handle);
+            let handles = std::mem::take(&mut *self.workers.lock_unchecked_at_runtime());
+            self.join_workers(handles);
             return;
         }
         let mut token = LockToken::root();
         drop(self.shared.lock(&mut token));
         self.shared.notify();
-        let handle = self.worker.lock(&mut token).0.take();
-        self.join_worker(handle);
+        let handles = std::mem::take(&mut *self.workers.lock(&mut token).0);
+        self.join_workers(handles);
     }
 }
 
 impl NvmeController {
-    /// Join the worker, bounded by [`JOIN_BOUND`]; a worker that does not stop is left
-    /// detached (logged).
-    fn join_worker(&self, handle: Option<JoinHandle<()>>) {
-        let Some(handle) = handle else {
-            return;
-        };
+    /// Join the workers, bounded by [`JOIN_BOUND`] for all of them; a worker that does not
+    /// stop is left detached (logged).
+    fn join_workers(&self, handles: Vec<JoinHandle<()>>) {
         let deadline = Instant::now() + JOIN_BOUND;
-        while !handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if !handle.is_finished() {
-            log::error!(
-                "{}: the worker did not stop within {JOIN_BOUND:?}; left detached",
-                self.shared.id
-            );
-            return;
-        }
-        if handle.join().is_err() {
-            log::error!("{}: the worker thread panicked", self.shared.id);
+        for handle in handles {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !handle.is_finished() {
+                log::error!(
+                    "{}: a worker did not stop within {JOIN_BOUND:?}; left detached",
+                    self.shared.id
+                );
+                continue;
+            }
+            if handle.join().is_err() {
+                log::error!("{}: a worker thread panicked", self.shared.id);
+            }
         }
         log::debug!("{}: controller shut down", self.shared.id);
     }

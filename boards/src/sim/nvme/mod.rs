@@ -14,9 +14,12 @@
 //!   follows. CC.SHN sets SHST to occurring, then complete about 2 ms later; from SHN on no new
 //!   command is fetched. A function reset is a controller reset plus every register back to its
 //!   reset value, and returns only when the worker holds no command.
-//! - One worker thread fetches submission queue entries through the IOMMU, serves the SQs
-//!   round robin, executes one command at a time and posts its completion (phase tag, SQHD,
-//!   SQID, CID) before raising the CQ's MSI-X vector when IEN is set. A full CQ stalls its SQs.
+//! - One worker thread per submission queue (the admin queue's also posts asynchronous
+//!   events) fetches that SQ's entries through the IOMMU, executes one command at a time and
+//!   posts its completion (phase tag, SQHD, SQID, CID) before raising the CQ's MSI-X vector
+//!   when IEN is set; the SQs are served side by side, each woken by its own doorbell. A full
+//!   CQ stalls the SQs that post to it (slots are promised when a command is taken, so SQs
+//!   sharing a CQ never overflow it); Delete I/O SQ completes once its worker's command has.
 //! - Admin: Identify (CNS 00h, 01h, 02h), Get/Set Features (Number of Queues, Volatile Write
 //!   Cache, and the mandatory ones stored as given), Create/Delete I/O CQ/SQ with the
 //!   specification's checks, Abort (always "not aborted"), Get Log Page (Error Information,

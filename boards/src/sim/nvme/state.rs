@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -47,12 +50,17 @@ pub(crate) struct CompQueue {
     pub phase: bool,
     pub vector: u16,
     pub ien: bool,
+    /// Slots promised to commands taken from SQs that post here and not yet posted: with one
+    /// worker per SQ, several SQs sharing this CQ must not each count the same free slot.
+    pub reserved: u16,
 }
 
 impl CompQueue {
-    /// A free slot exists: a queue of N entries holds at most N - 1 completions (§4.1).
+    /// A free slot exists for one more command: a queue of N entries holds at most N - 1
+    /// completions (§4.1), counting those already promised.
     pub(crate) fn has_room(&self) -> bool {
-        (self.tail + 1) % self.size != self.head
+        let posted = (self.tail + self.size - self.head) % self.size;
+        posted + self.reserved + 1 < self.size
     }
 }
 
@@ -65,8 +73,8 @@ pub(crate) enum Readiness {
     Enabling { ready_at: Instant },
     /// CC.EN = 1, CSTS.RDY = 1: commands are processed.
     Ready,
-    /// CC.EN went 1→0 while the worker held a command: CSTS.RDY stays 1 until the worker lets
-    /// go of it, so RDY = 0 proves no DMA follows (§7.6.2).
+    /// CC.EN went 1→0 while a worker held a command: CSTS.RDY stays 1 until every worker lets
+    /// go of its command, so RDY = 0 proves no DMA follows (§7.6.2).
     Resetting,
 }
 
@@ -120,6 +128,9 @@ pub(crate) struct ControllerState {
     shutdown_done_at: Option<Instant>,
     /// Bumped by every enable and reset: work taken under an older epoch is abandoned.
     pub epoch: u64,
+    /// `epoch` as last published, for the workers' checks before each DMA step, which take
+    /// no lock ([`Exec::checkpoint`](super::worker::Exec::checkpoint)).
+    published_epoch: Arc<AtomicU64>,
     /// Indexed by queue id, 0 = admin.
     pub sqs: Vec<Option<SubQueue>>,
     pub cqs: Vec<Option<CompQueue>>,
@@ -137,13 +148,15 @@ pub(crate) struct ControllerState {
     /// An error event was reported and the host has not read the Error Information log since
     /// (§5.2: the event type is masked until then).
     pub error_event_masked: bool,
-    /// The worker holds a command.
-    pub busy: bool,
+    /// Per worker (worker w serves SQ w; worker 0 also posts asynchronous events): it holds a
+    /// command.
+    pub busy: Vec<bool>,
+    /// Per worker: the CQ its command holds a promised slot on ([`CompQueue::reserved`]).
+    reservations: Vec<Option<u16>>,
     /// [`NvmeFault::Hang`](super::NvmeFault::Hang) is in effect.
     pub hung: bool,
     /// [`NvmeFault::ShutdownHang`](super::NvmeFault::ShutdownHang) is standing.
     pub shutdown_hang: bool,
-    next_sq: usize,
     max_queues: u16,
 }
 
@@ -162,6 +175,7 @@ impl ControllerState {
             shst: 0,
             shutdown_done_at: None,
             epoch: 0,
+            published_epoch: Arc::new(AtomicU64::new(0)),
             sqs: vec![None; n],
             cqs: vec![None; n],
             nsqa: config.queues,
@@ -171,12 +185,17 @@ impl ControllerState {
             aers: Vec::new(),
             events: VecDeque::new(),
             error_event_masked: false,
-            busy: false,
+            busy: vec![false; n],
+            reservations: vec![None; n],
             hung: false,
             shutdown_hang: false,
-            next_sq: 0,
             max_queues: config.queues,
         }
+    }
+
+    /// The published epoch, shared with the workers' lock-free checks.
+    pub(crate) fn published_epoch(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.published_epoch)
     }
 
     /// Let time-driven transitions happen: RDY after the enable delay, SHST after shutdown.
@@ -317,6 +336,7 @@ impl ControllerState {
             None
         };
         self.epoch += 1;
+        self.published_epoch.store(self.epoch, Ordering::Release);
         if let Some(problem) = problem {
             log::error!("{id}: cannot enable: {problem}; CSTS.CFS set");
             self.cfs = true;
@@ -337,6 +357,7 @@ impl ControllerState {
             phase: true,
             vector: 0,
             ien: true,
+            reserved: 0,
         });
         self.readiness = Readiness::Enabling {
             ready_at: now + ENABLE_DELAY,
@@ -354,6 +375,7 @@ impl ControllerState {
     /// command; then it clears when the worker lets go ([`ControllerState::release`]).
     pub(crate) fn controller_reset(&mut self) {
         self.epoch += 1;
+        self.published_epoch.store(self.epoch, Ordering::Release);
         self.sqs.iter_mut().for_each(|q| *q = None);
         self.cqs.iter_mut().for_each(|q| *q = None);
         self.nsqa = self.max_queues;
@@ -367,8 +389,9 @@ impl ControllerState {
         self.hung = false;
         self.shst = 0;
         self.shutdown_done_at = None;
-        self.next_sq = 0;
-        self.readiness = if self.busy {
+        // The CQs holding them are gone.
+        self.reservations.iter_mut().for_each(|r| *r = None);
+        self.readiness = if self.any_busy() {
             Readiness::Resetting
         } else {
             Readiness::Disabled
@@ -385,11 +408,36 @@ impl ControllerState {
         self.intms = 0;
     }
 
-    /// The worker let go of its command: a reset waiting for it completes (RDY = 0).
-    pub(crate) fn release(&mut self) {
-        self.busy = false;
-        if self.readiness == Readiness::Resetting {
+    /// Some worker holds a command.
+    pub(crate) fn any_busy(&self) -> bool {
+        self.busy.iter().any(|&b| b)
+    }
+
+    /// Worker `w` let go of its command (a slot it promised and did not post is free again);
+    /// a reset waiting for the last one completes (RDY = 0).
+    pub(crate) fn release(&mut self, w: usize) {
+        self.busy[w] = false;
+        self.unreserve(w);
+        if self.readiness == Readiness::Resetting && !self.any_busy() {
             self.readiness = Readiness::Disabled;
+        }
+    }
+
+    /// Give back worker `w`'s promised CQ slot, if it holds one: it posts (the slot becomes
+    /// the entry) or it lets go of its command without posting.
+    pub(crate) fn unreserve(&mut self, w: usize) {
+        if let Some(cqid) = self.reservations[w].take() {
+            if let Some(cq) = self.cqs[usize::from(cqid)].as_mut() {
+                cq.reserved = cq.reserved.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Promise worker `w` a slot of CQ `cqid` (checked with [`CompQueue::has_room`]).
+    fn reserve(&mut self, w: usize, cqid: u16) {
+        if let Some(cq) = self.cqs[usize::from(cqid)].as_mut() {
+            cq.reserved += 1;
+            self.reservations[w] = Some(cqid);
         }
     }
 
@@ -455,48 +503,62 @@ impl ControllerState {
         true
     }
 
-    /// Take the next piece of work, or `None` when there is nothing the controller may do.
-    /// Submission queues are served round robin (CC.AMS = 0), admin included; a queue whose
-    /// completion queue is full waits (§4.1: a full CQ stalls, never overflows).
-    pub(crate) fn next_work(&mut self) -> Option<Work> {
-        if self.readiness != Readiness::Ready || self.cfs || self.hung || self.shst != 0 || self.busy {
+    /// Take worker `w`'s next piece of work, or `None` when there is nothing it may do. Worker
+    /// w serves SQ w (so the SQs are served side by side, each in order: CC.AMS = 0 round
+    /// robin leaves the order across SQs open); worker 0, the admin queue's, also completes
+    /// held Asynchronous Event Requests. A queue whose completion queue is full, counting
+    /// the slots promised to the other workers' commands, waits (§4.1: a full CQ stalls,
+    /// never overflows).
+    pub(crate) fn next_work(&mut self, w: usize) -> Option<Work> {
+        if self.readiness != Readiness::Ready || self.cfs || self.hung || self.shst != 0 || self.busy[w] {
             return None;
         }
-        let admin_room = self.cqs[0].is_some_and(|cq| cq.has_room());
-        if admin_room && !self.events.is_empty() && !self.aers.is_empty() {
-            let cid = self.aers.remove(0);
-            let dw0 = self.events.pop_front().unwrap_or_default();
-            self.busy = true;
-            return Some(Work::Event {
-                epoch: self.epoch,
-                cid,
-                dw0,
-            });
-        }
-        let n = self.sqs.len();
-        for i in 0..n {
-            let sqid = (self.next_sq + i) % n;
-            let Some(sq) = self.sqs[sqid].as_mut() else {
-                continue;
-            };
-            let room = self.cqs[usize::from(sq.cqid)].is_some_and(|cq| cq.has_room());
-            if sq.head == sq.tail || !room {
-                continue;
+        if w == 0 {
+            let admin_room = self.cqs[0].is_some_and(|cq| cq.has_room());
+            if admin_room && !self.events.is_empty() && !self.aers.is_empty() {
+                let cid = self.aers.remove(0);
+                let dw0 = self.events.pop_front().unwrap_or_default();
+                self.busy[w] = true;
+                self.reserve(w, 0);
+                return Some(Work::Event {
+                    epoch: self.epoch,
+                    cid,
+                    dw0,
+                });
             }
-            let index = sq.head;
-            sq.head = (sq.head + 1) % sq.size;
-            self.next_sq = sqid + 1;
-            self.busy = true;
-            return Some(Work::Command(Job {
-                epoch: self.epoch,
-                sqid: sqid as u16,
-                index,
-                sq_base: sq.base,
-                cqid: sq.cqid,
-                sqhd: sq.head,
-            }));
         }
-        None
+        let sq = self.sqs.get(w).copied().flatten()?;
+        if sq.head == sq.tail || !self.cqs[usize::from(sq.cqid)].is_some_and(|cq| cq.has_room()) {
+            return None;
+        }
+        let head = (sq.head + 1) % sq.size;
+        if let Some(taken) = self.sqs[w].as_mut() {
+            taken.head = head;
+        }
+        self.busy[w] = true;
+        self.reserve(w, sq.cqid);
+        Some(Work::Command(Job {
+            epoch: self.epoch,
+            sqid: w as u16,
+            index: sq.head,
+            sq_base: sq.base,
+            cqid: sq.cqid,
+            sqhd: head,
+        }))
+    }
+
+    /// Worker `w` has commands in its SQ but no room in their CQ: it waits for a CQ head
+    /// doorbell ([`Shared::ring`](super::controller::Shared) wakes the stalled workers).
+    pub(crate) fn stalled(&self, w: usize) -> bool {
+        let full = |cqid: u16| !self.cqs[usize::from(cqid)].is_some_and(|cq| cq.has_room());
+        let event_due = w == 0 && !self.events.is_empty() && !self.aers.is_empty();
+        (event_due && full(0))
+            || self
+                .sqs
+                .get(w)
+                .copied()
+                .flatten()
+                .is_some_and(|sq| sq.head != sq.tail && full(sq.cqid))
     }
 
     /// Any I/O queue exists (Set Features Number of Queues is then refused, §5.21.1.7).

@@ -2,12 +2,15 @@
 //! announced, fetches each 64-byte entry through the IOMMU, executes it and posts its
 //! completion with the phase tag (§4.6), then raises the completion queue's MSI-X vector.
 //!
-//! One thread serves every queue, so queue state needs no lock of its own beyond the
-//! controller state, which is never held across DMA. Before every DMA step the worker checks
-//! that its command is still valid (same epoch: no reset since, device present, not shutting
-//! down); otherwise it drops the command with no completion. A controller reset clears
-//! CSTS.RDY only once the worker has let go ([`ControllerState::release`]), so RDY = 0 proves
-//! no DMA follows.
+//! One worker per submission queue (worker w serves SQ w; worker 0, the admin queue's, also
+//! completes asynchronous events), as a controller with per-queue engines: the queues of
+//! different host threads are served side by side, each woken by its own SQ doorbell only.
+//! The controller state (registers and queues) stays under one lock, never held across DMA.
+//! Before every DMA step a worker checks that its command is still valid (same epoch: no reset
+//! since, device present, not shutting down); otherwise it drops the command with no
+//! completion. A controller reset clears CSTS.RDY only once every worker has let go
+//! ([`ControllerState::release`]), so RDY = 0 proves no DMA follows; deleting an SQ waits for
+//! its worker's command the same way.
 //!
 //! [`ControllerState::release`]: super::state::ControllerState::release
 
@@ -90,9 +93,16 @@ impl Exec<'_> {
         }
     }
 
-    /// Abandon unless the job is still valid.
-    pub(crate) fn checkpoint(&self, token: &mut Token<'_>) -> Result<(), Failure> {
-        self.lock_valid(token).map(drop)
+    /// Abandon unless the job is still valid. Before every DMA step, so without the lock:
+    /// the epoch is published by every enable and reset. A reset that begins right after
+    /// this check cannot make the step unsafe: RDY reads 0 (and a function reset or an SQ
+    /// deletion returns) only once this worker has let go of its command, after the step.
+    pub(crate) fn checkpoint(&self, _token: &mut Token<'_>) -> Result<(), Failure> {
+        if !self.shared.gone() && !self.shared.stopping() && self.shared.epoch() == self.job.epoch {
+            Ok(())
+        } else {
+            Err(Failure::Abandoned)
+        }
     }
 
     /// Device read of host memory; an IOMMU fault (recorded by the IOMMU) is a Data Transfer
@@ -114,6 +124,17 @@ impl Exec<'_> {
             .map_err(|_| Failure::Status(status::DATA_TRANSFER_ERROR))
     }
 
+    /// Wait (bounded by [`IDLE_WAIT`]) for a worker to let go of a command, with `st`
+    /// released meanwhile; the state back if the job is still valid.
+    pub(crate) fn wait_valid<'t>(&self, st: StateGuard<'t>) -> Result<StateGuard<'t>, Failure> {
+        let st = self.shared.wait(st, IDLE_WAIT);
+        if self.valid(&st) {
+            Ok(st)
+        } else {
+            Err(Failure::Abandoned)
+        }
+    }
+
     /// Wait until `until`, abandoning the command if it becomes invalid meanwhile.
     fn pause(&self, token: &mut Token<'_>, until: Instant) -> Result<(), Failure> {
         loop {
@@ -127,13 +148,13 @@ impl Exec<'_> {
     }
 }
 
-/// Body of the worker thread: runs until the SimDevice shuts down.
-pub(crate) fn run(shared: Arc<Shared>) {
+/// Body of worker `w`'s thread (SQ w): runs until the SimDevice shuts down.
+pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     // Before the first look at the state: a doorbell written from now on unparks this thread.
-    shared.register_worker();
+    shared.register_worker(w);
     let mut token = Token::root();
-    log::debug!("{}: NVMe worker started", shared.id);
-    while let Some(work) = next_work(&shared, &mut token) {
+    log::debug!("{}: NVMe worker {w} started", shared.id);
+    while let Some(work) = next_work(&shared, &mut token, w) {
         match work {
             Work::Command(job) => command(&shared, &mut token, job),
             Work::Event { epoch, cid, dw0 } => {
@@ -154,27 +175,37 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 let _ = post(&exec, &mut token, cid, dw0, Status::SUCCESS);
             }
         }
-        let mut st = shared.lock(&mut token);
-        st.release();
-        drop(st);
-        shared.notify();
+        shared.lock(&mut token).release(w);
+        // Letting go is news for a reset or a queue deletion waiting for it, and (a slot
+        // promised and not posted is free again) for a worker stalled on a full CQ; the
+        // other workers wait for their own doorbells.
+        shared.released();
     }
-    log::debug!("{}: NVMe worker stopped", shared.id);
+    log::debug!("{}: NVMe worker {w} stopped", shared.id);
 }
 
-/// Wait for work; `None` at shutdown. Marks the controller busy.
-fn next_work(shared: &Shared, token: &mut Token<'_>) -> Option<Work> {
+/// Wait for worker `w`'s work; `None` at shutdown. Marks the worker busy.
+fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize) -> Option<Work> {
     loop {
         if shared.stopping() {
             return None;
         }
         if !shared.gone() {
-            if let Some(work) = shared.lock(token).next_work() {
+            let mut st = shared.lock(token);
+            if let Some(work) = st.next_work(w) {
                 return Some(work);
             }
+            let stalled = st.stalled(w);
+            drop(st);
+            // A worker stalled on a full CQ is woken by that CQ's head doorbell; the flag is
+            // published before the last look at the posted doorbells, so none is missed.
+            if shared.mark_stalled(w, stalled) {
+                continue;
+            }
         }
-        // Every change that makes work (a doorbell, a CC write, a fault, a reset, shutdown)
-        // unparks this thread after making it, so one found nothing above is not slept over.
+        // Every change that makes work (its SQ's doorbell, a CQ head doorbell while stalled,
+        // a CC write, a fault, a reset, shutdown) unparks this thread after making it, so one
+        // found nothing above is not slept over.
         shared.park(IDLE_WAIT);
     }
 }
@@ -251,6 +282,8 @@ pub(crate) fn post(
     let job = exec.job;
     let (slot_addr, phase, sqid, vector) = {
         let mut st = exec.lock_valid(token)?;
+        // The slot promised when the command was taken becomes this entry.
+        st.unreserve(usize::from(job.sqid));
         let Some(cq) = st.cqs[usize::from(job.cqid)].as_mut() else {
             return Err(Failure::Abandoned);
         };

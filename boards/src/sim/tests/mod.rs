@@ -318,6 +318,15 @@ impl TestQueue {
         self.phase = true;
     }
 
+    /// Start the host's rings over (as RUN 0 → 1 does on the board) without writing RUN.
+    pub(super) fn restart_rings_only(&mut self, rig: &Rig) {
+        rig.buf(self.cq).fill(0, rig.buf(self.cq).len(), 0);
+        self.tail = 0;
+        self.seq = 0;
+        self.head = 0;
+        self.phase = true;
+    }
+
     /// Write `d` with the next sequence number at the tail (no doorbell).
     pub(super) fn push(&mut self, rig: &Rig, mut d: Descriptor) {
         d.seq = self.seq;

@@ -6,6 +6,7 @@
 mod admin;
 mod faults;
 mod io;
+mod queues;
 mod registers;
 
 use std::sync::Arc;

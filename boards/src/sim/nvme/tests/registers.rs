@@ -177,13 +177,21 @@ fn thread_exists(name: &str) -> bool {
 }
 
 #[test]
-fn the_worker_thread_ends_when_the_device_is_dropped() {
-    let (dev, sim) = create_nvme_sim("nvjoin", small_config()).expect("create");
-    // The thread names itself once it runs.
-    assert!(wait_until(|| thread_exists("nvjoin-nvme")), "the worker runs");
+fn the_worker_threads_end_when_the_device_is_dropped() {
+    let config = small_config();
+    // One worker per submission queue: the admin queue's and one per I/O queue.
+    let names: Vec<String> = (0..=config.queues).map(|w| format!("nvjoin-nvme{w}")).collect();
+    let (dev, sim) = create_nvme_sim("nvjoin", config).expect("create");
+    // The threads are named as they are spawned.
+    assert!(
+        wait_until(|| names.iter().all(|n| thread_exists(n))),
+        "every worker runs"
+    );
     drop(dev);
     // Joined by the SimDevice's drop: gone at once, even though the handle lives on.
-    assert!(!thread_exists("nvjoin-nvme"), "the worker was joined");
+    for name in &names {
+        assert!(!thread_exists(name), "worker {name} was joined");
+    }
     assert_eq!(sim.stats().commands, 0);
 }
 
