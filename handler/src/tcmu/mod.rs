@@ -7,10 +7,13 @@
 //!   only unsafe code besides the UIO system calls).
 //! - [`ring`]: the command-ring consumer that checks every kernel-supplied offset.
 //! - [`uio`]: finding, mapping, waiting on and kicking the `/dev/uioN` of a TCMU backstore.
+//! - [`configfs`]: creating and removing the backstore, a tcm_loop or iSCSI target and the
+//!   LUN under LIO's configfs.
 //! - [`exec`]: a first executor: ring commands through the SBC engine and a store queue.
 //! - [`sim`]: a simulated kernel side of the ring, the peer of the ring's tests.
 
 pub mod abi;
+pub mod configfs;
 pub mod exec;
 pub mod region;
 pub mod ring;
