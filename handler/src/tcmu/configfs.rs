@@ -148,6 +148,8 @@ pub struct Setup<F: ConfigfsFs> {
     root: PathBuf,
     backstore: PathBuf,
     created: Vec<Created>,
+    /// How many of `created` are the backstore's (the rest are targets).
+    backstore_objects: usize,
 }
 
 impl<F: ConfigfsFs> fmt::Debug for Setup<F> {
@@ -206,9 +208,13 @@ impl<F: ConfigfsFs> Setup<F> {
             root: root.to_owned(),
             backstore: backstore.clone(),
             created: Vec::new(),
+            backstore_objects: 0,
         };
         match setup.build_backstore(spec, &hba) {
-            Ok(()) => Ok(setup),
+            Ok(()) => {
+                setup.backstore_objects = setup.created.len();
+                Ok(setup)
+            }
             Err(e) => {
                 if let Err(undo) = setup.remove_created() {
                     log::error!("after a failed configfs setup, removing it failed too: {undo}");
@@ -330,6 +336,17 @@ impl<F: ConfigfsFs> Setup<F> {
         Ok(())
     }
 
+    /// Remove the targets (their LUNs first), keeping the backstore: the kernel takes no new
+    /// command for it from an initiator once this returns. Goes on past a failure. The
+    /// handler still serves the ring meanwhile: removing a LUN waits for its commands, and
+    /// the SCSI disk's removal may send a SYNCHRONIZE CACHE.
+    ///
+    /// # Errors
+    /// The first failure; the objects after it in the order were still tried.
+    pub fn unexport(&mut self) -> Result<(), ConfigfsError> {
+        self.remove_down_to(self.backstore_objects)
+    }
+
     /// Remove every object created, newest first. Goes on past a failure.
     ///
     /// # Errors
@@ -339,8 +356,15 @@ impl<F: ConfigfsFs> Setup<F> {
     }
 
     fn remove_created(&mut self) -> Result<(), ConfigfsError> {
+        self.remove_down_to(0)
+    }
+
+    fn remove_down_to(&mut self, keep: usize) -> Result<(), ConfigfsError> {
         let mut first = None;
-        while let Some(object) = self.created.pop() {
+        while self.created.len() > keep {
+            let Some(object) = self.created.pop() else {
+                break;
+            };
             let result = match &object {
                 Created::Dir(p) => self.fs.rmdir(p).map_err(|e| self.err("rmdir", p, e)),
                 Created::Link(p) => self.fs.unlink(p).map_err(|e| self.err("unlink", p, e)),
@@ -581,6 +605,12 @@ mod tests {
             .map(|(p, v)| (p.to_owned(), v.to_owned()))
         );
         assert_eq!(spec().uio_names(), ("3".to_owned(), "disk0".to_owned()));
+        // Unexport: the target goes, the backstore stays (still enabled, still served).
+        let mut setup = setup;
+        setup.unexport().expect("unexport");
+        assert!(!root.join("loopback/naa.5001405000000001").exists());
+        assert!(bs.join("enable").exists());
+        setup.unexport().expect("a second unexport has nothing to do");
         setup.remove().expect("remove");
         assert_eq!(tree(&root), before, "everything created is gone, nothing else");
     }

@@ -1,5 +1,5 @@
 //! The TCMU frontend: serving LIO's user-space backstore (`target_core_user`) of a mainline
-//! kernel. What exists so far is the transport underneath the executor (docs/tcmu.md):
+//! kernel. Its parts (docs/tcmu.md):
 //!
 //! - [`abi`]: the uapi layout of `linux/target_core_user.h`, with compile-time size and offset
 //!   checks.
@@ -10,6 +10,7 @@
 //! - [`configfs`]: creating and removing the backstore, a tcm_loop or iSCSI target and the
 //!   LUN under LIO's configfs.
 //! - [`exec`]: a first executor: ring commands through the SBC engine and a store queue.
+//! - [`worker`]: the thread serving one ring, and its teardown (drain, then unmap).
 //! - [`sim`]: a simulated kernel side of the ring, the peer of the ring's tests.
 
 pub mod abi;
@@ -19,3 +20,4 @@ pub mod region;
 pub mod ring;
 pub mod sim;
 pub mod uio;
+pub mod worker;
