@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"

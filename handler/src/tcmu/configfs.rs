@@ -163,27 +163,30 @@ impl<F: ConfigfsFs> fmt::Debug for Setup<F> {
 }
 
 fn hint_for(action: &str, path: &Path, e: &io::Error, root: &Path) -> String {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => "run as root (configfs objects belong to root)".into(),
-        io::ErrorKind::AlreadyExists => {
+    // The kernel loads a fabric's or backstore's module on the mkdir of its directory
+    // (`loopback`, `iscsi`, `core/user_N`) and fails that mkdir (EINVAL, ENOENT) without it.
+    let module = if path == root.join("loopback") {
+        Some("tcm_loop")
+    } else if path == root.join("iscsi") {
+        Some("iscsi_target_mod")
+    } else if path.parent() == Some(&root.join("core")) {
+        Some("target_core_user")
+    } else {
+        None
+    };
+    match (e.kind(), module) {
+        (io::ErrorKind::PermissionDenied, _) => "run as root (configfs objects belong to root)".into(),
+        (io::ErrorKind::AlreadyExists, _) => {
             "an object of that name exists (left by an earlier run?): remove it with rmdir, or \
              choose another name"
                 .into()
         }
-        io::ErrorKind::NotFound if !root.exists() => format!(
+        (io::ErrorKind::NotFound, _) if !root.exists() => format!(
             "{} does not exist: mount configfs (mount -t configfs none /sys/kernel/config) and \
              load target_core_mod",
             root.display()
         ),
-        io::ErrorKind::NotFound if path.starts_with(root.join("loopback")) => {
-            "load tcm_loop (modprobe tcm_loop)".into()
-        }
-        io::ErrorKind::NotFound if path.starts_with(root.join("iscsi")) => {
-            "load iscsi_target_mod (modprobe iscsi_target_mod)".into()
-        }
-        io::ErrorKind::NotFound if path.starts_with(root.join("core")) => {
-            "load target_core_user (modprobe target_core_user)".into()
-        }
+        (_, Some(module)) if action == "mkdir" => format!("load {module} (modprobe {module})"),
         _ if action == "rmdir" || action == "unlink" => {
             "the object is in use (an initiator or another target holds it); remove its users \
              first, then this by hand"
@@ -302,6 +305,8 @@ impl<F: ConfigfsFs> Setup<F> {
     pub fn export(&mut self, spec: &SetupSpec) -> Result<(), ConfigfsError> {
         let backstore = self.backstore.clone();
         if let Some((wwn, initiator)) = &spec.loopback {
+            // The fabric's directory first: its mkdir is what registers tcm_loop's fabric.
+            self.mkdir_shared(self.root.join("loopback"))?;
             let target = self.root.join("loopback").join(wwn);
             self.mkdir_shared(target.clone())?;
             let tpg = target.join("tpgt_1");
@@ -312,6 +317,7 @@ impl<F: ConfigfsFs> Setup<F> {
             self.link(&backstore, lun.join(&spec.name))?;
         }
         if let Some(iscsi) = &spec.iscsi {
+            self.mkdir_shared(self.root.join("iscsi"))?;
             let target = self.root.join("iscsi").join(&iscsi.iqn);
             self.mkdir_shared(target.clone())?;
             let tpg = target.join("tpgt_1");
@@ -391,6 +397,9 @@ mod tests {
         writes: RefCell<Vec<(PathBuf, String)>>,
         /// A write to a path ending so fails with EINVAL, as the kernel refuses a bad value.
         refuse: Option<&'static str>,
+        /// Fabric modules present: the mkdir of another fabric's directory fails with EINVAL,
+        /// as the kernel's does when it cannot load the module.
+        fabrics: &'static [&'static str],
     }
 
     impl MimicFs {
@@ -398,6 +407,7 @@ mod tests {
             Self {
                 writes: RefCell::new(Vec::new()),
                 refuse: None,
+                fabrics: &["loopback", "iscsi"],
             }
         }
 
@@ -429,6 +439,11 @@ mod tests {
 
     impl ConfigfsFs for MimicFs {
         fn mkdir(&self, path: &Path) -> io::Result<()> {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let is_fabric = path.parent().and_then(|p| p.file_name()) == Some("target".as_ref());
+            if is_fabric && !self.fabrics.contains(&name) {
+                return Err(io::Error::from_raw_os_error(22));
+            }
             std::fs::create_dir(path)?;
             for attr in Self::attributes(path) {
                 let p = path.join(attr);
@@ -536,7 +551,7 @@ mod tests {
     fn scratch() -> (Scratch, PathBuf) {
         let dir = Scratch::new();
         let root = dir.path().join("target");
-        for d in ["core", "loopback", "iscsi"] {
+        for d in ["core"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
         (dir, root)
@@ -620,6 +635,7 @@ mod tests {
         let (_dir, root) = scratch();
         let fs = MimicFs::new();
         fs.mkdir(&root.join("core/user_3")).expect("hba");
+        fs.mkdir(&root.join("loopback")).expect("fabric");
         fs.mkdir(&root.join("loopback/naa.5001405000000001"))
             .expect("target");
         let before = tree(&root);
@@ -652,16 +668,13 @@ mod tests {
         let err = full_setup(MimicFs::new(), &root, &spec()).expect_err("no root");
         assert!(err.to_string().contains("mount configfs"), "{err}");
         std::fs::create_dir_all(root.join("core")).expect("core");
-        let err = full_setup(MimicFs::new(), &root, &spec()).expect_err("no loopback");
-        assert!(
-            err.path.ends_with("naa.5001405000000001"),
-            "{}",
-            err.path.display()
-        );
+        let mut no_loop = MimicFs::new();
+        no_loop.fabrics = &["iscsi"];
+        let err = full_setup(no_loop, &root, &spec()).expect_err("no tcm_loop");
+        assert!(err.path.ends_with("target/loopback"), "{}", err.path.display());
         assert!(err.to_string().contains("modprobe tcm_loop"), "{err}");
         assert_eq!(tree(&root), ["core/"], "the backstore was removed again");
         // An earlier run's backstore is not taken over silently.
-        std::fs::create_dir_all(root.join("loopback")).expect("loopback");
         MimicFs::new().mkdir(&root.join("core/user_3")).expect("hba");
         MimicFs::new()
             .mkdir(&root.join("core/user_3/disk0"))
