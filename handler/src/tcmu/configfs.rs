@@ -187,6 +187,11 @@ fn hint_for(action: &str, path: &Path, e: &io::Error, root: &Path) -> String {
             root.display()
         ),
         (_, Some(module)) if action == "mkdir" => format!("load {module} (modprobe {module})"),
+        (io::ErrorKind::NotFound, _) if action == "write" => format!(
+            "no such attribute: is {} LIO's configfs (configfs mounted, target_core_mod \
+             loaded)? An older kernel may lack this attribute",
+            root.display()
+        ),
         _ if action == "rmdir" || action == "unlink" => {
             "the object is in use (an initiator or another target holds it); remove its users \
              first, then this by hand"
