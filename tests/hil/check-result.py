@@ -77,6 +77,9 @@ def check_tcmu(j):
         ("the store queue was drained before the ring was unmapped", j.get("drained") is True),
         ("every configfs object was removed", j.get("configfs_clean") is True),
         ("the writer did not hang after the stop", j.get("writer_hung") is False),
+        ("a write across kill -9 and an adopting restart finished without error",
+         j.get("killed_writer_rc") == 0 and j.get("killed_writer_hung") is False),
+        ("its data is on the disk", j.get("restart_verified") is True),
     ]
     failed = 0
     for name, ok in checks:
@@ -86,7 +89,8 @@ def check_tcmu(j):
     print(
         f"     tcmu: /dev/{j.get('device')} {j.get('vendor')} {j.get('model')}, "
         f"{mib} MiB written in {j.get('write_s')} s, read in {j.get('read_s')} s, "
-        f"stop {j.get('stop_ms')} ms, sg3-utils {j.get('sg3_utils')}"
+        f"stop {j.get('stop_ms')} ms, sg3-utils {j.get('sg3_utils')}, write across kill -9 "
+        f"done {j.get('killed_writer_done_after_kill_s')} s after the kill"
     )
     if j.get("sg3_utils") == "skipped":
         print("     tcmu: SKIPPED sg_inq/sg_readcap: sg3-utils is not in the guest")

@@ -70,6 +70,11 @@ pub struct TcmuArgs {
     /// authentication (needs iscsi_target_mod).
     #[arg(long)]
     pub tcmu_iscsi: Option<String>,
+    /// Take over the backstore and targets a killed `serve` left (its ring, with the
+    /// initiator's commands still in it, is served from where that run stopped) instead of
+    /// refusing them; what is missing is created. All of it is removed at the stop.
+    #[arg(long)]
+    pub tcmu_adopt: bool,
     /// How long the stop waits for the store's requests before aborting them (and then as
     /// long again).
     #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
@@ -166,7 +171,12 @@ pub fn run(disk: &DiskSpec, args: &TcmuArgs, state_dir: &Path, signals: &mut Sig
     let mut spec = setup_spec(disk, args);
     spec.size = info.num_blocks * u64::from(info.block_size);
     spec.block_size = info.block_size;
-    let mut setup = match Setup::create(KernelFs, &args.configfs_root, &spec) {
+    let made = if args.tcmu_adopt {
+        Setup::adopt(KernelFs, &args.configfs_root, &spec)
+    } else {
+        Setup::create(KernelFs, &args.configfs_root, &spec)
+    };
+    let mut setup = match made {
         Ok(s) => s,
         Err(e) => {
             drop(queue);
@@ -179,7 +189,15 @@ pub fn run(disk: &DiskSpec, args: &TcmuArgs, state_dir: &Path, signals: &mut Sig
             return fail(error_chain(&e), code);
         }
     };
-    log::info!("tcmu: backstore {} created", setup.backstore().display());
+    log::info!(
+        "tcmu: backstore {} {}",
+        setup.backstore().display(),
+        if args.tcmu_adopt {
+            "adopted or created"
+        } else {
+            "created"
+        }
+    );
     let (hba, name) = spec.uio_names();
     let device = match open_uio(&hba, &name) {
         Ok(d) => d,
@@ -352,6 +370,7 @@ mod tests {
             tcmu_hba: 7,
             tcmu_ring_mb: None,
             tcmu_no_loop: false,
+            tcmu_adopt: false,
             tcmu_iscsi: Some("127.0.0.1:3260".into()),
             tcmu_drain: Duration::from_secs(5),
         };

@@ -133,6 +133,9 @@ pub struct ConfigfsError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Created {
     Dir(PathBuf),
+    /// A directory other objects may share (an HBA, a fabric, a target) that an earlier run
+    /// made and this one adopted: removed if it can be, left (and said so) if it is in use.
+    SharedDir(PathBuf),
     Link(PathBuf),
     /// An attribute to write at removal before what is under it goes (`enable` = 0 of an
     /// iSCSI TPG, so no new login arrives while its LUN is removed).
@@ -150,6 +153,8 @@ pub struct Setup<F: ConfigfsFs> {
     created: Vec<Created>,
     /// How many of `created` are the backstore's (the rest are targets).
     backstore_objects: usize,
+    /// Objects that exist already are taken over ([`Setup::adopt`]).
+    adopt: bool,
 }
 
 impl<F: ConfigfsFs> fmt::Debug for Setup<F> {
@@ -209,6 +214,22 @@ impl<F: ConfigfsFs> Setup<F> {
     /// # Errors
     /// [`ConfigfsError`] naming the file that failed.
     pub fn create(fs: F, root: &Path, spec: &SetupSpec) -> Result<Self, ConfigfsError> {
+        Self::open(fs, root, spec, false)
+    }
+
+    /// As [`Setup::create`], but every object of `spec` that exists already (left by a handler
+    /// that was killed: the backstore still enabled, its ring and UIO device kept by the
+    /// kernel, its targets still linked) is taken over as it is instead of refused: nothing is
+    /// written to an existing backstore or TPG, and at the end it is removed as if created
+    /// here. Missing objects are created. [`Setup::export`] adopts the targets likewise.
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file that failed.
+    pub fn adopt(fs: F, root: &Path, spec: &SetupSpec) -> Result<Self, ConfigfsError> {
+        Self::open(fs, root, spec, true)
+    }
+
+    fn open(fs: F, root: &Path, spec: &SetupSpec, adopt: bool) -> Result<Self, ConfigfsError> {
         let hba = root.join(format!("core/user_{}", spec.hba));
         let backstore = hba.join(&spec.name);
         let mut setup = Self {
@@ -217,6 +238,7 @@ impl<F: ConfigfsFs> Setup<F> {
             backstore: backstore.clone(),
             created: Vec::new(),
             backstore_objects: 0,
+            adopt,
         };
         match setup.build_backstore(spec, &hba) {
             Ok(()) => {
@@ -246,19 +268,26 @@ impl<F: ConfigfsFs> Setup<F> {
         }
     }
 
-    fn mkdir(&mut self, path: PathBuf) -> Result<(), ConfigfsError> {
-        self.fs.mkdir(&path).map_err(|e| self.err("mkdir", &path, e))?;
+    /// Make a directory (or, adopting, take over an existing one); `true` if it existed.
+    fn mkdir(&mut self, path: PathBuf) -> Result<bool, ConfigfsError> {
+        let existed = self.adopt && self.fs.exists(&path);
+        if !existed {
+            self.fs.mkdir(&path).map_err(|e| self.err("mkdir", &path, e))?;
+        }
         self.created.push(Created::Dir(path));
-        Ok(())
+        Ok(existed)
     }
 
-    /// A directory shared with other objects (an HBA, a target): created if absent, and then
-    /// removed at the end only if this setup created it.
+    /// A directory shared with other objects (an HBA, a fabric, a target): created if absent,
+    /// and then removed at the end only if this setup created (or adopted) it.
     fn mkdir_shared(&mut self, path: PathBuf) -> Result<(), ConfigfsError> {
         if self.fs.exists(&path) {
+            if self.adopt {
+                self.created.push(Created::SharedDir(path));
+            }
             return Ok(());
         }
-        self.mkdir(path)
+        self.mkdir(path).map(|_| ())
     }
 
     fn write(&self, path: &Path, value: &str) -> Result<(), ConfigfsError> {
@@ -268,9 +297,12 @@ impl<F: ConfigfsFs> Setup<F> {
     }
 
     fn link(&mut self, target: &Path, link: PathBuf) -> Result<(), ConfigfsError> {
-        self.fs
-            .symlink(target, &link)
-            .map_err(|e| self.err("link", &link, e))?;
+        let existed = self.adopt && self.fs.exists(&link);
+        if !existed {
+            self.fs
+                .symlink(target, &link)
+                .map_err(|e| self.err("link", &link, e))?;
+        }
         self.created.push(Created::Link(link));
         Ok(())
     }
@@ -285,7 +317,12 @@ impl<F: ConfigfsFs> Setup<F> {
         }
         self.mkdir_shared(hba.to_owned())?;
         let backstore = self.backstore.clone();
-        self.mkdir(backstore.clone())?;
+        if self.mkdir(backstore.clone())? {
+            // Adopted: configured and enabled by the earlier run; the kernel refuses most keys
+            // of an enabled device anyway.
+            log::info!("configfs: adopting backstore {}", backstore.display());
+            return Ok(());
+        }
         let control = backstore.join("control");
         // One key per write: the kernel parses a comma list too, but one per write names the
         // key it refused.
@@ -315,8 +352,9 @@ impl<F: ConfigfsFs> Setup<F> {
             let target = self.root.join("loopback").join(wwn);
             self.mkdir_shared(target.clone())?;
             let tpg = target.join("tpgt_1");
-            self.mkdir(tpg.clone())?;
-            self.write(&tpg.join("nexus"), initiator)?;
+            if !self.mkdir(tpg.clone())? {
+                self.write(&tpg.join("nexus"), initiator)?;
+            }
             let lun = tpg.join("lun/lun_0");
             self.mkdir(lun.clone())?;
             self.link(&backstore, lun.join(&spec.name))?;
@@ -378,6 +416,12 @@ impl<F: ConfigfsFs> Setup<F> {
             };
             let result = match &object {
                 Created::Dir(p) => self.fs.rmdir(p).map_err(|e| self.err("rmdir", p, e)),
+                Created::SharedDir(p) => {
+                    if let Err(e) = self.fs.rmdir(p) {
+                        log::info!("configfs: {} adopted and still in use, left: {e}", p.display());
+                    }
+                    Ok(())
+                }
                 Created::Link(p) => self.fs.unlink(p).map_err(|e| self.err("unlink", p, e)),
                 Created::Disable(p) => self.write(p, "0"),
             };
@@ -645,6 +689,37 @@ mod tests {
         let before = tree(&root);
         let setup = full_setup(fs, &root, &spec()).expect("create");
         setup.remove().expect("remove");
+        assert_eq!(tree(&root), before);
+    }
+
+    #[test]
+    fn a_killed_handlers_objects_are_adopted_untouched_and_removed_at_the_end() {
+        let (_dir, root) = scratch();
+        let before = tree(&root);
+        let killed = full_setup(MimicFs::new(), &root, &spec()).expect("first run");
+        let left = tree(&root);
+        drop(killed); // a kill -9: nothing removed
+                      // A plain create refuses the leftover backstore.
+        let err = Setup::create(MimicFs::new(), &root, &spec()).expect_err("exists");
+        assert_eq!(err.action, "mkdir");
+        let mut adopted = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt");
+        adopted.export(&spec()).expect("export");
+        assert!(
+            adopted.fs.writes.borrow().is_empty(),
+            "nothing written to an enabled backstore or an existing TPG: {:?}",
+            adopted.fs.writes.borrow()
+        );
+        assert_eq!(tree(&root), left, "the tree is as the killed run left it");
+        adopted.remove_created().expect("remove");
+        assert_eq!(tree(&root), before, "and all of it removed at the end");
+        // Adopting where nothing is left creates everything, as create does.
+        let fresh = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt nothing");
+        assert_eq!(
+            fresh.fs.writes.borrow().len(),
+            5,
+            "backstore configured and enabled"
+        );
+        fresh.remove().expect("remove");
         assert_eq!(tree(&root), before);
     }
 

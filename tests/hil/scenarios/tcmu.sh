@@ -2,7 +2,8 @@
 # exported by LIO (target_core_user + tcm_loop) as the kernel's own /dev/sdX. Checks: the
 # kernel's scan saw the disk (vendor, model, capacity from INQUIRY and READ CAPACITY; sg_inq
 # and sg_readcap too when sg3-utils is in the guest), TCMU_MB MiB written and read back with
-# O_DIRECT and compared, then a SIGTERM while a writer runs: serve must exit 0 within its
+# O_DIRECT and compared; serve killed with SIGKILL during a write and restarted with
+# --tcmu-adopt (the write must finish, its data verified); then a SIGTERM while a writer runs: serve must exit 0 within its
 # budget, remove every configfs object, and the writer must end (with an error: its disk went
 # away) instead of hanging. The kernel log is checked by hil.sh; result.json by check-result.py.
 set -u
@@ -16,21 +17,26 @@ fail() { echo "tcmu scenario: $1"; exit "${2:-1}"; }
 mount -t configfs none /sys/kernel/config 2>/dev/null
 [ -d $C/core ] || fail "no $C/core: target_core_mod is not loaded" 10
 bind_vfio "$NVME_BDF" || fail "bind_vfio failed" 11
-scst-accel --log info serve --frontend tcmu --board "${HIL_BOARD:-qemu-nvme}" --pci "$NVME_BDF" \
-	--size 32M --name $NAME --tcmu-hba $HBA --state-dir /tmp/state \
-	--control-socket /tmp/scst-accel.sock >"$HIL_SHARE/serve.log" 2>&1 &
-SERVE=$!
+start_serve() { # $1: log file; further arguments go to serve
+	log=$1
+	shift
+	scst-accel --log info serve --frontend tcmu --board "${HIL_BOARD:-qemu-nvme}" --pci "$NVME_BDF" \
+		--size 32M --name $NAME --tcmu-hba $HBA --state-dir /tmp/state \
+		--control-socket /tmp/scst-accel.sock "$@" >"$log" 2>&1 &
+	SERVE=$!
+}
+start_serve "$HIL_SHARE/serve-first.log"
 t0=$(now)
 SD=
 i=0
 while [ $i -lt 120 ]; do
 	SD=$(ls /sys/block | grep '^sd' | head -1)
 	[ -n "$SD" ] && [ -b "/dev/$SD" ] && break
-	kill -0 $SERVE 2>/dev/null || { cat "$HIL_SHARE/serve.log"; fail "serve exited before the disk appeared" 12; }
+	kill -0 $SERVE 2>/dev/null || { cat "$HIL_SHARE/serve-first.log"; fail "serve exited before the disk appeared" 12; }
 	sleep 0.5
 	i=$((i + 1))
 done
-[ -n "$SD" ] && [ -b "/dev/$SD" ] || { cat "$HIL_SHARE/serve.log"; fail "no /dev/sdX within 60 s" 13; }
+[ -n "$SD" ] && [ -b "/dev/$SD" ] || { cat "$HIL_SHARE/serve-first.log"; fail "no /dev/sdX within 60 s" 13; }
 t_disk=$(now)
 vendor=$(tr -d ' \n' </sys/block/$SD/device/vendor)
 model=$(tr -d ' \n' </sys/block/$SD/device/model)
@@ -57,6 +63,34 @@ verified=false
 write_s=$(awk "BEGIN { print $t_r - $t_w }")
 read_s=$(awk "BEGIN { print $t_end - $t_r }")
 echo "tcmu scenario: $MB MiB written in $write_s s, read in $read_s s; verified $verified"
+# kill -9 under I/O, then a new serve that adopts the backstore and its ring: the writer
+# (8 MiB more, another region) must finish without error, and its data must be on the disk
+# (the NVMe namespace keeps what the dead handler wrote).
+dd if=/dev/urandom of=/tmp/pattern2 bs=4096 count=$N 2>/dev/null
+dd if=/tmp/pattern2 of=/dev/$SD bs=4096 count=$N seek=$((16 + N)) oflag=direct >/tmp/dd-kill.log 2>&1 &
+KW=$!
+sleep 2
+kill -9 $SERVE
+wait $SERVE 2>/dev/null
+t_kill=$(now)
+echo "tcmu scenario: serve killed with SIGKILL at $t_kill, writer running: $(kill -0 $KW 2>/dev/null && echo yes || echo no)"
+start_serve "$HIL_SHARE/serve.log" --tcmu-adopt
+i=0
+while kill -0 $KW 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+killed_writer_hung=false
+kill -0 $KW 2>/dev/null && { killed_writer_hung=true; kill -9 $KW; }
+wait $KW
+killed_writer_rc=$?
+t_kw=$(now)
+tail -1 /tmp/dd-kill.log
+dd if=/dev/$SD of=/tmp/back2 bs=4096 count=$N skip=$((16 + N)) iflag=direct 2>&1 | tail -1
+A2=$(md5sum </tmp/pattern2 | cut -d' ' -f1)
+B2=$(md5sum </tmp/back2 | cut -d' ' -f1)
+restart_verified=false
+[ "$A2" = "$B2" ] && restart_verified=true
+restart_s=$(awk "BEGIN { print $t_kw - $t_kill }")
+echo "tcmu scenario: after kill -9: writer rc $killed_writer_rc, finished $restart_s s after the kill, data verified $restart_verified"
+grep -E 'adopt|ring RingState' "$HIL_SHARE/serve.log" | tail -2
 # The stop under load: a writer in flight when SIGTERM arrives.
 # (Rewrites the disk's first 32 MiB until a write fails: the disk went away.)
 (while dd if=/dev/zero of=/dev/$SD bs=65536 count=512 oflag=direct 2>>/tmp/dd-load.log; do :; done) &
@@ -88,7 +122,9 @@ cat >"$HIL_SHARE/result.json" <<EOF
  "mib": $MB, "verified": $verified, "write_s": $write_s, "read_s": $read_s,
  "disk_appeared_s": $disk_s, "serve_rc": $serve_rc, "stop_ms": $stop_ms,
  "stop_budget_ms": 15000, "drained": $drained, "configfs_clean": $configfs_clean,
- "writer_hung": $writer_hung}
+ "writer_hung": $writer_hung, "killed_writer_rc": $killed_writer_rc,
+ "killed_writer_hung": $killed_writer_hung, "restart_verified": $restart_verified,
+ "killed_writer_done_after_kill_s": $restart_s}
 EOF
 cat "$HIL_SHARE/result.json"
 [ "$verified" = true ] || exit 19
