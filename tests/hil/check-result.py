@@ -80,6 +80,9 @@ def check_tcmu(j):
         ("a write across kill -9 and an adopting restart finished without error",
          j.get("killed_writer_rc") == 0 and j.get("killed_writer_hung") is False),
         ("its data is on the disk", j.get("restart_verified") is True),
+        ("the iSCSI target listened on 127.0.0.1:3260", j.get("iscsi_portal") is True),
+        ("and was removed at the stop (serve exit 0, nothing left, no listener)",
+         j.get("iscsi_rc") == 0 and j.get("iscsi_clean") is True),
     ]
     failed = 0
     for name, ok in checks:

@@ -25,9 +25,9 @@ PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio)
 # Guest modules; their dependencies come from `modprobe --show-depends`. vfio_iommu_type1 is
 # named explicitly because busybox modprobe ignores the soft dependency vfio-pci has on it.
 # The LIO modules serve the TCMU scenario (LIO's target core, its user backstore, the local
-# tcm_loop target, and the SCSI disk driver for the /dev/sdX it creates).
+# tcm_loop target and the SCSI disk driver for the /dev/sdX it creates, the iSCSI target).
 GUEST_MODULES=(nvme-core nvme vfio vfio_iommu_type1 vfio-pci virtio_pci 9pnet_virtio 9p
-	configfs target_core_mod uio target_core_user tcm_loop sd_mod)
+	configfs target_core_mod uio target_core_user tcm_loop sd_mod iscsi_target_mod)
 # Kernel-log lines that fail a run (extended regular expressions, matched case-sensitively).
 # QEMU's own VT-d model reports each blocked DMA on its stderr too ("translation failure"),
 # including those the guest never logs because its fault recording registers were full.

@@ -116,6 +116,30 @@ stop_ms=$(awk "BEGIN { print ($t_stopped - $t_stop) * 1000 }")
 disk_s=$(awk "BEGIN { print $t_disk - $t0 }")
 drained=false
 grep -q 'drained in' "$HIL_SHARE/serve.log" && drained=true
+# iSCSI: the disk exported on 127.0.0.1:3260 instead of tcm_loop. No initiator in the guest:
+# the target's creation, its listening portal and its removal are what is checked.
+ifconfig lo 127.0.0.1 up 2>/dev/null || ip link set lo up
+start_serve "$HIL_SHARE/serve-iscsi.log" --tcmu-no-loop --tcmu-iscsi 127.0.0.1:3260
+IQN=iqn.2026-12.org.scst-accel:$NAME
+i=0
+while [ $i -lt 60 ] && ! grep -q 'serving ' "$HIL_SHARE/serve-iscsi.log"; do
+	kill -0 $SERVE 2>/dev/null || break
+	sleep 0.5
+	i=$((i + 1))
+done
+iscsi_portal=false
+# 127.0.0.1:3260 listening: 0100007F:0CBC in state 0A in /proc/net/tcp.
+[ -d "$C/iscsi/$IQN/tpgt_1/np/127.0.0.1:3260" ] && [ "$(cat "$C/iscsi/$IQN/tpgt_1/enable")" = 1 ] &&
+	grep -q '0100007F:0CBC 00000000:0000 0A' /proc/net/tcp && iscsi_portal=true
+kill -TERM $SERVE
+wait $SERVE
+iscsi_rc=$?
+iscsi_left=$(ls -d $C/iscsi/iqn.* $C/core/user_* 2>/dev/null | tr '\n' ' ')
+iscsi_clean=true
+[ -z "$iscsi_left" ] || iscsi_clean=false
+grep -q '0100007F:0CBC 00000000:0000 0A' /proc/net/tcp && iscsi_clean=false
+echo "tcmu scenario: iSCSI portal listening $iscsi_portal; serve exited $iscsi_rc; left: ${iscsi_left:-nothing}"
+tail -3 "$HIL_SHARE/serve-iscsi.log"
 cat >"$HIL_SHARE/result.json" <<EOF
 {"scenario": "tcmu", "device": "$SD", "vendor": "$vendor", "model": "$model",
  "sectors": $sectors, "logical_block_size": $lbs, "sg3_utils": "$sg",
@@ -124,7 +148,8 @@ cat >"$HIL_SHARE/result.json" <<EOF
  "stop_budget_ms": 15000, "drained": $drained, "configfs_clean": $configfs_clean,
  "writer_hung": $writer_hung, "killed_writer_rc": $killed_writer_rc,
  "killed_writer_hung": $killed_writer_hung, "restart_verified": $restart_verified,
- "killed_writer_done_after_kill_s": $restart_s}
+ "killed_writer_done_after_kill_s": $restart_s, "iscsi_portal": $iscsi_portal,
+ "iscsi_rc": $iscsi_rc, "iscsi_clean": $iscsi_clean}
 EOF
 cat "$HIL_SHARE/result.json"
 [ "$verified" = true ] || exit 19
