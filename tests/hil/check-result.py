@@ -69,7 +69,7 @@ def check_tcmu(j):
     checks = [
         ("the kernel saw the disk (sd device, capacity > 0)", j.get("sectors", 0) > 0),
         ("the data read back is the data written", j.get("verified") is True),
-        ("sg_inq/sg_readcap passed or sg3-utils is absent (said so)",
+        ("sg_inq/sg_vpd/sg_readcap passed, or sg3-utils is absent (said so)",
          j.get("sg3_utils") in ("ok", "skipped")),
         ("serve exited 0 after SIGTERM under load", j.get("serve_rc") == 0),
         ("the stop stayed within its budget",
@@ -96,7 +96,7 @@ def check_tcmu(j):
         f"done {j.get('killed_writer_done_after_kill_s')} s after the kill"
     )
     if j.get("sg3_utils") == "skipped":
-        print("     tcmu: SKIPPED sg_inq/sg_readcap: sg3-utils is not in the guest")
+        print("     tcmu: SKIPPED sg_inq/sg_vpd/sg_readcap: sg3-utils is not in the guest")
     return 1 if failed else 0
 
 

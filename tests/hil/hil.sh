@@ -21,7 +21,7 @@ REPO=$(cd "$HIL_DIR/../.." && pwd)
 CACHE_DIR=${HIL_CACHE_DIR:-$REPO/target/hil}
 QEMU=${HIL_QEMU:-qemu-system-x86_64}
 BUSYBOX=${HIL_BUSYBOX:-/bin/busybox}
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio)
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio sg3-utils)
 # Guest modules; their dependencies come from `modprobe --show-depends`. vfio_iommu_type1 is
 # named explicitly because busybox modprobe ignores the soft dependency vfio-pci has on it.
 # The LIO modules serve the TCMU scenario (LIO's target core, its user backstore, the local

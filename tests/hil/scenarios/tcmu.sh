@@ -44,10 +44,18 @@ sectors=$(cat /sys/block/$SD/size)
 lbs=$(cat /sys/block/$SD/queue/logical_block_size)
 echo "tcmu scenario: /dev/$SD: vendor $vendor model $model, $sectors sectors of 512, logical block $lbs"
 sg=skipped
-if command -v sg_inq >/dev/null && command -v sg_readcap >/dev/null; then
-	sg_inq "/dev/$SD" && sg_readcap "/dev/$SD" && sg=ok || sg=failed
+if command -v sg_inq >/dev/null && command -v sg_readcap >/dev/null && command -v sg_vpd >/dev/null; then
+	# INQUIRY names the engine's vendor, the device identification VPD page answers, READ
+	# CAPACITY agrees with what sd read.
+	sg=failed
+	sg_inq "/dev/$SD" >/tmp/sg_inq.txt 2>&1 && grep -q "$vendor" /tmp/sg_inq.txt &&
+		sg_vpd --page=di "/dev/$SD" >/tmp/sg_vpd.txt 2>&1 &&
+		sg_readcap "/dev/$SD" >/tmp/sg_readcap.txt 2>&1 &&
+		grep -q "Last LBA=$((sectors * 512 / lbs - 1))" /tmp/sg_readcap.txt && sg=ok
+	cat /tmp/sg_inq.txt /tmp/sg_vpd.txt /tmp/sg_readcap.txt 2>/dev/null | grep -E "Vendor|Product|designat|Last LBA|Logical block length|NAA|EUI" | head -12
+	echo "tcmu scenario: sg_inq/sg_vpd/sg_readcap: $sg"
 else
-	echo "tcmu scenario: SKIPPED sg_inq/sg_readcap: sg3-utils is not in the guest (sysfs vendor/model/size checked instead)"
+	echo "tcmu scenario: SKIPPED sg_inq/sg_vpd/sg_readcap: sg3-utils is not in the guest (tests/hil/hil.sh install adds it; sysfs vendor/model/size checked instead)"
 fi
 N=$((MB * 256))
 dd if=/dev/urandom of=/tmp/pattern bs=4096 count=$N 2>/dev/null
