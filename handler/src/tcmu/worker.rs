@@ -189,3 +189,134 @@ fn serve(
         drain_time,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::Disk;
+    use crate::scsi::DiskConfig;
+    use crate::store::ram::RamStore;
+    use crate::store::Store;
+    use crate::tcmu::abi::Iovec;
+    use crate::tcmu::sim::SimConfig;
+    use crate::tcmu::sim::SimKernel;
+    use crate::tcmu::uio::TcmuUioName;
+    use crate::tcmu::uio::UioEvents;
+    use crate::tcmu::uio::UioInfo;
+    use scst_accel_dma::SgvPool;
+    use std::io::Read;
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    const BS: u32 = 512;
+
+    fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+        let mut c = [0u8; 10];
+        c[0] = op;
+        c[2..6].copy_from_slice(&lba.to_be_bytes());
+        c[7..9].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    /// Post `cdb` with one iovec at data offset `at`, signal, wait (bounded) for the kick.
+    fn post_and_wait(sim: &mut SimKernel, kernel: &mut UnixStream, id: u16, cdb: &[u8], at: usize) {
+        let iov = [Iovec {
+            iov_base: (sim.data_off() + at) as u64,
+            iov_len: BS.into(),
+        }];
+        sim.post_cmd(id, cdb, &iov, &[]).expect("post");
+        kernel.write_all(&1u32.to_ne_bytes()).expect("event");
+        let mut kick = [0u8; 4];
+        kernel
+            .read_exact(&mut kick)
+            .expect("kicked within the read timeout");
+    }
+
+    #[test]
+    fn the_thread_serves_the_ring_and_stops_with_the_store_drained() {
+        let mut sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let (ours, mut kernel) = UnixStream::pair().expect("pair");
+        kernel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let info = UioInfo {
+            index: 0,
+            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store = RamStore::new(BS, 1024, 256);
+        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let exec = Executor::new(
+            disk,
+            store.open_queue().expect("queue"),
+            Arc::new(SgvPool::new(None, None, 1 << 22)),
+        );
+        let config = WorkerConfig {
+            idle_poll: Duration::from_millis(10),
+            ..WorkerConfig::default()
+        };
+        let worker = TcmuWorker::spawn("tcmu-test", device, exec, config).expect("spawn");
+        let data: Vec<u8> = (0..BS as usize).map(|i| (i % 251) as u8).collect();
+        sim.write_data(sim.data_off(), &data);
+        post_and_wait(&mut sim, &mut kernel, 1, &rw10(0x2a, 3, 1), 0);
+        post_and_wait(&mut sim, &mut kernel, 2, &rw10(0x28, 3, 1), 4096);
+        let done = sim.reap().expect("reap");
+        assert_eq!(
+            done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
+            [(1, 0), (2, 0)]
+        );
+        assert_eq!(sim.read_data(sim.data_off() + 4096, BS as usize), data);
+        assert!(!worker.is_finished());
+        assert!(worker.heartbeat_age() < Duration::from_secs(5));
+        let started = Instant::now();
+        let report = worker.stop().expect("no panic");
+        assert!(started.elapsed() < Duration::from_secs(5), "the stop is bounded");
+        assert_eq!((report.progress.started, report.progress.completed), (2, 2));
+        assert!(report.error.is_none(), "{:?}", report.error);
+        assert!(report.drained.is_ok(), "{:?}", report.drained);
+    }
+
+    #[test]
+    fn a_vanished_kernel_ends_the_thread_with_the_error_and_still_drains() {
+        let sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: 0,
+        });
+        let (ours, kernel) = UnixStream::pair().expect("pair");
+        let info = UioInfo {
+            index: 0,
+            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store = RamStore::new(BS, 1024, 256);
+        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let exec = Executor::new(
+            disk,
+            store.open_queue().expect("queue"),
+            Arc::new(SgvPool::new(None, None, 1 << 22)),
+        );
+        let worker = TcmuWorker::spawn("tcmu-test", device, exec, WorkerConfig::default()).expect("spawn");
+        // The peer closes: the event fd reads EOF, which is an error, not an idle turn.
+        drop(kernel);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !worker.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(worker.is_finished(), "the thread ended on its own");
+        let report = worker.stop().expect("no panic");
+        assert!(
+            matches!(report.error, Some(StepError::Uio(_))),
+            "{:?}",
+            report.error
+        );
+        assert!(report.drained.is_ok());
+    }
+}
