@@ -319,6 +319,7 @@ pub fn run(disk: &DiskSpec, args: &TcmuArgs, state_dir: &Path, signals: &mut Sig
 
 /// Until SIGINT/SIGTERM, or the worker ends on its own.
 fn wait_for_stop(signals: &mut Signals, worker: &TcmuWorker) {
+    let mut warned: Option<Instant> = None;
     loop {
         for signal in signals.pending() {
             if signal == SIGINT || signal == SIGTERM {
@@ -330,8 +331,12 @@ fn wait_for_stop(signals: &mut Signals, worker: &TcmuWorker) {
             log::error!("tcmu: the worker ended; stopping");
             return;
         }
-        if worker.heartbeat_age() > Duration::from_secs(10) {
+        // A turn is at most 50 ms plus one serving pass; 10 s means stuck. Said every 10 s.
+        if worker.heartbeat_age() > Duration::from_secs(10)
+            && warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
             log::warn!("tcmu: the worker has not turned for {:?}", worker.heartbeat_age());
+            warned = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
