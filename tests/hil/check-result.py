@@ -18,6 +18,8 @@ def main():
     except (OSError, ValueError) as e:
         print(f"FAIL {scenario}: no JSON result ({e})")
         return 1
+    if scenario == "tcmu":
+        return check_tcmu(j)
     t = j.get("teardown", {})
     pool = j.get("pool", {})
     checks = [
@@ -59,6 +61,42 @@ def main():
         f"teardown {t.get('ms', 0):.0f} ms (in flight {t.get('in_flight_at_start')}, "
         f"drained {t.get('drained')}, aborted {t.get('aborted')})"
     )
+    return 1 if failed else 0
+
+
+def check_tcmu(j):
+    """`serve --frontend tcmu` through the kernel's own /dev/sdX (scenarios/tcmu.sh)."""
+    checks = [
+        ("the kernel saw the disk (sd device, capacity > 0)", j.get("sectors", 0) > 0),
+        ("the data read back is the data written", j.get("verified") is True),
+        ("sg_inq/sg_vpd/sg_readcap passed, or sg3-utils is absent (said so)",
+         j.get("sg3_utils") in ("ok", "skipped")),
+        ("serve exited 0 after SIGTERM under load", j.get("serve_rc") == 0),
+        ("the stop stayed within its budget",
+         j.get("stop_ms", 1e18) <= j.get("stop_budget_ms", 0)),
+        ("the store queue was drained before the ring was unmapped", j.get("drained") is True),
+        ("every configfs object was removed", j.get("configfs_clean") is True),
+        ("the writer did not hang after the stop", j.get("writer_hung") is False),
+        ("a write across kill -9 and an adopting restart finished without error",
+         j.get("killed_writer_rc") == 0 and j.get("killed_writer_hung") is False),
+        ("its data is on the disk", j.get("restart_verified") is True),
+        ("the iSCSI target listened on 127.0.0.1:3260", j.get("iscsi_portal") is True),
+        ("and was removed at the stop (serve exit 0, nothing left, no listener)",
+         j.get("iscsi_rc") == 0 and j.get("iscsi_clean") is True),
+    ]
+    failed = 0
+    for name, ok in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} tcmu: {name}")
+        failed += not ok
+    mib = j.get("mib", 0)
+    print(
+        f"     tcmu: /dev/{j.get('device')} {j.get('vendor')} {j.get('model')}, "
+        f"{mib} MiB written in {j.get('write_s')} s, read in {j.get('read_s')} s, "
+        f"stop {j.get('stop_ms')} ms, sg3-utils {j.get('sg3_utils')}, write across kill -9 "
+        f"done {j.get('killed_writer_done_after_kill_s')} s after the kill"
+    )
+    if j.get("sg3_utils") == "skipped":
+        print("     tcmu: SKIPPED sg_inq/sg_vpd/sg_readcap: sg3-utils is not in the guest")
     return 1 if failed else 0
 
 

@@ -21,10 +21,13 @@ REPO=$(cd "$HIL_DIR/../.." && pwd)
 CACHE_DIR=${HIL_CACHE_DIR:-$REPO/target/hil}
 QEMU=${HIL_QEMU:-qemu-system-x86_64}
 BUSYBOX=${HIL_BUSYBOX:-/bin/busybox}
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio)
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio sg3-utils)
 # Guest modules; their dependencies come from `modprobe --show-depends`. vfio_iommu_type1 is
 # named explicitly because busybox modprobe ignores the soft dependency vfio-pci has on it.
-GUEST_MODULES=(nvme-core nvme vfio vfio_iommu_type1 vfio-pci virtio_pci 9pnet_virtio 9p)
+# The LIO modules serve the TCMU scenario (LIO's target core, its user backstore, the local
+# tcm_loop target and the SCSI disk driver for the /dev/sdX it creates, the iSCSI target).
+GUEST_MODULES=(nvme-core nvme vfio vfio_iommu_type1 vfio-pci virtio_pci 9pnet_virtio 9p
+	configfs target_core_mod uio target_core_user tcm_loop sd_mod iscsi_target_mod)
 # Kernel-log lines that fail a run (extended regular expressions, matched case-sensitively).
 # QEMU's own VT-d model reports each blocked DMA on its stderr too ("translation failure"),
 # including those the guest never logs because its fault recording registers were full.
@@ -319,7 +322,11 @@ cmd_run() {
 	img=$out/disk.img
 	truncate -s "${disk_mb}M" "$img"
 
-	local append="console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=5 rdinit=/init"
+	# no_timer_check: under a loaded TCG host the kernel's check_timer() (arch/x86/kernel/apic/
+	# io_apic.c) can see too few timer ticks in its short window and, with interrupt remapping
+	# on, panics "timer doesn't work through Interrupt-remapped IO-APIC" (2 of ~8 boots under
+	# load); the parameter makes timer_irq_works() trust the timer (README.md).
+	local append="console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=5 no_timer_check rdinit=/init"
 	local qemu_args=(
 		-accel tcg,thread=multi -cpu max -smp 2 -m "$mem_mb"
 		-machine q35,kernel-irqchip=split

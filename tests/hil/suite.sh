@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -26,6 +26,14 @@ if [[ -z $bin ]]; then
 	(cd "$root" && cargo build --release --locked -p scst-accel)
 	bin="${CARGO_TARGET_DIR:-$root/target}/release/scst-accel"
 fi
+# sg3-utils' tools go into the guest when the host has them (hil.sh install adds them); the tcmu
+# scenario says SKIPPED for its SCSI checks otherwise.
+sg_bins=()
+for tool in sg_inq sg_vpd sg_readcap; do
+	if path=$(command -v "$tool"); then
+		sg_bins+=(--bin "$path")
+	fi
+done
 out="${HIL_OUT:-$root/target/hil/suite}"
 mkdir -p "$out"
 started=$SECONDS
@@ -38,7 +46,7 @@ for s in "${scenarios[@]}"; do
 	echo "== hil: $s"
 	rc=0
 	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-600}" --bin "$bin" \
-		--bin "$here/scenarios/common.sh" -- "$script" || rc=$?
+		--bin "$here/scenarios/common.sh" ${sg_bins[@]+"${sg_bins[@]}"} -- "$script" || rc=$?
 	if [[ $rc -ne 0 ]]; then
 		echo "FAIL $s: guest run exited $rc (see $dir/serial.log, $dir/share/script.log)"
 		failed+=("$s")

@@ -129,6 +129,9 @@ enum Clearance {
     Permit(#[expect(dead_code, reason = "held across the unmap, never read")] PoolPermit),
     /// No frontend ever ran.
     NeverServed,
+    /// The TCMU worker drained its store queue: no request of it, so no buffer of the pool,
+    /// is in the device's hands (`scst_accel_handler::tcmu::exec::Executor::drain`).
+    Drained,
 }
 
 /// One step of the release.
@@ -491,6 +494,13 @@ impl Backend {
     /// is better than a device DMA into memory that was unmapped and reused.
     pub fn shutdown(self, permit: Option<PoolPermit>) -> BackendReport {
         self.release(permit.map(Clearance::Permit))
+    }
+
+    /// Release after a TCMU worker's drain (`drained` proves its store queue is empty; the
+    /// TCMU frontend grants no leases, its buffers live only while their request does).
+    pub fn shutdown_drained(self, drained: &scst_accel_handler::tcmu::exec::Drained) -> BackendReport {
+        let _ = drained;
+        self.release(Some(Clearance::Drained))
     }
 
     /// Release a backend no frontend ever served (start-up failed before any command): no

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod serve;
 pub mod service;
 pub mod status;
+pub mod tcmu;
 pub mod units;
 
 /// Exit codes a service manager can act on (sysexits.h values).

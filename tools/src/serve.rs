@@ -22,6 +22,8 @@ use crate::service::KernelSide;
 use crate::service::Service;
 use crate::service::StartOptions;
 use crate::status::ServiceView;
+use crate::tcmu::FrontendArg;
+use crate::tcmu::TcmuArgs;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use clap::Args;
@@ -84,6 +86,12 @@ pub struct ServeArgs {
     /// `[disk.identity]`).
     #[command(flatten)]
     pub identity: IdentityFlags,
+    /// Which kernel target serves the disk: SCST (scst_user) or LIO (target_core_user).
+    #[arg(long, value_enum, default_value_t = FrontendArg::Scst)]
+    pub frontend: FrontendArg,
+    /// The TCMU frontend's settings (with `--frontend tcmu`).
+    #[command(flatten)]
+    pub tcmu: TcmuArgs,
 }
 
 /// Serve; returns the process exit code. `matches` are the `serve` subcommand's, to tell which
@@ -105,6 +113,20 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
             return exit::SOFTWARE;
         }
     };
+    if args.frontend == FrontendArg::Tcmu {
+        let [disk] = config.disks.as_slice() else {
+            eprintln!(
+                "scst-accel serve: --frontend tcmu serves one disk; the configuration has {}",
+                config.disks.len()
+            );
+            return exit::USAGE;
+        };
+        if args.loopback {
+            eprintln!("scst-accel serve: --loopback is the scst_user frontend's; not with --frontend tcmu");
+            return exit::USAGE;
+        }
+        return crate::tcmu::run(disk, &args.tcmu, &config.service.state_dir, &mut signals);
+    }
     let kernel = if args.loopback {
         KernelSide::Loopback(LoopbackKernel::new(KernelConfig {
             version: version::resolve(&args.disk.scst_version),

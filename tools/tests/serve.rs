@@ -511,3 +511,52 @@ fn permission_denied_on_the_scst_user_node_is_77() {
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.to_lowercase().contains("permission"), "{stderr}");
 }
+
+#[test]
+fn tcmu_without_lio_says_what_to_load_and_leaves_nothing_behind() {
+    // A configfs root without LIO's `core/`: target_core_mod is not loaded (or configfs not
+    // mounted); the backend was built and is released again, nothing is created.
+    let root = tempfile::tempdir().expect("temp dir");
+    let missing = root.path().join("target");
+    let (code, err) = run(&[
+        "--frontend",
+        "tcmu",
+        "--size",
+        "16m",
+        "--configfs-root",
+        missing.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("mount configfs"), "{err}");
+    assert!(!missing.exists(), "nothing created under the root");
+    // With core/ but no target_core_user: the HBA's mkdir is where a kernel would refuse; a
+    // plain directory accepts it, so the next step (the backstore's control file, which
+    // configfs would have created) is the one that fails, naming that file.
+    std::fs::create_dir_all(missing.join("core")).expect("core");
+    let (code, err) = run(&[
+        "--frontend",
+        "tcmu",
+        "--size",
+        "16m",
+        "--configfs-root",
+        missing.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("core/user_7/accel0/control"), "{err}");
+    assert!(err.contains("no such attribute"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(missing.join("core"))
+        .expect("core")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the HBA and backstore were removed again: {left:?}"
+    );
+}
+
+#[test]
+fn tcmu_is_one_disk_and_not_with_loopback() {
+    let (code, err) = run(&["--frontend", "tcmu", "--loopback", "--size", "16m"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--loopback"), "{err}");
+}

@@ -10,8 +10,15 @@
 //! [`Executor::step`] is one bounded turn of a serving loop: wait (with a timeout) for the
 //! kernel's UIO event or the store's completions, serve, kick the kernel if `cmd_tail` moved.
 //!
-//! Not here yet: deadlines and escalation, task management beyond logging the notice, the
-//! teardown (the caller drops the executor only when nothing is in flight), threads.
+//! Every command in the store has a deadline ([`Executor::set_command_timeout`]);
+//! [`Executor::check_deadlines`] escalates a missed one as the scst_user worker does
+//! (handler/src/frontend/worker.rs `check_deadlines`): a dump of the commands and the
+//! device's queue in the log, then the queue's `abort_all`, at most once a second.
+//! [`Executor::drain`] is the teardown's half: no more ring entries, the store's requests
+//! completed (or aborted) and answered, bounded; its [`Drained`] proves nothing is left in
+//! the store. The thread that runs all this is [`super::worker`].
+//!
+//! Not here yet: task management beyond logging the notice.
 
 use super::ring::Response;
 use super::ring::Ring;
@@ -38,6 +45,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// Bytes copied per step between the data area and a command buffer.
 const BOUNCE: usize = 64 * 1024;
@@ -87,7 +95,25 @@ struct Inflight {
     cmd: TcmuCommand,
     io: IoPlan,
     buffer: Option<IoBuffer>,
+    received: Instant,
+    deadline: Instant,
 }
+
+/// Proof, from [`Executor::drain`], that no request of the executor is left in its store
+/// queue: every command buffer it handed to the device has come back.
+#[derive(Debug)]
+pub struct Drained(());
+
+/// [`Executor::drain`] ran out of time: requests still in the store after the abort.
+#[derive(Debug, thiserror::Error)]
+#[error("{in_flight} store request(s) still in flight after the drain and the abort")]
+pub struct NotDrained {
+    /// Requests still in the store.
+    pub in_flight: usize,
+}
+
+/// The default per-command deadline (the scst_user frontend's `--command-timeout` default).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one ring with one disk and one store queue.
 pub struct Executor {
@@ -99,6 +125,9 @@ pub struct Executor {
     submit: Vec<StoreRequest>,
     completions: Vec<StoreCompletion>,
     bounce: Vec<u8>,
+    command_timeout: Duration,
+    last_escalation: Option<Instant>,
+    escalations: u64,
 }
 
 impl Executor {
@@ -113,6 +142,136 @@ impl Executor {
             submit: Vec::new(),
             completions: Vec::new(),
             bounce: vec![0; BOUNCE],
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            last_escalation: None,
+            escalations: 0,
+        }
+    }
+
+    /// How long a command may stay in the store before [`Self::check_deadlines`] escalates.
+    pub fn set_command_timeout(&mut self, timeout: Duration) {
+        self.command_timeout = timeout;
+    }
+
+    /// Deadline escalations so far.
+    pub fn escalations(&self) -> u64 {
+        self.escalations
+    }
+
+    /// Escalate a missed deadline, at most once a second (a copy of the scst_user worker's
+    /// policy, handler/src/frontend/worker.rs `check_deadlines`): log this executor's commands
+    /// and the device's queue, then abort every request in the store; the aborted requests
+    /// complete through the next poll, and their commands get their sense from the engine.
+    /// Returns whether it escalated.
+    pub fn check_deadlines(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_escalation
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return false;
+        }
+        let Some((&late, _)) = self.inflight.iter().find(|(_, f)| f.deadline <= now) else {
+            return false;
+        };
+        self.last_escalation = Some(now);
+        self.escalations += 1;
+        log::error!(
+            "tcmu: store request {late} missed its deadline; this ring's commands:\n{}",
+            self.dump(now)
+        );
+        if let Some(device) = self.queue.dump() {
+            log::error!("device queue at the escalation of request {late}:\n{device}");
+        }
+        if self.queue.abort_all() == 0 {
+            log::error!(
+                "the store could not abort its requests; they stay in flight until it completes them"
+            );
+        }
+        true
+    }
+
+    /// One line per command in the store: request tag, ring cmd_id, age, deadline, op.
+    pub fn dump(&self, now: Instant) -> String {
+        let mut lines: Vec<String> = self
+            .inflight
+            .iter()
+            .map(|(tag, f)| {
+                format!(
+                    "  request {tag}: cmd_id {}, age {:?}, deadline {}, op {:?}",
+                    f.cmd.cmd_id(),
+                    now.duration_since(f.received),
+                    if f.deadline <= now { "missed" } else { "pending" },
+                    f.io.op
+                )
+            })
+            .collect();
+        lines.sort();
+        format!(
+            "{} command(s) in the store ({} reported by the queue)\n{}",
+            self.inflight.len(),
+            self.queue.in_flight(),
+            lines.join("\n")
+        )
+    }
+
+    /// The teardown's drain: take no more ring entries; wait for the store's requests,
+    /// answering each command in the ring as it completes, and kick the kernel; when `budget`
+    /// has passed, abort what is left (the store's own escalation: on hardware a reset that
+    /// proves no more DMA) and wait up to `budget` again.
+    ///
+    /// # Errors
+    /// [`NotDrained`] when requests are still in the store at the end: their buffers may
+    /// still be the device's, so the caller must not release the pool.
+    pub fn drain(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        events: &UioEvents,
+        budget: Duration,
+    ) -> Result<Drained, NotDrained> {
+        let mut progress = Progress::default();
+        let mut aborted = false;
+        let mut deadline = Instant::now() + budget;
+        while !self.inflight.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                if aborted {
+                    break;
+                }
+                log::warn!(
+                    "tcmu drain: {} request(s) still in the store after {budget:?}; aborting them:\n{}",
+                    self.inflight.len(),
+                    self.dump(now)
+                );
+                self.queue.abort_all();
+                aborted = true;
+                deadline = now + budget;
+            }
+            if let Some(fd) = self.queue.notify_fd() {
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50));
+                if let Err(e) = scst_accel_hal::fdio::poll_readable(&[fd], wait) {
+                    log::warn!("tcmu drain: waiting for the store: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.flush(token, ring, &mut progress);
+            if ring.take_kick() {
+                if let Err(e) = events.kick() {
+                    log::warn!("tcmu drain: kicking the kernel: {e}");
+                }
+            }
+        }
+        if self.inflight.is_empty() {
+            Ok(Drained(()))
+        } else {
+            Err(NotDrained {
+                in_flight: self.inflight.len(),
+            })
         }
     }
 
@@ -267,7 +426,17 @@ impl Executor {
             op: io.op.clone(),
             buffer: buffer.clone(),
         });
-        self.inflight.insert(tag, Inflight { cmd, io, buffer });
+        let received = Instant::now();
+        self.inflight.insert(
+            tag,
+            Inflight {
+                cmd,
+                io,
+                buffer,
+                received,
+                deadline: received + self.command_timeout,
+            },
+        );
     }
 
     /// A command buffer for `op`, holding the command's Data-Out when the op writes it to the
@@ -555,5 +724,182 @@ mod tests {
         assert_eq!(unknown.status, sam_status::CHECK_CONDITION);
         assert_eq!((unknown.sense[2] & 0x0f, unknown.sense[12]), (0x05, 0x20));
         assert_eq!(r.exec.in_flight(), 0);
+    }
+
+    /// A store queue that holds every request until the test releases it or `abort_all`
+    /// ends it (a device that stalls).
+    struct HeldQueue {
+        held: Arc<std::sync::Mutex<Vec<StoreRequest>>>,
+        done: Vec<StoreCompletion>,
+        /// Whether `abort_all` works (a device that cannot be stopped when false).
+        abortable: bool,
+        aborts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl StoreQueue for HeldQueue {
+        fn submit(
+            &mut self,
+            _token: &mut StoreToken<'_>,
+            batch: &mut Vec<StoreRequest>,
+        ) -> Result<(), crate::store::StoreError> {
+            self.held.lock().expect("held").append(batch);
+            Ok(())
+        }
+
+        fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {
+            let n = self.done.len();
+            out.append(&mut self.done);
+            n
+        }
+
+        fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            None
+        }
+
+        fn in_flight(&self) -> usize {
+            self.held.lock().expect("held").len() + self.done.len()
+        }
+
+        fn abort_all(&mut self) -> usize {
+            self.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !self.abortable {
+                return 0;
+            }
+            let held: Vec<StoreRequest> = std::mem::take(&mut *self.held.lock().expect("held"));
+            let n = held.len();
+            self.done.extend(held.into_iter().map(|r| StoreCompletion {
+                tag: r.tag,
+                status: crate::store::StoreStatus::Aborted,
+            }));
+            n
+        }
+    }
+
+    struct HeldRig {
+        sim: SimKernel,
+        ring: Ring,
+        exec: Executor,
+        aborts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn held_rig(abortable: bool) -> HeldRig {
+        let store = RamStore::new(BS, 2048, 256);
+        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let aborts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let queue = HeldQueue {
+            held: Arc::default(),
+            done: Vec::new(),
+            abortable,
+            aborts: Arc::clone(&aborts),
+        };
+        let pool = Arc::new(SgvPool::new(None, None, 1 << 24));
+        let sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 256 * 1024,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let ring = Ring::attach(sim.region().clone()).expect("attach");
+        HeldRig {
+            sim,
+            ring,
+            exec: Executor::new(disk, Box::new(queue), pool),
+            aborts,
+        }
+    }
+
+    impl HeldRig {
+        fn post_read(&mut self, id: u16, lba: u32) {
+            let off = self.sim.data_off() + usize::from(id) * BS as usize;
+            let iov = [Iovec {
+                iov_base: off as u64,
+                iov_len: BS.into(),
+            }];
+            self.sim
+                .post_cmd(id, &rw10(0x28, lba, 1), &iov, &[])
+                .expect("post");
+        }
+    }
+
+    fn socket_events() -> (UioEvents, std::os::unix::net::UnixStream) {
+        let (ours, kernel) = std::os::unix::net::UnixStream::pair().expect("pair");
+        kernel.set_nonblocking(true).expect("nonblocking");
+        (UioEvents::new(std::os::fd::OwnedFd::from(ours)), kernel)
+    }
+
+    #[test]
+    fn a_missed_deadline_aborts_the_store_once_a_second_and_answers_with_sense() {
+        let mut r = held_rig(true);
+        r.exec.set_command_timeout(Duration::from_millis(20));
+        let mut token = StoreToken::root();
+        r.post_read(1, 7);
+        let p = r.exec.poll(&mut token, &mut r.ring).expect("poll");
+        assert_eq!((p.started, p.completed, r.exec.in_flight()), (1, 0, 1));
+        assert!(!r.exec.check_deadlines(), "not late yet");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(r.exec.check_deadlines(), "late: escalated");
+        assert_eq!(r.aborts.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let p = r.exec.poll(&mut token, &mut r.ring).expect("poll");
+        assert_eq!((p.completed, r.exec.in_flight()), (1, 0));
+        assert!(r.ring.take_kick());
+        let done = r.sim.reap().expect("reap");
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            done[0].status,
+            sam_status::CHECK_CONDITION,
+            "an aborted read is not GOOD"
+        );
+        // Another late command within the second: no second escalation yet.
+        r.post_read(2, 8);
+        r.exec.poll(&mut token, &mut r.ring).expect("poll");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!r.exec.check_deadlines(), "at most one escalation a second");
+        assert_eq!(r.exec.escalations(), 1);
+    }
+
+    #[test]
+    fn the_drain_takes_no_new_entry_aborts_at_its_budget_and_proves_the_store_empty() {
+        let mut r = held_rig(true);
+        let (events, _kernel) = socket_events();
+        let mut token = StoreToken::root();
+        r.post_read(1, 1);
+        r.exec.poll(&mut token, &mut r.ring).expect("poll");
+        r.post_read(2, 2); // posted after intake stopped: the drain must not take it
+        let start = Instant::now();
+        let drained = r
+            .exec
+            .drain(&mut token, &mut r.ring, &events, Duration::from_millis(40));
+        assert!(drained.is_ok(), "{drained:?}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(40),
+            "waited its budget first"
+        );
+        assert_eq!(r.aborts.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let done = r.sim.reap().expect("reap");
+        assert_eq!(done.iter().map(|c| c.cmd_id).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            r.ring.next_entry().expect("ring").map(|_| ()),
+            Some(()),
+            "entry 2 left"
+        );
+    }
+
+    #[test]
+    fn a_store_that_cannot_abort_is_reported_not_drained_within_twice_the_budget() {
+        let mut r = held_rig(false);
+        let (events, _kernel) = socket_events();
+        let mut token = StoreToken::root();
+        r.post_read(1, 1);
+        r.exec.poll(&mut token, &mut r.ring).expect("poll");
+        let start = Instant::now();
+        let err = r
+            .exec
+            .drain(&mut token, &mut r.ring, &events, Duration::from_millis(30))
+            .expect_err("stuck");
+        assert_eq!(err.in_flight, 1);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(60) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 }

@@ -346,7 +346,8 @@ impl AsFd for UioEvents {
 pub struct UioDevice {
     info: UioInfo,
     events: UioEvents,
-    mapping: Arc<UioMapping>,
+    /// The mapping (a `UioMapping`, or in tests the simulated kernel's memory).
+    region: Region,
 }
 
 impl UioDevice {
@@ -375,8 +376,15 @@ impl UioDevice {
         Ok(Self {
             info: info.clone(),
             events: UioEvents::new(OwnedFd::from(file)),
-            mapping,
+            region: Region::new(mapping),
         })
+    }
+
+    /// A device over memory and an event fd of the caller's (tests: the simulated kernel's
+    /// region and one end of a socket pair).
+    #[cfg(test)]
+    pub(crate) fn from_parts(info: UioInfo, region: Region, events: UioEvents) -> Self {
+        Self { info, events, region }
     }
 
     /// What sysfs said about the device.
@@ -386,7 +394,7 @@ impl UioDevice {
 
     /// A view of the mapping (keeps it mapped while it lives).
     pub fn region(&self) -> Region {
-        Region::new(self.mapping.clone())
+        self.region.clone()
     }
 
     /// The event side.

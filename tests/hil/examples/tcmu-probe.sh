@@ -3,10 +3,8 @@
 # O_DIRECT through the kernel's own /dev/sdX and compared (docs/tcmu.md, "Against the real
 # kernel"). Pass `--bin target/debug/examples/tcmu_serve`.
 #
-# NOT part of the suite yet: the harness's initramfs does not carry the target modules. To run
-# it, add `configfs target_core_mod uio target_core_user scsi_mod sd_mod tcm_loop` to
-# GUEST_MODULES in hil.sh (a copy of tests/hil elsewhere, with HIL_CACHE_DIR set, leaves the
-# suite's cache alone).
+# Not a suite scenario (scenarios/tcmu.sh is, with `serve --frontend tcmu`): a probe of the
+# example, kept for the kill -9 measurement (KILL_AFTER). The harness loads the target modules.
 #
 # Environment: RING_MB (command ring size, default 1: small, so the I/O wraps it), MB (MiB
 # written and read back, default 16), SERVE_SECONDS (how long tcmu_serve runs, default 90),

@@ -1,0 +1,322 @@
+//! The thread that serves one TCMU ring: [`super::exec::Executor::step`] in a loop, bounded
+//! waits, deadlines checked every turn, and on [`TcmuWorker::stop`] the teardown in the only
+//! safe order: stop taking ring entries, drain the store queue (the device's in-flight
+//! requests, aborted at the budget), and only then unmap the ring's mapping (the UIO device is
+//! dropped on this thread, after the drain).
+//!
+//! One thread per ring: the ring has one consumer (`cmd_tail` is ours alone), so more threads
+//! would only contend for it. The store queue is the worker's own, as in the scst_user worker.
+
+use super::exec::Drained;
+use super::exec::Executor;
+use super::exec::NotDrained;
+use super::exec::Progress;
+use super::exec::StepError;
+use super::ring::Ring;
+use super::uio::UioDevice;
+use crate::store::StoreToken;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::Instant;
+
+/// Timing of a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Per-command deadline in the store before escalation.
+    pub command_timeout: Duration,
+    /// How long the teardown waits for the store before it aborts (and then as long again).
+    pub drain_budget: Duration,
+    /// The longest wait of one turn (how soon a stop request is seen).
+    pub idle_poll: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            command_timeout: super::exec::DEFAULT_COMMAND_TIMEOUT,
+            drain_budget: Duration::from_secs(5),
+            idle_poll: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What a worker did, at its end.
+#[derive(Debug)]
+pub struct WorkerReport {
+    /// Totals of every turn.
+    pub progress: Progress,
+    /// Deadline escalations.
+    pub escalations: u64,
+    /// Why serving ended before a stop was asked, if it did (a broken ring, a UIO error).
+    pub error: Option<StepError>,
+    /// The drain's outcome: the proof that the store holds nothing of ours, or what is left.
+    pub drained: Result<Drained, NotDrained>,
+    /// How long the drain took.
+    pub drain_time: Duration,
+}
+
+/// A running worker; stop it with [`TcmuWorker::stop`].
+pub struct TcmuWorker {
+    stop: Arc<AtomicBool>,
+    /// Milliseconds since `started` at the top of the last turn.
+    heartbeat: Arc<AtomicU64>,
+    started: Instant,
+    thread: JoinHandle<WorkerReport>,
+}
+
+impl TcmuWorker {
+    /// Attach to the ring of `device` and serve it with `exec` on a new thread named `name`.
+    ///
+    /// # Errors
+    /// The ring's layout is not one this handler reads ([`super::ring::LayoutError`], as
+    /// text), or the thread cannot be spawned.
+    pub fn spawn(
+        name: &str,
+        device: UioDevice,
+        mut exec: Executor,
+        config: WorkerConfig,
+    ) -> Result<Self, std::io::Error> {
+        let ring = Ring::attach(device.region())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        log::info!(
+            "tcmu: uio{} {:?}: {} bytes mapped, mailbox flags {:#x}, ring {:?}",
+            device.info().index,
+            device.info().name,
+            device.info().map_size,
+            ring.flags(),
+            ring.state()
+        );
+        exec.set_command_timeout(config.command_timeout);
+        let stop = Arc::new(AtomicBool::new(false));
+        let heartbeat = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let heartbeat = Arc::clone(&heartbeat);
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || serve(device, ring, exec, config, &stop, &heartbeat, started))?
+        };
+        Ok(Self {
+            stop,
+            heartbeat,
+            started,
+            thread,
+        })
+    }
+
+    /// Whether the thread has ended (serving failed) without a stop.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// How long ago the worker last began a turn.
+    pub fn heartbeat_age(&self) -> Duration {
+        let last = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Stop taking ring entries, drain, unmap, and report. Bounded by the worker's current
+    /// turn (at most `idle_poll` plus one serving pass) and twice `drain_budget`.
+    ///
+    /// # Errors
+    /// The thread panicked (its store requests' fate is unknown: treat as not drained).
+    pub fn stop(self) -> Result<WorkerReport, String> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().map_err(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into())
+        })
+    }
+}
+
+fn serve(
+    device: UioDevice,
+    mut ring: Ring,
+    mut exec: Executor,
+    config: WorkerConfig,
+    stop: &AtomicBool,
+    heartbeat: &AtomicU64,
+    started: Instant,
+) -> WorkerReport {
+    let mut token = StoreToken::root();
+    let mut total = Progress::default();
+    let mut error = None;
+    while !stop.load(Ordering::Acquire) {
+        heartbeat.store(
+            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        match exec.step(&mut token, &mut ring, device.events(), config.idle_poll) {
+            Ok(p) => {
+                total.started += p.started;
+                total.completed += p.completed;
+                total.refused += p.refused;
+                total.task_management += p.task_management;
+            }
+            Err(e) => {
+                log::error!("tcmu: serving uio{} ended: {e}", device.info().index);
+                error = Some(e);
+                break;
+            }
+        }
+        exec.check_deadlines();
+    }
+    let drain_started = Instant::now();
+    let drained = exec.drain(&mut token, &mut ring, device.events(), config.drain_budget);
+    let drain_time = drain_started.elapsed();
+    match &drained {
+        Ok(_) => log::info!("tcmu: uio{} drained in {drain_time:?}", device.info().index),
+        Err(e) => log::error!("tcmu: uio{}: {e}", device.info().index),
+    }
+    let escalations = exec.escalations();
+    // The executor holds command buffers only for requests in the store; once drained it holds
+    // none. The mapping goes after the drain: the answers above were written into it.
+    drop(exec);
+    drop(ring);
+    drop(device);
+    WorkerReport {
+        progress: total,
+        escalations,
+        error,
+        drained,
+        drain_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::Disk;
+    use crate::scsi::DiskConfig;
+    use crate::store::ram::RamStore;
+    use crate::store::Store;
+    use crate::tcmu::abi::Iovec;
+    use crate::tcmu::sim::SimConfig;
+    use crate::tcmu::sim::SimKernel;
+    use crate::tcmu::uio::TcmuUioName;
+    use crate::tcmu::uio::UioEvents;
+    use crate::tcmu::uio::UioInfo;
+    use scst_accel_dma::SgvPool;
+    use std::io::Read;
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    const BS: u32 = 512;
+
+    fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+        let mut c = [0u8; 10];
+        c[0] = op;
+        c[2..6].copy_from_slice(&lba.to_be_bytes());
+        c[7..9].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    /// Post `cdb` with one iovec at data offset `at`, signal, wait (bounded) for the kick.
+    fn post_and_wait(sim: &mut SimKernel, kernel: &mut UnixStream, id: u16, cdb: &[u8], at: usize) {
+        let iov = [Iovec {
+            iov_base: (sim.data_off() + at) as u64,
+            iov_len: BS.into(),
+        }];
+        sim.post_cmd(id, cdb, &iov, &[]).expect("post");
+        kernel.write_all(&1u32.to_ne_bytes()).expect("event");
+        let mut kick = [0u8; 4];
+        kernel
+            .read_exact(&mut kick)
+            .expect("kicked within the read timeout");
+    }
+
+    #[test]
+    fn the_thread_serves_the_ring_and_stops_with_the_store_drained() {
+        let mut sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let (ours, mut kernel) = UnixStream::pair().expect("pair");
+        kernel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let info = UioInfo {
+            index: 0,
+            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store = RamStore::new(BS, 1024, 256);
+        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let exec = Executor::new(
+            disk,
+            store.open_queue().expect("queue"),
+            Arc::new(SgvPool::new(None, None, 1 << 22)),
+        );
+        let config = WorkerConfig {
+            idle_poll: Duration::from_millis(10),
+            ..WorkerConfig::default()
+        };
+        let worker = TcmuWorker::spawn("tcmu-test", device, exec, config).expect("spawn");
+        let data: Vec<u8> = (0..BS as usize).map(|i| (i % 251) as u8).collect();
+        sim.write_data(sim.data_off(), &data);
+        post_and_wait(&mut sim, &mut kernel, 1, &rw10(0x2a, 3, 1), 0);
+        post_and_wait(&mut sim, &mut kernel, 2, &rw10(0x28, 3, 1), 4096);
+        let done = sim.reap().expect("reap");
+        assert_eq!(
+            done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
+            [(1, 0), (2, 0)]
+        );
+        assert_eq!(sim.read_data(sim.data_off() + 4096, BS as usize), data);
+        assert!(!worker.is_finished());
+        assert!(worker.heartbeat_age() < Duration::from_secs(5));
+        let started = Instant::now();
+        let report = worker.stop().expect("no panic");
+        assert!(started.elapsed() < Duration::from_secs(5), "the stop is bounded");
+        assert_eq!((report.progress.started, report.progress.completed), (2, 2));
+        assert!(report.error.is_none(), "{:?}", report.error);
+        assert!(report.drained.is_ok(), "{:?}", report.drained);
+    }
+
+    #[test]
+    fn a_vanished_kernel_ends_the_thread_with_the_error_and_still_drains() {
+        let sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: 0,
+        });
+        let (ours, kernel) = UnixStream::pair().expect("pair");
+        let info = UioInfo {
+            index: 0,
+            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store = RamStore::new(BS, 1024, 256);
+        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let exec = Executor::new(
+            disk,
+            store.open_queue().expect("queue"),
+            Arc::new(SgvPool::new(None, None, 1 << 22)),
+        );
+        let worker = TcmuWorker::spawn("tcmu-test", device, exec, WorkerConfig::default()).expect("spawn");
+        // The peer closes: the event fd reads EOF, which is an error, not an idle turn.
+        drop(kernel);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !worker.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(worker.is_finished(), "the thread ended on its own");
+        let report = worker.stop().expect("no panic");
+        assert!(
+            matches!(report.error, Some(StepError::Uio(_))),
+            "{:?}",
+            report.error
+        );
+        assert!(report.drained.is_ok());
+    }
+}
