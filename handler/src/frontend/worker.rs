@@ -39,6 +39,7 @@ use crate::teardown::Lease;
 use crate::teardown::Refused;
 use crate::transport::fdio::poll_readable;
 use crate::transport::Errno;
+use scst_accel_hal::fdio::poll_ready;
 use scst_accel_hal::locks::levels::Root;
 use scst_accel_hal::locks::LockToken;
 use std::borrow::Cow;
@@ -521,15 +522,21 @@ impl Worker {
         if idle {
             self.shared.liveness.beat_until(self.index, bound);
         }
-        match poll_readable(&fds[..count], bound) {
-            Ok(ready) => self.fd_said_ready = fetching && ready.first().copied().unwrap_or(false),
+        let rung = match poll_ready(&fds[..count], bound) {
+            Ok(ready) => {
+                self.fd_said_ready = fetching && ready.is_ready(0);
+                // The doorbell is the last fd polled.
+                doorbell.is_some() && ready.is_ready(count - 1)
+            }
             Err(e) => {
                 log::warn!("poll on the scst_user fd failed: {e}");
                 scst_accel_hal::locks::sleep(self.shared.config.idle_poll);
+                true
             }
-        }
-        if let Some(doorbell) = doorbell {
-            // Rung or not, the loop looks at the phase and the dumps next.
+        };
+        if let (Some(doorbell), true) = (doorbell, rung) {
+            // Read only when rung (no syscall otherwise); either way the loop looks at the
+            // phase and the dumps next.
             doorbell.clear();
         }
         self.figures().woke();
