@@ -101,9 +101,12 @@ fn reset_abandons_in_flight_work(reset: impl FnOnce(&Rig)) {
         queue: None,
         every: 1,
     });
+    // Held for a minute (a hold ends early only by RUN cleared or a reset): the READ of queue
+    // 0 must still be held when queue 1's is set up, however loaded the machine (100 ms was
+    // once not enough: bytes_read was not 0).
     rig.sim.inject(Fault::Latency {
         queue: None,
-        micros: 100_000,
+        micros: 60_000_000,
     });
     let tq0 = hold_a_read(&mut rig, 0);
     let tq1 = hold_a_read(&mut rig, 1);
