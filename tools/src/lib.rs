@@ -2,7 +2,7 @@
 //!
 //! - [`serve`], [`service`]: the appliance service (one process, many disks, systemd-native);
 //! - [`config`]: the TOML configuration file and `check-config`;
-//! - [`demo`], [`bench`], [`diag`]: the loopback demo/benchmark and diagnostics;
+//! - [`demo`], [`bench`](mod@bench), [`diag`]: the loopback demo/benchmark and diagnostics;
 //! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST;
 //! - [`status`], [`control`], [`metrics`]: what the service says about its disks, over the
 //!   control socket (`scst-accel status`, `dump`, `resize`) and the Prometheus endpoint.

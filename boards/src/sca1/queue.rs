@@ -346,7 +346,7 @@ impl Sca1Queue {
 
     /// Move posted completions into `out`, trusting none before its tag matches a request in
     /// flight with the same generation (unknown and duplicated tags are counted and logged,
-    /// never followed) and it can be that request's completion (see [`Sca1Queue::vet`]).
+    /// never followed) and it can be that request's completion (see `Sca1Queue::vet`).
     /// Returns how many were accepted.
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
         let posted = self.completion_posted();
