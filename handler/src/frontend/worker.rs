@@ -140,6 +140,8 @@ pub(super) struct Worker {
     /// no token exists for a lock taken out of order.
     token: LockToken<'static, Root>,
     queue: Box<dyn StoreQueue>,
+    /// When the ioctl that fetched the commands being dispatched returned: their arrival.
+    batch_arrived: Instant,
     /// The buffers this worker looked up, so an EXEC naming a known buffer takes no lock.
     buffer_cache: BufferCache,
     /// This worker released buffers since it last told the other workers (whose caches may
@@ -205,6 +207,7 @@ impl Worker {
             // The top of the worker's thread: nothing is held yet (asserted).
             token: LockToken::root(),
             queue,
+            batch_arrived: Instant::now(),
             buffer_cache: BufferCache::new(),
             released_buffers_unannounced: false,
             index,
@@ -299,6 +302,9 @@ impl Worker {
                 0
             };
             if fetched > 0 {
+                // Every command of the batch was handed over by the ioctl that just returned:
+                // one clock read for all of them.
+                self.batch_arrived = Instant::now();
                 self.empty_ready_fetches = 0;
             } else if fd_said_ready && want > 0 {
                 self.empty_ready_fetches = self.empty_ready_fetches.saturating_add(1);
@@ -978,8 +984,8 @@ impl Worker {
     }
 
     fn exec(&mut self, cmd: &GetCmd) {
-        // The EXEC's latency starts here: it was fetched by the ioctl that just returned.
-        let received = Instant::now();
+        // The EXEC's latency starts when the ioctl that fetched it returned.
+        let received = self.batch_arrived;
         let exec: abi::ScsiCmdExec = cmd.read_payload();
         let bufflen = exec.bufflen.max(0) as u32;
         let direction = exec.data_direction;

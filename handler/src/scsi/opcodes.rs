@@ -26,6 +26,7 @@
 
 use super::caps::Capabilities;
 use super::sense::Sense;
+use std::sync::OnceLock;
 
 /// What a table entry is, for dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,18 +319,36 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::Verify12, 0xAF, None, "VERIFY(12)", &[0xAF, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, false),
 ];
 
+/// The entries for `opcode`: [`TABLE`] is sorted by opcode (a test asserts it), so they are one
+/// run, indexed once by opcode byte (every command is looked up: scans of the table showed in
+/// the handler's profile).
+fn entries(opcode: u8) -> &'static [OpcodeEntry] {
+    static RUNS: OnceLock<[(u8, u8); 256]> = OnceLock::new();
+    let runs = RUNS.get_or_init(|| {
+        let mut runs = [(0u8, 0u8); 256];
+        for (i, e) in TABLE.iter().enumerate() {
+            let run = &mut runs[usize::from(e.opcode)];
+            if run.1 == 0 {
+                run.0 = i as u8;
+            }
+            run.1 += 1;
+        }
+        runs
+    });
+    let (start, len) = runs[usize::from(opcode)];
+    &TABLE[usize::from(start)..usize::from(start) + usize::from(len)]
+}
+
 /// Does any entry for `opcode` have service actions?
 fn has_service_actions(opcode: u8) -> bool {
-    TABLE
-        .iter()
-        .any(|e| e.opcode == opcode && e.service_action.is_some())
+    entries(opcode).iter().any(|e| e.service_action.is_some())
 }
 
 /// The entry for `opcode` / `service_action` if the disk offers it (whoever executes it).
 fn find(opcode: u8, service_action: Option<u8>, thin: Features) -> Option<&'static OpcodeEntry> {
-    TABLE
+    entries(opcode)
         .iter()
-        .find(|e| e.opcode == opcode && e.service_action == service_action && e.offered(thin))
+        .find(|e| e.service_action == service_action && e.offered(thin))
 }
 
 /// Look the CDB up in the table and check its length and reserved bits. Only entries the
@@ -480,6 +499,20 @@ fn report_one(entry: Option<&OpcodeEntry>, rctd: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_index_finds_what_a_scan_of_the_table_finds() {
+        assert!(
+            TABLE.len() <= usize::from(u8::MAX),
+            "the index holds u8 positions"
+        );
+        for opcode in 0..=u8::MAX {
+            let scanned: Vec<&OpcodeEntry> = TABLE.iter().filter(|e| e.opcode == opcode).collect();
+            let searched: Vec<&OpcodeEntry> = entries(opcode).iter().collect();
+            assert_eq!(searched.len(), scanned.len(), "opcode {opcode:#04x}");
+            assert!(searched.iter().zip(&scanned).all(|(a, b)| std::ptr::eq(*a, *b)));
+        }
+    }
 
     #[test]
     fn table_is_sorted_unique_and_opcode_bytes_match() {
