@@ -55,23 +55,18 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
-/// Start counting allocations (process-wide, every thread).
-pub fn start_counting() {
+/// Start counting allocations (process-wide, every thread); true if the count really moves, i.e.
+/// this process's global allocator is [`CountingAllocator`] (checked with one allocation).
+pub fn start_counting() -> bool {
     COUNTING.store(true, Ordering::Relaxed);
-}
-
-/// Allocations counted so far (0 if [`start_counting`] was never called, or if the process
-/// does not use [`CountingAllocator`]: [`is_counting`] tells).
-pub fn allocations() -> u64 {
-    ALLOCATIONS.load(Ordering::Relaxed)
-}
-
-/// Whether this process's global allocator is the counting one: it allocates once and sees
-/// whether the count moved.
-pub fn is_counting() -> bool {
-    start_counting();
     let before = allocations();
     let probe = std::hint::black_box(Box::new(0u64));
     drop(probe);
     allocations() != before
+}
+
+/// Allocations counted so far (0 if [`start_counting`] was never called, or if the process
+/// does not use [`CountingAllocator`]: [`start_counting`] tells).
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
 }

@@ -101,7 +101,7 @@ impl Sample {
 
 /// Run the handler layer; the cell's JSON, or why it could not run.
 pub fn run(w: &HandlerWorkload) -> Result<Value, String> {
-    let counting = alloc_stats::is_counting();
+    let counting = alloc_stats::start_counting();
     let blocks_per_command = w.io_size / BLOCK_SIZE;
     if blocks_per_command == 0 || !w.io_size.is_multiple_of(BLOCK_SIZE) {
         return Err(format!(
