@@ -1107,8 +1107,8 @@ impl Worker {
             op: io.op.clone(),
             buffer: ctx.buffer.clone(),
         });
-        let lease = None;
-        if let Some(previous) = self.inflight.insert(cmd_h, Inflight { io, ctx, lease }) {
+        let entry = Inflight { io, ctx, lease: None };
+        if let Some(previous) = self.inflight.insert(cmd_h, entry) {
             // SCST reuses a handle only after the reply: a second EXEC with a live handle is a
             // kernel bug. Keep the old lease outstanding (its request may still be on the
             // device) rather than release it early.
