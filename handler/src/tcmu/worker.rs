@@ -220,6 +220,25 @@ mod tests {
     }
 
     /// Post `cdb` with one iovec at data offset `at`, signal, wait (bounded) for the kick.
+    /// The simulated ring as a UIO device whose events come from `ours`, and an executor on a
+    /// RAM store.
+    fn device_and_executor(sim: &SimKernel, ours: UnixStream) -> (UioDevice, Executor) {
+        let info = UioInfo {
+            index: 0,
+            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store = RamStore::new(BS, 1024, 256);
+        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let exec = Executor::new(
+            disk,
+            store.open_queue().expect("queue"),
+            Arc::new(SgvPool::new(None, None, 1 << 22)),
+        );
+        (device, exec)
+    }
+
     fn post_and_wait(sim: &mut SimKernel, kernel: &mut UnixStream, id: u16, cdb: &[u8], at: usize) {
         let iov = [Iovec {
             iov_base: (sim.data_off() + at) as u64,
@@ -244,19 +263,7 @@ mod tests {
         kernel
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        let info = UioInfo {
-            index: 0,
-            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
-            map_size: sim.region().len(),
-        };
-        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
-        let store = RamStore::new(BS, 1024, 256);
-        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
-        let exec = Executor::new(
-            disk,
-            store.open_queue().expect("queue"),
-            Arc::new(SgvPool::new(None, None, 1 << 22)),
-        );
+        let (device, exec) = device_and_executor(&sim, ours);
         let config = WorkerConfig {
             idle_poll: Duration::from_millis(10),
             ..WorkerConfig::default()
@@ -290,19 +297,7 @@ mod tests {
             flags: 0,
         });
         let (ours, kernel) = UnixStream::pair().expect("pair");
-        let info = UioInfo {
-            index: 0,
-            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
-            map_size: sim.region().len(),
-        };
-        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
-        let store = RamStore::new(BS, 1024, 256);
-        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
-        let exec = Executor::new(
-            disk,
-            store.open_queue().expect("queue"),
-            Arc::new(SgvPool::new(None, None, 1 << 22)),
-        );
+        let (device, exec) = device_and_executor(&sim, ours);
         let worker = TcmuWorker::spawn("tcmu-test", device, exec, WorkerConfig::default()).expect("spawn");
         // The peer closes: the event fd reads EOF, which is an error, not an idle turn.
         drop(kernel);
