@@ -2,6 +2,7 @@
 //! with its SGV pool of DMA-mapped buffers; and the ordered release of both.
 
 use crate::disk::DiskArgs;
+use crate::disk::Premap;
 use clap::ValueEnum;
 use scst_accel_boards::definition;
 use scst_accel_boards::engine::Controller;
@@ -283,11 +284,54 @@ fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> 
     })
 }
 
-/// Build the backend for `board`.
+/// Build the backend for `board`, its buffer pool pre-mapped as `disk.premap` asks.
 ///
 /// # Errors
 /// What failed and what to do, with the exit code of its class.
 pub fn build(
+    board: BoardArg,
+    disk: &DiskArgs,
+    blocks: u64,
+    pci: Option<&str>,
+    faults: &[String],
+) -> Result<Backend, BackendError> {
+    let backend = open_backend(board, disk, blocks, pci, faults)?;
+    premap(&backend.pool, &disk.premap);
+    Ok(backend)
+}
+
+/// Map (or, for a host-only pool, allocate) the buffers `--premap` asks for now, at start-up,
+/// so the first misses of those sizes carve from ready arenas instead of mapping on a worker
+/// (docs/design/sgv-arenas.md, "Pre-mapping"). The pool keeps within its cap: fewer buffers
+/// than asked is said, not an error (the rest are mapped on demand as without the setting).
+fn premap(pool: &SgvPool, wanted: &[Premap]) {
+    for want in wanted {
+        // Start-up: no lock is held here. `Premap::parse` keeps sizes within the pool's
+        // classes, so the conversion cannot fail on a 64-bit host.
+        let size = usize::try_from(want.buffer_size).unwrap_or(usize::MAX);
+        let free = pool.premap(&mut LockToken::root(), size, want.buffers);
+        if free < want.buffers {
+            log::warn!(
+                "buffer pool: --premap {want}: {free} buffers ready, not {}: the pool's cap \
+                 (--buffer-memory) or a failed map stopped it; the rest map on first use",
+                want.buffers
+            );
+        } else {
+            log::info!("buffer pool: --premap {want}: {free} buffers ready");
+        }
+    }
+    if !wanted.is_empty() {
+        let stats = pool.stats();
+        log::info!(
+            "buffer pool: {} arenas, {} bytes mapped after pre-mapping",
+            stats.arenas,
+            stats.mapped_bytes
+        );
+    }
+}
+
+/// Open the store and pool for `board` (see [`build`]).
+fn open_backend(
     board: BoardArg,
     disk: &DiskArgs,
     blocks: u64,
@@ -712,6 +756,48 @@ mod tests {
 
     fn code(e: VfioError) -> u8 {
         open_error_exit_code(&OpenBoardError::Vfio(e))
+    }
+
+    /// `--premap` makes the buffers ready before the first command: asking the pool again for
+    /// as many finds them and makes no arena; a request beyond the cap stops at the cap.
+    #[test]
+    fn premap_makes_the_buffers_ready_at_start_within_the_cap() {
+        let pool = SgvPool::new(None, None, 64 << 20);
+        let want = [
+            Premap::parse("128k:200").unwrap_or_else(|e| panic!("{e}")),
+            Premap::parse("4k:10").unwrap_or_else(|e| panic!("{e}")),
+        ];
+        premap(&pool, &want);
+        let arenas = pool.stats().arenas;
+        assert!(
+            arenas >= 3,
+            "200 x 128 KiB need two 16 MiB arenas, 4 KiB one: {arenas}"
+        );
+        let mut token = LockToken::root();
+        assert!(pool.premap(&mut token, 128 << 10, 200) >= 200);
+        assert!(pool.premap(&mut token, 4 << 10, 10) >= 10);
+        assert_eq!(pool.stats().arenas, arenas, "nothing left to map");
+
+        let small = SgvPool::new(None, None, 16 << 20);
+        premap(
+            &small,
+            &[Premap::parse("1M:100").unwrap_or_else(|e| panic!("{e}"))],
+        );
+        assert!(small.premap(&mut token, 1 << 20, 100) <= 16, "the cap bounds it");
+    }
+
+    #[test]
+    fn premap_parse_refuses_what_the_pool_cannot_cache() {
+        assert_eq!(
+            Premap::parse("4M:2"),
+            Ok(Premap {
+                buffer_size: 4 << 20,
+                buffers: 2
+            })
+        );
+        for bad in ["4k", "0:1", "5M:1", "4k:0", "4k:-1", "x:1"] {
+            assert!(Premap::parse(bad).is_err(), "{bad}");
+        }
     }
 
     /// What a restart cannot fix is a configuration error (78); what a later start may find

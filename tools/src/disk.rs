@@ -57,6 +57,63 @@ pub struct DiskArgs {
     /// it is unavailable), or threads.
     #[arg(long, default_value = "auto", value_parser = IoEngine::parse)]
     pub io_engine: IoEngine,
+    /// Command buffers to map at start-up, as SIZE:COUNT (e.g. 128k:512; repeatable), so the
+    /// first commands of that size map nothing on a worker. Within --buffer-memory; one arena
+    /// of 4 KiB buffers is always mapped for a device board.
+    #[arg(long = "premap", value_name = "SIZE:COUNT", value_parser = Premap::parse)]
+    pub premap: Vec<Premap>,
+}
+
+/// Largest buffer the SGV pool caches (and so can pre-map): its top size class, 4 MiB.
+const PREMAP_MAX_BUFFER: u64 = 4 << 20;
+
+/// One `--premap SIZE:COUNT` request: COUNT buffers of SIZE bytes (rounded up to the pool's
+/// size class) made ready before the first command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Premap {
+    /// Bytes per buffer, 1 to 4 MiB.
+    pub buffer_size: u64,
+    /// How many buffers, at least 1.
+    pub buffers: usize,
+}
+
+impl Premap {
+    /// Parse `SIZE:COUNT` (SIZE with a k/M suffix or in bytes).
+    ///
+    /// # Errors
+    /// What is wrong and the accepted form.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (size, count) = text
+            .split_once(':')
+            .ok_or_else(|| format!("`{text}` is not SIZE:COUNT (e.g. 128k:512)"))?;
+        let buffer_size = parse_size(size)?;
+        if buffer_size == 0 || buffer_size > PREMAP_MAX_BUFFER {
+            return Err(format!(
+                "`{text}`: the buffer size must be 1 byte to 4M (larger buffers are never cached, \
+                 so never pre-mapped)"
+            ));
+        }
+        let buffers = count
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{text}`: COUNT must be a whole number of buffers, at least 1"))?;
+        Ok(Self { buffer_size, buffers })
+    }
+}
+
+impl std::fmt::Display for Premap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let size = self.buffer_size;
+        if size.is_multiple_of(1 << 20) {
+            write!(f, "{}M:{}", size >> 20, self.buffers)
+        } else if size.is_multiple_of(1 << 10) {
+            write!(f, "{}k:{}", size >> 10, self.buffers)
+        } else {
+            write!(f, "{size}:{}", self.buffers)
+        }
+    }
 }
 
 impl DiskArgs {

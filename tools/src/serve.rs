@@ -358,6 +358,7 @@ const DISK_FLAGS: &[&str] = &[
     "path",
     "buffered",
     "io_engine",
+    "premap",
     "board",
     "pci",
     "prealloc",
@@ -388,7 +389,8 @@ fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> 
         max_transfer_blocks,
         path,
         buffered,
-        io_engine
+        io_engine,
+        premap
     );
     if given("board") {
         disk.board = args.board;

@@ -38,6 +38,7 @@
 //! inject = ["latency:1ms"]       # simulated boards (sim, nvme-sim) only
 //! prealloc = 0
 //! prealloc_size = "128k"
+//! premap = ["4k:4096", "128k:512"]  # buffers mapped at start-up (SIZE up to 4M:COUNT)
 //!
 //! [disk.identity]                # optional; unset fields are generated and persisted
 //! vendor = "ACME"                # 1-8 printable ASCII characters
@@ -64,6 +65,7 @@ use super::TargetDriver;
 use crate::backend::check_faults;
 use crate::backend::BoardArg;
 use crate::disk::DiskArgs;
+use crate::disk::Premap;
 use crate::units::parse_duration;
 use crate::units::parse_size;
 use clap::ValueEnum;
@@ -513,6 +515,7 @@ const DISK_KEYS: &[&str] = &[
     "inject",
     "prealloc",
     "prealloc_size",
+    "premap",
     "identity",
     "export",
 ];
@@ -762,7 +765,32 @@ fn disk_args(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<String>) -> 
         path: None,
         buffered: boolean(ctx, sec, "buffered").unwrap_or(false),
         io_engine: io_engine(ctx, sec).unwrap_or_default(),
+        premap: premap(ctx, sec),
     }
+}
+
+/// `premap`: an array of "SIZE:COUNT" strings (`--premap`); invalid items are reported and left out.
+fn premap(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Vec<Premap> {
+    const EXAMPLE: &str = "[\"4k:4096\", \"128k:512\"]";
+    let Some(value) = sec.get("premap") else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        wrong_type(ctx, "premap", value, "an array of strings", EXAMPLE);
+        return Vec::new();
+    };
+    let mut wanted = Vec::new();
+    for item in items.iter() {
+        let DeValue::String(text) = item.get_ref() else {
+            wrong_type(ctx, "premap", item, "an array of strings", EXAMPLE);
+            continue;
+        };
+        match Premap::parse(text) {
+            Ok(p) => wanted.push(p),
+            Err(e) => ctx.error(&item.span(), e, "write SIZE:COUNT, e.g. \"128k:512\""),
+        }
+    }
+    wanted
 }
 
 /// `io_engine`: "auto", "uring" or "threads"; `None` when absent or invalid (reported).

@@ -6,6 +6,7 @@ use super::load::ConfigErrors;
 use super::ServiceSettings;
 use super::TargetDriver;
 use crate::backend::BoardArg;
+use crate::disk::Premap;
 use std::time::Duration;
 
 /// A minimal valid disk on lines 1-3; tests append lines 4 and on.
@@ -57,6 +58,7 @@ read_only = true
 thin_provisioning = true
 prealloc = 8
 prealloc_size = "256k"
+premap = ["4k:4096", "128k:16"]
 
 [disk.identity]
 vendor = "ACME"
@@ -112,6 +114,19 @@ fn a_full_file_reads_back_every_field() {
     assert!(d.thin_provisioning);
     assert_eq!(d.prealloc, 8);
     assert_eq!(d.prealloc_size, 256 << 10);
+    assert_eq!(
+        d.args.premap,
+        [
+            Premap {
+                buffer_size: 4 << 10,
+                buffers: 4096
+            },
+            Premap {
+                buffer_size: 128 << 10,
+                buffers: 16
+            }
+        ]
+    );
     assert_eq!(d.identity.vendor.as_deref(), Some("ACME"));
     assert_eq!(d.identity.product.as_deref(), Some("FastDisk"));
     assert_eq!(d.identity.serial.as_deref(), Some("A1B2"));
@@ -154,6 +169,28 @@ fn absent_fields_take_the_command_line_defaults() {
     assert_eq!(d.identity, Default::default());
     assert_eq!(d.prealloc, 0);
     assert_eq!(d.prealloc_size, 128 << 10);
+    assert!(d.args.premap.is_empty());
+}
+
+#[test]
+fn bad_premap_entries_are_reported_each_on_its_line() {
+    assert_one(
+        &disk_with("premap = \"4k:1\"\n"),
+        Some(4),
+        "`premap` must be an array",
+    );
+    assert_one(
+        &disk_with("premap = [4096]\n"),
+        Some(4),
+        "`premap` must be an array",
+    );
+    assert_one(&disk_with("premap = [\"4k\"]\n"), Some(4), "not SIZE:COUNT");
+    assert_one(&disk_with("premap = [\"8M:1\"]\n"), Some(4), "1 byte to 4M");
+    assert_one(&disk_with("premap = [\"4k:0\"]\n"), Some(4), "at least 1");
+    assert_one(&disk_with("premap = [\"4k:many\"]\n"), Some(4), "at least 1");
+    let found = errors(&disk_with("premap = [\"4k:1\",\n  \"0:1\",\n  \"1x:2\"]\n"));
+    let lines: Vec<_> = found.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [Some(5), Some(6)], "{found:#?}");
 }
 
 #[test]
