@@ -47,7 +47,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ram,sim")]
     boards: Vec<BoardArg>,
     /// The image of --boards file (or the device of blockdev). A directory: a fresh image
-    /// scst-accel-bench-<pid>.img is created there at --size and removed afterwards. A path
+    /// `scst-accel-bench-PID.img` is created there at --size and removed afterwards. A path
     /// that does not exist: created at --size, removed afterwards. An existing image: used as
     /// is at its own size (never truncated; its data is overwritten). Where it lives is what
     /// is measured: /dev/shm/x.img is tmpfs (memory); a path on ext4/XFS is a real file
