@@ -26,15 +26,19 @@ share = sys.argv[1]
 def load(name):
     with open(os.path.join(share, name)) as f:
         return json.load(f)
+engine = {c["workload"]: c for c in load("engine.json")["results"] if c["layer"] == "store"}
 rows = []
-for kind, label in (("randread", "4 KiB random read QD32"), ("seqread", "128 KiB sequential read QD8")):
+for kind, label, wl in (("randread", "4 KiB random read QD32", "4k-randread-qd32"),
+                        ("seqread", "128 KiB sequential read QD8", "128k-seqread-qd8")):
     k = load(f"kernel-{kind}.json")["jobs"][0]["read"]
     a = load(f"accel-{kind}.json")
     assert a["verify_errors"] == 0 and a["unanswered_commands"] == 0, a
+    e = engine[wl]
+    assert e["healthy"], e
+    rows.append((label, "engine alone", k, e["iops"], e["mb_per_s"]))
+    rows.append((label, "SCSI via loopback", k, a["iops"], a["mb_per_s"]))
+print(f"{'workload':30} {'scst-accel path':18} {'kernel IOPS':>12} {'MB/s':>8} {'scst-accel IOPS':>16} {'MB/s':>8} {'ratio':>6}")
+for label, path, k, aiops, amb in rows:
     kiops, kmb = k["iops"], k["bw_bytes"] / 1e6
-    aiops, amb = a["iops"], a["mb_per_s"]
-    rows.append((label, kiops, kmb, aiops, amb))
-print(f"{'workload':30} {'kernel IOPS':>12} {'MB/s':>8} {'scst-accel IOPS':>16} {'MB/s':>8} {'ratio':>6}")
-for label, kiops, kmb, aiops, amb in rows:
-    print(f"{label:30} {kiops:12.0f} {kmb:8.1f} {aiops:16.0f} {amb:8.1f} {aiops / kiops:6.2f}")
+    print(f"{label:30} {path:18} {kiops:12.0f} {kmb:8.1f} {aiops:16.0f} {amb:8.1f} {aiops / kiops:6.2f}")
 PY

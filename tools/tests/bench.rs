@@ -396,3 +396,59 @@ fn the_baseline_check_fails_a_run_whose_handler_cost_more_than_doubled() {
     assert!(stderr.contains("--layers handler,reference"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The store layer on the simulated accelerators is their engine alone (queues, doorbells,
+/// completions, DMA into the pool's mapped buffers): verified rows whose device counters say
+/// nothing timed out or reset.
+#[test]
+fn the_store_layer_runs_the_simulated_engines_alone() {
+    let (code, stdout, stderr) = bench(
+        &[
+            "--boards",
+            "sim,nvme-sim",
+            "--layers",
+            "store",
+            "--workloads",
+            "4k-randread-qd32,128k-seqwrite-qd8",
+            "--size",
+            "16M",
+            "--duration",
+            "100ms",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j = json(&stdout, &stderr);
+    let rows = j["results"].as_array().expect("results");
+    assert_eq!(rows.len(), 4, "{j}");
+    for row in rows {
+        assert_eq!(row["layer"], "store", "{row}");
+        assert_clean(row);
+        assert_eq!(row["device"]["timeouts"], 0, "{row}");
+        assert_eq!(row["device"]["resets"], 0, "{row}");
+        assert_eq!(row["device"]["unknown_tags"], 0, "{row}");
+    }
+    assert_eq!(j["healthy"], true);
+}
+
+/// A hardware board needs its PCI function; without one the run stops before measuring
+/// anything and says which flag is missing.
+#[test]
+fn a_hardware_board_without_pci_is_refused_with_the_flag_to_add() {
+    let (code, stdout, stderr) = bench(
+        &[
+            "--boards",
+            "qemu-nvme",
+            "--layers",
+            "store",
+            "--workloads",
+            "4k-randread-qd32",
+            "--duration",
+            "100ms",
+        ],
+        None,
+    );
+    assert_ne!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("--pci"), "{stderr}");
+}

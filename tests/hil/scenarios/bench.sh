@@ -1,6 +1,7 @@
 # HIL peer benchmark (issue 5 §4), one guest, one emulated controller: Linux's nvme driver (fio,
-# libaio, O_DIRECT on /dev/nvme0n1) against scst-accel's NVMe engine through the loopback kernel,
-# 4 KiB random read QD32 and 128 KiB sequential read QD8, over the same first 64 MiB.
+# libaio, O_DIRECT on /dev/nvme0n1) against scst-accel's NVMe engine alone (bench's store layer)
+# and through the loopback kernel (demo: SCSI engine, handler, every byte verified), 4 KiB random
+# read QD32 and 128 KiB sequential read QD8, over the same first 64 MiB.
 set -e
 . ./common.sh
 rt=${HIL_BENCH_SECONDS:-10}
@@ -12,3 +13,7 @@ bind_vfio "$NVME_BDF"
 demo_args="--board qemu-nvme --pci $NVME_BDF --size 64M --log warn --rw read --duration ${rt}s"
 scst-accel demo $demo_args --pattern random --bs 4k --queue-depth 32 --json >"$HIL_SHARE/accel-randread.json"
 scst-accel demo $demo_args --pattern sequential --bs 128k --queue-depth 8 --json >"$HIL_SHARE/accel-seqread.json"
+# The engine alone (bench's store layer: requests straight to the NVMe queues through VFIO, no
+# SCSI, no kernel model): the like-for-like comparison with fio on the kernel's driver.
+scst-accel bench --boards qemu-nvme --pci "$NVME_BDF" --layers store --size 64M --duration "${rt}s" \
+	--workloads 4k-randread-qd32,128k-seqread-qd8 --json >"$HIL_SHARE/engine.json"
