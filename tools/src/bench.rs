@@ -683,6 +683,10 @@ fn loopback(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Targ
         &spec.bs.to_string(),
         "--queue-depth",
         &spec.queue_depth.to_string(),
+        // Steady state for writes too, as the store layer: first-touch allocation of a fresh
+        // medium is not the path's cost.
+        "--prefill",
+        "true",
     ]
     .iter()
     .map(|s| (*s).to_owned())
