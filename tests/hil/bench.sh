@@ -37,6 +37,12 @@ for kind, label, wl in (("randread", "4 KiB random read QD32", "4k-randread-qd32
     assert e["healthy"], e
     rows.append((label, "engine alone", k, e["iops"], e["mb_per_s"]))
     rows.append((label, "SCSI via loopback", k, a["iops"], a["mb_per_s"]))
+    tcmu = os.path.join(share, f"tcmu-{kind}.json")
+    if os.path.exists(tcmu):
+        t = load(f"tcmu-{kind}.json")["jobs"][0]["read"]
+        rows.append((label, "/dev/sdX via TCMU", k, t["iops"], t["bw_bytes"] / 1e6))
+    else:
+        print(f"{label}: no TCMU figures (the scenario says why in its log)")
 print(f"{'workload':30} {'scst-accel path':18} {'kernel IOPS':>12} {'MB/s':>8} {'scst-accel IOPS':>16} {'MB/s':>8} {'ratio':>6}")
 for label, path, k, aiops, amb in rows:
     kiops, kmb = k["iops"], k["bw_bytes"] / 1e6

@@ -904,9 +904,39 @@ fn ratios(args: &BenchArgs, rows: &[Value]) -> Value {
                 entry[key] = json!(cpu / copy);
             }
         }
+        let Some(copy_us) = cell("reference")
+            .and_then(|r| r["memcpy_us"].as_f64())
+            .filter(|c| *c > 0.0)
+        else {
+            continue;
+        };
+        let copy_mb = cell("reference").and_then(|r| r["memcpy_mb_per_s"].as_f64());
+        for row in rows.iter().filter(|r| {
+            r["workload"].as_str() == Some(workload.as_str())
+                && matches!(r["layer"].as_str(), Some("loopback" | "store"))
+        }) {
+            let (board, layer) = (
+                row["board"].as_str().unwrap_or(""),
+                row["layer"].as_str().unwrap_or(""),
+            );
+            // Per CPU: one copy's CPU over the command's (all threads of the process). Above
+            // 0.8, the layer moves data at least at 0.8 of memcpy's rate per CPU second.
+            if let Some(cpu) = row["cpu_us_per_command"].as_f64().filter(|c| *c > 0.0) {
+                entry[format!("{board} {COPY_PER_CPU} ({layer})")] = json!(copy_us / cpu);
+            }
+            // Wall clock: the layer's bandwidth over one thread's memcpy bandwidth.
+            if let (Some(mb), Some(copy_mb)) = (row["mb_per_s"].as_f64(), copy_mb.filter(|c| *c > 0.0)) {
+                entry[format!("{board} {BANDWIDTH_TO_COPY} ({layer})")] = json!(mb / copy_mb);
+            }
+        }
     }
     Value::Object(out)
 }
+
+/// Ratio key: one copy of the block (reference) over the layer's CPU per command.
+const COPY_PER_CPU: &str = "memcpy / cpu per command";
+/// Ratio key: the layer's MB/s over one thread's memcpy MB/s of the block size.
+const BANDWIDTH_TO_COPY: &str = "MB/s / memcpy MB/s";
 
 fn notes(args: &BenchArgs, target: Option<&Target>, fio: &FioPlan) -> Vec<String> {
     let mut notes = Vec::new();

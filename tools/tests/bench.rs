@@ -165,6 +165,14 @@ fn ram_and_file_on_both_layers_with_fio_missing() {
         for layer in ["loopback", "store"] {
             let key = format!("file/ram ({layer})");
             assert!(j["ratios"][workload][&key].as_f64().is_some(), "{key} in {j}");
+            // Each board's cost against one copy of its block, per CPU and per wall second.
+            for board in ["ram", "file"] {
+                for what in ["memcpy / cpu per command", "MB/s / memcpy MB/s"] {
+                    let key = format!("{board} {what} ({layer})");
+                    let r = j["ratios"][workload][&key].as_f64();
+                    assert!(r.is_some_and(|r| r > 0.0), "{key} in {j}");
+                }
+            }
         }
     }
     assert_eq!(j["healthy"], true);

@@ -17,3 +17,35 @@ scst-accel demo $demo_args --pattern sequential --bs 128k --queue-depth 8 --json
 # SCSI, no kernel model): the like-for-like comparison with fio on the kernel's driver.
 scst-accel bench --boards qemu-nvme --pci "$NVME_BDF" --layers store --size 64M --duration "${rt}s" \
 	--workloads 4k-randread-qd32,128k-seqread-qd8 --json >"$HIL_SHARE/engine.json"
+# Through a real kernel SCSI path: LIO's target_core_user + tcm_loop serve the NVMe engine as
+# /dev/sdX (`serve --frontend tcmu`), the initiator's queue depth raised to the workload's (the
+# SCSI midlayer's default would cap it), and the same fio jobs on it. Skipped, loudly, when the
+# guest kernel has no target_core_user.
+mount -t configfs none /sys/kernel/config 2>/dev/null
+if [ -d /sys/kernel/config/target/core ]; then
+	scst-accel --log warn serve --frontend tcmu --board qemu-nvme --pci "$NVME_BDF" --size 64M \
+		--name bench0 --state-dir /tmp/state --control-socket /tmp/scst-accel.sock \
+		>"$HIL_SHARE/serve-tcmu.log" 2>&1 &
+	serve=$!
+	sd=
+	i=0
+	while [ $i -lt 120 ] && [ -z "$sd" ]; do
+		sd=$(ls /sys/block | grep '^sd' | head -1)
+		sleep 0.5
+		i=$((i + 1))
+	done
+	if [ -n "$sd" ]; then
+		echo 32 >"/sys/block/$sd/device/queue_depth" 2>/dev/null
+		echo "bench: /dev/$sd through TCMU, queue_depth $(cat /sys/block/$sd/device/queue_depth)"
+		common="--filename=/dev/$sd --ioengine=libaio --direct=1 --time_based --runtime=$rt --size=64M --output-format=json"
+		fio --name=randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 $common --output="$HIL_SHARE/tcmu-randread.json"
+		fio --name=seqread-128k-qd8 --rw=read --bs=128k --iodepth=8 $common --output="$HIL_SHARE/tcmu-seqread.json"
+	else
+		echo "bench: SKIPPED the TCMU path: no /dev/sdX within 60 s (serve-tcmu.log)"
+	fi
+	kill -TERM $serve 2>/dev/null
+	wait $serve
+	echo "bench: serve --frontend tcmu exited $?"
+else
+	echo "bench: SKIPPED the TCMU path: no /sys/kernel/config/target/core (target_core_mod not loaded)"
+fi
