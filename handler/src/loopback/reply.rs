@@ -147,11 +147,15 @@ impl Plan {
                     }
                 }
                 // Only what the initiator's buffer takes is moved (the size is the handler's word).
-                let mut data = vec![0u8; (*resp).min(*want_in)];
-                let data_sense = mem
-                    .copy_from_user(*data_addr, &mut data)
-                    .and_then(|()| copy_sense(mem, *sense))
-                    .map(|s| (data, s));
+                let mut data = Vec::new();
+                let len = (*resp).min(*want_in);
+                let data_sense = (if mem.read_ranges_to_vecs(&mut [(*data_addr, len, &mut data)]) == 1 {
+                    Ok(())
+                } else {
+                    Err(Errno::EFAULT)
+                })
+                .and_then(|()| copy_sense(mem, *sense))
+                .map(|s| (data, s));
                 Copied::Exec {
                     pin_failed: false,
                     data_sense,

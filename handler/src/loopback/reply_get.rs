@@ -139,17 +139,17 @@ impl Prefetch {
             .map(|(index, ranges)| Prefetched {
                 index,
                 ranges,
-                data: vec![0u8; ranges.data.1],
-                sense: vec![0u8; ranges.sense.1],
+                data: Vec::new(),
+                sense: Vec::new(),
             })
             .collect();
         let complete = {
-            let mut iov: Vec<(u64, &mut [u8])> = Vec::with_capacity(2 * entries.len());
+            let mut iov: Vec<(u64, usize, &mut Vec<u8>)> = Vec::with_capacity(2 * entries.len());
             for e in &mut entries {
-                iov.push((e.ranges.data.0, &mut e.data));
-                iov.push((e.ranges.sense.0, &mut e.sense));
+                iov.push((e.ranges.data.0, e.ranges.data.1, &mut e.data));
+                iov.push((e.ranges.sense.0, e.ranges.sense.1, &mut e.sense));
             }
-            mem.read_ranges(&mut iov)
+            mem.read_ranges_to_vecs(&mut iov)
         };
         // Entry k is usable iff both its ranges (2k, 2k+1) were read.
         entries.truncate(complete / 2);

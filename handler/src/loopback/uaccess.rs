@@ -162,6 +162,35 @@ impl UserMemory {
         self.transfer(Dir::FromUser, &spans)
     }
 
+    /// [`Self::read_ranges`] into fresh vectors: `(addr, len, out)` reads `len` bytes into `out`
+    /// (emptied first) without zeroing them beforehand: a 128 KiB response zeroed and then
+    /// overwritten cost the model a memset per command, about a tenth of a 128 KiB read's CPU.
+    /// Returns how many leading ranges were read completely; those vectors hold their `len`
+    /// bytes, the others are left empty.
+    pub fn read_ranges_to_vecs(&self, ranges: &mut [(u64, usize, &mut Vec<u8>)]) -> usize {
+        super::device::assert_unlocked("copy_from_user");
+        let spans: Vec<Span> = ranges
+            .iter_mut()
+            .map(|(addr, len, out)| {
+                out.clear();
+                out.reserve_exact(*len);
+                Span {
+                    addr: *addr,
+                    local: out.spare_capacity_mut().as_mut_ptr().cast(),
+                    len: *len,
+                }
+            })
+            .collect();
+        let complete = self.transfer(Dir::FromUser, &spans);
+        for (_, len, out) in ranges.iter_mut().take(complete) {
+            // SAFETY: the range was read completely, so the kernel wrote all `len` bytes of
+            // the capacity reserved above (`transfer` counts a span only once every byte of
+            // it has moved), and `len <= capacity`.
+            unsafe { out.set_len(*len) };
+        }
+        complete
+    }
+
     /// Write every `(addr, bytes)` range, in order, with as few `process_vm_writev` calls as
     /// `IOV_MAX` allows. Returns how many leading ranges were written completely (a fault
     /// stops the transfer there; nothing after it is written).
@@ -553,6 +582,29 @@ mod tests {
         // A partial count, then the retry at the bad byte fails: two calls.
         assert_eq!(mem.syscalls().process_vm_readv, 2);
         assert_eq!(mem.pin_user_pages(end, 8), Err(Errno::EFAULT));
+    }
+
+    /// Reading into fresh vectors: complete ranges hold exactly their bytes, a range cut by a
+    /// fault and every range after it stay empty (no uninitialized byte is ever visible).
+    #[test]
+    fn ranges_read_into_vectors_hold_only_what_was_read() {
+        let mem = UserMemory::default();
+        let guard = GuardedPage::new();
+        let end = guard.place_at_end(b"0123");
+        let src = *b"good bytes";
+        let (mut ok, mut empty, mut straddling, mut after) =
+            (vec![9u8; 3], Vec::new(), Vec::new(), Vec::new());
+        let read = mem.read_ranges_to_vecs(&mut [
+            (src.as_ptr() as u64, 10, &mut ok),
+            (src.as_ptr() as u64, 0, &mut empty),
+            (end, 8, &mut straddling),
+            (src.as_ptr() as u64, 4, &mut after),
+        ]);
+        assert_eq!(read, 2);
+        assert_eq!(ok, b"good bytes");
+        assert!(empty.is_empty());
+        assert!(straddling.is_empty(), "a partly read range is not handed out");
+        assert!(after.is_empty());
     }
 
     #[test]
