@@ -4,7 +4,8 @@
 # both and the ratio scst-accel / kernel. A benchmark, not a test: the figures depend on the
 # host's load (TCG is CPU-bound); compare ratios from one run.
 #
-#   tests/hil/bench.sh [--bin PATH]         HIL_BENCH_SECONDS (default 10) per workload
+#   tests/hil/bench.sh [--bin PATH]         HIL_BENCH_SECONDS (default 5) per workload,
+#                                          HIL_BENCH_ROUNDS (default 3) alternated rounds
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -26,16 +27,22 @@ share = sys.argv[1]
 def load(name):
     with open(os.path.join(share, name)) as f:
         return json.load(f)
-engine = {c["workload"]: c for c in load("engine.json")["results"] if c["layer"] == "store"}
+import glob, statistics
+rounds = sorted(int(f.rsplit("-", 1)[1][:-5]) for f in glob.glob(os.path.join(share, "engine-*.json")))
+assert rounds, "no engine-N.json: the scenario did not run a round"
 rows = []
 for kind, label, wl in (("randread", "4 KiB random read QD32", "4k-randread-qd32"),
                         ("seqread", "128 KiB sequential read QD8", "128k-seqread-qd8")):
-    k = load(f"kernel-{kind}.json")["jobs"][0]["read"]
+    ratios = []
+    for r in rounds:
+        k = load(f"kernel-{kind}-{r}.json")["jobs"][0]["read"]
+        e = {c["workload"]: c for c in load(f"engine-{r}.json")["results"] if c["layer"] == "store"}[wl]
+        assert e["healthy"], e
+        ratios.append(e["iops"] / k["iops"])
+        rows.append((label, f"engine alone, round {r}", k, e["iops"], e["mb_per_s"]))
+    k = load(f"kernel-{kind}-{rounds[-1]}.json")["jobs"][0]["read"]
     a = load(f"accel-{kind}.json")
     assert a["verify_errors"] == 0 and a["unanswered_commands"] == 0, a
-    e = engine[wl]
-    assert e["healthy"], e
-    rows.append((label, "engine alone", k, e["iops"], e["mb_per_s"]))
     rows.append((label, "SCSI via loopback", k, a["iops"], a["mb_per_s"]))
     tcmu = os.path.join(share, f"tcmu-{kind}.json")
     if os.path.exists(tcmu):
@@ -43,8 +50,12 @@ for kind, label, wl in (("randread", "4 KiB random read QD32", "4k-randread-qd32
         rows.append((label, "/dev/sdX via TCMU", k, t["iops"], t["bw_bytes"] / 1e6))
     else:
         print(f"{label}: no TCMU figures (the scenario says why in its log)")
-print(f"{'workload':30} {'scst-accel path':18} {'kernel IOPS':>12} {'MB/s':>8} {'scst-accel IOPS':>16} {'MB/s':>8} {'ratio':>6}")
+    rows.append((label, f"engine alone: median of {len(ratios)} round ratios {statistics.median(ratios):.2f}", None, 0, 0))
+print(f"{'workload':30} {'scst-accel path':26} {'kernel IOPS':>12} {'MB/s':>8} {'scst-accel IOPS':>16} {'MB/s':>8} {'ratio':>6}")
 for label, path, k, aiops, amb in rows:
+    if k is None:
+        print(f"{label:30} {path}")
+        continue
     kiops, kmb = k["iops"], k["bw_bytes"] / 1e6
-    print(f"{label:30} {path:18} {kiops:12.0f} {kmb:8.1f} {aiops:16.0f} {amb:8.1f} {aiops / kiops:6.2f}")
+    print(f"{label:30} {path:26} {kiops:12.0f} {kmb:8.1f} {aiops:16.0f} {amb:8.1f} {aiops / kiops:6.2f}")
 PY

@@ -4,19 +4,26 @@
 # read QD32 and 128 KiB sequential read QD8, over the same first 64 MiB.
 set -e
 . ./common.sh
-rt=${HIL_BENCH_SECONDS:-10}
-dev=$(bind_nvme "$NVME_BDF")
-common="--filename=$dev --ioengine=libaio --direct=1 --time_based --runtime=$rt --size=64M --output-format=json"
-fio --name=randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 $common --output="$HIL_SHARE/kernel-randread.json"
-fio --name=seqread-128k-qd8 --rw=read --bs=128k --iodepth=8 $common --output="$HIL_SHARE/kernel-seqread.json"
-bind_vfio "$NVME_BDF"
+rt=${HIL_BENCH_SECONDS:-5}
+rounds=${HIL_BENCH_ROUNDS:-3}
+# The guest shares the host's CPUs (TCG): its speed drifts with the host's load, so the kernel
+# driver and the engine alone alternate in rounds and each round gives its own ratio.
+r=1
+while [ $r -le $rounds ]; do
+	dev=$(bind_nvme "$NVME_BDF")
+	common="--filename=$dev --ioengine=libaio --direct=1 --time_based --runtime=$rt --size=64M --output-format=json"
+	fio --name=randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 $common --output="$HIL_SHARE/kernel-randread-$r.json"
+	fio --name=seqread-128k-qd8 --rw=read --bs=128k --iodepth=8 $common --output="$HIL_SHARE/kernel-seqread-$r.json"
+	bind_vfio "$NVME_BDF"
+	# The engine alone (bench's store layer: requests straight to the NVMe queues through VFIO,
+	# no SCSI, no kernel model): the like-for-like comparison with fio on the kernel's driver.
+	scst-accel bench --boards qemu-nvme --pci "$NVME_BDF" --layers store --size 64M --duration "${rt}s" \
+		--workloads 4k-randread-qd32,128k-seqread-qd8 --json >"$HIL_SHARE/engine-$r.json"
+	r=$((r + 1))
+done
 demo_args="--board qemu-nvme --pci $NVME_BDF --size 64M --log warn --rw read --duration ${rt}s"
 scst-accel demo $demo_args --pattern random --bs 4k --queue-depth 32 --json >"$HIL_SHARE/accel-randread.json"
 scst-accel demo $demo_args --pattern sequential --bs 128k --queue-depth 8 --json >"$HIL_SHARE/accel-seqread.json"
-# The engine alone (bench's store layer: requests straight to the NVMe queues through VFIO, no
-# SCSI, no kernel model): the like-for-like comparison with fio on the kernel's driver.
-scst-accel bench --boards qemu-nvme --pci "$NVME_BDF" --layers store --size 64M --duration "${rt}s" \
-	--workloads 4k-randread-qd32,128k-seqread-qd8 --json >"$HIL_SHARE/engine.json"
 # Through a real kernel SCSI path: LIO's target_core_user + tcm_loop serve the NVMe engine as
 # /dev/sdX (`serve --frontend tcmu`), the initiator's queue depth raised to the workload's (the
 # SCSI midlayer's default would cap it), and the same fio jobs on it. Skipped, loudly, when the
