@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The peer benchmark (issue 5 §4): in one QEMU guest, on one emulated NVMe controller, Linux's
-# own nvme driver (fio) against scst-accel's NVMe engine through the loopback kernel. Prints
-# both and the ratio scst-accel / kernel. A benchmark, not a test: the figures depend on the
-# host's load (TCG is CPU-bound); compare ratios from one run.
+# The peer benchmark (issues 5 and 13): in one QEMU guest, on one emulated NVMe controller,
+# Linux's own nvme driver (fio) against scst-accel's NVMe engine alone (bench's store layer),
+# alternated in rounds, then once each the SCSI path through the loopback kernel and fio on the
+# /dev/sdX LIO serves through `serve --frontend tcmu`. Prints every figure and the ratio
+# scst-accel / kernel (per round, and the median). A benchmark, not a test: the figures depend
+# on the host's load (TCG is CPU-bound); compare ratios from one run.
 #
 #   tests/hil/bench.sh [--bin PATH]         HIL_BENCH_SECONDS (default 5) per workload,
 #                                          HIL_BENCH_ROUNDS (default 3) alternated rounds
