@@ -11,6 +11,7 @@
 compile_error!("scst-accel's MMIO barriers are defined for x86_64 and aarch64 only (hal/src/vfio/mmio.rs)");
 
 pub mod alloc_stats;
+pub mod cycles;
 pub mod fdio;
 pub mod locks;
 pub mod sim;

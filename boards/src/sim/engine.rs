@@ -231,6 +231,11 @@ impl Engine {
     /// else `None` with the lock released and the interrupt raised (the caller re-locks: the
     /// state may have changed meanwhile).
     fn fire_due_interrupt<'a>(&self, mut st: StateGuard<'a>) -> Option<StateGuard<'a>> {
+        // No completion waiting for its interrupt: nothing can be due, and the clock (a
+        // sizeable share of the worker's time when read on every pass) is not needed.
+        if st.coalesce_deadline(self.qi()).is_none() {
+            return Some(st);
+        }
         match st.interrupt_if_due(self.qi(), Instant::now()) {
             Some(vector) => {
                 drop(st);
@@ -243,8 +248,12 @@ impl Engine {
 
     /// How long to sleep: [`IDLE_WAIT`], or less if a deadline or the coalescing timer is near.
     fn wait_time(&self, st: &BoardState, until: Option<Instant>) -> Duration {
+        let coalesce = st.coalesce_deadline(self.qi());
+        if until.is_none() && coalesce.is_none() {
+            return IDLE_WAIT;
+        }
         let now = Instant::now();
-        [until, st.coalesce_deadline(self.qi())]
+        [until, coalesce]
             .into_iter()
             .flatten()
             .map(|t| t.saturating_duration_since(now))

@@ -222,7 +222,8 @@ pub(crate) struct Held {
     #[cfg(lock_check)]
     id: u64,
     level: u32,
-    since: std::time::Instant,
+    /// When it was taken, in [`crate::cycles`] ticks (a cheap clock: this is on every lock).
+    since: u64,
 }
 
 impl Held {
@@ -244,7 +245,7 @@ impl Held {
             #[cfg(lock_check)]
             id: _id,
             level,
-            since: std::time::Instant::now(),
+            since: crate::cycles::now(),
         }
     }
 }
@@ -254,7 +255,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         #[cfg(lock_check)]
         imp::pop(self.id);
-        super::stats::released(self.level, self.since.elapsed());
+        super::stats::released(self.level, crate::cycles::now().saturating_sub(self.since));
     }
 }
 

@@ -1,7 +1,8 @@
 //! Lock statistics, always on: for every lock level, how often it was taken, how often a
 //! thread found it held and had to wait, and the longest hold. Counted per level (a level is
-//! one kind of lock: `frontend.cmd_table`, `sgv.pool`...) with relaxed atomics, plus one clock
-//! read at acquisition and one at release; the bench measures what that costs per command.
+//! one kind of lock: `frontend.cmd_table`, `sgv.pool`...) with relaxed atomics, plus one read
+//! of a cheap clock ([`crate::cycles`]: the TSC where the kernel trusts it) at acquisition and
+//! one at release; the bench measures what that costs per command.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,8 @@ struct Slot {
     name: OnceLock<&'static str>,
     acquisitions: AtomicU64,
     contended: AtomicU64,
-    longest_hold_ns: AtomicU64,
+    /// In [`crate::cycles`] ticks; converted when read.
+    longest_hold_ticks: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)] // the array initializer: each slot is its own
@@ -23,7 +25,7 @@ const EMPTY: Slot = Slot {
     name: OnceLock::new(),
     acquisitions: AtomicU64::new(0),
     contended: AtomicU64::new(0),
-    longest_hold_ns: AtomicU64::new(0),
+    longest_hold_ticks: AtomicU64::new(0),
 };
 
 static SLOTS_TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
@@ -43,11 +45,12 @@ pub(crate) fn acquired(level: u32, name: &'static str, contended: bool) {
     }
 }
 
-/// A lock of `level` was released after `held`.
+/// A lock of `level` was released after `held_ticks` ([`crate::cycles`] ticks).
 #[inline]
-pub(crate) fn released(level: u32, held: Duration) {
-    let ns = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
-    slot(level).longest_hold_ns.fetch_max(ns, Ordering::Relaxed);
+pub(crate) fn released(level: u32, held_ticks: u64) {
+    slot(level)
+        .longest_hold_ticks
+        .fetch_max(held_ticks, Ordering::Relaxed);
 }
 
 /// The figures of one lock level.
@@ -76,7 +79,7 @@ pub fn lock_stats() -> Vec<LockStat> {
                 level: level as u32,
                 acquisitions: s.acquisitions.load(Ordering::Relaxed),
                 contended: s.contended.load(Ordering::Relaxed),
-                longest_hold: Duration::from_nanos(s.longest_hold_ns.load(Ordering::Relaxed)),
+                longest_hold: crate::cycles::to_duration(s.longest_hold_ticks.load(Ordering::Relaxed)),
             })
         })
         .collect()
