@@ -141,6 +141,11 @@ impl Mailbox {
         self.rx.try_recv().ok()
     }
 
+    /// No grant waiting (one may arrive at any time).
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Readable while grants may be waiting (poll it with the worker's other fds).
     pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.wake.as_ref().map(AsFd::as_fd)
