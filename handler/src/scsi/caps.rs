@@ -66,7 +66,10 @@ pub enum CompareAndWriteBy {
     Nobody,
     /// SCST's core (scst_user with parse_type STANDARD: the default).
     ScstCore,
-    /// This engine (TCMU).
+    /// This engine (TCMU). Only for a frontend that takes the disk's range locks around a
+    /// command's store steps and hands each step its [`super::IoPlan::buffer_offset`] (the
+    /// TCMU executor): the scst_user worker does neither, since SCST's core runs the command
+    /// there.
     Handler,
 }
 
