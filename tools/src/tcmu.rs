@@ -19,6 +19,7 @@ use crate::exit;
 use crate::notify::Notifier;
 use clap::Args;
 use clap::ValueEnum;
+use scst_accel_handler::scsi::CompareAndWriteBy;
 use scst_accel_handler::scsi::Disk;
 use scst_accel_handler::tcmu::configfs::IscsiSpec;
 use scst_accel_handler::tcmu::configfs::KernelFs;
@@ -153,6 +154,9 @@ pub fn run(disk: &DiskSpec, args: &TcmuArgs, state_dir: &Path, signals: &mut Sig
     config.read_only = disk.read_only;
     config.thin_provisioning = disk.thin_provisioning && info.supports_unmap;
     config.unmapped_reads_zero &= config.thin_provisioning;
+    // LIO's passthrough parser hands COMPARE AND WRITE to the TCMU device: the engine runs it,
+    // atomic under the disk's range locks (docs/scsi.md "COMPARE AND WRITE").
+    config.compare_and_write = CompareAndWriteBy::Handler;
     let engine = match Disk::try_new(config) {
         Ok(d) => Arc::new(d),
         Err(e) => {

@@ -19,15 +19,16 @@
 //! | 11 | `dma.iova` | dma/src/mapping.rs (shared with boards/src/sca1/) |
 //! | 12 | `ram.chunk` | handler/src/store/ram.rs |
 //! | 13 | `scsi.mode_pages` | handler/src/scsi/mod.rs |
-//! | 14 | `nvme.admin` | boards/src/nvme/admin.rs |
-//! | 15 | `sim.engines` | boards/src/sim/board.rs |
-//! | 16 | `sim.faults` | boards/src/sim/board.rs |
-//! | 17 | `sim.state` | boards/src/sim/board.rs |
-//! | 18 | `sim.medium` | boards/src/sim/medium.rs |
-//! | 19 | `iommu.table` | hal/src/sim/iommu.rs |
-//! | 20 | `iommu.faults` | hal/src/sim/iommu.rs |
-//! | 21 | `iommu.map_limit` | hal/src/sim/iommu.rs |
-//! | 22 | `interrupts.lines` | hal/src/sim/interrupts.rs |
+//! | 14 | `scsi.ranges` | handler/src/scsi/ranges.rs |
+//! | 15 | `nvme.admin` | boards/src/nvme/admin.rs |
+//! | 16 | `sim.engines` | boards/src/sim/board.rs |
+//! | 17 | `sim.faults` | boards/src/sim/board.rs |
+//! | 18 | `sim.state` | boards/src/sim/board.rs |
+//! | 19 | `sim.medium` | boards/src/sim/medium.rs |
+//! | 20 | `iommu.table` | hal/src/sim/iommu.rs |
+//! | 21 | `iommu.faults` | hal/src/sim/iommu.rs |
+//! | 22 | `iommu.map_limit` | hal/src/sim/iommu.rs |
+//! | 23 | `interrupts.lines` | hal/src/sim/interrupts.rs |
 //!
 //! The fixed rule from SCST's history (scst_user.md §5.6): the command table
 //! ([`CmdTable`]) comes before every SGV pool lock, so "pool lock, then command table" (what
@@ -141,6 +142,11 @@ lock_order! {
     RamChunk = "ram.chunk",
     /// The SCSI engine's mode pages (MODE SELECT, resets).
     ScsiModePages = "scsi.mode_pages",
+    /// The SCSI engine's block-range locks of one disk (handler/src/scsi/ranges.rs): the held
+    /// ranges and the FIFO wait list of COMPARE AND WRITE and the writes it must exclude. A
+    /// leaf, held for one acquire, release or cancel: grants are delivered to their workers'
+    /// mailboxes after unlocking, and no command ever waits under it.
+    ScsiRanges = "scsi.ranges",
     /// An NVMe controller's admin queue: held to place a command (SQ entry and doorbell write)
     /// and to reap the admin CQ, never while waiting for a completion. Above every simulator
     /// lock, because a simulated device's register write runs under it.
@@ -178,6 +184,7 @@ pub const ALL: &[(u32, &str)] = &[
     (DmaIova::LEVEL, DmaIova::NAME),
     (RamChunk::LEVEL, RamChunk::NAME),
     (ScsiModePages::LEVEL, ScsiModePages::NAME),
+    (ScsiRanges::LEVEL, ScsiRanges::NAME),
     (NvmeAdmin::LEVEL, NvmeAdmin::NAME),
     (SimEngines::LEVEL, SimEngines::NAME),
     (SimFaults::LEVEL, SimFaults::NAME),

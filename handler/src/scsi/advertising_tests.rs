@@ -4,7 +4,8 @@
 //!
 //! - every opcode 0..=255 and every service action: the engine executes it iff REPORT
 //!   SUPPORTED OPERATION CODES says supported (COMPARE AND WRITE: SCST's core executes it as
-//!   READ(16) + WRITE(16), which the engine must execute for every length it advertises);
+//!   READ(16) + WRITE(16), which the engine must execute for every length it advertises; on a
+//!   disk whose engine executes it (TCMU) the engine plans it for every such length);
 //! - the CDB usage data is exactly the bits the decoder reads plus the ones accepted with no
 //!   effect, and every other bit (reserved) is refused with INVALID FIELD IN CDB pointing at it;
 //! - the Block Limits page is consistent with itself, with READ CAPACITY(16), the
@@ -18,6 +19,7 @@ use super::opcodes::Executor;
 use super::opcodes::OpcodeEntry;
 use super::sense::Sense;
 use super::tests::disk_with;
+use super::CompareAndWriteBy;
 use super::Disk;
 use super::DiskConfig;
 use super::Plan;
@@ -104,9 +106,17 @@ fn open_every_store() -> Vec<(String, StoreInfo)> {
 
 /// The disks the service would build over `info` (tools' `DiskArgs::disk_config`): thick and,
 /// where the store deallocates, thin; the default `--max-transfer-blocks` (2048) and a clamp
-/// to 1024 and to 100 (not a multiple of a 4 KiB physical block in 512-byte blocks).
+/// to 1024 and to 100 (not a multiple of a 4 KiB physical block in 512-byte blocks); and the
+/// TCMU frontend's disk, whose engine executes COMPARE AND WRITE, with the default and the
+/// smallest clamp.
 fn disks_for(info: &StoreInfo) -> Vec<DiskConfig> {
     let mut out = Vec::new();
+    for max in [2048u32, 100] {
+        let mut config = DiskConfig::for_store(info);
+        config.compare_and_write = CompareAndWriteBy::Handler;
+        config.limits.max_transfer_blocks = config.limits.max_transfer_blocks.min(max);
+        out.push(config);
+    }
     for thin in [false, true] {
         if thin && !info.supports_unmap {
             continue;
@@ -129,8 +139,8 @@ fn every_disk() -> Vec<(String, StoreInfo, Disk)> {
         .flat_map(|(name, info)| {
             disks_for(&info).into_iter().map(move |config| {
                 let label = format!(
-                    "{name} thin={} max={}",
-                    config.thin_provisioning, config.limits.max_transfer_blocks
+                    "{name} thin={} max={} caw={:?}",
+                    config.thin_provisioning, config.limits.max_transfer_blocks, config.compare_and_write
                 );
                 (label, info, disk_with(config))
             })
@@ -258,31 +268,33 @@ fn the_engine_executes_a_command_iff_rsoc_says_supported() {
                             all.contains(&(opcode, sa, len as u16)),
                             "{what} missing from the list"
                         );
-                        match e.executor {
-                            Executor::Engine => {
-                                if let Err(r) = disk.cdb_info(&cdb) {
+                        let features = super::opcodes::Features::of(disk.capabilities());
+                        if features.executes(e) {
+                            if let Err(r) = disk.cdb_info(&cdb) {
+                                assert_ne!(
+                                    asc(&r),
+                                    INVALID_OPCODE,
+                                    "{what}: PARSE refuses a supported command"
+                                );
+                            }
+                            if let Err(r) = &outcome {
+                                assert_ne!(asc(r), INVALID_OPCODE, "{what}: supported but refused");
+                                if sa.is_some() {
                                     assert_ne!(
-                                        asc(&r),
-                                        INVALID_OPCODE,
-                                        "{what}: PARSE refuses a supported command"
+                                        r.sense,
+                                        fixed(Sense::invalid_cdb_field(1, Some(4))),
+                                        "{what}: supported service action refused"
                                     );
                                 }
-                                if let Err(r) = &outcome {
-                                    assert_ne!(asc(r), INVALID_OPCODE, "{what}: supported but refused");
-                                    if sa.is_some() {
-                                        assert_ne!(
-                                            r.sense,
-                                            fixed(Sense::invalid_cdb_field(1, Some(4))),
-                                            "{what}: supported service action refused"
-                                        );
-                                    }
-                                }
                             }
+                            if e.executor == Executor::ScstCore {
+                                check_engine_compare_and_write(&label, &disk);
+                            }
+                        } else {
                             // The engine never sees it (the core runs it); it would refuse it.
-                            Executor::ScstCore => {
-                                assert_eq!(outcome.expect_err(&what).sense, fixed(Sense::invalid_opcode()));
-                                check_core_compare_and_write(&label, &disk);
-                            }
+                            assert_eq!(e.executor, Executor::ScstCore, "{what}");
+                            assert_eq!(outcome.expect_err(&what).sense, fixed(Sense::invalid_opcode()));
+                            check_core_compare_and_write(&label, &disk);
                         }
                     }
                 }
@@ -357,6 +369,62 @@ fn check_core_compare_and_write(label: &str, disk: &Disk) {
     }
 }
 
+/// Where the engine executes COMPARE AND WRITE: every length up to the advertised maximum,
+/// with a Data-Out of 2 × N blocks and every byte-1 bit the usage data sets but WRPROTECT,
+/// plans the compare of N blocks and then the write of N blocks from the Data-Out's second
+/// half (FUA when the CDB says so); one block more than the maximum is refused at byte 13.
+fn check_engine_compare_and_write(label: &str, disk: &Disk) {
+    let max = u32::from(disk.capabilities().compare_and_write.max_blocks());
+    assert!((1..=COMPARE_AND_WRITE_FIELD_MAX).contains(&max), "{label}: {max}");
+    let bs = disk.block_size() as usize;
+    let entry = opcodes::TABLE
+        .iter()
+        .find(|e| e.op == opcodes::Op::CompareAndWrite)
+        .expect("COMPARE AND WRITE entry");
+    let cdb = |byte1: u8, nlb: u32| {
+        let mut c = base_cdb(0x89, None, 16);
+        c[1] = byte1;
+        c[13] = nlb as u8;
+        c
+    };
+    for byte1 in (0..=0x1Fu8).filter(|b| b & !entry.usage[1] == 0) {
+        for nlb in [1, max / 2 + 1, max] {
+            let data = vec![0u8; 2 * nlb as usize * bs];
+            let first = match disk.start(
+                &mut scst_accel_hal::locks::LockToken::root(),
+                &cdb(byte1, nlb),
+                &data,
+            ) {
+                Plan::Io(io) => io,
+                Plan::Done(r) => panic!("{label}: COMPARE AND WRITE {byte1:#04x} x{nlb}: {r:02x?}"),
+            };
+            assert_eq!(first.op, StoreOp::Compare { lba: 0, blocks: nlb }, "{label}");
+            let Plan::Io(second) = disk.finish(&first, crate::store::StoreStatus::Good) else {
+                panic!("{label}: no write after the compare")
+            };
+            assert!(
+                matches!(second.op, StoreOp::Write { lba: 0, blocks, fua } if blocks == nlb
+                    && (fua || byte1 & 0x08 == 0)),
+                "{label}: {:?}",
+                second.op
+            );
+            assert_eq!(second.buffer_offset(), nlb as usize * bs, "{label}");
+        }
+    }
+    if max < COMPARE_AND_WRITE_FIELD_MAX {
+        let data = vec![0u8; 2 * (max as usize + 1) * bs];
+        let r = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &cdb(0, max + 1),
+            &data,
+        );
+        let Plan::Done(r) = r else {
+            panic!("{label}: one block over the maximum was planned")
+        };
+        assert_eq!(r.sense, fixed(Sense::invalid_cdb_field(13, None)), "{label}");
+    }
+}
+
 /// For every command the engine executes: each usage-data bit is read by the decoder or
 /// accepted with no effect (and those are not read), and each other bit is refused with
 /// INVALID FIELD IN CDB pointing at it. The control byte: NACA refused, vendor bits accepted.
@@ -366,7 +434,7 @@ fn usage_data_is_what_the_decoder_reads() {
         let geo = disk.geometry();
         for e in opcodes::TABLE
             .iter()
-            .filter(|e| e.executor == Executor::Engine && e.offered(geo.features))
+            .filter(|e| geo.features.executes(e) && e.offered(geo.features))
         {
             let what = format!("{label}: {}", e.name);
             let len = e.cdb_len();
@@ -621,8 +689,18 @@ fn rsoc_lists_compare_and_write_with_usage_data_iff_supported() {
         64
     );
 
+    // Where the engine runs it (TCMU), it is advertised the same way.
+    cfg.compare_and_write = CompareAndWriteBy::Handler;
+    let handler = disk_with(cfg.clone());
+    assert_eq!(
+        data(&handler, &[0xA3, 0x0C, 0x01, 0x89, 0, 0, 0, 0, 0, 0xFF, 0, 0]),
+        one,
+        "same usage data"
+    );
+    assert_eq!(data(&handler, &[0x12, 0x01, 0xB0, 0, 0xFF, 0])[5], 64);
+
     // Where SCST's core would not run it (parse_type CALL), it is not advertised.
-    cfg.compare_and_write = false;
+    cfg.compare_and_write = CompareAndWriteBy::Nobody;
     let disk = disk_with(cfg);
     assert_eq!(
         data(&disk, &[0xA3, 0x0C, 0x01, 0x89, 0, 0, 0, 0, 0, 0xFF, 0, 0]),

@@ -16,8 +16,10 @@
 //!   ignores an optimal above the maximum: "Optimal transfer size ... > dev_max");
 //! - MAXIMUM COMPARE AND WRITE LENGTH: SCST's core executes COMPARE AND WRITE for a user-space
 //!   disk (`scst_user.md` §6.4) as one READ(16) and one WRITE(16) of NUMBER OF LOGICAL BLOCKS
-//!   each, sent to this engine, so it is bounded by the maximum transfer length and by the
-//!   one-byte NUMBER OF LOGICAL BLOCKS field (255).
+//!   each, sent to this engine; where the engine executes it itself (TCMU: LIO passes it on),
+//!   its compare and its write are one store request of that many blocks each. Either way it
+//!   is bounded by the maximum transfer length and by the one-byte NUMBER OF LOGICAL BLOCKS
+//!   field (255).
 //!
 //! [`StoreInfo`]: crate::store::StoreInfo
 
@@ -46,6 +48,29 @@ pub enum CompareAndWrite {
         /// MAXIMUM COMPARE AND WRITE LENGTH in blocks (1..=255).
         max_blocks: u8,
     },
+    /// This engine (the frontend passes 0x89 on: TCMU, where LIO's passthrough parser hands it
+    /// to user space): a compare of the Data-Out's first half against the medium, then on a
+    /// match a write of its second half, with the range held exclusively across both
+    /// ([`super::ranges`]) against every other write of the disk, from every worker.
+    Handler {
+        /// MAXIMUM COMPARE AND WRITE LENGTH in blocks (1..=255).
+        max_blocks: u8,
+    },
+}
+
+/// Who is to run COMPARE AND WRITE for a disk: the frontend's choice, in [`DiskConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareAndWriteBy {
+    /// Nobody: not offered (a device registered with parse_type CALL, whose PARSE of 0x89 the
+    /// core would send here without running it).
+    Nobody,
+    /// SCST's core (scst_user with parse_type STANDARD: the default).
+    ScstCore,
+    /// This engine (TCMU). Only for a frontend that takes the disk's range locks around a
+    /// command's store steps and hands each step its [`super::IoPlan::buffer_offset`] (the
+    /// TCMU executor): the scst_user worker does neither, since SCST's core runs the command
+    /// there.
+    Handler,
 }
 
 impl CompareAndWrite {
@@ -53,8 +78,13 @@ impl CompareAndWrite {
     pub fn max_blocks(self) -> u8 {
         match self {
             Self::None => 0,
-            Self::ScstCore { max_blocks } => max_blocks,
+            Self::ScstCore { max_blocks } | Self::Handler { max_blocks } => max_blocks,
         }
+    }
+
+    /// Does this engine execute it (and so must writes take the range locks)?
+    pub fn in_engine(self) -> bool {
+        matches!(self, Self::Handler { .. })
     }
 }
 
@@ -123,9 +153,12 @@ impl Capabilities {
         );
         limits.unmap_granularity = limits.unmap_granularity.max(1);
         let caw_max = limits.max_transfer_blocks.min(COMPARE_AND_WRITE_FIELD_MAX);
-        let compare_and_write = match u8::try_from(caw_max) {
-            Ok(max_blocks) if max_blocks > 0 && config.compare_and_write => {
+        let compare_and_write = match (u8::try_from(caw_max), config.compare_and_write) {
+            (Ok(max_blocks), CompareAndWriteBy::ScstCore) if max_blocks > 0 => {
                 CompareAndWrite::ScstCore { max_blocks }
+            }
+            (Ok(max_blocks), CompareAndWriteBy::Handler) if max_blocks > 0 => {
+                CompareAndWrite::Handler { max_blocks }
             }
             _ => CompareAndWrite::None,
         };
@@ -204,8 +237,14 @@ mod tests {
             CompareAndWrite::ScstCore { max_blocks: 64 }
         );
         let mut cfg = DiskConfig::new(512, 100);
-        cfg.compare_and_write = false;
+        cfg.compare_and_write = CompareAndWriteBy::Nobody;
         assert_eq!(Capabilities::new(&cfg).compare_and_write, CompareAndWrite::None);
+        cfg.compare_and_write = CompareAndWriteBy::Handler;
+        cfg.limits.max_transfer_blocks = 16;
+        assert_eq!(
+            Capabilities::new(&cfg).compare_and_write,
+            CompareAndWrite::Handler { max_blocks: 16 }
+        );
     }
 
     #[test]

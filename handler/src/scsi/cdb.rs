@@ -19,6 +19,15 @@ pub(crate) struct Geometry {
     /// What the opcode table offers (thin provisioning, GET LBA STATUS, ...).
     pub features: opcodes::Features,
     pub limits: BlockLimits,
+    /// MAXIMUM COMPARE AND WRITE LENGTH in blocks (0 when not offered).
+    pub compare_and_write_max: u8,
+}
+
+impl Geometry {
+    /// MAXIMUM COMPARE AND WRITE LENGTH in blocks.
+    fn limits_compare_and_write(&self) -> u32 {
+        u32::from(self.compare_and_write_max)
+    }
 }
 
 /// A range of logical blocks, already checked to lie inside the disk.
@@ -98,6 +107,11 @@ pub(crate) enum Command {
     },
     Unmap {
         param_len: u32,
+    },
+    /// COMPARE AND WRITE executed by this engine (`CompareAndWrite::Handler`).
+    CompareAndWrite {
+        blocks: Blocks,
+        fua: bool,
     },
     ReportSupportedOpcodes {
         request: RsocRequest,
@@ -384,8 +398,24 @@ pub(crate) fn decode_traced(
             let blocks = to_end(f.be(l.lba.0, l.lba.1), f.be(l.len.0, l.len.1), l.len.0, max, geo)?;
             Command::WriteSame { blocks, unmap, ndob }
         }
-        // SCST's core executes it (`Executor::ScstCore`); `lookup` never returns the entry.
-        Op::CompareAndWrite => return Err(Sense::invalid_opcode()),
+        // `lookup` returns the entry only where this engine runs it (`CompareAndWrite::Handler`);
+        // elsewhere SCST's core does and the CDB never gets here.
+        Op::CompareAndWrite => {
+            if !geo.features.compare_and_write_in_engine {
+                return Err(Sense::invalid_opcode());
+            }
+            // WRPROTECT: no protection information. DPO (a cache hint) and FUA_NV (obsolete)
+            // are accepted without effect.
+            check_protect(&f)?;
+            let fua = f.bit(1, 3);
+            // SBC-3 §5.2: above MAXIMUM COMPARE AND WRITE LENGTH → INVALID FIELD IN CDB.
+            let count = u32::from(f.byte(13));
+            if count > geo.limits_compare_and_write() {
+                return Err(Sense::invalid_cdb_field(13, None));
+            }
+            let blocks = in_range(f.be(2, 8), u64::from(count), geo)?;
+            Command::CompareAndWrite { blocks, fua }
+        }
         Op::Unmap => Command::Unmap {
             param_len: f.be32(7, 2),
         },
@@ -459,8 +489,10 @@ mod tests {
                 thin: true,
                 lba_status: true,
                 compare_and_write: true,
+                compare_and_write_in_engine: false,
             },
             limits,
+            compare_and_write_max: 128,
         }
     }
 

@@ -48,6 +48,11 @@ pub(crate) fn cdb_info(d: &Decoded, geo: &Geometry) -> CdbInfo {
             let n = bytes(u64::from(blocks.count), geo);
             (false, n, Some(blocks.lba), Some(n))
         }
+        // Data-Out of 2 × N blocks (verify then write instance); N blocks of the medium.
+        Command::CompareAndWrite { blocks, .. } => {
+            let n = bytes(u64::from(blocks.count), geo);
+            (false, 2 * n, Some(blocks.lba), Some(n))
+        }
         Command::Verify { blocks, bytchk } => {
             let n = bytes(u64::from(blocks.count), geo);
             (false, if bytchk { n } else { 0 }, Some(blocks.lba), Some(n))

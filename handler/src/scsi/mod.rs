@@ -36,6 +36,7 @@ mod info;
 mod inquiry;
 mod mode;
 mod opcodes;
+pub mod ranges;
 mod rw;
 pub mod sense;
 
@@ -52,6 +53,7 @@ use sense::Sense;
 
 pub use caps::Capabilities;
 pub use caps::CompareAndWrite;
+pub use caps::CompareAndWriteBy;
 pub use caps::CopyOffload;
 pub use caps::Provisioning;
 pub use designator::Designator;
@@ -114,12 +116,14 @@ pub struct DiskConfig {
     /// Initial D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70)
     /// sense. Register SCST with the same value (`Opt::d_sense`) so core-made sense agrees.
     pub d_sense: bool,
-    /// SCST's core executes COMPARE AND WRITE for this disk (`scst_user.md` §6.4: a core-local
-    /// command, run as READ(16) + WRITE(16) through this engine), so it is advertised (RSOC,
-    /// MAXIMUM COMPARE AND WRITE LENGTH). True whenever SCST parses the CDBs (parse_type
-    /// STANDARD, what `transport::register::default_options` registers); with parse_type CALL
-    /// the PARSE of 0x89 reaches this engine, which refuses it, so set it false there.
-    pub compare_and_write: bool,
+    /// Who runs COMPARE AND WRITE, and so whether it is advertised (RSOC, MAXIMUM COMPARE AND
+    /// WRITE LENGTH). [`CompareAndWriteBy::ScstCore`] (the default) whenever SCST parses the
+    /// CDBs (parse_type STANDARD, what `transport::register::default_options` registers):
+    /// the core runs it as READ(16) + WRITE(16) through this engine (`scst_user.md` §6.4);
+    /// [`CompareAndWriteBy::Handler`] where the frontend passes 0x89 to the engine (TCMU);
+    /// [`CompareAndWriteBy::Nobody`] with parse_type CALL, where the PARSE of 0x89 would reach
+    /// an engine that the core then never asks to run it.
+    pub compare_and_write: CompareAndWriteBy,
     /// MEDIUM ROTATION RATE of VPD B1h (SBC-3 §6.6.2): 1 = non-rotating (the default, and
     /// what RAM, SCA-1 and NVMe stores are), 0 = not reported (a file store on a spinning
     /// disk, [`crate::store::StoreInfo::rotational`]).
@@ -150,7 +154,7 @@ impl DiskConfig {
             lba_status: false,
             write_cache: true,
             d_sense: false,
-            compare_and_write: true,
+            compare_and_write: CompareAndWriteBy::ScstCore,
             rotation_rate: caps::NON_ROTATING,
             limits: BlockLimits {
                 max_transfer_blocks: blocks_of(4 << 20),
@@ -280,10 +284,62 @@ pub struct IoPlan {
     /// The store operation, in blocks of [`Disk::block_size`]. Ops that
     /// [`StoreOp::uses_buffer`] use the command's SCST buffer ([`StoreOp::buffer_bytes`] of it).
     pub op: StoreOp,
-    /// The step after this one succeeds (the verification of WRITE AND VERIFY).
-    then: Option<StoreOp>,
+    /// The step after this one succeeds (the verification of WRITE AND VERIFY, the write of
+    /// COMPARE AND WRITE) and where its data starts in the command's buffer.
+    then: Option<(StoreOp, usize)>,
+    /// Where this op's data starts in the command's buffer (COMPARE AND WRITE's write takes
+    /// the Data-Out's second half); 0 for every other command.
+    buffer_offset: usize,
     /// Data-in bytes the command returns when the op succeeds (READ).
     data_in_len: usize,
+}
+
+impl IoPlan {
+    /// A single store step at the start of the command's buffer.
+    fn single(op: StoreOp, data_in_len: usize) -> Self {
+        Self {
+            op,
+            then: None,
+            buffer_offset: 0,
+            data_in_len,
+        }
+    }
+
+    /// Byte offset in the command's buffer where [`Self::op`]'s data starts: the frontend
+    /// hands the store the buffer from there.
+    pub fn buffer_offset(&self) -> usize {
+        self.buffer_offset
+    }
+
+    /// The blocks this command must hold across its store steps, and how, on a disk whose
+    /// engine executes COMPARE AND WRITE ([`ranges`]): COMPARE AND WRITE (a compare followed by
+    /// a write) exclusively, every other medium write shared; reads and the rest nothing.
+    fn range_need(&self) -> Option<(ranges::BlockRange, ranges::RangeMode)> {
+        use ranges::BlockRange;
+        use ranges::RangeMode;
+        match (&self.op, &self.then) {
+            (StoreOp::Compare { lba, blocks }, Some((StoreOp::Write { .. }, _))) => {
+                Some((BlockRange::new(*lba, u64::from(*blocks)), RangeMode::Exclusive))
+            }
+            (
+                StoreOp::Write { lba, blocks, .. }
+                | StoreOp::WriteSame { lba, blocks }
+                | StoreOp::WriteZeroes { lba, blocks, .. },
+                _,
+            ) => Some((BlockRange::new(*lba, u64::from(*blocks)), RangeMode::Shared)),
+            // One span over every descriptor: UNMAP is rare next to COMPARE AND WRITE, and a
+            // wider shared hold only delays an overlapping COMPARE AND WRITE, never a write.
+            (StoreOp::Unmap { ranges }, _) => {
+                let lba = ranges.iter().map(|&(lba, _)| lba).min()?;
+                let end = ranges
+                    .iter()
+                    .map(|&(lba, n)| lba.saturating_add(u64::from(n)))
+                    .max()?;
+                Some((BlockRange { lba, end }, RangeMode::Shared))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A finished command.
@@ -369,6 +425,9 @@ pub struct Disk {
     /// Current mode pages; the lock is held only to read or replace them.
     /// Level `scsi.mode_pages`: a leaf, held while pages are read or replaced.
     mode: OrderedMutex<ModePages, levels::ScsiModePages>,
+    /// The block-range locks that make COMPARE AND WRITE atomic where this engine runs it
+    /// (level `scsi.ranges`, a leaf); untouched on every other disk.
+    ranges: ranges::RangeLocks,
 }
 
 static_assertions::assert_impl_all!(Disk: Send, Sync);
@@ -410,6 +469,7 @@ impl Disk {
             wce: AtomicBool::new(config.write_cache),
             d_sense: AtomicBool::new(config.d_sense),
             mode: OrderedMutex::new(ModePages::defaults(&caps)),
+            ranges: ranges::RangeLocks::new(),
             caps,
             config,
         })
@@ -424,6 +484,23 @@ impl Disk {
     /// CAPACITY(16), the mode pages and REPORT SUPPORTED OPERATION CODES.
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// The disk's block-range locks ([`ranges`]).
+    pub fn ranges(&self) -> &ranges::RangeLocks {
+        &self.ranges
+    }
+
+    /// What `io` (a command's first store step) must hold in [`Self::ranges`] until the
+    /// command is answered: `None` for reads and everything else, and for every command on a
+    /// disk whose COMPARE AND WRITE this engine does not run (SCST's core then keeps
+    /// overlapping commands apart itself, and a write costs no lock).
+    pub fn range_need(&self, io: &IoPlan) -> Option<(ranges::BlockRange, ranges::RangeMode)> {
+        if self.caps.compare_and_write.in_engine() {
+            io.range_need()
+        } else {
+            None
+        }
     }
 
     /// Logical block size in bytes.
@@ -528,6 +605,7 @@ impl Disk {
             num_blocks: self.num_blocks(),
             features: opcodes::Features::of(&self.caps),
             limits: self.caps.limits,
+            compare_and_write_max: self.caps.compare_and_write.max_blocks(),
         }
     }
 
@@ -602,11 +680,10 @@ impl Disk {
             // The store writes the parameter data into the command's buffer: one descriptor,
             // truncated to the allocation length (SBC-3 §5.7.2). Nothing to ask for 0 bytes.
             Command::GetLbaStatus { alloc: 0, .. } => done(Response::good()),
-            Command::GetLbaStatus { lba, alloc } => Ok(Plan::Io(IoPlan {
-                op: StoreOp::LbaStatus { lba },
-                then: None,
-                data_in_len: crate::store::LBA_STATUS_DATA_LEN.min(alloc as usize),
-            })),
+            Command::GetLbaStatus { lba, alloc } => Ok(Plan::Io(IoPlan::single(
+                StoreOp::LbaStatus { lba },
+                crate::store::LBA_STATUS_DATA_LEN.min(alloc as usize),
+            ))),
             Command::ModeSense(ms) => {
                 let data = mode::mode_sense(&ms, &self.mode_pages(token), &self.caps, self.num_blocks())?;
                 done(Response::with_data(data, ms.alloc))
@@ -638,7 +715,8 @@ impl Disk {
             | Command::Verify { .. }
             | Command::SynchronizeCache { .. }
             | Command::WriteSame { .. }
-            | Command::Unmap { .. } => rw::plan(&d.command, data_out, &self.rw_context()),
+            | Command::Unmap { .. }
+            | Command::CompareAndWrite { .. } => rw::plan(&d.command, data_out, &self.rw_context()),
         }
     }
 
@@ -666,11 +744,7 @@ impl Disk {
         if no_flush {
             Ok(Plan::Done(Response::good()))
         } else {
-            Ok(Plan::Io(IoPlan {
-                op: StoreOp::Flush,
-                then: None,
-                data_in_len: 0,
-            }))
+            Ok(Plan::Io(IoPlan::single(StoreOp::Flush, 0)))
         }
     }
 }

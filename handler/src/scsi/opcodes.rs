@@ -78,8 +78,9 @@ pub(crate) enum Executor {
     /// This engine: [`lookup`] finds the entry and [`super::cdb::decode`] decodes it.
     Engine,
     /// SCST's core (a `SCST_LOCAL_CMD`); the engine only serves the commands the core derives
-    /// from it. [`lookup`] never returns such an entry: if its CDB ever reached the engine (a
-    /// device registered with parse_type CALL) it would be refused as unknown.
+    /// from it. [`lookup`] returns such an entry only where the disk runs it in the engine
+    /// instead ([`Features::compare_and_write_in_engine`], TCMU); elsewhere, if its CDB ever
+    /// reached the engine (a device registered with parse_type CALL), it is refused as unknown.
     ScstCore,
 }
 
@@ -129,8 +130,10 @@ pub(crate) struct Features {
     pub thin: bool,
     /// GET LBA STATUS (SBC-3 §5.7), only meaningful when thin.
     pub lba_status: bool,
-    /// COMPARE AND WRITE, executed by SCST's core.
+    /// COMPARE AND WRITE offered (by SCST's core or this engine).
     pub compare_and_write: bool,
+    /// ... and executed by this engine (`CompareAndWrite::Handler`).
+    pub compare_and_write_in_engine: bool,
 }
 
 impl Features {
@@ -140,6 +143,15 @@ impl Features {
             thin: caps.provisioning.thin,
             lba_status: caps.provisioning.lba_status,
             compare_and_write: caps.compare_and_write.max_blocks() > 0,
+            compare_and_write_in_engine: caps.compare_and_write.in_engine(),
+        }
+    }
+
+    /// Does this engine decode and execute `e` on such a disk?
+    pub fn executes(&self, e: &OpcodeEntry) -> bool {
+        match e.executor {
+            Executor::Engine => true,
+            Executor::ScstCore => e.op == Op::CompareAndWrite && self.compare_and_write_in_engine,
         }
     }
 }
@@ -203,6 +215,8 @@ pub(crate) fn accepted_without_effect(e: &OpcodeEntry) -> [u8; 16] {
             m[1] = DPO | FUA_NV;
             group_number(&mut m);
         }
+        // COMPARE AND WRITE in the engine: DPO is a cache hint, FUA_NV obsolete.
+        Op::CompareAndWrite => m[1] = DPO | FUA_NV,
         Op::WriteAndVerify10
         | Op::WriteAndVerify12
         | Op::WriteAndVerify16
@@ -367,11 +381,11 @@ pub(crate) fn lookup(cdb: &[u8], thin: impl Into<Features>) -> Result<&'static O
             return Err(Sense::invalid_cdb_field(1, Some(4)));
         };
         find(opcode, Some(b1 & 0x1F), thin)
-            .filter(|e| e.executor == Executor::Engine)
+            .filter(|e| thin.executes(e))
             .ok_or(Sense::invalid_cdb_field(1, Some(4)))?
     } else {
         find(opcode, None, thin)
-            .filter(|e| e.executor == Executor::Engine)
+            .filter(|e| thin.executes(e))
             .ok_or(Sense::invalid_opcode())?
     };
     if cdb.len() < entry.cdb_len() {
@@ -624,6 +638,7 @@ mod tests {
                 thin: true,
                 lba_status: true,
                 compare_and_write: true,
+                compare_and_write_in_engine: false,
             },
         )
         .unwrap();
@@ -636,12 +651,14 @@ mod tests {
             thin: true,
             lba_status: true,
             compare_and_write: false,
+            compare_and_write_in_engine: false,
         };
         assert!(gls.offered(both));
         assert!(!gls.offered(Features {
             thin: false,
             lba_status: true,
             compare_and_write: true,
+            compare_and_write_in_engine: false,
         }));
         assert_eq!(&data[4..12], &[0x00, 0, 0, 0, 0, 0x02, 0, 6]);
         assert_eq!(&data[12..14], &[0x00, 0x0A]);

@@ -25,11 +25,7 @@ pub(crate) struct Context {
 }
 
 fn io(op: StoreOp) -> Plan {
-    Plan::Io(IoPlan {
-        op,
-        then: None,
-        data_in_len: 0,
-    })
+    Plan::Io(IoPlan::single(op, 0))
 }
 
 fn good() -> Result<Plan, Sense> {
@@ -46,11 +42,10 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             ..
         } => {
             let len = u64::from(count) * u64::from(bs);
-            Ok(Plan::Io(IoPlan {
-                op: StoreOp::Read { lba, blocks: count },
-                then: None,
-                data_in_len: usize::try_from(len).unwrap_or(usize::MAX),
-            }))
+            Ok(Plan::Io(IoPlan::single(
+                StoreOp::Read { lba, blocks: count },
+                usize::try_from(len).unwrap_or(usize::MAX),
+            )))
         }
         Command::Write { blocks, .. } if blocks.count == 0 => good(),
         Command::Write {
@@ -68,13 +63,15 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
         } => {
             // The verification must see the medium, not the cache: write through.
             Ok(Plan::Io(IoPlan {
-                op: StoreOp::Write {
-                    lba,
-                    blocks: count,
-                    fua: true,
-                },
-                then: Some(verify_op(lba, count, bytchk)),
-                data_in_len: 0,
+                then: Some((verify_op(lba, count, bytchk), 0)),
+                ..IoPlan::single(
+                    StoreOp::Write {
+                        lba,
+                        blocks: count,
+                        fua: true,
+                    },
+                    0,
+                )
             }))
         }
         Command::Verify { blocks, .. } if blocks.count == 0 => good(),
@@ -104,6 +101,38 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             }
         }
         Command::Unmap { param_len } => unmap(&read_param(data_out, param_len), &ctx.geometry),
+        // SBC-3 §5.2: NUMBER OF LOGICAL BLOCKS 0 is not an error; nothing is compared or written.
+        Command::CompareAndWrite { blocks, .. } if blocks.count == 0 => good(),
+        Command::CompareAndWrite {
+            blocks: Blocks { lba, count },
+            fua,
+        } => {
+            // The Data-Out holds the verify instance, then the write instance: 2 × N blocks
+            // exactly (SCST's core refuses a mismatch the same way, scst_cmp_wr_local).
+            let half = u64::from(count) * u64::from(bs);
+            if data_out.len() as u64 != 2 * half {
+                log::debug!(
+                    "COMPARE AND WRITE of {count} blocks with {} bytes of Data-Out (need {})",
+                    data_out.len(),
+                    2 * half
+                );
+                return Err(Sense::invalid_cdb_field(13, None));
+            }
+            let half = usize::try_from(half).unwrap_or(usize::MAX);
+            // Compare the first half; on a match write the second (the frontend holds the
+            // range exclusively across both steps, `Disk::range_need`).
+            Ok(Plan::Io(IoPlan {
+                then: Some((
+                    StoreOp::Write {
+                        lba,
+                        blocks: count,
+                        fua: fua || !ctx.write_cache,
+                    },
+                    half,
+                )),
+                ..IoPlan::single(StoreOp::Compare { lba, blocks: count }, 0)
+            }))
+        }
         _ => good(),
     }
 }
@@ -181,10 +210,9 @@ fn unmap(param: &[u8], geo: &Geometry) -> Result<Plan, Sense> {
 pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Plan, Sense> {
     match status {
         StoreStatus::Good => Ok(match &io.then {
-            Some(next) => Plan::Io(IoPlan {
-                op: next.clone(),
-                then: None,
-                data_in_len: 0,
+            Some((next, offset)) => Plan::Io(IoPlan {
+                buffer_offset: *offset,
+                ..IoPlan::single(next.clone(), 0)
             }),
             None => Plan::Done(Response {
                 data_in_len: io.data_in_len,
@@ -564,6 +592,148 @@ mod tests {
             &done(thick.finish(&io, StoreStatus::SpaceExhausted { lba: 12 })).sense[..14],
             &[0xF0, 0, 3, 0, 0, 0, 12, 10, 0, 0, 0, 0, 0x0C, 0]
         );
+    }
+
+    /// A disk whose engine executes COMPARE AND WRITE (TCMU), limit 8 blocks.
+    fn caw_disk() -> Disk {
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.compare_and_write = super::super::CompareAndWriteBy::Handler;
+        cfg.limits.max_transfer_blocks = 8;
+        disk_with(cfg)
+    }
+
+    fn caw(lba: u64, blocks: u8, byte1: u8) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = 0x89;
+        c[1] = byte1;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[13] = blocks;
+        c
+    }
+
+    fn plan(disk: &Disk, cdb: &[u8], data_out: &[u8]) -> super::super::IoPlan {
+        match disk.start(&mut scst_accel_hal::locks::LockToken::root(), cdb, &data_out) {
+            Plan::Io(io) => io,
+            Plan::Done(r) => panic!("{cdb:02x?}: expected a store op, got {r:02x?}"),
+        }
+    }
+
+    /// Match: the compare of the Data-Out's first half, then the write of its second half
+    /// (buffer offset N blocks), FUA from the CDB, then GOOD.
+    #[test]
+    fn compare_and_write_compares_the_first_half_then_writes_the_second() {
+        use super::super::ranges::BlockRange;
+        use super::super::ranges::RangeMode;
+        let disk = caw_disk();
+        let data = vec![0u8; 2 * 2 * 512];
+        for (byte1, fua) in [(0x00, false), (0x08, true), (0x10, false), (0x18, true)] {
+            let first = plan(&disk, &caw(3, 2, byte1), &data);
+            assert_eq!(first.op, StoreOp::Compare { lba: 3, blocks: 2 });
+            assert_eq!(first.buffer_offset(), 0);
+            assert_eq!(
+                disk.range_need(&first),
+                Some((BlockRange::new(3, 2), RangeMode::Exclusive)),
+                "held exclusively across both steps"
+            );
+            let Plan::Io(second) = disk.finish(&first, StoreStatus::Good) else {
+                panic!("the write follows a match")
+            };
+            assert_eq!(
+                second.op,
+                StoreOp::Write {
+                    lba: 3,
+                    blocks: 2,
+                    fua
+                },
+                "byte 1 {byte1:#04x}"
+            );
+            assert_eq!(second.buffer_offset(), 1024, "the write instance");
+            assert_eq!(
+                done(disk.finish(&second, StoreStatus::Good)),
+                super::Response::good()
+            );
+        }
+    }
+
+    /// Mismatch: MISCOMPARE / MISCOMPARE DURING VERIFY OPERATION with VALID and INFORMATION
+    /// the offset of the first differing byte (SBC-3 §5.2), and nothing written.
+    #[test]
+    fn compare_and_write_mismatch_reports_the_offset_and_writes_nothing() {
+        let disk = caw_disk();
+        let first = plan(&disk, &caw(3, 2, 0), &[0u8; 2048]);
+        for offset in [0u64, 511, 512, 1023] {
+            let r = done(disk.finish(&first, StoreStatus::Miscompare { offset }));
+            assert_eq!(r.status, sam_status::CHECK_CONDITION);
+            assert_eq!(r.sense[0], 0xF0, "fixed format, VALID set");
+            assert_eq!((r.sense[2], r.sense[12], r.sense[13]), (0x0E, 0x1D, 0x00));
+            assert_eq!(
+                u32::from_be_bytes([r.sense[3], r.sense[4], r.sense[5], r.sense[6]]),
+                offset as u32
+            );
+        }
+    }
+
+    #[test]
+    fn compare_and_write_field_errors() {
+        let disk = caw_disk();
+        // NUMBER OF LOGICAL BLOCKS 0: nothing compared or written, GOOD (SBC-3 §5.2).
+        good(&disk, &caw(3, 0, 0), &[]);
+        // Above MAXIMUM COMPARE AND WRITE LENGTH (8 here): INVALID FIELD IN CDB at byte 13.
+        check_sense(
+            &disk,
+            &caw(0, 9, 0),
+            &[0; 18 * 512],
+            [5, 0x24, 0],
+            Some([0xC0, 0, 13]),
+        );
+        // Data-Out not exactly 2 × N blocks.
+        for len in [512, 3 * 512, 4 * 512 + 1, 0] {
+            check_sense(
+                &disk,
+                &caw(0, 2, 0),
+                &vec![0; len],
+                [5, 0x24, 0],
+                Some([0xC0, 0, 13]),
+            );
+        }
+        // WRPROTECT without protection information.
+        check_sense(
+            &disk,
+            &caw(0, 1, 0x20),
+            &[0; 1024],
+            [5, 0x24, 0],
+            Some([0xCF, 0, 1]),
+        );
+        // Past the end of the medium.
+        check_sense(&disk, &caw(999, 2, 0), &[0; 2048], [5, 0x21, 0], None);
+        // Read-only: DATA PROTECT.
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.compare_and_write = super::super::CompareAndWriteBy::Handler;
+        cfg.read_only = true;
+        check_sense(&disk_with(cfg), &caw(0, 1, 0), &[0; 1024], [7, 0x27, 0], None);
+        // Where SCST's core runs it, the engine never executes it.
+        let core = disk_with(DiskConfig::new(512, 1000));
+        check_sense(&core, &caw(0, 1, 0), &[0; 1024], [5, 0x20, 0], None);
+    }
+
+    /// Writes hold their range shared, reads nothing, and only on a disk whose engine runs
+    /// COMPARE AND WRITE: elsewhere a write costs no lock.
+    #[test]
+    fn only_writes_and_compare_and_write_need_a_range() {
+        use super::super::ranges::BlockRange;
+        use super::super::ranges::RangeMode;
+        let disk = caw_disk();
+        let need = |cdb: &[u8], data: &[u8]| disk.range_need(&plan(&disk, cdb, data));
+        let shared = |lba, n| Some((BlockRange::new(lba, n), RangeMode::Shared));
+        assert_eq!(need(&[0x28, 0, 0, 0, 0, 5, 0, 0, 4, 0], &[]), None, "READ");
+        assert_eq!(need(&[0x2F, 0, 0, 0, 0, 5, 0, 0, 4, 0], &[]), None, "VERIFY");
+        assert_eq!(need(&[0x2A, 0, 0, 0, 0, 5, 0, 0, 4, 0], &[0; 2048]), shared(5, 4));
+        assert_eq!(need(&[0x2E, 0, 0, 0, 0, 5, 0, 0, 4, 0], &[0; 2048]), shared(5, 4));
+        assert_eq!(need(&[0x41, 0, 0, 0, 0, 5, 0, 0, 9, 0], &[1; 512]), shared(5, 9));
+        assert_eq!(need(&[0x41, 0, 0, 0, 0, 5, 0, 0, 9, 0], &[0; 512]), shared(5, 9));
+        let core = disk_with(DiskConfig::new(512, 1000));
+        let io = plan(&core, &[0x2A, 0, 0, 0, 0, 5, 0, 0, 4, 0], &[0; 2048]);
+        assert_eq!(core.range_need(&io), None);
     }
 
     #[test]

@@ -261,12 +261,15 @@ fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
     let info = disk.cdb_info(cdb).expect("a CDB that starts I/O parses");
     if io.op.uses_buffer() {
         assert_ne!(info.direction, data_direction::NONE);
-        assert_eq!(
-            io.op.buffer_bytes(disk.block_size()),
-            u64::from(info.transfer_len),
-            "{:?}",
-            io.op
-        );
+        let bytes = io.op.buffer_bytes(disk.block_size());
+        if cdb.first() == Some(&0x89) {
+            // COMPARE AND WRITE in the engine: each step uses one half of the 2N-block buffer.
+            assert_eq!(2 * bytes, u64::from(info.transfer_len), "{:?}", io.op);
+            assert!(io.buffer_offset() as u64 + bytes <= u64::from(info.transfer_len));
+        } else {
+            assert_eq!(bytes, u64::from(info.transfer_len), "{:?}", io.op);
+            assert_eq!(io.buffer_offset(), 0);
+        }
     }
     if matches!(io.op, StoreOp::Read { .. }) {
         assert_eq!(info.direction, data_direction::READ);
@@ -331,8 +334,8 @@ fn any_data_out() -> impl Strategy<Value = Vec<u8>> {
 /// paths are reached often; byte 1 is random within the command's usage data.
 fn media_cdb() -> impl Strategy<Value = Vec<u8>> {
     let opcodes = vec![
-        0x08u8, 0x0A, 0x28, 0x2A, 0x2E, 0x2F, 0x35, 0x41, 0x88, 0x8A, 0x8E, 0x8F, 0x91, 0x93, 0xA8, 0xAA,
-        0xAE, 0xAF,
+        0x08u8, 0x0A, 0x28, 0x2A, 0x2E, 0x2F, 0x35, 0x41, 0x88, 0x89, 0x8A, 0x8E, 0x8F, 0x91, 0x93, 0xA8,
+        0xAA, 0xAE, 0xAF,
     ];
     (prop::sample::select(opcodes), 0u64..1600, 0u32..320, any::<u8>()).prop_map(|(op, lba, len, flags)| {
         let usage = super::opcodes::TABLE
@@ -394,14 +397,37 @@ fn unmap_command() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     })
 }
 
+/// COMPARE AND WRITE of 0..=8 blocks near the disk sizes used here, byte 1 within its usage
+/// data, with a Data-Out of 2N blocks of either block size, or one byte off.
+fn compare_and_write_command() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    (
+        0u64..3000,
+        0u8..=8,
+        any::<u8>(),
+        prop::sample::select(vec![512usize, 4096]),
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(|(lba, n, byte1, unit, exact)| {
+            let mut cdb = vec![0u8; 16];
+            cdb[0] = 0x89;
+            cdb[1] = byte1 & 0xFA;
+            cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+            cdb[13] = n;
+            let len = 2 * usize::from(n) * unit + usize::from(!exact);
+            (cdb, vec![0x5A; len])
+        })
+}
+
 /// Any command: arbitrary or table-shaped CDBs with arbitrary data-out, well-formed medium
-/// commands with a block of data-out (zero or not), or UNMAP with a parameter list.
+/// commands with a block of data-out (zero or not), UNMAP with a parameter list, or COMPARE
+/// AND WRITE.
 fn any_command() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     let block = prop_oneof![Just(vec![0u8; 4096]), prop::collection::vec(any::<u8>(), 0..=600)];
     prop_oneof![
         2 => (any_cdb(), any_data_out()),
         2 => (media_cdb(), block),
         1 => unmap_command(),
+        1 => compare_and_write_command(),
     ]
 }
 
@@ -410,9 +436,13 @@ fn any_disk() -> impl Strategy<Value = Disk> {
         prop::sample::select(vec![512u32, 4096]),
         0u64..3000,
         any::<[bool; 6]>(),
+        any::<bool>(),
     )
-        .prop_map(|(bs, n, f)| {
+        .prop_map(|(bs, n, f, caw_in_engine)| {
             let mut cfg = DiskConfig::new(bs, n);
+            if caw_in_engine {
+                cfg.compare_and_write = super::CompareAndWriteBy::Handler;
+            }
             [
                 cfg.thin_provisioning,
                 cfg.read_only,

@@ -18,6 +18,16 @@
 //! completed (or aborted) and answered, bounded; its [`Drained`] proves nothing is left in
 //! the store. The thread that runs all this is [`super::worker`].
 //!
+//! COMPARE AND WRITE reaches this engine under LIO (its passthrough parser hands every opcode
+//! but a few SPC ones to the TCMU device), so the disk runs it itself
+//! (`CompareAndWrite::Handler`) and this executor keeps it atomic with the disk's range locks
+//! ([`crate::scsi::ranges`]): before a command's first store request it takes the range
+//! [`Disk::range_need`] names (writes shared, COMPARE AND WRITE exclusive, reads nothing), and
+//! gives it back when the command is answered. A command whose range is busy is parked, not
+//! waited for: the worker goes on serving, and when the holder (of this worker or another)
+//! releases, the grant arrives in this executor's mailbox, whose eventfd [`Executor::step`]
+//! polls with the others; the command is then submitted with its original deadline.
+//!
 //! Not here yet: task management beyond logging the notice.
 
 use super::ring::Response;
@@ -29,6 +39,10 @@ use super::uio::UioError;
 use super::uio::UioEvents;
 use crate::abi::sam_status;
 use crate::scsi;
+use crate::scsi::ranges::Acquire;
+use crate::scsi::ranges::Mailbox;
+use crate::scsi::ranges::RangeGrant;
+use crate::scsi::ranges::WaitId;
 use crate::scsi::DataOut;
 use crate::scsi::Disk;
 use crate::scsi::IoPlan;
@@ -95,8 +109,17 @@ struct Inflight {
     cmd: TcmuCommand,
     io: IoPlan,
     buffer: Option<IoBuffer>,
+    /// The range the command holds until it is answered ([`Disk::range_need`]).
+    grant: Option<RangeGrant>,
     received: Instant,
     deadline: Instant,
+}
+
+/// A command whose range is busy, waiting for its grant in the mailbox. Its deadline runs.
+struct Parked {
+    cmd: TcmuCommand,
+    io: IoPlan,
+    received: Instant,
 }
 
 /// Proof, from [`Executor::drain`], that no request of the executor is left in its store
@@ -121,6 +144,10 @@ pub struct Executor {
     queue: Box<dyn StoreQueue>,
     pool: Arc<SgvPool>,
     inflight: HashMap<u64, Inflight>,
+    /// Commands waiting for a range, by the id their grant will carry.
+    parked: HashMap<WaitId, Parked>,
+    /// Where the disk's range locks deliver the grants of parked commands.
+    mailbox: Arc<Mailbox>,
     next_tag: u64,
     submit: Vec<StoreRequest>,
     completions: Vec<StoreCompletion>,
@@ -138,6 +165,8 @@ impl Executor {
             queue,
             pool,
             inflight: HashMap::new(),
+            parked: HashMap::new(),
+            mailbox: Mailbox::new(),
             next_tag: 0,
             submit: Vec::new(),
             completions: Vec::new(),
@@ -207,10 +236,25 @@ impl Executor {
             })
             .collect();
         lines.sort();
+        let mut parked: Vec<String> = self
+            .parked
+            .iter()
+            .map(|(id, p)| {
+                format!(
+                    "  parked {id:?}: cmd_id {}, age {:?}, waiting for the range of {:?}",
+                    p.cmd.cmd_id(),
+                    now.duration_since(p.received),
+                    p.io.op
+                )
+            })
+            .collect();
+        parked.sort();
+        lines.extend(parked);
         format!(
-            "{} command(s) in the store ({} reported by the queue)\n{}",
+            "{} command(s) in the store ({} reported by the queue), {} waiting for a range\n{}",
             self.inflight.len(),
             self.queue.in_flight(),
+            self.parked.len(),
             lines.join("\n")
         )
     }
@@ -233,7 +277,8 @@ impl Executor {
         let mut progress = Progress::default();
         let mut aborted = false;
         let mut deadline = Instant::now() + budget;
-        while !self.inflight.is_empty() {
+        self.cancel_parked(token, ring, &mut progress);
+        while !self.inflight.is_empty() || !self.parked.is_empty() {
             let now = Instant::now();
             if now >= deadline {
                 if aborted {
@@ -280,6 +325,34 @@ impl Executor {
         self.inflight.len()
     }
 
+    /// Commands waiting for a busy range.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The teardown's half of the range locks: take every parked command of this executor out
+    /// of the disk's wait list and answer it BUSY (the initiator retries on another path or
+    /// later), so no grant is ever delivered to a mailbox nobody reads. A command granted just
+    /// before stays parked until its grant is taken from the mailbox by [`Self::flush`]: it is
+    /// then submitted and drained like the others.
+    fn cancel_parked(&mut self, token: &mut StoreToken<'_>, ring: &mut Ring, progress: &mut Progress) {
+        let ids: Vec<WaitId> = self.parked.keys().copied().collect();
+        for id in ids {
+            if self.disk.ranges().cancel(token, id) {
+                if let Some(p) = self.parked.remove(&id) {
+                    let busy = scsi::Response {
+                        status: sam_status::BUSY,
+                        sense: Vec::new(),
+                        data: Vec::new(),
+                        data_in_len: 0,
+                    };
+                    self.answer(ring, p.cmd, None, &busy);
+                    progress.completed += 1;
+                }
+            }
+        }
+    }
+
     /// Take every entry the ring has, start its command, submit store requests and move on
     /// every store completion there is. The caller kicks the kernel when
     /// [`Ring::take_kick`] says so.
@@ -295,11 +368,12 @@ impl Executor {
                 Ok(None) => break,
                 Ok(Some(RingEntry::Command(cmd))) => {
                     progress.started += 1;
+                    let received = Instant::now();
                     let plan = {
                         let data_out = RingDataOut { ring, cmd: &cmd };
                         self.disk.start(token, cmd.cdb(), &data_out)
                     };
-                    self.advance(token, ring, cmd, None, plan, &mut progress);
+                    self.begin(token, ring, cmd, received, plan, &mut progress);
                 }
                 Ok(Some(RingEntry::TaskManagement(notice))) => {
                     // The kernel has already decided; the listed commands may still complete.
@@ -345,6 +419,7 @@ impl Executor {
         let ready = {
             let mut fds = vec![events.as_fd()];
             fds.extend(self.queue.notify_fd());
+            fds.extend(self.mailbox.wake_fd());
             scst_accel_hal::fdio::poll_readable(&fds, timeout)
                 .map_err(|e| StepError::Uio(UioError::Wait(e)))?
         };
@@ -360,6 +435,21 @@ impl Executor {
 
     fn flush(&mut self, token: &mut StoreToken<'_>, ring: &mut Ring, progress: &mut Progress) {
         loop {
+            // Parked commands whose range was released (by this worker or another): cleared
+            // before the take, so a grant delivered after it raises the eventfd again.
+            self.mailbox.clear_wake();
+            while let Some(grant) = self.mailbox.take() {
+                match self.parked.remove(&grant.wait_id()) {
+                    Some(p) => {
+                        let plan = Plan::Io(p.io);
+                        self.advance(token, ring, p.cmd, None, Some(grant), p.received, plan, progress);
+                    }
+                    None => {
+                        log::error!("range grant {grant:?} for no parked command; released");
+                        self.disk.ranges().release(token, grant);
+                    }
+                }
+            }
             if !self.submit.is_empty() {
                 if let Err(e) = self.queue.submit(token, &mut self.submit) {
                     log::debug!("tcmu store queue: {e}");
@@ -374,22 +464,71 @@ impl Executor {
                     continue;
                 };
                 let plan = self.disk.finish(&state.io, completion.status);
-                self.advance(token, ring, state.cmd, state.buffer, plan, progress);
+                self.advance(
+                    token,
+                    ring,
+                    state.cmd,
+                    state.buffer,
+                    state.grant,
+                    state.received,
+                    plan,
+                    progress,
+                );
             }
             self.completions = done;
             // Stop when nothing new was queued and nothing came back: the rest completes later.
-            if self.submit.is_empty() || reaped == 0 {
+            // A grant a completion released to this worker's own parked command is taken on
+            // the next turn of this loop.
+            if (self.submit.is_empty() || reaped == 0) && self.mailbox.is_empty() {
                 return;
             }
         }
     }
 
+    /// A new command's first plan: take the range [`Disk::range_need`] names (or park the
+    /// command until its grant comes), then [`Self::advance`].
+    fn begin(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        cmd: TcmuCommand,
+        received: Instant,
+        plan: Plan,
+        progress: &mut Progress,
+    ) {
+        let need = match &plan {
+            Plan::Io(io) => self.disk.range_need(io),
+            Plan::Done(_) => None,
+        };
+        let grant = match need {
+            None => None,
+            Some((range, mode)) => match self.disk.ranges().acquire(token, range, mode, &self.mailbox) {
+                Acquire::Granted(g) => Some(g),
+                Acquire::Parked(id) => {
+                    log::trace!(
+                        "tcmu cmd_id {}: range {range:?} busy, parked as {id:?}",
+                        cmd.cmd_id()
+                    );
+                    if let Plan::Io(io) = plan {
+                        self.parked.insert(id, Parked { cmd, io, received });
+                    }
+                    return;
+                }
+            },
+        };
+        self.advance(token, ring, cmd, None, grant, received, plan, progress);
+    }
+
+    /// Move a command on: answer it (giving its range back), or submit its next store step.
+    #[allow(clippy::too_many_arguments)] // one command's state, taken apart from `Inflight`
     fn advance(
         &mut self,
         token: &mut StoreToken<'_>,
         ring: &mut Ring,
         cmd: TcmuCommand,
         buffer: Option<IoBuffer>,
+        grant: Option<RangeGrant>,
+        received: Instant,
         plan: Plan,
         progress: &mut Progress,
     ) {
@@ -397,10 +536,14 @@ impl Executor {
             Plan::Done(response) => {
                 self.answer(ring, cmd, buffer.as_ref(), &response);
                 progress.completed += 1;
+                if let Some(grant) = grant {
+                    self.disk.ranges().release(token, grant);
+                }
                 return;
             }
             Plan::Io(io) => io,
         };
+
         let buffer = match buffer {
             Some(b) => Some(b),
             None if io.op.uses_buffer() => match self.buffer_for(token, ring, &cmd, &io.op) {
@@ -414,6 +557,9 @@ impl Executor {
                     };
                     self.answer(ring, cmd, None, &busy);
                     progress.completed += 1;
+                    if let Some(grant) = grant {
+                        self.disk.ranges().release(token, grant);
+                    }
                     return;
                 }
             },
@@ -421,18 +567,28 @@ impl Executor {
         };
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
+        // The step's data starts `buffer_offset` bytes into the command's buffer (COMPARE AND
+        // WRITE's write instance); the whole buffer stays with the command for later steps.
+        let window = buffer.as_ref().map(|b| {
+            let at = io.buffer_offset().min(b.len);
+            IoBuffer {
+                buffer: Arc::clone(&b.buffer),
+                offset: b.offset + at,
+                len: b.len - at,
+            }
+        });
         self.submit.push(StoreRequest {
             tag,
             op: io.op.clone(),
-            buffer: buffer.clone(),
+            buffer: window,
         });
-        let received = Instant::now();
         self.inflight.insert(
             tag,
             Inflight {
                 cmd,
                 io,
                 buffer,
+                grant,
                 received,
                 deadline: received + self.command_timeout,
             },

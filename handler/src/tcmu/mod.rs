@@ -14,6 +14,8 @@
 //! - [`sim`]: a simulated kernel side of the ring, the peer of the ring's tests.
 
 pub mod abi;
+#[cfg(test)]
+mod ats_tests;
 pub mod configfs;
 pub mod exec;
 pub mod region;
