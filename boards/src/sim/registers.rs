@@ -505,12 +505,18 @@ impl BoardState {
     }
 
     fn write_queue_register(&mut self, q: usize, reg: u64, value: u32, fx: &mut Effects) {
-        let qs = &mut self.queues[q];
         let ring_reg = matches!(reg, 0x00..=0x13);
-        if ring_reg && qs.run {
+        if ring_reg && self.queues[q].run {
             log::warn!("sim: queue {q} register +{reg:#x} is writable only while RUN = 0 (§2); ignored");
             return;
         }
+        if reg == queue::Q_CONTROL && value & queue::RUN == 0 && self.queues[q].run {
+            // Posted writes keep their order on the bus: a doorbell the host wrote before this
+            // stop reaches the queue before the stop does (and is not lost as a write of
+            // another RUN epoch).
+            self.apply_posted(q);
+        }
+        let qs = &mut self.queues[q];
         match reg {
             queue::SQ_BASE => qs.sq_base = (qs.sq_base & !0xffff_ffff) | u64::from(value),
             r if r == queue::SQ_BASE + 4 => {
@@ -640,9 +646,13 @@ mod tests {
         st.write32(doorbell::sq_tail(0), 8, now);
         st.apply_posted(0);
         assert_eq!(st.queues[0].sq_tail, 5);
-        // Written, then RUN cleared and set again before the engine looks: ignored.
+        // Written while running, then RUN cleared before the engine looks: the earlier write
+        // reaches the queue first, as posted writes keep their order.
         st.write32(doorbell::sq_tail(0), 6, now);
         st.write32(queue::reg(0, queue::Q_CONTROL), 0, now);
+        assert_eq!(st.queues[0].sq_tail, 6, "applied before the stop");
+        // Written while stopped, then RUN set again before the engine looks: ignored.
+        st.write32(doorbell::sq_tail(0), 7, now);
         st.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN, now);
         st.apply_posted(0);
         assert_eq!(st.queues[0].sq_tail, 0, "a write of an earlier RUN epoch");
