@@ -61,9 +61,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-/// Bytes copied per step between the data area and a command buffer.
-const BOUNCE: usize = 64 * 1024;
-
 /// A command's Data-Out read straight from the ring (MODE SELECT, UNMAP parameter lists).
 struct RingDataOut<'a> {
     ring: &'a Ring,
@@ -151,7 +148,6 @@ pub struct Executor {
     next_tag: u64,
     submit: Vec<StoreRequest>,
     completions: Vec<StoreCompletion>,
-    bounce: Vec<u8>,
     command_timeout: Duration,
     last_escalation: Option<Instant>,
     escalations: u64,
@@ -170,7 +166,6 @@ impl Executor {
             next_tag: 0,
             submit: Vec::new(),
             completions: Vec::new(),
-            bounce: vec![0; BOUNCE],
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             last_escalation: None,
             escalations: 0,
@@ -611,15 +606,8 @@ impl Executor {
             op,
             StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. }
         ) {
-            let mut at = 0;
-            while at < cmd.data_len() {
-                let n = ring.read_data(cmd, at, &mut self.bounce);
-                if n == 0 {
-                    break;
-                }
-                buffer.write_at(at, &self.bounce[..n]);
-                at += n;
-            }
+            // One copy, data area to command buffer (the kernel copied the initiator's data in).
+            ring.data_out_pieces(cmd, |at, bytes| buffer.write_at(at, bytes));
         }
         Some(buffer)
     }
@@ -635,17 +623,9 @@ impl Executor {
         let data_in = if !response.data.is_empty() {
             ring.write_data(&cmd, 0, &response.data)
         } else if let (Some(buffer), true) = (buffer, response.data_in_len > 0) {
-            let mut at = 0;
-            while at < response.data_in_len.min(buffer.len) {
-                let n = (response.data_in_len.min(buffer.len) - at).min(self.bounce.len());
-                buffer.read_at(at, &mut self.bounce[..n]);
-                let written = ring.write_data(&cmd, at, &self.bounce[..n]);
-                at += written;
-                if written < n {
-                    break;
-                }
-            }
-            at
+            // One copy, command buffer to data area (the kernel copies it on to the initiator).
+            let len = response.data_in_len.min(buffer.len);
+            ring.data_in_pieces(&cmd, len, |at, bytes| buffer.read_at(at, bytes))
         } else {
             0
         };

@@ -179,6 +179,32 @@ impl Region {
         // SAFETY: as in `copy_out`, with source and destination swapped.
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len()) };
     }
+
+    /// Lend the `len` data-area bytes at `off` to `f`, so they are copied once, straight to
+    /// where they go (a command buffer), instead of through a bounce buffer.
+    ///
+    /// Only for a range the caller owns as [`Self::copy_out`] requires (a command's Data-Out
+    /// between its posting and its completion: the kernel does not write it, and no other
+    /// command's range overlaps it), which the ring guarantees for the pieces it lends.
+    pub(super) fn with_slice<R>(&self, off: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        let p = self.at(off, len);
+        // SAFETY: `p..p + len` is inside the mapping (checked) for the whole call (the mapping
+        // outlives `&self`); nothing writes it while the slice lives (the ownership rule above),
+        // so a shared reference to it is sound.
+        f(unsafe { std::slice::from_raw_parts(p, len) })
+    }
+
+    /// Lend the `len` data-area bytes at `off` to `f` to fill (a command's Data-In), under the
+    /// same ownership rule as [`Self::with_slice`]; the ring lends one piece at a time from a
+    /// `&mut` borrow of itself, so no two lent slices overlap.
+    pub(super) fn with_slice_mut<R>(&self, off: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let p = self.at(off, len);
+        // SAFETY: `p..p + len` is inside the mapping (checked) for the whole call; the range is
+        // the caller's alone (the ownership rule above: the kernel reads a command's Data-In
+        // only after its completion, and the ring lends no other slice meanwhile), so a unique
+        // reference to it is sound.
+        f(unsafe { std::slice::from_raw_parts_mut(p, len) })
+    }
 }
 
 /// Zeroed heap memory standing in for the kernel's mapping (the simulated kernel of

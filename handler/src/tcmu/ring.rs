@@ -804,6 +804,39 @@ impl Ring {
         });
         done
     }
+
+    /// Hand `cmd`'s Data-Out to `f` piece by piece, as `(buffer offset, bytes)`, straight from
+    /// the data area (one copy into wherever `f` puts it, no bounce); returns the bytes lent.
+    pub fn data_out_pieces(&self, cmd: &TcmuCommand, mut f: impl FnMut(usize, &[u8])) -> usize {
+        let mut done = 0;
+        for_each_piece(&cmd.data, 0, cmd.data_len(), |region_off, at, n| {
+            self.region.with_slice(region_off, n, |bytes| f(at, bytes));
+            done += n;
+        });
+        done
+    }
+
+    /// Let `f` fill `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) piece by
+    /// piece, as `(buffer offset, bytes to fill)`, for its first `len` bytes at most, straight
+    /// in the data area; returns the bytes lent. `&mut self`: one lent slice at a time.
+    pub fn data_in_pieces(
+        &mut self,
+        cmd: &TcmuCommand,
+        len: usize,
+        mut f: impl FnMut(usize, &mut [u8]),
+    ) -> usize {
+        let segments = if cmd.bidi_in.is_empty() {
+            &cmd.data
+        } else {
+            &cmd.bidi_in
+        };
+        let mut done = 0;
+        for_each_piece(segments, 0, len, |region_off, at, n| {
+            self.region.with_slice_mut(region_off, n, |bytes| f(at, bytes));
+            done += n;
+        });
+        done
+    }
 }
 
 /// Call `f(region_offset, buffer_offset, len)` for each piece of `len` bytes starting at byte
