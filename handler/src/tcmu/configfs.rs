@@ -442,14 +442,15 @@ impl<F: ConfigfsFs> Setup<F> {
         Ok(())
     }
 
-    /// Tell the kernel the backstore's new size (`control`: `dev_size=`), as a resize does; the
-    /// kernel broadcasts it as a reconfiguration event.
+    /// Tell the kernel the enabled backstore's new size, as a resize does: `attrib/dev_size`
+    /// (`control`'s `dev_size=` only counts before `enable`). target_core_user broadcasts it
+    /// as a RECONFIG_DEVICE event, then takes the size.
     ///
     /// # Errors
     /// [`ConfigfsError`] naming the file.
     pub fn set_dev_size(&self, bytes: u64) -> Result<(), ConfigfsError> {
         self.objects
-            .write(&self.backstore.join("control"), &format!("dev_size={bytes}"))
+            .write(&self.backstore.join("attrib/dev_size"), &bytes.to_string())
     }
 
     /// Create the targets of `spec` (tcm_loop, iSCSI) and link their LUN 0 to the backstore:
@@ -667,7 +668,7 @@ mod tests {
                 .and_then(|n| n.to_str())
                 .unwrap_or("");
             if parent.starts_with("user_") {
-                &["control", "enable", "attrib/hw_block_size"]
+                &["control", "enable", "attrib/hw_block_size", "attrib/dev_size"]
             } else if name.starts_with("tpgt_") {
                 &[
                     "nexus",
@@ -1155,7 +1156,7 @@ mod tests {
     }
 
     #[test]
-    fn the_new_size_is_written_to_the_control_file() {
+    fn a_new_size_of_an_enabled_backstore_goes_to_its_dev_size_attribute() {
         let (_dir, root) = scratch();
         let fs = MimicFs::new();
         let setup = Setup::create(&fs, &root, &disk(0)).expect("create");
@@ -1163,8 +1164,8 @@ mod tests {
         assert_eq!(
             fs.writes.borrow().last(),
             Some(&(
-                root.join("core/user_3/disk0/control"),
-                "dev_size=134217728".to_owned()
+                root.join("core/user_3/disk0/attrib/dev_size"),
+                "134217728".to_owned()
             ))
         );
         setup.remove().expect("remove");
