@@ -46,7 +46,11 @@ use scst_accel_handler::tcmu::configfs::SetupSpec;
 use scst_accel_handler::tcmu::configfs::TargetSpec;
 use scst_accel_handler::tcmu::configfs::Targets;
 use scst_accel_handler::tcmu::exec::Executor;
+use scst_accel_handler::tcmu::netlink::DeviceEvent;
+use scst_accel_handler::tcmu::netlink::EventKind;
+use scst_accel_handler::tcmu::netlink::EventListener;
 use scst_accel_handler::tcmu::uio;
+use scst_accel_handler::tcmu::uio::TcmuUioName;
 use scst_accel_handler::tcmu::uio::UioDevice;
 use scst_accel_handler::tcmu::uio::UioError;
 use scst_accel_handler::tcmu::worker::TcmuWorker;
@@ -503,6 +507,89 @@ impl TcmuService {
         Ok(blocks)
     }
 
+    /// A device event from the kernel (docs/tcmu.md, "Netlink events"). Events of devices
+    /// this service did not create, or no longer serves, are logged and ignored.
+    fn on_event(&mut self, event: &DeviceEvent) {
+        let ours = TcmuUioName::parse(&event.device).and_then(|n| {
+            if n.hba != self.settings.hba.to_string() {
+                return None;
+            }
+            self.disks
+                .iter()
+                .position(|d| d.spec.args.name == n.device && d.running.is_some())
+        });
+        let Some(i) = ours else {
+            let level = if event.kind == EventKind::Added {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                level,
+                "tcmu event {:?} for {}: not a device this service serves; ignored",
+                event.kind,
+                event.device
+            );
+            return;
+        };
+        let name = self.disks[i].spec.args.name.clone();
+        match event.kind {
+            EventKind::Added => log::debug!("tcmu event: disk {name}'s backstore enabled ({})", event.device),
+            EventKind::Removed => {
+                log::warn!(
+                    "disk {name}: the kernel is removing its backstore ({}, REMOVED_DEVICE); \
+                     stopping the disk: drain, unmap, release",
+                    event.device
+                );
+                self.stop_disk(i, "KernelRemoved", true);
+                let disk = &mut self.disks[i];
+                disk.failure = Some("the kernel removed its backstore (REMOVED_DEVICE)".into());
+                disk.state = DiskState::Failed;
+            }
+            EventKind::Reconfig => self.on_reconfig(i, event),
+        }
+    }
+
+    /// RECONFIG_DEVICE: `dev_size` grows the store and the engine (a size the store cannot
+    /// take is refused and said); `dev_config` and the write cache are not applied: the board
+    /// is chosen at start, and initiators set the write cache with MODE SELECT, which the
+    /// engine answers (the kernel's `emulate_write_cache` never reaches them under TCMU).
+    fn on_reconfig(&mut self, i: usize, event: &DeviceEvent) {
+        let name = self.disks[i].spec.args.name.clone();
+        if let Some(bytes) = event.dev_size {
+            let served = self.disks[i]
+                .running
+                .as_ref()
+                .map_or(0, |r| r.engine.num_blocks() * u64::from(self.disks[i].block_size));
+            if bytes == served {
+                log::debug!("disk {name}: dev_size {bytes} is the size served already");
+            } else {
+                match self.resize(&name, bytes, false) {
+                    Ok(blocks) => log::info!(
+                        "disk {name}: the kernel's dev_size is now {bytes} bytes: serving {blocks} blocks"
+                    ),
+                    Err(e) => log::error!(
+                        "disk {name}: the kernel's dev_size is now {bytes} bytes, not applied: {e}; \
+                         READ CAPACITY still says {served} bytes (write that to attrib/dev_size to \
+                         agree again)"
+                    ),
+                }
+            }
+        }
+        if let Some(config) = &event.dev_config {
+            log::warn!(
+                "disk {name}: dev_config changed to {config:?}; not applied (the board was chosen \
+                 at start; restart the service to change it)"
+            );
+        }
+        if let Some(wce) = event.write_cache {
+            log::warn!(
+                "disk {name}: the kernel's emulate_write_cache is now {wce}; not applied (under \
+                 TCMU initiators see the engine's caching mode page, set with MODE SELECT)"
+            );
+        }
+    }
+
     /// A worker that ended on its own (its ring broke, its UIO device went): that disk is
     /// stopped and shown failed; the others go on.
     fn reap_finished(&mut self) {
@@ -866,8 +953,30 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     let notifier = Notifier::from_env();
     notifier.status(&format!("starting {} disks through TCMU", config.disks.len()));
     let mut service = TcmuService::new(config);
+    // Events are followed from before the first disk starts, so none of ours is missed.
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let listener = if service.settings.netlink {
+        match EventListener::spawn(move |e| {
+            let _ = events_tx.send(e);
+        }) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!(
+                    "tcmu: device events are not followed: {}; a backstore removed or resized \
+                     through configfs is not noticed",
+                    error_chain(&e)
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let targets = target_spec(&service.settings, &config.disks);
     if let Err(f) = service.start(&targets) {
+        if let Some(listener) = listener {
+            listener.stop();
+        }
         servers.stop();
         return fail(f.message, f.code);
     }
@@ -885,6 +994,9 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
             .find(|&c| c != 0)
             .unwrap_or(exit::SOFTWARE);
         service.stop_all("NothingServed");
+        if let Some(listener) = listener {
+            listener.stop();
+        }
         servers.stop();
         return fail(format!("no disk could start; exiting {code}"), code);
     }
@@ -896,6 +1008,9 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
             .iter_mut()
             .for_each(|d| d.exit_code = d.exit_code.max(exit::CONFIG));
         service.stop_all("StartFailed");
+        if let Some(listener) = listener {
+            listener.stop();
+        }
         servers.stop();
         return fail(error_chain(&e), exit::CONFIG);
     }
@@ -912,6 +1027,9 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         if signals.pending().any(|s| s == SIGINT || s == SIGTERM) {
             log::info!("signal: stopping every disk");
             break;
+        }
+        for event in events.try_iter() {
+            service.on_event(&event);
         }
         service.reap_finished();
         if service.serving() == 0 {
@@ -943,6 +1061,15 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     let started = Instant::now();
     // Requests arriving during the stop wait; the control socket closes after it.
     service.stop_all("Requested");
+    if let Some(listener) = listener {
+        if listener.lost() > 0 {
+            log::warn!(
+                "tcmu: {} device event(s) were lost or unreadable",
+                listener.lost()
+            );
+        }
+        listener.stop();
+    }
     servers.stop();
     let code = service.exit_code();
     log::info!("tcmu: stopped in {:?}; exit code {code}", started.elapsed());
@@ -1111,5 +1238,250 @@ mod tests {
         service.stop_all("Requested");
         assert!(!root.join("core/user_4242").exists(), "the HBA went at the stop");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A service whose one disk serves the simulated kernel's ring over a RAM store of 2048
+    /// blocks of 512, with its backstore "adopted" from a scratch tree laid out as configfs
+    /// would (attribute files included), and the simulated kernel's side.
+    struct Rig {
+        service: TcmuService,
+        sim: scst_accel_handler::tcmu::sim::SimKernel,
+        kernel: std::os::unix::net::UnixStream,
+        root: PathBuf,
+        dir: PathBuf,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn serving_rig(tag: &str) -> Rig {
+        use scst_accel_handler::scsi::DiskConfig;
+        use scst_accel_handler::store::ram::RamStore;
+        use scst_accel_handler::store::Store;
+        use scst_accel_handler::tcmu::sim::SimConfig;
+        use scst_accel_handler::tcmu::sim::SimKernel;
+        use scst_accel_handler::tcmu::uio::UioEvents;
+        use scst_accel_handler::tcmu::uio::UioInfo;
+        use std::os::fd::OwnedFd;
+        use std::os::unix::net::UnixStream;
+
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-rig-{tag}-{}", std::process::id()));
+        let root = dir.join("target");
+        let backstore = root.join("core/user_4243/d0");
+        std::fs::create_dir_all(backstore.join("attrib")).expect("scratch");
+        for f in ["control", "enable", "attrib/dev_size"] {
+            std::fs::write(backstore.join(f), "").expect("attribute");
+        }
+        let config = ServiceConfig {
+            service: crate::config::ServiceSettings {
+                tcmu: TcmuSettings {
+                    configfs_root: root.clone(),
+                    hba: 4243,
+                    loopback: false,
+                    adopt: true,
+                    drain: Duration::from_secs(1),
+                    ..TcmuSettings::default()
+                },
+                ..crate::config::ServiceSettings::default()
+            },
+            disks: vec![disk("d0")],
+        };
+        let mut service = TcmuService::new(&config);
+        let sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: scst_accel_handler::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let (ours, kernel) = UnixStream::pair().expect("pair");
+        kernel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let info = UioInfo {
+            index: 3,
+            name: TcmuUioName::parse("tcm-user/4243/d0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store: Arc<dyn Store> = Arc::new(RamStore::new(512, 2048, 256));
+        let backend = Backend::from_store(store, 1 << 22);
+        let engine = Arc::new(Disk::new(DiskConfig::for_store(&backend.store.info())));
+        let exec = Executor::new(
+            Arc::clone(&engine),
+            backend.store.open_queue().expect("queue"),
+            Arc::clone(&backend.pool),
+        );
+        let worker = TcmuWorker::spawn(
+            "tcmu-rig",
+            device,
+            exec,
+            WorkerConfig {
+                idle_poll: Duration::from_millis(10),
+                drain_budget: Duration::from_secs(1),
+                ..WorkerConfig::default()
+            },
+        )
+        .expect("spawn");
+        let setup =
+            Setup::adopt(KernelFs, &root, &setup_spec(&config.disks[0], &service.settings)).expect("adopt");
+        let d = &mut service.disks[0];
+        d.block_size = 512;
+        d.num_blocks = 2048;
+        d.state = DiskState::Serving;
+        d.running = Some(Running {
+            backend,
+            engine,
+            setup,
+            worker,
+            uio_index: 3,
+        });
+        Rig {
+            service,
+            sim,
+            kernel,
+            root,
+            dir,
+        }
+    }
+
+    /// READ CAPACITY(10) through the simulated ring: the last LBA the engine reports.
+    fn read_capacity(rig: &mut Rig, id: u16) -> u32 {
+        use scst_accel_handler::tcmu::abi::Iovec;
+        use std::io::Read;
+        use std::io::Write;
+        let iov = [Iovec {
+            iov_base: rig.sim.data_off() as u64,
+            iov_len: 8,
+        }];
+        rig.sim
+            .post_cmd(id, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &iov, &[])
+            .expect("post");
+        rig.kernel.write_all(&1u32.to_ne_bytes()).expect("event");
+        let mut kick = [0u8; 4];
+        rig.kernel.read_exact(&mut kick).expect("kicked");
+        let done = rig.sim.reap().expect("reap");
+        assert_eq!(done.iter().map(|c| c.status).collect::<Vec<_>>(), [0]);
+        let data = rig.sim.read_data(rig.sim.data_off(), 4);
+        u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+    }
+
+    fn event(kind: EventKind, device: &str) -> DeviceEvent {
+        DeviceEvent {
+            kind,
+            device: device.into(),
+            minor: Some(3),
+            device_id: Some(1),
+            dev_size: None,
+            dev_config: None,
+            write_cache: None,
+        }
+    }
+
+    #[test]
+    fn a_reconfigured_size_is_served_and_a_removed_backstore_stops_its_disk() {
+        let mut rig = serving_rig("events");
+        assert_eq!(read_capacity(&mut rig, 1), 2047);
+        // Another handler's device, and our own ADDED: ignored.
+        rig.service
+            .on_event(&event(EventKind::Removed, "tcm-user/9/other/tcmu-runner/x"));
+        rig.service
+            .on_event(&event(EventKind::Added, "tcm-user/4243/d0/scst-accel/ram"));
+        assert_eq!(rig.service.serving(), 1);
+        // dev_size written through configfs: the store grows and READ CAPACITY says so.
+        rig.service.on_event(&DeviceEvent {
+            dev_size: Some(4096 * 512),
+            ..event(EventKind::Reconfig, "tcm-user/4243/d0/scst-accel/ram")
+        });
+        assert_eq!(read_capacity(&mut rig, 2), 4095);
+        // A size the RAM store cannot take (a shrink): refused, the size served stays.
+        rig.service.on_event(&DeviceEvent {
+            dev_size: Some(1024 * 512),
+            ..event(EventKind::Reconfig, "tcm-user/4243/d0/scst-accel/ram")
+        });
+        assert_eq!(read_capacity(&mut rig, 3), 4095);
+        // The status figures: three commands, none in flight, no error.
+        let snapshot = rig.service.disks[0].snapshot();
+        assert_eq!(snapshot.num_blocks, 4096);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig.service.disks[0].snapshot().frontend.unwrap_or_default().exec < 3
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let f = rig.service.disks[0].snapshot().frontend.expect("figures");
+        assert_eq!((f.exec, f.exec_errors, f.inflight), (3, 0, 0));
+        // The kernel destroys the backstore (an operator's rmdir): the disk is stopped, its
+        // store drained, shown failed; its configfs objects, gone already, are not an error.
+        std::fs::remove_dir_all(rig.root.join("core/user_4243/d0")).expect("the kernel's rmdir");
+        rig.service
+            .on_event(&event(EventKind::Removed, "tcm-user/4243/d0/scst-accel/ram"));
+        let d = &rig.service.disks[0];
+        assert!(d.running.is_none());
+        assert_eq!(d.state, DiskState::Failed);
+        assert!(
+            d.failure.as_deref().unwrap_or("").contains("REMOVED_DEVICE"),
+            "{:?}",
+            d.failure
+        );
+        let record = d.teardowns.last().expect("a teardown record");
+        assert_eq!(
+            (record.trigger.as_str(), record.unmap_permitted),
+            ("KernelRemoved", true)
+        );
+        assert_eq!(d.exit_code, 0, "nothing was left behind");
+        assert_eq!(rig.service.serving(), 0);
+    }
+
+    #[test]
+    fn the_control_sockets_view_answers_from_the_service_loop() {
+        let mut rig = serving_rig("view");
+        let (tx, requests) = crossbeam_channel::unbounded();
+        let view = TcmuHandle { requests: tx };
+        let asker = std::thread::spawn(move || {
+            let snapshot = view.snapshot();
+            let grown = view.resize("d0", 3072 * 512);
+            let odd = view.resize("d0", 1000);
+            let dump = view.dump("d0");
+            let unknown = view.dump("nope");
+            (snapshot, grown, odd, dump, unknown)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !asker.is_finished() && Instant::now() < deadline {
+            if let Ok(r) = requests.recv_timeout(Duration::from_millis(20)) {
+                rig.service.answer(r);
+            }
+        }
+        let (snapshot, grown, odd, dump, unknown) = asker.join().expect("asker");
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(
+            (snapshot[0].name.as_str(), snapshot[0].state),
+            ("d0", DiskState::Serving)
+        );
+        assert_eq!(grown, Ok(3072));
+        assert_eq!(
+            std::fs::read_to_string(rig.root.join("core/user_4243/d0/attrib/dev_size")).expect("dev_size"),
+            (3072 * 512).to_string(),
+            "the kernel was told the new size"
+        );
+        assert!(odd.expect_err("not a multiple").contains("block size"));
+        assert!(dump.expect("dump").contains("/dev/uio3"));
+        assert!(unknown.expect_err("unknown").contains("no disk nope"));
+        assert_eq!(read_capacity(&mut rig, 1), 3071);
+        // The stop: drained, unmapped, the backstore and the HBA removed (the attribute files
+        // go first here by hand: configfs removes them with their directory, a plain one does
+        // not).
+        for f in ["control", "enable", "attrib/dev_size"] {
+            std::fs::remove_file(rig.root.join("core/user_4243/d0").join(f)).expect("rm");
+        }
+        std::fs::remove_dir(rig.root.join("core/user_4243/d0/attrib")).expect("rm");
+        rig.service.stop_all("Requested");
+        let d = &rig.service.disks[0];
+        assert_eq!((d.state, d.exit_code), (DiskState::Stopped, 0));
+        assert!(
+            !rig.root.join("core/user_4243").exists(),
+            "backstore and HBA removed"
+        );
     }
 }

@@ -292,9 +292,17 @@ impl<F: ConfigfsFs> Objects<F> {
                 Created::Link(p) => self.fs.unlink(p).map_err(|e| self.err("unlink", p, e)),
                 Created::Disable(p) => self.write(p, "0"),
             };
-            if let Err(e) = result {
-                log::error!("configfs teardown: {e}");
-                first.get_or_insert(e);
+            match result {
+                Ok(()) => {}
+                // Gone already: the kernel destroyed the backstore (an operator's rmdir, seen as
+                // a REMOVED_DEVICE event) and its LUNs with it. What is wanted, absence, holds.
+                Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
+                    log::info!("configfs teardown: {} was gone already", e.path.display());
+                }
+                Err(e) => {
+                    log::error!("configfs teardown: {e}");
+                    first.get_or_insert(e);
+                }
             }
         }
         first.map_or(Ok(()), Err)
@@ -1169,5 +1177,30 @@ mod tests {
             ))
         );
         setup.remove().expect("remove");
+    }
+
+    #[test]
+    fn objects_the_kernel_removed_already_count_as_removed() {
+        let (_dir, root) = scratch();
+        let before = tree(&root);
+        let fs = MimicFs::new();
+        let (targets, setups) = start_disks(&fs, &root, 2);
+        let mut setups: Vec<_> = setups.into_iter().map(|s| s.expect("disk")).collect();
+        // disk1's LUNs and backstore destroyed behind the setup's back.
+        for tpg in targets.tpgs() {
+            let lun = tpg.join("lun/lun_1");
+            fs.unlink(&lun.join("disk1")).expect("unlink");
+            fs.rmdir(&lun).expect("rmdir lun");
+        }
+        fs.rmdir(&root.join("core/user_3/disk1"))
+            .expect("rmdir backstore");
+        let mut gone = setups.pop().expect("disk1");
+        gone.unexport().expect("the LUNs were gone: nothing to report");
+        gone.remove().expect("the backstore was gone: nothing to report");
+        let mut last = setups.pop().expect("disk0");
+        last.unexport().expect("unexport");
+        last.remove().expect("remove");
+        targets.remove().expect("targets");
+        assert_eq!(tree(&root), before);
     }
 }
