@@ -376,16 +376,7 @@ impl TcmuService {
             match start_disk(disk, &self.settings, &self.state_dir, &targets) {
                 Ok(()) => {
                     disk.state = DiskState::Serving;
-                    log::info!(
-                        "serving {} ({} blocks of {}) through TCMU user_{}/{} as LUN {}: {}",
-                        disk.spec.args.name,
-                        disk.num_blocks,
-                        disk.block_size,
-                        self.settings.hba,
-                        disk.spec.args.name,
-                        disk.lun,
-                        disk.exports.join(", ")
-                    );
+                    log::info!("disk {}: LUN {} linked", disk.spec.args.name, disk.lun);
                 }
                 Err(f) => {
                     log::error!("disk {}: {}", disk.spec.args.name, f.message);
@@ -1013,6 +1004,20 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         }
         servers.stop();
         return fail(error_chain(&e), exit::CONFIG);
+    }
+    // Said once the iSCSI target is enabled too: a script that waits for this line finds the
+    // disk reachable.
+    for disk in service.disks.iter().filter(|d| d.running.is_some()) {
+        log::info!(
+            "serving {} ({} blocks of {}) through TCMU user_{}/{} as LUN {}: {}",
+            disk.spec.args.name,
+            disk.num_blocks,
+            disk.block_size,
+            service.settings.hba,
+            disk.spec.args.name,
+            disk.lun,
+            disk.exports.join(", ")
+        );
     }
     let line = service.status_line();
     log::info!("{line}");
