@@ -965,6 +965,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     };
     let targets = target_spec(&service.settings, &config.disks);
     if let Err(f) = service.start(&targets) {
+        drop(requests);
         if let Some(listener) = listener {
             listener.stop();
         }
@@ -984,6 +985,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
             .map(|d| d.exit_code)
             .find(|&c| c != 0)
             .unwrap_or(exit::SOFTWARE);
+        drop(requests);
         service.stop_all("NothingServed");
         if let Some(listener) = listener {
             listener.stop();
@@ -998,6 +1000,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
             .disks
             .iter_mut()
             .for_each(|d| d.exit_code = d.exit_code.max(exit::CONFIG));
+        drop(requests);
         service.stop_all("StartFailed");
         if let Some(listener) = listener {
             listener.stop();
@@ -1064,7 +1067,10 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     notifier.stopping();
     notifier.status("stopping: tearing every disk down");
     let started = Instant::now();
-    // Requests arriving during the stop wait; the control socket closes after it.
+    // The loop no longer answers: the request channel is closed, so the control socket's
+    // and the metrics' questions fail at once (a snapshot is empty) instead of each waiting
+    // ANSWER_WAIT, which held the control server's stop for 5 s.
+    drop(requests);
     service.stop_all("Requested");
     if let Some(listener) = listener {
         if listener.lost() > 0 {

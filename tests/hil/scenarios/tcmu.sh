@@ -148,6 +148,69 @@ iscsi_clean=true
 grep -q '0100007F:0CBC 00000000:0000 0A' /proc/net/tcp && iscsi_clean=false
 echo "tcmu scenario: iSCSI portal listening $iscsi_portal; serve exited $iscsi_rc; left: ${iscsi_left:-nothing}"
 tail -3 "$HIL_SHARE/serve-iscsi.log"
+# Several disks from a configuration file (frontend = "tcmu"): two RAM disks, each LUN of one
+# tcm_loop target; then dev_size of the second written through configfs (the kernel's
+# RECONFIG_DEVICE event, followed by serve's netlink listener): after a rescan, sd's size and
+# READ CAPACITY (sg_readcap, when there) must show the new size; `scst-accel status` must list
+# both disks; SIGTERM must leave configfs empty.
+cat >/tmp/multi.toml <<EOM
+[service]
+frontend = "tcmu"
+state_dir = "/tmp/state"
+control_socket = "/tmp/scst-accel-multi.sock"
+[service.tcmu]
+hba = 8
+[[disk]]
+name = "m0"
+board = "ram"
+size = "16M"
+[[disk]]
+name = "m1"
+board = "ram"
+size = "16M"
+EOM
+scst-accel --log info serve --config /tmp/multi.toml >"$HIL_SHARE/serve-multi.log" 2>&1 &
+SERVE=$!
+multi_disks=0
+SD1=
+i=0
+while [ $i -lt 120 ]; do
+	multi_disks=0
+	for d in /sys/block/sd*; do
+		[ -e "$d/device/model" ] || continue
+		m=$(tr -d ' \n' <"$d/device/model")
+		case $m in m0) multi_disks=$((multi_disks + 1)) ;; m1) multi_disks=$((multi_disks + 1)) SD1=${d##*/} ;; esac
+	done
+	[ $multi_disks = 2 ] && grep -q 'serving 2 of 2 disks' "$HIL_SHARE/serve-multi.log" && break
+	kill -0 $SERVE 2>/dev/null || break
+	sleep 0.5
+	i=$((i + 1))
+done
+multi_status=false
+scst-accel status --socket /tmp/scst-accel-multi.sock >/tmp/multi-status.txt 2>&1 &&
+	grep -q m0 /tmp/multi-status.txt && grep -q m1 /tmp/multi-status.txt && multi_status=true
+resized_sectors=0
+resize_readcap=skipped
+if [ -n "$SD1" ]; then
+	echo $((32 << 20)) >$C/core/user_8/m1/attrib/dev_size
+	sleep 1
+	echo 1 >/sys/block/$SD1/device/rescan
+	sleep 1
+	resized_sectors=$(cat /sys/block/$SD1/size)
+	if command -v sg_readcap >/dev/null; then
+		resize_readcap=failed
+		sg_readcap "/dev/$SD1" >/tmp/sg_readcap-m1.txt 2>&1 && grep -q "Last LBA=65535" /tmp/sg_readcap-m1.txt && resize_readcap=ok
+		grep "Last LBA" /tmp/sg_readcap-m1.txt
+	fi
+fi
+kill -TERM $SERVE
+wait $SERVE
+multi_rc=$?
+multi_left=$(ls -d $C/core/user_* $C/loopback/naa.* 2>/dev/null | tr '\n' ' ')
+multi_clean=true
+[ -z "$multi_left" ] || multi_clean=false
+echo "tcmu scenario: config file: $multi_disks disks, status lists both: $multi_status; m1 after dev_size=32M: $resized_sectors sectors, sg_readcap $resize_readcap; serve exited $multi_rc; left: ${multi_left:-nothing}"
+grep -E "serving|dev_size|resized|netlink|TCM-USER" "$HIL_SHARE/serve-multi.log" | head -8
 cat >"$HIL_SHARE/result.json" <<EOF
 {"scenario": "tcmu", "device": "$SD", "vendor": "$vendor", "model": "$model",
  "sectors": $sectors, "logical_block_size": $lbs, "sg3_utils": "$sg",
@@ -157,7 +220,9 @@ cat >"$HIL_SHARE/result.json" <<EOF
  "writer_hung": $writer_hung, "killed_writer_rc": $killed_writer_rc,
  "killed_writer_hung": $killed_writer_hung, "restart_verified": $restart_verified,
  "killed_writer_done_after_kill_s": $restart_s, "iscsi_portal": $iscsi_portal,
- "iscsi_rc": $iscsi_rc, "iscsi_clean": $iscsi_clean}
+ "iscsi_rc": $iscsi_rc, "iscsi_clean": $iscsi_clean, "multi_disks": $multi_disks,
+ "multi_status": $multi_status, "resized_sectors": $resized_sectors,
+ "resize_readcap": "$resize_readcap", "multi_rc": $multi_rc, "multi_clean": $multi_clean}
 EOF
 cat "$HIL_SHARE/result.json"
 [ "$verified" = true ] || exit 19
