@@ -89,6 +89,9 @@ def check_tcmu(j):
          j.get("resized_sectors") == 65536),
         ("and READ CAPACITY (sg_readcap), or sg3-utils is absent",
          j.get("resize_readcap") in ("ok", "skipped")),
+        ("a backstore removed through configfs stopped its disk alone (failed in status)",
+         j.get("removed_one") is True),
+        ("and the other disk still served reads", j.get("other_serves") is True),
         ("the two-disk service stopped with exit 0 and nothing left in configfs",
          j.get("multi_rc") == 0 and j.get("multi_clean") is True),
     ]

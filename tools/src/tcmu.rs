@@ -532,7 +532,7 @@ impl TcmuService {
                      stopping the disk: drain, unmap, release",
                     event.device
                 );
-                self.stop_disk(i, "KernelRemoved", true);
+                self.stop_disk(i, KERNEL_REMOVED, true);
                 let disk = &mut self.disks[i];
                 disk.failure = Some("the kernel removed its backstore (REMOVED_DEVICE)".into());
                 disk.state = DiskState::Failed;
@@ -589,12 +589,28 @@ impl TcmuService {
                 .running
                 .as_ref()
                 .is_some_and(|r| r.worker.is_finished());
-            if ended {
-                log::error!(
-                    "disk {}: its TCMU worker ended; stopping the disk",
-                    self.disks[i].spec.args.name
+            if !ended {
+                continue;
+            }
+            // The kernel unregisters the UIO device right after its REMOVED_DEVICE event; the
+            // worker may see that before the listener's event arrives. A backstore gone from
+            // configfs says which it was.
+            let gone = self.disks[i]
+                .running
+                .as_ref()
+                .is_some_and(|r| !r.setup.backstore().exists());
+            let name = self.disks[i].spec.args.name.clone();
+            if gone {
+                log::warn!(
+                    "disk {name}: its backstore was removed (its worker saw it first); stopping the disk"
                 );
+                self.stop_disk(i, KERNEL_REMOVED, true);
+                self.disks[i].failure = Some("the kernel removed its backstore".into());
+            } else {
+                log::error!("disk {name}: its TCMU worker ended; stopping the disk");
                 self.stop_disk(i, "WorkerEnded", true);
+                self.disks[i].failure =
+                    Some("its TCMU worker ended (a broken ring or a UIO error: see the log)".into());
             }
         }
     }
@@ -666,6 +682,9 @@ impl TcmuService {
     }
 }
 
+/// The teardown trigger of a disk whose backstore the kernel removed (REMOVED_DEVICE).
+const KERNEL_REMOVED: &str = "KernelRemoved";
+
 /// The end of a disk whose LUNs are gone and whose worker was asked to stop: the drain
 /// awaited (the ring unmapped by the worker after it), the backend released (the pool unmapped
 /// only with the drain's proof, else leaked), the backstore removed.
@@ -694,8 +713,17 @@ fn finish(disk: &mut TcmuDisk, running: Running, trigger: &str, started: Instant
                 r.escalations,
                 r.drain_time
             );
-            if r.error.is_some() {
-                code = code.max(exit::SOFTWARE);
+            match &r.error {
+                // The kernel unregisters the UIO device right after its REMOVED_DEVICE event:
+                // a worker that saw its device go first is what that removal looks like.
+                Some(e) if trigger == KERNEL_REMOVED => {
+                    log::info!(
+                        "disk {name}: its worker saw the removal first: {}",
+                        error_chain(e)
+                    );
+                }
+                Some(_) => code = code.max(exit::SOFTWARE),
+                None => {}
             }
             match &r.drained {
                 Ok(drained) => (backend.shutdown_drained(drained), 0, true),
@@ -1031,6 +1059,10 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     loop {
         if let Ok(request) = requests.recv_timeout(Duration::from_millis(100)) {
             service.answer(request);
+            // Whatever else queued meanwhile (status and metrics may ask at once).
+            for request in requests.try_iter() {
+                service.answer(request);
+            }
         }
         if signals.pending().any(|s| s == SIGINT || s == SIGTERM) {
             log::info!("signal: stopping every disk");
@@ -1494,5 +1526,40 @@ mod tests {
             !rig.root.join("core/user_4243").exists(),
             "backstore and HBA removed"
         );
+    }
+
+    /// The kernel's removal seen by the worker first (its device gone: here the event fd's
+    /// peer closes) with the backstore gone from configfs: a removal, not a failure of ours;
+    /// the same end with the backstore still there is the worker's failure (exit 70).
+    #[test]
+    fn a_worker_that_saw_its_device_go_is_a_removal_only_if_the_backstore_went() {
+        for removed in [true, false] {
+            let mut rig = serving_rig(if removed { "gone" } else { "failed" });
+            if removed {
+                std::fs::remove_dir_all(rig.root.join("core/user_4243/d0")).expect("the kernel's rmdir");
+            }
+            let Rig { kernel, .. } = &mut rig;
+            kernel
+                .shutdown(std::net::Shutdown::Both)
+                .expect("the device goes");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while rig.service.serving() == 1 && Instant::now() < deadline {
+                rig.service.reap_finished();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let d = &rig.service.disks[0];
+            assert_eq!(d.state, DiskState::Failed, "removed {removed}");
+            let trigger = d.teardowns.last().map(|t| t.trigger.clone()).unwrap_or_default();
+            if removed {
+                assert_eq!((trigger.as_str(), d.exit_code), (KERNEL_REMOVED, 0));
+                assert!(d
+                    .failure
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("removed its backstore"));
+            } else {
+                assert_eq!((trigger.as_str(), d.exit_code), ("WorkerEnded", exit::SOFTWARE));
+            }
+        }
     }
 }

@@ -152,7 +152,8 @@ tail -3 "$HIL_SHARE/serve-iscsi.log"
 # tcm_loop target; then dev_size of the second written through configfs (the kernel's
 # RECONFIG_DEVICE event, followed by serve's netlink listener): after a rescan, sd's size and
 # READ CAPACITY (sg_readcap, when there) must show the new size; `scst-accel status` must list
-# both disks; SIGTERM must leave configfs empty.
+# both disks; the first disk's backstore removed through configfs stops that disk alone; SIGTERM
+# must leave configfs empty.
 cat >/tmp/multi.toml <<EOM
 [service]
 frontend = "tcmu"
@@ -203,14 +204,32 @@ if [ -n "$SD1" ]; then
 		grep "Last LBA" /tmp/sg_readcap-m1.txt
 	fi
 fi
+# The kernel removes m0's backstore (its LUN first, as configfs wants): serve must stop m0 alone
+# (REMOVED_DEVICE, or its worker seeing the device go), show it failed, and keep serving m1.
+removed_one=false
+other_serves=false
+W=$(ls -d $C/loopback/naa.* 2>/dev/null | head -1)
+if [ -n "$SD1" ] && [ -n "$W" ] && rm "$W/tpgt_1/lun/lun_0/m0" && rmdir "$W/tpgt_1/lun/lun_0" &&
+	rmdir $C/core/user_8/m0; then
+	i=0
+	while [ $i -lt 20 ] && ! grep -q 'disk m0: stopped' "$HIL_SHARE/serve-multi.log"; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	scst-accel status --socket /tmp/scst-accel-multi.sock >/tmp/multi-status2.txt 2>&1
+	cat /tmp/multi-status2.txt
+	grep m0 /tmp/multi-status2.txt | grep -q failed && grep m1 /tmp/multi-status2.txt | grep -q serving &&
+		removed_one=true
+	dd if=/dev/$SD1 of=/dev/null bs=4k count=256 iflag=direct 2>/dev/null && other_serves=true
+fi
 kill -TERM $SERVE
 wait $SERVE
 multi_rc=$?
 multi_left=$(ls -d $C/core/user_* $C/loopback/naa.* 2>/dev/null | tr '\n' ' ')
 multi_clean=true
 [ -z "$multi_left" ] || multi_clean=false
-echo "tcmu scenario: config file: $multi_disks disks, status lists both: $multi_status; m1 after dev_size=32M: $resized_sectors sectors, sg_readcap $resize_readcap; serve exited $multi_rc; left: ${multi_left:-nothing}"
-grep -E "serving|dev_size|resized|netlink|TCM-USER" "$HIL_SHARE/serve-multi.log" | head -8
+echo "tcmu scenario: config file: $multi_disks disks, status lists both: $multi_status; m1 after dev_size=32M: $resized_sectors sectors, sg_readcap $resize_readcap; m0's backstore removed: m0 stopped alone $removed_one, m1 still reads $other_serves; serve exited $multi_rc; left: ${multi_left:-nothing}"
+grep -E "serving|dev_size|resized|netlink|TCM-USER|removing|removed|m0: stopped" "$HIL_SHARE/serve-multi.log" | head -12
 cat >"$HIL_SHARE/result.json" <<EOF
 {"scenario": "tcmu", "device": "$SD", "vendor": "$vendor", "model": "$model",
  "sectors": $sectors, "logical_block_size": $lbs, "sg3_utils": "$sg",
@@ -222,7 +241,8 @@ cat >"$HIL_SHARE/result.json" <<EOF
  "killed_writer_done_after_kill_s": $restart_s, "iscsi_portal": $iscsi_portal,
  "iscsi_rc": $iscsi_rc, "iscsi_clean": $iscsi_clean, "multi_disks": $multi_disks,
  "multi_status": $multi_status, "resized_sectors": $resized_sectors,
- "resize_readcap": "$resize_readcap", "multi_rc": $multi_rc, "multi_clean": $multi_clean}
+ "resize_readcap": "$resize_readcap", "removed_one": $removed_one,
+ "other_serves": $other_serves, "multi_rc": $multi_rc, "multi_clean": $multi_clean}
 EOF
 cat "$HIL_SHARE/result.json"
 [ "$verified" = true ] || exit 19
