@@ -267,7 +267,7 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
 /// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls, which
 /// the store's own deadlines bound to `command_timeout`); an idle worker parked in poll sets
 /// its heartbeat ahead to the end of its park first; a few seconds means stuck.
-const WEDGED_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const WEDGED_AFTER: Duration = Duration::from_secs(10);
 
 /// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
 /// supervisor answers and no serving disk has a wedged worker.

@@ -26,6 +26,7 @@ use crate::config::ServiceConfig;
 use crate::config::TcmuSettings;
 use crate::exit;
 use crate::notify::Notifier;
+use crate::notify::Watchdog;
 use crate::serve::Servers;
 use crate::status::DeviceCounters;
 use crate::status::DiskSnapshot;
@@ -280,6 +281,8 @@ fn frontend_stats(s: WorkerStats) -> FrontendStats {
 
 enum Request {
     Snapshot(Sender<Vec<DiskSnapshot>>),
+    /// Serving disks whose worker has not turned within the age, or has ended.
+    Wedged(Duration, Sender<Vec<String>>),
     Dump(String, Sender<Result<String, String>>),
     Resize(String, u64, Sender<Result<u64, String>>),
 }
@@ -300,6 +303,13 @@ impl TcmuHandle {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.requests.send(make(tx)).ok()?;
         rx.recv_timeout(ANSWER_WAIT).ok()
+    }
+
+    /// Disks whose workers are stuck (see [`Request::Wedged`]); `Err` when the service's loop
+    /// did not answer within its bound. The systemd watchdog withholds its ping on either.
+    fn wedged(&self, max_age: Duration) -> Result<Vec<String>, String> {
+        self.ask(|tx| Request::Wedged(max_age, tx))
+            .ok_or_else(|| format!("the TCMU service's loop did not answer within {ANSWER_WAIT:?}"))
     }
 }
 
@@ -416,10 +426,33 @@ impl TcmuService {
             Request::Dump(name, tx) => {
                 let _ = tx.send(self.dump(&name));
             }
+            Request::Wedged(max_age, tx) => {
+                let _ = tx.send(self.wedged(max_age));
+            }
             Request::Resize(name, bytes, tx) => {
                 let _ = tx.send(self.resize(&name, bytes, true));
             }
         }
+    }
+
+    fn wedged(&self, max_age: Duration) -> Vec<String> {
+        self.disks
+            .iter()
+            .filter_map(|d| {
+                let running = d.running.as_ref()?;
+                let age = running.worker.heartbeat_age();
+                if running.worker.is_finished() {
+                    Some(format!("disk {}: its worker ended", d.spec.args.name))
+                } else if age > max_age {
+                    Some(format!(
+                        "disk {}: its worker has not turned for {age:?}",
+                        d.spec.args.name
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     fn disk_index(&self, name: &str) -> Result<usize, String> {
@@ -962,14 +995,15 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         code
     };
     let (tx, requests) = crossbeam_channel::unbounded();
-    let view: Arc<dyn ServiceView> = Arc::new(TcmuHandle { requests: tx });
+    let handle = TcmuHandle { requests: tx };
+    let view: Arc<dyn ServiceView> = Arc::new(handle.clone());
     // The control socket and the metrics endpoint are bound before any disk starts: one that
     // cannot bind is a configuration error, and nothing has been applied yet.
     let servers = match Servers::start(&config.service, view) {
         Ok(s) => s,
         Err(message) => return fail(message, exit::CONFIG),
     };
-    let notifier = Notifier::from_env();
+    let notifier = Arc::new(Notifier::from_env());
     notifier.status(&format!("starting {} disks through TCMU", config.disks.len()));
     let mut service = TcmuService::new(config);
     // Events are followed from before the first disk starts, so none of ours is missed.
@@ -1054,6 +1088,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     log::info!("{line}");
     notifier.status(&line);
     notifier.ready();
+    let watchdog = start_watchdog(&notifier, handle);
     let mut last_line = line;
     let mut warned: Option<Instant> = None;
     loop {
@@ -1096,8 +1131,15 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
             }
         }
     }
+    // The watchdog goes first: a teardown is not a hang; systemd's stop timeout, extended by
+    // the stop's bound (the drains run in parallel, each at most twice the drain budget), bounds
+    // it instead.
+    if let Some(watchdog) = watchdog {
+        watchdog.stop();
+    }
     notifier.stopping();
     notifier.status("stopping: tearing every disk down");
+    notifier.extend_timeout(service.settings.drain * 2 + Duration::from_secs(10));
     let started = Instant::now();
     // The loop no longer answers: the request channel is closed, so the control socket's
     // and the metrics' questions fail at once (a snapshot is empty) instead of each waiting
@@ -1118,6 +1160,25 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     log::info!("tcmu: stopped in {:?}; exit code {code}", started.elapsed());
     notifier.status(&format!("stopped (exit {code})"));
     code
+}
+
+/// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
+/// service's loop answers and no serving disk's worker is stuck (as the scst_user service's).
+fn start_watchdog(notifier: &Arc<Notifier>, handle: TcmuHandle) -> Option<Watchdog> {
+    let interval = notifier.watchdog_interval()?;
+    let max_age = crate::serve::WEDGED_AFTER.min(interval);
+    let health = Box::new(move || match handle.wedged(max_age) {
+        Ok(wedged) if wedged.is_empty() => Ok(()),
+        Ok(wedged) => Err(format!("wedged: {}", wedged.join("; "))),
+        Err(e) => Err(e),
+    });
+    match Watchdog::start(Arc::clone(notifier), interval, health) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::error!("cannot start the watchdog thread: {e}; systemd will restart the service");
+            None
+        }
+    }
 }
 
 fn remove_logged(setup: Setup<KernelFs>) {
@@ -1487,8 +1548,9 @@ mod tests {
             let grown = view.resize("d0", 3072 * 512);
             let odd = view.resize("d0", 1000);
             let dump = view.dump("d0");
+            let wedged = view.wedged(Duration::from_secs(10));
             let unknown = view.dump("nope");
-            (snapshot, grown, odd, dump, unknown)
+            (snapshot, grown, odd, dump, unknown, wedged)
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while !asker.is_finished() && Instant::now() < deadline {
@@ -1496,7 +1558,8 @@ mod tests {
                 rig.service.answer(r);
             }
         }
-        let (snapshot, grown, odd, dump, unknown) = asker.join().expect("asker");
+        let (snapshot, grown, odd, dump, unknown, wedged) = asker.join().expect("asker");
+        assert_eq!(wedged, Ok(Vec::new()), "a serving worker turns every 10 ms");
         assert_eq!(snapshot.len(), 1);
         assert_eq!(
             (snapshot[0].name.as_str(), snapshot[0].state),
@@ -1543,6 +1606,20 @@ mod tests {
                 .shutdown(std::net::Shutdown::Both)
                 .expect("the device goes");
             let deadline = Instant::now() + Duration::from_secs(5);
+            let ended = |s: &TcmuService| {
+                s.disks[0]
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.worker.is_finished())
+            };
+            while !ended(&rig.service) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Until it is reaped, the watchdog's health check names it.
+            assert_eq!(
+                rig.service.wedged(Duration::from_secs(10)),
+                ["disk d0: its worker ended"]
+            );
             while rig.service.serving() == 1 && Instant::now() < deadline {
                 rig.service.reap_finished();
                 std::thread::sleep(Duration::from_millis(10));
