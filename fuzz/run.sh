@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=60
-targets="scsi config sca1 nvme loopback"
+targets="scsi config sca1 nvme loopback tcmu_netlink"
 mode=auto
 out=target/fuzz-out
 profile=release

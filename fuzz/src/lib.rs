@@ -14,6 +14,7 @@ pub mod loopback;
 pub mod nvme;
 pub mod sca1;
 pub mod scsi;
+pub mod tcmu_netlink;
 
 /// An invariant of a target: panics (a crash to the fuzzer) with the message when it is false.
 #[macro_export]
@@ -36,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sca1", sca1::target),
     ("nvme", nvme::target),
     ("loopback", loopback::target),
+    ("tcmu_netlink", tcmu_netlink::target),
 ];
 
 /// The target named `name`.

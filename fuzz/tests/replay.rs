@@ -56,3 +56,8 @@ fn nvme() {
 fn loopback() {
     replay_and_run("loopback");
 }
+
+#[test]
+fn tcmu_netlink() {
+    replay_and_run("tcmu_netlink");
+}

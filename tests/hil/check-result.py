@@ -83,6 +83,17 @@ def check_tcmu(j):
         ("the iSCSI target listened on 127.0.0.1:3260", j.get("iscsi_portal") is True),
         ("and was removed at the stop (serve exit 0, nothing left, no listener)",
          j.get("iscsi_rc") == 0 and j.get("iscsi_clean") is True),
+        ("a configuration file's two disks appeared as two sd devices, both in status",
+         j.get("multi_disks") == 2 and j.get("multi_status") is True),
+        ("dev_size written through configfs reached sd (32 MiB = 65536 sectors)",
+         j.get("resized_sectors") == 65536),
+        ("and READ CAPACITY (sg_readcap), or sg3-utils is absent",
+         j.get("resize_readcap") in ("ok", "skipped")),
+        ("a backstore removed through configfs stopped its disk alone (failed in status)",
+         j.get("removed_one") is True),
+        ("and the other disk still served reads", j.get("other_serves") is True),
+        ("the two-disk service stopped with exit 0 and nothing left in configfs",
+         j.get("multi_rc") == 0 and j.get("multi_clean") is True),
     ]
     failed = 0
     for name, ok in checks:

@@ -9,6 +9,7 @@
 
 use crate::backend::BoardArg;
 use crate::config::DiskSpec;
+use crate::config::Frontend;
 use crate::config::ServiceConfig;
 use crate::config::ServiceSettings;
 use crate::control::ControlServer;
@@ -113,19 +114,12 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
             return exit::SOFTWARE;
         }
     };
-    if args.frontend == FrontendArg::Tcmu {
-        let [disk] = config.disks.as_slice() else {
-            eprintln!(
-                "scst-accel serve: --frontend tcmu serves one disk; the configuration has {}",
-                config.disks.len()
-            );
-            return exit::USAGE;
-        };
+    if config.service.frontend == Frontend::Tcmu {
         if args.loopback {
             eprintln!("scst-accel serve: --loopback is the scst_user frontend's; not with --frontend tcmu");
             return exit::USAGE;
         }
-        return crate::tcmu::run(disk, &args.tcmu, &config.service.state_dir, &mut signals);
+        return crate::tcmu::run(&config, &mut signals);
     }
     let kernel = if args.loopback {
         KernelSide::Loopback(LoopbackKernel::new(KernelConfig {
@@ -145,7 +139,7 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     );
     // The control socket and the metrics endpoint are bound before any disk registers: one
     // that cannot bind is a configuration error, and nothing has been applied yet.
-    let servers = match Servers::start(&config.service, &service) {
+    let servers = match Servers::start(&config.service, Arc::new(service.handle())) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("scst-accel serve: {message}");
@@ -213,15 +207,16 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     code
 }
 
-/// The control socket and, when configured, the Prometheus endpoint.
-struct Servers {
+/// The control socket and, when configured, the Prometheus endpoint, over either frontend's
+/// service.
+pub(crate) struct Servers {
     control: ControlServer,
     metrics: Option<MetricsServer>,
 }
 
 impl Servers {
-    fn start(settings: &ServiceSettings, service: &Service) -> Result<Self, String> {
-        let view: Arc<dyn ServiceView> = Arc::new(service.handle());
+    /// Bind both; the first that cannot bind is the error (the other is closed again).
+    pub(crate) fn start(settings: &ServiceSettings, view: Arc<dyn ServiceView>) -> Result<Self, String> {
         let control = ControlServer::start(&settings.control_socket, Arc::clone(&view)).map_err(|e| {
             format!(
                 "control socket {}: {e} (set service.control_socket or --control-socket to a \
@@ -252,7 +247,7 @@ impl Servers {
         Ok(Self { control, metrics })
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         if let Some(metrics) = self.metrics {
             metrics.stop();
         }
@@ -272,7 +267,7 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
 /// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls, which
 /// the store's own deadlines bound to `command_timeout`); an idle worker parked in poll sets
 /// its heartbeat ahead to the end of its park first; a few seconds means stuck.
-const WEDGED_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const WEDGED_AFTER: Duration = Duration::from_secs(10);
 
 /// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
 /// supervisor answers and no serving disk has a wedged worker.
@@ -336,6 +331,16 @@ fn service_config(args: &ServeArgs, matches: Option<&ArgMatches>) -> Result<Serv
     if let Some(path) = &args.control_socket {
         config.service.control_socket = path.clone();
     }
+    // The frontend and its settings: the command line's over the file's (without a file, the
+    // command line's throughout).
+    let from_flags = |id: &str| args.config.is_none() || given(id);
+    if from_flags("frontend") {
+        config.service.frontend = match args.frontend {
+            FrontendArg::Scst => Frontend::Scst,
+            FrontendArg::Tcmu => Frontend::Tcmu,
+        };
+    }
+    crate::tcmu::apply_args(&mut config.service.tcmu, &args.tcmu, &from_flags);
     for disk in &config.disks {
         disk.args
             .validate()

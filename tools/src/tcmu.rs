@@ -1,37 +1,63 @@
-//! `scst-accel serve --frontend tcmu`: one disk served through LIO's `target_core_user` of a
-//! mainline kernel instead of SCST (docs/tcmu.md). The same backend (board, store, buffer
-//! pool), the same SBC engine and identity as the scst_user frontend; the kernel side is a
-//! user backstore created in configfs, its UIO ring, and a tcm_loop target (a local
-//! `/dev/sdX`) and optionally an iSCSI target.
+//! `scst-accel serve --frontend tcmu` (or `frontend = "tcmu"` in the configuration file): the
+//! service's disks served through LIO's `target_core_user` of a mainline kernel instead of
+//! SCST (docs/tcmu.md). Each disk has the same backend (board, store, buffer pool), SBC engine
+//! and identity as under the scst_user frontend; on the kernel side each is a user backstore
+//! `core/user_<hba>/<name>` with its own UIO ring and worker, and LUN N (its place in the
+//! configuration) of one tcm_loop target and optionally one iSCSI target the disks share.
 //!
-//! Start: the backend, the disk, the backstore (enable creates the UIO device), the worker on
-//! its ring, then the targets (linking a LUN makes the kernel scan it through the ring, so the
-//! ring is served first). Stop (SIGINT/SIGTERM, or the worker ending on its own): the targets
-//! go first while the worker still serves (no new command from an initiator; what the
-//! initiator has in flight completes), then the worker drains the store queue and unmaps the
-//! ring, then the backstore goes, then the backend is released, its pool unmapped only with
-//! the drain's proof.
+//! Start: the shared targets (empty), then disk by disk: the backend, the engine, the
+//! backstore (enable creates the UIO device), the worker on its ring, then its LUNs (linking
+//! a LUN makes the kernel scan it through the ring, so the ring is served first). A disk that
+//! cannot start is removed again (its objects newest first) and shown failed; the others serve.
+//! Stop (SIGINT/SIGTERM, or every disk ended): the iSCSI target disabled, every disk's LUNs
+//! removed while its worker still serves (what the initiator has in flight completes), every
+//! worker asked to stop (their drains run in parallel), then disk by disk, newest first: its
+//! drain awaited, the ring unmapped, the backstore removed, the backend released (its pool
+//! unmapped only with the drain's proof); the shared targets last.
+//!
+//! The service answers `scst-accel status`, the control socket and the metrics endpoint as the
+//! scst_user service does, from each worker's live figures.
 
 use crate::backend;
 use crate::backend::error_chain;
+use crate::backend::Backend;
 use crate::config::DiskSpec;
+use crate::config::ServiceConfig;
+use crate::config::TcmuSettings;
 use crate::exit;
 use crate::notify::Notifier;
+use crate::notify::Watchdog;
+use crate::serve::Servers;
+use crate::status::DeviceCounters;
+use crate::status::DiskSnapshot;
+use crate::status::DiskState;
+use crate::status::IdentityView;
+use crate::status::ServiceView;
+use crate::status::TeardownRecord;
 use clap::Args;
 use clap::ValueEnum;
+use crossbeam_channel::Sender;
+use scst_accel_handler::frontend::FrontendStats;
 use scst_accel_handler::scsi::CompareAndWriteBy;
 use scst_accel_handler::scsi::Disk;
+use scst_accel_handler::tcmu::configfs::ConfigfsError;
 use scst_accel_handler::tcmu::configfs::IscsiSpec;
 use scst_accel_handler::tcmu::configfs::KernelFs;
 use scst_accel_handler::tcmu::configfs::Setup;
 use scst_accel_handler::tcmu::configfs::SetupSpec;
-use scst_accel_handler::tcmu::configfs::TARGET_ROOT;
+use scst_accel_handler::tcmu::configfs::TargetSpec;
+use scst_accel_handler::tcmu::configfs::Targets;
 use scst_accel_handler::tcmu::exec::Executor;
+use scst_accel_handler::tcmu::netlink::DeviceEvent;
+use scst_accel_handler::tcmu::netlink::EventKind;
+use scst_accel_handler::tcmu::netlink::EventListener;
 use scst_accel_handler::tcmu::uio;
+use scst_accel_handler::tcmu::uio::TcmuUioName;
 use scst_accel_handler::tcmu::uio::UioDevice;
 use scst_accel_handler::tcmu::uio::UioError;
 use scst_accel_handler::tcmu::worker::TcmuWorker;
 use scst_accel_handler::tcmu::worker::WorkerConfig;
+use scst_accel_handler::tcmu::worker::WorkerStats;
 use signal_hook::consts::SIGINT;
 use signal_hook::consts::SIGTERM;
 use signal_hook::iterator::Signals;
@@ -40,6 +66,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+use std::time::SystemTime;
 
 /// `--frontend`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -47,8 +74,8 @@ pub enum FrontendArg {
     /// SCST's scst_user (`/dev/scst_user`, or `--loopback`).
     #[default]
     Scst,
-    /// LIO's target_core_user of a mainline kernel (one disk; needs root, configfs mounted and
-    /// the target_core_user and tcm_loop modules).
+    /// LIO's target_core_user of a mainline kernel (needs root, configfs mounted and the
+    /// target_core_user and tcm_loop modules).
     Tcmu,
 }
 
@@ -56,18 +83,18 @@ pub enum FrontendArg {
 #[derive(Args, Debug, Clone)]
 pub struct TcmuArgs {
     /// LIO's configfs directory.
-    #[arg(long, default_value = TARGET_ROOT)]
+    #[arg(long, default_value = scst_accel_handler::tcmu::configfs::TARGET_ROOT)]
     pub configfs_root: PathBuf,
-    /// The user backstore's HBA number (`core/user_N`).
+    /// The user backstores' HBA number (`core/user_N`), shared by the service's disks.
     #[arg(long, default_value_t = 7)]
     pub tcmu_hba: u32,
     /// The command ring's size in MiB (the kernel's default when absent).
     #[arg(long)]
     pub tcmu_ring_mb: Option<u32>,
-    /// No tcm_loop target (then only --tcmu-iscsi exports the disk).
+    /// No tcm_loop target (then only --tcmu-iscsi exports the disks).
     #[arg(long)]
     pub tcmu_no_loop: bool,
-    /// Also export the disk on an iSCSI portal (e.g. 127.0.0.1:3260), any initiator, no
+    /// Also export the disks (one target, a LUN each) on an iSCSI portal (e.g. 127.0.0.1:3260), any initiator, no
     /// authentication (needs iscsi_target_mod).
     #[arg(long)]
     pub tcmu_iscsi: Option<String>,
@@ -80,28 +107,77 @@ pub struct TcmuArgs {
     /// long again).
     #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
     pub tcmu_drain: Duration,
+    /// Do not follow the kernel's TCMU netlink events (device removed, reconfigured).
+    #[arg(long)]
+    pub tcmu_no_netlink: bool,
 }
 
-/// The configfs objects of `disk`: a backstore named after it whose `dev_config` is
-/// `scst-accel/<board>` (the rest of the UIO name), a tcm_loop target whose WWN is derived
-/// from the HBA number, an iSCSI target if asked.
-pub fn setup_spec(disk: &DiskSpec, args: &TcmuArgs) -> SetupSpec {
-    let name = &disk.args.name;
-    // NAA type 5 with the IEEE OUI 00-14-05 LIO uses for its generated WWNs; the HBA number
-    // keeps two handlers on one host apart.
-    let wwn = |n: u32| format!("naa.5001405{n:09x}");
+/// The configfs objects of one disk: a backstore named after it whose `dev_config` is
+/// `scst-accel/<board>` (the rest of the UIO name).
+pub fn setup_spec(disk: &DiskSpec, settings: &TcmuSettings) -> SetupSpec {
     SetupSpec {
-        hba: args.tcmu_hba,
-        name: name.clone(),
+        hba: settings.hba,
+        name: disk.args.name.clone(),
         size: disk.args.size,
         block_size: disk.args.block_size,
         dev_config: format!("scst-accel/{}", crate::service::board_name(disk.board)),
-        ring_mb: args.tcmu_ring_mb,
-        loopback: (!args.tcmu_no_loop).then(|| (wwn(args.tcmu_hba * 2), wwn(args.tcmu_hba * 2 + 1))),
-        iscsi: args.tcmu_iscsi.as_ref().map(|portal| IscsiSpec {
-            iqn: format!("iqn.2026-12.org.scst-accel:{name}"),
+        ring_mb: settings.ring_mb,
+        // The service's targets are shared ([`target_spec`]); each disk links its LUN.
+        loopback: None,
+        iscsi: None,
+    }
+}
+
+/// The targets the service's disks share: a tcm_loop target whose WWN is derived from the HBA
+/// number (two services on one host keep apart), an iSCSI target if asked, whose IQN is the
+/// one disk's name when there is one disk (as `serve --frontend tcmu` always named it), else
+/// `hba<N>`.
+pub fn target_spec(settings: &TcmuSettings, disks: &[DiskSpec]) -> TargetSpec {
+    // NAA type 5 with the IEEE OUI 00-14-05 LIO uses for its generated WWNs.
+    let wwn = |n: u32| format!("naa.5001405{n:09x}");
+    let hba = settings.hba;
+    let suffix = match disks {
+        [one] => one.args.name.clone(),
+        _ => format!("hba{hba}"),
+    };
+    TargetSpec {
+        hba: Some(hba),
+        loopback: settings
+            .loopback
+            .then(|| (wwn(hba.wrapping_mul(2)), wwn(hba.wrapping_mul(2).wrapping_add(1)))),
+        iscsi: settings.iscsi_portal.as_ref().map(|portal| IscsiSpec {
+            iqn: format!("iqn.2026-12.org.scst-accel:{suffix}"),
             portal: portal.clone(),
         }),
+    }
+}
+
+/// The command line's TCMU flags over the file's `[service.tcmu]`: without a file every flag
+/// counts (defaults included); with one, only those given on the command line.
+pub fn apply_args(settings: &mut TcmuSettings, args: &TcmuArgs, given: &dyn Fn(&str) -> bool) {
+    if given("configfs_root") {
+        settings.configfs_root = args.configfs_root.clone();
+    }
+    if given("tcmu_hba") {
+        settings.hba = args.tcmu_hba;
+    }
+    if given("tcmu_ring_mb") {
+        settings.ring_mb = args.tcmu_ring_mb;
+    }
+    if given("tcmu_no_loop") {
+        settings.loopback = !args.tcmu_no_loop;
+    }
+    if given("tcmu_iscsi") {
+        settings.iscsi_portal = args.tcmu_iscsi.clone();
+    }
+    if given("tcmu_adopt") {
+        settings.adopt = args.tcmu_adopt;
+    }
+    if given("tcmu_drain") {
+        settings.drain = args.tcmu_drain;
+    }
+    if given("tcmu_no_netlink") {
+        settings.netlink = !args.tcmu_no_netlink;
     }
 }
 
@@ -123,36 +199,668 @@ fn open_uio(hba: &str, name: &str) -> Result<UioDevice, UioError> {
     }
 }
 
-/// Serve `disk` through TCMU until SIGINT/SIGTERM; returns the exit code.
-pub fn run(disk: &DiskSpec, args: &TcmuArgs, state_dir: &Path, signals: &mut Signals) -> u8 {
-    let fail = |message: String, code: u8| {
-        eprintln!("scst-accel serve --frontend tcmu: {message}");
-        code
+/// Why a disk did not start, and the exit code it stands for.
+#[derive(Debug)]
+struct StartFailure {
+    message: String,
+    code: u8,
+}
+
+/// A serving disk's parts, dropped in the stop's order by [`TcmuService::finish`].
+struct Running {
+    backend: Backend,
+    engine: Arc<Disk>,
+    setup: Setup<KernelFs>,
+    worker: TcmuWorker,
+    /// The UIO device's number (`/dev/uioN`): the kernel's events name it as the minor.
+    uio_index: u32,
+}
+
+/// One disk of the service.
+struct TcmuDisk {
+    spec: DiskSpec,
+    lun: u32,
+    state: DiskState,
+    failure: Option<String>,
+    exit_code: u8,
+    identity: IdentityView,
+    block_size: u32,
+    num_blocks: u64,
+    running: Option<Running>,
+    /// The worker's last figures once it is gone.
+    last: Option<WorkerStats>,
+    device: DeviceCounters,
+    teardowns: Vec<TeardownRecord>,
+    /// Its LUNs, as "fabric/target/lun".
+    exports: Vec<String>,
+}
+
+impl TcmuDisk {
+    fn snapshot(&self) -> DiskSnapshot {
+        let stats = self.running.as_ref().map(|r| r.worker.stats()).or(self.last);
+        DiskSnapshot {
+            name: self.spec.args.name.clone(),
+            state: self.state,
+            failure: self.failure.clone(),
+            board: crate::service::board_name(self.spec.board).into(),
+            pci: self.spec.pci.clone(),
+            identity: self.identity.clone(),
+            block_size: self.block_size,
+            num_blocks: self
+                .running
+                .as_ref()
+                .map_or(self.num_blocks, |r| r.engine.num_blocks()),
+            exports: if self.running.is_some() {
+                self.exports.clone()
+            } else {
+                Vec::new()
+            },
+            frontend: stats.map(frontend_stats),
+            device: self
+                .running
+                .as_ref()
+                .map_or(self.device, |r| r.backend.device_counters()),
+            teardowns: self.teardowns.clone(),
+        }
+    }
+}
+
+/// A TCMU worker's figures in the scst_user frontend's terms, which status and metrics
+/// render: commands (`exec`), errors (non-GOOD answers and refused ring entries), in flight,
+/// deadline escalations, task management notices. The per-direction counts, bytes and latency
+/// are not measured by the TCMU executor and stay 0.
+fn frontend_stats(s: WorkerStats) -> FrontendStats {
+    FrontendStats {
+        exec: s.started,
+        exec_errors: s.errors + s.refused,
+        inflight: s.in_flight(),
+        deadline_escalations: s.escalations,
+        task_mgmt: s.task_management,
+        ..FrontendStats::default()
+    }
+}
+
+enum Request {
+    Snapshot(Sender<Vec<DiskSnapshot>>),
+    /// Serving disks whose worker has not turned within the age, or has ended.
+    Wedged(Duration, Sender<Vec<String>>),
+    Dump(String, Sender<Result<String, String>>),
+    Resize(String, u64, Sender<Result<u64, String>>),
+}
+
+/// How long a control-socket or metrics request waits for the service's loop (which answers
+/// within one turn, 100 ms, unless a disk's stop is running).
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// The service's side for the control socket and the metrics endpoint: requests answered by
+/// the service's loop, so no lock is shared with it.
+#[derive(Clone)]
+struct TcmuHandle {
+    requests: Sender<Request>,
+}
+
+impl TcmuHandle {
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.requests.send(make(tx)).ok()?;
+        rx.recv_timeout(ANSWER_WAIT).ok()
+    }
+
+    /// Disks whose workers are stuck (see [`Request::Wedged`]); `Err` when the service's loop
+    /// did not answer within its bound. The systemd watchdog withholds its ping on either.
+    fn wedged(&self, max_age: Duration) -> Result<Vec<String>, String> {
+        self.ask(|tx| Request::Wedged(max_age, tx))
+            .ok_or_else(|| format!("the TCMU service's loop did not answer within {ANSWER_WAIT:?}"))
+    }
+}
+
+impl ServiceView for TcmuHandle {
+    fn snapshot(&self) -> Vec<DiskSnapshot> {
+        self.ask(Request::Snapshot).unwrap_or_default()
+    }
+
+    fn dump(&self, disk: &str) -> Result<String, String> {
+        self.ask(|tx| Request::Dump(disk.to_owned(), tx))
+            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
+    }
+
+    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+        self.ask(|tx| Request::Resize(disk.to_owned(), bytes, tx))
+            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
+    }
+}
+
+/// The disks, the shared targets and the settings.
+struct TcmuService {
+    settings: TcmuSettings,
+    state_dir: PathBuf,
+    targets: Option<Targets<KernelFs>>,
+    disks: Vec<TcmuDisk>,
+}
+
+impl TcmuService {
+    fn new(config: &ServiceConfig) -> Self {
+        let settings = config.service.tcmu.clone();
+        let disks = config
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| TcmuDisk {
+                spec: spec.clone(),
+                lun: u32::try_from(i).unwrap_or(u32::MAX),
+                state: DiskState::Starting,
+                failure: None,
+                exit_code: 0,
+                identity: IdentityView::default(),
+                block_size: spec.args.block_size,
+                num_blocks: 0,
+                running: None,
+                last: None,
+                device: DeviceCounters::default(),
+                teardowns: Vec::new(),
+                exports: Vec::new(),
+            })
+            .collect();
+        Self {
+            settings,
+            state_dir: config.service.state_dir.clone(),
+            targets: None,
+            disks,
+        }
+    }
+
+    /// The shared targets, then every disk in order. `Err` only when the targets cannot be
+    /// made (nothing started then).
+    fn start(&mut self, target_spec: &TargetSpec) -> Result<(), StartFailure> {
+        let targets = Targets::create(
+            KernelFs,
+            &self.settings.configfs_root,
+            target_spec,
+            self.settings.adopt,
+        )
+        .map_err(|e| StartFailure {
+            code: configfs_code(&e),
+            message: error_chain(&e),
+        })?;
+        for i in 0..self.disks.len() {
+            let disk = &mut self.disks[i];
+            match start_disk(disk, &self.settings, &self.state_dir, &targets) {
+                Ok(()) => {
+                    disk.state = DiskState::Serving;
+                    log::info!("disk {}: LUN {} linked", disk.spec.args.name, disk.lun);
+                }
+                Err(f) => {
+                    log::error!("disk {}: {}", disk.spec.args.name, f.message);
+                    disk.state = DiskState::Failed;
+                    disk.failure = Some(f.message);
+                    disk.exit_code = f.code;
+                }
+            }
+        }
+        self.targets = Some(targets);
+        Ok(())
+    }
+
+    fn serving(&self) -> usize {
+        self.disks.iter().filter(|d| d.running.is_some()).count()
+    }
+
+    fn status_line(&self) -> String {
+        let failed = self.disks.iter().filter(|d| d.state == DiskState::Failed).count();
+        format!(
+            "serving {} of {} disks through TCMU{}",
+            self.serving(),
+            self.disks.len(),
+            if failed > 0 {
+                format!(" ({failed} failed)")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Snapshot(tx) => {
+                let _ = tx.send(self.disks.iter().map(TcmuDisk::snapshot).collect());
+            }
+            Request::Dump(name, tx) => {
+                let _ = tx.send(self.dump(&name));
+            }
+            Request::Wedged(max_age, tx) => {
+                let _ = tx.send(self.wedged(max_age));
+            }
+            Request::Resize(name, bytes, tx) => {
+                let _ = tx.send(self.resize(&name, bytes, true));
+            }
+        }
+    }
+
+    fn wedged(&self, max_age: Duration) -> Vec<String> {
+        self.disks
+            .iter()
+            .filter_map(|d| {
+                let running = d.running.as_ref()?;
+                let age = running.worker.heartbeat_age();
+                if running.worker.is_finished() {
+                    Some(format!("disk {}: its worker ended", d.spec.args.name))
+                } else if age > max_age {
+                    Some(format!(
+                        "disk {}: its worker has not turned for {age:?}",
+                        d.spec.args.name
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn disk_index(&self, name: &str) -> Result<usize, String> {
+        self.disks
+            .iter()
+            .position(|d| d.spec.args.name == name)
+            .ok_or_else(|| format!("no disk {name}"))
+    }
+
+    /// What status cannot show: the worker's figures as they are, its heartbeat, the ring's
+    /// device. The executor's own dump (commands in the store) lives on the worker thread and
+    /// is logged by its deadline escalation.
+    fn dump(&self, name: &str) -> Result<String, String> {
+        let disk = &self.disks[self.disk_index(name)?];
+        let running = disk
+            .running
+            .as_ref()
+            .ok_or_else(|| format!("disk {name} is not serving"))?;
+        let s = running.worker.stats();
+        Ok(format!(
+            "disk {name}: TCMU user_{}/{name}, /dev/uio{}, LUN {}; {} commands taken, {} answered, \
+             {} in flight, {} errors, {} refused entries, {} task management notices, {} deadline \
+             escalations; the worker's last turn {:?} ago",
+            self.settings.hba,
+            running.uio_index,
+            disk.lun,
+            s.started,
+            s.completed,
+            s.in_flight(),
+            s.errors,
+            s.refused,
+            s.task_management,
+            s.escalations,
+            running.worker.heartbeat_age()
+        ))
+    }
+
+    /// Grow disk `name` to `bytes`: the store first (no initiator may address a block it does
+    /// not have yet), then the engine (READ CAPACITY answers the new size), then, when
+    /// `tell_kernel`, the backstore's `dev_size` (the kernel's own figure; it broadcasts it as
+    /// a reconfiguration, which finds the size already served).
+    fn resize(&mut self, name: &str, bytes: u64, tell_kernel: bool) -> Result<u64, String> {
+        let i = self.disk_index(name)?;
+        let disk = &mut self.disks[i];
+        let running = disk
+            .running
+            .as_ref()
+            .ok_or_else(|| format!("disk {name} is not serving"))?;
+        let block_size = u64::from(disk.block_size);
+        if bytes == 0 || !bytes.is_multiple_of(block_size) {
+            return Err(format!(
+                "{bytes} bytes is not a non-zero multiple of disk {name}'s block size ({block_size})"
+            ));
+        }
+        let blocks = bytes / block_size;
+        if blocks == running.engine.num_blocks() {
+            return Ok(blocks);
+        }
+        running
+            .backend
+            .store
+            .resize(blocks)
+            .map_err(|e| format!("disk {name}: the store refused {bytes} bytes: {e}"))?;
+        running.engine.set_num_blocks(blocks);
+        disk.num_blocks = blocks;
+        if tell_kernel {
+            running
+                .setup
+                .set_dev_size(bytes)
+                .map_err(|e| format!("disk {name}: served at {blocks} blocks, but {}", error_chain(&e)))?;
+        }
+        log::info!(
+            "disk {name}: resized to {bytes} bytes ({blocks} blocks); initiators see it at their \
+             next READ CAPACITY (a rescan)"
+        );
+        Ok(blocks)
+    }
+
+    /// A device event from the kernel (docs/tcmu.md, "Netlink events"). Events of devices
+    /// this service did not create, or no longer serves, are logged and ignored.
+    fn on_event(&mut self, event: &DeviceEvent) {
+        let ours = TcmuUioName::parse(&event.device).and_then(|n| {
+            if n.hba != self.settings.hba.to_string() {
+                return None;
+            }
+            self.disks
+                .iter()
+                .position(|d| d.spec.args.name == n.device && d.running.is_some())
+        });
+        let Some(i) = ours else {
+            let level = if event.kind == EventKind::Added {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                level,
+                "tcmu event {:?} for {}: not a device this service serves; ignored",
+                event.kind,
+                event.device
+            );
+            return;
+        };
+        let name = self.disks[i].spec.args.name.clone();
+        match event.kind {
+            EventKind::Added => log::debug!("tcmu event: disk {name}'s backstore enabled ({})", event.device),
+            EventKind::Removed => {
+                log::warn!(
+                    "disk {name}: the kernel is removing its backstore ({}, REMOVED_DEVICE); \
+                     stopping the disk: drain, unmap, release",
+                    event.device
+                );
+                self.stop_disk(i, KERNEL_REMOVED, true);
+                let disk = &mut self.disks[i];
+                disk.failure = Some("the kernel removed its backstore (REMOVED_DEVICE)".into());
+                disk.state = DiskState::Failed;
+            }
+            EventKind::Reconfig => self.on_reconfig(i, event),
+        }
+    }
+
+    /// RECONFIG_DEVICE: `dev_size` grows the store and the engine (a size the store cannot
+    /// take is refused and said); `dev_config` and the write cache are not applied: the board
+    /// is chosen at start, and initiators set the write cache with MODE SELECT, which the
+    /// engine answers (the kernel's `emulate_write_cache` never reaches them under TCMU).
+    fn on_reconfig(&mut self, i: usize, event: &DeviceEvent) {
+        let name = self.disks[i].spec.args.name.clone();
+        if let Some(bytes) = event.dev_size {
+            let served = self.disks[i]
+                .running
+                .as_ref()
+                .map_or(0, |r| r.engine.num_blocks() * u64::from(self.disks[i].block_size));
+            if bytes == served {
+                log::debug!("disk {name}: dev_size {bytes} is the size served already");
+            } else {
+                match self.resize(&name, bytes, false) {
+                    Ok(blocks) => log::info!(
+                        "disk {name}: the kernel's dev_size is now {bytes} bytes: serving {blocks} blocks"
+                    ),
+                    Err(e) => log::error!(
+                        "disk {name}: the kernel's dev_size is now {bytes} bytes, not applied: {e}; \
+                         READ CAPACITY still says {served} bytes (write that to attrib/dev_size to \
+                         agree again)"
+                    ),
+                }
+            }
+        }
+        if let Some(config) = &event.dev_config {
+            log::warn!(
+                "disk {name}: dev_config changed to {config:?}; not applied (the board was chosen \
+                 at start; restart the service to change it)"
+            );
+        }
+        if let Some(wce) = event.write_cache {
+            log::warn!(
+                "disk {name}: the kernel's emulate_write_cache is now {wce}; not applied (under \
+                 TCMU initiators see the engine's caching mode page, set with MODE SELECT)"
+            );
+        }
+    }
+
+    /// A worker that ended on its own (its ring broke, its UIO device went): that disk is
+    /// stopped and shown failed; the others go on.
+    fn reap_finished(&mut self) {
+        for i in 0..self.disks.len() {
+            let ended = self.disks[i]
+                .running
+                .as_ref()
+                .is_some_and(|r| r.worker.is_finished());
+            if !ended {
+                continue;
+            }
+            // The kernel unregisters the UIO device right after its REMOVED_DEVICE event; the
+            // worker may see that before the listener's event arrives. A backstore gone from
+            // configfs says which it was.
+            let gone = self.disks[i]
+                .running
+                .as_ref()
+                .is_some_and(|r| !r.setup.backstore().exists());
+            let name = self.disks[i].spec.args.name.clone();
+            if gone {
+                log::warn!(
+                    "disk {name}: its backstore was removed (its worker saw it first); stopping the disk"
+                );
+                self.stop_disk(i, KERNEL_REMOVED, true);
+                self.disks[i].failure = Some("the kernel removed its backstore".into());
+            } else {
+                log::error!("disk {name}: its TCMU worker ended; stopping the disk");
+                self.stop_disk(i, "WorkerEnded", true);
+                self.disks[i].failure =
+                    Some("its TCMU worker ended (a broken ring or a UIO error: see the log)".into());
+            }
+        }
+    }
+
+    /// Stop one disk while the others serve: its LUNs, its worker (drain, unmap), its
+    /// backstore, its backend.
+    fn stop_disk(&mut self, i: usize, trigger: &str, failed: bool) {
+        let disk = &mut self.disks[i];
+        let Some(mut running) = disk.running.take() else {
+            return;
+        };
+        disk.state = DiskState::Stopping;
+        let started = Instant::now();
+        if let Err(e) = running.setup.unexport() {
+            log::error!(
+                "disk {}: removing its LUNs: {}",
+                disk.spec.args.name,
+                error_chain(&e)
+            );
+            disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
+        }
+        running.worker.request_stop();
+        finish(disk, running, trigger, started, failed);
+    }
+
+    /// Stop every serving disk: iSCSI disabled, every LUN removed (newest first) while the
+    /// workers serve, every worker asked to stop, then each finished newest first, then the
+    /// shared targets.
+    fn stop_all(&mut self, trigger: &str) {
+        let started = Instant::now();
+        if let Some(targets) = &mut self.targets {
+            if let Err(e) = targets.disable() {
+                log::error!("tcmu stop: {}", error_chain(&e));
+            }
+        }
+        for disk in self.disks.iter_mut().rev() {
+            if let Some(running) = &mut disk.running {
+                disk.state = DiskState::Stopping;
+                if let Err(e) = running.setup.unexport() {
+                    log::error!(
+                        "disk {}: removing its LUNs: {}",
+                        disk.spec.args.name,
+                        error_chain(&e)
+                    );
+                    disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
+                }
+            }
+        }
+        log::info!("tcmu stop: every LUN removed in {:?}", started.elapsed());
+        for disk in &self.disks {
+            if let Some(running) = &disk.running {
+                running.worker.request_stop();
+            }
+        }
+        for disk in self.disks.iter_mut().rev() {
+            if let Some(running) = disk.running.take() {
+                finish(disk, running, trigger, started, false);
+            }
+        }
+        if let Some(targets) = self.targets.take() {
+            if let Err(e) = targets.remove() {
+                log::error!("tcmu stop: {}", error_chain(&e));
+            }
+        }
+    }
+
+    fn exit_code(&self) -> u8 {
+        self.disks.iter().map(|d| d.exit_code).max().unwrap_or(0)
+    }
+}
+
+/// The teardown trigger of a disk whose backstore the kernel removed (REMOVED_DEVICE).
+const KERNEL_REMOVED: &str = "KernelRemoved";
+
+/// The end of a disk whose LUNs are gone and whose worker was asked to stop: the drain
+/// awaited (the ring unmapped by the worker after it), the backend released (the pool unmapped
+/// only with the drain's proof, else leaked), the backstore removed.
+fn finish(disk: &mut TcmuDisk, running: Running, trigger: &str, started: Instant, failed: bool) {
+    let name = disk.spec.args.name.clone();
+    let in_flight_at_start = running.worker.stats().in_flight();
+    let Running {
+        backend,
+        engine,
+        setup,
+        worker,
+        ..
+    } = running;
+    disk.num_blocks = engine.num_blocks();
+    let report = worker.stop();
+    let mut code = disk.exit_code;
+    let (backend_report, zombies, permitted) = match &report {
+        Ok(r) => {
+            log::info!(
+                "disk {name}: {} commands started, {} completed, {} refused, {} task management, \
+                 {} deadline escalations; drain {:?}",
+                r.progress.started,
+                r.progress.completed,
+                r.progress.refused,
+                r.progress.task_management,
+                r.escalations,
+                r.drain_time
+            );
+            match &r.error {
+                // The kernel unregisters the UIO device right after its REMOVED_DEVICE event:
+                // a worker that saw its device go first is what that removal looks like.
+                Some(e) if trigger == KERNEL_REMOVED => {
+                    log::info!(
+                        "disk {name}: its worker saw the removal first: {}",
+                        error_chain(e)
+                    );
+                }
+                Some(_) => code = code.max(exit::SOFTWARE),
+                None => {}
+            }
+            match &r.drained {
+                Ok(drained) => (backend.shutdown_drained(drained), 0, true),
+                Err(e) => {
+                    log::error!("disk {name}: {e}; the buffer pool is leaked, not unmapped");
+                    code = code.max(exit::SOFTWARE);
+                    (backend.shutdown(None), e.in_flight as u64, false)
+                }
+            }
+        }
+        Err(panic) => {
+            log::error!("disk {name}: the worker panicked ({panic}); the buffer pool is leaked");
+            code = code.max(exit::SOFTWARE);
+            (backend.shutdown(None), 0, false)
+        }
     };
-    let blocks = match disk.args.validate() {
-        Ok(b) => b,
-        Err(e) => return fail(e, exit::USAGE),
+    disk.last = report.as_ref().ok().map(|r| WorkerStats {
+        started: r.progress.started as u64,
+        completed: r.progress.completed as u64,
+        refused: r.progress.refused as u64,
+        task_management: r.progress.task_management as u64,
+        escalations: r.escalations,
+        ..disk.last.unwrap_or_default()
+    });
+    // The ring is unmapped (the worker dropped the device after its drain): the backstore can go.
+    if let Err(e) = setup.remove() {
+        log::error!("disk {name}: {}", error_chain(&e));
+        code = code.max(exit::SOFTWARE);
+    }
+    if backend_report.mapped_after != 0 || backend_report.leaked_buffers != 0 {
+        log::error!(
+            "disk {name}: {} bytes still mapped, {} buffers leaked",
+            backend_report.mapped_after,
+            backend_report.leaked_buffers
+        );
+    }
+    disk.teardowns.push(TeardownRecord {
+        at: SystemTime::now(),
+        trigger: trigger.to_owned(),
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        in_flight_at_start,
+        drained: if permitted { in_flight_at_start } else { 0 },
+        aborted: 0,
+        zombies_left: zombies,
+        unmap_permitted: permitted,
+    });
+    disk.device = DeviceCounters {
+        device_errors: backend_report.device_errors,
+        timeouts: backend_report.timeouts,
+        resets: backend_report.resets,
+        controller_resets: backend_report.controller_resets,
+        unknown_tags: backend_report.unknown_tags,
     };
-    let backend = match backend::build(disk.board, &disk.args, blocks, disk.pci.as_deref(), &disk.inject) {
-        Ok(b) => b,
-        Err(e) => return fail(e.message, e.exit_code),
+    disk.exit_code = code;
+    disk.state = if failed || code != 0 {
+        DiskState::Failed
+    } else {
+        DiskState::Stopped
     };
+    log::info!(
+        "disk {name}: stopped in {:?} (release {:.1} ms)",
+        started.elapsed(),
+        backend_report.release_ms
+    );
+}
+
+fn configfs_code(e: &ConfigfsError) -> u8 {
+    match e.source.kind() {
+        std::io::ErrorKind::PermissionDenied => exit::NOPERM,
+        std::io::ErrorKind::NotFound => exit::UNAVAILABLE,
+        _ => exit::CONFIG,
+    }
+}
+
+/// One disk: backend, identity, engine, backstore, UIO device, worker, LUNs. On a failure
+/// what was made is undone, newest first, before the error returns.
+fn start_disk(
+    disk: &mut TcmuDisk,
+    settings: &TcmuSettings,
+    state_dir: &Path,
+    targets: &Targets<KernelFs>,
+) -> Result<(), StartFailure> {
+    let fail = |message: String, code: u8| StartFailure { message, code };
+    let spec = &disk.spec;
+    let blocks = spec.args.validate().map_err(|e| fail(e, exit::USAGE))?;
+    let backend = backend::build(spec.board, &spec.args, blocks, spec.pci.as_deref(), &spec.inject)
+        .map_err(|e| fail(e.message, e.exit_code))?;
     let info = backend.store.info();
     let identity = match crate::identity::resolve(
-        &disk.args.name,
-        &disk.identity,
+        &spec.args.name,
+        &spec.identity,
         Some(state_dir),
         info.device_ids.as_ref(),
     ) {
         Ok(i) => i,
         Err(e) => {
             backend.shutdown_unserved();
-            return fail(format!("identity: {e}"), exit::CONFIG);
+            return Err(fail(format!("identity: {e}"), exit::CONFIG));
         }
     };
-    let mut config = disk.args.disk_config(&info, &identity);
-    config.read_only = disk.read_only;
-    config.thin_provisioning = disk.thin_provisioning && info.supports_unmap;
+    let mut config = spec.args.disk_config(&info, &identity);
+    config.read_only = spec.read_only;
+    config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
     config.unmapped_reads_zero &= config.thin_provisioning;
     // LIO's passthrough parser hands COMPARE AND WRITE to the TCMU device: the engine runs it,
     // atomic under the disk's range locks (docs/scsi.md "COMPARE AND WRITE").
@@ -161,67 +869,63 @@ pub fn run(disk: &DiskSpec, args: &TcmuArgs, state_dir: &Path, signals: &mut Sig
         Ok(d) => Arc::new(d),
         Err(e) => {
             backend.shutdown_unserved();
-            return fail(e.to_string(), exit::CONFIG);
+            return Err(fail(e.to_string(), exit::CONFIG));
         }
     };
     let queue = match backend.store.open_queue() {
         Ok(q) => q,
         Err(e) => {
             backend.shutdown_unserved();
-            return fail(format!("store queue: {e}"), exit::SOFTWARE);
+            return Err(fail(format!("store queue: {e}"), exit::SOFTWARE));
         }
     };
-    // The size the kernel reports is the store's (a board's namespace may differ from --size).
-    let mut spec = setup_spec(disk, args);
-    spec.size = info.num_blocks * u64::from(info.block_size);
-    spec.block_size = info.block_size;
-    let made = if args.tcmu_adopt {
-        Setup::adopt(KernelFs, &args.configfs_root, &spec)
+    // The size the kernel reports is the store's (a board's namespace may differ from `size`).
+    let mut setup_spec = setup_spec(spec, settings);
+    setup_spec.size = info.num_blocks * u64::from(info.block_size);
+    setup_spec.block_size = info.block_size;
+    let made = if settings.adopt {
+        Setup::adopt(KernelFs, &settings.configfs_root, &setup_spec)
     } else {
-        Setup::create(KernelFs, &args.configfs_root, &spec)
+        Setup::create(KernelFs, &settings.configfs_root, &setup_spec)
     };
     let mut setup = match made {
         Ok(s) => s,
         Err(e) => {
             drop(queue);
             backend.shutdown_unserved();
-            let code = match e.source.kind() {
-                std::io::ErrorKind::PermissionDenied => exit::NOPERM,
-                std::io::ErrorKind::NotFound => exit::UNAVAILABLE,
-                _ => exit::CONFIG,
-            };
-            return fail(error_chain(&e), code);
+            return Err(fail(error_chain(&e), configfs_code(&e)));
         }
     };
     log::info!(
         "tcmu: backstore {} {}",
         setup.backstore().display(),
-        if args.tcmu_adopt {
+        if settings.adopt {
             "adopted or created"
         } else {
             "created"
         }
     );
-    let (hba, name) = spec.uio_names();
+    let (hba, name) = setup_spec.uio_names();
     let device = match open_uio(&hba, &name) {
         Ok(d) => d,
         Err(e) => {
             drop(queue);
             remove_logged(setup);
             backend.shutdown_unserved();
-            return fail(
+            return Err(fail(
                 format!(
                     "{}; is target_core_user loaded and udev running?",
                     error_chain(&e)
                 ),
                 exit::UNAVAILABLE,
-            );
+            ));
         }
     };
+    let uio_index = device.info().index;
     let exec = Executor::new(Arc::clone(&engine), queue, Arc::clone(&backend.pool));
     let worker_config = WorkerConfig {
-        command_timeout: disk.args.command_timeout,
-        drain_budget: args.tcmu_drain,
+        command_timeout: spec.args.command_timeout,
+        drain_budget: settings.drain,
         ..WorkerConfig::default()
     };
     let worker = match TcmuWorker::spawn(&format!("tcmu-{name}"), device, exec, worker_config) {
@@ -231,118 +935,253 @@ pub fn run(disk: &DiskSpec, args: &TcmuArgs, state_dir: &Path, signals: &mut Sig
             // The executor (and its queue) went with the failed spawn, before anything was
             // submitted.
             backend.shutdown_unserved();
-            return fail(format!("worker: {e}"), exit::SOFTWARE);
+            return Err(fail(format!("worker: {e}"), exit::SOFTWARE));
         }
     };
-    let notifier = Notifier::from_env();
-    let mut code = 0;
-    match setup.export(&spec) {
-        Ok(()) => {
-            let mut what = Vec::new();
-            if let Some((wwn, _)) = &spec.loopback {
-                what.push(format!("tcm_loop {wwn}"));
+    if let Err(e) = setup.export_lun(targets, disk.lun, &name) {
+        // The LUN is half made: undo it while the worker still serves (the kernel may have
+        // begun its scan), then the worker, the backstore and the backend, as a stop does.
+        let message = error_chain(&e);
+        let code = configfs_code(&e);
+        disk.running = Some(Running {
+            backend,
+            engine,
+            setup,
+            worker,
+            uio_index,
+        });
+        let started = Instant::now();
+        if let Some(mut running) = disk.running.take() {
+            if let Err(e) = running.setup.unexport() {
+                log::error!("disk {name}: {}", error_chain(&e));
             }
-            if let Some(iscsi) = &spec.iscsi {
-                what.push(format!("iSCSI {} on {}", iscsi.iqn, iscsi.portal));
-            }
-            let line = format!(
-                "serving {} ({} blocks of {}) through TCMU user_{hba}/{name}: {}",
-                disk.args.name,
-                info.num_blocks,
-                info.block_size,
-                what.join(", ")
-            );
-            log::info!("{line}");
-            notifier.status(&line);
-            notifier.ready();
-            wait_for_stop(signals, &worker);
+            running.worker.request_stop();
+            finish(disk, running, "StartFailed", started, true);
         }
-        Err(e) => {
-            eprintln!("scst-accel serve --frontend tcmu: {}", error_chain(&e));
-            code = exit::CONFIG;
-        }
+        return Err(fail(message, code));
     }
-    notifier.stopping();
-    // Targets first, while the worker still serves what the initiators have in flight.
-    let started = Instant::now();
-    if let Err(e) = setup.unexport() {
-        log::error!("tcmu stop: {}", error_chain(&e));
-        code = code.max(exit::SOFTWARE);
-    }
-    let unexported = started.elapsed();
-    let report = worker.stop();
-    let backend_report = match &report {
-        Ok(r) => {
-            log::info!(
-                "tcmu: {} commands started, {} completed, {} refused, {} task management, {} \
-                 deadline escalations; targets removed in {unexported:?}, drain {:?}",
-                r.progress.started,
-                r.progress.completed,
-                r.progress.refused,
-                r.progress.task_management,
-                r.escalations,
-                r.drain_time
-            );
-            if r.error.is_some() {
-                code = code.max(exit::SOFTWARE);
-            }
-            match &r.drained {
-                Ok(drained) => backend.shutdown_drained(drained),
-                Err(e) => {
-                    log::error!("tcmu stop: {e}; the buffer pool is leaked, not unmapped");
-                    code = code.max(exit::SOFTWARE);
-                    backend.shutdown(None)
-                }
-            }
-        }
-        Err(panic) => {
-            log::error!("tcmu stop: the worker panicked ({panic}); the buffer pool is leaked");
-            code = code.max(exit::SOFTWARE);
-            backend.shutdown(None)
-        }
+    disk.exports = targets
+        .tpgs()
+        .iter()
+        .map(|tpg| {
+            let fabric = tpg
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let target = tpg
+                .parent()
+                .and_then(Path::file_name)
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{fabric}/{target}/{}", disk.lun)
+        })
+        .collect();
+    disk.identity = identity.view();
+    disk.block_size = info.block_size;
+    disk.num_blocks = info.num_blocks;
+    disk.running = Some(Running {
+        backend,
+        engine,
+        setup,
+        worker,
+        uio_index,
+    });
+    Ok(())
+}
+
+/// Serve every disk of `config` through TCMU until SIGINT/SIGTERM or until none serves;
+/// returns the exit code.
+pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
+    let fail = |message: String, code: u8| {
+        eprintln!("scst-accel serve --frontend tcmu: {message}");
+        code
     };
-    // The ring is unmapped (the worker dropped the device after its drain): the backstore can go.
-    if let Err(e) = setup.remove() {
-        log::error!("tcmu stop: {}", error_chain(&e));
-        code = code.max(exit::SOFTWARE);
+    let (tx, requests) = crossbeam_channel::unbounded();
+    let handle = TcmuHandle { requests: tx };
+    let view: Arc<dyn ServiceView> = Arc::new(handle.clone());
+    // The control socket and the metrics endpoint are bound before any disk starts: one that
+    // cannot bind is a configuration error, and nothing has been applied yet.
+    let servers = match Servers::start(&config.service, view) {
+        Ok(s) => s,
+        Err(message) => return fail(message, exit::CONFIG),
+    };
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.status(&format!("starting {} disks through TCMU", config.disks.len()));
+    let mut service = TcmuService::new(config);
+    // Events are followed from before the first disk starts, so none of ours is missed.
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let listener = if service.settings.netlink {
+        match EventListener::spawn(move |e| {
+            let _ = events_tx.send(e);
+        }) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!(
+                    "tcmu: device events are not followed: {}; a backstore removed or resized \
+                     through configfs is not noticed",
+                    error_chain(&e)
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let targets = target_spec(&service.settings, &config.disks);
+    if let Err(f) = service.start(&targets) {
+        drop(requests);
+        if let Some(listener) = listener {
+            listener.stop();
+        }
+        servers.stop();
+        return fail(f.message, f.code);
     }
-    if backend_report.mapped_after != 0 || backend_report.leaked_buffers != 0 {
-        log::error!(
-            "tcmu stop: {} bytes still mapped, {} buffers leaked",
-            backend_report.mapped_after,
-            backend_report.leaked_buffers
+    if service.serving() == 0 {
+        for disk in &service.disks {
+            if let Some(message) = &disk.failure {
+                eprintln!("scst-accel serve: disk {}: {message}", disk.spec.args.name);
+            }
+        }
+        // The first disk's failure is the service's, as under scst_user.
+        let code = service
+            .disks
+            .iter()
+            .map(|d| d.exit_code)
+            .find(|&c| c != 0)
+            .unwrap_or(exit::SOFTWARE);
+        drop(requests);
+        service.stop_all("NothingServed");
+        if let Some(listener) = listener {
+            listener.stop();
+        }
+        servers.stop();
+        return fail(format!("no disk could start; exiting {code}"), code);
+    }
+    // The LUNs are linked: logins may begin.
+    if let Some(Err(e)) = service.targets.as_mut().map(Targets::enable) {
+        log::error!("tcmu: enabling the iSCSI target: {}", error_chain(&e));
+        service
+            .disks
+            .iter_mut()
+            .for_each(|d| d.exit_code = d.exit_code.max(exit::CONFIG));
+        drop(requests);
+        service.stop_all("StartFailed");
+        if let Some(listener) = listener {
+            listener.stop();
+        }
+        servers.stop();
+        return fail(error_chain(&e), exit::CONFIG);
+    }
+    // Said once the iSCSI target is enabled too: a script that waits for this line finds the
+    // disk reachable.
+    for disk in service.disks.iter().filter(|d| d.running.is_some()) {
+        log::info!(
+            "serving {} ({} blocks of {}) through TCMU user_{}/{} as LUN {}: {}",
+            disk.spec.args.name,
+            disk.num_blocks,
+            disk.block_size,
+            service.settings.hba,
+            disk.spec.args.name,
+            disk.lun,
+            disk.exports.join(", ")
         );
     }
-    log::info!(
-        "tcmu: stopped in {:?} (release {:.1} ms); exit code {code}",
-        started.elapsed(),
-        backend_report.release_ms
-    );
+    let line = service.status_line();
+    log::info!("{line}");
+    notifier.status(&line);
+    notifier.ready();
+    let watchdog = start_watchdog(&notifier, handle);
+    let mut last_line = line;
+    let mut warned: Option<Instant> = None;
+    loop {
+        if let Ok(request) = requests.recv_timeout(Duration::from_millis(100)) {
+            service.answer(request);
+            // Whatever else queued meanwhile (status and metrics may ask at once).
+            for request in requests.try_iter() {
+                service.answer(request);
+            }
+        }
+        if signals.pending().any(|s| s == SIGINT || s == SIGTERM) {
+            log::info!("signal: stopping every disk");
+            break;
+        }
+        for event in events.try_iter() {
+            service.on_event(&event);
+        }
+        service.reap_finished();
+        if service.serving() == 0 {
+            log::error!("tcmu: no disk serves any more; stopping");
+            break;
+        }
+        let line = service.status_line();
+        if line != last_line {
+            log::info!("{line}");
+            notifier.status(&line);
+            last_line = line;
+        }
+        // A turn is at most 50 ms plus one serving pass; 10 s means stuck. Said every 10 s.
+        for disk in &service.disks {
+            let Some(running) = &disk.running else { continue };
+            let age = running.worker.heartbeat_age();
+            if age > Duration::from_secs(10) && warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                log::warn!(
+                    "disk {}: its worker has not turned for {age:?}",
+                    disk.spec.args.name
+                );
+                warned = Some(Instant::now());
+            }
+        }
+    }
+    // The watchdog goes first: a teardown is not a hang; systemd's stop timeout, extended by
+    // the stop's bound (the drains run in parallel, each at most twice the drain budget), bounds
+    // it instead.
+    if let Some(watchdog) = watchdog {
+        watchdog.stop();
+    }
+    notifier.stopping();
+    notifier.status("stopping: tearing every disk down");
+    notifier.extend_timeout(service.settings.drain * 2 + Duration::from_secs(10));
+    let started = Instant::now();
+    // The loop no longer answers: the request channel is closed, so the control socket's
+    // and the metrics' questions fail at once (a snapshot is empty) instead of each waiting
+    // ANSWER_WAIT, which held the control server's stop for 5 s.
+    drop(requests);
+    service.stop_all("Requested");
+    if let Some(listener) = listener {
+        if listener.lost() > 0 {
+            log::warn!(
+                "tcmu: {} device event(s) were lost or unreadable",
+                listener.lost()
+            );
+        }
+        listener.stop();
+    }
+    servers.stop();
+    let code = service.exit_code();
+    log::info!("tcmu: stopped in {:?}; exit code {code}", started.elapsed());
+    notifier.status(&format!("stopped (exit {code})"));
     code
 }
 
-/// Until SIGINT/SIGTERM, or the worker ends on its own.
-fn wait_for_stop(signals: &mut Signals, worker: &TcmuWorker) {
-    let mut warned: Option<Instant> = None;
-    loop {
-        for signal in signals.pending() {
-            if signal == SIGINT || signal == SIGTERM {
-                log::info!("signal {signal}: stopping");
-                return;
-            }
+/// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
+/// service's loop answers and no serving disk's worker is stuck (as the scst_user service's).
+fn start_watchdog(notifier: &Arc<Notifier>, handle: TcmuHandle) -> Option<Watchdog> {
+    let interval = notifier.watchdog_interval()?;
+    let max_age = crate::serve::WEDGED_AFTER.min(interval);
+    let health = Box::new(move || match handle.wedged(max_age) {
+        Ok(wedged) if wedged.is_empty() => Ok(()),
+        Ok(wedged) => Err(format!("wedged: {}", wedged.join("; "))),
+        Err(e) => Err(e),
+    });
+    match Watchdog::start(Arc::clone(notifier), interval, health) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::error!("cannot start the watchdog thread: {e}; systemd will restart the service");
+            None
         }
-        if worker.is_finished() {
-            log::error!("tcmu: the worker ended; stopping");
-            return;
-        }
-        // A turn is at most 50 ms plus one serving pass; 10 s means stuck. Said every 10 s.
-        if worker.heartbeat_age() > Duration::from_secs(10)
-            && warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            log::warn!("tcmu: the worker has not turned for {:?}", worker.heartbeat_age());
-            warned = Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -356,12 +1195,11 @@ fn remove_logged(setup: Setup<KernelFs>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_setup_is_named_after_the_disk_and_the_hba_keeps_wwns_apart() {
-        let disk = DiskSpec {
+    fn disk(name: &str) -> DiskSpec {
+        DiskSpec {
             args: crate::disk::DiskArgs {
-                name: "vol1".into(),
-                size: 1 << 30,
+                name: name.into(),
+                size: 1 << 20,
                 ..crate::disk::DiskArgs::default()
             },
             board: crate::backend::BoardArg::Ram,
@@ -373,25 +1211,436 @@ mod tests {
             exports: Vec::new(),
             prealloc: 0,
             prealloc_size: 0,
+        }
+    }
+
+    #[test]
+    fn the_backstore_is_named_after_the_disk_and_the_hba_keeps_wwns_apart() {
+        let settings = TcmuSettings {
+            iscsi_portal: Some("127.0.0.1:3260".into()),
+            ..TcmuSettings::default()
         };
-        let args = TcmuArgs {
-            configfs_root: TARGET_ROOT.into(),
-            tcmu_hba: 7,
-            tcmu_ring_mb: None,
-            tcmu_no_loop: false,
-            tcmu_adopt: false,
-            tcmu_iscsi: Some("127.0.0.1:3260".into()),
-            tcmu_drain: Duration::from_secs(5),
-        };
-        let spec = setup_spec(&disk, &args);
-        assert_eq!(spec.name, "vol1");
+        let spec = setup_spec(&disk("vol1"), &settings);
+        assert_eq!((spec.hba, spec.name.as_str()), (7, "vol1"));
         assert_eq!(spec.dev_config, "scst-accel/ram");
         assert_eq!(
-            spec.loopback,
+            (spec.loopback, spec.iscsi),
+            (None, None),
+            "the targets are shared"
+        );
+        let one = target_spec(&settings, &[disk("vol1")]);
+        assert_eq!(one.hba, Some(7));
+        assert_eq!(
+            one.loopback,
             Some(("naa.500140500000000e".into(), "naa.500140500000000f".into()))
         );
-        assert_eq!(spec.iscsi.expect("iscsi").iqn, "iqn.2026-12.org.scst-accel:vol1");
-        let other = setup_spec(&disk, &TcmuArgs { tcmu_hba: 8, ..args });
-        assert_ne!(other.loopback, spec.loopback);
+        assert_eq!(one.iscsi.expect("iscsi").iqn, "iqn.2026-12.org.scst-accel:vol1");
+        let two = target_spec(&settings, &[disk("a"), disk("b")]);
+        assert_eq!(two.iscsi.expect("iscsi").iqn, "iqn.2026-12.org.scst-accel:hba7");
+        let other = target_spec(
+            &TcmuSettings {
+                hba: 8,
+                ..settings.clone()
+            },
+            &[disk("vol1")],
+        );
+        assert_ne!(other.loopback, one.loopback);
+        let none = target_spec(
+            &TcmuSettings {
+                loopback: false,
+                iscsi_portal: None,
+                ..settings
+            },
+            &[disk("vol1")],
+        );
+        assert_eq!((none.loopback, none.iscsi), (None, None));
+    }
+
+    #[test]
+    fn the_workers_figures_become_the_frontend_figures_status_renders() {
+        let s = WorkerStats {
+            started: 10,
+            completed: 7,
+            refused: 1,
+            task_management: 2,
+            errors: 3,
+            escalations: 4,
+        };
+        let f = frontend_stats(s);
+        assert_eq!(
+            (
+                f.exec,
+                f.exec_errors,
+                f.inflight,
+                f.deadline_escalations,
+                f.task_mgmt
+            ),
+            (10, 4, 3, 4, 2)
+        );
+    }
+
+    /// A configfs root that does not exist: the shared targets cannot be made, nothing
+    /// starts, and the error says to mount configfs.
+    #[test]
+    fn without_configfs_nothing_starts_and_the_error_says_why() {
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-svc-{}", std::process::id()));
+        let config = ServiceConfig {
+            service: crate::config::ServiceSettings {
+                tcmu: TcmuSettings {
+                    configfs_root: dir.join("target"),
+                    ..TcmuSettings::default()
+                },
+                ..crate::config::ServiceSettings::default()
+            },
+            disks: vec![disk("a"), disk("b")],
+        };
+        let mut service = TcmuService::new(&config);
+        let err = service
+            .start(&target_spec(&service.settings, &config.disks))
+            .expect_err("no configfs");
+        assert!(err.message.contains("mount configfs"), "{}", err.message);
+        assert_eq!(err.code, exit::UNAVAILABLE);
+        assert_eq!(service.serving(), 0);
+        assert!(service.disks.iter().all(|d| d.running.is_none()));
+    }
+
+    /// A scratch configfs tree with the HBA's parent but no UIO device behind it: every disk's
+    /// backstore is made, its UIO device not found, and each is removed again; the targets go
+    /// at the stop; the tree ends as it began. (Runs only where /sys/class/uio has no TCMU
+    /// device of HBA 4242, which is everywhere but a host using that number.)
+    #[test]
+    fn disks_that_cannot_open_their_ring_leave_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-svc2-{}", std::process::id()));
+        let root = dir.join("target");
+        std::fs::create_dir_all(root.join("core")).expect("scratch");
+        // A plain directory tree stands in for configfs: the backstore's attribute files are
+        // made by hand as the kernel's mkdir would (KernelFs writes without creating).
+        let config = ServiceConfig {
+            service: crate::config::ServiceSettings {
+                state_dir: dir.join("state"),
+                tcmu: TcmuSettings {
+                    configfs_root: root.clone(),
+                    hba: 4242,
+                    loopback: false,
+                    ..TcmuSettings::default()
+                },
+                ..crate::config::ServiceSettings::default()
+            },
+            disks: vec![disk("a")],
+        };
+        let mut service = TcmuService::new(&config);
+        service
+            .start(&target_spec(&service.settings, &config.disks))
+            .expect("the shared objects (the HBA) are made");
+        assert_eq!(service.serving(), 0);
+        let failure = service.disks[0].failure.clone().unwrap_or_default();
+        // KernelFs cannot create configfs's attribute files: the first write fails, and the
+        // backstore directory is removed again.
+        assert!(failure.contains("control"), "{failure}");
+        assert_eq!(service.disks[0].state, DiskState::Failed);
+        assert!(
+            root.join("core/user_4242").is_dir(),
+            "the shared HBA stays until the stop"
+        );
+        assert!(!root.join("core/user_4242/a").exists());
+        service.stop_all("Requested");
+        assert!(!root.join("core/user_4242").exists(), "the HBA went at the stop");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A service whose one disk serves the simulated kernel's ring over a RAM store of 2048
+    /// blocks of 512, with its backstore "adopted" from a scratch tree laid out as configfs
+    /// would (attribute files included), and the simulated kernel's side.
+    struct Rig {
+        service: TcmuService,
+        sim: scst_accel_handler::tcmu::sim::SimKernel,
+        kernel: std::os::unix::net::UnixStream,
+        root: PathBuf,
+        dir: PathBuf,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn serving_rig(tag: &str) -> Rig {
+        use scst_accel_handler::scsi::DiskConfig;
+        use scst_accel_handler::store::ram::RamStore;
+        use scst_accel_handler::store::Store;
+        use scst_accel_handler::tcmu::sim::SimConfig;
+        use scst_accel_handler::tcmu::sim::SimKernel;
+        use scst_accel_handler::tcmu::uio::UioEvents;
+        use scst_accel_handler::tcmu::uio::UioInfo;
+        use std::os::fd::OwnedFd;
+        use std::os::unix::net::UnixStream;
+
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-rig-{tag}-{}", std::process::id()));
+        let root = dir.join("target");
+        let backstore = root.join("core/user_4243/d0");
+        std::fs::create_dir_all(backstore.join("attrib")).expect("scratch");
+        for f in ["control", "enable", "attrib/dev_size"] {
+            std::fs::write(backstore.join(f), "").expect("attribute");
+        }
+        let config = ServiceConfig {
+            service: crate::config::ServiceSettings {
+                tcmu: TcmuSettings {
+                    configfs_root: root.clone(),
+                    hba: 4243,
+                    loopback: false,
+                    adopt: true,
+                    drain: Duration::from_secs(1),
+                    ..TcmuSettings::default()
+                },
+                ..crate::config::ServiceSettings::default()
+            },
+            disks: vec![disk("d0")],
+        };
+        let mut service = TcmuService::new(&config);
+        let sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: scst_accel_handler::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let (ours, kernel) = UnixStream::pair().expect("pair");
+        kernel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let info = UioInfo {
+            index: 3,
+            name: TcmuUioName::parse("tcm-user/4243/d0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store: Arc<dyn Store> = Arc::new(RamStore::new(512, 2048, 256));
+        let backend = Backend::from_store(store, 1 << 22);
+        let engine = Arc::new(Disk::new(DiskConfig::for_store(&backend.store.info())));
+        let exec = Executor::new(
+            Arc::clone(&engine),
+            backend.store.open_queue().expect("queue"),
+            Arc::clone(&backend.pool),
+        );
+        let worker = TcmuWorker::spawn(
+            "tcmu-rig",
+            device,
+            exec,
+            WorkerConfig {
+                idle_poll: Duration::from_millis(10),
+                drain_budget: Duration::from_secs(1),
+                ..WorkerConfig::default()
+            },
+        )
+        .expect("spawn");
+        let setup =
+            Setup::adopt(KernelFs, &root, &setup_spec(&config.disks[0], &service.settings)).expect("adopt");
+        let d = &mut service.disks[0];
+        d.block_size = 512;
+        d.num_blocks = 2048;
+        d.state = DiskState::Serving;
+        d.running = Some(Running {
+            backend,
+            engine,
+            setup,
+            worker,
+            uio_index: 3,
+        });
+        Rig {
+            service,
+            sim,
+            kernel,
+            root,
+            dir,
+        }
+    }
+
+    /// READ CAPACITY(10) through the simulated ring: the last LBA the engine reports.
+    fn read_capacity(rig: &mut Rig, id: u16) -> u32 {
+        use scst_accel_handler::tcmu::abi::Iovec;
+        use std::io::Read;
+        use std::io::Write;
+        let iov = [Iovec {
+            iov_base: rig.sim.data_off() as u64,
+            iov_len: 8,
+        }];
+        rig.sim
+            .post_cmd(id, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &iov, &[])
+            .expect("post");
+        rig.kernel.write_all(&1u32.to_ne_bytes()).expect("event");
+        let mut kick = [0u8; 4];
+        rig.kernel.read_exact(&mut kick).expect("kicked");
+        let done = rig.sim.reap().expect("reap");
+        assert_eq!(done.iter().map(|c| c.status).collect::<Vec<_>>(), [0]);
+        let data = rig.sim.read_data(rig.sim.data_off(), 4);
+        u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+    }
+
+    fn event(kind: EventKind, device: &str) -> DeviceEvent {
+        DeviceEvent {
+            kind,
+            device: device.into(),
+            minor: Some(3),
+            device_id: Some(1),
+            dev_size: None,
+            dev_config: None,
+            write_cache: None,
+        }
+    }
+
+    #[test]
+    fn a_reconfigured_size_is_served_and_a_removed_backstore_stops_its_disk() {
+        let mut rig = serving_rig("events");
+        assert_eq!(read_capacity(&mut rig, 1), 2047);
+        // Another handler's device, and our own ADDED: ignored.
+        rig.service
+            .on_event(&event(EventKind::Removed, "tcm-user/9/other/tcmu-runner/x"));
+        rig.service
+            .on_event(&event(EventKind::Added, "tcm-user/4243/d0/scst-accel/ram"));
+        assert_eq!(rig.service.serving(), 1);
+        // dev_size written through configfs: the store grows and READ CAPACITY says so.
+        rig.service.on_event(&DeviceEvent {
+            dev_size: Some(4096 * 512),
+            ..event(EventKind::Reconfig, "tcm-user/4243/d0/scst-accel/ram")
+        });
+        assert_eq!(read_capacity(&mut rig, 2), 4095);
+        // A size the RAM store cannot take (a shrink): refused, the size served stays.
+        rig.service.on_event(&DeviceEvent {
+            dev_size: Some(1024 * 512),
+            ..event(EventKind::Reconfig, "tcm-user/4243/d0/scst-accel/ram")
+        });
+        assert_eq!(read_capacity(&mut rig, 3), 4095);
+        // The status figures: three commands, none in flight, no error.
+        let snapshot = rig.service.disks[0].snapshot();
+        assert_eq!(snapshot.num_blocks, 4096);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig.service.disks[0].snapshot().frontend.unwrap_or_default().exec < 3
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let f = rig.service.disks[0].snapshot().frontend.expect("figures");
+        assert_eq!((f.exec, f.exec_errors, f.inflight), (3, 0, 0));
+        // The kernel destroys the backstore (an operator's rmdir): the disk is stopped, its
+        // store drained, shown failed; its configfs objects, gone already, are not an error.
+        std::fs::remove_dir_all(rig.root.join("core/user_4243/d0")).expect("the kernel's rmdir");
+        rig.service
+            .on_event(&event(EventKind::Removed, "tcm-user/4243/d0/scst-accel/ram"));
+        let d = &rig.service.disks[0];
+        assert!(d.running.is_none());
+        assert_eq!(d.state, DiskState::Failed);
+        assert!(
+            d.failure.as_deref().unwrap_or("").contains("REMOVED_DEVICE"),
+            "{:?}",
+            d.failure
+        );
+        let record = d.teardowns.last().expect("a teardown record");
+        assert_eq!(
+            (record.trigger.as_str(), record.unmap_permitted),
+            ("KernelRemoved", true)
+        );
+        assert_eq!(d.exit_code, 0, "nothing was left behind");
+        assert_eq!(rig.service.serving(), 0);
+    }
+
+    #[test]
+    fn the_control_sockets_view_answers_from_the_service_loop() {
+        let mut rig = serving_rig("view");
+        let (tx, requests) = crossbeam_channel::unbounded();
+        let view = TcmuHandle { requests: tx };
+        let asker = std::thread::spawn(move || {
+            let snapshot = view.snapshot();
+            let grown = view.resize("d0", 3072 * 512);
+            let odd = view.resize("d0", 1000);
+            let dump = view.dump("d0");
+            let wedged = view.wedged(Duration::from_secs(10));
+            let unknown = view.dump("nope");
+            (snapshot, grown, odd, dump, unknown, wedged)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !asker.is_finished() && Instant::now() < deadline {
+            if let Ok(r) = requests.recv_timeout(Duration::from_millis(20)) {
+                rig.service.answer(r);
+            }
+        }
+        let (snapshot, grown, odd, dump, unknown, wedged) = asker.join().expect("asker");
+        assert_eq!(wedged, Ok(Vec::new()), "a serving worker turns every 10 ms");
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(
+            (snapshot[0].name.as_str(), snapshot[0].state),
+            ("d0", DiskState::Serving)
+        );
+        assert_eq!(grown, Ok(3072));
+        assert_eq!(
+            std::fs::read_to_string(rig.root.join("core/user_4243/d0/attrib/dev_size")).expect("dev_size"),
+            (3072 * 512).to_string(),
+            "the kernel was told the new size"
+        );
+        assert!(odd.expect_err("not a multiple").contains("block size"));
+        assert!(dump.expect("dump").contains("/dev/uio3"));
+        assert!(unknown.expect_err("unknown").contains("no disk nope"));
+        assert_eq!(read_capacity(&mut rig, 1), 3071);
+        // The stop: drained, unmapped, the backstore and the HBA removed (the attribute files
+        // go first here by hand: configfs removes them with their directory, a plain one does
+        // not).
+        for f in ["control", "enable", "attrib/dev_size"] {
+            std::fs::remove_file(rig.root.join("core/user_4243/d0").join(f)).expect("rm");
+        }
+        std::fs::remove_dir(rig.root.join("core/user_4243/d0/attrib")).expect("rm");
+        rig.service.stop_all("Requested");
+        let d = &rig.service.disks[0];
+        assert_eq!((d.state, d.exit_code), (DiskState::Stopped, 0));
+        assert!(
+            !rig.root.join("core/user_4243").exists(),
+            "backstore and HBA removed"
+        );
+    }
+
+    /// The kernel's removal seen by the worker first (its device gone: here the event fd's
+    /// peer closes) with the backstore gone from configfs: a removal, not a failure of ours;
+    /// the same end with the backstore still there is the worker's failure (exit 70).
+    #[test]
+    fn a_worker_that_saw_its_device_go_is_a_removal_only_if_the_backstore_went() {
+        for removed in [true, false] {
+            let mut rig = serving_rig(if removed { "gone" } else { "failed" });
+            if removed {
+                std::fs::remove_dir_all(rig.root.join("core/user_4243/d0")).expect("the kernel's rmdir");
+            }
+            let Rig { kernel, .. } = &mut rig;
+            kernel
+                .shutdown(std::net::Shutdown::Both)
+                .expect("the device goes");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let ended = |s: &TcmuService| {
+                s.disks[0]
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.worker.is_finished())
+            };
+            while !ended(&rig.service) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Until it is reaped, the watchdog's health check names it.
+            assert_eq!(
+                rig.service.wedged(Duration::from_secs(10)),
+                ["disk d0: its worker ended"]
+            );
+            while rig.service.serving() == 1 && Instant::now() < deadline {
+                rig.service.reap_finished();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let d = &rig.service.disks[0];
+            assert_eq!(d.state, DiskState::Failed, "removed {removed}");
+            let trigger = d.teardowns.last().map(|t| t.trigger.clone()).unwrap_or_default();
+            if removed {
+                assert_eq!((trigger.as_str(), d.exit_code), (KERNEL_REMOVED, 0));
+                assert!(d
+                    .failure
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("removed its backstore"));
+            } else {
+                assert_eq!((trigger.as_str(), d.exit_code), ("WorkerEnded", exit::SOFTWARE));
+            }
+        }
     }
 }

@@ -94,3 +94,14 @@ fn the_shipped_example_is_valid() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_shipped_tcmu_example_is_valid() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/appliance-tcmu.toml");
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("valid: 2 disks (accel0 on sim, ram0 on ram)"),
+        "{stdout}"
+    );
+}

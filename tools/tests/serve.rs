@@ -529,13 +529,30 @@ fn tcmu_without_lio_says_what_to_load_and_leaves_nothing_behind() {
     assert_eq!(code, Some(69), "{err}");
     assert!(err.contains("mount configfs"), "{err}");
     assert!(!missing.exists(), "nothing created under the root");
-    // With core/ but no target_core_user: the HBA's mkdir is where a kernel would refuse; a
-    // plain directory accepts it, so the next step (the backstore's control file, which
-    // configfs would have created) is the one that fails, naming that file.
+    // With core/ but no LIO behind it: the shared objects come first (the HBA, then the
+    // tcm_loop target); a plain directory accepts their mkdirs, so the first attribute
+    // (the nexus, which configfs would have created) is the one that fails, naming that file,
+    // and what was made is removed again.
     std::fs::create_dir_all(missing.join("core")).expect("core");
     let (code, err) = run(&[
         "--frontend",
         "tcmu",
+        "--size",
+        "16m",
+        "--configfs-root",
+        missing.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(
+        err.contains("loopback/naa.500140500000000e/tpgt_1/nexus"),
+        "{err}"
+    );
+    assert!(!missing.join("loopback").exists(), "the target was removed again");
+    // Without tcm_loop the backstore is the first to write: its control file fails.
+    let (code, err) = run(&[
+        "--frontend",
+        "tcmu",
+        "--tcmu-no-loop",
         "--size",
         "16m",
         "--configfs-root",
@@ -555,7 +572,48 @@ fn tcmu_without_lio_says_what_to_load_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn tcmu_is_one_disk_and_not_with_loopback() {
+fn a_tcmu_configuration_file_starts_every_disk_and_leaves_nothing_when_none_can_serve() {
+    // Two disks, frontend = "tcmu" in the file, on a scratch tree standing in for configfs
+    // (plain directories: the backstores' attribute files do not appear, so each disk fails
+    // at its control file): every disk is tried and named, the first failure is the exit
+    // code, and the shared HBA is removed at the end.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("target");
+    std::fs::create_dir_all(root.join("core")).expect("core");
+    let file = dir.path().join("svc.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[service]\nfrontend = \"tcmu\"\n[service.tcmu]\nconfigfs_root = \"{}\"\nhba = 5\n\
+             loopback = false\nnetlink = false\n[[disk]]\nname = \"d0\"\nboard = \"ram\"\nsize = \"8M\"\n\
+             [[disk]]\nname = \"d1\"\nboard = \"ram\"\nsize = \"8M\"\n",
+            root.display()
+        ),
+    )
+    .expect("config");
+    let (code, err) = run(&["--config", file.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(
+        err.contains("disk d0:") && err.contains("core/user_5/d0/control"),
+        "{err}"
+    );
+    assert!(
+        err.contains("disk d1:") && err.contains("core/user_5/d1/control"),
+        "{err}"
+    );
+    assert!(err.contains("no disk could start"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(root.join("core"))
+        .expect("core")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the HBA and both backstores were removed: {left:?}"
+    );
+}
+
+#[test]
+fn tcmu_is_not_with_loopback() {
     let (code, err) = run(&["--frontend", "tcmu", "--loopback", "--size", "16m"]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--loopback"), "{err}");

@@ -142,27 +142,190 @@ enum Created {
     Disable(PathBuf),
 }
 
+/// The configfs objects one owner created, in creation order, and the operations that record
+/// them: the common part of [`Setup`] (a backstore and its LUNs) and [`Targets`] (targets
+/// several backstores share).
+struct Objects<F: ConfigfsFs> {
+    fs: F,
+    root: PathBuf,
+    created: Vec<Created>,
+    /// Objects that exist already are taken over ([`Setup::adopt`]).
+    adopt: bool,
+}
+
+impl<F: ConfigfsFs> Objects<F> {
+    fn err(&self, action: &'static str, path: &Path, source: io::Error) -> ConfigfsError {
+        ConfigfsError {
+            action,
+            path: path.to_owned(),
+            hint: hint_for(action, path, &source, &self.root),
+            source,
+        }
+    }
+
+    fn check_root(&self) -> Result<(), ConfigfsError> {
+        if self.fs.exists(&self.root) {
+            return Ok(());
+        }
+        Err(self.err("open", &self.root, io::Error::from(io::ErrorKind::NotFound)))
+    }
+
+    /// Make a directory (or, adopting, take over an existing one); `true` if it existed.
+    fn mkdir(&mut self, path: PathBuf) -> Result<bool, ConfigfsError> {
+        let existed = self.adopt && self.fs.exists(&path);
+        if !existed {
+            self.fs.mkdir(&path).map_err(|e| self.err("mkdir", &path, e))?;
+        }
+        self.created.push(Created::Dir(path));
+        Ok(existed)
+    }
+
+    /// A directory shared with other objects (an HBA, a fabric, a target): created if absent,
+    /// and then removed at the end only if this setup created (or adopted) it.
+    fn mkdir_shared(&mut self, path: PathBuf) -> Result<(), ConfigfsError> {
+        if self.fs.exists(&path) {
+            if self.adopt {
+                self.created.push(Created::SharedDir(path));
+            }
+            return Ok(());
+        }
+        self.mkdir(path).map(|_| ())
+    }
+
+    fn write(&self, path: &Path, value: &str) -> Result<(), ConfigfsError> {
+        self.fs
+            .write_attr(path, value)
+            .map_err(|e| self.err("write", path, e))
+    }
+
+    fn link(&mut self, target: &Path, link: PathBuf) -> Result<(), ConfigfsError> {
+        let existed = self.adopt && self.fs.exists(&link);
+        if !existed {
+            self.fs
+                .symlink(target, &link)
+                .map_err(|e| self.err("link", &link, e))?;
+        }
+        self.created.push(Created::Link(link));
+        Ok(())
+    }
+
+    /// The TPGs of `spec` (fabric, target, TPG; tcm_loop's nexus; iSCSI's portal and demo-mode
+    /// attributes, not yet enabled), in that order; returns them (loop first).
+    fn build_tpgs(&mut self, spec: &TargetSpec) -> Result<Vec<PathBuf>, ConfigfsError> {
+        let mut tpgs = Vec::new();
+        if let Some(hba) = spec.hba {
+            self.mkdir_shared(self.root.join(format!("core/user_{hba}")))?;
+        }
+        if let Some((wwn, initiator)) = &spec.loopback {
+            // The fabric's directory first: its mkdir is what registers tcm_loop's fabric.
+            self.mkdir_shared(self.root.join("loopback"))?;
+            let target = self.root.join("loopback").join(wwn);
+            self.mkdir_shared(target.clone())?;
+            let tpg = target.join("tpgt_1");
+            if !self.mkdir(tpg.clone())? {
+                self.write(&tpg.join("nexus"), initiator)?;
+            }
+            tpgs.push(tpg);
+        }
+        if let Some(iscsi) = &spec.iscsi {
+            self.mkdir_shared(self.root.join("iscsi"))?;
+            let target = self.root.join("iscsi").join(&iscsi.iqn);
+            self.mkdir_shared(target.clone())?;
+            let tpg = target.join("tpgt_1");
+            self.mkdir(tpg.clone())?;
+            self.mkdir(tpg.join("np").join(&iscsi.portal))?;
+            let attrib = tpg.join("attrib");
+            for (name, value) in [
+                ("authentication", "0"),
+                ("generate_node_acls", "1"),
+                ("demo_mode_write_protect", "0"),
+                ("cache_dynamic_acls", "1"),
+            ] {
+                self.write(&attrib.join(name), value)?;
+            }
+            tpgs.push(tpg);
+        }
+        Ok(tpgs)
+    }
+
+    /// LUN `lun` of each TPG, linked to `backstore` as `name`.
+    fn link_luns(
+        &mut self,
+        tpgs: &[PathBuf],
+        lun: u32,
+        backstore: &Path,
+        name: &str,
+    ) -> Result<(), ConfigfsError> {
+        for tpg in tpgs {
+            let dir = tpg.join(format!("lun/lun_{lun}"));
+            self.mkdir(dir.clone())?;
+            self.link(backstore, dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// `enable` = 1 of the iSCSI TPGs among `tpgs` (after their LUNs, so the first login sees
+    /// them), recorded so the removal disables them first.
+    fn enable_iscsi(&mut self, tpgs: &[PathBuf]) -> Result<(), ConfigfsError> {
+        for tpg in tpgs.iter().filter(|t| t.starts_with(self.root.join("iscsi"))) {
+            let enable = tpg.join("enable");
+            self.write(&enable, "1")?;
+            self.created.push(Created::Disable(enable));
+        }
+        Ok(())
+    }
+
+    fn remove_down_to(&mut self, keep: usize) -> Result<(), ConfigfsError> {
+        let mut first = None;
+        while self.created.len() > keep {
+            let Some(object) = self.created.pop() else {
+                break;
+            };
+            let result = match &object {
+                Created::Dir(p) => self.fs.rmdir(p).map_err(|e| self.err("rmdir", p, e)),
+                Created::SharedDir(p) => {
+                    if let Err(e) = self.fs.rmdir(p) {
+                        log::info!("configfs: {} adopted and still in use, left: {e}", p.display());
+                    }
+                    Ok(())
+                }
+                Created::Link(p) => self.fs.unlink(p).map_err(|e| self.err("unlink", p, e)),
+                Created::Disable(p) => self.write(p, "0"),
+            };
+            match result {
+                Ok(()) => {}
+                // Gone already: the kernel destroyed the backstore (an operator's rmdir, seen as
+                // a REMOVED_DEVICE event) and its LUNs with it. What is wanted, absence, holds.
+                Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
+                    log::info!("configfs teardown: {} was gone already", e.path.display());
+                }
+                Err(e) => {
+                    log::error!("configfs teardown: {e}");
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
 /// The objects created for one backstore; remove them with [`Setup::remove`]. Dropping it
 /// without removing leaves them in configfs (a restarted handler can attach to the same
 /// backstore; see docs/tcmu.md).
 #[must_use = "the configfs objects stay until Setup::remove"]
 pub struct Setup<F: ConfigfsFs> {
-    fs: F,
-    root: PathBuf,
+    objects: Objects<F>,
     backstore: PathBuf,
-    created: Vec<Created>,
-    /// How many of `created` are the backstore's (the rest are targets).
+    /// How many of `objects.created` are the backstore's (the rest are targets and LUNs).
     backstore_objects: usize,
-    /// Objects that exist already are taken over ([`Setup::adopt`]).
-    adopt: bool,
 }
 
 impl<F: ConfigfsFs> fmt::Debug for Setup<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Setup")
-            .field("root", &self.root)
+            .field("root", &self.objects.root)
             .field("backstore", &self.backstore)
-            .field("created", &self.created)
+            .field("created", &self.objects.created)
             .finish_non_exhaustive()
     }
 }
@@ -233,20 +396,22 @@ impl<F: ConfigfsFs> Setup<F> {
         let hba = root.join(format!("core/user_{}", spec.hba));
         let backstore = hba.join(&spec.name);
         let mut setup = Self {
-            fs,
-            root: root.to_owned(),
-            backstore: backstore.clone(),
-            created: Vec::new(),
+            objects: Objects {
+                fs,
+                root: root.to_owned(),
+                created: Vec::new(),
+                adopt,
+            },
+            backstore,
             backstore_objects: 0,
-            adopt,
         };
         match setup.build_backstore(spec, &hba) {
             Ok(()) => {
-                setup.backstore_objects = setup.created.len();
+                setup.backstore_objects = setup.objects.created.len();
                 Ok(setup)
             }
             Err(e) => {
-                if let Err(undo) = setup.remove_created() {
+                if let Err(undo) = setup.objects.remove_down_to(0) {
                     log::error!("after a failed configfs setup, removing it failed too: {undo}");
                 }
                 Err(e)
@@ -259,65 +424,14 @@ impl<F: ConfigfsFs> Setup<F> {
         &self.backstore
     }
 
-    fn err(&self, action: &'static str, path: &Path, source: io::Error) -> ConfigfsError {
-        ConfigfsError {
-            action,
-            path: path.to_owned(),
-            hint: hint_for(action, path, &source, &self.root),
-            source,
-        }
-    }
-
-    /// Make a directory (or, adopting, take over an existing one); `true` if it existed.
-    fn mkdir(&mut self, path: PathBuf) -> Result<bool, ConfigfsError> {
-        let existed = self.adopt && self.fs.exists(&path);
-        if !existed {
-            self.fs.mkdir(&path).map_err(|e| self.err("mkdir", &path, e))?;
-        }
-        self.created.push(Created::Dir(path));
-        Ok(existed)
-    }
-
-    /// A directory shared with other objects (an HBA, a fabric, a target): created if absent,
-    /// and then removed at the end only if this setup created (or adopted) it.
-    fn mkdir_shared(&mut self, path: PathBuf) -> Result<(), ConfigfsError> {
-        if self.fs.exists(&path) {
-            if self.adopt {
-                self.created.push(Created::SharedDir(path));
-            }
-            return Ok(());
-        }
-        self.mkdir(path).map(|_| ())
-    }
-
-    fn write(&self, path: &Path, value: &str) -> Result<(), ConfigfsError> {
-        self.fs
-            .write_attr(path, value)
-            .map_err(|e| self.err("write", path, e))
-    }
-
-    fn link(&mut self, target: &Path, link: PathBuf) -> Result<(), ConfigfsError> {
-        let existed = self.adopt && self.fs.exists(&link);
-        if !existed {
-            self.fs
-                .symlink(target, &link)
-                .map_err(|e| self.err("link", &link, e))?;
-        }
-        self.created.push(Created::Link(link));
-        Ok(())
-    }
-
     fn build_backstore(&mut self, spec: &SetupSpec, hba: &Path) -> Result<(), ConfigfsError> {
-        if !self.fs.exists(&self.root) {
-            return Err(self.err(
-                "open",
-                &self.root.clone(),
-                io::Error::from(io::ErrorKind::NotFound),
-            ));
-        }
-        self.mkdir_shared(hba.to_owned())?;
+        let objects = &mut self.objects;
+        objects.check_root()?;
+        // Several backstores (several disks of one service) share the HBA: the first makes it,
+        // the last to go removes it (a rmdir of a shared directory in use is left, and said).
+        objects.mkdir_shared(hba.to_owned())?;
         let backstore = self.backstore.clone();
-        if self.mkdir(backstore.clone())? {
+        if objects.mkdir(backstore.clone())? {
             // Adopted: configured and enabled by the earlier run; the kernel refuses most keys
             // of an enabled device anyway.
             log::info!("configfs: adopting backstore {}", backstore.display());
@@ -326,63 +440,63 @@ impl<F: ConfigfsFs> Setup<F> {
         let control = backstore.join("control");
         // One key per write: the kernel parses a comma list too, but one per write names the
         // key it refused.
-        self.write(&control, &format!("dev_size={}", spec.size))?;
-        self.write(&control, &format!("hw_block_size={}", spec.block_size))?;
-        self.write(&control, &format!("dev_config={}", spec.dev_config))?;
+        objects.write(&control, &format!("dev_size={}", spec.size))?;
+        objects.write(&control, &format!("hw_block_size={}", spec.block_size))?;
+        objects.write(&control, &format!("dev_config={}", spec.dev_config))?;
         if let Some(mb) = spec.ring_mb {
-            self.write(&control, &format!("cmd_ring_size_mb={mb}"))?;
+            objects.write(&control, &format!("cmd_ring_size_mb={mb}"))?;
         }
-        self.write(&backstore.join("enable"), "1")?;
+        objects.write(&backstore.join("enable"), "1")?;
         Ok(())
     }
 
-    /// Create the targets of `spec` (tcm_loop, iSCSI) and link their LUNs to the backstore.
-    /// Call it once the backstore is being served: linking a LUN makes the kernel scan it
-    /// (INQUIRY, READ CAPACITY) through the ring, and an unserved ring costs that scan the
-    /// kernel's command timeout. On a failure the objects created so far stay recorded:
-    /// [`Setup::remove`] removes them with the backstore.
+    /// Tell the kernel the enabled backstore's new size, as a resize does: `attrib/dev_size`
+    /// (`control`'s `dev_size=` only counts before `enable`). target_core_user broadcasts it
+    /// as a RECONFIG_DEVICE event, then takes the size.
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file.
+    pub fn set_dev_size(&self, bytes: u64) -> Result<(), ConfigfsError> {
+        self.objects
+            .write(&self.backstore.join("attrib/dev_size"), &bytes.to_string())
+    }
+
+    /// Create the targets of `spec` (tcm_loop, iSCSI) and link their LUN 0 to the backstore:
+    /// one disk with targets of its own (several disks share theirs with [`Targets`] and
+    /// [`Setup::export_lun`]). Call it once the backstore is being served: linking a LUN
+    /// makes the kernel scan it (INQUIRY, READ CAPACITY) through the ring, and an unserved
+    /// ring costs that scan the kernel's command timeout. On a failure the objects created so
+    /// far stay recorded: [`Setup::remove`] removes them with the backstore.
     ///
     /// # Errors
     /// [`ConfigfsError`] naming the file that failed.
     pub fn export(&mut self, spec: &SetupSpec) -> Result<(), ConfigfsError> {
+        let targets = TargetSpec {
+            hba: None,
+            loopback: spec.loopback.clone(),
+            iscsi: spec.iscsi.clone(),
+        };
+        let tpgs = self.objects.build_tpgs(&targets)?;
         let backstore = self.backstore.clone();
-        if let Some((wwn, initiator)) = &spec.loopback {
-            // The fabric's directory first: its mkdir is what registers tcm_loop's fabric.
-            self.mkdir_shared(self.root.join("loopback"))?;
-            let target = self.root.join("loopback").join(wwn);
-            self.mkdir_shared(target.clone())?;
-            let tpg = target.join("tpgt_1");
-            if !self.mkdir(tpg.clone())? {
-                self.write(&tpg.join("nexus"), initiator)?;
-            }
-            let lun = tpg.join("lun/lun_0");
-            self.mkdir(lun.clone())?;
-            self.link(&backstore, lun.join(&spec.name))?;
-        }
-        if let Some(iscsi) = &spec.iscsi {
-            self.mkdir_shared(self.root.join("iscsi"))?;
-            let target = self.root.join("iscsi").join(&iscsi.iqn);
-            self.mkdir_shared(target.clone())?;
-            let tpg = target.join("tpgt_1");
-            self.mkdir(tpg.clone())?;
-            let lun = tpg.join("lun/lun_0");
-            self.mkdir(lun.clone())?;
-            self.link(&backstore, lun.join(&spec.name))?;
-            self.mkdir(tpg.join("np").join(&iscsi.portal))?;
-            let attrib = tpg.join("attrib");
-            for (name, value) in [
-                ("authentication", "0"),
-                ("generate_node_acls", "1"),
-                ("demo_mode_write_protect", "0"),
-                ("cache_dynamic_acls", "1"),
-            ] {
-                self.write(&attrib.join(name), value)?;
-            }
-            let enable = tpg.join("enable");
-            self.write(&enable, "1")?;
-            self.created.push(Created::Disable(enable));
-        }
-        Ok(())
+        self.objects.link_luns(&tpgs, 0, &backstore, &spec.name)?;
+        self.objects.enable_iscsi(&tpgs)
+    }
+
+    /// Link LUN `lun` of every TPG of `targets` to this backstore (named `name` in the LUN, as
+    /// the backstore is). The LUN and link belong to this setup: [`Setup::unexport`] removes
+    /// them and nothing of the shared targets. As with [`Setup::export`], call it once the
+    /// backstore is served.
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file that failed; what was made stays recorded.
+    pub fn export_lun<G: ConfigfsFs>(
+        &mut self,
+        targets: &Targets<G>,
+        lun: u32,
+        name: &str,
+    ) -> Result<(), ConfigfsError> {
+        let backstore = self.backstore.clone();
+        self.objects.link_luns(&targets.tpgs, lun, &backstore, name)
     }
 
     /// Remove the targets (their LUNs first), keeping the backstore: the kernel takes no new
@@ -393,7 +507,7 @@ impl<F: ConfigfsFs> Setup<F> {
     /// # Errors
     /// The first failure; the objects after it in the order were still tried.
     pub fn unexport(&mut self) -> Result<(), ConfigfsError> {
-        self.remove_down_to(self.backstore_objects)
+        self.objects.remove_down_to(self.backstore_objects)
     }
 
     /// Remove every object created, newest first. Goes on past a failure.
@@ -405,32 +519,126 @@ impl<F: ConfigfsFs> Setup<F> {
     }
 
     fn remove_created(&mut self) -> Result<(), ConfigfsError> {
-        self.remove_down_to(0)
+        self.objects.remove_down_to(0)
+    }
+}
+
+/// The targets several backstores share: one tcm_loop target (one SCSI host, one `/dev/sdX`
+/// per LUN) and optionally one iSCSI target, each with its TPG; each disk links its own LUN
+/// ([`Setup::export_lun`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetSpec {
+    /// The user HBA the disks' backstores share (`core/user_<hba>`), made first so that it
+    /// belongs to the service, not to whichever disk came first (a disk removed while the
+    /// others serve would otherwise take it, or fail to); `None`: each setup makes its own.
+    pub hba: Option<u32>,
+    /// A tcm_loop target's WWN and its initiator's for the nexus; `None` for none.
+    pub loopback: Option<(String, String)>,
+    /// An iSCSI target; `None` for none.
+    pub iscsi: Option<IscsiSpec>,
+}
+
+/// The shared targets, created once before the first disk's LUN and removed after the last
+/// disk's LUN went ([`Targets::remove`]).
+#[must_use = "the configfs objects stay until Targets::remove"]
+pub struct Targets<F: ConfigfsFs> {
+    objects: Objects<F>,
+    tpgs: Vec<PathBuf>,
+}
+
+impl<F: ConfigfsFs> fmt::Debug for Targets<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Targets")
+            .field("tpgs", &self.tpgs)
+            .field("created", &self.objects.created)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: ConfigfsFs> Targets<F> {
+    /// Create the targets and TPGs of `spec` (an iSCSI TPG is enabled later, by
+    /// [`Targets::enable`], once LUNs are linked). With `adopt`, existing ones are taken over
+    /// untouched, as [`Setup::adopt`] does. On a failure what was made is removed again.
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file that failed.
+    pub fn create(fs: F, root: &Path, spec: &TargetSpec, adopt: bool) -> Result<Self, ConfigfsError> {
+        let mut objects = Objects {
+            fs,
+            root: root.to_owned(),
+            created: Vec::new(),
+            adopt,
+        };
+        match objects.check_root().and_then(|()| objects.build_tpgs(spec)) {
+            Ok(tpgs) => Ok(Self { objects, tpgs }),
+            Err(e) => {
+                if let Err(undo) = objects.remove_down_to(0) {
+                    log::error!("after a failed configfs setup, removing it failed too: {undo}");
+                }
+                Err(e)
+            }
+        }
     }
 
-    fn remove_down_to(&mut self, keep: usize) -> Result<(), ConfigfsError> {
+    /// The TPG directories (tcm_loop's first).
+    pub fn tpgs(&self) -> &[PathBuf] {
+        &self.tpgs
+    }
+
+    /// Enable the iSCSI TPG (logins accepted from now on).
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file.
+    pub fn enable(&mut self) -> Result<(), ConfigfsError> {
+        let tpgs = self.tpgs.clone();
+        self.objects.enable_iscsi(&tpgs)
+    }
+
+    /// Disable the iSCSI TPG ahead of the LUNs' removal (no new login meanwhile); the rest
+    /// stays for [`Targets::remove`].
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file.
+    pub fn disable(&mut self) -> Result<(), ConfigfsError> {
         let mut first = None;
-        while self.created.len() > keep {
-            let Some(object) = self.created.pop() else {
-                break;
-            };
-            let result = match &object {
-                Created::Dir(p) => self.fs.rmdir(p).map_err(|e| self.err("rmdir", p, e)),
-                Created::SharedDir(p) => {
-                    if let Err(e) = self.fs.rmdir(p) {
-                        log::info!("configfs: {} adopted and still in use, left: {e}", p.display());
-                    }
-                    Ok(())
-                }
-                Created::Link(p) => self.fs.unlink(p).map_err(|e| self.err("unlink", p, e)),
-                Created::Disable(p) => self.write(p, "0"),
-            };
-            if let Err(e) = result {
-                log::error!("configfs teardown: {e}");
+        while let Some(Created::Disable(_)) = self.objects.created.last() {
+            let keep = self.objects.created.len() - 1;
+            if let Err(e) = self.objects.remove_down_to(keep) {
                 first.get_or_insert(e);
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Remove the targets, newest first, going on past a failure (call it after every disk's
+    /// [`Setup::unexport`]: a TPG with a LUN left cannot go).
+    ///
+    /// # Errors
+    /// The first failure.
+    pub fn remove(mut self) -> Result<(), ConfigfsError> {
+        self.objects.remove_down_to(0)
+    }
+}
+
+/// A shared file system serves several owners (the targets and each disk's setup).
+impl<T: ConfigfsFs + ?Sized> ConfigfsFs for &T {
+    fn mkdir(&self, path: &Path) -> io::Result<()> {
+        (**self).mkdir(path)
+    }
+    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+        (**self).write_attr(path, value)
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        (**self).symlink(target, link)
+    }
+    fn unlink(&self, link: &Path) -> io::Result<()> {
+        (**self).unlink(link)
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        (**self).rmdir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        (**self).exists(path)
     }
 }
 
@@ -468,7 +676,7 @@ mod tests {
                 .and_then(|n| n.to_str())
                 .unwrap_or("");
             if parent.starts_with("user_") {
-                &["control", "enable", "attrib/hw_block_size"]
+                &["control", "enable", "attrib/hw_block_size", "attrib/dev_size"]
             } else if name.starts_with("tpgt_") {
                 &[
                     "nexus",
@@ -641,6 +849,7 @@ mod tests {
         assert_eq!(std::fs::read_link(lun.join("disk0")).expect("link"), bs);
         // control got one key per write, in order; enable came after; the nexus was written.
         let writes: Vec<(String, String)> = setup
+            .objects
             .fs
             .writes
             .borrow()
@@ -705,9 +914,9 @@ mod tests {
         let mut adopted = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt");
         adopted.export(&spec()).expect("export");
         assert!(
-            adopted.fs.writes.borrow().is_empty(),
+            adopted.objects.fs.writes.borrow().is_empty(),
             "nothing written to an enabled backstore or an existing TPG: {:?}",
-            adopted.fs.writes.borrow()
+            adopted.objects.fs.writes.borrow()
         );
         assert_eq!(tree(&root), left, "the tree is as the killed run left it");
         adopted.remove_created().expect("remove");
@@ -715,7 +924,7 @@ mod tests {
         // Adopting where nothing is left creates everything, as create does.
         let fresh = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt nothing");
         assert_eq!(
-            fresh.fs.writes.borrow().len(),
+            fresh.objects.fs.writes.borrow().len(),
             5,
             "backstore configured and enabled"
         );
@@ -776,14 +985,222 @@ mod tests {
         let tpg = root.join("iscsi/iqn.2026-12.org.example:disk0/tpgt_1");
         assert!(tpg.join("np/127.0.0.1:3260").is_dir());
         assert!(tpg.join("lun/lun_0/disk0").is_symlink());
-        let writes = setup.fs.writes.borrow().clone();
+        let writes = setup.objects.fs.writes.borrow().clone();
         assert_eq!(writes.last(), Some(&(tpg.join("enable"), "1".to_owned())));
         assert!(writes.contains(&(tpg.join("attrib/generate_node_acls"), "1".to_owned())));
         // Removal needs the fs back to read the writes: drive it through remove_created.
         let mut setup = setup;
         setup.remove_created().expect("remove");
-        let writes = setup.fs.writes.borrow().clone();
+        let writes = setup.objects.fs.writes.borrow().clone();
         assert_eq!(writes.last(), Some(&(tpg.join("enable"), "0".to_owned())));
+        assert_eq!(tree(&root), before);
+    }
+
+    fn disk(i: u32) -> SetupSpec {
+        SetupSpec {
+            name: format!("disk{i}"),
+            loopback: None,
+            iscsi: None,
+            ..spec()
+        }
+    }
+
+    fn shared() -> TargetSpec {
+        TargetSpec {
+            hba: Some(3),
+            loopback: Some(("naa.5001405000000001".into(), "naa.5001405000000002".into())),
+            iscsi: Some(IscsiSpec {
+                iqn: "iqn.2026-12.org.example:svc".into(),
+                portal: "127.0.0.1:3260".into(),
+            }),
+        }
+    }
+
+    /// The service's start: shared targets, then each disk's backstore and LUN.
+    fn start_disks<'f>(
+        fs: &'f MimicFs,
+        root: &Path,
+        n: u32,
+    ) -> (
+        Targets<&'f MimicFs>,
+        Vec<Result<Setup<&'f MimicFs>, ConfigfsError>>,
+    ) {
+        let targets = Targets::create(fs, root, &shared(), false).expect("targets");
+        let setups = (0..n)
+            .map(|i| {
+                let mut setup = Setup::create(fs, root, &disk(i))?;
+                setup.export_lun(&targets, i, &format!("disk{i}"))?;
+                Ok(setup)
+            })
+            .collect();
+        (targets, setups)
+    }
+
+    #[test]
+    fn several_disks_share_the_targets_each_on_its_lun_and_all_go_newest_first() {
+        let (_dir, root) = scratch();
+        let before = tree(&root);
+        let fs = MimicFs::new();
+        let (mut targets, setups) = start_disks(&fs, &root, 3);
+        let mut setups: Vec<_> = setups.into_iter().map(|s| s.expect("disk")).collect();
+        targets.enable().expect("enable");
+        let loop_tpg = root.join("loopback/naa.5001405000000001/tpgt_1");
+        let iscsi_tpg = root.join("iscsi/iqn.2026-12.org.example:svc/tpgt_1");
+        assert_eq!(targets.tpgs(), [loop_tpg.clone(), iscsi_tpg.clone()]);
+        for i in 0..3 {
+            let bs = root.join(format!("core/user_3/disk{i}"));
+            for tpg in [&loop_tpg, &iscsi_tpg] {
+                let link = tpg.join(format!("lun/lun_{i}/disk{i}"));
+                assert_eq!(std::fs::read_link(&link).expect("link"), bs);
+            }
+        }
+        let nexus_writes = fs
+            .writes
+            .borrow()
+            .iter()
+            .filter(|(p, _)| p.ends_with("nexus"))
+            .count();
+        assert_eq!(nexus_writes, 1, "one target, one nexus");
+        assert_eq!(
+            fs.writes.borrow().last(),
+            Some(&(iscsi_tpg.join("enable"), "1".to_owned())),
+            "iSCSI enabled once every LUN is there"
+        );
+        // The kernel removed disk1 while the others serve: its LUNs and backstore go, the
+        // shared HBA and targets stay.
+        let mut gone = setups.remove(1);
+        gone.unexport().expect("unexport disk1");
+        gone.remove().expect("remove disk1");
+        assert!(!root.join("core/user_3/disk1").exists());
+        assert!(!loop_tpg.join("lun/lun_1").exists());
+        assert!(root.join("core/user_3/disk0/enable").exists());
+        assert!(loop_tpg.join("lun/lun_2/disk2").is_symlink());
+        // The stop: iSCSI disabled first, every LUN, every backstore (newest first), the
+        // targets and the HBA last.
+        targets.disable().expect("disable");
+        assert_eq!(
+            fs.writes.borrow().last(),
+            Some(&(iscsi_tpg.join("enable"), "0".to_owned()))
+        );
+        for setup in setups.iter_mut().rev() {
+            setup.unexport().expect("unexport");
+        }
+        for setup in setups.into_iter().rev() {
+            setup.remove().expect("remove");
+        }
+        targets.remove().expect("targets");
+        assert_eq!(tree(&root), before, "nothing left behind");
+    }
+
+    #[test]
+    fn a_disk_that_fails_to_start_leaves_nothing_of_its_own_and_the_stop_leaves_nothing() {
+        let (_dir, root) = scratch();
+        let before = tree(&root);
+        let mut fs = MimicFs::new();
+        // The kernel refuses the third disk's size.
+        fs.refuse = Some("disk2/control");
+        let (targets, setups) = start_disks(&fs, &root, 4);
+        let mut started = Vec::new();
+        for (i, setup) in setups.into_iter().enumerate() {
+            match setup {
+                Ok(s) => started.push(s),
+                Err(e) => {
+                    assert_eq!(i, 2);
+                    assert_eq!(e.action, "write");
+                    assert!(
+                        e.path.ends_with("core/user_3/disk2/control"),
+                        "{}",
+                        e.path.display()
+                    );
+                }
+            }
+        }
+        assert_eq!(started.len(), 3, "the disks before and after it started");
+        assert!(
+            !root.join("core/user_3/disk2").exists(),
+            "its backstore was removed again"
+        );
+        assert!(root.join("core/user_3/disk3/enable").exists());
+        for setup in started.iter_mut().rev() {
+            setup.unexport().expect("unexport");
+        }
+        for setup in started.into_iter().rev() {
+            setup.remove().expect("remove");
+        }
+        targets.remove().expect("targets");
+        assert_eq!(tree(&root), before);
+    }
+
+    #[test]
+    fn a_failing_removal_goes_on_and_reports_the_first_failure() {
+        let (_dir, root) = scratch();
+        let before = tree(&root);
+        let fs = MimicFs::new();
+        let (targets, setups) = start_disks(&fs, &root, 2);
+        let mut setups: Vec<_> = setups.into_iter().map(|s| s.expect("disk")).collect();
+        // The targets removed while disk1's LUN is still linked: that TPG is busy, the error
+        // names it, and the rest of the removal still ran.
+        setups[0].unexport().expect("unexport disk0");
+        let err = targets.remove().expect_err("a LUN still holds the TPG");
+        assert_eq!(err.action, "rmdir");
+        assert!(root.join("core/user_3").exists());
+        for setup in setups.into_iter().rev() {
+            setup.remove().expect("remove");
+        }
+        // What the failed removal left: the TPGs with disk1's LUN gone now, removed by hand.
+        for dir in [
+            "iscsi/iqn.2026-12.org.example:svc/tpgt_1/np/127.0.0.1:3260",
+            "iscsi/iqn.2026-12.org.example:svc/tpgt_1",
+            "iscsi/iqn.2026-12.org.example:svc",
+            "iscsi",
+            "loopback/naa.5001405000000001/tpgt_1",
+            "loopback/naa.5001405000000001",
+            "loopback",
+            "core/user_3",
+        ] {
+            let _ = fs.rmdir(&root.join(dir));
+        }
+        assert_eq!(tree(&root), before);
+    }
+
+    #[test]
+    fn a_new_size_of_an_enabled_backstore_goes_to_its_dev_size_attribute() {
+        let (_dir, root) = scratch();
+        let fs = MimicFs::new();
+        let setup = Setup::create(&fs, &root, &disk(0)).expect("create");
+        setup.set_dev_size(128 << 20).expect("resize");
+        assert_eq!(
+            fs.writes.borrow().last(),
+            Some(&(
+                root.join("core/user_3/disk0/attrib/dev_size"),
+                "134217728".to_owned()
+            ))
+        );
+        setup.remove().expect("remove");
+    }
+
+    #[test]
+    fn objects_the_kernel_removed_already_count_as_removed() {
+        let (_dir, root) = scratch();
+        let before = tree(&root);
+        let fs = MimicFs::new();
+        let (targets, setups) = start_disks(&fs, &root, 2);
+        let mut setups: Vec<_> = setups.into_iter().map(|s| s.expect("disk")).collect();
+        // disk1's LUNs and backstore destroyed behind the setup's back.
+        for tpg in targets.tpgs() {
+            let lun = tpg.join("lun/lun_1");
+            fs.unlink(&lun.join("disk1")).expect("unlink");
+            fs.rmdir(&lun).expect("rmdir lun");
+        }
+        fs.rmdir(&root.join("core/user_3/disk1"))
+            .expect("rmdir backstore");
+        let mut gone = setups.pop().expect("disk1");
+        gone.unexport().expect("the LUNs were gone: nothing to report");
+        gone.remove().expect("the backstore was gone: nothing to report");
+        let mut last = setups.pop().expect("disk0");
+        last.unexport().expect("unexport");
+        last.remove().expect("remove");
+        targets.remove().expect("targets");
         assert_eq!(tree(&root), before);
     }
 }

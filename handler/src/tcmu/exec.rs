@@ -151,6 +151,8 @@ pub struct Executor {
     command_timeout: Duration,
     last_escalation: Option<Instant>,
     escalations: u64,
+    /// Commands answered with a status other than GOOD.
+    errors: u64,
 }
 
 impl Executor {
@@ -169,7 +171,14 @@ impl Executor {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             last_escalation: None,
             escalations: 0,
+            errors: 0,
         }
+    }
+
+    /// Commands answered with a status other than GOOD so far (CHECK CONDITION, TASK SET
+    /// FULL, ...); malformed entries the ring refused are counted apart ([`Progress::refused`]).
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     /// How long a command may stay in the store before [`Self::check_deadlines`] escalates.
@@ -637,6 +646,9 @@ impl Executor {
             cmd.bidi_in().iter().map(|s| s.len).sum()
         };
         let read_len = (data_in > 0 && data_in < buffer_len).then_some(data_in as u32);
+        if response.status != sam_status::GOOD {
+            self.errors += 1;
+        }
         let rsp = Response {
             status: response.status,
             sense: &response.sense,

@@ -10,6 +10,7 @@
 //! - [`configfs`]: creating and removing the backstore, a tcm_loop or iSCSI target and the
 //!   LUN under LIO's configfs.
 //! - [`exec`]: a first executor: ring commands through the SBC engine and a store queue.
+//! - [`netlink`]: the kernel's device events (added, removed, reconfigured) on generic netlink.
 //! - [`worker`]: the thread serving one ring, and its teardown (drain, then unmap).
 //! - [`sim`]: a simulated kernel side of the ring, the peer of the ring's tests.
 
@@ -18,6 +19,7 @@ pub mod abi;
 mod ats_tests;
 pub mod configfs;
 pub mod exec;
+pub mod netlink;
 pub mod region;
 pub mod ring;
 pub mod sim;

@@ -380,10 +380,10 @@ impl UioDevice {
         })
     }
 
-    /// A device over memory and an event fd of the caller's (tests: the simulated kernel's
-    /// region and one end of a socket pair).
-    #[cfg(test)]
-    pub(crate) fn from_parts(info: UioInfo, region: Region, events: UioEvents) -> Self {
+    /// A device over memory and an event fd of the caller's: the simulated kernel's region
+    /// ([`super::sim::SimKernel`]) and one end of a socket pair, so a service can be tested
+    /// serving a ring without target_core_user.
+    pub fn from_parts(info: UioInfo, region: Region, events: UioEvents) -> Self {
         Self { info, events, region }
     }
 

@@ -59,9 +59,71 @@ pub struct WorkerReport {
     pub drain_time: Duration,
 }
 
+/// A worker's figures while it runs, for status and metrics: written by the worker thread
+/// once a turn (relaxed stores: each figure is a monotonic count read on its own, no figure
+/// guards another), read by any thread.
+#[derive(Debug, Default)]
+struct LiveCounters {
+    started: AtomicU64,
+    completed: AtomicU64,
+    refused: AtomicU64,
+    task_management: AtomicU64,
+    errors: AtomicU64,
+    escalations: AtomicU64,
+}
+
+/// A snapshot of a worker's figures ([`TcmuWorker::stats`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Commands taken from the ring.
+    pub started: u64,
+    /// Commands answered.
+    pub completed: u64,
+    /// Malformed ring entries refused (answered CHECK CONDITION by the ring).
+    pub refused: u64,
+    /// Task management notices.
+    pub task_management: u64,
+    /// Commands answered with a status other than GOOD.
+    pub errors: u64,
+    /// Deadline escalations.
+    pub escalations: u64,
+}
+
+impl WorkerStats {
+    /// Commands taken and not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.started.saturating_sub(self.completed)
+    }
+}
+
+impl LiveCounters {
+    fn publish(&self, total: &Progress, exec: &Executor) {
+        let store = |c: &AtomicU64, v: usize| c.store(v as u64, Ordering::Relaxed);
+        store(&self.started, total.started);
+        store(&self.completed, total.completed);
+        store(&self.refused, total.refused);
+        store(&self.task_management, total.task_management);
+        self.errors.store(exec.errors(), Ordering::Relaxed);
+        self.escalations.store(exec.escalations(), Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> WorkerStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerStats {
+            started: load(&self.started),
+            completed: load(&self.completed),
+            refused: load(&self.refused),
+            task_management: load(&self.task_management),
+            errors: load(&self.errors),
+            escalations: load(&self.escalations),
+        }
+    }
+}
+
 /// A running worker; stop it with [`TcmuWorker::stop`].
 pub struct TcmuWorker {
     stop: Arc<AtomicBool>,
+    live: Arc<LiveCounters>,
     /// Milliseconds since `started` at the top of the last turn.
     heartbeat: Arc<AtomicU64>,
     started: Instant,
@@ -93,16 +155,25 @@ impl TcmuWorker {
         exec.set_command_timeout(config.command_timeout);
         let stop = Arc::new(AtomicBool::new(false));
         let heartbeat = Arc::new(AtomicU64::new(0));
+        let live = Arc::new(LiveCounters::default());
         let started = Instant::now();
         let thread = {
             let stop = Arc::clone(&stop);
             let heartbeat = Arc::clone(&heartbeat);
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(move || serve(device, ring, exec, config, &stop, &heartbeat, started))?
+            let live = Arc::clone(&live);
+            std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+                let beat = Beat {
+                    stop: &stop,
+                    heartbeat: &heartbeat,
+                    live: &live,
+                    started,
+                };
+                serve(device, ring, exec, config, &beat)
+            })?
         };
         Ok(Self {
             stop,
+            live,
             heartbeat,
             started,
             thread,
@@ -112,6 +183,17 @@ impl TcmuWorker {
     /// Whether the thread has ended (serving failed) without a stop.
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
+    }
+
+    /// The worker's figures as of its last turn.
+    pub fn stats(&self) -> WorkerStats {
+        self.live.snapshot()
+    }
+
+    /// Ask the worker to stop without waiting (its drain starts at its next turn): several
+    /// workers asked first, then each [`TcmuWorker::stop`]ped, drain in parallel.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
     }
 
     /// How long ago the worker last began a turn.
@@ -136,15 +218,27 @@ impl TcmuWorker {
     }
 }
 
+/// What the worker thread shares with its owner.
+struct Beat<'a> {
+    stop: &'a AtomicBool,
+    heartbeat: &'a AtomicU64,
+    live: &'a LiveCounters,
+    started: Instant,
+}
+
 fn serve(
     device: UioDevice,
     mut ring: Ring,
     mut exec: Executor,
     config: WorkerConfig,
-    stop: &AtomicBool,
-    heartbeat: &AtomicU64,
-    started: Instant,
+    beat: &Beat<'_>,
 ) -> WorkerReport {
+    let Beat {
+        stop,
+        heartbeat,
+        live,
+        started,
+    } = *beat;
     let mut token = StoreToken::root();
     let mut total = Progress::default();
     let mut error = None;
@@ -167,6 +261,7 @@ fn serve(
             }
         }
         exec.check_deadlines();
+        live.publish(&total, &exec);
     }
     let drain_started = Instant::now();
     let drained = exec.drain(&mut token, &mut ring, device.events(), config.drain_budget);
@@ -175,6 +270,7 @@ fn serve(
         Ok(_) => log::info!("tcmu: uio{} drained in {drain_time:?}", device.info().index),
         Err(e) => log::error!("tcmu: uio{}: {e}", device.info().index),
     }
+    live.publish(&total, &exec);
     let escalations = exec.escalations();
     // The executor holds command buffers only for requests in the store; once drained it holds
     // none. The mapping goes after the drain: the answers above were written into it.
@@ -273,10 +369,23 @@ mod tests {
         sim.write_data(sim.data_off(), &data);
         post_and_wait(&mut sim, &mut kernel, 1, &rw10(0x2a, 3, 1), 0);
         post_and_wait(&mut sim, &mut kernel, 2, &rw10(0x28, 3, 1), 4096);
+        // Past the last of the store's 1024 blocks: CHECK CONDITION, counted as an error.
+        post_and_wait(&mut sim, &mut kernel, 3, &rw10(0x28, 1024, 1), 8192);
         let done = sim.reap().expect("reap");
         assert_eq!(
             done.iter().map(|c| (c.cmd_id, c.status)).collect::<Vec<_>>(),
-            [(1, 0), (2, 0)]
+            [(1, 0), (2, 0), (3, 2)]
+        );
+        // The figures are published at the end of the turn that answered: wait for them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while worker.stats().completed < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stats = worker.stats();
+        assert_eq!(
+            (stats.started, stats.completed, stats.errors, stats.in_flight()),
+            (3, 3, 1, 0),
+            "{stats:?}"
         );
         assert_eq!(sim.read_data(sim.data_off() + 4096, BS as usize), data);
         assert!(!worker.is_finished());
@@ -284,7 +393,7 @@ mod tests {
         let started = Instant::now();
         let report = worker.stop().expect("no panic");
         assert!(started.elapsed() < Duration::from_secs(5), "the stop is bounded");
-        assert_eq!((report.progress.started, report.progress.completed), (2, 2));
+        assert_eq!((report.progress.started, report.progress.completed), (3, 3));
         assert!(report.error.is_none(), "{:?}", report.error);
         assert!(report.drained.is_ok(), "{:?}", report.drained);
     }

@@ -148,6 +148,88 @@ iscsi_clean=true
 grep -q '0100007F:0CBC 00000000:0000 0A' /proc/net/tcp && iscsi_clean=false
 echo "tcmu scenario: iSCSI portal listening $iscsi_portal; serve exited $iscsi_rc; left: ${iscsi_left:-nothing}"
 tail -3 "$HIL_SHARE/serve-iscsi.log"
+# Several disks from a configuration file (frontend = "tcmu"): two RAM disks, each LUN of one
+# tcm_loop target; then dev_size of the second written through configfs (the kernel's
+# RECONFIG_DEVICE event, followed by serve's netlink listener): after a rescan, sd's size and
+# READ CAPACITY (sg_readcap, when there) must show the new size; `scst-accel status` must list
+# both disks; the first disk's backstore removed through configfs stops that disk alone; SIGTERM
+# must leave configfs empty.
+cat >/tmp/multi.toml <<EOM
+[service]
+frontend = "tcmu"
+state_dir = "/tmp/state"
+control_socket = "/tmp/scst-accel-multi.sock"
+[service.tcmu]
+hba = 8
+[[disk]]
+name = "m0"
+board = "ram"
+size = "16M"
+[[disk]]
+name = "m1"
+board = "ram"
+size = "16M"
+EOM
+scst-accel --log info serve --config /tmp/multi.toml >"$HIL_SHARE/serve-multi.log" 2>&1 &
+SERVE=$!
+multi_disks=0
+SD1=
+i=0
+while [ $i -lt 120 ]; do
+	multi_disks=0
+	for d in /sys/block/sd*; do
+		[ -e "$d/device/model" ] || continue
+		m=$(tr -d ' \n' <"$d/device/model")
+		case $m in m0) multi_disks=$((multi_disks + 1)) ;; m1) multi_disks=$((multi_disks + 1)) SD1=${d##*/} ;; esac
+	done
+	[ $multi_disks = 2 ] && grep -q 'serving 2 of 2 disks' "$HIL_SHARE/serve-multi.log" && break
+	kill -0 $SERVE 2>/dev/null || break
+	sleep 0.5
+	i=$((i + 1))
+done
+multi_status=false
+scst-accel status --socket /tmp/scst-accel-multi.sock >/tmp/multi-status.txt 2>&1 &&
+	grep -q m0 /tmp/multi-status.txt && grep -q m1 /tmp/multi-status.txt && multi_status=true
+resized_sectors=0
+resize_readcap=skipped
+if [ -n "$SD1" ]; then
+	echo $((32 << 20)) >$C/core/user_8/m1/attrib/dev_size
+	sleep 1
+	echo 1 >/sys/block/$SD1/device/rescan
+	sleep 1
+	resized_sectors=$(cat /sys/block/$SD1/size)
+	if command -v sg_readcap >/dev/null; then
+		resize_readcap=failed
+		sg_readcap "/dev/$SD1" >/tmp/sg_readcap-m1.txt 2>&1 && grep -q "Last LBA=65535" /tmp/sg_readcap-m1.txt && resize_readcap=ok
+		grep "Last LBA" /tmp/sg_readcap-m1.txt
+	fi
+fi
+# The kernel removes m0's backstore (its LUN first, as configfs wants): serve must stop m0 alone
+# (REMOVED_DEVICE, or its worker seeing the device go), show it failed, and keep serving m1.
+removed_one=false
+other_serves=false
+W=$(ls -d $C/loopback/naa.* 2>/dev/null | head -1)
+if [ -n "$SD1" ] && [ -n "$W" ] && rm "$W/tpgt_1/lun/lun_0/m0" && rmdir "$W/tpgt_1/lun/lun_0" &&
+	rmdir $C/core/user_8/m0; then
+	i=0
+	while [ $i -lt 20 ] && ! grep -q 'disk m0: stopped' "$HIL_SHARE/serve-multi.log"; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	scst-accel status --socket /tmp/scst-accel-multi.sock >/tmp/multi-status2.txt 2>&1
+	cat /tmp/multi-status2.txt
+	grep m0 /tmp/multi-status2.txt | grep -q failed && grep m1 /tmp/multi-status2.txt | grep -q serving &&
+		removed_one=true
+	dd if=/dev/$SD1 of=/dev/null bs=4k count=256 iflag=direct 2>/dev/null && other_serves=true
+fi
+kill -TERM $SERVE
+wait $SERVE
+multi_rc=$?
+multi_left=$(ls -d $C/core/user_* $C/loopback/naa.* 2>/dev/null | tr '\n' ' ')
+multi_clean=true
+[ -z "$multi_left" ] || multi_clean=false
+echo "tcmu scenario: config file: $multi_disks disks, status lists both: $multi_status; m1 after dev_size=32M: $resized_sectors sectors, sg_readcap $resize_readcap; m0's backstore removed: m0 stopped alone $removed_one, m1 still reads $other_serves; serve exited $multi_rc; left: ${multi_left:-nothing}"
+grep -E "serving|dev_size|resized|netlink|TCM-USER|removing|removed|m0: stopped" "$HIL_SHARE/serve-multi.log" | head -12
 cat >"$HIL_SHARE/result.json" <<EOF
 {"scenario": "tcmu", "device": "$SD", "vendor": "$vendor", "model": "$model",
  "sectors": $sectors, "logical_block_size": $lbs, "sg3_utils": "$sg",
@@ -157,7 +239,10 @@ cat >"$HIL_SHARE/result.json" <<EOF
  "writer_hung": $writer_hung, "killed_writer_rc": $killed_writer_rc,
  "killed_writer_hung": $killed_writer_hung, "restart_verified": $restart_verified,
  "killed_writer_done_after_kill_s": $restart_s, "iscsi_portal": $iscsi_portal,
- "iscsi_rc": $iscsi_rc, "iscsi_clean": $iscsi_clean}
+ "iscsi_rc": $iscsi_rc, "iscsi_clean": $iscsi_clean, "multi_disks": $multi_disks,
+ "multi_status": $multi_status, "resized_sectors": $resized_sectors,
+ "resize_readcap": "$resize_readcap", "removed_one": $removed_one,
+ "other_serves": $other_serves, "multi_rc": $multi_rc, "multi_clean": $multi_clean}
 EOF
 cat "$HIL_SHARE/result.json"
 [ "$verified" = true ] || exit 19

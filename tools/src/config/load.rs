@@ -15,6 +15,17 @@
 //! scst_sysfs = "/sys/kernel/scst_tgt"
 //! metrics_listen = "127.0.0.1:9490"   # a loopback address only; absent = no endpoint
 //! stop_timeout = "20s"
+//! frontend = "scst"              # scst (scst_user) | tcmu (LIO's target_core_user), all disks
+//!
+//! [service.tcmu]                 # optional, with frontend = "tcmu"; every key optional
+//! configfs_root = "/sys/kernel/config/target"
+//! hba = 7                        # core/user_7/<disk name> for every disk
+//! ring_mb = 8                    # the command ring's size; absent = the kernel's default
+//! loopback = true                # one tcm_loop target, disk N of the file its LUN N
+//! iscsi_portal = "127.0.0.1:3260"  # one iSCSI target there too; absent = none
+//! adopt = false                  # take over what a killed run left
+//! drain = "5s"                   # each disk's drain at the stop (aborts after, as long again)
+//! netlink = true                 # follow the kernel's device removed/reconfigured events
 //!
 //! [[disk]]                       # at least one
 //! name = "accel0"                # required; 1-48 characters of A-Z a-z 0-9 _ . -
@@ -58,10 +69,12 @@
 
 use super::DiskSpec;
 use super::ExportSpec;
+use super::Frontend;
 use super::IdentitySpec;
 use super::ServiceConfig;
 use super::ServiceSettings;
 use super::TargetDriver;
+use super::TcmuSettings;
 use crate::backend::check_faults;
 use crate::backend::BoardArg;
 use crate::disk::DiskArgs;
@@ -432,6 +445,18 @@ fn read_document(ctx: &mut Ctx<'_>, doc: &Spanned<DeTable<'_>>) -> ServiceConfig
         })
         .collect();
     check_unique(ctx, &disks);
+    if service.frontend == Frontend::Tcmu {
+        // Export blocks write SCST's sysfs; under TCMU every disk is a LUN of the service's
+        // shared targets ([service.tcmu]), numbered in file order.
+        for span in disks.iter().flat_map(|d| &d.exports_at) {
+            ctx.error(
+                span,
+                "[[disk.export]] adds a disk to an SCST target; with frontend = \"tcmu\" every \
+                 disk is LUN N (its place in the file) of the targets [service.tcmu] declares",
+                "remove the export block, or set loopback / iscsi_portal in [service.tcmu]",
+            );
+        }
+    }
     ServiceConfig {
         service,
         disks: disks.into_iter().map(|d| d.spec).collect(),
@@ -445,6 +470,8 @@ const SERVICE_KEYS: &[&str] = &[
     "scst_sysfs",
     "metrics_listen",
     "stop_timeout",
+    "frontend",
+    "tcmu",
 ];
 
 fn read_service(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ServiceSettings {
@@ -457,6 +484,63 @@ fn read_service(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ServiceSettings {
         scst_sysfs: path(ctx, sec, "scst_sysfs").unwrap_or(defaults.scst_sysfs),
         metrics_listen: metrics_listen(ctx, sec),
         stop_timeout: duration(ctx, sec, "stop_timeout").unwrap_or(defaults.stop_timeout),
+        frontend: frontend(ctx, sec).unwrap_or_default(),
+        tcmu: table(ctx, sec, "tcmu", "[service.tcmu]")
+            .map(|t| read_tcmu(ctx, &t))
+            .unwrap_or_default(),
+    }
+}
+
+fn frontend(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Frontend> {
+    let text = string(ctx, sec, "frontend", "\"tcmu\"")?;
+    match text.get_ref().as_str() {
+        "scst" => Some(Frontend::Scst),
+        "tcmu" => Some(Frontend::Tcmu),
+        other => {
+            ctx.error(
+                &text.span(),
+                format!("frontend {other:?} is not a kernel target this service serves"),
+                "write \"scst\" (SCST's scst_user) or \"tcmu\" (LIO's target_core_user)",
+            );
+            None
+        }
+    }
+}
+
+const TCMU_KEYS: &[&str] = &[
+    "configfs_root",
+    "hba",
+    "ring_mb",
+    "loopback",
+    "iscsi_portal",
+    "adopt",
+    "drain",
+    "netlink",
+];
+
+fn read_tcmu(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> TcmuSettings {
+    sec.check_keys(ctx, TCMU_KEYS);
+    let defaults = TcmuSettings::default();
+    let iscsi_portal = string(ctx, sec, "iscsi_portal", "\"127.0.0.1:3260\"").and_then(|text| {
+        if text.get_ref().parse::<SocketAddr>().is_ok() {
+            return Some(text.into_inner());
+        }
+        ctx.error(
+            &text.span(),
+            format!("iscsi_portal {:?} is not IP:PORT", text.get_ref()),
+            "write e.g. \"127.0.0.1:3260\" or \"[::1]:3260\"",
+        );
+        None
+    });
+    TcmuSettings {
+        configfs_root: path(ctx, sec, "configfs_root").unwrap_or(defaults.configfs_root),
+        hba: narrow(integer(ctx, sec, "hba", 0..=i128::from(u32::MAX))).unwrap_or(defaults.hba),
+        ring_mb: narrow(integer(ctx, sec, "ring_mb", 1..=1024)),
+        loopback: boolean(ctx, sec, "loopback").unwrap_or(defaults.loopback),
+        iscsi_portal,
+        adopt: boolean(ctx, sec, "adopt").unwrap_or(defaults.adopt),
+        drain: duration(ctx, sec, "drain").unwrap_or(defaults.drain),
+        netlink: boolean(ctx, sec, "netlink").unwrap_or(defaults.netlink),
     }
 }
 

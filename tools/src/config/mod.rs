@@ -31,6 +31,60 @@ pub struct ServiceSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Each disk's teardown is bounded by this (SIGTERM tears all disks down in parallel).
     pub stop_timeout: Duration,
+    /// Which kernel target serves every disk of the service.
+    pub frontend: Frontend,
+    /// `[service.tcmu]`: the TCMU frontend's settings (with `frontend = "tcmu"`).
+    pub tcmu: TcmuSettings,
+}
+
+/// The kernel target the service's disks are served to: one for the whole service, not per
+/// disk. A host runs one SCSI target stack (SCST's and LIO's each want the iSCSI port and
+/// their own target drivers), the two need different kernels in practice (SCST is out of
+/// tree), and their lifecycles differ (scst_user registers each disk; TCMU shares one
+/// tcm_loop and one iSCSI target among the disks, each disk a LUN of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Frontend {
+    /// SCST's scst_user.
+    #[default]
+    Scst,
+    /// LIO's target_core_user.
+    Tcmu,
+}
+
+/// The TCMU frontend's settings: configfs, the shared targets, the drain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcmuSettings {
+    /// LIO's configfs directory.
+    pub configfs_root: PathBuf,
+    /// The user backstores' HBA number (`core/user_N`), shared by the service's disks.
+    pub hba: u32,
+    /// The command ring's size in MiB (the kernel's default when absent).
+    pub ring_mb: Option<u32>,
+    /// One tcm_loop target, each disk a LUN of it (a local `/dev/sdX` each).
+    pub loopback: bool,
+    /// One iSCSI target on this portal (`IP:PORT`), each disk a LUN of it.
+    pub iscsi_portal: Option<String>,
+    /// Take over what a killed run left instead of refusing it.
+    pub adopt: bool,
+    /// How long each disk's stop waits for its store before aborting (and then as long again).
+    pub drain: Duration,
+    /// Listen to the kernel's TCMU netlink events (device removed, reconfigured).
+    pub netlink: bool,
+}
+
+impl Default for TcmuSettings {
+    fn default() -> Self {
+        Self {
+            configfs_root: PathBuf::from(scst_accel_handler::tcmu::configfs::TARGET_ROOT),
+            hba: 7,
+            ring_mb: None,
+            loopback: true,
+            iscsi_portal: None,
+            adopt: false,
+            drain: Duration::from_secs(5),
+            netlink: true,
+        }
+    }
 }
 
 impl Default for ServiceSettings {
@@ -42,6 +96,8 @@ impl Default for ServiceSettings {
             scst_sysfs: PathBuf::from("/sys/kernel/scst_tgt"),
             metrics_listen: None,
             stop_timeout: Duration::from_secs(20),
+            frontend: Frontend::Scst,
+            tcmu: TcmuSettings::default(),
         }
     }
 }

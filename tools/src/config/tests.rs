@@ -665,3 +665,61 @@ fn io_engine_is_read_and_checked_on_its_line() {
         "only for the file and blockdev",
     );
 }
+
+#[test]
+fn a_tcmu_service_reads_its_frontend_and_its_tcmu_table() {
+    let text = "[service]\nfrontend = \"tcmu\"\n[service.tcmu]\nconfigfs_root = \"/tmp/cfs\"\nhba = 9\n\
+                ring_mb = 4\nloopback = false\niscsi_portal = \"127.0.0.1:3261\"\nadopt = true\n\
+                drain = \"2s\"\nnetlink = false\n[[disk]]\nname = \"a\"\nboard = \"ram\"\n\
+                [[disk]]\nname = \"b\"\nboard = \"ram\"\n";
+    let config = parse(text, "t.toml").expect("valid");
+    let s = &config.service;
+    assert_eq!(s.frontend, super::Frontend::Tcmu);
+    assert_eq!(
+        s.tcmu,
+        super::TcmuSettings {
+            configfs_root: "/tmp/cfs".into(),
+            hba: 9,
+            ring_mb: Some(4),
+            loopback: false,
+            iscsi_portal: Some("127.0.0.1:3261".into()),
+            adopt: true,
+            drain: Duration::from_secs(2),
+            netlink: false,
+        }
+    );
+    assert_eq!(config.disks.len(), 2);
+    // Absent: SCST and the TCMU defaults.
+    let plain = parse(DISK, "t.toml").expect("valid");
+    assert_eq!(plain.service.frontend, super::Frontend::Scst);
+    assert_eq!(plain.service.tcmu, super::TcmuSettings::default());
+}
+
+#[test]
+fn tcmu_settings_errors_have_their_lines() {
+    assert_one(
+        &format!("[service]\nfrontend = \"lio\"\n{DISK}"),
+        Some(2),
+        "not a kernel target",
+    );
+    assert_one(
+        &format!("[service.tcmu]\niscsi_portal = \"localhost\"\n{DISK}"),
+        Some(2),
+        "not IP:PORT",
+    );
+    assert_one(
+        &format!("[service.tcmu]\nring_mb = 0\n{DISK}"),
+        Some(2),
+        "out of range",
+    );
+    assert_one(&format!("[service.tcmu]\nlun = 1\n{DISK}"), Some(2), "lun");
+    // An SCST export block under TCMU is refused at the block.
+    assert_one(
+        &format!(
+            "[service]\nfrontend = \"tcmu\"\n{DISK}[[disk.export]]\ndriver = \"iscsi\"\n\
+             target = \"iqn.2024-01.com.example:a\"\nlun = 0\n"
+        ),
+        Some(6),
+        "SCST target",
+    );
+}
