@@ -181,6 +181,9 @@ impl DeviceBacking for Interposer {
     }
 }
 
+/// The admin timeout of a second bring-up, after the short one failed on a loaded machine.
+const BRING_UP_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Run one input.
 pub fn target(data: &[u8]) {
     let mut u = Unstructured::new(data);
@@ -194,24 +197,43 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         interrupts: 1,
         ..NvmeSimConfig::default()
     };
+    let split_64bit_mmio = u.arbitrary()?;
     // The rig itself must come up: a harness that silently does nothing would fuzz nothing.
-    let (inner, _handle) = create_nvme_sim("fuzz-nvme", sim_config).expect("the NVMe simulator starts");
-    let device = Arc::new(Interposer {
-        inner,
-        hostile: AtomicBool::new(false),
-        state: Mutex::new(State::default()),
-    });
-    let config = NvmeConfig {
-        queues: 1,
-        queue_depth: depth,
-        interrupts: false,
-        iova_base: 1 << 32,
-        iova_size: 1 << 30,
-        admin_timeout: Duration::from_millis(100),
-        split_64bit_mmio: u.arbitrary()?,
+    // The admin timeout is short so a hostile phase costs little per input; on a loaded machine
+    // the simulator's own bring-up may take longer, and the honest simulator is then given a
+    // generous one (a fresh one: a failed bring-up leaves the controller half-configured).
+    let mut rig = None;
+    for admin_timeout in [Duration::from_millis(100), BRING_UP_RETRY_TIMEOUT] {
+        let (inner, _handle) =
+            create_nvme_sim("fuzz-nvme", sim_config.clone()).expect("the NVMe simulator starts");
+        let device = Arc::new(Interposer {
+            inner,
+            hostile: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        });
+        let config = NvmeConfig {
+            queues: 1,
+            queue_depth: depth,
+            interrupts: false,
+            iova_base: 1 << 32,
+            iova_size: 1 << 30,
+            admin_timeout,
+            split_64bit_mmio,
+        };
+        match NvmeController::bring_up(Arc::clone(&device) as Arc<dyn DeviceBacking>, &config) {
+            Ok((ctrl, queues)) => {
+                rig = Some((device, ctrl, queues));
+                break;
+            }
+            Err(e) if admin_timeout < BRING_UP_RETRY_TIMEOUT => {
+                log::warn!("fuzz nvme: bring-up within {admin_timeout:?} failed ({e}); again with {BRING_UP_RETRY_TIMEOUT:?}");
+            }
+            Err(e) => panic!("the simulator is brought up: {e}"),
+        }
+    }
+    let Some((device, ctrl, mut queues)) = rig else {
+        unreachable!("the last try panics on failure")
     };
-    let (ctrl, mut queues) = NvmeController::bring_up(Arc::clone(&device) as Arc<dyn DeviceBacking>, &config)
-        .expect("the simulator is brought up");
     device.hostile.store(true, Ordering::Relaxed);
     let mut q = queues.pop().expect("one I/O queue");
     let qid = q.qid();
