@@ -212,7 +212,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &args.inject)?;
     let info = backend.store.info();
     let fd = kernel.open(true);
-    register(&fd, &args.disk.register_params(info.block_size))?;
+    register(&fd, &args.disk.register_params(&info))?;
     // The demo persists nothing: a fresh identity each run (source "generated").
     let identity = crate::identity::resolve(
         &args.disk.name,

@@ -385,7 +385,9 @@ pub(crate) fn decode_traced(
             Command::WriteSame { blocks, unmap, ndob }
         }
         // SCST's core executes it (`Executor::ScstCore`); `lookup` never returns the entry.
-        Op::CompareAndWrite => return Err(Sense::invalid_opcode()),
+        Op::CompareAndWrite | Op::ExtendedCopy | Op::ReceiveCopyResults => {
+            return Err(Sense::invalid_opcode())
+        }
         Op::Unmap => Command::Unmap {
             param_len: f.be32(7, 2),
         },
@@ -459,6 +461,7 @@ mod tests {
                 thin: true,
                 lba_status: true,
                 compare_and_write: true,
+                copy_offload: false,
             },
             limits,
         }

@@ -12,6 +12,7 @@
 //! failed (ABORTED) and the queue restarted. A device that is gone fails everything at once
 //! and for good. None of this blocks other queues or panics.
 
+use super::CopyPath;
 use super::IoBuffer;
 use super::Store;
 use super::StoreCompletion;
@@ -134,6 +135,7 @@ impl AccelStore {
             // Device memory (SCA-1) or flash (NVMe).
             rotational: Some(false),
             device_ids: board.device_ids(),
+            copy: CopyPath::None,
         };
         let total_queues = queues.len();
         Self {
@@ -489,6 +491,8 @@ impl AccelQueue {
             }
             // Not offered on boards (reports_lba_status = false): the engine never sends it.
             StoreOp::LbaStatus { .. } => Err(StoreStatus::InvalidRequest),
+            // Not offered where the device cannot copy (`copy` is CopyPath::None).
+            StoreOp::Copy { .. } => Err(StoreStatus::InvalidRequest),
             // SCA-1 1.0 has no media verify: VERIFY with BYTCHK 0 checks the range only.
             StoreOp::Verify { lba, blocks } => {
                 if in_range(*lba, u64::from(*blocks)) {
