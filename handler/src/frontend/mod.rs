@@ -478,6 +478,11 @@ impl Frontend {
         self.shared.sessions.lock(&mut LockToken::root()).0.clone()
     }
 
+    /// What the store says about itself now (its copy path among others).
+    pub fn store_info(&self) -> crate::store::StoreInfo {
+        self.shared.store.info()
+    }
+
     /// The engine.
     pub fn disk(&self) -> &Arc<Disk> {
         &self.shared.disk
