@@ -244,10 +244,22 @@ fn extended_copy_clones_a_range_on_ram() {
 
 #[test]
 fn extended_copy_clones_a_range_on_the_simulated_sca1_board() {
-    clone_and_check(&sim());
+    let rig = sim();
+    assert_eq!(
+        rig_copy_path(&rig),
+        CopyPath::None,
+        "SCA-1 1.0 has no copy descriptor"
+    );
+    clone_and_check(&rig);
 }
 
 #[test]
 fn extended_copy_clones_a_range_on_the_simulated_nvme_controller() {
-    clone_and_check(&nvme_sim());
+    let rig = nvme_sim();
+    assert_eq!(
+        rig_copy_path(&rig),
+        CopyPath::Device,
+        "ONCS reports Copy: NVMe Copy commands"
+    );
+    clone_and_check(&rig);
 }

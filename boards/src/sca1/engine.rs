@@ -81,6 +81,7 @@ impl Controller for Sca1 {
             segment_alignment: 1,
             supports_deallocate: true,
             volatile_cache: true,
+            max_copy_blocks: 0,
         }
     }
 
@@ -178,6 +179,8 @@ impl QueueEngine for Sca1Queue {
             DeviceOp::Flush => opcode::FLUSH,
             DeviceOp::WriteZeroes => opcode::WRITE_ZEROES,
             DeviceOp::Deallocate => opcode::DEALLOCATE,
+            // Not offered (max_copy_blocks 0).
+            DeviceOp::Copy { .. } => return Err(SubmitError::Unaligned("this SCA-1 cannot copy")),
         };
         Sca1Queue::submit(
             self,
