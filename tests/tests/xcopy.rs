@@ -75,6 +75,19 @@ fn sim() -> Rig {
     )
 }
 
+/// A 1.0 engine: no COPY descriptor, so the segments go back to the copy manager.
+fn sim_1_0() -> Rig {
+    board(
+        "xcopy-sim-1.0",
+        BoardSource::Sim(SimConfig {
+            block_size: 512,
+            num_blocks: BLOCKS,
+            copy: false,
+            ..SimConfig::default()
+        }),
+    )
+}
+
 fn nvme_sim() -> Rig {
     board(
         "xcopy-nvme-sim",
@@ -247,9 +260,16 @@ fn extended_copy_clones_a_range_on_the_simulated_sca1_board() {
     let rig = sim();
     assert_eq!(
         rig_copy_path(&rig),
-        CopyPath::None,
-        "SCA-1 1.0 has no copy descriptor"
+        CopyPath::Device,
+        "SCA-1 1.1: COPY descriptors"
     );
+    clone_and_check(&rig);
+}
+
+#[test]
+fn extended_copy_clones_a_range_through_leftovers_on_a_board_that_cannot_copy() {
+    let rig = sim_1_0();
+    assert_eq!(rig_copy_path(&rig), CopyPath::None);
     clone_and_check(&rig);
 }
 

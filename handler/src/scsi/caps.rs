@@ -162,7 +162,7 @@ impl Capabilities {
             rotation_rate: config.rotation_rate,
             copy_offload: match config.copy_offload {
                 // SCST's copy manager refuses read-only devices ("Copy Manager does not support
-                // read only devices", scst_copy_mgr.c:2779), and its 512 KiB READ/WRITEs must fit.
+                // read only devices", scst_copy_mgr.c:2781), and its 512 KiB READ/WRITEs must fit.
                 Some(remap)
                     if !config.read_only
                         && u64::from(limits.max_transfer_blocks) * u64::from(config.block_size)
