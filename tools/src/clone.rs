@@ -135,12 +135,21 @@ struct Cost {
     /// CPU time of the process's threads in nanoseconds (schedstat; every thread of the run
     /// lives through the measurement: workers, I/O and simulator threads).
     threads_cpu: Option<Duration>,
+    /// Of that, the simulated device's own threads (`sim0-q*`, `nvme-sim0-nvme*`): on a real
+    /// board that work is the device's, not the host's.
+    device_cpu: Option<Duration>,
+}
+
+/// CPU time of the simulated boards' threads (the device's work, done by this process).
+fn device_cpu() -> Option<Duration> {
+    Some(threads_cpu_time_precise("sim0-")? + threads_cpu_time_precise("nvme-sim0-")?)
 }
 
 /// Elapsed time and CPU time of `f`.
 fn timed<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(T, Cost), String> {
     let cpu = process_cpu_time();
     let threads = threads_cpu_time_precise("");
+    let device = device_cpu();
     let start = Instant::now();
     let out = f()?;
     let elapsed = start.elapsed();
@@ -150,6 +159,7 @@ fn timed<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(T, Cost), String> 
         threads_cpu: threads
             .zip(threads_cpu_time_precise(""))
             .map(|(a, b)| b.saturating_sub(a)),
+        device_cpu: device.zip(device_cpu()).map(|(a, b)| b.saturating_sub(a)),
     };
     Ok((out, cost))
 }
@@ -159,6 +169,8 @@ fn figures(bytes: u64, c: &Cost) -> Value {
         "elapsed_s": c.elapsed.as_secs_f64(),
         "cpu_s": c.cpu.map(|c| c.as_secs_f64()),
         "threads_cpu_s": c.threads_cpu.map(|c| c.as_secs_f64()),
+        "simulated_device_cpu_s": c.device_cpu.map(|c| c.as_secs_f64()),
+        "host_cpu_s": c.threads_cpu.zip(c.device_cpu).map(|(t, d)| t.saturating_sub(d).as_secs_f64()),
         "mb_per_s": bytes as f64 / 1e6 / c.elapsed.as_secs_f64().max(1e-9),
     })
 }
@@ -311,6 +323,10 @@ fn clone_on(
             "time": xcopy.elapsed.as_secs_f64() / rw.elapsed.as_secs_f64().max(1e-9),
             "cpu": ratio(xcopy.cpu, rw.cpu),
             "threads_cpu": ratio(xcopy.threads_cpu, rw.threads_cpu),
+            "host_cpu": ratio(
+                xcopy.threads_cpu.zip(xcopy.device_cpu).map(|(t, d)| t.saturating_sub(d)),
+                rw.threads_cpu.zip(rw.device_cpu).map(|(t, d)| t.saturating_sub(d)),
+            ),
         },
         "verified": true,
     }))
