@@ -617,11 +617,13 @@ impl Engine {
     fn execute(&self, token: &mut Token<'_>, job: &Job, desc: &Descriptor) -> Step<Outcome> {
         let config = &self.shared.config;
         let block = u64::from(config.block_size);
-        if !matches!(
-            desc.opcode,
-            opcode::READ | opcode::WRITE | opcode::FLUSH | opcode::WRITE_ZEROES | opcode::DEALLOCATE
-        ) && !(desc.opcode == opcode::COPY && config.copy)
-        {
+        let known = match desc.opcode {
+            opcode::READ | opcode::WRITE | opcode::FLUSH | opcode::WRITE_ZEROES | opcode::DEALLOCATE => true,
+            // Contract 1.1 only (accelerator.md §3.1).
+            opcode::COPY => config.copy,
+            _ => false,
+        };
+        if !known {
             return Ok(Outcome::error(cq_status::INVALID_OPCODE, u32::from(desc.opcode)));
         }
         let data_op = matches!(desc.opcode, opcode::READ | opcode::WRITE);
