@@ -746,9 +746,12 @@ impl DeviceState {
         self.cm.ecs.contains_key(&id)
     }
 
-    /// Forget the copy manager's state of a command leaving the core (aborts, unjam).
+    /// Forget the copy manager's state of a command leaving the core (aborts, unjam). Every
+    /// completion calls it: no hashing while no copy is in progress.
     pub(crate) fn cm_forget(&mut self, id: u64) {
-        self.cm.ecs.remove(&id);
+        if !self.cm.ecs.is_empty() {
+            self.cm.ecs.remove(&id);
+        }
     }
 }
 
