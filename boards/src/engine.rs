@@ -33,6 +33,14 @@ pub enum DeviceOp {
     WriteZeroes,
     /// Deallocate the range (reads return zeroes afterwards).
     Deallocate,
+    /// Copy `length` bytes from `src_lba` to the request's `lba` inside the medium, with no
+    /// data transfer (EXTENDED COPY offloaded: NVMe Copy, the SCA-1 COPY descriptor). Only
+    /// for devices with [`Geometry::max_copy_blocks`] > 0, at most that many blocks; the
+    /// ranges must not overlap.
+    Copy {
+        /// First source block.
+        src_lba: u64,
+    },
 }
 
 /// One request for the device.
@@ -172,6 +180,8 @@ pub struct Geometry {
     pub supports_deallocate: bool,
     /// The device has a volatile write cache (FLUSH and FUA mean something).
     pub volatile_cache: bool,
+    /// Most blocks one [`DeviceOp::Copy`] may move; 0 when the device cannot copy.
+    pub max_copy_blocks: u32,
 }
 
 /// Identifiers the device itself gives the medium (an NVMe namespace's NGUID and EUI64), for

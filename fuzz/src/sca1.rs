@@ -117,6 +117,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     lba: u.arbitrary()?,
                     length,
                     segments: &segs,
+                    source: None,
                 };
                 if q.submit(&req).is_ok() {
                     in_flight.insert(tag, length);

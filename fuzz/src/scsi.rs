@@ -259,6 +259,8 @@ fn io_inside(disk: &Disk, cdb: &[u8], io: &IoPlan, transfer_len: u32) {
                 io.op
             );
         }
+        // Only EXT_COPY_REMAP makes a copy (`Disk::copy_segment`), never a CDB.
+        StoreOp::Copy { .. } => check!(false, "{cdb:02x?}: a CDB made {:?}", io.op),
         StoreOp::Unmap { ranges } => {
             check!(!ranges.is_empty(), "{cdb:02x?}: empty UNMAP");
             check!(

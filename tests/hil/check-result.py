@@ -20,6 +20,8 @@ def main():
         return 1
     if scenario == "tcmu":
         return check_tcmu(j)
+    if scenario == "xcopy":
+        return check_xcopy(j)
     t = j.get("teardown", {})
     pool = j.get("pool", {})
     checks = [
@@ -60,6 +62,29 @@ def main():
         f"{j.get('mb_per_s', 0):.1f} MB/s, scsi_errors {j.get('scsi_errors')}, "
         f"teardown {t.get('ms', 0):.0f} ms (in flight {t.get('in_flight_at_start')}, "
         f"drained {t.get('drained')}, aborted {t.get('aborted')})"
+    )
+    return 1 if failed else 0
+
+
+def check_xcopy(j):
+    """`demo --clone`: the clone by EXTENDED COPY went to the device (NVMe Copy) and both
+    clones read back equal to the source."""
+    x = j.get("xcopy", {})
+    checks = [
+        ("both clones verified", j.get("verified") is True),
+        ("EXTENDED COPY took the device path (NVMe Copy)", x.get("path") == "device copy"),
+        ("every segment was offered to the handler", x.get("ext_copy_remaps", 0) == x.get("segments", -1)),
+        ("no segment given back to the copy manager", x.get("remap_leftovers") == 0),
+        ("the copy manager copied nothing itself", x.get("copy_manager_bytes") == 0),
+    ]
+    failed = 0
+    for name, ok in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} xcopy: {name}")
+        failed += not ok
+    rw = j.get("read_write", {}).get("figures", {})
+    print(
+        f"     xcopy: {j.get('clone_bytes')} bytes, EXTENDED COPY {x.get('figures', {}).get('elapsed_s')} s, "
+        f"READ + WRITE {rw.get('elapsed_s')} s, advertised {j.get('advertised')}"
     )
     return 1 if failed else 0
 

@@ -327,12 +327,21 @@ cmd_run() {
 	# on, panics "timer doesn't work through Interrupt-remapped IO-APIC" (2 of ~8 boots under
 	# load); the parameter makes timer_irq_works() trust the timer (README.md).
 	local append="console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=5 no_timer_check rdinit=/init"
+	# The namespace: the controller's own (drive=), or with HIL_NVME_NS=1 an nvme-ns device.
+	# QEMU (7.2) sets the Copy limits MSSRL/MCL/MSRC only from nvme-ns properties: the
+	# controller's own namespace reports ONCS Copy with MSSRL = MCL = 0, so no Copy can be
+	# sent to it (docs/xcopy.md). 128/128 are nvme-ns's defaults.
+	local nvme_dev=(-device nvme,serial=SCSTACCEL1,drive=nvm)
+	if [[ -n ${HIL_NVME_NS:-} ]]; then
+		nvme_dev=(-device nvme,id=nvme0,serial=SCSTACCEL1
+			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1,mssrl=128,mcl=128,msrc=127)
+	fi
 	local qemu_args=(
 		-accel tcg,thread=multi -cpu max -smp 2 -m "$mem_mb"
 		-machine q35,kernel-irqchip=split
 		-device intel-iommu,intremap=on,caching-mode=on
 		-drive "file=$img,if=none,id=nvm,format=raw"
-		-device nvme,serial=SCSTACCEL1,drive=nvm
+		"${nvme_dev[@]}"
 		-fsdev "local,id=fs0,path=$share,security_model=none"
 		-device virtio-9p-pci,fsdev=fs0,mount_tag=share
 		-kernel "$KERNEL" -initrd "$initrd" -append "$append"

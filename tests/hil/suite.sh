@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu xcopy)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -45,6 +45,8 @@ for s in "${scenarios[@]}"; do
 	t0=$SECONDS
 	echo "== hil: $s"
 	rc=0
+	# xcopy needs a namespace with Copy limits (hil.sh, HIL_NVME_NS).
+	if [[ $s == xcopy ]]; then export HIL_NVME_NS=1; else unset HIL_NVME_NS; fi
 	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-600}" --bin "$bin" \
 		--bin "$here/scenarios/common.sh" ${sg_bins[@]+"${sg_bins[@]}"} -- "$script" || rc=$?
 	if [[ $rc -ne 0 ]]; then

@@ -116,6 +116,11 @@ pub struct BenchArgs {
     /// that workload. The repository's record: tools/bench/handler-baseline.json.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Instead of the workloads: clone this many bytes on each board by EXTENDED COPY and by
+    /// READ + WRITE through the initiator, and report time and process CPU for both
+    /// ([`crate::clone`]; docs/xcopy.md). --size must hold three times it.
+    #[arg(long, value_parser = parse_size)]
+    clone: Option<u64>,
 }
 
 /// `--io-mode`.
@@ -353,8 +358,71 @@ enum FioPlan {
     Ready { bin: PathBuf, version: Option<String> },
 }
 
+/// `--clone`: the clone figures of every board, side by side; returns the exit code.
+fn run_clone(args: &BenchArgs, bytes: u64) -> u8 {
+    let target = match args
+        .boards
+        .iter()
+        .copied()
+        .find(|b| matches!(b, BoardArg::File | BoardArg::Blockdev))
+        .map(|b| prepare(args, b))
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("scst-accel bench: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let load_before = load_average();
+    let mut rows = Vec::new();
+    for &board in &args.boards {
+        let (disk, _) = disk_flags(args, board, target.as_ref());
+        let mut line = vec![
+            "demo".to_owned(),
+            "--board".into(),
+            crate::service::board_name(board).into(),
+        ];
+        line.extend(disk);
+        let parsed = match DemoLine::try_parse_from(&line) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("scst-accel bench: {e}");
+                return exit::USAGE;
+            }
+        };
+        match crate::clone::measure(&parsed.args, bytes) {
+            Ok(v) => rows.push(v),
+            Err(e) => {
+                eprintln!(
+                    "scst-accel bench: clone on {}: {e}",
+                    crate::service::board_name(board)
+                );
+                return exit::SOFTWARE;
+            }
+        }
+    }
+    let out = json!({
+        "clone_bytes": bytes,
+        "size": args.size,
+        "file": target.as_ref().map(Target::json),
+        "results": rows,
+        "machine": machine(load_before),
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    drop(target);
+    0
+}
+
 /// Run the matrix; returns the exit code.
 pub fn run(args: BenchArgs) -> u8 {
+    if let Some(bytes) = args.clone {
+        return run_clone(&args, bytes);
+    }
     let file_board = args
         .boards
         .iter()

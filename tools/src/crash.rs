@@ -366,7 +366,7 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         .into());
     }
     let fd = kernel.open(true);
-    register(&fd, &args.disk.register_params(info.block_size))?;
+    register(&fd, &args.disk.register_params(&info))?;
     let identity = crate::identity::resolve(
         &args.disk.name,
         &crate::config::IdentitySpec::default(),

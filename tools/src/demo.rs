@@ -111,6 +111,11 @@ pub struct DemoArgs {
     /// runs and by fio, so the check of pre-existing data (an earlier run's stamps) is not run.
     #[arg(skip)]
     pub(crate) scratch_medium: bool,
+    /// Instead of the workload: clone this many bytes by EXTENDED COPY and by READ + WRITE
+    /// through the initiator, and print the time and process CPU of both as JSON
+    /// (docs/xcopy.md). --size must hold three times it.
+    #[arg(long, value_parser = parse_size)]
+    pub(crate) clone: Option<u64>,
 }
 
 /// Access pattern argument.
@@ -160,6 +165,18 @@ pub fn measure(args: &DemoArgs) -> Result<(serde_json::Value, bool), String> {
 pub fn run(args: DemoArgs) -> u8 {
     if let Some(path) = args.config.clone() {
         return crate::demo_config::run(&args, &path);
+    }
+    if let Some(bytes) = args.clone {
+        return match crate::clone::measure(&args, bytes) {
+            Ok(v) => {
+                println!("{v}");
+                0
+            }
+            Err(e) => {
+                eprintln!("scst-accel demo: {e}");
+                exit::SOFTWARE
+            }
+        };
     }
     let blocks = match validate(&args) {
         Ok(b) => b,
@@ -212,7 +229,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &args.inject)?;
     let info = backend.store.info();
     let fd = kernel.open(true);
-    register(&fd, &args.disk.register_params(info.block_size))?;
+    register(&fd, &args.disk.register_params(&info))?;
     // The demo persists nothing: a fresh identity each run (source "generated").
     let identity = crate::identity::resolve(
         &args.disk.name,

@@ -7,7 +7,7 @@ use scst_accel_handler::frontend::FrontendConfig;
 use scst_accel_handler::scsi::DiskConfig;
 use scst_accel_handler::store::file::IoEngine;
 use scst_accel_handler::store::StoreInfo;
-use scst_accel_handler::transport::register::default_options;
+use scst_accel_handler::transport::register::options_for_store;
 use scst_accel_handler::transport::register::RegisterParams;
 use scst_accel_handler::transport::version;
 use std::path::PathBuf;
@@ -161,9 +161,10 @@ impl DiskArgs {
         config
     }
 
-    /// Registration parameters for a disk of `block_size` bytes per block.
-    pub fn register_params(&self, block_size: u32) -> RegisterParams {
-        let mut params = RegisterParams::new(&self.name, block_size, default_options());
+    /// Registration parameters for a disk over a store `info` describes (its block size; EXT_COPY_REMAP
+    /// where the store copies, [`options_for_store`]).
+    pub fn register_params(&self, info: &StoreInfo) -> RegisterParams {
+        let mut params = RegisterParams::new(&self.name, info.block_size, options_for_store(info));
         params.version = version::resolve(&self.scst_version);
         params
     }

@@ -7,6 +7,10 @@
 //! - iscsi: `add_target TARGET` to `targets/iscsi/mgmt` when the target is absent (and only
 //!   then is it ours to delete), `add DEVICE LUN` to its `luns/mgmt`, and when `enable`: `1` to
 //!   the target's `enabled`, then `1` to the driver's `enabled`.
+//! - copy_manager: `add DEVICE LUN` to `targets/copy_manager/copy_manager_tgt/luns/mgmt`, what
+//!   makes the disk a source or destination of EXTENDED COPY (SCST adds only its own vdisk
+//!   devices there by itself; docs/xcopy.md). The copy manager's session then attaches and reads
+//!   the disk's VPD 83h through the handler. Its target always exists.
 //! - Removal, in reverse: `del LUN`, then `del_target TARGET` for targets we created. Enabling
 //!   is not undone: the driver may serve other targets.
 //!
@@ -31,6 +35,15 @@ pub enum ExportError {
     DriverMissing {
         /// The driver.
         driver: TargetDriver,
+        /// The directory looked for.
+        path: PathBuf,
+    },
+    /// The copy manager's target is not there: SCST's copy manager has one target,
+    /// `copy_manager_tgt`, made when scst loads.
+    #[error("the copy manager has no target {target} ({dir} is missing): use target = \"copy_manager_tgt\"", dir = .path.display())]
+    CopyManagerTarget {
+        /// The name given.
+        target: String,
         /// The directory looked for.
         path: PathBuf,
     },
@@ -70,6 +83,7 @@ fn load_hint(driver: &TargetDriver) -> &'static str {
     match driver {
         TargetDriver::ScstLocal => "modprobe scst_local",
         TargetDriver::Iscsi => "modprobe iscsi-scst and start iscsi-scstd",
+        TargetDriver::CopyManager => "modprobe scst (the copy manager is part of it)",
     }
 }
 
@@ -146,14 +160,21 @@ impl Exporter {
                     path: driver,
                 });
             }
-            if spec.driver == TargetDriver::ScstLocal {
-                let target = driver.join(&spec.target);
-                if !is_dir(&target) {
+            let target = driver.join(&spec.target);
+            match spec.driver {
+                TargetDriver::ScstLocal if !is_dir(&target) => {
                     return Err(ExportError::TargetMissing {
                         target: spec.target.clone(),
                         path: target,
                     });
                 }
+                TargetDriver::CopyManager if !is_dir(&target) => {
+                    return Err(ExportError::CopyManagerTarget {
+                        target: spec.target.clone(),
+                        path: target,
+                    });
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod bench;
 pub mod check_config;
+pub mod clone;
 pub mod config;
 pub mod control;
 pub mod cpu;

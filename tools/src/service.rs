@@ -832,7 +832,7 @@ fn start_one(
             }
         },
     };
-    if let Err(e) = register(fd.as_ref(), &spec.args.register_params(info.block_size)) {
+    if let Err(e) = register(fd.as_ref(), &spec.args.register_params(&info)) {
         backend.shutdown_unserved();
         return Err(usage(format!("registration of {} refused: {e}", spec.args.name)));
     }

@@ -247,6 +247,11 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo) -> Geometry {
         segment_alignment: PAGE_SIZE as u32,
         supports_deallocate: info.controller.supports_dsm(),
         volatile_cache: info.controller.volatile_cache(),
+        max_copy_blocks: if info.controller.supports_copy() {
+            info.namespace.copy_blocks()
+        } else {
+            0
+        },
     }
 }
 

@@ -43,6 +43,8 @@ pub mod io_opcode {
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DSM: u8 = 0x09;
+    /// Copy (NVMe 2.0 NVM Command Set §3.3.1).
+    pub const COPY: u8 = 0x19;
 }
 
 /// IDENTIFY CNS values (NVMe 1.4 §5.15.1).
@@ -266,6 +268,10 @@ pub const IDENTIFY_LEN: usize = 4096;
 pub const ONCS_DSM: u16 = 1 << 2;
 /// ONCS bit: Write Zeroes supported.
 pub const ONCS_WRITE_ZEROES: u16 = 1 << 3;
+/// ONCS bit: Copy supported (NVMe 2.0 Figure 275).
+pub const ONCS_COPY: u16 = 1 << 8;
+/// OCFS bit: Copy source range format 0 supported (Identify Controller bytes 535:534).
+pub const OCFS_FORMAT_0: u16 = 1 << 0;
 
 /// The fields of the Identify Controller data structure this driver uses (NVMe 1.4 Figure 247).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,6 +294,8 @@ pub struct IdentifyController {
     pub nn: u32,
     /// Optional NVM Command Support.
     pub oncs: u16,
+    /// Optional Copy Formats Supported (bytes 535:534, NVMe 2.0).
+    pub ocfs: u16,
     /// Volatile Write Cache (bit 0: present).
     pub vwc: u8,
     /// Abort Command Limit: concurrent ABORT commands, 0's based (byte 258).
@@ -327,6 +335,7 @@ impl IdentifyController {
             cqes: data[513],
             nn: le32(data, 516),
             oncs: le16(data, 520),
+            ocfs: le16(data, 534),
             vwc: data[525],
             acl: data[258],
             elpe: data[262],
@@ -351,6 +360,11 @@ impl IdentifyController {
     /// Write Zeroes supported.
     pub fn supports_write_zeroes(&self) -> bool {
         self.oncs & ONCS_WRITE_ZEROES != 0
+    }
+
+    /// Copy with source range format 0 supported (ONCS bit 8 and OCFS bit 0).
+    pub fn supports_copy(&self) -> bool {
+        self.oncs & ONCS_COPY != 0 && self.ocfs & OCFS_FORMAT_0 != 0
     }
 
     /// A volatile write cache is present.
@@ -469,6 +483,10 @@ pub struct IdentifyNamespace {
     pub nguid: [u8; 16],
     /// IEEE Extended Unique Identifier (bytes 127:120; all zero: not supported).
     pub eui64: [u8; 8],
+    /// Maximum Single Source Range Length of a Copy, in blocks (bytes 75:74, NVMe 2.0).
+    pub mssrl: u16,
+    /// Maximum Copy Length, in blocks (bytes 79:76).
+    pub mcl: u32,
 }
 
 impl IdentifyNamespace {
@@ -494,7 +512,15 @@ impl IdentifyNamespace {
             // byte-swapped like the little-endian integer fields.
             nguid: data[104..120].try_into().unwrap_or_default(),
             eui64: data[120..128].try_into().unwrap_or_default(),
+            mssrl: le16(data, 74),
+            mcl: le32(data, 76),
         }
+    }
+
+    /// The most blocks one Copy with a single source range may move: MSSRL and MCL (0 in
+    /// either means nothing can be copied), and the 16-bit NLB (65536).
+    pub fn copy_blocks(&self) -> u32 {
+        u32::from(self.mssrl).min(self.mcl).min(65536)
     }
 
     /// The LBA format in use, if FLBAS names one that exists.

@@ -212,7 +212,8 @@ impl NvmeController {
         let info = &controller.info;
         log::info!(
             "{id}: NVMe {}.{} controller up in {:?}: {} ({}, fw {}), namespace {}: {} blocks of {} bytes, \
-             {} I/O queues x {} entries, max transfer {} KiB, MDTS {}, ONCS {:#x}, VWC {}",
+             {} I/O queues x {} entries, max transfer {} KiB, MDTS {}, ONCS {:#x}, VWC {}, \
+             Copy: OCFS {:#x} MSSRL {} MCL {} (up to {} blocks per Copy)",
             info.version >> 16,
             (info.version >> 8) & 0xFF,
             start.elapsed(),
@@ -227,7 +228,11 @@ impl NvmeController {
             geometry.max_transfer_bytes / 1024,
             info.controller.mdts,
             info.controller.oncs,
-            info.controller.vwc
+            info.controller.vwc,
+            info.controller.ocfs,
+            info.namespace.mssrl,
+            info.namespace.mcl,
+            geometry.max_copy_blocks
         );
         Ok((controller, queues))
     }

@@ -80,6 +80,21 @@ struct DsmRange {
 
 static_assertions::assert_eq_size!(DsmRange, [u8; 16]);
 
+/// A Copy source range entry, format 0 (NVMe 2.0 NVM Command Set Figure 42): SLBA at byte 8,
+/// NLB (0's based) at byte 16; no end-to-end protection fields used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, zerocopy::IntoBytes, zerocopy::Immutable)]
+struct CopyRange {
+    reserved0: u64,
+    slba: u64,
+    nlb: u16,
+    reserved1: [u8; 14],
+}
+
+static_assertions::assert_eq_size!(CopyRange, [u8; 32]);
+const _: () = assert!(std::mem::offset_of!(CopyRange, slba) == 8);
+const _: () = assert!(std::mem::offset_of!(CopyRange, nlb) == 16);
+
 /// An I/O queue pair.
 pub struct NvmeQueue {
     ctrl: Arc<NvmeController>,
@@ -329,6 +344,7 @@ impl NvmeQueue {
         let supported = match op {
             DeviceOp::WriteZeroes => controller.supports_write_zeroes(),
             DeviceOp::Deallocate => controller.supports_dsm(),
+            DeviceOp::Copy { .. } => controller.supports_copy(),
             _ => true,
         };
         if !supported {
@@ -341,6 +357,11 @@ impl NvmeQueue {
             });
             self.stats.refused += 1;
             return Ok(());
+        }
+        if matches!(op, DeviceOp::Copy { .. }) && blocks > geometry.max_copy_blocks {
+            return Err(SubmitError::Unaligned(
+                "more blocks than one Copy may move (MSSRL, MCL)",
+            ));
         }
         if matches!(op, DeviceOp::Read | DeviceOp::Write) {
             if req.length > geometry.max_transfer_bytes {
@@ -412,6 +433,19 @@ impl NvmeQueue {
                 sqe.prp1 = self.pages.iova() + page as u64;
                 sqe.cdw10 = 0; // one range (NR is 0-based)
                 sqe.cdw11 = DSM_ATTR_DEALLOCATE;
+            }
+            DeviceOp::Copy { src_lba } => {
+                // One source range in the slot's page; SDLBA (CDW10-11) is the request's LBA.
+                let range = CopyRange {
+                    reserved0: 0,
+                    slba: src_lba,
+                    nlb: (blocks - 1) as u16,
+                    reserved1: [0; 14],
+                };
+                self.pages.region().write_obj(page, &range);
+                sqe.opcode = io_opcode::COPY;
+                sqe.prp1 = self.pages.iova() + page as u64;
+                sqe.cdw12 = 0; // NR 0 (one range), DESFMT 0
             }
         }
         let entry = &mut self.slots[usize::from(slot)];

@@ -20,6 +20,9 @@ pub mod opcode {
     pub const WRITE_ZEROES: u8 = 4;
     /// Deallocate a range.
     pub const DEALLOCATE: u8 = 5;
+    /// Copy blocks inside the medium (contract 1.1): `lba` is the destination, `addr` the
+    /// source LBA, no data transfer.
+    pub const COPY: u8 = 6;
 }
 
 /// Descriptor flags (§3).

@@ -93,6 +93,8 @@ pub struct Sca1Caps {
     pub block_size: u32,
     /// Stop and reset bounds.
     pub timeouts: Timeouts,
+    /// The COPY descriptor is offered (VERSION 1.1 or later, accelerator.md §3.1).
+    pub copy: bool,
 }
 
 /// Driver tuning.
@@ -387,5 +389,6 @@ fn read_caps(device: &dyn DeviceBacking) -> Sca1Caps {
         capacity_blocks: bar.read64(global::CAPACITY),
         block_size: bar.read32(global::BLOCK_SIZE),
         timeouts: Timeouts::from_bits(bar.read32(global::TIMEOUTS)),
+        copy: bar.read32(global::VERSION) & 0xffff >= 1,
     }
 }

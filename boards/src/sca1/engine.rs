@@ -81,6 +81,12 @@ impl Controller for Sca1 {
             segment_alignment: 1,
             supports_deallocate: true,
             volatile_cache: true,
+            // COPY (contract 1.1) moves at most one transfer's worth per descriptor.
+            max_copy_blocks: if caps.copy {
+                caps.max_transfer_bytes / caps.block_size.max(1)
+            } else {
+                0
+            },
         }
     }
 
@@ -178,6 +184,13 @@ impl QueueEngine for Sca1Queue {
             DeviceOp::Flush => opcode::FLUSH,
             DeviceOp::WriteZeroes => opcode::WRITE_ZEROES,
             DeviceOp::Deallocate => opcode::DEALLOCATE,
+            // Sent only where the geometry offers copies (contract 1.1); a 1.0 engine would
+            // complete it INVALID_OPCODE.
+            DeviceOp::Copy { .. } => opcode::COPY,
+        };
+        let source = match req.op {
+            DeviceOp::Copy { src_lba } => Some(src_lba),
+            _ => None,
         };
         Sca1Queue::submit(
             self,
@@ -188,6 +201,7 @@ impl QueueEngine for Sca1Queue {
                 lba: req.lba,
                 length: req.length,
                 segments: req.segments,
+                source,
             },
         )
     }

@@ -61,6 +61,8 @@ pub struct Sca1Request<'a> {
     pub length: u32,
     /// Data segments (IOVA, bytes); one segment goes inline, more go in a scatter list.
     pub segments: &'a [(u64, u32)],
+    /// COPY: the source LBA, carried in `addr` (no segments).
+    pub source: Option<u64>,
 }
 
 /// A validated completion.
@@ -280,7 +282,7 @@ impl Sca1Queue {
             return Err(SubmitError::Full);
         };
         let (desc_flags, addr, sgl_entries) = match req.segments {
-            [] => (0, 0, 0),
+            [] => (0, req.source.unwrap_or(0), 0),
             [(iova, _)] => (0, *iova, 0),
             many => {
                 let base = slot as usize * self.config.max_sgl as usize * 16;

@@ -6,6 +6,8 @@ pub const ID_VALUE: u32 = 0x5343_4131;
 pub const ALL_ONES: u32 = 0xFFFF_FFFF;
 /// Contract version implemented: major 1, minor 0.
 pub const VERSION_1_0: u32 = 1 << 16;
+/// Contract 1.1: 1.0 plus the COPY descriptor (accelerator.md §3.1).
+pub const VERSION_1_1: u32 = (1 << 16) | 1;
 
 /// Global register offsets.
 pub mod global {

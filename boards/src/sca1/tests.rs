@@ -72,6 +72,7 @@ impl Rig {
                 lba,
                 length: segments.iter().map(|s| s.1).sum(),
                 segments,
+                source: None,
             })
             .expect("submit");
         self.queue.ring_doorbell();
@@ -250,4 +251,76 @@ fn a_reap_reads_the_eventfd_only_when_something_is_posted_or_twice_empty() {
     assert!(rig.reap_all().is_empty());
     assert_eq!(rig.queue.stats().irq_reads, reads + 3);
     assert!(!signalled(&rig.queue), "cleared by the second");
+}
+
+/// COPY (contract 1.1, accelerator.md §3.1): blocks move inside the medium, `addr` naming the
+/// source; overlapping ranges and a source past the end are refused; a 1.0 engine offers none.
+#[test]
+fn copy_moves_blocks_inside_the_medium_on_a_1_1_engine() {
+    use super::desc::cq_status;
+    use crate::engine::Controller;
+    let mut rig = Rig::new("sca1-copy");
+    assert_eq!(
+        rig.driver.geometry().max_copy_blocks,
+        (1 << 20) / 512,
+        "one transfer's worth"
+    );
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    rig.data.region().write_at(0, &pattern);
+    rig.submit(1, opcode::WRITE, 10);
+    rig.wait_posted(1);
+    let copy = |rig: &mut Rig, tag: u64, src: u64, dst: u64| {
+        rig.queue
+            .submit(&Sca1Request {
+                user_tag: tag,
+                opcode: opcode::COPY,
+                fua: false,
+                lba: dst,
+                length: 4096,
+                segments: &[],
+                source: Some(src),
+            })
+            .expect("submit");
+        rig.queue.ring_doorbell();
+    };
+    copy(&mut rig, 2, 10, 100);
+    copy(&mut rig, 3, 10, 14); // overlaps
+    copy(&mut rig, 4, 1020, 200); // source past the end
+    rig.wait_posted(4);
+    rig.data.region().write_at(0, &[0u8; 4096]);
+    rig.submit(5, opcode::READ, 100);
+    rig.wait_posted(5);
+    let mut done: Vec<_> = rig.reap_all().iter().map(|c| (c.user_tag, c.status)).collect();
+    done.sort_unstable();
+    assert_eq!(
+        done,
+        vec![
+            (1, cq_status::OK),
+            (2, cq_status::OK),
+            (3, cq_status::INVALID_FIELD),
+            (4, cq_status::LBA_RANGE),
+            (5, cq_status::OK)
+        ]
+    );
+    let mut back = vec![0u8; 4096];
+    rig.data.region().read_at(0, &mut back);
+    assert!(back == pattern, "the copied blocks read back as the source");
+
+    let config = SimConfig {
+        queues: 1,
+        vectors: 0,
+        num_blocks: 1024,
+        copy: false,
+        ..SimConfig::default()
+    };
+    let (device, _sim) = create_sim_board("sca1-no-copy", config).expect("sim board");
+    let device: Arc<dyn DeviceBacking> = device;
+    let driver_config = Sca1Config {
+        queues: 1,
+        ring_entries: 16,
+        ..Sca1Config::default()
+    };
+    let (driver, _queues) = Sca1::bring_up(device, &driver_config).expect("bring-up");
+    assert_eq!(driver.geometry().max_copy_blocks, 0, "a 1.0 engine has no COPY");
+    let _ = driver.reset();
 }

@@ -47,6 +47,8 @@ pub struct SimConfig {
     /// RESET_TIMEOUT advertised in TIMEOUTS (§7), ms, at least 1. Also bounds the model's own
     /// wait in a function reset.
     pub reset_timeout_ms: u16,
+    /// Contract 1.1: the COPY descriptor (VERSION reads 1.1); false: a 1.0 engine.
+    pub copy: bool,
 }
 
 impl Default for SimConfig {
@@ -62,6 +64,7 @@ impl Default for SimConfig {
             backing: Backing::Ram,
             stop_timeout_ms: 500,
             reset_timeout_ms: 2000,
+            copy: true,
         }
     }
 }

@@ -626,10 +626,13 @@ impl Engine {
     fn execute(&self, token: &mut Token<'_>, job: &Job, desc: &Descriptor) -> Step<Outcome> {
         let config = &self.shared.config;
         let block = u64::from(config.block_size);
-        if !matches!(
-            desc.opcode,
-            opcode::READ | opcode::WRITE | opcode::FLUSH | opcode::WRITE_ZEROES | opcode::DEALLOCATE
-        ) {
+        let known = match desc.opcode {
+            opcode::READ | opcode::WRITE | opcode::FLUSH | opcode::WRITE_ZEROES | opcode::DEALLOCATE => true,
+            // Contract 1.1 only (accelerator.md §3.1).
+            opcode::COPY => config.copy,
+            _ => false,
+        };
+        if !known {
             return Ok(Outcome::error(cq_status::INVALID_OPCODE, u32::from(desc.opcode)));
         }
         let data_op = matches!(desc.opcode, opcode::READ | opcode::WRITE);
@@ -665,6 +668,7 @@ impl Engine {
         }
         let offset = desc.lba * block;
         match desc.opcode {
+            opcode::COPY => Ok(self.copy(token, desc, offset, length)),
             opcode::WRITE_ZEROES | opcode::DEALLOCATE => {
                 let done = if desc.opcode == opcode::WRITE_ZEROES {
                     self.shared.medium.write_zeroes(token, offset, length)
@@ -689,6 +693,38 @@ impl Engine {
                     self.read(token, job, desc, offset, &segments)
                 }
             }
+        }
+    }
+
+    /// COPY (§3.1): `length` bytes from block `addr` to block `lba`, inside the medium. No
+    /// flags, no scatter list, at most one transfer, ranges inside the medium and apart; the
+    /// source is read whole before the destination changes.
+    fn copy(&self, token: &mut Token<'_>, desc: &Descriptor, offset: u64, length: u64) -> Outcome {
+        let config = &self.shared.config;
+        let block = u64::from(config.block_size);
+        let src = desc.addr;
+        if desc.flags != 0 || desc.sgl_entries != 0 || desc.length > config.max_transfer_bytes {
+            return Outcome::error(cq_status::INVALID_FIELD, desc.length);
+        }
+        let blocks = length / block;
+        if src.checked_add(blocks).is_none_or(|end| end > config.num_blocks) {
+            return Outcome::error(cq_status::LBA_RANGE, src as u32);
+        }
+        if src < desc.lba + blocks && desc.lba < src + blocks {
+            return Outcome::error(cq_status::INVALID_FIELD, src as u32);
+        }
+        let mut data = vec![0u8; length as usize];
+        if let Err(e) = self.shared.medium.read(token, src * block, &mut data) {
+            log::warn!(
+                "{}: queue {} COPY read error at LBA {src}: {e}",
+                self.shared.id,
+                self.q
+            );
+            return Outcome::error(cq_status::READ_ERROR, src as u32);
+        }
+        match self.shared.medium.write(token, offset, &data) {
+            Ok(()) => Outcome::ok(desc.length),
+            Err(e) => self.medium_error(cq_status::WRITE_ERROR, desc, &e),
         }
     }
 

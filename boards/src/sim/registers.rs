@@ -22,6 +22,7 @@ use crate::sca1::regs::queue;
 use crate::sca1::regs::status;
 use crate::sca1::regs::ID_VALUE;
 use crate::sca1::regs::VERSION_1_0;
+use crate::sca1::regs::VERSION_1_1;
 
 /// Ring base IOVAs must be 4 KiB aligned (§2).
 const RING_ALIGN: u64 = 4096;
@@ -425,7 +426,13 @@ impl BoardState {
         }
         match offset {
             global::ID => ID_VALUE,
-            global::VERSION => VERSION_1_0,
+            global::VERSION => {
+                if config.copy {
+                    VERSION_1_1
+                } else {
+                    VERSION_1_0
+                }
+            }
             global::CAP0 => config.cap0(),
             global::CAP1 => config.cap1(),
             global::CAPACITY => config.num_blocks as u32,

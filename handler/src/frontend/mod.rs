@@ -185,6 +185,11 @@ pub struct Counters {
     pub aborted: AtomicU64,
     /// Watchdog escalations (a command missed its deadline).
     pub deadline_escalations: AtomicU64,
+    /// EXT_COPY_REMAP messages (EXTENDED COPY segments, spec §3.8).
+    pub ext_copy_remap: AtomicU64,
+    /// Of those, segments given back whole to SCST's copy manager as a leftover (the store
+    /// cannot copy, or the copy is not inside this device).
+    pub remap_leftovers: AtomicU64,
 }
 
 /// A snapshot of [`Counters`], the workers' per-command figures and buffer figures.
@@ -232,6 +237,10 @@ pub struct FrontendStats {
     pub aborted: u64,
     /// Watchdog escalations.
     pub deadline_escalations: u64,
+    /// EXT_COPY_REMAP messages.
+    pub ext_copy_remap: u64,
+    /// Segments given back whole as leftovers.
+    pub remap_leftovers: u64,
     /// EXEC commands accepted and not yet answered: the drain's count
     /// ([`crate::teardown::Drain::in_flight`]).
     pub inflight: u64,
@@ -467,6 +476,11 @@ impl Frontend {
         // `frontend.sessions` is the lowest level: holding any lock while taking it breaks the
         // order, so a root token (which asserts that none is held) is exactly as strict.
         self.shared.sessions.lock(&mut LockToken::root()).0.clone()
+    }
+
+    /// What the store says about itself now (its copy path among others).
+    pub fn store_info(&self) -> crate::store::StoreInfo {
+        self.shared.store.info()
     }
 
     /// The engine.
@@ -706,6 +720,8 @@ impl Shared {
             answered_in_teardown: get(&c.answered_in_teardown),
             aborted: get(&c.aborted),
             deadline_escalations: get(&c.deadline_escalations),
+            ext_copy_remap: get(&c.ext_copy_remap),
+            remap_leftovers: get(&c.remap_leftovers),
             inflight: self.drain.in_flight(),
             // An API entry: the caller holds no lock (asserted by the root token).
             leases_outstanding: self.leases.outstanding(&mut LockToken::root()) as u64,

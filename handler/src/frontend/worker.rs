@@ -30,6 +30,7 @@ use crate::scsi::IoPlan;
 use crate::scsi::Plan;
 use crate::scsi::Response;
 use crate::store::CmdBuffer;
+use crate::store::CopyPath;
 use crate::store::IoBuffer;
 use crate::store::StoreCompletion;
 use crate::store::StoreQueue;
@@ -76,6 +77,9 @@ struct ExecCtx {
     /// The command's place in the drain; `None` only for an EXEC refused at the gate. It goes
     /// with the reply and drops when the reply is handed to SCST.
     token: Option<InFlightOwned>,
+    /// The work answers an EXT_COPY_REMAP (an EXTENDED COPY segment copied in the store), not
+    /// an EXEC: its reply is a remap reply ([`Worker::reply_remap`]).
+    remap: bool,
 }
 
 impl ExecCtx {
@@ -89,6 +93,7 @@ impl ExecCtx {
             bufflen,
             new_pbuf: 0,
             token,
+            remap: false,
         }
     }
 }
@@ -157,6 +162,9 @@ pub(super) struct Worker {
     reply_tokens: Vec<ReplyMeta>,
     /// Sense bytes the replies point at; alive until their replies are consumed.
     senses: Vec<Vec<u8>>,
+    /// Leftover descriptors the remap replies point at; alive until their replies are
+    /// consumed, like `senses`.
+    leftovers: Vec<Box<[abi::ExtCopyDataDescr]>>,
     inflight: IntMap<u32, Inflight>,
     /// Leases of the requests reaped in this pass, ended together ([`LeaseTable::release_batch`]).
     ///
@@ -215,6 +223,7 @@ impl Worker {
             replies: Vec::new(),
             reply_tokens: Vec::new(),
             senses: Vec::new(),
+            leftovers: Vec::new(),
             inflight: IntMap::default(),
             reaped_leases: Vec::new(),
             released_buffers: Vec::new(),
@@ -731,6 +740,7 @@ impl Worker {
         self.reply_tokens.drain(..n);
         if self.replies.is_empty() {
             self.senses.clear();
+            self.leftovers.clear();
         }
     }
 
@@ -878,19 +888,125 @@ impl Worker {
         );
     }
 
+    /// EXT_COPY_REMAP (spec §3.8, `docs/xcopy.md`): one EXTENDED COPY segment, sent on the
+    /// EXTENDED COPY command's own handle. When source and destination are both sessions of
+    /// this device (the copy manager's tgt_devs for it) and the store can copy, the segment is
+    /// copied in the store, asynchronously like an EXEC (in flight, with the command's
+    /// deadline, answered in [`Worker::reply_remap`]) and no data crosses SCST's buffers; the
+    /// reply then has no leftovers. Otherwise the whole segment goes back as one leftover
+    /// descriptor and SCST's copy manager copies it with READ(16) / WRITE(16) through us.
     fn ext_copy_remap(&mut self, cmd: &GetCmd) {
-        // We register ext_copy_remap_supported = 0, so this is a kernel surprise: fail the
-        // segment rather than claim it was copied.
-        log::warn!("unexpected EXT_COPY_REMAP for cmd_h {}", cmd.cmd_h);
-        let sense = self.shared.disk.sense(0x05, 0x20, 0x00);
-        let (sense_len, psense_buffer) = self.keep_sense(sense);
+        let received = self.batch_arrived;
+        let remap: abi::ExtCopyRemap = cmd.read_payload();
+        self.shared
+            .counters
+            .ext_copy_remap
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(token) = self.shared.drain.try_enter_owned() else {
+            // Intake is stopped (teardown step 1): BUSY, as for an EXEC.
+            self.shared
+                .counters
+                .refused_in_teardown
+                .fetch_add(1, Ordering::Relaxed);
+            let ctx = ExecCtx {
+                remap: true,
+                ..ExecCtx::immediate(received, data_direction::NONE, 0, None)
+            };
+            return self.reply_remap(cmd.cmd_h, ctx, busy());
+        };
+        let segment = remap.data_descr;
+        let own = {
+            let (sessions, _) = self.shared.sessions.lock(&mut self.token);
+            sessions.contains_key(&remap.src_sess_h) && sessions.contains_key(&remap.dst_sess_h)
+        };
+        let path = self.shared.store.info().copy;
+        let bs = u64::from(self.shared.disk.block_size());
+        let len = u64::try_from(segment.data_len).unwrap_or(0);
+        let overlap = segment.src_lba < segment.dst_lba.saturating_add(len / bs)
+            && segment.dst_lba < segment.src_lba.saturating_add(len / bs);
+        // A device copy of overlapping ranges has no defined result (NVMe Copy, SCA-1): the
+        // copy manager's READ/WRITE pairs do it instead.
+        let store_copies = match path {
+            CopyPath::None => false,
+            CopyPath::Store => true,
+            CopyPath::Device => !overlap,
+        };
+        if !own || !store_copies || segment.data_len <= 0 {
+            log::debug!(
+                "cmd_h {}: EXTENDED COPY segment {} -> {} ({} bytes) given back to the copy manager ({})",
+                cmd.cmd_h,
+                segment.src_lba,
+                segment.dst_lba,
+                segment.data_len,
+                if !own {
+                    "not inside this device"
+                } else {
+                    "the store does not copy it"
+                }
+            );
+            self.shared
+                .counters
+                .remap_leftovers
+                .fetch_add(1, Ordering::Relaxed);
+            let descrs: Box<[abi::ExtCopyDataDescr]> = if segment.data_len > 0 {
+                Box::new([segment])
+            } else {
+                // Nothing to copy (the core skips empty segments; a kernel that did not):
+                // no leftovers, the segment is done.
+                Box::new([])
+            };
+            let reply = abi::ExtCopyReplyRemap {
+                remap_descriptors: if descrs.is_empty() {
+                    0
+                } else {
+                    descrs.as_ptr() as u64
+                },
+                remap_descriptors_len: (descrs.len() * size_of::<abi::ExtCopyDataDescr>()) as u16,
+                ..Default::default()
+            };
+            self.leftovers.push(descrs);
+            return self.push_reply(
+                ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &reply),
+                Some(token),
+            );
+        }
+        let plan = self
+            .shared
+            .disk
+            .copy_segment(segment.src_lba, segment.dst_lba, segment.data_len);
+        // The remap has no timeout of its own: the EXTENDED COPY's is not passed on, so the
+        // default command timeout bounds it (capped like every command's).
+        let deadline = received + self.command_timeout(0);
+        let ctx = ExecCtx {
+            received,
+            deadline,
+            buffer: None,
+            direction: data_direction::NONE,
+            bufflen: 0,
+            new_pbuf: 0,
+            token: Some(token),
+            remap: true,
+        };
+        self.continue_exec(cmd.cmd_h, ctx, plan);
+    }
+
+    /// The remap reply of a segment the store copied (or failed to): no leftovers on GOOD,
+    /// else the status and sense, which SCST's copy manager makes the EXTENDED COPY's.
+    fn reply_remap(&mut self, cmd_h: u32, ctx: ExecCtx, response: Response) {
+        if response.status != sam_status::GOOD {
+            self.shared.counters.exec_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let (sense_len, psense_buffer) = self.keep_sense(response.sense);
         let reply = abi::ExtCopyReplyRemap {
-            status: sam_status::CHECK_CONDITION,
+            status: response.status,
             sense_len,
             psense_buffer,
             ..Default::default()
         };
-        self.push_reply(ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &reply), None);
+        self.push_reply(
+            ReplyCmd::with_payload(cmd_h, abi::SCST_USER_EXT_COPY_REMAP, &reply),
+            ctx.token,
+        );
     }
 
     fn parse(&mut self, cmd: &GetCmd) {
@@ -1030,6 +1146,7 @@ impl Worker {
             bufflen,
             new_pbuf,
             token: Some(token),
+            remap: false,
         };
         self.continue_exec(cmd.cmd_h, ctx, plan);
     }
@@ -1228,6 +1345,9 @@ impl Worker {
     /// Queue the EXEC's reply; its drain token (in `ctx`) goes with it and drops when the reply
     /// is handed to SCST.
     fn reply_exec(&mut self, cmd_h: u32, ctx: ExecCtx, response: Response) {
+        if ctx.remap {
+            return self.reply_remap(cmd_h, ctx, response);
+        }
         let ExecCtx {
             received,
             direction,

@@ -3,6 +3,7 @@
 //! delayed to EXEC, spec §3.6), local events before EXEC (aborts, unit attentions, write
 //! protect), completion to the initiator and the free stage (ON_FREE_CMD or skipped, spec §3.11).
 
+use super::copy_mgr;
 use super::core_parse;
 use super::device::CoreWork;
 use super::device::DeviceState;
@@ -79,6 +80,11 @@ impl DeviceState {
             return;
         }
         let opcode = cmd.cdb.first().copied().unwrap_or(0);
+        if opcode == copy_mgr::RECEIVE_COPY_RESULTS {
+            // Core-local, never reaches the handler (scst_targ.c:2591).
+            self.cm_receive_copy_results(id, fx);
+            return;
+        }
         if opcode == core_parse::REPORT_LUNS {
             // Fully local: answered by the core, no ucmd (spec §6.4).
             let lun = self.sessions.get(&cmd.sess_h).map_or(0, |s| s.lun);
@@ -97,6 +103,12 @@ impl DeviceState {
         cmd.ucmd = Some(h);
         if let Some(p) = parsed {
             cmd.parsed = p;
+        }
+        if opcode == copy_mgr::EXTENDED_COPY && pt != abi::parse_type::CALL {
+            // SCST's parser knows it; the copy manager runs it on this command's ucmd
+            // (scst_targ.c:2586), which EXT_COPY_REMAP then uses.
+            self.cm_extended_copy(id, fx);
+            return;
         }
         if send_parse {
             let (exp_dir, exp_len, exp_out) = match (cmd.data_out.len(), cmd.expected_data_in) {
@@ -304,14 +316,29 @@ impl DeviceState {
             data_in.clear();
         }
         data_in.truncate(cmd.expected_data_in as usize);
+        let sess_h = cmd.sess_h;
+        let tag = cmd.tag;
+        let cm_parent = cmd.cm_parent;
+        let opcode = cmd.cdb.first().copied().unwrap_or(0);
+        if let Some(ec) = cm_parent {
+            // The copy manager's own READ/WRITE: back to its EXTENDED COPY.
+            if let Some(s) = self.sessions.get_mut(&sess_h) {
+                s.outstanding = s.outstanding.saturating_sub(1);
+            }
+            self.commands_completed += 1;
+            self.free_stage(id, fx);
+            self.cm_internal_done(ec, opcode, status, sense, data_in, fx);
+            self.remove_detached_sessions(fx);
+            return;
+        }
+        self.cm_forget(id);
         let completion = ScsiCompletion {
-            tag: cmd.tag,
+            tag,
             status,
             sense,
             data_in,
             aborted,
         };
-        let sess_h = cmd.sess_h;
         if let Some(s) = self.sessions.get_mut(&sess_h) {
             s.outstanding = s.outstanding.saturating_sub(1);
             fx.scsi.push((s.tx.clone(), completion));

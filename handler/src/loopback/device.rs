@@ -156,6 +156,9 @@ pub(crate) struct ScsiCmd {
     pub completed: bool,
     pub status: u8,
     pub resp_data_len: i32,
+    /// An internal READ/WRITE of the copy manager for this EXTENDED COPY: its completion goes
+    /// to the copy manager ([`DeviceState::cm_internal_done`]), not to an initiator.
+    pub cm_parent: Option<u64>,
 }
 
 /// One entry of the SCST active list (spec §3.1).
@@ -218,6 +221,8 @@ pub(crate) struct DeviceState {
     pub suspended: u32,
     pub released: bool,
     pub commands_completed: u64,
+    /// SCST's copy manager, this device's part (EXTENDED COPY, `copy_mgr.rs`).
+    pub cm: super::copy_mgr::CopyManager,
     poll: Arc<PollSignal>,
     poll_armed: bool,
 }
@@ -251,6 +256,7 @@ impl DeviceState {
             suspended: 0,
             released: false,
             commands_completed: 0,
+            cm: super::copy_mgr::CopyManager::default(),
             poll,
             poll_armed: false,
         }
@@ -560,6 +566,48 @@ impl DeviceState {
 }
 
 impl ScsiCmd {
+    /// A new command of session `sess_h`, not yet parsed.
+    pub fn new(
+        id: u64,
+        sess_h: u64,
+        tag: u64,
+        cdb: Vec<u8>,
+        data_out: Vec<u8>,
+        expected_data_in: u32,
+        sn: u32,
+    ) -> Self {
+        Self {
+            id,
+            sess_h,
+            tag,
+            cdb,
+            data_out,
+            expected_data_in,
+            queue_type: abi::queue_type::SIMPLE,
+            timeout: 0,
+            sn,
+            parsed: super::core_parse::ParsedCdb {
+                direction: abi::data_direction::UNKNOWN,
+                bufflen: 0,
+                out_bufflen: 0,
+                data_len: 0,
+                lba: 0,
+                op_flags: 0,
+            },
+            ucmd: None,
+            sgv: None,
+            pbuf: 0,
+            alloc_len: 0,
+            cached: false,
+            data_out_pending: false,
+            aborted: false,
+            completed: false,
+            status: 0,
+            resp_data_len: 0,
+            cm_parent: None,
+        }
+    }
+
     /// Bytes of buffer the command needs (data-in plus BIDI data-out).
     pub fn buffer_bytes(&self) -> usize {
         let n = i64::from(self.parsed.bufflen.max(0)) + i64::from(self.parsed.out_bufflen.max(0));

@@ -7,6 +7,8 @@
 //! - `device`: the per-device lock, ready list, active list and fetch path (§3.1, §5.6);
 //! - `ucmd`: the per-message object and its flags (§3.11, §5.4);
 //! - `core`, `core_parse`: the SCST core's own processing of a command (§3.6, §3.7);
+//! - `copy_mgr`: SCST's copy manager: EXTENDED COPY, EXT_COPY_REMAP (§3.8), RECEIVE COPY
+//!   RESULTS (`docs/xcopy.md`);
 //! - `reply`: reply validation and effects (§3.4, §3.5);
 //! - `reply_get`: the replies and fetches of one REPLY_AND_GET ioctl, batched (§3.2, §3.3);
 //! - `sgv`: the SGV buffer cache with owner handles (§3.6);
@@ -15,6 +17,7 @@
 //! - `uaccess`: user memory access through `process_vm_readv`/`process_vm_writev`, batched
 //!   and counted ([`LoopbackKernel::syscalls`]).
 
+mod copy_mgr;
 mod core;
 mod core_parse;
 mod device;
@@ -34,6 +37,8 @@ mod tests;
 pub use fd::LoopbackFd;
 pub use sense::decode as decode_sense;
 pub use session::AttachError;
+pub use session::CopyManagerError;
+pub use session::CopyManagerLun;
 pub use session::DeviceStats;
 pub use session::KernelConfig;
 pub use session::LoopbackKernel;

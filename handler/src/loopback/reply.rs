@@ -22,6 +22,8 @@ use std::time::Instant;
 
 /// WRITE SAME descriptor arrays are at most this long (spec §3.5).
 const MAX_WS_DESCRIPTORS_LEN: u16 = 4096;
+/// EXT_COPY_REMAP leftover arrays are at most a page (spec §3.8).
+const MAX_REMAP_DESCRIPTORS_LEN: u16 = 4096;
 
 /// User copies to do between the two locked steps.
 #[derive(Debug)]
@@ -59,6 +61,15 @@ pub(crate) enum Plan {
     },
     /// DO_WRITE_SAME with descriptors to read.
     WriteSame { h: u32, id: u64, addr: u64, len: u16 },
+    /// EXT_COPY_REMAP with an error status or sense: copy the sense, fail the EXTENDED COPY.
+    RemapError {
+        h: u32,
+        id: u64,
+        status: u8,
+        sense: (u64, u8),
+    },
+    /// EXT_COPY_REMAP with leftover descriptors to read.
+    Remap { h: u32, id: u64, addr: u64, len: u16 },
 }
 
 /// The user copies of one [`Plan`], done with the device lock dropped (or prefetched).
@@ -77,6 +88,8 @@ pub(crate) enum Copied {
     },
     /// DO_WRITE_SAME: the descriptors.
     WriteSame(Result<Vec<u8>, Errno>),
+    /// EXT_COPY_REMAP: the leftover descriptors.
+    Remap(Result<Vec<u8>, Errno>),
 }
 
 /// The user ranges an EXEC COMPLETED reply reads with no pin first: its data-in and its
@@ -164,6 +177,11 @@ impl Plan {
             Plan::WriteSame { addr, len, .. } => {
                 let mut raw = vec![0u8; usize::from(*len)];
                 Copied::WriteSame(mem.copy_from_user(*addr, &mut raw).map(|()| raw))
+            }
+            Plan::RemapError { sense, .. } => Copied::Sense(copy_sense(mem, *sense)),
+            Plan::Remap { addr, len, .. } => {
+                let mut raw = vec![0u8; usize::from(*len)];
+                Copied::Remap(mem.copy_from_user(*addr, &mut raw).map(|()| raw))
             }
         }
     }
@@ -296,6 +314,54 @@ impl DeviceState {
                 self.complete_or_abort(id, abi::sam_status::GOOD, Vec::new(), Vec::new(), fx);
                 Ok(())
             }
+            (Plan::RemapError { h, id, status, .. }, Copied::Sense(copied)) => {
+                self.reply_end(h);
+                match copied {
+                    Ok(sense) => {
+                        self.cm_remap_failed(id, status, sense, fx);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.cm_remap_invalid(id, fx);
+                        Err(e)
+                    }
+                }
+            }
+            (Plan::Remap { h, id, .. }, Copied::Remap(copied)) => {
+                self.reply_end(h);
+                let Ok(raw) = copied else {
+                    // The kernel's own flaw, kept: a fault reading the leftovers ends the
+                    // reply with EFAULT but sets no error on the command, and the segment is
+                    // taken as done (`out_free_buf` → `scst_ext_copy_remap_done(NULL)`,
+                    // scst_user.c:1488-1494, 1538-1548): its data is not copied.
+                    log::warn!("loopback: EXT_COPY_REMAP leftovers unreadable: segment taken as copied");
+                    self.cm_remap_done(id, Vec::new(), fx);
+                    return Err(Errno::EFAULT);
+                };
+                // spec §3.8 (scst_user.c:1496-1536): whole 24-byte descriptors, none empty,
+                // together no longer than the segment; HARDWARE ERROR and EINVAL otherwise.
+                let size = std::mem::size_of::<abi::ExtCopyDataDescr>();
+                if !raw.len().is_multiple_of(size) {
+                    log::warn!("loopback: EXT_COPY_REMAP leftovers of {} bytes", raw.len());
+                    self.cm_remap_invalid(id, fx);
+                    return Err(Errno::EINVAL);
+                }
+                let descrs: Vec<abi::ExtCopyDataDescr> = raw
+                    .chunks_exact(size)
+                    .filter_map(|c| zerocopy::FromBytes::read_from_bytes(c).ok())
+                    .collect();
+                let total: i64 = descrs.iter().map(|d| i64::from(d.data_len)).sum();
+                let segment = i64::from(self.cm_segment_len(id).unwrap_or(0));
+                if descrs.iter().any(|d| d.data_len == 0) || total > segment {
+                    log::warn!(
+                        "loopback: invalid EXT_COPY_REMAP leftovers {descrs:?} for a {segment}-byte segment"
+                    );
+                    self.cm_remap_invalid(id, fx);
+                    return Err(Errno::EINVAL);
+                }
+                self.cm_remap_done(id, descrs, fx);
+                Ok(())
+            }
             (plan, _) => {
                 // Copies come from `plan.copy` or a prefetch matched against the plan.
                 log::error!("loopback: reply plan {plan:?} applied with the copies of another plan");
@@ -418,6 +484,7 @@ impl DeviceState {
             (abi::UCMD_STATE_PARSING, Some(id)) => self.reply_parse(h, id, reply, fx),
             (abi::UCMD_STATE_BUF_ALLOCING, Some(id)) => self.reply_alloc_mem(h, id, reply, fx),
             (abi::UCMD_STATE_EXECING, Some(id)) => self.reply_exec(h, id, reply, fx),
+            (abi::UCMD_STATE_EXT_COPY_REMAPPING, Some(id)) => self.reply_remap(h, id, reply, fx),
             (abi::UCMD_STATE_ON_FREEING, Some(id)) => {
                 self.finish_free(id, fx);
                 Ok(Plan::Done)
@@ -670,6 +737,45 @@ impl DeviceState {
                 self.invalid(id, sense::INTERNAL_FAILURE, Errno::EINVAL, fx)
             }
         }
+    }
+
+    /// EXT_COPY_REMAP's reply (spec §3.8, `dev_user_process_reply_ext_copy_remap`): an error
+    /// status or sense fails the EXTENDED COPY with them; no descriptors means the segment was
+    /// copied; more than a page of descriptors is a HARDWARE ERROR (EOVERFLOW); the rest is
+    /// read and checked in [`DeviceState::reply_apply`].
+    fn reply_remap(&mut self, h: u32, id: u64, reply: &ReplyCmd, fx: &mut Effects) -> Result<Plan, Errno> {
+        let r: abi::ExtCopyReplyRemap = reply.read_payload();
+        if !self.cm_is_copy(id) {
+            return Ok(Plan::Done);
+        }
+        if r.status != 0 || r.sense_len != 0 {
+            self.set_in_reply(h);
+            return Ok(Plan::RemapError {
+                h,
+                id,
+                status: r.status,
+                sense: (r.psense_buffer, r.sense_len),
+            });
+        }
+        if r.remap_descriptors_len == 0 {
+            self.cm_remap_done(id, Vec::new(), fx);
+            return Ok(Plan::Done);
+        }
+        if r.remap_descriptors_len > MAX_REMAP_DESCRIPTORS_LEN {
+            log::warn!(
+                "loopback: {} bytes of EXT_COPY_REMAP leftovers (more than a page)",
+                r.remap_descriptors_len
+            );
+            self.cm_remap_invalid(id, fx);
+            return Err(Errno(libc::EOVERFLOW));
+        }
+        self.set_in_reply(h);
+        Ok(Plan::Remap {
+            h,
+            id,
+            addr: r.remap_descriptors,
+            len: r.remap_descriptors_len,
+        })
     }
 
     fn set_in_reply(&mut self, h: u32) {

@@ -158,6 +158,33 @@ pub enum AttachError {
     Timeout(Duration),
 }
 
+/// Why a device could not be made a LUN of the copy manager (`docs/xcopy.md`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CopyManagerError {
+    /// The copy manager's session could not attach.
+    #[error("the copy manager's session could not attach: {0}")]
+    Attach(#[from] AttachError),
+    /// Its INQUIRY could not be submitted.
+    #[error("the copy manager's INQUIRY could not be submitted: {0}")]
+    Submit(#[from] SubmitError),
+    /// Its INQUIRY was not answered in time.
+    #[error("the copy manager's INQUIRY was not answered within {0:?}")]
+    Timeout(Duration),
+    /// Its INQUIRY failed: the copy manager is disabled for the device ("Unable to perform
+    /// initial INQUIRY", scst_copy_mgr.c:2288-2292).
+    #[error("the copy manager's INQUIRY ended with status {0:#x}: copy manager disabled for the device")]
+    Inquiry(u8),
+}
+
+/// A device made a LUN of the copy manager's target: its session (kept attached while this
+/// lives) and the designators it registered from VPD 83h.
+pub struct CopyManagerLun {
+    /// The copy manager's session on the device.
+    pub session: Session,
+    /// The designation descriptors registered (header included).
+    pub designators: Vec<Vec<u8>>,
+}
+
 /// Why a command or TM could not be submitted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
@@ -331,6 +358,63 @@ impl LoopbackKernel {
         }
     }
 
+    /// What the operator's `add DEVICE LUN` to `copy_manager_tgt/luns/mgmt` does
+    /// (`scst_cm_on_add_lun` → `scst_cm_dev_register`, scst_copy_mgr.c:2509-2562, 2769-2794):
+    /// the copy manager's session attaches to the device, sends INQUIRY VPD 83h (4096 bytes,
+    /// HEAD OF QUEUE) through the handler, and registers the designators it can match CSCD
+    /// descriptors against (`copy_mgr::parse_designators`). Without it an EXTENDED COPY naming
+    /// the device is refused (INVALID FIELD IN PARAMETER LIST). A handler thread must serve
+    /// the fd meanwhile.
+    ///
+    /// # Errors
+    /// [`CopyManagerError`].
+    pub fn add_copy_manager_lun(&self, device: &str, lun: u64) -> Result<CopyManagerLun, CopyManagerError> {
+        let spec = SessionSpec {
+            initiator_name: super::copy_mgr::SESSION_NAME.to_owned(),
+            target_name: super::copy_mgr::TARGET_NAME.to_owned(),
+            lun,
+            rd_only: false,
+        };
+        let session = self.attach_session(device, spec)?;
+        session.submit(ScsiRequest {
+            tag: 1,
+            cdb: vec![0x12, 0x01, 0x83, 0x10, 0x00, 0x00],
+            data_out: Vec::new(),
+            expected_data_in: 4096,
+            queue_type: abi::queue_type::HEAD_OF_QUEUE,
+            timeout_secs: 0,
+        })?;
+        let timeout = Duration::from_secs(30);
+        let done = session
+            .completions()
+            .recv_timeout(timeout)
+            .map_err(|_| CopyManagerError::Timeout(timeout))?;
+        if done.status != abi::sam_status::GOOD {
+            return Err(CopyManagerError::Inquiry(done.status));
+        }
+        let designators = super::copy_mgr::parse_designators(&done.data_in, done.data_in.len());
+        let token = &mut LockToken::root();
+        let sess_h = session.sess_h;
+        session.dev.with(token, |st, _| {
+            st.cm.designators.retain(|d| d.sess_h != sess_h);
+            st.cm
+                .designators
+                .extend(designators.iter().map(|bytes| super::copy_mgr::CmDesignator {
+                    bytes: bytes.clone(),
+                    sess_h,
+                }));
+        });
+        Ok(CopyManagerLun { session, designators })
+    }
+
+    /// EXT_COPY_REMAP messages the copy manager sent to the device's handler, and bytes it
+    /// copied itself with READ/WRITE (leftovers); `None` if no such device.
+    pub fn copy_manager_stats(&self, device: &str) -> Option<(u64, u64)> {
+        let token = &mut LockToken::root();
+        let dev = self.inner.device(token, device)?;
+        Some(dev.with(token, |st, _| (st.cm.remaps, st.cm.leftover_bytes)))
+    }
+
     /// FLUSH_CACHE from the core side: every free cached buffer is evicted
     /// (ON_CACHED_MEM_FREE with its owner's handle).
     ///
@@ -473,6 +557,7 @@ impl Session {
                     completed: false,
                     status: 0,
                     resp_data_len: 0,
+                    cm_parent: None,
                 },
             );
             st.active.push_back(CoreWork::New(id));

@@ -96,7 +96,12 @@ impl DeviceState {
         let cmd = u.scsi_cmd();
         self.unqueue(h);
         match state {
-            abi::UCMD_STATE_PARSING | abi::UCMD_STATE_BUF_ALLOCING | abi::UCMD_STATE_EXECING => {
+            // EXT_COPY_REMAPPING: the EXTENDED COPY fails the same way (scst_user.c:2600-2627,
+            // then `scst_ext_copy_remap_done(NULL)` finds it completed).
+            abi::UCMD_STATE_PARSING
+            | abi::UCMD_STATE_BUF_ALLOCING
+            | abi::UCMD_STATE_EXECING
+            | abi::UCMD_STATE_EXT_COPY_REMAPPING => {
                 let id = cmd?;
                 if let Some(u) = self.ucmds.get_mut(&h) {
                     u.aborted = true;

@@ -238,7 +238,12 @@ fn the_engine_executes_a_command_iff_rsoc_says_supported() {
                     None => {
                         assert_eq!(data, [0, 0x01, 0, 0], "{what}: RSOC must say not supported");
                         let refused = outcome.expect_err(&what);
-                        let expected = if sa.is_some() {
+                        // An opcode with service actions the engine executes: an unknown one is
+                        // a bad field; an opcode only SCST's core executes is unknown as a whole.
+                        let engine_sas = opcodes::TABLE.iter().any(|e| {
+                            e.opcode == opcode && e.service_action.is_some() && e.executor == Executor::Engine
+                        });
+                        let expected = if sa.is_some() && engine_sas {
                             fixed(Sense::invalid_cdb_field(1, Some(4)))
                         } else {
                             fixed(Sense::invalid_opcode())
@@ -294,7 +299,10 @@ fn the_engine_executes_a_command_iff_rsoc_says_supported() {
                             // The engine never sees it (the core runs it); it would refuse it.
                             assert_eq!(e.executor, Executor::ScstCore, "{what}");
                             assert_eq!(outcome.expect_err(&what).sense, fixed(Sense::invalid_opcode()));
-                            check_core_compare_and_write(&label, &disk);
+                            match e.op {
+                                opcodes::Op::CompareAndWrite => check_core_compare_and_write(&label, &disk),
+                                _ => check_core_copy_manager(&label, &disk),
+                            }
                         }
                     }
                 }
@@ -316,7 +324,7 @@ fn check_core_compare_and_write(label: &str, disk: &Disk) {
     let max = u32::from(disk.capabilities().compare_and_write.max_blocks());
     let entry = opcodes::TABLE
         .iter()
-        .find(|e| e.executor == Executor::ScstCore)
+        .find(|e| e.op == opcodes::Op::CompareAndWrite)
         .expect("COMPARE AND WRITE entry");
     assert!((1..=COMPARE_AND_WRITE_FIELD_MAX).contains(&max), "{label}: {max}");
     let core_cdbs = |byte1: u8, nlb: u32| {
@@ -422,6 +430,63 @@ fn check_engine_compare_and_write(label: &str, disk: &Disk) {
             panic!("{label}: one block over the maximum was planned")
         };
         assert_eq!(r.sense, fixed(Sense::invalid_cdb_field(13, None)), "{label}");
+    }
+}
+
+/// SCST's copy manager serves EXTENDED COPY and RECEIVE COPY RESULTS (docs/xcopy.md). What it
+/// needs from the engine: its INQUIRY at registration (`01 83`, 4096 bytes, scst_copy_mgr.c:
+/// 2383-2430) with the LU's designator where it looks (association 0, PIV 0, protocol 0,
+/// inside the first PAGE LENGTH bytes: the parser stops at `off < page_len`, :2324), and its
+/// READ(16) / WRITE(16) of 512 KiB (SCST_CM_MAX_EACH_IO_SIZE) for what it copies itself.
+fn check_core_copy_manager(label: &str, disk: &Disk) {
+    let remap = match disk.capabilities().copy_offload {
+        super::CopyOffload::ScstCopyManager { remap } => remap,
+        super::CopyOffload::None => panic!("{label}: listed without copy offload"),
+    };
+    let page = match run(disk, &[0x12, 0x01, 0x83, 0x10, 0x00, 0x00]) {
+        Ok(Plan::Done(r)) => r.data,
+        other => panic!("{label}: the copy manager's INQUIRY: {other:?}"),
+    };
+    assert_eq!(
+        (page[0], page[1]),
+        (0, 0x83),
+        "{label}: a disk's device identification page"
+    );
+    let page_len = usize::from(u16::from_be_bytes([page[2], page[3]]));
+    let ours = disk.config().designator.descriptor();
+    let mut off = 4;
+    let mut registered = Vec::new();
+    while off < page_len && off + 3 < page_len {
+        let len = usize::from(page[off + 3]);
+        if off + len > page_len {
+            break;
+        }
+        if page[off] & 0xF0 == 0 && page[off + 1] & 0xF0 == 0 {
+            registered.push(page[off..off + 4 + len].to_vec());
+        }
+        off += 4 + len;
+    }
+    assert!(
+        registered.contains(&ours),
+        "{label}: the copy manager would not register the LU designator {ours:02x?} from {page:02x?}"
+    );
+    let blocks = super::caps::COPY_MANAGER_IO_BYTES / disk.block_size();
+    for opcode in [0x88u8, 0x8A] {
+        let mut cdb = base_cdb(opcode, None, 16);
+        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        assert!(
+            matches!(run(disk, &cdb), Ok(Plan::Io(_))),
+            "{label}: the copy manager's {opcode:02x} of {blocks} blocks must go through"
+        );
+    }
+    if remap {
+        assert!(
+            matches!(
+                disk.copy_segment(0, 1, (blocks * disk.block_size()) as i32),
+                Plan::Io(_)
+            ),
+            "{label}: a remapped segment must reach the store"
+        );
     }
 }
 

@@ -88,12 +88,26 @@ impl CompareAndWrite {
     }
 }
 
-/// Copy offload the disk takes part in.
+/// Largest READ(16) / WRITE(16) SCST's copy manager sends while it copies a segment itself
+/// (`SCST_CM_MAX_EACH_IO_SIZE`, scst_copy_mgr.c:35): 512 KiB, whatever the device's Block
+/// Limits say.
+pub const COPY_MANAGER_IO_BYTES: u32 = 512 * 1024;
+
+/// Copy offload the disk takes part in (`docs/xcopy.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyOffload {
-    /// None: the handler registers `ext_copy_remap_supported = 0`; SCST's copy manager does
-    /// not use this disk (EXTENDED COPY ends in ILLEGAL REQUEST, issue 15 item 3).
+    /// Not advertised: 3PC = 0, EXTENDED COPY and RECEIVE COPY RESULTS not in RSOC.
     None,
+    /// SCST's copy manager executes EXTENDED COPY(LID1) and answers RECEIVE COPY RESULTS for
+    /// this disk (both core-local commands, the engine never sees them), once the device is a
+    /// LUN of `copy_manager_tgt`. It copies with READ(16) / WRITE(16) of up to
+    /// [`COPY_MANAGER_IO_BYTES`] through this engine, so it is offered only when the maximum
+    /// transfer takes them. With `remap`, segments inside the disk are first offered to the
+    /// handler (EXT_COPY_REMAP), which copies them in the store.
+    ScstCopyManager {
+        /// The handler registers `ext_copy_remap_supported = 1` and copies in the store.
+        remap: bool,
+    },
 }
 
 /// Logical block provisioning (SBC-3 §4.7).
@@ -179,7 +193,18 @@ impl Capabilities {
             dpo_fua: true,
             read_only: config.read_only,
             rotation_rate: config.rotation_rate,
-            copy_offload: CopyOffload::None,
+            copy_offload: match config.copy_offload {
+                // SCST's copy manager refuses read-only devices ("Copy Manager does not support
+                // read only devices", scst_copy_mgr.c:2781), and its 512 KiB READ/WRITEs must fit.
+                Some(remap)
+                    if !config.read_only
+                        && u64::from(limits.max_transfer_blocks) * u64::from(config.block_size)
+                            >= u64::from(COPY_MANAGER_IO_BYTES) =>
+                {
+                    CopyOffload::ScstCopyManager { remap }
+                }
+                _ => CopyOffload::None,
+            },
         }
     }
 }
@@ -245,6 +270,27 @@ mod tests {
             Capabilities::new(&cfg).compare_and_write,
             CompareAndWrite::Handler { max_blocks: 16 }
         );
+    }
+
+    #[test]
+    fn copy_offload_needs_a_writable_disk_that_takes_the_copy_managers_transfers() {
+        let mut cfg = DiskConfig::new(512, 100);
+        assert_eq!(
+            Capabilities::new(&cfg).copy_offload,
+            CopyOffload::None,
+            "not asked for"
+        );
+        cfg.copy_offload = Some(true);
+        assert_eq!(
+            Capabilities::new(&cfg).copy_offload,
+            CopyOffload::ScstCopyManager { remap: true }
+        );
+        // 512 KiB in 512-byte blocks is 1024 blocks: one fewer and the core's READ(16) fails.
+        cfg.limits.max_transfer_blocks = 1023;
+        assert_eq!(Capabilities::new(&cfg).copy_offload, CopyOffload::None);
+        cfg.limits.max_transfer_blocks = 1024;
+        cfg.read_only = true;
+        assert_eq!(Capabilities::new(&cfg).copy_offload, CopyOffload::None);
     }
 
     #[test]

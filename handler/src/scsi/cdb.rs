@@ -416,6 +416,8 @@ pub(crate) fn decode_traced(
             let blocks = in_range(f.be(2, 8), u64::from(count), geo)?;
             Command::CompareAndWrite { blocks, fua }
         }
+        // SCST's core executes them (`Executor::ScstCore`); `lookup` never returns the entry.
+        Op::ExtendedCopy | Op::ReceiveCopyResults => return Err(Sense::invalid_opcode()),
         Op::Unmap => Command::Unmap {
             param_len: f.be32(7, 2),
         },
@@ -490,6 +492,7 @@ mod tests {
                 lba_status: true,
                 compare_and_write: true,
                 compare_and_write_in_engine: false,
+                copy_offload: false,
             },
             limits,
             compare_and_write_max: 128,

@@ -31,6 +31,7 @@ pub(crate) fn standard(config: &DiskConfig, caps: &Capabilities) -> Vec<u8> {
                                 // 3PC: third-party copy (EXTENDED COPY) only where the disk takes part in it.
     d[5] = match caps.copy_offload {
         CopyOffload::None => 0,
+        CopyOffload::ScstCopyManager { .. } => 0x08,
     };
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(&ascii_field::<8>(&config.vendor));

@@ -128,6 +128,12 @@ pub struct DiskConfig {
     /// what RAM, SCA-1 and NVMe stores are), 0 = not reported (a file store on a spinning
     /// disk, [`crate::store::StoreInfo::rotational`]).
     pub rotation_rate: u16,
+    /// SCST's copy manager runs EXTENDED COPY for this disk (`docs/xcopy.md`): 3PC, and RSOC
+    /// lists EXTENDED COPY(LID1) and RECEIVE COPY RESULTS. `Some(remap)` where the operator
+    /// makes the device a LUN of the copy manager's target (scst_user devices are not added to
+    /// it automatically); `remap` says the store copies segments itself (EXT_COPY_REMAP,
+    /// [`crate::transport::register::options_for_store`]). `None`: not advertised.
+    pub copy_offload: Option<bool>,
     /// Limits (VPD B0h), before normalisation (see [`Capabilities`]).
     pub limits: BlockLimits,
 }
@@ -155,6 +161,7 @@ impl DiskConfig {
             write_cache: true,
             d_sense: false,
             compare_and_write: CompareAndWriteBy::ScstCore,
+            copy_offload: None,
             rotation_rate: caps::NON_ROTATING,
             limits: BlockLimits {
                 max_transfer_blocks: blocks_of(4 << 20),
@@ -188,6 +195,7 @@ impl DiskConfig {
             Some(true) => caps::ROTATION_NOT_REPORTED,
             Some(false) | None => caps::NON_ROTATING,
         };
+        config.copy_offload = Some(info.copy != crate::store::CopyPath::None);
         config
     }
 }
@@ -327,6 +335,10 @@ impl IoPlan {
                 | StoreOp::WriteZeroes { lba, blocks, .. },
                 _,
             ) => Some((BlockRange::new(*lba, u64::from(*blocks)), RangeMode::Shared)),
+            // A copy in the store writes its destination like any other write.
+            (StoreOp::Copy { dst_lba, blocks, .. }, _) => {
+                Some((BlockRange::new(*dst_lba, u64::from(*blocks)), RangeMode::Shared))
+            }
             // One span over every descriptor: UNMAP is rare next to COMPARE AND WRITE, and a
             // wider shared hold only delays an overlapping COMPARE AND WRITE, never a write.
             (StoreOp::Unmap { ranges }, _) => {
@@ -570,6 +582,54 @@ impl Disk {
                 Plan::Done(Response::check_condition(sense.encode(self.descriptor_sense())))
             }
         }
+    }
+
+    /// An EXTENDED COPY segment SCST's copy manager hands over in EXT_COPY_REMAP (spec §3.8,
+    /// `docs/xcopy.md`): `data_len` bytes from `src_lba` to `dst_lba` of this disk, as one
+    /// [`StoreOp::Copy`]; [`Disk::finish`] ends it like any store step. Before the remap the
+    /// core checked reservations only (it prepared READ(16) / WRITE(16) of the range for that
+    /// and sent neither), so the checks of those two commands happen here: NOT READY when
+    /// stopped, DATA PROTECT when read-only, LBA OUT OF RANGE; a length that is not whole
+    /// blocks (the core's segment parser refuses those) is INVALID FIELD IN PARAMETER LIST.
+    ///
+    /// [`StoreOp::Copy`]: crate::store::StoreOp::Copy
+    pub fn copy_segment(&self, src_lba: u64, dst_lba: u64, data_len: i32) -> Plan {
+        let bs = u64::from(self.block_size());
+        let fail =
+            |sense: Sense| Plan::Done(Response::check_condition(sense.encode(self.descriptor_sense())));
+        let bytes = match u64::try_from(data_len) {
+            Ok(b) if b > 0 && b % bs == 0 => b,
+            _ => {
+                return fail(Sense::new(
+                    sense::sense_key::ILLEGAL_REQUEST,
+                    sense::asc::INVALID_FIELD_IN_PARAMETER_LIST,
+                ))
+            }
+        };
+        let blocks = bytes / bs;
+        if self.is_stopped() {
+            return fail(Sense::not_ready_stopped());
+        }
+        if self.config.read_only {
+            return fail(Sense::write_protected());
+        }
+        let end_ok = |lba: u64| {
+            lba.checked_add(blocks)
+                .is_some_and(|end| end <= self.num_blocks())
+        };
+        if !end_ok(src_lba) || !end_ok(dst_lba) {
+            return fail(Sense::lba_out_of_range());
+        }
+        // blocks ≤ i32::MAX / 512: always fits.
+        let blocks = u32::try_from(blocks).unwrap_or(u32::MAX);
+        Plan::Io(IoPlan::single(
+            StoreOp::Copy {
+                src_lba,
+                dst_lba,
+                blocks,
+            },
+            0,
+        ))
     }
 
     /// What SCST's PARSE reply needs for this CDB (spec §3.4). Unsupported or malformed CDB →

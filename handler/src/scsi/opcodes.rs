@@ -19,8 +19,10 @@
 //! user-space disk (`scst_user.md` §6.4) as READ(16) + WRITE(16) through this engine, so it is
 //! reported as supported while the decoder itself never accepts its CDB. The other commands
 //! SCST core answers itself are absent on purpose (spec §6.4): REPORT LUNS, PERSISTENT RESERVE
-//! IN/OUT, the other MAINTENANCE IN/OUT service actions, and EXTENDED COPY / RECEIVE COPY
-//! RESULTS, which fail for this disk (no copy offload, `ext_copy_remap_supported = 0`).
+//! IN/OUT and the other MAINTENANCE IN/OUT service actions. EXTENDED COPY(LID1) and RECEIVE
+//! COPY RESULTS are listed with [`Executor::ScstCore`] where SCST's copy manager serves the
+//! disk ([`super::CopyOffload`], `docs/xcopy.md`): it copies through this engine's READ(16) /
+//! WRITE(16), or asks the handler to copy in the store (EXT_COPY_REMAP).
 //! RESERVE/RELEASE are present: the core performs the reservation and then forwards the
 //! command, which only has to succeed here.
 
@@ -70,6 +72,8 @@ pub(crate) enum Op {
     WriteAndVerify12,
     Verify12,
     CompareAndWrite,
+    ExtendedCopy,
+    ReceiveCopyResults,
 }
 
 /// Who executes a command.
@@ -95,6 +99,8 @@ pub(crate) enum Needs {
     LbaStatus,
     /// COMPARE AND WRITE offered ([`super::CompareAndWrite::ScstCore`]).
     CompareAndWrite,
+    /// SCST's copy manager serves the disk ([`super::CopyOffload::ScstCopyManager`]).
+    CopyOffload,
 }
 
 /// One supported command.
@@ -134,6 +140,8 @@ pub(crate) struct Features {
     pub compare_and_write: bool,
     /// ... and executed by this engine (`CompareAndWrite::Handler`).
     pub compare_and_write_in_engine: bool,
+    /// EXTENDED COPY and RECEIVE COPY RESULTS, executed by SCST's copy manager.
+    pub copy_offload: bool,
 }
 
 impl Features {
@@ -144,6 +152,7 @@ impl Features {
             lba_status: caps.provisioning.lba_status,
             compare_and_write: caps.compare_and_write.max_blocks() > 0,
             compare_and_write_in_engine: caps.compare_and_write.in_engine(),
+            copy_offload: caps.copy_offload != super::CopyOffload::None,
         }
     }
 
@@ -179,6 +188,7 @@ impl OpcodeEntry {
             Needs::Thin => f.thin,
             Needs::LbaStatus => f.thin && f.lba_status,
             Needs::CompareAndWrite => f.compare_and_write,
+            Needs::CopyOffload => f.copy_offload,
         }
     }
 }
@@ -309,6 +319,16 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::Reserve10, 0x56, None, "RESERVE(10)", &[0x56, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
     entry(Op::Release10, 0x57, None, "RELEASE(10)", &[0x57, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
     entry(Op::ModeSense10, 0x5A, None, "MODE SENSE(10)", &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, CTL], false, false),
+    // EXTENDED COPY(LID1) (SPC-4 §6.3) and RECEIVE COPY RESULTS (SPC-4 §6.18, the service
+    // actions SCST answers: COPY STATUS, OPERATING PARAMETERS, FAILED SEGMENT DETAILS), run by
+    // SCST's copy manager (scst_targ.c:2586-2591; docs/xcopy.md). Usage data as the copy
+    // manager reads the CDBs: EXTENDED COPY only its PARAMETER LIST LENGTH (byte 1 must be 0,
+    // LID4 is refused); RECEIVE COPY RESULTS the LIST IDENTIFIER (not for OPERATING
+    // PARAMETERS) and the ALLOCATION LENGTH.
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ExtendedCopy, 0x83, Some(0x00), "EXTENDED COPY(LID1)", &[0x83, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, true) },
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x00), "RECEIVE COPY RESULTS(COPY STATUS)", &[0x84, 0x1F, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x03), "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", &[0x84, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x04), "RECEIVE COPY RESULTS(FAILED SEGMENT DETAILS)", &[0x84, 0x1F, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
     entry(Op::Read16, 0x88, None, "READ(16)", &[0x88, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
     // COMPARE AND WRITE (SBC-3 §5.2), run by SCST's core as READ(16) with byte 1 & 1Fh and
     // WRITE(16) with byte 1 (scst_cmp_wr_local): WRPROTECT is evaluated by the core (non-zero
@@ -353,9 +373,18 @@ fn entries(opcode: u8) -> &'static [OpcodeEntry] {
     &TABLE[usize::from(start)..usize::from(start) + usize::from(len)]
 }
 
-/// Does any entry for `opcode` have service actions?
+/// Does any entry for `opcode` have service actions (for RSOC)?
 fn has_service_actions(opcode: u8) -> bool {
     entries(opcode).iter().any(|e| e.service_action.is_some())
+}
+
+/// Does any entry the engine executes for `opcode` have service actions? An opcode only SCST's
+/// core executes (EXTENDED COPY, RECEIVE COPY RESULTS) is unknown to the engine as a whole:
+/// INVALID COMMAND OPERATION CODE, whatever its service action.
+fn engine_has_service_actions(opcode: u8) -> bool {
+    entries(opcode)
+        .iter()
+        .any(|e| e.service_action.is_some() && e.executor == Executor::Engine)
 }
 
 /// The entry for `opcode` / `service_action` if the disk offers it (whoever executes it).
@@ -376,7 +405,7 @@ pub(crate) fn lookup(cdb: &[u8], thin: impl Into<Features>) -> Result<&'static O
     let Some(&opcode) = cdb.first() else {
         return Err(Sense::invalid_opcode());
     };
-    let entry = if has_service_actions(opcode) {
+    let entry = if engine_has_service_actions(opcode) {
         let Some(&b1) = cdb.get(1) else {
             return Err(Sense::invalid_cdb_field(1, Some(4)));
         };
@@ -639,6 +668,7 @@ mod tests {
                 lba_status: true,
                 compare_and_write: true,
                 compare_and_write_in_engine: false,
+                copy_offload: true,
             },
         )
         .unwrap();
@@ -652,6 +682,7 @@ mod tests {
             lba_status: true,
             compare_and_write: false,
             compare_and_write_in_engine: false,
+            copy_offload: false,
         };
         assert!(gls.offered(both));
         assert!(!gls.offered(Features {
@@ -659,6 +690,7 @@ mod tests {
             lba_status: true,
             compare_and_write: true,
             compare_and_write_in_engine: false,
+            copy_offload: false,
         }));
         assert_eq!(&data[4..12], &[0x00, 0, 0, 0, 0, 0x02, 0, 6]);
         assert_eq!(&data[12..14], &[0x00, 0x0A]);

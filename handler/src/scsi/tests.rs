@@ -250,6 +250,8 @@ fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
             );
         }
         StoreOp::Flush => {}
+        // Only EXT_COPY_REMAP makes it (`Disk::copy_segment`), never a CDB.
+        StoreOp::Copy { .. } => panic!("a CDB made a copy: {:?}", io.op),
         StoreOp::LbaStatus { lba } => {
             assert!(*lba < n, "{:?} outside {n} blocks", io.op);
             let info = disk.cdb_info(cdb).expect("a CDB that starts I/O parses");

@@ -12,6 +12,7 @@
 //! failed (ABORTED) and the queue restarted. A device that is gone fails everything at once
 //! and for good. None of this blocks other queues or panics.
 
+use super::CopyPath;
 use super::IoBuffer;
 use super::Store;
 use super::StoreCompletion;
@@ -134,6 +135,13 @@ impl AccelStore {
             // Device memory (SCA-1) or flash (NVMe).
             rotational: Some(false),
             device_ids: board.device_ids(),
+            // The device copies (NVMe Copy when ONCS says so, the SCA-1 COPY descriptor when
+            // CAP says so); otherwise EXTENDED COPY segments go back to SCST's copy manager.
+            copy: if geometry.max_copy_blocks > 0 {
+                CopyPath::Device
+            } else {
+                CopyPath::None
+            },
         };
         let total_queues = queues.len();
         Self {
@@ -334,6 +342,10 @@ struct AccelQueue {
     /// The device can describe WRITE SAME as a scatter list repeating the pattern block
     /// (enough segments, and a block boundary is a valid segment boundary).
     repeats_blocks: bool,
+    /// Most blocks of one device copy ([`Geometry::max_copy_blocks`]); 0: the device cannot.
+    ///
+    /// [`Geometry::max_copy_blocks`]: scst_accel_boards::engine::Geometry::max_copy_blocks
+    copy_blocks: u32,
     /// Restarts have failed since then (another queue's recovery may still be running).
     restart_failing_since: Option<Instant>,
 }
@@ -370,6 +382,7 @@ impl AccelQueue {
             gone: false,
             failure,
             repeats_blocks,
+            copy_blocks: geometry.max_copy_blocks,
             restart_failing_since: None,
         }
     }
@@ -489,6 +502,34 @@ impl AccelQueue {
             }
             // Not offered on boards (reports_lba_status = false): the engine never sends it.
             StoreOp::LbaStatus { .. } => Err(StoreStatus::InvalidRequest),
+            // One device copy per `max_copy_blocks`, no data segments. The ranges must not
+            // overlap (the handler sends overlapping copies back to the copy manager): the
+            // children may then run in any order.
+            StoreOp::Copy {
+                src_lba,
+                dst_lba,
+                blocks,
+            } => {
+                let per = u64::from(self.copy_blocks);
+                let blocks = u64::from(*blocks);
+                if per == 0 {
+                    return Err(StoreStatus::InvalidRequest);
+                }
+                if !in_range(*src_lba, blocks) || !in_range(*dst_lba, blocks) {
+                    return Err(StoreStatus::OutOfRange);
+                }
+                let mut out = Children::default();
+                let mut done = 0;
+                while done < blocks {
+                    let n = (blocks - done).min(per);
+                    let op = DeviceOp::Copy {
+                        src_lba: src_lba + done,
+                    };
+                    out.push(child(op, false, dst_lba + done, n, Segments::NONE));
+                    done += n;
+                }
+                Ok(out)
+            }
             // SCA-1 1.0 has no media verify: VERIFY with BYTCHK 0 checks the range only.
             StoreOp::Verify { lba, blocks } => {
                 if in_range(*lba, u64::from(*blocks)) {
@@ -663,7 +704,12 @@ impl AccelQueue {
         // MEDIUM ERROR's INFORMATION: the failing block where the device says which one.
         let lba = child.map_or(0, |ch| {
             let blocks = u64::from(ch.length) / u64::from(self.info.block_size.max(1));
-            scst_accel_boards::engine::failing_lba(ch.lba, blocks, c.failing_lba_low)
+            // A copy's read error is about its source blocks, its write error its destination.
+            let first = match ch.op {
+                DeviceOp::Copy { src_lba } if c.status == DeviceStatus::ReadError => src_lba,
+                _ => ch.lba,
+            };
+            scst_accel_boards::engine::failing_lba(first, blocks, c.failing_lba_low)
         });
         match c.status {
             DeviceStatus::Ok => StoreStatus::Good,

@@ -413,6 +413,9 @@ struct Shared {
     direct: bool,
     /// The file system punches holes (cleared on the first EOPNOTSUPP).
     punch: AtomicBool,
+    /// copy_file_range(2) works on this medium (cleared on the first ENOSYS, EOPNOTSUPP,
+    /// EXDEV or EINVAL: EXTENDED COPY then copies through the I/O thread's scratch buffer).
+    copy_range: AtomicBool,
     /// A block device that discards (cleared on the first EOPNOTSUPP).
     discard: AtomicBool,
     /// A block device whose discarded blocks read as zeroes (sysfs discard_zeroes_data).
@@ -601,6 +604,9 @@ impl FileStore {
                 volatile_cache: true,
                 rotational,
                 device_ids: None,
+                // copy_file_range(2) inside the file or device (a reflink or an in-kernel
+                // copy), or the I/O thread's scratch buffer where it cannot.
+                copy: super::CopyPath::Store,
             },
             _claim: claim,
             data,
@@ -608,6 +614,7 @@ impl FileStore {
             regular: !block_device,
             direct: config.direct,
             punch: AtomicBool::new(!block_device),
+            copy_range: AtomicBool::new(true),
             discard: AtomicBool::new(discard),
             discard_zeroes,
             dirty_low: AtomicU64::new(u64::MAX),
@@ -1024,6 +1031,17 @@ impl Shared {
                 }
                 StoreStatus::Good
             }
+            (
+                StoreOp::Copy {
+                    src_lba,
+                    dst_lba,
+                    blocks,
+                },
+                _,
+            ) => match (self.range(*src_lba, *blocks), self.range(*dst_lba, *blocks)) {
+                (Some((src, len)), Some((dst, _))) => self.copy(src, dst, len, scratch),
+                _ => StoreStatus::OutOfRange,
+            },
             (StoreOp::Flush, _) => self.flush(),
             (StoreOp::LbaStatus { lba }, Some(buf)) => match self.lba_status(*lba) {
                 Ok(Some((blocks, deallocated))) => {
@@ -1244,6 +1262,82 @@ impl Shared {
                     offset: (done + p) as u64,
                 })
         })
+    }
+
+    /// EXTENDED COPY inside the medium: copy_file_range(2) on the data fd (the file system may
+    /// reflink; no data crosses into user space), as a write-back write. Overlapping ranges
+    /// (which copy_file_range refuses with EINVAL), and a kernel or file system that cannot
+    /// (ENOSYS, EOPNOTSUPP, EXDEV, EINVAL on O_DIRECT), go through the scratch buffer, piece by
+    /// piece in memmove order.
+    fn copy(&self, src: u64, dst: u64, len: usize, scratch: &PageBuffer) -> StoreStatus {
+        if src == dst || len == 0 {
+            return StoreStatus::Good;
+        }
+        if let Some(status) = self.truncated_at(dst, len) {
+            return status;
+        }
+        let overlap = src < dst + len as u64 && dst < src + len as u64;
+        if !overlap && self.copy_range.load(Ordering::Relaxed) {
+            let fd = self.data.as_fd();
+            let mut done = 0usize;
+            while done < len {
+                match sys::copy_file_range(fd, src + done as u64, dst + done as u64, len - done) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL)
+                        ) {
+                            log::info!(
+                                "{}: copy_file_range refused ({e}); EXTENDED COPY copies through the I/O thread from now on",
+                                self.path.display()
+                            );
+                            self.copy_range.store(false, Ordering::Relaxed);
+                        } else {
+                            log::warn!(
+                                "{}: copy_file_range failed: {e}; copying through the I/O thread",
+                                self.path.display()
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+            if done == len {
+                self.wrote_back(dst);
+                return StoreStatus::Good;
+            }
+            // What was copied is copied; the rest goes the slow way (same bytes either way).
+            return self.copy_by_scratch(src + done as u64, dst + done as u64, len - done, scratch);
+        }
+        self.copy_by_scratch(src, dst, len, scratch)
+    }
+
+    /// The copy through the scratch buffer, a scratch-full at a time, from the end when the
+    /// destination overlaps the source from above (memmove).
+    fn copy_by_scratch(&self, src: u64, dst: u64, len: usize, scratch: &PageBuffer) -> StoreStatus {
+        let backward = dst > src && dst < src + len as u64;
+        let mut done = 0usize;
+        while done < len {
+            let n = SCRATCH.min(len - done);
+            let offset = if backward { len - done - n } else { done } as u64;
+            let status = self.read(src + offset, n, |fd, pos, off, k| {
+                scratch.pread_from(fd, pos, off, k)
+            });
+            if status != StoreStatus::Good {
+                return status;
+            }
+            let status = self.write(dst + offset, n, Through::WriteBack, |fd, pos, off, k| {
+                scratch.pwrite_to(fd, pos, off, k)
+            });
+            if status != StoreStatus::Good {
+                return status;
+            }
+            done += n;
+        }
+        StoreStatus::Good
     }
 
     /// Punch a hole; `false` when it cannot be done here (block device, or the file system

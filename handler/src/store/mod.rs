@@ -46,6 +46,28 @@ pub enum StoreOp {
     /// (one descriptor, [`lba_status_data`]) to the buffer, truncated to the buffer's length.
     /// Only sent to stores with [`StoreInfo::reports_lba_status`].
     LbaStatus { lba: u64 },
+    /// Copy `blocks` blocks from `src_lba` to `dst_lba` inside the medium: an EXTENDED COPY
+    /// segment SCST's copy manager hands over in EXT_COPY_REMAP (`docs/xcopy.md`). No data
+    /// moves through a command buffer. The ranges may overlap: the result is that of reading
+    /// the whole source first (memmove). Only sent to stores whose [`StoreInfo::copy`] is not
+    /// [`CopyPath::None`]; [`StoreStatus::ReadError`] / [`StoreStatus::WriteError`] name the
+    /// source / destination LBA that failed.
+    Copy { src_lba: u64, dst_lba: u64, blocks: u32 },
+}
+
+/// Where a store performs [`StoreOp::Copy`], which says which path an EXTENDED COPY segment
+/// takes on this store (`docs/xcopy.md` lists it per board).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyPath {
+    /// The store cannot copy: the handler gives the segment back to SCST's copy manager as a
+    /// leftover, which copies it with READ(16) and WRITE(16) through the handler.
+    None,
+    /// The handler copies inside the store (memmove on RAM, copy_file_range on a file): the
+    /// data never crosses SCST's buffers nor the kernel boundary.
+    Store,
+    /// The device copies (an SCA-1 copy descriptor, the NVMe Copy command): the data does not
+    /// cross the host's memory bus at all.
+    Device,
 }
 
 impl StoreOp {
@@ -242,6 +264,8 @@ pub struct StoreInfo {
     /// SCSI identity uses when the configuration gives none. `None` on the RAM store, SCA-1,
     /// and an NVMe namespace that reports both as zero.
     pub device_ids: Option<DeviceIds>,
+    /// Where [`StoreOp::Copy`] runs, or [`CopyPath::None`] when the store does not take it.
+    pub copy: CopyPath,
 }
 
 impl StoreInfo {

@@ -35,6 +35,8 @@ impl NullStore {
                 volatile_cache: false,
                 rotational: Some(false),
                 device_ids: None,
+                // Nothing is stored, so nothing to copy: segments go back as leftovers.
+                copy: super::CopyPath::None,
             },
         }
     }

@@ -15,6 +15,8 @@ use crate::abi::DevDesc;
 use crate::abi::Opt;
 use crate::abi::ACCEPTED_LICENSES;
 use crate::abi::SCST_MAX_NAME;
+use crate::store::CopyPath;
+use crate::store::StoreInfo;
 
 /// Longest device or SGV pool name the kernel keeps whole: it copies at most 48 characters
 /// into its 50-byte name (spec §8.8); we refuse longer names instead of letting it truncate.
@@ -347,9 +349,22 @@ pub fn default_options() -> Opt {
         d_sense: 0,
         // SCST enforces ORDERED/HEAD OF QUEUE semantics for us.
         has_own_order_mgmt: 0,
-        // EXTENDED COPY is not offloaded to the accelerator.
+        // No EXT_COPY_REMAP unless the store can copy ([`options_for_store`]): without it SCST's
+        // copy manager copies every segment with READ(16) / WRITE(16) itself, which is what a
+        // remap answered with the whole segment as leftover would lead to anyway.
         ext_copy_remap_supported: 0,
         _pad: [0; 3],
+    }
+}
+
+/// [`default_options`] for a disk over a store that `info` describes: EXT_COPY_REMAP
+/// (`ext_copy_remap_supported = 1`, spec §3.8) when the store copies inside itself
+/// ([`CopyPath::Store`] or [`CopyPath::Device`]), so EXTENDED COPY segments inside the disk are
+/// copied there with no data through SCST's buffers (`docs/xcopy.md`).
+pub fn options_for_store(info: &StoreInfo) -> Opt {
+    Opt {
+        ext_copy_remap_supported: u8::from(info.copy != CopyPath::None),
+        ..default_options()
     }
 }
 

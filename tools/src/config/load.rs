@@ -1031,11 +1031,12 @@ fn driver(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<TargetDriver> {
     match text.get_ref().as_str() {
         "scst_local" => Some(TargetDriver::ScstLocal),
         "iscsi" => Some(TargetDriver::Iscsi),
+        "copy_manager" => Some(TargetDriver::CopyManager),
         other => {
             ctx.error(
                 &text.span(),
                 format!("unknown target driver {other:?}"),
-                "use \"scst_local\" or \"iscsi\"",
+                "use \"scst_local\", \"iscsi\" or \"copy_manager\"",
             );
             None
         }

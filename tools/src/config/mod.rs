@@ -125,6 +125,10 @@ pub enum TargetDriver {
     ScstLocal,
     /// `iscsi` (iscsi-scst; the target is an IQN, created when absent).
     Iscsi,
+    /// `copy_manager`: SCST's copy manager (target `copy_manager_tgt`, always present). A
+    /// user-space disk becomes a source or destination of EXTENDED COPY only as one of its LUNs
+    /// (docs/xcopy.md).
+    CopyManager,
 }
 
 impl TargetDriver {
@@ -133,6 +137,7 @@ impl TargetDriver {
         match self {
             Self::ScstLocal => "scst_local",
             Self::Iscsi => "iscsi",
+            Self::CopyManager => "copy_manager",
         }
     }
 }

@@ -428,6 +428,16 @@ fn export(driver: &str, target: &str, lun: &str) -> String {
 }
 
 #[test]
+fn an_export_to_the_copy_manager_parses() {
+    let cfg = parse(&disk_with(&export("copy_manager", "copy_manager_tgt", "3")), "t").expect("parses");
+    let e = &cfg.disks[0].exports[0];
+    assert_eq!(
+        (e.driver, e.target.as_str(), e.lun),
+        (TargetDriver::CopyManager, "copy_manager_tgt", 3)
+    );
+}
+
+#[test]
 fn an_export_with_an_unknown_driver_is_reported() {
     assert_one(
         &disk_with(&export("fc", "t", "0")),

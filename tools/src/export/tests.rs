@@ -34,6 +34,7 @@ impl FakeSysfs {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         mkfifo(&root.join("targets/scst_local/scst_local_tgt/luns/mgmt"));
+        mkfifo(&root.join("targets/copy_manager/copy_manager_tgt/luns/mgmt"));
         mkfifo(&root.join("targets/iscsi/mgmt"));
         mkfifo(&root.join("targets/iscsi/enabled"));
         let real = root.join("targets/iscsi/.created-by-add_target");
@@ -139,6 +140,39 @@ fn export_scst_local_adds_and_removes_the_lun() {
     let (errors, lines) = fake.run(&paths(&del), move || applied.remove());
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(lines, pairs(&del));
+}
+
+const CM_LUNS: &str = "targets/copy_manager/copy_manager_tgt/luns/mgmt";
+
+/// The copy manager's LUN (docs/xcopy.md): added with the others, removed in reverse, no
+/// `enabled` written; a wrong target is named as the copy manager's.
+#[test]
+fn export_copy_manager_adds_and_removes_its_lun() {
+    let fake = FakeSysfs::new();
+    let exporter = Exporter::new(fake.root());
+    let specs = vec![
+        spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, true),
+        spec(TargetDriver::CopyManager, "copy_manager_tgt", 5, true),
+    ];
+    exporter.preflight(&specs).expect("preflight");
+    let add = [(LOCAL_LUNS, "add accel0 0"), (CM_LUNS, "add accel0 5")];
+    let e = exporter.clone();
+    let (applied, lines) = fake.run(&paths(&add), move || e.apply("accel0", &specs));
+    assert_eq!(lines, pairs(&add));
+    let applied = applied.expect("apply");
+    assert_eq!(
+        applied.describe(),
+        vec!["scst_local/scst_local_tgt/0", "copy_manager/copy_manager_tgt/5"]
+    );
+    let del = [(CM_LUNS, "del 5"), (LOCAL_LUNS, "del 0")];
+    let (errors, lines) = fake.run(&paths(&del), move || applied.remove());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(lines, pairs(&del));
+    let err = exporter
+        .preflight(&[spec(TargetDriver::CopyManager, "cm", 0, false)])
+        .expect_err("not the copy manager's target");
+    assert!(matches!(&err, ExportError::CopyManagerTarget { target, .. } if target == "cm"));
+    assert!(err.to_string().contains("copy_manager_tgt"), "{err}");
 }
 
 #[test]

@@ -34,6 +34,10 @@ pub struct NvmeSimConfig {
     pub nguid: Option<[u8; 16]>,
     /// Namespace 1's EUI64 (Identify Namespace bytes 127:120), `None`: derived like `nguid`.
     pub eui64: Option<[u8; 8]>,
+    /// The Copy command (NVMe 2.0 NVM Command Set §3.3.1, source range format 0): its
+    /// largest single source range and largest copy, in blocks (Identify Namespace MSSRL and
+    /// MCL); 0 = no Copy (ONCS bit 8 clear). QEMU's model reports Copy with 128 and 128.
+    pub copy_max_blocks: u16,
 }
 
 impl Default for NvmeSimConfig {
@@ -46,6 +50,7 @@ impl Default for NvmeSimConfig {
             mdts: 5,
             nguid: None,
             eui64: None,
+            copy_max_blocks: 8192,
         }
     }
 }

@@ -45,7 +45,12 @@ pub(crate) fn controller(id: &str, config: &NvmeSimConfig) -> Vec<u8> {
     b[512] = (spec::SQES << 4 | spec::SQES) as u8; // SQES: 0x66
     b[513] = (spec::CQES << 4 | spec::CQES) as u8; // CQES: 0x44
     put(&mut b, 516, &1u32.to_le_bytes()); // NN
-    put(&mut b, 520, &0x000Cu16.to_le_bytes()); // ONCS: DSM (bit 2), Write Zeroes (bit 3)
+                                           // ONCS: DSM (bit 2), Write Zeroes (bit 3), Copy (bit 8) when configured.
+    let copy = if config.copy_max_blocks > 0 { 1u16 << 8 } else { 0 };
+    put(&mut b, 520, &(0x000Cu16 | copy).to_le_bytes());
+    if copy != 0 {
+        put(&mut b, 534, &1u16.to_le_bytes()); // OCFS: copy format 0
+    }
     b[525] = 0x01; // VWC: a volatile write cache is present
                    // SGLS (536) = 0: PRPs only.
                    // SUBNQN: UTF-8, NUL padded.
@@ -67,6 +72,12 @@ pub(crate) fn namespace(config: &NvmeSimConfig) -> Vec<u8> {
                   // big-endian order, copied as they are. All zero would mean "not supported".
     put(&mut b, 104, &config.nguid.unwrap_or_default());
     put(&mut b, 120, &config.eui64.unwrap_or_default());
+    if config.copy_max_blocks > 0 {
+        // MSSRL (74), MCL (76), MSRC (80, 0's based): one range per Copy, as the driver sends.
+        put(&mut b, 74, &config.copy_max_blocks.to_le_bytes());
+        put(&mut b, 76, &u32::from(config.copy_max_blocks).to_le_bytes());
+        b[80] = 0;
+    }
     let lbads = config.block_size.trailing_zeros();
     put(&mut b, 128, &(lbads << 16).to_le_bytes()); // LBAF0: MS = 0, LBADS, RP = 0
     b

@@ -1,5 +1,6 @@
-//! NVM commands on namespace 1 (NVMe 1.4 §6): Read, Write (with FUA), Flush, Write Zeroes and
-//! Dataset Management (deallocate). Data moves only through the IOMMU, via the command's PRPs;
+//! NVM commands on namespace 1 (NVMe 1.4 §6): Read, Write (with FUA), Flush, Write Zeroes,
+//! Dataset Management (deallocate) and, when configured, Copy (NVMe 2.0 NVM Command Set
+//! §3.3.1, source range format 0). Data moves only through the IOMMU, via the command's PRPs;
 //! an IOMMU fault completes the command with Data Transfer Error (QEMU's model completes such
 //! a command with success instead, see the module doc of `sim::nvme`).
 
@@ -23,7 +24,7 @@ pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_e
     let known = matches!(
         opcode,
         nvm::FLUSH | nvm::WRITE | nvm::READ | nvm::WRITE_ZEROES | nvm::DATASET_MANAGEMENT
-    );
+    ) || (opcode == nvm::COPY && exec.shared.config.copy_max_blocks > 0);
     if !known {
         return Err(status::INVALID_OPCODE.into());
     }
@@ -41,6 +42,7 @@ pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_e
         nvm::READ => read(exec, token, sqe, media_error),
         nvm::WRITE => write(exec, token, sqe),
         nvm::WRITE_ZEROES => write_zeroes(exec, token, sqe),
+        nvm::COPY => copy(exec, token, sqe),
         _ => dataset_management(exec, token, sqe),
     }
 }
@@ -139,6 +141,61 @@ fn write_zeroes(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult 
     medium_result(
         exec,
         exec.shared.medium.write_zeroes(token, range.offset, range.bytes),
+        status::WRITE_FAULT,
+    )
+}
+
+/// Bytes of one Copy source range entry, format 0 (NVMe 2.0 NVM Command Set Figure 42).
+const COPY_RANGE_BYTES: usize = 32;
+
+/// Copy (NVMe 2.0 NVM Command Set §3.3.1): NR + 1 source ranges (format 0: SLBA at bytes
+/// 15:8, NLB 0's based at 17:16) read from the host through PRP1/PRP2, copied in order to the
+/// blocks from SDLBA (CDW10-11). Only format 0 (CDW12 bits 11:8); a range over MSSRL, more
+/// ranges than MSRC + 1 or more blocks than MCL is Command Size Limit Exceeded. Every range is
+/// checked and every source block read before the medium changes (an overlap copies what the
+/// source held), no host data moves.
+fn copy(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
+    let max = u64::from(exec.shared.config.copy_max_blocks);
+    let count = (sqe.cdw12 & 0xFF) as usize + 1;
+    if (sqe.cdw12 >> 8) & 0xF != 0 {
+        return Err(status::INVALID_FIELD.into());
+    }
+    // MSRC = 0: one range.
+    if count > 1 {
+        return Err(status::COMMAND_SIZE_LIMIT_EXCEEDED.into());
+    }
+    let mut raw = vec![0u8; count * COPY_RANGE_BYTES];
+    let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, raw.len() as u64)?;
+    prp::read_from_host(exec, token, &pieces, &mut raw)?;
+    let mut sources = Vec::with_capacity(count);
+    let mut total = 0u64;
+    for entry in raw.chunks_exact(COPY_RANGE_BYTES) {
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&entry[8..16]);
+        let blocks = u64::from(u16::from_le_bytes([entry[16], entry[17]])) + 1;
+        if blocks > max {
+            return Err(status::COMMAND_SIZE_LIMIT_EXCEEDED.into());
+        }
+        total += blocks;
+        sources.push(lba_range(exec, u64::from_le_bytes(start), blocks)?);
+    }
+    if total > max {
+        return Err(status::COMMAND_SIZE_LIMIT_EXCEEDED.into());
+    }
+    let destination = lba_range(exec, slba(sqe), total)?;
+    let mut data = vec![0u8; destination.bytes as usize];
+    let mut at = 0usize;
+    for source in &sources {
+        let piece = &mut data[at..at + source.bytes as usize];
+        if let Err(e) = exec.shared.medium.read(token, source.offset, piece) {
+            return medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR);
+        }
+        at += source.bytes as usize;
+    }
+    exec.checkpoint(token)?;
+    medium_result(
+        exec,
+        exec.shared.medium.write(token, destination.offset, &data),
         status::WRITE_FAULT,
     )
 }

@@ -248,6 +248,8 @@ pub(crate) mod status {
     pub const INVALID_PRP_OFFSET: Status = Status::generic(0x13, true);
     /// LBA Out of Range.
     pub const LBA_OUT_OF_RANGE: Status = Status::generic(0x80, true);
+    /// Command Size Limit Exceeded (NVMe 2.0 Figure 102): a Copy over MSSRL, MCL or MSRC.
+    pub const COMMAND_SIZE_LIMIT_EXCEEDED: Status = Status::generic(0x83, true);
     /// Completion Queue Invalid (Create I/O SQ).
     pub const COMPLETION_QUEUE_INVALID: Status = Status::specific(0x00);
     /// Invalid Queue Identifier.
@@ -304,6 +306,8 @@ pub(crate) mod nvm {
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DATASET_MANAGEMENT: u8 = 0x09;
+    /// Copy (NVMe 2.0 NVM Command Set §3.3.1).
+    pub const COPY: u8 = 0x19;
 }
 
 /// Feature identifiers (§5.21.1).

@@ -6,13 +6,17 @@ use crate::sca1::desc::cq_status;
 use crate::sca1::regs::Cap0;
 use crate::sca1::regs::Timeouts;
 use crate::sca1::regs::ID_VALUE;
-use crate::sca1::regs::VERSION_1_0;
+use crate::sca1::regs::VERSION_1_1;
 
 #[test]
 fn reset_values_describe_the_board() {
     let rig = Rig::new(small_config());
     assert_eq!(rig.read(global::ID), ID_VALUE);
-    assert_eq!(rig.read(global::VERSION), VERSION_1_0);
+    assert_eq!(
+        rig.read(global::VERSION),
+        VERSION_1_1,
+        "contract 1.1: COPY offered"
+    );
     assert_eq!(
         Cap0::from_bits(rig.read(global::CAP0)),
         Cap0 {

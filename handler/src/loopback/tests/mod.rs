@@ -208,3 +208,4 @@ mod queues;
 mod registration;
 mod teardown;
 mod validation;
+mod xcopy;

@@ -1,7 +1,8 @@
 //! The system calls of the file store that std does not wrap: fallocate(2) to punch holes in
-//! a file, the BLKDISCARD / BLKZEROOUT ioctls on a block device, and flock(2) on an image
+//! a file, copy_file_range(2) for EXTENDED COPY, the BLKDISCARD / BLKZEROOUT ioctls on a block device, and flock(2) on an image
 //! (std's `File::try_lock` is newer than the crate's minimum Rust).
-// UNSAFETY: fallocate(2) and flock(2) are FFI calls taking only the fd and integers; the two
+// UNSAFETY: fallocate(2) and flock(2) are FFI calls taking only the fd and integers;
+// copy_file_range(2) also updates two offsets we own; the two
 // ioctls read one 16-byte range from memory we own for the duration of the call.
 #![allow(unsafe_code)]
 
@@ -32,6 +33,26 @@ pub(super) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Resul
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// copy_file_range(2) of `len` bytes from `src` to `dst` inside the file behind `fd` (the
+/// ranges must not overlap). Returns the bytes copied, which may be fewer (the caller loops).
+///
+/// # Errors
+/// The errno: ENOSYS / EOPNOTSUPP / EXDEV / EINVAL where the kernel or file system cannot copy
+/// this way (the caller copies through memory), EIO on a medium error.
+pub(super) fn copy_file_range(fd: BorrowedFd<'_>, src: u64, dst: u64, len: usize) -> io::Result<usize> {
+    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+    let mut off_in = libc::loff_t::try_from(src).map_err(|_| invalid())?;
+    let mut off_out = libc::loff_t::try_from(dst).map_err(|_| invalid())?;
+    // SAFETY: the kernel reads and updates the two offsets, locals that live through the call;
+    // the fd is borrowed, hence open, for the call; no other memory of ours is touched.
+    let rc =
+        unsafe { libc::copy_file_range(fd.as_raw_fd(), &mut off_in, fd.as_raw_fd(), &mut off_out, len, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
 }
 
 /// `_IO(0x12, nr)` (linux/fs.h): no size, and the "none" direction, which is 1 (bit 29) on

@@ -33,7 +33,8 @@ fn identify_controller_namespace_and_namespace_list() {
     assert_eq!(id[512], 0x66, "SQES");
     assert_eq!(id[513], 0x44, "CQES");
     assert_eq!(u32_at(&id, 516), 1, "NN");
-    assert_eq!(u16_at(&id, 520), 0x0C, "ONCS: DSM and Write Zeroes");
+    assert_eq!(u16_at(&id, 520), 0x10C, "ONCS: DSM, Write Zeroes and Copy");
+    assert_eq!(u16_at(&id, 534), 1, "OCFS: copy format 0");
     assert_eq!(id[525], 1, "VWC");
 
     let c = rig.admin(identify(0, 1, rig.iova(buf), 0));
@@ -43,6 +44,11 @@ fn identify_controller_namespace_and_namespace_list() {
     assert_eq!(u64_at(&ns, 8), 8192, "NCAP");
     assert_eq!(ns[26] & 0xF, 0, "FLBAS");
     assert_eq!((u32_at(&ns, 128) >> 16) & 0xFF, 9, "LBAF0.LBADS: 512 bytes");
+    assert_eq!(
+        (u16_at(&ns, 74), u32_at(&ns, 76), ns[80]),
+        (8192, 8192, 0),
+        "MSSRL, MCL, MSRC"
+    );
     assert!(
         ns[104..120].iter().any(|&b| b != 0),
         "NGUID (bytes 119:104) is reported"
