@@ -577,6 +577,33 @@ impl Executor {
             }
             Plan::Io(io) => io,
         };
+        if buffer.is_none() {
+            // The Data-Out the op takes to the medium (or compares with it) must all be
+            // there. LIO checks the CDB's transfer length against the initiator's for its own
+            // backstores but not for TCMU's (passthrough_parse_cdb), so a WRITE of 2 blocks
+            // with 1 block of Data-Out reaches us; the buffer would hold zeroes for the rest,
+            // and zeroes nobody sent would be written. Refused as LIO refuses it for its own
+            // backstores (and as libiscsi's residual tests accept): ILLEGAL REQUEST, INVALID
+            // FIELD IN COMMAND INFORMATION UNIT.
+            let needs = match io.op {
+                StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. } => {
+                    io.op.buffer_bytes(self.disk.block_size())
+                }
+                _ => 0,
+            };
+            if (cmd.data_len() as u64) < needs {
+                log::debug!(
+                    "tcmu: cmd_id {}: {} bytes of Data-Out for {:?}, which needs {needs}",
+                    cmd.cmd_id(),
+                    cmd.data_len(),
+                    io.op
+                );
+                let short = scsi::Response::check_condition(self.disk.sense(0x05, 0x0e, 0x03));
+                self.answer(ring, cmd, None, &short);
+                progress.completed += 1;
+                return;
+            }
+        }
         let buffer = match buffer {
             Some(b) => Some(b),
             None if io.op.uses_buffer() => match self.buffer_for(token, ring, &cmd, &io.op) {
@@ -902,6 +929,42 @@ mod tests {
         assert_eq!(unknown.status, sam_status::CHECK_CONDITION);
         assert_eq!((unknown.sense[2] & 0x0f, unknown.sense[12]), (0x05, 0x20));
         assert_eq!(r.exec.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_write_with_less_data_out_than_its_cdb_says_is_refused_and_writes_nothing() {
+        let mut r = rig();
+        let old = vec![0x61u8; 2 * BS as usize];
+        let w = r.run(1, &rw10(0x2a, 20, 2), 0, old.len(), Some(&old));
+        assert_eq!(w.status, sam_status::GOOD);
+        // WRITE(10) of 2 blocks with 1 block of Data-Out (iSCSI EDTL < the CDB's length).
+        let new = vec![0x62u8; BS as usize];
+        let short = r.run(2, &rw10(0x2a, 20, 2), 8192, new.len(), Some(&new));
+        assert_eq!(short.status, sam_status::CHECK_CONDITION);
+        // ILLEGAL REQUEST / INVALID FIELD IN COMMAND INFORMATION UNIT.
+        assert_eq!(
+            (short.sense[2] & 0x0f, short.sense[12], short.sense[13]),
+            (0x05, 0x0e, 0x03)
+        );
+        // None: no Data-Out at all.
+        let none = r.run(3, &rw10(0x2a, 20, 1), 0, 0, None);
+        assert_eq!(none.status, sam_status::CHECK_CONDITION);
+        let rd = r.run(4, &rw10(0x28, 20, 2), 16384, old.len(), None);
+        assert_eq!(rd.status, sam_status::GOOD);
+        assert_eq!(
+            r.sim.read_data(r.sim.data_off() + 16384, old.len()),
+            old,
+            "the blocks hold what was written before, not the short write's data or zeroes"
+        );
+        // More Data-Out than the CDB says is fine: the CDB's blocks are written.
+        let long = vec![0x63u8; 3 * BS as usize];
+        let w = r.run(5, &rw10(0x2a, 20, 1), 0, long.len(), Some(&long));
+        assert_eq!(w.status, sam_status::GOOD);
+        let rd = r.run(6, &rw10(0x28, 20, 2), 16384, old.len(), None);
+        assert_eq!(rd.status, sam_status::GOOD);
+        let back = r.sim.read_data(r.sim.data_off() + 16384, old.len());
+        assert_eq!(&back[..BS as usize], &long[..BS as usize]);
+        assert_eq!(&back[BS as usize..], &old[BS as usize..]);
     }
 
     /// A store queue that holds every request until the test releases it or `abort_all`
