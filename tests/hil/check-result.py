@@ -22,6 +22,8 @@ def main():
         return 1
     if scenario == "tcmu":
         return check_tcmu(j)
+    if scenario == "tcmu-reset":
+        return check_tcmu_reset(j)
     if scenario == "iscsi":
         return check_iscsi(j, os.path.dirname(os.path.abspath(path)))
     t = j.get("teardown", {})
@@ -101,6 +103,36 @@ def check_tcmu(j):
     )
     if j.get("sg3_utils") == "skipped":
         print("     tcmu: SKIPPED sg_inq/sg_vpd/sg_readcap: sg3-utils is not in the guest")
+    return 1 if failed else 0
+
+
+def check_tcmu_reset(j):
+    """Function-level resets of the controller under load, through TCMU (scenarios/tcmu-reset.sh)."""
+    checks = [
+        ("the writer was running when the controller was reset",
+         j.get("writer_running_at_reset") == "yes"),
+        ("and ended with status 0, not hung", j.get("writer_rc") == 0 and j.get("writer_hung") is False),
+        ("the reader was running when the controller was reset",
+         j.get("reader_running_at_reset") == "yes"),
+        ("and ended with status 0, not hung", j.get("reader_rc") == 0 and j.get("reader_hung") is False),
+        ("the data read back is the data written", j.get("verified") is True),
+        ("the store recovered the controller after each reset", j.get("recoveries", 0) >= 2),
+        ("a LUN reset under a writer: status 0, data intact (or sg3-utils absent, said so)",
+         j.get("lun_reset") in ("ok", "skipped")),
+        ("and LIO's task management notice reached serve (or sg3-utils absent)",
+         j.get("lun_reset") == "skipped" or j.get("lun_reset_notices", 0) >= 1),
+        ("serve exited 0 after SIGTERM", j.get("serve_rc") == 0),
+        ("every configfs object was removed", j.get("configfs_clean") is True),
+    ]
+    failed = 0
+    for name, ok in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} tcmu-reset: {name}")
+        failed += not ok
+    print(f"     tcmu-reset: /dev/{j.get('device')}, {j.get('mib')} MiB, "
+          f"{j.get('recoveries')} controller recoveries, LUN reset {j.get('lun_reset')} "
+          f"({j.get('lun_reset_notices')} notices)")
+    if j.get("lun_reset") == "skipped":
+        print("     tcmu-reset: SKIPPED the LUN reset: sg_reset (sg3-utils) is not in the guest")
     return 1 if failed else 0
 
 

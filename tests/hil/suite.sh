@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu iscsi)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset iscsi)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -29,7 +29,7 @@ fi
 # sg3-utils' tools go into the guest when the host has them (hil.sh install adds them); the tcmu
 # scenario says SKIPPED for its SCSI checks otherwise.
 sg_bins=()
-for tool in sg_inq sg_vpd sg_readcap; do
+for tool in sg_inq sg_vpd sg_readcap sg_reset; do
 	if path=$(command -v "$tool"); then
 		sg_bins+=(--bin "$path")
 	fi
