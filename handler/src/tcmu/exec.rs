@@ -21,7 +21,7 @@
 //! Task management ([`Executor::poll`] on a `TCMU_OP_TMR` notice, `tmr_notification=1` in
 //! the backstore's attributes): the kernel has aborted the listed commands and waits for each
 //! to be completed before it answers the initiator's TMF, so the executor completes them as
-//! soon as that is safe (see [`TaskManagementStats`] for the three cases), with TASK ABORTED
+//! soon as that is safe (see [`TaskManagementStats`] for the four cases), with TASK ABORTED
 //! and no Data-In; a reset (LUN, target, PR preempt-and-abort) also returns the engine's mode
 //! pages and PREVENT ALLOW MEDIUM REMOVAL to their defaults, as the scst_user worker does on
 //! TASK_MGMT_DONE.
