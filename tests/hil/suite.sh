@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu xcopy)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -29,11 +29,18 @@ fi
 # sg3-utils' tools go into the guest when the host has them (hil.sh install adds them); the tcmu
 # scenario says SKIPPED for its SCSI checks otherwise.
 sg_bins=()
-for tool in sg_inq sg_vpd sg_readcap; do
+for tool in sg_inq sg_vpd sg_readcap sg_reset; do
 	if path=$(command -v "$tool"); then
 		sg_bins+=(--bin "$path")
 	fi
 done
+# libiscsi's conformance suite for the iscsi scenario (hil.sh install adds libiscsi-bin; the
+# scenario fails, saying so, without it). Staged only for that scenario: its libraries are
+# about 1 MB, but every guest would load them over 9p for nothing.
+iscsi_bins=()
+if path=$(command -v iscsi-test-cu); then
+	iscsi_bins+=(--bin "$path")
+fi
 out="${HIL_OUT:-$root/target/hil/suite}"
 mkdir -p "$out"
 started=$SECONDS
@@ -47,8 +54,11 @@ for s in "${scenarios[@]}"; do
 	rc=0
 	# xcopy needs a namespace with Copy limits (hil.sh, HIL_NVME_NS).
 	if [[ $s == xcopy ]]; then export HIL_NVME_NS=1; else unset HIL_NVME_NS; fi
-	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-600}" --bin "$bin" \
-		--bin "$here/scenarios/common.sh" ${sg_bins[@]+"${sg_bins[@]}"} -- "$script" || rc=$?
+	extra=()
+	[[ $s != iscsi ]] || extra=(${iscsi_bins[@]+"${iscsi_bins[@]}"})
+	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-900}" --bin "$bin" \
+		--bin "$here/scenarios/common.sh" ${sg_bins[@]+"${sg_bins[@]}"} \
+		${extra[@]+"${extra[@]}"} -- "$script" || rc=$?
 	if [[ $rc -ne 0 ]]; then
 		echo "FAIL $s: guest run exited $rc (see $dir/serial.log, $dir/share/script.log)"
 		failed+=("$s")

@@ -6,7 +6,8 @@
 //!
 //! 1. `core/user_<hba>/<name>`, then writes its `control` one key per write (`dev_size=`,
 //!    `hw_block_size=`, `dev_config=<subtype>/<config>`: the UIO name the handler looks for),
-//!    then `1` to `enable`: the kernel creates the UIO device here.
+//!    then `1` to `enable`: the kernel creates the UIO device here; then
+//!    `attrib/tmr_notification=1` (task management notices on the ring) where the kernel has it.
 //! 2. tcm_loop: `loopback/<wwn>/tpgt_1`, `nexus` (the I_T nexus; tcm_loop adds its SCSI host
 //!    device only once one exists), `lun/lun_0`, and a link from the LUN to the backstore.
 //! 3. Optionally iSCSI: `iscsi/<iqn>/tpgt_1`, `lun/lun_0` linked likewise, `np/<ip>:<port>`,
@@ -447,6 +448,19 @@ impl<F: ConfigfsFs> Setup<F> {
             objects.write(&control, &format!("cmd_ring_size_mb={mb}"))?;
         }
         objects.write(&backstore.join("enable"), "1")?;
+        // Task management notices on the ring (`TCMU_OP_TMR`, kernel 5.9 and later): without
+        // them the kernel aborts commands silently and waits for their answers, which the
+        // executor then gives only when the store completes them. An older kernel lacks the
+        // attribute: served all the same, without the notices.
+        let tmr = backstore.join("attrib").join("tmr_notification");
+        if objects.fs.exists(&tmr) {
+            objects.write(&tmr, "1")?;
+        } else {
+            log::warn!(
+                "configfs: {} is missing (kernel before 5.9): no task management notices",
+                tmr.display()
+            );
+        }
         Ok(())
     }
 
@@ -676,7 +690,13 @@ mod tests {
                 .and_then(|n| n.to_str())
                 .unwrap_or("");
             if parent.starts_with("user_") {
-                &["control", "enable", "attrib/hw_block_size", "attrib/dev_size"]
+                &[
+                    "control",
+                    "enable",
+                    "attrib/hw_block_size",
+                    "attrib/dev_size",
+                    "attrib/tmr_notification",
+                ]
             } else if name.starts_with("tpgt_") {
                 &[
                     "nexus",
@@ -869,6 +889,7 @@ mod tests {
                 ("core/user_3/disk0/control", "dev_config=scstaccel/ram"),
                 ("core/user_3/disk0/control", "cmd_ring_size_mb=2"),
                 ("core/user_3/disk0/enable", "1"),
+                ("core/user_3/disk0/attrib/tmr_notification", "1"),
                 (
                     "loopback/naa.5001405000000001/tpgt_1/nexus",
                     "naa.5001405000000002"
@@ -925,8 +946,8 @@ mod tests {
         let fresh = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt nothing");
         assert_eq!(
             fresh.objects.fs.writes.borrow().len(),
-            5,
-            "backstore configured and enabled"
+            6,
+            "backstore configured, enabled, task management notices on"
         );
         fresh.remove().expect("remove");
         assert_eq!(tree(&root), before);

@@ -28,13 +28,21 @@
 //! releases, the grant arrives in this executor's mailbox, whose eventfd [`Executor::step`]
 //! polls with the others; the command is then submitted with its original deadline.
 //!
-//! Not here yet: task management beyond logging the notice.
+//! Task management ([`Executor::poll`] on a `TCMU_OP_TMR` notice, `tmr_notification=1` in
+//! the backstore's attributes): the kernel has aborted the listed commands and waits for each
+//! to be completed before it answers the initiator's TMF, so the executor completes them as
+//! soon as that is safe (see [`TaskManagementStats`] for the four cases), with TASK ABORTED
+//! and no Data-In; a reset (LUN, target, PR preempt-and-abort) also returns the engine's mode
+//! pages and PREVENT ALLOW MEDIUM REMOVAL to their defaults, as the scst_user worker does on
+//! TASK_MGMT_DONE.
 
+use super::abi::tmr_type;
 use super::ring::Response;
 use super::ring::Ring;
 use super::ring::RingEntry;
 use super::ring::RingError;
 use super::ring::TcmuCommand;
+use super::ring::TmrNotice;
 use super::uio::UioError;
 use super::uio::UioEvents;
 use crate::abi::sam_status;
@@ -100,16 +108,96 @@ pub struct Progress {
     pub refused: usize,
     /// Task management notices seen.
     pub task_management: usize,
+    /// Commands answered TASK ABORTED because a task management notice listed them.
+    pub aborted: usize,
+}
+
+/// What task management did, in total (the executor's lifetime).
+///
+/// A command the kernel lists as aborted is, when the notice is read, in one of four places:
+/// - **still queued** for the store (the queue was full): taken back and answered at once
+///   (`cancelled`), its buffer back to the pool;
+/// - **in the store, not changing the medium** (READ, VERIFY, compare, FLUSH, GET LBA
+///   STATUS): answered at once (`answered_early`); the store's result is dropped when it
+///   comes (the buffer stays the device's until then, and the drain still waits for it);
+/// - **in the store, changing the medium** (WRITE, WRITE SAME, zeroes, UNMAP): answered when
+///   the store completes it (`awaited`), with no further step (WRITE AND VERIFY's compare).
+///   Answering earlier would let the kernel report the TMF complete while the write can still
+///   land, after a later write to the same blocks that the initiator sends once the TMF is
+///   done; the deadline escalation bounds the wait as for any command;
+/// - **already answered** (its response waits for `cmd_tail`, or the kernel has it):
+///   nothing to do (`already_answered`).
+///
+/// The ring hands answers to the kernel in ring order (`cmd_tail` moves over a finished
+/// prefix only, docs/tcmu.md), so an early answer reaches the kernel once every command
+/// posted before it is answered too; with a LUN reset, which lists them all, that is when the
+/// last medium-changing one completes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TaskManagementStats {
+    /// Notices read.
+    pub notices: u64,
+    /// Of those, resets (LUN reset, warm or cold target reset, PR preempt-and-abort).
+    pub resets: u64,
+    /// Listed commands taken back from the store queue before submission.
+    pub cancelled: u64,
+    /// Listed commands in the store that change nothing: answered at once.
+    pub answered_early: u64,
+    /// Listed commands in the store that change the medium: answered at their completion.
+    pub awaited: u64,
+    /// Listed ids with no command here any more.
+    pub already_answered: u64,
+    /// Store results dropped because their command had been answered early.
+    pub dropped_results: u64,
 }
 
 struct Inflight {
-    cmd: TcmuCommand,
+    /// `None` once answered early after an abort: the store's result is then dropped.
+    cmd: Option<TcmuCommand>,
     io: IoPlan,
     buffer: Option<IoBuffer>,
     /// The range the command holds until it is answered ([`Disk::range_need`]).
     grant: Option<RangeGrant>,
     received: Instant,
     deadline: Instant,
+    /// Listed by a task management notice: answered TASK ABORTED at completion.
+    aborted: bool,
+}
+
+/// Does `op` change what the medium holds? (An aborted one must finish before its answer.)
+fn changes_medium(op: &StoreOp) -> bool {
+    matches!(
+        op,
+        StoreOp::Write { .. }
+            | StoreOp::WriteSame { .. }
+            | StoreOp::WriteZeroes { .. }
+            | StoreOp::Unmap { .. }
+    )
+}
+
+/// The answer of an aborted command: the kernel does not send it (the command is aborted on
+/// its side), but it must come, and it carries no data.
+fn task_aborted() -> scsi::Response {
+    scsi::Response {
+        status: sam_status::TASK_ABORTED,
+        sense: Vec::new(),
+        data: Vec::new(),
+        data_in_len: 0,
+    }
+}
+
+/// `TCMU_TMR_*` by name, for the log.
+fn tmr_name(t: u8) -> &'static str {
+    match t {
+        tmr_type::ABORT_TASK => "abort task",
+        tmr_type::ABORT_TASK_SET => "abort task set",
+        tmr_type::CLEAR_ACA => "clear ACA",
+        tmr_type::CLEAR_TASK_SET => "clear task set",
+        tmr_type::LUN_RESET => "LUN reset",
+        tmr_type::TARGET_WARM_RESET => "target warm reset",
+        tmr_type::TARGET_COLD_RESET => "target cold reset",
+        tmr_type::LUN_RESET_PRO => "PR preempt-and-abort",
+        _ => "unknown",
+    }
 }
 
 /// A command whose range is busy, waiting for its grant in the mailbox. Its deadline runs.
@@ -153,6 +241,7 @@ pub struct Executor {
     escalations: u64,
     /// Commands answered with a status other than GOOD.
     errors: u64,
+    tmr: TaskManagementStats,
 }
 
 impl Executor {
@@ -172,6 +261,7 @@ impl Executor {
             last_escalation: None,
             escalations: 0,
             errors: 0,
+            tmr: TaskManagementStats::default(),
         }
     }
 
@@ -179,6 +269,11 @@ impl Executor {
     /// FULL, ...); malformed entries the ring refused are counted apart ([`Progress::refused`]).
     pub fn errors(&self) -> u64 {
         self.errors
+    }
+
+    /// What task management did so far.
+    pub fn task_management(&self) -> TaskManagementStats {
+        self.tmr
     }
 
     /// How long a command may stay in the store before [`Self::check_deadlines`] escalates.
@@ -231,11 +326,14 @@ impl Executor {
             .iter()
             .map(|(tag, f)| {
                 format!(
-                    "  request {tag}: cmd_id {}, age {:?}, deadline {}, op {:?}",
-                    f.cmd.cmd_id(),
+                    "  request {tag}: cmd_id {}, age {:?}, deadline {}, op {:?}{}",
+                    f.cmd
+                        .as_ref()
+                        .map_or_else(|| "answered".to_owned(), |c| c.cmd_id().to_string()),
                     now.duration_since(f.received),
                     if f.deadline <= now { "missed" } else { "pending" },
-                    f.io.op
+                    f.io.op,
+                    if f.aborted { ", aborted" } else { "" }
                 )
             })
             .collect();
@@ -380,13 +478,8 @@ impl Executor {
                     self.begin(token, ring, cmd, received, plan, &mut progress);
                 }
                 Ok(Some(RingEntry::TaskManagement(notice))) => {
-                    // The kernel has already decided; the listed commands may still complete.
-                    log::info!(
-                        "tcmu task management {} for {:?}",
-                        notice.tmr_type,
-                        notice.cmd_ids
-                    );
                     progress.task_management += 1;
+                    self.act_on_task_management(token, ring, &notice, &mut progress);
                 }
                 Err(e @ RingError::Refused { .. }) => {
                     log::warn!("tcmu: {e}");
@@ -437,6 +530,81 @@ impl Executor {
         served.map_err(StepError::Ring)
     }
 
+    /// Act on a task management notice (the module doc and [`TaskManagementStats`]).
+    fn act_on_task_management(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        notice: &TmrNotice,
+        progress: &mut Progress,
+    ) {
+        self.tmr.notices += 1;
+        let reset = matches!(
+            notice.tmr_type,
+            tmr_type::LUN_RESET
+                | tmr_type::TARGET_WARM_RESET
+                | tmr_type::TARGET_COLD_RESET
+                | tmr_type::LUN_RESET_PRO
+        );
+        let before = self.tmr;
+        for &id in &notice.cmd_ids {
+            let Some(tag) = self
+                .inflight
+                .iter()
+                .find(|(_, f)| f.cmd.as_ref().is_some_and(|c| c.cmd_id() == id))
+                .map(|(&tag, _)| tag)
+            else {
+                self.tmr.already_answered += 1;
+                continue;
+            };
+            if let Some(at) = self.submit.iter().position(|r| r.tag == tag) {
+                // Never given to the store: nothing of it can reach the medium.
+                self.submit.remove(at);
+                if let Some(state) = self.inflight.remove(&tag) {
+                    if let Some(grant) = state.grant {
+                        self.disk.ranges().release(token, grant);
+                    }
+                    if let Some(cmd) = state.cmd {
+                        self.answer(ring, cmd, None, &task_aborted());
+                        self.tmr.cancelled += 1;
+                        progress.completed += 1;
+                        progress.aborted += 1;
+                    }
+                }
+                continue;
+            }
+            let Some(state) = self.inflight.get_mut(&tag) else {
+                continue;
+            };
+            state.aborted = true;
+            if changes_medium(&state.io.op) {
+                self.tmr.awaited += 1;
+                continue;
+            }
+            if let Some(cmd) = state.cmd.take() {
+                self.answer(ring, cmd, None, &task_aborted());
+                self.tmr.answered_early += 1;
+                progress.completed += 1;
+                progress.aborted += 1;
+            }
+        }
+        if reset {
+            self.tmr.resets += 1;
+            self.disk.reset(token);
+        }
+        log::info!(
+            "tcmu task management {} ({}) for {} command(s): {} cancelled before the store, \
+             {} answered at once, {} answered when the store completes them, {} already answered",
+            notice.tmr_type,
+            tmr_name(notice.tmr_type),
+            notice.cmd_ids.len(),
+            self.tmr.cancelled - before.cancelled,
+            self.tmr.answered_early - before.answered_early,
+            self.tmr.awaited - before.awaited,
+            self.tmr.already_answered - before.already_answered,
+        );
+    }
+
     fn flush(&mut self, token: &mut StoreToken<'_>, ring: &mut Ring, progress: &mut Progress) {
         loop {
             // Parked commands whose range was released (by this worker or another): cleared
@@ -467,11 +635,32 @@ impl Executor {
                     log::error!("store completed unknown tag {}; ignored", completion.tag);
                     continue;
                 };
+                // Dropping the state returns an early-answered command's buffer to the pool
+                // now that the store is done with it.
+                // An aborted command's range (COMPARE AND WRITE's, a write's) is held until the
+                // store is done with it, whenever its answer went.
+                let Some(cmd) = state.cmd else {
+                    if let Some(grant) = state.grant {
+                        self.disk.ranges().release(token, grant);
+                    }
+                    self.tmr.dropped_results += 1;
+                    continue;
+                };
+                if state.aborted {
+                    // The aborted write has finished on the medium: now its answer may go.
+                    if let Some(grant) = state.grant {
+                        self.disk.ranges().release(token, grant);
+                    }
+                    self.answer(ring, cmd, None, &task_aborted());
+                    progress.completed += 1;
+                    progress.aborted += 1;
+                    continue;
+                }
                 let plan = self.disk.finish(&state.io, completion.status);
                 self.advance(
                     token,
                     ring,
-                    state.cmd,
+                    cmd,
                     state.buffer,
                     state.grant,
                     state.received,
@@ -547,7 +736,36 @@ impl Executor {
             }
             Plan::Io(io) => io,
         };
-
+        if buffer.is_none() {
+            // The Data-Out the op takes to the medium (or compares with it) must all be
+            // there. LIO checks the CDB's transfer length against the initiator's for its own
+            // backstores but not for TCMU's (passthrough_parse_cdb), so a WRITE of 2 blocks
+            // with 1 block of Data-Out reaches us; the buffer would hold zeroes for the rest,
+            // and zeroes nobody sent would be written. Refused as LIO refuses it for its own
+            // backstores (and as libiscsi's residual tests accept): ILLEGAL REQUEST, INVALID
+            // FIELD IN COMMAND INFORMATION UNIT.
+            let needs = match io.op {
+                StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. } => {
+                    io.op.buffer_bytes(self.disk.block_size())
+                }
+                _ => 0,
+            };
+            if (cmd.data_len() as u64) < needs {
+                log::debug!(
+                    "tcmu: cmd_id {}: {} bytes of Data-Out for {:?}, which needs {needs}",
+                    cmd.cmd_id(),
+                    cmd.data_len(),
+                    io.op
+                );
+                let short = scsi::Response::check_condition(self.disk.sense(0x05, 0x0e, 0x03));
+                self.answer(ring, cmd, None, &short);
+                progress.completed += 1;
+                if let Some(grant) = grant {
+                    self.disk.ranges().release(token, grant);
+                }
+                return;
+            }
+        }
         let buffer = match buffer {
             Some(b) => Some(b),
             None if io.op.uses_buffer() => match self.buffer_for(token, ring, &cmd, &io.op) {
@@ -589,12 +807,13 @@ impl Executor {
         self.inflight.insert(
             tag,
             Inflight {
-                cmd,
+                cmd: Some(cmd),
                 io,
                 buffer,
                 grant,
                 received,
                 deadline: received + self.command_timeout,
+                aborted: false,
             },
         );
     }
@@ -666,6 +885,7 @@ mod tests {
     use crate::scsi::DiskConfig;
     use crate::store::ram::RamStore;
     use crate::store::Store;
+    use crate::tcmu::abi::mailbox_flags;
     use crate::tcmu::abi::Iovec;
     use crate::tcmu::sim::SimCompletion;
     use crate::tcmu::sim::SimConfig;
@@ -874,14 +1094,52 @@ mod tests {
         assert_eq!(r.exec.in_flight(), 0);
     }
 
+    #[test]
+    fn a_write_with_less_data_out_than_its_cdb_says_is_refused_and_writes_nothing() {
+        let mut r = rig();
+        let old = vec![0x61u8; 2 * BS as usize];
+        let w = r.run(1, &rw10(0x2a, 20, 2), 0, old.len(), Some(&old));
+        assert_eq!(w.status, sam_status::GOOD);
+        // WRITE(10) of 2 blocks with 1 block of Data-Out (iSCSI EDTL < the CDB's length).
+        let new = vec![0x62u8; BS as usize];
+        let short = r.run(2, &rw10(0x2a, 20, 2), 8192, new.len(), Some(&new));
+        assert_eq!(short.status, sam_status::CHECK_CONDITION);
+        // ILLEGAL REQUEST / INVALID FIELD IN COMMAND INFORMATION UNIT.
+        assert_eq!(
+            (short.sense[2] & 0x0f, short.sense[12], short.sense[13]),
+            (0x05, 0x0e, 0x03)
+        );
+        // None: no Data-Out at all.
+        let none = r.run(3, &rw10(0x2a, 20, 1), 0, 0, None);
+        assert_eq!(none.status, sam_status::CHECK_CONDITION);
+        let rd = r.run(4, &rw10(0x28, 20, 2), 16384, old.len(), None);
+        assert_eq!(rd.status, sam_status::GOOD);
+        assert_eq!(
+            r.sim.read_data(r.sim.data_off() + 16384, old.len()),
+            old,
+            "the blocks hold what was written before, not the short write's data or zeroes"
+        );
+        // More Data-Out than the CDB says is fine: the CDB's blocks are written.
+        let long = vec![0x63u8; 3 * BS as usize];
+        let w = r.run(5, &rw10(0x2a, 20, 1), 0, long.len(), Some(&long));
+        assert_eq!(w.status, sam_status::GOOD);
+        let rd = r.run(6, &rw10(0x28, 20, 2), 16384, old.len(), None);
+        assert_eq!(rd.status, sam_status::GOOD);
+        let back = r.sim.read_data(r.sim.data_off() + 16384, old.len());
+        assert_eq!(&back[..BS as usize], &long[..BS as usize]);
+        assert_eq!(&back[BS as usize..], &old[BS as usize..]);
+    }
+
     /// A store queue that holds every request until the test releases it or `abort_all`
     /// ends it (a device that stalls).
     struct HeldQueue {
         held: Arc<std::sync::Mutex<Vec<StoreRequest>>>,
-        done: Vec<StoreCompletion>,
+        done: Arc<std::sync::Mutex<Vec<StoreCompletion>>>,
         /// Whether `abort_all` works (a device that cannot be stopped when false).
         abortable: bool,
         aborts: Arc<std::sync::atomic::AtomicUsize>,
+        /// Requests the queue takes before it says `QueueFull`.
+        capacity: usize,
     }
 
     impl StoreQueue for HeldQueue {
@@ -890,13 +1148,22 @@ mod tests {
             _token: &mut StoreToken<'_>,
             batch: &mut Vec<StoreRequest>,
         ) -> Result<(), crate::store::StoreError> {
-            self.held.lock().expect("held").append(batch);
-            Ok(())
+            let mut held = self.held.lock().expect("held");
+            let room = self.capacity.saturating_sub(held.len()).min(batch.len());
+            held.extend(batch.drain(..room));
+            if batch.is_empty() {
+                Ok(())
+            } else {
+                Err(crate::store::StoreError::QueueFull {
+                    in_flight: held.len(),
+                })
+            }
         }
 
         fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {
-            let n = self.done.len();
-            out.append(&mut self.done);
+            let mut done = self.done.lock().expect("done");
+            let n = done.len();
+            out.append(&mut done);
             n
         }
 
@@ -905,7 +1172,7 @@ mod tests {
         }
 
         fn in_flight(&self) -> usize {
-            self.held.lock().expect("held").len() + self.done.len()
+            self.held.lock().expect("held").len() + self.done.lock().expect("done").len()
         }
 
         fn abort_all(&mut self) -> usize {
@@ -915,10 +1182,13 @@ mod tests {
             }
             let held: Vec<StoreRequest> = std::mem::take(&mut *self.held.lock().expect("held"));
             let n = held.len();
-            self.done.extend(held.into_iter().map(|r| StoreCompletion {
-                tag: r.tag,
-                status: crate::store::StoreStatus::Aborted,
-            }));
+            self.done
+                .lock()
+                .expect("done")
+                .extend(held.into_iter().map(|r| StoreCompletion {
+                    tag: r.tag,
+                    status: crate::store::StoreStatus::Aborted,
+                }));
             n
         }
     }
@@ -928,30 +1198,62 @@ mod tests {
         ring: Ring,
         exec: Executor,
         aborts: Arc<std::sync::atomic::AtomicUsize>,
+        held: Arc<std::sync::Mutex<Vec<StoreRequest>>>,
+        done: Arc<std::sync::Mutex<Vec<StoreCompletion>>>,
+        disk: Arc<Disk>,
     }
 
     fn held_rig(abortable: bool) -> HeldRig {
+        held_rig_with(abortable, usize::MAX, 0)
+    }
+
+    /// A rig whose queue holds at most `capacity` requests, on a ring with `flags`.
+    fn held_rig_with(abortable: bool, capacity: usize, flags: u16) -> HeldRig {
+        held_rig_on(
+            abortable,
+            capacity,
+            flags,
+            crate::scsi::CompareAndWriteBy::ScstCore,
+        )
+    }
+
+    /// [`held_rig_with`] on a disk whose COMPARE AND WRITE is run by `caw` (`Handler`: writes
+    /// take the disk's range locks, as under LIO).
+    fn held_rig_on(
+        abortable: bool,
+        capacity: usize,
+        flags: u16,
+        caw: crate::scsi::CompareAndWriteBy,
+    ) -> HeldRig {
         let store = RamStore::new(BS, 2048, 256);
-        let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
+        let mut config = DiskConfig::for_store(&store.info());
+        config.compare_and_write = caw;
+        let disk = Arc::new(Disk::new(config));
         let aborts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let held: Arc<std::sync::Mutex<Vec<StoreRequest>>> = Arc::default();
+        let done: Arc<std::sync::Mutex<Vec<StoreCompletion>>> = Arc::default();
         let queue = HeldQueue {
-            held: Arc::default(),
-            done: Vec::new(),
+            held: Arc::clone(&held),
+            done: Arc::clone(&done),
             abortable,
             aborts: Arc::clone(&aborts),
+            capacity,
         };
         let pool = Arc::new(SgvPool::new(None, None, 1 << 24));
         let sim = SimKernel::new(SimConfig {
             cmdr_size: 8192,
             data_size: 256 * 1024,
-            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN | flags,
         });
         let ring = Ring::attach(sim.region().clone()).expect("attach");
         HeldRig {
             sim,
             ring,
-            exec: Executor::new(disk, Box::new(queue), pool),
+            exec: Executor::new(Arc::clone(&disk), Box::new(queue), pool),
             aborts,
+            held,
+            done,
+            disk,
         }
     }
 
@@ -965,6 +1267,43 @@ mod tests {
             self.sim
                 .post_cmd(id, &rw10(0x28, lba, 1), &iov, &[])
                 .expect("post");
+        }
+
+        fn post_write(&mut self, id: u16, lba: u32) {
+            let off = self.sim.data_off() + usize::from(id) * BS as usize;
+            self.sim.write_data(off, &[0x5a; BS as usize]);
+            let iov = [Iovec {
+                iov_base: off as u64,
+                iov_len: BS.into(),
+            }];
+            self.sim
+                .post_cmd(id, &rw10(0x2a, lba, 1), &iov, &[])
+                .expect("post");
+        }
+
+        /// The device completes every request it holds, successfully.
+        fn complete_held(&self) -> usize {
+            let held: Vec<StoreRequest> = std::mem::take(&mut *self.held.lock().expect("held"));
+            let n = held.len();
+            self.done
+                .lock()
+                .expect("done")
+                .extend(held.into_iter().map(|r| StoreCompletion {
+                    tag: r.tag,
+                    status: crate::store::StoreStatus::Good,
+                }));
+            n
+        }
+
+        /// Poll, then the (cmd_id, status) pairs the kernel reaps.
+        fn poll_and_reap(&mut self) -> (Progress, Vec<(u16, u8)>) {
+            let p = self
+                .exec
+                .poll(&mut StoreToken::root(), &mut self.ring)
+                .expect("poll");
+            self.ring.take_kick();
+            let done = self.sim.reap().expect("reap");
+            (p, done.iter().map(|c| (c.cmd_id, c.status)).collect())
         }
     }
 
@@ -1049,5 +1388,201 @@ mod tests {
             took >= Duration::from_millis(60) && took < Duration::from_secs(2),
             "{took:?}"
         );
+    }
+
+    #[test]
+    fn an_aborted_read_in_the_store_is_answered_at_once_and_its_result_dropped() {
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        r.post_read(1, 7);
+        r.post_read(2, 8);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.started, p.completed, done.len()), (2, 0, 0));
+        r.sim.post_tmr(tmr_type::ABORT_TASK, &[1]).expect("tmr");
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.task_management, p.aborted, p.completed), (1, 1, 1));
+        assert_eq!(
+            done,
+            [(1, sam_status::TASK_ABORTED)],
+            "answered before the store completed it"
+        );
+        assert_eq!(r.exec.in_flight(), 2, "the device still holds both buffers");
+        // The device completes both: the aborted read's result is dropped, the other answered.
+        assert_eq!(r.complete_held(), 2);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.completed, p.aborted), (1, 0));
+        assert_eq!(done, [(2, sam_status::GOOD)]);
+        assert_eq!(r.exec.in_flight(), 0);
+        let t = r.exec.task_management();
+        assert_eq!(
+            (
+                t.notices,
+                t.answered_early,
+                t.dropped_results,
+                t.awaited,
+                t.cancelled
+            ),
+            (1, 1, 1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn an_aborted_write_in_the_store_is_answered_only_when_the_device_is_done_with_it() {
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        r.post_write(1, 7);
+        let (_, done) = r.poll_and_reap();
+        assert!(done.is_empty());
+        r.sim.post_tmr(tmr_type::ABORT_TASK, &[1]).expect("tmr");
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.task_management, p.aborted), (1, 0));
+        assert!(
+            done.is_empty(),
+            "no answer while the write can still reach the medium: {done:?}"
+        );
+        assert_eq!(r.exec.task_management().awaited, 1);
+        assert_eq!(r.complete_held(), 1);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.completed, p.aborted), (1, 1));
+        assert_eq!(done, [(1, sam_status::TASK_ABORTED)], "not GOOD: it was aborted");
+        assert_eq!(r.exec.in_flight(), 0);
+    }
+
+    /// An aborted write holds its range (shared, on a disk whose engine runs COMPARE AND WRITE)
+    /// until the device is done with it, then gives it back: a range kept by an aborted
+    /// command would park every later COMPARE AND WRITE of those blocks forever.
+    #[test]
+    fn an_aborted_write_gives_its_range_back_when_the_device_is_done() {
+        let mut r = held_rig_on(
+            true,
+            usize::MAX,
+            mailbox_flags::CAP_TMR,
+            crate::scsi::CompareAndWriteBy::Handler,
+        );
+        let mut token = StoreToken::root();
+        r.post_write(1, 7);
+        r.poll_and_reap();
+        assert_eq!(
+            r.disk.ranges().counts(&mut token),
+            (1, 0),
+            "the write holds its range"
+        );
+        r.sim.post_tmr(tmr_type::ABORT_TASK, &[1]).expect("tmr");
+        r.poll_and_reap();
+        assert_eq!(
+            r.disk.ranges().counts(&mut token),
+            (1, 0),
+            "held while the device has it"
+        );
+        assert_eq!(r.complete_held(), 1);
+        let (_, done) = r.poll_and_reap();
+        assert_eq!(done, [(1, sam_status::TASK_ABORTED)]);
+        assert_eq!(r.disk.ranges().counts(&mut token), (0, 0), "given back");
+    }
+
+    /// A write aborted before the store ever saw it gives its range back at once.
+    #[test]
+    fn an_aborted_queued_write_gives_its_range_back_at_once() {
+        let mut r = held_rig_on(
+            true,
+            1,
+            mailbox_flags::CAP_TMR,
+            crate::scsi::CompareAndWriteBy::Handler,
+        );
+        let mut token = StoreToken::root();
+        r.post_write(1, 7);
+        r.post_write(2, 8);
+        r.poll_and_reap();
+        assert_eq!(r.disk.ranges().counts(&mut token), (2, 0));
+        r.sim.post_tmr(tmr_type::ABORT_TASK, &[2]).expect("tmr");
+        let (p, _) = r.poll_and_reap();
+        assert_eq!(
+            p.aborted, 1,
+            "answered (the kernel reaps it after command 1: in order)"
+        );
+        assert_eq!(
+            r.disk.ranges().counts(&mut token),
+            (1, 0),
+            "only the submitted write's"
+        );
+        assert_eq!(r.complete_held(), 1);
+        let (_, done) = r.poll_and_reap();
+        assert_eq!(done, [(1, sam_status::GOOD), (2, sam_status::TASK_ABORTED)]);
+        assert_eq!(r.disk.ranges().counts(&mut token), (0, 0));
+    }
+
+    #[test]
+    fn an_aborted_command_still_queued_for_the_store_is_taken_back_and_never_submitted() {
+        // The queue takes one request; the second waits in the executor's submission queue.
+        let mut r = held_rig_with(true, 1, mailbox_flags::CAP_TMR);
+        r.post_write(1, 7);
+        r.post_write(2, 8);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!(
+            (p.started, done.len(), r.held.lock().expect("held").len()),
+            (2, 0, 1)
+        );
+        r.sim.post_tmr(tmr_type::ABORT_TASK_SET, &[2]).expect("tmr");
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.aborted, r.exec.task_management().cancelled), (1, 1));
+        assert_eq!(r.exec.in_flight(), 1, "only write 1 is left, in the device");
+        // Answered, but the kernel reads answers in ring order: write 1 is still before it.
+        assert!(done.is_empty(), "{done:?}");
+        // The device finishes write 1 and the queue has room again: write 2 never reaches it.
+        assert_eq!(r.complete_held(), 1);
+        let (_, done) = r.poll_and_reap();
+        assert_eq!(done, [(1, sam_status::GOOD), (2, sam_status::TASK_ABORTED)]);
+        assert!(
+            r.held.lock().expect("held").is_empty(),
+            "the cancelled write was submitted"
+        );
+        assert_eq!(r.exec.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_lun_reset_naming_answered_commands_resets_the_engine_state_only() {
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        // PREVENT ALLOW MEDIUM REMOVAL, prevent: engine state a LUN reset clears.
+        r.sim.post_cmd(1, &[0x1e, 0, 0, 0, 1, 0], &[], &[]).expect("post");
+        let (_, done) = r.poll_and_reap();
+        assert_eq!(done, [(1, sam_status::GOOD)]);
+        assert!(r.disk.removal_prevented());
+        // Id 1 was answered (and is reused only after cmd_tail passed it): nothing to abort.
+        r.sim.post_tmr(tmr_type::LUN_RESET, &[1]).expect("tmr");
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.task_management, p.aborted, done.len()), (1, 0, 0));
+        assert!(!r.disk.removal_prevented(), "the reset cleared PREVENT");
+        let t = r.exec.task_management();
+        assert_eq!((t.resets, t.already_answered), (1, 1));
+        // An ABORT TASK is no reset.
+        r.sim.post_cmd(2, &[0x1e, 0, 0, 0, 1, 0], &[], &[]).expect("post");
+        r.poll_and_reap();
+        r.sim.post_tmr(tmr_type::ABORT_TASK, &[]).expect("tmr");
+        r.poll_and_reap();
+        assert!(r.disk.removal_prevented());
+        assert_eq!(r.exec.task_management().resets, 1);
+    }
+
+    #[test]
+    fn the_drain_waits_for_an_early_answered_read_the_device_still_holds() {
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        let (events, _kernel) = socket_events();
+        r.post_read(1, 7);
+        r.poll_and_reap();
+        r.sim.post_tmr(tmr_type::ABORT_TASK, &[1]).expect("tmr");
+        let (_, done) = r.poll_and_reap();
+        assert_eq!(done, [(1, sam_status::TASK_ABORTED)]);
+        // Answered, but its buffer is the device's: the drain must abort it before proving empty.
+        let drained = r.exec.drain(
+            &mut StoreToken::root(),
+            &mut r.ring,
+            &events,
+            Duration::from_millis(20),
+        );
+        assert!(drained.is_ok(), "{drained:?}");
+        assert_eq!(r.aborts.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(
+            r.sim.reap().expect("reap").is_empty(),
+            "no second answer for cmd_id 1"
+        );
+        assert_eq!(r.exec.task_management().dropped_results, 1);
     }
 }

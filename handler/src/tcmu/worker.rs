@@ -12,6 +12,7 @@ use super::exec::Executor;
 use super::exec::NotDrained;
 use super::exec::Progress;
 use super::exec::StepError;
+use super::exec::TaskManagementStats;
 use super::ring::Ring;
 use super::uio::UioDevice;
 use crate::store::StoreToken;
@@ -51,6 +52,8 @@ pub struct WorkerReport {
     pub progress: Progress,
     /// Deadline escalations.
     pub escalations: u64,
+    /// What task management did.
+    pub task_management: TaskManagementStats,
     /// Why serving ended before a stop was asked, if it did (a broken ring, a UIO error).
     pub error: Option<StepError>,
     /// The drain's outcome: the proof that the store holds nothing of ours, or what is left.
@@ -253,6 +256,7 @@ fn serve(
                 total.completed += p.completed;
                 total.refused += p.refused;
                 total.task_management += p.task_management;
+                total.aborted += p.aborted;
             }
             Err(e) => {
                 log::error!("tcmu: serving uio{} ended: {e}", device.info().index);
@@ -272,6 +276,13 @@ fn serve(
     }
     live.publish(&total, &exec);
     let escalations = exec.escalations();
+    let task_management = exec.task_management();
+    if task_management.notices > 0 {
+        log::info!(
+            "tcmu: uio{} task management: {task_management:?}",
+            device.info().index
+        );
+    }
     // The executor holds command buffers only for requests in the store; once drained it holds
     // none. The mapping goes after the drain: the answers above were written into it.
     drop(exec);
@@ -280,6 +291,7 @@ fn serve(
     WorkerReport {
         progress: total,
         escalations,
+        task_management,
         error,
         drained,
         drain_time,
