@@ -102,7 +102,11 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
         }
         Command::Unmap { param_len } => unmap(&read_param(data_out, param_len), &ctx.geometry),
         // SBC-3 §5.2: NUMBER OF LOGICAL BLOCKS 0 is not an error; nothing is compared or written.
-        Command::CompareAndWrite { blocks, .. } if blocks.count == 0 => good(),
+        // With Data-Out nonetheless (2 × 256 blocks truncated to 0 in the one-byte field, as
+        // libiscsi's CompareAndWrite.Miscompare sends), the CDB and the data disagree: refused as
+        // any other Data-Out that is not 2 × N blocks, below (a TCMU handler cannot report the
+        // overflow residual instead: LIO does not compare the lengths for it).
+        Command::CompareAndWrite { blocks, .. } if blocks.count == 0 && data_out.is_empty() => good(),
         Command::CompareAndWrite {
             blocks: Blocks { lba, count },
             fua,
@@ -678,6 +682,14 @@ mod tests {
         let disk = caw_disk();
         // NUMBER OF LOGICAL BLOCKS 0: nothing compared or written, GOOD (SBC-3 §5.2).
         good(&disk, &caw(3, 0, 0), &[]);
+        // ... but 0 with Data-Out (256 blocks truncated to the one-byte field) is a mismatch.
+        check_sense(
+            &disk,
+            &caw(0, 0, 0),
+            &[0; 2 * 512],
+            [5, 0x24, 0],
+            Some([0xC0, 0, 13]),
+        );
         // Above MAXIMUM COMPARE AND WRITE LENGTH (8 here): INVALID FIELD IN CDB at byte 13.
         check_sense(
             &disk,
