@@ -1,6 +1,7 @@
 # HIL scenario: the NVMe controller reset under load, under TCMU. `scst-accel serve --frontend
 # tcmu` on QEMU's controller through VFIO, LIO's tcm_loop giving /dev/sdX; a writer, then a
-# reader, each cross a function-level reset of the controller. The reset comes from outside
+# reader, each cross a function-level reset of the controller (each transfer repeated until one
+# whole transfer has ended after the reset, so the reset meets I/O on a fast host too). The reset comes from outside
 # (`echo 1 > /sys/bus/pci/devices/BDF/reset`, the kernel's FLR of the vfio-bound function): serve
 # has no hook to reset on request (the reset scenario's `demo --reset-during-load` calls the
 # controller's recovery from inside), and a reset nobody asked for is the harder case: the
@@ -38,25 +39,45 @@ done
 [ -n "$SD" ] && [ -b "/dev/$SD" ] || { cat "$HIL_SHARE/serve.log"; fail "no /dev/sdX within 60 s" 13; }
 N=$((MB * 256))
 dd if=/dev/urandom of=/tmp/pattern bs=4096 count=$N 2>/dev/null
-# $1: what; the rest: the dd command. Runs it, resets the function 2 s in, waits (bounded).
+# $1: what; the rest: the dd command. The transfer is repeated (same data, same blocks) until
+# the reset has happened and one whole transfer has finished after it, so the reset always meets
+# I/O in flight however fast the host is (a single 8 MiB dd finished before a reset 2 s in on a
+# quiet host). The reset comes once the first transfer is under way; waits are bounded.
 across_reset() {
 	what=$1
 	shift
-	"$@" 2>"/tmp/$what.log" &
+	rm -f "/tmp/$what.stop" "/tmp/$what.done"
+	(
+		n=0
+		while [ ! -e "/tmp/$what.stop" ]; do
+			"$@" 2>"/tmp/$what.log" || exit 1
+			n=$((n + 1))
+			echo $n >"/tmp/$what.done"
+		done
+	) &
 	pid=$!
-	sleep 2
+	sleep 0.5
 	running=no
 	kill -0 $pid 2>/dev/null && running=yes
+	before=$(cat "/tmp/$what.done" 2>/dev/null || echo 0)
 	t=$(now)
 	echo 1 >"$RESET"
-	echo "tcmu-reset scenario: function reset at $t s with the $what running: $running"
+	echo "tcmu-reset scenario: function reset at $t s with the $what running: $running ($before transfers done)"
+	# Two more transfers ended: the one the reset cut into, and a whole one after it.
+	i=0
+	while kill -0 $pid 2>/dev/null && [ "$(cat "/tmp/$what.done" 2>/dev/null || echo 0)" -lt $((before + 2)) ] &&
+		[ $i -lt 240 ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	touch "/tmp/$what.stop"
 	i=0
 	while kill -0 $pid 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
 	hung=false
 	kill -0 $pid 2>/dev/null && { hung=true; kill -9 $pid; }
 	wait $pid
 	rc=$?
-	echo "tcmu-reset scenario: $what rc $rc, hung $hung, done $(awk "BEGIN { print $(now) - $t }") s after the reset"
+	echo "tcmu-reset scenario: $what rc $rc, hung $hung, $(cat "/tmp/$what.done" 2>/dev/null || echo 0) transfers, done $(awk "BEGIN { print $(now) - $t }") s after the reset"
 	tail -1 "/tmp/$what.log"
 	eval "${what}_rc=$rc ${what}_hung=$hung ${what}_running=$running"
 }
@@ -74,14 +95,32 @@ lun_reset=skipped
 lun_reset_notices=0
 if command -v sg_reset >/dev/null; then
 	dd if=/dev/urandom of=/tmp/pattern2 bs=4096 count=$N 2>/dev/null
-	dd if=/tmp/pattern2 of="/dev/$SD" bs=4096 count=$N seek=$((16 + N)) oflag=direct 2>/tmp/lunreset.log &
+	# Repeated until a whole transfer ended after the reset, as across_reset does.
+	rm -f /tmp/lunreset.stop /tmp/lunreset.done
+	(
+		n=0
+		while [ ! -e /tmp/lunreset.stop ]; do
+			dd if=/tmp/pattern2 of="/dev/$SD" bs=4096 count=$N seek=$((16 + N)) oflag=direct \
+				2>/tmp/lunreset.log || exit 1
+			n=$((n + 1))
+			echo $n >/tmp/lunreset.done
+		done
+	) &
 	pid=$!
-	sleep 2
+	sleep 0.5
 	lr_running=no
 	kill -0 $pid 2>/dev/null && lr_running=yes
+	before=$(cat /tmp/lunreset.done 2>/dev/null || echo 0)
 	sg_reset --device "/dev/$SD"
 	sg_rc=$?
 	echo "tcmu-reset scenario: sg_reset --device rc $sg_rc with the writer running: $lr_running"
+	i=0
+	while kill -0 $pid 2>/dev/null && [ "$(cat /tmp/lunreset.done 2>/dev/null || echo 0)" -lt $((before + 2)) ] &&
+		[ $i -lt 240 ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	touch /tmp/lunreset.stop
 	i=0
 	while kill -0 $pid 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
 	kill -0 $pid 2>/dev/null && kill -9 $pid
