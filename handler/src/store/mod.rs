@@ -83,6 +83,28 @@ impl StoreOp {
         )
     }
 
+    /// Does the op take the command's Data-Out from its buffer (to the medium, or to compare
+    /// with it)? Such a buffer must hold all the Data-Out before the request is submitted.
+    pub fn takes_data_out(&self) -> bool {
+        matches!(
+            self,
+            StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. }
+        )
+    }
+
+    /// Does the op change what the medium holds? (An aborted one must finish before it is
+    /// answered: until then its blocks may still change.)
+    pub fn changes_medium(&self) -> bool {
+        matches!(
+            self,
+            StoreOp::Write { .. }
+                | StoreOp::WriteSame { .. }
+                | StoreOp::WriteZeroes { .. }
+                | StoreOp::Unmap { .. }
+                | StoreOp::Copy { .. }
+        )
+    }
+
     /// Bytes of buffer the op needs, for a store with `block_size`.
     pub fn buffer_bytes(&self, block_size: u32) -> u64 {
         match self {

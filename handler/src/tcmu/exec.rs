@@ -163,17 +163,6 @@ struct Inflight {
     aborted: bool,
 }
 
-/// Does `op` change what the medium holds? (An aborted one must finish before its answer.)
-fn changes_medium(op: &StoreOp) -> bool {
-    matches!(
-        op,
-        StoreOp::Write { .. }
-            | StoreOp::WriteSame { .. }
-            | StoreOp::WriteZeroes { .. }
-            | StoreOp::Unmap { .. }
-    )
-}
-
 /// The answer of an aborted command: the kernel does not send it (the command is aborted on
 /// its side), but it must come, and it carries no data.
 fn task_aborted() -> scsi::Response {
@@ -561,9 +550,7 @@ impl Executor {
                 // Never given to the store: nothing of it can reach the medium.
                 self.submit.remove(at);
                 if let Some(state) = self.inflight.remove(&tag) {
-                    if let Some(grant) = state.grant {
-                        self.disk.ranges().release(token, grant);
-                    }
+                    self.release_range(token, state.grant);
                     if let Some(cmd) = state.cmd {
                         self.answer(ring, cmd, None, &task_aborted());
                         self.tmr.cancelled += 1;
@@ -577,7 +564,7 @@ impl Executor {
                 continue;
             };
             state.aborted = true;
-            if changes_medium(&state.io.op) {
+            if state.io.op.changes_medium() {
                 self.tmr.awaited += 1;
                 continue;
             }
@@ -640,17 +627,13 @@ impl Executor {
                 // An aborted command's range (COMPARE AND WRITE's, a write's) is held until the
                 // store is done with it, whenever its answer went.
                 let Some(cmd) = state.cmd else {
-                    if let Some(grant) = state.grant {
-                        self.disk.ranges().release(token, grant);
-                    }
+                    self.release_range(token, state.grant);
                     self.tmr.dropped_results += 1;
                     continue;
                 };
                 if state.aborted {
                     // The aborted write has finished on the medium: now its answer may go.
-                    if let Some(grant) = state.grant {
-                        self.disk.ranges().release(token, grant);
-                    }
+                    self.release_range(token, state.grant);
                     self.answer(ring, cmd, None, &task_aborted());
                     progress.completed += 1;
                     progress.aborted += 1;
@@ -729,9 +712,7 @@ impl Executor {
             Plan::Done(response) => {
                 self.answer(ring, cmd, buffer.as_ref(), &response);
                 progress.completed += 1;
-                if let Some(grant) = grant {
-                    self.disk.ranges().release(token, grant);
-                }
+                self.release_range(token, grant);
                 return;
             }
             Plan::Io(io) => io,
@@ -744,11 +725,10 @@ impl Executor {
             // and zeroes nobody sent would be written. Refused as LIO refuses it for its own
             // backstores (and as libiscsi's residual tests accept): ILLEGAL REQUEST, INVALID
             // FIELD IN COMMAND INFORMATION UNIT.
-            let needs = match io.op {
-                StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. } => {
-                    io.op.buffer_bytes(self.disk.block_size())
-                }
-                _ => 0,
+            let needs = if io.op.takes_data_out() {
+                io.op.buffer_bytes(self.disk.block_size())
+            } else {
+                0
             };
             if (cmd.data_len() as u64) < needs {
                 log::debug!(
@@ -760,9 +740,7 @@ impl Executor {
                 let short = scsi::Response::check_condition(self.disk.sense(0x05, 0x0e, 0x03));
                 self.answer(ring, cmd, None, &short);
                 progress.completed += 1;
-                if let Some(grant) = grant {
-                    self.disk.ranges().release(token, grant);
-                }
+                self.release_range(token, grant);
                 return;
             }
         }
@@ -779,9 +757,7 @@ impl Executor {
                     };
                     self.answer(ring, cmd, None, &busy);
                     progress.completed += 1;
-                    if let Some(grant) = grant {
-                        self.disk.ranges().release(token, grant);
-                    }
+                    self.release_range(token, grant);
                     return;
                 }
             },
@@ -830,14 +806,19 @@ impl Executor {
         let need = usize::try_from(op.buffer_bytes(self.disk.block_size())).unwrap_or(usize::MAX);
         let len = need.max(cmd.data_len());
         let buffer = IoBuffer::new(CmdBuffer::allocate(token, &self.pool, len)?, len);
-        if matches!(
-            op,
-            StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. }
-        ) {
+        if op.takes_data_out() {
             // One copy, data area to command buffer (the kernel copied the initiator's data in).
             ring.data_out_pieces(cmd, |at, bytes| buffer.write_at(at, bytes));
         }
         Some(buffer)
+    }
+
+    /// Give back the range a command held (if any) once it is answered or its store step is
+    /// over ([`Disk::range_need`]); a grant that is never released parks later writers forever.
+    fn release_range(&self, token: &mut StoreToken<'_>, grant: Option<RangeGrant>) {
+        if let Some(grant) = grant {
+            self.disk.ranges().release(token, grant);
+        }
     }
 
     /// Put the Data-In into the ring and complete the command.
