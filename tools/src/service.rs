@@ -147,7 +147,9 @@ struct Slot {
     outcome: Option<Finished>,
 }
 
-enum Request {
+/// What the control socket, the metrics endpoint and the watchdog ask a service's loop (the
+/// scst_user supervisor's here, or the TCMU service's in `tcmu.rs`), each with where to answer.
+pub(crate) enum Request {
     Snapshot(Sender<Vec<DiskSnapshot>>),
     Dump(String, Sender<Result<String, String>>),
     Resize(String, u64, Sender<Result<u64, String>>),
@@ -163,6 +165,12 @@ pub struct ServiceHandle {
 }
 
 impl ServiceHandle {
+    /// A handle on a loop that answers `requests` (the scst_user supervisor's, or the TCMU
+    /// service's: `tcmu.rs`).
+    pub(crate) fn new(requests: Sender<Request>) -> Self {
+        Self { requests }
+    }
+
     fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Option<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.requests.send(make(tx)).ok()?;

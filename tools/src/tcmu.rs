@@ -28,6 +28,8 @@ use crate::exit;
 use crate::notify::Notifier;
 use crate::notify::Watchdog;
 use crate::serve::Servers;
+use crate::service::Request;
+use crate::service::ServiceHandle;
 use crate::status::DeviceCounters;
 use crate::status::DiskSnapshot;
 use crate::status::DiskState;
@@ -36,7 +38,6 @@ use crate::status::ServiceView;
 use crate::status::TeardownRecord;
 use clap::Args;
 use clap::ValueEnum;
-use crossbeam_channel::Sender;
 use scst_accel_handler::frontend::FrontendStats;
 use scst_accel_handler::scsi::CompareAndWriteBy;
 use scst_accel_handler::scsi::Disk;
@@ -280,56 +281,6 @@ fn frontend_stats(s: WorkerStats) -> FrontendStats {
     }
 }
 
-enum Request {
-    Snapshot(Sender<Vec<DiskSnapshot>>),
-    /// Serving disks whose worker has not turned within the age, or has ended.
-    Wedged(Duration, Sender<Vec<String>>),
-    Dump(String, Sender<Result<String, String>>),
-    Resize(String, u64, Sender<Result<u64, String>>),
-}
-
-/// How long a control-socket or metrics request waits for the service's loop (which answers
-/// within one turn, 100 ms, unless a disk's stop is running).
-const ANSWER_WAIT: Duration = Duration::from_secs(5);
-
-/// The service's side for the control socket and the metrics endpoint: requests answered by
-/// the service's loop, so no lock is shared with it.
-#[derive(Clone)]
-struct TcmuHandle {
-    requests: Sender<Request>,
-}
-
-impl TcmuHandle {
-    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Option<T> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.requests.send(make(tx)).ok()?;
-        rx.recv_timeout(ANSWER_WAIT).ok()
-    }
-
-    /// Disks whose workers are stuck (see [`Request::Wedged`]); `Err` when the service's loop
-    /// did not answer within its bound. The systemd watchdog withholds its ping on either.
-    fn wedged(&self, max_age: Duration) -> Result<Vec<String>, String> {
-        self.ask(|tx| Request::Wedged(max_age, tx))
-            .ok_or_else(|| format!("the TCMU service's loop did not answer within {ANSWER_WAIT:?}"))
-    }
-}
-
-impl ServiceView for TcmuHandle {
-    fn snapshot(&self) -> Vec<DiskSnapshot> {
-        self.ask(Request::Snapshot).unwrap_or_default()
-    }
-
-    fn dump(&self, disk: &str) -> Result<String, String> {
-        self.ask(|tx| Request::Dump(disk.to_owned(), tx))
-            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
-    }
-
-    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
-        self.ask(|tx| Request::Resize(disk.to_owned(), bytes, tx))
-            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
-    }
-}
-
 /// The disks, the shared targets and the settings.
 struct TcmuService {
     settings: TcmuSettings,
@@ -419,7 +370,8 @@ impl TcmuService {
         )
     }
 
-    fn answer(&mut self, request: Request) {
+    /// Answer one request of the control socket or metrics endpoint; `true` for a stop request.
+    fn answer(&mut self, request: Request) -> bool {
         match request {
             Request::Snapshot(tx) => {
                 let _ = tx.send(self.disks.iter().map(TcmuDisk::snapshot).collect());
@@ -433,7 +385,9 @@ impl TcmuService {
             Request::Resize(name, bytes, tx) => {
                 let _ = tx.send(self.resize(&name, bytes, true));
             }
+            Request::Stop => return true,
         }
+        false
     }
 
     fn wedged(&self, max_age: Duration) -> Vec<String> {
@@ -999,7 +953,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         code
     };
     let (tx, requests) = crossbeam_channel::unbounded();
-    let handle = TcmuHandle { requests: tx };
+    let handle = ServiceHandle::new(tx);
     let view: Arc<dyn ServiceView> = Arc::new(handle.clone());
     // The control socket and the metrics endpoint are bound before any disk starts: one that
     // cannot bind is a configuration error, and nothing has been applied yet.
@@ -1096,12 +1050,17 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     let mut last_line = line;
     let mut warned: Option<Instant> = None;
     loop {
+        let mut stop_asked = false;
         if let Ok(request) = requests.recv_timeout(Duration::from_millis(100)) {
-            service.answer(request);
+            stop_asked |= service.answer(request);
             // Whatever else queued meanwhile (status and metrics may ask at once).
             for request in requests.try_iter() {
-                service.answer(request);
+                stop_asked |= service.answer(request);
             }
+        }
+        if stop_asked {
+            log::info!("stop requested: stopping every disk");
+            break;
         }
         if signals.pending().any(|s| s == SIGINT || s == SIGTERM) {
             log::info!("signal: stopping every disk");
@@ -1168,7 +1127,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
 
 /// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
 /// service's loop answers and no serving disk's worker is stuck (as the scst_user service's).
-fn start_watchdog(notifier: &Arc<Notifier>, handle: TcmuHandle) -> Option<Watchdog> {
+fn start_watchdog(notifier: &Arc<Notifier>, handle: ServiceHandle) -> Option<Watchdog> {
     let interval = notifier.watchdog_interval()?;
     let max_age = crate::serve::WEDGED_AFTER.min(interval);
     let health = Box::new(move || match handle.wedged(max_age) {
@@ -1546,7 +1505,7 @@ mod tests {
     fn the_control_sockets_view_answers_from_the_service_loop() {
         let mut rig = serving_rig("view");
         let (tx, requests) = crossbeam_channel::unbounded();
-        let view = TcmuHandle { requests: tx };
+        let view = ServiceHandle::new(tx);
         let asker = std::thread::spawn(move || {
             let snapshot = view.snapshot();
             let grown = view.resize("d0", 3072 * 512);
