@@ -530,34 +530,17 @@ impl Session {
             st.cmds.insert(
                 id,
                 ScsiCmd {
-                    id,
-                    sess_h,
-                    tag: req.tag,
-                    cdb: req.cdb,
-                    data_out: req.data_out,
-                    expected_data_in: req.expected_data_in,
                     queue_type: req.queue_type,
                     timeout: req.timeout_secs,
-                    sn,
-                    parsed: super::core_parse::ParsedCdb {
-                        direction: abi::data_direction::UNKNOWN,
-                        bufflen: 0,
-                        out_bufflen: 0,
-                        data_len: 0,
-                        lba: 0,
-                        op_flags: 0,
-                    },
-                    ucmd: None,
-                    sgv: None,
-                    pbuf: 0,
-                    alloc_len: 0,
-                    cached: false,
-                    data_out_pending: false,
-                    aborted: false,
-                    completed: false,
-                    status: 0,
-                    resp_data_len: 0,
-                    cm_parent: None,
+                    ..ScsiCmd::new(
+                        id,
+                        sess_h,
+                        req.tag,
+                        req.cdb,
+                        req.data_out,
+                        req.expected_data_in,
+                        sn,
+                    )
                 },
             );
             st.active.push_back(CoreWork::New(id));
