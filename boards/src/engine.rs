@@ -41,6 +41,12 @@ pub enum DeviceOp {
         /// First source block.
         src_lba: u64,
     },
+    /// Compare the first `length` bytes of the segments with the medium at `lba` and, only
+    /// if they are equal, write the next `length` bytes there, atomically against every other
+    /// access to those blocks, from any host (NVMe's fused Compare and Write). The segments
+    /// carry 2 x `length` bytes. Only for devices with [`Geometry::max_compare_write_blocks`]
+    /// > 0, at most that many blocks; a mismatch completes [`DeviceStatus::Miscompare`].
+    CompareAndWrite,
 }
 
 /// One request for the device.
@@ -74,6 +80,9 @@ pub enum DeviceStatus {
     WriteError,
     /// Aborted by the device (abort command, queue deletion, reset).
     Aborted,
+    /// A [`DeviceOp::CompareAndWrite`] found the medium different: nothing was written. The
+    /// device does not say where the first difference is.
+    Miscompare,
     /// Any other device error; the raw status code for the log.
     Other(u32),
 }
@@ -123,6 +132,9 @@ pub enum SubmitError {
     /// The queue is halted, being recreated, or the device gone: recover first.
     #[error("queue is not running")]
     NotRunning,
+    /// An operation the device does not offer (its [`Geometry`] says so).
+    #[error("the device does not offer {0}")]
+    Unsupported(&'static str),
 }
 
 /// Errors of controller and queue operations that the store escalates on.
@@ -182,6 +194,9 @@ pub struct Geometry {
     pub volatile_cache: bool,
     /// Most blocks one [`DeviceOp::Copy`] may move; 0 when the device cannot copy.
     pub max_copy_blocks: u32,
+    /// Most blocks one [`DeviceOp::CompareAndWrite`] may cover (NVMe: ACWU + 1, within the
+    /// largest transfer); 0 when the device cannot compare and write atomically.
+    pub max_compare_write_blocks: u32,
 }
 
 /// Identifiers the device itself gives the medium (an NVMe namespace's NGUID and EUI64), for

@@ -237,7 +237,9 @@ fn io_inside(disk: &Disk, cdb: &[u8], io: &IoPlan, transfer_len: u32) {
                 io.op
             );
         }
-        StoreOp::Verify { lba, blocks } | StoreOp::Compare { lba, blocks } => {
+        StoreOp::Verify { lba, blocks }
+        | StoreOp::Compare { lba, blocks }
+        | StoreOp::CompareAndWrite { lba, blocks, .. } => {
             check!(
                 *blocks > 0 && inside(*lba, u64::from(*blocks)),
                 "{cdb:02x?}: {:?} on {n} blocks",

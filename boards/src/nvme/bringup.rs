@@ -252,6 +252,14 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo) -> Geometry {
         } else {
             0
         },
+        // Each command of the fused pair carries one half: both must fit a transfer.
+        max_compare_write_blocks: if info.controller.supports_fused_compare_write() {
+            info.namespace
+                .compare_write_unit(&info.controller)
+                .min(max_transfer / block_size)
+        } else {
+            0
+        },
     }
 }
 

@@ -39,6 +39,8 @@ pub mod io_opcode {
     pub const WRITE: u8 = 0x01;
     /// Read.
     pub const READ: u8 = 0x02;
+    /// Compare (NVMe 1.4 §6.2).
+    pub const COMPARE: u8 = 0x05;
     /// Write Zeroes.
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
@@ -92,6 +94,12 @@ pub const fn abort_cdw10(sqid: u16, cid: u16) -> u32 {
 pub const fn abort_succeeded(dw0: u32) -> bool {
     dw0 & 1 == 0
 }
+
+/// SQE flags (CDW0 bits 9:8, the FUSE field): the first command of a fused operation
+/// (NVMe 1.4 §4.12).
+pub const FUSE_FIRST: u8 = 0b01;
+/// SQE flags: the second command of a fused operation.
+pub const FUSE_SECOND: u8 = 0b10;
 
 /// Read/Write CDW12 bit: Force Unit Access (NVMe 1.4 §6.9).
 pub const CDW12_FUA: u32 = 1 << 30;
@@ -193,12 +201,17 @@ pub mod sc {
     pub const ABORT_REQUESTED: u8 = 0x07;
     /// Command Aborted due to SQ Deletion (generic).
     pub const ABORTED_SQ_DELETION: u8 = 0x08;
+    /// Command Aborted due to Failed Fused Command (generic): the other command of a fused
+    /// operation failed.
+    pub const ABORTED_FAILED_FUSED: u8 = 0x09;
     /// LBA Out of Range (generic, NVM command set).
     pub const LBA_OUT_OF_RANGE: u8 = 0x80;
     /// Write Fault (media).
     pub const WRITE_FAULT: u8 = 0x80;
     /// Unrecovered Read Error (media).
     pub const UNRECOVERED_READ: u8 = 0x81;
+    /// Compare Failure (media): the medium differs from a Compare's data.
+    pub const COMPARE_FAILURE: u8 = 0x85;
 }
 
 /// The Status Field of a CQE (the status word without the phase tag).
@@ -244,6 +257,7 @@ impl Status {
             (sct::GENERIC, sc::ABORT_REQUESTED | sc::ABORTED_SQ_DELETION) => DeviceStatus::Aborted,
             (sct::MEDIA, sc::UNRECOVERED_READ) => DeviceStatus::ReadError,
             (sct::MEDIA, sc::WRITE_FAULT) => DeviceStatus::WriteError,
+            (sct::MEDIA, sc::COMPARE_FAILURE) => DeviceStatus::Miscompare,
             _ => DeviceStatus::Other(u32::from(self.0)),
         }
     }
@@ -264,6 +278,10 @@ impl std::fmt::Display for Status {
 /// Size of every IDENTIFY data structure.
 pub const IDENTIFY_LEN: usize = 4096;
 
+/// ONCS bit: Compare supported (NVMe 1.4 §5.15.2.2).
+pub const ONCS_COMPARE: u16 = 1 << 0;
+/// FUSES bit: the fused Compare and Write supported (Identify Controller bytes 523:522).
+pub const FUSES_COMPARE_AND_WRITE: u16 = 1 << 0;
 /// ONCS bit: Dataset Management supported (NVMe 1.4 §5.15.2.2).
 pub const ONCS_DSM: u16 = 1 << 2;
 /// ONCS bit: Write Zeroes supported.
@@ -296,6 +314,11 @@ pub struct IdentifyController {
     pub oncs: u16,
     /// Optional Copy Formats Supported (bytes 535:534, NVMe 2.0).
     pub ocfs: u16,
+    /// Fused Operation Support (bytes 523:522).
+    pub fuses: u16,
+    /// Atomic Compare & Write Unit: the blocks a fused Compare and Write covers atomically,
+    /// 0's based (bytes 533:532).
+    pub acwu: u16,
     /// Volatile Write Cache (bit 0: present).
     pub vwc: u8,
     /// Abort Command Limit: concurrent ABORT commands, 0's based (byte 258).
@@ -336,6 +359,8 @@ impl IdentifyController {
             nn: le32(data, 516),
             oncs: le16(data, 520),
             ocfs: le16(data, 534),
+            fuses: le16(data, 522),
+            acwu: le16(data, 532),
             vwc: data[525],
             acl: data[258],
             elpe: data[262],
@@ -365,6 +390,11 @@ impl IdentifyController {
     /// Copy with source range format 0 supported (ONCS bit 8 and OCFS bit 0).
     pub fn supports_copy(&self) -> bool {
         self.oncs & ONCS_COPY != 0 && self.ocfs & OCFS_FORMAT_0 != 0
+    }
+
+    /// The fused Compare and Write supported (FUSES bit 0, with Compare in ONCS bit 0).
+    pub fn supports_fused_compare_write(&self) -> bool {
+        self.fuses & FUSES_COMPARE_AND_WRITE != 0 && self.oncs & ONCS_COMPARE != 0
     }
 
     /// A volatile write cache is present.
@@ -487,6 +517,11 @@ pub struct IdentifyNamespace {
     pub mssrl: u16,
     /// Maximum Copy Length, in blocks (bytes 79:76).
     pub mcl: u32,
+    /// Namespace Features (byte 24); bit 1: the NAWUN, NAWUPF and NACWU fields are defined.
+    pub nsfeat: u8,
+    /// Namespace Atomic Compare & Write Unit, 0's based (bytes 31:30); with NSFEAT bit 1 and
+    /// not 0 it replaces the controller's ACWU for this namespace.
+    pub nacwu: u16,
 }
 
 impl IdentifyNamespace {
@@ -514,6 +549,19 @@ impl IdentifyNamespace {
             eui64: data[120..128].try_into().unwrap_or_default(),
             mssrl: le16(data, 74),
             mcl: le32(data, 76),
+            nsfeat: data[24],
+            nacwu: le16(data, 30),
+        }
+    }
+
+    /// The blocks a fused Compare and Write covers atomically on this namespace: NACWU + 1
+    /// where the namespace defines it (NSFEAT bit 1, NACWU not 0), else the controller's
+    /// ACWU + 1 (NVMe 1.4 Figure 245).
+    pub fn compare_write_unit(&self, controller: &IdentifyController) -> u32 {
+        if self.nsfeat & 0b10 != 0 && self.nacwu != 0 {
+            u32::from(self.nacwu) + 1
+        } else {
+            u32::from(controller.acwu) + 1
         }
     }
 

@@ -14,6 +14,8 @@ use super::cmd::CDW12_FUA;
 use super::cmd::CQE_STATUS_OFFSET;
 use super::cmd::CQ_IEN;
 use super::cmd::DSM_ATTR_DEALLOCATE;
+use super::cmd::FUSE_FIRST;
+use super::cmd::FUSE_SECOND;
 use super::cmd::QUEUE_PC;
 use super::controller::build_prps;
 use super::controller::map_region;
@@ -67,6 +69,12 @@ struct Slot {
     user_tag: Option<u64>,
     generation: u16,
     submitted: Option<Instant>,
+    /// The other slot of a fused operation (NVMe 1.4 §4.12), with which the request
+    /// completes: `Some((partner, true))` on the first command (the Compare), `(partner,
+    /// false)` on the second (the Write).
+    fused: Option<(u16, bool)>,
+    /// A fused command's status, held until its partner completes too.
+    held: Option<Status>,
 }
 
 /// The DSM range descriptor (NVMe 1.4 §6.7, Figure 364).
@@ -113,6 +121,8 @@ pub struct NvmeQueue {
     irq_gate: IrqGate,
     slots: Vec<Slot>,
     free: Vec<u16>,
+    /// Fused operations in flight: each holds two slots for one request.
+    fused_pairs: usize,
     /// Requests completed without the device, returned by the next reap.
     local: Vec<DeviceCompletion>,
     running: bool,
@@ -176,6 +186,7 @@ impl NvmeQueue {
             irq_gate: IrqGate::default(),
             slots: vec![Slot::default(); usize::from(usable)],
             free: (0..usable).rev().collect(),
+            fused_pairs: 0,
             local: Vec::new(),
             running: false,
             live_epoch: None,
@@ -284,7 +295,7 @@ impl NvmeQueue {
 
     /// Requests submitted and not yet completed or abandoned.
     pub fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len() + self.local.len()
+        self.slots.len() - self.free.len() - self.fused_pairs + self.local.len()
     }
 
     /// Accepting submissions: created on the device, and no controller reset since.
@@ -302,6 +313,7 @@ impl NvmeQueue {
         self.slots
             .iter()
             .filter(|s| s.submitted.is_some_and(|t| t < cutoff))
+            .filter(|s| !matches!(s.fused, Some((_, false)))) // a fused pair once
             .filter_map(|s| s.user_tag)
             .collect()
     }
@@ -323,6 +335,9 @@ impl NvmeQueue {
     pub fn submit(&mut self, req: &DeviceRequest<'_>) -> Result<(), SubmitError> {
         if !self.is_running() {
             return Err(SubmitError::NotRunning);
+        }
+        if req.op == DeviceOp::CompareAndWrite {
+            return self.submit_compare_and_write(req);
         }
         let geometry = self.ctrl.geometry();
         let nsid = self.ctrl.info().nsid;
@@ -434,6 +449,7 @@ impl NvmeQueue {
                 sqe.cdw10 = 0; // one range (NR is 0-based)
                 sqe.cdw11 = DSM_ATTR_DEALLOCATE;
             }
+            DeviceOp::CompareAndWrite => unreachable!("submitted as a fused pair above"),
             DeviceOp::Copy { src_lba } => {
                 // One source range in the slot's page; SDLBA (CDW10-11) is the request's LBA.
                 let range = CopyRange {
@@ -460,6 +476,100 @@ impl NvmeQueue {
         Ok(())
     }
 
+    /// A fused Compare (FUSE 01b) and Write (FUSE 10b) of the same blocks (NVMe 1.4 §4.12,
+    /// §6.2) in two adjacent SQ entries, queued together so one doorbell write makes both
+    /// available, as the specification requires. The first half of the segments is the
+    /// Compare's data, the second half the Write's; each command has its own slot, CID and
+    /// PRP list page, and the request completes when both have ([`NvmeQueue::reap`]).
+    fn submit_compare_and_write(&mut self, req: &DeviceRequest<'_>) -> Result<(), SubmitError> {
+        let geometry = self.ctrl.geometry();
+        if geometry.max_compare_write_blocks == 0 {
+            return Err(SubmitError::Unsupported(
+                "compare and write (the controller reports no fused Compare and Write: FUSES)",
+            ));
+        }
+        let block_size = geometry.block_size;
+        if req.length == 0 || !req.length.is_multiple_of(block_size) {
+            return Err(SubmitError::Unaligned("length is not a whole number of blocks"));
+        }
+        let blocks = req.length / block_size;
+        if blocks > geometry.max_compare_write_blocks {
+            return Err(SubmitError::Unaligned(
+                "more blocks than one fused Compare and Write covers (ACWU)",
+            ));
+        }
+        let total: u64 = req.segments.iter().map(|&(_, l)| u64::from(l)).sum();
+        if total != 2 * u64::from(req.length) {
+            return Err(SubmitError::Unaligned(
+                "segments are not twice the length (compare data, then write data)",
+            ));
+        }
+        let (compare, write) = split_segments(req.segments, req.length);
+        for half in [&compare, &write] {
+            if half.len() > geometry.max_segments as usize {
+                return Err(SubmitError::TooManySegments {
+                    segments: half.len(),
+                    max: geometry.max_segments,
+                });
+            }
+        }
+        if self.sq.free_slots() < 2 || self.free.len() < 2 {
+            return Err(SubmitError::Full);
+        }
+        let (Some(first), Some(second)) = (self.free.pop(), self.free.pop()) else {
+            return Err(SubmitError::Full);
+        };
+        let mut entries = [
+            (first, io_opcode::COMPARE, FUSE_FIRST, 0),
+            (second, io_opcode::WRITE, FUSE_SECOND, 0),
+        ];
+        entries[1].3 = if req.fua { CDW12_FUA } else { 0 };
+        let mut sqes = [Sqe::default(); 2];
+        for (i, (&(slot, opcode, fuse, flags), half)) in entries.iter().zip([&compare, &write]).enumerate() {
+            let page = usize::from(slot) * PAGE_SIZE as usize;
+            let prps = match build_prps(half, &self.pages, page) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.free.extend([second, first]);
+                    return Err(e);
+                }
+            };
+            sqes[i] = Sqe {
+                opcode,
+                flags: fuse,
+                cid: (self.slots[usize::from(slot)].generation << self.slot_bits) | slot,
+                nsid: self.ctrl.info().nsid,
+                prp1: prps.prp1,
+                prp2: prps.prp2,
+                cdw10: req.lba as u32,
+                cdw11: (req.lba >> 32) as u32,
+                cdw12: (blocks - 1) | flags,
+                ..Sqe::default()
+            };
+        }
+        // Two free SQ entries were checked above, and only this thread pushes.
+        for sqe in &sqes {
+            if self.sq.push(sqe.as_bytes()).is_err() {
+                log::error!(
+                    "{} queue {}: SQ full between the check and the push of a fused pair",
+                    self.ctrl.id(),
+                    self.qid
+                );
+            }
+        }
+        let now = Instant::now();
+        for (slot, partner, is_first) in [(first, second, true), (second, first, false)] {
+            let entry = &mut self.slots[usize::from(slot)];
+            entry.user_tag = Some(req.user_tag);
+            entry.submitted = Some(now);
+            entry.fused = Some((partner, is_first));
+            entry.held = None;
+        }
+        self.fused_pairs += 1;
+        self.stats.submitted += 2;
+        Ok(())
+    }
+
     /// One SQ tail doorbell write for everything queued since the last one.
     pub fn ring_doorbell(&mut self) {
         if let Some(tail) = self.sq.commit() {
@@ -474,6 +584,11 @@ impl NvmeQueue {
 
     fn release(&mut self, slot: u16) {
         let entry = &mut self.slots[usize::from(slot)];
+        if matches!(entry.fused, Some((_, true))) {
+            self.fused_pairs -= 1;
+        }
+        entry.fused = None;
+        entry.held = None;
         entry.user_tag = None;
         entry.submitted = None;
         entry.generation = (entry.generation + 1) % self.generations;
@@ -516,11 +631,29 @@ impl NvmeQueue {
             if let Err(e) = self.sq.try_update_head(u32::from(cqe.sq_head)) {
                 log::warn!("{} queue {}: {e}; ignored", self.ctrl.id(), self.qid);
             }
+            let mut status = Status::from_cqe(cqe.status).device_status();
+            if let Some((partner, is_first)) = self.slots[usize::from(slot)].fused {
+                let own = Status::from_cqe(cqe.status);
+                if self.slots[usize::from(slot)].held.is_some() {
+                    // A second completion for a CID already completed: not trusted.
+                    self.stats.unknown_tags += 1;
+                    continue;
+                }
+                let Some(other) = self.slots[usize::from(partner)].held else {
+                    // The request completes with its partner.
+                    self.slots[usize::from(slot)].held = Some(own);
+                    self.stats.completed += 1;
+                    continue;
+                };
+                let (compare, write) = if is_first { (own, other) } else { (other, own) };
+                status = fused_status(compare, write);
+                self.release(partner);
+            }
             self.release(slot);
             self.stats.completed += 1;
             out.push(DeviceCompletion {
                 user_tag,
-                status: Status::from_cqe(cqe.status).device_status(),
+                status,
                 // The CQE has no LBA; the error log page does (error_log.rs), not read per I/O.
                 failing_lba_low: None,
             });
@@ -571,36 +704,52 @@ impl NvmeQueue {
         let mut sent: Vec<usize> = Vec::new();
         for &tag in user_tags {
             // The CID cannot be reused before this thread reaps the completion, so the ABORT
-            // can only ever name this command.
-            let Some(slot) = self.slots.iter().position(|s| s.user_tag == Some(tag)) else {
-                continue;
-            };
-            if sent.contains(&slot) {
-                continue; // a tag given twice: one ABORT
+            // can only ever name this command. Both commands of a fused pair are aborted
+            // (NVMe 1.4 §4.12: each completes, the other as aborted due to a failed fused
+            // command); the request counts as aborted when either ABORT is carried out.
+            let slots: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].user_tag == Some(tag) && !sent.contains(&i))
+                .collect();
+            let mut carried_out = false;
+            for slot in slots {
+                sent.push(slot);
+                carried_out |= self.abort_slot(slot, tag)?;
             }
-            sent.push(slot);
-            let cid = (self.slots[slot].generation << self.slot_bits) | slot as u16;
-            self.stats.aborts_sent += 1;
-            match self.ctrl.abort_command(self.qid, cid) {
-                Ok(true) => {
-                    self.stats.aborts_accepted += 1;
-                    aborted += 1;
-                }
-                Ok(false) => log::info!(
+            if carried_out {
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// ABORT the command in `slot` (of request `tag`); whether the controller carried it out.
+    fn abort_slot(&mut self, slot: usize, tag: u64) -> Result<bool, NvmeError> {
+        let cid = (self.slots[slot].generation << self.slot_bits) | slot as u16;
+        self.stats.aborts_sent += 1;
+        match self.ctrl.abort_command(self.qid, cid) {
+            Ok(true) => {
+                self.stats.aborts_accepted += 1;
+                Ok(true)
+            }
+            Ok(false) => {
+                log::info!(
                     "{} queue {}: the controller did not abort CID {cid:#06x} (tag {tag})",
                     self.ctrl.id(),
                     self.qid
-                ),
-                Err(NvmeError::Command { status, .. }) => log::warn!(
+                );
+                Ok(false)
+            }
+            Err(NvmeError::Command { status, .. }) => {
+                log::warn!(
                     "{} queue {}: ABORT of CID {cid:#06x} (tag {tag}) failed with status {status}; \
                      the command stays in flight",
                     self.ctrl.id(),
                     self.qid
-                ),
-                Err(e) => return Err(e),
+                );
+                Ok(false)
             }
+            Err(e) => Err(e),
         }
-        Ok(aborted)
     }
 
     fn delete(&self, command: &'static str, opcode: u8, bound: Duration) -> Result<(), NvmeError> {
@@ -668,8 +817,11 @@ impl NvmeQueue {
     pub fn abandon_all(&mut self) -> Vec<u64> {
         let mut tags: Vec<u64> = self.local.drain(..).map(|c| c.user_tag).collect();
         for slot in 0..self.slots.len() as u16 {
-            if let Some(tag) = self.slots[usize::from(slot)].user_tag {
-                tags.push(tag);
+            let entry = self.slots[usize::from(slot)];
+            if let Some(tag) = entry.user_tag {
+                if !matches!(entry.fused, Some((_, false))) {
+                    tags.push(tag); // a fused pair once, at its first command
+                }
                 self.release(slot);
             }
         }
@@ -739,6 +891,41 @@ impl NvmeQueue {
             self.stats.aborts_accepted
         );
         s
+    }
+}
+
+/// Data segments (IOVA, bytes).
+type SegmentList = Vec<(u64, u32)>;
+
+/// Split `segments` at byte `at` into the segments before it and those from it on.
+fn split_segments(segments: &[(u64, u32)], at: u32) -> (SegmentList, SegmentList) {
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let mut offset = 0u32;
+    for &(iova, len) in segments {
+        let end = offset.saturating_add(len);
+        if end <= at {
+            before.push((iova, len));
+        } else if offset >= at {
+            after.push((iova, len));
+        } else {
+            let head = at - offset;
+            before.push((iova, head));
+            after.push((iova + u64::from(head), len - head));
+        }
+        offset = end;
+    }
+    (before, after)
+}
+
+/// The device-independent status of a fused Compare and Write from its two commands' (NVMe
+/// 1.4 §4.12): the Compare's failure names the outcome (Compare Failure is the miscompare);
+/// a Compare that succeeded, or was aborted because the Write failed, leaves it to the Write.
+fn fused_status(compare: Status, write: Status) -> DeviceStatus {
+    let aborted_for_the_other = |s: Status| s.sct() == sct::GENERIC && s.sc() == sc::ABORTED_FAILED_FUSED;
+    if compare.is_success() || aborted_for_the_other(compare) {
+        write.device_status()
+    } else {
+        compare.device_status()
     }
 }
 

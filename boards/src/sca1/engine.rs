@@ -87,6 +87,9 @@ impl Controller for Sca1 {
             } else {
                 0
             },
+            // accelerator.md has no atomic compare-and-write descriptor: the handler compares
+            // then writes under its range lock.
+            max_compare_write_blocks: 0,
         }
     }
 
@@ -179,6 +182,11 @@ impl QueueEngine for Sca1Queue {
 
     fn submit(&mut self, req: &DeviceRequest<'_>) -> Result<(), SubmitError> {
         let opcode = match req.op {
+            DeviceOp::CompareAndWrite => {
+                return Err(SubmitError::Unsupported(
+                    "compare and write (the SCA-1 contract has no such descriptor)",
+                ))
+            }
             DeviceOp::Read => opcode::READ,
             DeviceOp::Write => opcode::WRITE,
             DeviceOp::Flush => opcode::FLUSH,

@@ -33,7 +33,14 @@ pub(crate) enum Medium {
         chunks: OrderedMutex<HashMap<u64, Box<[u8]>>, levels::SimMedium>,
     },
     /// A file of exactly `len` bytes.
-    File { len: u64, file: File },
+    File {
+        len: u64,
+        file: File,
+        /// Level `sim.medium`: held across each access, so a compare and write is atomic
+        /// against every other access as it is in RAM (NVMe 1.4 §4.12: no other command
+        /// touches the blocks of a fused operation until both of its commands are done).
+        serial: OrderedMutex<(), levels::SimMedium>,
+    },
 }
 
 impl Medium {
@@ -55,7 +62,11 @@ impl Medium {
             .truncate(false)
             .open(path)?;
         file.set_len(len)?;
-        Ok(Self::File { len, file })
+        Ok(Self::File {
+            len,
+            file,
+            serial: OrderedMutex::new(()),
+        })
     }
 
     fn len(&self) -> u64 {
@@ -96,7 +107,10 @@ impl Medium {
                 });
                 Ok(())
             }
-            Self::File { file, .. } => file.read_exact_at(out, offset),
+            Self::File { file, serial, .. } => {
+                let _serial = serial.lock(token);
+                file.read_exact_at(out, offset)
+            }
         }
     }
 
@@ -119,7 +133,62 @@ impl Medium {
                 });
                 Ok(())
             }
-            Self::File { file, .. } => file.write_all_at(data, offset),
+            Self::File { file, serial, .. } => {
+                let _serial = serial.lock(token);
+                file.write_all_at(data, offset)
+            }
+        }
+    }
+
+    /// Compare `expected` with the medium at `offset` and, only if every byte is equal, write
+    /// `data` (the same length) there, as one step no other access can come between (the
+    /// fused Compare and Write, NVMe 1.4 §4.12). Returns whether the data was written.
+    pub(crate) fn compare_and_write<L: LockBefore<levels::SimMedium>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        offset: u64,
+        expected: &[u8],
+        data: &[u8],
+    ) -> io::Result<bool> {
+        if expected.len() != data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "compare and write halves of different lengths",
+            ));
+        }
+        self.check(offset, data.len() as u64)?;
+        match self {
+            Self::Ram { chunks, .. } => {
+                let (mut chunks, _) = chunks.lock(token);
+                let mut equal = true;
+                for_each_chunk(offset, data.len(), |index, within, at, n| {
+                    let held = chunks.get(&index).map(|c| &c[within..within + n]);
+                    equal &= match held {
+                        Some(held) => held == &expected[at..at + n],
+                        None => expected[at..at + n].iter().all(|&b| b == 0),
+                    };
+                });
+                if !equal {
+                    return Ok(false);
+                }
+                for_each_chunk(offset, data.len(), |index, within, at, n| {
+                    let chunk = chunks
+                        .entry(index)
+                        .or_insert_with(|| vec![0u8; RAM_CHUNK as usize].into_boxed_slice());
+                    chunk[within..within + n].copy_from_slice(&data[at..at + n]);
+                });
+                Ok(true)
+            }
+            Self::File { file, serial, .. } => {
+                let _serial = serial.lock(token);
+                let mut held = vec![0u8; expected.len()];
+                file.read_exact_at(&mut held, offset)?;
+                if held != expected {
+                    return Ok(false);
+                }
+                file.write_all_at(data, offset)?;
+                Ok(true)
+            }
         }
     }
 
@@ -145,7 +214,8 @@ impl Medium {
                 });
                 Ok(())
             }
-            Self::File { file, .. } => {
+            Self::File { file, serial, .. } => {
+                let _serial = serial.lock(token);
                 let zeroes = vec![0u8; ZERO_RUN];
                 let mut done = 0u64;
                 while done < len {

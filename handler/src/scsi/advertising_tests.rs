@@ -89,17 +89,24 @@ fn open_every_store() -> Vec<(String, StoreInfo)> {
         infos.push((format!("sim/{bs}"), store.info()));
     }
     // MDTS 5: 128 KiB; MDTS 9: 2 MiB, 4096 blocks of 512 bytes (an MDTS clamp below the 2048
-    // default only with 4096-byte blocks: 512 blocks).
-    for (bs, mdts) in [(512u32, 5u8), (512, 9), (4096, 9)] {
+    // default only with 4096-byte blocks: 512 blocks). The fused Compare and Write of 16
+    // blocks (the simulator's default ACWU), and none (QEMU 7.2's controller).
+    for (bs, mdts, fused) in [(512u32, 5u8, 16u16), (512, 9, 16), (4096, 9, 16), (512, 5, 0)] {
         let config = NvmeSimConfig {
             block_size: bs,
             num_blocks: 8192,
             mdts,
+            compare_write_max_blocks: fused,
             ..NvmeSimConfig::default()
         };
         let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("nvme-sim");
         let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
-        infos.push((format!("nvme-sim/{bs}/mdts{mdts}"), store.info()));
+        assert_eq!(
+            store.info().compare_and_write_blocks,
+            u32::from(fused),
+            "ACWU + 1"
+        );
+        infos.push((format!("nvme-sim/{bs}/mdts{mdts}/acwu{fused}"), store.info()));
     }
     infos
 }
@@ -380,9 +387,12 @@ fn check_core_compare_and_write(label: &str, disk: &Disk) {
 /// Where the engine executes COMPARE AND WRITE: every length up to the advertised maximum,
 /// with a Data-Out of 2 × N blocks and every byte-1 bit the usage data sets but WRPROTECT,
 /// plans the compare of N blocks and then the write of N blocks from the Data-Out's second
-/// half (FUA when the CDB says so); one block more than the maximum is refused at byte 13.
+/// half (FUA when the CDB says so), or, up to the store's atomic compare and write (NVMe's
+/// fused operation), that one step over the whole Data-Out; one block more than the maximum
+/// is refused at byte 13.
 fn check_engine_compare_and_write(label: &str, disk: &Disk) {
     let max = u32::from(disk.capabilities().compare_and_write.max_blocks());
+    let in_device = disk.capabilities().compare_and_write_in_device;
     assert!((1..=COMPARE_AND_WRITE_FIELD_MAX).contains(&max), "{label}: {max}");
     let bs = disk.block_size() as usize;
     let entry = opcodes::TABLE
@@ -406,6 +416,17 @@ fn check_engine_compare_and_write(label: &str, disk: &Disk) {
                 Plan::Io(io) => io,
                 Plan::Done(r) => panic!("{label}: COMPARE AND WRITE {byte1:#04x} x{nlb}: {r:02x?}"),
             };
+            if nlb <= in_device {
+                assert!(
+                    matches!(first.op, StoreOp::CompareAndWrite { lba: 0, blocks, fua } if blocks == nlb
+                        && (fua || byte1 & 0x08 == 0)),
+                    "{label}: {:?}",
+                    first.op
+                );
+                assert_eq!(first.buffer_offset(), 0, "{label}");
+                assert!(first.then.is_none(), "{label}: one step");
+                continue;
+            }
             assert_eq!(first.op, StoreOp::Compare { lba: 0, blocks: nlb }, "{label}");
             let Plan::Io(second) = disk.finish(&first, crate::store::StoreStatus::Good) else {
                 panic!("{label}: no write after the compare")

@@ -135,6 +135,11 @@ pub struct Capabilities {
     pub limits: BlockLimits,
     /// COMPARE AND WRITE.
     pub compare_and_write: CompareAndWrite,
+    /// With [`CompareAndWrite::Handler`]: up to this many blocks the store compares and writes
+    /// in one atomic step of the device ([`crate::store::StoreOp::CompareAndWrite`], NVMe's
+    /// fused Compare and Write), atomic also against other hosts of the medium; longer ones,
+    /// and every one when 0, compare then write under the engine's range lock.
+    pub compare_and_write_in_device: u32,
     /// Provisioning.
     pub provisioning: Provisioning,
     /// A volatile write cache exists: the initial WCE of the caching mode page, and V_SUP in
@@ -177,12 +182,20 @@ impl Capabilities {
             _ => CompareAndWrite::None,
         };
         let thin = config.thin_provisioning;
+        let compare_and_write_in_device = if compare_and_write.in_engine() {
+            config
+                .store_compare_and_write_blocks
+                .min(u32::from(compare_and_write.max_blocks()))
+        } else {
+            0
+        };
         Self {
             block_size: config.block_size,
             physical_block_exponent: exponent,
             granularity_blocks: granularity,
             limits,
             compare_and_write,
+            compare_and_write_in_device,
             provisioning: Provisioning {
                 thin,
                 unmapped_reads_zero: thin && config.unmapped_reads_zero,

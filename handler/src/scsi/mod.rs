@@ -124,6 +124,10 @@ pub struct DiskConfig {
     /// [`CompareAndWriteBy::Nobody`] with parse_type CALL, where the PARSE of 0x89 would reach
     /// an engine that the core then never asks to run it.
     pub compare_and_write: CompareAndWriteBy,
+    /// The store's atomic compare and write, in blocks
+    /// ([`crate::store::StoreInfo::compare_and_write_blocks`]; 0: none), used when this engine
+    /// runs COMPARE AND WRITE.
+    pub store_compare_and_write_blocks: u32,
     /// MEDIUM ROTATION RATE of VPD B1h (SBC-3 §6.6.2): 1 = non-rotating (the default, and
     /// what RAM, SCA-1 and NVMe stores are), 0 = not reported (a file store on a spinning
     /// disk, [`crate::store::StoreInfo::rotational`]).
@@ -161,6 +165,7 @@ impl DiskConfig {
             write_cache: true,
             d_sense: false,
             compare_and_write: CompareAndWriteBy::ScstCore,
+            store_compare_and_write_blocks: 0,
             copy_offload: None,
             rotation_rate: caps::NON_ROTATING,
             limits: BlockLimits {
@@ -196,6 +201,7 @@ impl DiskConfig {
             Some(false) | None => caps::NON_ROTATING,
         };
         config.copy_offload = Some(info.copy != crate::store::CopyPath::None);
+        config.store_compare_and_write_blocks = info.compare_and_write_blocks;
         config
     }
 }
@@ -326,7 +332,11 @@ impl IoPlan {
         use ranges::BlockRange;
         use ranges::RangeMode;
         match (&self.op, &self.then) {
-            (StoreOp::Compare { lba, blocks }, Some((StoreOp::Write { .. }, _))) => {
+            // The device's atomic COMPARE AND WRITE too: atomic in the device against every
+            // other command, but the read that finds a miscompare's offset must see what the
+            // device compared with (no writer of this disk comes between).
+            (StoreOp::Compare { lba, blocks }, Some((StoreOp::Write { .. }, _)))
+            | (StoreOp::CompareAndWrite { lba, blocks, .. }, _) => {
                 Some((BlockRange::new(*lba, u64::from(*blocks)), RangeMode::Exclusive))
             }
             (
@@ -784,6 +794,7 @@ impl Disk {
         rw::Context {
             geometry: self.geometry(),
             write_cache: self.write_cache_enabled(),
+            compare_and_write_in_device: self.caps.compare_and_write_in_device,
         }
     }
 

@@ -22,6 +22,9 @@ pub(crate) struct Context {
     pub geometry: Geometry,
     /// Current WCE: with the write cache disabled every write is made durable (FUA).
     pub write_cache: bool,
+    /// COMPARE AND WRITE of up to this many blocks is one atomic store step
+    /// ([`super::Capabilities::compare_and_write_in_device`]).
+    pub compare_and_write_in_device: u32,
 }
 
 fn io(op: StoreOp) -> Plan {
@@ -123,6 +126,17 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
                 return Err(Sense::invalid_cdb_field(13, None));
             }
             let half = usize::try_from(half).unwrap_or(usize::MAX);
+            let fua = fua || !ctx.write_cache;
+            if count <= ctx.compare_and_write_in_device {
+                // The device compares and, on a match, writes, atomically against every other
+                // access, from any host (the range is still held, `Disk::range_need`: the
+                // miscompare offset is found by a read NVMe does not otherwise need).
+                return Ok(io(StoreOp::CompareAndWrite {
+                    lba,
+                    blocks: count,
+                    fua,
+                }));
+            }
             // Compare the first half; on a match write the second (the frontend holds the
             // range exclusively across both steps, `Disk::range_need`).
             Ok(Plan::Io(IoPlan {
@@ -130,7 +144,7 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
                     StoreOp::Write {
                         lba,
                         blocks: count,
-                        fua: fua || !ctx.write_cache,
+                        fua,
                     },
                     half,
                 )),
@@ -223,9 +237,14 @@ pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Pla
                 ..Response::good()
             }),
         }),
-        // SBC-3 §5.34: INFORMATION is the offset in the data-out of the first miscompare.
+        // SBC-3 §5.34: INFORMATION is the offset in the data-out of the first miscompare;
+        // not VALID when the store could not tell where it is.
         StoreStatus::Miscompare { offset } => {
-            Err(Sense::new(sense_key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(offset))
+            let sense = Sense::new(sense_key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY);
+            Err(match offset {
+                Some(offset) => sense.with_information(offset),
+                None => sense,
+            })
         }
         StoreStatus::ReadError { lba } => {
             Err(Sense::new(sense_key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR).with_information(lba))
@@ -369,7 +388,7 @@ mod tests {
             panic!()
         };
         assert_eq!(second.op, StoreOp::Compare { lba: 3, blocks: 2 });
-        let r = done(disk.finish(&second, StoreStatus::Miscompare { offset: 700 }));
+        let r = done(disk.finish(&second, StoreStatus::Miscompare { offset: Some(700) }));
         assert_eq!(r.status, sam_status::CHECK_CONDITION);
         assert_eq!(
             r.sense,
@@ -666,7 +685,7 @@ mod tests {
         let disk = caw_disk();
         let first = plan(&disk, &caw(3, 2, 0), &[0u8; 2048]);
         for offset in [0u64, 511, 512, 1023] {
-            let r = done(disk.finish(&first, StoreStatus::Miscompare { offset }));
+            let r = done(disk.finish(&first, StoreStatus::Miscompare { offset: Some(offset) }));
             assert_eq!(r.status, sam_status::CHECK_CONDITION);
             assert_eq!(r.sense[0], 0xF0, "fixed format, VALID set");
             assert_eq!((r.sense[2], r.sense[12], r.sense[13]), (0x0E, 0x1D, 0x00));

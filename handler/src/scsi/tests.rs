@@ -237,7 +237,8 @@ fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
         | StoreOp::WriteSame { lba, blocks }
         | StoreOp::WriteZeroes { lba, blocks, .. }
         | StoreOp::Verify { lba, blocks }
-        | StoreOp::Compare { lba, blocks } => {
+        | StoreOp::Compare { lba, blocks }
+        | StoreOp::CompareAndWrite { lba, blocks, .. } => {
             assert!(*blocks > 0, "{:?}", io.op);
             assert!(inside(*lba, *blocks), "{:?} outside {n} blocks", io.op);
         }
@@ -281,7 +282,7 @@ fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
 
 const ALL_STATUSES: [StoreStatus; 9] = [
     StoreStatus::Good,
-    StoreStatus::Miscompare { offset: 17 },
+    StoreStatus::Miscompare { offset: Some(17) },
     StoreStatus::ReadError { lba: 3 },
     StoreStatus::WriteError { lba: u64::MAX },
     StoreStatus::SpaceExhausted { lba: 5 },

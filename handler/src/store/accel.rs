@@ -142,6 +142,8 @@ impl AccelStore {
             } else {
                 CopyPath::None
             },
+            // NVMe's fused Compare and Write where the controller reports it (FUSES, ACWU).
+            compare_and_write_blocks: geometry.max_compare_write_blocks,
         };
         let total_queues = queues.len();
         Self {
@@ -305,12 +307,37 @@ impl IntoIterator for Children {
 /// For Compare: the command's data and the scratch buffer the medium is read into.
 type ComparePair = (IoBuffer, IoBuffer);
 
+/// Fused attempts at one COMPARE AND WRITE before a miscompare the re-read cannot find is
+/// answered without its offset.
+const CAW_ATTEMPTS: u8 = 3;
+
+/// A COMPARE AND WRITE the device runs atomically ([`DeviceOp::CompareAndWrite`]). NVMe's
+/// Compare Failure does not say where the data differs, and SBC-3 §5.3 wants the offset of
+/// the first differing byte: after a miscompare the range is read into `scratch` and compared
+/// on the host. Should it now be equal (another host of the namespace wrote between: the
+/// handler's own writers are kept out by the engine's range lock), the fused command is sent
+/// again, up to [`CAW_ATTEMPTS`] times.
+struct DeviceCompareAndWrite {
+    /// The command's data: the compare half, then the write half.
+    data: IoBuffer,
+    /// Where the range is read after a miscompare.
+    scratch: IoBuffer,
+    lba: u64,
+    blocks: u32,
+    fua: bool,
+    attempts: u8,
+    /// The outstanding child is the re-read, not the fused command.
+    rereading: bool,
+}
+
 /// A store request being carried out.
 struct Parent {
     remaining: usize,
     status: StoreStatus,
     /// For Compare: the command's data and the scratch the medium is read into.
     compare: Option<ComparePair>,
+    /// For COMPARE AND WRITE in the device.
+    compare_and_write: Option<DeviceCompareAndWrite>,
     /// Memory the device reads for this request besides the command's buffer (the expanded
     /// WRITE SAME pattern): kept until the last child completes.
     #[expect(
@@ -432,6 +459,25 @@ impl AccelQueue {
             out
         };
         match &req.op {
+            StoreOp::CompareAndWrite { lba, blocks, fua } => {
+                let blocks = u64::from(*blocks);
+                if !in_range(*lba, blocks) {
+                    return Err(StoreStatus::OutOfRange);
+                }
+                if blocks > u64::from(self.info.compare_and_write_blocks) {
+                    return Err(StoreStatus::InvalidRequest);
+                }
+                let (iova, _) = buffer_iova(2 * blocks * bs)?;
+                let mut out = Children::default();
+                out.push(child(
+                    DeviceOp::CompareAndWrite,
+                    *fua,
+                    *lba,
+                    blocks,
+                    Segments::of(iova, (2 * blocks * bs) as usize),
+                ));
+                Ok(out)
+            }
             StoreOp::Read { lba, blocks }
             | StoreOp::Write { lba, blocks, .. }
             | StoreOp::Compare { lba, blocks } => {
@@ -558,6 +604,10 @@ impl AccelQueue {
             Ok(scratch) => scratch,
             Err(status) => return self.finish_parent(req.tag, status),
         };
+        let compare_and_write = match self.compare_and_write_scratch(token, &req) {
+            Ok(caw) => caw,
+            Err(status) => return self.finish_parent(req.tag, status),
+        };
         let children = match self.plan(&req, scratch.as_ref()) {
             Ok(c) => c,
             Err(status) => return self.finish_parent(req.tag, status),
@@ -571,6 +621,7 @@ impl AccelQueue {
                 remaining: children.len(),
                 status: StoreStatus::Good,
                 compare,
+                compare_and_write,
                 scratch,
             },
         );
@@ -613,6 +664,104 @@ impl AccelQueue {
             scratch.write_at(i * bs, &block);
         }
         Ok(Some(scratch))
+    }
+
+    /// COMPARE AND WRITE in the device: scratch for the re-read a miscompare needs, next to
+    /// the command buffer (allocated up front: a completion has no pool token to take it).
+    fn compare_and_write_scratch(
+        &self,
+        token: &mut crate::store::StoreToken<'_>,
+        req: &StoreRequest,
+    ) -> Result<Option<DeviceCompareAndWrite>, StoreStatus> {
+        let StoreOp::CompareAndWrite { lba, blocks, fua } = req.op else {
+            return Ok(None);
+        };
+        let data = req.buffer.clone().ok_or(StoreStatus::InvalidRequest)?;
+        let len = u64::from(blocks) * self.bs();
+        let scratch = data
+            .buffer
+            .pool_sibling(token, len as usize)
+            .ok_or(StoreStatus::DeviceError)?;
+        Ok(Some(DeviceCompareAndWrite {
+            data,
+            scratch: IoBuffer::new(scratch, len as usize),
+            lba,
+            blocks,
+            fua,
+            attempts: 1,
+            rereading: false,
+        }))
+    }
+
+    /// The next step of a device COMPARE AND WRITE whose outstanding child ended with
+    /// `status`: after a miscompare, read the range; after that read, find the first
+    /// differing byte, or (none: the blocks changed since) send the fused command again.
+    /// `None` when a step was queued and the request goes on.
+    fn compare_and_write_step(
+        &mut self,
+        tag: u64,
+        mut caw: DeviceCompareAndWrite,
+        status: StoreStatus,
+    ) -> Option<StoreStatus> {
+        let bs = self.bs();
+        let (op, length, segments) = match (caw.rereading, status) {
+            (false, StoreStatus::Miscompare { .. }) => {
+                let iova = caw.scratch.iova()?;
+                caw.rereading = true;
+                let len = u64::from(caw.blocks) * bs;
+                (DeviceOp::Read, len, Segments::of(iova, len as usize))
+            }
+            (true, StoreStatus::Good) => {
+                let found = compare(&caw.data, &caw.scratch);
+                if found != StoreStatus::Good {
+                    return Some(found);
+                }
+                if caw.attempts >= CAW_ATTEMPTS {
+                    log::warn!(
+                        "queue {}: COMPARE AND WRITE at LBA {}: the device reported a miscompare \
+                         {} times and the blocks read back equal each time; answering MISCOMPARE \
+                         without the offset",
+                        self.queue.index(),
+                        caw.lba,
+                        caw.attempts
+                    );
+                    return Some(StoreStatus::Miscompare { offset: None });
+                }
+                let iova = caw.data.iova()?;
+                caw.attempts += 1;
+                caw.rereading = false;
+                let len = u64::from(caw.blocks) * bs;
+                (
+                    DeviceOp::CompareAndWrite,
+                    len,
+                    Segments::of(iova, 2 * len as usize),
+                )
+            }
+            (_, status) => return Some(status),
+        };
+        let child = Child {
+            parent: tag,
+            op,
+            fua: caw.fua && op == DeviceOp::CompareAndWrite,
+            lba: caw.lba,
+            length: length as u32,
+            segments,
+        };
+        let id = self.next_child;
+        self.next_child += 1;
+        self.children.insert(id, child);
+        self.backlog.push_back(id);
+        self.parents.insert(
+            tag,
+            Parent {
+                remaining: 1,
+                status: StoreStatus::Good,
+                compare: None,
+                compare_and_write: Some(caw),
+                scratch: None,
+            },
+        );
+        None
     }
 
     /// Compare reads the medium into scratch memory: allocate it next to the command buffer.
@@ -666,7 +815,11 @@ impl AccelQueue {
                     self.backlog.pop_front();
                 }
                 Err(SubmitError::Full) | Err(SubmitError::NotRunning) => break,
-                Err(e @ (SubmitError::TooManySegments { .. } | SubmitError::Unaligned(_))) => {
+                Err(
+                    e @ (SubmitError::TooManySegments { .. }
+                    | SubmitError::Unaligned(_)
+                    | SubmitError::Unsupported(_)),
+                ) => {
                     log::error!("queue {}: {e}", self.queue.index());
                     self.backlog.pop_front();
                     self.child_done(id, StoreStatus::InvalidRequest);
@@ -693,6 +846,12 @@ impl AccelQueue {
         let Some(parent) = self.parents.remove(&child.parent) else {
             return;
         };
+        if let Some(caw) = parent.compare_and_write {
+            if let Some(status) = self.compare_and_write_step(child.parent, caw, parent.status) {
+                self.finish_parent(child.parent, status);
+            }
+            return;
+        }
         let status = match (parent.status, parent.compare) {
             (StoreStatus::Good, Some((data, scratch))) => compare(&data, &scratch),
             (status, _) => status,
@@ -717,6 +876,8 @@ impl AccelQueue {
             DeviceStatus::ReadError => StoreStatus::ReadError { lba },
             DeviceStatus::WriteError => StoreStatus::WriteError { lba },
             DeviceStatus::Aborted => StoreStatus::Aborted,
+            // Where: found by the re-read of `compare_and_write_step`.
+            DeviceStatus::Miscompare => StoreStatus::Miscompare { offset: None },
             DeviceStatus::Other(_) => StoreStatus::DeviceError,
         }
     }
@@ -733,7 +894,8 @@ impl AccelQueue {
         let mut completions = std::mem::take(&mut self.completions);
         for c in completions.drain(..) {
             let status = self.device_status(&c, self.children.get(&c.user_tag));
-            if status != StoreStatus::Good {
+            // A miscompare is an answer, not a device error.
+            if !matches!(status, StoreStatus::Good | StoreStatus::Miscompare { .. }) {
                 self.counters.device_errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
                     "queue {}: device status {:?} for request {}",
@@ -1020,7 +1182,7 @@ fn compare(data: &IoBuffer, scratch: &IoBuffer) -> StoreStatus {
     scratch.read_at(0, &mut b);
     match a.iter().zip(&b).position(|(x, y)| x != y) {
         Some(offset) => StoreStatus::Miscompare {
-            offset: offset as u64,
+            offset: Some(offset as u64),
         },
         None => StoreStatus::Good,
     }

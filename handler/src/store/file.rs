@@ -607,6 +607,9 @@ impl FileStore {
                 // copy_file_range(2) inside the file or device (a reflink or an in-kernel
                 // copy), or the I/O thread's scratch buffer where it cannot.
                 copy: super::CopyPath::Store,
+                // A file has no atomic compare and write: the engine's two steps under its
+                // range lock.
+                compare_and_write_blocks: 0,
             },
             _claim: claim,
             data,
@@ -1259,7 +1262,7 @@ impl Shared {
                 .zip(expected.iter())
                 .position(|(a, b)| a != b)
                 .map(|p| StoreStatus::Miscompare {
-                    offset: (done + p) as u64,
+                    offset: Some((done + p) as u64),
                 })
         })
     }

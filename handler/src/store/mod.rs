@@ -53,6 +53,13 @@ pub enum StoreOp {
     /// [`CopyPath::None`]; [`StoreStatus::ReadError`] / [`StoreStatus::WriteError`] name the
     /// source / destination LBA that failed.
     Copy { src_lba: u64, dst_lba: u64, blocks: u32 },
+    /// COMPARE AND WRITE in one atomic step of the device: compare the buffer's first
+    /// `blocks` blocks with the medium and, only if equal, write its next `blocks` blocks
+    /// there (NVMe's fused Compare and Write). Only sent to stores whose
+    /// [`StoreInfo::compare_and_write_blocks`] is at least `blocks`; a mismatch is
+    /// [`StoreStatus::Miscompare`] with the offset of the first differing byte, nothing
+    /// written.
+    CompareAndWrite { lba: u64, blocks: u32, fua: bool },
 }
 
 /// Where a store performs [`StoreOp::Copy`], which says which path an EXTENDED COPY segment
@@ -79,6 +86,7 @@ impl StoreOp {
                 | StoreOp::Write { .. }
                 | StoreOp::WriteSame { .. }
                 | StoreOp::Compare { .. }
+                | StoreOp::CompareAndWrite { .. }
                 | StoreOp::LbaStatus { .. }
         )
     }
@@ -88,7 +96,10 @@ impl StoreOp {
     pub fn takes_data_out(&self) -> bool {
         matches!(
             self,
-            StoreOp::Write { .. } | StoreOp::WriteSame { .. } | StoreOp::Compare { .. }
+            StoreOp::Write { .. }
+                | StoreOp::WriteSame { .. }
+                | StoreOp::Compare { .. }
+                | StoreOp::CompareAndWrite { .. }
         )
     }
 
@@ -102,6 +113,7 @@ impl StoreOp {
                 | StoreOp::WriteZeroes { .. }
                 | StoreOp::Unmap { .. }
                 | StoreOp::Copy { .. }
+                | StoreOp::CompareAndWrite { .. }
         )
     }
 
@@ -112,6 +124,7 @@ impl StoreOp {
             | StoreOp::Write { blocks, .. }
             | StoreOp::Compare { blocks, .. } => u64::from(*blocks) * u64::from(block_size),
             StoreOp::WriteSame { .. } => u64::from(block_size),
+            StoreOp::CompareAndWrite { blocks, .. } => 2 * u64::from(*blocks) * u64::from(block_size),
             _ => 0,
         }
     }
@@ -224,8 +237,9 @@ pub struct StoreRequest {
 pub enum StoreStatus {
     /// Done.
     Good,
-    /// Compare found a difference at this byte offset of the range.
-    Miscompare { offset: u64 },
+    /// Compare found a difference at this byte offset of the range (`None`: the device
+    /// found one without saying where, and it could not be found again).
+    Miscompare { offset: Option<u64> },
     /// Unrecovered read error at this LBA.
     ReadError { lba: u64 },
     /// Write error at this LBA.
@@ -288,6 +302,10 @@ pub struct StoreInfo {
     pub device_ids: Option<DeviceIds>,
     /// Where [`StoreOp::Copy`] runs, or [`CopyPath::None`] when the store does not take it.
     pub copy: CopyPath,
+    /// Most blocks of one [`StoreOp::CompareAndWrite`], the device's atomic compare and
+    /// write; 0 when the store does not take it (the engine then compares and writes in two
+    /// steps under its range lock).
+    pub compare_and_write_blocks: u32,
 }
 
 impl StoreInfo {

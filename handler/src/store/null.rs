@@ -37,6 +37,7 @@ impl NullStore {
                 device_ids: None,
                 // Nothing is stored, so nothing to copy: segments go back as leftovers.
                 copy: super::CopyPath::None,
+                compare_and_write_blocks: 0,
             },
         }
     }

@@ -77,6 +77,9 @@ impl RamStore {
             device_ids: None,
             // memmove between chunks, inside the handler's memory.
             copy: super::CopyPath::Store,
+            // The engine's compare then write under its range lock is atomic for everything
+            // that reaches this memory (only this process does).
+            compare_and_write_blocks: 0,
         };
         let inner = Inner {
             info,
@@ -414,7 +417,7 @@ impl Inner {
             first_diff = pos.map(|p| (done + p) as u64);
         });
         match first_diff {
-            Some(offset) => StoreStatus::Miscompare { offset },
+            Some(offset) => StoreStatus::Miscompare { offset: Some(offset) },
             None => StoreStatus::Good,
         }
     }
@@ -549,7 +552,7 @@ mod tests {
         src.write_at(1000, &[0xee]);
         assert_eq!(
             run(&store, StoreOp::Compare { lba, blocks: 8 }, Some(&src)),
-            StoreStatus::Miscompare { offset: 1000 }
+            StoreStatus::Miscompare { offset: Some(1000) }
         );
     }
 

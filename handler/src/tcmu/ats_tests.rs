@@ -446,11 +446,29 @@ fn sessions_racing_compare_and_write_on_one_block_have_one_winner_per_round_and_
 }
 
 /// The same race over the simulated NVMe controller through the accelerator store, whose
-/// requests complete asynchronously (a range stays held across worker turns) and whose
-/// Compare reads the medium into scratch memory by DMA and compares on the host: the
-/// range-lock path the NVMe boards take (the controller reports no fused Compare + Write).
+/// requests complete asynchronously (a range stays held across worker turns): once where the
+/// controller reports the fused Compare and Write (FUSES, ACWU 16: every COMPARE AND WRITE is
+/// one fused pair, the device compares, and a miscompare's offset comes from a re-read), once
+/// where it does not (QEMU 7.2's controller: the Compare reads the medium into scratch memory
+/// by DMA and compares on the host, then the Write, under the range lock).
 #[test]
 fn the_race_over_the_simulated_nvme_controller_has_one_winner_per_round() {
+    for fused in [16u16, 0] {
+        let sim = race_over_nvme_sim(fused, 20);
+        let stats = sim.stats();
+        if fused > 0 {
+            // SESSIONS (6) COMPARE AND WRITEs per round, one winner: every one fused, and
+            // the losers' miscompares found by the device.
+            assert_eq!(stats.fused_compare_writes, 6 * 20, "fused ACWU {fused}");
+            assert_eq!(stats.fused_miscompares, 5 * 20, "fused ACWU {fused}");
+        } else {
+            assert_eq!(stats.fused_compare_writes, 0, "no fused operation without FUSES");
+        }
+        assert_eq!(stats.iommu_faults, 0);
+    }
+}
+
+fn race_over_nvme_sim(fused: u16, rounds: usize) -> scst_accel_boards::sim::nvme::NvmeSimHandle {
     use crate::store::accel::AccelConfig;
     use crate::store::accel::AccelStore;
     use scst_accel_boards::definition;
@@ -461,13 +479,15 @@ fn the_race_over_the_simulated_nvme_controller_has_one_winner_per_round() {
     let config = NvmeSimConfig {
         block_size: BS as u32,
         num_blocks: 1024,
+        compare_write_max_blocks: fused,
         ..NvmeSimConfig::default()
     };
     let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 2).expect("nvme-sim");
     let mapper = device_mapper(Arc::clone(opened.controller.device()));
     let iovas = Arc::clone(opened.controller.iovas());
-    let _sim = opened.nvme_sim;
+    let sim = opened.nvme_sim.expect("an nvme-sim board has its handle");
     let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+    assert_eq!(store.info().compare_and_write_blocks, u32::from(fused));
     race(
         &store,
         || {
@@ -477,8 +497,9 @@ fn the_race_over_the_simulated_nvme_controller_has_one_winner_per_round() {
                 1 << 24,
             ))
         },
-        20,
+        rounds,
     );
+    sim
 }
 
 /// The race: `SESSIONS` sessions, spread over two rings each served by its own worker thread

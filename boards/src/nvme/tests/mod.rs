@@ -10,6 +10,7 @@
 //! before it was mapped).
 
 mod abort;
+mod fused;
 mod interposer;
 mod io;
 mod layouts;

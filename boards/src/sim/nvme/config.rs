@@ -38,6 +38,11 @@ pub struct NvmeSimConfig {
     /// largest single source range and largest copy, in blocks (Identify Namespace MSSRL and
     /// MCL); 0 = no Copy (ONCS bit 8 clear). QEMU's model reports Copy with 128 and 128.
     pub copy_max_blocks: u16,
+    /// The fused Compare and Write (NVMe 1.4 §4.12, §6.2): its Atomic Compare & Write Unit
+    /// in blocks (Identify Controller ACWU, reported 0's based), the most blocks a fused
+    /// operation may cover; 0 = neither Compare nor fused operations (ONCS bit 0 and FUSES
+    /// bit 0 clear, as QEMU 7.2's model reports).
+    pub compare_write_max_blocks: u16,
 }
 
 impl Default for NvmeSimConfig {
@@ -51,6 +56,7 @@ impl Default for NvmeSimConfig {
             nguid: None,
             eui64: None,
             copy_max_blocks: 8192,
+            compare_write_max_blocks: 16,
         }
     }
 }

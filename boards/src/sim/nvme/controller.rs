@@ -94,6 +94,8 @@ pub(crate) struct Counters {
     pub resets: AtomicU64,
     pub doorbell_writes: AtomicU64,
     pub invalid_doorbell_writes: AtomicU64,
+    pub fused_compare_writes: AtomicU64,
+    pub fused_miscompares: AtomicU64,
 }
 
 impl Counters {
@@ -419,6 +421,8 @@ impl Shared {
             resets: get(&self.stats.resets),
             doorbell_writes: get(&self.stats.doorbell_writes),
             invalid_doorbell_writes: get(&self.stats.invalid_doorbell_writes),
+            fused_compare_writes: get(&self.stats.fused_compare_writes),
+            fused_miscompares: get(&self.stats.fused_miscompares),
         }
     }
 }

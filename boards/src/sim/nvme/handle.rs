@@ -26,6 +26,10 @@ pub struct NvmeSimStats {
     /// Doorbell writes the controller ignored: while not ready, to a queue that does not
     /// exist, or with a value out of range (§4.1).
     pub invalid_doorbell_writes: u64,
+    /// Fused Compare and Write operations executed (each both commands, either outcome).
+    pub fused_compare_writes: u64,
+    /// Of them, those whose compare failed (nothing written).
+    pub fused_miscompares: u64,
 }
 
 /// A cloneable handle on a simulated NVMe controller, for fault injection and statistics. It

@@ -1,9 +1,10 @@
 //! NVM commands on namespace 1 (NVMe 1.4 §6): Read, Write (with FUA), Flush, Write Zeroes,
 //! Dataset Management (deallocate) and, when configured, Copy (NVMe 2.0 NVM Command Set
-//! §3.3.1, source range format 0). Data moves only through the IOMMU, via the command's PRPs;
+//! §3.3.1, source range format 0), Compare (§6.2) and the fused Compare and Write (§4.12). Data moves only through the IOMMU, via the command's PRPs;
 //! an IOMMU fault completes the command with Data Transfer Error (QEMU's model completes such
 //! a command with success instead, see the module doc of `sim::nvme`).
 
+use super::controller::Counters;
 use super::controller::Token;
 use super::prp;
 use super::spec::nvm;
@@ -24,7 +25,8 @@ pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_e
     let known = matches!(
         opcode,
         nvm::FLUSH | nvm::WRITE | nvm::READ | nvm::WRITE_ZEROES | nvm::DATASET_MANAGEMENT
-    ) || (opcode == nvm::COPY && exec.shared.config.copy_max_blocks > 0);
+    ) || (opcode == nvm::COPY && exec.shared.config.copy_max_blocks > 0)
+        || (opcode == nvm::COMPARE && exec.shared.config.compare_write_max_blocks > 0);
     if !known {
         return Err(status::INVALID_OPCODE.into());
     }
@@ -43,6 +45,7 @@ pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_e
         nvm::WRITE => write(exec, token, sqe),
         nvm::WRITE_ZEROES => write_zeroes(exec, token, sqe),
         nvm::COPY => copy(exec, token, sqe),
+        nvm::COMPARE => compare(exec, token, sqe),
         _ => dataset_management(exec, token, sqe),
     }
 }
@@ -132,6 +135,96 @@ fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
         medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT)?;
     }
     Ok(Reply::Done(0))
+}
+
+/// Compare (§6.2): the host's data against the medium, nothing written; Compare Failure when
+/// any byte differs.
+fn compare(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
+    let range = data_range(exec, sqe)?;
+    let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
+    let mut expected = vec![0u8; range.bytes as usize];
+    prp::read_from_host(exec, token, &pieces, &mut expected)?;
+    let mut held = vec![0u8; range.bytes as usize];
+    if let Err(e) = exec.shared.medium.read(token, range.offset, &mut held) {
+        return medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR);
+    }
+    if held == expected {
+        Ok(Reply::Done(0))
+    } else {
+        Err(status::COMPARE_FAILURE.into())
+    }
+}
+
+/// The fused Compare and Write (§4.12): `first` a Compare (FUSE 01b), `second` a Write (FUSE
+/// 10b) of the same blocks, at most ACWU + 1 of them. Both commands' data is gathered first;
+/// then the medium compares and, only on a match, writes, as one step no other command's
+/// access comes between ([`Medium::compare_and_write`]). The statuses of the two: success
+/// for both; Compare Failure for the first and Command Aborted due to Failed Fused Command for
+/// the second on a mismatch; an error of either aborts the other the same way.
+///
+/// [`Medium::compare_and_write`]: crate::sim::medium::Medium::compare_and_write
+pub(crate) fn fused_compare_write(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    first: &Sqe,
+    second: &Sqe,
+) -> (CmdResult, CmdResult) {
+    let failed_fused = || Err(Failure::Status(status::ABORTED_FAILED_FUSED));
+    let same_blocks = first.nsid == second.nsid && slba(first) == slba(second) && nlb(first) == nlb(second);
+    if first.opcode() != nvm::COMPARE || second.opcode() != nvm::WRITE || !same_blocks {
+        // §4.12: the two commands name the same blocks; Compare then Write is the one
+        // fused operation the controller reports (FUSES bit 0).
+        return (Err(status::INVALID_FIELD.into()), failed_fused());
+    }
+    if nlb(first) > u64::from(exec.shared.config.compare_write_max_blocks) {
+        return (Err(status::INVALID_FIELD.into()), failed_fused());
+    }
+    if first.nsid != 1 {
+        return (Err(status::INVALID_NAMESPACE.into()), failed_fused());
+    }
+    if first.psdt() != 0 || second.psdt() != 0 {
+        return (Err(status::INVALID_FIELD.into()), failed_fused());
+    }
+    let gathered = (|| {
+        let range = data_range(exec, first)?;
+        let mut expected = vec![0u8; range.bytes as usize];
+        let pieces = prp::pieces(exec, token, first.prp1, first.prp2, range.bytes)?;
+        prp::read_from_host(exec, token, &pieces, &mut expected)?;
+        let mut data = vec![0u8; range.bytes as usize];
+        let pieces = prp::pieces(exec, token, second.prp1, second.prp2, range.bytes)?;
+        prp::read_from_host(exec, token, &pieces, &mut data)?;
+        Ok::<_, Failure>((range, expected, data))
+    })();
+    let (range, expected, data) = match gathered {
+        Ok(g) => g,
+        Err(Failure::Abandoned) => return (Err(Failure::Abandoned), Err(Failure::Abandoned)),
+        Err(e) => return (Err(e), failed_fused()),
+    };
+    if let Err(e) = exec.checkpoint(token) {
+        return (Err(e), Err(Failure::Abandoned));
+    }
+    let written = exec
+        .shared
+        .medium
+        .compare_and_write(token, range.offset, &expected, &data);
+    Counters::add(&exec.shared.stats.fused_compare_writes);
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            Counters::add(&exec.shared.stats.fused_miscompares);
+            return (Err(status::COMPARE_FAILURE.into()), failed_fused());
+        }
+        Err(e) => {
+            log::warn!("{}: medium error: {e}", exec.shared.id);
+            return (Err(status::UNRECOVERED_READ_ERROR.into()), failed_fused());
+        }
+    }
+    let flushed = if second.cdw12 & (1 << 30) != 0 {
+        medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT)
+    } else {
+        Ok(Reply::Done(0))
+    };
+    (Ok(Reply::Done(0)), flushed)
 }
 
 /// Write Zeroes (§6.16): no data transfer, so MDTS does not apply.

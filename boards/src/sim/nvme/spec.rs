@@ -240,6 +240,11 @@ pub(crate) mod status {
     pub const INVALID_FIELD: Status = Status::generic(0x02, true);
     /// Data Transfer Error (an IOMMU fault on a data or PRP list access).
     pub const DATA_TRANSFER_ERROR: Status = Status::generic(0x04, false);
+    /// Command Aborted due to Failed Fused Command: the second command of a fused operation
+    /// whose first failed (§4.12).
+    pub const ABORTED_FAILED_FUSED: Status = Status::generic(0x09, false);
+    /// Command Aborted due to Missing Fused Command: a fused command without its partner.
+    pub const ABORTED_MISSING_FUSED: Status = Status::generic(0x0A, false);
     /// Invalid Namespace or Format.
     pub const INVALID_NAMESPACE: Status = Status::generic(0x0B, true);
     /// Command Sequence Error.
@@ -268,6 +273,8 @@ pub(crate) mod status {
     pub const WRITE_FAULT: Status = Status::media(0x80);
     /// Unrecovered Read Error.
     pub const UNRECOVERED_READ_ERROR: Status = Status::media(0x81);
+    /// Compare Failure (§6.2): the medium differs from the data of a Compare.
+    pub const COMPARE_FAILURE: Status = Status::media(0x85);
 }
 
 /// Admin command opcodes (§5, Figure 139).
@@ -302,6 +309,8 @@ pub(crate) mod nvm {
     pub const WRITE: u8 = 0x01;
     /// Read.
     pub const READ: u8 = 0x02;
+    /// Compare (§6.2).
+    pub const COMPARE: u8 = 0x05;
     /// Write Zeroes.
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.

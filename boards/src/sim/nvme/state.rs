@@ -151,8 +151,9 @@ pub(crate) struct ControllerState {
     /// Per worker (worker w serves SQ w; worker 0 also posts asynchronous events): it holds a
     /// command.
     pub busy: Vec<bool>,
-    /// Per worker: the CQ its command holds a promised slot on ([`CompQueue::reserved`]).
-    reservations: Vec<Option<u16>>,
+    /// Per worker: the CQ its command holds promised slots on ([`CompQueue::reserved`]), and
+    /// how many (two for a fused pair, one for any other command).
+    reservations: Vec<Option<(u16, u16)>>,
     /// [`NvmeFault::Hang`](super::NvmeFault::Hang) is in effect.
     pub hung: bool,
     /// [`NvmeFault::ShutdownHang`](super::NvmeFault::ShutdownHang) is standing.
@@ -417,19 +418,23 @@ impl ControllerState {
     /// a reset waiting for the last one completes (RDY = 0).
     pub(crate) fn release(&mut self, w: usize) {
         self.busy[w] = false;
-        self.unreserve(w);
+        while self.reservations[w].is_some() {
+            self.unreserve(w);
+        }
         if self.readiness == Readiness::Resetting && !self.any_busy() {
             self.readiness = Readiness::Disabled;
         }
     }
 
-    /// Give back worker `w`'s promised CQ slot, if it holds one: it posts (the slot becomes
-    /// the entry) or it lets go of its command without posting.
+    /// Give back one of worker `w`'s promised CQ slots, if it holds one: it posts (the slot
+    /// becomes the entry) or it lets go of its command without posting.
     pub(crate) fn unreserve(&mut self, w: usize) {
-        if let Some(cqid) = self.reservations[w].take() {
-            if let Some(cq) = self.cqs[usize::from(cqid)].as_mut() {
-                cq.reserved = cq.reserved.saturating_sub(1);
-            }
+        let Some((cqid, count)) = self.reservations[w] else {
+            return;
+        };
+        self.reservations[w] = (count > 1).then_some((cqid, count - 1));
+        if let Some(cq) = self.cqs[usize::from(cqid)].as_mut() {
+            cq.reserved = cq.reserved.saturating_sub(1);
         }
     }
 
@@ -437,8 +442,36 @@ impl ControllerState {
     fn reserve(&mut self, w: usize, cqid: u16) {
         if let Some(cq) = self.cqs[usize::from(cqid)].as_mut() {
             cq.reserved += 1;
-            self.reservations[w] = Some(cqid);
+            let count = self.reservations[w].map_or(0, |(_, n)| n);
+            self.reservations[w] = Some((cqid, count + 1));
         }
+    }
+
+    /// The second command of a fused operation (NVMe 1.4 §4.12), for worker `w` that holds the
+    /// first: the next entry of its SQ, taken with a second promised CQ slot. `Err(false)`:
+    /// the host has not made the next entry available (the first is then aborted as Missing
+    /// Fused Command); `Err(true)`: the CQ has no room for a second entry yet (wait for a CQ
+    /// head doorbell and ask again).
+    pub(crate) fn take_fused_second(&mut self, w: usize, first: &Job) -> Result<Job, bool> {
+        let Some(sq) = self.sqs.get(w).copied().flatten() else {
+            return Err(false);
+        };
+        if sq.head == sq.tail {
+            return Err(false);
+        }
+        if !self.cqs[usize::from(sq.cqid)].is_some_and(|cq| cq.has_room()) {
+            return Err(true);
+        }
+        let head = (sq.head + 1) % sq.size;
+        if let Some(taken) = self.sqs[w].as_mut() {
+            taken.head = head;
+        }
+        self.reserve(w, sq.cqid);
+        Ok(Job {
+            index: sq.head,
+            sqhd: head,
+            ..*first
+        })
     }
 
     /// A doorbell write (§3.1.24, §3.1.25). An invalid one is ignored and reported as an

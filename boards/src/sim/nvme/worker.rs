@@ -210,27 +210,39 @@ fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize) -> Option<Work> {
     }
 }
 
-/// Fetch, execute and complete one command.
-fn command(shared: &Shared, token: &mut Token<'_>, job: Job) {
-    let exec = Exec { shared, job };
+/// FUSE field values (CDW0 bits 9:8, §4.12).
+const FUSE_NORMAL: u32 = 0;
+const FUSE_FIRST: u32 = 1;
+const FUSE_SECOND: u32 = 2;
+
+/// Fetch the job's 64-byte entry through the IOMMU; `None` when the command is abandoned or
+/// the fetch faulted (then the controller is fatal: there is no CID to complete with).
+fn fetch(exec: &Exec<'_>, token: &mut Token<'_>) -> Option<Sqe> {
+    let job = exec.job;
     let mut raw = [0u8; SQE_BYTES as usize];
     let slot = job.sq_base + u64::from(job.index) * SQE_BYTES;
     match exec.dma_read(token, slot, &mut raw) {
         Ok(()) => {}
-        Err(Failure::Abandoned) => return,
+        Err(Failure::Abandoned) => return None,
         Err(Failure::Status(_)) => {
             // No command identifier to complete with: a fatal error the controller cannot
             // report in a completion queue, which is what CSTS.CFS means (§3.1.6).
             fatal(
-                &exec,
+                exec,
                 token,
                 &format!("cannot fetch SQ {} entry {}", job.sqid, job.index),
             );
-            return;
+            return None;
         }
     }
-    Counters::add(&shared.stats.commands);
-    let Ok(sqe) = Sqe::read_from_bytes(&raw) else {
+    Counters::add(&exec.shared.stats.commands);
+    Sqe::read_from_bytes(&raw).ok()
+}
+
+/// Fetch, execute and complete one command (or, for the first of a fused operation, both).
+fn command(shared: &Shared, token: &mut Token<'_>, job: Job) {
+    let exec = Exec { shared, job };
+    let Some(sqe) = fetch(&exec, token) else {
         return;
     };
     let io_command = job.sqid != 0;
@@ -242,29 +254,87 @@ fn command(shared: &Shared, token: &mut Token<'_>, job: Job) {
     {
         return;
     }
-    let result = if sqe.fuse() != 0 {
-        // Fused operations are not supported (Identify FUSES = 0).
-        Err(Failure::Status(status::INVALID_FIELD))
-    } else if io_command {
-        io::execute(&exec, token, &sqe, plan.media_error)
-    } else {
-        admin::execute(&exec, token, &sqe)
+    let fuses = io_command && shared.config.compare_write_max_blocks > 0;
+    let result = match sqe.fuse() {
+        FUSE_FIRST if fuses => return fused(&exec, token, &sqe, plan.never_complete),
+        // A second without a first before it (a first takes its second with it).
+        FUSE_SECOND if fuses => Err(Failure::Status(status::ABORTED_MISSING_FUSED)),
+        FUSE_NORMAL if io_command => io::execute(&exec, token, &sqe, plan.media_error),
+        FUSE_NORMAL => admin::execute(&exec, token, &sqe),
+        // Fused operations where the controller reports none (FUSES = 0), and the reserved 11b.
+        _ => Err(Failure::Status(status::INVALID_FIELD)),
     };
+    complete(&exec, token, &sqe, result, plan.never_complete);
+}
+
+/// Post a command's completion, unless it was abandoned, held, or its completion is to be
+/// dropped (injected fault).
+fn complete(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, result: CmdResult, never_complete: bool) {
     let (dw0, status) = match result {
         Ok(Reply::Done(dw0)) => (dw0, Status::SUCCESS),
         Ok(Reply::Held) | Err(Failure::Abandoned) => return,
         Err(Failure::Status(status)) => (0, status),
     };
-    if plan.never_complete {
+    if never_complete {
         log::debug!(
             "{}: SQ {} CID {}: completion dropped (injected)",
-            shared.id,
-            job.sqid,
+            exec.shared.id,
+            exec.job.sqid,
             sqe.cid()
         );
         return;
     }
-    let _ = post(&exec, token, sqe.cid(), dw0, status);
+    let _ = post(exec, token, sqe.cid(), dw0, status);
+}
+
+/// A fused operation (§4.12) whose first command `first` this worker holds: take the next
+/// entry of the SQ with it and execute the two as one ([`io::fused_compare_write`]), each
+/// completing with its own status. The host must have made both available with one doorbell
+/// write; when the next entry is not there, or is not the second of a fused operation, the
+/// first completes as Command Aborted due to Missing Fused Command (and an entry that is not a
+/// second runs as the ordinary command it is).
+fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bool) {
+    let w = usize::from(exec.job.sqid);
+    let second_job = {
+        let Ok(mut st) = exec.lock_valid(token) else {
+            return;
+        };
+        loop {
+            match st.take_fused_second(w, &exec.job) {
+                Ok(job) => break Some(job),
+                Err(false) => break None,
+                // No CQ room for a second entry: bounded waits, each re-checking that the
+                // command is still valid (a reset or shutdown abandons it).
+                Err(true) => match exec.wait_valid(st) {
+                    Ok(again) => st = again,
+                    Err(_) => return,
+                },
+            }
+        }
+    };
+    let missing = || Err(Failure::Status(status::ABORTED_MISSING_FUSED));
+    let Some(second_job) = second_job else {
+        return complete(exec, token, first, missing(), never_complete);
+    };
+    let second_exec = Exec {
+        shared: exec.shared,
+        job: second_job,
+    };
+    let Some(second) = fetch(&second_exec, token) else {
+        return;
+    };
+    if second.fuse() != FUSE_SECOND {
+        complete(exec, token, first, missing(), never_complete);
+        let result = match second.fuse() {
+            FUSE_NORMAL => io::execute(&second_exec, token, &second, false),
+            FUSE_FIRST => missing(), // two firsts in a row: this one has no second either
+            _ => Err(Failure::Status(status::INVALID_FIELD)),
+        };
+        return complete(&second_exec, token, &second, result, never_complete);
+    }
+    let (first_result, second_result) = io::fused_compare_write(exec, token, first, &second);
+    complete(exec, token, first, first_result, never_complete);
+    complete(&second_exec, token, &second, second_result, never_complete);
 }
 
 /// Post a completion on the job's CQ (§4.6): claim the slot (advance the tail, flipping the

@@ -179,7 +179,7 @@ fn every_op_round_trips(engine: IoEngine) {
     src.write_at(1000, &[!bytes(&src, 1001)[1000]]);
     assert_eq!(
         run(&mut q, StoreOp::Compare { lba: 100, blocks: 16 }, Some(&src)),
-        StoreStatus::Miscompare { offset: 1000 }
+        StoreStatus::Miscompare { offset: Some(1000) }
     );
 
     assert_eq!(

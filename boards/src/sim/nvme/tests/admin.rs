@@ -33,7 +33,13 @@ fn identify_controller_namespace_and_namespace_list() {
     assert_eq!(id[512], 0x66, "SQES");
     assert_eq!(id[513], 0x44, "CQES");
     assert_eq!(u32_at(&id, 516), 1, "NN");
-    assert_eq!(u16_at(&id, 520), 0x10C, "ONCS: DSM, Write Zeroes and Copy");
+    assert_eq!(
+        u16_at(&id, 520),
+        0x10D,
+        "ONCS: Compare, DSM, Write Zeroes and Copy"
+    );
+    assert_eq!(u16_at(&id, 522), 1, "FUSES: Compare and Write");
+    assert_eq!(u16_at(&id, 532), 15, "ACWU: 16 blocks, 0's based");
     assert_eq!(u16_at(&id, 534), 1, "OCFS: copy format 0");
     assert_eq!(id[525], 1, "VWC");
 

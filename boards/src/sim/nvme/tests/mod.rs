@@ -5,6 +5,7 @@
 
 mod admin;
 mod faults;
+mod fused;
 mod io;
 mod queues;
 mod registers;
@@ -228,6 +229,28 @@ impl Rig {
         self.queues[usize::from(qid)]
             .as_mut()
             .expect("queue made by the test")
+    }
+
+    /// Write `sqes` (each with a fresh CID, returned) at queue `qid`'s tail, then ring its
+    /// doorbell once for all of them (as the two commands of a fused operation must be).
+    pub(super) fn submit_together(&mut self, qid: u16, sqes: &[Sqe]) -> Vec<u16> {
+        let mut cids = Vec::new();
+        for &sqe in sqes {
+            let mut sqe = sqe;
+            let cid = self.next_cid;
+            self.next_cid = self.next_cid.wrapping_add(1);
+            sqe.cdw0 = (sqe.cdw0 & 0xFFFF) | (u32::from(cid) << 16);
+            let (sq, tail, size) = {
+                let q = self.queue(qid);
+                (q.sq, q.tail, q.size)
+            };
+            self.region(sq).write_obj(usize::from(tail) * 64, &sqe);
+            self.queue(qid).tail = (tail + 1) % size;
+            cids.push(cid);
+        }
+        let tail = self.queue(qid).tail;
+        self.write(reg::DOORBELLS + u64::from(qid) * 8, u32::from(tail));
+        cids
     }
 
     /// Write `sqe` (with a fresh CID, returned) at queue `qid`'s tail and ring its doorbell.
