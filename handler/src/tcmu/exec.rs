@@ -138,7 +138,8 @@ pub struct TaskManagementStats {
     pub notices: u64,
     /// Of those, resets (LUN reset, warm or cold target reset, PR preempt-and-abort).
     pub resets: u64,
-    /// Listed commands taken back from the store queue before submission.
+    /// Listed commands taken back before the store had them: from the store queue before
+    /// submission, or parked waiting for their range.
     pub cancelled: u64,
     /// Listed commands in the store that change nothing: answered at once.
     pub answered_early: u64,
@@ -194,6 +195,9 @@ struct Parked {
     cmd: TcmuCommand,
     io: IoPlan,
     received: Instant,
+    /// A task management notice aborted it after its grant was already on the way: answered
+    /// TASK ABORTED, range given back, when the grant is taken.
+    aborted: bool,
 }
 
 /// Proof, from [`Executor::drain`], that no request of the executor is left in its store
@@ -537,6 +541,9 @@ impl Executor {
         );
         let before = self.tmr;
         for &id in &notice.cmd_ids {
+            if self.abort_parked(token, ring, id, progress) {
+                continue;
+            }
             let Some(tag) = self
                 .inflight
                 .iter()
@@ -592,6 +599,41 @@ impl Executor {
         );
     }
 
+    /// A task management notice names `cmd_id`: if it is parked waiting for its range, it
+    /// never reached the store, so it is taken out of the disk's wait list and answered TASK
+    /// ABORTED now (counted as cancelled); if its grant is already on the way, it is marked so
+    /// that the grant is given back and the command answered when it arrives ([`Self::flush`]).
+    /// Whether the command was parked.
+    fn abort_parked(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        cmd_id: u16,
+        progress: &mut Progress,
+    ) -> bool {
+        let Some(wait) = self
+            .parked
+            .iter()
+            .find(|(_, p)| p.cmd.cmd_id() == cmd_id)
+            .map(|(&wait, _)| wait)
+        else {
+            return false;
+        };
+        self.tmr.cancelled += 1;
+        if !self.disk.ranges().cancel(token, wait) {
+            if let Some(p) = self.parked.get_mut(&wait) {
+                p.aborted = true;
+            }
+            return true;
+        }
+        if let Some(p) = self.parked.remove(&wait) {
+            self.answer(ring, p.cmd, None, &task_aborted());
+            progress.completed += 1;
+            progress.aborted += 1;
+        }
+        true
+    }
+
     fn flush(&mut self, token: &mut StoreToken<'_>, ring: &mut Ring, progress: &mut Progress) {
         loop {
             // Parked commands whose range was released (by this worker or another): cleared
@@ -599,6 +641,12 @@ impl Executor {
             self.mailbox.clear_wake();
             while let Some(grant) = self.mailbox.take() {
                 match self.parked.remove(&grant.wait_id()) {
+                    Some(p) if p.aborted => {
+                        self.disk.ranges().release(token, grant);
+                        self.answer(ring, p.cmd, None, &task_aborted());
+                        progress.completed += 1;
+                        progress.aborted += 1;
+                    }
                     Some(p) => {
                         let plan = Plan::Io(p.io);
                         self.advance(token, ring, p.cmd, None, Some(grant), p.received, plan, progress);
@@ -686,7 +734,15 @@ impl Executor {
                         cmd.cmd_id()
                     );
                     if let Plan::Io(io) = plan {
-                        self.parked.insert(id, Parked { cmd, io, received });
+                        self.parked.insert(
+                            id,
+                            Parked {
+                                cmd,
+                                io,
+                                received,
+                                aborted: false,
+                            },
+                        );
                     }
                     return;
                 }
@@ -1262,6 +1318,22 @@ mod tests {
                 .expect("post");
         }
 
+        /// A COMPARE AND WRITE of one block at `lba` (Data-Out: two blocks, in the slots of
+        /// `id` and `id + 1`).
+        fn post_compare_and_write(&mut self, id: u16, lba: u32) {
+            let off = self.sim.data_off() + usize::from(id) * BS as usize;
+            self.sim.write_data(off, &[0u8; 2 * BS as usize]);
+            let iov = [Iovec {
+                iov_base: off as u64,
+                iov_len: (2 * BS).into(),
+            }];
+            let mut cdb = [0u8; 16];
+            cdb[0] = 0x89;
+            cdb[2..10].copy_from_slice(&u64::from(lba).to_be_bytes());
+            cdb[13] = 1;
+            self.sim.post_cmd(id, &cdb, &iov, &[]).expect("post");
+        }
+
         /// The device completes every request it holds, successfully.
         fn complete_held(&self) -> usize {
             let held: Vec<StoreRequest> = std::mem::take(&mut *self.held.lock().expect("held"));
@@ -1457,6 +1529,42 @@ mod tests {
         let (_, done) = r.poll_and_reap();
         assert_eq!(done, [(1, sam_status::TASK_ABORTED)]);
         assert_eq!(r.disk.ranges().counts(&mut token), (0, 0), "given back");
+    }
+
+    /// A COMPARE AND WRITE parked behind a write's range and then aborted never reaches the
+    /// store: it leaves the disk's wait list and is answered TASK ABORTED at once, not
+    /// executed when the write gives its range back.
+    #[test]
+    fn an_aborted_parked_compare_and_write_is_answered_at_once_and_never_executed() {
+        let mut r = held_rig_on(
+            true,
+            usize::MAX,
+            mailbox_flags::CAP_TMR,
+            crate::scsi::CompareAndWriteBy::Handler,
+        );
+        let mut token = StoreToken::root();
+        r.post_write(1, 7);
+        r.post_compare_and_write(2, 7);
+        r.poll_and_reap();
+        assert_eq!(
+            r.exec.parked(),
+            1,
+            "the compare and write waits for the write's range"
+        );
+        assert_eq!(r.disk.ranges().counts(&mut token), (1, 1));
+        r.sim.post_tmr(tmr_type::ABORT_TASK, &[2]).expect("tmr");
+        let (p, _) = r.poll_and_reap();
+        assert_eq!((p.aborted, r.exec.parked()), (1, 0));
+        assert_eq!(r.exec.task_management().cancelled, 1);
+        assert_eq!(r.disk.ranges().counts(&mut token), (1, 0), "out of the wait list");
+        assert_eq!(r.complete_held(), 1, "only the write reached the store");
+        let (_, done) = r.poll_and_reap();
+        assert_eq!(done, [(1, sam_status::GOOD), (2, sam_status::TASK_ABORTED)]);
+        assert!(
+            r.held.lock().expect("held").is_empty(),
+            "the compare and write never ran"
+        );
+        assert_eq!(r.disk.ranges().counts(&mut token), (0, 0));
     }
 
     /// A write aborted before the store ever saw it gives its range back at once.
