@@ -7,6 +7,7 @@ use scst_accel_boards::open::open_board;
 use scst_accel_boards::open::BoardSource;
 use scst_accel_boards::sca1::device_mapper;
 use scst_accel_boards::sim::nvme::NvmeSimConfig;
+use scst_accel_boards::sim::nvme::NvmeSimHandle;
 use scst_accel_dma::SgvPool;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
@@ -40,6 +41,20 @@ fn complete(q: &mut dyn StoreQueue, tag: u64, op: StoreOp, buffer: Option<IoBuff
     out[0].status
 }
 
+/// The accelerator store over a simulated NVMe controller with one queue, the controller's
+/// handle, and an SGV pool of command buffers mapped for it.
+fn nvme_store(config: NvmeSimConfig) -> (AccelStore, NvmeSimHandle, Arc<SgvPool>) {
+    let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("open");
+    let sim = opened.nvme_sim.clone().expect("simulated controller");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(opened.controller.device()))),
+        Some(Arc::clone(opened.controller.iovas())),
+        64 << 20,
+    ));
+    let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+    (store, sim, pool)
+}
+
 #[test]
 fn every_store_operation_works_on_the_nvme_engine_write_same_included() {
     // MDTS 5 (128 KiB) and 7 (512 KiB, as QEMU's controller): the store must not depend on
@@ -51,14 +66,7 @@ fn every_store_operation_works_on_the_nvme_engine_write_same_included() {
             mdts,
             ..NvmeSimConfig::default()
         };
-        let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("open");
-        let sim = opened.nvme_sim.clone().expect("simulated controller");
-        let pool = Arc::new(SgvPool::new(
-            Some(device_mapper(Arc::clone(opened.controller.device()))),
-            Some(Arc::clone(opened.controller.iovas())),
-            64 << 20,
-        ));
-        let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+        let (store, sim, pool) = nvme_store(config);
         let mut q = store.open_queue().expect("queue");
         let bs = block_size as usize;
         let blocks = 300u32; // more than one WRITE SAME chunk (64 blocks)
@@ -184,14 +192,7 @@ fn compare_and_write_in_the_device_finds_the_miscompare_offset() {
             compare_write_max_blocks: fused,
             ..NvmeSimConfig::default()
         };
-        let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("open");
-        let sim = opened.nvme_sim.clone().expect("simulated controller");
-        let pool = Arc::new(SgvPool::new(
-            Some(device_mapper(Arc::clone(opened.controller.device()))),
-            Some(Arc::clone(opened.controller.iovas())),
-            64 << 20,
-        ));
-        let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+        let (store, sim, pool) = nvme_store(config);
         assert_eq!(store.info().compare_and_write_blocks, u32::from(fused));
         let mut q = store.open_queue().expect("queue");
         let bs = block_size as usize;

@@ -125,12 +125,7 @@ impl Medium {
         match self {
             Self::Ram { chunks, .. } => {
                 let (mut chunks, _) = chunks.lock(token);
-                for_each_chunk(offset, data.len(), |index, within, at, n| {
-                    let chunk = chunks
-                        .entry(index)
-                        .or_insert_with(|| vec![0u8; RAM_CHUNK as usize].into_boxed_slice());
-                    chunk[within..within + n].copy_from_slice(&data[at..at + n]);
-                });
+                write_chunks(&mut chunks, offset, data);
                 Ok(())
             }
             Self::File { file, serial, .. } => {
@@ -171,12 +166,7 @@ impl Medium {
                 if !equal {
                     return Ok(false);
                 }
-                for_each_chunk(offset, data.len(), |index, within, at, n| {
-                    let chunk = chunks
-                        .entry(index)
-                        .or_insert_with(|| vec![0u8; RAM_CHUNK as usize].into_boxed_slice());
-                    chunk[within..within + n].copy_from_slice(&data[at..at + n]);
-                });
+                write_chunks(&mut chunks, offset, data);
                 Ok(true)
             }
             Self::File { file, serial, .. } => {
@@ -263,6 +253,16 @@ impl Medium {
 
 /// Split `offset..offset+len` at chunk boundaries: `f(chunk index, offset in chunk, offset in
 /// the caller's buffer, bytes)`.
+/// Copy `data` into the RAM chunks at `offset`, allocating the chunks it touches first.
+fn write_chunks(chunks: &mut HashMap<u64, Box<[u8]>>, offset: u64, data: &[u8]) {
+    for_each_chunk(offset, data.len(), |index, within, at, n| {
+        let chunk = chunks
+            .entry(index)
+            .or_insert_with(|| vec![0u8; RAM_CHUNK as usize].into_boxed_slice());
+        chunk[within..within + n].copy_from_slice(&data[at..at + n]);
+    });
+}
+
 fn for_each_chunk(offset: u64, len: usize, mut f: impl FnMut(u64, usize, usize, usize)) {
     let mut at = 0usize;
     while at < len {

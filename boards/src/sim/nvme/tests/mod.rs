@@ -254,19 +254,8 @@ impl Rig {
     }
 
     /// Write `sqe` (with a fresh CID, returned) at queue `qid`'s tail and ring its doorbell.
-    pub(super) fn submit(&mut self, qid: u16, mut sqe: Sqe) -> u16 {
-        let cid = self.next_cid;
-        self.next_cid = self.next_cid.wrapping_add(1);
-        sqe.cdw0 = (sqe.cdw0 & 0xFFFF) | (u32::from(cid) << 16);
-        let (sq, tail, size) = {
-            let q = self.queue(qid);
-            (q.sq, q.tail, q.size)
-        };
-        self.region(sq).write_obj(usize::from(tail) * 64, &sqe);
-        let tail = (tail + 1) % size;
-        self.queue(qid).tail = tail;
-        self.write(reg::DOORBELLS + u64::from(qid) * 8, u32::from(tail));
-        cid
+    pub(super) fn submit(&mut self, qid: u16, sqe: Sqe) -> u16 {
+        self.submit_together(qid, &[sqe])[0]
     }
 
     /// The next completion on queue `qid` if it arrives within `within`; consumes it and
