@@ -21,8 +21,19 @@ if [[ -z $bin ]]; then
 	bin="${CARGO_TARGET_DIR:-$root/target}/release/scst-accel"
 fi
 out="${HIL_OUT:-$root/target/hil/bench}"
-"$here/hil.sh" run --out "$out" --timeout 900 --bin "$bin" --bin "$(command -v fio)" \
-	--bin "$here/scenarios/common.sh" -- "$here/scenarios/bench.sh"
+# The guest gets no environment from here: the two knobs go in as the script's first lines.
+seconds=${HIL_BENCH_SECONDS:-5}
+rounds=${HIL_BENCH_ROUNDS:-3}
+[[ $seconds =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
+	{ echo "hil bench: HIL_BENCH_SECONDS and HIL_BENCH_ROUNDS take whole numbers > 0" >&2; exit 2; }
+script=$(mktemp)
+trap 'rm -f "$script"' EXIT
+{
+	echo "HIL_BENCH_SECONDS=$seconds HIL_BENCH_ROUNDS=$rounds"
+	cat "$here/scenarios/bench.sh"
+} >"$script"
+"$here/hil.sh" run --out "$out" --timeout $((600 + rounds * (40 + 4 * seconds))) --bin "$bin" \
+	--bin "$(command -v fio)" --bin "$here/scenarios/common.sh" -- "$script"
 python3 - "$out/share" <<'PY'
 import json, sys, os
 share = sys.argv[1]

@@ -876,8 +876,12 @@ impl AccelQueue {
             DeviceStatus::ReadError => StoreStatus::ReadError { lba },
             DeviceStatus::WriteError => StoreStatus::WriteError { lba },
             DeviceStatus::Aborted => StoreStatus::Aborted,
-            // Where: found by the re-read of `compare_and_write_step`.
-            DeviceStatus::Miscompare => StoreStatus::Miscompare { offset: None },
+            // Where: found by the re-read of `compare_and_write_step`. Only a compare and write
+            // can miscompare: from any other request it is a device that lies.
+            DeviceStatus::Miscompare if child.is_some_and(|ch| ch.op == DeviceOp::CompareAndWrite) => {
+                StoreStatus::Miscompare { offset: None }
+            }
+            DeviceStatus::Miscompare => StoreStatus::DeviceError,
             DeviceStatus::Other(_) => StoreStatus::DeviceError,
         }
     }
