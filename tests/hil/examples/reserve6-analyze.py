@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Timelines of the Reserve6 race from reserve6-loop.sh's output (DIR/share/reserve6).
 
-Usage: reserve6-analyze.py DIR/share/reserve6
+Usage: reserve6-analyze.py DIR/share/reserve6...  (several guests' runs are added up)
 
 Per run: the Logout test's first-initiator session, from its Logout Request to the moment LIO
 released its SPC-2 reservation (the "Deregistered fabric_sess" pr_debug, printed right after
@@ -71,21 +71,23 @@ def teardowns(path, cmds):
     return done
 
 
-def main(d):
+def main(dirs):
     summary = {}
-    for line in open(os.path.join(d, "summary.txt")):
-        m = re.match(r"run (\d+): (.*)", line)
-        if m:
-            summary[int(m.group(1))] = dict(kv.split("=") for kv in m.group(2).split())
+    for d in dirs:
+        for line in open(os.path.join(d, "summary.txt")):
+            m = re.match(r"run (\d+): (.*)", line)
+            if m:
+                summary[(d, int(m.group(1)))] = dict(kv.split("=") for kv in m.group(2).split())
     waits, open_cmds, logout, drops, itn = [], 0, [], [], []
-    for n in sorted(summary):
+    for d, n in summary:
         cmds = commands(os.path.join(d, f"trace-{n}.txt"))
         tds = teardowns(os.path.join(d, f"dmesg-{n}.log"), cmds)
         for td in tds:
             waits.append((td["done"] - td["stop"]) * 1e3)
             open_cmds += len(td["open"])
         first = [td for td in tds if not td["ini"].endswith("-2")]
-        line = f"run {n:2}: Logout={summary[n]['Logout']:6} ITNexusLoss={summary[n]['ITNexusLoss']:6}"
+        res = summary[(d, n)]
+        line = f"{d if len(dirs) > 1 else 'run'} {n:2}: Logout={res['Logout']:6} ITNexusLoss={res['ITNexusLoss']:6}"
         # iscsi-test-cu's probe session logs out first; the next first-initiator logout is the
         # Logout test's.
         lo = [td for td in first if td["kind"] == "logout"]
@@ -99,16 +101,16 @@ def main(d):
 
             r = later(True)
             if r:
-                rel, res = (td["released"] - td["start"]) * 1e3, (r[0]["start"] - td["start"]) * 1e3
-                logout.append((summary[n]["Logout"], rel, res))
+                rel, sec = (td["released"] - td["start"]) * 1e3, (r[0]["start"] - td["start"]) * 1e3
+                logout.append((res["Logout"], rel, sec))
                 line += (f" | logout->released {rel:5.1f} ms (counter wait "
                          f"{(td['done'] - td['stop']) * 1e3:5.1f}), logout->2nd initiator's "
-                         f"RESERVE {res:6.1f} ms: {r[0]['status']}")
+                         f"RESERVE {sec:6.1f} ms: {r[0]['status']}")
             # ITNexusLoss' first RESERVE(6) by the first initiator: reserve6() tries up to 3 times.
             f = later(False)
             if f:
                 burst = [c for c in f if c["start"] - f[0]["start"] < 0.02][:3]
-                itn.append((summary[n]["ITNexusLoss"], burst[-1]["start"] - td["released"], len(burst)))
+                itn.append((res["ITNexusLoss"], burst[-1]["start"] - td["released"], len(burst)))
         dr = [td for td in first if td["kind"] == "drop"]
         if dr:
             td = dr[0]
@@ -118,22 +120,27 @@ def main(d):
                 line += f" | drop seen {drops[-1][0]:.2f} s after the last command, released {drops[-1][1]:.1f} ms later"
         print(line)
     print()
+    for test in ("Logout", "ITNexusLoss"):
+        failed = sum(1 for r in summary.values() if r[test] == "FAILED")
+        print(f"{test}: failed {failed} of {len(summary)} runs")
+    alone = sum(1 for r in summary.values() if r["ITNexusLoss"] == "FAILED" and r["Logout"] != "FAILED")
+    print(f"ITNexusLoss failed where Logout had not: {alone}")
     if waits:
         print(f"session teardowns: {len(waits)}; commands still open when the counter stopped: {open_cmds}; "
               f"target_wait_for_cmds min {min(waits):.1f} median {statistics.median(waits):.1f} "
               f"max {max(waits):.1f} ms")
-    for res in ("FAILED", "passed"):
-        rows = [r for r in logout if r[0] == res]
+    for outcome in ("FAILED", "passed"):
+        rows = [r for r in logout if r[0] == outcome]
         if rows:
             rel, sec = [r[1] for r in rows], [r[2] for r in rows]
-            print(f"Logout {res}: {len(rows)} runs; logout->released median {statistics.median(rel):.1f} ms "
+            print(f"Logout {outcome}: {len(rows)} runs; logout->released median {statistics.median(rel):.1f} ms "
                   f"[{min(rel):.1f}, {max(rel):.1f}]; logout->2nd initiator's RESERVE median "
                   f"{statistics.median(sec):.1f} ms [{min(sec):.1f}, {max(sec):.1f}]")
-    for res in ("FAILED", "passed"):
-        rows = [r for r in itn if r[0] == res]
+    for outcome in ("FAILED", "passed"):
+        rows = [r for r in itn if r[0] == outcome]
         if rows:
-            print(f"ITNexusLoss {res}: {len(rows)} runs; the first initiator's last RESERVE attempt came before "
-                  f"the Logout test's first session was released in {sum(1 for r in rows if r[1] < 0)}")
+            print(f"ITNexusLoss {outcome}: {len(rows)} runs; the first initiator's last RESERVE attempt came before "
+                  f"the Logout test's first session's release was logged in {sum(1 for r in rows if r[1] < 0)}")
     if drops:
         print(f"ITNexusLoss drop: seen by LIO {min(x[0] for x in drops):.2f}-{max(x[0] for x in drops):.2f} s "
               f"after the last command, reservation released {min(x[1] for x in drops):.1f}-"
@@ -141,6 +148,6 @@ def main(d):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    main(sys.argv[1:])

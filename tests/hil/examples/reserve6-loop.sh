@@ -60,13 +60,14 @@ if [ "$BACKSTORE" = rd ]; then
 		echo "${a#*=}" >$I/attrib/"${a%=*}"
 	done
 	echo 1 >$I/enable
-	sleep 5 &
-	SERVE=$!
+	SERVE=
 else
+	# Appending (O_APPEND), so the run markers this script adds land between serve's lines.
+	: >"$HIL_SHARE/serve.log"
 	scst-accel --log "${RESERVE6_LOG:-info}" serve --frontend tcmu --board "${HIL_BOARD:-qemu-nvme}" \
 		--pci "$NVME_BDF" --size 32M --name $NAME --tcmu-hba $HBA --state-dir /tmp/state \
 		--control-socket /tmp/scst-accel.sock --tcmu-no-loop --tcmu-iscsi 127.0.0.1:3260 \
-		>"$HIL_SHARE/serve.log" 2>&1 &
+		>>"$HIL_SHARE/serve.log" 2>&1 &
 	SERVE=$!
 	i=0
 	while [ $i -lt 120 ] && ! grep -q 'serving ' "$HIL_SHARE/serve.log" 2>/dev/null; do
@@ -77,7 +78,7 @@ else
 	grep -q 'serving ' "$HIL_SHARE/serve.log" || fail "serve not serving within 60 s" 13
 fi
 # serve's threads: name utime stime (clock ticks).
-cpu() { [ -d /proc/$SERVE ] || return 0; for t in /proc/$SERVE/task/*; do echo "$(cat $t/comm) $(cut -d' ' -f14,15 $t/stat)"; done; }
+cpu() { [ -n "$SERVE" ] || return 0; for t in /proc/$SERVE/task/*; do echo "$(cat $t/comm) $(cut -d' ' -f14,15 $t/stat)"; done; }
 dmesg -c >"$OUT/dmesg-setup.log"
 : >"$OUT/summary.txt"
 n=1
@@ -108,8 +109,10 @@ while [ $n -le "$RUNS" ]; do
 done
 echo "reserve6 loop: Logout failed $(grep -c 'Logout=FAILED' "$OUT/summary.txt") of $RUNS," \
 	"ITNexusLoss failed $(grep -c 'ITNexusLoss=FAILED' "$OUT/summary.txt") of $RUNS"
-kill -TERM $SERVE
-wait $SERVE
-echo "serve exited $?"
-[ "$BACKSTORE" = rd ] || tail -3 "$HIL_SHARE/serve.log"
+if [ -n "$SERVE" ]; then
+	kill -TERM $SERVE
+	wait $SERVE
+	echo "serve exited $?"
+	tail -3 "$HIL_SHARE/serve.log"
+fi
 exit 0
