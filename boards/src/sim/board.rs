@@ -27,6 +27,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -120,6 +121,9 @@ pub(crate) struct Shared {
     reset_stuck: AtomicBool,
     stopping: AtomicBool,
     faults: OrderedMutex<FaultPlan, levels::SimFaults>,
+    /// How many faults the plan holds, written under its lock after every change: with none,
+    /// an engine's per-descriptor verdict is the default one and needs no lock.
+    standing_faults: AtomicUsize,
 }
 
 impl Shared {
@@ -198,9 +202,20 @@ impl Shared {
         self.interrupts.raise(vector);
     }
 
-    /// The fault plan's verdict on the `n`th descriptor of queue `q`.
+    /// The fault plan's verdict on the `n`th descriptor of queue `q`. With no standing fault
+    /// the verdict is the default one, read without the lock: a fault injected concurrently
+    /// applies from the next descriptor, as it would had the lock been taken just before the
+    /// injection.
     pub(crate) fn decide(&self, token: &mut Token<'_>, q: u32, n: u64) -> Decision {
+        if self.standing_faults.load(Ordering::Acquire) == 0 {
+            return Decision::default();
+        }
         self.faults.lock(token).0.decide(q, n)
+    }
+
+    /// Publish the plan's size after a change to it (called with the plan locked).
+    fn plan_changed(&self, plan: &FaultPlan) {
+        self.standing_faults.store(plan.len(), Ordering::Release);
     }
 
     /// Lock the register file for a BAR access.
@@ -262,7 +277,10 @@ impl Shared {
                 self.reset_stuck.store(true, Ordering::Release);
             } else {
                 // Unchecked: the BAR path, as in `lock_for_bar`.
-                self.faults.lock_unchecked_at_runtime().remove_hangs();
+                let mut plan = self.faults.lock_unchecked_at_runtime();
+                plan.remove_hangs();
+                self.plan_changed(&plan);
+                drop(plan);
                 self.apply_reset(self.lock_for_bar());
             }
         }
@@ -281,7 +299,11 @@ impl Shared {
     /// reads 0) when no engine holds a descriptor any more.
     fn start_reset(&self, token: &mut Token<'_>) {
         // Hung engines are released by the reset; remove the fault so they stay released.
-        self.faults.lock(token).0.remove_hangs();
+        {
+            let (mut plan, _) = self.faults.lock(token);
+            plan.remove_hangs();
+            self.plan_changed(&plan);
+        }
         self.apply_reset(self.lock(token));
     }
 
@@ -344,7 +366,11 @@ impl Shared {
                 st.fatal_code = code.max(1);
                 self.changed();
             }
-            other => self.faults.lock(&mut token).0.add(other),
+            other => {
+                let (mut plan, _) = self.faults.lock(&mut token);
+                plan.add(other);
+                self.plan_changed(&plan);
+            }
         }
         self.notify();
     }
@@ -357,7 +383,11 @@ impl Shared {
     #[track_caller]
     pub(crate) fn clear_faults(&self) {
         let mut token = LockToken::root();
-        self.faults.lock(&mut token).0.clear();
+        {
+            let (mut plan, _) = self.faults.lock(&mut token);
+            plan.clear();
+            self.plan_changed(&plan);
+        }
         self.notify();
     }
 
@@ -430,6 +460,7 @@ impl SimBoard {
                 reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 faults: OrderedMutex::new(FaultPlan::default()),
+                standing_faults: AtomicUsize::new(0),
             }),
             engines: OrderedMutex::new(Vec::new()),
         }
