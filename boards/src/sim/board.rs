@@ -116,6 +116,9 @@ pub(crate) struct Shared {
     /// and by every other change ([`Shared::notify`]). Set by the engine before it first looks
     /// at the state, so no wake-up is lost.
     engines: Vec<OnceLock<Thread>>,
+    /// Per queue, the wake-ups signalled to its engine, counted before each unpark (see
+    /// [`Shared::wakes`]).
+    wakes: Vec<AtomicU64>,
     gone: AtomicBool,
     /// A soft reset was ignored ([`Fault::ResetIgnored`]): CONTROL.SOFT_RESET reads 1 for ever.
     reset_stuck: AtomicBool,
@@ -166,11 +169,26 @@ impl Shared {
         }
     }
 
-    /// Wake queue `q`'s engine only (a doorbell of that queue).
+    /// Wake queue `q`'s engine only (a doorbell of that queue). Counted first, after the
+    /// change the wake-up is for was made.
     fn wake_engine(&self, q: usize) {
+        if let Some(wakes) = self.wakes.get(q) {
+            wakes.fetch_add(1, Ordering::SeqCst);
+        }
         if let Some(engine) = self.engines.get(q).and_then(OnceLock::get) {
             engine.unpark();
         }
+    }
+
+    /// The wake-ups signalled to queue `q`'s engine so far. An engine reads it before a look
+    /// at the state that finds no work; while it is unchanged, nothing that could make work
+    /// was signalled since (every such change is made before its wake-up is counted: a
+    /// doorbell posted, a register written, a reset, a fault, shutdown), so the engine may
+    /// sleep again without re-reading the state.
+    pub(crate) fn wakes(&self, q: u32) -> u64 {
+        self.wakes
+            .get(q as usize)
+            .map_or(0, |wakes| wakes.load(Ordering::SeqCst))
     }
 
     /// Wake the function resets waiting for the engines to go idle, and no engine.
@@ -456,6 +474,7 @@ impl SimBoard {
                 queue_bits,
                 wake: OrderedCondvar::new(),
                 engines: (0..queues).map(|_| OnceLock::new()).collect(),
+                wakes: (0..queues).map(|_| AtomicU64::new(0)).collect(),
                 gone: AtomicBool::new(false),
                 reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),

@@ -121,6 +121,24 @@ enum Work {
     Burst(Job),
 }
 
+/// A look at the state that found no work: the queue's wake-up count read before it, and
+/// when to look again anyway (a timer, or [`IDLE_WAIT`]).
+#[derive(Clone, Copy, Debug)]
+struct Idle {
+    seen: u64,
+    until: Instant,
+}
+
+/// What [`Engine::release`] did after clearing BUSY.
+enum Released {
+    /// Took the next piece of work (BUSY set again).
+    Work(Work),
+    /// Looked and found none: sleep as `Idle` says before looking again.
+    Idle(Idle),
+    /// Did not look ([`Engine::wait_for_work`] does).
+    NotLooked,
+}
+
 /// What [`Engine::wait_for_work`] found.
 enum Next {
     Work(Work),
@@ -209,7 +227,7 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
         bounce: Cell::new(Vec::new()),
     };
     log::debug!("{}: engine {q} started", engine.shared.id);
-    let mut next = engine.next_work(&mut token);
+    let mut next = engine.next_work(&mut token, None);
     while let Some(work) = next {
         // Abandoned or halted work needs nothing more than BUSY cleared.
         let _ = match work {
@@ -217,8 +235,9 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
             Work::Burst(job) => engine.burst(&mut token, &job),
         };
         next = match engine.release(&mut token) {
-            Some(work) => Some(work),
-            None => engine.next_work(&mut token),
+            Released::Work(work) => Some(work),
+            Released::Idle(idle) => engine.next_work(&mut token, Some(idle)),
+            Released::NotLooked => engine.next_work(&mut token, None),
         };
     }
     log::debug!("{}: engine {q} stopped", engine.shared.id);
@@ -306,9 +325,10 @@ impl Engine {
 
     /// Wait for work: a due burst first (the storm's timer has fired), else a descriptor;
     /// `None` at shutdown. Sets BUSY.
-    fn next_work(&mut self, token: &mut Token<'_>) -> Option<Work> {
+    /// `idle`: the last look, if it found nothing, so the wait starts with a sleep.
+    fn next_work(&mut self, token: &mut Token<'_>, mut idle: Option<Idle>) -> Option<Work> {
         loop {
-            match self.wait_for_work(token) {
+            match self.wait_for_work(token, idle.take()) {
                 Next::Work(work) => return Some(work),
                 Next::Shutdown => return None,
                 Next::StaleBurst => self.drop_withheld("the queue was stopped or reset"),
@@ -328,10 +348,24 @@ impl Engine {
         }
     }
 
-    /// [`Engine::next_work`]'s wait: look under the state lock, park without it.
-    fn wait_for_work(&self, token: &mut Token<'_>) -> Next {
+    /// [`Engine::next_work`]'s wait: look under the state lock, park without it. After a
+    /// look that found nothing (`idle`), the engine sleeps; it looks again only when a
+    /// wake-up was signalled since that look or its timer ran out: a wake-up whose unpark
+    /// token was left over from work the engine had already taken (a doorbell rung while it
+    /// was busy) costs no lock. Every change that can make work signals after making it
+    /// ([`Shared::wakes`](super::board::Shared::wakes)), so an unchanged count proves the
+    /// look still holds.
+    fn wait_for_work(&self, token: &mut Token<'_>, mut idle: Option<Idle>) -> Next {
         let burst = self.burst_due();
         loop {
+            if let Some(Idle { seen, until }) = idle {
+                self.shared.park(until.saturating_duration_since(Instant::now()));
+                if self.shared.wakes(self.q) == seen && Instant::now() < until {
+                    continue;
+                }
+            }
+            // Read before the look: a wake-up signalled after this read is seen as a change.
+            let seen = self.shared.wakes(self.q);
             let st = self.lock(token);
             if self.shared.stopping() {
                 return Next::Shutdown;
@@ -344,9 +378,10 @@ impl Engine {
             }
             let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
             drop(st);
-            // Every change that makes work unparks this engine after making it, so one found
-            // nothing above is not slept over.
-            self.shared.park(timeout);
+            idle = Some(Idle {
+                seen,
+                until: Instant::now() + timeout,
+            });
         }
     }
 
@@ -396,14 +431,25 @@ impl Engine {
     /// for their own doorbells and need waking only when the reset completes (they may run
     /// again). Waking every engine after every descriptor cost each idle engine a wake-up per
     /// descriptor of the busy ones.
-    fn release(&self, token: &mut Token<'_>) -> Option<Work> {
+    fn release(&self, token: &mut Token<'_>) -> Released {
         let burst = self.burst_due();
+        let seen = self.shared.wakes(self.q);
         let mut st = self.lock(token);
         st.queues[self.qi()].busy = false;
         let reset_done = st.finish_reset_if_idle();
+        let mut released = Released::NotLooked;
         if !reset_done && !self.shared.stopping() && st.coalesce_deadline(self.qi()).is_none() {
-            if let Some(Next::Work(work)) = self.take_work(&mut st, burst) {
-                return Some(work);
+            match self.take_work(&mut st, burst) {
+                Some(Next::Work(work)) => return Released::Work(work),
+                // Nothing, as the wait's first look would find: it can start with a sleep.
+                None => {
+                    let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
+                    released = Released::Idle(Idle {
+                        seen,
+                        until: Instant::now() + timeout,
+                    });
+                }
+                Some(_) => {}
             }
         }
         drop(st);
@@ -413,7 +459,7 @@ impl Engine {
         } else {
             self.shared.notify_reset_waiters();
         }
-        None
+        released
     }
 
     /// Hold `job` until `ready(state)` gives a value (`Some`) or `until` passes (`None`);
