@@ -3,7 +3,9 @@
 //!
 //! Wake-ups: each engine parks between looks at the state; a doorbell unparks only its own
 //! queue's engine, every other change all of them ([`Shared::notify`]), which also signals the
-//! condition variable a function reset waits on for the engines to go idle.
+//! condition variable a function reset waits on for the engines to go idle. Each wake-up is
+//! counted per queue before the unpark ([`Shared::wakes`]), so an engine whose last look found
+//! nothing sleeps again, without the lock, until one was signalled after that look.
 //!
 //! Locking (docs/locking.md): one mutex guards the register file and every queue's engine state
 //! ([`BoardState`], level `sim.state`), except the registers the host writes on every command:
