@@ -439,8 +439,9 @@ fn a_doorbell_wakes_its_queues_engine_at_once() {
 /// An idle engine sleeps until a wake-up signalled after its last look (or its 50 ms idle
 /// timer); a doorbell rung to it must be served at once, whether it went idle straight from
 /// its last descriptor or after a wake-up left over from a doorbell rung while it was busy.
-/// A lost wake-up would leave each round to the idle timer: about a fifth of rounds would
-/// finish within 10 ms, not nearly all.
+/// A lost wake-up would leave each round to the idle timer, which runs out about 45 ms after
+/// the submission (the engine went to sleep about 3 ms before it): no round would finish within
+/// 25 ms, and a loaded machine still finishes nearly all of them well within it.
 #[test]
 fn an_idle_engine_serves_a_doorbell_at_once() {
     let mut rig = Rig::enabled();
@@ -460,12 +461,12 @@ fn an_idle_engine_serves_a_doorbell_at_once() {
             let c = tq.next(&rig);
             assert_eq!((c.tag, c.status), (tag, cq_status::OK));
         }
-        if started.elapsed() < Duration::from_millis(10) {
+        if started.elapsed() < Duration::from_millis(25) {
             prompt += 1;
         }
     }
     assert!(
-        prompt >= rounds * 4 / 5,
-        "only {prompt} of {rounds} rounds completed within 10 ms"
+        prompt >= rounds * 3 / 4,
+        "only {prompt} of {rounds} rounds completed within 25 ms"
     );
 }
