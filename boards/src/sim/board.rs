@@ -3,7 +3,9 @@
 //!
 //! Wake-ups: each engine parks between looks at the state; a doorbell unparks only its own
 //! queue's engine, every other change all of them ([`Shared::notify`]), which also signals the
-//! condition variable a function reset waits on for the engines to go idle.
+//! condition variable a function reset waits on for the engines to go idle. Each wake-up is
+//! counted per queue before the unpark ([`Shared::wakes`]), so an engine whose last look found
+//! nothing sleeps again, without the lock, until one was signalled after that look.
 //!
 //! Locking (docs/locking.md): one mutex guards the register file and every queue's engine state
 //! ([`BoardState`], level `sim.state`), except the registers the host writes on every command:
@@ -27,6 +29,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -115,11 +118,17 @@ pub(crate) struct Shared {
     /// and by every other change ([`Shared::notify`]). Set by the engine before it first looks
     /// at the state, so no wake-up is lost.
     engines: Vec<OnceLock<Thread>>,
+    /// Per queue, the wake-ups signalled to its engine, counted before each unpark (see
+    /// [`Shared::wakes`]).
+    wakes: Vec<AtomicU64>,
     gone: AtomicBool,
     /// A soft reset was ignored ([`Fault::ResetIgnored`]): CONTROL.SOFT_RESET reads 1 for ever.
     reset_stuck: AtomicBool,
     stopping: AtomicBool,
     faults: OrderedMutex<FaultPlan, levels::SimFaults>,
+    /// How many faults the plan holds, written under its lock after every change: with none,
+    /// an engine's per-descriptor verdict is the default one and needs no lock.
+    standing_faults: AtomicUsize,
 }
 
 impl Shared {
@@ -162,11 +171,26 @@ impl Shared {
         }
     }
 
-    /// Wake queue `q`'s engine only (a doorbell of that queue).
+    /// Wake queue `q`'s engine only (a doorbell of that queue). Counted first, after the
+    /// change the wake-up is for was made.
     fn wake_engine(&self, q: usize) {
+        if let Some(wakes) = self.wakes.get(q) {
+            wakes.fetch_add(1, Ordering::SeqCst);
+        }
         if let Some(engine) = self.engines.get(q).and_then(OnceLock::get) {
             engine.unpark();
         }
+    }
+
+    /// The wake-ups signalled to queue `q`'s engine so far. An engine reads it before a look
+    /// at the state that finds no work; while it is unchanged, nothing that could make work
+    /// was signalled since (every such change is made before its wake-up is counted: a
+    /// doorbell posted, a register written, a reset, a fault, shutdown), so the engine may
+    /// sleep again without re-reading the state.
+    pub(crate) fn wakes(&self, q: u32) -> u64 {
+        self.wakes
+            .get(q as usize)
+            .map_or(0, |wakes| wakes.load(Ordering::SeqCst))
     }
 
     /// Wake the function resets waiting for the engines to go idle, and no engine.
@@ -198,9 +222,20 @@ impl Shared {
         self.interrupts.raise(vector);
     }
 
-    /// The fault plan's verdict on the `n`th descriptor of queue `q`.
+    /// The fault plan's verdict on the `n`th descriptor of queue `q`. With no standing fault
+    /// the verdict is the default one, read without the lock: a fault injected concurrently
+    /// applies from the next descriptor, as it would had the lock been taken just before the
+    /// injection.
     pub(crate) fn decide(&self, token: &mut Token<'_>, q: u32, n: u64) -> Decision {
+        if self.standing_faults.load(Ordering::Acquire) == 0 {
+            return Decision::default();
+        }
         self.faults.lock(token).0.decide(q, n)
+    }
+
+    /// Publish the plan's size after a change to it (called with the plan locked).
+    fn plan_changed(&self, plan: &FaultPlan) {
+        self.standing_faults.store(plan.len(), Ordering::Release);
     }
 
     /// Lock the register file for a BAR access.
@@ -262,7 +297,10 @@ impl Shared {
                 self.reset_stuck.store(true, Ordering::Release);
             } else {
                 // Unchecked: the BAR path, as in `lock_for_bar`.
-                self.faults.lock_unchecked_at_runtime().remove_hangs();
+                let mut plan = self.faults.lock_unchecked_at_runtime();
+                plan.remove_hangs();
+                self.plan_changed(&plan);
+                drop(plan);
                 self.apply_reset(self.lock_for_bar());
             }
         }
@@ -281,7 +319,11 @@ impl Shared {
     /// reads 0) when no engine holds a descriptor any more.
     fn start_reset(&self, token: &mut Token<'_>) {
         // Hung engines are released by the reset; remove the fault so they stay released.
-        self.faults.lock(token).0.remove_hangs();
+        {
+            let (mut plan, _) = self.faults.lock(token);
+            plan.remove_hangs();
+            self.plan_changed(&plan);
+        }
         self.apply_reset(self.lock(token));
     }
 
@@ -344,7 +386,11 @@ impl Shared {
                 st.fatal_code = code.max(1);
                 self.changed();
             }
-            other => self.faults.lock(&mut token).0.add(other),
+            other => {
+                let (mut plan, _) = self.faults.lock(&mut token);
+                plan.add(other);
+                self.plan_changed(&plan);
+            }
         }
         self.notify();
     }
@@ -357,7 +403,11 @@ impl Shared {
     #[track_caller]
     pub(crate) fn clear_faults(&self) {
         let mut token = LockToken::root();
-        self.faults.lock(&mut token).0.clear();
+        {
+            let (mut plan, _) = self.faults.lock(&mut token);
+            plan.clear();
+            self.plan_changed(&plan);
+        }
         self.notify();
     }
 
@@ -426,10 +476,12 @@ impl SimBoard {
                 queue_bits,
                 wake: OrderedCondvar::new(),
                 engines: (0..queues).map(|_| OnceLock::new()).collect(),
+                wakes: (0..queues).map(|_| AtomicU64::new(0)).collect(),
                 gone: AtomicBool::new(false),
                 reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 faults: OrderedMutex::new(FaultPlan::default()),
+                standing_faults: AtomicUsize::new(0),
             }),
             engines: OrderedMutex::new(Vec::new()),
         }

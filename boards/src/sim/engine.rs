@@ -17,8 +17,6 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::sync::atomic::fence;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -123,6 +121,24 @@ enum Work {
     Burst(Job),
 }
 
+/// A look at the state that found no work: the queue's wake-up count read before it, and
+/// when to look again anyway (a timer, or [`IDLE_WAIT`]).
+#[derive(Clone, Copy, Debug)]
+struct Idle {
+    seen: u64,
+    until: Instant,
+}
+
+/// What [`Engine::release`] did after clearing BUSY.
+enum Released {
+    /// Took the next piece of work (BUSY set again).
+    Work(Work),
+    /// Looked and found none: sleep as `Idle` says before looking again.
+    Idle(Idle),
+    /// Did not look ([`Engine::wait_for_work`] does).
+    NotLooked,
+}
+
 /// What [`Engine::wait_for_work`] found.
 enum Next {
     Work(Work),
@@ -130,6 +146,43 @@ enum Next {
     StaleBurst,
     Shutdown,
 }
+
+/// Tags a queue has fetched: one bit per possible tag (8 KiB), so noting a tag on every
+/// descriptor costs a bit set, not a hash.
+struct TagSet(Box<[u64]>);
+
+impl TagSet {
+    fn new() -> Self {
+        Self(vec![0u64; (usize::from(u16::MAX) + 1) / 64].into_boxed_slice())
+    }
+
+    fn insert(&mut self, tag: u16) {
+        self.0[usize::from(tag) / 64] |= 1 << (tag % 64);
+    }
+
+    fn contains(&self, tag: u16) -> bool {
+        self.0[usize::from(tag) / 64] & (1 << (tag % 64)) != 0
+    }
+}
+
+/// A descriptor's data pieces `(iova, bytes)`: the contiguous buffer, held without allocating,
+/// or the scatter list's entries.
+enum Pieces {
+    One([(u64, u32); 1]),
+    List(Vec<(u64, u32)>),
+}
+
+impl Pieces {
+    fn as_slice(&self) -> &[(u64, u32)] {
+        match self {
+            Self::One(one) => one,
+            Self::List(list) => list,
+        }
+    }
+}
+
+/// A completion slot found free, with the phase it is written with.
+type Slot = (u32, bool);
 
 /// How a completion is signalled (§9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,12 +199,15 @@ struct Engine {
     /// Descriptors taken since the board was created (the fault plan's `every` counter).
     taken: u64,
     /// Tags seen on this queue, so an injected unknown tag is really unknown.
-    seen_tags: HashSet<u16>,
+    seen_tags: TagSet,
     /// Completions withheld by a storm, if any.
     withheld: Option<Withheld>,
     /// The last check under the lock that found work of this RUN epoch valid, with the
     /// board's change count read before it ([`Engine::checkpoint`]).
     checked: Cell<Option<(u64, u64)>>,
+    /// The bounce buffer data moves through between host memory and the medium, kept from one
+    /// descriptor to the next (its size is bounded by MAX_TRANSFER).
+    bounce: Cell<Vec<u8>>,
 }
 
 /// Body of queue `q`'s engine thread: runs until the board shuts down.
@@ -165,18 +221,24 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
         shared,
         q,
         taken: 0,
-        seen_tags: HashSet::new(),
+        seen_tags: TagSet::new(),
         withheld: None,
         checked: Cell::new(None),
+        bounce: Cell::new(Vec::new()),
     };
     log::debug!("{}: engine {q} started", engine.shared.id);
-    while let Some(work) = engine.next_work(&mut token) {
+    let mut next = engine.next_work(&mut token, None);
+    while let Some(work) = next {
         // Abandoned or halted work needs nothing more than BUSY cleared.
         let _ = match work {
             Work::Descriptor(job) => engine.process(&mut token, &job),
             Work::Burst(job) => engine.burst(&mut token, &job),
         };
-        engine.release(&mut token);
+        next = match engine.release(&mut token) {
+            Released::Work(work) => Some(work),
+            Released::Idle(idle) => engine.next_work(&mut token, Some(idle)),
+            Released::NotLooked => engine.next_work(&mut token, None),
+        };
     }
     log::debug!("{}: engine {q} stopped", engine.shared.id);
 }
@@ -263,9 +325,10 @@ impl Engine {
 
     /// Wait for work: a due burst first (the storm's timer has fired), else a descriptor;
     /// `None` at shutdown. Sets BUSY.
-    fn next_work(&mut self, token: &mut Token<'_>) -> Option<Work> {
+    /// `idle`: the last look, if it found nothing, so the wait starts with a sleep.
+    fn next_work(&mut self, token: &mut Token<'_>, mut idle: Option<Idle>) -> Option<Work> {
         loop {
-            match self.wait_for_work(token) {
+            match self.wait_for_work(token, idle.take()) {
                 Next::Work(work) => return Some(work),
                 Next::Shutdown => return None,
                 Next::StaleBurst => self.drop_withheld("the queue was stopped or reset"),
@@ -285,10 +348,24 @@ impl Engine {
         }
     }
 
-    /// [`Engine::next_work`]'s wait: look under the state lock, park without it.
-    fn wait_for_work(&self, token: &mut Token<'_>) -> Next {
-        let burst = self.withheld.as_ref().map(|w| (w.job, w.due));
+    /// [`Engine::next_work`]'s wait: look under the state lock, park without it. After a
+    /// look that found nothing (`idle`), the engine sleeps; it looks again only when a
+    /// wake-up was signalled since that look or its timer ran out: a wake-up whose unpark
+    /// token was left over from work the engine had already taken (a doorbell rung while it
+    /// was busy) costs no lock. Every change that can make work signals after making it
+    /// ([`Shared::wakes`](super::board::Shared::wakes)), so an unchanged count proves the
+    /// look still holds.
+    fn wait_for_work(&self, token: &mut Token<'_>, mut idle: Option<Idle>) -> Next {
+        let burst = self.burst_due();
         loop {
+            if let Some(Idle { seen, until }) = idle {
+                self.shared.park(until.saturating_duration_since(Instant::now()));
+                if self.shared.wakes(self.q) == seen && Instant::now() < until {
+                    continue;
+                }
+            }
+            // Read before the look: a wake-up signalled after this read is seen as a change.
+            let seen = self.shared.wakes(self.q);
             let st = self.lock(token);
             if self.shared.stopping() {
                 return Next::Shutdown;
@@ -296,48 +373,85 @@ impl Engine {
             let Some(mut st) = self.fire_due_interrupt(st) else {
                 continue;
             };
-            let reset_epoch = st.reset_epoch;
-            if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
-                return Next::StaleBurst;
-            }
-            if !self.shared.gone() && st.runnable(self.qi()) {
-                let qs = &mut st.queues[self.q as usize];
-                if let Some((job, due)) = burst {
-                    if Instant::now() >= due {
-                        qs.busy = true;
-                        return Next::Work(Work::Burst(job));
-                    }
-                }
-                if qs.sq_head != qs.sq_tail {
-                    qs.busy = true;
-                    return Next::Work(Work::Descriptor(Job {
-                        epoch: qs.epoch,
-                        reset_epoch,
-                        index: qs.sq_head,
-                        seq: qs.seq,
-                        ring_size: qs.ring_size,
-                        sq_base: qs.sq_base,
-                        cq_base: qs.cq_base,
-                    }));
-                }
+            if let Some(next) = self.take_work(&mut st, burst) {
+                return next;
             }
             let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
             drop(st);
-            // Every change that makes work unparks this engine after making it, so one found
-            // nothing above is not slept over.
-            self.shared.park(timeout);
+            idle = Some(Idle {
+                seen,
+                until: Instant::now() + timeout,
+            });
         }
     }
 
-    /// Clear BUSY; the last engine to go idle completes a pending reset. BUSY going to 0 is
-    /// news only for a function reset waiting on the condition variable; the other engines
-    /// wait for their own doorbells and need waking only when the reset completes (they may
-    /// run again). Waking every engine after every descriptor cost each idle engine a
-    /// wake-up per descriptor of the busy ones.
-    fn release(&self, token: &mut Token<'_>) {
+    /// The withheld burst's job and due time, if completions are withheld.
+    fn burst_due(&self) -> Option<(Job, Instant)> {
+        self.withheld.as_ref().map(|w| (w.job, w.due))
+    }
+
+    /// One look for work under the lock: a due burst, else a descriptor (BUSY set for either);
+    /// a burst of an ended epoch; or nothing (`None`).
+    fn take_work(&self, st: &mut BoardState, burst: Option<(Job, Instant)>) -> Option<Next> {
+        let reset_epoch = st.reset_epoch;
+        if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
+            return Some(Next::StaleBurst);
+        }
+        if self.shared.gone() || !st.runnable(self.qi()) {
+            return None;
+        }
+        let qs = &mut st.queues[self.qi()];
+        if let Some((job, due)) = burst {
+            if Instant::now() >= due {
+                qs.busy = true;
+                return Some(Next::Work(Work::Burst(job)));
+            }
+        }
+        if qs.sq_head == qs.sq_tail {
+            return None;
+        }
+        qs.busy = true;
+        Some(Next::Work(Work::Descriptor(Job {
+            epoch: qs.epoch,
+            reset_epoch,
+            index: qs.sq_head,
+            seq: qs.seq,
+            ring_size: qs.ring_size,
+            sq_base: qs.sq_base,
+            cq_base: qs.cq_base,
+        })))
+    }
+
+    /// Clear BUSY; the last engine to go idle completes a pending reset. In the same lock
+    /// hold, take the next piece of work if there is one already (BUSY set again), as
+    /// [`Engine::wait_for_work`] would have at once: one lock acquisition per descriptor
+    /// instead of two. Not when a coalesced interrupt is waiting for its timer (the wait
+    /// fires it) or a reset completed (every engine is woken first). BUSY going to 0 is news
+    /// only for a function reset waiting on the condition variable; the other engines wait
+    /// for their own doorbells and need waking only when the reset completes (they may run
+    /// again). Waking every engine after every descriptor cost each idle engine a wake-up per
+    /// descriptor of the busy ones.
+    fn release(&self, token: &mut Token<'_>) -> Released {
+        let burst = self.burst_due();
+        let seen = self.shared.wakes(self.q);
         let mut st = self.lock(token);
         st.queues[self.qi()].busy = false;
         let reset_done = st.finish_reset_if_idle();
+        let mut released = Released::NotLooked;
+        if !reset_done && !self.shared.stopping() && st.coalesce_deadline(self.qi()).is_none() {
+            match self.take_work(&mut st, burst) {
+                Some(Next::Work(work)) => return Released::Work(work),
+                // Nothing, as the wait's first look would find: it can start with a sleep.
+                None => {
+                    let timeout = self.wait_time(&st, burst.map(|(_, due)| due));
+                    released = Released::Idle(Idle {
+                        seen,
+                        until: Instant::now() + timeout,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
         drop(st);
         if reset_done {
             log::info!("{}: reset complete", self.shared.id);
@@ -345,6 +459,7 @@ impl Engine {
         } else {
             self.shared.notify_reset_waiters();
         }
+        released
     }
 
     /// Hold `job` until `ready(state)` gives a value (`Some`) or `until` passes (`None`);
@@ -454,7 +569,10 @@ impl Engine {
         }
         // Consumed: the slot may be reused once the host sees sq_head move past it.
         let sq_head = (job.index + 1) % job.ring_size;
-        {
+        // In the same lock hold, the completion slot if one is free now: only this engine
+        // moves cq_tail, and the host only frees slots, so it stays free for this
+        // descriptor's completion (a device reserving its completion slot when it fetches).
+        let mut reserved = {
             let mut st = self.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
@@ -462,7 +580,8 @@ impl Engine {
             let qs = &mut st.queues[self.qi()];
             qs.sq_head = sq_head;
             qs.seq = job.seq.wrapping_add(1);
-        }
+            (!qs.cq_full()).then_some((qs.cq_tail, qs.phase))
+        };
         self.seen_tags.insert(desc.tag);
 
         let outcome = match plan.error_status {
@@ -512,7 +631,7 @@ impl Engine {
             Some(hold) => self.withhold(job, entries, hold),
             None => {
                 for (entry, bad_phase) in entries {
-                    self.post(token, job, entry, bad_phase, Signal::Coalesced)?;
+                    self.post(token, job, entry, bad_phase, Signal::Coalesced, reserved.take())?;
                 }
             }
         }
@@ -550,7 +669,7 @@ impl Engine {
                 self.signal_burst(token, job, unsignalled)?;
                 unsignalled = 0;
             }
-            if let Err(abandoned) = self.post(token, job, entry, bad_phase, Signal::Burst) {
+            if let Err(abandoned) = self.post(token, job, entry, bad_phase, Signal::Burst, None) {
                 log::debug!(
                     "{}: queue {}: burst abandoned after {posted} of {total} completions",
                     self.shared.id,
@@ -614,7 +733,7 @@ impl Engine {
             .collect();
         let mut tag = near.wrapping_add(0x8000);
         for _ in 0..=u16::MAX {
-            if !self.seen_tags.contains(&tag) && !in_ring.contains(&tag) {
+            if !self.seen_tags.contains(tag) && !in_ring.contains(&tag) {
                 break;
             }
             tag = tag.wrapping_add(1);
@@ -687,11 +806,18 @@ impl Engine {
                     Ok(segments) => segments,
                     Err(outcome) => return Ok(outcome),
                 };
-                if desc.opcode == opcode::WRITE {
-                    self.write(token, job, desc, offset, &segments)
-                } else {
-                    self.read(token, job, desc, offset, &segments)
+                let mut bounce = self.bounce.take();
+                if bounce.len() < desc.length as usize {
+                    bounce.resize(desc.length as usize, 0);
                 }
+                let data = &mut bounce[..desc.length as usize];
+                let outcome = if desc.opcode == opcode::WRITE {
+                    self.write(token, job, desc, offset, segments.as_slice(), data)
+                } else {
+                    self.read(token, job, desc, offset, segments.as_slice(), data)
+                };
+                self.bounce.set(bounce);
+                outcome
             }
         }
     }
@@ -741,14 +867,9 @@ impl Engine {
     /// The data's `(iova, bytes)` pieces: the contiguous buffer, or the scatter list fetched
     /// through the IOMMU (a fault there halts the queue, §8). `Ok(Err(outcome))` is a
     /// descriptor error to complete with.
-    fn segments(
-        &self,
-        token: &mut Token<'_>,
-        job: &Job,
-        desc: &Descriptor,
-    ) -> Step<Result<Vec<(u64, u32)>, Outcome>> {
+    fn segments(&self, token: &mut Token<'_>, job: &Job, desc: &Descriptor) -> Step<Result<Pieces, Outcome>> {
         if desc.flags & flags::SGL == 0 {
-            return Ok(Ok(vec![(desc.addr, desc.length)]));
+            return Ok(Ok(Pieces::One([(desc.addr, desc.length)])));
         }
         let count = u32::from(desc.sgl_entries);
         if count == 0 || count > self.shared.config.max_sgl_entries() {
@@ -772,7 +893,7 @@ impl Engine {
         if total != u64::from(desc.length) {
             return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, total as u32)));
         }
-        Ok(Ok(segments))
+        Ok(Ok(Pieces::List(segments)))
     }
 
     /// WRITE: host → medium. The data is gathered first, so a DMA fault leaves the medium
@@ -784,8 +905,8 @@ impl Engine {
         desc: &Descriptor,
         offset: u64,
         segments: &[(u64, u32)],
+        data: &mut [u8],
     ) -> Step<Outcome> {
-        let mut data = vec![0u8; desc.length as usize];
         let mut at = 0usize;
         for &(iova, len) in segments {
             let mut done = 0usize;
@@ -807,7 +928,7 @@ impl Engine {
                 at += n;
             }
         }
-        if let Err(e) = self.shared.medium.write(token, offset, &data) {
+        if let Err(e) = self.shared.medium.write(token, offset, data) {
             return Ok(self.medium_error(cq_status::WRITE_ERROR, desc, &e));
         }
         if desc.flags & flags::FUA != 0 {
@@ -827,9 +948,9 @@ impl Engine {
         desc: &Descriptor,
         offset: u64,
         segments: &[(u64, u32)],
+        data: &mut [u8],
     ) -> Step<Outcome> {
-        let mut data = vec![0u8; desc.length as usize];
-        if let Err(e) = self.shared.medium.read(token, offset, &mut data) {
+        if let Err(e) = self.shared.medium.read(token, offset, data) {
             return Ok(self.medium_error(cq_status::READ_ERROR, desc, &e));
         }
         let mut at = 0usize;
@@ -854,8 +975,8 @@ impl Engine {
         Ok(Outcome::ok(desc.length))
     }
 
-    /// Post one completion entry (§4): wait for a free slot (a full ring stalls the engine,
-    /// never drops), write the 16 bytes with the flags byte last, advance the tail (flipping
+    /// Post one completion entry (§4): in `reserved` if the caller found it free, else wait for
+    /// a free slot (a full ring stalls the engine, never drops), write the 16 bytes with the flags byte last, advance the tail (flipping
     /// the phase on wrap), then signal it as `signal` says (§9).
     fn post(
         &self,
@@ -864,14 +985,19 @@ impl Engine {
         entry: Completion,
         bad_phase: bool,
         signal: Signal,
+        reserved: Option<Slot>,
     ) -> Step<()> {
         let free_slot = |st: &BoardState| {
             let qs = &st.queues[self.qi()];
             (!qs.cq_full()).then_some((qs.cq_tail, qs.phase))
         };
-        // Without a deadline the hold returns only with a free slot, or abandons.
-        let Some((slot, phase)) = self.hold(token, job, None, free_slot)? else {
-            return Err(Abandoned);
+        let (slot, phase) = match reserved {
+            Some(slot) => slot,
+            // Without a deadline the hold returns only with a free slot, or abandons.
+            None => match self.hold(token, job, None, free_slot)? {
+                Some(slot) => slot,
+                None => return Err(Abandoned),
+            },
         };
         let addr = job.cq_base + u64::from(slot) * COMPLETION_BYTES;
         let flags = if phase { CQ_PHASE } else { 0 };
@@ -915,21 +1041,20 @@ impl Engine {
     }
 
     /// Write an entry's bytes 0..3 and 4..16, then the flags byte (3) on its own, so a host
-    /// that sees the new PHASE sees the whole entry. A fault on the ring halts the queue.
+    /// that sees the new PHASE sees the whole entry: one IOMMU call that orders the pieces
+    /// ([`Iommu::dma_write_ordered`](scst_accel_hal::sim::Iommu::dma_write_ordered)), after
+    /// one check that the job is still valid. One check covers both pieces for the reason any
+    /// step's check does ([`Engine::checkpoint`]): the host reclaims the ring only after BUSY
+    /// reads 0, which this engine sets after the write. A fault on the ring halts the queue.
     fn write_entry(&self, token: &mut Token<'_>, job: &Job, addr: u64, entry: &Completion) -> Step<()> {
         let bytes = entry.as_bytes();
         self.checkpoint(token, job)?;
-        let body = self
-            .shared
-            .iommu
-            .dma_write(addr, &bytes[..3])
-            .and_then(|()| self.shared.iommu.dma_write(addr + 4, &bytes[4..]));
-        if body.is_err() {
-            return Err(self.halt(token, job, cq_status::DMA_FAULT));
-        }
-        fence(Ordering::Release);
-        self.checkpoint(token, job)?;
-        if self.shared.iommu.dma_write(addr + 3, &bytes[3..4]).is_err() {
+        let pieces = [
+            (addr, &bytes[..3]),
+            (addr + 4, &bytes[4..]),
+            (addr + 3, &bytes[3..4]),
+        ];
+        if self.shared.iommu.dma_write_ordered(&pieces).is_err() {
             return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         Ok(())
@@ -984,9 +1109,10 @@ mod tests {
                 shared: Arc::clone(sim.shared()),
                 q: 0,
                 taken: 0,
-                seen_tags: HashSet::new(),
+                seen_tags: TagSet::new(),
                 withheld: None,
                 checked: Cell::new(None),
+                bounce: Cell::new(Vec::new()),
             };
             let mut token = Token::root();
             let job = {

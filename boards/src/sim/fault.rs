@@ -378,6 +378,11 @@ impl FaultPlan {
         self.faults.clear();
     }
 
+    /// How many standing faults there are.
+    pub(crate) fn len(&self) -> usize {
+        self.faults.len()
+    }
+
     /// The standing faults, oldest first.
     pub(crate) fn list(&self) -> Vec<Fault> {
         self.faults.clone()

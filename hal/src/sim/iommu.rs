@@ -170,6 +170,46 @@ impl Iommu {
         Ok(())
     }
 
+    /// Device write to host memory in pieces that must land in order, each `(iova, bytes)`
+    /// visible to the host before the next starts (a Release fence between them), all under
+    /// one hold of the table: how a device writes a completion entry's body and then the
+    /// byte that publishes it. One translation for the lot instead of one per piece; the
+    /// guarantee against `unmap` is the same as [`Iommu::dma_write`]'s.
+    ///
+    /// # Errors
+    /// [`IommuFault`] (also recorded) for the first piece with an unmapped byte; every piece is
+    /// checked before any is written, so on a fault no host memory was written.
+    pub fn dma_write_ordered(&self, pieces: &[(u64, &[u8])]) -> Result<(), IommuFault> {
+        let mut token = LockToken::root();
+        let (table, mut under_table) = self.table.read(&mut token);
+        // Checked under the table's read lock, which `disable_bus_master` waits out.
+        if let Some(&(iova, data)) = pieces.first() {
+            if let Some(refused) = self.blocked(iova, data.len() as u64, true) {
+                return Err(refused);
+            }
+        }
+        if let Some(&(iova, data)) = pieces
+            .iter()
+            .find(|(iova, data)| !covered(&table, *iova, data.len() as u64))
+        {
+            return Err(self.fault(&mut under_table, iova, data.len() as u64, true));
+        }
+        let _copy = CopyInFlight::new(&self.copies_in_flight);
+        for (n, &(iova, data)) in pieces.iter().enumerate() {
+            if n > 0 {
+                // The previous piece is visible before any byte of this one.
+                std::sync::atomic::fence(Ordering::Release);
+            }
+            for (host, at, seg) in Segments::new(&table, iova, data.len() as u64) {
+                // SAFETY: as in `dma_write`: `host..host+seg` is inside a mapping `covered`
+                // checked under this read lock, which `unmap` cannot pass, and `data` (a Rust
+                // reference) cannot overlap mapped memory by the map contract.
+                unsafe { copy_to_host(&data[at..at + seg], host) };
+            }
+        }
+        Ok(())
+    }
+
     /// Faults since the domain was created.
     pub fn fault_count(&self) -> u64 {
         self.fault_count.load(Ordering::Relaxed)

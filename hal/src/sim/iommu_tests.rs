@@ -378,3 +378,43 @@ fn no_dma_passes_once_bus_mastering_is_disabled() {
     assert_eq!((iommu.blocked_dmas(), iommu.fault_count()), (2, 0));
     iommu.unmap(0x1_0000, PAGE).expect("unmap");
 }
+
+/// A completion entry's pieces in one call: all land when every piece is mapped; when any is
+/// not, the fault names that piece and nothing at all is written, not even the mapped pieces.
+#[test]
+fn an_ordered_write_lands_whole_or_not_at_all() {
+    let iommu = Iommu::new("sim-test");
+    let mem = TestMemory::new(PAGE as usize, 0x00);
+    map(&iommu, 0x40_0000, &mem).expect("map");
+    iommu
+        .dma_write_ordered(&[(0x40_0000, &[1, 2, 3]), (0x40_0004, &[5; 12]), (0x40_0003, &[4])])
+        .expect("every piece mapped");
+    let mut entry = vec![1, 2, 3, 4];
+    entry.extend([5; 12]);
+    assert_eq!(mem.read(0, 16), entry);
+
+    let fault = iommu
+        .dma_write_ordered(&[(0x40_0010, &[9; 4]), (0x40_1000 - 2, &[9; 4])])
+        .expect_err("the second piece runs past the mapping");
+    assert_eq!(
+        fault,
+        IommuFault {
+            iova: 0x40_1000 - 2,
+            len: 4,
+            write: true
+        }
+    );
+    assert_eq!(
+        mem.read(16, 4),
+        [0; 4],
+        "the mapped first piece was not written either"
+    );
+    assert_eq!(mem.read(PAGE as usize - 2, 2), [0; 2]);
+    assert_eq!(iommu.fault_count(), 1);
+
+    iommu.disable_bus_master();
+    assert!(iommu.dma_write_ordered(&[(0x40_0000, &[7])]).is_err());
+    assert_eq!(mem.read(0, 1), [1], "nothing was written with bus mastering off");
+    assert_eq!(iommu.blocked_dmas(), 1);
+    iommu.unmap(0x40_0000, PAGE).expect("unmap");
+}
