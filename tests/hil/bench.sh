@@ -7,7 +7,8 @@
 # on the host's load (TCG is CPU-bound); compare ratios from one run.
 #
 #   tests/hil/bench.sh [--bin PATH]         HIL_BENCH_SECONDS (default 5) per workload,
-#                                          HIL_BENCH_ROUNDS (default 3) alternated rounds
+#                                          HIL_BENCH_ROUNDS (default 3) alternated rounds,
+#                                          HIL_BENCH_HUGEPAGES (default 64) 2 MiB pages reserved
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -24,12 +25,15 @@ out="${HIL_OUT:-$root/target/hil/bench}"
 # The guest gets no environment from here: the two knobs go in as the script's first lines.
 seconds=${HIL_BENCH_SECONDS:-5}
 rounds=${HIL_BENCH_ROUNDS:-3}
-[[ $seconds =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
-	{ echo "hil bench: HIL_BENCH_SECONDS and HIL_BENCH_ROUNDS take whole numbers > 0" >&2; exit 2; }
+hugepages=${HIL_BENCH_HUGEPAGES:-64}
+[[ $seconds =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ && $hugepages =~ ^[0-9]+$ ]] || {
+	echo "hil bench: HIL_BENCH_SECONDS and HIL_BENCH_ROUNDS take whole numbers > 0, HIL_BENCH_HUGEPAGES >= 0" >&2
+	exit 2
+}
 script=$(mktemp)
 trap 'rm -f "$script"' EXIT
 {
-	echo "HIL_BENCH_SECONDS=$seconds HIL_BENCH_ROUNDS=$rounds"
+	echo "HIL_BENCH_SECONDS=$seconds HIL_BENCH_ROUNDS=$rounds HIL_BENCH_HUGEPAGES=$hugepages"
 	cat "$here/scenarios/bench.sh"
 } >"$script"
 "$here/hil.sh" run --out "$out" --timeout $((600 + rounds * (40 + 4 * seconds))) --bin "$bin" \
