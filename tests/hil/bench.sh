@@ -8,7 +8,7 @@
 #
 #   tests/hil/bench.sh [--bin PATH]         HIL_BENCH_SECONDS (default 5) per workload,
 #                                          HIL_BENCH_ROUNDS (default 3) alternated rounds,
-#                                          HIL_BENCH_HUGEPAGES (default 64) 2 MiB pages reserved
+#                                          HIL_BENCH_HUGEPAGES (default 0) 2 MiB pages reserved
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -25,7 +25,7 @@ out="${HIL_OUT:-$root/target/hil/bench}"
 # The guest gets no environment from here: the two knobs go in as the script's first lines.
 seconds=${HIL_BENCH_SECONDS:-5}
 rounds=${HIL_BENCH_ROUNDS:-3}
-hugepages=${HIL_BENCH_HUGEPAGES:-64}
+hugepages=${HIL_BENCH_HUGEPAGES:-0}
 [[ $seconds =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ && $hugepages =~ ^[0-9]+$ ]] || {
 	echo "hil bench: HIL_BENCH_SECONDS and HIL_BENCH_ROUNDS take whole numbers > 0, HIL_BENCH_HUGEPAGES >= 0" >&2
 	exit 2

@@ -7,10 +7,10 @@ set -e
 rt=${HIL_BENCH_SECONDS:-5}
 rounds=${HIL_BENCH_ROUNDS:-3}
 # 2 MiB huge pages for the engine's command buffers (the SGV pool's arenas use them when the
-# kernel has them, dma/src/region.rs), as an appliance reserves them (SPDK requires them): the
-# guest's emulated IOMMU then walks one 2 MiB leaf where it walked 512 of 4 KiB. 0: none.
-# Linux's own driver does not use the IOMMU at all here (iommu=pt): its DMA is never translated.
-echo "${HIL_BENCH_HUGEPAGES:-64}" >/proc/sys/vm/nr_hugepages
+# kernel has them, dma/src/region.rs), as an appliance may reserve them. Off by default: on a
+# quiet host 64 of them changed nothing measurable (2026-12-04, 5 rounds each: medians 3.50 and
+# 1.39 without, 2.90 and 1.35 with; docs/performance.md).
+echo "${HIL_BENCH_HUGEPAGES:-0}" >/proc/sys/vm/nr_hugepages
 echo "bench: $(cat /proc/sys/vm/nr_hugepages) huge pages of 2 MiB reserved"
 # The guest shares the host's CPUs (TCG): its speed drifts with the host's load, so the kernel
 # driver and the engine alone alternate in rounds and each round gives its own ratio.
