@@ -1080,7 +1080,8 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
             notifier.status(&line);
             last_line = line;
         }
-        // A turn is at most 50 ms plus one serving pass; 10 s means stuck. Said every 10 s.
+        // A busy worker turns every 50 ms, a parked one sets its heartbeat to the end of its
+        // park (1 s): an age of 10 s means a stuck serving pass. Said every 10 s.
         for disk in &service.disks {
             let Some(running) = &disk.running else { continue };
             let age = running.worker.heartbeat_age();
@@ -1224,6 +1225,7 @@ mod tests {
             task_management: 2,
             errors: 3,
             escalations: 4,
+            turns: 5,
         };
         let f = frontend_stats(s);
         assert_eq!(

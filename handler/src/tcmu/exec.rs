@@ -65,6 +65,7 @@ use crate::store::StoreToken;
 use scst_accel_dma::SgvPool;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -425,6 +426,13 @@ impl Executor {
         self.parked.len()
     }
 
+    /// Nothing to watch: no command in the store or waiting to be submitted, none parked for
+    /// its range. Only a ring entry, a grant or a stop can then give the executor work, and
+    /// no deadline can pass: the worker may wait long.
+    pub fn is_idle(&self) -> bool {
+        self.inflight.is_empty() && self.parked.is_empty() && self.submit.is_empty()
+    }
+
     /// The teardown's half of the range locks: take every parked command of this executor out
     /// of the disk's wait list and answer it BUSY (the initiator retries on another path or
     /// later), so no grant is ever delivered to a mailbox nobody reads. A command granted just
@@ -506,10 +514,28 @@ impl Executor {
         events: &UioEvents,
         timeout: Duration,
     ) -> Result<Progress, StepError> {
+        self.step_or_wake(token, ring, events, timeout, None)
+    }
+
+    /// [`Self::step`] whose wait also ends when `wake` becomes readable (the worker's stop
+    /// eventfd: a worker parked for long while idle still sees a stop at once). `wake` is only
+    /// watched, never read.
+    ///
+    /// # Errors
+    /// As [`Self::step`].
+    pub fn step_or_wake(
+        &mut self,
+        token: &mut StoreToken<'_>,
+        ring: &mut Ring,
+        events: &UioEvents,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+    ) -> Result<Progress, StepError> {
         let ready = {
             let mut fds = vec![events.as_fd()];
             fds.extend(self.queue.notify_fd());
             fds.extend(self.mailbox.wake_fd());
+            fds.extend(wake);
             scst_accel_hal::fdio::poll_readable(&fds, timeout)
                 .map_err(|e| StepError::Uio(UioError::Wait(e)))?
         };

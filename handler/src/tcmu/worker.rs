@@ -16,6 +16,8 @@ use super::exec::TaskManagementStats;
 use super::ring::Ring;
 use super::uio::UioDevice;
 use crate::store::StoreToken;
+use scst_accel_hal::EventFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -31,8 +33,13 @@ pub struct WorkerConfig {
     pub command_timeout: Duration,
     /// How long the teardown waits for the store before it aborts (and then as long again).
     pub drain_budget: Duration,
-    /// The longest wait of one turn (how soon a stop request is seen).
+    /// The longest wait of one turn while commands are in flight or parked (how often their
+    /// deadlines are checked).
     pub idle_poll: Duration,
+    /// The longest wait of one turn with nothing at all to watch: only a ring entry, a range
+    /// grant or a stop (an eventfd, seen at once) wakes the worker before it, so an idle disk
+    /// costs one wake-up per `idle_park`.
+    pub idle_park: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -41,6 +48,7 @@ impl Default for WorkerConfig {
             command_timeout: super::exec::DEFAULT_COMMAND_TIMEOUT,
             drain_budget: Duration::from_secs(5),
             idle_poll: Duration::from_millis(50),
+            idle_park: Duration::from_secs(1),
         }
     }
 }
@@ -73,6 +81,7 @@ struct LiveCounters {
     task_management: AtomicU64,
     errors: AtomicU64,
     escalations: AtomicU64,
+    turns: AtomicU64,
 }
 
 /// A snapshot of a worker's figures ([`TcmuWorker::stats`]).
@@ -90,6 +99,9 @@ pub struct WorkerStats {
     pub errors: u64,
     /// Deadline escalations.
     pub escalations: u64,
+    /// Turns of the serving loop: each wait that ended (an event, or its bound) and what was
+    /// served after it. An idle worker turns once per `idle_park`.
+    pub turns: u64,
 }
 
 impl WorkerStats {
@@ -100,7 +112,8 @@ impl WorkerStats {
 }
 
 impl LiveCounters {
-    fn publish(&self, total: &Progress, exec: &Executor) {
+    fn publish(&self, total: &Progress, exec: &Executor, turns: u64) {
+        self.turns.store(turns, Ordering::Relaxed);
         let store = |c: &AtomicU64, v: usize| c.store(v as u64, Ordering::Relaxed);
         store(&self.started, total.started);
         store(&self.completed, total.completed);
@@ -119,6 +132,7 @@ impl LiveCounters {
             task_management: load(&self.task_management),
             errors: load(&self.errors),
             escalations: load(&self.escalations),
+            turns: load(&self.turns),
         }
     }
 }
@@ -126,6 +140,8 @@ impl LiveCounters {
 /// A running worker; stop it with [`TcmuWorker::stop`].
 pub struct TcmuWorker {
     stop: Arc<AtomicBool>,
+    /// Signalled with `stop`, so a worker parked in its wait sees the stop at once.
+    stop_wake: Arc<EventFd>,
     live: Arc<LiveCounters>,
     /// Milliseconds since `started` at the top of the last turn.
     heartbeat: Arc<AtomicU64>,
@@ -157,16 +173,19 @@ impl TcmuWorker {
         );
         exec.set_command_timeout(config.command_timeout);
         let stop = Arc::new(AtomicBool::new(false));
+        let stop_wake = Arc::new(EventFd::new()?);
         let heartbeat = Arc::new(AtomicU64::new(0));
         let live = Arc::new(LiveCounters::default());
         let started = Instant::now();
         let thread = {
             let stop = Arc::clone(&stop);
+            let stop_wake = Arc::clone(&stop_wake);
             let heartbeat = Arc::clone(&heartbeat);
             let live = Arc::clone(&live);
             std::thread::Builder::new().name(name.to_owned()).spawn(move || {
                 let beat = Beat {
                     stop: &stop,
+                    stop_wake: &stop_wake,
                     heartbeat: &heartbeat,
                     live: &live,
                     started,
@@ -176,6 +195,7 @@ impl TcmuWorker {
         };
         Ok(Self {
             stop,
+            stop_wake,
             live,
             heartbeat,
             started,
@@ -197,21 +217,23 @@ impl TcmuWorker {
     /// workers asked first, then each [`TcmuWorker::stop`]ped, drain in parallel.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
+        self.stop_wake.signal();
     }
 
-    /// How long ago the worker last began a turn.
+    /// How long ago the worker last began a turn (0 while it is parked idle within the bound
+    /// it set: its heartbeat is then the time it will be back by).
     pub fn heartbeat_age(&self) -> Duration {
         let last = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
     }
 
-    /// Stop taking ring entries, drain, unmap, and report. Bounded by the worker's current
-    /// turn (at most `idle_poll` plus one serving pass) and twice `drain_budget`.
+    /// Stop taking ring entries, drain, unmap, and report. Bounded by one serving pass (the
+    /// stop wakes a parked worker) and twice `drain_budget`.
     ///
     /// # Errors
     /// The thread panicked (its store requests' fate is unknown: treat as not drained).
     pub fn stop(self) -> Result<WorkerReport, String> {
-        self.stop.store(true, Ordering::Release);
+        self.request_stop();
         self.thread.join().map_err(|p| {
             p.downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
@@ -224,6 +246,7 @@ impl TcmuWorker {
 /// What the worker thread shares with its owner.
 struct Beat<'a> {
     stop: &'a AtomicBool,
+    stop_wake: &'a EventFd,
     heartbeat: &'a AtomicU64,
     live: &'a LiveCounters,
     started: Instant,
@@ -238,6 +261,7 @@ fn serve(
 ) -> WorkerReport {
     let Beat {
         stop,
+        stop_wake,
         heartbeat,
         live,
         started,
@@ -245,12 +269,28 @@ fn serve(
     let mut token = StoreToken::root();
     let mut total = Progress::default();
     let mut error = None;
+    let mut turns = 0u64;
     while !stop.load(Ordering::Acquire) {
+        // With nothing to watch the wait is long (`idle_park`), and the heartbeat is set to
+        // when the worker will be back by, so a parked worker never looks stuck; with commands
+        // in flight it is short, for their deadlines.
+        let (wait, ahead) = if exec.is_idle() {
+            (config.idle_park.max(config.idle_poll), config.idle_park)
+        } else {
+            (config.idle_poll, Duration::ZERO)
+        };
         heartbeat.store(
-            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            u64::try_from((started.elapsed() + ahead).as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        match exec.step(&mut token, &mut ring, device.events(), config.idle_poll) {
+        let step = exec.step_or_wake(
+            &mut token,
+            &mut ring,
+            device.events(),
+            wait,
+            Some(stop_wake.as_fd()),
+        );
+        match step {
             Ok(p) => {
                 total.started += p.started;
                 total.completed += p.completed;
@@ -264,8 +304,9 @@ fn serve(
                 break;
             }
         }
+        turns += 1;
         exec.check_deadlines();
-        live.publish(&total, &exec);
+        live.publish(&total, &exec, turns);
     }
     let drain_started = Instant::now();
     let drained = exec.drain(&mut token, &mut ring, device.events(), config.drain_budget);
@@ -274,7 +315,7 @@ fn serve(
         Ok(_) => log::info!("tcmu: uio{} drained in {drain_time:?}", device.info().index),
         Err(e) => log::error!("tcmu: uio{}: {e}", device.info().index),
     }
-    live.publish(&total, &exec);
+    live.publish(&total, &exec, turns);
     let escalations = exec.escalations();
     let task_management = exec.task_management();
     if task_management.notices > 0 {
@@ -358,6 +399,45 @@ mod tests {
         kernel
             .read_exact(&mut kick)
             .expect("kicked within the read timeout");
+    }
+
+    /// An idle worker waits for a ring entry, a range grant or a stop, not for a timer: with
+    /// `idle_park` at 60 s it turns only when something happens (a 10 ms poll would turn about
+    /// 50 times in the half second below), looks alive all the while, serves a command the
+    /// moment it is posted, and a stop wakes it at once instead of after 60 s.
+    #[test]
+    fn an_idle_worker_parks_until_an_event_and_a_stop_wakes_it_at_once() {
+        let mut sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let (ours, mut kernel) = UnixStream::pair().expect("pair");
+        kernel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let (device, exec) = device_and_executor(&sim, ours);
+        let config = WorkerConfig {
+            idle_poll: Duration::from_millis(10),
+            idle_park: Duration::from_secs(60),
+            ..WorkerConfig::default()
+        };
+        let worker = TcmuWorker::spawn("tcmu-idle", device, exec, config).expect("spawn");
+        post_and_wait(&mut sim, &mut kernel, 1, &rw10(0x28, 3, 1), 0);
+        assert_eq!(sim.reap().expect("reap").len(), 1, "served while parked");
+        std::thread::sleep(Duration::from_millis(500));
+        let turns = worker.stats().turns;
+        assert!(turns <= 5, "{turns} turns: the idle worker polled");
+        assert_eq!(worker.heartbeat_age(), Duration::ZERO, "parked within its bound");
+        let started = Instant::now();
+        let report = worker.stop().expect("no panic");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stop took {:?}: it waited for the park to end",
+            started.elapsed()
+        );
+        assert!(report.drained.is_ok(), "{:?}", report.drained);
+        assert_eq!(report.progress.completed, 1);
     }
 
     #[test]
