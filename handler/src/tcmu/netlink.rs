@@ -30,9 +30,11 @@ use super::abi::genl_attr;
 use super::abi::genl_cmd;
 use super::abi::GENL_FAMILY_NAME;
 use super::abi::GENL_MCGRP_CONFIG;
+use scst_accel_hal::EventFd;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
+use std::os::fd::BorrowedFd;
 use std::os::fd::FromRawFd;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicBool;
@@ -603,15 +605,22 @@ impl GenlSocket {
         Ok(())
     }
 
-    /// Wait up to `timeout` for a datagram and read it into `buf`: `Ok(None)` on timeout,
-    /// `Ok(Some(n))` for `n` bytes.
+    /// Wait up to `timeout` for a datagram and read it into `buf`: `Ok(None)` on timeout or
+    /// when `wake` (watched, never read) became readable first, `Ok(Some(n))` for `n` bytes.
     ///
     /// # Errors
     /// [`NetlinkError::Overrun`] as an `io::Error` of kind `Other` when the kernel dropped
     /// messages (`ENOBUFS`); a datagram longer than `buf` is refused (`InvalidData`), never
     /// parsed cut short.
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
-        let ready = scst_accel_hal::fdio::poll_readable(&[self.fd.as_fd()], timeout)?;
+    fn recv(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+    ) -> io::Result<Option<usize>> {
+        let mut fds = vec![self.fd.as_fd()];
+        fds.extend(wake);
+        let ready = scst_accel_hal::fdio::poll_readable(&fds, timeout)?;
         if !ready.first().copied().unwrap_or(false) {
             return Ok(None);
         }
@@ -654,7 +663,7 @@ impl GenlSocket {
         let mut buf = vec![0u8; RECV_BUFFER];
         // The controller answers at once; 2 s bounds a kernel that does not.
         let n = self
-            .recv(&mut buf, Duration::from_secs(2))
+            .recv(&mut buf, Duration::from_secs(2), None)
             .map_err(|source| ListenError::Socket { call: "recv", source })?
             .ok_or(ListenError::NoAnswer)?;
         match parse_family(&buf[..n], SEQ) {
@@ -696,12 +705,15 @@ impl GenlSocket {
 #[derive(Debug)]
 pub struct EventListener {
     stop: Arc<AtomicBool>,
+    /// Signalled with `stop`: the listener's wait ends at once.
+    stop_wake: Arc<EventFd>,
     lost: Arc<AtomicU64>,
     thread: JoinHandle<()>,
 }
 
-/// How often the listener looks at its stop flag.
-const LISTEN_TURN: Duration = Duration::from_millis(100);
+/// The longest wait of the listener for a datagram: a safety bound only, since its stop
+/// eventfd ends the wait at once (an idle service costs one wake-up per turn).
+const LISTEN_TURN: Duration = Duration::from_secs(10);
 
 impl EventListener {
     /// Resolve `TCM-USER`, join its `config` group, and hand every event to `deliver` on a
@@ -724,19 +736,29 @@ impl EventListener {
             family.id
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let stop_wake = Arc::new(EventFd::new().map_err(|source| ListenError::Socket {
+            call: "eventfd for the listener's stop",
+            source,
+        })?);
         let lost = Arc::new(AtomicU64::new(0));
         let thread = {
             let stop = Arc::clone(&stop);
+            let stop_wake = Arc::clone(&stop_wake);
             let lost = Arc::clone(&lost);
             std::thread::Builder::new()
                 .name("tcmu-netlink".into())
-                .spawn(move || listen(&socket, family.id, &stop, &lost, &deliver))
+                .spawn(move || listen(&socket, family.id, (&stop, &stop_wake), &lost, &deliver))
                 .map_err(|source| ListenError::Socket {
                     call: "spawn the listener thread",
                     source,
                 })?
         };
-        Ok(Self { stop, lost, thread })
+        Ok(Self {
+            stop,
+            stop_wake,
+            lost,
+            thread,
+        })
     }
 
     /// Messages that were lost (overruns) or could not be read, so far.
@@ -749,9 +771,10 @@ impl EventListener {
         self.thread.is_finished()
     }
 
-    /// Stop and join: bounded by one turn (100 ms) and one delivery.
+    /// Stop and join: bounded by one delivery (the stop eventfd ends the wait).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
+        self.stop_wake.signal();
         if self.thread.join().is_err() {
             log::error!("tcmu: the netlink listener panicked");
         }
@@ -761,13 +784,13 @@ impl EventListener {
 fn listen(
     socket: &GenlSocket,
     family: u16,
-    stop: &AtomicBool,
+    (stop, stop_wake): (&AtomicBool, &EventFd),
     lost: &AtomicU64,
     deliver: &dyn Fn(DeviceEvent),
 ) {
     let mut buf = vec![0u8; RECV_BUFFER];
     while !stop.load(Ordering::Acquire) {
-        let n = match socket.recv(&mut buf, LISTEN_TURN) {
+        let n = match socket.recv(&mut buf, LISTEN_TURN, Some(stop_wake.as_fd())) {
             Ok(None) => continue,
             Ok(Some(n)) => n,
             Err(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::Other => {
