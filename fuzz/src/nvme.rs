@@ -8,7 +8,9 @@
 //! Invariants beyond "no panic":
 //! - a reap returns only requests in flight, each at most once;
 //! - the driver's in-flight count equals the requests submitted and not yet returned;
-//! - `expired` names only requests in flight; `abandon_all` returns exactly those in flight.
+//! - `expired` names only requests in flight; `abandon_all` returns exactly those in flight;
+//! - a fused Compare and Write (two commands, two CIDs) is one request in all of the above,
+//!   whatever completions the fuzzer forges for either half.
 
 use crate::check;
 use crate::device::take_in_flight;
@@ -266,22 +268,26 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                         Ok((iova, if u.arbitrary()? { 4096 } else { u.arbitrary()? }))
                     })
                     .collect::<Result<_>>()?;
-                let length = if u.arbitrary()? {
-                    u.arbitrary()?
-                } else {
-                    segs.iter().fold(0u32, |a, s| a.wrapping_add(s.1))
+                let op = *u.choose(&[
+                    DeviceOp::Read,
+                    DeviceOp::Write,
+                    DeviceOp::Flush,
+                    DeviceOp::WriteZeroes,
+                    DeviceOp::Deallocate,
+                    DeviceOp::CompareAndWrite,
+                ])?;
+                let total = segs.iter().fold(0u32, |a, s| a.wrapping_add(s.1));
+                let length = match u.int_in_range(0..=2u8)? {
+                    0 => u.arbitrary()?,
+                    // A fused pair's segments carry the compare half and the write half.
+                    1 if op == DeviceOp::CompareAndWrite => total / 2,
+                    _ => total,
                 };
                 let tag = next_tag;
                 next_tag += 1;
                 let req = DeviceRequest {
                     user_tag: tag,
-                    op: *u.choose(&[
-                        DeviceOp::Read,
-                        DeviceOp::Write,
-                        DeviceOp::Flush,
-                        DeviceOp::WriteZeroes,
-                        DeviceOp::Deallocate,
-                    ])?,
+                    op,
                     fua: u.arbitrary()?,
                     lba: if u.arbitrary()? {
                         u.arbitrary()?
