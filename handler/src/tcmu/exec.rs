@@ -1291,7 +1291,12 @@ mod tests {
         let store = RamStore::new(BS, 2048, 256);
         let mut config = DiskConfig::for_store(&store.info());
         config.compare_and_write = caw;
-        let disk = Arc::new(Disk::new(config));
+        held_rig_of(Arc::new(Disk::new(config)), abortable, capacity, flags)
+    }
+
+    /// A held rig (its own ring, executor and held store queue) serving `disk`, which another
+    /// rig may serve too: two workers of one disk, sharing its range locks.
+    fn held_rig_of(disk: Arc<Disk>, abortable: bool, capacity: usize, flags: u16) -> HeldRig {
         let aborts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let held: Arc<std::sync::Mutex<Vec<StoreRequest>>> = Arc::default();
         let done: Arc<std::sync::Mutex<Vec<StoreCompletion>>> = Arc::default();
@@ -1591,6 +1596,48 @@ mod tests {
             "the compare and write never ran"
         );
         assert_eq!(r.disk.ranges().counts(&mut token), (0, 0));
+    }
+
+    /// The other order: the COMPARE AND WRITE parked on worker B is granted (worker A's write
+    /// completed and gave its range back, the grant waits in B's mailbox) before B reads the
+    /// notice that aborts it. It cannot leave the wait list any more, so it is answered TASK
+    /// ABORTED when B takes the grant, and the range goes back unused: it never runs.
+    #[test]
+    fn an_aborted_compare_and_write_whose_grant_is_on_its_way_never_runs() {
+        let mut a = held_rig_on(
+            true,
+            usize::MAX,
+            mailbox_flags::CAP_TMR,
+            crate::scsi::CompareAndWriteBy::Handler,
+        );
+        let mut b = held_rig_of(Arc::clone(&a.disk), true, usize::MAX, mailbox_flags::CAP_TMR);
+        let mut token = StoreToken::root();
+        a.post_write(1, 7);
+        a.poll_and_reap();
+        b.post_compare_and_write(2, 7);
+        b.poll_and_reap();
+        assert_eq!(b.exec.parked(), 1);
+        // A's write completes: its range goes back and the grant goes to B's mailbox.
+        assert_eq!(a.complete_held(), 1);
+        let (_, done) = a.poll_and_reap();
+        assert_eq!(done, [(1, sam_status::GOOD)]);
+        assert_eq!(
+            a.disk.ranges().counts(&mut token),
+            (1, 0),
+            "granted to B, not yet taken"
+        );
+        // B reads the abort before its mailbox (the notice is a ring entry: poll takes the
+        // ring first), then takes the grant in the same poll.
+        b.sim.post_tmr(tmr_type::ABORT_TASK, &[2]).expect("tmr");
+        let (p, done) = b.poll_and_reap();
+        assert_eq!(done, [(2, sam_status::TASK_ABORTED)]);
+        assert_eq!((p.aborted, b.exec.parked()), (1, 0));
+        assert_eq!(b.exec.task_management().cancelled, 1);
+        assert!(
+            b.held.lock().expect("held").is_empty(),
+            "the compare and write never ran"
+        );
+        assert_eq!(a.disk.ranges().counts(&mut token), (0, 0), "the grant given back");
     }
 
     /// A write aborted before the store ever saw it gives its range back at once.
