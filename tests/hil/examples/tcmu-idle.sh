@@ -35,8 +35,8 @@ sleep 2
 ticks() { awk '{ print $14 + $15 }' /proc/$serve/stat; }
 switches() {
 	for t in /proc/$serve/task/*; do
-		echo "$(cat $t/comm) $(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v + n }' $t/status)"
-	done | sort
+		echo "$(basename $t) $(cat $t/comm) $(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v + n }' $t/status)"
+	done
 }
 switches >/tmp/before
 t0=$(ticks)
@@ -45,7 +45,7 @@ t1=$(ticks)
 switches >/tmp/after
 echo "idle: $((t1 - t0)) ticks of CPU (USER_HZ $(getconf CLK_TCK 2>/dev/null || echo 100)) in 30 s"
 echo "idle: context switches per thread in those 30 s:"
-join /tmp/before /tmp/after | awk '{ printf "idle:   %-20s %d\n", $1, $3 - $2 }'
+awk 'NR == FNR { before[$1] = $3; next } { printf "idle:   %-16s %d\n", $2, $3 - before[$1] }' /tmp/before /tmp/after
 kill -TERM $serve
 wait $serve
 echo "idle: serve exited $?"
