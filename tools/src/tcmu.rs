@@ -1047,22 +1047,119 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     notifier.status(&line);
     notifier.ready();
     let watchdog = start_watchdog(&notifier, handle);
-    let mut last_line = line;
+    // Signals come through a channel from a thread of their own, so the loop sleeps until a
+    // request, a device event or a signal, and otherwise looks at the disks once a second.
+    let signal_handle = signals.handle();
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded(8);
+    std::thread::scope(|scope| {
+        // Closed on every way out of the loop (a panic included), which ends the signal
+        // thread: the scope's join cannot wait for ever.
+        let _close = CloseSignals(signal_handle);
+        scope.spawn(move || {
+            for signal in signals.forever() {
+                if signal_tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        });
+        let events = if listener.is_some() {
+            events
+        } else {
+            crossbeam_channel::never()
+        };
+        serve_until_stop(&mut service, &requests, &events, &signal_rx, &notifier, line);
+    });
+    // The watchdog goes first: a teardown is not a hang; systemd's stop timeout, extended by
+    // the stop's bound (the drains run in parallel, each at most twice the drain budget), bounds
+    // it instead.
+    if let Some(watchdog) = watchdog {
+        watchdog.stop();
+    }
+    notifier.stopping();
+    notifier.status("stopping: tearing every disk down");
+    notifier.extend_timeout(service.settings.drain * 2 + Duration::from_secs(10));
+    let started = Instant::now();
+    // The loop no longer answers: the request channel is closed, so the control socket's
+    // and the metrics' questions fail at once (a snapshot is empty) instead of each waiting
+    // ANSWER_WAIT, which held the control server's stop for 5 s.
+    drop(requests);
+    service.stop_all("Requested");
+    if let Some(listener) = listener {
+        if listener.lost() > 0 {
+            log::warn!(
+                "tcmu: {} device event(s) were lost or unreadable",
+                listener.lost()
+            );
+        }
+        listener.stop();
+    }
+    servers.stop();
+    let code = service.exit_code();
+    log::info!("tcmu: stopped in {:?}; exit code {code}", started.elapsed());
+    notifier.status(&format!("stopped (exit {code})"));
+    code
+}
+
+/// How often the service's loop looks at its disks when nothing wakes it (a worker that ended,
+/// the status line, stuck workers).
+const SERVICE_LOOK: Duration = Duration::from_secs(1);
+
+/// Closes the service's signal iterator when dropped, ending the thread that forwards it.
+struct CloseSignals(signal_hook::iterator::Handle);
+
+impl Drop for CloseSignals {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The service's loop: answer requests, act on device events, keep the status line and warn
+/// of stuck workers, until a stop request, SIGINT or SIGTERM, or no disk serves any more.
+/// It sleeps until one of its channels has something, at most [`SERVICE_LOOK`].
+fn serve_until_stop(
+    service: &mut TcmuService,
+    requests: &crossbeam_channel::Receiver<Request>,
+    events: &crossbeam_channel::Receiver<DeviceEvent>,
+    signals: &crossbeam_channel::Receiver<i32>,
+    notifier: &Notifier,
+    mut last_line: String,
+) {
+    let mut events = events.clone();
+    let mut requests = requests.clone();
     let mut warned: Option<Instant> = None;
     loop {
         let mut stop_asked = false;
-        if let Ok(request) = requests.recv_timeout(Duration::from_millis(100)) {
-            stop_asked |= service.answer(request);
-            // Whatever else queued meanwhile (status and metrics may ask at once).
-            for request in requests.try_iter() {
-                stop_asked |= service.answer(request);
+        let mut signalled = false;
+        crossbeam_channel::select! {
+            recv(requests) -> request => {
+                match request {
+                    Ok(request) => stop_asked |= service.answer(request),
+                    // Nobody can ask any more (the control server holds a sender for the
+                    // service's life): no busy loop on a closed channel.
+                    Err(_) => requests = crossbeam_channel::never(),
+                }
+                // Whatever else queued meanwhile (status and metrics may ask at once).
+                for request in requests.try_iter() {
+                    stop_asked |= service.answer(request);
+                }
             }
+            recv(signals) -> signal => {
+                signalled |= signal.is_ok_and(|s| s == SIGINT || s == SIGTERM);
+            }
+            recv(events) -> event => match event {
+                Ok(event) => service.on_event(&event),
+                // The listener ended (it said why): no more events, and no busy loop on a
+                // closed channel.
+                Err(_) => events = crossbeam_channel::never(),
+            },
+            default(SERVICE_LOOK) => {}
         }
+        signalled |= signals.try_iter().any(|s| s == SIGINT || s == SIGTERM);
         if stop_asked {
             log::info!("stop requested: stopping every disk");
             break;
         }
-        if signals.pending().any(|s| s == SIGINT || s == SIGTERM) {
+        if signalled {
             log::info!("signal: stopping every disk");
             break;
         }
@@ -1095,35 +1192,6 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
             }
         }
     }
-    // The watchdog goes first: a teardown is not a hang; systemd's stop timeout, extended by
-    // the stop's bound (the drains run in parallel, each at most twice the drain budget), bounds
-    // it instead.
-    if let Some(watchdog) = watchdog {
-        watchdog.stop();
-    }
-    notifier.stopping();
-    notifier.status("stopping: tearing every disk down");
-    notifier.extend_timeout(service.settings.drain * 2 + Duration::from_secs(10));
-    let started = Instant::now();
-    // The loop no longer answers: the request channel is closed, so the control socket's
-    // and the metrics' questions fail at once (a snapshot is empty) instead of each waiting
-    // ANSWER_WAIT, which held the control server's stop for 5 s.
-    drop(requests);
-    service.stop_all("Requested");
-    if let Some(listener) = listener {
-        if listener.lost() > 0 {
-            log::warn!(
-                "tcmu: {} device event(s) were lost or unreadable",
-                listener.lost()
-            );
-        }
-        listener.stop();
-    }
-    servers.stop();
-    let code = service.exit_code();
-    log::info!("tcmu: stopped in {:?}; exit code {code}", started.elapsed());
-    notifier.status(&format!("stopped (exit {code})"));
-    code
 }
 
 /// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
