@@ -1294,6 +1294,18 @@ mod tests {
         held_rig_of(Arc::new(Disk::new(config)), abortable, capacity, flags)
     }
 
+    /// A held rig with task management notices on a disk whose writes take the range locks
+    /// (COMPARE AND WRITE run by the engine, as under LIO), its store taking `capacity`
+    /// requests at a time.
+    fn range_locked_rig(capacity: usize) -> HeldRig {
+        held_rig_on(
+            true,
+            capacity,
+            mailbox_flags::CAP_TMR,
+            crate::scsi::CompareAndWriteBy::Handler,
+        )
+    }
+
     /// A held rig (its own ring, executor and held store queue) serving `disk`, which another
     /// rig may serve too: two workers of one disk, sharing its range locks.
     fn held_rig_of(disk: Arc<Disk>, abortable: bool, capacity: usize, flags: u16) -> HeldRig {
@@ -1535,12 +1547,7 @@ mod tests {
     /// command would park every later COMPARE AND WRITE of those blocks forever.
     #[test]
     fn an_aborted_write_gives_its_range_back_when_the_device_is_done() {
-        let mut r = held_rig_on(
-            true,
-            usize::MAX,
-            mailbox_flags::CAP_TMR,
-            crate::scsi::CompareAndWriteBy::Handler,
-        );
+        let mut r = range_locked_rig(usize::MAX);
         let mut token = StoreToken::root();
         r.post_write(1, 7);
         r.poll_and_reap();
@@ -1567,12 +1574,7 @@ mod tests {
     /// executed when the write gives its range back.
     #[test]
     fn an_aborted_parked_compare_and_write_is_answered_at_once_and_never_executed() {
-        let mut r = held_rig_on(
-            true,
-            usize::MAX,
-            mailbox_flags::CAP_TMR,
-            crate::scsi::CompareAndWriteBy::Handler,
-        );
+        let mut r = range_locked_rig(usize::MAX);
         let mut token = StoreToken::root();
         r.post_write(1, 7);
         r.post_compare_and_write(2, 7);
@@ -1604,12 +1606,7 @@ mod tests {
     /// ABORTED when B takes the grant, and the range goes back unused: it never runs.
     #[test]
     fn an_aborted_compare_and_write_whose_grant_is_on_its_way_never_runs() {
-        let mut a = held_rig_on(
-            true,
-            usize::MAX,
-            mailbox_flags::CAP_TMR,
-            crate::scsi::CompareAndWriteBy::Handler,
-        );
+        let mut a = range_locked_rig(usize::MAX);
         let mut b = held_rig_of(Arc::clone(&a.disk), true, usize::MAX, mailbox_flags::CAP_TMR);
         let mut token = StoreToken::root();
         a.post_write(1, 7);
@@ -1643,12 +1640,7 @@ mod tests {
     /// A write aborted before the store ever saw it gives its range back at once.
     #[test]
     fn an_aborted_queued_write_gives_its_range_back_at_once() {
-        let mut r = held_rig_on(
-            true,
-            1,
-            mailbox_flags::CAP_TMR,
-            crate::scsi::CompareAndWriteBy::Handler,
-        );
+        let mut r = range_locked_rig(1);
         let mut token = StoreToken::root();
         r.post_write(1, 7);
         r.post_write(2, 8);

@@ -401,22 +401,29 @@ mod tests {
             .expect("kicked within the read timeout");
     }
 
+    /// A simulated ring, the kernel's end of its event socket (10 s read timeout), and the UIO
+    /// device and executor a worker serves it with.
+    fn ring_rig() -> (SimKernel, UnixStream, UioDevice, Executor) {
+        let sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        });
+        let (ours, kernel) = UnixStream::pair().expect("pair");
+        kernel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let (device, exec) = device_and_executor(&sim, ours);
+        (sim, kernel, device, exec)
+    }
+
     /// An idle worker waits for a ring entry, a range grant or a stop, not for a timer: with
     /// `idle_park` at 60 s it turns only when something happens (a 10 ms poll would turn about
     /// 50 times in the half second below), looks alive all the while, serves a command the
     /// moment it is posted, and a stop wakes it at once instead of after 60 s.
     #[test]
     fn an_idle_worker_parks_until_an_event_and_a_stop_wakes_it_at_once() {
-        let mut sim = SimKernel::new(SimConfig {
-            cmdr_size: 8192,
-            data_size: 64 * 1024,
-            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
-        });
-        let (ours, mut kernel) = UnixStream::pair().expect("pair");
-        kernel
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let (device, exec) = device_and_executor(&sim, ours);
+        let (mut sim, mut kernel, device, exec) = ring_rig();
         let config = WorkerConfig {
             idle_poll: Duration::from_millis(10),
             idle_park: Duration::from_secs(60),
@@ -442,16 +449,7 @@ mod tests {
 
     #[test]
     fn the_thread_serves_the_ring_and_stops_with_the_store_drained() {
-        let mut sim = SimKernel::new(SimConfig {
-            cmdr_size: 8192,
-            data_size: 64 * 1024,
-            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
-        });
-        let (ours, mut kernel) = UnixStream::pair().expect("pair");
-        kernel
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let (device, exec) = device_and_executor(&sim, ours);
+        let (mut sim, mut kernel, device, exec) = ring_rig();
         let config = WorkerConfig {
             idle_poll: Duration::from_millis(10),
             ..WorkerConfig::default()
