@@ -706,7 +706,11 @@ impl AccelQueue {
         let bs = self.bs();
         let (op, length, segments) = match (caw.rereading, status) {
             (false, StoreStatus::Miscompare { .. }) => {
-                let iova = caw.scratch.iova()?;
+                // `None` here means "a step was queued": a buffer without an IOVA (never the
+                // case for a pool mapped for the device) must end the request, not strand it.
+                let Some(iova) = caw.scratch.iova() else {
+                    return Some(StoreStatus::InvalidRequest);
+                };
                 caw.rereading = true;
                 let len = u64::from(caw.blocks) * bs;
                 (DeviceOp::Read, len, Segments::of(iova, len as usize))
@@ -727,7 +731,9 @@ impl AccelQueue {
                     );
                     return Some(StoreStatus::Miscompare { offset: None });
                 }
-                let iova = caw.data.iova()?;
+                let Some(iova) = caw.data.iova() else {
+                    return Some(StoreStatus::InvalidRequest);
+                };
                 caw.attempts += 1;
                 caw.rereading = false;
                 let len = u64::from(caw.blocks) * bs;
