@@ -519,11 +519,11 @@ impl NvmeQueue {
         let (Some(first), Some(second)) = (self.free.pop(), self.free.pop()) else {
             return Err(SubmitError::Full);
         };
-        let mut entries = [
+        let write_fua = if req.fua { CDW12_FUA } else { 0 };
+        let entries = [
             (first, io_opcode::COMPARE, FUSE_FIRST, 0),
-            (second, io_opcode::WRITE, FUSE_SECOND, 0),
+            (second, io_opcode::WRITE, FUSE_SECOND, write_fua),
         ];
-        entries[1].3 = if req.fua { CDW12_FUA } else { 0 };
         let mut sqes = [Sqe::default(); 2];
         for (i, (&(slot, opcode, fuse, flags), half)) in entries.iter().zip([&compare, &write]).enumerate() {
             let page = usize::from(slot) * PAGE_SIZE as usize;

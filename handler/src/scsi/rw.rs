@@ -125,7 +125,6 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
                 );
                 return Err(Sense::invalid_cdb_field(13, None));
             }
-            let half = usize::try_from(half).unwrap_or(usize::MAX);
             let fua = fua || !ctx.write_cache;
             if count <= ctx.compare_and_write_in_device {
                 // The device compares and, on a match, writes, atomically against every other
@@ -139,6 +138,7 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             }
             // Compare the first half; on a match write the second (the frontend holds the
             // range exclusively across both steps, `Disk::range_need`).
+            let half = usize::try_from(half).unwrap_or(usize::MAX);
             Ok(Plan::Io(IoPlan {
                 then: Some((
                     StoreOp::Write {
