@@ -5,7 +5,17 @@
 //! A wait is a blocking call: no other checked lock may be held across it (asserted in debug
 //! and test builds), only the mutex being waited on. Waits are always bounded (`wait_timeout`);
 //! there is no unbounded `wait`.
+//!
+//! A notification with nobody waiting is not sent: the std condition variable makes a futex
+//! syscall on every notify, waiters or not, and the command paths notify far more often than
+//! anyone waits (a loopback submit wakes the fetchers, a simulated device's command release
+//! wakes its reset waiters). Waiters are counted while they hold the mutex, so the rule every
+//! condition variable has is the one rule here: change what the waiters check under the mutex,
+//! then notify (holding it or not); a waiter that checked before the change was counted before
+//! the notifier took the mutex, and one that checks after it sees the change.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Condvar;
 use std::time::Duration;
 
@@ -18,6 +28,8 @@ use super::OrderedMutexGuard;
 #[derive(Debug, Default)]
 pub struct OrderedCondvar {
     inner: Condvar,
+    /// Threads inside [`OrderedCondvar::wait_timeout`], counted with the mutex held.
+    waiters: AtomicUsize,
 }
 
 impl OrderedCondvar {
@@ -25,6 +37,7 @@ impl OrderedCondvar {
     pub const fn new() -> Self {
         Self {
             inner: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -42,16 +55,17 @@ impl OrderedCondvar {
         let OrderedMutexGuard { inner, held, _level } = guard;
         drop(held);
         assert_no_locks_held("Condvar::wait_timeout");
-        let (inner, result) = self
-            .inner
-            .wait_timeout(inner, timeout)
-            .unwrap_or_else(|poisoned| {
-                log::warn!(
-                    "lock `{}` was poisoned by a panic while held; using its value as is",
-                    L::NAME
-                );
-                poisoned.into_inner()
-            });
+        // Counted before the wait releases the mutex (see the module's comment).
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let waited = self.inner.wait_timeout(inner, timeout);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        let (inner, result) = waited.unwrap_or_else(|poisoned| {
+            log::warn!(
+                "lock `{}` was poisoned by a panic while held; using its value as is",
+                L::NAME
+            );
+            poisoned.into_inner()
+        });
         let guard = OrderedMutexGuard {
             inner,
             held: Held::acquired(L::LEVEL, L::NAME, false),
@@ -60,13 +74,17 @@ impl OrderedCondvar {
         (guard, result.timed_out())
     }
 
-    /// Wake one waiter.
+    /// Wake one waiter, if one waits.
     pub fn notify_one(&self) {
-        self.inner.notify_one();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.inner.notify_one();
+        }
     }
 
-    /// Wake every waiter.
+    /// Wake every waiter, if one waits.
     pub fn notify_all(&self) {
-        self.inner.notify_all();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.inner.notify_all();
+        }
     }
 }

@@ -169,6 +169,48 @@ fn a_condvar_wait_releases_and_retakes_its_mutex() {
     join(setter).expect("setter");
 }
 
+/// Notifications are sent only to counted waiters: a ping-pong of turns, each side waiting for
+/// its turn with a long bound, loses no wake-up (a lost one shows as a timed-out wait, which
+/// ends both sides).
+#[test]
+fn no_wake_up_is_lost_when_notifies_without_waiters_are_skipped() {
+    const ROUNDS: u32 = 2000;
+    // (turn, a wait timed out)
+    let shared = Arc::new((
+        OrderedMutex::<(u32, bool), levels::SimState>::new((0, false)),
+        OrderedCondvar::new(),
+    ));
+    let side = |parity: u32| {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let mut g = shared.0.lock_unchecked_at_runtime();
+            while g.0 < ROUNDS && !g.1 {
+                if g.0 % 2 == parity {
+                    g.0 += 1;
+                    drop(g);
+                    shared.1.notify_all();
+                    g = shared.0.lock_unchecked_at_runtime();
+                } else {
+                    let (next, timed_out) = shared.1.wait_timeout(g, Duration::from_secs(10));
+                    g = next;
+                    if timed_out && g.0 % 2 != parity {
+                        g.1 = true;
+                        drop(g);
+                        shared.1.notify_all();
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let (even, odd) = (side(0), side(1));
+    join(even).expect("even side");
+    join(odd).expect("odd side");
+    let (turn, lost) = *shared.0.lock_unchecked_at_runtime();
+    assert!(!lost, "a wait timed out at turn {turn}: a lost wake-up");
+    assert_eq!(turn, ROUNDS);
+}
+
 #[test]
 fn a_poisoned_lock_is_recovered_with_its_value() {
     let m = Arc::new(OrderedMutex::<u32, levels::ScsiModePages>::new(1));
