@@ -1,18 +1,25 @@
-//! The hash map of the worker's integer-keyed tables (commands in flight by cmd_h, the buffer
-//! cache by address): one multiply and one shift per key instead of SipHash's rounds, which
-//! showed up at a few percent of a command's CPU.
+//! The hash map of integer-keyed tables on the command path: the worker's (commands in flight
+//! by cmd_h, the buffer cache by address), the loopback kernel model's (ucmds by handle,
+//! commands by id, live tags by session and tag) and the workload driver's (commands in flight
+//! by tag). One multiply and one shift per key instead of SipHash's rounds, which showed up at a
+//! few percent of a command's CPU in each.
 //!
-//! SipHash defends against keys chosen to collide. Here the keys come from the kernel (cmd_h)
-//! and from our own allocator (buffer addresses), and a table holds at most the commands in
-//! flight or the buffers SCST holds: a kernel choosing colliding handles could only slow its
-//! own commands' lookups, never corrupt them.
+//! SipHash defends against keys chosen to collide. Here the keys come from the kernel (cmd_h),
+//! from our own allocators (buffer addresses, the model's handles and ids) and from the
+//! initiator (tags, in the model); a table holds at most the commands in flight or the buffers
+//! SCST holds: whoever chose colliding keys could only slow their own commands' lookups, never
+//! corrupt them. (The real kernel's ucmd hash is a mask of the handle's low bits.)
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::hash::Hasher;
 
 /// A map keyed by integers ([`IntHasher`]).
 pub(crate) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+
+/// A set of integers, or of tuples of them ([`IntHasher`]).
+pub(crate) type IntSet<K> = HashSet<K, BuildHasherDefault<IntHasher>>;
 
 /// Fibonacci hashing of one integer, its high half folded into the low one (the table indexes
 /// by the low bits; buffer addresses have their low 12 bits zero).

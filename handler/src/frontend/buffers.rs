@@ -20,7 +20,7 @@
 //! `buffer_cached == 0`, ON_CACHED_MEM_FREE, or an EXEC reply the kernel ignores (spec §3.5,
 //! §8.9) remove an entry; the memory is unmapped when the last command holding it finishes.
 
-use super::int_map::IntMap;
+use crate::int_map::IntMap;
 use crate::store::CmdBuffer;
 use scst_accel_dma::SgvPool;
 use scst_accel_hal::locks::levels;

@@ -13,7 +13,6 @@
 mod buffers;
 mod cap_flush;
 mod dump;
-mod int_map;
 mod latency;
 mod leases;
 mod liveness;

@@ -11,7 +11,6 @@
 use super::buffers::BufferCache;
 use super::dump::DumpReceiver;
 use super::dump::WorkerDump;
-use super::int_map::IntMap;
 use super::latency::Direction;
 use super::latency::WorkerFigures;
 use super::Phase;
@@ -25,6 +24,7 @@ use crate::abi::sam_status;
 use crate::abi::GetCmd;
 use crate::abi::MultiBuffer;
 use crate::abi::ReplyCmd;
+use crate::int_map::IntMap;
 use crate::scsi::DataOut;
 use crate::scsi::IoPlan;
 use crate::scsi::Plan;

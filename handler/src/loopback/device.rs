@@ -18,6 +18,8 @@ use super::ucmd::UcmdKind;
 use crate::abi;
 use crate::abi::GetCmd;
 use crate::abi::Opt;
+use crate::int_map::IntMap;
+use crate::int_map::IntSet;
 use crate::transport::Errno;
 use crossbeam_channel::Sender;
 use scst_accel_hal::locks::levels;
@@ -203,15 +205,15 @@ pub(crate) struct DeviceState {
     pub block_size: u32,
     /// Sampled from O_NONBLOCK at REGISTER; cleared by UNREGISTER and release (spec §1.1).
     pub blocking: bool,
-    pub ucmds: HashMap<u32, Ucmd>,
+    pub ucmds: IntMap<u32, Ucmd>,
     pub handle_counter: u32,
     pub ready: VecDeque<u32>,
     /// The SCST active list: core work done in handler threads, inside their fetches.
     pub active: VecDeque<CoreWork>,
-    pub cmds: HashMap<u64, ScsiCmd>,
+    pub cmds: IntMap<u64, ScsiCmd>,
     /// (session, tag) of every command not yet completed: the duplicate-tag check of a
     /// submit is one lookup, not a scan of `cmds`.
-    pub live_tags: HashSet<(u64, u64)>,
+    pub live_tags: IntSet<(u64, u64)>,
     pub next_cmd_id: u64,
     pub sessions: HashMap<u64, SessState>,
     pub attaches: HashMap<u64, AttachWait>,
@@ -242,12 +244,12 @@ impl DeviceState {
             dev_type,
             block_size,
             blocking,
-            ucmds: HashMap::new(),
+            ucmds: IntMap::default(),
             handle_counter: 0,
             ready: VecDeque::new(),
             active: VecDeque::new(),
-            cmds: HashMap::new(),
-            live_tags: HashSet::new(),
+            cmds: IntMap::default(),
+            live_tags: IntSet::default(),
             next_cmd_id: 1,
             sessions: HashMap::new(),
             attaches: HashMap::new(),
