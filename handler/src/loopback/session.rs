@@ -4,6 +4,7 @@
 
 use super::device::CoreWork;
 use super::device::Device;
+use super::device::DeviceState;
 use super::device::ScsiCmd;
 use super::device::SessState;
 use super::device::TmState;
@@ -503,48 +504,29 @@ impl Session {
     /// [`SubmitError`] if the device or session is gone, the tag is in use, or the CDB is
     /// empty or too long.
     pub fn submit(&self, req: ScsiRequest) -> Result<(), SubmitError> {
+        self.submit_batch(std::iter::once(req)).map_err(|(_, e)| e)
+    }
+
+    /// Queue several commands in order under one acquisition of the device lock, as an
+    /// initiator's block layer hands a plugged batch to the target; each is queued exactly as
+    /// [`Session::submit`] queues it. The handler sees one readiness change for the batch
+    /// instead of one per command.
+    ///
+    /// # Errors
+    /// `(accepted, error)`: the first `accepted` commands were queued, the next one was refused
+    /// with `error` ([`Session::submit`]'s reasons), and the ones after it were not looked at.
+    pub fn submit_batch(
+        &self,
+        reqs: impl IntoIterator<Item = ScsiRequest>,
+    ) -> Result<(), (usize, SubmitError)> {
         // An entry of the initiator side: the caller holds no checked lock (asserted).
         let token = &mut LockToken::root();
-        if req.cdb.is_empty() || req.cdb.len() > abi::SCST_MAX_LONG_CDB_SIZE {
-            return Err(SubmitError::InvalidCdb(req.cdb.len()));
-        }
         let sess_h = self.sess_h;
         self.dev.with(token, |st, fx| {
-            if st.released {
-                return Err(SubmitError::DeviceGone);
+            for (accepted, req) in reqs.into_iter().enumerate() {
+                st.queue_new_cmd(sess_h, req).map_err(|e| (accepted, e))?;
+                fx.wake_fetchers = true;
             }
-            let dup = st.live_tags.contains(&(sess_h, req.tag));
-            let sess = match st.sessions.get_mut(&sess_h) {
-                Some(s) if !s.detached => s,
-                _ => return Err(SubmitError::SessionGone),
-            };
-            if dup {
-                return Err(SubmitError::DuplicateTag(req.tag));
-            }
-            let sn = sess.next_sn;
-            sess.next_sn = sess.next_sn.wrapping_add(1);
-            sess.outstanding += 1;
-            let id = st.next_cmd_id;
-            st.next_cmd_id += 1;
-            st.live_tags.insert((sess_h, req.tag));
-            st.cmds.insert(
-                id,
-                ScsiCmd {
-                    queue_type: req.queue_type,
-                    timeout: req.timeout_secs,
-                    ..ScsiCmd::new(
-                        id,
-                        sess_h,
-                        req.tag,
-                        req.cdb,
-                        req.data_out,
-                        req.expected_data_in,
-                        sn,
-                    )
-                },
-            );
-            st.active.push_back(CoreWork::New(id));
-            fx.wake_fetchers = true;
             Ok(())
         })
     }
@@ -704,5 +686,50 @@ impl Session {
             }
             st.queue_ready(h, fx);
         });
+    }
+}
+
+impl DeviceState {
+    /// One command of `sess_h` onto the SCST active list (`scst_rx_cmd` + `scst_cmd_init_done`),
+    /// under the device lock.
+    fn queue_new_cmd(&mut self, sess_h: u64, req: ScsiRequest) -> Result<(), SubmitError> {
+        if req.cdb.is_empty() || req.cdb.len() > abi::SCST_MAX_LONG_CDB_SIZE {
+            return Err(SubmitError::InvalidCdb(req.cdb.len()));
+        }
+        if self.released {
+            return Err(SubmitError::DeviceGone);
+        }
+        let dup = self.live_tags.contains(&(sess_h, req.tag));
+        let sess = match self.sessions.get_mut(&sess_h) {
+            Some(s) if !s.detached => s,
+            _ => return Err(SubmitError::SessionGone),
+        };
+        if dup {
+            return Err(SubmitError::DuplicateTag(req.tag));
+        }
+        let sn = sess.next_sn;
+        sess.next_sn = sess.next_sn.wrapping_add(1);
+        sess.outstanding += 1;
+        let id = self.next_cmd_id;
+        self.next_cmd_id += 1;
+        self.live_tags.insert((sess_h, req.tag));
+        self.cmds.insert(
+            id,
+            ScsiCmd {
+                queue_type: req.queue_type,
+                timeout: req.timeout_secs,
+                ..ScsiCmd::new(
+                    id,
+                    sess_h,
+                    req.tag,
+                    req.cdb,
+                    req.data_out,
+                    req.expected_data_in,
+                    sn,
+                )
+            },
+        );
+        self.active.push_back(CoreWork::New(id));
+        Ok(())
     }
 }

@@ -11,11 +11,11 @@ use super::WorkloadError;
 use super::WorkloadReport;
 use crate::abi::queue_type;
 use crate::abi::sam_status;
+use crate::int_map::IntMap;
 use crate::loopback::ScsiCompletion;
 use crate::loopback::ScsiRequest;
 use crate::loopback::Session;
 use hdrhistogram::Histogram;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
@@ -44,6 +44,13 @@ struct Pending {
     started: Instant,
 }
 
+/// Commands prepared for one submission, with what the driver keeps of each.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<ScsiRequest>,
+    pending: Vec<(u64, Pending)>,
+}
+
 struct Driver<'a> {
     session: &'a Session,
     config: &'a WorkloadConfig,
@@ -56,7 +63,7 @@ struct Driver<'a> {
     cursor: usize,
     prefilling: bool,
     rng: stamp::Rng,
-    inflight: HashMap<u64, Pending>,
+    inflight: IntMap<u64, Pending>,
     next_tag: u64,
     depth: usize,
     live: &'a Live,
@@ -200,7 +207,7 @@ impl<'a> Driver<'a> {
             cursor: 0,
             prefilling: false,
             rng: stamp::Rng::new(config.seed.wrapping_add(index as u64 * 0x1000_0001)),
-            inflight: HashMap::new(),
+            inflight: IntMap::default(),
             next_tag: (index as u64) << 48,
             depth,
             live,
@@ -251,20 +258,29 @@ impl<'a> Driver<'a> {
     /// Keep `depth` commands in flight while `more` allows, choosing reads with `read`; then
     /// drain. Every wait is bounded by `completion_timeout`.
     fn pump(&mut self, mut more: impl FnMut(&mut Self) -> bool, mut read: impl FnMut(&mut Self) -> bool) {
+        let mut batch = Batch::default();
         loop {
-            while self.inflight.len() < self.depth && more(self) {
+            while self.inflight.len() + batch.requests.len() < self.depth && more(self) {
                 let is_read = read(self);
-                if !self.submit_one(is_read) {
+                if !self.prepare(is_read, &mut batch) {
                     break;
                 }
             }
+            self.submit(&mut batch);
             if self.inflight.is_empty() {
                 break;
             }
             let timeout = self.config.completion_timeout;
             let completions = self.session.completions();
             match scst_accel_hal::locks::blocking("completion wait", || completions.recv_timeout(timeout)) {
-                Ok(completion) => self.complete(completion),
+                Ok(completion) => {
+                    self.complete(completion);
+                    // Everything else already answered too, before the refill goes out as one
+                    // batch.
+                    while let Ok(c) = self.session.completions().try_recv() {
+                        self.complete(c);
+                    }
+                }
                 Err(e) => {
                     let n = self.inflight.len() as u64;
                     self.error(format!(
@@ -305,7 +321,8 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn submit_one(&mut self, read: bool) -> bool {
+    /// Build one command on a free unit into `batch`; false when every unit is busy.
+    fn prepare(&mut self, read: bool, batch: &mut Batch) -> bool {
         let Some(unit) = self.pick_unit() else {
             return false;
         };
@@ -322,28 +339,46 @@ impl<'a> Driver<'a> {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        let request = ScsiRequest {
+        batch.requests.push(ScsiRequest {
             tag,
             cdb,
             data_out,
             expected_data_in: if read { self.config.io_size } else { 0 },
             queue_type: queue_type::SIMPLE,
             timeout_secs: 30,
-        };
-        if let Err(e) = self.session.submit(request) {
-            self.error(format!("submit failed: {e}"));
-            return false;
-        }
-        self.busy[unit] = true;
-        self.inflight.insert(
+        });
+        batch.pending.push((
             tag,
             Pending {
                 unit,
                 write_gen,
                 started: Instant::now(),
             },
-        );
+        ));
+        self.busy[unit] = true;
         true
+    }
+
+    /// Hand the prepared commands to the session in one call; the ones it refused free their
+    /// units again.
+    fn submit(&mut self, batch: &mut Batch) {
+        if batch.requests.is_empty() {
+            return;
+        }
+        let accepted = match self.session.submit_batch(batch.requests.drain(..)) {
+            Ok(()) => batch.pending.len(),
+            Err((accepted, e)) => {
+                self.error(format!("submit failed: {e}"));
+                accepted
+            }
+        };
+        for (i, (tag, pending)) in batch.pending.drain(..).enumerate() {
+            if i < accepted {
+                self.inflight.insert(tag, pending);
+            } else {
+                self.busy[pending.unit] = false;
+            }
+        }
     }
 
     fn complete(&mut self, c: ScsiCompletion) {

@@ -233,3 +233,39 @@ fn a_buffer_too_big_for_the_pool_comes_back_by_on_cached_mem_free_right_after_us
         assert_eq!(stats(&r).ucmds, 0, "the owner left with its reply");
     }
 }
+
+#[test]
+fn a_batch_is_queued_in_order_up_to_its_first_refused_command() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let batch = vec![
+        read10(1, 10, 1),
+        read10(2, 20, 1),
+        read10(1, 30, 1),
+        read10(3, 40, 1),
+    ];
+    assert_eq!(
+        s.submit_batch(batch),
+        Err((2, crate::loopback::SubmitError::DuplicateTag(1))),
+        "the third reuses tag 1, outstanding since the first"
+    );
+    let lbas: Vec<i64> = (0..2)
+        .map(|_| {
+            let c = wait_cmd(&r.fd);
+            assert_eq!(c.subcode, abi::SCST_USER_EXEC);
+            c.read_payload::<abi::ScsiCmdExec>().lba
+        })
+        .collect();
+    assert_eq!(lbas, vec![10, 20], "the two accepted, in order");
+    assert_eq!(
+        fetch(&r.fd).map(|c| c.subcode),
+        Err(Errno::EAGAIN),
+        "nothing after the refused one"
+    );
+    assert_eq!(
+        s.submit_batch(vec![read10(3, 40, 1)]),
+        Ok(()),
+        "tag 3 was never taken"
+    );
+    assert_eq!(wait_cmd(&r.fd).read_payload::<abi::ScsiCmdExec>().lba, 40);
+}
