@@ -18,10 +18,15 @@ const BLOCKS: u64 = 2048;
 const WORKERS: u64 = 2;
 
 fn rig(name: &str, idle_park: Duration) -> Rig {
+    rig_lingering(name, idle_park, FrontendConfig::default().linger)
+}
+
+fn rig_lingering(name: &str, idle_park: Duration, linger: Duration) -> Rig {
     let config = FrontendConfig {
         workers: WORKERS as usize,
         idle_poll: Duration::from_millis(10),
         idle_park,
+        linger,
         ..FrontendConfig::default()
     };
     Rig::with_config(
@@ -94,4 +99,40 @@ fn a_parked_worker_is_woken_by_commands_dumps_and_the_teardown() {
         leave.within_bound && leave.duration < Duration::from_secs(5),
         "the workers leave when told, not when their park ends: {leave:?}"
     );
+}
+
+/// A worker lingers (looks at the fd again before sleeping) only after a turn that sent
+/// replies: once after a command's reply, never while idle; with `linger` zero, never.
+#[test]
+fn a_worker_lingers_after_its_replies_and_never_while_idle() {
+    let rig = rig_lingering(
+        "idle-linger",
+        Duration::from_millis(300),
+        Duration::from_micros(200),
+    );
+    let session = rig.session(0);
+    let r = execute(&session, 1, &read10(0, 1), Vec::new(), BLOCK);
+    assert_eq!(r.status, sam_status::GOOD);
+    std::thread::sleep(Duration::from_millis(100));
+    let after_reply = rig.frontend().stats().linger_looks;
+    assert!(
+        after_reply > 0,
+        "the worker that replied looked again before sleeping"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        rig.frontend().stats().linger_looks,
+        after_reply,
+        "idle workers (woken by their park's bound) do not linger"
+    );
+    session.detach();
+
+    let rig = rig_lingering("idle-no-linger", Duration::from_millis(300), Duration::ZERO);
+    let session = rig.session(0);
+    for tag in 1..=20 {
+        let r = execute(&session, tag, &read10(tag as u32, 1), Vec::new(), BLOCK);
+        assert_eq!(r.status, sam_status::GOOD);
+    }
+    assert_eq!(rig.frontend().stats().linger_looks, 0, "linger zero: never");
+    session.detach();
 }

@@ -503,10 +503,12 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "on_free": s.on_free, "on_cached_mem_free": s.on_cached_mem_free, "task_mgmt": s.task_mgmt,
             "attach": s.attach, "detach": s.detach, "reply_errors": s.reply_errors, "busy": s.busy,
             "ioctls": s.ioctls, "wakeups": s.wakeups, "cap_flushes": s.cap_flushes,
-            // The handler's own syscalls on the command path: one ioctl per REPLY_AND_GET_MULTI
-            // and one poll per wake-up, per EXEC over the whole run (the eventfd read of a rung
+            "linger_looks": s.linger_looks,
+            // The handler's own syscalls on the command path: one ioctl per REPLY_AND_GET_MULTI,
+            // one poll per wake-up and two per look while lingering (sched_yield, then a poll
+            // that does not wait), per EXEC over the whole run (the eventfd read of a rung
             // doorbell, at teardown steps and dumps, is not counted).
-            "handler_syscalls_per_exec": (s.ioctls + s.wakeups) as f64 / (s.exec.max(1) as f64),
+            "handler_syscalls_per_exec": (s.ioctls + s.wakeups + 2 * s.linger_looks) as f64 / (s.exec.max(1) as f64),
             "commands_per_ioctl": s.exec as f64 / (s.ioctls.max(1) as f64),
             "buffers": { "allocated": s.buffers.allocated, "released": s.buffers.released,
                          "held_at_exit": s.buffers.buffers, "refused": s.buffers.refused },

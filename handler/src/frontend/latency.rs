@@ -189,6 +189,7 @@ pub(crate) struct WorkerFigures {
     counts: [AtomicU64; LATENCY_BUCKETS],
     /// Returns from the worker's wait in poll (woken, or its bound passed).
     wakeups: AtomicU64,
+    linger_looks: AtomicU64,
 }
 
 impl Default for WorkerFigures {
@@ -201,6 +202,7 @@ impl Default for WorkerFigures {
             sum_ns: AtomicU64::new(0),
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             wakeups: AtomicU64::new(0),
+            linger_looks: AtomicU64::new(0),
         }
     }
 }
@@ -243,6 +245,11 @@ impl WorkerFigures {
         bump(&self.wakeups, 1);
     }
 
+    /// One look at the fd while lingering. Called by the owning worker only.
+    pub(crate) fn lingered(&self) {
+        bump(&self.linger_looks, 1);
+    }
+
     /// Add this worker's figures to `out` (reads, relaxed).
     pub(crate) fn add_to(&self, out: &mut super::FrontendStats) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -251,6 +258,7 @@ impl WorkerFigures {
         out.read_bytes += get(&self.read_bytes);
         out.write_bytes += get(&self.write_bytes);
         out.wakeups += get(&self.wakeups);
+        out.linger_looks += get(&self.linger_looks);
         let mut h = LatencyHistogram::default();
         for (a, b) in h.counts.iter_mut().zip(self.counts.iter()) {
             *a = get(b);

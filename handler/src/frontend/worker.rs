@@ -255,7 +255,8 @@ impl Worker {
             //   queue refuses a batch and nothing is reaped, so as long as the store stays full;
             // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
             //   abort step): as long as the store's own bounded escalation (a device reset);
-            // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd).
+            // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd);
+            // - `linger`: at most `linger` (10 µs by default) of looks that do not wait.
             // A heartbeat older than a few seconds therefore means a store call that does not
             // return, or a store that accepts nothing: the service is wedged.
             self.shared.liveness.beat(self.index);
@@ -305,6 +306,9 @@ impl Worker {
                 self.multi.capacity()
             };
             let fd_said_ready = std::mem::take(&mut self.fd_said_ready);
+            // Replies go out in this turn's exchange: if it fetches nothing, the worker
+            // lingers before it sleeps (the initiator's answer to them is on its way).
+            let replied = !self.replies.is_empty();
             let fetched = if want > 0 || !self.replies.is_empty() {
                 self.exchange(want)
             } else {
@@ -328,7 +332,10 @@ impl Worker {
             self.announce_released_buffers();
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
-                self.wait(phase != Phase::Leaving && !self.fd_closed);
+                let fetching = phase != Phase::Leaving && !self.fd_closed;
+                if !(replied && fetching && self.inflight.is_empty() && self.linger()) {
+                    self.wait(fetching);
+                }
             }
         }
     }
@@ -555,6 +562,29 @@ impl Worker {
             doorbell.clear();
         }
         self.figures().woke();
+    }
+
+    /// After a turn that sent replies and fetched nothing: look at the fd again, yielding the
+    /// CPU between looks, for up to [`FrontendConfig::linger`] before sleeping. True when it
+    /// became readable (the loop fetches at once, as after a wake-up).
+    fn linger(&mut self) -> bool {
+        let linger = self.shared.config.linger;
+        if linger.is_zero() {
+            return false;
+        }
+        let until = Instant::now() + linger;
+        let fd = self.shared.fd.poll_fd();
+        loop {
+            std::thread::yield_now();
+            self.figures().lingered();
+            if poll_readable(&[fd], Duration::ZERO).is_ok_and(|r| r.first() == Some(&true)) {
+                self.fd_said_ready = true;
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+        }
     }
 
     /// The fd polled readable and the fetch found nothing (spec §3.9: POLLIN on SCST's active

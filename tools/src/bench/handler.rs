@@ -218,6 +218,7 @@ fn cell(
         "reply_and_get_multi_per_command": per(calls as f64),
         "commands_per_call": if calls > 0 { commands as f64 / calls as f64 } else { 0.0 },
         "wakeups_per_command": per((end.frontend.wakeups - start.frontend.wakeups) as f64),
+        "linger_looks_per_command": per((end.frontend.linger_looks - start.frontend.linger_looks) as f64),
         "on_free_cmd_per_command": per((end.replay.on_free_cmd - start.replay.on_free_cmd) as f64),
         "replay": {
             "finished": finished,
