@@ -24,10 +24,8 @@ size = "32M"
 TOML
 scst-accel --log info serve --config /tmp/idle.toml >"$HIL_SHARE/serve.log" 2>&1 &
 serve=$!
-n=0
-i=0
-while [ $i -lt 120 ] && [ "$n" -lt 2 ]; do n=$(ls /sys/block | grep -c '^sd'); sleep 0.5; i=$((i+1)); done
-echo "idle: $n disks: $(ls /sys/block | grep '^sd' | tr '\n' ' ')"
+wait_for_disks 2 $serve || echo "idle: the two disks did not appear (serve.log)"
+echo "idle: disks: $(echo $DISKS)"
 for d in $(ls /sys/block | grep '^sd'); do
 	dd if=/dev/zero of=/dev/$d bs=64k count=16 oflag=direct 2>&1 | tail -1
 done

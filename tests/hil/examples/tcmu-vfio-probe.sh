@@ -11,9 +11,8 @@ mount -t configfs none /sys/kernel/config 2>/dev/null
 scst-accel --log warn serve --frontend tcmu --board ram --size 32M --name probe0 --tcmu-hba 7 \
 	--state-dir /tmp/state --control-socket /tmp/scst-accel.sock >"$HIL_SHARE/serve.log" 2>&1 &
 serve=$!
-sd=
-i=0
-while [ $i -lt 120 ] && [ -z "$sd" ]; do sd=$(ls /sys/block | grep '^sd' | head -1); sleep 0.5; i=$((i+1)); done
+wait_for_disks 1 $serve
+sd=$SD
 echo "probe: /dev/$sd"
 dd if=/dev/urandom of=/dev/$sd bs=64k count=16 oflag=direct 2>&1 | tail -1
 dd if=/dev/$sd of=/dev/null bs=64k count=16 iflag=direct 2>&1 | tail -1

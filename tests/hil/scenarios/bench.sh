@@ -41,20 +41,15 @@ if [ -d /sys/kernel/config/target/core ]; then
 		>"$HIL_SHARE/serve-tcmu.log" 2>&1 &
 	serve=$!
 	sd=
-	i=0
-	while [ $i -lt 120 ] && [ -z "$sd" ]; do
-		sd=$(ls /sys/block | grep '^sd' | head -1)
-		sleep 0.5
-		i=$((i + 1))
-	done
-	if [ -n "$sd" ]; then
+	if wait_for_disks 1 $serve; then
+		sd=$SD
 		echo 32 >"/sys/block/$sd/device/queue_depth" 2>/dev/null
 		echo "bench: /dev/$sd through TCMU, queue_depth $(cat /sys/block/$sd/device/queue_depth)"
 		common="--filename=/dev/$sd --ioengine=libaio --direct=1 --time_based --runtime=$rt --size=64M --output-format=json"
 		fio --name=randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 $common --output="$HIL_SHARE/tcmu-randread.json"
 		fio --name=seqread-128k-qd8 --rw=read --bs=128k --iodepth=8 $common --output="$HIL_SHARE/tcmu-seqread.json"
 	else
-		echo "bench: SKIPPED the TCMU path: no /dev/sdX within 60 s (serve-tcmu.log)"
+		echo "bench: SKIPPED the TCMU path: no /dev/sdX (serve ended, or 60 s passed: serve-tcmu.log)"
 	fi
 	kill -TERM $serve 2>/dev/null
 	wait $serve

@@ -27,16 +27,11 @@ scst-accel --log info serve --frontend tcmu --board "${HIL_BOARD:-qemu-nvme}" --
 	--size 32M --name tcmu0 --tcmu-hba 7 --state-dir /tmp/state \
 	--control-socket /tmp/scst-accel.sock --command-timeout 2s >"$HIL_SHARE/serve.log" 2>&1 &
 SERVE=$!
-SD=
-i=0
-while [ $i -lt 120 ]; do
-	SD=$(ls /sys/block | grep '^sd' | head -1)
-	[ -n "$SD" ] && [ -b "/dev/$SD" ] && break
-	kill -0 $SERVE 2>/dev/null || { cat "$HIL_SHARE/serve.log"; fail "serve exited before the disk appeared" 12; }
-	sleep 0.5
-	i=$((i + 1))
-done
-[ -n "$SD" ] && [ -b "/dev/$SD" ] || { cat "$HIL_SHARE/serve.log"; fail "no /dev/sdX within 60 s" 13; }
+wait_for_disks 1 $SERVE
+case $? in
+1) cat "$HIL_SHARE/serve.log"; fail "serve exited before the disk appeared" 12 ;;
+2) cat "$HIL_SHARE/serve.log"; fail "no /dev/sdX within 60 s" 13 ;;
+esac
 N=$((MB * 256))
 dd if=/dev/urandom of=/tmp/pattern bs=4096 count=$N 2>/dev/null
 # $1: what; the rest: the dd command. The transfer is repeated (same data, same blocks) until

@@ -27,16 +27,11 @@ start_serve() { # $1: log file; further arguments go to serve
 }
 start_serve "$HIL_SHARE/serve-first.log"
 t0=$(now)
-SD=
-i=0
-while [ $i -lt 120 ]; do
-	SD=$(ls /sys/block | grep '^sd' | head -1)
-	[ -n "$SD" ] && [ -b "/dev/$SD" ] && break
-	kill -0 $SERVE 2>/dev/null || { cat "$HIL_SHARE/serve-first.log"; fail "serve exited before the disk appeared" 12; }
-	sleep 0.5
-	i=$((i + 1))
-done
-[ -n "$SD" ] && [ -b "/dev/$SD" ] || { cat "$HIL_SHARE/serve-first.log"; fail "no /dev/sdX within 60 s" 13; }
+wait_for_disks 1 $SERVE
+case $? in
+1) cat "$HIL_SHARE/serve-first.log"; fail "serve exited before the disk appeared" 12 ;;
+2) cat "$HIL_SHARE/serve-first.log"; fail "no /dev/sdX within 60 s" 13 ;;
+esac
 t_disk=$(now)
 vendor=$(tr -d ' \n' </sys/block/$SD/device/vendor)
 model=$(tr -d ' \n' </sys/block/$SD/device/model)
