@@ -510,7 +510,8 @@ impl Session {
     /// Queue several commands in order under one acquisition of the device lock, as an
     /// initiator's block layer hands a plugged batch to the target; each is queued exactly as
     /// [`Session::submit`] queues it. The handler sees one readiness change for the batch
-    /// instead of one per command.
+    /// instead of one per command. `reqs` is consumed with the lock held: pass requests already
+    /// built (a `Vec` or its `drain`), not an iterator that builds them.
     ///
     /// # Errors
     /// `(accepted, error)`: the first `accepted` commands were queued, the next one was refused
