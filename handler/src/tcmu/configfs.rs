@@ -434,9 +434,11 @@ impl<F: ConfigfsFs> Setup<F> {
         let backstore = self.backstore.clone();
         if objects.mkdir(backstore.clone())? {
             // Adopted: configured and enabled by the earlier run; the kernel refuses most keys
-            // of an enabled device anyway.
+            // of an enabled device anyway. Not `tmr_notification`, a flag the kernel takes at
+            // any time (`tcmu_tmr_notification_store`): a backstore made by someone else
+            // (targetcli) may have it off, and the executor's task management needs the notices.
             log::info!("configfs: adopting backstore {}", backstore.display());
-            return Ok(());
+            return Self::notify_task_management(objects, &backstore);
         }
         let control = backstore.join("control");
         // One key per write: the kernel parses a comma list too, but one per write names the
@@ -448,10 +450,14 @@ impl<F: ConfigfsFs> Setup<F> {
             objects.write(&control, &format!("cmd_ring_size_mb={mb}"))?;
         }
         objects.write(&backstore.join("enable"), "1")?;
-        // Task management notices on the ring (`TCMU_OP_TMR`, kernel 5.9 and later): without
-        // them the kernel aborts commands silently and waits for their answers, which the
-        // executor then gives only when the store completes them. An older kernel lacks the
-        // attribute: served all the same, without the notices.
+        Self::notify_task_management(objects, &backstore)
+    }
+
+    /// Task management notices on the ring (`TCMU_OP_TMR`, kernel 5.9 and later): without
+    /// them the kernel aborts commands silently and waits for their answers, which the
+    /// executor then gives only when the store completes them. An older kernel lacks the
+    /// attribute: served all the same, without the notices.
+    fn notify_task_management(objects: &mut Objects<F>, backstore: &Path) -> Result<(), ConfigfsError> {
         let tmr = backstore.join("attrib").join("tmr_notification");
         if objects.fs.exists(&tmr) {
             objects.write(&tmr, "1")?;
@@ -923,7 +929,7 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_handlers_objects_are_adopted_untouched_and_removed_at_the_end() {
+    fn a_killed_handlers_objects_are_adopted_with_notices_on_and_removed_at_the_end() {
         let (_dir, root) = scratch();
         let before = tree(&root);
         let killed = full_setup(MimicFs::new(), &root, &spec()).expect("first run");
@@ -934,10 +940,16 @@ mod tests {
         assert_eq!(err.action, "mkdir");
         let mut adopted = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt");
         adopted.export(&spec()).expect("export");
+        let writes = adopted.objects.fs.writes.borrow().clone();
+        assert_eq!(
+            writes.len(),
+            1,
+            "nothing written to an enabled backstore or an existing TPG but the task management \
+             notices' flag: {writes:?}"
+        );
         assert!(
-            adopted.objects.fs.writes.borrow().is_empty(),
-            "nothing written to an enabled backstore or an existing TPG: {:?}",
-            adopted.objects.fs.writes.borrow()
+            writes[0].0.ends_with("attrib/tmr_notification") && writes[0].1 == "1",
+            "{writes:?}"
         );
         assert_eq!(tree(&root), left, "the tree is as the killed run left it");
         adopted.remove_created().expect("remove");
