@@ -12,12 +12,21 @@ use std::io::Read;
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BOUND: Duration = Duration::from_secs(10);
+/// How long the exporter, and then the reader's last lines, may take: generous, as a loaded
+/// 2-CPU machine running the other tests' threads and `mkfifo` processes can stall either for
+/// seconds; only a failing test waits for it.
+const BOUND: Duration = Duration::from_secs(30);
 const IQN: &str = "iqn.2026-11.com.example:accel";
 
 struct FakeSysfs {
     dir: tempfile::TempDir,
+    /// One fake at a time in this process: run in parallel, the tests lost a line now and then
+    /// under load (the reader waiting for an end of file that did not come; never when run one
+    /// at a time, 150 runs under two CPU hogs), so they take turns.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn mkfifo(path: &Path) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -31,6 +40,8 @@ fn mkfifo(path: &Path) {
 impl FakeSysfs {
     /// scst_local with `scst_local_tgt`, iscsi with no target but IQN's files behind a symlink.
     fn new() -> Self {
+        // A test that failed while holding the turn poisons it; the next one goes on.
+        let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         mkfifo(&root.join("targets/scst_local/scst_local_tgt/luns/mgmt"));
@@ -41,7 +52,7 @@ impl FakeSysfs {
         mkfifo(&real.join("luns/mgmt"));
         mkfifo(&real.join("enabled"));
         std::os::unix::fs::symlink(&real, root.join("targets/iscsi").join(IQN)).expect("symlink");
-        Self { dir }
+        Self { dir, _turn: turn }
     }
 
     fn root(&self) -> &Path {
@@ -60,11 +71,39 @@ impl FakeSysfs {
         let paths: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
         std::thread::spawn(move || {
             let mut next = 0;
+            // An open of the attribute the next expected line goes to, made before the last
+            // open of that same attribute closed (see below).
+            let mut again: Option<std::fs::File> = None;
             while let Some(rel) = paths.get(next) {
-                let mut text = String::new();
-                std::fs::File::open(root.join(rel))
-                    .and_then(|mut f| f.read_to_string(&mut text))
-                    .expect("read the fake attribute");
+                let path = root.join(rel);
+                let text = match again.take() {
+                    Some(mut rw) => {
+                        let text = read_line(&mut rw);
+                        again = Some(rw);
+                        text
+                    }
+                    None => {
+                        let mut text = String::new();
+                        let mut file = std::fs::File::open(&path).expect("open the fake attribute");
+                        file.read_to_string(&mut text).expect("read the fake attribute");
+                        // The next line for this attribute too: open it again before this open
+                        // closes. Closed first, a write landing between this read's end of file
+                        // and the close would go with the FIFO's buffer (no reader and no
+                        // writer left), and the next open would wait for it for ever. Read and
+                        // write, so that reads wait for data instead of seeing end of file.
+                        let lines = text.split_inclusive('\n').count();
+                        if paths.get(next + lines) == Some(rel) {
+                            again = Some(
+                                std::fs::OpenOptions::new()
+                                    .read(true)
+                                    .write(true)
+                                    .open(&path)
+                                    .expect("open the fake attribute again"),
+                            );
+                        }
+                        text
+                    }
+                };
                 // Back-to-back writes to one attribute can reach one open of its FIFO: each
                 // line counts as one write, to the file it was read from.
                 for line in text.split_inclusive('\n') {
@@ -72,6 +111,9 @@ impl FakeSysfs {
                     if line_tx.send((rel.clone(), line.to_string())).is_err() {
                         return;
                     }
+                }
+                if paths.get(next) != Some(rel) {
+                    again = None;
                 }
             }
         });
@@ -87,13 +129,25 @@ impl FakeSysfs {
         // Lines the exporter wrote last may still be in the reader.
         let mut lines = lines;
         while lines.len() < expected.len() {
-            match line_rx.recv_timeout(Duration::from_millis(500)) {
+            match line_rx.recv_timeout(BOUND) {
                 Ok(line) => lines.push(line),
                 Err(_) => break,
             }
         }
         (result, lines)
     }
+}
+
+/// Whole lines from `file` (an open that also writes, so a read waits for data): the exporter
+/// writes one line per write(2).
+fn read_line(file: &mut std::fs::File) -> String {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !bytes.ends_with(b"\n") {
+        let n = file.read(&mut chunk).expect("read the fake attribute");
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(bytes).expect("text")
 }
 
 fn spec(driver: TargetDriver, target: &str, lun: u32, enable: bool) -> ExportSpec {
