@@ -309,7 +309,7 @@ impl Worker {
             // Replies go out in this turn's exchange: if it fetches nothing, the worker
             // lingers before it sleeps (the initiator's answer to them is on its way).
             let replied = !self.replies.is_empty();
-            let fetched = if want > 0 || !self.replies.is_empty() {
+            let fetched = if want > 0 || replied {
                 self.exchange(want)
             } else {
                 0
@@ -573,11 +573,10 @@ impl Worker {
             return false;
         }
         let until = Instant::now() + linger;
-        let fd = self.shared.fd.poll_fd();
         loop {
             std::thread::yield_now();
             self.figures().lingered();
-            if poll_readable(&[fd], Duration::ZERO).is_ok_and(|r| r.first() == Some(&true)) {
+            if self.fd_readable_now() {
                 self.fd_said_ready = true;
                 return true;
             }
@@ -585,6 +584,13 @@ impl Worker {
                 return false;
             }
         }
+    }
+
+    /// Whether the scst_user fd polls readable now (a `poll` that does not wait; an error reads
+    /// as not readable, and the next blocking wait reports it).
+    fn fd_readable_now(&self) -> bool {
+        let fd = self.shared.fd.poll_fd();
+        poll_readable(&[fd], Duration::ZERO).is_ok_and(|r| r.first() == Some(&true))
     }
 
     /// The fd polled readable and the fetch found nothing (spec §3.9: POLLIN on SCST's active
@@ -609,9 +615,7 @@ impl Worker {
             }
             None => scst_accel_hal::locks::sleep(pause),
         }
-        let fd = self.shared.fd.poll_fd();
-        let still_ready = poll_readable(&[fd], Duration::ZERO).is_ok_and(|r| r.first() == Some(&true));
-        if still_ready {
+        if self.fd_readable_now() {
             self.fd_said_ready = true;
         } else {
             self.empty_ready_fetches = 0;

@@ -277,7 +277,7 @@ impl<'a> Driver<'a> {
                     self.complete(completion);
                     // Everything else already answered too, before the refill goes out as one
                     // batch.
-                    while let Ok(c) = self.session.completions().try_recv() {
+                    while let Ok(c) = completions.try_recv() {
                         self.complete(c);
                     }
                 }
