@@ -20,9 +20,9 @@ const IQN: &str = "iqn.2026-11.com.example:accel";
 
 struct FakeSysfs {
     dir: tempfile::TempDir,
-    /// One fake at a time in this process: run in parallel, the tests lost a line now and then
-    /// under load (the reader waiting for an end of file that did not come; never when run one
-    /// at a time, 150 runs under two CPU hogs), so they take turns.
+    /// One fake at a time in this process: run in parallel under load, the tests now and then
+    /// lost a line (missing at the end, or the exporter blocked on it); never when run one at a
+    /// time (150 runs under two CPU hogs), so they take turns.
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
