@@ -26,7 +26,7 @@ scst-accel --log info serve --config /tmp/idle.toml >"$HIL_SHARE/serve.log" 2>&1
 serve=$!
 wait_for_disks 2 $serve || echo "idle: the two disks did not appear (serve.log)"
 echo "idle: disks: $(echo $DISKS)"
-for d in $(ls /sys/block | grep '^sd'); do
+for d in $DISKS; do
 	dd if=/dev/zero of=/dev/$d bs=64k count=16 oflag=direct 2>&1 | tail -1
 done
 sleep 2

@@ -23,3 +23,13 @@ wait_for_disks() {
 		_polls=$((_polls + 1))
 	done
 }
+
+# require_disks N PID LOG: wait_for_disks, or show LOG and end the scenario with the caller's
+# `fail` (12: PID ended first, 13: no disk within 60 s).
+require_disks() {
+	wait_for_disks "$1" "$2"
+	case $? in
+	1) cat "$3"; fail "serve exited before the disk appeared" 12 ;;
+	2) cat "$3"; fail "no /dev/sdX within 60 s" 13 ;;
+	esac
+}

@@ -27,11 +27,7 @@ scst-accel --log info serve --frontend tcmu --board "${HIL_BOARD:-qemu-nvme}" --
 	--size 32M --name tcmu0 --tcmu-hba 7 --state-dir /tmp/state \
 	--control-socket /tmp/scst-accel.sock --command-timeout 2s >"$HIL_SHARE/serve.log" 2>&1 &
 SERVE=$!
-wait_for_disks 1 $SERVE
-case $? in
-1) cat "$HIL_SHARE/serve.log"; fail "serve exited before the disk appeared" 12 ;;
-2) cat "$HIL_SHARE/serve.log"; fail "no /dev/sdX within 60 s" 13 ;;
-esac
+require_disks 1 $SERVE "$HIL_SHARE/serve.log"
 N=$((MB * 256))
 dd if=/dev/urandom of=/tmp/pattern bs=4096 count=$N 2>/dev/null
 # $1: what; the rest: the dd command. The transfer is repeated (same data, same blocks) until

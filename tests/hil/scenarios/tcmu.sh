@@ -27,11 +27,7 @@ start_serve() { # $1: log file; further arguments go to serve
 }
 start_serve "$HIL_SHARE/serve-first.log"
 t0=$(now)
-wait_for_disks 1 $SERVE
-case $? in
-1) cat "$HIL_SHARE/serve-first.log"; fail "serve exited before the disk appeared" 12 ;;
-2) cat "$HIL_SHARE/serve-first.log"; fail "no /dev/sdX within 60 s" 13 ;;
-esac
+require_disks 1 $SERVE "$HIL_SHARE/serve-first.log"
 t_disk=$(now)
 vendor=$(tr -d ' \n' </sys/block/$SD/device/vendor)
 model=$(tr -d ' \n' </sys/block/$SD/device/model)
