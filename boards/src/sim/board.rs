@@ -2,7 +2,8 @@
 //! owning the register file, the medium, the fault plan and one engine thread per queue.
 //!
 //! Wake-ups: each engine parks between looks at the state; a doorbell unparks only its own
-//! queue's engine, every other change all of them ([`Shared::notify`]), which also signals the
+//! queue's engine (a CQ_HEAD write only while that engine waits for a completion slot),
+//! every other change all of them ([`Shared::notify`]), which also signals the
 //! condition variable a function reset waits on for the engines to go idle. Each wake-up is
 //! counted per queue before the unpark ([`Shared::wakes`]), so an engine whose last look found
 //! nothing sleeps again, without the lock, until one was signalled after that look.
@@ -121,6 +122,9 @@ pub(crate) struct Shared {
     /// Per queue, the wake-ups signalled to its engine, counted before each unpark (see
     /// [`Shared::wakes`]).
     wakes: Vec<AtomicU64>,
+    /// Per queue, whether its engine waits for a free completion slot (§4): the only time a
+    /// CQ_HEAD write is news to it ([`Shared::await_cq_slot`]).
+    cq_slot_waiters: Vec<AtomicBool>,
     gone: AtomicBool,
     /// A soft reset was ignored ([`Fault::ResetIgnored`]): CONTROL.SOFT_RESET reads 1 for ever.
     reset_stuck: AtomicBool,
@@ -191,6 +195,27 @@ impl Shared {
         self.wakes
             .get(q as usize)
             .map_or(0, |wakes| wakes.load(Ordering::SeqCst))
+    }
+
+    /// Queue `q`'s engine starts (`true`) or ends (`false`) a wait for a free completion slot.
+    /// Only then does a CQ_HEAD write wake it: a host consuming the completions of an engine
+    /// that is not stalled (nearly always) would otherwise cost it a wake-up and a look that
+    /// finds nothing, per reap. The fence pairs with the one after a CQ_HEAD write is posted
+    /// ([`Shared::write32`]): either the engine's next look under the lock sees the posted
+    /// head, or the writer sees this flag and wakes it.
+    pub(crate) fn await_cq_slot(&self, q: u32, waiting: bool) {
+        if let Some(flag) = self.cq_slot_waiters.get(q as usize) {
+            flag.store(waiting, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+    }
+
+    /// Whether queue `q`'s engine waits for a free completion slot (for the model's tests).
+    #[cfg(test)]
+    pub(crate) fn awaits_cq_slot(&self, q: u32) -> bool {
+        self.cq_slot_waiters
+            .get(q as usize)
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
     }
 
     /// Wake the function resets waiting for the engines to go idle, and no engine.
@@ -266,8 +291,9 @@ impl Shared {
         self.faults.lock(token).0.resets_ignored()
     }
 
-    /// A register write from the driver. A doorbell is posted and its queue's engine woken,
-    /// INT_STATUS_CLEAR applied at once, both without the state lock ([`Posted`]); a soft
+    /// A register write from the driver. A doorbell is posted and its queue's engine woken (by
+    /// CQ_HEAD only when it waits for a completion slot), INT_STATUS_CLEAR applied at once,
+    /// both without the state lock ([`Posted`]); a soft
     /// reset and the interrupts it releases are carried out on the same BAR path (no token).
     #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
@@ -276,6 +302,13 @@ impl Shared {
         }
         if let Some((q, head)) = doorbell_of(offset, self.engines.len()) {
             self.posted.post(q, head, value);
+            if head {
+                // Pairs with the fence in `await_cq_slot` (see there).
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if !self.cq_slot_waiters[q].load(Ordering::Relaxed) {
+                    return;
+                }
+            }
             self.wake_engine(q);
             return;
         }
@@ -477,6 +510,7 @@ impl SimBoard {
                 wake: OrderedCondvar::new(),
                 engines: (0..queues).map(|_| OnceLock::new()).collect(),
                 wakes: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+                cq_slot_waiters: (0..queues).map(|_| AtomicBool::new(false)).collect(),
                 gone: AtomicBool::new(false),
                 reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),

@@ -1,7 +1,8 @@
 //! One queue's DMA engine: a thread that fetches descriptors through the IOMMU, executes them
 //! against the medium and posts completions (accelerator.md §3–§9).
 //!
-//! The engine sleeps parked, with no lock held (unparked by its own queue's doorbells and by
+//! The engine sleeps parked, with no lock held (unparked by its own queue's doorbells, CQ_HEAD
+//! only while it waits for a completion slot, and by
 //! every other change: RUN, resets, faults, shutdown; every wait bounded so stop flags are
 //! re-checked). A doorbell of another queue does not wake it. Before each DMA step it checks
 //! that the descriptor it holds is still valid: RUN still set under the same epoch, no reset,
@@ -993,11 +994,7 @@ impl Engine {
         };
         let (slot, phase) = match reserved {
             Some(slot) => slot,
-            // Without a deadline the hold returns only with a free slot, or abandons.
-            None => match self.hold(token, job, None, free_slot)? {
-                Some(slot) => slot,
-                None => return Err(Abandoned),
-            },
+            None => self.await_cq_slot(token, job, free_slot)?,
         };
         let addr = job.cq_base + u64::from(slot) * COMPLETION_BYTES;
         let flags = if phase { CQ_PHASE } else { 0 };
@@ -1038,6 +1035,21 @@ impl Engine {
             self.shared.raise(vector);
         }
         Ok(())
+    }
+
+    /// Hold `job` until a completion slot is free, with this queue's CQ_HEAD writes waking the
+    /// engine meanwhile ([`Shared::await_cq_slot`](super::board::Shared::await_cq_slot)).
+    /// Without a deadline the hold returns only with a free slot, or abandons.
+    fn await_cq_slot(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        free_slot: impl Fn(&BoardState) -> Option<Slot>,
+    ) -> Step<Slot> {
+        self.shared.await_cq_slot(self.q, true);
+        let held = self.hold(token, job, None, free_slot);
+        self.shared.await_cq_slot(self.q, false);
+        held?.ok_or(Abandoned)
     }
 
     /// Write an entry's bytes 0..3 and 4..16, then the flags byte (3) on its own, so a host

@@ -239,6 +239,54 @@ fn a_full_completion_ring_stalls_the_engine_until_the_head_moves() {
     assert!(wait_until(|| !tq.busy(&rig)), "BUSY clears once posted");
 }
 
+/// A CQ_HEAD write wakes the queue's engine only while it waits for a free completion slot: a
+/// host consuming the completions of an engine that is not stalled signals it nothing (each
+/// such wake-up cost the simulator a look that found nothing); a stalled engine is woken by
+/// the write that frees a slot, not left to its idle timer.
+#[test]
+fn a_cq_head_write_wakes_the_engine_only_while_it_waits_for_a_slot() {
+    let mut rig = Rig::enabled();
+    let shared = std::sync::Arc::clone(rig.sim.shared());
+    let mut tq = TestQueue::start(&mut rig, 0, 4);
+    let (_, iova) = rig.map_data(4096);
+
+    tq.submit(&rig, desc(opcode::READ, 1, 0, 512, iova));
+    assert!(wait_until(|| tq.peek(&rig, 0).is_some() && !tq.busy(&rig)));
+    let before = shared.wakes(0);
+    assert_eq!(tq.poll(&rig).map(|c| c.tag), Some(1));
+    assert_eq!(
+        shared.wakes(0),
+        before,
+        "CQ_HEAD of an engine not waiting for a slot"
+    );
+
+    // Three completions fill the 4-entry ring (§4, N - 1); the fourth waits for a slot.
+    for tag in 2..=4 {
+        tq.push(&rig, desc(opcode::READ, tag, 0, 512, iova));
+    }
+    tq.ring(&rig);
+    assert!(
+        wait_until(|| tq.peek(&rig, 2).is_some()),
+        "three completions posted"
+    );
+    tq.submit(&rig, desc(opcode::READ, 5, 0, 512, iova));
+    assert!(
+        wait_until(|| shared.awaits_cq_slot(0)),
+        "the engine waits for a completion slot"
+    );
+    let stalled = shared.wakes(0);
+    assert_eq!(tq.poll(&rig).map(|c| c.tag), Some(2));
+    assert_eq!(
+        shared.wakes(0),
+        stalled + 1,
+        "the write that frees a slot wakes the engine"
+    );
+    for tag in 3..=5 {
+        assert_eq!(tq.next(&rig).tag, tag);
+    }
+    assert!(wait_until(|| !tq.busy(&rig) && !shared.awaits_cq_slot(0)));
+}
+
 #[test]
 fn a_stale_sequence_number_halts_the_queue_until_restarted() {
     let mut rig = Rig::enabled();
