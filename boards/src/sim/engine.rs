@@ -807,6 +807,13 @@ impl Engine {
                     Ok(segments) => segments,
                     Err(outcome) => return Ok(outcome),
                 };
+                if let [(iova, len)] = *segments.as_slice() {
+                    if len as usize <= DMA_CHUNK {
+                        if let Some(outcome) = self.transfer_in_place(token, job, desc, offset, iova) {
+                            return outcome;
+                        }
+                    }
+                }
                 let mut bounce = self.bounce.take();
                 if bounce.len() < desc.length as usize {
                     bounce.resize(desc.length as usize, 0);
@@ -939,6 +946,67 @@ impl Engine {
         }
         Counters::add(&self.shared.stats.bytes_written, u64::from(desc.length));
         Ok(Outcome::ok(desc.length))
+    }
+
+    /// READ or WRITE of one contiguous piece of at most [`DMA_CHUNK`] (one DMA step): one
+    /// validity check, then one copy between the medium's blocks and host memory, made under
+    /// the medium's lock (`Medium::read_in_place`, `write_in_place`) instead of two through the
+    /// bounce buffer. What a transfer guarantees is unchanged: an unmapped byte anywhere in the
+    /// host range moves nothing (a WRITE leaves the blocks as they were), and each command's
+    /// blocks change in one step against every other access. `None` when the medium cannot lend
+    /// the range in place (a file, or a range across two of its chunks): the caller goes
+    /// through the bounce buffer.
+    fn transfer_in_place(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        desc: &Descriptor,
+        offset: u64,
+        iova: u64,
+    ) -> Option<Step<Outcome>> {
+        if let Err(abandoned) = self.checkpoint(token, job) {
+            return Some(Err(abandoned));
+        }
+        let iommu = &self.shared.iommu;
+        let medium = &self.shared.medium;
+        let len = desc.length as usize;
+        let write = desc.opcode == opcode::WRITE;
+        let moved = if write {
+            medium.write_in_place(token, offset, len, |under, blocks| {
+                iommu.dma_read_under(under, iova, blocks)
+            })?
+        } else {
+            medium.read_in_place(token, offset, len, |under, blocks| {
+                iommu.dma_write_under(under, iova, blocks)
+            })?
+        };
+        let error = if write {
+            cq_status::WRITE_ERROR
+        } else {
+            cq_status::READ_ERROR
+        };
+        let outcome = match moved {
+            Err(e) => self.medium_error(error, desc, &e),
+            Ok(Err(fault)) => Outcome {
+                status: cq_status::DMA_FAULT,
+                bytes: 0,
+                detail: fault.iova as u32,
+            },
+            Ok(Ok(())) if write => {
+                if desc.flags & flags::FUA != 0 {
+                    if let Err(e) = medium.flush() {
+                        return Some(Ok(self.medium_error(error, desc, &e)));
+                    }
+                }
+                Counters::add(&self.shared.stats.bytes_written, u64::from(desc.length));
+                Outcome::ok(desc.length)
+            }
+            Ok(Ok(())) => {
+                Counters::add(&self.shared.stats.bytes_read, u64::from(desc.length));
+                Outcome::ok(desc.length)
+            }
+        };
+        Some(Ok(outcome))
     }
 
     /// READ: medium → host, piece by piece; on a DMA fault `bytes` says how much arrived.

@@ -15,6 +15,7 @@ use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockBefore;
 use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::locks::OrderedRwLock;
 
 /// RAM is allocated in chunks of this size on first write.
 const RAM_CHUNK: u64 = 64 * 1024;
@@ -28,9 +29,11 @@ pub(crate) enum Medium {
     /// Chunk index → chunk; a missing chunk reads as zeroes.
     Ram {
         len: u64,
-        /// Level `sim.medium`: a leaf, held for one copy between the medium and the engine's
-        /// bounce buffer (never host DMA memory).
-        chunks: OrderedMutex<HashMap<u64, Box<[u8]>>, levels::SimMedium>,
+        /// Level `sim.medium`: held for one copy between the medium and the engine's bounce
+        /// buffer, or between the medium and host memory through the IOMMU (the one lock
+        /// taken under it: `iommu.table`, [`Medium::read_in_place`]). Shared by readers, so
+        /// the engines of two queues read at once.
+        chunks: OrderedRwLock<HashMap<u64, Box<[u8]>>, levels::SimMedium>,
     },
     /// A file of exactly `len` bytes.
     File {
@@ -48,7 +51,7 @@ impl Medium {
     pub(crate) fn ram(len: u64) -> Self {
         Self::Ram {
             len,
-            chunks: OrderedMutex::new(HashMap::new()),
+            chunks: OrderedRwLock::new(HashMap::new()),
         }
     }
 
@@ -98,7 +101,7 @@ impl Medium {
         self.check(offset, out.len() as u64)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let (chunks, _) = chunks.lock(token);
+                let (chunks, _) = chunks.read(token);
                 for_each_chunk(offset, out.len(), |index, within, at, n| {
                     match chunks.get(&index) {
                         Some(chunk) => out[at..at + n].copy_from_slice(&chunk[within..within + n]),
@@ -124,7 +127,7 @@ impl Medium {
         self.check(offset, data.len() as u64)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let (mut chunks, _) = chunks.lock(token);
+                let (mut chunks, _) = chunks.write(token);
                 write_chunks(&mut chunks, offset, data);
                 Ok(())
             }
@@ -133,6 +136,57 @@ impl Medium {
                 file.write_all_at(data, offset)
             }
         }
+    }
+
+    /// The `len` bytes at `offset` of a RAM medium, in place, handed to `copy` under the
+    /// medium's read lock with that lock's child token: the engine copies them straight to host
+    /// memory (`Iommu::dma_write_under`), one copy instead of two through its bounce buffer. A
+    /// chunk never written reads as zeroes. `None` when the range is not inside one chunk or the
+    /// medium is a file: the caller copies through its buffer ([`Medium::read`]).
+    pub(crate) fn read_in_place<L: LockBefore<levels::SimMedium>, R>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        offset: u64,
+        len: usize,
+        copy: impl FnOnce(&mut LockToken<'_, levels::SimMedium>, &[u8]) -> R,
+    ) -> Option<io::Result<R>> {
+        let Self::Ram { chunks, .. } = self else {
+            return None;
+        };
+        let (index, within) = in_one_chunk(offset, len)?;
+        if let Err(e) = self.check(offset, len as u64) {
+            return Some(Err(e));
+        }
+        let (chunks, mut under) = chunks.read(token);
+        let bytes = match chunks.get(&index) {
+            Some(chunk) => &chunk[within..within + len],
+            None => &ZEROES[..len],
+        };
+        Some(Ok(copy(&mut under, bytes)))
+    }
+
+    /// The `len` bytes at `offset` of a RAM medium, in place and writable, handed to `fill`
+    /// under the medium's write lock with that lock's child token: the engine copies host data
+    /// straight into them (`Iommu::dma_read_under`, which writes nothing when any byte of the
+    /// host range is unmapped, so a faulting transfer leaves the blocks as they were; a chunk
+    /// allocated for it reads as zeroes, as before). `None` as for [`Medium::read_in_place`].
+    pub(crate) fn write_in_place<L: LockBefore<levels::SimMedium>, R>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        offset: u64,
+        len: usize,
+        fill: impl FnOnce(&mut LockToken<'_, levels::SimMedium>, &mut [u8]) -> R,
+    ) -> Option<io::Result<R>> {
+        let Self::Ram { chunks, .. } = self else {
+            return None;
+        };
+        let (index, within) = in_one_chunk(offset, len)?;
+        if let Err(e) = self.check(offset, len as u64) {
+            return Some(Err(e));
+        }
+        let (mut chunks, mut under) = chunks.write(token);
+        let chunk = chunks.entry(index).or_insert_with(new_chunk);
+        Some(Ok(fill(&mut under, &mut chunk[within..within + len])))
     }
 
     /// Compare `expected` with the medium at `offset` and, only if every byte is equal, write
@@ -154,7 +208,7 @@ impl Medium {
         self.check(offset, data.len() as u64)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let (mut chunks, _) = chunks.lock(token);
+                let (mut chunks, _) = chunks.write(token);
                 let mut equal = true;
                 for_each_chunk(offset, data.len(), |index, within, at, n| {
                     let held = chunks.get(&index).map(|c| &c[within..within + n]);
@@ -193,7 +247,7 @@ impl Medium {
         self.check(offset, len)?;
         match self {
             Self::Ram { chunks, .. } => {
-                let (mut chunks, _) = chunks.lock(token);
+                let (mut chunks, _) = chunks.write(token);
                 let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
                 for_each_chunk(offset, len, |index, within, _, n| {
                     if n as u64 == RAM_CHUNK {
@@ -243,7 +297,7 @@ impl Medium {
         match self {
             Self::Ram { chunks, .. } => {
                 let mut token = LockToken::root();
-                let (chunks, _) = chunks.lock(&mut token);
+                let (chunks, _) = chunks.read(&mut token);
                 chunks.len() as u64 * RAM_CHUNK
             }
             Self::File { .. } => 0,
@@ -251,18 +305,30 @@ impl Medium {
     }
 }
 
-/// Split `offset..offset+len` at chunk boundaries: `f(chunk index, offset in chunk, offset in
-/// the caller's buffer, bytes)`.
+/// What a chunk never written reads as, for [`Medium::read_in_place`].
+static ZEROES: [u8; RAM_CHUNK as usize] = [0; RAM_CHUNK as usize];
+
+/// A zeroed chunk.
+fn new_chunk() -> Box<[u8]> {
+    vec![0u8; RAM_CHUNK as usize].into_boxed_slice()
+}
+
+/// The chunk index and offset in it of `offset..offset+len`, when that range lies in one chunk.
+fn in_one_chunk(offset: u64, len: usize) -> Option<(u64, usize)> {
+    let within = offset % RAM_CHUNK;
+    (within + len as u64 <= RAM_CHUNK).then_some((offset / RAM_CHUNK, within as usize))
+}
+
 /// Copy `data` into the RAM chunks at `offset`, allocating the chunks it touches first.
 fn write_chunks(chunks: &mut HashMap<u64, Box<[u8]>>, offset: u64, data: &[u8]) {
     for_each_chunk(offset, data.len(), |index, within, at, n| {
-        let chunk = chunks
-            .entry(index)
-            .or_insert_with(|| vec![0u8; RAM_CHUNK as usize].into_boxed_slice());
+        let chunk = chunks.entry(index).or_insert_with(new_chunk);
         chunk[within..within + n].copy_from_slice(&data[at..at + n]);
     });
 }
 
+/// Split `offset..offset+len` at chunk boundaries: `f(chunk index, offset in chunk, offset in
+/// the caller's buffer, bytes)`.
 fn for_each_chunk(offset: u64, len: usize, mut f: impl FnMut(u64, usize, usize, usize)) {
     let mut at = 0usize;
     while at < len {

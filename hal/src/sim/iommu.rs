@@ -121,10 +121,27 @@ impl Iommu {
     /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; `out` is then left
     /// unchanged and no host memory was read.
     pub fn dma_read(&self, iova: u64, out: &mut [u8]) -> Result<(), IommuFault> {
+        // A DMA copy is device work: the model calls it with no lock of its own held (the root
+        // token asserts it), except through `dma_read_under`.
+        self.dma_read_under(&mut LockToken::root(), iova, out)
+    }
+
+    /// [`Iommu::dma_read`] under the caller's lock chain: a device model that holds a lock of
+    /// its own across the copy passes that lock's child token (the simulated medium, whose
+    /// level is below `iommu.table`, copies host data straight into its blocks this way), and
+    /// the nesting is checked like any other. Nothing that lock guards may be waited for by a
+    /// thread that holds `iommu.table`: the order forbids taking it there.
+    ///
+    /// # Errors
+    /// As [`Iommu::dma_read`].
+    pub fn dma_read_under<L: LockBefore<levels::IommuTable>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        iova: u64,
+        out: &mut [u8],
+    ) -> Result<(), IommuFault> {
         let len = out.len() as u64;
-        // A DMA copy is device work: the model calls it with no lock of its own held.
-        let mut token = LockToken::root();
-        let (table, mut under_table) = self.table.read(&mut token);
+        let (table, mut under_table) = self.table.read(token);
         // Checked under the table's read lock, which `disable_bus_master` waits out.
         if let Some(refused) = self.blocked(iova, len, false) {
             return Err(refused);
@@ -150,9 +167,21 @@ impl Iommu {
     /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; no host memory is
     /// then written, not even the mapped part.
     pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+        self.dma_write_under(&mut LockToken::root(), iova, data)
+    }
+
+    /// [`Iommu::dma_write`] under the caller's lock chain, as [`Iommu::dma_read_under`].
+    ///
+    /// # Errors
+    /// As [`Iommu::dma_write`].
+    pub fn dma_write_under<L: LockBefore<levels::IommuTable>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        iova: u64,
+        data: &[u8],
+    ) -> Result<(), IommuFault> {
         let len = data.len() as u64;
-        let mut token = LockToken::root();
-        let (table, mut under_table) = self.table.read(&mut token);
+        let (table, mut under_table) = self.table.read(token);
         // Checked under the table's read lock, which `disable_bus_master` waits out.
         if let Some(refused) = self.blocked(iova, len, true) {
             return Err(refused);

@@ -7,6 +7,7 @@
 use super::controller::Counters;
 use super::controller::Token;
 use super::prp;
+use super::prp::Piece;
 use super::spec::nvm;
 use super::spec::status;
 use super::spec::Sqe;
@@ -109,6 +110,11 @@ fn read(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) ->
         );
         return Err(status::UNRECOVERED_READ_ERROR.into());
     }
+    if let [piece] = *pieces.as_slice() {
+        if let Some(done) = read_in_place(exec, token, range.offset, piece) {
+            return done;
+        }
+    }
     let mut data = vec![0u8; range.bytes as usize];
     if let Err(e) = exec.shared.medium.read(token, range.offset, &mut data) {
         return medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR);
@@ -123,18 +129,70 @@ fn read(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) ->
 fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = data_range(exec, sqe)?;
     let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
-    let mut data = vec![0u8; range.bytes as usize];
-    prp::read_from_host(exec, token, &pieces, &mut data)?;
-    exec.checkpoint(token)?;
-    medium_result(
-        exec,
-        exec.shared.medium.write(token, range.offset, &data),
-        status::WRITE_FAULT,
-    )?;
+    let in_place = match *pieces.as_slice() {
+        [piece] => write_in_place(exec, token, range.offset, piece),
+        _ => None,
+    };
+    if let Some(done) = in_place {
+        done?;
+    } else {
+        let mut data = vec![0u8; range.bytes as usize];
+        prp::read_from_host(exec, token, &pieces, &mut data)?;
+        exec.checkpoint(token)?;
+        medium_result(
+            exec,
+            exec.shared.medium.write(token, range.offset, &data),
+            status::WRITE_FAULT,
+        )?;
+    }
     if sqe.cdw12 & (1 << 30) != 0 {
         medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT)?;
     }
     Ok(Reply::Done(0))
+}
+
+/// A Read of one contiguous host piece: one validity check, then one copy from the medium's
+/// blocks straight to host memory under the medium's lock (`Medium::read_in_place`), instead
+/// of a buffer per command and two copies. `None` when the medium cannot lend the range in
+/// place (a file, or a range across two of its chunks): the caller goes through a buffer.
+fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, piece: Piece) -> Option<CmdResult> {
+    if let Err(abandoned) = exec.checkpoint(token) {
+        return Some(Err(abandoned));
+    }
+    let iommu = &exec.shared.iommu;
+    let moved = exec
+        .shared
+        .medium
+        .read_in_place(token, offset, piece.len, |under, blocks| {
+            iommu.dma_write_under(under, piece.iova, blocks)
+        })?;
+    Some(match moved {
+        Err(e) => medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR),
+        Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
+        Ok(Ok(())) => Ok(Reply::Done(0)),
+    })
+}
+
+/// A Write of one contiguous host piece, copied straight into the medium's blocks under its
+/// lock (`Medium::write_in_place`). A Data Transfer Error still leaves the blocks as they were:
+/// the IOMMU copies nothing when any byte of the piece is unmapped. `None` as for
+/// [`read_in_place`].
+fn write_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, piece: Piece) -> Option<CmdResult> {
+    if let Err(abandoned) = exec.checkpoint(token) {
+        return Some(Err(abandoned));
+    }
+    let iommu = &exec.shared.iommu;
+    let moved = exec
+        .shared
+        .medium
+        .write_in_place(token, offset, piece.len, |under, blocks| {
+            iommu.dma_read_under(under, piece.iova, blocks)
+        })?;
+    Some(match moved {
+        Err(e) => medium_result(exec, Err(e), status::WRITE_FAULT),
+        Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
+        Ok(Ok(())) => Ok(Reply::Done(0)),
+    })
 }
 
 /// Compare (§6.2): the host's data against the medium, nothing written; Compare Failure when
