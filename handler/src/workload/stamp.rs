@@ -60,12 +60,21 @@ pub fn verify(block: &[u8], lba: u64, generation: u32) -> Result<(), Mismatch> {
     if block[12..16] != MAGIC.to_le_bytes() {
         return Err(Mismatch::Corrupt { offset: 12 });
     }
-    for (i, chunk) in block[16..].chunks_exact(8).enumerate() {
-        if chunk != word(lba, generation, i).to_le_bytes() {
-            return Err(Mismatch::Corrupt { offset: 16 + i * 8 });
-        }
+    // The body as one branch-free fold (the compiler vectorizes it), and only on a difference
+    // the walk that finds its first byte: the bench verifies every block it reads.
+    let body = &block[16..];
+    let differs = body.chunks_exact(8).enumerate().fold(0u64, |acc, (i, chunk)| {
+        acc | (u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ word(lba, generation, i))
+    });
+    if differs == 0 {
+        return Ok(());
     }
-    Ok(())
+    let offset = body
+        .chunks_exact(8)
+        .enumerate()
+        .position(|(i, chunk)| chunk != word(lba, generation, i).to_le_bytes())
+        .map_or(16, |i| 16 + i * 8);
+    Err(Mismatch::Corrupt { offset })
 }
 
 /// Check one logical block at `lba` with no memory of what was written there: it is either
@@ -125,6 +134,14 @@ mod tests {
         assert_eq!(verify(&block, 5, GEN_ZERO), Err(Mismatch::NotZero { offset: 0 }));
         block[300] ^= 1;
         assert_eq!(verify(&block, 5, 3), Err(Mismatch::Corrupt { offset: 296 }));
+        block[511] ^= 0x80;
+        assert_eq!(
+            verify(&block, 5, 3),
+            Err(Mismatch::Corrupt { offset: 296 }),
+            "the first corrupt word"
+        );
+        block[300] ^= 1;
+        assert_eq!(verify(&block, 5, 3), Err(Mismatch::Corrupt { offset: 504 }));
         assert_eq!(verify(&block, 5, GEN_UNKNOWN), Ok(()));
     }
 
