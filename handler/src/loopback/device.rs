@@ -12,6 +12,7 @@ use super::sense::SenseCode;
 use super::session::ScsiCompletion;
 use super::session::TmCompletion;
 use super::sgv::SgvPool;
+use super::spare::SpareBuffers;
 use super::uaccess::UserMemory;
 use super::ucmd::Ucmd;
 use super::ucmd::UcmdKind;
@@ -427,6 +428,8 @@ pub(crate) struct Device {
     pub attach_cond: OrderedCondvar,
     /// User memory, with the kernel's syscall counters.
     pub memory: Arc<UserMemory>,
+    /// Data-in buffers the initiator handed back, for the next copies (`spare.rs`).
+    pub spare: SpareBuffers,
 }
 
 /// One delivered message, prepared under the lock and completed outside it.
@@ -450,6 +453,7 @@ impl Device {
             cond: OrderedCondvar::new(),
             attach_cond: OrderedCondvar::new(),
             memory,
+            spare: SpareBuffers::default(),
         }
     }
 
@@ -524,8 +528,10 @@ impl DeviceState {
             let data_out = match cmd.and_then(|id| self.cmds.get_mut(&id)) {
                 Some(c) if u.state == abi::UCMD_STATE_EXECING && c.data_out_pending && c.pbuf != 0 => {
                     c.data_out_pending = false;
-                    let n = c.data_out.len().min(c.buffer_bytes());
-                    Some((c.pbuf, c.data_out[..n].to_vec()))
+                    // Moved, not copied: a delivery taken back returns it (`undeliver`).
+                    let mut data = std::mem::take(&mut c.data_out);
+                    data.truncate(c.buffer_bytes());
+                    Some((c.pbuf, data))
                 }
                 _ => None,
             };
@@ -549,7 +555,7 @@ impl DeviceState {
     /// faulted): it goes back to the head of the ready list as it was, as the kernel re-queues
     /// a ucmd whose copy to user space faulted (spec §3.2). Left alone if something else
     /// (unjam, a reply) has dealt with the ucmd since.
-    pub fn undeliver(&mut self, d: &Delivery, fx: &mut Effects) {
+    pub fn undeliver(&mut self, d: &mut Delivery, fx: &mut Effects) {
         let h = d.msg.cmd_h;
         let Some(u) = self.ucmds.get_mut(&h) else { return };
         if !u.sent_to_user || u.this_state_unjammed || u.msg.subcode != d.msg.subcode {
@@ -557,8 +563,9 @@ impl DeviceState {
         }
         u.sent_to_user = false;
         u.seen_by_user = d.seen_before;
-        if d.data_out.is_some() {
+        if let Some((_, data)) = d.data_out.take() {
             if let Some(c) = d.cmd.and_then(|id| self.cmds.get_mut(&id)) {
+                c.data_out = data;
                 c.data_out_pending = true;
             }
         }

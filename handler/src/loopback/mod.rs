@@ -27,6 +27,7 @@ mod reply_get;
 mod sense;
 mod session;
 mod sgv;
+mod spare;
 mod uaccess;
 mod ucmd;
 mod unjam;

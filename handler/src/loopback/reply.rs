@@ -9,6 +9,7 @@ use super::device::Effects;
 use super::device::Token;
 use super::sense;
 use super::sgv::SgvObject;
+use super::spare::SpareBuffers;
 use super::uaccess;
 use super::uaccess::UserMemory;
 use super::ucmd::UcmdKind;
@@ -138,7 +139,7 @@ impl Plan {
 
     /// Do the plan's user copies (no device lock held), in the kernel's order: a pin before
     /// the data, the data before the sense; the first fault stops the rest.
-    pub fn copy(&self, mem: &UserMemory) -> Copied {
+    pub fn copy(&self, mem: &UserMemory, spare: &SpareBuffers) -> Copied {
         match self {
             Plan::Done => Copied::Nothing,
             Plan::ParseError { sense, .. } => Copied::Sense(copy_sense(mem, *sense)),
@@ -160,7 +161,7 @@ impl Plan {
                     }
                 }
                 // Only what the initiator's buffer takes is moved (the size is the handler's word).
-                let mut data = Vec::new();
+                let mut data = spare.take();
                 let len = (*resp).min(*want_in);
                 let data_sense = (if mem.read_ranges_to_vecs(&mut [(*data_addr, len, &mut data)]) == 1 {
                     Ok(())
@@ -196,7 +197,7 @@ pub(crate) fn process_reply(dev: &Device, token: &mut Token<'_>, reply: &ReplyCm
     let plan = dev.with(token, |st, fx| st.reply_begin(reply, fx))?;
     let copied = match plan.copied_without_user_memory() {
         Some(c) => c,
-        None => plan.copy(&dev.memory),
+        None => plan.copy(&dev.memory, &dev.spare),
     };
     dev.with(token, |st, fx| st.reply_apply(plan, copied, fx))
 }

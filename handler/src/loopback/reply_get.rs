@@ -48,6 +48,7 @@ use super::reply::Copied;
 use super::reply::ExecRanges;
 use super::reply::Plan;
 use super::sense;
+use super::spare::SpareBuffers;
 use super::uaccess::UserMemory;
 use crate::abi::GetCmd;
 use crate::abi::MultiBuffer;
@@ -133,13 +134,13 @@ struct Prefetched {
 
 impl Prefetch {
     /// Read all `wanted` ranges in one syscall; keep those read completely.
-    fn read(mem: &UserMemory, wanted: Vec<(usize, ExecRanges)>) -> Self {
+    fn read(mem: &UserMemory, spare: &SpareBuffers, wanted: Vec<(usize, ExecRanges)>) -> Self {
         let mut entries: Vec<Prefetched> = wanted
             .into_iter()
             .map(|(index, ranges)| Prefetched {
                 index,
                 ranges,
-                data: Vec::new(),
+                data: spare.take(),
                 sense: Vec::new(),
             })
             .collect();
@@ -233,13 +234,13 @@ pub(crate) fn reply_and_get(
                     }
                     held.unlock(st);
                     let copied = if wanted_ranges.is_empty() {
-                        plan.copy(mem)
+                        plan.copy(mem, &dev.spare)
                     } else {
-                        prefetch = Prefetch::read(mem, wanted_ranges);
+                        prefetch = Prefetch::read(mem, &dev.spare, wanted_ranges);
                         match prefetch.take(i, &plan) {
                             Some(c) => c,
                             // A fault: copy alone, which fails exactly as it always did.
-                            None => plan.copy(mem),
+                            None => plan.copy(mem, &dev.spare),
                         }
                     };
                     st = dev.lock(token);
@@ -320,6 +321,12 @@ pub(crate) fn reply_and_get(
                 .collect();
             mem.write_ranges(&ranges)
         };
+        // Written into the handler's buffers: the model is done with those data-out buffers.
+        for &k in with_data.iter().take(written) {
+            if let Some((_, data)) = deliveries[k].data_out.take() {
+                dev.spare.give(data);
+            }
+        }
         st = dev.lock(token);
         if let Some(&bad) = with_data.get(written) {
             // The pinned pages vanished: the core fails that command (internal failure) and
@@ -335,7 +342,7 @@ pub(crate) fn reply_and_get(
                 }
                 st.complete_with_sense(id, sense::INTERNAL_FAILURE, &mut held.fx);
             }
-            for d in deliveries[bad + 1..].iter().rev() {
+            for d in deliveries[bad + 1..].iter_mut().rev() {
                 st.undeliver(d, &mut held.fx);
             }
             delivered = bad;

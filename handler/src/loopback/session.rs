@@ -507,6 +507,21 @@ impl Session {
         self.submit_batch(std::iter::once(req)).map_err(|(_, e)| e)
     }
 
+    /// An empty buffer for a request's data-out, with the capacity of one the model is done
+    /// with when there is one (the data-out of delivered commands and recycled data-in
+    /// buffers are kept for this): a block layer reusing its pages instead of faulting in a
+    /// fresh allocation per command.
+    pub fn spare_buffer(&self) -> Vec<u8> {
+        self.dev.spare.take()
+    }
+
+    /// Hand a completion's data-in buffer back once read: the model reuses it for a later
+    /// command's data instead of allocating one (a block layer reusing its pages). Optional;
+    /// the buffer must not be used after.
+    pub fn recycle(&self, data_in: Vec<u8>) {
+        self.dev.spare.give(data_in);
+    }
+
     /// Queue several commands in order under one acquisition of the device lock, as an
     /// initiator's block layer hands a plugged batch to the target; each is queued exactly as
     /// [`Session::submit`] queues it. The handler sees one readiness change for the batch

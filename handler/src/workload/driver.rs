@@ -331,7 +331,8 @@ impl<'a> Driver<'a> {
             (rw_cdb(false, lba, self.blocks_per_io), Vec::new(), None)
         } else {
             let gen = next_generation(self.gens[unit]);
-            let mut data = vec![0u8; self.config.io_size as usize];
+            let mut data = self.session.spare_buffer();
+            data.resize(self.config.io_size as usize, 0);
             for (i, block) in data.chunks_exact_mut(self.block_size as usize).enumerate() {
                 stamp::stamp(block, lba + i as u64, gen);
             }
@@ -419,6 +420,7 @@ impl<'a> Driver<'a> {
             None => {
                 self.report.reads += 1;
                 self.verify(p.unit, lba, &c.data_in);
+                self.session.recycle(c.data_in);
             }
         }
     }

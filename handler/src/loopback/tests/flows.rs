@@ -269,3 +269,51 @@ fn a_batch_is_queued_in_order_up_to_its_first_refused_command() {
     );
     assert_eq!(wait_cmd(&r.fd).read_payload::<abi::ScsiCmdExec>().lba, 40);
 }
+
+/// The model's data buffers are reused, not allocated per command, when the initiator hands
+/// them back: a recycled data-in buffer carries the next read's data, and a delivered
+/// write's data-out buffer is offered for the next request (`spare.rs`).
+#[test]
+fn recycled_data_buffers_carry_the_next_commands_data() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let buf = PageBuffer::new(4096).unwrap();
+    let read_once = |tag: u64, fill: u8| {
+        s.submit(read10(tag, 0, 8)).unwrap();
+        let c = wait_cmd(&r.fd);
+        buf.fill(0, 4096, fill);
+        r.fd.reply_cmd(&completed(c.cmd_h, 4096, buf.addr(), 0)).unwrap();
+        recv(&s)
+    };
+    let first = read_once(1, 0x21);
+    assert_eq!(first.data_in, vec![0x21; 4096]);
+    let kept = first.data_in.as_ptr();
+    s.recycle(first.data_in);
+    let second = read_once(2, 0x42);
+    assert_eq!(
+        second.data_in,
+        vec![0x42; 4096],
+        "the next read's data, all of it"
+    );
+    assert_eq!(second.data_in.as_ptr(), kept, "in the recycled buffer");
+
+    let data = vec![0xab; 2048];
+    let sent = data.as_ptr();
+    s.submit(write10(3, 4, data)).unwrap();
+    let x = wait_cmd(&r.fd);
+    assert_eq!(x.subcode, abi::SCST_USER_EXEC, "a hit: the cached buffer");
+    let e: abi::ScsiCmdExec = x.read_payload();
+    assert_eq!(e.pbuf, buf.addr());
+    let mut got = vec![0u8; 2048];
+    buf.read_at(0, &mut got);
+    assert_eq!(got, vec![0xab; 2048], "data-out in the handler's buffer");
+    let spare = s.spare_buffer();
+    assert!(spare.is_empty());
+    assert_eq!(
+        spare.as_ptr(),
+        sent,
+        "the delivered data-out's buffer, offered back"
+    );
+    r.fd.reply_cmd(&completed(x.cmd_h, 0, 0, 0)).unwrap();
+    assert_eq!(recv(&s).status, sam_status::GOOD);
+}
