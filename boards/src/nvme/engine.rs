@@ -109,6 +109,10 @@ impl QueueEngine for NvmeQueue {
         NvmeQueue::ring_doorbell(self);
     }
 
+    fn prepare_to_wait(&mut self) -> bool {
+        NvmeQueue::prepare_to_wait(self)
+    }
+
     fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         NvmeQueue::reap(self, out)
     }

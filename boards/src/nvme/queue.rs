@@ -671,6 +671,22 @@ impl NvmeQueue {
 
     /// The CQ's head entry carries the expected phase tag (§4.6): the controller has posted
     /// it. Read as the pop reads it (the status word's low byte, acquire).
+    /// [`QueueEngine::prepare_to_wait`](crate::engine::QueueEngine::prepare_to_wait): with a
+    /// completion posted, say so (the owner reaps; no read). Otherwise read the interrupt
+    /// eventfd (the signals of completions reaped so far), then look at the ring again: a
+    /// completion posted after the read signals again (`irq_gate.rs`).
+    pub fn prepare_to_wait(&mut self) -> bool {
+        self.irq_gate.prepared();
+        if self.completion_posted() {
+            return true;
+        }
+        if let Some(irq) = &self.irq {
+            irq.clear();
+            self.stats.irq_reads += 1;
+        }
+        self.completion_posted()
+    }
+
     fn completion_posted(&self) -> bool {
         let offset = self.cq.head() as usize * size_of::<Cqe>() + CQE_STATUS_OFFSET;
         let status = self.cq.region().load_u8_acquire(offset);

@@ -218,6 +218,10 @@ impl QueueEngine for Sca1Queue {
         Sca1Queue::ring_doorbell(self)
     }
 
+    fn prepare_to_wait(&mut self) -> bool {
+        Sca1Queue::prepare_to_wait(self)
+    }
+
     fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         let mut raw = std::mem::take(&mut self.reaped);
         let n = Sca1Queue::reap(self, &mut raw);

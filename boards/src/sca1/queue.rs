@@ -418,6 +418,22 @@ impl Sca1Queue {
 
     /// The completion ring's head entry carries the expected phase (§4): the device has posted
     /// it. Read as the pop reads it (flags byte, acquire).
+    /// [`QueueEngine::prepare_to_wait`](crate::engine::QueueEngine::prepare_to_wait): with a
+    /// completion posted, say so (the owner reaps; no read). Otherwise read the interrupt
+    /// eventfd (the signals of completions reaped so far), then look at the ring again: a
+    /// completion posted after the read signals again (`irq_gate.rs`).
+    pub fn prepare_to_wait(&mut self) -> bool {
+        self.irq_gate.prepared();
+        if self.completion_posted() {
+            return true;
+        }
+        if let Some(irq) = &self.irq {
+            irq.clear();
+            self.stats.irq_reads += 1;
+        }
+        self.completion_posted()
+    }
+
     fn completion_posted(&self) -> bool {
         let offset = self.cq.head() as usize * 16 + 3;
         let flags = self.cq.region().load_u8_acquire(offset);

@@ -184,6 +184,12 @@ fn signalled(queue: &Sca1Queue) -> bool {
     scst_accel_hal::fdio::poll_readable(&[fd], Duration::ZERO).expect("poll")[0]
 }
 
+/// Whether the queue's interrupt eventfd becomes readable within 5 s.
+fn raised(queue: &Sca1Queue) -> bool {
+    let fd = queue.notify_fd().expect("the queue has an interrupt eventfd");
+    scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_secs(5)).expect("poll")[0]
+}
+
 /// Signal the queue's eventfd as a late interrupt would (one raised for entries already
 /// reaped): an eventfd counts 8-byte writes.
 fn signal_stale(queue: &Sca1Queue) {
@@ -198,27 +204,23 @@ fn signal_stale(queue: &Sca1Queue) {
         .expect("signal the eventfd");
 }
 
-/// A reap reads the interrupt eventfd when a completion is posted, not when the ring is empty
-/// right after a doorbell (issue 13: a syscall per opportunistic reap); a stale signal (an
-/// interrupt for entries already reaped) is cleared by the second empty reap in a row, so a
-/// worker polling the eventfd never spins on it.
+/// A reap never reads the interrupt eventfd for posted entries, nor when the ring is empty right
+/// after a doorbell (issue 13: a syscall per reap). For an owner that polls the eventfd
+/// without `prepare_to_wait`, a stale signal (an interrupt for entries already reaped) is
+/// cleared by the second empty reap in a row, so it never spins on it.
 #[test]
-fn a_reap_reads_the_eventfd_only_when_something_is_posted_or_twice_empty() {
+fn a_reap_reads_the_eventfd_only_when_twice_empty() {
     let mut rig = Rig::with_interrupts("sca1-irq-gate", true);
     rig.submit(1, opcode::READ, 0);
-    let fd = rig.queue.notify_fd().expect("eventfd");
-    assert!(
-        scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_secs(5)).expect("poll")[0],
-        "the completion raised the vector"
-    );
+    assert!(raised(&rig.queue), "the completion raised the vector");
     let reads = rig.queue.stats().irq_reads;
     assert_eq!(rig.reap_all().len(), 1);
     assert_eq!(
         rig.queue.stats().irq_reads,
-        reads + 1,
-        "a posted entry: read first"
+        reads,
+        "a posted entry is popped without a read"
     );
-    assert!(!signalled(&rig.queue), "cleared before the pop");
+    assert!(signalled(&rig.queue), "its signal stays");
 
     // Opportunistic reaps right after a doorbell find nothing and read nothing.
     rig.sim.inject("latency:200ms".parse().expect("fault"));
@@ -226,14 +228,13 @@ fn a_reap_reads_the_eventfd_only_when_something_is_posted_or_twice_empty() {
     assert!(rig.reap_all().is_empty());
     assert_eq!(
         rig.queue.stats().irq_reads,
-        reads + 1,
+        reads,
         "an empty reap after a doorbell skips the read"
     );
 
-    // The second empty reap in a row reads: a stale signal is gone.
-    signal_stale(&rig.queue);
+    // The second empty reap in a row reads: the stale signal is gone.
     assert!(rig.reap_all().is_empty());
-    assert_eq!(rig.queue.stats().irq_reads, reads + 2);
+    assert_eq!(rig.queue.stats().irq_reads, reads + 1);
     assert!(
         !signalled(&rig.queue),
         "two empty reaps in a row clear a stale signal"
@@ -249,8 +250,45 @@ fn a_reap_reads_the_eventfd_only_when_something_is_posted_or_twice_empty() {
         "left by the first empty reap after a doorbell"
     );
     assert!(rig.reap_all().is_empty());
-    assert_eq!(rig.queue.stats().irq_reads, reads + 3);
+    assert_eq!(rig.queue.stats().irq_reads, reads + 2);
     assert!(!signalled(&rig.queue), "cleared by the second");
+}
+
+/// `prepare_to_wait` before a sleep: with a completion posted it says so and reads nothing (the
+/// owner reaps); otherwise it clears the signals of completions already reaped, so the sleep
+/// does not end at once. From the first call on, reaps read nothing at all.
+#[test]
+fn a_wait_is_prepared_with_one_read_and_only_when_nothing_is_posted() {
+    let mut rig = Rig::with_interrupts("sca1-irq-prepare", true);
+    rig.submit(1, opcode::READ, 0);
+    assert!(raised(&rig.queue), "the completion raised the vector");
+    let reads = rig.queue.stats().irq_reads;
+    assert!(rig.queue.prepare_to_wait(), "posted: reap, do not sleep");
+    assert_eq!(rig.queue.stats().irq_reads, reads, "and no read");
+    assert_eq!(rig.reap_all().len(), 1);
+    assert!(signalled(&rig.queue), "the signal stays after the reap");
+    assert!(
+        !rig.queue.prepare_to_wait(),
+        "nothing posted: the owner may sleep"
+    );
+    assert_eq!(
+        rig.queue.stats().irq_reads,
+        reads + 1,
+        "one read before the sleep"
+    );
+    assert!(!signalled(&rig.queue), "cleared: the sleep does not end at once");
+
+    // Empty reaps of a preparing owner read nothing, however many.
+    rig.sim.inject("latency:200ms".parse().expect("fault"));
+    rig.submit(2, opcode::READ, 8);
+    for _ in 0..3 {
+        assert!(rig.reap_all().is_empty());
+    }
+    assert_eq!(rig.queue.stats().irq_reads, reads + 1);
+    // The delayed completion wakes the sleep the owner prepared.
+    assert!(raised(&rig.queue), "the delayed completion raised the vector");
+    assert!(rig.queue.prepare_to_wait());
+    assert_eq!(rig.reap_all().len(), 1);
 }
 
 /// COPY (contract 1.1, accelerator.md §3.1): blocks move inside the medium, `addr` naming the

@@ -513,10 +513,16 @@ impl Worker {
     /// teardown under way), by `idle_park` when there is nothing at all: then only a command,
     /// a completion, a teardown step or a dump (which ring the doorbell) wakes the worker, and
     /// an idle service costs one wake-up per `idle_park` per worker. After a readable fd gave
-    /// nothing to fetch, back off instead ([`Worker::back_off`]).
+    /// nothing to fetch, back off instead ([`Worker::back_off`]). Completions already waiting
+    /// in the store ([`StoreQueue::prepare_to_wait`]) end the wait before it sleeps.
     fn wait(&mut self, fetching: bool) {
         if fetching && self.empty_ready_fetches > 0 {
             self.back_off();
+            return;
+        }
+        // The store's completion fd is cleared of what was already reaped; with completions
+        // waiting, the loop reaps them instead of sleeping.
+        if self.queue.notify_fd().is_some() && self.queue.prepare_to_wait() {
             return;
         }
         let idle = fetching
@@ -606,7 +612,9 @@ impl Worker {
             .saturating_mul(1 << shift)
             .min(READY_BACKOFF_MAX)
             .min(self.shared.config.idle_poll);
+        let completions_waiting = self.queue.notify_fd().is_some() && self.queue.prepare_to_wait();
         match self.queue.notify_fd() {
+            Some(_) if completions_waiting => {}
             Some(store) => {
                 if let Err(e) = poll_readable(&[store], pause) {
                     log::warn!("poll on the store queue failed: {e}");

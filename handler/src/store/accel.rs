@@ -1226,6 +1226,13 @@ impl StoreQueue for AccelQueue {
         self.queue.notify_fd()
     }
 
+    fn prepare_to_wait(&mut self) -> bool {
+        if !self.done.is_empty() {
+            return true;
+        }
+        !self.gone && self.queue.prepare_to_wait()
+    }
+
     fn in_flight(&self) -> usize {
         self.parents.len() + self.done.len()
     }

@@ -440,6 +440,15 @@ pub trait StoreQueue: Send {
     /// Readable while completions may be waiting; `None` for a store that completes every
     /// request inside [`StoreQueue::submit`].
     fn notify_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Called right before the owner sleeps on [`StoreQueue::notify_fd`]: consume what made the
+    /// fd readable for completions already reaped, and say whether completions are waiting now
+    /// (`true`: reap instead of sleeping). A store whose reap keeps its fd's readiness exact
+    /// (the file store's eventfd is read by its reap) keeps the default; the accelerator
+    /// store's reaps leave the interrupt eventfd alone and clear it here instead: one read per
+    /// sleep rather than one per reap (`boards/src/irq_gate.rs`).
+    fn prepare_to_wait(&mut self) -> bool {
+        false
+    }
     /// Requests submitted and not yet reaped.
     fn in_flight(&self) -> usize;
     /// Teardown escalation: end every request in flight now. On hardware this stops the queue

@@ -389,7 +389,9 @@ impl Executor {
                 aborted = true;
                 deadline = now + budget;
             }
-            if let Some(fd) = self.queue.notify_fd() {
+            if self.queue.notify_fd().is_some() && self.queue.prepare_to_wait() {
+                // Completions already waiting: reaped by the flush below, no sleep.
+            } else if let Some(fd) = self.queue.notify_fd() {
                 let wait = deadline
                     .saturating_duration_since(Instant::now())
                     .min(Duration::from_millis(50));
@@ -531,6 +533,12 @@ impl Executor {
         timeout: Duration,
         wake: Option<BorrowedFd<'_>>,
     ) -> Result<Progress, StepError> {
+        // Completions already waiting in the store: look at every fd without sleeping.
+        let timeout = if self.queue.notify_fd().is_some() && self.queue.prepare_to_wait() {
+            Duration::ZERO
+        } else {
+            timeout
+        };
         let ready = {
             let mut fds = vec![events.as_fd()];
             fds.extend(self.queue.notify_fd());

@@ -280,7 +280,7 @@ impl Driver<'_> {
             if in_flight == 0 && batch.is_empty() && !issuing {
                 break;
             }
-            if queue.in_flight() > 0 {
+            if queue.in_flight() > 0 && !queue.prepare_to_wait() {
                 if let Some(fd) = queue.notify_fd() {
                     scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_millis(100))
                         .map_err(StoreBenchError::Poll)?;

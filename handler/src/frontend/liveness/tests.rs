@@ -111,6 +111,10 @@ impl StoreQueue for BlockingQueue {
         self.inner.notify_fd()
     }
 
+    fn prepare_to_wait(&mut self) -> bool {
+        self.inner.prepare_to_wait()
+    }
+
     fn in_flight(&self) -> usize {
         self.inner.in_flight()
     }
