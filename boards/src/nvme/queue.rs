@@ -669,8 +669,6 @@ impl NvmeQueue {
         accepted
     }
 
-    /// The CQ's head entry carries the expected phase tag (§4.6): the controller has posted
-    /// it. Read as the pop reads it (the status word's low byte, acquire).
     /// [`QueueEngine::prepare_to_wait`](crate::engine::QueueEngine::prepare_to_wait): with a
     /// completion posted, say so (the owner reaps; no read). Otherwise read the interrupt
     /// eventfd (the signals of completions reaped so far), then look at the ring again: a
@@ -687,6 +685,8 @@ impl NvmeQueue {
         self.completion_posted()
     }
 
+    /// The CQ's head entry carries the expected phase tag (§4.6): the controller has posted
+    /// it. Read as the pop reads it (the status word's low byte, acquire).
     fn completion_posted(&self) -> bool {
         let offset = self.cq.head() as usize * size_of::<Cqe>() + CQE_STATUS_OFFSET;
         let status = self.cq.region().load_u8_acquire(offset);

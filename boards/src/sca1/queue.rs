@@ -416,8 +416,6 @@ impl Sca1Queue {
         accepted
     }
 
-    /// The completion ring's head entry carries the expected phase (§4): the device has posted
-    /// it. Read as the pop reads it (flags byte, acquire).
     /// [`QueueEngine::prepare_to_wait`](crate::engine::QueueEngine::prepare_to_wait): with a
     /// completion posted, say so (the owner reaps; no read). Otherwise read the interrupt
     /// eventfd (the signals of completions reaped so far), then look at the ring again: a
@@ -434,6 +432,8 @@ impl Sca1Queue {
         self.completion_posted()
     }
 
+    /// The completion ring's head entry carries the expected phase (§4): the device has posted
+    /// it. Read as the pop reads it (flags byte, acquire).
     fn completion_posted(&self) -> bool {
         let offset = self.cq.head() as usize * 16 + 3;
         let flags = self.cq.region().load_u8_acquire(offset);
