@@ -428,7 +428,7 @@ pub(crate) struct Device {
     pub attach_cond: OrderedCondvar,
     /// User memory, with the kernel's syscall counters.
     pub memory: Arc<UserMemory>,
-    /// Data-in buffers the initiator handed back, for the next copies (`spare.rs`).
+    /// Data buffers the model is done with, for the next copies and requests (`spare.rs`).
     pub spare: SpareBuffers,
 }
 

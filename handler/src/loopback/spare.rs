@@ -1,13 +1,15 @@
-//! Data-in buffers the initiator hands back ([`Session::recycle`](super::Session::recycle)),
-//! reused for the next commands' copies out of the handler's buffers.
+//! Data buffers the model is done with, reused instead of allocated per command: the data-in
+//! buffers the initiator hands back ([`Session::recycle`](super::Session::recycle)), taken for
+//! the next copies out of the handler's buffers, and the data-out of delivered writes, offered
+//! for the initiator's next requests ([`Session::spare_buffer`](super::Session::spare_buffer)).
 //!
 //! The model copies a READ's data from the handler's buffer into a buffer of its own, which
-//! goes to the initiator in the completion. A fresh allocation per command costs more than the
-//! copy at 128 KiB: the allocator returns large blocks to the kernel, so every command faults
-//! its pages in again and the kernel zeroes them (a fifth of the loopback's CPU at 128 KiB
-//! sequential read). A block layer reuses its pages; an initiator that recycles its
-//! completions' buffers gets the same here. One that does not loses nothing: the model
-//! allocates as before.
+//! goes to the initiator in the completion. A fresh allocation per command cost more than the
+//! copy at 128 KiB: `perf` showed the copy into it faulting its pages in and the kernel zeroing
+//! them on every command (the allocator hands blocks that large back to the kernel), about a
+//! fifth of the loopback's CPU at 128 KiB sequential read. A block layer reuses its pages; an
+//! initiator that recycles its completions' buffers gets the same here. One that does not
+//! loses nothing: the model allocates as before.
 
 use crossbeam_channel::Receiver;
 use crossbeam_channel::Sender;
