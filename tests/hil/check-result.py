@@ -120,6 +120,8 @@ def check_tcmu(j):
          j.get("resized_sectors") == 65536),
         ("and READ CAPACITY (sg_readcap), or sg3-utils is absent",
          j.get("resize_readcap") in ("ok", "skipped")),
+        ("the first command after it was answered CAPACITY DATA HAS CHANGED (serve's log)",
+         j.get("resize_ua") is True),
         ("a backstore removed through configfs stopped its disk alone (failed in status)",
          j.get("removed_one") is True),
         ("and the other disk still served reads", j.get("other_serves") is True),

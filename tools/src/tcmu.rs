@@ -48,6 +48,7 @@ use scst_accel_handler::tcmu::configfs::Setup;
 use scst_accel_handler::tcmu::configfs::SetupSpec;
 use scst_accel_handler::tcmu::configfs::TargetSpec;
 use scst_accel_handler::tcmu::configfs::Targets;
+use scst_accel_handler::tcmu::exec::CapacityNotice;
 use scst_accel_handler::tcmu::exec::Executor;
 use scst_accel_handler::tcmu::netlink::DeviceEvent;
 use scst_accel_handler::tcmu::netlink::EventKind;
@@ -211,6 +212,8 @@ struct StartFailure {
 struct Running {
     backend: Backend,
     engine: Arc<Disk>,
+    /// Tells the worker's executor that the capacity changed (a resize).
+    capacity: CapacityNotice,
     setup: Setup<KernelFs>,
     worker: TcmuWorker,
     /// The UIO device's number (`/dev/uioN`): the kernel's events name it as the minor.
@@ -472,6 +475,7 @@ impl TcmuService {
             .resize(blocks)
             .map_err(|e| format!("disk {name}: the store refused {bytes} bytes: {e}"))?;
         running.engine.set_num_blocks(blocks);
+        running.capacity.raise();
         disk.num_blocks = blocks;
         if tell_kernel {
             running
@@ -480,8 +484,8 @@ impl TcmuService {
                 .map_err(|e| format!("disk {name}: served at {blocks} blocks, but {}", error_chain(&e)))?;
         }
         log::info!(
-            "disk {name}: resized to {bytes} bytes ({blocks} blocks); initiators see it at their \
-             next READ CAPACITY (a rescan)"
+            "disk {name}: resized to {bytes} bytes ({blocks} blocks); the next command is told \
+             CAPACITY DATA HAS CHANGED, other initiators see it at their next rescan"
         );
         Ok(blocks)
     }
@@ -877,6 +881,7 @@ fn start_disk(
     };
     let uio_index = device.info().index;
     let exec = Executor::new(Arc::clone(&engine), queue, Arc::clone(&backend.pool));
+    let capacity = exec.capacity_notice();
     let worker_config = WorkerConfig {
         command_timeout: spec.args.command_timeout,
         drain_budget: settings.drain,
@@ -900,6 +905,7 @@ fn start_disk(
         disk.running = Some(Running {
             backend,
             engine,
+            capacity,
             setup,
             worker,
             uio_index,
@@ -938,6 +944,7 @@ fn start_disk(
     disk.running = Some(Running {
         backend,
         engine,
+        capacity,
         setup,
         worker,
         uio_index,
@@ -1450,6 +1457,7 @@ mod tests {
             backend.store.open_queue().expect("queue"),
             Arc::clone(&backend.pool),
         );
+        let capacity = exec.capacity_notice();
         let worker = TcmuWorker::spawn(
             "tcmu-rig",
             device,
@@ -1470,6 +1478,7 @@ mod tests {
         d.running = Some(Running {
             backend,
             engine,
+            capacity,
             setup,
             worker,
             uio_index: 3,
@@ -1484,7 +1493,9 @@ mod tests {
     }
 
     /// READ CAPACITY(10) through the simulated ring: the last LBA the engine reports.
-    fn read_capacity(rig: &mut Rig, id: u16) -> u32 {
+    /// One command through the ring (8 bytes of Data-In at most): its status and sense key,
+    /// ASC, ASCQ (fixed format).
+    fn run_command(rig: &mut Rig, id: u16, cdb: &[u8]) -> (u8, [u8; 3]) {
         use scst_accel_handler::tcmu::abi::Iovec;
         use std::io::Read;
         use std::io::Write;
@@ -1492,14 +1503,21 @@ mod tests {
             iov_base: rig.sim.data_off() as u64,
             iov_len: 8,
         }];
-        rig.sim
-            .post_cmd(id, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &iov, &[])
-            .expect("post");
+        rig.sim.post_cmd(id, cdb, &iov, &[]).expect("post");
         rig.kernel.write_all(&1u32.to_ne_bytes()).expect("event");
         let mut kick = [0u8; 4];
         rig.kernel.read_exact(&mut kick).expect("kicked");
         let done = rig.sim.reap().expect("reap");
-        assert_eq!(done.iter().map(|c| c.status).collect::<Vec<_>>(), [0]);
+        assert_eq!(done.len(), 1);
+        let sense = done[0].sense;
+        (done[0].status, [sense[2] & 0x0f, sense[12], sense[13]])
+    }
+
+    fn read_capacity(rig: &mut Rig, id: u16) -> u32 {
+        assert_eq!(
+            run_command(rig, id, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (0, [0, 0, 0])
+        );
         let data = rig.sim.read_data(rig.sim.data_off(), 4);
         u32::from_be_bytes([data[0], data[1], data[2], data[3]])
     }
@@ -1526,29 +1544,44 @@ mod tests {
         rig.service
             .on_event(&event(EventKind::Added, "tcm-user/4243/d0/scst-accel/ram"));
         assert_eq!(rig.service.serving(), 1);
-        // dev_size written through configfs: the store grows and READ CAPACITY says so.
+        // dev_size written through configfs: the store grows, the next command (INQUIRY
+        // exempt) is told CAPACITY DATA HAS CHANGED, once, and READ CAPACITY says so.
         rig.service.on_event(&DeviceEvent {
             dev_size: Some(4096 * 512),
             ..event(EventKind::Reconfig, "tcm-user/4243/d0/scst-accel/ram")
         });
-        assert_eq!(read_capacity(&mut rig, 2), 4095);
-        // A size the RAM store cannot take (a shrink): refused, the size served stays.
+        assert_eq!(
+            run_command(&mut rig, 2, &[0x12, 0, 0, 0, 8, 0]).0,
+            0,
+            "INQUIRY is exempt"
+        );
+        assert_eq!(
+            run_command(&mut rig, 3, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (
+                scst_accel_handler::abi::sam_status::CHECK_CONDITION,
+                [0x06, 0x2a, 0x09]
+            ),
+            "the unit attention"
+        );
+        assert_eq!(read_capacity(&mut rig, 4), 4095, "once, then the new size");
+        // A size the RAM store cannot take (a shrink): refused, the size served stays, and no
+        // unit attention.
         rig.service.on_event(&DeviceEvent {
             dev_size: Some(1024 * 512),
             ..event(EventKind::Reconfig, "tcm-user/4243/d0/scst-accel/ram")
         });
-        assert_eq!(read_capacity(&mut rig, 3), 4095);
-        // The status figures: three commands, none in flight, no error.
+        assert_eq!(read_capacity(&mut rig, 5), 4095);
+        // The status figures: five commands, none in flight, one answered CHECK CONDITION.
         let snapshot = rig.service.disks[0].snapshot();
         assert_eq!(snapshot.num_blocks, 4096);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while rig.service.disks[0].snapshot().frontend.unwrap_or_default().exec < 3
+        while rig.service.disks[0].snapshot().frontend.unwrap_or_default().exec < 5
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(5));
         }
         let f = rig.service.disks[0].snapshot().frontend.expect("figures");
-        assert_eq!((f.exec, f.exec_errors, f.inflight), (3, 0, 0));
+        assert_eq!((f.exec, f.exec_errors, f.inflight), (5, 1, 0));
         // The kernel destroys the backstore (an operator's rmdir): the disk is stopped, its
         // store drained, shown failed; its configfs objects, gone already, are not an error.
         std::fs::remove_dir_all(rig.root.join("core/user_4243/d0")).expect("the kernel's rmdir");
@@ -1607,7 +1640,15 @@ mod tests {
         assert!(odd.expect_err("not a multiple").contains("block size"));
         assert!(dump.expect("dump").contains("/dev/uio3"));
         assert!(unknown.expect_err("unknown").contains("no disk nope"));
-        assert_eq!(read_capacity(&mut rig, 1), 3071);
+        assert_eq!(
+            run_command(&mut rig, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (
+                scst_accel_handler::abi::sam_status::CHECK_CONDITION,
+                [0x06, 0x2a, 0x09]
+            ),
+            "the resize's unit attention first"
+        );
+        assert_eq!(read_capacity(&mut rig, 2), 3071);
         // The stop: drained, unmapped, the backstore and the HBA removed (the attribute files
         // go first here by hand: configfs removes them with their directory, a plain one does
         // not).

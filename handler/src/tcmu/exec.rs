@@ -66,6 +66,8 @@ use scst_accel_dma::SgvPool;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -217,9 +219,29 @@ pub struct NotDrained {
 /// The default per-command deadline (the scst_user frontend's `--command-timeout` default).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Operation codes a pending unit attention does not answer: INQUIRY, REPORT LUNS, REQUEST
+/// SENSE (SAM-5 §5.14).
+const UA_EXEMPT: [u8; 3] = [0x12, 0xa0, 0x03];
+
+/// Raises CAPACITY DATA HAS CHANGED (06/2A/09) for the next command of an [`Executor`], from
+/// the thread that resized its disk ([`Executor::capacity_notice`]).
+#[derive(Clone, Debug)]
+pub struct CapacityNotice(Arc<AtomicBool>);
+
+impl CapacityNotice {
+    /// The disk's capacity changed: the next command that is not exempt is answered CHECK
+    /// CONDITION, UNIT ATTENTION, CAPACITY DATA HAS CHANGED, and not executed (the initiator
+    /// retries it, and a Linux initiator rereads the capacity).
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// Serves one ring with one disk and one store queue.
 pub struct Executor {
     disk: Arc<Disk>,
+    /// A resize happened that no initiator was told of yet ([`CapacityNotice`]).
+    capacity_changed: Arc<AtomicBool>,
     queue: Box<dyn StoreQueue>,
     pool: Arc<SgvPool>,
     inflight: HashMap<u64, Inflight>,
@@ -243,6 +265,7 @@ impl Executor {
     pub fn new(disk: Arc<Disk>, queue: Box<dyn StoreQueue>, pool: Arc<SgvPool>) -> Self {
         Self {
             disk,
+            capacity_changed: Arc::new(AtomicBool::new(false)),
             queue,
             pool,
             inflight: HashMap::new(),
@@ -474,9 +497,12 @@ impl Executor {
                 Ok(Some(RingEntry::Command(cmd))) => {
                     progress.started += 1;
                     let received = Instant::now();
-                    let plan = {
-                        let data_out = RingDataOut { ring, cmd: &cmd };
-                        self.disk.start(token, cmd.cdb(), &data_out)
+                    let plan = match self.pending_unit_attention(cmd.cdb()) {
+                        Some(attention) => Plan::Done(attention),
+                        None => {
+                            let data_out = RingDataOut { ring, cmd: &cmd };
+                            self.disk.start(token, cmd.cdb(), &data_out)
+                        }
                     };
                     self.begin(token, ring, cmd, received, plan, &mut progress);
                 }
@@ -741,6 +767,31 @@ impl Executor {
                 return;
             }
         }
+    }
+
+    /// The handle a resize uses to have the next command answered with CAPACITY DATA HAS
+    /// CHANGED ([`CapacityNotice::raise`]); it outlives the executor's move to its worker.
+    pub fn capacity_notice(&self) -> CapacityNotice {
+        CapacityNotice(Arc::clone(&self.capacity_changed))
+    }
+
+    /// The unit attention a resize left pending, as the answer to `cdb` if it is the first
+    /// command since that is not exempt (INQUIRY, REPORT LUNS, REQUEST SENSE: SAM-5 §5.14,
+    /// SPC-4 §5.14). Under scst_user SCST raises it for every I_T nexus
+    /// (`DEVICE_CAPACITY_CHANGED`); LIO raises none for a TCMU backstore's new size, and a ring
+    /// entry does not name its I_T nexus, so here it is one notice, for whichever initiator's
+    /// command comes next.
+    fn pending_unit_attention(&self, cdb: &[u8]) -> Option<scsi::Response> {
+        let op = *cdb.first()?;
+        if UA_EXEMPT.contains(&op) || !self.capacity_changed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        log::info!("tcmu: unit attention CAPACITY DATA HAS CHANGED on a command {op:#04x}");
+        Some(scsi::Response::check_condition(self.disk.sense(
+            scsi::sense::sense_key::UNIT_ATTENTION,
+            0x2a,
+            0x09,
+        )))
     }
 
     /// A new command's first plan: take the range [`Disk::range_need`] names (or park the

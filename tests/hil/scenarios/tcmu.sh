@@ -183,12 +183,15 @@ scst-accel status --socket /tmp/scst-accel-multi.sock >/tmp/multi-status.txt 2>&
 	grep -q m0 /tmp/multi-status.txt && grep -q m1 /tmp/multi-status.txt && multi_status=true
 resized_sectors=0
 resize_readcap=skipped
+resize_ua=false
 if [ -n "$SD1" ]; then
 	echo $((32 << 20)) >$C/core/user_8/m1/attrib/dev_size
 	sleep 1
 	echo 1 >/sys/block/$SD1/device/rescan
 	sleep 1
 	resized_sectors=$(cat /sys/block/$SD1/size)
+	# The rescan's first command was answered CAPACITY DATA HAS CHANGED (and sd retried it).
+	grep -q 'unit attention CAPACITY DATA HAS CHANGED' "$HIL_SHARE/serve-multi.log" && resize_ua=true
 	if command -v sg_readcap >/dev/null; then
 		resize_readcap=failed
 		sg_readcap "/dev/$SD1" >/tmp/sg_readcap-m1.txt 2>&1 && grep -q "Last LBA=65535" /tmp/sg_readcap-m1.txt && resize_readcap=ok
@@ -219,8 +222,8 @@ multi_rc=$?
 multi_left=$(ls -d $C/core/user_* $C/loopback/naa.* 2>/dev/null | tr '\n' ' ')
 multi_clean=true
 [ -z "$multi_left" ] || multi_clean=false
-echo "tcmu scenario: config file: $multi_disks disks, status lists both: $multi_status; m1 after dev_size=32M: $resized_sectors sectors, sg_readcap $resize_readcap; m0's backstore removed: m0 stopped alone $removed_one, m1 still reads $other_serves; serve exited $multi_rc; left: ${multi_left:-nothing}"
-grep -E "serving|dev_size|resized|netlink|TCM-USER|removing|removed|m0: stopped" "$HIL_SHARE/serve-multi.log" | head -12
+echo "tcmu scenario: config file: $multi_disks disks, status lists both: $multi_status; m1 after dev_size=32M: $resized_sectors sectors, unit attention $resize_ua, sg_readcap $resize_readcap; m0's backstore removed: m0 stopped alone $removed_one, m1 still reads $other_serves; serve exited $multi_rc; left: ${multi_left:-nothing}"
+grep -E "serving|dev_size|resized|unit attention|netlink|TCM-USER|removing|removed|m0: stopped" "$HIL_SHARE/serve-multi.log" | head -14
 cat >"$HIL_SHARE/result.json" <<EOF
 {"scenario": "tcmu", "device": "$SD", "vendor": "$vendor", "model": "$model",
  "sectors": $sectors, "logical_block_size": $lbs, "sg3_utils": "$sg",
@@ -232,7 +235,7 @@ cat >"$HIL_SHARE/result.json" <<EOF
  "killed_writer_done_after_kill_s": $restart_s, "iscsi_portal": $iscsi_portal,
  "iscsi_rc": $iscsi_rc, "iscsi_clean": $iscsi_clean, "multi_disks": $multi_disks,
  "multi_status": $multi_status, "resized_sectors": $resized_sectors,
- "resize_readcap": "$resize_readcap", "removed_one": $removed_one,
+ "resize_readcap": "$resize_readcap", "resize_ua": $resize_ua, "removed_one": $removed_one,
  "other_serves": $other_serves, "multi_rc": $multi_rc, "multi_clean": $multi_clean}
 EOF
 cat "$HIL_SHARE/result.json"
