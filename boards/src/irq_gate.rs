@@ -21,6 +21,9 @@
 //!   complete anything. Once the owner has called `prepare_to_wait`, it clears the fd before
 //!   every sleep and empty reaps read nothing either.
 
+use scst_accel_dma::CompletionRing;
+use scst_accel_hal::EventFd;
+
 /// The per-queue state of the rule above.
 #[derive(Debug, Default)]
 pub(crate) struct IrqGate {
@@ -43,9 +46,19 @@ impl IrqGate {
         read
     }
 
-    /// The owner prepares its waits from now on.
-    pub(crate) fn prepared(&mut self) {
+    /// A queue's `prepare_to_wait` (the rules above), for its interrupt eventfd `irq` and its
+    /// completion ring `cq`: whether a completion is posted, and whether the eventfd was read.
+    /// From the first call on, the owner prepares its waits and reaps read nothing.
+    pub(crate) fn prepare_to_wait(&mut self, irq: Option<&EventFd>, cq: &CompletionRing) -> (bool, bool) {
         self.prepared = true;
+        if cq.head_posted() {
+            return (true, false);
+        }
+        let Some(irq) = irq else {
+            return (false, false);
+        };
+        irq.clear();
+        (cq.head_posted(), true)
     }
 
     /// A doorbell was rung: an empty reap right after it is an opportunistic one.
@@ -87,8 +100,10 @@ mod tests {
 
     #[test]
     fn an_owner_that_prepares_its_waits_never_reads_on_a_reap() {
-        let mut gate = IrqGate::default();
-        gate.prepared();
+        let mut gate = IrqGate {
+            prepared: true,
+            ..IrqGate::default()
+        };
         for posted in [true, false, false, false] {
             assert!(!gate.reads(posted));
         }

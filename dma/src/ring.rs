@@ -281,6 +281,14 @@ impl CompletionRing {
         self.entries
     }
 
+    /// Whether the head entry's phase bit matches the expected phase (the device has written
+    /// it), read as [`CompletionRing::pop`] reads it (acquire), without popping.
+    pub fn head_posted(&self) -> bool {
+        let offset = self.head as usize * self.entry_size + self.phase_offset;
+        let flags = self.region.region().load_u8_acquire(offset);
+        (flags & self.phase_mask != 0) == self.phase
+    }
+
     /// If the head entry's phase bit matches the expected phase, copy it out as a `T` and
     /// advance the head (flipping the expected phase at the wrap); otherwise `None` (not
     /// written yet). The phase byte is acquire-loaded first, so the copy sees the whole entry

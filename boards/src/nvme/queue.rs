@@ -674,23 +674,15 @@ impl NvmeQueue {
     /// eventfd (the signals of completions reaped so far), then look at the ring again: a
     /// completion posted after the read signals again (`irq_gate.rs`).
     pub fn prepare_to_wait(&mut self) -> bool {
-        self.irq_gate.prepared();
-        if self.completion_posted() {
-            return true;
-        }
-        if let Some(irq) = &self.irq {
-            irq.clear();
-            self.stats.irq_reads += 1;
-        }
-        self.completion_posted()
+        let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq);
+        self.stats.irq_reads += u64::from(read);
+        posted
     }
 
     /// The CQ's head entry carries the expected phase tag (§4.6): the controller has posted
     /// it. Read as the pop reads it (the status word's low byte, acquire).
     fn completion_posted(&self) -> bool {
-        let offset = self.cq.head() as usize * size_of::<Cqe>() + CQE_STATUS_OFFSET;
-        let status = self.cq.region().load_u8_acquire(offset);
-        (status & 1 != 0) == self.cq.expected_phase()
+        self.cq.head_posted()
     }
 
     /// ABORT (NVMe 1.4 §5.1), through the admin queue, each of `user_tags` that is in flight

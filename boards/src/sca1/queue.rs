@@ -421,23 +421,15 @@ impl Sca1Queue {
     /// eventfd (the signals of completions reaped so far), then look at the ring again: a
     /// completion posted after the read signals again (`irq_gate.rs`).
     pub fn prepare_to_wait(&mut self) -> bool {
-        self.irq_gate.prepared();
-        if self.completion_posted() {
-            return true;
-        }
-        if let Some(irq) = &self.irq {
-            irq.clear();
-            self.stats.irq_reads += 1;
-        }
-        self.completion_posted()
+        let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq);
+        self.stats.irq_reads += u64::from(read);
+        posted
     }
 
     /// The completion ring's head entry carries the expected phase (§4): the device has posted
     /// it. Read as the pop reads it (flags byte, acquire).
     fn completion_posted(&self) -> bool {
-        let offset = self.cq.head() as usize * 16 + 3;
-        let flags = self.cq.region().load_u8_acquire(offset);
-        (flags & super::desc::CQ_PHASE != 0) == self.cq.expected_phase()
+        self.cq.head_posted()
     }
 
     /// Take the engine's submission head from a completion (§4) and mark every descriptor it

@@ -23,6 +23,9 @@ const RAM_CHUNK: u64 = 64 * 1024;
 /// Zeroes written per call when a file range is zeroed.
 const ZERO_RUN: usize = 64 * 1024;
 
+/// The RAM medium's chunks: index → chunk, under the `sim.medium` lock.
+type Chunks = OrderedRwLock<HashMap<u64, Box<[u8]>>, levels::SimMedium>;
+
 /// Blocks in RAM or in a sparse file.
 #[derive(Debug)]
 pub(crate) enum Medium {
@@ -33,7 +36,7 @@ pub(crate) enum Medium {
         /// buffer, or between the medium and host memory through the IOMMU (the one lock
         /// taken under it: `iommu.table`, [`Medium::read_in_place`]). Shared by readers, so
         /// the engines of two queues read at once.
-        chunks: OrderedRwLock<HashMap<u64, Box<[u8]>>, levels::SimMedium>,
+        chunks: Chunks,
     },
     /// A file of exactly `len` bytes.
     File {
@@ -138,6 +141,17 @@ impl Medium {
         }
     }
 
+    /// Where `offset..offset+len` lies when it can be lent in place: a RAM medium's chunks, the
+    /// chunk index and the offset in it (`None`: a file, or a range across two chunks; an
+    /// error: past the end).
+    fn lendable(&self, offset: u64, len: usize) -> Option<io::Result<(&Chunks, u64, usize)>> {
+        let Self::Ram { chunks, .. } = self else {
+            return None;
+        };
+        let (index, within) = in_one_chunk(offset, len)?;
+        Some(self.check(offset, len as u64).map(|()| (chunks, index, within)))
+    }
+
     /// The `len` bytes at `offset` of a RAM medium, in place, handed to `copy` under the
     /// medium's read lock with that lock's child token: the engine copies them straight to host
     /// memory (`Iommu::dma_write_under`), one copy instead of two through its bounce buffer. A
@@ -150,13 +164,10 @@ impl Medium {
         len: usize,
         copy: impl FnOnce(&mut LockToken<'_, levels::SimMedium>, &[u8]) -> R,
     ) -> Option<io::Result<R>> {
-        let Self::Ram { chunks, .. } = self else {
-            return None;
+        let (chunks, index, within) = match self.lendable(offset, len)? {
+            Ok(place) => place,
+            Err(e) => return Some(Err(e)),
         };
-        let (index, within) = in_one_chunk(offset, len)?;
-        if let Err(e) = self.check(offset, len as u64) {
-            return Some(Err(e));
-        }
         let (chunks, mut under) = chunks.read(token);
         let bytes = match chunks.get(&index) {
             Some(chunk) => &chunk[within..within + len],
@@ -177,13 +188,10 @@ impl Medium {
         len: usize,
         fill: impl FnOnce(&mut LockToken<'_, levels::SimMedium>, &mut [u8]) -> R,
     ) -> Option<io::Result<R>> {
-        let Self::Ram { chunks, .. } = self else {
-            return None;
+        let (chunks, index, within) = match self.lendable(offset, len)? {
+            Ok(place) => place,
+            Err(e) => return Some(Err(e)),
         };
-        let (index, within) = in_one_chunk(offset, len)?;
-        if let Err(e) = self.check(offset, len as u64) {
-            return Some(Err(e));
-        }
         let (mut chunks, mut under) = chunks.write(token);
         let chunk = chunks.entry(index).or_insert_with(new_chunk);
         Some(Ok(fill(&mut under, &mut chunk[within..within + len])))

@@ -111,7 +111,7 @@ fn read(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) ->
         return Err(status::UNRECOVERED_READ_ERROR.into());
     }
     if let [piece] = *pieces.as_slice() {
-        if let Some(done) = read_in_place(exec, token, range.offset, piece) {
+        if let Some(done) = transfer_in_place(exec, token, range.offset, piece, false) {
             return done;
         }
     }
@@ -130,7 +130,7 @@ fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = data_range(exec, sqe)?;
     let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
     let in_place = match *pieces.as_slice() {
-        [piece] => write_in_place(exec, token, range.offset, piece),
+        [piece] => transfer_in_place(exec, token, range.offset, piece, true),
         _ => None,
     };
     if let Some(done) = in_place {
@@ -151,45 +151,37 @@ fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     Ok(Reply::Done(0))
 }
 
-/// A Read of one contiguous host piece: one validity check, then one copy from the medium's
-/// blocks straight to host memory under the medium's lock (`Medium::read_in_place`), instead
-/// of a buffer per command and two copies. `None` when the medium cannot lend the range in
-/// place (a file, or a range across two of its chunks): the caller goes through a buffer.
-fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, piece: Piece) -> Option<CmdResult> {
+/// A Read or Write of one contiguous host piece: one validity check, then one copy between the
+/// medium's blocks and host memory under the medium's lock (`Medium::read_in_place`,
+/// `write_in_place`), instead of a buffer per command and two copies. A Data Transfer Error
+/// still leaves the blocks as they were: the IOMMU copies nothing when any byte of the piece
+/// is unmapped. `None` when the medium cannot lend the range in place (a file, or a range
+/// across two of its chunks): the caller goes through a buffer.
+fn transfer_in_place(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    offset: u64,
+    piece: Piece,
+    write: bool,
+) -> Option<CmdResult> {
     if let Err(abandoned) = exec.checkpoint(token) {
         return Some(Err(abandoned));
     }
     let iommu = &exec.shared.iommu;
-    let moved = exec
-        .shared
-        .medium
-        .read_in_place(token, offset, piece.len, |under, blocks| {
-            iommu.dma_write_under(under, piece.iova, blocks)
-        })?;
-    Some(match moved {
-        Err(e) => medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR),
-        Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
-        Ok(Ok(())) => Ok(Reply::Done(0)),
-    })
-}
-
-/// A Write of one contiguous host piece, copied straight into the medium's blocks under its
-/// lock (`Medium::write_in_place`). A Data Transfer Error still leaves the blocks as they were:
-/// the IOMMU copies nothing when any byte of the piece is unmapped. `None` as for
-/// [`read_in_place`].
-fn write_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, piece: Piece) -> Option<CmdResult> {
-    if let Err(abandoned) = exec.checkpoint(token) {
-        return Some(Err(abandoned));
-    }
-    let iommu = &exec.shared.iommu;
-    let moved = exec
-        .shared
-        .medium
-        .write_in_place(token, offset, piece.len, |under, blocks| {
+    let medium = &exec.shared.medium;
+    let (moved, error) = if write {
+        let moved = medium.write_in_place(token, offset, piece.len, |under, blocks| {
             iommu.dma_read_under(under, piece.iova, blocks)
         })?;
+        (moved, status::WRITE_FAULT)
+    } else {
+        let moved = medium.read_in_place(token, offset, piece.len, |under, blocks| {
+            iommu.dma_write_under(under, piece.iova, blocks)
+        })?;
+        (moved, status::UNRECOVERED_READ_ERROR)
+    };
     Some(match moved {
-        Err(e) => medium_result(exec, Err(e), status::WRITE_FAULT),
+        Err(e) => medium_result(exec, Err(e), error),
         Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
         Ok(Ok(())) => Ok(Reply::Done(0)),
     })
