@@ -220,7 +220,7 @@ pub struct NotDrained {
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Operation codes a pending unit attention does not answer: INQUIRY, REPORT LUNS, REQUEST
-/// SENSE (SAM-5 §5.14).
+/// SENSE (SAM-5, unit attention conditions).
 const UA_EXEMPT: [u8; 3] = [0x12, 0xa0, 0x03];
 
 /// Raises CAPACITY DATA HAS CHANGED (06/2A/09) for the next command of an [`Executor`], from
@@ -231,7 +231,7 @@ pub struct CapacityNotice(Arc<AtomicBool>);
 impl CapacityNotice {
     /// The disk's capacity changed: the next command that is not exempt is answered CHECK
     /// CONDITION, UNIT ATTENTION, CAPACITY DATA HAS CHANGED, and not executed (the initiator
-    /// retries it, and a Linux initiator rereads the capacity).
+    /// retries it; in the HIL guest, Linux's sd logs "Capacity data has changed").
     pub fn raise(&self) {
         self.0.store(true, Ordering::Release);
     }
@@ -776,8 +776,8 @@ impl Executor {
     }
 
     /// The unit attention a resize left pending, as the answer to `cdb` if it is the first
-    /// command since that is not exempt (INQUIRY, REPORT LUNS, REQUEST SENSE: SAM-5 §5.14,
-    /// SPC-4 §5.14). Under scst_user SCST raises it for every I_T nexus
+    /// command since that is not exempt (INQUIRY, REPORT LUNS, REQUEST SENSE: SAM-5's unit
+    /// attention conditions). Under scst_user SCST raises it for every I_T nexus
     /// (`DEVICE_CAPACITY_CHANGED`); LIO raises none for a TCMU backstore's new size, and a ring
     /// entry does not name its I_T nexus, so here it is one notice, for whichever initiator's
     /// command comes next.
