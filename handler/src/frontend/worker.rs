@@ -522,7 +522,7 @@ impl Worker {
         }
         // The store's completion fd is cleared of what was already reaped; with completions
         // waiting, the loop reaps them instead of sleeping.
-        if self.queue.notify_fd().is_some() && self.queue.prepare_to_wait() {
+        if self.queue.prepare_to_wait() {
             return;
         }
         let idle = fetching
@@ -612,16 +612,16 @@ impl Worker {
             .saturating_mul(1 << shift)
             .min(READY_BACKOFF_MAX)
             .min(self.shared.config.idle_poll);
-        let completions_waiting = self.queue.notify_fd().is_some() && self.queue.prepare_to_wait();
-        match self.queue.notify_fd() {
-            Some(_) if completions_waiting => {}
-            Some(store) => {
-                if let Err(e) = poll_readable(&[store], pause) {
-                    log::warn!("poll on the store queue failed: {e}");
-                    scst_accel_hal::locks::sleep(pause);
+        if !self.queue.prepare_to_wait() {
+            match self.queue.notify_fd() {
+                Some(store) => {
+                    if let Err(e) = poll_readable(&[store], pause) {
+                        log::warn!("poll on the store queue failed: {e}");
+                        scst_accel_hal::locks::sleep(pause);
+                    }
                 }
+                None => scst_accel_hal::locks::sleep(pause),
             }
-            None => scst_accel_hal::locks::sleep(pause),
         }
         if self.fd_readable_now() {
             self.fd_said_ready = true;

@@ -1227,6 +1227,10 @@ impl StoreQueue for AccelQueue {
     }
 
     fn prepare_to_wait(&mut self) -> bool {
+        if self.queue.notify_fd().is_none() {
+            // Polled: no fd to sleep on (the owner reaps while requests are in flight).
+            return false;
+        }
         if !self.done.is_empty() {
             return true;
         }

@@ -445,7 +445,8 @@ pub trait StoreQueue: Send {
     /// (`true`: reap instead of sleeping). A store whose reap keeps its fd's readiness exact
     /// (the file store's eventfd is read by its reap) keeps the default; the accelerator
     /// store's reaps leave the interrupt eventfd alone and clear it here instead: one read per
-    /// sleep rather than one per reap (`boards/src/irq_gate.rs`).
+    /// sleep rather than one per reap (`boards/src/irq_gate.rs`). A queue without a notify fd
+    /// answers `false`, so an owner may call it before any wait.
     fn prepare_to_wait(&mut self) -> bool {
         false
     }

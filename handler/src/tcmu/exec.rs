@@ -412,7 +412,7 @@ impl Executor {
                 aborted = true;
                 deadline = now + budget;
             }
-            if self.queue.notify_fd().is_some() && self.queue.prepare_to_wait() {
+            if self.queue.prepare_to_wait() {
                 // Completions already waiting: reaped by the flush below, no sleep.
             } else if let Some(fd) = self.queue.notify_fd() {
                 let wait = deadline
@@ -560,7 +560,7 @@ impl Executor {
         wake: Option<BorrowedFd<'_>>,
     ) -> Result<Progress, StepError> {
         // Completions already waiting in the store: look at every fd without sleeping.
-        let timeout = if self.queue.notify_fd().is_some() && self.queue.prepare_to_wait() {
+        let timeout = if self.queue.prepare_to_wait() {
             Duration::ZERO
         } else {
             timeout
