@@ -782,6 +782,10 @@ impl Executor {
     /// entry does not name its I_T nexus, so here it is one notice, for whichever initiator's
     /// command comes next.
     fn pending_unit_attention(&self, cdb: &[u8]) -> Option<scsi::Response> {
+        // A plain load on every command; the read-modify-write only when one is pending.
+        if !self.capacity_changed.load(Ordering::Acquire) {
+            return None;
+        }
         let op = *cdb.first()?;
         if UA_EXEMPT.contains(&op) || !self.capacity_changed.swap(false, Ordering::AcqRel) {
             return None;
