@@ -303,13 +303,13 @@ impl CompletionRing {
             size_of::<T>(),
             self.entry_size
         );
-        let offset = self.head as usize * self.entry_size;
-        let region = self.region.region();
-        let flags = region.load_u8_acquire(offset + self.phase_offset);
-        if (flags & self.phase_mask != 0) != self.phase {
+        if !self.head_posted() {
             return None;
         }
-        let entry = region.read_obj::<T>(offset);
+        let entry = self
+            .region
+            .region()
+            .read_obj::<T>(self.head as usize * self.entry_size);
         self.head = (self.head + 1) & (self.entries - 1);
         if self.head == 0 {
             self.phase = !self.phase;

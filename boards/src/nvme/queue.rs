@@ -599,8 +599,10 @@ impl NvmeQueue {
     /// not match a command in flight. Returns how many were added.
     pub fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         if let Some(irq) = &self.irq {
-            // Before popping, so a completion posted after the read signals it again.
-            if self.irq_gate.reads(self.completion_posted()) {
+            // Only the stale-signal read of an owner that does not prepare its waits
+            // (`irq_gate.rs`); never for a posted entry (the head carries the expected phase
+            // tag, §4.6).
+            if self.irq_gate.reads(self.cq.head_posted()) {
                 irq.clear();
                 self.stats.irq_reads += 1;
             }
@@ -677,12 +679,6 @@ impl NvmeQueue {
         let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq);
         self.stats.irq_reads += u64::from(read);
         posted
-    }
-
-    /// The CQ's head entry carries the expected phase tag (§4.6): the controller has posted
-    /// it. Read as the pop reads it (the status word's low byte, acquire).
-    fn completion_posted(&self) -> bool {
-        self.cq.head_posted()
     }
 
     /// ABORT (NVMe 1.4 §5.1), through the admin queue, each of `user_tags` that is in flight

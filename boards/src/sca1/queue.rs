@@ -351,9 +351,11 @@ impl Sca1Queue {
     /// never followed) and it can be that request's completion (see `Sca1Queue::vet`).
     /// Returns how many were accepted.
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
-        let posted = self.completion_posted();
+        // The head entry carries the expected phase (§4): the device has posted it.
+        let posted = self.cq.head_posted();
         if let Some(irq) = &self.irq {
-            // Before popping, so a completion posted after the read signals it again.
+            // Only the stale-signal read of an owner that does not prepare its waits
+            // (`irq_gate.rs`); never for posted entries.
             if self.irq_gate.reads(posted) {
                 irq.clear();
                 self.stats.irq_reads += 1;
@@ -424,12 +426,6 @@ impl Sca1Queue {
         let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq);
         self.stats.irq_reads += u64::from(read);
         posted
-    }
-
-    /// The completion ring's head entry carries the expected phase (§4): the device has posted
-    /// it. Read as the pop reads it (flags byte, acquire).
-    fn completion_posted(&self) -> bool {
-        self.cq.head_posted()
     }
 
     /// Take the engine's submission head from a completion (§4) and mark every descriptor it
