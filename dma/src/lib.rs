@@ -29,6 +29,7 @@ pub use mapping::MappedRegion;
 pub use page_buffer::PageBuffer;
 pub use page_buffer::PageBufferError;
 pub use page_buffer::PAGE_SIZE;
+pub use region::Backing;
 pub use region::DmaRegion;
 pub use region::HUGE_PAGE_SIZE;
 pub use ring::CompletionRing;

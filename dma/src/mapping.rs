@@ -58,8 +58,9 @@ impl std::fmt::Debug for MappedRegion {
 }
 
 impl MappedRegion {
-    /// Give `region` an IOVA from `iovas` (aligned to 2 MiB for huge-page regions so the
-    /// IOMMU can use large pages, else 4 KiB) and map it on `mapper`'s device.
+    /// Give `region` an IOVA from `iovas` (aligned to 2 MiB for regions placed for huge pages,
+    /// [`DmaRegion::huge_aligned`], so the IOMMU can use large pages, else 4 KiB) and map it
+    /// on `mapper`'s device.
     ///
     /// # Errors
     /// [`DmaError::IovaExhausted`] when the window is full; [`DmaError::Map`] when the IOMMU
@@ -70,7 +71,7 @@ impl MappedRegion {
         iovas: Arc<IovaLock>,
     ) -> Result<Self, DmaError> {
         let len = region.len() as u64;
-        let align = if region.huge_pages() {
+        let align = if region.huge_aligned() {
             HUGE_PAGE_SIZE
         } else {
             PAGE_SIZE

@@ -27,6 +27,22 @@ const MAX_REGION_LEN: usize = 1 << 30;
 /// Set once the mlock failure has been logged, so a busy system logs it once, not per ring.
 static MLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 
+/// How a region's memory is backed ([`DmaRegion::backing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// Reserved 2 MiB huge pages (hugetlbfs, `vm.nr_hugepages`): every page is 2 MiB, taken
+    /// from the reserve when the region is made.
+    HugeTlb,
+    /// 2 MiB-aligned memory advised for transparent huge pages (`MADV_HUGEPAGE`): where the
+    /// kernel's THP is enabled (`madvise` or `always` in
+    /// `/sys/kernel/mm/transparent_hugepage/enabled`), each whole 2 MiB of it is backed by
+    /// one huge page when the kernel finds one at the first touch, else by 4 KiB pages (no
+    /// guarantee: fragmentation or THP `never` leave it on 4 KiB pages).
+    Transparent,
+    /// 4 KiB pages.
+    Pages,
+}
+
 /// Anonymous, page-aligned memory, locked when the limit allows, unmapped on drop.
 ///
 /// Zero-filled when made. Accessors panic on an out-of-range offset: offsets come from the
@@ -35,7 +51,7 @@ static MLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 pub struct DmaRegion {
     ptr: NonNull<u8>,
     len: usize,
-    huge: bool,
+    backing: Backing,
 }
 
 // SAFETY: the region is plain memory owned by this handle; every access is a bounds-checked
@@ -46,9 +62,12 @@ unsafe impl Send for DmaRegion {}
 unsafe impl Sync for DmaRegion {}
 
 impl DmaRegion {
-    /// Map `len` bytes rounded up to whole pages. From [`HUGE_PAGE_SIZE`] up, 2 MiB huge pages
-    /// are tried first (fewer IOTLB entries) with the length rounded to 2 MiB; when the system
-    /// has none reserved, 4 KiB pages are used instead (logged at debug). The memory is
+    /// Map `len` bytes rounded up to whole pages. From [`HUGE_PAGE_SIZE`] up, reserved 2 MiB
+    /// huge pages are tried first (fewer IOTLB and TLB entries, one pin per 2 MiB) with the
+    /// length rounded to 2 MiB; when the system has none reserved (the common case), the
+    /// memory is placed at a 2 MiB-aligned address and advised for transparent huge pages
+    /// ([`Backing::Transparent`]), and only where that advice is refused is it plain 4 KiB
+    /// pages (each fallback logged at debug). The memory is
     /// `MADV_DONTFORK` (a forked child must not share pages a device writes) and `mlock`ed
     /// when `RLIMIT_MEMLOCK` allows (VFIO pins mapped pages anyway; locking early makes the
     /// limit visible at start rather than at the first map).
@@ -80,19 +99,21 @@ impl DmaRegion {
                 max: MAX_REGION_LEN,
             });
         }
-        let (ptr, len, huge) = match map_huge(len) {
-            Some((ptr, huge_len)) => (ptr, huge_len, true),
+        let (ptr, len, backing) = match map_huge(len) {
+            Some((ptr, huge_len)) => (ptr, huge_len, Backing::HugeTlb),
             None => {
                 let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-                (
-                    map_anonymous(len, 0).map_err(|source| DmaError::Alloc { len, source })?,
-                    len,
-                    false,
-                )
+                let alloc = |source| DmaError::Alloc { len, source };
+                if len >= HUGE_PAGE_SIZE {
+                    let ptr = map_anonymous_huge_aligned(len).map_err(alloc)?;
+                    (ptr, len, advise_transparent(ptr, len))
+                } else {
+                    (map_anonymous(len, 0).map_err(alloc)?, len, Backing::Pages)
+                }
             }
         };
         advise_and_lock(ptr, len, lock);
-        Ok(Self { ptr, len, huge })
+        Ok(Self { ptr, len, backing })
     }
 
     /// A pointer to `offset`, checked so that `offset..offset + len` lies inside the region:
@@ -122,9 +143,21 @@ impl DmaRegion {
         self.len == 0
     }
 
-    /// Whether the region is backed by 2 MiB huge pages.
+    /// Whether the region is backed by reserved 2 MiB huge pages ([`Backing::HugeTlb`]).
     pub fn huge_pages(&self) -> bool {
-        self.huge
+        self.backing == Backing::HugeTlb
+    }
+
+    /// How the region is backed.
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    /// Whether the region starts on a 2 MiB boundary for huge pages ([`Backing::HugeTlb`] or
+    /// [`Backing::Transparent`]): an IOMMU mapping of it should then start on a 2 MiB-aligned
+    /// IOVA too, so that a physically contiguous 2 MiB page can be one IOMMU entry.
+    pub fn huge_aligned(&self) -> bool {
+        self.backing != Backing::Pages
     }
 
     fn check(&self, offset: usize, len: usize) {
@@ -254,6 +287,59 @@ fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
     }
 }
 
+/// Anonymous memory of `len` bytes (whole pages) starting on a 2 MiB boundary: `len` plus
+/// 2 MiB mapped, and the unaligned head and the tail beyond `len` unmapped again, so the
+/// region is exactly `len` bytes and a [`DmaRegion`]'s drop unmaps all of it.
+fn map_anonymous_huge_aligned(len: usize) -> std::io::Result<NonNull<u8>> {
+    let whole = len + HUGE_PAGE_SIZE;
+    let base = map_anonymous(whole, 0)?;
+    let head = base.as_ptr().align_offset(HUGE_PAGE_SIZE);
+    let tail = whole - head - len;
+    // SAFETY: `head` and `tail` are the parts of the mapping just made that the region does
+    // not keep (both whole pages: the mapping and `len` are page multiples); nothing refers
+    // to them. `head < HUGE_PAGE_SIZE`, so `start + len` lies inside the mapping.
+    let start = unsafe {
+        unmap_part(base.as_ptr(), head);
+        let start = base.as_ptr().add(head);
+        unmap_part(start.add(len), tail);
+        start
+    };
+    NonNull::new(start).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Unmap `len` bytes at `ptr` (nothing when 0). A failure leaves the pages mapped and unused:
+/// address space lost, nothing unsafe; logged.
+///
+/// # Safety
+/// `ptr..ptr+len` must be whole pages of a mapping this process made, that nothing refers to.
+unsafe fn unmap_part(ptr: *mut u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    if unsafe { libc::munmap(ptr.cast(), len) } != 0 {
+        log::debug!(
+            "munmap of {len} unused bytes beside a DMA region failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Advise `ptr..ptr+len` (2 MiB-aligned) for transparent huge pages: [`Backing::Transparent`],
+/// or [`Backing::Pages`] where the kernel refuses the advice (built without THP).
+fn advise_transparent(ptr: NonNull<u8>, len: usize) -> Backing {
+    // SAFETY: `ptr..ptr+len` is a mapping this process just made; madvise does not touch data.
+    if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) } == 0 {
+        Backing::Transparent
+    } else {
+        log::debug!(
+            "madvise(MADV_HUGEPAGE) on a {len}-byte DMA region failed ({}); using 4 KiB pages",
+            std::io::Error::last_os_error()
+        );
+        Backing::Pages
+    }
+}
+
 fn map_anonymous(len: usize, extra_flags: libc::c_int) -> std::io::Result<NonNull<u8>> {
     // SAFETY: anonymous private mapping with no address hint and no fd; the result is checked.
     let ptr = unsafe {
@@ -324,16 +410,81 @@ mod tests {
     #[test]
     fn large_regions_use_huge_pages_or_fall_back() {
         let r = DmaRegion::new(HUGE_PAGE_SIZE + 1).expect("map");
-        if r.huge_pages() {
-            assert_eq!(r.len(), 2 * HUGE_PAGE_SIZE);
+        match r.backing() {
+            Backing::HugeTlb => assert_eq!(r.len(), 2 * HUGE_PAGE_SIZE),
+            Backing::Transparent | Backing::Pages => assert_eq!(r.len(), HUGE_PAGE_SIZE + PAGE_SIZE),
+        }
+        assert_eq!(r.huge_pages(), r.backing() == Backing::HugeTlb);
+        if r.huge_aligned() {
             assert_eq!(r.addr() % HUGE_PAGE_SIZE as u64, 0);
-        } else {
-            assert_eq!(r.len(), HUGE_PAGE_SIZE + PAGE_SIZE);
         }
         r.write_at(r.len() - 4, b"last");
         let mut out = [0u8; 4];
         r.read_at(r.len() - 4, &mut out);
         assert_eq!(&out, b"last");
+    }
+
+    /// The `VmFlags` of the mapping that holds `addr`, from `/proc/self/smaps`.
+    fn vm_flags_at(addr: u64) -> Option<Vec<String>> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-') {
+                if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.split_whitespace().map(str::to_owned).collect());
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp() {
+        let r = DmaRegion::new_unlocked(3 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE).expect("map");
+        if r.backing() == Backing::HugeTlb {
+            eprintln!("SKIPPED: this host has reserved 2 MiB huge pages, so the region took them");
+            return;
+        }
+        let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
+        assert_eq!(
+            r.backing() == Backing::Transparent,
+            thp,
+            "a kernel with THP takes the advice, one without refuses it"
+        );
+        if !thp {
+            eprintln!("SKIPPED: this kernel has no transparent huge pages");
+            return;
+        }
+        assert_eq!(r.addr() % HUGE_PAGE_SIZE as u64, 0, "placed on a 2 MiB boundary");
+        assert_eq!(
+            r.len(),
+            3 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE,
+            "exactly the pages asked for"
+        );
+        for at in [r.addr(), r.addr() + r.len() as u64 - 1] {
+            let flags = vm_flags_at(at).expect("the region is a mapping of this process");
+            assert!(
+                flags.iter().any(|f| f == "hg"),
+                "MADV_HUGEPAGE at {at:#x}: {flags:?}"
+            );
+        }
+        // Touch every byte's page: the memory is usable end to end.
+        r.fill(0, r.len(), 0x5a);
+        assert_eq!(r.load_u8_acquire(r.len() - 1), 0x5a);
+    }
+
+    #[test]
+    fn small_regions_are_not_advised_for_thp() {
+        let r = DmaRegion::new_unlocked(HUGE_PAGE_SIZE - PAGE_SIZE).expect("map");
+        assert_eq!(r.backing(), Backing::Pages);
+        assert!(!r.huge_aligned());
     }
 
     #[test]

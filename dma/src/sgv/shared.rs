@@ -385,8 +385,9 @@ impl Shared {
                 return None;
             }
         };
-        // Huge pages are mapped at a 2 MiB-aligned IOVA, so the IOMMU can use 2 MiB entries.
-        let align = if region.huge_pages() {
+        // Memory placed for huge pages (reserved or transparent) is mapped at a 2 MiB-aligned
+        // IOVA, so the IOMMU can use a 2 MiB entry for each physically contiguous huge page.
+        let align = if region.huge_aligned() {
             HUGE_PAGE_SIZE
         } else {
             PAGE_SIZE
@@ -398,10 +399,10 @@ impl Shared {
         let iova = self.map(token, region.addr(), mapped, align as u64)?;
         self.counters.arenas.fetch_add(1, Ordering::Relaxed);
         log::debug!(
-            "SGV pool {}: new arena of {mapped} bytes for class {class} at {:#x} (huge pages: {})",
+            "SGV pool {}: new arena of {mapped} bytes for class {class} at {:#x} ({:?})",
             self.id,
             region.addr(),
-            region.huge_pages()
+            region.backing()
         );
         Some(Arena::new(region, iova, class, size))
     }

@@ -933,3 +933,28 @@ mod accounting {
         }
     }
 }
+
+#[test]
+fn an_arena_placed_for_huge_pages_is_mapped_at_a_2_mib_aligned_iova() {
+    // A 1 GiB cap: the 4 KiB class's arena is 16 MiB, large enough for huge pages (reserved
+    // ones where the host has them, else transparent ones where its kernel has THP).
+    if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+        eprintln!("SKIPPED: this kernel has no transparent huge pages (and no arena is placed for them)");
+        return;
+    }
+    let f = fixture(1 << 30);
+    let mut token = LockToken::root();
+    let b = f.pool.get(&mut token, K4).expect("a buffer");
+    let (iova, host, len) = mapping_of(&f.mapper, b.iova().expect("mapped"), b.addr(), K4 as u64);
+    assert_eq!(len, 16 << 20, "one 16 MiB arena");
+    let huge = crate::HUGE_PAGE_SIZE as u64;
+    assert_eq!(host % huge, 0, "the arena's memory starts on a 2 MiB boundary");
+    assert_eq!(
+        iova % huge,
+        0,
+        "and so does its IOVA: one IOMMU entry per huge page"
+    );
+    drop(b);
+    f.pool.flush(&mut token);
+    f.shutdown_clean();
+}
