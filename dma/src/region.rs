@@ -449,7 +449,10 @@ mod tests {
     fn without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp() {
         let r = DmaRegion::new_unlocked(3 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE).expect("map");
         if r.backing() == Backing::HugeTlb {
-            eprintln!("SKIPPED: this host has reserved 2 MiB huge pages, so the region took them");
+            scst_accel_hal::skip::test_skipped(
+                "without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp",
+                "this host has reserved 2 MiB huge pages, so the region took them",
+            );
             return;
         }
         let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
@@ -459,7 +462,10 @@ mod tests {
             "a kernel with THP takes the advice, one without refuses it"
         );
         if !thp {
-            eprintln!("SKIPPED: this kernel has no transparent huge pages");
+            scst_accel_hal::skip::test_skipped(
+                "without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp",
+                "this kernel has no transparent huge pages",
+            );
             return;
         }
         assert_eq!(r.addr() % HUGE_PAGE_SIZE as u64, 0, "placed on a 2 MiB boundary");

@@ -939,7 +939,10 @@ fn an_arena_placed_for_huge_pages_is_mapped_at_a_2_mib_aligned_iova() {
     // A 1 GiB cap: the 4 KiB class's arena is 16 MiB, large enough for huge pages (reserved
     // ones where the host has them, else transparent ones where its kernel has THP).
     if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
-        eprintln!("SKIPPED: this kernel has no transparent huge pages (and no arena is placed for them)");
+        scst_accel_hal::skip::test_skipped(
+            "an_arena_placed_for_huge_pages_is_mapped_at_a_2_mib_aligned_iova",
+            "this kernel has no transparent huge pages (and no arena is placed for them)",
+        );
         return;
     }
     let f = fixture(1 << 30);
