@@ -43,7 +43,19 @@ pub struct NvmeSimConfig {
     /// operation may cover; 0 = neither Compare nor fused operations (ONCS bit 0 and FUSES
     /// bit 0 clear, as QEMU 7.2's model reports).
     pub compare_write_max_blocks: u16,
+    /// Interrupts of the I/O queues (the simulator's `irq_batch` module): at most this
+    /// many completions, of commands a worker takes back to back, share one MSI-X raise,
+    /// 1..=[`MAX_IRQ_BATCH`]; 1 raises the vector for every completion at once.
+    pub irq_batch: u32,
+    /// ...and a completion waits at most this many microseconds for others to share its raise
+    /// (looked at before the worker takes its next command), 0..=[`MAX_IRQ_HOLD_MICROS`].
+    pub irq_hold_micros: u32,
 }
+
+/// Largest [`NvmeSimConfig::irq_batch`].
+pub const MAX_IRQ_BATCH: u32 = 256;
+/// Largest [`NvmeSimConfig::irq_hold_micros`]: one second.
+pub const MAX_IRQ_HOLD_MICROS: u32 = 1_000_000;
 
 impl Default for NvmeSimConfig {
     fn default() -> Self {
@@ -57,6 +69,8 @@ impl Default for NvmeSimConfig {
             eui64: None,
             copy_max_blocks: 8192,
             compare_write_max_blocks: 16,
+            irq_batch: 8,
+            irq_hold_micros: 20,
         }
     }
 }
@@ -94,6 +108,18 @@ impl NvmeSimConfig {
         }
         if !(1..=MAX_MDTS).contains(&self.mdts) {
             return bad("mdts", format!("{} is not in 1..={MAX_MDTS}", self.mdts));
+        }
+        if !(1..=MAX_IRQ_BATCH).contains(&self.irq_batch) {
+            return bad(
+                "irq_batch",
+                format!("{} is not in 1..={MAX_IRQ_BATCH}", self.irq_batch),
+            );
+        }
+        if self.irq_hold_micros > MAX_IRQ_HOLD_MICROS {
+            return bad(
+                "irq_hold_micros",
+                format!("{} is above {MAX_IRQ_HOLD_MICROS}", self.irq_hold_micros),
+            );
         }
         Ok(())
     }
@@ -167,7 +193,28 @@ mod tests {
 
     #[test]
     fn each_field_out_of_range_is_named() {
-        let cases: [(&str, NvmeSimConfig); 7] = [
+        let cases: [(&str, NvmeSimConfig); 10] = [
+            (
+                "irq_batch",
+                NvmeSimConfig {
+                    irq_batch: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "irq_batch",
+                NvmeSimConfig {
+                    irq_batch: MAX_IRQ_BATCH + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "irq_hold_micros",
+                NvmeSimConfig {
+                    irq_hold_micros: MAX_IRQ_HOLD_MICROS + 1,
+                    ..Default::default()
+                },
+            ),
             (
                 "block_size",
                 NvmeSimConfig {

@@ -17,7 +17,10 @@
 //! - One worker thread per submission queue (the admin queue's also posts asynchronous
 //!   events) fetches that SQ's entries through the IOMMU, executes one command at a time and
 //!   posts its completion (phase tag, SQHD, SQID, CID) before raising the CQ's MSI-X vector
-//!   when IEN is set; the SQs are served side by side, each woken by its own doorbell. A full
+//!   when IEN is set, once for the completions of commands taken back to back (at most
+//!   `irq_batch`, 8, or `irq_hold_micros`, 20, apart; before any wait), as QEMU's controller
+//!   raises once per pass that posts completions (module `irq_batch`); the SQs are served side by
+//!   side, each woken by its own doorbell. A full
 //!   CQ stalls the SQs that post to it (slots are promised when a command is taken, so SQs
 //!   sharing a CQ never overflow it); Delete I/O SQ completes once its worker's command has.
 //! - Admin: Identify (CNS 00h, 01h, 02h), Get/Set Features (Number of Queues, Volatile Write
@@ -53,6 +56,7 @@ mod fault;
 mod handle;
 mod identify;
 mod io;
+mod irq_batch;
 mod prp;
 mod spec;
 mod state;
@@ -68,6 +72,8 @@ use scst_accel_hal::sim::SimModel;
 
 pub use config::NvmeSimConfig;
 pub use config::MAX_IO_QUEUES;
+pub use config::MAX_IRQ_BATCH;
+pub use config::MAX_IRQ_HOLD_MICROS;
 pub use config::MAX_MDTS;
 pub use fault::NvmeFault;
 pub use fault::NvmeFaultParseError;

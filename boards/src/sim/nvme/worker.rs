@@ -1,6 +1,7 @@
 //! The controller's worker thread: takes commands from the submission queues the doorbells
 //! announced, fetches each 64-byte entry through the IOMMU, executes it and posts its
-//! completion with the phase tag (§4.6), then raises the completion queue's MSI-X vector.
+//! completion with the phase tag (§4.6), then raises the completion queue's MSI-X vector (an
+//! I/O worker once for the completions of commands it takes back to back: [`IrqBatch`]).
 //!
 //! One worker per submission queue (worker w serves SQ w; worker 0, the admin queue's, also
 //! completes asynchronous events), as a controller with per-queue engines: the queues of
@@ -29,6 +30,7 @@ use super::controller::Shared;
 use super::controller::StateGuard;
 use super::controller::Token;
 use super::io;
+use super::irq_batch::IrqBatch;
 use super::spec::nvm;
 use super::spec::status;
 use super::spec::Cqe;
@@ -75,6 +77,8 @@ pub(crate) type CmdResult = Result<Reply, Failure>;
 pub(crate) struct Exec<'a> {
     pub shared: &'a Shared,
     pub job: Job,
+    /// The worker's pending interrupt ([`IrqBatch`]).
+    pub irq: &'a IrqBatch,
 }
 
 impl Exec<'_> {
@@ -137,6 +141,7 @@ impl Exec<'_> {
 
     /// Wait until `until`, abandoning the command if it becomes invalid meanwhile.
     fn pause(&self, token: &mut Token<'_>, until: Instant) -> Result<(), Failure> {
+        self.irq.flush(self.shared);
         loop {
             self.checkpoint(token)?;
             let now = Instant::now();
@@ -153,10 +158,11 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     // Before the first look at the state: a doorbell written from now on unparks this thread.
     shared.register_worker(w);
     let mut token = Token::root();
+    let irq = IrqBatch::new(&shared, w);
     log::debug!("{}: NVMe worker {w} started", shared.id);
-    while let Some(work) = next_work(&shared, &mut token, w) {
+    while let Some(work) = next_work(&shared, &mut token, w, &irq) {
         match work {
-            Work::Command(job) => command(&shared, &mut token, job),
+            Work::Command(job) => command(&shared, &mut token, job, &irq),
             Work::Event { epoch, cid, dw0 } => {
                 let job = Job {
                     epoch,
@@ -171,6 +177,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                 let exec = Exec {
                     shared: &shared,
                     job: Job { sqhd, ..job },
+                    irq: &irq,
                 };
                 let _ = post(&exec, &mut token, cid, dw0, Status::SUCCESS);
             }
@@ -180,12 +187,14 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
         // promised and not posted is free again) for a worker stalled on a full CQ; the
         // other workers wait for their own doorbells.
         shared.released();
+        irq.flush_if_held(&shared);
     }
     log::debug!("{}: NVMe worker {w} stopped", shared.id);
 }
 
-/// Wait for worker `w`'s work; `None` at shutdown. Marks the worker busy.
-fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize) -> Option<Work> {
+/// Wait for worker `w`'s work; `None` at shutdown. Marks the worker busy. Before it sleeps it
+/// raises the interrupt it owes (`irq`).
+fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize, irq: &IrqBatch) -> Option<Work> {
     loop {
         if shared.stopping() {
             return None;
@@ -206,6 +215,7 @@ fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize) -> Option<Work> {
         // Every change that makes work (its SQ's doorbell, a CQ head doorbell while stalled,
         // a CC write, a fault, a reset, shutdown) unparks this thread after making it, so one
         // found nothing above is not slept over.
+        irq.flush(shared);
         shared.park(IDLE_WAIT);
     }
 }
@@ -240,8 +250,8 @@ fn fetch(exec: &Exec<'_>, token: &mut Token<'_>) -> Option<Sqe> {
 }
 
 /// Fetch, execute and complete one command (or, for the first of a fused operation, both).
-fn command(shared: &Shared, token: &mut Token<'_>, job: Job) {
-    let exec = Exec { shared, job };
+fn command(shared: &Shared, token: &mut Token<'_>, job: Job, irq: &IrqBatch) {
+    let exec = Exec { shared, job, irq };
     let Some(sqe) = fetch(&exec, token) else {
         return;
     };
@@ -294,6 +304,8 @@ fn complete(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, result: CmdResult
 /// first completes as Command Aborted due to Missing Fused Command (and an entry that is not a
 /// second runs as the ordinary command it is).
 fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bool) {
+    // The wait for the second's CQ slot below may need the host to reap.
+    exec.irq.flush(exec.shared);
     let w = usize::from(exec.job.sqid);
     let second_job = {
         let Ok(mut st) = exec.lock_valid(token) else {
@@ -319,6 +331,7 @@ fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bo
     let second_exec = Exec {
         shared: exec.shared,
         job: second_job,
+        irq: exec.irq,
     };
     let Some(second) = fetch(&second_exec, token) else {
         return;
@@ -341,7 +354,8 @@ fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bo
 /// phase on wrap) before the entry becomes visible, so a host that consumes it at once and
 /// writes the CQ head doorbell never gets ahead of the controller's own tail; then write the
 /// body first and the dword holding the phase tag last, so a host that sees the new phase sees
-/// the whole entry; raise the vector if the CQ has interrupts enabled.
+/// the whole entry; raise the vector if the CQ has interrupts enabled (an I/O worker's raise
+/// may be shared with its next completions: [`IrqBatch`]).
 pub(crate) fn post(
     exec: &Exec<'_>,
     token: &mut Token<'_>,
@@ -392,7 +406,7 @@ pub(crate) fn post(
     }
     Counters::add(&exec.shared.stats.completions);
     if let Some(vector) = vector {
-        exec.shared.raise(vector);
+        exec.irq.posted(exec.shared, vector, job.epoch);
     }
     Ok(())
 }
