@@ -293,7 +293,8 @@ fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
 fn map_anonymous_huge_aligned(len: usize) -> std::io::Result<NonNull<u8>> {
     let whole = len + HUGE_PAGE_SIZE;
     let base = map_anonymous(whole, 0)?;
-    let head = base.as_ptr().align_offset(HUGE_PAGE_SIZE);
+    let addr = base.as_ptr() as usize;
+    let head = addr.next_multiple_of(HUGE_PAGE_SIZE) - addr;
     let tail = whole - head - len;
     // SAFETY: `head` and `tail` are the parts of the mapping just made that the region does
     // not keep (both whole pages: the mapping and `len` are page multiples); nothing refers
