@@ -29,7 +29,7 @@ static MLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// How a region's memory is backed ([`DmaRegion::backing`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backing {
+pub enum RegionBacking {
     /// Reserved 2 MiB huge pages (hugetlbfs, `vm.nr_hugepages`): every page is 2 MiB, taken
     /// from the reserve when the region is made.
     HugeTlb,
@@ -51,7 +51,7 @@ pub enum Backing {
 pub struct DmaRegion {
     ptr: NonNull<u8>,
     len: usize,
-    backing: Backing,
+    backing: RegionBacking,
 }
 
 // SAFETY: the region is plain memory owned by this handle; every access is a bounds-checked
@@ -66,7 +66,7 @@ impl DmaRegion {
     /// huge pages are tried first (fewer IOTLB and TLB entries, one pin per 2 MiB) with the
     /// length rounded to 2 MiB; when the system has none reserved (the common case), the
     /// memory is placed at a 2 MiB-aligned address and advised for transparent huge pages
-    /// ([`Backing::Transparent`]), and only where that advice is refused is it plain 4 KiB
+    /// ([`RegionBacking::Transparent`]), and only where that advice is refused is it plain 4 KiB
     /// pages (each fallback logged at debug). The memory is
     /// `MADV_DONTFORK` (a forked child must not share pages a device writes) and `mlock`ed
     /// when `RLIMIT_MEMLOCK` allows (VFIO pins mapped pages anyway; locking early makes the
@@ -100,7 +100,7 @@ impl DmaRegion {
             });
         }
         let (ptr, len, backing) = match map_huge(len) {
-            Some((ptr, huge_len)) => (ptr, huge_len, Backing::HugeTlb),
+            Some((ptr, huge_len)) => (ptr, huge_len, RegionBacking::HugeTlb),
             None => {
                 let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
                 let alloc = |source| DmaError::Alloc { len, source };
@@ -108,7 +108,7 @@ impl DmaRegion {
                     let ptr = map_anonymous_huge_aligned(len).map_err(alloc)?;
                     (ptr, len, advise_transparent(ptr, len))
                 } else {
-                    (map_anonymous(len, 0).map_err(alloc)?, len, Backing::Pages)
+                    (map_anonymous(len, 0).map_err(alloc)?, len, RegionBacking::Pages)
                 }
             }
         };
@@ -143,21 +143,21 @@ impl DmaRegion {
         self.len == 0
     }
 
-    /// Whether the region is backed by reserved 2 MiB huge pages ([`Backing::HugeTlb`]).
+    /// Whether the region is backed by reserved 2 MiB huge pages ([`RegionBacking::HugeTlb`]).
     pub fn huge_pages(&self) -> bool {
-        self.backing == Backing::HugeTlb
+        self.backing == RegionBacking::HugeTlb
     }
 
     /// How the region is backed.
-    pub fn backing(&self) -> Backing {
+    pub fn backing(&self) -> RegionBacking {
         self.backing
     }
 
-    /// Whether the region starts on a 2 MiB boundary for huge pages ([`Backing::HugeTlb`] or
-    /// [`Backing::Transparent`]): an IOMMU mapping of it should then start on a 2 MiB-aligned
+    /// Whether the region starts on a 2 MiB boundary for huge pages ([`RegionBacking::HugeTlb`] or
+    /// [`RegionBacking::Transparent`]): an IOMMU mapping of it should then start on a 2 MiB-aligned
     /// IOVA too, so that a physically contiguous 2 MiB page can be one IOMMU entry.
     pub fn huge_aligned(&self) -> bool {
-        self.backing != Backing::Pages
+        self.backing != RegionBacking::Pages
     }
 
     fn check(&self, offset: usize, len: usize) {
@@ -326,18 +326,18 @@ unsafe fn unmap_part(ptr: *mut u8, len: usize) {
     }
 }
 
-/// Advise `ptr..ptr+len` (2 MiB-aligned) for transparent huge pages: [`Backing::Transparent`],
-/// or [`Backing::Pages`] where the kernel refuses the advice (built without THP).
-fn advise_transparent(ptr: NonNull<u8>, len: usize) -> Backing {
+/// Advise `ptr..ptr+len` (2 MiB-aligned) for transparent huge pages: [`RegionBacking::Transparent`],
+/// or [`RegionBacking::Pages`] where the kernel refuses the advice (built without THP).
+fn advise_transparent(ptr: NonNull<u8>, len: usize) -> RegionBacking {
     // SAFETY: `ptr..ptr+len` is a mapping this process just made; madvise does not touch data.
     if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) } == 0 {
-        Backing::Transparent
+        RegionBacking::Transparent
     } else {
         log::debug!(
             "madvise(MADV_HUGEPAGE) on a {len}-byte DMA region failed ({}); using 4 KiB pages",
             std::io::Error::last_os_error()
         );
-        Backing::Pages
+        RegionBacking::Pages
     }
 }
 
@@ -412,10 +412,12 @@ mod tests {
     fn large_regions_use_huge_pages_or_fall_back() {
         let r = DmaRegion::new(HUGE_PAGE_SIZE + 1).expect("map");
         match r.backing() {
-            Backing::HugeTlb => assert_eq!(r.len(), 2 * HUGE_PAGE_SIZE),
-            Backing::Transparent | Backing::Pages => assert_eq!(r.len(), HUGE_PAGE_SIZE + PAGE_SIZE),
+            RegionBacking::HugeTlb => assert_eq!(r.len(), 2 * HUGE_PAGE_SIZE),
+            RegionBacking::Transparent | RegionBacking::Pages => {
+                assert_eq!(r.len(), HUGE_PAGE_SIZE + PAGE_SIZE)
+            }
         }
-        assert_eq!(r.huge_pages(), r.backing() == Backing::HugeTlb);
+        assert_eq!(r.huge_pages(), r.backing() == RegionBacking::HugeTlb);
         if r.huge_aligned() {
             assert_eq!(r.addr() % HUGE_PAGE_SIZE as u64, 0);
         }
@@ -449,7 +451,7 @@ mod tests {
     #[test]
     fn without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp() {
         let r = DmaRegion::new_unlocked(3 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE).expect("map");
-        if r.backing() == Backing::HugeTlb {
+        if r.backing() == RegionBacking::HugeTlb {
             scst_accel_hal::skip::test_skipped(
                 "without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp",
                 "this host has reserved 2 MiB huge pages, so the region took them",
@@ -458,7 +460,7 @@ mod tests {
         }
         let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
         assert_eq!(
-            r.backing() == Backing::Transparent,
+            r.backing() == RegionBacking::Transparent,
             thp,
             "a kernel with THP takes the advice, one without refuses it"
         );
@@ -490,7 +492,7 @@ mod tests {
     #[test]
     fn small_regions_are_not_advised_for_thp() {
         let r = DmaRegion::new_unlocked(HUGE_PAGE_SIZE - PAGE_SIZE).expect("map");
-        assert_eq!(r.backing(), Backing::Pages);
+        assert_eq!(r.backing(), RegionBacking::Pages);
         assert!(!r.huge_aligned());
     }
 
