@@ -36,13 +36,27 @@ pub(crate) struct IrqGate {
 
 impl IrqGate {
     /// Whether this reap reads the eventfd, given whether the ring's head entry is posted.
-    pub(crate) fn reads(&mut self, posted: bool) -> bool {
+    fn reads(&mut self, posted: bool) -> bool {
         if posted || self.prepared {
             self.quiet = false;
             return false;
         }
         let read = self.quiet;
         self.quiet = true;
+        read
+    }
+
+    /// A queue's reap, before it pops: for its interrupt eventfd `irq` and whether the ring's
+    /// head entry is `posted`, read the eventfd when the rule above says so (only the
+    /// stale-signal read of an owner that does not prepare its waits). Whether it was read.
+    pub(crate) fn reap(&mut self, irq: Option<&EventFd>, posted: bool) -> bool {
+        let Some(irq) = irq else {
+            return false;
+        };
+        let read = self.reads(posted);
+        if read {
+            irq.clear();
+        }
         read
     }
 

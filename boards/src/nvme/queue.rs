@@ -53,8 +53,9 @@ pub struct NvmeQueueStats {
     pub unknown_tags: u64,
     /// SQ tail doorbell writes.
     pub doorbells: u64,
-    /// Reads of the interrupt eventfd (one per reap that finds a completion posted, or that
-    /// finds none twice in a row: see `IrqGate`).
+    /// Reads of the interrupt eventfd: one per `prepare_to_wait` that finds nothing posted,
+    /// and, for an owner that never prepares, one per reap that finds nothing twice in a row
+    /// (`irq_gate.rs`).
     pub irq_reads: u64,
     /// Re-creations on the device.
     pub restarts: u64,
@@ -598,15 +599,9 @@ impl NvmeQueue {
     /// Move posted completions into `out`, trusting none whose SQID, slot and generation do
     /// not match a command in flight. Returns how many were added.
     pub fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
-        if let Some(irq) = &self.irq {
-            // Only the stale-signal read of an owner that does not prepare its waits
-            // (`irq_gate.rs`); never for a posted entry (the head carries the expected phase
-            // tag, §4.6).
-            if self.irq_gate.reads(self.cq.head_posted()) {
-                irq.clear();
-                self.stats.irq_reads += 1;
-            }
-        }
+        // Posted: the head carries the expected phase tag (§4.6).
+        let read = self.irq_gate.reap(self.irq.as_ref(), self.cq.head_posted());
+        self.stats.irq_reads += u64::from(read);
         let mut accepted = 0;
         let mut consumed = false;
         while let Some(cqe) = self.cq.pop::<Cqe>() {

@@ -96,8 +96,9 @@ pub struct QueueStats {
     pub refused: u64,
     /// Doorbell writes.
     pub doorbells: u64,
-    /// Reads of the interrupt eventfd (one per reap that finds a completion posted, or that
-    /// finds none twice in a row: see `IrqGate`).
+    /// Reads of the interrupt eventfd: one per `prepare_to_wait` that finds nothing posted,
+    /// and, for an owner that never prepares, one per reap that finds nothing twice in a row
+    /// (`irq_gate.rs`).
     pub irq_reads: u64,
     /// Times the queue was restarted.
     pub restarts: u64,
@@ -353,14 +354,8 @@ impl Sca1Queue {
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
         // The head entry carries the expected phase (§4): the device has posted it.
         let posted = self.cq.head_posted();
-        if let Some(irq) = &self.irq {
-            // Only the stale-signal read of an owner that does not prepare its waits
-            // (`irq_gate.rs`); never for posted entries.
-            if self.irq_gate.reads(posted) {
-                irq.clear();
-                self.stats.irq_reads += 1;
-            }
-        }
+        let read = self.irq_gate.reap(self.irq.as_ref(), posted);
+        self.stats.irq_reads += u64::from(read);
         if !posted {
             return 0;
         }
