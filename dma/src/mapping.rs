@@ -8,8 +8,6 @@
 use crate::DmaError;
 use crate::DmaRegion;
 use crate::IovaAllocator;
-use crate::HUGE_PAGE_SIZE;
-use crate::PAGE_SIZE;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::levels::Root;
 use scst_accel_hal::locks::LockToken;
@@ -58,9 +56,9 @@ impl std::fmt::Debug for MappedRegion {
 }
 
 impl MappedRegion {
-    /// Give `region` an IOVA from `iovas` (aligned to 2 MiB for regions placed for huge pages,
-    /// [`DmaRegion::huge_aligned`], so the IOMMU can use large pages, else 4 KiB) and map it
-    /// on `mapper`'s device.
+    /// Give `region` an IOVA from `iovas` (aligned as [`DmaRegion::iova_alignment`] says: 2 MiB
+    /// for regions placed for huge pages, so the IOMMU can use large pages, else 4 KiB) and
+    /// map it on `mapper`'s device.
     ///
     /// # Errors
     /// [`DmaError::IovaExhausted`] when the window is full; [`DmaError::Map`] when the IOMMU
@@ -71,11 +69,7 @@ impl MappedRegion {
         iovas: Arc<IovaLock>,
     ) -> Result<Self, DmaError> {
         let len = region.len() as u64;
-        let align = if region.huge_aligned() {
-            HUGE_PAGE_SIZE
-        } else {
-            PAGE_SIZE
-        } as u64;
+        let align = region.iova_alignment();
         // The map ioctl below is a blocking call: this thread must hold no lock (asserted).
         let mut token = LockToken::root();
         let iova = lock_iovas(&iovas, &mut token)
@@ -182,6 +176,7 @@ impl Drop for MappedRegion {
 mod tests {
     use super::*;
     use crate::test_mapper::LedgerMapper;
+    use crate::PAGE_SIZE;
     use std::sync::atomic::Ordering;
 
     fn setup() -> (Arc<LedgerMapper>, Arc<IovaLock>) {

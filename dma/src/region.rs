@@ -153,11 +153,15 @@ impl DmaRegion {
         self.backing
     }
 
-    /// Whether the region starts on a 2 MiB boundary for huge pages ([`RegionBacking::HugeTlb`] or
-    /// [`RegionBacking::Transparent`]): an IOMMU mapping of it should then start on a 2 MiB-aligned
-    /// IOVA too, so that a physically contiguous 2 MiB page can be one IOMMU entry.
-    pub fn huge_aligned(&self) -> bool {
-        self.backing != RegionBacking::Pages
+    /// The alignment of the IOVA a mapping of this region should start on: 2 MiB for a region
+    /// placed for huge pages ([`RegionBacking::HugeTlb`] or [`RegionBacking::Transparent`]: it
+    /// starts on a 2 MiB boundary), so that the IOMMU can use one entry for each physically
+    /// contiguous 2 MiB page; else 4 KiB.
+    pub fn iova_alignment(&self) -> u64 {
+        match self.backing {
+            RegionBacking::HugeTlb | RegionBacking::Transparent => HUGE_PAGE_SIZE as u64,
+            RegionBacking::Pages => PAGE_SIZE as u64,
+        }
     }
 
     fn check(&self, offset: usize, len: usize) {
@@ -418,7 +422,7 @@ mod tests {
             }
         }
         assert_eq!(r.huge_pages(), r.backing() == RegionBacking::HugeTlb);
-        if r.huge_aligned() {
+        if r.iova_alignment() == HUGE_PAGE_SIZE as u64 {
             assert_eq!(r.addr() % HUGE_PAGE_SIZE as u64, 0);
         }
         r.write_at(r.len() - 4, b"last");
@@ -493,7 +497,7 @@ mod tests {
     fn small_regions_are_not_advised_for_thp() {
         let r = DmaRegion::new_unlocked(HUGE_PAGE_SIZE - PAGE_SIZE).expect("map");
         assert_eq!(r.backing(), RegionBacking::Pages);
-        assert!(!r.huge_aligned());
+        assert_eq!(r.iova_alignment(), PAGE_SIZE as u64);
     }
 
     #[test]

@@ -18,7 +18,6 @@ use crate::mapping::lock_iovas;
 use crate::mapping::IovaLock;
 use crate::DmaRegion;
 use crate::PageBuffer;
-use crate::HUGE_PAGE_SIZE;
 use crate::PAGE_SIZE;
 use crossbeam_channel::Receiver;
 use crossbeam_channel::Sender;
@@ -387,16 +386,12 @@ impl Shared {
         };
         // Memory placed for huge pages (reserved or transparent) is mapped at a 2 MiB-aligned
         // IOVA, so the IOMMU can use a 2 MiB entry for each physically contiguous huge page.
-        let align = if region.huge_aligned() {
-            HUGE_PAGE_SIZE
-        } else {
-            PAGE_SIZE
-        };
+        let align = region.iova_alignment();
         let mapped = Arena::mapped_len_of(region.len(), size);
         // What `map` relies on: the arena owns the region, and the pool holds the arena (in
         // its set, and through each chunk handed out) until `retire` has unmapped the range,
         // and leaks it if that unmap fails. Views hold the region too, never less long.
-        let iova = self.map(token, region.addr(), mapped, align as u64)?;
+        let iova = self.map(token, region.addr(), mapped, align)?;
         self.counters.arenas.fetch_add(1, Ordering::Relaxed);
         log::debug!(
             "SGV pool {}: new arena of {mapped} bytes for class {class} at {:#x} ({:?})",
