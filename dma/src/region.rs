@@ -133,7 +133,7 @@ impl DmaRegion {
         self.ptr.as_ptr() as u64
     }
 
-    /// Length in bytes (whole pages, or whole huge pages when [`DmaRegion::huge_pages`]).
+    /// Length in bytes (whole pages, or whole huge pages when [`RegionBacking::HugeTlb`]).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -141,11 +141,6 @@ impl DmaRegion {
     /// Never empty; present for API symmetry.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Whether the region is backed by reserved 2 MiB huge pages ([`RegionBacking::HugeTlb`]).
-    pub fn huge_pages(&self) -> bool {
-        self.backing == RegionBacking::HugeTlb
     }
 
     /// How the region is backed.
@@ -406,7 +401,7 @@ mod tests {
         let r = DmaRegion::new(100).expect("map");
         assert_eq!(r.len(), PAGE_SIZE);
         assert_eq!(r.addr() % PAGE_SIZE as u64, 0);
-        assert!(!r.huge_pages());
+        assert_eq!(r.backing(), RegionBacking::Pages);
         let mut out = [0xffu8; 64];
         r.read_at(0, &mut out);
         assert_eq!(out, [0; 64], "fresh regions are zero-filled");
@@ -421,7 +416,6 @@ mod tests {
                 assert_eq!(r.len(), HUGE_PAGE_SIZE + PAGE_SIZE)
             }
         }
-        assert_eq!(r.huge_pages(), r.backing() == RegionBacking::HugeTlb);
         if r.iova_alignment() == HUGE_PAGE_SIZE as u64 {
             assert_eq!(r.addr() % HUGE_PAGE_SIZE as u64, 0);
         }
