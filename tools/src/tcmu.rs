@@ -1492,7 +1492,6 @@ mod tests {
         }
     }
 
-    /// READ CAPACITY(10) through the simulated ring: the last LBA the engine reports.
     /// One command through the ring (8 bytes of Data-In at most): its status and sense key,
     /// ASC, ASCQ (fixed format).
     fn run_command(rig: &mut Rig, id: u16, cdb: &[u8]) -> (u8, [u8; 3]) {
@@ -1513,6 +1512,7 @@ mod tests {
         (done[0].status, [sense[2] & 0x0f, sense[12], sense[13]])
     }
 
+    /// READ CAPACITY(10) through the simulated ring: the last LBA the engine reports.
     fn read_capacity(rig: &mut Rig, id: u16) -> u32 {
         assert_eq!(
             run_command(rig, id, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),

@@ -371,8 +371,8 @@ fn batching_rig(entries: u16, irq_batch: u32, irq_hold_micros: u32) -> (Rig, u64
     });
     rig.enable();
     rig.create_io_queue(1, entries);
-    let fds = rig.dev.enable_interrupts(2).expect("MSI-X");
-    drop(fds);
+    // The tests count the vector's raises; the host ends of the eventfds are not read.
+    rig.dev.enable_interrupts(2).expect("MSI-X");
     let raised = rig.dev.interrupts().raised();
     (rig, raised)
 }
