@@ -1,15 +1,23 @@
 //! [`OrderedMutex`]: `std::sync::Mutex` with a place in the lock hierarchy.
 
 use std::marker::PhantomData;
+use std::sync::LockResult;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::sync::PoisonError;
 use std::sync::TryLockError;
+use std::time::Duration;
+use std::time::Instant;
 
 use super::levels::LockBefore;
 use super::levels::LockLevel;
 use super::runtime::Held;
 use super::LockToken;
+
+/// Spin hints between two tries of a spinning lock ([`OrderedMutex::lock_spinning`]).
+const SPIN_HINTS_PER_TRY: u32 = 8;
+/// Tries of a spinning lock between two looks at the clock.
+const TRIES_PER_CLOCK_READ: u32 = 4;
 
 /// A mutex of level `L`. Taken with a token ([`OrderedMutex::lock`], checked by the compiler and
 /// at run time) or without one ([`OrderedMutex::lock_unchecked_at_runtime`], checked at run time
@@ -73,11 +81,42 @@ impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
     #[track_caller]
     pub fn lock_unchecked_at_runtime(&self) -> OrderedMutexGuard<'_, T, L> {
         Held::check(L::LEVEL, L::NAME);
-        // One try first, so a wait behind another thread is counted (lock_stats).
+        self.acquire(Duration::ZERO)
+    }
+
+    /// Lock like [`OrderedMutex::lock`], except that a thread finding the mutex held first
+    /// spins for up to `spin`, retrying between spin hints, and only then blocks. For a lock
+    /// whose sections are short and bounded and whose holders never block inside them: there a
+    /// futex sleep and the holder's wake-up (two syscalls and a context switch) cost more than
+    /// the wait. The spin is bounded, so a holder preempted by the scheduler costs the waiter at
+    /// most `spin` before it sleeps as with [`OrderedMutex::lock`].
+    ///
+    /// # Panics
+    /// As [`OrderedMutex::lock`].
+    #[track_caller]
+    pub fn lock_spinning<'a, M>(
+        &'a self,
+        token: &'a mut LockToken<'_, M>,
+        spin: Duration,
+    ) -> (OrderedMutexGuard<'a, T, L>, LockToken<'a, L>)
+    where
+        M: LockBefore<L>,
+    {
+        let _ = token;
+        Held::check(L::LEVEL, L::NAME);
+        (self.acquire(spin), LockToken::new())
+    }
+
+    /// Take the lock: one try (so a wait behind another thread is counted in lock_stats), then
+    /// tries between spin hints for up to `spin`, then a blocking wait.
+    fn acquire(&self, spin: Duration) -> OrderedMutexGuard<'_, T, L> {
         let (result, contended) = match self.inner.try_lock() {
             Ok(guard) => (Ok(guard), false),
             Err(TryLockError::Poisoned(poisoned)) => (Err(poisoned), false),
-            Err(TryLockError::WouldBlock) => (self.inner.lock(), true),
+            Err(TryLockError::WouldBlock) => match self.spin_for(spin) {
+                Some(result) => (result, true),
+                None => (self.inner.lock(), true),
+            },
         };
         let inner = result.unwrap_or_else(|poisoned| {
             log::warn!(
@@ -91,6 +130,32 @@ impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
             inner,
             held: Held::acquired(L::LEVEL, L::NAME, contended),
             _level: PhantomData,
+        }
+    }
+
+    /// Retry the lock for up to `spin`, [`SPIN_HINTS_PER_TRY`] spin hints between tries (a try
+    /// is a compare-and-swap on the lock word: done back to back, the waiters would keep taking
+    /// the holder's cache line away). `None` when the time is up.
+    fn spin_for(&self, spin: Duration) -> Option<LockResult<MutexGuard<'_, T>>> {
+        if spin.is_zero() {
+            return None;
+        }
+        let until = Instant::now() + spin;
+        let mut tries = 0u32;
+        loop {
+            for _ in 0..SPIN_HINTS_PER_TRY {
+                std::hint::spin_loop();
+            }
+            match self.inner.try_lock() {
+                Ok(guard) => return Some(Ok(guard)),
+                Err(TryLockError::Poisoned(poisoned)) => return Some(Err(poisoned)),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            // The clock is read every few tries: a read costs about as much as a try.
+            tries = tries.wrapping_add(1);
+            if tries.is_multiple_of(TRIES_PER_CLOCK_READ) && Instant::now() >= until {
+                return None;
+            }
         }
     }
 

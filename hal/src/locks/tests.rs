@@ -336,3 +336,69 @@ fn lock_stats_count_acquisitions_contention_and_the_longest_hold() {
     assert!(contended > contended_before, "the second taker waited");
     assert!(longest >= Duration::from_millis(80), "{longest:?}");
 }
+
+/// The calling thread's voluntary context switches and CPU time so far
+/// (`/proc/thread-self/status` and `schedstat`): a thread that sleeps on a futex switches
+/// voluntarily, one that spins does not.
+fn thread_switches_and_cpu() -> (i64, Duration) {
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("thread status");
+    let switches = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc/thread-self/status");
+    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("thread schedstat");
+    let cpu_ns = schedstat
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("run time in /proc/thread-self/schedstat");
+    (switches, Duration::from_nanos(cpu_ns))
+}
+
+/// A thread takes the lock, signals, holds it for `hold`, and releases it; the caller takes it
+/// with `lock_spinning(spin)` once it is held. Returns the caller's voluntary switches and CPU
+/// time during that take.
+fn take_behind_a_holder(hold: Duration, spin: Duration) -> (i64, Duration) {
+    let m = Arc::new(OrderedMutex::<u32, levels::SimEngines>::new(0));
+    let (held_tx, held_rx) = mpsc::channel();
+    let holder = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || {
+            let mut g = m.lock_unchecked_at_runtime();
+            held_tx.send(()).expect("send");
+            std::thread::sleep(hold);
+            *g += 1;
+        })
+    };
+    recv_timeout(&held_rx, Duration::from_secs(10)).expect("holder has the lock");
+    let (switches_before, cpu_before) = thread_switches_and_cpu();
+    let mut token = LockToken::root();
+    let seen = {
+        let (g, _) = m.lock_spinning(&mut token, spin);
+        *g
+    };
+    let (switches, cpu) = thread_switches_and_cpu();
+    join(holder).expect("holder");
+    assert_eq!(seen, 1, "the lock was taken after the holder's release");
+    (switches - switches_before, cpu.saturating_sub(cpu_before))
+}
+
+#[test]
+fn a_spinning_lock_waits_out_a_short_hold_without_sleeping() {
+    let (switches, _) = take_behind_a_holder(Duration::from_millis(20), Duration::from_secs(5));
+    assert_eq!(switches, 0, "the waiter slept instead of spinning");
+    // The same wait without a spin sleeps on the futex: the measure sees a sleep.
+    let (switches, _) = take_behind_a_holder(Duration::from_millis(20), Duration::ZERO);
+    assert!(switches >= 1, "a blocking wait switched {switches} times");
+}
+
+#[test]
+fn a_spinning_lock_sleeps_once_its_spin_is_spent() {
+    let (switches, cpu) = take_behind_a_holder(Duration::from_millis(300), Duration::from_millis(20));
+    assert!(switches >= 1, "the waiter never slept");
+    assert!(
+        cpu < Duration::from_millis(150),
+        "the waiter spun for {cpu:?} of a 300 ms hold with a 20 ms spin"
+    );
+}
