@@ -724,3 +724,23 @@ fn a_worker_that_dies_triggers_the_teardown() {
     // The dead worker's command is answered by the close path.
     completions(&session, &[1]);
 }
+
+/// Large commands are fetched a budget of data at a time (`FrontendConfig::fetch_bytes`,
+/// 256 KiB by default): with 128 KiB commands queued 16 deep, the workers ask for fewer
+/// commands than their buffers hold (8 here), so that the others get some; with 4 KiB ones,
+/// never. Every byte still verifies.
+#[test]
+fn large_commands_are_fetched_fewer_at_a_time() {
+    let mix = Mix::Mixed { read_percent: 50 };
+    // One rig each: a workload verifies against what it wrote itself (zeroes elsewhere).
+    let rig = Rig::ram("e2e-fetch-small", 512, 32768);
+    let small = verified_run(&rig, 1, short(mix, Pattern::Random, 4096, 2000));
+    assert_clean(&small);
+    let stats = rig.frontend().stats();
+    assert_eq!(stats.capped_fetches, 0, "4 KiB commands: {stats:?}");
+    let rig = Rig::ram("e2e-fetch-large", 512, 32768);
+    let large = verified_run(&rig, 1, short(mix, Pattern::Random, 128 << 10, 400));
+    assert_clean(&large);
+    let stats = rig.frontend().stats();
+    assert!(stats.capped_fetches > 0, "128 KiB commands: {stats:?}");
+}

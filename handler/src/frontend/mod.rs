@@ -13,6 +13,7 @@
 mod buffers;
 mod cap_flush;
 mod dump;
+mod fetch_size;
 mod latency;
 mod leases;
 mod liveness;
@@ -66,8 +67,14 @@ const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 pub struct FrontendConfig {
     /// Worker threads serving the fd.
     pub workers: usize,
-    /// Commands fetched per REPLY_AND_GET_MULTI.
+    /// Commands fetched per REPLY_AND_GET_MULTI at most (the size of each worker's buffer).
     pub cmds_per_call: usize,
+    /// Data bytes one REPLY_AND_GET_MULTI aims at: a worker asks for as many commands as hold
+    /// about this much at the sizes it has been seeing (at least one, at most
+    /// `cmds_per_call`), so that large commands spread over the workers instead of being
+    /// copied one after the other by the first worker to look (fetch_size.rs). 0: always
+    /// `cmds_per_call`.
+    pub fetch_bytes: usize,
     /// How long a worker with work pending (commands in the store, replies to send, the
     /// teardown under way) waits in poll before looking again; also how often it asks the store
     /// whether it failed ([`Store::failure`]) while busy.
@@ -100,6 +107,7 @@ impl Default for FrontendConfig {
         Self {
             workers: 2,
             cmds_per_call: 16,
+            fetch_bytes: 256 << 10,
             idle_poll: Duration::from_millis(50),
             idle_park: Duration::from_secs(1),
             linger: Duration::from_micros(10),
@@ -186,6 +194,9 @@ pub struct Counters {
     pub busy: AtomicU64,
     /// ioctl calls made.
     pub ioctls: AtomicU64,
+    /// REPLY_AND_GET_MULTI calls that asked for fewer commands than the buffer holds because
+    /// the commands were large (`FrontendConfig::fetch_bytes`).
+    pub capped_fetches: AtomicU64,
     /// EXECs answered BUSY because intake had stopped (teardown step 1).
     pub refused_in_teardown: AtomicU64,
     /// EXEC replies sent after the teardown began (completed, failed or BUSY).
@@ -238,6 +249,9 @@ pub struct FrontendStats {
     pub busy: u64,
     /// ioctl calls.
     pub ioctls: u64,
+    /// Fetches that asked for fewer commands than the buffer holds, the commands being large
+    /// (`FrontendConfig::fetch_bytes`).
+    pub capped_fetches: u64,
     /// EXECs answered BUSY because intake had stopped.
     pub refused_in_teardown: u64,
     /// EXEC replies sent after the teardown began.
@@ -728,6 +742,7 @@ impl Shared {
             reply_errors: get(&c.reply_errors),
             busy: get(&c.busy),
             ioctls: get(&c.ioctls),
+            capped_fetches: get(&c.capped_fetches),
             refused_in_teardown: get(&c.refused_in_teardown),
             answered_in_teardown: get(&c.answered_in_teardown),
             aborted: get(&c.aborted),

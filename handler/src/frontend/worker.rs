@@ -11,6 +11,7 @@
 use super::buffers::BufferCache;
 use super::dump::DumpReceiver;
 use super::dump::WorkerDump;
+use super::fetch_size::FetchSize;
 use super::latency::Direction;
 use super::latency::WorkerFigures;
 use super::Phase;
@@ -200,6 +201,8 @@ pub(super) struct Worker {
     /// the active list cannot drain: POLLIN stays up and every fetch gets EAGAIN. Past
     /// zero, [`Worker::wait`] backs off instead of polling the fd again at once.
     empty_ready_fetches: u32,
+    /// How many commands the next fetch asks for (fetch_size.rs).
+    fetch_size: FetchSize,
 }
 
 impl Worker {
@@ -210,6 +213,7 @@ impl Worker {
         dumps: DumpReceiver,
     ) -> Self {
         let multi = MultiBuffer::new(shared.config.cmds_per_call.max(1));
+        let fetch_size = FetchSize::new(multi.capacity(), shared.config.fetch_bytes);
         Self {
             shared,
             // The top of the worker's thread: nothing is held yet (asserted).
@@ -240,6 +244,7 @@ impl Worker {
             untaken_calls: 0,
             fd_said_ready: false,
             empty_ready_fetches: 0,
+            fetch_size,
         }
     }
 
@@ -303,7 +308,7 @@ impl Worker {
             let want = if phase == Phase::Leaving || self.fd_closed {
                 0
             } else {
-                self.multi.capacity()
+                self.fetch_size.want()
             };
             let fd_said_ready = std::mem::take(&mut self.fd_said_ready);
             // Replies go out in this turn's exchange: if it fetches nothing, the worker
@@ -652,6 +657,12 @@ impl Worker {
             _pad: 0,
         });
         self.shared.counters.ioctls.fetch_add(1, Ordering::Relaxed);
+        if want > 0 && want < self.multi.capacity() {
+            self.shared
+                .counters
+                .capped_fetches
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let result = self.shared.fd.reply_and_get_multi(&mut self.multi);
         let header = self.multi.header();
         let done = (header.replies_done.max(0) as usize).min(replies_cnt);
@@ -1147,6 +1158,7 @@ impl Worker {
         let exec: abi::ScsiCmdExec = cmd.read_payload();
         let bufflen = exec.bufflen.max(0) as u32;
         let direction = exec.data_direction;
+        self.fetch_size.record(bufflen);
         let Some(token) = self.shared.drain.try_enter_owned() else {
             // Intake is stopped (teardown step 1): answered at once, never dropped.
             self.shared
