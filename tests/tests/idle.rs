@@ -6,6 +6,7 @@ use scst_accel_dma::SgvPool;
 use scst_accel_handler::abi::sam_status;
 use scst_accel_handler::frontend::FrontendConfig;
 use scst_accel_handler::frontend::TeardownConfig;
+use scst_accel_handler::frontend::MAX_LINGER;
 use scst_accel_handler::store::ram::RamStore;
 use scst_accel_handler::transport::register::default_options;
 use scst_accel_tests::execute;
@@ -18,15 +19,17 @@ const BLOCKS: u64 = 2048;
 const WORKERS: u64 = 2;
 
 fn rig(name: &str, idle_park: Duration) -> Rig {
-    rig_lingering(name, idle_park, FrontendConfig::default().linger)
+    let default = FrontendConfig::default();
+    rig_lingering(name, idle_park, default.linger, default.linger_per_mib)
 }
 
-fn rig_lingering(name: &str, idle_park: Duration, linger: Duration) -> Rig {
+fn rig_lingering(name: &str, idle_park: Duration, linger: Duration, linger_per_mib: Duration) -> Rig {
     let config = FrontendConfig {
         workers: WORKERS as usize,
         idle_poll: Duration::from_millis(10),
         idle_park,
         linger,
+        linger_per_mib,
         ..FrontendConfig::default()
     };
     Rig::with_config(
@@ -102,13 +105,15 @@ fn a_parked_worker_is_woken_by_commands_dumps_and_the_teardown() {
 }
 
 /// A worker lingers (looks at the fd again before sleeping) only after a turn that sent
-/// replies: once after a command's reply, never while idle; with `linger` zero, never.
+/// replies: once after a command's reply, never while idle; with `linger` and
+/// `linger_per_mib` zero, never; with only `linger_per_mib`, after commands with data.
 #[test]
 fn a_worker_lingers_after_its_replies_and_never_while_idle() {
     let rig = rig_lingering(
         "idle-linger",
         Duration::from_millis(300),
         Duration::from_micros(200),
+        Duration::ZERO,
     );
     let session = rig.session(0);
     let r = execute(&session, 1, &read10(0, 1), Vec::new(), BLOCK);
@@ -127,7 +132,12 @@ fn a_worker_lingers_after_its_replies_and_never_while_idle() {
     );
     session.detach();
 
-    let rig = rig_lingering("idle-no-linger", Duration::from_millis(300), Duration::ZERO);
+    let rig = rig_lingering(
+        "idle-no-linger",
+        Duration::from_millis(300),
+        Duration::ZERO,
+        Duration::ZERO,
+    );
     let session = rig.session(0);
     for tag in 1..=20 {
         let r = execute(&session, tag, &read10(tag as u32, 1), Vec::new(), BLOCK);
@@ -135,4 +145,41 @@ fn a_worker_lingers_after_its_replies_and_never_while_idle() {
     }
     assert_eq!(rig.frontend().stats().linger_looks, 0, "linger zero: never");
     session.detach();
+
+    // 100 ms per MiB: 512-byte READs make a linger of about 49 µs.
+    let rig = rig_lingering(
+        "idle-linger-per-mib",
+        Duration::from_millis(300),
+        Duration::ZERO,
+        Duration::from_millis(100),
+    );
+    let session = rig.session(0);
+    for tag in 1..=20 {
+        let r = execute(&session, tag, &read10(tag as u32, 1), Vec::new(), BLOCK);
+        assert_eq!(r.status, sam_status::GOOD);
+    }
+    assert!(
+        rig.frontend().stats().linger_looks > 0,
+        "a linger made of the commands' size alone"
+    );
+    session.detach();
+}
+
+/// The linger grows with the commands' mean size, at `linger_per_mib`, and never passes
+/// `MAX_LINGER`.
+#[test]
+fn the_linger_follows_the_commands_size_up_to_its_bound() {
+    let config = FrontendConfig::default();
+    assert_eq!(config.linger_for(0), config.linger);
+    assert_eq!(
+        config.linger_for(128 << 10),
+        config.linger + config.linger_per_mib / 8
+    );
+    assert_eq!(config.linger_for(64 << 20), MAX_LINGER);
+    let none = FrontendConfig {
+        linger: Duration::ZERO,
+        linger_per_mib: Duration::ZERO,
+        ..FrontendConfig::default()
+    };
+    assert_eq!(none.linger_for(1 << 20), Duration::ZERO);
 }

@@ -14,9 +14,11 @@
 //! The sizes are the EXECs' `bufflen` (0 for a command without data), averaged per worker with a
 //! weight of 1/8 for each new command: no state is shared between workers, and a change of
 //! workload is followed within a few dozen commands. Before the first EXEC, and with
-//! `fetch_bytes` 0, a worker asks for its whole capacity.
+//! `fetch_bytes` 0, a worker asks for its whole capacity. The same mean sizes the worker's
+//! linger after its replies ([`FrontendConfig::linger_for`]).
 //!
 //! [`FrontendConfig::fetch_bytes`]: super::FrontendConfig::fetch_bytes
+//! [`FrontendConfig::linger_for`]: super::FrontendConfig::linger_for
 
 /// Weight of the newest command in the mean size: 1 / 2^`MEAN_SHIFT`.
 const MEAN_SHIFT: u32 = 3;
@@ -52,9 +54,14 @@ impl FetchSize {
         });
     }
 
+    /// The mean data bytes per EXEC of this worker's recent commands (0 before the first).
+    pub(super) fn mean_bytes(&self) -> u64 {
+        self.mean_scaled.unwrap_or(0) >> MEAN_SHIFT
+    }
+
     /// Commands to ask for in the next fetch.
     pub(super) fn want(&self) -> usize {
-        let mean = self.mean_scaled.unwrap_or(0) >> MEAN_SHIFT;
+        let mean = self.mean_bytes();
         if self.budget == 0 || mean == 0 {
             return self.capacity;
         }

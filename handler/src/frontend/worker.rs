@@ -261,7 +261,8 @@ impl Worker {
             // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
             //   abort step): as long as the store's own bounded escalation (a device reset);
             // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd);
-            // - `linger`: at most `linger` (10 µs by default) of looks that do not wait.
+            // - `linger`: at most `FrontendConfig::linger_for` (10 µs by default at 4 KiB
+            //   commands, never above `MAX_LINGER`, 1 ms) of looks that do not wait.
             // A heartbeat older than a few seconds therefore means a store call that does not
             // return, or a store that accepts nothing: the service is wedged.
             self.shared.liveness.beat(self.index);
@@ -576,10 +577,11 @@ impl Worker {
     }
 
     /// After a turn that sent replies and fetched nothing: look at the fd again, yielding the
-    /// CPU between looks, for up to [`FrontendConfig::linger`] before sleeping. True when it
-    /// became readable (the loop fetches at once, as after a wake-up).
+    /// CPU between looks, for up to [`FrontendConfig::linger_for`] the size of the commands
+    /// this worker has been serving, before sleeping. True when it became readable (the loop
+    /// fetches at once, as after a wake-up).
     fn linger(&mut self) -> bool {
-        let linger = self.shared.config.linger;
+        let linger = self.shared.config.linger_for(self.fetch_size.mean_bytes());
         if linger.is_zero() {
             return false;
         }
