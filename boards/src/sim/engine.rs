@@ -30,6 +30,7 @@ use super::board::Shared;
 use super::board::StateGuard;
 use super::board::Token;
 use super::registers::BoardState;
+use super::scatter::Scatter;
 use crate::sca1::desc::cq_status;
 use crate::sca1::desc::flags;
 use crate::sca1::desc::opcode;
@@ -42,6 +43,10 @@ use crate::sca1::desc::CQ_PHASE;
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Data moves in pieces of at most this much, with a validity check before each.
 const DMA_CHUNK: usize = 64 * 1024;
+/// Longest READ copied from the medium to host memory in place, under one hold of the
+/// medium's read lock (`Engine::transfer_in_place`): bounds how long a reader keeps writers of
+/// the medium waiting.
+const IN_PLACE_READ_MAX: usize = 1 << 20;
 /// How long a [`BadPhase`](super::Fault::BadPhase) entry stays with the wrong phase.
 const BAD_PHASE_HOLD: Duration = Duration::from_millis(1);
 const DESCRIPTOR_BYTES: u64 = 32;
@@ -807,12 +812,21 @@ impl Engine {
                     Ok(segments) => segments,
                     Err(outcome) => return Ok(outcome),
                 };
-                if let [(iova, len)] = *segments.as_slice() {
-                    if len as usize <= DMA_CHUNK {
-                        if let Some(outcome) = self.transfer_in_place(token, job, desc, offset, iova) {
-                            return outcome;
+                let in_place = match *segments.as_slice() {
+                    _ if desc.opcode != opcode::WRITE => {
+                        if desc.length as usize <= IN_PLACE_READ_MAX {
+                            self.read_in_place(token, job, desc, offset, segments.as_slice())
+                        } else {
+                            None
                         }
                     }
+                    [(iova, len)] if len as usize <= DMA_CHUNK => {
+                        self.write_in_place(token, job, desc, offset, iova)
+                    }
+                    _ => None,
+                };
+                if let Some(outcome) = in_place {
+                    return outcome;
                 }
                 let mut bounce = self.bounce.take();
                 if bounce.len() < desc.length as usize {
@@ -948,15 +962,55 @@ impl Engine {
         Ok(Outcome::ok(desc.length))
     }
 
-    /// READ or WRITE of one contiguous piece of at most [`DMA_CHUNK`] (one DMA step): one
-    /// validity check, then one copy between the medium's blocks and host memory, made under
-    /// the medium's lock (`Medium::read_in_place`, `write_in_place`) instead of two through the
-    /// bounce buffer. What a transfer guarantees is unchanged: an unmapped byte anywhere in the
-    /// host range moves nothing (a WRITE leaves the blocks as they were), and each command's
-    /// blocks change in one step against every other access. `None` when the medium cannot lend
-    /// the range in place (a file, or a range across two of its chunks): the caller goes
-    /// through the bounce buffer.
-    fn transfer_in_place(
+    /// READ of at most [`IN_PLACE_READ_MAX`] over any scatter list: one validity check, then
+    /// one copy from the medium's blocks to the host pieces, made under the medium's read lock
+    /// (`Medium::read_in_place`, [`Scatter`]) instead of two through the bounce buffer. The
+    /// command's blocks are read in one step against every writer, as before; a fault stops the
+    /// copy at the first host piece not mapped whole and `bytes` says what arrived before it.
+    /// A READ of several DMA steps checks the job's validity once, before its first step, not
+    /// before each: the check is for an early stop, and the host reclaims nothing while the
+    /// engine holds the descriptor (§6). `None` when the medium cannot lend its blocks (a
+    /// file): the caller goes through the bounce buffer.
+    fn read_in_place(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        desc: &Descriptor,
+        offset: u64,
+        segments: &[(u64, u32)],
+    ) -> Option<Step<Outcome>> {
+        if let Err(abandoned) = self.checkpoint(token, job) {
+            return Some(Err(abandoned));
+        }
+        let iommu = &self.shared.iommu;
+        let mut scatter = Scatter::new(segments);
+        let moved = self.shared.medium.read_in_place(
+            token,
+            offset,
+            Scatter::total(segments),
+            |under, _, blocks| scatter.copy(iommu, under, blocks),
+        )?;
+        let arrived = scatter.arrived() as u64;
+        Counters::add(&self.shared.stats.bytes_read, arrived);
+        Some(Ok(match moved {
+            Err(e) => self.medium_error(cq_status::READ_ERROR, desc, &e),
+            Ok(Err(fault)) => Outcome {
+                status: cq_status::DMA_FAULT,
+                bytes: arrived as u32,
+                detail: fault.iova as u32,
+            },
+            Ok(Ok(())) => Outcome::ok(desc.length),
+        }))
+    }
+
+    /// WRITE of one contiguous host segment of at most [`DMA_CHUNK`] (one DMA step): one
+    /// validity check, then one copy from host memory into the medium's blocks under the
+    /// medium's write lock (`Medium::write_in_place`) instead of two through the bounce
+    /// buffer. An unmapped byte anywhere in the host range moves nothing (the blocks stay as
+    /// they were), and the command's blocks change in one step against every other access.
+    /// `None` when the medium cannot lend the range in place (a file, or a range across two of
+    /// its chunks): the caller goes through the bounce buffer.
+    fn write_in_place(
         &self,
         token: &mut Token<'_>,
         job: &Job,
@@ -969,40 +1023,23 @@ impl Engine {
         }
         let iommu = &self.shared.iommu;
         let medium = &self.shared.medium;
-        let len = desc.length as usize;
-        let write = desc.opcode == opcode::WRITE;
-        let moved = if write {
-            medium.write_in_place(token, offset, len, |under, blocks| {
-                iommu.dma_read_under(under, iova, blocks)
-            })?
-        } else {
-            medium.read_in_place(token, offset, len, |under, blocks| {
-                iommu.dma_write_under(under, iova, blocks)
-            })?
-        };
-        let error = if write {
-            cq_status::WRITE_ERROR
-        } else {
-            cq_status::READ_ERROR
-        };
+        let moved = medium.write_in_place(token, offset, desc.length as usize, |under, blocks| {
+            iommu.dma_read_under(under, iova, blocks)
+        })?;
         let outcome = match moved {
-            Err(e) => self.medium_error(error, desc, &e),
+            Err(e) => self.medium_error(cq_status::WRITE_ERROR, desc, &e),
             Ok(Err(fault)) => Outcome {
                 status: cq_status::DMA_FAULT,
                 bytes: 0,
                 detail: fault.iova as u32,
             },
-            Ok(Ok(())) if write => {
+            Ok(Ok(())) => {
                 if desc.flags & flags::FUA != 0 {
                     if let Err(e) = medium.flush() {
-                        return Some(Ok(self.medium_error(error, desc, &e)));
+                        return Some(Ok(self.medium_error(cq_status::WRITE_ERROR, desc, &e)));
                     }
                 }
                 Counters::add(&self.shared.stats.bytes_written, u64::from(desc.length));
-                Outcome::ok(desc.length)
-            }
-            Ok(Ok(())) => {
-                Counters::add(&self.shared.stats.bytes_read, u64::from(desc.length));
                 Outcome::ok(desc.length)
             }
         };

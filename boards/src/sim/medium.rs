@@ -141,9 +141,9 @@ impl Medium {
         }
     }
 
-    /// Where `offset..offset+len` lies when it can be lent in place: a RAM medium's chunks, the
-    /// chunk index and the offset in it (`None`: a file, or a range across two chunks; an
-    /// error: past the end).
+    /// Where `offset..offset+len` lies when it can be lent in place for writing: a RAM
+    /// medium's chunks, the chunk index and the offset in it (`None`: a file, or a range across
+    /// two chunks; an error: past the end).
     fn lendable(&self, offset: u64, len: usize) -> Option<io::Result<(&Chunks, u64, usize)>> {
         let Self::Ram { chunks, .. } = self else {
             return None;
@@ -152,35 +152,52 @@ impl Medium {
         Some(self.check(offset, len as u64).map(|()| (chunks, index, within)))
     }
 
-    /// The `len` bytes at `offset` of a RAM medium, in place, handed to `copy` under the
-    /// medium's read lock with that lock's child token: the engine copies them straight to host
-    /// memory (`Iommu::dma_write_under`), one copy instead of two through its bounce buffer. A
-    /// chunk never written reads as zeroes. `None` when the range is not inside one chunk or the
-    /// medium is a file: the caller copies through its buffer ([`Medium::read`]).
-    pub(crate) fn read_in_place<L: LockBefore<levels::SimMedium>, R>(
+    /// The `len` bytes at `offset` of a RAM medium, in place: handed to `copy` one piece per
+    /// chunk (`copy(token, at, bytes)`, `at` the piece's offset in the range) under one hold of
+    /// the medium's read lock, with that lock's child token. The engine copies them straight to
+    /// host memory (`Iommu::dma_write_under`), one copy instead of two through its bounce
+    /// buffer, and the whole range is still read in one step against every writer. A chunk
+    /// never written reads as zeroes. Stops at the first piece `copy` refuses (the pieces
+    /// before it were copied) and returns its error. `None` when the medium is a file: the
+    /// caller copies through its buffer ([`Medium::read`]). The lock is held for all the
+    /// copies: the caller bounds `len`.
+    pub(crate) fn read_in_place<L: LockBefore<levels::SimMedium>, E>(
         &self,
         token: &mut LockToken<'_, L>,
         offset: u64,
         len: usize,
-        copy: impl FnOnce(&mut LockToken<'_, levels::SimMedium>, &[u8]) -> R,
-    ) -> Option<io::Result<R>> {
-        let (chunks, index, within) = match self.lendable(offset, len)? {
-            Ok(place) => place,
-            Err(e) => return Some(Err(e)),
+        mut copy: impl FnMut(&mut LockToken<'_, levels::SimMedium>, usize, &[u8]) -> Result<(), E>,
+    ) -> Option<io::Result<Result<(), E>>> {
+        let Self::Ram { chunks, .. } = self else {
+            return None;
         };
+        if let Err(e) = self.check(offset, len as u64) {
+            return Some(Err(e));
+        }
         let (chunks, mut under) = chunks.read(token);
-        let bytes = match chunks.get(&index) {
-            Some(chunk) => &chunk[within..within + len],
-            None => &ZEROES[..len],
-        };
-        Some(Ok(copy(&mut under, bytes)))
+        let mut at = 0usize;
+        while at < len {
+            let pos = offset + at as u64;
+            let within = (pos % RAM_CHUNK) as usize;
+            let n = (RAM_CHUNK as usize - within).min(len - at);
+            let bytes = match chunks.get(&(pos / RAM_CHUNK)) {
+                Some(chunk) => &chunk[within..within + n],
+                None => &ZEROES[..n],
+            };
+            if let Err(e) = copy(&mut under, at, bytes) {
+                return Some(Ok(Err(e)));
+            }
+            at += n;
+        }
+        Some(Ok(Ok(())))
     }
 
     /// The `len` bytes at `offset` of a RAM medium, in place and writable, handed to `fill`
     /// under the medium's write lock with that lock's child token: the engine copies host data
     /// straight into them (`Iommu::dma_read_under`, which writes nothing when any byte of the
     /// host range is unmapped, so a faulting transfer leaves the blocks as they were; a chunk
-    /// allocated for it reads as zeroes, as before). `None` as for [`Medium::read_in_place`].
+    /// allocated for it reads as zeroes, as before). `None` when the range is not inside one
+    /// chunk or the medium is a file: the caller gathers the data first ([`Medium::write`]).
     pub(crate) fn write_in_place<L: LockBefore<levels::SimMedium>, R>(
         &self,
         token: &mut LockToken<'_, L>,

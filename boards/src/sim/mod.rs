@@ -30,6 +30,7 @@ mod handle;
 mod medium;
 pub mod nvme;
 mod registers;
+mod scatter;
 
 #[cfg(test)]
 mod tests;

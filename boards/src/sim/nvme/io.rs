@@ -16,6 +16,7 @@ use super::worker::CmdResult;
 use super::worker::Exec;
 use super::worker::Failure;
 use super::worker::Reply;
+use crate::sim::scatter::Scatter;
 
 /// Bytes of one Dataset Management range (§6.7, Figure 364).
 const DSM_RANGE_BYTES: usize = 16;
@@ -110,10 +111,8 @@ fn read(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) ->
         );
         return Err(status::UNRECOVERED_READ_ERROR.into());
     }
-    if let [piece] = *pieces.as_slice() {
-        if let Some(done) = transfer_in_place(exec, token, range.offset, piece, false) {
-            return done;
-        }
+    if let Some(done) = read_in_place(exec, token, range.offset, &pieces) {
+        return done;
     }
     let mut data = vec![0u8; range.bytes as usize];
     if let Err(e) = exec.shared.medium.read(token, range.offset, &mut data) {
@@ -130,7 +129,7 @@ fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = data_range(exec, sqe)?;
     let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
     let in_place = match *pieces.as_slice() {
-        [piece] => transfer_in_place(exec, token, range.offset, piece, true),
+        [piece] => write_in_place(exec, token, range.offset, piece),
         _ => None,
     };
     if let Some(done) = in_place {
@@ -151,37 +150,51 @@ fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     Ok(Reply::Done(0))
 }
 
-/// A Read or Write of one contiguous host piece: one validity check, then one copy between the
-/// medium's blocks and host memory under the medium's lock (`Medium::read_in_place`,
-/// `write_in_place`), instead of a buffer per command and two copies. A Data Transfer Error
-/// still leaves the blocks as they were: the IOMMU copies nothing when any byte of the piece
-/// is unmapped. `None` when the medium cannot lend the range in place (a file, or a range
-/// across two of its chunks): the caller goes through a buffer.
-fn transfer_in_place(
-    exec: &Exec<'_>,
-    token: &mut Token<'_>,
-    offset: u64,
-    piece: Piece,
-    write: bool,
-) -> Option<CmdResult> {
+/// A Read's data moved from the medium's blocks to the host pieces in place, under the
+/// medium's read lock (`Medium::read_in_place`), instead of through a buffer per command and
+/// two copies. Each medium chunk is scattered over the PRP pieces it covers ([`Scatter`]), one
+/// IOMMU access per piece as the buffered path makes them, so a fault names the same piece;
+/// the pieces before it have arrived, as on the buffered path, and the command ends in Data
+/// Transfer Error. A Read is bounded by MDTS, so is the time it holds the lock. `None` when the medium
+/// cannot lend its blocks (a file): the caller goes through a buffer.
+fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, pieces: &[Piece]) -> Option<CmdResult> {
     if let Err(abandoned) = exec.checkpoint(token) {
         return Some(Err(abandoned));
     }
     let iommu = &exec.shared.iommu;
-    let medium = &exec.shared.medium;
-    let (moved, error) = if write {
-        let moved = medium.write_in_place(token, offset, piece.len, |under, blocks| {
+    let mut scatter = Scatter::new(pieces);
+    let moved =
+        exec.shared
+            .medium
+            .read_in_place(token, offset, Scatter::total(pieces), |under, _, blocks| {
+                scatter.copy(iommu, under, blocks)
+            })?;
+    Some(match moved {
+        Err(e) => medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR),
+        Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
+        Ok(Ok(())) => Ok(Reply::Done(0)),
+    })
+}
+
+/// A Write of one contiguous host piece inside one medium chunk: one validity check, then one
+/// copy from host memory into the medium's blocks under the medium's lock
+/// (`Medium::write_in_place`), instead of a buffer per command and two copies. A Data Transfer
+/// Error still leaves the blocks as they were: the IOMMU copies nothing when any byte of the
+/// piece is unmapped. `None` when the medium cannot lend the range in place (a file, or a range
+/// across two of its chunks): the caller goes through a buffer.
+fn write_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, piece: Piece) -> Option<CmdResult> {
+    if let Err(abandoned) = exec.checkpoint(token) {
+        return Some(Err(abandoned));
+    }
+    let iommu = &exec.shared.iommu;
+    let moved = exec
+        .shared
+        .medium
+        .write_in_place(token, offset, piece.len, |under, blocks| {
             iommu.dma_read_under(under, piece.iova, blocks)
         })?;
-        (moved, status::WRITE_FAULT)
-    } else {
-        let moved = medium.read_in_place(token, offset, piece.len, |under, blocks| {
-            iommu.dma_write_under(under, piece.iova, blocks)
-        })?;
-        (moved, status::UNRECOVERED_READ_ERROR)
-    };
     Some(match moved {
-        Err(e) => medium_result(exec, Err(e), error),
+        Err(e) => medium_result(exec, Err(e), status::WRITE_FAULT),
         Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
         Ok(Ok(())) => Ok(Reply::Done(0)),
     })

@@ -18,12 +18,22 @@ use super::spec::status;
 use super::spec::PAGE_SIZE;
 use super::worker::Exec;
 use super::worker::Failure;
+use crate::sim::scatter::HostPiece;
 
 /// One contiguous piece of a data buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Piece {
     pub iova: u64,
     pub len: usize,
+}
+
+impl HostPiece for Piece {
+    fn iova(self) -> u64 {
+        self.iova
+    }
+    fn len(self) -> usize {
+        self.len
+    }
 }
 
 /// The pieces of a `len`-byte transfer described by `prp1` and `prp2`.

@@ -90,6 +90,19 @@ fn write_and_read_with_prp1_and_prp2() {
     assert_eq!(back, data);
 }
 
+/// The simulated controller reads in place, one 64 KiB medium chunk at a time scattered over
+/// the PRP pages: a Read whose chunk boundary falls inside a page (LBA 127 of 512-byte blocks:
+/// 512 bytes into the first page) still lands every byte at its place.
+#[test]
+fn a_read_across_a_medium_chunk_inside_a_page_lands_every_byte() {
+    let mut rig = Rig::with_io_queue(8);
+    let data = pattern(3 * PAGE, 8);
+    assert_eq!(rig.write_blocks(127, &data), Status::SUCCESS);
+    let (s, back) = rig.read_blocks(127, 24);
+    assert_eq!(s, Status::SUCCESS);
+    assert_eq!(back, data);
+}
+
 #[test]
 fn write_and_read_with_a_prp_list() {
     let mut rig = Rig::with_io_queue(8);
