@@ -183,3 +183,16 @@ fn the_linger_follows_the_commands_size_up_to_its_bound() {
     };
     assert_eq!(none.linger_for(1 << 20), Duration::ZERO);
 }
+
+/// The completion poll grows with the commands' mean size, at `completion_poll_per_mib`, and
+/// never passes `MAX_LINGER`.
+#[test]
+fn the_completion_poll_follows_the_commands_size_up_to_its_bound() {
+    let config = FrontendConfig::default();
+    assert_eq!(config.completion_poll_for(0), Duration::ZERO);
+    assert_eq!(
+        config.completion_poll_for(128 << 10),
+        config.completion_poll_per_mib / 8
+    );
+    assert_eq!(config.completion_poll_for(64 << 20), MAX_LINGER);
+}

@@ -190,6 +190,7 @@ pub(crate) struct WorkerFigures {
     /// Returns from the worker's wait in poll (woken, or its bound passed).
     wakeups: AtomicU64,
     linger_looks: AtomicU64,
+    completion_polls: AtomicU64,
 }
 
 impl Default for WorkerFigures {
@@ -203,6 +204,7 @@ impl Default for WorkerFigures {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             wakeups: AtomicU64::new(0),
             linger_looks: AtomicU64::new(0),
+            completion_polls: AtomicU64::new(0),
         }
     }
 }
@@ -250,6 +252,12 @@ impl WorkerFigures {
         bump(&self.linger_looks, 1);
     }
 
+    /// One look at the store's completions before sleeping on them. Called by the owning
+    /// worker only.
+    pub(crate) fn polled_completions(&self) {
+        bump(&self.completion_polls, 1);
+    }
+
     /// Add this worker's figures to `out` (reads, relaxed).
     pub(crate) fn add_to(&self, out: &mut super::FrontendStats) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -259,6 +267,7 @@ impl WorkerFigures {
         out.write_bytes += get(&self.write_bytes);
         out.wakeups += get(&self.wakeups);
         out.linger_looks += get(&self.linger_looks);
+        out.completion_polls += get(&self.completion_polls);
         let mut h = LatencyHistogram::default();
         for (a, b) in h.counts.iter_mut().zip(self.counts.iter()) {
             *a = get(b);

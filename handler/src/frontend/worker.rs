@@ -261,8 +261,9 @@ impl Worker {
             // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
             //   abort step): as long as the store's own bounded escalation (a device reset);
             // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd);
-            // - `linger`: at most `FrontendConfig::linger_for` (10 µs by default at 4 KiB
-            //   commands, never above `MAX_LINGER`, 1 ms) of looks that do not wait.
+            // - `linger` and `poll_completions`: at most `FrontendConfig::linger_for` (10 µs
+            //   by default at 4 KiB commands) and `completion_poll_for` (4 µs), never above
+            //   `MAX_LINGER` (1 ms) each, of looks that do not wait.
             // A heartbeat older than a few seconds therefore means a store call that does not
             // return, or a store that accepts nothing: the service is wedged.
             self.shared.liveness.beat(self.index);
@@ -339,7 +340,8 @@ impl Worker {
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
                 let fetching = phase != Phase::Leaving && !self.fd_closed;
-                if !(replied && fetching && self.inflight.is_empty() && self.linger()) {
+                let lingered = replied && fetching && self.inflight.is_empty() && self.linger();
+                if !lingered && !self.poll_completions() {
                     self.wait(fetching);
                 }
             }
@@ -591,6 +593,36 @@ impl Worker {
             self.figures().lingered();
             if self.fd_readable_now() {
                 self.fd_said_ready = true;
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+        }
+    }
+
+    /// With requests in flight on an asynchronous store and nothing else to do: look for their
+    /// completions, yielding the CPU between looks, for up to
+    /// [`FrontendConfig::completion_poll_for`] the size of this worker's commands before
+    /// sleeping on the store's interrupt. True when a look reaped some (the loop goes on at
+    /// once, as after a wake-up). A command arriving meanwhile waits for the first reap or the
+    /// end of the poll, at most [`super::MAX_LINGER`].
+    fn poll_completions(&mut self) -> bool {
+        if self.inflight.is_empty() || self.queue.notify_fd().is_none() {
+            return false;
+        }
+        let poll = self
+            .shared
+            .config
+            .completion_poll_for(self.fetch_size.mean_bytes());
+        if poll.is_zero() {
+            return false;
+        }
+        let until = Instant::now() + poll;
+        loop {
+            std::thread::yield_now();
+            self.figures().polled_completions();
+            if self.reap_store() > 0 {
                 return true;
             }
             if Instant::now() >= until {
