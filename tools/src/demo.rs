@@ -505,11 +505,12 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "ioctls": s.ioctls, "wakeups": s.wakeups, "cap_flushes": s.cap_flushes,
             "linger_looks": s.linger_looks,
             // The handler's own syscalls on the command path: one ioctl per REPLY_AND_GET_MULTI,
-            // one poll per wake-up and two per look while lingering (sched_yield, then a poll
-            // that does not wait), per EXEC over the whole run. Not counted: the eventfd read
-            // of a rung doorbell (teardown steps, dumps) and the store's own syscalls (an
-            // accelerator queue's interrupt eventfd read before a sleep, the file store's I/O).
-            "handler_syscalls_per_exec": (s.ioctls + s.wakeups + 2 * s.linger_looks) as f64 / (s.exec.max(1) as f64),
+            // one poll per wake-up, two per look while lingering (sched_yield, then a poll
+            // that does not wait) and one per look at the store's completions (sched_yield),
+            // per EXEC over the whole run. Not counted: the eventfd read of a rung doorbell
+            // (teardown steps, dumps) and the store's own syscalls (an accelerator queue's
+            // interrupt eventfd read before a sleep, the file store's I/O).
+            "handler_syscalls_per_exec": (s.ioctls + s.wakeups + 2 * s.linger_looks + s.completion_polls) as f64 / (s.exec.max(1) as f64),
             "commands_per_ioctl": s.exec as f64 / (s.ioctls.max(1) as f64),
             "buffers": { "allocated": s.buffers.allocated, "released": s.buffers.released,
                          "held_at_exit": s.buffers.buffers, "refused": s.buffers.refused },
