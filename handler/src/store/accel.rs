@@ -22,6 +22,7 @@ use super::StoreOp;
 use super::StoreQueue;
 use super::StoreRequest;
 use super::StoreStatus;
+use crate::int_map::IntMap;
 use scst_accel_boards::engine::Controller;
 use scst_accel_boards::engine::DeviceCompletion;
 use scst_accel_boards::engine::DeviceOp;
@@ -34,7 +35,6 @@ use scst_accel_dma::split_for_device;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU64;
@@ -353,8 +353,8 @@ struct AccelQueue {
     info: StoreInfo,
     config: AccelConfig,
     counters: Arc<AccelCounters>,
-    parents: HashMap<u64, Parent>,
-    children: HashMap<u64, Child>,
+    parents: IntMap<u64, Parent>,
+    children: IntMap<u64, Child>,
     backlog: VecDeque<u64>,
     next_child: u64,
     done: Vec<StoreCompletion>,
@@ -396,8 +396,8 @@ impl AccelQueue {
             info,
             config,
             counters,
-            parents: HashMap::new(),
-            children: HashMap::new(),
+            parents: IntMap::default(),
+            children: IntMap::default(),
             backlog: VecDeque::new(),
             next_child: 1,
             done: Vec::new(),
