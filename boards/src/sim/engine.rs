@@ -44,8 +44,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Data moves in pieces of at most this much, with a validity check before each.
 const DMA_CHUNK: usize = 64 * 1024;
 /// Longest READ copied from the medium to host memory in place, under one hold of the
-/// medium's read lock (`Engine::transfer_in_place`): bounds how long a reader keeps writers of
-/// the medium waiting.
+/// medium's read lock (`Engine::read_in_place`): bounds how long a reader keeps writers of the
+/// medium waiting.
 const IN_PLACE_READ_MAX: usize = 1 << 20;
 /// How long a [`BadPhase`](super::Fault::BadPhase) entry stays with the wrong phase.
 const BAD_PHASE_HOLD: Duration = Duration::from_millis(1);
@@ -812,15 +812,12 @@ impl Engine {
                     Ok(segments) => segments,
                     Err(outcome) => return Ok(outcome),
                 };
+                let write = desc.opcode == opcode::WRITE;
                 let in_place = match *segments.as_slice() {
-                    _ if desc.opcode != opcode::WRITE => {
-                        if desc.length as usize <= IN_PLACE_READ_MAX {
-                            self.read_in_place(token, job, desc, offset, segments.as_slice())
-                        } else {
-                            None
-                        }
+                    _ if !write && desc.length as usize <= IN_PLACE_READ_MAX => {
+                        self.read_in_place(token, job, desc, offset, segments.as_slice())
                     }
-                    [(iova, len)] if len as usize <= DMA_CHUNK => {
+                    [(iova, len)] if write && len as usize <= DMA_CHUNK => {
                         self.write_in_place(token, job, desc, offset, iova)
                     }
                     _ => None,
@@ -984,12 +981,12 @@ impl Engine {
         }
         let iommu = &self.shared.iommu;
         let mut scatter = Scatter::new(segments);
-        let moved = self.shared.medium.read_in_place(
-            token,
-            offset,
-            Scatter::total(segments),
-            |under, _, blocks| scatter.copy(iommu, under, blocks),
-        )?;
+        let moved =
+            self.shared
+                .medium
+                .read_in_place(token, offset, Scatter::total(segments), |under, blocks| {
+                    scatter.copy(iommu, under, blocks)
+                })?;
         let arrived = scatter.arrived() as u64;
         Counters::add(&self.shared.stats.bytes_read, arrived);
         Some(Ok(match moved {

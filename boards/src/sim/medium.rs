@@ -5,6 +5,7 @@
 //! still refuses an access past its end with an error instead of panicking.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fs::File;
 use std::fs::OpenOptions;
 use std::io;
@@ -153,8 +154,7 @@ impl Medium {
     }
 
     /// The `len` bytes at `offset` of a RAM medium, in place: handed to `copy` one piece per
-    /// chunk (`copy(token, at, bytes)`, `at` the piece's offset in the range) under one hold of
-    /// the medium's read lock, with that lock's child token. The engine copies them straight to
+    /// chunk, in order, under one hold of the medium's read lock, with that lock's child token. The engine copies them straight to
     /// host memory (`Iommu::dma_write_under`), one copy instead of two through its bounce
     /// buffer, and the whole range is still read in one step against every writer. A chunk
     /// never written reads as zeroes. Stops at the first piece `copy` refuses (the pieces
@@ -166,7 +166,7 @@ impl Medium {
         token: &mut LockToken<'_, L>,
         offset: u64,
         len: usize,
-        mut copy: impl FnMut(&mut LockToken<'_, levels::SimMedium>, usize, &[u8]) -> Result<(), E>,
+        mut copy: impl FnMut(&mut LockToken<'_, levels::SimMedium>, &[u8]) -> Result<(), E>,
     ) -> Option<io::Result<Result<(), E>>> {
         let Self::Ram { chunks, .. } = self else {
             return None;
@@ -175,21 +175,13 @@ impl Medium {
             return Some(Err(e));
         }
         let (chunks, mut under) = chunks.read(token);
-        let mut at = 0usize;
-        while at < len {
-            let pos = offset + at as u64;
-            let within = (pos % RAM_CHUNK) as usize;
-            let n = (RAM_CHUNK as usize - within).min(len - at);
-            let bytes = match chunks.get(&(pos / RAM_CHUNK)) {
+        Some(Ok(try_for_each_chunk(offset, len, |index, within, _, n| {
+            let bytes = match chunks.get(&index) {
                 Some(chunk) => &chunk[within..within + n],
                 None => &ZEROES[..n],
             };
-            if let Err(e) = copy(&mut under, at, bytes) {
-                return Some(Ok(Err(e)));
-            }
-            at += n;
-        }
-        Some(Ok(Ok(())))
+            copy(&mut under, bytes)
+        })))
     }
 
     /// The `len` bytes at `offset` of a RAM medium, in place and writable, handed to `fill`
@@ -355,14 +347,28 @@ fn write_chunks(chunks: &mut HashMap<u64, Box<[u8]>>, offset: u64, data: &[u8]) 
 /// Split `offset..offset+len` at chunk boundaries: `f(chunk index, offset in chunk, offset in
 /// the caller's buffer, bytes)`.
 fn for_each_chunk(offset: u64, len: usize, mut f: impl FnMut(u64, usize, usize, usize)) {
+    let done: Result<(), Infallible> = try_for_each_chunk(offset, len, |index, within, at, n| {
+        f(index, within, at, n);
+        Ok(())
+    });
+    let Ok(()) = done;
+}
+
+/// [`for_each_chunk`], stopping at the first piece `f` fails and returning its error.
+fn try_for_each_chunk<E>(
+    offset: u64,
+    len: usize,
+    mut f: impl FnMut(u64, usize, usize, usize) -> Result<(), E>,
+) -> Result<(), E> {
     let mut at = 0usize;
     while at < len {
         let pos = offset + at as u64;
         let within = (pos % RAM_CHUNK) as usize;
         let n = (RAM_CHUNK as usize - within).min(len - at);
-        f(pos / RAM_CHUNK, within, at, n);
+        f(pos / RAM_CHUNK, within, at, n)?;
         at += n;
     }
+    Ok(())
 }
 
 #[cfg(test)]

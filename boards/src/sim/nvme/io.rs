@@ -155,20 +155,19 @@ fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
 /// two copies. Each medium chunk is scattered over the PRP pieces it covers ([`Scatter`]), one
 /// IOMMU access per piece as the buffered path makes them, so a fault names the same piece;
 /// the pieces before it have arrived, as on the buffered path, and the command ends in Data
-/// Transfer Error. A Read is bounded by MDTS, so is the time it holds the lock. `None` when the medium
-/// cannot lend its blocks (a file): the caller goes through a buffer.
+/// Transfer Error. A Read is bounded by MDTS, so is the time it holds the lock. `None` when
+/// the medium cannot lend its blocks (a file): the caller goes through a buffer.
 fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, pieces: &[Piece]) -> Option<CmdResult> {
     if let Err(abandoned) = exec.checkpoint(token) {
         return Some(Err(abandoned));
     }
     let iommu = &exec.shared.iommu;
+    let medium = &exec.shared.medium;
     let mut scatter = Scatter::new(pieces);
-    let moved =
-        exec.shared
-            .medium
-            .read_in_place(token, offset, Scatter::total(pieces), |under, _, blocks| {
-                scatter.copy(iommu, under, blocks)
-            })?;
+    let len = Scatter::total(pieces);
+    let moved = medium.read_in_place(token, offset, len, |under, blocks| {
+        scatter.copy(iommu, under, blocks)
+    })?;
     Some(match moved {
         Err(e) => medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR),
         Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
@@ -187,12 +186,10 @@ fn write_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, piece: Pi
         return Some(Err(abandoned));
     }
     let iommu = &exec.shared.iommu;
-    let moved = exec
-        .shared
-        .medium
-        .write_in_place(token, offset, piece.len, |under, blocks| {
-            iommu.dma_read_under(under, piece.iova, blocks)
-        })?;
+    let medium = &exec.shared.medium;
+    let moved = medium.write_in_place(token, offset, piece.len, |under, blocks| {
+        iommu.dma_read_under(under, piece.iova, blocks)
+    })?;
     Some(match moved {
         Err(e) => medium_result(exec, Err(e), status::WRITE_FAULT),
         Ok(Err(_)) => Err(status::DATA_TRANSFER_ERROR.into()),
