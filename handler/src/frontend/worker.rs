@@ -584,21 +584,12 @@ impl Worker {
     /// fetches at once, as after a wake-up).
     fn linger(&mut self) -> bool {
         let linger = self.shared.config.linger_for(self.fetch_size.mean_bytes());
-        if linger.is_zero() {
-            return false;
-        }
-        let until = Instant::now() + linger;
-        loop {
-            std::thread::yield_now();
-            self.figures().lingered();
-            if self.fd_readable_now() {
-                self.fd_said_ready = true;
-                return true;
-            }
-            if Instant::now() >= until {
-                return false;
-            }
-        }
+        self.look_yielding(linger, |worker| {
+            worker.figures().lingered();
+            let readable = worker.fd_readable_now();
+            worker.fd_said_ready |= readable;
+            readable
+        })
     }
 
     /// With requests in flight on an asynchronous store and nothing else to do: look for their
@@ -615,14 +606,22 @@ impl Worker {
             .shared
             .config
             .completion_poll_for(self.fetch_size.mean_bytes());
-        if poll.is_zero() {
+        self.look_yielding(poll, |worker| {
+            worker.figures().polled_completions();
+            worker.reap_store() > 0
+        })
+    }
+
+    /// Yield the CPU, then `look`, until a look finds what it looks for (true) or `bound` has
+    /// passed (false); a zero bound looks not at all.
+    fn look_yielding(&mut self, bound: Duration, mut look: impl FnMut(&mut Self) -> bool) -> bool {
+        if bound.is_zero() {
             return false;
         }
-        let until = Instant::now() + poll;
+        let until = Instant::now() + bound;
         loop {
             std::thread::yield_now();
-            self.figures().polled_completions();
-            if self.reap_store() > 0 {
+            if look(self) {
                 return true;
             }
             if Instant::now() >= until {
