@@ -48,10 +48,10 @@ pub(crate) const SUSPEND_TIMEOUT: Duration = Duration::from_secs(90);
 /// `cmd_list_lock` is a spinlock: its waiters never sleep, and its holders cannot be preempted.
 /// The model's holders can be, so the spin is bounded; within the bound a wait costs no futex
 /// sleep and no wake-up by the holder's unlock. The sections are short (a REPLY_AND_GET drops
-/// the lock for user copies and waits), but a fetch of a full batch holds it for some µs: with
-/// 2 µs most waiters still slept, 20 µs took the 4 KiB random read through the loopback from
-/// about 263k to 302k IOPS and its futex calls from 0.17 to 0.03 per command (docs/performance.md,
-/// "A spinning device lock"); 50 µs was no better.
+/// the lock for user copies and waits), but a fetch of a full batch holds it for some µs: 20 µs
+/// took the 4 KiB random read through the loopback from about 264k to 304k IOPS (medians of
+/// three) and its futex calls from 0.17 to 0.03 per command; 5 µs gave half the gain, 50 µs no
+/// more (docs/performance.md, "Keeping both CPUs busy").
 const DEVICE_LOCK_SPIN: Duration = Duration::from_micros(20);
 
 /// Level-triggered readiness of one open file (spec §3.9 poll): a pipe holding one byte while
