@@ -6,6 +6,7 @@ use scst_accel_dma::SgvPool;
 use scst_accel_handler::abi::sam_status;
 use scst_accel_handler::frontend::FrontendConfig;
 use scst_accel_handler::frontend::TeardownConfig;
+use scst_accel_handler::frontend::LOOK_GAP;
 use scst_accel_handler::frontend::MAX_LINGER;
 use scst_accel_handler::store::ram::RamStore;
 use scst_accel_handler::transport::register::default_options;
@@ -161,6 +162,32 @@ fn a_worker_lingers_after_its_replies_and_never_while_idle() {
     assert!(
         rig.frontend().stats().linger_looks > 0,
         "a linger made of the commands' size alone"
+    );
+    session.detach();
+}
+
+/// The looks of a linger are `LOOK_GAP` apart: a linger of `MAX_LINGER` with nothing arriving
+/// looks at most `MAX_LINGER / LOOK_GAP` times and a few more (back to back, on an idle CPU
+/// whose yields return at once, it looked over a thousand times).
+#[test]
+fn a_lingering_worker_looks_at_most_once_per_look_gap() {
+    let rig = rig_lingering(
+        "idle-look-gap",
+        Duration::from_millis(300),
+        MAX_LINGER,
+        Duration::ZERO,
+    );
+    let session = rig.session(0);
+    let r = execute(&session, 1, &read10(0, 1), Vec::new(), BLOCK);
+    assert_eq!(r.status, sam_status::GOOD);
+    // Well past the linger's end: the worker sleeps again.
+    std::thread::sleep(Duration::from_millis(50));
+    let looks = rig.frontend().stats().linger_looks;
+    let most = (MAX_LINGER.as_nanos() / LOOK_GAP.as_nanos()) as u64 + 2;
+    assert!(looks > 0, "the worker that replied lingered");
+    assert!(
+        looks <= most,
+        "{looks} looks in one linger of {MAX_LINGER:?}: more than one per {LOOK_GAP:?} ({most})"
     );
     session.detach();
 }

@@ -19,6 +19,7 @@ use super::SessionInfo;
 use super::Shared;
 use super::TeardownTrigger;
 use super::WorkerExit;
+use super::LOOK_GAP;
 use crate::abi;
 use crate::abi::data_direction;
 use crate::abi::sam_status;
@@ -60,6 +61,15 @@ const READY_BACKOFF_MAX: Duration = Duration::from_millis(5);
 /// REPLY_AND_GET_MULTI calls in a row that may fail before the kernel reads any reply before
 /// the replies are dropped ([`Worker::replies_untaken`]).
 const UNTAKEN_CALLS_MAX: u32 = 3;
+
+/// Spin, reading the clock between a few spin hints, until `at` (at most [`LOOK_GAP`] away).
+fn spin_until(at: Instant) {
+    while Instant::now() < at {
+        for _ in 0..16 {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 /// A lease of a command buffer, or the buffer back if the pool is being unmapped.
 type LeaseGrant = Result<Lease<Arc<CmdBuffer>>, Refused<Arc<CmdBuffer>>>;
@@ -613,20 +623,28 @@ impl Worker {
     }
 
     /// Yield the CPU, then `look`, until a look finds what it looks for (true) or `bound` has
-    /// passed (false); a zero bound looks not at all.
+    /// passed (false); a zero bound looks not at all. Looks are [`LOOK_GAP`] apart at least:
+    /// a yield that comes back sooner (nothing else wanted the CPU) is followed by a spin on
+    /// the clock, not by another look.
     fn look_yielding(&mut self, bound: Duration, mut look: impl FnMut(&mut Self) -> bool) -> bool {
         if bound.is_zero() {
             return false;
         }
         let until = Instant::now() + bound;
+        let mut next_look = None;
         loop {
             std::thread::yield_now();
+            if let Some(at) = next_look {
+                spin_until(at);
+            }
             if look(self) {
                 return true;
             }
-            if Instant::now() >= until {
+            let now = Instant::now();
+            if now >= until {
                 return false;
             }
+            next_look = Some((now + LOOK_GAP).min(until));
         }
     }
 
