@@ -55,6 +55,7 @@ pub use caps::Capabilities;
 pub use caps::CompareAndWrite;
 pub use caps::CompareAndWriteBy;
 pub use caps::CopyOffload;
+pub use caps::COPY_MANAGER_IO_BYTES;
 pub use caps::Provisioning;
 pub use designator::Designator;
 pub use designator::DesignatorParseError;
