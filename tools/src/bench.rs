@@ -106,6 +106,13 @@ pub struct BenchArgs {
     /// Repetitions of each cell (the median by IOPS is reported).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Initiator sessions of the loopback layer, the workload's queue depth split among them
+    /// (each an ATTACH_SESS and a thread of the initiator, as `demo --sessions`). One
+    /// initiator thread verifies each batch of answered reads before it sends the next, and
+    /// the handler waits meanwhile: at 4 KiB it leaves a fifth of two CPUs idle
+    /// (docs/performance.md "One initiator or two").
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    sessions: u16,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -558,6 +565,7 @@ pub fn run(args: BenchArgs) -> u8 {
             json!({
                 "duration_s": args.duration.as_secs_f64(),
                 "repeat": args.repeat,
+                "sessions": args.sessions,
                 "size": args.size,
                 "boards": args.boards.iter().map(|&b| crate::service::board_name(b)).collect::<Vec<_>>(),
                 "file": target.as_ref().map(Target::json),
@@ -751,6 +759,8 @@ fn loopback(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Targ
         &spec.bs.to_string(),
         "--queue-depth",
         &spec.queue_depth.to_string(),
+        "--sessions",
+        &args.sessions.to_string(),
         // Steady state for writes too, as the store layer: first-touch allocation of a fresh
         // medium is not the path's cost.
         "--prefill",
@@ -779,6 +789,8 @@ fn loopback(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Targ
         "kernel_model_syscalls_per_command": v["kernel_model"]["syscalls_per_command"],
         "handler_syscalls_per_command": v["frontend"]["handler_syscalls_per_exec"],
         "commands_per_ioctl": v["frontend"]["commands_per_ioctl"],
+        // The sessions the handler saw attach (ATTACH_SESS), not the count asked for.
+        "sessions": v["frontend"]["attach"],
         "commands": v["commands"],
         "verified_bytes": v["verified_bytes"],
         "verify_errors": v["verify_errors"],
@@ -1010,9 +1022,12 @@ fn notes(args: &BenchArgs, target: Option<&Target>, fio: &FioPlan) -> Vec<String
     let mut notes = Vec::new();
     if args.layers.contains(&Layer::Loopback) {
         notes.push(
-            "loopback: initiator -> loopback kernel model -> SCSI engine -> handler -> store, all in \
-             this process, every byte of every read verified"
-                .to_owned(),
+            format!(
+                "loopback: initiator ({} session{}) -> loopback kernel model -> SCSI engine -> handler -> \
+                 store, all in this process, every byte of every read verified",
+                args.sessions,
+                if args.sessions == 1 { "" } else { "s" }
+            ),
         );
     }
     if args.layers.contains(&Layer::Store) {

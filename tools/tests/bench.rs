@@ -238,6 +238,42 @@ fn the_table_says_what_was_compared() {
     let _ = std::fs::remove_dir_all(&empty_path);
 }
 
+/// `--sessions` splits the loopback layer's queue depth over that many initiator sessions:
+/// the handler sees each attach, every read is verified; zero is refused.
+#[test]
+fn the_loopback_layer_runs_the_sessions_asked_for() {
+    let (code, stdout, stderr) = bench(
+        &[
+            "--boards",
+            "ram",
+            "--layers",
+            "loopback",
+            "--size",
+            "16M",
+            "--duration",
+            "100ms",
+            "--workloads",
+            "4k-randread-qd32",
+            "--sessions",
+            "3",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let j = json(&stdout, &stderr);
+    assert_eq!(j["sessions"], 3, "{j}");
+    let rows = j["results"].as_array().expect("results");
+    assert_eq!(rows.len(), 1, "{j}");
+    assert_clean(&rows[0]);
+    assert_eq!(rows[0]["sessions"], 3, "the handler saw three attaches: {}", rows[0]);
+    assert!(rows[0]["verified_bytes"].as_u64().unwrap_or(0) > 0, "{}", rows[0]);
+
+    let (code, stdout, stderr) = bench(&["--boards", "ram", "--sessions", "0"], None);
+    assert_ne!(code, Some(0), "{stdout}");
+    assert!(stderr.contains("--sessions"), "{stderr}");
+}
+
 /// An existing image is used as is: at its own size, never truncated, and kept; the engine
 /// asked for is the one that runs.
 #[test]
