@@ -1,9 +1,10 @@
 //! The hash map of integer-keyed tables on the command path: the worker's (commands in flight
 //! by cmd_h, the buffer cache by address), the accelerator store's (requests by tag, device
 //! requests by their own tag), the loopback kernel model's (ucmds by handle, commands by id,
-//! live tags by session and tag) and the workload driver's (commands in flight by tag). One
-//! multiply and one shift per key instead of SipHash's rounds, which showed up at a few percent
-//! of a command's CPU in each.
+//! live tags by session and tag, sessions, attaches and task management functions by handle,
+//! SGV objects by id) and the workload driver's (commands in flight by tag). One multiply and
+//! one shift per key instead of SipHash's rounds, which showed up at a few percent of a
+//! command's CPU in each.
 //!
 //! SipHash defends against keys chosen to collide. Here the keys come from the kernel (cmd_h),
 //! from our own allocators (buffer addresses, the model's handles and ids) and from the

@@ -29,7 +29,6 @@ use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedCondvar;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::locks::OrderedMutexGuard;
-use std::collections::HashMap;
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::io::Read;
@@ -225,9 +224,9 @@ pub(crate) struct DeviceState {
     /// submit is one lookup, not a scan of `cmds`.
     pub live_tags: IntSet<(u64, u64)>,
     pub next_cmd_id: u64,
-    pub sessions: HashMap<u64, SessState>,
-    pub attaches: HashMap<u64, AttachWait>,
-    pub tms: HashMap<u64, TmState>,
+    pub sessions: IntMap<u64, SessState>,
+    pub attaches: IntMap<u64, AttachWait>,
+    pub tms: IntMap<u64, TmState>,
     pub sgv: SgvPool,
     /// `scst_suspend_activity` in progress: the core processes no new commands.
     pub suspended: u32,
@@ -261,9 +260,9 @@ impl DeviceState {
             cmds: IntMap::default(),
             live_tags: IntSet::default(),
             next_cmd_id: 1,
-            sessions: HashMap::new(),
-            attaches: HashMap::new(),
-            tms: HashMap::new(),
+            sessions: IntMap::default(),
+            attaches: IntMap::default(),
+            tms: IntMap::default(),
             sgv,
             suspended: 0,
             released: false,

@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::collections::HashMap;
 use std::time::Duration;
 use std::time::Instant;
+
+use crate::int_map::IntMap;
 
 /// Pages of the largest cached class: order 10, 4 MiB (spec §3.6).
 const MAX_CACHED_PAGES: u64 = 1024;
@@ -52,7 +53,7 @@ pub(crate) struct Evicted {
 /// Both pools (normal and clustered) of one device.
 #[derive(Debug)]
 pub(crate) struct SgvPool {
-    objects: HashMap<u64, SgvObject>,
+    objects: IntMap<u64, SgvObject>,
     /// The free cached objects by (pages, clustered), ordered by (last_used, id): a hit takes
     /// the last one without looking at the others (one lookup per command, not a scan).
     free: BTreeMap<(u64, bool), BTreeSet<(Instant, u64)>>,
@@ -65,7 +66,7 @@ impl SgvPool {
     /// A pool; `single_alloc_pages` > 0 selects single-class mode.
     pub fn new(single_alloc_pages: i32, purge_interval: Option<Duration>) -> Self {
         Self {
-            objects: HashMap::new(),
+            objects: IntMap::default(),
             free: BTreeMap::new(),
             next_id: 1,
             single_alloc_pages: u64::try_from(single_alloc_pages).unwrap_or(0),
