@@ -1021,14 +1021,12 @@ const BANDWIDTH_TO_COPY: &str = "MB/s / memcpy MB/s";
 fn notes(args: &BenchArgs, target: Option<&Target>, fio: &FioPlan) -> Vec<String> {
     let mut notes = Vec::new();
     if args.layers.contains(&Layer::Loopback) {
-        notes.push(
-            format!(
-                "loopback: initiator ({} session{}) -> loopback kernel model -> SCSI engine -> handler -> \
+        notes.push(format!(
+            "loopback: initiator ({} session{}) -> loopback kernel model -> SCSI engine -> handler -> \
                  store, all in this process, every byte of every read verified",
-                args.sessions,
-                if args.sessions == 1 { "" } else { "s" }
-            ),
-        );
+            args.sessions,
+            if args.sessions == 1 { "" } else { "s" }
+        ));
     }
     if args.layers.contains(&Layer::Store) {
         notes.push(format!(

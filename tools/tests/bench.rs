@@ -266,7 +266,11 @@ fn the_loopback_layer_runs_the_sessions_asked_for() {
     let rows = j["results"].as_array().expect("results");
     assert_eq!(rows.len(), 1, "{j}");
     assert_clean(&rows[0]);
-    assert_eq!(rows[0]["sessions"], 3, "the handler saw three attaches: {}", rows[0]);
+    assert_eq!(
+        rows[0]["sessions"], 3,
+        "the handler saw three attaches: {}",
+        rows[0]
+    );
     assert!(rows[0]["verified_bytes"].as_u64().unwrap_or(0) > 0, "{}", rows[0]);
 
     let (code, stdout, stderr) = bench(&["--boards", "ram", "--sessions", "0"], None);

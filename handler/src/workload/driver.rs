@@ -41,6 +41,7 @@ struct Live {
 struct Pending {
     unit: usize,
     write_gen: Option<u32>,
+    /// When its batch was handed to the session.
     started: Instant,
 }
 
@@ -64,6 +65,14 @@ struct Driver<'a> {
     prefilling: bool,
     rng: stamp::Rng,
     inflight: IntMap<u64, Pending>,
+    /// The clock as read at the last submission or the last wake-up with completions: one
+    /// read per batch serves the batch's start times, its completions' latencies and the
+    /// run's deadline (three reads per command made 1.3 % of a 4 KiB run's CPU).
+    now: Instant,
+    /// Commands and bytes answered and not yet added to the shared progress counters: added
+    /// once per wake-up with completions, not per command (the drivers of several sessions
+    /// would take turns at the same cache line).
+    unpublished: (u64, u64),
     next_tag: u64,
     depth: usize,
     live: &'a Live,
@@ -208,6 +217,8 @@ impl<'a> Driver<'a> {
             prefilling: false,
             rng: stamp::Rng::new(config.seed.wrapping_add(index as u64 * 0x1000_0001)),
             inflight: IntMap::default(),
+            now: Instant::now(),
+            unpublished: (0, 0),
             next_tag: (index as u64) << 48,
             depth,
             live,
@@ -234,7 +245,7 @@ impl<'a> Driver<'a> {
             }
         }
         let deadline = Instant::now() + self.config.duration;
-        self.pump(|d| Instant::now() < deadline && d.may_issue(), |d| d.is_read());
+        self.pump(|d| d.now < deadline && d.may_issue(), |d| d.is_read());
         (self.report, self.histogram)
     }
 
@@ -274,12 +285,14 @@ impl<'a> Driver<'a> {
             let completions = self.session.completions();
             match scst_accel_hal::locks::blocking("completion wait", || completions.recv_timeout(timeout)) {
                 Ok(completion) => {
+                    self.now = Instant::now();
                     self.complete(completion);
                     // Everything else already answered too, before the refill goes out as one
                     // batch.
                     while let Ok(c) = completions.try_recv() {
                         self.complete(c);
                     }
+                    self.publish_progress();
                 }
                 Err(e) => {
                     let n = self.inflight.len() as u64;
@@ -353,7 +366,8 @@ impl<'a> Driver<'a> {
             Pending {
                 unit,
                 write_gen,
-                started: Instant::now(),
+                // Set again when its batch is handed over ([`Driver::submit`]).
+                started: self.now,
             },
         ));
         self.busy[unit] = true;
@@ -366,6 +380,7 @@ impl<'a> Driver<'a> {
         if batch.requests.is_empty() {
             return;
         }
+        self.now = Instant::now();
         let accepted = match self.session.submit_batch(batch.requests.drain(..)) {
             Ok(()) => batch.pending.len(),
             Err((accepted, e)) => {
@@ -373,13 +388,21 @@ impl<'a> Driver<'a> {
                 accepted
             }
         };
-        for (i, (tag, pending)) in batch.pending.drain(..).enumerate() {
+        for (i, (tag, mut pending)) in batch.pending.drain(..).enumerate() {
             if i < accepted {
+                pending.started = self.now;
                 self.inflight.insert(tag, pending);
             } else {
                 self.busy[pending.unit] = false;
             }
         }
+    }
+
+    /// Add the commands and bytes answered since the last call to the shared counters.
+    fn publish_progress(&mut self) {
+        let (commands, bytes) = std::mem::take(&mut self.unpublished);
+        self.live.commands.fetch_add(commands, Ordering::Relaxed);
+        self.live.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn complete(&mut self, c: ScsiCompletion) {
@@ -388,12 +411,16 @@ impl<'a> Driver<'a> {
             return;
         };
         self.busy[p.unit] = false;
-        let nanos = p.started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let nanos = self
+            .now
+            .saturating_duration_since(p.started)
+            .as_nanos()
+            .min(u128::from(u64::MAX)) as u64;
         if let Err(e) = self.histogram.record(nanos.max(1)) {
             log::debug!("latency {nanos} ns not recorded: {e}");
         }
         self.report.commands += 1;
-        self.live.commands.fetch_add(1, Ordering::Relaxed);
+        self.unpublished.0 += 1;
         let lba = self.units[p.unit] * u64::from(self.blocks_per_io);
         if c.status != sam_status::GOOD {
             self.report.scsi_errors += 1;
@@ -409,9 +436,7 @@ impl<'a> Driver<'a> {
             return;
         }
         self.report.bytes += u64::from(self.config.io_size);
-        self.live
-            .bytes
-            .fetch_add(u64::from(self.config.io_size), Ordering::Relaxed);
+        self.unpublished.1 += u64::from(self.config.io_size);
         match p.write_gen {
             Some(gen) => {
                 self.report.writes += 1;
