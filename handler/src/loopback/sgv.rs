@@ -8,7 +8,6 @@
 //! memory shrinker (only purge, FLUSH_CACHE and teardown evict).
 
 use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -54,9 +53,10 @@ pub(crate) struct Evicted {
 #[derive(Debug)]
 pub(crate) struct SgvPool {
     objects: IntMap<u64, SgvObject>,
-    /// The free cached objects by (pages, clustered), ordered by (last_used, id): a hit takes
-    /// the last one without looking at the others (one lookup per command, not a scan).
-    free: BTreeMap<(u64, bool), BTreeSet<(Instant, u64)>>,
+    /// The free cached objects by (pages, clustered), in the order they went back to the pool
+    /// (the device lock orders them, so by `last_used`): a hit pops the last one, the most
+    /// recently used, without looking at the others.
+    free: BTreeMap<(u64, bool), Vec<u64>>,
     next_id: u64,
     single_alloc_pages: u64,
     purge_interval: Option<Duration>,
@@ -88,7 +88,7 @@ impl SgvPool {
     /// Take a free object of exactly `pages` (most recently used first: the LRU tail is reused
     /// and the cold head gets purged).
     pub fn take_free(&mut self, pages: u64, clustered: bool) -> Option<(u64, SgvObject)> {
-        let (_, id) = self.free.get_mut(&(pages, clustered))?.pop_last()?;
+        let id = self.free.get_mut(&(pages, clustered))?.pop()?;
         let obj = self.objects.get_mut(&id)?;
         obj.in_use = true;
         Some((id, obj.clone()))
@@ -99,7 +99,7 @@ impl SgvPool {
         let id = self.next_id;
         self.next_id += 1;
         if obj.cached && !obj.in_use {
-            self.set_free(id, &obj);
+            self.free.entry((obj.pages, obj.clustered)).or_default().push(id);
         }
         self.objects.insert(id, obj);
         id
@@ -113,7 +113,7 @@ impl SgvPool {
             obj.in_use = false;
             obj.last_used = now;
             let key = (obj.pages, obj.clustered);
-            self.free.entry(key).or_default().insert((now, id));
+            self.free.entry(key).or_default().push(id);
             None
         } else {
             self.objects.remove(&id)
@@ -144,7 +144,6 @@ impl SgvPool {
             .into_iter()
             .filter_map(|id| {
                 self.objects.remove(&id).map(|o| {
-                    self.unset_free(id, &o);
                     (
                         id,
                         Evicted {
@@ -155,21 +154,14 @@ impl SgvPool {
                 })
             })
             .collect();
+        // Only free objects are evicted: what is left on the free lists is what still exists.
+        if !out.is_empty() {
+            for ids in self.free.values_mut() {
+                ids.retain(|id| self.objects.contains_key(id));
+            }
+        }
         out.sort_by_key(|(id, _)| *id);
         out.into_iter().map(|(_, e)| e).collect()
-    }
-
-    fn set_free(&mut self, id: u64, o: &SgvObject) {
-        self.free
-            .entry((o.pages, o.clustered))
-            .or_default()
-            .insert((o.last_used, id));
-    }
-
-    fn unset_free(&mut self, id: u64, o: &SgvObject) {
-        if let Some(set) = self.free.get_mut(&(o.pages, o.clustered)) {
-            set.remove(&(o.last_used, id));
-        }
     }
 
     /// Free (cached, unused) objects and their bytes.
@@ -214,6 +206,46 @@ mod tests {
         let single = SgvPool::new(8, None);
         assert_eq!(single.class_pages(4096), Some(8));
         assert_eq!(single.class_pages(9 * 4096), None);
+    }
+
+    /// A hit takes the most recently released object; a purge evicts only the old ones, and
+    /// the free list keeps the rest (and nothing evicted).
+    #[test]
+    fn hits_take_the_newest_and_a_purge_leaves_the_rest_free() {
+        let mut pool = SgvPool::new(0, Some(Duration::from_secs(60)));
+        let old = pool.insert(obj(1, 1));
+        let mid = pool.insert(obj(1, 2));
+        let new = pool.insert(obj(1, 3));
+        let t0 = Instant::now();
+        pool.release(old, t0);
+        pool.release(mid, t0 + Duration::from_secs(30));
+        pool.release(new, t0 + Duration::from_secs(50));
+        assert_eq!(
+            pool.take_free(1, false).map(|(i, _)| i),
+            Some(new),
+            "newest first"
+        );
+        pool.release(new, t0 + Duration::from_secs(55));
+        let evicted = pool.purge(t0 + Duration::from_secs(90));
+        assert_eq!(
+            evicted,
+            vec![
+                Evicted {
+                    owner: 1,
+                    pbuf: 0x1000
+                },
+                Evicted {
+                    owner: 2,
+                    pbuf: 0x2000
+                }
+            ]
+        );
+        assert_eq!(pool.free[&(1, false)], vec![new], "the evicted left the free list");
+        assert_eq!(pool.take_free(1, false).map(|(i, _)| i), Some(new));
+        assert!(
+            pool.take_free(1, false).is_none(),
+            "evicted objects are not handed out"
+        );
     }
 
     #[test]
