@@ -63,13 +63,14 @@ use std::time::Duration;
 /// and the commands' size: a bound on the heartbeat's age while lingering.
 pub const MAX_LINGER: Duration = Duration::from_millis(1);
 
-/// The least time between two looks of a linger or a completion poll (after the first, which
-/// comes as soon as the yield returns). Each look at the fd is a `poll`, and each is preceded
-/// by a `sched_yield`: on a CPU with nothing else to run the yield returns at once, and looks
-/// back to back made 0.6 looks per command at 4 KiB, 1.3 of the handler's 1.4 syscalls per
-/// command, without finding the initiator's commands any sooner in throughput (2 µs: 0.4
-/// syscalls per command, the same IOPS; docs/performance.md "Spaced looks"). The gap is
-/// waited out spinning on the clock: a CPU that would otherwise be idle, not a sleep.
+/// The least time between two looks of a linger (after the first, which comes as soon as the
+/// yield returns). Each look at the fd is a `poll`, and each is preceded by a `sched_yield`:
+/// on a CPU with nothing else to run the yield returns at once, and looks back to back made
+/// 0.6 looks per command at 4 KiB, 1.3 of the handler's 1.4 syscalls per command, without
+/// finding the initiator's commands any sooner in throughput (2 µs: 0.4 syscalls per
+/// command, the same IOPS; docs/performance.md "Spaced looks"). The gap is waited out
+/// spinning on the clock: a CPU that would otherwise be idle, not a sleep. A completion
+/// poll's looks (reads of the completion ring, no syscall) stay back to back.
 pub const LOOK_GAP: Duration = Duration::from_micros(2);
 
 /// How long after its stop grace a worker may take to end before it is left detached.
@@ -117,12 +118,12 @@ pub struct FrontendConfig {
     pub linger_per_mib: Duration,
     /// With requests in flight on a store that completes them asynchronously (a device) and
     /// nothing else to do, how long a worker looks for their completions (a reap, the CPU
-    /// yielded to any other runnable thread between looks, [`LOOK_GAP`] apart) before it
-    /// sleeps on the store's interrupt, per MiB of the mean size of its commands, up to
-    /// [`MAX_LINGER`] ([`FrontendConfig::completion_poll_for`]). A device's time per request
-    /// grows with the data it moves, and a sleep costs a wake-up and waits out the device's
-    /// interrupt moderation; small requests, whose completions come soon after they are sent,
-    /// are not polled for more than a few µs. Default 1 ms per MiB: 4 µs at 4 KiB, 125 µs at 128 KiB;
+    /// yielded to any other runnable thread between looks) before it sleeps on the store's
+    /// interrupt, per MiB of the mean size of its commands, up to [`MAX_LINGER`]
+    /// ([`FrontendConfig::completion_poll_for`]). A device's time per request grows with the
+    /// data it moves, and a sleep costs a wake-up and waits out the device's interrupt
+    /// moderation; small requests, whose completions come soon after they are sent, are not
+    /// polled for more than a few µs. Default 1 ms per MiB: 4 µs at 4 KiB, 125 µs at 128 KiB;
     /// zero sleeps at once. Each look is counted (`FrontendStats::completion_polls`).
     pub completion_poll_per_mib: Duration,
     /// Cap on a command's deadline (the payload's timeout, or this when it has none): past it

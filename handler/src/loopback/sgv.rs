@@ -240,7 +240,11 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(pool.free[&(1, false)], vec![new], "the evicted left the free list");
+        assert_eq!(
+            pool.free[&(1, false)],
+            vec![new],
+            "the evicted left the free list"
+        );
         assert_eq!(pool.take_free(1, false).map(|(i, _)| i), Some(new));
         assert!(
             pool.take_free(1, false).is_none(),
