@@ -180,9 +180,19 @@ fn a_lingering_worker_looks_at_most_once_per_look_gap() {
     let session = rig.session(0);
     let r = execute(&session, 1, &read10(0, 1), Vec::new(), BLOCK);
     assert_eq!(r.status, sam_status::GOOD);
-    // Well past the linger's end: the worker sleeps again.
-    std::thread::sleep(Duration::from_millis(50));
-    let looks = rig.frontend().stats().linger_looks;
+    // Until the linger has begun and ended (the count stops moving), bounded: on a loaded
+    // machine the worker may get its CPU late.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut looks = rig.frontend().stats().linger_looks;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = rig.frontend().stats().linger_looks;
+        if (now > 0 && now == looks) || std::time::Instant::now() >= deadline {
+            looks = now;
+            break;
+        }
+        looks = now;
+    }
     let most = (MAX_LINGER.as_nanos() / LOOK_GAP.as_nanos()) as u64 + 2;
     assert!(looks > 0, "the worker that replied lingered");
     assert!(
