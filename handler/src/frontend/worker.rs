@@ -62,7 +62,8 @@ const READY_BACKOFF_MAX: Duration = Duration::from_millis(5);
 /// the replies are dropped ([`Worker::replies_untaken`]).
 const UNTAKEN_CALLS_MAX: u32 = 3;
 
-/// Spin, reading the clock between a few spin hints, until `at` (at most [`LOOK_GAP`] away).
+/// Spin, reading the clock between a few spin hints, until `at` (at most a look's gap away:
+/// [`LOOK_GAP`]).
 fn spin_until(at: Instant) {
     while Instant::now() < at {
         for _ in 0..16 {
@@ -628,7 +629,7 @@ impl Worker {
     /// Yield the CPU, then `look`, until a look finds what it looks for (true) or `bound` has
     /// passed (false); a zero bound looks not at all. Looks are `gap` apart at least: a yield
     /// that comes back sooner (nothing else wanted the CPU) is followed by a spin on the
-    /// clock, not by another look.
+    /// clock, not by another look. A zero gap reads the clock once per look, for the bound.
     fn look_yielding(
         &mut self,
         bound: Duration,
@@ -652,7 +653,7 @@ impl Worker {
             if now >= until {
                 return false;
             }
-            next_look = Some((now + gap).min(until));
+            next_look = (!gap.is_zero()).then(|| (now + gap).min(until));
         }
     }
 
