@@ -110,9 +110,10 @@ pub struct Sca1Config {
     /// the board holds an interrupt until this many completions or `coalesce_us` have passed,
     /// so a count above what a queue has in flight makes every completion wait for the timer.
     /// With 8 and 20 µs, 128 KiB reads at QD8 over two queues (4 in flight each) through the
-    /// loopback made 28k IOPS on the simulated board against 36k with 1; 4 KiB reads at QD32
-    /// were the same either way through the loopback and 3 % faster with 8 at the store layer
-    /// alone (docs/performance.md, "Keeping both CPUs busy").
+    /// loopback made 27.5k-31.0k IOPS on the simulated board against 35.4k-36.1k with 1; 4 KiB
+    /// reads at QD32 were the same either way through the loopback and about 5 % faster with 8
+    /// at the store layer alone (1-9 % in three alternated pairs; docs/performance.md,
+    /// "Keeping both CPUs busy").
     pub coalesce_count: u8,
     /// INT_COALESCE: µs before an interrupt for fewer than `coalesce_count` completions.
     pub coalesce_us: u16,

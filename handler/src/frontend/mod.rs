@@ -102,10 +102,9 @@ pub struct FrontendConfig {
     /// After a turn that handed replies to the kernel and found no new command, how long a
     /// worker keeps looking at the fd (a `poll` that does not wait, the CPU yielded to any
     /// other runnable thread between looks, looks at least [`LOOK_GAP`] apart) before it
-    /// sleeps. The initiator's next commands
-    /// usually follow the completions those replies made within microseconds; catching them
-    /// awake saves the sleep, the wake-up and, on an idle CPU (a VM's halted vCPU), the latency
-    /// of waking it. Zero sleeps at once. Only after a turn with replies and with no store
+    /// sleeps. The initiator's next commands usually follow the completions those replies made
+    /// within microseconds; catching them awake saves the sleep, the wake-up and, on an idle CPU
+    /// (a VM's halted vCPU), the latency of waking it. Zero sleeps at once. Only after a turn with replies and with no store
     /// request in flight (a device's completion wakes the worker through the store's fd), so an
     /// idle service never lingers; each look is counted (`FrontendStats::linger_looks`).
     /// Lengthened for large commands by `linger_per_mib` ([`FrontendConfig::linger_for`]).
