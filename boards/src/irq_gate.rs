@@ -20,6 +20,16 @@
 //!   after a doorbell is the common opportunistic one: the device has had no time to
 //!   complete anything. Once the owner has called `prepare_to_wait`, it clears the fd before
 //!   every sleep and empty reaps read nothing either.
+//!
+//! A device may also hold back interrupts until the host acknowledges the last one (SCA-1's
+//! INT_COALESCE.REARM, accelerator.md §9: a vector is raised once per setting of the queue's
+//! INT_STATUS bit, and INT_STATUS_CLEAR re-arms it). The caller passes that acknowledgement
+//! (`acknowledge`; nothing for a device without one), and the gate calls it where a look at
+//! the ring must be covered by a fresh interrupt: before every read of the fd (the look that
+//! follows then finds whatever was posted before it, and anything posted after raises
+//! again), and, for an owner that does not prepare its waits, before it pops a posted ring.
+//! An owner that prepares its waits acknowledges only there: while it is busy reaping, the
+//! device raises nothing (NAPI's rule: no interrupts while the host polls).
 
 use scst_accel_dma::CompletionRing;
 use scst_accel_hal::EventFd;
@@ -46,24 +56,40 @@ impl IrqGate {
         read
     }
 
-    /// A queue's reap, before it pops: for its interrupt eventfd `irq` and whether the ring's
-    /// head entry is `posted`, read the eventfd when the rule above says so (only the
-    /// stale-signal read of an owner that does not prepare its waits). Whether it was read.
-    pub(crate) fn reap(&mut self, irq: Option<&EventFd>, posted: bool) -> bool {
+    /// A queue's reap, before it pops, for its interrupt eventfd `irq` and its completion
+    /// ring `cq`: acknowledge and read the eventfd when the rules above say so. Whether the
+    /// ring's head entry is posted (looked at again after a read), and whether the eventfd was
+    /// read.
+    pub(crate) fn reap(
+        &mut self,
+        irq: Option<&EventFd>,
+        cq: &CompletionRing,
+        acknowledge: impl Fn(),
+    ) -> (bool, bool) {
+        let posted = cq.head_posted();
         let Some(irq) = irq else {
-            return false;
+            return (posted, false);
         };
-        let read = self.reads(posted);
-        if read {
-            irq.clear();
+        if posted && !self.prepared {
+            acknowledge();
         }
-        read
+        if !self.reads(posted) {
+            return (posted, false);
+        }
+        acknowledge();
+        irq.clear();
+        (cq.head_posted(), true)
     }
 
     /// A queue's `prepare_to_wait` (the rules above), for its interrupt eventfd `irq` and its
     /// completion ring `cq`: whether a completion is posted, and whether the eventfd was read.
     /// From the first call on, the owner prepares its waits and reaps read nothing.
-    pub(crate) fn prepare_to_wait(&mut self, irq: Option<&EventFd>, cq: &CompletionRing) -> (bool, bool) {
+    pub(crate) fn prepare_to_wait(
+        &mut self,
+        irq: Option<&EventFd>,
+        cq: &CompletionRing,
+        acknowledge: impl Fn(),
+    ) -> (bool, bool) {
         self.prepared = true;
         if cq.head_posted() {
             return (true, false);
@@ -71,6 +97,7 @@ impl IrqGate {
         let Some(irq) = irq else {
             return (false, false);
         };
+        acknowledge();
         irq.clear();
         (cq.head_posted(), true)
     }

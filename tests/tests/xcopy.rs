@@ -82,7 +82,7 @@ fn sim_1_0() -> Rig {
         BoardSource::Sim(SimConfig {
             block_size: 512,
             num_blocks: BLOCKS,
-            copy: false,
+            minor: 0,
             ..SimConfig::default()
         }),
     )

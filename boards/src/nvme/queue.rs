@@ -600,7 +600,9 @@ impl NvmeQueue {
     /// not match a command in flight. Returns how many were added.
     pub fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         // Posted: the head carries the expected phase tag (§4.6).
-        let read = self.irq_gate.reap(self.irq.as_ref(), self.cq.head_posted());
+        // NVMe has no interrupt status to acknowledge (MSI-X; §3.1.4's INTMS/INTMC are for
+        // pin-based and MSI interrupts only).
+        let (_, read) = self.irq_gate.reap(self.irq.as_ref(), &self.cq, || {});
         self.stats.irq_reads += u64::from(read);
         let mut accepted = 0;
         let mut consumed = false;
@@ -671,7 +673,7 @@ impl NvmeQueue {
     /// eventfd (the signals of completions reaped so far), then look at the ring again: a
     /// completion posted after the read signals again (`irq_gate.rs`).
     pub fn prepare_to_wait(&mut self) -> bool {
-        let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq);
+        let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq, || {});
         self.stats.irq_reads += u64::from(read);
         posted
     }

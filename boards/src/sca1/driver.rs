@@ -5,6 +5,7 @@
 use super::queue::QueueConfig;
 use super::queue::Sca1Queue;
 use super::regs;
+use super::regs::coalesce;
 use super::regs::control;
 use super::regs::global;
 use super::regs::status;
@@ -117,6 +118,11 @@ pub struct Sca1Config {
     pub coalesce_count: u8,
     /// INT_COALESCE: µs before an interrupt for fewer than `coalesce_count` completions.
     pub coalesce_us: u16,
+    /// INT_COALESCE.REARM, when the engine offers it (contract 1.2, accelerator.md §9): a
+    /// queue's vector is raised once, then not again until the queue, about to sleep, clears
+    /// its INT_STATUS bit; while its owner is busy reaping, completions post without
+    /// interrupts. On by default.
+    pub rearm: bool,
     /// IOVA window for rings, scatter lists and buffers.
     pub iova_base: u64,
     /// Size of the window.
@@ -131,6 +137,7 @@ impl Default for Sca1Config {
             interrupts: true,
             coalesce_count: 1,
             coalesce_us: 20,
+            rearm: true,
             iova_base: 1 << 32,
             iova_size: 1 << 40,
         }
@@ -183,7 +190,12 @@ impl Sca1 {
             config.iova_base,
             config.iova_size,
         )));
-        let coalesce = u32::from(config.coalesce_count) | (u32::from(config.coalesce_us) << 8);
+        let rearm = if config.rearm && version & 0xffff >= 2 {
+            coalesce::REARM
+        } else {
+            0
+        };
+        let coalesce = u32::from(config.coalesce_count) | (u32::from(config.coalesce_us) << 8) | rearm;
         let driver = Self {
             device,
             caps,

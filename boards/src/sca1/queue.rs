@@ -353,8 +353,10 @@ impl Sca1Queue {
     /// Returns how many were accepted.
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
         // The head entry carries the expected phase (§4): the device has posted it.
-        let posted = self.cq.head_posted();
-        let read = self.irq_gate.reap(self.irq.as_ref(), posted);
+        let (device, index) = (&self.device, self.config.index);
+        let (posted, read) = self.irq_gate.reap(self.irq.as_ref(), &self.cq, || {
+            device.bar0().write32(global::INT_STATUS_CLEAR, 1 << index);
+        });
         self.stats.irq_reads += u64::from(read);
         if !posted {
             return 0;
@@ -408,17 +410,20 @@ impl Sca1Queue {
         if consumed > 0 {
             let bar = self.device.bar0();
             bar.write32(doorbell::cq_head(self.config.index), self.cq.head());
-            bar.write32(global::INT_STATUS_CLEAR, 1 << self.config.index);
         }
         accepted
     }
 
     /// [`QueueEngine::prepare_to_wait`](crate::engine::QueueEngine::prepare_to_wait): with a
-    /// completion posted, say so (the owner reaps; no read). Otherwise read the interrupt
-    /// eventfd (the signals of completions reaped so far), then look at the ring again: a
-    /// completion posted after the read signals again (`irq_gate.rs`).
+    /// completion posted, say so (the owner reaps; no read). Otherwise clear the queue's
+    /// INT_STATUS bit (under REARM this re-arms its vector, §9), read the interrupt eventfd
+    /// (the signals of completions reaped so far), then look at the ring again: a completion
+    /// posted after the clear signals again (`irq_gate.rs`).
     pub fn prepare_to_wait(&mut self) -> bool {
-        let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq);
+        let (device, index) = (&self.device, self.config.index);
+        let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq, || {
+            device.bar0().write32(global::INT_STATUS_CLEAR, 1 << index);
+        });
         self.stats.irq_reads += u64::from(read);
         posted
     }

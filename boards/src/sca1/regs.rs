@@ -8,6 +8,8 @@ pub const ALL_ONES: u32 = 0xFFFF_FFFF;
 pub const VERSION_1_0: u32 = 1 << 16;
 /// Contract 1.1: 1.0 plus the COPY descriptor (accelerator.md §3.1).
 pub const VERSION_1_1: u32 = (1 << 16) | 1;
+/// Contract 1.2: 1.1 plus INT_COALESCE.REARM (accelerator.md §9).
+pub const VERSION_1_2: u32 = (1 << 16) | 2;
 
 /// Global register offsets.
 pub mod global {
@@ -41,8 +43,17 @@ pub mod global {
     pub const INT_MASK_SET: u64 = 0x03C;
     /// INT_MASK_CLEAR (W1C).
     pub const INT_MASK_CLEAR: u64 = 0x040;
-    /// INT_COALESCE: count (7:0), time µs (23:8).
+    /// INT_COALESCE: count (7:0), time µs (23:8), REARM (24, contract 1.2).
     pub const INT_COALESCE: u64 = 0x044;
+}
+
+/// INT_COALESCE bits.
+pub mod coalesce {
+    /// Count (7:0) and time in µs (23:8): the fields every version has.
+    pub const COUNT_AND_TIME: u32 = 0x00ff_ffff;
+    /// REARM (contract 1.2, accelerator.md §9): a queue's vector is raised at most once per
+    /// setting of its INT_STATUS bit; the host re-arms it with INT_STATUS_CLEAR.
+    pub const REARM: u32 = 1 << 24;
 }
 
 /// CONTROL bits.

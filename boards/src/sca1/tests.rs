@@ -30,6 +30,11 @@ impl Rig {
 
     /// A rig whose queue is signalled by an MSI-X vector's eventfd when `interrupts`.
     fn with_interrupts(name: &str, interrupts: bool) -> Self {
+        Self::with_driver(name, interrupts, Sca1Config::default())
+    }
+
+    /// A rig whose driver is configured as `driver_config` says (one queue of 16 entries).
+    fn with_driver(name: &str, interrupts: bool, driver_config: Sca1Config) -> Self {
         let config = SimConfig {
             queues: 1,
             vectors: u32::from(interrupts),
@@ -42,7 +47,7 @@ impl Rig {
             queues: 1,
             ring_entries: 16,
             interrupts,
-            ..Sca1Config::default()
+            ..driver_config
         };
         let (driver, mut queues) = Sca1::bring_up(Arc::clone(&device), &driver_config).expect("bring-up");
         let data = MappedRegion::new(
@@ -291,6 +296,70 @@ fn a_wait_is_prepared_with_one_read_and_only_when_nothing_is_posted() {
     assert_eq!(rig.reap_all().len(), 1);
 }
 
+/// INT_COALESCE.REARM (contract 1.2, accelerator.md §9): while its owner reaps without
+/// preparing a wait, a queue's vector is raised once, not per completion; `prepare_to_wait`
+/// re-arms it, so a completion after the wait was prepared still wakes the owner. With REARM
+/// off in the driver's configuration, every completion raises.
+#[test]
+fn rearm_raises_once_until_the_owner_prepares_its_wait() {
+    for (rearm, busy_interrupts) in [(true, 0), (false, 4)] {
+        let mut rig = Rig::with_driver(
+            "sca1-rearm",
+            true,
+            Sca1Config {
+                rearm,
+                ..Sca1Config::default()
+            },
+        );
+        assert!(!rig.queue.prepare_to_wait(), "nothing posted yet");
+        rig.submit(1, opcode::READ, 0);
+        assert!(raised(&rig.queue), "rearm {rearm}: the first completion raised");
+        assert_eq!(rig.reap_all().len(), 1);
+        let before = rig.sim.stats().interrupts;
+
+        // Busy: four more, reaped with no wait prepared in between.
+        for i in 0..4 {
+            rig.submit(2 + i, opcode::READ, 8 * i);
+        }
+        rig.wait_posted(5);
+        assert_eq!(
+            rig.sim.stats().interrupts - before,
+            busy_interrupts,
+            "rearm {rearm}: interrupts while the owner was busy"
+        );
+        assert_eq!(rig.reap_all().len(), 4);
+
+        // About to sleep: re-armed, and the next completion wakes the owner.
+        assert!(!rig.queue.prepare_to_wait());
+        assert!(!signalled(&rig.queue), "the wait starts with the fd clear");
+        rig.submit(9, opcode::READ, 64);
+        assert!(
+            raised(&rig.queue),
+            "rearm {rearm}: the completion after the prepared wait raised"
+        );
+        assert_eq!(rig.reap_all().len(), 1);
+    }
+}
+
+/// An owner that never prepares its waits (a tool polling the eventfd) re-arms the vector with
+/// every reap that pops, before it pops: each completion after such a reap raises again.
+#[test]
+fn each_reap_that_pops_re_arms_an_owner_that_polls_the_eventfd() {
+    let mut rig = Rig::with_interrupts("sca1-rearm-poll", true);
+    for i in 0..3 {
+        let before = rig.sim.stats().interrupts;
+        rig.submit(i, opcode::READ, 8 * i);
+        rig.wait_posted(i + 1);
+        // The board counts the raise just after it counts the completion.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while rig.sim.stats().interrupts == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(rig.sim.stats().interrupts, before + 1, "completion {i} raised");
+        assert_eq!(rig.reap_all().len(), 1);
+    }
+}
+
 /// COPY (contract 1.1, accelerator.md §3.1): blocks move inside the medium, `addr` naming the
 /// source; overlapping ranges and a source past the end are refused; a 1.0 engine offers none.
 #[test]
@@ -348,7 +417,7 @@ fn copy_moves_blocks_inside_the_medium_on_a_1_1_engine() {
         queues: 1,
         vectors: 0,
         num_blocks: 1024,
-        copy: false,
+        minor: 0,
         ..SimConfig::default()
     };
     let (device, _sim) = create_sim_board("sca1-no-copy", config).expect("sim board");

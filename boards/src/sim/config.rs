@@ -47,8 +47,9 @@ pub struct SimConfig {
     /// RESET_TIMEOUT advertised in TIMEOUTS (§7), ms, at least 1. Also bounds the model's own
     /// wait in a function reset.
     pub reset_timeout_ms: u16,
-    /// Contract 1.1: the COPY descriptor (VERSION reads 1.1); false: a 1.0 engine.
-    pub copy: bool,
+    /// The contract's minor version the engine implements (VERSION reads 1.minor), 0..=2:
+    /// 1 adds the COPY descriptor (accelerator.md §3.1), 2 adds INT_COALESCE.REARM (§9).
+    pub minor: u16,
 }
 
 impl Default for SimConfig {
@@ -64,7 +65,7 @@ impl Default for SimConfig {
             backing: Backing::Ram,
             stop_timeout_ms: 500,
             reset_timeout_ms: 2000,
-            copy: true,
+            minor: 2,
         }
     }
 }
@@ -121,7 +122,25 @@ impl SimConfig {
         if self.reset_timeout_ms == 0 {
             return bad("reset_timeout_ms", "must be at least 1".to_owned());
         }
+        if self.minor > 2 {
+            return bad("minor", format!("{} is not in 0..=2", self.minor));
+        }
         Ok(())
+    }
+
+    /// VERSION as the board reports it.
+    pub fn version(&self) -> u32 {
+        (1 << 16) | u32::from(self.minor)
+    }
+
+    /// The engine offers the COPY descriptor (contract 1.1, accelerator.md §3.1).
+    pub fn offers_copy(&self) -> bool {
+        self.minor >= 1
+    }
+
+    /// The engine offers INT_COALESCE.REARM (contract 1.2, accelerator.md §9).
+    pub fn offers_rearm(&self) -> bool {
+        self.minor >= 2
     }
 
     /// Medium size in bytes (valid after [`SimConfig::validate`]).
@@ -238,6 +257,13 @@ mod tests {
                     ..SimConfig::default()
                 },
                 "reset_timeout_ms",
+            ),
+            (
+                SimConfig {
+                    minor: 3,
+                    ..SimConfig::default()
+                },
+                "minor",
             ),
         ];
         for (config, want) in cases {

@@ -691,24 +691,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Raise queue q's vector once for `count` burst completions (§9). A burst is one
-    /// interrupt whatever INT_COALESCE says, and it also signals any coalesced completions
-    /// still waiting for their count or timer. Masked, it is latched as any other interrupt.
+    /// Raise queue q's vector once for `count` burst completions (§9,
+    /// [`BoardState::signal_burst`]). Masked, it is latched as any other interrupt.
     fn signal_burst(&self, token: &mut Token<'_>, job: &Job, count: u32) -> Step<()> {
         let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
-        let masked = st.int_mask & (1 << self.q) != 0;
-        let qs = &mut st.queues[self.qi()];
-        qs.coalesced = 0;
-        qs.first_pending = None;
-        let vector = if masked {
-            qs.latched = true;
-            None
-        } else {
-            Some(qs.vector)
-        };
+        let vector = st.signal_burst(self.qi());
         drop(st);
         log::trace!(
             "{}: queue {}: burst of {count} completions signalled",
@@ -754,7 +744,7 @@ impl Engine {
         let known = match desc.opcode {
             opcode::READ | opcode::WRITE | opcode::FLUSH | opcode::WRITE_ZEROES | opcode::DEALLOCATE => true,
             // Contract 1.1 only (accelerator.md §3.1).
-            opcode::COPY => config.copy,
+            opcode::COPY => config.offers_copy(),
             _ => false,
         };
         if !known {

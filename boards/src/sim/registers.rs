@@ -7,7 +7,6 @@
 //! [`Effects`] the board must carry out after dropping the lock (wake engines, start a reset,
 //! raise vectors), so that no lock is held across an interrupt or a DMA.
 
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,14 +14,13 @@ use std::time::Duration;
 use std::time::Instant;
 
 use super::SimConfig;
+use crate::sca1::regs::coalesce;
 use crate::sca1::regs::control;
 use crate::sca1::regs::doorbell;
 use crate::sca1::regs::global;
 use crate::sca1::regs::queue;
 use crate::sca1::regs::status;
 use crate::sca1::regs::ID_VALUE;
-use crate::sca1::regs::VERSION_1_0;
-use crate::sca1::regs::VERSION_1_1;
 
 /// Ring base IOVAs must be 4 KiB aligned (§2).
 const RING_ALIGN: u64 = 4096;
@@ -55,8 +53,11 @@ const STAMP_MASK: u32 = 0x7FFF_FFFF;
 #[derive(Debug)]
 pub(crate) struct Posted {
     queues: Vec<PostedQueue>,
-    /// INT_STATUS.
-    int_status: AtomicU32,
+    /// INT_STATUS in bits 31:0; in bits 63:32, per queue, whether its vector was raised since
+    /// its INT_STATUS bit was last cleared (the REARM latch, §9). One word, so that
+    /// INT_STATUS_CLEAR re-arms a queue in the same atomic step that clears its bit, and an
+    /// engine's completion sees either both before the clear or both after it.
+    int_status: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -83,7 +84,7 @@ impl Posted {
     fn new(queues: usize) -> Self {
         Self {
             queues: (0..queues).map(|_| PostedQueue::default()).collect(),
-            int_status: AtomicU32::new(0),
+            int_status: AtomicU64::new(0),
         }
     }
 
@@ -99,9 +100,34 @@ impl Posted {
         );
     }
 
-    /// INT_STATUS_CLEAR (W1C).
+    /// INT_STATUS_CLEAR (W1C): clears the bits and re-arms their queues (§9).
     pub(crate) fn clear_int_status(&self, bits: u32) {
-        self.int_status.fetch_and(!bits, Ordering::AcqRel);
+        let bits = u64::from(bits);
+        self.int_status.fetch_and(!(bits | bits << 32), Ordering::AcqRel);
+    }
+
+    /// INT_STATUS.
+    fn int_status(&self) -> u32 {
+        self.int_status.load(Ordering::Acquire) as u32
+    }
+
+    /// Set INT_STATUS bit `q`. Returns whether queue `q`'s vector was raised since the host
+    /// last cleared the bit (the queue is not re-armed). Release: a host that clears the bit
+    /// after this sees the completion entry written before it.
+    fn set_int_status(&self, q: usize) -> bool {
+        let before = self.int_status.fetch_or(1 << q, Ordering::AcqRel);
+        before & (1 << (32 + q)) != 0
+    }
+
+    /// Queue `q`'s vector is raised (or latched while masked): under REARM, no other until
+    /// the host clears its INT_STATUS bit.
+    fn note_raised(&self, q: usize) {
+        self.int_status.fetch_or(1 << (32 + q), Ordering::AcqRel);
+    }
+
+    /// Whether queue `q`'s vector was raised since its INT_STATUS bit was last cleared.
+    fn raised(&self, q: usize) -> bool {
+        self.int_status.load(Ordering::Acquire) & (1 << (32 + q)) != 0
     }
 }
 
@@ -211,6 +237,8 @@ pub(crate) struct BoardState {
     pub int_mask: u32,
     /// INT_COALESCE.
     pub int_coalesce: u32,
+    /// The bits of INT_COALESCE this engine implements (REARM from contract 1.2).
+    coalesce_bits: u32,
     /// Bumped by every reset; a hung engine waits for it to change.
     pub reset_epoch: u64,
     /// Per-queue state.
@@ -220,8 +248,9 @@ pub(crate) struct BoardState {
 }
 
 impl BoardState {
-    /// The state after power-on: as after a reset.
-    pub(crate) fn new(queues: u32) -> Self {
+    /// The state after power-on: as after a reset. `rearm`: the engine implements
+    /// INT_COALESCE.REARM (contract 1.2).
+    pub(crate) fn new(queues: u32, rearm: bool) -> Self {
         let queue_bits = if queues >= 32 {
             u32::MAX
         } else {
@@ -235,6 +264,11 @@ impl BoardState {
             posted: Arc::new(Posted::new(queues as usize)),
             int_mask: queue_bits,
             int_coalesce: 0,
+            coalesce_bits: if rearm {
+                coalesce::COUNT_AND_TIME | coalesce::REARM
+            } else {
+                coalesce::COUNT_AND_TIME
+            },
             reset_epoch: 0,
             queues: vec![QueueState::default(); queues as usize],
             queue_bits,
@@ -324,9 +358,14 @@ impl BoardState {
         }
     }
 
-    /// Set INT_STATUS bit `q`.
+    /// Set INT_STATUS bit `q` for a completion signalled later ([`BoardState::signal_burst`]).
     pub(crate) fn set_int_status(&self, q: usize) {
-        self.posted.int_status.fetch_or(1 << q, Ordering::AcqRel);
+        self.posted.set_int_status(q);
+    }
+
+    /// INT_COALESCE.REARM is set (§9).
+    fn rearm(&self) -> bool {
+        self.int_coalesce & coalesce::REARM != 0
     }
 
     /// Any engine holds a descriptor (STATUS.BUSY).
@@ -371,9 +410,14 @@ impl BoardState {
     }
 
     /// Queue `q` posted a completion at `now` (§9): set INT_STATUS bit q, count it for
-    /// coalescing, and return the vector to raise if an interrupt is now due.
+    /// coalescing, and return the vector to raise if an interrupt is now due. Under REARM, a
+    /// completion posted after the queue's vector was raised and before the host cleared its
+    /// bit is not counted and raises nothing: the host clears the bit before it looks at the
+    /// ring and sleeps, so it finds this entry by that look.
     pub(crate) fn note_completion(&mut self, q: usize, now: Instant) -> Option<u32> {
-        self.set_int_status(q);
+        if self.posted.set_int_status(q) && self.rearm() {
+            return None;
+        }
         let qs = &mut self.queues[q];
         qs.coalesced += 1;
         qs.first_pending.get_or_insert(now);
@@ -394,6 +438,29 @@ impl BoardState {
         let first = qs.first_pending?;
         if qs.coalesced < count && now < first + delay {
             return None;
+        }
+        self.deliver(q)
+    }
+
+    /// A burst of withheld completions, posted (INT_STATUS set for each): one interrupt for
+    /// the lot whatever the count and time say, which also signals any coalesced completions
+    /// still waiting. Under REARM, none if the vector was raised since the host last cleared
+    /// the bit (the host looks at the ring before it sleeps).
+    pub(crate) fn signal_burst(&mut self, q: usize) -> Option<u32> {
+        if self.rearm() && self.posted.raised(q) {
+            let qs = &mut self.queues[q];
+            qs.coalesced = 0;
+            qs.first_pending = None;
+            return None;
+        }
+        self.deliver(q)
+    }
+
+    /// Queue `q`'s interrupt is due: the vector to raise, or none when masked (latched,
+    /// delivered on unmask). Under REARM the queue is then not armed until its bit is cleared.
+    fn deliver(&mut self, q: usize) -> Option<u32> {
+        if self.rearm() {
+            self.posted.note_raised(q);
         }
         let masked = self.int_mask & (1 << q) != 0;
         let qs = &mut self.queues[q];
@@ -426,13 +493,7 @@ impl BoardState {
         }
         match offset {
             global::ID => ID_VALUE,
-            global::VERSION => {
-                if config.copy {
-                    VERSION_1_1
-                } else {
-                    VERSION_1_0
-                }
-            }
+            global::VERSION => config.version(),
             global::CAP0 => config.cap0(),
             global::CAP1 => config.cap1(),
             global::CAPACITY => config.num_blocks as u32,
@@ -448,7 +509,7 @@ impl BoardState {
                     | bit(self.resetting, status::RESETTING)
             }
             global::FATAL_CODE => self.fatal_code,
-            global::INT_STATUS => self.posted.int_status.load(Ordering::Acquire),
+            global::INT_STATUS => self.posted.int_status(),
             global::INT_MASK => self.int_mask,
             global::INT_COALESCE => self.int_coalesce,
             // Write-only aliases, doorbells and holes read 0 (reserved bits read 0).
@@ -503,7 +564,7 @@ impl BoardState {
                 }
             }
             global::INT_COALESCE => {
-                self.int_coalesce = value & 0x00ff_ffff;
+                self.int_coalesce = value & self.coalesce_bits;
                 fx.wake = true;
             }
             _ => log::debug!("sim: write {value:#x} to read-only or reserved offset {offset:#x} ignored"),
@@ -603,7 +664,7 @@ mod tests {
     #[test]
     fn soft_reset_reads_one_until_no_engine_is_busy() {
         let config = SimConfig::default();
-        let mut st = BoardState::new(2);
+        let mut st = BoardState::new(2, true);
         st.write32(global::CONTROL, control::ENABLE, Instant::now());
         st.queues[1].busy = true;
         let fx = st.write32(global::CONTROL, control::SOFT_RESET, Instant::now());
@@ -633,7 +694,7 @@ mod tests {
     #[test]
     fn a_posted_doorbell_applies_only_in_the_run_epoch_it_was_written_in() {
         let now = Instant::now();
-        let mut st = BoardState::new(1);
+        let mut st = BoardState::new(1, true);
         st.write32(global::CONTROL, control::ENABLE, now);
         st.write32(queue::reg(0, queue::SQ_BASE), 0x1000, now);
         st.write32(queue::reg(0, queue::CQ_BASE), 0x2000, now);
@@ -667,7 +728,7 @@ mod tests {
 
     #[test]
     fn coalescing_counts_completions_then_times_out_the_rest() {
-        let mut st = BoardState::new(1);
+        let mut st = BoardState::new(1, true);
         st.write32(global::INT_MASK_CLEAR, 1, Instant::now());
         st.queues[0].vector = 0;
         st.write32(global::INT_COALESCE, 3 | (100 << 8), Instant::now());
@@ -695,5 +756,55 @@ mod tests {
         st.write32(global::INT_COALESCE, 0, t0);
         assert_eq!(st.note_completion(0, t0), None);
         assert_eq!(st.write32(global::INT_MASK_CLEAR, 1, t0).raise, vec![0]);
+    }
+
+    /// §9 REARM (contract 1.2): one interrupt per setting of the queue's INT_STATUS bit, a
+    /// latched one included; INT_STATUS_CLEAR re-arms. A burst is held to it too. Without the
+    /// bit every completion raises, and a 1.1 engine does not implement it.
+    #[test]
+    fn rearm_raises_once_per_setting_of_the_status_bit() {
+        let t0 = Instant::now();
+        let mut st = BoardState::new(1, true);
+        st.write32(global::INT_MASK_CLEAR, 1, t0);
+        st.queues[0].vector = 0;
+        st.write32(global::INT_COALESCE, coalesce::REARM, t0);
+        assert_eq!(
+            st.read32(&SimConfig::default(), global::INT_COALESCE),
+            coalesce::REARM
+        );
+        assert_eq!(st.note_completion(0, t0), Some(0), "armed: the first raises");
+        assert_eq!(st.note_completion(0, t0), None, "not re-armed: posted silently");
+        st.set_int_status(0);
+        assert_eq!(st.signal_burst(0), None, "a burst too");
+        assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 1);
+        st.write32(global::INT_STATUS_CLEAR, 1, t0);
+        assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 0);
+        assert_eq!(st.note_completion(0, t0), Some(0), "re-armed by the clear");
+
+        // Masked: latched once, delivered by the unmask; nothing more until the clear.
+        st.write32(global::INT_STATUS_CLEAR, 1, t0);
+        st.write32(global::INT_MASK_SET, 1, t0);
+        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.write32(global::INT_MASK_CLEAR, 1, t0).raise, vec![0]);
+        assert_eq!(
+            st.note_completion(0, t0),
+            None,
+            "the latched one was this setting's"
+        );
+
+        // REARM off: every completion raises, whatever INT_STATUS holds.
+        st.write32(global::INT_COALESCE, 0, t0);
+        assert_eq!(st.note_completion(0, t0), Some(0));
+        assert_eq!(st.note_completion(0, t0), Some(0));
+
+        // A 1.1 engine keeps only the count and time.
+        let mut old = BoardState::new(1, false);
+        old.write32(global::INT_MASK_CLEAR, 1, t0);
+        old.queues[0].vector = 0;
+        old.write32(global::INT_COALESCE, coalesce::REARM | 1, t0);
+        assert_eq!(old.read32(&SimConfig::default(), global::INT_COALESCE), 1);
+        assert_eq!(old.note_completion(0, t0), Some(0));
+        assert_eq!(old.note_completion(0, t0), Some(0));
     }
 }

@@ -6,7 +6,7 @@ use crate::sca1::desc::cq_status;
 use crate::sca1::regs::Cap0;
 use crate::sca1::regs::Timeouts;
 use crate::sca1::regs::ID_VALUE;
-use crate::sca1::regs::VERSION_1_1;
+use crate::sca1::regs::VERSION_1_2;
 
 #[test]
 fn reset_values_describe_the_board() {
@@ -14,8 +14,8 @@ fn reset_values_describe_the_board() {
     assert_eq!(rig.read(global::ID), ID_VALUE);
     assert_eq!(
         rig.read(global::VERSION),
-        VERSION_1_1,
-        "contract 1.1: COPY offered"
+        VERSION_1_2,
+        "contract 1.2: COPY and REARM offered"
     );
     assert_eq!(
         Cap0::from_bits(rig.read(global::CAP0)),
@@ -77,7 +77,11 @@ fn read_only_and_reserved_bits_ignore_writes() {
     assert_eq!(Cap0::from_bits(rig.read(global::CAP0)).queues, 2);
     assert_eq!(rig.read(global::STATUS), 0);
     rig.write(global::INT_COALESCE, 0xffff_ffff);
-    assert_eq!(rig.read(global::INT_COALESCE), 0x00ff_ffff, "bits 31:24 reserved");
+    assert_eq!(
+        rig.read(global::INT_COALESCE),
+        0x01ff_ffff,
+        "bit 24 REARM (1.2), bits 31:25 reserved"
+    );
     assert_eq!(rig.read(global::INT_MASK_SET), 0, "write-only alias reads 0");
     assert_eq!(rig.read(doorbell::sq_tail(0)), 0, "doorbells read 0");
 }
