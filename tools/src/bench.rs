@@ -504,6 +504,7 @@ pub fn run(args: BenchArgs) -> u8 {
                     }
                 }
                 let mut cell = median(runs);
+                cell["host_cpu_us_per_command"] = host_cpu_per_command(&cell);
                 healthy &= cell["healthy"].as_bool().unwrap_or(false);
                 let iops = cell["iops"].as_f64().unwrap_or(0.0);
                 let reference = *first.entry(layer.name()).or_insert(iops);
@@ -786,6 +787,7 @@ fn loopback(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Targ
         "mb_per_s": v["mb_per_s"],
         "latency_us": v["latency_us"],
         "cpu_us_per_command": v["cpu_us_per_command"],
+        "device_cpu_us_per_command": v["device_cpu_us_per_command"],
         "kernel_model_syscalls_per_command": v["kernel_model"]["syscalls_per_command"],
         "handler_syscalls_per_command": v["frontend"]["handler_syscalls_per_exec"],
         "commands_per_ioctl": v["frontend"]["commands_per_ioctl"],
@@ -856,6 +858,7 @@ fn store_only(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Ta
         "mb_per_s": r.mb_per_s(),
         "latency_us": { "p50": r.p50_us, "p99": r.p99_us, "p999": r.p999_us, "mean": r.mean_us },
         "cpu_us_per_command": r.cpu.map(|c| c.as_secs_f64() * 1e6 / r.commands.max(1) as f64),
+        "device_cpu_us_per_command": r.device_cpu.map(|c| c.as_secs_f64() * 1e6 / r.commands.max(1) as f64),
         "commands": r.commands,
         "verified_blocks": r.verified_blocks,
         "verify_errors": r.verify_errors,
@@ -938,6 +941,20 @@ pub const HANDLER_TO_COPY: &str = "handler cpu per command / memcpy";
 /// region copy, bound by memory, stays within about 10 %; the regression check uses the latter).
 pub const HANDLER_TO_HOT_COPY: &str = "handler cpu per command / memcpy in cache";
 
+/// A row's CPU per command less its simulated board's ([`crate::cpu::simulated_device_cpu_time`]):
+/// what the host spends, the device's work left out as a real board would take it. The process
+/// CPU is counted in 10 ms ticks and the device's in nanoseconds, so a run of a fraction of a
+/// second can put the difference below zero: it is then 0. `null` without both figures.
+fn host_cpu_per_command(row: &Value) -> Value {
+    match (
+        row["cpu_us_per_command"].as_f64(),
+        row["device_cpu_us_per_command"].as_f64(),
+    ) {
+        (Some(cpu), Some(device)) => json!((cpu - device).max(0.0)),
+        _ => Value::Null,
+    }
+}
+
 /// Per workload: each later board against the first, per layer; each file row against fio; the
 /// handler's CPU per command against one copy of the data.
 fn ratios(args: &BenchArgs, rows: &[Value]) -> Value {
@@ -962,6 +979,9 @@ fn ratios(args: &BenchArgs, rows: &[Value]) -> Value {
         if board != first && board != "fio" {
             if let Some(r) = row["ratio_to_first"].as_f64() {
                 entry[format!("{board}/{first} ({layer})")] = json!(r);
+            }
+            if let Some(r) = host_cpu_ratio(rows, row, workload, first, layer) {
+                entry[format!("{board}/{first} {HOST_CPU} ({layer})")] = json!(r);
             }
         }
         if let Some(r) = row["ratio_to_fio"].as_f64() {
@@ -1011,6 +1031,23 @@ fn ratios(args: &BenchArgs, rows: &[Value]) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// Ratio key: the host's CPU per command ([`host_cpu_per_command`]) of one board over the first.
+const HOST_CPU: &str = "host cpu per command";
+
+/// `row`'s host CPU per command over the first board's in the same workload and layer.
+fn host_cpu_ratio(rows: &[Value], row: &Value, workload: &str, first: &str, layer: &str) -> Option<f64> {
+    let reference = rows.iter().find(|r| {
+        r["workload"].as_str() == Some(workload)
+            && r["board"].as_str() == Some(first)
+            && r["layer"].as_str() == Some(layer)
+    })?;
+    let host = row["host_cpu_us_per_command"].as_f64()?;
+    let first_host = reference["host_cpu_us_per_command"]
+        .as_f64()
+        .filter(|h| *h > 0.0)?;
+    Some(host / first_host)
 }
 
 /// Ratio key: one copy of the block (reference) over the layer's CPU per command.
@@ -1066,14 +1103,35 @@ fn notes(args: &BenchArgs, target: Option<&Target>, fio: &FioPlan) -> Vec<String
         FioPlan::Skipped(reason) => notes.push(format!("fio skipped: {reason}")),
         FioPlan::NotRequested => {}
     }
+    if args
+        .boards
+        .iter()
+        .any(|&b| matches!(crate::service::board_name(b), "sim" | "nvme-sim"))
+    {
+        notes.push(
+            "dev us/IO: CPU of the simulated board's own threads, which a real board would spend \
+             itself; `host cpu per command` ratios leave it out (CPU us/IO - dev us/IO)"
+                .into(),
+        );
+    }
     notes.push("ratios measured in one run on this machine; not targets".into());
     notes
 }
 
 fn print_table(rows: &[Value], ratios: &Value, target: Option<&Target>, fio: &Value, notes: &[String]) {
     println!(
-        "{:<18} {:<8} {:<9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-        "workload", "board", "layer", "IOPS", "MB/s", "p50 us", "p99 us", "CPU us/IO", "ratio", "vs fio"
+        "{:<18} {:<8} {:<9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "workload",
+        "board",
+        "layer",
+        "IOPS",
+        "MB/s",
+        "p50 us",
+        "p99 us",
+        "CPU us/IO",
+        "dev us/IO",
+        "ratio",
+        "vs fio"
     );
     let num = |v: &Value, width: usize, prec: usize| {
         v.as_f64()
@@ -1081,7 +1139,7 @@ fn print_table(rows: &[Value], ratios: &Value, target: Option<&Target>, fio: &Va
     };
     for r in rows {
         println!(
-            "{:<18} {:<8} {:<9} {} {} {} {} {} {} {}",
+            "{:<18} {:<8} {:<9} {} {} {} {} {} {} {} {}",
             r["workload"].as_str().unwrap_or(""),
             r["board"].as_str().unwrap_or(""),
             r["layer"].as_str().unwrap_or(""),
@@ -1090,6 +1148,7 @@ fn print_table(rows: &[Value], ratios: &Value, target: Option<&Target>, fio: &Va
             num(&r["latency_us"]["p50"], 9, 1),
             num(&r["latency_us"]["p99"], 9, 1),
             num(&r["cpu_us_per_command"], 9, 2),
+            num(&r["device_cpu_us_per_command"], 9, 2),
             num(&r["ratio_to_first"], 7, 2),
             num(&r["ratio_to_fio"], 7, 2),
         );

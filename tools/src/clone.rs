@@ -13,6 +13,7 @@
 //! COPY is one command of as many block-to-block segments as the 16-bit block count needs.
 
 use crate::cpu::process_cpu_time;
+use crate::cpu::simulated_device_cpu_time;
 use crate::cpu::threads_cpu_time_precise;
 use crate::demo::DemoArgs;
 use scst_accel_handler::abi::queue_type;
@@ -140,16 +141,11 @@ struct Cost {
     device_cpu: Option<Duration>,
 }
 
-/// CPU time of the simulated boards' threads (the device's work, done by this process).
-fn device_cpu() -> Option<Duration> {
-    Some(threads_cpu_time_precise("sim0-")? + threads_cpu_time_precise("nvme-sim0-")?)
-}
-
 /// Elapsed time and CPU time of `f`.
 fn timed<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(T, Cost), String> {
     let cpu = process_cpu_time();
     let threads = threads_cpu_time_precise("");
-    let device = device_cpu();
+    let device = simulated_device_cpu_time();
     let start = Instant::now();
     let out = f()?;
     let elapsed = start.elapsed();
@@ -159,7 +155,9 @@ fn timed<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(T, Cost), String> 
         threads_cpu: threads
             .zip(threads_cpu_time_precise(""))
             .map(|(a, b)| b.saturating_sub(a)),
-        device_cpu: device.zip(device_cpu()).map(|(a, b)| b.saturating_sub(a)),
+        device_cpu: device
+            .zip(simulated_device_cpu_time())
+            .map(|(a, b)| b.saturating_sub(a)),
     };
     Ok((out, cost))
 }

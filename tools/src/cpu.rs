@@ -58,6 +58,14 @@ pub fn threads_cpu_time_precise(prefix: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// CPU time of the simulated boards' threads in this process (the SCA-1 simulator's engines,
+/// `sim<N>-q<Q>`, and the NVMe simulator's workers, `nvme-sim<N>-nvme<W>`): on a real board
+/// that work is the device's, not the host's. Nanoseconds where the kernel offers them
+/// ([`threads_cpu_time_precise`]); zero when no board is simulated.
+pub fn simulated_device_cpu_time() -> Option<Duration> {
+    Some(threads_cpu_time_precise("sim")? + threads_cpu_time_precise("nvme-sim")?)
+}
+
 /// CPU time of the calling thread, in nanoseconds (/proc/thread-self/schedstat); `None` where
 /// the kernel does not offer it. Unlike the wall clock, time the thread spent preempted is not
 /// in it: what a loop costs on a machine shared with other work.

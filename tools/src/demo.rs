@@ -4,6 +4,7 @@
 use crate::backend::BackendReport;
 use crate::backend::BoardArg;
 use crate::cpu::process_cpu_time;
+use crate::cpu::simulated_device_cpu_time;
 use crate::cpu::threads_cpu_time;
 use crate::disk::DiskArgs;
 use crate::exit;
@@ -135,6 +136,8 @@ pub(crate) struct Outcome {
     pub(crate) backend: BackendReport,
     pub(crate) cpu: Option<Duration>,
     pub(crate) worker_cpu: Option<Duration>,
+    /// Of `cpu`, the simulated board's threads ([`simulated_device_cpu_time`]).
+    pub(crate) device_cpu: Option<Duration>,
     pub(crate) devices_left: usize,
     /// The loopback kernel model's own syscalls during the timed phase (None where the
     /// kernel serves several disks and they cannot be told apart).
@@ -263,7 +266,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let live = std::io::stderr().is_terminal() && !args.json;
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.
-    let mut cpu_at_start: Option<(Option<Duration>, Duration)> = None;
+    let mut cpu_at_start: Option<(Option<Duration>, Duration, Duration)> = None;
     let mut syscalls_at_start: Option<ModelSyscalls> = None;
     let timed_phase = std::sync::atomic::AtomicBool::new(false);
     let mut progress = |p: Progress| {
@@ -273,6 +276,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             cpu_at_start = Some((
                 process_cpu_time(),
                 threads_cpu_time("scst-worker").unwrap_or_default(),
+                simulated_device_cpu_time().unwrap_or_default(),
             ));
             syscalls_at_start = Some(kernel.syscalls());
         }
@@ -344,7 +348,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             None,
         )
     };
-    let (cpu_before, worker_cpu_before) = cpu_at_start.unwrap_or_default();
+    let (cpu_before, worker_cpu_before, device_cpu_before) = cpu_at_start.unwrap_or_default();
     let model_syscalls = model_syscalls_since(syscalls_at_start.unwrap_or_default(), kernel.syscalls());
     let cpu = cpu_before
         .zip(process_cpu_time())
@@ -352,6 +356,8 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     // Worker threads only: the handler's own work plus the loopback kernel's processing that runs
     // inside their ioctls (as SCST's does inside a real handler's ioctls, spec §3.1).
     let worker_cpu = threads_cpu_time("scst-worker").map(|now| now.saturating_sub(worker_cpu_before));
+    // The simulated board's own threads: on real hardware this work is the device's.
+    let device_cpu = simulated_device_cpu_time().map(|now| now.saturating_sub(device_cpu_before));
     if live {
         eprintln!();
     }
@@ -380,6 +386,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         backend,
         cpu,
         worker_cpu,
+        device_cpu,
         devices_left,
         model_syscalls: Some(model_syscalls),
     })
@@ -498,6 +505,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
         "cpu_s": o.cpu.map(|c| c.as_secs_f64()),
         "cpu_us_per_command": cpu_us_per_command,
         "worker_cpu_us_per_command": o.worker_cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64)),
+        "device_cpu_us_per_command": o.device_cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64)),
         "frontend": {
             "exec": s.exec, "exec_errors": s.exec_errors, "alloc_mem": s.alloc_mem, "parse": s.parse,
             "on_free": s.on_free, "on_cached_mem_free": s.on_cached_mem_free, "task_mgmt": s.task_mgmt,

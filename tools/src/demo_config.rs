@@ -282,6 +282,7 @@ fn disk_entry(
         backend,
         cpu: None,
         worker_cpu: None,
+        device_cpu: None,
         devices_left: 0,
         // One kernel serves every disk of the file: its syscalls are not per disk.
         model_syscalls: None,

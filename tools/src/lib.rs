@@ -8,6 +8,8 @@
 //!   control socket (`scst-accel status`, `dump`, `resize`) and the Prometheus endpoint.
 //! - [`identity`]: the disk's stable identity (serial, VPD 83h designator), and `identity`.
 #![forbid(unsafe_code)]
+// The demo's JSON report is one `serde_json::json!` literal, deeper than the default limit (128).
+#![recursion_limit = "256"]
 
 pub mod backend;
 pub mod bench;

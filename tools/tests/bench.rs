@@ -271,6 +271,11 @@ fn the_loopback_layer_runs_the_sessions_asked_for() {
         "the handler saw three attaches: {}",
         rows[0]
     );
+    assert_eq!(
+        rows[0]["device_cpu_us_per_command"], 0.0,
+        "no simulated board, no device CPU: {}",
+        rows[0]
+    );
     assert!(rows[0]["verified_bytes"].as_u64().unwrap_or(0) > 0, "{}", rows[0]);
 
     let (code, stdout, stderr) = bench(&["--boards", "ram", "--sessions", "0"], None);
@@ -473,6 +478,15 @@ fn the_store_layer_runs_the_simulated_engines_alone() {
     for row in rows {
         assert_eq!(row["layer"], "store", "{row}");
         assert_clean(row);
+        // The simulated board's threads did the transfers: their CPU is counted apart.
+        let device = row["device_cpu_us_per_command"].as_f64().unwrap_or(0.0);
+        assert!(device > 0.0, "the device's CPU in {row}");
+        let host = row["host_cpu_us_per_command"].as_f64().expect("host CPU");
+        let cpu = row["cpu_us_per_command"].as_f64().expect("CPU");
+        assert!(
+            (host - (cpu - device).max(0.0)).abs() < 1e-9,
+            "host = CPU less the device's: {row}"
+        );
         assert_eq!(row["device"]["timeouts"], 0, "{row}");
         assert_eq!(row["device"]["resets"], 0, "{row}");
         assert_eq!(row["device"]["unknown_tags"], 0, "{row}");

@@ -108,6 +108,8 @@ pub struct StoreReport {
     pub unanswered: u64,
     /// Process CPU (all threads: this one and the store's) over the timed phase.
     pub cpu: Option<Duration>,
+    /// Of that, the simulated board's threads ([`crate::cpu::simulated_device_cpu_time`]).
+    pub device_cpu: Option<Duration>,
     /// The first few problems, in words.
     pub first_errors: Vec<String>,
 }
@@ -223,9 +225,13 @@ pub fn run(
     d.drive(queue.as_mut(), Phase::Prefill)?;
     d.cursor = 0;
     let cpu_before = crate::cpu::process_cpu_time();
+    let device_before = crate::cpu::simulated_device_cpu_time();
     d.drive(queue.as_mut(), Phase::Timed)?;
     d.report.cpu = cpu_before
         .zip(crate::cpu::process_cpu_time())
+        .map(|(a, b)| b.saturating_sub(a));
+    d.report.device_cpu = device_before
+        .zip(crate::cpu::simulated_device_cpu_time())
         .map(|(a, b)| b.saturating_sub(a));
     d.finish();
     Ok(d.report)
