@@ -50,6 +50,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let index = u.int_in_range(0..=3u32)?;
     let entries = *u.choose(&[2u32, 4, 8, 16, 3, 0])?;
     let max_sgl = u.int_in_range(0..=4u32)?;
+    // Both ways (with REARM the acknowledgement reads INT_STATUS back), chosen by the queue
+    // index rather than a draw of its own, which would shift every later draw of the corpus.
+    let rearm = index % 2 == 0;
     let (device, model, iommu) = hostile_device("fuzz-sca1", 0x2_0000);
     let device: Arc<dyn DeviceBacking> = device;
     let iovas = Arc::new(IovaLock::new(IovaAllocator::new(1 << 32, 1 << 30)));
@@ -58,6 +61,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         entries,
         max_sgl,
         stop_timeout: Duration::ZERO,
+        rearm,
     };
     let created = Sca1Queue::create(Arc::clone(&device), iovas, config, None);
     // Only a ring size the ring cannot have (3, 0 is clamped to 2) may refuse: anything else

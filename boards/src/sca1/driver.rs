@@ -255,6 +255,7 @@ impl Sca1 {
                 entries: entries.next_power_of_two(),
                 max_sgl: 1 << self.caps.cap0.max_sgl_log2.min(12),
                 stop_timeout: self.stop_timeout(),
+                rearm: self.coalesce & coalesce::REARM != 0,
             };
             queues.push(Sca1Queue::create(
                 Arc::clone(&self.device),

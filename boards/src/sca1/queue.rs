@@ -44,6 +44,22 @@ pub struct QueueConfig {
     pub max_sgl: u32,
     /// STOP_TIMEOUT.
     pub stop_timeout: Duration,
+    /// INT_COALESCE.REARM is on (accelerator.md §9): an acknowledgement must reach the device
+    /// before the ring is looked at, so the INT_STATUS_CLEAR is flushed with a read.
+    pub rearm: bool,
+}
+
+/// Clear queue `config.index`'s INT_STATUS bit (§1), which under REARM re-arms its vector
+/// (§9). Under REARM the clear is then flushed by a read of INT_STATUS: a BAR write is posted
+/// (PCIe lets it arrive later, and a read does not pass it), and a clear still in flight when
+/// the host looks at the ring would let the device post an entry the look missed, with the
+/// queue not yet re-armed, so no interrupt would follow: a lost wake-up until the deadline.
+fn acknowledge(device: &dyn DeviceBacking, config: &QueueConfig) {
+    let bar = device.bar0();
+    bar.write32(global::INT_STATUS_CLEAR, 1 << config.index);
+    if config.rearm {
+        let _ = bar.read32(global::INT_STATUS);
+    }
 }
 
 /// One request for the device.
@@ -353,9 +369,9 @@ impl Sca1Queue {
     /// Returns how many were accepted.
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
         // The head entry carries the expected phase (§4): the device has posted it.
-        let (device, index) = (&self.device, self.config.index);
+        let (device, config) = (&self.device, &self.config);
         let (posted, read) = self.irq_gate.reap(self.irq.as_ref(), &self.cq, || {
-            device.bar0().write32(global::INT_STATUS_CLEAR, 1 << index);
+            acknowledge(device.as_ref(), config)
         });
         self.stats.irq_reads += u64::from(read);
         if !posted {
@@ -420,9 +436,9 @@ impl Sca1Queue {
     /// (the signals of completions reaped so far), then look at the ring again: a completion
     /// posted after the clear signals again (`irq_gate.rs`).
     pub fn prepare_to_wait(&mut self) -> bool {
-        let (device, index) = (&self.device, self.config.index);
+        let (device, config) = (&self.device, &self.config);
         let (posted, read) = self.irq_gate.prepare_to_wait(self.irq.as_ref(), &self.cq, || {
-            device.bar0().write32(global::INT_STATUS_CLEAR, 1 << index);
+            acknowledge(device.as_ref(), config)
         });
         self.stats.irq_reads += u64::from(read);
         posted

@@ -2,6 +2,7 @@
 //! which completions it trusts.
 
 use super::desc::opcode;
+use super::regs::global;
 use super::Sca1;
 use super::Sca1Config;
 use super::Sca1Queue;
@@ -12,6 +13,13 @@ use crate::sim::SimHandle;
 use scst_accel_dma::DmaRegion;
 use scst_accel_dma::MappedRegion;
 use scst_accel_hal::DeviceBacking;
+use scst_accel_hal::DmaMapper;
+use scst_accel_hal::EventFd;
+use scst_accel_hal::HalError;
+use scst_accel_hal::RegisterIo;
+use scst_accel_hal::ResetKind;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -35,6 +43,16 @@ impl Rig {
 
     /// A rig whose driver is configured as `driver_config` says (one queue of 16 entries).
     fn with_driver(name: &str, interrupts: bool, driver_config: Sca1Config) -> Self {
+        Self::build(name, interrupts, driver_config, |device| device)
+    }
+
+    /// A rig whose driver reaches the board through `wrap(board)`.
+    fn build(
+        name: &str,
+        interrupts: bool,
+        driver_config: Sca1Config,
+        wrap: impl FnOnce(Arc<dyn DeviceBacking>) -> Arc<dyn DeviceBacking>,
+    ) -> Self {
         let config = SimConfig {
             queues: 1,
             vectors: u32::from(interrupts),
@@ -42,7 +60,7 @@ impl Rig {
             ..SimConfig::default()
         };
         let (device, sim) = create_sim_board(name, config).expect("sim board");
-        let device: Arc<dyn DeviceBacking> = device;
+        let device = wrap(device);
         let driver_config = Sca1Config {
             queues: 1,
             ring_entries: 16,
@@ -339,6 +357,112 @@ fn rearm_raises_once_until_the_owner_prepares_its_wait() {
         );
         assert_eq!(rig.reap_all().len(), 1);
     }
+}
+
+/// A PCIe link that delivers INT_STATUS_CLEAR late: the write is held until the next BAR
+/// access, which a posted write precedes (a read does not pass it, and posted writes keep
+/// their order), as a clear still in flight when the device posts an entry would be.
+struct LateClear {
+    inner: Arc<dyn DeviceBacking>,
+    /// The held clear's value, with bit 32 set while one is held.
+    held: AtomicU64,
+}
+
+impl LateClear {
+    fn deliver_held(&self) {
+        let held = self.held.swap(0, Ordering::AcqRel);
+        if held != 0 {
+            self.inner.bar0().write32(global::INT_STATUS_CLEAR, held as u32);
+        }
+    }
+}
+
+impl RegisterIo for LateClear {
+    fn len(&self) -> u64 {
+        self.inner.bar0().len()
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        self.deliver_held();
+        self.inner.bar0().read32(offset)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        self.deliver_held();
+        if offset == global::INT_STATUS_CLEAR {
+            self.held.store(1 << 32 | u64::from(value), Ordering::Release);
+            return;
+        }
+        self.inner.bar0().write32(offset, value);
+    }
+
+    fn read64(&self, offset: u64) -> u64 {
+        self.deliver_held();
+        self.inner.bar0().read64(offset)
+    }
+
+    fn write64(&self, offset: u64, value: u64) {
+        self.deliver_held();
+        self.inner.bar0().write64(offset, value);
+    }
+}
+
+impl DeviceBacking for LateClear {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    fn bar0(&self) -> &dyn RegisterIo {
+        self
+    }
+
+    fn dma(&self) -> &dyn DmaMapper {
+        self.inner.dma()
+    }
+
+    fn max_interrupts(&self) -> u32 {
+        self.inner.max_interrupts()
+    }
+
+    fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError> {
+        self.inner.enable_interrupts(vectors)
+    }
+
+    fn disable_interrupts(&self) -> Result<(), HalError> {
+        self.inner.disable_interrupts()
+    }
+
+    fn reset(&self) -> Result<ResetKind, HalError> {
+        self.inner.reset()
+    }
+}
+
+/// Under REARM the driver flushes its INT_STATUS_CLEAR with a read before it looks at the ring
+/// (accelerator.md §9): over a link that delivers the clear late, a completion that lands after
+/// the look still finds the queue re-armed and raises the vector.
+#[test]
+fn the_clear_before_a_sleep_is_flushed_before_the_look() {
+    let mut rig = Rig::build("sca1-late-clear", true, Sca1Config::default(), |device| {
+        Arc::new(LateClear {
+            inner: device,
+            held: AtomicU64::new(0),
+        })
+    });
+    assert!(!rig.queue.prepare_to_wait(), "nothing posted yet");
+    rig.submit(1, opcode::READ, 0);
+    assert!(raised(&rig.queue), "the first completion raised the vector");
+    assert_eq!(rig.reap_all().len(), 1, "reaped while busy: not re-armed");
+    rig.sim.inject("latency:100ms".parse().expect("fault"));
+    rig.submit(2, opcode::READ, 8);
+    assert!(
+        !rig.queue.prepare_to_wait(),
+        "nothing posted yet: the owner may sleep"
+    );
+    assert!(
+        raised(&rig.queue),
+        "the completion after the look raised the vector"
+    );
+    assert_eq!(rig.reap_all().len(), 1);
 }
 
 /// An owner that never prepares its waits (a tool polling the eventfd) re-arms the vector with

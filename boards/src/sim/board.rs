@@ -278,6 +278,11 @@ impl Shared {
         if self.gone() {
             return ALL_ONES;
         }
+        if offset == crate::sca1::regs::global::INT_STATUS {
+            // Posted, like its clear: the driver reads it back before every sleep under
+            // REARM (§9), so it takes no lock.
+            return self.posted.int_status();
+        }
         let value = self.lock_for_bar().read32(&self.config, offset);
         if offset == crate::sca1::regs::global::CONTROL && self.reset_stuck.load(Ordering::Acquire) {
             // An ignored soft reset never completes (Fault::ResetIgnored).

@@ -107,7 +107,7 @@ impl Posted {
     }
 
     /// INT_STATUS.
-    fn int_status(&self) -> u32 {
+    pub(crate) fn int_status(&self) -> u32 {
         self.int_status.load(Ordering::Acquire) as u32
     }
 
