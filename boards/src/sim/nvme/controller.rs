@@ -147,7 +147,7 @@ impl Shared {
     ) -> StateGuard<'a> {
         let (mut st, _) = self.state.lock(token);
         self.apply_posted(&mut st);
-        st.tick(Instant::now());
+        st.tick_now();
         st
     }
 
@@ -159,7 +159,7 @@ impl Shared {
         // below `sim.state`, which the runtime check still enforces.
         let mut st = self.state.lock_unchecked_at_runtime();
         self.apply_posted(&mut st);
-        st.tick(Instant::now());
+        st.tick_now();
         st
     }
 
@@ -184,7 +184,7 @@ impl Shared {
     pub(crate) fn wait<'a>(&self, guard: StateGuard<'a>, timeout: Duration) -> StateGuard<'a> {
         let mut st = self.wake.wait_timeout(guard, timeout).0;
         self.apply_posted(&mut st);
-        st.tick(Instant::now());
+        st.tick_now();
         st
     }
 

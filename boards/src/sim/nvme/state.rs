@@ -199,6 +199,16 @@ impl ControllerState {
         Arc::clone(&self.published_epoch)
     }
 
+    /// [`ControllerState::tick`] at the current time, reading the clock only when a
+    /// transition waits for it (an enable not yet ready, a shutdown not yet complete): the
+    /// state is locked several times per command, and a clock read on each was 5 % of a
+    /// worker's time at 4 KiB.
+    pub(crate) fn tick_now(&mut self) {
+        if matches!(self.readiness, Readiness::Enabling { .. }) || self.shutdown_done_at.is_some() {
+            self.tick(Instant::now());
+        }
+    }
+
     /// Let time-driven transitions happen: RDY after the enable delay, SHST after shutdown.
     pub(crate) fn tick(&mut self, now: Instant) {
         if let Readiness::Enabling { ready_at } = self.readiness {
