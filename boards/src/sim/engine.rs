@@ -1116,7 +1116,7 @@ impl Engine {
         }
         Counters::add(&self.shared.stats.completions, 1);
         let vector = match signal {
-            Signal::Coalesced => st.note_completion(self.qi(), Instant::now()),
+            Signal::Coalesced => st.note_completion(self.qi(), Instant::now),
             Signal::Burst => {
                 st.set_int_status(self.qi());
                 None

@@ -414,10 +414,19 @@ impl BoardState {
     /// completion posted after the queue's vector was raised and before the host cleared its
     /// bit is not counted and raises nothing: the host clears the bit before it looks at the
     /// ring and sleeps, so it finds this entry by that look.
-    pub(crate) fn note_completion(&mut self, q: usize, now: Instant) -> Option<u32> {
+    ///
+    /// `now` is called only when the time matters: with a count above 1 (a count of 1 is
+    /// reached by this completion, the driver's default), so the clock is not read per
+    /// completion for nothing.
+    pub(crate) fn note_completion(&mut self, q: usize, now: impl FnOnce() -> Instant) -> Option<u32> {
         if self.posted.set_int_status(q) && self.rearm() {
             return None;
         }
+        let (count, _) = self.coalesce_limits();
+        if count <= 1 && self.queues[q].first_pending.is_none() {
+            return self.deliver(q);
+        }
+        let now = now();
         let qs = &mut self.queues[q];
         qs.coalesced += 1;
         qs.first_pending.get_or_insert(now);
@@ -733,15 +742,15 @@ mod tests {
         st.queues[0].vector = 0;
         st.write32(global::INT_COALESCE, 3 | (100 << 8), Instant::now());
         let t0 = Instant::now();
-        assert_eq!(st.note_completion(0, t0), None);
-        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.note_completion(0, || t0), None);
+        assert_eq!(st.note_completion(0, || t0), None);
         assert_eq!(
-            st.note_completion(0, t0),
+            st.note_completion(0, || t0),
             Some(0),
             "third completion reaches the count"
         );
         assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 1);
-        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.note_completion(0, || t0), None);
         assert_eq!(st.coalesce_deadline(0), Some(t0 + Duration::from_micros(100)));
         assert_eq!(st.interrupt_if_due(0, t0 + Duration::from_micros(99)), None);
         assert_eq!(
@@ -754,7 +763,7 @@ mod tests {
         // Masked: the interrupt is latched and delivered by the unmask.
         st.write32(global::INT_MASK_SET, 1, t0);
         st.write32(global::INT_COALESCE, 0, t0);
-        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.note_completion(0, || t0), None);
         assert_eq!(st.write32(global::INT_MASK_CLEAR, 1, t0).raise, vec![0]);
     }
 
@@ -772,31 +781,31 @@ mod tests {
             st.read32(&SimConfig::default(), global::INT_COALESCE),
             coalesce::REARM
         );
-        assert_eq!(st.note_completion(0, t0), Some(0), "armed: the first raises");
-        assert_eq!(st.note_completion(0, t0), None, "not re-armed: posted silently");
+        assert_eq!(st.note_completion(0, || t0), Some(0), "armed: the first raises");
+        assert_eq!(st.note_completion(0, || t0), None, "not re-armed: posted silently");
         st.set_int_status(0);
         assert_eq!(st.signal_burst(0), None, "a burst too");
         assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 1);
         st.write32(global::INT_STATUS_CLEAR, 1, t0);
         assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 0);
-        assert_eq!(st.note_completion(0, t0), Some(0), "re-armed by the clear");
+        assert_eq!(st.note_completion(0, || t0), Some(0), "re-armed by the clear");
 
         // Masked: latched once, delivered by the unmask; nothing more until the clear.
         st.write32(global::INT_STATUS_CLEAR, 1, t0);
         st.write32(global::INT_MASK_SET, 1, t0);
-        assert_eq!(st.note_completion(0, t0), None);
-        assert_eq!(st.note_completion(0, t0), None);
+        assert_eq!(st.note_completion(0, || t0), None);
+        assert_eq!(st.note_completion(0, || t0), None);
         assert_eq!(st.write32(global::INT_MASK_CLEAR, 1, t0).raise, vec![0]);
         assert_eq!(
-            st.note_completion(0, t0),
+            st.note_completion(0, || t0),
             None,
             "the latched one was this setting's"
         );
 
         // REARM off: every completion raises, whatever INT_STATUS holds.
         st.write32(global::INT_COALESCE, 0, t0);
-        assert_eq!(st.note_completion(0, t0), Some(0));
-        assert_eq!(st.note_completion(0, t0), Some(0));
+        assert_eq!(st.note_completion(0, || t0), Some(0));
+        assert_eq!(st.note_completion(0, || t0), Some(0));
 
         // A 1.1 engine keeps only the count and time.
         let mut old = BoardState::new(1, false);
@@ -804,7 +813,7 @@ mod tests {
         old.queues[0].vector = 0;
         old.write32(global::INT_COALESCE, coalesce::REARM | 1, t0);
         assert_eq!(old.read32(&SimConfig::default(), global::INT_COALESCE), 1);
-        assert_eq!(old.note_completion(0, t0), Some(0));
-        assert_eq!(old.note_completion(0, t0), Some(0));
+        assert_eq!(old.note_completion(0, || t0), Some(0));
+        assert_eq!(old.note_completion(0, || t0), Some(0));
     }
 }
