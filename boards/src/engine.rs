@@ -293,9 +293,12 @@ pub trait QueueEngine: Send {
     fn ring_doorbell(&mut self);
     /// Move validated completions into `out`; returns how many.
     fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize;
-    /// Before sleeping on [`QueueEngine::notify_fd`]: consume the interrupt signalled so far
-    /// (reaps leave it, `irq_gate.rs`), then say whether a completion is posted; if so, reap
-    /// instead of sleeping. Without an interrupt fd, whether a completion is posted.
+    /// Before sleeping on [`QueueEngine::notify_fd`]: acknowledge the device where it waits
+    /// for that before it interrupts again (SCA-1's INT_STATUS under REARM, cleared and read
+    /// back, accelerator.md §9), consume the interrupt signalled so far (reaps leave it,
+    /// `irq_gate.rs`), then say whether a completion is posted; if so, reap instead of
+    /// sleeping. Otherwise every completion posted after the call signals the fd. Without an
+    /// interrupt fd, whether a completion is posted.
     fn prepare_to_wait(&mut self) -> bool;
     /// Completions not trusted so far: tags matching nothing in flight, and (where checked)
     /// completions that cannot be their request's own.
