@@ -608,6 +608,9 @@ impl BoardState {
                 let run = value & queue::RUN != 0;
                 if run && !qs.run {
                     qs.start();
+                    // A queue starts re-armed (§9): no interrupt of an earlier RUN epoch
+                    // holds back the first one of this.
+                    self.posted.clear_int_status(1 << q);
                     self.check_ring_config(q);
                 } else if !run && qs.run {
                     // §6: the engine finishes or abandons what it holds, then clears BUSY.
@@ -782,7 +785,11 @@ mod tests {
             coalesce::REARM
         );
         assert_eq!(st.note_completion(0, || t0), Some(0), "armed: the first raises");
-        assert_eq!(st.note_completion(0, || t0), None, "not re-armed: posted silently");
+        assert_eq!(
+            st.note_completion(0, || t0),
+            None,
+            "not re-armed: posted silently"
+        );
         st.set_int_status(0);
         assert_eq!(st.signal_burst(0), None, "a burst too");
         assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 1);
@@ -801,6 +808,16 @@ mod tests {
             None,
             "the latched one was this setting's"
         );
+
+        // Setting RUN starts the queue re-armed.
+        assert_eq!(st.note_completion(0, || t0), None, "not re-armed yet");
+        st.write32(global::CONTROL, control::ENABLE, t0);
+        st.write32(queue::reg(0, queue::SQ_BASE), 0x1000, t0);
+        st.write32(queue::reg(0, queue::CQ_BASE), 0x2000, t0);
+        st.write32(queue::reg(0, queue::RING_SIZE), 8, t0);
+        st.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN, t0);
+        assert_eq!(st.read32(&SimConfig::default(), global::INT_STATUS), 0);
+        assert_eq!(st.note_completion(0, || t0), Some(0), "re-armed by RUN");
 
         // REARM off: every completion raises, whatever INT_STATUS holds.
         st.write32(global::INT_COALESCE, 0, t0);
