@@ -168,7 +168,10 @@ fn a_worker_lingers_after_its_replies_and_never_while_idle() {
 
 /// The looks of a linger are `LOOK_GAP` apart: a linger of `MAX_LINGER` with nothing arriving
 /// looks at most `MAX_LINGER / LOOK_GAP` times and a few more (back to back, on an idle CPU
-/// whose yields return at once, it looked over a thousand times).
+/// whose yields return at once, it looked over a thousand times). The bound is per linger: a
+/// command's reply can be followed by a second one (the kernel's ON_FREE_CMD or memory-free
+/// notice arriving during the first linger is answered, and the worker lingers again); counting
+/// looks against one linger made this test fail now and then (617 looks for two).
 #[test]
 fn a_lingering_worker_looks_at_most_once_per_look_gap() {
     let rig = rig_lingering(
@@ -193,11 +196,13 @@ fn a_lingering_worker_looks_at_most_once_per_look_gap() {
         }
         looks = now;
     }
+    let lingers = rig.frontend().stats().lingers;
     let most = (MAX_LINGER.as_nanos() / LOOK_GAP.as_nanos()) as u64 + 2;
-    assert!(looks > 0, "the worker that replied lingered");
+    assert!(looks > 0 && lingers > 0, "the worker that replied lingered");
     assert!(
-        looks <= most,
-        "{looks} looks in one linger of {MAX_LINGER:?}: more than one per {LOOK_GAP:?} ({most})"
+        looks <= lingers * most,
+        "{looks} looks in {lingers} lingers of {MAX_LINGER:?}: more than one per {LOOK_GAP:?} \
+         ({most} per linger)"
     );
     session.detach();
 }

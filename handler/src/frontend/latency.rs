@@ -189,6 +189,7 @@ pub(crate) struct WorkerFigures {
     counts: [AtomicU64; LATENCY_BUCKETS],
     /// Returns from the worker's wait in poll (woken, or its bound passed).
     wakeups: AtomicU64,
+    lingers: AtomicU64,
     linger_looks: AtomicU64,
     completion_polls: AtomicU64,
 }
@@ -203,6 +204,7 @@ impl Default for WorkerFigures {
             sum_ns: AtomicU64::new(0),
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             wakeups: AtomicU64::new(0),
+            lingers: AtomicU64::new(0),
             linger_looks: AtomicU64::new(0),
             completion_polls: AtomicU64::new(0),
         }
@@ -247,6 +249,11 @@ impl WorkerFigures {
         bump(&self.wakeups, 1);
     }
 
+    /// A linger begins. Called by the owning worker only.
+    pub(crate) fn linger_began(&self) {
+        bump(&self.lingers, 1);
+    }
+
     /// One look at the fd while lingering. Called by the owning worker only.
     pub(crate) fn lingered(&self) {
         bump(&self.linger_looks, 1);
@@ -266,6 +273,7 @@ impl WorkerFigures {
         out.read_bytes += get(&self.read_bytes);
         out.write_bytes += get(&self.write_bytes);
         out.wakeups += get(&self.wakeups);
+        out.lingers += get(&self.lingers);
         out.linger_looks += get(&self.linger_looks);
         out.completion_polls += get(&self.completion_polls);
         let mut h = LatencyHistogram::default();

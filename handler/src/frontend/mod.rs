@@ -333,6 +333,9 @@ pub struct FrontendStats {
     /// Returns of the workers from their wait in poll: about one per `idle_park` per worker
     /// while idle ([`FrontendConfig::idle_park`]), one per batch while busy.
     pub wakeups: u64,
+    /// Lingers begun ([`FrontendConfig::linger`]): one after a turn that handed replies to
+    /// the kernel and fetched nothing.
+    pub lingers: u64,
     /// Looks at the fd while lingering ([`FrontendConfig::linger`]): each is two syscalls
     /// (`sched_yield`, then `poll` with no wait).
     pub linger_looks: u64,

@@ -595,6 +595,9 @@ impl Worker {
     /// fetches at once, as after a wake-up).
     fn linger(&mut self) -> bool {
         let linger = self.shared.config.linger_for(self.fetch_size.mean_bytes());
+        if !linger.is_zero() {
+            self.figures().linger_began();
+        }
         self.look_yielding(linger, LOOK_GAP, |worker| {
             worker.figures().lingered();
             let readable = worker.fd_readable_now();
