@@ -743,7 +743,7 @@ impl Engine {
         let block = u64::from(config.block_size);
         let known = match desc.opcode {
             opcode::READ | opcode::WRITE | opcode::FLUSH | opcode::WRITE_ZEROES | opcode::DEALLOCATE => true,
-            // Contract 1.1 only (accelerator.md §3.1).
+            // Contract 1.1 and later (accelerator.md §3.1).
             opcode::COPY => config.offers_copy(),
             _ => false,
         };

@@ -157,11 +157,10 @@ impl Medium {
     /// chunk, in order, under one hold of the medium's read lock, with that lock's child token.
     /// The engine copies them straight to host memory (`Iommu::dma_write_under`), one copy
     /// instead of two through its bounce buffer, and the whole range is still read in one step
-    /// against every writer. A chunk
-    /// never written reads as zeroes. Stops at the first piece `copy` refuses (the pieces
-    /// before it were copied) and returns its error. `None` when the medium is a file: the
-    /// caller copies through its buffer ([`Medium::read`]). The lock is held for all the
-    /// copies: the caller bounds `len`.
+    /// against every writer. A chunk never written reads as zeroes. Stops at the first piece
+    /// `copy` refuses (the pieces before it were copied) and returns its error. `None` when the
+    /// medium is a file: the caller copies through its buffer ([`Medium::read`]). The lock is
+    /// held for all the copies: the caller bounds `len`.
     pub(crate) fn read_in_place<L: LockBefore<levels::SimMedium>, E>(
         &self,
         token: &mut LockToken<'_, L>,

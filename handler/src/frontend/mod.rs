@@ -104,9 +104,10 @@ pub struct FrontendConfig {
     /// other runnable thread between looks, looks at least [`LOOK_GAP`] apart) before it
     /// sleeps. The initiator's next commands usually follow the completions those replies made
     /// within microseconds; catching them awake saves the sleep, the wake-up and, on an idle CPU
-    /// (a VM's halted vCPU), the latency of waking it. Zero sleeps at once. Only after a turn with replies and with no store
-    /// request in flight (a device's completion wakes the worker through the store's fd), so an
-    /// idle service never lingers; each look is counted (`FrontendStats::linger_looks`).
+    /// (a VM's halted vCPU), the latency of waking it. Zero sleeps at once. Only after a turn
+    /// with replies and with no store request in flight (a device's completion wakes the worker
+    /// through the store's fd), so an idle service never lingers; each linger and each look is
+    /// counted (`FrontendStats::lingers`, `FrontendStats::linger_looks`).
     /// Lengthened for large commands by `linger_per_mib` ([`FrontendConfig::linger_for`]).
     pub linger: Duration,
     /// Added to `linger` per MiB of the mean size of the commands a worker has been serving
