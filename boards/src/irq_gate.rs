@@ -76,9 +76,7 @@ impl IrqGate {
         if !self.reads(posted) {
             return (posted, false);
         }
-        acknowledge();
-        irq.clear();
-        (cq.head_posted(), true)
+        (Self::clear_and_look(irq, cq, acknowledge), true)
     }
 
     /// A queue's `prepare_to_wait` (the rules above), for its interrupt eventfd `irq` and its
@@ -97,9 +95,16 @@ impl IrqGate {
         let Some(irq) = irq else {
             return (false, false);
         };
+        (Self::clear_and_look(irq, cq, acknowledge), true)
+    }
+
+    /// The read of the fd that may precede a sleep: acknowledge the device, clear the fd, look
+    /// at the ring again. A completion posted before the acknowledgement is seen by the look;
+    /// one posted after it signals the fd. Whether a completion is posted.
+    fn clear_and_look(irq: &EventFd, cq: &CompletionRing, acknowledge: impl Fn()) -> bool {
         acknowledge();
         irq.clear();
-        (cq.head_posted(), true)
+        cq.head_posted()
     }
 
     /// A doorbell was rung: an empty reap right after it is an opportunistic one.

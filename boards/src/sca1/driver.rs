@@ -96,6 +96,8 @@ pub struct Sca1Caps {
     pub timeouts: Timeouts,
     /// The COPY descriptor is offered (VERSION 1.1 or later, accelerator.md §3.1).
     pub copy: bool,
+    /// INT_COALESCE.REARM is offered (VERSION 1.2 or later, accelerator.md §9).
+    pub rearm: bool,
 }
 
 /// Driver tuning.
@@ -190,7 +192,7 @@ impl Sca1 {
             config.iova_base,
             config.iova_size,
         )));
-        let rearm = if config.rearm && version & 0xffff >= 2 {
+        let rearm = if config.rearm && caps.rearm {
             coalesce::REARM
         } else {
             0
@@ -403,12 +405,14 @@ impl Sca1 {
 
 fn read_caps(device: &dyn DeviceBacking) -> Sca1Caps {
     let bar = device.bar0();
+    let minor = bar.read32(global::VERSION) & 0xffff;
     Sca1Caps {
         cap0: Cap0::from_bits(bar.read32(global::CAP0)),
         max_transfer_bytes: bar.read32(global::CAP1).saturating_mul(4096),
         capacity_blocks: bar.read64(global::CAPACITY),
         block_size: bar.read32(global::BLOCK_SIZE),
         timeouts: Timeouts::from_bits(bar.read32(global::TIMEOUTS)),
-        copy: bar.read32(global::VERSION) & 0xffff >= 1,
+        copy: minor >= 1,
+        rearm: minor >= 2,
     }
 }
