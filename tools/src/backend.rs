@@ -55,6 +55,18 @@ pub enum BoardArg {
     Blockdev,
 }
 
+impl BoardArg {
+    /// A board reached through VFIO at a PCI address (`--pci`).
+    pub fn is_hardware(self) -> bool {
+        matches!(self, Self::Sca1 | Self::Nvme | Self::QemuNvme)
+    }
+
+    /// A board simulated by this process's own threads.
+    pub fn is_simulated(self) -> bool {
+        matches!(self, Self::Sim | Self::NvmeSim)
+    }
+}
+
 /// The store, its buffer pool, and the board behind them.
 pub struct Backend {
     /// The store the frontend uses.

@@ -727,18 +727,13 @@ fn disk_flags(args: &BenchArgs, board: BoardArg, target: Option<&Target>) -> (Ve
         }
         _ => {
             let mut flags = vec!["--size".to_owned(), args.size.to_string()];
-            if let Some(pci) = args.pci.as_ref().filter(|_| is_hardware(board)) {
+            if let Some(pci) = args.pci.as_ref().filter(|_| board.is_hardware()) {
                 flags.push("--pci".into());
                 flags.push(pci.clone());
             }
             (flags, args.size)
         }
     }
-}
-
-/// A board reached through VFIO at a PCI address (`--pci`).
-fn is_hardware(board: BoardArg) -> bool {
-    matches!(board, BoardArg::Sca1 | BoardArg::Nvme | BoardArg::QemuNvme)
 }
 
 type CellResult = Result<Value, (u8, String)>;
@@ -823,7 +818,7 @@ fn store_only(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Ta
         disk.io_engine = args.io_engine;
     }
     let blocks = disk.validate().map_err(|e| (exit::USAGE, e))?;
-    let pci = args.pci.as_deref().filter(|_| is_hardware(board));
+    let pci = args.pci.as_deref().filter(|_| board.is_hardware());
     let backend =
         crate::backend::build(board, &disk, blocks, pci, &[]).map_err(|e| (e.exit_code, e.message))?;
     let workload = store::StoreWorkload {
@@ -1103,11 +1098,7 @@ fn notes(args: &BenchArgs, target: Option<&Target>, fio: &FioPlan) -> Vec<String
         FioPlan::Skipped(reason) => notes.push(format!("fio skipped: {reason}")),
         FioPlan::NotRequested => {}
     }
-    if args
-        .boards
-        .iter()
-        .any(|&b| matches!(crate::service::board_name(b), "sim" | "nvme-sim"))
-    {
+    if args.boards.iter().any(|b| b.is_simulated()) {
         notes.push(
             "dev us/IO: CPU of the simulated board's own threads, which a real board would spend \
              itself; `host cpu per command` ratios leave it out (CPU us/IO - dev us/IO)"

@@ -742,25 +742,17 @@ fn board(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<BoardArg> {
     board
 }
 
-fn is_hardware(board: BoardArg) -> bool {
-    matches!(board, BoardArg::Sca1 | BoardArg::Nvme | BoardArg::QemuNvme)
-}
-
-fn is_simulated(board: BoardArg) -> bool {
-    matches!(board, BoardArg::Sim | BoardArg::NvmeSim)
-}
-
 /// `pci`: required by hardware boards (which function to claim through VFIO), refused by the
 /// others (it would silently be ignored).
 fn pci(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> Option<Spanned<String>> {
     let pci = string(ctx, sec, "pci", "\"0000:03:00.0\"");
     match (board, &pci) {
-        (Some(b), None) if is_hardware(b) && sec.get("pci").is_none() => ctx.error(
+        (Some(b), None) if b.is_hardware() && sec.get("pci").is_none() => ctx.error(
             &sec.span,
             "a hardware board needs `pci`: which PCI function to claim",
             "add pci = \"DDDD:BB:DD.F\"; find it with lspci -D",
         ),
-        (Some(b), Some(p)) if !is_hardware(b) => ctx.error(
+        (Some(b), Some(p)) if !b.is_hardware() => ctx.error(
             &p.span(),
             "`pci` is only for hardware boards (sca1, nvme, qemu-nvme)",
             "remove pci, or choose a hardware board",
@@ -921,7 +913,7 @@ fn inject(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, board: Option<BoardArg>) -> 
         wrong_type(ctx, "inject", value, "an array of strings", "[\"latency:1ms\"]");
         return Vec::new();
     };
-    if let Some(b) = board.filter(|b| !is_simulated(*b) && !items.is_empty()) {
+    if let Some(b) = board.filter(|b| !b.is_simulated() && !items.is_empty()) {
         ctx.error(
             &value.span(),
             format!("`inject` needs a simulated board, not {}", board_name(b)),
