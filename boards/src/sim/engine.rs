@@ -975,7 +975,7 @@ impl Engine {
             self.shared
                 .medium
                 .read_in_place(token, offset, Scatter::total(segments), |under, blocks| {
-                    scatter.copy(iommu, under, blocks)
+                    iommu.dma_writes_under(under, |writes| scatter.copy(writes, blocks))
                 })?;
         let arrived = scatter.arrived() as u64;
         Counters::add(&self.shared.stats.bytes_read, arrived);

@@ -3,12 +3,13 @@
 //! (`Medium::read_in_place`), and each chunk goes to the host pieces of the command's buffer it
 //! covers (an SCA-1 scatter list's entries, NVMe PRP pages). One IOMMU access per host piece
 //! that a chunk touches, as the buffered path makes one per piece, so a fault names the same
-//! piece; what arrived before it is counted.
+//! piece; what arrived before it is counted. A chunk's accesses share one hold of the IOMMU's
+//! table ([`Iommu::dma_writes_under`]): a 64 KiB chunk over 4 KiB PRP pages is 16 accesses
+//! and one translation lock.
+//!
+//! [`Iommu::dma_writes_under`]: scst_accel_hal::sim::Iommu::dma_writes_under
 
-use scst_accel_hal::locks::levels;
-use scst_accel_hal::locks::LockBefore;
-use scst_accel_hal::locks::LockToken;
-use scst_accel_hal::sim::Iommu;
+use scst_accel_hal::sim::DmaWrites;
 use scst_accel_hal::sim::IommuFault;
 
 /// One contiguous piece of a host buffer, in IOVA space.
@@ -53,17 +54,13 @@ impl<'a, P: HostPiece> Scatter<'a, P> {
     }
 
     /// Copy `blocks`, the transfer's next bytes, to the pieces they fall in, one IOMMU access
-    /// per piece (with the medium's child token: `sim.medium` -> `iommu.table`).
+    /// per piece, all in `writes` (the caller opens it with the medium's child token:
+    /// `sim.medium` -> `iommu.table`).
     ///
     /// # Errors
     /// The IOMMU's fault for the first piece that is not mapped whole: nothing of that piece
     /// was written, the pieces before it were ([`Scatter::arrived`]).
-    pub(crate) fn copy<L: LockBefore<levels::IommuTable>>(
-        &mut self,
-        iommu: &Iommu,
-        token: &mut LockToken<'_, L>,
-        mut blocks: &[u8],
-    ) -> Result<(), IommuFault> {
+    pub(crate) fn copy(&mut self, writes: &mut DmaWrites<'_>, mut blocks: &[u8]) -> Result<(), IommuFault> {
         while !blocks.is_empty() {
             let Some(&piece) = self.pieces.get(self.index) else {
                 // More bytes than pieces: the caller sized the read by the pieces, so never.
@@ -71,7 +68,7 @@ impl<'a, P: HostPiece> Scatter<'a, P> {
                 return Ok(());
             };
             let n = (piece.len() - self.within).min(blocks.len());
-            iommu.dma_write_under(token, piece.iova() + self.within as u64, &blocks[..n])?;
+            writes.write(piece.iova() + self.within as u64, &blocks[..n])?;
             blocks = &blocks[n..];
             self.arrived += n;
             self.within += n;

@@ -20,6 +20,7 @@ use crate::locks::levels;
 use crate::locks::LockBefore;
 use crate::locks::LockToken;
 use crate::locks::OrderedMutex;
+use crate::locks::OrderedReadGuard;
 use crate::locks::OrderedRwLock;
 use crate::DmaMapper;
 use crate::HalError;
@@ -197,6 +198,30 @@ impl Iommu {
             unsafe { copy_to_host(&data[at..at + seg], host) };
         }
         Ok(())
+    }
+
+    /// Several device writes to host memory under one hold of the table: `f` makes them through
+    /// [`DmaWrites::write`], each checked, faulted and copied as one [`Iommu::dma_write_under`]
+    /// would be (a fault names that write, nothing of it is written, the writes before it have
+    /// arrived), and an unmap waits for the whole batch as it waits for one copy. How a device
+    /// scatters one transfer over a buffer's pages (NVMe PRP entries, scatter list entries):
+    /// one hold of the translation table per transfer instead of one per page, and no walk of
+    /// the table for a write inside the mapping of the write before it. An NVMe Read of 128 KiB
+    /// in 4 KiB pages took the lock 32 times, a fifth of the simulated controller's time.
+    pub fn dma_writes_under<L: LockBefore<levels::IommuTable>, R>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        f: impl FnOnce(&mut DmaWrites<'_>) -> R,
+    ) -> R {
+        let (table, under_table) = self.table.read(token);
+        let mut writes = DmaWrites {
+            iommu: self,
+            table,
+            under_table,
+            last: None,
+            _copy: CopyInFlight::new(&self.copies_in_flight),
+        };
+        f(&mut writes)
     }
 
     /// Device write to host memory in pieces that must land in order, each `(iova, bytes)`
@@ -461,6 +486,64 @@ impl Iterator for Segments<'_> {
         );
         self.at = seg_end;
         Some(item)
+    }
+}
+
+/// Device writes to host memory under one read hold of an [`Iommu`]'s table
+/// ([`Iommu::dma_writes_under`]).
+pub struct DmaWrites<'a> {
+    iommu: &'a Iommu,
+    table: OrderedReadGuard<'a, BTreeMap<u64, Mapping>, levels::IommuTable>,
+    under_table: LockToken<'a, levels::IommuTable>,
+    /// The mapping (its first IOVA and itself) that held the last write whole: the table
+    /// cannot change while it is read-held, so a write inside it needs no lookup.
+    last: Option<(u64, Mapping)>,
+    _copy: CopyInFlight<'a>,
+}
+
+impl DmaWrites<'_> {
+    /// Device write of `data` to `iova`, as [`Iommu::dma_write`] makes it.
+    ///
+    /// # Errors
+    /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; no host memory is
+    /// then written by this write, not even the mapped part.
+    pub fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
+        let len = data.len() as u64;
+        // Checked under the table's read lock, which `disable_bus_master` waits out.
+        if let Some(refused) = self.iommu.blocked(iova, len, true) {
+            return Err(refused);
+        }
+        let inside = |(start, m): (u64, Mapping)| {
+            iova >= start && iova.checked_add(len).is_some_and(|end| end <= start + m.len)
+        };
+        let holder = match self.last.filter(|&held| inside(held)) {
+            Some(held) => Some(held),
+            None => self
+                .table
+                .range(..=iova)
+                .next_back()
+                .map(|(&start, &m)| (start, m))
+                .filter(|&held| inside(held)),
+        };
+        if let Some((start, m)) = holder {
+            self.last = holder;
+            // SAFETY: `iova..iova+len` lies inside the live mapping `start` (checked just above
+            // against the table, or against the same entry of it under this read hold, which
+            // `unmap` cannot pass), and `data` (a Rust reference) cannot overlap mapped memory
+            // by the map contract.
+            unsafe { copy_to_host(data, m.host + (iova - start)) };
+            return Ok(());
+        }
+        // Across mappings, or not mapped: the general path.
+        if !covered(&self.table, iova, len) {
+            return Err(self.iommu.fault(&mut self.under_table, iova, len, true));
+        }
+        for (host, at, seg) in Segments::new(&self.table, iova, len) {
+            // SAFETY: as in `Iommu::dma_write`: `host..host+seg` is inside a mapping `covered`
+            // checked under this read hold, and `data` cannot overlap mapped memory.
+            unsafe { copy_to_host(&data[at..at + seg], host) };
+        }
+        Ok(())
     }
 }
 

@@ -418,3 +418,118 @@ fn an_ordered_write_lands_whole_or_not_at_all() {
     assert_eq!(iommu.blocked_dmas(), 1);
     iommu.unmap(0x40_0000, PAGE).expect("unmap");
 }
+
+/// Writes batched under one hold of the table behave as the same writes one by one: each lands
+/// whole or faults alone (naming itself, writing nothing, the earlier ones landed), a write
+/// just past the mapping the one before it hit is checked against the table, not waved through
+/// by the remembered mapping, and writes across two mappings or after a fault go on landing.
+#[test]
+fn batched_writes_land_or_fault_one_by_one() {
+    let iommu = Iommu::new("sim-test");
+    let low = TestMemory::new(2 * PAGE as usize, 0);
+    let high = TestMemory::new(PAGE as usize, 0);
+    map(&iommu, 0x50_0000, &low).expect("map low");
+    map(&iommu, 0x50_2000, &high).expect("map high");
+    // 0x50_3000.. is unmapped.
+    let mut token = crate::locks::LockToken::root();
+    let results = iommu.dma_writes_under(&mut token, |writes| {
+        [
+            writes.write(0x50_0000, &[1; 8]),
+            // In the mapping of the write before it.
+            writes.write(0x50_1ff8, &[2; 8]),
+            // Starts in the same mapping, runs into the next: the general path.
+            writes.write(0x50_1ffc, &[3; 8]),
+            // Inside the high mapping, then one starting there and running past its end.
+            writes.write(0x50_2100, &[4; 4]),
+            writes.write(0x50_2ffe, &[5; 4]),
+            // Entirely unmapped, then a good write after the faults.
+            writes.write(0x50_3000, &[6; 4]),
+            writes.write(0x50_0100, &[7; 4]),
+        ]
+    });
+    let fault = |iova, len| {
+        Err(IommuFault {
+            iova,
+            len,
+            write: true,
+        })
+    };
+    assert_eq!(
+        results,
+        [
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            fault(0x50_2ffe, 4),
+            fault(0x50_3000, 4),
+            Ok(())
+        ]
+    );
+    assert_eq!(low.read(0, 8), [1; 8]);
+    assert_eq!(low.read(0x1ff8, 4), [2; 4]);
+    assert_eq!(low.read(0x1ffc, 4), [3; 4]);
+    assert_eq!(high.read(0, 4), [3; 4]);
+    assert_eq!(high.read(0x100, 4), [4; 4]);
+    assert_eq!(high.read(0xffe, 2), [0; 2], "the faulting write wrote nothing");
+    assert_eq!(low.read(0x100, 4), [7; 4]);
+    assert_eq!(iommu.fault_count(), 2);
+    assert_eq!(
+        iommu.faults(),
+        [fault(0x50_2ffe, 4).unwrap_err(), fault(0x50_3000, 4).unwrap_err()]
+    );
+    assert_eq!(
+        iommu.copies_in_flight(),
+        0,
+        "the batch counted as a copy only while open"
+    );
+
+    iommu.disable_bus_master();
+    let refused = iommu.dma_writes_under(&mut token, |writes| writes.write(0x50_0000, &[9]));
+    assert!(refused.is_err());
+    assert_eq!(low.read(0, 1), [1], "nothing was written with bus mastering off");
+    assert_eq!((iommu.blocked_dmas(), iommu.fault_count()), (1, 2));
+    iommu.unmap(0x50_0000, 2 * PAGE).expect("unmap low");
+    iommu.unmap(0x50_2000, PAGE).expect("unmap high");
+}
+
+/// An unmap waits for a batch of writes as for one copy: the batch is a copy in flight from its
+/// first translation to its last byte.
+#[test]
+fn unmap_waits_for_a_batch_of_writes() {
+    let iommu = Arc::new(Iommu::new("sim-test"));
+    let mem = TestMemory::new(PAGE as usize, 0);
+    map(&iommu, 0x60_0000, &mem).expect("map");
+    let (in_batch_tx, in_batch_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let device = Arc::clone(&iommu);
+    let writer = std::thread::spawn(move || {
+        let mut token = crate::locks::LockToken::root();
+        device.dma_writes_under(&mut token, |writes| {
+            let first = writes.write(0x60_0000, &[1; 4]);
+            in_batch_tx.send(()).expect("send");
+            // The test's unmap starts meanwhile and must wait for this write too.
+            let _ = go_rx.recv_timeout(Duration::from_millis(200));
+            let second = writes.write(0x60_0004, &[2; 4]);
+            (first, second)
+        })
+    });
+    in_batch_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the batch began");
+    assert_eq!(iommu.copies_in_flight(), 1);
+    let unmapper = {
+        let iommu = Arc::clone(&iommu);
+        std::thread::spawn(move || iommu.unmap(0x60_0000, PAGE))
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        !unmapper.is_finished(),
+        "unmap returned while a batch held the mapping"
+    );
+    drop(go_tx);
+    assert_eq!(writer.join().expect("writer"), (Ok(()), Ok(())));
+    unmapper.join().expect("unmapper").expect("unmap");
+    assert_eq!(mem.read(0, 8), [1, 1, 1, 1, 2, 2, 2, 2]);
+    assert_eq!(iommu.copies_in_flight(), 0);
+}

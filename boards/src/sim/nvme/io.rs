@@ -166,7 +166,7 @@ fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, pieces: &[
     let mut scatter = Scatter::new(pieces);
     let len = Scatter::total(pieces);
     let moved = medium.read_in_place(token, offset, len, |under, blocks| {
-        scatter.copy(iommu, under, blocks)
+        iommu.dma_writes_under(under, |writes| scatter.copy(writes, blocks))
     })?;
     Some(match moved {
         Err(e) => medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR),
