@@ -30,6 +30,7 @@ use super::board::Shared;
 use super::board::StateGuard;
 use super::board::Token;
 use super::registers::BoardState;
+use super::scatter::Gather;
 use super::scatter::Scatter;
 use crate::sca1::desc::cq_status;
 use crate::sca1::desc::flags;
@@ -47,6 +48,10 @@ const DMA_CHUNK: usize = 64 * 1024;
 /// medium's read lock (`Engine::read_in_place`): bounds how long a reader keeps writers of the
 /// medium waiting.
 const IN_PLACE_READ_MAX: usize = 1 << 20;
+/// Longest WRITE copied from host memory to the medium in place, under one hold of the
+/// medium's write lock (`Engine::write_in_place`): the buffered path holds that lock for the
+/// same copy from its bounce buffer.
+const IN_PLACE_WRITE_MAX: usize = 1 << 20;
 /// How long a [`BadPhase`](super::Fault::BadPhase) entry stays with the wrong phase.
 const BAD_PHASE_HOLD: Duration = Duration::from_millis(1);
 const DESCRIPTOR_BYTES: u64 = 32;
@@ -214,6 +219,16 @@ struct Engine {
     /// The bounce buffer data moves through between host memory and the medium, kept from one
     /// descriptor to the next (its size is bounded by MAX_TRANSFER).
     bounce: Cell<Vec<u8>>,
+}
+
+/// The DMA steps of a transfer over `segments`, as the buffered paths make them: each segment
+/// in pieces of at most [`DMA_CHUNK`], in order.
+fn dma_steps(segments: &[(u64, u32)]) -> impl Iterator<Item = (u64, u32)> + '_ {
+    segments.iter().flat_map(|&(iova, len)| {
+        (0..len)
+            .step_by(DMA_CHUNK)
+            .map(move |done| (iova + u64::from(done), (len - done).min(DMA_CHUNK as u32)))
+    })
 }
 
 /// Body of queue `q`'s engine thread: runs until the board shuts down.
@@ -807,8 +822,8 @@ impl Engine {
                     _ if !write && desc.length as usize <= IN_PLACE_READ_MAX => {
                         self.read_in_place(token, job, desc, offset, segments.as_slice())
                     }
-                    [(iova, len)] if write && len as usize <= DMA_CHUNK => {
-                        self.write_in_place(token, job, desc, offset, iova)
+                    _ if write && desc.length as usize <= IN_PLACE_WRITE_MAX => {
+                        self.write_in_place(token, job, desc, offset, segments.as_slice())
                     }
                     _ => None,
                 };
@@ -975,7 +990,7 @@ impl Engine {
             self.shared
                 .medium
                 .read_in_place(token, offset, Scatter::total(segments), |under, blocks| {
-                    iommu.dma_writes_under(under, |writes| scatter.copy(writes, blocks))
+                    iommu.dma_batch_under(under, |batch| scatter.copy(batch, blocks))
                 })?;
         let arrived = scatter.arrived() as u64;
         Counters::add(&self.shared.stats.bytes_read, arrived);
@@ -990,20 +1005,24 @@ impl Engine {
         }))
     }
 
-    /// WRITE of one contiguous host segment of at most [`DMA_CHUNK`] (one DMA step): one
-    /// validity check, then one copy from host memory into the medium's blocks under the
-    /// medium's write lock (`Medium::write_in_place`) instead of two through the bounce
-    /// buffer. An unmapped byte anywhere in the host range moves nothing (the blocks stay as
-    /// they were), and the command's blocks change in one step against every other access.
-    /// `None` when the medium cannot lend the range in place (a file, or a range across two of
-    /// its chunks): the caller goes through the bounce buffer.
+    /// WRITE of at most [`IN_PLACE_WRITE_MAX`] over any scatter list: one validity check, then
+    /// every DMA step the buffered path makes ([`DMA_CHUNK`] of a segment at most) checked
+    /// against the IOMMU, then one copy from the host pieces into the medium's blocks
+    /// ([`Gather`]), all under one hold of the medium's write lock and of the IOMMU's table
+    /// (`Medium::write_in_place`, `Iommu::dma_batch_under`), instead of two copies through the
+    /// bounce buffer. A step that would fault is found before any block changes: the medium
+    /// stays as it was, the fault names the step the buffered path named, and `bytes` is what
+    /// that path had gathered before it. The command's blocks change in one step against every
+    /// other access, as before. One validity check for all its steps, as
+    /// [`Engine::read_in_place`] says why. `None` when the medium cannot lend its blocks (a
+    /// file): the caller goes through the bounce buffer.
     fn write_in_place(
         &self,
         token: &mut Token<'_>,
         job: &Job,
         desc: &Descriptor,
         offset: u64,
-        iova: u64,
+        segments: &[(u64, u32)],
     ) -> Option<Step<Outcome>> {
         if let Err(abandoned) = self.checkpoint(token, job) {
             return Some(Err(abandoned));
@@ -1011,13 +1030,26 @@ impl Engine {
         let iommu = &self.shared.iommu;
         let medium = &self.shared.medium;
         let moved = medium.write_in_place(token, offset, desc.length as usize, |under, blocks| {
-            iommu.dma_read_under(under, iova, blocks)
+            iommu.dma_batch_under(under, |batch| {
+                let mut gathered = 0u32;
+                for (iova, len) in dma_steps(segments) {
+                    batch
+                        .check_read(iova, len as u64)
+                        .map_err(|fault| (gathered, fault))?;
+                    gathered += len;
+                }
+                // Every step admitted in this hold of the table: no copy below can fault.
+                let mut gather = Gather::new(segments);
+                blocks
+                    .try_for_each(|blocks| gather.copy(batch, blocks))
+                    .map_err(|fault| (0, fault))
+            })
         })?;
         let outcome = match moved {
             Err(e) => self.medium_error(cq_status::WRITE_ERROR, desc, &e),
-            Ok(Err(fault)) => Outcome {
+            Ok(Err((gathered, fault))) => Outcome {
                 status: cq_status::DMA_FAULT,
-                bytes: 0,
+                bytes: gathered,
                 detail: fault.iova as u32,
             },
             Ok(Ok(())) => {

@@ -35,7 +35,7 @@ pub(crate) enum Medium {
         len: u64,
         /// Level `sim.medium`: held for one copy between the medium and the engine's bounce
         /// buffer, or between the medium and host memory through the IOMMU (the one lock
-        /// taken under it: `iommu.table`, [`Medium::read_in_place`]). Shared by readers, so
+        /// taken under it: `iommu.table`, [`Medium::read_in_place`], [`Medium::write_in_place`]). Shared by readers, so
         /// the engines of two queues read at once.
         chunks: Chunks,
     },
@@ -142,17 +142,6 @@ impl Medium {
         }
     }
 
-    /// Where `offset..offset+len` lies when it can be lent in place for writing: a RAM
-    /// medium's chunks, the chunk index and the offset in it (`None`: a file, or a range across
-    /// two chunks; an error: past the end).
-    fn lendable(&self, offset: u64, len: usize) -> Option<io::Result<(&Chunks, u64, usize)>> {
-        let Self::Ram { chunks, .. } = self else {
-            return None;
-        };
-        let (index, within) = in_one_chunk(offset, len)?;
-        Some(self.check(offset, len as u64).map(|()| (chunks, index, within)))
-    }
-
     /// The `len` bytes at `offset` of a RAM medium, in place: handed to `copy` one piece per
     /// chunk, in order, under one hold of the medium's read lock, with that lock's child token.
     /// The engine copies them straight to host memory (`Iommu::dma_write_under`), one copy
@@ -184,26 +173,37 @@ impl Medium {
         })))
     }
 
-    /// The `len` bytes at `offset` of a RAM medium, in place and writable, handed to `fill`
-    /// under the medium's write lock with that lock's child token: the engine copies host data
-    /// straight into them (`Iommu::dma_read_under`, which writes nothing when any byte of the
-    /// host range is unmapped, so a faulting transfer leaves the blocks as they were; a chunk
-    /// allocated for it reads as zeroes, as before). `None` when the range is not inside one
-    /// chunk or the medium is a file: the caller gathers the data first ([`Medium::write`]).
+    /// The `len` bytes at `offset` of a RAM medium, in place and writable ([`ChunksMut`]),
+    /// handed to `fill` under one hold of the medium's write lock with that lock's child token:
+    /// the engine copies host data straight into them through the IOMMU (`DmaBatch::read`),
+    /// one copy instead of two through a buffer, and the whole range changes in one step
+    /// against every other access. The engine checks every host piece before it fills any
+    /// block (`DmaBatch::check_read`), so a faulting transfer leaves the blocks as they were; a
+    /// chunk is allocated only when filled (and reads as zeroes, as before, past what was
+    /// written). `None` when the medium is a file: the caller gathers the data first
+    /// ([`Medium::write`]). The lock is held for all the copies: the caller bounds `len`.
     pub(crate) fn write_in_place<L: LockBefore<levels::SimMedium>, R>(
         &self,
         token: &mut LockToken<'_, L>,
         offset: u64,
         len: usize,
-        fill: impl FnOnce(&mut LockToken<'_, levels::SimMedium>, &mut [u8]) -> R,
+        fill: impl FnOnce(&mut LockToken<'_, levels::SimMedium>, ChunksMut<'_>) -> R,
     ) -> Option<io::Result<R>> {
-        let (chunks, index, within) = match self.lendable(offset, len)? {
-            Ok(place) => place,
-            Err(e) => return Some(Err(e)),
+        let Self::Ram { chunks, .. } = self else {
+            return None;
         };
+        if let Err(e) = self.check(offset, len as u64) {
+            return Some(Err(e));
+        }
         let (mut chunks, mut under) = chunks.write(token);
-        let chunk = chunks.entry(index).or_insert_with(new_chunk);
-        Some(Ok(fill(&mut under, &mut chunk[within..within + len])))
+        Some(Ok(fill(
+            &mut under,
+            ChunksMut {
+                chunks: &mut chunks,
+                offset,
+                len,
+            },
+        )))
     }
 
     /// Compare `expected` with the medium at `offset` and, only if every byte is equal, write
@@ -322,18 +322,31 @@ impl Medium {
     }
 }
 
+/// A range of a RAM medium lent for writing ([`Medium::write_in_place`]).
+pub(crate) struct ChunksMut<'a> {
+    chunks: &'a mut HashMap<u64, Box<[u8]>>,
+    offset: u64,
+    len: usize,
+}
+
+impl ChunksMut<'_> {
+    /// Hand the range's blocks to `fill` one piece per chunk, in order, allocating the chunks
+    /// not written before; stops at the first piece `fill` refuses and returns its error.
+    pub(crate) fn try_for_each<E>(self, mut fill: impl FnMut(&mut [u8]) -> Result<(), E>) -> Result<(), E> {
+        let chunks = self.chunks;
+        try_for_each_chunk(self.offset, self.len, |index, within, _, n| {
+            let chunk = chunks.entry(index).or_insert_with(new_chunk);
+            fill(&mut chunk[within..within + n])
+        })
+    }
+}
+
 /// What a chunk never written reads as, for [`Medium::read_in_place`].
 static ZEROES: [u8; RAM_CHUNK as usize] = [0; RAM_CHUNK as usize];
 
 /// A zeroed chunk.
 fn new_chunk() -> Box<[u8]> {
     vec![0u8; RAM_CHUNK as usize].into_boxed_slice()
-}
-
-/// The chunk index and offset in it of `offset..offset+len`, when that range lies in one chunk.
-fn in_one_chunk(offset: u64, len: usize) -> Option<(u64, usize)> {
-    let within = offset % RAM_CHUNK;
-    (within + len as u64 <= RAM_CHUNK).then_some((offset / RAM_CHUNK, within as usize))
 }
 
 /// Copy `data` into the RAM chunks at `offset`, allocating the chunks it touches first.

@@ -112,8 +112,13 @@ impl Iommu {
         if !self.bus_master_off.load(Ordering::SeqCst) {
             return None;
         }
+        Some(self.refuse(iova, len, write))
+    }
+
+    /// A DMA refused with bus mastering off: counted, as the error the model sees.
+    fn refuse(&self, iova: u64, len: u64, write: bool) -> IommuFault {
         self.blocked.fetch_add(1, Ordering::Relaxed);
-        Some(IommuFault { iova, len, write })
+        IommuFault { iova, len, write }
     }
 
     /// Device read of host memory: copy `out.len()` bytes at `iova` into `out`.
@@ -200,28 +205,38 @@ impl Iommu {
         Ok(())
     }
 
-    /// Several device writes to host memory under one hold of the table: `f` makes them through
-    /// [`DmaWrites::write`], each checked, faulted and copied as one [`Iommu::dma_write_under`]
-    /// would be (a fault names that write, nothing of it is written, the writes before it have
-    /// arrived), and an unmap waits for the whole batch as it waits for one copy. How a device
-    /// scatters one transfer over a buffer's pages (NVMe PRP entries, scatter list entries):
-    /// one hold of the translation table per transfer instead of one per page, and no walk of
-    /// the table for a write inside the mapping of the write before it. An NVMe Read of 128 KiB
-    /// in 4 KiB pages took the lock 32 times, a fifth of the simulated controller's time.
-    pub fn dma_writes_under<L: LockBefore<levels::IommuTable>, R>(
+    /// Several device accesses to host memory under one hold of the table: `f` makes them
+    /// through [`DmaBatch`], each checked, faulted and copied as one [`Iommu::dma_read_under`] or
+    /// [`Iommu::dma_write_under`] would be (a fault names that access and moves nothing of it;
+    /// the accesses before it have happened), and an unmap waits for the whole batch as it
+    /// waits for one copy. How a device moves one transfer to or from a buffer's pages (NVMe PRP
+    /// entries, scatter list entries): one hold of the translation table per transfer instead of
+    /// one per page, and no walk of the table for an access inside the mapping of the one before
+    /// it. An NVMe Read of 128 KiB in 4 KiB pages took the lock 32 times, a fifth of the
+    /// simulated controller's time.
+    ///
+    /// Within one batch an access that [`DmaBatch::check_read`] admitted cannot fail after: the
+    /// table cannot change while it is held, and bus mastering is read once, when the batch
+    /// opens (`disable_bus_master` waits for the batch to end before it returns, as for a copy).
+    /// So a device can check every piece of a transfer before it changes anything, and then move
+    /// it: a WRITE that faults leaves the medium as it was.
+    pub fn dma_batch_under<L: LockBefore<levels::IommuTable>, R>(
         &self,
         token: &mut LockToken<'_, L>,
-        f: impl FnOnce(&mut DmaWrites<'_>) -> R,
+        f: impl FnOnce(&mut DmaBatch<'_>) -> R,
     ) -> R {
         let (table, under_table) = self.table.read(token);
-        let mut writes = DmaWrites {
+        // Read under the table's read lock, which `disable_bus_master` waits out.
+        let bus_master_off = self.bus_master_off.load(Ordering::SeqCst);
+        let mut batch = DmaBatch {
             iommu: self,
             table,
             under_table,
+            bus_master_off,
             last: None,
             _copy: CopyInFlight::new(&self.copies_in_flight),
         };
-        f(&mut writes)
+        f(&mut batch)
     }
 
     /// Device write to host memory in pieces that must land in order, each `(iova, bytes)`
@@ -489,29 +504,80 @@ impl Iterator for Segments<'_> {
     }
 }
 
-/// Device writes to host memory under one read hold of an [`Iommu`]'s table
-/// ([`Iommu::dma_writes_under`]).
-pub struct DmaWrites<'a> {
+/// Device accesses to host memory under one read hold of an [`Iommu`]'s table
+/// ([`Iommu::dma_batch_under`]).
+pub struct DmaBatch<'a> {
     iommu: &'a Iommu,
     table: OrderedReadGuard<'a, BTreeMap<u64, Mapping>, levels::IommuTable>,
     under_table: LockToken<'a, levels::IommuTable>,
-    /// The mapping (its first IOVA and itself) that held the last write whole: the table
-    /// cannot change while it is read-held, so a write inside it needs no lookup.
+    /// Bus mastering as it was when the batch opened.
+    bus_master_off: bool,
+    /// The mapping (its first IOVA and itself) that held the last access whole: the table
+    /// cannot change while it is read-held, so an access inside it needs no lookup.
     last: Option<(u64, Mapping)>,
     _copy: CopyInFlight<'a>,
 }
 
-impl DmaWrites<'_> {
+impl DmaBatch<'_> {
     /// Device write of `data` to `iova`, as [`Iommu::dma_write`] makes it.
     ///
     /// # Errors
     /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; no host memory is
     /// then written by this write, not even the mapped part.
     pub fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
-        let len = data.len() as u64;
-        // Checked under the table's read lock, which `disable_bus_master` waits out.
-        if let Some(refused) = self.iommu.blocked(iova, len, true) {
-            return Err(refused);
+        match self.admit(iova, data.len() as u64, true)? {
+            // SAFETY: `host..host+len` is the translation of `iova..iova+len` inside one live
+            // mapping, checked against the table under this read hold, which `unmap` cannot
+            // pass; `data` (a Rust reference) cannot overlap mapped memory by the map contract.
+            Some(host) => unsafe { copy_to_host(data, host) },
+            None => {
+                for (host, at, seg) in Segments::new(&self.table, iova, data.len() as u64) {
+                    // SAFETY: as in `Iommu::dma_write`: `host..host+seg` is inside a mapping
+                    // `admit` checked under this read hold; `data` cannot overlap it.
+                    unsafe { copy_to_host(&data[at..at + seg], host) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Device read of `out.len()` bytes at `iova` into `out`, as [`Iommu::dma_read`] makes it.
+    ///
+    /// # Errors
+    /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; `out` is then left
+    /// unchanged.
+    pub fn read(&mut self, iova: u64, out: &mut [u8]) -> Result<(), IommuFault> {
+        match self.admit(iova, out.len() as u64, false)? {
+            // SAFETY: as in `write`: the source lies inside one live mapping that cannot be
+            // unmapped under this hold, and `out` (a Rust reference) cannot overlap it.
+            Some(host) => unsafe { copy_from_host(host, out) },
+            None => {
+                for (host, at, seg) in Segments::new(&self.table, iova, out.len() as u64) {
+                    // SAFETY: as in `Iommu::dma_read`: `host..host+seg` is inside a mapping
+                    // `admit` checked under this read hold; `out` cannot overlap it.
+                    unsafe { copy_from_host(host, &mut out[at..at + seg]) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a device read of `len` bytes at `iova` would pass, without reading: a refusal
+    /// is recorded (fault or blocked count) as that read's would be. A read of the same range
+    /// later in this batch then cannot fail.
+    ///
+    /// # Errors
+    /// The [`IommuFault`] that read would have met.
+    pub fn check_read(&mut self, iova: u64, len: u64) -> Result<(), IommuFault> {
+        self.admit(iova, len, false).map(|_| ())
+    }
+
+    /// Admit an access of `len` bytes at `iova`: `Some(host)` when one mapping holds it whole
+    /// (the remembered one, or the one a lookup finds), `None` when it is mapped across
+    /// mappings (the caller walks [`Segments`]).
+    fn admit(&mut self, iova: u64, len: u64, write: bool) -> Result<Option<u64>, IommuFault> {
+        if self.bus_master_off {
+            return Err(self.iommu.refuse(iova, len, write));
         }
         let inside = |(start, m): (u64, Mapping)| {
             iova >= start && iova.checked_add(len).is_some_and(|end| end <= start + m.len)
@@ -527,23 +593,13 @@ impl DmaWrites<'_> {
         };
         if let Some((start, m)) = holder {
             self.last = holder;
-            // SAFETY: `iova..iova+len` lies inside the live mapping `start` (checked just above
-            // against the table, or against the same entry of it under this read hold, which
-            // `unmap` cannot pass), and `data` (a Rust reference) cannot overlap mapped memory
-            // by the map contract.
-            unsafe { copy_to_host(data, m.host + (iova - start)) };
-            return Ok(());
+            return Ok(Some(m.host + (iova - start)));
         }
-        // Across mappings, or not mapped: the general path.
-        if !covered(&self.table, iova, len) {
-            return Err(self.iommu.fault(&mut self.under_table, iova, len, true));
+        if covered(&self.table, iova, len) {
+            Ok(None)
+        } else {
+            Err(self.iommu.fault(&mut self.under_table, iova, len, write))
         }
-        for (host, at, seg) in Segments::new(&self.table, iova, len) {
-            // SAFETY: as in `Iommu::dma_write`: `host..host+seg` is inside a mapping `covered`
-            // checked under this read hold, and `data` cannot overlap mapped memory.
-            unsafe { copy_to_host(&data[at..at + seg], host) };
-        }
-        Ok(())
     }
 }
 

@@ -432,7 +432,7 @@ fn batched_writes_land_or_fault_one_by_one() {
     map(&iommu, 0x50_2000, &high).expect("map high");
     // 0x50_3000.. is unmapped.
     let mut token = crate::locks::LockToken::root();
-    let results = iommu.dma_writes_under(&mut token, |writes| {
+    let results = iommu.dma_batch_under(&mut token, |writes| {
         [
             writes.write(0x50_0000, &[1; 8]),
             // In the mapping of the write before it.
@@ -485,7 +485,7 @@ fn batched_writes_land_or_fault_one_by_one() {
     );
 
     iommu.disable_bus_master();
-    let refused = iommu.dma_writes_under(&mut token, |writes| writes.write(0x50_0000, &[9]));
+    let refused = iommu.dma_batch_under(&mut token, |writes| writes.write(0x50_0000, &[9]));
     assert!(refused.is_err());
     assert_eq!(low.read(0, 1), [1], "nothing was written with bus mastering off");
     assert_eq!((iommu.blocked_dmas(), iommu.fault_count()), (1, 2));
@@ -505,7 +505,7 @@ fn unmap_waits_for_a_batch_of_writes() {
     let device = Arc::clone(&iommu);
     let writer = std::thread::spawn(move || {
         let mut token = crate::locks::LockToken::root();
-        device.dma_writes_under(&mut token, |writes| {
+        device.dma_batch_under(&mut token, |writes| {
             let first = writes.write(0x60_0000, &[1; 4]);
             in_batch_tx.send(()).expect("send");
             // The test's unmap starts meanwhile and must wait for this write too.
@@ -532,4 +532,70 @@ fn unmap_waits_for_a_batch_of_writes() {
     unmapper.join().expect("unmapper").expect("unmap");
     assert_eq!(mem.read(0, 8), [1, 1, 1, 1, 2, 2, 2, 2]);
     assert_eq!(iommu.copies_in_flight(), 0);
+}
+
+/// Reads in a batch: `check_read` refuses what a read would (recording the same fault, or the
+/// blocked count with bus mastering off) and moves nothing; a read it admitted then passes in
+/// the same batch, across two mappings too. Bus mastering is read once per batch: cleared while
+/// a batch is open, it stops the next batch, not the open one, and `disable_bus_master` returns
+/// only once that batch has ended.
+#[test]
+fn a_batch_checks_reads_before_it_moves_anything() {
+    let iommu = Arc::new(Iommu::new("sim-test"));
+    let low = TestMemory::new(PAGE as usize, 0x11);
+    let high = TestMemory::new(PAGE as usize, 0x22);
+    map(&iommu, 0x70_0000, &low).expect("map low");
+    map(&iommu, 0x70_1000, &high).expect("map high");
+    let mut token = crate::locks::LockToken::root();
+    let mut out = [0u8; 8];
+    let (unmapped, across) = iommu.dma_batch_under(&mut token, |batch| {
+        let unmapped = batch.check_read(0x70_1ffc, 8);
+        let across = batch.check_read(0x70_0ffc, 8);
+        (unmapped, across.and_then(|()| batch.read(0x70_0ffc, &mut out)))
+    });
+    assert_eq!(
+        unmapped,
+        Err(IommuFault {
+            iova: 0x70_1ffc,
+            len: 8,
+            write: false
+        })
+    );
+    assert_eq!(iommu.faults(), [unmapped.unwrap_err()]);
+    assert_eq!(across, Ok(()));
+    assert_eq!(out, [0x11, 0x11, 0x11, 0x11, 0x22, 0x22, 0x22, 0x22]);
+
+    let (opened_tx, opened_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let device = Arc::clone(&iommu);
+    let reader = std::thread::spawn(move || {
+        let mut token = crate::locks::LockToken::root();
+        device.dma_batch_under(&mut token, |batch| {
+            opened_tx.send(()).expect("send");
+            // Bus mastering is cleared meanwhile: this batch read it when it opened.
+            let _ = go_rx.recv_timeout(Duration::from_millis(200));
+            let mut byte = [0u8; 1];
+            batch.read(0x70_0000, &mut byte).map(|()| byte[0])
+        })
+    });
+    opened_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the batch opened");
+    let disabler = {
+        let iommu = Arc::clone(&iommu);
+        std::thread::spawn(move || iommu.disable_bus_master())
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        !disabler.is_finished(),
+        "disable_bus_master returned while a batch was open"
+    );
+    drop(go_tx);
+    assert_eq!(reader.join().expect("reader"), Ok(0x11));
+    disabler.join().expect("disabler");
+    let refused = iommu.dma_batch_under(&mut token, |batch| batch.check_read(0x70_0000, 1));
+    assert!(refused.is_err());
+    assert_eq!((iommu.blocked_dmas(), iommu.fault_count()), (1, 1));
+    iommu.unmap(0x70_0000, PAGE).expect("unmap low");
+    iommu.unmap(0x70_1000, PAGE).expect("unmap high");
 }

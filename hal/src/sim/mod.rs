@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use device::SimDevice;
 pub use interrupts::InterruptLines;
-pub use iommu::DmaWrites;
+pub use iommu::DmaBatch;
 pub use iommu::Iommu;
 pub use iommu::IommuFault;
 pub use iommu::FAULTS_KEPT;

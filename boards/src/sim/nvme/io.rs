@@ -16,6 +16,7 @@ use super::worker::CmdResult;
 use super::worker::Exec;
 use super::worker::Failure;
 use super::worker::Reply;
+use crate::sim::scatter::Gather;
 use crate::sim::scatter::Scatter;
 
 /// Bytes of one Dataset Management range (§6.7, Figure 364).
@@ -128,11 +129,7 @@ fn read(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) ->
 fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = data_range(exec, sqe)?;
     let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
-    let in_place = match *pieces.as_slice() {
-        [piece] => write_in_place(exec, token, range.offset, piece),
-        _ => None,
-    };
-    if let Some(done) = in_place {
+    if let Some(done) = write_in_place(exec, token, range.offset, &pieces) {
         done?;
     } else {
         let mut data = vec![0u8; range.bytes as usize];
@@ -166,7 +163,7 @@ fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, pieces: &[
     let mut scatter = Scatter::new(pieces);
     let len = Scatter::total(pieces);
     let moved = medium.read_in_place(token, offset, len, |under, blocks| {
-        iommu.dma_writes_under(under, |writes| scatter.copy(writes, blocks))
+        iommu.dma_batch_under(under, |batch| scatter.copy(batch, blocks))
     })?;
     Some(match moved {
         Err(e) => medium_result(exec, Err(e), status::UNRECOVERED_READ_ERROR),
@@ -175,20 +172,34 @@ fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, pieces: &[
     })
 }
 
-/// A Write of one contiguous host piece inside one medium chunk: one validity check, then one
-/// copy from host memory into the medium's blocks under the medium's lock
-/// (`Medium::write_in_place`), instead of a buffer per command and two copies. A Data Transfer
-/// Error still leaves the blocks as they were: the IOMMU copies nothing when any byte of the
-/// piece is unmapped. `None` when the medium cannot lend the range in place (a file, or a range
-/// across two of its chunks): the caller goes through a buffer.
-fn write_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, piece: Piece) -> Option<CmdResult> {
+/// A Write gathered in place: every PRP piece checked against the IOMMU, then copied from
+/// host memory straight into the medium's blocks ([`Gather`]), under one hold of the medium's
+/// write lock and of the IOMMU's table (`Medium::write_in_place`, `Iommu::dma_batch_under`),
+/// instead of a buffer per command and two copies. A piece that would fault is found before
+/// any block changes: Data Transfer Error with the blocks as they were, the fault recorded for
+/// that piece as the buffered path's read of it recorded it. A Write is bounded by MDTS, so is
+/// the time it holds the lock. `None` when the medium cannot lend its blocks (a file): the
+/// caller goes through a buffer.
+fn write_in_place(
+    exec: &Exec<'_>,
+    token: &mut Token<'_>,
+    offset: u64,
+    pieces: &[Piece],
+) -> Option<CmdResult> {
     if let Err(abandoned) = exec.checkpoint(token) {
         return Some(Err(abandoned));
     }
     let iommu = &exec.shared.iommu;
     let medium = &exec.shared.medium;
-    let moved = medium.write_in_place(token, offset, piece.len, |under, blocks| {
-        iommu.dma_read_under(under, piece.iova, blocks)
+    let moved = medium.write_in_place(token, offset, Scatter::total(pieces), |under, blocks| {
+        iommu.dma_batch_under(under, |batch| {
+            for piece in pieces {
+                batch.check_read(piece.iova, piece.len as u64)?;
+            }
+            // Every piece admitted in this hold of the table: no copy below can fault.
+            let mut gather = Gather::new(pieces);
+            blocks.try_for_each(|blocks| gather.copy(batch, blocks))
+        })
     })?;
     Some(match moved {
         Err(e) => medium_result(exec, Err(e), status::WRITE_FAULT),

@@ -25,21 +25,19 @@ fn write_then_read_contiguous_returns_the_data() {
     );
 }
 
-/// A contiguous WRITE inside one of the RAM medium's 64 KiB chunks, and a READ of up to 1 MiB
-/// (across chunks, through a scatter list too), are copied in place between the medium and
-/// host memory; a WRITE across two chunks goes through the engine's bounce buffer (as does
-/// every transfer of a file medium: `a_sparse_file_backs_the_medium`). Both paths, and a mix
-/// of them over the same blocks, keep the data.
+/// A WRITE and a READ of up to 1 MiB, within a chunk of the RAM medium or across chunks,
+/// contiguous or through a scatter list, are copied in place between the medium and host
+/// memory (every transfer of a file medium goes through the engine's bounce buffer:
+/// `a_sparse_file_backs_the_medium`): what one wrote the others read, each chunk at its place.
 #[test]
-fn transfers_in_place_and_through_the_bounce_buffer_agree() {
+fn transfers_in_place_across_chunks_and_pieces_agree() {
     let mut rig = Rig::enabled();
     let mut tq = TestQueue::start(&mut rig, 0, 16);
     let chunk_lba = 65536 / 512;
     let across = pattern(8192, 9);
-    // 4 KiB before the chunk boundary and 4 KiB after it: written through the bounce buffer,
-    // read in place.
+    // 4 KiB before the chunk boundary and 4 KiB after it.
     assert_eq!(write_then_read(&mut rig, &mut tq, chunk_lba - 8, &across), across);
-    // Each half alone lies inside one chunk: the in-place path reads what the bounce wrote...
+    // Each half alone lies inside one chunk...
     let (dst, dst_iova) = rig.map_data(4096);
     for (tag, lba, half) in [
         (10u16, chunk_lba - 8, &across[..4096]),
@@ -49,7 +47,7 @@ fn transfers_in_place_and_through_the_bounce_buffer_agree() {
         assert_eq!((tq.next(&rig).status), cq_status::OK);
         assert_eq!(rig.read_buf(dst, 0, 4096), half, "LBA {lba}");
     }
-    // ...and the bounce path reads what the in-place path wrote.
+    // ...and a write inside one chunk is read across the boundary.
     let inside = pattern(4096, 10);
     assert_eq!(write_then_read(&mut rig, &mut tq, chunk_lba + 8, &inside), inside);
     let (whole, whole_iova) = rig.map_data(3 * 4096);
@@ -100,6 +98,50 @@ fn a_read_in_place_that_faults_reports_the_chunks_that_arrived() {
 
     let big = pattern(256 << 10, 22);
     assert_eq!(write_then_read(&mut rig, &mut tq, 8, &big), big);
+}
+
+/// A 96 KiB WRITE in place from a scatter list, across three medium chunks, its second
+/// segment mapped only in part: every DMA step is checked before any block changes, so the
+/// completion is DMA_FAULT with `bytes` what the buffered path had gathered (the first
+/// segment), `detail` and the recorded fault naming the step that failed (the second segment's
+/// first 64 KiB, a device read), and no block changed in any of the chunks. The same WRITE with
+/// that segment mapped whole lands every byte.
+#[test]
+fn a_write_in_place_that_faults_changes_no_block() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 16);
+    // 12 KiB before the end of the first chunk: 12 KiB, 64 KiB and 20 KiB of three chunks.
+    let lba = 65536 / 512 - 24;
+    let old = pattern(96 << 10, 30);
+    assert_eq!(write_then_read(&mut rig, &mut tq, lba, &old), old);
+    let new = pattern(96 << 10, 31);
+    let (a, a_iova) = rig.map_data(32 << 10);
+    rig.buf(a).write_at(0, &new[..32 << 10]);
+    let (sgl, sgl_iova) = rig.map_data(4096);
+    let (b, b_iova) = rig.map_data(32 << 10);
+    rig.buf(b).write_at(0, &new[32 << 10..64 << 10]);
+    rig.write_sgl(sgl, &[(a_iova, 32 << 10), (b_iova, 64 << 10)]);
+    tq.submit(&rig, sgl_desc(opcode::WRITE, 7, lba, 96 << 10, sgl_iova, 2));
+    let c = tq.next(&rig);
+    assert_eq!(
+        (c.tag, c.status, c.bytes, c.detail),
+        (7, cq_status::DMA_FAULT, 32 << 10, b_iova as u32)
+    );
+    let fault = *rig.sim.iommu().faults().last().expect("recorded");
+    assert_eq!((fault.iova, fault.len, fault.write), (b_iova, 64 << 10, false));
+    let (dst, dst_iova) = rig.map_data(96 << 10);
+    tq.submit(&rig, desc(opcode::READ, 8, lba, 96 << 10, dst_iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    assert_eq!(rig.read_buf(dst, 0, 96 << 10), old, "no block changed");
+
+    let (whole, whole_iova) = rig.map_data(64 << 10);
+    rig.buf(whole).write_at(0, &new[32 << 10..]);
+    rig.write_sgl(sgl, &[(a_iova, 32 << 10), (whole_iova, 64 << 10)]);
+    tq.submit(&rig, sgl_desc(opcode::WRITE, 9, lba, 96 << 10, sgl_iova, 2));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    tq.submit(&rig, desc(opcode::READ, 10, lba, 96 << 10, dst_iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    assert_eq!(rig.read_buf(dst, 0, 96 << 10), new);
 }
 
 #[test]

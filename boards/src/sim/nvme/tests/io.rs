@@ -196,6 +196,65 @@ fn an_unmapped_iova_is_an_iommu_fault_and_a_data_transfer_error() {
     assert_eq!(rig.sim.stats().iommu_faults, faults + 3);
 }
 
+/// A Write of five PRP pages across a medium chunk boundary, the fourth page not mapped: every
+/// piece is checked before any block changes, so the command ends in Data Transfer Error with
+/// every block as it was (in the chunk before the boundary too), and the fault recorded is the
+/// buffered path's: a device read of that page. With the page mapped the same Write lands.
+#[test]
+fn a_write_with_an_unmapped_page_changes_no_block() {
+    let mut rig = Rig::with_io_queue(8);
+    // 8 KiB before the end of the first 64 KiB chunk, 12 KiB after it.
+    let slba = 65536 / 512 - 16;
+    let old = pattern(5 * PAGE, 7);
+    assert_eq!(rig.write_blocks(slba, &old), Status::SUCCESS);
+    let new = pattern(5 * PAGE, 8);
+    let pages: Vec<usize> = (0..5).map(|_| rig.alloc(PAGE)).collect();
+    for (i, &p) in pages.iter().enumerate() {
+        rig.region(p).write_at(0, &new[i * PAGE..(i + 1) * PAGE]);
+    }
+    let list = rig.alloc(PAGE);
+    let faults = rig.sim.stats().iommu_faults;
+    write_list(
+        &rig,
+        list,
+        0,
+        &[
+            rig.iova(pages[1]),
+            rig.iova(pages[2]),
+            UNMAPPED,
+            rig.iova(pages[4]),
+        ],
+    );
+    let sqe = rw(nvm::WRITE, slba, 40, rig.iova(pages[0]), rig.iova(list));
+    assert_eq!(status(&rig.command(1, sqe)), st::DATA_TRANSFER_ERROR);
+    assert_eq!(rig.sim.stats().iommu_faults, faults + 1);
+    let fault = *rig.sim.iommu().faults().last().expect("recorded");
+    assert_eq!(
+        (fault.iova, fault.len, fault.write),
+        (UNMAPPED, PAGE as u64, false)
+    );
+    let (s, back) = rig.read_blocks(slba, 40);
+    assert_eq!(s, Status::SUCCESS);
+    assert_eq!(back, old, "no block changed");
+
+    write_list(
+        &rig,
+        list,
+        0,
+        &[
+            rig.iova(pages[1]),
+            rig.iova(pages[2]),
+            rig.iova(pages[3]),
+            rig.iova(pages[4]),
+        ],
+    );
+    let sqe = rw(nvm::WRITE, slba, 40, rig.iova(pages[0]), rig.iova(list));
+    assert_eq!(status(&rig.command(1, sqe)), Status::SUCCESS);
+    let (s, back) = rig.read_blocks(slba, 40);
+    assert_eq!(s, Status::SUCCESS);
+    assert_eq!(back, new);
+}
+
 #[test]
 fn lba_range_mdts_and_namespace_are_checked() {
     let mut rig = Rig::with_io_queue(8);
