@@ -35,8 +35,9 @@ pub(crate) enum Medium {
         len: u64,
         /// Level `sim.medium`: held for one copy between the medium and the engine's bounce
         /// buffer, or between the medium and host memory through the IOMMU (the one lock
-        /// taken under it: `iommu.table`, [`Medium::read_in_place`], [`Medium::write_in_place`]). Shared by readers, so
-        /// the engines of two queues read at once.
+        /// taken under it: `iommu.table`, [`Medium::read_in_place`],
+        /// [`Medium::write_in_place`]). Shared by readers, so the engines of two queues read
+        /// at once.
         chunks: Chunks,
     },
     /// A file of exactly `len` bytes.
