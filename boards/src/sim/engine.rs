@@ -1101,8 +1101,9 @@ impl Engine {
     }
 
     /// Post one completion entry (§4): in `reserved` if the caller found it free, else wait for
-    /// a free slot (a full ring stalls the engine, never drops), write the 16 bytes with the flags byte last, advance the tail (flipping
-    /// the phase on wrap), then signal it as `signal` says (§9).
+    /// a free slot (a full ring stalls the engine, never drops), write the 16 bytes with the
+    /// flags byte last, advance the tail (flipping the phase on wrap), then signal it as
+    /// `signal` says (§9).
     fn post(
         &self,
         token: &mut Token<'_>,

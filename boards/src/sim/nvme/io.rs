@@ -1,8 +1,9 @@
 //! NVM commands on namespace 1 (NVMe 1.4 §6): Read, Write (with FUA), Flush, Write Zeroes,
 //! Dataset Management (deallocate) and, when configured, Copy (NVMe 2.0 NVM Command Set
-//! §3.3.1, source range format 0), Compare (§6.2) and the fused Compare and Write (§4.12). Data moves only through the IOMMU, via the command's PRPs;
-//! an IOMMU fault completes the command with Data Transfer Error (QEMU's model completes such
-//! a command with success instead, see the module doc of `sim::nvme`).
+//! §3.3.1, source range format 0), Compare (§6.2) and the fused Compare and Write (§4.12).
+//! Data moves only through the IOMMU, via the command's PRPs; an IOMMU fault completes the
+//! command with Data Transfer Error (QEMU's model completes such a command with success
+//! instead, see the module doc of `sim::nvme`).
 
 use super::controller::Counters;
 use super::controller::Token;
