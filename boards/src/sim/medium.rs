@@ -145,7 +145,7 @@ impl Medium {
 
     /// The `len` bytes at `offset` of a RAM medium, in place: handed to `copy` one piece per
     /// chunk, in order, under one hold of the medium's read lock, with that lock's child token.
-    /// The engine copies them straight to host memory (`Iommu::dma_write_under`), one copy
+    /// The engine copies them straight to host memory (`DmaBatch::write`), one copy
     /// instead of two through its bounce buffer, and the whole range is still read in one step
     /// against every writer. A chunk never written reads as zeroes. Stops at the first piece
     /// `copy` refuses (the pieces before it were copied) and returns its error. `None` when the

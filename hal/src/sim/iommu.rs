@@ -107,109 +107,42 @@ impl Iommu {
         self.blocked.load(Ordering::Relaxed)
     }
 
-    /// A DMA refused because bus mastering is off, as the error the model sees.
-    fn blocked(&self, iova: u64, len: u64, write: bool) -> Option<IommuFault> {
-        if !self.bus_master_off.load(Ordering::SeqCst) {
-            return None;
-        }
-        Some(self.refuse(iova, len, write))
-    }
-
     /// A DMA refused with bus mastering off: counted, as the error the model sees.
     fn refuse(&self, iova: u64, len: u64, write: bool) -> IommuFault {
         self.blocked.fetch_add(1, Ordering::Relaxed);
         IommuFault { iova, len, write }
     }
 
-    /// Device read of host memory: copy `out.len()` bytes at `iova` into `out`.
+    /// Device read of host memory: copy `out.len()` bytes at `iova` into `out`; a batch of one
+    /// ([`DmaBatch::read`]).
     ///
     /// # Errors
     /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; `out` is then left
     /// unchanged and no host memory was read.
     pub fn dma_read(&self, iova: u64, out: &mut [u8]) -> Result<(), IommuFault> {
         // A DMA copy is device work: the model calls it with no lock of its own held (the root
-        // token asserts it), except through `dma_read_under`.
-        self.dma_read_under(&mut LockToken::root(), iova, out)
+        // token asserts it), except through `dma_batch_under`.
+        self.dma_batch_under(&mut LockToken::root(), |batch| batch.read(iova, out))
     }
 
-    /// [`Iommu::dma_read`] under the caller's lock chain: a device model that holds a lock of
-    /// its own across the copy passes that lock's child token (the simulated medium, whose
-    /// level is below `iommu.table`, copies host data straight into its blocks this way), and
-    /// the nesting is checked like any other. Nothing that lock guards may be waited for by a
-    /// thread that holds `iommu.table`: the order forbids taking it there.
-    ///
-    /// # Errors
-    /// As [`Iommu::dma_read`].
-    pub fn dma_read_under<L: LockBefore<levels::IommuTable>>(
-        &self,
-        token: &mut LockToken<'_, L>,
-        iova: u64,
-        out: &mut [u8],
-    ) -> Result<(), IommuFault> {
-        let len = out.len() as u64;
-        let (table, mut under_table) = self.table.read(token);
-        // Checked under the table's read lock, which `disable_bus_master` waits out.
-        if let Some(refused) = self.blocked(iova, len, false) {
-            return Err(refused);
-        }
-        if !covered(&table, iova, len) {
-            return Err(self.fault(&mut under_table, iova, len, false));
-        }
-        let _copy = CopyInFlight::new(&self.copies_in_flight);
-        for (host, at, seg) in Segments::new(&table, iova, len) {
-            // SAFETY: `host..host+seg` lies inside one live mapping (`Segments` walks only the
-            // translation `covered` just checked, under the same read lock), and the caller of
-            // `map` promised that memory stays valid until `unmap` returns, which needs the write
-            // lock we exclude. `out` is a Rust reference, which the map contract forbids into
-            // mapped memory, so the ranges cannot overlap.
-            unsafe { copy_from_host(host, &mut out[at..at + seg]) };
-        }
-        Ok(())
-    }
-
-    /// Device write to host memory: copy `data` to `iova`.
+    /// Device write to host memory: copy `data` to `iova`; a batch of one ([`DmaBatch::write`]).
     ///
     /// # Errors
     /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; no host memory is
     /// then written, not even the mapped part.
     pub fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
-        self.dma_write_under(&mut LockToken::root(), iova, data)
+        self.dma_batch_under(&mut LockToken::root(), |batch| batch.write(iova, data))
     }
 
-    /// [`Iommu::dma_write`] under the caller's lock chain, as [`Iommu::dma_read_under`].
-    ///
-    /// # Errors
-    /// As [`Iommu::dma_write`].
-    pub fn dma_write_under<L: LockBefore<levels::IommuTable>>(
-        &self,
-        token: &mut LockToken<'_, L>,
-        iova: u64,
-        data: &[u8],
-    ) -> Result<(), IommuFault> {
-        let len = data.len() as u64;
-        let (table, mut under_table) = self.table.read(token);
-        // Checked under the table's read lock, which `disable_bus_master` waits out.
-        if let Some(refused) = self.blocked(iova, len, true) {
-            return Err(refused);
-        }
-        if !covered(&table, iova, len) {
-            return Err(self.fault(&mut under_table, iova, len, true));
-        }
-        let _copy = CopyInFlight::new(&self.copies_in_flight);
-        for (host, at, seg) in Segments::new(&table, iova, len) {
-            // SAFETY: as in `dma_read`: `host..host+seg` is inside a mapping that cannot be
-            // unmapped while we hold the read lock, and `data` (a Rust reference) cannot overlap
-            // mapped memory by the map contract.
-            unsafe { copy_to_host(&data[at..at + seg], host) };
-        }
-        Ok(())
-    }
-
-    /// Several device accesses to host memory under one hold of the table: `f` makes them
-    /// through [`DmaBatch`], each checked, faulted and copied as one [`Iommu::dma_read_under`] or
-    /// [`Iommu::dma_write_under`] would be (a fault names that access and moves nothing of it;
-    /// the accesses before it have happened), and an unmap waits for the whole batch as it
-    /// waits for one copy. How a device moves one transfer to or from a buffer's pages (NVMe PRP
+    /// Several device accesses to host memory under one hold of the table, under the caller's
+    /// lock chain: `f` makes them through [`DmaBatch`], each checked, faulted and copied as one
+    /// [`Iommu::dma_read`] or [`Iommu::dma_write`] would be (a fault names that access and moves
+    /// nothing of it; the accesses before it have happened), and an unmap waits for the whole
+    /// batch as it waits for one copy. A device model that holds a lock of its own across the
+    /// batch passes that lock's child token (the simulated medium, whose level is below
+    /// `iommu.table`, copies between its blocks and host memory this way), and the nesting is
+    /// checked like any other; nothing that lock guards may be waited for by a thread that
+    /// holds `iommu.table`: the order forbids taking it there. How a device moves one transfer to or from a buffer's pages (NVMe PRP
     /// entries, scatter list entries): one hold of the translation table per transfer instead of
     /// one per page, and no walk of the table for an access inside the mapping of the one before
     /// it. An NVMe Read of 128 KiB in 4 KiB pages took the lock 32 times, a fifth of the
@@ -249,34 +182,20 @@ impl Iommu {
     /// [`IommuFault`] (also recorded) for the first piece with an unmapped byte; every piece is
     /// checked before any is written, so on a fault no host memory was written.
     pub fn dma_write_ordered(&self, pieces: &[(u64, &[u8])]) -> Result<(), IommuFault> {
-        let mut token = LockToken::root();
-        let (table, mut under_table) = self.table.read(&mut token);
-        // Checked under the table's read lock, which `disable_bus_master` waits out.
-        if let Some(&(iova, data)) = pieces.first() {
-            if let Some(refused) = self.blocked(iova, data.len() as u64, true) {
-                return Err(refused);
+        self.dma_batch_under(&mut LockToken::root(), |batch| {
+            for &(iova, data) in pieces {
+                batch.admit(iova, data.len() as u64, true)?;
             }
-        }
-        if let Some(&(iova, data)) = pieces
-            .iter()
-            .find(|(iova, data)| !covered(&table, *iova, data.len() as u64))
-        {
-            return Err(self.fault(&mut under_table, iova, data.len() as u64, true));
-        }
-        let _copy = CopyInFlight::new(&self.copies_in_flight);
-        for (n, &(iova, data)) in pieces.iter().enumerate() {
-            if n > 0 {
-                // The previous piece is visible before any byte of this one.
-                std::sync::atomic::fence(Ordering::Release);
+            for (n, &(iova, data)) in pieces.iter().enumerate() {
+                if n > 0 {
+                    // The previous piece is visible before any byte of this one.
+                    std::sync::atomic::fence(Ordering::Release);
+                }
+                // Admitted above in this hold of the table: cannot fail.
+                batch.write(iova, data)?;
             }
-            for (host, at, seg) in Segments::new(&table, iova, data.len() as u64) {
-                // SAFETY: as in `dma_write`: `host..host+seg` is inside a mapping `covered`
-                // checked under this read lock, which `unmap` cannot pass, and `data` (a Rust
-                // reference) cannot overlap mapped memory by the map contract.
-                unsafe { copy_to_host(&data[at..at + seg], host) };
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Faults since the domain was created.
@@ -527,13 +446,16 @@ impl DmaBatch<'_> {
     pub fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
         match self.admit(iova, data.len() as u64, true)? {
             // SAFETY: `host..host+len` is the translation of `iova..iova+len` inside one live
-            // mapping, checked against the table under this read hold, which `unmap` cannot
-            // pass; `data` (a Rust reference) cannot overlap mapped memory by the map contract.
+            // mapping, checked against the table under this read hold; the caller of `map`
+            // promised that memory stays valid until `unmap` returns, which needs the write lock
+            // this hold excludes. `data` is a Rust reference, which the map contract forbids into
+            // mapped memory, so the ranges cannot overlap.
             Some(host) => unsafe { copy_to_host(data, host) },
             None => {
                 for (host, at, seg) in Segments::new(&self.table, iova, data.len() as u64) {
-                    // SAFETY: as in `Iommu::dma_write`: `host..host+seg` is inside a mapping
-                    // `admit` checked under this read hold; `data` cannot overlap it.
+                    // SAFETY: as above: `host..host+seg` is inside a mapping `admit` checked
+                    // (`Segments` walks only that translation) under this read hold; `data`
+                    // cannot overlap it.
                     unsafe { copy_to_host(&data[at..at + seg], host) };
                 }
             }
@@ -553,8 +475,9 @@ impl DmaBatch<'_> {
             Some(host) => unsafe { copy_from_host(host, out) },
             None => {
                 for (host, at, seg) in Segments::new(&self.table, iova, out.len() as u64) {
-                    // SAFETY: as in `Iommu::dma_read`: `host..host+seg` is inside a mapping
-                    // `admit` checked under this read hold; `out` cannot overlap it.
+                    // SAFETY: as in `write`: `host..host+seg` is inside a mapping `admit` checked
+                    // (`Segments` walks only that translation) under this read hold; `out`
+                    // cannot overlap it.
                     unsafe { copy_from_host(host, &mut out[at..at + seg]) };
                 }
             }
