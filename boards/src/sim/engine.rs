@@ -30,7 +30,7 @@ use super::board::Shared;
 use super::board::StateGuard;
 use super::board::Token;
 use super::registers::BoardState;
-use super::scatter::Gather;
+use super::scatter::gather_checked;
 use super::scatter::Scatter;
 use crate::sca1::desc::cq_status;
 use crate::sca1::desc::flags;
@@ -223,11 +223,12 @@ struct Engine {
 
 /// The DMA steps of a transfer over `segments`, as the buffered paths make them: each segment
 /// in pieces of at most [`DMA_CHUNK`], in order.
-fn dma_steps(segments: &[(u64, u32)]) -> impl Iterator<Item = (u64, u32)> + '_ {
+fn dma_steps(segments: &[(u64, u32)]) -> impl Iterator<Item = (u64, usize)> + '_ {
     segments.iter().flat_map(|&(iova, len)| {
+        let len = len as usize;
         (0..len)
             .step_by(DMA_CHUNK)
-            .map(move |done| (iova + u64::from(done), (len - done).min(DMA_CHUNK as u32)))
+            .map(move |done| (iova + done as u64, (len - done).min(DMA_CHUNK)))
     })
 }
 
@@ -932,25 +933,16 @@ impl Engine {
         data: &mut [u8],
     ) -> Step<Outcome> {
         let mut at = 0usize;
-        for &(iova, len) in segments {
-            let mut done = 0usize;
-            while done < len as usize {
-                let n = (len as usize - done).min(DMA_CHUNK);
-                self.checkpoint(token, job)?;
-                if let Err(fault) = self
-                    .shared
-                    .iommu
-                    .dma_read(iova + done as u64, &mut data[at..at + n])
-                {
-                    return Ok(Outcome {
-                        status: cq_status::DMA_FAULT,
-                        bytes: at as u32,
-                        detail: fault.iova as u32,
-                    });
-                }
-                done += n;
-                at += n;
+        for (iova, n) in dma_steps(segments) {
+            self.checkpoint(token, job)?;
+            if let Err(fault) = self.shared.iommu.dma_read(iova, &mut data[at..at + n]) {
+                return Ok(Outcome {
+                    status: cq_status::DMA_FAULT,
+                    bytes: at as u32,
+                    detail: fault.iova as u32,
+                });
             }
+            at += n;
         }
         if let Err(e) = self.shared.medium.write(token, offset, data) {
             return Ok(self.medium_error(cq_status::WRITE_ERROR, desc, &e));
@@ -1008,7 +1000,7 @@ impl Engine {
     /// WRITE of at most [`IN_PLACE_WRITE_MAX`] over any scatter list: one validity check, then
     /// every DMA step the buffered path makes ([`DMA_CHUNK`] of a segment at most) checked
     /// against the IOMMU, then one copy from the host pieces into the medium's blocks
-    /// ([`Gather`]), all under one hold of the medium's write lock and of the IOMMU's table
+    /// ([`gather_checked`]), all under one hold of the medium's write lock and of the IOMMU's table
     /// (`Medium::write_in_place`, `Iommu::dma_batch_under`), instead of two copies through the
     /// bounce buffer. A step that would fault is found before any block changes: the medium
     /// stays as it was, the fault names the step the buffered path named, and `bytes` is what
@@ -1031,25 +1023,14 @@ impl Engine {
         let medium = &self.shared.medium;
         let moved = medium.write_in_place(token, offset, desc.length as usize, |under, blocks| {
             iommu.dma_batch_under(under, |batch| {
-                let mut gathered = 0u32;
-                for (iova, len) in dma_steps(segments) {
-                    batch
-                        .check_read(iova, len as u64)
-                        .map_err(|fault| (gathered, fault))?;
-                    gathered += len;
-                }
-                // Every step admitted in this hold of the table: no copy below can fault.
-                let mut gather = Gather::new(segments);
-                blocks
-                    .try_for_each(|blocks| gather.copy(batch, blocks))
-                    .map_err(|fault| (0, fault))
+                gather_checked(batch, dma_steps(segments), segments, blocks)
             })
         })?;
         let outcome = match moved {
             Err(e) => self.medium_error(cq_status::WRITE_ERROR, desc, &e),
             Ok(Err((gathered, fault))) => Outcome {
                 status: cq_status::DMA_FAULT,
-                bytes: gathered,
+                bytes: gathered as u32,
                 detail: fault.iova as u32,
             },
             Ok(Ok(())) => {
@@ -1079,22 +1060,17 @@ impl Engine {
             return Ok(self.medium_error(cq_status::READ_ERROR, desc, &e));
         }
         let mut at = 0usize;
-        for &(iova, len) in segments {
-            let mut done = 0usize;
-            while done < len as usize {
-                let n = (len as usize - done).min(DMA_CHUNK);
-                self.checkpoint(token, job)?;
-                if let Err(fault) = self.shared.iommu.dma_write(iova + done as u64, &data[at..at + n]) {
-                    Counters::add(&self.shared.stats.bytes_read, at as u64);
-                    return Ok(Outcome {
-                        status: cq_status::DMA_FAULT,
-                        bytes: at as u32,
-                        detail: fault.iova as u32,
-                    });
-                }
-                done += n;
-                at += n;
+        for (iova, n) in dma_steps(segments) {
+            self.checkpoint(token, job)?;
+            if let Err(fault) = self.shared.iommu.dma_write(iova, &data[at..at + n]) {
+                Counters::add(&self.shared.stats.bytes_read, at as u64);
+                return Ok(Outcome {
+                    status: cq_status::DMA_FAULT,
+                    bytes: at as u32,
+                    detail: fault.iova as u32,
+                });
             }
+            at += n;
         }
         Counters::add(&self.shared.stats.bytes_read, u64::from(desc.length));
         Ok(Outcome::ok(desc.length))

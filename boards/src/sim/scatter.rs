@@ -7,12 +7,13 @@
 //! table ([`Iommu::dma_batch_under`]): a 64 KiB chunk over 4 KiB PRP pages is 16 accesses
 //! and one translation lock.
 //!
-//! A WRITE's data gathered in place ([`Gather`]): the reverse, under the medium's write lock
-//! (`Medium::write_in_place`) and one hold of the IOMMU's table for the whole transfer, every
-//! host piece checked before any block changes.
+//! A WRITE's data gathered in place ([`gather_checked`]): the reverse, under the medium's write
+//! lock (`Medium::write_in_place`) and one hold of the IOMMU's table for the whole transfer,
+//! every DMA step checked before any block changes.
 //!
 //! [`Iommu::dma_batch_under`]: scst_accel_hal::sim::Iommu::dma_batch_under
 
+use super::medium::ChunksMut;
 use scst_accel_hal::sim::DmaBatch;
 use scst_accel_hal::sim::IommuFault;
 
@@ -32,12 +33,40 @@ impl HostPiece for (u64, u32) {
     }
 }
 
-/// Where a transfer's next byte goes among its host pieces.
-pub(crate) struct Scatter<'a, P> {
+/// A position among a transfer's host pieces: the piece the next byte belongs to, and how far
+/// into it. Shared by the scatter and the gather, which walk the pieces the same way.
+struct Cursor<'a, P> {
     pieces: &'a [P],
-    /// The piece the next byte goes to, and how far into it.
     index: usize,
     within: usize,
+}
+
+impl<'a, P: HostPiece> Cursor<'a, P> {
+    fn new(pieces: &'a [P]) -> Self {
+        Self {
+            pieces,
+            index: 0,
+            within: 0,
+        }
+    }
+
+    /// The host range of the next `at_most` bytes or fewer, up to the end of the current piece,
+    /// and the cursor moved past it; `None` past the last piece.
+    fn take(&mut self, at_most: usize) -> Option<(u64, usize)> {
+        let piece = *self.pieces.get(self.index)?;
+        let iova = piece.iova() + self.within as u64;
+        let n = (piece.len() - self.within).min(at_most);
+        self.within += n;
+        if self.within == piece.len() {
+            (self.index, self.within) = (self.index + 1, 0);
+        }
+        Some((iova, n))
+    }
+}
+
+/// Where a transfer's next byte goes among its host pieces.
+pub(crate) struct Scatter<'a, P> {
+    cursor: Cursor<'a, P>,
     /// Bytes that reached host memory.
     arrived: usize,
 }
@@ -45,9 +74,7 @@ pub(crate) struct Scatter<'a, P> {
 impl<'a, P: HostPiece> Scatter<'a, P> {
     pub(crate) fn new(pieces: &'a [P]) -> Self {
         Self {
-            pieces,
-            index: 0,
-            within: 0,
+            cursor: Cursor::new(pieces),
             arrived: 0,
         }
     }
@@ -66,19 +93,14 @@ impl<'a, P: HostPiece> Scatter<'a, P> {
     /// was written, the pieces before it were ([`Scatter::arrived`]).
     pub(crate) fn copy(&mut self, batch: &mut DmaBatch<'_>, mut blocks: &[u8]) -> Result<(), IommuFault> {
         while !blocks.is_empty() {
-            let Some(&piece) = self.pieces.get(self.index) else {
+            let Some((iova, n)) = self.cursor.take(blocks.len()) else {
                 // More bytes than pieces: the caller sized the read by the pieces, so never.
                 debug_assert!(false, "scatter past the host pieces");
                 return Ok(());
             };
-            let n = (piece.len() - self.within).min(blocks.len());
-            batch.write(piece.iova() + self.within as u64, &blocks[..n])?;
+            batch.write(iova, &blocks[..n])?;
             blocks = &blocks[n..];
             self.arrived += n;
-            self.within += n;
-            if self.within == piece.len() {
-                (self.index, self.within) = (self.index + 1, 0);
-            }
         }
         Ok(())
     }
@@ -89,49 +111,45 @@ impl<'a, P: HostPiece> Scatter<'a, P> {
     }
 }
 
-/// A WRITE's data gathered in place: the host pieces of the command's buffer copied straight
-/// into the medium's blocks, chunk by chunk under the medium's write lock
-/// (`Medium::write_in_place`), each chunk from the pieces it covers, one IOMMU access per piece
-/// that a chunk touches. The caller checks every piece first ([`DmaBatch::check_read`]) in the
-/// same hold of the IOMMU's table, so no access here can fault and a faulting transfer changes
-/// no block.
-pub(crate) struct Gather<'a, P> {
-    pieces: &'a [P],
-    /// The piece the next byte comes from, and how far into it.
-    index: usize,
-    within: usize,
-}
-
-impl<'a, P: HostPiece> Gather<'a, P> {
-    pub(crate) fn new(pieces: &'a [P]) -> Self {
-        Self {
-            pieces,
-            index: 0,
-            within: 0,
-        }
+/// A WRITE's data gathered in place into `blocks` (the medium's range, lent under its write
+/// lock by `Medium::write_in_place`) from the host `pieces` of the command's buffer, all in
+/// `batch`. Every DMA step of the transfer (`steps`: `(iova, len)`, in the order the buffered
+/// path makes them) is checked first, in the same hold of the IOMMU's table, so a step that
+/// would fault is found before any block changes, and no copy after the checks can fault
+/// (`DmaBatch::check_read`). Then each chunk of `blocks` is filled from the pieces it covers,
+/// one IOMMU access per piece that a chunk touches.
+///
+/// # Errors
+/// For the first step that would fault: the bytes of the steps before it (what the buffered
+/// path had gathered) and the IOMMU's fault, recorded as a read of that step.
+pub(crate) fn gather_checked<P: HostPiece>(
+    batch: &mut DmaBatch<'_>,
+    steps: impl IntoIterator<Item = (u64, usize)>,
+    pieces: &[P],
+    blocks: ChunksMut<'_>,
+) -> Result<(), (usize, IommuFault)> {
+    let mut checked = 0usize;
+    for (iova, len) in steps {
+        batch
+            .check_read(iova, len as u64)
+            .map_err(|fault| (checked, fault))?;
+        checked += len;
     }
-
-    /// Fill `blocks`, the transfer's next bytes, from the pieces they come from.
-    ///
-    /// # Errors
-    /// The IOMMU's fault for a piece not mapped whole (after [`DmaBatch::check_read`] of every
-    /// piece in the same batch: never).
-    pub(crate) fn copy(&mut self, batch: &mut DmaBatch<'_>, mut blocks: &mut [u8]) -> Result<(), IommuFault> {
-        while !blocks.is_empty() {
-            let Some(&piece) = self.pieces.get(self.index) else {
-                // More bytes than pieces: the caller sized the write by the pieces, so never.
-                debug_assert!(false, "gather past the host pieces");
-                return Ok(());
-            };
-            let n = (piece.len() - self.within).min(blocks.len());
-            let (head, rest) = blocks.split_at_mut(n);
-            batch.read(piece.iova() + self.within as u64, head)?;
-            blocks = rest;
-            self.within += n;
-            if self.within == piece.len() {
-                (self.index, self.within) = (self.index + 1, 0);
+    let mut cursor = Cursor::new(pieces);
+    blocks
+        .try_for_each(|mut chunk| {
+            while !chunk.is_empty() {
+                let Some((iova, n)) = cursor.take(chunk.len()) else {
+                    // More bytes than pieces: the caller sized the write by the pieces, so never.
+                    debug_assert!(false, "gather past the host pieces");
+                    return Ok(());
+                };
+                let (head, rest) = chunk.split_at_mut(n);
+                batch.read(iova, head)?;
+                chunk = rest;
             }
-        }
-        Ok(())
-    }
+            Ok(())
+        })
+        // Every step was admitted above in this hold of the table: never.
+        .map_err(|fault| (checked, fault))
 }

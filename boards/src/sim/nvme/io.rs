@@ -17,7 +17,7 @@ use super::worker::CmdResult;
 use super::worker::Exec;
 use super::worker::Failure;
 use super::worker::Reply;
-use crate::sim::scatter::Gather;
+use crate::sim::scatter::gather_checked;
 use crate::sim::scatter::Scatter;
 
 /// Bytes of one Dataset Management range (§6.7, Figure 364).
@@ -174,7 +174,7 @@ fn read_in_place(exec: &Exec<'_>, token: &mut Token<'_>, offset: u64, pieces: &[
 }
 
 /// A Write gathered in place: every PRP piece checked against the IOMMU, then copied from
-/// host memory straight into the medium's blocks ([`Gather`]), under one hold of the medium's
+/// host memory straight into the medium's blocks ([`gather_checked`]), under one hold of the medium's
 /// write lock and of the IOMMU's table (`Medium::write_in_place`, `Iommu::dma_batch_under`),
 /// instead of a buffer per command and two copies. A piece that would fault is found before
 /// any block changes: Data Transfer Error with the blocks as they were, the fault recorded for
@@ -194,12 +194,8 @@ fn write_in_place(
     let medium = &exec.shared.medium;
     let moved = medium.write_in_place(token, offset, Scatter::total(pieces), |under, blocks| {
         iommu.dma_batch_under(under, |batch| {
-            for piece in pieces {
-                batch.check_read(piece.iova, piece.len as u64)?;
-            }
-            // Every piece admitted in this hold of the table: no copy below can fault.
-            let mut gather = Gather::new(pieces);
-            blocks.try_for_each(|blocks| gather.copy(batch, blocks))
+            let steps = pieces.iter().map(|p| (p.iova, p.len));
+            gather_checked(batch, steps, pieces, blocks)
         })
     })?;
     Some(match moved {
