@@ -168,10 +168,11 @@ fn a_worker_lingers_after_its_replies_and_never_while_idle() {
 
 /// The looks of a linger are `LOOK_GAP` apart: a linger of `MAX_LINGER` with nothing arriving
 /// looks at most `MAX_LINGER / LOOK_GAP` times and a few more (back to back, on an idle CPU
-/// whose yields return at once, it looked over a thousand times). The bound is per linger: a
-/// command's reply can be followed by a second one (the kernel's ON_FREE_CMD or memory-free
-/// notice arriving during the first linger is answered, and the worker lingers again); counting
-/// looks against one linger made this test fail now and then (617 looks for two).
+/// whose yields return at once, it looked over a thousand times). The bound is per linger: the
+/// test's command is followed by a second linger (the first ends when the fd turns readable
+/// again after the reply, and the turn that answers what came lingers again; which message of
+/// the kernel model that is was not traced); counting looks against one linger made this test
+/// fail now and then (617 looks for two).
 #[test]
 fn a_lingering_worker_looks_at_most_once_per_look_gap() {
     let rig = rig_lingering(
