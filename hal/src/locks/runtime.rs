@@ -221,7 +221,8 @@ pub const LOCK_CHECK: bool = cfg!(lock_check);
 pub(crate) struct Held {
     #[cfg(lock_check)]
     id: u64,
-    level: u32,
+    /// Where its release is counted (this thread's shard of the statistics, its level).
+    counters: &'static super::stats::Counters,
     /// When it was taken, in [`crate::cycles`] ticks (a cheap clock: this is on every lock).
     since: u64,
 }
@@ -240,11 +241,11 @@ impl Held {
     #[track_caller]
     pub(crate) fn acquired(level: u32, name: &'static str, contended: bool) -> Self {
         let _id = imp::push(level, name);
-        super::stats::acquired(level, name, contended);
+        let counters = super::stats::acquired(level, name, contended);
         Self {
             #[cfg(lock_check)]
             id: _id,
-            level,
+            counters,
             since: crate::cycles::now(),
         }
     }
@@ -255,7 +256,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         #[cfg(lock_check)]
         imp::pop(self.id);
-        super::stats::released(self.level, crate::cycles::now().saturating_sub(self.since));
+        super::stats::released(self.counters, crate::cycles::now().saturating_sub(self.since));
     }
 }
 

@@ -3,54 +3,105 @@
 //! one kind of lock: `frontend.cmd_table`, `sgv.pool`...) with relaxed atomics, plus one read
 //! of a cheap clock ([`crate::cycles`]: the TSC where the kernel trusts it) at acquisition and
 //! one at release; the bench measures what that costs per command.
+//!
+//! Each thread counts in its own shard of the counters (threads are given shards in turn;
+//! beyond [`SHARDS`] threads, shards are shared), and [`lock_stats`] adds the shards up. One
+//! table written by every thread was a cache line that every acquisition of every lock pulled
+//! from the other CPU: the simulated accelerator takes some 35 locks per command through the
+//! loopback kernel, on two CPUs at once (its engines and the workers), and the counting cost it
+//! about 0.5 µs of CPU per 4 KiB command, a tenth of its IOPS (docs/performance.md, "Lock
+//! statistics in the thread's own cache line"). The longest hold is written only when a hold
+//! beats it, so releases read the shared figure and do not write it.
 
+use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Levels counted; a level beyond is counted in the last slot.
 const SLOTS: usize = 32;
+/// Shards of the counters: one per thread for the first this many threads of the process.
+const SHARDS: usize = 16;
 
-struct Slot {
-    name: OnceLock<&'static str>,
+/// One level's counters in one shard: what a guard updates when its lock is released.
+#[derive(Debug)]
+pub(crate) struct Counters {
     acquisitions: AtomicU64,
     contended: AtomicU64,
     /// In [`crate::cycles`] ticks; converted when read.
     longest_hold_ticks: AtomicU64,
 }
 
-#[allow(clippy::declare_interior_mutable_const)] // the array initializer: each slot is its own
-const EMPTY: Slot = Slot {
-    name: OnceLock::new(),
+/// Every level's counters of the threads given this shard, on cache lines of their own.
+#[repr(align(128))]
+struct Shard([Counters; SLOTS]);
+
+#[allow(clippy::declare_interior_mutable_const)] // the array initializers: each is its own
+const EMPTY: Counters = Counters {
     acquisitions: AtomicU64::new(0),
     contended: AtomicU64::new(0),
     longest_hold_ticks: AtomicU64::new(0),
 };
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SHARD: Shard = Shard([EMPTY; SLOTS]);
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_NAME: OnceLock<&'static str> = OnceLock::new();
 
-static SLOTS_TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+static TABLE: [Shard; SHARDS] = [EMPTY_SHARD; SHARDS];
+/// Each level's name, set by its first acquisition and only read after: a line no hot path
+/// writes.
+static NAMES: [OnceLock<&'static str>; SLOTS] = [NO_NAME; SLOTS];
+/// The shard the next thread to count is given.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
-fn slot(level: u32) -> &'static Slot {
-    &SLOTS_TABLE[(level as usize).min(SLOTS - 1)]
+thread_local! {
+    /// This thread's shard, chosen at its first count (`usize::MAX` until then). Plain data
+    /// with no destructor: readable for the whole life of the thread, its exit included.
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// A lock of `level` was taken.
+fn slot_index(level: u32) -> usize {
+    (level as usize).min(SLOTS - 1)
+}
+
+/// This thread's counters of `level`.
+fn counters(level: u32) -> &'static Counters {
+    let shard = SHARD
+        .try_with(|shard| {
+            if shard.get() == usize::MAX {
+                shard.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
+            }
+            shard.get()
+        })
+        .unwrap_or(0);
+    &TABLE[shard].0[slot_index(level)]
+}
+
+/// A lock of `level` was taken: counted in this thread's shard, whose counters come back for
+/// [`released`] (the guard keeps them, so the release looks nothing up).
 #[inline]
-pub(crate) fn acquired(level: u32, name: &'static str, contended: bool) {
-    let s = slot(level);
-    s.name.get_or_init(|| name);
-    s.acquisitions.fetch_add(1, Ordering::Relaxed);
+pub(crate) fn acquired(level: u32, name: &'static str, contended: bool) -> &'static Counters {
+    NAMES[slot_index(level)].get_or_init(|| name);
+    let c = counters(level);
+    c.acquisitions.fetch_add(1, Ordering::Relaxed);
     if contended {
-        s.contended.fetch_add(1, Ordering::Relaxed);
+        c.contended.fetch_add(1, Ordering::Relaxed);
     }
+    c
 }
 
-/// A lock of `level` was released after `held_ticks` ([`crate::cycles`] ticks).
+/// The lock counted in `counters` ([`acquired`]) was released after `held_ticks`
+/// ([`crate::cycles`] ticks).
 #[inline]
-pub(crate) fn released(level: u32, held_ticks: u64) {
-    slot(level)
-        .longest_hold_ticks
-        .fetch_max(held_ticks, Ordering::Relaxed);
+pub(crate) fn released(counters: &Counters, held_ticks: u64) {
+    let longest = &counters.longest_hold_ticks;
+    // A read first: after the first holds almost none beats the longest, and a read leaves
+    // the line shared where a `fetch_max` would take it for writing every time.
+    if held_ticks > longest.load(Ordering::Relaxed) {
+        longest.fetch_max(held_ticks, Ordering::Relaxed);
+    }
 }
 
 /// The figures of one lock level.
@@ -70,16 +121,28 @@ pub struct LockStat {
 
 /// The figures of every lock level taken at least once in this process, by level.
 pub fn lock_stats() -> Vec<LockStat> {
-    SLOTS_TABLE
+    NAMES
         .iter()
         .enumerate()
-        .filter_map(|(level, s)| {
+        .filter_map(|(index, name)| {
+            let shards = TABLE.iter().map(|shard| &shard.0[index]);
+            let sum = |field: fn(&Counters) -> &AtomicU64| {
+                shards
+                    .clone()
+                    .map(|c| field(c).load(Ordering::Relaxed))
+                    .sum::<u64>()
+            };
+            let longest = shards
+                .clone()
+                .map(|c| c.longest_hold_ticks.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
             Some(LockStat {
-                name: s.name.get().copied()?,
-                level: level as u32,
-                acquisitions: s.acquisitions.load(Ordering::Relaxed),
-                contended: s.contended.load(Ordering::Relaxed),
-                longest_hold: crate::cycles::to_duration(s.longest_hold_ticks.load(Ordering::Relaxed)),
+                name: name.get().copied()?,
+                level: index as u32,
+                acquisitions: sum(|c| &c.acquisitions),
+                contended: sum(|c| &c.contended),
+                longest_hold: crate::cycles::to_duration(longest),
             })
         })
         .collect()

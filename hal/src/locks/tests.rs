@@ -402,3 +402,39 @@ fn a_spinning_lock_sleeps_once_its_spin_is_spent() {
         "the waiter spun for {cpu:?} of a 300 ms hold with a 20 ms spin"
     );
 }
+
+/// Each thread counts in its own shard of the statistics; [`lock_stats`] adds every shard up,
+/// with more threads than shards (some share one) and after they have exited.
+#[test]
+fn lock_stats_add_up_the_counts_of_every_thread() {
+    const THREADS: u64 = 20;
+    const HOLDS: u64 = 100;
+    let acquisitions = || {
+        lock_stats()
+            .into_iter()
+            .find(|s| s.name == levels::ScsiModePages::NAME)
+            .map_or(0, |s| s.acquisitions)
+    };
+    let before = acquisitions();
+    let lock = Arc::new(OrderedMutex::<u32, levels::ScsiModePages>::new(0));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let lock = Arc::clone(&lock);
+            std::thread::spawn(move || {
+                for _ in 0..HOLDS {
+                    *lock.lock_unchecked_at_runtime() += 1;
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("counting thread");
+    }
+    assert_eq!(*lock.lock_unchecked_at_runtime(), (THREADS * HOLDS) as u32);
+    let after = acquisitions();
+    assert!(
+        after >= before + THREADS * HOLDS + 1,
+        "{after} after {before}: {} holds on {THREADS} threads and one here",
+        THREADS * HOLDS
+    );
+}
