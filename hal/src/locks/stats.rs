@@ -6,12 +6,11 @@
 //!
 //! Each thread counts in its own shard of the counters (threads are given shards in turn;
 //! beyond [`SHARDS`] threads, shards are shared), and [`lock_stats`] adds the shards up. One
-//! table written by every thread was a cache line that every acquisition of every lock pulled
-//! from the other CPU: the simulated accelerator takes some 35 locks per command through the
-//! loopback kernel, on two CPUs at once (its engines and the workers), and the counting cost it
-//! about 0.5 µs of CPU per 4 KiB command, a tenth of its IOPS (docs/performance.md, "Lock
-//! statistics in the thread's own cache line"). The longest hold is written only when a hold
-//! beats it, so releases read the shared figure and do not write it.
+//! table written by every thread was a cache line that each acquisition and release of every
+//! lock pulled from whichever CPU had touched it last: two threads each taking a mutex of its
+//! own paid 280-305 ns per hold for it, 49-51 ns now (`hal/examples/lock_cost.rs`). The longest
+//! hold is written only when a hold beats it, so a release reads that figure and leaves its
+//! line shared. docs/performance.md, "Lock statistics in the thread's own cache line".
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
