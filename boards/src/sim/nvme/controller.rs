@@ -25,6 +25,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -134,6 +135,10 @@ pub(crate) struct Shared {
     /// Per worker: it has commands but their CQ is full; a CQ head doorbell wakes it.
     stalled: Vec<AtomicBool>,
     faults: OrderedMutex<FaultPlan, levels::SimFaults>,
+    /// The fault plan's length, published under its lock after each change: while it is 0 a
+    /// command's verdict is the default one and the plan's lock is not taken (a lock per
+    /// command for the faults that a run almost never injects).
+    standing_faults: AtomicUsize,
     gone: AtomicBool,
     stopping: AtomicBool,
 }
@@ -289,9 +294,21 @@ impl Shared {
         self.interrupts.raise(vector);
     }
 
-    /// The fault plan's verdict on the next command.
+    /// The fault plan's verdict on the next command. With no fault standing the verdict is
+    /// the default one, read without the lock: a fault injected concurrently applies from the
+    /// next command, as it would had the lock been taken just before the injection.
     pub(crate) fn decide(&self, token: &mut Token<'_>, io: bool, read: bool) -> Decision {
+        if self.standing_faults.load(Ordering::Acquire) == 0 {
+            return Decision::default();
+        }
         self.faults.lock(token).0.decide(io, read)
+    }
+
+    /// Change the fault plan under its lock and publish its length ([`Shared::decide`]).
+    fn change_faults(&self, token: &mut Token<'_>, change: impl FnOnce(&mut FaultPlan)) {
+        let (mut plan, _) = self.faults.lock(token);
+        change(&mut plan);
+        self.standing_faults.store(plan.len(), Ordering::Release);
     }
 
     /// A register read from the driver.
@@ -372,10 +389,10 @@ impl Shared {
             NvmeFault::Hang => self.lock(&mut token).hung = true,
             NvmeFault::Cfs => self.lock(&mut token).cfs = true,
             NvmeFault::ShutdownHang => {
-                self.faults.lock(&mut token).0.add(fault);
+                self.change_faults(&mut token, |plan| plan.add(fault));
                 self.lock(&mut token).shutdown_hang = true;
             }
-            other => self.faults.lock(&mut token).0.add(other),
+            other => self.change_faults(&mut token, |plan| plan.add(other)),
         }
         self.notify();
     }
@@ -388,7 +405,7 @@ impl Shared {
     #[track_caller]
     pub(crate) fn clear_faults(&self) {
         let mut token = LockToken::root();
-        self.faults.lock(&mut token).0.clear();
+        self.change_faults(&mut token, FaultPlan::clear);
         self.lock(&mut token).shutdown_hang = false;
         self.notify();
     }
@@ -456,6 +473,7 @@ impl NvmeController {
                 workers: (0..=queues).map(|_| OnceLock::new()).collect(),
                 stalled: (0..=queues).map(|_| AtomicBool::new(false)).collect(),
                 faults: OrderedMutex::new(FaultPlan::default()),
+                standing_faults: AtomicUsize::new(0),
                 gone: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
             }),

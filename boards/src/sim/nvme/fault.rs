@@ -175,6 +175,11 @@ impl FaultPlan {
         self.faults.clear();
     }
 
+    /// How many faults stand.
+    pub(crate) fn len(&self) -> usize {
+        self.faults.len()
+    }
+
     /// The standing faults, oldest first.
     pub(crate) fn list(&self) -> Vec<NvmeFault> {
         self.faults.iter().map(|(f, _)| *f).collect()

@@ -15,8 +15,6 @@
 //!
 //! [`ControllerState::release`]: super::state::ControllerState::release
 
-use std::sync::atomic::fence;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -125,6 +123,23 @@ impl Exec<'_> {
         self.shared
             .iommu
             .dma_write(iova, data)
+            .map_err(|_| Failure::Status(status::DATA_TRANSFER_ERROR))
+    }
+
+    /// Device write to host memory in pieces that land in order, each visible before the next
+    /// (one hold of the IOMMU's table for all: [`Iommu::dma_write_ordered`]); every piece is
+    /// checked first, so a fault writes none. An IOMMU fault is a Data Transfer Error.
+    ///
+    /// [`Iommu::dma_write_ordered`]: scst_accel_hal::sim::Iommu::dma_write_ordered
+    pub(crate) fn dma_write_ordered(
+        &self,
+        token: &mut Token<'_>,
+        pieces: &[(u64, &[u8])],
+    ) -> Result<(), Failure> {
+        self.checkpoint(token)?;
+        self.shared
+            .iommu
+            .dma_write_ordered(pieces)
             .map_err(|_| Failure::Status(status::DATA_TRANSFER_ERROR))
     }
 
@@ -392,10 +407,11 @@ pub(crate) fn post(
         status: status.field(phase),
     };
     let bytes = entry.as_bytes();
-    let written = exec.dma_write(token, slot_addr, &bytes[..12]).and_then(|()| {
-        fence(Ordering::Release);
-        exec.dma_write(token, slot_addr + 12, &bytes[12..])
-    });
+    // The entry's first 12 bytes, then the dword with the phase tag that publishes it.
+    let written = exec.dma_write_ordered(
+        token,
+        &[(slot_addr, &bytes[..12]), (slot_addr + 12, &bytes[12..])],
+    );
     match written {
         Ok(()) => {}
         Err(Failure::Status(_)) => {

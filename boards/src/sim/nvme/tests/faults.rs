@@ -150,3 +150,37 @@ fn an_unmapped_admin_queue_is_fatal() {
     assert!(wait_until(|| rig.csts() & csts::CFS != 0), "CFS");
     assert_eq!(rig.sim.stats().iommu_faults, 1);
 }
+
+#[test]
+fn an_unmapped_completion_queue_is_fatal() {
+    let mut rig = Rig::enabled();
+    // An I/O CQ at an IOVA nobody mapped, its SQ mapped: the command is fetched and executed,
+    // its completion cannot be written, and with no entry to report that in, the controller
+    // sets CFS (the entry's two pieces go through the IOMMU as one ordered write).
+    let sq = rig.alloc(8 * 64);
+    let cq = rig.alloc(8 * 16);
+    assert_eq!(
+        status(&rig.admin(create_cq(1, 8, UNMAPPED, 1, true))),
+        Status::SUCCESS
+    );
+    assert_eq!(
+        status(&rig.admin(create_sq(1, 8, rig.iova(sq), 1))),
+        Status::SUCCESS
+    );
+    rig.queues.resize_with(2, || None);
+    rig.queues[1] = Some(TestQueue {
+        size: 8,
+        sq,
+        cq,
+        tail: 0,
+        head: 0,
+        phase: true,
+    });
+    let before = rig.sim.stats();
+    rig.submit(1, sqe(nvm::FLUSH, 1));
+    assert!(wait_until(|| rig.csts() & csts::CFS != 0), "CFS");
+    let after = rig.sim.stats();
+    assert_eq!(after.commands, before.commands + 1, "fetched and executed");
+    assert_eq!(after.completions, before.completions, "nothing posted");
+    assert_eq!(after.iommu_faults, before.iommu_faults + 1);
+}
