@@ -108,7 +108,11 @@ fn error_status_becomes_sense() {
 
 #[test]
 fn a_hung_engine_is_reset() {
-    let released = survive("hang", "hang:queue=0".parse().expect("fault"), true);
+    // Every queue's engine hangs at its first descriptor. With `hang:queue=0` one CI run
+    // (2026-12-05) saw no command fail: which worker, hence which queue, takes the workload's
+    // commands is the scheduler's choice, and commands that all go to queue 1 never meet the
+    // hang (the likely reading; not reproduced in 52 runs here, under load or not).
+    let released = survive("hang", "hang".parse().expect("fault"), true);
     assert!(
         released.resets > 0,
         "a hung engine only stops with a reset: {released:?}"
