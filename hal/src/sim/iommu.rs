@@ -135,18 +135,19 @@ impl Iommu {
     }
 
     /// Several device accesses to host memory under one hold of the table, under the caller's
-    /// lock chain: `f` makes them through [`DmaBatch`], each checked, faulted and copied as one
-    /// [`Iommu::dma_read`] or [`Iommu::dma_write`] would be (a fault names that access and moves
-    /// nothing of it; the accesses before it have happened), and an unmap waits for the whole
-    /// batch as it waits for one copy. A device model that holds a lock of its own across the
-    /// batch passes that lock's child token (the simulated medium, whose level is below
-    /// `iommu.table`, copies between its blocks and host memory this way), and the nesting is
-    /// checked like any other; nothing that lock guards may be waited for by a thread that
-    /// holds `iommu.table`: the order forbids taking it there. How a device moves one transfer to or from a buffer's pages (NVMe PRP
-    /// entries, scatter list entries): one hold of the translation table per transfer instead of
-    /// one per page, and no walk of the table for an access inside the mapping of the one before
-    /// it. An NVMe Read of 128 KiB in 4 KiB pages took the lock 32 times, a fifth of the
-    /// simulated controller's time.
+    /// lock chain: how a device moves one transfer to or from a buffer's pages (NVMe PRP
+    /// entries, scatter list entries), with one hold of the translation table per transfer
+    /// instead of one per page, and no walk of the table for an access inside the mapping of
+    /// the one before it (an NVMe Read of 128 KiB in 4 KiB pages took the lock 32 times, a
+    /// fifth of the simulated controller's time). `f` makes the accesses through [`DmaBatch`],
+    /// each checked, faulted and copied as one [`Iommu::dma_read`] or [`Iommu::dma_write`]
+    /// would be (a fault names that access and moves nothing of it; the accesses before it have
+    /// happened), and an unmap waits for the whole batch as it waits for one copy. A device
+    /// model that holds a lock of its own across the batch passes that lock's child token (the
+    /// simulated medium, whose level is below `iommu.table`, copies between its blocks and host
+    /// memory this way), and the nesting is checked like any other; nothing that lock guards
+    /// may be waited for by a thread that holds `iommu.table`: the order forbids taking it
+    /// there.
     ///
     /// Within one batch an access that [`DmaBatch::check_read`] admitted cannot fail after: the
     /// table cannot change while it is held, and bus mastering is read once, when the batch
@@ -444,21 +445,13 @@ impl DmaBatch<'_> {
     /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; no host memory is
     /// then written by this write, not even the mapped part.
     pub fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), IommuFault> {
-        match self.admit(iova, data.len() as u64, true)? {
-            // SAFETY: `host..host+len` is the translation of `iova..iova+len` inside one live
-            // mapping, checked against the table under this read hold; the caller of `map`
-            // promised that memory stays valid until `unmap` returns, which needs the write lock
-            // this hold excludes. `data` is a Rust reference, which the map contract forbids into
-            // mapped memory, so the ranges cannot overlap.
-            Some(host) => unsafe { copy_to_host(data, host) },
-            None => {
-                for (host, at, seg) in Segments::new(&self.table, iova, data.len() as u64) {
-                    // SAFETY: as above: `host..host+seg` is inside a mapping `admit` checked
-                    // (`Segments` walks only that translation) under this read hold; `data`
-                    // cannot overlap it.
-                    unsafe { copy_to_host(&data[at..at + seg], host) };
-                }
-            }
+        for (host, at, n) in self.translate(iova, data.len() as u64, true)? {
+            // SAFETY: `host..host+n` lies inside one live mapping, checked against the table
+            // under this read hold (`translate`); the caller of `map` promised that memory stays
+            // valid until `unmap` returns, which needs the write lock this hold excludes. `data`
+            // is a Rust reference, which the map contract forbids into mapped memory, so the
+            // ranges cannot overlap.
+            unsafe { copy_to_host(&data[at..at + n], host) };
         }
         Ok(())
     }
@@ -469,18 +462,10 @@ impl DmaBatch<'_> {
     /// [`IommuFault`] (also recorded) when any byte of the range is unmapped; `out` is then left
     /// unchanged.
     pub fn read(&mut self, iova: u64, out: &mut [u8]) -> Result<(), IommuFault> {
-        match self.admit(iova, out.len() as u64, false)? {
+        for (host, at, n) in self.translate(iova, out.len() as u64, false)? {
             // SAFETY: as in `write`: the source lies inside one live mapping that cannot be
             // unmapped under this hold, and `out` (a Rust reference) cannot overlap it.
-            Some(host) => unsafe { copy_from_host(host, out) },
-            None => {
-                for (host, at, seg) in Segments::new(&self.table, iova, out.len() as u64) {
-                    // SAFETY: as in `write`: `host..host+seg` is inside a mapping `admit` checked
-                    // (`Segments` walks only that translation) under this read hold; `out`
-                    // cannot overlap it.
-                    unsafe { copy_from_host(host, &mut out[at..at + seg]) };
-                }
-            }
+            unsafe { copy_from_host(host, &mut out[at..at + n]) };
         }
         Ok(())
     }
@@ -493,6 +478,16 @@ impl DmaBatch<'_> {
     /// The [`IommuFault`] that read would have met.
     pub fn check_read(&mut self, iova: u64, len: u64) -> Result<(), IommuFault> {
         self.admit(iova, len, false).map(|_| ())
+    }
+
+    /// Admit an access of `len` bytes at `iova` and give its host pieces, `(host address, offset
+    /// into the access, length)`: one when a mapping holds it whole ([`DmaBatch::admit`]), else
+    /// the walk of the mappings it crosses.
+    fn translate(&mut self, iova: u64, len: u64, write: bool) -> Result<Pieces<'_>, IommuFault> {
+        Ok(match self.admit(iova, len, write)? {
+            Some(host) => Pieces::Whole(Some((host, 0, len as usize))),
+            None => Pieces::Across(Segments::new(&self.table, iova, len)),
+        })
     }
 
     /// Admit an access of `len` bytes at `iova`: `Some(host)` when one mapping holds it whole
@@ -522,6 +517,25 @@ impl DmaBatch<'_> {
             Ok(None)
         } else {
             Err(self.iommu.fault(&mut self.under_table, iova, len, write))
+        }
+    }
+}
+
+/// The host pieces of one access in a batch ([`DmaBatch::translate`]).
+enum Pieces<'a> {
+    /// Held whole by one mapping: one piece, the usual case (the hot path of every engine).
+    Whole(Option<(u64, usize, usize)>),
+    /// Across mappings: the walk of the table.
+    Across(Segments<'a>),
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = (u64, usize, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Whole(piece) => piece.take(),
+            Self::Across(segments) => segments.next(),
         }
     }
 }
