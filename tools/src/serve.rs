@@ -129,14 +129,25 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     } else {
         KernelSide::Real(config.service.scst_device.clone())
     };
+    // The loopback kernel has no SCST sysfs: an export names a target of a real SCST, which
+    // this process's disks are not registered with, so exports are not applied (each disk that
+    // has some says so). Identities are still kept in the state directory.
+    if args.loopback {
+        for disk in config.disks.iter().filter(|d| !d.exports.is_empty()) {
+            log::warn!(
+                "disk {}: {} export(s) not applied: --loopback serves no SCST target",
+                disk.args.name,
+                disk.exports.len()
+            );
+        }
+    }
+    let options = StartOptions {
+        apply_exports: !args.loopback,
+        ..StartOptions::default()
+    };
     let notifier = Arc::new(Notifier::from_env());
     notifier.status(&format!("starting {} disks", config.disks.len()));
-    let mut service = Service::new(
-        config.service.clone(),
-        config.disks,
-        kernel,
-        StartOptions::default(),
-    );
+    let mut service = Service::new(config.service.clone(), config.disks, kernel, options);
     // The control socket and the metrics endpoint are bound before any disk registers: one
     // that cannot bind is a configuration error, and nothing has been applied yet.
     let servers = match Servers::start(&config.service, Arc::new(service.handle())) {

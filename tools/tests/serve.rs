@@ -376,6 +376,58 @@ fn serve_once(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     reply
 }
 
+/// The README's try-out: the example appliance file on the loopback kernel, on a machine
+/// without SCST. Its exports name scst_local targets the loopback kernel does not have: they
+/// are not applied (and said so), and every disk serves.
+#[test]
+fn the_example_appliance_serves_on_the_loopback_kernel_without_its_exports() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/appliance.toml");
+    let state = dir.path().join("state");
+    let socket = dir.path().join("ctl.sock");
+    let log_path = dir.path().join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(["serve", "--loopback", "--config"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--control-socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .map(Reaped)
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let disks = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("status");
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            let disks = v["disks"].as_array().cloned().unwrap_or_default();
+            if !disks.is_empty() && disks.iter().all(|d| d["state"] == "serving") {
+                break disks;
+            }
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "serve exited before every disk served:\n{log}"
+        );
+        assert!(Instant::now() < deadline, "never all serving:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let names: Vec<_> = disks.iter().map(|d| d["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, ["accel0", "nvme0", "ram0"]);
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert_eq!(log.matches("export(s) not applied").count(), 3, "{log}");
+}
+
 /// Two appliances that both call their disk `accel0` (the default name) report different
 /// identities, and each keeps its own across a restart: the identity is generated once and
 /// persisted in the state directory.
