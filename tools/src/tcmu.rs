@@ -25,6 +25,7 @@ use crate::config::DiskSpec;
 use crate::config::ServiceConfig;
 use crate::config::TcmuSettings;
 use crate::exit;
+use crate::identity::Identity;
 use crate::notify::Notifier;
 use crate::notify::Watchdog;
 use crate::serve::Servers;
@@ -41,6 +42,8 @@ use clap::ValueEnum;
 use scst_accel_handler::frontend::FrontendStats;
 use scst_accel_handler::scsi::CompareAndWriteBy;
 use scst_accel_handler::scsi::Disk;
+use scst_accel_handler::scsi::DiskConfig;
+use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::tcmu::configfs::ConfigfsError;
 use scst_accel_handler::tcmu::configfs::IscsiSpec;
 use scst_accel_handler::tcmu::configfs::KernelFs;
@@ -782,6 +785,26 @@ fn finish(disk: &mut TcmuDisk, running: Running, trigger: &str, started: Instant
     );
 }
 
+/// The SCSI engine's configuration for a TCMU disk: what [`DiskArgs::disk_config`] makes for
+/// scst_user, less what only SCST's core would serve.
+///
+/// [`DiskArgs::disk_config`]: crate::disk::DiskArgs::disk_config
+fn engine_config(spec: &DiskSpec, info: &StoreInfo, identity: &Identity) -> DiskConfig {
+    let mut config = spec.args.disk_config(info, identity);
+    config.read_only = spec.read_only;
+    config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
+    config.unmapped_reads_zero &= config.thin_provisioning;
+    // LIO's passthrough parser hands COMPARE AND WRITE to the TCMU device: the engine runs it,
+    // atomic under the disk's range locks (docs/scsi.md "COMPARE AND WRITE").
+    config.compare_and_write = CompareAndWriteBy::Handler;
+    // EXTENDED COPY and RECEIVE COPY RESULTS are SCST's copy manager's under scst_user (the
+    // engine only advertises them); LIO's passthrough parser sends them to the TCMU device,
+    // where nothing would run them. Not advertised (3PC 0, not in REPORT SUPPORTED OPERATION
+    // CODES), so initiators do not try.
+    config.copy_offload = None;
+    config
+}
+
 fn configfs_code(e: &ConfigfsError) -> u8 {
     match e.source.kind() {
         std::io::ErrorKind::PermissionDenied => exit::NOPERM,
@@ -816,14 +839,7 @@ fn start_disk(
             return Err(fail(format!("identity: {e}"), exit::CONFIG));
         }
     };
-    let mut config = spec.args.disk_config(&info, &identity);
-    config.read_only = spec.read_only;
-    config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
-    config.unmapped_reads_zero &= config.thin_provisioning;
-    // LIO's passthrough parser hands COMPARE AND WRITE to the TCMU device: the engine runs it,
-    // atomic under the disk's range locks (docs/scsi.md "COMPARE AND WRITE").
-    config.compare_and_write = CompareAndWriteBy::Handler;
-    let engine = match Disk::try_new(config) {
+    let engine = match Disk::try_new(engine_config(spec, &info, &identity)) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             backend.shutdown_unserved();
@@ -1247,6 +1263,25 @@ mod tests {
             prealloc: 0,
             prealloc_size: 0,
         }
+    }
+
+    /// What SCST's core serves under scst_user is not advertised under TCMU, where nothing
+    /// would run it: EXTENDED COPY (3PC, REPORT SUPPORTED OPERATION CODES). COMPARE AND WRITE
+    /// is the engine's.
+    #[test]
+    fn a_tcmu_disk_advertises_no_copy_offload() {
+        use scst_accel_handler::scsi::CopyOffload;
+        use scst_accel_handler::store::ram::RamStore;
+        use scst_accel_handler::store::Store;
+        let info = RamStore::new(512, 1 << 16, 1 << 12).info();
+        let spec = disk("vol1");
+        let identity = crate::identity::resolve("vol1", &spec.identity, None, None).expect("identity");
+        // The same disk under scst_user advertises SCST's copy manager: what TCMU removes.
+        let scst = Disk::try_new(spec.args.disk_config(&info, &identity)).expect("disk");
+        assert_ne!(scst.capabilities().copy_offload, CopyOffload::None);
+        let tcmu = Disk::try_new(engine_config(&spec, &info, &identity)).expect("disk");
+        assert_eq!(tcmu.capabilities().copy_offload, CopyOffload::None);
+        assert_eq!(tcmu.config().compare_and_write, CompareAndWriteBy::Handler);
     }
 
     #[test]
