@@ -36,6 +36,7 @@ pub use ring::CompletionRing;
 pub use ring::InvalidHead;
 pub use ring::SubmissionRing;
 pub use segments::split_for_device;
+pub use segments::split_for_device_into;
 pub use sgv::DmaBuffer;
 pub use sgv::PoolShutdownError;
 pub use sgv::PoolStats;

@@ -13,13 +13,21 @@
 /// COMPARE AND WRITE's write half): NVMe's PRPs can describe only such a list (every segment
 /// but the first starts on a page, every one but the last ends on one, NVMe 1.4 §4.3).
 pub fn split_for_device(buffer_iova: u64, len: usize, max_segment: usize) -> Vec<(u64, u32)> {
+    let mut segments = Vec::new();
+    split_for_device_into(&mut segments, buffer_iova, len, max_segment);
+    segments
+}
+
+/// [`split_for_device`] appending to `out`: a caller that keeps `out` between requests (cleared,
+/// its capacity kept) describes every request without allocating once it has held the longest.
+pub fn split_for_device_into(out: &mut Vec<(u64, u32)>, buffer_iova: u64, len: usize, max_segment: usize) {
     let max = match u32::try_from(max_segment) {
         Ok(0) | Err(_) => u32::MAX,
         Ok(max) => max,
     };
     let page = crate::PAGE_SIZE as u64;
     let page_multiple = u64::from(max).is_multiple_of(page);
-    let mut segments = Vec::with_capacity(len.div_ceil(max as usize) + 1);
+    out.reserve(len.div_ceil(max as usize) + 1);
     let mut done = 0usize;
     while done < len {
         let at = buffer_iova + done as u64;
@@ -30,10 +38,9 @@ pub fn split_for_device(buffer_iova: u64, len: usize, max_segment: usize) -> Vec
             u64::from(max)
         };
         let n = (len - done).min(usize::try_from(room).unwrap_or(usize::MAX));
-        segments.push((at, n as u32));
+        out.push((at, n as u32));
         done += n;
     }
-    segments
 }
 
 #[cfg(test)]
@@ -68,6 +75,27 @@ mod tests {
             split_for_device(0x10_0000, 10_000, 4096),
             vec![(0x10_0000, 4096), (0x10_1000, 4096), (0x10_2000, 1808)]
         );
+    }
+
+    /// The appending form adds to what the caller's list holds and reuses its capacity.
+    #[test]
+    fn into_appends_and_keeps_the_capacity() {
+        let mut out = vec![(0x9000, 512)];
+        split_for_device_into(&mut out, 0x10_0000, 10_000, 4096);
+        assert_eq!(
+            out,
+            vec![
+                (0x9000, 512),
+                (0x10_0000, 4096),
+                (0x10_1000, 4096),
+                (0x10_2000, 1808)
+            ]
+        );
+        let capacity = out.capacity();
+        out.clear();
+        split_for_device_into(&mut out, 0x20_0000, 8192, 4096);
+        assert_eq!(out, vec![(0x20_0000, 4096), (0x20_1000, 4096)]);
+        assert_eq!(out.capacity(), capacity);
     }
 
     proptest! {

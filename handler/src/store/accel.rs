@@ -31,7 +31,7 @@ use scst_accel_boards::engine::DeviceStatus;
 use scst_accel_boards::engine::EngineError;
 use scst_accel_boards::engine::QueueEngine;
 use scst_accel_boards::engine::SubmitError;
-use scst_accel_dma::split_for_device;
+use scst_accel_dma::split_for_device_into;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
@@ -237,34 +237,43 @@ struct Child {
     segments: Segments,
 }
 
-/// A device request's data pieces. One piece, the common case (every request up to
-/// [`SGL_SEGMENT`]: a single inline address on the device), is held inline, so a request that
-/// fits one descriptor costs no allocation; none is an empty list, which does not allocate
-/// either.
-#[derive(Clone, Debug)]
+/// A device request's data, as a description: the scatter list itself is written into the
+/// queue's scratch list when the request is submitted ([`Segments::describe`]), so planning a
+/// request allocates nothing, whatever its size, and a queue's scratch list stops growing once
+/// it has held its longest request.
+#[derive(Clone, Copy, Debug)]
 enum Segments {
-    One([(u64, u32); 1]),
-    List(Vec<(u64, u32)>),
+    /// No data (FLUSH, WRITE ZEROES, DEALLOCATE, COPY).
+    None,
+    /// `len` bytes at `iova`, in pieces of at most [`SGL_SEGMENT`]: one inline address up to
+    /// it (the single-descriptor fast path), a scatter list above it.
+    Contiguous { iova: u64, len: usize },
+    /// One `block` at `iova`, `count` times: WRITE SAME as a scatter list that repeats the
+    /// pattern block (accelerator.md §3).
+    Repeat { iova: u64, block: u32, count: u32 },
 }
 
 impl Segments {
-    /// No data (FLUSH, WRITE ZEROES, DEALLOCATE).
-    const NONE: Segments = Segments::List(Vec::new());
-
-    /// `len` bytes from `iova`, in pieces of at most [`SGL_SEGMENT`].
+    /// `len` bytes from `iova` (none when `len` is 0).
     fn of(iova: u64, len: usize) -> Self {
-        if len > 0 && len <= SGL_SEGMENT {
-            Segments::One([(iova, len as u32)])
+        if len == 0 {
+            Segments::None
         } else {
-            Segments::List(split_for_device(iova, len, SGL_SEGMENT))
+            Segments::Contiguous { iova, len }
         }
     }
 
-    fn as_slice(&self) -> &[(u64, u32)] {
+    /// The scatter list, written into `scratch` (cleared first; its capacity kept).
+    fn describe(self, scratch: &mut Vec<(u64, u32)>) -> &[(u64, u32)] {
+        scratch.clear();
         match self {
-            Segments::One(one) => one,
-            Segments::List(list) => list,
+            Segments::None => {}
+            Segments::Contiguous { iova, len } => split_for_device_into(scratch, iova, len, SGL_SEGMENT),
+            Segments::Repeat { iova, block, count } => {
+                scratch.extend(std::iter::repeat_n((iova, block), count as usize));
+            }
         }
+        scratch
     }
 }
 
@@ -356,6 +365,8 @@ struct AccelQueue {
     parents: IntMap<u64, Parent>,
     children: IntMap<u64, Child>,
     backlog: VecDeque<u64>,
+    /// The scatter list of the request being submitted ([`Segments::describe`]).
+    segments: Vec<(u64, u32)>,
     next_child: u64,
     done: Vec<StoreCompletion>,
     completions: Vec<DeviceCompletion>,
@@ -399,6 +410,7 @@ impl AccelQueue {
             parents: IntMap::default(),
             children: IntMap::default(),
             backlog: VecDeque::new(),
+            segments: Vec::new(),
             next_child: 1,
             done: Vec::new(),
             completions: Vec::new(),
@@ -450,7 +462,7 @@ impl AccelQueue {
                 let n = (blocks - done).min(max_blocks);
                 // Large transfers go to the device as scatter lists of SGL_SEGMENT pieces
                 // (accelerator.md §3); a small one is a single inline address.
-                let segments = iova.map_or(Segments::NONE, |base| {
+                let segments = iova.map_or(Segments::None, |base| {
                     Segments::of(base + done * bs, (n * bs) as usize)
                 });
                 out.push(child(op, fua, lba + done, n, segments));
@@ -504,9 +516,13 @@ impl AccelQueue {
                     let n = (blocks - done).min(per);
                     let segments = match pattern.and_then(IoBuffer::iova) {
                         // The pattern expanded in scratch memory, shared by every chunk.
-                        Some(expanded) => Segments::One([(expanded, (n * bs) as u32)]),
+                        Some(expanded) => Segments::of(expanded, (n * bs) as usize),
                         // One scatter list repeats the pattern block (accelerator.md §3).
-                        None => Segments::List(vec![(iova, bs as u32); n as usize]),
+                        None => Segments::Repeat {
+                            iova,
+                            block: bs as u32,
+                            count: n as u32,
+                        },
                     };
                     out.push(child(DeviceOp::Write, false, lba + done, n, segments));
                     done += n;
@@ -543,7 +559,7 @@ impl AccelQueue {
             }
             StoreOp::Flush => {
                 let mut out = Children::default();
-                out.push(child(DeviceOp::Flush, false, 0, 0, Segments::NONE));
+                out.push(child(DeviceOp::Flush, false, 0, 0, Segments::None));
                 Ok(out)
             }
             // Not offered on boards (reports_lba_status = false): the engine never sends it.
@@ -571,7 +587,7 @@ impl AccelQueue {
                     let op = DeviceOp::Copy {
                         src_lba: src_lba + done,
                     };
-                    out.push(child(op, false, dst_lba + done, n, Segments::NONE));
+                    out.push(child(op, false, dst_lba + done, n, Segments::None));
                     done += n;
                 }
                 Ok(out)
@@ -814,7 +830,7 @@ impl AccelQueue {
                 fua: c.fua,
                 lba: c.lba,
                 length: c.length,
-                segments: c.segments.as_slice(),
+                segments: c.segments.describe(&mut self.segments),
             };
             match self.queue.submit(&request) {
                 Ok(()) => {
