@@ -219,6 +219,30 @@ struct Engine {
     /// The bounce buffer data moves through between host memory and the medium, kept from one
     /// descriptor to the next (its size is bounded by MAX_TRANSFER).
     bounce: Cell<Vec<u8>>,
+    /// A scatter list's entries as fetched, and as `(iova, bytes)`, kept from one descriptor
+    /// to the next as `bounce` is (bounded by the board's SGL entry limit): a descriptor
+    /// allocates nothing once the longest list has been seen.
+    sgl_raw: Cell<Vec<u8>>,
+    sgl: Cell<Vec<(u64, u32)>>,
+}
+
+/// The `(iova, bytes)` entries of a fetched scatter list, appended to `out`, and their total;
+/// `Err` with the IOVA's low word of the first entry that is empty or has reserved bits set.
+fn parse_sgl(raw: &[u8], out: &mut Vec<(u64, u32)>) -> Result<u64, u32> {
+    let mut total = 0u64;
+    for chunk in raw.chunks_exact(SGL_ENTRY_BYTES) {
+        // `chunks_exact` yields whole entries, so this cannot fail; were it to, the list is
+        // refused as malformed rather than the engine panicking.
+        let Ok(entry) = SglEntry::read_from_bytes(chunk) else {
+            return Err(0);
+        };
+        if entry.length == 0 || entry.reserved != 0 {
+            return Err(entry.iova as u32);
+        }
+        total += u64::from(entry.length);
+        out.push((entry.iova, entry.length));
+    }
+    Ok(total)
 }
 
 /// The DMA steps of a transfer over `segments`, as the buffered paths make them: each segment
@@ -247,6 +271,8 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
         withheld: None,
         checked: Cell::new(None),
         bounce: Cell::new(Vec::new()),
+        sgl_raw: Cell::new(Vec::new()),
+        sgl: Cell::new(Vec::new()),
     };
     log::debug!("{}: engine {q} started", engine.shared.id);
     let mut next = engine.next_work(&mut token, None);
@@ -818,33 +844,48 @@ impl Engine {
                     Ok(segments) => segments,
                     Err(outcome) => return Ok(outcome),
                 };
-                let write = desc.opcode == opcode::WRITE;
-                let in_place = match *segments.as_slice() {
-                    _ if !write && desc.length as usize <= IN_PLACE_READ_MAX => {
-                        self.read_in_place(token, job, desc, offset, segments.as_slice())
-                    }
-                    _ if write && desc.length as usize <= IN_PLACE_WRITE_MAX => {
-                        self.write_in_place(token, job, desc, offset, segments.as_slice())
-                    }
-                    _ => None,
-                };
-                if let Some(outcome) = in_place {
-                    return outcome;
+                let outcome = self.transfer(token, job, desc, offset, segments.as_slice());
+                if let Pieces::List(list) = segments {
+                    self.sgl.set(list);
                 }
-                let mut bounce = self.bounce.take();
-                if bounce.len() < desc.length as usize {
-                    bounce.resize(desc.length as usize, 0);
-                }
-                let data = &mut bounce[..desc.length as usize];
-                let outcome = if desc.opcode == opcode::WRITE {
-                    self.write(token, job, desc, offset, segments.as_slice(), data)
-                } else {
-                    self.read(token, job, desc, offset, segments.as_slice(), data)
-                };
-                self.bounce.set(bounce);
                 outcome
             }
         }
+    }
+
+    /// READ or WRITE over `segments`: in place where the medium allows, else through the
+    /// bounce buffer.
+    fn transfer(
+        &self,
+        token: &mut Token<'_>,
+        job: &Job,
+        desc: &Descriptor,
+        offset: u64,
+        segments: &[(u64, u32)],
+    ) -> Step<Outcome> {
+        let write = desc.opcode == opcode::WRITE;
+        let in_place = if !write && desc.length as usize <= IN_PLACE_READ_MAX {
+            self.read_in_place(token, job, desc, offset, segments)
+        } else if write && desc.length as usize <= IN_PLACE_WRITE_MAX {
+            self.write_in_place(token, job, desc, offset, segments)
+        } else {
+            None
+        };
+        if let Some(outcome) = in_place {
+            return outcome;
+        }
+        let mut bounce = self.bounce.take();
+        if bounce.len() < desc.length as usize {
+            bounce.resize(desc.length as usize, 0);
+        }
+        let data = &mut bounce[..desc.length as usize];
+        let outcome = if write {
+            self.write(token, job, desc, offset, segments, data)
+        } else {
+            self.read(token, job, desc, offset, segments, data)
+        };
+        self.bounce.set(bounce);
+        outcome
     }
 
     /// COPY (§3.1): `length` bytes from block `addr` to block `lba`, inside the medium. No
@@ -901,24 +942,26 @@ impl Engine {
             return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, count)));
         }
         self.checkpoint(token, job)?;
-        let mut raw = vec![0u8; count as usize * SGL_ENTRY_BYTES];
-        if self.shared.iommu.dma_read(desc.addr, &mut raw).is_err() {
-            return Err(self.halt(token, job, cq_status::DMA_FAULT));
-        }
-        let mut segments = Vec::with_capacity(count as usize);
-        let mut total = 0u64;
-        for chunk in raw.chunks_exact(SGL_ENTRY_BYTES) {
-            let entry = SglEntry::read_from_bytes(chunk).map_err(|_| Abandoned)?;
-            if entry.length == 0 || entry.reserved != 0 {
-                return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, entry.iova as u32)));
+        let mut raw = self.sgl_raw.take();
+        raw.resize(count as usize * SGL_ENTRY_BYTES, 0);
+        let fetched = self.shared.iommu.dma_read(desc.addr, &mut raw);
+        let mut segments = self.sgl.take();
+        segments.clear();
+        let parsed = fetched.map(|()| parse_sgl(&raw, &mut segments));
+        self.sgl_raw.set(raw);
+        let verdict = match parsed {
+            Err(_) => {
+                self.sgl.set(segments);
+                return Err(self.halt(token, job, cq_status::DMA_FAULT));
             }
-            total += u64::from(entry.length);
-            segments.push((entry.iova, entry.length));
-        }
-        if total != u64::from(desc.length) {
-            return Ok(Err(Outcome::error(cq_status::INVALID_FIELD, total as u32)));
-        }
-        Ok(Ok(Pieces::List(segments)))
+            Ok(Err(bad)) => Err(Outcome::error(cq_status::INVALID_FIELD, bad)),
+            Ok(Ok(total)) if total != u64::from(desc.length) => {
+                Err(Outcome::error(cq_status::INVALID_FIELD, total as u32))
+            }
+            Ok(Ok(_)) => return Ok(Ok(Pieces::List(segments))),
+        };
+        self.sgl.set(segments);
+        Ok(verdict)
     }
 
     /// WRITE: host → medium. The data is gathered first, so a DMA fault leaves the medium
@@ -1226,6 +1269,8 @@ mod tests {
                 withheld: None,
                 checked: Cell::new(None),
                 bounce: Cell::new(Vec::new()),
+                sgl_raw: Cell::new(Vec::new()),
+                sgl: Cell::new(Vec::new()),
             };
             let mut token = Token::root();
             let job = {
