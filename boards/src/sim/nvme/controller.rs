@@ -67,12 +67,17 @@ pub(crate) type StateGuard<'a> = OrderedMutexGuard<'a, ControllerState, levels::
 /// The token of a thread of the model that holds no lock (the worker's, or an entry point's).
 pub(crate) type Token<'t> = LockToken<'t, levels::Root>;
 
+/// Doorbell writes the posted queue holds: the workers drain it at every look at the state,
+/// so it holds a few; a full one costs its writer a hold of the state lock, nothing else.
+pub(crate) const POSTED_DOORBELLS: usize = 256;
+
 /// Doorbell writes not yet applied to the controller state, oldest first: what a real
 /// controller's posted writes are between the bus and its queue logic. The host side only
-/// queues (lock-free: an unbounded crossbeam channel's send takes no lock while nobody blocks
-/// in a receive, and nobody does); the holder of the state lock drains them in
-/// [`Shared::lock`], so every register access and every worker decision sees the doorbells
-/// written before it, in the order written.
+/// queues (lock-free: a bounded crossbeam channel's send takes no lock while nobody blocks in
+/// a receive, and nobody does; its slots are allocated once, so a doorbell allocates nothing);
+/// the holder of the state lock drains them in [`Shared::lock`], so every register access and
+/// every worker decision sees the doorbells written before it, in the order written. A writer
+/// that finds the queue full drains it itself under the state lock ([`Shared::ring`]).
 #[derive(Debug)]
 struct Posted {
     tx: crossbeam_channel::Sender<(u64, u32, Instant)>,
@@ -81,7 +86,7 @@ struct Posted {
 
 impl Posted {
     fn new() -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(POSTED_DOORBELLS);
         Self { tx, rx }
     }
 }
@@ -173,15 +178,20 @@ impl Shared {
     /// asynchronous event, which is the admin worker's to post.
     fn apply_posted(&self, st: &mut ControllerState) {
         for (offset, value, at) in self.posted.rx.try_iter() {
-            st.tick(at);
-            let fx = st.write32(offset, value, at, &self.id);
-            if fx.invalid_doorbell {
-                Counters::add(&self.stats.invalid_doorbell_writes);
-            }
-            if fx.invalid_doorbell && fx.wake {
-                // An unpark, not a blocking call: allowed under the state lock.
-                self.wake_worker(0);
-            }
+            self.apply_doorbell(st, offset, value, at);
+        }
+    }
+
+    /// Apply one doorbell write, made at `at`, to `st`.
+    fn apply_doorbell(&self, st: &mut ControllerState, offset: u64, value: u32, at: Instant) {
+        st.tick(at);
+        let fx = st.write32(offset, value, at, &self.id);
+        if fx.invalid_doorbell {
+            Counters::add(&self.stats.invalid_doorbell_writes);
+        }
+        if fx.invalid_doorbell && fx.wake {
+            // An unpark, not a blocking call: allowed under the state lock.
+            self.wake_worker(0);
         }
     }
 
@@ -253,12 +263,20 @@ impl Shared {
 
     /// A doorbell write: posted, then the worker it concerns woken (an SQ tail doorbell: that
     /// SQ's worker; a CQ head doorbell: the workers stalled on a full CQ; a doorbell of no
-    /// queue: the admin worker, which reports it). Takes no lock, so a driver may ring a
-    /// doorbell while holding its own (the NVMe driver's admin queue does, under `nvme.admin`).
+    /// queue: the admin worker, which reports it). Takes no lock while the posted queue has
+    /// room, and the state lock when it is full, which is above every driver lock: a driver
+    /// may ring a doorbell while holding its own (the NVMe driver's admin queue does, under
+    /// `nvme.admin`).
     fn ring(&self, offset: u64, value: u32) {
         Counters::add(&self.stats.doorbell_writes);
-        // The receiver lives as long as `self`, so the send cannot fail.
-        let _ = self.posted.tx.send((offset, value, Instant::now()));
+        // The receiver lives as long as `self`, so the send fails only when the queue is full:
+        // then this write is applied under the state lock after every write posted before it.
+        if let Err(crossbeam_channel::TrySendError::Full((offset, value, at))) =
+            self.posted.tx.try_send((offset, value, Instant::now()))
+        {
+            let mut st = self.lock_for_bar();
+            self.apply_doorbell(&mut st, offset, value, at);
+        }
         // CAP.DSTRD = 0: SQ y's tail doorbell at 2y, CQ y's head doorbell at 2y + 1 (§3.1.24).
         let index = ((offset - reg::DOORBELLS) / 4) as usize;
         let qid = index / 2;

@@ -13,6 +13,9 @@
 //! An offset that breaks these rules completes with Invalid PRP Offset; a list page the IOMMU
 //! refuses, with Data Transfer Error.
 
+use std::cell::Cell;
+use std::ops::Deref;
+
 use super::controller::Token;
 use super::spec::status;
 use super::spec::PAGE_SIZE;
@@ -36,32 +39,76 @@ impl HostPiece for Piece {
     }
 }
 
+/// A worker's list of pieces, kept from one command to the next (cleared, its capacity
+/// kept): a command allocates no list once the worker has walked its longest.
+#[derive(Default)]
+pub(crate) struct PrpScratch(Cell<Vec<Piece>>);
+
+/// One command's pieces, in the worker's [`PrpScratch`]: the list goes back there when this is
+/// dropped. (A second walk while one is held, the fused Compare and Write's Write, gets a list
+/// of its own.)
+pub(crate) struct Pieces<'a> {
+    list: Vec<Piece>,
+    home: &'a PrpScratch,
+}
+
+impl Deref for Pieces<'_> {
+    type Target = [Piece];
+    fn deref(&self) -> &[Piece] {
+        &self.list
+    }
+}
+
+impl Drop for Pieces<'_> {
+    fn drop(&mut self) {
+        self.home.0.set(std::mem::take(&mut self.list));
+    }
+}
+
 /// The pieces of a `len`-byte transfer described by `prp1` and `prp2`.
 ///
 /// # Errors
 /// [`Failure::Status`] with Invalid PRP Offset or Data Transfer Error; [`Failure::Abandoned`]
 /// if a reset takes the command away while a list is read.
-pub(crate) fn pieces(
+pub(crate) fn pieces<'a>(
+    exec: &Exec<'a>,
+    token: &mut Token<'_>,
+    prp1: u64,
+    prp2: u64,
+    len: u64,
+) -> Result<Pieces<'a>, Failure> {
+    let mut out = Pieces {
+        list: exec.prp.0.take(),
+        home: exec.prp,
+    };
+    out.list.clear();
+    walk(exec, token, prp1, prp2, len, &mut out.list)?;
+    Ok(out)
+}
+
+/// [`pieces`] into `out`.
+fn walk(
     exec: &Exec<'_>,
     token: &mut Token<'_>,
     prp1: u64,
     prp2: u64,
     len: u64,
-) -> Result<Vec<Piece>, Failure> {
+    out: &mut Vec<Piece>,
+) -> Result<(), Failure> {
     if len == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     if prp1 & 0x3 != 0 {
         return Err(status::INVALID_PRP_OFFSET.into());
     }
     let first = len.min(PAGE_SIZE - prp1 % PAGE_SIZE);
-    let mut out = vec![Piece {
+    out.push(Piece {
         iova: prp1,
         len: first as usize,
-    }];
+    });
     let mut rest = len - first;
     if rest == 0 {
-        return Ok(out);
+        return Ok(());
     }
     if rest <= PAGE_SIZE {
         if !prp2.is_multiple_of(PAGE_SIZE) {
@@ -71,11 +118,13 @@ pub(crate) fn pieces(
             iova: prp2,
             len: rest as usize,
         });
-        return Ok(out);
+        return Ok(());
     }
     if prp2 & 0x7 != 0 {
         return Err(status::INVALID_PRP_OFFSET.into());
     }
+    // One list page's entries, read with one DMA (a page holds PAGE_SIZE / 8 of them).
+    let mut raw = [0u8; PAGE_SIZE as usize];
     let mut list = prp2;
     while rest > 0 {
         let needed = rest.div_ceil(PAGE_SIZE);
@@ -86,14 +135,13 @@ pub(crate) fn pieces(
         } else {
             (room - 1, true)
         };
-        let read = data_entries + u64::from(chained);
-        let mut raw = vec![0u8; (read * 8) as usize];
-        exec.dma_read(token, list, &mut raw)?;
-        let entries: Vec<u64> = raw
+        let read = (data_entries + u64::from(chained)) as usize;
+        let raw = &mut raw[..read * 8];
+        exec.dma_read(token, list, raw)?;
+        let mut entries = raw
             .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect();
-        for &entry in &entries[..data_entries as usize] {
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        for entry in entries.by_ref().take(data_entries as usize) {
             if !entry.is_multiple_of(PAGE_SIZE) {
                 return Err(status::INVALID_PRP_OFFSET.into());
             }
@@ -105,14 +153,14 @@ pub(crate) fn pieces(
             rest -= n;
         }
         if chained {
-            let next = entries[data_entries as usize];
+            let next = entries.next().unwrap_or_default();
             if !next.is_multiple_of(PAGE_SIZE) {
                 return Err(status::INVALID_PRP_OFFSET.into());
             }
             list = next;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Copy `data` to the host pieces in order.

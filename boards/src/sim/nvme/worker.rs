@@ -29,6 +29,7 @@ use super::controller::StateGuard;
 use super::controller::Token;
 use super::io;
 use super::irq_batch::IrqBatch;
+use super::prp::PrpScratch;
 use super::spec::nvm;
 use super::spec::status;
 use super::spec::Cqe;
@@ -77,6 +78,8 @@ pub(crate) struct Exec<'a> {
     pub job: Job,
     /// The worker's pending interrupt ([`IrqBatch`]).
     pub irq: &'a IrqBatch,
+    /// The worker's list of PRP pieces, lent to one command at a time ([`super::prp::pieces`]).
+    pub prp: &'a PrpScratch,
 }
 
 impl Exec<'_> {
@@ -174,10 +177,11 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     shared.register_worker(w);
     let mut token = Token::root();
     let irq = IrqBatch::new(&shared, w);
+    let prp = PrpScratch::default();
     log::debug!("{}: NVMe worker {w} started", shared.id);
     while let Some(work) = next_work(&shared, &mut token, w, &irq) {
         match work {
-            Work::Command(job) => command(&shared, &mut token, job, &irq),
+            Work::Command(job) => command(&shared, &mut token, job, &irq, &prp),
             Work::Event { epoch, cid, dw0 } => {
                 let job = Job {
                     epoch,
@@ -193,6 +197,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                     shared: &shared,
                     job: Job { sqhd, ..job },
                     irq: &irq,
+                    prp: &prp,
                 };
                 let _ = post(&exec, &mut token, cid, dw0, Status::SUCCESS);
             }
@@ -265,8 +270,13 @@ fn fetch(exec: &Exec<'_>, token: &mut Token<'_>) -> Option<Sqe> {
 }
 
 /// Fetch, execute and complete one command (or, for the first of a fused operation, both).
-fn command(shared: &Shared, token: &mut Token<'_>, job: Job, irq: &IrqBatch) {
-    let exec = Exec { shared, job, irq };
+fn command(shared: &Shared, token: &mut Token<'_>, job: Job, irq: &IrqBatch, prp: &PrpScratch) {
+    let exec = Exec {
+        shared,
+        job,
+        irq,
+        prp,
+    };
     let Some(sqe) = fetch(&exec, token) else {
         return;
     };
@@ -347,6 +357,7 @@ fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bo
         shared: exec.shared,
         job: second_job,
         irq: exec.irq,
+        prp: exec.prp,
     };
     let Some(second) = fetch(&second_exec, token) else {
         return;

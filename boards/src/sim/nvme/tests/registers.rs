@@ -9,6 +9,7 @@ use super::super::spec::nvm;
 use super::super::spec::reg;
 use super::super::spec::status as st;
 use super::*;
+use crate::sim::nvme::controller::POSTED_DOORBELLS;
 
 #[test]
 fn cap_and_version_describe_the_controller() {
@@ -102,6 +103,20 @@ fn doorbells_while_disabled_are_ignored_and_counted() {
     assert_eq!(stats.doorbell_writes, 2);
     assert_eq!(stats.invalid_doorbell_writes, 2);
     assert_eq!(stats.commands, 0);
+}
+
+/// More doorbell writes at once than the posted queue holds: every one is applied (counted),
+/// the ones past a full queue by their writer under the state lock.
+#[test]
+fn doorbells_past_a_full_posted_queue_are_all_applied() {
+    let rig = Rig::new(small_config());
+    let writes = 4 * POSTED_DOORBELLS as u64;
+    for i in 0..writes {
+        rig.write(reg::DOORBELLS, (i % 2) as u32);
+    }
+    let stats = rig.sim.stats();
+    assert_eq!(stats.doorbell_writes, writes);
+    assert_eq!(stats.invalid_doorbell_writes, writes);
 }
 
 #[test]
