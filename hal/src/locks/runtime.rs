@@ -98,32 +98,25 @@ mod imp {
                 id
             })
             .unwrap_or(0);
-        let _below: Vec<&'static str> = HELD
-            .try_with(|held| match held.try_borrow_mut() {
-                Ok(mut held) => {
-                    let below = if cfg!(debug_assertions) {
-                        held.iter().map(|e| e.name).collect()
-                    } else {
-                        Vec::new()
-                    };
-                    held.push(Entry {
-                        id,
-                        level,
-                        name,
-                        site,
-                    });
-                    below
+        let _ = HELD.try_with(|held| {
+            if let Ok(mut held) = held.try_borrow_mut() {
+                // Debug builds record the edge from every held lock to this one; the set
+                // already holds it after the first time, so this allocates nothing then.
+                #[cfg(debug_assertions)]
+                if !held.is_empty() {
+                    let mut edges = EDGES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for below in held.iter() {
+                        edges.insert((below.name, name));
+                    }
                 }
-                Err(_) => Vec::new(),
-            })
-            .unwrap_or_default();
-        #[cfg(debug_assertions)]
-        if !_below.is_empty() {
-            let mut edges = EDGES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for held in _below {
-                edges.insert((held, name));
+                held.push(Entry {
+                    id,
+                    level,
+                    name,
+                    site,
+                });
             }
-        }
+        });
         id
     }
 
