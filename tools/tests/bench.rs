@@ -67,6 +67,21 @@ fn assert_clean(row: &serde_json::Value) {
     }
 }
 
+/// A row's command path allocated nothing: at most a warm-up's few allocations in the whole
+/// run (first uses of scratch lists, kept afterwards) and under one per hundred commands, so
+/// one allocation per command, or one per few dozen (a channel's block), fails.
+fn assert_allocation_free(row: &serde_json::Value) {
+    let per = row["allocations_per_command"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("allocations not counted: {row}"));
+    let commands = row["commands"].as_f64().unwrap_or(0.0);
+    assert!(commands > 0.0, "{row}");
+    assert!(
+        per * commands <= 32.0 + 0.01 * commands,
+        "{per} allocations per command over {commands} commands: {row}"
+    );
+}
+
 /// The handler-alone row and the reference row of `workload`, and their ratio: measured,
 /// healthy (every replayed command answered right, every buffer back), figures present.
 fn assert_handler_and_reference(j: &serde_json::Value, workload: &str) {
@@ -87,8 +102,10 @@ fn assert_handler_and_reference(j: &serde_json::Value, workload: &str) {
         handler["cpu_us_per_command"].as_f64().is_some_and(|v| v > 0.0),
         "{handler}"
     );
-    // The binary's counting allocator is installed: the figure is a number, not null.
-    assert!(handler["allocations_per_command"].as_f64().is_some(), "{handler}");
+    // The binary's counting allocator is installed: the figure is a number, not null, and
+    // the command path allocates nothing (issue 13's goal): the few allocations of a run are
+    // its warm-up's.
+    assert_allocation_free(handler);
     assert!(
         handler["reply_and_get_multi_per_command"]
             .as_f64()
@@ -102,6 +119,8 @@ fn assert_handler_and_reference(j: &serde_json::Value, workload: &str) {
             .expect("shared locks"),
     );
     assert!(shared <= all, "{handler}");
+    // Every lock the handler takes per command is its worker's own (issue 13's goal).
+    assert_eq!(shared, 0.0, "shared lock acquisitions per command: {handler}");
     let reference = row("reference");
     for key in ["memcpy_us", "empty_ioctl_us"] {
         assert!(
@@ -490,6 +509,9 @@ fn the_store_layer_runs_the_simulated_engines_alone() {
         assert_eq!(row["device"]["timeouts"], 0, "{row}");
         assert_eq!(row["device"]["resets"], 0, "{row}");
         assert_eq!(row["device"]["unknown_tags"], 0, "{row}");
+        // Neither the store's queue nor the simulated device allocates per command: not the
+        // scatter lists of a 128 KiB command, not the PRP lists, not a posted doorbell.
+        assert_allocation_free(row);
     }
     assert_eq!(j["healthy"], true);
 }

@@ -8,6 +8,7 @@
 //! 128 KiB) would be charged to the store and not to fio.
 
 use scst_accel_dma::SgvPool;
+use scst_accel_hal::alloc_stats;
 use scst_accel_handler::store::CmdBuffer;
 use scst_accel_handler::store::IoBuffer;
 use scst_accel_handler::store::Store;
@@ -110,6 +111,10 @@ pub struct StoreReport {
     pub cpu: Option<Duration>,
     /// Of that, the simulated board's threads ([`crate::cpu::simulated_device_cpu_time`]).
     pub device_cpu: Option<Duration>,
+    /// Heap allocations of the whole process (this thread, the store's and the board's) over
+    /// the timed phase; `None` where the binary does not count them
+    /// ([`alloc_stats::start_counting`]).
+    pub allocations: Option<u64>,
     /// The first few problems, in words.
     pub first_errors: Vec<String>,
 }
@@ -168,6 +173,9 @@ struct Driver<'a> {
     report: StoreReport,
 }
 
+/// Latencies the record holds before it grows.
+const LATENCIES_RESERVED: usize = 1 << 20;
+
 /// Run `w` on `store` with buffers from `pool`.
 ///
 /// # Errors
@@ -224,9 +232,15 @@ pub fn run(
     // (4 KiB random writes on RAM measured a fifth of their steady rate in a 1 s run).
     d.drive(queue.as_mut(), Phase::Prefill)?;
     d.cursor = 0;
+    // Room for a million latencies before the clock starts (4 MiB), so the record's growth
+    // is not counted as the store's allocations in any but the longest runs.
+    d.latencies.reserve(LATENCIES_RESERVED);
+    let counting = alloc_stats::start_counting();
     let cpu_before = crate::cpu::process_cpu_time();
     let device_before = crate::cpu::simulated_device_cpu_time();
+    let allocations_before = alloc_stats::allocations();
     d.drive(queue.as_mut(), Phase::Timed)?;
+    d.report.allocations = counting.then(|| alloc_stats::allocations() - allocations_before);
     d.report.cpu = cpu_before
         .zip(crate::cpu::process_cpu_time())
         .map(|(a, b)| b.saturating_sub(a));
@@ -288,7 +302,9 @@ impl Driver<'_> {
             }
             if queue.in_flight() > 0 && !queue.prepare_to_wait() {
                 if let Some(fd) = queue.notify_fd() {
-                    scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_millis(100))
+                    // `poll_ready`, not `poll_readable`: the bench's own wait allocates nothing,
+                    // so the allocations it reports per command are the store's.
+                    scst_accel_hal::fdio::poll_ready(&[fd], Duration::from_millis(100))
                         .map_err(StoreBenchError::Poll)?;
                 }
             }
