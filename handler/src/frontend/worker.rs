@@ -31,6 +31,7 @@ use crate::scsi::DataOut;
 use crate::scsi::IoPlan;
 use crate::scsi::Plan;
 use crate::scsi::Response;
+use crate::scsi::SenseBytes;
 use crate::store::CmdBuffer;
 use crate::store::CopyPath;
 use crate::store::IoBuffer;
@@ -172,8 +173,12 @@ pub(super) struct Worker {
     /// One entry per reply: the drain token of an accepted EXEC, dropped with its reply, and
     /// when the EXEC arrived (for its latency, taken when the reply is handed to SCST).
     reply_tokens: Vec<ReplyMeta>,
-    /// Sense bytes the replies point at; alive until their replies are consumed.
+    /// Sense bytes the replies point at; alive until their replies are consumed. Each in a
+    /// heap buffer of its own (its address does not move when this list grows).
     senses: Vec<Vec<u8>>,
+    /// Sense buffers whose replies were consumed, for the next CHECK CONDITIONs: once as many
+    /// were needed at once, a CHECK CONDITION allocates nothing.
+    spare_senses: Vec<Vec<u8>>,
     /// Leftover descriptors the remap replies point at; alive until their replies are
     /// consumed, like `senses`.
     leftovers: Vec<Box<[abi::ExtCopyDataDescr]>>,
@@ -238,6 +243,7 @@ impl Worker {
             replies: Vec::new(),
             reply_tokens: Vec::new(),
             senses: Vec::new(),
+            spare_senses: Vec::new(),
             leftovers: Vec::new(),
             inflight: IntMap::default(),
             reaped_leases: Vec::new(),
@@ -855,7 +861,7 @@ impl Worker {
         }
         self.reply_tokens.drain(..n);
         if self.replies.is_empty() {
-            self.senses.clear();
+            self.spare_senses.append(&mut self.senses);
             self.leftovers.clear();
         }
     }
@@ -1112,7 +1118,7 @@ impl Worker {
         if response.status != sam_status::GOOD {
             self.shared.counters.exec_errors.fetch_add(1, Ordering::Relaxed);
         }
-        let (sense_len, psense_buffer) = self.keep_sense(response.sense);
+        let (sense_len, psense_buffer) = self.keep_sense(&response.sense);
         let reply = abi::ExtCopyReplyRemap {
             status: response.status,
             sense_len,
@@ -1147,7 +1153,7 @@ impl Worker {
                 },
             ),
             Err(response) => {
-                let (sense_len, psense_buffer) = self.keep_sense(response.sense);
+                let (sense_len, psense_buffer) = self.keep_sense(&response.sense);
                 ReplyCmd::with_payload(
                     cmd.cmd_h,
                     cmd.subcode,
@@ -1311,7 +1317,7 @@ impl Worker {
                 self.cap_refused();
                 Err(Response {
                     status: sam_status::TASK_SET_FULL,
-                    sense: Vec::new(),
+                    sense: SenseBytes::new(),
                     data: Vec::new(),
                     data_in_len: 0,
                 })
@@ -1447,15 +1453,19 @@ impl Worker {
         }
     }
 
-    /// Keep `sense` alive until its reply is consumed; returns (sense_len, psense_buffer).
-    fn keep_sense(&mut self, mut sense: Vec<u8>) -> (u8, u64) {
+    /// Keep `sense` alive until its reply is consumed, in a spare buffer when there is one;
+    /// returns (sense_len, psense_buffer).
+    fn keep_sense(&mut self, sense: &[u8]) -> (u8, u64) {
         if sense.is_empty() {
             return (0, 0);
         }
-        sense.truncate(abi::SCST_SENSE_BUFFERSIZE);
-        let len = sense.len() as u8;
-        let addr = sense.as_ptr() as u64;
-        self.senses.push(sense);
+        let sense = &sense[..sense.len().min(abi::SCST_SENSE_BUFFERSIZE)];
+        let mut kept = self.spare_senses.pop().unwrap_or_default();
+        kept.clear();
+        kept.extend_from_slice(sense);
+        let len = kept.len() as u8;
+        let addr = kept.as_ptr() as u64;
+        self.senses.push(kept);
         (len, addr)
     }
 
@@ -1512,7 +1522,7 @@ impl Worker {
             _ => (Direction::Other, 0),
         };
         self.figures().answered(figure_direction, bytes);
-        let (sense_len, psense_buffer) = self.keep_sense(response.sense);
+        let (sense_len, psense_buffer) = self.keep_sense(&response.sense);
         let reply = abi::ExecReply {
             resp_data_len: resp_data_len as i32,
             pbuf: if resp_data_len > 0 { new_pbuf } else { 0 },
@@ -1541,7 +1551,7 @@ fn io_buffer(buffer: Arc<CmdBuffer>, bufflen: usize) -> IoBuffer {
 fn busy() -> Response {
     Response {
         status: sam_status::BUSY,
-        sense: Vec::new(),
+        sense: SenseBytes::new(),
         data: Vec::new(),
         data_in_len: 0,
     }

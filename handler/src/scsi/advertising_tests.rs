@@ -24,6 +24,7 @@ use super::Disk;
 use super::DiskConfig;
 use super::Plan;
 use super::Response;
+use super::SenseBytes;
 use crate::abi::sam_status;
 use crate::store::accel::AccelConfig;
 use crate::store::accel::AccelStore;
@@ -162,7 +163,7 @@ fn run(disk: &Disk, cdb: &[u8]) -> Result<Plan, Response> {
     }
 }
 
-fn fixed(sense: Sense) -> Vec<u8> {
+fn fixed(sense: Sense) -> SenseBytes {
     sense.encode(false)
 }
 

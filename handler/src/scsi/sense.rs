@@ -70,6 +70,14 @@ pub const DESCRIPTOR_CURRENT: u8 = 0x72;
 /// Length of fixed-format sense as built here (SCST_STANDARD_SENSE_LEN).
 pub const FIXED_LEN: usize = 18;
 
+/// The longest sense the engine builds: descriptor format with an information descriptor
+/// (12 bytes) and a sense-key-specific descriptor (8) after its 8-byte header.
+pub const SENSE_MAX: usize = 28;
+
+/// Sense bytes, held inline (a fixed-capacity vector): a CHECK CONDITION allocates nothing.
+/// Its capacity is the longest sense the engine builds, well under the 252 bytes SCST copies.
+pub type SenseBytes = heapless::Vec<u8, SENSE_MAX>;
+
 /// Where in the CDB or parameter list the offending field is (SPC-4 §4.5.2.4.2, the
 /// sense-key-specific "field pointer").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +206,7 @@ impl Sense {
     }
 
     /// The sense bytes: descriptor format (0x72) when `descriptor`, else fixed format (0x70).
-    pub fn encode(&self, descriptor: bool) -> Vec<u8> {
+    pub fn encode(&self, descriptor: bool) -> SenseBytes {
         if descriptor {
             self.encode_descriptor()
         } else {
@@ -208,8 +216,8 @@ impl Sense {
 
     /// Fixed format, 18 bytes (SPC-4 §4.5.3). INFORMATION is 4 bytes: a value that does not fit
     /// is not reported (VALID=0), as SPC-4 requires.
-    fn encode_fixed(&self) -> Vec<u8> {
-        let mut s = vec![0u8; FIXED_LEN];
+    fn encode_fixed(&self) -> SenseBytes {
+        let mut s = [0u8; FIXED_LEN];
         s[0] = FIXED_CURRENT;
         s[2] = self.key & 0x0F;
         if let Some(info) = self.information.and_then(|i| u32::try_from(i).ok()) {
@@ -222,33 +230,27 @@ impl Sense {
         if let Some(field) = self.field {
             s[15..18].copy_from_slice(&field.bytes());
         }
-        s
+        SenseBytes::from_iter(s)
     }
 
     /// Descriptor format (SPC-4 §4.5.2): header, then an information descriptor (type 0x00)
     /// and a sense-key-specific descriptor (type 0x02) when those are present.
-    fn encode_descriptor(&self) -> Vec<u8> {
-        let mut s = vec![
-            DESCRIPTOR_CURRENT,
-            self.key & 0x0F,
-            self.asc,
-            self.ascq,
-            0,
-            0,
-            0,
-            0,
-        ];
+    fn encode_descriptor(&self) -> SenseBytes {
+        let mut s = [0u8; SENSE_MAX];
+        s[..4].copy_from_slice(&[DESCRIPTOR_CURRENT, self.key & 0x0F, self.asc, self.ascq]);
+        let mut len = 8;
         if let Some(info) = self.information {
-            s.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
-            s.extend_from_slice(&info.to_be_bytes());
+            s[len..len + 4].copy_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
+            s[len + 4..len + 12].copy_from_slice(&info.to_be_bytes());
+            len += 12;
         }
         if let Some(field) = self.field {
-            s.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
-            s.extend_from_slice(&field.bytes());
-            s.push(0);
+            s[len..len + 4].copy_from_slice(&[0x02, 0x06, 0x00, 0x00]);
+            s[len + 4..len + 7].copy_from_slice(&field.bytes());
+            len += 8;
         }
-        s[7] = (s.len() - 8) as u8;
-        s
+        s[7] = (len - 8) as u8;
+        SenseBytes::from_iter(s[..len].iter().copied())
     }
 }
 

@@ -55,6 +55,7 @@ use crate::scsi::DataOut;
 use crate::scsi::Disk;
 use crate::scsi::IoPlan;
 use crate::scsi::Plan;
+use crate::scsi::SenseBytes;
 use crate::store::CmdBuffer;
 use crate::store::IoBuffer;
 use crate::store::StoreCompletion;
@@ -172,7 +173,7 @@ struct Inflight {
 fn task_aborted() -> scsi::Response {
     scsi::Response {
         status: sam_status::TASK_ABORTED,
-        sense: Vec::new(),
+        sense: SenseBytes::new(),
         data: Vec::new(),
         data_in_len: 0,
     }
@@ -470,7 +471,7 @@ impl Executor {
                 if let Some(p) = self.parked.remove(&id) {
                     let busy = scsi::Response {
                         status: sam_status::BUSY,
-                        sense: Vec::new(),
+                        sense: SenseBytes::new(),
                         data: Vec::new(),
                         data_in_len: 0,
                     };
@@ -896,7 +897,7 @@ impl Executor {
                 None => {
                     let busy = scsi::Response {
                         status: sam_status::TASK_SET_FULL,
-                        sense: Vec::new(),
+                        sense: SenseBytes::new(),
                         data: Vec::new(),
                         data_in_len: 0,
                     };
