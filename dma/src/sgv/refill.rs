@@ -33,8 +33,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long the refill thread sleeps on its channel before it checks whether its pool is
-/// still there (the stop request normally wakes it at once).
-const IDLE_WAKE: Duration = Duration::from_millis(100);
+/// still there: for a pool dropped without [`RefillThread::stop`], whose request wakes it at
+/// once (as does every refill request). Long, so an idle service's refill thread wakes once
+/// per this, not ten times a second (issue 13: quiet when idle).
+const IDLE_WAKE: Duration = Duration::from_secs(5);
 
 /// How long stopping waits for the thread: one arena's map (an mmap and one map ioctl that
 /// pins 16 MiB) takes milliseconds; past this the thread is left to finish on its own (it
@@ -176,7 +178,7 @@ impl RefillThread {
         // Wakes it at once; a full channel (impossible, see `Requests`) leaves the flag and
         // the bounded wait to end it.
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Request::Stop) {
-            log::debug!("SGV refill channel full at stop; the thread sees the flag within {IDLE_WAKE:?}");
+            log::debug!("SGV refill channel full at stop; the thread sees the flag at its next request");
         }
         match locks::join_bounded(self.handle, STOP_WAIT) {
             Ok(Ok(())) => true,

@@ -334,6 +334,45 @@ fn a_pool_runs_one_refill_thread_and_its_shutdown_ends_it() {
     assert_eq!(refill_threads(), before);
 }
 
+/// Voluntary context switches of this process's threads named [`REFILL_THREAD_NAME`], summed:
+/// how often they went to sleep.
+fn refill_thread_sleeps() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            (name.trim_end() == REFILL_THREAD_NAME).then_some(path)
+        })
+        .filter_map(|path| std::fs::read_to_string(path.join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// An idle pool's refill thread sleeps on its channel, not in short turns: over a second with
+/// nothing asked it wakes at most once or twice (ten times with 100 ms turns).
+#[test]
+fn an_idle_refill_thread_stays_asleep() {
+    let _serialized = serialized();
+    let pool = SgvPool::new(None, None, 64 * MIB).with_refill().expect("thread");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while refill_threads() == 0 {
+        assert!(Instant::now() < deadline, "no {REFILL_THREAD_NAME} thread");
+        scst_accel_hal::locks::sleep(std::time::Duration::from_millis(1));
+    }
+    scst_accel_hal::locks::sleep(std::time::Duration::from_millis(50));
+    let before = refill_thread_sleeps();
+    scst_accel_hal::locks::sleep(std::time::Duration::from_secs(1));
+    let woke = refill_thread_sleeps() - before;
+    assert!(woke <= 2, "the idle refill thread slept {woke} times in a second");
+    pool.shutdown().expect("clean");
+}
+
 #[test]
 fn dropping_a_pool_stops_its_refill_thread_and_unmaps() {
     let _serialized = serialized();
