@@ -589,7 +589,13 @@ fn a_sparse_file_backs_the_medium() {
 fn a_doorbell_wakes_its_queues_engine_at_once() {
     const ROUNDS: u16 = 20;
     let mut rig = Rig::enabled();
+    let shared = std::sync::Arc::clone(rig.sim.shared());
     let mut tq = TestQueue::start(&mut rig, 1, 16);
+    let queues = shared.config.queues;
+    let others = |shared: &crate::sim::board::Shared| -> Vec<u64> {
+        (0..queues).filter(|&q| q != 1).map(|q| shared.wakes(q)).collect()
+    };
+    let (own, other) = (shared.wakes(1), others(&shared));
     let start = std::time::Instant::now();
     for tag in 0..ROUNDS {
         tq.submit(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
@@ -600,6 +606,16 @@ fn a_doorbell_wakes_its_queues_engine_at_once() {
     assert!(
         took < std::time::Duration::from_millis(500),
         "{ROUNDS} round trips took {took:?}: doorbell wake-ups were lost"
+    );
+    // Each doorbell was signalled to queue 1's engine, and to no other.
+    assert!(
+        shared.wakes(1) >= own + u64::from(ROUNDS),
+        "queue 1's engine not woken per doorbell"
+    );
+    assert_eq!(
+        others(&shared),
+        other,
+        "a doorbell of queue 1 woke another queue's engine"
     );
 }
 
