@@ -770,6 +770,31 @@ mod tests {
         open_error_exit_code(&OpenBoardError::Vfio(e))
     }
 
+    /// A device pool as the backend runs it: one arena of the smallest class mapped at
+    /// start-up, and its refill thread mapping the next one before the misses need it.
+    #[test]
+    fn a_device_pool_is_premapped_and_refilled() {
+        let pool = mapped_pool(SgvPool::new(None, None, 256 << 20)).expect("pool");
+        let stats = pool.stats();
+        assert_eq!((stats.arenas, stats.refill_maps), (1, 0), "{stats:?}");
+        // Take buffers and hold them, paced as misses are: the class runs low and the
+        // refill thread maps the next arena before a miss has to (a miss that found no free
+        // chunk maps its own on this thread: `worker_maps`, no refill, the failure here).
+        let mut token = LockToken::root();
+        let mut held = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pool.stats().refill_maps == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refill: {:?}",
+                pool.stats()
+            );
+            held.push(pool.get(&mut token, SMALLEST_BUFFER).expect("within the cap"));
+            scst_accel_hal::locks::sleep(std::time::Duration::from_micros(20));
+        }
+        drop(held);
+    }
+
     /// `--premap` makes the buffers ready before the first command: asking the pool again for
     /// as many finds them and makes no arena; a request beyond the cap stops at the cap.
     #[test]
