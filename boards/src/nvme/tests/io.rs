@@ -382,6 +382,38 @@ fn interrupts_signal_the_queue_eventfd() {
     rig.finish();
 }
 
+/// The NVMe queue's interrupt eventfd is read only when a sleep is prepared with nothing
+/// posted (`irq_gate.rs`): a reap that finds the completion reads nothing; the wait's
+/// preparation reads the signal, and then the fd is quiet.
+#[test]
+fn the_interrupt_eventfd_is_read_only_to_prepare_a_wait() {
+    let irq = NvmeConfig {
+        interrupts: true,
+        ..config()
+    };
+    let mut rig = Rig::up("drv-irq-gate", NvmeSimConfig::default(), &irq);
+    let q = &mut rig.queues[0];
+    let reads = q.stats().irq_reads;
+    q.submit(&req(1, DeviceOp::Flush, 0, 0, &[])).expect("submit");
+    q.ring_doorbell();
+    let fd = q.notify_fd().expect("fd");
+    let ready = scst_accel_hal::fdio::poll_readable(&[fd], Duration::from_secs(5)).expect("poll");
+    assert_eq!(ready, vec![true], "the completion raised the vector");
+    let mut out = Vec::new();
+    assert_eq!(q.reap(&mut out), 1);
+    assert_eq!(
+        q.stats().irq_reads,
+        reads,
+        "a posted entry is popped without a read"
+    );
+    assert!(!q.prepare_to_wait(), "nothing posted");
+    assert_eq!(q.stats().irq_reads, reads + 1, "the preparation read the signal");
+    let fd = q.notify_fd().expect("fd");
+    let ready = scst_accel_hal::fdio::poll_readable(&[fd], Duration::ZERO).expect("poll");
+    assert_eq!(ready, vec![false], "no stale signal left to wake the sleep");
+    rig.finish();
+}
+
 #[test]
 fn the_admin_queue_serves_several_threads() {
     let rig = Rig::up("drv-admin-threads", NvmeSimConfig::default(), &config());
