@@ -99,6 +99,8 @@ pub(crate) struct Counters {
     pub interrupts: AtomicU64,
     pub resets: AtomicU64,
     pub doorbell_writes: AtomicU64,
+    /// Doorbell writes that found the posted queue full and were applied by their writer.
+    pub doorbells_applied_by_writer: AtomicU64,
     pub invalid_doorbell_writes: AtomicU64,
     pub fused_compare_writes: AtomicU64,
     pub fused_miscompares: AtomicU64,
@@ -131,6 +133,10 @@ pub(crate) struct Shared {
     epoch: Arc<AtomicU64>,
     /// Doorbell writes not yet applied to `state`.
     posted: Posted,
+    /// Doorbell writes made visible so far (posted, or applied by a writer that found the
+    /// posted queue full): a worker about to sleep on a full CQ compares it with the count it
+    /// read before its last look ([`Shared::mark_stalled`]).
+    doorbells: AtomicU64,
     /// Signalled when a worker lets go of a command (a function reset and an SQ deletion
     /// wait for it).
     wake: OrderedCondvar,
@@ -240,18 +246,27 @@ impl Shared {
         }
     }
 
+    /// The doorbell writes made visible so far: read by a worker before it takes the state
+    /// lock for a look, for [`Shared::mark_stalled`].
+    pub(crate) fn doorbells(&self) -> u64 {
+        self.doorbells.load(Ordering::SeqCst)
+    }
+
     /// Worker `w` publishes whether it is stalled on a full CQ, before it parks. Returns true
-    /// when a doorbell was posted since its last look at the state (it looks again instead of
-    /// parking). The flag is stored before that check and [`Shared::ring`] loads it after its
-    /// send, both sequentially consistent: either the worker sees the doorbell or the writer
-    /// sees the flag and unparks it (an unpark before the park makes the park return).
-    pub(crate) fn mark_stalled(&self, w: usize, stalled: bool) -> bool {
+    /// when a doorbell was made visible since `seen` ([`Shared::doorbells`], read before its
+    /// last look at the state): it looks again instead of parking. The flag is stored before
+    /// that check and [`Shared::ring`] loads it after its count, both sequentially consistent:
+    /// either the worker sees the doorbell or the writer sees the flag and unparks it (an
+    /// unpark before the park makes the park return). Counting, not looking at the posted
+    /// queue, also covers a write that another lock holder drained, or that its writer applied
+    /// itself, between the worker's look and this check.
+    pub(crate) fn mark_stalled(&self, w: usize, stalled: bool, seen: u64) -> bool {
         let Some(flag) = self.stalled.get(w) else {
             return false;
         };
         flag.store(stalled, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
-        stalled && !self.posted.rx.is_empty()
+        stalled && self.doorbells.load(Ordering::SeqCst) != seen
     }
 
     /// Called by worker `w` at the top of its thread, before it first looks at the state.
@@ -274,9 +289,15 @@ impl Shared {
         if let Err(crossbeam_channel::TrySendError::Full((offset, value, at))) =
             self.posted.tx.try_send((offset, value, Instant::now()))
         {
-            let mut st = self.lock_for_bar();
+            // Unchecked, as `lock_for_bar`; the clock ticks to now only after this write is
+            // applied at its own time.
+            let mut st = self.state.lock_unchecked_at_runtime();
+            self.apply_posted(&mut st);
             self.apply_doorbell(&mut st, offset, value, at);
+            st.tick_now();
+            Counters::add(&self.stats.doorbells_applied_by_writer);
         }
+        self.doorbells.fetch_add(1, Ordering::SeqCst);
         // CAP.DSTRD = 0: SQ y's tail doorbell at 2y, CQ y's head doorbell at 2y + 1 (§3.1.24).
         let index = ((offset - reg::DOORBELLS) / 4) as usize;
         let qid = index / 2;
@@ -285,7 +306,7 @@ impl Shared {
         } else if index.is_multiple_of(2) {
             self.wake_worker(qid);
         } else {
-            // Sequentially consistent after the send: see `mark_stalled`.
+            // Sequentially consistent after the count: see `mark_stalled`.
             std::sync::atomic::fence(Ordering::SeqCst);
             self.wake_stalled();
         }
@@ -456,6 +477,7 @@ impl Shared {
             resets: get(&self.stats.resets),
             doorbell_writes: get(&self.stats.doorbell_writes),
             invalid_doorbell_writes: get(&self.stats.invalid_doorbell_writes),
+            doorbells_applied_by_writer: get(&self.stats.doorbells_applied_by_writer),
             fused_compare_writes: get(&self.stats.fused_compare_writes),
             fused_miscompares: get(&self.stats.fused_miscompares),
         }
@@ -486,6 +508,7 @@ impl NvmeController {
                 state: OrderedMutex::new(state),
                 epoch,
                 posted: Posted::new(),
+                doorbells: AtomicU64::new(0),
                 wake: OrderedCondvar::new(),
                 // Worker w serves SQ w: the admin queue and every I/O queue.
                 workers: (0..=queues).map(|_| OnceLock::new()).collect(),

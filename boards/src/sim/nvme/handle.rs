@@ -23,6 +23,9 @@ pub struct NvmeSimStats {
     pub resets: u64,
     /// Doorbell register writes, valid or not.
     pub doorbell_writes: u64,
+    /// Of them, those that found the posted-write queue full and were applied by their writer
+    /// under the state lock (the queue holds 256).
+    pub doorbells_applied_by_writer: u64,
     /// Doorbell writes the controller ignored: while not ready, to a queue that does not
     /// exist, or with a value out of range (§4.1).
     pub invalid_doorbell_writes: u64,
@@ -42,6 +45,12 @@ pub struct NvmeSimHandle {
 impl NvmeSimHandle {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// The controller's shared state, for tests that hold its lock.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Inject `fault` now. [`NvmeFault::Hang`], [`NvmeFault::Gone`] and [`NvmeFault::Cfs`]

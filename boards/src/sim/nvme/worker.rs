@@ -220,6 +220,8 @@ fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize, irq: &IrqBatch) -
             return None;
         }
         if !shared.gone() {
+            // Before the look: a doorbell counted after this is seen by `mark_stalled`.
+            let seen = shared.doorbells();
             let mut st = shared.lock(token);
             if let Some(work) = st.next_work(w) {
                 return Some(work);
@@ -228,7 +230,7 @@ fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize, irq: &IrqBatch) -
             drop(st);
             // A worker stalled on a full CQ is woken by that CQ's head doorbell; the flag is
             // published before the last look at the posted doorbells, so none is missed.
-            if shared.mark_stalled(w, stalled) {
+            if shared.mark_stalled(w, stalled, seen) {
                 continue;
             }
         }
