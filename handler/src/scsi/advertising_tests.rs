@@ -797,6 +797,27 @@ fn rsoc_lists_compare_and_write_with_usage_data_iff_supported() {
     assert_eq!(data(&disk, &[0x12, 0x01, 0xB0, 0, 0xFF, 0])[5], 0);
 }
 
+/// A board whose scatter list is short bounds the transfer the store takes: an SCA-1 board
+/// with one scatter entry (CAP0's MAX_SGL 2^0) and a 1 MiB MAX_TRANSFER takes requests of one
+/// 64 KiB piece, the store's segment size, not requests the board must refuse as having too
+/// many segments.
+#[test]
+fn a_short_scatter_list_bounds_the_transfer() {
+    for (log2, max) in [(0u32, 64u32 << 10), (1, 128 << 10), (8, 1 << 20)] {
+        let config = SimConfig {
+            block_size: 512,
+            num_blocks: 4096,
+            max_sgl_log2: log2,
+            ..SimConfig::default()
+        };
+        let opened = open_board(&definition::SIM, BoardSource::Sim(config), 1).expect("sim board");
+        let geometry = opened.controller.geometry();
+        assert_eq!(geometry.max_transfer_bytes, 1 << 20, "the board's own limit");
+        let info = AccelStore::new(opened.controller, opened.queues, AccelConfig::default()).info();
+        assert_eq!(info.max_transfer_blocks * 512, max, "MAX_SGL 2^{log2}");
+    }
+}
+
 /// Regression (issue 15): an NVMe board whose MDTS clamps the maximum transfer below the
 /// default optimal (2048 blocks) must not report an optimal above the maximum.
 #[test]

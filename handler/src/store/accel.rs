@@ -29,6 +29,7 @@ use scst_accel_boards::engine::DeviceOp;
 use scst_accel_boards::engine::DeviceRequest;
 use scst_accel_boards::engine::DeviceStatus;
 use scst_accel_boards::engine::EngineError;
+use scst_accel_boards::engine::Geometry;
 use scst_accel_boards::engine::QueueEngine;
 use scst_accel_boards::engine::SubmitError;
 use scst_accel_dma::split_for_device_into;
@@ -116,6 +117,15 @@ pub struct AccelStore {
     failure: Arc<OnceLock<String>>,
 }
 
+/// The largest transfer a request may have: the device's, and no more than its segment limit
+/// can describe in [`SGL_SEGMENT`] pieces (a buffer starts on a page, so `n` pieces describe
+/// `n` times [`SGL_SEGMENT`]). A board with a short scatter list would otherwise be handed
+/// requests it must refuse as having too many segments.
+fn max_transfer_bytes(geometry: &Geometry) -> u32 {
+    let described = u64::from(geometry.max_segments.max(1)) * SGL_SEGMENT as u64;
+    u64::from(geometry.max_transfer_bytes).min(described) as u32
+}
+
 impl AccelStore {
     /// A store over the queues of a brought-up board.
     pub fn new(board: Arc<dyn Controller>, queues: Vec<Box<dyn QueueEngine>>, config: AccelConfig) -> Self {
@@ -127,7 +137,7 @@ impl AccelStore {
             // The board's geometry has no physical block size (nor a read-zeroes guarantee
             // for deallocated blocks): claim neither.
             physical_block_size: block_size,
-            max_transfer_blocks: (geometry.max_transfer_bytes / block_size).max(1),
+            max_transfer_blocks: (max_transfer_bytes(&geometry) / block_size).max(1),
             supports_unmap: geometry.supports_deallocate,
             unmapped_reads_zero: false,
             reports_lba_status: false,
@@ -245,9 +255,13 @@ struct Child {
 enum Segments {
     /// No data (FLUSH, WRITE ZEROES, DEALLOCATE, COPY).
     None,
-    /// `len` bytes at `iova`, in pieces of at most [`SGL_SEGMENT`]: one inline address up to
-    /// it (the single-descriptor fast path), a scatter list above it.
+    /// `len` bytes at `iova`, in pieces of at most [`SGL_SEGMENT`] (the first shortened to end
+    /// on a page when `iova` is inside one): one inline address up to it (the single-descriptor
+    /// fast path), a scatter list above it.
     Contiguous { iova: u64, len: usize },
+    /// `len` bytes at `iova` as one piece, whatever the length: WRITE SAME's expanded pattern
+    /// (at most 64 blocks), one inline address.
+    Whole { iova: u64, len: u32 },
     /// One `block` at `iova`, `count` times: WRITE SAME as a scatter list that repeats the
     /// pattern block (accelerator.md §3).
     Repeat { iova: u64, block: u32, count: u32 },
@@ -269,6 +283,7 @@ impl Segments {
         match self {
             Segments::None => {}
             Segments::Contiguous { iova, len } => split_for_device_into(scratch, iova, len, SGL_SEGMENT),
+            Segments::Whole { iova, len } => scratch.push((iova, len)),
             Segments::Repeat { iova, block, count } => {
                 scratch.extend(std::iter::repeat_n((iova, block), count as usize));
             }
@@ -516,7 +531,10 @@ impl AccelQueue {
                     let n = (blocks - done).min(per);
                     let segments = match pattern.and_then(IoBuffer::iova) {
                         // The pattern expanded in scratch memory, shared by every chunk.
-                        Some(expanded) => Segments::of(expanded, (n * bs) as usize),
+                        Some(expanded) => Segments::Whole {
+                            iova: expanded,
+                            len: (n * bs) as u32,
+                        },
                         // One scatter list repeats the pattern block (accelerator.md §3).
                         None => Segments::Repeat {
                             iova,
