@@ -2,7 +2,7 @@
 # QEMU hardware-in-the-loop harness: boots a q35 guest (TCG) with an emulated VT-d IOMMU and NVMe
 # controller, runs a host script inside it with host-built binaries from a 9p share, and checks
 # the guest kernel log for DMAR faults, VFIO warnings and oopses. See README.md in this folder
-# and /work/shared/design/vm-lab.md for the recipe.
+# and docs/design/vm-lab.md for the recipe.
 #
 #   hil.sh install                    apt-get install what is missing (root, Debian 12)
 #   hil.sh check                      exit 0 if a guest can run here, else 3 and one line of why

@@ -778,8 +778,8 @@ mod tests {
         let stats = pool.stats();
         assert_eq!((stats.arenas, stats.refill_maps), (1, 0), "{stats:?}");
         // Take buffers and hold them, paced as misses are: the class runs low and the
-        // refill thread maps the next arena before a miss has to (a miss that found no free
-        // chunk maps its own on this thread: `worker_maps`, no refill, the failure here).
+        // refill thread maps the next arena (without it, misses map their own arenas on this
+        // thread, `worker_maps`, until the cap: the test fails then).
         let mut token = LockToken::root();
         let mut held = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
