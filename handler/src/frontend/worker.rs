@@ -1460,7 +1460,11 @@ impl Worker {
             return (0, 0);
         }
         let sense = &sense[..sense.len().min(abi::SCST_SENSE_BUFFERSIZE)];
-        let mut kept = self.spare_senses.pop().unwrap_or_default();
+        // Sized for the longest sense the engine builds, so a spare never grows.
+        let mut kept = self
+            .spare_senses
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(crate::scsi::sense::SENSE_MAX));
         kept.clear();
         kept.extend_from_slice(sense);
         let len = kept.len() as u8;
