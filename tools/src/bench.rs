@@ -783,6 +783,7 @@ fn loopback(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Targ
         "latency_us": v["latency_us"],
         "cpu_us_per_command": v["cpu_us_per_command"],
         "device_cpu_us_per_command": v["device_cpu_us_per_command"],
+        "allocations_per_command": v["allocations_per_command"],
         "kernel_model_syscalls_per_command": v["kernel_model"]["syscalls_per_command"],
         "handler_syscalls_per_command": v["frontend"]["handler_syscalls_per_exec"],
         "commands_per_ioctl": v["frontend"]["commands_per_ioctl"],

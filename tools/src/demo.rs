@@ -142,6 +142,9 @@ pub(crate) struct Outcome {
     /// The loopback kernel model's own syscalls during the timed phase (None where the
     /// kernel serves several disks and they cannot be told apart).
     pub(crate) model_syscalls: Option<ModelSyscalls>,
+    /// Heap allocations of the whole process during the timed phase (None where the binary
+    /// does not count them, or for several disks at once).
+    pub(crate) allocations: Option<u64>,
 }
 
 /// Check the arguments; returns the disk's block count.
@@ -267,6 +270,8 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.
     let mut cpu_at_start: Option<(Option<Duration>, Duration, Duration)> = None;
+    let counting = scst_accel_hal::alloc_stats::start_counting();
+    let mut allocations_at_start = 0;
     let mut syscalls_at_start: Option<ModelSyscalls> = None;
     let timed_phase = std::sync::atomic::AtomicBool::new(false);
     let mut progress = |p: Progress| {
@@ -279,6 +284,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
                 simulated_device_cpu_time().unwrap_or_default(),
             ));
             syscalls_at_start = Some(kernel.syscalls());
+            allocations_at_start = scst_accel_hal::alloc_stats::allocations();
         }
         if live {
             let secs = p.elapsed.as_secs_f64().max(1e-9);
@@ -348,6 +354,8 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             None,
         )
     };
+    let allocations = (counting && cpu_at_start.is_some())
+        .then(|| scst_accel_hal::alloc_stats::allocations() - allocations_at_start);
     let (cpu_before, worker_cpu_before, device_cpu_before) = cpu_at_start.unwrap_or_default();
     let model_syscalls = model_syscalls_since(syscalls_at_start.unwrap_or_default(), kernel.syscalls());
     let cpu = cpu_before
@@ -389,6 +397,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         device_cpu,
         devices_left,
         model_syscalls: Some(model_syscalls),
+        allocations,
     })
 }
 
@@ -506,6 +515,9 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
         "cpu_us_per_command": cpu_us_per_command,
         "worker_cpu_us_per_command": o.worker_cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64)),
         "device_cpu_us_per_command": o.device_cpu.map(|c| c.as_secs_f64() * 1e6 / (w.commands.max(1) as f64)),
+        // The whole process's (initiator, loopback kernel model, handler, board) in the timed
+        // phase; the workload's own records grow by doubling (a few per run).
+        "allocations_per_command": o.allocations.map(|a| a as f64 / w.commands.max(1) as f64),
         "frontend": {
             "exec": s.exec, "exec_errors": s.exec_errors, "alloc_mem": s.alloc_mem, "parse": s.parse,
             "on_free": s.on_free, "on_cached_mem_free": s.on_cached_mem_free, "task_mgmt": s.task_mgmt,

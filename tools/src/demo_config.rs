@@ -286,6 +286,7 @@ fn disk_entry(
         devices_left: 0,
         // One kernel serves every disk of the file: its syscalls are not per disk.
         model_syscalls: None,
+        allocations: None,
     };
     let mut entry = crate::demo::summary(args, &outcome_figures);
     let ok = crate::demo::healthy(args, &outcome_figures);

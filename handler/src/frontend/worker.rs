@@ -41,7 +41,6 @@ use crate::store::StoreRequest;
 use crate::teardown::InFlightOwned;
 use crate::teardown::Lease;
 use crate::teardown::Refused;
-use crate::transport::fdio::poll_readable;
 use crate::transport::Errno;
 use scst_accel_hal::fdio::poll_ready;
 use scst_accel_hal::locks::levels::Root;
@@ -670,7 +669,8 @@ impl Worker {
     /// as not readable, and the next blocking wait reports it).
     fn fd_readable_now(&self) -> bool {
         let fd = self.shared.fd.poll_fd();
-        poll_readable(&[fd], Duration::ZERO).is_ok_and(|r| r.first() == Some(&true))
+        // `poll_ready`: a look allocates nothing (the linger makes one every few µs).
+        poll_ready(&[fd], Duration::ZERO).is_ok_and(|r| r.is_ready(0))
     }
 
     /// The fd polled readable and the fetch found nothing (spec §3.9: POLLIN on SCST's active
@@ -689,7 +689,7 @@ impl Worker {
         if !self.queue.prepare_to_wait() {
             match self.queue.notify_fd() {
                 Some(store) => {
-                    if let Err(e) = poll_readable(&[store], pause) {
+                    if let Err(e) = poll_ready(&[store], pause) {
                         log::warn!("poll on the store queue failed: {e}");
                         scst_accel_hal::locks::sleep(pause);
                     }
