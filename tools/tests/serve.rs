@@ -343,6 +343,18 @@ fn status_over_the_control_socket_while_serving_then_the_socket_is_gone() {
 
 /// Start `serve --loopback` with `extra` args, wait until its control socket reports the disk
 /// serving, return the status JSON, and stop it with SIGTERM (exit 0).
+/// `status --json` over the control socket, when it answers.
+fn status_json(socket: &std::path::Path) -> Option<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("status");
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("JSON"))
+}
+
 fn serve_once(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let socket = dir.join(format!("ctl-{}.sock", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
@@ -357,16 +369,8 @@ fn serve_once(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(30);
     let reply = loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
-            .args(["status", "--json", "--socket"])
-            .arg(&socket)
-            .output()
-            .expect("status");
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-            if v["disks"][0]["state"] == "serving" {
-                break v;
-            }
+        if let Some(v) = status_json(&socket).filter(|v| v["disks"][0]["state"] == "serving") {
+            break v;
         }
         assert!(Instant::now() < deadline, "never serving");
         std::thread::sleep(Duration::from_millis(50));
@@ -400,17 +404,11 @@ fn the_example_appliance_serves_on_the_loopback_kernel_without_its_exports() {
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(60);
     let disks = loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
-            .args(["status", "--json", "--socket"])
-            .arg(&socket)
-            .output()
-            .expect("status");
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-            let disks = v["disks"].as_array().cloned().unwrap_or_default();
-            if !disks.is_empty() && disks.iter().all(|d| d["state"] == "serving") {
-                break disks;
-            }
+        let disks = status_json(&socket)
+            .and_then(|v| v["disks"].as_array().cloned())
+            .unwrap_or_default();
+        if !disks.is_empty() && disks.iter().all(|d| d["state"] == "serving") {
+            break disks;
         }
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         assert!(
