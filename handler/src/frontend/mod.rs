@@ -37,6 +37,7 @@ pub use teardown::TeardownConfig;
 pub use teardown::TeardownReport;
 pub use teardown::TeardownStep;
 pub use trigger::TeardownTrigger;
+pub use trigger::TriggerNotify;
 
 use crate::scsi::Disk;
 use crate::store::Store;
@@ -668,6 +669,13 @@ impl Frontend {
     /// The first teardown trigger, if one fired (never blocks).
     pub fn trigger(&self) -> Option<TeardownTrigger> {
         self.shared.trigger.get().cloned()
+    }
+
+    /// Have `notify` called when a teardown trigger fires (on the thread that fires it, a
+    /// worker: it must not block), or at once if one already has: an owner whose loop waits on
+    /// a channel of its own is woken instead of polling [`Frontend::trigger`].
+    pub fn on_trigger(&self, notify: TriggerNotify) {
+        self.shared.trigger.set_notify(notify);
     }
 
     /// A descriptor that polls readable once a teardown trigger fired (and stays readable), for

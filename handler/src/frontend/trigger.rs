@@ -46,12 +46,25 @@ impl fmt::Display for TeardownTrigger {
     }
 }
 
+/// What an owner has the trigger call when it fires (a wake-up of its own loop).
+pub type TriggerNotify = Box<dyn Fn() + Send + Sync>;
+
 /// The first trigger and its wake-up.
-#[derive(Debug)]
 pub(crate) struct Trigger {
     first: OnceLock<TeardownTrigger>,
     /// Signalled once, when `first` is set; never cleared (level-triggered for every waiter).
     wake: EventFd,
+    /// Called once a trigger fired (or at once, if one had when it was set).
+    notify: OnceLock<TriggerNotify>,
+}
+
+impl fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trigger")
+            .field("first", &self.first)
+            .field("notify", &self.notify.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Trigger {
@@ -63,6 +76,7 @@ impl Trigger {
         Ok(Self {
             first: OnceLock::new(),
             wake: EventFd::new()?,
+            notify: OnceLock::new(),
         })
     }
 
@@ -81,10 +95,31 @@ impl Trigger {
                 log::warn!("teardown triggered: {first}");
             }
             self.wake.signal();
+            // Paired with `set_notify`'s fence: either it sees `first` or this sees `notify`.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if let Some(notify) = self.notify.get() {
+                notify();
+            }
         } else if *first != trigger {
             log::info!("teardown trigger {trigger} ignored: already triggered by {first}");
         }
         fresh
+    }
+
+    /// Have `notify` called when a trigger fires, at once if one has (the first setting
+    /// stays). It runs on the thread that fires the trigger (a worker): it must not block.
+    pub(crate) fn set_notify(&self, notify: TriggerNotify) {
+        if self.notify.set(notify).is_err() {
+            log::debug!("teardown trigger: a notify was already set; the first stays");
+            return;
+        }
+        // Paired with `fire`'s fence: a trigger fired before the setting is called here.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if self.first.get().is_some() {
+            if let Some(notify) = self.notify.get() {
+                notify();
+            }
+        }
     }
 
     /// The first trigger, if any.
@@ -121,6 +156,34 @@ impl Trigger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A notify is called once a trigger fires, and at once when one had fired before it was
+    /// set; later triggers call nothing more.
+    #[test]
+    fn a_notify_is_called_when_the_trigger_fires() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = |calls: &Arc<AtomicUsize>| -> TriggerNotify {
+            let calls = Arc::clone(calls);
+            Box::new(move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let trigger = Trigger::new().expect("eventfd");
+        trigger.set_notify(counted(&calls));
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing fired yet");
+        assert!(trigger.fire(TeardownTrigger::WorkerFailed));
+        assert!(!trigger.fire(TeardownTrigger::ScstClosed));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the first trigger, once");
+
+        let late = Arc::new(AtomicUsize::new(0));
+        let fired = Trigger::new().expect("eventfd");
+        assert!(fired.fire(TeardownTrigger::Requested));
+        fired.set_notify(counted(&late));
+        assert_eq!(late.load(Ordering::SeqCst), 1, "fired before the notify was set");
+    }
 
     #[test]
     fn the_first_trigger_wins_and_wakes_every_waiter() {
