@@ -177,8 +177,10 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     notifier.status(&line);
     notifier.ready();
     let watchdog = start_watchdog(&notifier, &service);
+    // A signal wakes the supervisor at once; the loop below then takes it from `signals`.
+    let forwarder = SignalWake::start(&service);
     loop {
-        if !service.supervise(Duration::from_millis(200)) {
+        if !service.supervise(Duration::from_secs(1)) {
             break;
         }
         if let Some(line) = service.status_changed() {
@@ -209,6 +211,9 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     if let Some(watchdog) = watchdog {
         watchdog.stop();
     }
+    if let Some(forwarder) = forwarder {
+        forwarder.stop();
+    }
     // The control socket answers (state `stopping`) until every teardown has ended.
     let outcomes = service.stop();
     servers.stop();
@@ -216,6 +221,55 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     notifier.status(&format!("stopped (exit {code})"));
     log::info!("stopped; exit code {code}");
     code
+}
+
+/// A thread that wakes the supervisor when a signal `serve` handles arrives, so that the loop
+/// takes it at once rather than at the supervisor's next turn. It has its own registration
+/// (signal-hook delivers each signal to every one), so the loop's `Signals` still sees them.
+struct SignalWake {
+    close: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How long stopping the forwarder waits for its thread (it ends as soon as it is closed).
+const SIGNAL_WAKE_JOIN: Duration = Duration::from_secs(5);
+
+impl SignalWake {
+    /// `None` (logged) when the registration or the thread cannot be made: the supervisor's
+    /// turn still brings the signals to the loop, within a second.
+    fn start(service: &Service) -> Option<Self> {
+        let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("signals reach the supervisor at its next turn: cannot register: {e}");
+                return None;
+            }
+        };
+        let close = signals.handle();
+        let handle = service.handle();
+        let thread = std::thread::Builder::new()
+            .name("signal-wake".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    handle.wake();
+                }
+            });
+        match thread {
+            Ok(thread) => Some(Self { close, thread }),
+            Err(e) => {
+                log::warn!("signals reach the supervisor at its next turn: no thread: {e}");
+                close.close();
+                None
+            }
+        }
+    }
+
+    fn stop(self) {
+        self.close.close();
+        if scst_accel_hal::locks::join_bounded(self.thread, SIGNAL_WAKE_JOIN).is_err() {
+            log::warn!("the signal-wake thread did not end within {SIGNAL_WAKE_JOIN:?}; left");
+        }
+    }
 }
 
 /// The control socket and, when configured, the Prometheus endpoint, over either frontend's

@@ -46,10 +46,13 @@ use std::time::SystemTime;
 /// How long a caller of [`ServiceHandle`] waits for the supervisor's answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
-/// How often the supervisor looks at triggers and finished teardowns when no request comes (a
-/// request wakes it at once): a disk whose trigger fired is torn down within this, and an idle
-/// service's supervisor wakes five times a second.
-const TICK: Duration = Duration::from_millis(200);
+/// How often the supervisor looks at its disks when nothing wakes it. A request, a disk's
+/// teardown trigger ([`Frontend::on_trigger`]), the end of a teardown and (through `serve`'s
+/// signal forwarder) a signal each wake it at once, so this is a backstop: an idle service's
+/// supervisor wakes once a second (five times with the 200 ms turn it had).
+///
+/// [`Frontend::on_trigger`]: scst_accel_handler::frontend::Frontend::on_trigger
+const TICK: Duration = Duration::from_secs(1);
 
 /// Which kernel side the disks register with.
 #[derive(Clone)]
@@ -155,6 +158,9 @@ pub(crate) enum Request {
     Resize(String, u64, Sender<Result<u64, String>>),
     Wedged(Duration, Sender<Vec<String>>),
     Stop,
+    /// Something the loop looks at changed (a trigger fired, a teardown ended, a signal came):
+    /// look now.
+    Wake,
 }
 
 /// A cheap, cloneable way to talk to the supervisor from any thread: it implements
@@ -180,6 +186,11 @@ impl ServiceHandle {
     /// Ask every disk to stop (what SIGTERM does): the supervisor tears them down in parallel.
     pub fn request_stop(&self) {
         let _ = self.requests.send(Request::Stop);
+    }
+
+    /// Have the loop look at once (and `Service::supervise` return): never blocks.
+    pub fn wake(&self) {
+        let _ = self.requests.send(Request::Wake);
     }
 
     /// Disks whose workers have not looped within `max_age` (or have exited while serving);
@@ -365,6 +376,7 @@ impl Service {
     /// whether any disk is still serving or stopping.
     pub fn supervise(&mut self, for_at_most: Duration) -> bool {
         let deadline = Instant::now() + for_at_most;
+        let mut woken = false;
         loop {
             self.watch_triggers();
             self.collect_teardowns();
@@ -372,10 +384,12 @@ impl Service {
                 return false;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || woken {
                 return true;
             }
             match self.requests.recv_timeout(left.min(TICK)) {
+                // Looked at above, then back to the caller (a signal it handles, a status line).
+                Ok(Request::Wake) => woken = true,
                 Ok(request) => self.answer(request),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
@@ -520,6 +534,9 @@ impl Service {
                 );
                 slot.info = Some(info);
                 slot.identity = identity;
+                // A trigger wakes the supervisor to tear the disk down at once.
+                let handle = self.handle.clone();
+                running.frontend.on_trigger(Box::new(move || handle.wake()));
                 slot.running = Some(running);
                 slot.state = DiskState::Serving;
             }
@@ -560,9 +577,15 @@ impl Service {
         if trigger == TeardownTrigger::Requested {
             running.frontend.request_teardown();
         }
+        let handle = self.handle.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("teardown-{name}"))
-            .spawn(move || teardown_one(running));
+            .spawn(move || {
+                let finished = teardown_one(running);
+                // The supervisor collects it at once, not at its next turn.
+                handle.wake();
+                finished
+            });
         match spawned {
             Ok(handle) => slot.teardown = Some((handle, Instant::now(), trigger)),
             Err(e) => {
@@ -617,6 +640,8 @@ impl Service {
                 log::info!("stop requested: tearing down every disk");
                 self.begin_stop();
             }
+            // Handled by `supervise`, which looks at once.
+            Request::Wake => {}
         }
     }
 

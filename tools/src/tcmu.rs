@@ -392,6 +392,8 @@ impl TcmuService {
                 let _ = tx.send(self.resize(&name, bytes, true));
             }
             Request::Stop => return true,
+            // The loop looks at its disks after every request anyway.
+            Request::Wake => {}
         }
         false
     }

@@ -426,6 +426,56 @@ fn the_example_appliance_serves_on_the_loopback_kernel_without_its_exports() {
     assert_eq!(log.matches("export(s) not applied").count(), 3, "{log}");
 }
 
+/// Voluntary context switches of thread `tid` of process `pid` (how often it went to sleep).
+fn sleeps(pid: u32, tid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// An idle service's supervisor (serve's main thread) sleeps a second at a time: requests,
+/// triggers, teardowns and signals wake it, not a turn of 200 ms. Over three idle seconds it
+/// wakes about three times (fifteen with the 200 ms turn).
+#[test]
+fn an_idle_supervisor_wakes_once_a_second() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("ctl.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args([
+            "serve",
+            "--loopback",
+            "--name",
+            "x-idle",
+            "--size",
+            "16M",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .arg("--control-socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_json(&socket).is_none_or(|v| v["disks"][0]["state"] != "serving") {
+        assert!(Instant::now() < deadline, "never serving");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = sleeps(pid, pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let woke = sleeps(pid, pid) - before;
+    assert!(woke <= 6, "the idle supervisor slept {woke} times in 3 s");
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
+}
+
 /// Two appliances that both call their disk `accel0` (the default name) report different
 /// identities, and each keeps its own across a restart: the identity is generated once and
 /// persisted in the state directory.

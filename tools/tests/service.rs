@@ -179,6 +179,61 @@ fn a_failed_device_is_torn_down_alone() {
     assert_eq!(Service::exit_code(&outcomes), exit::IOERR);
 }
 
+/// A disk's teardown trigger and the end of its teardown wake the supervisor: a
+/// `supervise` asked to wait 30 s returns as soon as there is something to look at, so the
+/// failed disk is found failed long before one such wait would have run out.
+#[test]
+fn a_trigger_and_a_teardown_wake_the_supervisor() {
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        settings(),
+        vec![disk("wake-sim", BoardArg::Sim, 32 << 20, 4096)],
+        side,
+        StartOptions::default(),
+    );
+    let sim = service
+        .backend("wake-sim")
+        .and_then(|b| b.sim.clone())
+        .expect("simulated board");
+    sim.inject("gone".parse().expect("fault"));
+    let session = attach(&kernel, "wake-sim");
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            data_out: Vec::new(),
+            expected_data_in: 4096,
+            queue_type: 0,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    // Woken by the trigger: the disk's teardown begins at once, not at the supervisor's next
+    // turn (a second). Then woken by the teardown's end.
+    let started = Instant::now();
+    assert!(service.supervise(Duration::from_secs(30)), "still stopping");
+    let first = started.elapsed();
+    // About 50 ms here (the store notices the device gone); without the trigger's wake-up it
+    // is the turn, a second, plus the teardown.
+    assert!(
+        first < Duration::from_millis(800),
+        "woken after {first:?}: by the turn, not the trigger"
+    );
+    assert_ne!(snapshot_states(&mut service)[0].1, DiskState::Serving);
+    for _ in 0..8 {
+        if !service.supervise(Duration::from_secs(30)) {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the supervisor waited {took:?}: nothing woke it"
+    );
+    assert_eq!(service.status_line(), "0 disks serving, 1 failed");
+    drop(session);
+    let _ = service.stop();
+}
+
 #[test]
 fn start_failures_carry_their_exit_class() {
     let (_kernel, side) = loopback();
