@@ -168,7 +168,7 @@ impl Iommu {
             under_table,
             bus_master_off,
             last: None,
-            _copy: CopyInFlight::new(&self.copies_in_flight),
+            copy: None,
         };
         f(&mut batch)
     }
@@ -427,6 +427,11 @@ impl Iterator for Segments<'_> {
 /// Device accesses to host memory under one read hold of an [`Iommu`]'s table
 /// ([`Iommu::dma_batch_under`]).
 pub struct DmaBatch<'a> {
+    /// Counted in the domain's copies in flight from the batch's first admitted access (a
+    /// translation that succeeded) to its end: an attempt that only faults copies nothing.
+    /// Declared first, so dropped first: the count falls before the table's read lock is
+    /// released, and an `unmap` that waited for the lock never sees this batch counted.
+    copy: Option<CopyInFlight<'a>>,
     iommu: &'a Iommu,
     table: OrderedReadGuard<'a, BTreeMap<u64, Mapping>, levels::IommuTable>,
     under_table: LockToken<'a, levels::IommuTable>,
@@ -435,7 +440,6 @@ pub struct DmaBatch<'a> {
     /// The mapping (its first IOVA and itself) that held the last access whole: the table
     /// cannot change while it is read-held, so an access inside it needs no lookup.
     last: Option<(u64, Mapping)>,
-    _copy: CopyInFlight<'a>,
 }
 
 impl DmaBatch<'_> {
@@ -493,6 +497,13 @@ impl DmaBatch<'_> {
     /// Admit an access of `len` bytes at `iova`: `Some(host)` when one mapping holds it whole
     /// (the remembered one, or the one a lookup finds), `None` when it is mapped across
     /// mappings (the caller walks [`Segments`]).
+    /// An access was admitted: the batch is a copy in flight until it ends.
+    fn copying(&mut self) {
+        if self.copy.is_none() {
+            self.copy = Some(CopyInFlight::new(&self.iommu.copies_in_flight));
+        }
+    }
+
     fn admit(&mut self, iova: u64, len: u64, write: bool) -> Result<Option<u64>, IommuFault> {
         if self.bus_master_off {
             return Err(self.iommu.refuse(iova, len, write));
@@ -511,9 +522,11 @@ impl DmaBatch<'_> {
         };
         if let Some((start, m)) = holder {
             self.last = holder;
+            self.copying();
             return Ok(Some(m.host + (iova - start)));
         }
         if covered(&self.table, iova, len) {
+            self.copying();
             Ok(None)
         } else {
             Err(self.iommu.fault(&mut self.under_table, iova, len, write))
