@@ -180,13 +180,8 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     // A signal wakes the supervisor at once; the loop below then takes it from `signals`.
     let forwarder = SignalWake::start(&service);
     loop {
-        if !service.supervise(Duration::from_secs(1)) {
-            break;
-        }
-        if let Some(line) = service.status_changed() {
-            log::info!("{line}");
-            notifier.status(&line);
-        }
+        // Signals first: one that came while the disks started (before the forwarder) is
+        // taken now, not after a whole turn.
         for signal in signals.pending() {
             match signal {
                 SIGHUP => service.flush_caches(),
@@ -200,6 +195,13 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
         }
         if service.stop_requested() && !service.active() {
             break;
+        }
+        if !service.supervise(Duration::from_secs(1)) {
+            break;
+        }
+        if let Some(line) = service.status_changed() {
+            log::info!("{line}");
+            notifier.status(&line);
         }
     }
     if !service.stop_requested() {

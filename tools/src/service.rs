@@ -37,6 +37,8 @@ use scst_accel_handler::transport::device::ScstUserDevice;
 use scst_accel_handler::transport::register::register;
 use scst_accel_handler::transport::ScstUserFd;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -128,6 +130,22 @@ impl Default for StartOptions {
     }
 }
 
+/// A disk's teardown, on its own thread.
+struct TeardownThread {
+    handle: JoinHandle<Finished>,
+    started: Instant,
+    trigger: TeardownTrigger,
+    /// Set by the thread when its teardown is done, just before it wakes the supervisor.
+    done: Arc<AtomicBool>,
+}
+
+impl TeardownThread {
+    /// Its teardown is done (or the thread ended otherwise: a panic).
+    fn done(&self) -> bool {
+        self.done.load(Ordering::Acquire) || self.handle.is_finished()
+    }
+}
+
 /// What a teardown thread hands back.
 struct Finished {
     frontend: FrontendReport,
@@ -143,7 +161,7 @@ struct Slot {
     info: Option<StoreInfo>,
     identity: IdentityView,
     running: Option<Running>,
-    teardown: Option<(JoinHandle<Finished>, Instant, TeardownTrigger)>,
+    teardown: Option<TeardownThread>,
     last_stats: Option<FrontendStats>,
     device: DeviceCounters,
     teardowns: Vec<TeardownRecord>,
@@ -578,16 +596,27 @@ impl Service {
             running.frontend.request_teardown();
         }
         let handle = self.handle.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let done_here = Arc::clone(&done);
         let spawned = std::thread::Builder::new()
             .name(format!("teardown-{name}"))
             .spawn(move || {
                 let finished = teardown_one(running);
-                // The supervisor collects it at once, not at its next turn.
+                // Done before the wake-up, so the woken supervisor collects it at once (the
+                // thread may not have returned yet: `is_finished` could still say no).
+                done_here.store(true, Ordering::Release);
                 handle.wake();
                 finished
             });
         match spawned {
-            Ok(handle) => slot.teardown = Some((handle, Instant::now(), trigger)),
+            Ok(handle) => {
+                slot.teardown = Some(TeardownThread {
+                    handle,
+                    started: Instant::now(),
+                    trigger,
+                    done,
+                });
+            }
             Err(e) => {
                 // No thread: the disk's resources are gone with the closure (its frontend's Drop
                 // stops the workers); say so rather than pretend it was torn down.
@@ -601,15 +630,21 @@ impl Service {
 
     fn collect_teardowns(&mut self) {
         for slot in &mut self.slots {
-            let done = matches!(&slot.teardown, Some((h, _, _)) if h.is_finished());
+            let done = slot.teardown.as_ref().is_some_and(TeardownThread::done);
             if !done {
                 continue;
             }
-            let Some((handle, started, trigger)) = slot.teardown.take() else {
+            let Some(TeardownThread {
+                handle,
+                started,
+                trigger,
+                ..
+            }) = slot.teardown.take()
+            else {
                 continue;
             };
-            // `is_finished` may say true before the thread's thread-locals are gone; the
-            // explicit join waits for them (issue 16).
+            // Done may be said a moment before the thread returns, and `is_finished` before
+            // its thread-locals are gone; the join waits for both (issue 16).
             match scst_accel_hal::locks::join(handle) {
                 Ok(finished) => slot.finish(finished, started, &trigger),
                 Err(_) => {

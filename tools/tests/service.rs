@@ -179,9 +179,8 @@ fn a_failed_device_is_torn_down_alone() {
     assert_eq!(Service::exit_code(&outcomes), exit::IOERR);
 }
 
-/// A disk's teardown trigger and the end of its teardown wake the supervisor: a
-/// `supervise` asked to wait 30 s returns as soon as there is something to look at, so the
-/// failed disk is found failed long before one such wait would have run out.
+/// A disk's teardown trigger wakes the supervisor: a `supervise` asked to wait 30 s returns
+/// as soon as the device is found gone, so the disk's teardown begins at once.
 #[test]
 fn a_trigger_and_a_teardown_wake_the_supervisor() {
     let (kernel, side) = loopback();
@@ -219,17 +218,62 @@ fn a_trigger_and_a_teardown_wake_the_supervisor() {
         "woken after {first:?}: by the turn, not the trigger"
     );
     assert_ne!(snapshot_states(&mut service)[0].1, DiskState::Serving);
+    // Then collected (this teardown ends quickly; `a_teardown_end_wakes_the_supervisor` times
+    // the wake-up at a teardown's end).
     for _ in 0..8 {
         if !service.supervise(Duration::from_secs(30)) {
             break;
         }
     }
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(15),
-        "the supervisor waited {took:?}: nothing woke it"
-    );
     assert_eq!(service.status_line(), "0 disks serving, 1 failed");
+    drop(session);
+    let _ = service.stop();
+}
+
+/// The end of a teardown wakes the supervisor, which collects the disk at once: a stop whose
+/// teardown waits for a READ the device holds 300 ms ends in about that, not at the
+/// supervisor's next turn a second after the stop began.
+#[test]
+fn a_teardown_end_wakes_the_supervisor() {
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        settings(),
+        vec![disk("end-sim", BoardArg::Sim, 32 << 20, 4096)],
+        side,
+        StartOptions::default(),
+    );
+    let sim = service
+        .backend("end-sim")
+        .and_then(|b| b.sim.clone())
+        .expect("simulated board");
+    sim.inject("latency:300ms".parse().expect("fault"));
+    let session = attach(&kernel, "end-sim");
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            data_out: Vec::new(),
+            expected_data_in: 4096,
+            queue_type: 0,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    // The READ is with the device when the stop begins (it answers after 300 ms).
+    std::thread::sleep(Duration::from_millis(50));
+    let stopping = Instant::now();
+    service.begin_stop();
+    while service.supervise(Duration::from_secs(30)) {
+        assert!(stopping.elapsed() < Duration::from_secs(20), "never stopped");
+    }
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "stopped {took:?} after the stop began: collected at the turn, not at the teardown's end"
+    );
+    session
+        .completions()
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the READ was answered");
     drop(session);
     let _ = service.stop();
 }

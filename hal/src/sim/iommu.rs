@@ -494,9 +494,6 @@ impl DmaBatch<'_> {
         })
     }
 
-    /// Admit an access of `len` bytes at `iova`: `Some(host)` when one mapping holds it whole
-    /// (the remembered one, or the one a lookup finds), `None` when it is mapped across
-    /// mappings (the caller walks [`Segments`]).
     /// An access was admitted: the batch is a copy in flight until it ends.
     fn copying(&mut self) {
         if self.copy.is_none() {
@@ -504,6 +501,9 @@ impl DmaBatch<'_> {
         }
     }
 
+    /// Admit an access of `len` bytes at `iova`: `Some(host)` when one mapping holds it whole
+    /// (the remembered one, or the one a lookup finds), `None` when it is mapped across
+    /// mappings (the caller walks [`Segments`]).
     fn admit(&mut self, iova: u64, len: u64, write: bool) -> Result<Option<u64>, IommuFault> {
         if self.bus_master_off {
             return Err(self.iommu.refuse(iova, len, write));
