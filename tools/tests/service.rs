@@ -139,16 +139,7 @@ fn a_failed_device_is_torn_down_alone() {
     // Nothing reaches the store while no initiator sends commands, so ask through a session:
     // one READ finds the device gone.
     let session = attach(&kernel, "alone-sim");
-    session
-        .submit(scst_accel_handler::loopback::ScsiRequest {
-            tag: 1,
-            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], // READ(10), LBA 0, 1 block
-            data_out: Vec::new(),
-            expected_data_in: 4096,
-            queue_type: 0,
-            timeout_secs: 30,
-        })
-        .expect("submit");
+    read_one_block(&session);
     // Answered (with sense, or by the close path), never lost.
     session
         .completions()
@@ -179,23 +170,8 @@ fn a_failed_device_is_torn_down_alone() {
     assert_eq!(Service::exit_code(&outcomes), exit::IOERR);
 }
 
-/// A disk's teardown trigger wakes the supervisor: a `supervise` asked to wait 30 s returns
-/// as soon as the device is found gone, so the disk's teardown begins at once.
-#[test]
-fn a_trigger_and_a_teardown_wake_the_supervisor() {
-    let (kernel, side) = loopback();
-    let mut service = Service::start(
-        settings(),
-        vec![disk("wake-sim", BoardArg::Sim, 32 << 20, 4096)],
-        side,
-        StartOptions::default(),
-    );
-    let sim = service
-        .backend("wake-sim")
-        .and_then(|b| b.sim.clone())
-        .expect("simulated board");
-    sim.inject("gone".parse().expect("fault"));
-    let session = attach(&kernel, "wake-sim");
+/// Send one READ(10) of block 0 (4 KiB) on `session`.
+fn read_one_block(session: &scst_accel_handler::loopback::Session) {
     session
         .submit(scst_accel_handler::loopback::ScsiRequest {
             tag: 1,
@@ -206,6 +182,33 @@ fn a_trigger_and_a_teardown_wake_the_supervisor() {
             timeout_secs: 30,
         })
         .expect("submit");
+}
+
+/// A service of one simulated disk `name` with `fault` injected, and a session that has sent
+/// it one READ of a block.
+fn one_sim_disk_reading(name: &str, fault: &str) -> (Service, scst_accel_handler::loopback::Session) {
+    let (kernel, side) = loopback();
+    let service = Service::start(
+        settings(),
+        vec![disk(name, BoardArg::Sim, 32 << 20, 4096)],
+        side,
+        StartOptions::default(),
+    );
+    let sim = service
+        .backend(name)
+        .and_then(|b| b.sim.clone())
+        .expect("simulated board");
+    sim.inject(fault.parse().expect("fault"));
+    let session = attach(&kernel, name);
+    read_one_block(&session);
+    (service, session)
+}
+
+/// A disk's teardown trigger wakes the supervisor: a `supervise` asked to wait 30 s returns
+/// as soon as the device is found gone, so the disk's teardown begins at once.
+#[test]
+fn a_trigger_and_a_teardown_wake_the_supervisor() {
+    let (mut service, session) = one_sim_disk_reading("wake-sim", "gone");
     // Woken by the trigger: the disk's teardown begins at once, not at the supervisor's next
     // turn (a second). Then woken by the teardown's end.
     let started = Instant::now();
@@ -235,29 +238,7 @@ fn a_trigger_and_a_teardown_wake_the_supervisor() {
 /// supervisor's next turn a second after the stop began.
 #[test]
 fn a_teardown_end_wakes_the_supervisor() {
-    let (kernel, side) = loopback();
-    let mut service = Service::start(
-        settings(),
-        vec![disk("end-sim", BoardArg::Sim, 32 << 20, 4096)],
-        side,
-        StartOptions::default(),
-    );
-    let sim = service
-        .backend("end-sim")
-        .and_then(|b| b.sim.clone())
-        .expect("simulated board");
-    sim.inject("latency:300ms".parse().expect("fault"));
-    let session = attach(&kernel, "end-sim");
-    session
-        .submit(scst_accel_handler::loopback::ScsiRequest {
-            tag: 1,
-            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-            data_out: Vec::new(),
-            expected_data_in: 4096,
-            queue_type: 0,
-            timeout_secs: 30,
-        })
-        .expect("submit");
+    let (mut service, session) = one_sim_disk_reading("end-sim", "latency:300ms");
     // The READ is with the device when the stop begins (it answers after 300 ms).
     std::thread::sleep(Duration::from_millis(50));
     let stopping = Instant::now();
