@@ -207,7 +207,7 @@ fn one_sim_disk_reading(name: &str, fault: &str) -> (Service, scst_accel_handler
 /// A disk's teardown trigger wakes the supervisor: a `supervise` asked to wait 30 s returns
 /// as soon as the device is found gone, so the disk's teardown begins at once.
 #[test]
-fn a_trigger_and_a_teardown_wake_the_supervisor() {
+fn a_trigger_wakes_the_supervisor() {
     let (mut service, session) = one_sim_disk_reading("wake-sim", "gone");
     // Woken by the trigger: the disk's teardown begins at once, not at the supervisor's next
     // turn (a second). Then woken by the teardown's end.

@@ -54,7 +54,8 @@ pub(crate) struct Trigger {
     first: OnceLock<TeardownTrigger>,
     /// Signalled once, when `first` is set; never cleared (level-triggered for every waiter).
     wake: EventFd,
-    /// Called once a trigger fired (or at once, if one had when it was set).
+    /// Called when a trigger fires (or at once, if one had when it was set); twice when the
+    /// two happen together, each side seeing the other: harmless for a wake-up.
     notify: OnceLock<TriggerNotify>,
 }
 
