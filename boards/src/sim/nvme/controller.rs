@@ -170,11 +170,21 @@ impl Shared {
     /// Lock the controller state for a BAR access other than a doorbell, as [`Shared::lock`].
     #[track_caller]
     fn lock_for_bar(&self) -> StateGuard<'_> {
+        self.lock_for_bar_after(None)
+    }
+
+    /// [`Shared::lock_for_bar`], with `doorbell` (a write its writer found no room to post)
+    /// applied after the posted ones and at its own time, before the clock ticks to now.
+    #[track_caller]
+    fn lock_for_bar_after(&self, doorbell: Option<(u64, u32, Instant)>) -> StateGuard<'_> {
         // Unchecked: a BAR access arrives through the `RegisterIo` trait object (hal), which
         // carries no token, and the driver may hold its own lock there; every driver lock is
         // below `sim.state`, which the runtime check still enforces.
         let mut st = self.state.lock_unchecked_at_runtime();
         self.apply_posted(&mut st);
+        if let Some((offset, value, at)) = doorbell {
+            self.apply_doorbell(&mut st, offset, value, at);
+        }
         st.tick_now();
         st
     }
@@ -286,15 +296,10 @@ impl Shared {
         Counters::add(&self.stats.doorbell_writes);
         // The receiver lives as long as `self`, so the send fails only when the queue is full:
         // then this write is applied under the state lock after every write posted before it.
-        if let Err(crossbeam_channel::TrySendError::Full((offset, value, at))) =
+        if let Err(crossbeam_channel::TrySendError::Full(doorbell)) =
             self.posted.tx.try_send((offset, value, Instant::now()))
         {
-            // Unchecked, as `lock_for_bar`; the clock ticks to now only after this write is
-            // applied at its own time.
-            let mut st = self.state.lock_unchecked_at_runtime();
-            self.apply_posted(&mut st);
-            self.apply_doorbell(&mut st, offset, value, at);
-            st.tick_now();
+            drop(self.lock_for_bar_after(Some(doorbell)));
             Counters::add(&self.stats.doorbells_applied_by_writer);
         }
         self.doorbells.fetch_add(1, Ordering::SeqCst);

@@ -229,7 +229,7 @@ fn next_work(shared: &Shared, token: &mut Token<'_>, w: usize, irq: &IrqBatch) -
             let stalled = st.stalled(w);
             drop(st);
             // A worker stalled on a full CQ is woken by that CQ's head doorbell; the flag is
-            // published before the last look at the posted doorbells, so none is missed.
+            // published before it compares the doorbell count with `seen`, so none is missed.
             if shared.mark_stalled(w, stalled, seen) {
                 continue;
             }
