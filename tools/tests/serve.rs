@@ -11,17 +11,27 @@ use std::time::Instant;
 /// `serve ARGS` with its state directory and control socket in a fresh temporary directory
 /// (kept: a few bytes), never in /var/lib or /run.
 fn serve(args: &[&str]) -> Command {
-    let dir = tempfile::tempdir().expect("temp dir").keep();
+    serve_in(&tempfile::tempdir().expect("temp dir").keep(), args)
+}
+
+/// `serve ARGS` with its state directory `dir/state` and its control socket
+/// [`control_socket`]`(dir)`.
+fn serve_in(dir: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
     cmd.arg("serve")
         .args(args)
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--control-socket")
-        .arg(dir.join("control.sock"))
+        .arg(control_socket(dir))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// The control socket of a [`serve_in`] `dir`.
+fn control_socket(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("control.sock")
 }
 
 /// A child process killed when the test ends, even by a panic: a failed test must not leave a
@@ -387,16 +397,10 @@ fn serve_once(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
 fn the_example_appliance_serves_on_the_loopback_kernel_without_its_exports() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/appliance.toml");
-    let state = dir.path().join("state");
-    let socket = dir.path().join("ctl.sock");
+    let socket = control_socket(dir.path());
     let log_path = dir.path().join("serve.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
-        .args(["serve", "--loopback", "--config"])
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--control-socket")
-        .arg(&socket)
+    let file = file.to_str().expect("utf-8");
+    let mut child = serve_in(dir.path(), &["--loopback", "--config", file])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).expect("log file"))
         .spawn()
@@ -442,20 +446,8 @@ fn sleeps(pid: u32, tid: u32) -> u64 {
 #[test]
 fn an_idle_supervisor_wakes_once_a_second() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let socket = dir.path().join("ctl.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
-        .args([
-            "serve",
-            "--loopback",
-            "--name",
-            "x-idle",
-            "--size",
-            "16M",
-            "--state-dir",
-        ])
-        .arg(dir.path())
-        .arg("--control-socket")
-        .arg(&socket)
+    let socket = control_socket(dir.path());
+    let mut child = serve_in(dir.path(), &["--loopback", "--name", "x-idle", "--size", "16M"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -139,7 +139,7 @@ fn a_failed_device_is_torn_down_alone() {
     // Nothing reaches the store while no initiator sends commands, so ask through a session:
     // one READ finds the device gone.
     let session = attach(&kernel, "alone-sim");
-    read_one_block(&session);
+    read_one_block(&session, 30);
     // Answered (with sense, or by the close path), never lost.
     session
         .completions()
@@ -170,18 +170,16 @@ fn a_failed_device_is_torn_down_alone() {
     assert_eq!(Service::exit_code(&outcomes), exit::IOERR);
 }
 
-/// Send one READ(10) of block 0 (4 KiB) on `session`.
-fn read_one_block(session: &scst_accel_handler::loopback::Session) {
-    session
-        .submit(scst_accel_handler::loopback::ScsiRequest {
-            tag: 1,
-            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-            data_out: Vec::new(),
-            expected_data_in: 4096,
-            queue_type: 0,
-            timeout_secs: 30,
-        })
-        .expect("submit");
+/// Send one READ(10) of block 0 (4 KiB) on `session`, which the kernel times out after
+/// `timeout_secs`.
+fn read_one_block(session: &scst_accel_handler::loopback::Session, timeout_secs: u32) {
+    submit(
+        session,
+        1,
+        vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        4096,
+        timeout_secs,
+    );
 }
 
 /// A service of one simulated disk `name` with `fault` injected, and a session that has sent
@@ -200,7 +198,7 @@ fn one_sim_disk_reading(name: &str, fault: &str) -> (Service, scst_accel_handler
         .expect("simulated board");
     sim.inject(fault.parse().expect("fault"));
     let session = attach(&kernel, name);
-    read_one_block(&session);
+    read_one_block(&session, 30);
     (service, session)
 }
 
@@ -458,12 +456,14 @@ fn an_export_that_cannot_apply_starts_no_disk_at_all() {
     assert!(sysfs.lines().is_empty(), "nothing written: {:?}", sysfs.lines());
 }
 
-fn command(
+/// Send a command without data-out on `session`.
+fn submit(
     session: &scst_accel_handler::loopback::Session,
     tag: u64,
     cdb: Vec<u8>,
     data_in: u32,
-) -> scst_accel_handler::loopback::ScsiCompletion {
+    timeout_secs: u32,
+) {
     session
         .submit(scst_accel_handler::loopback::ScsiRequest {
             tag,
@@ -471,9 +471,19 @@ fn command(
             data_out: Vec::new(),
             expected_data_in: data_in,
             queue_type: 0,
-            timeout_secs: 30,
+            timeout_secs,
         })
         .expect("submit");
+}
+
+/// Send a command without data-out and wait (bounded) for its completion.
+fn command(
+    session: &scst_accel_handler::loopback::Session,
+    tag: u64,
+    cdb: Vec<u8>,
+    data_in: u32,
+) -> scst_accel_handler::loopback::ScsiCompletion {
+    submit(session, tag, cdb, data_in, 30);
     session
         .completions()
         .recv_timeout(Duration::from_secs(20))
@@ -685,16 +695,7 @@ fn a_wedged_worker_stops_the_watchdog_until_it_recovers() {
     };
     supervise_until(&mut service, &|| count("PING") >= 2);
     let session = attach(&kernel, "wdg-gated");
-    session
-        .submit(scst_accel_handler::loopback::ScsiRequest {
-            tag: 1,
-            cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-            data_out: Vec::new(),
-            expected_data_in: 4096,
-            queue_type: 0,
-            timeout_secs: 60,
-        })
-        .expect("submit");
+    read_one_block(&session, 60);
     // The worker is now stuck in `submit`: the health check must say so, more than once.
     supervise_until(&mut service, &|| count("wdg-gated") >= 2);
     gate.open();
