@@ -193,7 +193,10 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
                 }
             }
         }
-        if service.stop_requested() && !service.active() {
+        // Every teardown ended, or the stop's budget ran out: `service.stop()` below fails
+        // the teardowns still running instead of waiting for them (the bound systemd's
+        // extended stop timeout is sized for).
+        if service.stop_settled() {
             break;
         }
         if !service.supervise(Duration::from_secs(1)) {
@@ -322,8 +325,9 @@ impl Servers {
     }
 }
 
-/// STOPPING=1, and more time for systemd's stop timeout: the teardowns run in parallel, each
-/// bounded by `stop_timeout`.
+/// STOPPING=1, and systemd's stop timeout extended to cover the stop's budget: the teardowns
+/// run in parallel, together bounded by `stop_timeout` (plus a second), after which the
+/// process exits whatever is still running ([`Service::stop_settled`]).
 fn announce_stop(notifier: &Notifier, service: &Service) {
     notifier.stopping();
     notifier.status("stopping: tearing every disk down");

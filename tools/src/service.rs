@@ -246,7 +246,9 @@ pub struct Service {
     slots: Vec<Slot>,
     requests: Receiver<Request>,
     handle: ServiceHandle,
-    stopping: bool,
+    /// When the stop was requested: every teardown must have ended within
+    /// [`Service::stop_budget`] of it.
+    stop_began: Option<Instant>,
     last_status: String,
     exporter: Option<Exporter>,
     persist_identities: bool,
@@ -288,7 +290,7 @@ impl Service {
             slots: disks.into_iter().map(Slot::new).collect(),
             requests,
             handle: ServiceHandle { requests: tx },
-            stopping: false,
+            stop_began: None,
             last_status: String::new(),
             exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
             persist_identities: options.persist_identities,
@@ -463,12 +465,21 @@ impl Service {
 
     /// Whether a stop was requested (SIGTERM, [`ServiceHandle::request_stop`]).
     pub fn stop_requested(&self) -> bool {
-        self.stopping
+        self.stop_began.is_some()
+    }
+
+    /// Whether a requested stop is over for the process: every disk has ended, or the stop
+    /// has run out of its budget ([`Service::stop_budget`] since it began), in which case
+    /// [`Service::stop`] fails the teardowns still running rather than wait for them. `serve`
+    /// loops until this says yes, so no teardown holds the process past the bound.
+    pub fn stop_settled(&self) -> bool {
+        self.stop_began
+            .is_some_and(|began| !self.active() || began.elapsed() >= self.stop_budget())
     }
 
     /// Begin the teardown of every disk still serving, all at once (each in its own thread).
     pub fn begin_stop(&mut self) {
-        self.stopping = true;
+        self.stop_began.get_or_insert_with(Instant::now);
         for index in 0..self.slots.len() {
             if self.slots[index].state == DiskState::Serving {
                 self.begin_teardown(index, TeardownTrigger::Requested);
@@ -476,12 +487,14 @@ impl Service {
         }
     }
 
-    /// Stop every disk and wait for all the teardowns, each bounded by the service's
-    /// `stop_timeout`; returns every disk's outcome, in configuration order.
+    /// Stop every disk and wait for all the teardowns, together bounded by
+    /// [`Service::stop_budget`] from the moment the stop began (here, or at an earlier
+    /// [`Service::begin_stop`]): a teardown still running then is left to finish on its own
+    /// and its disk fails (exit 70). Returns every disk's outcome, in configuration order.
     pub fn stop(mut self) -> Vec<DiskOutcome> {
         self.begin_stop();
-        let bound = self.settings.stop_timeout + Duration::from_secs(1);
-        let deadline = Instant::now() + bound;
+        let bound = self.stop_budget();
+        let deadline = self.stop_began.unwrap_or_else(Instant::now) + bound;
         while self.active() && Instant::now() < deadline {
             self.supervise(deadline.saturating_duration_since(Instant::now()).min(TICK));
         }

@@ -730,3 +730,91 @@ fn a_wedged_worker_stops_the_watchdog_until_it_recovers() {
     session.detach();
     drop(service.stop());
 }
+
+/// A RAM store whose release blocks on the gate: a teardown that does not end.
+struct StuckReleaseStore {
+    ram: scst_accel_handler::store::ram::RamStore,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl scst_accel_handler::store::Store for StuckReleaseStore {
+    fn info(&self) -> scst_accel_handler::store::StoreInfo {
+        self.ram.info()
+    }
+
+    fn open_queue(
+        &self,
+    ) -> Result<Box<dyn scst_accel_handler::store::StoreQueue>, scst_accel_handler::store::StoreError> {
+        self.ram.open_queue()
+    }
+}
+
+impl Drop for StuckReleaseStore {
+    fn drop(&mut self) {
+        self.gate.pass();
+    }
+}
+
+/// A stop is over for the process at its budget (`stop_timeout` plus a second) even when a
+/// teardown does not end: `stop_settled` says so, `stop` then fails that disk (exit 70) at
+/// once instead of waiting for it, and the other disk has stopped cleanly. `serve` loops on
+/// `stop_settled`, so no teardown holds the process past the stop timeout systemd was told.
+#[test]
+fn a_teardown_that_overruns_the_stop_budget_is_abandoned() {
+    let (_kernel, side) = loopback();
+    let gate = std::sync::Arc::new(Gate::default());
+    let store_gate = std::sync::Arc::clone(&gate);
+    let stores: scst_accel::service::StoreFactory = std::sync::Arc::new(move |spec: &DiskSpec| {
+        (spec.args.name == "overrun-stuck").then(|| {
+            let store = StuckReleaseStore {
+                ram: scst_accel_handler::store::ram::RamStore::new(spec.args.block_size, 4096, 2048),
+                gate: std::sync::Arc::clone(&store_gate),
+            };
+            Ok(scst_accel::backend::Backend::from_store(
+                std::sync::Arc::new(store),
+                64 << 20,
+            ))
+        })
+    });
+    let options = StartOptions {
+        stores: Some(stores),
+        ..StartOptions::default()
+    };
+    let settings = ServiceSettings {
+        stop_timeout: Duration::from_secs(1),
+        ..settings()
+    };
+    let disks = vec![
+        disk("overrun-stuck", BoardArg::Ram, 16 << 20, 4096),
+        disk("overrun-ok", BoardArg::Ram, 16 << 20, 4096),
+    ];
+    let mut service = Service::start(settings, disks, side, options);
+    assert_eq!(service.serving(), 2, "{:?}", service.start_failures());
+    let began = Instant::now();
+    service.begin_stop();
+    while !service.stop_settled() {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the stop never settled: the stuck teardown holds it"
+        );
+        service.supervise(Duration::from_secs(1));
+    }
+    let outcomes = service.stop();
+    let took = began.elapsed();
+    // Let the abandoned teardown thread end.
+    gate.open();
+    // The budget is 2 s; `stop` must not wait another budget on top of it.
+    assert!(took < Duration::from_secs(15), "stopped after {took:?}");
+    assert_eq!(outcomes[0].state, DiskState::Failed);
+    assert_eq!(outcomes[0].exit_code, exit::SOFTWARE);
+    assert!(
+        outcomes[0]
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("overran")),
+        "{:?}",
+        outcomes[0].failure
+    );
+    assert_eq!(outcomes[1].state, DiskState::Stopped, "{:?}", outcomes[1].failure);
+    assert_eq!(Service::exit_code(&outcomes), exit::SOFTWARE);
+}

@@ -29,7 +29,8 @@ pub struct ServiceSettings {
     pub scst_sysfs: PathBuf,
     /// Prometheus text endpoint (opt-in): an address on this host.
     pub metrics_listen: Option<SocketAddr>,
-    /// Each disk's teardown is bounded by this (SIGTERM tears all disks down in parallel).
+    /// A stop (SIGTERM) is bounded by this plus a second: the disks are torn down in parallel,
+    /// and a teardown still running then fails its disk (exit 70).
     pub stop_timeout: Duration,
     /// Which kernel target serves every disk of the service.
     pub frontend: Frontend,
