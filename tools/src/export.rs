@@ -66,6 +66,15 @@ pub enum ExportError {
         /// The name.
         target: String,
     },
+    /// A sysfs directory could not be read.
+    #[error("reading {dir}: {source}", dir = .path.display())]
+    Read {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// A sysfs write failed: SCST refused the line, or the file could not be opened.
     #[error("writing \"{line}\" to {file}: {source}{hint}", file = .path.display(), hint = write_hint(.line, .source))]
     Write {
@@ -201,6 +210,36 @@ impl Exporter {
         Ok(applied)
     }
 
+    /// `del_target` of an iSCSI target the service created, once none of its disks exports
+    /// there. `Ok(false)` when the target is gone already, or when LUNs are left in it (added by
+    /// someone else: `del_target` would take them along), which are then left alone.
+    ///
+    /// # Errors
+    /// The target's LUN directory cannot be read, or SCST refuses the line.
+    pub fn delete_target(&self, target: &str) -> Result<bool, ExportError> {
+        check_name(target)?;
+        let driver = driver_dir(&self.root, TargetDriver::Iscsi);
+        let luns_dir = driver.join(target).join("luns");
+        let luns = match std::fs::read_dir(&luns_dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+                .count(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(ExportError::Read {
+                    path: luns_dir,
+                    source,
+                })
+            }
+        };
+        if luns > 0 {
+            return Ok(false);
+        }
+        write_line(&driver.join("mgmt"), &format!("del_target {target}"))?;
+        Ok(true)
+    }
+
     fn apply_one(&self, device: &str, spec: &ExportSpec, steps: &mut Vec<Step>) -> Result<(), ExportError> {
         check_name(&spec.target)?;
         let driver = driver_dir(&self.root, spec.driver);
@@ -239,8 +278,36 @@ impl AppliedExports {
             .collect()
     }
 
+    /// The iSCSI targets `apply` created (`add_target`). Other disks of the service may add
+    /// their LUNs to them, so a disk's teardown leaves them ([`AppliedExports::remove_luns`])
+    /// and the service deletes each once no disk of it exports there
+    /// ([`Exporter::delete_target`]).
+    pub fn created_targets(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::CreatedTarget { target } => Some(target.clone()),
+                Step::Lun { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Remove this disk's LUNs, in reverse order; the targets it created stay (see
+    /// [`AppliedExports::created_targets`]). Best effort: every LUN is attempted; the failures
+    /// are returned.
+    pub fn remove_luns(self) -> Vec<ExportError> {
+        let steps = self
+            .steps
+            .iter()
+            .filter(|step| matches!(step, Step::Lun { .. }))
+            .cloned()
+            .collect();
+        Self { steps, ..self }.remove()
+    }
+
     /// Remove everything applied, in reverse order: `del LUN`, then `del_target` for targets
-    /// this process created. Best effort: every step is attempted; the failures are returned.
+    /// this `apply` created (the undo of a failed `apply`, when no other disk can have used
+    /// them yet). Best effort: every step is attempted; the failures are returned.
     pub fn remove(self) -> Vec<ExportError> {
         let mut errors = Vec::new();
         for step in self.steps.iter().rev() {

@@ -14,6 +14,7 @@ use crate::backend::BackendReport;
 use crate::backend::BoardArg;
 use crate::config::DiskSpec;
 use crate::config::ServiceSettings;
+use crate::config::TargetDriver;
 use crate::exit;
 use crate::export::AppliedExports;
 use crate::export::Exporter;
@@ -166,6 +167,9 @@ struct Slot {
     device: DeviceCounters,
     teardowns: Vec<TeardownRecord>,
     outcome: Option<Finished>,
+    /// Its LUNs are (or may still be) in SCST: from a start that applied exports until a
+    /// teardown that ended; an abandoned or panicked teardown leaves it set.
+    holds_exports: bool,
 }
 
 /// What the control socket, the metrics endpoint and the watchdog ask a service's loop (the
@@ -251,6 +255,9 @@ pub struct Service {
     stop_began: Option<Instant>,
     last_status: String,
     exporter: Option<Exporter>,
+    /// The iSCSI targets this service created, deleted once no disk exports there
+    /// ([`Service::release_targets`]).
+    created_targets: Vec<String>,
     persist_identities: bool,
     stores: Option<StoreFactory>,
 }
@@ -293,6 +300,7 @@ impl Service {
             stop_began: None,
             last_status: String::new(),
             exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
+            created_targets: Vec::new(),
             persist_identities: options.persist_identities,
             stores: options.stores,
         }
@@ -568,6 +576,14 @@ impl Service {
                 // A trigger wakes the supervisor to tear the disk down at once.
                 let handle = self.handle.clone();
                 running.frontend.on_trigger(Box::new(move || handle.wake()));
+                if let Some(applied) = &running.exports {
+                    slot.holds_exports = true;
+                    for target in applied.created_targets() {
+                        if !self.created_targets.contains(&target) {
+                            self.created_targets.push(target);
+                        }
+                    }
+                }
                 slot.running = Some(running);
                 slot.state = DiskState::Serving;
             }
@@ -642,6 +658,7 @@ impl Service {
     }
 
     fn collect_teardowns(&mut self) {
+        let mut collected = false;
         for slot in &mut self.slots {
             let done = slot.teardown.as_ref().is_some_and(TeardownThread::done);
             if !done {
@@ -658,6 +675,7 @@ impl Service {
             };
             // Done may be said a moment before the thread returns, and `is_finished` before
             // its thread-locals are gone; the join waits for both (issue 16).
+            collected = true;
             match scst_accel_hal::locks::join(handle) {
                 Ok(finished) => slot.finish(finished, started, &trigger),
                 Err(_) => {
@@ -668,6 +686,43 @@ impl Service {
                 }
             }
         }
+        if collected {
+            self.release_targets();
+        }
+    }
+
+    /// Delete the iSCSI targets this service created that none of its disks exports to any
+    /// more: a disk's teardown removes only its LUNs, since other disks may have theirs in a
+    /// target it created (`del_target` would take them along). A disk whose teardown did not
+    /// end keeps its targets; LUNs someone else added keep theirs too
+    /// ([`Exporter::delete_target`]).
+    fn release_targets(&mut self) {
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        let slots = &self.slots;
+        self.created_targets.retain(|target| {
+            let used = slots.iter().any(|slot| {
+                slot.holds_exports
+                    && slot
+                        .spec
+                        .exports
+                        .iter()
+                        .any(|e| e.driver == TargetDriver::Iscsi && e.target == *target)
+            });
+            if used {
+                return true;
+            }
+            match exporter.delete_target(target) {
+                Ok(true) => log::info!("iSCSI target {target} deleted: no disk exports there any more"),
+                Ok(false) => log::warn!(
+                    "iSCSI target {target} left in place: gone already, or it holds LUNs this \
+                     service did not add"
+                ),
+                Err(e) => log::error!("deleting iSCSI target {target}: {e}"),
+            }
+            false
+        });
     }
 
     fn answer(&mut self, request: Request) {
@@ -752,6 +807,7 @@ impl Slot {
             device: DeviceCounters::default(),
             teardowns: Vec::new(),
             outcome: None,
+            holds_exports: false,
         }
     }
 
@@ -779,6 +835,7 @@ impl Slot {
             unmap_permitted: t.unmap_permitted,
         });
         self.last_stats = Some(finished.frontend.stats);
+        self.holds_exports = false;
         self.device = DeviceCounters {
             device_errors: finished.backend.device_errors,
             timeouts: finished.backend.timeouts,
@@ -982,7 +1039,7 @@ fn teardown_one(running: Running) -> Finished {
     // The LUNs go first, while the workers still serve: SCST finishes the commands it holds for
     // them before it removes them, and no initiator sends new ones to a disk being torn down.
     if let Some(exports) = exports {
-        for e in exports.remove() {
+        for e in exports.remove_luns() {
             log::error!("removing an export: {e}");
         }
     }

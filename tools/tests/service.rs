@@ -299,31 +299,29 @@ fn start_failures_carry_their_exit_class() {
     drop(service.stop());
 }
 
-/// A stand-in for SCST's sysfs: `targets/scst_local/scst_local_tgt/luns/mgmt` is a FIFO whose
-/// reader records every line written to it, one open at a time, as the kernel's attribute
-/// would take them. (`mkfifo(1)`: this crate forbids unsafe code.)
-struct FakeScstSysfs {
-    dir: tempfile::TempDir,
+/// A FIFO at `path` whose reader records every line written to it, one open at a time, as a
+/// kernel attribute would take them. (`mkfifo(1)`: this crate forbids unsafe code.)
+struct FifoRecorder {
+    path: std::path::PathBuf,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-impl FakeScstSysfs {
-    fn new() -> Self {
+impl FifoRecorder {
+    fn new(path: std::path::PathBuf) -> Self {
         use std::io::Read;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mgmt = dir.path().join("targets/scst_local/scst_local_tgt/luns/mgmt");
-        std::fs::create_dir_all(mgmt.parent().expect("parent")).expect("mkdir");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         let made = std::process::Command::new("mkfifo")
-            .arg(&mgmt)
+            .arg(&path)
             .status()
             .expect("mkfifo runs");
         assert!(made.success());
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = std::sync::Arc::clone(&lines);
+        let fifo = path.clone();
         let reader = std::thread::spawn(move || loop {
             let mut text = String::new();
-            if std::fs::File::open(&mgmt)
+            if std::fs::File::open(&fifo)
                 .and_then(|mut f| f.read_to_string(&mut text))
                 .is_err()
             {
@@ -337,14 +335,10 @@ impl FakeScstSysfs {
             }
         });
         Self {
-            dir,
+            path,
             lines,
             reader: Some(reader),
         }
-    }
-
-    fn root(&self) -> std::path::PathBuf {
-        self.dir.path().to_path_buf()
     }
 
     fn lines(&self) -> Vec<String> {
@@ -361,19 +355,43 @@ impl FakeScstSysfs {
     }
 }
 
-impl Drop for FakeScstSysfs {
+impl Drop for FifoRecorder {
     fn drop(&mut self) {
         use std::io::Write;
-        let mgmt = self
-            .dir
-            .path()
-            .join("targets/scst_local/scst_local_tgt/luns/mgmt");
-        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(mgmt) {
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&self.path) {
             let _ = f.write_all(b"END\n");
         }
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
+    }
+}
+
+/// A stand-in for SCST's sysfs: `targets/scst_local/scst_local_tgt/luns/mgmt` records the
+/// lines written to it.
+struct FakeScstSysfs {
+    // Dropped before the directory it lives in.
+    luns: FifoRecorder,
+    dir: tempfile::TempDir,
+}
+
+impl FakeScstSysfs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let luns = FifoRecorder::new(dir.path().join("targets/scst_local/scst_local_tgt/luns/mgmt"));
+        Self { luns, dir }
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.luns.lines()
+    }
+
+    fn wait_lines(&self, n: usize) -> Vec<String> {
+        self.luns.wait_lines(n)
     }
 }
 
@@ -817,4 +835,83 @@ fn a_teardown_that_overruns_the_stop_budget_is_abandoned() {
     );
     assert_eq!(outcomes[1].state, DiskState::Stopped, "{:?}", outcomes[1].failure);
     assert_eq!(Service::exit_code(&outcomes), exit::SOFTWARE);
+}
+
+/// Two disks with LUNs in one iSCSI target the service created: the failure of the disk whose
+/// export created it removes that disk's LUN only (a `del_target` would take the other disk's
+/// LUN along while it serves); the target goes once the last disk exporting there stopped.
+#[test]
+fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
+    const IQN: &str = "iqn.2026-12.com.example:shared";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let iscsi = root.join("targets/iscsi");
+    let mgmt = FifoRecorder::new(iscsi.join("mgmt"));
+    // The target's files behind a symlink: the exporter takes only a directory for an
+    // existing target, so it creates this one (`add_target`), as on a fresh SCST.
+    let real = iscsi.join(".target");
+    let luns = FifoRecorder::new(real.join("luns/mgmt"));
+    std::os::unix::fs::symlink(&real, iscsi.join(IQN)).expect("symlink");
+    let export = |mut spec: DiskSpec, lun: u32| {
+        spec.exports.push(scst_accel::config::ExportSpec {
+            driver: scst_accel::config::TargetDriver::Iscsi,
+            target: IQN.into(),
+            lun,
+            enable: false,
+        });
+        spec
+    };
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        ServiceSettings {
+            scst_sysfs: root.to_path_buf(),
+            ..settings()
+        },
+        vec![
+            export(disk("tgt-first", BoardArg::Sim, 32 << 20, 4096), 0),
+            export(disk("tgt-second", BoardArg::Ram, 16 << 20, 4096), 1),
+        ],
+        side,
+        StartOptions::default(),
+    );
+    assert_eq!(service.serving(), 2, "{:?}", service.start_failures());
+    assert_eq!(
+        luns.wait_lines(2),
+        vec!["add tgt-first 0".to_string(), "add tgt-second 1".to_string()]
+    );
+    // The first disk's device goes: its READ finds it gone, and the disk is torn down alone.
+    let sim = service
+        .backend("tgt-first")
+        .and_then(|b| b.sim.clone())
+        .expect("simulated board");
+    sim.inject("gone".parse().expect("fault"));
+    let session = attach(&kernel, "tgt-first");
+    read_one_block(&session, 30);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while snapshot_states(&mut service)[0].1 != DiskState::Failed {
+        assert!(Instant::now() < deadline, "the first disk never failed");
+        service.supervise(Duration::from_millis(50));
+    }
+    assert_eq!(snapshot_states(&mut service)[1].1, DiskState::Serving);
+    assert_eq!(luns.wait_lines(3)[2], "del 0");
+    assert!(
+        mgmt.lines().iter().all(|l| !l.starts_with("del_target")),
+        "the target went while the second disk exports there: {:?}",
+        mgmt.lines()
+    );
+    drop(session);
+    let outcomes = service.stop();
+    assert_eq!(outcomes[1].state, DiskState::Stopped);
+    assert_eq!(luns.wait_lines(4)[3], "del 1");
+    let deleted = format!("del_target {IQN}");
+    let wait = Instant::now() + Duration::from_secs(5);
+    while !mgmt.lines().contains(&deleted) && Instant::now() < wait {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lines = mgmt.lines();
+    assert_eq!(
+        lines.iter().filter(|l| **l == deleted).count(),
+        1,
+        "the target is deleted once, after its last disk: {lines:?}"
+    );
 }

@@ -414,3 +414,29 @@ fn export_errors_say_what_to_do() {
     };
     assert!(denied.to_string().contains("ReadWritePaths"), "{denied}");
 }
+
+/// `delete_target` leaves a target that still holds a LUN (someone else's: `del_target` would
+/// take it along), and deletes an empty one; a target gone already is no error.
+#[test]
+fn delete_target_leaves_a_target_with_luns_in_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let iscsi = dir.path().join("targets/iscsi");
+    let lun = iscsi.join(IQN).join("luns/7");
+    std::fs::create_dir_all(&lun).expect("mkdir");
+    // A plain file stands in for the mgmt attribute: what was written stays readable.
+    let mgmt = iscsi.join("mgmt");
+    std::fs::write(&mgmt, "").expect("mgmt");
+    std::fs::write(iscsi.join(IQN).join("luns/mgmt"), "").expect("luns mgmt");
+    let exporter = Exporter::new(dir.path());
+    assert!(!exporter.delete_target(IQN).expect("delete"), "a LUN is left");
+    assert_eq!(std::fs::read_to_string(&mgmt).expect("read"), "");
+    std::fs::remove_dir(&lun).expect("rmdir");
+    assert!(exporter.delete_target(IQN).expect("delete"), "empty");
+    assert_eq!(
+        std::fs::read_to_string(&mgmt).expect("read"),
+        format!("del_target {IQN}\n")
+    );
+    assert!(!exporter
+        .delete_target("iqn.2026-12.com.example:gone")
+        .expect("gone"));
+}
