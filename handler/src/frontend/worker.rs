@@ -957,6 +957,7 @@ impl Worker {
                     lun: sess.lun,
                     initiator: abi::c_name(&sess.initiator_name),
                     rd_only: sess.rd_only != 0,
+                    attached_by: cmd.cmd_h,
                 };
                 log::info!(
                     "session {:#x} attached: LUN {} initiator {}",
@@ -964,16 +965,33 @@ impl Worker {
                     info.lun,
                     info.initiator
                 );
-                let result = if sessions.insert(sess.sess_h, info).is_some() {
-                    -libc::EEXIST
-                } else {
-                    0
-                };
-                ReplyCmd::with_result(cmd.cmd_h, cmd.subcode, result)
+                // `sess_h` is the kernel's `tgt_dev` address (spec §8.15), handed out again
+                // once that one is freed: after a DETACH another worker may not have taken
+                // yet, or with none at all when an earlier ATTACH timed out (its late reply
+                // was dropped, spec §7). A known `sess_h` is therefore a new session, never a
+                // reason to refuse one.
+                if let Some(earlier) = sessions.insert(sess.sess_h, info) {
+                    log::warn!(
+                        "session {:#x} attached again (ATTACH {}; the earlier one, ATTACH {}, \
+                         initiator {}, ended without a DETACH seen here yet)",
+                        sess.sess_h,
+                        cmd.cmd_h,
+                        earlier.attached_by,
+                        earlier.initiator
+                    );
+                }
+                ReplyCmd::with_result(cmd.cmd_h, cmd.subcode, 0)
             } else {
                 self.shared.counters.detach.fetch_add(1, Ordering::Relaxed);
-                sessions.remove(&sess.sess_h);
-                log::info!("session {:#x} detached", sess.sess_h);
+                // A DETACH queued before the ATTACH of the entry (the handles grow, wrapping) is
+                // the earlier session's, taken after the new one's ATTACH by another worker.
+                let earlier = |s: &SessionInfo| (cmd.cmd_h.wrapping_sub(s.attached_by) as i32) < 0;
+                if sessions.get(&sess.sess_h).is_some_and(earlier) {
+                    log::info!("session {:#x}: an earlier session's DETACH; kept", sess.sess_h);
+                } else {
+                    sessions.remove(&sess.sess_h);
+                    log::info!("session {:#x} detached", sess.sess_h);
+                }
                 ReplyCmd::new(cmd.cmd_h, cmd.subcode)
             }
         };

@@ -492,6 +492,19 @@ impl DeviceState {
 
     /// Sessions whose DETACH was requested and whose commands are all done go away.
     fn remove_detached_sessions(&mut self, _fx: &mut Effects) {
-        self.sessions.retain(|_, s| !(s.detached && s.outstanding == 0));
+        self.retire_detached_sessions();
+    }
+
+    /// Drop the sessions whose DETACH was requested and whose commands are all done; their
+    /// `sess_h` may be handed out again.
+    pub(crate) fn retire_detached_sessions(&mut self) {
+        let free = &mut self.free_sess_h;
+        self.sessions.retain(|&sess_h, s| {
+            let gone = s.detached && s.outstanding == 0;
+            if gone {
+                free.push(sess_h);
+            }
+            !gone
+        });
     }
 }

@@ -225,7 +225,13 @@ pub(crate) struct DeviceState {
     pub live_tags: IntSet<(u64, u64)>,
     pub next_cmd_id: u64,
     pub sessions: IntMap<u64, SessState>,
-    pub attaches: IntMap<u64, AttachWait>,
+    /// ATTACH_SESS waits, by the ATTACH ucmd's handle (a late reply must not answer a later
+    /// attach that was given the same `sess_h`).
+    pub attaches: IntMap<u32, AttachWait>,
+    /// `sess_h` values free for reuse, last freed first: the kernel's `sess_h` is its
+    /// `tgt_dev`'s address (spec §8.15), which the slab hands out again once that `tgt_dev` is
+    /// freed: after its DETACH, or with no DETACH at all when the ATTACH failed or timed out.
+    pub free_sess_h: Vec<u64>,
     pub tms: IntMap<u64, TmState>,
     pub sgv: SgvPool,
     /// `scst_suspend_activity` in progress: the core processes no new commands.
@@ -262,6 +268,7 @@ impl DeviceState {
             next_cmd_id: 1,
             sessions: IntMap::default(),
             attaches: IntMap::default(),
+            free_sess_h: Vec::new(),
             tms: IntMap::default(),
             sgv,
             suspended: 0,

@@ -514,7 +514,7 @@ impl DeviceState {
             }
             (abi::UCMD_STATE_ATTACH_SESS, _) => {
                 if let UcmdKind::Attach { sess_h } = kind {
-                    self.attach_result(sess_h, reply.result(), fx);
+                    self.attach_result(h, sess_h, reply.result(), fx);
                 }
                 self.put_ucmd(h);
                 Ok(Plan::Done)
@@ -530,9 +530,10 @@ impl DeviceState {
         }
     }
 
-    /// Result of ATTACH_SESS: 0 makes the session live; anything else refuses it.
-    pub fn attach_result(&mut self, sess_h: u64, result: i32, fx: &mut Effects) {
-        if let Some(w) = self.attaches.get_mut(&sess_h) {
+    /// Result of ATTACH_SESS ucmd `h`: 0 makes the session live; anything else refuses it. A
+    /// reply after the attach timed out finds no wait and is dropped.
+    pub fn attach_result(&mut self, h: u32, sess_h: u64, result: i32, fx: &mut Effects) {
+        if let Some(w) = self.attaches.get_mut(&h) {
             w.result = Some(result);
             if result == 0 {
                 if let Some(s) = w.sess.take() {

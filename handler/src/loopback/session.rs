@@ -292,13 +292,16 @@ impl LoopbackKernel {
             .inner
             .device(token, device)
             .ok_or_else(|| AttachError::NoDevice(device.to_owned()))?;
-        let sess_h = SESS_H_BASE + self.inner.next_sess.fetch_add(1, Ordering::Relaxed) * 0x1000;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (tm_tx, tm_rx) = crossbeam_channel::unbounded();
-        dev.with(token, |st, fx| {
+        let (h, sess_h) = dev.with(token, |st, fx| {
             if st.released {
                 return Err(AttachError::DeviceGone(device.to_owned()));
             }
+            // A freed `tgt_dev`'s address first, as the kernel's slab does (see `free_sess_h`).
+            let sess_h = st.free_sess_h.pop().unwrap_or_else(|| {
+                SESS_H_BASE + self.inner.next_sess.fetch_add(1, Ordering::Relaxed) * 0x1000
+            });
             let h = st.new_ucmd(UcmdKind::Attach { sess_h });
             let mut payload: abi::Sess = zerocopy::FromZeros::new_zeroed();
             payload.sess_h = sess_h;
@@ -311,7 +314,7 @@ impl LoopbackKernel {
                 u.set_message(abi::SCST_USER_ATTACH_SESS, &payload);
             }
             st.attaches.insert(
-                sess_h,
+                h,
                 super::device::AttachWait {
                     sess: Some(SessState {
                         lun: spec.lun,
@@ -327,14 +330,18 @@ impl LoopbackKernel {
                 },
             );
             st.queue_ready(h, fx);
-            Ok(())
+            Ok((h, sess_h))
         })?;
         let timeout = self.inner.config.attach_timeout;
         let deadline = Instant::now() + timeout;
         let mut st = dev.lock(token);
         loop {
-            if let Some(result) = st.attaches.get(&sess_h).and_then(|w| w.result) {
-                st.attaches.remove(&sess_h);
+            if let Some(result) = st.attaches.get(&h).and_then(|w| w.result) {
+                st.attaches.remove(&h);
+                if result != 0 {
+                    // Refused: SCST frees the `tgt_dev` without a DETACH.
+                    st.free_sess_h.push(sess_h);
+                }
                 drop(st);
                 return if result == 0 {
                     Ok(Session {
@@ -351,7 +358,11 @@ impl LoopbackKernel {
             let now = Instant::now();
             if now >= deadline {
                 // The ATTACH ucmd stays until replied or unjammed; a late reply is dropped.
-                st.attaches.remove(&sess_h);
+                // SCST frees the `tgt_dev` without a DETACH (`scst_alloc_add_tgt_dev`), so its
+                // address may come back with the next attach while the handler, which may
+                // still take the late ATTACH, has never seen the session go.
+                st.attaches.remove(&h);
+                st.free_sess_h.push(sess_h);
                 log::warn!("loopback {}: ATTACH_SESS timed out after {timeout:?}", dev.name);
                 return Err(AttachError::Timeout(timeout));
             }
@@ -695,7 +706,7 @@ impl Session {
             if let Some(s) = st.sessions.get_mut(&sess_h) {
                 s.detached = true;
             }
-            st.sessions.retain(|_, s| !(s.detached && s.outstanding == 0));
+            st.retire_detached_sessions();
             let h = st.new_ucmd(UcmdKind::Detach { sess_h });
             if let Some(u) = st.ucmds.get_mut(&h) {
                 u.set_message(abi::SCST_USER_DETACH_SESS, &payload);

@@ -158,7 +158,7 @@ impl DeviceState {
             }
             abi::UCMD_STATE_ATTACH_SESS | abi::UCMD_STATE_DETACH_SESS => {
                 if let UcmdKind::Attach { sess_h } = kind {
-                    self.attach_result(sess_h, -libc::EFAULT, fx);
+                    self.attach_result(h, sess_h, -libc::EFAULT, fx);
                 }
                 self.put_ucmd(h);
                 Some(UnjamAction::Session)
