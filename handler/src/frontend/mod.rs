@@ -383,6 +383,9 @@ pub struct SessionInfo {
     pub initiator: String,
     /// Read-only.
     pub rd_only: bool,
+    /// The handle of the ATTACH_SESS that made it: a DETACH_SESS queued before it (handles
+    /// grow, spec §3.1) is for an earlier session with the same `sess_h`.
+    pub attached_by: u32,
 }
 
 pub(crate) struct Shared {
@@ -620,8 +623,11 @@ impl Frontend {
             .map_err(|errno| ResizeError::Notify { num_blocks, errno })
     }
 
-    /// PREALLOC_BUFFER `count` buffers of `len` bytes into SCST's SGV cache, so that the first
-    /// commands find a cached buffer (spec §3.6). Returns how many the kernel took.
+    /// PREALLOC_BUFFER `count` buffers for requests of `len` bytes into SCST's SGV cache, so
+    /// that the first commands find a cached buffer (spec §3.6). Each is handed over at its
+    /// size class (a power of two of pages, as SCST's cache rounds), not at `len`: the kernel
+    /// pins the pages `bufflen` spans and fills a class-sized object from them, so a shorter
+    /// `bufflen` fails with ENOMEM. Returns how many the kernel took.
     ///
     /// # Errors
     /// The kernel's errno for the first refusal, after releasing that buffer.
@@ -632,9 +638,13 @@ impl Frontend {
             let Some(buffer) = self.shared.buffers.allocate(&mut token, len) else {
                 return Ok(done);
             };
+            let Ok(bufflen) = u32::try_from(buffer.len()) else {
+                self.shared.buffers.release(&mut token, buffer.addr());
+                return Err(Errno::EINVAL);
+            };
             let mut arg = crate::abi::PreallocBuffer {
                 pbuf: buffer.addr(),
-                bufflen: len as u32,
+                bufflen,
                 for_clust_pool: 0,
                 _pad: [0; 3],
             };
@@ -643,7 +653,7 @@ impl Frontend {
                 return Err(errno);
             }
             log::debug!(
-                "preallocated buffer {:#x} ({len} bytes), owner cmd_h {}",
+                "preallocated buffer {:#x} ({bufflen} bytes, for {len}), owner cmd_h {}",
                 buffer.addr(),
                 arg.out_cmd_h()
             );

@@ -471,8 +471,15 @@ impl ScstUserFd for LoopbackFd {
         if arg.pbuf == 0 || !arg.pbuf.is_multiple_of(uaccess::PAGE_SIZE) || arg.bufflen == 0 {
             return Err(Errno::EINVAL);
         }
+        // `dev_user_prealloc_buffer` pins the pages `bufflen` spans, and the SGV cache fills an
+        // object of the size class from those pages only (`dev_user_alloc_pages` gives none
+        // past them): a `bufflen` below its class fails the allocation (spec §3.6).
+        let pinned = u64::from(arg.bufflen).div_ceil(uaccess::PAGE_SIZE);
         let class = dev.lock(token).sgv.class_pages(u64::from(arg.bufflen));
-        let pages = class.unwrap_or_else(|| u64::from(arg.bufflen).div_ceil(uaccess::PAGE_SIZE));
+        if class.is_some_and(|class| class > pinned) {
+            return Err(Errno::ENOMEM);
+        }
+        let pages = class.unwrap_or(pinned);
         dev.memory.pin_user_pages(arg.pbuf, pages * uaccess::PAGE_SIZE)?;
         let pbuf = arg.pbuf;
         let clustered = arg.for_clust_pool != 0;

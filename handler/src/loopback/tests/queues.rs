@@ -141,6 +141,26 @@ fn prealloc_buffer_is_used_by_the_next_hit() {
     assert_eq!((f.subcode, f.cmd_h), (abi::SCST_USER_ON_CACHED_MEM_FREE, owner));
 }
 
+/// §3.6: the kernel pins the pages `bufflen` spans and fills an object of its size class
+/// from them; 96 KiB (24 pages) is in the 32-page class, so it fails with ENOMEM.
+#[test]
+fn prealloc_below_its_size_class_fails() {
+    let r = rig(default_opt());
+    let buf = PageBuffer::new(128 << 10).unwrap();
+    let mut short = abi::PreallocBuffer {
+        pbuf: buf.addr(),
+        bufflen: 96 << 10,
+        ..Default::default()
+    };
+    assert_eq!(r.fd.prealloc_buffer(&mut short).err(), Some(Errno::ENOMEM));
+    let mut class = abi::PreallocBuffer {
+        pbuf: buf.addr(),
+        bufflen: 128 << 10,
+        ..Default::default()
+    };
+    r.fd.prealloc_buffer(&mut class).unwrap();
+}
+
 #[test]
 fn purge_evicts_idle_buffers() {
     let r = rig_with(
