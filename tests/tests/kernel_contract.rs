@@ -296,14 +296,116 @@ fn a_buffer_named_in_a_refused_exec_reply_is_freed() {
         sam_status::CHECK_CONDITION,
         "the kernel failed the command: {r:?}"
     );
-    assert_eq!(rig.frontend().stats().reply_errors, 1);
-    // Idle now: every buffer the handler holds is one the kernel holds (cached or attached).
-    let kernel = rig.kernel.device_stats(&rig.name).expect("device");
-    let held = rig.frontend().stats().buffers.buffers;
+    // The kernel fails the command inside the worker's ioctl: the initiator may see it before
+    // the worker, back from that ioctl, has counted the refused reply and freed its buffer.
+    // Then idle: every buffer the handler holds is one the kernel holds (cached or attached).
+    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
+    let (kernel, held) = loop {
+        let kernel = rig.kernel.device_stats(&rig.name).expect("device");
+        let stats = rig.frontend().stats();
+        let settled = stats.reply_errors == 1
+            && stats.buffers.buffers == (kernel.cached_buffers + kernel.buffers_in_use) as u64;
+        if settled || std::time::Instant::now() >= deadline {
+            assert_eq!(stats.reply_errors, 1);
+            break (kernel, stats.buffers.buffers);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     assert_eq!(
         held,
         (kernel.cached_buffers + kernel.buffers_in_use) as u64,
         "the handler holds a buffer SCST never took: {kernel:?}"
     );
     session.detach();
+}
+
+/// §8.15, §7: `sess_h` is the kernel's `tgt_dev` address, handed out again once that one is
+/// freed, which an ATTACH that timed out does without any DETACH (its late reply is dropped).
+/// The handler, which takes that ATTACH late, must still accept the next session with the same
+/// `sess_h`: it refused it with EEXIST, and the LUN stayed invisible to every session that
+/// `tgt_dev` address came back for.
+#[test]
+fn a_sess_h_reused_after_an_attach_timed_out_is_accepted() {
+    use scst_accel_handler::loopback::AttachError;
+    use scst_accel_handler::loopback::KernelConfig;
+    use scst_accel_handler::loopback::LoopbackKernel;
+    use scst_accel_handler::loopback::SessionSpec;
+    let timeout = std::time::Duration::from_millis(300);
+    let held = Arc::new(AtomicBool::new(false));
+    let hook_held = Arc::clone(&held);
+    // The first ATTACH reaches the handler only after the kernel gave up waiting for it.
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        fd.reply_and_get_multi(arg)?;
+        let header = arg.header();
+        let attach = (0..header.cmds_cnt as usize).any(|i| arg.cmd(i).subcode == abi::SCST_USER_ATTACH_SESS);
+        if attach && !hook_held.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(timeout * 3);
+        }
+        Ok(())
+    });
+    let kernel = LoopbackKernel::new(KernelConfig {
+        attach_timeout: timeout,
+        ..KernelConfig::default()
+    });
+    let config = FrontendConfig {
+        workers: 1,
+        cmds_per_call: 8,
+        ..FrontendConfig::default()
+    };
+    let rig = Rig::on_kernel(
+        kernel,
+        "contract-sess-reuse",
+        BLOCK,
+        BLOCKS,
+        default_options(),
+        Arc::new(RamStore::new(BLOCK, BLOCKS, 2048)),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        config,
+        |fd| Arc::new(MeddlingFd::new(fd, hook)) as Arc<dyn ScstUserFd>,
+    );
+    let spec = |i: u32| SessionSpec {
+        initiator_name: format!("iqn.test:reuse-{i}"),
+        target_name: "iqn.test:target".into(),
+        lun: 0,
+        rd_only: false,
+    };
+    let first = rig.kernel.attach_session(&rig.name, spec(0));
+    assert!(matches!(first, Err(AttachError::Timeout(_))), "{:?}", first.err());
+    // The handler has now taken the late ATTACH: its session table knows that `sess_h`.
+    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
+    while rig.frontend().sessions().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late ATTACH never reached the handler"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stale: Vec<u64> = rig.frontend().sessions().keys().copied().collect();
+    let session = rig
+        .kernel
+        .attach_session(&rig.name, spec(1))
+        .expect("the next session is accepted");
+    assert_eq!(
+        stale,
+        vec![session.sess_h()],
+        "the model handed the same sess_h out again"
+    );
+    let r = execute(&session, 1, &read10(0, 1), Vec::new(), BLOCK);
+    assert_eq!(r.status, sam_status::GOOD, "{r:?}");
+    session.detach();
+}
+
+/// §3.6: PREALLOC_BUFFER hands each buffer over at its size class: the kernel pins the pages
+/// `bufflen` spans and fills an SGV object of the class from them, so a `bufflen` below the
+/// class fails with ENOMEM. The handler sent the requested length (96 KiB, in the 128 KiB
+/// class), and preallocation did nothing.
+#[test]
+fn prealloc_hands_each_buffer_over_at_its_size_class() {
+    let rig = rig(
+        "contract-prealloc",
+        Box::new(|fd, arg| fd.reply_and_get_multi(arg)),
+    );
+    assert_eq!(rig.frontend().prealloc_buffers(2, 96 << 10), Ok(2));
+    let kernel = rig.kernel.device_stats(&rig.name).expect("device");
+    assert_eq!(kernel.cached_buffers, 2, "{kernel:?}");
 }
