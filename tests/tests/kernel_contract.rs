@@ -409,3 +409,50 @@ fn prealloc_hands_each_buffer_over_at_its_size_class() {
     let kernel = rig.kernel.device_stats(&rig.name).expect("device");
     assert_eq!(kernel.cached_buffers, 2, "{kernel:?}");
 }
+
+/// §3.3: a REPLY_AND_GET_MULTI that fails before the kernel wrote anything (EFAULT reading the
+/// header) leaves `cmds_cnt` at what the handler asked for, and the command slots hold the
+/// previous call's commands. The handler took that count for commands fetched and ran the old
+/// ones again (a second EXEC of a finished command, whose reply the kernel refused).
+#[test]
+fn a_fetch_that_failed_before_writing_anything_fetched_nothing() {
+    let failed = Arc::new(AtomicU32::new(0));
+    let fetched_some = Arc::new(AtomicBool::new(false));
+    let hook_failed = Arc::clone(&failed);
+    let hook_fetched = Arc::clone(&fetched_some);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        let header = arg.header();
+        // A call without replies, after commands were fetched: fail it as an unreadable
+        // header does, writing nothing.
+        if header.replies_cnt == 0
+            && header.cmds_cnt > 0
+            && hook_fetched.load(Ordering::SeqCst)
+            && hook_failed.load(Ordering::SeqCst) < 3
+        {
+            hook_failed.fetch_add(1, Ordering::SeqCst);
+            return Err(Errno::EFAULT);
+        }
+        let result = fd.reply_and_get_multi(arg);
+        if arg.header().cmds_cnt > 0 {
+            hook_fetched.store(true, Ordering::SeqCst);
+        }
+        result
+    });
+    let rig = rig("contract-unwritten-count", hook);
+    let session = rig.session(0);
+    for tag in 0..6u32 {
+        let r = execute(&session, u64::from(tag), &read10(tag, 1), Vec::new(), BLOCK);
+        assert_eq!(r.status, sam_status::GOOD, "{r:?}");
+    }
+    assert!(
+        failed.load(Ordering::SeqCst) > 0,
+        "the kernel failed some fetches"
+    );
+    let stats = rig.frontend().stats();
+    assert_eq!(stats.exec, 6, "each command ran once: {stats:?}");
+    assert_eq!(
+        stats.reply_errors, 0,
+        "no reply for a command run twice: {stats:?}"
+    );
+    session.detach();
+}

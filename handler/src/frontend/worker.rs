@@ -735,7 +735,15 @@ impl Worker {
         let result = self.shared.fd.reply_and_get_multi(&mut self.multi);
         let header = self.multi.header();
         let done = (header.replies_done.max(0) as usize).min(replies_cnt);
-        let fetched = (header.cmds_cnt.max(0) as usize).min(want);
+        // `cmds_cnt` still holds our `want` when the kernel failed before writing anything
+        // (`replies_done` left at -1: EFAULT reading the header, say); it writes
+        // `replies_done` before it fetches, and `cmds_cnt` after (spec §3.3). The slots then
+        // hold an earlier call's commands: none is new.
+        let fetched = if result.is_err() && header.replies_done < 0 {
+            0
+        } else {
+            (header.cmds_cnt.max(0) as usize).min(want)
+        };
         match result {
             Ok(()) => self.consume_replies(replies_cnt, true),
             Err(errno) if errno == Errno::ENODEV || errno.0 == libc::EBADF => {
