@@ -456,3 +456,73 @@ fn a_fetch_that_failed_before_writing_anything_fetched_nothing() {
     );
     session.detach();
 }
+
+/// §3.4: an ALLOC_MEM reply's buffer is attached by the pin its reply asks for; when that
+/// fails (EFAULT; ENOMEM for the page array) the reply fails and SCST never holds the buffer,
+/// so no ON_CACHED_MEM_FREE returns it. The handler kept it for ever (its memory cap shrank by
+/// one buffer each time): it must free it.
+#[test]
+fn a_buffer_named_in_a_refused_alloc_mem_reply_is_freed() {
+    let meddled = Arc::new(AtomicBool::new(false));
+    let hook_meddled = Arc::clone(&meddled);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        let header = arg.header();
+        if header.replies_cnt > 0 && !hook_meddled.load(Ordering::SeqCst) {
+            // SAFETY: as in `a_buffer_named_in_a_refused_exec_reply_is_freed`: the worker's
+            // array of `replies_cnt` replies, alive and unchanged during this call; only read.
+            let replies: Vec<abi::ReplyCmd> = unsafe {
+                std::slice::from_raw_parts(
+                    header.preplies as *const abi::ReplyCmd,
+                    header.replies_cnt as usize,
+                )
+            }
+            .to_vec();
+            let named = replies.iter().position(|r| {
+                r.subcode == abi::SCST_USER_ALLOC_MEM && r.read_payload::<abi::AllocMemReply>().pbuf != 0
+            });
+            if let Some(i) = named {
+                hook_meddled.store(true, Ordering::SeqCst);
+                let mut copy = replies;
+                // A page nothing maps: the kernel's pin of it fails.
+                let unmapped = abi::AllocMemReply { pbuf: 0x1000 };
+                copy[i] = abi::ReplyCmd::with_payload(copy[i].cmd_h, copy[i].subcode, &unmapped);
+                let mut changed = header;
+                changed.preplies = copy.as_ptr() as u64;
+                arg.set_header(changed);
+                return fd.reply_and_get_multi(arg);
+            }
+        }
+        fd.reply_and_get_multi(arg)
+    });
+    let rig = rig("contract-refused-alloc", hook);
+    let session = rig.session(0);
+    let data = vec![7u8; BLOCK as usize * 8];
+    let w = execute(&session, 1, &write10(0, 8), data, 0);
+    assert!(
+        meddled.load(Ordering::SeqCst),
+        "the WRITE's buffer came by ALLOC_MEM"
+    );
+    assert_eq!(
+        w.status,
+        sam_status::CHECK_CONDITION,
+        "the kernel failed it: {w:?}"
+    );
+    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
+    let (kernel, held) = loop {
+        let kernel = rig.kernel.device_stats(&rig.name).expect("device");
+        let stats = rig.frontend().stats();
+        let settled = stats.reply_errors == 1
+            && stats.buffers.buffers == (kernel.cached_buffers + kernel.buffers_in_use) as u64;
+        if settled || std::time::Instant::now() >= deadline {
+            assert_eq!(stats.reply_errors, 1);
+            break (kernel, stats.buffers.buffers);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(
+        held,
+        (kernel.cached_buffers + kernel.buffers_in_use) as u64,
+        "the handler holds a buffer SCST never took: {kernel:?}"
+    );
+    session.detach();
+}

@@ -787,18 +787,21 @@ impl Worker {
         fetched
     }
 
-    /// The kernel refused reply `index`. If that reply named a buffer allocated at EXEC time,
-    /// SCST took it only if it got as far as attaching it: ESRCH (no such command) and EINVAL
-    /// (a reply the kernel rejects, spec §3.4 and §3.5: checked before the pin) mean it never
-    /// did, and no ON_CACHED_MEM_FREE will ever return it, so it is freed here. After any other
-    /// errno (EFAULT copying sense happens after the attach) SCST may own it: it stays, and is
-    /// returned by SCST or at the close.
+    /// The kernel refused reply `index`. If that reply named a buffer it allocated, SCST took
+    /// it only if it got as far as attaching it, and no ON_CACHED_MEM_FREE will ever return one
+    /// it did not: that one is freed here. An ALLOC_MEM reply's buffer is attached last, by
+    /// `dev_user_map_buf`, whose failures (ENOMEM, EFAULT: the pin) are the reply's, so any
+    /// refusal means it never was (spec §3.4). An EXEC reply's: ESRCH (no such command) and
+    /// EINVAL (a reply the kernel rejects, spec §3.4 and §3.5: checked before the pin) mean it
+    /// never was; after any other errno (EFAULT copying sense happens after the attach) SCST
+    /// may own it: it stays, and is returned by SCST or at the close.
     fn free_unattached_buffer(&mut self, index: usize, errno: Errno) {
         let pbuf = self.reply_tokens[index].new_pbuf;
         if pbuf == 0 {
             return;
         }
-        if errno == Errno::ESRCH || errno == Errno::EINVAL {
+        let alloc_mem = self.replies[index].subcode == abi::SCST_USER_ALLOC_MEM;
+        if alloc_mem || errno == Errno::ESRCH || errno == Errno::EINVAL {
             self.free_reply_buffer(index, "the refused reply");
         } else {
             log::warn!("buffer {pbuf:#x} of the refused reply ({errno}) may be SCST's: kept until SCST or the close returns it");
@@ -1217,6 +1220,10 @@ impl Worker {
             ReplyCmd::with_payload(cmd.cmd_h, cmd.subcode, &abi::AllocMemReply { pbuf }),
             None,
         );
+        // Named so that a refused reply frees it (`free_unattached_buffer`).
+        if let Some(meta) = self.reply_tokens.last_mut() {
+            meta.new_pbuf = pbuf;
+        }
     }
 
     /// The buffer-memory cap refused an allocation: have SCST return its cached buffers now
