@@ -194,3 +194,42 @@ fn a_refused_allocation_makes_scst_return_its_cached_buffers() {
     );
     session.detach();
 }
+
+/// A FLUSH_CACHE asked for from outside (SIGHUP's `cache_flusher`) is waited for by the
+/// teardown as the cap's own flushes are, before the workers leave: the suspension waits for
+/// every command in flight, this LUN's included, which nobody answers once they left, and a fd
+/// with a thread inside an ioctl does not close (spec §5.1). Here LUN B's slow command holds
+/// A's flush past the bound, and A's report says so (it said "within bound", not knowing).
+#[test]
+fn a_teardown_waits_for_a_flush_asked_for_outside() {
+    let (mut a, _b, held, session) = two_luns();
+    let flusher = std::thread::spawn(a.frontend().cache_flusher());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!flusher.is_finished(), "the flush waits for B's command");
+    let config = TeardownConfig {
+        drain: Duration::from_millis(200),
+        abort: Duration::from_secs(2),
+        flush: Duration::from_millis(300),
+    };
+    let report = a.frontend.take().expect("frontend").teardown(config);
+    let step = report
+        .teardown
+        .steps
+        .iter()
+        .find(|s| s.name == "return buffers")
+        .expect("the step");
+    assert!(!step.within_bound, "the flush was still in the kernel: {step:?}");
+    held.release_all();
+    let deadline = Instant::now() + WAIT;
+    while !flusher.is_finished() {
+        assert!(Instant::now() < deadline, "FLUSH_CACHE never returned");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = flusher.join().expect("flusher");
+    let done = session
+        .completions()
+        .recv_timeout(WAIT)
+        .expect("B's WRITE completes");
+    assert_eq!(done.status, sam_status::GOOD);
+    session.detach();
+}

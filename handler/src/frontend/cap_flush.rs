@@ -12,6 +12,7 @@
 
 use crate::transport::ScstUserFd;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,6 +32,20 @@ pub(crate) struct CapFlush {
     last_ms: AtomicU64,
     /// Flushes started.
     started: AtomicU64,
+    /// FLUSH_CACHE calls in the kernel that were asked for elsewhere (SIGHUP's,
+    /// [`Frontend::cache_flusher`](super::Frontend::cache_flusher)): the teardown waits for
+    /// them as for its own.
+    others: Arc<AtomicU32>,
+}
+
+/// One FLUSH_CACHE asked for outside the cap's refusals, counted while it may be in the kernel.
+#[derive(Debug)]
+pub(crate) struct OtherFlush(Arc<AtomicU32>);
+
+impl Drop for OtherFlush {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for CapFlush {
@@ -40,6 +55,7 @@ impl Default for CapFlush {
             running: Arc::new(AtomicBool::new(false)),
             last_ms: AtomicU64::new(u64::MAX),
             started: AtomicU64::new(0),
+            others: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -74,10 +90,17 @@ impl CapFlush {
         }
     }
 
-    /// Wait (bounded, polling) until no flush started here is in the kernel; whether none is.
+    /// Count a FLUSH_CACHE asked for elsewhere until the returned guard drops.
+    pub(crate) fn other(&self) -> OtherFlush {
+        self.others.fetch_add(1, Ordering::AcqRel);
+        OtherFlush(Arc::clone(&self.others))
+    }
+
+    /// Wait (bounded, polling) until no flush, started here or counted by
+    /// [`CapFlush::other`], is in the kernel; whether none is.
     pub(crate) fn wait_idle(&self, bound: Duration) -> bool {
         let deadline = Instant::now() + bound;
-        while self.running.load(Ordering::Acquire) {
+        while self.running.load(Ordering::Acquire) || self.others.load(Ordering::Acquire) > 0 {
             if Instant::now() >= deadline {
                 return false;
             }

@@ -587,17 +587,30 @@ impl Frontend {
     /// activity and needs the workers to keep serving (spec §3.6, §8 pitfall 13).
     ///
     /// # Errors
-    /// The kernel's errno (EBUSY when the suspend timed out).
+    /// The kernel's errno (EBUSY when the suspend timed out); ESHUTDOWN once the teardown
+    /// has begun (its workers are about to leave: a suspend would then wait for commands
+    /// nobody answers).
     pub fn flush_cache(&self) -> Result<(), Errno> {
-        self.shared.fd.flush_cache()
+        self.cache_flusher()()
     }
 
     /// [`Frontend::flush_cache`] to run later on another thread (the kernel may hold the call
     /// for up to 90 s while it suspends SCST's activity, spec §3.6): the owner stays free to
-    /// serve, supervise and tear down meanwhile.
+    /// serve, supervise and tear down meanwhile. Counted from now until it returns: a teardown
+    /// waits for it (bounded) before its workers leave, since the suspend waits for every
+    /// command in flight, this device's included, and a fd with a thread inside an ioctl does
+    /// not close (spec §5.1).
     pub fn cache_flusher(&self) -> impl FnOnce() -> Result<(), Errno> + Send + 'static {
         let fd = Arc::clone(&self.shared.fd);
-        move || fd.flush_cache()
+        let counted = self.shared.cap_flush.other();
+        let torn_down = self.shared.drain.is_closed();
+        move || {
+            let _counted = counted;
+            if torn_down {
+                return Err(Errno(libc::ESHUTDOWN));
+            }
+            fd.flush_cache()
+        }
     }
 
     /// The disk changed size: update the engine, then DEVICE_CAPACITY_CHANGED so that SCST

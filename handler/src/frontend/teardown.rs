@@ -27,13 +27,19 @@
 //!    commands unanswered for that long. SCST's close path (step 7) unpins every buffer it
 //!    still caches, touching no other LUN. This step counts what came back on its own, and
 //!    waits, with the workers still serving, for a flush a refused allocation had started
-//!    (`cap_flush`), bounded by [`TeardownConfig::flush`].
+//!    (`cap_flush`) or one asked for from outside ([`Frontend::cache_flusher`]: SIGHUP),
+//!    bounded by [`TeardownConfig::flush`]: the kernel's suspension waits for this device's
+//!    commands too, and a thread inside FLUSH_CACHE keeps the fd from closing (spec §5.1).
 //! 5. **leave**: the workers send what is pending and exit (bounded by the stop grace).
 //! 6. **unmap permit** ([`LeaseTable::unmap_guard`](crate::teardown::LeaseTable::unmap_guard)):
 //!    granted only with no device lease outstanding, and returned in
 //!    [`FrontendReport::unmap`].
-//! 7. **close**: the scst_user fd closes with the frontend; SCST's close path answers whatever
-//!    it still held and returns every buffer (spec §5.3).
+//! 7. **close**: the frontend drops its references to the scst_user fd; the last one closes
+//!    it (a FLUSH_CACHE still in the kernel holds one: step 4). SCST's release then runs on a
+//!    kernel thread of its own (spec §5.1, §5.2), answering whatever it still held and
+//!    unpinning the buffers after `close` has returned: a pinned page stays allocated while
+//!    the kernel holds it, so the pool's unmap below cannot hand SCST freed memory, and the
+//!    device's DMA ended at the abort's reset. The step's time is the close call's.
 //!
 //! After it returns, the owner of the pool flushes and unmaps it under the permit, outside
 //! every command-path lock, then disables interrupts and closes the device. Without a permit
@@ -75,9 +81,9 @@ impl Default for TeardownConfig {
 /// abort): longer means the thread was starved or blocked where nothing should block.
 pub const NO_WAIT_STEP_BOUND: Duration = Duration::from_secs(1);
 
-/// The bound of the close step. Closing the fd runs SCST's close path, which answers what it
-/// still held and unpins every buffer (scst_user.md §5.3); by then the earlier steps have
-/// answered everything the handler could, so the kernel has nothing slow left to wait for.
+/// The bound of the close step: the close call only starts SCST's release, which runs on a
+/// kernel thread (scst_user.md §5.1); by then the earlier steps have answered everything the
+/// handler could.
 pub const CLOSE_STEP_BOUND: Duration = Duration::from_secs(5);
 
 /// One step of the teardown.
@@ -316,8 +322,9 @@ impl Frontend {
             count: report.leases_outstanding,
             within_bound: unmap.is_some(),
         });
-        // 7. Close: the fd closes with the last reference (inside `self`): SCST's close path
-        // answers what it still held and unpins every buffer before the table drops them.
+        // 7. Close: the fd closes with the last reference (inside `self`, unless a FLUSH_CACHE
+        // that outlived step 4's bound still holds one); SCST's release, on a kernel thread,
+        // answers what it still held and unpins the buffers (spec §5.1-§5.2).
         let step = Instant::now();
         drop(shared);
         drop(self);
