@@ -5,8 +5,9 @@
 //! Under `<root>` (normally `/sys/kernel/config/target`) a setup creates, in this order:
 //!
 //! 1. `core/user_<hba>/<name>`, then writes its `control` one key per write (`dev_size=`,
-//!    `hw_block_size=`, `dev_config=<subtype>/<config>`: the UIO name the handler looks for),
-//!    then `1` to `enable`: the kernel creates the UIO device here; then
+//!    `hw_block_size=`, `dev_config=<subtype>/<config>`: the UIO name the handler looks for,
+//!    `nl_reply_supported=-1`: the kernel is not to wait for netlink replies to this device's
+//!    events), then `1` to `enable`: the kernel creates the UIO device here; then
 //!    `attrib/tmr_notification=1` (task management notices on the ring) where the kernel has it.
 //! 2. tcm_loop: `loopback/<wwn>/tpgt_1`, `nexus` (the I_T nexus; tcm_loop adds its SCSI host
 //!    device only once one exists), `lun/lun_0`, and a link from the LUN to the backstore.
@@ -438,6 +439,7 @@ impl<F: ConfigfsFs> Setup<F> {
             // any time (`tcmu_tmr_notification_store`): a backstore made by someone else
             // (targetcli) may have it off, and the executor's task management needs the notices.
             log::info!("configfs: adopting backstore {}", backstore.display());
+            Self::refuse_replies_of_enabled(objects, &backstore)?;
             return Self::notify_task_management(objects, &backstore);
         }
         let control = backstore.join("control");
@@ -449,8 +451,44 @@ impl<F: ConfigfsFs> Setup<F> {
         if let Some(mb) = spec.ring_mb {
             objects.write(&control, &format!("cmd_ring_size_mb={mb}"))?;
         }
+        // No netlink replies for this device, and before `enable`: tcmu_configure_device (which
+        // `enable` runs) replaces a device's nl_reply_supported that is not negative with the
+        // module-wide tcmu_kern_cmd_reply_supported, which any process's TCMU_CMD_SET_FEATURES
+        // turns on (tcmu-runner does at start and never turns it off). The kernel then waits for
+        // a `*_DONE` reply to each of the device's events in tcmu_wait_genl_cmd_reply,
+        // uninterruptibly and with no timeout: ADDED_DEVICE in this `enable` (waited for even
+        // when nobody listens), RECONFIG_DEVICE in a dev_size write, REMOVED_DEVICE in the
+        // rmdir. We answer none, and a running tcmu-runner answers ADDED_DEVICE -ENOENT for a
+        // device it does not handle, which fails the enable. -1 is kept at enable; a kernel
+        // without the key ignores it (tcmu_set_configfs_dev_params skips unknown keys).
+        objects.write(&control, "nl_reply_supported=-1")?;
         objects.write(&backstore.join("enable"), "1")?;
         Self::notify_task_management(objects, &backstore)
+    }
+
+    /// An adopted backstore is enabled already, so `control`'s `nl_reply_supported=` came too
+    /// late if the earlier run did not write it (or someone else made the backstore):
+    /// `attrib/nl_reply_supported`, which the kernel takes at any time
+    /// (`tcmu_nl_reply_supported_store`), opts it out of netlink replies for its later events
+    /// (the dev_size write of a resize, the rmdir at the end). Without the attribute an enabled
+    /// device cannot be opted out: said, with what to do.
+    fn refuse_replies_of_enabled(objects: &mut Objects<F>, backstore: &Path) -> Result<(), ConfigfsError> {
+        let attr = backstore.join("attrib").join("nl_reply_supported");
+        if objects.fs.exists(&attr) {
+            objects.write(&attr, "-1")?;
+        } else {
+            log::warn!(
+                "configfs: {} is missing, so this enabled backstore cannot be opted out of \
+                 netlink replies: if a daemon (tcmu-runner) has turned reply support on since \
+                 target_core_user was loaded, the kernel waits without a timeout for a reply to \
+                 each of its events (a resize's dev_size write, the removal's rmdir), which this \
+                 service never sends; resize or remove it only while that daemon runs (it \
+                 answers), or with netlink off here (--tcmu-no-netlink: with nobody listening \
+                 the kernel does not wait)",
+                attr.display()
+            );
+        }
+        Ok(())
     }
 
     /// Task management notices on the ring (`TCMU_OP_TMR`, kernel 5.9 and later): without
@@ -702,6 +740,7 @@ mod tests {
                     "attrib/hw_block_size",
                     "attrib/dev_size",
                     "attrib/tmr_notification",
+                    "attrib/nl_reply_supported",
                 ]
             } else if name.starts_with("tpgt_") {
                 &[
@@ -873,7 +912,8 @@ mod tests {
         assert_eq!(setup.backstore(), bs);
         let lun = root.join("loopback/naa.5001405000000001/tpgt_1/lun/lun_0");
         assert_eq!(std::fs::read_link(lun.join("disk0")).expect("link"), bs);
-        // control got one key per write, in order; enable came after; the nexus was written.
+        // control got one key per write, in order, the opt-out of netlink replies among them
+        // (it counts only before enable); enable came after; the nexus was written.
         let writes: Vec<(String, String)> = setup
             .objects
             .fs
@@ -894,6 +934,7 @@ mod tests {
                 ("core/user_3/disk0/control", "hw_block_size=4096"),
                 ("core/user_3/disk0/control", "dev_config=scstaccel/ram"),
                 ("core/user_3/disk0/control", "cmd_ring_size_mb=2"),
+                ("core/user_3/disk0/control", "nl_reply_supported=-1"),
                 ("core/user_3/disk0/enable", "1"),
                 ("core/user_3/disk0/attrib/tmr_notification", "1"),
                 (
@@ -929,7 +970,7 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_handlers_objects_are_adopted_with_notices_on_and_removed_at_the_end() {
+    fn a_killed_handlers_objects_are_adopted_with_replies_off_notices_on_and_removed_at_the_end() {
         let (_dir, root) = scratch();
         let before = tree(&root);
         let killed = full_setup(MimicFs::new(), &root, &spec()).expect("first run");
@@ -940,16 +981,28 @@ mod tests {
         assert_eq!(err.action, "mkdir");
         let mut adopted = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt");
         adopted.export(&spec()).expect("export");
-        let writes = adopted.objects.fs.writes.borrow().clone();
+        let writes: Vec<(String, String)> = adopted
+            .objects
+            .fs
+            .writes
+            .borrow()
+            .iter()
+            .map(|(p, v)| {
+                (
+                    p.strip_prefix(&root).expect("rel").display().to_string(),
+                    v.clone(),
+                )
+            })
+            .collect();
         assert_eq!(
-            writes.len(),
-            1,
-            "nothing written to an enabled backstore or an existing TPG but the task management \
-             notices' flag: {writes:?}"
-        );
-        assert!(
-            writes[0].0.ends_with("attrib/tmr_notification") && writes[0].1 == "1",
-            "{writes:?}"
+            writes,
+            [
+                ("core/user_3/disk0/attrib/nl_reply_supported", "-1"),
+                ("core/user_3/disk0/attrib/tmr_notification", "1"),
+            ]
+            .map(|(p, v)| (p.to_owned(), v.to_owned())),
+            "nothing written to an enabled backstore or an existing TPG but the two flags the \
+             kernel takes on an enabled device: no netlink replies, task management notices"
         );
         assert_eq!(tree(&root), left, "the tree is as the killed run left it");
         adopted.remove_created().expect("remove");
@@ -958,8 +1011,9 @@ mod tests {
         let fresh = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt nothing");
         assert_eq!(
             fresh.objects.fs.writes.borrow().len(),
-            6,
-            "backstore configured, enabled, task management notices on"
+            7,
+            "backstore configured, opted out of netlink replies, enabled, task management \
+             notices on"
         );
         fresh.remove().expect("remove");
         assert_eq!(tree(&root), before);

@@ -9,12 +9,17 @@
 //! device index; a reconfiguration carries the new value (`TCMU_ATTR_DEV_SIZE`,
 //! `TCMU_ATTR_DEV_CFG` or `TCMU_ATTR_WRITECACHE`).
 //!
-//! **No `TCMU_CMD_SET_FEATURES`.** With it, the kernel waits for a `*_DONE` reply to every event
-//! before the configfs write that caused it returns. The switch is module-wide (every TCMU
-//! device on the host, other handlers' too, would wait for replies), and the kernel's wait has
-//! no timeout in the kernels this targets: a handler that died, or whose listener is stuck,
-//! would hang `enable`, `rmdir` and `dev_size` writes until an operator writes
-//! `reset_netlink`. The events are therefore taken as notices: nothing is answered, and a
+//! **Events are notices; the kernel is told not to wait for replies.** After any process's
+//! `TCMU_CMD_SET_FEATURES` (tcmu-runner sends one at start and never takes it back; the switch,
+//! `tcmu_kern_cmd_reply_supported`, is module-wide), the kernel waits for a `*_DONE` reply to
+//! each event of a device whose `nl_reply_supported` is not negative before the configfs write
+//! that caused it returns (`tcmu_wait_genl_cmd_reply`: uninterruptible, no timeout). This
+//! module sends no `SET_FEATURES` and no replies; what keeps the kernel from waiting for them is
+//! that every backstore this service creates is opted out, `nl_reply_supported=-1` written to
+//! its `control` before `enable`, and an adopted one through `attrib/nl_reply_supported`
+//! ([`super::configfs`]). Without that, a running tcmu-runner would answer our ADDED_DEVICE with
+//! an error (failing `enable`), and once it had run and exited our own listener, a member of
+//! the group, would make `enable`, `attrib/dev_size` writes and `rmdir` wait forever. A
 //! reconfiguration the handler cannot follow is logged (docs/tcmu.md).
 //!
 //! Everything read from the socket is untrusted input: [`messages`], [`attributes`] and the
