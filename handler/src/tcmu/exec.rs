@@ -36,6 +36,7 @@
 //! pages and PREVENT ALLOW MEDIUM REMOVAL to their defaults, as the scst_user worker does on
 //! TASK_MGMT_DONE.
 
+use super::abi::mailbox_flags;
 use super::abi::tmr_type;
 use super::ring::Response;
 use super::ring::Ring;
@@ -45,6 +46,7 @@ use super::ring::TcmuCommand;
 use super::ring::TmrNotice;
 use super::uio::UioError;
 use super::uio::UioEvents;
+use crate::abi::data_direction;
 use crate::abi::sam_status;
 use crate::scsi;
 use crate::scsi::ranges::Acquire;
@@ -967,6 +969,15 @@ impl Executor {
         }
     }
 
+    /// Whether `cmd`'s buffer is one the kernel copies back to the initiator: a BIDI command's
+    /// Data-In buffer, or the data buffer of any command that does not transfer Data-Out
+    /// (the ring entry does not say the direction; the CDB does, and an undecodable CDB counts
+    /// as Data-In).
+    fn has_data_in(&self, cmd: &TcmuCommand) -> bool {
+        !cmd.bidi_in().is_empty()
+            || !matches!(self.disk.cdb_info(cmd.cdb()), Ok(info) if info.direction == data_direction::WRITE)
+    }
+
     /// Put the Data-In into the ring and complete the command.
     fn answer(
         &mut self,
@@ -985,13 +996,25 @@ impl Executor {
             0
         };
         // A short Data-In (engine data shorter than the allocation length) is reported so the
-        // kernel sets the residual; a full one or none needs nothing.
+        // kernel copies only that and sets the residual; a full one needs nothing.
         let buffer_len = if cmd.bidi_in().is_empty() {
             cmd.data_len()
         } else {
             cmd.bidi_in().iter().map(|s| s.len).sum()
         };
         let read_len = (data_in > 0 && data_in < buffer_len).then_some(data_in as u32);
+        // What the kernel sends the initiator of a Data-In buffer is not what we filled but
+        // the command's whole data length, unless it honours read_len (tcmu_handle_completion:
+        // only with TCMU_UFLAG_READ_LEN, a non-zero rsp.read_len and CAP_READ_LEN; a length of
+        // 0 cannot be said), and gather_data_area copies the data area as it is. Its blocks are
+        // reused uncleared, so whatever we did not fill (all of it for a READ of 0 blocks,
+        // answered GOOD with no data) would hand an earlier command's data, maybe another
+        // initiator's, to this one: zeroed. Not a Data-Out buffer (a WRITE's): the kernel
+        // copies nothing back from it, and it holds this command's own data.
+        let read_len_honoured = read_len.is_some() && ring.flags() & mailbox_flags::CAP_READ_LEN != 0;
+        if !read_len_honoured && data_in < buffer_len && self.has_data_in(&cmd) {
+            ring.zero_data_in(&cmd, data_in);
+        }
         if response.status != sam_status::GOOD {
             self.errors += 1;
         }
@@ -1027,6 +1050,11 @@ mod tests {
     }
 
     fn rig() -> Rig {
+        rig_with(crate::tcmu::abi::mailbox_flags::CAP_READ_LEN)
+    }
+
+    /// [`rig`] with a kernel advertising `flags`.
+    fn rig_with(flags: u16) -> Rig {
         let store = RamStore::new(BS, 2048, 256);
         let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
         let queue = store.open_queue().expect("queue");
@@ -1034,7 +1062,7 @@ mod tests {
         let sim = SimKernel::new(SimConfig {
             cmdr_size: 8192,
             data_size: 256 * 1024,
-            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+            flags,
         });
         let ring = Ring::attach(sim.region().clone()).expect("attach");
         Rig {
@@ -1153,6 +1181,46 @@ mod tests {
         let d = r.sim.read_data(r.sim.data_off() + 512, 8);
         assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]), 2047);
         assert_eq!(u32::from_be_bytes([d[4], d[5], d[6], d[7]]), BS);
+    }
+
+    #[test]
+    fn a_read_of_no_blocks_hands_back_zeroes_not_the_last_commands_data() {
+        let mut r = rig();
+        // A WRITE leaves its data in the data area, as the kernel's reused blocks do.
+        let data: Vec<u8> = (0..BS as usize).map(|i| (i % 251) as u8 + 1).collect();
+        let w = r.run(1, &rw10(0x2a, 7, 1), 0, data.len(), Some(&data));
+        assert_eq!(w.status, sam_status::GOOD, "{:?}", w.sense);
+        assert_eq!(
+            r.sim.read_data(r.sim.data_off(), data.len()),
+            data,
+            "a WRITE's Data-Out buffer is not cleared: the kernel copies nothing back from it"
+        );
+        // READ(10) of 0 blocks whose initiator expects 512 bytes, in the same blocks: GOOD with
+        // no data, which the kernel cannot express (read_len 0 means the whole buffer) and so
+        // copies the whole buffer to the initiator.
+        let rd = r.run(2, &rw10(0x28, 7, 0), 0, BS as usize, None);
+        assert_eq!(rd.status, sam_status::GOOD, "{:?}", rd.sense);
+        assert_eq!(rd.uflags & crate::tcmu::abi::uflags::READ_LEN, 0);
+        assert_eq!(
+            r.sim.read_data(r.sim.data_off(), BS as usize),
+            vec![0; BS as usize],
+            "the buffer the kernel copies back holds zeroes, not the WRITE's data"
+        );
+    }
+
+    #[test]
+    fn without_read_len_a_short_data_in_is_padded_with_zeroes_not_old_data() {
+        // A kernel without CAP_READ_LEN copies the whole buffer whatever we say.
+        let mut r = rig_with(0);
+        let old = vec![0xa5u8; 255];
+        r.sim.write_data(r.sim.data_off(), &old);
+        let inq = r.run(1, &[0x12, 0, 0, 0, 255, 0], 0, 255, None);
+        assert_eq!(inq.status, sam_status::GOOD);
+        assert_eq!(inq.uflags & crate::tcmu::abi::uflags::READ_LEN, 0);
+        let back = r.sim.read_data(r.sim.data_off(), 255);
+        let n = usize::from(back[4]) + 5;
+        assert!((36..255).contains(&n), "standard INQUIRY data is {n} bytes");
+        assert_eq!(&back[n..], &vec![0; 255 - n][..], "after the INQUIRY data");
     }
 
     #[test]

@@ -792,11 +792,7 @@ impl Ring {
     /// Copy `buf` into `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one, else
     /// the data buffer) from byte `offset`; returns the bytes copied.
     pub fn write_data(&self, cmd: &TcmuCommand, offset: usize, buf: &[u8]) -> usize {
-        let segments = if cmd.bidi_in.is_empty() {
-            &cmd.data
-        } else {
-            &cmd.bidi_in
-        };
+        let segments = data_in_segments(cmd);
         let mut done = 0;
         for_each_piece(segments, offset, buf.len(), |region_off, at, n| {
             self.region.copy_in(region_off, &buf[at..at + n]);
@@ -825,17 +821,37 @@ impl Ring {
         len: usize,
         mut f: impl FnMut(usize, &mut [u8]),
     ) -> usize {
-        let segments = if cmd.bidi_in.is_empty() {
-            &cmd.data
-        } else {
-            &cmd.bidi_in
-        };
         let mut done = 0;
-        for_each_piece(segments, 0, len, |region_off, at, n| {
+        for_each_piece(data_in_segments(cmd), 0, len, |region_off, at, n| {
             self.region.with_slice_mut(region_off, n, |bytes| f(at, bytes));
             done += n;
         });
         done
+    }
+
+    /// Zero `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) from byte `from`
+    /// to its end; returns the bytes zeroed. The data area's blocks are reused without being
+    /// cleared (`tcmu_get_empty_block` zeroes only pages it newly allocates), so a part of the
+    /// buffer not filled holds earlier commands' data.
+    pub fn zero_data_in(&mut self, cmd: &TcmuCommand, from: usize) -> usize {
+        let segments = data_in_segments(cmd);
+        let len = segments.iter().map(|s| s.len).sum::<usize>().saturating_sub(from);
+        let mut done = 0;
+        for_each_piece(segments, from, len, |region_off, _, n| {
+            self.region.with_slice_mut(region_off, n, |bytes| bytes.fill(0));
+            done += n;
+        });
+        done
+    }
+}
+
+/// The segments of `cmd`'s Data-In buffer: the BIDI Data-In buffer when there is one, else the
+/// data buffer.
+fn data_in_segments(cmd: &TcmuCommand) -> &[DataSegment] {
+    if cmd.bidi_in.is_empty() {
+        &cmd.data
+    } else {
+        &cmd.bidi_in
     }
 }
 
