@@ -183,6 +183,33 @@ fn responses_land_where_the_kernel_reads_them() {
 }
 
 #[test]
+fn the_simulated_kernel_reaps_the_header_it_finds_not_the_one_it_posted() {
+    // The kernel takes an entry's opcode, length and cmd_id from the shared memory
+    // (tcmu_handle_completions), so a response that damaged the header must not pass the sim.
+    let (mut sim, mut ring) = setup(4096, 0);
+    let at = sim.post_cmd(7, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let c = next_command(&mut ring);
+    ring.complete(c, &Response::GOOD).expect("complete");
+    let hdr_off = SIM_CMDR_OFF as usize + at as usize;
+    let posted: EntryHdr = sim.region().read_obj(hdr_off);
+    let found = EntryHdr { cmd_id: 8, ..posted };
+    sim.region().write_obj(hdr_off, &found);
+    assert_eq!(
+        sim.reap(),
+        Err(SimError::HeaderChanged { at, posted, found }),
+        "another cmd_id in the header"
+    );
+    // Put back as posted, with a uflag set (user space's to write), it is reaped.
+    let flagged = EntryHdr {
+        uflags: abi::uflags::READ_LEN,
+        ..posted
+    };
+    sim.region().write_obj(hdr_off, &flagged);
+    let done = sim.reap().expect("reap");
+    assert_eq!((done[0].cmd_id, done[0].uflags), (7, abi::uflags::READ_LEN));
+}
+
+#[test]
 fn read_len_is_not_sent_to_a_kernel_without_the_capability() {
     let (mut sim, mut ring) = setup(4096, 0);
     sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");

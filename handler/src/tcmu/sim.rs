@@ -6,8 +6,10 @@
 //!
 //! It is the peer [`super::ring::Ring`] is tested against, and it is strict where the kernel is:
 //! a `cmd_tail` that is not at an entry boundary, or passes `cmd_head`, is a [`SimError`] (the
-//! kernel would mark the device broken). It also places raw, malformed entries on request, to
-//! show that the ring refuses them.
+//! kernel would mark the device broken). Like the kernel it reaps from the shared memory, not
+//! from its own record: an entry's `cmd_id` and length come from the header there, and a header
+//! user space changed (anything but `uflags`) is a [`SimError`] too. It also places raw,
+//! malformed entries on request, to show that the ring refuses them.
 
 use super::abi;
 use super::abi::CmdEntryReq;
@@ -21,6 +23,7 @@ use super::region::Region;
 use std::collections::VecDeque;
 use std::mem::size_of;
 use std::sync::Arc;
+use zerocopy::FromBytes;
 use zerocopy::FromZeros;
 use zerocopy::IntoBytes;
 
@@ -58,13 +61,25 @@ pub enum SimError {
         /// Where the kernel had cleaned up to.
         cleaned: u32,
     },
+    /// An entry behind `cmd_tail` whose header is not the one posted (user space may set only
+    /// `uflags`): `tcmu_handle_completions` takes the opcode, the length and the `cmd_id` from
+    /// it, so the kernel would skip the wrong number of bytes or complete the wrong command.
+    #[error("entry at ring offset {at}: header {found:?} where {posted:?} was posted")]
+    HeaderChanged {
+        /// Ring offset of the entry.
+        at: u32,
+        /// The header as posted.
+        posted: EntryHdr,
+        /// The header as found in the shared memory.
+        found: EntryHdr,
+    },
 }
 
 /// One entry as the kernel posted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Posted {
     Pad,
-    Cmd(u16),
+    Cmd,
     Tmr,
     Raw,
 }
@@ -84,6 +99,18 @@ pub struct SimCompletion {
     pub sense: [u8; abi::TCMU_SENSE_BUFFERSIZE],
 }
 
+/// An entry the kernel posted and has not cleaned yet.
+#[derive(Debug, Clone, Copy)]
+struct PostedEntry {
+    /// Ring offset.
+    at: u32,
+    /// Length.
+    len: u32,
+    what: Posted,
+    /// Its header as written (none for a raw entry shorter than a header).
+    hdr: Option<EntryHdr>,
+}
+
 /// The simulated kernel.
 #[derive(Debug)]
 pub struct SimKernel {
@@ -92,7 +119,7 @@ pub struct SimKernel {
     data_off: usize,
     head: u32,
     cleaned: u32,
-    posted: VecDeque<(u32, u32, Posted)>,
+    posted: VecDeque<PostedEntry>,
 }
 
 impl SimKernel {
@@ -174,7 +201,7 @@ impl SimKernel {
             bytes[o..o + size_of::<Iovec>()].copy_from_slice(v.as_bytes());
         }
         bytes[base..base + cdb.len()].copy_from_slice(cdb);
-        Ok(self.publish(at, &bytes, Posted::Cmd(cmd_id)))
+        Ok(self.publish(at, &bytes, Posted::Cmd))
     }
 
     /// Post a TMR entry listing `cmd_ids`, as `queue_tmr_ring` does.
@@ -231,7 +258,12 @@ impl SimKernel {
             };
             self.region
                 .write_obj(SIM_CMDR_OFF as usize + self.head as usize, &hdr);
-            self.posted.push_back((self.head, pad, Posted::Pad));
+            self.posted.push_back(PostedEntry {
+                at: self.head,
+                len: pad,
+                what: Posted::Pad,
+                hdr: Some(hdr),
+            });
             self.head = 0;
         }
         Ok(self.head)
@@ -239,7 +271,15 @@ impl SimKernel {
 
     fn publish(&mut self, at: u32, bytes: &[u8], what: Posted) -> u32 {
         self.region.write(SIM_CMDR_OFF as usize + at as usize, bytes);
-        self.posted.push_back((at, bytes.len() as u32, what));
+        let hdr = bytes
+            .get(..size_of::<EntryHdr>())
+            .map(|b| EntryHdr::read_from_bytes(b).expect("8 bytes"));
+        self.posted.push_back(PostedEntry {
+            at,
+            len: bytes.len() as u32,
+            what,
+            hdr,
+        });
         self.head = (at + bytes.len() as u32) % self.cmdr_size;
         // UPDATE_HEAD after the entry is written; the release store orders the two.
         self.region.store_u32_release(abi::MB_CMD_HEAD, self.head);
@@ -247,16 +287,19 @@ impl SimKernel {
     }
 
     /// Read the completions of every entry `cmd_tail` has passed since the last call, in ring
-    /// order, and free their ring space.
+    /// order, and free their ring space. `tcmu_handle_completions` takes an entry's opcode,
+    /// length and `cmd_id` from its header in the shared memory, so here that header is read
+    /// and checked against the one posted, and a completion carries the `cmd_id` found there.
     ///
     /// # Errors
     /// [`SimError::TailNotOnBoundary`] when `cmd_tail` stops inside an entry or beyond the
-    /// last one posted; the entries before that point are freed nevertheless.
+    /// last one posted; [`SimError::HeaderChanged`] when an entry's header is not as posted
+    /// (but for `uflags`). The entries before that point are freed nevertheless.
     pub fn reap(&mut self) -> Result<Vec<SimCompletion>, SimError> {
         let tail = self.region.load_u32_acquire(abi::MB_CMD_TAIL);
         let mut done = Vec::new();
         while self.cleaned != tail {
-            let Some(&(at, len, what)) = self.posted.front() else {
+            let Some(&PostedEntry { at, len, what, hdr }) = self.posted.front() else {
                 return Err(SimError::TailNotOnBoundary {
                     tail,
                     cleaned: self.cleaned,
@@ -272,10 +315,21 @@ impl SimKernel {
                     cleaned: self.cleaned,
                 });
             }
-            if let Posted::Cmd(cmd_id) = what {
-                let rsp: CmdEntryRsp = self.region.read_obj(SIM_CMDR_OFF as usize + at as usize);
+            let entry_off = SIM_CMDR_OFF as usize + at as usize;
+            if let Some(posted) = hdr {
+                let found: EntryHdr = self.region.read_obj(entry_off);
+                let user_set_only_uflags = EntryHdr {
+                    uflags: posted.uflags,
+                    ..found
+                } == posted;
+                if !user_set_only_uflags {
+                    return Err(SimError::HeaderChanged { at, posted, found });
+                }
+            }
+            if what == Posted::Cmd {
+                let rsp: CmdEntryRsp = self.region.read_obj(entry_off);
                 done.push(SimCompletion {
-                    cmd_id,
+                    cmd_id: rsp.hdr.cmd_id,
                     uflags: rsp.hdr.uflags,
                     status: rsp.rsp.scsi_status,
                     read_len: rsp.rsp.read_len,
