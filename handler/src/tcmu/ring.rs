@@ -21,9 +21,11 @@
 //! The kernel is the peer, but a kernel bug (or a stale mapping after a ring reset) must not
 //! become memory unsafety or a wrong command here. Every value read from the region is checked
 //! before it is used as an offset: the mailbox layout when attaching ([`LayoutError`]);
-//! `cmd_head` and every entry's length against the ring (a [`RingFault`], after which the ring is
-//! broken: the entry stream cannot be resynchronised, so no later entry is read); and a CMD
-//! entry's CDB and iovecs against the entry and the data area (an [`EntryFault`]: the entry's
+//! `cmd_head` and every entry's length against the ring, and the mailbox's `cmd_tail` against
+//! ours before reading and before retiring, since a kernel ring reset (`tcmu_reset_ring`) sets
+//! it to 0 (a [`RingFault`], after which the ring is broken: the entry stream cannot be
+//! resynchronised, so no later entry is read, and after a reset nothing more is written); and
+//! a CMD entry's CDB and iovecs against the entry and the data area (an [`EntryFault`]: the entry's
 //! length is sound, so the ring answers it with CHECK CONDITION, HARDWARE ERROR / INTERNAL
 //! TARGET FAILURE, and goes on). tcmu-runner's `libtcmu.c` checks none of these; it also once
 //! read `cmd_head` without an acquire load (its issue 688, crashes on aarch64) and, when it
@@ -124,6 +126,17 @@ pub enum RingFault {
         at: u32,
         /// Entry length.
         len: u32,
+    },
+    /// `cmd_tail` in the mailbox is not the one we stored. Only we write it, but for the
+    /// kernel's `tcmu_reset_ring` (`action/reset_ring`), which sets `cmd_head` and `cmd_tail`
+    /// to 0, forgets every command and frees their data blocks: every entry and offset we hold
+    /// is stale, and an answer written now would land in entries the kernel reuses.
+    #[error("cmd_tail is {found}, not the {ours} we stored: the kernel reset the ring")]
+    TailMoved {
+        /// The `cmd_tail` we stored last.
+        ours: u32,
+        /// The `cmd_tail` in the mailbox.
+        found: u32,
     },
     /// A CMD entry whose `cmd_id` another CMD entry still in the ring (not yet passed by
     /// `cmd_tail`) carries: the kernel's completion lookup would be ambiguous.
@@ -469,13 +482,33 @@ impl Ring {
         if let Some(fault) = &self.broken {
             return Err(RingError::Broken(fault.clone()));
         }
+        self.check_tail()?;
         let entry = self.read_entry();
         if let Err(RingError::Broken(fault)) = &entry {
             log::error!("tcmu ring broken: {fault}");
             self.broken = Some(fault.clone());
         }
-        self.retire();
+        self.retire()?;
         entry
+    }
+
+    /// The mailbox's `cmd_tail` must be ours ([`RingFault::TailMoved`]: else the kernel reset
+    /// the ring); one load of the line `retire` stores to. A reset while our `cmd_tail` was 0
+    /// is not seen here.
+    fn check_tail(&mut self) -> Result<(), RingError> {
+        let found = self.region.load_u32_acquire(abi::MB_CMD_TAIL);
+        if found == self.tail {
+            return Ok(());
+        }
+        let fault = RingFault::TailMoved {
+            ours: self.tail,
+            found,
+        };
+        if self.broken.is_none() {
+            log::error!("tcmu ring broken: {fault}");
+            self.broken = Some(fault.clone());
+        }
+        Err(RingError::Broken(fault))
     }
 
     fn read_entry(&mut self) -> Result<Option<RingEntry>, RingError> {
@@ -731,6 +764,8 @@ impl Ring {
     /// # Errors
     /// [`RingError::NotOutstanding`] when `cmd` is not one this ring handed out and has not
     /// completed (a command of another ring); nothing is written then.
+    /// [`RingError::Broken`] ([`RingFault::TailMoved`]) when the kernel has reset the ring:
+    /// nothing is written into it any more, and the answer is dropped.
     pub fn complete(&mut self, cmd: TcmuCommand, rsp: &Response<'_>) -> Result<(), RingError> {
         let not_outstanding = RingError::NotOutstanding {
             cmd_id: cmd.cmd_id,
@@ -749,13 +784,18 @@ impl Ring {
             _ => return Err(not_outstanding),
         }
         self.outstanding -= 1;
-        self.retire();
-        Ok(())
+        self.retire()
     }
 
     /// Write the answers of the finished prefix into their entries and move `cmd_tail` over
-    /// it; one release store publishes them all to the kernel.
-    fn retire(&mut self) {
+    /// it; one release store publishes them all to the kernel. Nothing is written after a ring
+    /// reset ([`Self::check_tail`]): the kernel may have posted new entries where the answers
+    /// would go, and a `cmd_tail` of ours would not be an entry boundary of its.
+    fn retire(&mut self) -> Result<(), RingError> {
+        if !matches!(self.slots.front(), Some(slot) if matches!(slot.state, SlotState::Finished(_))) {
+            return Ok(());
+        }
+        self.check_tail()?;
         let mut tail = self.tail;
         while let Some(slot) = self.slots.front() {
             let SlotState::Finished(answer) = &slot.state else {
@@ -776,6 +816,7 @@ impl Ring {
             self.region.store_u32_release(abi::MB_CMD_TAIL, tail);
             self.tail_moved = true;
         }
+        Ok(())
     }
 
     /// Copy bytes of `cmd`'s data buffer ([`TcmuCommand::data`]) from byte `offset` of the

@@ -394,6 +394,45 @@ fn a_full_ring_refuses_the_producer_until_completions_free_space() {
 }
 
 #[test]
+fn a_ring_reset_by_the_kernel_breaks_the_ring_and_nothing_more_is_written_into_it() {
+    let (mut sim, mut ring) = setup(4096, 0);
+    let cdb = cdb10(READ_10, 0, 1);
+    let a = sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    let b = sim.post_cmd(2, &cdb, &[], &[]).expect("post");
+    sim.post_cmd(3, &cdb, &[], &[]).expect("post");
+    let first = next_command(&mut ring);
+    let second = next_command(&mut ring);
+    ring.complete(first, &Response::GOOD).expect("complete");
+    assert_eq!(sim.reap().expect("reap").len(), 1);
+    let ours = ring.state().tail;
+    assert_eq!(ours, b, "cmd_tail passed the first entry");
+    // action/reset_ring: head = tail = 0, every cmd_id dropped; the kernel posts anew at 0.
+    sim.reset_ring();
+    assert_eq!(sim.post_cmd(4, &cdb, &[], &[]).expect("post"), a);
+    // Not the third command's stale entry: the ring is broken.
+    assert_eq!(
+        ring.next_entry(),
+        Err(RingError::Broken(RingFault::TailMoved { ours, found: 0 }))
+    );
+    // The kernel reuses the second command's place; its late answer must not land there.
+    assert_eq!(sim.post_cmd(5, &cdb, &[], &[]).expect("post"), b);
+    assert_eq!(
+        ring.complete(second, &Response::GOOD),
+        Err(RingError::Broken(RingFault::TailMoved { ours, found: 0 }))
+    );
+    assert_eq!(
+        sim.region().load_u32_acquire(abi::MB_CMD_TAIL),
+        0,
+        "cmd_tail left alone"
+    );
+    // A handler started afresh, as a reset expects, reads the new entries intact.
+    let mut fresh = Ring::attach(sim.region().clone()).expect("attach");
+    assert_eq!(next_command(&mut fresh).cmd_id(), 4);
+    let after = next_command(&mut fresh);
+    assert_eq!((after.cmd_id(), after.cdb()), (5, &cdb[..]));
+}
+
+#[test]
 fn completing_a_command_of_another_ring_is_refused() {
     let (mut sim_a, mut ring_a) = setup(4096, 0);
     let (mut sim_b, mut ring_b) = setup(4096, 0);

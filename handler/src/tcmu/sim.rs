@@ -234,6 +234,16 @@ impl SimKernel {
         Ok(self.publish(at, bytes, Posted::Raw))
     }
 
+    /// Reset the ring as `tcmu_reset_ring` does (`action/reset_ring`): every command
+    /// forgotten, `cmd_head` and `cmd_tail` set to 0. Entries not reaped are dropped unread.
+    pub fn reset_ring(&mut self) {
+        self.posted.clear();
+        self.cleaned = 0;
+        self.head = 0;
+        self.region.store_u32_release(abi::MB_CMD_TAIL, 0);
+        self.region.store_u32_release(abi::MB_CMD_HEAD, 0);
+    }
+
     /// Overwrite `cmd_head` with any value (a corrupt mailbox).
     pub fn corrupt_head(&self, head: u32) {
         self.region.store_u32_release(abi::MB_CMD_HEAD, head);
