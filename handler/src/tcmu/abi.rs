@@ -62,8 +62,11 @@ pub mod opcode {
 
 /// `TCMU_UFLAG_*`: flags user space sets in [`EntryHdr::uflags`].
 pub mod uflags {
-    /// `TCMU_UFLAG_UNKNOWN_OP`: user space does not know this opcode (the kernel fails the
-    /// command with "unsupported opcode" if it was a CMD).
+    /// `TCMU_UFLAG_UNKNOWN_OP`: user space does not know this opcode. On a CMD entry the kernel
+    /// ignores the response and completes the command CHECK CONDITION with no sense
+    /// (`tcmu_handle_completion`); `target_complete_cmd` then fails it as LOGICAL UNIT
+    /// COMMUNICATION FAILURE (ASC 08h; NOT READY in current kernels), not as INVALID COMMAND
+    /// OPERATION CODE: a SCSI opcode we do not support is answered with our own sense instead.
     pub const UNKNOWN_OP: u8 = 0x1;
     /// `TCMU_UFLAG_READ_LEN`: `rsp.read_len` holds the bytes actually read.
     pub const READ_LEN: u8 = 0x2;
