@@ -435,9 +435,10 @@ impl<F: ConfigfsFs> Setup<F> {
         let backstore = self.backstore.clone();
         if objects.mkdir(backstore.clone())? {
             // Adopted: configured and enabled by the earlier run; the kernel refuses most keys
-            // of an enabled device anyway. Not `tmr_notification`, a flag the kernel takes at
-            // any time (`tcmu_tmr_notification_store`): a backstore made by someone else
-            // (targetcli) may have it off, and the executor's task management needs the notices.
+            // of an enabled device anyway. Not two flags it takes at any time, which a backstore
+            // made by someone else (targetcli) may have the other way: `nl_reply_supported`
+            // (`tcmu_nl_reply_supported_store`; see below) and `tmr_notification`
+            // (`tcmu_tmr_notification_store`: the executor's task management needs the notices).
             log::info!("configfs: adopting backstore {}", backstore.display());
             Self::refuse_replies_of_enabled(objects, &backstore)?;
             return Self::notify_task_management(objects, &backstore);
