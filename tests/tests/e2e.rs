@@ -744,3 +744,39 @@ fn large_commands_are_fetched_fewer_at_a_time() {
     let stats = rig.frontend().stats();
     assert!(stats.capped_fetches > 0, "128 KiB commands: {stats:?}");
 }
+
+/// A command the store neither completes nor aborts (a file store's I/O thread stuck in a
+/// hung device) `max_command_timeout` after its deadline, the escalation's abort included,
+/// makes the store count as failed: the teardown trigger fires (the disk goes alone, as for a
+/// device that failed beyond recovery) instead of the disk answering ABORTED for ever while
+/// its worker, which never blocks, looks healthy.
+#[test]
+fn a_command_the_store_never_ends_fails_the_store() {
+    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
+    let config = FrontendConfig {
+        workers: 1,
+        cmds_per_call: 8,
+        max_command_timeout: Duration::from_millis(200),
+        ..FrontendConfig::default()
+    };
+    let rig = Rig::with_config(
+        "e2e-stuck",
+        512,
+        8192,
+        default_options(),
+        Arc::new(gated.clone()),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        config,
+    );
+    let session = rig.session(0);
+    submit_read(&session, 1, 8);
+    assert!(gated.wait_held(1), "the READ never reached the store");
+    let trigger = rig.frontend().wait_trigger(WAIT);
+    assert!(
+        matches!(&trigger, Some(TeardownTrigger::StoreFailed(why)) if why.contains("still with the store")),
+        "{trigger:?}"
+    );
+    assert_eq!(gated.release_all(), 1);
+    let done = session.completions().recv_timeout(WAIT).expect("answered");
+    assert_eq!(done.status, sam_status::GOOD, "{done:?}");
+}

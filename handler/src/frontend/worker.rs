@@ -406,7 +406,30 @@ impl Worker {
         }
         if let Some(why) = self.shared.store.failure() {
             self.shared.trigger.fire(TeardownTrigger::StoreFailed(why));
+        } else if let Some(why) = self.stuck_in_store(now) {
+            log::error!("worker {}: {why}; tearing the disk down", self.index);
+            self.shared.trigger.fire(TeardownTrigger::StoreFailed(why));
         }
+    }
+
+    /// A command the store has neither completed nor aborted `max_command_timeout` after its
+    /// deadline, the escalation's abort included ([`Worker::check_deadlines`]): the store no
+    /// longer serves, whatever its [`Store::failure`](crate::store::Store::failure) says (a
+    /// file store whose I/O thread is stuck in a hung device; an accelerator store resets and
+    /// fails its requests long before). The disk then goes alone, as for a device that failed
+    /// beyond recovery, rather than keep answering every later command ABORTED.
+    fn stuck_in_store(&self, now: Instant) -> Option<String> {
+        let grace = self.shared.config.max_command_timeout;
+        let (cmd_h, stuck) = self
+            .inflight
+            .iter()
+            .find(|(_, f)| now.saturating_duration_since(f.ctx.deadline) > grace)?;
+        Some(format!(
+            "cmd_h {cmd_h} ({:?}) is still with the store {:?} after its deadline, its abort \
+             included: the store no longer completes requests",
+            stuck.io.op,
+            now.duration_since(stuck.ctx.deadline)
+        ))
     }
 
     /// Answer the dump requests waiting (one `try_recv` when there are none).
