@@ -113,7 +113,8 @@ pub struct DiskConfig {
     /// GET LBA STATUS is offered on a thin disk (SBC-3 §5.7): set it only when the store
     /// answers [`StoreOp::LbaStatus`] (`StoreInfo::reports_lba_status`).
     pub lba_status: bool,
-    /// Initial WCE of the caching mode page; with WCE 0 every write is forced to FUA.
+    /// Initial WCE of the caching mode page; with WCE 0 every write is forced to FUA, and the
+    /// writes without FUA (WRITE SAME, EXTENDED COPY segments) are followed by a flush.
     pub write_cache: bool,
     /// Initial D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70)
     /// sense. Register SCST with the same value (`Opt::d_sense`) so core-made sense agrees.
@@ -301,7 +302,8 @@ pub struct IoPlan {
     /// [`StoreOp::uses_buffer`] use the command's SCST buffer ([`StoreOp::buffer_bytes`] of it).
     pub op: StoreOp,
     /// The step after this one succeeds (the verification of WRITE AND VERIFY, the write of
-    /// COMPARE AND WRITE) and where its data starts in the command's buffer.
+    /// COMPARE AND WRITE, the flush after a write without FUA while WCE is 0) and where its
+    /// data starts in the command's buffer.
     then: Option<(StoreOp, usize)>,
     /// Where this op's data starts in the command's buffer (COMPARE AND WRITE's write takes
     /// the Data-Out's second half); 0 for every other command.
@@ -598,11 +600,12 @@ impl Disk {
 
     /// An EXTENDED COPY segment SCST's copy manager hands over in EXT_COPY_REMAP (spec §3.8,
     /// `docs/xcopy.md`): `data_len` bytes from `src_lba` to `dst_lba` of this disk, as one
-    /// [`StoreOp::Copy`]; [`Disk::finish`] ends it like any store step. Before the remap the
-    /// core checked reservations only (it prepared READ(16) / WRITE(16) of the range for that
-    /// and sent neither), so the checks of those two commands happen here: NOT READY when
-    /// stopped, DATA PROTECT when read-only, LBA OUT OF RANGE; a length that is not whole
-    /// blocks (the core's segment parser refuses those) is INVALID FIELD IN PARAMETER LIST.
+    /// [`StoreOp::Copy`], followed by a [`StoreOp::Flush`] while WCE is 0 (as WRITE SAME:
+    /// `rw::durable`); [`Disk::finish`] ends it like any store step. Before the remap the core
+    /// checked reservations only (it prepared READ(16) / WRITE(16) of the range for that and
+    /// sent neither), so the checks of those two commands happen here: NOT READY when stopped,
+    /// DATA PROTECT when read-only, LBA OUT OF RANGE; a length that is not whole blocks (the
+    /// core's segment parser refuses those) is INVALID FIELD IN PARAMETER LIST.
     ///
     /// [`StoreOp::Copy`]: crate::store::StoreOp::Copy
     pub fn copy_segment(&self, src_lba: u64, dst_lba: u64, data_len: i32) -> Plan {
@@ -634,14 +637,15 @@ impl Disk {
         }
         // blocks ≤ i32::MAX / 512: always fits.
         let blocks = u32::try_from(blocks).unwrap_or(u32::MAX);
-        Plan::Io(IoPlan::single(
+        // The copy writes its destination without FUA: with WCE 0 a flush follows it.
+        rw::durable(
             StoreOp::Copy {
                 src_lba,
                 dst_lba,
                 blocks,
             },
-            0,
-        ))
+            self.write_cache_enabled(),
+        )
     }
 
     /// What SCST's PARSE reply needs for this CDB (spec §3.4). Unsupported or malformed CDB →

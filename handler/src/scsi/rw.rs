@@ -20,7 +20,8 @@ use crate::store::StoreStatus;
 /// Disk state a plan depends on.
 pub(crate) struct Context {
     pub geometry: Geometry,
-    /// Current WCE: with the write cache disabled every write is made durable (FUA).
+    /// Current WCE: with the write cache disabled every write is made durable before GOOD
+    /// (FUA, or a flush after the ops that have no FUA: [`durable`]).
     pub write_cache: bool,
     /// COMPARE AND WRITE of up to this many blocks is one atomic store step
     /// ([`super::Capabilities::compare_and_write_in_device`]).
@@ -29,6 +30,17 @@ pub(crate) struct Context {
 
 fn io(op: StoreOp) -> Plan {
     Plan::Io(IoPlan::single(op, 0))
+}
+
+/// A write the store has no FUA for (WRITE SAME, WRITE ZEROES, an EXTENDED COPY segment):
+/// with the write cache disabled (`write_cache` false, WCE = 0), a FLUSH follows it, so that
+/// GOOD means the data is on the medium as for a FUA write (SBC-3 §6.4.5: with WCE 0 the
+/// device server completes a write with GOOD only after the data is written to the medium).
+pub(super) fn durable(op: StoreOp, write_cache: bool) -> Plan {
+    Plan::Io(IoPlan {
+        then: (!write_cache).then_some((StoreOp::Flush, 0)),
+        ..IoPlan::single(op, 0)
+    })
 }
 
 fn good() -> Result<Plan, Sense> {
@@ -94,13 +106,17 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             // what deallocated blocks read (zeroes); NDOB means that data is zeroes.
             if ndob || block_is_zero(data_out, bs) {
                 let deallocate = unmap && ctx.geometry.features.thin;
-                Ok(io(StoreOp::WriteZeroes {
+                let op = StoreOp::WriteZeroes {
                     lba,
                     blocks: count,
                     deallocate,
-                }))
+                };
+                Ok(durable(op, ctx.write_cache))
             } else {
-                Ok(io(StoreOp::WriteSame { lba, blocks: count }))
+                Ok(durable(
+                    StoreOp::WriteSame { lba, blocks: count },
+                    ctx.write_cache,
+                ))
             }
         }
         Command::Unmap { param_len } => unmap(&read_param(data_out, param_len), &ctx.geometry),
@@ -480,6 +496,61 @@ mod tests {
                 deallocate: true
             }
         );
+    }
+
+    /// With WCE 0 GOOD must mean durable: WRITE SAME, WRITE SAME of zeroes (with or without
+    /// UNMAP) and an EXTENDED COPY segment have no FUA in the store, so a FLUSH follows them
+    /// and only its GOOD answers the command (its failure fails it); with WCE 1 they end at once.
+    #[test]
+    fn writes_without_fua_are_flushed_when_the_write_cache_is_off() {
+        let zero = vec![0u8; 512];
+        let ones = vec![1u8; 512];
+        let ws10 = |unmap: u8| [0x41, unmap, 0, 0, 0, 5, 0, 0, 9, 0];
+        for write_cache in [false, true] {
+            let mut cfg = DiskConfig::new(512, 1000);
+            cfg.thin_provisioning = true;
+            cfg.write_cache = write_cache;
+            let disk = disk_with(cfg);
+            let mut firsts: Vec<super::super::IoPlan> =
+                [(ws10(0), &ones), (ws10(0), &zero), (ws10(0x08), &zero)]
+                    .iter()
+                    .map(|(cdb, data)| plan(&disk, cdb, data))
+                    .collect();
+            let Plan::Io(copy) = disk.copy_segment(0, 100, 8 * 512) else {
+                panic!("a copy segment goes to the store")
+            };
+            firsts.push(copy);
+            for first in &firsts {
+                assert!(
+                    matches!(
+                        first.op,
+                        StoreOp::WriteSame { .. } | StoreOp::WriteZeroes { .. } | StoreOp::Copy { .. }
+                    ),
+                    "{:?}",
+                    first.op
+                );
+                let after = disk.finish(first, StoreStatus::Good);
+                if write_cache {
+                    assert_eq!(done(after), super::Response::good(), "{:?}", first.op);
+                    continue;
+                }
+                let Plan::Io(flush) = after else {
+                    panic!("{:?} with WCE 0 ended before a flush", first.op)
+                };
+                assert_eq!(flush.op, StoreOp::Flush, "after {:?}", first.op);
+                assert_eq!(
+                    done(disk.finish(&flush, StoreStatus::Good)),
+                    super::Response::good()
+                );
+                let failed = done(disk.finish(&flush, StoreStatus::WriteError { lba: 7 }));
+                assert_eq!(failed.status, sam_status::CHECK_CONDITION);
+                assert_eq!(
+                    (failed.sense[2], failed.sense[12]),
+                    (3, 0x0C),
+                    "MEDIUM ERROR / WRITE ERROR"
+                );
+            }
+        }
     }
 
     fn unmap_list(descriptors: &[(u64, u32)]) -> Vec<u8> {

@@ -21,11 +21,13 @@
 //!   and the rings share only the read-only files and atomics), so no lock is ever held
 //!   across the I/O. At most `QUEUE_DEPTH` (256) requests per queue, in either engine.
 //! - **Durability, exact.** The cache is write-back ([`StoreInfo::volatile_cache`] = true, so
-//!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every write
-//!   FUA). FLUSH (SYNCHRONIZE CACHE) is fdatasync(2) (IORING_OP_FSYNC with DATASYNC on a
-//!   ring). A FUA write goes through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on
-//!   the write), so it is on stable media when it completes (SBC-3 §5.39: FUA). A
-//!   failed write is [`StoreStatus::WriteError`] with the first failing LBA, a failed read
+//!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every WRITE
+//!   FUA, and follows the writes that have no FUA here, WRITE SAME, WRITE ZEROES and EXTENDED
+//!   COPY's [`StoreOp::Copy`], with a FLUSH before it answers GOOD). FLUSH (SYNCHRONIZE
+//!   CACHE) is fdatasync(2) (IORING_OP_FSYNC with DATASYNC on a ring). A FUA write goes
+//!   through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on the write), so it is on
+//!   stable media when it completes (SBC-3 §5.39: FUA). A failed write is
+//!   [`StoreStatus::WriteError`] with the first failing LBA, a failed read
 //!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
 //!   fails too (with the lowest LBA written since the last good flush), until the disk is

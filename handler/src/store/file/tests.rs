@@ -36,6 +36,7 @@ on_both_engines!(
     lba_status_reports_the_holes_of_a_file,
     abort_with_requests_in_flight_is_bounded_and_answers_all,
     drop_with_requests_in_flight_is_bounded_and_frees_the_buffers,
+    with_the_write_cache_off_write_same_and_copy_are_durable_when_good,
 );
 
 /// Whether io_uring works here; if not, the test `name` says it is skipped.
@@ -597,6 +598,62 @@ fn a_failed_flush_stays_failed(engine: IoEngine) {
         );
     }
     assert!(store.dump().expect("dump").contains("FAILED"));
+}
+
+/// Run a command of `disk` on `q` through all its store steps (`buf` is the data-out of those
+/// that take one); its final response.
+fn command(
+    disk: &crate::scsi::Disk,
+    q: &mut Box<dyn StoreQueue>,
+    mut plan: crate::scsi::Plan,
+    buf: &IoBuffer,
+) -> crate::scsi::Response {
+    loop {
+        match plan {
+            crate::scsi::Plan::Done(r) => return r,
+            crate::scsi::Plan::Io(io) => {
+                let status = run(q, io.op.clone(), io.op.uses_buffer().then_some(buf));
+                plan = disk.finish(&io, status);
+            }
+        }
+    }
+}
+
+/// WCE 0: WRITE SAME and an EXTENDED COPY segment, which the store writes back (it has no FUA
+/// for them), are answered GOOD only once a flush covered them: nothing is left written back
+/// since the last flush. With WCE 1 the WRITE SAME is left to the next SYNCHRONIZE CACHE.
+fn with_the_write_cache_off_write_same_and_copy_are_durable_when_good(engine: IoEngine) {
+    use crate::abi::sam_status;
+    let dir = TempDir::new("wce0");
+    let store = open(&config(engine, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let dirty = || store.shared.dirty_low.load(Ordering::Acquire);
+    let data = vec![0x5au8; 512];
+    let buf = buffer(4096);
+    buf.write_at(0, &data);
+    let write_same = [0x41, 0, 0, 0, 0, 5, 0, 0, 9, 0];
+    for write_cache in [true, false] {
+        let mut cfg = crate::scsi::DiskConfig::new(512, 2048);
+        cfg.write_cache = write_cache;
+        let disk = crate::scsi::Disk::try_new(cfg).expect("disk");
+        let plan = disk.start(&mut locks::LockToken::root(), &write_same, &data);
+        assert_eq!(command(&disk, &mut q, plan, &buf).status, sam_status::GOOD);
+        if write_cache {
+            assert_eq!(dirty(), 5, "WCE 1: owed to the next flush");
+            assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
+            continue;
+        }
+        assert_eq!(dirty(), u64::MAX, "WCE 0: WRITE SAME flushed before GOOD");
+        let plan = disk.copy_segment(5, 100, 8 * 512);
+        assert_eq!(command(&disk, &mut q, plan, &buf).status, sam_status::GOOD);
+        assert_eq!(dirty(), u64::MAX, "WCE 0: the copy flushed before GOOD");
+    }
+    let out = buffer(4096);
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 100, blocks: 8 }, Some(&out)),
+        StoreStatus::Good
+    );
+    assert!(bytes(&out, 4096).iter().all(|&b| b == 0x5a), "the copy was made");
 }
 
 /// A file on this file system: the physical block is st_blksize, and a hole reads as zeroes
