@@ -26,7 +26,12 @@
 //!   COPY's [`StoreOp::Copy`], with a FLUSH before it answers GOOD). FLUSH (SYNCHRONIZE
 //!   CACHE) is fdatasync(2) (IORING_OP_FSYNC with DATASYNC on a ring). A FUA write goes
 //!   through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on the write), so it is on
-//!   stable media when it completes (SBC-3 §5.39: FUA). A failed write is
+//!   stable media when it completes (SBC-3 §5.39: FUA). The fdatasync goes through a third
+//!   fd opened for it alone, in both engines: Linux reports a write-back error once per open
+//!   file description (errseq, `file->f_wb_err`), so a RWF_DSYNC write on the fd of the
+//!   writes would take the EIO of pages written back before it, and a flush on that fd would
+//!   then find nothing to report and answer GOOD over lost data. No write syncs the flush's
+//!   description, so the error waits there for the next fdatasync. A failed write is
 //!   [`StoreStatus::WriteError`] with the first failing LBA, a failed read
 //!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
@@ -405,10 +410,13 @@ struct Shared {
     info: StoreInfo,
     /// Holds the claim on the image (see `open`); never used for I/O.
     _claim: File,
-    /// Reads, write-back writes, fdatasync.
+    /// Reads, write-back writes (and on a ring the FUA ones, with RWF_DSYNC).
     data: File,
-    /// Write-through (FUA) writes: the same file opened with O_DSYNC.
+    /// Write-through (FUA) writes of the threads: the same file opened with O_DSYNC.
     sync: File,
+    /// fdatasync and nothing else (FLUSH, both engines): a write-back error is reported once
+    /// per open file description, so no write on this one may take it first (module doc).
+    flush: File,
     /// A regular file (hole punching may work) rather than a block device.
     regular: bool,
     /// Opened with O_DIRECT.
@@ -576,6 +584,9 @@ impl FileStore {
         let discard_zeroes = queue.as_ref().is_some_and(|q| q.discard && q.discard_zeroes);
         let sync = open_medium(path, config.direct, libc::O_DSYNC, false)?;
         same_file(path, &data, &sync)?;
+        // No I/O goes through it, so no O_DIRECT to refuse.
+        let flush = open_medium(path, false, 0, false)?;
+        same_file(path, &data, &flush)?;
         let scratch = |n: usize| -> Result<Vec<PageBuffer>, FileStoreError> {
             (0..n)
                 .map(|_| {
@@ -616,6 +627,7 @@ impl FileStore {
             _claim: claim,
             data,
             sync,
+            flush,
             regular: !block_device,
             direct: config.direct,
             punch: AtomicBool::new(!block_device),
@@ -1439,7 +1451,7 @@ impl Shared {
     /// is the lowest one written back since the last good flush, the first that may be lost.
     fn flush(&self) -> StoreStatus {
         match self.flush_begin() {
-            Ok(low) => self.flush_end(low, self.data.sync_data()),
+            Ok(low) => self.flush_end(low, self.flush.sync_data()),
             Err(status) => status,
         }
     }
@@ -1562,7 +1574,8 @@ fn create_file(path: &Path, size: u64, block_size: u32, direct: bool) -> Result<
     open_medium(path, direct, 0, false)
 }
 
-/// The two opens must be of one file (a rename between them would split reads and FUA writes).
+/// Two opens must be of one file (a rename between them would split reads and FUA writes, or
+/// writes and flushes).
 fn same_file(path: &Path, a: &File, b: &File) -> Result<(), FileStoreError> {
     let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino(), m.rdev()));
     let (a, b) = (

@@ -2,11 +2,14 @@
 //! no lock (a queue belongs to one frontend worker thread).
 //!
 //! - READ and WRITE are IORING_OP_READ/WRITE straight from/to the command buffer's address (no
-//!   copy); the medium is the ring's fixed file 0 (registered once per ring: the kernel then
-//!   skips the fd table lookup and reference per request). A FUA write carries RWF_DSYNC in
-//!   its rw_flags, so it is on stable media when its CQE arrives (SBC-3 §5.39). FLUSH is
-//!   IORING_OP_FSYNC with IORING_FSYNC_DATASYNC, under the same sticky-failure rule as the
-//!   threads ([`Shared::flush_begin`], [`Shared::flush_end`]).
+//!   copy); the medium is the ring's fixed file [`DATA_FILE`] (registered once per ring: the
+//!   kernel then skips the fd table lookup and reference per request). A FUA write carries
+//!   RWF_DSYNC in its rw_flags, so it is on stable media when its CQE arrives (SBC-3 §5.39).
+//!   FLUSH is IORING_OP_FSYNC with IORING_FSYNC_DATASYNC on fixed file [`FLUSH_FILE`], the
+//!   store's fd for fdatasync alone: a RWF_DSYNC write syncs its own description and takes
+//!   the write-back error it finds there, which the flush must report (the file store's
+//!   module doc). The same sticky-failure rule as the threads ([`Shared::flush_begin`],
+//!   [`Shared::flush_end`]).
 //! - A short transfer is resubmitted for its remainder; EOF or an error hands the whole request
 //!   to the thread pool, which retries it and locates the failing block (block by block, as
 //!   the thread engine does), so the sense data names the failing LBA. Nothing partial is
@@ -61,6 +64,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+/// The ring's fixed file of reads and writes: [`Shared::data`].
+const DATA_FILE: types::Fixed = types::Fixed(0);
+/// The ring's fixed file of flushes: [`Shared::flush`], which nothing writes through.
+const FLUSH_FILE: types::Fixed = types::Fixed(1);
 /// user_data of the cancel SQEs: never a slot index.
 const CANCEL: u64 = 1 << 63;
 /// The most one SQE moves (the kernel's own cap on a read/write is just under 2 GiB).
@@ -184,7 +191,7 @@ impl UringQueue {
         };
         let registered = ring
             .submitter()
-            .register_files(&[store.data.as_raw_fd()])
+            .register_files(&[store.data.as_raw_fd(), store.flush.as_raw_fd()])
             .and_then(|()| {
                 ring.submitter()
                     .register_eventfd(threads.notify().as_fd().as_raw_fd())
@@ -221,7 +228,6 @@ impl UringQueue {
         let Some(slot) = &self.slots[index] else {
             return false;
         };
-        let fixed = types::Fixed(0);
         let mut dsync = false;
         let entry = match slot.io {
             SlotIo::Transfer {
@@ -238,15 +244,15 @@ impl UringQueue {
                 if write {
                     let flags = if fua { libc::RWF_DSYNC } else { 0 };
                     dsync = flags & libc::RWF_DSYNC != 0;
-                    opcode::Write::new(fixed, ptr, n)
+                    opcode::Write::new(DATA_FILE, ptr, n)
                         .offset(at)
                         .rw_flags(flags)
                         .build()
                 } else {
-                    opcode::Read::new(fixed, ptr, n).offset(at).build()
+                    opcode::Read::new(DATA_FILE, ptr, n).offset(at).build()
                 }
             }
-            SlotIo::Flush { .. } => opcode::Fsync::new(fixed)
+            SlotIo::Flush { .. } => opcode::Fsync::new(FLUSH_FILE)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         };
@@ -678,7 +684,7 @@ impl Drop for UringQueue {
         // give the file back now, with nothing in flight, so that a store opened right after
         // this one is dropped (a restart) finds the image free.
         if let Err(e) = self.ring.submitter().unregister_files() {
-            log::warn!("io_uring: unregistering the image file: {e}; its lock is freed when the kernel tears the ring down");
+            log::warn!("io_uring: unregistering the image's files: {e}; its lock is freed when the kernel tears the ring down");
         }
     }
 }

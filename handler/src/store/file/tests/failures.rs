@@ -1,7 +1,7 @@
-//! Failures of real media (issue 10): a full file system (ENOSPC), a device that fails (EIO), a
-//! file truncated under the store, a second handler on one image. Each ends with the status the
-//! engine turns into sense, checked here through the engine too. They need root (mount, losetup)
-//! and skip loudly without it.
+//! Failures of real media (issue 10): a full file system (ENOSPC), a device that fails (EIO, on
+//! a transfer or in the write-back a flush must report), a file truncated under the store, a
+//! second handler on one image. Each ends with the status the engine turns into sense, checked
+//! here through the engine too. They need root (mount, losetup) and skip loudly without it.
 
 use super::*;
 use crate::scsi::Disk;
@@ -260,6 +260,47 @@ fn extents(path: &Path) -> Result<Vec<(u64, u64, u64)>, String> {
         .collect())
 }
 
+/// An image on ext4 over a loop device, written and synced (so every block is allocated), and
+/// where on the device its LBA `cut_lba` lies.
+struct ImageOnLoop {
+    fs: Mounted,
+    image: PathBuf,
+    /// The device's byte where the image's `cut_lba` is.
+    device_end: u64,
+}
+
+impl ImageOnLoop {
+    /// `Err` with the reason where it cannot be made here (not root, no mkfs.ext4 or filefrag).
+    fn new(tag: &str, data: &[u8], cut_lba: u64) -> Result<Self, String> {
+        let fs = Mounted::ext4(tag, 16 << 20)?;
+        let image = fs.file("disk.img");
+        std::fs::write(&image, data).expect("write the image");
+        File::open(&image).and_then(|f| f.sync_all()).expect("sync");
+        let extents = extents(&image)?;
+        let &(file_at, device_at, _) = extents
+            .iter()
+            .find(|&&(f, _, n)| (f..f + n).contains(&cut_lba))
+            .unwrap_or_else(|| panic!("no extent holds LBA {cut_lba}: {extents:?}"));
+        Ok(Self {
+            device_end: (device_at + cut_lba - file_at) * 512,
+            fs,
+            image,
+        })
+    }
+
+    /// Shrink the device to end at the image's `cut_lba` (the loop device's backing file
+    /// truncated, `losetup -c`): the image's blocks from there on fail in the block layer.
+    fn cut(&self) {
+        OpenOptions::new()
+            .write(true)
+            .open(self.fs.dir.file("fs.img"))
+            .and_then(|f| f.set_len(self.device_end))
+            .expect("truncate the loop device's backing file");
+        let device = self.fs.loop_device.as_deref().expect("a loop device");
+        sh("losetup", &["-c", device]).expect("losetup -c");
+    }
+}
+
 /// A genuine EIO from a device: device-mapper is not available everywhere (no dm-error), so
 /// the device under an ext4 file system is shrunk while it is mounted (the loop device's
 /// backing file truncated, `losetup -c`): the blocks of the image past the device's new end
@@ -269,29 +310,15 @@ fn extents(path: &Path) -> Result<Vec<(u64, u64, u64)>, String> {
 #[test]
 fn a_failing_device_is_a_medium_error_at_the_failing_lba() {
     let name = "a_failing_device_is_a_medium_error_at_the_failing_lba";
-    let fs = match Mounted::ext4("eio", 16 << 20) {
-        Ok(fs) => fs,
-        Err(reason) => return scst_accel_hal::skip::test_skipped(name, &reason),
-    };
-    let image = fs.file("disk.img");
     let size = 4u64 << 20;
     let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    std::fs::write(&image, &data).expect("write the image");
-    File::open(&image).and_then(|f| f.sync_all()).expect("sync");
-    let extents = match extents(&image) {
-        Ok(e) => e,
+    // The device will be cut at the image's LBA 4096 (a file system block boundary).
+    let cut_lba = 4096u64;
+    let image = match ImageOnLoop::new("eio", &data, cut_lba) {
+        Ok(image) => image,
         Err(reason) => return scst_accel_hal::skip::test_skipped(name, &reason),
     };
-    // Cut the device at the image's LBA 4096 (a file system block boundary).
-    let cut_lba = 4096u64;
-    let &(file_at, device_at, _) = extents
-        .iter()
-        .find(|&&(f, _, n)| (f..f + n).contains(&cut_lba))
-        .unwrap_or_else(|| panic!("no extent holds LBA {cut_lba}: {extents:?}"));
-    let device_end = (device_at + cut_lba - file_at) * 512;
-    let backing = fs.dir.file("fs.img");
-    let device = fs.loop_device.clone().expect("a loop device");
-    let store = FileStore::open(&image_config(&image, size)).expect("open the image (O_DIRECT)");
+    let store = FileStore::open(&image_config(&image.image, size)).expect("open the image (O_DIRECT)");
     let mut q = store.open_queue().expect("queue");
     let buf = buffer(8192);
     assert_eq!(
@@ -306,12 +333,7 @@ fn a_failing_device_is_a_medium_error_at_the_failing_lba() {
         StoreStatus::Good,
         "the whole image reads before the device shrinks"
     );
-    OpenOptions::new()
-        .write(true)
-        .open(&backing)
-        .and_then(|f| f.set_len(device_end))
-        .expect("truncate the loop device's backing file");
-    sh("losetup", &["-c", &device]).expect("losetup -c");
+    image.cut();
     // A read over the cut: the first 8 blocks come, the 9th is the first that fails alone.
     assert_eq!(
         run(
@@ -369,7 +391,60 @@ fn a_failing_device_is_a_medium_error_at_the_failing_lba() {
     );
     drop(q);
     drop(store);
-    drop(fs);
+    drop(image);
+}
+
+/// A write-back error reaches the FLUSH even when a FUA write came between. Linux reports a
+/// write-back error once per open file description (errseq): on the ring a FUA write is
+/// RWF_DSYNC, which syncs its description and takes the EIO it finds there; the flush, on a
+/// description of its own, still sees it. Here a page of the image past the cut is dirtied and
+/// written back (failing) through another open of the file, a FUA write to a good block
+/// follows, then the flush must fail, and stay failed.
+#[test]
+fn a_write_back_error_reaches_the_flush_after_a_fua_write() {
+    let name = "a_write_back_error_reaches_the_flush_after_a_fua_write";
+    for engine in [IoEngine::Threads, IoEngine::Uring] {
+        if engine == IoEngine::Uring && !uring_or_skip(&format!("{name} (uring)")) {
+            continue;
+        }
+        let cut_lba = 4096u64;
+        let image = match ImageOnLoop::new("wberr", &vec![0x6b; 4 << 20], cut_lba) {
+            Ok(image) => image,
+            Err(reason) => return scst_accel_hal::skip::test_skipped(name, &reason),
+        };
+        image.cut();
+        // Buffered: a FUA write is then a page cache write plus a sync of its description.
+        let store = FileStore::open(&FileStoreConfig {
+            direct: false,
+            io_engine: engine,
+            ..image_config(&image.image, 4 << 20)
+        })
+        .expect("open the image");
+        let mut q = store.open_queue().expect("queue");
+        let other = OpenOptions::new().write(true).open(&image.image).expect("open");
+        std::os::unix::fs::FileExt::write_at(&other, &[0x11; 4096], (cut_lba + 8) * 512)
+            .expect("dirty a page");
+        let e = other.sync_data().expect_err("the page is past the device's end");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        let buf = buffer(4096);
+        let fua = StoreOp::Write {
+            lba: 8,
+            blocks: 8,
+            fua: true,
+        };
+        // Its own status is what the kernel tells its description (it may take the EIO too).
+        run(&mut q, fua, Some(&buf));
+        for _ in 0..2 {
+            assert_eq!(
+                run(&mut q, StoreOp::Flush, None),
+                StoreStatus::WriteError { lba: 0 },
+                "{engine}: the flush after the lost write-back"
+            );
+        }
+        drop(q);
+        drop(store);
+        drop(image);
+    }
 }
 
 /// A file truncated under the running store: a READ past the new end is a read error at the
