@@ -31,7 +31,8 @@
 //!   file description (errseq, `file->f_wb_err`), so a RWF_DSYNC write on the fd of the
 //!   writes would take the EIO of pages written back before it, and a flush on that fd would
 //!   then find nothing to report and answer GOOD over lost data. No write syncs the flush's
-//!   description, so the error waits there for the next fdatasync. A failed write is
+//!   description, so the error waits there for the next fdatasync (for one of two running at
+//!   once: `Shared::flush_end` says what that leaves). A failed write is
 //!   [`StoreStatus::WriteError`] with the first failing LBA, a failed read
 //!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
@@ -432,7 +433,8 @@ struct Shared {
     discard_zeroes: bool,
     /// Lowest LBA written back (not FUA) since the last good flush; `u64::MAX` if none.
     dirty_low: AtomicU64,
-    /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has).
+    /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has),
+    /// lowered by a flush that overlapped the failed one (`flush_end`).
     flush_failed_lba: AtomicU64,
     /// Writes the io_uring engine sent with RWF_DSYNC (FUA), for the dump and the tests.
     dsync_writes: AtomicU64,
@@ -1468,9 +1470,33 @@ impl Shared {
     }
 
     /// After the fdatasync (of either engine): its outcome, sticky on failure.
+    ///
+    /// Flushes may overlap (two on the ring, or on two I/O threads): each is an fdatasync of
+    /// the one flush fd, and the kernel reports a write-back error to one of them only, though
+    /// it may be of pages the other was to make durable. So a flush whose fdatasync succeeded
+    /// looks at the sticky failure again: one recorded meanwhile fails it too, and the failure's
+    /// LBA becomes the lowest either of them owed (every flush that gets here after a failure
+    /// was recorded began before it, `flush_begin`, so it overlapped the failed one). What
+    /// remains open: a flush whose success gets here before the failed one's failure does (its
+    /// fdatasync returned first, or its completion was reaped first) still answers GOOD.
+    /// Closing that would take holding each flush's answer until every flush it overlapped has
+    /// ended.
     fn flush_end(&self, low: u64, synced: io::Result<()>) -> StoreStatus {
         match synced {
-            Ok(()) => StoreStatus::Good,
+            Ok(()) => {
+                let failed = self.flush_failed_lba.load(Ordering::Acquire);
+                if failed == u64::MAX {
+                    return StoreStatus::Good;
+                }
+                let lba = self.flush_failed_lba.fetch_min(low, Ordering::AcqRel).min(low);
+                log::error!(
+                    "{}: an fdatasync that ran alongside a failed one succeeded; the error may be of \
+                     its writes: writes from LBA {lba} on may be lost",
+                    self.path.display()
+                );
+                self.dirty_low.fetch_min(low, Ordering::AcqRel);
+                StoreStatus::WriteError { lba }
+            }
             Err(e) => {
                 let lba = if low == u64::MAX { 0 } else { low };
                 log::error!(
@@ -1479,14 +1505,8 @@ impl Shared {
                     self.path.display()
                 );
                 self.dirty_low.fetch_min(lba, Ordering::AcqRel);
-                let _ = self.flush_failed_lba.compare_exchange(
-                    u64::MAX,
-                    lba,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
                 StoreStatus::WriteError {
-                    lba: self.flush_failed_lba.load(Ordering::Acquire),
+                    lba: self.flush_failed_lba.fetch_min(lba, Ordering::AcqRel).min(lba),
                 }
             }
         }

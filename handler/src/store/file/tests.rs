@@ -600,6 +600,40 @@ fn a_failed_flush_stays_failed(engine: IoEngine) {
     assert!(store.dump().expect("dump").contains("FAILED"));
 }
 
+/// Two flushes overlap, and the kernel reports the write-back error to one of them only (one
+/// fd, errseq): the one whose fdatasync succeeded but ends after the failure was recorded is
+/// not GOOD either, and the failure names the lowest LBA either flush owed (the error may be of
+/// its pages); so it does when both fail. Later flushes fail alike.
+#[test]
+fn a_flush_that_overlapped_a_failed_one_is_not_good() {
+    let eio = || Err(io::Error::from_raw_os_error(libc::EIO));
+    for first_failed in [false, true] {
+        let dir = TempDir::new("overlap");
+        let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+        let shared = &store.shared;
+        shared.wrote_back(5 * 512);
+        let first = shared.flush_begin().expect("no flush failed yet");
+        shared.wrote_back(12 * 512);
+        let second = shared.flush_begin().expect("no flush failed yet");
+        assert_eq!((first, second), (5, 12));
+        assert_eq!(
+            shared.flush_end(second, eio()),
+            StoreStatus::WriteError { lba: 12 }
+        );
+        let synced = if first_failed { eio() } else { Ok(()) };
+        assert_eq!(
+            shared.flush_end(first, synced),
+            StoreStatus::WriteError { lba: 5 },
+            "the flush that overlapped the failed one, its own fdatasync failed: {first_failed}"
+        );
+        let mut q = store.open_queue().expect("queue");
+        assert_eq!(
+            run(&mut q, StoreOp::Flush, None),
+            StoreStatus::WriteError { lba: 5 }
+        );
+    }
+}
+
 /// Run a command of `disk` on `q` through all its store steps (`buf` is the data-out of those
 /// that take one); its final response.
 fn command(
