@@ -431,7 +431,8 @@ struct Shared {
     discard: AtomicBool,
     /// A block device whose discarded blocks read as zeroes (sysfs discard_zeroes_data).
     discard_zeroes: bool,
-    /// Lowest LBA written back (not FUA) since the last good flush; `u64::MAX` if none.
+    /// Lowest LBA written back (not FUA) since the last good flush, by a write, a copy or a
+    /// WRITE ZEROES however done (a hole, a discard, BLKZEROOUT); `u64::MAX` if none.
     dirty_low: AtomicU64,
     /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has),
     /// lowered by a flush that overlapped the failed one (`flush_end`).
@@ -1019,15 +1020,14 @@ impl Shared {
                 _,
             ) => match self.range(*lba, *blocks) {
                 Some((start, len)) => {
-                    if *deallocate && self.punch_hole(start, len as u64) {
-                        return StoreStatus::Good;
-                    }
                     // Deallocate on a device only where the blocks then read as zeroes: WRITE
                     // ZEROES must leave zeroes (SBC-3 §5.50), whatever LBPRZ says.
-                    if *deallocate && self.discard_zeroes && self.discard(start, len as u64) {
-                        return StoreStatus::Good;
-                    }
-                    if self.zero_out(start, len as u64) {
+                    let done = (*deallocate && self.punch_hole(start, len as u64))
+                        || (*deallocate && self.discard_zeroes && self.discard(start, len as u64))
+                        || self.zero_out(start, len as u64);
+                    if done {
+                        // Neither a hole nor the device's zeroes are durable before a flush.
+                        self.wrote_back(start);
                         return StoreStatus::Good;
                     }
                     self.write_zeroes(start, len, scratch)
@@ -1171,7 +1171,8 @@ impl Shared {
         }
     }
 
-    /// A write-back (not FUA) write from byte `start` completed: the next flush must cover it.
+    /// A change from byte `start` that is not yet durable completed (a write-back write, a copy,
+    /// a hole, a discard, BLKZEROOUT): the next flush must cover it.
     fn wrote_back(&self, start: u64) {
         self.dirty_low.fetch_min(self.lba_of(start), Ordering::AcqRel);
     }
@@ -1324,8 +1325,11 @@ impl Shared {
                     }
                 }
             }
-            if done == len {
+            // What copy_file_range wrote is owed to the next flush, whatever the rest does.
+            if done > 0 {
                 self.wrote_back(dst);
+            }
+            if done == len {
                 return StoreStatus::Good;
             }
             // What was copied is copied; the rest goes the slow way (same bytes either way).

@@ -600,6 +600,65 @@ fn a_failed_flush_stays_failed(engine: IoEngine) {
     assert!(store.dump().expect("dump").contains("FAILED"));
 }
 
+/// A WRITE ZEROES done by punching a hole, and the part of a copy that copy_file_range made
+/// before it stopped, are owed to the next flush like a write: a failed flush must name an LBA
+/// no higher than theirs. The copy's source is cut by a truncation under the store, so
+/// copy_file_range stops at the file's end and the rest fails (a read error).
+#[test]
+fn holes_and_partial_copies_are_owed_to_the_next_flush() {
+    let dir = TempDir::new("owed");
+    let path = dir.file("disk.img");
+    // Buffered: copy_file_range within a file on any file system here.
+    let store = open(&FileStoreConfig {
+        direct: false,
+        ..config(IoEngine::Threads, &path, Some(1 << 20))
+    })
+    .expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let dirty = || store.shared.dirty_low.load(Ordering::Acquire);
+    let buf = buffer(8192);
+    pattern(&buf, 8192, 0x21);
+    let write = StoreOp::Write {
+        lba: 32,
+        blocks: 16,
+        fua: true,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    assert_eq!(dirty(), u64::MAX);
+    let zeroes = StoreOp::WriteZeroes {
+        lba: 40,
+        blocks: 8,
+        deallocate: true,
+    };
+    assert_eq!(run(&mut q, zeroes, None), StoreStatus::Good);
+    assert!(store.shared.punch.load(Ordering::Relaxed), "a hole was punched");
+    assert_eq!(dirty(), 40, "the hole");
+    assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
+    // Blocks 32..40 stay; the copy of 32..48 to 0..16 copies 8 blocks, then finds the end.
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(40 * 512))
+        .expect("truncate");
+    let copy = StoreOp::Copy {
+        src_lba: 32,
+        dst_lba: 0,
+        blocks: 16,
+    };
+    assert_eq!(run(&mut q, copy, None), StoreStatus::ReadError { lba: 40 });
+    assert!(
+        store.shared.copy_range.load(Ordering::Relaxed),
+        "by copy_file_range"
+    );
+    let out = buffer(4096);
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 0, blocks: 8 }, Some(&out)),
+        StoreStatus::Good
+    );
+    assert_eq!(bytes(&out, 4096), bytes(&buf, 4096), "the part copied");
+    assert_eq!(dirty(), 0, "the part copied");
+}
+
 /// Two flushes overlap, and the kernel reports the write-back error to one of them only (one
 /// fd, errseq): the one whose fdatasync succeeded but ends after the failure was recorded is
 /// not GOOD either, and the failure names the lowest LBA either flush owed (the error may be of
@@ -853,6 +912,12 @@ fn a_loop_device_discards_and_zeroes_out(engine: IoEngine) {
         assert_eq!(run(q, op, Some(&out)), StoreStatus::Good);
         bytes(&out, len).iter().all(|&b| b == 0)
     };
+    // Neither BLKZEROOUT nor a discard is durable before a flush: owed to the next one.
+    let owed = |q: &mut Box<dyn StoreQueue>| {
+        let low = store.shared.dirty_low.load(Ordering::Acquire);
+        assert_eq!(run(q, StoreOp::Flush, None), StoreStatus::Good);
+        low
+    };
     // WRITE ZEROES without deallocate: BLKZEROOUT, always zeroes.
     write(&mut q);
     let op = StoreOp::WriteZeroes {
@@ -861,6 +926,7 @@ fn a_loop_device_discards_and_zeroes_out(engine: IoEngine) {
         deallocate: false,
     };
     assert_eq!(run(&mut q, op, None), StoreStatus::Good);
+    assert_eq!(owed(&mut q), 0, "BLKZEROOUT");
     assert!(read_is_zero(&mut q), "BLKZEROOUT left data");
     // WRITE ZEROES with deallocate: zeroes too (BLKDISCARD only where that guarantees them).
     write(&mut q);
@@ -870,6 +936,7 @@ fn a_loop_device_discards_and_zeroes_out(engine: IoEngine) {
         deallocate: true,
     };
     assert_eq!(run(&mut q, op, None), StoreStatus::Good);
+    assert_eq!(owed(&mut q), 0, "WRITE ZEROES with deallocate");
     assert!(read_is_zero(&mut q), "WRITE ZEROES with deallocate left data");
     // UNMAP: BLKDISCARD. A loop device punches a hole in its backing file, so the blocks
     // read zero here, though the store does not promise it unless the device says so.
