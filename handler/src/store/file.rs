@@ -43,11 +43,11 @@
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
 //!   its range, a 1-block one included.
-//! - **Failures.** A file system out of space is [`StoreStatus::SpaceExhausted`] (the engine
-//!   answers as SBC says for the disk's provisioning), a failed write otherwise WriteError, a
-//!   failed or short read ReadError, each at the first LBA that fails alone; a write to a file
-//!   truncated under the store is refused rather than growing it (`file/failure.rs`, shared by
-//!   the I/O paths).
+//! - **Failures.** A file system or a thin-provisioned device out of space is
+//!   [`StoreStatus::SpaceExhausted`] (the engine answers as SBC says for the disk's
+//!   provisioning), a failed write otherwise WriteError, a failed or short read ReadError,
+//!   each at the first LBA that fails alone; a write to a file truncated under the store is
+//!   refused rather than growing it (`file/failure.rs`, shared by the I/O paths).
 //! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
 //!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
 //!   (`file/lock.rs`).

@@ -8,8 +8,12 @@
 //! - **ENOSPC, EDQUOT** on a write to a regular file: the file system could not allocate the
 //!   block (a sparse image, or a hole UNMAP punched, on a full file system):
 //!   [`StoreStatus::SpaceExhausted`], which the engine reports as SBC says for the disk's
-//!   provisioning. On a block device ENOSPC means a write past the device's end (it shrank
-//!   under us), a write error.
+//!   provisioning. On a block device ENOSPC is either a thin-provisioned device out of space
+//!   (dm-thin, or a SCSI disk's DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT, 27/07,
+//!   which Linux turns into ENOSPC), SpaceExhausted too, or a write past the device's end;
+//!   the store range-checks every request against the size it opened with, so that means the
+//!   device shrank under it. The device's size is read again on that error path only, and a
+//!   failing block past the device's end now is a write error ([`out_of_space`]).
 //! - **End of file inside the medium** on a read (a short read: another program truncated the
 //!   file) is a read error at the first missing block: the capacity the initiator read did not
 //!   change, so every LBA below it must return the data last written there; that data is gone,
@@ -23,26 +27,33 @@
 use super::Shared;
 use super::StoreStatus;
 use std::io;
+use std::io::Seek;
+use std::io::SeekFrom;
 
 impl Shared {
     /// The status of a write that failed with `e` (not EINVAL, see `not_a_medium_error`) at
     /// `lba`, logged.
     pub(super) fn write_failed(&self, e: &io::Error, lba: u64) -> StoreStatus {
         let path = self.path.display();
-        match e.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) if self.regular => {
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+            if self.regular {
                 log::error!(
                     "{path}: no space to store LBA {lba} ({e}); free space on its file system (or \
                      raise the quota), or preallocate the image (fallocate -l SIZE) so that \
                      every block is allocated"
                 );
-                StoreStatus::SpaceExhausted { lba }
+                return StoreStatus::SpaceExhausted { lba };
             }
-            _ => {
-                log::error!("{path}: write error at LBA {lba}: {e}");
-                StoreStatus::WriteError { lba }
+            if out_of_space(lba, self.info.block_size, || (&self.data).seek(SeekFrom::End(0))) {
+                log::error!(
+                    "{path}: the device has no space to store LBA {lba} ({e}): a thin-provisioned \
+                     device out of space; extend its pool (lvextend on a thin pool)"
+                );
+                return StoreStatus::SpaceExhausted { lba };
             }
         }
+        log::error!("{path}: write error at LBA {lba}: {e}");
+        StoreStatus::WriteError { lba }
     }
 
     /// The status of a read that failed with `e` at `lba`, logged.
@@ -88,5 +99,20 @@ impl Shared {
             self.info.num_blocks * u64::from(self.info.block_size),
         );
         Some(StoreStatus::WriteError { lba })
+    }
+}
+
+/// A block device's write of the block `lba` (of `block_size` bytes) failed with ENOSPC: is the
+/// device out of space (thin provisioning), rather than ending before that block (it shrank
+/// under the store)? `device_size` is the device's size now; when it cannot be read, the
+/// failure stays a write error, which any medium may report.
+pub(super) fn out_of_space(lba: u64, block_size: u32, device_size: impl FnOnce() -> io::Result<u64>) -> bool {
+    let block_end = lba.saturating_add(1).saturating_mul(u64::from(block_size));
+    match device_size() {
+        Ok(size) => size >= block_end,
+        Err(e) => {
+            log::warn!("cannot read the device's size after ENOSPC at LBA {lba}: {e}");
+            false
+        }
     }
 }

@@ -659,6 +659,24 @@ fn holes_and_partial_copies_are_owed_to_the_next_flush() {
     assert_eq!(dirty(), 0, "the part copied");
 }
 
+/// ENOSPC on a block device: out of space (thin provisioning) while the device still holds the
+/// failing block, a write past its end (it shrank) once it ends before or inside that block, a
+/// write error when its size cannot be read.
+#[test]
+fn enospc_on_a_device_is_out_of_space_unless_it_ends_before_the_block() {
+    use super::failure::out_of_space;
+    assert!(out_of_space(10, 512, || Ok(11 * 512)));
+    assert!(out_of_space(10, 512, || Ok(1 << 30)));
+    assert!(out_of_space(10, 4096, || Ok(11 * 4096)));
+    assert!(!out_of_space(10, 512, || Ok(10 * 512)));
+    assert!(!out_of_space(10, 512, || Ok(10 * 512 + 256)));
+    assert!(!out_of_space(10, 4096, || Ok(11 * 512)));
+    assert!(!out_of_space(10, 512, || Ok(0)));
+    assert!(!out_of_space(10, 512, || Err(io::Error::from_raw_os_error(
+        libc::EIO
+    ))));
+}
+
 /// Two flushes overlap, and the kernel reports the write-back error to one of them only (one
 /// fd, errseq): the one whose fdatasync succeeded but ends after the failure was recorded is
 /// not GOOD either, and the failure names the lowest LBA either flush owed (the error may be of

@@ -550,6 +550,39 @@ fn a_second_store_on_one_image_is_refused() {
     drop(first);
 }
 
+/// ENOSPC from a block device that did not shrink is a thin-provisioned device out of space
+/// (dm-thin, or a SCSI disk's DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT): it is
+/// SpaceExhausted, as for a full file system. No thin pool here (device-mapper is not
+/// everywhere), so the errno is injected into the store's own transfer path on a real loop
+/// device, whose size the store then reads as on a real failure; once the device is cut short
+/// of the block, the same ENOSPC is a write error.
+#[test]
+fn enospc_from_a_block_device_that_did_not_shrink_is_space_exhausted() {
+    let name = "enospc_from_a_block_device_that_did_not_shrink_is_space_exhausted";
+    let lo = match LoopDevice::new(1 << 20) {
+        Ok(lo) => lo,
+        Err(reason) => return scst_accel_hal::skip::test_skipped(name, &reason),
+    };
+    let store = FileStore::open(&FileStoreConfig::new(&lo.device)).expect("open the loop device");
+    let bs = u64::from(store.info().block_size);
+    let lba = store.info().num_blocks - 8;
+    let enospc = || {
+        store
+            .shared
+            .write(lba * bs, 4096, Through::WriteBack, |_, _, _, _| {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            })
+    };
+    assert_eq!(enospc(), StoreStatus::SpaceExhausted { lba });
+    OpenOptions::new()
+        .write(true)
+        .open(lo._dir.file("backing.img"))
+        .and_then(|f| f.set_len(lba * bs))
+        .expect("cut the backing file");
+    sh("losetup", &["-c", &lo.device.to_string_lossy()]).expect("losetup -c");
+    assert_eq!(enospc(), StoreStatus::WriteError { lba });
+}
+
 /// A block device shrunk under the store (a loop device whose backing file was cut, `losetup
 /// -c`): a read past its new end is a read error at the first missing block, and a write there
 /// (ENOSPC from the block layer: past the device's end, not a full file system) a write error,
