@@ -437,7 +437,8 @@ struct Shared {
     /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has),
     /// lowered by a flush that overlapped the failed one (`flush_end`).
     flush_failed_lba: AtomicU64,
-    /// Writes the io_uring engine sent with RWF_DSYNC (FUA), for the dump and the tests.
+    /// Writes the io_uring engine sent with RWF_DSYNC (FUA), counted from the rw_flags of the
+    /// SQEs it pushed, for the dump and the tests.
     dsync_writes: AtomicU64,
 }
 

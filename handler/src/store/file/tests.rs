@@ -1248,8 +1248,9 @@ fn uring_a_short_read_at_eof_is_not_good() {
     );
 }
 
-/// On the ring a FUA write carries RWF_DSYNC (counted where the SQE is built from its flags),
-/// a write-back one does not and is owed to the next flush; the data is what was written.
+/// On the ring a FUA write carries RWF_DSYNC (counted from the rw_flags of the SQE as pushed,
+/// `uring::sqe_rw_flags`), a write-back one does not and is owed to the next flush; the data is
+/// what was written.
 #[test]
 fn uring_fua_writes_carry_rwf_dsync() {
     if !uring_or_skip("uring_fua_writes_carry_rwf_dsync") {
@@ -1282,6 +1283,34 @@ fn uring_fua_writes_carry_rwf_dsync() {
         StoreStatus::Good
     );
     assert_eq!(bytes(&out, 4096), bytes(&buf, 4096));
+}
+
+/// `uring::sqe_rw_flags` reads the flags the builder put in the SQE: a write's rw_flags, exactly
+/// (every bit, in place), and FSYNC's DATASYNC, which shares the union.
+#[test]
+fn sqe_rw_flags_reads_what_the_sqe_holds() {
+    use io_uring::opcode;
+    use io_uring::types;
+    // Built, never submitted.
+    let byte = [0u8; 1];
+    let write = |flags| {
+        opcode::Write::new(types::Fixed(0), byte.as_ptr(), 1)
+            .rw_flags(flags)
+            .build()
+    };
+    assert_eq!(super::uring::sqe_rw_flags(&write(0x1234_5678)), 0x1234_5678);
+    assert_eq!(
+        super::uring::sqe_rw_flags(&write(libc::RWF_DSYNC)),
+        libc::RWF_DSYNC as u32
+    );
+    assert_eq!(super::uring::sqe_rw_flags(&write(0)), 0);
+    let fsync = opcode::Fsync::new(types::Fixed(1))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build();
+    assert_eq!(
+        super::uring::sqe_rw_flags(&fsync),
+        types::FsyncFlags::DATASYNC.bits()
+    );
 }
 
 /// Records every log line of the test binary, for the fallback test.

@@ -75,6 +75,29 @@ const MAX_PIECE: usize = 1 << 30;
 /// EAGAIN/EINTR resubmissions of one request before it goes to the threads.
 const RETRIES: u32 = 8;
 
+/// RWF_DSYNC as the SQE holds it.
+const RWF_DSYNC: u32 = libc::RWF_DSYNC as u32;
+
+/// The rw_flags of a built SQE (a union with the other ops' flags, FSYNC's among them), read
+/// from the entry the kernel is handed. `squeue::Entry` is `#[repr(C)]` over the kernel's
+/// `struct io_uring_sqe`, whose rw_flags is the u32 at byte 28 (`include/uapi/linux/io_uring.h`:
+/// opcode, flags, ioprio, fd, off, addr, len, then the flags union).
+pub(super) fn sqe_rw_flags(entry: &squeue::Entry) -> u32 {
+    const RW_FLAGS: usize = 28;
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: `Entry` is `#[repr(C)]` with the 64-byte `io_uring_sqe` as its only field (the
+    // size is asserted above), a C struct without padding that the crate builds from all
+    // zeroes, so each of its 64 bytes is initialized; `[u8; 64]` needs no alignment, and the
+    // reference lives no longer than `entry`'s borrow.
+    let bytes = unsafe { &*std::ptr::from_ref(entry).cast::<[u8; 64]>() };
+    u32::from_ne_bytes([
+        bytes[RW_FLAGS],
+        bytes[RW_FLAGS + 1],
+        bytes[RW_FLAGS + 2],
+        bytes[RW_FLAGS + 3],
+    ])
+}
+
 /// Whether this kernel offers an io_uring with the ops the engine uses; if not, why, in words
 /// an operator can act on.
 pub(super) fn available() -> Result<(), String> {
@@ -228,7 +251,6 @@ impl UringQueue {
         let Some(slot) = &self.slots[index] else {
             return false;
         };
-        let mut dsync = false;
         let entry = match slot.io {
             SlotIo::Transfer {
                 write,
@@ -243,7 +265,6 @@ impl UringQueue {
                 let ptr = (addr + done as u64) as *mut u8;
                 if write {
                     let flags = if fua { libc::RWF_DSYNC } else { 0 };
-                    dsync = flags & libc::RWF_DSYNC != 0;
                     opcode::Write::new(DATA_FILE, ptr, n)
                         .offset(at)
                         .rw_flags(flags)
@@ -256,8 +277,13 @@ impl UringQueue {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         };
-        let pushed = self.push_entry(&entry.user_data(index as u64));
-        if pushed && dsync {
+        let entry = entry.user_data(index as u64);
+        let pushed = self.push_entry(&entry);
+        // Counted from the SQE as pushed, not from what was meant to be in it.
+        if pushed
+            && entry.get_opcode() == u32::from(opcode::Write::CODE)
+            && sqe_rw_flags(&entry) & RWF_DSYNC != 0
+        {
             self.store.dsync_writes.fetch_add(1, Ordering::Relaxed);
         }
         pushed
