@@ -1,7 +1,8 @@
 //! The system calls of the file store that std does not wrap: fallocate(2) to punch holes in
 //! a file, copy_file_range(2) for EXTENDED COPY, the BLKDISCARD / BLKZEROOUT ioctls on a block device, and flock(2) on an image
-//! (std's `File::try_lock` is newer than the crate's minimum Rust).
-// UNSAFETY: fallocate(2) and flock(2) are FFI calls taking only the fd and integers;
+//! (std's `File::try_lock` is newer than the crate's minimum Rust); for the tests, fcntl(2)
+//! F_GETFL.
+// UNSAFETY: fallocate(2), flock(2) and fcntl(2) are FFI calls taking only the fd and integers;
 // copy_file_range(2) also updates two offsets we own; the two
 // ioctls read one 16-byte range from memory we own for the duration of the call.
 #![allow(unsafe_code)]
@@ -157,4 +158,20 @@ pub(super) fn lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The file status flags of `fd` (fcntl(2) F_GETFL: O_DSYNC, O_DIRECT and the access mode),
+/// for the tests to check how the store opened its files.
+///
+/// # Errors
+/// The errno (EBADF).
+#[cfg(test)]
+pub(super) fn status_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL reads no memory of ours and takes no third argument; the fd is borrowed,
+    // hence open, for the call.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
 }

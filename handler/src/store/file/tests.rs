@@ -1313,6 +1313,37 @@ fn sqe_rw_flags_reads_what_the_sqe_holds() {
     );
 }
 
+/// The threads' FUA writes are durable because their fd is O_DSYNC: the kernel's own flags of
+/// the store's fds say so (fcntl F_GETFL), and that the fd of write-back writes is not (each
+/// would wait for the medium).
+#[test]
+fn the_threads_fua_fd_is_o_dsync() {
+    let dir = TempDir::new("odsync");
+    for direct in [true, false] {
+        let store = open(&FileStoreConfig {
+            direct,
+            ..config(
+                IoEngine::Threads,
+                &dir.file(&format!("{direct}.img")),
+                Some(64 << 10),
+            )
+        })
+        .expect("open");
+        let flags = |file: &File| sys::status_flags(file.as_fd()).expect("F_GETFL");
+        let shared = &store.shared;
+        assert_ne!(flags(&shared.sync) & libc::O_DSYNC, 0, "the FUA fd");
+        assert_eq!(flags(&shared.data) & libc::O_DSYNC, 0, "the write-back fd");
+        for file in [&shared.sync, &shared.data] {
+            assert_eq!(
+                flags(file) & libc::O_DIRECT != 0,
+                direct,
+                "O_DIRECT as configured"
+            );
+            assert_eq!(flags(file) & libc::O_ACCMODE, libc::O_RDWR);
+        }
+    }
+}
+
 /// Records every log line of the test binary, for the fallback test.
 struct Recorder(std::sync::Mutex<Vec<(log::Level, String)>>);
 
@@ -1374,7 +1405,7 @@ fn without_io_uring_auto_falls_back_once_and_serves() {
         assert_eq!(
             store.shared.dsync_writes.load(Ordering::Relaxed),
             0,
-            "threads use O_DSYNC"
+            "no ring: no RWF_DSYNC (the threads' FUA fd is O_DSYNC, the_threads_fua_fd_is_o_dsync)"
         );
     }
     let lines = RECORDER
