@@ -1454,11 +1454,17 @@ impl Shared {
         Ok(Some((u32::try_from(end - lba).unwrap_or(u32::MAX), deallocated)))
     }
 
-    /// SYNCHRONIZE CACHE: fdatasync. Sticky on failure (see the module doc): the LBA reported
-    /// is the lowest one written back since the last good flush, the first that may be lost.
+    /// SYNCHRONIZE CACHE: fdatasync of the flush fd. Sticky on failure (see the module doc):
+    /// the LBA reported is the lowest one written back since the last good flush, the first
+    /// that may be lost.
     fn flush(&self) -> StoreStatus {
+        self.flush_with(|| self.flush.sync_data())
+    }
+
+    /// [`Shared::flush`] with the fdatasync given (the tests make it fail as a medium would).
+    fn flush_with(&self, sync: impl FnOnce() -> io::Result<()>) -> StoreStatus {
         match self.flush_begin() {
-            Ok(low) => self.flush_end(low, self.flush.sync_data()),
+            Ok(low) => self.flush_end(low, sync()),
             Err(status) => status,
         }
     }

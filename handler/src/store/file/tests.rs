@@ -574,27 +574,35 @@ fn many_queues_share_the_bounded_pool(engine: IoEngine) {
 
 /// A failed fdatasync is sticky (Linux may have dropped the pages it could not write): every
 /// later flush fails, at the lowest LBA written back since the last good flush. fdatasync
-/// cannot be made to fail on a healthy file system here, so the failure is set as the flush
-/// path sets it; the write-back tracking is real.
+/// cannot be made to fail on a healthy file system here, so the threads' flush runs with an
+/// fdatasync that fails with EIO (`Shared::flush_with`); the write-back tracking, the sticky
+/// state and the later flushes of the engine (a real fdatasync, or FSYNC on the ring) are real.
 fn a_failed_flush_stays_failed(engine: IoEngine) {
     let dir = TempDir::new("flush");
     let store = open(&config(engine, &dir.file("disk.img"), Some(64 << 10))).expect("open");
     let mut q = store.open_queue().expect("queue");
     let buf = buffer(4096);
-    for (lba, fua) in [(40, false), (9, true), (12, false)] {
+    let write = |q: &mut Box<dyn StoreQueue>, lba, fua| {
         let op = StoreOp::Write { lba, blocks: 1, fua };
-        assert_eq!(run(&mut q, op, Some(&buf)), StoreStatus::Good);
+        assert_eq!(run(q, op, Some(&buf)), StoreStatus::Good);
+    };
+    for (lba, fua) in [(40, false), (9, true), (12, false)] {
+        write(&mut q, lba, fua);
     }
     // FUA writes are already stable: the lowest written-back LBA is 12, not 9.
     assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), 12);
     assert!(store.dump().expect("dump").contains("from LBA 12"));
     assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
     assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), u64::MAX);
-    store.shared.flush_failed_lba.store(12, Ordering::Release);
+    write(&mut q, 30, false);
+    write(&mut q, 20, false);
+    let eio = || Err(io::Error::from_raw_os_error(libc::EIO));
+    assert_eq!(store.shared.flush_with(eio), StoreStatus::WriteError { lba: 20 });
+    // Nothing written since, and the fdatasyncs succeed: still failed, at the same LBA.
     for _ in 0..2 {
         assert_eq!(
             run(&mut q, StoreOp::Flush, None),
-            StoreStatus::WriteError { lba: 12 }
+            StoreStatus::WriteError { lba: 20 }
         );
     }
     assert!(store.dump().expect("dump").contains("FAILED"));
