@@ -12,10 +12,25 @@ use scst_accel_handler::transport::register::RegisterParams;
 use scst_accel_handler::transport::version;
 use std::path::PathBuf;
 
+/// What [`valid_disk_name`] accepts, for messages.
+pub const DISK_NAME_RULE: &str = "1 to 48 characters of A-Z a-z 0-9 _ . - not starting with '.'";
+
+/// Whether `name` can be a disk's name: it names the SCST device (a sysfs directory, a command
+/// argument) and the identity state file `STATE_DIR/identity/<name>.toml`, so a leading '.'
+/// (".", "..", a hidden file) is refused too. The configuration check and the state file use
+/// this one rule, so `check-config` accepts exactly the names `serve` can use.
+pub fn valid_disk_name(name: &str) -> bool {
+    (1..=48).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// The disk and how it registers with SCST.
 #[derive(Args, Debug, Clone)]
 pub struct DiskArgs {
-    /// SCST device name (sysfs name; 1-48 characters of A-Z a-z 0-9 _ . -).
+    /// SCST device name (sysfs name; 1-48 characters of A-Z a-z 0-9 _ . -, not starting with '.').
     #[arg(long, default_value = "accel0")]
     pub name: String,
     /// Disk size (k, M, G, T suffixes).

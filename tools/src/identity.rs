@@ -95,7 +95,7 @@ pub enum IdentityError {
         reason: String,
     },
     /// The disk name cannot name a state file.
-    #[error("disk name {0:?} cannot name an identity state file: use 1-48 characters of A-Z a-z 0-9 _ . - not starting with '.'")]
+    #[error("disk name {0:?} cannot name an identity state file: use {rule}", rule = crate::disk::DISK_NAME_RULE)]
     DiskName(String),
     /// The state directory cannot be created or written.
     #[error("cannot write identity state in {dir}: {source}; create it (writable by the service, mode 0700) or point service.state_dir / --state-dir elsewhere")]
@@ -258,13 +258,7 @@ pub fn resolve(
 
 /// The state file of `disk_name` under `state_dir`.
 pub fn state_path(state_dir: &Path, disk_name: &str) -> Result<PathBuf, IdentityError> {
-    let ok_name = !disk_name.is_empty()
-        && disk_name.len() <= 48
-        && !disk_name.starts_with('.')
-        && disk_name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if !ok_name {
+    if !crate::disk::valid_disk_name(disk_name) {
         return Err(IdentityError::DiskName(disk_name.to_owned()));
     }
     Ok(state_dir.join(IDENTITY_DIR).join(format!("{disk_name}.toml")))

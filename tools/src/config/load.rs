@@ -28,7 +28,7 @@
 //! netlink = true                 # follow the kernel's device removed/reconfigured events
 //!
 //! [[disk]]                       # at least one
-//! name = "accel0"                # required; 1-48 characters of A-Z a-z 0-9 _ . -
+//! name = "accel0"                # required; 1-48 characters of A-Z a-z 0-9 _ . -, no leading .
 //! board = "sim"                  # required: ram | sim | sca1 | nvme | qemu-nvme | nvme-sim | file | blockdev
 //! # pci = "0000:03:00.0"         # required for sca1/nvme/qemu-nvme, refused for the others
 //! # path = "/srv/disk0.img"      # required for file/blockdev (absolute), refused for the others;
@@ -77,8 +77,10 @@ use super::TargetDriver;
 use super::TcmuSettings;
 use crate::backend::check_faults;
 use crate::backend::BoardArg;
+use crate::disk::valid_disk_name;
 use crate::disk::DiskArgs;
 use crate::disk::Premap;
+use crate::disk::DISK_NAME_RULE;
 use crate::units::parse_duration;
 use crate::units::parse_size;
 use clap::ValueEnum;
@@ -675,7 +677,8 @@ fn read_disk(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ReadDisk {
     }
 }
 
-/// SCST's device-name rules: the name is a sysfs directory and a command argument.
+/// The name is the SCST device's (a sysfs directory, a command argument) and its identity
+/// state file's: [`valid_disk_name`], the rule `serve` applies.
 fn disk_name(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Spanned<String>> {
     let Some(name) = string(ctx, sec, "name", "\"accel0\"") else {
         if sec.get("name").is_none() {
@@ -687,18 +690,16 @@ fn disk_name(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Spanned<String>
         }
         return None;
     };
-    let ok = (1..=48).contains(&name.get_ref().len())
-        && name
-            .get_ref()
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if valid_disk_name(name.get_ref()) {
         return Some(name);
     }
     ctx.error(
         &name.span(),
-        format!("disk name {:?} is not a valid SCST device name", name.get_ref()),
-        "use 1 to 48 characters of A-Z a-z 0-9 _ . -",
+        format!(
+            "disk name {:?} cannot name an SCST device and its identity state file",
+            name.get_ref()
+        ),
+        format!("use {DISK_NAME_RULE}"),
     );
     None
 }

@@ -275,7 +275,7 @@ fn a_disk_without_name_or_board_is_reported_at_its_header() {
     assert_one(
         &disk_with("").replace("\"a\"", "\"a b\""),
         Some(2),
-        "not a valid SCST device name",
+        "cannot name an SCST device",
     );
     assert_one(
         &disk_with("").replace("\"a\"", &format!("\"{}\"", "x".repeat(49))),
@@ -292,6 +292,27 @@ fn a_duplicate_disk_name_is_reported_at_the_second() {
         "already used by the disk at line 2",
     );
     assert!(e.message.contains("\"a\""), "{}", e.message);
+}
+
+/// `serve` keeps each disk's identity in `STATE_DIR/identity/<name>.toml`, so a name it cannot
+/// use there is refused by the check too, and any name the check accepts has a state file.
+#[test]
+fn a_disk_name_serve_cannot_use_for_its_state_file_is_refused() {
+    let dir = std::path::Path::new("/var/lib/scst-accel");
+    for bad in [".", "..", ".hidden", "..x"] {
+        let e = assert_one(
+            &disk_with("").replace("\"a\"", &format!("{bad:?}")),
+            Some(2),
+            "cannot name an SCST device and its identity state file",
+        );
+        assert!(e.hint.contains("not starting with '.'"), "{e:?}");
+        assert!(crate::identity::state_path(dir, bad).is_err(), "{bad}");
+    }
+    for good in ["a.b", "a..", "accel-0_x.1", &"x".repeat(48)] {
+        let text = disk_with("").replace("\"a\"", &format!("{good:?}"));
+        assert!(parse(&text, "t").is_ok(), "{good}");
+        assert!(crate::identity::state_path(dir, good).is_ok(), "{good}");
+    }
 }
 
 #[test]
