@@ -613,6 +613,9 @@ struct ReadDisk {
     name_at: Option<Range<usize>>,
     pci_at: Option<Range<usize>>,
     path_at: Option<Range<usize>>,
+    /// Where `[disk.identity]`'s serial and naa are (when valid, so in `spec.identity`).
+    serial_at: Option<Range<usize>>,
+    naa_at: Option<Range<usize>>,
     exports_at: Vec<Range<usize>>,
 }
 
@@ -643,8 +646,11 @@ fn read_disk(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ReadDisk {
         }
     }
     let inject = inject(ctx, sec, board);
-    let identity = table(ctx, sec, "identity", "[disk.identity]")
-        .map(|s| read_identity(ctx, &s))
+    let (identity, serial_at, naa_at) = table(ctx, sec, "identity", "[disk.identity]")
+        .map(|s| {
+            let at = |key: &str| s.get(key).map(|v| v.span());
+            (read_identity(ctx, &s), at("serial"), at("naa"))
+        })
         .unwrap_or_default();
     let exports: Vec<(ExportSpec, Range<usize>)> = tables(ctx, sec, "export", "[[disk.export]] sections")
         .into_iter()
@@ -673,6 +679,8 @@ fn read_disk(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> ReadDisk {
         name_at: name.map(|n| n.span()),
         pci_at: pci.map(|p| p.span()),
         path_at: path.map(|p| p.span()),
+        serial_at,
+        naa_at,
         exports_at: exports.into_iter().map(|(_, span)| span).collect(),
     }
 }
@@ -1103,10 +1111,12 @@ fn is_iscsi_name(name: &str) -> bool {
         && suffix.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Names, PCI functions and LUNs must be unique across disks: each error points at the later
-/// use and names the earlier one.
+/// Names, PCI functions, media, configured serials and designators, and LUNs must be unique
+/// across disks: each error points at the later use and names the earlier one.
 fn check_unique(ctx: &mut Ctx<'_>, disks: &[ReadDisk]) {
     let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut serials: HashMap<&str, (&str, usize)> = HashMap::new();
+    let mut designators: HashMap<String, (&str, usize)> = HashMap::new();
     let mut functions: HashMap<String, (&str, usize)> = HashMap::new();
     let mut luns: HashMap<(&str, &str, u32), (&str, usize)> = HashMap::new();
     let mut paths: HashMap<PathBuf, (&str, usize)> = HashMap::new();
@@ -1144,6 +1154,37 @@ fn check_unique(ctx: &mut Ctx<'_>, disks: &[ReadDisk]) {
                         path.display()
                     ),
                     "two disks on one file or device would corrupt each other; give each its own path",
+                );
+            }
+        }
+        // Two disks with one serial (VPD 80h; with one vendor, also VPD 83h's T10 vendor ID
+        // designator) or one NAA designator look like one LUN on two paths: multipath merges them.
+        if let (Some(serial), Some(at)) = (&disk.spec.identity.serial, &disk.serial_at) {
+            let line = ctx.line(at.start);
+            if let Some((other, first)) = serials.insert(serial, (name, line)) {
+                ctx.error(
+                    at,
+                    format!(
+                        "disk {name:?} has identity serial {serial:?}, already the serial of disk \
+                         {other:?} (line {first})"
+                    ),
+                    "multipath would merge the two disks into one device; give each disk its own \
+                     serial, or remove it to have one generated",
+                );
+            }
+        }
+        if let (Some(naa), Some(at)) = (&disk.spec.identity.naa, &disk.naa_at) {
+            let line = ctx.line(at.start);
+            // Hex digits: "6ABC" and "6abc" are the same designator on the wire.
+            if let Some((other, first)) = designators.insert(naa.to_ascii_lowercase(), (name, line)) {
+                ctx.error(
+                    at,
+                    format!(
+                        "disk {name:?} has identity naa {naa}, already the designator of disk \
+                         {other:?} (line {first})"
+                    ),
+                    "multipath would merge the two disks into one device; give each disk its own \
+                     naa, or remove it to have one generated",
                 );
             }
         }

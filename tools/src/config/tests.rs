@@ -315,6 +315,42 @@ fn a_disk_name_serve_cannot_use_for_its_state_file_is_refused() {
     }
 }
 
+/// A copied [[disk]] block with its identity: two LUNs with one serial or one designator would
+/// be merged by multipath, so the second is refused, naming both disks.
+#[test]
+fn two_disks_with_one_configured_serial_or_designator_are_refused() {
+    let with_identity = |name: &str, identity: &str| {
+        format!("[[disk]]\nname = \"{name}\"\nboard = \"ram\"\n[disk.identity]\n{identity}\n")
+    };
+    let serial = format!(
+        "{}{}",
+        with_identity("a", "serial = \"SN1\""),
+        with_identity("b", "serial = \"SN1\"")
+    );
+    let e = assert_one(&serial, Some(10), "already the serial of disk \"a\" (line 5)");
+    assert!(e.message.contains("disk \"b\""), "{}", e.message);
+    let naa = "6001405a1b2c3d4e5f60718293a4b5c6";
+    let designator = format!(
+        "{}{}",
+        with_identity("a", &format!("naa = \"{naa}\"")),
+        with_identity("b", &format!("naa = \"{}\"", naa.to_ascii_uppercase()))
+    );
+    let e = assert_one(
+        &designator,
+        Some(10),
+        "already the designator of disk \"a\" (line 5)",
+    );
+    assert!(e.message.contains("disk \"b\""), "{}", e.message);
+    // Distinct identities, and serials that differ only in case (printable text, not hex),
+    // are fine.
+    let distinct = format!(
+        "{}{}",
+        with_identity("a", &format!("serial = \"sn1\"\nnaa = \"{naa}\"")),
+        with_identity("b", "serial = \"SN1\"\nnaa = \"3001405a1b2c3d4e\"")
+    );
+    assert!(parse(&distinct, "t").is_ok());
+}
+
 #[test]
 fn two_disks_on_one_pci_function_are_refused() {
     let text = "[[disk]]\nname = \"a\"\nboard = \"nvme\"\npci = \"0000:03:00.0\"\n\
