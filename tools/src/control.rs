@@ -11,7 +11,9 @@
 //!
 //! Anything else (a line over 64 KiB, invalid UTF-8, bad JSON, an unknown command) gets
 //! `{"ok":false,"error":"..."}`; the server keeps serving. A line over 64 KiB also closes that
-//! connection (the rest of the line cannot be told from the next request).
+//! connection (the rest of the line cannot be told from the next request). A status the
+//! service did not answer in time (it is still starting its disks, or wedged) gets
+//! `{"ok":false,"unavailable":true,"error":"..."}`, never an empty list of disks.
 //!
 //! # Exit codes of the client subcommands
 //! - 0: done;
@@ -19,7 +21,8 @@
 //! - 65 (`DATA`): the service refused the request (unknown disk, a shrink, a board whose
 //!   capacity is the device's); the message says why;
 //! - 69 (`UNAVAILABLE`): no service answers on the socket (not running, or another socket
-//!   path configured), or it answered garbage.
+//!   path configured), it answered garbage, or it did not answer in time (still starting its
+//!   disks, or wedged).
 
 use crate::exit;
 use crate::metrics::join_within;
@@ -157,7 +160,9 @@ fn serve(listener: &UnixListener, view: &dyn ServiceView, stop: &StopSignal) {
     let mut sampler = Sampler::new();
     while !stop.is_raised() {
         if sampler.last_sample().is_none_or(|t| t.elapsed() >= SAMPLE_PERIOD) {
-            sampler.sample(view);
+            if let Err(e) = sampler.sample(view) {
+                log::debug!("control: no sample: {e}");
+            }
         }
         match listener.accept() {
             Ok((stream, _)) => {
@@ -235,10 +240,11 @@ pub fn handle(line: &str, view: &dyn ServiceView, sampler: &mut Sampler) -> Valu
     };
     let field = |name: &str| request.get(name).and_then(Value::as_str);
     match field("cmd") {
-        Some("status") => {
-            sampler.sample(view);
-            status_reply(sampler.latest().unwrap_or_default(), &sampler.rates())
-        }
+        // The snapshot just taken: an earlier one would be passed off as the present.
+        Some("status") => match sampler.sample(view) {
+            Ok(()) => status_reply(sampler.latest().unwrap_or_default(), &sampler.rates()),
+            Err(e) => json!({ "ok": false, "unavailable": true, "error": e.to_string() }),
+        },
         Some("dump") => {
             let Some(disk) = field("disk") else {
                 return error("dump needs \"disk\"".into());
@@ -390,13 +396,21 @@ pub enum ClientError {
     /// The service refused the request.
     #[error("refused: {0}")]
     Refused(String),
+    /// The service is there but did not answer in time (still starting its disks, or wedged).
+    #[error("the service on {path} is up but did not answer: {why}")]
+    NotAnswering {
+        /// The socket.
+        path: PathBuf,
+        /// The service's message.
+        why: String,
+    },
 }
 
 impl ClientError {
     /// The exit code (module doc).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Unreachable { .. } | Self::Garbage { .. } => exit::UNAVAILABLE,
+            Self::Unreachable { .. } | Self::Garbage { .. } | Self::NotAnswering { .. } => exit::UNAVAILABLE,
             Self::Refused(_) => exit::DATA,
         }
     }
@@ -405,7 +419,8 @@ impl ClientError {
 /// Send one request and read its reply (`{"ok":true,...}`).
 ///
 /// # Errors
-/// [`ClientError`]: unreachable, garbage, or `{"ok":false}` (its message).
+/// [`ClientError`]: unreachable, garbage, not answering (`{"ok":false,"unavailable":true}`),
+/// or `{"ok":false}` (its message).
 pub fn request(socket: &Path, request: &Value) -> Result<Value, ClientError> {
     let unreachable = |source| ClientError::Unreachable {
         path: socket.to_path_buf(),
@@ -431,15 +446,22 @@ pub fn request(socket: &Path, request: &Value) -> Result<Value, ClientError> {
         .read_until(b'\n', &mut reply)
         .map_err(unreachable)?;
     let value: Value = serde_json::from_slice(&reply).map_err(|e| garbage(e.to_string()))?;
+    let why = || {
+        value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given")
+            .to_string()
+    };
     match value.get("ok").and_then(Value::as_bool) {
         Some(true) => Ok(value),
-        Some(false) => Err(ClientError::Refused(
-            value
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no reason given")
-                .to_string(),
-        )),
+        Some(false) if value.get("unavailable") == Some(&Value::Bool(true)) => {
+            Err(ClientError::NotAnswering {
+                path: socket.to_path_buf(),
+                why: why(),
+            })
+        }
+        Some(false) => Err(ClientError::Refused(why())),
         None => Err(garbage("no \"ok\" field".into())),
     }
 }
@@ -563,6 +585,7 @@ fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::status::fake::FakeView;
+    use crate::status::fake::SlowView;
 
     fn socket_path(name: &str) -> PathBuf {
         std::env::temp_dir()
@@ -707,6 +730,24 @@ mod tests {
         let idle = UnixStream::connect(&path).unwrap();
         status_ok(&path);
         drop(idle);
+        status_ok(&path);
+        server.stop();
+    }
+
+    /// A status the service does not answer (it is starting its disks) is an error reply the
+    /// client exits 69 on, never `{"ok":true,"disks":[]}`.
+    #[test]
+    fn a_status_the_service_does_not_answer_is_unavailable() {
+        let path = socket_path("slow");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let view = Arc::new(SlowView::default());
+        // The server's own first sample and the request's.
+        view.silent.store(2, std::sync::atomic::Ordering::Relaxed);
+        let server = ControlServer::start(&path, Arc::clone(&view) as Arc<dyn ServiceView>).unwrap();
+        let e = request(&path, &json!({"cmd": "status"})).unwrap_err();
+        assert!(matches!(e, ClientError::NotAnswering { .. }), "{e}");
+        assert_eq!(e.exit_code(), exit::UNAVAILABLE);
+        assert!(e.to_string().contains("did not answer"), "{e}");
         status_ok(&path);
         server.stop();
     }

@@ -1,5 +1,6 @@
 //! Rates over the last seconds ([`Sampler`]), the Prometheus text exposition
-//! ([`prometheus_text`]) and its HTTP endpoint ([`MetricsServer`], `service.metrics_listen`).
+//! ([`prometheus_text`]) and its HTTP endpoint ([`MetricsServer`], `service.metrics_listen`;
+//! `503 Service Unavailable` when the service does not answer, as while it starts its disks).
 //!
 //! A [`crate::status::DiskSnapshot`] holds raw, monotonic counters. Rates (IOPS, MB/s) and
 //! latency percentiles over a window come from two snapshots: the newest and the oldest kept
@@ -7,6 +8,7 @@
 
 use crate::status::DiskSnapshot;
 use crate::status::DiskState;
+use crate::status::NotAnswered;
 use crate::status::ServiceView;
 use scst_accel_hal::fdio::poll_readable;
 use scst_accel_hal::fdio::EventFd;
@@ -65,6 +67,8 @@ pub struct DiskRates {
 #[derive(Debug, Default)]
 pub struct Sampler {
     history: VecDeque<(Instant, Vec<DiskSnapshot>)>,
+    /// When the service last failed to answer [`Sampler::sample`].
+    failed_at: Option<Instant>,
 }
 
 impl Sampler {
@@ -93,14 +97,28 @@ impl Sampler {
     }
 
     /// Take a snapshot now (the view is asked outside any lock of ours).
-    pub fn sample(&mut self, view: &dyn ServiceView) {
-        let snapshots = view.snapshot();
-        self.push(Instant::now(), snapshots);
+    ///
+    /// # Errors
+    /// The service did not answer: nothing is kept (an empty snapshot would count every disk
+    /// from zero in the next rates), and the attempt counts as a sample for
+    /// [`Sampler::last_sample`], so a loop sampling when due does not retry at once.
+    pub fn sample(&mut self, view: &dyn ServiceView) -> Result<(), NotAnswered> {
+        match view.snapshot() {
+            Ok(snapshots) => {
+                self.push(Instant::now(), snapshots);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed_at = Some(Instant::now());
+                Err(e)
+            }
+        }
     }
 
-    /// When the newest snapshot was taken.
+    /// When a snapshot was last taken, or last asked for in vain.
     pub fn last_sample(&self) -> Option<Instant> {
-        self.history.back().map(|(at, _)| *at)
+        let taken = self.history.back().map(|(at, _)| *at);
+        taken.max(self.failed_at)
     }
 
     /// The newest snapshots.
@@ -502,7 +520,9 @@ fn serve_metrics(listener: &TcpListener, view: &dyn ServiceView, stop: &StopSign
     let mut sampler = Sampler::new();
     while !stop.is_raised() {
         if sampler.last_sample().is_none_or(|t| t.elapsed() >= SAMPLE_PERIOD) {
-            sampler.sample(view);
+            if let Err(e) = sampler.sample(view) {
+                log::debug!("metrics: no sample: {e}");
+            }
         }
         match listener.accept() {
             Ok((stream, peer)) => {
@@ -568,10 +588,16 @@ fn answer_http(mut stream: TcpStream, view: &dyn ServiceView, sampler: &mut Samp
     } else if method != Some("GET") && method != Some("HEAD") {
         ("405 Method Not Allowed", "only GET\n".to_string(), "text/plain")
     } else {
-        sampler.sample(view);
-        let snapshots = sampler.latest().unwrap_or_default();
-        let text = prometheus_text(snapshots, &sampler.rates());
-        ("200 OK", text, "text/plain; version=0.0.4; charset=utf-8")
+        // A scrape the service did not answer fails as a whole (Prometheus records `up` 0)
+        // rather than showing no disks, or the last figures as if they were current.
+        match sampler.sample(view) {
+            Ok(()) => {
+                let snapshots = sampler.latest().unwrap_or_default();
+                let text = prometheus_text(snapshots, &sampler.rates());
+                ("200 OK", text, "text/plain; version=0.0.4; charset=utf-8")
+            }
+            Err(e) => ("503 Service Unavailable", format!("{e}\n"), "text/plain"),
+        }
     };
     let mut response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -592,6 +618,7 @@ fn answer_http(mut stream: TcpStream, view: &dyn ServiceView, sampler: &mut Samp
 mod tests {
     use super::*;
     use crate::status::fake::FakeView;
+    use crate::status::fake::SlowView;
 
     #[test]
     fn sampler_rates_over_the_window() {
@@ -600,7 +627,7 @@ mod tests {
         let t0 = Instant::now();
         // Snapshot n has n*100 commands: 100 commands a second, 9 MB/s-ish.
         for i in 0..15u64 {
-            sampler.push(t0 + Duration::from_secs(i), view.snapshot());
+            sampler.push(t0 + Duration::from_secs(i), view.snapshot().unwrap());
         }
         let rates = sampler.rates();
         assert_eq!(rates.len(), 2);
@@ -616,14 +643,33 @@ mod tests {
         // Requests in a burst replace the newest snapshot instead of piling up.
         let last = t0 + Duration::from_secs(14);
         for i in 1..50u64 {
-            sampler.push(last + Duration::from_millis(i), view.snapshot());
+            sampler.push(last + Duration::from_millis(i), view.snapshot().unwrap());
         }
         assert!(sampler.history.len() <= 12, "{}", sampler.history.len());
     }
 
+    /// A snapshot the service did not answer (it is starting its disks) is not kept: the next
+    /// rates do not count every disk from zero (an IOPS spike), and no empty list is served.
+    #[test]
+    fn an_unanswered_snapshot_is_not_kept() {
+        let view = SlowView::default();
+        view.silent.store(1, std::sync::atomic::Ordering::Relaxed);
+        let mut sampler = Sampler::new();
+        assert!(sampler.sample(&view).is_err());
+        assert!(sampler.latest().is_none(), "nothing kept");
+        assert!(
+            sampler.last_sample().is_some(),
+            "the attempt is remembered: no retry at once"
+        );
+        sampler.sample(&view).unwrap();
+        let first = sampler.rates();
+        assert_eq!(first.len(), 2);
+        assert_eq!((first[0].window_s, first[0].iops), (0.0, 0.0), "{first:?}");
+    }
+
     #[test]
     fn exposition_format() {
-        let snapshots = FakeView::default().snapshot();
+        let snapshots = FakeView::default().snapshot().unwrap();
         let text = prometheus_text(&snapshots, &[]);
         assert!(text.ends_with('\n'));
         for line in text.lines() {
@@ -689,6 +735,28 @@ mod tests {
         let started = Instant::now();
         server.stop();
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// While the service does not answer (starting its disks), a scrape fails as a whole rather
+    /// than showing no disks; then the figures come.
+    #[test]
+    fn a_scrape_the_service_does_not_answer_is_503() {
+        let view = Arc::new(SlowView::default());
+        // Enough silent snapshots for the server's own first sample and the scrape.
+        view.silent.store(2, std::sync::atomic::Ordering::Relaxed);
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Arc::clone(&view) as _).unwrap();
+        let addr = server.local_addr();
+        let reply = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.1 503 Service Unavailable"), "{reply}");
+        assert!(reply.contains("did not answer"), "{reply}");
+        assert!(!reply.contains("scst_accel_"), "{reply}");
+        let reply = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(
+            reply.contains("scst_accel_commands_total{disk=\"ram0\",op=\"read\"}"),
+            "{reply}"
+        );
+        server.stop();
     }
 
     /// `promtool check metrics` when installed; otherwise say loudly that it was skipped.

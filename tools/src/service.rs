@@ -22,6 +22,7 @@ use crate::status::DeviceCounters;
 use crate::status::DiskSnapshot;
 use crate::status::DiskState;
 use crate::status::IdentityView;
+use crate::status::NotAnswered;
 use crate::status::ServiceView;
 use crate::status::TeardownRecord;
 use crossbeam_channel::Receiver;
@@ -228,8 +229,11 @@ impl ServiceHandle {
 }
 
 impl ServiceView for ServiceHandle {
-    fn snapshot(&self) -> Vec<DiskSnapshot> {
-        self.ask(Request::Snapshot).unwrap_or_default()
+    /// `Err` while `start_disks` runs (the control socket and the metrics endpoint are up
+    /// before it, and the supervisor answers after), or when the supervisor is wedged or gone.
+    fn snapshot(&self) -> Result<Vec<DiskSnapshot>, NotAnswered> {
+        self.ask(Request::Snapshot)
+            .ok_or(NotAnswered { waited: ANSWER_WAIT })
     }
 
     fn dump(&self, disk: &str) -> Result<String, String> {

@@ -4,6 +4,7 @@
 
 use scst_accel_handler::frontend::FrontendStats;
 use serde::Serialize;
+use std::time::Duration;
 use std::time::SystemTime;
 
 /// Where a disk is in its life.
@@ -109,11 +110,29 @@ pub struct DiskSnapshot {
     pub teardowns: Vec<TeardownRecord>,
 }
 
+/// The service did not answer a request within its bound: it is still starting its disks
+/// (requests wait for the supervisor, which answers once every disk has been tried), or its
+/// supervisor is wedged or gone.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the service did not answer within {}s (still starting its disks, or wedged); try again, \
+     and check its log if it keeps not answering",
+    .waited.as_secs()
+)]
+pub struct NotAnswered {
+    /// How long the request waited.
+    pub waited: Duration,
+}
+
 /// What the control socket and the metrics endpoint ask of the service. The service
 /// implements it over its disks; tests implement it over fakes.
 pub trait ServiceView: Send + Sync {
     /// Every disk, in configuration order.
-    fn snapshot(&self) -> Vec<DiskSnapshot>;
+    ///
+    /// # Errors
+    /// The service did not answer in time ([`NotAnswered`]): never an empty or partial list
+    /// in its place.
+    fn snapshot(&self) -> Result<Vec<DiskSnapshot>, NotAnswered>;
     /// The dump of one disk (every command in flight, the device's registers and rings), as
     /// SIGUSR1 logs it.
     ///
@@ -168,7 +187,6 @@ pub(crate) mod fake {
     use std::sync::atomic::AtomicU64;
     use std::sync::atomic::Ordering;
     use std::sync::Mutex;
-    use std::time::Duration;
 
     #[derive(Default)]
     pub(crate) struct FakeView {
@@ -177,7 +195,7 @@ pub(crate) mod fake {
     }
 
     impl ServiceView for FakeView {
-        fn snapshot(&self) -> Vec<DiskSnapshot> {
+        fn snapshot(&self) -> Result<Vec<DiskSnapshot>, NotAnswered> {
             let n = self.snapshots.fetch_add(1, Ordering::Relaxed) + 1;
             let mut latency = LatencyHistogram::default();
             for _ in 0..n * 100 {
@@ -218,10 +236,10 @@ pub(crate) mod fake {
                 },
                 teardowns: Vec::new(),
             };
-            vec![
+            Ok(vec![
                 disk("ram0", DiskState::Serving, None),
                 disk("bad\"disk", DiskState::Failed, Some("device gone")),
-            ]
+            ])
         }
 
         fn dump(&self, disk: &str) -> Result<String, String> {
@@ -237,6 +255,36 @@ pub(crate) mod fake {
             }
             self.resized.lock().unwrap().push((disk.to_string(), bytes));
             Ok(bytes / 512)
+        }
+    }
+
+    /// A service that does not answer (yet): its first `silent` snapshots fail as a service
+    /// starting its disks does, then it answers as [`FakeView`].
+    #[derive(Default)]
+    pub(crate) struct SlowView {
+        pub(crate) silent: AtomicU64,
+        pub(crate) inner: FakeView,
+    }
+
+    impl ServiceView for SlowView {
+        fn snapshot(&self) -> Result<Vec<DiskSnapshot>, NotAnswered> {
+            let unanswered = self
+                .silent
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            match unanswered {
+                Ok(_) => Err(NotAnswered {
+                    waited: Duration::from_secs(5),
+                }),
+                Err(_) => self.inner.snapshot(),
+            }
+        }
+
+        fn dump(&self, disk: &str) -> Result<String, String> {
+            self.inner.dump(disk)
+        }
+
+        fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+            self.inner.resize(disk, bytes)
         }
     }
 }

@@ -1647,7 +1647,7 @@ mod tests {
         let (tx, requests) = crossbeam_channel::unbounded();
         let view = ServiceHandle::new(tx);
         let asker = std::thread::spawn(move || {
-            let snapshot = view.snapshot();
+            let snapshot = view.snapshot().expect("answered");
             let grown = view.resize("d0", 3072 * 512);
             let odd = view.resize("d0", 1000);
             let dump = view.dump("d0");

@@ -1,13 +1,20 @@
 //! `scst-accel status`, `dump` and `resize`, the built binary against a control socket served
-//! in this process over a fake service.
+//! in this process over a fake service, or over a real one whose supervisor does not answer.
 
+use scst_accel::config::ServiceSettings;
 use scst_accel::control::ControlServer;
+use scst_accel::service::KernelSide;
+use scst_accel::service::Service;
+use scst_accel::service::StartOptions;
 use scst_accel::status::DeviceCounters;
 use scst_accel::status::DiskSnapshot;
 use scst_accel::status::DiskState;
 use scst_accel::status::IdentityView;
+use scst_accel::status::NotAnswered;
 use scst_accel::status::ServiceView;
 use scst_accel_handler::frontend::FrontendStats;
+use scst_accel_handler::loopback::KernelConfig;
+use scst_accel_handler::loopback::LoopbackKernel;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,7 +28,7 @@ struct Fake {
 }
 
 impl ServiceView for Fake {
-    fn snapshot(&self) -> Vec<DiskSnapshot> {
+    fn snapshot(&self) -> Result<Vec<DiskSnapshot>, NotAnswered> {
         let n = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
         let disk = |name: &str, state, failure: Option<&str>| DiskSnapshot {
             name: name.into(),
@@ -41,10 +48,10 @@ impl ServiceView for Fake {
             device: DeviceCounters::default(),
             teardowns: Vec::new(),
         };
-        vec![
+        Ok(vec![
             disk("disk_a", DiskState::Serving, None),
             disk("disk_b", DiskState::Failed, Some("the device went away")),
-        ]
+        ])
     }
 
     fn dump(&self, disk: &str) -> Result<String, String> {
@@ -112,5 +119,34 @@ fn status_dump_and_resize_through_the_binary() {
     let (code, _, stderr) = run(&["status"], &path);
     assert_eq!(code, Some(69), "{stderr}");
     assert!(stderr.contains("is scst-accel serve running?"), "{stderr}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// `scst-accel status` while the service is starting its disks (its control socket is up
+/// before them, and its supervisor answers once every disk has been tried; here it never
+/// answers): exit 69 with the reason, not `{"ok":true,"disks":[]}` and 0.
+#[test]
+fn status_while_the_service_starts_its_disks_exits_69() {
+    let path = socket("starting");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    let kernel = LoopbackKernel::new(KernelConfig::default());
+    let options = StartOptions {
+        apply_exports: false,
+        persist_identities: false,
+        stores: None,
+    };
+    let service = Service::new(
+        ServiceSettings::default(),
+        Vec::new(),
+        KernelSide::Loopback(kernel),
+        options,
+    );
+    let server = ControlServer::start(&path, Arc::new(service.handle())).expect("control server");
+    let (code, stdout, stderr) = run(&["status", "--json"], &path);
+    assert_eq!(code, Some(69), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    server.stop();
+    drop(service);
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

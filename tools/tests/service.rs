@@ -70,6 +70,7 @@ fn snapshot_states(service: &mut Service) -> Vec<(String, DiskState)> {
         let asker = s.spawn(move || {
             handle
                 .snapshot()
+                .expect("answered")
                 .into_iter()
                 .map(|d| (d.name, d.state))
                 .collect::<Vec<_>>()
@@ -422,7 +423,7 @@ fn exports_are_applied_after_registration_and_removed_at_stop() {
     assert_eq!(sysfs.wait_lines(1), vec!["add exp-ram 3".to_string()]);
     let handle = service.handle();
     let exports = std::thread::scope(|s| {
-        let asker = s.spawn(move || handle.snapshot()[0].exports.clone());
+        let asker = s.spawn(move || handle.snapshot().expect("answered")[0].exports.clone());
         while !asker.is_finished() {
             service.supervise(Duration::from_millis(10));
         }
