@@ -4,7 +4,8 @@
 //!
 //! A [`crate::status::DiskSnapshot`] holds raw, monotonic counters. Rates (IOPS, MB/s) and
 //! latency percentiles over a window come from two snapshots: the newest and the oldest kept
-//! (about 10 s back, one a second). Prometheus gets the raw counters and computes its own rates.
+//! (at most 10 s back; one a second, more while clients ask). Prometheus gets the raw counters
+//! and computes its own rates.
 
 use crate::status::DiskSnapshot;
 use crate::status::DiskState;
@@ -31,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
 
-/// How far back the window reaches.
+/// How far back the window reaches at most.
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// How often a sampler fed by a server's loop takes a snapshot.
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
@@ -77,21 +78,31 @@ impl Sampler {
         Self::default()
     }
 
-    /// Keep `snapshots`, taken at `at`; forget what is older than the window (keeping one
-    /// snapshot at least [`WINDOW`] old when there is one, so the window is full).
-    /// Snapshots closer than [`MIN_GAP`] to the previous one replace it, so that clients
-    /// asking often (each request samples) cannot grow the history.
+    /// Keep `snapshots`, taken at `at`; forget those more than [`WINDOW`] older, so the window
+    /// never reaches further back than that, however often snapshots come.
+    ///
+    /// The newest snapshot replaces the one before it when that one is less than [`MIN_GAP`]
+    /// after the snapshot it follows: kept snapshots are at least [`MIN_GAP`] apart (but the
+    /// newest), so clients asking often (each request samples) cannot grow the history beyond
+    /// about 100, and the history still moves on (replacing the newest whenever a new one came
+    /// within [`MIN_GAP`] of it would keep, under polls that close, two snapshots: the first
+    /// one, forever, and the newest).
     pub fn push(&mut self, at: Instant, snapshots: Vec<DiskSnapshot>) {
-        if self.history.len() > 1
-            && self
-                .history
-                .back()
-                .is_some_and(|(last, _)| at.saturating_duration_since(*last) < MIN_GAP)
+        let n = self.history.len();
+        if n >= 2
+            && self.history[n - 1]
+                .0
+                .saturating_duration_since(self.history[n - 2].0)
+                < MIN_GAP
         {
             self.history.pop_back();
         }
         self.history.push_back((at, snapshots));
-        while self.history.len() > 2 && at.duration_since(self.history[1].0) >= WINDOW {
+        while self
+            .history
+            .front()
+            .is_some_and(|(first, _)| at.saturating_duration_since(*first) > WINDOW)
+        {
             self.history.pop_front();
         }
     }
@@ -646,6 +657,46 @@ mod tests {
             sampler.push(last + Duration::from_millis(i), view.snapshot().unwrap());
         }
         assert!(sampler.history.len() <= 12, "{}", sampler.history.len());
+    }
+
+    /// Clients polling faster than [`MIN_GAP`]: the history keeps moving, so the window is the
+    /// last [`WINDOW`] at most (it was pinned to the first snapshot: a lifetime average).
+    #[test]
+    fn polls_closer_than_the_gap_keep_the_window_at_most_its_length() {
+        // The figures do not matter here, only when they were taken.
+        let snapshot = FakeView::default().snapshot().unwrap();
+        for gap_ms in [1u64, 50, 99, 100, 250, 1000] {
+            let mut sampler = Sampler::new();
+            let t0 = Instant::now();
+            let gap = Duration::from_millis(gap_ms);
+            let mut at = t0;
+            while at < t0 + 2 * WINDOW + Duration::from_secs(1) {
+                sampler.push(at, snapshot.clone());
+                at += gap;
+                let newest = sampler.last_sample().unwrap();
+                let window = newest.duration_since(sampler.history.front().unwrap().0);
+                assert!(window <= WINDOW, "gap {gap_ms} ms: window {window:?}");
+                // Once the service has run a window, it is nearly full: snapshots are kept at
+                // least MIN_GAP apart, and less than a poll more.
+                if newest.duration_since(t0) >= WINDOW + MIN_GAP + gap {
+                    assert!(
+                        window + MIN_GAP + gap >= WINDOW,
+                        "gap {gap_ms} ms: window {window:?}"
+                    );
+                }
+                assert!(
+                    sampler.history.len() <= 102,
+                    "gap {gap_ms} ms: {}",
+                    sampler.history.len()
+                );
+            }
+            let r = &sampler.rates()[0];
+            assert!(
+                r.window_s <= WINDOW.as_secs_f64(),
+                "gap {gap_ms} ms: {}",
+                r.window_s
+            );
+        }
     }
 
     /// A snapshot the service did not answer (it is starting its disks) is not kept: the next
