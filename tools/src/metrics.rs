@@ -235,19 +235,36 @@ pub fn prometheus_text(snapshots: &[DiskSnapshot], window: &[DiskRates]) -> Stri
         lines(&mut out);
     };
     let stats = |d: &DiskSnapshot| d.frontend.unwrap_or_default();
+    // Each op counted when its command is answered: `exec` counts arrivals, and the difference
+    // with reads and writes would count a READ in flight as "other", then drop it (a counter
+    // going down). Arrivals have their own family.
+    family(
+        "scst_accel_commands_received_total",
+        "counter",
+        "SCSI commands (EXEC) received, answered or not.",
+        &mut |o| {
+            for d in snapshots {
+                let _ = writeln!(
+                    o,
+                    "scst_accel_commands_received_total{{disk=\"{}\"}} {}",
+                    label(&d.name),
+                    stats(d).exec
+                );
+            }
+        },
+    );
     family(
         "scst_accel_commands_total",
         "counter",
-        "SCSI commands (EXEC) answered, by data direction.",
+        "SCSI commands (EXEC) answered, by data direction (other: no data); not counted under TCMU.",
         &mut |o| {
             for d in snapshots {
                 let s = stats(d);
-                let other = s.exec.saturating_sub(s.read_commands + s.write_commands);
                 let n = label(&d.name);
                 for (op, v) in [
                     ("read", s.read_commands),
                     ("write", s.write_commands),
-                    ("other", other),
+                    ("other", s.other_commands),
                 ] {
                     let _ = writeln!(o, "scst_accel_commands_total{{disk=\"{n}\",op=\"{op}\"}} {v}");
                 }
@@ -737,7 +754,8 @@ mod tests {
         }
         assert!(text.contains("# TYPE scst_accel_command_latency_seconds histogram"));
         assert!(text.contains("scst_accel_commands_total{disk=\"ram0\",op=\"read\"} 60"));
-        assert!(text.contains("scst_accel_commands_total{disk=\"ram0\",op=\"other\"} 10"));
+        assert!(text.contains("scst_accel_commands_total{disk=\"ram0\",op=\"other\"} 7"));
+        assert!(text.contains("scst_accel_commands_received_total{disk=\"ram0\"} 100"));
         assert!(text.contains("scst_accel_command_latency_seconds_bucket{disk=\"ram0\",le=\"+Inf\"} 100"));
         assert!(text.contains("scst_accel_command_latency_seconds_count{disk=\"ram0\"} 100"));
         assert!(text.contains("scst_accel_disk_state{disk=\"ram0\",state=\"serving\"} 1"));

@@ -205,6 +205,8 @@ pub(crate) mod fake {
                 exec: n * 100,
                 read_commands: n * 60,
                 write_commands: n * 30,
+                // The 3 in flight are not answered yet.
+                other_commands: n * 10 - 3,
                 read_bytes: n * 60 * 4096,
                 write_bytes: n * 30 * 4096,
                 exec_errors: n,

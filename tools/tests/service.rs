@@ -10,6 +10,7 @@ use scst_accel::exit;
 use scst_accel::service::KernelSide;
 use scst_accel::service::Service;
 use scst_accel::service::StartOptions;
+use scst_accel::status::DiskSnapshot;
 use scst_accel::status::DiskState;
 use scst_accel::status::ServiceView;
 use scst_accel_handler::loopback::KernelConfig;
@@ -64,22 +65,22 @@ fn loopback() -> (LoopbackKernel, KernelSide) {
 }
 
 /// Snapshots are answered by the supervisor: run it on this thread while asking from another.
-fn snapshot_states(service: &mut Service) -> Vec<(String, DiskState)> {
+fn snapshots(service: &mut Service) -> Vec<DiskSnapshot> {
     let handle = service.handle();
     std::thread::scope(|s| {
-        let asker = s.spawn(move || {
-            handle
-                .snapshot()
-                .expect("answered")
-                .into_iter()
-                .map(|d| (d.name, d.state))
-                .collect::<Vec<_>>()
-        });
+        let asker = s.spawn(move || handle.snapshot().expect("answered"));
         while !asker.is_finished() {
             service.supervise(Duration::from_millis(10));
         }
         asker.join().expect("asker")
     })
+}
+
+fn snapshot_states(service: &mut Service) -> Vec<(String, DiskState)> {
+    snapshots(service)
+        .into_iter()
+        .map(|d| (d.name, d.state))
+        .collect()
 }
 
 #[test]
@@ -254,6 +255,46 @@ fn a_teardown_end_wakes_the_supervisor() {
         .completions()
         .recv_timeout(Duration::from_secs(5))
         .expect("the READ was answered");
+    drop(session);
+    let _ = service.stop();
+}
+
+/// `scst_accel_commands_total` counts commands when they are answered: a READ the device holds
+/// is not "other" while in flight, to be taken back from it when answered (a Prometheus
+/// counter must never go down).
+#[test]
+fn a_read_in_flight_is_not_counted_as_another_command() {
+    let (mut service, session) = one_sim_disk_reading("other-sim", "latency:3s");
+    let series = |snapshots: &[DiskSnapshot], op: &str| -> u64 {
+        let text = scst_accel::metrics::prometheus_text(snapshots, &[]);
+        let prefix = format!("scst_accel_commands_total{{disk=\"other-sim\",op=\"{op}\"}} ");
+        let line = text.lines().find_map(|l| l.strip_prefix(&prefix));
+        line.and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in\n{text}"))
+    };
+    // Bounded: the device holds the READ 3 s; this sees it in flight long before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let in_flight = loop {
+        let now = snapshots(&mut service);
+        if now[0].frontend.is_some_and(|f| f.inflight > 0) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the READ never reached the disk");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let done = session
+        .completions()
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the READ was answered");
+    assert_eq!(done.status, 0, "{done:?}");
+    let answered = snapshots(&mut service);
+    assert_eq!(series(&in_flight, "read"), 0, "not answered yet");
+    assert_eq!(series(&answered, "read"), 1);
+    assert_eq!(
+        series(&in_flight, "other"),
+        series(&answered, "other"),
+        "the READ in flight was counted as another command, then taken back"
+    );
     drop(session);
     let _ = service.stop();
 }

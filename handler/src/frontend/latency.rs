@@ -169,7 +169,7 @@ impl LatencyHistogram {
 /// Which way an EXEC moved data, for the per-direction figures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Direction {
-    /// No data, or a direction we do not count (answered, counted in `exec` only).
+    /// No data, or another direction (counted in `other_commands`).
     Other,
     /// Data to the initiator.
     Read,
@@ -183,6 +183,7 @@ pub(crate) enum Direction {
 pub(crate) struct WorkerFigures {
     read_commands: AtomicU64,
     write_commands: AtomicU64,
+    other_commands: AtomicU64,
     read_bytes: AtomicU64,
     write_bytes: AtomicU64,
     sum_ns: AtomicU64,
@@ -199,6 +200,7 @@ impl Default for WorkerFigures {
         Self {
             read_commands: AtomicU64::new(0),
             write_commands: AtomicU64::new(0),
+            other_commands: AtomicU64::new(0),
             read_bytes: AtomicU64::new(0),
             write_bytes: AtomicU64::new(0),
             sum_ns: AtomicU64::new(0),
@@ -231,7 +233,7 @@ impl WorkerFigures {
                 bump(&self.write_commands, 1);
                 bump(&self.write_bytes, bytes);
             }
-            Direction::Other => {}
+            Direction::Other => bump(&self.other_commands, 1),
         }
     }
 
@@ -270,6 +272,7 @@ impl WorkerFigures {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         out.read_commands += get(&self.read_commands);
         out.write_commands += get(&self.write_commands);
+        out.other_commands += get(&self.other_commands);
         out.read_bytes += get(&self.read_bytes);
         out.write_bytes += get(&self.write_bytes);
         out.wakeups += get(&self.wakeups);
@@ -367,6 +370,7 @@ mod tests {
         b.add_to(&mut stats);
         assert_eq!((stats.read_commands, stats.read_bytes), (1, 4096));
         assert_eq!((stats.write_commands, stats.write_bytes), (1, 512));
+        assert_eq!(stats.other_commands, 1);
         assert_eq!(stats.latency.count(), 2);
         assert_eq!(stats.latency.sum(), Duration::from_micros(60));
     }

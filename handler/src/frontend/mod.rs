@@ -280,6 +280,10 @@ pub struct FrontendStats {
     pub read_commands: u64,
     /// EXECs answered whose data came from the initiator (WRITE or BIDI), any status.
     pub write_commands: u64,
+    /// EXECs answered that moved no data (or in another direction), any status. With
+    /// `read_commands` and `write_commands`, every EXEC answered: `exec` counts them at their
+    /// arrival, so it runs ahead of the three by the commands in flight.
+    pub other_commands: u64,
     /// Bytes returned to initiators (the replies' `resp_data_len`).
     pub read_bytes: u64,
     /// Bytes written by initiators in commands answered GOOD.
