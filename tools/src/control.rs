@@ -58,9 +58,12 @@ use std::time::Instant;
 pub const DEFAULT_SOCKET: &str = "/run/scst-accel/control.sock";
 /// Longest request line.
 pub const MAX_LINE: usize = 64 * 1024;
-/// A peer idle this long mid-connection is dropped (the server has one thread).
+/// A peer idle this long mid-connection is dropped (the server has one thread); a reply not
+/// taken within this is dropped too.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// A connection is served at most this long in all, whatever the peer does.
+/// Requests are read from a connection for at most this long in all, whatever the peer does:
+/// each read waits at most what is left of it, inside a line too. (The last reply may then
+/// take the service's time to answer and [`IO_TIMEOUT`] to write.)
 const CONNECTION_BUDGET: Duration = Duration::from_secs(2);
 /// The client waits this long for a reply (a dump may take a moment).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -186,26 +189,21 @@ fn serve(listener: &UnixListener, view: &dyn ServiceView, stop: &StopSignal) {
 /// the budget.
 fn connection(stream: UnixStream, view: &dyn ServiceView, sampler: &mut Sampler) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let deadline = Instant::now() + CONNECTION_BUDGET;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     while Instant::now() < deadline {
         line.clear();
-        // One byte more than allowed: a line that reaches it is too long.
-        let n = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)?;
-        if n == 0 {
+        if read_line(&mut reader, &mut line, deadline)? == 0 {
             return Ok(());
         }
         if line.last() != Some(&b'\n') {
             if line.len() > MAX_LINE {
-                reply(
+                reply_within(
                     &mut writer,
                     &error(format!("request line longer than {MAX_LINE} bytes")),
+                    Instant::now() + IO_TIMEOUT,
                 )?;
             }
             // Too long, or the peer closed mid-line: nothing more can be read as a request.
@@ -215,16 +213,70 @@ fn connection(stream: UnixStream, view: &dyn ServiceView, sampler: &mut Sampler)
             Ok(text) => handle(text.trim(), view, sampler),
             Err(_) => error("request is not UTF-8".to_string()),
         };
-        reply(&mut writer, &answer)?;
+        // The reply's own bound, not what is left of the budget: the service's time to answer
+        // (up to its bound, as while it starts its disks) must not cost the client its reply.
+        reply_within(&mut writer, &answer, Instant::now() + IO_TIMEOUT)?;
     }
     Ok(())
 }
 
-fn reply(writer: &mut UnixStream, value: &Value) -> io::Result<()> {
+/// What is left until `deadline` for the next read or write, at most [`IO_TIMEOUT`]; an error
+/// once it has passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer was too slow: connection dropped",
+        ));
+    }
+    Ok(left.min(IO_TIMEOUT))
+}
+
+/// Read one line into `line` (with its `\n`), at most [`MAX_LINE`] + 1 bytes (one more than
+/// allowed: a line that reaches it is too long), by `deadline`: each read waits at most what
+/// is left, so a peer trickling a byte now and then cannot hold the one-threaded server past
+/// its budget. Returns the bytes read, 0 at EOF.
+fn read_line(reader: &mut BufReader<UnixStream>, line: &mut Vec<u8>, deadline: Instant) -> io::Result<usize> {
+    loop {
+        reader.get_ref().set_read_timeout(Some(time_left(deadline)?))?;
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(line.len());
+        }
+        let room = (MAX_LINE + 1 - line.len()).min(available.len());
+        let (take, done) = match available[..room].iter().position(|&b| b == b'\n') {
+            Some(end) => (end + 1, true),
+            None => (room, line.len() + room > MAX_LINE),
+        };
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(line.len());
+        }
+    }
+}
+
+/// Write one reply line by `deadline` (each write waits at most what is left): a peer that
+/// reads slowly cannot hold the server either.
+fn reply_within(writer: &mut UnixStream, value: &Value, deadline: Instant) -> io::Result<()> {
     let mut text = value.to_string();
     text.push('\n');
-    writer.write_all(text.as_bytes())?;
-    writer.flush()
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        writer.set_write_timeout(Some(time_left(deadline)?))?;
+        match writer.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn error(message: String) -> Value {
@@ -749,6 +801,34 @@ mod tests {
         assert_eq!(e.exit_code(), exit::UNAVAILABLE);
         assert!(e.to_string().contains("did not answer"), "{e}");
         status_ok(&path);
+        server.stop();
+    }
+
+    /// A peer that sends a byte now and then, each well within the read timeout, is dropped
+    /// when the connection's budget is spent, not when it stops sending: meanwhile nobody
+    /// else could get a status from the one-threaded server.
+    #[test]
+    fn a_trickling_peer_is_dropped_within_the_budget() {
+        let (server, _view) = start("trickle");
+        let path = server.path().to_path_buf();
+        // Bounded: the peer gives up after 10 s (5 times the budget) if never dropped.
+        let give_up = Duration::from_secs(10);
+        let trickler = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            let started = Instant::now();
+            while started.elapsed() < give_up {
+                if s.write_all(b" ").is_err() {
+                    return Some(started.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None
+        });
+        let dropped = trickler.join().unwrap();
+        let dropped = dropped.expect("the trickling peer was never dropped");
+        // The budget is 2 s; the margin is wide.
+        assert!(dropped < Duration::from_secs(8), "dropped after {dropped:?}");
+        status_ok(server.path());
         server.stop();
     }
 
