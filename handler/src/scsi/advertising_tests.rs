@@ -35,6 +35,7 @@ use crate::store::ram::RamStore;
 use crate::store::Store;
 use crate::store::StoreInfo;
 use crate::store::StoreOp;
+use crate::store::StoreStatus;
 use scst_accel_boards::definition;
 use scst_accel_boards::open::open_board;
 use scst_accel_boards::open::BoardSource;
@@ -350,8 +351,16 @@ fn check_core_compare_and_write(label: &str, disk: &Disk) {
     for byte1 in (0..=0x1Fu8).filter(|b| b & !engine_bits == 0) {
         for nlb in [1, max / 2 + 1, max] {
             let (read, write) = core_cdbs(byte1, nlb);
-            match run(disk, &read) {
-                Ok(Plan::Io(io)) => assert_eq!(io.op, StoreOp::Read { lba: 0, blocks: nlb }),
+            let read_io = match run(disk, &read) {
+                // FUA with WCE 1: the cache is flushed before the read (SBC-3 READ FUA).
+                Ok(Plan::Io(io)) if byte1 & 0x08 != 0 && disk.write_cache_enabled() => {
+                    assert_eq!(io.op, StoreOp::Flush, "{label}: {read:02x?}");
+                    disk.finish(&io, StoreStatus::Good)
+                }
+                other => other.unwrap_or_else(Plan::Done),
+            };
+            match read_io {
+                Plan::Io(io) => assert_eq!(io.op, StoreOp::Read { lba: 0, blocks: nlb }),
                 other => panic!("{label}: COMPARE AND WRITE's READ(16) {read:02x?}: {other:?}"),
             }
             match run(disk, &write) {
@@ -429,7 +438,7 @@ fn check_engine_compare_and_write(label: &str, disk: &Disk) {
                 continue;
             }
             assert_eq!(first.op, StoreOp::Compare { lba: 0, blocks: nlb }, "{label}");
-            let Plan::Io(second) = disk.finish(&first, crate::store::StoreStatus::Good) else {
+            let Plan::Io(second) = disk.finish(&first, StoreStatus::Good) else {
                 panic!("{label}: no write after the compare")
             };
             assert!(

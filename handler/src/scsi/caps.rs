@@ -148,7 +148,8 @@ pub struct Capabilities {
     /// Initial D_SENSE of the control mode page.
     pub d_sense: bool,
     /// DPO and FUA are accepted on READ/WRITE (DPOFUA in the mode parameter header). Always
-    /// true: FUA is honoured (a durable write) and DPO, a cache hint, is accepted.
+    /// true: FUA is honoured (a write is durable before GOOD; a read with WCE 1 flushes the
+    /// cache first, so its blocks come from the medium) and DPO, a cache hint, is accepted.
     pub dpo_fua: bool,
     /// Write protected (WP in the mode parameter header).
     pub read_only: bool,

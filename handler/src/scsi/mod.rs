@@ -308,7 +308,8 @@ pub struct IoPlan {
     /// Where this op's data starts in the command's buffer (COMPARE AND WRITE's write takes
     /// the Data-Out's second half); 0 for every other command.
     buffer_offset: usize,
-    /// Data-in bytes the command returns when the op succeeds (READ).
+    /// Data-in bytes the command returns when its last step succeeds (READ): kept from step
+    /// to step by [`Disk::finish`] (a READ with FUA flushes before it reads).
     data_in_len: usize,
 }
 
@@ -590,6 +591,12 @@ impl Disk {
     /// store step (WRITE AND VERIFY: the write, then the compare or verify).
     pub fn finish(&self, io: &IoPlan, status: StoreStatus) -> Plan {
         match rw::finish(io, status, self.caps.provisioning.thin) {
+            // The next step answers with the command's Data-In (a FUA READ's read after its
+            // flush).
+            Ok(Plan::Io(next)) => Plan::Io(IoPlan {
+                data_in_len: io.data_in_len,
+                ..next
+            }),
             Ok(plan) => plan,
             Err(sense) => {
                 log::debug!("store op {:?} ended {status}", io.op);

@@ -54,13 +54,23 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
         Command::Read { blocks, .. } if blocks.count == 0 => good(),
         Command::Read {
             blocks: Blocks { lba, count },
-            ..
+            fua,
         } => {
-            let len = u64::from(count) * u64::from(bs);
-            Ok(Plan::Io(IoPlan::single(
-                StoreOp::Read { lba, blocks: count },
-                usize::try_from(len).unwrap_or(usize::MAX),
-            )))
+            let len = usize::try_from(u64::from(count) * u64::from(bs)).unwrap_or(usize::MAX);
+            let read = StoreOp::Read { lba, blocks: count };
+            if fua && ctx.write_cache {
+                // SBC-3 READ (10), FUA = 1: the blocks come from the medium, and a more recent
+                // copy in a volatile cache is written to the medium first. With WCE = 1 the
+                // cache may hold writes not yet on the medium: flush it (all of it, the store
+                // has no ranged flush), then read. With WCE = 0 every write went through (FUA),
+                // so the cache holds nothing newer. The Data-In length is the read's, carried
+                // to the read step by `Disk::finish`.
+                return Ok(Plan::Io(IoPlan {
+                    then: Some((read, 0)),
+                    ..IoPlan::single(StoreOp::Flush, len)
+                }));
+            }
+            Ok(Plan::Io(IoPlan::single(read, len)))
         }
         Command::Write { blocks, .. } if blocks.count == 0 => good(),
         Command::Write {
@@ -338,6 +348,51 @@ mod tests {
             (r.status, r.data_in_len, r.data.len()),
             (sam_status::GOOD, 2048, 0)
         );
+    }
+
+    /// SBC-3 READ (10) FUA: the blocks come from the medium, so with WCE = 1 (a cache that may
+    /// hold newer data) the cache is flushed before the read, and the command still returns
+    /// the read's Data-In; with WCE = 0 nothing newer is cached and the read goes straight.
+    #[test]
+    fn read_with_fua_flushes_a_write_back_cache_first() {
+        let disk = thin();
+        assert!(disk.write_cache_enabled());
+        let reads: [&[u8]; 3] = [
+            &[0x28, 0x08, 0, 0, 0, 10, 0, 0, 4, 0],
+            &[0xA8, 0x08, 0, 0, 0, 10, 0, 0, 0, 4, 0, 0],
+            &[0x88, 0x08, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 4, 0, 0],
+        ];
+        for cdb in reads {
+            let Plan::Io(flush) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), cdb, &NO_DATA)
+            else {
+                panic!("{cdb:02x?}: no I/O")
+            };
+            assert_eq!(flush.op, StoreOp::Flush, "{cdb:02x?}");
+            let Plan::Io(read) = disk.finish(&flush, StoreStatus::Good) else {
+                panic!("{cdb:02x?}: no read after the flush")
+            };
+            assert_eq!(read.op, StoreOp::Read { lba: 10, blocks: 4 }, "{cdb:02x?}");
+            assert_eq!(read.buffer_offset(), 0);
+            let r = done(disk.finish(&read, StoreStatus::Good));
+            assert_eq!((r.status, r.data_in_len), (sam_status::GOOD, 2048), "{cdb:02x?}");
+        }
+        // A failed flush ends the command: nothing is read, no Data-In.
+        let Plan::Io(flush) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), reads[0], &NO_DATA)
+        else {
+            panic!()
+        };
+        let r = done(disk.finish(&flush, StoreStatus::WriteError { lba: 3 }));
+        assert_eq!((r.status, r.data_in_len), (sam_status::CHECK_CONDITION, 0));
+        // FUA = 0: a plain read.
+        assert_eq!(
+            io_op(&disk, &[0x28, 0, 0, 0, 0, 10, 0, 0, 4, 0], &[]),
+            StoreOp::Read { lba: 10, blocks: 4 }
+        );
+        // WCE = 0: every write reached the medium, nothing to flush.
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.write_cache = false;
+        let disk = disk_with(cfg);
+        assert_eq!(io_op(&disk, reads[0], &[]), StoreOp::Read { lba: 10, blocks: 4 });
     }
 
     #[test]
