@@ -145,7 +145,7 @@ pub struct Capabilities {
     /// A volatile write cache exists: the initial WCE of the caching mode page, and V_SUP in
     /// the Extended INQUIRY Data page.
     pub write_cache: bool,
-    /// Initial D_SENSE of the control mode page.
+    /// D_SENSE of the control mode page (not changeable, [`DiskConfig::d_sense`]).
     pub d_sense: bool,
     /// DPO and FUA are accepted on READ/WRITE (DPOFUA in the mode parameter header). Always
     /// true: FUA is honoured (a write is durable before GOOD; a read with WCE 1 flushes the

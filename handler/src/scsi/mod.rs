@@ -116,8 +116,10 @@ pub struct DiskConfig {
     /// Initial WCE of the caching mode page; with WCE 0 every write is forced to FUA, and the
     /// writes without FUA (WRITE SAME, EXTENDED COPY segments) are followed by a flush.
     pub write_cache: bool,
-    /// Initial D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70)
-    /// sense. Register SCST with the same value (`Opt::d_sense`) so core-made sense agrees.
+    /// D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70) sense. Not
+    /// changeable by MODE SELECT: it must be the value the target core was registered with
+    /// (scst_user's `Opt::d_sense`, 0 in `transport::register::default_options`), whose
+    /// sense (unit attentions, the copy manager's errors) is in that format.
     pub d_sense: bool,
     /// Who runs COMPARE AND WRITE, and so whether it is advertised (RSOC, MAXIMUM COMPARE AND
     /// WRITE LENGTH). [`CompareAndWriteBy::ScstCore`] (the default) whenever SCST parses the
@@ -446,9 +448,8 @@ pub struct Disk {
     stopped: AtomicBool,
     /// PREVENT ALLOW MEDIUM REMOVAL.
     prevent_removal: AtomicBool,
-    /// Mirrors of the current WCE and D_SENSE, read on every command without the lock.
+    /// Mirror of the current WCE, read on every command without the lock.
     wce: AtomicBool,
-    d_sense: AtomicBool,
     /// Current mode pages; the lock is held only to read or replace them.
     /// Level `scsi.mode_pages`: a leaf, held while pages are read or replaced.
     mode: OrderedMutex<ModePages, levels::ScsiModePages>,
@@ -494,7 +495,6 @@ impl Disk {
             stopped: AtomicBool::new(false),
             prevent_removal: AtomicBool::new(false),
             wce: AtomicBool::new(config.write_cache),
-            d_sense: AtomicBool::new(config.d_sense),
             mode: OrderedMutex::new(ModePages::defaults(&caps)),
             ranges: ranges::RangeLocks::new(),
             caps,
@@ -547,9 +547,9 @@ impl Disk {
         self.num_blocks.store(blocks, Ordering::Release);
     }
 
-    /// Current D_SENSE: descriptor sense rather than fixed.
+    /// D_SENSE: descriptor sense rather than fixed (not changeable, [`DiskConfig::d_sense`]).
     pub fn descriptor_sense(&self) -> bool {
-        self.d_sense.load(Ordering::Acquire)
+        self.caps.d_sense
     }
 
     /// Current WCE of the caching mode page.
@@ -676,7 +676,7 @@ impl Disk {
         *pages = defaults;
     }
 
-    /// Sense bytes (fixed or descriptor per the current D_SENSE) for key/asc/ascq, for callers
+    /// Sense bytes (fixed or descriptor per D_SENSE) for key/asc/ascq, for callers
     /// that need sense without a CDB (BUSY handling, aborted commands).
     pub fn sense(&self, key: u8, asc: u8, ascq: u8) -> SenseBytes {
         Sense::new(key, (asc, ascq)).encode(self.descriptor_sense())
@@ -714,7 +714,6 @@ impl Disk {
 
     fn publish_mode(&self, pages: &ModePages) {
         self.wce.store(pages.wce(), Ordering::Release);
-        self.d_sense.store(pages.d_sense(), Ordering::Release);
     }
 
     fn execute<L: LockBefore<levels::ScsiModePages>>(

@@ -2,8 +2,10 @@
 //! control (1Ch) pages; MODE SENSE (6)/(10) and MODE SELECT (6)/(10).
 //!
 //! Each page is kept as its wire bytes together with a mask of the bits MODE SELECT may change:
-//! WCE (caching), D_SENSE (control), DEXCPT/MRIE/interval timer/report count (informational
-//! exceptions). Saving pages is not supported (PS=0, SP=1 and PC=11b are refused).
+//! WCE (caching), DEXCPT/MRIE/interval timer/report count (informational exceptions). Nothing
+//! of the control page is changeable: D_SENSE is the value the device was registered with (see
+//! [`ModePages::changeable`]). Saving pages is not supported (PS=0, SP=1 and PC=11b are
+//! refused).
 
 use super::caps::Capabilities;
 use super::cdb::ModeSenseCdb;
@@ -61,6 +63,13 @@ impl ModePages {
     }
 
     /// The changeable-values masks (PC=01b).
+    ///
+    /// D_SENSE (control mode page) is not changeable: its changeable value is 0, so a MODE
+    /// SELECT setting it otherwise is refused with INVALID FIELD IN PARAMETER LIST and the
+    /// field pointer (SPC-4 MODE SELECT: a field the device server does not allow to change).
+    /// The target core makes sense data too (SCST's unit attentions, its copy manager's errors)
+    /// in the format it was registered with (scst_user's `Opt::d_sense`, which only SET_OPTIONS
+    /// changes): were D_SENSE changeable here, one LUN would answer in two formats.
     fn changeable() -> Self {
         let mut caching = [0u8; 20];
         caching[0] = CACHING;
@@ -69,7 +78,6 @@ impl ModePages {
         let mut control = [0u8; 12];
         control[0] = CONTROL;
         control[1] = 0x0A;
-        control[2] = 0x04; // D_SENSE
         let mut iec = [0xFFu8; 12];
         iec[0] = INFORMATIONAL_EXCEPTIONS;
         iec[1] = 0x0A;
@@ -85,11 +93,6 @@ impl ModePages {
     /// Current WCE.
     pub fn wce(&self) -> bool {
         self.caching[2] & 0x04 != 0
-    }
-
-    /// Current D_SENSE.
-    pub fn d_sense(&self) -> bool {
-        self.control[2] & 0x04 != 0
     }
 
     /// The pages in ascending page code order.
@@ -292,6 +295,7 @@ mod tests {
     use super::super::tests::good;
     use super::super::tests::good_data;
     use super::super::DiskConfig;
+    use super::super::Plan;
 
     fn disk() -> super::super::Disk {
         disk_with(DiskConfig::new(512, 1000))
@@ -382,16 +386,55 @@ mod tests {
         assert_eq!(again[14] & 0x04, 0);
     }
 
+    /// D_SENSE is the registered value and not changeable: SCST's core makes sense (unit
+    /// attentions, the copy manager's errors) in that format, so a LUN whose engine switched
+    /// would answer in two. The changeable mask has nothing of the control page; a MODE
+    /// SELECT(10) setting D_SENSE otherwise is INVALID FIELD IN PARAMETER LIST pointing at byte
+    /// 10 (8-byte header + 2) bit 2, and the sense stays fixed; the current value is accepted.
     #[test]
-    fn mode_select10_sets_d_sense_and_sense_follows() {
+    fn mode_select_cannot_change_d_sense() {
         let disk = disk();
-        let mut p = vec![0u8; 8];
-        p.extend_from_slice(&[0x0A, 0x0A, 0x24, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]);
-        good(&disk, &[0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0], &p);
-        assert!(disk.descriptor_sense());
-        assert_eq!(disk.sense(5, 0x20, 0), [0x72, 5, 0x20, 0, 0, 0, 0, 0]);
-        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
+        let d = good_data(&disk, &[0x1A, 0x08, 0x4A, 0, 0xFF, 0], &[]);
+        assert_eq!(&d[4..6], &[0x0A, 0x0A]);
+        assert!(
+            d[6..].iter().all(|&b| b == 0),
+            "changeable control page: {d:02x?}"
+        );
+        let select = |control2: u8| {
+            let mut p = vec![0u8; 8];
+            p.extend_from_slice(&[0x0A, 0x0A, control2, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]);
+            p
+        };
+        let p = select(0x24);
+        check_sense(
+            &disk,
+            &[0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0],
+            &p,
+            [5, 0x26, 0],
+            Some([0x8A, 0, 10]),
+        );
         assert!(!disk.descriptor_sense());
+        assert_eq!(disk.sense(5, 0x20, 0)[0], 0x70);
+        let p = select(0x20);
+        good(&disk, &[0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0], &p);
+        // A disk registered with descriptor sense keeps it the same way.
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.d_sense = true;
+        let disk = disk_with(cfg);
+        let d = good_data(&disk, &[0x1A, 0x08, 0x0A, 0, 0xFF, 0], &[]);
+        assert_eq!(d[6] & 0x04, 0x04, "D_SENSE reported");
+        good(&disk, &[0x55, 0x10, 0, 0, 0, 0, 0, 0, 20, 0], &select(0x24));
+        let p = select(0x20);
+        let cdb = [0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0];
+        let Plan::Done(r) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &p) else {
+            panic!("MODE SELECT plans no I/O")
+        };
+        assert_eq!(
+            (r.sense[0], r.sense[1]),
+            (0x72, 5),
+            "refused, in descriptor format"
+        );
+        assert!(disk.descriptor_sense());
     }
 
     #[test]
@@ -484,7 +527,7 @@ mod tests {
         caching[0] = 0x08;
         caching[1] = 0x12; // WCE off: allowed
         p.extend_from_slice(&caching);
-        p.extend_from_slice(&[0x0A, 0x0A, 0x24, 0x18, 0, 0, 0, 0, 0, 0, 0, 0]); // NUAR: not allowed
+        p.extend_from_slice(&[0x0A, 0x0A, 0x20, 0x18, 0, 0, 0, 0, 0, 0, 0, 0]); // NUAR: not allowed
         check_sense(
             &disk,
             &[0x15, 0x10, 0, 0, p.len() as u8, 0],
