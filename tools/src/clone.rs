@@ -205,7 +205,8 @@ pub fn measure(args: &DemoArgs, bytes: u64) -> Result<Value, String> {
         info.device_ids.as_ref(),
     )
     .map_err(|e| e.to_string())?;
-    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity)).map_err(|e| e.to_string())?);
+    let disk =
+        Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity, true)).map_err(|e| e.to_string())?);
     let frontend = Frontend::start(
         Arc::new(fd),
         disk,

@@ -373,7 +373,7 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         None,
         info.device_ids.as_ref(),
     )?;
-    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity))?);
+    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity, false))?);
     let _frontend = Frontend::start(
         Arc::new(fd),
         disk,

@@ -243,7 +243,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         None,
         info.device_ids.as_ref(),
     )?;
-    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity))?);
+    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity, false))?);
     let frontend = Frontend::start(
         Arc::new(fd),
         disk,

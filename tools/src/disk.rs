@@ -165,7 +165,12 @@ impl DiskArgs {
     /// The identity (vendor, product, serial, VPD 83h designator) is resolved beforehand
     /// ([`crate::identity::resolve`]), never derived from the name: two appliances that both
     /// call their disk `accel0` must not report the same LUN.
-    pub fn disk_config(&self, info: &StoreInfo, identity: &Identity) -> DiskConfig {
+    ///
+    /// `copy_manager`: the disk is made a LUN of SCST's copy manager (a `copy_manager` export
+    /// that is applied, or the clone measurement's own LUN); only then does it advertise
+    /// EXTENDED COPY (3PC, REPORT SUPPORTED OPERATION CODES), which fails for every disk the
+    /// copy manager does not know (docs/xcopy.md §2).
+    pub fn disk_config(&self, info: &StoreInfo, identity: &Identity, copy_manager: bool) -> DiskConfig {
         // Geometry, write cache and provisioning facts exactly as the store has them
         // (`DiskConfig::for_store`: WCE = 1 only over a volatile cache, the physical block
         // exponent, LBPRZ and GET LBA STATUS only where the store guarantees them). Thin
@@ -173,6 +178,9 @@ impl DiskArgs {
         let mut config = DiskConfig::for_store(info);
         identity.apply(&mut config);
         config.limits.max_transfer_blocks = config.limits.max_transfer_blocks.min(self.max_transfer_blocks);
+        if copy_manager {
+            config.copy_manager_lun(info);
+        }
         config
     }
 
@@ -220,9 +228,9 @@ mod tests {
         let identity =
             crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
         let mut info = RamStore::new(512, 64, 64).info();
-        assert!(!args.disk_config(&info, &identity).write_cache);
+        assert!(!args.disk_config(&info, &identity, false).write_cache);
         info.volatile_cache = true;
-        assert!(args.disk_config(&info, &identity).write_cache);
+        assert!(args.disk_config(&info, &identity, false).write_cache);
     }
 
     /// READ CAPACITY(16) over a real file store of 512-byte blocks on this file system: the
@@ -261,7 +269,7 @@ mod tests {
 
         let identity =
             crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
-        let mut config = DiskArgs::default().disk_config(&info, &identity);
+        let mut config = DiskArgs::default().disk_config(&info, &identity, false);
         assert!(
             config.lba_status,
             "a file's holes are known: GET LBA STATUS is offered"
@@ -294,13 +302,13 @@ mod tests {
         let identity =
             crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
         let mut info = RamStore::new(512, 64, 64).info();
-        let config = args.disk_config(&info, &identity);
+        let config = args.disk_config(&info, &identity, false);
         assert_eq!(config.physical_block_exponent, 0);
         assert!(config.unmapped_reads_zero, "the RAM store zeroes what it unmaps");
         assert!(config.lba_status, "the RAM store reports every block mapped");
         info.physical_block_size = 4096;
         info.unmapped_reads_zero = false;
-        let config = args.disk_config(&info, &identity);
+        let config = args.disk_config(&info, &identity, false);
         assert_eq!(config.physical_block_exponent, 3);
         assert!(!config.unmapped_reads_zero);
     }

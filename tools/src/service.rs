@@ -898,6 +898,27 @@ impl Slot {
     }
 }
 
+/// The SCSI engine's configuration for a scst_user disk of the service: the store's facts and
+/// the identity ([`crate::disk::DiskArgs::disk_config`]), the operator's read-only and thin
+/// provisioning (where the store deallocates). EXTENDED COPY is advertised only where a
+/// `copy_manager` export makes the disk a LUN of SCST's copy manager, which needs the exports
+/// to be applied (`exports_applied`: not under `serve --loopback` nor `demo --config`, which
+/// serve no SCST target).
+fn scst_disk_config(
+    spec: &DiskSpec,
+    info: &StoreInfo,
+    identity: &crate::identity::Identity,
+    exports_applied: bool,
+) -> scst_accel_handler::scsi::DiskConfig {
+    let copy_manager = exports_applied && spec.exports.iter().any(|e| e.driver == TargetDriver::CopyManager);
+    let mut config = spec.args.disk_config(info, identity, copy_manager);
+    config.read_only = spec.read_only;
+    config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
+    // LBPRZ is a provisioning claim: only on a thin disk (SBC-3 §5.16.2).
+    config.unmapped_reads_zero &= config.thin_provisioning;
+    config
+}
+
 /// Open the board, register with SCST, start the frontend: one disk, or why not (with the
 /// exit code of its class). A failure leaves nothing behind: the board is released, and the
 /// registration goes with the fd.
@@ -936,11 +957,7 @@ fn start_one(
             return Err(usage(format!("identity: {e}")));
         }
     };
-    let mut config = spec.args.disk_config(&info, &identity);
-    config.read_only = spec.read_only;
-    config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
-    // LBPRZ is a provisioning claim: only on a thin disk (SBC-3 §5.16.2).
-    config.unmapped_reads_zero &= config.thin_provisioning;
+    let config = scst_disk_config(spec, &info, &identity, exporter.is_some());
     if spec.thin_provisioning && !info.supports_unmap {
         log::warn!(
             "disk {}: thin_provisioning asked, but store {} cannot deallocate (a block device \
@@ -1081,5 +1098,59 @@ pub fn board_name(board: BoardArg) -> &'static str {
         BoardArg::NvmeSim => "nvme-sim",
         BoardArg::File => "file",
         BoardArg::Blockdev => "blockdev",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scst_accel_handler::scsi::Plan;
+    use scst_accel_handler::store::ram::RamStore;
+    use scst_accel_handler::store::Store;
+
+    /// SPC-4: 3PC = 1 says a copy manager is addressable through the LU. SCST's copy manager
+    /// serves a scst_user disk only once it is one of its LUNs (docs/xcopy.md §2), so 3PC
+    /// and EXTENDED COPY / RECEIVE COPY RESULTS in REPORT SUPPORTED OPERATION CODES come only
+    /// with an applied `copy_manager` export: not without one, not with other exports only,
+    /// not when exports are not applied (`serve --loopback`).
+    #[test]
+    fn copy_offload_is_advertised_only_for_a_copy_manager_lun() {
+        let info = RamStore::new(512, 1 << 16, 1 << 12).info();
+        let cm = "[[disk.export]]\ndriver = \"copy_manager\"\ntarget = \"copy_manager_tgt\"\nlun = 1\n";
+        let local = "[[disk.export]]\ndriver = \"scst_local\"\ntarget = \"scst_local_tgt\"\nlun = 0\n";
+        let advertised = |exports: &str, applied: bool| {
+            let text = format!("[[disk]]\nname = \"a\"\nboard = \"ram\"\n{exports}");
+            let cfg = crate::config::load::parse(&text, "t.toml").expect("parses");
+            let spec = &cfg.disks[0];
+            let identity = crate::identity::resolve("a", &spec.identity, None, None).expect("identity");
+            let disk = Disk::try_new(scst_disk_config(spec, &info, &identity, applied)).expect("disk");
+            let run = |cdb: &[u8]| match disk.start(
+                &mut scst_accel_hal::locks::LockToken::root(),
+                cdb,
+                &[0u8; 0],
+            ) {
+                Plan::Done(r) => r.data,
+                Plan::Io(io) => panic!("{cdb:02x?}: {:?}", io.op),
+            };
+            let tpc = run(&[0x12, 0, 0, 0, 0xFF, 0])[5] & 0x08 != 0;
+            // RSOC, one command (reporting options 011b): SUPPORT 011b or 001b.
+            let support = |op: u8, sa: u8| run(&[0xA3, 0x0C, 0x03, op, 0, sa, 0, 0, 0, 0xFF, 0, 0])[1] & 0x07;
+            let listed = [
+                support(0x83, 0),
+                support(0x84, 0),
+                support(0x84, 3),
+                support(0x84, 4),
+            ];
+            let expected = if tpc { 3 } else { 1 };
+            assert!(
+                listed.iter().all(|&s| s == expected),
+                "{exports:?}: 3PC {tpc}, RSOC support {listed:?}"
+            );
+            tpc
+        };
+        assert!(!advertised("", true), "no export");
+        assert!(!advertised(local, true), "exported to scst_local only");
+        assert!(advertised(&format!("{local}{cm}"), true), "a copy manager LUN");
+        assert!(!advertised(cm, false), "exports not applied");
     }
 }

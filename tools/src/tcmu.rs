@@ -792,18 +792,16 @@ fn finish(disk: &mut TcmuDisk, running: Running, trigger: &str, started: Instant
 ///
 /// [`DiskArgs::disk_config`]: crate::disk::DiskArgs::disk_config
 fn engine_config(spec: &DiskSpec, info: &StoreInfo, identity: &Identity) -> DiskConfig {
-    let mut config = spec.args.disk_config(info, identity);
+    // EXTENDED COPY and RECEIVE COPY RESULTS are SCST's copy manager's under scst_user; LIO's
+    // passthrough parser sends them to the TCMU device, where nothing would run them. Not
+    // advertised (3PC 0, not in REPORT SUPPORTED OPERATION CODES), so initiators do not try.
+    let mut config = spec.args.disk_config(info, identity, false);
     config.read_only = spec.read_only;
     config.thin_provisioning = spec.thin_provisioning && info.supports_unmap;
     config.unmapped_reads_zero &= config.thin_provisioning;
     // LIO's passthrough parser hands COMPARE AND WRITE to the TCMU device: the engine runs it,
     // atomic under the disk's range locks (docs/scsi.md "COMPARE AND WRITE").
     config.compare_and_write = CompareAndWriteBy::Handler;
-    // EXTENDED COPY and RECEIVE COPY RESULTS are SCST's copy manager's under scst_user (the
-    // engine only advertises them); LIO's passthrough parser sends them to the TCMU device,
-    // where nothing would run them. Not advertised (3PC 0, not in REPORT SUPPORTED OPERATION
-    // CODES), so initiators do not try.
-    config.copy_offload = None;
     config
 }
 
@@ -1276,10 +1274,17 @@ mod tests {
         use scst_accel_handler::store::ram::RamStore;
         use scst_accel_handler::store::Store;
         let info = RamStore::new(512, 1 << 16, 1 << 12).info();
-        let spec = disk("vol1");
+        let mut spec = disk("vol1");
+        spec.exports.push(crate::config::ExportSpec {
+            driver: crate::config::TargetDriver::CopyManager,
+            target: "copy_manager_tgt".into(),
+            lun: 1,
+            enable: false,
+        });
         let identity = crate::identity::resolve("vol1", &spec.identity, None, None).expect("identity");
-        // The same disk under scst_user advertises SCST's copy manager: what TCMU removes.
-        let scst = Disk::try_new(spec.args.disk_config(&info, &identity)).expect("disk");
+        // The same disk under scst_user, a LUN of SCST's copy manager, advertises it: not
+        // under TCMU, even with a copy_manager export in its configuration.
+        let scst = Disk::try_new(spec.args.disk_config(&info, &identity, true)).expect("disk");
         assert_ne!(scst.capabilities().copy_offload, CopyOffload::None);
         let tcmu = Disk::try_new(engine_config(&spec, &info, &identity)).expect("disk");
         assert_eq!(tcmu.capabilities().copy_offload, CopyOffload::None);

@@ -113,11 +113,11 @@ fn open_every_store() -> Vec<(String, StoreInfo)> {
     infos
 }
 
-/// The disks the service would build over `info` (tools' `DiskArgs::disk_config`): thick and,
-/// where the store deallocates, thin; the default `--max-transfer-blocks` (2048) and a clamp
-/// to 1024 and to 100 (not a multiple of a 4 KiB physical block in 512-byte blocks); and the
-/// TCMU frontend's disk, whose engine executes COMPARE AND WRITE, with the default and the
-/// smallest clamp.
+/// The disks the service would build over `info` (tools' `DiskArgs::disk_config`): thick, a
+/// LUN of SCST's copy manager, and, where the store deallocates, thin, not one; the default
+/// `--max-transfer-blocks` (2048) and a clamp to 1024 and to 100 (not a multiple of a 4 KiB
+/// physical block in 512-byte blocks); and the TCMU frontend's disk, whose engine executes
+/// COMPARE AND WRITE, with the default and the smallest clamp.
 fn disks_for(info: &StoreInfo) -> Vec<DiskConfig> {
     let mut out = Vec::new();
     for max in [2048u32, 100] {
@@ -132,6 +132,9 @@ fn disks_for(info: &StoreInfo) -> Vec<DiskConfig> {
         }
         for max in [2048u32, 1024, 100] {
             let mut config = DiskConfig::for_store(info);
+            if !thin {
+                config.copy_manager_lun(info);
+            }
             config.thin_provisioning = thin;
             config.unmapped_reads_zero &= thin;
             config.limits.max_transfer_blocks = config.limits.max_transfer_blocks.min(max);
@@ -148,8 +151,11 @@ fn every_disk() -> Vec<(String, StoreInfo, Disk)> {
         .flat_map(|(name, info)| {
             disks_for(&info).into_iter().map(move |config| {
                 let label = format!(
-                    "{name} thin={} max={} caw={:?}",
-                    config.thin_provisioning, config.limits.max_transfer_blocks, config.compare_and_write
+                    "{name} thin={} max={} caw={:?} copy_manager={:?}",
+                    config.thin_provisioning,
+                    config.limits.max_transfer_blocks,
+                    config.compare_and_write,
+                    config.copy_offload
                 );
                 (label, info, disk_with(config))
             })

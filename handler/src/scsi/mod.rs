@@ -138,10 +138,12 @@ pub struct DiskConfig {
     /// disk, [`crate::store::StoreInfo::rotational`]).
     pub rotation_rate: u16,
     /// SCST's copy manager runs EXTENDED COPY for this disk (`docs/xcopy.md`): 3PC, and RSOC
-    /// lists EXTENDED COPY(LID1) and RECEIVE COPY RESULTS. `Some(remap)` where the operator
-    /// makes the device a LUN of the copy manager's target (scst_user devices are not added to
-    /// it automatically); `remap` says the store copies segments itself (EXT_COPY_REMAP,
-    /// [`crate::transport::register::options_for_store`]). `None`: not advertised.
+    /// lists EXTENDED COPY(LID1) and RECEIVE COPY RESULTS. `Some(remap)` only where the device
+    /// is made a LUN of the copy manager's target (scst_user devices are not added to it
+    /// automatically, and without it every EXTENDED COPY naming the disk fails): set by
+    /// [`DiskConfig::copy_manager_lun`]. `remap` says the store copies segments itself
+    /// (EXT_COPY_REMAP, [`crate::transport::register::options_for_store`]). `None`: not
+    /// advertised (the default, and what [`DiskConfig::for_store`] leaves).
     pub copy_offload: Option<bool>,
     /// Limits (VPD B0h), before normalisation (see [`Capabilities`]).
     pub limits: BlockLimits,
@@ -188,7 +190,9 @@ impl DiskConfig {
     /// largest request, its write cache (WCE = 1 only over a volatile cache, SBC-3 §6.4.5) and
     /// what it knows about deallocation (LBPRZ, GET LBA STATUS). Thin provisioning stays off:
     /// it is the operator's choice, possible only where [`StoreInfo::supports_unmap`]; the
-    /// identity, read-only and the operator's limits are applied by the caller.
+    /// identity, read-only and the operator's limits are applied by the caller, and so is copy
+    /// offload ([`DiskConfig::copy_manager_lun`]): whether the disk becomes a LUN of SCST's
+    /// copy manager is the caller's to know, not the store's.
     ///
     /// [`StoreInfo::supports_unmap`]: crate::store::StoreInfo::supports_unmap
     pub fn for_store(info: &crate::store::StoreInfo) -> Self {
@@ -205,9 +209,17 @@ impl DiskConfig {
             Some(true) => caps::ROTATION_NOT_REPORTED,
             Some(false) | None => caps::NON_ROTATING,
         };
-        config.copy_offload = Some(info.copy != crate::store::CopyPath::None);
         config.store_compare_and_write_blocks = info.compare_and_write_blocks;
         config
+    }
+
+    /// The disk is (made) a LUN of SCST's copy manager (`copy_manager_tgt`), which then runs
+    /// EXTENDED COPY for it: advertise it (SPC-4: 3PC = 1 says a copy manager is addressable
+    /// through the LU), with EXT_COPY_REMAP where the store `info` describes copies itself (as
+    /// [`crate::transport::register::options_for_store`] registers). Call it only then: without
+    /// the LUN every EXTENDED COPY naming the disk fails (`docs/xcopy.md` §2).
+    pub fn copy_manager_lun(&mut self, info: &crate::store::StoreInfo) {
+        self.copy_offload = Some(info.copy != crate::store::CopyPath::None);
     }
 }
 
