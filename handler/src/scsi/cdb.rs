@@ -434,8 +434,12 @@ pub(crate) fn decode_traced(cdb: &[u8], geo: &Geometry, read: &impl ReadTrace) -
             let blocks = in_range(f.be(2, 8), u64::from(count), geo)?;
             Command::CompareAndWrite { blocks, fua }
         }
-        // SCST's core executes them (`Executor::ScstCore`); `lookup` never returns the entry.
-        Op::ExtendedCopy | Op::ReceiveCopyResults => return Err(Sense::invalid_opcode()),
+        // The target core executes them (`Executor::Core`); `lookup` never returns the entry.
+        Op::ExtendedCopy
+        | Op::ReceiveCopyResults
+        | Op::PersistentReserveIn
+        | Op::PersistentReserveOut
+        | Op::ReportLuns => return Err(Sense::invalid_opcode()),
         Op::Unmap => Command::Unmap {
             param_len: f.be32(7, 2),
         },

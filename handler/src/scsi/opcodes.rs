@@ -15,12 +15,20 @@
 //! at it, as SPC-4 recommends. The control byte's usage is 0: NACA is refused, the vendor
 //! specific and obsolete bits are ignored.
 //!
-//! COMPARE AND WRITE is listed with [`Executor::ScstCore`]: SCST's core runs it for a
+//! COMPARE AND WRITE is listed with [`Executor::Core`]: SCST's core runs it for a
 //! user-space disk (`scst_user.md` §6.4) as READ(16) + WRITE(16) through this engine, so it is
-//! reported as supported while the decoder itself never accepts its CDB. The other commands
-//! SCST core answers itself are absent on purpose (spec §6.4): REPORT LUNS, PERSISTENT RESERVE
-//! IN/OUT and the other MAINTENANCE IN/OUT service actions. EXTENDED COPY(LID1) and RECEIVE
-//! COPY RESULTS are listed with [`Executor::ScstCore`] where SCST's copy manager serves the
+//! reported as supported while the decoder itself never accepts its CDB. REPORT LUNS and
+//! PERSISTENT RESERVE IN/OUT (each service action SCST and LIO implement) are listed with
+//! [`Executor::Core`] too: the LU supports them (SPC-4 REPORT SUPPORTED OPERATION CODES lists
+//! every command the LU supports) and the target core answers them under both frontends, SCST's
+//! (`scst_report_luns_local`, `scst_persistent_reserve_in_local` / `_out_local`, for every
+//! device) and LIO's (`passthrough_parse_cdb` emulates them for a TCMU device, whose PR
+//! passthrough flag the TCMU setup leaves clear); their CDBs never reach the engine, which
+//! would refuse them as unknown. The other MAINTENANCE IN/OUT service actions SCST's core
+//! answers (REPORT TARGET PORT GROUPS, REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS, SET TARGET
+//! PORT GROUPS) are not listed: LIO passes them to a TCMU device, where the engine refuses
+//! them, and the table does not tell the frontends apart. EXTENDED COPY(LID1) and RECEIVE
+//! COPY RESULTS are listed with [`Executor::Core`] where SCST's copy manager serves the
 //! disk ([`super::CopyOffload`], `docs/xcopy.md`): it copies through this engine's READ(16) /
 //! WRITE(16), or asks the handler to copy in the store (EXT_COPY_REMAP).
 //! RESERVE/RELEASE are present: the core performs the reservation and then forwards the
@@ -74,6 +82,9 @@ pub(crate) enum Op {
     CompareAndWrite,
     ExtendedCopy,
     ReceiveCopyResults,
+    PersistentReserveIn,
+    PersistentReserveOut,
+    ReportLuns,
 }
 
 /// Who executes a command.
@@ -81,11 +92,13 @@ pub(crate) enum Op {
 pub(crate) enum Executor {
     /// This engine: [`lookup`] finds the entry and [`super::cdb::decode`] decodes it.
     Engine,
-    /// SCST's core (a `SCST_LOCAL_CMD`); the engine only serves the commands the core derives
-    /// from it. [`lookup`] returns such an entry only where the disk runs it in the engine
-    /// instead ([`Features::compare_and_write_in_engine`], TCMU); elsewhere, if its CDB ever
-    /// reached the engine (a device registered with parse_type CALL), it is refused as unknown.
-    ScstCore,
+    /// The target core: SCST's (a `SCST_LOCAL_CMD`) under scst_user, LIO's under TCMU where it
+    /// says so (REPORT LUNS, PERSISTENT RESERVE IN/OUT); the engine only serves the commands
+    /// the core derives from it. [`lookup`] returns such an entry only where the disk runs it
+    /// in the engine instead ([`Features::compare_and_write_in_engine`], TCMU); elsewhere, if
+    /// its CDB ever reached the engine (a device registered with parse_type CALL), it is
+    /// refused as unknown.
+    Core,
 }
 
 /// The capability an entry needs to be offered.
@@ -160,7 +173,7 @@ impl Features {
     pub fn executes(&self, e: &OpcodeEntry) -> bool {
         match e.executor {
             Executor::Engine => true,
-            Executor::ScstCore => e.op == Op::CompareAndWrite && self.compare_and_write_in_engine,
+            Executor::Core => e.op == Op::CompareAndWrite && self.compare_and_write_in_engine,
         }
     }
 }
@@ -262,6 +275,12 @@ pub(crate) fn accepted_without_effect(e: &OpcodeEntry) -> [u8; 16] {
 /// Control byte usage: nothing evaluated (NACA is rejected separately, see [`check_cdb_bits`]).
 const CTL: u8 = 0x00;
 
+/// PERSISTENT RESERVE IN usage data (byte 1, the SERVICE ACTION, is reported as the service
+/// action itself).
+const PR_IN: [u8; 10] = [0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL];
+/// PERSISTENT RESERVE OUT usage data.
+const PR_OUT: [u8; 10] = [0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, CTL];
+
 const fn entry(
     op: Op,
     opcode: u8,
@@ -319,16 +338,32 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::Reserve10, 0x56, None, "RESERVE(10)", &[0x56, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
     entry(Op::Release10, 0x57, None, "RELEASE(10)", &[0x57, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, CTL], false, false),
     entry(Op::ModeSense10, 0x5A, None, "MODE SENSE(10)", &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, CTL], false, false),
+    // PERSISTENT RESERVE IN and OUT (SPC-4), answered by the target core (module doc): the service actions both SCST (scst_local_cmd.c) and LIO (target_core_pr.c)
+    // implement, with the usage data both report (scst_op_descr_pr_in / _out; LIO's
+    // tcm_opcode_pri_* / pro_*): PR IN the ALLOCATION LENGTH; PR OUT SCOPE and TYPE and the
+    // PARAMETER LIST LENGTH. REPLACE LOST RESERVATION (PR OUT 08h) is in neither.
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveIn, 0x5E, Some(0x00), "PERSISTENT RESERVE IN(READ KEYS)", &PR_IN, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveIn, 0x5E, Some(0x01), "PERSISTENT RESERVE IN(READ RESERVATION)", &PR_IN, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveIn, 0x5E, Some(0x02), "PERSISTENT RESERVE IN(REPORT CAPABILITIES)", &PR_IN, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveIn, 0x5E, Some(0x03), "PERSISTENT RESERVE IN(READ FULL STATUS)", &PR_IN, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x00), "PERSISTENT RESERVE OUT(REGISTER)", &PR_OUT, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x01), "PERSISTENT RESERVE OUT(RESERVE)", &PR_OUT, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x02), "PERSISTENT RESERVE OUT(RELEASE)", &PR_OUT, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x03), "PERSISTENT RESERVE OUT(CLEAR)", &PR_OUT, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x04), "PERSISTENT RESERVE OUT(PREEMPT)", &PR_OUT, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x05), "PERSISTENT RESERVE OUT(PREEMPT AND ABORT)", &PR_OUT, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x06), "PERSISTENT RESERVE OUT(REGISTER AND IGNORE EXISTING KEY)", &PR_OUT, false, false) },
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::PersistentReserveOut, 0x5F, Some(0x07), "PERSISTENT RESERVE OUT(REGISTER AND MOVE)", &PR_OUT, false, false) },
     // EXTENDED COPY(LID1) (SPC-4 §6.3) and RECEIVE COPY RESULTS (SPC-4 §6.18, the service
     // actions SCST answers: COPY STATUS, OPERATING PARAMETERS, FAILED SEGMENT DETAILS), run by
     // SCST's copy manager (scst_targ.c:2586-2591; docs/xcopy.md). Usage data as the copy
     // manager reads the CDBs: EXTENDED COPY only its PARAMETER LIST LENGTH (byte 1 must be 0,
     // LID4 is refused); RECEIVE COPY RESULTS the LIST IDENTIFIER (not for OPERATING
     // PARAMETERS) and the ALLOCATION LENGTH.
-    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ExtendedCopy, 0x83, Some(0x00), "EXTENDED COPY(LID1)", &[0x83, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, true) },
-    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x00), "RECEIVE COPY RESULTS(COPY STATUS)", &[0x84, 0x1F, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
-    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x03), "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", &[0x84, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
-    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::ScstCore, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x04), "RECEIVE COPY RESULTS(FAILED SEGMENT DETAILS)", &[0x84, 0x1F, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::Core, ..entry(Op::ExtendedCopy, 0x83, Some(0x00), "EXTENDED COPY(LID1)", &[0x83, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, true) },
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::Core, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x00), "RECEIVE COPY RESULTS(COPY STATUS)", &[0x84, 0x1F, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::Core, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x03), "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", &[0x84, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
+    OpcodeEntry { needs: Needs::CopyOffload, executor: Executor::Core, ..entry(Op::ReceiveCopyResults, 0x84, Some(0x04), "RECEIVE COPY RESULTS(FAILED SEGMENT DETAILS)", &[0x84, 0x1F, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
     entry(Op::Read16, 0x88, None, "READ(16)", &[0x88, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
     // COMPARE AND WRITE (SBC-3 §5.2), run by SCST's core as READ(16) with byte 1 & 1Fh and
     // WRITE(16) with byte 1 (scst_cmp_wr_local): WRPROTECT is evaluated by the core (non-zero
@@ -336,7 +371,7 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     // FUA_NV (obsolete) is accepted there. Bits 0 and 2 of byte 1 are reserved: the engine's
     // READ(16) refuses bit 0, its WRITE(16) bit 2. Bytes 10-12 (reserved) and GROUP NUMBER are
     // ignored by the core: 0 in the usage data (SPC-4: ignored), but not refused.
-    OpcodeEntry { needs: Needs::CompareAndWrite, executor: Executor::ScstCore, ..entry(Op::CompareAndWrite, 0x89, None, "COMPARE AND WRITE", &[0x89, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0, CTL], true, true) },
+    OpcodeEntry { needs: Needs::CompareAndWrite, executor: Executor::Core, ..entry(Op::CompareAndWrite, 0x89, None, "COMPARE AND WRITE", &[0x89, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0, CTL], true, true) },
     entry(Op::Write16, 0x8A, None, "WRITE(16)", &[0x8A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
     entry(Op::WriteAndVerify16, 0x8E, None, "WRITE AND VERIFY(16)", &[0x8E, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
     entry(Op::Verify16, 0x8F, None, "VERIFY(16)", &[0x8F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
@@ -346,6 +381,9 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::ReadCapacity16, 0x9E, Some(0x10), "READ CAPACITY(16)", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, CTL], false, false),
     // GET LBA STATUS (SBC-3 §5.7): thin disks whose store knows its mapping.
     OpcodeEntry { needs: Needs::LbaStatus, ..entry(Op::GetLbaStatus, 0x9E, Some(0x12), "GET LBA STATUS", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, false) },
+    // REPORT LUNS (SPC-4), answered by the target core (module doc): SELECT REPORT and the
+    // ALLOCATION LENGTH, as scst_op_descr_report_luns and LIO's tcm_opcode_report_luns report.
+    OpcodeEntry { executor: Executor::Core, ..entry(Op::ReportLuns, 0xA0, None, "REPORT LUNS", &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false) },
     entry(Op::ReportSupportedOpcodes, 0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", &[0xA3, 0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], false, false),
     entry(Op::Read12, 0xA8, None, "READ(12)", &[0xA8, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, false),
     entry(Op::Write12, 0xAA, None, "WRITE(12)", &[0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, CTL], true, true),
@@ -734,6 +772,82 @@ mod tests {
         )
         .unwrap();
         assert_eq!(data, [0, 0x01, 0, 0]);
+    }
+
+    /// SPC-4 REPORT SUPPORTED OPERATION CODES lists every command the LU supports: REPORT LUNS
+    /// and PERSISTENT RESERVE IN/OUT (its service actions SCST and LIO implement), which the
+    /// target core answers under scst_user and TCMU alike, with the cores' usage data; their
+    /// CDBs never reach the engine, which refuses them as unknown.
+    #[test]
+    fn rsoc_lists_report_luns_and_persistent_reservations() {
+        let scst_user = Features::default();
+        let tcmu = Features {
+            compare_and_write: true,
+            compare_and_write_in_engine: true,
+            ..Features::default()
+        };
+        for features in [scst_user, tcmu] {
+            let one = |options: u8, opcode: u8, sa: u16| {
+                report(
+                    RsocRequest {
+                        rctd: false,
+                        options,
+                        opcode,
+                        service_action: sa,
+                    },
+                    features,
+                )
+                .unwrap()
+            };
+            assert_eq!(
+                one(1, 0xA0, 0),
+                [0, 0x03, 0, 12, 0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]
+            );
+            for sa in 0..=3u8 {
+                assert_eq!(
+                    one(2, 0x5E, u16::from(sa)),
+                    [0, 0x03, 0, 10, 0x5E, sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0],
+                    "PR IN {sa:02x}"
+                );
+            }
+            assert_eq!(one(2, 0x5E, 4), [0, 0x01, 0, 0]);
+            for sa in 0..=7u8 {
+                assert_eq!(
+                    one(2, 0x5F, u16::from(sa)),
+                    [0, 0x03, 0, 10, 0x5F, sa, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0],
+                    "PR OUT {sa:02x}"
+                );
+            }
+            assert_eq!(one(2, 0x5F, 8), [0, 0x01, 0, 0], "REPLACE LOST RESERVATION");
+            let all = one(0, 0, 0);
+            let listed: Vec<&[u8]> = all[4..].chunks(8).collect();
+            assert!(listed.contains(&&[0xA0, 0, 0, 0, 0, 0, 0, 12][..]));
+            for sa in 0..=3u8 {
+                assert!(
+                    listed.contains(&&[0x5E, 0, 0, sa, 0, 0x01, 0, 10][..]),
+                    "PR IN {sa:02x}"
+                );
+            }
+            for sa in 0..=7u8 {
+                assert!(
+                    listed.contains(&&[0x5F, 0, 0, sa, 0, 0x01, 0, 10][..]),
+                    "PR OUT {sa:02x}"
+                );
+            }
+            // Answered by the core: the engine never decodes them.
+            assert_eq!(
+                lookup(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], features).unwrap_err(),
+                Sense::invalid_opcode()
+            );
+            assert_eq!(
+                lookup(&[0x5E, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], features).unwrap_err(),
+                Sense::invalid_opcode()
+            );
+            assert_eq!(
+                lookup(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], features).unwrap_err(),
+                Sense::invalid_opcode()
+            );
+        }
     }
 
     #[test]
