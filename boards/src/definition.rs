@@ -23,9 +23,9 @@ pub enum EngineKind {
 /// Device behaviours that differ from the contract and that the driver works around.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Quirks {
-    /// The function offers no VFIO reset: only the soft reset proves DMA has stopped.
-    pub no_function_reset: bool,
-    /// 64-bit registers must be written as two 32-bit writes, low then high.
+    /// 64-bit registers must be accessed as two 32-bit accesses, low word first (writes and
+    /// reads): the register bus takes no 8-byte access. Both drivers honour it
+    /// (`Sca1Config::split_64bit_mmio`, `NvmeConfig::split_64bit_mmio`).
     pub split_64bit_mmio: bool,
 }
 
@@ -66,7 +66,6 @@ pub const SIM: BoardDefinition = BoardDefinition {
     max_transfer_bytes: 1 << 20,
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
-        no_function_reset: false,
         split_64bit_mmio: false,
     },
 };
@@ -83,7 +82,6 @@ pub const SCA1_PCI: BoardDefinition = BoardDefinition {
     max_transfer_bytes: 1 << 20,
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
-        no_function_reset: false,
         split_64bit_mmio: true,
     },
 };
@@ -101,7 +99,6 @@ pub const NVME: BoardDefinition = BoardDefinition {
     max_transfer_bytes: 1 << 20,
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
-        no_function_reset: false,
         split_64bit_mmio: false,
     },
 };
@@ -119,7 +116,6 @@ pub const QEMU_NVME: BoardDefinition = BoardDefinition {
     max_transfer_bytes: 1 << 20,
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
-        no_function_reset: false,
         split_64bit_mmio: false,
     },
 };
@@ -136,7 +132,6 @@ pub const NVME_SIM: BoardDefinition = BoardDefinition {
     max_transfer_bytes: 1 << 20,
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
-        no_function_reset: false,
         split_64bit_mmio: false,
     },
 };

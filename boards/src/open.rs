@@ -90,10 +90,7 @@ pub fn open_board(
         }
         BoardSource::Pci(address) => Arc::new(VfioDevice::open(&address)?),
     };
-    let (controller, queues) = match definition.engine {
-        EngineKind::Sca1 => bring_up_sca1(definition, device, queues)?,
-        EngineKind::Nvme => bring_up_nvme(definition, device, queues)?,
-    };
+    let (controller, queues) = bring_up(definition, device, queues)?;
     Ok(OpenedBoard {
         controller,
         queues,
@@ -105,6 +102,18 @@ pub fn open_board(
 
 type Engines = (Arc<dyn Controller>, Vec<Box<dyn QueueEngine>>);
 
+/// Bring `device` up with `definition`'s driver, geometry and quirks.
+fn bring_up(
+    definition: &BoardDefinition,
+    device: Arc<dyn DeviceBacking>,
+    queues: u32,
+) -> Result<Engines, OpenBoardError> {
+    match definition.engine {
+        EngineKind::Sca1 => bring_up_sca1(definition, device, queues),
+        EngineKind::Nvme => bring_up_nvme(definition, device, queues),
+    }
+}
+
 fn bring_up_sca1(
     definition: &BoardDefinition,
     device: Arc<dyn DeviceBacking>,
@@ -114,6 +123,7 @@ fn bring_up_sca1(
         queues: queues.min(definition.queues).max(1),
         ring_entries: definition.queue_depth,
         interrupts: definition.interrupts == InterruptMode::Msix,
+        split_64bit_mmio: definition.quirks.split_64bit_mmio,
         ..Sca1Config::default()
     };
     let (sca1, queues) = Sca1::bring_up(device, &config)?;
@@ -142,4 +152,160 @@ fn bring_up_nvme(
         .map(|q| Box::new(q) as Box<dyn QueueEngine>)
         .collect();
     Ok((controller, queues))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::SCA1_PCI;
+    use crate::definition::SIM;
+    use crate::sca1::regs::global;
+    use crate::sca1::regs::queue;
+    use scst_accel_hal::DmaMapper;
+    use scst_accel_hal::EventFd;
+    use scst_accel_hal::HalError;
+    use scst_accel_hal::RegisterIo;
+    use scst_accel_hal::ResetKind;
+    use std::sync::Mutex;
+
+    /// One BAR access: (width in bytes, write, offset, value).
+    type Access = (u8, bool, u64, u64);
+
+    /// A device that records every BAR access the driver makes, with its width, then passes it
+    /// on: a stand-in for a register bus that must see only the accesses it can take.
+    struct Recorder {
+        inner: Arc<dyn DeviceBacking>,
+        log: Mutex<Vec<Access>>,
+    }
+
+    impl Recorder {
+        fn note(&self, access: Access) {
+            self.log.lock().expect("log").push(access);
+        }
+
+        fn accesses(&self) -> Vec<Access> {
+            self.log.lock().expect("log").clone()
+        }
+    }
+
+    impl RegisterIo for Recorder {
+        fn len(&self) -> u64 {
+            self.inner.bar0().len()
+        }
+
+        fn read32(&self, offset: u64) -> u32 {
+            let value = self.inner.bar0().read32(offset);
+            self.note((4, false, offset, u64::from(value)));
+            value
+        }
+
+        fn write32(&self, offset: u64, value: u32) {
+            self.note((4, true, offset, u64::from(value)));
+            self.inner.bar0().write32(offset, value);
+        }
+
+        fn read64(&self, offset: u64) -> u64 {
+            let value = self.inner.bar0().read64(offset);
+            self.note((8, false, offset, value));
+            value
+        }
+
+        fn write64(&self, offset: u64, value: u64) {
+            self.note((8, true, offset, value));
+            self.inner.bar0().write64(offset, value);
+        }
+    }
+
+    impl DeviceBacking for Recorder {
+        fn id(&self) -> &str {
+            self.inner.id()
+        }
+
+        fn bar0(&self) -> &dyn RegisterIo {
+            self
+        }
+
+        fn dma(&self) -> &dyn DmaMapper {
+            self.inner.dma()
+        }
+
+        fn max_interrupts(&self) -> u32 {
+            self.inner.max_interrupts()
+        }
+
+        fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError> {
+            self.inner.enable_interrupts(vectors)
+        }
+
+        fn disable_interrupts(&self) -> Result<(), HalError> {
+            self.inner.disable_interrupts()
+        }
+
+        fn reset(&self) -> Result<ResetKind, HalError> {
+            self.inner.reset()
+        }
+    }
+
+    /// Bring the simulated SCA-1 up as `definition` says, through a [`Recorder`]; returns its
+    /// accesses and the ring base the board holds for queue 0.
+    fn bring_up_recorded(definition: &BoardDefinition, name: &str) -> (Vec<Access>, u64) {
+        let config = SimConfig {
+            queues: 1,
+            vectors: 1,
+            ..SimConfig::default()
+        };
+        let (board, _sim) = create_sim_board(name, config).expect("sim board");
+        let recorder = Arc::new(Recorder {
+            inner: board.clone(),
+            log: Mutex::new(Vec::new()),
+        });
+        let (controller, queues) = bring_up(definition, recorder.clone(), 1).expect("bring-up");
+        let sq_base = board.bar0().read64(queue::reg(0, queue::SQ_BASE));
+        drop(queues);
+        controller.reset().expect("reset");
+        (recorder.accesses(), sq_base)
+    }
+
+    /// The `sca1` board's `split_64bit_mmio` quirk reaches the SCA-1 driver: bring-up makes no
+    /// 8-byte BAR access; SQ_BASE arrives as two 4-byte writes, low word first, and CAPACITY is
+    /// read as two 4-byte reads, low word first. The `sim` board (no quirk) uses 8-byte ones.
+    #[test]
+    fn the_sca1_board_splits_its_64_bit_registers() {
+        let (accesses, sq_base) = bring_up_recorded(&SCA1_PCI, "open-split");
+        assert!(
+            sq_base >> 32 != 0,
+            "the ring lies above 4 GiB, so both halves matter"
+        );
+        let wide: Vec<_> = accesses.iter().filter(|a| a.0 == 8).collect();
+        assert!(wide.is_empty(), "8-byte accesses under the quirk: {wide:x?}");
+        let sq = queue::reg(0, queue::SQ_BASE);
+        let at = accesses
+            .iter()
+            .position(|a| a.1 && a.2 == sq)
+            .expect("SQ_BASE written");
+        assert_eq!(
+            accesses[at..at + 2],
+            [
+                (4, true, sq, sq_base & 0xffff_ffff),
+                (4, true, sq + 4, sq_base >> 32)
+            ],
+            "SQ_BASE as two 32-bit writes, low word first"
+        );
+        let at = accesses
+            .iter()
+            .position(|a| !a.1 && a.2 == global::CAPACITY)
+            .expect("CAPACITY read");
+        assert_eq!(
+            (accesses[at].0, accesses[at + 1].0, accesses[at + 1].2),
+            (4, 4, global::CAPACITY + 4),
+            "CAPACITY as two 32-bit reads, low word first"
+        );
+
+        let (accesses, sq_base) = bring_up_recorded(&SIM, "open-native");
+        let sq = queue::reg(0, queue::SQ_BASE);
+        assert!(
+            accesses.contains(&(8, true, sq, sq_base)),
+            "without the quirk SQ_BASE is one 64-bit write"
+        );
+    }
 }

@@ -62,6 +62,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         max_sgl,
         stop_timeout: Duration::ZERO,
         rearm,
+        split_64bit_mmio: false,
     };
     let created = Sca1Queue::create(Arc::clone(&device), iovas, config, None);
     // Only a ring size the ring cannot have (3, 0 is clamped to 2) may refuse: anything else

@@ -15,6 +15,7 @@ use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
+use scst_accel_hal::RegisterIo;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -129,6 +130,11 @@ pub struct Sca1Config {
     pub iova_base: u64,
     /// Size of the window.
     pub iova_size: u64,
+    /// Make every 64-bit register access (CAPACITY, SQ_BASE, CQ_BASE) two 32-bit ones, low word
+    /// first: the board's `split_64bit_mmio` quirk, for a register bus that takes no 8-byte
+    /// access (XDMA's AXI-Lite). The ring bases are written while their queue is stopped, so
+    /// the engine never uses a half-written one (accelerator.md §2: writable only while RUN = 0).
+    pub split_64bit_mmio: bool,
 }
 
 impl Default for Sca1Config {
@@ -142,6 +148,7 @@ impl Default for Sca1Config {
             rearm: true,
             iova_base: 1 << 32,
             iova_size: 1 << 40,
+            split_64bit_mmio: false,
         }
     }
 }
@@ -187,7 +194,7 @@ impl Sca1 {
                 minor: version & 0xffff,
             });
         }
-        let caps = read_caps(device.as_ref());
+        let caps = read_caps(device.as_ref(), config.split_64bit_mmio);
         let iovas = Arc::new(IovaLock::new(IovaAllocator::new(
             config.iova_base,
             config.iova_size,
@@ -258,6 +265,7 @@ impl Sca1 {
                 max_sgl: 1 << self.caps.cap0.max_sgl_log2.min(12),
                 stop_timeout: self.stop_timeout(),
                 rearm: self.coalesce & coalesce::REARM != 0,
+                split_64bit_mmio: config.split_64bit_mmio,
             };
             queues.push(Sca1Queue::create(
                 Arc::clone(&self.device),
@@ -403,13 +411,36 @@ impl Sca1 {
     }
 }
 
-fn read_caps(device: &dyn DeviceBacking) -> Sca1Caps {
+/// Read the 64-bit register at `offset`: one 8-byte access, or with `split` two 4-byte ones,
+/// low word first ([`Sca1Config::split_64bit_mmio`]).
+pub(super) fn read64(bar: &dyn RegisterIo, split: bool, offset: u64) -> u64 {
+    if split {
+        let low = bar.read32(offset);
+        let high = bar.read32(offset + 4);
+        (u64::from(high) << 32) | u64::from(low)
+    } else {
+        bar.read64(offset)
+    }
+}
+
+/// Write the 64-bit register at `offset`: one 8-byte access, or with `split` two 4-byte ones,
+/// low word first ([`Sca1Config::split_64bit_mmio`]).
+pub(super) fn write64(bar: &dyn RegisterIo, split: bool, offset: u64, value: u64) {
+    if split {
+        bar.write32(offset, value as u32);
+        bar.write32(offset + 4, (value >> 32) as u32);
+    } else {
+        bar.write64(offset, value);
+    }
+}
+
+fn read_caps(device: &dyn DeviceBacking, split_64bit: bool) -> Sca1Caps {
     let bar = device.bar0();
     let minor = bar.read32(global::VERSION) & 0xffff;
     Sca1Caps {
         cap0: Cap0::from_bits(bar.read32(global::CAP0)),
         max_transfer_bytes: bar.read32(global::CAP1).saturating_mul(4096),
-        capacity_blocks: bar.read64(global::CAPACITY),
+        capacity_blocks: read64(bar, split_64bit, global::CAPACITY),
         block_size: bar.read32(global::BLOCK_SIZE),
         timeouts: Timeouts::from_bits(bar.read32(global::TIMEOUTS)),
         copy: minor >= 1,

@@ -47,6 +47,9 @@ pub struct QueueConfig {
     /// INT_COALESCE.REARM is on (accelerator.md §9): an acknowledgement must reach the device
     /// before the ring is looked at, so the INT_STATUS_CLEAR is flushed with a read.
     pub rearm: bool,
+    /// SQ_BASE and CQ_BASE are written as two 32-bit halves, low first
+    /// ([`super::Sca1Config::split_64bit_mmio`]).
+    pub split_64bit_mmio: bool,
 }
 
 /// Clear queue `config.index`'s INT_STATUS bit (§1), which under REARM re-arms its vector
@@ -228,8 +231,9 @@ impl Sca1Queue {
     /// Program SQ/CQ base, size, vector, unmask, RUN (accelerator.md §7 bring-up).
     fn program_and_run(&mut self) {
         let bar = self.device.bar0();
-        bar.write64(self.reg(queue::SQ_BASE), self.sq.iova());
-        bar.write64(self.reg(queue::CQ_BASE), self.cq.iova());
+        let split = self.config.split_64bit_mmio;
+        super::driver::write64(bar, split, self.reg(queue::SQ_BASE), self.sq.iova());
+        super::driver::write64(bar, split, self.reg(queue::CQ_BASE), self.cq.iova());
         bar.write32(self.reg(queue::RING_SIZE), self.config.entries);
         bar.write32(self.reg(queue::Q_VECTOR), self.config.index);
         if self.irq.is_some() {
