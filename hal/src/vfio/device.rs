@@ -368,6 +368,10 @@ fn device_open_error(addr: &str, group: u32, e: vfio_ioctls::VfioError) -> VfioE
 }
 
 /// BAR0 as registers: mmap when the region allows it, else pread/pwrite on the device fd.
+/// Through the mapping a 64-bit access is the platform's (one 8-byte access on x86_64); a
+/// board whose register bus takes no 8-byte access has its driver split them (the board
+/// definition's `split_64bit_mmio` quirk). Through the fd it is always two 4-byte accesses
+/// (`fd_region.rs`).
 fn map_bar0(addr: &str, handle: &DeviceHandle) -> Result<Box<dyn RegisterIo>, VfioError> {
     let bar_error = |reason: String| VfioError::Bar0 {
         addr: addr.to_owned(),
