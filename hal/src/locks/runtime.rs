@@ -1,5 +1,7 @@
-//! The runtime half of the checker, compiled as `cfg(lock_check)`: in debug and test builds,
-//! and in release builds with the `lock-check` feature (hal/build.rs). A per-thread stack of the
+//! The runtime half of the checker, compiled in every build with debug assertions (debug and
+//! test builds) and in release builds with the `lock-check` feature: `cfg(any(debug_assertions,
+//! feature = "lock-check"))`, written out at each site rather than derived by a build script
+//! (which cannot see debug assertions before Cargo 1.93). A per-thread stack of the
 //! checked locks held, each with the place it was taken, asserted on every acquisition and at
 //! every blocking point, and (debug builds) a global record of the (held → taken) edges
 //! observed, in the manner of tracing-mutex.
@@ -9,13 +11,13 @@
 //! while a lock is held, and locks held across blocking calls. A violation names both locks and
 //! both acquisition sites; debug and test builds panic (tests expect it), release builds log
 //! and abort: a handler that has broken the order must stop before it deadlocks, and a panic in
-//! a worker thread could be caught and leave the deadlock to happen. Without `lock_check`
+//! a worker thread could be caught and leave the deadlock to happen. Without the checker
 //! every function here is an empty inline function and a guard carries nothing but its hold
 //! time for [`lock_stats`](super::lock_stats).
 //!
 //! [`LockToken::root`]: super::LockToken::root
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 mod imp {
     use std::cell::Cell;
     use std::cell::RefCell;
@@ -180,7 +182,7 @@ mod imp {
     }
 }
 
-#[cfg(not(lock_check))]
+#[cfg(not(any(debug_assertions, feature = "lock-check")))]
 mod imp {
     #[inline(always)]
     pub(crate) fn check_acquire(_level: u32, _name: &'static str) {}
@@ -206,13 +208,13 @@ mod imp {
 
 /// Whether the runtime checker is compiled in (debug and test builds; release builds with the
 /// `lock-check` feature).
-pub const LOCK_CHECK: bool = cfg!(lock_check);
+pub const LOCK_CHECK: bool = cfg!(any(debug_assertions, feature = "lock-check"));
 
 /// This thread holds one checked lock for as long as this lives; it also times the hold for
 /// [`lock_stats`](super::lock_stats).
 #[derive(Debug)]
 pub(crate) struct Held {
-    #[cfg(lock_check)]
+    #[cfg(any(debug_assertions, feature = "lock-check"))]
     id: u64,
     /// Where its release is counted (this thread's shard of the statistics, its level).
     counters: &'static super::stats::Counters,
@@ -236,7 +238,7 @@ impl Held {
         let _id = imp::push(level, name);
         let counters = super::stats::acquired(level, name, contended);
         Self {
-            #[cfg(lock_check)]
+            #[cfg(any(debug_assertions, feature = "lock-check"))]
             id: _id,
             counters,
             since: crate::cycles::now(),
@@ -247,7 +249,7 @@ impl Held {
 impl Drop for Held {
     #[inline]
     fn drop(&mut self) {
-        #[cfg(lock_check)]
+        #[cfg(any(debug_assertions, feature = "lock-check"))]
         imp::pop(self.id);
         super::stats::released(self.counters, crate::cycles::now().saturating_sub(self.since));
     }

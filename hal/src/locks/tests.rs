@@ -22,6 +22,31 @@ fn levels_are_a_strict_order_with_unique_names() {
     assert_eq!(levels::ALL[0].0, 1);
 }
 
+/// Not gated on the checker, so that a checker compiled out by mistake fails here instead of
+/// taking its own tests with it (hal/build.rs once derived it from `CARGO_CFG_DEBUG_ASSERTIONS`,
+/// which Cargo gives build scripts only from 1.93 on): every build with debug assertions, so
+/// every debug and test build, has it and refuses an inversion; a release build has it exactly
+/// when the `lock-check` feature is on.
+#[test]
+fn every_build_with_debug_assertions_checks_the_order() {
+    assert_eq!(
+        LOCK_CHECK,
+        cfg!(debug_assertions) || cfg!(feature = "lock-check"),
+        "the runtime checker is in every build with debug assertions, and in release with the feature"
+    );
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let table = Table::new(Vec::new());
+    let pool = Pool::new(Vec::new());
+    let inversion = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _free_lists = pool.lock_unchecked_at_runtime();
+        let _entries = table.lock_unchecked_at_runtime();
+    }));
+    assert!(inversion.is_err(), "the SCST inversion was let through");
+    assert!(held_locks().is_empty(), "the unwound guards were popped");
+}
+
 #[test]
 fn the_token_chain_takes_locks_in_order_and_frees_the_parent() {
     let table = Table::new(vec![1]);
@@ -32,7 +57,7 @@ fn the_token_chain_takes_locks_in_order_and_frees_the_parent() {
         assert_eq!(inner.level(), levels::CmdTable::LEVEL);
         let (mut lists, _) = pool.lock(&mut inner);
         entries.extend(lists.pop());
-        if cfg!(lock_check) {
+        if LOCK_CHECK {
             assert_eq!(held_locks(), vec![("frontend.cmd_table", 2), ("sgv.pool", 9)]);
         }
     }
@@ -49,7 +74,7 @@ fn guards_may_be_dropped_out_of_order() {
     let t = table.lock_unchecked_at_runtime();
     let p = pool.lock_unchecked_at_runtime();
     drop(t);
-    if cfg!(lock_check) {
+    if LOCK_CHECK {
         assert_eq!(held_locks(), vec![("sgv.pool", 9)]);
     }
     drop(p);
@@ -59,7 +84,7 @@ fn guards_may_be_dropped_out_of_order() {
     drop(table.lock_unchecked_at_runtime());
 }
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 #[test]
 #[should_panic(
     expected = "lock order violation: taking `frontend.cmd_table` (level 2) while holding `sgv.pool` (level 9)"
@@ -73,7 +98,7 @@ fn the_scst_inversion_panics_at_run_time() {
     let _entries = table.lock_unchecked_at_runtime();
 }
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 #[test]
 #[should_panic(
     expected = "lock order violation: taking `sgv.stash` (level 10) while holding `sgv.stash` (level 10)"
@@ -85,7 +110,7 @@ fn two_locks_of_one_level_are_never_nested() {
     let _b = other.lock_unchecked_at_runtime();
 }
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 #[test]
 #[should_panic(expected = "lock order violation: taking `iommu.table` (level 20)")]
 fn a_recursive_read_panics() {
@@ -94,7 +119,7 @@ fn a_recursive_read_panics() {
     let _b = table.read_unchecked_at_runtime();
 }
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 #[test]
 #[should_panic(expected = "blocking call `VFIO_DEVICE_RESET` while holding `sim.state` (level 18)")]
 fn a_blocking_call_under_a_lock_panics() {
@@ -103,7 +128,7 @@ fn a_blocking_call_under_a_lock_panics() {
     assert_no_locks_held("VFIO_DEVICE_RESET");
 }
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 #[test]
 #[should_panic(expected = "blocking call `LockToken::root` while holding `frontend.cmd_table`")]
 fn a_root_token_under_a_lock_panics() {
@@ -112,7 +137,7 @@ fn a_root_token_under_a_lock_panics() {
     let _second_root = LockToken::root();
 }
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 #[test]
 #[should_panic(expected = "blocking call `sleep` while holding `dma.iova` (level 11)")]
 fn sleep_under_a_lock_panics() {
@@ -121,7 +146,7 @@ fn sleep_under_a_lock_panics() {
     sleep(Duration::ZERO);
 }
 
-#[cfg(lock_check)]
+#[cfg(any(debug_assertions, feature = "lock-check"))]
 #[test]
 #[should_panic(
     expected = "blocking call `Condvar::wait_timeout` while holding `frontend.sessions` (level 1)"
@@ -155,7 +180,7 @@ fn a_condvar_wait_releases_and_retakes_its_mutex() {
         }
         // The setter can only take the mutex because the wait released it.
         g = shared.1.wait_timeout(g, Duration::from_millis(10)).0;
-        if cfg!(lock_check) {
+        if LOCK_CHECK {
             assert_eq!(
                 held_locks(),
                 vec![("sim.state", levels::SimState::LEVEL)],
@@ -259,7 +284,8 @@ fn try_lock_reports_a_held_lock() {
     assert!(m.try_lock_unchecked_at_runtime().is_some());
 }
 
-#[cfg(lock_check)]
+// Edges are recorded with debug assertions only (not in a release build with the feature).
+#[cfg(debug_assertions)]
 #[test]
 fn nesting_is_recorded_as_edges() {
     let table = OrderedRwLock::<(), levels::IommuTable>::new(());
