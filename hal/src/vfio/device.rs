@@ -193,6 +193,12 @@ impl VfioDevice {
         Ok(())
     }
 
+    /// The PCI command register, read from config space (the real-device test's read-back).
+    #[cfg(test)]
+    pub(super) fn pci_command(&self) -> io::Result<u16> {
+        self.config.read16(PCI_COMMAND)
+    }
+
     /// The DMA mapper with its live-mapping counts.
     pub fn vfio_dma(&self) -> &VfioDma {
         &self.dma

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::VfioDevice;
 use super::VfioError;
+use crate::skip::test_skipped;
 use crate::DeviceBacking;
 
 const ADDR: &str = "0000:00:04.0";
@@ -218,8 +219,10 @@ fn a_mode_000_group_node_is_permission_denied() {
         .and_then(|l| l.split_whitespace().nth(2))
         .is_some_and(|euid| euid == "0");
     if root {
-        println!("skipped: running as root, which opens a mode-000 node anyway (CAP_DAC_OVERRIDE)");
-        return;
+        return test_skipped(
+            "a_mode_000_group_node_is_permission_denied",
+            "running as root, which opens a mode-000 node anyway (CAP_DAC_OVERRIDE)",
+        );
     }
     use std::os::unix::fs::PermissionsExt;
     let t = FakeTree::new();
@@ -236,15 +239,28 @@ fn a_mode_000_group_node_is_permission_denied() {
     assert_mentions(&e, &["run as root", "chown USER"]);
 }
 
+/// One page, page-aligned: host memory for a DMA mapping, allocated without unsafe code.
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// Open the function named by `SCST_ACCEL_VFIO_DEVICE` (bound to vfio-pci): BAR0, MSI-X on and
+/// off, a DMA map and unmap of one page, the reset, and bus mastering still on after it (the
+/// kernel restores config space around the reset), then off and on again.
 #[test]
+#[allow(unsafe_code)] // UNSAFETY: DmaMapper::map is unsafe: the test's page must outlive the mapping.
 fn open_a_real_device_when_there_is_one() {
+    const NAME: &str = "open_a_real_device_when_there_is_one";
     if !Path::new("/dev/vfio/vfio").exists() {
-        println!("skipped: no VFIO device; the QEMU HIL suite covers it");
-        return;
+        return test_skipped(
+            NAME,
+            "no /dev/vfio/vfio on this machine; the QEMU HIL suite covers VFIO",
+        );
     }
     let Ok(addr) = std::env::var("SCST_ACCEL_VFIO_DEVICE") else {
-        println!("skipped: /dev/vfio/vfio exists but SCST_ACCEL_VFIO_DEVICE names no device to open");
-        return;
+        return test_skipped(
+            NAME,
+            "/dev/vfio/vfio exists but SCST_ACCEL_VFIO_DEVICE names no device to open",
+        );
     };
     let dev = VfioDevice::open(&addr).expect("open the VFIO device named by SCST_ACCEL_VFIO_DEVICE");
     assert_eq!(dev.id(), addr);
@@ -253,9 +269,30 @@ fn open_a_real_device_when_there_is_one() {
     let fds = dev.enable_interrupts(vectors).expect("enable MSI-X");
     assert_eq!(fds.len(), vectors as usize);
     dev.disable_interrupts().expect("disable MSI-X");
+
+    let page = Box::new(Page([0; 4096]));
+    let iova = 1 << 32;
+    // SAFETY: `page` is a live, page-aligned heap allocation of 4096 bytes that this test
+    // neither reads nor writes, and does not free before the unmap below has returned Ok (if
+    // the unmap fails it is leaked, never freed while the device may still reach it).
+    unsafe { dev.dma().map(iova, std::ptr::from_ref(&*page) as u64, 4096) }.expect("map one page");
+    assert_eq!(dev.vfio_dma().live_mappings(), 1);
+    if let Err(e) = dev.dma().unmap(iova, 4096) {
+        std::mem::forget(page);
+        panic!("unmap of the page just mapped failed: {e}");
+    }
+    assert_eq!(dev.vfio_dma().live_mappings(), 0);
+    drop(page);
+
     match dev.reset() {
         Ok(kind) => assert_eq!(kind, crate::ResetKind::Function),
         Err(crate::HalError::NoReset { .. }) => {}
         Err(e) => panic!("reset failed: {e}"),
     }
+    let master = |dev: &VfioDevice| dev.pci_command().expect("read PCI_COMMAND") & (1 << 2) != 0;
+    assert!(master(&dev), "bus mastering still enabled after the reset");
+    dev.disable_bus_master().expect("disable bus mastering");
+    assert!(!master(&dev), "Bus Master Enable reads back clear");
+    dev.enable_bus_master().expect("enable bus mastering again");
+    assert!(master(&dev), "Bus Master Enable reads back set");
 }
