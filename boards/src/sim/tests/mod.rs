@@ -5,6 +5,7 @@
 // unsafe fn; the rig keeps every buffer alive and untouched by references until it is unmapped.
 #![allow(unsafe_code)]
 
+mod edges;
 mod faults;
 mod io;
 mod registers;
