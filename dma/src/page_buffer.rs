@@ -54,11 +54,20 @@ enum Backing {
     View(#[expect(dead_code, reason = "held only to keep the region alive")] Arc<DmaRegion>),
 }
 
-// SAFETY: the buffer is plain memory owned by this handle; all access goes through copies that
-// take `&self`/`&mut self` bounds checks, so moving or sharing the handle across threads is sound.
+// SAFETY: the buffer is plain memory owned by this handle (or a view keeping its region alive
+// through an `Arc`); nothing about it is tied to the thread that made it, and every access is a
+// bounds-checked copy, so moving the handle to another thread is sound.
 unsafe impl Send for PageBuffer {}
-// SAFETY: see `Send`; concurrent copies through `&self` are byte copies into memory that other
-// agents (kernel, device) may also write, which is the documented contract of this type.
+// SAFETY: no Rust reference into the memory is ever handed out, only copies (and the kernel's
+// pread/pwrite into or out of it), so threads sharing `&PageBuffer` never hold overlapping
+// references. The copies are plain, non-atomic accesses: two threads writing the same bytes
+// through `write_at`/`fill`/`pread_from` at once, or one writing while another reads them, is
+// a data race. The type does NOT prevent that; its users must (see "Concurrency" on
+// `write_at`): a command buffer has one owner at a time (the worker serving its command, the
+// store request, then the device through the ring protocol), and the device's DMA into it is
+// ordered by that protocol. Safe code that breaks this rule is unsound; making the writing
+// methods `unsafe` would close the gap (not done: their callers include code outside this
+// change).
 unsafe impl Sync for PageBuffer {}
 
 impl PageBuffer {
@@ -161,22 +170,33 @@ impl PageBuffer {
 
     /// Copy `data` into the buffer at `offset`.
     ///
+    /// # Concurrency
+    /// A plain (non-atomic) copy through `&self`: no other thread, kernel call or device may
+    /// read or write `offset..offset + data.len()` while it runs (the same holds for
+    /// [`Self::fill`] and [`Self::pread_from`], and for a copy out of bytes being written). The
+    /// type does not enforce this (see its `Sync`); one owner per buffer at a time does.
+    ///
     /// # Panics
     /// If the range is outside the buffer.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
         self.check(offset, data.len());
-        // SAFETY: as in `read_at`. Writing through `&self` is the type's contract: the memory is
-        // shared with the kernel and devices and never borrowed as a Rust reference.
+        // SAFETY: as in `read_at`: in bounds of the live mapping, disjoint from `data`, and no
+        // Rust reference into the mapping exists to be aliased. That nothing else accesses
+        // these bytes during the copy is the caller's part ("Concurrency" above).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) }
     }
 
     /// Fill `len` bytes at `offset` with `byte`.
     ///
+    /// # Concurrency
+    /// As [`Self::write_at`].
+    ///
     /// # Panics
     /// If the range is outside the buffer.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) {
         self.check(offset, len);
-        // SAFETY: the range was checked to lie inside the mapping.
+        // SAFETY: the range was checked to lie inside the mapping; no reference into it exists;
+        // no concurrent access to it is the caller's part (as in `write_at`).
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) }
     }
 }
@@ -205,7 +225,8 @@ impl PageBuffer {
             libc::off_t::try_from(file_offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: the range was checked to lie inside the mapping, which lives as long as self;
         // the kernel writes at most `len` bytes there. No Rust reference into the memory exists
-        // (the type's contract), so a write by the kernel aliases nothing.
+        // (the type's contract), so a write by the kernel aliases nothing; no concurrent access
+        // to the range is the caller's part, as for `write_at`.
         let n = unsafe { libc::pread(fd.as_raw_fd(), self.ptr.as_ptr().add(offset).cast(), len, at) };
         if n < 0 {
             return Err(io::Error::last_os_error());

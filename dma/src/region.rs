@@ -54,11 +54,21 @@ pub struct DmaRegion {
     backing: RegionBacking,
 }
 
-// SAFETY: the region is plain memory owned by this handle; every access is a bounds-checked
-// copy or atomic access through `&self`, so moving the handle to another thread is sound.
+// SAFETY: the region is plain memory owned by this handle (the pointer is not tied to the
+// thread that mapped it); every access is a bounds-checked copy or atomic access, so moving
+// the handle to another thread is sound.
 unsafe impl Send for DmaRegion {}
-// SAFETY: see `Send`; concurrent accesses through `&self` are copies or atomics on memory the
-// device also writes, which is this type's documented contract (no references are handed out).
+// SAFETY: no Rust reference into the memory is ever handed out, only copies and the phase
+// byte's atomics, so threads sharing `&DmaRegion` never hold overlapping references. The
+// copies (`read_at`, `read_obj`, `write_at`, `write_obj`, `fill`) are plain, non-atomic
+// accesses: two threads writing the same bytes through them at once, or one writing while
+// another copies them out, is a data race. The type does NOT prevent that; its users must (see
+// "Concurrency" on `write_at`): each ring, scatter list or buffer has one writer on the host,
+// and host and device hand bytes to each other only through the ring protocols (a doorbell
+// after the descriptor, the completion's phase byte with release/acquire), never by touching
+// the same bytes at the same time. Safe code that breaks this rule is unsound; making the
+// writing methods `unsafe` would close the gap (not done: their callers include code outside
+// this change).
 unsafe impl Sync for DmaRegion {}
 
 impl DmaRegion {
@@ -181,12 +191,19 @@ impl DmaRegion {
 
     /// Copy `data` into the region at `offset`.
     ///
+    /// # Concurrency
+    /// A plain (non-atomic) copy through `&self`: no other thread, and no device, may read or
+    /// write `offset..offset + data.len()` while it runs (the same holds for [`Self::write_obj`]
+    /// and [`Self::fill`], and for a copy out of bytes another thread is writing). The type
+    /// does not enforce this (see its `Sync`); the ring protocols and one writer per buffer do.
+    ///
     /// # Panics
     /// If the range is outside the region.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
         self.check(offset, data.len());
-        // SAFETY: as in `read_at`. Writing through `&self` is the type's contract: the memory is
-        // shared with a device and never borrowed as a Rust reference.
+        // SAFETY: as in `read_at`: in bounds of the live mapping, disjoint from `data`, and no
+        // Rust reference into the mapping exists to be aliased. That nothing else accesses
+        // these bytes during the copy is the caller's part ("Concurrency" above).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) }
     }
 
@@ -246,11 +263,15 @@ impl DmaRegion {
 
     /// Set `len` bytes at `offset` to `byte`.
     ///
+    /// # Concurrency
+    /// As [`Self::write_at`].
+    ///
     /// # Panics
     /// If the range is outside the region.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) {
         self.check(offset, len);
-        // SAFETY: the range lies inside the mapping (checked); raw writes, no reference formed.
+        // SAFETY: the range lies inside the mapping (checked); raw writes, no reference formed;
+        // no concurrent access to it is the caller's part (as in `write_at`).
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) }
     }
 }

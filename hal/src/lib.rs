@@ -128,9 +128,12 @@ pub trait DmaMapper: Send + Sync {
     ///
     /// # Safety
     /// `host..host+len` must be memory of this process that stays mapped, and is never
-    /// accessed through Rust references (only volatile/atomic raw access or copies), until
+    /// accessed through Rust references (only volatile/atomic raw access or raw copies), until
     /// [`DmaMapper::unmap`] of the same range returns: the device may read or write it at any
-    /// time in between.
+    /// time in between. A raw copy is not atomic: the caller must keep it from racing with the
+    /// device's (or another thread's) access to the same bytes, as the drivers' ring protocols
+    /// do (a descriptor is written before its doorbell, a completion read after its phase byte's
+    /// acquire load).
     ///
     /// # Errors
     /// [`HalError::Map`] with the errno (ENOMEM: the locked-memory limit, EEXIST: overlap).

@@ -77,9 +77,14 @@ impl DmaMapper for VfioDma {
         };
         // A blocking ioctl (it pins the pages): never under a lock.
         crate::locks::assert_no_locks_held("VFIO_IOMMU_MAP_DMA");
-        // SAFETY: our caller promised (DmaMapper::map # Safety) that host..host+len stays mapped
-        // and is touched only through raw volatile/atomic access until unmap: the contract of
-        // VfioContainer::vfio_dma_map.
+        // SAFETY: our caller promised (DmaMapper::map # Safety) that host..host+len is memory of
+        // this process that stays mapped until the unmap returns and that no Rust reference
+        // into it is live or formed meanwhile: the aliasing half of vfio_dma_map's contract.
+        // Its other half allows only atomic or volatile raw access (and system calls) to the
+        // range; our users also make plain raw copies (scst-accel-dma's DmaRegion and
+        // PageBuffer), which DmaMapper::map allows only where they do not race with the
+        // device's access to the same bytes (the driver's ring protocol orders them). That is
+        // narrower than what vfio-ioctls asks, and relied on knowingly.
         let result = unsafe { self.container.vfio_dma_map(iova, size, host as *mut u8) };
         match result {
             Ok(()) => {
