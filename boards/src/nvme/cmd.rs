@@ -519,8 +519,9 @@ pub struct IdentifyNamespace {
     pub mcl: u32,
     /// Namespace Features (byte 24); bit 1: the NAWUN, NAWUPF and NACWU fields are defined.
     pub nsfeat: u8,
-    /// Namespace Atomic Compare & Write Unit, 0's based (bytes 31:30); with NSFEAT bit 1 and
-    /// not 0 it replaces the controller's ACWU for this namespace.
+    /// Namespace Atomic Compare & Write Unit, 0's based (bytes 39:38, after NAWUN at 35:34 and
+    /// NAWUPF at 37:36; bytes 31:30 are NMIC and RESCAP); with NSFEAT bit 1 and not 0 it
+    /// replaces the controller's ACWU for this namespace.
     pub nacwu: u16,
 }
 
@@ -550,7 +551,7 @@ impl IdentifyNamespace {
             mssrl: le16(data, 74),
             mcl: le32(data, 76),
             nsfeat: data[24],
-            nacwu: le16(data, 30),
+            nacwu: le16(data, 38),
         }
     }
 
@@ -609,6 +610,22 @@ mod tests {
         assert!(s.dnr());
         assert_eq!(s.device_status(), DeviceStatus::ReadError);
         assert!(!s.is_success());
+    }
+
+    #[test]
+    fn nacwu_is_read_from_bytes_39_38() {
+        let c = IdentifyController::parse(&[0u8; IDENTIFY_LEN]);
+        let mut n = [0u8; IDENTIFY_LEN];
+        n[24] = 0b10; // NSFEAT: NAWUN, NAWUPF, NACWU defined
+        n[30] = 1; // NMIC: may be shared
+        n[31] = 0xFF; // RESCAP: every reservation type
+        n[38..40].copy_from_slice(&3u16.to_le_bytes()); // NACWU: 4 blocks, 0's based
+        let ns = IdentifyNamespace::parse(&n);
+        assert_eq!(ns.nacwu, 3);
+        assert_eq!(ns.compare_write_unit(&c), 4);
+        // Without NSFEAT bit 1 the controller's ACWU (0: one block) applies.
+        n[24] = 0;
+        assert_eq!(IdentifyNamespace::parse(&n).compare_write_unit(&c), 1);
     }
 
     #[test]
