@@ -29,9 +29,15 @@ pub enum DeviceOp {
     Write,
     /// Make completed writes stable.
     Flush,
-    /// Zero the range (no data transfer).
-    WriteZeroes,
-    /// Deallocate the range (reads return zeroes afterwards).
+    /// Zero the range (no data transfer): reads return zeroes afterwards.
+    WriteZeroes {
+        /// The device may deallocate the blocks where it still guarantees they read zeroes
+        /// (NVMe Write Zeroes with DEAC, only where DLFEAT says so); otherwise only a hint.
+        deallocate: bool,
+    },
+    /// Deallocate the range (UNMAP). What the blocks read afterwards is the device's: NVMe's
+    /// Dataset Management is advisory (the controller may keep the data, NVMe 1.4 §6.7), so
+    /// this never stands in for [`DeviceOp::WriteZeroes`].
     Deallocate,
     /// Copy `length` bytes from `src_lba` to the request's `lba` inside the medium, with no
     /// data transfer (EXTENDED COPY offloaded: NVMe Copy, the SCA-1 COPY descriptor). Only

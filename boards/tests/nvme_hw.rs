@@ -281,7 +281,16 @@ fn nvme_controller_through_vfio() {
         let lba = 16 * span + 64;
         write_read_verify(q, &ctrl, &[lba], 8 * 4096, 0);
         if info.controller.supports_write_zeroes() {
-            run_ok(q, &[rq(2, DeviceOp::WriteZeroes, lba, 4 * 4096, &[])]);
+            run_ok(
+                q,
+                &[rq(
+                    2,
+                    DeviceOp::WriteZeroes { deallocate: false },
+                    lba,
+                    4 * 4096,
+                    &[],
+                )],
+            );
             let back = read_back(q, &ctrl, lba, 8 * 4096);
             assert!(
                 back[..4 * 4096].iter().all(|&b| b == 0),

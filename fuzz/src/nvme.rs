@@ -272,7 +272,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     DeviceOp::Read,
                     DeviceOp::Write,
                     DeviceOp::Flush,
-                    DeviceOp::WriteZeroes,
+                    DeviceOp::WriteZeroes { deallocate: false },
+                    DeviceOp::WriteZeroes { deallocate: true },
                     DeviceOp::Deallocate,
                     DeviceOp::CompareAndWrite,
                 ])?;

@@ -268,3 +268,71 @@ fn compare_and_write_in_the_device_finds_the_miscompare_offset() {
         assert_eq!(store.failure(), None);
     }
 }
+
+/// Write `blocks` blocks of a non-zero pattern at `lba`, run `op`, and read the blocks back.
+fn write_then(
+    q: &mut dyn StoreQueue,
+    pool: &Arc<SgvPool>,
+    bs: usize,
+    lba: u64,
+    blocks: u32,
+    op: StoreOp,
+) -> Vec<u8> {
+    let len = blocks as usize * bs;
+    let buf = |len| {
+        IoBuffer::new(
+            CmdBuffer::allocate(&mut StoreToken::root(), pool, len).expect("buffer"),
+            len,
+        )
+    };
+    let w = buf(len);
+    w.write_at(0, &(0..len).map(|i| (i % 253) as u8 | 1).collect::<Vec<u8>>());
+    let write = StoreOp::Write {
+        lba,
+        blocks,
+        fua: false,
+    };
+    assert_eq!(complete(q, 1, write, Some(w)), StoreStatus::Good);
+    assert_eq!(complete(q, 2, op, None), StoreStatus::Good);
+    let r = buf(len);
+    let read = StoreOp::Read { lba, blocks };
+    assert_eq!(complete(q, 3, read, Some(r.clone())), StoreStatus::Good);
+    let mut got = vec![0u8; len];
+    r.read_at(0, &mut got);
+    got
+}
+
+/// WRITE SAME of zeroes with UNMAP (the store's write zeroes with deallocate) reads back
+/// zeroes whatever the namespace's DLFEAT: a controller reporting 000b may keep the data of a
+/// deallocated block (the simulator then does), and Dataset Management is advisory anyway, so
+/// the zeroes must come from Write Zeroes (with DEAC only where DLFEAT allows it).
+#[test]
+fn write_zeroes_with_deallocate_reads_zeroes_whatever_dlfeat() {
+    for dlfeat in [0b0000u8, 0b0001, 0b1001, 0b1000] {
+        let config = NvmeSimConfig {
+            num_blocks: 4096,
+            dlfeat,
+            ..NvmeSimConfig::default()
+        };
+        let (store, sim, pool) = nvme_store(config);
+        assert!(store.info().supports_unmap);
+        assert!(
+            !store.info().unmapped_reads_zero,
+            "LBPRZ is never claimed on NVMe"
+        );
+        let mut q = store.open_queue().expect("queue");
+        let zeroes = StoreOp::WriteZeroes {
+            lba: 100,
+            blocks: 16,
+            deallocate: true,
+        };
+        let got = write_then(q.as_mut(), &pool, 512, 100, 16, zeroes);
+        assert!(
+            got.iter().all(|&b| b == 0),
+            "DLFEAT {dlfeat:#b}: stale data read back"
+        );
+        drop(q);
+        assert_eq!(store.failure(), None);
+        assert_eq!(sim.stats().iommu_faults, 0);
+    }
+}

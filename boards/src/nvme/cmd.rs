@@ -103,6 +103,8 @@ pub const FUSE_SECOND: u8 = 0b10;
 
 /// Read/Write CDW12 bit: Force Unit Access (NVMe 1.4 §6.9).
 pub const CDW12_FUA: u32 = 1 << 30;
+/// Write Zeroes CDW12 bit: Deallocate (NVMe 1.4 §6.16, Figure 375).
+pub const CDW12_DEAC: u32 = 1 << 25;
 /// Dataset Management CDW11 bit: Attribute – Deallocate (NVMe 1.4 §6.7).
 pub const DSM_ATTR_DEALLOCATE: u32 = 1 << 2;
 /// Create I/O CQ CDW11: Physically Contiguous.
@@ -519,6 +521,9 @@ pub struct IdentifyNamespace {
     pub mcl: u32,
     /// Namespace Features (byte 24); bit 1: the NAWUN, NAWUPF and NACWU fields are defined.
     pub nsfeat: u8,
+    /// Deallocate Logical Block Features (byte 33): bits 2:0 what a deallocated block reads
+    /// (001b: zeroes; 000b: not reported, anything), bit 3 Write Zeroes supports DEAC.
+    pub dlfeat: u8,
     /// Namespace Atomic Compare & Write Unit, 0's based (bytes 39:38, after NAWUN at 35:34 and
     /// NAWUPF at 37:36; bytes 31:30 are NMIC and RESCAP); with NSFEAT bit 1 and not 0 it
     /// replaces the controller's ACWU for this namespace.
@@ -551,6 +556,7 @@ impl IdentifyNamespace {
             mssrl: le16(data, 74),
             mcl: le32(data, 76),
             nsfeat: data[24],
+            dlfeat: data[33],
             nacwu: le16(data, 38),
         }
     }
@@ -564,6 +570,19 @@ impl IdentifyNamespace {
         } else {
             u32::from(controller.acwu) + 1
         }
+    }
+
+    /// Deallocated blocks read as zeroes (DLFEAT bits 2:0 = 001b, NVMe 1.4 Figure 245).
+    pub fn deallocated_reads_zeroes(&self) -> bool {
+        self.dlfeat & 0b111 == 0b001
+    }
+
+    /// A Write Zeroes may carry DEAC (the controller then deallocates where it can and the
+    /// blocks still read zeroes): DLFEAT bit 3 with deallocated blocks reading zeroes, as
+    /// Linux sets NVME_NS_DEAC. Without 001b the controller would write the zeroes anyway
+    /// (NVMe 1.4 §6.16).
+    pub fn write_zeroes_may_deallocate(&self) -> bool {
+        self.dlfeat & 0b1000 != 0 && self.deallocated_reads_zeroes()
     }
 
     /// The most blocks one Copy with a single source range may move: MSSRL and MCL (0 in
@@ -620,9 +639,15 @@ mod tests {
         n[30] = 1; // NMIC: may be shared
         n[31] = 0xFF; // RESCAP: every reservation type
         n[38..40].copy_from_slice(&3u16.to_le_bytes()); // NACWU: 4 blocks, 0's based
+        n[33] = 0b1001; // DLFEAT: deallocated blocks read zeroes, DEAC supported
         let ns = IdentifyNamespace::parse(&n);
+        assert!(ns.deallocated_reads_zeroes() && ns.write_zeroes_may_deallocate());
         assert_eq!(ns.nacwu, 3);
         assert_eq!(ns.compare_write_unit(&c), 4);
+        // DLFEAT 000b: nothing reported about deallocated blocks, so no DEAC either.
+        n[33] = 0b1000;
+        let ns = IdentifyNamespace::parse(&n);
+        assert!(!ns.deallocated_reads_zeroes() && !ns.write_zeroes_may_deallocate());
         // Without NSFEAT bit 1 the controller's ACWU (0: one block) applies.
         n[24] = 0;
         assert_eq!(IdentifyNamespace::parse(&n).compare_write_unit(&c), 1);

@@ -10,6 +10,7 @@ use super::cmd::sct;
 use super::cmd::Cqe;
 use super::cmd::Sqe;
 use super::cmd::Status;
+use super::cmd::CDW12_DEAC;
 use super::cmd::CDW12_FUA;
 use super::cmd::CQE_STATUS_OFFSET;
 use super::cmd::CQ_IEN;
@@ -353,12 +354,16 @@ impl NvmeQueue {
         if op != DeviceOp::Flush && blocks == 0 {
             return Err(SubmitError::Unaligned("zero-length request"));
         }
-        if matches!(op, DeviceOp::Read | DeviceOp::Write | DeviceOp::WriteZeroes) && blocks > 65536 {
+        if matches!(
+            op,
+            DeviceOp::Read | DeviceOp::Write | DeviceOp::WriteZeroes { .. }
+        ) && blocks > 65536
+        {
             return Err(SubmitError::Unaligned("more than 65536 blocks in one command"));
         }
         let controller = &self.ctrl.info().controller;
         let supported = match op {
-            DeviceOp::WriteZeroes => controller.supports_write_zeroes(),
+            DeviceOp::WriteZeroes { .. } => controller.supports_write_zeroes(),
             DeviceOp::Deallocate => controller.supports_dsm(),
             DeviceOp::Copy { .. } => controller.supports_copy(),
             _ => true,
@@ -434,9 +439,12 @@ impl NvmeQueue {
                 sqe.cdw10 = 0;
                 sqe.cdw11 = 0;
             }
-            DeviceOp::WriteZeroes => {
+            DeviceOp::WriteZeroes { deallocate } => {
                 sqe.opcode = io_opcode::WRITE_ZEROES;
                 sqe.cdw12 = rw_cdw12;
+                if deallocate && self.ctrl.info().namespace.write_zeroes_may_deallocate() {
+                    sqe.cdw12 |= CDW12_DEAC;
+                }
             }
             DeviceOp::Deallocate => {
                 let range = DsmRange {

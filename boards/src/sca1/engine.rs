@@ -190,7 +190,7 @@ impl QueueEngine for Sca1Queue {
             DeviceOp::Read => opcode::READ,
             DeviceOp::Write => opcode::WRITE,
             DeviceOp::Flush => opcode::FLUSH,
-            DeviceOp::WriteZeroes => opcode::WRITE_ZEROES,
+            DeviceOp::WriteZeroes { .. } => opcode::WRITE_ZEROES,
             DeviceOp::Deallocate => opcode::DEALLOCATE,
             // Sent only where the geometry offers copies (contract 1.1); a 1.0 engine would
             // complete it INVALID_OPCODE.

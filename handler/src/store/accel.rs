@@ -556,10 +556,12 @@ impl AccelQueue {
                 if !in_range(*lba, blocks) {
                     return Err(StoreStatus::OutOfRange);
                 }
-                let op = if *deallocate && self.info.supports_unmap {
-                    DeviceOp::Deallocate
-                } else {
-                    DeviceOp::WriteZeroes
+                // Always the device's write zeroes, which guarantees zeroes: a deallocation does
+                // not (NVMe's Dataset Management is advisory, NVMe 1.4 §6.7, and a namespace
+                // whose DLFEAT is 000b may return the old data). The device deallocates as
+                // well only where the blocks still read zeroes (NVMe: DEAC with DLFEAT 001b).
+                let op = DeviceOp::WriteZeroes {
+                    deallocate: *deallocate && self.info.supports_unmap,
                 };
                 Ok(split(op, false, *lba, blocks, None))
             }

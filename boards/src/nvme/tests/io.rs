@@ -92,7 +92,7 @@ fn bring_up_identifies_and_moves_data_through_prp_lists() {
     let c = run(
         &mut rig.queues[0],
         &[
-            req(3, DeviceOp::WriteZeroes, 100, 4096, &[]),
+            req(3, DeviceOp::WriteZeroes { deallocate: false }, 100, 4096, &[]),
             req(4, DeviceOp::Flush, 0, 0, &[]),
             req(5, DeviceOp::Deallocate, 108, 4096, &[]),
             req(6, DeviceOp::Read, last, 1024, &[(base, 1024)]),

@@ -43,6 +43,12 @@ pub struct NvmeSimConfig {
     /// operation may cover; 0 = neither Compare nor fused operations (ONCS bit 0 and FUSES
     /// bit 0 clear, as QEMU 7.2's model reports).
     pub compare_write_max_blocks: u16,
+    /// Namespace 1's DLFEAT (Identify Namespace byte 33, NVMe 1.4 Figure 245): bits 2:0 are
+    /// 001b (default: Dataset Management deallocates and the blocks read zeroes, as QEMU's
+    /// model reports) or 000b (nothing reported: the model then keeps the data on a
+    /// deallocation, which Dataset Management, advisory, allows); bit 3: Write Zeroes takes
+    /// DEAC. Other bits are refused.
+    pub dlfeat: u8,
     /// Interrupts of the I/O queues (the simulator's `irq_batch` module): at most this
     /// many completions, of commands a worker takes back to back, share one MSI-X raise,
     /// 1..=[`MAX_IRQ_BATCH`]; 1 raises the vector for every completion at once.
@@ -51,6 +57,11 @@ pub struct NvmeSimConfig {
     /// (looked at before the worker takes its next command), 0..=[`MAX_IRQ_HOLD_MICROS`].
     pub irq_hold_micros: u32,
 }
+
+/// [`NvmeSimConfig::dlfeat`] bits 2:0 = 001b: deallocated blocks read zeroes.
+pub const DLFEAT_READS_ZEROES: u8 = 0b001;
+/// [`NvmeSimConfig::dlfeat`] bit 3: Write Zeroes supports the Deallocate bit.
+pub const DLFEAT_WRITE_ZEROES_DEAC: u8 = 0b1000;
 
 /// Largest [`NvmeSimConfig::irq_batch`].
 pub const MAX_IRQ_BATCH: u32 = 256;
@@ -69,6 +80,7 @@ impl Default for NvmeSimConfig {
             eui64: None,
             copy_max_blocks: 8192,
             compare_write_max_blocks: 16,
+            dlfeat: DLFEAT_READS_ZEROES,
             irq_batch: 8,
             irq_hold_micros: 20,
         }
@@ -108,6 +120,16 @@ impl NvmeSimConfig {
         }
         if !(1..=MAX_MDTS).contains(&self.mdts) {
             return bad("mdts", format!("{} is not in 1..={MAX_MDTS}", self.mdts));
+        }
+        if self.dlfeat & !(0b111 | DLFEAT_WRITE_ZEROES_DEAC) != 0 || self.dlfeat & 0b111 > DLFEAT_READS_ZEROES
+        {
+            return bad(
+                "dlfeat",
+                format!(
+                    "{:#x}: bits 2:0 must be 000b or 001b, only bit 3 besides",
+                    self.dlfeat
+                ),
+            );
         }
         if !(1..=MAX_IRQ_BATCH).contains(&self.irq_batch) {
             return bad(
@@ -193,7 +215,21 @@ mod tests {
 
     #[test]
     fn each_field_out_of_range_is_named() {
-        let cases: [(&str, NvmeSimConfig); 10] = [
+        let cases: [(&str, NvmeSimConfig); 12] = [
+            (
+                "dlfeat",
+                NvmeSimConfig {
+                    dlfeat: 0b010,
+                    ..Default::default()
+                },
+            ),
+            (
+                "dlfeat",
+                NvmeSimConfig {
+                    dlfeat: 0b1_0000,
+                    ..Default::default()
+                },
+            ),
             (
                 "irq_batch",
                 NvmeSimConfig {

@@ -74,9 +74,9 @@ pub(crate) fn namespace(config: &NvmeSimConfig) -> Vec<u8> {
         put(&mut b, at, &config.num_blocks.to_le_bytes()); // NSZE, NCAP, NUSE
     }
     // NSFEAT (24) = 0, NLBAF (25) = 0: one format, FLBAS (26) = 0 selects it.
-    b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
-                  // NGUID (bytes 119:104) and EUI64 (bytes 127:120), NVMe 1.4 Figure 245: byte arrays in
-                  // big-endian order, copied as they are. All zero would mean "not supported".
+    b[33] = config.dlfeat; // DLFEAT: by default deallocated blocks read as zeroes
+                           // NGUID (bytes 119:104) and EUI64 (bytes 127:120), NVMe 1.4 Figure 245: byte arrays in
+                           // big-endian order, copied as they are. All zero would mean "not supported".
     put(&mut b, 104, &config.nguid.unwrap_or_default());
     put(&mut b, 120, &config.eui64.unwrap_or_default());
     if config.copy_max_blocks > 0 {

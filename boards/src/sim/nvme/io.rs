@@ -295,7 +295,8 @@ pub(crate) fn fused_compare_write(
     (Ok(Reply::Done(0)), flushed)
 }
 
-/// Write Zeroes (§6.16): no data transfer, so MDTS does not apply.
+/// Write Zeroes (§6.16): no data transfer, so MDTS does not apply. The blocks read zeroes
+/// afterwards whatever DEAC (CDW12 bit 25) says: this model writes the zeroes either way.
 fn write_zeroes(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = lba_range(exec, slba(sqe), nlb(sqe))?;
     exec.checkpoint(token)?;
@@ -362,14 +363,17 @@ fn copy(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
 }
 
 /// Dataset Management (§6.7): NR + 1 ranges read from the host; with AD (CDW11 bit 2) each is
-/// deallocated (reads back as zeroes: Identify Namespace DLFEAT = 1). Every range is checked
-/// before any is deallocated. Without AD the attributes are hints and nothing happens.
+/// deallocated (reads back as zeroes) when DLFEAT bits 2:0 are 001b; with 000b the model
+/// keeps the data, as a controller may (the command is advisory, and DLFEAT 000b promises
+/// nothing about what a deallocated block reads). Every range is checked before any is
+/// deallocated. Without AD the attributes are hints and nothing happens.
 fn dataset_management(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let count = (sqe.cdw10 & 0xFF) as usize + 1;
     let deallocate = sqe.cdw11 & (1 << 2) != 0;
     let mut raw = vec![0u8; count * DSM_RANGE_BYTES];
     let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, raw.len() as u64)?;
     prp::read_from_host(exec, token, &pieces, &mut raw)?;
+    let reads_zeroes = exec.shared.config.dlfeat & 0b111 == super::config::DLFEAT_READS_ZEROES;
     if !deallocate {
         return Ok(Reply::Done(0));
     }
@@ -382,6 +386,9 @@ fn dataset_management(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdR
         if blocks > 0 {
             ranges.push(lba_range(exec, start, u64::from(blocks))?);
         }
+    }
+    if !reads_zeroes {
+        return Ok(Reply::Done(0));
     }
     for range in ranges {
         exec.checkpoint(token)?;

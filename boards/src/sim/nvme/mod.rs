@@ -71,6 +71,8 @@ use scst_accel_hal::sim::SimDevice;
 use scst_accel_hal::sim::SimModel;
 
 pub use config::NvmeSimConfig;
+pub use config::DLFEAT_READS_ZEROES;
+pub use config::DLFEAT_WRITE_ZEROES_DEAC;
 pub use config::MAX_IO_QUEUES;
 pub use config::MAX_IRQ_BATCH;
 pub use config::MAX_IRQ_HOLD_MICROS;
