@@ -194,8 +194,11 @@ pub struct Geometry {
     /// multiple of this many bytes of IOVA (NVMe PRPs: the memory page; SCA-1 scatter lists:
     /// 1, any byte). A layout that breaks it is refused with [`SubmitError::Unaligned`].
     pub segment_alignment: u32,
-    /// The device deallocates (UNMAP, WRITE ZEROES with deallocate).
+    /// The device deallocates (UNMAP).
     pub supports_deallocate: bool,
+    /// The device zeroes a range without a data transfer ([`DeviceOp::WriteZeroes`]; NVMe:
+    /// ONCS bit 3). Without it the store writes zero blocks instead.
+    pub supports_write_zeroes: bool,
     /// The device has a volatile write cache (FLUSH and FUA mean something).
     pub volatile_cache: bool,
     /// Most blocks one [`DeviceOp::Copy`] may move; 0 when the device cannot copy.

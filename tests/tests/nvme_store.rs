@@ -336,3 +336,35 @@ fn write_zeroes_with_deallocate_reads_zeroes_whatever_dlfeat() {
         assert_eq!(sim.stats().iommu_faults, 0);
     }
 }
+
+/// On a controller without Write Zeroes (ONCS bit 3 clear, which the specification allows)
+/// the store zeroes a range by writing zero blocks, for WRITE SAME of zeroes with and without
+/// UNMAP, over more than one WRITE SAME chunk and for both block sizes.
+#[test]
+fn write_zeroes_without_the_command_writes_zero_blocks() {
+    for block_size in [512u32, 4096] {
+        let config = NvmeSimConfig {
+            block_size,
+            num_blocks: 4096,
+            write_zeroes: false,
+            ..NvmeSimConfig::default()
+        };
+        let (store, sim, pool) = nvme_store(config);
+        let mut q = store.open_queue().expect("queue");
+        for (lba, deallocate) in [(100u64, false), (400, true)] {
+            let zeroes = StoreOp::WriteZeroes {
+                lba,
+                blocks: 150,
+                deallocate,
+            };
+            let got = write_then(q.as_mut(), &pool, block_size as usize, lba, 150, zeroes);
+            assert!(
+                got.iter().all(|&b| b == 0),
+                "block size {block_size}, deallocate {deallocate}: not zeroed"
+            );
+        }
+        drop(q);
+        assert_eq!(store.failure(), None);
+        assert_eq!(sim.stats().iommu_faults, 0);
+    }
+}

@@ -246,6 +246,7 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo) -> Geometry {
         max_segments: max_transfer / PAGE_SIZE as u32 + 1,
         segment_alignment: PAGE_SIZE as u32,
         supports_deallocate: info.controller.supports_dsm(),
+        supports_write_zeroes: info.controller.supports_write_zeroes(),
         volatile_cache: info.controller.volatile_cache(),
         max_copy_blocks: if info.controller.supports_copy() {
             info.namespace.copy_blocks()
@@ -303,7 +304,8 @@ mod tests {
         assert_eq!(g.max_transfer_bytes, 512 * 1024, "QEMU's MDTS 7 = 128 pages");
         assert_eq!(g.max_segments, 129);
         assert_eq!((g.block_size, g.capacity_blocks), (512, 1000));
-        assert!(g.supports_deallocate && !g.volatile_cache);
+        assert!(g.supports_deallocate && !g.supports_write_zeroes && !g.volatile_cache);
+        assert!(geometry(cap, &info(7, 9, cmd::ONCS_WRITE_ZEROES)).supports_write_zeroes);
         let g = geometry(cap, &info(0, 12, 0));
         assert_eq!(g.max_transfer_bytes, MAX_TRANSFER, "no MDTS: one PRP list page");
         assert_eq!(g.block_size, 4096);

@@ -80,6 +80,7 @@ impl Controller for Sca1 {
             max_segments: 1 << caps.cap0.max_sgl_log2.min(12),
             segment_alignment: 1,
             supports_deallocate: true,
+            supports_write_zeroes: true,
             volatile_cache: true,
             // COPY (contract 1.1) moves at most one transfer's worth per descriptor.
             max_copy_blocks: if caps.copy {

@@ -33,6 +33,8 @@ use scst_accel_boards::engine::Geometry;
 use scst_accel_boards::engine::QueueEngine;
 use scst_accel_boards::engine::SubmitError;
 use scst_accel_dma::split_for_device_into;
+use scst_accel_dma::DmaRegion;
+use scst_accel_dma::MappedRegion;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
@@ -401,6 +403,12 @@ struct AccelQueue {
     copy_blocks: u32,
     /// Restarts have failed since then (another queue's recovery may still be running).
     restart_failing_since: Option<Instant>,
+    /// The device zeroes without a data transfer ([`Geometry::supports_write_zeroes`]).
+    write_zeroes: bool,
+    /// On a device without write zeroes: one WRITE SAME chunk of zero blocks, mapped for the
+    /// device when first needed, the data of the writes that zero a range. Declared last, so
+    /// it is unmapped after the queue (stopped in `drop`) is gone.
+    zeroes: Option<MappedRegion>,
 }
 
 impl AccelQueue {
@@ -438,6 +446,8 @@ impl AccelQueue {
             repeats_blocks,
             copy_blocks: geometry.max_copy_blocks,
             restart_failing_since: None,
+            write_zeroes: geometry.supports_write_zeroes,
+            zeroes: None,
         }
     }
 
@@ -556,6 +566,28 @@ impl AccelQueue {
                 if !in_range(*lba, blocks) {
                     return Err(StoreStatus::OutOfRange);
                 }
+                if !self.write_zeroes {
+                    // No write zeroes on the device (NVMe ONCS bit 3 clear): WRITE SAME's
+                    // writes, of the zero chunk mapped by `start`.
+                    let iova = self
+                        .zeroes
+                        .as_ref()
+                        .map(MappedRegion::iova)
+                        .ok_or(StoreStatus::DeviceError)?;
+                    let per = write_same_chunk(self.info);
+                    let mut out = Children::default();
+                    let mut done = 0;
+                    while done < blocks {
+                        let n = (blocks - done).min(per);
+                        let segments = Segments::Whole {
+                            iova,
+                            len: (n * bs) as u32,
+                        };
+                        out.push(child(DeviceOp::Write, false, lba + done, n, segments));
+                        done += n;
+                    }
+                    return Ok(out);
+                }
                 // Always the device's write zeroes, which guarantees zeroes: a deallocation does
                 // not (NVMe's Dataset Management is advisory, NVMe 1.4 §6.7, and a namespace
                 // whose DLFEAT is 000b may return the old data). The device deallocates as
@@ -640,6 +672,19 @@ impl AccelQueue {
             Ok(scratch) => scratch,
             Err(status) => return self.finish_parent(req.tag, status),
         };
+        if matches!(req.op, StoreOp::WriteZeroes { .. }) && !self.write_zeroes && self.zeroes.is_none() {
+            match self.map_zeroes() {
+                Ok(region) => self.zeroes = Some(region),
+                Err(e) => {
+                    log::error!(
+                        "{} queue {}: mapping zero blocks for a write zeroes: {e}",
+                        self.board.id(),
+                        self.queue.index()
+                    );
+                    return self.finish_parent(req.tag, StoreStatus::DeviceError);
+                }
+            }
+        }
         let compare_and_write = match self.compare_and_write_scratch(token, &req) {
             Ok(caw) => caw,
             Err(status) => return self.finish_parent(req.tag, status),
@@ -700,6 +745,18 @@ impl AccelQueue {
             scratch.write_at(i * bs, &block);
         }
         Ok(Some(scratch))
+    }
+
+    /// One WRITE SAME chunk of zero blocks ([`write_same_chunk`]), mapped for the device.
+    fn map_zeroes(&self) -> Result<MappedRegion, scst_accel_dma::DmaError> {
+        let len = write_same_chunk(self.info) as usize * self.bs() as usize;
+        // Fresh anonymous memory: zeroes.
+        let region = DmaRegion::new(len)?;
+        MappedRegion::new(
+            region,
+            scst_accel_boards::sca1::device_mapper(Arc::clone(self.board.device())),
+            Arc::clone(self.board.iovas()),
+        )
     }
 
     /// COMPARE AND WRITE in the device: scratch for the re-read a miscompare needs, next to

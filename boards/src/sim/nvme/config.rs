@@ -43,6 +43,9 @@ pub struct NvmeSimConfig {
     /// operation may cover; 0 = neither Compare nor fused operations (ONCS bit 0 and FUSES
     /// bit 0 clear, as QEMU 7.2's model reports).
     pub compare_write_max_blocks: u16,
+    /// Write Zeroes (ONCS bit 3, optional: NVMe 1.4 §6.16); default true, as QEMU's model.
+    /// Without it the opcode completes Invalid Command Opcode.
+    pub write_zeroes: bool,
     /// Namespace 1's DLFEAT (Identify Namespace byte 33, NVMe 1.4 Figure 245): bits 2:0 are
     /// 001b (default: Dataset Management deallocates and the blocks read zeroes, as QEMU's
     /// model reports) or 000b (nothing reported: the model then keeps the data on a
@@ -80,6 +83,7 @@ impl Default for NvmeSimConfig {
             eui64: None,
             copy_max_blocks: 8192,
             compare_write_max_blocks: 16,
+            write_zeroes: true,
             dlfeat: DLFEAT_READS_ZEROES,
             irq_batch: 8,
             irq_hold_micros: 20,

@@ -45,11 +45,17 @@ pub(crate) fn controller(id: &str, config: &NvmeSimConfig) -> Vec<u8> {
     b[512] = (spec::SQES << 4 | spec::SQES) as u8; // SQES: 0x66
     b[513] = (spec::CQES << 4 | spec::CQES) as u8; // CQES: 0x44
     put(&mut b, 516, &1u32.to_le_bytes()); // NN
-                                           // ONCS: DSM (bit 2), Write Zeroes (bit 3); Compare (bit 0) and Copy (bit 8) when
-                                           // configured.
+
+    // ONCS: DSM (bit 2); Write Zeroes (bit 3), Compare (bit 0) and Copy (bit 8) when
+    // configured.
     let copy = if config.copy_max_blocks > 0 { 1u16 << 8 } else { 0 };
     let compare = u16::from(config.compare_write_max_blocks > 0);
-    put(&mut b, 520, &(0x000Cu16 | copy | compare).to_le_bytes());
+    let write_zeroes = if config.write_zeroes { 1u16 << 3 } else { 0 };
+    put(
+        &mut b,
+        520,
+        &(0x0004u16 | write_zeroes | copy | compare).to_le_bytes(),
+    );
     if compare != 0 {
         put(&mut b, 522, &1u16.to_le_bytes()); // FUSES: Compare and Write
         let acwu = config.compare_write_max_blocks - 1; // 0's based

@@ -28,8 +28,9 @@ pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_e
     let opcode = sqe.opcode();
     let known = matches!(
         opcode,
-        nvm::FLUSH | nvm::WRITE | nvm::READ | nvm::WRITE_ZEROES | nvm::DATASET_MANAGEMENT
-    ) || (opcode == nvm::COPY && exec.shared.config.copy_max_blocks > 0)
+        nvm::FLUSH | nvm::WRITE | nvm::READ | nvm::DATASET_MANAGEMENT
+    ) || (opcode == nvm::WRITE_ZEROES && exec.shared.config.write_zeroes)
+        || (opcode == nvm::COPY && exec.shared.config.copy_max_blocks > 0)
         || (opcode == nvm::COMPARE && exec.shared.config.compare_write_max_blocks > 0);
     if !known {
         return Err(status::INVALID_OPCODE.into());
