@@ -89,6 +89,20 @@ pub enum DeviceStatus {
     /// A [`DeviceOp::CompareAndWrite`] found the medium different: nothing was written. The
     /// device does not say where the first difference is.
     Miscompare,
+    /// The medium is not ready (NVMe Namespace Not Ready): the initiator may retry later.
+    NotReady,
+    /// The medium is being formatted (NVMe Format In Progress).
+    FormatInProgress,
+    /// The device refused a field of the command (NVMe Invalid Field in Command).
+    InvalidField,
+    /// A thin provisioned medium has no space left for the write (NVMe Capacity Exceeded).
+    CapacityExceeded,
+    /// Another host holds a reservation that excludes this access (NVMe Reservation Conflict).
+    ReservationConflict,
+    /// The medium refuses this access (NVMe Access Denied).
+    AccessDenied,
+    /// The medium is write protected (NVMe Namespace is Write Protected).
+    WriteProtected,
     /// Any other device error; the raw status code for the log.
     Other(u32),
 }

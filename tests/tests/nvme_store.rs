@@ -368,3 +368,40 @@ fn write_zeroes_without_the_command_writes_zero_blocks() {
         assert_eq!(sim.stats().iommu_faults, 0);
     }
 }
+
+/// NVMe statuses the store translates rather than answering HARDWARE ERROR, injected by the
+/// simulator (`status:sct=T,sc=C`): each request completes with the store status the SCSI
+/// layer turns into the NVM Express SCSI Translation Reference's answer.
+#[test]
+fn device_statuses_reach_the_store_translated() {
+    let config = NvmeSimConfig {
+        num_blocks: 4096,
+        ..NvmeSimConfig::default()
+    };
+    let (store, sim, pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    let cases = [
+        ("status:sct=0,sc=0x82", StoreStatus::NotReady),
+        ("status:sct=0,sc=0x84", StoreStatus::FormatInProgress),
+        ("status:sct=0,sc=0x21", StoreStatus::Aborted),
+        ("status:sct=0,sc=0x02", StoreStatus::InvalidField),
+        ("status:sct=0,sc=0x81", StoreStatus::SpaceExhausted { lba: 8 }),
+        ("status:sct=0,sc=0x83", StoreStatus::ReservationConflict),
+        ("status:sct=0,sc=0x20", StoreStatus::WriteProtected),
+        ("status:sct=2,sc=0x86", StoreStatus::AccessDenied),
+        ("status:sct=2,sc=0x87", StoreStatus::ReadError { lba: 8 }),
+    ];
+    for (tag, (fault, want)) in cases.into_iter().enumerate() {
+        sim.inject(fault.parse().expect("fault"));
+        let buf = IoBuffer::new(
+            CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4 * 512).expect("buffer"),
+            4 * 512,
+        );
+        let read = StoreOp::Read { lba: 8, blocks: 4 };
+        assert_eq!(complete(q.as_mut(), tag as u64, read, Some(buf)), want, "{fault}");
+        sim.clear_faults();
+    }
+    drop(q);
+    assert_eq!(store.failure(), None, "answers, not a failing device");
+    assert_eq!(sim.stats().iommu_faults, 0);
+}

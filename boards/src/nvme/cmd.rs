@@ -206,6 +206,25 @@ pub mod sc {
     /// Command Aborted due to Failed Fused Command (generic): the other command of a fused
     /// operation failed.
     pub const ABORTED_FAILED_FUSED: u8 = 0x09;
+    /// Invalid Field in Command (generic).
+    pub const INVALID_FIELD: u8 = 0x02;
+    /// Namespace is Write Protected (generic, NVMe 1.4).
+    pub const WRITE_PROTECTED: u8 = 0x20;
+    /// Command Interrupted (generic, NVMe 1.4): the command may succeed if resubmitted.
+    pub const INTERRUPTED: u8 = 0x21;
+    /// Capacity Exceeded (generic, NVM command set).
+    pub const CAPACITY_EXCEEDED: u8 = 0x81;
+    /// Namespace Not Ready (generic, NVM command set).
+    pub const NAMESPACE_NOT_READY: u8 = 0x82;
+    /// Reservation Conflict (generic, NVM command set).
+    pub const RESERVATION_CONFLICT: u8 = 0x83;
+    /// Format In Progress (generic, NVM command set).
+    pub const FORMAT_IN_PROGRESS: u8 = 0x84;
+    /// Access Denied (media).
+    pub const ACCESS_DENIED: u8 = 0x86;
+    /// Deallocated or Unwritten Logical Block (media): a read of a block with no data, where
+    /// the namespace reports it as an error (DULBE).
+    pub const DEALLOCATED_OR_UNWRITTEN: u8 = 0x87;
     /// LBA Out of Range (generic, NVM command set).
     pub const LBA_OUT_OF_RANGE: u8 = 0x80;
     /// Write Fault (media).
@@ -251,15 +270,28 @@ impl Status {
         self.sct() == sct::GENERIC && self.sc() == sc::SUCCESS
     }
 
-    /// The device-independent meaning of the status.
+    /// The device-independent meaning of the status, the SCSI sense of which the store
+    /// chooses as the NVM Express SCSI Translation Reference maps the NVMe status (§6).
     pub fn device_status(self) -> DeviceStatus {
         match (self.sct(), self.sc()) {
             (sct::GENERIC, sc::SUCCESS) => DeviceStatus::Ok,
             (sct::GENERIC, sc::LBA_OUT_OF_RANGE) => DeviceStatus::LbaRange,
-            (sct::GENERIC, sc::ABORT_REQUESTED | sc::ABORTED_SQ_DELETION) => DeviceStatus::Aborted,
-            (sct::MEDIA, sc::UNRECOVERED_READ) => DeviceStatus::ReadError,
+            // Command Interrupted (NVMe 1.4 §4.6.1.2.1) asks for the command again: as aborted,
+            // which the initiator retries.
+            (sct::GENERIC, sc::ABORT_REQUESTED | sc::ABORTED_SQ_DELETION | sc::INTERRUPTED) => {
+                DeviceStatus::Aborted
+            }
+            (sct::GENERIC, sc::INVALID_FIELD) => DeviceStatus::InvalidField,
+            (sct::GENERIC, sc::WRITE_PROTECTED) => DeviceStatus::WriteProtected,
+            (sct::GENERIC, sc::CAPACITY_EXCEEDED) => DeviceStatus::CapacityExceeded,
+            (sct::GENERIC, sc::NAMESPACE_NOT_READY) => DeviceStatus::NotReady,
+            (sct::GENERIC, sc::RESERVATION_CONFLICT) => DeviceStatus::ReservationConflict,
+            (sct::GENERIC, sc::FORMAT_IN_PROGRESS) => DeviceStatus::FormatInProgress,
+            // A block with no data cannot be returned: a medium error of the read.
+            (sct::MEDIA, sc::UNRECOVERED_READ | sc::DEALLOCATED_OR_UNWRITTEN) => DeviceStatus::ReadError,
             (sct::MEDIA, sc::WRITE_FAULT) => DeviceStatus::WriteError,
             (sct::MEDIA, sc::COMPARE_FAILURE) => DeviceStatus::Miscompare,
+            (sct::MEDIA, sc::ACCESS_DENIED) => DeviceStatus::AccessDenied,
             _ => DeviceStatus::Other(u32::from(self.0)),
         }
     }
@@ -622,6 +654,35 @@ mod tests {
         assert_eq!(st(sct::GENERIC, sc::ABORT_REQUESTED), DeviceStatus::Aborted);
         assert_eq!(st(sct::GENERIC, sc::ABORTED_SQ_DELETION), DeviceStatus::Aborted);
         assert_eq!(st(sct::GENERIC, sc::INVALID_OPCODE), DeviceStatus::Other(0x001));
+        assert_eq!(st(sct::GENERIC, sc::INTERRUPTED), DeviceStatus::Aborted);
+        assert_eq!(st(sct::GENERIC, sc::INVALID_FIELD), DeviceStatus::InvalidField);
+        assert_eq!(
+            st(sct::GENERIC, sc::WRITE_PROTECTED),
+            DeviceStatus::WriteProtected
+        );
+        assert_eq!(
+            st(sct::GENERIC, sc::CAPACITY_EXCEEDED),
+            DeviceStatus::CapacityExceeded
+        );
+        assert_eq!(st(sct::GENERIC, sc::NAMESPACE_NOT_READY), DeviceStatus::NotReady);
+        assert_eq!(
+            st(sct::GENERIC, sc::RESERVATION_CONFLICT),
+            DeviceStatus::ReservationConflict
+        );
+        assert_eq!(
+            st(sct::GENERIC, sc::FORMAT_IN_PROGRESS),
+            DeviceStatus::FormatInProgress
+        );
+        assert_eq!(st(sct::MEDIA, sc::ACCESS_DENIED), DeviceStatus::AccessDenied);
+        assert_eq!(
+            st(sct::MEDIA, sc::DEALLOCATED_OR_UNWRITTEN),
+            DeviceStatus::ReadError
+        );
+        // The same codes under another type mean something else.
+        assert_eq!(
+            st(sct::MEDIA, sc::NAMESPACE_NOT_READY),
+            DeviceStatus::Other(0x282)
+        );
         assert_eq!(st(sct::COMMAND_SPECIFIC, 0x80), DeviceStatus::Other(0x180));
         // The phase tag is not part of the status field; DNR is kept in the raw value.
         let word = (Status::new(sct::MEDIA, sc::UNRECOVERED_READ).0 << 1) | 1 | (1 << 15);

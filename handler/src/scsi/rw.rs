@@ -14,6 +14,7 @@ use super::DataOut;
 use super::IoPlan;
 use super::Plan;
 use super::Response;
+use crate::abi::sam_status;
 use crate::store::StoreOp;
 use crate::store::StoreStatus;
 
@@ -299,6 +300,26 @@ pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Pla
             asc::INTERNAL_TARGET_FAILURE,
         )),
         StoreStatus::Aborted => Err(Sense::new(sense_key::ABORTED_COMMAND, asc::NO_ADDITIONAL_SENSE)),
+        // The device's own answers, as the NVM Express SCSI Translation Reference (§6) maps
+        // the NVMe statuses they come from.
+        StoreStatus::NotReady => Err(Sense::new(
+            sense_key::NOT_READY,
+            asc::NOT_READY_CAUSE_NOT_REPORTABLE,
+        )),
+        StoreStatus::FormatInProgress => Err(Sense::new(
+            sense_key::NOT_READY,
+            asc::NOT_READY_FORMAT_IN_PROGRESS,
+        )),
+        StoreStatus::InvalidField => Err(Sense::new(sense_key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)),
+        StoreStatus::ReservationConflict => Ok(Plan::Done(Response {
+            status: sam_status::RESERVATION_CONFLICT,
+            ..Response::good()
+        })),
+        StoreStatus::AccessDenied => Err(Sense::new(
+            sense_key::DATA_PROTECT,
+            asc::ACCESS_DENIED_NO_ACCESS_RIGHTS,
+        )),
+        StoreStatus::WriteProtected => Err(Sense::new(sense_key::DATA_PROTECT, asc::WRITE_PROTECTED)),
     }
 }
 
@@ -717,6 +738,19 @@ mod tests {
             &sense(StoreStatus::Aborted)[..14],
             &[0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0]
         );
+        // The device's own answers (NVM Express SCSI Translation Reference §6).
+        let key_asc = |s| {
+            let b = sense(s);
+            (b[2], b[12], b[13])
+        };
+        assert_eq!(key_asc(StoreStatus::NotReady), (2, 0x04, 0x00));
+        assert_eq!(key_asc(StoreStatus::FormatInProgress), (2, 0x04, 0x04));
+        assert_eq!(key_asc(StoreStatus::InvalidField), (5, 0x24, 0x00));
+        assert_eq!(key_asc(StoreStatus::AccessDenied), (7, 0x20, 0x02));
+        assert_eq!(key_asc(StoreStatus::WriteProtected), (7, 0x27, 0x00));
+        let conflict = done(disk.finish(&io, StoreStatus::ReservationConflict));
+        assert_eq!(conflict.status, sam_status::RESERVATION_CONFLICT);
+        assert!(conflict.sense.is_empty(), "RESERVATION CONFLICT carries no sense");
     }
 
     /// Out of space: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT with the LBA on a thin

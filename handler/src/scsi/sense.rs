@@ -35,6 +35,12 @@ pub mod asc {
     pub const NO_ADDITIONAL_SENSE: (u8, u8) = (0x00, 0x00);
     /// Logical unit not ready, initializing command required (after STOP UNIT).
     pub const NOT_READY_INIT_REQUIRED: (u8, u8) = (0x04, 0x02);
+    /// LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE.
+    pub const NOT_READY_CAUSE_NOT_REPORTABLE: (u8, u8) = (0x04, 0x00);
+    /// LOGICAL UNIT NOT READY, FORMAT IN PROGRESS.
+    pub const NOT_READY_FORMAT_IN_PROGRESS: (u8, u8) = (0x04, 0x04);
+    /// ACCESS DENIED - NO ACCESS RIGHTS.
+    pub const ACCESS_DENIED_NO_ACCESS_RIGHTS: (u8, u8) = (0x20, 0x02);
     /// Write error.
     pub const WRITE_ERROR: (u8, u8) = (0x0C, 0x00);
     /// Unrecovered read error.

@@ -223,6 +223,10 @@ fn assert_well_formed_response(r: &Response) {
             assert_eq!(r.data_in_len, 0);
             assert_well_formed_sense(&r.sense);
         }
+        sam_status::RESERVATION_CONFLICT => {
+            assert!(r.sense.is_empty() && r.data.is_empty());
+            assert_eq!(r.data_in_len, 0);
+        }
         other => panic!("unexpected status {other:#x}"),
     }
 }
@@ -280,7 +284,7 @@ fn assert_io_consistent(disk: &Disk, cdb: &[u8], io: &IoPlan) {
     }
 }
 
-const ALL_STATUSES: [StoreStatus; 9] = [
+const ALL_STATUSES: [StoreStatus; 15] = [
     StoreStatus::Good,
     StoreStatus::Miscompare { offset: Some(17) },
     StoreStatus::ReadError { lba: 3 },
@@ -290,6 +294,12 @@ const ALL_STATUSES: [StoreStatus; 9] = [
     StoreStatus::InvalidRequest,
     StoreStatus::DeviceError,
     StoreStatus::Aborted,
+    StoreStatus::NotReady,
+    StoreStatus::FormatInProgress,
+    StoreStatus::InvalidField,
+    StoreStatus::ReservationConflict,
+    StoreStatus::AccessDenied,
+    StoreStatus::WriteProtected,
 ];
 
 /// Arbitrary bytes, or a CDB built from a table entry: each byte zero with probability 6/7

@@ -981,6 +981,14 @@ impl AccelQueue {
                 StoreStatus::Miscompare { offset: None }
             }
             DeviceStatus::Miscompare => StoreStatus::DeviceError,
+            DeviceStatus::NotReady => StoreStatus::NotReady,
+            DeviceStatus::FormatInProgress => StoreStatus::FormatInProgress,
+            DeviceStatus::InvalidField => StoreStatus::InvalidField,
+            // A thin namespace out of capacity: out of space at the request's first block.
+            DeviceStatus::CapacityExceeded => StoreStatus::SpaceExhausted { lba },
+            DeviceStatus::ReservationConflict => StoreStatus::ReservationConflict,
+            DeviceStatus::AccessDenied => StoreStatus::AccessDenied,
+            DeviceStatus::WriteProtected => StoreStatus::WriteProtected,
             DeviceStatus::Other(_) => StoreStatus::DeviceError,
         }
     }

@@ -255,8 +255,20 @@ pub enum StoreStatus {
     InvalidRequest,
     /// The device failed (hardware error).
     DeviceError,
-    /// Aborted (queue stopped, reset).
+    /// Aborted (queue stopped, reset, or the device asked for the command again): retryable.
     Aborted,
+    /// The medium is not ready yet (NVMe Namespace Not Ready): NOT READY, retryable.
+    NotReady,
+    /// The medium is being formatted: NOT READY / FORMAT IN PROGRESS.
+    FormatInProgress,
+    /// The device refused a field of the request as the command gave it.
+    InvalidField,
+    /// Another host's reservation excludes the access: RESERVATION CONFLICT status.
+    ReservationConflict,
+    /// The medium refuses the access: DATA PROTECT.
+    AccessDenied,
+    /// The medium is write protected: DATA PROTECT / WRITE PROTECTED.
+    WriteProtected,
 }
 
 /// A completion.

@@ -17,6 +17,7 @@ pub const NVME_FAULT_KINDS: &[&str] = &[
     "latency",
     "never-complete",
     "error",
+    "status",
     "hang",
     "gone",
     "cfs",
@@ -24,8 +25,9 @@ pub const NVME_FAULT_KINDS: &[&str] = &[
 ];
 
 /// The accepted forms, for error messages and `--help`.
-const FORMS: &str = "latency:<N>us|ms|s, never-complete[:every=N], error[:every=N], hang, gone, \
-cfs, shutdown-hang (numbers decimal or 0x hex; every defaults to 1)";
+const FORMS: &str = "latency:<N>us|ms|s, never-complete[:every=N], error[:every=N], \
+status:sct=T,sc=C[,every=N], hang, gone, cfs, shutdown-hang (numbers decimal or 0x hex; every \
+defaults to 1)";
 
 /// A misbehaviour of the simulated NVMe controller. What the driver observes is documented
 /// per variant.
@@ -46,6 +48,17 @@ pub enum NvmeFault {
     /// Every Nth READ completes with Unrecovered Read Error (SCT 2h, SC 81h) and moves no data.
     MediaError {
         /// Every Nth READ.
+        every: u32,
+    },
+    /// Every Nth I/O command completes with this status (SCT 0..=7, SC) without being executed:
+    /// what a controller answers that the simulator does not otherwise produce (Namespace Not
+    /// Ready, Reservation Conflict, Access Denied...).
+    Status {
+        /// Status Code Type.
+        sct: u8,
+        /// Status Code.
+        sc: u8,
+        /// Every Nth I/O command.
         every: u32,
     },
     /// The controller stops fetching commands: doorbells are accepted, nothing completes,
@@ -120,6 +133,39 @@ impl FromStr for NvmeFault {
                 .ok_or_else(|| fail(format!("latency needs a delay such as 500us, got {rest:?}"))),
             "never-complete" => Ok(NvmeFault::NeverComplete { every: every()? }),
             "error" => Ok(NvmeFault::MediaError { every: every()? }),
+            "status" => {
+                let (mut sct, mut sc, mut every) = (None, None, None);
+                for arg in rest.split(',').filter(|a| !a.is_empty()) {
+                    let (key, value) = arg
+                        .split_once('=')
+                        .ok_or_else(|| fail(format!("argument {arg:?} is not key=value")))?;
+                    let n = parse_number(value)
+                        .ok_or_else(|| fail(format!("{key}={value:?} is not a number")))?;
+                    let slot = match key {
+                        "sct" => &mut sct,
+                        "sc" => &mut sc,
+                        "every" => &mut every,
+                        _ => return Err(fail(format!("unknown argument {key:?}"))),
+                    };
+                    if slot.replace(n).is_some() {
+                        return Err(fail(format!("{key} given twice")));
+                    }
+                }
+                let sct = sct.ok_or_else(|| fail("status needs sct=T".to_owned()))?;
+                let sc = sc.ok_or_else(|| fail("status needs sc=C".to_owned()))?;
+                if sct > 7 || sc > 0xFF {
+                    return Err(fail("sct is 0..=7 and sc 0..=0xff".to_owned()));
+                }
+                let every = u32::try_from(every.unwrap_or(1))
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| fail("every must be at least 1".to_owned()))?;
+                Ok(NvmeFault::Status {
+                    sct: sct as u8,
+                    sc: sc as u8,
+                    every,
+                })
+            }
             "hang" => no_args(NvmeFault::Hang),
             "gone" => no_args(NvmeFault::Gone),
             "cfs" => no_args(NvmeFault::Cfs),
@@ -139,6 +185,7 @@ impl fmt::Display for NvmeFault {
             NvmeFault::Latency { micros } => write!(f, "latency:{micros}us"),
             NvmeFault::NeverComplete { every } => write!(f, "never-complete:every={every}"),
             NvmeFault::MediaError { every } => write!(f, "error:every={every}"),
+            NvmeFault::Status { sct, sc, every } => write!(f, "status:sct={sct},sc={sc:#x},every={every}"),
             NvmeFault::Hang => write!(f, "hang"),
             NvmeFault::Gone => write!(f, "gone"),
             NvmeFault::Cfs => write!(f, "cfs"),
@@ -156,6 +203,8 @@ pub(crate) struct Decision {
     pub never_complete: bool,
     /// Complete a READ with Unrecovered Read Error instead of executing it.
     pub media_error: bool,
+    /// Complete the I/O command with this status (SCT, SC) instead of executing it.
+    pub status: Option<(u8, u8)>,
 }
 
 /// The standing faults, each with the count of matching commands since its injection.
@@ -200,6 +249,9 @@ impl FaultPlan {
                 NvmeFault::Latency { micros } => d.latency_micros = d.latency_micros.saturating_add(micros),
                 NvmeFault::NeverComplete { every } => d.never_complete |= nth(every, io),
                 NvmeFault::MediaError { every } => d.media_error |= nth(every, io && read),
+                NvmeFault::Status { sct, sc, every } => {
+                    d.status = nth(every, io).then_some((sct, sc)).or(d.status);
+                }
                 _ => {}
             }
         }
@@ -221,6 +273,22 @@ mod tests {
             ("never-complete", NvmeFault::NeverComplete { every: 1 }),
             ("error:every=0x10", NvmeFault::MediaError { every: 16 }),
             ("error", NvmeFault::MediaError { every: 1 }),
+            (
+                "status:sct=0,sc=0x82",
+                NvmeFault::Status {
+                    sct: 0,
+                    sc: 0x82,
+                    every: 1,
+                },
+            ),
+            (
+                "status:sc=0x86,sct=2,every=3",
+                NvmeFault::Status {
+                    sct: 2,
+                    sc: 0x86,
+                    every: 3,
+                },
+            ),
             ("hang", NvmeFault::Hang),
             ("gone", NvmeFault::Gone),
             ("cfs", NvmeFault::Cfs),
@@ -249,6 +317,9 @@ mod tests {
             ("error:every=2,every=3", "given twice"),
             ("error:often", "not key=value"),
             ("error:queue=1", "unknown argument"),
+            ("status:sc=0x82", "needs sct"),
+            ("status:sct=8,sc=1", "sct is 0..=7"),
+            ("status:sct=0,sc=1,every=0", "at least 1"),
         ];
         for (text, reason) in cases {
             let err = text.parse::<NvmeFault>().expect_err(text);

@@ -201,6 +201,11 @@ impl Status {
         Self::new(1, sc as u16, true)
     }
 
+    /// Status `sc` of type `sct` (an injected fault), retry allowed.
+    pub const fn injected(sct: u8, sc: u8) -> Self {
+        Self::new(sct as u16 & 0x7, sc as u16, false)
+    }
+
     /// Media and data integrity (SCT 2) status `sc`.
     pub const fn media(sc: u8) -> Self {
         Self::new(2, sc as u16, false)

@@ -296,7 +296,10 @@ fn command(shared: &Shared, token: &mut Token<'_>, job: Job, irq: &IrqBatch, prp
         FUSE_FIRST if fuses => return fused(&exec, token, &sqe, plan.never_complete),
         // A second without a first before it (a first takes its second with it).
         FUSE_SECOND if fuses => Err(Failure::Status(status::ABORTED_MISSING_FUSED)),
-        FUSE_NORMAL if io_command => io::execute(&exec, token, &sqe, plan.media_error),
+        FUSE_NORMAL if io_command => match plan.status {
+            Some((sct, sc)) => Err(Failure::Status(Status::injected(sct, sc))),
+            None => io::execute(&exec, token, &sqe, plan.media_error),
+        },
         FUSE_NORMAL => admin::execute(&exec, token, &sqe),
         // Fused operations where the controller reports none (FUSES = 0), and the reserved 11b.
         _ => Err(Failure::Status(status::INVALID_FIELD)),
