@@ -278,8 +278,9 @@ pub trait Controller: Send + Sync {
     fn reset_count(&self) -> u64;
     /// Mask every interrupt of the function (teardown, before the device is closed).
     fn disable_interrupts(&self);
-    /// Orderly stop at the end of a run (NVMe shutdown notification; SCA-1 reset), bounded.
-    /// Queues are stopped or abandoned first.
+    /// Orderly stop at the end of a run (NVMe shutdown notification, then the controller
+    /// reset; SCA-1 reset), bounded. `Ok` proves what [`Controller::reset`]'s `Ok` proves: no
+    /// DMA of this function can happen.
     ///
     /// # Errors
     /// [`EngineError`]; the caller falls back to [`Controller::reset`].

@@ -542,7 +542,8 @@ impl Backend {
 
     /// Release in the only safe order (architecture.md §5), each step timed and reported: the
     /// frontend is already shut down (every SCST command answered, SCST holds no buffer);
-    /// reset the function so no DMA can happen, drop the queues (unmapping their rings), flush
+    /// shut a healthy function down (NVMe: the shutdown notification, then the controller
+    /// reset), else reset it, so no DMA can happen, drop the queues (unmapping their rings), flush
     /// and unmap the pool, then disable interrupts and close the device.
     ///
     /// The pool is unmapped only with the frontend's permit (its teardown proved no device
@@ -588,14 +589,32 @@ impl Backend {
             report.unknown_tags = c.unknown_tags.load(Ordering::Relaxed);
             let controller = Arc::clone(accel.board());
             report.controller_resets = controller.reset_count();
+            // A healthy device is told it is being shut down, so it makes its volatile cache
+            // stable and counts no unsafe shutdown (NVMe CC.SHN, §7.6.2); `Ok` includes the
+            // reset that proves no more DMA. A device that failed or is gone is reset at once.
+            let healthy = accel.failure().is_none() && !controller.is_gone() && controller.fatal().is_none();
+            let shut_down = healthy
+                && timed(
+                    &mut steps,
+                    "shut the function down (cache stable, no more DMA)",
+                    None,
+                    || {
+                        let shutdown = controller.shutdown();
+                        if let Err(e) = &shutdown {
+                            log::warn!("{}: orderly shutdown: {e}; resetting instead", controller.id());
+                        }
+                        (shutdown.is_ok(), shutdown.is_ok())
+                    },
+                );
             // The reset's wait is bounded by the device's own timeout; it fails past it.
-            let reset = timed(&mut steps, "reset the function (no more DMA)", None, || {
-                let reset = controller.reset();
-                if let Err(e) = &reset {
-                    log::warn!("{}: reset at shutdown: {e}", controller.id());
-                }
-                (reset.is_ok(), reset.is_ok())
-            });
+            let reset = shut_down
+                || timed(&mut steps, "reset the function (no more DMA)", None, || {
+                    let reset = controller.reset();
+                    if let Err(e) = &reset {
+                        log::warn!("{}: reset at shutdown: {e}", controller.id());
+                    }
+                    (reset.is_ok(), reset.is_ok())
+                });
             if !reset {
                 // Without a reset nothing proves the DMA has ended: clear Bus Master Enable,
                 // the device-independent stop, and confirm it by reading it back.
@@ -932,6 +951,22 @@ mod tests {
             .expect("refused");
         assert_eq!(e.exit_code, exit::CONFIG, "{e}");
         assert!(e.message.contains("not a block device"), "{e}");
+    }
+
+    /// The release of a healthy simulated NVMe controller sends the shutdown notification
+    /// (CC.SHN) once, and still proves the end of DMA before anything is unmapped.
+    #[test]
+    fn the_release_of_a_healthy_nvme_controller_shuts_it_down() {
+        let disk = DiskArgs::default();
+        let blocks = disk.validate().expect("defaults are valid");
+        let backend = build(BoardArg::NvmeSim, &disk, blocks, None, &[]).expect("nvme-sim backend");
+        let sim = backend.nvme_sim.clone().expect("simulated controller");
+        assert_eq!(sim.stats().shutdown_notifications, 0);
+        let report = backend.shutdown_unserved();
+        assert_eq!(sim.stats().shutdown_notifications, 1, "{:?}", report.steps);
+        assert!(!report.device_not_quiesced);
+        assert_eq!((report.mapped_after, report.leaked_buffers), (0, 0));
+        assert_eq!(report.iommu_faults, Some(0));
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub(crate) struct Counters {
     pub invalid_doorbell_writes: AtomicU64,
     pub fused_compare_writes: AtomicU64,
     pub fused_miscompares: AtomicU64,
+    pub shutdown_notifications: AtomicU64,
 }
 
 impl Counters {
@@ -384,6 +385,9 @@ impl Shared {
         if fx.reset {
             Counters::add(&self.stats.resets);
         }
+        if fx.shutdown {
+            Counters::add(&self.stats.shutdown_notifications);
+        }
         if fx.wake {
             self.notify();
         }
@@ -485,6 +489,7 @@ impl Shared {
             doorbells_applied_by_writer: get(&self.stats.doorbells_applied_by_writer),
             fused_compare_writes: get(&self.stats.fused_compare_writes),
             fused_miscompares: get(&self.stats.fused_miscompares),
+            shutdown_notifications: get(&self.stats.shutdown_notifications),
         }
     }
 }

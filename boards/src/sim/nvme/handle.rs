@@ -33,6 +33,8 @@ pub struct NvmeSimStats {
     pub fused_compare_writes: u64,
     /// Of them, those whose compare failed (nothing written).
     pub fused_miscompares: u64,
+    /// Shutdown notifications: CC writes setting SHN while enabled and SHN was 00b (§7.6.2).
+    pub shutdown_notifications: u64,
 }
 
 /// A cloneable handle on a simulated NVMe controller, for fault injection and statistics. It

@@ -109,6 +109,8 @@ pub(crate) struct Effects {
     pub invalid_doorbell: bool,
     /// A controller reset started.
     pub reset: bool,
+    /// A shutdown notification started (CC.SHN set while enabled).
+    pub shutdown: bool,
 }
 
 /// Register file and queues.
@@ -308,6 +310,7 @@ impl ControllerState {
         if shn != 0 && shn_old == 0 && enable {
             // §7.6.2: processing stops; the worker takes no new command from here on.
             self.shst = csts::SHST_OCCURRING;
+            fx.shutdown = true;
             self.shutdown_done_at = (!self.shutdown_hang).then_some(now + SHUTDOWN_DELAY);
             log::info!("{id}: shutdown notification (SHN {:#x})", shn >> 14);
         } else if shn == 0 && shn_old != 0 && enable {
