@@ -67,13 +67,29 @@ pub(super) fn wait_csts(
     }
 }
 
-/// CC.EN = 0 and wait for CSTS.RDY = 0, bounded by CAP.TO (NVMe 1.4 §3.1.5, §7.6.1).
+/// CC.EN = 0 and wait for CSTS.RDY = 0, bounded by CAP.TO (NVMe 1.4 §3.1.5, §7.6.1). An
+/// enable still in progress (EN = 1, RDY = 0, no CFS) is first waited out, bounded by CAP.TO:
+/// clearing EN before RDY = 1 is undefined (§3.1.5), as SPDK and FreeBSD also wait. Should RDY
+/// not come, EN is cleared anyway and the wait for RDY = 0 (then a function reset) decides.
 pub(super) fn disable(device: &dyn DeviceBacking, r: &Registers<'_>, cap: Cap) -> Result<(), NvmeError> {
     let current = r.cc();
     if current == ALL_ONES_32 {
         return Err(NvmeError::Gone {
             device: device.id().to_owned(),
         });
+    }
+    if current & cc::EN != 0 && r.csts() & (csts::RDY | csts::CFS) == 0 {
+        match wait_csts(
+            device,
+            r,
+            "CSTS.RDY = 1 before CC.EN = 0",
+            cap.ready_timeout(),
+            |s| s & (csts::RDY | csts::CFS) != 0,
+        ) {
+            Ok(()) => {}
+            Err(NvmeError::Gone { device }) => return Err(NvmeError::Gone { device }),
+            Err(e) => log::warn!("{}: {e}; clearing CC.EN anyway", device.id()),
+        }
     }
     if current & cc::EN != 0 {
         r.write32(offset::CC, current & !(cc::EN | cc::SHN_MASK));

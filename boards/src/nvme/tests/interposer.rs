@@ -12,7 +12,11 @@
 //!   resort is then a reset of the function (an FLR). The simulator's CC.EN 1→0 always completes
 //!   once its worker lets go of a command (its latency fault ends early on a reset), so it
 //!   cannot produce this. The function reset itself is the simulator's, and it clears the
-//!   wedge, as an FLR resets the logic that wedged.
+//!   wedge, as an FLR resets the logic that wedged;
+//! - a slow enable: for a set time after a CC write that sets EN, CSTS reads RDY = 0 (as a
+//!   controller that takes long to become ready), and a count of CC writes that clear EN while
+//!   the host can only have seen RDY = 0 since it set EN, which NVMe 1.4 §3.1.5 leaves undefined
+//!   (the simulator accepts it, so only the interposer can tell).
 
 use scst_accel_hal::sim::SimDevice;
 use scst_accel_hal::DeviceBacking;
@@ -25,12 +29,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// CAP (NVMe 1.4 §3.1.1) and CC (§3.1.5) offsets, and the fields touched here, written out
 /// rather than taken from the driver's `regs` so the interposer does not inherit its reading.
 const CAP: u64 = 0x00;
 const CC: u64 = 0x14;
 const CC_EN: u32 = 1;
+const CSTS: u64 = 0x1C;
+const CSTS_RDY: u32 = 1;
+const CSTS_CFS: u32 = 1 << 1;
 /// CAP.TO, bits 31:24, in 500 ms units.
 const CAP_TO_SHIFT: u32 = 24;
 const CAP_TO_MASK: u64 = 0xFF << CAP_TO_SHIFT;
@@ -46,6 +54,12 @@ pub struct Knobs {
     pub stuck_disable: AtomicBool,
     /// CC writes dropped by `stuck_disable`.
     pub dropped_disables: AtomicU64,
+    /// For this many milliseconds after CC.EN is set, CSTS reads RDY = 0 (0: as the controller).
+    pub ready_delay_millis: AtomicU64,
+    /// CC writes clearing EN while EN was set and CSTS read RDY = 0 and CFS = 0.
+    pub disables_before_ready: AtomicU64,
+    /// When EN was last set: nanoseconds since the interposer was made, plus 1 (0: EN clear).
+    enabled_at: AtomicU64,
 }
 
 /// Settings fixed at creation.
@@ -60,9 +74,26 @@ struct Bar {
     inner: Arc<SimDevice>,
     config: InterposerConfig,
     knobs: Arc<Knobs>,
+    born: Instant,
 }
 
 impl Bar {
+    /// CSTS as the host sees it: RDY hidden during `ready_delay_millis` after EN was set.
+    fn csts(&self) -> u32 {
+        let value = self.inner.bar0().read32(CSTS);
+        let delay = self.knobs.ready_delay_millis.load(Ordering::Acquire);
+        let at = self.knobs.enabled_at.load(Ordering::Acquire);
+        if value == u32::MAX || delay == 0 || at == 0 {
+            return value;
+        }
+        let since = self.born.elapsed().as_nanos() as u64 - (at - 1);
+        if since < delay * 1_000_000 {
+            value & !CSTS_RDY
+        } else {
+            value
+        }
+    }
+
     fn cap(&self, cap: u64) -> u64 {
         match self.config.cap_to {
             Some(to) => (cap & !CAP_TO_MASK) | (u64::from(to) << CAP_TO_SHIFT),
@@ -77,6 +108,9 @@ impl RegisterIo for Bar {
     }
 
     fn read32(&self, offset: u64) -> u32 {
+        if offset == CSTS {
+            return self.csts();
+        }
         let value = self.inner.bar0().read32(offset);
         if offset == CAP && value != u32::MAX {
             return self.cap(u64::from(value)) as u32;
@@ -89,6 +123,19 @@ impl RegisterIo for Bar {
             log::info!("interposer: CC write {value:#x} (EN = 0) dropped: the disable never finishes");
             self.knobs.dropped_disables.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        if offset == CC {
+            let enabled = self.inner.bar0().read32(CC) & CC_EN != 0;
+            if enabled && value & CC_EN == 0 && self.csts() & (CSTS_RDY | CSTS_CFS) == 0 {
+                log::info!("interposer: CC.EN cleared while CSTS.RDY is still 0 after EN was set");
+                self.knobs.disables_before_ready.fetch_add(1, Ordering::Relaxed);
+            }
+            if value & CC_EN == 0 {
+                self.knobs.enabled_at.store(0, Ordering::Release);
+            } else if !enabled {
+                let now = self.born.elapsed().as_nanos() as u64 + 1;
+                self.knobs.enabled_at.store(now, Ordering::Release);
+            }
         }
         self.inner.bar0().write32(offset, value);
     }
@@ -121,6 +168,7 @@ impl Interposer {
             inner,
             config,
             knobs: Arc::clone(&knobs),
+            born: Instant::now(),
         };
         (Arc::new(Self { bar }), knobs)
     }

@@ -267,6 +267,40 @@ fn a_stuck_disable_escalates_to_a_function_reset() {
     assert_released(&sim);
 }
 
+/// An enable slower than CAP.TO: bring-up fails with the timeout, and the disable after it
+/// waits for CSTS.RDY = 1 before it clears CC.EN (clearing EN while RDY is still 0 after setting
+/// it is undefined, NVMe 1.4 §3.1.5), then leaves the controller disabled.
+#[test]
+fn a_disable_during_a_slow_enable_waits_for_ready_first() {
+    let (device, handle) = sim("drv-slow-enable", NvmeSimConfig::default());
+    let (device, knobs) = Interposer::new(
+        device,
+        InterposerConfig {
+            cap_to: Some(SHORT_CAP_TO),
+        },
+    );
+    // RDY shows 300 ms after CAP.TO (500 ms), within the disable's own bound.
+    knobs.ready_delay_millis.store(800, Ordering::Release);
+    let device: Arc<dyn DeviceBacking> = device;
+
+    let result = NvmeController::bring_up(Arc::clone(&device), &config());
+
+    assert!(
+        matches!(result, Err(NvmeError::Timeout { .. })),
+        "RDY comes after CAP.TO: {:?}",
+        result.err()
+    );
+    assert_eq!(
+        knobs.disables_before_ready.load(Ordering::Relaxed),
+        0,
+        "CC.EN cleared while CSTS.RDY was still 0"
+    );
+    assert_eq!(device.bar0().read32(0x14) & 1, 0, "CC.EN = 0");
+    assert_eq!(device.bar0().read32(0x1C) & 1, 0, "CSTS.RDY = 0");
+    drop(device);
+    assert_released(&handle);
+}
+
 /// CC.SHN with a controller that never reports shutdown complete: the shutdown fails within
 /// CAP.TO, and a reset still disables the controller.
 #[test]
