@@ -111,6 +111,12 @@ pub struct NvmeController {
     resets: AtomicU64,
     /// Bumped whenever the controller is disabled: I/O queues created before it are gone.
     epoch: AtomicU64,
+    /// The latest epoch whose disable was proven (CSTS.RDY = 0 observed after CC.EN = 0, also
+    /// after a function reset): the controller does no DMA for a queue of an earlier epoch.
+    quiesced: AtomicU64,
+    /// Resets and shutdowns under way, whose outcome a queue that finds the controller
+    /// disabled under it waits for ([`NvmeController::await_quiesced`]).
+    disabling: AtomicU64,
     recovering: AtomicBool,
     /// ABORT slots under the Abort Command Limit (NVMe 1.4 §5.1), see `abort`.
     pub(super) aborts: AbortSlots,
@@ -200,6 +206,8 @@ impl NvmeController {
             io_queues,
             resets: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            quiesced: AtomicU64::new(0),
+            disabling: AtomicU64::new(0),
             recovering: AtomicBool::new(false),
             aborts: AbortSlots::new(),
             error_log_page: ErrorLogPage::new(log_page),
@@ -354,8 +362,11 @@ impl NvmeController {
     /// # Errors
     /// [`NvmeError::Gone`], or the timeout when no function reset is available or it failed.
     pub fn reset(&self) -> Result<(), NvmeError> {
+        // Counted before the epoch moves: a queue that sees the new epoch also sees this reset
+        // under way until its outcome is published.
+        let _disabling = Disabling::start(&self.disabling);
         self.admin.set_enabled(false);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let r = self.registers();
         let result = match disable(self.device.as_ref(), &r, self.cap) {
             Ok(()) => Ok(()),
@@ -374,8 +385,44 @@ impl NvmeController {
         if result.is_ok() {
             // The disabled controller dropped every command, abandoned ABORTs included.
             self.aborts.forget_abandoned();
+            self.quiesced.fetch_max(epoch, Ordering::AcqRel);
         }
         result
+    }
+
+    /// Wait until the end of DMA is proven for an I/O queue created in `epoch`, which finds
+    /// the controller disabled under it: the reset or shutdown that disabled it proved CSTS.RDY
+    /// = 0 (NVMe 1.4 §3.1.6, §7.3.2: only then are the queue's commands dropped for good, and
+    /// their buffers the host's again). One still under way is waited for, bounded by what it
+    /// may take (twice CAP.TO per disable, two disables around a function reset, and the admin
+    /// timeout); one that failed, or did not end in time, is followed by this thread's own
+    /// reset.
+    ///
+    /// # Errors
+    /// As [`NvmeController::reset`]: no proof, so nothing of the queue may be released.
+    pub(crate) fn await_quiesced(&self, epoch: u64) -> Result<(), NvmeError> {
+        let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
+        if proven() {
+            return Ok(());
+        }
+        let bound = self.cap.ready_timeout() * 4 + self.config.admin_timeout;
+        let deadline = Instant::now() + bound;
+        while self.disabling.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            if proven() {
+                return Ok(());
+            }
+            // A wait on another thread's reset: no lock is held here.
+            scst_accel_hal::locks::sleep(Duration::from_millis(1));
+        }
+        if proven() {
+            return Ok(());
+        }
+        log::warn!(
+            "{}: the controller was disabled without proof that it stopped DMA (a reset failed, or \
+             took longer than {bound:?}); resetting it before any buffer is released",
+            self.id()
+        );
+        self.reset()
     }
 
     /// Reset, then enable with fresh admin rings and ask for the I/O queues again; bump the
@@ -458,6 +505,7 @@ impl NvmeController {
     /// # Errors
     /// [`NvmeError::Gone`] or [`NvmeError::Timeout`] (the caller falls back to a reset).
     pub fn shutdown(&self) -> Result<(), NvmeError> {
+        let _disabling = Disabling::start(&self.disabling);
         let r = self.registers();
         let timeout = self.cap.ready_timeout();
         self.admin.set_enabled(false);
@@ -477,8 +525,9 @@ impl NvmeController {
                 |s| s & csts::SHST_MASK == csts::SHST_COMPLETE,
             )?;
         }
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         disable(self.device.as_ref(), &r, self.cap)?;
+        self.quiesced.fetch_max(epoch, Ordering::AcqRel);
         log::info!("{}: controller shut down", self.id());
         Ok(())
     }
@@ -503,6 +552,22 @@ impl NvmeController {
         let mut s = regs::describe(&r);
         s.push_str(&self.describe_error_log(status));
         s
+    }
+}
+
+/// One reset or shutdown under way, counted in [`NvmeController`]'s `disabling` while it lives.
+struct Disabling<'a>(&'a AtomicU64);
+
+impl<'a> Disabling<'a> {
+    fn start(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Disabling<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

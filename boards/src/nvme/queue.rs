@@ -773,9 +773,20 @@ impl NvmeQueue {
         );
         match r {
             Ok(_) => Ok(()),
-            // The controller was disabled meanwhile: the queue is gone with it.
-            Err(_) if !self.live_on_device() && !self.ctrl.is_gone() => Ok(()),
+            // The controller was disabled meanwhile: the queue is gone with it, once the end of
+            // its DMA is proven.
+            Err(_) if !self.live_on_device() && !self.ctrl.is_gone() => self.await_disabled(),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The controller was disabled under the queue (another thread's reset): its commands
+    /// are dropped, but only that disable's end (CSTS.RDY = 0) proves the controller no longer
+    /// moves their data. Waits for it, or resets ([`NvmeController::await_quiesced`]).
+    fn await_disabled(&self) -> Result<(), NvmeError> {
+        match self.live_epoch {
+            Some(epoch) => self.ctrl.await_quiesced(epoch),
+            None => Ok(()),
         }
     }
 
@@ -786,13 +797,15 @@ impl NvmeQueue {
     /// this queue's requests and no further completion for them will be reaped, not that each
     /// one completed. The requests still in flight then are the caller's to collect with
     /// [`NvmeQueue::abandon_all`]. A queue the controller no longer has (reset, disabled) is
-    /// stopped already.
+    /// stopped once that disable is proven (CSTS.RDY = 0): one under way on another thread is
+    /// waited for, one that failed is done again here, bounded ([`NvmeController::await_quiesced`]).
     ///
     /// # Errors
     /// [`NvmeError::Gone`]; [`NvmeError::Timeout`] (only a controller reset helps);
     /// [`NvmeError::Fatal`] when the controller reports CSTS.CFS (as an engine error:
     /// `EngineError::Failed`; only a controller reset helps); [`NvmeError::Command`] when the
-    /// controller refuses a deletion.
+    /// controller refuses a deletion; a reset's error when the controller was disabled under the
+    /// queue and no reset could prove it stopped.
     pub fn stop(&mut self) -> Result<(), NvmeError> {
         self.stop_within(self.ctrl.config().admin_timeout)
     }
@@ -806,6 +819,9 @@ impl NvmeQueue {
     pub fn stop_within(&mut self, bound: Duration) -> Result<(), NvmeError> {
         self.running = false;
         if !self.live_on_device() {
+            // Stopped with the controller, once that is proven: a queue is failed on another
+            // thread's reset only after CSTS.RDY = 0, never while it may still be DMAing.
+            self.await_disabled()?;
             self.live_epoch = None;
             return Ok(());
         }
@@ -854,9 +870,8 @@ impl NvmeQueue {
                 ),
             });
         }
-        if self.live_on_device() {
-            self.stop()?;
-        }
+        // Deletes the queue, or proves the controller dropped it (no DMA into the rings).
+        self.stop()?;
         if !self.ctrl.is_enabled() {
             return Err(NvmeError::Disabled {
                 device: self.ctrl.id().to_owned(),
@@ -942,9 +957,14 @@ impl Drop for NvmeQueue {
     /// Safety net: a queue still on the device is deleted before its rings are unmapped
     /// (bounded by the admin timeout; errors logged, never a panic).
     fn drop(&mut self) {
-        if self.live_on_device() && !self.ctrl.is_gone() {
+        if self.live_epoch.is_some() && !self.ctrl.is_gone() {
             if let Err(e) = self.stop() {
-                log::error!("{}: deleting queue {} on drop: {e}", self.ctrl.id(), self.qid);
+                log::error!(
+                    "{}: queue {} on drop: {e}; its rings are unmapped without proof that the \
+                     controller stopped using them",
+                    self.ctrl.id(),
+                    self.qid
+                );
             }
         }
     }

@@ -16,7 +16,8 @@
 //! - a slow enable: for a set time after a CC write that sets EN, CSTS reads RDY = 0 (as a
 //!   controller that takes long to become ready), and a count of CC writes that clear EN while
 //!   the host can only have seen RDY = 0 since it set EN, which NVMe 1.4 §3.1.5 leaves undefined
-//!   (the simulator accepts it, so only the interposer can tell).
+//!   (the simulator accepts it, so only the interposer can tell);
+//! - a function reset that fails.
 
 use scst_accel_hal::sim::SimDevice;
 use scst_accel_hal::DeviceBacking;
@@ -54,6 +55,8 @@ pub struct Knobs {
     pub stuck_disable: AtomicBool,
     /// CC writes dropped by `stuck_disable`.
     pub dropped_disables: AtomicU64,
+    /// Function resets fail (and change nothing) while set.
+    pub function_reset_fails: AtomicBool,
     /// For this many milliseconds after CC.EN is set, CSTS reads RDY = 0 (0: as the controller).
     pub ready_delay_millis: AtomicU64,
     /// CC writes clearing EN while EN was set and CSTS read RDY = 0 and CFS = 0.
@@ -201,6 +204,12 @@ impl DeviceBacking for Interposer {
 
     fn reset(&self) -> Result<ResetKind, HalError> {
         self.bar.knobs.function_resets.fetch_add(1, Ordering::Relaxed);
+        if self.bar.knobs.function_reset_fails.load(Ordering::Acquire) {
+            return Err(HalError::Reset {
+                device: self.id().to_owned(),
+                source: std::io::Error::other("interposer: the function reset fails"),
+            });
+        }
         self.bar.knobs.stuck_disable.store(false, Ordering::Release);
         self.bar.inner.reset()
     }

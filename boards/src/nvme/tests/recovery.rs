@@ -267,6 +267,99 @@ fn a_stuck_disable_escalates_to_a_function_reset() {
     assert_released(&sim);
 }
 
+/// Another thread's controller reset whose disable has not finished (the interposer drops the
+/// CC.EN = 0 write, so only the function reset after CAP.TO stops the controller): a queue with
+/// a command on the device that stops meanwhile must not report itself stopped, which lets
+/// its caller fail the command and reuse its buffer, before that reset proved the controller
+/// stopped; it waits for the proof.
+#[test]
+fn a_queue_stops_only_once_another_threads_reset_is_proven() {
+    let (mut rig, knobs) = interposed("drv-reset-race", &config());
+    rig.sim.inject(fault("never-complete"));
+    let buf = buffer(&rig.ctrl, 4096);
+    let commands = rig.sim.stats().commands;
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Read, 0, 4096, &[(buf.iova(), 4096)]))
+        .expect("submit");
+    q.ring_doorbell();
+    assert!(
+        wait_until(|| rig.sim.stats().commands > commands),
+        "the device took the read"
+    );
+    let resets = rig.sim.stats().resets;
+    knobs.stuck_disable.store(true, Ordering::Release);
+    let ctrl = Arc::clone(&rig.ctrl);
+    let resetter = std::thread::spawn(move || Controller::reset(ctrl.as_ref()).map_err(|e| e.to_string()));
+    assert!(wait_until(|| !rig.ctrl.is_enabled()), "the reset started");
+
+    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect("stopped once the reset is proven");
+
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        1,
+        "the stop returned before the function reset stopped the controller"
+    );
+    assert!(rig.sim.stats().resets > resets, "the controller was reset");
+    resetter.join().expect("resetter").expect("reset");
+    assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    rig.sim.clear_faults();
+    finish_after_reset(rig, buf);
+}
+
+/// A controller reset that fails (the disable never finishes, nor does the function reset)
+/// proves nothing: a queue that stops afterwards resets again rather than report itself
+/// stopped, and reports the failure while the controller may still DMA.
+#[test]
+fn a_failed_reset_stops_no_queue() {
+    let (mut rig, knobs) = interposed("drv-reset-fails", &config());
+    rig.sim.inject(fault("never-complete"));
+    let buf = buffer(&rig.ctrl, 4096);
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Read, 0, 4096, &[(buf.iova(), 4096)]))
+        .expect("submit");
+    q.ring_doorbell();
+    knobs.stuck_disable.store(true, Ordering::Release);
+    knobs.function_reset_fails.store(true, Ordering::Release);
+    Controller::reset(rig.ctrl.as_ref()).expect_err("neither the disable nor the function reset works");
+
+    let err = QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect_err("no proof that the controller stopped");
+
+    assert!(!err.is_gone(), "{err}");
+    assert_eq!(rig.queues[0].in_flight(), 1, "the request is still the device's");
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        2,
+        "the stop reset again"
+    );
+    // Once a reset works, the stop succeeds.
+    knobs.function_reset_fails.store(false, Ordering::Release);
+    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100)).expect("stop");
+    assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    rig.sim.clear_faults();
+    finish_after_reset(rig, buf);
+}
+
+/// After a reset: every queue stopped, the controller recovered and shut down, then the IOMMU
+/// checked.
+fn finish_after_reset(rig: Rig, buf: scst_accel_dma::MappedRegion) {
+    let Rig {
+        ctrl,
+        mut queues,
+        sim,
+    } = rig;
+    for q in &mut queues {
+        QueueEngine::stop(q).expect("a queue the controller no longer has is stopped");
+    }
+    drop(queues);
+    drop(buf);
+    ctrl.recover().expect("recover");
+    ctrl.shutdown().expect("shutdown");
+    drop(ctrl);
+    assert_released(&sim);
+}
+
 /// An enable slower than CAP.TO: bring-up fails with the timeout, and the disable after it
 /// waits for CSTS.RDY = 1 before it clears CC.EN (clearing EN while RDY is still 0 after setting
 /// it is undefined, NVMe 1.4 §3.1.5), then leaves the controller disabled.
