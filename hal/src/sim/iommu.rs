@@ -102,6 +102,11 @@ impl Iommu {
         drop(self.table.write(&mut token));
     }
 
+    /// Bus mastering was disabled ([`Iommu::disable_bus_master`]).
+    pub fn bus_master_disabled(&self) -> bool {
+        self.bus_master_off.load(Ordering::SeqCst)
+    }
+
     /// DMAs refused since bus mastering was disabled.
     pub fn blocked_dmas(&self) -> u64 {
         self.blocked.load(Ordering::Relaxed)

@@ -1190,11 +1190,30 @@ impl AccelQueue {
     }
 
     /// The device cannot serve any more: fail everything, for good, and tell the frontend
-    /// ([`Store::failure`]) so it runs the teardown.
+    /// ([`Store::failure`]) so it runs the teardown. Requests the device may still hold are
+    /// failed, their buffers released for reuse, only once no more DMA for them can happen: a
+    /// gone device does none; otherwise the function is reset, or its bus mastering cleared
+    /// and read back, as the release does. Without either proof they are held: never answered
+    /// here, their buffers never reused (the frontend's teardown counts them as zombies and
+    /// leaks the pool rather than unmap what the device may write).
     fn give_up(&mut self, why: &str) {
         self.gone = true;
-        let n = self.fail_all(StoreStatus::DeviceError);
-        self.counters.gone_failures.fetch_add(n as u64, Ordering::Relaxed);
+        if self.queue.in_flight() > 0 && !self.board.is_gone() && !self.stop_dma() {
+            let backlog: Vec<u64> = self.backlog.drain(..).collect();
+            for id in backlog {
+                self.child_done(id, StoreStatus::DeviceError);
+            }
+            log::error!(
+                "{} queue {}: {} requests stay held: nothing proves the device stopped DMA for \
+                 them, so their buffers are not released",
+                self.board.id(),
+                self.queue.index(),
+                self.queue.in_flight()
+            );
+        } else {
+            let n = self.fail_all(StoreStatus::DeviceError);
+            self.counters.gone_failures.fetch_add(n as u64, Ordering::Relaxed);
+        }
         let reason = if self.board.is_gone() {
             format!("{}: the device is gone ({why})", self.board.id())
         } else {
@@ -1202,6 +1221,22 @@ impl AccelQueue {
         };
         if self.failure.set(reason.clone()).is_ok() {
             log::error!("{reason}; the store can no longer serve");
+        }
+    }
+
+    /// Make sure the function does no more DMA: reset it, else clear its bus mastering and read
+    /// it back. False when neither could be confirmed.
+    fn stop_dma(&self) -> bool {
+        match self.board.reset() {
+            Ok(()) => return true,
+            Err(e) => log::error!("{}: reset after a failed recovery: {e}", self.board.id()),
+        }
+        match self.board.device().disable_bus_master() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("{e}");
+                false
+            }
         }
     }
 

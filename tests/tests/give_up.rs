@@ -1,0 +1,81 @@
+//! The accelerator store giving up on a device that neither stops nor resets: the requests it
+//! fails hand their buffers back for reuse, so they may be failed only once no more DMA for
+//! them can happen (docs/architecture.md §5, issue 12: quiesce before unmap).
+
+use scst_accel_boards::definition;
+use scst_accel_boards::open::open_board;
+use scst_accel_boards::open::BoardSource;
+use scst_accel_boards::sca1::device_mapper;
+use scst_accel_boards::sim::Fault;
+use scst_accel_boards::sim::SimConfig;
+use scst_accel_dma::SgvPool;
+use scst_accel_handler::store::accel::AccelConfig;
+use scst_accel_handler::store::accel::AccelStore;
+use scst_accel_handler::store::CmdBuffer;
+use scst_accel_handler::store::IoBuffer;
+use scst_accel_handler::store::Store;
+use scst_accel_handler::store::StoreCompletion;
+use scst_accel_handler::store::StoreOp;
+use scst_accel_handler::store::StoreRequest;
+use scst_accel_handler::store::StoreStatus;
+use scst_accel_handler::store::StoreToken;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+/// A hung engine on a function that ignores resets (SCA-1 simulator: `hang`, `no-reset`): the
+/// queue cannot be stopped and the function not reset, so recovery fails and the store gives
+/// up. The request is failed only after the store cleared bus mastering (the one proof left
+/// that the engine does no more DMA into its buffer).
+#[test]
+fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
+    let config = SimConfig {
+        num_blocks: 4096,
+        ..SimConfig::default()
+    };
+    let opened = open_board(&definition::SIM, BoardSource::Sim(config), 1).expect("open");
+    let sim = opened.sim.clone().expect("simulated board");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(opened.controller.device()))),
+        Some(Arc::clone(opened.controller.iovas())),
+        16 << 20,
+    ));
+    let store = AccelStore::new(
+        opened.controller,
+        opened.queues,
+        AccelConfig {
+            command_timeout: Duration::from_millis(200),
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    sim.inject(Fault::EngineHang { queue: None });
+    sim.inject(Fault::ResetIgnored);
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    let read = StoreOp::Read { lba: 0, blocks: 8 };
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: read,
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    while out.is_empty() && Instant::now() < deadline {
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
+    assert_eq!(out[0].status, StoreStatus::DeviceError);
+    assert!(store.failure().is_some(), "the store gave up");
+    assert!(
+        sim.iommu().bus_master_disabled(),
+        "the request was failed (its buffer released) while the function could still DMA"
+    );
+}
