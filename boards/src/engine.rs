@@ -361,6 +361,9 @@ pub trait QueueEngine: Send {
 
     /// Forget every request in flight and return their tags (see the module rules).
     fn abandon_all(&mut self) -> Vec<u64>;
+    /// When dropped, leave the queue's rings (and any other memory the device reads or writes
+    /// for it) mapped, their IOVAs taken: nothing proved the device stopped using them.
+    fn leak_on_drop(&mut self);
     /// Run again after a stop or a reset, with nothing in flight (re-creating the queue on
     /// the device where the reset destroyed it).
     ///

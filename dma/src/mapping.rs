@@ -44,6 +44,8 @@ pub struct MappedRegion {
     iova: u64,
     mapper: Arc<dyn DmaMapper>,
     iovas: Arc<IovaLock>,
+    /// Dropped, the region stays mapped and its IOVA allocated ([`MappedRegion::leak_on_drop`]).
+    leak: bool,
 }
 
 impl std::fmt::Debug for MappedRegion {
@@ -92,7 +94,16 @@ impl MappedRegion {
             iova,
             mapper,
             iovas,
+            leak: false,
         })
+    }
+
+    /// When dropped, leave the region mapped, its memory allocated and its IOVA taken: for a
+    /// device that may still DMA into it (neither a stop, a reset nor a cleared bus master
+    /// proved otherwise). Unmapped, the IOVA would be handed to the next mapping, and the
+    /// device's late writes would land there.
+    pub fn leak_on_drop(&mut self) {
+        self.leak = true;
     }
 
     /// The device address of the region's first byte.
@@ -165,6 +176,17 @@ impl MappedRegion {
 
 impl Drop for MappedRegion {
     fn drop(&mut self) {
+        if self.leak {
+            if let Some(region) = self.region.take() {
+                log::error!(
+                    "DMA region at IOVA {:#x} ({} bytes) left mapped: the device may still reach it",
+                    self.iova,
+                    region.len()
+                );
+                std::mem::forget(region);
+            }
+            return;
+        }
         if let Some(region) = self.region.take() {
             // Errors were logged by `release`; Drop must not panic.
             let _ = self.release(region);

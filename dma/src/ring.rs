@@ -67,6 +67,11 @@ pub struct SubmissionRing {
 }
 
 impl SubmissionRing {
+    /// Dropped, leave the ring mapped ([`MappedRegion::leak_on_drop`]).
+    pub fn leak_on_drop(&mut self) {
+        self.region.leak_on_drop();
+    }
+
     /// A ring of `entries` slots of `entry_size` bytes at the start of `region`, zeroed.
     ///
     /// # Errors
@@ -235,6 +240,11 @@ pub struct CompletionRing {
 }
 
 impl CompletionRing {
+    /// Dropped, leave the ring mapped ([`MappedRegion::leak_on_drop`]).
+    pub fn leak_on_drop(&mut self) {
+        self.region.leak_on_drop();
+    }
+
     /// A ring of `entries` entries of `entry_size` bytes at the start of `region`, zeroed,
     /// whose phase bit is `phase_mask` in the byte at `phase_offset` of each entry (SCA-1:
     /// 16, 3, 0x01).

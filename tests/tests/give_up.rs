@@ -79,3 +79,59 @@ fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
         "the request was failed (its buffer released) while the function could still DMA"
     );
 }
+
+/// A queue dropped with a request on a hung engine whose function neither resets (`no-reset`)
+/// nor lets its bus mastering be cleared (`bus-master-stuck`): nothing proves the engine does
+/// no more DMA, so the queue's rings stay mapped (their IOVAs are not handed to the next
+/// mapping, which would take the engine's late writes). Before, they were unmapped whatever
+/// the outcome of the reset. (The command's buffer is the frontend's: its lease keeps it.)
+#[test]
+fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
+    let config = SimConfig {
+        num_blocks: 4096,
+        ..SimConfig::default()
+    };
+    let opened = open_board(&definition::SIM, BoardSource::Sim(config), 1).expect("open");
+    let sim = opened.sim.clone().expect("simulated board");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(opened.controller.device()))),
+        Some(Arc::clone(opened.controller.iovas())),
+        16 << 20,
+    ));
+    let store = AccelStore::new(
+        opened.controller,
+        opened.queues,
+        AccelConfig {
+            command_timeout: Duration::from_secs(60),
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    sim.inject(Fault::EngineHang { queue: None });
+    sim.inject(Fault::ResetIgnored);
+    sim.inject(Fault::BusMasterStuck);
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    let mappings = sim.iommu().mappings();
+    drop(q);
+    assert!(
+        !sim.iommu().bus_master_disabled(),
+        "bus mastering could not be cleared (injected)"
+    );
+    assert_eq!(
+        sim.iommu().mappings(),
+        mappings,
+        "the hung engine's rings were unmapped"
+    );
+}

@@ -137,6 +137,10 @@ impl QueueEngine for NvmeQueue {
         NvmeQueue::abandon_all(self)
     }
 
+    fn leak_on_drop(&mut self) {
+        NvmeQueue::leak_on_drop(self);
+    }
+
     fn restart(&mut self) -> Result<(), EngineError> {
         Ok(NvmeQueue::restart(self)?)
     }

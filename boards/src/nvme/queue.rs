@@ -837,6 +837,14 @@ impl NvmeQueue {
         Ok(())
     }
 
+    /// When dropped, leave the rings and the PRP/DSM pages mapped (the controller may still
+    /// read or write them: nothing proved it stopped).
+    pub fn leak_on_drop(&mut self) {
+        self.sq.leak_on_drop();
+        self.cq.leak_on_drop();
+        self.pages.leak_on_drop();
+    }
+
     /// Forget every request in flight and return their tags. Only after a successful
     /// [`NvmeQueue::stop`] or a controller reset (then no DMA for them can happen).
     pub fn abandon_all(&mut self) -> Vec<u64> {
@@ -960,11 +968,12 @@ impl Drop for NvmeQueue {
         if self.live_epoch.is_some() && !self.ctrl.is_gone() {
             if let Err(e) = self.stop() {
                 log::error!(
-                    "{}: queue {} on drop: {e}; its rings are unmapped without proof that the \
+                    "{}: queue {} on drop: {e}; its rings stay mapped: nothing proves the \
                      controller stopped using them",
                     self.ctrl.id(),
                     self.qid
                 );
+                self.leak_on_drop();
             }
         }
     }

@@ -253,6 +253,10 @@ impl QueueEngine for Sca1Queue {
         Sca1Queue::abandon_all(self)
     }
 
+    fn leak_on_drop(&mut self) {
+        Sca1Queue::leak_on_drop(self);
+    }
+
     fn restart(&mut self) -> Result<(), EngineError> {
         Sca1Queue::restart(self);
         Ok(())

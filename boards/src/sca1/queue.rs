@@ -534,6 +534,14 @@ impl Sca1Queue {
         }
     }
 
+    /// When dropped, leave the rings and the scatter-list area mapped (the engine may still
+    /// read or write them: no stop, reset or cleared bus master proved it does not).
+    pub fn leak_on_drop(&mut self) {
+        self.sq.leak_on_drop();
+        self.cq.leak_on_drop();
+        self.sgl.leak_on_drop();
+    }
+
     /// Forget every request in flight and return their tags. Call only after [`Sca1Queue::stop`]
     /// succeeded or the function was reset (or is gone): then no DMA for them can happen.
     pub fn abandon_all(&mut self) -> Vec<u64> {

@@ -296,6 +296,10 @@ impl Shared {
         self.faults.lock(token).0.resets_ignored()
     }
 
+    fn bus_master_sticks(&self, token: &mut Token<'_>) -> bool {
+        self.faults.lock(token).0.bus_master_sticks()
+    }
+
     /// A register write from the driver. A doorbell is posted and its queue's engine woken (by
     /// CQ_HEAD only when it waits for a completion slot), INT_STATUS_CLEAR applied at once,
     /// both without the state lock ([`Posted`]); a soft
@@ -583,6 +587,10 @@ impl SimModel for SimBoard {
 
     fn config_space_responds(&self) -> bool {
         !self.shared.gone()
+    }
+
+    fn bus_master_sticks(&self) -> bool {
+        self.shared.bus_master_sticks(&mut LockToken::root())
     }
 
     fn shutdown(&self) {

@@ -27,6 +27,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "storm",
     "short-ok",
     "no-reset",
+    "bus-master-stuck",
 ];
 
 /// The hold of a [`Fault::Storm`] written without `hold=`.
@@ -115,6 +116,10 @@ pub enum Fault {
     /// DMA. Only clearing Bus Master Enable stops them, and a driver whose reset failed must not
     /// unmap memory the function can reach until it has (issue 12: quiesce before unmap).
     ResetIgnored,
+    /// Bus Master Enable does not clear (a broken function, or a config write the host bridge
+    /// drops): with [`Fault::ResetIgnored`], nothing can prove the function stopped its DMA,
+    /// and a driver must keep mapped whatever the function may reach.
+    BusMasterStuck,
     /// Post every Nth descriptor's completion twice, in two consecutive ring entries. A driver
     /// must complete the command once and treat the second as a device error.
     DuplicateCompletion {
@@ -246,7 +251,7 @@ impl FromStr for Fault {
             "never-complete" | "unknown-tag" | "duplicate" | "bad-phase" | "short-ok" => &["queue", "every"],
             "error" => &["queue", "every", "status"],
             "fatal" => &["code"],
-            "gone" | "no-reset" => &[],
+            "gone" | "no-reset" | "bus-master-stuck" => &[],
             "storm" => &["queue", "hold"],
             _ => {
                 return Err(fail(format!(
@@ -299,6 +304,7 @@ impl FromStr for Fault {
             "storm" => Fault::Storm { queue, hold_micros },
             "short-ok" => Fault::ShortOk { queue, every },
             "no-reset" => Fault::ResetIgnored,
+            "bus-master-stuck" => Fault::BusMasterStuck,
             _ => Fault::BadPhase { queue, every },
         })
     }
@@ -329,6 +335,7 @@ impl fmt::Display for Fault {
             Fault::BadPhase { queue: q, every } => write!(f, "bad-phase:every={every}{}", queue(q)),
             Fault::ShortOk { queue: q, every } => write!(f, "short-ok:every={every}{}", queue(q)),
             Fault::ResetIgnored => write!(f, "no-reset"),
+            Fault::BusMasterStuck => write!(f, "bus-master-stuck"),
             Fault::Storm {
                 queue: q,
                 hold_micros,
@@ -391,6 +398,11 @@ impl FaultPlan {
     /// The function ignores resets ([`Fault::ResetIgnored`]).
     pub(crate) fn resets_ignored(&self) -> bool {
         self.faults.contains(&Fault::ResetIgnored)
+    }
+
+    /// Bus Master Enable does not clear ([`Fault::BusMasterStuck`]).
+    pub(crate) fn bus_master_sticks(&self) -> bool {
+        self.faults.contains(&Fault::BusMasterStuck)
     }
 
     /// A reset releases hung engines: remove the hangs so the board works again afterwards.

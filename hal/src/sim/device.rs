@@ -188,6 +188,12 @@ impl DeviceBacking for SimDevice {
                 reason: "config space reads all-ones (the function is gone)".to_owned(),
             });
         }
+        if self.bar0.model.bus_master_sticks() {
+            return Err(HalError::BusMaster {
+                device: self.bar0.device.clone(),
+                reason: "Bus Master Enable still reads 1 after it was cleared (injected)".to_owned(),
+            });
+        }
         self.iommu.disable_bus_master();
         log::warn!(
             "{}: bus mastering disabled: the function can no longer DMA",

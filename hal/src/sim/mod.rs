@@ -78,6 +78,12 @@ pub trait SimModel: Send + Sync + 'static {
         true
     }
 
+    /// Bus Master Enable does not clear when written (a broken function): clearing it cannot
+    /// be confirmed.
+    fn bus_master_sticks(&self) -> bool {
+        false
+    }
+
     /// The [`SimDevice`] is being dropped: stop and join the model's threads, with a bounded
     /// wait. Called once, from `Drop`, so it must not panic.
     fn shutdown(&self);

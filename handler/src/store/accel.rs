@@ -393,6 +393,9 @@ struct AccelQueue {
     /// Start of the current [`TRUST_WINDOW`], and the untrusted and accepted completions in it.
     trust_window: (Instant, u64, u64),
     gone: bool,
+    /// Requests are held on the device with nothing proving it stopped DMA for them
+    /// ([`AccelQueue::give_up`]): dropped, the queue keeps them and its rings.
+    dma_unproven: bool,
     failure: Arc<OnceLock<String>>,
     /// The device can describe WRITE SAME as a scatter list repeating the pattern block
     /// (enough segments, and a block boundary is a valid segment boundary).
@@ -442,6 +445,7 @@ impl AccelQueue {
             seen_unknown: 0,
             trust_window: (Instant::now(), 0, 0),
             gone: false,
+            dma_unproven: false,
             failure,
             repeats_blocks,
             copy_blocks: geometry.max_copy_blocks,
@@ -1199,6 +1203,7 @@ impl AccelQueue {
     fn give_up(&mut self, why: &str) {
         self.gone = true;
         if self.queue.in_flight() > 0 && !self.board.is_gone() && !self.stop_dma() {
+            self.dma_unproven = true;
             let backlog: Vec<u64> = self.backlog.drain(..).collect();
             for id in backlog {
                 self.child_done(id, StoreStatus::DeviceError);
@@ -1403,25 +1408,43 @@ impl StoreQueue for AccelQueue {
 
 impl Drop for AccelQueue {
     /// Safety net (the orderly path stops queues before dropping them): the rings are unmapped
-    /// right after this, so first make sure the engine holds nothing, resetting the function if
-    /// the stop handshake fails.
+    /// right after this, and the requests' buffers go back to the pool, so first make sure the
+    /// engine holds nothing: the stop handshake, else a function reset, else bus mastering
+    /// cleared and read back ([`AccelQueue::stop_dma`]). With none of them (or with requests
+    /// already held for that reason, [`AccelQueue::give_up`]) the rings stay mapped and the
+    /// requests' own device memory (WRITE SAME patterns, compare scratch) is kept: the device
+    /// may still read or write them, and an IOVA or a buffer handed out again would take its
+    /// late writes. The command buffers are the frontend's, kept by its leases.
     fn drop(&mut self) {
-        if self.gone || (!self.queue.is_running() && self.queue.in_flight() == 0) {
+        let stopped = if self.dma_unproven {
+            false
+        } else if self.gone || (!self.queue.is_running() && self.queue.in_flight() == 0) {
             return;
-        }
-        match self.queue.stop() {
-            Ok(()) => {}
-            Err(EngineError::Gone { .. }) => {}
-            Err(e) => {
-                log::error!(
-                    "{}: {e} while closing queue {}; resetting the function",
-                    self.board.id(),
-                    self.queue.index()
-                );
-                if let Err(e) = self.board.reset() {
-                    log::error!("{}: reset failed while closing a queue: {e}", self.board.id());
+        } else {
+            match self.queue.stop() {
+                Ok(()) | Err(EngineError::Gone { .. }) => true,
+                Err(e) => {
+                    log::error!(
+                        "{}: {e} while closing queue {}; resetting the function",
+                        self.board.id(),
+                        self.queue.index()
+                    );
+                    self.stop_dma()
                 }
             }
+        };
+        if !stopped {
+            log::error!(
+                "{} queue {}: closed with nothing proving the device stopped DMA: its rings and \
+                 the device memory of its {} requests stay mapped, never reused",
+                self.board.id(),
+                self.queue.index(),
+                self.parents.len()
+            );
+            self.queue.leak_on_drop();
+            std::mem::forget(std::mem::take(&mut self.parents));
+            std::mem::forget(std::mem::take(&mut self.children));
+            return;
         }
         let abandoned = self.queue.abandon_all();
         if !abandoned.is_empty() {
