@@ -123,6 +123,13 @@ fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
         }],
     )
     .expect("submit");
+    // The engine must hold the descriptor (taken, hung on it, BUSY kept): before it takes it,
+    // the stop handshake succeeds (nothing in the engine) and the rings may go, rightly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.stats().hangs == 0 {
+        assert!(Instant::now() < deadline, "the engine never took the descriptor");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mappings = sim.iommu().mappings();
     drop(q);
     assert!(

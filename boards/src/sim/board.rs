@@ -82,6 +82,7 @@ pub(crate) struct Counters {
     pub interrupts: AtomicU64,
     pub resets: AtomicU64,
     pub stale: AtomicU64,
+    pub hangs: AtomicU64,
 }
 
 impl Counters {
@@ -482,6 +483,7 @@ impl Shared {
             interrupts: get(&self.stats.interrupts),
             resets: get(&self.stats.resets),
             stale: get(&self.stats.stale),
+            hangs: get(&self.stats.hangs),
             halted_queues,
         }
     }

@@ -543,6 +543,7 @@ impl Engine {
     /// [`Fault::EngineHang`](super::Fault::EngineHang): keep BUSY, do nothing, until a reset
     /// (or device loss, or shutdown).
     fn hang(&self, token: &mut Token<'_>, job: &Job) {
+        Counters::add(&self.shared.stats.hangs, 1);
         log::warn!(
             "{}: engine {} hung (injected) at index {}",
             self.shared.id,

@@ -26,6 +26,9 @@ pub struct SimStats {
     pub resets: u64,
     /// Descriptors rejected as STALE.
     pub stale: u64,
+    /// Descriptors an engine hung on ([`Fault::EngineHang`](super::Fault::EngineHang)), BUSY
+    /// kept: counted when the hang begins.
+    pub hangs: u64,
     /// Queues halted right now (Q_STATUS.ERROR = 1).
     pub halted_queues: u32,
 }

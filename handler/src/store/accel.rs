@@ -1442,6 +1442,10 @@ impl Drop for AccelQueue {
                 self.parents.len()
             );
             self.queue.leak_on_drop();
+            // The zero blocks emulated WRITE ZEROES read from, too.
+            if let Some(zeroes) = self.zeroes.as_mut() {
+                zeroes.leak_on_drop();
+            }
             std::mem::forget(std::mem::take(&mut self.parents));
             std::mem::forget(std::mem::take(&mut self.children));
             return;
