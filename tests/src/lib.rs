@@ -249,17 +249,32 @@ impl GatedStore {
         let held: Vec<_> = std::mem::take(&mut *self.gate.held.lock().expect("gate"));
         let n = held.len();
         for (req, queue) in held {
-            let status = self
-                .ram
-                .execute(&mut scst_accel_handler::store::StoreToken::root(), &req);
-            queue
-                .done
-                .lock()
-                .expect("queue")
-                .push(StoreCompletion { tag: req.tag, status });
-            queue.notify.signal();
+            self.complete(&req, &queue);
         }
         n
+    }
+
+    /// Execute `req` on the RAM store and complete it on its queue.
+    fn complete(&self, req: &StoreRequest, queue: &QueueShared) {
+        let status = self
+            .ram
+            .execute(&mut scst_accel_handler::store::StoreToken::root(), req);
+        queue
+            .done
+            .lock()
+            .expect("queue")
+            .push(StoreCompletion { tag: req.tag, status });
+        queue.notify.signal();
+    }
+
+    /// Execute and complete the request held last, if any; whether there was one.
+    pub fn release_newest(&self) -> bool {
+        let newest = self.gate.held.lock().expect("gate").pop();
+        let Some((req, queue)) = newest else {
+            return false;
+        };
+        self.complete(&req, &queue);
+        true
     }
 
     /// Wait (bounded) until `n` requests are held.

@@ -780,3 +780,46 @@ fn a_command_the_store_never_ends_fails_the_store() {
     let done = session.completions().recv_timeout(WAIT).expect("answered");
     assert_eq!(done.status, sam_status::GOOD, "{done:?}");
 }
+
+/// A store that still completes other requests is slow, not dead: one request stuck in it
+/// past its deadline and the grace does not fail the store while the others complete; once
+/// nothing completes for the grace, it does.
+#[test]
+fn a_stuck_request_fails_the_store_only_once_nothing_else_completes() {
+    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
+    let config = FrontendConfig {
+        workers: 1,
+        cmds_per_call: 8,
+        max_command_timeout: Duration::from_millis(200),
+        ..FrontendConfig::default()
+    };
+    let rig = Rig::with_config(
+        "e2e-slow",
+        512,
+        8192,
+        default_options(),
+        Arc::new(gated.clone()),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        config,
+    );
+    let session = rig.session(0);
+    submit_read(&session, 1, 8);
+    assert!(gated.wait_held(1), "the READ never reached the store");
+    // Others complete every 50 ms for 1.5 s, well past READ 1's deadline and grace (0.4 s).
+    for tag in 2..32u64 {
+        submit_read(&session, tag, 16);
+        assert!(gated.wait_held(2), "READ {tag} never reached the store");
+        assert!(gated.release_newest());
+        let done = session.completions().recv_timeout(WAIT).expect("answered");
+        assert_eq!(done.tag, tag, "{done:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(rig.frontend().trigger(), None, "a store still completing failed");
+    }
+    // Nothing completes any more: within the grace and a health look, the store fails.
+    let trigger = rig.frontend().wait_trigger(WAIT);
+    assert!(
+        matches!(&trigger, Some(TeardownTrigger::StoreFailed(why)) if why.contains("still with the store")),
+        "{trigger:?}"
+    );
+    assert_eq!(gated.release_all(), 1);
+}

@@ -387,8 +387,7 @@ pub struct SessionInfo {
     pub initiator: String,
     /// Read-only.
     pub rd_only: bool,
-    /// The handle of the ATTACH_SESS that made it: a DETACH_SESS queued before it (handles
-    /// grow, spec §3.1) is for an earlier session with the same `sess_h`.
+    /// The handle of the ATTACH_SESS that made it (for the log when a `sess_h` comes back).
     pub attached_by: u32,
 }
 

@@ -195,6 +195,10 @@ pub(super) struct Worker {
     granted: Vec<LeaseGrant>,
     completions: Vec<StoreCompletion>,
     last_escalation: Option<Instant>,
+    /// Completions reaped from the store so far, and when the health check last saw that
+    /// count move: the store's progress, for [`Worker::stuck_in_store`].
+    store_completions: u64,
+    progress_seen: (u64, Instant),
     /// Dump requests ([`super::Frontend::dump`]).
     dumps: DumpReceiver,
     /// Next time to ask the store whether it failed.
@@ -252,6 +256,8 @@ impl Worker {
             granted: Vec::new(),
             completions: Vec::new(),
             last_escalation: None,
+            store_completions: 0,
+            progress_seen: (0, Instant::now()),
             dumps,
             next_health_check: Instant::now(),
             aborted: false,
@@ -404,6 +410,9 @@ impl Worker {
         if self.shared.trigger.get().is_some() {
             return;
         }
+        if self.store_completions != self.progress_seen.0 {
+            self.progress_seen = (self.store_completions, now);
+        }
         if let Some(why) = self.shared.store.failure() {
             self.shared.trigger.fire(TeardownTrigger::StoreFailed(why));
         } else if let Some(why) = self.stuck_in_store(now) {
@@ -413,13 +422,18 @@ impl Worker {
     }
 
     /// A command the store has neither completed nor aborted `max_command_timeout` after its
-    /// deadline, the escalation's abort included ([`Worker::check_deadlines`]): the store no
-    /// longer serves, whatever its [`Store::failure`](crate::store::Store::failure) says (a
-    /// file store whose I/O thread is stuck in a hung device; an accelerator store resets and
-    /// fails its requests long before). The disk then goes alone, as for a device that failed
-    /// beyond recovery, rather than keep answering every later command ABORTED.
+    /// deadline, the escalation's abort included ([`Worker::check_deadlines`]), while the
+    /// store completed nothing at all for as long: the store no longer serves, whatever its
+    /// [`Store::failure`](crate::store::Store::failure) says (a file store whose I/O threads
+    /// hang in a dead device; an accelerator store resets and fails its requests long before).
+    /// The disk then goes alone, as for a device that failed beyond recovery, rather than keep
+    /// answering every later command ABORTED. A store that still completes other requests is
+    /// slow, not dead: one request stuck in it is left to the initiator's abort.
     fn stuck_in_store(&self, now: Instant) -> Option<String> {
         let grace = self.shared.config.max_command_timeout;
+        if now.saturating_duration_since(self.progress_seen.1) <= grace {
+            return None;
+        }
         let (cmd_h, stuck) = self
             .inflight
             .iter()
@@ -1017,15 +1031,14 @@ impl Worker {
                 ReplyCmd::with_result(cmd.cmd_h, cmd.subcode, 0)
             } else {
                 self.shared.counters.detach.fetch_add(1, Ordering::Relaxed);
-                // A DETACH queued before the ATTACH of the entry (the handles grow, wrapping) is
-                // the earlier session's, taken after the new one's ATTACH by another worker.
-                let earlier = |s: &SessionInfo| (cmd.cmd_h.wrapping_sub(s.attached_by) as i32) < 0;
-                if sessions.get(&sess.sess_h).is_some_and(earlier) {
-                    log::info!("session {:#x}: an earlier session's DETACH; kept", sess.sess_h);
-                } else {
-                    sessions.remove(&sess.sess_h);
-                    log::info!("session {:#x} detached", sess.sess_h);
-                }
+                // An earlier session's DETACH taken by another worker after the new one's
+                // ATTACH removes the new entry too: the table then misses a live session (its
+                // EXT_COPY_REMAP is copied by SCST's core, not here; status does not list it),
+                // never holds a dead one, whose `sess_h` the kernel's slab may give to another
+                // device's session. Telling the two DETACHes apart by handle fails once the
+                // kernel's per-device counter (every ucmd's) has moved 2^31 since the ATTACH.
+                sessions.remove(&sess.sess_h);
+                log::info!("session {:#x} detached", sess.sess_h);
                 ReplyCmd::new(cmd.cmd_h, cmd.subcode)
             }
         };
@@ -1473,6 +1486,7 @@ impl Worker {
     /// Reap store completions and move their commands on. Returns how many were reaped.
     fn reap_store(&mut self) -> usize {
         let n = self.queue.reap(&mut self.completions);
+        self.store_completions += n as u64;
         // Reuse the completion buffer: no allocation per loop on the I/O path.
         let mut done = std::mem::take(&mut self.completions);
         for completion in done.drain(..) {
