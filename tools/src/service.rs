@@ -262,6 +262,8 @@ pub struct Service {
     /// The iSCSI targets this service created, deleted once no disk exports there
     /// ([`Service::release_targets`]).
     created_targets: Vec<String>,
+    /// Deletions of those targets still running (joined, bounded, by [`Service::stop`]).
+    target_deletions: Vec<std::thread::JoinHandle<()>>,
     persist_identities: bool,
     stores: Option<StoreFactory>,
 }
@@ -305,6 +307,7 @@ impl Service {
             last_status: String::new(),
             exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
             created_targets: Vec::new(),
+            target_deletions: Vec::new(),
             persist_identities: options.persist_identities,
             stores: options.stores,
         }
@@ -510,6 +513,9 @@ impl Service {
         while self.active() && Instant::now() < deadline {
             self.supervise(deadline.saturating_duration_since(Instant::now()).min(TICK));
         }
+        // A teardown that ended since the last look (the caller's loop may have stopped at
+        // the bound) is collected, not counted as overrun.
+        self.collect_teardowns();
         for slot in self.slots.iter_mut().filter(|s| s.state == DiskState::Stopping) {
             log::error!(
                 "disk {}: teardown still running after {bound:?}; left to finish on its own",
@@ -519,6 +525,16 @@ impl Service {
             slot.state = DiskState::Failed;
             slot.failure = Some(format!("teardown overran {bound:?}"));
             slot.exit_code = exit::SOFTWARE;
+        }
+        // The target deletions still running get what is left of the budget, at least a
+        // second each (a sysfs write SCST holds while it is busy).
+        for deletion in std::mem::take(&mut self.target_deletions) {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            if scst_accel_hal::locks::join_bounded(deletion, left).is_err() {
+                log::error!("an iSCSI target deletion did not end within {left:?}; left to finish");
+            }
         }
         self.slots.into_iter().map(Slot::into_outcome).collect()
     }
@@ -705,6 +721,7 @@ impl Service {
             return;
         };
         let slots = &self.slots;
+        let mut deletions = Vec::new();
         self.created_targets.retain(|target| {
             let used = slots.iter().any(|slot| {
                 slot.holds_exports
@@ -717,16 +734,26 @@ impl Service {
             if used {
                 return true;
             }
-            match exporter.delete_target(target) {
-                Ok(true) => log::info!("iSCSI target {target} deleted: no disk exports there any more"),
-                Ok(false) => log::warn!(
-                    "iSCSI target {target} left in place: gone already, or it holds LUNs this \
-                     service did not add"
-                ),
-                Err(e) => log::error!("deleting iSCSI target {target}: {e}"),
+            // On a thread of its own: SCST may hold a mgmt write for many seconds while it is
+            // busy, and the supervisor must keep answering status and the watchdog.
+            let (exporter, name) = (exporter.clone(), target.clone());
+            let spawned = std::thread::Builder::new()
+                .name("del-target".into())
+                .spawn(move || match exporter.delete_target(&name) {
+                    Ok(true) => log::info!("iSCSI target {name} deleted: no disk exports there any more"),
+                    Ok(false) => log::warn!(
+                        "iSCSI target {name} left in place: gone already, or it holds LUNs this \
+                         service did not add"
+                    ),
+                    Err(e) => log::error!("deleting iSCSI target {name}: {e}"),
+                });
+            match spawned {
+                Ok(handle) => deletions.push(handle),
+                Err(e) => log::error!("iSCSI target {target} left in place: no thread to delete it: {e}"),
             }
             false
         });
+        self.target_deletions.append(&mut deletions);
     }
 
     fn answer(&mut self, request: Request) {

@@ -1011,7 +1011,10 @@ impl Executor {
         // answered GOOD with no data) would hand an earlier command's data, maybe another
         // initiator's, to this one: zeroed. Not a Data-Out buffer (a WRITE's): the kernel
         // copies nothing back from it, and it holds this command's own data.
-        let read_len_honoured = read_len.is_some() && ring.flags() & mailbox_flags::CAP_READ_LEN != 0;
+        // Not trusted for a BIDI command's Data-In (the kernel's read_len handling is written
+        // for DMA_FROM_DEVICE): its unfilled part is always zeroed.
+        let read_len_honoured =
+            read_len.is_some() && ring.flags() & mailbox_flags::CAP_READ_LEN != 0 && cmd.bidi_in().is_empty();
         if !read_len_honoured && data_in < buffer_len && self.has_data_in(&cmd) {
             ring.zero_data_in(&cmd, data_in);
         }
