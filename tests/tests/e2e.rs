@@ -745,13 +745,8 @@ fn large_commands_are_fetched_fewer_at_a_time() {
     assert!(stats.capped_fetches > 0, "128 KiB commands: {stats:?}");
 }
 
-/// A command the store neither completes nor aborts (a file store's I/O thread stuck in a
-/// hung device) `max_command_timeout` after its deadline, the escalation's abort included,
-/// makes the store count as failed: the teardown trigger fires (the disk goes alone, as for a
-/// device that failed beyond recovery) instead of the disk answering ABORTED for ever while
-/// its worker, which never blocks, looks healthy.
-#[test]
-fn a_command_the_store_never_ends_fails_the_store() {
+/// A rig of one worker over a gated RAM store whose commands' deadline (and grace) is 200 ms.
+fn gated_rig_with_short_deadlines(name: &str) -> (GatedStore, Rig) {
     let gated = GatedStore::new(RamStore::new(512, 8192, 256));
     let config = FrontendConfig {
         workers: 1,
@@ -760,7 +755,7 @@ fn a_command_the_store_never_ends_fails_the_store() {
         ..FrontendConfig::default()
     };
     let rig = Rig::with_config(
-        "e2e-stuck",
+        name,
         512,
         8192,
         default_options(),
@@ -768,6 +763,17 @@ fn a_command_the_store_never_ends_fails_the_store() {
         Arc::new(SgvPool::new(None, None, 1 << 30)),
         config,
     );
+    (gated, rig)
+}
+
+/// A command the store neither completes nor aborts (a file store's I/O thread stuck in a
+/// hung device) `max_command_timeout` after its deadline, the escalation's abort included,
+/// makes the store count as failed: the teardown trigger fires (the disk goes alone, as for a
+/// device that failed beyond recovery) instead of the disk answering ABORTED for ever while
+/// its worker, which never blocks, looks healthy.
+#[test]
+fn a_command_the_store_never_ends_fails_the_store() {
+    let (gated, rig) = gated_rig_with_short_deadlines("e2e-stuck");
     let session = rig.session(0);
     submit_read(&session, 1, 8);
     assert!(gated.wait_held(1), "the READ never reached the store");
@@ -786,22 +792,7 @@ fn a_command_the_store_never_ends_fails_the_store() {
 /// nothing completes for the grace, it does.
 #[test]
 fn a_stuck_request_fails_the_store_only_once_nothing_else_completes() {
-    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
-    let config = FrontendConfig {
-        workers: 1,
-        cmds_per_call: 8,
-        max_command_timeout: Duration::from_millis(200),
-        ..FrontendConfig::default()
-    };
-    let rig = Rig::with_config(
-        "e2e-slow",
-        512,
-        8192,
-        default_options(),
-        Arc::new(gated.clone()),
-        Arc::new(SgvPool::new(None, None, 1 << 30)),
-        config,
-    );
+    let (gated, rig) = gated_rig_with_short_deadlines("e2e-slow");
     let session = rig.session(0);
     submit_read(&session, 1, 8);
     assert!(gated.wait_held(1), "the READ never reached the store");

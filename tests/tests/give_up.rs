@@ -8,6 +8,7 @@ use scst_accel_boards::open::BoardSource;
 use scst_accel_boards::sca1::device_mapper;
 use scst_accel_boards::sim::Fault;
 use scst_accel_boards::sim::SimConfig;
+use scst_accel_boards::sim::SimHandle;
 use scst_accel_dma::SgvPool;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
@@ -23,12 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-/// A hung engine on a function that ignores resets (SCA-1 simulator: `hang`, `no-reset`): the
-/// queue cannot be stopped and the function not reset, so recovery fails and the store gives
-/// up. The request is failed only after the store cleared bus mastering (the one proof left
-/// that the engine does no more DMA into its buffer).
-#[test]
-fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
+/// The simulated SCA-1 board behind an accelerator store with `command_timeout`, its engines
+/// hung on a function that ignores resets (`hang`, `no-reset`, and `more`), and one 4 KiB
+/// buffer of its pool for a request.
+fn hung_sca1(command_timeout: Duration, more: &[Fault]) -> (SimHandle, Arc<SgvPool>, AccelStore, IoBuffer) {
     let config = SimConfig {
         num_blocks: 4096,
         ..SimConfig::default()
@@ -44,17 +43,30 @@ fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
         opened.controller,
         opened.queues,
         AccelConfig {
-            command_timeout: Duration::from_millis(200),
+            command_timeout,
             ..AccelConfig::default()
         },
     );
-    let mut q = store.open_queue().expect("queue");
     sim.inject(Fault::EngineHang { queue: None });
     sim.inject(Fault::ResetIgnored);
+    for fault in more {
+        sim.inject(*fault);
+    }
     let buf = IoBuffer::new(
         CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
         4096,
     );
+    (sim, pool, store, buf)
+}
+
+/// A hung engine on a function that ignores resets (SCA-1 simulator: `hang`, `no-reset`): the
+/// queue cannot be stopped and the function not reset, so recovery fails and the store gives
+/// up. The request is failed only after the store cleared bus mastering (the one proof left
+/// that the engine does no more DMA into its buffer).
+#[test]
+fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
+    let (sim, _pool, store, buf) = hung_sca1(Duration::from_millis(200), &[]);
+    let mut q = store.open_queue().expect("queue");
     let read = StoreOp::Read { lba: 0, blocks: 8 };
     q.submit(
         &mut StoreToken::root(),
@@ -87,33 +99,8 @@ fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
 /// the outcome of the reset. (The command's buffer is the frontend's: its lease keeps it.)
 #[test]
 fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
-    let config = SimConfig {
-        num_blocks: 4096,
-        ..SimConfig::default()
-    };
-    let opened = open_board(&definition::SIM, BoardSource::Sim(config), 1).expect("open");
-    let sim = opened.sim.clone().expect("simulated board");
-    let pool = Arc::new(SgvPool::new(
-        Some(device_mapper(Arc::clone(opened.controller.device()))),
-        Some(Arc::clone(opened.controller.iovas())),
-        16 << 20,
-    ));
-    let store = AccelStore::new(
-        opened.controller,
-        opened.queues,
-        AccelConfig {
-            command_timeout: Duration::from_secs(60),
-            ..AccelConfig::default()
-        },
-    );
+    let (sim, _pool, store, buf) = hung_sca1(Duration::from_secs(60), &[Fault::BusMasterStuck]);
     let mut q = store.open_queue().expect("queue");
-    sim.inject(Fault::EngineHang { queue: None });
-    sim.inject(Fault::ResetIgnored);
-    sim.inject(Fault::BusMasterStuck);
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
     q.submit(
         &mut StoreToken::root(),
         &mut vec![StoreRequest {

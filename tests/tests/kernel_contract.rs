@@ -46,6 +46,67 @@ fn rig(name: &str, hook: Box<MultiHook>) -> Rig {
     )
 }
 
+/// A hook that hands the kernel, once, a copy of the worker's replies in which the first that
+/// `pick` chooses is replaced by `rewrite` of it; and whether it has. Every other call goes
+/// straight through.
+fn rewrite_one_reply(
+    pick: fn(&abi::ReplyCmd) -> bool,
+    rewrite: fn(&abi::ReplyCmd) -> abi::ReplyCmd,
+) -> (Box<MultiHook>, Arc<AtomicBool>) {
+    let meddled = Arc::new(AtomicBool::new(false));
+    let hook_meddled = Arc::clone(&meddled);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        let header = arg.header();
+        if header.replies_cnt > 0 && !hook_meddled.load(Ordering::SeqCst) {
+            // SAFETY: `preplies` points at the worker's array of `replies_cnt` replies, which it
+            // keeps alive and unchanged while it waits in this call (the kernel reads it the
+            // same way); it is only read, and copied out.
+            let replies: Vec<abi::ReplyCmd> = unsafe {
+                std::slice::from_raw_parts(
+                    header.preplies as *const abi::ReplyCmd,
+                    header.replies_cnt as usize,
+                )
+            }
+            .to_vec();
+            if let Some(i) = replies.iter().position(pick) {
+                hook_meddled.store(true, Ordering::SeqCst);
+                let mut copy = replies;
+                copy[i] = rewrite(&copy[i]);
+                let mut changed = header;
+                changed.preplies = copy.as_ptr() as u64;
+                arg.set_header(changed);
+                return fd.reply_and_get_multi(arg);
+            }
+        }
+        fd.reply_and_get_multi(arg)
+    });
+    (hook, meddled)
+}
+
+/// The kernel refused one reply, and, idle, the handler holds exactly the buffers the kernel
+/// holds (cached or attached). The kernel fails the command inside the worker's ioctl: the
+/// initiator may see it before the worker, back from that ioctl, has counted the refused reply
+/// and freed its buffer, so this waits (bounded) for both.
+fn assert_one_refused_reply_and_no_stray_buffer(rig: &Rig) {
+    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
+    let (kernel, held) = loop {
+        let kernel = rig.kernel.device_stats(&rig.name).expect("device");
+        let stats = rig.frontend().stats();
+        let settled = stats.reply_errors == 1
+            && stats.buffers.buffers == (kernel.cached_buffers + kernel.buffers_in_use) as u64;
+        if settled || std::time::Instant::now() >= deadline {
+            assert_eq!(stats.reply_errors, 1);
+            break (kernel, stats.buffers.buffers);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(
+        held,
+        (kernel.cached_buffers + kernel.buffers_in_use) as u64,
+        "the handler holds a buffer SCST never took: {kernel:?}"
+    );
+}
+
 fn write10(lba: u32, blocks: u16) -> Vec<u8> {
     let mut cdb = vec![0x2A, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     cdb[2..6].copy_from_slice(&lba.to_be_bytes());
@@ -252,38 +313,14 @@ fn a_buffer_named_in_a_dropped_reply_is_freed() {
 /// must free it: afterwards its buffer table holds exactly what the kernel holds.
 #[test]
 fn a_buffer_named_in_a_refused_exec_reply_is_freed() {
-    let meddled = Arc::new(AtomicBool::new(false));
-    let hook_meddled = Arc::clone(&meddled);
-    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
-        let header = arg.header();
-        if header.replies_cnt > 0 && !hook_meddled.load(Ordering::SeqCst) {
-            // SAFETY: `preplies` points at the worker's array of `replies_cnt` replies, which it
-            // keeps alive and unchanged while it waits in this call (the kernel reads it the
-            // same way); it is only read, and copied out.
-            let replies: Vec<abi::ReplyCmd> = unsafe {
-                std::slice::from_raw_parts(
-                    header.preplies as *const abi::ReplyCmd,
-                    header.replies_cnt as usize,
-                )
-            }
-            .to_vec();
-            let named = replies.iter().position(|r| {
-                r.subcode == abi::SCST_USER_EXEC && r.read_payload::<abi::ExecReply>().pbuf != 0
-            });
-            if let Some(i) = named {
-                hook_meddled.store(true, Ordering::SeqCst);
-                let mut copy = replies;
-                let mut exec: abi::ExecReply = copy[i].read_payload();
-                exec.resp_data_len = i32::MAX; // above any bufflen: rejected before the pin
-                copy[i] = abi::ReplyCmd::with_payload(copy[i].cmd_h, copy[i].subcode, &exec);
-                let mut changed = header;
-                changed.preplies = copy.as_ptr() as u64;
-                arg.set_header(changed);
-                return fd.reply_and_get_multi(arg);
-            }
-        }
-        fd.reply_and_get_multi(arg)
-    });
+    let (hook, meddled) = rewrite_one_reply(
+        |r| r.subcode == abi::SCST_USER_EXEC && r.read_payload::<abi::ExecReply>().pbuf != 0,
+        |r| {
+            let mut exec: abi::ExecReply = r.read_payload();
+            exec.resp_data_len = i32::MAX; // above any bufflen: rejected before the pin
+            abi::ReplyCmd::with_payload(r.cmd_h, r.subcode, &exec)
+        },
+    );
     let rig = rig("contract-refused-pbuf", hook);
     let session = rig.session(0);
     let r = execute(&session, 1, &read10(0, 8), Vec::new(), BLOCK * 8);
@@ -296,26 +333,7 @@ fn a_buffer_named_in_a_refused_exec_reply_is_freed() {
         sam_status::CHECK_CONDITION,
         "the kernel failed the command: {r:?}"
     );
-    // The kernel fails the command inside the worker's ioctl: the initiator may see it before
-    // the worker, back from that ioctl, has counted the refused reply and freed its buffer.
-    // Then idle: every buffer the handler holds is one the kernel holds (cached or attached).
-    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
-    let (kernel, held) = loop {
-        let kernel = rig.kernel.device_stats(&rig.name).expect("device");
-        let stats = rig.frontend().stats();
-        let settled = stats.reply_errors == 1
-            && stats.buffers.buffers == (kernel.cached_buffers + kernel.buffers_in_use) as u64;
-        if settled || std::time::Instant::now() >= deadline {
-            assert_eq!(stats.reply_errors, 1);
-            break (kernel, stats.buffers.buffers);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    assert_eq!(
-        held,
-        (kernel.cached_buffers + kernel.buffers_in_use) as u64,
-        "the handler holds a buffer SCST never took: {kernel:?}"
-    );
+    assert_one_refused_reply_and_no_stray_buffer(&rig);
     session.detach();
 }
 
@@ -463,37 +481,11 @@ fn a_fetch_that_failed_before_writing_anything_fetched_nothing() {
 /// one buffer each time): it must free it.
 #[test]
 fn a_buffer_named_in_a_refused_alloc_mem_reply_is_freed() {
-    let meddled = Arc::new(AtomicBool::new(false));
-    let hook_meddled = Arc::clone(&meddled);
-    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
-        let header = arg.header();
-        if header.replies_cnt > 0 && !hook_meddled.load(Ordering::SeqCst) {
-            // SAFETY: as in `a_buffer_named_in_a_refused_exec_reply_is_freed`: the worker's
-            // array of `replies_cnt` replies, alive and unchanged during this call; only read.
-            let replies: Vec<abi::ReplyCmd> = unsafe {
-                std::slice::from_raw_parts(
-                    header.preplies as *const abi::ReplyCmd,
-                    header.replies_cnt as usize,
-                )
-            }
-            .to_vec();
-            let named = replies.iter().position(|r| {
-                r.subcode == abi::SCST_USER_ALLOC_MEM && r.read_payload::<abi::AllocMemReply>().pbuf != 0
-            });
-            if let Some(i) = named {
-                hook_meddled.store(true, Ordering::SeqCst);
-                let mut copy = replies;
-                // A page nothing maps: the kernel's pin of it fails.
-                let unmapped = abi::AllocMemReply { pbuf: 0x1000 };
-                copy[i] = abi::ReplyCmd::with_payload(copy[i].cmd_h, copy[i].subcode, &unmapped);
-                let mut changed = header;
-                changed.preplies = copy.as_ptr() as u64;
-                arg.set_header(changed);
-                return fd.reply_and_get_multi(arg);
-            }
-        }
-        fd.reply_and_get_multi(arg)
-    });
+    let (hook, meddled) = rewrite_one_reply(
+        |r| r.subcode == abi::SCST_USER_ALLOC_MEM && r.read_payload::<abi::AllocMemReply>().pbuf != 0,
+        // A page nothing maps: the kernel's pin of it fails.
+        |r| abi::ReplyCmd::with_payload(r.cmd_h, r.subcode, &abi::AllocMemReply { pbuf: 0x1000 }),
+    );
     let rig = rig("contract-refused-alloc", hook);
     let session = rig.session(0);
     let data = vec![7u8; BLOCK as usize * 8];
@@ -507,22 +499,6 @@ fn a_buffer_named_in_a_refused_alloc_mem_reply_is_freed() {
         sam_status::CHECK_CONDITION,
         "the kernel failed it: {w:?}"
     );
-    let deadline = std::time::Instant::now() + scst_accel_tests::WAIT;
-    let (kernel, held) = loop {
-        let kernel = rig.kernel.device_stats(&rig.name).expect("device");
-        let stats = rig.frontend().stats();
-        let settled = stats.reply_errors == 1
-            && stats.buffers.buffers == (kernel.cached_buffers + kernel.buffers_in_use) as u64;
-        if settled || std::time::Instant::now() >= deadline {
-            assert_eq!(stats.reply_errors, 1);
-            break (kernel, stats.buffers.buffers);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    assert_eq!(
-        held,
-        (kernel.cached_buffers + kernel.buffers_in_use) as u64,
-        "the handler holds a buffer SCST never took: {kernel:?}"
-    );
+    assert_one_refused_reply_and_no_stray_buffer(&rig);
     session.detach();
 }
