@@ -129,3 +129,43 @@ fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
         "the hung engine's rings were unmapped"
     );
 }
+
+/// The store gives up on a function that neither resets nor lets its bus mastering be cleared
+/// (`bus-master-stuck`): nothing proves the engine stopped, so the request it holds is never
+/// answered (its buffer never released for reuse) while the store reports its failure; and the
+/// queue, dropped, keeps its rings mapped.
+#[test]
+fn a_store_that_gives_up_without_proof_holds_its_requests() {
+    let (sim, _pool, store, buf) = hung_sca1(Duration::from_millis(200), &[Fault::BusMasterStuck]);
+    let mut q = store.open_queue().expect("queue");
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    while store.failure().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the store never gave up: {:?}",
+            store.dump()
+        );
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A few more reaps: still nothing answered.
+    for _ in 0..50 {
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(out.is_empty(), "a request was answered without proof: {out:?}");
+    assert!(!sim.iommu().bus_master_disabled());
+    let mappings = sim.iommu().mappings();
+    drop(q);
+    assert_eq!(sim.iommu().mappings(), mappings, "the rings were unmapped");
+}
