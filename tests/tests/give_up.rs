@@ -17,6 +17,7 @@ use scst_accel_handler::store::IoBuffer;
 use scst_accel_handler::store::Store;
 use scst_accel_handler::store::StoreCompletion;
 use scst_accel_handler::store::StoreOp;
+use scst_accel_handler::store::StoreQueue;
 use scst_accel_handler::store::StoreRequest;
 use scst_accel_handler::store::StoreStatus;
 use scst_accel_handler::store::StoreToken;
@@ -25,9 +26,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 /// The simulated SCA-1 board behind an accelerator store with `command_timeout`, its engines
-/// hung on a function that ignores resets (`hang`, `no-reset`, and `more`), and one 4 KiB
-/// buffer of its pool for a request.
-fn hung_sca1(command_timeout: Duration, more: &[Fault]) -> (SimHandle, Arc<SgvPool>, AccelStore, IoBuffer) {
+/// hung on a function that ignores resets (`hang`, `no-reset`, and `more`), and a queue of the
+/// store to which a READ of 8 blocks (tag 1, a 4 KiB buffer of the board's pool) was submitted.
+fn hung_sca1_reading(
+    command_timeout: Duration,
+    more: &[Fault],
+) -> (SimHandle, Arc<SgvPool>, AccelStore, Box<dyn StoreQueue>) {
     let config = SimConfig {
         num_blocks: 4096,
         ..SimConfig::default()
@@ -56,7 +60,17 @@ fn hung_sca1(command_timeout: Duration, more: &[Fault]) -> (SimHandle, Arc<SgvPo
         CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
         4096,
     );
-    (sim, pool, store, buf)
+    let mut q = store.open_queue().expect("queue");
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    (sim, pool, store, q)
 }
 
 /// A hung engine on a function that ignores resets (SCA-1 simulator: `hang`, `no-reset`): the
@@ -65,18 +79,7 @@ fn hung_sca1(command_timeout: Duration, more: &[Fault]) -> (SimHandle, Arc<SgvPo
 /// that the engine does no more DMA into its buffer).
 #[test]
 fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
-    let (sim, _pool, store, buf) = hung_sca1(Duration::from_millis(200), &[]);
-    let mut q = store.open_queue().expect("queue");
-    let read = StoreOp::Read { lba: 0, blocks: 8 };
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 1,
-            op: read,
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out: Vec<StoreCompletion> = Vec::new();
     while out.is_empty() && Instant::now() < deadline {
@@ -99,17 +102,7 @@ fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
 /// the outcome of the reset. (The command's buffer is the frontend's: its lease keeps it.)
 #[test]
 fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
-    let (sim, _pool, store, buf) = hung_sca1(Duration::from_secs(60), &[Fault::BusMasterStuck]);
-    let mut q = store.open_queue().expect("queue");
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 1,
-            op: StoreOp::Read { lba: 0, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    let (sim, _pool, _store, q) = hung_sca1_reading(Duration::from_secs(60), &[Fault::BusMasterStuck]);
     // The engine must hold the descriptor (taken, hung on it, BUSY kept): before it takes it,
     // the stop handshake succeeds (nothing in the engine) and the rings may go, rightly.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -136,17 +129,7 @@ fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
 /// queue, dropped, keeps its rings mapped.
 #[test]
 fn a_store_that_gives_up_without_proof_holds_its_requests() {
-    let (sim, _pool, store, buf) = hung_sca1(Duration::from_millis(200), &[Fault::BusMasterStuck]);
-    let mut q = store.open_queue().expect("queue");
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 1,
-            op: StoreOp::Read { lba: 0, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[Fault::BusMasterStuck]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out: Vec<StoreCompletion> = Vec::new();
     while store.failure().is_none() {
