@@ -24,13 +24,10 @@ use scst_accel_handler::loopback::KernelConfig;
 use scst_accel_handler::loopback::LoopbackKernel;
 use scst_accel_handler::loopback::ScsiRequest;
 use scst_accel_handler::loopback::Session;
-use scst_accel_handler::scsi::Disk;
 use scst_accel_handler::store::CopyPath;
-use scst_accel_handler::transport::register::register;
 use scst_accel_handler::transport::version;
 use serde_json::json;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -196,25 +193,8 @@ pub fn measure(args: &DemoArgs, bytes: u64) -> Result<Value, String> {
         .map_err(|e| err(&e))?;
     let info = backend.store.info();
     let bs = u64::from(info.block_size);
-    let fd = kernel.open(true);
-    register(&fd, &args.disk.register_params(&info)).map_err(|e| e.to_string())?;
-    let identity = crate::identity::resolve(
-        &args.disk.name,
-        &crate::config::IdentitySpec::default(),
-        None,
-        info.device_ids.as_ref(),
-    )
-    .map_err(|e| e.to_string())?;
-    let disk =
-        Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity, true)).map_err(|e| e.to_string())?);
-    let frontend = Frontend::start(
-        Arc::new(fd),
-        disk,
-        Arc::clone(&backend.store),
-        Arc::clone(&backend.pool),
-        args.disk.frontend_config(),
-    )
-    .map_err(|e| e.to_string())?;
+    let frontend =
+        crate::demo::start_loopback_disk(&kernel, &args.disk, &backend, true).map_err(|e| err(e.as_ref()))?;
     let mut sessions = crate::demo::attach(&kernel, &args.disk.name, 1).map_err(|e| e.to_string())?;
     let session = sessions.remove(0);
     let result = clone_on(&kernel, &frontend, &session, &args.disk.name, bytes, bs);

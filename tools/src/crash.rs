@@ -39,13 +39,10 @@ use crate::disk::DiskArgs;
 use crate::exit;
 use crate::units::parse_duration;
 use clap::Args;
-use scst_accel_handler::frontend::Frontend;
 use scst_accel_handler::loopback::KernelConfig;
 use scst_accel_handler::loopback::LoopbackKernel;
 use scst_accel_handler::loopback::ScsiRequest;
 use scst_accel_handler::loopback::Session;
-use scst_accel_handler::scsi::Disk;
-use scst_accel_handler::transport::register::register;
 use scst_accel_handler::transport::version;
 use scst_accel_handler::workload::stamp;
 use scst_accel_handler::workload::stamp::Rng;
@@ -54,7 +51,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -365,22 +361,7 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         )
         .into());
     }
-    let fd = kernel.open(true);
-    register(&fd, &args.disk.register_params(&info))?;
-    let identity = crate::identity::resolve(
-        &args.disk.name,
-        &crate::config::IdentitySpec::default(),
-        None,
-        info.device_ids.as_ref(),
-    )?;
-    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity, false))?);
-    let _frontend = Frontend::start(
-        Arc::new(fd),
-        disk,
-        Arc::clone(&backend.store),
-        Arc::clone(&backend.pool),
-        args.disk.frontend_config(),
-    )?;
+    let _frontend = crate::demo::start_loopback_disk(&kernel, &args.disk, &backend, false)?;
     let mut sessions = crate::demo::attach(&kernel, &args.disk.name, 1)?;
     let session = sessions.pop().ok_or("no session")?;
     let unit_blocks = u64::from(UNIT_BYTES / info.block_size);

@@ -1,6 +1,7 @@
 //! `scst-accel demo`: the loopback kernel + the frontend + a store, driven by a verified
 //! workload, with live progress on a terminal and a summary (or one JSON object) at the end.
 
+use crate::backend::Backend;
 use crate::backend::BackendReport;
 use crate::backend::BoardArg;
 use crate::cpu::process_cpu_time;
@@ -234,23 +235,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     });
     let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &args.inject)?;
     let info = backend.store.info();
-    let fd = kernel.open(true);
-    register(&fd, &args.disk.register_params(&info))?;
-    // The demo persists nothing: a fresh identity each run (source "generated").
-    let identity = crate::identity::resolve(
-        &args.disk.name,
-        &crate::config::IdentitySpec::default(),
-        None,
-        info.device_ids.as_ref(),
-    )?;
-    let disk = Arc::new(Disk::try_new(args.disk.disk_config(&info, &identity, false))?);
-    let frontend = Frontend::start(
-        Arc::new(fd),
-        disk,
-        Arc::clone(&backend.store),
-        Arc::clone(&backend.pool),
-        args.disk.frontend_config(),
-    )?;
+    let frontend = start_loopback_disk(&kernel, &args.disk, &backend, false)?;
     let sessions = attach(&kernel, &args.disk.name, args.sessions.max(1))?;
     // The workload's region: the disk, or the first --size bytes of a larger device (a
     // hardware board's disk is its whole namespace; the demo need not write all of it).
@@ -459,6 +444,35 @@ fn preexisting_json(o: &Outcome) -> serde_json::Value {
             "first_errors": p.first_errors,
         })
     })
+}
+
+/// Register `disk`'s device on the loopback `kernel`, over `backend`'s store and pool, and start
+/// its frontend: what the demo, the crash writer and the clone benchmark each serve. These
+/// tools persist nothing, so the identity is a fresh one each run (source "generated").
+/// `copy_manager`: the disk is exported to SCST's copy manager (EXTENDED COPY advertised).
+pub(crate) fn start_loopback_disk(
+    kernel: &LoopbackKernel,
+    disk: &DiskArgs,
+    backend: &Backend,
+    copy_manager: bool,
+) -> Result<Frontend, Box<dyn std::error::Error>> {
+    let info = backend.store.info();
+    let fd = kernel.open(true);
+    register(&fd, &disk.register_params(&info))?;
+    let identity = crate::identity::resolve(
+        &disk.name,
+        &crate::config::IdentitySpec::default(),
+        None,
+        info.device_ids.as_ref(),
+    )?;
+    let config = Arc::new(Disk::try_new(disk.disk_config(&info, &identity, copy_manager))?);
+    Ok(Frontend::start(
+        Arc::new(fd),
+        config,
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.pool),
+        disk.frontend_config(),
+    )?)
 }
 
 pub(crate) fn attach(

@@ -21,6 +21,7 @@ use crate::notify::Notifier;
 use crate::notify::Watchdog;
 use crate::service::KernelSide;
 use crate::service::Service;
+use crate::service::ServiceHandle;
 use crate::service::StartOptions;
 use crate::status::ServiceView;
 use crate::tcmu::FrontendArg;
@@ -176,7 +177,7 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     log::info!("{line}");
     notifier.status(&line);
     notifier.ready();
-    let watchdog = start_watchdog(&notifier, &service);
+    let watchdog = start_watchdog(&notifier, service.handle());
     // A signal wakes the supervisor at once; the loop below then takes it from `signals`.
     let forwarder = SignalWake::start(&service);
     loop {
@@ -341,10 +342,10 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
 pub(crate) const WEDGED_AFTER: Duration = Duration::from_secs(10);
 
 /// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
-/// supervisor answers and no serving disk has a wedged worker.
-fn start_watchdog(notifier: &Arc<Notifier>, service: &Service) -> Option<Watchdog> {
+/// service's loop (the supervisor, or the TCMU service's loop) answers and no serving disk has
+/// a wedged worker.
+pub(crate) fn start_watchdog(notifier: &Arc<Notifier>, handle: ServiceHandle) -> Option<Watchdog> {
     let interval = notifier.watchdog_interval()?;
-    let handle = service.handle();
     let max_age = WEDGED_AFTER.min(interval);
     let health = Box::new(move || match handle.wedged(max_age) {
         Ok(wedged) if wedged.is_empty() => Ok(()),

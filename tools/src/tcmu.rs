@@ -27,7 +27,6 @@ use crate::config::TcmuSettings;
 use crate::exit;
 use crate::identity::Identity;
 use crate::notify::Notifier;
-use crate::notify::Watchdog;
 use crate::serve::Servers;
 use crate::service::Request;
 use crate::service::ServiceHandle;
@@ -1069,7 +1068,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     log::info!("{line}");
     notifier.status(&line);
     notifier.ready();
-    let watchdog = start_watchdog(&notifier, handle);
+    let watchdog = crate::serve::start_watchdog(&notifier, handle);
     // Signals come through a channel from a thread of their own, so the loop sleeps until a
     // request, a device event or a signal, and otherwise looks at the disks once a second.
     let signal_handle = signals.handle();
@@ -1213,25 +1212,6 @@ fn serve_until_stop(
                 );
                 warned = Some(Instant::now());
             }
-        }
-    }
-}
-
-/// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the
-/// service's loop answers and no serving disk's worker is stuck (as the scst_user service's).
-fn start_watchdog(notifier: &Arc<Notifier>, handle: ServiceHandle) -> Option<Watchdog> {
-    let interval = notifier.watchdog_interval()?;
-    let max_age = crate::serve::WEDGED_AFTER.min(interval);
-    let health = Box::new(move || match handle.wedged(max_age) {
-        Ok(wedged) if wedged.is_empty() => Ok(()),
-        Ok(wedged) => Err(format!("wedged: {}", wedged.join("; "))),
-        Err(e) => Err(e),
-    });
-    match Watchdog::start(Arc::clone(notifier), interval, health) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            log::error!("cannot start the watchdog thread: {e}; systemd will restart the service");
-            None
         }
     }
 }

@@ -427,3 +427,30 @@ fn teardown_steps_report_their_bounds_as_measured() {
     assert_eq!(j["teardown"]["device_quiesced"], true);
     assert_eq!(j["pool"]["mapped_bytes_after_release"], 0);
 }
+
+/// `demo --clone`: one EXTENDED COPY through the loopback's copy manager against READ + WRITE
+/// through the initiator; both clones read back equal to the source (else the run fails), and
+/// the copy took the path the board's store offers, all by EXT_COPY_REMAP (nothing left to the
+/// copy manager's own READ/WRITE).
+#[test]
+fn demo_clone_copies_by_the_stores_own_path_and_verifies_both_clones() {
+    for (board, path) in [("ram", "store copy"), ("sim", "device copy")] {
+        let (code, j, stderr) = demo(&["--clone", "8M", "--board", board, "--size", "32M"]);
+        assert_eq!(code, Some(0), "{board}: {j}\n{stderr}");
+        assert_eq!(j["verified"], true, "{board}: {j}");
+        assert_eq!(j["clone_bytes"], 8 << 20, "{board}: {j}");
+        assert_eq!(j["xcopy"]["path"], path, "{board}: {j}");
+        assert!(
+            j["xcopy"]["ext_copy_remaps"].as_u64().unwrap_or(0) >= 1,
+            "{board}: {j}"
+        );
+        assert_eq!(j["xcopy"]["remap_leftovers"], 0, "{board}: {j}");
+        assert_eq!(j["xcopy"]["copy_manager_bytes"], 0, "{board}: {j}");
+        assert!(
+            j["advertised"]
+                .as_str()
+                .is_some_and(|a| a.contains("ScstCopyManager")),
+            "{board}: 3PC advertised on a copy manager LUN: {j}"
+        );
+    }
+}
