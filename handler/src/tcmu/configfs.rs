@@ -727,6 +727,20 @@ mod tests {
             }
         }
 
+        /// The attribute writes so far, in order, each path relative to `root`.
+        fn writes_under(&self, root: &Path) -> Vec<(String, String)> {
+            self.writes
+                .borrow()
+                .iter()
+                .map(|(p, v)| {
+                    (
+                        p.strip_prefix(root).expect("rel").display().to_string(),
+                        v.clone(),
+                    )
+                })
+                .collect()
+        }
+
         fn attributes(path: &Path) -> &'static [&'static str] {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let parent = path
@@ -915,19 +929,7 @@ mod tests {
         assert_eq!(std::fs::read_link(lun.join("disk0")).expect("link"), bs);
         // control got one key per write, in order, the opt-out of netlink replies among them
         // (it counts only before enable); enable came after; the nexus was written.
-        let writes: Vec<(String, String)> = setup
-            .objects
-            .fs
-            .writes
-            .borrow()
-            .iter()
-            .map(|(p, v)| {
-                (
-                    p.strip_prefix(&root).expect("rel").display().to_string(),
-                    v.clone(),
-                )
-            })
-            .collect();
+        let writes = setup.objects.fs.writes_under(&root);
         assert_eq!(
             writes,
             [
@@ -976,25 +978,14 @@ mod tests {
         let before = tree(&root);
         let killed = full_setup(MimicFs::new(), &root, &spec()).expect("first run");
         let left = tree(&root);
-        drop(killed); // a kill -9: nothing removed
-                      // A plain create refuses the leftover backstore.
+        // A kill -9: nothing removed.
+        drop(killed);
+        // A plain create refuses the leftover backstore.
         let err = Setup::create(MimicFs::new(), &root, &spec()).expect_err("exists");
         assert_eq!(err.action, "mkdir");
         let mut adopted = Setup::adopt(MimicFs::new(), &root, &spec()).expect("adopt");
         adopted.export(&spec()).expect("export");
-        let writes: Vec<(String, String)> = adopted
-            .objects
-            .fs
-            .writes
-            .borrow()
-            .iter()
-            .map(|(p, v)| {
-                (
-                    p.strip_prefix(&root).expect("rel").display().to_string(),
-                    v.clone(),
-                )
-            })
-            .collect();
+        let writes = adopted.objects.fs.writes_under(&root);
         assert_eq!(
             writes,
             [
