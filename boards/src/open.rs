@@ -161,11 +161,8 @@ mod tests {
     use crate::definition::SIM;
     use crate::sca1::regs::global;
     use crate::sca1::regs::queue;
-    use scst_accel_hal::DmaMapper;
-    use scst_accel_hal::EventFd;
-    use scst_accel_hal::HalError;
+    use scst_accel_hal::BarInterposer;
     use scst_accel_hal::RegisterIo;
-    use scst_accel_hal::ResetKind;
     use std::sync::Mutex;
 
     /// One BAR access: (width in bytes, write, offset, value).
@@ -216,33 +213,9 @@ mod tests {
         }
     }
 
-    impl DeviceBacking for Recorder {
-        fn id(&self) -> &str {
-            self.inner.id()
-        }
-
-        fn bar0(&self) -> &dyn RegisterIo {
-            self
-        }
-
-        fn dma(&self) -> &dyn DmaMapper {
-            self.inner.dma()
-        }
-
-        fn max_interrupts(&self) -> u32 {
-            self.inner.max_interrupts()
-        }
-
-        fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError> {
-            self.inner.enable_interrupts(vectors)
-        }
-
-        fn disable_interrupts(&self) -> Result<(), HalError> {
-            self.inner.disable_interrupts()
-        }
-
-        fn reset(&self) -> Result<ResetKind, HalError> {
-            self.inner.reset()
+    impl BarInterposer for Recorder {
+        fn device(&self) -> &dyn DeviceBacking {
+            self.inner.as_ref()
         }
     }
 

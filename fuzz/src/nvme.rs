@@ -25,12 +25,9 @@ use scst_accel_boards::nvme::NvmeController;
 use scst_accel_boards::sim::nvme::create_nvme_sim;
 use scst_accel_boards::sim::nvme::NvmeSimConfig;
 use scst_accel_hal::sim::SimDevice;
+use scst_accel_hal::BarInterposer;
 use scst_accel_hal::DeviceBacking;
-use scst_accel_hal::DmaMapper;
-use scst_accel_hal::EventFd;
-use scst_accel_hal::HalError;
 use scst_accel_hal::RegisterIo;
-use scst_accel_hal::ResetKind;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -149,37 +146,15 @@ impl RegisterIo for Interposer {
     }
 }
 
-impl DeviceBacking for Interposer {
-    fn id(&self) -> &str {
-        self.inner.id()
+impl BarInterposer for Interposer {
+    fn device(&self) -> &dyn DeviceBacking {
+        self.inner.as_ref()
     }
 
-    fn bar0(&self) -> &dyn RegisterIo {
-        self
-    }
-
-    fn dma(&self) -> &dyn DmaMapper {
-        self.inner.dma()
-    }
-
-    fn max_interrupts(&self) -> u32 {
-        self.inner.max_interrupts()
-    }
-
-    fn enable_interrupts(&self, vectors: u32) -> std::result::Result<Vec<EventFd>, HalError> {
-        self.inner.enable_interrupts(vectors)
-    }
-
-    fn disable_interrupts(&self) -> std::result::Result<(), HalError> {
-        self.inner.disable_interrupts()
-    }
-
-    fn reset(&self) -> std::result::Result<ResetKind, HalError> {
+    fn before_reset(&self) {
         let mut st = self.state();
         st.admin_tail = 0;
         st.admin_rung = 0;
-        drop(st);
-        self.inner.reset()
     }
 }
 

@@ -191,11 +191,57 @@ pub trait DeviceBacking: Send + Sync {
     /// # Errors
     /// [`HalError::BusMaster`] when config space cannot be reached, reads all-ones (the
     /// function is gone or its link is down: nothing can be confirmed), or the bit does not
-    /// clear. The default says the backing cannot do it: the caller must then not unmap.
+    /// clear. No default: a backing that cannot do it says so in its own `Err` (a wrapper
+    /// that inherited a default "cannot" would make its device look unable to stop DMA, and
+    /// the teardown would take the no-proof path for it); a wrapper forwards it
+    /// ([`BarInterposer`] does).
+    fn disable_bus_master(&self) -> Result<(), HalError>;
+}
+
+/// A device seen through an interposer on its BAR 0: tests and fuzzers that watch, delay or
+/// bend register accesses implement [`RegisterIo`] and this, and get every other
+/// [`DeviceBacking`] method forwarded to [`BarInterposer::device`] by the blanket impl below, so
+/// none is forgotten or left to a default.
+pub trait BarInterposer: RegisterIo + Send + Sync {
+    /// The device everything but BAR 0 goes to.
+    fn device(&self) -> &dyn DeviceBacking;
+
+    /// Called just before the device's function reset is forwarded: an interposer whose own
+    /// state describes the registers resets it here.
+    fn before_reset(&self) {}
+}
+
+impl<T: BarInterposer> DeviceBacking for T {
+    fn id(&self) -> &str {
+        self.device().id()
+    }
+
+    fn bar0(&self) -> &dyn RegisterIo {
+        self
+    }
+
+    fn dma(&self) -> &dyn DmaMapper {
+        self.device().dma()
+    }
+
+    fn max_interrupts(&self) -> u32 {
+        self.device().max_interrupts()
+    }
+
+    fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError> {
+        self.device().enable_interrupts(vectors)
+    }
+
+    fn disable_interrupts(&self) -> Result<(), HalError> {
+        self.device().disable_interrupts()
+    }
+
+    fn reset(&self) -> Result<ResetKind, HalError> {
+        self.before_reset();
+        self.device().reset()
+    }
+
     fn disable_bus_master(&self) -> Result<(), HalError> {
-        Err(HalError::BusMaster {
-            device: self.id().to_owned(),
-            reason: "this device backing cannot clear Bus Master Enable".to_owned(),
-        })
+        self.device().disable_bus_master()
     }
 }

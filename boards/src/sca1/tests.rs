@@ -12,12 +12,9 @@ use crate::sim::SimConfig;
 use crate::sim::SimHandle;
 use scst_accel_dma::DmaRegion;
 use scst_accel_dma::MappedRegion;
+use scst_accel_hal::BarInterposer;
 use scst_accel_hal::DeviceBacking;
-use scst_accel_hal::DmaMapper;
-use scst_accel_hal::EventFd;
-use scst_accel_hal::HalError;
 use scst_accel_hal::RegisterIo;
-use scst_accel_hal::ResetKind;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -407,33 +404,9 @@ impl RegisterIo for LateClear {
     }
 }
 
-impl DeviceBacking for LateClear {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-
-    fn bar0(&self) -> &dyn RegisterIo {
-        self
-    }
-
-    fn dma(&self) -> &dyn DmaMapper {
-        self.inner.dma()
-    }
-
-    fn max_interrupts(&self) -> u32 {
-        self.inner.max_interrupts()
-    }
-
-    fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError> {
-        self.inner.enable_interrupts(vectors)
-    }
-
-    fn disable_interrupts(&self) -> Result<(), HalError> {
-        self.inner.disable_interrupts()
-    }
-
-    fn reset(&self) -> Result<ResetKind, HalError> {
-        self.inner.reset()
+impl BarInterposer for LateClear {
+    fn device(&self) -> &dyn DeviceBacking {
+        self.inner.as_ref()
     }
 }
 

@@ -213,4 +213,8 @@ impl DeviceBacking for Interposer {
         self.bar.knobs.stuck_disable.store(false, Ordering::Release);
         self.bar.inner.reset()
     }
+
+    fn disable_bus_master(&self) -> Result<(), HalError> {
+        self.bar.inner.disable_bus_master()
+    }
 }
