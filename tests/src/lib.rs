@@ -37,6 +37,7 @@ use scst_accel_handler::transport::ScstUserFd;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -212,6 +213,8 @@ pub struct GatedStore {
 struct Gate {
     held: Mutex<Vec<(StoreRequest, Arc<QueueShared>)>>,
     abortable: AtomicBool,
+    /// Requests a queue takes before it answers QueueFull (0: no limit).
+    capacity: AtomicUsize,
     failure: Mutex<Option<String>>,
 }
 
@@ -232,6 +235,12 @@ impl GatedStore {
     /// Let (or not) the queues' `abort_all` end the requests they hold (ABORTED).
     pub fn set_abortable(&self, abortable: bool) {
         self.gate.abortable.store(abortable, Ordering::SeqCst);
+    }
+
+    /// From now on, a queue holding `capacity` requests refuses more with
+    /// [`StoreError::QueueFull`] (a file store's queue holds 256), leaving the rest in the batch.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.gate.capacity.store(capacity, Ordering::SeqCst);
     }
 
     /// From now on, [`Store::failure`] reports `why`.
@@ -328,12 +337,24 @@ impl StoreQueue for GatedQueue {
         _token: &mut scst_accel_handler::store::StoreToken<'_>,
         batch: &mut Vec<StoreRequest>,
     ) -> Result<(), StoreError> {
+        let capacity = self.gate.capacity.load(Ordering::SeqCst);
+        let room = if capacity == 0 {
+            batch.len()
+        } else {
+            capacity.saturating_sub(self.in_flight).min(batch.len())
+        };
         let mut held = self.gate.held.lock().expect("gate");
-        for req in batch.drain(..) {
+        for req in batch.drain(..room) {
             self.in_flight += 1;
             held.push((req, Arc::clone(&self.shared)));
         }
-        Ok(())
+        if batch.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::QueueFull {
+                in_flight: self.in_flight,
+            })
+        }
     }
 
     fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {

@@ -814,3 +814,49 @@ fn a_stuck_request_fails_the_store_only_once_nothing_else_completes() {
     );
     assert_eq!(gated.release_all(), 1);
 }
+
+/// A store whose queue stays full does not hold its worker: what the store refuses waits in
+/// the worker's backlog while the worker's loop goes on (deadlines, the store's health, dumps,
+/// the teardown). Here the store takes one READ, never completes it and refuses the others:
+/// the refused READs are answered ABORTED COMMAND at their deadline's escalation (they never
+/// reached the store), the store counts as failed, and the teardown's abort step ends in proof.
+/// A worker that retried the submission until the store took it did none of this (no answer,
+/// no trigger, no teardown: a file store on a path that hangs, 256 requests deep).
+#[test]
+fn a_store_whose_queue_stays_full_does_not_hold_its_worker() {
+    let (gated, mut rig) = gated_rig_with_short_deadlines("e2e-full");
+    gated.set_capacity(1);
+    let session = rig.session(0);
+    for tag in 1..=3u64 {
+        submit_read(&session, tag, 8 * tag as u32);
+    }
+    assert!(gated.wait_held(1), "no READ reached the store");
+    let refused: Vec<ScsiCompletion> = (0..2)
+        .map(|_| {
+            session
+                .completions()
+                .recv_timeout(WAIT)
+                .expect("a READ the store refused is answered")
+        })
+        .collect();
+    for done in &refused {
+        assert_eq!(done.status, sam_status::CHECK_CONDITION, "{done:?}");
+        assert_eq!(sense_triple(&done.sense).0, 0x0b, "ABORTED COMMAND: {done:?}");
+    }
+    assert_ne!(refused[0].tag, refused[1].tag);
+    assert_eq!(gated.held(), 1, "the refused READs never reached the store");
+    assert!(rig.frontend().stats().deadline_escalations >= 1);
+    let trigger = rig.frontend().wait_trigger(WAIT);
+    assert!(
+        matches!(&trigger, Some(TeardownTrigger::StoreFailed(why)) if why.contains("still with the store")),
+        "{trigger:?}"
+    );
+    gated.set_abortable(true);
+    let report = rig.frontend.take().expect("frontend").teardown(short_bounds());
+    assert!(report.teardown.abort_proven, "{:?}", report.teardown);
+    let held = session
+        .completions()
+        .recv_timeout(WAIT)
+        .expect("the held READ is answered");
+    assert!(refused.iter().all(|c| c.tag != held.tag), "{held:?}");
+}

@@ -38,6 +38,7 @@ use crate::store::IoBuffer;
 use crate::store::StoreCompletion;
 use crate::store::StoreQueue;
 use crate::store::StoreRequest;
+use crate::store::StoreStatus;
 use crate::teardown::InFlightOwned;
 use crate::teardown::Lease;
 use crate::teardown::Refused;
@@ -278,8 +279,8 @@ impl Worker {
             // - `wait`: one poll(2) bounded by `idle_poll` (50 ms by default) while anything is
             //   pending; by `idle_park` (1 s) when idle, with the heartbeat set ahead to the
             //   end of that bound first (`Liveness::beat_until`), so parking never looks wedged;
-            // - `flush_submissions`: one `wait(false)` (≤ `idle_poll`) per retry while the store
-            //   queue refuses a batch and nothing is reaped, so as long as the store stays full;
+            // - `flush_submissions`: never waits; what the store refuses stays in the backlog
+            //   and this loop turns on (it then fetches nothing and waits ≤ `idle_poll`);
             // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
             //   abort step): as long as the store's own bounded escalation (a device reset);
             // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd);
@@ -329,7 +330,10 @@ impl Worker {
             }
             // Until the workers leave, they keep fetching: while draining, new commands are
             // answered (BUSY) and returned buffers honoured, never left to the close path.
-            let want = if phase == Phase::Leaving || self.fd_closed {
+            // Nor while the store has refused a backlog: SCST keeps what is not fetched (the
+            // initiators see the queue full there, not here).
+            let backlogged = !self.submit.is_empty();
+            let want = if phase == Phase::Leaving || self.fd_closed || backlogged {
                 0
             } else {
                 self.fetch_size.want()
@@ -361,7 +365,7 @@ impl Worker {
             self.announce_released_buffers();
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
-                let fetching = phase != Phase::Leaving && !self.fd_closed;
+                let fetching = phase != Phase::Leaving && !self.fd_closed && self.submit.is_empty();
                 let lingered = replied && fetching && self.inflight.is_empty() && self.linger();
                 if !lingered && !self.poll_completions() {
                     self.wait(fetching);
@@ -375,7 +379,7 @@ impl Worker {
     /// whether the queue is empty now (the proof that the device holds none of our buffers).
     fn abort_queue(&mut self) {
         self.aborted = true;
-        let n = self.queue.abort_all();
+        let n = self.queue.abort_all() + self.abort_backlog(None);
         self.reap_store();
         let left = self.queue.in_flight();
         if n > 0 {
@@ -500,7 +504,8 @@ impl Worker {
         if let Some(device) = self.shared.store.dump() {
             log::error!("device state at the escalation of cmd_h {late}:\n{device}");
         }
-        let aborted = self.queue.abort_all();
+        // A late command the store refused (its queue full) never reached it: ended here.
+        let aborted = self.queue.abort_all() + self.abort_backlog(Some(now));
         self.shared
             .counters
             .deadline_escalations
@@ -520,7 +525,12 @@ impl Worker {
             .iter()
             .map(|(cmd_h, f)| {
                 format!(
-                    "  cmd_h {cmd_h}: EXEC in store, age {:?}, deadline {}, queue {}, op {:?}, buffer {}, lease {}",
+                    "  cmd_h {cmd_h}: EXEC {}, age {:?}, deadline {}, queue {}, op {:?}, buffer {}, lease {}",
+                    if self.submit.iter().any(|r| r.tag == u64::from(*cmd_h)) {
+                        "waiting for room in the store"
+                    } else {
+                        "in store"
+                    },
                     now.duration_since(f.ctx.received),
                     if f.ctx.deadline <= now {
                         "missed"
@@ -1463,17 +1473,22 @@ impl Worker {
         self.granted = granted;
     }
 
-    /// Submit everything queued, reaping after each batch (a reap can queue a command's next
-    /// store step, which is submitted in the same call). Reaps at least once.
+    /// Submit what is queued, reaping after each accepted batch (a reap can queue a command's
+    /// next store step, which is submitted in the same call). Reaps at least once. What the
+    /// store refuses (its queue is full, or it failed) stays queued in `submit`, the backlog,
+    /// and the worker goes back to its loop: deadlines, the store's health, the teardown's
+    /// steps, dumps and the heartbeat keep running while the store accepts nothing, and
+    /// nothing more is fetched until the backlog is in ([`Worker::run`]). A store that never
+    /// takes the backlog again is found by [`Worker::stuck_in_store`]: backlogged commands are
+    /// in `inflight` with their deadlines.
     fn flush_submissions(&mut self) {
         loop {
             self.grant_leases();
             if !self.submit.is_empty() {
                 if let Err(e) = self.queue.submit(&mut self.token, &mut self.submit) {
-                    log::debug!("store queue: {e}");
-                    if self.reap_store() == 0 {
-                        self.wait(false);
-                    }
+                    log::debug!("store queue: {e}; {} requests wait for room", self.submit.len());
+                    self.reap_store();
+                    return;
                 }
             }
             self.reap_store();
@@ -1483,10 +1498,46 @@ impl Worker {
         }
     }
 
+    /// End backlogged requests (queued, refused by the store, never on the device) with
+    /// ABORTED, as the store's own abort ends the ones it holds: all of them (`late_at` None)
+    /// or those whose deadline is not after `late_at`. Their leases end with them: the device
+    /// never saw their buffers. Returns how many.
+    fn abort_backlog(&mut self, late_at: Option<Instant>) -> usize {
+        let inflight = &self.inflight;
+        let late = |r: &StoreRequest| {
+            late_at.is_none_or(|now| {
+                inflight
+                    .get(&(r.tag as u32))
+                    .is_none_or(|f| f.ctx.deadline <= now)
+            })
+        };
+        let before = self.completions.len();
+        for request in self.submit.iter().filter(|r| late(r)) {
+            self.completions.push(StoreCompletion {
+                tag: request.tag,
+                status: StoreStatus::Aborted,
+            });
+        }
+        let n = self.completions.len() - before;
+        if n > 0 {
+            let aborted = &self.completions[before..];
+            self.submit.retain(|r| !aborted.iter().any(|c| c.tag == r.tag));
+            self.finish_completions();
+        }
+        n
+    }
+
     /// Reap store completions and move their commands on. Returns how many were reaped.
     fn reap_store(&mut self) -> usize {
         let n = self.queue.reap(&mut self.completions);
         self.store_completions += n as u64;
+        self.finish_completions();
+        n
+    }
+
+    /// Move on the commands whose completions are in `completions` (the store's, or the
+    /// backlog's aborted ones), ending their leases under one acquisition of the lease table.
+    fn finish_completions(&mut self) {
         // Reuse the completion buffer: no allocation per loop on the I/O path.
         let mut done = std::mem::take(&mut self.completions);
         for completion in done.drain(..) {
@@ -1511,7 +1562,6 @@ impl Worker {
         );
         // The device's references to the buffers go here, outside any lock.
         self.released_buffers.clear();
-        n
     }
 
     fn check_condition(&self, key: u8, asc: u8, ascq: u8) -> Response {
