@@ -697,16 +697,28 @@ fn machine(load_before: Option<String>) -> Value {
     })
 }
 
-/// The median of `runs` by IOPS.
+/// The median of `runs` by IOPS. A cell whose runs report health is healthy only if every run
+/// was (a repeat that failed its checks is not hidden behind the median's), with the count of
+/// those that were not in `unhealthy_repeats`; with several runs, every run's IOPS in
+/// `repeat_iops` (ascending), so the spread is seen next to the median.
 fn median(mut runs: Vec<Value>) -> Value {
-    runs.sort_by(|a, b| {
-        a["iops"]
-            .as_f64()
-            .partial_cmp(&b["iops"].as_f64())
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    let iops = |v: &Value| v["iops"].as_f64();
+    runs.sort_by(|a, b| iops(a).partial_cmp(&iops(b)).unwrap_or(std::cmp::Ordering::Equal));
+    let unhealthy = runs
+        .iter()
+        .filter(|r| r.get("healthy").is_some_and(|h| h.as_bool() != Some(true)))
+        .count();
+    let spread: Vec<Option<f64>> = runs.iter().map(iops).collect();
     let mid = runs.len() / 2;
-    runs.swap_remove(mid)
+    let mut cell = runs.swap_remove(mid);
+    if cell.get("healthy").is_some() {
+        cell["healthy"] = json!(unhealthy == 0);
+        cell["unhealthy_repeats"] = json!(unhealthy);
+    }
+    if spread.len() > 1 {
+        cell["repeat_iops"] = json!(spread);
+    }
+    cell
 }
 
 fn disk_flags(args: &BenchArgs, board: BoardArg, target: Option<&Target>) -> (Vec<String>, u64) {
@@ -1202,5 +1214,28 @@ fn print_table(rows: &[Value], ratios: &Value, target: Option<&Target>, fio: &Va
     }
     for n in notes {
         println!("note: {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_repeat_that_failed_its_checks_makes_the_cell_unhealthy_though_the_median_passed() {
+        let run = |iops: f64, healthy: bool| json!({ "iops": iops, "healthy": healthy });
+        let cell = super::median(vec![run(300.0, true), run(100.0, false), run(200.0, true)]);
+        assert_eq!(cell["iops"], 200.0, "the median run's figures: {cell}");
+        assert_eq!(cell["healthy"], false, "{cell}");
+        assert_eq!(cell["unhealthy_repeats"], 1, "{cell}");
+        assert_eq!(cell["repeat_iops"], json!([100.0, 200.0, 300.0]));
+        let clean = super::median(vec![run(1.0, true), run(2.0, true), run(3.0, true)]);
+        assert_eq!(clean["healthy"], true, "{clean}");
+        // A fio row reports no health: none is made up for it.
+        let fio = super::median(vec![json!({ "iops": 5.0 })]);
+        assert!(
+            fio.get("healthy").is_none() && fio.get("repeat_iops").is_none(),
+            "{fio}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use crate::backend::BackendReport;
 use crate::backend::BoardArg;
 use crate::cpu::process_cpu_time;
 use crate::cpu::simulated_device_cpu_time;
-use crate::cpu::threads_cpu_time;
+use crate::cpu::ThreadsSample;
 use crate::disk::DiskArgs;
 use crate::exit;
 use crate::units::parse_duration;
@@ -254,7 +254,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     let live = std::io::stderr().is_terminal() && !args.json;
     // CPU is sampled when the timed phase starts (the first progress report, after any prefill)
     // and when it ends, so untimed prefill work is not charged to the timed commands.
-    let mut cpu_at_start: Option<(Option<Duration>, Duration, Duration)> = None;
+    let mut cpu_at_start: Option<(Option<Duration>, Option<ThreadsSample>, Duration)> = None;
     let counting = scst_accel_hal::alloc_stats::start_counting();
     let mut allocations_at_start = 0;
     let mut syscalls_at_start: Option<ModelSyscalls> = None;
@@ -265,7 +265,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
             log::info!("timed phase started");
             cpu_at_start = Some((
                 process_cpu_time(),
-                threads_cpu_time("scst-worker").unwrap_or_default(),
+                ThreadsSample::take("scst-worker"),
                 simulated_device_cpu_time().unwrap_or_default(),
             ));
             syscalls_at_start = Some(kernel.syscalls());
@@ -348,7 +348,11 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         .map(|(a, b)| b.saturating_sub(a));
     // Worker threads only: the handler's own work plus the loopback kernel's processing that runs
     // inside their ioctls (as SCST's does inside a real handler's ioctls, spec §3.1).
-    let worker_cpu = threads_cpu_time("scst-worker").map(|now| now.saturating_sub(worker_cpu_before));
+    // None when a worker exited inside the window (`--teardown-under-load` joins them halfway):
+    // its CPU left /proc with it, and a figure without it would be made up.
+    let worker_cpu = worker_cpu_before
+        .zip(ThreadsSample::take("scst-worker"))
+        .and_then(|(before, now)| before.since(&now));
     // The simulated board's own threads: on real hardware this work is the device's.
     let device_cpu = simulated_device_cpu_time().map(|now| now.saturating_sub(device_cpu_before));
     if live {
