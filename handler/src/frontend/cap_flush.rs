@@ -8,7 +8,8 @@
 //! for a flush here instead: at most one at a time, at most one per [`MIN_INTERVAL`], on a
 //! thread of its own (FLUSH_CACHE suspends all of SCST's activity until every command in
 //! flight is answered, so a worker, which must keep answering, never calls it), and never once
-//! the teardown has closed intake (the teardown flushes itself, with its bound).
+//! the teardown has closed intake (the teardown asks for no FLUSH_CACHE: its pool is released
+//! after the workers leave, and SCST's release frees what its cache still holds).
 
 use crate::transport::ScstUserFd;
 use std::sync::atomic::AtomicBool;

@@ -127,8 +127,10 @@ pub struct TeardownReport {
     pub unmap_permitted: bool,
     /// EXEC replies sent after intake stopped (completed, failed, BUSY).
     pub answered: u64,
-    /// Store requests still in flight when the workers left: their commands were answered by
-    /// the close path, and their buffers stay leased (must be 0).
+    /// Store requests still in flight when the workers that left in time left: their commands
+    /// were answered by the close path, and their buffers stay leased (must be 0). A worker
+    /// that did not leave (counted in [`FrontendReport::panicked_workers`](super::FrontendReport))
+    /// is not asked: what it holds shows in [`TeardownReport::leases_outstanding`].
     pub zombies_left: u64,
     /// Buffers SCST still held when the fd was closed (returned by the close itself).
     pub buffers_held_at_close: u64,
@@ -302,8 +304,11 @@ impl Frontend {
             within_bound: panicked_workers == 0 && workers.iter().all(|w| w.abandoned == 0),
         });
 
-        // 6. The permit to unmap the pool: only with no device lease outstanding. The workers are
-        // gone, so no lease can be granted or released any more.
+        // 6. The permit to unmap the pool: only with no device lease outstanding. The workers
+        // that left can grant or release no lease any more; one left detached (stuck in a store
+        // call) may still release its own when the call returns, and any grant it tries is
+        // refused while the permit lives (`LeaseTable::unmap_guard`): what it still leases keeps
+        // the permit from being given at all.
         let step = Instant::now();
         let unmap = shared.leases.unmap_guard(&mut token);
         report.leases_outstanding = shared.leases.outstanding(&mut token) as u64;
