@@ -81,6 +81,14 @@ pub enum HalError {
         #[source]
         source: std::io::Error,
     },
+    /// Config space reads all-ones: the function is off the bus (removed, or its link down).
+    /// Nothing can be written to it, and it can issue no memory requests either: Linux too
+    /// cancels a removed function's requests (`nvme_dev_disable`, `pci_dev_is_disconnected`).
+    #[error("{device} is off the bus: its config space reads all-ones (removed, or its link is down)")]
+    OffTheBus {
+        /// Device identifier.
+        device: String,
+    },
     /// Bus mastering could not be disabled, or its clearing not confirmed.
     #[error("cannot disable bus mastering on {device}: {reason}; it may still DMA, so memory it could reach must stay mapped")]
     BusMaster {
@@ -189,12 +197,13 @@ pub trait DeviceBacking: Send + Sync {
     /// bit reads back clear; after it, memory the function could reach may be unmapped.
     ///
     /// # Errors
-    /// [`HalError::BusMaster`] when config space cannot be reached, reads all-ones (the
-    /// function is gone or its link is down: nothing can be confirmed), or the bit does not
-    /// clear. No default: a backing that cannot do it says so in its own `Err` (a wrapper
-    /// that inherited a default "cannot" would make its device look unable to stop DMA, and
-    /// the teardown would take the no-proof path for it); a wrapper forwards it
-    /// ([`BarInterposer`] does).
+    /// [`HalError::OffTheBus`] when config space reads all-ones (the function is gone or its
+    /// link is down: no write reaches it, and it can make no memory request either);
+    /// [`HalError::BusMaster`] when config space cannot be reached or the bit does not clear.
+    /// No default: a backing that cannot do it says so in its own `Err` (a wrapper that
+    /// inherited a default "cannot" would make its device look unable to stop DMA, and the
+    /// teardown would take the no-proof path for it); a wrapper forwards it ([`BarInterposer`]
+    /// does).
     fn disable_bus_master(&self) -> Result<(), HalError>;
 }
 

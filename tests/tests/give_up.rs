@@ -103,13 +103,9 @@ fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
 #[test]
 fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
     let (sim, _pool, _store, q) = hung_sca1_reading(Duration::from_secs(60), &[Fault::BusMasterStuck]);
-    // The engine must hold the descriptor (taken, hung on it, BUSY kept): before it takes it,
-    // the stop handshake succeeds (nothing in the engine) and the rings may go, rightly.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sim.stats().hangs == 0 {
-        assert!(Instant::now() < deadline, "the engine never took the descriptor");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // The engine must hold the descriptor: before it takes it, the stop handshake succeeds
+    // (nothing in the engine) and the rings may go, rightly.
+    wait_for_the_hang(&sim);
     let mappings = sim.iommu().mappings();
     drop(q);
     assert!(
@@ -151,4 +147,82 @@ fn a_store_that_gives_up_without_proof_holds_its_requests() {
     let mappings = sim.iommu().mappings();
     drop(q);
     assert_eq!(sim.iommu().mappings(), mappings, "the rings were unmapped");
+}
+
+/// Wait until the engine holds the READ's descriptor (taken, hung on it, BUSY kept): from
+/// then on only a reset or bus mastering cleared stops its DMA.
+fn wait_for_the_hang(sim: &SimHandle) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.stats().hangs == 0 {
+        assert!(Instant::now() < deadline, "the engine never took the descriptor");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Reap `q` until it answers something or 60 s pass.
+fn reap_until_answered(q: &mut Box<dyn StoreQueue>) -> Vec<StoreCompletion> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    while out.is_empty() && Instant::now() < deadline {
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out
+}
+
+/// A BAR that reads all-ones is not a device that stopped: with Memory Space Enable cleared
+/// under the driver (`mmio-off`) the function is still on the bus and its hung engine may
+/// still write the READ's buffer. The store, giving up, answers the request only after it
+/// cleared bus mastering through config space. Before, all-ones through the BAR counted as
+/// "gone, does no DMA" and the request was failed (its buffer handed back) at once.
+#[test]
+fn a_dark_bar_is_no_proof_that_dma_stopped() {
+    let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[]);
+    wait_for_the_hang(&sim);
+    sim.inject(Fault::MemorySpaceOff);
+    let out = reap_until_answered(&mut q);
+    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
+    assert_eq!(out[0].status, StoreStatus::DeviceError);
+    assert!(store.failure().is_some(), "the store gave up");
+    assert!(
+        sim.iommu().bus_master_disabled(),
+        "the request was failed (its buffer released) while the function could still DMA"
+    );
+}
+
+/// A function that is off the bus (removed: its config space reads all-ones too) can make no
+/// memory request: its requests are answered (failed), not held, though bus mastering cannot
+/// be cleared on it.
+#[test]
+fn a_removed_function_has_its_requests_failed() {
+    let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[Fault::DeviceGone]);
+    let out = reap_until_answered(&mut q);
+    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
+    assert_eq!(out[0].status, StoreStatus::DeviceError);
+    assert!(
+        store.failure().is_some_and(|f| f.contains("gone")),
+        "{:?}",
+        store.failure()
+    );
+    assert!(
+        !sim.iommu().bus_master_disabled(),
+        "nothing reaches a removed function"
+    );
+}
+
+/// The same for a queue dropped while its BAR reads all-ones (`mmio-off`) and bus mastering
+/// cannot be cleared (`bus-master-stuck`): the stop handshake finds the device "gone", which
+/// proves nothing, so the hung engine's rings stay mapped.
+#[test]
+fn a_queue_dropped_under_a_dark_bar_keeps_its_rings_mapped() {
+    let (sim, _pool, _store, q) = hung_sca1_reading(Duration::from_secs(60), &[Fault::BusMasterStuck]);
+    wait_for_the_hang(&sim);
+    sim.inject(Fault::MemorySpaceOff);
+    let mappings = sim.iommu().mappings();
+    drop(q);
+    assert_eq!(
+        sim.iommu().mappings(),
+        mappings,
+        "the hung engine's rings were unmapped"
+    );
 }

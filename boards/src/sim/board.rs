@@ -127,6 +127,9 @@ pub(crate) struct Shared {
     /// CQ_HEAD write is news to it ([`Shared::await_cq_slot`]).
     cq_slot_waiters: Vec<AtomicBool>,
     gone: AtomicBool,
+    /// Memory Space Enable is clear ([`Fault::MemorySpaceOff`]): the BAR reads all-ones, the
+    /// engines run on. A function reset sets it again.
+    mmio_off: AtomicBool,
     /// A soft reset was ignored ([`Fault::ResetIgnored`]): CONTROL.SOFT_RESET reads 1 for ever.
     reset_stuck: AtomicBool,
     stopping: AtomicBool,
@@ -237,6 +240,12 @@ impl Shared {
         self.gone.load(Ordering::Acquire)
     }
 
+    /// BAR accesses reach nothing: the device was removed, or its memory space is off
+    /// ([`Fault::MemorySpaceOff`]).
+    fn bar_dark(&self) -> bool {
+        self.gone() || self.mmio_off.load(Ordering::Acquire)
+    }
+
     /// The SimDevice is being dropped.
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
@@ -276,7 +285,7 @@ impl Shared {
     /// A register read from the driver.
     #[track_caller]
     fn read32(&self, offset: u64) -> u32 {
-        if self.gone() {
+        if self.bar_dark() {
             return ALL_ONES;
         }
         if offset == crate::sca1::regs::global::INT_STATUS {
@@ -307,7 +316,7 @@ impl Shared {
     /// reset and the interrupts it releases are carried out on the same BAR path (no token).
     #[track_caller]
     fn write32(&self, offset: u64, value: u32) {
-        if self.gone() {
+        if self.bar_dark() {
             return;
         }
         if let Some((q, head)) = doorbell_of(offset, self.engines.len()) {
@@ -388,6 +397,8 @@ impl Shared {
     fn function_reset(&self) {
         let mut token = LockToken::root();
         if !self.gone() {
+            // The reset's config restore enables memory space again.
+            self.mmio_off.store(false, Ordering::Release);
             self.start_reset(&mut token);
         }
         let bound = Duration::from_millis(u64::from(self.config.reset_timeout_ms));
@@ -422,6 +433,9 @@ impl Shared {
                 // Take the lock so no engine misses the flag between its check and its wait.
                 let _st = self.lock(&mut token);
                 self.changed();
+            }
+            Fault::MemorySpaceOff => {
+                self.mmio_off.store(true, Ordering::Release);
             }
             Fault::Fatal { code } => {
                 let mut st = self.lock(&mut token);
@@ -523,6 +537,7 @@ impl SimBoard {
                 wakes: (0..queues).map(|_| AtomicU64::new(0)).collect(),
                 cq_slot_waiters: (0..queues).map(|_| AtomicBool::new(false)).collect(),
                 gone: AtomicBool::new(false),
+                mmio_off: AtomicBool::new(false),
                 reset_stuck: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 faults: OrderedMutex::new(FaultPlan::default()),
@@ -570,7 +585,7 @@ impl SimModel for SimBoard {
     }
 
     fn read64(&self, offset: u64) -> u64 {
-        if self.shared.gone() {
+        if self.shared.bar_dark() {
             return u64::MAX;
         }
         // Both halves under one lock: a 64-bit register never tears in this model.

@@ -20,6 +20,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "error",
     "hang",
     "gone",
+    "mmio-off",
     "fatal",
     "unknown-tag",
     "duplicate",
@@ -80,6 +81,12 @@ pub enum Fault {
     /// Surprise removal: from now on every register reads all-ones, writes are dropped, and no
     /// engine does any DMA again; no reset revives the board (§8).
     DeviceGone,
+    /// Memory Space Enable cleared under the driver (AER recovery, a failed config restore):
+    /// every register reads all-ones and writes are dropped, as for [`Fault::DeviceGone`], but
+    /// the function is still on the bus: config space answers and the engines go on with their
+    /// DMA until Bus Master Enable is cleared or the function is reset (the reset's config
+    /// restore enables memory space again). All-ones through the BAR alone proves no stop.
+    MemorySpaceOff,
     /// The function fails: STATUS.FATAL = 1, READY = 0, FATAL_CODE = `code` (0 is reported as
     /// 1, since §8 defines FATAL by a non-zero code), and no completion is posted until a reset
     /// clears it. Descriptors held at that moment are abandoned.
@@ -251,7 +258,7 @@ impl FromStr for Fault {
             "never-complete" | "unknown-tag" | "duplicate" | "bad-phase" | "short-ok" => &["queue", "every"],
             "error" => &["queue", "every", "status"],
             "fatal" => &["code"],
-            "gone" | "no-reset" | "bus-master-stuck" => &[],
+            "gone" | "mmio-off" | "no-reset" | "bus-master-stuck" => &[],
             "storm" => &["queue", "hold"],
             _ => {
                 return Err(fail(format!(
@@ -298,6 +305,7 @@ impl FromStr for Fault {
             "error" => Fault::ErrorStatus { queue, every, status },
             "hang" => Fault::EngineHang { queue },
             "gone" => Fault::DeviceGone,
+            "mmio-off" => Fault::MemorySpaceOff,
             "fatal" => Fault::Fatal { code },
             "unknown-tag" => Fault::UnknownTag { queue, every },
             "duplicate" => Fault::DuplicateCompletion { queue, every },
@@ -327,6 +335,7 @@ impl fmt::Display for Fault {
             Fault::EngineHang { queue: None } => write!(f, "hang"),
             Fault::EngineHang { queue: Some(q) } => write!(f, "hang:queue={q}"),
             Fault::DeviceGone => write!(f, "gone"),
+            Fault::MemorySpaceOff => write!(f, "mmio-off"),
             Fault::Fatal { code } => write!(f, "fatal:code={code}"),
             Fault::UnknownTag { queue: q, every } => write!(f, "unknown-tag:every={every}{}", queue(q)),
             Fault::DuplicateCompletion { queue: q, every } => {
@@ -468,6 +477,7 @@ mod tests {
             Fault::EngineHang { queue: None },
             Fault::EngineHang { queue: Some(0) },
             Fault::DeviceGone,
+            Fault::MemorySpaceOff,
             Fault::Fatal { code: 0x12 },
             Fault::UnknownTag {
                 queue: None,
@@ -562,6 +572,7 @@ mod tests {
             ("hang", Fault::EngineHang { queue: None }),
             ("hang:queue=0", Fault::EngineHang { queue: Some(0) }),
             ("gone", Fault::DeviceGone),
+            ("mmio-off", Fault::MemorySpaceOff),
             ("fatal", Fault::Fatal { code: 1 }),
             ("fatal:code=0xdead", Fault::Fatal { code: 0xdead }),
             (

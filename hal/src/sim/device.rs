@@ -183,9 +183,8 @@ impl DeviceBacking for SimDevice {
     /// whose config space does not answer (a removed function) cannot confirm it.
     fn disable_bus_master(&self) -> Result<(), HalError> {
         if !self.bar0.model.config_space_responds() {
-            return Err(HalError::BusMaster {
+            return Err(HalError::OffTheBus {
                 device: self.bar0.device.clone(),
-                reason: "config space reads all-ones (the function is gone)".to_owned(),
             });
         }
         if self.bar0.model.bus_master_sticks() {

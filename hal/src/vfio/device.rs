@@ -270,9 +270,9 @@ impl DeviceBacking for VfioDevice {
             .read16(PCI_COMMAND)
             .map_err(|e| fail(format!("reading the command register: {e}")))?;
         if cmd == u16::MAX {
-            return Err(fail(
-                "config space reads all-ones (the function is gone or its link is down)".into(),
-            ));
+            return Err(HalError::OffTheBus {
+                device: self.id.clone(),
+            });
         }
         self.config
             .write16(PCI_COMMAND, cmd & !PCI_COMMAND_MASTER)

@@ -38,6 +38,7 @@ use scst_accel_dma::MappedRegion;
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
+use scst_accel_hal::HalError;
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU64;
@@ -1195,14 +1196,22 @@ impl AccelQueue {
 
     /// The device cannot serve any more: fail everything, for good, and tell the frontend
     /// ([`Store::failure`]) so it runs the teardown. Requests the device may still hold are
-    /// failed, their buffers released for reuse, only once no more DMA for them can happen: a
-    /// gone device does none; otherwise the function is reset, or its bus mastering cleared
-    /// and read back, as the release does. Without either proof they are held: never answered
-    /// here, their buffers never reused (the frontend's teardown counts them as zombies and
-    /// leaks the pool rather than unmap what the device may write).
+    /// failed, their buffers released for reuse, only once no more DMA for them can happen: the
+    /// function is reset, or its bus mastering cleared and read back, as the release does; for
+    /// a device whose BAR reads all-ones, bus mastering is cleared, or its config space reads
+    /// all-ones too ([`AccelQueue::dark_bar_stops_dma`]). Without a proof they are held: never
+    /// answered here, their buffers never reused (the frontend's teardown counts them as
+    /// zombies and leaks the pool rather than unmap what the device may write).
     fn give_up(&mut self, why: &str) {
         self.gone = true;
-        if self.queue.in_flight() > 0 && !self.board.is_gone() && !self.stop_dma() {
+        let stopped = || {
+            if self.board.is_gone() {
+                self.dark_bar_stops_dma()
+            } else {
+                self.stop_dma()
+            }
+        };
+        if self.queue.in_flight() > 0 && !stopped() {
             self.dma_unproven = true;
             let backlog: Vec<u64> = self.backlog.drain(..).collect();
             for id in backlog {
@@ -1226,6 +1235,23 @@ impl AccelQueue {
         };
         if self.failure.set(reason.clone()).is_ok() {
             log::error!("{reason}; the store can no longer serve");
+        }
+    }
+
+    /// A BAR that reads all-ones proves nothing about DMA: Memory Space Enable cleared under
+    /// the driver (AER recovery, a failed config restore) darkens the BAR while Bus Master
+    /// Enable stays set and the function's engines run on. So clear bus mastering through
+    /// config space and read it back; a function whose config space reads all-ones as well
+    /// is off the bus (removed, link down) and can make no memory request, the condition
+    /// under which Linux too ends a removed controller's requests (`nvme_dev_disable`). False
+    /// when neither holds (the bit would not clear, config space unreachable).
+    fn dark_bar_stops_dma(&self) -> bool {
+        match self.board.device().disable_bus_master() {
+            Ok(()) | Err(HalError::OffTheBus { .. }) => true,
+            Err(e) => {
+                log::error!("{}: its BAR reads all-ones and {e}", self.board.id());
+                false
+            }
         }
     }
 
@@ -1422,7 +1448,8 @@ impl Drop for AccelQueue {
             return;
         } else {
             match self.queue.stop() {
-                Ok(()) | Err(EngineError::Gone { .. }) => true,
+                Ok(()) => true,
+                Err(EngineError::Gone { .. }) => self.dark_bar_stops_dma(),
                 Err(e) => {
                     log::error!(
                         "{}: {e} while closing queue {}; resetting the function",
