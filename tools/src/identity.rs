@@ -121,6 +121,20 @@ pub enum IdentityError {
         /// What is wrong.
         reason: String,
     },
+    /// Another disk of the service already has this serial or designator: initiators would
+    /// take the two for one LUN (multipath merges paths by them), and write one disk's data
+    /// through the other's paths.
+    #[error("disk {disk}'s {field} {value} is disk {other}'s too: initiators would take them for one LUN (multipath merges by it); give one of them its own {field} in the configuration, or remove its identity state file to generate a new one (its initiators then see a new LUN)")]
+    Duplicate {
+        /// The disk being started.
+        disk: String,
+        /// The disk that has it.
+        other: String,
+        /// `serial` or `naa`.
+        field: &'static str,
+        /// The value both have.
+        value: String,
+    },
     /// The OS random source failed.
     #[error("cannot read random bytes from /dev/urandom to generate an identity: {0}; configure serial and naa explicitly")]
     Random(io::Error),
@@ -254,6 +268,41 @@ pub fn resolve(
         }
     };
     Ok(done(serial.unwrap_or(gen_serial), naa.unwrap_or(gen_naa), source))
+}
+
+/// Refuse an identity that another disk of the service has (`others`: their names and
+/// identities). The configuration check refuses duplicate configured values; this catches the
+/// rest, known only when the disks start: a configured serial equal to another disk's
+/// generated or device-derived one, two disks over one namespace, a state file copied from
+/// another disk.
+///
+/// # Errors
+/// [`IdentityError::Duplicate`] naming the first clash.
+pub fn check_unique<'a>(
+    disk_name: &str,
+    identity: &Identity,
+    others: impl IntoIterator<Item = (&'a str, &'a IdentityView)>,
+) -> Result<(), IdentityError> {
+    let naa = identity.naa.to_string();
+    for (other, view) in others {
+        // A disk not started yet has no identity (empty fields): nothing to clash with.
+        let clash = if !view.serial.is_empty() && view.serial == identity.serial {
+            Some(("serial", identity.serial.clone()))
+        } else if !view.naa.is_empty() && view.naa == naa {
+            Some(("naa", naa.clone()))
+        } else {
+            None
+        };
+        if let Some((field, value)) = clash {
+            return Err(IdentityError::Duplicate {
+                disk: disk_name.to_owned(),
+                other: other.to_owned(),
+                field,
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The state file of `disk_name` under `state_dir`.

@@ -569,10 +569,19 @@ impl Service {
         let state_dir = self
             .persist_identities
             .then_some(self.settings.state_dir.as_path());
+        // The identities of the other disks (those started before, serving or not: a disk that
+        // failed comes back with the same one), which this disk's must not repeat.
+        let others: Vec<(String, IdentityView)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != index)
+            .map(|(_, s)| (s.spec.args.name.clone(), s.identity.clone()))
+            .collect();
         let slot = &mut self.slots[index];
         let name = slot.spec.args.name.clone();
         let custom = self.stores.as_ref().and_then(|make| make(&slot.spec));
-        match start_one(&slot.spec, &kernel, exporter, state_dir, custom) {
+        match start_one(&slot.spec, &kernel, exporter, state_dir, &others, custom) {
             Ok((running, info, identity)) => {
                 log::info!(
                     "disk {name}: serving {} bytes ({} blocks of {}) from board {}{}; identity \
@@ -954,6 +963,7 @@ fn start_one(
     kernel: &KernelSide,
     exporter: Option<&Exporter>,
     state_dir: Option<&std::path::Path>,
+    others: &[(String, IdentityView)],
     custom: Option<Result<Backend, crate::backend::BackendError>>,
 ) -> Result<(Running, StoreInfo, IdentityView), StartFailure> {
     let usage = |message: String| StartFailure {
@@ -976,7 +986,11 @@ fn start_one(
         &spec.identity,
         state_dir,
         info.device_ids.as_ref(),
-    );
+    )
+    .and_then(|identity| {
+        let others = others.iter().map(|(name, view)| (name.as_str(), view));
+        crate::identity::check_unique(&spec.args.name, &identity, others).map(|()| identity)
+    });
     let identity = match resolved {
         Ok(identity) => identity,
         Err(e) => {

@@ -339,8 +339,13 @@ impl TcmuService {
             message: error_chain(&e),
         })?;
         for i in 0..self.disks.len() {
+            // The disks started before this one: its identity must not repeat theirs.
+            let others: Vec<(String, IdentityView)> = self.disks[..i]
+                .iter()
+                .map(|d| (d.spec.args.name.clone(), d.identity.clone()))
+                .collect();
             let disk = &mut self.disks[i];
-            match start_disk(disk, &self.settings, &self.state_dir, &targets) {
+            match start_disk(disk, &others, &self.settings, &self.state_dir, &targets) {
                 Ok(()) => {
                     disk.state = DiskState::Serving;
                     log::info!("disk {}: LUN {} linked", disk.spec.args.name, disk.lun);
@@ -816,6 +821,7 @@ fn configfs_code(e: &ConfigfsError) -> u8 {
 /// what was made is undone, newest first, before the error returns.
 fn start_disk(
     disk: &mut TcmuDisk,
+    others: &[(String, IdentityView)],
     settings: &TcmuSettings,
     state_dir: &Path,
     targets: &Targets<KernelFs>,
@@ -831,7 +837,11 @@ fn start_disk(
         &spec.identity,
         Some(state_dir),
         info.device_ids.as_ref(),
-    ) {
+    )
+    .and_then(|identity| {
+        let others = others.iter().map(|(name, view)| (name.as_str(), view));
+        crate::identity::check_unique(&spec.args.name, &identity, others).map(|()| identity)
+    }) {
         Ok(i) => i,
         Err(e) => {
             backend.shutdown_unserved();

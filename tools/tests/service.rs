@@ -957,3 +957,44 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         "the target is deleted once, after its last disk: {lines:?}"
     );
 }
+
+/// A configured serial that another disk already has (here its generated one, persisted in the
+/// state directory) would make initiators take the two disks for one LUN: the second disk is
+/// refused at start (a configuration error naming both), the first serves, nothing of the
+/// second is registered with SCST. The configuration check cannot see this: the generated
+/// serial exists only in the state directory.
+#[test]
+fn a_disk_whose_identity_another_disk_has_is_refused() {
+    let (kernel, side) = loopback();
+    let settings = settings();
+    let state = settings.state_dir.join("identity");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(
+        state.join("dup-a.toml"),
+        "serial = \"0123456789ABCDEF\"\nnaa = \"3000000000000001\"\n",
+    )
+    .expect("state file");
+    let mut second = disk("dup-b", BoardArg::Ram, 32 << 20, 512);
+    second.identity.serial = Some("0123456789ABCDEF".into());
+    let mut third = disk("dup-c", BoardArg::Ram, 32 << 20, 512);
+    third.identity.naa = Some("3000000000000001".into());
+    let service = Service::start(
+        settings,
+        vec![disk("dup-a", BoardArg::Ram, 32 << 20, 512), second, third],
+        side,
+        StartOptions::default(),
+    );
+    assert_eq!(service.serving(), 1, "{:?}", service.start_failures());
+    let failures = service.start_failures();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    for ((name, failure), field) in failures.iter().zip(["serial", "naa"]) {
+        assert_eq!(failure.exit_code, exit::CONFIG, "{}", failure.message);
+        assert!(
+            failure.message.contains(&format!("{field} ")) && failure.message.contains("disk dup-a's too"),
+            "{name}: {}",
+            failure.message
+        );
+    }
+    assert_eq!(kernel.registered_devices(), ["dup-a"]);
+    drop(service.stop());
+}
