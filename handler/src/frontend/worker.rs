@@ -190,6 +190,9 @@ pub(super) struct Worker {
     /// Their payloads, dropped after the lease table's lock (reused: no allocation per reap).
     released_buffers: Vec<Arc<CmdBuffer>>,
     submit: Vec<StoreRequest>,
+    /// The store refused the last submission (its queue full, or failed): what it refused
+    /// waits in `submit`, and nothing is fetched until it is in ([`Worker::flush_submissions`]).
+    store_refused: bool,
     /// Buffers of the requests in `submit` not leased yet, by cmd_h ([`Worker::grant_leases`]).
     to_lease: Vec<(u64, Arc<CmdBuffer>)>,
     /// Reused by [`Worker::grant_leases`]: no allocation per batch.
@@ -253,6 +256,7 @@ impl Worker {
             reaped_leases: Vec::new(),
             released_buffers: Vec::new(),
             submit: Vec::new(),
+            store_refused: false,
             to_lease: Vec::new(),
             granted: Vec::new(),
             completions: Vec::new(),
@@ -330,10 +334,9 @@ impl Worker {
             }
             // Until the workers leave, they keep fetching: while draining, new commands are
             // answered (BUSY) and returned buffers honoured, never left to the close path.
-            // Nor while the store has refused a backlog: SCST keeps what is not fetched (the
-            // initiators see the queue full there, not here).
-            let backlogged = !self.submit.is_empty();
-            let want = if phase == Phase::Leaving || self.fd_closed || backlogged {
+            // Except while the store refuses a backlog: then nothing is fetched, and SCST keeps
+            // what it holds (the initiators meet a full queue there, not here).
+            let want = if phase == Phase::Leaving || self.fd_closed || self.store_refused {
                 0
             } else {
                 self.fetch_size.want()
@@ -365,7 +368,7 @@ impl Worker {
             self.announce_released_buffers();
             self.flush_submissions();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
-                let fetching = phase != Phase::Leaving && !self.fd_closed && self.submit.is_empty();
+                let fetching = phase != Phase::Leaving && !self.fd_closed && !self.store_refused;
                 let lingered = replied && fetching && self.inflight.is_empty() && self.linger();
                 if !lingered && !self.poll_completions() {
                     self.wait(fetching);
@@ -1487,10 +1490,12 @@ impl Worker {
             if !self.submit.is_empty() {
                 if let Err(e) = self.queue.submit(&mut self.token, &mut self.submit) {
                     log::debug!("store queue: {e}; {} requests wait for room", self.submit.len());
+                    self.store_refused = true;
                     self.reap_store();
                     return;
                 }
             }
+            self.store_refused = false;
             self.reap_store();
             if self.submit.is_empty() {
                 return;
