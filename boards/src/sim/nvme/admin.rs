@@ -11,6 +11,7 @@ use super::spec::status;
 use super::spec::Sqe;
 use super::spec::PAGE_SIZE;
 use super::state::CompQueue;
+use super::state::QueueDeletion;
 use super::state::SubQueue;
 use super::worker::CmdResult;
 use super::worker::Exec;
@@ -128,6 +129,7 @@ fn delete_cq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
         return Err(status::INVALID_QUEUE_DELETION.into());
     }
     st.cqs[usize::from(qid)] = None;
+    st.deleted(QueueDeletion::Cq(qid));
     Ok(Reply::Done(0))
 }
 
@@ -149,6 +151,7 @@ fn delete_sq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     while st.busy[usize::from(qid)] {
         st = exec.wait_valid(st)?;
     }
+    st.deleted(QueueDeletion::Sq(qid));
     Ok(Reply::Done(0))
 }
 

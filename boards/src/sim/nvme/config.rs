@@ -59,7 +59,28 @@ pub struct NvmeSimConfig {
     /// ...and a completion waits at most this many microseconds for others to share its raise
     /// (looked at before the worker takes its next command), 0..=[`MAX_IRQ_HOLD_MICROS`].
     pub irq_hold_micros: u32,
+    /// CAP.TO (§3.1.1), in 500 ms units, 1..=255: what the controller advertises as the worst
+    /// case of a CSTS.RDY transition. Default 20 (10 s). The model itself takes
+    /// [`NvmeSimConfig::disable_micros`] for a disable, whatever it advertises.
+    pub cap_to: u8,
+    /// RTD3 Entry Latency (Identify Controller bytes 91:88, §5.15.2.1): the microseconds the
+    /// controller says a normal shutdown (CC.SHN = 01b to CSTS.SHST = 10b) may take; 0 = not
+    /// reported (as QEMU's model), at most [`MAX_SHUTDOWN_MICROS`].
+    pub rtd3e_micros: u32,
+    /// How long this model takes from CC.SHN = 01b to CSTS.SHST = 10b, in microseconds, at
+    /// most [`MAX_SHUTDOWN_MICROS`]; default 2000. Set it above RTD3E to model a controller
+    /// slower than it reports, or near RTD3E to model one that needs what it reports.
+    pub shutdown_micros: u32,
+    /// How long this model takes from CC.EN 1→0 to CSTS.RDY = 0 (§7.3.2), in microseconds, at
+    /// most [`MAX_DISABLE_MICROS`]; default 0 (RDY clears once no worker holds a command). A
+    /// function reset is not slowed.
+    pub disable_micros: u32,
 }
+
+/// Largest [`NvmeSimConfig::rtd3e_micros`] and [`NvmeSimConfig::shutdown_micros`]: 120 s.
+pub const MAX_SHUTDOWN_MICROS: u32 = 120_000_000;
+/// Largest [`NvmeSimConfig::disable_micros`]: 60 s.
+pub const MAX_DISABLE_MICROS: u32 = 60_000_000;
 
 /// [`NvmeSimConfig::dlfeat`] bits 2:0 = 001b: deallocated blocks read zeroes.
 pub const DLFEAT_READS_ZEROES: u8 = 0b001;
@@ -87,6 +108,10 @@ impl Default for NvmeSimConfig {
             dlfeat: DLFEAT_READS_ZEROES,
             irq_batch: 8,
             irq_hold_micros: 20,
+            cap_to: 20,
+            rtd3e_micros: 0,
+            shutdown_micros: 2000,
+            disable_micros: 0,
         }
     }
 }
@@ -145,6 +170,27 @@ impl NvmeSimConfig {
             return bad(
                 "irq_hold_micros",
                 format!("{} is above {MAX_IRQ_HOLD_MICROS}", self.irq_hold_micros),
+            );
+        }
+        if self.cap_to == 0 {
+            return bad("cap_to", "0 is not in 1..=255 (500 ms units)".to_owned());
+        }
+        if self.rtd3e_micros > MAX_SHUTDOWN_MICROS {
+            return bad(
+                "rtd3e_micros",
+                format!("{} is above {MAX_SHUTDOWN_MICROS}", self.rtd3e_micros),
+            );
+        }
+        if self.shutdown_micros > MAX_SHUTDOWN_MICROS {
+            return bad(
+                "shutdown_micros",
+                format!("{} is above {MAX_SHUTDOWN_MICROS}", self.shutdown_micros),
+            );
+        }
+        if self.disable_micros > MAX_DISABLE_MICROS {
+            return bad(
+                "disable_micros",
+                format!("{} is above {MAX_DISABLE_MICROS}", self.disable_micros),
             );
         }
         Ok(())
@@ -219,7 +265,35 @@ mod tests {
 
     #[test]
     fn each_field_out_of_range_is_named() {
-        let cases: [(&str, NvmeSimConfig); 12] = [
+        let cases: [(&str, NvmeSimConfig); 16] = [
+            (
+                "cap_to",
+                NvmeSimConfig {
+                    cap_to: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "rtd3e_micros",
+                NvmeSimConfig {
+                    rtd3e_micros: MAX_SHUTDOWN_MICROS + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "shutdown_micros",
+                NvmeSimConfig {
+                    shutdown_micros: MAX_SHUTDOWN_MICROS + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "disable_micros",
+                NvmeSimConfig {
+                    disable_micros: MAX_DISABLE_MICROS + 1,
+                    ..Default::default()
+                },
+            ),
             (
                 "dlfeat",
                 NvmeSimConfig {

@@ -51,6 +51,7 @@ use super::fault::Decision;
 use super::fault::FaultPlan;
 use super::spec::reg;
 use super::state::ControllerState;
+use super::state::QueueDeletion;
 use super::worker;
 use super::NvmeFault;
 use super::NvmeSimConfig;
@@ -105,6 +106,7 @@ pub(crate) struct Counters {
     pub fused_compare_writes: AtomicU64,
     pub fused_miscompares: AtomicU64,
     pub shutdown_notifications: AtomicU64,
+    pub shutdowns_with_io_queues: AtomicU64,
 }
 
 impl Counters {
@@ -388,6 +390,9 @@ impl Shared {
         if fx.shutdown {
             Counters::add(&self.stats.shutdown_notifications);
         }
+        if fx.shutdown_with_io_queues {
+            Counters::add(&self.stats.shutdowns_with_io_queues);
+        }
         if fx.wake {
             self.notify();
         }
@@ -440,6 +445,14 @@ impl Shared {
                 self.change_faults(&mut token, |plan| plan.add(fault));
                 self.lock(&mut token).shutdown_hang = true;
             }
+            NvmeFault::ResetIgnored => {
+                self.change_faults(&mut token, |plan| plan.add(fault));
+                self.lock(&mut token).reset_ignored = true;
+            }
+            NvmeFault::BusMasterStuck => {
+                self.change_faults(&mut token, |plan| plan.add(fault));
+                self.lock(&mut token).bus_master_stuck = true;
+            }
             other => self.change_faults(&mut token, |plan| plan.add(other)),
         }
         self.notify();
@@ -454,7 +467,11 @@ impl Shared {
     pub(crate) fn clear_faults(&self) {
         let mut token = LockToken::root();
         self.change_faults(&mut token, FaultPlan::clear);
-        self.lock(&mut token).shutdown_hang = false;
+        let mut st = self.lock(&mut token);
+        st.shutdown_hang = false;
+        st.reset_ignored = false;
+        st.bus_master_stuck = false;
+        drop(st);
         self.notify();
     }
 
@@ -490,7 +507,21 @@ impl Shared {
             fused_compare_writes: get(&self.stats.fused_compare_writes),
             fused_miscompares: get(&self.stats.fused_miscompares),
             shutdown_notifications: get(&self.stats.shutdown_notifications),
+            shutdowns_with_io_queues: get(&self.stats.shutdowns_with_io_queues),
         }
+    }
+
+    /// The newest I/O queue deletions carried out, oldest first.
+    ///
+    /// # Panics
+    /// As [`Shared::inject`].
+    #[track_caller]
+    pub(crate) fn deletions(&self) -> Vec<QueueDeletion> {
+        self.lock(&mut LockToken::root())
+            .deletions
+            .iter()
+            .copied()
+            .collect()
     }
 }
 
@@ -582,8 +613,19 @@ impl SimModel for NvmeController {
         self.shared.function_reset();
     }
 
+    fn reset_refused(&self) -> bool {
+        // Reached from the HAL's reset with no token (a driver lock may be held, none above
+        // `sim.state`): checked at run time only, as every BAR access.
+        !self.shared.gone() && self.shared.lock_for_bar().reset_ignored
+    }
+
     fn config_space_responds(&self) -> bool {
         !self.shared.gone()
+    }
+
+    fn bus_master_sticks(&self) -> bool {
+        // As `reset_refused`.
+        self.shared.lock_for_bar().bus_master_stuck
     }
 
     fn shutdown(&self) {

@@ -22,12 +22,14 @@ pub const NVME_FAULT_KINDS: &[&str] = &[
     "gone",
     "cfs",
     "shutdown-hang",
+    "no-reset",
+    "bus-master-stuck",
 ];
 
 /// The accepted forms, for error messages and `--help`.
 const FORMS: &str = "latency:<N>us|ms|s, never-complete[:every=N], error[:every=N], \
-status:sct=T,sc=C[,every=N], hang, gone, cfs, shutdown-hang (numbers decimal or 0x hex; every \
-defaults to 1)";
+status:sct=T,sc=C[,every=N], hang, gone, cfs, shutdown-hang, no-reset, bus-master-stuck (numbers \
+decimal or 0x hex; every defaults to 1)";
 
 /// A misbehaviour of the simulated NVMe controller. What the driver observes is documented
 /// per variant.
@@ -71,6 +73,15 @@ pub enum NvmeFault {
     Cfs,
     /// A shutdown notification (CC.SHN) never completes: CSTS.SHST stays 01b (occurring).
     ShutdownHang,
+    /// The controller ignores resets: a CC write clearing EN does not take (CC.EN and CSTS.RDY
+    /// keep reading 1, the controller keeps running, a hang stays), and a function reset is
+    /// refused. Nothing but clearing Bus Master Enable stops its DMA then (the SCA-1
+    /// simulator's `no-reset`).
+    ResetIgnored,
+    /// Bus Master Enable does not clear when written: with [`NvmeFault::ResetIgnored`],
+    /// nothing can prove the controller stopped its DMA, and a driver must keep mapped
+    /// whatever it may reach (the SCA-1 simulator's `bus-master-stuck`).
+    BusMasterStuck,
 }
 
 /// A fault specification that does not parse.
@@ -87,7 +98,8 @@ impl FromStr for NvmeFault {
     type Err = NvmeFaultParseError;
 
     /// Parse `kind[:arg]`: `latency:500us`, `latency:2ms`, `never-complete:every=100`,
-    /// `error`, `error:every=5`, `hang`, `gone`, `cfs`, `shutdown-hang`.
+    /// `error`, `error:every=5`, `hang`, `gone`, `cfs`, `shutdown-hang`, `no-reset`,
+    /// `bus-master-stuck`.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let fail = |reason: String| NvmeFaultParseError {
             input: input.to_owned(),
@@ -170,6 +182,8 @@ impl FromStr for NvmeFault {
             "gone" => no_args(NvmeFault::Gone),
             "cfs" => no_args(NvmeFault::Cfs),
             "shutdown-hang" => no_args(NvmeFault::ShutdownHang),
+            "no-reset" => no_args(NvmeFault::ResetIgnored),
+            "bus-master-stuck" => no_args(NvmeFault::BusMasterStuck),
             _ => Err(fail(format!(
                 "unknown kind {kind:?} (kinds: {})",
                 NVME_FAULT_KINDS.join(", ")
@@ -190,6 +204,8 @@ impl fmt::Display for NvmeFault {
             NvmeFault::Gone => write!(f, "gone"),
             NvmeFault::Cfs => write!(f, "cfs"),
             NvmeFault::ShutdownHang => write!(f, "shutdown-hang"),
+            NvmeFault::ResetIgnored => write!(f, "no-reset"),
+            NvmeFault::BusMasterStuck => write!(f, "bus-master-stuck"),
         }
     }
 }
@@ -293,6 +309,8 @@ mod tests {
             ("gone", NvmeFault::Gone),
             ("cfs", NvmeFault::Cfs),
             ("shutdown-hang", NvmeFault::ShutdownHang),
+            ("no-reset", NvmeFault::ResetIgnored),
+            ("bus-master-stuck", NvmeFault::BusMasterStuck),
         ];
         for (text, want) in cases {
             let parsed: NvmeFault = text.parse().expect(text);

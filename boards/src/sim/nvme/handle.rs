@@ -6,6 +6,7 @@ use std::sync::Arc;
 use scst_accel_hal::sim::Iommu;
 
 use super::controller::Shared;
+use super::state::QueueDeletion;
 use super::NvmeFault;
 
 /// Counters of a simulated NVMe controller since it was created.
@@ -35,6 +36,9 @@ pub struct NvmeSimStats {
     pub fused_miscompares: u64,
     /// Shutdown notifications: CC writes setting SHN while enabled and SHN was 00b (§7.6.2).
     pub shutdown_notifications: u64,
+    /// Of them, those made while I/O queues still existed (the host should delete every I/O
+    /// submission queue, then every I/O completion queue, first: §7.6.2).
+    pub shutdowns_with_io_queues: u64,
 }
 
 /// A cloneable handle on a simulated NVMe controller, for fault injection and statistics. It
@@ -76,6 +80,11 @@ impl NvmeSimHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> NvmeSimStats {
         self.shared.stats()
+    }
+
+    /// The newest I/O queue deletions the controller carried out (at most 256), oldest first.
+    pub fn deletions(&self) -> Vec<QueueDeletion> {
+        self.shared.deletions()
     }
 
     /// The controller's IOMMU domain.

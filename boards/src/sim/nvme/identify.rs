@@ -34,6 +34,7 @@ pub(crate) fn controller(id: &str, config: &NvmeSimConfig) -> Vec<u8> {
     b[77] = config.mdts; // MDTS, in units of CAP.MPSMIN
     put(&mut b, 78, &1u16.to_le_bytes()); // CNTLID
     put(&mut b, 80, &spec::VERSION.to_le_bytes()); // VER
+    put(&mut b, 88, &config.rtd3e_micros.to_le_bytes()); // RTD3E, microseconds
     b[111] = 1; // CNTRLTYPE: I/O controller
                 // OACS (256) = 0: no optional admin commands.
     b[258] = spec::ACL;

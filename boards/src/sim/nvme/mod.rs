@@ -73,15 +73,18 @@ use scst_accel_hal::sim::SimModel;
 pub use config::NvmeSimConfig;
 pub use config::DLFEAT_READS_ZEROES;
 pub use config::DLFEAT_WRITE_ZEROES_DEAC;
+pub use config::MAX_DISABLE_MICROS;
 pub use config::MAX_IO_QUEUES;
 pub use config::MAX_IRQ_BATCH;
 pub use config::MAX_IRQ_HOLD_MICROS;
 pub use config::MAX_MDTS;
+pub use config::MAX_SHUTDOWN_MICROS;
 pub use fault::NvmeFault;
 pub use fault::NvmeFaultParseError;
 pub use fault::NVME_FAULT_KINDS;
 pub use handle::NvmeSimHandle;
 pub use handle::NvmeSimStats;
+pub use state::QueueDeletion;
 
 use super::medium::Medium;
 use super::SimError;

@@ -41,12 +41,15 @@ pub(crate) mod cap {
     pub const MQES: u64 = 1023;
     /// Contiguous Queues Required (bit 16).
     pub const CQR: u64 = 1 << 16;
-    /// Timeout in 500 ms units (bits 31:24): 10 s.
-    pub const TO: u64 = 20 << 24;
+    /// Timeout in 500 ms units (bits 31:24), from the configuration (`cap_to`).
+    pub const TO_SHIFT: u32 = 24;
     /// Command Sets Supported (bits 44:37): bit 37, the NVM command set.
     pub const CSS_NVM: u64 = 1 << 37;
-    /// The whole register: DSTRD = 0, MPSMIN = MPSMAX = 0 (4 KiB pages), no NSSR, no BPS.
-    pub const VALUE: u64 = MQES | CQR | TO | CSS_NVM;
+    /// The whole register with Timeout `to`: DSTRD = 0, MPSMIN = MPSMAX = 0 (4 KiB pages), no
+    /// NSSR, no BPS.
+    pub const fn value(to: u8) -> u64 {
+        MQES | CQR | ((to as u64) << TO_SHIFT) | CSS_NVM
+    }
 }
 
 /// VS (§3.1.2): 1.4.0.

@@ -20,8 +20,19 @@ use super::NvmeSimConfig;
 
 /// Time from CC.EN = 1 to CSTS.RDY = 1 (a real controller takes up to CAP.TO).
 pub(crate) const ENABLE_DELAY: Duration = Duration::from_millis(2);
-/// Time from CC.SHN to CSTS.SHST = complete.
-pub(crate) const SHUTDOWN_DELAY: Duration = Duration::from_millis(2);
+/// I/O queue deletions [`ControllerState::deletions`] keeps (the newest).
+const DELETIONS_KEPT: usize = 256;
+
+/// One I/O queue deletion the controller carried out (Delete I/O Submission Queue, §5.6, or
+/// Delete I/O Completion Queue, §5.5), as [`NvmeSimHandle::deletions`](super::NvmeSimHandle::deletions)
+/// lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueDeletion {
+    /// I/O submission queue `qid` deleted.
+    Sq(u16),
+    /// I/O completion queue `qid` deleted.
+    Cq(u16),
+}
 
 /// A submission queue the controller serves.
 #[derive(Clone, Copy, Debug)]
@@ -73,9 +84,13 @@ pub(crate) enum Readiness {
     Enabling { ready_at: Instant },
     /// CC.EN = 1, CSTS.RDY = 1: commands are processed.
     Ready,
-    /// CC.EN went 1→0 while a worker held a command: CSTS.RDY stays 1 until every worker lets
-    /// go of its command, so RDY = 0 proves no DMA follows (§7.6.2).
-    Resetting,
+    /// CC.EN went 1→0 while a worker held a command, or less than the configured
+    /// `disable_micros` ago: CSTS.RDY stays 1 until every worker lets go of its command (so
+    /// RDY = 0 proves no DMA follows, §7.6.2) and `until` has passed.
+    Resetting {
+        /// RDY may clear from then on.
+        until: Instant,
+    },
 }
 
 /// What the worker should do next.
@@ -111,11 +126,19 @@ pub(crate) struct Effects {
     pub reset: bool,
     /// A shutdown notification started (CC.SHN set while enabled).
     pub shutdown: bool,
+    /// ...and found I/O queues still existing (the host should delete them first, §7.6.2).
+    pub shutdown_with_io_queues: bool,
 }
 
 /// Register file and queues.
 #[derive(Debug)]
 pub(crate) struct ControllerState {
+    /// CAP as advertised (its TO from the configuration).
+    cap: u64,
+    /// Time from CC.SHN = 01b to CSTS.SHST = 10b.
+    shutdown_delay: Duration,
+    /// Time from CC.EN 1→0 to CSTS.RDY = 0, at least.
+    disable_delay: Duration,
     pub cc: u32,
     pub aqa: u32,
     pub asq: u64,
@@ -160,6 +183,12 @@ pub(crate) struct ControllerState {
     pub hung: bool,
     /// [`NvmeFault::ShutdownHang`](super::NvmeFault::ShutdownHang) is standing.
     pub shutdown_hang: bool,
+    /// [`NvmeFault::ResetIgnored`](super::NvmeFault::ResetIgnored) is standing.
+    pub reset_ignored: bool,
+    /// [`NvmeFault::BusMasterStuck`](super::NvmeFault::BusMasterStuck) is standing.
+    pub bus_master_stuck: bool,
+    /// The newest I/O queue deletions carried out, oldest first.
+    pub deletions: VecDeque<QueueDeletion>,
     max_queues: u16,
 }
 
@@ -168,6 +197,9 @@ impl ControllerState {
     pub(crate) fn new(config: &NvmeSimConfig) -> Self {
         let n = usize::from(config.queues) + 1;
         Self {
+            cap: spec::cap::value(config.cap_to),
+            shutdown_delay: Duration::from_micros(u64::from(config.shutdown_micros)),
+            disable_delay: Duration::from_micros(u64::from(config.disable_micros)),
             cc: 0,
             aqa: 0,
             asq: 0,
@@ -192,6 +224,9 @@ impl ControllerState {
             reservations: vec![None; n],
             hung: false,
             shutdown_hang: false,
+            reset_ignored: false,
+            bus_master_stuck: false,
+            deletions: VecDeque::new(),
             max_queues: config.queues,
         }
     }
@@ -202,21 +237,28 @@ impl ControllerState {
     }
 
     /// [`ControllerState::tick`] at the current time, reading the clock only when a
-    /// transition waits for it (an enable not yet ready, a shutdown not yet complete): the
-    /// state is locked several times per command, and a clock read on each was 5 % of a
-    /// worker's time at 4 KiB.
+    /// transition waits for it (an enable not yet ready, a disable or a shutdown not yet
+    /// complete): the state is locked several times per command, and a clock read on each was
+    /// 5 % of a worker's time at 4 KiB.
     pub(crate) fn tick_now(&mut self) {
-        if matches!(self.readiness, Readiness::Enabling { .. }) || self.shutdown_done_at.is_some() {
+        if matches!(
+            self.readiness,
+            Readiness::Enabling { .. } | Readiness::Resetting { .. }
+        ) || self.shutdown_done_at.is_some()
+        {
             self.tick(Instant::now());
         }
     }
 
-    /// Let time-driven transitions happen: RDY after the enable delay, SHST after shutdown.
+    /// Let time-driven transitions happen: RDY after the enable delay, RDY = 0 after the
+    /// disable delay (once no worker holds a command), SHST after shutdown.
     pub(crate) fn tick(&mut self, now: Instant) {
-        if let Readiness::Enabling { ready_at } = self.readiness {
-            if now >= ready_at {
-                self.readiness = Readiness::Ready;
+        match self.readiness {
+            Readiness::Enabling { ready_at } if now >= ready_at => self.readiness = Readiness::Ready,
+            Readiness::Resetting { until } if now >= until && !self.any_busy() => {
+                self.readiness = Readiness::Disabled;
             }
+            _ => {}
         }
         if let Some(at) = self.shutdown_done_at {
             if now >= at {
@@ -229,8 +271,8 @@ impl ControllerState {
     /// 32-bit register read.
     pub(crate) fn read32(&self, offset: u64) -> u32 {
         match offset {
-            reg::CAP => spec::cap::VALUE as u32,
-            o if o == reg::CAP + 4 => (spec::cap::VALUE >> 32) as u32,
+            reg::CAP => self.cap as u32,
+            o if o == reg::CAP + 4 => (self.cap >> 32) as u32,
             reg::VS => spec::VERSION,
             reg::INTMS | reg::INTMC => self.intms,
             reg::CC => self.cc,
@@ -247,7 +289,7 @@ impl ControllerState {
     }
 
     fn csts(&self) -> u32 {
-        let rdy = matches!(self.readiness, Readiness::Ready | Readiness::Resetting);
+        let rdy = matches!(self.readiness, Readiness::Ready | Readiness::Resetting { .. });
         let rdy = if rdy { csts::RDY } else { 0 };
         let cfs = if self.cfs { csts::CFS } else { 0 };
         rdy | cfs | (self.shst << csts::SHST_SHIFT)
@@ -288,6 +330,12 @@ impl ControllerState {
             ..Effects::default()
         };
         let was_enabled = old & cc::EN != 0;
+        if was_enabled && value & cc::EN == 0 && self.reset_ignored {
+            // NvmeFault::ResetIgnored: the write does not take; the controller stays enabled
+            // (CC.EN and CSTS.RDY read 1) and keeps running.
+            log::warn!("{id}: CC write {value:#x} clearing EN ignored (injected): no controller reset");
+            return Effects::default();
+        }
         let enable = value & cc::EN != 0;
         if was_enabled && enable && (old ^ value) & cc::FROZEN_WHILE_ENABLED != 0 {
             log::warn!(
@@ -301,6 +349,12 @@ impl ControllerState {
             (true, false) => {
                 log::info!("{id}: controller reset (CC.EN 1 -> 0)");
                 self.controller_reset();
+                if !self.disable_delay.is_zero() {
+                    // A controller that takes this long to report RDY = 0.
+                    self.readiness = Readiness::Resetting {
+                        until: now + self.disable_delay,
+                    };
+                }
                 fx.reset = true;
             }
             _ => {}
@@ -311,7 +365,8 @@ impl ControllerState {
             // §7.6.2: processing stops; the worker takes no new command from here on.
             self.shst = csts::SHST_OCCURRING;
             fx.shutdown = true;
-            self.shutdown_done_at = (!self.shutdown_hang).then_some(now + SHUTDOWN_DELAY);
+            fx.shutdown_with_io_queues = self.any_io_queue();
+            self.shutdown_done_at = (!self.shutdown_hang).then_some(now + self.shutdown_delay);
             log::info!("{id}: shutdown notification (SHN {:#x})", shn >> 14);
         } else if shn == 0 && shn_old != 0 && enable {
             // As QEMU: clearing SHN clears SHST; the host must still reset before new I/O.
@@ -406,7 +461,9 @@ impl ControllerState {
         // The CQs holding them are gone.
         self.reservations.iter_mut().for_each(|r| *r = None);
         self.readiness = if self.any_busy() {
-            Readiness::Resetting
+            Readiness::Resetting {
+                until: Instant::now(),
+            }
         } else {
             Readiness::Disabled
         };
@@ -434,8 +491,10 @@ impl ControllerState {
         while self.reservations[w].is_some() {
             self.unreserve(w);
         }
-        if self.readiness == Readiness::Resetting && !self.any_busy() {
-            self.readiness = Readiness::Disabled;
+        if let Readiness::Resetting { until } = self.readiness {
+            if !self.any_busy() && Instant::now() >= until {
+                self.readiness = Readiness::Disabled;
+            }
         }
     }
 
@@ -605,6 +664,14 @@ impl ControllerState {
                 .copied()
                 .flatten()
                 .is_some_and(|sq| sq.head != sq.tail && full(sq.cqid))
+    }
+
+    /// Record an I/O queue deletion (the newest [`DELETIONS_KEPT`] are kept).
+    pub(crate) fn deleted(&mut self, deletion: QueueDeletion) {
+        if self.deletions.len() == DELETIONS_KEPT {
+            self.deletions.pop_front();
+        }
+        self.deletions.push_back(deletion);
     }
 
     /// Any I/O queue exists (Set Features Number of Queues is then refused, §5.21.1.7).

@@ -257,12 +257,24 @@ fn queue_creation_and_deletion_follow_the_spec_checks() {
         status(&rig.admin(delete(op::DELETE_IO_SQ, 0))),
         st::INVALID_QUEUE_IDENTIFIER
     );
+    assert_eq!(
+        status(&rig.admin(delete(op::DELETE_IO_CQ, 2))),
+        st::INVALID_QUEUE_IDENTIFIER,
+        "CQ 2 was never created"
+    );
+    assert_eq!(
+        status(&rig.admin(delete(op::DELETE_IO_CQ, 0))),
+        st::INVALID_QUEUE_IDENTIFIER,
+        "the admin CQ is not an I/O queue"
+    );
+    assert_eq!(rig.sim.deletions(), [], "the refused deletions deleted nothing");
     assert_eq!(status(&rig.admin(delete(op::DELETE_IO_SQ, 1))), Status::SUCCESS);
     assert_eq!(status(&rig.admin(delete(op::DELETE_IO_CQ, 1))), Status::SUCCESS);
     assert_eq!(
         status(&rig.admin(delete(op::DELETE_IO_CQ, 1))),
         st::INVALID_QUEUE_IDENTIFIER
     );
+    assert_eq!(rig.sim.deletions(), [QueueDeletion::Sq(1), QueueDeletion::Cq(1)]);
     assert_eq!(rig.sim.stats().iommu_faults, 0);
 }
 

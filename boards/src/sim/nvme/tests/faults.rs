@@ -1,4 +1,5 @@
-//! Injected faults: latency, never-complete, media error, hang, gone, CFS, shutdown hang.
+//! Injected faults: latency, never-complete, media error, hang, gone, CFS, shutdown hang,
+//! resets ignored, bus mastering stuck.
 
 use super::super::spec::admin as op;
 use super::super::spec::csts;
@@ -183,4 +184,35 @@ fn an_unmapped_completion_queue_is_fatal() {
     assert_eq!(after.commands, before.commands + 1, "fetched and executed");
     assert_eq!(after.completions, before.completions, "nothing posted");
     assert_eq!(after.iommu_faults, before.iommu_faults + 1);
+}
+
+/// `no-reset`: a CC write clearing EN does not take (the controller keeps running, RDY stays
+/// 1) and a function reset is refused; `bus-master-stuck`: clearing Bus Master Enable cannot be
+/// confirmed. Cleared, both work again.
+#[test]
+fn resets_ignored_and_bus_mastering_stuck() {
+    let mut rig = Rig::with_io_queue(8);
+    rig.sim.inject("no-reset".parse().expect("fault"));
+    rig.sim.inject("bus-master-stuck".parse().expect("fault"));
+    rig.write(reg::CC, 0);
+    std::thread::sleep(QUIET);
+    assert_eq!(rig.csts() & csts::RDY, csts::RDY, "RDY stays 1");
+    assert_eq!(rig.read(reg::CC) & 1, 1, "CC.EN still reads 1");
+    assert_eq!(
+        status(&rig.command(1, sqe(nvm::FLUSH, 1))),
+        Status::SUCCESS,
+        "the controller keeps running"
+    );
+    let resets = rig.sim.stats().resets;
+    rig.dev.reset().expect_err("the function reset is refused");
+    assert_eq!(rig.sim.stats().resets, resets);
+    rig.dev
+        .disable_bus_master()
+        .expect_err("Bus Master Enable sticks");
+    assert!(!rig.sim.iommu().bus_master_disabled());
+    rig.sim.clear_faults();
+    rig.disable();
+    rig.dev.reset().expect("function reset");
+    rig.dev.disable_bus_master().expect("bus mastering cleared");
+    assert!(rig.sim.iommu().bus_master_disabled());
 }

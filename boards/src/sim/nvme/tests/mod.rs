@@ -33,6 +33,7 @@ use super::spec::Sqe;
 use super::spec::Status;
 use super::NvmeSimConfig;
 use super::NvmeSimHandle;
+use super::QueueDeletion;
 
 /// Bound of every wait for something that must happen.
 pub(super) const WAIT: Duration = Duration::from_secs(5);

@@ -167,6 +167,85 @@ fn shutdown_completes_and_stops_fetching() {
     assert_eq!(status(&rig.command(1, sqe(nvm::FLUSH, 1))), Status::SUCCESS);
 }
 
+/// CAP.TO and RTD3E are what the configuration says, and the shutdown and the disable take the
+/// configured times: SHST stays 01b (occurring) and RDY stays 1 until they have passed.
+#[test]
+fn cap_to_rtd3e_and_the_shutdown_and_disable_times_are_configurable() {
+    let mut rig = Rig::new(NvmeSimConfig {
+        cap_to: 3,
+        rtd3e_micros: 1_500_000,
+        shutdown_micros: 300_000,
+        disable_micros: 300_000,
+        ..small_config()
+    });
+    assert_eq!((rig.bar().read64(reg::CAP) >> 24) & 0xFF, 3, "TO: 1.5 s");
+    rig.enable();
+    let page = rig.alloc(4096);
+    assert_eq!(
+        status(&rig.admin(identify(1, 0, rig.iova(page), 0))),
+        Status::SUCCESS
+    );
+    let rtd3e = rig.read_mem(page, 88, 4);
+    assert_eq!(
+        u32::from_le_bytes([rtd3e[0], rtd3e[1], rtd3e[2], rtd3e[3]]),
+        1_500_000,
+        "RTD3E (bytes 91:88)"
+    );
+    let shst = |rig: &Rig| (rig.csts() >> csts::SHST_SHIFT) & 3;
+    let start = Instant::now();
+    rig.write(reg::CC, CC_ENABLE | (1 << 14));
+    assert_eq!(shst(&rig), csts::SHST_OCCURRING);
+    assert!(wait_until(|| shst(&rig) == csts::SHST_COMPLETE), "SHST complete");
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    rig.write(reg::CC, 0);
+    assert_eq!(
+        rig.csts() & csts::RDY,
+        csts::RDY,
+        "RDY stays 1 during the disable"
+    );
+    assert!(wait_until(|| rig.csts() & csts::RDY == 0), "RDY cleared");
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// A shutdown notification made while I/O queues exist is counted (the host should delete
+/// them first, NVMe 1.4 §7.6.2); one made after deleting them is not.
+#[test]
+fn a_shutdown_with_io_queues_still_there_is_counted() {
+    let mut rig = Rig::with_io_queue(8);
+    rig.write(reg::CC, CC_ENABLE | (1 << 14));
+    assert_eq!(rig.sim.stats().shutdowns_with_io_queues, 1);
+    rig.disable();
+    rig.enable();
+    rig.create_io_queue(1, 8);
+    let delete = |op: u8| Sqe {
+        cdw10: 1,
+        ..sqe(op, 0)
+    };
+    assert_eq!(
+        status(&rig.admin(delete(admin_op::DELETE_IO_SQ))),
+        Status::SUCCESS
+    );
+    assert_eq!(
+        status(&rig.admin(delete(admin_op::DELETE_IO_CQ))),
+        Status::SUCCESS
+    );
+    rig.write(reg::CC, CC_ENABLE | (1 << 14));
+    let stats = rig.sim.stats();
+    assert_eq!(
+        (stats.shutdown_notifications, stats.shutdowns_with_io_queues),
+        (2, 1)
+    );
+}
+
 #[test]
 fn function_reset_returns_registers_to_reset_values() {
     let mut rig = Rig::with_io_queue(8);
