@@ -196,6 +196,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             iova_size: 1 << 30,
             admin_timeout,
             split_64bit_mmio,
+            ..NvmeConfig::default()
         };
         match NvmeController::bring_up(Arc::clone(&device) as Arc<dyn DeviceBacking>, &config) {
             Ok((ctrl, queues)) => {

@@ -359,6 +359,9 @@ pub struct IdentifyController {
     pub acl: u8,
     /// Error Log Page Entries: Error Information log entries kept, 0's based (byte 262).
     pub elpe: u8,
+    /// RTD3 Entry Latency (bytes 91:88): the microseconds a normal shutdown (CC.SHN = 01b to
+    /// CSTS.SHST = 10b) may take, as the controller reports it; 0 = not reported.
+    pub rtd3e: u32,
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -398,6 +401,7 @@ impl IdentifyController {
             vwc: data[525],
             acl: data[258],
             elpe: data[262],
+            rtd3e: le32(data, 88),
         }
     }
 

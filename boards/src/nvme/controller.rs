@@ -49,6 +49,24 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PRP_LIST_ENTRIES: usize = (PAGE_SIZE / 8) as usize;
 /// Largest transfer this driver issues: what one PRP list page describes (2 MiB).
 pub const MAX_TRANSFER: u32 = PRP_LIST_ENTRIES as u32 * PAGE_SIZE as u32;
+/// The default of [`NvmeConfig::shutdown_timeout`]: Linux's `nvme_core.shutdown_timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest bound on a normal shutdown whatever RTD3E says (Linux's 60 s).
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The bound on a normal shutdown (CC.SHN = 01b until CSTS.SHST = 10b, NVMe 1.4 §7.6.2) of a
+/// controller reporting RTD3 Entry Latency `rtd3e_micros` (Identify Controller bytes 91:88, 0 =
+/// not reported), as Linux bounds it (`nvme_init_identify`): RTD3E in whole seconds, at least
+/// `default` and at most [`MAX_SHUTDOWN_TIMEOUT`] (or `default`, if that is longer). Linux
+/// truncates to seconds; this rounds up, so the bound never falls short of what the controller
+/// reports. CAP.TO does not bound a shutdown: it is the bound on CSTS.RDY transitions (§3.1.1).
+pub fn shutdown_timeout(rtd3e_micros: u32, default: Duration) -> Duration {
+    if rtd3e_micros == 0 {
+        return default;
+    }
+    let reported = Duration::from_secs(u64::from(rtd3e_micros.div_ceil(1_000_000)));
+    reported.max(default).min(MAX_SHUTDOWN_TIMEOUT.max(default))
+}
 
 /// Driver settings.
 #[derive(Clone, Debug)]
@@ -67,6 +85,9 @@ pub struct NvmeConfig {
     pub admin_timeout: Duration,
     /// WORKAROUND: a board that cannot take 64-bit MMIO gets two 32-bit accesses, low first.
     pub split_64bit_mmio: bool,
+    /// The bound on a normal shutdown when the controller reports no RTD3E, and the least
+    /// bound when it does ([`shutdown_timeout`]); default [`DEFAULT_SHUTDOWN_TIMEOUT`].
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for NvmeConfig {
@@ -79,6 +100,7 @@ impl Default for NvmeConfig {
             iova_size: 1 << 40,
             admin_timeout: Duration::from_secs(5),
             split_64bit_mmio: false,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -499,15 +521,21 @@ impl NvmeController {
         self.resets.load(Ordering::Acquire)
     }
 
-    /// Normal shutdown (NVMe 1.4 §7.6.2): CC.SHN = 01b, wait (bounded) for CSTS.SHST = 10b,
-    /// then disable. I/O queues should be deleted first.
+    /// The bound on the wait for CSTS.SHST = 10b after CC.SHN = 01b: RTD3E as Linux reads it
+    /// ([`shutdown_timeout`]).
+    pub fn shutdown_timeout(&self) -> Duration {
+        shutdown_timeout(self.info.controller.rtd3e, self.config.shutdown_timeout)
+    }
+
+    /// Normal shutdown (NVMe 1.4 §7.6.2): CC.SHN = 01b, wait for CSTS.SHST = 10b (bounded by
+    /// [`NvmeController::shutdown_timeout`]), then disable. I/O queues should be deleted first.
     ///
     /// # Errors
     /// [`NvmeError::Gone`] or [`NvmeError::Timeout`] (the caller falls back to a reset).
     pub fn shutdown(&self) -> Result<(), NvmeError> {
         let _disabling = Disabling::start(&self.disabling);
         let r = self.registers();
-        let timeout = self.cap.ready_timeout();
+        let timeout = self.shutdown_timeout();
         self.admin.set_enabled(false);
         let current = r.cc();
         if current == ALL_ONES_32 {

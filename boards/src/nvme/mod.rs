@@ -36,9 +36,12 @@ pub mod regs;
 mod tests;
 
 pub use admin::ADMIN_ENTRIES;
+pub use controller::shutdown_timeout;
 pub use controller::NvmeConfig;
 pub use controller::NvmeController;
 pub use controller::NvmeInfo;
+pub use controller::DEFAULT_SHUTDOWN_TIMEOUT;
+pub use controller::MAX_SHUTDOWN_TIMEOUT;
 pub use controller::MAX_TRANSFER;
 pub use controller::PAGE_SIZE;
 pub use controller::PRP_LIST_ENTRIES;

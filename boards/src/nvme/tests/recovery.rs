@@ -30,6 +30,7 @@ use scst_accel_hal::DeviceBacking;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// The admin timeout of the tests that wait one out: short, so the test is, but it also bounds
 /// the recovery's own admin commands, which at 200 ms timed out about once in 24 runs with
@@ -394,8 +395,9 @@ fn a_disable_during_a_slow_enable_waits_for_ready_first() {
     assert_released(&handle);
 }
 
-/// CC.SHN with a controller that never reports shutdown complete: the shutdown fails within
-/// CAP.TO, and a reset still disables the controller.
+/// CC.SHN with a controller that never reports shutdown complete and reports no RTD3E: the
+/// shutdown fails within the configured default bound, and a reset still disables the
+/// controller.
 #[test]
 fn a_shutdown_that_never_completes_is_bounded_then_reset_works() {
     let (mut rig, _knobs) = interposed("drv-shutdown-hang", &config());
@@ -407,13 +409,90 @@ fn a_shutdown_that_never_completes_is_bounded_then_reset_works() {
     let err = Controller::shutdown(rig.ctrl.as_ref()).expect_err("SHST never reaches complete");
 
     match err {
-        EngineError::Timeout { timeout, .. } => {
-            assert_eq!(timeout, Duration::from_millis(500 * u64::from(SHORT_CAP_TO)));
-        }
+        EngineError::Timeout { timeout, .. } => assert_eq!(timeout, config().shutdown_timeout),
         other => panic!("expected a timeout, got {other}"),
     }
     Controller::reset(rig.ctrl.as_ref()).expect("reset");
     assert!(!rig.ctrl.is_enabled());
+    rig.release();
+}
+
+/// The shutdown bound, as Linux reads RTD3E: none reported → the default; otherwise RTD3E in
+/// whole seconds (rounded up here, where Linux truncates), at least the default, at most 60 s.
+#[test]
+fn the_shutdown_bound_is_rtd3e_in_seconds_between_the_default_and_sixty() {
+    let five = Duration::from_secs(5);
+    let cases = [
+        (0, five),
+        (1, five),
+        (5_000_000, five),
+        (5_000_001, Duration::from_secs(6)),
+        (20_500_000, Duration::from_secs(21)),
+        (90_000_000, Duration::from_secs(60)),
+    ];
+    for (rtd3e, want) in cases {
+        assert_eq!(crate::nvme::shutdown_timeout(rtd3e, five), want, "RTD3E {rtd3e}");
+    }
+    let short = Duration::from_millis(300);
+    assert_eq!(crate::nvme::shutdown_timeout(1, short), Duration::from_secs(1));
+    let long = Duration::from_secs(100);
+    assert_eq!(crate::nvme::shutdown_timeout(1_000_000, long), long);
+}
+
+/// A controller whose normal shutdown takes longer than CAP.TO (500 ms) and than the default
+/// bound (500 ms), but within the RTD3E it reports (1.5 s, so 2 s): the shutdown waits for it
+/// and completes, where a wait bounded by CAP.TO gave up and reset a controller that was still
+/// making its cache stable.
+#[test]
+fn a_shutdown_longer_than_cap_to_completes_within_rtd3e() {
+    let sim_config = NvmeSimConfig {
+        cap_to: SHORT_CAP_TO,
+        rtd3e_micros: 1_500_000,
+        shutdown_micros: 900_000,
+        ..NvmeSimConfig::default()
+    };
+    let mut rig = Rig::up("drv-rtd3e-long", sim_config, &config());
+    assert_eq!(rig.ctrl.shutdown_timeout(), Duration::from_secs(2));
+    for q in &mut rig.queues {
+        QueueEngine::stop(q).expect("stop");
+    }
+    let start = Instant::now();
+
+    Controller::shutdown(rig.ctrl.as_ref()).expect("SHST complete within RTD3E");
+
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!rig.ctrl.is_enabled());
+    rig.release();
+}
+
+/// The other way round: RTD3E (1 s) shorter than CAP.TO (the simulator's 10 s), and a shutdown
+/// that never completes: it is given up after the RTD3E bound, not after CAP.TO.
+#[test]
+fn a_shutdown_that_never_completes_is_given_up_after_rtd3e_not_cap_to() {
+    let sim_config = NvmeSimConfig {
+        rtd3e_micros: 1_000_000,
+        ..NvmeSimConfig::default()
+    };
+    let mut rig = Rig::up("drv-rtd3e-short", sim_config, &config());
+    assert_eq!(rig.ctrl.cap().ready_timeout(), Duration::from_secs(10));
+    for q in &mut rig.queues {
+        QueueEngine::stop(q).expect("stop");
+    }
+    rig.sim.inject(fault("shutdown-hang"));
+    let start = Instant::now();
+
+    let err = Controller::shutdown(rig.ctrl.as_ref()).expect_err("SHST never reaches complete");
+
+    match err {
+        EngineError::Timeout { timeout, .. } => assert_eq!(timeout, Duration::from_secs(1)),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    Controller::reset(rig.ctrl.as_ref()).expect("reset");
     rig.release();
 }
 
