@@ -140,6 +140,9 @@ pub struct NvmeController {
     /// disabled under it waits for ([`NvmeController::await_quiesced`]).
     disabling: AtomicU64,
     recovering: AtomicBool,
+    /// Per I/O queue id (index 0 unused): the controller epoch in which that queue was
+    /// created on the device, plus 1; 0 once deleted. What the shutdown deletes first.
+    live_queues: Vec<AtomicU64>,
     /// ABORT slots under the Abort Command Limit (NVMe 1.4 §5.1), see `abort`.
     pub(super) aborts: AbortSlots,
     /// The Error Information log page and its reader, see `error_log`.
@@ -231,6 +234,7 @@ impl NvmeController {
             quiesced: AtomicU64::new(0),
             disabling: AtomicU64::new(0),
             recovering: AtomicBool::new(false),
+            live_queues: (0..=io_queues).map(|_| AtomicU64::new(0)).collect(),
             aborts: AbortSlots::new(),
             error_log_page: ErrorLogPage::new(log_page),
         });
@@ -344,6 +348,20 @@ impl NvmeController {
     /// The disable count: I/O queues created under an older epoch no longer exist.
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// I/O queue `qid` was created on the device in controller epoch `epoch`.
+    pub(crate) fn queue_created(&self, qid: u16, epoch: u64) {
+        if let Some(live) = self.live_queues.get(usize::from(qid)) {
+            live.store(epoch + 1, Ordering::Release);
+        }
+    }
+
+    /// I/O queue `qid` was deleted on the device (its SQ, then its CQ).
+    pub(crate) fn queue_deleted(&self, qid: u16) {
+        if let Some(live) = self.live_queues.get(usize::from(qid)) {
+            live.store(0, Ordering::Release);
+        }
     }
 
     /// The controller accepts commands.
@@ -527,12 +545,57 @@ impl NvmeController {
         shutdown_timeout(self.info.controller.rtd3e, self.config.shutdown_timeout)
     }
 
-    /// Normal shutdown (NVMe 1.4 §7.6.2): CC.SHN = 01b, wait for CSTS.SHST = 10b (bounded by
-    /// [`NvmeController::shutdown_timeout`]), then disable. I/O queues should be deleted first.
+    /// Delete every I/O queue that exists on the controller: every I/O submission queue, then
+    /// every I/O completion queue (NVMe 1.4 §7.6.2: the host should do so before the shutdown
+    /// notification), the whole step bounded by one admin timeout, as Linux's
+    /// `nvme_disable_io_queues` bounds each of its two passes. Returns the queue pairs deleted.
+    ///
+    /// # Errors
+    /// The first deletion that fails or does not complete in time: the rest are not tried.
+    fn delete_io_queues(&self) -> Result<usize, NvmeError> {
+        let epoch = self.epoch();
+        let live: Vec<u16> = (1..self.live_queues.len())
+            .filter(|&q| self.live_queues[q].load(Ordering::Acquire) == epoch + 1)
+            .filter_map(|q| u16::try_from(q).ok())
+            .collect();
+        let deadline = Instant::now() + self.config.admin_timeout;
+        for (command, opcode) in [
+            ("DELETE I/O SQ", cmd::admin_opcode::DELETE_SQ),
+            ("DELETE I/O CQ", cmd::admin_opcode::DELETE_CQ),
+        ] {
+            for &qid in &live {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let sqe = Sqe {
+                    opcode,
+                    cdw10: u32::from(qid),
+                    ..Sqe::default()
+                };
+                self.admin_within(command, sqe, left)?;
+            }
+        }
+        for &qid in &live {
+            self.queue_deleted(qid);
+        }
+        Ok(live.len())
+    }
+
+    /// Normal shutdown (NVMe 1.4 §7.6.2): delete every I/O queue (submission queues, then
+    /// completion queues, bounded by the admin timeout; a deletion that fails or times out is
+    /// logged and the shutdown goes on), CC.SHN = 01b, wait for CSTS.SHST = 10b (bounded by
+    /// [`NvmeController::shutdown_timeout`]), then disable.
     ///
     /// # Errors
     /// [`NvmeError::Gone`] or [`NvmeError::Timeout`] (the caller falls back to a reset).
     pub fn shutdown(&self) -> Result<(), NvmeError> {
+        if self.admin.is_enabled() {
+            match self.delete_io_queues() {
+                Ok(n) => log::info!("{}: {n} I/O queue pairs deleted before the shutdown", self.id()),
+                Err(e) => log::warn!(
+                    "{}: deleting the I/O queues before the shutdown: {e}; shutting down with them",
+                    self.id()
+                ),
+            }
+        }
         let _disabling = Disabling::start(&self.disabling);
         let r = self.registers();
         let timeout = self.shutdown_timeout();

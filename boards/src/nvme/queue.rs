@@ -264,6 +264,7 @@ impl NvmeQueue {
             return Err(e);
         }
         self.live_epoch = Some(epoch);
+        self.ctrl.queue_created(self.qid, epoch);
         self.seen_resets = self.ctrl.reset_count();
         self.running = true;
         self.last_sq_doorbell = 0;
@@ -832,6 +833,7 @@ impl NvmeQueue {
         }
         self.delete("DELETE I/O SQ", admin_opcode::DELETE_SQ, bound)?;
         self.delete("DELETE I/O CQ", admin_opcode::DELETE_CQ, bound)?;
+        self.ctrl.queue_deleted(self.qid);
         self.live_epoch = None;
         log::debug!("{}: I/O queue {} deleted", self.ctrl.id(), self.qid);
         Ok(())

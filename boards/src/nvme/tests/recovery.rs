@@ -577,3 +577,57 @@ fn a_controller_left_enabled_by_a_dead_driver_is_disabled_and_serves_again() {
     }
     Controller::shutdown(ctrl.as_ref()).expect("shutdown");
 }
+
+/// The shutdown of a controller whose I/O queues still exist deletes every I/O submission
+/// queue, then every I/O completion queue, before the shutdown notification (NVMe 1.4 §7.6.2);
+/// the queues, dropped afterwards, find the controller disabled and release their rings.
+#[test]
+fn a_shutdown_deletes_every_io_sq_then_every_io_cq_first() {
+    let rig = Rig::up("drv-shutdown-deletes", NvmeSimConfig::default(), &config());
+    assert_eq!(rig.queues.len(), 2);
+
+    Controller::shutdown(rig.ctrl.as_ref()).expect("shutdown");
+
+    use crate::sim::nvme::QueueDeletion;
+    assert_eq!(
+        rig.sim.deletions(),
+        [
+            QueueDeletion::Sq(1),
+            QueueDeletion::Sq(2),
+            QueueDeletion::Cq(1),
+            QueueDeletion::Cq(2)
+        ]
+    );
+    let stats = rig.sim.stats();
+    assert_eq!(
+        (stats.shutdown_notifications, stats.shutdowns_with_io_queues),
+        (1, 0),
+        "the notification came after the deletions"
+    );
+    assert!(!rig.ctrl.is_enabled());
+    rig.release();
+}
+
+/// A queue stopped before the shutdown is not deleted again; a deletion that does not complete
+/// (a hung controller) is given up after the admin timeout and the shutdown goes on.
+#[test]
+fn a_shutdown_skips_deleted_queues_and_goes_on_when_a_deletion_times_out() {
+    let mut rig = Rig::up("drv-shutdown-delete-hang", NvmeSimConfig::default(), &config());
+    QueueEngine::stop(&mut rig.queues[0]).expect("stop");
+    rig.sim.inject(fault("hang"));
+    let start = Instant::now();
+
+    Controller::shutdown(rig.ctrl.as_ref()).expect("shutdown");
+
+    let elapsed = start.elapsed();
+    assert!(elapsed >= config().admin_timeout, "{elapsed:?}");
+    assert!(elapsed < config().admin_timeout * 2, "{elapsed:?}");
+    use crate::sim::nvme::QueueDeletion;
+    assert_eq!(
+        rig.sim.deletions(),
+        [QueueDeletion::Sq(1), QueueDeletion::Cq(1)],
+        "only the stop's"
+    );
+    assert_eq!(rig.sim.stats().shutdowns_with_io_queues, 1);
+    rig.release();
+}
