@@ -3,9 +3,16 @@
 //! them can happen (docs/architecture.md §5, issue 12: quiesce before unmap).
 
 use scst_accel_boards::definition;
+use scst_accel_boards::engine::QueueEngine;
+use scst_accel_boards::nvme::NvmeConfig;
+use scst_accel_boards::nvme::NvmeController;
 use scst_accel_boards::open::open_board;
 use scst_accel_boards::open::BoardSource;
 use scst_accel_boards::sca1::device_mapper;
+use scst_accel_boards::sim::nvme::create_nvme_sim;
+use scst_accel_boards::sim::nvme::NvmeFault;
+use scst_accel_boards::sim::nvme::NvmeSimConfig;
+use scst_accel_boards::sim::nvme::NvmeSimHandle;
 use scst_accel_boards::sim::Fault;
 use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
@@ -225,4 +232,142 @@ fn a_queue_dropped_under_a_dark_bar_keeps_its_rings_mapped() {
         mappings,
         "the hung engine's rings were unmapped"
     );
+}
+
+/// The simulated NVMe controller (CAP.TO 500 ms, admin timeout 300 ms, one polled queue)
+/// behind an accelerator store with `command_timeout`, hung (`hang`: nothing is fetched, admin
+/// commands included, CSTS.RDY stays 1) on a function that ignores resets (`no-reset`: CC.EN
+/// 1→0 does not take, the function reset is refused), `more` faults besides, and a queue of the
+/// store to which a READ of 8 blocks (tag 1, a 4 KiB buffer of the controller's pool) was
+/// submitted.
+fn hung_nvme_reading(
+    command_timeout: Duration,
+    more: &[NvmeFault],
+) -> (NvmeSimHandle, Arc<SgvPool>, AccelStore, Box<dyn StoreQueue>) {
+    let (device, sim) = create_nvme_sim(
+        "give-up-nvme",
+        NvmeSimConfig {
+            num_blocks: 4096,
+            cap_to: 1,
+            ..NvmeSimConfig::default()
+        },
+    )
+    .expect("simulated NVMe controller");
+    let config = NvmeConfig {
+        queues: 1,
+        queue_depth: 16,
+        interrupts: false,
+        admin_timeout: Duration::from_millis(300),
+        ..NvmeConfig::default()
+    };
+    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(controller.device()))),
+        Some(Arc::clone(controller.iovas())),
+        16 << 20,
+    ));
+    let queues = queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn QueueEngine>)
+        .collect();
+    let store = AccelStore::new(
+        controller,
+        queues,
+        AccelConfig {
+            command_timeout,
+            ..AccelConfig::default()
+        },
+    );
+    sim.inject(NvmeFault::Hang);
+    sim.inject(NvmeFault::ResetIgnored);
+    for fault in more {
+        sim.inject(*fault);
+    }
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    let mut q = store.open_queue().expect("queue");
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    (sim, pool, store, q)
+}
+
+/// The NVMe path of `a_store_that_gives_up_fails_requests_only_after_dma_is_stopped`: a hung
+/// controller that ignores resets (`hang`, `no-reset`): the abort and the queue deletion time
+/// out, neither the controller reset nor the function reset proves anything, so the store gives
+/// up, and fails the request only after it cleared bus mastering.
+#[test]
+fn an_nvme_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
+    let (sim, _pool, store, mut q) = hung_nvme_reading(Duration::from_millis(200), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    while out.is_empty() && Instant::now() < deadline {
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
+    assert_eq!(out[0].status, StoreStatus::DeviceError);
+    assert!(store.failure().is_some(), "the store gave up");
+    assert!(
+        sim.iommu().bus_master_disabled(),
+        "the request was failed (its buffer released) while the controller could still DMA"
+    );
+}
+
+/// The NVMe path of `a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped`: a
+/// queue dropped with a request on a hung controller that neither resets (`no-reset`) nor lets
+/// its bus mastering be cleared (`bus-master-stuck`): nothing proves the controller does no
+/// more DMA, so the queue's SQ, CQ and PRP pages stay mapped.
+#[test]
+fn an_nvme_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
+    let (sim, _pool, _store, q) = hung_nvme_reading(Duration::from_secs(60), &[NvmeFault::BusMasterStuck]);
+    let mappings = sim.iommu().mappings();
+    drop(q);
+    assert!(
+        !sim.iommu().bus_master_disabled(),
+        "bus mastering could not be cleared (injected)"
+    );
+    assert_eq!(
+        sim.iommu().mappings(),
+        mappings,
+        "the hung controller's rings were unmapped"
+    );
+}
+
+/// The NVMe path of `a_store_that_gives_up_without_proof_holds_its_requests`: the store gives up
+/// on a controller that neither resets nor lets its bus mastering be cleared: the request it
+/// holds is never answered while the store reports its failure, and the queue, dropped, keeps
+/// its rings mapped.
+#[test]
+fn an_nvme_store_that_gives_up_without_proof_holds_its_requests() {
+    let (sim, _pool, store, mut q) =
+        hung_nvme_reading(Duration::from_millis(200), &[NvmeFault::BusMasterStuck]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    while store.failure().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the store never gave up: {:?}",
+            store.dump()
+        );
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..50 {
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(out.is_empty(), "a request was answered without proof: {out:?}");
+    assert!(!sim.iommu().bus_master_disabled());
+    let mappings = sim.iommu().mappings();
+    drop(q);
+    assert_eq!(sim.iommu().mappings(), mappings, "the rings were unmapped");
 }
