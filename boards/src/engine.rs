@@ -176,6 +176,19 @@ pub enum EngineError {
         /// The bound.
         timeout: std::time::Duration,
     },
+    /// A queue's stop found the function disabled by another thread's reset that had not yet
+    /// proven the end of DMA (NVMe: CSTS.RDY = 0) within the caller's bound: nothing of the
+    /// queue may be released yet. Stop again later: it succeeds once that reset proved it.
+    #[error(
+        "{device}: another thread's reset has not proven the end of DMA within {waited:?}; \
+         hold the queue's requests and rings, and stop it again later"
+    )]
+    StopPending {
+        /// Device.
+        device: String,
+        /// How long the stop waited for the proof.
+        waited: std::time::Duration,
+    },
     /// Anything else, with what to do in the message.
     #[error("{device}: {message}")]
     Failed {

@@ -371,3 +371,91 @@ fn an_nvme_store_that_gives_up_without_proof_holds_its_requests() {
     drop(q);
     assert_eq!(sim.iommu().mappings(), mappings, "the rings were unmapped");
 }
+
+/// Another thread's controller recovery whose disable takes 1.5 s (the simulator's
+/// `disable_micros`) while the teardown aborts a queue with a request on the controller (held
+/// there: `never-complete`): the abort's stop is bounded (500 ms), so it returns within it
+/// without proof, holding the request unanswered and the rings mapped, instead of waiting for
+/// that reset as long as it may take (4 x CAP.TO + the admin timeout); the proof, when the reset
+/// brings it, releases the request (ABORTED) on a later reap.
+#[test]
+fn an_nvme_abort_waits_for_another_threads_reset_only_within_its_bound() {
+    let (device, sim) = create_nvme_sim(
+        "give-up-nvme-pending",
+        NvmeSimConfig {
+            num_blocks: 4096,
+            cap_to: 4,
+            disable_micros: 1_500_000,
+            ..NvmeSimConfig::default()
+        },
+    )
+    .expect("simulated NVMe controller");
+    let config = NvmeConfig {
+        queues: 1,
+        queue_depth: 16,
+        interrupts: false,
+        admin_timeout: Duration::from_secs(1),
+        ..NvmeConfig::default()
+    };
+    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(controller.device()))),
+        Some(Arc::clone(controller.iovas())),
+        16 << 20,
+    ));
+    let queues = queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn QueueEngine>)
+        .collect();
+    let store = AccelStore::new(Arc::clone(&controller) as _, queues, AccelConfig::default());
+    sim.inject(NvmeFault::NeverComplete { every: 1 });
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    let mut q = store.open_queue().expect("queue");
+    let commands = sim.stats().commands;
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.stats().commands == commands {
+        assert!(Instant::now() < deadline, "the controller never took the READ");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let other = Arc::clone(&controller);
+    let recovery = std::thread::spawn(move || other.recover().map_err(|e| e.to_string()));
+    while controller.is_enabled() {
+        assert!(Instant::now() < deadline, "the recovery never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mappings = sim.iommu().mappings();
+    let start = Instant::now();
+
+    q.abort_all();
+
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1000), "the abort took {took:?}");
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    q.reap(&mut out);
+    assert!(out.is_empty(), "answered without proof: {out:?}");
+    assert_eq!(q.in_flight(), 1, "the request is held");
+    assert_eq!(sim.iommu().mappings(), mappings, "nothing was unmapped");
+    recovery.join().expect("recovery thread").expect("recovery");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.is_empty() {
+        assert!(Instant::now() < deadline, "never released: {:?}", store.dump());
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, StoreStatus::Aborted);
+    assert!(store.failure().is_none(), "{:?}", store.failure());
+    assert_eq!(sim.iommu().fault_count(), 0);
+}

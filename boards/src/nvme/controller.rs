@@ -435,17 +435,20 @@ impl NvmeController {
     /// = 0 (NVMe 1.4 §3.1.6, §7.3.2: only then are the queue's commands dropped for good, and
     /// their buffers the host's again). One still under way is waited for, bounded by what it
     /// may take (twice CAP.TO per disable, two disables around a function reset, and the admin
-    /// timeout); one that failed, or did not end in time, is followed by this thread's own
-    /// reset.
+    /// timeout) or by the caller's `bound`, if shorter; one that failed, or did not end in
+    /// that time without a caller's bound, is followed by this thread's own reset.
     ///
     /// # Errors
-    /// As [`NvmeController::reset`]: no proof, so nothing of the queue may be released.
-    pub(crate) fn await_quiesced(&self, epoch: u64) -> Result<(), NvmeError> {
+    /// [`NvmeError::DisableUnproven`] when the caller's `bound` ran out with a reset still
+    /// under way (it may prove the end of DMA later: ask again); otherwise as
+    /// [`NvmeController::reset`]. Either way no proof: nothing of the queue may be released.
+    pub(crate) fn await_quiesced(&self, epoch: u64, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
         let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
         if proven() {
             return Ok(());
         }
-        let bound = self.cap.ready_timeout() * 4 + self.config.admin_timeout;
+        let full = self.cap.ready_timeout() * 4 + self.config.admin_timeout;
+        let bound = caller_bound.map_or(full, |b| b.min(full));
         let deadline = Instant::now() + bound;
         while self.disabling.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             if proven() {
@@ -456,6 +459,19 @@ impl NvmeController {
         }
         if proven() {
             return Ok(());
+        }
+        if caller_bound.is_some() && self.disabling.load(Ordering::Acquire) > 0 {
+            // The reset under way may still prove it; a reset of our own would outlast the
+            // caller's bound and only disturb that one.
+            log::warn!(
+                "{}: another thread's controller reset has not proven CSTS.RDY = 0 within \
+                 {bound:?}; the queue's requests and rings are held until it does",
+                self.id()
+            );
+            return Err(NvmeError::DisableUnproven {
+                device: self.id().to_owned(),
+                waited: bound,
+            });
         }
         log::warn!(
             "{}: the controller was disabled without proof that it stopped DMA (a reset failed, or \

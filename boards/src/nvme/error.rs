@@ -58,6 +58,18 @@ pub enum NvmeError {
         /// Device.
         device: String,
     },
+    /// A queue found the controller disabled by another thread's reset that had not proven
+    /// CSTS.RDY = 0 within the caller's bound: nothing of the queue may be released yet.
+    #[error(
+        "{device}: another thread's controller reset has not proven CSTS.RDY = 0 within {waited:?}; \
+         hold the queue's requests and rings, and stop it again later"
+    )]
+    DisableUnproven {
+        /// Device.
+        device: String,
+        /// How long the queue waited.
+        waited: Duration,
+    },
     /// The controller lacks something this driver needs.
     #[error("{device}: unsupported controller: {what}")]
     Unsupported {
@@ -101,6 +113,7 @@ impl From<NvmeError> for EngineError {
                 what,
                 timeout,
             },
+            NvmeError::DisableUnproven { device, waited } => EngineError::StopPending { device, waited },
             NvmeError::Fatal { ref device, .. }
             | NvmeError::Command { ref device, .. }
             | NvmeError::ResetDuringCommand { ref device, .. }

@@ -762,7 +762,13 @@ impl NvmeQueue {
         }
     }
 
-    fn delete(&self, command: &'static str, opcode: u8, bound: Duration) -> Result<(), NvmeError> {
+    fn delete(
+        &self,
+        command: &'static str,
+        opcode: u8,
+        bound: Duration,
+        caller_bound: Option<Duration>,
+    ) -> Result<(), NvmeError> {
         let r = self.ctrl.admin_within(
             command,
             Sqe {
@@ -776,17 +782,18 @@ impl NvmeQueue {
             Ok(_) => Ok(()),
             // The controller was disabled meanwhile: the queue is gone with it, once the end of
             // its DMA is proven.
-            Err(_) if !self.live_on_device() && !self.ctrl.is_gone() => self.await_disabled(),
+            Err(_) if !self.live_on_device() && !self.ctrl.is_gone() => self.await_disabled(caller_bound),
             Err(e) => Err(e),
         }
     }
 
     /// The controller was disabled under the queue (another thread's reset): its commands
     /// are dropped, but only that disable's end (CSTS.RDY = 0) proves the controller no longer
-    /// moves their data. Waits for it, or resets ([`NvmeController::await_quiesced`]).
-    fn await_disabled(&self) -> Result<(), NvmeError> {
+    /// moves their data. Waits for it (no longer than `caller_bound`, when given), or resets
+    /// ([`NvmeController::await_quiesced`]).
+    fn await_disabled(&self, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
         match self.live_epoch {
-            Some(epoch) => self.ctrl.await_quiesced(epoch),
+            Some(epoch) => self.ctrl.await_quiesced(epoch, caller_bound),
             None => Ok(()),
         }
     }
@@ -808,21 +815,29 @@ impl NvmeQueue {
     /// controller refuses a deletion; a reset's error when the controller was disabled under the
     /// queue and no reset could prove it stopped.
     pub fn stop(&mut self) -> Result<(), NvmeError> {
-        self.stop_within(self.ctrl.config().admin_timeout)
+        self.stop_bounded(self.ctrl.config().admin_timeout, None)
     }
 
     /// [`NvmeQueue::stop`] with each deletion bounded by `bound` instead of the admin timeout
     /// (the teardown's abort step cannot wait the admin timeout for a hung controller: it
-    /// resets it instead).
+    /// resets it instead), and so is the wait for another thread's reset to prove the end of
+    /// DMA: when `bound` runs out first, the stop fails with [`NvmeError::DisableUnproven`]
+    /// and releases nothing; a later stop succeeds once that reset has proven it.
     ///
     /// # Errors
-    /// As [`NvmeQueue::stop`].
+    /// As [`NvmeQueue::stop`], and [`NvmeError::DisableUnproven`].
     pub fn stop_within(&mut self, bound: Duration) -> Result<(), NvmeError> {
+        self.stop_bounded(bound, Some(bound))
+    }
+
+    /// The stop, each deletion bounded by `bound`, the wait for another thread's reset by
+    /// `caller_bound` (None: what that reset may take, then a reset of this thread's own).
+    fn stop_bounded(&mut self, bound: Duration, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
         self.running = false;
         if !self.live_on_device() {
             // Stopped with the controller, once that is proven: a queue is failed on another
             // thread's reset only after CSTS.RDY = 0, never while it may still be DMAing.
-            self.await_disabled()?;
+            self.await_disabled(caller_bound)?;
             self.live_epoch = None;
             return Ok(());
         }
@@ -831,8 +846,8 @@ impl NvmeQueue {
                 device: self.ctrl.id().to_owned(),
             });
         }
-        self.delete("DELETE I/O SQ", admin_opcode::DELETE_SQ, bound)?;
-        self.delete("DELETE I/O CQ", admin_opcode::DELETE_CQ, bound)?;
+        self.delete("DELETE I/O SQ", admin_opcode::DELETE_SQ, bound, caller_bound)?;
+        self.delete("DELETE I/O CQ", admin_opcode::DELETE_CQ, bound, caller_bound)?;
         self.ctrl.queue_deleted(self.qid);
         self.live_epoch = None;
         log::debug!("{}: I/O queue {} deleted", self.ctrl.id(), self.qid);

@@ -397,6 +397,10 @@ struct AccelQueue {
     /// Requests are held on the device with nothing proving it stopped DMA for them
     /// ([`AccelQueue::give_up`]): dropped, the queue keeps them and its rings.
     dma_unproven: bool,
+    /// Since when a bounded stop ([`AccelQueue::recover_with`]) has been waiting for another
+    /// thread's reset to prove the end of DMA ([`EngineError::StopPending`]): the requests are
+    /// held, and each health check asks again; the proof releases them.
+    proof_pending: Option<Instant>,
     failure: Arc<OnceLock<String>>,
     /// The device can describe WRITE SAME as a scatter list repeating the pattern block
     /// (enough segments, and a block boundary is a valid segment boundary).
@@ -447,6 +451,7 @@ impl AccelQueue {
             trust_window: (Instant::now(), 0, 0),
             gone: false,
             dma_unproven: false,
+            proof_pending: None,
             failure,
             repeats_blocks,
             copy_blocks: geometry.max_copy_blocks,
@@ -1146,10 +1151,22 @@ impl AccelQueue {
         };
         let mut alive = match stopped {
             Ok(()) => {
+                self.proof_pending = None;
                 self.counters.queue_stops.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(EngineError::Gone { .. }) => false,
+            Err(e @ EngineError::StopPending { .. }) => {
+                // Another thread's reset is under way and will be the proof: a reset of our own
+                // would outlast the caller's bound. Nothing is failed or released meanwhile.
+                log::error!(
+                    "{e}: {} requests of queue {} held until then",
+                    self.parents.len(),
+                    self.queue.index()
+                );
+                self.proof_pending.get_or_insert_with(Instant::now);
+                return;
+            }
             Err(e) => {
                 log::error!("{}: {e}; resetting the function", self.board.id());
                 self.reset_function()
@@ -1299,8 +1316,51 @@ impl AccelQueue {
         }
     }
 
+    /// A bounded stop is waiting for another thread's reset to prove the end of DMA
+    /// ([`AccelQueue::proof_pending`]): ask again without waiting. Proven, fail what was in
+    /// flight (ABORTED) and restart; still pending, keep holding, for at most twice the command
+    /// timeout, then escalate as on a stop that failed. Returns whether the queue still waits.
+    fn poll_pending_proof(&mut self) -> bool {
+        let Some(since) = self.proof_pending else {
+            return false;
+        };
+        match self.queue.stop_within(Duration::ZERO) {
+            Ok(()) => {
+                self.proof_pending = None;
+                // Every request of this queue is failed here, so every reset so far is seen.
+                self.seen_resets = self.board.reset_count();
+                self.counters.queue_stops.fetch_add(1, Ordering::Relaxed);
+                let n = self.fail_all(StoreStatus::Aborted);
+                self.counters.timeouts.fetch_add(n as u64, Ordering::Relaxed);
+                log::warn!(
+                    "{} queue {}: the reset proved the end of DMA after {:?}; {n} held requests failed",
+                    self.board.id(),
+                    self.queue.index(),
+                    since.elapsed()
+                );
+                self.restart_queue();
+                false
+            }
+            Err(EngineError::StopPending { .. }) if since.elapsed() < self.config.command_timeout * 2 => true,
+            Err(e) => {
+                self.proof_pending = None;
+                log::error!(
+                    "{} queue {}: still no proof that DMA ended after {:?}: {e}",
+                    self.board.id(),
+                    self.queue.index(),
+                    since.elapsed()
+                );
+                self.recover("another thread's reset did not prove the end of DMA");
+                false
+            }
+        }
+    }
+
     /// Deadlines and health, checked on every reap (the worker reaps at least every idle poll).
     fn check_health(&mut self) {
+        if self.poll_pending_proof() {
+            return;
+        }
         let resets = self.board.reset_count();
         if resets != self.seen_resets {
             // Another queue reset the function: our engine was stopped with it, so what we had

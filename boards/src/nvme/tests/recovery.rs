@@ -272,7 +272,9 @@ fn a_stuck_disable_escalates_to_a_function_reset() {
 /// CC.EN = 0 write, so only the function reset after CAP.TO stops the controller): a queue with
 /// a command on the device that stops meanwhile must not report itself stopped, which lets
 /// its caller fail the command and reuse its buffer, before that reset proved the controller
-/// stopped; it waits for the proof.
+/// stopped. A stop bounded shorter than that reset fails within its bound, releasing nothing
+/// (it used to wait up to 4 x CAP.TO + the admin timeout whatever its bound); once the reset
+/// proved it, the stop succeeds.
 #[test]
 fn a_queue_stops_only_once_another_threads_reset_is_proven() {
     let (mut rig, knobs) = interposed("drv-reset-race", &config());
@@ -292,17 +294,28 @@ fn a_queue_stops_only_once_another_threads_reset_is_proven() {
     let ctrl = Arc::clone(&rig.ctrl);
     let resetter = std::thread::spawn(move || Controller::reset(ctrl.as_ref()).map_err(|e| e.to_string()));
     assert!(wait_until(|| !rig.ctrl.is_enabled()), "the reset started");
+    let start = Instant::now();
 
-    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
-        .expect("stopped once the reset is proven");
+    let err = QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect_err("no proof within the stop's bound");
 
+    assert!(matches!(err, EngineError::StopPending { .. }), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "the stop outlasted its bound: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(knobs.function_resets.load(Ordering::Relaxed), 0);
+    assert_eq!(rig.queues[0].in_flight(), 1, "nothing released");
+    resetter.join().expect("resetter").expect("reset");
     assert_eq!(
         knobs.function_resets.load(Ordering::Relaxed),
         1,
-        "the stop returned before the function reset stopped the controller"
+        "the other thread's reset ended with the function reset"
     );
     assert!(rig.sim.stats().resets > resets, "the controller was reset");
-    resetter.join().expect("resetter").expect("reset");
+    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect("stopped once the reset is proven");
     assert_eq!(rig.queues[0].abandon_all(), vec![1]);
     rig.sim.clear_faults();
     finish_after_reset(rig, buf);
