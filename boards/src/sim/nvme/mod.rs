@@ -7,12 +7,13 @@
 //! - [`create_nvme_sim`] builds the function: BAR0 holds the controller registers (§3.1) and
 //!   the doorbells at 0x1000 (CAP.DSTRD = 0); [`NvmeSimHandle`] injects [`NvmeFault`]s and
 //!   reads [`NvmeSimStats`].
-//! - CAP: MQES = 1023, CQR = 1, TO = 20 (10 s), CSS = NVM, MPSMIN = MPSMAX = 0 (4 KiB pages);
-//!   VS = 1.4.0. CC.EN 0→1 checks AQA/ASQ/ACQ and CC, then sets CSTS.RDY about 2 ms later;
-//!   CC.EN 1→0 is a controller reset (§7.6.1): every queue deleted, held AERs dropped, CFS and
-//!   SHST cleared, and RDY cleared once the worker holds no command, so RDY = 0 proves no DMA
-//!   follows. CC.SHN sets SHST to occurring, then complete about 2 ms later; from SHN on no new
-//!   command is fetched. A function reset is a controller reset plus every register back to its
+//! - CAP: MQES = 1023, CQR = 1, TO = `cap_to` (default 20: 10 s), CSS = NVM, MPSMIN = MPSMAX
+//!   = 0 (4 KiB pages); VS = 1.4.0; Identify RTD3E = `rtd3e_micros` (default 0). CC.EN 0→1
+//!   checks AQA/ASQ/ACQ and CC, then sets CSTS.RDY about 2 ms later; CC.EN 1→0 is a controller
+//!   reset (§7.6.1): every queue deleted, held AERs dropped, CFS and SHST cleared, and RDY
+//!   cleared once the worker holds no command and `disable_micros` (default 0) have passed, so
+//!   RDY = 0 proves no DMA follows. CC.SHN sets SHST to occurring, then complete
+//!   `shutdown_micros` (default 2 ms) later; from SHN on no new command is fetched. A function reset is a controller reset plus every register back to its
 //!   reset value, and returns only when the worker holds no command.
 //! - One worker thread per submission queue (the admin queue's also posts asynchronous
 //!   events) fetches that SQ's entries through the IOMMU, executes one command at a time and
