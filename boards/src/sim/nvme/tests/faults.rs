@@ -187,8 +187,8 @@ fn an_unmapped_completion_queue_is_fatal() {
 }
 
 /// `no-reset`: a CC write clearing EN does not take (the controller keeps running, RDY stays
-/// 1) and a function reset is refused; `bus-master-stuck`: clearing Bus Master Enable cannot be
-/// confirmed. Cleared, both work again.
+/// at 1) and a function reset is refused; `bus-master-stuck`: clearing Bus Master Enable cannot
+/// be confirmed. Cleared, both work again.
 #[test]
 fn resets_ignored_and_bus_mastering_stuck() {
     let mut rig = Rig::with_io_queue(8);
