@@ -786,8 +786,22 @@ impl Disk {
                 let param = read_param(data_out, param_len);
                 let mut pages = self.mode_pages(token);
                 let new = mode::mode_select(ten, &param, &pages, self.block_size(), self.num_blocks())?;
+                let clears_wce = pages.wce() && !new.wce();
                 self.publish_mode(&new);
                 *pages = new;
+                drop(pages);
+                if clears_wce {
+                    // WCE 1 -> 0 (SBC-4 caching mode page): from now on GOOD to a write means
+                    // the data is on the medium, and the initiator, which no longer sends
+                    // SYNCHRONIZE CACHE, takes the earlier writes to be there too. The cache
+                    // may still hold them: flush it before GOOD, a failure answered as the
+                    // flush's sense (the `rw::finish` of any flush). WCE is 0 before the flush
+                    // begins, so every write planned from here on is FUA and none slips into
+                    // the cache behind it. The change stays made if the flush fails (the
+                    // writes go on written through; MODE SENSE shows WCE 0): see
+                    // docs/scsi.md, "MODE SELECT, and the other initiators".
+                    return Ok(Plan::Io(IoPlan::single(StoreOp::Flush, 0)));
+                }
                 done(Response::good())
             }
             Command::StartStopUnit {

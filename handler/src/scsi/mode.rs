@@ -296,6 +296,10 @@ mod tests {
     use super::super::tests::good_data;
     use super::super::DiskConfig;
     use super::super::Plan;
+    use super::super::Response;
+    use crate::abi::sam_status;
+    use crate::store::StoreOp;
+    use crate::store::StoreStatus;
 
     fn disk() -> super::super::Disk {
         disk_with(DiskConfig::new(512, 1000))
@@ -380,7 +384,15 @@ mod tests {
         d[0] = 0; // mode data length is reserved in MODE SELECT
         d[2] = 0; // so are WP/DPOFUA
         d[12 + 2] &= !0x04;
-        good(&disk, &[0x15, 0x10, 0, 0, d.len() as u8, 0], &d);
+        // Clearing WCE flushes first (`clearing_wce_flushes_the_cache_before_good`).
+        let Plan::Io(flush) = disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &[0x15, 0x10, 0, 0, d.len() as u8, 0],
+            &d,
+        ) else {
+            panic!("clearing WCE flushes")
+        };
+        assert!(matches!(disk.finish(&flush, StoreStatus::Good), Plan::Done(r) if r == Response::good()));
         assert!(!disk.write_cache_enabled());
         let again = good_data(&disk, &[0x1A, 0, 0x08, 0, 0xFF, 0], &[]);
         assert_eq!(again[14] & 0x04, 0);
@@ -536,5 +548,71 @@ mod tests {
             Some([0x8B, 0, 27]),
         );
         assert!(disk.write_cache_enabled());
+    }
+
+    /// MODE SELECT(6) of the caching page with WCE as given, every other field as it is.
+    fn caching_select(wce: bool) -> ([u8; 6], Vec<u8>) {
+        let mut p = vec![0u8; 4];
+        let mut caching = [0u8; 20];
+        caching[0] = 0x08;
+        caching[1] = 0x12;
+        caching[2] = if wce { 0x04 } else { 0 };
+        p.extend_from_slice(&caching);
+        ([0x15, 0x10, 0, 0, p.len() as u8, 0], p)
+    }
+
+    /// WCE 1 -> 0: with WCE 0 GOOD to a write means it is on the medium, and the initiator
+    /// stops sending SYNCHRONIZE CACHE, so the writes the cache still holds must reach the
+    /// medium before the MODE SELECT's GOOD: it is a flush of the store, WCE already 0 for every
+    /// write planned meanwhile (FUA), and a failed flush is its sense (MEDIUM ERROR / WRITE
+    /// ERROR at the flush's LBA), the change staying made. WCE 0 -> 0 and 0 -> 1 flush nothing.
+    #[test]
+    fn clearing_wce_flushes_the_cache_before_good() {
+        let disk = disk();
+        assert!(disk.write_cache_enabled());
+        let (cdb, off) = caching_select(false);
+        let Plan::Io(flush) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &off) else {
+            panic!("WCE 1 -> 0 answered before any flush")
+        };
+        assert_eq!(flush.op, StoreOp::Flush);
+        assert!(!disk.write_cache_enabled(), "WCE is 0 before the flush runs");
+        let write = [0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+        assert_eq!(
+            super::super::tests::io_op(&disk, &write, &[0; 512]),
+            StoreOp::Write {
+                lba: 1,
+                blocks: 1,
+                fua: true
+            },
+            "a write planned while the flush runs is written through"
+        );
+        let Plan::Done(r) = disk.finish(&flush, StoreStatus::Good) else {
+            panic!("GOOD after the flush")
+        };
+        assert_eq!(r, Response::good());
+        let Plan::Done(r) = disk.finish(&flush, StoreStatus::WriteError { lba: 7 }) else {
+            panic!("a failed flush ends the MODE SELECT")
+        };
+        assert_eq!(r.status, sam_status::CHECK_CONDITION);
+        assert_eq!(
+            (r.sense[0], r.sense[2], r.sense[6], r.sense[12], r.sense[13]),
+            (0xF0, 0x03, 7, 0x0C, 0x00),
+            "MEDIUM ERROR / WRITE ERROR at LBA 7: {:02x?}",
+            r.sense
+        );
+        assert!(!disk.write_cache_enabled(), "the change stays made");
+        // Nothing can be cached behind WCE 0, and turning the cache on makes nothing durable.
+        good(&disk, &cdb, &off);
+        let (on, on_data) = caching_select(true);
+        good(&disk, &on, &on_data);
+        assert!(disk.write_cache_enabled());
+        // A MODE SELECT that leaves WCE 1 (the informational exceptions page alone) neither.
+        let mut iec = vec![0u8; 4];
+        iec.extend_from_slice(&[0x1C, 0x0A, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        good(&disk, &[0x15, 0x10, 0, 0, iec.len() as u8, 0], &iec);
+        assert!(matches!(
+            disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &off),
+            Plan::Io(ref io) if io.op == StoreOp::Flush
+        ));
     }
 }
