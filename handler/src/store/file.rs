@@ -22,8 +22,9 @@
 //!   across the I/O. At most `QUEUE_DEPTH` (256) requests per queue, in either engine.
 //! - **Durability, exact.** The cache is write-back ([`StoreInfo::volatile_cache`] = true, so
 //!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every WRITE
-//!   FUA, and follows the writes that have no FUA here, WRITE SAME, WRITE ZEROES and EXTENDED
-//!   COPY's [`StoreOp::Copy`], with a FLUSH before it answers GOOD). FLUSH (SYNCHRONIZE
+//!   FUA, and follows the writes that have no FUA here, WRITE SAME, WRITE ZEROES, EXTENDED
+//!   COPY's [`StoreOp::Copy`] and UNMAP where LBPRZ is claimed, with a FLUSH before it
+//!   answers GOOD; a MODE SELECT clearing WCE flushes before its GOOD). FLUSH (SYNCHRONIZE
 //!   CACHE) is fdatasync(2) (IORING_OP_FSYNC with DATASYNC on a ring). A FUA write goes
 //!   through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on the write), so it is on
 //!   stable media when it completes (SBC-3 §5.39: FUA). The fdatasync goes through a third
@@ -36,8 +37,9 @@
 //!   [`StoreStatus::WriteError`] with the first failing LBA, a failed read
 //!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
-//!   fails too (with the lowest LBA written since the last good flush), until the disk is
-//!   restarted; reporting GOOD would tell the initiator that lost data is safe. Both engines
+//!   fails too (with the lowest LBA written back since the last good flush, after the failure
+//!   included: every block below it is durable, so the engine serves a FUA READ of blocks
+//!   below it), until the disk is restarted; reporting GOOD would tell the initiator that lost data is safe. Both engines
 //!   share that state (`Shared::flush_begin`, `Shared::flush_end`).
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
@@ -765,7 +767,10 @@ impl Store for FileStore {
             if failed == u64::MAX {
                 "flushes good".to_owned()
             } else {
-                format!("a flush FAILED: writes from LBA {failed} on may be lost; every flush fails until restart")
+                format!(
+                    "a flush FAILED: writes from LBA {} on may be lost; every flush fails until restart",
+                    failed.min(low)
+                )
             },
             self.pool.threads.len(),
             shared.dsync_writes.load(Ordering::Relaxed),
@@ -1041,12 +1046,18 @@ impl Shared {
                     return StoreStatus::OutOfRange;
                 };
                 // UNMAP is a hint (SBC-3 §4.7.3.4) and the disk does not claim LBPRZ from it:
-                // where no hole can be punched the blocks simply stay mapped.
+                // where no hole can be punched the blocks simply stay mapped. A hole or a
+                // discard is not durable before a flush: owed to the next one like a write
+                // (a failed flush then names an LBA no higher than it; the engine follows an
+                // UNMAP with a flush under WCE 0 where LBPRZ is claimed, `scsi/rw.rs`).
                 for (start, len) in resolved {
-                    if self.regular {
-                        self.punch_hole(start, len as u64);
+                    let deallocated = if self.regular {
+                        self.punch_hole(start, len as u64)
                     } else {
-                        self.discard(start, len as u64);
+                        self.discard(start, len as u64)
+                    };
+                    if deallocated {
+                        self.wrote_back(start);
                     }
                 }
                 StoreStatus::Good
@@ -1472,10 +1483,16 @@ impl Shared {
     /// Before the fdatasync: the sticky failure if a flush failed already, else the lowest
     /// LBA written back since the last flush (taken: writes completing from here on are
     /// covered by this fdatasync or the next flush).
+    ///
+    /// The failure's LBA is the lowest whose write may be lost, every block below it durable
+    /// (the [`StoreOp::Flush`] contract, on which the engine serves a FUA READ of blocks below
+    /// it): so it is lowered by what was written back after the failure too, which no
+    /// fdatasync will make durable any more.
     fn flush_begin(&self) -> Result<u64, StoreStatus> {
         let failed = self.flush_failed_lba.load(Ordering::Acquire);
         if failed != u64::MAX {
-            return Err(StoreStatus::WriteError { lba: failed });
+            let lba = failed.min(self.dirty_low.load(Ordering::Acquire));
+            return Err(StoreStatus::WriteError { lba });
         }
         Ok(self.dirty_low.swap(u64::MAX, Ordering::AcqRel))
     }

@@ -30,7 +30,10 @@ pub enum StoreOp {
     Read { lba: u64, blocks: u32 },
     /// Buffer → medium; `fua` forces it to stable media before completion.
     Write { lba: u64, blocks: u32, fua: bool },
-    /// Make every completed write stable.
+    /// Make every completed write stable. A flush that leaves writes possibly lost ends
+    /// [`StoreStatus::WriteError`] with `lba` the lowest block whose write may be lost: every
+    /// block below it is on the medium (the engine serves a FUA READ of blocks below it,
+    /// `scsi/rw.rs`), so a store that cannot tell says 0.
     Flush,
     /// Write the first block of the buffer to every block of the range (WRITE SAME).
     WriteSame { lba: u64, blocks: u32 },

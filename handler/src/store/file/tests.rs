@@ -606,6 +606,14 @@ fn a_failed_flush_stays_failed(engine: IoEngine) {
         );
     }
     assert!(store.dump().expect("dump").contains("FAILED"));
+    // What is written back after the failure no fdatasync makes durable either: the failure
+    // names it (every block below its LBA is durable, the engine's FUA READ relies on it).
+    write(&mut q, 3, false);
+    assert_eq!(
+        run(&mut q, StoreOp::Flush, None),
+        StoreStatus::WriteError { lba: 3 }
+    );
+    assert!(store.dump().expect("dump").contains("from LBA 3 on may be lost"));
 }
 
 /// A WRITE ZEROES done by punching a hole, and the part of a copy that copy_file_range made
@@ -641,6 +649,13 @@ fn holes_and_partial_copies_are_owed_to_the_next_flush() {
     assert_eq!(run(&mut q, zeroes, None), StoreStatus::Good);
     assert!(store.shared.punch.load(Ordering::Relaxed), "a hole was punched");
     assert_eq!(dirty(), 40, "the hole");
+    assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
+    // An UNMAP's holes too (LBPRZ: they change what reads return).
+    let unmap = StoreOp::Unmap {
+        ranges: vec![(48, 8), (24, 8)].into(),
+    };
+    assert_eq!(run(&mut q, unmap, None), StoreStatus::Good);
+    assert_eq!(dirty(), 24, "the UNMAP's lower hole");
     assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
     // Blocks 32..40 stay; the copy of 32..48 to 0..16 copies 8 blocks, then finds the end.
     OpenOptions::new()
