@@ -149,7 +149,8 @@ pub struct Capabilities {
     pub d_sense: bool,
     /// DPO and FUA are accepted on READ/WRITE (DPOFUA in the mode parameter header). Always
     /// true: FUA is honoured (a write is durable before GOOD; a read with WCE 1 flushes the
-    /// cache first, so its blocks come from the medium) and DPO, a cache hint, is accepted.
+    /// cache first, so its blocks come from the medium, and fails only if that flush may have
+    /// lost a write of its blocks) and DPO, a cache hint, is accepted.
     pub dpo_fua: bool,
     /// Write protected (WP in the mode parameter header).
     pub read_only: bool,

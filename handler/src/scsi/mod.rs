@@ -114,7 +114,8 @@ pub struct DiskConfig {
     /// answers [`StoreOp::LbaStatus`] (`StoreInfo::reports_lba_status`).
     pub lba_status: bool,
     /// Initial WCE of the caching mode page; with WCE 0 every write is forced to FUA, and the
-    /// writes without FUA (WRITE SAME, EXTENDED COPY segments) are followed by a flush.
+    /// writes without FUA (WRITE SAME, EXTENDED COPY segments, UNMAP where LBPRZ is claimed) are
+    /// followed by a flush; a MODE SELECT that turns it from 1 to 0 flushes before its GOOD.
     pub write_cache: bool,
     /// D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70) sense. Not
     /// changeable by MODE SELECT: it must be the value the target core was registered with
@@ -833,6 +834,7 @@ impl Disk {
             geometry: self.geometry(),
             write_cache: self.write_cache_enabled(),
             compare_and_write_in_device: self.caps.compare_and_write_in_device,
+            unmapped_reads_zero: self.caps.provisioning.unmapped_reads_zero,
         }
     }
 

@@ -27,13 +27,17 @@ pub(crate) struct Context {
     /// COMPARE AND WRITE of up to this many blocks is one atomic store step
     /// ([`super::Capabilities::compare_and_write_in_device`]).
     pub compare_and_write_in_device: u32,
+    /// LBPRZ: deallocated blocks read as zeroes ([`super::Provisioning::unmapped_reads_zero`]),
+    /// so an UNMAP changes what reads return and, with WCE 0, is flushed like a write.
+    pub unmapped_reads_zero: bool,
 }
 
 fn io(op: StoreOp) -> Plan {
     Plan::Io(IoPlan::single(op, 0))
 }
 
-/// A write the store has no FUA for (WRITE SAME, WRITE ZEROES, an EXTENDED COPY segment):
+/// A write the store has no FUA for (WRITE SAME, WRITE ZEROES, an EXTENDED COPY segment, an
+/// UNMAP on a disk that claims LBPRZ):
 /// with the write cache disabled (`write_cache` false, WCE = 0), a FLUSH follows it, so that
 /// GOOD means the data is on the medium as for a FUA write (SBC-3 §6.4.5: with WCE 0 the
 /// device server completes a write with GOOD only after the data is written to the medium).
@@ -60,11 +64,18 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             let len = usize::try_from(u64::from(count) * u64::from(bs)).unwrap_or(usize::MAX);
             let read = StoreOp::Read { lba, blocks: count };
             if fua && ctx.write_cache {
-                // SBC-3 READ (10), FUA = 1: the blocks come from the medium, and a more recent
+                // SBC-4 READ (10), FUA = 1: the blocks come from the medium, and a more recent
                 // copy in a volatile cache is written to the medium first. With WCE = 1 the
-                // cache may hold writes not yet on the medium: flush it (all of it, the store
-                // has no ranged flush), then read. With WCE = 0 every write went through (FUA),
-                // so the cache holds nothing newer. The Data-In length is the read's, carried
+                // cache may hold writes not yet on the medium: flush it, then read. All of it:
+                // no store can make one range durable. The file store's volatile cache is
+                // the device's own write cache under O_DIRECT (and the file system's
+                // metadata for holes and allocation), which only fdatasync's cache flush
+                // reaches, for the whole device; sync_file_range(2) writes page-cache pages
+                // and flushes no device cache nor metadata (its man page: not for data
+                // integrity); an NVMe Flush is per namespace; the RAM store has no cache.
+                // With WCE = 0 every write went through (FUA), so the cache holds nothing
+                // newer. A failed flush fails the READ only where the range may have lost a
+                // write (`read_write_back_failed`). The Data-In length is the read's, carried
                 // to the read step by `Disk::finish`.
                 return Ok(Plan::Io(IoPlan {
                     then: Some((read, 0)),
@@ -130,7 +141,7 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
                 ))
             }
         }
-        Command::Unmap { param_len } => unmap(&read_param(data_out, param_len), &ctx.geometry),
+        Command::Unmap { param_len } => unmap(&read_param(data_out, param_len), ctx),
         // SBC-3 §5.2: NUMBER OF LOGICAL BLOCKS 0 is not an error; nothing is compared or written.
         // With Data-Out nonetheless (2 × 256 blocks truncated to 0 in the one-byte field, as
         // libiscsi's CompareAndWrite.Miscompare sends), the CDB and the data disagree: refused as
@@ -209,7 +220,8 @@ fn block_is_zero(data_out: &dyn DataOut, block_size: u32) -> bool {
 /// UNMAP parameter list (SBC-3 §5.28): 8-byte header (UNMAP DATA LENGTH, UNMAP BLOCK
 /// DESCRIPTOR DATA LENGTH), then 16-byte descriptors (LBA, NUMBER OF LOGICAL BLOCKS).
 /// A partial trailing descriptor is ignored; zero-length descriptors are skipped.
-fn unmap(param: &[u8], geo: &Geometry) -> Result<Plan, Sense> {
+fn unmap(param: &[u8], ctx: &Context) -> Result<Plan, Sense> {
+    let geo = &ctx.geometry;
     if param.is_empty() {
         return good(); // PARAMETER LIST LENGTH 0: nothing to do
     }
@@ -245,14 +257,32 @@ fn unmap(param: &[u8], geo: &Geometry) -> Result<Plan, Sense> {
     if ranges.is_empty() {
         return good();
     }
-    Ok(io(StoreOp::Unmap {
+    let op = StoreOp::Unmap {
         ranges: ranges.into_boxed_slice(),
-    }))
+    };
+    if ctx.unmapped_reads_zero {
+        // LBPRZ: a block the store deallocated reads as zeroes, so the UNMAP changed what
+        // reads return, as a write of zeroes would; with WCE 0 that change must be durable
+        // at GOOD like any other (a hole punched in a file is a metadata change fdatasync
+        // makes durable; the RAM store has nothing to flush). Same rule as WRITE SAME.
+        return Ok(durable(op, ctx.write_cache));
+    }
+    // No LBPRZ: a deallocated block may read as anything (SBC-4, logical block provisioning:
+    // LBPRZ 0), its old data included, so an UNMAP lost with the cache leaves a state a read
+    // could have returned anyway: no flush. The stores that deallocate without LBPRZ: a block
+    // device whose discard does not say it zeroes (`file.rs`), and the accelerator boards,
+    // whose NVMe Deallocate is advisory (`store/accel.rs`, NVMe 1.4 §6.7).
+    Ok(io(op))
 }
 
 /// The response (or next step) after the store ended `io` with `status`, on a thin
 /// provisioned disk when `thin`.
 pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Plan, Sense> {
+    if let (StoreOp::Flush, Some((StoreOp::Read { lba, blocks }, _)), StoreStatus::WriteError { lba: lost }) =
+        (&io.op, &io.then, status)
+    {
+        return read_write_back_failed(io, *lba, *blocks, lost, thin);
+    }
     match status {
         StoreStatus::Good => Ok(match &io.then {
             Some((next, offset)) => Plan::Io(IoPlan {
@@ -321,6 +351,32 @@ pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Pla
         )),
         StoreStatus::WriteProtected => Err(Sense::new(sense_key::DATA_PROTECT, asc::WRITE_PROTECTED)),
     }
+}
+
+/// The flush before a FUA READ of `blocks` at `lba` failed, writes from `lost` on possibly
+/// lost (the [`StoreOp::Flush`] contract: every block below `lost` is on the medium).
+///
+/// - The range ends at or below `lost`: its newest data is on the medium, which is all SBC-4
+///   asks of FUA on a READ (write a newer cached copy of *those* blocks first), so it is
+///   read. Without this, once a flush failed (the file store's failure is sticky) every FUA
+///   READ failed, of blocks never written included.
+/// - Else the READ cannot be served from the medium: CHECK CONDITION, MEDIUM ERROR / WRITE
+///   ERROR, the failure of the write the READ had to do first. A current error, not a deferred
+///   one (SPC-5: for a cached write whose GOOD went before), because the write-back is a step
+///   of this READ, and Linux retries a command answered with a deferred error (scsi_error.c,
+///   `scsi_check_sense`), which would flush again into the same sticky failure; it fails a
+///   MEDIUM ERROR at once. INFORMATION is `lost` where it lies before the range, else the
+///   READ's first block: never inside the range past its first block, since nothing was
+///   read, and Linux takes the blocks before INFORMATION as transferred when the transport
+///   reports no residual (sd.c `sd_completed_bytes`; TCMU cannot say a Data-In of 0).
+fn read_write_back_failed(io: &IoPlan, lba: u64, blocks: u32, lost: u64, thin: bool) -> Result<Plan, Sense> {
+    if lost >= lba.saturating_add(u64::from(blocks)) {
+        log::debug!(
+            "FUA READ of {blocks} blocks at {lba}: a flush failed from LBA {lost}, above the range: read"
+        );
+        return finish(io, StoreStatus::Good, thin);
+    }
+    Err(Sense::new(sense_key::MEDIUM_ERROR, asc::WRITE_ERROR).with_information(lost.min(lba)))
 }
 
 #[cfg(test)]
@@ -414,6 +470,101 @@ mod tests {
         cfg.write_cache = false;
         let disk = disk_with(cfg);
         assert_eq!(io_op(&disk, reads[0], &[]), StoreOp::Read { lba: 10, blocks: 4 });
+    }
+
+    /// After a failed flush (the file store's stays failed), a FUA READ of blocks below the
+    /// lowest LBA whose write the failure may have lost is read: their newest data is on the
+    /// medium, all SBC-4 asks of FUA on a READ. One that reaches that LBA fails with MEDIUM
+    /// ERROR / WRITE ERROR, INFORMATION never inside the range past its first block (nothing
+    /// was read; Linux's sd counts the blocks before INFORMATION as transferred).
+    #[test]
+    fn a_fua_read_fails_only_where_a_failed_flush_may_have_lost_writes() {
+        let disk = thin();
+        let fua_read = |lba: u8| [0x28, 0x08, 0, 0, 0, lba, 0, 0, 4, 0];
+        let flush = |lba: u8| {
+            let io = plan(&disk, &fua_read(lba), &[]);
+            assert_eq!(io.op, StoreOp::Flush);
+            io
+        };
+        // Blocks 10..14, writes from 14 on may be lost: read, with the READ's Data-In.
+        let Plan::Io(read) = disk.finish(&flush(10), StoreStatus::WriteError { lba: 14 }) else {
+            panic!("the range is below the loss: read it")
+        };
+        assert_eq!(read.op, StoreOp::Read { lba: 10, blocks: 4 });
+        let r = done(disk.finish(&read, StoreStatus::Good));
+        assert_eq!((r.status, r.data_in_len), (sam_status::GOOD, 2048));
+        // The loss reaches the range: MEDIUM ERROR / WRITE ERROR, VALID, INFORMATION the
+        // loss where it lies before the range, else the READ's first block.
+        for (lost, information) in [(13u64, 10u32), (10, 10), (11, 10), (3, 3), (0, 0)] {
+            let r = done(disk.finish(&flush(10), StoreStatus::WriteError { lba: lost }));
+            assert_eq!((r.status, r.data_in_len), (sam_status::CHECK_CONDITION, 0));
+            assert_eq!(
+                (r.sense[0], r.sense[2], r.sense[12], r.sense[13]),
+                (0xF0, 0x03, 0x0C, 0x00),
+                "loss from {lost}: {:02x?}",
+                r.sense
+            );
+            assert_eq!(
+                u32::from_be_bytes([r.sense[3], r.sense[4], r.sense[5], r.sense[6]]),
+                information,
+                "loss from {lost}"
+            );
+        }
+        // A flush that failed otherwise says nothing of where: the READ fails.
+        let r = done(disk.finish(&flush(10), StoreStatus::DeviceError));
+        assert_eq!((r.status, r.sense[2]), (sam_status::CHECK_CONDITION, 0x04));
+        // A plain SYNCHRONIZE CACHE's failure is its own, whatever the LBA.
+        let sync = plan(&disk, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+        let r = done(disk.finish(&sync, StoreStatus::WriteError { lba: 900 }));
+        assert_eq!((r.status, r.sense[6]), (sam_status::CHECK_CONDITION, 0x84));
+    }
+
+    /// UNMAP on a disk that claims LBPRZ changes what reads return, as a write of zeroes
+    /// does: with WCE 0 a flush follows it and only its GOOD answers the command (its failure
+    /// fails it). Without LBPRZ (a deallocated block may read as anything, its old data
+    /// included) or with WCE 1 it ends at once.
+    #[test]
+    fn unmap_is_flushed_under_wce_0_where_unmapped_blocks_read_zero() {
+        let list = unmap_list(&[(10, 5), (40, 2)]);
+        for lbprz in [false, true] {
+            for write_cache in [false, true] {
+                let mut cfg = DiskConfig::new(512, 1000);
+                cfg.thin_provisioning = true;
+                cfg.unmapped_reads_zero = lbprz;
+                cfg.write_cache = write_cache;
+                let disk = disk_with(cfg);
+                let first = plan(&disk, &unmap_cdb(list.len()), &list);
+                assert_eq!(
+                    first.op,
+                    StoreOp::Unmap {
+                        ranges: vec![(10, 5), (40, 2)].into()
+                    }
+                );
+                let after = disk.finish(&first, StoreStatus::Good);
+                if write_cache || !lbprz {
+                    assert_eq!(
+                        done(after),
+                        super::Response::good(),
+                        "LBPRZ {lbprz}, WCE {write_cache}"
+                    );
+                    continue;
+                }
+                let Plan::Io(flush) = after else {
+                    panic!("UNMAP with LBPRZ under WCE 0 ended before a flush")
+                };
+                assert_eq!(flush.op, StoreOp::Flush);
+                assert_eq!(
+                    done(disk.finish(&flush, StoreStatus::Good)),
+                    super::Response::good()
+                );
+                let failed = done(disk.finish(&flush, StoreStatus::WriteError { lba: 12 }));
+                assert_eq!(
+                    (failed.status, failed.sense[2], failed.sense[12]),
+                    (sam_status::CHECK_CONDITION, 0x03, 0x0C),
+                    "MEDIUM ERROR / WRITE ERROR"
+                );
+            }
+        }
     }
 
     #[test]
