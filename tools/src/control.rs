@@ -11,9 +11,10 @@
 //!
 //! Anything else (a line over 64 KiB, invalid UTF-8, bad JSON, an unknown command) gets
 //! `{"ok":false,"error":"..."}`; the server keeps serving. A line over 64 KiB also closes that
-//! connection (the rest of the line cannot be told from the next request). A status the
-//! service did not answer in time (it is still starting its disks, or wedged) gets
-//! `{"ok":false,"unavailable":true,"error":"..."}`, never an empty list of disks.
+//! connection (the rest of the line cannot be told from the next request). A status, dump or
+//! resize the service did not answer in time (it is still starting its disks, or wedged) gets
+//! `{"ok":false,"unavailable":true,"error":"..."}`: never an empty list of disks, nor a refusal
+//! (a resize not answered may still happen: `status` shows the capacity).
 //!
 //! # Exit codes of the client subcommands
 //! - 0: done;
@@ -22,7 +23,7 @@
 //!   capacity is the device's); the message says why;
 //! - 69 (`UNAVAILABLE`): no service answers on the socket (not running, or another socket
 //!   path configured), it answered garbage, or it did not answer in time (still starting its
-//!   disks, or wedged).
+//!   disks, or wedged): the same for `status`, `dump` and `resize`.
 
 use crate::exit;
 use crate::metrics::join_within;
@@ -33,6 +34,7 @@ use crate::metrics::ACCEPT_RETRY;
 use crate::metrics::SAMPLE_PERIOD;
 use crate::status::DiskSnapshot;
 use crate::status::ServiceView;
+use crate::status::ViewError;
 use crate::units::parse_size;
 use serde_json::json;
 use serde_json::Value;
@@ -283,6 +285,15 @@ fn error(message: String) -> Value {
     json!({ "ok": false, "error": message })
 }
 
+/// A dump or resize the service refused (`{"ok":false}`, the client exits 65), or did not
+/// answer (`"unavailable":true` as for a status, the client exits 69).
+fn view_error(e: &ViewError) -> Value {
+    match e {
+        ViewError::NotAnswered(_) => json!({ "ok": false, "unavailable": true, "error": e.to_string() }),
+        ViewError::Refused(why) => error(why.clone()),
+    }
+}
+
 /// Answer one request line.
 pub fn handle(line: &str, view: &dyn ServiceView, sampler: &mut Sampler) -> Value {
     let request: Value = match serde_json::from_str(line) {
@@ -303,7 +314,7 @@ pub fn handle(line: &str, view: &dyn ServiceView, sampler: &mut Sampler) -> Valu
             };
             match view.dump(disk) {
                 Ok(text) => json!({ "ok": true, "disk": disk, "dump": text }),
-                Err(e) => error(e),
+                Err(e) => view_error(&e),
             }
         }
         Some("resize") => {
@@ -318,7 +329,7 @@ pub fn handle(line: &str, view: &dyn ServiceView, sampler: &mut Sampler) -> Valu
             match bytes {
                 Ok(bytes) => match view.resize(disk, bytes) {
                     Ok(num_blocks) => json!({ "ok": true, "disk": disk, "num_blocks": num_blocks }),
-                    Err(e) => error(e),
+                    Err(e) => view_error(&e),
                 },
                 Err(e) => error(e),
             }
@@ -802,6 +813,51 @@ mod tests {
         assert!(e.to_string().contains("did not answer"), "{e}");
         status_ok(&path);
         server.stop();
+    }
+
+    /// A dump or resize the service does not answer is unavailable as a status is: exit 69,
+    /// not the 65 of a refusal (it is not one: the request may be tried again, and a resize
+    /// may still happen). Once it answers, a refusal is 65 again.
+    #[test]
+    fn a_dump_or_resize_the_service_does_not_answer_is_unavailable() {
+        let path = socket_path("slow-disk");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let view = Arc::new(SlowView::default());
+        // The server's own first sample, the dump's and the resize's.
+        view.silent.store(3, std::sync::atomic::Ordering::Relaxed);
+        let server = ControlServer::start(&path, Arc::clone(&view) as Arc<dyn ServiceView>).unwrap();
+        for request_line in [
+            json!({"cmd": "dump", "disk": "ram0"}),
+            json!({"cmd": "resize", "disk": "ram0", "size": "2G"}),
+        ] {
+            let e = request(&path, &request_line).unwrap_err();
+            assert!(
+                matches!(e, ClientError::NotAnswering { .. }),
+                "{request_line}: {e}"
+            );
+            assert_eq!(e.exit_code(), exit::UNAVAILABLE, "{request_line}");
+            assert!(e.to_string().contains("did not answer"), "{e}");
+        }
+        assert!(view.inner.resized.lock().unwrap().is_empty());
+        let e = request(&path, &json!({"cmd": "dump", "disk": "nope"})).unwrap_err();
+        assert!(matches!(e, ClientError::Refused(_)), "{e}");
+        assert_eq!(e.exit_code(), exit::DATA);
+        server.stop();
+    }
+
+    /// The service's own view says so when its supervisor is gone (its inbox closed) or does
+    /// not answer, for a dump and a resize as for a status.
+    #[test]
+    fn the_services_view_reports_an_unanswered_dump_or_resize_as_not_answered() {
+        let (tx, inbox) = crossbeam_channel::unbounded();
+        drop(inbox);
+        let view = crate::service::ServiceHandle::new(tx);
+        assert!(matches!(view.dump("d0"), Err(ViewError::NotAnswered(_))));
+        assert!(matches!(
+            view.resize("d0", 1 << 20),
+            Err(ViewError::NotAnswered(_))
+        ));
+        assert!(view.snapshot().is_err());
     }
 
     /// A peer that sends a byte now and then, each well within the read timeout, is dropped

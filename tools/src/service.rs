@@ -25,6 +25,7 @@ use crate::status::IdentityView;
 use crate::status::NotAnswered;
 use crate::status::ServiceView;
 use crate::status::TeardownRecord;
+use crate::status::ViewError;
 use crossbeam_channel::Receiver;
 use crossbeam_channel::Sender;
 use scst_accel_handler::frontend::Frontend;
@@ -236,14 +237,20 @@ impl ServiceView for ServiceHandle {
             .ok_or(NotAnswered { waited: ANSWER_WAIT })
     }
 
-    fn dump(&self, disk: &str) -> Result<String, String> {
+    /// [`ViewError::NotAnswered`] as [`ServiceView::snapshot`] when the supervisor does not
+    /// answer in time (the client exits 69 on it, as on a status).
+    fn dump(&self, disk: &str) -> Result<String, ViewError> {
         self.ask(|tx| Request::Dump(disk.to_owned(), tx))
-            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
+            .ok_or(NotAnswered { waited: ANSWER_WAIT })?
+            .map_err(ViewError::Refused)
     }
 
-    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+    /// [`ViewError::NotAnswered`] when the supervisor does not answer in time, as
+    /// [`Self::dump`]. The resize may still happen after the client gave up: `status` shows it.
+    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, ViewError> {
         self.ask(|tx| Request::Resize(disk.to_owned(), bytes, tx))
-            .unwrap_or_else(|| Err("the service did not answer; try again".into()))
+            .ok_or(NotAnswered { waited: ANSWER_WAIT })?
+            .map_err(ViewError::Refused)
     }
 }
 

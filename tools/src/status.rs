@@ -124,6 +124,24 @@ pub struct NotAnswered {
     pub waited: Duration,
 }
 
+/// Why the service did not do what a disk request (dump, resize) asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    /// The supervisor did not answer in time: the request may be tried again (the client
+    /// exits 69, as for a status it did not answer).
+    #[error(transparent)]
+    NotAnswered(#[from] NotAnswered),
+    /// The service answered no: the message says why and what to do (the client exits 65).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<String> for ViewError {
+    fn from(message: String) -> Self {
+        Self::Refused(message)
+    }
+}
+
 /// What the control socket and the metrics endpoint ask of the service. The service
 /// implements it over its disks; tests implement it over fakes.
 pub trait ServiceView: Send + Sync {
@@ -137,15 +155,18 @@ pub trait ServiceView: Send + Sync {
     /// SIGUSR1 logs it.
     ///
     /// # Errors
-    /// The disk is unknown or not serving: a message saying so.
-    fn dump(&self, disk: &str) -> Result<String, String>;
+    /// [`ViewError::Refused`]: the disk is unknown or not serving, a message saying so;
+    /// [`ViewError::NotAnswered`]: the supervisor did not answer in time.
+    fn dump(&self, disk: &str) -> Result<String, ViewError>;
     /// Grow a disk to `bytes` (RAM/file stores) and tell SCST (DEVICE_CAPACITY_CHANGED, so
     /// initiators see CAPACITY DATA HAS CHANGED). Returns the new capacity in blocks.
     ///
     /// # Errors
-    /// Unknown disk, a board whose capacity is the device's, a shrink, a size that is not a
-    /// multiple of the block size, or the kernel's refusal: a message saying what to do.
-    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String>;
+    /// [`ViewError::Refused`]: unknown disk, a board whose capacity is the device's, a
+    /// shrink, a size that is not a multiple of the block size, or the kernel's refusal, a
+    /// message saying what to do; [`ViewError::NotAnswered`]: the supervisor did not answer in
+    /// time.
+    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, ViewError>;
 }
 
 fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -244,32 +265,33 @@ pub(crate) mod fake {
             ])
         }
 
-        fn dump(&self, disk: &str) -> Result<String, String> {
+        fn dump(&self, disk: &str) -> Result<String, ViewError> {
             match disk {
                 "ram0" => Ok("worker 0: 0 command(s)".into()),
-                _ => Err(format!("no disk {disk:?}")),
+                _ => Err(format!("no disk {disk:?}").into()),
             }
         }
 
-        fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+        fn resize(&self, disk: &str, bytes: u64) -> Result<u64, ViewError> {
             if disk != "ram0" {
-                return Err(format!("no disk {disk:?}"));
+                return Err(format!("no disk {disk:?}").into());
             }
             self.resized.lock().unwrap().push((disk.to_string(), bytes));
             Ok(bytes / 512)
         }
     }
 
-    /// A service that does not answer (yet): its first `silent` snapshots fail as a service
-    /// starting its disks does, then it answers as [`FakeView`].
+    /// A service that does not answer (yet): its first `silent` requests (snapshots, dumps,
+    /// resizes) fail as a service starting its disks does, then it answers as [`FakeView`].
     #[derive(Default)]
     pub(crate) struct SlowView {
         pub(crate) silent: AtomicU64,
         pub(crate) inner: FakeView,
     }
 
-    impl ServiceView for SlowView {
-        fn snapshot(&self) -> Result<Vec<DiskSnapshot>, NotAnswered> {
+    impl SlowView {
+        /// Whether this request is answered (one fewer silent one).
+        fn answers(&self) -> Result<(), NotAnswered> {
             let unanswered = self
                 .silent
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -277,15 +299,24 @@ pub(crate) mod fake {
                 Ok(_) => Err(NotAnswered {
                     waited: Duration::from_secs(5),
                 }),
-                Err(_) => self.inner.snapshot(),
+                Err(_) => Ok(()),
             }
         }
+    }
 
-        fn dump(&self, disk: &str) -> Result<String, String> {
+    impl ServiceView for SlowView {
+        fn snapshot(&self) -> Result<Vec<DiskSnapshot>, NotAnswered> {
+            self.answers()?;
+            self.inner.snapshot()
+        }
+
+        fn dump(&self, disk: &str) -> Result<String, ViewError> {
+            self.answers()?;
             self.inner.dump(disk)
         }
 
-        fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+        fn resize(&self, disk: &str, bytes: u64) -> Result<u64, ViewError> {
+            self.answers()?;
             self.inner.resize(disk, bytes)
         }
     }

@@ -1669,9 +1669,12 @@ mod tests {
             (3072 * 512).to_string(),
             "the kernel was told the new size"
         );
-        assert!(odd.expect_err("not a multiple").contains("block size"));
+        assert!(odd
+            .expect_err("not a multiple")
+            .to_string()
+            .contains("block size"));
         assert!(dump.expect("dump").contains("/dev/uio3"));
-        assert!(unknown.expect_err("unknown").contains("no disk nope"));
+        assert!(unknown.expect_err("unknown").to_string().contains("no disk nope"));
         assert_eq!(
             run_command(&mut rig, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             (

@@ -12,6 +12,7 @@ use scst_accel::status::DiskState;
 use scst_accel::status::IdentityView;
 use scst_accel::status::NotAnswered;
 use scst_accel::status::ServiceView;
+use scst_accel::status::ViewError;
 use scst_accel_handler::frontend::FrontendStats;
 use scst_accel_handler::loopback::KernelConfig;
 use scst_accel_handler::loopback::LoopbackKernel;
@@ -54,14 +55,14 @@ impl ServiceView for Fake {
         ])
     }
 
-    fn dump(&self, disk: &str) -> Result<String, String> {
-        Err(format!("no disk named {disk}"))
+    fn dump(&self, disk: &str) -> Result<String, ViewError> {
+        Err(ViewError::Refused(format!("no disk named {disk}")))
     }
 
-    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, String> {
+    fn resize(&self, disk: &str, bytes: u64) -> Result<u64, ViewError> {
         match disk {
             "disk_a" => Ok(bytes / 4096),
-            _ => Err(format!("no disk named {disk}")),
+            _ => Err(ViewError::Refused(format!("no disk named {disk}"))),
         }
     }
 }
@@ -124,9 +125,10 @@ fn status_dump_and_resize_through_the_binary() {
 
 /// `scst-accel status` while the service is starting its disks (its control socket is up
 /// before them, and its supervisor answers once every disk has been tried; here it never
-/// answers): exit 69 with the reason, not `{"ok":true,"disks":[]}` and 0.
+/// answers): exit 69 with the reason, not `{"ok":true,"disks":[]}` and 0. `dump` and `resize`
+/// alike: 69, not the 65 of a refusal (they exited 65 before).
 #[test]
-fn status_while_the_service_starts_its_disks_exits_69() {
+fn status_dump_and_resize_while_the_service_starts_its_disks_exit_69() {
     let path = socket("starting");
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
     let kernel = LoopbackKernel::new(KernelConfig::default());
@@ -146,6 +148,12 @@ fn status_while_the_service_starts_its_disks_exits_69() {
     assert_eq!(code, Some(69), "{stdout}{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("did not answer"), "{stderr}");
+    for args in [&["dump", "d0"][..], &["resize", "d0", "2G"]] {
+        let (code, stdout, stderr) = run(args, &path);
+        assert_eq!(code, Some(69), "{args:?}: {stdout}{stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(stderr.contains("did not answer"), "{args:?}: {stderr}");
+    }
     server.stop();
     drop(service);
     let _ = std::fs::remove_dir_all(path.parent().unwrap());

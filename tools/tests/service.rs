@@ -585,9 +585,14 @@ fn resize_through_the_service_raises_capacity_data_has_changed() {
         asker.join().expect("asker")
     });
     assert_eq!(grown, Ok(8192));
-    assert!(shrink.as_ref().is_err_and(|e| e.contains("shrink")), "{shrink:?}");
     assert!(
-        unaligned.as_ref().is_err_and(|e| e.contains("block size")),
+        shrink.as_ref().is_err_and(|e| e.to_string().contains("shrink")),
+        "{shrink:?}"
+    );
+    assert!(
+        unaligned
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("block size")),
         "{unaligned:?}"
     );
     // The initiator's next command sees the unit attention, then the new capacity.
