@@ -14,6 +14,7 @@ pub mod alloc_stats;
 pub mod cycles;
 pub mod fdio;
 pub mod locks;
+pub mod shared_mem;
 pub mod sim;
 pub mod skip;
 pub mod vfio;
@@ -136,12 +137,14 @@ pub trait DmaMapper: Send + Sync {
     ///
     /// # Safety
     /// `host..host+len` must be memory of this process that stays mapped, and is never
-    /// accessed through Rust references (only volatile/atomic raw access or raw copies), until
+    /// accessed through Rust references, nor by plain (non-atomic) reads or writes, until
     /// [`DmaMapper::unmap`] of the same range returns: the device may read or write it at any
-    /// time in between. A raw copy is not atomic: the caller must keep it from racing with the
-    /// device's (or another thread's) access to the same bytes, as the drivers' ring protocols
-    /// do (a descriptor is written before its doorbell, a completion read after its phase byte's
-    /// acquire load).
+    /// time in between (the simulated device from Rust threads). Only byte-wise atomic access
+    /// is allowed: the copies of [`shared_mem`] and `AtomicU8` loads and stores. Then a device
+    /// and a thread touching the same bytes at once tear the data but cause no undefined
+    /// behaviour; keeping them apart (a descriptor written before its doorbell, a completion
+    /// read after its phase byte's acquire load) is the ring protocols' job, for correctness
+    /// only.
     ///
     /// # Errors
     /// [`HalError::Map`] with the errno (ENOMEM: the locked-memory limit, EEXIST: overlap).

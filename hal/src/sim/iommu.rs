@@ -6,7 +6,10 @@
 //! and turns a device access to any unmapped byte into a recorded fault that moves no data.
 //! A copy holds the table's read lock from translation to the last byte, and an unmap takes the
 //! write lock, so when `unmap` returns no copy can still be touching that memory: the same
-//! guarantee an IOTLB flush gives the VFIO backend.
+//! guarantee an IOTLB flush gives the VFIO backend. Every copy into or out of host memory is
+//! byte-wise atomic ([`crate::shared_mem`]), as the `DmaMapper::map` contract requires of every
+//! access to mapped memory: an engine and a driver thread touching the same bytes at once (a
+//! driver bug, a late write after a timeout) tear the data, as on hardware, without a data race.
 // UNSAFETY: the device side copies to and from raw host addresses that the `DmaMapper::map`
 // contract keeps valid while mapped; implementing that `unsafe fn` also needs the opt-in.
 #![allow(unsafe_code)]
@@ -22,6 +25,7 @@ use crate::locks::LockToken;
 use crate::locks::OrderedMutex;
 use crate::locks::OrderedReadGuard;
 use crate::locks::OrderedRwLock;
+use crate::shared_mem;
 use crate::DmaMapper;
 use crate::HalError;
 
@@ -179,7 +183,9 @@ impl Iommu {
     }
 
     /// Device write to host memory in pieces that must land in order, each `(iova, bytes)`
-    /// visible to the host before the next starts (a Release fence between them), all under
+    /// visible to the host before the next starts (a Release fence between them: the pieces'
+    /// bytes are atomic stores, so a host acquire load that reads a byte of a later piece
+    /// synchronizes with the fence and sees the earlier pieces whole), all under
     /// one hold of the table: how a device writes a completion entry's body and then the
     /// byte that publishes it. One translation for the lot instead of one per piece; the
     /// guarantee against `unmap` is the same as [`Iommu::dma_write`]'s.
@@ -457,9 +463,10 @@ impl DmaBatch<'_> {
         for (host, at, n) in self.translate(iova, data.len() as u64, true)? {
             // SAFETY: `host..host+n` lies inside one live mapping, checked against the table
             // under this read hold (`translate`); the caller of `map` promised that memory stays
-            // valid until `unmap` returns, which needs the write lock this hold excludes. `data`
-            // is a Rust reference, which the map contract forbids into mapped memory, so the
-            // ranges cannot overlap.
+            // valid until `unmap` returns, which needs the write lock this hold excludes, and
+            // that every other access to it is byte-wise atomic, as this copy is. `data` is a
+            // Rust reference, which the map contract forbids into mapped memory, so the ranges
+            // cannot overlap.
             unsafe { copy_to_host(&data[at..at + n], host) };
         }
         Ok(())
@@ -473,7 +480,8 @@ impl DmaBatch<'_> {
     pub fn read(&mut self, iova: u64, out: &mut [u8]) -> Result<(), IommuFault> {
         for (host, at, n) in self.translate(iova, out.len() as u64, false)? {
             // SAFETY: as in `write`: the source lies inside one live mapping that cannot be
-            // unmapped under this hold, and `out` (a Rust reference) cannot overlap it.
+            // unmapped under this hold and is only accessed byte-wise atomically, and `out` (a
+            // Rust reference) cannot overlap it.
             unsafe { copy_from_host(host, &mut out[at..at + n]) };
         }
         Ok(())
@@ -574,23 +582,27 @@ impl Drop for CopyInFlight<'_> {
     }
 }
 
-/// Copy host memory at `host` into `out`. A byte copy, never a reference: the driver may be
-/// writing the same memory (that is a driver bug, with torn data as on hardware).
+/// Copy host memory at `host` into `out`: a byte-wise atomic copy ([`shared_mem`]), never a
+/// reference, so a driver writing the same memory meanwhile (a driver bug) tears the data, as on
+/// hardware, without undefined behaviour.
 ///
 /// # Safety
 /// `host..host+out.len()` must be readable memory of this process, valid for the whole call,
-/// and must not overlap `out`.
+/// accessed by other threads only byte-wise atomically (the `DmaMapper::map` contract), and must
+/// not overlap `out`.
 unsafe fn copy_from_host(host: u64, out: &mut [u8]) {
-    // SAFETY: the caller guarantees the source range is valid and disjoint from `out`.
-    unsafe { std::ptr::copy_nonoverlapping(host as *const u8, out.as_mut_ptr(), out.len()) }
+    // SAFETY: the caller guarantees the source range is valid, shared only atomically and
+    // disjoint from `out`.
+    unsafe { shared_mem::copy_from_shared_into(host as *const u8, out) }
 }
 
-/// Copy `data` into host memory at `host`.
+/// Copy `data` into host memory at `host`, byte-wise atomically as [`copy_from_host`].
 ///
 /// # Safety
 /// `host..host+data.len()` must be writable memory of this process, valid for the whole call,
-/// not referenced by any live Rust reference, and must not overlap `data`.
+/// accessed by other threads only byte-wise atomically, and must not overlap `data`.
 unsafe fn copy_to_host(data: &[u8], host: u64) {
-    // SAFETY: the caller guarantees the destination range is valid, unaliased and disjoint.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), host as *mut u8, data.len()) }
+    // SAFETY: the caller guarantees the destination range is valid, shared only atomically and
+    // disjoint from `data`.
+    unsafe { shared_mem::copy_to_shared(data, host as *mut u8) }
 }

@@ -54,15 +54,17 @@ impl TestMemory {
     fn read(&self, offset: usize, len: usize) -> Vec<u8> {
         assert!(offset + len <= self.len);
         let mut out = vec![0; len];
-        // SAFETY: the range was checked to lie inside the mapping, which lives as long as self.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), len) };
+        // SAFETY: the range was checked to lie inside the mapping, which lives as long as self;
+        // it may be mapped on the model, so it is copied byte-wise atomically, as the model's
+        // copies are (the `DmaMapper::map` contract).
+        unsafe { crate::shared_mem::copy_from_shared_into(self.ptr.add(offset), &mut out) };
         out
     }
 
     fn write(&self, offset: usize, data: &[u8]) {
         assert!(offset + data.len() <= self.len);
         // SAFETY: as in `read`; the memory is never borrowed as a Rust reference.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+        unsafe { crate::shared_mem::copy_to_shared(data, self.ptr.add(offset)) };
     }
 }
 

@@ -1,0 +1,322 @@
+//! Copies into and out of memory shared with a device: byte-wise atomic copies (the semantics of
+//! C++'s proposed `atomic_load_per_byte_memcpy`, P1478, and of Rust's `AtomicPerByte` RFC 3301),
+//! so that two agents touching the same bytes at once get torn data, never undefined behaviour.
+//!
+//! Memory a device may DMA into (`DmaRegion`, `PageBuffer` in the dma crate) is reached by other
+//! agents behind any Rust borrow: the device itself, the simulated device's engine threads (Rust
+//! threads, through [`crate::sim::Iommu`]) and the kernel. A plain `copy_nonoverlapping` into such
+//! memory while another thread writes it is a data race, which is undefined behaviour in Rust's
+//! memory model even when the torn bytes would be thrown away. Every access to that memory goes
+//! through the functions here instead ([`copy_from_shared`] and its slice form, [`copy_to_shared`],
+//! [`fill_shared`]), each of which acts as one relaxed atomic access per byte:
+//!
+//! - **Per byte, not per word.** Rust forbids racing atomic accesses that partially overlap
+//!   ("mixed-size accesses", `std::sync::atomic`, *Memory model*): a copy that used `AtomicU64`
+//!   where aligned and `AtomicU8` at its edges would be UB against another copy of the same bytes
+//!   with other edges (the host reading a completion entry as words while the device writes its
+//!   phase byte). Byte accesses never partially overlap, and the phase byte's acquire load
+//!   ([`std::sync::atomic::AtomicU8`]) is one of them.
+//! - **`rep movsb` / `rep stosb` on x86_64.** An `AtomicU8` loop moves a byte per cycle, about 6x
+//!   slower than memcpy even from DRAM, and a relaxed `AtomicU64` loop is 1.5x slower there (it
+//!   cannot use vector registers), which the command path cannot afford (`docs/performance.md`,
+//!   *Byte-wise atomic copies*). So on x86_64 copies of [`SHORT`] bytes and more are one
+//!   `rep movsb` (fills one `rep stosb`): the instruction glibc's memcpy itself uses at these
+//!   sizes on CPUs with ERMS, as fast as memcpy. An inline assembly block may do what some
+//!   sequence of Rust operations could do (the Reference's rules for inline assembly): here, a
+//!   relaxed `AtomicU8` load and store per byte. x86 byte accesses are single-copy atomic, and the
+//!   one liberty of fast-string operations (their stores may become visible out of order, Intel
+//!   SDM vol. 1 §7.3.9.3) is one that relaxed ordering already allows. The block is opaque to the
+//!   compiler, which therefore assumes it reads and writes the memory behind its pointers.
+//! - **Ordering is the caller's.** Nothing here orders the copy against other accesses: a ring
+//!   protocol still publishes with a release store (or a release fence before the last atomic
+//!   write) and consumes with an acquire load, as before.
+//!
+//! Elsewhere than x86_64 every copy is the `AtomicU8` loop: correct, but about a byte per cycle.
+// UNSAFETY: raw-pointer atomic accesses and `rep movsb`/`rep stosb` on memory other agents share.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering;
+
+/// Copies shorter than this take the per-byte atomic loop even on x86_64: a `rep movsb` costs a
+/// few tens of cycles to start on CPUs without Fast Short REP MOV, more than 16 bytes' loop.
+pub const SHORT: usize = 16;
+
+/// Copy `len` bytes of shared memory at `src` to `dst`, as a relaxed atomic load of each byte: a
+/// concurrent writer of those bytes (a device, another thread copying with [`copy_to_shared`])
+/// leaves some old and some new bytes at `dst`, never undefined behaviour.
+///
+/// `dst` is a raw pointer so that a caller can fill a `MaybeUninit<T>` (a `FromBytes` value
+/// read out of a ring); [`copy_from_shared_into`] takes a slice.
+///
+/// # Safety
+/// `src..src + len` must be valid for reads for the whole call, and every access to it by
+/// other threads of this process that may run at the same time must itself be a byte-wise atomic
+/// access: a copy from this module or an `AtomicU8` operation (other agents, devices and the
+/// kernel, are outside this rule). `dst..dst + len` must be valid for writes, not read or written
+/// by anyone else during the call, and disjoint from `src`.
+pub unsafe fn copy_from_shared(src: *const u8, dst: *mut u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if len >= SHORT {
+        // SAFETY: `src` is valid for `len` reads and `dst` for `len` writes, disjoint (the
+        // caller's contract); `rep movsb` moves exactly `len` bytes forward.
+        unsafe { rep_movsb(src, dst, len) };
+        return;
+    }
+    // SAFETY: the caller's contract, which `load_bytes` repeats.
+    unsafe { load_bytes(src, dst, len) }
+}
+
+/// [`copy_from_shared`] into a slice: `dst.len()` bytes.
+///
+/// # Safety
+/// As [`copy_from_shared`] for `src..src + dst.len()`.
+pub unsafe fn copy_from_shared_into(src: *const u8, dst: &mut [u8]) {
+    // SAFETY: `dst` is a slice of `dst.len()` writable bytes this call borrows exclusively; a
+    // Rust reference cannot overlap shared memory (the caller's contract); the rest is the
+    // caller's.
+    unsafe { copy_from_shared(src, dst.as_mut_ptr(), dst.len()) }
+}
+
+/// Copy `src` into shared memory at `dst`, as a relaxed atomic store of each byte.
+///
+/// # Safety
+/// `dst..dst + src.len()` must be valid for writes for the whole call, with the same contract
+/// for concurrent access as [`copy_from_shared`]; `src` cannot overlap it.
+pub unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
+    let len = src.len();
+    #[cfg(target_arch = "x86_64")]
+    if len >= SHORT {
+        // SAFETY: as in `copy_from_shared`, with the roles swapped: `src` is a `&[u8]` of `len`
+        // bytes, `dst` valid for `len` writes (the caller's contract), disjoint.
+        unsafe { rep_movsb(src.as_ptr(), dst, len) };
+        return;
+    }
+    // SAFETY: the caller's contract, which `store_bytes` repeats.
+    unsafe { store_bytes(src, dst) }
+}
+
+/// Set `len` bytes of shared memory at `dst` to `byte`, as a relaxed atomic store of each.
+///
+/// # Safety
+/// As [`copy_to_shared`] for `dst..dst + len`.
+pub unsafe fn fill_shared(dst: *mut u8, len: usize, byte: u8) {
+    #[cfg(target_arch = "x86_64")]
+    if len >= SHORT {
+        // SAFETY: `dst` is valid for `len` writes (the caller's contract); `rep stosb` stores
+        // exactly `len` bytes forward from it.
+        unsafe { rep_stosb(dst, len, byte) };
+        return;
+    }
+    // SAFETY: the caller's contract, which `fill_bytes` repeats.
+    unsafe { fill_bytes(dst, len, byte) }
+}
+
+/// The portable [`copy_from_shared`]: an `AtomicU8` load per byte.
+///
+/// # Safety
+/// As [`copy_from_shared`].
+unsafe fn load_bytes(src: *const u8, dst: *mut u8, len: usize) {
+    for i in 0..len {
+        // SAFETY: `src + i` and `dst + i` are inside the caller's ranges; a u8 is always
+        // aligned; every concurrent access to the source byte is atomic and byte-sized, and
+        // nothing else touches `dst`.
+        unsafe {
+            dst.add(i)
+                .write(AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed))
+        };
+    }
+}
+
+/// The portable [`copy_to_shared`]: an `AtomicU8` store per byte.
+///
+/// # Safety
+/// As [`copy_to_shared`].
+unsafe fn store_bytes(src: &[u8], dst: *mut u8) {
+    for (i, &byte) in src.iter().enumerate() {
+        // SAFETY: as in `load_bytes`: inside the caller's range, aligned, and every concurrent
+        // access to the byte is atomic and byte-sized.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
+    }
+}
+
+/// The portable [`fill_shared`]: an `AtomicU8` store per byte.
+///
+/// # Safety
+/// As [`fill_shared`].
+unsafe fn fill_bytes(dst: *mut u8, len: usize, byte: u8) {
+    for i in 0..len {
+        // SAFETY: as in `store_bytes`.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
+    }
+}
+
+/// `len` bytes from `src` to `dst`, forward, by one `rep movsb`: per byte, a relaxed atomic load
+/// and store (module doc).
+///
+/// # Safety
+/// `src` valid for `len` reads, `dst` for `len` writes, not overlapping.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn rep_movsb(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: the caller's contract bounds both ranges; the block touches no other memory, keeps
+    // the stack alone and leaves the flags as they were (DF is clear on entry and not changed).
+    unsafe {
+        std::arch::asm!(
+            "rep movsb",
+            inout("rcx") len => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// `len` copies of `byte` from `dst`, forward, by one `rep stosb`: per byte, a relaxed atomic
+/// store (module doc).
+///
+/// # Safety
+/// `dst` valid for `len` writes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn rep_stosb(dst: *mut u8, len: usize, byte: u8) {
+    // SAFETY: as in `rep_movsb`, for the one range.
+    unsafe {
+        std::arch::asm!(
+            "rep stosb",
+            inout("rcx") len => _,
+            inout("rdi") dst => _,
+            in("al") byte,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Load = unsafe fn(*const u8, *mut u8, usize);
+    type Store = unsafe fn(&[u8], *mut u8);
+    type Fill = unsafe fn(*mut u8, usize, u8);
+
+    /// The public copies (on x86_64: `rep movsb` from [`SHORT`] bytes up) and the portable loops
+    /// they fall back on, so both are held to the same results on any host.
+    const LOADS: [(&str, Load); 2] = [("copy_from_shared", copy_from_shared), ("load_bytes", load_bytes)];
+    const STORES: [(&str, Store); 2] = [("copy_to_shared", copy_to_shared), ("store_bytes", store_bytes)];
+    const FILLS: [(&str, Fill); 2] = [("fill_shared", fill_shared), ("fill_bytes", fill_bytes)];
+
+    /// A pattern no two nearby bytes share, so a shifted or short copy shows.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Every length to 70 (both sides of [`SHORT`], every word edge), page-sized ones and 128 KiB.
+    fn lengths() -> impl Iterator<Item = usize> {
+        (0..=70).chain([4095, 4096, 4097, 128 << 10])
+    }
+
+    /// Offsets of the shared side's first byte: every alignment against a word (0..=8) and a few
+    /// against a cache line.
+    fn offsets() -> impl Iterator<Item = usize> {
+        (0..=8).chain([61, 63, 64])
+    }
+
+    const ROOM: usize = (128 << 10) + 256;
+
+    #[test]
+    fn copies_into_shared_memory_land_exactly_at_every_alignment_and_length() {
+        let mut shared = vec![0u8; ROOM];
+        for (name, store) in STORES {
+            for len in lengths() {
+                for off in offsets() {
+                    shared.fill(0xa5);
+                    let data = pattern(len, off as u8);
+                    // SAFETY: `off + len` is within `shared`, which nothing else touches; `data`
+                    // is another allocation.
+                    unsafe { store(&data, shared.as_mut_ptr().add(off)) };
+                    let at = format!("{name}: {len} bytes at {off}");
+                    assert_eq!(&shared[off..off + len], &data[..], "{at}");
+                    assert!(shared[..off].iter().all(|&b| b == 0xa5), "wrote before, {at}");
+                    assert!(shared[off + len..].iter().all(|&b| b == 0xa5), "wrote past, {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn copies_out_of_shared_memory_read_exactly_at_every_alignment_and_length() {
+        let shared = pattern(ROOM, 7);
+        for (name, load) in LOADS {
+            for len in lengths() {
+                for off in offsets() {
+                    let mut out = vec![0x5au8; len + 2];
+                    // SAFETY: `off + len` is within `shared`, which nothing writes; `out` is
+                    // another allocation with room for `len` bytes after its first.
+                    unsafe { load(shared.as_ptr().add(off), out.as_mut_ptr().add(1), len) };
+                    let at = format!("{name}: {len} bytes at {off}");
+                    assert_eq!(&out[1..=len], &shared[off..off + len], "{at}");
+                    assert_eq!((out[0], out[len + 1]), (0x5a, 0x5a), "wrote outside, {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fills_of_shared_memory_cover_exactly_the_range_at_every_alignment_and_length() {
+        let mut shared = vec![0u8; ROOM];
+        for (name, fill) in FILLS {
+            for len in lengths() {
+                for off in offsets() {
+                    shared.fill(0x11);
+                    // SAFETY: `off + len` is within `shared`, which nothing else touches.
+                    unsafe { fill(shared.as_mut_ptr().add(off), len, 0xee) };
+                    let at = format!("{name}: {len} bytes at {off}");
+                    assert!(shared[off..off + len].iter().all(|&b| b == 0xee), "{at}");
+                    assert!(shared[..off].iter().all(|&b| b == 0x11), "filled before, {at}");
+                    assert!(
+                        shared[off + len..].iter().all(|&b| b == 0x11),
+                        "filled past, {at}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slice_copy_out_reads_its_whole_slice() {
+        let shared = pattern(100, 3);
+        let mut out = [0u8; 40];
+        // SAFETY: 40 bytes at 30 are within `shared`, which nothing writes.
+        unsafe { copy_from_shared_into(shared.as_ptr().add(30), &mut out) };
+        assert_eq!(&out[..], &shared[30..70]);
+    }
+
+    /// A writer and a reader of the same bytes at once: the reader sees, byte by byte, one of the
+    /// values written (torn between copies, nothing else). That the race is defined is what the
+    /// module argues; this checks the values a race yields.
+    #[test]
+    fn racing_copies_tear_but_only_into_bytes_that_were_written() {
+        const LEN: usize = 4096;
+        let shared: Vec<AtomicU8> = (0..LEN).map(|_| AtomicU8::new(0)).collect();
+        let base = shared.as_ptr() as usize;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for round in 0..2000u32 {
+                    let data = [if round % 2 == 0 { 0xaa } else { 0x55 }; LEN];
+                    // SAFETY: `shared` outlives the scope; every access to it is one of this
+                    // module's byte-wise atomic copies.
+                    unsafe { copy_to_shared(&data, base as *mut u8) };
+                }
+            });
+            let mut out = [0u8; LEN];
+            for _ in 0..2000 {
+                // SAFETY: as above.
+                unsafe { copy_from_shared_into(base as *const u8, &mut out) };
+                assert!(out.iter().all(|&b| matches!(b, 0 | 0xaa | 0x55)));
+            }
+        });
+    }
+}
