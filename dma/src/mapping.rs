@@ -80,7 +80,8 @@ impl MappedRegion {
             .ok_or(DmaError::IovaExhausted { len, align })?;
         // SAFETY: `region` is anonymous memory of this process that `Self` owns from here on:
         // it stays mapped until the IOMMU mapping is removed (unmap/drop below unmap first and
-        // leak the region if that fails), and it is only accessed by copies and atomics.
+        // leak the region if that fails), and it is only accessed byte-wise atomically
+        // (`DmaRegion`'s copies and phase-byte atomics).
         if let Err(source) = unsafe { mapper.map(iova, region.addr(), len) } {
             lock_iovas(&iovas, &mut token).0.free(iova, len);
             return Err(DmaError::Map { iova, len, source });

@@ -2,12 +2,15 @@
 //! command buffer (scst_user spec §3.6, §8.9: page-aligned, writable anonymous memory,
 //! `MADV_DONTFORK`).
 //!
-//! The memory is shared with agents Rust cannot see (the kernel copies initiator data into it
-//! through pinned pages; later a device DMAs into it), so no Rust reference into it is ever
-//! handed out: access is by copy ([`PageBuffer::read_at`], [`PageBuffer::write_at`]).
-#![allow(unsafe_code)] // UNSAFETY: mmap/munmap and raw copies into memory other agents write.
+//! The memory is shared with other agents (the kernel copies initiator data into it through
+//! pinned pages; a device, or the simulated device's engine threads, DMA into it), so no Rust
+//! reference into it is ever handed out: access is by byte-wise atomic copy
+//! ([`PageBuffer::read_at`], [`PageBuffer::write_at`], [`PageBuffer::fill`], through
+//! [`scst_accel_hal::shared_mem`]) or by the kernel itself ([`PageBuffer::pread_from`]).
+#![allow(unsafe_code)] // UNSAFETY: mmap/munmap and atomic copies into memory other agents write.
 
 use crate::DmaRegion;
+use scst_accel_hal::shared_mem;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::fd::BorrowedFd;
@@ -56,18 +59,17 @@ enum Backing {
 
 // SAFETY: the buffer is plain memory owned by this handle (or a view keeping its region alive
 // through an `Arc`); nothing about it is tied to the thread that made it, and every access is a
-// bounds-checked copy, so moving the handle to another thread is sound.
+// bounds-checked atomic copy or a system call, so moving the handle to another thread is sound.
 unsafe impl Send for PageBuffer {}
-// SAFETY: no Rust reference into the memory is ever handed out, only copies (and the kernel's
-// pread/pwrite into or out of it), so threads sharing `&PageBuffer` never hold overlapping
-// references. The copies are plain, non-atomic accesses: two threads writing the same bytes
-// through `write_at`/`fill`/`pread_from` at once, or one writing while another reads them, is
-// a data race. The type does NOT prevent that; its users must (see "Concurrency" on
-// `write_at`): a command buffer has one owner at a time (the worker serving its command, the
-// store request, then the device through the ring protocol), and the device's DMA into it is
-// ordered by that protocol. Safe code that breaks this rule is unsound; making the writing
-// methods `unsafe` would close the gap (not done: their callers include code outside this
-// change).
+// SAFETY: no Rust reference into the memory is ever handed out, and every access Rust makes
+// through `&PageBuffer` is atomic per byte (`read_at`, `write_at`, `fill` go through
+// `shared_mem`, as do the simulated device's copies through its IOMMU model). Threads sharing a
+// buffer may touch the same bytes at once: the bytes tear, but no data race and no mixed-size
+// atomic access can happen, whatever safe code does. The kernel's accesses (SCST's copies
+// through pinned pages, `pread_from`/`pwrite_to`, a device's DMA) are outside Rust's memory
+// model and are byte-atomic on the hardware, like these copies. One owner per command buffer at
+// a time (the worker serving its command, the store request, then the device through the ring
+// protocol) is what keeps the data whole: correctness, not soundness.
 unsafe impl Sync for PageBuffer {}
 
 impl PageBuffer {
@@ -159,31 +161,34 @@ impl PageBuffer {
 
     /// Copy `out.len()` bytes starting at `offset` out of the buffer.
     ///
+    /// # Concurrency
+    /// A byte-wise atomic copy ([`shared_mem`]): when another thread, the kernel or a device
+    /// writes these bytes meanwhile, `out` gets some old and some new bytes (the same holds for
+    /// the writers below). Defined behaviour, but torn data: one owner per buffer at a time is
+    /// what keeps it whole.
+    ///
     /// # Panics
     /// If the range is outside the buffer.
     pub fn read_at(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
-        // SAFETY: the range was checked to lie inside the mapping, which lives as long as self;
-        // `out` is a distinct Rust allocation, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+        // SAFETY: the range was checked to lie inside the mapping, which lives as long as self
+        // and is only accessed byte-wise atomically (the type's `Sync`); `out` is a distinct
+        // Rust allocation, so the ranges cannot overlap.
+        unsafe { shared_mem::copy_from_shared_into(self.ptr.as_ptr().add(offset), out) }
     }
 
     /// Copy `data` into the buffer at `offset`.
     ///
     /// # Concurrency
-    /// A plain (non-atomic) copy through `&self`: no other thread, kernel call or device may
-    /// read or write `offset..offset + data.len()` while it runs (the same holds for
-    /// [`Self::fill`] and [`Self::pread_from`], and for a copy out of bytes being written). The
-    /// type does not enforce this (see its `Sync`); one owner per buffer at a time does.
+    /// A byte-wise atomic copy, as [`Self::read_at`].
     ///
     /// # Panics
     /// If the range is outside the buffer.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
         self.check(offset, data.len());
-        // SAFETY: as in `read_at`: in bounds of the live mapping, disjoint from `data`, and no
-        // Rust reference into the mapping exists to be aliased. That nothing else accesses
-        // these bytes during the copy is the caller's part ("Concurrency" above).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) }
+        // SAFETY: as in `read_at`: in bounds of the live mapping, only ever accessed byte-wise
+        // atomically, and disjoint from `data`.
+        unsafe { shared_mem::copy_to_shared(data, self.ptr.as_ptr().add(offset)) }
     }
 
     /// Fill `len` bytes at `offset` with `byte`.
@@ -195,9 +200,9 @@ impl PageBuffer {
     /// If the range is outside the buffer.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) {
         self.check(offset, len);
-        // SAFETY: the range was checked to lie inside the mapping; no reference into it exists;
-        // no concurrent access to it is the caller's part (as in `write_at`).
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) }
+        // SAFETY: the range was checked to lie inside the mapping, which is only accessed
+        // byte-wise atomically; no reference into it is formed.
+        unsafe { shared_mem::fill_shared(self.ptr.as_ptr().add(offset), len, byte) }
     }
 }
 
@@ -206,6 +211,11 @@ impl PageBuffer {
     /// at `offset`: the kernel fills the pages itself (with O_DIRECT, by DMA from the device),
     /// so file stores move data between the medium and a command buffer with no copy in the
     /// handler. Returns the bytes read (short at the end of the file, 0 past it).
+    ///
+    /// # Concurrency
+    /// The kernel's copy is outside Rust's memory model and, like a device's DMA, made of
+    /// hardware byte accesses: a Rust copy of the same bytes meanwhile (atomic, as all of this
+    /// type's are) reads or leaves torn data, nothing worse.
     ///
     /// # Errors
     /// The errno of pread(2) (EINTR included: the caller retries); InvalidInput when
@@ -225,8 +235,8 @@ impl PageBuffer {
             libc::off_t::try_from(file_offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: the range was checked to lie inside the mapping, which lives as long as self;
         // the kernel writes at most `len` bytes there. No Rust reference into the memory exists
-        // (the type's contract), so a write by the kernel aliases nothing; no concurrent access
-        // to the range is the caller's part, as for `write_at`.
+        // (the type's contract), so a write by the kernel aliases nothing, and Rust's own
+        // accesses to it are atomic ("Concurrency" above).
         let n = unsafe { libc::pread(fd.as_raw_fd(), self.ptr.as_ptr().add(offset).cast(), len, at) };
         if n < 0 {
             return Err(io::Error::last_os_error());

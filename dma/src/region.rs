@@ -1,15 +1,20 @@
 //! [`DmaRegion`]: locked, page-aligned anonymous memory for descriptor rings, completion rings
 //! and scatter lists.
 //!
-//! The memory is shared with a device (or the simulated device's engine thread), which writes
-//! it behind Rust's back. So no Rust reference into it is ever formed: access is by copy
-//! ([`DmaRegion::read_at`], [`DmaRegion::read_obj`]) or by atomic raw access for the bytes
-//! that synchronise with the device (the completion phase byte, `accelerator.md §4`).
-#![allow(unsafe_code)] // UNSAFETY: mmap/mlock/munmap and raw copies into memory a device writes.
+//! The memory is shared with a device (or the simulated device's engine threads), which writes
+//! it behind Rust's back. So no Rust reference into it is ever formed, and every access is
+//! atomic: byte-wise atomic copies ([`DmaRegion::read_at`], [`DmaRegion::read_obj`],
+//! [`DmaRegion::write_at`]..., through [`scst_accel_hal::shared_mem`]) and `AtomicU8` accesses
+//! for the bytes that synchronise with the device (the completion phase byte,
+//! `accelerator.md §4`). Two agents touching the same bytes at once get torn data, never
+//! undefined behaviour.
+#![allow(unsafe_code)] // UNSAFETY: mmap/mlock/munmap and atomic copies into memory a device writes.
 
 use crate::DmaError;
 use crate::PAGE_SIZE;
+use scst_accel_hal::shared_mem;
 use std::mem::size_of;
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU8;
@@ -55,20 +60,17 @@ pub struct DmaRegion {
 }
 
 // SAFETY: the region is plain memory owned by this handle (the pointer is not tied to the
-// thread that mapped it); every access is a bounds-checked copy or atomic access, so moving
-// the handle to another thread is sound.
+// thread that mapped it); every access is a bounds-checked atomic copy or atomic access, so
+// moving the handle to another thread is sound.
 unsafe impl Send for DmaRegion {}
-// SAFETY: no Rust reference into the memory is ever handed out, only copies and the phase
-// byte's atomics, so threads sharing `&DmaRegion` never hold overlapping references. The
-// copies (`read_at`, `read_obj`, `write_at`, `write_obj`, `fill`) are plain, non-atomic
-// accesses: two threads writing the same bytes through them at once, or one writing while
-// another copies them out, is a data race. The type does NOT prevent that; its users must (see
-// "Concurrency" on `write_at`): each ring, scatter list or buffer has one writer on the host,
-// and host and device hand bytes to each other only through the ring protocols (a doorbell
-// after the descriptor, the completion's phase byte with release/acquire), never by touching
-// the same bytes at the same time. Safe code that breaks this rule is unsound; making the
-// writing methods `unsafe` would close the gap (not done: their callers include code outside
-// this change).
+// SAFETY: no Rust reference into the memory is ever handed out, and every access made through
+// `&DmaRegion` is atomic per byte: the copies (`read_at`, `read_obj`, `write_at`, `write_obj`,
+// `fill`) go through `shared_mem`, the phase byte through `AtomicU8`. Threads sharing the
+// region (and the simulated device's engines, whose copies through the IOMMU model are the same
+// byte-wise atomic copies) may therefore touch the same bytes at once: the bytes tear, but no
+// data race and no mixed-size atomic access can happen, whatever safe code does. Getting whole
+// descriptors and completions across is the ring protocols' part (a doorbell after the
+// descriptor, the phase byte with release/acquire), a matter of correctness, not soundness.
 unsafe impl Sync for DmaRegion {}
 
 impl DmaRegion {
@@ -180,31 +182,36 @@ impl DmaRegion {
 
     /// Copy `out.len()` bytes at `offset` out of the region.
     ///
+    /// # Concurrency
+    /// A byte-wise atomic copy ([`shared_mem`]): when another thread or the device writes these
+    /// bytes meanwhile, `out` gets some old and some new bytes (the same holds for
+    /// [`Self::read_obj`], and for the writers below). Defined behaviour, but torn data: the
+    /// ring protocols are what keep reader and writer apart.
+    ///
     /// # Panics
     /// If the range is outside the region.
     pub fn read_at(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
         // SAFETY: the range lies inside the mapping (checked), which lives as long as `self`;
-        // `out` is a distinct Rust allocation, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+        // every access to the mapping is byte-wise atomic (the type's `Sync`, the `map`
+        // contract for the device side); `out` is a distinct Rust allocation, so the ranges
+        // cannot overlap.
+        unsafe { shared_mem::copy_from_shared_into(self.ptr.as_ptr().add(offset), out) }
     }
 
     /// Copy `data` into the region at `offset`.
     ///
     /// # Concurrency
-    /// A plain (non-atomic) copy through `&self`: no other thread, and no device, may read or
-    /// write `offset..offset + data.len()` while it runs (the same holds for [`Self::write_obj`]
-    /// and [`Self::fill`], and for a copy out of bytes another thread is writing). The type
-    /// does not enforce this (see its `Sync`); the ring protocols and one writer per buffer do.
+    /// A byte-wise atomic copy, as [`Self::read_at`]: racing with another copy of the same
+    /// bytes tears them, nothing worse.
     ///
     /// # Panics
     /// If the range is outside the region.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
         self.check(offset, data.len());
-        // SAFETY: as in `read_at`: in bounds of the live mapping, disjoint from `data`, and no
-        // Rust reference into the mapping exists to be aliased. That nothing else accesses
-        // these bytes during the copy is the caller's part ("Concurrency" above).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) }
+        // SAFETY: as in `read_at`: in bounds of the live mapping, only ever accessed byte-wise
+        // atomically, and disjoint from `data`.
+        unsafe { shared_mem::copy_to_shared(data, self.ptr.as_ptr().add(offset)) }
     }
 
     /// Copy a `T` out of the region at `offset` (any alignment).
@@ -213,18 +220,20 @@ impl DmaRegion {
     /// If `offset..offset + size_of::<T>()` is outside the region.
     pub fn read_obj<T: FromBytes>(&self, offset: usize) -> T {
         self.check(offset, size_of::<T>());
-        let mut value = T::new_zeroed();
-        // SAFETY: the source range lies inside the mapping (checked); the destination is the
-        // local `value`, exactly size_of::<T>() bytes, distinct from the mapping. `T: FromBytes`
-        // makes every byte pattern a valid `T`, so overwriting its bytes cannot break it.
+        let mut value = MaybeUninit::<T>::uninit();
+        // SAFETY: the source range lies inside the mapping (checked) and is only accessed
+        // byte-wise atomically; the destination is the local `value`, exactly size_of::<T>()
+        // bytes, distinct from the mapping.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            shared_mem::copy_from_shared(
                 self.ptr.as_ptr().add(offset),
-                (&mut value as *mut T).cast::<u8>(),
+                value.as_mut_ptr().cast::<u8>(),
                 size_of::<T>(),
             )
-        }
-        value
+        };
+        // SAFETY: every byte of `value` was written just above (padding included), and
+        // `T: FromBytes` makes every byte pattern a valid `T`.
+        unsafe { value.assume_init() }
     }
 
     /// Copy `value`'s bytes into the region at `offset` (any alignment).
@@ -270,9 +279,9 @@ impl DmaRegion {
     /// If the range is outside the region.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) {
         self.check(offset, len);
-        // SAFETY: the range lies inside the mapping (checked); raw writes, no reference formed;
-        // no concurrent access to it is the caller's part (as in `write_at`).
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), byte, len) }
+        // SAFETY: the range lies inside the mapping (checked), which is only accessed byte-wise
+        // atomically; no reference into it is formed.
+        unsafe { shared_mem::fill_shared(self.ptr.as_ptr().add(offset), len, byte) }
     }
 }
 

@@ -428,7 +428,8 @@ impl Shared {
             Placement::Identity { mapper } => (mapper, host),
         };
         // SAFETY: `host..host + len` is anonymous memory of this process, accessed only by
-        // copies (`PageBuffer` forms no reference into it); both callers (`make_arena`,
+        // byte-wise atomic copies (`PageBuffer` forms no reference into it and copies through
+        // `shared_mem`) and by the kernel; both callers (`make_arena`,
         // `allocate_exact`) keep it alive until `retire` or `release` has unmapped the range,
         // and leak it when that unmap fails.
         match unsafe { mapper.map(iova, host, len) } {
