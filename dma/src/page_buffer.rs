@@ -359,6 +359,29 @@ mod tests {
         file
     }
 
+    /// As `region::tests::racing_copies_through_a_shared_region_read_only_written_bytes`, for
+    /// the command buffers: copies of the same bytes from two threads through `&PageBuffer`.
+    #[test]
+    fn racing_copies_through_a_shared_buffer_read_only_written_bytes() {
+        let b = PageBuffer::new(PAGE_SIZE).expect("map");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for round in 0..2000 {
+                    if round % 2 == 0 {
+                        b.write_at(3, &[0xaa; 4000]);
+                    } else {
+                        b.fill(3, 4000, 0x55);
+                    }
+                }
+            });
+            let mut out = [0u8; 4000];
+            for _ in 0..2000 {
+                b.read_at(3, &mut out);
+                assert!(out.iter().all(|&x| matches!(x, 0 | 0xaa | 0x55)));
+            }
+        });
+    }
+
     #[test]
     fn zero_length_is_refused() {
         assert!(matches!(
