@@ -5,10 +5,13 @@
 //! is ever formed. Every access goes through [`Region`], which checks the range against the
 //! region's length (and the alignment for atomics) with an `assert!` before one short unsafe
 //! access: the mailbox indices are atomics (acquire load of `cmd_head`, release store of
-//! `cmd_tail`, the ordering the kernel's `smp_*` barriers pair with); ring entries are read and
-//! written with volatile byte copies; the data area is copied with `copy_nonoverlapping`
-//! because the kernel does not touch a command's data blocks between posting the entry and
-//! seeing its completion (tcmu-design.rst, "The Data Area").
+//! `cmd_tail`, the ordering the kernel's `smp_*` barriers pair with); ring entries and the data
+//! area are copied byte-wise atomically (`scst_accel_hal::shared_mem`), so a copy that races
+//! another thread's (the simulated kernel's) tears bytes but is never undefined behaviour. The
+//! one exception is a command's data range lent as a slice to the code that fills or drains it
+//! (`with_slice`, `with_slice_mut`, private to the TCMU module): the kernel does not touch a
+//! command's data blocks between posting the entry and seeing its completion (tcmu-design.rst,
+//! "The Data Area"), and the ring lends each range to one user at a time.
 //!
 //! The asserts are the last line, not the first: [`super::ring`] validates every offset the
 //! kernel supplies and turns a bad one into a typed error before it reaches this file, so an
@@ -53,7 +56,8 @@ pub struct Region {
 }
 
 // SAFETY: the mapping is `Send + Sync` (a `SharedMemory` bound) and every access through a
-// `Region` is atomic or volatile on memory no reference covers, so sharing the pointer between
+// `Region` is atomic (byte-wise, or the mailbox words) on memory no reference covers, outside
+// the ranges the ring lends one user at a time, so sharing the pointer between
 // threads adds nothing the kernel does not already do concurrently.
 unsafe impl Send for Region {}
 // SAFETY: as for `Send`: no method hands out a reference into the mapping.
@@ -131,53 +135,52 @@ impl Region {
         self.atomic_u32(off).store(value, Ordering::Release);
     }
 
-    /// Volatile copy of `buf.len()` bytes at `off` into `buf`.
+    /// Copy of `buf.len()` bytes at `off` into `buf`, byte-wise atomic
+    /// ([`scst_accel_hal::shared_mem`]): a concurrent writer (the kernel, or the simulated
+    /// kernel's thread) leaves torn bytes, never undefined behaviour.
     pub fn read(&self, off: usize, buf: &mut [u8]) {
         let p = self.at(off, buf.len());
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `p + i` is inside the checked range; a u8 has no alignment requirement.
-            *b = unsafe { p.add(i).read_volatile() };
-        }
+        // SAFETY: `p..p + buf.len()` is inside the mapping (checked), which outlives `&self`; every
+        // access this process makes to the mapping is byte-wise atomic (this type's methods), or
+        // to a range the ring lends one user at a time (`with_slice*`); `buf` is a Rust buffer,
+        // disjoint from memory no reference covers.
+        unsafe { scst_accel_hal::shared_mem::copy_from_shared_into(p, buf) }
     }
 
-    /// Volatile copy of `buf` to `off`.
+    /// Copy of `buf` to `off`, byte-wise atomic (as [`Self::read`]).
     pub fn write(&self, off: usize, buf: &[u8]) {
         let p = self.at(off, buf.len());
-        for (i, b) in buf.iter().enumerate() {
-            // SAFETY: `p + i` is inside the checked range; a u8 has no alignment requirement.
-            unsafe { p.add(i).write_volatile(*b) };
-        }
+        // SAFETY: as in `read`, with source and destination swapped.
+        unsafe { scst_accel_hal::shared_mem::copy_to_shared(buf, p) }
     }
 
-    /// A `T` read (volatile, by bytes) from `off`.
+    /// `len` bytes at `off` set to `byte`, byte-wise atomic (as [`Self::write`]).
+    pub fn fill(&self, off: usize, len: usize, byte: u8) {
+        let p = self.at(off, len);
+        // SAFETY: as in `write`.
+        unsafe { scst_accel_hal::shared_mem::fill_shared(p, len, byte) }
+    }
+
+    /// A `T` read (byte-wise atomic) from `off`.
     pub fn read_obj<T: FromBytes + IntoBytes>(&self, off: usize) -> T {
         let mut value = T::new_zeroed();
         self.read(off, value.as_mut_bytes());
         value
     }
 
-    /// `value` written (volatile, by bytes) to `off`.
+    /// `value` written (byte-wise atomic) to `off`.
     pub fn write_obj<T: IntoBytes + Immutable>(&self, off: usize, value: &T) {
         self.write(off, value.as_bytes());
     }
 
-    /// Copy of data-area bytes at `off` into `buf`.
-    ///
-    /// Not volatile: the caller owns the range (a command's data buffer between its posting
-    /// and its completion), so nobody writes it during the copy.
+    /// Copy of data-area bytes at `off` into `buf` ([`Self::read`]).
     pub fn copy_out(&self, off: usize, buf: &mut [u8]) {
-        let p = self.at(off, buf.len());
-        // SAFETY: `p..p + buf.len()` is inside the mapping (checked); `buf` is a Rust buffer,
-        // so it cannot overlap memory no reference covers; nobody writes the source meanwhile
-        // (the caller's ownership of the range, above).
-        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        self.read(off, buf);
     }
 
-    /// Copy of `buf` into data-area bytes at `off` (same ownership rule as [`Self::copy_out`]).
+    /// Copy of `buf` into data-area bytes at `off` ([`Self::write`]).
     pub fn copy_in(&self, off: usize, buf: &[u8]) {
-        let p = self.at(off, buf.len());
-        // SAFETY: as in `copy_out`, with source and destination swapped.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len()) };
+        self.write(off, buf);
     }
 
     /// Lend the `len` data-area bytes at `off` to `f`, so they are copied once, straight to

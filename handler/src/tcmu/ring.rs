@@ -879,7 +879,7 @@ impl Ring {
         let len = segments.iter().map(|s| s.len).sum::<usize>().saturating_sub(from);
         let mut done = 0;
         for_each_piece(segments, from, len, |region_off, _, n| {
-            self.region.with_slice_mut(region_off, n, |bytes| bytes.fill(0));
+            self.region.fill(region_off, n, 0);
             done += n;
         });
         done
