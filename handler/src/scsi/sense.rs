@@ -260,9 +260,65 @@ impl Sense {
     }
 }
 
+/// Mark the INFORMATION of encoded sense data not valid (fixed format: VALID, byte 0 bit 7;
+/// descriptor format: the information descriptor's VALID, its byte 2 bit 7), keeping the rest:
+/// for a command whose Data-In cannot be reported empty (TCMU), where an initiator would count
+/// the blocks before INFORMATION as read (Linux's `sd_completed_bytes` does when no residual
+/// says otherwise). Returns whether a valid INFORMATION was there.
+pub fn invalidate_information(sense: &mut [u8]) -> bool {
+    match sense.first().map(|b| b & 0x7f) {
+        Some(0x70 | 0x71) => {
+            let valid = sense[0] & 0x80 != 0;
+            sense[0] &= 0x7f;
+            valid
+        }
+        Some(0x72 | 0x73) => {
+            let end = sense
+                .len()
+                .min(8 + usize::from(sense.get(7).copied().unwrap_or(0)));
+            let mut at = 8;
+            while at + 2 <= end {
+                let len = 2 + usize::from(sense[at + 1]);
+                if sense[at] == 0x00 && at + 2 < end {
+                    let valid = sense[at + 2] & 0x80 != 0;
+                    sense[at + 2] &= 0x7f;
+                    return valid;
+                }
+                at += len;
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn information_is_marked_not_valid_in_both_formats() {
+        let medium = || {
+            Sense::new(0x03, (0x11, 0x00))
+                .with_information(12)
+                .with_field(FieldPointer::cdb(2, None))
+        };
+        for descriptor in [false, true] {
+            let mut s = medium().encode(descriptor);
+            let before = s.clone();
+            assert!(invalidate_information(&mut s), "{descriptor}: {s:02x?}");
+            let changed: Vec<usize> = (0..s.len()).filter(|&i| s[i] != before[i]).collect();
+            let valid_byte = if descriptor { 10 } else { 0 };
+            assert_eq!(
+                changed,
+                [valid_byte],
+                "only VALID changes: {before:02x?} -> {s:02x?}"
+            );
+            assert!(!invalidate_information(&mut s), "already not valid");
+        }
+        let mut none = Sense::new(0x03, (0x11, 0x00)).encode(true);
+        assert!(!invalidate_information(&mut none));
+    }
 
     #[test]
     fn fixed_invalid_field_in_cdb_has_field_pointer() {

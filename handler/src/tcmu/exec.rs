@@ -1021,9 +1021,21 @@ impl Executor {
         if response.status != sam_status::GOOD {
             self.errors += 1;
         }
+        // A Data-In of 0 bytes cannot be said either, so for a failed command that delivered
+        // none the kernel reports the whole buffer transferred (no residual), and an initiator
+        // counts the blocks before the sense's INFORMATION as read (Linux's
+        // `sd_completed_bytes`): blocks it was never sent (zeroed above). Its INFORMATION is
+        // marked not valid, so the initiator fails or retries the whole command instead.
+        let mut sense = None;
+        if response.status == sam_status::CHECK_CONDITION && data_in == 0 && self.has_data_in(&cmd) {
+            let mut s = response.sense.clone();
+            if crate::scsi::sense::invalidate_information(&mut s) {
+                sense = Some(s);
+            }
+        }
         let rsp = Response {
             status: response.status,
-            sense: &response.sense,
+            sense: sense.as_ref().unwrap_or(&response.sense),
             read_len,
         };
         if let Err(e) = ring.complete(cmd, &rsp) {
@@ -1542,6 +1554,45 @@ mod tests {
         let (ours, kernel) = std::os::unix::net::UnixStream::pair().expect("pair");
         kernel.set_nonblocking(true).expect("nonblocking");
         (UioEvents::new(std::os::fd::OwnedFd::from(ours)), kernel)
+    }
+
+    /// A READ of 4 blocks that fails at its third (MEDIUM ERROR, INFORMATION 12): no Data-In can
+    /// be said to be empty, so the kernel reports the buffer transferred, and an initiator that
+    /// trusted INFORMATION would take blocks 10 and 11 (zeroed, never read) as good data. The
+    /// sense keeps its key and codes with INFORMATION marked not valid.
+    #[test]
+    fn a_failed_read_reports_no_information_an_initiator_would_count_blocks_by() {
+        let mut r = held_rig(true);
+        let off = r.sim.data_off();
+        let iov = [Iovec {
+            iov_base: off as u64,
+            iov_len: (4 * BS).into(),
+        }];
+        r.sim.post_cmd(1, &rw10(0x28, 10, 4), &iov, &[]).expect("post");
+        let p = r.exec.poll(&mut StoreToken::root(), &mut r.ring).expect("poll");
+        assert_eq!(p.started, 1);
+        let held: Vec<StoreRequest> = std::mem::take(&mut *r.held.lock().expect("held"));
+        r.done
+            .lock()
+            .expect("done")
+            .extend(held.into_iter().map(|req| StoreCompletion {
+                tag: req.tag,
+                status: crate::store::StoreStatus::ReadError { lba: 12 },
+            }));
+        r.exec.poll(&mut StoreToken::root(), &mut r.ring).expect("poll");
+        r.ring.take_kick();
+        let done = r.sim.reap().expect("reap");
+        assert_eq!(done.len(), 1);
+        let c = &done[0];
+        assert_eq!(c.status, sam_status::CHECK_CONDITION);
+        assert_eq!(
+            (c.sense[2] & 0x0f, c.sense[12], c.sense[13]),
+            (0x03, 0x11, 0x00),
+            "{:02x?}",
+            c.sense
+        );
+        assert_eq!(c.sense[0] & 0x80, 0, "INFORMATION marked valid: {:02x?}", c.sense);
+        assert_eq!(r.sim.read_data(off, 4 * BS as usize), vec![0u8; 4 * BS as usize]);
     }
 
     #[test]
