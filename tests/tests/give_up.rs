@@ -3,6 +3,7 @@
 //! them can happen (docs/architecture.md §5, issue 12: quiesce before unmap).
 
 use scst_accel_boards::definition;
+use scst_accel_boards::engine::Controller;
 use scst_accel_boards::engine::QueueEngine;
 use scst_accel_boards::nvme::NvmeConfig;
 use scst_accel_boards::nvme::NvmeController;
@@ -32,6 +33,42 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+/// An accelerator store over `controller` and `queues` with `command_timeout`, and one of its
+/// queues to which a READ of 8 blocks (tag 1, a 4 KiB buffer of `pool`) was submitted once
+/// `faults` had been injected.
+fn store_reading(
+    controller: Arc<dyn Controller>,
+    queues: Vec<Box<dyn QueueEngine>>,
+    pool: &Arc<SgvPool>,
+    command_timeout: Duration,
+    faults: impl FnOnce(),
+) -> (AccelStore, Box<dyn StoreQueue>) {
+    let store = AccelStore::new(
+        controller,
+        queues,
+        AccelConfig {
+            command_timeout,
+            ..AccelConfig::default()
+        },
+    );
+    faults();
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), pool, 4096).expect("buffer"),
+        4096,
+    );
+    let mut q = store.open_queue().expect("queue");
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    (store, q)
+}
+
 /// The simulated SCA-1 board behind an accelerator store with `command_timeout`, its engines
 /// hung on a function that ignores resets (`hang`, `no-reset`, and `more`), and a queue of the
 /// store to which a READ of 8 blocks (tag 1, a 4 KiB buffer of the board's pool) was submitted.
@@ -50,33 +87,14 @@ fn hung_sca1_reading(
         Some(Arc::clone(opened.controller.iovas())),
         16 << 20,
     ));
-    let store = AccelStore::new(
-        opened.controller,
-        opened.queues,
-        AccelConfig {
-            command_timeout,
-            ..AccelConfig::default()
-        },
-    );
-    sim.inject(Fault::EngineHang { queue: None });
-    sim.inject(Fault::ResetIgnored);
-    for fault in more {
-        sim.inject(*fault);
-    }
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
-    let mut q = store.open_queue().expect("queue");
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 1,
-            op: StoreOp::Read { lba: 0, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    let controller = opened.controller;
+    let (store, q) = store_reading(controller, opened.queues, &pool, command_timeout, || {
+        sim.inject(Fault::EngineHang { queue: None });
+        sim.inject(Fault::ResetIgnored);
+        for fault in more {
+            sim.inject(*fault);
+        }
+    });
     (sim, pool, store, q)
 }
 
@@ -87,12 +105,7 @@ fn hung_sca1_reading(
 #[test]
 fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
     let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out: Vec<StoreCompletion> = Vec::new();
-    while out.is_empty() && Instant::now() < deadline {
-        q.reap(&mut out);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let out = reap_until_answered(&mut q);
     assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
     assert_eq!(out[0].status, StoreStatus::DeviceError);
     assert!(store.failure().is_some(), "the store gave up");
@@ -133,17 +146,7 @@ fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
 #[test]
 fn a_store_that_gives_up_without_proof_holds_its_requests() {
     let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[Fault::BusMasterStuck]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out: Vec<StoreCompletion> = Vec::new();
-    while store.failure().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the store never gave up: {:?}",
-            store.dump()
-        );
-        q.reap(&mut out);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut out = reap_until_the_store_gives_up(&store, &mut q);
     // A few more reaps: still nothing answered.
     for _ in 0..50 {
         q.reap(&mut out);
@@ -164,6 +167,22 @@ fn wait_for_the_hang(sim: &SimHandle) {
         assert!(Instant::now() < deadline, "the engine never took the descriptor");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Reap `q` until `store` reports its failure (60 s at most); what was answered meanwhile.
+fn reap_until_the_store_gives_up(store: &AccelStore, q: &mut Box<dyn StoreQueue>) -> Vec<StoreCompletion> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    while store.failure().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the store never gave up: {:?}",
+            store.dump()
+        );
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out
 }
 
 /// Reap `q` until it answers something or 60 s pass.
@@ -270,33 +289,13 @@ fn hung_nvme_reading(
         .into_iter()
         .map(|q| Box::new(q) as Box<dyn QueueEngine>)
         .collect();
-    let store = AccelStore::new(
-        controller,
-        queues,
-        AccelConfig {
-            command_timeout,
-            ..AccelConfig::default()
-        },
-    );
-    sim.inject(NvmeFault::Hang);
-    sim.inject(NvmeFault::ResetIgnored);
-    for fault in more {
-        sim.inject(*fault);
-    }
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
-    let mut q = store.open_queue().expect("queue");
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 1,
-            op: StoreOp::Read { lba: 0, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    let (store, q) = store_reading(controller, queues, &pool, command_timeout, || {
+        sim.inject(NvmeFault::Hang);
+        sim.inject(NvmeFault::ResetIgnored);
+        for fault in more {
+            sim.inject(*fault);
+        }
+    });
     (sim, pool, store, q)
 }
 
@@ -307,12 +306,7 @@ fn hung_nvme_reading(
 #[test]
 fn an_nvme_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
     let (sim, _pool, store, mut q) = hung_nvme_reading(Duration::from_millis(200), &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out: Vec<StoreCompletion> = Vec::new();
-    while out.is_empty() && Instant::now() < deadline {
-        q.reap(&mut out);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let out = reap_until_answered(&mut q);
     assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
     assert_eq!(out[0].status, StoreStatus::DeviceError);
     assert!(store.failure().is_some(), "the store gave up");
@@ -350,17 +344,7 @@ fn an_nvme_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped()
 fn an_nvme_store_that_gives_up_without_proof_holds_its_requests() {
     let (sim, _pool, store, mut q) =
         hung_nvme_reading(Duration::from_millis(200), &[NvmeFault::BusMasterStuck]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out: Vec<StoreCompletion> = Vec::new();
-    while store.failure().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the store never gave up: {:?}",
-            store.dump()
-        );
-        q.reap(&mut out);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut out = reap_until_the_store_gives_up(&store, &mut q);
     for _ in 0..50 {
         q.reap(&mut out);
         std::thread::sleep(Duration::from_millis(2));
