@@ -619,7 +619,7 @@ mod tests {
     /// test -p scst-accel-dma --lib --target x86_64-unknown-linux-gnu racing`): with the plain
     /// copies it reported this test's `write_at`/`read_at`/`fill`/`read_obj` racing in `memcpy`;
     /// now only std's own thread hand-off (std is not built with the sanitizer). It cannot see
-    /// into the `rep movsb` block, so that part of the argument is `shared_mem`'s, not the tool's.
+    /// into the asm block that calls memcpy, so that part of the argument is `shared_mem`'s, not the tool's.
     #[test]
     fn racing_copies_through_a_shared_region_read_only_written_bytes() {
         let r = DmaRegion::new(PAGE_SIZE).expect("map");

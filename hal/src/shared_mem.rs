@@ -16,30 +16,38 @@
 //!   with other edges (the host reading a completion entry as words while the device writes its
 //!   phase byte). Byte accesses never partially overlap, and the phase byte's acquire load
 //!   ([`std::sync::atomic::AtomicU8`]) is one of them.
-//! - **`rep movsb` / `rep stosb` on x86_64.** An `AtomicU8` loop moves a byte per cycle, about 6x
-//!   slower than memcpy even from DRAM, and a relaxed `AtomicU64` loop is 1.5x slower there (it
-//!   cannot use vector registers), which the command path cannot afford (`docs/performance.md`,
-//!   *Byte-wise atomic copies*). So on x86_64 copies of [`SHORT`] bytes and more are one
-//!   `rep movsb` (fills one `rep stosb`): the instruction glibc's memcpy itself uses at these
-//!   sizes on CPUs with ERMS, as fast as memcpy. An inline assembly block may do what some
-//!   sequence of Rust operations could do (the Reference's rules for inline assembly): here, a
-//!   relaxed `AtomicU8` load and store per byte. x86 byte accesses are single-copy atomic, and the
-//!   one liberty of fast-string operations (their stores may become visible out of order, Intel
-//!   SDM vol. 1 §7.3.9.3) is one that relaxed ordering already allows. The block is opaque to the
-//!   compiler, which therefore assumes it reads and writes the memory behind its pointers.
+//! - **The C library's memcpy, called from an asm block, on x86_64.** An `AtomicU8` loop moves
+//!   a byte per cycle, about 6x slower than memcpy even from DRAM, and a relaxed `AtomicU64`
+//!   loop is 1.5x slower there (it cannot use vector registers), which the command path cannot
+//!   afford (`docs/performance.md`, *Byte-wise atomic copies*). So on x86_64 copies of [`SHORT`]
+//!   bytes and more call memcpy from an inline assembly block (fills are one `rep stosb`). An
+//!   inline assembly block may do what some sequence of Rust operations could do (the
+//!   Reference's rules for inline assembly), and the block is opaque to the compiler, which
+//!   therefore assumes it reads and writes the memory behind its pointers and cannot turn it into
+//!   its own non-atomic `memcpy`. What the block does, machine loads and stores of bytes of the
+//!   two ranges (vector-wide, some bytes of overlapping pieces loaded and stored twice, the last
+//!   value being the source's), is what relaxed `AtomicU8` loads and stores of those bytes
+//!   could do: x86 byte accesses are single-copy atomic, and the liberties memcpy takes (stores
+//!   that become visible out of order, fast strings or non-temporal stores, Intel SDM vol. 1
+//!   §7.3.9.3 and vol. 3 §9.2) are ones relaxed ordering allows; glibc's memcpy touches nothing
+//!   outside the two ranges. A `rep movsb` was the first choice (the same argument, one
+//!   instruction), but it cost 6 % of the CPU of the RAM store's commands against glibc's
+//!   AVX-512 memcpy on this machine (`docs/performance.md`); the C library's own routine is
+//!   as fast as memcpy by construction.
 //! - **Ordering is the caller's.** Nothing here orders the copy against other accesses: a ring
 //!   protocol still publishes with a release store (or a release fence before the last atomic
 //!   write) and consumes with an acquire load, as before.
 //!
 //! Elsewhere than x86_64 every copy is the `AtomicU8` loop: correct, but about a byte per cycle.
-// UNSAFETY: raw-pointer atomic accesses and `rep movsb`/`rep stosb` on memory other agents share.
+// UNSAFETY: raw-pointer atomic accesses, memcpy called from asm and `rep stosb` on memory other
+// agents share.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
 
-/// Copies shorter than this take the per-byte atomic loop even on x86_64: a `rep movsb` costs a
-/// few tens of cycles to start on CPUs without Fast Short REP MOV, more than 16 bytes' loop.
+/// Copies shorter than this take the per-byte atomic loop even on x86_64: a call out of an asm
+/// block (every caller-saved register spilled) costs more than 16 bytes' loop.
 pub const SHORT: usize = 16;
 
 /// Copy `len` bytes of shared memory at `src` to `dst`, as a relaxed atomic load of each byte: a
@@ -59,8 +67,8 @@ pub unsafe fn copy_from_shared(src: *const u8, dst: *mut u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     if len >= SHORT {
         // SAFETY: `src` is valid for `len` reads and `dst` for `len` writes, disjoint (the
-        // caller's contract); `rep movsb` moves exactly `len` bytes forward.
-        unsafe { rep_movsb(src, dst, len) };
+        // caller's contract); memcpy moves exactly `len` bytes.
+        unsafe { opaque_memcpy(src, dst, len) };
         return;
     }
     // SAFETY: the caller's contract, which `load_bytes` repeats.
@@ -89,7 +97,7 @@ pub unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
     if len >= SHORT {
         // SAFETY: as in `copy_from_shared`, with the roles swapped: `src` is a `&[u8]` of `len`
         // bytes, `dst` valid for `len` writes (the caller's contract), disjoint.
-        unsafe { rep_movsb(src.as_ptr(), dst, len) };
+        unsafe { opaque_memcpy(src.as_ptr(), dst, len) };
         return;
     }
     // SAFETY: the caller's contract, which `store_bytes` repeats.
@@ -151,23 +159,27 @@ unsafe fn fill_bytes(dst: *mut u8, len: usize, byte: u8) {
     }
 }
 
-/// `len` bytes from `src` to `dst`, forward, by one `rep movsb`: per byte, a relaxed atomic load
-/// and store (module doc).
+/// `len` bytes from `src` to `dst` by the C library's memcpy, called from an asm block the
+/// compiler cannot see into: per byte, what a relaxed atomic load and store may do (module doc).
 ///
 /// # Safety
 /// `src` valid for `len` reads, `dst` for `len` writes, not overlapping.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn rep_movsb(src: *const u8, dst: *mut u8, len: usize) {
-    // SAFETY: the caller's contract bounds both ranges; the block touches no other memory, keeps
-    // the stack alone and leaves the flags as they were (DF is clear on entry and not changed).
+unsafe fn opaque_memcpy(src: *const u8, dst: *mut u8, len: usize) {
+    let memcpy: unsafe extern "C" fn(*mut libc::c_void, *const libc::c_void, usize) -> *mut libc::c_void =
+        libc::memcpy;
+    // SAFETY: the caller's contract bounds both ranges; the block calls the C library's memcpy
+    // with them under the C ABI (every register it may clobber declared), the stack aligned
+    // for a call on entry (no `nostack`).
     unsafe {
         std::arch::asm!(
-            "rep movsb",
-            inout("rcx") len => _,
-            inout("rsi") src => _,
+            "call {memcpy}",
+            memcpy = in(reg) memcpy,
             inout("rdi") dst => _,
-            options(nostack, preserves_flags),
+            inout("rsi") src => _,
+            inout("rdx") len => _,
+            clobber_abi("C"),
         );
     }
 }
@@ -180,7 +192,8 @@ unsafe fn rep_movsb(src: *const u8, dst: *mut u8, len: usize) {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn rep_stosb(dst: *mut u8, len: usize, byte: u8) {
-    // SAFETY: as in `rep_movsb`, for the one range.
+    // SAFETY: the caller's contract bounds the range; `rep stosb` stores exactly `len` bytes
+    // forward from `dst` (DF is clear on entry and not changed).
     unsafe {
         std::arch::asm!(
             "rep stosb",
@@ -200,7 +213,7 @@ mod tests {
     type Store = unsafe fn(&[u8], *mut u8);
     type Fill = unsafe fn(*mut u8, usize, u8);
 
-    /// The public copies (on x86_64: `rep movsb` from [`SHORT`] bytes up) and the portable loops
+    /// The public copies (on x86_64: memcpy from an asm block from [`SHORT`] bytes up) and the portable loops
     /// they fall back on, so both are held to the same results on any host.
     const LOADS: [(&str, Load); 2] = [("copy_from_shared", copy_from_shared), ("load_bytes", load_bytes)];
     const STORES: [(&str, Store); 2] = [("copy_to_shared", copy_to_shared), ("store_bytes", store_bytes)];
