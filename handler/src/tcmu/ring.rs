@@ -403,11 +403,21 @@ impl Ring {
         if len < size_of::<Mailbox>() {
             return Err(LayoutError::TooSmall { len });
         }
-        let mb: Mailbox = region.read_obj(0);
-        if mb.version != abi::TCMU_MAILBOX_VERSION {
-            return Err(LayoutError::Version { found: mb.version });
+        // The fields before `cmd_head` only: the two indices are touched only as `u32` atomics
+        // (a byte copy of `cmd_head` racing the kernel's store of it, the simulated kernel's
+        // `AtomicU32` store in tests, would be a mixed-size race).
+        let mut header = [0u8; abi::MB_CMD_HEAD];
+        region.read(0, &mut header);
+        let u16_at = |at: usize| u16::from_ne_bytes([header[at], header[at + 1]]);
+        let u32_at =
+            |at: usize| u32::from_ne_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        let version = u16_at(std::mem::offset_of!(Mailbox, version));
+        let flags = u16_at(abi::MB_FLAGS);
+        if version != abi::TCMU_MAILBOX_VERSION {
+            return Err(LayoutError::Version { found: version });
         }
-        let (cmdr_off, cmdr_size) = (mb.cmdr_off, mb.cmdr_size);
+        let cmdr_off = u32_at(std::mem::offset_of!(Mailbox, cmdr_off));
+        let cmdr_size = u32_at(std::mem::offset_of!(Mailbox, cmdr_size));
         let ring_end = u64::from(cmdr_off) + u64::from(cmdr_size);
         if (cmdr_off as usize) < size_of::<Mailbox>()
             || !cmdr_off.is_multiple_of(abi::TCMU_OP_ALIGN_SIZE)
@@ -427,11 +437,11 @@ impl Ring {
         }
         log::debug!(
             "tcmu ring attached: flags {:#x}, ring {cmdr_off}+{cmdr_size}, data {ring_end}..{len}, tail {tail}",
-            mb.flags
+            flags
         );
         Ok(Self {
             region,
-            flags: mb.flags,
+            flags,
             cmdr_off: cmdr_off as usize,
             cmdr_size,
             data_off: ring_end as usize,
