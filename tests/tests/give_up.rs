@@ -18,6 +18,7 @@ use scst_accel_boards::sim::Fault;
 use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
 use scst_accel_dma::SgvPool;
+use scst_accel_hal::sim::Iommu;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
 use scst_accel_handler::store::CmdBuffer;
@@ -104,15 +105,8 @@ fn hung_sca1_reading(
 /// that the engine does no more DMA into its buffer).
 #[test]
 fn a_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
-    let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[]);
-    let out = reap_until_answered(&mut q);
-    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
-    assert_eq!(out[0].status, StoreStatus::DeviceError);
-    assert!(store.failure().is_some(), "the store gave up");
-    assert!(
-        sim.iommu().bus_master_disabled(),
-        "the request was failed (its buffer released) while the function could still DMA"
-    );
+    let (sim, _pool, store, q) = hung_sca1_reading(Duration::from_millis(200), &[]);
+    fails_its_request_only_after_bus_mastering_is_cleared(&sim.iommu(), &store, q);
 }
 
 /// A queue dropped with a request on a hung engine whose function neither resets (`no-reset`)
@@ -126,17 +120,7 @@ fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
     // The engine must hold the descriptor: before it takes it, the stop handshake succeeds
     // (nothing in the engine) and the rings may go, rightly.
     wait_for_the_hang(&sim);
-    let mappings = sim.iommu().mappings();
-    drop(q);
-    assert!(
-        !sim.iommu().bus_master_disabled(),
-        "bus mastering could not be cleared (injected)"
-    );
-    assert_eq!(
-        sim.iommu().mappings(),
-        mappings,
-        "the hung engine's rings were unmapped"
-    );
+    a_dropped_queue_keeps_its_rings_mapped(&sim.iommu(), q);
 }
 
 /// The store gives up on a function that neither resets nor lets its bus mastering be cleared
@@ -145,18 +129,57 @@ fn a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
 /// queue, dropped, keeps its rings mapped.
 #[test]
 fn a_store_that_gives_up_without_proof_holds_its_requests() {
-    let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[Fault::BusMasterStuck]);
-    let mut out = reap_until_the_store_gives_up(&store, &mut q);
-    // A few more reaps: still nothing answered.
+    let (sim, _pool, store, q) = hung_sca1_reading(Duration::from_millis(200), &[Fault::BusMasterStuck]);
+    gives_up_holding_its_request(&sim.iommu(), &store, q);
+}
+
+/// The store gives up on the board behind `iommu` and answers `q`'s READ (DEVICE ERROR) only
+/// once bus mastering is cleared: before, the device could still DMA into the buffer the
+/// answer hands back for reuse.
+fn fails_its_request_only_after_bus_mastering_is_cleared(
+    iommu: &Iommu,
+    store: &AccelStore,
+    mut q: Box<dyn StoreQueue>,
+) {
+    let out = reap_until_answered(&mut q);
+    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
+    assert_eq!(out[0].status, StoreStatus::DeviceError);
+    assert!(store.failure().is_some(), "the store gave up");
+    assert!(
+        iommu.bus_master_disabled(),
+        "the request was failed (its buffer released) while the device could still DMA"
+    );
+}
+
+/// `q`, dropped while its hung device may still DMA (bus mastering cannot be cleared), keeps
+/// its rings mapped behind `iommu`.
+fn a_dropped_queue_keeps_its_rings_mapped(iommu: &Iommu, q: Box<dyn StoreQueue>) {
+    let mappings = iommu.mappings();
+    drop(q);
+    assert!(
+        !iommu.bus_master_disabled(),
+        "bus mastering could not be cleared (injected)"
+    );
+    assert_eq!(
+        iommu.mappings(),
+        mappings,
+        "the hung device's rings were unmapped"
+    );
+}
+
+/// The store gives up on a device that nothing proves stopped: `q`'s READ is never answered
+/// (a few more reaps after the failure: still nothing), and `q`, dropped, keeps its rings.
+fn gives_up_holding_its_request(iommu: &Iommu, store: &AccelStore, mut q: Box<dyn StoreQueue>) {
+    let mut out = reap_until_the_store_gives_up(store, &mut q);
     for _ in 0..50 {
         q.reap(&mut out);
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(out.is_empty(), "a request was answered without proof: {out:?}");
-    assert!(!sim.iommu().bus_master_disabled());
-    let mappings = sim.iommu().mappings();
+    assert!(!iommu.bus_master_disabled());
+    let mappings = iommu.mappings();
     drop(q);
-    assert_eq!(sim.iommu().mappings(), mappings, "the rings were unmapped");
+    assert_eq!(iommu.mappings(), mappings, "the rings were unmapped");
 }
 
 /// Wait until the engine holds the READ's descriptor (taken, hung on it, BUSY kept): from
@@ -203,17 +226,10 @@ fn reap_until_answered(q: &mut Box<dyn StoreQueue>) -> Vec<StoreCompletion> {
 /// "gone, does no DMA" and the request was failed (its buffer handed back) at once.
 #[test]
 fn a_dark_bar_is_no_proof_that_dma_stopped() {
-    let (sim, _pool, store, mut q) = hung_sca1_reading(Duration::from_millis(200), &[]);
+    let (sim, _pool, store, q) = hung_sca1_reading(Duration::from_millis(200), &[]);
     wait_for_the_hang(&sim);
     sim.inject(Fault::MemorySpaceOff);
-    let out = reap_until_answered(&mut q);
-    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
-    assert_eq!(out[0].status, StoreStatus::DeviceError);
-    assert!(store.failure().is_some(), "the store gave up");
-    assert!(
-        sim.iommu().bus_master_disabled(),
-        "the request was failed (its buffer released) while the function could still DMA"
-    );
+    fails_its_request_only_after_bus_mastering_is_cleared(&sim.iommu(), &store, q);
 }
 
 /// A function that is off the bus (removed: its config space reads all-ones too) can make no
@@ -244,13 +260,7 @@ fn a_queue_dropped_under_a_dark_bar_keeps_its_rings_mapped() {
     let (sim, _pool, _store, q) = hung_sca1_reading(Duration::from_secs(60), &[Fault::BusMasterStuck]);
     wait_for_the_hang(&sim);
     sim.inject(Fault::MemorySpaceOff);
-    let mappings = sim.iommu().mappings();
-    drop(q);
-    assert_eq!(
-        sim.iommu().mappings(),
-        mappings,
-        "the hung engine's rings were unmapped"
-    );
+    a_dropped_queue_keeps_its_rings_mapped(&sim.iommu(), q);
 }
 
 /// The simulated NVMe controller (CAP.TO 500 ms, admin timeout 300 ms, one polled queue)
@@ -305,15 +315,8 @@ fn hung_nvme_reading(
 /// up, and fails the request only after it cleared bus mastering.
 #[test]
 fn an_nvme_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
-    let (sim, _pool, store, mut q) = hung_nvme_reading(Duration::from_millis(200), &[]);
-    let out = reap_until_answered(&mut q);
-    assert_eq!(out.len(), 1, "answered: {:?}", store.dump());
-    assert_eq!(out[0].status, StoreStatus::DeviceError);
-    assert!(store.failure().is_some(), "the store gave up");
-    assert!(
-        sim.iommu().bus_master_disabled(),
-        "the request was failed (its buffer released) while the controller could still DMA"
-    );
+    let (sim, _pool, store, q) = hung_nvme_reading(Duration::from_millis(200), &[]);
+    fails_its_request_only_after_bus_mastering_is_cleared(&sim.iommu(), &store, q);
 }
 
 /// The NVMe path of `a_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped`: a
@@ -323,17 +326,7 @@ fn an_nvme_store_that_gives_up_fails_requests_only_after_dma_is_stopped() {
 #[test]
 fn an_nvme_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped() {
     let (sim, _pool, _store, q) = hung_nvme_reading(Duration::from_secs(60), &[NvmeFault::BusMasterStuck]);
-    let mappings = sim.iommu().mappings();
-    drop(q);
-    assert!(
-        !sim.iommu().bus_master_disabled(),
-        "bus mastering could not be cleared (injected)"
-    );
-    assert_eq!(
-        sim.iommu().mappings(),
-        mappings,
-        "the hung controller's rings were unmapped"
-    );
+    a_dropped_queue_keeps_its_rings_mapped(&sim.iommu(), q);
 }
 
 /// The NVMe path of `a_store_that_gives_up_without_proof_holds_its_requests`: the store gives up
@@ -342,18 +335,8 @@ fn an_nvme_queue_dropped_without_proof_that_dma_stopped_keeps_its_rings_mapped()
 /// its rings mapped.
 #[test]
 fn an_nvme_store_that_gives_up_without_proof_holds_its_requests() {
-    let (sim, _pool, store, mut q) =
-        hung_nvme_reading(Duration::from_millis(200), &[NvmeFault::BusMasterStuck]);
-    let mut out = reap_until_the_store_gives_up(&store, &mut q);
-    for _ in 0..50 {
-        q.reap(&mut out);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(out.is_empty(), "a request was answered without proof: {out:?}");
-    assert!(!sim.iommu().bus_master_disabled());
-    let mappings = sim.iommu().mappings();
-    drop(q);
-    assert_eq!(sim.iommu().mappings(), mappings, "the rings were unmapped");
+    let (sim, _pool, store, q) = hung_nvme_reading(Duration::from_millis(200), &[NvmeFault::BusMasterStuck]);
+    gives_up_holding_its_request(&sim.iommu(), &store, q);
 }
 
 /// Another thread's controller recovery whose disable takes 1.5 s (the simulator's
