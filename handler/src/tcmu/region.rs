@@ -173,20 +173,10 @@ impl Region {
         self.write(off, value.as_bytes());
     }
 
-    /// Copy of data-area bytes at `off` into `buf` ([`Self::read`]).
-    pub fn copy_out(&self, off: usize, buf: &mut [u8]) {
-        self.read(off, buf);
-    }
-
-    /// Copy of `buf` into data-area bytes at `off` ([`Self::write`]).
-    pub fn copy_in(&self, off: usize, buf: &[u8]) {
-        self.write(off, buf);
-    }
-
     /// Lend the `len` data-area bytes at `off` to `f`, so they are copied once, straight to
     /// where they go (a command buffer), instead of through a bounce buffer.
     ///
-    /// Only for a range the caller owns as [`Self::copy_out`] requires (a command's Data-Out
+    /// Only for a range the caller owns (a command's Data-Out
     /// between its posting and its completion: the kernel does not write it, and no other
     /// command's range overlaps it), which the ring guarantees for the pieces it lends.
     pub(super) fn with_slice<R>(&self, off: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
@@ -276,9 +266,9 @@ mod tests {
         assert_eq!(r.read_obj::<u32>(8), 0xdead_beef);
         r.write_obj(16, &0x0102_0304_0506_0708u64);
         let mut d = [0u8; 8];
-        r.copy_out(16, &mut d);
+        r.read(16, &mut d);
         assert_eq!(u64::from_le_bytes(d), 0x0102_0304_0506_0708);
-        r.copy_in(60, &[9, 9, 9, 9]);
+        r.write(60, &[9, 9, 9, 9]);
         assert_eq!(r.read_obj::<u32>(60), 0x0909_0909);
     }
 

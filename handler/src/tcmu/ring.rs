@@ -834,7 +834,7 @@ impl Ring {
     pub fn read_data(&self, cmd: &TcmuCommand, offset: usize, buf: &mut [u8]) -> usize {
         let mut done = 0;
         for_each_piece(&cmd.data, offset, buf.len(), |region_off, at, n| {
-            self.region.copy_out(region_off, &mut buf[at..at + n]);
+            self.region.read(region_off, &mut buf[at..at + n]);
             done += n;
         });
         done
@@ -846,7 +846,7 @@ impl Ring {
         let segments = data_in_segments(cmd);
         let mut done = 0;
         for_each_piece(segments, offset, buf.len(), |region_off, at, n| {
-            self.region.copy_in(region_off, &buf[at..at + n]);
+            self.region.write(region_off, &buf[at..at + n]);
             done += n;
         });
         done
