@@ -2,6 +2,8 @@
 //! tell it, as data. A vendor adds a board by adding a [`BoardDefinition`] to [`BOARDS`] (or
 //! passing one to [`crate::open::open_board`]); nothing in the handler changes.
 
+use scst_accel_hal::PciIdentity;
+
 /// How completions are signalled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterruptMode {
@@ -29,6 +31,10 @@ pub struct Quirks {
     pub split_64bit_mmio: bool,
 }
 
+/// The PCI class code of an NVM Express I/O controller: base class 01h (mass storage),
+/// sub-class 08h (non-volatile memory), programming interface 02h (NVM Express).
+pub const NVME_CLASS: u32 = 0x01_08_02;
+
 /// One board.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BoardDefinition {
@@ -38,10 +44,14 @@ pub struct BoardDefinition {
     pub description: &'static str,
     /// The driver.
     pub engine: EngineKind,
-    /// PCI vendor ID (0 for the simulator, or for any vendor).
+    /// PCI vendor ID the function must report (0: any vendor).
     pub vendor_id: u16,
-    /// PCI device ID (0 for the simulator).
+    /// PCI device ID the function must report (0: any device).
     pub device_id: u16,
+    /// PCI class code the function must report (0: any class): what a driver for a standard
+    /// interface binds by, as Linux's nvme driver binds every NVM Express controller by
+    /// [`NVME_CLASS`].
+    pub class_code: u32,
     /// Queues the driver brings up (capped by CAP0).
     pub queues: u32,
     /// Ring entries per queue (capped by CAP0).
@@ -54,6 +64,32 @@ pub struct BoardDefinition {
     pub quirks: Quirks,
 }
 
+impl BoardDefinition {
+    /// Whether a function that says it is `identity` is this board: every ID the definition
+    /// names (not 0) matches. Checked before the driver touches the function's registers, so
+    /// a wrong `--pci` address or `--board` name never has another device's BAR written as if
+    /// it were this board's.
+    pub fn admits(&self, identity: &PciIdentity) -> bool {
+        (self.vendor_id == 0 || self.vendor_id == identity.vendor_id)
+            && (self.device_id == 0 || self.device_id == identity.device_id)
+            && (self.class_code == 0 || self.class_code == identity.class_code)
+    }
+
+    /// What [`BoardDefinition::admits`] asks for, in words.
+    pub fn expected_identity(&self) -> String {
+        let ids = match (self.vendor_id, self.device_id) {
+            (0, 0) => "any vendor and device".to_owned(),
+            (0, device) => format!("any vendor, device {device:04x}"),
+            (vendor, 0) => format!("vendor {vendor:04x}, any device"),
+            (vendor, device) => format!("{vendor:04x}:{device:04x}"),
+        };
+        match self.class_code {
+            0 => format!("{ids}, any class"),
+            class => format!("{ids}, class {class:06x}"),
+        }
+    }
+}
+
 /// The simulated SCA-1 board (boards/src/sim), used by the demo and the test suites.
 pub const SIM: BoardDefinition = BoardDefinition {
     name: "sim",
@@ -61,6 +97,7 @@ pub const SIM: BoardDefinition = BoardDefinition {
     engine: EngineKind::Sca1,
     vendor_id: 0,
     device_id: 0,
+    class_code: 0,
     queues: 4,
     queue_depth: 256,
     max_transfer_bytes: 1 << 20,
@@ -77,6 +114,7 @@ pub const SCA1_PCI: BoardDefinition = BoardDefinition {
     engine: EngineKind::Sca1,
     vendor_id: 0x1d0f,
     device_id: 0x5ca1,
+    class_code: 0,
     queues: 4,
     queue_depth: 1024,
     max_transfer_bytes: 1 << 20,
@@ -94,6 +132,7 @@ pub const NVME: BoardDefinition = BoardDefinition {
     engine: EngineKind::Nvme,
     vendor_id: 0,
     device_id: 0,
+    class_code: NVME_CLASS,
     queues: 8,
     queue_depth: 1024,
     max_transfer_bytes: 1 << 20,
@@ -111,6 +150,7 @@ pub const QEMU_NVME: BoardDefinition = BoardDefinition {
     engine: EngineKind::Nvme,
     vendor_id: 0x1b36,
     device_id: 0x0010,
+    class_code: NVME_CLASS,
     queues: 4,
     queue_depth: 256,
     max_transfer_bytes: 1 << 20,
@@ -127,6 +167,7 @@ pub const NVME_SIM: BoardDefinition = BoardDefinition {
     engine: EngineKind::Nvme,
     vendor_id: 0,
     device_id: 0,
+    class_code: NVME_CLASS,
     queues: 4,
     queue_depth: 256,
     max_transfer_bytes: 1 << 20,

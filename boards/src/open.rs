@@ -23,6 +23,8 @@ use crate::sim::SimHandle;
 use scst_accel_hal::vfio::VfioDevice;
 use scst_accel_hal::vfio::VfioError;
 use scst_accel_hal::DeviceBacking;
+use scst_accel_hal::HalError;
+use scst_accel_hal::PciIdentity;
 use std::sync::Arc;
 
 /// Where the device comes from.
@@ -65,6 +67,25 @@ pub enum OpenBoardError {
     /// NVMe bring-up failed.
     #[error("NVMe controller bring-up")]
     Nvme(#[from] NvmeError),
+    /// The function's config space could not be read to learn what it is.
+    #[error("reading what the function is (its config space header)")]
+    Identity(#[source] HalError),
+    /// The function is not the board named: nothing was written to it.
+    #[error(
+        "{device} is {found}, not a `{board}` board ({expected}); nothing was written to it: \
+         check the PCI address and the board name (`--help` lists the boards); a function with \
+         other IDs needs a board definition of its own (docs/boards.md)"
+    )]
+    NotThisBoard {
+        /// The function opened.
+        device: String,
+        /// What it says it is.
+        found: PciIdentity,
+        /// The board definition's name.
+        board: &'static str,
+        /// What the definition asks for ([`BoardDefinition::expected_identity`]).
+        expected: String,
+    },
 }
 
 /// Open `source` as `definition` and bring it up with `queues` queues (at most the board's).
@@ -102,12 +123,23 @@ pub fn open_board(
 
 type Engines = (Arc<dyn Controller>, Vec<Box<dyn QueueEngine>>);
 
-/// Bring `device` up with `definition`'s driver, geometry and quirks.
+/// Bring `device` up with `definition`'s driver, geometry and quirks, once it has shown to be
+/// that board ([`BoardDefinition::admits`]).
 fn bring_up(
     definition: &BoardDefinition,
     device: Arc<dyn DeviceBacking>,
     queues: u32,
 ) -> Result<Engines, OpenBoardError> {
+    let found = device.pci_identity().map_err(OpenBoardError::Identity)?;
+    if !definition.admits(&found) {
+        return Err(OpenBoardError::NotThisBoard {
+            device: device.id().to_owned(),
+            found,
+            board: definition.name,
+            expected: definition.expected_identity(),
+        });
+    }
+    log::debug!("{}: {found}, a `{}` board", device.id(), definition.name);
     match definition.engine {
         EngineKind::Sca1 => bring_up_sca1(definition, device, queues),
         EngineKind::Nvme => bring_up_nvme(definition, device, queues),
@@ -280,5 +312,170 @@ mod tests {
             accesses.contains(&(8, true, sq, sq_base)),
             "without the quirk SQ_BASE is one 64-bit write"
         );
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use crate::definition::NVME;
+    use crate::definition::NVME_SIM;
+    use crate::definition::QEMU_NVME;
+    use crate::definition::SCA1_PCI;
+    use crate::definition::SIM;
+    use crate::sim::Fault;
+    use scst_accel_hal::RegisterIo;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
+
+    /// Counts every BAR access, then passes it on.
+    struct Counter {
+        inner: Arc<dyn DeviceBacking>,
+        accesses: AtomicUsize,
+    }
+
+    impl RegisterIo for Counter {
+        fn len(&self) -> u64 {
+            self.inner.bar0().len()
+        }
+
+        fn read32(&self, offset: u64) -> u32 {
+            self.accesses.fetch_add(1, Ordering::Relaxed);
+            self.inner.bar0().read32(offset)
+        }
+
+        fn write32(&self, offset: u64, value: u32) {
+            self.accesses.fetch_add(1, Ordering::Relaxed);
+            self.inner.bar0().write32(offset, value);
+        }
+
+        fn read64(&self, offset: u64) -> u64 {
+            self.accesses.fetch_add(1, Ordering::Relaxed);
+            self.inner.bar0().read64(offset)
+        }
+
+        fn write64(&self, offset: u64, value: u64) {
+            self.accesses.fetch_add(1, Ordering::Relaxed);
+            self.inner.bar0().write64(offset, value);
+        }
+    }
+
+    impl scst_accel_hal::BarInterposer for Counter {
+        fn device(&self) -> &dyn DeviceBacking {
+            self.inner.as_ref()
+        }
+    }
+
+    fn counted(inner: Arc<dyn DeviceBacking>) -> Arc<Counter> {
+        Arc::new(Counter {
+            inner,
+            accesses: AtomicUsize::new(0),
+        })
+    }
+
+    fn sca1_sim(name: &str) -> (Arc<dyn DeviceBacking>, SimHandle) {
+        let config = SimConfig {
+            queues: 1,
+            vectors: 1,
+            ..SimConfig::default()
+        };
+        let (board, handle) = create_sim_board(name, config).expect("sim board");
+        (board, handle)
+    }
+
+    fn nvme_sim(name: &str) -> Arc<dyn DeviceBacking> {
+        create_nvme_sim(name, NvmeSimConfig::default())
+            .expect("nvme sim")
+            .0
+    }
+
+    /// Bring `device` up as `definition` through a counter; the refusal and the BAR accesses
+    /// made before it.
+    fn refused(definition: &BoardDefinition, device: Arc<dyn DeviceBacking>) -> (OpenBoardError, usize) {
+        let counter = counted(device);
+        match bring_up(definition, counter.clone(), 1) {
+            Ok(_) => panic!("`{}` brought up a function it does not admit", definition.name),
+            Err(e) => (e, counter.accesses.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// A definition is matched against the function's config space before its driver makes
+    /// one BAR access: an SCA-1 function is no NVMe controller (class), nor QEMU's (IDs); an
+    /// NVMe controller is no `sca1` board (IDs). The refusal names what the function is and
+    /// what the board asks for.
+    #[test]
+    fn a_function_that_is_not_the_board_named_is_refused_before_any_register_access() {
+        for (definition, wanted) in [(&NVME, "class 010802"), (&QEMU_NVME, "1b36:0010")] {
+            let (device, _sim) = sca1_sim("identity-sca1");
+            let (e, accesses) = refused(definition, device);
+            assert_eq!(accesses, 0, "{e}");
+            let OpenBoardError::NotThisBoard { found, board, .. } = &e else {
+                panic!("{e:?}");
+            };
+            assert_eq!((*found, *board), (crate::sim::PCI_IDENTITY, definition.name));
+            let text = e.to_string();
+            assert!(
+                text.contains("1d0f:5ca1 class 120000") && text.contains(wanted),
+                "{text}"
+            );
+        }
+        let (e, accesses) = refused(&SCA1_PCI, nvme_sim("identity-nvme"));
+        assert_eq!(accesses, 0, "{e}");
+        assert!(
+            matches!(e, OpenBoardError::NotThisBoard { board: "sca1", .. }),
+            "{e:?}"
+        );
+    }
+
+    /// The boards that name the simulators' identities (or none) bring them up: the NVMe
+    /// definitions admit the simulated controller by its class (and QEMU's IDs), the SCA-1 ones
+    /// the simulated SCA-1 function.
+    #[test]
+    fn the_simulated_functions_are_admitted_by_their_boards() {
+        for definition in [&SIM, &SCA1_PCI] {
+            let (device, _sim) = sca1_sim("identity-sca1-ok");
+            let (controller, queues) = bring_up(definition, device, 1).expect("bring-up");
+            assert_eq!(queues.len(), 1);
+            drop(queues);
+            controller.reset().expect("reset");
+        }
+        for definition in [&NVME, &QEMU_NVME, &NVME_SIM] {
+            assert!(
+                definition.admits(&crate::sim::nvme::PCI_IDENTITY),
+                "{}",
+                definition.name
+            );
+            let (controller, queues) =
+                bring_up(definition, nvme_sim("identity-nvme-ok"), 1).expect("bring-up");
+            drop(queues);
+            controller.shutdown().expect("shutdown");
+        }
+    }
+
+    /// A function whose config space reads all-ones (removed) is not brought up at all.
+    #[test]
+    fn a_function_off_the_bus_is_not_brought_up() {
+        let (device, sim) = sca1_sim("identity-gone");
+        sim.inject(Fault::DeviceGone);
+        let (e, accesses) = refused(&SIM, device);
+        assert_eq!(accesses, 0, "{e}");
+        assert!(
+            matches!(e, OpenBoardError::Identity(HalError::OffTheBus { .. })),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_definition_says_what_it_admits() {
+        assert_eq!(SIM.expected_identity(), "any vendor and device, any class");
+        assert_eq!(NVME.expected_identity(), "any vendor and device, class 010802");
+        assert_eq!(QEMU_NVME.expected_identity(), "1b36:0010, class 010802");
+        let other = PciIdentity {
+            vendor_id: 0x1b36,
+            device_id: 0x0010,
+            class_code: 0x01_06_01,
+        };
+        assert!(!QEMU_NVME.admits(&other), "the class is checked too");
+        assert!(SIM.admits(&other));
     }
 }

@@ -72,6 +72,15 @@ impl SimModel for Hostile {
         r.resets += 1;
     }
 
+    /// Any identity: the fuzz targets bring their drivers up directly, with no definition.
+    fn pci_identity(&self) -> scst_accel_hal::PciIdentity {
+        scst_accel_hal::PciIdentity {
+            vendor_id: 0xffff - 1,
+            device_id: 0,
+            class_code: 0,
+        }
+    }
+
     fn shutdown(&self) {}
 }
 

@@ -90,6 +90,14 @@ pub enum HalError {
         /// Device identifier.
         device: String,
     },
+    /// Config space could not be read.
+    #[error("cannot read the config space of {device}: {reason}")]
+    Config {
+        /// Device identifier.
+        device: String,
+        /// What failed.
+        reason: String,
+    },
     /// Bus mastering could not be disabled, or its clearing not confirmed.
     #[error("cannot disable bus mastering on {device}: {reason}; it may still DMA, so memory it could reach must stay mapped")]
     BusMaster {
@@ -158,6 +166,30 @@ pub trait DmaMapper: Send + Sync {
     fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError>;
 }
 
+/// What a PCI function says it is: the vendor and device IDs and the class code of its config
+/// space header (offsets 00h, 02h, 09h-0Bh). A board definition is matched against it before a
+/// driver touches the function's registers (as Linux matches its drivers' ID tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciIdentity {
+    /// Vendor ID (00h).
+    pub vendor_id: u16,
+    /// Device ID (02h).
+    pub device_id: u16,
+    /// Class code (0Bh base class, 0Ah sub-class, 09h programming interface), e.g. `0x010802`
+    /// for an NVMe I/O controller.
+    pub class_code: u32,
+}
+
+impl std::fmt::Display for PciIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:04x} class {:06x}",
+            self.vendor_id, self.device_id, self.class_code
+        )
+    }
+}
+
 /// What a function reset did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetKind {
@@ -208,6 +240,12 @@ pub trait DeviceBacking: Send + Sync {
     /// teardown would take the no-proof path for it); a wrapper forwards it ([`BarInterposer`]
     /// does).
     fn disable_bus_master(&self) -> Result<(), HalError>;
+    /// The function's identity from its config space header.
+    ///
+    /// # Errors
+    /// [`HalError::OffTheBus`] when config space reads all-ones; [`HalError::Config`] when it
+    /// cannot be read.
+    fn pci_identity(&self) -> Result<PciIdentity, HalError>;
 }
 
 /// A device seen through an interposer on its BAR 0: tests and fuzzers that watch, delay or
@@ -255,5 +293,9 @@ impl<T: BarInterposer> DeviceBacking for T {
 
     fn disable_bus_master(&self) -> Result<(), HalError> {
         self.device().disable_bus_master()
+    }
+
+    fn pci_identity(&self) -> Result<PciIdentity, HalError> {
+        self.device().pci_identity()
     }
 }

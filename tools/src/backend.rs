@@ -218,7 +218,9 @@ pub fn open_error_exit_code(e: &OpenBoardError) -> u8 {
             V::NoVfioContainer { .. } | V::GroupBusy { .. } => exit::UNAVAILABLE,
             _ => exit::IOERR,
         },
-        OpenBoardError::Driver(_) | OpenBoardError::Nvme(_) => exit::IOERR,
+        // The address or the board name is wrong: no restart fixes it.
+        OpenBoardError::NotThisBoard { .. } => exit::CONFIG,
+        OpenBoardError::Driver(_) | OpenBoardError::Nvme(_) | OpenBoardError::Identity(_) => exit::IOERR,
         _ => exit::SOFTWARE,
     }
 }

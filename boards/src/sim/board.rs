@@ -50,6 +50,7 @@ use scst_accel_hal::sim::InterruptLines;
 use scst_accel_hal::sim::Iommu;
 use scst_accel_hal::sim::SimContext;
 use scst_accel_hal::sim::SimModel;
+use scst_accel_hal::PciIdentity;
 
 use super::engine;
 use super::fault::Decision;
@@ -600,6 +601,10 @@ impl SimModel for SimBoard {
 
     fn reset_refused(&self) -> bool {
         self.shared.resets_ignored(&mut LockToken::root())
+    }
+
+    fn pci_identity(&self) -> PciIdentity {
+        super::PCI_IDENTITY
     }
 
     fn config_space_responds(&self) -> bool {

@@ -38,6 +38,18 @@ mod tests;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use scst_accel_hal::PciIdentity;
+
+/// What the simulated function's config space says it is: the IDs the `sca1` board definition
+/// names (`definition::SCA1_PCI`), class 12h (processing accelerator, PCI Code and ID
+/// Assignment specification). Board definitions are matched against it as against a real
+/// function's.
+pub const PCI_IDENTITY: PciIdentity = PciIdentity {
+    vendor_id: 0x1d0f,
+    device_id: 0x5ca1,
+    class_code: 0x12_00_00,
+};
+
 use scst_accel_hal::sim::SimDevice;
 use scst_accel_hal::sim::SimModel;
 

@@ -13,6 +13,7 @@ use crate::DeviceBacking;
 use crate::DmaMapper;
 use crate::EventFd;
 use crate::HalError;
+use crate::PciIdentity;
 use crate::RegisterIo;
 use crate::ResetKind;
 
@@ -199,6 +200,17 @@ impl DeviceBacking for SimDevice {
             self.bar0.device
         );
         Ok(())
+    }
+
+    /// The model's identity ([`SimModel::pci_identity`]); a model whose config space does not
+    /// answer reads all-ones there, as a removed function does.
+    fn pci_identity(&self) -> Result<PciIdentity, HalError> {
+        if !self.bar0.model.config_space_responds() {
+            return Err(HalError::OffTheBus {
+                device: self.bar0.device.clone(),
+            });
+        }
+        Ok(self.bar0.model.pci_identity())
     }
 }
 

@@ -68,6 +68,14 @@ impl SimModel for TestModel {
         self.recorder.resets.fetch_add(1, Ordering::SeqCst);
     }
 
+    fn pci_identity(&self) -> crate::PciIdentity {
+        crate::PciIdentity {
+            vendor_id: 0x1234,
+            device_id: 0x5678,
+            class_code: 0xff0000,
+        }
+    }
+
     fn shutdown(&self) {
         self.recorder.shutdowns.fetch_add(1, Ordering::SeqCst);
         assert!(!self.recorder.panic_on_shutdown, "test model panics in shutdown");

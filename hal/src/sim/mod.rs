@@ -72,6 +72,10 @@ pub trait SimModel: Send + Sync + 'static {
         false
     }
 
+    /// What the function's config space header says it is (vendor, device, class code). No
+    /// default: a model says what it models, and a board definition is matched against it.
+    fn pci_identity(&self) -> crate::PciIdentity;
+
     /// Config space answers (a removed function's reads all-ones): clearing Bus Master Enable
     /// can be done and confirmed only then.
     fn config_space_responds(&self) -> bool {

@@ -265,6 +265,22 @@ fn open_a_real_device_when_there_is_one() {
     let dev = VfioDevice::open(&addr).expect("open the VFIO device named by SCST_ACCEL_VFIO_DEVICE");
     assert_eq!(dev.id(), addr);
     assert!(!dev.bar0().is_empty());
+    // The identity read through VFIO's config region is the one sysfs reports for the function.
+    let sysfs = |file: &str| {
+        let path = Path::new("/sys/bus/pci/devices").join(&addr).join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).expect("a hex number in sysfs")
+    };
+    let identity = dev.pci_identity().expect("read the config space header");
+    assert_eq!(
+        (
+            u32::from(identity.vendor_id),
+            u32::from(identity.device_id),
+            identity.class_code
+        ),
+        (sysfs("vendor"), sysfs("device"), sysfs("class")),
+        "{identity}"
+    );
     let vectors = dev.max_interrupts().min(2);
     let fds = dev.enable_interrupts(vectors).expect("enable MSI-X");
     assert_eq!(fds.len(), vectors as usize);

@@ -217,4 +217,8 @@ impl DeviceBacking for Interposer {
     fn disable_bus_master(&self) -> Result<(), HalError> {
         self.bar.inner.disable_bus_master()
     }
+
+    fn pci_identity(&self) -> Result<scst_accel_hal::PciIdentity, HalError> {
+        self.bar.inner.pci_identity()
+    }
 }

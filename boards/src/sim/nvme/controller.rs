@@ -45,6 +45,7 @@ use scst_accel_hal::sim::InterruptLines;
 use scst_accel_hal::sim::Iommu;
 use scst_accel_hal::sim::SimContext;
 use scst_accel_hal::sim::SimModel;
+use scst_accel_hal::PciIdentity;
 
 use super::super::medium::Medium;
 use super::fault::Decision;
@@ -611,6 +612,10 @@ impl SimModel for NvmeController {
 
     fn function_reset(&self) {
         self.shared.function_reset();
+    }
+
+    fn pci_identity(&self) -> PciIdentity {
+        super::PCI_IDENTITY
     }
 
     fn reset_refused(&self) -> bool {

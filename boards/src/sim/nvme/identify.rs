@@ -9,7 +9,7 @@ pub(crate) const IDENTIFY_BYTES: usize = 4096;
 
 /// PCI vendor ID reported (VID, SSVID): the one QEMU's model uses, so a driver's quirk tables
 /// treat both models alike.
-const VENDOR_ID: u16 = 0x1B36;
+const VENDOR_ID: u16 = super::PCI_IDENTITY.vendor_id;
 
 fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
     buf[at..at + bytes.len()].copy_from_slice(bytes);

@@ -68,8 +68,20 @@ mod tests;
 
 use std::sync::Arc;
 
+use scst_accel_hal::PciIdentity;
+
 use scst_accel_hal::sim::SimDevice;
 use scst_accel_hal::sim::SimModel;
+
+/// What the simulated controller's config space says it is: QEMU's NVMe model's IDs (1b36:0010,
+/// the vendor ID its Identify Controller reports too) and the NVMe I/O controller class
+/// (01h mass storage, 08h non-volatile memory, 02h NVM Express), the class Linux's nvme driver
+/// binds by.
+pub const PCI_IDENTITY: PciIdentity = PciIdentity {
+    vendor_id: 0x1b36,
+    device_id: 0x0010,
+    class_code: 0x01_08_02,
+};
 
 pub use config::NvmeSimConfig;
 pub use config::DLFEAT_READS_ZEROES;
