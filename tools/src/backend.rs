@@ -893,6 +893,33 @@ mod tests {
         );
     }
 
+    /// A function that is not the board named is the configuration's mistake (78); one whose
+    /// config space cannot be read (removed) is the device's (74).
+    #[test]
+    fn a_function_that_is_not_the_board_is_a_configuration_error() {
+        let found = scst_accel_hal::PciIdentity {
+            vendor_id: 0x8086,
+            device_id: 0x10d3,
+            class_code: 0x02_00_00,
+        };
+        let wrong = OpenBoardError::NotThisBoard {
+            device: "0000:03:00.0".into(),
+            found,
+            board: "nvme",
+            expected: "any vendor and device, class 010802".into(),
+        };
+        assert_eq!(open_error_exit_code(&wrong), exit::CONFIG);
+        let message = BackendError::from(wrong).message;
+        assert!(
+            message.contains("0000:03:00.0 is 8086:10d3 class 020000, not a `nvme` board"),
+            "{message}"
+        );
+        let gone = OpenBoardError::Identity(scst_accel_hal::HalError::OffTheBus {
+            device: "0000:03:00.0".into(),
+        });
+        assert_eq!(open_error_exit_code(&gone), exit::IOERR);
+    }
+
     /// A file board: what the operator must fix is 78, the medium failing is 74.
     #[test]
     fn file_store_failures_map_to_their_exit_class() {
