@@ -176,6 +176,7 @@ fn bring_up_nvme(
         queue_depth: definition.queue_depth,
         interrupts: definition.interrupts == InterruptMode::Msix,
         split_64bit_mmio: definition.quirks.split_64bit_mmio,
+        max_transfer_bytes: definition.max_transfer_bytes,
         ..NvmeConfig::default()
     };
     let (controller, queues) = NvmeController::bring_up(device, &config)?;
@@ -447,6 +448,29 @@ mod identity_tests {
             );
             let (controller, queues) =
                 bring_up(definition, nvme_sim("identity-nvme-ok"), 1).expect("bring-up");
+            drop(queues);
+            controller.shutdown().expect("shutdown");
+        }
+    }
+
+    /// The definition's `max_transfer_bytes` reaches the geometry the store splits requests by
+    /// (the simulated controller's MDTS allows 2 MiB).
+    #[test]
+    fn a_definitions_transfer_limit_caps_the_geometry() {
+        let config = NvmeSimConfig {
+            mdts: 9,
+            ..NvmeSimConfig::default()
+        };
+        for (limit, expected) in [(2 << 20, 2 << 20), (64 << 10, 64 << 10)] {
+            let definition = BoardDefinition {
+                max_transfer_bytes: limit,
+                ..NVME_SIM
+            };
+            let device = create_nvme_sim("identity-mdts", config.clone())
+                .expect("nvme sim")
+                .0;
+            let (controller, queues) = bring_up(&definition, device, 1).expect("bring-up");
+            assert_eq!(controller.geometry().max_transfer_bytes, expected);
             drop(queues);
             controller.shutdown().expect("shutdown");
         }

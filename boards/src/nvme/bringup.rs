@@ -245,16 +245,22 @@ pub(super) fn queue_depth(wanted: u32, cap: Cap) -> u16 {
     (1u32 << (31 - depth.leading_zeros())) as u16
 }
 
-/// Geometry from CAP and IDENTIFY: MDTS (in CAP.MPSMIN units, 0 = no limit) and the PRP list
-/// page bound the transfer size.
-pub(super) fn geometry(cap: Cap, info: &NvmeInfo) -> Geometry {
+/// Geometry from CAP and IDENTIFY: MDTS (in CAP.MPSMIN units, 0 = no limit), the PRP list
+/// page and `limit` (the board's own, in whole pages and blocks, at least one of each) bound
+/// the transfer size.
+pub(super) fn geometry(cap: Cap, info: &NvmeInfo, limit: u32) -> Geometry {
     let block_size = 1u32 << info.namespace.lbads().unwrap_or(9);
+    let unit = u64::from(block_size).max(PAGE_SIZE);
+    let limit = (u64::from(limit) / unit).max(1) * unit;
     let mdts_bytes = match info.controller.mdts {
         0 => u64::MAX,
         m => cap.min_page_size().checked_shl(u32::from(m)).unwrap_or(u64::MAX),
     };
     let max_blocks_bytes = u64::from(block_size) * 65536; // NLB is 16 bits
-    let max_transfer = mdts_bytes.min(u64::from(MAX_TRANSFER)).min(max_blocks_bytes) as u32;
+    let max_transfer = mdts_bytes
+        .min(u64::from(MAX_TRANSFER))
+        .min(max_blocks_bytes)
+        .min(limit) as u32;
     Geometry {
         block_size,
         capacity_blocks: info.namespace.nsze,
@@ -316,17 +322,28 @@ mod tests {
     #[test]
     fn geometry_honours_mdts_and_the_prp_list() {
         let cap = Cap::from_bits(0);
-        let g = geometry(cap, &info(7, 9, cmd::ONCS_DSM));
+        let g = geometry(cap, &info(7, 9, cmd::ONCS_DSM), MAX_TRANSFER);
         assert_eq!(g.max_transfer_bytes, 512 * 1024, "QEMU's MDTS 7 = 128 pages");
         assert_eq!(g.max_segments, 129);
         assert_eq!((g.block_size, g.capacity_blocks), (512, 1000));
         assert!(g.supports_deallocate && !g.supports_write_zeroes && !g.volatile_cache);
-        assert!(geometry(cap, &info(7, 9, cmd::ONCS_WRITE_ZEROES)).supports_write_zeroes);
-        let g = geometry(cap, &info(0, 12, 0));
+        assert!(geometry(cap, &info(7, 9, cmd::ONCS_WRITE_ZEROES), MAX_TRANSFER).supports_write_zeroes);
+        let g = geometry(cap, &info(0, 12, 0), MAX_TRANSFER);
         assert_eq!(g.max_transfer_bytes, MAX_TRANSFER, "no MDTS: one PRP list page");
         assert_eq!(g.block_size, 4096);
         assert!(!g.supports_deallocate);
-        assert_eq!(geometry(cap, &info(10, 9, 0)).max_transfer_bytes, 2 << 20);
+        assert_eq!(
+            geometry(cap, &info(10, 9, 0), MAX_TRANSFER).max_transfer_bytes,
+            2 << 20
+        );
+        // The board's own limit, in whole pages (and blocks), never below one.
+        assert_eq!(
+            geometry(cap, &info(10, 9, 0), 1 << 20).max_transfer_bytes,
+            1 << 20
+        );
+        let g = geometry(cap, &info(10, 9, 0), 70_000);
+        assert_eq!((g.max_transfer_bytes, g.max_segments), (17 * 4096, 18));
+        assert_eq!(geometry(cap, &info(10, 12, 0), 100).max_transfer_bytes, 4096);
     }
 
     #[test]

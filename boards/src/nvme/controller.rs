@@ -88,6 +88,10 @@ pub struct NvmeConfig {
     /// The bound on a normal shutdown when the controller reports no RTD3E, and the least
     /// bound when it does ([`shutdown_timeout`]); default [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
+    /// The largest transfer of one command the board handles well (the board definition's
+    /// `max_transfer_bytes`), rounded down to whole pages; MDTS and one PRP list page
+    /// ([`MAX_TRANSFER`]) cap it further.
+    pub max_transfer_bytes: u32,
 }
 
 impl Default for NvmeConfig {
@@ -101,6 +105,7 @@ impl Default for NvmeConfig {
             admin_timeout: Duration::from_secs(5),
             split_64bit_mmio: false,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_transfer_bytes: MAX_TRANSFER,
         }
     }
 }
@@ -219,7 +224,7 @@ impl NvmeController {
                 return Err(e);
             }
         };
-        let geometry = geometry(cap, &info);
+        let geometry = geometry(cap, &info, config.max_transfer_bytes);
         let controller = Arc::new(NvmeController {
             device: Arc::clone(&device),
             config: config.clone(),
