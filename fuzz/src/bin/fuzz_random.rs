@@ -60,6 +60,15 @@ fn main() -> ExitCode {
                     a.load(std::sync::atomic::Ordering::Relaxed)
                 );
             }
+            if name == "scsi" {
+                let caw = &scst_accel_fuzz::scsi::COMPARE_AND_WRITES;
+                let fused = &scst_accel_fuzz::scsi::FUSED_COMPARE_AND_WRITES;
+                println!(
+                    "scsi: engine COMPARE AND WRITE planned: {} compare-then-write, {} fused",
+                    caw.load(std::sync::atomic::Ordering::Relaxed),
+                    fused.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
             if crashed {
                 if let Some(dir) = crash_dir {
                     let path = dir.join(format!("{name}-seed{seed}-crash"));
