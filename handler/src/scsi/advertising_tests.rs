@@ -279,7 +279,9 @@ fn the_engine_executes_a_command_iff_rsoc_says_supported() {
                         assert_eq!(data[1] & 0x07, 0x03, "{what}: RSOC must say supported");
                         let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
                         assert_eq!(len, e.cdb_len(), "{what}");
-                        let mut usage = e.usage.to_vec();
+                        let mut usage = e
+                            .usage_for(super::opcodes::Features::of(disk.capabilities()))
+                            .to_vec();
                         if let Some(sa) = sa {
                             usage[1] = sa;
                         }
@@ -557,7 +559,7 @@ fn usage_data_is_what_the_decoder_reads() {
                     }
                     let mut cdb = base.clone();
                     cdb[byte] |= mask;
-                    if e.usage[byte] & mask == 0 {
+                    if e.usage_for(geo.features)[byte] & mask == 0 {
                         let refused = run(&disk, &cdb).expect_err(&what);
                         assert_eq!(
                             refused.sense,
@@ -579,10 +581,10 @@ fn usage_data_is_what_the_decoder_reads() {
                     "{what}: byte {byte}: 'no effect' bits are read"
                 );
                 assert_eq!(
-                    e.usage[byte] & !sa,
+                    e.usage_for(geo.features)[byte] & !sa,
                     (read[byte] | accepted[byte]) & !sa,
                     "{what}: byte {byte}: usage {:08b}, read {:08b}, accepted {:08b}",
-                    e.usage[byte],
+                    e.usage_for(geo.features)[byte],
                     read[byte],
                     accepted[byte]
                 );

@@ -404,12 +404,10 @@ pub(crate) fn decode_traced(cdb: &[u8], geo: &Geometry, read: &impl ReadTrace) -
         }
         Op::WriteSame10 | Op::WriteSame16 => {
             check_protect(&f)?;
-            let unmap = f.bit(1, 3);
+            // LBPWS=0: unmapping through WRITE SAME is not offered (SBC-3 §5.43): on a disk that
+            // is not thin the bit is not in the usage data, so `lookup` refused it set.
+            let unmap = geo.features.thin && f.bit(1, 3);
             let ndob = entry.op == Op::WriteSame16 && f.bit(1, 0);
-            if unmap && !geo.features.thin {
-                // LBPWS=0: unmapping through WRITE SAME is not offered (SBC-3 §5.43).
-                return Err(Sense::invalid_cdb_field(1, Some(3)));
-            }
             let l = layout(entry.cdb_len());
             let max = geo.limits.max_write_same_blocks;
             // NUMBER OF LOGICAL BLOCKS 0 = up to the last LBA (WSNZ=0 in the Block Limits page).

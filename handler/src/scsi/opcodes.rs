@@ -131,6 +131,9 @@ pub(crate) struct OpcodeEntry {
     /// engine evaluates or accepts. Its length is the CDB length. The control byte (last) is 0:
     /// NACA is not supported and the vendor/obsolete bits are ignored.
     pub usage: &'static [u8],
+    /// The usage data on a disk that is not thin provisioned, where it differs from
+    /// [`Self::usage`] (WRITE SAME without its UNMAP bit: LBPWS=0); see [`Self::usage_for`].
+    pub usage_thick: Option<&'static [u8]>,
     /// Reaches the medium: refused with NOT READY while the unit is stopped.
     pub media_access: bool,
     /// Writes the medium: WRITE_MEDIUM in the PARSE reply, DATA PROTECT when read-only.
@@ -191,6 +194,15 @@ impl OpcodeEntry {
     /// CDB length.
     pub fn cdb_len(&self) -> usize {
         self.usage.len()
+    }
+
+    /// The CDB usage data on a disk with these features: what RSOC reports and the bits
+    /// [`lookup`] lets through to the decoder (the rest is INVALID FIELD IN CDB).
+    pub fn usage_for(&self, features: impl Into<Features>) -> &'static [u8] {
+        match self.usage_thick {
+            Some(thick) if !features.into().thin => thick,
+            _ => self.usage,
+        }
     }
 
     /// Is this entry offered on a disk with these features?
@@ -296,6 +308,7 @@ const fn entry(
         service_action,
         name,
         usage,
+        usage_thick: None,
         media_access,
         writes_medium,
         needs: Needs::Nothing,
@@ -331,7 +344,8 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::PreFetch10, 0x34, None, "PRE-FETCH(10)", &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, false),
     entry(Op::SynchronizeCache10, 0x35, None, "SYNCHRONIZE CACHE(10)", &[0x35, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, false),
     // ANCHOR (byte 1 bit 4) is not supported (ANC_SUP=0), so it is not in the usage data.
-    entry(Op::WriteSame10, 0x41, None, "WRITE SAME(10)", &[0x41, 0xE8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, true),
+    // UNMAP (byte 1 bit 3) only on a thin disk (LBPWS=1): elsewhere a reserved bit.
+    OpcodeEntry { usage_thick: Some(&[0x41, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL]), ..entry(Op::WriteSame10, 0x41, None, "WRITE SAME(10)", &[0x41, 0xE8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, true) },
     // UNMAP exists only on thin disks (needs_thin); ANCHOR is not supported.
     OpcodeEntry { needs: Needs::Thin, ..entry(Op::Unmap, 0x42, None, "UNMAP", &[0x42, 0x00, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, CTL], true, true) },
     entry(Op::ModeSelect10, 0x55, None, "MODE SELECT(10)", &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL], false, false),
@@ -377,7 +391,8 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::Verify16, 0x8F, None, "VERIFY(16)", &[0x8F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
     entry(Op::PreFetch16, 0x90, None, "PRE-FETCH(16)", &[0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
     entry(Op::SynchronizeCache16, 0x91, None, "SYNCHRONIZE CACHE(16)", &[0x91, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, false),
-    entry(Op::WriteSame16, 0x93, None, "WRITE SAME(16)", &[0x93, 0xE9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true),
+    // UNMAP (byte 1 bit 3) only on a thin disk (LBPWS=1), as WRITE SAME(10); NDOB (bit 0) always.
+    OpcodeEntry { usage_thick: Some(&[0x93, 0xE1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL]), ..entry(Op::WriteSame16, 0x93, None, "WRITE SAME(16)", &[0x93, 0xE9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, CTL], true, true) },
     entry(Op::ReadCapacity16, 0x9E, Some(0x10), "READ CAPACITY(16)", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, CTL], false, false),
     // GET LBA STATUS (SBC-3 §5.7): thin disks whose store knows its mapping.
     OpcodeEntry { needs: Needs::LbaStatus, ..entry(Op::GetLbaStatus, 0x9E, Some(0x12), "GET LBA STATUS", &[0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL], true, false) },
@@ -458,7 +473,7 @@ pub(crate) fn lookup(cdb: &[u8], thin: impl Into<Features>) -> Result<&'static O
     if cdb.len() < entry.cdb_len() {
         return Err(Sense::invalid_cdb_field(cdb.len(), None));
     }
-    check_cdb_bits(&cdb[..entry.cdb_len()], entry.usage)?;
+    check_cdb_bits(&cdb[..entry.cdb_len()], entry.usage_for(thin))?;
     Ok(entry)
 }
 
@@ -506,7 +521,7 @@ pub(crate) fn report(req: RsocRequest, thin: impl Into<Features>) -> Result<Vec<
             if has_service_actions(req.opcode) {
                 return Err(Sense::invalid_cdb_field(3, None));
             }
-            Ok(report_one(find(req.opcode, None, thin), req.rctd))
+            Ok(report_one(find(req.opcode, None, thin), req.rctd, thin))
         }
         2 => {
             if !has_service_actions(req.opcode) {
@@ -516,6 +531,7 @@ pub(crate) fn report(req: RsocRequest, thin: impl Into<Features>) -> Result<Vec<
             Ok(report_one(
                 sa.and_then(|sa| find(req.opcode, Some(sa), thin)),
                 req.rctd,
+                thin,
             ))
         }
         3 => {
@@ -527,7 +543,7 @@ pub(crate) fn report(req: RsocRequest, thin: impl Into<Features>) -> Result<Vec<
             } else {
                 find(req.opcode, None, thin)
             };
-            Ok(report_one(entry, req.rctd))
+            Ok(report_one(entry, req.rctd, thin))
         }
         _ => Err(Sense::invalid_cdb_field(2, Some(2))),
     }
@@ -556,7 +572,7 @@ fn report_all(rctd: bool, thin: Features) -> Vec<u8> {
     out
 }
 
-fn report_one(entry: Option<&OpcodeEntry>, rctd: bool) -> Vec<u8> {
+fn report_one(entry: Option<&OpcodeEntry>, rctd: bool, features: Features) -> Vec<u8> {
     let Some(e) = entry else {
         // SUPPORT 001b: not supported, no usage data.
         return vec![0, 0x01, 0, 0];
@@ -567,7 +583,7 @@ fn report_one(entry: Option<&OpcodeEntry>, rctd: bool) -> Vec<u8> {
     }
     let mut out = vec![0, b1];
     out.extend_from_slice(&(e.cdb_len() as u16).to_be_bytes());
-    out.extend_from_slice(e.usage);
+    out.extend_from_slice(e.usage_for(features));
     if let Some(sa) = e.service_action {
         out[5] = sa; // usage data byte 1 holds the service action
     }
@@ -732,6 +748,47 @@ mod tests {
         }));
         assert_eq!(&data[4..12], &[0x00, 0, 0, 0, 0, 0x02, 0, 6]);
         assert_eq!(&data[12..14], &[0x00, 0x0A]);
+    }
+
+    /// WRITE SAME's UNMAP bit (byte 1 bit 3) is in the usage data only where the disk unmaps
+    /// through it (thin, LBPWS=1), and is refused, pointing at it, elsewhere.
+    #[test]
+    fn write_same_usage_data_has_the_unmap_bit_only_on_a_thin_disk() {
+        for (opcode, len) in [(0x41u8, 10usize), (0x93, 16)] {
+            for thin in [false, true] {
+                let data = report(
+                    RsocRequest {
+                        rctd: false,
+                        options: 1,
+                        opcode,
+                        service_action: 0,
+                    },
+                    thin,
+                )
+                .unwrap();
+                assert_eq!(usize::from(u16::from_be_bytes([data[2], data[3]])), len);
+                assert_eq!(
+                    data[5] & 0x08 != 0,
+                    thin,
+                    "{opcode:02x}, thin {thin}: {data:02x?}"
+                );
+                // WRPROTECT is evaluated either way; NDOB is WRITE SAME(16)'s only.
+                assert_eq!(data[5] & !0x08, if opcode == 0x93 { 0xE1 } else { 0xE0 });
+                let mut cdb = vec![0u8; len];
+                cdb[0] = opcode;
+                cdb[1] = 0x08;
+                let looked_up = lookup(&cdb, thin).map(|e| e.op);
+                if thin {
+                    assert!(looked_up.is_ok(), "{opcode:02x}");
+                } else {
+                    assert_eq!(
+                        looked_up,
+                        Err(Sense::invalid_cdb_field(1, Some(3))),
+                        "{opcode:02x}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
