@@ -69,6 +69,22 @@ pub enum Sca1Error {
         /// FATAL_CODE.
         code: u32,
     },
+    /// A capability register reads a value the contract does not allow (accelerator.md §1):
+    /// the driver would otherwise size rings, queues or LBAs from it.
+    #[error(
+        "{device}: {register} reads {value:#x}: {why} (accelerator.md §1); the function does not \
+         follow the SCA-1 contract: check its firmware, or --board and --pci"
+    )]
+    Capability {
+        /// Device.
+        device: String,
+        /// The register (and field).
+        register: &'static str,
+        /// What it reads.
+        value: u64,
+        /// What the contract allows.
+        why: &'static str,
+    },
     /// Queue or ring setup failed.
     #[error("{device}: {what}")]
     Setup {
@@ -213,6 +229,8 @@ impl Sca1 {
             resets: AtomicU64::new(0),
         };
         driver.soft_reset()?;
+        // Checked once the function is reset, so a refused one is left doing no DMA.
+        check_caps(driver.id(), &driver.caps)?;
         match driver.enable_and_create(config) {
             Ok(queues) => Ok((driver, queues)),
             Err(e) => {
@@ -241,7 +259,7 @@ impl Sca1 {
         let count = config.queues.clamp(1, self.caps.cap0.queues.max(1));
         let entries = config
             .ring_entries
-            .clamp(2, 1 << self.caps.cap0.max_ring_log2.min(16));
+            .clamp(2, (1 << self.caps.cap0.max_ring_log2.min(16)).max(2));
         let vectors = if config.interrupts {
             self.device.max_interrupts().min(count)
         } else {
@@ -432,6 +450,51 @@ pub(super) fn write64(bar: &dyn RegisterIo, split: bool, offset: u64, value: u64
     } else {
         bar.write64(offset, value);
     }
+}
+
+/// Refuse capabilities the contract does not allow (accelerator.md §1, §2) before anything is
+/// sized from them: a queue count outside 1..=32 (INT_STATUS and INT_MASK have one bit per
+/// queue, so a 33rd queue's bit would overflow), a largest ring below 2 entries, no transfer
+/// at all, a block size other than 512 or 4096 (the store would address blocks of a size the
+/// device does not use), or a medium whose bytes do not fit 64 bits.
+fn check_caps(device: &str, caps: &Sca1Caps) -> Result<(), Sca1Error> {
+    let refuse = |register, value, why| {
+        Err(Sca1Error::Capability {
+            device: device.to_owned(),
+            register,
+            value,
+            why,
+        })
+    };
+    let cap0 = caps.cap0;
+    if !(1..=32).contains(&cap0.queues) {
+        return refuse(
+            "CAP0 queue count (bits 7:0)",
+            cap0.queues.into(),
+            "must be 1..=32",
+        );
+    }
+    if cap0.max_ring_log2 == 0 {
+        return refuse(
+            "CAP0 largest ring (bits 15:8)",
+            cap0.max_ring_log2.into(),
+            "log2 of a ring of at least 2 entries must be at least 1",
+        );
+    }
+    if caps.max_transfer_bytes == 0 {
+        return refuse("CAP1", 0, "a largest transfer of 0 bytes moves no block");
+    }
+    if caps.block_size != 512 && caps.block_size != 4096 {
+        return refuse("BLOCK_SIZE", caps.block_size.into(), "must be 512 or 4096");
+    }
+    if caps.capacity_blocks.checked_mul(caps.block_size.into()).is_none() {
+        return refuse(
+            "CAPACITY",
+            caps.capacity_blocks,
+            "the medium's bytes must fit 64 bits",
+        );
+    }
+    Ok(())
 }
 
 fn read_caps(device: &dyn DeviceBacking, split_64bit: bool) -> Sca1Caps {

@@ -20,4 +20,6 @@ pub use queue::Sca1Request;
 pub use queue::SubmitError;
 
 #[cfg(test)]
+mod driver_tests;
+#[cfg(test)]
 mod tests;
