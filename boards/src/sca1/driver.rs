@@ -85,6 +85,21 @@ pub enum Sca1Error {
         /// What the contract allows.
         why: &'static str,
     },
+    /// A bring-up failed and nothing proved that the function stopped DMA: it could not be
+    /// reset, and clearing bus mastering failed too.
+    #[error(
+        "{device}: {cause}; the function could not be reset and clearing bus mastering failed \
+         ({bus_master}): nothing proves it stopped DMA, so its rings stay mapped; take it off the \
+         bus (unbind it from vfio-pci, or power-cycle it) before using it again"
+    )]
+    DmaUnproven {
+        /// Device.
+        device: String,
+        /// Why bring-up failed.
+        cause: String,
+        /// Why bus mastering could not be cleared.
+        bus_master: String,
+    },
     /// Queue or ring setup failed.
     #[error("{device}: {what}")]
     Setup {
@@ -184,7 +199,11 @@ impl Sca1 {
     /// create and start `config.queues` queue pairs.
     ///
     /// # Errors
-    /// [`Sca1Error`]; on failure the function is left reset (no DMA).
+    /// [`Sca1Error`]. A function whose ID or VERSION is refused is left untouched (nothing is
+    /// written to it). Any later failure leaves it doing no DMA: reset (the soft reset, else a
+    /// function reset), or, when neither completes, with bus mastering cleared; when not even
+    /// that can be done, [`Sca1Error::DmaUnproven`] says so and the rings made so far are left
+    /// mapped.
     pub fn bring_up(
         device: Arc<dyn DeviceBacking>,
         config: &Sca1Config,
@@ -228,17 +247,58 @@ impl Sca1 {
             coalesce,
             resets: AtomicU64::new(0),
         };
-        driver.soft_reset()?;
+        // The reset that may escalate: a previous owner may have left the function doing DMA
+        // that only a function reset ends.
+        if let Err(e) = driver.reset() {
+            return Err(driver.bus_master_off(e));
+        }
         // Checked once the function is reset, so a refused one is left doing no DMA.
         check_caps(driver.id(), &driver.caps)?;
-        match driver.enable_and_create(config) {
-            Ok(queues) => Ok((driver, queues)),
+        // Queues are collected here, not inside `enable_and_create`, so that none is dropped
+        // (its rings unmapped) before the function is proven to do no DMA to them.
+        let mut queues = Vec::new();
+        match driver.enable_and_create(config, &mut queues) {
+            Ok(()) => Ok((driver, queues)),
             Err(e) => {
-                if let Err(reset) = driver.reset() {
-                    log::error!("{}: reset after failed bring-up failed: {reset}", driver.id());
+                let e = match driver.reset() {
+                    Ok(()) => e,
+                    Err(reset) => {
+                        log::error!(
+                            "{}: reset after failed bring-up ({e}) failed: {reset}",
+                            driver.id()
+                        );
+                        driver.bus_master_off(e)
+                    }
+                };
+                if matches!(e, Sca1Error::DmaUnproven { .. }) {
+                    for queue in &mut queues {
+                        queue.leak_on_drop();
+                    }
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// A bring-up failed with `cause` and the function could not be reset: clear bus mastering
+    /// (a function with Bus Master Enable clear makes no memory request), the last way to stop
+    /// its DMA. Returns the error to report: `cause` when bus mastering is off (or the function
+    /// is off the bus, which stops its DMA as surely), else [`Sca1Error::DmaUnproven`].
+    fn bus_master_off(&self, cause: Sca1Error) -> Sca1Error {
+        match self.device.disable_bus_master() {
+            Ok(()) => {
+                log::error!(
+                    "{}: {cause}; the function could not be reset, bus mastering cleared (no DMA)",
+                    self.id()
+                );
+                cause
+            }
+            Err(HalError::OffTheBus { .. }) => cause,
+            Err(e) => Sca1Error::DmaUnproven {
+                device: self.id().to_owned(),
+                cause: cause.to_string(),
+                bus_master: e.to_string(),
+            },
         }
     }
 
@@ -254,7 +314,7 @@ impl Sca1 {
         Ok(())
     }
 
-    fn enable_and_create(&self, config: &Sca1Config) -> Result<Vec<Sca1Queue>, Sca1Error> {
+    fn enable_and_create(&self, config: &Sca1Config, queues: &mut Vec<Sca1Queue>) -> Result<(), Sca1Error> {
         self.enable()?;
         let count = config.queues.clamp(1, self.caps.cap0.queues.max(1));
         let entries = config
@@ -274,7 +334,6 @@ impl Sca1 {
         } else {
             Vec::new()
         };
-        let mut queues = Vec::new();
         for index in 0..count {
             let irq = irqs.get_mut(index as usize).and_then(Option::take);
             let qc = QueueConfig {
@@ -301,7 +360,7 @@ impl Sca1 {
             self.caps.capacity_blocks,
             self.caps.block_size
         );
-        Ok(queues)
+        Ok(())
     }
 
     /// Device identifier.

@@ -9,12 +9,17 @@ use super::regs::Cap0;
 use super::Sca1;
 use super::Sca1Config;
 use super::Sca1Error;
+use super::Sca1Queue;
 use crate::sim::create_sim_board;
 use crate::sim::SimConfig;
 use crate::sim::SimHandle;
 use scst_accel_hal::BarInterposer;
 use scst_accel_hal::DeviceBacking;
+use scst_accel_hal::HalError;
 use scst_accel_hal::RegisterIo;
+use scst_accel_hal::ResetKind;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A BAR whose 32-bit reads pass through `read(offset, value)`: a device that reports what the
@@ -162,4 +167,196 @@ fn bring_up_refuses_a_block_size_outside_the_contract() {
     }
     let (e, _) = refused("sca1-cap1-zero", global::CAP1, 0);
     assert!(matches!(e, Sca1Error::Capability { register: "CAP1", .. }), "{e}");
+}
+
+/// A function whose soft reset may hang and whose function reset and bus-master clearing may
+/// fail, as the test sets them.
+struct Rigged {
+    inner: Arc<dyn DeviceBacking>,
+    /// CONTROL.SOFT_RESET reads 1 (a soft reset that never completes) while set.
+    soft_reset_stuck: AtomicBool,
+    /// Set `soft_reset_stuck` when ENABLE is written (the reset after it hangs).
+    stick_after_enable: bool,
+    /// STATUS.READY never reads 1.
+    never_ready: bool,
+    /// The function reset works (and ends a stuck soft reset), else there is none.
+    function_reset: bool,
+    /// Clearing bus mastering works.
+    bus_master: bool,
+    bus_master_cleared: AtomicBool,
+}
+
+impl Rigged {
+    fn new(inner: Arc<dyn DeviceBacking>) -> Self {
+        Self {
+            inner,
+            soft_reset_stuck: AtomicBool::new(false),
+            stick_after_enable: false,
+            never_ready: false,
+            function_reset: true,
+            bus_master: true,
+            bus_master_cleared: AtomicBool::new(false),
+        }
+    }
+}
+
+impl RegisterIo for Rigged {
+    fn len(&self) -> u64 {
+        self.inner.bar0().len()
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        let value = self.inner.bar0().read32(offset);
+        match offset {
+            global::CONTROL if self.soft_reset_stuck.load(Ordering::Acquire) => value | control::SOFT_RESET,
+            global::STATUS if self.never_ready => value & !super::regs::status::READY,
+            _ => value,
+        }
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        if offset == global::CONTROL && value & control::ENABLE != 0 && self.stick_after_enable {
+            self.soft_reset_stuck.store(true, Ordering::Release);
+        }
+        self.inner.bar0().write32(offset, value);
+    }
+
+    fn read64(&self, offset: u64) -> u64 {
+        self.inner.bar0().read64(offset)
+    }
+
+    fn write64(&self, offset: u64, value: u64) {
+        self.inner.bar0().write64(offset, value);
+    }
+}
+
+impl DeviceBacking for Rigged {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    fn bar0(&self) -> &dyn RegisterIo {
+        self
+    }
+
+    fn dma(&self) -> &dyn scst_accel_hal::DmaMapper {
+        self.inner.dma()
+    }
+
+    fn max_interrupts(&self) -> u32 {
+        self.inner.max_interrupts()
+    }
+
+    fn enable_interrupts(&self, vectors: u32) -> Result<Vec<scst_accel_hal::EventFd>, HalError> {
+        self.inner.enable_interrupts(vectors)
+    }
+
+    fn disable_interrupts(&self) -> Result<(), HalError> {
+        self.inner.disable_interrupts()
+    }
+
+    fn reset(&self) -> Result<ResetKind, HalError> {
+        if !self.function_reset {
+            return Err(HalError::NoReset {
+                device: self.id().to_owned(),
+            });
+        }
+        self.soft_reset_stuck.store(false, Ordering::Release);
+        self.inner.reset()
+    }
+
+    fn disable_bus_master(&self) -> Result<(), HalError> {
+        if !self.bus_master {
+            return Err(HalError::BusMaster {
+                device: self.id().to_owned(),
+                reason: "the test's device keeps it set".to_owned(),
+            });
+        }
+        self.bus_master_cleared.store(true, Ordering::Release);
+        self.inner.disable_bus_master()
+    }
+
+    fn pci_identity(&self) -> Result<scst_accel_hal::PciIdentity, HalError> {
+        self.inner.pci_identity()
+    }
+}
+
+/// What [`Sca1::bring_up`] returns.
+type BringUp = Result<(Sca1, Vec<Sca1Queue>), Sca1Error>;
+
+/// Bring up one queue through `rig(board)` (RESET_TIMEOUT 50 ms); the board is returned too.
+fn bring_up_rigged(name: &str, rig: impl FnOnce(Arc<dyn DeviceBacking>) -> Rigged) -> (BringUp, Arc<Rigged>) {
+    let config = SimConfig {
+        queues: 1,
+        vectors: 0,
+        num_blocks: 1024,
+        reset_timeout_ms: 50,
+        ..SimConfig::default()
+    };
+    let (board, _sim) = create_sim_board(name, config).expect("sim board");
+    let rigged = Arc::new(rig(board));
+    let device: Arc<dyn DeviceBacking> = Arc::clone(&rigged) as Arc<dyn DeviceBacking>;
+    (Sca1::bring_up(device, &driver_config(1)), rigged)
+}
+
+/// Bring-up's first reset escalates as every reset does (accelerator.md §7): a soft reset that
+/// does not complete is followed by a function reset, and the bring-up goes on.
+#[test]
+fn bring_up_escalates_a_hung_soft_reset_to_a_function_reset() {
+    let (result, rigged) = bring_up_rigged("sca1-bring-up-hung-reset", |board| {
+        let rigged = Rigged::new(board);
+        rigged.soft_reset_stuck.store(true, Ordering::Release);
+        rigged
+    });
+    match result {
+        Ok((driver, _queues)) => {
+            let _ = driver.reset();
+        }
+        Err(e) => panic!("bring-up failed: {e}"),
+    }
+    assert!(!rigged.bus_master_cleared.load(Ordering::Acquire));
+}
+
+/// Without any reset that completes, bring-up clears bus mastering before it reports its error,
+/// and says so when even that fails (Sca1Error::DmaUnproven).
+#[test]
+fn bring_up_without_a_reset_clears_bus_mastering_or_says_dma_is_unproven() {
+    for bus_master in [true, false] {
+        let (result, rigged) = bring_up_rigged("sca1-bring-up-no-reset", |board| {
+            let rigged = Rigged {
+                function_reset: false,
+                bus_master,
+                ..Rigged::new(board)
+            };
+            rigged.soft_reset_stuck.store(true, Ordering::Release);
+            rigged
+        });
+        let Err(e) = result else {
+            panic!("bring-up without a reset succeeded");
+        };
+        assert_eq!(
+            rigged.bus_master_cleared.load(Ordering::Acquire),
+            bus_master,
+            "bus mastering cleared: {e}"
+        );
+        assert_eq!(matches!(e, Sca1Error::DmaUnproven { .. }), !bus_master, "{e}");
+    }
+}
+
+/// A bring-up that fails after the first reset (READY never comes), whose cleanup reset hangs
+/// and whose function has no function reset, clears bus mastering: the function is not left
+/// enabled and able to DMA.
+#[test]
+fn a_failed_bring_up_whose_cleanup_reset_hangs_clears_bus_mastering() {
+    let (result, rigged) = bring_up_rigged("sca1-bring-up-cleanup-hangs", |board| Rigged {
+        stick_after_enable: true,
+        never_ready: true,
+        function_reset: false,
+        ..Rigged::new(board)
+    });
+    let Err(e) = result else {
+        panic!("bring-up without READY succeeded");
+    };
+    assert!(matches!(e, Sca1Error::Timeout { what: "READY", .. }), "{e}");
+    assert!(rigged.bus_master_cleared.load(Ordering::Acquire), "{e}");
 }

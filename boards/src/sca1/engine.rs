@@ -43,6 +43,7 @@ impl From<Sca1Error> for EngineError {
             | Sca1Error::Version { ref device, .. }
             | Sca1Error::Fatal { ref device, .. }
             | Sca1Error::Capability { ref device, .. }
+            | Sca1Error::DmaUnproven { ref device, .. }
             | Sca1Error::Setup { ref device, .. } => EngineError::Failed {
                 device: device.clone(),
                 message: e.to_string(),
