@@ -217,7 +217,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     abandoned == expected,
                     "abandoned {abandoned:?}, in flight {expected:?}"
                 );
-                q.restart();
+                // A restart may fail (the device keeps BUSY, or reads all-ones): the queue then
+                // stays stopped and refuses submissions, which the invariants below allow.
+                let _ = q.restart();
             }
         }
         check!(

@@ -16,6 +16,7 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
 use scst_accel_hal::RegisterIo;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -99,6 +100,26 @@ pub enum Sca1Error {
         cause: String,
         /// Why bus mastering could not be cleared.
         bus_master: String,
+    },
+    /// Another thread's recovery of the function, which this caller waited for, failed.
+    #[error(
+        "{device}: another thread's recovery of the function failed (its error is logged); \
+         the function is not usable: tear it down"
+    )]
+    RecoveryFailed {
+        /// Device.
+        device: String,
+    },
+    /// A queue cannot restart while a reset or recovery of its function is under way.
+    #[error(
+        "{device}: queue {queue} not restarted: a reset of the function is under way; restart \
+         it again once the reset count moves"
+    )]
+    ResetUnderWay {
+        /// Device.
+        device: String,
+        /// The queue.
+        queue: u32,
     },
     /// Queue or ring setup failed.
     #[error("{device}: {what}")]
@@ -190,8 +211,61 @@ pub struct Sca1 {
     caps: Sca1Caps,
     iovas: Arc<IovaLock>,
     coalesce: u32,
-    /// Bumped by every reset: a queue that sees it change knows its engine was stopped.
+    /// What the function's queues share with it about resets.
+    state: Arc<ResetState>,
+}
+
+/// The resets of one function, shared with its queues (accelerator.md §7: a reset stops every
+/// queue). A queue must not restart while a reset or recovery is under way: one restarted after
+/// the reset stopped the engines but before the recovery published its reset count would submit
+/// requests the device may execute, and the store then fails every request submitted before it
+/// sees the new count as ABORTED, buffers released, while they may still DMA
+/// ([`super::Sca1Queue::restart`] checks, [`Sca1::recover`] publishes).
+#[derive(Debug, Default)]
+pub(super) struct ResetState {
+    /// Bumped when a reset starts: a restart that sees it move while it programs its queue
+    /// cannot know whether its RUN reached the device before or after the reset.
+    started: AtomicU64,
+    /// Resets and recoveries under way.
+    under_way: AtomicU64,
+    /// Recoveries completed ([`Sca1::reset_count`]): published while `under_way` still counts
+    /// the recovery, so no queue restarts between the reset and the count's move.
     resets: AtomicU64,
+    /// A recovery runs: a second caller of [`Sca1::recover`] waits for it.
+    recovering: AtomicBool,
+}
+
+impl ResetState {
+    /// Taken (SeqCst, with `under_way`) before a queue programs its registers; a later
+    /// [`ResetState::still_quiet`] with it says no reset started or ran meanwhile.
+    pub(super) fn quiet(&self) -> Option<u64> {
+        let started = self.started.load(Ordering::SeqCst);
+        (self.under_way.load(Ordering::SeqCst) == 0).then_some(started)
+    }
+
+    /// No reset started since [`ResetState::quiet`] returned `since`, and none runs.
+    pub(super) fn still_quiet(&self, since: u64) -> bool {
+        self.quiet() == Some(since)
+    }
+}
+
+/// A reset or recovery under way, counted in [`ResetState::under_way`] while it lives. Started
+/// before the reset's first register write: a restart that reads the counts after that write
+/// may have programmed its queue after the reset, and must fail.
+struct UnderWay<'a>(&'a ResetState);
+
+impl<'a> UnderWay<'a> {
+    fn start(state: &'a ResetState) -> Self {
+        state.under_way.fetch_add(1, Ordering::SeqCst);
+        state.started.fetch_add(1, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.under_way.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Sca1 {
@@ -245,7 +319,7 @@ impl Sca1 {
             caps,
             iovas,
             coalesce,
-            resets: AtomicU64::new(0),
+            state: Arc::default(),
         };
         // The reset that may escalate: a previous owner may have left the function doing DMA
         // that only a function reset ends.
@@ -344,11 +418,12 @@ impl Sca1 {
                 rearm: self.coalesce & coalesce::REARM != 0,
                 split_64bit_mmio: config.split_64bit_mmio,
             };
-            queues.push(Sca1Queue::create(
+            queues.push(Sca1Queue::create_in(
                 Arc::clone(&self.device),
                 Arc::clone(&self.iovas),
                 qc,
                 irq,
+                Arc::clone(&self.state),
             )?);
         }
         log::info!(
@@ -407,6 +482,7 @@ impl Sca1 {
     /// # Errors
     /// [`Sca1Error::Gone`] or [`Sca1Error::Timeout`].
     pub fn soft_reset(&self) -> Result<(), Sca1Error> {
+        let _under_way = UnderWay::start(&self.state);
         let bar = self.device.bar0();
         bar.write32(global::CONTROL, control::SOFT_RESET);
         self.wait("soft reset completion", self.reset_timeout(), || {
@@ -422,6 +498,8 @@ impl Sca1 {
     /// [`Sca1Error`] when neither reset could be confirmed (treat the device as failed and do
     /// not unmap memory it may still reach, unless it is gone).
     pub fn reset(&self) -> Result<(), Sca1Error> {
+        // Counted across the escalation too: no queue restarts between the two resets.
+        let _under_way = UnderWay::start(&self.state);
         let result = match self.soft_reset() {
             Ok(()) => Ok(()),
             Err(Sca1Error::Gone { device }) => Err(Sca1Error::Gone { device }),
@@ -437,22 +515,68 @@ impl Sca1 {
 
     /// Reset, then enable again so queues can restart: the recovery from a hung engine or a
     /// FATAL function. Every queue's in-flight work is dead after it (each queue notices
-    /// through [`Sca1::reset_count`]).
+    /// through [`Sca1::reset_count`]). One recovery runs at a time: a second caller waits
+    /// (bounded) for the one running and shares its outcome, as the NVMe driver's callers do
+    /// (two at once would undo each other, one's ENABLE cleared by the other's reset). No
+    /// queue restarts from the recovery's reset until its count is published.
     ///
     /// # Errors
-    /// As [`Sca1::reset`], or the bounded wait for READY.
+    /// As [`Sca1::reset`], or the bounded wait for READY; for a caller that waited,
+    /// [`Sca1Error::RecoveryFailed`] when the other recovery failed, or the bounded wait for it.
     pub fn recover(&self) -> Result<(), Sca1Error> {
+        let before = self.reset_count();
+        if self
+            .state
+            .recovering
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return self.wait_for_other_recovery(before);
+        }
+        let result = self.recover_now();
+        self.state.recovering.store(false, Ordering::SeqCst);
+        result
+    }
+
+    fn recover_now(&self) -> Result<(), Sca1Error> {
+        // Counted for the whole recovery, the enable included, so that no queue restarts in
+        // it: requests of a queue restarted after the reset would be failed when the count
+        // below moves, while the device may execute them.
+        let _under_way = UnderWay::start(&self.state);
+        log::warn!(
+            "{}: recovering the function (reset #{})",
+            self.id(),
+            self.reset_count() + 1
+        );
         self.reset()?;
         self.enable()?;
-        // Published only once the function is usable again, so a queue that sees the new
-        // count can restart at once.
-        self.resets.fetch_add(1, Ordering::AcqRel);
+        // Published once the function is usable again (a queue that sees the new count may
+        // restart at once) and before `_under_way` ends.
+        self.state.resets.fetch_add(1, Ordering::SeqCst);
+        log::info!("{}: function recovered", self.id());
         Ok(())
+    }
+
+    /// Wait for another thread's recovery: its reset (a soft reset, then perhaps a function
+    /// reset, given as long) and its wait for READY, each bounded by RESET_TIMEOUT.
+    fn wait_for_other_recovery(&self, before: u64) -> Result<(), Sca1Error> {
+        self.wait(
+            "another thread's recovery of the function",
+            self.reset_timeout() * 4,
+            || (!self.state.recovering.load(Ordering::SeqCst)).then_some(()),
+        )?;
+        if self.reset_count() != before {
+            Ok(())
+        } else {
+            Err(Sca1Error::RecoveryFailed {
+                device: self.id().to_owned(),
+            })
+        }
     }
 
     /// Resets so far; a queue compares it with the value it last saw.
     pub fn reset_count(&self) -> u64 {
-        self.resets.load(Ordering::Acquire)
+        self.state.resets.load(Ordering::SeqCst)
     }
 
     /// Poll `probe` until it yields, the device is gone, or `timeout` passes: yield first, then

@@ -2,6 +2,7 @@
 //! that make it misbehave: what bring-up accepts from the device, how a failed bring-up leaves
 //! the function, how a queue restarts, and how recoveries of one function are serialised.
 
+use super::desc::opcode;
 use super::regs::control;
 use super::regs::global;
 use super::regs::queue;
@@ -10,9 +11,12 @@ use super::Sca1;
 use super::Sca1Config;
 use super::Sca1Error;
 use super::Sca1Queue;
+use super::Sca1Request;
 use crate::sim::create_sim_board;
 use crate::sim::SimConfig;
 use crate::sim::SimHandle;
+use scst_accel_dma::DmaRegion;
+use scst_accel_dma::MappedRegion;
 use scst_accel_hal::BarInterposer;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
@@ -21,6 +25,8 @@ use scst_accel_hal::ResetKind;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
 
 /// A BAR whose 32-bit reads pass through `read(offset, value)`: a device that reports what the
 /// test wants in the registers it names, and the board's own values elsewhere.
@@ -359,4 +365,228 @@ fn a_failed_bring_up_whose_cleanup_reset_hangs_clears_bus_mastering() {
     };
     assert!(matches!(e, Sca1Error::Timeout { what: "READY", .. }), "{e}");
     assert!(rigged.bus_master_cleared.load(Ordering::Acquire), "{e}");
+}
+
+/// A BAR that holds the function's ENABLE write, once armed, until the test opens the gate: a
+/// recovery stopped between its reset and the publication of its reset count.
+struct GatedEnable {
+    inner: Arc<dyn DeviceBacking>,
+    armed: AtomicBool,
+    reached: AtomicBool,
+    open: AtomicBool,
+}
+
+impl GatedEnable {
+    /// Wait (bounded) until a recovery's ENABLE write is held.
+    fn wait_reached(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.reached.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the recovery never reached its ENABLE");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl RegisterIo for GatedEnable {
+    fn len(&self) -> u64 {
+        self.inner.bar0().len()
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        self.inner.bar0().read32(offset)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        if offset == global::CONTROL && value & control::ENABLE != 0 && self.armed.load(Ordering::Acquire) {
+            self.reached.store(true, Ordering::Release);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.open.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.inner.bar0().write32(offset, value);
+    }
+
+    fn read64(&self, offset: u64) -> u64 {
+        self.inner.bar0().read64(offset)
+    }
+
+    fn write64(&self, offset: u64, value: u64) {
+        self.inner.bar0().write64(offset, value);
+    }
+}
+
+impl BarInterposer for GatedEnable {
+    fn device(&self) -> &dyn DeviceBacking {
+        self.inner.as_ref()
+    }
+}
+
+/// A function of `queues` queues brought up through a [`GatedEnable`] (not armed), with a
+/// 4 KiB data buffer mapped on it.
+struct Rig {
+    sim: SimHandle,
+    gate: Arc<GatedEnable>,
+    driver: Arc<Sca1>,
+    queues: Vec<Sca1Queue>,
+    data: MappedRegion,
+}
+
+impl Rig {
+    fn new(name: &str, queues: u32) -> Self {
+        let config = SimConfig {
+            queues,
+            vectors: 0,
+            num_blocks: 1024,
+            ..SimConfig::default()
+        };
+        let (board, sim) = create_sim_board(name, config).expect("sim board");
+        let gate = Arc::new(GatedEnable {
+            inner: board,
+            armed: AtomicBool::new(false),
+            reached: AtomicBool::new(false),
+            open: AtomicBool::new(false),
+        });
+        let device: Arc<dyn DeviceBacking> = Arc::clone(&gate) as Arc<dyn DeviceBacking>;
+        let (driver, queues) = match Sca1::bring_up(Arc::clone(&device), &driver_config(queues)) {
+            Ok(up) => up,
+            Err(e) => panic!("bring-up: {e}"),
+        };
+        let data = MappedRegion::new(
+            DmaRegion::new(4096).expect("data region"),
+            super::device_mapper(device),
+            Arc::clone(driver.iovas()),
+        )
+        .expect("data mapping");
+        Self {
+            sim,
+            gate,
+            driver: Arc::new(driver),
+            queues,
+            data,
+        }
+    }
+
+    /// Submit a 4 KiB READ of block `lba` with `user_tag` on queue `q` and ring its doorbell.
+    fn submit(&mut self, q: usize, user_tag: u64, lba: u64) -> Result<(), super::SubmitError> {
+        let segments = [(self.data.iova(), 4096)];
+        self.queues[q].submit(&Sca1Request {
+            user_tag,
+            opcode: opcode::READ,
+            fua: false,
+            lba,
+            length: 4096,
+            segments: &segments,
+            source: None,
+        })?;
+        self.queues[q].ring_doorbell();
+        Ok(())
+    }
+
+    /// Reap queue `q` until `n` completions came, or 2 s passed; returns their tags.
+    fn reap(&mut self, q: usize, n: usize) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            self.queues[q].reap(&mut out);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out.iter().map(|c| c.user_tag).collect()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.gate.open.store(true, Ordering::Release);
+        let _ = self.driver.reset();
+    }
+}
+
+/// A restart re-programs the rings only after RUN is 0 (accelerator.md §2: the ring registers
+/// are writable only then, and only RUN 0 → 1 starts the engine's ring state over). A restart
+/// without a stop before it used to leave the engine on its old head, sequence and phase while
+/// the host started over: nothing completed after it.
+#[test]
+fn a_restart_without_a_stop_still_completes_the_next_request() {
+    let mut rig = Rig::new("sca1-restart-running", 1);
+    for tag in 1..=3 {
+        rig.submit(0, tag, 8 * tag).expect("submit");
+        assert_eq!(rig.reap(0, 1), [tag]);
+    }
+    rig.queues[0].restart().expect("restart");
+    rig.submit(0, 10, 0).expect("submit after the restart");
+    assert_eq!(rig.reap(0, 1), [10], "the request after the restart completed");
+    assert_eq!(rig.sim.stats().stale, 0, "{:?}", rig.sim.stats());
+}
+
+/// While a recovery runs (held between its reset and its ENABLE, so its reset count has not
+/// moved), another queue's stop and restart must not bring the queue back: requests submitted
+/// then could run after the reset, and the store fails every request submitted before it sees
+/// the new count as ABORTED, releasing buffers the device may still DMA to. Once the recovery
+/// publishes its count, the restart works.
+#[test]
+fn no_queue_restarts_before_a_recovery_publishes_its_reset_count() {
+    let mut rig = Rig::new("sca1-restart-in-recovery", 2);
+    rig.submit(1, 1, 0).expect("submit");
+    assert_eq!(rig.reap(1, 1), [1]);
+    rig.gate.armed.store(true, Ordering::Release);
+    let driver = Arc::clone(&rig.driver);
+    let recovery = std::thread::spawn(move || driver.recover().map_err(|e| e.to_string()));
+    rig.gate.wait_reached();
+    assert_eq!(
+        rig.driver.reset_count(),
+        0,
+        "the count moves only once the function serves"
+    );
+    rig.queues[1].stop().expect("stop after the reset");
+    let refused = rig.queues[1].restart();
+    assert!(
+        matches!(refused, Err(Sca1Error::ResetUnderWay { queue: 1, .. })),
+        "restart during the recovery: {refused:?}"
+    );
+    assert!(
+        matches!(rig.submit(1, 2, 8), Err(super::SubmitError::NotRunning)),
+        "the queue takes no request until it restarts"
+    );
+    rig.gate.open.store(true, Ordering::Release);
+    recovery.join().expect("recovery thread").expect("recovery");
+    assert_eq!(rig.driver.reset_count(), 1);
+    for q in 0..2 {
+        rig.queues[q].restart().expect("restart after the recovery");
+        rig.submit(q, 3, 16).expect("submit after the recovery");
+        assert_eq!(rig.reap(q, 1), [3], "queue {q} serves again");
+    }
+}
+
+/// Two recoveries of one function at once run as one: the second caller waits for the first
+/// and shares its outcome (one reset, one count), instead of resetting the function under the
+/// first's ENABLE.
+#[test]
+fn concurrent_recoveries_of_one_function_run_once() {
+    let mut rig = Rig::new("sca1-two-recoveries", 2);
+    let resets = rig.sim.stats().resets;
+    rig.gate.armed.store(true, Ordering::Release);
+    let first = {
+        let driver = Arc::clone(&rig.driver);
+        std::thread::spawn(move || driver.recover().map_err(|e| e.to_string()))
+    };
+    rig.gate.wait_reached();
+    let second = {
+        let driver = Arc::clone(&rig.driver);
+        std::thread::spawn(move || driver.recover().map_err(|e| e.to_string()))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    rig.gate.open.store(true, Ordering::Release);
+    first.join().expect("first").expect("first recovery");
+    second
+        .join()
+        .expect("second")
+        .expect("the second caller shares the first's outcome");
+    assert_eq!(rig.driver.reset_count(), 1, "one recovery");
+    assert_eq!(rig.sim.stats().resets - resets, 1, "one reset of the function");
+    for q in 0..2 {
+        rig.queues[q].restart().expect("restart after the recovery");
+        rig.submit(q, 7, 0).expect("submit");
+        assert_eq!(rig.reap(q, 1), [7], "queue {q} serves again");
+    }
 }

@@ -44,6 +44,8 @@ impl From<Sca1Error> for EngineError {
             | Sca1Error::Fatal { ref device, .. }
             | Sca1Error::Capability { ref device, .. }
             | Sca1Error::DmaUnproven { ref device, .. }
+            | Sca1Error::RecoveryFailed { ref device, .. }
+            | Sca1Error::ResetUnderWay { ref device, .. }
             | Sca1Error::Setup { ref device, .. } => EngineError::Failed {
                 device: device.clone(),
                 message: e.to_string(),
@@ -260,8 +262,7 @@ impl QueueEngine for Sca1Queue {
     }
 
     fn restart(&mut self) -> Result<(), EngineError> {
-        Sca1Queue::restart(self);
-        Ok(())
+        Ok(Sca1Queue::restart(self)?)
     }
 
     fn dump(&self) -> String {

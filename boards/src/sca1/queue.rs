@@ -6,6 +6,7 @@ use super::desc::flags;
 use super::desc::Completion;
 use super::desc::Descriptor;
 use super::desc::SglEntry;
+use super::driver::ResetState;
 use super::driver::Sca1Error;
 use super::regs;
 use super::regs::doorbell;
@@ -173,6 +174,8 @@ pub struct Sca1Queue {
     seq: u32,
     running: bool,
     stats: QueueStats,
+    /// The function's resets: no restart while one is under way.
+    resets: Arc<ResetState>,
     /// Reused by the engine-contract reap (no allocation per reap).
     pub(super) reaped: Vec<Sca1Completion>,
 }
@@ -187,6 +190,17 @@ impl Sca1Queue {
         iovas: Arc<IovaLock>,
         config: QueueConfig,
         irq: Option<EventFd>,
+    ) -> Result<Self, Sca1Error> {
+        Self::create_in(device, iovas, config, irq, Arc::default())
+    }
+
+    /// [`Sca1Queue::create`] for a queue of the function whose resets `resets` follows.
+    pub(super) fn create_in(
+        device: Arc<dyn DeviceBacking>,
+        iovas: Arc<IovaLock>,
+        config: QueueConfig,
+        irq: Option<EventFd>,
+        resets: Arc<ResetState>,
     ) -> Result<Self, Sca1Error> {
         let entries = config.entries.clamp(2, 1 << SLOT_BITS);
         let setup = |what: &str, e: &dyn std::fmt::Display| Sca1Error::Setup {
@@ -218,6 +232,7 @@ impl Sca1Queue {
             seq: 0,
             running: false,
             stats: QueueStats::default(),
+            resets,
             reaped: Vec::new(),
         };
         q.program_and_run();
@@ -508,6 +523,11 @@ impl Sca1Queue {
         self.running = false;
         let bar = self.device.bar0();
         bar.write32(self.reg(queue::Q_CONTROL), 0);
+        self.wait_idle()
+    }
+
+    /// Wait, bounded by STOP_TIMEOUT, for Q_STATUS.BUSY to clear after RUN = 0 (§6).
+    fn wait_idle(&self) -> Result<(), Sca1Error> {
         let deadline = Instant::now() + self.config.stop_timeout;
         let mut pause = Duration::from_micros(10);
         loop {
@@ -559,14 +579,47 @@ impl Sca1Queue {
         tags
     }
 
-    /// Empty the rings and run again (after a stop or a reset, with nothing in flight).
-    pub fn restart(&mut self) {
+    /// Empty the rings and run again (after a stop or a reset, with nothing in flight). RUN is
+    /// cleared first and the engine waited for (bounded by STOP_TIMEOUT): the ring registers
+    /// are writable only while RUN = 0, and only a RUN 0 → 1 edge starts the engine's head,
+    /// phase and sequence over with the host's (accelerator.md §2); a queue still running
+    /// would keep its old ring state while the host starts a new one, and nothing would
+    /// complete. No restart while a reset of the function is under way (see `ResetState`).
+    ///
+    /// # Errors
+    /// [`Sca1Error::ResetUnderWay`] (restart again once the function's reset count moves),
+    /// or as [`Sca1Queue::stop`]. The queue is left stopped.
+    pub fn restart(&mut self) -> Result<(), Sca1Error> {
         debug_assert_eq!(self.in_flight(), 0, "restart with requests in flight");
+        let Some(quiet) = self.resets.quiet() else {
+            self.running = false;
+            return Err(self.reset_under_way());
+        };
+        self.stop()?;
         self.sq.reset();
         self.cq.reset();
         self.unconsumed.fill(None);
         self.seq = 0;
-        self.stats.restarts += 1;
         self.program_and_run();
+        // A read does not pass the writes before it: once it returns, RUN has reached the
+        // device, so a reset that starts after the check below stops this run of the queue.
+        let _ = self.status();
+        if !self.resets.still_quiet(quiet) {
+            // A reset started meanwhile, and RUN may have reached the device after it: requests
+            // submitted now could run after the reset, to be failed when its recovery publishes
+            // its count. Stopped again; the caller restarts once the count moves.
+            self.running = false;
+            self.device.bar0().write32(self.reg(queue::Q_CONTROL), 0);
+            return Err(self.reset_under_way());
+        }
+        self.stats.restarts += 1;
+        Ok(())
+    }
+
+    fn reset_under_way(&self) -> Sca1Error {
+        Sca1Error::ResetUnderWay {
+            device: self.device.id().to_owned(),
+            queue: self.config.index,
+        }
     }
 }
