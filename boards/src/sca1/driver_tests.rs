@@ -590,3 +590,42 @@ fn concurrent_recoveries_of_one_function_run_once() {
         assert_eq!(rig.reap(q, 1), [7], "queue {q} serves again");
     }
 }
+
+/// A reap takes at most ring size - 1 entries (what an honest device can post before the host
+/// writes CQ_HEAD, accelerator.md §4): a device that ignores CQ_HEAD and keeps writing
+/// valid-phase entries cannot hold the queue's owner in one reap. Here it fills all 16 slots
+/// (no slot left empty) with entries for tags never given: the first reap takes 15, the next
+/// the last one.
+#[test]
+fn a_reap_takes_at_most_one_ring_less_one_entry() {
+    use super::desc::Completion;
+    use super::desc::CQ_PHASE;
+    let mut rig = Rig::new("sca1-reap-budget", 1);
+    let cq = rig.gate.read64(queue::reg(0, queue::CQ_BASE));
+    assert_ne!(cq, 0, "CQ_BASE reads back");
+    for slot in 0..16u64 {
+        let entry = Completion {
+            tag: 0x0fff,
+            status: 0,
+            flags: CQ_PHASE,
+            ..Completion::default()
+        };
+        rig.sim
+            .iommu()
+            .dma_write(cq + slot * 16, zerocopy::IntoBytes::as_bytes(&entry))
+            .expect("the device writes the completion ring");
+    }
+    let mut out = Vec::new();
+    assert_eq!(rig.queues[0].reap(&mut out), 0);
+    assert_eq!(
+        rig.queues[0].stats().unknown_tags,
+        15,
+        "one ring less one entry per reap"
+    );
+    assert_eq!(rig.queues[0].reap(&mut out), 0);
+    assert_eq!(
+        rig.queues[0].stats().unknown_tags,
+        16,
+        "the rest on the next reap"
+    );
+}

@@ -386,6 +386,12 @@ impl Sca1Queue {
     /// flight with the same generation (unknown and duplicated tags are counted and logged,
     /// never followed) and it can be that request's completion (see `Sca1Queue::vet`).
     /// Returns how many were accepted.
+    ///
+    /// At most ring size - 1 entries are taken per call: an honest device posts no more before
+    /// the host releases them with the CQ_HEAD written at the end of the call (§4: one slot
+    /// stays empty), so the budget only stops a device that ignores CQ_HEAD and keeps writing
+    /// valid-phase entries from holding the owner here, away from its deadlines and health
+    /// checks. What is left is taken by the next call. Bad entries are logged once per call.
     pub fn reap(&mut self, out: &mut Vec<Sca1Completion>) -> usize {
         // The head entry carries the expected phase (§4): the device has posted it.
         let (device, config) = (&self.device, &self.config);
@@ -398,7 +404,14 @@ impl Sca1Queue {
         }
         let mut accepted = 0;
         let mut consumed = 0;
-        while let Some(c) = self.cq.pop::<Completion>() {
+        let budget = self.config.entries - 1;
+        // The first untrusted entry of the call and how many followed, for one log line each.
+        let mut unknown: Option<(Completion, u64)> = None;
+        let mut refused: Option<(Completion, &'static str, u64)> = None;
+        while consumed < budget {
+            let Some(c) = self.cq.pop::<Completion>() else {
+                break;
+            };
             consumed += 1;
             let slot = c.tag & SLOT_MASK;
             let generation = c.tag >> SLOT_BITS;
@@ -408,27 +421,13 @@ impl Sca1Queue {
                 .is_some_and(|s| s.user_tag.is_some() && s.generation == generation);
             if !matches {
                 self.stats.unknown_tags += 1;
-                log::warn!(
-                    "{} queue {}: completion with tag {:#06x} matches nothing in flight (status {}); ignored",
-                    self.device.id(),
-                    self.config.index,
-                    c.tag,
-                    c.status
-                );
+                unknown.get_or_insert((c, 0)).1 += 1;
                 continue;
             }
             self.advance_head(c.sq_head);
             if let Err(why) = self.vet(slot, &c) {
                 self.stats.refused += 1;
-                log::warn!(
-                    "{} queue {}: completion with tag {:#06x} (status {}, {} bytes) cannot be its \
-                     request's: {why}; refused, the request stays in flight",
-                    self.device.id(),
-                    self.config.index,
-                    c.tag,
-                    c.status,
-                    c.bytes
-                );
+                refused.get_or_insert((c, why, 0)).2 += 1;
                 continue;
             }
             let user_tag = self.slots[slot as usize].user_tag.unwrap_or_default();
@@ -445,6 +444,35 @@ impl Sca1Queue {
         if consumed > 0 {
             let bar = self.device.bar0();
             bar.write32(doorbell::cq_head(self.config.index), self.cq.head());
+        }
+        if let Some((c, n)) = unknown {
+            log::warn!(
+                "{} queue {}: {n} completions matched nothing in flight (the first: tag {:#06x}, status \
+                 {}); ignored",
+                self.device.id(),
+                self.config.index,
+                c.tag,
+                c.status
+            );
+        }
+        if let Some((c, why, n)) = refused {
+            log::warn!(
+                "{} queue {}: {n} completions cannot be their requests' (the first: tag {:#06x}, status \
+                 {}, {} bytes: {why}); refused, the requests stay in flight",
+                self.device.id(),
+                self.config.index,
+                c.tag,
+                c.status,
+                c.bytes
+            );
+        }
+        if consumed == budget && self.cq.head_posted() {
+            log::debug!(
+                "{} queue {}: {budget} completions taken in one reap and more posted; the rest on \
+                 the next",
+                self.device.id(),
+                self.config.index
+            );
         }
         accepted
     }
