@@ -56,7 +56,9 @@ pub struct BoardDefinition {
     pub queues: u32,
     /// Ring entries per queue (capped by CAP0).
     pub queue_depth: u32,
-    /// Largest transfer per descriptor the board handles well (capped by CAP1).
+    /// Largest transfer per descriptor (SCA-1) or command (NVMe) the board handles well, in
+    /// whole 4 KiB pages: both drivers cap their geometry by it (`Sca1Config` and
+    /// `NvmeConfig::max_transfer_bytes`), and the device caps it further (CAP1, MDTS).
     pub max_transfer_bytes: u32,
     /// Interrupt mode.
     pub interrupts: InterruptMode,

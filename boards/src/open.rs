@@ -156,6 +156,7 @@ fn bring_up_sca1(
         ring_entries: definition.queue_depth,
         interrupts: definition.interrupts == InterruptMode::Msix,
         split_64bit_mmio: definition.quirks.split_64bit_mmio,
+        max_transfer_bytes: definition.max_transfer_bytes,
         ..Sca1Config::default()
     };
     let (sca1, queues) = Sca1::bring_up(device, &config)?;
@@ -473,6 +474,31 @@ mod identity_tests {
             assert_eq!(controller.geometry().max_transfer_bytes, expected);
             drop(queues);
             controller.shutdown().expect("shutdown");
+        }
+    }
+
+    /// The same for the SCA-1 driver (the simulated function's CAP1 offers 1 MiB).
+    #[test]
+    fn a_definitions_transfer_limit_caps_the_sca1_geometry() {
+        for (limit, expected) in [
+            (4 << 20, 1 << 20),
+            (64 << 10, 64 << 10),
+            (70_000, 17 * 4096),
+            (1, 4096),
+        ] {
+            let definition = BoardDefinition {
+                max_transfer_bytes: limit,
+                ..SIM
+            };
+            let (device, _sim) = sca1_sim("identity-cap1");
+            let (controller, queues) = bring_up(&definition, device, 1).expect("bring-up");
+            assert_eq!(
+                controller.geometry().max_transfer_bytes,
+                expected,
+                "limit {limit}"
+            );
+            drop(queues);
+            controller.reset().expect("reset");
         }
     }
 

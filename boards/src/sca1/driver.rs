@@ -187,6 +187,10 @@ pub struct Sca1Config {
     /// access (XDMA's AXI-Lite). The ring bases are written while their queue is stopped, so
     /// the engine never uses a half-written one (accelerator.md §2: writable only while RUN = 0).
     pub split_64bit_mmio: bool,
+    /// The largest transfer of one descriptor the board handles well (the board definition's
+    /// `max_transfer_bytes`), rounded down to whole 4 KiB units (CAP1's, at least one); CAP1
+    /// caps it further. `u32::MAX`: what CAP1 says.
+    pub max_transfer_bytes: u32,
 }
 
 impl Default for Sca1Config {
@@ -201,6 +205,7 @@ impl Default for Sca1Config {
             iova_base: 1 << 32,
             iova_size: 1 << 40,
             split_64bit_mmio: false,
+            max_transfer_bytes: u32::MAX,
         }
     }
 }
@@ -328,6 +333,8 @@ impl Sca1 {
         }
         // Checked once the function is reset, so a refused one is left doing no DMA.
         check_caps(driver.id(), &driver.caps)?;
+        let mut driver = driver;
+        driver.caps.max_transfer_bytes = transfer_limit(driver.caps.max_transfer_bytes, config);
         // Queues are collected here, not inside `enable_and_create`, so that none is dropped
         // (its rings unmapped) before the function is proven to do no DMA to them.
         let mut queues = Vec::new();
@@ -678,6 +685,12 @@ fn check_caps(device: &str, caps: &Sca1Caps) -> Result<(), Sca1Error> {
         );
     }
     Ok(())
+}
+
+/// CAP1's largest transfer capped by the configuration's, in whole 4 KiB units (CAP1's own, a
+/// multiple of either block size), never below one unit.
+fn transfer_limit(cap1_bytes: u32, config: &Sca1Config) -> u32 {
+    cap1_bytes.min((config.max_transfer_bytes / 4096).max(1) * 4096)
 }
 
 fn read_caps(device: &dyn DeviceBacking, split_64bit: bool) -> Sca1Caps {
