@@ -819,10 +819,16 @@ impl Engine {
             .checked_add(length / block)
             .is_none_or(|end| end > config.num_blocks)
         {
-            return Ok(Outcome::error(
-                cq_status::LBA_RANGE,
-                desc.lba.max(config.num_blocks) as u32,
-            ));
+            // COPY's detail is the low 32 bits of the offending range's first block (§3.1),
+            // here the destination's, as for its source below. READ and the other ranged
+            // opcodes report the first block past the medium, the first that fails (§4 says
+            // only "failing LBA low bits").
+            let detail = if desc.opcode == opcode::COPY {
+                desc.lba
+            } else {
+                desc.lba.max(config.num_blocks)
+            };
+            return Ok(Outcome::error(cq_status::LBA_RANGE, detail as u32));
         }
         let offset = desc.lba * block;
         match desc.opcode {

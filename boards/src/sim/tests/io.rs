@@ -288,6 +288,34 @@ fn bad_descriptors_complete_with_their_status_and_the_queue_keeps_running() {
     assert_eq!(tq.next(&rig).status, cq_status::OK, "the last block is in range");
 }
 
+/// §3.1: a COPY whose source or destination range leaves the medium completes LBA_RANGE with
+/// the low 32 bits of the offending range's first block, not the first block past the end.
+#[test]
+fn a_copy_out_of_range_reports_the_offending_ranges_first_block() {
+    let mut rig = Rig::enabled();
+    let mut tq = TestQueue::start(&mut rig, 0, 16);
+    let copy = |tag, dst: u64, src: u64| desc(opcode::COPY, tag, dst, 1024, src);
+    let cases = [
+        (copy(1, 8191, 0), 8191, "destination straddles the end"),
+        (copy(2, 9000, 0), 9000, "destination past the end"),
+        (
+            copy(3, (1 << 32) | 8191, 0),
+            8191,
+            "low 32 bits of the destination",
+        ),
+        (copy(4, 0, 8191), 8191, "source straddles the end"),
+    ];
+    for (d, detail, what) in cases {
+        tq.submit(&rig, d);
+        let c = tq.next(&rig);
+        assert_eq!(
+            (c.tag, c.status, c.detail),
+            (d.tag, cq_status::LBA_RANGE, detail),
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn phase_flips_each_time_the_completion_ring_wraps() {
     let mut rig = Rig::enabled();
