@@ -514,7 +514,7 @@ impl SimBoard {
     /// A board in its reset state; no engine runs until [`SimBoard::start_engines`].
     pub(crate) fn new(id: &str, config: SimConfig, medium: Medium, ctx: SimContext) -> Self {
         let queues = config.queues;
-        let state = BoardState::new(config.queues, config.offers_rearm());
+        let state = BoardState::new(config.queues, config.offers_rearm(), config.max_ring_entries());
         let posted = state.posted();
         let queue_bits = if queues >= 32 {
             u32::MAX

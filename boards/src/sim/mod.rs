@@ -15,7 +15,7 @@
 //! Beyond the contract, where it is silent: the engine keeps one completion slot free (a ring
 //! of N entries holds N - 1 completions, as in NVMe); a halted queue (§8) posts no completion
 //! but sets its INT_STATUS bit and raises its vector; a queue started with an unusable ring
-//! (size not a power of two ≥ 2, base not 4 KiB aligned) halts at once with INVALID_FIELD at
+//! (size not a power of two from 2 to 2^CAP0.max_ring, base not 4 KiB aligned) halts at once with INVALID_FIELD at
 //! index 0; FLUSH ignores LBA and length; an out-of-range READ, WRITE, WRITE_ZEROES or
 //! DEALLOCATE reports in LBA_RANGE's detail the first block that fails, the larger of its first
 //! block and CAPACITY (a COPY reports its offending range's first block, as §3.1 says);

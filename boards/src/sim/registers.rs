@@ -245,12 +245,14 @@ pub(crate) struct BoardState {
     pub queues: Vec<QueueState>,
     /// Bits of INT_STATUS/INT_MASK that name a queue.
     queue_bits: u32,
+    /// The largest RING_SIZE a queue may run with, 2^CAP0.max_ring (§2).
+    max_ring_entries: u32,
 }
 
 impl BoardState {
     /// The state after power-on: as after a reset. `rearm`: the engine implements
-    /// INT_COALESCE.REARM (contract 1.2).
-    pub(crate) fn new(queues: u32, rearm: bool) -> Self {
+    /// INT_COALESCE.REARM (contract 1.2); `max_ring_entries`: 2^CAP0.max_ring.
+    pub(crate) fn new(queues: u32, rearm: bool, max_ring_entries: u32) -> Self {
         let queue_bits = if queues >= 32 {
             u32::MAX
         } else {
@@ -272,6 +274,7 @@ impl BoardState {
             reset_epoch: 0,
             queues: vec![QueueState::default(); queues as usize],
             queue_bits,
+            max_ring_entries,
         };
         s.apply_reset();
         s.resetting = false;
@@ -626,10 +629,12 @@ impl BoardState {
     }
 
     /// A queue started with a ring it cannot use halts at once with INVALID_FIELD, index 0,
-    /// rather than DMA to a bogus address.
+    /// rather than DMA to a bogus address. A size above 2^CAP0.max_ring is one (§2: "a power
+    /// of two from 2 to 2^CAP0.max_ring"): the engine's state may be sized on that bound.
     fn check_ring_config(&mut self, q: usize) {
         let qs = &self.queues[q];
-        let size_ok = qs.ring_size >= 2 && qs.ring_size.is_power_of_two();
+        let size_ok =
+            qs.ring_size >= 2 && qs.ring_size.is_power_of_two() && qs.ring_size <= self.max_ring_entries;
         let aligned = qs.sq_base.is_multiple_of(RING_ALIGN) && qs.cq_base.is_multiple_of(RING_ALIGN);
         if !size_ok || !aligned {
             log::warn!(
@@ -676,7 +681,7 @@ mod tests {
     #[test]
     fn soft_reset_reads_one_until_no_engine_is_busy() {
         let config = SimConfig::default();
-        let mut st = BoardState::new(2, true);
+        let mut st = BoardState::new(2, true, 1 << 12);
         st.write32(global::CONTROL, control::ENABLE, Instant::now());
         st.queues[1].busy = true;
         let fx = st.write32(global::CONTROL, control::SOFT_RESET, Instant::now());
@@ -706,7 +711,7 @@ mod tests {
     #[test]
     fn a_posted_doorbell_applies_only_in_the_run_epoch_it_was_written_in() {
         let now = Instant::now();
-        let mut st = BoardState::new(1, true);
+        let mut st = BoardState::new(1, true, 1 << 12);
         st.write32(global::CONTROL, control::ENABLE, now);
         st.write32(queue::reg(0, queue::SQ_BASE), 0x1000, now);
         st.write32(queue::reg(0, queue::CQ_BASE), 0x2000, now);
@@ -740,7 +745,7 @@ mod tests {
 
     #[test]
     fn coalescing_counts_completions_then_times_out_the_rest() {
-        let mut st = BoardState::new(1, true);
+        let mut st = BoardState::new(1, true, 1 << 12);
         st.write32(global::INT_MASK_CLEAR, 1, Instant::now());
         st.queues[0].vector = 0;
         st.write32(global::INT_COALESCE, 3 | (100 << 8), Instant::now());
@@ -776,7 +781,7 @@ mod tests {
     #[test]
     fn rearm_raises_once_per_setting_of_the_status_bit() {
         let t0 = Instant::now();
-        let mut st = BoardState::new(1, true);
+        let mut st = BoardState::new(1, true, 1 << 12);
         st.write32(global::INT_MASK_CLEAR, 1, t0);
         st.queues[0].vector = 0;
         st.write32(global::INT_COALESCE, coalesce::REARM, t0);
@@ -825,7 +830,7 @@ mod tests {
         assert_eq!(st.note_completion(0, || t0), Some(0));
 
         // A 1.1 engine keeps only the count and time.
-        let mut old = BoardState::new(1, false);
+        let mut old = BoardState::new(1, false, 1 << 12);
         old.write32(global::INT_MASK_CLEAR, 1, t0);
         old.queues[0].vector = 0;
         old.write32(global::INT_COALESCE, coalesce::REARM | 1, t0);

@@ -161,6 +161,24 @@ fn starting_a_queue_with_an_unusable_ring_halts_it() {
     rig.bar().write64(queue::reg(1, queue::SQ_BASE), 0x1000_0800);
     rig.qwrite(1, queue::Q_CONTROL, queue::RUN);
     assert_eq!(rig.qread(1, queue::Q_STATUS), queue::ERROR, "unaligned SQ_BASE");
+
+    // §2: RING_SIZE is at most 2^CAP0.max_ring; the largest is usable, twice that is not.
+    let max = 1u32 << Cap0::from_bits(rig.read(global::CAP0)).max_ring_log2;
+    rig.qwrite(1, queue::Q_CONTROL, 0);
+    rig.bar().write64(queue::reg(1, queue::SQ_BASE), 0x1000_0000);
+    rig.qwrite(1, queue::RING_SIZE, max);
+    rig.qwrite(1, queue::Q_CONTROL, queue::RUN);
+    assert_eq!(rig.qread(1, queue::Q_STATUS), 0, "2^CAP0.max_ring entries");
+    rig.qwrite(1, queue::Q_CONTROL, 0);
+    rig.qwrite(1, queue::RING_SIZE, max * 2);
+    rig.qwrite(1, queue::Q_CONTROL, queue::RUN);
+    assert_eq!(
+        rig.qread(1, queue::Q_STATUS),
+        queue::ERROR,
+        "above 2^CAP0.max_ring"
+    );
+    assert_eq!(rig.qread(1, queue::Q_ERROR), u32::from(cq_status::INVALID_FIELD));
+    assert_eq!(rig.qread(1, queue::Q_ERROR_INDEX), 0);
 }
 
 #[test]
