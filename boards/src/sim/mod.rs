@@ -12,16 +12,19 @@
 //! - [`Fault`]s, chosen at run time, make the board slow, lossy, hung, gone or wrong in the ways
 //!   a driver must survive.
 //!
-//! Beyond the contract, where it is silent: the engine keeps one completion slot free (a ring
-//! of N entries holds N - 1 completions, as in NVMe); a halted queue (§8) posts no completion
-//! but sets its INT_STATUS bit and raises its vector; a queue started with an unusable ring
-//! (size not a power of two from 2 to 2^CAP0.max_ring, base not 4 KiB aligned) halts at once with INVALID_FIELD at
-//! index 0; FLUSH ignores LBA and length; an out-of-range READ, WRITE, WRITE_ZEROES or
-//! DEALLOCATE reports in LBA_RANGE's detail the first block that fails, the larger of its first
-//! block and CAPACITY (a COPY reports its offending range's first block, as §3.1 says);
-//! WRITE_ZEROES and DEALLOCATE report `bytes = length`
-//! and deallocated blocks read as zeroes; an interrupt that comes due while masked is latched
-//! and delivered on unmask; at most 32 queues, since INT_STATUS has 32 bits.
+//! Beyond the contract, where it is silent: the engine keeps one completion slot free (a ring of
+//! N entries holds N - 1 completions, as in NVMe); a halted queue (§8) posts no completion but
+//! sets its INT_STATUS bit and raises its vector; a queue started with an unusable ring (size not
+//! a power of two from 2 to 2^CAP0.max_ring, base not 4 KiB aligned) halts at once with
+//! INVALID_FIELD at index 0; FLUSH ignores LBA and length; an out-of-range READ, WRITE,
+//! WRITE_ZEROES or DEALLOCATE reports in LBA_RANGE's detail the first block that fails, the
+//! larger of its first block and CAPACITY (a COPY reports its offending range's first block, as
+//! §3.1 says); WRITE_ZEROES and DEALLOCATE report `bytes = length` and deallocated blocks read as
+//! zeroes; an interrupt that comes due while masked is latched and delivered on unmask; at most
+//! 32 queues, since INT_STATUS has 32 bits; writing RUN = 1 to a queue whose RUN is already 1
+//! changes nothing (§2 resets head, tail, phase and sequence on "setting RUN", read here as RUN
+//! going from 0 to 1: a driver restarts a queue by clearing RUN and waiting for BUSY = 0 first,
+//! §6, and a rewrite of the same value is no transition).
 //!
 //! [`SimDevice`]: scst_accel_hal::sim::SimDevice
 
