@@ -66,7 +66,8 @@ pub struct DemoArgs {
     pub(crate) pci: Option<String>,
     /// Inject a fault into the simulated board (repeatable). --board sim: latency:500us,
     /// never-complete:every=100, error:every=50,status=5, hang, gone, fatal,
-    /// unknown-tag:every=200, duplicate:every=200, bad-phase:every=300, storm:hold=20ms.
+    /// unknown-tag:every=200, duplicate:every=200, bad-phase:every=300, storm:hold=20ms,
+    /// prefetch:4.
     /// --board nvme-sim: latency:500us, never-complete:every=N, error:every=N,
     /// status:sct=T,sc=C[,every=N], hang, gone, cfs, shutdown-hang.
     #[arg(long = "inject")]

@@ -15,9 +15,16 @@
 //! completion ring, so a host that clears RUN and sees BUSY = 0 knows no ring write follows.
 //! Withheld completions belong to the RUN epoch in which their descriptors ran: once RUN is
 //! cleared or the board resets they are dropped, never posted (see [`Withheld`]).
+//!
+//! Under [`Fault::Prefetch`](super::Fault::Prefetch) the engine fetches descriptors ahead of the
+//! one it executes and reports `sq_head` past them (§3, §4). It executes them in order, each
+//! taken as work the way a descriptor at the head is (BUSY set under the lock, in a hold that
+//! finds its RUN epoch current), so the proofs above hold unchanged: a descriptor fetched ahead
+//! whose epoch ended, or whose queue cannot run, is dropped with no completion and no DMA.
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -155,6 +162,9 @@ enum Next {
     Work(Work),
     /// The withheld completions belong to an epoch that ended (RUN cleared or reset): drop them.
     StaleBurst,
+    /// The descriptors fetched ahead can no longer run (RUN cleared, reset, halt, FATAL, ENABLE
+    /// cleared, device gone): drop them, as §6 and §7 let an engine abandon what it holds.
+    StalePrefetch,
     Shutdown,
 }
 
@@ -213,6 +223,9 @@ struct Engine {
     seen_tags: TagSet,
     /// Completions withheld by a storm, if any.
     withheld: Option<Withheld>,
+    /// Descriptors fetched ahead ([`Fault::Prefetch`](super::Fault::Prefetch)), in ring order,
+    /// each with the job it runs as: consumed (`sq_head` is past them) and not yet executed.
+    prefetched: VecDeque<(Job, Descriptor)>,
     /// The last check under the lock that found work of this RUN epoch valid, with the
     /// board's change count read before it ([`Engine::checkpoint`]).
     checked: Cell<Option<(u64, u64)>>,
@@ -269,6 +282,7 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
         taken: 0,
         seen_tags: TagSet::new(),
         withheld: None,
+        prefetched: VecDeque::new(),
         checked: Cell::new(None),
         bounce: Cell::new(Vec::new()),
         sgl_raw: Cell::new(Vec::new()),
@@ -380,6 +394,15 @@ impl Engine {
                 Next::Work(work) => return Some(work),
                 Next::Shutdown => return None,
                 Next::StaleBurst => self.drop_withheld("the queue was stopped or reset"),
+                Next::StalePrefetch => {
+                    log::debug!(
+                        "{}: queue {}: {} descriptors fetched ahead dropped: the queue cannot run them",
+                        self.shared.id,
+                        self.q,
+                        self.prefetched.len()
+                    );
+                    self.prefetched.clear();
+                }
             }
         }
     }
@@ -438,14 +461,23 @@ impl Engine {
         self.withheld.as_ref().map(|w| (w.job, w.due))
     }
 
-    /// One look for work under the lock: a due burst, else a descriptor (BUSY set for either);
-    /// a burst of an ended epoch; or nothing (`None`).
+    /// One look for work under the lock: a due burst, else a descriptor fetched ahead, else
+    /// one at the head (BUSY set for any); a burst of an ended epoch, or descriptors fetched
+    /// ahead that can no longer run; or nothing (`None`).
     fn take_work(&self, st: &mut BoardState, burst: Option<(Job, Instant)>) -> Option<Next> {
         let reset_epoch = st.reset_epoch;
         if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
             return Some(Next::StaleBurst);
         }
-        if self.shared.gone() || !st.runnable(self.qi()) {
+        let runnable = !self.shared.gone() && st.runnable(self.qi());
+        if let Some((ahead, _)) = self.prefetched.front() {
+            // Checked in the hold that sets BUSY, as for a descriptor at the head: once RUN is
+            // cleared or the board resets, nothing fetched before is ever executed.
+            if !runnable || ahead.epoch != st.queues[self.qi()].epoch {
+                return Some(Next::StalePrefetch);
+            }
+        }
+        if !runnable {
             return None;
         }
         let qs = &mut st.queues[self.qi()];
@@ -454,6 +486,10 @@ impl Engine {
                 qs.busy = true;
                 return Some(Next::Work(Work::Burst(job)));
             }
+        }
+        if let Some((ahead, _)) = self.prefetched.front() {
+            qs.busy = true;
+            return Some(Next::Work(Work::Descriptor(*ahead)));
         }
         if qs.sq_head == qs.sq_tail {
             return None;
@@ -595,43 +631,49 @@ impl Engine {
             self.hold(token, job, Some(until), |_| None::<()>)?;
         }
 
-        // Fetch (§3): only through the IOMMU; a fault on the ring halts the queue (§8).
-        self.checkpoint(token, job)?;
-        let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
-        let slot = job.sq_base + u64::from(job.index) * DESCRIPTOR_BYTES;
-        if self.shared.iommu.dma_read(slot, &mut raw).is_err() {
-            return Err(self.halt(token, job, cq_status::DMA_FAULT));
-        }
-        Counters::add(&self.shared.stats.descriptors, 1);
-        let desc = Descriptor::read_from_bytes(&raw).map_err(|_| Abandoned)?;
-        if desc.seq != job.seq {
-            log::warn!(
-                "{}: queue {} index {}: seq {} but expected {} (stale descriptor)",
-                self.shared.id,
-                self.q,
-                job.index,
-                desc.seq,
-                job.seq
-            );
-            Counters::add(&self.shared.stats.stale, 1);
-            return Err(self.halt(token, job, cq_status::STALE));
-        }
+        // A descriptor fetched ahead was consumed then (sq_head is past it already).
+        let ahead = self
+            .prefetched
+            .front()
+            .is_some_and(|(held, _)| held.epoch == job.epoch && held.index == job.index);
+        let desc = if ahead {
+            self.prefetched
+                .pop_front()
+                .map(|(_, desc)| desc)
+                .ok_or(Abandoned)?
+        } else {
+            self.fetch(token, job)?
+        };
+        let room = (plan.prefetch as usize).saturating_sub(self.prefetched.len()) as u32;
         // Consumed: the slot may be reused once the host sees sq_head move past it.
-        let sq_head = (job.index + 1) % job.ring_size;
         // In the same lock hold, the completion slot if one is free now: only this engine
         // moves cq_tail, and the host only frees slots, so it stays free for this
         // descriptor's completion (a device reserving its completion slot when it fetches).
-        let mut reserved = {
+        let (mut reserved, head, seq, to_fetch) = {
             let mut st = self.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
             let qs = &mut st.queues[self.qi()];
-            qs.sq_head = sq_head;
-            qs.seq = job.seq.wrapping_add(1);
-            (!qs.cq_full()).then_some((qs.cq_tail, qs.phase))
+            if !ahead {
+                qs.sq_head = (job.index + 1) % job.ring_size;
+                qs.seq = job.seq.wrapping_add(1);
+            }
+            let waiting = (qs.sq_tail + job.ring_size - qs.sq_head) % job.ring_size;
+            (
+                (!qs.cq_full()).then_some((qs.cq_tail, qs.phase)),
+                qs.sq_head,
+                qs.seq,
+                waiting.min(room),
+            )
         };
         self.seen_tags.insert(desc.tag);
+        // Fetch ahead before this descriptor's completion reports the head past them.
+        let sq_head = if to_fetch > 0 {
+            self.fetch_ahead(token, job, head, seq, to_fetch)?
+        } else {
+            head
+        };
 
         let outcome = match plan.error_status {
             Some(status) => Outcome::error(status, desc.lba as u32),
@@ -657,6 +699,7 @@ impl Engine {
             flags: 0,
             bytes: outcome.bytes - short,
             detail: outcome.detail,
+            // The head as it stands, past every descriptor fetched so far (§4).
             sq_head: sq_head as u16,
             reserved: 0,
         };
@@ -685,6 +728,80 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Fetch the descriptor at `job`'s index (§3): only through the IOMMU; a fault on the ring,
+    /// or a seq other than the one expected, halts the queue (§8).
+    fn fetch(&self, token: &mut Token<'_>, job: &Job) -> Step<Descriptor> {
+        self.checkpoint(token, job)?;
+        let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
+        let slot = job.sq_base + u64::from(job.index) * DESCRIPTOR_BYTES;
+        if self.shared.iommu.dma_read(slot, &mut raw).is_err() {
+            return Err(self.halt(token, job, cq_status::DMA_FAULT));
+        }
+        Counters::add(&self.shared.stats.descriptors, 1);
+        let desc = Descriptor::read_from_bytes(&raw).map_err(|_| Abandoned)?;
+        if desc.seq != job.seq {
+            log::warn!(
+                "{}: queue {} index {}: seq {} but expected {} (stale descriptor)",
+                self.shared.id,
+                self.q,
+                job.index,
+                desc.seq,
+                job.seq
+            );
+            Counters::add(&self.shared.stats.stale, 1);
+            return Err(self.halt(token, job, cq_status::STALE));
+        }
+        Ok(desc)
+    }
+
+    /// [`Fault::Prefetch`](super::Fault::Prefetch): fetch up to `count` descriptors from ring
+    /// index `head` (whose seq is `seq`), all before SQ_TAIL, keep them for execution in
+    /// order, and move the queue's head past them. Returns the new head. A slot that faults or
+    /// carries another seq ends the fetch without halting: the engine meets it again as the
+    /// descriptor at the head, and halts then, at its index, as without prefetching (§8).
+    fn fetch_ahead(
+        &mut self,
+        token: &mut Token<'_>,
+        job: &Job,
+        head: u32,
+        seq: u32,
+        count: u32,
+    ) -> Step<u32> {
+        let mut fetched = 0;
+        while fetched < count {
+            let ahead = Job {
+                index: (head + fetched) % job.ring_size,
+                seq: seq.wrapping_add(fetched),
+                ..*job
+            };
+            self.checkpoint(token, &ahead)?;
+            let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
+            let slot = job.sq_base + u64::from(ahead.index) * DESCRIPTOR_BYTES;
+            if self.shared.iommu.dma_read(slot, &mut raw).is_err() {
+                break;
+            }
+            let Ok(desc) = Descriptor::read_from_bytes(&raw) else {
+                break;
+            };
+            if desc.seq != ahead.seq {
+                break;
+            }
+            Counters::add(&self.shared.stats.descriptors, 1);
+            self.seen_tags.insert(desc.tag);
+            self.prefetched.push_back((ahead, desc));
+            fetched += 1;
+        }
+        let mut st = self.lock(token);
+        if !self.valid(&st, job) {
+            // Whatever was fetched is dropped at the engine's next look (StalePrefetch).
+            return Err(Abandoned);
+        }
+        let qs = &mut st.queues[self.qi()];
+        qs.sq_head = (head + fetched) % job.ring_size;
+        qs.seq = seq.wrapping_add(fetched);
+        Ok(qs.sq_head)
     }
 
     /// [`Fault::Storm`](super::Fault::Storm): keep `entries` for the next burst, which is due
@@ -1274,6 +1391,7 @@ mod tests {
                 taken: 0,
                 seen_tags: TagSet::new(),
                 withheld: None,
+                prefetched: VecDeque::new(),
                 checked: Cell::new(None),
                 bounce: Cell::new(Vec::new()),
                 sgl_raw: Cell::new(Vec::new()),

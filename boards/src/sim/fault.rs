@@ -29,6 +29,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "short-ok",
     "no-reset",
     "bus-master-stuck",
+    "prefetch",
 ];
 
 /// The hold of a [`Fault::Storm`] written without `hold=`.
@@ -38,7 +39,8 @@ const DEFAULT_STORM_HOLD_MICROS: u64 = 20_000;
 const FORMS: &str = "latency:<N>us|ms|s[,queue=Q], never-complete[:every=N][,queue=Q], \
 error[:every=N][,status=S][,queue=Q], hang[:queue=Q], gone, fatal[:code=C], \
 unknown-tag[:every=N][,queue=Q], duplicate[:every=N][,queue=Q], bad-phase[:every=N][,queue=Q], \
-storm[:hold=<N>us|ms|s][,queue=Q], short-ok[:every=N][,queue=Q], no-reset (numbers decimal or 0x hex; every defaults to 1, status to 5 \
+storm[:hold=<N>us|ms|s][,queue=Q], short-ok[:every=N][,queue=Q], no-reset, bus-master-stuck, \
+prefetch:<N>[,queue=Q] (numbers decimal or 0x hex; every defaults to 1, status to 5 \
 READ_ERROR, code to 1, hold to 20ms)";
 
 /// A misbehaviour of the simulated board. What a driver observes is documented per variant.
@@ -159,6 +161,22 @@ pub enum Fault {
         /// How long completions are withheld before their burst, at least 1 µs.
         hold_micros: u64,
     },
+    /// Fetch ahead: besides the descriptor it executes, the engine fetches up to `depth` more
+    /// (as far as SQ_TAIL allows), consumes them, and reports in each completion the submission
+    /// head past everything it fetched, so `sq_head` runs ahead of the completions, which come
+    /// later, in order. §3 ("the engine fetches from its head up to the tail") and §4
+    /// (`sq_head`: slots before it may be reused) allow it, and real engines do it; a host
+    /// that bounds what it has in flight by its free submission slots alone then has more
+    /// requests outstanding than the N − 1 of §4. A descriptor that faults or carries the
+    /// wrong seq is not fetched ahead: the engine stops there and meets it in order, halting
+    /// the queue as always (§8). Clearing RUN (§6) or a reset (§7) abandons what was fetched
+    /// ahead: those commands get no completion, and no DMA is done for them.
+    Prefetch {
+        /// Queue, or every queue.
+        queue: Option<u32>,
+        /// Descriptors fetched beyond the one executed, at least 1.
+        depth: u32,
+    },
 }
 
 /// A fault specification that does not parse.
@@ -200,7 +218,8 @@ impl FromStr for Fault {
     /// except latency's first arg, the delay with its unit. Examples: `latency:500us`,
     /// `latency:2ms,queue=1`, `never-complete:every=100`, `error:every=50,status=5`, `hang`,
     /// `hang:queue=0`, `gone`, `fatal`, `fatal:code=0x12`, `unknown-tag:every=200`,
-    /// `duplicate:every=200`, `bad-phase:every=300`, `storm:hold=20ms`, `storm:hold=5ms,queue=1`.
+    /// `duplicate:every=200`, `bad-phase:every=300`, `storm:hold=20ms`, `storm:hold=5ms,queue=1`,
+    /// `prefetch:4`, `prefetch:8,queue=1` (prefetch's first arg is its depth).
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let fail = |reason: String| FaultParseError {
             input: input.to_owned(),
@@ -220,6 +239,18 @@ impl FromStr for Fault {
                 parse_duration_micros(first)
                     .ok_or_else(|| fail(format!("latency needs a delay such as 500us, got {first:?}")))?,
             );
+        }
+        let mut depth = None;
+        if kind == "prefetch" {
+            let first = if args.is_empty() { "" } else { args.remove(0) };
+            let n = parse_number(first)
+                .filter(|n| (1..=u64::from(u16::MAX)).contains(n))
+                .ok_or_else(|| {
+                    fail(format!(
+                        "prefetch needs a depth in 1..=65535 such as 4, got {first:?}"
+                    ))
+                })?;
+            depth = Some(n as u32);
         }
 
         let mut queue = None;
@@ -254,7 +285,7 @@ impl FromStr for Fault {
         }
 
         let allowed: &[&str] = match kind {
-            "latency" | "hang" => &["queue"],
+            "latency" | "hang" | "prefetch" => &["queue"],
             "never-complete" | "unknown-tag" | "duplicate" | "bad-phase" | "short-ok" => &["queue", "every"],
             "error" => &["queue", "every", "status"],
             "fatal" => &["code"],
@@ -313,6 +344,10 @@ impl FromStr for Fault {
             "short-ok" => Fault::ShortOk { queue, every },
             "no-reset" => Fault::ResetIgnored,
             "bus-master-stuck" => Fault::BusMasterStuck,
+            "prefetch" => Fault::Prefetch {
+                queue,
+                depth: depth.unwrap_or(1),
+            },
             _ => Fault::BadPhase { queue, every },
         })
     }
@@ -349,6 +384,7 @@ impl fmt::Display for Fault {
                 queue: q,
                 hold_micros,
             } => write!(f, "storm:hold={hold_micros}us{}", queue(q)),
+            Fault::Prefetch { queue: q, depth } => write!(f, "prefetch:{depth}{}", queue(q)),
         }
     }
 }
@@ -375,6 +411,9 @@ pub(crate) struct Decision {
     /// Withhold the completion for a burst this long after the first withheld one (the
     /// longest if several storms apply).
     pub storm_hold_micros: Option<u64>,
+    /// Fetch up to this many descriptors ahead of the one executed (the deepest if several
+    /// prefetch faults apply; 0: none).
+    pub prefetch: u32,
 }
 
 /// The standing faults (events are applied at injection and never stored).
@@ -444,6 +483,7 @@ impl FaultPlan {
                     queue: q,
                     hold_micros,
                 } if on(q) => d.storm_hold_micros = d.storm_hold_micros.max(Some(*hold_micros)),
+                Fault::Prefetch { queue: q, depth } if on(q) => d.prefetch = d.prefetch.max(*depth),
                 _ => {}
             }
         }
@@ -503,6 +543,15 @@ mod tests {
             Fault::Storm {
                 queue: Some(1),
                 hold_micros: 750,
+            },
+            Fault::BusMasterStuck,
+            Fault::Prefetch {
+                queue: None,
+                depth: 4,
+            },
+            Fault::Prefetch {
+                queue: Some(1),
+                depth: 1,
             },
         ]
     }
@@ -624,6 +673,20 @@ mod tests {
                     hold_micros: 20_000,
                 },
             ),
+            (
+                "prefetch:4",
+                Fault::Prefetch {
+                    queue: None,
+                    depth: 4,
+                },
+            ),
+            (
+                "prefetch:8,queue=1",
+                Fault::Prefetch {
+                    queue: Some(1),
+                    depth: 8,
+                },
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(text.parse::<Fault>(), Ok(want), "{text}");
@@ -650,6 +713,10 @@ mod tests {
             ("storm:hold=1ms,hold=2ms", "given twice"),
             ("storm:every=2", "takes no every"),
             ("latency:5us,hold=1ms", "takes no hold"),
+            ("prefetch", "needs a depth"),
+            ("prefetch:0", "needs a depth"),
+            ("prefetch:65536", "needs a depth"),
+            ("prefetch:4,every=2", "takes no every"),
         ];
         for (text, reason) in cases {
             let err = text.parse::<Fault>().expect_err(text);

@@ -252,3 +252,47 @@ fn bad_phase_is_invisible_then_posted_once() {
     }
     assert_eq!(rig.sim.stats().completions, 6);
 }
+
+/// Fetch ahead (§3, §4): each completion reports `sq_head` past every descriptor fetched so
+/// far, ahead of the completions, which still come once each, in order, with the data moved.
+#[test]
+fn prefetch_reports_sq_head_past_descriptors_not_yet_completed() {
+    let mut rig = Rig::enabled();
+    rig.sim.inject(Fault::Prefetch {
+        queue: Some(0),
+        depth: 3,
+    });
+    let mut tq = TestQueue::start(&mut rig, 0, 16);
+    let data = pattern(6 * 512, 7);
+    let (src, src_iova) = rig.map_data(data.len());
+    rig.buf(src).write_at(0, &data);
+    for i in 0..6u16 {
+        let at = u64::from(i) * 512;
+        tq.push(&rig, desc(opcode::WRITE, i + 1, u64::from(i), 512, src_iova + at));
+    }
+    // One doorbell: the engine's first look sees all six.
+    tq.ring(&rig);
+    let got: Vec<(u16, u8, u16)> = (0..6)
+        .map(|_| {
+            let c = tq.next(&rig);
+            (c.tag, c.status, c.sq_head)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, cq_status::OK, 4),
+            (2, cq_status::OK, 5),
+            (3, cq_status::OK, 6),
+            (4, cq_status::OK, 6),
+            (5, cq_status::OK, 6),
+            (6, cq_status::OK, 6)
+        ],
+        "the head runs three descriptors ahead of the completions"
+    );
+    assert!(tq.stays_empty(&rig), "one completion each");
+    let (dst, dst_iova) = rig.map_data(data.len());
+    tq.submit(&rig, desc(opcode::READ, 7, 0, data.len() as u32, dst_iova));
+    assert_eq!(tq.next(&rig).status, cq_status::OK);
+    assert!(rig.read_buf(dst, 0, data.len()) == data, "every WRITE landed");
+}

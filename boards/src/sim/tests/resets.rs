@@ -160,3 +160,54 @@ fn the_board_works_again_after_a_reset() {
     let data = pattern(4096, 42);
     assert_eq!(write_then_read(&mut rig, &mut tq, 5, &data), data);
 }
+
+/// §6 under [`Fault::Prefetch`]: descriptors fetched ahead (sq_head already past them) are
+/// abandoned with the one held when RUN is cleared: no completion, no DMA once BUSY reads 0.
+#[test]
+fn clearing_run_abandons_descriptors_fetched_ahead() {
+    let mut rig = Rig::enabled();
+    rig.sim.inject(Fault::Prefetch {
+        queue: Some(0),
+        depth: 3,
+    });
+    // A ring of 4 holds 3 completions: the first three fill it, and the engine stalls on the
+    // fourth's completion, holding it and the two fetched behind it.
+    let mut tq = TestQueue::start(&mut rig, 0, 4);
+    let (buf, iova) = rig.map_data(6 * 4096);
+    rig.buf(buf).fill(0, 6 * 4096, 0xAA);
+    for tag in 1..=3u16 {
+        tq.push(
+            &rig,
+            desc(opcode::READ, tag, 0, 4096, iova + u64::from(tag - 1) * 4096),
+        );
+    }
+    tq.ring(&rig);
+    assert!(
+        wait_until(|| tq.peek(&rig, 2).is_some()),
+        "three completions posted"
+    );
+    assert_eq!(tq.peek(&rig, 0).map(|c| c.sq_head), Some(3), "fetched ahead");
+    for tag in 4..=6u16 {
+        tq.push(
+            &rig,
+            desc(opcode::READ, tag, 0, 4096, iova + u64::from(tag - 1) * 4096),
+        );
+    }
+    tq.ring(&rig);
+    assert!(
+        wait_until(|| rig.sim.stats().descriptors == 6),
+        "the engine fetched the last three"
+    );
+    assert!(tq.busy(&rig), "stalled on a full completion ring");
+    tq.stop(&rig);
+    for tag in 1..=3u16 {
+        assert_eq!(tq.next(&rig).tag, tag);
+    }
+    assert!(tq.stays_empty(&rig), "nothing fetched ahead completes");
+    assert!(
+        rig.read_buf(buf, 4 * 4096, 2 * 4096).iter().all(|&b| b == 0xAA),
+        "nothing fetched ahead moved data"
+    );
+    rig.unmap_all();
+    assert!(holds_for_a_while(|| rig.sim.stats().iommu_faults == 0));
+}
