@@ -218,6 +218,11 @@ impl Sca1Queue {
         let cq = CompletionRing::new(map(entries as usize * 16)?, entries, 16, 3, super::desc::CQ_PHASE)
             .map_err(|e| setup("completion ring", &e))?;
         let sgl = map(entries as usize * config.max_sgl.max(1) as usize * 16)?;
+        // N − 1 tags for a ring of N (accelerator.md §4): the ring's one empty slot bounds only
+        // what the engine has not consumed, and an engine that fetches ahead (§3) reports
+        // sq_head past descriptors it has not completed, so with N tags a host could have N
+        // requests outstanding, one more than a device may size its state on.
+        let tags = entries as u16 - 1;
         let mut q = Self {
             device,
             config: QueueConfig { entries, ..config },
@@ -226,8 +231,8 @@ impl Sca1Queue {
             sgl,
             irq,
             irq_gate: IrqGate::default(),
-            slots: vec![Slot::default(); entries as usize],
-            free: (0..entries as u16).rev().collect(),
+            slots: vec![Slot::default(); usize::from(tags)],
+            free: (0..tags).rev().collect(),
             unconsumed: vec![None; entries as usize],
             seq: 0,
             running: false,
@@ -268,7 +273,7 @@ impl Sca1Queue {
         self.stats
     }
 
-    /// Requests in flight.
+    /// Requests in flight: at most RING_SIZE − 1 (§4).
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
     }

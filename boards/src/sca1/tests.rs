@@ -528,3 +528,74 @@ fn copy_moves_blocks_inside_the_medium_on_a_1_1_engine() {
     assert_eq!(driver.geometry().max_copy_blocks, 0, "a 1.0 engine has no COPY");
     let _ = driver.reset();
 }
+
+/// accelerator.md §4: the host keeps at most N − 1 descriptors outstanding on a ring of N. An
+/// engine that fetches ahead (§3, the sim's `prefetch` fault) reports `sq_head` past
+/// descriptors it has not completed, freeing submission slots while their requests are still
+/// in flight, so the ring's own empty slot does not bound what is outstanding: the tags must.
+/// Greedy submission against such an engine never has more than 15 requests in flight on a
+/// ring of 16, reaches 15, and every request completes once, OK, with its data written.
+#[test]
+fn at_most_ring_size_minus_one_requests_are_in_flight_when_the_engine_fetches_ahead() {
+    use super::desc::cq_status;
+    use super::SubmitError;
+    use crate::sim::Fault;
+    let mut rig = Rig::new("sca1-prefetch");
+    rig.sim.inject(Fault::Prefetch {
+        queue: None,
+        depth: 8,
+    });
+    // Slow enough that the host refills the ring while the engine holds what it fetched.
+    rig.sim.inject(Fault::Latency {
+        queue: None,
+        micros: 200,
+    });
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 11 % 253) as u8).collect();
+    rig.data.region().write_at(0, &pattern);
+    let segments = [(rig.data.iova(), 4096)];
+    let total = 300u64;
+    let (mut submitted, mut most) = (0u64, 0usize);
+    let mut done = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.len() < total as usize {
+        assert!(Instant::now() < deadline, "{} of {total} completed", done.len());
+        while submitted < total {
+            let request = Sca1Request {
+                user_tag: submitted,
+                opcode: opcode::WRITE,
+                fua: false,
+                lba: (submitted % 128) * 8,
+                length: 4096,
+                segments: &segments,
+                source: None,
+            };
+            match rig.queue.submit(&request) {
+                Ok(()) => {
+                    submitted += 1;
+                    most = most.max(rig.queue.in_flight());
+                }
+                Err(SubmitError::Full) => break,
+                Err(e) => panic!("submit: {e}"),
+            }
+        }
+        rig.queue.ring_doorbell();
+        for c in rig.reap_all() {
+            assert_eq!((c.status, c.bytes), (cq_status::OK, 4096), "{c:?}");
+            assert!(done.insert(c.user_tag), "tag {} completed twice", c.user_tag);
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    assert_eq!(
+        most, 15,
+        "never more than RING_SIZE - 1 in flight, and the bound reached"
+    );
+    assert_eq!(rig.queue.stats().refused, 0);
+    rig.sim.clear_faults();
+    rig.data.region().write_at(0, &[0u8; 4096]);
+    rig.submit(total, opcode::READ, 8 * 5);
+    rig.wait_posted(total + 1);
+    assert_eq!(rig.reap_all().len(), 1);
+    let mut back = vec![0u8; 4096];
+    rig.data.region().read_at(0, &mut back);
+    assert!(back == pattern, "the WRITEs landed");
+}
