@@ -16,7 +16,6 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
 use scst_accel_hal::RegisterIo;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -236,8 +235,23 @@ pub(super) struct ResetState {
     /// Recoveries completed ([`Sca1::reset_count`]): published while `under_way` still counts
     /// the recovery, so no queue restarts between the reset and the count's move.
     resets: AtomicU64,
-    /// A recovery runs: a second caller of [`Sca1::recover`] waits for it.
-    recovering: AtomicBool,
+    /// The recoveries, in one word so that a waiter learns the outcome of the very recovery it
+    /// waited for: its generation (bits 63:2), running (bit 1), and whether the last one
+    /// succeeded (bit 0). A second caller of [`Sca1::recover`] waits for the running one.
+    recovery: AtomicU64,
+}
+
+/// [`ResetState::recovery`]: a recovery runs.
+pub(super) const RECOVERY_RUNNING: u64 = 0b10;
+/// [`ResetState::recovery`]: the last recovery succeeded.
+pub(super) const RECOVERY_OK: u64 = 0b01;
+
+#[cfg(test)]
+impl Sca1 {
+    /// The recovery word and the reset count, for tests that stand in for a recovery's steps.
+    pub(super) fn recovery_state(&self) -> (&AtomicU64, &AtomicU64) {
+        (&self.state.recovery, &self.state.resets)
+    }
 }
 
 impl ResetState {
@@ -531,17 +545,21 @@ impl Sca1 {
     /// As [`Sca1::reset`], or the bounded wait for READY; for a caller that waited,
     /// [`Sca1Error::RecoveryFailed`] when the other recovery failed, or the bounded wait for it.
     pub fn recover(&self) -> Result<(), Sca1Error> {
-        let before = self.reset_count();
-        if self
-            .state
-            .recovering
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return self.wait_for_other_recovery(before);
-        }
+        let word = &self.state.recovery;
+        let mut seen = word.load(Ordering::SeqCst);
+        let generation = loop {
+            if seen & RECOVERY_RUNNING != 0 {
+                return self.wait_for_other_recovery(seen);
+            }
+            let next = ((seen >> 2) + 1) << 2;
+            match word.compare_exchange(seen, next | RECOVERY_RUNNING, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break next,
+                Err(now) => seen = now,
+            }
+        };
         let result = self.recover_now();
-        self.state.recovering.store(false, Ordering::SeqCst);
+        let ok = if result.is_ok() { RECOVERY_OK } else { 0 };
+        word.store(generation | ok, Ordering::SeqCst);
         result
     }
 
@@ -564,15 +582,22 @@ impl Sca1 {
         Ok(())
     }
 
-    /// Wait for another thread's recovery: its reset (a soft reset, then perhaps a function
-    /// reset, given as long) and its wait for READY, each bounded by RESET_TIMEOUT.
-    fn wait_for_other_recovery(&self, before: u64) -> Result<(), Sca1Error> {
-        self.wait(
+    /// Wait for another thread's recovery, `running` ([`ResetState::recovery`] as read while
+    /// it ran): its reset (a soft reset, then perhaps a function reset, given as long) and its
+    /// wait for READY, each bounded by RESET_TIMEOUT; then share its outcome. A recovery that
+    /// began after it ended started from a newer failure: it is waited for too, within the
+    /// same bound.
+    fn wait_for_other_recovery(&self, running: u64) -> Result<(), Sca1Error> {
+        let word = &self.state.recovery;
+        let outcome = self.wait(
             "another thread's recovery of the function",
             self.reset_timeout() * 4,
-            || (!self.state.recovering.load(Ordering::SeqCst)).then_some(()),
+            || {
+                let now = word.load(Ordering::SeqCst);
+                (now != running && now & RECOVERY_RUNNING == 0).then_some(now)
+            },
         )?;
-        if self.reset_count() != before {
+        if outcome & RECOVERY_OK != 0 {
             Ok(())
         } else {
             Err(Sca1Error::RecoveryFailed {

@@ -591,6 +591,42 @@ fn concurrent_recoveries_of_one_function_run_once() {
     }
 }
 
+/// A caller that arrives while a recovery runs shares that very recovery's outcome, even when it
+/// arrives after the recovery published its reset count (no count move left for it to see):
+/// here the test stands in for a recovery at that point, then ends it with success, then
+/// another one with failure.
+#[test]
+fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
+    use super::driver::RECOVERY_OK;
+    use super::driver::RECOVERY_RUNNING;
+    let rig = Rig::new("sca1-late-waiter", 1);
+    for (generation, outcome) in [(1u64, RECOVERY_OK), (2, 0)] {
+        let (word, resets) = rig.driver.recovery_state();
+        word.store((generation << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
+        if outcome == RECOVERY_OK {
+            resets.fetch_add(1, Ordering::SeqCst);
+        }
+        let waiter = {
+            let driver = Arc::clone(&rig.driver);
+            std::thread::spawn(move || driver.recover())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "the second caller waits for the running recovery"
+        );
+        word.store((generation << 2) | outcome, Ordering::SeqCst);
+        let result = waiter.join().expect("waiter");
+        match outcome {
+            RECOVERY_OK => result.expect("the recovery's success is shared"),
+            _ => assert!(
+                matches!(result, Err(Sca1Error::RecoveryFailed { .. })),
+                "{result:?}"
+            ),
+        }
+    }
+}
+
 /// A reap takes at most ring size - 1 entries (what an honest device can post before the host
 /// writes CQ_HEAD, accelerator.md §4): a device that ignores CQ_HEAD and keeps writing
 /// valid-phase entries cannot hold the queue's owner in one reap. Here it fills all 16 slots
