@@ -144,6 +144,9 @@ pub struct NvmeController {
     /// Resets and shutdowns under way, whose outcome a queue that finds the controller
     /// disabled under it waits for ([`NvmeController::await_quiesced`]).
     disabling: AtomicU64,
+    /// A recovery runs ([`NvmeController::recover`]), from before its reset until after it
+    /// published its reset count: a second caller waits for it, and no I/O queue is re-created
+    /// meanwhile ([`NvmeController::recovery_under_way`]).
     recovering: AtomicBool,
     /// Per I/O queue id (index 0 unused): the controller epoch in which that queue was
     /// created on the device, plus 1; 0 once deleted. What the shutdown deletes first.
@@ -488,7 +491,11 @@ impl NvmeController {
 
     /// Reset, then enable with fresh admin rings and ask for the I/O queues again; bump the
     /// reset count. I/O queues are re-created by each queue's own restart (only the owner
-    /// thread touches its queue's memory). Concurrent callers wait for the one running.
+    /// thread touches its queue's memory), not before the count moved: the admin queue serves
+    /// again from the enable on, but a queue re-created between the reset and the count's move
+    /// would take requests the store then fails ABORTED when it sees the new count, while the
+    /// controller may still run them ([`NvmeQueue::restart`] refuses with
+    /// [`NvmeError::ResetUnderWay`] until then). Concurrent callers wait for the one running.
     ///
     /// # Errors
     /// As [`NvmeController::reset`], the bounded wait for CSTS.RDY, or SET FEATURES.
@@ -527,7 +534,8 @@ impl NvmeController {
             });
         }
         // Published only once the controller serves again, so a queue that sees the new count
-        // can restart at once.
+        // can restart at once, and before `recovering` clears: no queue was re-created since
+        // the reset, so every request this count fails was submitted before it.
         self.resets.fetch_add(1, Ordering::AcqRel);
         log::info!("{}: controller recovered", self.id());
         Ok(())
@@ -558,6 +566,15 @@ impl NvmeController {
     /// Recoveries so far.
     pub fn reset_count(&self) -> u64 {
         self.resets.load(Ordering::Acquire)
+    }
+
+    /// A recovery runs: from before its reset moves the epoch until after it published its
+    /// reset count. A queue that reads the epoch, then finds no recovery under way, either read
+    /// an epoch no reset of a running recovery made (a later reset moves it, and the queue,
+    /// created in the epoch it read, stops counting as live), or one of a recovery whose count
+    /// it then sees (the flag is set before the reset and cleared after the count's move).
+    pub(crate) fn recovery_under_way(&self) -> bool {
+        self.recovering.load(Ordering::Acquire)
     }
 
     /// The bound on the wait for CSTS.SHST = 10b after CC.SHN = 01b: RTD3E as Linux reads it

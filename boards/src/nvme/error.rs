@@ -58,6 +58,17 @@ pub enum NvmeError {
         /// Device.
         device: String,
     },
+    /// A queue cannot be re-created while a recovery of its controller is under way.
+    #[error(
+        "{device}: I/O queue {queue} not re-created: a recovery of the controller is under way; \
+         restart it again once the reset count moves"
+    )]
+    ResetUnderWay {
+        /// Device.
+        device: String,
+        /// The queue.
+        queue: u16,
+    },
     /// A queue found the controller disabled by another thread's reset that had not proven
     /// CSTS.RDY = 0 within the caller's bound: nothing of the queue may be released yet.
     #[error(
@@ -118,6 +129,7 @@ impl From<NvmeError> for EngineError {
             | NvmeError::Command { ref device, .. }
             | NvmeError::ResetDuringCommand { ref device, .. }
             | NvmeError::Disabled { ref device }
+            | NvmeError::ResetUnderWay { ref device, .. }
             | NvmeError::Unsupported { ref device, .. }
             | NvmeError::Memory { ref device, .. }
             | NvmeError::Hal { ref device, .. } => {

@@ -200,7 +200,8 @@ impl NvmeQueue {
             stats: NvmeQueueStats::default(),
             ctrl,
         };
-        q.create_on_device()?;
+        let epoch = q.ctrl.epoch();
+        q.create_on_device(epoch)?;
         Ok(q)
     }
 
@@ -229,9 +230,10 @@ impl NvmeQueue {
         self.live_epoch == Some(self.ctrl.epoch()) && self.ctrl.is_enabled()
     }
 
-    /// CREATE I/O CQ then CREATE I/O SQ (NVMe 1.4 §5.3, §5.4), physically contiguous.
-    fn create_on_device(&mut self) -> Result<(), NvmeError> {
-        let epoch = self.ctrl.epoch();
+    /// CREATE I/O CQ then CREATE I/O SQ (NVMe 1.4 §5.3, §5.4), physically contiguous; the
+    /// queue counts as live in `epoch`, read before the commands were sent (a reset that began
+    /// since leaves it not live).
+    fn create_on_device(&mut self, epoch: u64) -> Result<(), NvmeError> {
         let size = u32::from(self.depth - 1) << 16;
         let qid = u32::from(self.qid);
         let interrupts = match self.irq {
@@ -879,11 +881,17 @@ impl NvmeQueue {
     }
 
     /// Run again after a stop or a controller reset: zeroed rings, head, tail and phase back
-    /// to the start, and the CQ then the SQ created again through the admin queue.
+    /// to the start, and the CQ then the SQ created again through the admin queue. Not while
+    /// a recovery of the controller is under way: its enable lets the admin queue serve before
+    /// its reset count moves, and requests of a queue re-created then would be failed by that
+    /// move (the store fails a queue's requests ABORTED when the count moves) while the
+    /// controller may still run them and move their data.
     ///
     /// # Errors
-    /// [`NvmeError::Disabled`] when requests are still in flight (abandon them first) or the
-    /// controller is not enabled; errors of the admin commands.
+    /// [`NvmeError::Unsupported`] when requests are still in flight (abandon them first);
+    /// [`NvmeError::ResetUnderWay`] while a recovery runs and [`NvmeError::Disabled`] when the
+    /// controller is not enabled (restart again once the reset count moves); errors of the
+    /// admin commands. The queue is left stopped.
     pub fn restart(&mut self) -> Result<(), NvmeError> {
         if self.in_flight() > 0 {
             return Err(NvmeError::Unsupported {
@@ -897,6 +905,14 @@ impl NvmeQueue {
         }
         // Deletes the queue, or proves the controller dropped it (no DMA into the rings).
         self.stop()?;
+        // The epoch before the recovery flag (see `NvmeController::recovery_under_way`).
+        let epoch = self.ctrl.epoch();
+        if self.ctrl.recovery_under_way() {
+            return Err(NvmeError::ResetUnderWay {
+                device: self.ctrl.id().to_owned(),
+                queue: self.qid,
+            });
+        }
         if !self.ctrl.is_enabled() {
             return Err(NvmeError::Disabled {
                 device: self.ctrl.id().to_owned(),
@@ -909,7 +925,7 @@ impl NvmeQueue {
         if let Some(irq) = &self.irq {
             irq.clear();
         }
-        self.create_on_device()?;
+        self.create_on_device(epoch)?;
         self.stats.restarts += 1;
         Ok(())
     }

@@ -17,7 +17,12 @@
 //!   controller that takes long to become ready), and a count of CC writes that clear EN while
 //!   the host can only have seen RDY = 0 since it set EN, which NVMe 1.4 §3.1.5 leaves undefined
 //!   (the simulator accepts it, so only the interposer can tell);
-//! - a function reset that fails.
+//! - a function reset that fails;
+//! - a recovery held after its enable: the thread that sets CC.EN while `hold_after_enable` is
+//!   armed is held on its first CSTS read after it rang the admin SQ tail doorbell (the health
+//!   check while it waits for its first admin command, SET FEATURES), until the test releases
+//!   it. The admin queue serves then, and the recovery has not published its reset count; other
+//!   threads pass. The simulator cannot stop a host thread between two of its own steps.
 
 use scst_accel_hal::sim::SimDevice;
 use scst_accel_hal::DeviceBacking;
@@ -30,6 +35,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::thread::ThreadId;
+use std::time::Duration;
 use std::time::Instant;
 
 /// CAP (NVMe 1.4 §3.1.1) and CC (§3.1.5) offsets, and the fields touched here, written out
@@ -40,6 +48,10 @@ const CC_EN: u32 = 1;
 const CSTS: u64 = 0x1C;
 const CSTS_RDY: u32 = 1;
 const CSTS_CFS: u32 = 1 << 1;
+/// The admin SQ tail doorbell (queue 0's, whatever CAP.DSTRD says).
+const ADMIN_SQ_DOORBELL: u64 = 0x1000;
+/// The longest a held thread is held when the test never releases it.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
 /// CAP.TO, bits 31:24, in 500 ms units.
 const CAP_TO_SHIFT: u32 = 24;
 const CAP_TO_MASK: u64 = 0xFF << CAP_TO_SHIFT;
@@ -63,6 +75,67 @@ pub struct Knobs {
     pub disables_before_ready: AtomicU64,
     /// When EN was last set: nanoseconds since the interposer was made, plus 1 (0: EN clear).
     enabled_at: AtomicU64,
+    /// Hold the next thread that sets CC.EN (see the module doc), once.
+    pub hold_after_enable: AtomicBool,
+    /// That thread is held.
+    pub held: AtomicBool,
+    /// Let it go.
+    pub release: AtomicBool,
+    /// The thread to hold, and whether it rang the admin SQ doorbell since it set CC.EN.
+    hold: Mutex<Option<(ThreadId, bool)>>,
+}
+
+impl Knobs {
+    /// Wait (bounded) until a thread is held; false if none was within the bound.
+    pub fn wait_held(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while !self.held.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    fn hold_state(&self) -> std::sync::MutexGuard<'_, Option<(ThreadId, bool)>> {
+        self.hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A register write by this thread: a CC write setting EN picks it (when armed), its admin
+    /// SQ doorbell marks it ready to hold.
+    fn note_write(&self, offset: u64, value: u32) {
+        let me = std::thread::current().id();
+        if offset == CC && value & CC_EN != 0 && self.hold_after_enable.swap(false, Ordering::AcqRel) {
+            *self.hold_state() = Some((me, false));
+        } else if offset == ADMIN_SQ_DOORBELL {
+            if let Some((thread, rang)) = self.hold_state().as_mut() {
+                if *thread == me {
+                    *rang = true;
+                }
+            }
+        }
+    }
+
+    /// A CSTS read by this thread: hold it when it is the picked thread and rang its doorbell.
+    fn maybe_hold(&self) {
+        let me = std::thread::current().id();
+        {
+            let mut state = self.hold_state();
+            if *state != Some((me, true)) {
+                return;
+            }
+            *state = None;
+        }
+        log::info!("interposer: holding the thread that enabled the controller");
+        self.held.store(true, Ordering::Release);
+        let deadline = Instant::now() + HOLD_LIMIT;
+        while !self.release.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// Settings fixed at creation.
@@ -112,6 +185,7 @@ impl RegisterIo for Bar {
 
     fn read32(&self, offset: u64) -> u32 {
         if offset == CSTS {
+            self.knobs.maybe_hold();
             return self.csts();
         }
         let value = self.inner.bar0().read32(offset);
@@ -122,6 +196,7 @@ impl RegisterIo for Bar {
     }
 
     fn write32(&self, offset: u64, value: u32) {
+        self.knobs.note_write(offset, value);
         if offset == CC && value & CC_EN == 0 && self.knobs.stuck_disable.load(Ordering::Acquire) {
             log::info!("interposer: CC write {value:#x} (EN = 0) dropped: the disable never finishes");
             self.knobs.dropped_disables.fetch_add(1, Ordering::Relaxed);

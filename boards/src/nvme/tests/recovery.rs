@@ -355,6 +355,54 @@ fn a_failed_reset_stops_no_queue() {
     finish_after_reset(rig, buf);
 }
 
+/// A recovery held after its enable, while it waits for SET FEATURES (the admin queue serves,
+/// its reset count has not moved): another thread's queue restart must not re-create its I/O
+/// queue. It used to, and took requests the store then failed ABORTED when the count moved
+/// (it fails a queue's requests when the function's reset count moves), while the controller
+/// could still run them and move data into buffers reused meanwhile. The restart is refused
+/// with `ResetUnderWay`, which the store retries; once the recovery published its count,
+/// every queue restarts and serves.
+#[test]
+fn no_queue_is_re_created_before_a_recovery_publishes_its_reset_count() {
+    let (mut rig, knobs) = interposed("drv-restart-in-recovery", &config());
+    verified_io(&mut rig.queues[1], 0, 1);
+    // SET FEATURES is still pending when the recovery first looks: it is held there.
+    rig.sim.inject(fault("latency:100ms"));
+    knobs.hold_after_enable.store(true, Ordering::Release);
+    let ctrl = Arc::clone(&rig.ctrl);
+    let recovery = std::thread::spawn(move || ctrl.recover().map_err(|e| e.to_string()));
+    assert!(
+        knobs.wait_held(Duration::from_secs(5)),
+        "the recovery reached its SET FEATURES"
+    );
+    assert!(rig.ctrl.is_enabled(), "the admin queue serves again");
+    assert_eq!(rig.ctrl.reset_count(), 0, "the count has not moved");
+
+    let refused = rig.queues[1].restart();
+
+    assert!(
+        matches!(refused, Err(NvmeError::ResetUnderWay { queue: 2, .. })),
+        "restart during the recovery: {refused:?}"
+    );
+    assert!(!rig.queues[1].is_running());
+    let buf = buffer(&rig.ctrl, 4096);
+    assert_eq!(
+        rig.queues[1].submit(&req(7, DeviceOp::Read, 0, 4096, &[(buf.iova(), 4096)])),
+        Err(SubmitError::NotRunning),
+        "the queue takes no request until it restarts"
+    );
+    knobs.release.store(true, Ordering::Release);
+    recovery.join().expect("recovery thread").expect("recovery");
+    assert_eq!(rig.ctrl.reset_count(), 1);
+    rig.sim.clear_faults();
+    for (i, q) in rig.queues.iter_mut().enumerate() {
+        q.restart().expect("restart after the recovery");
+        verified_io(q, 16 * i as u64, 2 + i as u8);
+    }
+    drop(buf);
+    rig.finish();
+}
+
 /// After a reset: every queue stopped, the controller recovered and shut down, then the IOMMU
 /// checked.
 fn finish_after_reset(rig: Rig, buf: scst_accel_dma::MappedRegion) {
