@@ -183,6 +183,15 @@ impl AdminQueue {
         }
     }
 
+    /// Run `during` with the command state locked, as a submitter finds it when a reset takes
+    /// it first.
+    #[cfg(test)]
+    pub(super) fn with_state_locked(&self, during: impl FnOnce()) {
+        let mut token = LockToken::root();
+        let _state = self.state.lock(&mut token);
+        during();
+    }
+
     /// Submit `sqe` (its CID is set here) and wait, bounded by `timeout`, for its completion.
     ///
     /// # Errors
@@ -234,6 +243,15 @@ impl AdminQueue {
             }
             {
                 let (mut state, _) = self.state.lock(token);
+                // Again under the lock: a reset between the look above and this lock may have
+                // made the rings fresh for a disabled controller ([`AdminQueue::reset_rings`]
+                // runs under this lock after the flag is cleared); a command pushed onto them
+                // now would run after the re-enable, ahead of the recovery's own commands.
+                if !self.is_enabled() {
+                    return Err(NvmeError::Disabled {
+                        device: self.device.id().to_owned(),
+                    });
+                }
                 self.reap(&mut state);
                 let free = state.slots.iter().position(|s| s.state == SlotState::Free);
                 if let (Some(index), true) = (free, state.sq.free_slots() > 0) {

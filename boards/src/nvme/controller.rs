@@ -377,6 +377,12 @@ impl NvmeController {
         self.admin.is_enabled()
     }
 
+    /// The admin queue, for tests that hold its state.
+    #[cfg(test)]
+    pub(super) fn admin_queue(&self) -> &AdminQueue {
+        &self.admin
+    }
+
     /// Run one admin command, bounded by the configured admin timeout.
     pub(crate) fn admin(&self, command: &'static str, sqe: Sqe) -> Result<cmd::Cqe, NvmeError> {
         self.admin.execute(command, sqe, self.config.admin_timeout)

@@ -692,3 +692,38 @@ fn a_shutdown_skips_deleted_queues_and_goes_on_when_a_deletion_times_out() {
     assert_eq!(rig.sim.stats().shutdowns_with_io_queues, 1);
     rig.release();
 }
+
+/// An admin command whose submitter looked at the enabled flag before a reset took the admin
+/// queue's lock is refused when it gets the lock after the reset cleared the flag: pushed onto
+/// the rings a reset made fresh, it would run once the controller is enabled again, ahead of
+/// the recovery's own commands. Here the test holds the lock while a submitter waits for it,
+/// and clears the flag as a reset does first.
+#[test]
+fn an_admin_command_that_waited_for_a_reset_is_refused() {
+    use crate::nvme::cmd::admin_opcode;
+    use crate::nvme::cmd::Sqe;
+    use crate::nvme::NvmeError;
+    let rig = Rig::up("nvme-admin-race", NvmeSimConfig::default(), &config());
+    let ctrl = Arc::clone(&rig.ctrl);
+    let admin = rig.ctrl.admin_queue();
+    let mut submitter = None;
+    admin.with_state_locked(|| {
+        let ctrl = Arc::clone(&ctrl);
+        submitter = Some(std::thread::spawn(move || {
+            let sqe = Sqe {
+                opcode: admin_opcode::ABORT,
+                cdw10: 0xffff << 16,
+                ..Sqe::default()
+            };
+            ctrl.admin("ABORT", sqe)
+        }));
+        // Test code, not the driver's: the submitter is past its first look and waits here.
+        std::thread::sleep(Duration::from_millis(50));
+        admin.set_enabled(false);
+    });
+    let result = submitter.expect("spawned").join().expect("submitter");
+    assert!(matches!(result, Err(NvmeError::Disabled { .. })), "{result:?}");
+    admin.set_enabled(true);
+    drop(ctrl);
+    rig.finish();
+}
