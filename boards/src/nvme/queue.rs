@@ -138,6 +138,12 @@ pub struct NvmeQueue {
     stats: NvmeQueueStats,
 }
 
+/// Invalid Queue Identifier (command specific 01h, NVMe 1.4 Figures 152 and 156): the queue
+/// ID is in use (or above what the controller granted).
+fn is_invalid_queue_identifier(status: Status) -> bool {
+    status.sct() == sct::COMMAND_SPECIFIC && status.sc() == 0x01
+}
+
 impl NvmeQueue {
     /// Allocate and map the rings and PRP pages of queue `qid` with `depth` entries (a power
     /// of two), then create the CQ and SQ on the controller.
@@ -240,16 +246,33 @@ impl NvmeQueue {
             Some(_) => CQ_IEN | (qid << 16),
             None => 0,
         };
-        self.ctrl.admin(
-            "CREATE I/O CQ",
-            Sqe {
-                opcode: admin_opcode::CREATE_CQ,
-                prp1: self.cq_iova,
-                cdw10: qid | size,
-                cdw11: QUEUE_PC | interrupts,
-                ..Sqe::default()
-            },
-        )?;
+        let create_cq = Sqe {
+            opcode: admin_opcode::CREATE_CQ,
+            prp1: self.cq_iova,
+            cdw10: qid | size,
+            cdw11: QUEUE_PC | interrupts,
+            ..Sqe::default()
+        };
+        match self.ctrl.admin("CREATE I/O CQ", create_cq) {
+            Err(NvmeError::Command { status, .. }) if is_invalid_queue_identifier(status) => {
+                // The controller has this queue though the driver holds it not live: a creation
+                // that lost a race with a recovery (it ran after the recovery's enable, the
+                // queue read the epoch before it). It takes no request of this driver, but
+                // would refuse every creation from now on: delete it (its SQ, then its CQ; a
+                // deletion of what is not there fails harmlessly) and create it once more.
+                log::warn!(
+                    "{}: I/O queue {} exists on the controller though it is not live here                      (created across a recovery): deleting it and creating it again",
+                    self.ctrl.id(),
+                    self.qid
+                );
+                self.delete_best_effort("DELETE I/O SQ", admin_opcode::DELETE_SQ);
+                self.delete_best_effort("DELETE I/O CQ", admin_opcode::DELETE_CQ);
+                self.ctrl.admin("CREATE I/O CQ", create_cq)?;
+            }
+            r => {
+                r?;
+            }
+        }
         let sq = self.ctrl.admin(
             "CREATE I/O SQ",
             Sqe {
@@ -262,7 +285,7 @@ impl NvmeQueue {
             },
         );
         if let Err(e) = sq {
-            self.delete_cq_best_effort();
+            self.delete_best_effort("DELETE I/O CQ", admin_opcode::DELETE_CQ);
             return Err(e);
         }
         self.live_epoch = Some(epoch);
@@ -280,21 +303,19 @@ impl NvmeQueue {
         Ok(())
     }
 
-    fn delete_cq_best_effort(&self) {
+    /// Delete this queue's SQ or CQ, logging a failure: cleanup whose failure changes nothing
+    /// the caller does next.
+    fn delete_best_effort(&self, command: &'static str, opcode: u8) {
         let r = self.ctrl.admin(
-            "DELETE I/O CQ",
+            command,
             Sqe {
-                opcode: admin_opcode::DELETE_CQ,
+                opcode,
                 cdw10: u32::from(self.qid),
                 ..Sqe::default()
             },
         );
         if let Err(e) = r {
-            log::warn!(
-                "{}: deleting CQ {} after a failed SQ creation: {e}",
-                self.ctrl.id(),
-                self.qid
-            );
+            log::warn!("{}: {command} {} (cleanup): {e}", self.ctrl.id(), self.qid);
         }
     }
 

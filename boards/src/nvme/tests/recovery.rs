@@ -727,3 +727,49 @@ fn an_admin_command_that_waited_for_a_reset_is_refused() {
     drop(ctrl);
     rig.finish();
 }
+
+/// A queue the controller still has although the driver holds it not live (a creation that
+/// lost a race with a recovery: it ran after the recovery's enable) does not stop the queue
+/// from ever being created again: the restart finds its ID in use, deletes it and creates it
+/// anew. Here the test creates the stray queue itself, with the ID of a queue it stopped.
+#[test]
+fn a_restart_replaces_a_queue_created_across_a_recovery() {
+    use crate::nvme::cmd::admin_opcode;
+    use crate::nvme::cmd::Sqe;
+    use crate::nvme::cmd::QUEUE_PC;
+    let mut rig = Rig::up("nvme-stray-queue", NvmeSimConfig::default(), &config());
+    QueueEngine::stop(&mut rig.queues[0]).expect("stop");
+    let qid = 1u32;
+    let (cq, sq) = (buffer(&rig.ctrl, 4096), buffer(&rig.ctrl, 4096));
+    let size = 15 << 16;
+    rig.ctrl
+        .admin(
+            "CREATE I/O CQ",
+            Sqe {
+                opcode: admin_opcode::CREATE_CQ,
+                prp1: cq.iova(),
+                cdw10: qid | size,
+                cdw11: QUEUE_PC,
+                ..Sqe::default()
+            },
+        )
+        .expect("the stray CQ");
+    rig.ctrl
+        .admin(
+            "CREATE I/O SQ",
+            Sqe {
+                opcode: admin_opcode::CREATE_SQ,
+                prp1: sq.iova(),
+                cdw10: qid | size,
+                cdw11: QUEUE_PC | (qid << 16),
+                ..Sqe::default()
+            },
+        )
+        .expect("the stray SQ");
+    rig.queues[0]
+        .restart()
+        .expect("the restart replaces the stray queue");
+    verified_io(&mut rig.queues[0], 16, 3);
+    drop((cq, sq));
+    rig.finish();
+}
