@@ -405,9 +405,10 @@ fn an_nvme_abort_waits_for_another_threads_reset_only_within_its_bound() {
     let mappings = sim.iommu().mappings();
     let start = Instant::now();
 
-    q.abort_all();
+    let aborted = q.abort_all();
 
     let took = start.elapsed();
+    assert_eq!(aborted, 0, "held until the proof comes, not aborted");
     assert!(took < Duration::from_millis(1000), "the abort took {took:?}");
     let mut out: Vec<StoreCompletion> = Vec::new();
     q.reap(&mut out);
@@ -425,4 +426,74 @@ fn an_nvme_abort_waits_for_another_threads_reset_only_within_its_bound() {
     assert_eq!(out[0].status, StoreStatus::Aborted);
     assert!(store.failure().is_none(), "{:?}", store.failure());
     assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// A queue restarted after another queue's recovery of the function (here the teardown's abort
+/// of a queue that had not reaped since that recovery: its stop succeeds, the reset having
+/// stopped it) counts that recovery as seen: a request it serves after the restart completes.
+/// Before, the queue kept the old count, and its next health check took the count's move for a
+/// reset after the request, failing it ABORTED (its buffer reused) while the engine ran it.
+#[test]
+fn a_queue_restarted_after_another_queues_recovery_serves_what_comes_next() {
+    let config = SimConfig {
+        num_blocks: 4096,
+        ..SimConfig::default()
+    };
+    let opened = open_board(&definition::SIM, BoardSource::Sim(config), 2).expect("open");
+    let sim = opened.sim.clone().expect("simulated board");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(opened.controller.device()))),
+        Some(Arc::clone(opened.controller.iovas())),
+        16 << 20,
+    ));
+    let (store, mut q) = store_reading(
+        opened.controller,
+        opened.queues,
+        &pool,
+        Duration::from_secs(10),
+        || {
+            sim.inject(Fault::Latency {
+                queue: None,
+                micros: 300_000,
+            })
+        },
+    );
+    store
+        .board()
+        .recover()
+        .expect("another queue's recovery of the function");
+    assert_eq!(q.abort_all(), 1, "the READ in flight is aborted");
+    // Submitted before the queue reaps again: its next health check is the first to look.
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 2,
+            op: StoreOp::Read { lba: 8, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    let mut answered = reap_until_answered(&mut q);
+    if answered.len() < 2 {
+        answered.extend(reap_until_answered(&mut q));
+    }
+    assert_eq!(
+        answered,
+        [
+            StoreCompletion {
+                tag: 1,
+                status: StoreStatus::Aborted
+            },
+            StoreCompletion {
+                tag: 2,
+                status: StoreStatus::Good
+            }
+        ],
+        "the second READ is served, not failed by the recovery before it"
+    );
+    assert!(store.failure().is_none());
 }

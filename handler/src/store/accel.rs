@@ -7,10 +7,19 @@
 //! per range), and their completions are gathered back into one.
 //!
 //! Every completion is validated by the queue before it is trusted. A request the device does
-//! not complete within `command_timeout` escalates: stop the queue (RUN=0, bounded wait for
-//! BUSY=0); if the engine stays busy, reset the function; then every request of the queue is
-//! failed (ABORTED) and the queue restarted. A device that is gone fails everything at once
-//! and for good. None of this blocks other queues or panics.
+//! not complete within `command_timeout` escalates: ask the device to abort the late requests
+//! (NVMe ABORT), bounded; else stop the queue (RUN=0, bounded wait for BUSY=0; NVMe: delete
+//! its SQ and CQ); if the engine stays busy, reset the function; then every request of the
+//! queue is failed (ABORTED) and the queue restarted. A stop that finds another thread's reset
+//! not yet proven holds the requests until that proof comes (`proof_pending`). Nothing is
+//! failed, its buffer released, before something proves the device does no more DMA for it
+//! (a stop, a reset, bus mastering cleared, the function off the bus); without a proof the
+//! requests are held for good. A device that is gone fails everything at once and for good.
+//! Nothing panics, and no wait is unbounded; queues of one function do wait for each other
+//! where the function is shared: one recovery runs at a time (a second caller waits, bounded,
+//! for the first's outcome), and a queue restarts only once a recovery under way has published
+//! its reset count. A stopped queue with nothing to do retries its restart when the next
+//! request comes.
 
 use super::CopyPath;
 use super::IoBuffer;
@@ -409,8 +418,9 @@ struct AccelQueue {
     ///
     /// [`Geometry::max_copy_blocks`]: scst_accel_boards::engine::Geometry::max_copy_blocks
     copy_blocks: u32,
-    /// Restarts have failed since then (another queue's recovery may still be running).
-    restart_failing_since: Option<Instant>,
+    /// Restarts have failed since the first instant, the last one at the second (another
+    /// queue's recovery may still be running).
+    restart_failing_since: Option<(Instant, Instant)>,
     /// The device zeroes without a data transfer ([`Geometry::supports_write_zeroes`]).
     write_zeroes: bool,
     /// On a device without write zeroes: one WRITE SAME chunk of zero blocks, mapped for the
@@ -1188,15 +1198,27 @@ impl AccelQueue {
     /// same function is still running (an NVMe queue is re-created through the admin queue);
     /// the queue then stays stopped, its requests waiting, and the health check retries. Only
     /// a restart that keeps failing for twice the command timeout, or a gone device, makes
-    /// the store give up.
+    /// the store give up: failures further apart than that (the queue idle in between, so
+    /// nothing retried) start the count again.
+    ///
+    /// A restarted queue has seen every reset so far: no restart runs while a recovery is under
+    /// way (rule 5, docs/boards.md), so the count read here, before anything is submitted, is
+    /// the one the queue runs under, and a later move of it is a reset after this restart.
+    /// (Read after: a reset that completes in between leaves the queue not running, and it is
+    /// restarted again.) Without this, a queue restarted by a path that did not read the count
+    /// (a stop that succeeded after another queue's recovery) kept the old one, and its next
+    /// health check failed the requests submitted since as ABORTED while the device ran them.
     fn restart_queue(&mut self) -> bool {
         match self.queue.restart() {
             Ok(()) => {
+                self.seen_resets = self.board.reset_count();
                 self.restart_failing_since = None;
                 true
             }
             Err(e) => {
-                let since = *self.restart_failing_since.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                let since = failing_since(self.restart_failing_since, now, self.config.command_timeout * 2);
+                self.restart_failing_since = Some((since, now));
                 log::warn!(
                     "{} queue {}: restart failed: {e}; retrying ({:?} so far)",
                     self.board.id(),
@@ -1324,6 +1346,12 @@ impl AccelQueue {
         let Some(since) = self.proof_pending else {
             return false;
         };
+        // Asked once per health interval, as the other health checks: a stop that finds the
+        // proof still pending reads registers and logs why.
+        if self.last_health.elapsed() < self.config.health_interval {
+            return true;
+        }
+        self.last_health = Instant::now();
         match self.queue.stop_within(Duration::ZERO) {
             Ok(()) => {
                 self.proof_pending = None;
@@ -1404,6 +1432,18 @@ impl AccelQueue {
         if !self.queue.is_running() && !self.gone {
             self.restart_queue();
         }
+    }
+}
+
+/// Since when restarts have been failing, one failing at `now`: since the first of a run of
+/// failures each less than `gap` after the one before (`previous`: the run's first and last),
+/// else since `now`. A queue retries only while it has work, so a run ends when the queue went
+/// idle after a failure; counting from its first failure, one failure hours later would give up
+/// the store at once.
+fn failing_since(previous: Option<(Instant, Instant)>, now: Instant, gap: Duration) -> Instant {
+    match previous {
+        Some((first, last)) if now.saturating_duration_since(last) < gap => first,
+        _ => now,
     }
 }
 
@@ -1488,7 +1528,9 @@ impl StoreQueue for AccelQueue {
             "teardown: aborting requests still in flight",
             Some(TEARDOWN_STOP_BOUND),
         );
-        n
+        // Those still here are held (no proof yet that the device stopped DMA for them:
+        // `proof_pending`, or a store that gave up without one): not aborted.
+        n - self.parents.len()
     }
 }
 
@@ -1545,5 +1587,32 @@ impl Drop for AccelQueue {
                 abandoned.len()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failing_since;
+    use std::time::Duration;
+    use std::time::Instant;
+
+    /// Restart failures close together are one run, counted from its first; one that comes
+    /// after a longer quiet (the queue idle, nothing retried) starts a new run.
+    #[test]
+    fn restart_failures_far_apart_start_the_count_again() {
+        let gap = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(failing_since(None, t0, gap), t0);
+        assert_eq!(
+            failing_since(Some((t0, t(1500))), t(3000), gap),
+            t0,
+            "1.5 s after the last"
+        );
+        assert_eq!(
+            failing_since(Some((t0, t(1500))), t(3_600_000), gap),
+            t(3_600_000),
+            "an hour later"
+        );
     }
 }
