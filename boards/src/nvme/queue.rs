@@ -630,6 +630,14 @@ impl NvmeQueue {
 
     /// Move posted completions into `out`, trusting none whose SQID, slot and generation do
     /// not match a command in flight. Returns how many were added.
+    ///
+    /// At most depth - 1 entries are taken per call: an honest controller posts no more before
+    /// the host releases them with the CQ head doorbell written at the end of the call (a full
+    /// CQ keeps one entry empty, NVMe 1.4 §4.1), so the budget only stops a controller that
+    /// ignores the CQ head doorbell and keeps writing valid-phase entries from holding the
+    /// owner here, away from its deadlines and health checks. What is left is taken by the
+    /// next call ([`NvmeQueue::prepare_to_wait`] reports it posted). Untrusted entries are
+    /// logged once per call (the first and a count).
     pub fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         // Posted: the head carries the expected phase tag (§4.6).
         // NVMe has no interrupt status to acknowledge (MSI-X; §3.1.4's INTMS/INTMC are for
@@ -637,9 +645,15 @@ impl NvmeQueue {
         let (_, read) = self.irq_gate.reap(self.irq.as_ref(), &self.cq, || {});
         self.stats.irq_reads += u64::from(read);
         let mut accepted = 0;
-        let mut consumed = false;
-        while let Some(cqe) = self.cq.pop::<Cqe>() {
-            consumed = true;
+        let mut consumed = 0;
+        let budget = self.depth - 1;
+        // The first untrusted entry of the call and how many there were, for one log line.
+        let mut unknown: Option<(Cqe, u64)> = None;
+        while consumed < budget {
+            let Some(cqe) = self.cq.pop::<Cqe>() else {
+                break;
+            };
+            consumed += 1;
             let slot = cqe.cid & ((1 << self.slot_bits) - 1);
             let generation = cqe.cid >> self.slot_bits;
             let user_tag = self
@@ -649,14 +663,7 @@ impl NvmeQueue {
                 .and_then(|s| s.user_tag);
             let Some(user_tag) = user_tag.filter(|_| cqe.sq_id == self.qid) else {
                 self.stats.unknown_tags += 1;
-                log::warn!(
-                    "{} queue {}: completion with CID {:#06x} SQID {} matches nothing in flight (status {:#x}); ignored",
-                    self.ctrl.id(),
-                    self.qid,
-                    cqe.cid,
-                    cqe.sq_id,
-                    cqe.status >> 1
-                );
+                unknown.get_or_insert((cqe, 0)).1 += 1;
                 continue;
             };
             if let Err(e) = self.sq.try_update_head(u32::from(cqe.sq_head)) {
@@ -668,6 +675,7 @@ impl NvmeQueue {
                 if self.slots[usize::from(slot)].held.is_some() {
                     // A second completion for a CID already completed: not trusted.
                     self.stats.unknown_tags += 1;
+                    unknown.get_or_insert((cqe, 0)).1 += 1;
                     continue;
                 }
                 let Some(other) = self.slots[usize::from(partner)].held else {
@@ -690,10 +698,29 @@ impl NvmeQueue {
             });
             accepted += 1;
         }
-        if consumed && self.live_on_device() {
+        if consumed > 0 && self.live_on_device() {
             let head = self.cq.head();
             self.ctrl.registers().write32(self.cq_doorbell, head);
             self.last_cq_doorbell = head;
+        }
+        if let Some((cqe, n)) = unknown {
+            log::warn!(
+                "{} queue {}: {n} completions matched nothing in flight (the first: CID {:#06x} SQID \
+                 {}, status {:#x}); ignored",
+                self.ctrl.id(),
+                self.qid,
+                cqe.cid,
+                cqe.sq_id,
+                cqe.status >> 1
+            );
+        }
+        if consumed == budget && self.cq.head_posted() {
+            log::debug!(
+                "{} queue {}: {budget} completions taken in one reap and more posted; the rest on the \
+                 next",
+                self.ctrl.id(),
+                self.qid
+            );
         }
         accepted += self.local.len();
         out.append(&mut self.local);

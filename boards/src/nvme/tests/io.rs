@@ -303,6 +303,44 @@ fn duplicate_and_stale_completions_are_counted_and_ignored() {
     rig.finish();
 }
 
+/// A reap takes at most depth - 1 entries (what an honest controller can post before the host
+/// writes the CQ head doorbell at the end of the reap): a controller that ignores the CQ head
+/// doorbell and keeps writing valid-phase entries cannot hold the queue's owner in one reap.
+/// Here it fills all 16 entries (none left empty) with completions for commands never given:
+/// the first reap takes 15, the entry left stays posted for the owner's `prepare_to_wait`, and
+/// the next reap takes it.
+#[test]
+fn a_reap_takes_at_most_one_queue_less_one_entry() {
+    let mut rig = Rig::up("drv-reap-budget", NvmeSimConfig::default(), &config());
+    let cq = ring_iova(&rig, admin_opcode::CREATE_CQ, 1);
+    let q = &mut rig.queues[0];
+    assert_eq!(q.depth(), 16);
+    for index in 0..16 {
+        let stray = Cqe {
+            sq_id: 1,
+            cid: 0x0fff,
+            ..Cqe::default()
+        };
+        post_forged(&rig, cq, index, stray);
+    }
+    let q = &mut rig.queues[0];
+    let mut out = Vec::new();
+    assert_eq!(q.reap(&mut out), 0);
+    assert_eq!(q.unknown_tags(), 15, "one queue less one entry per reap");
+    assert!(
+        q.prepare_to_wait(),
+        "the entry left is reported posted: the owner reaps rather than sleeps"
+    );
+    assert_eq!(q.reap(&mut out), 0);
+    assert_eq!(q.unknown_tags(), 16, "the rest on the next reap");
+    assert!(out.is_empty());
+    // The CQ is out of step with the controller: stop and restart, as the store would.
+    QueueEngine::stop(q).expect("stop");
+    QueueEngine::restart(q).expect("restart");
+    assert_eq!(run(q, &[req(1, DeviceOp::Flush, 0, 0, &[])]), vec![ok(1)]);
+    rig.finish();
+}
+
 #[test]
 fn a_controller_granting_fewer_queues_gets_fewer() {
     let sim_config = NvmeSimConfig {
