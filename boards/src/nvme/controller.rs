@@ -36,7 +36,6 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_dma::MappedRegion;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -144,10 +143,12 @@ pub struct NvmeController {
     /// Resets and shutdowns under way, whose outcome a queue that finds the controller
     /// disabled under it waits for ([`NvmeController::await_quiesced`]).
     disabling: AtomicU64,
-    /// A recovery runs ([`NvmeController::recover`]), from before its reset until after it
-    /// published its reset count: a second caller waits for it, and no I/O queue is re-created
-    /// meanwhile ([`NvmeController::recovery_under_way`]).
-    recovering: AtomicBool,
+    /// The recoveries ([`NvmeController::recover`]), in one word so that a waiter learns the
+    /// outcome of the very recovery it waited for: its generation (bits 63:2), running (bit 1,
+    /// from before its reset until after it published its reset count), and whether the last
+    /// one succeeded (bit 0). A second caller waits for the running one, and no I/O queue is
+    /// re-created while one runs ([`NvmeController::recovery_under_way`]).
+    recovery: AtomicU64,
     /// Per I/O queue id (index 0 unused): the controller epoch in which that queue was
     /// created on the device, plus 1; 0 once deleted. What the shutdown deletes first.
     live_queues: Vec<AtomicU64>,
@@ -241,7 +242,7 @@ impl NvmeController {
             epoch: AtomicU64::new(0),
             quiesced: AtomicU64::new(0),
             disabling: AtomicU64::new(0),
-            recovering: AtomicBool::new(false),
+            recovery: AtomicU64::new(0),
             live_queues: (0..=io_queues).map(|_| AtomicU64::new(0)).collect(),
             aborts: AbortSlots::new(),
             error_log_page: ErrorLogPage::new(log_page),
@@ -501,21 +502,29 @@ impl NvmeController {
     /// again from the enable on, but a queue re-created between the reset and the count's move
     /// would take requests the store then fails ABORTED when it sees the new count, while the
     /// controller may still run them ([`NvmeQueue::restart`] refuses with
-    /// [`NvmeError::ResetUnderWay`] until then). Concurrent callers wait for the one running.
+    /// [`NvmeError::ResetUnderWay`] until then). Concurrent callers wait for the one running
+    /// and share the outcome of that very recovery.
     ///
     /// # Errors
-    /// As [`NvmeController::reset`], the bounded wait for CSTS.RDY, or SET FEATURES.
+    /// As [`NvmeController::reset`], the bounded wait for CSTS.RDY, or SET FEATURES; for a
+    /// caller that waited, [`NvmeError::Disabled`] when the other recovery failed, or the
+    /// bounded wait for it.
     pub fn recover(&self) -> Result<(), NvmeError> {
-        let before = self.resets.load(Ordering::Acquire);
-        if self
-            .recovering
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return self.wait_for_other_recovery(before);
-        }
+        let word = &self.recovery;
+        let mut seen = word.load(Ordering::Acquire);
+        let generation = loop {
+            if seen & RECOVERY_RUNNING != 0 {
+                return self.wait_for_other_recovery(seen);
+            }
+            let next = ((seen >> 2) + 1) << 2;
+            match word.compare_exchange(seen, next | RECOVERY_RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break next,
+                Err(now) => seen = now,
+            }
+        };
         let result = self.recover_now();
-        self.recovering.store(false, Ordering::Release);
+        let ok = if result.is_ok() { RECOVERY_OK } else { 0 };
+        word.store(generation | ok, Ordering::Release);
         result
     }
 
@@ -540,17 +549,24 @@ impl NvmeController {
             });
         }
         // Published only once the controller serves again, so a queue that sees the new count
-        // can restart at once, and before `recovering` clears: no queue was re-created since
-        // the reset, so every request this count fails was submitted before it.
+        // can restart at once, and while the recovery word still says it runs: no queue was
+        // re-created since the reset, so every request this count fails was submitted before it.
         self.resets.fetch_add(1, Ordering::AcqRel);
         log::info!("{}: controller recovered", self.id());
         Ok(())
     }
 
-    fn wait_for_other_recovery(&self, before: u64) -> Result<(), NvmeError> {
+    /// Wait for another thread's recovery, `running` ([`NvmeController::recovery`] as read
+    /// while it ran), then share its outcome. A recovery that began after it ended started from
+    /// a newer failure: it is waited for too, within the same bound.
+    fn wait_for_other_recovery(&self, running: u64) -> Result<(), NvmeError> {
         let timeout = self.cap.ready_timeout() * 2 + self.config.admin_timeout * 2;
         let deadline = Instant::now() + timeout;
-        while self.recovering.load(Ordering::Acquire) {
+        let outcome = loop {
+            let now = self.recovery.load(Ordering::Acquire);
+            if now != running && now & RECOVERY_RUNNING == 0 {
+                break now;
+            }
             if Instant::now() >= deadline {
                 return Err(NvmeError::Timeout {
                     device: self.id().to_owned(),
@@ -559,8 +575,8 @@ impl NvmeController {
                 });
             }
             scst_accel_hal::locks::sleep(Duration::from_millis(1));
-        }
-        if self.resets.load(Ordering::Acquire) != before {
+        };
+        if outcome & RECOVERY_OK != 0 {
             Ok(())
         } else {
             Err(NvmeError::Disabled {
@@ -580,7 +596,7 @@ impl NvmeController {
     /// created in the epoch it read, stops counting as live), or one of a recovery whose count
     /// it then sees (the flag is set before the reset and cleared after the count's move).
     pub(crate) fn recovery_under_way(&self) -> bool {
-        self.recovering.load(Ordering::Acquire)
+        self.recovery.load(Ordering::Acquire) & RECOVERY_RUNNING != 0
     }
 
     /// The bound on the wait for CSTS.SHST = 10b after CC.SHN = 01b: RTD3E as Linux reads it
@@ -687,6 +703,19 @@ impl NvmeController {
         let mut s = regs::describe(&r);
         s.push_str(&self.describe_error_log(status));
         s
+    }
+}
+
+/// [`NvmeController::recovery`]: a recovery runs.
+pub(super) const RECOVERY_RUNNING: u64 = 0b10;
+/// [`NvmeController::recovery`]: the last recovery succeeded.
+pub(super) const RECOVERY_OK: u64 = 0b01;
+
+#[cfg(test)]
+impl NvmeController {
+    /// The recovery word and the reset count, for tests that stand in for a recovery's steps.
+    pub(super) fn recovery_state(&self) -> (&AtomicU64, &AtomicU64) {
+        (&self.recovery, &self.resets)
     }
 }
 

@@ -403,6 +403,44 @@ fn no_queue_is_re_created_before_a_recovery_publishes_its_reset_count() {
     rig.finish();
 }
 
+/// A caller that arrives while a recovery runs shares that very recovery's outcome, even when it
+/// arrives after the recovery published its reset count (no count move left for it to see): it
+/// used to compare the count with one read before it found the recovery running, and so
+/// reported a successful recovery as failed (`Disabled`, which the store takes for the end).
+/// The test stands in for a recovery at that point, then ends it with success, then another
+/// one with failure.
+#[test]
+fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
+    use crate::nvme::controller::RECOVERY_OK;
+    use crate::nvme::controller::RECOVERY_RUNNING;
+    let rig = Rig::up("drv-late-waiter", NvmeSimConfig::default(), &config());
+    for (generation, outcome) in [(1u64, RECOVERY_OK), (2, 0)] {
+        let (word, resets) = rig.ctrl.recovery_state();
+        word.store((generation << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
+        if outcome == RECOVERY_OK {
+            resets.fetch_add(1, Ordering::SeqCst);
+        }
+        let waiter = {
+            let ctrl = Arc::clone(&rig.ctrl);
+            std::thread::spawn(move || ctrl.recover())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "the second caller waits for the running recovery"
+        );
+        word.store((generation << 2) | outcome, Ordering::SeqCst);
+        let result = waiter.join().expect("waiter");
+        match outcome {
+            RECOVERY_OK => result.expect("the recovery's success is shared"),
+            _ => assert!(matches!(result, Err(NvmeError::Disabled { .. })), "{result:?}"),
+        }
+    }
+    // Nothing was reset: the count the stand-in moved goes back for the orderly end.
+    rig.ctrl.recovery_state().1.fetch_sub(1, Ordering::SeqCst);
+    rig.finish();
+}
+
 /// After a reset: every queue stopped, the controller recovered and shut down, then the IOMMU
 /// checked.
 fn finish_after_reset(rig: Rig, buf: scst_accel_dma::MappedRegion) {
