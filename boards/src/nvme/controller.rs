@@ -449,8 +449,7 @@ impl NvmeController {
     /// the controller disabled under it: the reset or shutdown that disabled it proved CSTS.RDY
     /// = 0 (NVMe 1.4 §3.1.6, §7.3.2: only then are the queue's commands dropped for good, and
     /// their buffers the host's again). One still under way is waited for, bounded by what it
-    /// may take (twice CAP.TO per disable, two disables around a function reset, and the admin
-    /// timeout) or by the caller's `bound`, if shorter; one that failed, or did not end in
+    /// may take ([`NvmeController::reset_bound`]) or by the caller's `bound`, if shorter; one that failed, or did not end in
     /// that time without a caller's bound, is followed by this thread's own reset.
     ///
     /// # Errors
@@ -462,7 +461,7 @@ impl NvmeController {
         if proven() {
             return Ok(());
         }
-        let full = self.cap.ready_timeout() * 4 + self.config.admin_timeout;
+        let full = self.reset_bound();
         let bound = caller_bound.map_or(full, |b| b.min(full));
         let deadline = Instant::now() + bound;
         while self.disabling.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -557,10 +556,11 @@ impl NvmeController {
     }
 
     /// Wait for another thread's recovery, `running` ([`NvmeController::recovery`] as read
-    /// while it ran), then share its outcome. A recovery that began after it ended started from
+    /// while it ran), bounded by what it may take ([`NvmeController::recovery_bound`], plus
+    /// [`RECOVERY_WAIT_SLACK`]), then share its outcome. A recovery that began after it ended started from
     /// a newer failure: it is waited for too, within the same bound.
     fn wait_for_other_recovery(&self, running: u64) -> Result<(), NvmeError> {
-        let timeout = self.cap.ready_timeout() * 2 + self.config.admin_timeout * 2;
+        let timeout = self.recovery_bound() + RECOVERY_WAIT_SLACK;
         let deadline = Instant::now() + timeout;
         let outcome = loop {
             let now = self.recovery.load(Ordering::Acquire);
@@ -583,6 +583,24 @@ impl NvmeController {
                 device: self.id().to_owned(),
             })
         }
+    }
+
+    /// The longest a controller reset ([`NvmeController::reset`]) may take: a disable waits up
+    /// to CAP.TO for CSTS.RDY = 1 (an enable in progress: EN = 1, RDY = 0) and up to CAP.TO for
+    /// RDY = 0 after clearing EN; when that fails, a function reset (given the admin timeout:
+    /// no bound of the driver's covers `VFIO_DEVICE_RESET`) and a second disable, as long.
+    /// 4 CAP.TO + the admin timeout.
+    pub(crate) fn reset_bound(&self) -> Duration {
+        self.cap.ready_timeout() * 4 + self.config.admin_timeout
+    }
+
+    /// The longest a recovery (`recover_now`) may take, what a second caller of
+    /// [`NvmeController::recover`] waits for it: the reset ([`NvmeController::reset_bound`]),
+    /// the enable's wait for CSTS.RDY = 1 (CAP.TO) and SET FEATURES (the admin timeout).
+    /// 5 CAP.TO + twice the admin timeout. (The admin rings' reset takes the admin queue's lock,
+    /// which no one holds across a wait.)
+    pub(crate) fn recovery_bound(&self) -> Duration {
+        self.reset_bound() + self.cap.ready_timeout() + self.config.admin_timeout
     }
 
     /// Recoveries so far.
@@ -705,6 +723,11 @@ impl NvmeController {
         s
     }
 }
+
+/// What a waiter for another thread's recovery allows beyond [`NvmeController::recovery_bound`]:
+/// each of the recovery's polls may overshoot its deadline by a pause (up to 1 ms) and a
+/// reschedule, and the waiter may be the one that finds the word changed late.
+const RECOVERY_WAIT_SLACK: Duration = Duration::from_millis(100);
 
 /// [`NvmeController::recovery`]: a recovery runs.
 pub(super) const RECOVERY_RUNNING: u64 = 0b10;

@@ -441,6 +441,49 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
     rig.finish();
 }
 
+/// A recovery of a hung controller may take 5 CAP.TO and two admin timeouts (a disable waiting
+/// out CSTS.RDY = 1, then RDY = 0, a function reset, a second disable, the enable, SET
+/// FEATURES): a second caller waits for as long. It used to give up after 2 CAP.TO and two
+/// admin timeouts (3 s here, CAP.TO 500 ms and the admin timeout 1 s), report a timeout, and
+/// the store gave up on a controller the recovery brought back. The test stands in for a
+/// recovery that takes 3.6 s (within its 4.5 s), then ends it with success: the waiter shares it.
+#[test]
+fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
+    use crate::nvme::controller::RECOVERY_OK;
+    use crate::nvme::controller::RECOVERY_RUNNING;
+    let config = NvmeConfig {
+        admin_timeout: SHORT_ADMIN_TIMEOUT,
+        ..config()
+    };
+    let (rig, _knobs) = interposed("drv-long-recovery", &config);
+    let to = rig.ctrl.cap().ready_timeout();
+    assert_eq!(to, Duration::from_millis(500));
+    let worst = to * 5 + SHORT_ADMIN_TIMEOUT * 2;
+    let takes = Duration::from_millis(3600);
+    assert!(takes > to * 2 + SHORT_ADMIN_TIMEOUT * 2 && takes < worst);
+    let (word, resets) = rig.ctrl.recovery_state();
+    word.store((1 << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
+    let waiter = {
+        let ctrl = Arc::clone(&rig.ctrl);
+        std::thread::spawn(move || ctrl.recover())
+    };
+    std::thread::sleep(takes);
+    assert!(
+        !waiter.is_finished(),
+        "the second caller still waits for the recovery: {:?}",
+        waiter.join()
+    );
+    resets.fetch_add(1, Ordering::SeqCst);
+    word.store((1 << 2) | RECOVERY_OK, Ordering::SeqCst);
+    waiter
+        .join()
+        .expect("waiter")
+        .expect("the recovery's success is shared");
+    // Nothing was reset: the count the stand-in moved goes back for the orderly end.
+    resets.fetch_sub(1, Ordering::SeqCst);
+    rig.finish();
+}
+
 /// After a reset: every queue stopped, the controller recovered and shut down, then the IOMMU
 /// checked.
 fn finish_after_reset(rig: Rig, buf: scst_accel_dma::MappedRegion) {
