@@ -262,12 +262,6 @@ impl ResetState {
         (self.under_way.load(Ordering::SeqCst) == 0).then_some(started)
     }
 
-    /// Resets started so far: a queue that ran under an earlier count was stopped by the reset
-    /// (§7 clears every queue's RUN).
-    pub(super) fn started(&self) -> u64 {
-        self.started.load(Ordering::SeqCst)
-    }
-
     /// No reset started since [`ResetState::quiet`] returned `since`, and none runs.
     pub(super) fn still_quiet(&self, since: u64) -> bool {
         self.quiet() == Some(since)

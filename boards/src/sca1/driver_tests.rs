@@ -558,27 +558,6 @@ fn no_queue_restarts_before_a_recovery_publishes_its_reset_count() {
     }
 }
 
-/// A queue that did not stop itself but was stopped by a reset of its function (another
-/// queue's recovery cleared every RUN, §7) says so: it takes no request until it restarts,
-/// where before it took them onto a ring the engine no longer ran, and they waited for their
-/// deadline.
-#[test]
-fn a_queue_stopped_by_a_reset_takes_no_request_until_it_restarts() {
-    let mut rig = Rig::new("sca1-stopped-by-reset", 2);
-    rig.submit(0, 1, 0).expect("submit");
-    assert_eq!(rig.reap(0, 1), [1]);
-    rig.driver.recover().expect("another queue's recovery");
-    assert!(!rig.queues[0].is_running(), "the reset cleared its RUN");
-    assert!(
-        matches!(rig.submit(0, 2, 8), Err(super::SubmitError::NotRunning)),
-        "no request onto a ring the engine does not run"
-    );
-    rig.queues[0].restart().expect("restart");
-    assert!(rig.queues[0].is_running());
-    rig.submit(0, 3, 16).expect("submit after the restart");
-    assert_eq!(rig.reap(0, 1), [3]);
-}
-
 /// Two recoveries of one function at once run as one: the second caller waits for the first
 /// and shares its outcome (one reset, one count), instead of resetting the function under the
 /// first's ENABLE.

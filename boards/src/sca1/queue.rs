@@ -176,9 +176,6 @@ pub struct Sca1Queue {
     stats: QueueStats,
     /// The function's resets: no restart while one is under way.
     resets: Arc<ResetState>,
-    /// The function's reset count ([`ResetState::started`]) this run of the queue began under:
-    /// a reset started since stopped it, whatever `running` says.
-    ran_under: u64,
     /// Reused by the engine-contract reap (no allocation per reap).
     pub(super) reaped: Vec<Sca1Completion>,
 }
@@ -240,7 +237,6 @@ impl Sca1Queue {
             seq: 0,
             running: false,
             stats: QueueStats::default(),
-            ran_under: resets.started(),
             resets,
             reaped: Vec::new(),
         };
@@ -282,10 +278,9 @@ impl Sca1Queue {
         self.slots.len() - self.free.len()
     }
 
-    /// Whether the queue accepts requests: running, and no reset of the function started since
-    /// it began to (the reset cleared its RUN; the store restarts it).
+    /// Whether the queue accepts requests.
     pub fn is_running(&self) -> bool {
-        self.running && self.resets.started() == self.ran_under
+        self.running
     }
 
     /// The oldest in-flight request's submission time (for deadlines).
@@ -312,7 +307,7 @@ impl Sca1Queue {
     /// # Errors
     /// [`SubmitError`].
     pub fn submit(&mut self, req: &Sca1Request<'_>) -> Result<(), SubmitError> {
-        if !self.is_running() {
+        if !self.running {
             return Err(SubmitError::NotRunning);
         }
         if req.segments.len() > self.config.max_sgl as usize {
@@ -650,7 +645,6 @@ impl Sca1Queue {
             self.device.bar0().write32(self.reg(queue::Q_CONTROL), 0);
             return Err(self.reset_under_way());
         }
-        self.ran_under = quiet;
         self.stats.restarts += 1;
         Ok(())
     }
