@@ -261,7 +261,8 @@ impl NvmeQueue {
                 // would refuse every creation from now on: delete it (its SQ, then its CQ; a
                 // deletion of what is not there fails harmlessly) and create it once more.
                 log::warn!(
-                    "{}: I/O queue {} exists on the controller though it is not live here                      (created across a recovery): deleting it and creating it again",
+                    "{}: I/O queue {} exists on the controller though it is not live here (created across a \
+                     recovery): deleting it and creating it again",
                     self.ctrl.id(),
                     self.qid
                 );

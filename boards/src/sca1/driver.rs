@@ -241,6 +241,12 @@ pub(super) struct ResetState {
     recovery: AtomicU64,
 }
 
+/// What a function reset through VFIO is given in [`Sca1::recovery_bound`], as the NVMe driver
+/// gives it its admin timeout: Linux waits 100 ms after an FLR and then polls a function that
+/// is not ready yet (up to a minute for one that keeps answering "retry"); one that takes
+/// longer than this is taken for failed by a second caller.
+const FUNCTION_RESET_ALLOWANCE: Duration = Duration::from_secs(5);
+
 /// [`ResetState::recovery`]: a recovery runs.
 pub(super) const RECOVERY_RUNNING: u64 = 0b10;
 /// [`ResetState::recovery`]: the last recovery succeeded.
@@ -487,6 +493,16 @@ impl Sca1 {
         Duration::from_millis(u64::from(self.caps.timeouts.reset_ms.max(1)))
     }
 
+    /// How long a recovery may take ([`Sca1::recover`]): the soft reset (RESET_TIMEOUT), the
+    /// function reset it escalates to ([`FUNCTION_RESET_ALLOWANCE`]: the kernel's, which no
+    /// SCA-1 register bounds), the wait for READY (RESET_TIMEOUT), and a margin for the polls'
+    /// pauses. A second caller waits this long for the first's outcome: waiting less, it took
+    /// a recovery still in its function reset for a failed one, and its store gave up (and
+    /// reset the function under the recovery).
+    pub(super) fn recovery_bound(&self) -> Duration {
+        self.reset_timeout() * 2 + FUNCTION_RESET_ALLOWANCE + Duration::from_millis(100)
+    }
+
     /// The device is gone: ID reads all-ones (accelerator.md §8).
     pub fn is_gone(&self) -> bool {
         self.device.bar0().read32(global::ID) == regs::ALL_ONES
@@ -591,7 +607,7 @@ impl Sca1 {
         let word = &self.state.recovery;
         let outcome = self.wait(
             "another thread's recovery of the function",
-            self.reset_timeout() * 4,
+            self.recovery_bound(),
             || {
                 let now = word.load(Ordering::SeqCst);
                 (now != running && now & RECOVERY_RUNNING == 0).then_some(now)

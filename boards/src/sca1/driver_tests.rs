@@ -434,12 +434,23 @@ struct Rig {
 
 impl Rig {
     fn new(name: &str, queues: u32) -> Self {
+        Self::with(
+            name,
+            SimConfig {
+                queues,
+                ..SimConfig::default()
+            },
+        )
+    }
+
+    /// On a board with `config` (polled, 1024 blocks).
+    fn with(name: &str, config: SimConfig) -> Self {
         let config = SimConfig {
-            queues,
             vectors: 0,
             num_blocks: 1024,
-            ..SimConfig::default()
+            ..config
         };
+        let queues = config.queues;
         let (board, sim) = create_sim_board(name, config).expect("sim board");
         let gate = Arc::new(GatedEnable {
             inner: board,
@@ -625,6 +636,39 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
             ),
         }
     }
+}
+
+/// A second caller waits as long as a recovery may take: a soft reset that hangs, the function
+/// reset it escalates to (the kernel's time, beyond every SCA-1 register's bound), READY.
+/// Here the test stands in for a recovery that runs for longer than four RESET_TIMEOUTs (what
+/// the waiter allowed before) and then succeeds.
+#[test]
+fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
+    use super::driver::RECOVERY_OK;
+    use super::driver::RECOVERY_RUNNING;
+    let rig = Rig::with(
+        "sca1-long-recovery",
+        SimConfig {
+            queues: 1,
+            reset_timeout_ms: 50,
+            ..SimConfig::default()
+        },
+    );
+    let reset_timeout = Duration::from_millis(u64::from(rig.driver.caps().timeouts.reset_ms.max(1)));
+    let (word, resets) = rig.driver.recovery_state();
+    word.store((1 << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
+    let waiter = {
+        let driver = Arc::clone(&rig.driver);
+        std::thread::spawn(move || driver.recover())
+    };
+    std::thread::sleep(reset_timeout * 4 + Duration::from_millis(300));
+    assert!(!waiter.is_finished(), "the second caller still waits");
+    resets.fetch_add(1, Ordering::SeqCst);
+    word.store((1 << 2) | RECOVERY_OK, Ordering::SeqCst);
+    waiter
+        .join()
+        .expect("waiter")
+        .expect("the recovery's success is shared");
 }
 
 /// A reap takes at most ring size - 1 entries (what an honest device can post before the host

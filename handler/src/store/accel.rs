@@ -1204,8 +1204,10 @@ impl AccelQueue {
     /// A restarted queue has seen every reset so far: no restart runs while a recovery is under
     /// way (rule 5, docs/boards.md), so the count read here, before anything is submitted, is
     /// the one the queue runs under, and a later move of it is a reset after this restart.
-    /// (Read after: a reset that completes in between leaves the queue not running, and it is
-    /// restarted again.) Without this, a queue restarted by a path that did not read the count
+    /// (Read after: a whole recovery that completes in between stopped the queue without the
+    /// count saying so here; the NVMe queue notices it by its own count and is restarted, an
+    /// SCA-1 queue's requests meet their deadline and escalate, its stop then proving the end
+    /// of DMA. Nothing is released early either way.) Without this, a queue restarted by a path that did not read the count
     /// (a stop that succeeded after another queue's recovery) kept the old one, and its next
     /// health check failed the requests submitted since as ABORTED while the device ran them.
     fn restart_queue(&mut self) -> bool {
