@@ -6,5 +6,6 @@ pub mod engine;
 mod irq_gate;
 pub mod nvme;
 pub mod open;
+mod recovery;
 pub mod sca1;
 pub mod sim;

@@ -30,6 +30,8 @@ use super::regs::Cap;
 use super::regs::Registers;
 use super::regs::ALL_ONES_32;
 use crate::engine::Geometry;
+use crate::recovery::RecoveryWord;
+use crate::recovery::Turn;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::DmaRegion;
 use scst_accel_dma::IovaAllocator;
@@ -143,12 +145,11 @@ pub struct NvmeController {
     /// Resets and shutdowns under way, whose outcome a queue that finds the controller
     /// disabled under it waits for ([`NvmeController::await_quiesced`]).
     disabling: AtomicU64,
-    /// The recoveries ([`NvmeController::recover`]), in one word so that a waiter learns the
-    /// outcome of the very recovery it waited for: its generation (bits 63:2), running (bit 1,
-    /// from before its reset until after it published its reset count), and whether the last
-    /// one succeeded (bit 0). A second caller waits for the running one, and no I/O queue is
-    /// re-created while one runs ([`NvmeController::recovery_under_way`]).
-    recovery: AtomicU64,
+    /// The recoveries ([`NvmeController::recover`]): one at a time, running from before its
+    /// reset until after it published its reset count; a second caller waits for the running
+    /// one and takes its outcome, and no I/O queue is re-created while one runs
+    /// ([`NvmeController::recovery_under_way`]).
+    recovery: RecoveryWord,
     /// Per I/O queue id (index 0 unused): the controller epoch in which that queue was
     /// created on the device, plus 1; 0 once deleted. What the shutdown deletes first.
     live_queues: Vec<AtomicU64>,
@@ -242,7 +243,7 @@ impl NvmeController {
             epoch: AtomicU64::new(0),
             quiesced: AtomicU64::new(0),
             disabling: AtomicU64::new(0),
-            recovery: AtomicU64::new(0),
+            recovery: RecoveryWord::default(),
             live_queues: (0..=io_queues).map(|_| AtomicU64::new(0)).collect(),
             aborts: AbortSlots::new(),
             error_log_page: ErrorLogPage::new(log_page),
@@ -509,21 +510,11 @@ impl NvmeController {
     /// caller that waited, [`NvmeError::Disabled`] when the other recovery failed, or the
     /// bounded wait for it.
     pub fn recover(&self) -> Result<(), NvmeError> {
-        let word = &self.recovery;
-        let mut seen = word.load(Ordering::Acquire);
-        let generation = loop {
-            if seen & RECOVERY_RUNNING != 0 {
-                return self.wait_for_other_recovery(seen);
-            }
-            let next = ((seen >> 2) + 1) << 2;
-            match word.compare_exchange(seen, next | RECOVERY_RUNNING, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break next,
-                Err(now) => seen = now,
-            }
+        let Turn::Mine(generation) = self.recovery.begin() else {
+            return self.wait_for_other_recovery();
         };
         let result = self.recover_now();
-        let ok = if result.is_ok() { RECOVERY_OK } else { 0 };
-        word.store(generation | ok, Ordering::Release);
+        self.recovery.finish(generation, result.is_ok());
         result
     }
 
@@ -555,17 +546,15 @@ impl NvmeController {
         Ok(())
     }
 
-    /// Wait for another thread's recovery, `running` ([`NvmeController::recovery`] as read
-    /// while it ran), bounded by what it may take ([`NvmeController::recovery_bound`], plus
-    /// [`RECOVERY_WAIT_SLACK`]), then share its outcome. A recovery that began after it ended started from
-    /// a newer failure: it is waited for too, within the same bound.
-    fn wait_for_other_recovery(&self, running: u64) -> Result<(), NvmeError> {
+    /// Wait for another thread's recovery, bounded by what it may take
+    /// ([`NvmeController::recovery_bound`], plus [`RECOVERY_WAIT_SLACK`]), then share its
+    /// outcome ([`RecoveryWord::outcome`]).
+    fn wait_for_other_recovery(&self) -> Result<(), NvmeError> {
         let timeout = self.recovery_bound() + RECOVERY_WAIT_SLACK;
         let deadline = Instant::now() + timeout;
-        let outcome = loop {
-            let now = self.recovery.load(Ordering::Acquire);
-            if now != running && now & RECOVERY_RUNNING == 0 {
-                break now;
+        let recovered = loop {
+            if let Some(recovered) = self.recovery.outcome() {
+                break recovered;
             }
             if Instant::now() >= deadline {
                 return Err(NvmeError::Timeout {
@@ -576,7 +565,7 @@ impl NvmeController {
             }
             scst_accel_hal::locks::sleep(Duration::from_millis(1));
         };
-        if outcome & RECOVERY_OK != 0 {
+        if recovered {
             Ok(())
         } else {
             Err(NvmeError::Disabled {
@@ -614,7 +603,7 @@ impl NvmeController {
     /// created in the epoch it read, stops counting as live), or one of a recovery whose count
     /// it then sees (the flag is set before the reset and cleared after the count's move).
     pub(crate) fn recovery_under_way(&self) -> bool {
-        self.recovery.load(Ordering::Acquire) & RECOVERY_RUNNING != 0
+        self.recovery.running()
     }
 
     /// The bound on the wait for CSTS.SHST = 10b after CC.SHN = 01b: RTD3E as Linux reads it
@@ -729,15 +718,10 @@ impl NvmeController {
 /// reschedule, and the waiter may be the one that finds the word changed late.
 const RECOVERY_WAIT_SLACK: Duration = Duration::from_millis(100);
 
-/// [`NvmeController::recovery`]: a recovery runs.
-pub(super) const RECOVERY_RUNNING: u64 = 0b10;
-/// [`NvmeController::recovery`]: the last recovery succeeded.
-pub(super) const RECOVERY_OK: u64 = 0b01;
-
 #[cfg(test)]
 impl NvmeController {
     /// The recovery word and the reset count, for tests that stand in for a recovery's steps.
-    pub(super) fn recovery_state(&self) -> (&AtomicU64, &AtomicU64) {
+    pub(super) fn recovery_state(&self) -> (&RecoveryWord, &AtomicU64) {
         (&self.recovery, &self.resets)
     }
 }

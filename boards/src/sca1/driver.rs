@@ -11,6 +11,8 @@ use super::regs::global;
 use super::regs::status;
 use super::regs::Cap0;
 use super::regs::Timeouts;
+use crate::recovery::RecoveryWord;
+use crate::recovery::Turn;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
@@ -235,10 +237,9 @@ pub(super) struct ResetState {
     /// Recoveries completed ([`Sca1::reset_count`]): published while `under_way` still counts
     /// the recovery, so no queue restarts between the reset and the count's move.
     resets: AtomicU64,
-    /// The recoveries, in one word so that a waiter learns the outcome of the very recovery it
-    /// waited for: its generation (bits 63:2), running (bit 1), and whether the last one
-    /// succeeded (bit 0). A second caller of [`Sca1::recover`] waits for the running one.
-    recovery: AtomicU64,
+    /// One recovery at a time; a second caller of [`Sca1::recover`] waits for the running one
+    /// and takes its outcome.
+    recovery: RecoveryWord,
 }
 
 /// What a function reset through VFIO is given in [`Sca1::recovery_bound`], as the NVMe driver
@@ -247,15 +248,10 @@ pub(super) struct ResetState {
 /// longer than this is taken for failed by a second caller.
 const FUNCTION_RESET_ALLOWANCE: Duration = Duration::from_secs(5);
 
-/// [`ResetState::recovery`]: a recovery runs.
-pub(super) const RECOVERY_RUNNING: u64 = 0b10;
-/// [`ResetState::recovery`]: the last recovery succeeded.
-pub(super) const RECOVERY_OK: u64 = 0b01;
-
 #[cfg(test)]
 impl Sca1 {
     /// The recovery word and the reset count, for tests that stand in for a recovery's steps.
-    pub(super) fn recovery_state(&self) -> (&AtomicU64, &AtomicU64) {
+    pub(super) fn recovery_state(&self) -> (&RecoveryWord, &AtomicU64) {
         (&self.state.recovery, &self.state.resets)
     }
 }
@@ -561,21 +557,11 @@ impl Sca1 {
     /// As [`Sca1::reset`], or the bounded wait for READY; for a caller that waited,
     /// [`Sca1Error::RecoveryFailed`] when the other recovery failed, or the bounded wait for it.
     pub fn recover(&self) -> Result<(), Sca1Error> {
-        let word = &self.state.recovery;
-        let mut seen = word.load(Ordering::SeqCst);
-        let generation = loop {
-            if seen & RECOVERY_RUNNING != 0 {
-                return self.wait_for_other_recovery(seen);
-            }
-            let next = ((seen >> 2) + 1) << 2;
-            match word.compare_exchange(seen, next | RECOVERY_RUNNING, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => break next,
-                Err(now) => seen = now,
-            }
+        let Turn::Mine(generation) = self.state.recovery.begin() else {
+            return self.wait_for_other_recovery();
         };
         let result = self.recover_now();
-        let ok = if result.is_ok() { RECOVERY_OK } else { 0 };
-        word.store(generation | ok, Ordering::SeqCst);
+        self.state.recovery.finish(generation, result.is_ok());
         result
     }
 
@@ -598,22 +584,15 @@ impl Sca1 {
         Ok(())
     }
 
-    /// Wait for another thread's recovery, `running` ([`ResetState::recovery`] as read while
-    /// it ran): its reset (a soft reset, then perhaps a function reset, given as long) and its
-    /// wait for READY, each bounded by RESET_TIMEOUT; then share its outcome. A recovery that
-    /// began after it ended started from a newer failure: it is waited for too, within the
-    /// same bound.
-    fn wait_for_other_recovery(&self, running: u64) -> Result<(), Sca1Error> {
-        let word = &self.state.recovery;
-        let outcome = self.wait(
+    /// Wait for another thread's recovery, bounded by what it may take
+    /// ([`Sca1::recovery_bound`]), then share its outcome ([`RecoveryWord::outcome`]).
+    fn wait_for_other_recovery(&self) -> Result<(), Sca1Error> {
+        let recovered = self.wait(
             "another thread's recovery of the function",
             self.recovery_bound(),
-            || {
-                let now = word.load(Ordering::SeqCst);
-                (now != running && now & RECOVERY_RUNNING == 0).then_some(now)
-            },
+            || self.state.recovery.outcome(),
         )?;
-        if outcome & RECOVERY_OK != 0 {
+        if recovered {
             Ok(())
         } else {
             Err(Sca1Error::RecoveryFailed {

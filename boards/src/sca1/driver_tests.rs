@@ -608,13 +608,11 @@ fn concurrent_recoveries_of_one_function_run_once() {
 /// another one with failure.
 #[test]
 fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
-    use super::driver::RECOVERY_OK;
-    use super::driver::RECOVERY_RUNNING;
     let rig = Rig::new("sca1-late-waiter", 1);
-    for (generation, outcome) in [(1u64, RECOVERY_OK), (2, 0)] {
+    for (generation, ok) in [(1u64, true), (2, false)] {
         let (word, resets) = rig.driver.recovery_state();
-        word.store((generation << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
-        if outcome == RECOVERY_OK {
+        word.stand_in(generation, true, false);
+        if ok {
             resets.fetch_add(1, Ordering::SeqCst);
         }
         let waiter = {
@@ -626,11 +624,11 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
             !waiter.is_finished(),
             "the second caller waits for the running recovery"
         );
-        word.store((generation << 2) | outcome, Ordering::SeqCst);
+        word.stand_in(generation, false, ok);
         let result = waiter.join().expect("waiter");
-        match outcome {
-            RECOVERY_OK => result.expect("the recovery's success is shared"),
-            _ => assert!(
+        match ok {
+            true => result.expect("the recovery's success is shared"),
+            false => assert!(
                 matches!(result, Err(Sca1Error::RecoveryFailed { .. })),
                 "{result:?}"
             ),
@@ -644,8 +642,6 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
 /// the waiter allowed before) and then succeeds.
 #[test]
 fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
-    use super::driver::RECOVERY_OK;
-    use super::driver::RECOVERY_RUNNING;
     let rig = Rig::with(
         "sca1-long-recovery",
         SimConfig {
@@ -656,7 +652,7 @@ fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
     );
     let reset_timeout = Duration::from_millis(u64::from(rig.driver.caps().timeouts.reset_ms.max(1)));
     let (word, resets) = rig.driver.recovery_state();
-    word.store((1 << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
+    word.stand_in(1, true, false);
     let waiter = {
         let driver = Arc::clone(&rig.driver);
         std::thread::spawn(move || driver.recover())
@@ -664,7 +660,7 @@ fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
     std::thread::sleep(reset_timeout * 4 + Duration::from_millis(300));
     assert!(!waiter.is_finished(), "the second caller still waits");
     resets.fetch_add(1, Ordering::SeqCst);
-    word.store((1 << 2) | RECOVERY_OK, Ordering::SeqCst);
+    word.stand_in(1, false, true);
     waiter
         .join()
         .expect("waiter")

@@ -411,13 +411,11 @@ fn no_queue_is_re_created_before_a_recovery_publishes_its_reset_count() {
 /// one with failure.
 #[test]
 fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
-    use crate::nvme::controller::RECOVERY_OK;
-    use crate::nvme::controller::RECOVERY_RUNNING;
     let rig = Rig::up("drv-late-waiter", NvmeSimConfig::default(), &config());
-    for (generation, outcome) in [(1u64, RECOVERY_OK), (2, 0)] {
+    for (generation, ok) in [(1u64, true), (2, false)] {
         let (word, resets) = rig.ctrl.recovery_state();
-        word.store((generation << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
-        if outcome == RECOVERY_OK {
+        word.stand_in(generation, true, false);
+        if ok {
             resets.fetch_add(1, Ordering::SeqCst);
         }
         let waiter = {
@@ -429,11 +427,11 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
             !waiter.is_finished(),
             "the second caller waits for the running recovery"
         );
-        word.store((generation << 2) | outcome, Ordering::SeqCst);
+        word.stand_in(generation, false, ok);
         let result = waiter.join().expect("waiter");
-        match outcome {
-            RECOVERY_OK => result.expect("the recovery's success is shared"),
-            _ => assert!(matches!(result, Err(NvmeError::Disabled { .. })), "{result:?}"),
+        match ok {
+            true => result.expect("the recovery's success is shared"),
+            false => assert!(matches!(result, Err(NvmeError::Disabled { .. })), "{result:?}"),
         }
     }
     // Nothing was reset: the count the stand-in moved goes back for the orderly end.
@@ -449,8 +447,6 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
 /// recovery that takes 3.6 s (within its 4.5 s), then ends it with success: the waiter shares it.
 #[test]
 fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
-    use crate::nvme::controller::RECOVERY_OK;
-    use crate::nvme::controller::RECOVERY_RUNNING;
     let config = NvmeConfig {
         admin_timeout: SHORT_ADMIN_TIMEOUT,
         ..config()
@@ -462,7 +458,7 @@ fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
     let takes = Duration::from_millis(3600);
     assert!(takes > to * 2 + SHORT_ADMIN_TIMEOUT * 2 && takes < worst);
     let (word, resets) = rig.ctrl.recovery_state();
-    word.store((1 << 2) | RECOVERY_RUNNING, Ordering::SeqCst);
+    word.stand_in(1, true, false);
     let waiter = {
         let ctrl = Arc::clone(&rig.ctrl);
         std::thread::spawn(move || ctrl.recover())
@@ -474,7 +470,7 @@ fn a_second_caller_waits_as_long_as_a_recovery_may_take() {
         waiter.join()
     );
     resets.fetch_add(1, Ordering::SeqCst);
-    word.store((1 << 2) | RECOVERY_OK, Ordering::SeqCst);
+    word.stand_in(1, false, true);
     waiter
         .join()
         .expect("waiter")

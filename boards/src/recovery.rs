@@ -1,0 +1,119 @@
+//! One recovery of a function at a time, its outcome shared with whoever waited for it
+//! (docs/boards.md rule 5): the SCA-1 and NVMe drivers' `recover()`. Two recoveries at once
+//! would undo each other (one's enable cleared by the other's reset), so a second caller waits
+//! for the one running, bounded by what that recovery may take (each driver knows its own
+//! bound), and takes its outcome.
+//!
+//! The state is one word, so that a waiter learns the outcome of the very recovery it waited
+//! for: its generation (bits 63:2), running (bit 1), and whether the last one succeeded (bit 0).
+//! A comparison of reset counts cannot do that: a caller that read the count after the running
+//! recovery moved it, but before that recovery ended, would find it unchanged and take a
+//! success for a failure.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+/// A recovery runs.
+const RUNNING: u64 = 0b10;
+/// The last recovery succeeded.
+const OK: u64 = 0b01;
+
+/// The recoveries of one function (see the module doc).
+#[derive(Debug, Default)]
+pub(crate) struct RecoveryWord(AtomicU64);
+
+/// What [`RecoveryWord::begin`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// No recovery ran: this caller runs one, and ends it with [`RecoveryWord::finish`].
+    Mine(Generation),
+    /// A recovery runs: poll [`RecoveryWord::outcome`] for it.
+    Running,
+}
+
+/// The generation of the caller's own recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Generation(u64);
+
+impl RecoveryWord {
+    /// Take the turn to recover, or learn which recovery runs. Sequentially consistent with
+    /// the drivers' other reset state (the SCA-1 driver's reset counts, the NVMe controller's
+    /// epoch), which their queues read around this word.
+    pub(crate) fn begin(&self) -> Turn {
+        let mut seen = self.0.load(Ordering::SeqCst);
+        loop {
+            if seen & RUNNING != 0 {
+                return Turn::Running;
+            }
+            let next = ((seen >> 2) + 1) << 2;
+            match self
+                .0
+                .compare_exchange(seen, next | RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Turn::Mine(Generation(next)),
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// End the caller's recovery with its outcome: every waiter for it takes this outcome.
+    pub(crate) fn finish(&self, generation: Generation, ok: bool) {
+        self.0
+            .store(generation.0 | if ok { OK } else { 0 }, Ordering::SeqCst);
+    }
+
+    /// A recovery runs.
+    pub(crate) fn running(&self) -> bool {
+        self.0.load(Ordering::SeqCst) & RUNNING != 0
+    }
+
+    /// Once no recovery runs, whether the last one succeeded; `None` while one runs. A waiter
+    /// ([`Turn::Running`]) polls it, bounded: the outcome is that of the recovery it waited for,
+    /// or of one begun after that one ended, which started from a newer failure and so is the
+    /// one that says whether the function serves.
+    pub(crate) fn outcome(&self) -> Option<bool> {
+        let now = self.0.load(Ordering::SeqCst);
+        (now & RUNNING == 0).then_some(now & OK != 0)
+    }
+
+    /// Stand in for a recovery of `generation`: running, or ended with `ok`.
+    #[cfg(test)]
+    pub(crate) fn stand_in(&self, generation: u64, running: bool, ok: bool) {
+        let bits = if running {
+            RUNNING
+        } else if ok {
+            OK
+        } else {
+            0
+        };
+        self.0.store((generation << 2) | bits, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One turn at a time; a waiter gets the outcome of the recovery it waited for, also when
+    /// another began after it, and a new turn starts a new generation.
+    #[test]
+    fn a_waiter_takes_the_outcome_of_the_recovery_it_waited_for() {
+        let word = RecoveryWord::default();
+        let Turn::Mine(first) = word.begin() else {
+            panic!("no recovery ran");
+        };
+        assert!(word.running());
+        assert_eq!(word.begin(), Turn::Running, "the second caller must wait");
+        assert_eq!(word.outcome(), None, "still running");
+        word.finish(first, true);
+        assert_eq!(word.outcome(), Some(true));
+        assert!(!word.running());
+        let Turn::Mine(second) = word.begin() else {
+            panic!("the first one ended");
+        };
+        assert_ne!(second, first);
+        assert_eq!(word.outcome(), None, "a newer one runs: wait for it");
+        word.finish(second, false);
+        assert_eq!(word.outcome(), Some(false), "and take its outcome");
+    }
+}
