@@ -348,9 +348,17 @@ impl AdminQueue {
     }
 
     /// Move posted completions into their slots; one CQ head doorbell if anything was read.
+    /// Take the posted completions, at most [`ADMIN_ENTRIES`] − 1 (what an honest controller can
+    /// post before the CQ head doorbell written at the end): this runs under the admin lock, so
+    /// a controller that ignores the doorbell and keeps writing valid-phase entries must not
+    /// hold every admin user here. Entries that match no command are logged once per call.
     fn reap(&self, state: &mut AdminState) {
         let mut consumed = false;
-        while let Some(cqe) = state.cq.pop::<Cqe>() {
+        let mut unknown: Option<(Cqe, u32)> = None;
+        for _ in 0..ADMIN_ENTRIES - 1 {
+            let Some(cqe) = state.cq.pop::<Cqe>() else {
+                break;
+            };
             consumed = true;
             let index = usize::from(cqe.cid & ((1 << SLOT_BITS) - 1));
             let generation = cqe.cid >> SLOT_BITS;
@@ -362,12 +370,7 @@ impl AdminQueue {
                 );
             if !matches {
                 self.unknown.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "{}: admin completion with CID {:#06x} (SQID {}) matches no command; ignored",
-                    self.device.id(),
-                    cqe.cid,
-                    cqe.sq_id
-                );
+                unknown.get_or_insert((cqe, 0)).1 += 1;
                 continue;
             }
             if let Err(e) = state.sq.try_update_head(u32::from(cqe.sq_head)) {
@@ -384,6 +387,43 @@ impl AdminQueue {
         if consumed {
             self.registers().write32(self.cq_doorbell, state.cq.head());
         }
+        if let Some((first, n)) = unknown {
+            log::warn!(
+                "{}: {n} admin completions matched no command (the first: CID {:#06x}, SQID {}); ignored",
+                self.device.id(),
+                first.cid,
+                first.sq_id
+            );
+        }
+    }
+
+    /// Write `count` completions that match no command (SQID 5) into the CQ from its head, each
+    /// with the phase the driver expects there, as a controller that ignores the CQ head
+    /// doorbell would; then reap once. Returns how many that reap took.
+    #[cfg(test)]
+    pub(super) fn flood_and_reap(&self, count: u32) -> u64 {
+        use zerocopy::IntoBytes;
+        let mut token = LockToken::root();
+        let (mut state, _) = self.state.lock(&mut token);
+        let entries = u32::from(ADMIN_ENTRIES);
+        let (head, phase) = (state.cq.head(), state.cq.expected_phase());
+        for i in 0..count {
+            let slot = (head + i) % entries;
+            let wrapped = head + i >= entries;
+            let cqe = Cqe {
+                sq_id: 5,
+                cid: 0xffff,
+                status: u16::from(phase != wrapped),
+                ..Cqe::default()
+            };
+            state
+                .cq
+                .region()
+                .write_at(slot as usize * size_of::<Cqe>(), cqe.as_bytes());
+        }
+        let before = self.unknown.load(Ordering::Relaxed);
+        self.reap(&mut state);
+        self.unknown.load(Ordering::Relaxed) - before
     }
 }
 

@@ -850,3 +850,24 @@ fn a_restart_replaces_a_queue_created_across_a_recovery() {
     drop((cq, sq));
     rig.finish();
 }
+
+/// The admin queue's reap runs under the admin lock: a controller that ignores the admin CQ
+/// head doorbell and keeps writing valid-phase entries must not hold every admin user there.
+/// One reap takes at most 31 of the 32 slots (what an honest controller can post before the
+/// doorbell at the end of the reap), the next one the rest; a recovery brings the queue back.
+#[test]
+fn an_admin_reap_takes_at_most_one_ring_less_one_entry() {
+    let mut rig = Rig::up("nvme-admin-flood", NvmeSimConfig::default(), &config());
+    let admin = rig.ctrl.admin_queue();
+    assert_eq!(admin.flood_and_reap(32), 31, "one reap, at most 31 entries");
+    assert_eq!(admin.flood_and_reap(0), 1, "the next one takes the last");
+    // The controller posted none of them: the admin rings no longer agree with it, until a
+    // recovery starts them over.
+    rig.ctrl.recover().expect("recovery");
+    for q in &mut rig.queues {
+        QueueEngine::stop(q).expect("stop");
+        assert_eq!(q.abandon_all(), Vec::<u64>::new());
+    }
+    Controller::shutdown(rig.ctrl.as_ref()).expect("shutdown");
+    rig.release();
+}
