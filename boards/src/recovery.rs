@@ -23,23 +23,51 @@ const OK: u64 = 0b01;
 pub(crate) struct RecoveryWord(AtomicU64);
 
 /// What [`RecoveryWord::begin`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Turn {
-    /// No recovery ran: this caller runs one, and ends it with [`RecoveryWord::finish`].
-    Mine(Generation),
+#[derive(Debug)]
+pub(crate) enum Turn<'a> {
+    /// No recovery ran: this caller runs one, and ends it with [`Recovering::finish`].
+    Mine(Recovering<'a>),
     /// A recovery runs: poll [`RecoveryWord::outcome`] for it.
     Running,
 }
 
-/// The generation of the caller's own recovery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Generation(u64);
+/// The caller's own recovery. Dropped without [`Recovering::finish`] (a panic unwinding
+/// through the recovery) it ends as failed, so that no later caller waits for it and takes
+/// its own timeout for the device's failure.
+#[derive(Debug)]
+pub(crate) struct Recovering<'a> {
+    word: &'a RecoveryWord,
+    generation: u64,
+    finished: bool,
+}
+
+impl Recovering<'_> {
+    /// End this recovery with its outcome: every waiter for it takes this outcome.
+    pub(crate) fn finish(mut self, ok: bool) {
+        self.end(ok);
+    }
+
+    fn end(&mut self, ok: bool) {
+        self.finished = true;
+        self.word
+            .0
+            .store(self.generation | if ok { OK } else { 0 }, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Recovering<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.end(false);
+        }
+    }
+}
 
 impl RecoveryWord {
     /// Take the turn to recover, or learn which recovery runs. Sequentially consistent with
     /// the drivers' other reset state (the SCA-1 driver's reset counts, the NVMe controller's
     /// epoch), which their queues read around this word.
-    pub(crate) fn begin(&self) -> Turn {
+    pub(crate) fn begin(&self) -> Turn<'_> {
         let mut seen = self.0.load(Ordering::SeqCst);
         loop {
             if seen & RUNNING != 0 {
@@ -50,16 +78,16 @@ impl RecoveryWord {
                 .0
                 .compare_exchange(seen, next | RUNNING, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return Turn::Mine(Generation(next)),
+                Ok(_) => {
+                    return Turn::Mine(Recovering {
+                        word: self,
+                        generation: next,
+                        finished: false,
+                    })
+                }
                 Err(now) => seen = now,
             }
         }
-    }
-
-    /// End the caller's recovery with its outcome: every waiter for it takes this outcome.
-    pub(crate) fn finish(&self, generation: Generation, ok: bool) {
-        self.0
-            .store(generation.0 | if ok { OK } else { 0 }, Ordering::SeqCst);
     }
 
     /// A recovery runs.
@@ -103,17 +131,38 @@ mod tests {
             panic!("no recovery ran");
         };
         assert!(word.running());
-        assert_eq!(word.begin(), Turn::Running, "the second caller must wait");
+        assert!(
+            matches!(word.begin(), Turn::Running),
+            "the second caller must wait"
+        );
         assert_eq!(word.outcome(), None, "still running");
-        word.finish(first, true);
+        first.finish(true);
         assert_eq!(word.outcome(), Some(true));
         assert!(!word.running());
         let Turn::Mine(second) = word.begin() else {
             panic!("the first one ended");
         };
-        assert_ne!(second, first);
         assert_eq!(word.outcome(), None, "a newer one runs: wait for it");
-        word.finish(second, false);
+        second.finish(false);
         assert_eq!(word.outcome(), Some(false), "and take its outcome");
+    }
+
+    /// A recovery that panics ends as failed: no later caller waits for it.
+    #[test]
+    fn a_recovery_that_panics_ends_as_failed() {
+        let word = RecoveryWord::default();
+        let unwound = std::panic::catch_unwind(|| {
+            let Turn::Mine(_turn) = word.begin() else {
+                panic!("no recovery ran");
+            };
+            panic!("the recovery panics");
+        });
+        assert!(unwound.is_err());
+        assert!(!word.running());
+        assert_eq!(word.outcome(), Some(false));
+        assert!(
+            matches!(word.begin(), Turn::Mine(_)),
+            "the next caller recovers itself"
+        );
     }
 }

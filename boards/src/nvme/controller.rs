@@ -510,11 +510,11 @@ impl NvmeController {
     /// caller that waited, [`NvmeError::Disabled`] when the other recovery failed, or the
     /// bounded wait for it.
     pub fn recover(&self) -> Result<(), NvmeError> {
-        let Turn::Mine(generation) = self.recovery.begin() else {
+        let Turn::Mine(turn) = self.recovery.begin() else {
             return self.wait_for_other_recovery();
         };
         let result = self.recover_now();
-        self.recovery.finish(generation, result.is_ok());
+        turn.finish(result.is_ok());
         result
     }
 

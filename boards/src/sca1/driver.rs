@@ -557,11 +557,11 @@ impl Sca1 {
     /// As [`Sca1::reset`], or the bounded wait for READY; for a caller that waited,
     /// [`Sca1Error::RecoveryFailed`] when the other recovery failed, or the bounded wait for it.
     pub fn recover(&self) -> Result<(), Sca1Error> {
-        let Turn::Mine(generation) = self.state.recovery.begin() else {
+        let Turn::Mine(turn) = self.state.recovery.begin() else {
             return self.wait_for_other_recovery();
         };
         let result = self.recover_now();
-        self.state.recovery.finish(generation, result.is_ok());
+        turn.finish(result.is_ok());
         result
     }
 
