@@ -191,10 +191,14 @@ fn bring_up_nvme(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::definition::NVME;
+    use crate::definition::NVME_SIM;
+    use crate::definition::QEMU_NVME;
     use crate::definition::SCA1_PCI;
     use crate::definition::SIM;
     use crate::sca1::regs::global;
     use crate::sca1::regs::queue;
+    use crate::sim::Fault;
     use scst_accel_hal::BarInterposer;
     use scst_accel_hal::RegisterIo;
     use std::sync::Mutex;
@@ -315,65 +319,6 @@ mod tests {
             "without the quirk SQ_BASE is one 64-bit write"
         );
     }
-}
-
-#[cfg(test)]
-mod identity_tests {
-    use super::*;
-    use crate::definition::NVME;
-    use crate::definition::NVME_SIM;
-    use crate::definition::QEMU_NVME;
-    use crate::definition::SCA1_PCI;
-    use crate::definition::SIM;
-    use crate::sim::Fault;
-    use scst_accel_hal::RegisterIo;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::atomic::Ordering;
-
-    /// Counts every BAR access, then passes it on.
-    struct Counter {
-        inner: Arc<dyn DeviceBacking>,
-        accesses: AtomicUsize,
-    }
-
-    impl RegisterIo for Counter {
-        fn len(&self) -> u64 {
-            self.inner.bar0().len()
-        }
-
-        fn read32(&self, offset: u64) -> u32 {
-            self.accesses.fetch_add(1, Ordering::Relaxed);
-            self.inner.bar0().read32(offset)
-        }
-
-        fn write32(&self, offset: u64, value: u32) {
-            self.accesses.fetch_add(1, Ordering::Relaxed);
-            self.inner.bar0().write32(offset, value);
-        }
-
-        fn read64(&self, offset: u64) -> u64 {
-            self.accesses.fetch_add(1, Ordering::Relaxed);
-            self.inner.bar0().read64(offset)
-        }
-
-        fn write64(&self, offset: u64, value: u64) {
-            self.accesses.fetch_add(1, Ordering::Relaxed);
-            self.inner.bar0().write64(offset, value);
-        }
-    }
-
-    impl scst_accel_hal::BarInterposer for Counter {
-        fn device(&self) -> &dyn DeviceBacking {
-            self.inner.as_ref()
-        }
-    }
-
-    fn counted(inner: Arc<dyn DeviceBacking>) -> Arc<Counter> {
-        Arc::new(Counter {
-            inner,
-            accesses: AtomicUsize::new(0),
-        })
-    }
 
     fn sca1_sim(name: &str) -> (Arc<dyn DeviceBacking>, SimHandle) {
         let config = SimConfig {
@@ -391,13 +336,16 @@ mod identity_tests {
             .0
     }
 
-    /// Bring `device` up as `definition` through a counter; the refusal and the BAR accesses
-    /// made before it.
+    /// Bring `device` up as `definition` through a [`Recorder`]; the refusal and the BAR
+    /// accesses made before it.
     fn refused(definition: &BoardDefinition, device: Arc<dyn DeviceBacking>) -> (OpenBoardError, usize) {
-        let counter = counted(device);
-        match bring_up(definition, counter.clone(), 1) {
+        let recorder = Arc::new(Recorder {
+            inner: device,
+            log: Mutex::new(Vec::new()),
+        });
+        match bring_up(definition, recorder.clone(), 1) {
             Ok(_) => panic!("`{}` brought up a function it does not admit", definition.name),
-            Err(e) => (e, counter.accesses.load(Ordering::Relaxed)),
+            Err(e) => (e, recorder.accesses().len()),
         }
     }
 

@@ -208,6 +208,9 @@ pub mod sc {
     pub const ABORTED_FAILED_FUSED: u8 = 0x09;
     /// Invalid Field in Command (generic).
     pub const INVALID_FIELD: u8 = 0x02;
+    /// Invalid Queue Identifier (command specific, Create I/O CQ and SQ, NVMe 1.4 Figures 152
+    /// and 156): the queue ID is in use or above what the controller granted.
+    pub const INVALID_QUEUE_IDENTIFIER: u8 = 0x01;
     /// Namespace is Write Protected (generic, NVMe 1.4).
     pub const WRITE_PROTECTED: u8 = 0x20;
     /// Command Interrupted (generic, NVMe 1.4): the command may succeed if resubmitted.

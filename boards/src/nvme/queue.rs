@@ -138,10 +138,9 @@ pub struct NvmeQueue {
     stats: NvmeQueueStats,
 }
 
-/// Invalid Queue Identifier (command specific 01h, NVMe 1.4 Figures 152 and 156): the queue
-/// ID is in use (or above what the controller granted).
+/// [`sc::INVALID_QUEUE_IDENTIFIER`], a command specific status.
 fn is_invalid_queue_identifier(status: Status) -> bool {
-    status.sct() == sct::COMMAND_SPECIFIC && status.sc() == 0x01
+    status.sct() == sct::COMMAND_SPECIFIC && status.sc() == sc::INVALID_QUEUE_IDENTIFIER
 }
 
 impl NvmeQueue {
