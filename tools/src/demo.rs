@@ -302,6 +302,17 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 std::thread::sleep(args.duration / 2);
+                // With commands in flight, as the flag promises: a device that holds its
+                // completions back and then answers them in a burst (`storm`) leaves moments with
+                // none in flight, the initiator not yet resubmitting. Bounded by a quarter of the
+                // timed phase, so the teardown still comes under load (a device that fails every
+                // command at once, `gone`, has none in flight at any moment).
+                let until = std::time::Instant::now() + args.duration / 4;
+                while running.as_ref().is_some_and(|f| f.stats().inflight == 0)
+                    && std::time::Instant::now() < until
+                {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
                 running.map(|f| f.teardown(TeardownConfig::default()))
             });
             let result = workload::run(&sessions, geometry, &workload_config, &mut progress);
