@@ -45,6 +45,7 @@ use crate::transport::fdio::EventFd;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicIsize;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicU8;
@@ -139,12 +140,27 @@ struct Counters {
     readiness_changes: AtomicU64,
 }
 
+/// What one call did, added to [`Counters`] (and to `ready`) once at its end: one atomic
+/// read-modify-write per figure per call instead of one per message, so the replay's own
+/// bookkeeping weighs as little as it can on the handler's figures.
+#[derive(Default)]
+struct Tally {
+    commands: u64,
+    delivered: u64,
+    alloc_mem: u64,
+    on_free_cmd: u64,
+    cached_frees: u64,
+    /// Slots taken (no longer deliverable).
+    taken: usize,
+}
+
 /// The replay kernel (module doc).
 pub struct ReplayKernel {
     config: ReplayConfig,
     slots: Box<[Slot]>,
-    /// Slots with something to deliver.
-    ready: AtomicUsize,
+    /// Slots with something to deliver; for a moment negative when a slot made deliverable
+    /// was taken before its call added it ([`Self::applied`]).
+    ready: AtomicIsize,
     /// Where the next fetch starts looking, so workers do not all scan from slot 0.
     cursor: AtomicUsize,
     running: AtomicBool,
@@ -182,7 +198,7 @@ impl ReplayKernel {
         let replay = Self {
             config,
             slots: (0..config.queue_depth).map(|_| Slot::default()).collect(),
-            ready: AtomicUsize::new(config.queue_depth),
+            ready: AtomicIsize::new(config.queue_depth as isize),
             cursor: AtomicUsize::new(0),
             running: AtomicBool::new(true),
             readiness,
@@ -268,16 +284,17 @@ impl ReplayKernel {
         }
     }
 
-    /// A slot became deliverable.
-    fn more_ready(&self) {
-        if self.ready.fetch_add(1, Ordering::SeqCst) == 0 {
+    /// `n` slots became deliverable.
+    fn more_ready(&self, n: isize) {
+        if self.ready.fetch_add(n, Ordering::SeqCst) <= 0 {
             self.signal();
         }
     }
 
-    /// A slot stopped being deliverable (the poll fd is cleared lazily, by [`Self::unsignal`]).
-    fn less_ready(&self) {
-        self.ready.fetch_sub(1, Ordering::SeqCst);
+    /// `n` slots stopped being deliverable (the poll fd is cleared lazily, by
+    /// [`Self::unsignal`]).
+    fn less_ready(&self, n: isize) {
+        self.ready.fetch_sub(n, Ordering::SeqCst);
     }
 
     fn lba(&self, index: usize, seq: u32) -> u64 {
@@ -293,7 +310,7 @@ impl ReplayKernel {
     }
 
     /// Deliver what slot `index` has, into `out`; false if it has nothing.
-    fn take(&self, index: usize, out: &mut GetCmd) -> bool {
+    fn take(&self, index: usize, out: &mut GetCmd, tally: &mut Tally) -> bool {
         let slot = &self.slots[index];
         let current = slot.state.load(Ordering::Acquire);
         let pbuf = slot.pbuf.load(Ordering::Acquire);
@@ -305,7 +322,7 @@ impl ReplayKernel {
                         .compare_exchange(current, state::DONE, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
-                        self.less_ready();
+                        self.less_ready(1);
                     }
                     return false;
                 }
@@ -323,15 +340,17 @@ impl ReplayKernel {
         {
             return false;
         }
-        self.less_ready();
-        // A new command (not the EXEC after its ALLOC_MEM, nor its ON_FREE_CMD) gets a new handle.
-        let seq = if current == state::IDLE && next != state::CACHE_FREE_OUT {
-            slot.seq.fetch_add(1, Ordering::AcqRel).wrapping_add(1) & ((1 << (32 - SLOT_BITS)) - 1)
-        } else {
-            slot.seq.load(Ordering::Acquire) & ((1 << (32 - SLOT_BITS)) - 1)
-        };
-        fill(self, index, seq, pbuf, out);
-        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        tally.taken += 1;
+        // A new command (not the EXEC after its ALLOC_MEM, nor its ON_FREE_CMD) gets a new
+        // handle. The successful exchange above made this caller the slot's only writer until
+        // the reply: a load and a store, no read-modify-write.
+        let mut seq = slot.seq.load(Ordering::Acquire);
+        if current == state::IDLE && next != state::CACHE_FREE_OUT {
+            seq = seq.wrapping_add(1);
+            slot.seq.store(seq, Ordering::Release);
+        }
+        fill(self, index, seq & ((1 << (32 - SLOT_BITS)) - 1), pbuf, out);
+        tally.delivered += 1;
         true
     }
 
@@ -402,8 +421,9 @@ impl ReplayKernel {
         out.write_payload(&abi::OnCachedMemFree { pbuf });
     }
 
-    /// Apply one reply; false if it is wrong (counted).
-    fn apply(&self, reply: &ReplyCmd) -> bool {
+    /// Apply one reply; false if it is wrong (counted). A slot it makes deliverable is counted
+    /// in `ready` by the caller: [`Self::applied`].
+    fn apply(&self, reply: &ReplyCmd, tally: &mut Tally) -> bool {
         let index = (reply.cmd_h & ((1 << SLOT_BITS) - 1)) as usize;
         let Some(slot) = self.slots.get(index) else {
             return self.bad("reply for a slot that does not exist", reply);
@@ -418,7 +438,7 @@ impl ReplayKernel {
                 if !self.exec_reply_ok(slot, reply) {
                     return self.bad("EXEC reply not GOOD, wrong length or buffer", reply);
                 }
-                self.counters.commands.fetch_add(1, Ordering::Relaxed);
+                tally.commands += 1;
                 if self.config.on_free_cmd {
                     state::FREE_READY
                 } else {
@@ -426,7 +446,7 @@ impl ReplayKernel {
                 }
             }
             (state::ALLOC_OUT, abi::SCST_USER_ALLOC_MEM) => {
-                self.counters.alloc_mem.fetch_add(1, Ordering::Relaxed);
+                tally.alloc_mem += 1;
                 let answer: abi::AllocMemReply = reply.read_payload();
                 if answer.pbuf == 0 || !answer.pbuf.is_multiple_of(4096) {
                     return self.bad("ALLOC_MEM answered without a page-aligned buffer", reply);
@@ -435,19 +455,44 @@ impl ReplayKernel {
                 state::EXEC_READY
             }
             (state::FREE_OUT, abi::SCST_USER_ON_FREE_CMD) => {
-                self.counters.on_free_cmd.fetch_add(1, Ordering::Relaxed);
+                tally.on_free_cmd += 1;
                 state::IDLE
             }
             (state::CACHE_FREE_OUT, abi::SCST_USER_ON_CACHED_MEM_FREE) => {
-                self.counters.cached_frees.fetch_add(1, Ordering::Relaxed);
+                tally.cached_frees += 1;
                 slot.pbuf.store(0, Ordering::Release);
                 state::IDLE
             }
             _ => return self.bad("reply for a message the replay did not send", reply),
         };
         slot.state.store(next, Ordering::Release);
-        self.more_ready();
         true
+    }
+
+    /// Add a call's tally to the counters, and `became_ready` slots made deliverable less
+    /// those taken to `ready`. `ready` runs behind the slots by at most one call's worth (a
+    /// slot made deliverable and taken by another worker before this adds it): an over- or
+    /// under-count for that moment only makes the poll fd readable once too often or a call
+    /// later, never lost (the next fetch that finds nothing re-reads it, [`Self::unsignal`]).
+    fn applied(&self, tally: &Tally, became_ready: usize) {
+        let c = &self.counters;
+        for (counter, n) in [
+            (&c.commands, tally.commands),
+            (&c.delivered, tally.delivered),
+            (&c.alloc_mem, tally.alloc_mem),
+            (&c.on_free_cmd, tally.on_free_cmd),
+            (&c.cached_frees, tally.cached_frees),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        let net = became_ready as isize - tally.taken as isize;
+        if net > 0 {
+            self.more_ready(net);
+        } else if net < 0 {
+            self.less_ready(-net);
+        }
     }
 
     fn exec_reply_ok(&self, slot: &Slot, reply: &ReplyCmd) -> bool {
@@ -506,7 +551,10 @@ impl ScstUserFd for ReplayKernel {
     }
 
     fn reply_cmd(&self, reply: &ReplyCmd) -> IoctlResult {
-        if self.apply(reply) {
+        let mut tally = Tally::default();
+        let ok = self.apply(reply, &mut tally);
+        self.applied(&tally, usize::from(ok));
+        if ok {
             Ok(())
         } else {
             Err(Errno::ESRCH)
@@ -538,13 +586,15 @@ impl ScstUserFd for ReplayKernel {
             return Err(Errno::EFAULT);
         }
         let base = header.preplies as usize as *const ReplyCmd;
+        let mut tally = Tally::default();
         for i in 0..replies {
             // SAFETY: `preplies` names `replies_cnt` contiguous replies that the caller keeps
             // alive and unchanged for the duration of this call (the ScstUserFd contract, as for
             // the kernel's copy_from_user of the same array); read_unaligned makes no alignment
             // assumption about a user address.
             let reply = unsafe { std::ptr::read_unaligned(base.add(i)) };
-            if !self.apply(&reply) {
+            if !self.apply(&reply, &mut tally) {
+                self.applied(&tally, i);
                 header.replies_done = i as i16;
                 header.cmds_cnt = 0;
                 arg.set_header(header);
@@ -560,10 +610,11 @@ impl ScstUserFd for ReplayKernel {
                 break;
             }
             let index = (start + step) % self.slots.len();
-            if self.take(index, arg.cmd_mut(fetched)) {
+            if self.take(index, arg.cmd_mut(fetched), &mut tally) {
                 fetched += 1;
             }
         }
+        self.applied(&tally, replies);
         header.cmds_cnt = fetched as i16;
         arg.set_header(header);
         if fetched == 0 && want > 0 {
