@@ -147,6 +147,51 @@ fn handoff_across_three_threads() {
     });
 }
 
+/// Model 2c: a worker's door (`DrainDoor`): a batch reserved at once, its commands admitted
+/// from the reservation, their exits published in one step, against a close and a wait. The
+/// wait returns only after the worker's work is done and published; a reservation after the
+/// close is refused; nothing is left counted at the end.
+#[test]
+fn a_doors_batch_races_close() {
+    loom::model(|| {
+        let drain = Arc::new(Drain::new());
+        let done = Arc::new(AtomicUsize::new(0));
+        let worker = {
+            let drain = Arc::clone(&drain);
+            let done = Arc::clone(&done);
+            thread::spawn(move || {
+                let mut door = drain.door();
+                if !door.reserve(2) {
+                    assert!(drain.is_closed(), "reservation refused while open");
+                    assert!(door.admit().is_none(), "admitted after a refused reservation");
+                    return 0;
+                }
+                let a = door.admit().expect("reserved");
+                let b = door.admit().expect("reserved");
+                // Relaxed on purpose: only the drain's own ordering can make this visible.
+                done.fetch_add(2, Ordering::Relaxed);
+                drop(a);
+                door.publish();
+                drop(b);
+                drop(door);
+                2
+            })
+        };
+
+        drain.close();
+        drain
+            .wait_idle(LONG)
+            .expect("the door's publish wakes the waiter");
+        let done_seen = done.load(Ordering::Relaxed);
+        assert_eq!(drain.in_flight(), 0);
+        let admitted = worker.join().expect("worker");
+        assert_eq!(
+            done_seen, admitted,
+            "wait_idle returned before the door's commands were done"
+        );
+    });
+}
+
 /// A pooled buffer: its `Drop` is its return to the pool.
 struct Buf {
     table: Arc<LeaseTable<Arc<Buf>>>,

@@ -177,6 +177,29 @@ pub(crate) enum Direction {
     Write,
 }
 
+/// What a worker counts per message or per call on the command path (the rest of
+/// [`super::Counters`] counts rare events and stays shared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tally {
+    /// An EXEC arrived.
+    Exec,
+    /// An ALLOC_MEM arrived.
+    AllocMem,
+    /// An ON_FREE_CMD arrived.
+    OnFree,
+    /// An ON_CACHED_MEM_FREE arrived.
+    OnCachedMemFree,
+    /// A PARSE arrived.
+    Parse,
+    /// One ioctl call (REPLY_AND_GET_MULTI).
+    Ioctl,
+    /// A REPLY_AND_GET_MULTI asked for fewer commands than its buffer holds.
+    CappedFetch,
+}
+
+/// Number of [`Tally`] kinds.
+const TALLIES: usize = 7;
+
 /// One worker's figures. Aligned so that two workers never share a cache line (the hot path
 /// must not bounce lines between cores).
 #[repr(align(128))]
@@ -193,6 +216,8 @@ pub(crate) struct WorkerFigures {
     lingers: AtomicU64,
     linger_looks: AtomicU64,
     completion_polls: AtomicU64,
+    /// By [`Tally`].
+    tallies: [AtomicU64; TALLIES],
 }
 
 impl Default for WorkerFigures {
@@ -209,6 +234,7 @@ impl Default for WorkerFigures {
             lingers: AtomicU64::new(0),
             linger_looks: AtomicU64::new(0),
             completion_polls: AtomicU64::new(0),
+            tallies: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -246,6 +272,12 @@ impl WorkerFigures {
         bump(&self.sum_ns, ns);
     }
 
+    /// One more of `what`. Called by the owning worker only.
+    #[inline]
+    pub(crate) fn tally(&self, what: Tally) {
+        bump(&self.tallies[what as usize], 1);
+    }
+
     /// The worker came back from its wait. Called by the owning worker only.
     pub(crate) fn woke(&self) {
         bump(&self.wakeups, 1);
@@ -279,6 +311,14 @@ impl WorkerFigures {
         out.lingers += get(&self.lingers);
         out.linger_looks += get(&self.linger_looks);
         out.completion_polls += get(&self.completion_polls);
+        let tally = |what: Tally| get(&self.tallies[what as usize]);
+        out.exec += tally(Tally::Exec);
+        out.alloc_mem += tally(Tally::AllocMem);
+        out.on_free += tally(Tally::OnFree);
+        out.on_cached_mem_free += tally(Tally::OnCachedMemFree);
+        out.parse += tally(Tally::Parse);
+        out.ioctls += tally(Tally::Ioctl);
+        out.capped_fetches += tally(Tally::CappedFetch);
         let mut h = LatencyHistogram::default();
         for (a, b) in h.counts.iter_mut().zip(self.counts.iter()) {
             *a = get(b);
@@ -365,6 +405,9 @@ mod tests {
         b.answered(Direction::Write, 512);
         b.answered(Direction::Other, 0);
         b.latency(Duration::from_micros(40));
+        a.tally(Tally::Exec);
+        b.tally(Tally::Exec);
+        b.tally(Tally::Ioctl);
         let mut stats = super::super::FrontendStats::default();
         a.add_to(&mut stats);
         b.add_to(&mut stats);
@@ -373,5 +416,6 @@ mod tests {
         assert_eq!(stats.other_commands, 1);
         assert_eq!(stats.latency.count(), 2);
         assert_eq!(stats.latency.sum(), Duration::from_micros(60));
+        assert_eq!((stats.exec, stats.ioctls, stats.parse), (2, 1, 0));
     }
 }

@@ -229,18 +229,8 @@ pub enum ResizeError {
 /// Counters, updated by workers with relaxed atomics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// EXEC commands received.
-    pub exec: AtomicU64,
     /// EXEC replies with a status other than GOOD.
     pub exec_errors: AtomicU64,
-    /// PARSE commands.
-    pub parse: AtomicU64,
-    /// ALLOC_MEM commands.
-    pub alloc_mem: AtomicU64,
-    /// ON_FREE_CMD commands.
-    pub on_free: AtomicU64,
-    /// ON_CACHED_MEM_FREE commands.
-    pub on_cached_mem_free: AtomicU64,
     /// Task management messages.
     pub task_mgmt: AtomicU64,
     /// ATTACH_SESS.
@@ -251,11 +241,6 @@ pub struct Counters {
     pub reply_errors: AtomicU64,
     /// Commands answered BUSY / TASK SET FULL for lack of buffers.
     pub busy: AtomicU64,
-    /// ioctl calls made.
-    pub ioctls: AtomicU64,
-    /// REPLY_AND_GET_MULTI calls that asked for fewer commands than the buffer holds because
-    /// the commands were large (`FrontendConfig::fetch_bytes`).
-    pub capped_fetches: AtomicU64,
     /// EXECs answered BUSY because intake had stopped (teardown step 1).
     pub refused_in_teardown: AtomicU64,
     /// EXEC replies sent after the teardown began (completed, failed or BUSY).
@@ -828,19 +813,12 @@ impl Shared {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut stats = FrontendStats {
-            exec: get(&c.exec),
             exec_errors: get(&c.exec_errors),
-            parse: get(&c.parse),
-            alloc_mem: get(&c.alloc_mem),
-            on_free: get(&c.on_free),
-            on_cached_mem_free: get(&c.on_cached_mem_free),
             task_mgmt: get(&c.task_mgmt),
             attach: get(&c.attach),
             detach: get(&c.detach),
             reply_errors: get(&c.reply_errors),
             busy: get(&c.busy),
-            ioctls: get(&c.ioctls),
-            capped_fetches: get(&c.capped_fetches),
             refused_in_teardown: get(&c.refused_in_teardown),
             answered_in_teardown: get(&c.answered_in_teardown),
             aborted: get(&c.aborted),

@@ -13,6 +13,7 @@ use super::dump::DumpReceiver;
 use super::dump::WorkerDump;
 use super::fetch_size::FetchSize;
 use super::latency::Direction;
+use super::latency::Tally;
 use super::latency::WorkerFigures;
 use super::Phase;
 use super::SessionInfo;
@@ -39,7 +40,8 @@ use crate::store::StoreCompletion;
 use crate::store::StoreQueue;
 use crate::store::StoreRequest;
 use crate::store::StoreStatus;
-use crate::teardown::InFlightOwned;
+use crate::teardown::Admitted;
+use crate::teardown::DrainDoor;
 use crate::teardown::Lease;
 use crate::teardown::Refused;
 use crate::transport::Errno;
@@ -73,6 +75,11 @@ fn spin_until(at: Instant) {
     }
 }
 
+/// Does a message of `subcode` enter the drain (a command the store may work on)?
+fn admits(subcode: u32) -> bool {
+    matches!(subcode, abi::SCST_USER_EXEC | abi::SCST_USER_EXT_COPY_REMAP)
+}
+
 /// A lease of a command buffer, or the buffer back if the pool is being unmapped.
 type LeaseGrant = Result<Lease<Arc<CmdBuffer>>, Refused<Arc<CmdBuffer>>>;
 
@@ -89,7 +96,7 @@ struct ExecCtx {
     new_pbuf: u64,
     /// The command's place in the drain; `None` only for an EXEC refused at the gate. It goes
     /// with the reply and drops when the reply is handed to SCST.
-    token: Option<InFlightOwned>,
+    token: Option<Admitted>,
     /// The work answers an EXT_COPY_REMAP (an EXTENDED COPY segment copied in the store), not
     /// an EXEC: its reply is a remap reply ([`Worker::reply_remap`]).
     remap: bool,
@@ -97,7 +104,7 @@ struct ExecCtx {
 
 impl ExecCtx {
     /// The context of an EXEC answered at once (refused, or failed before any work).
-    fn immediate(received: Instant, direction: u8, bufflen: u32, token: Option<InFlightOwned>) -> Self {
+    fn immediate(received: Instant, direction: u8, bufflen: u32, token: Option<Admitted>) -> Self {
         Self {
             received,
             deadline: received,
@@ -115,7 +122,7 @@ impl ExecCtx {
 struct ReplyMeta {
     /// The drain token of an accepted EXEC: never read, held so that it drops (the EXEC
     /// leaves the drain) when its reply is consumed.
-    _token: Option<InFlightOwned>,
+    _token: Option<Admitted>,
     /// When its EXEC arrived; `None` for replies to other subcodes.
     received: Option<Instant>,
     /// A buffer allocated at EXEC time and named in this reply (spec §3.5), 0 if none: SCST
@@ -167,6 +174,10 @@ pub(super) struct Worker {
     released_buffers_unannounced: bool,
     /// This worker's index, also the name of its store queue in dumps.
     index: usize,
+    /// This worker's door to the drain: the EXECs of a batch enter it at once, and their
+    /// exits are taken off it once per turn of the loop ([`DrainDoor::publish`], at the top of
+    /// each turn and before anything that waits: `linger`, `poll_completions`, `wait`).
+    door: DrainDoor,
     multi: MultiBuffer,
     /// Replies for the next ioctl, contiguous as the kernel reads them (`preplies`).
     replies: Vec<ReplyCmd>,
@@ -237,6 +248,7 @@ impl Worker {
     ) -> Self {
         let multi = MultiBuffer::new(shared.config.cmds_per_call.max(1));
         let fetch_size = FetchSize::new(multi.capacity(), shared.config.fetch_bytes);
+        let door = shared.drain.door();
         Self {
             shared,
             // The top of the worker's thread: nothing is held yet (asserted).
@@ -246,6 +258,7 @@ impl Worker {
             buffer_cache: BufferCache::new(),
             released_buffers_unannounced: false,
             index,
+            door,
             multi,
             replies: Vec::new(),
             reply_tokens: Vec::new(),
@@ -294,6 +307,9 @@ impl Worker {
             // A heartbeat older than a few seconds therefore means a store call that does not
             // return, or a store that accepts nothing: the service is wedged.
             self.shared.liveness.beat(self.index);
+            // Exits counted since the last turn leave the drain before anything here can wait
+            // (the store calls below: a teardown waiting for the drain must see them).
+            self.door.publish();
             // Buffers another worker released leave this worker's cache now, so they return
             // to the pool (one atomic load when nothing changed).
             self.buffer_cache.purge_if_stale(&self.shared.buffers);
@@ -361,12 +377,21 @@ impl Worker {
             // The commands are read in place: the buffer is lent out while they are dispatched
             // (nothing in dispatch uses it), not copied 544 bytes at a time.
             let commands = std::mem::replace(&mut self.multi, MultiBuffer::empty());
+            // The batch's EXECs (and remaps) enter the drain at once; each is admitted from
+            // that reservation (`DrainDoor::admit`), and what is left goes back below.
+            let admitted = (0..fetched)
+                .filter(|&index| admits(commands.cmd(index).subcode))
+                .count();
+            self.door.reserve(admitted as u64);
             for index in 0..fetched {
                 self.dispatch(commands.cmd(index));
             }
             self.multi = commands;
             self.announce_released_buffers();
             self.flush_submissions();
+            // The replies consumed by this turn's exchange, the refusals and the reservation's
+            // rest leave the drain before the worker lingers or waits.
+            self.door.publish();
             if fetched == 0 && self.replies.is_empty() && self.completions_pending() == 0 {
                 let fetching = phase != Phase::Leaving && !self.fd_closed && !self.store_refused;
                 let lingered = replied && fetching && self.inflight.is_empty() && self.linger();
@@ -775,12 +800,9 @@ impl Worker {
             cmds_cnt: want as i16,
             _pad: 0,
         });
-        self.shared.counters.ioctls.fetch_add(1, Ordering::Relaxed);
+        self.figures().tally(Tally::Ioctl);
         if want > 0 && want < self.multi.capacity() {
-            self.shared
-                .counters
-                .capped_fetches
-                .fetch_add(1, Ordering::Relaxed);
+            self.figures().tally(Tally::CappedFetch);
         }
         let result = self.shared.fd.reply_and_get_multi(&mut self.multi);
         let header = self.multi.header();
@@ -928,12 +950,12 @@ impl Worker {
     }
 
     /// Queue a reply; `token` is the drain token of the EXEC it answers.
-    fn push_reply(&mut self, reply: ReplyCmd, token: Option<InFlightOwned>) {
+    fn push_reply(&mut self, reply: ReplyCmd, token: Option<Admitted>) {
         self.push_reply_timed(reply, token, None);
     }
 
     /// Queue a reply, with its EXEC's arrival time for the latency figures.
-    fn push_reply_timed(&mut self, reply: ReplyCmd, token: Option<InFlightOwned>, received: Option<Instant>) {
+    fn push_reply_timed(&mut self, reply: ReplyCmd, token: Option<Admitted>, received: Option<Instant>) {
         self.replies.push(reply);
         self.reply_tokens.push(ReplyMeta {
             _token: token,
@@ -967,18 +989,18 @@ impl Worker {
     }
 
     fn dispatch(&mut self, cmd: &GetCmd) {
-        let counters = &self.shared.counters;
+        let figures = &self.shared.figures[self.index];
         match cmd.subcode {
             abi::SCST_USER_EXEC => {
-                counters.exec.fetch_add(1, Ordering::Relaxed);
+                figures.tally(Tally::Exec);
                 self.exec(cmd);
             }
             abi::SCST_USER_ALLOC_MEM => {
-                counters.alloc_mem.fetch_add(1, Ordering::Relaxed);
+                figures.tally(Tally::AllocMem);
                 self.alloc_mem(cmd);
             }
             abi::SCST_USER_ON_FREE_CMD => {
-                counters.on_free.fetch_add(1, Ordering::Relaxed);
+                figures.tally(Tally::OnFree);
                 let free: abi::ScsiOnFreeCmd = cmd.read_payload();
                 if free.buffer_cached == 0 && free.pbuf != 0 {
                     self.release_buffer(free.pbuf);
@@ -986,7 +1008,7 @@ impl Worker {
                 self.push_reply(ReplyCmd::new(cmd.cmd_h, cmd.subcode), None);
             }
             abi::SCST_USER_ON_CACHED_MEM_FREE => {
-                counters.on_cached_mem_free.fetch_add(1, Ordering::Relaxed);
+                figures.tally(Tally::OnCachedMemFree);
                 let free: abi::OnCachedMemFree = cmd.read_payload();
                 if !self.release_buffer(free.pbuf) {
                     log::warn!(
@@ -998,7 +1020,7 @@ impl Worker {
                 self.push_reply(ReplyCmd::new(cmd.cmd_h, cmd.subcode), None);
             }
             abi::SCST_USER_PARSE => {
-                counters.parse.fetch_add(1, Ordering::Relaxed);
+                figures.tally(Tally::Parse);
                 self.parse(cmd);
             }
             abi::SCST_USER_ATTACH_SESS | abi::SCST_USER_DETACH_SESS => self.session(cmd),
@@ -1102,7 +1124,7 @@ impl Worker {
             .counters
             .ext_copy_remap
             .fetch_add(1, Ordering::Relaxed);
-        let Some(token) = self.shared.drain.try_enter_owned() else {
+        let Some(token) = self.door.admit() else {
             // Intake is stopped (teardown step 1): BUSY, as for an EXEC.
             self.shared
                 .counters
@@ -1310,7 +1332,7 @@ impl Worker {
         let bufflen = exec.bufflen.max(0) as u32;
         let direction = exec.data_direction;
         self.fetch_size.record(bufflen);
-        let Some(token) = self.shared.drain.try_enter_owned() else {
+        let Some(token) = self.door.admit() else {
             // Intake is stopped (teardown step 1): answered at once, never dropped.
             self.shared
                 .counters

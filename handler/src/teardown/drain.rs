@@ -7,7 +7,9 @@
 //! timeout, and SCST's unjam would otherwise answer it for us, scst_user.md §5.3), then
 //! [`wait_idle`](Drain::wait_idle)s, bounded, for the commands already inside.
 
+use std::cell::Cell;
 use std::fmt;
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::sync;
@@ -27,9 +29,13 @@ const COUNT: u64 = CLOSED - 1;
 ///
 /// Invariants:
 /// - the gate only closes, never reopens; once [`close`](Self::close) has returned, every
-///   [`try_enter`](Self::try_enter) on any thread fails;
+///   [`try_enter`](Self::try_enter) on any thread fails, and so does every
+///   [`DrainDoor::reserve`] (a door admits from a reservation made before the close: those
+///   commands were counted in before it);
 /// - [`in_flight`](Self::in_flight) counts exactly the live [`InFlight`] and [`InFlightOwned`]
-///   tokens: a refused entry is never counted, an exit is counted once (by the token's `Drop`);
+///   tokens: a refused entry is never counted, an exit is counted once (by the token's `Drop`),
+///   plus, per [`DrainDoor`], its live [`Admitted`] tokens, its unused reservation and the exits
+///   it has not published yet;
 /// - [`wait_idle`](Self::wait_idle) returns `Ok` only after every token has dropped, and
 ///   everything a command did before its token dropped happens-before that return.
 ///
@@ -87,6 +93,19 @@ impl Drain {
         self.state.enter().then(|| InFlightOwned {
             state: Arc::clone(&self.state),
         })
+    }
+
+    /// A door for one thread that admits many commands (a frontend worker): entries and exits
+    /// in bulk, one token per command all the same ([`DrainDoor`]).
+    pub fn door(&self) -> DrainDoor {
+        DrainDoor {
+            reserved: 0,
+            shared: Rc::new(DoorShared {
+                state: Arc::clone(&self.state),
+                exits: Cell::new(0),
+                open: Cell::new(true),
+            }),
+        }
     }
 
     /// Stops intake (teardown step 1). Idempotent; never blocks.
@@ -173,12 +192,17 @@ impl fmt::Debug for Drain {
 impl DrainState {
     /// Counts one command in unless the gate is closed; `true` if it entered.
     fn enter(&self) -> bool {
+        self.enter_n(1)
+    }
+
+    /// Counts `n` commands in unless the gate is closed; `true` if they entered.
+    fn enter_n(&self, n: u64) -> bool {
         let mut word = self.word.load(Ordering::Relaxed);
         loop {
             if word & CLOSED != 0 {
                 return false;
             }
-            if word & COUNT == COUNT {
+            if COUNT - (word & COUNT) < n {
                 // 2^63 commands in flight means a leak of tokens, not load: refuse rather than
                 // carry into the gate bit.
                 log::error!("drain: in-flight count saturated; refusing the command");
@@ -188,7 +212,7 @@ impl DrainState {
             // gate open, so it entered before the close in the word's modification order.
             match self
                 .word
-                .compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange_weak(word, word + n, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => return true,
                 Err(current) => word = current,
@@ -198,9 +222,19 @@ impl DrainState {
 
     /// Counts one command out; the exit that empties a closed drain wakes the waiter.
     fn exit(&self) {
-        // Release: the command's work happens-before the waiter's Acquire load of zero.
-        let before = self.word.fetch_sub(1, Ordering::AcqRel);
-        if before == CLOSED | 1 {
+        self.exit_n(1);
+    }
+
+    /// Counts `n` commands out (none: nothing happens); the exit that empties a closed drain
+    /// wakes the waiter.
+    fn exit_n(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        // Release: the commands' work happens-before the waiter's Acquire load of zero.
+        let before = self.word.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before & COUNT >= n, "drain: more exits than entries");
+        if before == CLOSED | n {
             // Taking the lock orders this wake-up after the waiter's check or after its wait
             // started; without it the notify could fall between the two and be lost.
             let _guard = sync::lock(&self.idle_lock, "drain idle");
@@ -249,6 +283,109 @@ impl fmt::Debug for InFlightOwned {
     }
 }
 
+/// One thread's door to a [`Drain`] (a frontend worker's): it enters a batch of commands
+/// with one atomic operation ([`reserve`](Self::reserve)) and counts their exits out with one
+/// ([`publish`](Self::publish)), where [`Drain::try_enter_owned`] costs two per command and two
+/// more for the token's handle. Each command still holds a token of its own whose `Drop` is its
+/// exit ([`Admitted`]); the exit is counted in the door, and taken off the drain when the door
+/// publishes.
+///
+/// The rule that keeps the drain's promise: **publish before waiting for anything**, and at
+/// the end of each batch. An exit not yet published keeps the drain from looking idle that much
+/// longer, never the other way round: every command is entered in the drain before its token
+/// exists (a reservation enters the batch before the commands are admitted from it). A token
+/// dropped after its door is gone counts itself out at once.
+///
+/// Not `Send` (nor its tokens): the count of exits lives in a cell of the door's thread.
+pub struct DrainDoor {
+    /// Entered in the drain and not admitted yet: what is left of the batch's reservation.
+    reserved: u64,
+    shared: Rc<DoorShared>,
+}
+
+/// What a door and its tokens share (on the door's thread).
+struct DoorShared {
+    state: Arc<DrainState>,
+    /// Exits of tokens dropped since the last publish.
+    exits: Cell<u64>,
+    /// The door still publishes; once it is dropped, a token counts itself out.
+    open: Cell<bool>,
+}
+
+impl DrainDoor {
+    /// Enters `n` commands at once, to be admitted by [`admit`](Self::admit) (one
+    /// compare-and-swap for the batch); `false` if the gate is closed (nothing entered). What
+    /// is not admitted goes back at the next [`publish`](Self::publish).
+    pub fn reserve(&mut self, n: u64) -> bool {
+        if n == 0 || self.shared.state.enter_n(n) {
+            self.reserved += n;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Lets one command in: from the reservation, else alone (one compare-and-swap); `None`
+    /// when there is no reservation left and the gate is closed (answer the command BUSY).
+    pub fn admit(&mut self) -> Option<Admitted> {
+        if self.reserved > 0 {
+            self.reserved -= 1;
+        } else if !self.shared.state.enter() {
+            return None;
+        }
+        Some(Admitted {
+            door: Rc::clone(&self.shared),
+        })
+    }
+
+    /// Takes the exits counted since the last publish and the unused reservation off the
+    /// drain, with one atomic operation (none when there is nothing to take off).
+    pub fn publish(&mut self) {
+        let n = self.shared.exits.replace(0) + std::mem::take(&mut self.reserved);
+        self.shared.state.exit_n(n);
+    }
+}
+
+impl Drop for DrainDoor {
+    fn drop(&mut self) {
+        self.publish();
+        self.shared.open.set(false);
+    }
+}
+
+impl fmt::Debug for DrainDoor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainDoor")
+            .field("reserved", &self.reserved)
+            .field("unpublished_exits", &self.shared.exits.get())
+            .finish()
+    }
+}
+
+/// Proof that a command came in through a [`DrainDoor`]; dropping it is the command's exit,
+/// counted in the door and taken off the drain at its next [`DrainDoor::publish`] (at once if
+/// the door is gone).
+#[must_use = "dropping the token at once counts the command out immediately"]
+pub struct Admitted {
+    door: Rc<DoorShared>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.door.open.get() {
+            self.door.exits.set(self.door.exits.get() + 1);
+        } else {
+            self.door.state.exit();
+        }
+    }
+}
+
+impl fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Admitted")
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -268,6 +405,80 @@ mod tests {
         drop(b);
         assert_eq!(drain.in_flight(), 0);
         assert!(!drain.is_closed());
+    }
+
+    #[test]
+    fn a_door_enters_in_bulk_and_counts_out_on_publish() {
+        let drain = Drain::new();
+        let mut door = drain.door();
+        assert!(door.reserve(3));
+        assert_eq!(drain.in_flight(), 3, "a reservation is counted in at once");
+        let a = door.admit().expect("reserved");
+        let b = door.admit().expect("reserved");
+        door.publish();
+        assert_eq!(drain.in_flight(), 2, "the unused reservation went back");
+        let c = door.admit().expect("an open drain admits without a reservation");
+        assert_eq!(drain.in_flight(), 3);
+        drop(a);
+        drop(b);
+        assert_eq!(drain.in_flight(), 3, "exits wait for the publish");
+        door.publish();
+        assert_eq!(drain.in_flight(), 1);
+        drop(door);
+        assert_eq!(drain.in_flight(), 1, "a live token keeps its command in");
+        drop(c);
+        assert_eq!(
+            drain.in_flight(),
+            0,
+            "a token that outlives its door counts itself out"
+        );
+    }
+
+    #[test]
+    fn a_closed_drain_refuses_a_doors_reservation_but_not_what_was_reserved() {
+        let drain = Drain::new();
+        let mut door = drain.door();
+        assert!(door.reserve(1));
+        drain.close();
+        assert!(!door.reserve(1), "no reservation after the close");
+        let inside = door.admit().expect("reserved before the close");
+        assert!(
+            door.admit().is_none(),
+            "nothing left reserved, and the gate is closed"
+        );
+        assert_eq!(drain.try_wait_idle(), Err(Remaining { in_flight: 1 }));
+        drop(inside);
+        assert_eq!(drain.try_wait_idle(), Err(Remaining { in_flight: 1 }));
+        door.publish();
+        assert_eq!(drain.try_wait_idle(), Ok(()));
+    }
+
+    #[test]
+    fn a_doors_publish_wakes_the_waiter() {
+        let drain = Arc::new(Drain::new());
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+        let (in_tx, in_rx) = crossbeam_channel::bounded::<()>(1);
+        let worker = {
+            let drain = Arc::clone(&drain);
+            std::thread::spawn(move || {
+                let mut door = drain.door();
+                let token = door.admit().expect("open drain admits");
+                in_tx.send(()).expect("waiter alive");
+                let _ = go_rx.recv_timeout(Duration::from_secs(10));
+                drop(token);
+                door.publish();
+                // The door lives on: only the publish can wake the waiter.
+                std::thread::sleep(Duration::from_millis(50));
+            })
+        };
+        in_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("worker admitted");
+        drain.close();
+        go_tx.send(()).expect("worker alive");
+        // Generous bound: only a lost wake-up could make this fail.
+        assert_eq!(drain.wait_idle(Duration::from_secs(30)), Ok(()));
+        worker.join().expect("worker thread");
     }
 
     #[test]

@@ -17,7 +17,9 @@
 mod drain;
 mod lease;
 
+pub use drain::Admitted;
 pub use drain::Drain;
+pub use drain::DrainDoor;
 pub use drain::InFlight;
 pub use drain::InFlightOwned;
 pub use drain::Remaining;
