@@ -4,7 +4,11 @@
 
 use scst_accel_boards::definition;
 use scst_accel_boards::engine::Controller;
+use scst_accel_boards::engine::DeviceCompletion;
+use scst_accel_boards::engine::DeviceRequest;
+use scst_accel_boards::engine::EngineError;
 use scst_accel_boards::engine::QueueEngine;
+use scst_accel_boards::engine::SubmitError;
 use scst_accel_boards::nvme::NvmeConfig;
 use scst_accel_boards::nvme::NvmeController;
 use scst_accel_boards::open::open_board;
@@ -30,6 +34,9 @@ use scst_accel_handler::store::StoreQueue;
 use scst_accel_handler::store::StoreRequest;
 use scst_accel_handler::store::StoreStatus;
 use scst_accel_handler::store::StoreToken;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -496,4 +503,246 @@ fn a_queue_restarted_after_another_queues_recovery_serves_what_comes_next() {
         "the second READ is served, not failed by the recovery before it"
     );
     assert!(store.failure().is_none());
+}
+
+/// A queue engine that counts the restarts asked of it while it still had requests in flight
+/// (the engine contract asks for none: `QueueEngine::restart`), and otherwise is `inner`.
+struct Watched {
+    inner: Box<dyn QueueEngine>,
+    restarts_in_flight: Arc<AtomicU64>,
+}
+
+impl QueueEngine for Watched {
+    fn index(&self) -> u32 {
+        self.inner.index()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+
+    fn is_running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    fn is_halted(&self) -> bool {
+        self.inner.is_halted()
+    }
+
+    fn oldest_submission(&self) -> Option<Instant> {
+        self.inner.oldest_submission()
+    }
+
+    fn expired(&self, cutoff: Instant) -> Vec<u64> {
+        self.inner.expired(cutoff)
+    }
+
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.notify_fd()
+    }
+
+    fn submit(&mut self, req: &DeviceRequest<'_>) -> Result<(), SubmitError> {
+        self.inner.submit(req)
+    }
+
+    fn ring_doorbell(&mut self) {
+        self.inner.ring_doorbell();
+    }
+
+    fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
+        self.inner.reap(out)
+    }
+
+    fn prepare_to_wait(&mut self) -> bool {
+        self.inner.prepare_to_wait()
+    }
+
+    fn unknown_tags(&self) -> u64 {
+        self.inner.unknown_tags()
+    }
+
+    fn abort(&mut self, user_tags: &[u64]) -> Result<usize, EngineError> {
+        self.inner.abort(user_tags)
+    }
+
+    fn stop(&mut self) -> Result<(), EngineError> {
+        self.inner.stop()
+    }
+
+    fn stop_within(&mut self, bound: Duration) -> Result<(), EngineError> {
+        self.inner.stop_within(bound)
+    }
+
+    fn abandon_all(&mut self) -> Vec<u64> {
+        self.inner.abandon_all()
+    }
+
+    fn leak_on_drop(&mut self) {
+        self.inner.leak_on_drop();
+    }
+
+    fn restart(&mut self) -> Result<(), EngineError> {
+        if self.inner.in_flight() > 0 {
+            self.restarts_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.restart()
+    }
+
+    fn dump(&self) -> String {
+        self.inner.dump()
+    }
+}
+
+/// A READ in flight on a queue of the simulated NVMe controller (admin timeout 3 s, one polled
+/// queue, its engine [`Watched`]) behind an accelerator store with a 200 ms command timeout,
+/// while another thread's recovery of the controller runs for 1.5 s: every command waits 1.5 s
+/// (`latency`), so the READ is still the controller's when the recovery's reset drops it, and
+/// the recovery's SET FEATURES holds it, its reset count not yet moved, for 1.5 s after its
+/// enable. The recovery's disable takes 100 ms (`disable_micros`), which the test waits for.
+struct LongRecovery {
+    sim: NvmeSimHandle,
+    pool: Arc<SgvPool>,
+    store: AccelStore,
+    q: Box<dyn StoreQueue>,
+    recovery: Option<std::thread::JoinHandle<Result<(), String>>>,
+    restarts_in_flight: Arc<AtomicU64>,
+}
+
+impl LongRecovery {
+    fn start(name: &str) -> Self {
+        let (device, sim) = create_nvme_sim(
+            name,
+            NvmeSimConfig {
+                num_blocks: 4096,
+                cap_to: 4,
+                disable_micros: 100_000,
+                ..NvmeSimConfig::default()
+            },
+        )
+        .expect("simulated NVMe controller");
+        let config = NvmeConfig {
+            queues: 1,
+            queue_depth: 16,
+            interrupts: false,
+            admin_timeout: Duration::from_secs(3),
+            ..NvmeConfig::default()
+        };
+        let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
+        let pool = Arc::new(SgvPool::new(
+            Some(device_mapper(Arc::clone(controller.device()))),
+            Some(Arc::clone(controller.iovas())),
+            16 << 20,
+        ));
+        let restarts_in_flight = Arc::new(AtomicU64::new(0));
+        let queues = queues
+            .into_iter()
+            .map(|q| {
+                Box::new(Watched {
+                    inner: Box::new(q),
+                    restarts_in_flight: Arc::clone(&restarts_in_flight),
+                }) as Box<dyn QueueEngine>
+            })
+            .collect();
+        let (store, q) = store_reading(
+            Arc::clone(&controller) as _,
+            queues,
+            &pool,
+            Duration::from_millis(200),
+            || sim.inject(NvmeFault::Latency { micros: 1_500_000 }),
+        );
+        let other = Arc::clone(&controller);
+        let recovery = std::thread::spawn(move || other.recover().map_err(|e| e.to_string()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while controller.is_enabled() {
+            assert!(Instant::now() < deadline, "the recovery never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Self {
+            sim,
+            pool,
+            store,
+            q,
+            recovery: Some(recovery),
+            restarts_in_flight,
+        }
+    }
+
+    fn recovery_ended(&self) -> bool {
+        self.recovery.as_ref().is_none_or(|r| r.is_finished())
+    }
+
+    /// Submit a READ of 8 blocks at `lba` with tag `tag`.
+    fn read(&mut self, tag: u64, lba: u64) {
+        let buf = IoBuffer::new(
+            CmdBuffer::allocate(&mut StoreToken::root(), &self.pool, 4096).expect("buffer"),
+            4096,
+        );
+        self.q
+            .submit(
+                &mut StoreToken::root(),
+                &mut vec![StoreRequest {
+                    tag,
+                    op: StoreOp::Read { lba, blocks: 8 },
+                    buffer: Some(buf),
+                }],
+            )
+            .expect("submit");
+    }
+
+    /// The recovery succeeded, the queue serves a READ after it, and nothing DMAed where it
+    /// should not have.
+    fn finish(mut self) {
+        self.recovery
+            .take()
+            .expect("the recovery thread")
+            .join()
+            .expect("recovery thread")
+            .expect("the other queue's recovery");
+        self.sim.clear_faults();
+        // One reap first: the queue sees the count move and restarts (a request waiting for
+        // the restart when it sees the move is failed with those in flight, ABORTED).
+        let mut out: Vec<StoreCompletion> = Vec::new();
+        self.q.reap(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        self.read(99, 64);
+        assert_eq!(
+            reap_until_answered(&mut self.q),
+            [StoreCompletion {
+                tag: 99,
+                status: StoreStatus::Good
+            }],
+            "served after the recovery"
+        );
+        assert!(self.store.failure().is_none(), "{:?}", self.store.failure());
+        assert_eq!(self.sim.iommu().fault_count(), 0);
+    }
+}
+
+/// A READ in flight on an NVMe queue whose controller another thread's recovery disabled: the
+/// queue is not running, and its health check used to restart it anyway, every health
+/// interval; the driver refused (requests in flight) and each refusal counted toward giving
+/// the store up. Now the queue is restarted only with nothing in flight: the READ meets its
+/// deadline, the stop proves the end of its DMA (the recovery's reset), it is failed ABORTED,
+/// and the queue serves again once the recovery published its reset count.
+#[test]
+fn an_nvme_queue_with_requests_in_flight_is_not_restarted_during_another_queues_recovery() {
+    let mut rig = LongRecovery::start("give-up-nvme-no-restart-in-flight");
+
+    let answered = reap_until_answered(&mut rig.q);
+
+    assert_eq!(
+        answered,
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Aborted
+        }],
+        "the READ met its deadline"
+    );
+    assert!(!rig.recovery_ended(), "the recovery still runs");
+    assert_eq!(
+        rig.restarts_in_flight.load(Ordering::Relaxed),
+        0,
+        "restarts asked with the READ in flight"
+    );
+    rig.finish();
 }

@@ -18,7 +18,10 @@
 //! Nothing panics, and no wait is unbounded; queues of one function do wait for each other
 //! where the function is shared: one recovery runs at a time (a second caller waits, bounded,
 //! for the first's outcome), and a queue restarts only once a recovery under way has published
-//! its reset count. A stopped queue with nothing to do retries its restart when the next
+//! its reset count. A queue that is not running is restarted only with nothing in flight: an
+//! NVMe queue whose controller another queue's recovery disabled keeps its requests until the
+//! reset count moves (they are failed then) or their deadline escalates (the stop proving the
+//! end of their DMA). A stopped queue with nothing to do retries its restart when the next
 //! request comes.
 
 use super::CopyPath;
@@ -1205,11 +1208,13 @@ impl AccelQueue {
     /// way (rule 5, docs/boards.md), so the count read here, before anything is submitted, is
     /// the one the queue runs under, and a later move of it is a reset after this restart.
     /// (Read after: a whole recovery that completes in between stopped the queue without the
-    /// count saying so here; the NVMe queue notices it by its own count and is restarted, an
-    /// SCA-1 queue's requests meet their deadline and escalate, its stop then proving the end
-    /// of DMA. Nothing is released early either way.) Without this, a queue restarted by a path that did not read the count
-    /// (a stop that succeeded after another queue's recovery) kept the old one, and its next
-    /// health check failed the requests submitted since as ABORTED while the device ran them.
+    /// count saying so here. The NVMe queue notices it by its own count: it takes no request,
+    /// and is restarted once it has none in flight; an SCA-1 queue's requests, and those the
+    /// NVMe queue took before that recovery, meet their deadline and escalate, the stop then
+    /// proving the end of DMA. Nothing is released early either way.) Without this, a queue
+    /// restarted by a path that did not read the count (a stop that succeeded after another
+    /// queue's recovery) kept the old one, and its next health check failed the requests
+    /// submitted since as ABORTED while the device ran them.
     fn restart_queue(&mut self) -> bool {
         match self.queue.restart() {
             Ok(()) => {
@@ -1431,7 +1436,12 @@ impl AccelQueue {
         if self.queue.is_halted() {
             return self.recover("the queue halted on an error");
         }
-        if !self.queue.is_running() && !self.gone {
+        // Only with nothing in flight (`QueueEngine::restart`). Requests still on a queue that
+        // is not running (an NVMe queue whose controller another queue's recovery disabled) are
+        // failed when the reset count moves, or meet their deadline and escalate, the stop
+        // proving the end of their DMA; a restart now would only be refused, and counted
+        // toward giving up.
+        if !self.queue.is_running() && self.queue.in_flight() == 0 && !self.gone {
             self.restart_queue();
         }
     }
