@@ -189,6 +189,20 @@ pub enum EngineError {
         /// How long the stop waited for the proof.
         waited: std::time::Duration,
     },
+    /// A queue's restart refused because a reset or recovery of the function is under way
+    /// (docs/boards.md rule 5: no queue restarts between a reset and the move of the reset
+    /// count): not yet, rather than failed. Nothing was changed; restart again later (that
+    /// reset or recovery is bounded).
+    #[error(
+        "{device}: queue {queue} not restarted: a reset or recovery of the function is under way; \
+         restart it again once the reset count moves"
+    )]
+    ResetUnderWay {
+        /// Device.
+        device: String,
+        /// The queue ([`QueueEngine::index`]).
+        queue: u32,
+    },
     /// Anything else, with what to do in the message.
     #[error("{device}: {message}")]
     Failed {
@@ -381,7 +395,9 @@ pub trait QueueEngine: Send {
     /// the device where the reset destroyed it).
     ///
     /// # Errors
-    /// [`EngineError`]; the store then treats the device as gone.
+    /// [`EngineError::ResetUnderWay`] while a reset or recovery of the function runs (the
+    /// store retries); other [`EngineError`]s, which the store retries for a bounded time and
+    /// then treats the device as gone.
     fn restart(&mut self) -> Result<(), EngineError>;
     /// The queue's registers and ring pointers, for logs on escalation and for `diag`.
     fn dump(&self) -> String;

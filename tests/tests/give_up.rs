@@ -689,6 +689,31 @@ impl LongRecovery {
             .expect("submit");
     }
 
+    /// Reap until the recovery has ended and `tag` is answered (60 s at most), the store never
+    /// giving up meanwhile; what was answered.
+    fn reap_through_the_recovery(&mut self, tag: u64) -> Vec<StoreCompletion> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out: Vec<StoreCompletion> = Vec::new();
+        while !(self.recovery_ended() && out.iter().any(|c| c.tag == tag)) {
+            assert!(
+                self.store.failure().is_none(),
+                "the store gave up during another queue's recovery: {:?}",
+                self.store.failure()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "never answered: {:?}",
+                self.store.dump()
+            );
+            if self.recovery_ended() {
+                self.sim.clear_faults();
+            }
+            self.q.reap(&mut out);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out
+    }
+
     /// The recovery succeeded, the queue serves a READ after it, and nothing DMAed where it
     /// should not have.
     fn finish(mut self) {
@@ -744,5 +769,39 @@ fn an_nvme_queue_with_requests_in_flight_is_not_restarted_during_another_queues_
         0,
         "restarts asked with the READ in flight"
     );
+    rig.finish();
+}
+
+/// A recovery on another thread that runs longer than the store's give-up bound for restarts
+/// (twice the command timeout: 1.5 s against 400 ms) while a stopped queue has a request to
+/// serve: its restart is refused (`ResetUnderWay`) on every health check until the recovery
+/// publishes its reset count. Those refusals were counted as restart failures, and the store
+/// gave up (reporting `Store::failure`, which tears the device down) in the middle of a
+/// recovery that then succeeded. Now a refusal that says "not yet, a recovery is under way" is
+/// no failure: that recovery is bounded, and its own thread reports it if it fails.
+#[test]
+fn an_nvme_store_waits_out_another_queues_recovery_longer_than_its_give_up_bound() {
+    let mut rig = LongRecovery::start("give-up-nvme-long-recovery");
+    assert_eq!(
+        reap_until_answered(&mut rig.q),
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Aborted
+        }],
+        "the READ met its deadline"
+    );
+    assert!(!rig.recovery_ended(), "the recovery still runs");
+
+    rig.read(2, 8);
+    let answered = rig.reap_through_the_recovery(2);
+
+    // Never on the controller: it waited for the restart, and is failed with the queue's
+    // requests when the count moves, or served after the restart.
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert!(
+        matches!(answered[0].status, StoreStatus::Aborted | StoreStatus::Good),
+        "{answered:?}"
+    );
+    assert_eq!(rig.restarts_in_flight.load(Ordering::Relaxed), 0);
     rig.finish();
 }

@@ -125,11 +125,14 @@ impl From<NvmeError> for EngineError {
                 timeout,
             },
             NvmeError::DisableUnproven { device, waited } => EngineError::StopPending { device, waited },
+            NvmeError::ResetUnderWay { device, queue } => EngineError::ResetUnderWay {
+                device,
+                queue: u32::from(queue),
+            },
             NvmeError::Fatal { ref device, .. }
             | NvmeError::Command { ref device, .. }
             | NvmeError::ResetDuringCommand { ref device, .. }
             | NvmeError::Disabled { ref device }
-            | NvmeError::ResetUnderWay { ref device, .. }
             | NvmeError::Unsupported { ref device, .. }
             | NvmeError::Memory { ref device, .. }
             | NvmeError::Hal { ref device, .. } => {

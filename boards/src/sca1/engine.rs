@@ -30,6 +30,7 @@ impl From<Sca1Error> for EngineError {
     fn from(e: Sca1Error) -> Self {
         match e {
             Sca1Error::Gone { device } => EngineError::Gone { device },
+            Sca1Error::ResetUnderWay { device, queue } => EngineError::ResetUnderWay { device, queue },
             Sca1Error::Timeout {
                 device,
                 what,
@@ -45,7 +46,6 @@ impl From<Sca1Error> for EngineError {
             | Sca1Error::Capability { ref device, .. }
             | Sca1Error::DmaUnproven { ref device, .. }
             | Sca1Error::RecoveryFailed { ref device, .. }
-            | Sca1Error::ResetUnderWay { ref device, .. }
             | Sca1Error::Setup { ref device, .. } => EngineError::Failed {
                 device: device.clone(),
                 message: e.to_string(),

@@ -18,11 +18,12 @@
 //! Nothing panics, and no wait is unbounded; queues of one function do wait for each other
 //! where the function is shared: one recovery runs at a time (a second caller waits, bounded,
 //! for the first's outcome), and a queue restarts only once a recovery under way has published
-//! its reset count. A queue that is not running is restarted only with nothing in flight: an
-//! NVMe queue whose controller another queue's recovery disabled keeps its requests until the
-//! reset count moves (they are failed then) or their deadline escalates (the stop proving the
-//! end of their DMA). A stopped queue with nothing to do retries its restart when the next
-//! request comes.
+//! its reset count (it waits for that as long as the recovery takes, which is bounded: a
+//! restart refused meanwhile is not a failure toward giving up). A queue that is not running
+//! is restarted only with nothing in flight: an NVMe queue whose controller another queue's
+//! recovery disabled keeps its requests until the reset count moves (they are failed then) or
+//! their deadline escalates (the stop proving the end of their DMA). A stopped queue with
+//! nothing to do retries its restart when the next request comes.
 
 use super::CopyPath;
 use super::IoBuffer;
@@ -1197,12 +1198,15 @@ impl AccelQueue {
         }
     }
 
-    /// Restart after a stop or reset. A restart can fail while another queue's recovery of the
-    /// same function is still running (an NVMe queue is re-created through the admin queue);
-    /// the queue then stays stopped, its requests waiting, and the health check retries. Only
-    /// a restart that keeps failing for twice the command timeout, or a gone device, makes
-    /// the store give up: failures further apart than that (the queue idle in between, so
-    /// nothing retried) start the count again.
+    /// Restart after a stop or reset. While a reset or recovery of the function runs on another
+    /// thread the queue refuses ([`EngineError::ResetUnderWay`]): it stays stopped, its
+    /// requests waiting, and the health check retries for as long as that recovery takes (it is
+    /// bounded), none of it counted as a failure.
+    /// A restart can also fail (an NVMe queue is re-created through the admin queue, the
+    /// controller may be disabled); it is retried the same way. Only a restart that keeps
+    /// failing for twice the command timeout, or a gone device, makes the store give up:
+    /// failures further apart than that (the queue idle in between, so nothing retried) start
+    /// the count again.
     ///
     /// A restarted queue has seen every reset so far: no restart runs while a recovery is under
     /// way (rule 5, docs/boards.md), so the count read here, before anything is submitted, is
@@ -1221,6 +1225,13 @@ impl AccelQueue {
                 self.seen_resets = self.board.reset_count();
                 self.restart_failing_since = None;
                 true
+            }
+            Err(e @ EngineError::ResetUnderWay { .. }) if !self.board.is_gone() => {
+                // Not yet, rather than failed: the reset or recovery under way is bounded, and
+                // once it ends the restart succeeds or fails for a reason that counts. Neither a
+                // failure of the run nor the end of one.
+                log::debug!("queue {}: {e}", self.queue.index());
+                false
             }
             Err(e) => {
                 let now = Instant::now();
