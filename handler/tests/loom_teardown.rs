@@ -227,12 +227,15 @@ fn revoke_races_late_completion() {
         let lease = table.grant(&mut t(), 1, Arc::clone(&buf)).expect("no permit");
         let cmd_table_ref = buf;
 
-        let completion = thread::spawn(move || {
-            let payload = lease.release(&mut t());
-            let ended_it = payload.is_some();
-            drop(payload);
-            drop(cmd_table_ref);
-            ended_it
+        let completion = thread::spawn({
+            let table = Arc::clone(&table);
+            move || {
+                let payload = table.release(&mut t(), lease);
+                let ended_it = payload.is_some();
+                drop(payload);
+                drop(cmd_table_ref);
+                ended_it
+            }
         });
         let teardown = {
             let table = Arc::clone(&table);
@@ -286,7 +289,7 @@ fn unmap_guard_excludes_grant() {
                         !unmapping.load(Ordering::SeqCst),
                         "a lease lives during the unmap"
                     );
-                    assert!(lease.release(&mut t()).is_some());
+                    assert!(table.release(&mut t(), lease).is_some());
                     true
                 }
                 Err(refused) => {
@@ -318,7 +321,10 @@ fn wait_released_is_woken() {
     loom::model(|| {
         let table = Arc::new(LeaseTable::<()>::new());
         let lease = table.grant(&mut t(), 1, ()).expect("no permit");
-        let completion = thread::spawn(move || lease.release(&mut t()).is_some());
+        let completion = {
+            let table = Arc::clone(&table);
+            thread::spawn(move || table.release(&mut t(), lease).is_some())
+        };
 
         match table.wait_released(&mut t(), Duration::ZERO) {
             Ok(()) => {}

@@ -145,8 +145,8 @@ mod tests {
             .worker(0)
             .grant(t, 6, buffer(&pool))
             .expect("granted again");
-        drop(other.release(t));
-        drop(lease.release(t));
+        drop(leases.worker(0).release(t, other));
+        drop(leases.worker(1).release(t, lease));
         assert!(leases.wait_released(t, Duration::ZERO).is_ok());
         let permit = leases.unmap_guard(t).expect("every table empty");
         assert!(leases.worker(0).grant(t, 7, buffer(&pool)).is_err());
@@ -155,7 +155,7 @@ mod tests {
         assert!(leases
             .worker(1)
             .grant(t, 9, buffer(&pool))
-            .is_ok_and(|l| l.release(t).is_some()));
+            .is_ok_and(|l| leases.worker(1).release(t, l).is_some()));
         let s = leases.stats(t);
         assert_eq!((s.granted, s.released, s.refused), (3, 3, 2));
     }
@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(revoked, vec![1, 2]);
         assert!(leases.wait_released(t, Duration::ZERO).is_ok());
         assert!(
-            a.release(t).is_none() && b.release(t).is_none(),
+            leases.worker(0).release(t, a).is_none() && leases.worker(2).release(t, b).is_none(),
             "late after the revoke"
         );
     }

@@ -7,7 +7,7 @@
 //! lease on it ended, whichever reference (device or command table) is dropped last.
 //!
 //! A lease ends exactly once, in one of two ways:
-//! - its completion: [`Lease::release`] (the device reported the descriptor done), or
+//! - its completion: [`LeaseTable::release`] (the device reported the descriptor done), or
 //! - [`LeaseTable::revoke_all`], called only after a function reset proved that no more DMA will
 //!   happen (accelerator.md's stop contract; architecture.md §5 step 3). A completion that
 //!   arrives after the revoke (a late completion racing with teardown) finds its lease already
@@ -21,6 +21,7 @@
 //! (the SGV pool's above all: a buffer's return must never wait for the table).
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use scst_accel_hal::locks::levels::TeardownLeases;
@@ -39,7 +40,7 @@ use crate::sync::Ordering;
 /// The table of outstanding device leases on DMA memory.
 ///
 /// Invariants:
-/// - every granted [`Lease`] ends exactly once: by [`Lease::release`] or by
+/// - every granted [`Lease`] ends exactly once: by [`LeaseTable::release`] or by
 ///   [`revoke_all`](Self::revoke_all); its payload is handed back exactly once, by whichever
 ///   ended it, and never while the lease is outstanding;
 /// - [`unmap_guard`](Self::unmap_guard) returns a permit only when no lease is outstanding, at
@@ -54,6 +55,8 @@ pub struct LeaseTable<T = ()> {
 }
 
 struct Shared<T> {
+    /// This table's number, unique in the process: a lease names its table by it.
+    table: u64,
     inner: LevelMutex<Inner<T>, TeardownLeases>,
     /// Signalled when the last outstanding lease ends.
     released: LevelCondvar,
@@ -189,8 +192,11 @@ pub struct Outstanding {
 impl<T> LeaseTable<T> {
     /// An empty table.
     pub fn new() -> Self {
+        /// Tables made so far in the process: the next table's number.
+        static TABLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             shared: Arc::new(Shared {
+                table: TABLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 inner: LevelMutex::new(Inner {
                     slots: Vec::new(),
                     free: Vec::new(),
@@ -224,12 +230,7 @@ impl<T> LeaseTable<T> {
         }
         let key = inner.insert(id, payload);
         inner.stats.granted += 1;
-        Ok(Lease {
-            shared: Arc::clone(&self.shared),
-            key,
-            id,
-            ended: false,
-        })
+        Ok(self.lease(key, id))
     }
 
     /// Leases every `(id, payload)` of `requests` under one acquisition of the table's lock (a
@@ -259,12 +260,7 @@ impl<T> LeaseTable<T> {
                 }
                 let key = inner.insert(id, payload);
                 inner.stats.granted += 1;
-                granted.push(Ok(Lease {
-                    shared: Arc::clone(&self.shared),
-                    key,
-                    id,
-                    ended: false,
-                }));
+                granted.push(Ok(self.lease(key, id)));
             }
         }
         if refused > 0 {
@@ -291,7 +287,7 @@ impl<T> LeaseTable<T> {
     ///
     /// Call it only after a reset proved the device does no more DMA (architecture.md §5 step 3):
     /// it is what lets the memory be unmapped with descriptors still unanswered. A later
-    /// [`Lease::release`] of a revoked lease is a counted no-op. Drop the returned payloads
+    /// [`LeaseTable::release`] of a revoked lease is a counted no-op. Drop the returned payloads
     /// outside any command-path lock (their `Drop` may return buffers to the pool).
     pub fn revoke_all<L: LockBefore<TeardownLeases>>(&self, token: &mut LockToken<'_, L>) -> Vec<(u64, T)> {
         let mut inner = self.lock(token);
@@ -310,11 +306,39 @@ impl<T> LeaseTable<T> {
         revoked
     }
 
+    /// A lease of this table (no handle to it: a lease costs no reference count).
+    fn lease(&self, key: LeaseKey, id: u64) -> Lease<T> {
+        Lease {
+            table: self.shared.table,
+            key,
+            id,
+            ended: false,
+            payload: PhantomData,
+        }
+    }
+
+    /// Ends `lease` on its completion and hands the payload back; `None` if `revoke_all`
+    /// already ended it (a late completion after a reset: nothing to do, and it is counted), or
+    /// if the lease is another table's (a caller's bug, logged: that lease stays outstanding in
+    /// its own table, as an unreleased lease does, until its `revoke_all`).
+    pub fn release<L: LockBefore<TeardownLeases>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        lease: Lease<T>,
+    ) -> Option<T> {
+        let mut inner = self.lock(token);
+        let payload = self.end(&mut inner, lease)?;
+        if inner.outstanding == 0 {
+            self.shared.released.notify_all();
+        }
+        Some(payload)
+    }
+
     /// Ends a batch of leases on their completions, under one acquisition of the table's lock
     /// (a worker's reap: one lock per batch instead of one per completion). Each lease is
-    /// [`Lease::release`]d as alone would be: its payload is pushed to `payloads` (the caller
-    /// drops them, after this returns, outside the lock), or counted as a late release after a
-    /// revoke. `leases` is emptied. A lease of another table is released on its own.
+    /// [`released`](Self::release) as alone it would be: its payload is pushed to `payloads`
+    /// (the caller drops them, after this returns, outside the lock), or counted as a late
+    /// release after a revoke. `leases` is emptied.
     pub fn release_batch<L: LockBefore<TeardownLeases>>(
         &self,
         token: &mut LockToken<'_, L>,
@@ -324,31 +348,34 @@ impl<T> LeaseTable<T> {
         if leases.is_empty() {
             return;
         }
-        let mut foreign = Vec::new();
-        let mut late = 0usize;
-        {
-            let mut inner = self.lock(token);
-            for mut lease in leases.drain(..) {
-                if !Arc::ptr_eq(&lease.shared, &self.shared) {
-                    foreign.push(lease);
-                    continue;
-                }
-                lease.ended = true;
-                match inner.end(lease.key) {
-                    Some(payload) => payloads.push(payload),
-                    None => late += 1,
-                }
-            }
-            if inner.outstanding == 0 {
-                self.shared.released.notify_all();
-            }
+        let mut inner = self.lock(token);
+        for lease in leases.drain(..) {
+            payloads.extend(self.end(&mut inner, lease));
         }
-        if late > 0 {
-            log::debug!("{late} lease(s) released after revoke_all; no-op");
+        if inner.outstanding == 0 {
+            self.shared.released.notify_all();
         }
-        for lease in foreign {
-            payloads.extend(lease.release(token));
+    }
+
+    /// End `lease` under the table's lock (`inner`): its payload, or `None` for a late release
+    /// (logged at debug: a no-op) or another table's lease (logged as an error: it stays
+    /// outstanding there).
+    fn end(&self, inner: &mut Inner<T>, mut lease: Lease<T>) -> Option<T> {
+        if lease.table != self.shared.table {
+            log::error!(
+                "lease {} is table {}'s, released on table {}: it stays outstanding until that table's revoke_all",
+                lease.id,
+                lease.table,
+                self.shared.table
+            );
+            return None;
         }
+        lease.ended = true;
+        let payload = inner.end(lease.key);
+        if payload.is_none() {
+            log::debug!("lease {}: released after revoke_all; no-op", lease.id);
+        }
+        payload
     }
 
     /// Waits at most `timeout` for every outstanding lease to end.
@@ -430,36 +457,23 @@ impl<T> fmt::Debug for LeaseTable<T> {
 
 /// The device's hold on one piece of DMA memory. Not `Clone`: it ends once.
 ///
-/// End it with [`release`](Self::release) when its completion arrives. Dropping it unreleased
-/// does NOT end it (the device may still be using the memory): the lease stays outstanding until
-/// [`LeaseTable::revoke_all`] after a reset, and a warning is logged.
+/// End it with [`LeaseTable::release`] (or `release_batch`) on the table that granted it when
+/// its completion arrives. Dropping it unreleased does NOT end it (the device may still be using
+/// the memory): the lease stays outstanding until [`LeaseTable::revoke_all`] after a reset, and a
+/// warning is logged. It names its table by number, not by a handle: granting and ending one
+/// takes no atomic reference count (the command path's cost).
 pub struct Lease<T = ()> {
-    shared: Arc<Shared<T>>,
+    table: u64,
     key: LeaseKey,
     id: u64,
     ended: bool,
+    payload: PhantomData<fn() -> T>,
 }
 
 impl<T> Lease<T> {
     /// The caller's id given at grant.
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// Ends the lease on its completion and hands the payload back; `None` if `revoke_all`
-    /// already ended it (a late completion after a reset: nothing to do, and it is counted).
-    pub fn release<L: LockBefore<TeardownLeases>>(mut self, token: &mut LockToken<'_, L>) -> Option<T> {
-        self.ended = true;
-        let mut inner = self.shared.lock(token);
-        let payload = inner.end(self.key);
-        if payload.is_some() && inner.outstanding == 0 {
-            self.shared.released.notify_all();
-        }
-        drop(inner);
-        if payload.is_none() {
-            log::debug!("lease {}: released after revoke_all; no-op", self.id);
-        }
-        payload
     }
 }
 
@@ -551,9 +565,9 @@ mod tests {
         assert_eq!(table.outstanding(&mut t()), 2);
         assert_eq!(table.outstanding_ids(&mut t()), vec![7, 8]);
         assert_eq!(a.id(), 7);
-        assert_eq!(a.release(&mut t()), Some(70));
+        assert_eq!(table.release(&mut t(), a), Some(70));
         assert_eq!(table.outstanding(&mut t()), 1);
-        assert_eq!(b.release(&mut t()), Some(80));
+        assert_eq!(table.release(&mut t(), b), Some(80));
         assert_eq!(table.outstanding(&mut t()), 0);
         let stats = table.stats(&mut t());
         assert_eq!(
@@ -573,7 +587,7 @@ mod tests {
         assert_eq!(leases.iter().map(Lease::id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(table.outstanding_ids(&mut t()), vec![1, 2]);
         for lease in leases {
-            assert!(lease.release(&mut t()).is_some());
+            assert!(table.release(&mut t(), lease).is_some());
         }
         let permit = table.unmap_guard(&mut t()).expect("nothing outstanding");
         let mut requests = vec![(3, 30), (4, 40)];
@@ -599,8 +613,8 @@ mod tests {
         for round in 0..100 {
             let a = table.grant(&mut t(), round, 1).expect("no permit");
             let b = table.grant(&mut t(), round, 2).expect("no permit");
-            assert_eq!(b.release(&mut t()), Some(2));
-            assert_eq!(a.release(&mut t()), Some(1));
+            assert_eq!(table.release(&mut t(), b), Some(2));
+            assert_eq!(table.release(&mut t(), a), Some(1));
         }
         assert_eq!(
             table.shared.lock(&mut t()).slots.len(),
@@ -612,9 +626,9 @@ mod tests {
         let old = table.grant(&mut t(), 1, 10).expect("no permit");
         assert_eq!(table.revoke_all(&mut t()), vec![(1, 10)]);
         let new = table.grant(&mut t(), 2, 20).expect("no permit");
-        assert_eq!(old.release(&mut t()), None, "late: revoked");
+        assert_eq!(table.release(&mut t(), old), None, "late: revoked");
         assert_eq!(table.outstanding_ids(&mut t()), vec![2]);
-        assert_eq!(new.release(&mut t()), Some(20));
+        assert_eq!(table.release(&mut t(), new), Some(20));
         let s = table.stats(&mut t());
         assert_eq!(
             (s.granted, s.released, s.revoked, s.late_releases),
@@ -636,12 +650,17 @@ mod tests {
         table.release_batch(&mut t(), &mut batch, &mut payloads);
         assert!(batch.is_empty());
         payloads.sort_unstable();
-        assert_eq!(payloads, vec![10, 20, 30], "each payload handed back once");
+        assert_eq!(payloads, vec![10, 20], "each payload handed back once");
         assert_eq!(table.outstanding(&mut t()), 1);
         assert_eq!(
             other.outstanding(&mut t()),
-            0,
-            "a foreign lease ends in its own table"
+            1,
+            "a foreign lease is not ended by a table that did not grant it"
+        );
+        assert_eq!(
+            other.revoke_all(&mut t()),
+            vec![(3, 30)],
+            "its own table still has it"
         );
         let s = table.stats(&mut t());
         assert_eq!((s.released, s.late_releases), (2, 0));
@@ -666,7 +685,7 @@ mod tests {
         drop(revoked);
         assert_eq!(returned.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(
-            lease.release(&mut t()).is_none(),
+            table.release(&mut t(), lease).is_none(),
             "a revoked lease has nothing to hand back"
         );
         assert_eq!(
@@ -689,7 +708,8 @@ mod tests {
             Err(Outstanding { outstanding: 1 })
         );
         std::thread::scope(|s| {
-            let releaser = s.spawn(move || lease.release(&mut t()));
+            let table = &table;
+            let releaser = s.spawn(move || table.release(&mut t(), lease));
             assert_eq!(table.wait_released(&mut t(), Duration::from_secs(30)), Ok(()));
             releaser.join().expect("releaser"); // explicit: see issue 16
         });
@@ -700,7 +720,7 @@ mod tests {
         let table = LeaseTable::<u8>::new();
         let lease = table.grant(&mut t(), 1, 1).expect("no permit");
         assert!(table.unmap_guard(&mut t()).is_none(), "a lease is outstanding");
-        assert_eq!(lease.release(&mut t()), Some(1));
+        assert_eq!(table.release(&mut t(), lease), Some(1));
         let permit = table.unmap_guard(&mut t()).expect("nothing outstanding");
         assert!(table.unmap_guard(&mut t()).is_none(), "one permit at a time");
         let refused = table
@@ -710,7 +730,7 @@ mod tests {
         assert_eq!(table.stats(&mut t()).refused, 1);
         drop(permit);
         let again = table.grant(&mut t(), 3, 3).expect("permit dropped");
-        assert_eq!(again.release(&mut t()), Some(3));
+        assert_eq!(table.release(&mut t(), again), Some(3));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! | 1. stop intake: new commands answered BUSY, never dropped | [`Drain::close`], [`Drain::try_enter`] returning `None` |
 //! | 2. quiesce: wait, bounded, for the commands inside | [`Drain::wait_idle`] → [`Remaining`] on timeout |
 //! | 3. escalate: after a reset proved no more DMA, the device's leases end | [`LeaseTable::revoke_all`] |
-//! | 4. answer everything: late completions are harmless | [`Lease::release`] after revoke is a counted no-op |
+//! | 4. answer everything: late completions are harmless | [`LeaseTable::release`] after revoke is a counted no-op |
 //! | 5. release memory: unmap only with no lease outstanding | [`LeaseTable::wait_released`], [`LeaseTable::unmap_guard`] |
 //!
 //! Both are built on the crate's sync facade, so `tests/loom_teardown.rs` model-checks them
