@@ -787,6 +787,32 @@ fn a_command_the_store_never_ends_fails_the_store() {
     assert_eq!(done.status, sam_status::GOOD, "{done:?}");
 }
 
+/// A command's deadline is watched even when the command that was due first has gone: the
+/// worker keeps a bound below every deadline in flight and, once it passes with nothing late,
+/// takes the next one due. READ 1 completes at once; READ 2, sent later and held by the store,
+/// misses its own deadline and escalates (without the next-one-due step it never would: the
+/// worker would stop looking once READ 1's deadline passed).
+#[test]
+fn a_deadline_after_an_earlier_commands_is_still_watched() {
+    let (gated, rig) = gated_rig_with_short_deadlines("e2e-next-deadline");
+    let session = rig.session(0);
+    submit_read(&session, 1, 8);
+    assert!(gated.wait_held(1), "READ 1 never reached the store");
+    assert_eq!(gated.release_all(), 1);
+    let done = session.completions().recv_timeout(WAIT).expect("READ 1 answered");
+    assert_eq!(done.status, sam_status::GOOD, "{done:?}");
+    // READ 2's deadline (200 ms from its arrival) falls after READ 1's.
+    std::thread::sleep(Duration::from_millis(100));
+    submit_read(&session, 2, 16);
+    assert!(gated.wait_held(1), "READ 2 never reached the store");
+    assert!(
+        eventually(|| rig.frontend().stats().deadline_escalations > 0),
+        "READ 2 missed its deadline and nothing escalated: {:?}",
+        rig.frontend().stats()
+    );
+    gated.release_all();
+}
+
 /// A store that still completes other requests is slow, not dead: one request stuck in it
 /// past its deadline and the grace does not fail the store while the others complete; once
 /// nothing completes for the grace, it does.

@@ -194,6 +194,10 @@ pub(super) struct Worker {
     /// consumed, like `senses`.
     leftovers: Vec<Box<[abi::ExtCopyDataDescr]>>,
     inflight: IntMap<u32, Inflight>,
+    /// No command in `inflight` has a deadline before this (`None`: none is tracked). Lowered
+    /// as commands enter, raised only by [`Worker::check_deadlines`]'s scan once it has passed,
+    /// so that a turn of the loop reads the clock against it instead of scanning every command.
+    earliest_deadline: Option<Instant>,
     /// Leases of the requests reaped in this pass, ended together ([`LeaseTable::release_batch`]).
     ///
     /// [`LeaseTable::release_batch`]: crate::teardown::LeaseTable::release_batch
@@ -266,6 +270,7 @@ impl Worker {
             spare_senses: Vec::new(),
             leftovers: Vec::new(),
             inflight: IntMap::default(),
+            earliest_deadline: None,
             reaped_leases: Vec::new(),
             released_buffers: Vec::new(),
             submit: Vec::new(),
@@ -515,6 +520,9 @@ impl Worker {
     /// escalation; re-escalates at most once a second.
     fn check_deadlines(&mut self) {
         let now = Instant::now();
+        if self.earliest_deadline.is_none_or(|earliest| now < earliest) {
+            return;
+        }
         if self
             .last_escalation
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
@@ -522,6 +530,8 @@ impl Worker {
             return;
         }
         let Some((&late, _)) = self.inflight.iter().find(|(_, f)| f.ctx.deadline <= now) else {
+            // The bound passed, but the commands it came from are gone: the next one due.
+            self.earliest_deadline = self.inflight.values().map(|f| f.ctx.deadline).min();
             return;
         };
         self.last_escalation = Some(now);
@@ -1451,6 +1461,10 @@ impl Worker {
             op: io.op.clone(),
             buffer: ctx.buffer.clone(),
         });
+        self.earliest_deadline = Some(
+            self.earliest_deadline
+                .map_or(ctx.deadline, |earliest| earliest.min(ctx.deadline)),
+        );
         let entry = Inflight { io, ctx, lease: None };
         if let Some(previous) = self.inflight.insert(cmd_h, entry) {
             // SCST reuses a handle only after the reply: a second EXEC with a live handle is a
