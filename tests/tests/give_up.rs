@@ -805,3 +805,140 @@ fn an_nvme_store_waits_out_another_queues_recovery_longer_than_its_give_up_bound
     assert_eq!(rig.restarts_in_flight.load(Ordering::Relaxed), 0);
     rig.finish();
 }
+
+/// The simulated NVMe controller (CAP.TO 500 ms, admin timeout 1 s, one polled queue) behind
+/// an accelerator store with a 300 ms command timeout (so the store gives up on restarts that
+/// keep failing after 600 ms), and a queue of the store with a READ (tag 1) the controller
+/// executed but never completes (`never-complete`). Then a recovery of the controller from
+/// outside the store, as `demo --reset-during-load` runs one, whose reset fails (`no-reset`:
+/// the disable does not take, the function reset is refused): the controller is left disabled
+/// with nothing proving the end of DMA, and the recovery's caller only logs its failure. The
+/// faults are then cleared: a reset works again.
+fn nvme_reading_after_a_failed_recovery(
+    name: &str,
+) -> (
+    NvmeSimHandle,
+    Arc<SgvPool>,
+    Arc<NvmeController>,
+    AccelStore,
+    Box<dyn StoreQueue>,
+) {
+    let (device, sim) = create_nvme_sim(
+        name,
+        NvmeSimConfig {
+            num_blocks: 4096,
+            cap_to: 1,
+            ..NvmeSimConfig::default()
+        },
+    )
+    .expect("simulated NVMe controller");
+    let config = NvmeConfig {
+        queues: 1,
+        queue_depth: 16,
+        interrupts: false,
+        admin_timeout: Duration::from_secs(1),
+        ..NvmeConfig::default()
+    };
+    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(controller.device()))),
+        Some(Arc::clone(controller.iovas())),
+        16 << 20,
+    ));
+    let queues = queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn QueueEngine>)
+        .collect();
+    let commands = sim.stats().commands;
+    let (store, q) = store_reading(
+        Arc::clone(&controller) as _,
+        queues,
+        &pool,
+        Duration::from_millis(300),
+        || sim.inject(NvmeFault::NeverComplete { every: 1 }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.stats().commands == commands {
+        assert!(Instant::now() < deadline, "the controller never took the READ");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sim.inject(NvmeFault::ResetIgnored);
+    controller
+        .recover()
+        .expect_err("the recovery's reset cannot work (no-reset)");
+    assert!(!controller.is_enabled(), "left disabled");
+    assert_eq!(controller.reset_count(), 0);
+    sim.clear_faults();
+    (sim, pool, controller, store, q)
+}
+
+/// After a failed recovery left the controller disabled without proof, the queue's stop has to
+/// reset the controller itself (nothing else proves the end of its READ's DMA). That stop
+/// used to leave the controller disabled, its reset count unmoved: every restart then failed
+/// (`Disabled`) until the store gave up after twice the command timeout and reported its
+/// failure (the teardown), though a reset worked again. Now the stop's reset is a recovery
+/// (one at a time, its count moved after the reset proved the end of DMA): the READ is failed
+/// ABORTED, the queue restarts, and the next READ is served. `stop` chooses the stop: the
+/// teardown's or the frontend deadline's bounded abort (`abort_all`), or the store's own
+/// deadline escalation.
+fn a_stop_that_resets_brings_the_controller_back(name: &str, bounded: bool) {
+    let (sim, pool, controller, store, mut q) = nvme_reading_after_a_failed_recovery(name);
+
+    let mut answered = Vec::new();
+    if bounded {
+        assert_eq!(q.abort_all(), 1, "the READ is aborted: {:?}", store.dump());
+        q.reap(&mut answered);
+    } else {
+        answered = reap_until_answered(&mut q);
+    }
+
+    assert_eq!(
+        answered,
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Aborted
+        }],
+        "{:?}",
+        store.dump()
+    );
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 2,
+            op: StoreOp::Read { lba: 8, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    assert_eq!(
+        reap_until_answered(&mut q),
+        [StoreCompletion {
+            tag: 2,
+            status: StoreStatus::Good
+        }],
+        "served after the stop's reset: {:?}",
+        store.dump()
+    );
+    assert!(store.failure().is_none(), "{:?}", store.failure());
+    assert!(controller.is_enabled(), "the controller serves again");
+    assert_eq!(controller.reset_count(), 1, "the stop's reset was a recovery");
+    assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// [`a_stop_that_resets_brings_the_controller_back`] through the bounded stop of
+/// `abort_all` (500 ms; no other reset runs, so the bound does not end it).
+#[test]
+fn an_nvme_abort_whose_stop_resets_the_controller_brings_it_back() {
+    a_stop_that_resets_brings_the_controller_back("give-up-nvme-abort-resets", true);
+}
+
+/// [`a_stop_that_resets_brings_the_controller_back`] through the store's own deadline
+/// escalation (the READ's command timeout, an unbounded stop).
+#[test]
+fn an_nvme_deadline_whose_stop_resets_the_controller_brings_it_back() {
+    a_stop_that_resets_brings_the_controller_back("give-up-nvme-deadline-resets", false);
+}

@@ -38,6 +38,7 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_dma::MappedRegion;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -145,6 +146,12 @@ pub struct NvmeController {
     /// Resets and shutdowns under way, whose outcome a queue that finds the controller
     /// disabled under it waits for ([`NvmeController::await_quiesced`]).
     disabling: AtomicU64,
+    /// The latest reset was meant to leave the controller disabled: a caller's
+    /// [`NvmeController::reset`] or [`NvmeController::shutdown`] (the teardown, a store that
+    /// gave up), not a recovery's. A queue that must reset the controller itself because that
+    /// reset proved nothing leaves it disabled then; after a recovery's, it recovers it
+    /// ([`NvmeController::await_quiesced`]).
+    left_disabled: AtomicBool,
     /// The recoveries ([`NvmeController::recover`]): one at a time, running from before its
     /// reset until after it published its reset count; a second caller waits for the running
     /// one and takes its outcome, and no I/O queue is re-created while one runs
@@ -243,6 +250,7 @@ impl NvmeController {
             epoch: AtomicU64::new(0),
             quiesced: AtomicU64::new(0),
             disabling: AtomicU64::new(0),
+            left_disabled: AtomicBool::new(false),
             recovery: RecoveryWord::default(),
             live_queues: (0..=io_queues).map(|_| AtomicU64::new(0)).collect(),
             aborts: AbortSlots::new(),
@@ -413,11 +421,19 @@ impl NvmeController {
 
     /// Controller reset (NVMe 1.4 §7.3.2): CC.EN = 0, then wait (bounded by CAP.TO) for
     /// CSTS.RDY = 0, escalating to a function reset when it does not come. `Ok` means the
-    /// controller is disabled: no DMA of it can happen, every I/O queue is deleted.
+    /// controller is disabled: no DMA of it can happen, every I/O queue is deleted. It stays
+    /// disabled until a [`NvmeController::recover`]: a queue that finds this reset failed
+    /// resets again, and does not recover it ([`NvmeController::await_quiesced`]).
     ///
     /// # Errors
     /// [`NvmeError::Gone`], or the timeout when no function reset is available or it failed.
     pub fn reset(&self) -> Result<(), NvmeError> {
+        self.left_disabled.store(true, Ordering::SeqCst);
+        self.reset_now()
+    }
+
+    /// [`NvmeController::reset`], saying nothing of what comes after it.
+    fn reset_now(&self) -> Result<(), NvmeError> {
         // Counted before the epoch moves: a queue that sees the new epoch also sees this reset
         // under way until its outcome is published.
         let _disabling = Disabling::start(&self.disabling);
@@ -450,13 +466,17 @@ impl NvmeController {
     /// the controller disabled under it: the reset or shutdown that disabled it proved CSTS.RDY
     /// = 0 (NVMe 1.4 §3.1.6, §7.3.2: only then are the queue's commands dropped for good, and
     /// their buffers the host's again). One still under way is waited for, bounded by what it
-    /// may take ([`NvmeController::reset_bound`]) or by the caller's `bound`, if shorter; one that failed, or did not end in
-    /// that time without a caller's bound, is followed by this thread's own reset.
+    /// may take ([`NvmeController::reset_bound`]) or by the caller's `bound`, if shorter. One
+    /// that failed, or did not end in that time without a caller's bound, is followed by this
+    /// thread's own reset: a plain one when the controller was meant to stay disabled (a
+    /// caller's reset or shutdown), otherwise a recovery ([`NvmeController::recover_unproven`]),
+    /// so that the controller serves again and every queue sees the reset count move.
     ///
     /// # Errors
     /// [`NvmeError::DisableUnproven`] when the caller's `bound` ran out with a reset still
     /// under way (it may prove the end of DMA later: ask again); otherwise as
-    /// [`NvmeController::reset`]. Either way no proof: nothing of the queue may be released.
+    /// [`NvmeController::reset`] or [`NvmeController::recover`]: no proof, or a recovery that
+    /// failed (the caller escalates), and nothing of the queue may be released.
     pub(crate) fn await_quiesced(&self, epoch: u64, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
         let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
         if proven() {
@@ -488,12 +508,64 @@ impl NvmeController {
                 waited: bound,
             });
         }
+        if self.left_disabled.load(Ordering::SeqCst) {
+            log::warn!(
+                "{}: the controller was disabled without proof that it stopped DMA (a reset or \
+                 shutdown failed, or took longer than {bound:?}); resetting it before any buffer \
+                 is released, and leaving it disabled",
+                self.id()
+            );
+            return self.reset_now();
+        }
         log::warn!(
-            "{}: the controller was disabled without proof that it stopped DMA (a reset failed, or \
-             took longer than {bound:?}); resetting it before any buffer is released",
+            "{}: a recovery disabled the controller without proof that it stopped DMA (its reset \
+             failed, or took longer than {bound:?}); recovering it before any buffer is released",
             self.id()
         );
-        self.reset()
+        self.recover_unproven(epoch, caller_bound.map(|_| (deadline, bound)))
+    }
+
+    /// The end of DMA for an I/O queue created in `epoch` is not proven, and no reset that
+    /// might prove it is under way: a recovery's reset failed or overran. Recover the
+    /// controller, as one recovery at a time ([`RecoveryWord`]): its reset is the proof, and
+    /// the controller serves again, its reset count moved after that reset and before any
+    /// queue restarts, so the other queues fail what they had in flight and restart as after
+    /// any recovery. A plain reset here used to leave the controller disabled with the count
+    /// unmoved: every restart failed (`Disabled`) until the store gave up. A recovery that
+    /// began meanwhile on another thread is waited for instead, its reset the proof: until the
+    /// caller's deadline, when it has one (`bounded`: the deadline and the bound it came
+    /// from), else as long as that recovery may take.
+    ///
+    /// # Errors
+    /// As [`NvmeController::recover`]; [`NvmeError::DisableUnproven`] when the caller's
+    /// deadline passed with the other recovery's reset still under way;
+    /// [`NvmeError::Disabled`] when that recovery ended without proving it.
+    fn recover_unproven(&self, epoch: u64, bounded: Option<(Instant, Duration)>) -> Result<(), NvmeError> {
+        let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
+        if let Turn::Mine(turn) = self.recovery.begin() {
+            let result = self.recover_now();
+            turn.finish(result.is_ok());
+            return result;
+        }
+        let timeout = self.recovery_bound() + RECOVERY_WAIT_SLACK;
+        let deadline = bounded.map_or_else(|| Instant::now() + timeout, |(deadline, _)| deadline);
+        while !proven() && self.recovery.running() && Instant::now() < deadline {
+            // A wait on another thread's recovery: no lock is held here.
+            scst_accel_hal::locks::sleep(Duration::from_millis(1));
+        }
+        if proven() {
+            return Ok(());
+        }
+        let device = self.id().to_owned();
+        match (self.recovery.running(), bounded) {
+            (true, Some((_, waited))) => Err(NvmeError::DisableUnproven { device, waited }),
+            (true, None) => Err(NvmeError::Timeout {
+                device,
+                what: "another thread's controller recovery",
+                timeout,
+            }),
+            (false, _) => Err(NvmeError::Disabled { device }),
+        }
     }
 
     /// Reset, then enable with fresh admin rings and ask for the I/O queues again; bump the
@@ -524,7 +596,10 @@ impl NvmeController {
             self.id(),
             self.reset_count() + 1
         );
-        self.reset()?;
+        // This reset is meant to be followed by the enable: should it prove nothing, a queue
+        // that must reset the controller itself recovers it (`await_quiesced`).
+        self.left_disabled.store(false, Ordering::SeqCst);
+        self.reset_now()?;
         self.admin.reset_rings();
         let r = self.registers();
         enable(self.device.as_ref(), &r, self.cap, &self.admin)?;
@@ -663,6 +738,7 @@ impl NvmeController {
                 ),
             }
         }
+        self.left_disabled.store(true, Ordering::SeqCst);
         let _disabling = Disabling::start(&self.disabling);
         let r = self.registers();
         let timeout = self.shutdown_timeout();

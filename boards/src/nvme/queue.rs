@@ -839,8 +839,8 @@ impl NvmeQueue {
 
     /// The controller was disabled under the queue (another thread's reset): its commands
     /// are dropped, but only that disable's end (CSTS.RDY = 0) proves the controller no longer
-    /// moves their data. Waits for it (no longer than `caller_bound`, when given), or resets
-    /// ([`NvmeController::await_quiesced`]).
+    /// moves their data. Waits for it (no longer than `caller_bound`, when given), or resets or
+    /// recovers the controller ([`NvmeController::await_quiesced`]).
     fn await_disabled(&self, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
         match self.live_epoch {
             Some(epoch) => self.ctrl.await_quiesced(epoch, caller_bound),
@@ -856,14 +856,16 @@ impl NvmeQueue {
     /// one completed. The requests still in flight then are the caller's to collect with
     /// [`NvmeQueue::abandon_all`]. A queue the controller no longer has (reset, disabled) is
     /// stopped once that disable is proven (CSTS.RDY = 0): one under way on another thread is
-    /// waited for, one that failed is done again here, bounded ([`NvmeController::await_quiesced`]).
+    /// waited for, one that failed is done again here, bounded, as a recovery when it was a
+    /// recovery's, so that the controller serves again and the restart that follows succeeds
+    /// ([`NvmeController::await_quiesced`]).
     ///
     /// # Errors
     /// [`NvmeError::Gone`]; [`NvmeError::Timeout`] (only a controller reset helps);
     /// [`NvmeError::Fatal`] when the controller reports CSTS.CFS (as an engine error:
     /// `EngineError::Failed`; only a controller reset helps); [`NvmeError::Command`] when the
-    /// controller refuses a deletion; a reset's error when the controller was disabled under the
-    /// queue and no reset could prove it stopped.
+    /// controller refuses a deletion; a reset's or a recovery's error when the controller was
+    /// disabled under the queue and this stop's own reset or recovery failed.
     pub fn stop(&mut self) -> Result<(), NvmeError> {
         self.stop_bounded(self.ctrl.config().admin_timeout, None)
     }

@@ -347,12 +347,127 @@ fn a_failed_reset_stops_no_queue() {
         2,
         "the stop reset again"
     );
-    // Once a reset works, the stop succeeds.
+    // Once a reset works, the stop succeeds, and leaves the controller disabled as the
+    // caller's reset meant it: no recovery.
     knobs.function_reset_fails.store(false, Ordering::Release);
     QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100)).expect("stop");
     assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    assert!(!rig.ctrl.is_enabled(), "left disabled");
+    assert_eq!(rig.ctrl.reset_count(), 0);
     rig.sim.clear_faults();
     finish_after_reset(rig, buf);
+}
+
+/// A recovery whose reset fails (the disable never finishes, nor does the function reset)
+/// leaves the controller disabled with nothing proving the end of DMA. A queue that stops
+/// afterwards must reset the controller itself, and that reset is now a recovery's (one at a
+/// time, through the recovery word): the controller is enabled again and its reset count
+/// moves, so every queue restarts and serves. It used to be a plain reset, which left the
+/// controller disabled and the count where it was: every restart failed (`Disabled`) until
+/// the store gave up. After a caller's own reset (`a_failed_reset_stops_no_queue`) the
+/// controller stays disabled.
+#[test]
+fn a_stop_after_a_failed_recovery_recovers_the_controller() {
+    let (mut rig, knobs) = interposed("drv-recovery-fails", &config());
+    rig.sim.inject(fault("never-complete"));
+    let buf = buffer(&rig.ctrl, 4096);
+    let commands = rig.sim.stats().commands;
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Read, 0, 4096, &[(buf.iova(), 4096)]))
+        .expect("submit");
+    q.ring_doorbell();
+    assert!(
+        wait_until(|| rig.sim.stats().commands > commands),
+        "the device took the read"
+    );
+    knobs.stuck_disable.store(true, Ordering::Release);
+    knobs.function_reset_fails.store(true, Ordering::Release);
+    rig.ctrl
+        .recover()
+        .expect_err("neither the disable nor the function reset works");
+    assert!(!rig.ctrl.is_enabled());
+    knobs.function_reset_fails.store(false, Ordering::Release);
+
+    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect("stopped by its own recovery's reset");
+
+    assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        2,
+        "the failed recovery's function reset, then the stop's"
+    );
+    assert!(rig.ctrl.is_enabled(), "the controller serves again");
+    assert_eq!(rig.ctrl.reset_count(), 1, "the stop's reset moved the count");
+    rig.sim.clear_faults();
+    for (i, q) in rig.queues.iter_mut().enumerate() {
+        q.restart().expect("restart after the stop's recovery");
+        verified_io(q, 16 * i as u64, 2 + i as u8);
+    }
+    drop(buf);
+    rig.finish();
+}
+
+/// A queue that must reset the controller itself while another thread's recovery runs (here
+/// one the test stands in for, begun after the queue last looked: no reset of it under way
+/// yet) waits for that recovery, whose reset is the proof, instead of resetting the
+/// controller under it: a bounded stop fails within its bound, resetting nothing. Once that
+/// recovery ended without proof, the stop recovers the controller itself.
+#[test]
+fn a_stop_waits_for_a_recovery_under_way_rather_than_reset_under_it() {
+    let (mut rig, knobs) = interposed("drv-stop-meets-recovery", &config());
+    rig.sim.inject(fault("never-complete"));
+    let buf = buffer(&rig.ctrl, 4096);
+    let commands = rig.sim.stats().commands;
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Read, 0, 4096, &[(buf.iova(), 4096)]))
+        .expect("submit");
+    q.ring_doorbell();
+    assert!(
+        wait_until(|| rig.sim.stats().commands > commands),
+        "the device took the read"
+    );
+    knobs.stuck_disable.store(true, Ordering::Release);
+    knobs.function_reset_fails.store(true, Ordering::Release);
+    rig.ctrl
+        .recover()
+        .expect_err("neither the disable nor the function reset works");
+    knobs.function_reset_fails.store(false, Ordering::Release);
+    let function_resets = knobs.function_resets.load(Ordering::Relaxed);
+    let resets = rig.sim.stats().resets;
+    let (word, _) = rig.ctrl.recovery_state();
+    word.stand_in(7, true, false);
+    let start = Instant::now();
+
+    let err = QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect_err("no proof within the stop's bound");
+
+    assert!(matches!(err, EngineError::StopPending { .. }), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "the stop outlasted its bound: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        function_resets,
+        "the stop reset nothing"
+    );
+    assert_eq!(rig.sim.stats().resets, resets, "the stop reset nothing");
+    assert_eq!(rig.queues[0].in_flight(), 1, "nothing released");
+    word.stand_in(7, false, false);
+    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect("stopped by its own recovery's reset");
+    assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    assert!(rig.ctrl.is_enabled());
+    assert_eq!(rig.ctrl.reset_count(), 1);
+    rig.sim.clear_faults();
+    for (i, q) in rig.queues.iter_mut().enumerate() {
+        q.restart().expect("restart after the stop's recovery");
+        verified_io(q, 16 * i as u64, 2 + i as u8);
+    }
+    drop(buf);
+    rig.finish();
 }
 
 /// A recovery held after its enable, while it waits for SET FEATURES (the admin queue serves,
