@@ -660,6 +660,114 @@ fn scst_closing_the_device_triggers_the_teardown() {
     completions(&session, &[1]);
 }
 
+/// A RAM store whose queue holds its worker in `reap` (as a store's escalation, a device reset,
+/// can) once: at the second reap that finds nothing after it returned a completion, which in
+/// the worker's loop is the reap after the exchange that handed that command's reply to SCST.
+struct ReapHoldStore {
+    inner: RamStore,
+    hold: Arc<ReapHold>,
+}
+
+#[derive(Default)]
+struct ReapHold {
+    /// Reaps that found nothing since the last completion (`u32::MAX`: no completion yet).
+    empty_reaps: std::sync::atomic::AtomicU32,
+    holding: AtomicBool,
+    released: AtomicBool,
+}
+
+struct ReapHoldQueue {
+    inner: Box<dyn StoreQueue>,
+    hold: Arc<ReapHold>,
+}
+
+impl Store for ReapHoldStore {
+    fn info(&self) -> StoreInfo {
+        self.inner.info()
+    }
+    fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
+        Ok(Box::new(ReapHoldQueue {
+            inner: self.inner.open_queue()?,
+            hold: Arc::clone(&self.hold),
+        }))
+    }
+}
+
+impl StoreQueue for ReapHoldQueue {
+    fn submit(
+        &mut self,
+        token: &mut scst_accel_handler::store::StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
+        self.inner.submit(token, batch)
+    }
+    fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.inner.reap(out);
+        let hold = &self.hold;
+        if n > 0 {
+            hold.empty_reaps.store(0, SeqCst);
+        } else if hold.empty_reaps.load(SeqCst) != u32::MAX
+            && hold.empty_reaps.fetch_add(1, SeqCst) + 1 == 2
+            && !hold.released.load(SeqCst)
+        {
+            hold.holding.store(true, SeqCst);
+            let until = Instant::now() + WAIT;
+            while !hold.released.load(SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            hold.holding.store(false, SeqCst);
+        }
+        n
+    }
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.notify_fd()
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}
+
+/// A command whose reply was handed to SCST leaves the drain before the worker's next store
+/// call: a worker held in the store (a reap that runs a device reset) does not keep answered
+/// commands counted, which a teardown waiting for the drain would take for commands in flight.
+#[test]
+fn an_answered_command_leaves_the_drain_before_the_worker_calls_the_store_again() {
+    let hold = Arc::new(ReapHold::default());
+    hold.empty_reaps
+        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
+    let config = FrontendConfig {
+        workers: 1,
+        ..FrontendConfig::default()
+    };
+    let rig = Rig::with_config(
+        "e2e-publish-before-store",
+        512,
+        8192,
+        default_options(),
+        Arc::new(ReapHoldStore {
+            inner: RamStore::new(512, 8192, 256),
+            hold: Arc::clone(&hold),
+        }),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        config,
+    );
+    let session = rig.session(0);
+    submit_read(&session, 1, 8);
+    let done = session.completions().recv_timeout(WAIT).expect("READ answered");
+    assert_eq!(done.status, sam_status::GOOD, "{done:?}");
+    assert!(
+        eventually(|| hold.holding.load(std::sync::atomic::Ordering::SeqCst)),
+        "the worker never reached the held reap"
+    );
+    let inflight = rig.frontend().stats().inflight;
+    hold.released.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        inflight, 0,
+        "an answered command still counted in the drain while its worker was in the store"
+    );
+}
+
 /// A store whose queue panics in `submit`: the worker dies, which triggers the teardown.
 struct PanickingStore(RamStore);
 

@@ -175,8 +175,9 @@ pub(super) struct Worker {
     /// This worker's index, also the name of its store queue in dumps.
     index: usize,
     /// This worker's door to the drain: the EXECs of a batch enter it at once, and their
-    /// exits are taken off it once per turn of the loop ([`DrainDoor::publish`], at the top of
-    /// each turn and before anything that waits: `linger`, `poll_completions`, `wait`).
+    /// exits are taken off it ([`DrainDoor::publish`]) at the top of each turn of the loop,
+    /// right after the exchange that handed their replies to SCST (before the turn's store
+    /// calls) and at the end of the turn (before `linger`, `poll_completions`, `wait`).
     door: DrainDoor,
     multi: MultiBuffer,
     /// Replies for the next ioctl, contiguous as the kernel reads them (`preplies`).
@@ -371,6 +372,9 @@ impl Worker {
             } else {
                 0
             };
+            // The replies the exchange handed to SCST leave the drain now, before the store
+            // calls of this turn (a reap can run the store's escalation: a device reset).
+            self.door.publish();
             if fetched > 0 {
                 // Every command of the batch was handed over by the ioctl that just returned:
                 // one clock read for all of them.
