@@ -161,7 +161,9 @@ fn a_doors_batch_races_close() {
             let done = Arc::clone(&done);
             thread::spawn(move || {
                 let mut door = drain.door();
-                if !door.reserve(2) {
+                // Three reserved, two admitted: the publish takes off two exits and the
+                // reservation's rest at once (one `fetch_sub` of 3, which must wake the waiter).
+                if !door.reserve(3) {
                     assert!(drain.is_closed(), "reservation refused while open");
                     assert!(door.admit().is_none(), "admitted after a refused reservation");
                     return 0;
@@ -171,8 +173,8 @@ fn a_doors_batch_races_close() {
                 // Relaxed on purpose: only the drain's own ordering can make this visible.
                 done.fetch_add(2, Ordering::Relaxed);
                 drop(a);
-                door.publish();
                 drop(b);
+                door.publish();
                 drop(door);
                 2
             })

@@ -462,10 +462,17 @@ mod tests {
             let drain = Arc::clone(&drain);
             std::thread::spawn(move || {
                 let mut door = drain.door();
-                let token = door.admit().expect("open drain admits");
+                assert!(door.reserve(3));
+                let a = door.admit().expect("reserved");
+                let b = door.admit().expect("reserved");
                 in_tx.send(()).expect("waiter alive");
                 let _ = go_rx.recv_timeout(Duration::from_secs(10));
-                drop(token);
+                // Let the waiter fall asleep first (very likely): only the publish's wake-up
+                // can then end its wait before the bound.
+                std::thread::sleep(Duration::from_millis(50));
+                drop(a);
+                drop(b);
+                // Two exits and the reservation's rest: one step of 3 to zero.
                 door.publish();
                 // The door lives on: only the publish can wake the waiter.
                 std::thread::sleep(Duration::from_millis(50));
@@ -476,8 +483,15 @@ mod tests {
             .expect("worker admitted");
         drain.close();
         go_tx.send(()).expect("worker alive");
-        // Generous bound: only a lost wake-up could make this fail.
+        // A lost wake-up would still end in Ok, at the bound (the count is read again then):
+        // the wait must end well before it.
+        let waited = std::time::Instant::now();
         assert_eq!(drain.wait_idle(Duration::from_secs(30)), Ok(()));
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "woken only by the bound: {:?}",
+            waited.elapsed()
+        );
         worker.join().expect("worker thread");
     }
 

@@ -142,6 +142,16 @@ impl<T> Inner<T> {
     }
 }
 
+/// How [`LeaseTable::end`] ended a lease.
+enum Ending<T> {
+    /// Ended by its completion: its payload.
+    Ended(T),
+    /// Already ended by `revoke_all` (a late completion): the lease's id, for the log.
+    Late(u64),
+    /// Another table's lease: not ended, handed back to be logged and dropped unlocked.
+    Foreign(Lease<T>),
+}
+
 /// Where a lease lives in its table's slab, and which lease of that slot it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct LeaseKey {
@@ -327,11 +337,23 @@ impl<T> LeaseTable<T> {
         lease: Lease<T>,
     ) -> Option<T> {
         let mut inner = self.lock(token);
-        let payload = self.end(&mut inner, lease)?;
-        if inner.outstanding == 0 {
+        let ending = self.end(&mut inner, lease);
+        if matches!(ending, Ending::Ended(_)) && inner.outstanding == 0 {
             self.shared.released.notify_all();
         }
-        Some(payload)
+        drop(inner);
+        // Logged (and a foreign lease dropped, which logs too) with the lock released.
+        match ending {
+            Ending::Ended(payload) => Some(payload),
+            Ending::Late(id) => {
+                log::debug!("lease {id}: released after revoke_all; no-op");
+                None
+            }
+            Ending::Foreign(lease) => {
+                self.log_foreign(&lease);
+                None
+            }
+        }
     }
 
     /// Ends a batch of leases on their completions, under one acquisition of the table's lock
@@ -348,34 +370,51 @@ impl<T> LeaseTable<T> {
         if leases.is_empty() {
             return;
         }
+        let mut late = 0usize;
+        // Empty (no allocation) unless a caller's bug hands this table another's lease.
+        let mut foreign = Vec::new();
         let mut inner = self.lock(token);
         for lease in leases.drain(..) {
-            payloads.extend(self.end(&mut inner, lease));
+            match self.end(&mut inner, lease) {
+                Ending::Ended(payload) => payloads.push(payload),
+                Ending::Late(_) => late += 1,
+                Ending::Foreign(lease) => foreign.push(lease),
+            }
         }
         if inner.outstanding == 0 {
             self.shared.released.notify_all();
         }
+        drop(inner);
+        if late > 0 {
+            log::debug!("{late} lease(s) released after revoke_all; no-op");
+        }
+        for lease in &foreign {
+            self.log_foreign(lease);
+        }
     }
 
-    /// End `lease` under the table's lock (`inner`): its payload, or `None` for a late release
-    /// (logged at debug: a no-op) or another table's lease (logged as an error: it stays
-    /// outstanding there).
-    fn end(&self, inner: &mut Inner<T>, mut lease: Lease<T>) -> Option<T> {
+    /// End `lease` under the table's lock (`inner`). Logs nothing: the caller logs once the lock
+    /// is released.
+    fn end(&self, inner: &mut Inner<T>, mut lease: Lease<T>) -> Ending<T> {
         if lease.table != self.shared.table {
-            log::error!(
-                "lease {} is table {}'s, released on table {}: it stays outstanding until that table's revoke_all",
-                lease.id,
-                lease.table,
-                self.shared.table
-            );
-            return None;
+            return Ending::Foreign(lease);
         }
         lease.ended = true;
-        let payload = inner.end(lease.key);
-        if payload.is_none() {
-            log::debug!("lease {}: released after revoke_all; no-op", lease.id);
+        match inner.end(lease.key) {
+            Some(payload) => Ending::Ended(payload),
+            None => Ending::Late(lease.id),
         }
-        payload
+    }
+
+    /// A lease of another table was released on this one (a caller's bug): it stays outstanding
+    /// in its own table (its `Drop` says so too).
+    fn log_foreign(&self, lease: &Lease<T>) {
+        log::error!(
+            "lease {} is table {}'s, released on table {}: it stays outstanding until that table's revoke_all",
+            lease.id,
+            lease.table,
+            self.shared.table
+        );
     }
 
     /// Waits at most `timeout` for every outstanding lease to end.
