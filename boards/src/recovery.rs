@@ -38,6 +38,8 @@ pub(crate) enum Turn<'a> {
 pub(crate) struct Recovering<'a> {
     word: &'a RecoveryWord,
     generation: u64,
+    /// The word before this turn began: what [`Recovering::withdraw`] puts back.
+    previous: u64,
     finished: bool,
 }
 
@@ -45,6 +47,17 @@ impl Recovering<'_> {
     /// End this recovery with its outcome: every waiter for it takes this outcome.
     pub(crate) fn finish(mut self, ok: bool) {
         self.end(ok);
+    }
+
+    /// End the turn before anything of a recovery was done, as if it had never been taken: the
+    /// word is again what it was when the turn began (no new recovery counted, the last one's
+    /// outcome is still the outcome). For a caller that finds, once the turn is its own, that
+    /// the recovery it wanted is no longer wanted (the NVMe controller: a caller's reset began
+    /// between its look and its turn). Only the turn's owner writes the word while it runs, so nothing is lost. A
+    /// waiter that came during the turn takes that last outcome.
+    pub(crate) fn withdraw(mut self) {
+        self.finished = true;
+        self.word.0.store(self.previous, Ordering::SeqCst);
     }
 
     fn end(&mut self, ok: bool) {
@@ -82,6 +95,7 @@ impl RecoveryWord {
                     return Turn::Mine(Recovering {
                         word: self,
                         generation: next,
+                        previous: seen,
                         finished: false,
                     })
                 }
@@ -145,6 +159,26 @@ mod tests {
         assert_eq!(word.outcome(), None, "a newer one runs: wait for it");
         second.finish(false);
         assert_eq!(word.outcome(), Some(false), "and take its outcome");
+    }
+
+    /// A withdrawn turn leaves the word as it was: the last recovery's outcome stands, and the
+    /// next caller takes a turn of its own.
+    #[test]
+    fn a_withdrawn_turn_leaves_the_last_outcome() {
+        let word = RecoveryWord::default();
+        let Turn::Mine(first) = word.begin() else {
+            panic!("no recovery ran");
+        };
+        first.finish(true);
+        let before = word.0.load(Ordering::SeqCst);
+        let Turn::Mine(second) = word.begin() else {
+            panic!("the first one ended");
+        };
+        assert!(matches!(word.begin(), Turn::Running));
+        second.withdraw();
+        assert_eq!(word.0.load(Ordering::SeqCst), before);
+        assert_eq!(word.outcome(), Some(true), "the first one's outcome");
+        assert!(matches!(word.begin(), Turn::Mine(_)));
     }
 
     /// A recovery that panics ends as failed: no later caller waits for it.

@@ -38,7 +38,6 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_dma::MappedRegion;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -146,12 +145,22 @@ pub struct NvmeController {
     /// Resets and shutdowns under way, whose outcome a queue that finds the controller
     /// disabled under it waits for ([`NvmeController::await_quiesced`]).
     disabling: AtomicU64,
-    /// The latest reset was meant to leave the controller disabled: a caller's
-    /// [`NvmeController::reset`] or [`NvmeController::shutdown`] (the teardown, a store that
-    /// gave up), not a recovery's. A queue that must reset the controller itself because that
-    /// reset proved nothing leaves it disabled then; after a recovery's, it recovers it
-    /// ([`NvmeController::await_quiesced`]).
-    left_disabled: AtomicBool,
+    /// What the callers meant the controller to be. Bits 63:1 count the resets and shutdowns
+    /// meant to leave it disabled, a caller's [`NvmeController::reset`] or
+    /// [`NvmeController::shutdown`] (the teardown, a store that gave up), each counted before
+    /// it touches the controller. Bit 0 ([`LEFT_DISABLED`]): the latest reset was one of those,
+    /// not a recovery's: a queue that must reset the controller itself because that reset
+    /// proved nothing leaves it disabled then; after a recovery's, it recovers it
+    /// ([`NvmeController::await_quiesced`]). A recovery ([`NvmeController::recover_now`])
+    /// clears bit 0 only if the count has not moved since its caller looked, and gives way
+    /// (leaves the controller disabled and fails) when the count moves while it runs: it never
+    /// re-enables a controller such a reset or shutdown disabled meanwhile.
+    intent: AtomicU64,
+    /// What a stop does just before it takes its recovery's turn (`recover_unproven`), for
+    /// the tests of what may happen between its look and its turn: 0 nothing, 2 the start of
+    /// a caller's reset or shutdown.
+    #[cfg(test)]
+    before_turn: std::sync::atomic::AtomicU8,
     /// The recoveries ([`NvmeController::recover`]): one at a time, running from before its
     /// reset until after it published its reset count; a second caller waits for the running
     /// one and takes its outcome, and no I/O queue is re-created while one runs
@@ -250,7 +259,9 @@ impl NvmeController {
             epoch: AtomicU64::new(0),
             quiesced: AtomicU64::new(0),
             disabling: AtomicU64::new(0),
-            left_disabled: AtomicBool::new(false),
+            intent: AtomicU64::new(0),
+            #[cfg(test)]
+            before_turn: std::sync::atomic::AtomicU8::new(0),
             recovery: RecoveryWord::default(),
             live_queues: (0..=io_queues).map(|_| AtomicU64::new(0)).collect(),
             aborts: AbortSlots::new(),
@@ -422,14 +433,37 @@ impl NvmeController {
     /// Controller reset (NVMe 1.4 §7.3.2): CC.EN = 0, then wait (bounded by CAP.TO) for
     /// CSTS.RDY = 0, escalating to a function reset when it does not come. `Ok` means the
     /// controller is disabled: no DMA of it can happen, every I/O queue is deleted. It stays
-    /// disabled until a [`NvmeController::recover`]: a queue that finds this reset failed
-    /// resets again, and does not recover it ([`NvmeController::await_quiesced`]).
+    /// disabled until a [`NvmeController::recover`] called after it: a queue that finds this
+    /// reset failed resets again, and does not recover it
+    /// ([`NvmeController::await_quiesced`]), and a recovery that runs meanwhile gives way
+    /// rather than enable the controller again (`intent`).
     ///
     /// # Errors
     /// [`NvmeError::Gone`], or the timeout when no function reset is available or it failed.
     pub fn reset(&self) -> Result<(), NvmeError> {
-        self.left_disabled.store(true, Ordering::SeqCst);
+        self.mean_disabled();
         self.reset_now()
+    }
+
+    /// A caller's reset or shutdown begins: count it, and say the controller is to stay
+    /// disabled (`intent`).
+    fn mean_disabled(&self) {
+        let mut seen = self.intent.load(Ordering::SeqCst);
+        loop {
+            let next = (((seen >> 1) + 1) << 1) | LEFT_DISABLED;
+            match self
+                .intent
+                .compare_exchange_weak(seen, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// A caller's reset or shutdown came after `seen` was read from `intent`.
+    fn intent_moved(&self, seen: u64) -> bool {
+        self.intent.load(Ordering::SeqCst) >> 1 != seen >> 1
     }
 
     /// [`NvmeController::reset`], saying nothing of what comes after it.
@@ -479,50 +513,63 @@ impl NvmeController {
     /// failed (the caller escalates), and nothing of the queue may be released.
     pub(crate) fn await_quiesced(&self, epoch: u64, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
         let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
-        if proven() {
-            return Ok(());
-        }
         let full = self.reset_bound();
         let bound = caller_bound.map_or(full, |b| b.min(full));
-        let deadline = Instant::now() + bound;
-        while self.disabling.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        let mut deadline = Instant::now() + bound;
+        loop {
             if proven() {
                 return Ok(());
             }
-            // A wait on another thread's reset: no lock is held here.
-            scst_accel_hal::locks::sleep(Duration::from_millis(1));
-        }
-        if proven() {
-            return Ok(());
-        }
-        if caller_bound.is_some() && self.disabling.load(Ordering::Acquire) > 0 {
-            // The reset under way may still prove it; a reset of our own would outlast the
-            // caller's bound and only disturb that one.
+            while self.disabling.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                if proven() {
+                    return Ok(());
+                }
+                // A wait on another thread's reset: no lock is held here.
+                scst_accel_hal::locks::sleep(Duration::from_millis(1));
+            }
+            if proven() {
+                return Ok(());
+            }
+            if caller_bound.is_some() && self.disabling.load(Ordering::Acquire) > 0 {
+                // The reset under way may still prove it; a reset of our own would outlast the
+                // caller's bound and only disturb that one.
+                log::warn!(
+                    "{}: another thread's controller reset has not proven CSTS.RDY = 0 within \
+                     {bound:?}; the queue's requests and rings are held until it does",
+                    self.id()
+                );
+                return Err(NvmeError::DisableUnproven {
+                    device: self.id().to_owned(),
+                    waited: bound,
+                });
+            }
+            let intent = self.intent.load(Ordering::SeqCst);
+            if intent & LEFT_DISABLED != 0 {
+                log::warn!(
+                    "{}: the controller was disabled without proof that it stopped DMA (a reset or \
+                     shutdown failed, or took longer than {bound:?}); resetting it before any buffer \
+                     is released, and leaving it disabled",
+                    self.id()
+                );
+                return self.reset_now();
+            }
             log::warn!(
-                "{}: another thread's controller reset has not proven CSTS.RDY = 0 within \
-                 {bound:?}; the queue's requests and rings are held until it does",
+                "{}: a recovery disabled the controller without proof that it stopped DMA (its reset \
+                 failed, or took longer than {bound:?}); recovering it before any buffer is released",
                 self.id()
             );
-            return Err(NvmeError::DisableUnproven {
-                device: self.id().to_owned(),
-                waited: bound,
-            });
+            match self.recover_unproven(epoch, intent, caller_bound.map(|_| (deadline, bound))) {
+                Unproven::Done(result) => return result,
+                // A caller's reset or shutdown came after `intent` was read: look again, now
+                // that the controller is meant to stay disabled (waiting for that reset, when
+                // it is still under way, as for any other).
+                Unproven::IntentMoved => {
+                    if caller_bound.is_none() {
+                        deadline = Instant::now() + bound;
+                    }
+                }
+            }
         }
-        if self.left_disabled.load(Ordering::SeqCst) {
-            log::warn!(
-                "{}: the controller was disabled without proof that it stopped DMA (a reset or \
-                 shutdown failed, or took longer than {bound:?}); resetting it before any buffer \
-                 is released, and leaving it disabled",
-                self.id()
-            );
-            return self.reset_now();
-        }
-        log::warn!(
-            "{}: a recovery disabled the controller without proof that it stopped DMA (its reset \
-             failed, or took longer than {bound:?}); recovering it before any buffer is released",
-            self.id()
-        );
-        self.recover_unproven(epoch, caller_bound.map(|_| (deadline, bound)))
     }
 
     /// The end of DMA for an I/O queue created in `epoch` is not proven, and no reset that
@@ -536,16 +583,36 @@ impl NvmeController {
     /// caller's deadline, when it has one (`bounded`: the deadline and the bound it came
     /// from), else as long as that recovery may take.
     ///
+    /// `intent` is what `await_quiesced` read of the callers' intent when it chose to recover.
+    /// Once the turn is this thread's, it looks again before it resets anything: a caller's
+    /// reset or shutdown since that look means the controller is to stay disabled, and the
+    /// turn is withdrawn, counting no recovery (`Recovering::withdraw`;
+    /// [`Unproven::IntentMoved`]: the caller looks again). One that begins after that second
+    /// look makes the recovery give way ([`NvmeController::recover_now`]).
+    ///
     /// # Errors
-    /// As [`NvmeController::recover`]; [`NvmeError::DisableUnproven`] when the caller's
+    /// As [`NvmeController::recover`] (except a recovery that gave way to a caller's reset
+    /// after its own reset proved the end of DMA: that stop is done); [`NvmeError::DisableUnproven`] when the caller's
     /// deadline passed with the other recovery's reset still under way;
     /// [`NvmeError::Disabled`] when that recovery ended without proving it.
-    fn recover_unproven(&self, epoch: u64, bounded: Option<(Instant, Duration)>) -> Result<(), NvmeError> {
+    fn recover_unproven(&self, epoch: u64, intent: u64, bounded: Option<(Instant, Duration)>) -> Unproven {
         let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
+        #[cfg(test)]
+        self.run_before_turn();
         if let Turn::Mine(turn) = self.recovery.begin() {
-            let result = self.recover_now();
+            if self.intent_moved(intent) {
+                turn.withdraw();
+                return Unproven::IntentMoved;
+            }
+            let result = self.recover_now(intent);
             turn.finish(result.is_ok());
-            return result;
+            if result.is_err() && proven() && self.intent_moved(intent) {
+                // It gave way to a caller's reset or shutdown after its own reset proved the
+                // end of DMA: the controller stays disabled, as that caller meant, and the stop
+                // has its proof.
+                return Unproven::Done(Ok(()));
+            }
+            return Unproven::Done(result);
         }
         let timeout = self.recovery_bound() + RECOVERY_WAIT_SLACK;
         let deadline = bounded.map_or_else(|| Instant::now() + timeout, |(deadline, _)| deadline);
@@ -554,10 +621,10 @@ impl NvmeController {
             scst_accel_hal::locks::sleep(Duration::from_millis(1));
         }
         if proven() {
-            return Ok(());
+            return Unproven::Done(Ok(()));
         }
         let device = self.id().to_owned();
-        match (self.recovery.running(), bounded) {
+        Unproven::Done(match (self.recovery.running(), bounded) {
             (true, Some((_, waited))) => Err(NvmeError::DisableUnproven { device, waited }),
             (true, None) => Err(NvmeError::Timeout {
                 device,
@@ -565,7 +632,7 @@ impl NvmeController {
                 timeout,
             }),
             (false, _) => Err(NvmeError::Disabled { device }),
-        }
+        })
     }
 
     /// Reset, then enable with fresh admin rings and ask for the I/O queues again; bump the
@@ -575,34 +642,64 @@ impl NvmeController {
     /// would take requests the store then fails ABORTED when it sees the new count, while the
     /// controller may still run them ([`NvmeQueue::restart`] refuses with
     /// [`NvmeError::ResetUnderWay`] until then). Concurrent callers wait for the one running
-    /// and share the outcome of that very recovery.
+    /// and share the outcome of that very recovery. A caller's [`NvmeController::reset`] or
+    /// [`NvmeController::shutdown`] that begins after this call wins: the recovery leaves the
+    /// controller disabled and fails ([`NvmeController::recover_now`]).
     ///
     /// # Errors
-    /// As [`NvmeController::reset`], the bounded wait for CSTS.RDY, or SET FEATURES; for a
+    /// As [`NvmeController::reset`], the bounded wait for CSTS.RDY, or SET FEATURES;
+    /// [`NvmeError::Disabled`] when a caller's reset or shutdown began meanwhile; for a
     /// caller that waited, [`NvmeError::Disabled`] when the other recovery failed, or the
     /// bounded wait for it.
     pub fn recover(&self) -> Result<(), NvmeError> {
+        let intent = self.intent.load(Ordering::SeqCst);
         let Turn::Mine(turn) = self.recovery.begin() else {
             return self.wait_for_other_recovery();
         };
-        let result = self.recover_now();
+        let result = self.recover_now(intent);
         turn.finish(result.is_ok());
         result
     }
 
-    fn recover_now(&self) -> Result<(), NvmeError> {
+    /// The recovery itself, in the caller's turn, for a caller that read `intent` when it
+    /// chose to recover. A reset or shutdown meant to leave the controller disabled (the
+    /// teardown's, which then unmaps memory on the strength of it) may begin at any point of
+    /// it, and never takes the recovery's turn: so the recovery checks the count of those
+    /// (`intent`) before its reset, after it, and after its enable and before the first admin
+    /// command, and again before it publishes its reset count. Moved, it gives way: it resets
+    /// the controller again (plain) if it had enabled it, and fails with
+    /// [`NvmeError::Disabled`] (a failed recovery for the word and its waiters), the controller
+    /// left disabled. A reset or shutdown that begins after the last check disables the
+    /// controller itself, after this recovery's enable.
+    fn recover_now(&self, intent: u64) -> Result<(), NvmeError> {
         log::warn!(
             "{}: recovering the controller (reset #{})",
             self.id(),
             self.reset_count() + 1
         );
         // This reset is meant to be followed by the enable: should it prove nothing, a queue
-        // that must reset the controller itself recovers it (`await_quiesced`).
-        self.left_disabled.store(false, Ordering::SeqCst);
+        // that must reset the controller itself recovers it (`await_quiesced`). Unless a
+        // caller's reset or shutdown came since `intent` was read: then nothing is touched.
+        let base = intent & !LEFT_DISABLED;
+        if self
+            .intent
+            .compare_exchange(intent, base, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(self.give_way("before its reset", false));
+        }
         self.reset_now()?;
+        if self.intent_moved(base) {
+            return Err(self.give_way("during its reset", false));
+        }
         self.admin.reset_rings();
         let r = self.registers();
-        enable(self.device.as_ref(), &r, self.cap, &self.admin)?;
+        let enabled = enable(self.device.as_ref(), &r, self.cap, &self.admin);
+        // Checked whether or not the enable succeeded: it wrote CC.EN = 1 either way.
+        if self.intent_moved(base) {
+            return Err(self.give_way("before its enable ended", true));
+        }
+        enabled?;
         let granted = set_queue_count(&self.admin, self.config.admin_timeout, self.io_queues)?;
         if granted < self.io_queues {
             return Err(NvmeError::Unsupported {
@@ -613,12 +710,35 @@ impl NvmeController {
                 ),
             });
         }
+        if self.intent_moved(base) {
+            return Err(self.give_way("before it published its reset count", true));
+        }
         // Published only once the controller serves again, so a queue that sees the new count
         // can restart at once, and while the recovery word still says it runs: no queue was
         // re-created since the reset, so every request this count fails was submitted before it.
         self.resets.fetch_add(1, Ordering::AcqRel);
         log::info!("{}: controller recovered", self.id());
         Ok(())
+    }
+
+    /// A caller's reset or shutdown began during this thread's recovery (`when`): leave the
+    /// controller disabled, resetting it again when the recovery had enabled it (`reset`), and
+    /// fail the recovery. The error to return: [`NvmeError::Disabled`], or that reset's.
+    fn give_way(&self, when: &str, reset: bool) -> NvmeError {
+        log::warn!(
+            "{}: a reset or shutdown meant to leave the controller disabled began {when} of the \
+             recovery; the recovery gives way and leaves the controller disabled",
+            self.id()
+        );
+        if reset {
+            if let Err(e) = self.reset_now() {
+                log::error!("{}: resetting the controller again: {e}", self.id());
+                return e;
+            }
+        }
+        NvmeError::Disabled {
+            device: self.id().to_owned(),
+        }
     }
 
     /// Wait for another thread's recovery, bounded by what it may take
@@ -729,6 +849,8 @@ impl NvmeController {
     /// # Errors
     /// [`NvmeError::Gone`] or [`NvmeError::Timeout`] (the caller falls back to a reset).
     pub fn shutdown(&self) -> Result<(), NvmeError> {
+        // Counted first: a recovery running meanwhile gives way (`intent`).
+        self.mean_disabled();
         if self.admin.is_enabled() {
             match self.delete_io_queues() {
                 Ok(n) => log::info!("{}: {n} I/O queue pairs deleted before the shutdown", self.id()),
@@ -738,7 +860,6 @@ impl NvmeController {
                 ),
             }
         }
-        self.left_disabled.store(true, Ordering::SeqCst);
         let _disabling = Disabling::start(&self.disabling);
         let r = self.registers();
         let timeout = self.shutdown_timeout();
@@ -789,6 +910,18 @@ impl NvmeController {
     }
 }
 
+/// `NvmeController::intent`'s bit 0: the latest reset was a caller's, meant to leave the
+/// controller disabled.
+const LEFT_DISABLED: u64 = 1;
+
+/// What [`NvmeController::recover_unproven`] came to.
+enum Unproven {
+    /// The stop's outcome: proven (`Ok`), or why not.
+    Done(Result<(), NvmeError>),
+    /// A caller's reset or shutdown began after the stop chose to recover: nothing was done.
+    IntentMoved,
+}
+
 /// What a waiter for another thread's recovery allows beyond [`NvmeController::recovery_bound`]:
 /// each of the recovery's polls may overshoot its deadline by a pause (up to 1 ms) and a
 /// reschedule, and the waiter may be the one that finds the word changed late.
@@ -799,6 +932,19 @@ impl NvmeController {
     /// The recovery word and the reset count, for tests that stand in for a recovery's steps.
     pub(super) fn recovery_state(&self) -> (&RecoveryWord, &AtomicU64) {
         (&self.recovery, &self.resets)
+    }
+
+    /// The next stop that recovers the controller runs the start of a caller's reset or
+    /// shutdown (2: its count in `intent`, taken before it touches the controller; a shutdown
+    /// then deletes I/O queues first) between its look and its turn.
+    pub(super) fn before_turn(&self, what: u8) {
+        self.before_turn.store(what, Ordering::SeqCst);
+    }
+
+    fn run_before_turn(&self) {
+        if self.before_turn.swap(0, Ordering::SeqCst) == 2 {
+            self.mean_disabled();
+        }
     }
 }
 

@@ -18,6 +18,9 @@
 //!   the host can only have seen RDY = 0 since it set EN, which NVMe 1.4 §3.1.5 leaves undefined
 //!   (the simulator accepts it, so only the interposer can tell);
 //! - a function reset that fails;
+//! - a recovery held before its enable: the thread that writes CC setting EN while
+//!   `hold_before_enable` is armed is held before that write reaches the controller, until the
+//!   test releases it (the recovery has reset the controller, and a caller's reset may run);
 //! - a recovery held after its enable: the thread that sets CC.EN while `hold_after_enable` is
 //!   armed is held on its first CSTS read after it rang the admin SQ tail doorbell (the health
 //!   check while it waits for its first admin command, SET FEATURES), until the test releases
@@ -77,6 +80,9 @@ pub struct Knobs {
     enabled_at: AtomicU64,
     /// Hold the next thread that sets CC.EN (see the module doc), once.
     pub hold_after_enable: AtomicBool,
+    /// Hold the next thread that writes CC setting EN, before the write reaches the controller
+    /// (a recovery between its reset and its enable), once; released as `hold_after_enable`.
+    pub hold_before_enable: AtomicBool,
     /// That thread is held.
     pub held: AtomicBool,
     /// Let it go.
@@ -130,6 +136,11 @@ impl Knobs {
             *state = None;
         }
         log::info!("interposer: holding the thread that enabled the controller");
+        self.hold_here();
+    }
+
+    /// Hold this thread until the test releases it (`HOLD_LIMIT` at most).
+    fn hold_here(&self) {
         self.held.store(true, Ordering::Release);
         let deadline = Instant::now() + HOLD_LIMIT;
         while !self.release.load(Ordering::Acquire) && Instant::now() < deadline {
@@ -196,6 +207,10 @@ impl RegisterIo for Bar {
     }
 
     fn write32(&self, offset: u64, value: u32) {
+        if offset == CC && value & CC_EN != 0 && self.knobs.hold_before_enable.swap(false, Ordering::AcqRel) {
+            log::info!("interposer: holding the thread that is about to enable the controller");
+            self.knobs.hold_here();
+        }
         self.knobs.note_write(offset, value);
         if offset == CC && value & CC_EN == 0 && self.knobs.stuck_disable.load(Ordering::Acquire) {
             log::info!("interposer: CC write {value:#x} (EN = 0) dropped: the disable never finishes");

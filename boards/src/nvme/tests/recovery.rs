@@ -470,6 +470,96 @@ fn a_stop_waits_for_a_recovery_under_way_rather_than_reset_under_it() {
     rig.finish();
 }
 
+/// A caller's reset (the teardown's, or a store's that gave up: it unmaps memory on the strength
+/// of it) that runs while a recovery is between its own reset and its enable must not be undone
+/// by that enable: the recovery gives way, resets the controller again and fails
+/// (`Disabled`), leaving it disabled with its reset count unmoved. The reset never takes the
+/// recovery's turn, and the recovery used to go on and enable the controller the reset had
+/// just disabled.
+#[test]
+fn a_recovery_gives_way_to_a_callers_reset_begun_during_it() {
+    let (rig, knobs) = interposed("drv-recovery-meets-reset", &config());
+    let buf = buffer(&rig.ctrl, 4096);
+    knobs.hold_before_enable.store(true, Ordering::Release);
+    let ctrl = Arc::clone(&rig.ctrl);
+    let recovery = std::thread::spawn(move || ctrl.recover());
+    assert!(
+        knobs.wait_held(Duration::from_secs(5)),
+        "the recovery reset the controller and is about to enable it"
+    );
+    assert!(!rig.ctrl.is_enabled());
+
+    Controller::reset(rig.ctrl.as_ref()).expect("the caller's reset");
+    knobs.release.store(true, Ordering::Release);
+    let result = recovery.join().expect("recovery thread");
+
+    assert!(matches!(result, Err(NvmeError::Disabled { .. })), "{result:?}");
+    assert!(!rig.ctrl.is_enabled(), "left disabled, as the reset meant");
+    assert_eq!(rig.ctrl.registers().cc() & 1, 0, "CC.EN = 0");
+    assert_eq!(rig.ctrl.registers().csts() & 1, 0, "CSTS.RDY = 0");
+    assert_eq!(rig.ctrl.reset_count(), 0, "no recovery counted");
+    assert_eq!(
+        rig.ctrl.recovery_state().0.outcome(),
+        Some(false),
+        "a failed recovery"
+    );
+    finish_after_reset(rig, buf);
+}
+
+/// A stop that must recover the controller itself (a recovery's reset proved nothing) looks
+/// at what the callers meant, then takes the recovery's turn. A caller's reset or shutdown
+/// that begins in between (its count taken, the controller not yet touched) means the
+/// controller is to stay disabled: once the turn is its own the stop looks again, withdraws,
+/// and resets the controller plainly for its proof. It used to recover it, enabling a
+/// controller the teardown was disabling.
+#[test]
+fn a_stop_does_not_recover_a_controller_a_caller_began_to_disable() {
+    let (mut rig, knobs, buf) = failed_recovery_with_a_read("drv-stop-meets-teardown");
+    rig.ctrl.before_turn(2);
+
+    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect("stopped by its own plain reset");
+
+    assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        2,
+        "the failed recovery's function reset, then the stop's"
+    );
+    assert!(!rig.ctrl.is_enabled(), "left disabled, as the caller meant");
+    assert_eq!(rig.ctrl.reset_count(), 0, "no recovery");
+    rig.sim.clear_faults();
+    finish_after_reset(rig, buf);
+}
+
+/// A rig whose queue 0 has a READ (into the buffer returned) on the controller, never
+/// completed, after a recovery whose reset failed (the disable never finishes, nor did the
+/// function reset, which works again now): nothing proves the end of the READ's DMA.
+fn failed_recovery_with_a_read(
+    id: &str,
+) -> (Rig, Arc<super::interposer::Knobs>, scst_accel_dma::MappedRegion) {
+    let (mut rig, knobs) = interposed(id, &config());
+    rig.sim.inject(fault("never-complete"));
+    let buf = buffer(&rig.ctrl, 4096);
+    let commands = rig.sim.stats().commands;
+    let q = &mut rig.queues[0];
+    q.submit(&req(1, DeviceOp::Read, 0, 4096, &[(buf.iova(), 4096)]))
+        .expect("submit");
+    q.ring_doorbell();
+    assert!(
+        wait_until(|| rig.sim.stats().commands > commands),
+        "the device took the read"
+    );
+    knobs.stuck_disable.store(true, Ordering::Release);
+    knobs.function_reset_fails.store(true, Ordering::Release);
+    rig.ctrl
+        .recover()
+        .expect_err("neither the disable nor the function reset works");
+    assert!(!rig.ctrl.is_enabled());
+    knobs.function_reset_fails.store(false, Ordering::Release);
+    (rig, knobs, buf)
+}
+
 /// A recovery held after its enable, while it waits for SET FEATURES (the admin queue serves,
 /// its reset count has not moved): another thread's queue restart must not re-create its I/O
 /// queue. It used to, and took requests the store then failed ABORTED when the count moved
