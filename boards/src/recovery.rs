@@ -52,9 +52,10 @@ impl Recovering<'_> {
     /// End the turn before anything of a recovery was done, as if it had never been taken: the
     /// word is again what it was when the turn began (no new recovery counted, the last one's
     /// outcome is still the outcome). For a caller that finds, once the turn is its own, that
-    /// the recovery it wanted is no longer wanted (the NVMe controller: a caller's reset began
-    /// between its look and its turn). Only the turn's owner writes the word while it runs, so nothing is lost. A
-    /// waiter that came during the turn takes that last outcome.
+    /// the recovery it wanted is no longer wanted: another one ended between its look and its
+    /// turn, or (the NVMe controller) a caller's reset began then. Only the turn's owner writes
+    /// the word while it runs, so nothing is lost. A waiter that came during the turn takes
+    /// that last outcome.
     pub(crate) fn withdraw(mut self) {
         self.finished = true;
         self.word.0.store(self.previous, Ordering::SeqCst);

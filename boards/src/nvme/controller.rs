@@ -157,8 +157,8 @@ pub struct NvmeController {
     /// re-enables a controller such a reset or shutdown disabled meanwhile.
     intent: AtomicU64,
     /// What a stop does just before it takes its recovery's turn (`recover_unproven`), for
-    /// the tests of what may happen between its look and its turn: 0 nothing, 2 the start of
-    /// a caller's reset or shutdown.
+    /// the tests of what may happen between its look and its turn: 0 nothing, 1 another
+    /// recovery, 2 the start of a caller's reset or shutdown.
     #[cfg(test)]
     before_turn: std::sync::atomic::AtomicU8,
     /// The recoveries ([`NvmeController::recover`]): one at a time, running from before its
@@ -584,22 +584,35 @@ impl NvmeController {
     /// from), else as long as that recovery may take.
     ///
     /// `intent` is what `await_quiesced` read of the callers' intent when it chose to recover.
-    /// Once the turn is this thread's, it looks again before it resets anything: a caller's
+    /// Once the turn is this thread's, it looks again before it resets anything: a recovery
+    /// that ended since its look (its reset proved the end of DMA) makes this one needless,
+    /// and the turn is withdrawn, counting no recovery (`Recovering::withdraw`); a caller's
     /// reset or shutdown since that look means the controller is to stay disabled, and the
-    /// turn is withdrawn, counting no recovery (`Recovering::withdraw`;
-    /// [`Unproven::IntentMoved`]: the caller looks again). One that begins after that second
-    /// look makes the recovery give way ([`NvmeController::recover_now`]).
+    /// turn is withdrawn too ([`Unproven::IntentMoved`]: the caller looks again). Either can
+    /// still happen after that second look; the recovery then gives way to the caller's reset
+    /// ([`NvmeController::recover_now`]), or runs once more on a controller that serves,
+    /// which costs the other queues their requests in flight and nothing else.
     ///
     /// # Errors
     /// As [`NvmeController::recover`] (except a recovery that gave way to a caller's reset
-    /// after its own reset proved the end of DMA: that stop is done); [`NvmeError::DisableUnproven`] when the caller's
-    /// deadline passed with the other recovery's reset still under way;
+    /// after its own reset proved the end of DMA: that stop is done);
+    /// [`NvmeError::DisableUnproven`] when the caller's deadline passed with the other
+    /// recovery's reset still under way;
     /// [`NvmeError::Disabled`] when that recovery ended without proving it.
     fn recover_unproven(&self, epoch: u64, intent: u64, bounded: Option<(Instant, Duration)>) -> Unproven {
         let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
         #[cfg(test)]
         self.run_before_turn();
         if let Turn::Mine(turn) = self.recovery.begin() {
+            if proven() {
+                log::info!(
+                    "{}: another recovery proved the end of DMA meanwhile; no recovery of this \
+                     queue's own",
+                    self.id()
+                );
+                turn.withdraw();
+                return Unproven::Done(Ok(()));
+            }
             if self.intent_moved(intent) {
                 turn.withdraw();
                 return Unproven::IntentMoved;
@@ -934,16 +947,23 @@ impl NvmeController {
         (&self.recovery, &self.resets)
     }
 
-    /// The next stop that recovers the controller runs the start of a caller's reset or
-    /// shutdown (2: its count in `intent`, taken before it touches the controller; a shutdown
-    /// then deletes I/O queues first) between its look and its turn.
+    /// The next stop that recovers the controller runs another recovery to its end (1), or
+    /// the start of a caller's reset or shutdown (2: its count in `intent`, taken before it
+    /// touches the controller; a shutdown then deletes I/O queues first), between its look
+    /// and its turn.
     pub(super) fn before_turn(&self, what: u8) {
         self.before_turn.store(what, Ordering::SeqCst);
     }
 
     fn run_before_turn(&self) {
-        if self.before_turn.swap(0, Ordering::SeqCst) == 2 {
-            self.mean_disabled();
+        match self.before_turn.swap(0, Ordering::SeqCst) {
+            1 => {
+                if let Err(e) = self.recover() {
+                    log::warn!("{}: the test's recovery before the turn: {e}", self.id());
+                }
+            }
+            2 => self.mean_disabled(),
+            _ => {}
         }
     }
 }

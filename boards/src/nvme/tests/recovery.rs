@@ -532,6 +532,36 @@ fn a_stop_does_not_recover_a_controller_a_caller_began_to_disable() {
     finish_after_reset(rig, buf);
 }
 
+/// A stop that must recover the controller itself finds, once the recovery's turn is its own,
+/// that another recovery ran to its end between its look and its turn (its reset is the
+/// proof, and the controller serves again): it withdraws its turn instead of recovering the
+/// controller a second time, which failed every other queue's requests in flight for nothing.
+#[test]
+fn a_stop_does_not_recover_again_after_a_recovery_that_ended_before_its_turn() {
+    let (mut rig, knobs, buf) = failed_recovery_with_a_read("drv-stop-after-recovery");
+    rig.ctrl.before_turn(1);
+
+    QueueEngine::stop_within(&mut rig.queues[0], Duration::from_millis(100))
+        .expect("stopped by the other recovery's reset");
+
+    assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        2,
+        "the failed recovery's function reset, then the other recovery's"
+    );
+    assert!(rig.ctrl.is_enabled(), "the controller serves");
+    assert_eq!(rig.ctrl.reset_count(), 1, "one recovery, not two");
+    assert_eq!(rig.ctrl.recovery_state().0.outcome(), Some(true));
+    rig.sim.clear_faults();
+    for (i, q) in rig.queues.iter_mut().enumerate() {
+        q.restart().expect("restart after the recovery");
+        verified_io(q, 16 * i as u64, 2 + i as u8);
+    }
+    drop(buf);
+    rig.finish();
+}
+
 /// A rig whose queue 0 has a READ (into the buffer returned) on the controller, never
 /// completed, after a recovery whose reset failed (the disable never finishes, nor did the
 /// function reset, which works again now): nothing proves the end of the READ's DMA.
