@@ -303,6 +303,15 @@ pub trait Controller: Send + Sync {
     fn recover(&self) -> Result<(), EngineError>;
     /// Bumped by every reset: a queue that sees it change knows its requests were dropped.
     fn reset_count(&self) -> u64;
+    /// The longest one recovery ([`Controller::recover`]) of the function may take, reset
+    /// included: how long a restart may be refused ([`EngineError::ResetUnderWay`]) because of
+    /// one. The store gives up on a queue whose restarts were refused for longer than this
+    /// plus twice its command timeout (docs/boards.md rule 5). The default, a minute (what
+    /// Linux allows a function that keeps answering "retry" after a reset), is for an
+    /// implementation that knows no bound of its own.
+    fn recovery_bound(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
     /// Mask every interrupt of the function (teardown, before the device is closed).
     fn disable_interrupts(&self);
     /// Orderly stop at the end of a run (NVMe shutdown notification, then the controller
@@ -396,8 +405,9 @@ pub trait QueueEngine: Send {
     ///
     /// # Errors
     /// [`EngineError::ResetUnderWay`] while a reset or recovery of the function runs (the
-    /// store retries); other [`EngineError`]s, which the store retries for a bounded time and
-    /// then treats the device as gone.
+    /// store retries, until restarts have not succeeded for longer than
+    /// [`Controller::recovery_bound`] and twice its command timeout); other [`EngineError`]s,
+    /// which the store retries for a bounded time and then treats the device as gone.
     fn restart(&mut self) -> Result<(), EngineError>;
     /// The queue's registers and ring pointers, for logs on escalation and for `diag`.
     fn dump(&self) -> String;

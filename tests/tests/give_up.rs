@@ -35,6 +35,7 @@ use scst_accel_handler::store::StoreRequest;
 use scst_accel_handler::store::StoreStatus;
 use scst_accel_handler::store::StoreToken;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -506,10 +507,13 @@ fn a_queue_restarted_after_another_queues_recovery_serves_what_comes_next() {
 }
 
 /// A queue engine that counts the restarts asked of it while it still had requests in flight
-/// (the engine contract asks for none: `QueueEngine::restart`), and otherwise is `inner`.
+/// (the engine contract asks for none: `QueueEngine::restart`), refuses every restart while
+/// `refuse_restarts` is set, as while recoveries of the function follow each other or one
+/// hangs in its function reset (`EngineError::ResetUnderWay`), and otherwise is `inner`.
 struct Watched {
     inner: Box<dyn QueueEngine>,
     restarts_in_flight: Arc<AtomicU64>,
+    refuse_restarts: Arc<AtomicBool>,
 }
 
 impl QueueEngine for Watched {
@@ -585,6 +589,12 @@ impl QueueEngine for Watched {
         if self.inner.in_flight() > 0 {
             self.restarts_in_flight.fetch_add(1, Ordering::Relaxed);
         }
+        if self.refuse_restarts.load(Ordering::Acquire) {
+            return Err(EngineError::ResetUnderWay {
+                device: "watched".to_owned(),
+                queue: self.inner.index(),
+            });
+        }
         self.inner.restart()
     }
 
@@ -640,6 +650,7 @@ impl LongRecovery {
                 Box::new(Watched {
                     inner: Box::new(q),
                     restarts_in_flight: Arc::clone(&restarts_in_flight),
+                    refuse_restarts: Arc::new(AtomicBool::new(false)),
                 }) as Box<dyn QueueEngine>
             })
             .collect();
@@ -941,4 +952,114 @@ fn an_nvme_abort_whose_stop_resets_the_controller_brings_it_back() {
 #[test]
 fn an_nvme_deadline_whose_stop_resets_the_controller_brings_it_back() {
     a_stop_that_resets_brings_the_controller_back("give-up-nvme-deadline-resets", false);
+}
+
+/// A queue whose restarts are refused because a recovery of the function is under way
+/// (`ResetUnderWay`) for ever: a recovery hung in its function reset (`VFIO_DEVICE_RESET` has
+/// no bound of its own), or recoveries by other queues one after another. The refusals are not
+/// failures, but they are bounded in total: once restarts have not succeeded for longer than
+/// one whole recovery (`Controller::recovery_bound`) and twice the command timeout, the store
+/// gives up (`Store::failure`) as on restarts that keep failing, and answers the READ that
+/// waited for the restart. It used to wait for ever, the READ never answered and the store
+/// never giving up.
+#[test]
+fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_take() {
+    let (device, sim) = create_nvme_sim(
+        "give-up-nvme-refused-for-ever",
+        NvmeSimConfig {
+            num_blocks: 4096,
+            cap_to: 1,
+            ..NvmeSimConfig::default()
+        },
+    )
+    .expect("simulated NVMe controller");
+    let config = NvmeConfig {
+        queues: 1,
+        queue_depth: 16,
+        interrupts: false,
+        admin_timeout: Duration::from_millis(300),
+        ..NvmeConfig::default()
+    };
+    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(controller.device()))),
+        Some(Arc::clone(controller.iovas())),
+        16 << 20,
+    ));
+    let refuse = Arc::new(AtomicBool::new(false));
+    let queues = queues
+        .into_iter()
+        .map(|q| {
+            Box::new(Watched {
+                inner: Box::new(q),
+                restarts_in_flight: Arc::new(AtomicU64::new(0)),
+                refuse_restarts: Arc::clone(&refuse),
+            }) as Box<dyn QueueEngine>
+        })
+        .collect();
+    let command_timeout = Duration::from_millis(200);
+    let store = AccelStore::new(
+        Arc::clone(&controller) as _,
+        queues,
+        AccelConfig {
+            command_timeout,
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    // Another queue's recovery moves the reset count: the queue must restart, and from now on
+    // every restart is refused.
+    refuse.store(true, Ordering::Release);
+    controller.recover().expect("the other queue's recovery");
+    let start = Instant::now();
+    // The queue sees the count move (with nothing to fail) and its restart is refused.
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    q.reap(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+    let bound = Controller::recovery_bound(controller.as_ref()) + command_timeout * 2;
+    assert!(bound < Duration::from_secs(5), "{bound:?}");
+
+    while store.failure().is_none() {
+        assert!(
+            start.elapsed() < bound * 3,
+            "the store never gave up on restarts refused for {:?}: answered {out:?}",
+            start.elapsed()
+        );
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let gave_up_after = start.elapsed();
+    assert!(
+        gave_up_after >= bound,
+        "gave up after {gave_up_after:?}, within a recovery's bound and the give-up window ({bound:?})"
+    );
+    assert!(
+        store.failure().is_some_and(|f| f.contains("refused")),
+        "{:?}",
+        store.failure()
+    );
+    while !out.iter().any(|c| c.tag == 1) {
+        assert!(start.elapsed() < bound * 4, "the READ was never answered");
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_ne!(out[0].status, StoreStatus::Good, "{out:?}");
+    drop(q);
+    drop(store);
+    assert_eq!(sim.iommu().fault_count(), 0);
 }

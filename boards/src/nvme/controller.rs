@@ -627,7 +627,7 @@ impl NvmeController {
             }
             return Unproven::Done(result);
         }
-        let timeout = self.recovery_bound() + RECOVERY_WAIT_SLACK;
+        let timeout = self.recovery_wait_bound();
         let deadline = bounded.map_or_else(|| Instant::now() + timeout, |(deadline, _)| deadline);
         while !proven() && self.recovery.running() && Instant::now() < deadline {
             // A wait on another thread's recovery: no lock is held here.
@@ -758,7 +758,7 @@ impl NvmeController {
     /// ([`NvmeController::recovery_bound`], plus [`RECOVERY_WAIT_SLACK`]), then share its
     /// outcome ([`RecoveryWord::outcome`]).
     fn wait_for_other_recovery(&self) -> Result<(), NvmeError> {
-        let timeout = self.recovery_bound() + RECOVERY_WAIT_SLACK;
+        let timeout = self.recovery_wait_bound();
         let deadline = Instant::now() + timeout;
         let recovered = loop {
             if let Some(recovered) = self.recovery.outcome() {
@@ -798,6 +798,14 @@ impl NvmeController {
     /// which no one holds across a wait.)
     pub(crate) fn recovery_bound(&self) -> Duration {
         self.reset_bound() + self.cap.ready_timeout() + self.config.admin_timeout
+    }
+
+    /// What a second caller of [`NvmeController::recover`] waits for the running one:
+    /// [`NvmeController::recovery_bound`] and [`RECOVERY_WAIT_SLACK`]. The engine contract's
+    /// `Controller::recovery_bound`: the longest a restart may be refused because of one
+    /// recovery.
+    pub(crate) fn recovery_wait_bound(&self) -> Duration {
+        self.recovery_bound() + RECOVERY_WAIT_SLACK
     }
 
     /// Recoveries so far.

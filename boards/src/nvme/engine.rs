@@ -59,6 +59,10 @@ impl Controller for NvmeController {
         NvmeController::reset_count(self)
     }
 
+    fn recovery_bound(&self) -> std::time::Duration {
+        NvmeController::recovery_wait_bound(self)
+    }
+
     fn disable_interrupts(&self) {
         NvmeController::disable_interrupts(self);
     }

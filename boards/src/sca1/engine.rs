@@ -126,6 +126,10 @@ impl Controller for Sca1 {
         Sca1::reset_count(self)
     }
 
+    fn recovery_bound(&self) -> std::time::Duration {
+        Sca1::recovery_bound(self)
+    }
+
     fn disable_interrupts(&self) {
         let bar = Sca1::device(self).bar0();
         bar.write32(global::INT_MASK_SET, regs::ALL_ONES);

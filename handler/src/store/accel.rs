@@ -18,8 +18,10 @@
 //! Nothing panics, and no wait is unbounded; queues of one function do wait for each other
 //! where the function is shared: one recovery runs at a time (a second caller waits, bounded,
 //! for the first's outcome), and a queue restarts only once a recovery under way has published
-//! its reset count (it waits for that as long as the recovery takes, which is bounded: a
-//! restart refused meanwhile is not a failure toward giving up). A queue that is not running
+//! its reset count (a restart refused meanwhile is not a failure toward giving up, but the
+//! refusals are bounded in total: once restarts have not succeeded for longer than one whole
+//! recovery, the engine's `Controller::recovery_bound`, and twice the command timeout, the
+//! store gives up as on restarts that keep failing). A queue that is not running
 //! is restarted only with nothing in flight: an NVMe queue whose controller another queue's
 //! recovery disabled keeps its requests until the reset count moves (they are failed then) or
 //! their deadline escalates (the stop proving the end of their DMA). A stopped queue with
@@ -425,6 +427,13 @@ struct AccelQueue {
     /// Restarts have failed since the first instant, the last one at the second (another
     /// queue's recovery may still be running).
     restart_failing_since: Option<(Instant, Instant)>,
+    /// Restarts have not succeeded since the first instant, the last attempt at the second, the
+    /// run begun by a refusal ([`EngineError::ResetUnderWay`]: a recovery under way); ordinary
+    /// failures in it go on with it. Only a successful restart ends it (or the queue idle,
+    /// nothing retried, for twice the command timeout). The store gives up once it lasted
+    /// longer than one whole recovery and the give-up bound of ordinary failures
+    /// ([`AccelQueue::refusal_bound`]).
+    restart_refused_since: Option<(Instant, Instant)>,
     /// The device zeroes without a data transfer ([`Geometry::supports_write_zeroes`]).
     write_zeroes: bool,
     /// On a device without write zeroes: one WRITE SAME chunk of zero blocks, mapped for the
@@ -470,6 +479,7 @@ impl AccelQueue {
             repeats_blocks,
             copy_blocks: geometry.max_copy_blocks,
             restart_failing_since: None,
+            restart_refused_since: None,
             write_zeroes: geometry.supports_write_zeroes,
             zeroes: None,
         }
@@ -1200,13 +1210,21 @@ impl AccelQueue {
 
     /// Restart after a stop or reset. While a reset or recovery of the function runs on another
     /// thread the queue refuses ([`EngineError::ResetUnderWay`]): it stays stopped, its
-    /// requests waiting, and the health check retries for as long as that recovery takes (it is
-    /// bounded), none of it counted as a failure.
+    /// requests waiting, and the health check retries. A refusal is not counted as a failure,
+    /// but it is bounded in total: the refusal ends only when the recovery does, which depends
+    /// on a function reset with no bound of its own, and recoveries of other queues may follow
+    /// each other. So from the first refusal on, the queue keeps retrying until a restart
+    /// succeeds, and gives up (as below) once restarts have not succeeded for longer than
+    /// [`AccelQueue::refusal_bound`]: one whole recovery
+    /// ([`Controller::recovery_bound`](scst_accel_boards::engine::Controller::recovery_bound))
+    /// and twice the command timeout. Ordinary failures after a refusal go on with that run
+    /// (they do not start it again), and attempts further apart than twice the command timeout
+    /// (the queue idle in between) start it again.
     /// A restart can also fail (an NVMe queue is re-created through the admin queue, the
-    /// controller may be disabled); it is retried the same way. Only a restart that keeps
-    /// failing for twice the command timeout, or a gone device, makes the store give up:
-    /// failures further apart than that (the queue idle in between, so nothing retried) start
-    /// the count again.
+    /// controller may be disabled); it is retried the same way. A restart that keeps failing
+    /// for twice the command timeout, or a gone device, makes the store give up: failures
+    /// further apart than that (the queue idle in between, so nothing retried) start the count
+    /// again.
     ///
     /// A restarted queue has seen every reset so far: no restart runs while a recovery is under
     /// way (rule 5, docs/boards.md), so the count read here, before anything is submitted, is
@@ -1220,35 +1238,71 @@ impl AccelQueue {
     /// queue's recovery) kept the old one, and its next health check failed the requests
     /// submitted since as ABORTED while the device ran them.
     fn restart_queue(&mut self) -> bool {
+        let gap = self.config.command_timeout * 2;
         match self.queue.restart() {
             Ok(()) => {
                 self.seen_resets = self.board.reset_count();
                 self.restart_failing_since = None;
+                self.restart_refused_since = None;
                 true
             }
             Err(e @ EngineError::ResetUnderWay { .. }) if !self.board.is_gone() => {
-                // Not yet, rather than failed: the reset or recovery under way is bounded, and
-                // once it ends the restart succeeds or fails for a reason that counts. Neither a
-                // failure of the run nor the end of one.
-                log::debug!("queue {}: {e}", self.queue.index());
+                // Not yet, rather than failed: neither a failure of the run nor the end of
+                // one. But the recovery under way ends only when its function reset does,
+                // which nothing of ours bounds, and another may follow it: the refusals are
+                // bounded in total.
+                let now = Instant::now();
+                let since = failing_since(self.restart_refused_since, now, gap);
+                self.restart_refused_since = Some((since, now));
+                let bound = self.refusal_bound();
+                if since.elapsed() >= bound {
+                    log::error!(
+                        "{} queue {}: {e}; restarts refused or failing for {:?}, longer than a \
+                         recovery may take and twice the command timeout ({bound:?})",
+                        self.board.id(),
+                        self.queue.index(),
+                        since.elapsed()
+                    );
+                    self.give_up("the queue's restarts were refused for longer than a recovery may take");
+                } else {
+                    log::debug!("queue {}: {e}", self.queue.index());
+                }
                 false
             }
             Err(e) => {
                 let now = Instant::now();
-                let since = failing_since(self.restart_failing_since, now, self.config.command_timeout * 2);
+                let since = failing_since(self.restart_failing_since, now, gap);
                 self.restart_failing_since = Some((since, now));
+                // A run of refusals goes on through failures: they do not start it again.
+                let refused = self.restart_refused_since.map(|(first, last)| {
+                    let first = failing_since(Some((first, last)), now, gap);
+                    self.restart_refused_since = Some((first, now));
+                    first
+                });
                 log::warn!(
                     "{} queue {}: restart failed: {e}; retrying ({:?} so far)",
                     self.board.id(),
                     self.queue.index(),
                     since.elapsed()
                 );
-                if e.is_gone() || self.board.is_gone() || since.elapsed() >= self.config.command_timeout * 2 {
+                if e.is_gone()
+                    || self.board.is_gone()
+                    || since.elapsed() >= gap
+                    || refused.is_some_and(|first| first.elapsed() >= self.refusal_bound())
+                {
                     self.give_up("the queue could not be restarted");
                 }
                 false
             }
         }
+    }
+
+    /// How long restarts may go without succeeding once one was refused because a recovery
+    /// was under way ([`AccelQueue::restart_queue`]): one whole recovery of the function
+    /// ([`Controller::recovery_bound`](scst_accel_boards::engine::Controller::recovery_bound))
+    /// and the give-up bound of ordinary restart failures, twice the command timeout.
+    fn refusal_bound(&self) -> Duration {
+        self.board.recovery_bound() + self.config.command_timeout * 2
     }
 
     /// The device cannot serve any more: fail everything, for good, and tell the frontend
