@@ -11,6 +11,7 @@ use scst_accel_boards::engine::QueueEngine;
 use scst_accel_boards::engine::SubmitError;
 use scst_accel_boards::nvme::NvmeConfig;
 use scst_accel_boards::nvme::NvmeController;
+use scst_accel_boards::nvme::NvmeQueue;
 use scst_accel_boards::open::open_board;
 use scst_accel_boards::open::BoardSource;
 use scst_accel_boards::sca1::device_mapper;
@@ -42,6 +43,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+/// Submit a READ of 8 blocks at `lba` (tag `tag`, a 4 KiB buffer of `pool`) to `q`.
+fn submit_read(q: &mut Box<dyn StoreQueue>, pool: &Arc<SgvPool>, tag: u64, lba: u64) {
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), pool, 4096).expect("buffer"),
+        4096,
+    );
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag,
+            op: StoreOp::Read { lba, blocks: 8 },
+            buffer: Some(buf),
+        }],
+    )
+    .expect("submit");
+}
+
 /// An accelerator store over `controller` and `queues` with `command_timeout`, and one of its
 /// queues to which a READ of 8 blocks (tag 1, a 4 KiB buffer of `pool`) was submitted once
 /// `faults` had been injected.
@@ -61,20 +79,8 @@ fn store_reading(
         },
     );
     faults();
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), pool, 4096).expect("buffer"),
-        4096,
-    );
     let mut q = store.open_queue().expect("queue");
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 1,
-            op: StoreOp::Read { lba: 0, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    submit_read(&mut q, pool, 1, 0);
     (store, q)
 }
 
@@ -271,6 +277,30 @@ fn a_queue_dropped_under_a_dark_bar_keeps_its_rings_mapped() {
     a_dropped_queue_keeps_its_rings_mapped(&sim.iommu(), q);
 }
 
+/// A simulated NVMe controller (`sim`) brought up with one polled I/O queue of depth 16 and
+/// `admin_timeout`, its queues, and a 16 MiB pool of buffers mapped for it.
+fn nvme_parts(
+    name: &str,
+    sim: NvmeSimConfig,
+    admin_timeout: Duration,
+) -> (NvmeSimHandle, Arc<NvmeController>, Vec<NvmeQueue>, Arc<SgvPool>) {
+    let (device, sim) = create_nvme_sim(name, sim).expect("simulated NVMe controller");
+    let config = NvmeConfig {
+        queues: 1,
+        queue_depth: 16,
+        interrupts: false,
+        admin_timeout,
+        ..NvmeConfig::default()
+    };
+    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(controller.device()))),
+        Some(Arc::clone(controller.iovas())),
+        16 << 20,
+    ));
+    (sim, controller, queues, pool)
+}
+
 /// The simulated NVMe controller (CAP.TO 500 ms, admin timeout 300 ms, one polled queue)
 /// behind an accelerator store with `command_timeout`, hung (`hang`: nothing is fetched, admin
 /// commands included, CSTS.RDY stays 1) on a function that ignores resets (`no-reset`: CC.EN
@@ -281,28 +311,15 @@ fn hung_nvme_reading(
     command_timeout: Duration,
     more: &[NvmeFault],
 ) -> (NvmeSimHandle, Arc<SgvPool>, AccelStore, Box<dyn StoreQueue>) {
-    let (device, sim) = create_nvme_sim(
+    let (sim, controller, queues, pool) = nvme_parts(
         "give-up-nvme",
         NvmeSimConfig {
             num_blocks: 4096,
             cap_to: 1,
             ..NvmeSimConfig::default()
         },
-    )
-    .expect("simulated NVMe controller");
-    let config = NvmeConfig {
-        queues: 1,
-        queue_depth: 16,
-        interrupts: false,
-        admin_timeout: Duration::from_millis(300),
-        ..NvmeConfig::default()
-    };
-    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
-    let pool = Arc::new(SgvPool::new(
-        Some(device_mapper(Arc::clone(controller.device()))),
-        Some(Arc::clone(controller.iovas())),
-        16 << 20,
-    ));
+        Duration::from_millis(300),
+    );
     let queues = queues
         .into_iter()
         .map(|q| Box::new(q) as Box<dyn QueueEngine>)
@@ -355,7 +372,7 @@ fn an_nvme_store_that_gives_up_without_proof_holds_its_requests() {
 /// brings it, releases the request (ABORTED) on a later reap.
 #[test]
 fn an_nvme_abort_waits_for_another_threads_reset_only_within_its_bound() {
-    let (device, sim) = create_nvme_sim(
+    let (sim, controller, queues, pool) = nvme_parts(
         "give-up-nvme-pending",
         NvmeSimConfig {
             num_blocks: 4096,
@@ -363,21 +380,8 @@ fn an_nvme_abort_waits_for_another_threads_reset_only_within_its_bound() {
             disable_micros: 1_500_000,
             ..NvmeSimConfig::default()
         },
-    )
-    .expect("simulated NVMe controller");
-    let config = NvmeConfig {
-        queues: 1,
-        queue_depth: 16,
-        interrupts: false,
-        admin_timeout: Duration::from_secs(1),
-        ..NvmeConfig::default()
-    };
-    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
-    let pool = Arc::new(SgvPool::new(
-        Some(device_mapper(Arc::clone(controller.device()))),
-        Some(Arc::clone(controller.iovas())),
-        16 << 20,
-    ));
+        Duration::from_secs(1),
+    );
     let queues = queues
         .into_iter()
         .map(|q| Box::new(q) as Box<dyn QueueEngine>)
@@ -472,19 +476,7 @@ fn a_queue_restarted_after_another_queues_recovery_serves_what_comes_next() {
         .expect("another queue's recovery of the function");
     assert_eq!(q.abort_all(), 1, "the READ in flight is aborted");
     // Submitted before the queue reaps again: its next health check is the first to look.
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 2,
-            op: StoreOp::Read { lba: 8, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    submit_read(&mut q, &pool, 2, 8);
     let mut answered = reap_until_answered(&mut q);
     if answered.len() < 2 {
         answered.extend(reap_until_answered(&mut q));
@@ -620,7 +612,7 @@ struct LongRecovery {
 
 impl LongRecovery {
     fn start(name: &str) -> Self {
-        let (device, sim) = create_nvme_sim(
+        let (sim, controller, queues, pool) = nvme_parts(
             name,
             NvmeSimConfig {
                 num_blocks: 4096,
@@ -628,21 +620,8 @@ impl LongRecovery {
                 disable_micros: 100_000,
                 ..NvmeSimConfig::default()
             },
-        )
-        .expect("simulated NVMe controller");
-        let config = NvmeConfig {
-            queues: 1,
-            queue_depth: 16,
-            interrupts: false,
-            admin_timeout: Duration::from_secs(3),
-            ..NvmeConfig::default()
-        };
-        let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
-        let pool = Arc::new(SgvPool::new(
-            Some(device_mapper(Arc::clone(controller.device()))),
-            Some(Arc::clone(controller.iovas())),
-            16 << 20,
-        ));
+            Duration::from_secs(3),
+        );
         let restarts_in_flight = Arc::new(AtomicU64::new(0));
         let queues = queues
             .into_iter()
@@ -834,28 +813,15 @@ fn nvme_reading_after_a_failed_recovery(
     AccelStore,
     Box<dyn StoreQueue>,
 ) {
-    let (device, sim) = create_nvme_sim(
+    let (sim, controller, queues, pool) = nvme_parts(
         name,
         NvmeSimConfig {
             num_blocks: 4096,
             cap_to: 1,
             ..NvmeSimConfig::default()
         },
-    )
-    .expect("simulated NVMe controller");
-    let config = NvmeConfig {
-        queues: 1,
-        queue_depth: 16,
-        interrupts: false,
-        admin_timeout: Duration::from_secs(1),
-        ..NvmeConfig::default()
-    };
-    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
-    let pool = Arc::new(SgvPool::new(
-        Some(device_mapper(Arc::clone(controller.device()))),
-        Some(Arc::clone(controller.iovas())),
-        16 << 20,
-    ));
+        Duration::from_secs(1),
+    );
     let queues = queues
         .into_iter()
         .map(|q| Box::new(q) as Box<dyn QueueEngine>)
@@ -912,19 +878,7 @@ fn a_stop_that_resets_brings_the_controller_back(name: &str, bounded: bool) {
         "{:?}",
         store.dump()
     );
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 2,
-            op: StoreOp::Read { lba: 8, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    submit_read(&mut q, &pool, 2, 8);
     assert_eq!(
         reap_until_answered(&mut q),
         [StoreCompletion {
@@ -964,28 +918,15 @@ fn an_nvme_deadline_whose_stop_resets_the_controller_brings_it_back() {
 /// never giving up.
 #[test]
 fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_take() {
-    let (device, sim) = create_nvme_sim(
+    let (sim, controller, queues, pool) = nvme_parts(
         "give-up-nvme-refused-for-ever",
         NvmeSimConfig {
             num_blocks: 4096,
             cap_to: 1,
             ..NvmeSimConfig::default()
         },
-    )
-    .expect("simulated NVMe controller");
-    let config = NvmeConfig {
-        queues: 1,
-        queue_depth: 16,
-        interrupts: false,
-        admin_timeout: Duration::from_millis(300),
-        ..NvmeConfig::default()
-    };
-    let (controller, queues) = NvmeController::bring_up(device, &config).expect("bring-up");
-    let pool = Arc::new(SgvPool::new(
-        Some(device_mapper(Arc::clone(controller.device()))),
-        Some(Arc::clone(controller.iovas())),
-        16 << 20,
-    ));
+        Duration::from_millis(300),
+    );
     let refuse = Arc::new(AtomicBool::new(false));
     let queues = queues
         .into_iter()
@@ -1016,19 +957,7 @@ fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_tak
     let mut out: Vec<StoreCompletion> = Vec::new();
     q.reap(&mut out);
     assert!(out.is_empty(), "{out:?}");
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
-    q.submit(
-        &mut StoreToken::root(),
-        &mut vec![StoreRequest {
-            tag: 1,
-            op: StoreOp::Read { lba: 0, blocks: 8 },
-            buffer: Some(buf),
-        }],
-    )
-    .expect("submit");
+    submit_read(&mut q, &pool, 1, 0);
     let bound = Controller::recovery_bound(controller.as_ref()) + command_timeout * 2;
     assert!(bound < Duration::from_secs(5), "{bound:?}");
 
