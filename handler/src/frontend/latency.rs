@@ -193,12 +193,13 @@ pub(crate) enum Tally {
     Parse,
     /// One ioctl call (REPLY_AND_GET_MULTI).
     Ioctl,
-    /// A REPLY_AND_GET_MULTI asked for fewer commands than its buffer holds.
+    /// A REPLY_AND_GET_MULTI asked for fewer commands than its buffer holds. Keep it last:
+    /// [`TALLIES`] counts up to it.
     CappedFetch,
 }
 
-/// Number of [`Tally`] kinds.
-const TALLIES: usize = 7;
+/// Number of [`Tally`] kinds (the last one's index and one).
+const TALLIES: usize = Tally::CappedFetch as usize + 1;
 
 /// One worker's figures. Aligned so that two workers never share a cache line (the hot path
 /// must not bounce lines between cores).
