@@ -446,11 +446,11 @@ impl ReplayKernel {
                 }
             }
             (state::ALLOC_OUT, abi::SCST_USER_ALLOC_MEM) => {
-                tally.alloc_mem += 1;
                 let answer: abi::AllocMemReply = reply.read_payload();
                 if answer.pbuf == 0 || !answer.pbuf.is_multiple_of(4096) {
                     return self.bad("ALLOC_MEM answered without a page-aligned buffer", reply);
                 }
+                tally.alloc_mem += 1;
                 slot.pbuf.store(answer.pbuf, Ordering::Release);
                 state::EXEC_READY
             }
@@ -469,12 +469,12 @@ impl ReplayKernel {
         true
     }
 
-    /// Add a call's tally to the counters, and `became_ready` slots made deliverable less
-    /// those taken to `ready`. `ready` runs behind the slots by at most one call's worth (a
+    /// Add a call's tally to the counters, and the slots its replies made deliverable (every
+    /// reply applied makes its slot deliverable) less those it took to `ready`. `ready` runs behind the slots by at most one call's worth (a
     /// slot made deliverable and taken by another worker before this adds it): an over- or
     /// under-count for that moment only makes the poll fd readable once too often or a call
     /// later, never lost (the next fetch that finds nothing re-reads it, [`Self::unsignal`]).
-    fn applied(&self, tally: &Tally, became_ready: usize) {
+    fn applied(&self, tally: &Tally) {
         let c = &self.counters;
         for (counter, n) in [
             (&c.commands, tally.commands),
@@ -487,6 +487,7 @@ impl ReplayKernel {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
+        let became_ready = tally.commands + tally.alloc_mem + tally.on_free_cmd + tally.cached_frees;
         let net = became_ready as isize - tally.taken as isize;
         if net > 0 {
             self.more_ready(net);
@@ -553,7 +554,7 @@ impl ScstUserFd for ReplayKernel {
     fn reply_cmd(&self, reply: &ReplyCmd) -> IoctlResult {
         let mut tally = Tally::default();
         let ok = self.apply(reply, &mut tally);
-        self.applied(&tally, usize::from(ok));
+        self.applied(&tally);
         if ok {
             Ok(())
         } else {
@@ -594,7 +595,7 @@ impl ScstUserFd for ReplayKernel {
             // assumption about a user address.
             let reply = unsafe { std::ptr::read_unaligned(base.add(i)) };
             if !self.apply(&reply, &mut tally) {
-                self.applied(&tally, i);
+                self.applied(&tally);
                 header.replies_done = i as i16;
                 header.cmds_cnt = 0;
                 arg.set_header(header);
@@ -614,7 +615,7 @@ impl ScstUserFd for ReplayKernel {
                 fetched += 1;
             }
         }
-        self.applied(&tally, replies);
+        self.applied(&tally);
         header.cmds_cnt = fetched as i16;
         arg.set_header(header);
         if fetched == 0 && want > 0 {
