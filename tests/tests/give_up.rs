@@ -301,6 +301,14 @@ fn nvme_parts(
     (sim, controller, queues, pool)
 }
 
+/// `queues` as the store takes them.
+fn engines(queues: Vec<NvmeQueue>) -> Vec<Box<dyn QueueEngine>> {
+    queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn QueueEngine>)
+        .collect()
+}
+
 /// The simulated NVMe controller (CAP.TO 500 ms, admin timeout 300 ms, one polled queue)
 /// behind an accelerator store with `command_timeout`, hung (`hang`: nothing is fetched, admin
 /// commands included, CSTS.RDY stays 1) on a function that ignores resets (`no-reset`: CC.EN
@@ -320,10 +328,7 @@ fn hung_nvme_reading(
         },
         Duration::from_millis(300),
     );
-    let queues = queues
-        .into_iter()
-        .map(|q| Box::new(q) as Box<dyn QueueEngine>)
-        .collect();
+    let queues = engines(queues);
     let (store, q) = store_reading(controller, queues, &pool, command_timeout, || {
         sim.inject(NvmeFault::Hang);
         sim.inject(NvmeFault::ResetIgnored);
@@ -382,10 +387,7 @@ fn an_nvme_abort_waits_for_another_threads_reset_only_within_its_bound() {
         },
         Duration::from_secs(1),
     );
-    let queues = queues
-        .into_iter()
-        .map(|q| Box::new(q) as Box<dyn QueueEngine>)
-        .collect();
+    let queues = engines(queues);
     let store = AccelStore::new(Arc::clone(&controller) as _, queues, AccelConfig::default());
     sim.inject(NvmeFault::NeverComplete { every: 1 });
     let buf = IoBuffer::new(
@@ -822,10 +824,7 @@ fn nvme_reading_after_a_failed_recovery(
         },
         Duration::from_secs(1),
     );
-    let queues = queues
-        .into_iter()
-        .map(|q| Box::new(q) as Box<dyn QueueEngine>)
-        .collect();
+    let queues = engines(queues);
     let commands = sim.stats().commands;
     let (store, q) = store_reading(
         Arc::clone(&controller) as _,
