@@ -5,7 +5,7 @@
 //!
 //! | step (architecture.md §5) | primitive |
 //! |---|---|
-//! | 1. stop intake: new commands answered BUSY, never dropped | [`Drain::close`], [`Drain::try_enter`] returning `None` |
+//! | 1. stop intake: new commands answered BUSY, never dropped | [`Drain::close`], then [`DrainDoor::reserve`] and [`DrainDoor::admit`] (a worker's, per batch) or [`Drain::try_enter`] refusing |
 //! | 2. quiesce: wait, bounded, for the commands inside | [`Drain::wait_idle`] → [`Remaining`] on timeout |
 //! | 3. escalate: after a reset proved no more DMA, the device's leases end | [`LeaseTable::revoke_all`] |
 //! | 4. answer everything: late completions are harmless | [`LeaseTable::release`] after revoke is a counted no-op |
