@@ -14,6 +14,12 @@ pub enum DmaError {
         /// Largest length accepted.
         max: usize,
     },
+    /// The kernel's pages are not [`crate::PAGE_SIZE`] bytes (0: it did not say).
+    #[error("the kernel's page size is {size} bytes; scst-accel supports 4 KiB pages only")]
+    UnsupportedPageSize {
+        /// The kernel's page size.
+        size: usize,
+    },
     /// The kernel refused the anonymous mapping.
     #[error("cannot allocate {len} bytes of DMA memory (raise the memory limit or lower queue depth)")]
     Alloc {

@@ -21,6 +21,7 @@ pub mod sgv;
 
 #[cfg(test)]
 mod test_mapper;
+mod unwinding;
 
 pub use error::DmaError;
 pub use error::RingFull;

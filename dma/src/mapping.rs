@@ -163,12 +163,14 @@ impl MappedRegion {
                 Ok(region)
             }
             Err(e) => {
+                // Leaked before anything else can run (a logger that panics would otherwise
+                // drop it mapped).
+                std::mem::forget(region);
                 log::error!(
                     "unmap of DMA region at IOVA {:#x} ({len} bytes) failed: {e}; leaking it, \
                      the device may still reach it",
                     self.iova
                 );
-                std::mem::forget(region);
                 Err(e)
             }
         }
@@ -177,14 +179,18 @@ impl MappedRegion {
 
 impl Drop for MappedRegion {
     fn drop(&mut self) {
-        if self.leak {
+        // A panic unwinding through the region's owner (a queue whose device may still run)
+        // is no proof that the device stopped: leave it mapped, as `leak_on_drop` does, rather
+        // than hand its IOVA to the next mapping (`unwinding.rs`). This also keeps `release`'s
+        // lock-order assertion from panicking again inside the unwind.
+        if self.leak || std::thread::panicking() {
             if let Some(region) = self.region.take() {
-                log::error!(
-                    "DMA region at IOVA {:#x} ({} bytes) left mapped: the device may still reach it",
-                    self.iova,
-                    region.len()
-                );
+                let len = region.len();
                 std::mem::forget(region);
+                log::error!(
+                    "DMA region at IOVA {:#x} ({len} bytes) left mapped: the device may still reach it",
+                    self.iova,
+                );
             }
             return;
         }

@@ -17,8 +17,23 @@ use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// Page size of the kernel SCST runs on (x86_64).
+/// Page size this crate lays memory out in: the kernel's (SCST's buffers and every IOMMU
+/// mapping are whole pages of it). Checked against the running kernel before any memory is
+/// made ([`kernel_page_size_matches`]).
 pub const PAGE_SIZE: usize = 4096;
+
+/// The running kernel's page size, when it is not [`PAGE_SIZE`] (an aarch64 kernel with 16 or
+/// 64 KiB pages): buffers rounded to 4 KiB would then be split pages, unmappable at their head
+/// and tail and mapped on the IOMMU at the wrong granule.
+pub(crate) fn kernel_page_size_matches() -> Result<(), usize> {
+    // SAFETY: sysconf takes no pointer; it reads a value the C library keeps.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    match usize::try_from(size) {
+        Ok(PAGE_SIZE) => Ok(()),
+        Ok(other) => Err(other),
+        Err(_) => Err(0),
+    }
+}
 
 /// Errors allocating a buffer.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +41,9 @@ pub enum PageBufferError {
     /// Zero or absurd length.
     #[error("invalid buffer length {0}: must be 1..=1 GiB")]
     InvalidLength(usize),
+    /// The kernel's pages are not [`PAGE_SIZE`] bytes (0: it did not say).
+    #[error("the kernel's page size is {0} bytes; scst-accel supports 4 KiB pages only")]
+    UnsupportedPageSize(usize),
     /// mmap failed.
     #[error("cannot map {len} bytes of anonymous memory (raise the memory limit or lower queue depth)")]
     Map {
@@ -81,6 +99,7 @@ impl PageBuffer {
         if len == 0 || len > (1 << 30) {
             return Err(PageBufferError::InvalidLength(len));
         }
+        kernel_page_size_matches().map_err(PageBufferError::UnsupportedPageSize)?;
         let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         // SAFETY: anonymous private mapping with no address hint; the result is checked below.
         let ptr = unsafe {
@@ -276,6 +295,9 @@ impl Drop for PageBuffer {
     fn drop(&mut self) {
         if matches!(self.backing, Backing::View(_)) {
             // The region is unmapped by its own drop, when its last view and arena are gone.
+            return;
+        }
+        if crate::unwinding::leaks_memory("command buffer", self.addr(), self.len) {
             return;
         }
         // SAFETY: unmapping exactly the mapping created in `new`; no reference into it exists.

@@ -111,6 +111,8 @@ impl DmaRegion {
                 max: MAX_REGION_LEN,
             });
         }
+        crate::page_buffer::kernel_page_size_matches()
+            .map_err(|size| DmaError::UnsupportedPageSize { size })?;
         let (ptr, len, backing) = match map_huge(len) {
             Some((ptr, huge_len)) => (ptr, huge_len, RegionBacking::HugeTlb),
             None => {
@@ -287,6 +289,9 @@ impl DmaRegion {
 
 impl Drop for DmaRegion {
     fn drop(&mut self) {
+        if crate::unwinding::leaks_memory("DMA region", self.addr(), self.len) {
+            return;
+        }
         // SAFETY: unmapping exactly the mapping made in `new`; no reference into it exists, and
         // a region still mapped on a device is never dropped (MappedRegion leaks it instead).
         if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {

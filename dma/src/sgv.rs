@@ -31,11 +31,16 @@
 //!   idle cached buffers, then refuses at once with `None` (the caller answers BUSY or TASK SET
 //!   FULL). The pool never waits for a buffer to come back.
 //! - Buffers return by value ([`SgvPool::put`]) or by drop: a [`DmaBuffer`] is a moved handle,
-//!   so returning one twice does not compile. A return takes no lock (a `Drop` has no lock
-//!   token): the buffer goes to the pool's lock-free return queue, counted as cached, and the
-//!   next pool call with a token (a get, a flush, an eviction) places it in that caller's stash
-//!   or the shared lists. Returning one to the wrong pool is counted (`foreign_puts`) and the
-//!   buffer goes back to its own pool.
+//!   so returning one twice does not compile. Returning a cached-class buffer to an open pool
+//!   takes no lock (a `Drop` has no lock token): the buffer goes to the pool's lock-free return
+//!   queue, counted as cached, and the next pool call with a token (a get, a flush, an
+//!   eviction) places it in that caller's stash or the shared lists. An uncached buffer (above
+//!   4 MiB), or any buffer of a closed pool, is unmapped and freed at once, a blocking call, by
+//!   the returning thread, which must hold no lock; one returned by a thread that holds a
+//!   checked lock is queued instead (and the bug logged). Returning one to the wrong pool is
+//!   counted (`foreign_puts`) and the buffer goes back to its own pool.
+//! - Unwinding: memory this crate made is never freed while a panic unwinds (`unwinding.rs`):
+//!   a panic half way through a release would otherwise free pages a device may still reach.
 //! - Teardown: [`SgvPool::shutdown`] releases every cached buffer (unmapping every arena left
 //!   empty) and refuses (with the count) while buffers are still out: their arenas stay
 //!   mapped, because a device may still hold them, and are unmapped when the last of their

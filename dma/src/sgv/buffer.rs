@@ -65,10 +65,17 @@ impl DmaBuffer {
         &self.shared
     }
 
-    /// The memory (copy access only; see [`PageBuffer`]). Do not keep a clone of the `Arc`
-    /// past returning the buffer: the pool hands the same memory to the next command.
-    pub fn pages(&self) -> &Arc<PageBuffer> {
+    /// The memory (copy access only; see [`PageBuffer`]). Borrowed, not shared: the pool hands
+    /// the same memory (and, for an arena chunk, the same IOVA) to the next command once this
+    /// buffer is back, so nothing may keep it past that.
+    pub fn pages(&self) -> &PageBuffer {
         &self.pages
+    }
+
+    /// The memory's own handle, for the pool's tests of what a handle kept too long does.
+    #[cfg(test)]
+    pub(super) fn pages_handle(&self) -> Arc<PageBuffer> {
+        Arc::clone(&self.pages)
     }
 
     /// The host virtual address (the `pbuf` given to SCST).

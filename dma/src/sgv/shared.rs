@@ -532,13 +532,13 @@ impl Shared {
         }
         if let (Some(iova), Some(mapper)) = (slot.iova, self.mapper()) {
             if let Err(e) = mapper.unmap(iova, bytes) {
+                std::mem::forget(slot.pages);
+                self.counters.leaked.fetch_add(1, Ordering::Relaxed);
                 log::error!(
                     "SGV pool {}: unmap of buffer at IOVA {iova:#x} ({bytes} bytes) failed: {e}; \
                      leaking it, the device may still reach it",
                     self.id
                 );
-                self.counters.leaked.fetch_add(1, Ordering::Relaxed);
-                std::mem::forget(slot.pages);
                 return false;
             }
             if let Placement::Window { iovas, .. } = &self.placement {
@@ -560,13 +560,13 @@ impl Shared {
         let len = arena.mapped_len();
         if let (Some(iova), Some(mapper)) = (arena.iova(), self.mapper()) {
             if let Err(e) = mapper.unmap(iova, len) {
+                std::mem::forget(arena);
+                self.counters.leaked.fetch_add(1, Ordering::Relaxed);
                 log::error!(
                     "SGV pool {}: unmap of arena at IOVA {iova:#x} ({len} bytes) failed: {e}; \
                      leaking it, the device may still reach it",
                     self.id
                 );
-                self.counters.leaked.fetch_add(1, Ordering::Relaxed);
-                std::mem::forget(arena);
                 return false;
             }
             if let Placement::Window { iovas, .. } = &self.placement {
@@ -583,16 +583,35 @@ impl Shared {
         true
     }
 
-    /// A buffer comes back (put or drop). `Drop` has no token, so this takes no lock: a cached
-    /// buffer is queued for the next pool call with a token ([`Shared::place_returned`]); an
-    /// uncached one, or any buffer of a closed pool, is released at once (an unmap: a blocking
-    /// call, so the thread must hold no lock, which [`LockToken::root`] asserts).
+    /// A buffer comes back (put or drop). `Drop` has no token, so a cached-class buffer of an
+    /// open pool takes no lock: it is queued for the next pool call with a token
+    /// ([`Shared::place_returned`]). An uncached one, or any buffer of a closed pool, is
+    /// released at once: an unmap, a blocking call, so only on a thread that holds no checked
+    /// lock. One dropped under a lock (a caller's bug, which [`LockToken::root`] would report
+    /// by a panic in a test build and an abort in a checked release build) is queued instead,
+    /// and the bug logged: a panic here would unwind through memory the device may still
+    /// reach.
     pub(super) fn give_back(this: &Arc<Self>, slot: Slot) {
         let bytes = slot.bytes();
         this.counters.in_use.fetch_sub(1, Ordering::Relaxed);
         this.counters.in_use_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        if slot.class == UNCACHED_CLASS || this.is_closed() {
-            this.release(&mut LockToken::root(), slot);
+        let closed = this.is_closed();
+        if slot.class == UNCACHED_CLASS || closed {
+            let held = scst_accel_hal::locks::held_locks();
+            if held.is_empty() {
+                this.release(&mut LockToken::root(), slot);
+                return;
+            }
+            log::error!(
+                "SGV pool {}: a {bytes}-byte buffer to unmap was dropped while holding {held:?}; \
+                 queued for the pool's next call (no lock may be held across the unmap)",
+                this.id
+            );
+            this.note_cached(1, bytes);
+            if this.returned.0.send(slot).is_err() {
+                log::error!("SGV pool {}: return queue closed", this.id);
+            }
+            // A closed pool's queue is drained by its flush, or when its last reference drops.
             return;
         }
         this.note_cached(1, bytes);

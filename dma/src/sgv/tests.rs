@@ -258,6 +258,32 @@ fn large_requests_are_exact_and_never_cached() {
     f.shutdown_clean();
 }
 
+/// An uncached buffer must be unmapped, a blocking call; dropped by a thread that holds a
+/// checked lock (a caller's bug), it is queued for the pool's next call instead of the drop
+/// asserting that no lock is held, whose panic would have unwound with it half released.
+#[test]
+fn an_uncached_buffer_dropped_under_a_lock_is_released_by_the_next_pool_call() {
+    let f = fixture(1 << 30);
+    let mut token = LockToken::root();
+    let b = f.pool.get(&mut token, 5 << 20).expect("large");
+    let (addr, len) = (b.addr(), b.len());
+    {
+        let (_iovas, _) = crate::mapping::lock_iovas(&f.iovas, &mut token);
+        drop(b);
+    }
+    assert_eq!(f.mapper.live().len(), 1, "unmapped under the lock");
+    assert!(still_mapped(addr, len as u64), "freed under the lock");
+    assert_eq!(f.pool.stats().in_use, 0);
+    let small = f.pool.get(&mut token, K4).expect("small");
+    assert_eq!(
+        f.mapper.live().len(),
+        1,
+        "the next call released the large buffer (one arena mapped for the small one)"
+    );
+    drop(small);
+    f.shutdown_clean();
+}
+
 #[test]
 fn host_only_and_iova_as_va_pools() {
     let host = SgvPool::new(None, None, 1 << 20);
@@ -680,9 +706,9 @@ fn a_leaked_arena_keeps_its_memory_for_views_still_held() {
     let f = fixture(1 << 30);
     let mut token = LockToken::root();
     let b = f.pool.get(&mut token, K4).expect("b");
-    // A clone of the pages outliving the buffer (against the documented rule) stays valid
-    // memory: the view keeps its region alive.
-    let pages = b.pages().clone();
+    // A handle on the pages outliving the buffer (which `pages()` no longer lends out) stays
+    // valid memory: the view keeps its region alive.
+    let pages = b.pages_handle();
     drop(b);
     f.mapper.fail_unmaps.store(true, Ordering::Relaxed);
     assert_eq!(f.pool.flush(&mut token), 0);
