@@ -55,7 +55,8 @@ impl LedgerMapper {
     }
 }
 
-impl DmaMapper for LedgerMapper {
+// SAFETY: it only records: no device reaches the memory it is asked to map.
+unsafe impl DmaMapper for LedgerMapper {
     unsafe fn map(&self, iova: u64, host: u64, len: u64) -> Result<(), HalError> {
         let fail = |source| HalError::Map {
             device: "ledger".into(),

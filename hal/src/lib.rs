@@ -137,10 +137,21 @@ pub trait RegisterIo: Send + Sync {
 }
 
 /// The device's IOMMU domain.
+///
+/// # Safety
+/// Memory is freed, and handed to the next allocation, on the strength of [`DmaMapper::unmap`]
+/// returning `Ok` (the SGV pool, `MappedRegion`, the rings): unsafe code relies on what an
+/// implementation promises, so implementing this trait is `unsafe`. An implementation must act
+/// on one IOMMU domain for its whole life, and return `Ok` from `unmap(iova, len)` only when
+/// that range was mapped there and is not any more: no device access to the memory it
+/// mapped is in progress or can start (the IOTLB flushed; for a simulated device, no copy of
+/// its threads under way). A mapper that gives no device access at all (a test's ledger) keeps
+/// this trivially.
 // UNSAFETY: `map` hands the device access to memory Rust cannot track; its caller must promise
-// the memory outlives the mapping, so the method is `unsafe`.
+// the memory outlives the mapping, so the method is `unsafe`; and unsafe code trusts `unmap`,
+// so the trait is.
 #[allow(unsafe_code)]
-pub trait DmaMapper: Send + Sync {
+pub unsafe trait DmaMapper: Send + Sync {
     /// Map `len` bytes of host memory at virtual address `host` to device address `iova`.
     ///
     /// # Safety
@@ -205,11 +216,14 @@ pub trait DeviceBacking: Send + Sync {
     fn id(&self) -> &str;
     /// BAR0 registers.
     fn bar0(&self) -> &dyn RegisterIo;
-    /// The IOMMU domain.
+    /// The IOMMU domain: the same one for the device's whole life (a mapper reaching it
+    /// through this method, `boards::sca1::device_mapper`, refuses to map or unmap once it
+    /// changes).
     fn dma(&self) -> &dyn DmaMapper;
     /// MSI-X vectors the function offers (0: poll only).
     fn max_interrupts(&self) -> u32;
-    /// Enable `vectors` MSI-X vectors, each signalling its own eventfd (index = vector).
+    /// Enable `vectors` MSI-X vectors, each signalling its own eventfd (index = vector),
+    /// replacing any enabled before; 0 disables them all and returns none.
     ///
     /// # Errors
     /// [`HalError::Interrupts`].

@@ -137,24 +137,72 @@ struct Slot {
 }
 
 /// Lets rings map their memory through the device's IOMMU domain.
-struct DeviceMapper(Arc<dyn DeviceBacking>);
+///
+/// It reaches the domain through [`DeviceBacking::dma`] on every call, and a `DmaMapper` must
+/// act on one domain for its whole life (its `# Safety`), which a safe `DeviceBacking` cannot be
+/// trusted to keep. So the mapper notes the domain it first saw and refuses to map or unmap
+/// through any other: an unmap refused is a leak (the memory stays allocated), never memory
+/// freed while another domain still maps it.
+struct DeviceMapper {
+    device: Arc<dyn DeviceBacking>,
+    /// The address of the domain `device.dma()` returned when this mapper was made.
+    domain: usize,
+}
 
-// UNSAFETY: delegation of the unsafe `map` to the device's mapper with the same contract.
+impl DeviceMapper {
+    fn new(device: Arc<dyn DeviceBacking>) -> Self {
+        let domain = domain_of(device.dma());
+        Self { device, domain }
+    }
+
+    /// The device's domain, if it is still the one this mapper was made with.
+    fn domain(&self) -> Result<&dyn DmaMapper, std::io::Error> {
+        let dma = self.device.dma();
+        if domain_of(dma) == self.domain {
+            Ok(dma)
+        } else {
+            Err(std::io::Error::other(
+                "the device's IOMMU domain changed since its rings were mapped (a DeviceBacking bug)",
+            ))
+        }
+    }
+}
+
+/// A domain's identity: the address of the object behind the reference.
+fn domain_of(dma: &dyn DmaMapper) -> usize {
+    std::ptr::from_ref(dma).cast::<()>() as usize
+}
+
+// SAFETY: every map and unmap goes to the one domain this mapper was made with (checked on each
+// call, `DeviceMapper::domain`), whose own `DmaMapper` implementation keeps the trait's promises;
+// a call that would reach another is refused.
 #[allow(unsafe_code)]
-impl DmaMapper for DeviceMapper {
+unsafe impl DmaMapper for DeviceMapper {
     unsafe fn map(&self, iova: u64, host: u64, len: u64) -> Result<(), HalError> {
+        let dma = self.domain().map_err(|source| HalError::Map {
+            device: self.device.id().to_owned(),
+            iova,
+            len,
+            source,
+        })?;
         // SAFETY: our caller upholds `DmaMapper::map`'s contract, which we pass on unchanged.
-        unsafe { self.0.dma().map(iova, host, len) }
+        unsafe { dma.map(iova, host, len) }
     }
 
     fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError> {
-        self.0.dma().unmap(iova, len)
+        let dma = self.domain().map_err(|source| HalError::Unmap {
+            device: self.device.id().to_owned(),
+            iova,
+            len,
+            source,
+        })?;
+        dma.unmap(iova, len)
     }
 }
 
 /// Wrap a device so DMA users (rings, the SGV pool) can hold its mapper.
 pub fn device_mapper(device: Arc<dyn DeviceBacking>) -> Arc<dyn DmaMapper> {
-    Arc::new(DeviceMapper(device))
+    Arc::new(DeviceMapper::new(device))
 }
 
 /// A queue pair.

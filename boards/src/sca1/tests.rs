@@ -599,3 +599,78 @@ fn at_most_ring_size_minus_one_requests_are_in_flight_when_the_engine_fetches_ah
     rig.data.region().read_at(0, &mut back);
     assert!(back == pattern, "the WRITEs landed");
 }
+
+/// A device whose IOMMU domain is another one once `switched`: a `DeviceBacking` bug that
+/// `device_mapper` must not trust (it would unmap through a domain that never mapped the range,
+/// and the memory would be freed while the first still maps it).
+struct TwoDomains {
+    first: Arc<dyn DeviceBacking>,
+    second: Arc<dyn DeviceBacking>,
+    switched: std::sync::atomic::AtomicBool,
+}
+
+impl RegisterIo for TwoDomains {
+    fn len(&self) -> u64 {
+        self.first.bar0().len()
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        self.first.bar0().read32(offset)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        self.first.bar0().write32(offset, value);
+    }
+
+    fn read64(&self, offset: u64) -> u64 {
+        self.first.bar0().read64(offset)
+    }
+
+    fn write64(&self, offset: u64, value: u64) {
+        self.first.bar0().write64(offset, value);
+    }
+}
+
+impl BarInterposer for TwoDomains {
+    fn device(&self) -> &dyn DeviceBacking {
+        if self.switched.load(Ordering::Acquire) {
+            self.second.as_ref()
+        } else {
+            self.first.as_ref()
+        }
+    }
+}
+
+#[test]
+#[allow(unsafe_code)] // UNSAFETY: DmaMapper::map; both regions outlive their mappings.
+fn a_device_mapper_refuses_a_domain_other_than_the_one_it_was_made_with() {
+    let (first, _first_sim) = create_sim_board("dm-first", SimConfig::default()).expect("sim");
+    let (second, _second_sim) = create_sim_board("dm-second", SimConfig::default()).expect("sim");
+    let device = Arc::new(TwoDomains {
+        first: first.clone(),
+        second: second.clone(),
+        switched: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mapper = super::device_mapper(device.clone());
+    let ours = DmaRegion::new(4096).expect("region");
+    let theirs = DmaRegion::new(4096).expect("region");
+    let iova = 1 << 20;
+    // SAFETY: `ours` lives until the end of the test, after its unmap; accessed by nobody.
+    unsafe { mapper.map(iova, ours.addr(), 4096) }.expect("map on the first domain");
+    // SAFETY: as above, for `theirs` on the second domain.
+    unsafe { second.dma().map(iova, theirs.addr(), 4096) }.expect("map on the second domain");
+    device.switched.store(true, Ordering::Release);
+    mapper
+        .unmap(iova, 4096)
+        .expect_err("an unmap through another domain than the mapper's");
+    // SAFETY: see above.
+    unsafe { mapper.map(iova + 4096, ours.addr(), 4096) }.expect_err("a map through it too");
+    device.switched.store(false, Ordering::Release);
+    mapper
+        .unmap(iova, 4096)
+        .expect("the first domain still maps the range");
+    second
+        .dma()
+        .unmap(iova, 4096)
+        .expect("the second domain's mapping was left alone");
+}

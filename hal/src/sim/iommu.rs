@@ -299,7 +299,11 @@ impl Iommu {
     }
 }
 
-impl DmaMapper for Iommu {
+// SAFETY: one table for the value's life; `unmap` returns `Ok` only when it removed exactly that
+// mapping, under the table's write lock, which waits for every device copy in progress (each
+// holds the read lock to its last byte, `DmaBatch`): after it, no simulated access can reach
+// the range.
+unsafe impl DmaMapper for Iommu {
     /// Add `iova..iova+len` → `host..host+len` to the table.
     ///
     /// # Safety

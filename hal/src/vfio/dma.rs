@@ -69,7 +69,11 @@ fn errno_of(e: vfio_ioctls::VfioError) -> io::Error {
     }
 }
 
-impl DmaMapper for VfioDma {
+// SAFETY: one container (one IOMMU domain) for the value's life; `unmap` returns `Ok` only when
+// VFIO_IOMMU_UNMAP_DMA removed exactly the range asked (vfio-ioctls checks the size the kernel
+// reports), and type1 returns from that ioctl after the IOTLB flush, so the device can no
+// longer reach the memory.
+unsafe impl DmaMapper for VfioDma {
     unsafe fn map(&self, iova: u64, host: u64, len: u64) -> Result<(), HalError> {
         let size = match usize::try_from(len) {
             Ok(size) if size > 0 && host != 0 => size,
@@ -78,13 +82,10 @@ impl DmaMapper for VfioDma {
         // A blocking ioctl (it pins the pages): never under a lock.
         crate::locks::assert_no_locks_held("VFIO_IOMMU_MAP_DMA");
         // SAFETY: our caller promised (DmaMapper::map # Safety) that host..host+len is memory of
-        // this process that stays mapped until the unmap returns and that no Rust reference
-        // into it is live or formed meanwhile: the aliasing half of vfio_dma_map's contract.
-        // Its other half allows only atomic or volatile raw access (and system calls) to the
-        // range; our users also make plain raw copies (scst-accel-dma's DmaRegion and
-        // PageBuffer), which DmaMapper::map allows only where they do not race with the
-        // device's access to the same bytes (the driver's ring protocol orders them). That is
-        // narrower than what vfio-ioctls asks, and relied on knowingly.
+        // this process that stays mapped until the unmap returns, that no Rust reference into
+        // it is live or formed meanwhile, and that Rust touches it only by byte-wise atomic
+        // access (`shared_mem`'s copies, `AtomicU8`) and system calls: vfio_dma_map's contract,
+        // which allows atomic or volatile raw access only.
         let result = unsafe { self.container.vfio_dma_map(iova, size, host as *mut u8) };
         match result {
             Ok(()) => {
