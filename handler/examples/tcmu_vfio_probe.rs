@@ -92,6 +92,13 @@ fn probe(uio: &str, len: u64, pci: &str) -> Result<(), String> {
         )
     };
     let data_off = u64::from(cmdr_off) + u64::from(cmdr_size);
+    if data_off.saturating_add(PAGE) > len {
+        // SAFETY: the mapping made above, not used past here.
+        unsafe { libc::munmap(base, size) };
+        return Err(format!(
+            "the mailbox puts the data area at {data_off:#x}, past the {len:#x}-byte map0: not a TCMU ring this probe understands"
+        ));
+    }
     println!("map0 {len:#x} bytes at {host:#x}: command ring at {cmdr_off:#x}, {cmdr_size:#x} bytes; data area at {data_off:#x}, {:#x} bytes", len - data_off);
     let device = VfioDevice::open(pci).map_err(|e| format!("VFIO {pci}: {e}"))?;
     let dma = device.vfio_dma();
@@ -103,7 +110,10 @@ fn probe(uio: &str, len: u64, pci: &str) -> Result<(), String> {
     match unsafe { dma.map(IOVA, control_page, PAGE) } {
         Ok(()) => {
             println!("MAP_DMA an anonymous page (the control): ok");
-            let _ = dma.unmap(IOVA, PAGE);
+            if let Err(e) = dma.unmap(IOVA, PAGE) {
+                println!("  UNMAP_DMA: {e}; the page stays allocated");
+                std::mem::forget(control);
+            }
         }
         Err(e) => println!("MAP_DMA an anonymous page (the control): refused: {}", chain(&e)),
     }
@@ -112,6 +122,7 @@ fn probe(uio: &str, len: u64, pci: &str) -> Result<(), String> {
         ("the whole data area", data_off, len - data_off),
         ("the last data page", len - PAGE, PAGE),
     ];
+    let mut still_mapped = false;
     for (what, off, bytes) in tries {
         // SAFETY: host+off..+bytes lies in our live mapping, which outlives the mapping made
         // here (unmapped right after); nothing reads or writes it through a reference.
@@ -120,6 +131,7 @@ fn probe(uio: &str, len: u64, pci: &str) -> Result<(), String> {
                 println!("MAP_DMA {what} ({bytes:#x} bytes at +{off:#x}): ok");
                 if let Err(e) = dma.unmap(IOVA, bytes) {
                     println!("  UNMAP_DMA: {e}");
+                    still_mapped = true;
                 }
             }
             Err(e) => println!(
@@ -128,7 +140,12 @@ fn probe(uio: &str, len: u64, pci: &str) -> Result<(), String> {
             ),
         }
     }
-    // SAFETY: the mapping made above, no longer used.
-    unsafe { libc::munmap(base, size) };
+    if still_mapped {
+        // The device may still reach part of it: the process keeps it until it exits.
+        println!("map0 left mapped: an IOMMU mapping of it could not be removed");
+    } else {
+        // SAFETY: the mapping made above, no longer used, and no IOMMU mapping of it left.
+        unsafe { libc::munmap(base, size) };
+    }
     Ok(())
 }

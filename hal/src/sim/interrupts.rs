@@ -136,9 +136,10 @@ impl InterruptLines {
         lines.len() as u32
     }
 
-    /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before.
-    /// Stands for `VFIO_DEVICE_SET_IRQS`, a blocking ioctl: asserts (debug and test builds)
-    /// that the caller holds no checked lock, as the VFIO backend does.
+    /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before; 0
+    /// disables them all and hands out none, as the VFIO backend does. Stands for
+    /// `VFIO_DEVICE_SET_IRQS`, a blocking ioctl: asserts (debug and test builds) that the
+    /// caller holds no checked lock, as the VFIO backend does.
     #[track_caller]
     pub(crate) fn enable(&self, count: u32) -> Result<Vec<EventFd>, HalError> {
         let error = |source: io::Error| HalError::Interrupts {
@@ -146,7 +147,11 @@ impl InterruptLines {
             vectors: count,
             source,
         };
-        if count == 0 || count > self.vectors {
+        if count == 0 {
+            self.disable();
+            return Ok(Vec::new());
+        }
+        if count > self.vectors {
             return Err(error(io::Error::from_raw_os_error(libc::EINVAL)));
         }
         let mut handed_out = Vec::with_capacity(count as usize);

@@ -78,28 +78,36 @@ pub struct MmioRegion {
     access64: Access64,
 }
 
-// SAFETY: the region is plain memory (or device memory) reached only through volatile raw
-// accesses, never through references, so sharing the pointer between threads is as sound as
-// sharing the fd it came from; concurrent register accesses are what hardware expects.
+// SAFETY: the mapping is reached only through volatile raw accesses, never through references,
+// and is not tied to the thread that made it: moving the handle is as sound as moving the fd.
 unsafe impl Send for MmioRegion {}
-// SAFETY: as for Send: `&MmioRegion` only allows volatile reads/writes through the raw pointer.
+// SAFETY: `&MmioRegion` allows only volatile, naturally aligned reads and writes through the raw
+// pointer. Threads racing on the same register is what device memory expects (each access is
+// one bus transaction), and every region outside this module's tests is device memory: the one
+// constructor callable from outside the module, `map_fd`, is crate-private and called only for a
+// VFIO region of the device (`device.rs`, BAR0). On ordinary memory, racing volatile accesses
+// would be a data race, which is why no safe way to build one over such memory is offered (the
+// anonymous stand-in is for this module's single-threaded tests).
 unsafe impl Sync for MmioRegion {}
 
 impl MmioRegion {
     /// Map `len` bytes of `fd` at `offset`, shared, read-write (a VFIO region's mmap offset).
+    /// For device memory only (see the `Sync` impl): crate-private for that reason.
     ///
     /// # Errors
     /// EINVAL for a zero or oversized length, else the errno of mmap(2).
-    pub fn map_fd(fd: BorrowedFd<'_>, offset: u64, len: u64, access64: Access64) -> io::Result<Self> {
+    pub(crate) fn map_fd(fd: BorrowedFd<'_>, offset: u64, len: u64, access64: Access64) -> io::Result<Self> {
         let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         Self::mmap(len, libc::MAP_SHARED, fd.as_raw_fd(), offset, access64)
     }
 
-    /// Map `len` bytes of zeroed anonymous memory: a stand-in BAR for tests and models.
+    /// Map `len` bytes of zeroed anonymous memory: a stand-in BAR for this module's tests, each
+    /// of which touches it from one thread (ordinary memory: see the `Sync` impl).
     ///
     /// # Errors
     /// EINVAL for a zero or oversized length, else the errno of mmap(2).
-    pub fn anonymous(len: u64, access64: Access64) -> io::Result<Self> {
+    #[cfg(test)]
+    fn anonymous(len: u64, access64: Access64) -> io::Result<Self> {
         Self::mmap(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0, access64)
     }
 

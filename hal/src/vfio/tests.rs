@@ -286,19 +286,20 @@ fn open_a_real_device_when_there_is_one() {
     assert_eq!(fds.len(), vectors as usize);
     dev.disable_interrupts().expect("disable MSI-X");
 
-    let page = Box::new(Page([0; 4096]));
+    // A raw pointer, not a live `Box`: no Rust reference to the page exists while it is
+    // mapped, and a failed assertion below leaks it rather than free it mapped.
+    let page = Box::into_raw(Box::new(Page([0; 4096])));
     let iova = 1 << 32;
-    // SAFETY: `page` is a live, page-aligned heap allocation of 4096 bytes that this test
-    // neither reads nor writes, and does not free before the unmap below has returned Ok (if
-    // the unmap fails it is leaked, never freed while the device may still reach it).
-    unsafe { dev.dma().map(iova, std::ptr::from_ref(&*page) as u64, 4096) }.expect("map one page");
+    // SAFETY: `page` is a page-aligned heap allocation of 4096 bytes that this test neither
+    // reads nor writes, and frees only after the unmap below has returned Ok.
+    unsafe { dev.dma().map(iova, page as u64, 4096) }.expect("map one page");
     assert_eq!(dev.vfio_dma().live_mappings(), 1);
     if let Err(e) = dev.dma().unmap(iova, 4096) {
-        std::mem::forget(page);
-        panic!("unmap of the page just mapped failed: {e}");
+        panic!("unmap of the page just mapped failed: {e}; the page is leaked");
     }
+    // SAFETY: made by `Box::into_raw` above, no longer mapped, not freed before.
+    drop(unsafe { Box::from_raw(page) });
     assert_eq!(dev.vfio_dma().live_mappings(), 0);
-    drop(page);
 
     match dev.reset() {
         Ok(kind) => assert_eq!(kind, crate::ResetKind::Function),
