@@ -149,7 +149,8 @@ pub enum SubmitError {
     /// A segment the device cannot describe (e.g. an NVMe PRP needs page-aligned middles).
     #[error("segment layout the device cannot describe: {0}")]
     Unaligned(&'static str),
-    /// The queue is halted, being recreated, or the device gone: recover first.
+    /// The queue is stopped (by its own stop or by a reset of its function), halted, being
+    /// recreated, or the device gone: recover or restart first.
     #[error("queue is not running")]
     NotRunning,
     /// An operation the device does not offer (its [`Geometry`] says so).
@@ -333,7 +334,9 @@ pub trait QueueEngine: Send {
     fn index(&self) -> u32;
     /// Requests submitted and not yet completed or abandoned.
     fn in_flight(&self) -> usize;
-    /// Accepting submissions.
+    /// Accepting submissions: false after a stop, and also once a reset of the function that
+    /// the queue did not ask for stopped it (another queue's recovery), until it restarts
+    /// (docs/boards.md rule 5). Requests in flight may remain on a queue that is not running.
     fn is_running(&self) -> bool;
     /// The queue reported an error that halts it (SCA-1 Q_STATUS.ERROR); NVMe never halts a
     /// single queue.

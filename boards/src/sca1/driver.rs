@@ -264,6 +264,13 @@ impl ResetState {
         (self.under_way.load(Ordering::SeqCst) == 0).then_some(started)
     }
 
+    /// Resets started so far (any reset: a recovery's, the teardown's, bring-up's). Each one
+    /// clears every queue's RUN (accelerator.md §7), so a queue whose run began under an
+    /// earlier value was stopped by it, whichever queue or caller reset the function.
+    pub(super) fn started(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
+    }
+
     /// No reset started since [`ResetState::quiet`] returned `since`, and none runs.
     pub(super) fn still_quiet(&self, since: u64) -> bool {
         self.quiet() == Some(since)

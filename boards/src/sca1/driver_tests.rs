@@ -569,6 +569,69 @@ fn no_queue_restarts_before_a_recovery_publishes_its_reset_count() {
     }
 }
 
+/// A queue that did not stop itself but was stopped by a reset of its function (another
+/// queue's recovery clears every queue's RUN, accelerator.md §7) reports not running and takes
+/// no request until it restarts: it used to report running and take requests onto a ring the
+/// engine no longer ran, where they waited for their deadline. Restarted, it serves.
+#[test]
+fn a_queue_stopped_by_another_queues_recovery_takes_no_request_until_it_restarts() {
+    let mut rig = Rig::new("sca1-stopped-by-reset", 2);
+    rig.submit(0, 1, 0).expect("submit");
+    assert_eq!(rig.reap(0, 1), [1]);
+    assert!(rig.queues[0].is_running());
+
+    rig.driver.recover().expect("another queue's recovery");
+
+    assert!(!rig.queues[0].is_running(), "the reset cleared its RUN");
+    assert!(
+        matches!(rig.submit(0, 2, 8), Err(super::SubmitError::NotRunning)),
+        "no request onto a ring the engine does not run"
+    );
+    assert_eq!(rig.queues[0].stats().submitted, 1);
+    rig.queues[0].restart().expect("restart");
+    assert!(rig.queues[0].is_running());
+    rig.submit(0, 3, 16).expect("submit after the restart");
+    assert_eq!(rig.reap(0, 1), [3], "served after the restart");
+}
+
+/// A request in flight when another queue's recovery reset the function stays in flight on a
+/// queue that reports not running: nothing but a stop (or the reset count the store reads)
+/// ends it, and the stop, the reset having ended the engine's DMA, succeeds at once. Only then
+/// is it abandoned and the queue restarted (a restart wants nothing in flight).
+#[test]
+fn a_request_in_flight_across_another_queues_recovery_waits_for_the_stop() {
+    use crate::sim::Fault;
+    let mut rig = Rig::new("sca1-in-flight-across-reset", 2);
+    rig.sim.inject(Fault::Latency {
+        queue: Some(0),
+        micros: 2_000_000,
+    });
+    rig.submit(0, 1, 0).expect("submit");
+
+    rig.driver.recover().expect("another queue's recovery");
+
+    assert!(!rig.queues[0].is_running());
+    assert_eq!(rig.queues[0].in_flight(), 1, "still the queue's until a stop");
+    rig.sim.clear_faults();
+    rig.queues[0]
+        .stop()
+        .expect("the reset ended the engine's DMA: the stop succeeds");
+    assert_eq!(rig.queues[0].abandon_all(), [1]);
+    rig.queues[0].restart().expect("restart with nothing in flight");
+    rig.submit(0, 2, 8).expect("submit after the restart");
+    assert_eq!(rig.reap(0, 1), [2]);
+}
+
+/// A plain reset of the function (the teardown's, or a store giving up) stops every queue as a
+/// recovery does: each reports not running.
+#[test]
+fn every_queue_reports_not_running_after_a_reset_of_its_function() {
+    let rig = Rig::new("sca1-reset-stops-all", 2);
+    assert!(rig.queues.iter().all(Sca1Queue::is_running));
+    rig.driver.reset().expect("reset");
+    assert!(rig.queues.iter().all(|q| !q.is_running()));
+}
+
 /// Two recoveries of one function at once run as one: the second caller waits for the first
 /// and shares its outcome (one reset, one count), instead of resetting the function under the
 /// first's ENABLE.

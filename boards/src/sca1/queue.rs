@@ -224,6 +224,10 @@ pub struct Sca1Queue {
     stats: QueueStats,
     /// The function's resets: no restart while one is under way.
     resets: Arc<ResetState>,
+    /// [`ResetState::started`] when this run of the queue began (its creation or its last
+    /// restart): a reset started since cleared its RUN (accelerator.md §7), whichever queue's
+    /// recovery it was, so the queue is not running whatever `running` says.
+    ran_under: u64,
     /// Reused by the engine-contract reap (no allocation per reap).
     pub(super) reaped: Vec<Sca1Completion>,
 }
@@ -285,6 +289,8 @@ impl Sca1Queue {
             seq: 0,
             running: false,
             stats: QueueStats::default(),
+            // Read before RUN is set: a reset that starts after this stops the run below.
+            ran_under: resets.started(),
             resets,
             reaped: Vec::new(),
         };
@@ -326,9 +332,14 @@ impl Sca1Queue {
         self.slots.len() - self.free.len()
     }
 
-    /// Whether the queue accepts requests.
+    /// Whether the queue accepts requests: it runs, and no reset of the function started since
+    /// its run began. A reset clears every queue's RUN (accelerator.md §7), so a queue that
+    /// another queue's recovery reset is stopped too, though it stopped nothing itself: its
+    /// engine takes nothing more from the ring, and a request put there would only wait for
+    /// its deadline. What it has in flight stays in flight (a stop, or the reset count's move,
+    /// ends it: docs/boards.md rule 5); [`Sca1Queue::restart`] runs it again.
     pub fn is_running(&self) -> bool {
-        self.running
+        self.running && self.resets.started() == self.ran_under
     }
 
     /// The oldest in-flight request's submission time (for deadlines).
@@ -355,7 +366,10 @@ impl Sca1Queue {
     /// # Errors
     /// [`SubmitError`].
     pub fn submit(&mut self, req: &Sca1Request<'_>) -> Result<(), SubmitError> {
-        if !self.running {
+        // A reset that starts after this look clears the ring under the request: the store
+        // fails it when the recovery's count moves, or a stop ends it at its deadline (a plain
+        // reset), as any request in flight across a reset.
+        if !self.is_running() {
             return Err(SubmitError::NotRunning);
         }
         if req.segments.len() > self.config.max_sgl as usize {
@@ -693,6 +707,9 @@ impl Sca1Queue {
             self.device.bar0().write32(self.reg(queue::Q_CONTROL), 0);
             return Err(self.reset_under_way());
         }
+        // No reset started between the look before RUN was set and now: this run began under
+        // `quiet`, and the next reset to start stops it.
+        self.ran_under = quiet;
         self.stats.restarts += 1;
         Ok(())
     }

@@ -23,9 +23,11 @@
 //! recovery, the engine's `Controller::recovery_bound`, and twice the command timeout, the
 //! store gives up as on restarts that keep failing). A queue that is not running
 //! is restarted only with nothing in flight: an NVMe queue whose controller another queue's
-//! recovery disabled keeps its requests until the reset count moves (they are failed then) or
-//! their deadline escalates (the stop proving the end of their DMA). A stopped queue with
-//! nothing to do retries its restart when the next request comes.
+//! recovery disabled, or an SCA-1 queue whose function another queue's reset stopped (every
+//! queue's RUN cleared, accelerator.md §7), takes no new request and keeps those in flight
+//! until the reset count moves (they are failed then) or their deadline escalates (the stop
+//! proving the end of their DMA). A stopped queue with nothing to do retries its restart when
+//! the next request comes.
 
 use super::CopyPath;
 use super::IoBuffer;
@@ -1230,13 +1232,14 @@ impl AccelQueue {
     /// way (rule 5, docs/boards.md), so the count read here, before anything is submitted, is
     /// the one the queue runs under, and a later move of it is a reset after this restart.
     /// (Read after: a whole recovery that completes in between stopped the queue without the
-    /// count saying so here. The NVMe queue notices it by its own count: it takes no request,
-    /// and is restarted once it has none in flight; an SCA-1 queue's requests, and those the
-    /// NVMe queue took before that recovery, meet their deadline and escalate, the stop then
-    /// proving the end of DMA. Nothing is released early either way.) Without this, a queue
-    /// restarted by a path that did not read the count (a stop that succeeded after another
-    /// queue's recovery) kept the old one, and its next health check failed the requests
-    /// submitted since as ABORTED while the device ran them.
+    /// count saying so here. The queue notices it itself (NVMe by its controller's count,
+    /// SCA-1 by the resets started since its restart): it takes no request, and is restarted
+    /// once it has none in flight; requests the NVMe queue took before that recovery meet
+    /// their deadline and escalate, the stop then proving the end of DMA. Nothing is released
+    /// early either way.) Without this, a queue restarted by a path that did not read the
+    /// count (a stop that succeeded after another queue's recovery) kept the old one, and its
+    /// next health check failed the requests submitted since as ABORTED while the device ran
+    /// them.
     fn restart_queue(&mut self) -> bool {
         let gap = self.config.command_timeout * 2;
         match self.queue.restart() {
@@ -1502,10 +1505,11 @@ impl AccelQueue {
             return self.recover("the queue halted on an error");
         }
         // Only with nothing in flight (`QueueEngine::restart`). Requests still on a queue that
-        // is not running (an NVMe queue whose controller another queue's recovery disabled) are
-        // failed when the reset count moves, or meet their deadline and escalate, the stop
-        // proving the end of their DMA; a restart now would only be refused, and counted
-        // toward giving up.
+        // is not running (an NVMe queue whose controller another queue's recovery disabled, an
+        // SCA-1 queue whose function another queue's reset stopped) are failed when the reset
+        // count moves, or meet their deadline and escalate, the stop proving the end of their
+        // DMA; a restart now would be refused and counted toward giving up (NVMe), or empty
+        // the rings under them (SCA-1).
         if !self.queue.is_running() && self.queue.in_flight() == 0 && !self.gone {
             self.restart_queue();
         }
