@@ -15,6 +15,12 @@ use scst_accel_boards::nvme::NvmeQueue;
 use scst_accel_boards::open::open_board;
 use scst_accel_boards::open::BoardSource;
 use scst_accel_boards::sca1::device_mapper;
+use scst_accel_boards::sca1::regs::control;
+use scst_accel_boards::sca1::regs::global;
+use scst_accel_boards::sca1::Sca1;
+use scst_accel_boards::sca1::Sca1Config;
+use scst_accel_boards::sca1::Sca1Queue;
+use scst_accel_boards::sim::create_sim_board;
 use scst_accel_boards::sim::nvme::create_nvme_sim;
 use scst_accel_boards::sim::nvme::NvmeFault;
 use scst_accel_boards::sim::nvme::NvmeSimConfig;
@@ -24,6 +30,9 @@ use scst_accel_boards::sim::SimConfig;
 use scst_accel_boards::sim::SimHandle;
 use scst_accel_dma::SgvPool;
 use scst_accel_hal::sim::Iommu;
+use scst_accel_hal::BarInterposer;
+use scst_accel_hal::DeviceBacking;
+use scst_accel_hal::RegisterIo;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
 use scst_accel_handler::store::CmdBuffer;
@@ -508,6 +517,9 @@ struct Watched {
     inner: Box<dyn QueueEngine>,
     restarts_in_flight: Arc<AtomicU64>,
     refuse_restarts: Arc<AtomicBool>,
+    /// Run once, right after the first restart that succeeds (before the store reads the
+    /// reset count): what happens on another thread in that window.
+    after_restart: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl QueueEngine for Watched {
@@ -589,7 +601,13 @@ impl QueueEngine for Watched {
                 queue: self.inner.index(),
             });
         }
-        self.inner.restart()
+        let restarted = self.inner.restart();
+        if restarted.is_ok() {
+            if let Some(then) = self.after_restart.take() {
+                then();
+            }
+        }
+        restarted
     }
 
     fn dump(&self) -> String {
@@ -632,6 +650,7 @@ impl LongRecovery {
                     inner: Box::new(q),
                     restarts_in_flight: Arc::clone(&restarts_in_flight),
                     refuse_restarts: Arc::new(AtomicBool::new(false)),
+                    after_restart: None,
                 }) as Box<dyn QueueEngine>
             })
             .collect();
@@ -934,6 +953,7 @@ fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_tak
                 inner: Box::new(q),
                 restarts_in_flight: Arc::new(AtomicU64::new(0)),
                 refuse_restarts: Arc::clone(&refuse),
+                after_restart: None,
             }) as Box<dyn QueueEngine>
         })
         .collect();
@@ -989,5 +1009,320 @@ fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_tak
     assert_ne!(out[0].status, StoreStatus::Good, "{out:?}");
     drop(q);
     drop(store);
+    assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// A BAR 0 over the simulated SCA-1 board that, once armed with `hold_ms`, holds the next write
+/// setting ENABLE that long and says when it began to (`held`): a recovery of the function
+/// whose reset is done (every queue's RUN cleared, the end of DMA proven) and whose reset count
+/// has not moved yet (it moves once the function serves again, accelerator.md §7).
+struct SlowEnable {
+    inner: Arc<dyn DeviceBacking>,
+    hold_ms: AtomicU64,
+    held: AtomicBool,
+}
+
+impl RegisterIo for SlowEnable {
+    fn len(&self) -> u64 {
+        self.inner.bar0().len()
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        self.inner.bar0().read32(offset)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        if offset == global::CONTROL && value & control::ENABLE != 0 {
+            let hold = self.hold_ms.swap(0, Ordering::AcqRel);
+            if hold > 0 {
+                self.held.store(true, Ordering::Release);
+                // The recovery's own thread, which holds no lock.
+                std::thread::sleep(Duration::from_millis(hold));
+            }
+        }
+        self.inner.bar0().write32(offset, value);
+    }
+
+    fn read64(&self, offset: u64) -> u64 {
+        self.inner.bar0().read64(offset)
+    }
+
+    fn write64(&self, offset: u64, value: u64) {
+        self.inner.bar0().write64(offset, value);
+    }
+}
+
+impl BarInterposer for SlowEnable {
+    fn device(&self) -> &dyn DeviceBacking {
+        self.inner.as_ref()
+    }
+}
+
+/// The simulated SCA-1 board (two polled queues, 4096 blocks) brought up through a
+/// [`SlowEnable`] (not armed), its queues, and a 16 MiB pool of buffers mapped for it.
+fn sca1_parts(
+    name: &str,
+) -> (
+    SimHandle,
+    Arc<SlowEnable>,
+    Arc<Sca1>,
+    Vec<Sca1Queue>,
+    Arc<SgvPool>,
+) {
+    let (board, sim) = create_sim_board(
+        name,
+        SimConfig {
+            queues: 2,
+            num_blocks: 4096,
+            ..SimConfig::default()
+        },
+    )
+    .expect("simulated SCA-1 board");
+    let slow = Arc::new(SlowEnable {
+        inner: board,
+        hold_ms: AtomicU64::new(0),
+        held: AtomicBool::new(false),
+    });
+    let config = Sca1Config {
+        queues: 2,
+        interrupts: false,
+        ..Sca1Config::default()
+    };
+    let (controller, queues) =
+        Sca1::bring_up(Arc::clone(&slow) as Arc<dyn DeviceBacking>, &config).expect("bring-up");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(controller.device()))),
+        Some(Arc::clone(controller.iovas())),
+        16 << 20,
+    ));
+    (sim, slow, Arc::new(controller), queues, pool)
+}
+
+/// `queues` as the store takes them, each [`Watched`] (restarts with requests in flight counted
+/// in `restarts_in_flight`), its first successful restart followed by what `then` makes for it,
+/// if given.
+fn watched(
+    queues: Vec<Sca1Queue>,
+    restarts_in_flight: &Arc<AtomicU64>,
+    then: Option<&dyn Fn() -> Box<dyn FnOnce() + Send>>,
+) -> Vec<Box<dyn QueueEngine>> {
+    queues
+        .into_iter()
+        .map(|q| {
+            Box::new(Watched {
+                inner: Box::new(q),
+                restarts_in_flight: Arc::clone(restarts_in_flight),
+                refuse_restarts: Arc::new(AtomicBool::new(false)),
+                after_restart: then.map(|then| then()),
+            }) as Box<dyn QueueEngine>
+        })
+        .collect()
+}
+
+/// Submit a READ (tag `tag`) to `q` and reap until it is answered: the answer, and how long
+/// it took.
+fn timed_read(
+    q: &mut Box<dyn StoreQueue>,
+    pool: &Arc<SgvPool>,
+    tag: u64,
+) -> (Vec<StoreCompletion>, Duration) {
+    let start = Instant::now();
+    submit_read(q, pool, tag, 8);
+    let answered = reap_until_answered(q);
+    (answered, start.elapsed())
+}
+
+/// An SCA-1 queue that another queue's recovery of the function stops right after the queue's
+/// own restart, before the store reads the reset count (here the queue restarts as it sees a
+/// first recovery's count move, and a second whole recovery runs in that window): the store
+/// has seen the second recovery's count, so nothing fails the queue's requests or restarts it
+/// for that recovery, yet its engine was stopped by it (accelerator.md §7). The queue went on
+/// reporting running, and the READ submitted next went onto a ring the engine no longer ran,
+/// to be failed ABORTED at its deadline (3 s here). Now the queue reports not running: the
+/// READ waits off the ring for the restart that the next health check makes, and is served.
+#[test]
+fn an_sca1_queue_stopped_by_a_recovery_right_after_its_restart_serves_the_next_read_at_once() {
+    let (sim, _slow, controller, queues, pool) = sca1_parts("give-up-sca1-stopped-after-restart");
+    let restarts_in_flight = Arc::new(AtomicU64::new(0));
+    let second_recovery = || {
+        let other = Arc::clone(&controller);
+        Box::new(move || other.recover().expect("the second recovery")) as Box<dyn FnOnce() + Send>
+    };
+    let queues = watched(queues, &restarts_in_flight, Some(&second_recovery));
+    let command_timeout = Duration::from_secs(3);
+    let store = AccelStore::new(
+        Arc::clone(&controller) as _,
+        queues,
+        AccelConfig {
+            command_timeout,
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    controller.recover().expect("another queue's recovery");
+    // The queue sees the count move (nothing to fail) and restarts; the second recovery runs
+    // right after.
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    q.reap(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        controller.reset_count(),
+        2,
+        "the second recovery ran in the window"
+    );
+
+    let (answered, took) = timed_read(&mut q, &pool, 1);
+
+    assert_eq!(
+        answered,
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Good
+        }],
+        "{:?}",
+        store.dump()
+    );
+    assert!(
+        took < command_timeout / 3,
+        "served only after {took:?} (command timeout {command_timeout:?})"
+    );
+    assert_eq!(restarts_in_flight.load(Ordering::Relaxed), 0);
+    assert!(store.failure().is_none(), "{:?}", store.failure());
+    assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// The same for a queue the store hands out after another queue's recovery of the function
+/// stopped it (a worker that opens its queue late): the store reads the reset count as it opens
+/// the queue, so that recovery is seen and fails nothing, and the queue's first READ went onto
+/// the ring its engine no longer ran, failed ABORTED at its deadline. Now it is served.
+#[test]
+fn an_sca1_queue_opened_after_another_queues_recovery_serves_its_first_read_at_once() {
+    let (sim, _slow, controller, queues, pool) = sca1_parts("give-up-sca1-opened-after-recovery");
+    let restarts_in_flight = Arc::new(AtomicU64::new(0));
+    let command_timeout = Duration::from_secs(3);
+    let store = AccelStore::new(
+        Arc::clone(&controller) as _,
+        watched(queues, &restarts_in_flight, None),
+        AccelConfig {
+            command_timeout,
+            ..AccelConfig::default()
+        },
+    );
+    let _first = store.open_queue().expect("the first queue");
+    controller.recover().expect("the first queue's recovery");
+    let mut q = store.open_queue().expect("the queue opened after it");
+
+    let (answered, took) = timed_read(&mut q, &pool, 1);
+
+    assert_eq!(
+        answered,
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Good
+        }],
+        "{:?}",
+        store.dump()
+    );
+    assert!(
+        took < command_timeout / 3,
+        "served only after {took:?} (command timeout {command_timeout:?})"
+    );
+    assert!(store.failure().is_none(), "{:?}", store.failure());
+    assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// A READ in flight on an SCA-1 queue (each descriptor waits 2 s: `latency`) when another
+/// thread's recovery of the function resets it, the recovery then taking 1.5 s to serve again
+/// (its ENABLE held: [`SlowEnable`]) before its reset count moves, against a command timeout
+/// of 200 ms. From the reset on the queue reports not running (accelerator.md §7; it reported
+/// running until a stop), the READ still its own: the store must not restart the queue under
+/// it (`restart()` wants nothing in flight: a restart there asserted in debug builds and in
+/// release emptied the rings over live slots, why the first version of this change was
+/// reverted). The READ meets its deadline, the stop proves the end of its DMA, it is failed
+/// ABORTED; a READ submitted during the recovery waits off the ring and is answered (failed
+/// with the queue's requests when the count moves, or served after the restart); and once
+/// the recovery published its count, the queue serves.
+#[test]
+fn an_sca1_queue_stopped_by_another_queues_recovery_is_not_restarted_under_its_requests() {
+    let (sim, slow, controller, queues, pool) = sca1_parts("give-up-sca1-in-flight-across-recovery");
+    let restarts_in_flight = Arc::new(AtomicU64::new(0));
+    let store = AccelStore::new(
+        Arc::clone(&controller) as _,
+        watched(queues, &restarts_in_flight, None),
+        AccelConfig {
+            command_timeout: Duration::from_millis(200),
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    sim.inject(Fault::Latency {
+        queue: None,
+        micros: 2_000_000,
+    });
+    submit_read(&mut q, &pool, 1, 0);
+    slow.hold_ms.store(1500, Ordering::Release);
+    let other = Arc::clone(&controller);
+    let recovery = std::thread::spawn(move || other.recover().map_err(|e| e.to_string()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !slow.held.load(Ordering::Acquire) {
+        assert!(Instant::now() < deadline, "the recovery never reached its ENABLE");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let dump = q.dump().unwrap_or_default();
+    assert!(
+        dump.contains("running false") && dump.contains("in_flight 1"),
+        "the queue the reset stopped: {dump}"
+    );
+
+    let answered = reap_until_answered(&mut q);
+
+    assert_eq!(
+        answered,
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Aborted
+        }],
+        "the READ met its deadline: {:?}",
+        store.dump()
+    );
+    assert!(!recovery.is_finished(), "the recovery still runs");
+    assert_eq!(
+        restarts_in_flight.load(Ordering::Relaxed),
+        0,
+        "restarts asked with the READ in flight"
+    );
+    submit_read(&mut q, &pool, 2, 8);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(recovery.is_finished() && out.iter().any(|c| c.tag == 2)) {
+        assert!(store.failure().is_none(), "{:?}", store.failure());
+        assert!(Instant::now() < deadline, "never answered: {:?}", store.dump());
+        if recovery.is_finished() {
+            sim.clear_faults();
+        }
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        matches!(out[0].status, StoreStatus::Aborted | StoreStatus::Good),
+        "{out:?}"
+    );
+    recovery
+        .join()
+        .expect("recovery thread")
+        .expect("the other queue's recovery");
+    let (answered, _) = timed_read(&mut q, &pool, 3);
+    assert_eq!(
+        answered,
+        [StoreCompletion {
+            tag: 3,
+            status: StoreStatus::Good
+        }],
+        "served after the recovery: {:?}",
+        store.dump()
+    );
+    assert_eq!(restarts_in_flight.load(Ordering::Relaxed), 0);
+    assert!(store.failure().is_none(), "{:?}", store.failure());
     assert_eq!(sim.iommu().fault_count(), 0);
 }
