@@ -1326,3 +1326,65 @@ fn an_sca1_queue_stopped_by_another_queues_recovery_is_not_restarted_under_its_r
     assert!(store.failure().is_none(), "{:?}", store.failure());
     assert_eq!(sim.iommu().fault_count(), 0);
 }
+
+/// A function that goes FATAL after another queue's recovery, which this queue has not seen yet
+/// (it has not reaped since), when this queue's stop succeeds (here the abort of the teardown
+/// or of the frontend's deadline, `abort_all`): that recovery's count and the stop prove the
+/// end of the READ's DMA, but only a reset clears FATAL (accelerator.md §7, §8). The store took
+/// that recovery for the reset it needed and left the function FATAL until a later health
+/// check with work on the queue (the next READ, failed ABORTED by that reset). Now the stop's
+/// FATAL is reset at once, and the next READ is served.
+#[test]
+fn a_fatal_function_whose_stop_succeeded_after_another_queues_recovery_is_reset_at_once() {
+    let (sim, _slow, controller, queues, pool) = sca1_parts("give-up-sca1-fatal-after-recovery");
+    let restarts_in_flight = Arc::new(AtomicU64::new(0));
+    let store = AccelStore::new(
+        Arc::clone(&controller) as _,
+        watched(queues, &restarts_in_flight, None),
+        AccelConfig {
+            command_timeout: Duration::from_secs(3),
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    sim.inject(Fault::Latency {
+        queue: None,
+        micros: 300_000,
+    });
+    submit_read(&mut q, &pool, 1, 0);
+    controller.recover().expect("another queue's recovery");
+    sim.inject(Fault::Fatal { code: 0x12 });
+
+    assert_eq!(q.abort_all(), 1, "the READ is aborted: {:?}", store.dump());
+
+    assert_eq!(
+        controller.fatal(),
+        None,
+        "the function is left FATAL: {:?}",
+        store.dump()
+    );
+    assert_eq!(controller.reset_count(), 2, "the queue's own recovery");
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    q.reap(&mut out);
+    assert_eq!(
+        out,
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Aborted
+        }]
+    );
+    sim.clear_faults();
+    let (answered, _) = timed_read(&mut q, &pool, 2);
+    assert_eq!(
+        answered,
+        [StoreCompletion {
+            tag: 2,
+            status: StoreStatus::Good
+        }],
+        "served after the reset: {:?}",
+        store.dump()
+    );
+    assert_eq!(restarts_in_flight.load(Ordering::Relaxed), 0);
+    assert!(store.failure().is_none(), "{:?}", store.failure());
+    assert_eq!(sim.iommu().fault_count(), 0);
+}

@@ -1388,7 +1388,13 @@ impl AccelQueue {
     /// Reset and re-enable the function; false when the device is gone or will not recover.
     fn reset_function(&mut self) -> bool {
         let resets = self.board.reset_count();
-        if resets != self.seen_resets {
+        // FATAL is read after the count: the reset that moved it was complete by then and
+        // cleared FATAL (accelerator.md §7), so FATAL now came after it and only another reset
+        // clears it (§8). That reset remains this queue's proof of the end of DMA, but taken
+        // for the reset this queue needed it left the function FATAL until a later health
+        // check with work, whose reset failed the requests submitted meanwhile. (A recovery
+        // still running is waited for by `recover` below, not repeated.)
+        if resets != self.seen_resets && self.board.fatal().is_none() {
             // Another queue reset the function after every request of ours was submitted
             // (requests submitted since we last saw the count went to a queue that reset
             // destroyed): that reset is our proof too, and a second one would only disturb the
