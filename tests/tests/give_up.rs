@@ -615,6 +615,26 @@ impl QueueEngine for Watched {
     }
 }
 
+/// `queues` as the store takes them, each [`Watched`]: restarts asked with requests in flight
+/// counted in `restarts_in_flight`, every restart refused while `refuse_restarts` is set.
+fn watched(
+    queues: Vec<NvmeQueue>,
+    restarts_in_flight: &Arc<AtomicU64>,
+    refuse_restarts: &Arc<AtomicBool>,
+) -> Vec<Box<dyn QueueEngine>> {
+    queues
+        .into_iter()
+        .map(|q| {
+            Box::new(Watched {
+                inner: Box::new(q),
+                restarts_in_flight: Arc::clone(restarts_in_flight),
+                refuse_restarts: Arc::clone(refuse_restarts),
+                after_restart: None,
+            }) as Box<dyn QueueEngine>
+        })
+        .collect()
+}
+
 /// A READ in flight on a queue of the simulated NVMe controller (admin timeout 3 s, one polled
 /// queue, its engine [`Watched`]) behind an accelerator store with a 200 ms command timeout,
 /// while another thread's recovery of the controller runs for 1.5 s: every command waits 1.5 s
@@ -643,17 +663,7 @@ impl LongRecovery {
             Duration::from_secs(3),
         );
         let restarts_in_flight = Arc::new(AtomicU64::new(0));
-        let queues = queues
-            .into_iter()
-            .map(|q| {
-                Box::new(Watched {
-                    inner: Box::new(q),
-                    restarts_in_flight: Arc::clone(&restarts_in_flight),
-                    refuse_restarts: Arc::new(AtomicBool::new(false)),
-                    after_restart: None,
-                }) as Box<dyn QueueEngine>
-            })
-            .collect();
+        let queues = watched(queues, &restarts_in_flight, &Arc::new(AtomicBool::new(false)));
         let (store, q) = store_reading(
             Arc::clone(&controller) as _,
             queues,
@@ -946,17 +956,7 @@ fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_tak
         Duration::from_millis(300),
     );
     let refuse = Arc::new(AtomicBool::new(false));
-    let queues = queues
-        .into_iter()
-        .map(|q| {
-            Box::new(Watched {
-                inner: Box::new(q),
-                restarts_in_flight: Arc::new(AtomicU64::new(0)),
-                refuse_restarts: Arc::clone(&refuse),
-                after_restart: None,
-            }) as Box<dyn QueueEngine>
-        })
-        .collect();
+    let queues = watched(queues, &Arc::new(AtomicU64::new(0)), &refuse);
     let command_timeout = Duration::from_millis(200);
     let store = AccelStore::new(
         Arc::clone(&controller) as _,
@@ -1101,7 +1101,7 @@ fn sca1_parts(
 /// `queues` as the store takes them, each [`Watched`] (restarts with requests in flight counted
 /// in `restarts_in_flight`), its first successful restart followed by what `then` makes for it,
 /// if given.
-fn watched(
+fn watched_sca1(
     queues: Vec<Sca1Queue>,
     restarts_in_flight: &Arc<AtomicU64>,
     then: Option<&dyn Fn() -> Box<dyn FnOnce() + Send>>,
@@ -1148,7 +1148,7 @@ fn an_sca1_queue_stopped_by_a_recovery_right_after_its_restart_serves_the_next_r
         let other = Arc::clone(&controller);
         Box::new(move || other.recover().expect("the second recovery")) as Box<dyn FnOnce() + Send>
     };
-    let queues = watched(queues, &restarts_in_flight, Some(&second_recovery));
+    let queues = watched_sca1(queues, &restarts_in_flight, Some(&second_recovery));
     let command_timeout = Duration::from_secs(3);
     let store = AccelStore::new(
         Arc::clone(&controller) as _,
@@ -1202,7 +1202,7 @@ fn an_sca1_queue_opened_after_another_queues_recovery_serves_its_first_read_at_o
     let command_timeout = Duration::from_secs(3);
     let store = AccelStore::new(
         Arc::clone(&controller) as _,
-        watched(queues, &restarts_in_flight, None),
+        watched_sca1(queues, &restarts_in_flight, None),
         AccelConfig {
             command_timeout,
             ..AccelConfig::default()
@@ -1248,7 +1248,7 @@ fn an_sca1_queue_stopped_by_another_queues_recovery_is_not_restarted_under_its_r
     let restarts_in_flight = Arc::new(AtomicU64::new(0));
     let store = AccelStore::new(
         Arc::clone(&controller) as _,
-        watched(queues, &restarts_in_flight, None),
+        watched_sca1(queues, &restarts_in_flight, None),
         AccelConfig {
             command_timeout: Duration::from_millis(200),
             ..AccelConfig::default()
@@ -1340,7 +1340,7 @@ fn a_fatal_function_whose_stop_succeeded_after_another_queues_recovery_is_reset_
     let restarts_in_flight = Arc::new(AtomicU64::new(0));
     let store = AccelStore::new(
         Arc::clone(&controller) as _,
-        watched(queues, &restarts_in_flight, None),
+        watched_sca1(queues, &restarts_in_flight, None),
         AccelConfig {
             command_timeout: Duration::from_secs(3),
             ..AccelConfig::default()
