@@ -745,8 +745,9 @@ impl LongRecovery {
             .expect("recovery thread")
             .expect("the other queue's recovery");
         self.sim.clear_faults();
-        // One reap first: the queue sees the count move and restarts (a request waiting for
-        // the restart when it sees the move is failed with those in flight, ABORTED).
+        // One reap first: the queue sees the count move and restarts (what it submitted is
+        // failed ABORTED then; a request that only waited for the restart is kept, and
+        // submitted after it).
         let mut out: Vec<StoreCompletion> = Vec::new();
         self.q.reap(&mut out);
         assert!(out.is_empty(), "{out:?}");
@@ -816,8 +817,9 @@ fn an_nvme_store_waits_out_another_queues_recovery_longer_than_its_give_up_bound
     rig.read(2, 8);
     let answered = rig.reap_through_the_recovery(2);
 
-    // Never on the controller: it waited for the restart, and is failed with the queue's
-    // requests when the count moves, or served after the restart.
+    // Never on the controller before the count moved: it waited for the restart, is kept
+    // when the queue sees the move, and is submitted after the restart: served, or failed
+    // ABORTED at its deadline when the restart came before the test cleared the latency.
     assert_eq!(answered.len(), 1, "{answered:?}");
     assert!(
         matches!(answered[0].status, StoreStatus::Aborted | StoreStatus::Good),
@@ -1387,4 +1389,209 @@ fn a_fatal_function_whose_stop_succeeded_after_another_queues_recovery_is_reset_
     assert_eq!(restarts_in_flight.load(Ordering::Relaxed), 0);
     assert!(store.failure().is_none(), "{:?}", store.failure());
     assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// A queue sees the reset count move (another queue's recovery of the controller) holding
+/// requests the controller saw and requests it never saw: the ring full of READs the
+/// controller executes but never completes (`never-complete`), a WRITE of two commands (MDTS
+/// 8 KiB: 16 blocks each) whose first took the ring's last slot and whose second waited in the
+/// store for a slot, and a READ submitted after the recovery, which waited in the store for the
+/// queue to run again. What the controller may have seen is failed ABORTED: the READs, and the
+/// WRITE whole (its second half is not written after the restart). The READ it never saw is
+/// submitted after the restart and served. It used to be failed ABORTED with the rest, though
+/// nothing about DMA forbade submitting it.
+#[test]
+fn a_request_the_controller_never_saw_is_served_after_another_queues_recovery() {
+    let (sim, controller, queues, pool) = nvme_parts(
+        "give-up-nvme-never-seen",
+        NvmeSimConfig {
+            num_blocks: 4096,
+            cap_to: 1,
+            mdts: 1,
+            ..NvmeSimConfig::default()
+        },
+        Duration::from_secs(1),
+    );
+    // No deadline escalates in this test.
+    let store = AccelStore::new(
+        Arc::clone(&controller) as _,
+        engines(queues),
+        AccelConfig {
+            command_timeout: Duration::from_secs(30),
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    sim.inject(NvmeFault::NeverComplete { every: 1 });
+    // Depth 16: 15 slots; 14 READs, then the WRITE's first command.
+    for tag in 1..=14 {
+        submit_read(&mut q, &pool, tag, tag * 8);
+    }
+    let data = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 32 * 512).expect("buffer"),
+        32 * 512,
+    );
+    data.write_at(0, &[0xab; 32 * 512]);
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 15,
+            op: StoreOp::Write {
+                lba: 1024,
+                blocks: 32,
+                fua: false,
+            },
+            buffer: Some(data),
+        }],
+    )
+    .expect("submit");
+    let dump = q.dump().unwrap_or_default();
+    assert!(dump.contains("waiting for a ring slot 1"), "{dump}");
+    controller.recover().expect("another queue's recovery");
+    submit_read(&mut q, &pool, 16, 0);
+    sim.clear_faults();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    while out.len() < 16 {
+        assert!(Instant::now() < deadline, "answered {out:?}: {:?}", store.dump());
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    out.sort_by_key(|c| c.tag);
+    let expected: Vec<StoreCompletion> = (1..=16)
+        .map(|tag| StoreCompletion {
+            tag,
+            status: if tag == 16 {
+                StoreStatus::Good
+            } else {
+                StoreStatus::Aborted
+            },
+        })
+        .collect();
+    assert_eq!(out, expected, "the READ the controller never saw is served");
+    // The WRITE's second half, never submitted, was not written after the restart.
+    let second_half = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 16 * 512).expect("buffer"),
+        16 * 512,
+    );
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 17,
+            op: StoreOp::Read {
+                lba: 1040,
+                blocks: 16,
+            },
+            buffer: Some(second_half.clone()),
+        }],
+    )
+    .expect("submit");
+    assert_eq!(
+        reap_until_answered(&mut q),
+        [StoreCompletion {
+            tag: 17,
+            status: StoreStatus::Good
+        }]
+    );
+    let mut medium = vec![0u8; 16 * 512];
+    second_half.read_at(0, &mut medium);
+    assert!(
+        medium.iter().all(|&b| b != 0xab),
+        "the failed WRITE's second half was written after the restart"
+    );
+    assert!(store.failure().is_none(), "{:?}", store.failure());
+    assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// A READ submitted after another queue's recovery moved the reset count, before the queue saw
+/// the move: it waits in the store (the queue is not running) and is kept, never submitted, when
+/// the queue sees the move; but every restart is refused (`Watched`: recoveries under way for
+/// ever). Kept is bounded all the same: by the teardown's or the frontend deadline's abort
+/// (`by_abort`: the READ is failed ABORTED at once, the store still serving), or by the store's
+/// give-up on refused restarts (one whole recovery and twice the command timeout). The READ
+/// used to be failed ABORTED as soon as the queue saw the move.
+fn a_request_kept_through_a_recovery_still_ends(name: &str, by_abort: bool) {
+    let (sim, controller, queues, pool) = nvme_parts(
+        name,
+        NvmeSimConfig {
+            num_blocks: 4096,
+            cap_to: 1,
+            ..NvmeSimConfig::default()
+        },
+        Duration::from_millis(300),
+    );
+    let queues = watched(
+        queues,
+        &Arc::new(AtomicU64::new(0)),
+        &Arc::new(AtomicBool::new(true)),
+    );
+    let command_timeout = Duration::from_millis(200);
+    let store = AccelStore::new(
+        Arc::clone(&controller) as _,
+        queues,
+        AccelConfig {
+            command_timeout,
+            ..AccelConfig::default()
+        },
+    );
+    let mut q = store.open_queue().expect("queue");
+    controller.recover().expect("another queue's recovery");
+    let start = Instant::now();
+    submit_read(&mut q, &pool, 1, 0);
+
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    for _ in 0..50 {
+        q.reap(&mut out);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        out.is_empty(),
+        "the READ the controller never saw was failed: {out:?}"
+    );
+    assert_eq!(q.in_flight(), 1, "kept");
+
+    if by_abort {
+        assert_eq!(q.abort_all(), 1, "{:?}", store.dump());
+        q.reap(&mut out);
+        assert_eq!(
+            out,
+            [StoreCompletion {
+                tag: 1,
+                status: StoreStatus::Aborted
+            }]
+        );
+        assert!(store.failure().is_none(), "{:?}", store.failure());
+    } else {
+        let bound = Controller::recovery_bound(controller.as_ref()) + command_timeout * 2;
+        while out.is_empty() {
+            assert!(start.elapsed() < bound * 3, "never answered: {:?}", store.dump());
+            q.reap(&mut out);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(start.elapsed() >= bound, "answered after {:?}", start.elapsed());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_ne!(out[0].status, StoreStatus::Good, "{out:?}");
+        assert!(
+            store.failure().is_some_and(|f| f.contains("refused")),
+            "{:?}",
+            store.failure()
+        );
+    }
+    drop(q);
+    drop(store);
+    assert_eq!(sim.iommu().fault_count(), 0);
+}
+
+/// [`a_request_kept_through_a_recovery_still_ends`] by `abort_all`.
+#[test]
+fn a_request_kept_through_a_recovery_is_ended_by_an_abort() {
+    a_request_kept_through_a_recovery_still_ends("give-up-nvme-kept-aborted", true);
+}
+
+/// [`a_request_kept_through_a_recovery_still_ends`] by the store's give-up.
+#[test]
+fn a_request_kept_through_a_recovery_is_ended_by_the_give_up() {
+    a_request_kept_through_a_recovery_still_ends("give-up-nvme-kept-given-up", false);
 }

@@ -26,8 +26,10 @@
 //! recovery disabled, or an SCA-1 queue whose function another queue's reset stopped (every
 //! queue's RUN cleared, accelerator.md §7), takes no new request and keeps those in flight
 //! until the reset count moves (they are failed then) or their deadline escalates (the stop
-//! proving the end of their DMA). A stopped queue with nothing to do retries its restart when
-//! the next request comes.
+//! proving the end of their DMA). When the count moves, only what the queue submitted is failed
+//! (with the rest of its store requests): requests that only waited in the store for a ring
+//! slot or for the queue to run never reached the device, and are submitted after the restart.
+//! A stopped queue with nothing to do retries its restart when the next request comes.
 
 use super::CopyPath;
 use super::IoBuffer;
@@ -40,6 +42,7 @@ use super::StoreQueue;
 use super::StoreRequest;
 use super::StoreStatus;
 use crate::int_map::IntMap;
+use crate::int_map::IntSet;
 use scst_accel_boards::engine::Controller;
 use scst_accel_boards::engine::DeviceCompletion;
 use scst_accel_boards::engine::DeviceOp;
@@ -399,6 +402,8 @@ struct AccelQueue {
     counters: Arc<AccelCounters>,
     parents: IntMap<u64, Parent>,
     children: IntMap<u64, Child>,
+    /// Device requests not yet submitted, in order: waiting for a ring slot, or for the queue
+    /// to run again. The device has never seen them.
     backlog: VecDeque<u64>,
     /// The scatter list of the request being submitted ([`Segments::describe`]).
     segments: Vec<(u64, u32)>,
@@ -1089,6 +1094,49 @@ impl AccelQueue {
         abandoned.len()
     }
 
+    /// A reset of the function proved the end of DMA for what this queue submitted: fail with
+    /// `status` the device requests the device may have seen (submitted), and with them the
+    /// rest of their store requests, which are answered failed anyway (submitting the rest
+    /// would only make the answer wait for the restart, and write part of a failed command).
+    /// Keep the store requests none of whose device requests was submitted: the device never
+    /// saw them, so no DMA of theirs can be under way, and the queue submits them once it runs
+    /// again. They stay bounded as any request waiting for the queue: the restart's give-up
+    /// ([`AccelQueue::restart_queue`]), the frontend's deadline and teardown (`abort_all`),
+    /// and their own deadline once submitted. Their order against the failed ones needs no
+    /// keeping: SCST's core orders commands before the handler sees them
+    /// (`has_own_order_mgmt` 0), so what the store holds at once may run in any order; a kept
+    /// FLUSH makes stable what one sent after the restart would (failing it guarded nothing),
+    /// and a kept write keeps its FUA. Returns how many device requests were failed.
+    fn fail_submitted(&mut self, status: StoreStatus) -> usize {
+        // What the engine held goes with the reset; the store's children say what was
+        // submitted (the engine may have completed some without our having reaped them).
+        let _ = self.queue.abandon_all();
+        let waiting: IntSet<u64> = self.backlog.iter().copied().collect();
+        let mut failed: Vec<u64> = self
+            .children
+            .keys()
+            .copied()
+            .filter(|id| !waiting.contains(id))
+            .collect();
+        let seen: IntSet<u64> = failed
+            .iter()
+            .filter_map(|id| self.children.get(id).map(|c| c.parent))
+            .collect();
+        let children = &self.children;
+        self.backlog.retain(|id| {
+            let sibling = children.get(id).is_some_and(|c| seen.contains(&c.parent));
+            if sibling {
+                failed.push(*id);
+            }
+            !sibling
+        });
+        let n = failed.len();
+        for id in failed {
+            self.child_done(id, status);
+        }
+        n
+    }
+
     /// A request missed its deadline. First rung: ask the device to abort the late requests
     /// (NVMe ABORT) and wait, bounded, for their aborted completions; if the device refuses or
     /// they do not come, climb the rest of the ladder ([`AccelQueue::recover`]).
@@ -1473,12 +1521,15 @@ impl AccelQueue {
         let resets = self.board.reset_count();
         if resets != self.seen_resets {
             // Another queue reset the function: our engine was stopped with it, so what we had
-            // in flight will never complete and can no longer be touched by DMA.
+            // submitted will never complete and can no longer be touched by DMA. What only
+            // waited in the backlog never reached the device: it is kept for the restart.
             self.seen_resets = resets;
-            let n = self.fail_all(StoreStatus::Aborted);
+            let n = self.fail_submitted(StoreStatus::Aborted);
             log::warn!(
-                "queue {}: function was reset; {n} requests failed, restarting",
-                self.queue.index()
+                "queue {}: function was reset; {n} device requests failed, {} never submitted \
+                 kept for the restart",
+                self.queue.index(),
+                self.backlog.len()
             );
             self.restart_queue();
         }
