@@ -132,6 +132,16 @@ pub fn failing_lba(first: u64, blocks: u64, low: Option<u32>) -> u64 {
         .unwrap_or(first)
 }
 
+/// Which recovery a successful [`Controller::recover`] was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovered {
+    /// This call ran the recovery: its reset, its enable, the move of the reset count.
+    Ran,
+    /// Another caller's recovery was under way: this call waited for it and shares its
+    /// outcome; that caller ran (and counts) it.
+    Shared,
+}
+
 /// Why a request was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
@@ -298,11 +308,16 @@ pub trait Controller: Send + Sync {
     fn reset(&self) -> Result<(), EngineError>;
     /// Reset and bring the function back to serving: queues notice through
     /// [`Controller::reset_count`], fail what they had in flight and [`QueueEngine::restart`].
+    /// One recovery runs at a time: a caller that finds one under way waits for it and shares
+    /// its outcome ([`Recovered::Shared`]) instead of running another; the caller that ran it
+    /// gets [`Recovered::Ran`]. So a caller counting the recoveries it caused counts each once.
     ///
     /// # Errors
     /// [`EngineError`]; the store then treats the device as gone.
-    fn recover(&self) -> Result<(), EngineError>;
-    /// Bumped by every reset: a queue that sees it change knows its requests were dropped.
+    fn recover(&self) -> Result<Recovered, EngineError>;
+    /// Bumped by every recovery, whoever ran it ([`Controller::recover`], or a queue's stop
+    /// that had to recover the function itself: [`QueueEngine::recoveries`]): a queue that sees
+    /// it change knows its requests were dropped.
     fn reset_count(&self) -> u64;
     /// The longest one recovery ([`Controller::recover`]) of the function may take, reset
     /// included: how long a restart may be refused ([`EngineError::ResetUnderWay`]) because of
@@ -396,6 +411,16 @@ pub trait QueueEngine: Send {
     fn stop_within(&mut self, bound: std::time::Duration) -> Result<(), EngineError> {
         let _ = bound;
         self.stop()
+    }
+
+    /// Recoveries of the function this queue's stops ran themselves so far (a stop, or the stop
+    /// inside a restart, whose only proof of the end of DMA could be a recovery of its own:
+    /// NVMe after a recovery's reset failed or overran, docs/boards.md rule 5), each also
+    /// counted by [`Controller::reset_count`]. A caller counting the recoveries it caused
+    /// counts these with its own [`Controller::recover`]s. 0 for an engine whose stop never
+    /// recovers the function (SCA-1: its stop fails instead, and the caller recovers).
+    fn recoveries(&self) -> u64 {
+        0
     }
 
     /// Forget every request in flight and return their tags (see the module rules).

@@ -8,6 +8,7 @@ use scst_accel_boards::engine::DeviceCompletion;
 use scst_accel_boards::engine::DeviceRequest;
 use scst_accel_boards::engine::EngineError;
 use scst_accel_boards::engine::QueueEngine;
+use scst_accel_boards::engine::Recovered;
 use scst_accel_boards::engine::SubmitError;
 use scst_accel_boards::nvme::NvmeConfig;
 use scst_accel_boards::nvme::NvmeController;
@@ -512,7 +513,9 @@ fn a_queue_restarted_after_another_queues_recovery_serves_what_comes_next() {
 /// A queue engine that counts the restarts asked of it while it still had requests in flight
 /// (the engine contract asks for none: `QueueEngine::restart`), refuses every restart while
 /// `refuse_restarts` is set, as while recoveries of the function follow each other or one
-/// hangs in its function reset (`EngineError::ResetUnderWay`), and otherwise is `inner`.
+/// hangs in its function reset (`EngineError::ResetUnderWay`), fails every stop while
+/// `fail_stops` is set, as a hung controller's queue deletion does (the store then recovers
+/// the function itself), and otherwise is `inner`.
 struct Watched {
     inner: Box<dyn QueueEngine>,
     restarts_in_flight: Arc<AtomicU64>,
@@ -520,6 +523,20 @@ struct Watched {
     /// Run once, right after the first restart that succeeds (before the store reads the
     /// reset count): what happens on another thread in that window.
     after_restart: Option<Box<dyn FnOnce() + Send>>,
+    fail_stops: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// The error of a stop while `fail_stops` is set.
+    fn failed_stop(&self) -> Option<EngineError> {
+        self.fail_stops
+            .load(Ordering::Acquire)
+            .then(|| EngineError::Timeout {
+                device: "watched".to_owned(),
+                what: "DELETE I/O SQ",
+                timeout: Duration::ZERO,
+            })
+    }
 }
 
 impl QueueEngine for Watched {
@@ -576,11 +593,21 @@ impl QueueEngine for Watched {
     }
 
     fn stop(&mut self) -> Result<(), EngineError> {
-        self.inner.stop()
+        match self.failed_stop() {
+            Some(e) => Err(e),
+            None => self.inner.stop(),
+        }
     }
 
     fn stop_within(&mut self, bound: Duration) -> Result<(), EngineError> {
-        self.inner.stop_within(bound)
+        match self.failed_stop() {
+            Some(e) => Err(e),
+            None => self.inner.stop_within(bound),
+        }
+    }
+
+    fn recoveries(&self) -> u64 {
+        self.inner.recoveries()
     }
 
     fn abandon_all(&mut self) -> Vec<u64> {
@@ -616,11 +643,13 @@ impl QueueEngine for Watched {
 }
 
 /// `queues` as the store takes them, each [`Watched`]: restarts asked with requests in flight
-/// counted in `restarts_in_flight`, every restart refused while `refuse_restarts` is set.
+/// counted in `restarts_in_flight`, every restart refused while `refuse_restarts` is set,
+/// every stop failed while `fail_stops` is.
 fn watched(
     queues: Vec<NvmeQueue>,
     restarts_in_flight: &Arc<AtomicU64>,
     refuse_restarts: &Arc<AtomicBool>,
+    fail_stops: &Arc<AtomicBool>,
 ) -> Vec<Box<dyn QueueEngine>> {
     queues
         .into_iter()
@@ -630,6 +659,7 @@ fn watched(
                 restarts_in_flight: Arc::clone(restarts_in_flight),
                 refuse_restarts: Arc::clone(refuse_restarts),
                 after_restart: None,
+                fail_stops: Arc::clone(fail_stops),
             }) as Box<dyn QueueEngine>
         })
         .collect()
@@ -646,7 +676,7 @@ struct LongRecovery {
     pool: Arc<SgvPool>,
     store: AccelStore,
     q: Box<dyn StoreQueue>,
-    recovery: Option<std::thread::JoinHandle<Result<(), String>>>,
+    recovery: Option<std::thread::JoinHandle<Result<Recovered, String>>>,
     restarts_in_flight: Arc<AtomicU64>,
 }
 
@@ -663,7 +693,8 @@ impl LongRecovery {
             Duration::from_secs(3),
         );
         let restarts_in_flight = Arc::new(AtomicU64::new(0));
-        let queues = watched(queues, &restarts_in_flight, &Arc::new(AtomicBool::new(false)));
+        let never = Arc::new(AtomicBool::new(false));
+        let queues = watched(queues, &restarts_in_flight, &never, &never);
         let (store, q) = store_reading(
             Arc::clone(&controller) as _,
             queues,
@@ -885,9 +916,11 @@ fn nvme_reading_after_a_failed_recovery(
 /// (`Disabled`) until the store gave up after twice the command timeout and reported its
 /// failure (the teardown), though a reset worked again. Now the stop's reset is a recovery
 /// (one at a time, its count moved after the reset proved the end of DMA): the READ is failed
-/// ABORTED, the queue restarts, and the next READ is served. `stop` chooses the stop: the
-/// teardown's or the frontend deadline's bounded abort (`abort_all`), or the store's own
-/// deadline escalation.
+/// ABORTED, the queue restarts, and the next READ is served. That recovery, which the store's
+/// stop ran, counts among the store's resets (`AccelCounters::resets`): it used not to, the
+/// counter seeing only the recoveries the store asked for through `Controller::recover`.
+/// `bounded` chooses the stop: the teardown's or the frontend deadline's bounded abort
+/// (`abort_all`), or the store's own deadline escalation.
 fn a_stop_that_resets_brings_the_controller_back(name: &str, bounded: bool) {
     let (sim, pool, controller, store, mut q) = nvme_reading_after_a_failed_recovery(name);
 
@@ -921,6 +954,11 @@ fn a_stop_that_resets_brings_the_controller_back(name: &str, bounded: bool) {
     assert!(store.failure().is_none(), "{:?}", store.failure());
     assert!(controller.is_enabled(), "the controller serves again");
     assert_eq!(controller.reset_count(), 1, "the stop's reset was a recovery");
+    assert_eq!(
+        store.counters().resets.load(Ordering::Relaxed),
+        1,
+        "the recovery the store's stop ran is one of the store's resets"
+    );
     assert_eq!(sim.iommu().fault_count(), 0);
 }
 
@@ -958,7 +996,12 @@ fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_tak
         Duration::from_millis(300),
     );
     let refuse = Arc::new(AtomicBool::new(false));
-    let queues = watched(queues, &Arc::new(AtomicU64::new(0)), &refuse);
+    let queues = watched(
+        queues,
+        &Arc::new(AtomicU64::new(0)),
+        &refuse,
+        &Arc::new(AtomicBool::new(false)),
+    );
     let command_timeout = Duration::from_millis(200);
     let store = AccelStore::new(
         Arc::clone(&controller) as _,
@@ -1116,6 +1159,7 @@ fn watched_sca1(
                 restarts_in_flight: Arc::clone(restarts_in_flight),
                 refuse_restarts: Arc::new(AtomicBool::new(false)),
                 after_restart: then.map(|then| then()),
+                fail_stops: Arc::new(AtomicBool::new(false)),
             }) as Box<dyn QueueEngine>
         })
         .collect()
@@ -1148,7 +1192,9 @@ fn an_sca1_queue_stopped_by_a_recovery_right_after_its_restart_serves_the_next_r
     let restarts_in_flight = Arc::new(AtomicU64::new(0));
     let second_recovery = || {
         let other = Arc::clone(&controller);
-        Box::new(move || other.recover().expect("the second recovery")) as Box<dyn FnOnce() + Send>
+        Box::new(move || {
+            other.recover().expect("the second recovery");
+        }) as Box<dyn FnOnce() + Send>
     };
     let queues = watched_sca1(queues, &restarts_in_flight, Some(&second_recovery));
     let command_timeout = Duration::from_secs(3);
@@ -1526,6 +1572,7 @@ fn a_request_kept_through_a_recovery_still_ends(name: &str, by_abort: bool) {
         queues,
         &Arc::new(AtomicU64::new(0)),
         &Arc::new(AtomicBool::new(true)),
+        &Arc::new(AtomicBool::new(false)),
     );
     let command_timeout = Duration::from_millis(200);
     let store = AccelStore::new(
@@ -1594,4 +1641,73 @@ fn a_request_kept_through_a_recovery_is_ended_by_an_abort() {
 #[test]
 fn a_request_kept_through_a_recovery_is_ended_by_the_give_up() {
     a_request_kept_through_a_recovery_still_ends("give-up-nvme-kept-given-up", false);
+}
+
+/// Another caller's recovery of the controller (as `demo --reset-during-load` runs one; its
+/// disable takes 1.5 s) is under way when the store's abort finds its queue's stop failing (a
+/// hung deletion: `Watched`) and asks for a recovery itself: one runs at a time, so the
+/// store's call waits for the running one and shares its outcome. The READ is failed ABORTED
+/// after it, and the store counts no reset of its own: the controller counts the one
+/// recovery, which the store did not run. It used to count it as its own, as it counted twice
+/// a recovery two of its queues asked for at once (each call that shared the first's).
+#[test]
+fn a_recovery_the_store_only_waited_for_is_not_counted_as_its_own() {
+    let (sim, controller, queues, pool) = nvme_parts(
+        "give-up-nvme-shared-recovery",
+        NvmeSimConfig {
+            num_blocks: 4096,
+            cap_to: 4,
+            disable_micros: 1_500_000,
+            ..NvmeSimConfig::default()
+        },
+        Duration::from_secs(1),
+    );
+    let queues = watched(
+        queues,
+        &Arc::new(AtomicU64::new(0)),
+        &Arc::new(AtomicBool::new(false)),
+        &Arc::new(AtomicBool::new(true)),
+    );
+    let (store, mut q) = store_reading(
+        Arc::clone(&controller) as _,
+        queues,
+        &pool,
+        Duration::from_secs(30),
+        || sim.inject(NvmeFault::NeverComplete { every: 1 }),
+    );
+    let other = Arc::clone(&controller);
+    let recovery = std::thread::spawn(move || other.recover().map_err(|e| e.to_string()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while controller.is_enabled() {
+        assert!(Instant::now() < deadline, "the recovery never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let aborted = q.abort_all();
+
+    assert_eq!(
+        recovery.join().expect("recovery thread"),
+        Ok(Recovered::Ran),
+        "the other caller ran the recovery"
+    );
+    assert_eq!(aborted, 1, "{:?}", store.dump());
+    let mut out: Vec<StoreCompletion> = Vec::new();
+    q.reap(&mut out);
+    assert_eq!(
+        out,
+        [StoreCompletion {
+            tag: 1,
+            status: StoreStatus::Aborted
+        }]
+    );
+    assert!(store.failure().is_none(), "{:?}", store.failure());
+    assert_eq!(controller.reset_count(), 1, "one recovery");
+    assert_eq!(
+        store.counters().resets.load(Ordering::Relaxed),
+        0,
+        "the store ran no recovery: it waited for another caller's"
+    );
+    drop(q);
+    drop(store);
+    assert_eq!(sim.iommu().fault_count(), 0);
 }

@@ -109,7 +109,9 @@ pub struct BackendReport {
     pub device_errors: u64,
     /// Requests failed by timeout escalation.
     pub timeouts: u64,
-    /// Function resets during the run (recovery).
+    /// Recoveries of the function the store ran during the run, each once: its escalation's
+    /// own, and those a queue's stop had to run (`AccelCounters::resets`); a part of
+    /// `controller_resets`.
     pub resets: u64,
     /// Controller recoveries during the run, whoever asked for them (the store's escalation,
     /// `--reset-during-load`): the controller's own count.

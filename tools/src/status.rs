@@ -48,9 +48,12 @@ pub struct DeviceCounters {
     pub device_errors: u64,
     /// Requests failed by timeout escalation.
     pub timeouts: u64,
-    /// Queue resets by the store's escalation.
+    /// Recoveries of the function the store ran, each once: its escalation's own, and those a
+    /// queue's stop had to run (`AccelCounters::resets`). A part of `controller_resets`: in a
+    /// service, where nothing else recovers the function, the same figure.
     pub resets: u64,
-    /// Controller recoveries (function resets), whoever asked.
+    /// Recoveries of the function (reset and brought back to serving), whoever ran them (the
+    /// store, `demo --reset-during-load`), each once: the controller's own count.
     pub controller_resets: u64,
     /// Completions with an unknown or duplicated tag, ignored.
     pub unknown_tags: u64,

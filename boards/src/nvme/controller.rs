@@ -30,6 +30,7 @@ use super::regs::Cap;
 use super::regs::Registers;
 use super::regs::ALL_ONES_32;
 use crate::engine::Geometry;
+use crate::engine::Recovered;
 use crate::recovery::RecoveryWord;
 use crate::recovery::Turn;
 use scst_accel_dma::mapping::IovaLock;
@@ -506,29 +507,36 @@ impl NvmeController {
     /// caller's reset or shutdown), otherwise a recovery ([`NvmeController::recover_unproven`]),
     /// so that the controller serves again and every queue sees the reset count move.
     ///
+    /// [`Quiesced::Recovered`] when the proof is a recovery this thread ran (the caller counts
+    /// it: `QueueEngine::recoveries`), [`Quiesced::Proven`] otherwise.
+    ///
     /// # Errors
     /// [`NvmeError::DisableUnproven`] when the caller's `bound` ran out with a reset still
     /// under way (it may prove the end of DMA later: ask again); otherwise as
     /// [`NvmeController::reset`] or [`NvmeController::recover`]: no proof, or a recovery that
     /// failed (the caller escalates), and nothing of the queue may be released.
-    pub(crate) fn await_quiesced(&self, epoch: u64, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
+    pub(crate) fn await_quiesced(
+        &self,
+        epoch: u64,
+        caller_bound: Option<Duration>,
+    ) -> Result<Quiesced, NvmeError> {
         let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
         let full = self.reset_bound();
         let bound = caller_bound.map_or(full, |b| b.min(full));
         let mut deadline = Instant::now() + bound;
         loop {
             if proven() {
-                return Ok(());
+                return Ok(Quiesced::Proven);
             }
             while self.disabling.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
                 if proven() {
-                    return Ok(());
+                    return Ok(Quiesced::Proven);
                 }
                 // A wait on another thread's reset: no lock is held here.
                 scst_accel_hal::locks::sleep(Duration::from_millis(1));
             }
             if proven() {
-                return Ok(());
+                return Ok(Quiesced::Proven);
             }
             if caller_bound.is_some() && self.disabling.load(Ordering::Acquire) > 0 {
                 // The reset under way may still prove it; a reset of our own would outlast the
@@ -551,7 +559,8 @@ impl NvmeController {
                      is released, and leaving it disabled",
                     self.id()
                 );
-                return self.reset_now();
+                // A plain reset, leaving the controller disabled: no recovery.
+                return self.reset_now().map(|()| Quiesced::Proven);
             }
             log::warn!(
                 "{}: a recovery disabled the controller without proof that it stopped DMA (its reset \
@@ -559,7 +568,8 @@ impl NvmeController {
                 self.id()
             );
             match self.recover_unproven(epoch, intent, caller_bound.map(|_| (deadline, bound))) {
-                Unproven::Done(result) => return result,
+                Unproven::Done(result) => return result.map(|()| Quiesced::Proven),
+                Unproven::Recovered => return Ok(Quiesced::Recovered),
                 // A caller's reset or shutdown came after `intent` was read: look again, now
                 // that the controller is meant to stay disabled (waiting for that reset, when
                 // it is still under way, as for any other).
@@ -582,6 +592,9 @@ impl NvmeController {
     /// began meanwhile on another thread is waited for instead, its reset the proof: until the
     /// caller's deadline, when it has one (`bounded`: the deadline and the bound it came
     /// from), else as long as that recovery may take.
+    ///
+    /// [`Unproven::Recovered`] when this thread ran the recovery and it succeeded: a recovery
+    /// the stop's caller counts as its own (`QueueEngine::recoveries`).
     ///
     /// `intent` is what `await_quiesced` read of the callers' intent when it chose to recover.
     /// Once the turn is this thread's, it looks again before it resets anything: a recovery
@@ -619,10 +632,13 @@ impl NvmeController {
             }
             let result = self.recover_now(intent);
             turn.finish(result.is_ok());
-            if result.is_err() && proven() && self.intent_moved(intent) {
+            if result.is_ok() {
+                return Unproven::Recovered;
+            }
+            if proven() && self.intent_moved(intent) {
                 // It gave way to a caller's reset or shutdown after its own reset proved the
                 // end of DMA: the controller stays disabled, as that caller meant, and the stop
-                // has its proof.
+                // has its proof (no recovery: the count did not move).
                 return Unproven::Done(Ok(()));
             }
             return Unproven::Done(result);
@@ -659,19 +675,22 @@ impl NvmeController {
     /// [`NvmeController::shutdown`] that begins after this call wins: the recovery leaves the
     /// controller disabled and fails ([`NvmeController::recover_now`]).
     ///
+    /// [`Recovered::Ran`] when this call ran the recovery, [`Recovered::Shared`] when it waited
+    /// for another caller's (which that caller counts).
+    ///
     /// # Errors
     /// As [`NvmeController::reset`], the bounded wait for CSTS.RDY, or SET FEATURES;
     /// [`NvmeError::Disabled`] when a caller's reset or shutdown began meanwhile; for a
     /// caller that waited, [`NvmeError::Disabled`] when the other recovery failed, or the
     /// bounded wait for it.
-    pub fn recover(&self) -> Result<(), NvmeError> {
+    pub fn recover(&self) -> Result<Recovered, NvmeError> {
         let intent = self.intent.load(Ordering::SeqCst);
         let Turn::Mine(turn) = self.recovery.begin() else {
-            return self.wait_for_other_recovery();
+            return self.wait_for_other_recovery().map(|()| Recovered::Shared);
         };
         let result = self.recover_now(intent);
         turn.finish(result.is_ok());
-        result
+        result.map(|()| Recovered::Ran)
     }
 
     /// The recovery itself, in the caller's turn, for a caller that read `intent` when it
@@ -935,9 +954,21 @@ impl NvmeController {
 /// controller disabled.
 const LEFT_DISABLED: u64 = 1;
 
+/// How [`NvmeController::await_quiesced`] found the end of a queue's DMA proven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Quiesced {
+    /// By a reset or recovery another thread ran, or a plain reset of this thread's.
+    Proven,
+    /// By a recovery this thread ran ([`NvmeController::recover_unproven`]): the controller
+    /// serves again, its reset count moved.
+    Recovered,
+}
+
 /// What [`NvmeController::recover_unproven`] came to.
 enum Unproven {
-    /// The stop's outcome: proven (`Ok`), or why not.
+    /// This stop ran a recovery, which succeeded: its reset is the proof.
+    Recovered,
+    /// The stop's outcome without a recovery of its own: proven (`Ok`), or why not.
     Done(Result<(), NvmeError>),
     /// A caller's reset or shutdown began after the stop chose to recover: nothing was done.
     IntentMoved,

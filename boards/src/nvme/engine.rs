@@ -9,6 +9,7 @@ use crate::engine::DeviceRequest;
 use crate::engine::EngineError;
 use crate::engine::Geometry;
 use crate::engine::QueueEngine;
+use crate::engine::Recovered;
 use crate::engine::SubmitError;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_hal::DeviceBacking;
@@ -51,7 +52,7 @@ impl Controller for NvmeController {
         Ok(NvmeController::reset(self)?)
     }
 
-    fn recover(&self) -> Result<(), EngineError> {
+    fn recover(&self) -> Result<Recovered, EngineError> {
         Ok(NvmeController::recover(self)?)
     }
 
@@ -135,6 +136,10 @@ impl QueueEngine for NvmeQueue {
 
     fn stop_within(&mut self, bound: Duration) -> Result<(), EngineError> {
         Ok(NvmeQueue::stop_within(self, bound)?)
+    }
+
+    fn recoveries(&self) -> u64 {
+        NvmeQueue::stats(self).recoveries
     }
 
     fn abandon_all(&mut self) -> Vec<u64> {

@@ -21,6 +21,7 @@ use super::cmd::QUEUE_PC;
 use super::controller::build_prps;
 use super::controller::map_region;
 use super::controller::NvmeController;
+use super::controller::Quiesced;
 use super::controller::PAGE_SIZE;
 use super::error::NvmeError;
 use crate::engine::DeviceCompletion;
@@ -60,6 +61,10 @@ pub struct NvmeQueueStats {
     pub irq_reads: u64,
     /// Re-creations on the device.
     pub restarts: u64,
+    /// Recoveries of the controller this queue's stops ran themselves (a recovery's reset had
+    /// failed or overran: [`NvmeController::await_quiesced`]); the engine contract's
+    /// `QueueEngine::recoveries`.
+    pub recoveries: u64,
     /// ABORT commands sent for this queue's commands.
     pub aborts_sent: u64,
     /// ABORTs the controller carried out (the command then completes as aborted).
@@ -813,7 +818,7 @@ impl NvmeQueue {
     }
 
     fn delete(
-        &self,
+        &mut self,
         command: &'static str,
         opcode: u8,
         bound: Duration,
@@ -840,12 +845,16 @@ impl NvmeQueue {
     /// The controller was disabled under the queue (another thread's reset): its commands
     /// are dropped, but only that disable's end (CSTS.RDY = 0) proves the controller no longer
     /// moves their data. Waits for it (no longer than `caller_bound`, when given), or resets or
-    /// recovers the controller ([`NvmeController::await_quiesced`]).
-    fn await_disabled(&self, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
-        match self.live_epoch {
-            Some(epoch) => self.ctrl.await_quiesced(epoch, caller_bound),
-            None => Ok(()),
+    /// recovers the controller ([`NvmeController::await_quiesced`]), counted in the queue's
+    /// `recoveries`.
+    fn await_disabled(&mut self, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
+        let Some(epoch) = self.live_epoch else {
+            return Ok(());
+        };
+        if self.ctrl.await_quiesced(epoch, caller_bound)? == Quiesced::Recovered {
+            self.stats.recoveries += 1;
         }
+        Ok(())
     }
 
     /// Stop: NVMe has no per-queue stop, so delete the SQ (Delete I/O Submission Queue, NVMe 1.4

@@ -11,6 +11,7 @@ use super::regs::global;
 use super::regs::status;
 use super::regs::Cap0;
 use super::regs::Timeouts;
+use crate::engine::Recovered;
 use crate::recovery::RecoveryWord;
 use crate::recovery::Turn;
 use scst_accel_dma::mapping::IovaLock;
@@ -560,16 +561,19 @@ impl Sca1 {
     /// (two at once would undo each other, one's ENABLE cleared by the other's reset). No
     /// queue restarts from the recovery's reset until its count is published.
     ///
+    /// [`Recovered::Ran`] when this call ran the recovery, [`Recovered::Shared`] when it waited
+    /// for another caller's (which that caller counts).
+    ///
     /// # Errors
     /// As [`Sca1::reset`], or the bounded wait for READY; for a caller that waited,
     /// [`Sca1Error::RecoveryFailed`] when the other recovery failed, or the bounded wait for it.
-    pub fn recover(&self) -> Result<(), Sca1Error> {
+    pub fn recover(&self) -> Result<Recovered, Sca1Error> {
         let Turn::Mine(turn) = self.state.recovery.begin() else {
-            return self.wait_for_other_recovery();
+            return self.wait_for_other_recovery().map(|()| Recovered::Shared);
         };
         let result = self.recover_now();
         turn.finish(result.is_ok());
-        result
+        result.map(|()| Recovered::Ran)
     }
 
     fn recover_now(&self) -> Result<(), Sca1Error> {

@@ -12,6 +12,7 @@ use super::Sca1Config;
 use super::Sca1Error;
 use super::Sca1Queue;
 use super::Sca1Request;
+use crate::engine::Recovered;
 use crate::sim::create_sim_board;
 use crate::sim::SimConfig;
 use crate::sim::SimHandle;
@@ -690,7 +691,11 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
         word.stand_in(generation, false, ok);
         let result = waiter.join().expect("waiter");
         match ok {
-            true => result.expect("the recovery's success is shared"),
+            true => assert_eq!(
+                result.expect("the recovery's success is shared"),
+                Recovered::Shared,
+                "the waiter ran no recovery of its own"
+            ),
             false => assert!(
                 matches!(result, Err(Sca1Error::RecoveryFailed { .. })),
                 "{result:?}"

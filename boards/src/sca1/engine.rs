@@ -18,6 +18,7 @@ use crate::engine::DeviceStatus;
 use crate::engine::EngineError;
 use crate::engine::Geometry;
 use crate::engine::QueueEngine;
+use crate::engine::Recovered;
 use crate::engine::SubmitError;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_hal::DeviceBacking;
@@ -118,7 +119,7 @@ impl Controller for Sca1 {
         Ok(Sca1::reset(self)?)
     }
 
-    fn recover(&self) -> Result<(), EngineError> {
+    fn recover(&self) -> Result<Recovered, EngineError> {
         Ok(Sca1::recover(self)?)
     }
 

@@ -51,6 +51,7 @@ use scst_accel_boards::engine::DeviceStatus;
 use scst_accel_boards::engine::EngineError;
 use scst_accel_boards::engine::Geometry;
 use scst_accel_boards::engine::QueueEngine;
+use scst_accel_boards::engine::Recovered;
 use scst_accel_boards::engine::SubmitError;
 use scst_accel_dma::split_for_device_into;
 use scst_accel_dma::DmaRegion;
@@ -104,7 +105,14 @@ pub struct AccelCounters {
     pub timeouts: AtomicU64,
     /// Queue stop handshakes that succeeded during recovery.
     pub queue_stops: AtomicU64,
-    /// Function resets during recovery.
+    /// Recoveries of the function (reset, then brought back to serving) the store ran, each
+    /// counted once: those of its escalation's own [`Controller::recover`] that ran one
+    /// ([`Recovered::Ran`]; not one it only waited for, counted by the caller that ran it, nor
+    /// another caller's such as `demo --reset-during-load`), and those a queue's stop had to
+    /// run itself ([`QueueEngine::recoveries`]: an NVMe stop after a recovery's reset proved
+    /// nothing). A part of [`Controller::reset_count`], which counts every recovery of the
+    /// function whoever ran it. The resets that leave the function disabled (the store giving
+    /// up, the teardown) are no recoveries and are not counted.
     pub resets: AtomicU64,
     /// Requests failed because the device is gone.
     pub gone_failures: AtomicU64,
@@ -412,6 +420,9 @@ struct AccelQueue {
     completions: Vec<DeviceCompletion>,
     last_health: Instant,
     seen_resets: u64,
+    /// The queue's own count of the recoveries its stops ran ([`QueueEngine::recoveries`]),
+    /// as far as [`AccelCounters::resets`] has them.
+    seen_stop_recoveries: u64,
     seen_unknown: u64,
     /// Start of the current [`TRUST_WINDOW`], and the untrusted and accepted completions in it.
     trust_window: (Instant, u64, u64),
@@ -459,6 +470,7 @@ impl AccelQueue {
         failure: Arc<OnceLock<String>>,
     ) -> Self {
         let seen_resets = board.reset_count();
+        let seen_stop_recoveries = queue.recoveries();
         let geometry = board.geometry();
         let repeats_blocks = u64::from(geometry.max_segments) >= write_same_chunk(info)
             && info.block_size.is_multiple_of(geometry.segment_alignment.max(1));
@@ -477,6 +489,7 @@ impl AccelQueue {
             completions: Vec::new(),
             last_health: Instant::now(),
             seen_resets,
+            seen_stop_recoveries,
             seen_unknown: 0,
             trust_window: (Instant::now(), 0, 0),
             gone: false,
@@ -1223,6 +1236,7 @@ impl AccelQueue {
             Some(bound) => self.queue.stop_within(bound),
             None => self.queue.stop(),
         };
+        self.count_stop_recoveries();
         let mut alive = match stopped {
             Ok(()) => {
                 self.proof_pending = None;
@@ -1290,7 +1304,9 @@ impl AccelQueue {
     /// them.
     fn restart_queue(&mut self) -> bool {
         let gap = self.config.command_timeout * 2;
-        match self.queue.restart() {
+        let restarted = self.queue.restart();
+        self.count_stop_recoveries();
+        match restarted {
             Ok(()) => {
                 self.seen_resets = self.board.reset_count();
                 self.restart_failing_since = None;
@@ -1451,8 +1467,13 @@ impl AccelQueue {
             return true;
         }
         match self.board.recover() {
-            Ok(()) => {
-                self.counters.resets.fetch_add(1, Ordering::Relaxed);
+            Ok(recovered) => {
+                // A recovery this call only waited for is its runner's to count (another
+                // queue's of this store, or another caller's): counted here, it was counted
+                // twice, or as the store's when it was not.
+                if recovered == Recovered::Ran {
+                    self.counters.resets.fetch_add(1, Ordering::Relaxed);
+                }
                 self.seen_resets = self.board.reset_count();
                 true
             }
@@ -1465,6 +1486,20 @@ impl AccelQueue {
                 false
             }
         }
+    }
+
+    /// Count in [`AccelCounters::resets`] the recoveries the queue's stops ran since it last
+    /// looked ([`QueueEngine::recoveries`]): after every call that stops the queue (a stop,
+    /// a restart, which stops first, the stop of `drop`). Such a recovery is the store's as
+    /// much as one its escalation asks for: without it the counter missed every recovery that
+    /// an NVMe stop ran after a recovery's reset proved nothing.
+    fn count_stop_recoveries(&mut self) {
+        let recoveries = self.queue.recoveries();
+        let new = recoveries.saturating_sub(self.seen_stop_recoveries);
+        if new > 0 {
+            self.counters.resets.fetch_add(new, Ordering::Relaxed);
+        }
+        self.seen_stop_recoveries = recoveries;
     }
 
     /// A bounded stop is waiting for another thread's reset to prove the end of DMA
@@ -1481,7 +1516,9 @@ impl AccelQueue {
             return true;
         }
         self.last_health = Instant::now();
-        match self.queue.stop_within(Duration::ZERO) {
+        let stopped = self.queue.stop_within(Duration::ZERO);
+        self.count_stop_recoveries();
+        match stopped {
             Ok(()) => {
                 self.proof_pending = None;
                 // Every request of this queue is failed here, so every reset so far is seen.
@@ -1687,7 +1724,9 @@ impl Drop for AccelQueue {
         } else if self.gone || (!self.queue.is_running() && self.queue.in_flight() == 0) {
             return;
         } else {
-            match self.queue.stop() {
+            let stopped = self.queue.stop();
+            self.count_stop_recoveries();
+            match stopped {
                 Ok(()) => true,
                 Err(EngineError::Gone { .. }) => self.dark_bar_stops_dma(),
                 Err(e) => {

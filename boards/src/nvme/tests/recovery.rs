@@ -21,6 +21,7 @@ use crate::engine::DeviceCompletion;
 use crate::engine::DeviceOp;
 use crate::engine::EngineError;
 use crate::engine::QueueEngine;
+use crate::engine::Recovered;
 use crate::engine::SubmitError;
 use crate::nvme::NvmeConfig;
 use crate::nvme::NvmeController;
@@ -399,6 +400,12 @@ fn a_stop_after_a_failed_recovery_recovers_the_controller() {
     );
     assert!(rig.ctrl.is_enabled(), "the controller serves again");
     assert_eq!(rig.ctrl.reset_count(), 1, "the stop's reset moved the count");
+    assert_eq!(
+        QueueEngine::recoveries(&rig.queues[0]),
+        1,
+        "the queue reports the recovery its stop ran"
+    );
+    assert_eq!(QueueEngine::recoveries(&rig.queues[1]), 0);
     rig.sim.clear_faults();
     for (i, q) in rig.queues.iter_mut().enumerate() {
         q.restart().expect("restart after the stop's recovery");
@@ -552,6 +559,11 @@ fn a_stop_does_not_recover_again_after_a_recovery_that_ended_before_its_turn() {
     );
     assert!(rig.ctrl.is_enabled(), "the controller serves");
     assert_eq!(rig.ctrl.reset_count(), 1, "one recovery, not two");
+    assert_eq!(
+        QueueEngine::recoveries(&rig.queues[0]),
+        0,
+        "the stop ran no recovery of its own"
+    );
     assert_eq!(rig.ctrl.recovery_state().0.outcome(), Some(true));
     rig.sim.clear_faults();
     for (i, q) in rig.queues.iter_mut().enumerate() {
@@ -665,7 +677,11 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
         word.stand_in(generation, false, ok);
         let result = waiter.join().expect("waiter");
         match ok {
-            true => result.expect("the recovery's success is shared"),
+            true => assert_eq!(
+                result.expect("the recovery's success is shared"),
+                Recovered::Shared,
+                "the waiter ran no recovery of its own"
+            ),
             false => assert!(matches!(result, Err(NvmeError::Disabled { .. })), "{result:?}"),
         }
     }
