@@ -324,8 +324,10 @@ pub fn prometheus_text(snapshots: &[DiskSnapshot], window: &[DiskRates]) -> Stri
         (
             "scst_accel_device_resets_total",
             "counter",
-            "Queue resets and controller recoveries of the device.",
-            &|d| d.device.resets + d.device.controller_resets,
+            "Recoveries of the device (reset and brought back to serving), whoever ran them.",
+            // The controller's count has every recovery once; the store's own (`resets`) are
+            // a part of it, and adding them counted each recovery of the store twice.
+            &|d| d.device.controller_resets,
         ),
         (
             "scst_accel_capacity_bytes",
@@ -761,6 +763,11 @@ mod tests {
         assert!(text.contains("scst_accel_disk_state{disk=\"ram0\",state=\"serving\"} 1"));
         assert!(text.contains("scst_accel_disk_state{disk=\"ram0\",state=\"failed\"} 0"));
         assert!(text.contains("scst_accel_capacity_bytes{disk=\"ram0\"} 1048576"));
+        // Every recovery once: the store's two are among the controller's three.
+        assert!(
+            text.contains("scst_accel_device_resets_total{disk=\"ram0\"} 3"),
+            "{text}"
+        );
         // The quote in a disk name is escaped.
         assert!(text.contains("scst_accel_disk_state{disk=\"bad\\\"disk\",state=\"failed\"} 1"));
         assert_eq!(label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");

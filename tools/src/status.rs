@@ -256,8 +256,11 @@ pub(crate) mod fake {
                 num_blocks: 2048,
                 exports: vec!["scst_local/scst_local_tgt/0".into()],
                 frontend: Some(frontend),
+                // Three recoveries of the function, two of them the store's.
                 device: DeviceCounters {
                     device_errors: 1,
+                    resets: 2,
+                    controller_resets: 3,
                     ..DeviceCounters::default()
                 },
                 teardowns: Vec::new(),
