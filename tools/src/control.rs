@@ -716,7 +716,11 @@ mod tests {
         assert_eq!(disk["device"]["device_errors"], 1);
         assert!(disk["teardowns"].is_array());
         assert!(reply["locks"]["levels"].is_array(), "{reply}");
-        assert_eq!(reply["locks"]["checker"], cfg!(debug_assertions));
+        // On in debug builds and with the `lock-check` feature (on by default): not only in debug.
+        assert_eq!(
+            reply["locks"]["checker"],
+            cfg!(any(debug_assertions, feature = "lock-check"))
+        );
         assert_eq!(reply["disks"][1]["failure"], "device gone");
         assert_eq!(reply["totals"]["disks"], 2);
         assert_eq!(reply["totals"]["failed"], 1);
