@@ -28,7 +28,8 @@
 //!
 //! The socket is a raw `NETLINK_GENERIC` socket through libc: the family's id and the group's
 //! id are resolved with the controller's `CTRL_CMD_GETFAMILY`, then the group is joined.
-// UNSAFETY: socket(2), bind(2), sendto(2), recv(2), setsockopt(2) on the netlink socket.
+// UNSAFETY: socket(2), bind(2), sendto(2), recvfrom(2), getsockname(2), setsockopt(2) on the
+// netlink socket.
 #![allow(unsafe_code)]
 
 use super::abi::genl_attr;
@@ -541,6 +542,14 @@ pub enum ListenError {
     Answer(#[source] NetlinkError),
 }
 
+/// Whether a datagram's sender, as recvfrom reported it, is the kernel: a whole netlink
+/// address with port id 0.
+fn from_kernel(from: &libc::sockaddr_nl, len: libc::socklen_t) -> bool {
+    len as usize >= std::mem::size_of::<libc::sockaddr_nl>()
+        && i32::from(from.nl_family) == libc::AF_NETLINK
+        && from.nl_pid == 0
+}
+
 /// A bound `NETLINK_GENERIC` socket.
 #[derive(Debug)]
 pub struct GenlSocket {
@@ -589,10 +598,15 @@ impl GenlSocket {
     }
 
     fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: sockaddr_nl is plain data for which all-zero bytes are valid (pid 0: the
-        // kernel).
+        // Port id 0: the kernel.
+        self.send_to(msg, 0)
+    }
+
+    fn send_to(&self, msg: &[u8], port_id: u32) -> io::Result<()> {
+        // SAFETY: sockaddr_nl is plain data for which all-zero bytes are valid.
         let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        to.nl_pid = port_id;
         // SAFETY: `msg` is readable for its length; `to` is a valid address of its size.
         let n = unsafe {
             libc::sendto(
@@ -611,7 +625,14 @@ impl GenlSocket {
     }
 
     /// Wait up to `timeout` for a datagram and read it into `buf`: `Ok(None)` on timeout or
-    /// when `wake` (watched, never read) became readable first, `Ok(Some(n))` for `n` bytes.
+    /// when `wake` (watched, never read) became readable first, `Ok(Some(n))` for `n` bytes
+    /// the kernel sent.
+    ///
+    /// Only the kernel's datagrams are taken: one from another socket (a process with
+    /// CAP_NET_ADMIN may unicast to ours, and a forged REMOVED_DEVICE would stop a disk, a
+    /// forged RECONFIG resize it) is read off the socket, logged with its sender's port id and
+    /// dropped (`Ok(None)`). The kernel's port id is 0 (`netlink_kernel_create`); a user
+    /// socket's is never 0 (`netlink_autobind`), so the sender recvfrom reports decides.
     ///
     /// # Errors
     /// [`NetlinkError::Overrun`] as an `io::Error` of kind `Other` when the kernel dropped
@@ -629,14 +650,20 @@ impl GenlSocket {
         if !ready.first().copied().unwrap_or(false) {
             return Ok(None);
         }
-        // SAFETY: `buf` is writable for its length; MSG_TRUNC makes the call return the
-        // datagram's real length, so a cut datagram is told apart.
+        // SAFETY: sockaddr_nl is plain data for which all-zero bytes are valid.
+        let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: `buf` is writable for its length; `from` is writable for `from_len` bytes,
+        // which the call updates. MSG_TRUNC makes the call return the datagram's real
+        // length, so a cut datagram is told apart.
         let n = unsafe {
-            libc::recv(
+            libc::recvfrom(
                 self.fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                std::ptr::addr_of_mut!(from).cast(),
+                &mut from_len,
             )
         };
         if n < 0 {
@@ -646,6 +673,16 @@ impl GenlSocket {
                 Some(libc::ENOBUFS) => Err(io::Error::other(NetlinkError::Overrun)),
                 _ => Err(e),
             };
+        }
+        if !from_kernel(&from, from_len) {
+            log::warn!(
+                "tcmu netlink: dropped a {n}-byte datagram from port id {} (family {}), not the \
+                 kernel: a process with CAP_NET_ADMIN sent it; device events come only from the \
+                 kernel",
+                from.nl_pid,
+                from.nl_family
+            );
+            return Ok(None);
         }
         let n = n as usize;
         if n > buf.len() {
@@ -657,6 +694,21 @@ impl GenlSocket {
         Ok(Some(n))
     }
 
+    /// This socket's port id (the kernel assigned it at bind).
+    #[cfg(test)]
+    fn port_id(&self) -> io::Result<u32> {
+        // SAFETY: sockaddr_nl is plain data for which all-zero bytes are valid.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: `addr` is writable for `len` bytes, which the call updates.
+        let rc =
+            unsafe { libc::getsockname(self.fd.as_raw_fd(), std::ptr::addr_of_mut!(addr).cast(), &mut len) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(addr.nl_pid)
+    }
+
     /// Ask the controller for family `name`.
     ///
     /// # Errors
@@ -666,11 +718,21 @@ impl GenlSocket {
         self.send(&getfamily_request(name, SEQ))
             .map_err(|source| ListenError::Socket { call: "send", source })?;
         let mut buf = vec![0u8; RECV_BUFFER];
-        // The controller answers at once; 2 s bounds a kernel that does not.
-        let n = self
-            .recv(&mut buf, Duration::from_secs(2), None)
-            .map_err(|source| ListenError::Socket { call: "recv", source })?
-            .ok_or(ListenError::NoAnswer)?;
+        // The controller answers at once; 2 s bounds a kernel that does not. A datagram that
+        // is not the kernel's was dropped (`recv`): wait on for the answer, within the bound.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let n = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ListenError::NoAnswer);
+            }
+            let got = self
+                .recv(&mut buf, left, None)
+                .map_err(|source| ListenError::Socket { call: "recv", source })?;
+            if let Some(n) = got {
+                break n;
+            }
+        };
         match parse_family(&buf[..n], SEQ) {
             Ok(f) => Ok(f),
             Err(NetlinkError::Kernel(errno)) if errno == -libc::ENOENT => {

@@ -356,6 +356,61 @@ fn the_kernels_controller_resolves_itself_through_the_socket() {
     }
 }
 
+/// A forged REMOVED_DEVICE unicast from another socket to the listener's (what any process
+/// with CAP_NET_ADMIN can do) is read off the socket and dropped, never delivered: only the
+/// kernel (port id 0) speaks for target_core_user. Without CAP_NET_ADMIN (the kernel refuses
+/// the unicast, EPERM) or netlink sockets, the skip is reported and the check is not made.
+#[test]
+fn a_datagram_not_from_the_kernel_is_dropped_not_delivered() {
+    const NAME_OF_TEST: &str = "a_datagram_not_from_the_kernel_is_dropped_not_delivered";
+    let (victim, forger) = match (GenlSocket::open(), GenlSocket::open()) {
+        (Ok(v), Ok(f)) => (v, f),
+        (Err(e), _) | (_, Err(e)) => {
+            scst_accel_hal::skip::test_skipped(NAME_OF_TEST, &format!("no generic netlink socket here: {e}"));
+            return;
+        }
+    };
+    let forged = message(FAMILY, genl_cmd::REMOVED_DEVICE, 0, &common());
+    assert_eq!(
+        parse_events(&forged, FAMILY),
+        vec![Ok(expected(EventKind::Removed))]
+    );
+    let port = victim.port_id().expect("getsockname");
+    assert_ne!(port, 0, "a user socket's port id is never the kernel's");
+    if let Err(e) = forger.send_to(&forged, port) {
+        scst_accel_hal::skip::test_skipped(NAME_OF_TEST, &format!("unicast to another socket refused: {e}"));
+        return;
+    }
+    let stop = AtomicBool::new(false);
+    let stop_wake = EventFd::new().expect("eventfd");
+    let lost = AtomicU64::new(0);
+    let delivered = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        let listener = scope.spawn(|| {
+            listen(&victim, FAMILY, (&stop, &stop_wake), &lost, &|e| {
+                delivered.lock().expect("lock").push(e);
+            });
+        });
+        // The datagram is queued already: the listener's first turn reads it.
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Release);
+        stop_wake.signal();
+        listener.join().expect("listener");
+    });
+    assert_eq!(
+        *delivered.lock().expect("lock"),
+        Vec::new(),
+        "the forged event was delivered"
+    );
+    assert_eq!(lost.load(Ordering::Relaxed), 0, "a forgery is not a lost event");
+    let mut buf = vec![0u8; RECV_BUFFER];
+    assert_eq!(
+        victim.recv(&mut buf, Duration::ZERO, None).expect("recv"),
+        None,
+        "read off the socket, not left queued"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
