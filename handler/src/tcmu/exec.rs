@@ -219,8 +219,11 @@ pub struct NotDrained {
     pub in_flight: usize,
 }
 
-/// The default per-command deadline (the scst_user frontend's `--command-timeout` default).
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default per-command deadline: half the kernel's default `cmd_time_out` (30 s), so
+/// the escalation comes before the kernel fails the command itself (the rule:
+/// [`super::worker::command_timeout_under`]; the service applies it to each backstore's own
+/// `cmd_time_out`).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Operation codes a pending unit attention does not answer: INQUIRY, REPORT LUNS, REQUEST
 /// SENSE (SAM-5, unit attention conditions).

@@ -26,6 +26,25 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
 
+/// The kernel's default command timeout of a TCMU backstore (`attrib/cmd_time_out`;
+/// target_core_user.c `TCMU_TIME_OUT`).
+pub const KERNEL_CMD_TIME_OUT: Duration = Duration::from_secs(30);
+
+/// The per-command deadline a worker can use under a backstore whose kernel command timeout
+/// is `kernel` (`attrib/cmd_time_out`; `None` for 0, no timeout): `wanted`, capped at half of
+/// `kernel`. The rule: the handler's escalation (a dump, the store queue's abort, the answer
+/// of the aborted command) must run and be answered before the kernel's timer fails the
+/// command to the initiator on its own (`tcmu_check_expired_ring_cmd`: NOT READY / LOGICAL
+/// UNIT COMMUNICATION FAILURE, the entry kept in the ring); after that an answer is only
+/// reclaimed, and the initiator may already be retrying the command elsewhere. Half leaves
+/// the other half for the abort and the answer. With no kernel timeout, `wanted` as it is.
+pub fn command_timeout_under(kernel: Option<Duration>, wanted: Duration) -> Duration {
+    match kernel {
+        Some(kernel) => wanted.min(kernel / 2),
+        None => wanted,
+    }
+}
+
 /// Timing of a worker.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -512,5 +531,17 @@ mod tests {
             report.error
         );
         assert!(report.drained.is_ok());
+    }
+
+    /// The handler escalates before the kernel fails a command: a deadline is at most half
+    /// the backstore's `cmd_time_out` (the default's too), and as configured without one.
+    #[test]
+    fn the_command_deadline_comes_before_the_kernels_timeout() {
+        assert!(WorkerConfig::default().command_timeout <= KERNEL_CMD_TIME_OUT / 2);
+        let s = Duration::from_secs;
+        assert_eq!(command_timeout_under(Some(s(30)), s(60)), s(15));
+        assert_eq!(command_timeout_under(Some(s(30)), s(5)), s(5));
+        assert_eq!(command_timeout_under(Some(s(4)), s(5)), s(2));
+        assert_eq!(command_timeout_under(None, s(60)), s(60), "no kernel timeout");
     }
 }
