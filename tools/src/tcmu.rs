@@ -46,6 +46,7 @@ use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::tcmu::configfs::ConfigfsError;
 use scst_accel_handler::tcmu::configfs::IscsiSpec;
 use scst_accel_handler::tcmu::configfs::KernelFs;
+use scst_accel_handler::tcmu::configfs::RingReset;
 use scst_accel_handler::tcmu::configfs::Setup;
 use scst_accel_handler::tcmu::configfs::SetupSpec;
 use scst_accel_handler::tcmu::configfs::TargetSpec;
@@ -59,9 +60,11 @@ use scst_accel_handler::tcmu::uio;
 use scst_accel_handler::tcmu::uio::TcmuUioName;
 use scst_accel_handler::tcmu::uio::UioDevice;
 use scst_accel_handler::tcmu::uio::UioError;
+use scst_accel_handler::tcmu::worker::command_timeout_under;
 use scst_accel_handler::tcmu::worker::TcmuWorker;
 use scst_accel_handler::tcmu::worker::WorkerConfig;
 use scst_accel_handler::tcmu::worker::WorkerStats;
+use scst_accel_handler::tcmu::worker::KERNEL_CMD_TIME_OUT;
 use signal_hook::consts::SIGINT;
 use signal_hook::consts::SIGTERM;
 use signal_hook::iterator::Signals;
@@ -625,6 +628,7 @@ impl TcmuService {
         };
         disk.state = DiskState::Stopping;
         let started = Instant::now();
+        release_dead_ring(disk, &running);
         if let Err(e) = running.setup.unexport() {
             log::error!(
                 "disk {}: removing its LUNs: {}",
@@ -648,9 +652,14 @@ impl TcmuService {
             }
         }
         for disk in self.disks.iter_mut().rev() {
-            if let Some(running) = &mut disk.running {
+            if let Some(mut running) = disk.running.take() {
                 disk.state = DiskState::Stopping;
-                if let Err(e) = running.setup.unexport() {
+                // A worker that ended since the last look serves nothing: its LUNs' removal
+                // would wait for its ring's commands.
+                release_dead_ring(disk, &running);
+                let unexported = running.setup.unexport();
+                disk.running = Some(running);
+                if let Err(e) = unexported {
                     log::error!(
                         "disk {}: removing its LUNs: {}",
                         disk.spec.args.name,
@@ -681,6 +690,123 @@ impl TcmuService {
     fn exit_code(&self) -> u8 {
         self.disks.iter().map(|d| d.exit_code).max().unwrap_or(0)
     }
+}
+
+/// Before the LUNs of a disk whose worker has ended are removed: empty its ring. Removing a
+/// LUN waits for every command the LUN still has (core_tpg_remove_lun ->
+/// transport_clear_lun_ref), and the commands in the ring of a dead worker end only when the
+/// kernel times them out (`attrib/cmd_time_out`, 30 s by default, never if 0), all that time
+/// on the service's loop, which serves every disk's control. So, as tcmu-runner does with a
+/// ring it cannot serve: block the device (new commands fail at once with BUSY instead of
+/// entering the ring) and reset the ring with BUSY (the kernel completes every command in it
+/// so; initiators retry). Only once the worker has stopped using the ring: an ended worker
+/// thread has unmapped it (the UIO device is dropped at the end of its serve, worker.rs). The
+/// device stays blocked: it is removed next. Each write is one bounded configfs store. If the
+/// kernel refuses, the LUNs' removal that follows waits for those commands; said, with why.
+fn release_dead_ring(disk: &mut TcmuDisk, running: &Running) {
+    if !running.worker.is_finished() || !running.setup.backstore().exists() {
+        // Serving: it answers its commands while its LUNs go. Gone: nothing to reset.
+        return;
+    }
+    let name = &disk.spec.args.name;
+    let started = Instant::now();
+    let blocked = running.setup.block(true);
+    if let Err(e) = &blocked {
+        log::error!("disk {name}: blocking its ended ring: {}", error_chain(e));
+    }
+    match running.setup.reset_ring(RingReset::Busy) {
+        Ok(()) => log::warn!(
+            "disk {name}: its worker ended: ring reset, the commands in it answered BUSY (to be \
+             retried){}, in {:?}",
+            if blocked.is_ok() {
+                ", new ones refused BUSY"
+            } else {
+                ""
+            },
+            started.elapsed()
+        ),
+        Err(e) => {
+            let timeout = match running.setup.cmd_time_out() {
+                Ok(Some(t)) => format!("{t:?}"),
+                Ok(None) => "never: cmd_time_out is 0".into(),
+                Err(_) => format!("{KERNEL_CMD_TIME_OUT:?} by default"),
+            };
+            log::error!(
+                "disk {name}: resetting its ended ring: {}; removing its LUNs waits until the \
+                 kernel times out the commands left in the ring ({timeout}), and the service \
+                 answers nothing meanwhile",
+                error_chain(&e)
+            );
+            disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
+        }
+    }
+}
+
+/// Before a worker maps an adopted backstore's ring: empty it. Its unretired commands are the
+/// earlier run's, and some may be older than the kernel's `cmd_time_out`: the kernel has
+/// failed those to the initiator already but kept their entries
+/// (`tcmu_check_expired_ring_cmd`), so executing them now could land a WRITE after the
+/// initiator's retry of it. Which entries expired cannot be read from the ring, so none is
+/// replayed: as tcmu-runner does on a reopen (libtcmu.c `device_add`), block the device,
+/// reset the ring with BUSY (every command still waiting is retried by its initiator; the
+/// expired ones are only dropped), unblock. New commands that arrive before the worker runs
+/// wait in the emptied ring.
+///
+/// # Errors
+/// What the kernel refused, and what to do; the device is unblocked again where it can be.
+fn clear_adopted_ring(setup: &Setup<KernelFs>) -> Result<(), String> {
+    setup.block(true).map_err(|e| {
+        format!(
+            "blocking the adopted backstore to reset its ring: {}; its ring may hold commands \
+             the kernel failed already, which are not replayed: remove the backstore (rmdir) \
+             and start again without it",
+            error_chain(&e)
+        )
+    })?;
+    let reset = setup.reset_ring(RingReset::Busy).map_err(|e| {
+        format!(
+            "resetting the adopted backstore's ring: {}; its commands may include some the \
+             kernel failed already, which are not replayed: remove the backstore (rmdir) and \
+             start again without it",
+            error_chain(&e)
+        )
+    });
+    let unblocked = setup.block(false).map_err(|e| {
+        format!(
+            "unblocking the adopted backstore after its ring reset: {}; the kernel answers \
+             every command BUSY until 0 is written to {}",
+            error_chain(&e),
+            setup.backstore().join("action/block_dev").display()
+        )
+    });
+    reset.and(unblocked)
+}
+
+/// The worker's per-command deadline: the disk's `command_timeout`, kept below the
+/// backstore's own `cmd_time_out` by [`command_timeout_under`]'s rule (escalate, and answer,
+/// before the kernel fails the command itself); the kernel's default where it cannot be read.
+fn worker_command_timeout(
+    name: &str,
+    wanted: Duration,
+    kernel: Result<Option<Duration>, ConfigfsError>,
+) -> Duration {
+    let kernel = kernel.unwrap_or_else(|e| {
+        log::warn!(
+            "disk {name}: the kernel's command timeout is unknown ({}); assuming its default, \
+             {KERNEL_CMD_TIME_OUT:?}",
+            error_chain(&e)
+        );
+        Some(KERNEL_CMD_TIME_OUT)
+    });
+    let timeout = command_timeout_under(kernel, wanted);
+    if timeout < wanted {
+        log::warn!(
+            "disk {name}: command_timeout {wanted:?} is not below half the backstore's \
+             cmd_time_out ({:?}): commands escalate after {timeout:?}, before the kernel fails them",
+            kernel.unwrap_or_default()
+        );
+    }
+    timeout
 }
 
 /// The teardown trigger of a disk whose backstore the kernel removed (REMOVED_DEVICE).
@@ -888,6 +1014,21 @@ fn start_disk(
             "created"
         }
     );
+    if setup.adopted() {
+        if let Err(message) = clear_adopted_ring(&setup) {
+            drop(queue);
+            remove_logged(setup);
+            backend.shutdown_unserved();
+            return Err(fail(message, exit::SOFTWARE));
+        }
+        log::info!(
+            "tcmu: backstore {}: the earlier run's ring reset (its commands answered BUSY, to be \
+             retried)",
+            setup.backstore().display()
+        );
+    }
+    let command_timeout =
+        worker_command_timeout(&spec.args.name, spec.args.command_timeout, setup.cmd_time_out());
     let (hba, name) = setup_spec.uio_names();
     let device = match open_uio(&hba, &name) {
         Ok(d) => d,
@@ -908,7 +1049,7 @@ fn start_disk(
     let exec = Executor::new(Arc::clone(&engine), queue, Arc::clone(&backend.pool));
     let capacity = exec.capacity_notice();
     let worker_config = WorkerConfig {
-        command_timeout: spec.args.command_timeout,
+        command_timeout,
         drain_budget: settings.drain,
         ..WorkerConfig::default()
     };
@@ -1433,6 +1574,15 @@ mod tests {
         }
     }
 
+    /// The backstore's attribute files in the rig's scratch configfs.
+    const RIG_ATTRIBUTES: [&str; 5] = [
+        "control",
+        "enable",
+        "attrib/dev_size",
+        "action/block_dev",
+        "action/reset_ring",
+    ];
+
     fn serving_rig(tag: &str) -> Rig {
         use scst_accel_handler::scsi::DiskConfig;
         use scst_accel_handler::store::ram::RamStore;
@@ -1448,7 +1598,8 @@ mod tests {
         let root = dir.join("target");
         let backstore = root.join("core/user_4243/d0");
         std::fs::create_dir_all(backstore.join("attrib")).expect("scratch");
-        for f in ["control", "enable", "attrib/dev_size"] {
+        std::fs::create_dir_all(backstore.join("action")).expect("scratch");
+        for f in RIG_ATTRIBUTES {
             std::fs::write(backstore.join(f), "").expect("attribute");
         }
         let config = ServiceConfig {
@@ -1687,10 +1838,11 @@ mod tests {
         // The stop: drained, unmapped, the backstore and the HBA removed (the attribute files
         // go first here by hand: configfs removes them with their directory, a plain one does
         // not).
-        for f in ["control", "enable", "attrib/dev_size"] {
+        for f in RIG_ATTRIBUTES {
             std::fs::remove_file(rig.root.join("core/user_4243/d0").join(f)).expect("rm");
         }
         std::fs::remove_dir(rig.root.join("core/user_4243/d0/attrib")).expect("rm");
+        std::fs::remove_dir(rig.root.join("core/user_4243/d0/action")).expect("rm");
         rig.service.stop_all("Requested");
         let d = &rig.service.disks[0];
         assert_eq!((d.state, d.exit_code), (DiskState::Stopped, 0));
@@ -1745,7 +1897,100 @@ mod tests {
                     .contains("removed its backstore"));
             } else {
                 assert_eq!((trigger.as_str(), d.exit_code), ("WorkerEnded", exit::SOFTWARE));
+                // Before its LUNs went, the dead ring was emptied (BUSY, retried) and the
+                // device blocked, so the LUNs' removal waited for no command in it.
+                let action = |f: &str| {
+                    std::fs::read_to_string(rig.root.join("core/user_4243/d0/action").join(f))
+                        .expect("action")
+                };
+                assert_eq!(
+                    (action("block_dev"), action("reset_ring")),
+                    ("1".to_owned(), "1".to_owned()),
+                    "the ended worker's ring was reset before its LUNs were removed"
+                );
             }
         }
+    }
+
+    /// An adopted backstore's ring is emptied before any worker maps it (block, reset with
+    /// BUSY, unblock): its commands may include some the kernel failed already, which must not
+    /// run again. Where the kernel refuses the reset (here: no `action/` files), the disk does
+    /// not start, and says why, before its UIO device is even looked for.
+    #[test]
+    fn an_adopted_backstores_ring_is_reset_before_it_is_served() {
+        for with_actions in [true, false] {
+            let dir = std::env::temp_dir().join(format!(
+                "scst-accel-tcmu-adopt-{with_actions}-{}",
+                std::process::id()
+            ));
+            let root = dir.join("target");
+            let backstore = root.join("core/user_4244/a");
+            std::fs::create_dir_all(backstore.join("attrib")).expect("scratch");
+            let mut files = vec!["control", "enable", "attrib/dev_size", "attrib/cmd_time_out"];
+            if with_actions {
+                std::fs::create_dir_all(backstore.join("action")).expect("scratch");
+                files.extend(["action/block_dev", "action/reset_ring"]);
+            }
+            for f in &files {
+                std::fs::write(backstore.join(f), "").expect("attribute");
+            }
+            std::fs::write(backstore.join("attrib/cmd_time_out"), "30\n").expect("cmd_time_out");
+            let config = ServiceConfig {
+                service: crate::config::ServiceSettings {
+                    state_dir: dir.join("state"),
+                    tcmu: TcmuSettings {
+                        configfs_root: root.clone(),
+                        hba: 4244,
+                        loopback: false,
+                        adopt: true,
+                        ..TcmuSettings::default()
+                    },
+                    ..crate::config::ServiceSettings::default()
+                },
+                disks: vec![disk("a")],
+            };
+            let mut service = TcmuService::new(&config);
+            service
+                .start(&target_spec(&service.settings, &config.disks))
+                .expect("the shared objects (the HBA) are there");
+            // No UIO device of HBA 4244 here: the disk fails after the reset, or at it.
+            assert_eq!(service.serving(), 0);
+            let failure = service.disks[0].failure.clone().unwrap_or_default();
+            if with_actions {
+                let read = |f: &str| std::fs::read_to_string(backstore.join(f)).expect("action");
+                // A plain file keeps the last write: unblocked (0) after the reset (1).
+                assert_eq!(
+                    (read("action/reset_ring"), read("action/block_dev")),
+                    ("1".to_owned(), "0".to_owned()),
+                    "the adopted ring was reset and the device unblocked again"
+                );
+                assert!(failure.contains("udev"), "{failure}");
+            } else {
+                assert!(
+                    failure.contains("resetting the adopted backstore's ring")
+                        || failure.contains("blocking the adopted backstore"),
+                    "{failure}"
+                );
+                assert!(failure.contains("not replayed"), "{failure}");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// The worker's deadline stays below half the backstore's `cmd_time_out`; with none (0)
+    /// the disk's own; unreadable, below half the kernel's default.
+    #[test]
+    fn the_workers_deadline_comes_before_the_kernels_command_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(worker_command_timeout("a", s(60), Ok(Some(s(30)))), s(15));
+        assert_eq!(worker_command_timeout("a", s(5), Ok(Some(s(30)))), s(5));
+        assert_eq!(worker_command_timeout("a", s(60), Ok(None)), s(60));
+        let unreadable = ConfigfsError {
+            action: "read",
+            path: "attrib/cmd_time_out".into(),
+            hint: String::new(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(worker_command_timeout("a", s(60), Err(unreadable)), s(15));
     }
 }

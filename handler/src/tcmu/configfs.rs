@@ -26,6 +26,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The usual configfs root of LIO.
 pub const TARGET_ROOT: &str = "/sys/kernel/config/target";
@@ -45,6 +46,10 @@ pub trait ConfigfsFs {
     /// Whether `path` exists.
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    /// Read an attribute (configfs answers a read with the attribute's value and a newline).
+    fn read_attr(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
     }
 }
 
@@ -120,7 +125,7 @@ impl SetupSpec {
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {path}: {hint}")]
 pub struct ConfigfsError {
-    /// mkdir, write, link, unlink, rmdir.
+    /// mkdir, write, read, link, unlink, rmdir.
     pub action: &'static str,
     /// The file.
     pub path: PathBuf,
@@ -311,6 +316,16 @@ impl<F: ConfigfsFs> Objects<F> {
     }
 }
 
+/// How [`Setup::reset_ring`] completes the commands still in the ring
+/// (`tcmu_reset_ring_store`'s `err_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingReset {
+    /// `1`: SAM BUSY, which initiators retry (tcmu-runner's choice when it reopens a ring).
+    Busy,
+    /// `2`: CHECK CONDITION, a hard failure.
+    Fail,
+}
+
 /// The objects created for one backstore; remove them with [`Setup::remove`]. Dropping it
 /// without removing leaves them in configfs (a restarted handler can attach to the same
 /// backstore; see docs/tcmu.md).
@@ -320,6 +335,9 @@ pub struct Setup<F: ConfigfsFs> {
     backstore: PathBuf,
     /// How many of `objects.created` are the backstore's (the rest are targets and LUNs).
     backstore_objects: usize,
+    /// The backstore existed and was taken over ([`Setup::adopt`]): its ring may hold the
+    /// earlier run's commands.
+    adopted: bool,
 }
 
 impl<F: ConfigfsFs> fmt::Debug for Setup<F> {
@@ -357,7 +375,7 @@ fn hint_for(action: &str, path: &Path, e: &io::Error, root: &Path) -> String {
             root.display()
         ),
         (_, Some(module)) if action == "mkdir" => format!("load {module} (modprobe {module})"),
-        (io::ErrorKind::NotFound, _) if action == "write" => format!(
+        (io::ErrorKind::NotFound, _) if action == "write" || action == "read" => format!(
             "no such attribute: is {} LIO's configfs (configfs mounted, target_core_mod \
              loaded)? An older kernel may lack this attribute",
             root.display()
@@ -406,6 +424,7 @@ impl<F: ConfigfsFs> Setup<F> {
             },
             backstore,
             backstore_objects: 0,
+            adopted: false,
         };
         match setup.build_backstore(spec, &hba) {
             Ok(()) => {
@@ -440,6 +459,7 @@ impl<F: ConfigfsFs> Setup<F> {
             // (`tcmu_nl_reply_supported_store`; see below) and `tmr_notification`
             // (`tcmu_tmr_notification_store`: the executor's task management needs the notices).
             log::info!("configfs: adopting backstore {}", backstore.display());
+            self.adopted = true;
             Self::refuse_replies_of_enabled(objects, &backstore)?;
             return Self::notify_task_management(objects, &backstore);
         }
@@ -518,6 +538,70 @@ impl<F: ConfigfsFs> Setup<F> {
     pub fn set_dev_size(&self, bytes: u64) -> Result<(), ConfigfsError> {
         self.objects
             .write(&self.backstore.join("attrib/dev_size"), &bytes.to_string())
+    }
+
+    /// Whether the backstore existed and was taken over ([`Setup::adopt`]) rather than made:
+    /// its ring may hold commands of the earlier run ([`Setup::reset_ring`]).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The kernel's command timeout of this backstore (`attrib/cmd_time_out`, whole seconds):
+    /// a command the handler has not completed that long after it was queued is failed to the
+    /// initiator by the kernel (`tcmu_check_expired_ring_cmd`, NOT READY / LOGICAL UNIT
+    /// COMMUNICATION FAILURE) while its entry stays in the ring. `None`: 0, no timeout.
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file: unreadable, or not a number of seconds.
+    pub fn cmd_time_out(&self) -> Result<Option<Duration>, ConfigfsError> {
+        let path = self.backstore.join("attrib/cmd_time_out");
+        let text = self
+            .objects
+            .fs
+            .read_attr(&path)
+            .map_err(|e| self.objects.err("read", &path, e))?;
+        let seconds: u64 = text.trim().parse().map_err(|_| {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{:?} is not a number of seconds", text.trim()),
+            );
+            self.objects.err("read", &path, e)
+        })?;
+        Ok((seconds != 0).then(|| Duration::from_secs(seconds)))
+    }
+
+    /// Block (`true`) or unblock the backstore (`action/block_dev`). Blocked, the kernel fails
+    /// every new command at once with BUSY instead of queueing it to the ring (`queue_cmd_ring`:
+    /// `TCM_LUN_BUSY`), and blocking first completes what the handler answered already and
+    /// fails what waited for ring space (`tcmu_block_dev`).
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file (an older kernel has no `action/`; the kernel refuses
+    /// a backstore that is not enabled).
+    pub fn block(&self, blocked: bool) -> Result<(), ConfigfsError> {
+        self.objects.write(
+            &self.backstore.join("action/block_dev"),
+            if blocked { "1" } else { "0" },
+        )
+    }
+
+    /// Empty the ring (`action/reset_ring`): the kernel completes every command still in it
+    /// with `how`'s status (`tcmu_reset_ring`: 1 BUSY, 2 CHECK CONDITION), drops those it had
+    /// timed out already, and sets `cmd_head`, `cmd_tail` and its own cleaned index to 0.
+    /// Only while no handler uses the ring: one that still read it would see its indices
+    /// jump. Block first ([`Setup::block`]), as tcmu-runner does (libtcmu.c `device_add`): an
+    /// unblocked device queues new commands into the emptied ring at once, and a check
+    /// proposed on linux-scsi makes `tcmu_reset_ring` refuse an unblocked device (EINVAL).
+    ///
+    /// # Errors
+    /// [`ConfigfsError`] naming the file.
+    pub fn reset_ring(&self, how: RingReset) -> Result<(), ConfigfsError> {
+        let value = match how {
+            RingReset::Busy => "1",
+            RingReset::Fail => "2",
+        };
+        self.objects
+            .write(&self.backstore.join("action/reset_ring"), value)
     }
 
     /// Create the targets of `spec` (tcm_loop, iSCSI) and link their LUN 0 to the backstore:
@@ -699,6 +783,9 @@ impl<T: ConfigfsFs + ?Sized> ConfigfsFs for &T {
     fn exists(&self, path: &Path) -> bool {
         (**self).exists(path)
     }
+    fn read_attr(&self, path: &Path) -> io::Result<String> {
+        (**self).read_attr(path)
+    }
 }
 
 #[cfg(test)]
@@ -756,6 +843,9 @@ mod tests {
                     "attrib/dev_size",
                     "attrib/tmr_notification",
                     "attrib/nl_reply_supported",
+                    "attrib/cmd_time_out",
+                    "action/block_dev",
+                    "action/reset_ring",
                 ]
             } else if name.starts_with("tpgt_") {
                 &[
@@ -822,9 +912,11 @@ mod tests {
                     let _ = std::fs::remove_file(&p);
                 }
             }
-            let attrib = path.join("attrib");
-            if attrib.is_dir() {
-                let _ = std::fs::remove_dir(&attrib);
+            for group in ["attrib", "action"] {
+                let dir = path.join(group);
+                if dir.is_dir() {
+                    let _ = std::fs::remove_dir(&dir);
+                }
             }
             let lun = path.join("lun");
             let _ = std::fs::remove_dir(&lun);
@@ -1256,6 +1348,43 @@ mod tests {
             ))
         );
         setup.remove().expect("remove");
+    }
+
+    /// The kernel's command timeout is read from `attrib/cmd_time_out` (0: none; a value that
+    /// is not a number is an error naming the file); block and reset write the action files
+    /// as tcmu-runner does; a made backstore is not adopted, a taken-over one is.
+    #[test]
+    fn the_command_timeout_is_read_and_block_and_reset_write_the_actions() {
+        let (_dir, root) = scratch();
+        let fs = MimicFs::new();
+        let setup = Setup::create(&fs, &root, &disk(0)).expect("create");
+        assert!(!setup.adopted());
+        let timeout = root.join("core/user_3/disk0/attrib/cmd_time_out");
+        std::fs::write(&timeout, "30\n").expect("the kernel's value");
+        assert_eq!(setup.cmd_time_out().expect("read"), Some(Duration::from_secs(30)));
+        std::fs::write(&timeout, "0\n").expect("no timeout");
+        assert_eq!(setup.cmd_time_out().expect("read"), None);
+        std::fs::write(&timeout, "soon\n").expect("garbage");
+        let e = setup.cmd_time_out().expect_err("not seconds");
+        assert_eq!((e.action, e.path.clone()), ("read", timeout.clone()));
+        setup.block(true).expect("block");
+        setup.reset_ring(RingReset::Busy).expect("reset");
+        setup.reset_ring(RingReset::Fail).expect("reset");
+        setup.block(false).expect("unblock");
+        let writes = fs.writes_under(&root);
+        assert_eq!(
+            writes[writes.len() - 4..],
+            [
+                ("core/user_3/disk0/action/block_dev".to_owned(), "1".to_owned()),
+                ("core/user_3/disk0/action/reset_ring".to_owned(), "1".to_owned()),
+                ("core/user_3/disk0/action/reset_ring".to_owned(), "2".to_owned()),
+                ("core/user_3/disk0/action/block_dev".to_owned(), "0".to_owned()),
+            ]
+        );
+        let again = Setup::adopt(&fs, &root, &disk(0)).expect("adopt");
+        assert!(again.adopted());
+        again.remove().expect("remove");
+        setup.remove().expect("gone already: nothing to report");
     }
 
     #[test]
