@@ -119,6 +119,19 @@ pub enum RingFault {
         /// `cmd_head` when read.
         head: u32,
     },
+    /// An entry that would make the bytes read and not yet retired (from our `cmd_tail` to the
+    /// entry's end) more than `cmdr_size - 1`: the kernel never lets `cmd_head` catch up with
+    /// the tail it has seen (`spc_free` in target_core_user.c keeps one byte free), so such a
+    /// `cmd_head` is corrupt or forged, and reading on would lap our own unretired entries.
+    #[error("entry at ring offset {at} of {len} bytes overruns the {unretired} bytes not yet retired")]
+    Lapped {
+        /// Ring offset.
+        at: u32,
+        /// Entry length.
+        len: u32,
+        /// Bytes from our `cmd_tail` to the entry.
+        unretired: u32,
+    },
     /// A CMD entry too short to hold the response that must be written over it.
     #[error("command entry at ring offset {at} has {len} bytes, less than a tcmu_cmd_entry")]
     CmdTooShort {
@@ -562,13 +575,33 @@ impl Ring {
         self.cmdr_off + at as usize
     }
 
-    /// The entry at `at` of `len` bytes must be non-empty, inside the ring and published.
+    /// Ring bytes from our `cmd_tail` forward to `at` (the bytes read and not retired when
+    /// `at` is our read position: never all of the ring, [`RingFault::Lapped`]).
+    fn past_tail(&self, at: u32) -> u32 {
+        if at >= self.tail {
+            at - self.tail
+        } else {
+            self.cmdr_size - self.tail + at
+        }
+    }
+
+    /// The entry at `at` of `len` bytes must be non-empty, inside the ring, published, and
+    /// leave the unretired bytes short of the whole ring.
     fn check_extent(&self, at: u32, len: u32, head: u32) -> Result<(), RingError> {
         if len == 0 {
             return Err(RingError::Broken(RingFault::ZeroLength { at }));
         }
         if u64::from(at) + u64::from(len) > u64::from(self.cmdr_size) {
             return Err(RingError::Broken(RingFault::CrossesRingEnd { at, len }));
+        }
+        // The kernel posts an entry only when it fits the free space it computes from the tail
+        // it has seen, minus one byte (`is_ring_space`, `spc_free`): entries not retired never
+        // fill the ring. Without this a forged `cmd_head` walking round and round would be
+        // read as new entries over our own unretired ones, and the slot table would grow
+        // without bound.
+        let unretired = self.past_tail(at);
+        if u64::from(unretired) + u64::from(len) > u64::from(self.cmdr_size) - 1 {
+            return Err(RingError::Broken(RingFault::Lapped { at, len, unretired }));
         }
         let published = if head >= at {
             head - at

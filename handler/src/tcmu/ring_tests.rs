@@ -1176,3 +1176,46 @@ mod random {
         }
     }
 }
+
+#[test]
+fn a_head_that_would_lap_the_unretired_entries_breaks_the_ring() {
+    // (Audit: a forged cmd_head walking round the ring was read as ever new entries over the
+    // outstanding command's own, and the slot table grew without bound.)
+    let (mut sim, mut ring) = setup(1024, 0);
+    sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let _cmd = next_command(&mut ring);
+    let pad = |len: u32| EntryHdr {
+        len_op: EntryHdr::len_op(len, abi::opcode::PAD),
+        ..EntryHdr::default()
+    };
+    // A PAD from 128 to the ring's end and cmd_head at 0 again: the 128 bytes at 0 are not
+    // retired, so the kernel (one byte kept free, `spc_free`) could not have posted it.
+    sim.region().write_obj(SIM_CMDR_OFF as usize + 128, &pad(896));
+    sim.corrupt_head(0);
+    assert_broken(
+        &mut ring,
+        RingFault::Lapped {
+            at: 128,
+            len: 896,
+            unretired: 128,
+        },
+    );
+    assert_eq!(ring.state().unretired, 1);
+}
+
+#[test]
+fn entries_filling_the_ring_but_one_byte_are_read() {
+    // The largest the kernel posts: everything but the one byte it keeps free (here 8, the
+    // alignment), in two entries.
+    let (mut sim, mut ring) = setup(1024, 0);
+    sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let _cmd = next_command(&mut ring);
+    let pad = EntryHdr {
+        len_op: EntryHdr::len_op(888, abi::opcode::PAD),
+        ..EntryHdr::default()
+    };
+    sim.region().write_obj(SIM_CMDR_OFF as usize + 128, &pad);
+    sim.corrupt_head(1016);
+    assert_eq!(ring.next_entry(), Ok(None));
+    assert_eq!(ring.state().unretired, 2);
+}
