@@ -151,6 +151,33 @@ pub enum RingFault {
         /// The `cmd_tail` in the mailbox.
         found: u32,
     },
+    /// `cmd_head` behind our read position (not in the window from it forward round to our
+    /// `cmd_tail`): the kernel posts only ahead of what it posted before, so it reset the ring
+    /// (`tcmu_reset_ring` sets `cmd_head` to 0), which a `cmd_tail` of 0 does not show.
+    #[error(
+        "cmd_head {head} is behind our read position {next} (cmd_tail {tail}): the kernel reset the ring"
+    )]
+    HeadBehind {
+        /// `cmd_head` when read.
+        head: u32,
+        /// Our read position.
+        next: u32,
+        /// Our `cmd_tail`.
+        tail: u32,
+    },
+    /// An entry read and not yet retired no longer holds the header (length, opcode,
+    /// `cmd_id`) we read: only the kernel writes it, and only after a ring reset
+    /// (`tcmu_reset_ring`, then new entries from offset 0), so our answer would complete
+    /// another command.
+    #[error("entry at ring offset {at} holds {found:?}, not the {read:?} read: the kernel reset the ring")]
+    EntryChanged {
+        /// Ring offset.
+        at: u32,
+        /// The header as read.
+        read: EntryHdr,
+        /// The header now (its `uflags` not compared).
+        found: EntryHdr,
+    },
     /// A CMD entry whose `cmd_id` another CMD entry still in the ring (not yet passed by
     /// `cmd_tail`) carries: the kernel's completion lookup would be ambiguous.
     #[error("command entry at ring offset {at} reuses cmd_id {cmd_id} of an entry still in the ring")]
@@ -357,7 +384,7 @@ struct Parsed {
     bidi_in: Vec<DataSegment>,
 }
 
-/// What is written into an entry when `cmd_tail` passes it: uflags bits to set, and the
+/// What is written into an entry when `cmd_tail` passes it: its uflags (exactly these), and the
 /// response of a CMD entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Answer {
@@ -377,6 +404,8 @@ enum SlotState {
 struct Slot {
     at: u32,
     len: u32,
+    /// The header as read, compared with the ring's before the answer is written.
+    hdr: EntryHdr,
     /// The `cmd_id` of a CMD entry.
     cmd_id: Option<u16>,
     state: SlotState,
@@ -523,26 +552,46 @@ impl Ring {
         if found == self.tail {
             return Ok(());
         }
-        let fault = RingFault::TailMoved {
+        Err(self.fail(RingFault::TailMoved {
             ours: self.tail,
             found,
-        };
+        }))
+    }
+
+    /// The ring is broken by `fault` (the first one is kept and logged).
+    fn fail(&mut self, fault: RingFault) -> RingError {
         if self.broken.is_none() {
             log::error!("tcmu ring broken: {fault}");
             self.broken = Some(fault.clone());
         }
-        Err(RingError::Broken(fault))
+        RingError::Broken(fault)
+    }
+
+    /// `cmd_head`, acquire-loaded and checked: an entry offset in the ring, and in the window
+    /// from our read position forward round to our `cmd_tail` (the kernel's free space ends at
+    /// the tail it has seen, which is never past ours). Anything behind the read position is a
+    /// ring reset ([`RingFault::HeadBehind`]).
+    fn load_head(&self) -> Result<u32, RingFault> {
+        let head = self.region.load_u32_acquire(abi::MB_CMD_HEAD);
+        if head >= self.cmdr_size || !head.is_multiple_of(abi::TCMU_OP_ALIGN_SIZE) {
+            return Err(RingFault::Head {
+                head,
+                cmdr_size: self.cmdr_size,
+            });
+        }
+        if self.past_tail(head) < self.past_tail(self.next) {
+            return Err(RingFault::HeadBehind {
+                head,
+                next: self.next,
+                tail: self.tail,
+            });
+        }
+        Ok(head)
     }
 
     fn read_entry(&mut self) -> Result<Option<RingEntry>, RingError> {
         loop {
-            let head = self.region.load_u32_acquire(abi::MB_CMD_HEAD);
-            if head >= self.cmdr_size || !head.is_multiple_of(abi::TCMU_OP_ALIGN_SIZE) {
-                return Err(RingError::Broken(RingFault::Head {
-                    head,
-                    cmdr_size: self.cmdr_size,
-                }));
-            }
+            let head = self.load_head().map_err(RingError::Broken)?;
             if self.next == head {
                 return Ok(None);
             }
@@ -551,10 +600,10 @@ impl Ring {
             let len = hdr.entry_len();
             self.check_extent(at, len, head)?;
             match hdr.op() {
-                abi::opcode::PAD => self.finish_unanswered(at, len),
-                abi::opcode::CMD => return self.read_command(at, len).map(Some),
+                abi::opcode::PAD => self.finish_unanswered(at, hdr),
+                abi::opcode::CMD => return self.read_command(at, hdr).map(Some),
                 abi::opcode::TMR if self.flags & abi::mailbox_flags::CAP_TMR != 0 => {
-                    return self.read_tmr(at, len).map(Some);
+                    return self.read_tmr(at, hdr).map(Some);
                 }
                 op => {
                     // tcmu-design.rst: flag an opcode we do not handle and go on.
@@ -563,7 +612,7 @@ impl Ring {
                         uflags: abi::uflags::UNKNOWN_OP,
                         rsp: None,
                     };
-                    self.push_slot(at, len, None, SlotState::Finished(Some(Box::new(answer))));
+                    self.push_slot(at, hdr, None, SlotState::Finished(Some(Box::new(answer))));
                 }
             }
         }
@@ -598,7 +647,9 @@ impl Ring {
         // it has seen, minus one byte (`is_ring_space`, `spc_free`): entries not retired never
         // fill the ring. Without this a forged `cmd_head` walking round and round would be
         // read as new entries over our own unretired ones, and the slot table would grow
-        // without bound.
+        // without bound. (`load_head` keeps `cmd_head` short of our tail, which bounds the
+        // entries before this check sees them; this states the invariant where the slot table
+        // grows, so it holds even if the window check changes.)
         let unretired = self.past_tail(at);
         if u64::from(unretired) + u64::from(len) > u64::from(self.cmdr_size) - 1 {
             return Err(RingError::Broken(RingFault::Lapped { at, len, unretired }));
@@ -615,15 +666,18 @@ impl Ring {
     }
 
     /// Record an entry that needs no response and step over it.
-    fn finish_unanswered(&mut self, at: u32, len: u32) {
-        self.push_slot(at, len, None, SlotState::Finished(None));
+    fn finish_unanswered(&mut self, at: u32, hdr: EntryHdr) {
+        self.push_slot(at, hdr, None, SlotState::Finished(None));
     }
 
-    fn push_slot(&mut self, at: u32, len: u32, cmd_id: Option<u16>, state: SlotState) -> u64 {
+    /// Record the entry at `at` with header `hdr` (its length checked) and step over it.
+    fn push_slot(&mut self, at: u32, hdr: EntryHdr, cmd_id: Option<u16>, state: SlotState) -> u64 {
+        let len = hdr.entry_len();
         let seq = self.front_seq + self.slots.len() as u64;
         self.slots.push_back(Slot {
             at,
             len,
+            hdr,
             cmd_id,
             state,
         });
@@ -631,7 +685,8 @@ impl Ring {
         seq
     }
 
-    fn read_command(&mut self, at: u32, len: u32) -> Result<RingEntry, RingError> {
+    fn read_command(&mut self, at: u32, hdr: EntryHdr) -> Result<RingEntry, RingError> {
+        let len = hdr.entry_len();
         if (len as usize) < abi::CMD_ENTRY_SIZE {
             return Err(RingError::Broken(RingFault::CmdTooShort { at, len }));
         }
@@ -643,7 +698,7 @@ impl Ring {
         }
         match self.parse_command(base, len, &entry) {
             Ok(Parsed { cdb, data, bidi_in }) => {
-                let seq = self.push_slot(at, len, Some(cmd_id), SlotState::Outstanding(cmd_id));
+                let seq = self.push_slot(at, hdr, Some(cmd_id), SlotState::Outstanding(cmd_id));
                 self.outstanding += 1;
                 Ok(RingEntry::Command(TcmuCommand {
                     seq,
@@ -661,7 +716,7 @@ impl Ring {
                     sense: &INTERNAL_TARGET_FAILURE,
                     read_len: None,
                 });
-                self.push_slot(at, len, Some(cmd_id), SlotState::Finished(Some(Box::new(answer))));
+                self.push_slot(at, hdr, Some(cmd_id), SlotState::Finished(Some(Box::new(answer))));
                 Err(RingError::Refused { at, cmd_id, fault })
             }
         }
@@ -726,11 +781,12 @@ impl Ring {
         Ok(Parsed { cdb, data, bidi_in })
     }
 
-    fn read_tmr(&mut self, at: u32, len: u32) -> Result<RingEntry, RingError> {
+    fn read_tmr(&mut self, at: u32, hdr: EntryHdr) -> Result<RingEntry, RingError> {
+        let len = hdr.entry_len();
         let base = self.entry_off(at);
         let fixed = size_of::<TmrEntry>() as u32;
         // A TMR needs no response, so a malformed one is skipped, never answered.
-        self.push_slot(at, len, None, SlotState::Finished(None));
+        self.push_slot(at, hdr, None, SlotState::Finished(None));
         if len < fixed {
             let cmd_id: u16 = self
                 .region
@@ -789,11 +845,11 @@ impl Ring {
     /// Write `answer` into the entry at region offset `base` (a CMD entry's length was checked
     /// to be at least a whole `tcmu_cmd_entry` before it could get a response).
     fn write_answer(&self, base: usize, answer: &Answer) {
-        if answer.uflags != 0 {
-            let uflags_off = base + abi::HDR_UFLAGS;
-            let uflags: u8 = self.region.read_obj(uflags_off);
-            self.region.write_obj(uflags_off, &(uflags | answer.uflags));
-        }
+        // Exactly the flags we mean, not ORed into what the entry holds: the kernel zeroes an
+        // entry before posting it, so a set bit there is corruption, and passing it on would
+        // be worse (a stray KEEP_BUF keeps the command's data blocks for ever, a stray
+        // UNKNOWN_OP makes `tcmu_handle_completion` ignore our response).
+        self.region.write_obj(base + abi::HDR_UFLAGS, &answer.uflags);
         if let Some(rsp) = &answer.rsp {
             self.region.write_obj(base + abi::RSP_SCSI_STATUS, rsp);
         }
@@ -839,6 +895,32 @@ impl Ring {
             return Ok(());
         }
         self.check_tail()?;
+        // A reset while our cmd_tail was 0 leaves it 0 (`tcmu_reset_ring`), so the checks above
+        // do not see it; the kernel may since have posted new entries where our answers go.
+        // Two more looks: cmd_head still ahead of our read position, and every entry to be
+        // answered still holding the header we read (a new command there has another cmd_id:
+        // the kernel's ids are cyclic). Both before anything is written, so a mismatch writes
+        // nothing and moves nothing. What this cannot close: a reset between these loads and
+        // the stores below (the kernel's cmdr_lock is not ours to take), docs/tcmu.md.
+        if let Err(fault) = self.load_head() {
+            return Err(self.fail(fault));
+        }
+        let changed = self
+            .slots
+            .iter()
+            .take_while(|slot| matches!(slot.state, SlotState::Finished(_)))
+            .find_map(|slot| {
+                let found: EntryHdr = self.region.read_obj(self.entry_off(slot.at));
+                let same = found.len_op == slot.hdr.len_op && found.cmd_id == slot.hdr.cmd_id;
+                (!same).then_some(RingFault::EntryChanged {
+                    at: slot.at,
+                    read: slot.hdr,
+                    found,
+                })
+            });
+        if let Some(fault) = changed {
+            return Err(self.fail(fault));
+        }
         let mut tail = self.tail;
         while let Some(slot) = self.slots.front() {
             let SlotState::Finished(answer) = &slot.state else {

@@ -1191,13 +1191,24 @@ fn a_head_that_would_lap_the_unretired_entries_breaks_the_ring() {
     // A PAD from 128 to the ring's end and cmd_head at 0 again: the 128 bytes at 0 are not
     // retired, so the kernel (one byte kept free, `spc_free`) could not have posted it.
     sim.region().write_obj(SIM_CMDR_OFF as usize + 128, &pad(896));
-    sim.corrupt_head(0);
-    assert_broken(
-        &mut ring,
-        RingFault::Lapped {
+    // The extent check alone refuses it (the bytes to the tail are not free)...
+    assert_eq!(
+        ring.check_extent(128, 896, 0),
+        Err(RingError::Broken(RingFault::Lapped {
             at: 128,
             len: 896,
             unretired: 128,
+        }))
+    );
+    // ...and before it, cmd_head at our tail with entries unretired is behind our read
+    // position: a reset (the audit's forged head, as the ring reports it).
+    sim.corrupt_head(0);
+    assert_broken(
+        &mut ring,
+        RingFault::HeadBehind {
+            head: 0,
+            next: 128,
+            tail: 0,
         },
     );
     assert_eq!(ring.state().unretired, 1);
@@ -1218,4 +1229,101 @@ fn entries_filling_the_ring_but_one_byte_are_read() {
     sim.corrupt_head(1016);
     assert_eq!(ring.next_entry(), Ok(None));
     assert_eq!(ring.state().unretired, 2);
+}
+
+#[test]
+fn an_answer_writes_the_entrys_uflags_exactly() {
+    // (Audit: the answer's flags were ORed into the entry's, and not written at all when 0, so
+    // a corrupted KEEP_BUF or UNKNOWN_OP bit went back to the kernel.)
+    let (mut sim, mut ring) = setup(4096, mailbox_flags::CAP_READ_LEN);
+    let a = sim.post_cmd(1, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let b = sim.post_cmd(2, &cdb10(READ_10, 0, 1), &[], &[]).expect("post");
+    let first = next_command(&mut ring);
+    let second = next_command(&mut ring);
+    let stray = abi::uflags::KEEP_BUF | abi::uflags::UNKNOWN_OP;
+    for at in [a, b] {
+        sim.region()
+            .write_obj(SIM_CMDR_OFF as usize + at as usize + abi::HDR_UFLAGS, &stray);
+    }
+    ring.complete(first, &Response::GOOD).expect("complete");
+    let short = Response {
+        read_len: Some(100),
+        ..Response::GOOD
+    };
+    ring.complete(second, &short).expect("complete");
+    let done = sim.reap().expect("reap");
+    assert_eq!(
+        done.iter().map(|c| (c.cmd_id, c.uflags)).collect::<Vec<_>>(),
+        [(1, 0), (2, abi::uflags::READ_LEN)]
+    );
+}
+
+#[test]
+fn a_reset_while_our_tail_is_zero_is_seen_before_an_answer_lands_on_a_new_entry() {
+    // (Audit: commands 1 and 2 in flight with cmd_tail 0; action/reset_ring; the kernel posts
+    // new writes 4 and 5 at 0 and 128, where our late answers to 1 and 2 went: the kernel
+    // reaped GOOD for writes that never ran.)
+    let (mut sim, mut ring) = setup(4096, 0);
+    let cdb = cdb10(WRITE_10, 0, 1);
+    sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    sim.post_cmd(2, &cdb, &[], &[]).expect("post");
+    let first = next_command(&mut ring);
+    let second = next_command(&mut ring);
+    assert_eq!(ring.state().tail, 0);
+    let read: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    sim.reset_ring();
+    sim.post_cmd(4, &cdb, &[], &[]).expect("post");
+    sim.post_cmd(5, &cdb, &[], &[]).expect("post");
+    // cmd_head is back where we read up to: nothing to see yet.
+    assert_eq!(ring.next_entry(), Ok(None));
+    let found: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    let fault = RingFault::EntryChanged { at: 0, read, found };
+    assert_eq!(found.cmd_id, 4);
+    assert_eq!(
+        ring.complete(first, &Response::GOOD),
+        Err(RingError::Broken(fault.clone()))
+    );
+    assert_eq!(
+        ring.complete(second, &Response::GOOD),
+        Err(RingError::Broken(fault))
+    );
+    assert_eq!(
+        sim.region().load_u32_acquire(abi::MB_CMD_TAIL),
+        0,
+        "cmd_tail left alone"
+    );
+    assert_eq!(sim.reap().expect("reap"), [], "nothing answered");
+    // The new entries are intact for a handler started afresh.
+    let mut fresh = Ring::attach(sim.region().clone()).expect("attach");
+    assert_eq!(next_command(&mut fresh).cmd_id(), 4);
+    assert_eq!(next_command(&mut fresh).cmd_id(), 5);
+}
+
+#[test]
+fn a_head_behind_our_read_position_is_a_reset() {
+    // Reset with our cmd_tail 0: nothing posted since (cmd_head 0), or one entry (cmd_head
+    // 128, short of the 256 bytes we read).
+    for posted in [0, 1] {
+        let (mut sim, mut ring) = setup(4096, 0);
+        let cdb = cdb10(WRITE_10, 0, 1);
+        sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+        sim.post_cmd(2, &cdb, &[], &[]).expect("post");
+        let first = next_command(&mut ring);
+        let _second = next_command(&mut ring);
+        sim.reset_ring();
+        for id in 0..posted {
+            sim.post_cmd(10 + id, &cdb, &[], &[]).expect("post");
+        }
+        let fault = RingFault::HeadBehind {
+            head: 128 * u32::from(posted),
+            next: 256,
+            tail: 0,
+        };
+        assert_broken(&mut ring, fault.clone());
+        assert_eq!(
+            ring.complete(first, &Response::GOOD),
+            Err(RingError::Broken(fault))
+        );
+        assert_eq!(sim.region().load_u32_acquire(abi::MB_CMD_TAIL), 0);
+    }
 }
