@@ -87,7 +87,12 @@ impl DataOut for RingDataOut<'_> {
     }
 
     fn read(&self, offset: usize, out: &mut [u8]) {
-        let n = self.ring.read_data(self.cmd, offset, out);
+        // A broken ring's data area is not ours to read (the command's answer will not be
+        // written either, `Ring::complete`): the engine sees zeroes.
+        let n = self.ring.read_data(self.cmd, offset, out).unwrap_or_else(|e| {
+            log::warn!("tcmu: cmd_id {}: Data-Out not read: {e}", self.cmd.cmd_id());
+            0
+        });
         out[n..].fill(0);
     }
 }
@@ -959,7 +964,12 @@ impl Executor {
         let buffer = IoBuffer::new(CmdBuffer::allocate(token, &self.pool, len)?, len);
         if op.takes_data_out() {
             // One copy, data area to command buffer (the kernel copied the initiator's data in).
-            ring.data_out_pieces(cmd, |at, bytes| buffer.write_at(at, bytes));
+            // A broken ring lends nothing: no buffer, so nothing reaches the medium (the
+            // command is answered BUSY, which the broken ring does not write either).
+            if let Err(e) = ring.data_out_pieces(cmd, |at, bytes| buffer.write_at(at, bytes)) {
+                log::warn!("tcmu: cmd_id {}: Data-Out not copied: {e}", cmd.cmd_id());
+                return None;
+            }
         }
         Some(buffer)
     }
@@ -996,7 +1006,24 @@ impl Executor {
             let len = response.data_in_len.min(buffer.len);
             ring.data_in_pieces(&cmd, len, |at, bytes| buffer.read_at(at, bytes))
         } else {
-            0
+            Ok(0)
+        };
+        // A broken ring (a reset: the command's blocks are the kernel's again, maybe a new
+        // command's, maybe unmapped) gets no Data-In, and no answer: `complete` refuses too.
+        let data_in = match data_in {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("tcmu: cmd_id {}: Data-In dropped: {e}", cmd.cmd_id());
+                let busy = Response {
+                    status: sam_status::BUSY,
+                    sense: &[],
+                    read_len: None,
+                };
+                if let Err(e) = ring.complete(cmd, &busy) {
+                    log::debug!("tcmu: {e}");
+                }
+                return;
+            }
         };
         // A short Data-In (engine data shorter than the allocation length) is reported so the
         // kernel copies only that and sets the residual; a full one needs nothing.
@@ -1019,7 +1046,10 @@ impl Executor {
         let read_len_honoured =
             read_len.is_some() && ring.flags() & mailbox_flags::CAP_READ_LEN != 0 && cmd.bidi_in().is_empty();
         if !read_len_honoured && data_in < buffer_len && self.has_data_in(&cmd) {
-            ring.zero_data_in(&cmd, data_in);
+            if let Err(e) = ring.zero_data_in(&cmd, data_in) {
+                // Broken between the copy and here: `complete` below refuses too.
+                log::warn!("tcmu: cmd_id {}: Data-In not zeroed: {e}", cmd.cmd_id());
+            }
         }
         if response.status != sam_status::GOOD {
             self.errors += 1;

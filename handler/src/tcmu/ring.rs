@@ -894,6 +894,13 @@ impl Ring {
         if !matches!(self.slots.front(), Some(slot) if matches!(slot.state, SlotState::Finished(_))) {
             return Ok(());
         }
+        // Once broken nothing more is written: after a reset the entries are the kernel's new
+        // ones, and after any other fault the data accessors refuse too (`data_fault`), so an
+        // answer now could say GOOD over Data-In never written. The kernel times out what is
+        // outstanding (`cmd_time_out`).
+        if let Some(fault) = &self.broken {
+            return Err(RingError::Broken(fault.clone()));
+        }
         self.check_tail()?;
         // A reset while our cmd_tail was 0 leaves it 0 (`tcmu_reset_ring`), so the checks above
         // do not see it; the kernel may since have posted new entries where our answers go.
@@ -944,62 +951,134 @@ impl Ring {
         Ok(())
     }
 
+    /// Why `cmd`'s data blocks are not ours to touch, if they are not: the ring is broken, or
+    /// the kernel reset it (our `cmd_tail` gone from the mailbox, `cmd_head` behind our read
+    /// position, or `cmd`'s entry holding another header). After a reset the kernel has freed
+    /// the command's data blocks (`tcmu_reset_ring`: `tcmu_cmd_free_data`) and hands them to
+    /// new commands, or releases their pages (`find_free_blocks`), and an access to a released
+    /// page of the mapping is SIGBUS (`tcmu_vma_fault`). Like `retire`'s checks, this narrows
+    /// the window to the copy itself; it cannot close it (docs/tcmu.md, "The ring's rules").
+    fn data_fault(&self, cmd: &TcmuCommand) -> Option<RingFault> {
+        if let Some(fault) = &self.broken {
+            return Some(fault.clone());
+        }
+        let found = self.region.load_u32_acquire(abi::MB_CMD_TAIL);
+        if found != self.tail {
+            return Some(RingFault::TailMoved {
+                ours: self.tail,
+                found,
+            });
+        }
+        if let Err(fault) = self.load_head() {
+            return Some(fault);
+        }
+        let slot = cmd
+            .seq
+            .checked_sub(self.front_seq)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| self.slots.get(index))
+            .filter(|slot| slot.at == cmd.at)?;
+        let now: EntryHdr = self.region.read_obj(self.entry_off(slot.at));
+        (now.len_op != slot.hdr.len_op || now.cmd_id != slot.hdr.cmd_id).then_some(RingFault::EntryChanged {
+            at: slot.at,
+            read: slot.hdr,
+            found: now,
+        })
+    }
+
+    /// [`Self::data_fault`] for a caller that may record it (the ring is broken from then on).
+    fn check_data(&mut self, cmd: &TcmuCommand) -> Result<(), RingError> {
+        match self.data_fault(cmd) {
+            Some(fault) => Err(self.fail(fault)),
+            None => Ok(()),
+        }
+    }
+
     /// Copy bytes of `cmd`'s data buffer ([`TcmuCommand::data`]) from byte `offset` of the
     /// buffer into `buf`; returns the bytes copied (fewer at the buffer's end).
-    pub fn read_data(&self, cmd: &TcmuCommand, offset: usize, buf: &mut [u8]) -> usize {
+    ///
+    /// # Errors
+    /// [`RingError::Broken`] when the ring is broken or the kernel reset it
+    /// ([`Self::data_fault`]); nothing is read then.
+    pub fn read_data(&self, cmd: &TcmuCommand, offset: usize, buf: &mut [u8]) -> Result<usize, RingError> {
+        if let Some(fault) = self.data_fault(cmd) {
+            return Err(RingError::Broken(fault));
+        }
         let mut done = 0;
         for_each_piece(&cmd.data, offset, buf.len(), |region_off, at, n| {
             self.region.read(region_off, &mut buf[at..at + n]);
             done += n;
         });
-        done
+        Ok(done)
     }
 
     /// Copy `buf` into `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one, else
     /// the data buffer) from byte `offset`; returns the bytes copied.
-    pub fn write_data(&self, cmd: &TcmuCommand, offset: usize, buf: &[u8]) -> usize {
+    ///
+    /// # Errors
+    /// [`RingError::Broken`] as [`Self::read_data`]; nothing is written then.
+    pub fn write_data(&mut self, cmd: &TcmuCommand, offset: usize, buf: &[u8]) -> Result<usize, RingError> {
+        self.check_data(cmd)?;
         let segments = data_in_segments(cmd);
         let mut done = 0;
         for_each_piece(segments, offset, buf.len(), |region_off, at, n| {
             self.region.write(region_off, &buf[at..at + n]);
             done += n;
         });
-        done
+        Ok(done)
     }
 
     /// Hand `cmd`'s Data-Out to `f` piece by piece, as `(buffer offset, bytes)`, straight from
     /// the data area (one copy into wherever `f` puts it, no bounce); returns the bytes lent.
-    pub fn data_out_pieces(&self, cmd: &TcmuCommand, mut f: impl FnMut(usize, &[u8])) -> usize {
+    ///
+    /// # Errors
+    /// [`RingError::Broken`] as [`Self::read_data`]; `f` is not called then.
+    pub fn data_out_pieces(
+        &self,
+        cmd: &TcmuCommand,
+        mut f: impl FnMut(usize, &[u8]),
+    ) -> Result<usize, RingError> {
+        if let Some(fault) = self.data_fault(cmd) {
+            return Err(RingError::Broken(fault));
+        }
         let mut done = 0;
         for_each_piece(&cmd.data, 0, cmd.data_len(), |region_off, at, n| {
             self.region.with_slice(region_off, n, |bytes| f(at, bytes));
             done += n;
         });
-        done
+        Ok(done)
     }
 
     /// Let `f` fill `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) piece by
     /// piece, as `(buffer offset, bytes to fill)`, for its first `len` bytes at most, straight
     /// in the data area; returns the bytes lent. `&mut self`: one lent slice at a time.
+    ///
+    /// # Errors
+    /// [`RingError::Broken`] as [`Self::write_data`]; `f` is not called then.
     pub fn data_in_pieces(
         &mut self,
         cmd: &TcmuCommand,
         len: usize,
         mut f: impl FnMut(usize, &mut [u8]),
-    ) -> usize {
+    ) -> Result<usize, RingError> {
+        self.check_data(cmd)?;
         let mut done = 0;
         for_each_piece(data_in_segments(cmd), 0, len, |region_off, at, n| {
             self.region.with_slice_mut(region_off, n, |bytes| f(at, bytes));
             done += n;
         });
-        done
+        Ok(done)
     }
 
     /// Zero `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) from byte `from`
     /// to its end; returns the bytes zeroed. The data area's blocks are reused without being
     /// cleared (`tcmu_get_empty_block` zeroes only pages it newly allocates), so a part of the
     /// buffer not filled holds earlier commands' data.
-    pub fn zero_data_in(&mut self, cmd: &TcmuCommand, from: usize) -> usize {
+    ///
+    /// # Errors
+    /// [`RingError::Broken`] as [`Self::write_data`]; nothing is written then.
+    pub fn zero_data_in(&mut self, cmd: &TcmuCommand, from: usize) -> Result<usize, RingError> {
+        self.check_data(cmd)?;
         let segments = data_in_segments(cmd);
         let len = segments.iter().map(|s| s.len).sum::<usize>().saturating_sub(from);
         let mut done = 0;
@@ -1007,7 +1086,7 @@ impl Ring {
             self.region.fill(region_off, n, 0);
             done += n;
         });
-        done
+        Ok(done)
     }
 }
 

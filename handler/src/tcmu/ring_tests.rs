@@ -77,7 +77,7 @@ fn commands_come_in_order_with_their_cdb_and_data() {
         assert_eq!(c.cdb(), cdb10(WRITE_10, i as u32, 1));
         assert_eq!(c.data_len(), 512);
         let mut buf = [0u8; 512];
-        assert_eq!(ring.read_data(c, 0, &mut buf), 512);
+        assert_eq!(ring.read_data(c, 0, &mut buf), Ok(512));
         assert_eq!(buf, [10 + i as u8; 512]);
     }
     assert!(!ring.take_kick(), "nothing finished yet");
@@ -235,15 +235,15 @@ fn data_in_is_scattered_over_the_iovecs_from_an_offset() {
     let c = next_command(&mut ring);
     assert_eq!(
         ring.write_data(&c, 1, b"abcdefghij"),
-        7,
+        Ok(7),
         "8 bytes of buffer, from byte 1"
     );
     assert_eq!(sim.read_data(d + 4096, 3), b"\0ab");
     assert_eq!(sim.read_data(d, 5), b"cdefg");
     let mut back = [0u8; 8];
-    assert_eq!(ring.read_data(&c, 0, &mut back), 8);
+    assert_eq!(ring.read_data(&c, 0, &mut back), Ok(8));
     assert_eq!(&back, b"\0abcdefg");
-    assert_eq!(ring.read_data(&c, 8, &mut back), 0, "past the buffer");
+    assert_eq!(ring.read_data(&c, 8, &mut back), Ok(0), "past the buffer");
     ring.complete(c, &Response::GOOD).expect("complete");
 }
 
@@ -257,9 +257,9 @@ fn a_bidi_command_reads_data_out_and_writes_data_in() {
     let c = next_command(&mut ring);
     assert_eq!((c.data().len(), c.bidi_in().len()), (1, 1));
     let mut out = [0u8; 4];
-    ring.read_data(&c, 0, &mut out);
+    ring.read_data(&c, 0, &mut out).expect("read");
     assert_eq!(&out, b"out!");
-    ring.write_data(&c, 0, b"in!!");
+    ring.write_data(&c, 0, b"in!!").expect("write");
     assert_eq!(sim.read_data(d + 100, 4), b"in!!");
     assert_eq!(sim.read_data(d, 4), b"out!", "Data-Out untouched");
     ring.complete(c, &Response::GOOD).expect("complete");
@@ -918,7 +918,7 @@ mod random {
                     ),
                     Ok(Some(RingEntry::Command(c))) => {
                         let mut data = vec![0u8; c.data_len()];
-                        self.ring.read_data(&c, 0, &mut data);
+                        self.ring.read_data(&c, 0, &mut data).expect("read");
                         let got = Expected::Cmd(c.cmd_id(), c.cdb().to_vec(), data);
                         prop_assert_eq!(Some(got), self.to_read.pop_front());
                         self.held.push(c);
@@ -1326,4 +1326,61 @@ fn a_head_behind_our_read_position_is_a_reset() {
         );
         assert_eq!(sim.region().load_u32_acquire(abi::MB_CMD_TAIL), 0);
     }
+}
+
+#[test]
+fn a_broken_ring_lends_and_takes_no_data() {
+    // (Audit: after TailMoved, a completion's Data-In still went into the data area, into
+    // blocks the kernel had handed to new commands, or unmapped: SIGBUS.)
+    let (mut sim, mut ring) = setup(4096, 0);
+    let cdb = cdb10(READ_10, 0, 1);
+    let off = sim.data_off();
+    sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    sim.post_cmd(2, &cdb, &[iov(off, 512)], &[]).expect("post");
+    let first = next_command(&mut ring);
+    let second = next_command(&mut ring);
+    ring.complete(first, &Response::GOOD).expect("complete");
+    sim.reap().expect("reap");
+    let ours = ring.state().tail;
+    sim.reset_ring();
+    sim.write_data(off, &[0xaa; 512]); // a new command's Data-Out in that block
+    let fault = RingFault::TailMoved { ours, found: 0 };
+    let broken = Err(RingError::Broken(fault));
+    assert_eq!(ring.write_data(&second, 0, &[0x55; 512]), broken);
+    assert_eq!(ring.zero_data_in(&second, 0), broken);
+    assert_eq!(ring.data_in_pieces(&second, 512, |_, b| b.fill(0x55)), broken);
+    let mut lent = 0;
+    assert_eq!(ring.data_out_pieces(&second, |_, b| lent += b.len()), broken);
+    assert_eq!(ring.read_data(&second, 0, &mut [0u8; 8]), broken);
+    assert_eq!(lent, 0);
+    assert_eq!(
+        sim.read_data(off, 512),
+        vec![0xaa; 512],
+        "the new command's data untouched"
+    );
+}
+
+#[test]
+fn data_is_refused_once_a_reset_at_tail_zero_changed_the_commands_entry() {
+    let (mut sim, mut ring) = setup(4096, 0);
+    let cdb = cdb10(READ_10, 0, 1);
+    let off = sim.data_off();
+    sim.post_cmd(1, &cdb, &[iov(off, 512)], &[]).expect("post");
+    let cmd = next_command(&mut ring);
+    let read: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    sim.reset_ring();
+    sim.post_cmd(9, &cdb, &[iov(off, 512)], &[]).expect("post");
+    sim.write_data(off, &[0xaa; 512]);
+    let found: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    let fault = RingFault::EntryChanged { at: 0, read, found };
+    assert_eq!(
+        ring.write_data(&cmd, 0, &[0x55; 512]),
+        Err(RingError::Broken(fault.clone()))
+    );
+    assert_eq!(
+        ring.next_entry(),
+        Err(RingError::Broken(fault)),
+        "recorded: the ring is broken"
+    );
+    assert_eq!(sim.read_data(off, 512), vec![0xaa; 512]);
 }
