@@ -12,9 +12,11 @@
 //! `cmd_tail`, so here commands may finish in any order: `cmd_tail` moves only over a prefix of
 //! finished entries (PAD, TMR and unknown-opcode entries are finished as soon as they are
 //! read), and a finished command's response is held in memory and written into its entry only
-//! when `cmd_tail` passes it. No entry beyond `cmd_tail` is ever modified, so a handler that
-//! restarts after a crash reads every unretired request intact (responses written early would
-//! have overwritten them: `rsp` overlays `req`). The kernel's out-of-order mode (rewriting
+//! when `cmd_tail` passes it. No entry beyond `cmd_tail` is modified before its retirement, so a
+//! handler that restarts after a crash reads the unretired requests intact (responses written
+//! early would have overwritten them: `rsp` overlays `req`), but for the stretch a retirement
+//! had answered and not yet published with its one `cmd_tail` store (docs/tcmu.md, "The
+//! ring's rules"). The kernel's out-of-order mode (rewriting
 //! `cmd_id` of the entry at the tail, `TCMU_MAILBOX_FLAG_CAP_OOOC`) is not needed and not used.
 //!
 //! # Trust nothing
@@ -857,8 +859,9 @@ impl Ring {
 
     /// Answer `cmd` with `rsp`; `cmd_tail` moves over every finished entry before the first
     /// unfinished one (check [`Self::take_kick`] afterwards). The response is written into the
-    /// entry only when `cmd_tail` passes it, so an entry beyond `cmd_tail` still holds its
-    /// request: a handler restarted after a crash reads it again intact.
+    /// entry only when `cmd_tail` passes it, so an entry not yet retired still holds its
+    /// request: a handler restarted after a crash reads it again intact (but for a stretch
+    /// answered and not yet published by the `cmd_tail` store, docs/tcmu.md).
     ///
     /// # Errors
     /// [`RingError::NotOutstanding`] when `cmd` is not one this ring handed out and has not
