@@ -210,6 +210,21 @@ impl PageBuffer {
         unsafe { shared_mem::copy_to_shared(data, self.ptr.as_ptr().add(offset)) }
     }
 
+    /// The address of the `len` bytes at `offset`, for a copy between this buffer and other
+    /// memory shared with the kernel or a device (`shared_mem::copy_shared_to_shared`: the TCMU
+    /// data area). A raw pointer, never a reference: the bytes may be written by others at any
+    /// time, so they may be reached only by byte-wise atomic access, and only while `self`
+    /// lives (the pointer carries no lifetime; its user's `unsafe` block argues both).
+    ///
+    /// # Panics
+    /// If the range is outside the buffer.
+    pub fn shared_range(&self, offset: usize, len: usize) -> NonNull<u8> {
+        self.check(offset, len);
+        // SAFETY: `offset <= self.len` (checked), so the result stays inside (or one past) the
+        // mapping.
+        unsafe { self.ptr.add(offset) }
+    }
+
     /// Fill `len` bytes at `offset` with `byte`.
     ///
     /// # Concurrency

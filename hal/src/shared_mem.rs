@@ -104,6 +104,27 @@ pub unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
     unsafe { store_bytes(src, dst) }
 }
 
+/// Copy `len` bytes of shared memory at `src` to shared memory at `dst`, as a relaxed atomic
+/// load and store of each byte: both sides may be touched by other agents meanwhile (the TCMU
+/// data area, which the kernel writes, to a command buffer a device may DMA into).
+///
+/// # Safety
+/// `src..src + len` as for [`copy_from_shared`], `dst..dst + len` as for [`copy_to_shared`]: both
+/// valid for the whole call, every concurrent access to either by this process's threads
+/// byte-wise atomic; and the two ranges disjoint.
+pub unsafe fn copy_shared_to_shared(src: *const u8, dst: *mut u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if len >= SHORT {
+        // SAFETY: `src` valid for `len` reads and `dst` for `len` writes, disjoint (the caller's
+        // contract); memcpy from the asm block is per byte what relaxed atomic loads of one side
+        // and stores to the other may do (module doc), whichever side is shared.
+        unsafe { opaque_memcpy(src, dst, len) };
+        return;
+    }
+    // SAFETY: the caller's contract, which `move_bytes` repeats.
+    unsafe { move_bytes(src, dst, len) }
+}
+
 /// Set `len` bytes of shared memory at `dst` to `byte`, as a relaxed atomic store of each.
 ///
 /// # Safety
@@ -133,6 +154,20 @@ unsafe fn load_bytes(src: *const u8, dst: *mut u8, len: usize) {
             dst.add(i)
                 .write(AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed))
         };
+    }
+}
+
+/// The portable [`copy_shared_to_shared`]: an `AtomicU8` load and an `AtomicU8` store per byte.
+///
+/// # Safety
+/// As [`copy_shared_to_shared`].
+unsafe fn move_bytes(src: *const u8, dst: *mut u8, len: usize) {
+    for i in 0..len {
+        // SAFETY: `src + i` and `dst + i` are inside the caller's ranges; a u8 is always
+        // aligned; every concurrent access to either byte is atomic and byte-sized.
+        let byte = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
     }
 }
 
@@ -238,6 +273,35 @@ mod tests {
     }
 
     const ROOM: usize = (128 << 10) + 256;
+
+    type Move = unsafe fn(*const u8, *mut u8, usize);
+    const MOVES: [(&str, Move); 2] = [
+        ("copy_shared_to_shared", copy_shared_to_shared),
+        ("move_bytes", move_bytes),
+    ];
+
+    #[test]
+    fn copies_between_shared_memories_land_exactly_at_every_alignment_and_length() {
+        let mut to = vec![0u8; ROOM];
+        for (name, copy) in MOVES {
+            for len in lengths() {
+                for off in offsets() {
+                    to.fill(0xa5);
+                    let mut from = vec![0u8; ROOM];
+                    let data = pattern(len, off as u8);
+                    from[off..off + len].copy_from_slice(&data);
+                    // SAFETY: both ranges lie inside their own allocations, which nothing else
+                    // touches during the copy.
+                    unsafe { copy(from.as_ptr().add(off), to.as_mut_ptr().add(64 - off.min(64)), len) };
+                    let at = 64 - off.min(64);
+                    let what = format!("{name}: {len} bytes from {off} to {at}");
+                    assert_eq!(&to[at..at + len], &data[..], "{what}");
+                    assert!(to[..at].iter().all(|&b| b == 0xa5), "wrote before, {what}");
+                    assert!(to[at + len..].iter().all(|&b| b == 0xa5), "wrote past, {what}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn copies_into_shared_memory_land_exactly_at_every_alignment_and_length() {

@@ -966,7 +966,7 @@ impl Executor {
             // One copy, data area to command buffer (the kernel copied the initiator's data in).
             // A broken ring lends nothing: no buffer, so nothing reaches the medium (the
             // command is answered BUSY, which the broken ring does not write either).
-            if let Err(e) = ring.data_out_pieces(cmd, |at, bytes| buffer.write_at(at, bytes)) {
+            if let Err(e) = ring.copy_data_out(cmd, buffer.buffer.pages(), buffer.offset) {
                 log::warn!("tcmu: cmd_id {}: Data-Out not copied: {e}", cmd.cmd_id());
                 return None;
             }
@@ -1004,7 +1004,7 @@ impl Executor {
         } else if let (Some(buffer), true) = (buffer, response.data_in_len > 0) {
             // One copy, command buffer to data area (the kernel copies it on to the initiator).
             let len = response.data_in_len.min(buffer.len);
-            ring.data_in_pieces(&cmd, len, |at, bytes| buffer.read_at(at, bytes))
+            ring.copy_data_in(&cmd, len, buffer.buffer.pages(), buffer.offset)
         } else {
             Ok(0)
         };

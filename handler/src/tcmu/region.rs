@@ -7,11 +7,11 @@
 //! access: the mailbox indices are atomics (acquire load of `cmd_head`, release store of
 //! `cmd_tail`, the ordering the kernel's `smp_*` barriers pair with); ring entries and the data
 //! area are copied byte-wise atomically (`scst_accel_hal::shared_mem`), so a copy that races
-//! another thread's (the simulated kernel's) tears bytes but is never undefined behaviour. The
-//! one exception is a command's data range lent as a slice to the code that fills or drains it
-//! (`with_slice`, `with_slice_mut`, private to the TCMU module): the kernel does not touch a
-//! command's data blocks between posting the entry and seeing its completion (tcmu-design.rst,
-//! "The Data Area"), and the ring lends each range to one user at a time.
+//! another thread's (the simulated kernel's) tears bytes but is never undefined behaviour. A
+//! command's data moves between the data area and its command buffer the same way, byte-wise
+//! atomic on both sides (`copy_to_pages`, `copy_from_pages`): no slice of the data area is ever
+//! lent, since the kernel does write a command's blocks while it is outstanding once the ring is
+//! reset (`tcmu_reset_ring` frees them for the next commands).
 //!
 //! The asserts are the last line, not the first: [`super::ring`] validates every offset the
 //! kernel supplies and turns a bad one into a typed error before it reaches this file, so an
@@ -20,6 +20,7 @@
 // kernel), through raw pointers; and the heap allocation that backs the simulated region.
 #![allow(unsafe_code)]
 
+use scst_accel_dma::PageBuffer;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
@@ -56,9 +57,8 @@ pub struct Region {
 }
 
 // SAFETY: the mapping is `Send + Sync` (a `SharedMemory` bound) and every access through a
-// `Region` is atomic (byte-wise, or the mailbox words) on memory no reference covers, outside
-// the ranges the ring lends one user at a time, so sharing the pointer between
-// threads adds nothing the kernel does not already do concurrently.
+// `Region` is atomic (byte-wise, or the mailbox words) on memory no reference covers, so sharing
+// the pointer between threads adds nothing the kernel does not already do concurrently.
 unsafe impl Send for Region {}
 // SAFETY: as for `Send`: no method hands out a reference into the mapping.
 unsafe impl Sync for Region {}
@@ -138,65 +138,68 @@ impl Region {
     /// Copy of `buf.len()` bytes at `off` into `buf`, byte-wise atomic
     /// ([`scst_accel_hal::shared_mem`]): a concurrent writer (the kernel, or the simulated
     /// kernel's thread) leaves torn bytes, never undefined behaviour.
-    pub fn read(&self, off: usize, buf: &mut [u8]) {
+    pub(crate) fn read(&self, off: usize, buf: &mut [u8]) {
         let p = self.at(off, buf.len());
         // SAFETY: `p..p + buf.len()` is inside the mapping (checked), which outlives `&self`; every
-        // access this process makes to the mapping is byte-wise atomic (this type's methods), or
-        // to a range the ring lends one user at a time (`with_slice*`); `buf` is a Rust buffer,
-        // disjoint from memory no reference covers.
+        // access this process makes to the mapping is byte-wise atomic (this type's methods) or,
+        // for the two ring indices, a `u32` atomic that no caller's byte copy covers; `buf` is a
+        // Rust buffer, disjoint from memory no reference covers.
         unsafe { scst_accel_hal::shared_mem::copy_from_shared_into(p, buf) }
     }
 
     /// Copy of `buf` to `off`, byte-wise atomic (as [`Self::read`]).
-    pub fn write(&self, off: usize, buf: &[u8]) {
+    pub(crate) fn write(&self, off: usize, buf: &[u8]) {
         let p = self.at(off, buf.len());
         // SAFETY: as in `read`, with source and destination swapped.
         unsafe { scst_accel_hal::shared_mem::copy_to_shared(buf, p) }
     }
 
     /// `len` bytes at `off` set to `byte`, byte-wise atomic (as [`Self::write`]).
-    pub fn fill(&self, off: usize, len: usize, byte: u8) {
+    pub(crate) fn fill(&self, off: usize, len: usize, byte: u8) {
         let p = self.at(off, len);
         // SAFETY: as in `write`.
         unsafe { scst_accel_hal::shared_mem::fill_shared(p, len, byte) }
     }
 
     /// A `T` read (byte-wise atomic) from `off`.
-    pub fn read_obj<T: FromBytes + IntoBytes>(&self, off: usize) -> T {
+    pub(crate) fn read_obj<T: FromBytes + IntoBytes>(&self, off: usize) -> T {
         let mut value = T::new_zeroed();
         self.read(off, value.as_mut_bytes());
         value
     }
 
     /// `value` written (byte-wise atomic) to `off`.
-    pub fn write_obj<T: IntoBytes + Immutable>(&self, off: usize, value: &T) {
+    pub(crate) fn write_obj<T: IntoBytes + Immutable>(&self, off: usize, value: &T) {
         self.write(off, value.as_bytes());
     }
 
-    /// Lend the `len` data-area bytes at `off` to `f`, so they are copied once, straight to
-    /// where they go (a command buffer), instead of through a bounce buffer.
+    /// Copy the `len` data-area bytes at `off` into `to` at `to_off` (a command's Data-Out into
+    /// its command buffer): one copy, straight to where the data goes, byte-wise atomic on both
+    /// sides, since both are shared: the kernel may write the data area (a ring reset hands a
+    /// command's blocks to the next command), a device may DMA into the buffer.
     ///
-    /// Only for a range the caller owns (a command's Data-Out
-    /// between its posting and its completion: the kernel does not write it, and no other
-    /// command's range overlaps it), which the ring guarantees for the pieces it lends.
-    pub(super) fn with_slice<R>(&self, off: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-        let p = self.at(off, len);
-        // SAFETY: `p..p + len` is inside the mapping (checked) for the whole call (the mapping
-        // outlives `&self`); nothing writes it while the slice lives (the ownership rule above),
-        // so a shared reference to it is sound.
-        f(unsafe { std::slice::from_raw_parts(p, len) })
+    /// # Panics
+    /// When either range is outside its memory (a bug in the caller).
+    pub(super) fn copy_to_pages(&self, off: usize, to: &PageBuffer, to_off: usize, len: usize) {
+        let from = self.at(off, len);
+        let to = to.shared_range(to_off, len);
+        // SAFETY: `from..from + len` is inside the mapping (checked), which outlives `&self`;
+        // `to..to + len` inside the buffer (checked by `shared_range`), which outlives the borrow
+        // `to`; every access this process makes to either is byte-wise atomic (this type's
+        // methods, `PageBuffer`'s); the two are distinct mappings, so disjoint.
+        unsafe { scst_accel_hal::shared_mem::copy_shared_to_shared(from, to.as_ptr(), len) }
     }
 
-    /// Lend the `len` data-area bytes at `off` to `f` to fill (a command's Data-In), under the
-    /// same ownership rule as [`Self::with_slice`]; the ring lends one piece at a time from a
-    /// `&mut` borrow of itself, so no two lent slices overlap.
-    pub(super) fn with_slice_mut<R>(&self, off: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let p = self.at(off, len);
-        // SAFETY: `p..p + len` is inside the mapping (checked) for the whole call; the range is
-        // the caller's alone (the ownership rule above: the kernel reads a command's Data-In
-        // only after its completion, and the ring lends no other slice meanwhile), so a unique
-        // reference to it is sound.
-        f(unsafe { std::slice::from_raw_parts_mut(p, len) })
+    /// Copy `len` bytes of `from` at `from_off` into the data area at `off` (a command's
+    /// Data-In out of its command buffer), as [`Self::copy_to_pages`] the other way.
+    ///
+    /// # Panics
+    /// When either range is outside its memory (a bug in the caller).
+    pub(super) fn copy_from_pages(&self, off: usize, from: &PageBuffer, from_off: usize, len: usize) {
+        let to = self.at(off, len);
+        let from = from.shared_range(from_off, len);
+        // SAFETY: as in `copy_to_pages`, with source and destination swapped.
+        unsafe { scst_accel_hal::shared_mem::copy_shared_to_shared(from.as_ptr(), to, len) }
     }
 }
 

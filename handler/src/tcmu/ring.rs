@@ -47,6 +47,7 @@ use super::abi::Mailbox;
 use super::abi::TmrEntry;
 use super::region::Region;
 use crate::abi::sam_status;
+use scst_accel_dma::PageBuffer;
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::mem::size_of;
@@ -1031,43 +1032,52 @@ impl Ring {
         Ok(done)
     }
 
-    /// Hand `cmd`'s Data-Out to `f` piece by piece, as `(buffer offset, bytes)`, straight from
-    /// the data area (one copy into wherever `f` puts it, no bounce); returns the bytes lent.
+    /// Copy `cmd`'s Data-Out into `to` from byte `to_off` on, straight from the data area (one
+    /// copy, no bounce, byte-wise atomic on both sides: `Region::copy_to_pages`); returns the
+    /// bytes copied.
     ///
     /// # Errors
-    /// [`RingError::Broken`] as [`Self::read_data`]; `f` is not called then.
-    pub fn data_out_pieces(
+    /// [`RingError::Broken`] as [`Self::read_data`]; nothing is copied then.
+    ///
+    /// # Panics
+    /// If `to` has fewer than `to_off + cmd.data_len()` bytes (a caller's bug).
+    pub fn copy_data_out(
         &self,
         cmd: &TcmuCommand,
-        mut f: impl FnMut(usize, &[u8]),
+        to: &PageBuffer,
+        to_off: usize,
     ) -> Result<usize, RingError> {
         if let Some(fault) = self.data_fault(cmd) {
             return Err(RingError::Broken(fault));
         }
         let mut done = 0;
         for_each_piece(&cmd.data, 0, cmd.data_len(), |region_off, at, n| {
-            self.region.with_slice(region_off, n, |bytes| f(at, bytes));
+            self.region.copy_to_pages(region_off, to, to_off + at, n);
             done += n;
         });
         Ok(done)
     }
 
-    /// Let `f` fill `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) piece by
-    /// piece, as `(buffer offset, bytes to fill)`, for its first `len` bytes at most, straight
-    /// in the data area; returns the bytes lent. `&mut self`: one lent slice at a time.
+    /// Copy the first `len` bytes of `from` from byte `from_off` on into `cmd`'s Data-In buffer
+    /// (the BIDI Data-In buffer when there is one), at most its length, straight into the data
+    /// area (as [`Self::copy_data_out`] the other way); returns the bytes copied.
     ///
     /// # Errors
-    /// [`RingError::Broken`] as [`Self::write_data`]; `f` is not called then.
-    pub fn data_in_pieces(
+    /// [`RingError::Broken`] as [`Self::write_data`]; nothing is copied then.
+    ///
+    /// # Panics
+    /// If `from` has fewer than `from_off + len` bytes (a caller's bug).
+    pub fn copy_data_in(
         &mut self,
         cmd: &TcmuCommand,
         len: usize,
-        mut f: impl FnMut(usize, &mut [u8]),
+        from: &PageBuffer,
+        from_off: usize,
     ) -> Result<usize, RingError> {
         self.check_data(cmd)?;
         let mut done = 0;
         for_each_piece(data_in_segments(cmd), 0, len, |region_off, at, n| {
-            self.region.with_slice_mut(region_off, n, |bytes| f(at, bytes));
+            self.region.copy_from_pages(region_off, from, from_off + at, n);
             done += n;
         });
         Ok(done)

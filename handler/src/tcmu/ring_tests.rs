@@ -1348,11 +1348,15 @@ fn a_broken_ring_lends_and_takes_no_data() {
     let broken = Err(RingError::Broken(fault));
     assert_eq!(ring.write_data(&second, 0, &[0x55; 512]), broken);
     assert_eq!(ring.zero_data_in(&second, 0), broken);
-    assert_eq!(ring.data_in_pieces(&second, 512, |_, b| b.fill(0x55)), broken);
-    let mut lent = 0;
-    assert_eq!(ring.data_out_pieces(&second, |_, b| lent += b.len()), broken);
+    let pages = scst_accel_dma::PageBuffer::new(512).expect("pages");
+    pages.fill(0, 512, 0x55);
+    assert_eq!(ring.copy_data_in(&second, 512, &pages, 0), broken);
+    pages.fill(0, 512, 0x33);
+    assert_eq!(ring.copy_data_out(&second, &pages, 0), broken);
     assert_eq!(ring.read_data(&second, 0, &mut [0u8; 8]), broken);
-    assert_eq!(lent, 0);
+    let mut copied = vec![0u8; 512];
+    pages.read_at(0, &mut copied);
+    assert_eq!(copied, vec![0x33; 512], "nothing copied out of the data area");
     assert_eq!(
         sim.read_data(off, 512),
         vec![0xaa; 512],
