@@ -70,6 +70,23 @@ fn submit_read(q: &mut Box<dyn StoreQueue>, pool: &Arc<SgvPool>, tag: u64, lba: 
     .expect("submit");
 }
 
+/// An accelerator store over `queues` of `controller` with `command_timeout`, the rest of its
+/// configuration the default.
+fn store_with(
+    controller: Arc<dyn Controller>,
+    queues: Vec<Box<dyn QueueEngine>>,
+    command_timeout: Duration,
+) -> AccelStore {
+    AccelStore::new(
+        controller,
+        queues,
+        AccelConfig {
+            command_timeout,
+            ..AccelConfig::default()
+        },
+    )
+}
+
 /// An accelerator store over `controller` and `queues` with `command_timeout`, and one of its
 /// queues to which a READ of 8 blocks (tag 1, a 4 KiB buffer of `pool`) was submitted once
 /// `faults` had been injected.
@@ -80,14 +97,7 @@ fn store_reading(
     command_timeout: Duration,
     faults: impl FnOnce(),
 ) -> (AccelStore, Box<dyn StoreQueue>) {
-    let store = AccelStore::new(
-        controller,
-        queues,
-        AccelConfig {
-            command_timeout,
-            ..AccelConfig::default()
-        },
-    );
+    let store = store_with(controller, queues, command_timeout);
     faults();
     let mut q = store.open_queue().expect("queue");
     submit_read(&mut q, pool, 1, 0);
@@ -1003,14 +1013,7 @@ fn an_nvme_store_gives_up_on_restarts_refused_for_longer_than_a_recovery_may_tak
         &Arc::new(AtomicBool::new(false)),
     );
     let command_timeout = Duration::from_millis(200);
-    let store = AccelStore::new(
-        Arc::clone(&controller) as _,
-        queues,
-        AccelConfig {
-            command_timeout,
-            ..AccelConfig::default()
-        },
-    );
+    let store = store_with(Arc::clone(&controller) as _, queues, command_timeout);
     let mut q = store.open_queue().expect("queue");
     // Another queue's recovery moves the reset count: the queue must restart, and from now on
     // every restart is refused.
@@ -1198,14 +1201,7 @@ fn an_sca1_queue_stopped_by_a_recovery_right_after_its_restart_serves_the_next_r
     };
     let queues = watched_sca1(queues, &restarts_in_flight, Some(&second_recovery));
     let command_timeout = Duration::from_secs(3);
-    let store = AccelStore::new(
-        Arc::clone(&controller) as _,
-        queues,
-        AccelConfig {
-            command_timeout,
-            ..AccelConfig::default()
-        },
-    );
+    let store = store_with(Arc::clone(&controller) as _, queues, command_timeout);
     let mut q = store.open_queue().expect("queue");
     controller.recover().expect("another queue's recovery");
     // The queue sees the count move (nothing to fail) and restarts; the second recovery runs
@@ -1248,13 +1244,10 @@ fn an_sca1_queue_opened_after_another_queues_recovery_serves_its_first_read_at_o
     let (sim, _slow, controller, queues, pool) = sca1_parts("give-up-sca1-opened-after-recovery");
     let restarts_in_flight = Arc::new(AtomicU64::new(0));
     let command_timeout = Duration::from_secs(3);
-    let store = AccelStore::new(
+    let store = store_with(
         Arc::clone(&controller) as _,
         watched_sca1(queues, &restarts_in_flight, None),
-        AccelConfig {
-            command_timeout,
-            ..AccelConfig::default()
-        },
+        command_timeout,
     );
     let _first = store.open_queue().expect("the first queue");
     controller.recover().expect("the first queue's recovery");
@@ -1294,13 +1287,10 @@ fn an_sca1_queue_opened_after_another_queues_recovery_serves_its_first_read_at_o
 fn an_sca1_queue_stopped_by_another_queues_recovery_is_not_restarted_under_its_requests() {
     let (sim, slow, controller, queues, pool) = sca1_parts("give-up-sca1-in-flight-across-recovery");
     let restarts_in_flight = Arc::new(AtomicU64::new(0));
-    let store = AccelStore::new(
+    let store = store_with(
         Arc::clone(&controller) as _,
         watched_sca1(queues, &restarts_in_flight, None),
-        AccelConfig {
-            command_timeout: Duration::from_millis(200),
-            ..AccelConfig::default()
-        },
+        Duration::from_millis(200),
     );
     let mut q = store.open_queue().expect("queue");
     sim.inject(Fault::Latency {
@@ -1386,13 +1376,10 @@ fn an_sca1_queue_stopped_by_another_queues_recovery_is_not_restarted_under_its_r
 fn a_fatal_function_whose_stop_succeeded_after_another_queues_recovery_is_reset_at_once() {
     let (sim, _slow, controller, queues, pool) = sca1_parts("give-up-sca1-fatal-after-recovery");
     let restarts_in_flight = Arc::new(AtomicU64::new(0));
-    let store = AccelStore::new(
+    let store = store_with(
         Arc::clone(&controller) as _,
         watched_sca1(queues, &restarts_in_flight, None),
-        AccelConfig {
-            command_timeout: Duration::from_secs(3),
-            ..AccelConfig::default()
-        },
+        Duration::from_secs(3),
     );
     let mut q = store.open_queue().expect("queue");
     sim.inject(Fault::Latency {
@@ -1459,13 +1446,10 @@ fn a_request_the_controller_never_saw_is_served_after_another_queues_recovery() 
         Duration::from_secs(1),
     );
     // No deadline escalates in this test.
-    let store = AccelStore::new(
+    let store = store_with(
         Arc::clone(&controller) as _,
         engines(queues),
-        AccelConfig {
-            command_timeout: Duration::from_secs(30),
-            ..AccelConfig::default()
-        },
+        Duration::from_secs(30),
     );
     let mut q = store.open_queue().expect("queue");
     sim.inject(NvmeFault::NeverComplete { every: 1 });
@@ -1575,14 +1559,7 @@ fn a_request_kept_through_a_recovery_still_ends(name: &str, by_abort: bool) {
         &Arc::new(AtomicBool::new(false)),
     );
     let command_timeout = Duration::from_millis(200);
-    let store = AccelStore::new(
-        Arc::clone(&controller) as _,
-        queues,
-        AccelConfig {
-            command_timeout,
-            ..AccelConfig::default()
-        },
-    );
+    let store = store_with(Arc::clone(&controller) as _, queues, command_timeout);
     let mut q = store.open_queue().expect("queue");
     controller.recover().expect("another queue's recovery");
     let start = Instant::now();
