@@ -20,6 +20,7 @@
 // kernel), through raw pointers; and the heap allocation that backs the simulated region.
 #![allow(unsafe_code)]
 
+use super::abi;
 use scst_accel_dma::PageBuffer;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
@@ -111,6 +112,40 @@ impl Region {
         unsafe { self.base.as_ptr().add(off) }
     }
 
+    /// The pointer to `off` for a byte-wise access of `len` bytes: inside the region (as
+    /// [`Self::at`]) and clear of the mailbox's two indices, which are only ever touched as `u32`
+    /// atomics (a byte copy racing the kernel's, or the simulated kernel's `AtomicU32`, store of
+    /// `cmd_head` would be a mixed-size race; `cmd_tail` is ours, kept the same way).
+    ///
+    /// # Panics
+    /// When the range is outside the region or covers a byte of either index (a caller's bug:
+    /// [`Self::write_mailbox`] lays out a whole mailbox).
+    fn bytes_at(&self, off: usize, len: usize) -> *mut u8 {
+        let p = self.at(off, len);
+        for index in [abi::MB_CMD_HEAD, abi::MB_CMD_TAIL] {
+            assert!(
+                off + len <= index || index + 4 <= off,
+                "tcmu region byte access {off}+{len} covers the mailbox index at {index}"
+            );
+        }
+        p
+    }
+
+    /// Write a whole mailbox at the start of the region: the bytes around the indices, then the
+    /// indices as `u32` atomics (release: the layout is visible to whoever reads them). For a
+    /// mailbox being made (the simulated kernel's, a test's), not one the kernel publishes.
+    pub(crate) fn write_mailbox(&self, mb: &abi::Mailbox) {
+        let bytes = mb.as_bytes();
+        self.write(0, &bytes[..abi::MB_CMD_HEAD]);
+        self.write(
+            abi::MB_CMD_HEAD + 4,
+            &bytes[abi::MB_CMD_HEAD + 4..abi::MB_CMD_TAIL],
+        );
+        self.write(abi::MB_CMD_TAIL + 4, &bytes[abi::MB_CMD_TAIL + 4..]);
+        self.store_u32_release(abi::MB_CMD_HEAD, mb.cmd_head);
+        self.store_u32_release(abi::MB_CMD_TAIL, mb.cmd_tail);
+    }
+
     fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         assert!(
             off.is_multiple_of(4),
@@ -139,7 +174,7 @@ impl Region {
     /// ([`scst_accel_hal::shared_mem`]): a concurrent writer (the kernel, or the simulated
     /// kernel's thread) leaves torn bytes, never undefined behaviour.
     pub(crate) fn read(&self, off: usize, buf: &mut [u8]) {
-        let p = self.at(off, buf.len());
+        let p = self.bytes_at(off, buf.len());
         // SAFETY: `p..p + buf.len()` is inside the mapping (checked), which outlives `&self`; every
         // access this process makes to the mapping is byte-wise atomic (this type's methods) or,
         // for the two ring indices, a `u32` atomic that no caller's byte copy covers; `buf` is a
@@ -149,14 +184,14 @@ impl Region {
 
     /// Copy of `buf` to `off`, byte-wise atomic (as [`Self::read`]).
     pub(crate) fn write(&self, off: usize, buf: &[u8]) {
-        let p = self.at(off, buf.len());
+        let p = self.bytes_at(off, buf.len());
         // SAFETY: as in `read`, with source and destination swapped.
         unsafe { scst_accel_hal::shared_mem::copy_to_shared(buf, p) }
     }
 
     /// `len` bytes at `off` set to `byte`, byte-wise atomic (as [`Self::write`]).
     pub(crate) fn fill(&self, off: usize, len: usize, byte: u8) {
-        let p = self.at(off, len);
+        let p = self.bytes_at(off, len);
         // SAFETY: as in `write`.
         unsafe { scst_accel_hal::shared_mem::fill_shared(p, len, byte) }
     }
@@ -259,7 +294,7 @@ mod tests {
 
     #[test]
     fn bytes_atomics_and_objects_round_trip() {
-        let r = region(64);
+        let r = region(72);
         r.write(3, &[1, 2, 3]);
         let mut b = [0u8; 5];
         r.read(2, &mut b);
@@ -267,6 +302,8 @@ mod tests {
         r.store_u32_release(8, 0xdead_beef);
         assert_eq!(r.load_u32_acquire(8), 0xdead_beef);
         assert_eq!(r.read_obj::<u32>(8), 0xdead_beef);
+        r.store_u32_release(64, 0x0102_0304);
+        assert_eq!(r.load_u32_acquire(64), 0x0102_0304);
         r.write_obj(16, &0x0102_0304_0506_0708u64);
         let mut d = [0u8; 8];
         r.read(16, &mut d);
@@ -288,6 +325,33 @@ mod tests {
     #[should_panic(expected = "outside 16 bytes")]
     fn an_access_past_the_end_panics_before_touching_memory() {
         region(16).read(12, &mut [0u8; 5]);
+    }
+
+    #[test]
+    #[should_panic(expected = "covers the mailbox index at 12")]
+    fn a_byte_access_over_cmd_head_panics() {
+        region(64).read(10, &mut [0u8; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "covers the mailbox index at 64")]
+    fn a_byte_access_over_cmd_tail_panics() {
+        region(128).write(66, &[0u8; 1]);
+    }
+
+    #[test]
+    fn a_mailbox_is_written_around_its_indices() {
+        use zerocopy::FromZeros;
+        let r = region(128);
+        let mut mb = abi::Mailbox::new_zeroed();
+        mb.version = 2;
+        mb.cmdr_off = 128;
+        mb.cmd_head = 24;
+        mb.cmd_tail = 16;
+        r.write_mailbox(&mb);
+        assert_eq!(r.read_obj::<u16>(0), 2);
+        assert_eq!(r.load_u32_acquire(abi::MB_CMD_HEAD), 24);
+        assert_eq!(r.load_u32_acquire(abi::MB_CMD_TAIL), 16);
     }
 
     #[test]

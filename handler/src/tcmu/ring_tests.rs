@@ -458,7 +458,7 @@ fn attach_with(edit: impl FnOnce(&mut Mailbox), len: usize) -> Result<Ring, Layo
     mb.cmdr_size = 1024;
     edit(&mut mb);
     if len >= size_of::<Mailbox>() {
-        region.write(0, mb.as_bytes());
+        region.write_mailbox(&mb);
     }
     Ring::attach(region)
 }
@@ -1148,7 +1148,7 @@ mod random {
                 1 => (head_word % ring_words) * 8,
                 _ => (end % cmdr_size as usize) as u32,
             };
-            region.write(0, mb.as_bytes());
+            region.write_mailbox(&mb);
             region.write(SIM_CMDR_OFF as usize, &bytes);
             let mut ring = Ring::attach(region.clone()).expect("the mailbox is valid");
             // Every successful step consumes at least 8 bytes of at most cmdr_size published.

@@ -132,7 +132,7 @@ impl SimKernel {
         mb.flags = config.flags;
         mb.cmdr_off = SIM_CMDR_OFF;
         mb.cmdr_size = config.cmdr_size;
-        region.write_obj(0, &mb);
+        region.write_mailbox(&mb);
         Self {
             region,
             cmdr_size: config.cmdr_size,

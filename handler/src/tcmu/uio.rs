@@ -500,7 +500,7 @@ mod tests {
         region.write(4096, b"shared");
         region.store_u32_release(64, 0x0102_0304);
         drop(device); // the region keeps the mapping alive
-        assert_eq!(region.read_obj::<u32>(64), 0x0102_0304);
+        assert_eq!(region.load_u32_acquire(64), 0x0102_0304);
         drop(region);
         let bytes = std::fs::read(&node).expect("read back");
         assert_eq!(&bytes[4096..4102], b"shared");
