@@ -595,8 +595,8 @@ impl Shared {
         let bytes = slot.bytes();
         this.counters.in_use.fetch_sub(1, Ordering::Relaxed);
         this.counters.in_use_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        let closed = this.is_closed();
-        if slot.class == UNCACHED_CLASS || closed {
+        let releases_now = slot.class == UNCACHED_CLASS || this.is_closed();
+        if releases_now {
             let held = scst_accel_hal::locks::held_locks();
             if held.is_empty() {
                 this.release(&mut LockToken::root(), slot);
@@ -607,17 +607,16 @@ impl Shared {
                  queued for the pool's next call (no lock may be held across the unmap)",
                 this.id
             );
-            this.note_cached(1, bytes);
-            if this.returned.0.send(slot).is_err() {
-                log::error!("SGV pool {}: return queue closed", this.id);
-            }
-            // A closed pool's queue is drained by its flush, or when its last reference drops.
-            return;
         }
         this.note_cached(1, bytes);
         if this.returned.0.send(slot).is_err() {
             // The receiver lives in `this`: unreachable while `this` exists.
             log::error!("SGV pool {}: return queue closed", this.id);
+            return;
+        }
+        if releases_now {
+            // Dropped under a lock: left for the pool's next call (a closed pool's queue is
+            // drained by its flush, or when its last reference drops).
             return;
         }
         // A close racing this return: `close` stores `closed` then drains the queue; here the
