@@ -125,7 +125,10 @@ pub enum RingFault {
     /// An entry that would make the bytes read and not yet retired (from our `cmd_tail` to the
     /// entry's end) more than `cmdr_size - 1`: the kernel never lets `cmd_head` catch up with
     /// the tail it has seen (`spc_free` in target_core_user.c keeps one byte free), so such a
-    /// `cmd_head` is corrupt or forged, and reading on would lap our own unretired entries.
+    /// `cmd_head` is corrupt or forged, and reading on would lap our own unretired entries. A
+    /// backstop: with `cmd_head` kept in the window from our read position to our tail
+    /// ([`RingFault::HeadBehind`]) and every entry ending at or before it
+    /// ([`RingFault::BeyondHead`]), those two fault such an entry first.
     #[error("entry at ring offset {at} of {len} bytes overruns the {unretired} bytes not yet retired")]
     Lapped {
         /// Ring offset.
@@ -406,8 +409,7 @@ enum SlotState {
 #[derive(Debug, Clone)]
 struct Slot {
     at: u32,
-    len: u32,
-    /// The header as read, compared with the ring's before the answer is written.
+    /// The header as read (its `entry_len` is the slot's length), compared with the ring's before the answer is written.
     hdr: EntryHdr,
     /// The `cmd_id` of a CMD entry.
     cmd_id: Option<u16>,
@@ -540,8 +542,7 @@ impl Ring {
         self.check_tail()?;
         let entry = self.read_entry();
         if let Err(RingError::Broken(fault)) = &entry {
-            log::error!("tcmu ring broken: {fault}");
-            self.broken = Some(fault.clone());
+            self.fail(fault.clone());
         }
         self.retire()?;
         entry
@@ -679,7 +680,6 @@ impl Ring {
         let seq = self.front_seq + self.slots.len() as u64;
         self.slots.push_back(Slot {
             at,
-            len,
             hdr,
             cmd_id,
             state,
@@ -940,7 +940,7 @@ impl Ring {
             if let Some(answer) = answer {
                 self.write_answer(self.entry_off(slot.at), answer);
             }
-            tail = (slot.at + slot.len) % self.cmdr_size;
+            tail = (slot.at + slot.hdr.entry_len()) % self.cmdr_size;
             if let Some(id) = slot.cmd_id {
                 self.ids_in_ring.remove(&id);
             }
