@@ -951,7 +951,8 @@ impl Executor {
     }
 
     /// A command buffer for `op`, holding the command's Data-Out when the op writes it to the
-    /// medium or compares against it. `None` when the pool is exhausted.
+    /// medium or compares against it. `None` when the pool is exhausted, or when the ring is
+    /// broken and the Data-Out cannot be copied (logged).
     fn buffer_for(
         &mut self,
         token: &mut StoreToken<'_>,
@@ -965,7 +966,7 @@ impl Executor {
         if op.takes_data_out() {
             // One copy, data area to command buffer (the kernel copied the initiator's data in).
             // A broken ring lends nothing: no buffer, so nothing reaches the medium (the
-            // command is answered BUSY, which the broken ring does not write either).
+            // caller's answer, TASK SET FULL, is not written either: a broken ring takes none).
             if let Err(e) = ring.copy_data_out(cmd, buffer.buffer.pages(), buffer.offset) {
                 log::warn!("tcmu: cmd_id {}: Data-Out not copied: {e}", cmd.cmd_id());
                 return None;
@@ -1014,6 +1015,8 @@ impl Executor {
             Ok(n) => n,
             Err(e) => {
                 log::warn!("tcmu: cmd_id {}: Data-In dropped: {e}", cmd.cmd_id());
+                // Handed to `complete` to free the command's slot; the broken ring writes no
+                // answer, this one included.
                 let busy = Response {
                     status: sam_status::BUSY,
                     sense: &[],
