@@ -50,7 +50,8 @@ pub struct DeviceCounters {
     pub timeouts: u64,
     /// Recoveries of the function the store ran, each once: its escalation's own, and those a
     /// queue's stop had to run (`AccelCounters::resets`). A part of `controller_resets`: in a
-    /// service, where nothing else recovers the function, the same figure.
+    /// service, where nothing else recovers the function, the same figure, but for a recovery
+    /// run by the stop of an NVMe queue dropped at the teardown, which is not counted here.
     pub resets: u64,
     /// Recoveries of the function (reset and brought back to serving), whoever ran them (the
     /// store, `demo --reset-during-load`), each once: the controller's own count.

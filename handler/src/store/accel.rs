@@ -1125,16 +1125,14 @@ impl AccelQueue {
         // submitted (the engine may have completed some without our having reaped them).
         let _ = self.queue.abandon_all();
         let waiting: IntSet<u64> = self.backlog.iter().copied().collect();
-        let mut failed: Vec<u64> = self
-            .children
-            .keys()
-            .copied()
-            .filter(|id| !waiting.contains(id))
-            .collect();
-        let seen: IntSet<u64> = failed
-            .iter()
-            .filter_map(|id| self.children.get(id).map(|c| c.parent))
-            .collect();
+        let mut failed = Vec::new();
+        let mut seen = IntSet::default();
+        for (&id, child) in &self.children {
+            if !waiting.contains(&id) {
+                failed.push(id);
+                seen.insert(child.parent);
+            }
+        }
         let children = &self.children;
         self.backlog.retain(|id| {
             let sibling = children.get(id).is_some_and(|c| seen.contains(&c.parent));
