@@ -1230,11 +1230,7 @@ impl AccelQueue {
         // The register and ring state at the moment of escalation (issue 4 §2).
         log::error!("{}", self.board.dump_registers());
         log::error!("{}", self.queue.dump());
-        let stopped = match stop_bound {
-            Some(bound) => self.queue.stop_within(bound),
-            None => self.queue.stop(),
-        };
-        self.count_stop_recoveries();
+        let stopped = self.stop_engine(stop_bound);
         let mut alive = match stopped {
             Ok(()) => {
                 self.proof_pending = None;
@@ -1302,8 +1298,7 @@ impl AccelQueue {
     /// them.
     fn restart_queue(&mut self) -> bool {
         let gap = self.config.command_timeout * 2;
-        let restarted = self.queue.restart();
-        self.count_stop_recoveries();
+        let restarted = self.restart_engine();
         match restarted {
             Ok(()) => {
                 self.seen_resets = self.board.reset_count();
@@ -1486,11 +1481,34 @@ impl AccelQueue {
         }
     }
 
+    /// Stop the queue's engine: within `bound` ([`QueueEngine::stop_within`]), else within the
+    /// device's own timeout ([`QueueEngine::stop`]). A stop may have to recover the function
+    /// itself (an NVMe stop after a recovery's reset proved nothing); such a recovery is the
+    /// store's, so it is counted here, whatever the stop's outcome. Every stop of the store goes
+    /// through here, so no caller can leave one uncounted.
+    fn stop_engine(&mut self, bound: Option<Duration>) -> Result<(), EngineError> {
+        let stopped = match bound {
+            Some(bound) => self.queue.stop_within(bound),
+            None => self.queue.stop(),
+        };
+        self.count_stop_recoveries();
+        stopped
+    }
+
+    /// Restart the queue's engine ([`QueueEngine::restart`]), counting the recoveries its stop
+    /// ran (a restart stops the queue first), as [`AccelQueue::stop_engine`] does. The restart's
+    /// bookkeeping (the reset count it runs under, the give-up) is [`AccelQueue::restart_queue`]'s.
+    fn restart_engine(&mut self) -> Result<(), EngineError> {
+        let restarted = self.queue.restart();
+        self.count_stop_recoveries();
+        restarted
+    }
+
     /// Count in [`AccelCounters::resets`] the recoveries the queue's stops ran since it last
-    /// looked ([`QueueEngine::recoveries`]): after every call that stops the queue (a stop,
-    /// a restart, which stops first, the stop of `drop`). Such a recovery is the store's as
-    /// much as one its escalation asks for: without it the counter missed every recovery that
-    /// an NVMe stop ran after a recovery's reset proved nothing.
+    /// looked ([`QueueEngine::recoveries`]); only [`AccelQueue::stop_engine`] and
+    /// [`AccelQueue::restart_engine`] call it. Such a recovery is the store's as much as one its
+    /// escalation asks for: without it the counter missed every recovery that an NVMe stop ran
+    /// after a recovery's reset proved nothing.
     fn count_stop_recoveries(&mut self) {
         let recoveries = self.queue.recoveries();
         let new = recoveries.saturating_sub(self.seen_stop_recoveries);
@@ -1514,8 +1532,7 @@ impl AccelQueue {
             return true;
         }
         self.last_health = Instant::now();
-        let stopped = self.queue.stop_within(Duration::ZERO);
-        self.count_stop_recoveries();
+        let stopped = self.stop_engine(Some(Duration::ZERO));
         match stopped {
             Ok(()) => {
                 self.proof_pending = None;
@@ -1722,9 +1739,7 @@ impl Drop for AccelQueue {
         } else if self.gone || (!self.queue.is_running() && self.queue.in_flight() == 0) {
             return;
         } else {
-            let stopped = self.queue.stop();
-            self.count_stop_recoveries();
-            match stopped {
+            match self.stop_engine(None) {
                 Ok(()) => true,
                 Err(EngineError::Gone { .. }) => self.dark_bar_stops_dma(),
                 Err(e) => {
