@@ -315,6 +315,18 @@ pub trait Controller: Send + Sync {
     /// # Errors
     /// [`EngineError`]; the store then treats the device as gone.
     fn recover(&self) -> Result<Recovered, EngineError>;
+    /// [`Controller::recover`] for a caller that chose to recover after reading `seen_resets`
+    /// from [`Controller::reset_count`] (the store: the count had not moved, so no recovery
+    /// was its proof yet). Once the recovery's turn is its own, the call looks again: a
+    /// recovery that ended since that read and left the function serving (its reset proved the
+    /// end of DMA for all the caller had submitted) makes another needless, and the call
+    /// shares it ([`Recovered::Shared`], counted by the caller that ran it) instead of
+    /// resetting a function that serves, which failed every other queue's requests in flight
+    /// for nothing (docs/boards.md rule 5).
+    ///
+    /// # Errors
+    /// As [`Controller::recover`].
+    fn recover_since(&self, seen_resets: u64) -> Result<Recovered, EngineError>;
     /// Bumped by every recovery, whoever ran it ([`Controller::recover`], or a queue's stop
     /// that had to recover the function itself: [`QueueEngine::recoveries`]): a queue that sees
     /// it change knows its requests were dropped.

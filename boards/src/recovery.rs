@@ -61,6 +61,13 @@ impl Recovering<'_> {
         self.word.0.store(self.previous, Ordering::SeqCst);
     }
 
+    /// The last recovery before this turn succeeded (none before it: false). A caller that
+    /// withdraws because another recovery ended meanwhile shares its outcome, so it withdraws
+    /// only after a success: after a failure the function needs this recovery.
+    pub(crate) fn after_success(&self) -> bool {
+        self.previous & OK != 0
+    }
+
     fn end(&mut self, ok: bool) {
         self.finished = true;
         self.word

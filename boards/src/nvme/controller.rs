@@ -684,10 +684,46 @@ impl NvmeController {
     /// caller that waited, [`NvmeError::Disabled`] when the other recovery failed, or the
     /// bounded wait for it.
     pub fn recover(&self) -> Result<Recovered, NvmeError> {
+        self.recover_unless(None)
+    }
+
+    /// [`NvmeController::recover`] for a caller that chose to recover after reading
+    /// `seen_resets` from [`NvmeController::reset_count`] (the store: its count had not moved).
+    /// Once the recovery's turn is its own, it looks again, as a stop that must recover the
+    /// controller does (`recover_unproven`): a recovery that ended since that read proved the
+    /// end of DMA for everything submitted before it, and left the controller serving (its
+    /// count moved, its outcome the last one, the controller enabled without CSTS.CFS, no
+    /// caller's reset or shutdown begun since). The turn is then withdrawn, no recovery
+    /// counted, and the call shares that recovery's outcome ([`Recovered::Shared`]) instead of
+    /// resetting a controller that serves, which failed every other queue's requests in flight
+    /// for nothing. A recovery that ends after this second look still costs a second one.
+    ///
+    /// # Errors
+    /// As [`NvmeController::recover`].
+    pub fn recover_since(&self, seen_resets: u64) -> Result<Recovered, NvmeError> {
+        self.recover_unless(Some(seen_resets))
+    }
+
+    fn recover_unless(&self, seen_resets: Option<u64>) -> Result<Recovered, NvmeError> {
         let intent = self.intent.load(Ordering::SeqCst);
         let Turn::Mine(turn) = self.recovery.begin() else {
             return self.wait_for_other_recovery().map(|()| Recovered::Shared);
         };
+        let serving = |seen| {
+            self.reset_count() != seen
+                && self.is_enabled()
+                && self.fatal().is_none()
+                && !self.intent_moved(intent)
+        };
+        if seen_resets.is_some_and(serving) && turn.after_success() {
+            log::info!(
+                "{}: another recovery ended since the caller looked and the controller serves; \
+                 no second recovery",
+                self.id()
+            );
+            turn.withdraw();
+            return Ok(Recovered::Shared);
+        }
         let result = self.recover_now(intent);
         turn.finish(result.is_ok());
         result.map(|()| Recovered::Ran)

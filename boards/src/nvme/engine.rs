@@ -56,6 +56,10 @@ impl Controller for NvmeController {
         Ok(NvmeController::recover(self)?)
     }
 
+    fn recover_since(&self, seen_resets: u64) -> Result<Recovered, EngineError> {
+        Ok(NvmeController::recover_since(self, seen_resets)?)
+    }
+
     fn reset_count(&self) -> u64 {
         NvmeController::reset_count(self)
     }

@@ -568,12 +568,53 @@ impl Sca1 {
     /// As [`Sca1::reset`], or the bounded wait for READY; for a caller that waited,
     /// [`Sca1Error::RecoveryFailed`] when the other recovery failed, or the bounded wait for it.
     pub fn recover(&self) -> Result<Recovered, Sca1Error> {
+        self.recover_unless(None)
+    }
+
+    /// [`Sca1::recover`] for a caller that chose to recover after reading `seen_resets` from
+    /// [`Sca1::reset_count`] (the store: its reset count had not moved). Once the recovery's
+    /// turn is its own, it looks again: a recovery that ended since that read proved the end
+    /// of DMA for everything submitted before it, and left the function serving (its count
+    /// moved, its outcome the last one, STATUS READY without FATAL, read after the count: a
+    /// FATAL that came after it needs a reset of its own). The turn is then withdrawn, no
+    /// recovery counted, and the call shares that recovery's outcome ([`Recovered::Shared`]),
+    /// as the NVMe driver's stop does since it found the same race: a second recovery reset a
+    /// function that served, failing every other queue's requests in flight for nothing. A
+    /// recovery that ends after this second look still costs a second one.
+    ///
+    /// # Errors
+    /// As [`Sca1::recover`].
+    pub fn recover_since(&self, seen_resets: u64) -> Result<Recovered, Sca1Error> {
+        self.recover_unless(Some(seen_resets))
+    }
+
+    fn recover_unless(&self, seen_resets: Option<u64>) -> Result<Recovered, Sca1Error> {
         let Turn::Mine(turn) = self.state.recovery.begin() else {
             return self.wait_for_other_recovery().map(|()| Recovered::Shared);
         };
+        if seen_resets.is_some_and(|seen| self.recovered_since(seen)) && turn.after_success() {
+            log::info!(
+                "{}: another recovery ended since the caller looked and the function serves; \
+                 no second recovery",
+                self.id()
+            );
+            turn.withdraw();
+            return Ok(Recovered::Shared);
+        }
         let result = self.recover_now();
         turn.finish(result.is_ok());
         result.map(|()| Recovered::Ran)
+    }
+
+    /// A recovery ended since the reset count read `seen`, and the function serves: STATUS
+    /// reads READY without FATAL, read after the count (the recovery's reset cleared FATAL,
+    /// so one seen now came after it).
+    fn recovered_since(&self, seen: u64) -> bool {
+        if self.reset_count() == seen {
+            return false;
+        }
+        let s = self.device.bar0().read32(global::STATUS);
+        s != regs::ALL_ONES && s & status::READY != 0 && s & status::FATAL == 0
     }
 
     fn recover_now(&self) -> Result<(), Sca1Error> {

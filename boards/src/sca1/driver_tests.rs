@@ -666,6 +666,44 @@ fn concurrent_recoveries_of_one_function_run_once() {
     }
 }
 
+/// A caller that read the reset count, chose to recover, and comes for its turn after another
+/// recovery ran to its end meanwhile (the store: its check, then `recover_since`) shares that
+/// recovery instead of resetting a function that serves again: one reset, one count, and the
+/// queue restarted after the first recovery keeps running. It used to take the turn and reset
+/// the function a second time. With nothing ended since its look it still recovers.
+#[test]
+fn a_recovery_that_ended_since_the_callers_look_is_shared_not_run_again() {
+    let mut rig = Rig::new("sca1-recovered-since", 2);
+    let seen = rig.driver.reset_count();
+    let resets = rig.sim.stats().resets;
+    assert_eq!(
+        rig.driver.recover().expect("another queue's recovery"),
+        Recovered::Ran
+    );
+    rig.queues[1].restart().expect("restart after that recovery");
+
+    assert_eq!(
+        rig.driver
+            .recover_since(seen)
+            .expect("the ended recovery is shared"),
+        Recovered::Shared
+    );
+
+    assert_eq!(rig.driver.reset_count(), 1, "one recovery, not two");
+    assert_eq!(rig.sim.stats().resets - resets, 1, "one reset of the function");
+    assert!(rig.queues[1].is_running(), "no second reset stopped it");
+    rig.submit(1, 1, 0).expect("submit");
+    assert_eq!(rig.reap(1, 1), [1], "it serves");
+
+    assert_eq!(
+        rig.driver.recover_since(1).expect("a recovery of its own"),
+        Recovered::Ran,
+        "nothing ended since this look"
+    );
+    assert_eq!(rig.driver.reset_count(), 2);
+    assert_eq!(rig.sim.stats().resets - resets, 2);
+}
+
 /// A caller that arrives while a recovery runs shares that very recovery's outcome, even when it
 /// arrives after the recovery published its reset count (no count move left for it to see):
 /// here the test stands in for a recovery at that point, then ends it with success, then

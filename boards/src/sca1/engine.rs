@@ -123,6 +123,10 @@ impl Controller for Sca1 {
         Ok(Sca1::recover(self)?)
     }
 
+    fn recover_since(&self, seen_resets: u64) -> Result<Recovered, EngineError> {
+        Ok(Sca1::recover_since(self, seen_resets)?)
+    }
+
     fn reset_count(&self) -> u64 {
         Sca1::reset_count(self)
     }

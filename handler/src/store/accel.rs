@@ -17,7 +17,8 @@
 //! requests are held for good. A device that is gone fails everything at once and for good.
 //! Nothing panics, and no wait is unbounded; queues of one function do wait for each other
 //! where the function is shared: one recovery runs at a time (a second caller waits, bounded,
-//! for the first's outcome), and a queue restarts only once a recovery under way has published
+//! for the first's outcome; one that ended since the queue looked at the reset count is shared,
+//! not run again: `Controller::recover_since`), and a queue restarts only once a recovery under way has published
 //! its reset count (a restart refused meanwhile is not a failure toward giving up, but the
 //! refusals are bounded in total: once restarts have not succeeded for longer than one whole
 //! recovery, the engine's `Controller::recovery_bound`, and twice the command timeout, the
@@ -1459,7 +1460,9 @@ impl AccelQueue {
             self.seen_resets = resets;
             return true;
         }
-        match self.board.recover() {
+        // `recover_since`: a recovery that ends between the look above and this call is the
+        // proof as well; the board then shares it instead of resetting the function again.
+        match self.board.recover_since(resets) {
             Ok(recovered) => {
                 // A recovery this call only waited for is its runner's to count (another
                 // queue's of this store, or another caller's): counted here, it was counted

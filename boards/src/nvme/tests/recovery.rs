@@ -574,6 +574,52 @@ fn a_stop_does_not_recover_again_after_a_recovery_that_ended_before_its_turn() {
     rig.finish();
 }
 
+/// A caller that read the reset count, chose to recover, and comes for its turn after another
+/// recovery ran to its end meanwhile (the store: its check, then `recover_since`) shares that
+/// recovery instead of resetting a controller that serves again: one recovery, one function
+/// reset, and the queue re-created after the first recovery keeps serving. It used to take
+/// the turn and recover the controller a second time. With nothing ended since its look it
+/// still recovers.
+#[test]
+fn a_recovery_that_ended_since_the_callers_look_is_shared_not_run_again() {
+    let mut rig = Rig::up("drv-recovered-since", NvmeSimConfig::default(), &config());
+    let buf = buffer(&rig.ctrl, 4096);
+    let seen = rig.ctrl.reset_count();
+    let resets = rig.sim.stats().resets;
+    assert_eq!(
+        Controller::recover(rig.ctrl.as_ref()).expect("another queue's recovery"),
+        Recovered::Ran
+    );
+    QueueEngine::restart(&mut rig.queues[0]).expect("restart after that recovery");
+
+    assert_eq!(
+        Controller::recover_since(rig.ctrl.as_ref(), seen).expect("the ended recovery is shared"),
+        Recovered::Shared
+    );
+
+    assert_eq!(rig.ctrl.reset_count(), 1, "one recovery, not two");
+    assert_eq!(rig.sim.stats().resets - resets, 1, "one reset of the controller");
+    assert!(rig.queues[0].is_running(), "no second reset deleted it");
+    let out = run(
+        &mut rig.queues[0],
+        &[req(1, DeviceOp::Read, 0, 512, &[(buf.iova(), 512)])],
+    );
+    assert_eq!(out, vec![ok(1)], "it serves");
+
+    assert_eq!(
+        Controller::recover_since(rig.ctrl.as_ref(), 1).expect("a recovery of its own"),
+        Recovered::Ran,
+        "nothing ended since this look"
+    );
+    assert_eq!(rig.ctrl.reset_count(), 2);
+    for q in &mut rig.queues {
+        let _ = q.abandon_all();
+        QueueEngine::restart(q).expect("restart after the second recovery");
+    }
+    drop(buf);
+    rig.finish();
+}
+
 /// A rig whose queue 0 has a READ (into the buffer returned) on the controller, never
 /// completed, after a recovery whose reset failed (the disable never finishes, nor did the
 /// function reset, which works again now): nothing proves the end of the READ's DMA.
