@@ -123,6 +123,19 @@ pub enum Sca1Error {
         /// The queue.
         queue: u32,
     },
+    /// A queue cannot restart on a disabled function: a plain reset (the teardown's, a store
+    /// giving up) left ENABLE = 0, and RUN is set only on an enabled function
+    /// (accelerator.md §7 bring-up). Only a recovery enables it again.
+    #[error(
+        "{device}: queue {queue} not restarted: the function is disabled (reset and not \
+         recovered); recover it before restarting its queues"
+    )]
+    Disabled {
+        /// Device.
+        device: String,
+        /// The queue.
+        queue: u32,
+    },
     /// Queue or ring setup failed.
     #[error("{device}: {what}")]
     Setup {

@@ -633,6 +633,37 @@ fn every_queue_reports_not_running_after_a_reset_of_its_function() {
     assert!(rig.queues.iter().all(|q| !q.is_running()));
 }
 
+/// A plain reset (the teardown's, a store giving up) leaves the function disabled (ENABLE = 0,
+/// accelerator.md §7), and RUN is set only on an enabled function (§7 bring-up): a queue's
+/// restart then refuses with `Disabled`, RUN left clear and the queue taking no request. It
+/// used to set RUN on the disabled function and report running, taking requests no engine
+/// would execute. Once a recovery enables the function again, the restart works.
+#[test]
+fn a_queue_does_not_restart_on_a_function_a_reset_left_disabled() {
+    let mut rig = Rig::new("sca1-restart-disabled", 1);
+    rig.driver.reset().expect("reset");
+
+    let refused = rig.queues[0].restart();
+
+    assert!(
+        matches!(refused, Err(Sca1Error::Disabled { queue: 0, .. })),
+        "restart on a disabled function: {refused:?}"
+    );
+    assert!(!rig.queues[0].is_running());
+    let q_control = rig.gate.inner.bar0().read32(queue::reg(0, queue::Q_CONTROL));
+    assert_eq!(q_control & queue::RUN, 0, "RUN not set on a disabled function");
+    assert!(
+        matches!(rig.submit(0, 1, 0), Err(super::SubmitError::NotRunning)),
+        "no request onto a queue that does not run"
+    );
+    rig.driver.recover().expect("recovery");
+    rig.queues[0]
+        .restart()
+        .expect("restart once the function is enabled");
+    rig.submit(0, 2, 8).expect("submit after the restart");
+    assert_eq!(rig.reap(0, 1), [2], "served after the recovery");
+}
+
 /// Two recoveries of one function at once run as one: the second caller waits for the first
 /// and shares its outcome (one reset, one count), instead of resetting the function under the
 /// first's ENABLE.

@@ -47,6 +47,7 @@ impl From<Sca1Error> for EngineError {
             | Sca1Error::Capability { ref device, .. }
             | Sca1Error::DmaUnproven { ref device, .. }
             | Sca1Error::RecoveryFailed { ref device, .. }
+            | Sca1Error::Disabled { ref device, .. }
             | Sca1Error::Setup { ref device, .. } => EngineError::Failed {
                 device: device.clone(),
                 message: e.to_string(),

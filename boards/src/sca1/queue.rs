@@ -9,6 +9,7 @@ use super::desc::SglEntry;
 use super::driver::ResetState;
 use super::driver::Sca1Error;
 use super::regs;
+use super::regs::control;
 use super::regs::doorbell;
 use super::regs::global;
 use super::regs::queue;
@@ -679,11 +680,16 @@ impl Sca1Queue {
     /// are writable only while RUN = 0, and only a RUN 0 → 1 edge starts the engine's head,
     /// phase and sequence over with the host's (accelerator.md §2); a queue still running
     /// would keep its old ring state while the host starts a new one, and nothing would
-    /// complete. No restart while a reset of the function is under way (see `ResetState`).
+    /// complete. No restart while a reset of the function is under way (see `ResetState`),
+    /// nor on a function a plain reset left disabled (the teardown's, a store's give-up):
+    /// RUN is set only on an enabled function (accelerator.md §7 bring-up), and a queue run
+    /// on a disabled one would take requests no engine executes, each waiting for its
+    /// deadline.
     ///
     /// # Errors
     /// [`Sca1Error::ResetUnderWay`] (restart again once the function's reset count moves),
-    /// or as [`Sca1Queue::stop`]. The queue is left stopped.
+    /// [`Sca1Error::Disabled`] (CONTROL.ENABLE reads 0: recover the function first), or as
+    /// [`Sca1Queue::stop`]. The queue is left stopped.
     pub fn restart(&mut self) -> Result<(), Sca1Error> {
         debug_assert_eq!(self.in_flight(), 0, "restart with requests in flight");
         let Some(quiet) = self.resets.quiet() else {
@@ -691,6 +697,20 @@ impl Sca1Queue {
             return Err(self.reset_under_way());
         };
         self.stop()?;
+        // ENABLE, not READY: a FATAL function is enabled and not READY, and its queue restarts
+        // as before (the store's health check recovers it). A reset that starts after this
+        // read is caught by `still_quiet` below.
+        if self.device.bar0().read32(global::CONTROL) & control::ENABLE == 0 {
+            // A recovery whose reset began after the look above is under way, not a disable
+            // for good: the caller retries it as such.
+            if !self.resets.still_quiet(quiet) {
+                return Err(self.reset_under_way());
+            }
+            return Err(Sca1Error::Disabled {
+                device: self.device.id().to_owned(),
+                queue: self.config.index,
+            });
+        }
         self.sq.reset();
         self.cq.reset();
         self.unconsumed.fill(None);
