@@ -11,26 +11,27 @@
 //! (NVMe ABORT), bounded; else stop the queue (RUN=0, bounded wait for BUSY=0; NVMe: delete
 //! its SQ and CQ); if the engine stays busy, reset the function; then every request of the
 //! queue is failed (ABORTED) and the queue restarted. A stop that finds another thread's reset
-//! not yet proven holds the requests until that proof comes (`proof_pending`). Nothing is
-//! failed, its buffer released, before something proves the device does no more DMA for it
-//! (a stop, a reset, bus mastering cleared, the function off the bus); without a proof the
-//! requests are held for good. A device that is gone fails everything at once and for good.
-//! Nothing panics, and no wait is unbounded; queues of one function do wait for each other
-//! where the function is shared: one recovery runs at a time (a second caller waits, bounded,
-//! for the first's outcome; one that ended since the queue looked at the reset count is shared,
-//! not run again: `Controller::recover_since`), and a queue restarts only once a recovery under way has published
-//! its reset count (a restart refused meanwhile is not a failure toward giving up, but the
-//! refusals are bounded in total: once restarts have not succeeded for longer than one whole
-//! recovery, the engine's `Controller::recovery_bound`, and twice the command timeout, the
-//! store gives up as on restarts that keep failing). A queue that is not running
-//! is restarted only with nothing in flight: an NVMe queue whose controller another queue's
-//! recovery disabled, or an SCA-1 queue whose function another queue's reset stopped (every
-//! queue's RUN cleared, accelerator.md §7), takes no new request and keeps those in flight
-//! until the reset count moves (they are failed then) or their deadline escalates (the stop
-//! proving the end of their DMA). When the count moves, only what the queue submitted is failed
-//! (with the rest of its store requests): requests that only waited in the store for a ring
-//! slot or for the queue to run never reached the device, and are submitted after the restart.
-//! A stopped queue with nothing to do retries its restart when the next request comes.
+//! not yet proven holds the requests until that proof comes (`proof_pending`); the teardown's
+//! abort answers those the device never saw (waiting in the store) ABORTED before its stop.
+//! Nothing is failed, its buffer released, before something proves the device does no more DMA
+//! for it (a stop, a reset, bus mastering cleared, the function off the bus); without a proof
+//! the requests are held for good. A device that is gone fails everything at once and for good.
+//! Nothing panics, and no wait is unbounded; queues of one function do wait for each other where
+//! the function is shared: one recovery runs at a time (a second caller waits, bounded, for the
+//! first's outcome; one that ended since the queue looked at the reset count is shared, not run
+//! again: `Controller::recover_since`), and a queue restarts only once a recovery under way has
+//! published its reset count (a restart refused meanwhile is not a failure toward giving up, but
+//! the refusals are bounded in total: once restarts have not succeeded for longer than one whole
+//! recovery, the engine's `Controller::recovery_bound`, and twice the command timeout, the store
+//! gives up as on restarts that keep failing). A queue that is not running is restarted only with
+//! nothing in flight: an NVMe queue whose controller another queue's recovery disabled, or an SCA-1
+//! queue whose function another queue's reset stopped (every queue's RUN cleared, accelerator.md
+//! §7), takes no new request and keeps those in flight until the reset count moves (they are failed
+//! then) or their deadline escalates (the stop proving the end of their DMA). When the count moves,
+//! only what the queue submitted is failed (with the rest of its store requests): requests that
+//! only waited in the store for a ring slot or for the queue to run never reached the device, and
+//! are submitted after the restart. A stopped queue with nothing to do retries its restart when the
+//! next request comes.
 
 use super::CopyPath;
 use super::IoBuffer;
@@ -1149,6 +1150,35 @@ impl AccelQueue {
         n
     }
 
+    /// Fail with `status` the store requests none of whose device requests is on the device:
+    /// all they have left wait in the backlog (any submitted before has completed), so no DMA
+    /// of theirs can be under way, and they need no proof that it ended. A store request with
+    /// a device request on the device is left whole (its waiting ones too: failed with it once
+    /// the proof comes). Returns how many store requests were answered.
+    fn fail_unsubmitted(&mut self, status: StoreStatus) -> usize {
+        let waiting: IntSet<u64> = self.backlog.iter().copied().collect();
+        let seen: IntSet<u64> = self
+            .children
+            .iter()
+            .filter(|(id, _)| !waiting.contains(id))
+            .map(|(_, child)| child.parent)
+            .collect();
+        let children = &self.children;
+        let mut failed = Vec::new();
+        self.backlog.retain(|id| {
+            let unseen = children.get(id).is_some_and(|c| !seen.contains(&c.parent));
+            if unseen {
+                failed.push(*id);
+            }
+            !unseen
+        });
+        let before = self.parents.len();
+        for id in failed {
+            self.child_done(id, status);
+        }
+        before - self.parents.len()
+    }
+
     /// A request missed its deadline. First rung: ask the device to abort the late requests
     /// (NVMe ABORT) and wait, bounded, for their aborted completions; if the device refuses or
     /// they do not come, climb the rest of the ladder ([`AccelQueue::recover`]).
@@ -1717,10 +1747,23 @@ impl StoreQueue for AccelQueue {
             return 0;
         }
         let n = self.parents.len();
-        self.recover_with(
-            "teardown: aborting requests still in flight",
-            Some(TEARDOWN_STOP_BOUND),
-        );
+        // Requests the device never saw are aborted at once: the stop below may have to wait
+        // for another thread's reset to prove the end of DMA (`proof_pending`), and they need
+        // no such proof. They used to be held with the rest until it came.
+        let unsubmitted = self.fail_unsubmitted(StoreStatus::Aborted);
+        if unsubmitted > 0 {
+            log::warn!(
+                "{} queue {}: teardown: {unsubmitted} requests never submitted aborted",
+                self.board.id(),
+                self.queue.index()
+            );
+        }
+        if !self.parents.is_empty() {
+            self.recover_with(
+                "teardown: aborting requests still in flight",
+                Some(TEARDOWN_STOP_BOUND),
+            );
+        }
         // Those still here are held (no proof yet that the device stopped DMA for them:
         // `proof_pending`, or a store that gave up without one): not aborted.
         n - self.parents.len()
