@@ -156,17 +156,40 @@ impl DeviceMapper {
         Self { device, domain }
     }
 
-    /// The device's domain, if it is still the one this mapper was made with.
-    fn domain(&self) -> Result<&dyn DmaMapper, std::io::Error> {
+    /// The device's domain, if it is still the one this mapper was made with; else the error
+    /// of `call` on `iova` and `len`, which names the refusal (one place for both calls, so
+    /// map and unmap refuse alike).
+    fn domain(&self, call: Call, iova: u64, len: u64) -> Result<&dyn DmaMapper, HalError> {
         let dma = self.device.dma();
         if domain_of(dma) == self.domain {
-            Ok(dma)
-        } else {
-            Err(std::io::Error::other(
-                "the device's IOMMU domain changed since its rings were mapped (a DeviceBacking bug)",
-            ))
+            return Ok(dma);
         }
+        let device = self.device.id().to_owned();
+        let source = std::io::Error::other(
+            "the device's IOMMU domain changed since its rings were mapped (a DeviceBacking bug)",
+        );
+        Err(match call {
+            Call::Map => HalError::Map {
+                device,
+                iova,
+                len,
+                source,
+            },
+            Call::Unmap => HalError::Unmap {
+                device,
+                iova,
+                len,
+                source,
+            },
+        })
     }
+}
+
+/// The [`DmaMapper`] call a refused domain fails ([`DeviceMapper::domain`]).
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Map,
+    Unmap,
 }
 
 /// A domain's identity: the address of the object behind the reference.
@@ -180,23 +203,13 @@ fn domain_of(dma: &dyn DmaMapper) -> usize {
 #[allow(unsafe_code)]
 unsafe impl DmaMapper for DeviceMapper {
     unsafe fn map(&self, iova: u64, host: u64, len: u64) -> Result<(), HalError> {
-        let dma = self.domain().map_err(|source| HalError::Map {
-            device: self.device.id().to_owned(),
-            iova,
-            len,
-            source,
-        })?;
+        let dma = self.domain(Call::Map, iova, len)?;
         // SAFETY: our caller upholds `DmaMapper::map`'s contract, which we pass on unchanged.
         unsafe { dma.map(iova, host, len) }
     }
 
     fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError> {
-        let dma = self.domain().map_err(|source| HalError::Unmap {
-            device: self.device.id().to_owned(),
-            iova,
-            len,
-            source,
-        })?;
+        let dma = self.domain(Call::Unmap, iova, len)?;
         dma.unmap(iova, len)
     }
 }
