@@ -324,9 +324,16 @@ pub trait Controller: Send + Sync {
     /// resetting a function that serves, which failed every other queue's requests in flight
     /// for nothing (docs/boards.md rule 5).
     ///
+    /// The default runs [`Controller::recover`]: always correct (a second recovery proves the
+    /// end of DMA as well as the first), only needlessly disruptive, so a board written before
+    /// this call existed keeps building; both drivers here override it.
+    ///
     /// # Errors
     /// As [`Controller::recover`].
-    fn recover_since(&self, seen_resets: u64) -> Result<Recovered, EngineError>;
+    fn recover_since(&self, seen_resets: u64) -> Result<Recovered, EngineError> {
+        let _ = seen_resets;
+        self.recover()
+    }
     /// Bumped by every recovery, whoever ran it ([`Controller::recover`], or a queue's stop
     /// that had to recover the function itself: [`QueueEngine::recoveries`]): a queue that sees
     /// it change knows its requests were dropped.
