@@ -552,14 +552,43 @@ impl Ring {
     /// the ring); one load of the line `retire` stores to. A reset while our `cmd_tail` was 0
     /// is not seen here.
     fn check_tail(&mut self) -> Result<(), RingError> {
-        let found = self.region.load_u32_acquire(abi::MB_CMD_TAIL);
-        if found == self.tail {
-            return Ok(());
+        match self.tail_fault() {
+            Some(fault) => Err(self.fail(fault)),
+            None => Ok(()),
         }
-        Err(self.fail(RingFault::TailMoved {
+    }
+
+    /// [`RingFault::TailMoved`] if the mailbox's `cmd_tail` is not the one we stored (one
+    /// acquire load), for [`Self::check_tail`] and [`Self::data_fault`].
+    fn tail_fault(&self) -> Option<RingFault> {
+        let found = self.region.load_u32_acquire(abi::MB_CMD_TAIL);
+        (found != self.tail).then_some(RingFault::TailMoved {
             ours: self.tail,
             found,
-        }))
+        })
+    }
+
+    /// The slot of `cmd` (by its sequence number, and at its ring offset), if it is still in
+    /// the table; for [`Self::complete`] and [`Self::data_fault`].
+    fn slot_index(&self, cmd: &TcmuCommand) -> Option<usize> {
+        let index = usize::try_from(cmd.seq.checked_sub(self.front_seq)?).ok()?;
+        self.slots
+            .get(index)
+            .filter(|slot| slot.at == cmd.at)
+            .map(|_| index)
+    }
+
+    /// [`RingFault::EntryChanged`] if `slot`'s entry no longer holds the header it was read
+    /// with (length, opcode, `cmd_id`): the kernel reset the ring and posted anew there. For
+    /// [`Self::retire`] and [`Self::data_fault`].
+    fn entry_fault(&self, slot: &Slot) -> Option<RingFault> {
+        let found: EntryHdr = self.region.read_obj(self.entry_off(slot.at));
+        let same = found.len_op == slot.hdr.len_op && found.cmd_id == slot.hdr.cmd_id;
+        (!same).then_some(RingFault::EntryChanged {
+            at: slot.at,
+            read: slot.hdr,
+            found,
+        })
     }
 
     /// The ring is broken by `fault` (the first one is kept and logged).
@@ -875,13 +904,8 @@ impl Ring {
             seq: cmd.seq,
         };
         let answer = self.answer(rsp);
-        let slot = cmd
-            .seq
-            .checked_sub(self.front_seq)
-            .and_then(|index| usize::try_from(index).ok())
-            .and_then(|index| self.slots.get_mut(index));
-        match slot {
-            Some(slot) if slot.at == cmd.at && slot.state == SlotState::Outstanding(cmd.cmd_id) => {
+        match self.slot_index(&cmd).map(|index| &mut self.slots[index]) {
+            Some(slot) if slot.state == SlotState::Outstanding(cmd.cmd_id) => {
                 slot.state = SlotState::Finished(Some(Box::new(answer)));
             }
             _ => return Err(not_outstanding),
@@ -920,15 +944,7 @@ impl Ring {
             .slots
             .iter()
             .take_while(|slot| matches!(slot.state, SlotState::Finished(_)))
-            .find_map(|slot| {
-                let found: EntryHdr = self.region.read_obj(self.entry_off(slot.at));
-                let same = found.len_op == slot.hdr.len_op && found.cmd_id == slot.hdr.cmd_id;
-                (!same).then_some(RingFault::EntryChanged {
-                    at: slot.at,
-                    read: slot.hdr,
-                    found,
-                })
-            });
+            .find_map(|slot| self.entry_fault(slot));
         if let Some(fault) = changed {
             return Err(self.fail(fault));
         }
@@ -966,28 +982,13 @@ impl Ring {
         if let Some(fault) = &self.broken {
             return Some(fault.clone());
         }
-        let found = self.region.load_u32_acquire(abi::MB_CMD_TAIL);
-        if found != self.tail {
-            return Some(RingFault::TailMoved {
-                ours: self.tail,
-                found,
-            });
+        if let Some(fault) = self.tail_fault() {
+            return Some(fault);
         }
         if let Err(fault) = self.load_head() {
             return Some(fault);
         }
-        let slot = cmd
-            .seq
-            .checked_sub(self.front_seq)
-            .and_then(|index| usize::try_from(index).ok())
-            .and_then(|index| self.slots.get(index))
-            .filter(|slot| slot.at == cmd.at)?;
-        let now: EntryHdr = self.region.read_obj(self.entry_off(slot.at));
-        (now.len_op != slot.hdr.len_op || now.cmd_id != slot.hdr.cmd_id).then_some(RingFault::EntryChanged {
-            at: slot.at,
-            read: slot.hdr,
-            found: now,
-        })
+        self.entry_fault(&self.slots[self.slot_index(cmd)?])
     }
 
     /// [`Self::data_fault`] for a caller that may record it (the ring is broken from then on).
