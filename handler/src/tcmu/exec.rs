@@ -38,6 +38,7 @@
 
 use super::abi::mailbox_flags;
 use super::abi::tmr_type;
+use super::ring::DataIn;
 use super::ring::Response;
 use super::ring::Ring;
 use super::ring::RingEntry;
@@ -1000,18 +1001,46 @@ impl Executor {
         buffer: Option<&IoBuffer>,
         response: &scsi::Response,
     ) {
-        let data_in = if !response.data.is_empty() {
-            ring.write_data(&cmd, 0, &response.data)
+        let source = if !response.data.is_empty() {
+            DataIn::Bytes(&response.data)
         } else if let (Some(buffer), true) = (buffer, response.data_in_len > 0) {
             // One copy, command buffer to data area (the kernel copies it on to the initiator).
-            let len = response.data_in_len.min(buffer.len);
-            ring.copy_data_in(&cmd, len, buffer.buffer.pages(), buffer.offset)
+            DataIn::Pages {
+                from: buffer.buffer.pages(),
+                from_off: buffer.offset,
+                len: response.data_in_len.min(buffer.len),
+            }
         } else {
-            Ok(0)
+            DataIn::Nothing
+        };
+        // A short Data-In (engine data shorter than the allocation length) is reported so the
+        // kernel copies only that and sets the residual; a full one needs nothing.
+        let buffer_len = if cmd.bidi_in().is_empty() {
+            cmd.data_len()
+        } else {
+            cmd.bidi_in().iter().map(|s| s.len).sum()
+        };
+        let read_len_of = |data_in: usize| (data_in > 0 && data_in < buffer_len).then_some(data_in as u32);
+        // What the kernel sends the initiator of a Data-In buffer is not what we filled but
+        // the command's whole data length, unless it honours read_len (tcmu_handle_completion:
+        // only with TCMU_UFLAG_READ_LEN, a non-zero rsp.read_len and CAP_READ_LEN; a length of
+        // 0 cannot be said), and gather_data_area copies the data area as it is. Its blocks are
+        // reused uncleared, so whatever we did not fill (all of it for a READ of 0 blocks,
+        // answered GOOD with no data) would hand an earlier command's data, maybe another
+        // initiator's, to this one: zeroed. Not a Data-Out buffer (a WRITE's): the kernel
+        // copies nothing back from it, and it holds this command's own data.
+        // Not trusted for a BIDI command's Data-In (the kernel's read_len handling is written
+        // for DMA_FROM_DEVICE): its unfilled part is always zeroed.
+        // The copy and the zeroing go through one call, so the ring is checked once for both.
+        let read_len_trusted = ring.flags() & mailbox_flags::CAP_READ_LEN != 0 && cmd.bidi_in().is_empty();
+        let zero_rest = |data_in: usize| {
+            let read_len_honoured = read_len_of(data_in).is_some() && read_len_trusted;
+            !read_len_honoured && data_in < buffer_len && self.has_data_in(&cmd)
         };
         // A broken ring (a reset: the command's blocks are the kernel's again, maybe a new
-        // command's, maybe unmapped) gets no Data-In, and no answer: `complete` refuses too.
-        let data_in = match data_in {
+        // command's, maybe unmapped) gets no Data-In, no zeroing, and no answer: `complete`
+        // refuses too.
+        let data_in = match ring.put_data_in(&cmd, source, zero_rest) {
             Ok(n) => n,
             Err(e) => {
                 log::warn!("tcmu: cmd_id {}: Data-In dropped: {e}", cmd.cmd_id());
@@ -1028,32 +1057,7 @@ impl Executor {
                 return;
             }
         };
-        // A short Data-In (engine data shorter than the allocation length) is reported so the
-        // kernel copies only that and sets the residual; a full one needs nothing.
-        let buffer_len = if cmd.bidi_in().is_empty() {
-            cmd.data_len()
-        } else {
-            cmd.bidi_in().iter().map(|s| s.len).sum()
-        };
-        let read_len = (data_in > 0 && data_in < buffer_len).then_some(data_in as u32);
-        // What the kernel sends the initiator of a Data-In buffer is not what we filled but
-        // the command's whole data length, unless it honours read_len (tcmu_handle_completion:
-        // only with TCMU_UFLAG_READ_LEN, a non-zero rsp.read_len and CAP_READ_LEN; a length of
-        // 0 cannot be said), and gather_data_area copies the data area as it is. Its blocks are
-        // reused uncleared, so whatever we did not fill (all of it for a READ of 0 blocks,
-        // answered GOOD with no data) would hand an earlier command's data, maybe another
-        // initiator's, to this one: zeroed. Not a Data-Out buffer (a WRITE's): the kernel
-        // copies nothing back from it, and it holds this command's own data.
-        // Not trusted for a BIDI command's Data-In (the kernel's read_len handling is written
-        // for DMA_FROM_DEVICE): its unfilled part is always zeroed.
-        let read_len_honoured =
-            read_len.is_some() && ring.flags() & mailbox_flags::CAP_READ_LEN != 0 && cmd.bidi_in().is_empty();
-        if !read_len_honoured && data_in < buffer_len && self.has_data_in(&cmd) {
-            if let Err(e) = ring.zero_data_in(&cmd, data_in) {
-                // Broken between the copy and here: `complete` below refuses too.
-                log::warn!("tcmu: cmd_id {}: Data-In not zeroed: {e}", cmd.cmd_id());
-            }
-        }
+        let read_len = read_len_of(data_in);
         if response.status != sam_status::GOOD {
             self.errors += 1;
         }
@@ -1272,6 +1276,44 @@ mod tests {
         let n = usize::from(back[4]) + 5;
         assert!((36..255).contains(&n), "standard INQUIRY data is {n} bytes");
         assert_eq!(&back[n..], &vec![0; 255 - n][..], "after the INQUIRY data");
+    }
+
+    /// The ring is looked at (`Ring::data_fault`: two mailbox loads and a header read) once
+    /// per command's Data-In, not once for its copy and again for the zeroing after it: a
+    /// short INQUIRY on a kernel without CAP_READ_LEN (copy, then zeroes), a READ of no blocks
+    /// (zeroes only), a full READ (copy only), a WRITE (its Data-Out only; no Data-In, so no
+    /// look for it). The data still lands as it must.
+    #[test]
+    fn a_short_data_in_and_its_zeroing_look_at_the_ring_once() {
+        let mut r = rig_with(0);
+        r.sim.write_data(r.sim.data_off(), &[0xa5; BS as usize]);
+        let looks = |r: &mut Rig, id: u16, cdb: &[u8], out: Option<&[u8]>| {
+            let before = r.ring.data_checks();
+            let done = r.run(id, cdb, 0, BS as usize, out);
+            assert_eq!(done.status, sam_status::GOOD, "{:?}", done.sense);
+            r.ring.data_checks() - before
+        };
+        assert_eq!(
+            looks(&mut r, 1, &[0x12, 0, 0, 0, 255, 0], None),
+            1,
+            "short INQUIRY"
+        );
+        let back = r.sim.read_data(r.sim.data_off(), BS as usize);
+        let n = usize::from(back[4]) + 5;
+        assert_eq!(
+            &back[n..],
+            &vec![0; BS as usize - n][..],
+            "zeroed after the INQUIRY data"
+        );
+        let data = vec![0x3cu8; BS as usize];
+        assert_eq!(looks(&mut r, 2, &rw10(0x2a, 7, 1), Some(&data)), 1, "WRITE");
+        assert_eq!(looks(&mut r, 3, &rw10(0x28, 7, 0), None), 1, "READ of no blocks");
+        assert_eq!(
+            r.sim.read_data(r.sim.data_off(), BS as usize),
+            vec![0; BS as usize]
+        );
+        assert_eq!(looks(&mut r, 4, &rw10(0x28, 7, 1), None), 1, "full READ");
+        assert_eq!(r.sim.read_data(r.sim.data_off(), BS as usize), data);
     }
 
     #[test]

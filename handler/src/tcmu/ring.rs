@@ -436,6 +436,9 @@ pub struct Ring {
     outstanding: usize,
     broken: Option<RingFault>,
     tail_moved: bool,
+    /// How often [`Self::data_fault`] looked at the ring: tests count the looks per command.
+    #[cfg(test)]
+    data_checks: std::sync::atomic::AtomicUsize,
 }
 
 impl Ring {
@@ -500,6 +503,8 @@ impl Ring {
             outstanding: 0,
             broken: None,
             tail_moved: false,
+            #[cfg(test)]
+            data_checks: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -979,6 +984,9 @@ impl Ring {
     /// page of the mapping is SIGBUS (`tcmu_vma_fault`). Like `retire`'s checks, this narrows
     /// the window to the copy itself; it cannot close it (docs/tcmu.md, "The ring's rules").
     fn data_fault(&self, cmd: &TcmuCommand) -> Option<RingFault> {
+        #[cfg(test)]
+        self.data_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(fault) = &self.broken {
             return Some(fault.clone());
         }
@@ -989,6 +997,12 @@ impl Ring {
             return Some(fault);
         }
         self.entry_fault(&self.slots[self.slot_index(cmd)?])
+    }
+
+    /// How often the data accessors have looked at the ring ([`Self::data_fault`]).
+    #[cfg(test)]
+    pub(crate) fn data_checks(&self) -> usize {
+        self.data_checks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// [`Self::data_fault`] for a caller that may record it (the ring is broken from then on).
@@ -1024,13 +1038,17 @@ impl Ring {
     /// [`RingError::Broken`] as [`Self::read_data`]; nothing is written then.
     pub fn write_data(&mut self, cmd: &TcmuCommand, offset: usize, buf: &[u8]) -> Result<usize, RingError> {
         self.check_data(cmd)?;
-        let segments = data_in_segments(cmd);
+        Ok(self.write_checked(cmd, offset, buf))
+    }
+
+    /// [`Self::write_data`] once the ring is checked.
+    fn write_checked(&self, cmd: &TcmuCommand, offset: usize, buf: &[u8]) -> usize {
         let mut done = 0;
-        for_each_piece(segments, offset, buf.len(), |region_off, at, n| {
+        for_each_piece(data_in_segments(cmd), offset, buf.len(), |region_off, at, n| {
             self.region.write(region_off, &buf[at..at + n]);
             done += n;
         });
-        Ok(done)
+        done
     }
 
     /// Copy `cmd`'s Data-Out into `to` from byte `to_off` on, straight from the data area (one
@@ -1076,12 +1094,17 @@ impl Ring {
         from_off: usize,
     ) -> Result<usize, RingError> {
         self.check_data(cmd)?;
+        Ok(self.copy_in_checked(cmd, len, from, from_off))
+    }
+
+    /// [`Self::copy_data_in`] once the ring is checked.
+    fn copy_in_checked(&self, cmd: &TcmuCommand, len: usize, from: &PageBuffer, from_off: usize) -> usize {
         let mut done = 0;
         for_each_piece(data_in_segments(cmd), 0, len, |region_off, at, n| {
             self.region.copy_from_pages(region_off, from, from_off + at, n);
             done += n;
         });
-        Ok(done)
+        done
     }
 
     /// Zero `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) from byte `from`
@@ -1093,6 +1116,11 @@ impl Ring {
     /// [`RingError::Broken`] as [`Self::write_data`]; nothing is written then.
     pub fn zero_data_in(&mut self, cmd: &TcmuCommand, from: usize) -> Result<usize, RingError> {
         self.check_data(cmd)?;
+        Ok(self.zero_checked(cmd, from))
+    }
+
+    /// [`Self::zero_data_in`] once the ring is checked.
+    fn zero_checked(&self, cmd: &TcmuCommand, from: usize) -> usize {
         let segments = data_in_segments(cmd);
         let len = segments.iter().map(|s| s.len).sum::<usize>().saturating_sub(from);
         let mut done = 0;
@@ -1100,8 +1128,65 @@ impl Ring {
             self.region.fill(region_off, n, 0);
             done += n;
         });
+        done
+    }
+
+    /// Put `data` into `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) from
+    /// its start, then, if `zero_rest` says so given the bytes put, zero the rest of the buffer
+    /// ([`Self::zero_data_in`]); returns the bytes put. The ring is checked once
+    /// ([`Self::data_fault`]) before the first byte of the data area is touched, not again
+    /// between the copy and the zeroing: that second look (two mailbox loads and a header
+    /// read) would only move the window a reset can slip through from the copy's start to the
+    /// zeroing's, and `complete` looks again before any answer lands. Nothing to put and
+    /// nothing to zero touches nothing and checks nothing.
+    ///
+    /// # Errors
+    /// [`RingError::Broken`] as [`Self::write_data`]; nothing is written then.
+    ///
+    /// # Panics
+    /// If a [`DataIn::Pages`] source has fewer than `from_off + len` bytes (a caller's bug).
+    pub fn put_data_in(
+        &mut self,
+        cmd: &TcmuCommand,
+        data: DataIn<'_>,
+        zero_rest: impl FnOnce(usize) -> bool,
+    ) -> Result<usize, RingError> {
+        let checked = !matches!(data, DataIn::Nothing);
+        if checked {
+            self.check_data(cmd)?;
+        }
+        let done = match data {
+            DataIn::Nothing => 0,
+            DataIn::Bytes(buf) => self.write_checked(cmd, 0, buf),
+            DataIn::Pages { from, from_off, len } => self.copy_in_checked(cmd, len, from, from_off),
+        };
+        if zero_rest(done) {
+            if !checked {
+                self.check_data(cmd)?;
+            }
+            self.zero_checked(cmd, done);
+        }
         Ok(done)
     }
+}
+
+/// What [`Ring::put_data_in`] puts into a command's Data-In buffer.
+#[derive(Debug, Clone, Copy)]
+pub enum DataIn<'a> {
+    /// Nothing (the buffer may still be zeroed).
+    Nothing,
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// The first `len` bytes of `from` from byte `from_off` on (a command buffer), at most the
+    /// Data-In buffer's length.
+    Pages {
+        /// The command buffer.
+        from: &'a PageBuffer,
+        /// Where its data starts.
+        from_off: usize,
+        /// How many bytes.
+        len: usize,
+    },
 }
 
 /// The segments of `cmd`'s Data-In buffer: the BIDI Data-In buffer when there is one, else the
