@@ -628,15 +628,7 @@ impl TcmuService {
         };
         disk.state = DiskState::Stopping;
         let started = Instant::now();
-        release_dead_ring(disk, &running);
-        if let Err(e) = running.setup.unexport() {
-            log::error!(
-                "disk {}: removing its LUNs: {}",
-                disk.spec.args.name,
-                error_chain(&e)
-            );
-            disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
-        }
+        remove_luns(disk, &mut running);
         running.worker.request_stop();
         finish(disk, running, trigger, started, failed);
     }
@@ -654,19 +646,8 @@ impl TcmuService {
         for disk in self.disks.iter_mut().rev() {
             if let Some(mut running) = disk.running.take() {
                 disk.state = DiskState::Stopping;
-                // A worker that ended since the last look serves nothing: its LUNs' removal
-                // would wait for its ring's commands.
-                release_dead_ring(disk, &running);
-                let unexported = running.setup.unexport();
+                remove_luns(disk, &mut running);
                 disk.running = Some(running);
-                if let Err(e) = unexported {
-                    log::error!(
-                        "disk {}: removing its LUNs: {}",
-                        disk.spec.args.name,
-                        error_chain(&e)
-                    );
-                    disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
-                }
             }
         }
         log::info!("tcmu stop: every LUN removed in {:?}", started.elapsed());
@@ -689,6 +670,22 @@ impl TcmuService {
 
     fn exit_code(&self) -> u8 {
         self.disks.iter().map(|d| d.exit_code).max().unwrap_or(0)
+    }
+}
+
+/// The first step of a disk's stop, its worker asked to stop only after it: the ring emptied
+/// if its worker has ended (a dead ring's commands would hold the LUNs' removal,
+/// [`release_dead_ring`]), then its LUNs removed while a live worker still answers their
+/// commands. A failure of either is logged and makes the disk's exit code 70.
+fn remove_luns(disk: &mut TcmuDisk, running: &mut Running) {
+    release_dead_ring(disk, running);
+    if let Err(e) = running.setup.unexport() {
+        log::error!(
+            "disk {}: removing its LUNs: {}",
+            disk.spec.args.name,
+            error_chain(&e)
+        );
+        disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
     }
 }
 
