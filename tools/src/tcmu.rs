@@ -44,6 +44,7 @@ use scst_accel_handler::scsi::Disk;
 use scst_accel_handler::scsi::DiskConfig;
 use scst_accel_handler::store::StoreInfo;
 use scst_accel_handler::tcmu::configfs::ConfigfsError;
+use scst_accel_handler::tcmu::configfs::ConfigfsFs;
 use scst_accel_handler::tcmu::configfs::IscsiSpec;
 use scst_accel_handler::tcmu::configfs::KernelFs;
 use scst_accel_handler::tcmu::configfs::RingReset;
@@ -63,6 +64,7 @@ use scst_accel_handler::tcmu::uio::UioError;
 use scst_accel_handler::tcmu::worker::command_timeout_under;
 use scst_accel_handler::tcmu::worker::TcmuWorker;
 use scst_accel_handler::tcmu::worker::WorkerConfig;
+use scst_accel_handler::tcmu::worker::WorkerReport;
 use scst_accel_handler::tcmu::worker::WorkerStats;
 use scst_accel_handler::tcmu::worker::KERNEL_CMD_TIME_OUT;
 use signal_hook::consts::SIGINT;
@@ -71,6 +73,7 @@ use signal_hook::iterator::Signals;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
 use std::time::SystemTime;
@@ -206,6 +209,10 @@ fn open_uio(hba: &str, name: &str) -> Result<UioDevice, UioError> {
     }
 }
 
+/// The configfs the service writes: the kernel's ([`KernelFs`]), or in a test a stand-in that
+/// can block or refuse as the kernel may (a LUN's removal waits for the LUN's commands).
+type ServiceFs = Arc<dyn ConfigfsFs + Send + Sync>;
+
 /// Why a disk did not start, and the exit code it stands for.
 #[derive(Debug)]
 struct StartFailure {
@@ -219,10 +226,32 @@ struct Running {
     engine: Arc<Disk>,
     /// Tells the worker's executor that the capacity changed (a resize).
     capacity: CapacityNotice,
-    setup: Setup<KernelFs>,
+    setup: Setup<ServiceFs>,
     worker: TcmuWorker,
     /// The UIO device's number (`/dev/uioN`): the kernel's events name it as the minor.
     uio_index: u32,
+}
+
+/// A disk's parts once its worker has stopped ([`halt`]), for [`settle`].
+struct Halted {
+    backend: Backend,
+    engine: Arc<Disk>,
+    setup: Setup<ServiceFs>,
+    report: Result<WorkerReport, String>,
+    /// Commands in flight when the worker was asked to stop.
+    in_flight_at_start: u64,
+}
+
+/// A disk's stop thread ([`spawn_stop`]): it hands back the disk's parts and the exit code its
+/// LUNs' removal gave (`None` if it never got them).
+type StopThread = JoinHandle<Option<(Halted, u8)>>;
+
+/// A disk's stop running on a thread of its own ([`TcmuService::stop_disk`]), settled by
+/// [`TcmuService::collect_stops`] once the thread has ended.
+struct Stopping {
+    thread: StopThread,
+    trigger: &'static str,
+    started: Instant,
 }
 
 /// One disk of the service.
@@ -236,6 +265,8 @@ struct TcmuDisk {
     block_size: u32,
     num_blocks: u64,
     running: Option<Running>,
+    /// Its stop, while it runs off the service loop.
+    stopping: Option<Stopping>,
     /// The worker's last figures once it is gone.
     last: Option<WorkerStats>,
     device: DeviceCounters,
@@ -293,7 +324,8 @@ fn frontend_stats(s: WorkerStats) -> FrontendStats {
 struct TcmuService {
     settings: TcmuSettings,
     state_dir: PathBuf,
-    targets: Option<Targets<KernelFs>>,
+    fs: ServiceFs,
+    targets: Option<Targets<ServiceFs>>,
     disks: Vec<TcmuDisk>,
 }
 
@@ -314,6 +346,7 @@ impl TcmuService {
                 block_size: spec.args.block_size,
                 num_blocks: 0,
                 running: None,
+                stopping: None,
                 last: None,
                 device: DeviceCounters::default(),
                 teardowns: Vec::new(),
@@ -323,6 +356,7 @@ impl TcmuService {
         Self {
             settings,
             state_dir: config.service.state_dir.clone(),
+            fs: Arc::new(KernelFs),
             targets: None,
             disks,
         }
@@ -332,7 +366,7 @@ impl TcmuService {
     /// made (nothing started then).
     fn start(&mut self, target_spec: &TargetSpec) -> Result<(), StartFailure> {
         let targets = Targets::create(
-            KernelFs,
+            Arc::clone(&self.fs),
             &self.settings.configfs_root,
             target_spec,
             self.settings.adopt,
@@ -348,7 +382,7 @@ impl TcmuService {
                 .map(|d| (d.spec.args.name.clone(), d.identity.clone()))
                 .collect();
             let disk = &mut self.disks[i];
-            match start_disk(disk, &others, &self.settings, &self.state_dir, &targets) {
+            match start_disk(disk, &others, &self.settings, &self.state_dir, &self.fs, &targets) {
                 Ok(()) => {
                     disk.state = DiskState::Serving;
                     log::info!("disk {}: LUN {} linked", disk.spec.args.name, disk.lun);
@@ -367,6 +401,11 @@ impl TcmuService {
 
     fn serving(&self) -> usize {
         self.disks.iter().filter(|d| d.running.is_some()).count()
+    }
+
+    /// Disks whose stop still runs on its thread.
+    fn stopping(&self) -> usize {
+        self.disks.iter().filter(|d| d.stopping.is_some()).count()
     }
 
     fn status_line(&self) -> String {
@@ -536,10 +575,11 @@ impl TcmuService {
                      stopping the disk: drain, unmap, release",
                     event.device
                 );
-                self.stop_disk(i, KERNEL_REMOVED, true);
-                let disk = &mut self.disks[i];
-                disk.failure = Some("the kernel removed its backstore (REMOVED_DEVICE)".into());
-                disk.state = DiskState::Failed;
+                self.stop_disk(
+                    i,
+                    KERNEL_REMOVED,
+                    "the kernel removed its backstore (REMOVED_DEVICE)".into(),
+                );
             }
             EventKind::Reconfig => self.on_reconfig(i, event),
         }
@@ -608,34 +648,100 @@ impl TcmuService {
                 log::warn!(
                     "disk {name}: its backstore was removed (its worker saw it first); stopping the disk"
                 );
-                self.stop_disk(i, KERNEL_REMOVED, true);
-                self.disks[i].failure = Some("the kernel removed its backstore".into());
+                self.stop_disk(i, KERNEL_REMOVED, "the kernel removed its backstore".into());
             } else {
                 log::error!("disk {name}: its TCMU worker ended; stopping the disk");
-                self.stop_disk(i, "WorkerEnded", true);
-                self.disks[i].failure =
-                    Some("its TCMU worker ended (a broken ring or a UIO error: see the log)".into());
+                self.stop_disk(
+                    i,
+                    "WorkerEnded",
+                    "its TCMU worker ended (a broken ring or a UIO error: see the log)".into(),
+                );
             }
         }
     }
 
-    /// Stop one disk while the others serve: its LUNs, its worker (drain, unmap), its
-    /// backstore, its backend.
-    fn stop_disk(&mut self, i: usize, trigger: &str, failed: bool) {
+    /// Stop one disk while the others serve, shown failed with `failure`: its LUNs, its worker
+    /// (drain, unmap), then, in [`Self::collect_stops`], its backstore and its backend. The
+    /// LUNs' removal and the drain run on a thread of their own: removing a LUN waits in the
+    /// kernel for every command of it, up to the backstore's `cmd_time_out` (for ever if 0)
+    /// when its ring's commands have nobody to answer them and the kernel refused to reset the
+    /// ring ([`release_dead_ring`]); the drain takes up to twice its budget. Meanwhile the
+    /// service loop answers status, the control socket and the watchdog. With no thread to be
+    /// had, the stop runs here.
+    fn stop_disk(&mut self, i: usize, trigger: &'static str, failure: String) {
         let disk = &mut self.disks[i];
-        let Some(mut running) = disk.running.take() else {
+        let Some(running) = disk.running.take() else {
             return;
         };
         disk.state = DiskState::Stopping;
+        disk.failure = Some(failure);
+        // Status shows the worker's figures as they were when its stop began.
+        disk.last = Some(running.worker.stats());
         let started = Instant::now();
-        remove_luns(disk, &mut running);
-        running.worker.request_stop();
-        finish(disk, running, trigger, started, failed);
+        let name = disk.spec.args.name.clone();
+        match spawn_stop(&name, running) {
+            Ok(thread) => {
+                disk.stopping = Some(Stopping {
+                    thread,
+                    trigger,
+                    started,
+                });
+            }
+            Err(refused) => {
+                let (mut running, e) = *refused;
+                log::error!("disk {name}: no thread for its stop ({e}); stopping it on the service loop");
+                disk.exit_code = disk.exit_code.max(remove_luns(&name, &mut running));
+                running.worker.request_stop();
+                settle(disk, halt(running), trigger, started, true);
+            }
+        }
+    }
+
+    /// Settle the disks whose stop thread has ended ([`Self::stop_disk`]): their backend
+    /// released, their backstore removed, their teardown recorded. Never waits: a stop still
+    /// running is looked at again on the loop's next turn.
+    fn collect_stops(&mut self) {
+        for disk in &mut self.disks {
+            if disk.stopping.as_ref().is_some_and(|s| s.thread.is_finished()) {
+                if let Some(stopping) = disk.stopping.take() {
+                    // Finished: the join returns at once.
+                    let joined = scst_accel_hal::locks::join(stopping.thread);
+                    settle_stop(disk, joined, stopping.trigger, stopping.started);
+                }
+            }
+        }
+    }
+
+    /// At the service's stop: wait for the disks' stop threads until `deadline` (a second
+    /// each at least), settling each that ends; one still running is left to finish on its
+    /// own, its disk failed (exit 70) with its backend and backstore not released.
+    fn join_stops(&mut self, deadline: Instant) {
+        for disk in &mut self.disks {
+            let Some(stopping) = disk.stopping.take() else {
+                continue;
+            };
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            match scst_accel_hal::locks::join_bounded(stopping.thread, left) {
+                Ok(joined) => settle_stop(disk, joined, stopping.trigger, stopping.started),
+                Err(_still_running) => {
+                    log::error!(
+                        "disk {}: its stop (LUN removal, drain) still runs after {:?}; left to \
+                         finish on its own, its backstore and buffer pool not released",
+                        disk.spec.args.name,
+                        stopping.started.elapsed()
+                    );
+                    disk.state = DiskState::Failed;
+                    disk.exit_code = exit::SOFTWARE;
+                }
+            }
+        }
     }
 
     /// Stop every serving disk: iSCSI disabled, every LUN removed (newest first) while the
     /// workers serve, every worker asked to stop, then each finished newest first, then the
-    /// shared targets.
+    /// stops of disks stopped alone awaited (bounded), then the shared targets.
     fn stop_all(&mut self, trigger: &str) {
         let started = Instant::now();
         if let Some(targets) = &mut self.targets {
@@ -646,7 +752,8 @@ impl TcmuService {
         for disk in self.disks.iter_mut().rev() {
             if let Some(mut running) = disk.running.take() {
                 disk.state = DiskState::Stopping;
-                remove_luns(disk, &mut running);
+                let code = remove_luns(&disk.spec.args.name, &mut running);
+                disk.exit_code = disk.exit_code.max(code);
                 disk.running = Some(running);
             }
         }
@@ -658,9 +765,13 @@ impl TcmuService {
         }
         for disk in self.disks.iter_mut().rev() {
             if let Some(running) = disk.running.take() {
-                finish(disk, running, trigger, started, false);
+                settle(disk, halt(running), trigger, started, false);
             }
         }
+        // The disks stopped alone earlier whose stop still runs: their LUNs must be gone before
+        // the shared targets can go. Within the stop's own bound (the drains', twice the
+        // budget, plus the slack systemd's timeout is extended by).
+        self.join_stops(started + self.settings.drain * 2 + STOP_SLACK);
         if let Some(targets) = self.targets.take() {
             if let Err(e) = targets.remove() {
                 log::error!("tcmu stop: {}", error_chain(&e));
@@ -676,16 +787,69 @@ impl TcmuService {
 /// The first step of a disk's stop, its worker asked to stop only after it: the ring emptied
 /// if its worker has ended (a dead ring's commands would hold the LUNs' removal,
 /// [`release_dead_ring`]), then its LUNs removed while a live worker still answers their
-/// commands. A failure of either is logged and makes the disk's exit code 70.
-fn remove_luns(disk: &mut TcmuDisk, running: &mut Running) {
-    release_dead_ring(disk, running);
+/// commands. A failure of either is logged; returns the exit code it makes the disk's (70),
+/// or 0.
+fn remove_luns(name: &str, running: &mut Running) -> u8 {
+    let mut code = release_dead_ring(name, running);
     if let Err(e) = running.setup.unexport() {
-        log::error!(
-            "disk {}: removing its LUNs: {}",
-            disk.spec.args.name,
-            error_chain(&e)
-        );
-        disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
+        log::error!("disk {name}: removing its LUNs: {}", error_chain(&e));
+        code = exit::SOFTWARE;
+    }
+    code
+}
+
+/// A disk's stop on a thread of its own ([`TcmuService::stop_disk`]): [`remove_luns`], the
+/// worker asked to stop and awaited ([`halt`]). `Err` gives `running` back untouched when no
+/// thread can be had.
+fn spawn_stop(name: &str, running: Running) -> Result<StopThread, Box<(Running, String)>> {
+    // Handed over once the thread runs: a failed spawn drops its closure, and the disk's parts
+    // must not go with it (a setup dropped leaves its objects in configfs, a backend dropped
+    // unmaps nothing with proof).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Running>(1);
+    let thread_name = name.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name(format!("stop-{name}"))
+        .spawn(move || {
+            // Sent right after the spawn, from the service loop; the bound only covers a loop
+            // that panicked in between (the sender is dropped then, and this returns at once).
+            let mut running = scst_accel_hal::locks::recv_timeout(&rx, Duration::from_secs(10)).ok()?;
+            let code = remove_luns(&thread_name, &mut running);
+            running.worker.request_stop();
+            Some((halt(running), code))
+        });
+    match spawned {
+        Ok(thread) => match tx.send(running) {
+            Ok(()) => Ok(thread),
+            Err(std::sync::mpsc::SendError(running)) => {
+                Err(Box::new((running, "its thread ended at once".into())))
+            }
+        },
+        Err(e) => Err(Box::new((running, e.to_string()))),
+    }
+}
+
+/// Record the end of a disk's stop thread ([`TcmuService::collect_stops`],
+/// [`TcmuService::join_stops`]).
+fn settle_stop(
+    disk: &mut TcmuDisk,
+    joined: std::thread::Result<Option<(Halted, u8)>>,
+    trigger: &'static str,
+    started: Instant,
+) {
+    match joined {
+        Ok(Some((halted, code))) => {
+            disk.exit_code = disk.exit_code.max(code);
+            settle(disk, halted, trigger, started, true);
+        }
+        Ok(None) | Err(_) => {
+            log::error!(
+                "disk {}: its stop thread ended without stopping it (it panicked, or never got \
+                 the disk); its backstore and buffer pool are not released",
+                disk.spec.args.name
+            );
+            disk.state = DiskState::Failed;
+            disk.exit_code = exit::SOFTWARE;
+        }
     }
 }
 
@@ -699,29 +863,33 @@ fn remove_luns(disk: &mut TcmuDisk, running: &mut Running) {
 /// so; initiators retry). Only once the worker has stopped using the ring: an ended worker
 /// thread has unmapped it (the UIO device is dropped at the end of its serve, worker.rs). The
 /// device stays blocked: it is removed next. Each write is one bounded configfs store. If the
-/// kernel refuses, the LUNs' removal that follows waits for those commands; said, with why.
-fn release_dead_ring(disk: &mut TcmuDisk, running: &Running) {
+/// kernel refuses, the LUNs' removal that follows waits for those commands (off the service
+/// loop when the disk stops alone, [`TcmuService::stop_disk`]); said, with why. Returns the
+/// exit code a refusal makes the disk's (70), or 0.
+fn release_dead_ring(name: &str, running: &Running) -> u8 {
     if !running.worker.is_finished() || !running.setup.backstore().exists() {
         // Serving: it answers its commands while its LUNs go. Gone: nothing to reset.
-        return;
+        return 0;
     }
-    let name = &disk.spec.args.name;
     let started = Instant::now();
     let blocked = running.setup.block(true);
     if let Err(e) = &blocked {
         log::error!("disk {name}: blocking its ended ring: {}", error_chain(e));
     }
     match running.setup.reset_ring(RingReset::Busy) {
-        Ok(()) => log::warn!(
-            "disk {name}: its worker ended: ring reset, the commands in it answered BUSY (to be \
+        Ok(()) => {
+            log::warn!(
+                "disk {name}: its worker ended: ring reset, the commands in it answered BUSY (to be \
              retried){}, in {:?}",
-            if blocked.is_ok() {
-                ", new ones refused BUSY"
-            } else {
-                ""
-            },
-            started.elapsed()
-        ),
+                if blocked.is_ok() {
+                    ", new ones refused BUSY"
+                } else {
+                    ""
+                },
+                started.elapsed()
+            );
+            0
+        }
         Err(e) => {
             let timeout = match running.setup.cmd_time_out() {
                 Ok(Some(t)) => format!("{t:?}"),
@@ -730,11 +898,10 @@ fn release_dead_ring(disk: &mut TcmuDisk, running: &Running) {
             };
             log::error!(
                 "disk {name}: resetting its ended ring: {}; removing its LUNs waits until the \
-                 kernel times out the commands left in the ring ({timeout}), and the service \
-                 answers nothing meanwhile",
+                 kernel times out the commands left in the ring ({timeout})",
                 error_chain(&e)
             );
-            disk.exit_code = disk.exit_code.max(exit::SOFTWARE);
+            exit::SOFTWARE
         }
     }
 }
@@ -751,7 +918,7 @@ fn release_dead_ring(disk: &mut TcmuDisk, running: &Running) {
 ///
 /// # Errors
 /// What the kernel refused, and what to do; the device is unblocked again where it can be.
-fn clear_adopted_ring(setup: &Setup<KernelFs>) -> Result<(), String> {
+fn clear_adopted_ring(setup: &Setup<ServiceFs>) -> Result<(), String> {
     setup.block(true).map_err(|e| {
         format!(
             "blocking the adopted backstore to reset its ring: {}; its ring may hold commands \
@@ -809,11 +976,9 @@ fn worker_command_timeout(
 /// The teardown trigger of a disk whose backstore the kernel removed (REMOVED_DEVICE).
 const KERNEL_REMOVED: &str = "KernelRemoved";
 
-/// The end of a disk whose LUNs are gone and whose worker was asked to stop: the drain
-/// awaited (the ring unmapped by the worker after it), the backend released (the pool unmapped
-/// only with the drain's proof, else leaked), the backstore removed.
-fn finish(disk: &mut TcmuDisk, running: Running, trigger: &str, started: Instant, failed: bool) {
-    let name = disk.spec.args.name.clone();
+/// A disk whose LUNs are gone and whose worker was asked to stop: the drain awaited (the ring
+/// unmapped by the worker after it; bounded by twice the drain budget).
+fn halt(running: Running) -> Halted {
     let in_flight_at_start = running.worker.stats().in_flight();
     let Running {
         backend,
@@ -822,8 +987,28 @@ fn finish(disk: &mut TcmuDisk, running: Running, trigger: &str, started: Instant
         worker,
         ..
     } = running;
+    Halted {
+        report: worker.stop(),
+        backend,
+        engine,
+        setup,
+        in_flight_at_start,
+    }
+}
+
+/// The end of a disk whose worker has stopped ([`halt`]): the backend released (the pool
+/// unmapped only with the drain's proof, else leaked), the backstore removed, the teardown
+/// recorded.
+fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, failed: bool) {
+    let name = disk.spec.args.name.clone();
+    let Halted {
+        backend,
+        engine,
+        setup,
+        report,
+        in_flight_at_start,
+    } = halted;
     disk.num_blocks = engine.num_blocks();
-    let report = worker.stop();
     let mut code = disk.exit_code;
     let (backend_report, zombies, permitted) = match &report {
         Ok(r) => {
@@ -947,7 +1132,8 @@ fn start_disk(
     others: &[(String, IdentityView)],
     settings: &TcmuSettings,
     state_dir: &Path,
-    targets: &Targets<KernelFs>,
+    fs: &ServiceFs,
+    targets: &Targets<ServiceFs>,
 ) -> Result<(), StartFailure> {
     let fail = |message: String, code: u8| StartFailure { message, code };
     let spec = &disk.spec;
@@ -990,9 +1176,9 @@ fn start_disk(
     setup_spec.size = info.num_blocks * u64::from(info.block_size);
     setup_spec.block_size = info.block_size;
     let made = if settings.adopt {
-        Setup::adopt(KernelFs, &settings.configfs_root, &setup_spec)
+        Setup::adopt(Arc::clone(fs), &settings.configfs_root, &setup_spec)
     } else {
-        Setup::create(KernelFs, &settings.configfs_root, &setup_spec)
+        Setup::create(Arc::clone(fs), &settings.configfs_root, &setup_spec)
     };
     let mut setup = match made {
         Ok(s) => s,
@@ -1079,7 +1265,7 @@ fn start_disk(
                 log::error!("disk {name}: {}", error_chain(&e));
             }
             running.worker.request_stop();
-            finish(disk, running, "StartFailed", started, true);
+            settle(disk, halt(running), "StartFailed", started, true);
         }
         return Err(fail(message, code));
     }
@@ -1271,8 +1457,12 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
 }
 
 /// How often the service's loop looks at its disks when nothing wakes it (a worker that ended,
-/// the status line, stuck workers).
+/// a disk's stop that ended, the status line, stuck workers).
 const SERVICE_LOOK: Duration = Duration::from_secs(1);
+
+/// What the service's stop allows beyond the drains (twice the budget) before it gives up on a
+/// disk's stop thread; systemd's stop timeout is extended by as much and a little more.
+const STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// Closes the service's signal iterator when dropped, ending the thread that forwards it.
 struct CloseSignals(signal_hook::iterator::Handle);
@@ -1337,7 +1527,10 @@ fn serve_until_stop(
             service.on_event(&event);
         }
         service.reap_finished();
-        if service.serving() == 0 {
+        service.collect_stops();
+        // A disk stopping alone is awaited here, answering status meanwhile, not in the
+        // service's stop, where nothing answers.
+        if service.serving() == 0 && service.stopping() == 0 {
             log::error!("tcmu: no disk serves any more; stopping");
             break;
         }
@@ -1364,7 +1557,7 @@ fn serve_until_stop(
     }
 }
 
-fn remove_logged(setup: Setup<KernelFs>) {
+fn remove_logged(setup: Setup<ServiceFs>) {
     if let Err(e) = setup.remove() {
         log::error!("tcmu: removing the configfs objects: {}", error_chain(&e));
     }
@@ -1581,6 +1774,11 @@ mod tests {
     ];
 
     fn serving_rig(tag: &str) -> Rig {
+        serving_rig_on(tag, Arc::new(KernelFs))
+    }
+
+    /// [`serving_rig`] with its configfs written through `fs`.
+    fn serving_rig_on(tag: &str, fs: ServiceFs) -> Rig {
         use scst_accel_handler::scsi::DiskConfig;
         use scst_accel_handler::store::ram::RamStore;
         use scst_accel_handler::store::Store;
@@ -1614,6 +1812,7 @@ mod tests {
             disks: vec![disk("d0")],
         };
         let mut service = TcmuService::new(&config);
+        service.fs = Arc::clone(&fs);
         let sim = SimKernel::new(SimConfig {
             cmdr_size: 8192,
             data_size: 64 * 1024,
@@ -1649,8 +1848,7 @@ mod tests {
             },
         )
         .expect("spawn");
-        let setup =
-            Setup::adopt(KernelFs, &root, &setup_spec(&config.disks[0], &service.settings)).expect("adopt");
+        let setup = Setup::adopt(fs, &root, &setup_spec(&config.disks[0], &service.settings)).expect("adopt");
         let d = &mut service.disks[0];
         d.block_size = 512;
         d.num_blocks = 2048;
@@ -1700,6 +1898,17 @@ mod tests {
         );
         let data = rig.sim.read_data(rig.sim.data_off(), 4);
         u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+    }
+
+    /// What the service loop does with its disks' stops ([`TcmuService::collect_stops`] every
+    /// look), until none runs (at most 10 s).
+    fn collect_all_stops(service: &mut TcmuService) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.stopping() > 0 && Instant::now() < deadline {
+            service.collect_stops();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(service.stopping(), 0, "every stop ended");
     }
 
     fn event(kind: EventKind, device: &str) -> DeviceEvent {
@@ -1767,8 +1976,9 @@ mod tests {
         std::fs::remove_dir_all(rig.root.join("core/user_4243/d0")).expect("the kernel's rmdir");
         rig.service
             .on_event(&event(EventKind::Removed, "tcm-user/4243/d0/scst-accel/ram"));
+        assert!(rig.service.disks[0].running.is_none());
+        collect_all_stops(&mut rig.service);
         let d = &rig.service.disks[0];
-        assert!(d.running.is_none());
         assert_eq!(d.state, DiskState::Failed);
         assert!(
             d.failure.as_deref().unwrap_or("").contains("REMOVED_DEVICE"),
@@ -1882,6 +2092,7 @@ mod tests {
                 rig.service.reap_finished();
                 std::thread::sleep(Duration::from_millis(10));
             }
+            collect_all_stops(&mut rig.service);
             let d = &rig.service.disks[0];
             assert_eq!(d.state, DiskState::Failed, "removed {removed}");
             let trigger = d.teardowns.last().map(|t| t.trigger.clone()).unwrap_or_default();
@@ -1989,5 +2200,160 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         assert_eq!(worker_command_timeout("a", s(60), Err(unreadable)), s(15));
+    }
+
+    /// The scratch configfs of [`serving_rig`] as the kernel's can also behave: the ring's
+    /// reset refused (`action/reset_ring`, EINVAL) and the removal of one LUN link held until
+    /// [`StallingFs::release`] (the kernel's LUN removal waits for every command of the LUN,
+    /// those in a dead ring until `cmd_time_out`); held at most 30 s, so a test that fails
+    /// still ends.
+    struct StallingFs {
+        stall: PathBuf,
+        stalled: std::sync::atomic::AtomicBool,
+        released: std::sync::atomic::AtomicBool,
+    }
+
+    impl StallingFs {
+        fn release(&self) {
+            self.released.store(true, std::sync::atomic::Ordering::Release);
+        }
+
+        fn stalled(&self) -> bool {
+            self.stalled.load(std::sync::atomic::Ordering::Acquire)
+        }
+    }
+
+    impl ConfigfsFs for StallingFs {
+        fn mkdir(&self, path: &Path) -> std::io::Result<()> {
+            KernelFs.mkdir(path)
+        }
+
+        fn write_attr(&self, path: &Path, value: &str) -> std::io::Result<()> {
+            if path.ends_with("action/reset_ring") {
+                return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+            }
+            KernelFs.write_attr(path, value)
+        }
+
+        fn symlink(&self, target: &Path, link: &Path) -> std::io::Result<()> {
+            KernelFs.symlink(target, link)
+        }
+
+        fn unlink(&self, link: &Path) -> std::io::Result<()> {
+            if link == self.stall {
+                self.stalled.store(true, std::sync::atomic::Ordering::Release);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !self.released.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            KernelFs.unlink(link)
+        }
+
+        fn rmdir(&self, path: &Path) -> std::io::Result<()> {
+            KernelFs.rmdir(path)
+        }
+    }
+
+    /// Releases a [`StallingFs`] however the test ends (a failed assertion must not leave the
+    /// service loop's thread held, which the scope would wait for).
+    struct Release<'a>(&'a StallingFs);
+
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+
+    /// A disk whose worker ended and whose ring the kernel will not reset: its LUN's removal
+    /// blocks (here for as long as the test holds it). The service loop must still turn: it
+    /// takes the ended worker, starts the stop, answers a snapshot showing the disk stopping
+    /// while the removal blocks, settles the disk once the removal ends (failed, exit 70: the
+    /// reset was refused; its LUN gone), and only then, with nothing left to serve, returns.
+    /// With the stop run on the loop (as before) the snapshot goes unanswered until the
+    /// removal ends.
+    #[test]
+    fn a_lun_removal_that_blocks_does_not_stop_the_service_loop() {
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-rig-stall-{}", std::process::id()));
+        let tpg = dir.join("target/loopback/naa.5001405000000042/tpgt_1");
+        let fs = Arc::new(StallingFs {
+            stall: tpg.join("lun/lun_0/d0"),
+            stalled: false.into(),
+            released: false.into(),
+        });
+        let mut rig = serving_rig_on("stall", Arc::clone(&fs) as ServiceFs);
+        // The shared tcm_loop TPG (there already, adopted) and the disk's LUN 0 in it.
+        std::fs::create_dir_all(tpg.join("lun")).expect("scratch");
+        let targets = Targets::create(
+            Arc::clone(&fs) as ServiceFs,
+            &rig.root,
+            &TargetSpec {
+                hba: None,
+                loopback: Some(("naa.5001405000000042".into(), "naa.5001405000000043".into())),
+                iscsi: None,
+            },
+            true,
+        )
+        .expect("targets");
+        rig.service.disks[0]
+            .running
+            .as_mut()
+            .expect("serving")
+            .setup
+            .export_lun(&targets, 0, "d0")
+            .expect("LUN 0");
+        assert!(fs.stall.exists(), "LUN 0 linked");
+        // The worker ends (its device went), the backstore stays.
+        rig.kernel
+            .shutdown(std::net::Shutdown::Both)
+            .expect("the device goes");
+        let (tx, requests) = crossbeam_channel::unbounded();
+        let view = ServiceHandle::new(tx);
+        let (_signal, signals) = crossbeam_channel::bounded(1);
+        let notifier = Notifier::disabled();
+        let service = &mut rig.service;
+        std::thread::scope(|scope| {
+            let _release = Release(&fs);
+            let turning = scope.spawn(|| {
+                serve_until_stop(
+                    service,
+                    &requests,
+                    &crossbeam_channel::never(),
+                    &signals,
+                    &notifier,
+                    String::new(),
+                );
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !fs.stalled() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                fs.stalled(),
+                "the ended worker was taken and its LUN's removal began"
+            );
+            let asked = Instant::now();
+            let snapshot = view.snapshot();
+            assert!(
+                asked.elapsed() < Duration::from_secs(3),
+                "answered in {:?}",
+                asked.elapsed()
+            );
+            let snapshot = snapshot.expect("the loop answers while the LUN's removal blocks");
+            assert_eq!(snapshot[0].state, DiskState::Stopping);
+            assert!(!turning.is_finished(), "a disk still stopping keeps the loop");
+            fs.release();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !turning.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(turning.is_finished(), "the loop ended once the stop was settled");
+        });
+        let d = &rig.service.disks[0];
+        assert_eq!((d.state, d.exit_code), (DiskState::Failed, exit::SOFTWARE));
+        let trigger = d.teardowns.last().map(|t| t.trigger.clone()).unwrap_or_default();
+        assert_eq!(trigger, "WorkerEnded");
+        assert!(!tpg.join("lun/lun_0").exists(), "its LUN is gone");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

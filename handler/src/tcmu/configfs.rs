@@ -788,6 +788,32 @@ impl<T: ConfigfsFs + ?Sized> ConfigfsFs for &T {
     }
 }
 
+/// A shared file system a thread can own: a service's disks each hold one (a disk's stop may
+/// run on a thread of its own) and a test can stand in for the kernel's.
+impl<T: ConfigfsFs + ?Sized> ConfigfsFs for std::sync::Arc<T> {
+    fn mkdir(&self, path: &Path) -> io::Result<()> {
+        (**self).mkdir(path)
+    }
+    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+        (**self).write_attr(path, value)
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        (**self).symlink(target, link)
+    }
+    fn unlink(&self, link: &Path) -> io::Result<()> {
+        (**self).unlink(link)
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        (**self).rmdir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        (**self).exists(path)
+    }
+    fn read_attr(&self, path: &Path) -> io::Result<String> {
+        (**self).read_attr(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
