@@ -37,7 +37,10 @@
 //!   eviction) places it in that caller's stash or the shared lists. An uncached buffer (above
 //!   4 MiB), or any buffer of a closed pool, is unmapped and freed at once, a blocking call, by
 //!   the returning thread, which must hold no lock; one returned by a thread that holds a
-//!   checked lock is queued instead (and the bug logged). Returning one to the wrong pool is
+//!   checked lock (cached class or not, the pool closing or not) is left queued instead and
+//!   the bug logged, for the pool's next call or, once closed, its next return from a thread
+//!   holding no lock. A closed pool's last reference dropped under a lock leaks what it still
+//!   has mapped (logged) rather than unmap under the lock. Returning one to the wrong pool is
 //!   counted (`foreign_puts`) and the buffer goes back to its own pool.
 //! - Unwinding: memory this crate made is never freed while a panic unwinds (`unwinding.rs`):
 //!   a panic half way through a release would otherwise free pages a device may still reach.

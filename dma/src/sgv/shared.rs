@@ -585,48 +585,72 @@ impl Shared {
 
     /// A buffer comes back (put or drop). `Drop` has no token, so a cached-class buffer of an
     /// open pool takes no lock: it is queued for the next pool call with a token
-    /// ([`Shared::place_returned`]). An uncached one, or any buffer of a closed pool, is
-    /// released at once: an unmap, a blocking call, so only on a thread that holds no checked
-    /// lock. One dropped under a lock (a caller's bug, which [`LockToken::root`] would report
-    /// by a panic in a test build and an abort in a checked release build) is queued instead,
-    /// and the bug logged: a panic here would unwind through memory the device may still
-    /// reach.
+    /// ([`Shared::place_returned`]). An uncached one (its own mapping) is unmapped at once, and
+    /// so is every buffer of a closed pool, with the buffers queued before it: an unmap, a
+    /// blocking call, so only on a thread that holds no checked lock. On a thread that holds
+    /// one (a caller's bug, which [`LockToken::root`] would report by a panic in a test build
+    /// and an abort in a checked release build) the buffer is left queued instead and the bug
+    /// logged, whichever way it came back: a panic here would unwind through memory the
+    /// device may still reach. The queue is then drained by the pool's next call, or, once the
+    /// pool is closed, by the next return to it from a thread that holds no lock, or by its
+    /// last reference's drop (which leaks what it cannot unmap).
     pub(super) fn give_back(this: &Arc<Self>, slot: Slot) {
         let bytes = slot.bytes();
         this.counters.in_use.fetch_sub(1, Ordering::Relaxed);
         this.counters.in_use_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        let releases_now = slot.class == UNCACHED_CLASS || this.is_closed();
-        if releases_now {
-            let held = scst_accel_hal::locks::held_locks();
-            if held.is_empty() {
-                this.release(&mut LockToken::root(), slot);
-                return;
+        if slot.class == UNCACHED_CLASS && !this.is_closed() {
+            match this.unmap_token(bytes) {
+                Some(mut token) => {
+                    this.release(&mut token, slot);
+                }
+                // Placed (so released) by the pool's next call, as any queued buffer.
+                None => this.queue_returned(slot),
             }
-            log::error!(
-                "SGV pool {}: a {bytes}-byte buffer to unmap was dropped while holding {held:?}; \
-                 queued for the pool's next call (no lock may be held across the unmap)",
-                this.id
-            );
-        }
-        this.note_cached(1, bytes);
-        if this.returned.0.send(slot).is_err() {
-            // The receiver lives in `this`: unreachable while `this` exists.
-            log::error!("SGV pool {}: return queue closed", this.id);
             return;
         }
-        if releases_now {
-            // Dropped under a lock: left for the pool's next call (a closed pool's queue is
-            // drained by its flush, or when its last reference drops).
-            return;
-        }
+        #[cfg(test)]
+        tests_hook::pause_return_if_armed(this.id);
+        this.queue_returned(slot);
         // A close racing this return: `close` stores `closed` then drains the queue; here the
         // queue was written, then `closed` is read. With a SeqCst fence on each side, either the
         // close's drain sees this buffer or this read sees `closed` and drains it: never left
-        // mapped in a closed pool.
+        // mapped in a closed pool (unless this thread holds a lock: then left queued, see above).
         fence(Ordering::SeqCst);
         if this.is_closed() {
-            // Placing a buffer in a closed pool releases it (`cache`).
-            Self::place_returned(this, &mut LockToken::root());
+            if let Some(mut token) = this.unmap_token(bytes) {
+                // Placing a buffer in a closed pool releases it (`cache`): this one and any
+                // left queued by a thread that held a lock.
+                Self::place_returned(this, &mut token);
+            }
+        }
+    }
+
+    /// The root token for unmapping on this thread, or `None` (the caller's bug logged) when
+    /// the thread holds a checked lock: no lock may be held across an unmap, and taking the
+    /// root token there would panic (test builds) or abort (checked release builds) in a
+    /// `Drop`, with a buffer half returned.
+    fn unmap_token(&self, bytes: u64) -> Option<PoolToken<'static>> {
+        let held = scst_accel_hal::locks::held_locks();
+        if held.is_empty() {
+            return Some(LockToken::root());
+        }
+        log::error!(
+            "SGV pool {}: a {bytes}-byte buffer to unmap was dropped while holding {held:?}; left \
+             queued for the pool's next call, or once closed its next return or its last \
+             reference from a thread holding no lock (drop pool buffers after unlocking)",
+            self.id
+        );
+        None
+    }
+
+    /// Queue a returned buffer for the next drain, counted as cached.
+    fn queue_returned(&self, slot: Slot) {
+        self.note_cached(1, slot.bytes());
+        if let Err(unsent) = self.returned.0.send(slot) {
+            // The receiver lives in `self`: unreachable while `self` exists. Leaked, not
+            // dropped: the buffer may still be mapped.
+            std::mem::forget(unsent.into_inner());
+            log::error!("SGV pool {}: return queue closed; buffer leaked", self.id);
         }
     }
 
@@ -848,12 +872,44 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // Last reference gone: the pool and every buffer. Nothing should be cached (the pool's
         // drop flushed), but never leave memory mapped behind. The flush unmaps (a blocking
-        // call), so the thread dropping the last reference must hold no lock: the root token
-        // asserts it.
-        let released = self.flush(&mut LockToken::root());
-        if released > 0 {
-            log::debug!("SGV pool {}: released {released} buffers at final drop", self.id);
+        // call), so it runs only on a thread that holds no checked lock. The last reference
+        // can go on one that does: a buffer still out at shutdown, dropped under a lock (a
+        // caller's bug; `give_back` left it queued). Then nothing can be unmapped, and what is
+        // left is leaked below rather than unmapped under the lock or freed while mapped.
+        let held = scst_accel_hal::locks::held_locks();
+        if held.is_empty() {
+            let released = self.flush(&mut LockToken::root());
+            if released > 0 {
+                log::debug!("SGV pool {}: released {released} buffers at final drop", self.id);
+            }
+        } else {
+            // The thread stashes' buffers are chunks of arenas leaked below; their registry
+            // is leaked too, so not even a view of them is dropped.
+            std::mem::forget(std::mem::take(self.stashes.get_mut()));
+            log::error!(
+                "SGV pool {}: its last reference was dropped while holding {held:?}; nothing \
+                 can be unmapped under a lock (drop pool buffers after unlocking)",
+                self.id
+            );
         }
+        // Whatever is still here may be mapped: buffers the flush did not run for, arenas a
+        // bookkeeping error kept in the set. Dropping them would free memory a device may
+        // still reach (an arena's region is unmapped from the process with its last `Arc`),
+        // so they are leaked.
+        let queued: Vec<Slot> = self.returned.1.try_iter().collect();
+        let lists = std::mem::take(self.free.get_mut());
+        let idle: usize = lists.idle.0.iter().map(Vec::len).sum();
+        let arenas = lists.arenas.count();
+        if queued.is_empty() && idle == 0 && arenas == 0 {
+            return;
+        }
+        let buffers = queued.len() + idle;
+        std::mem::forget((queued, lists));
+        log::error!(
+            "SGV pool {}: {buffers} buffers and {arenas} arenas left at its final drop, possibly \
+             still mapped: leaked, a device may still reach them",
+            self.id
+        );
     }
 }
 
@@ -873,6 +929,35 @@ pub(super) mod tests_hook {
     pub(in crate::sgv) fn arm(id: u64, entered: std::sync::mpsc::Sender<()>) {
         *ENTERED.lock().expect("hook") = Some(entered);
         ARMED_POOL.store(id, Ordering::SeqCst);
+    }
+
+    static RETURN_ARMED_POOL: AtomicU64 = AtomicU64::new(0);
+    #[allow(clippy::type_complexity)] // One test's two signals, kept together.
+    static RETURN_SIGNALS: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>> =
+        Mutex::new(None);
+
+    /// The next return of a cached-class buffer to pool `id` (`give_back`, after its first
+    /// look at `closed`, before the buffer is queued) signals `entered`, then waits for `go`:
+    /// a test closes the pool inside that window on purpose.
+    pub(in crate::sgv) fn arm_return(
+        id: u64,
+        entered: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+    ) {
+        *RETURN_SIGNALS.lock().expect("hook") = Some((entered, go));
+        RETURN_ARMED_POOL.store(id, Ordering::SeqCst);
+    }
+
+    pub(super) fn pause_return_if_armed(id: u64) {
+        if RETURN_ARMED_POOL
+            .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            if let Some((entered, go)) = RETURN_SIGNALS.lock().expect("hook").take() {
+                let _ = entered.send(());
+                let _ = go.recv();
+            }
+        }
     }
 
     pub(super) fn pause_if_armed(id: u64) {

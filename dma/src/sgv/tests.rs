@@ -6,6 +6,7 @@ use crate::mapping::IovaLock;
 use crate::test_mapper::LedgerMapper;
 use crate::IovaAllocator;
 use scst_accel_hal::locks::LockToken;
+use scst_accel_hal::locks::OrderedMutex;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -282,6 +283,67 @@ fn an_uncached_buffer_dropped_under_a_lock_is_released_by_the_next_pool_call() {
     );
     drop(small);
     f.shutdown_clean();
+}
+
+/// A cached-class buffer dropped by a thread that holds a checked lock while its pool closes
+/// (the close lands after the drop first found the pool open, before it queued the buffer) is
+/// left queued, not released under the lock: the release there took a root token, whose
+/// assertion panicked in the dropping thread with the buffer half returned. The next return to
+/// the closed pool, from a thread holding no lock, releases it.
+#[test]
+fn a_cached_buffer_dropped_under_a_lock_while_its_pool_closes_is_released_by_the_next_return() {
+    let Fixture { mapper, iovas, pool } = fixture(1 << 20);
+    let mut token = LockToken::root();
+    let b = pool.get(&mut token, K4).expect("b");
+    // Still out at the shutdown: keeps the pool's state alive for the return after it.
+    let kept = pool.get(&mut token, K4).expect("kept");
+    let (addr, len) = (b.addr(), b.len() as u64);
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    shared::tests_hook::arm_return(pool.shared.id, entered_tx, go_rx);
+    let table = OrderedMutex::<(), levels::CmdTable>::new(());
+    let dropper = std::thread::spawn(move || {
+        let mut token = LockToken::root();
+        let (_table, _) = table.lock(&mut token);
+        drop(b);
+    });
+    entered.recv().expect("the drop reached its return");
+    let refused = pool.shutdown().expect_err("kept is still out");
+    assert_eq!(refused.in_use, 1, "b counts as returned, kept as in use");
+    go.send(()).expect("resume the drop");
+    dropper.join().expect("the drop under a lock did not panic");
+    assert_eq!(mapper.live().len(), 1, "the arena was unmapped under the lock");
+    assert!(still_mapped(addr, len), "b's memory was freed under the lock");
+    // With no lock held: releases kept and the queued b, and so the emptied arena.
+    drop(kept);
+    assert_clean(&mapper, &iovas);
+}
+
+/// The last reference to a closed pool, dropped by a thread that holds a checked lock (a buffer
+/// still out at shutdown, returned under a lock: a caller's bug), cannot unmap what the pool
+/// still has mapped, a blocking call: the arena stays mapped and allocated, leaked on purpose
+/// (and logged), instead of the final flush's root token panicking with the pool half dropped.
+#[test]
+fn the_last_reference_to_a_closed_pool_dropped_under_a_lock_leaks_its_mapped_memory() {
+    let Fixture { mapper, iovas, pool } = fixture(1 << 20);
+    let mut token = LockToken::root();
+    let b = pool.get(&mut token, K4).expect("b");
+    let (addr, len) = (b.addr(), b.len() as u64);
+    pool.shutdown().expect_err("b is still out");
+    let live = mapper.live();
+    assert_eq!(live.len(), 1, "b's arena stays mapped while b is out");
+    let table = OrderedMutex::<(), levels::CmdTable>::new(());
+    {
+        let (_table, _) = table.lock(&mut token);
+        drop(b);
+    }
+    assert_eq!(mapper.live(), live, "unmapped under a lock");
+    assert!(still_mapped(addr, len), "freed while still mapped");
+    let allocated = crate::mapping::lock_iovas(&iovas, &mut token).0.allocated();
+    assert_eq!(
+        allocated, live[0].2,
+        "its IOVA range went back for reuse while mapped"
+    );
 }
 
 #[test]
