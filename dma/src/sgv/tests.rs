@@ -295,8 +295,9 @@ fn a_cached_buffer_dropped_under_a_lock_while_its_pool_closes_is_released_by_the
     let Fixture { mapper, iovas, pool } = fixture(1 << 20);
     let mut token = LockToken::root();
     let b = pool.get(&mut token, K4).expect("b");
-    // Still out at the shutdown: keeps the pool's state alive for the return after it.
+    // Still out at the shutdown: they keep the pool's state alive for the returns after it.
     let kept = pool.get(&mut token, K4).expect("kept");
+    let last = pool.get(&mut token, K4).expect("last");
     let (addr, len) = (b.addr(), b.len() as u64);
     let (entered_tx, entered) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
@@ -309,13 +310,21 @@ fn a_cached_buffer_dropped_under_a_lock_while_its_pool_closes_is_released_by_the
     });
     entered.recv().expect("the drop reached its return");
     let refused = pool.shutdown().expect_err("kept is still out");
-    assert_eq!(refused.in_use, 1, "b counts as returned, kept as in use");
+    assert_eq!(refused.in_use, 2, "b counts as returned, kept and last as in use");
     go.send(()).expect("resume the drop");
     dropper.join().expect("the drop under a lock did not panic");
     assert_eq!(mapper.live().len(), 1, "the arena was unmapped under the lock");
     assert!(still_mapped(addr, len), "b's memory was freed under the lock");
-    // With no lock held: releases kept and the queued b, and so the emptied arena.
+    assert_eq!(last.pool().stats().cached, 1, "b is left queued");
+    // With no lock held, the next return releases b too, not only itself.
     drop(kept);
+    let stats = last.pool().stats();
+    assert_eq!(
+        (stats.cached, stats.in_use),
+        (0, 1),
+        "b was not released by the next return"
+    );
+    drop(last);
     assert_clean(&mapper, &iovas);
 }
 
