@@ -89,12 +89,12 @@ unsafe impl DmaMapper for LedgerMapper {
     fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError> {
         let mut l = self.ledger();
         if l.live.get(&iova).map(|&(_, sl)| sl) != Some(len) {
+            // As every backend answers a range that is not one whole mapping.
             l.bad_unmaps += 1;
-            return Err(HalError::Unmap {
+            return Err(HalError::NotOneMapping {
                 device: "ledger".into(),
                 iova,
                 len,
-                source: err(libc::ENOENT),
             });
         }
         if self.fail_unmaps.load(Ordering::Relaxed) {

@@ -56,6 +56,22 @@ pub enum HalError {
         #[source]
         source: std::io::Error,
     },
+    /// An unmap that does not name exactly one mapping made by one `map` call on this domain
+    /// (a part of one, several of them, or none): refused before anything is unmapped, by every
+    /// backend ([`DmaMapper::unmap`]).
+    #[error(
+        "cannot unmap {len} bytes at IOVA {iova:#x} on {device}: not exactly one mapping made there \
+         by a map call, so nothing was unmapped; unmap each mapping with the IOVA and length it was \
+         mapped with"
+    )]
+    NotOneMapping {
+        /// Device identifier.
+        device: String,
+        /// IOVA asked.
+        iova: u64,
+        /// Length asked.
+        len: u64,
+    },
     /// Interrupt setup failed.
     #[error("cannot set up {vectors} interrupt vectors on {device}")]
     Interrupts {
@@ -172,10 +188,47 @@ pub unsafe trait DmaMapper: Send + Sync {
     /// Remove the mapping of exactly `iova..iova+len` as made by one `map` call. When it
     /// returns, the device can no longer reach that memory (IOTLB flushed).
     ///
+    /// Any other range is refused, with nothing unmapped, by every backend, although VFIO
+    /// type1 v2 would take a range covering several whole mappings and unmap them all (and
+    /// refuse only one that bisects a mapping): each owner of a mapping (a ring, an arena, a
+    /// buffer) unmaps exactly what it mapped, so a wider range is a bookkeeping bug that would
+    /// take a neighbour's memory from the device, and the two backends and the counts of
+    /// `VfioDma` agree only when neither takes one (`take_one_mapping`, the rule both check).
+    ///
     /// # Errors
-    /// [`HalError::Unmap`] with the errno.
+    /// [`HalError::NotOneMapping`] for a range that is not exactly one mapping;
+    /// [`HalError::Unmap`] with the errno when the unmap itself failed.
     fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError>;
 }
+
+/// Take the mapping that `iova..iova + len` names exactly out of `table` (one backend's
+/// mappings by first IOVA; `len_of` gives each one's length), or refuse with the table
+/// unchanged: the one rule every backend's [`DmaMapper::unmap`] checks, so the simulator and
+/// VFIO refuse the same ranges.
+///
+/// # Errors
+/// [`HalError::NotOneMapping`] unless a mapping starts at `iova` and is `len` bytes long.
+pub(crate) fn take_one_mapping<V>(
+    table: &mut std::collections::BTreeMap<u64, V>,
+    len_of: impl Fn(&V) -> u64,
+    device: &str,
+    iova: u64,
+    len: u64,
+) -> Result<V, HalError> {
+    match table.entry(iova) {
+        std::collections::btree_map::Entry::Occupied(mapping) if len_of(mapping.get()) == len => {
+            Ok(mapping.remove())
+        }
+        _ => Err(HalError::NotOneMapping {
+            device: device.to_owned(),
+            iova,
+            len,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod unmap_rule_tests;
 
 /// What a PCI function says it is: the vendor and device IDs and the class code of its config
 /// space header (offsets 00h, 02h, 09h-0Bh). A board definition is matched against it before a

@@ -2,9 +2,11 @@
 //! [`DmaMapper::map`]/[`DmaMapper::unmap`], and the only path from a device model to host
 //! memory.
 //!
-//! Like a real IOMMU it refuses overlapping or unaligned mappings, unmaps only what was mapped,
-//! and turns a device access to any unmapped byte into a recorded fault that moves no data.
-//! A copy holds the table's read lock from translation to the last byte, and an unmap takes the
+//! Like a real IOMMU it refuses overlapping or unaligned mappings, and it unmaps only exactly
+//! what one `map` call mapped: where VFIO type1 v2 unmaps every mapping inside a larger range
+//! (and refuses one that bisects a mapping), both backends refuse any range but one whole
+//! mapping ([`DmaMapper::unmap`], [`HalError::NotOneMapping`]), so they agree. It turns a
+//! device access to any unmapped byte into a recorded fault that moves no data. A copy holds the table's read lock from translation to the last byte, and an unmap takes the
 //! write lock, so when `unmap` returns no copy can still be touching that memory: the same
 //! guarantee an IOTLB flush gives the VFIO backend. Every copy into or out of host memory is
 //! byte-wise atomic ([`crate::shared_mem`]), as the `DmaMapper::map` contract requires of every
@@ -358,24 +360,16 @@ unsafe impl DmaMapper for Iommu {
     /// the read lock), so when it returns the model can no longer reach that memory.
     ///
     /// # Errors
-    /// [`HalError::Unmap`] with ENOENT unless exactly that range is mapped.
+    /// [`HalError::NotOneMapping`] unless exactly that range is mapped: a range over several
+    /// mappings, which VFIO type1 v2 would unmap together, is refused as on `VfioDma`
+    /// ([`DmaMapper::unmap`]).
     fn unmap(&self, iova: u64, len: u64) -> Result<(), HalError> {
         // VFIO_IOMMU_UNMAP_DMA on hardware: asserted lock-free like `map`.
         let mut token = LockToken::root();
         let (mut table, _) = self.table.write(&mut token);
-        match table.get(&iova) {
-            Some(m) if m.len == len => {
-                table.remove(&iova);
-                log::trace!("{}: unmapped {len:#x} bytes at IOVA {iova:#x}", self.device);
-                Ok(())
-            }
-            _ => Err(HalError::Unmap {
-                device: self.device.clone(),
-                iova,
-                len,
-                source: io::Error::from_raw_os_error(libc::ENOENT),
-            }),
-        }
+        crate::take_one_mapping(&mut table, |m| m.len, &self.device, iova, len)?;
+        log::trace!("{}: unmapped {len:#x} bytes at IOVA {iova:#x}", self.device);
+        Ok(())
     }
 }
 
