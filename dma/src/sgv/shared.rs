@@ -936,9 +936,10 @@ pub(super) mod tests_hook {
     static RETURN_SIGNALS: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>> =
         Mutex::new(None);
 
-    /// The next return of a cached-class buffer to pool `id` (`give_back`, after its first
-    /// look at `closed`, before the buffer is queued) signals `entered`, then waits for `go`:
-    /// a test closes the pool inside that window on purpose.
+    /// The next return to pool `id` that goes through the queue (a cached-class buffer, or any
+    /// buffer of a closed pool: `give_back`, after its first look at `closed`, before the
+    /// buffer is queued) signals `entered`, then waits for `go`: a test closes the pool inside
+    /// that window on purpose.
     pub(in crate::sgv) fn arm_return(
         id: u64,
         entered: std::sync::mpsc::Sender<()>,
