@@ -956,7 +956,9 @@ pub(super) mod tests_hook {
         {
             if let Some((entered, go)) = RETURN_SIGNALS.lock().expect("hook").take() {
                 let _ = entered.send(());
-                let _ = go.recv();
+                // Bounded like every wait: a test that never says go fails on its own
+                // assertions instead of hanging the suite.
+                let _ = go.recv_timeout(Duration::from_secs(10));
             }
         }
     }
