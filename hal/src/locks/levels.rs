@@ -29,6 +29,7 @@
 //! | 21 | `iommu.faults` | hal/src/sim/iommu.rs |
 //! | 22 | `iommu.map_limit` | hal/src/sim/iommu.rs |
 //! | 23 | `interrupts.lines` | hal/src/sim/interrupts.rs |
+//! | 24 | `file.flushes` | handler/src/store/file.rs |
 //!
 //! The fixed rule from SCST's history (scst_user.md §5.6): the command table
 //! ([`CmdTable`]) comes before every SGV pool lock, so "pool lock, then command table" (what
@@ -167,6 +168,9 @@ lock_order! {
     IommuMapLimit = "iommu.map_limit",
     /// The simulated function's enabled MSI-X eventfds.
     InterruptLines = "interrupts.lines",
+    /// The file store's flushes: whether an fdatasync runs and the flushes waiting for the next
+    /// one. A leaf, held to join or to take the waiting list, never across the fdatasync.
+    FileFlushes = "file.flushes",
 }
 
 /// Every lock level in order, as (level, name): for docs and tests.
@@ -194,6 +198,7 @@ pub const ALL: &[(u32, &str)] = &[
     (IommuFaults::LEVEL, IommuFaults::NAME),
     (IommuMapLimit::LEVEL, IommuMapLimit::NAME),
     (InterruptLines::LEVEL, InterruptLines::NAME),
+    (FileFlushes::LEVEL, FileFlushes::NAME),
 ];
 
 // The rule this whole module exists for, checked where the order is written.

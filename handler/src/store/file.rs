@@ -7,8 +7,8 @@
 //!   VERIFY, COMPARE) use a page-aligned scratch buffer per I/O thread.
 //! - **Two engines** ([`IoEngine`], `--io-engine`, `io_engine` in the config). *io_uring*
 //!   (`uring`): each queue owns a ring, so submitting takes no lock (a queue belongs to one
-//!   frontend worker); READ, WRITE and FLUSH go on it (`file/uring.rs` has the details), the
-//!   other ops to the thread pool below. *Threads* (`threads`): every op goes to the pool.
+//!   frontend worker); READ and WRITE go on it (`file/uring.rs` has the details), the other
+//!   ops (FLUSH included, see Durability) to the thread pool below. *Threads* (`threads`): every op goes to the pool.
 //!   `auto` (the default) probes io_uring when the store opens and falls back to the threads
 //!   where the kernel lacks it or refuses it (ENOSYS, or EPERM under
 //!   `kernel.io_uring_disabled`), saying why once in the log (a warning, later stores at info
@@ -17,9 +17,9 @@
 //! - **A bounded pool.** The thread engine's queues hand their requests to one shared pool of
 //!   `workers` I/O threads through a bounded crossbeam channel, and get completions back
 //!   through their own channel plus an eventfd ([`StoreQueue::notify_fd`]) the frontend polls;
-//!   a ring signals that same eventfd. No thread per request; no lock anywhere (the threads
-//!   and the rings share only the read-only files and atomics), so no lock is ever held
-//!   across the I/O. At most `QUEUE_DEPTH` (256) requests per queue, in either engine.
+//!   a ring signals that same eventfd. No thread per request; one lock only, the flush
+//!   sequence's (a leaf taken to join or leave it, `file.flushes`: the threads and the rings
+//!   otherwise share only the read-only files and atomics), never held across the I/O. At most `QUEUE_DEPTH` (256) requests per queue, in either engine.
 //! - **Durability, exact.** The cache is write-back ([`StoreInfo::volatile_cache`] = true, so
 //!   the caching mode page's WCE = 1 is the truth; with WCE = 0 the engine makes every WRITE
 //!   FUA, and follows the writes that have no FUA here, WRITE SAME, WRITE ZEROES, EXTENDED
@@ -32,15 +32,20 @@
 //!   file description (errseq, `file->f_wb_err`), so a RWF_DSYNC write on the fd of the
 //!   writes would take the EIO of pages written back before it, and a flush on that fd would
 //!   then find nothing to report and answer GOOD over lost data. No write syncs the flush's
-//!   description, so the error waits there for the next fdatasync (for one of two running at
-//!   once: `Shared::flush_end` says what that leaves). A failed write is
+//!   description, so the error waits there for the next fdatasync. One fdatasync runs at a
+//!   time, for the whole store (both engines: FLUSH goes to the I/O threads, not the rings):
+//!   Linux reports the error to one of two fdatasyncs racing on a description, which could not
+//!   tell whose pages it was of, so one could name too high an LBA and the other answer GOOD
+//!   over a lost write. A FLUSH arriving while one runs joins the next, which the thread
+//!   running the first starts for all that joined (no thread waits; as Linux's blk-flush and
+//!   QEMU do, `Shared::flush_in_turn`). A failed write is
 //!   [`StoreStatus::WriteError`] with the first failing LBA, a failed read
 //!   [`StoreStatus::ReadError`]; never Good. A failed fdatasync is sticky: Linux may drop the
 //!   dirty pages it could not write and report the error once only, so every later FLUSH
 //!   fails too (with the lowest LBA written back since the last good flush, after the failure
 //!   included: every block below it is durable, so the engine serves a FUA READ of blocks
-//!   below it), until the disk is restarted; reporting GOOD would tell the initiator that lost data is safe. Both engines
-//!   share that state (`Shared::flush_begin`, `Shared::flush_end`).
+//!   below it), until the disk is restarted; reporting GOOD would tell the initiator that lost
+//!   data is safe (`Shared::flush_with`).
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
@@ -436,9 +441,10 @@ struct Shared {
     /// Lowest LBA written back (not FUA) since the last good flush, by a write, a copy or a
     /// WRITE ZEROES however done (a hole, a discard, BLKZEROOUT); `u64::MAX` if none.
     dirty_low: AtomicU64,
-    /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has),
-    /// lowered by a flush that overlapped the failed one (`flush_end`).
+    /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has).
     flush_failed_lba: AtomicU64,
+    /// One fdatasync at a time, and the FLUSHes waiting for the next (`flush_in_turn`).
+    flushes: locks::OrderedMutex<FlushSeq, locks::levels::FileFlushes>,
     /// Writes the io_uring engine sent with RWF_DSYNC (FUA), counted from the rw_flags of the
     /// SQEs it pushed, for the dump and the tests.
     dsync_writes: AtomicU64,
@@ -642,6 +648,7 @@ impl FileStore {
             discard_zeroes,
             dirty_low: AtomicU64::new(u64::MAX),
             flush_failed_lba: AtomicU64::new(u64::MAX),
+            flushes: locks::OrderedMutex::new(FlushSeq::default()),
             dsync_writes: AtomicU64::new(0),
         });
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(workers * QUEUE_DEPTH);
@@ -933,7 +940,19 @@ fn io_thread(shared: &Shared, rx: &Receiver<Job>, scratch: &PageBuffer) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let Job { req, epoch, queue } = job;
-        let status = if epoch < queue.abort_epoch.load(Ordering::Acquire) {
+        let aborted = epoch < queue.abort_epoch.load(Ordering::Acquire);
+        if !aborted && req.op == StoreOp::Flush {
+            // Answered by whichever thread runs the fdatasync it joins (perhaps this one).
+            let waiter = FlushWaiter {
+                tag: req.tag,
+                epoch,
+                queue,
+            };
+            drop(req);
+            shared.flush_in_turn(waiter, &|| shared.flush.sync_data());
+            continue;
+        }
+        let status = if aborted {
             StoreStatus::Aborted
         } else {
             shared.execute(&req, scratch, &mut compare)
@@ -1073,7 +1092,6 @@ impl Shared {
                 (Some((src, len)), Some((dst, _))) => self.copy(src, dst, len, scratch),
                 _ => StoreStatus::OutOfRange,
             },
-            (StoreOp::Flush, _) => self.flush(),
             (StoreOp::LbaStatus { lba }, Some(buf)) => match self.lba_status(*lba) {
                 Ok(Some((blocks, deallocated))) => {
                     buf.put_lba_status(&super::lba_status_data(*lba, blocks, deallocated));
@@ -1085,7 +1103,8 @@ impl Shared {
                     StoreStatus::ReadError { lba: *lba }
                 }
             },
-            // Buffer ops without a buffer were answered above.
+            // Buffer ops without a buffer were answered above. FLUSH never comes here:
+            // `io_thread` hands it to `flush_in_turn`, which runs one fdatasync at a time.
             _ => StoreStatus::InvalidRequest,
         }
     }
@@ -1465,78 +1484,129 @@ impl Shared {
         Ok(Some((u32::try_from(end - lba).unwrap_or(u32::MAX), deallocated)))
     }
 
-    /// SYNCHRONIZE CACHE: fdatasync of the flush fd. Sticky on failure (see the module doc):
-    /// the LBA reported is the lowest one written back since the last good flush, the first
-    /// that may be lost.
-    fn flush(&self) -> StoreStatus {
-        self.flush_with(|| self.flush.sync_data())
-    }
-
-    /// [`Shared::flush`] with the fdatasync given (the tests make it fail as a medium would).
-    fn flush_with(&self, sync: impl FnOnce() -> io::Result<()>) -> StoreStatus {
-        match self.flush_begin() {
-            Ok(low) => self.flush_end(low, sync()),
-            Err(status) => status,
+    /// SYNCHRONIZE CACHE, one fdatasync of the flush fd at a time (module doc): `waiter`'s
+    /// FLUSH joins the next fdatasync that begins after it arrived, and is answered with its
+    /// outcome through its queue.
+    ///
+    /// Why one at a time: Linux reports a write-back error to one fdatasync of a file
+    /// description only (errseq), and two running at once on the flush fd cannot tell whose
+    /// pages the error was of: the one that got it would name its own lowest LBA, perhaps above
+    /// the lost block the other owed, and the other would answer GOOD over it. With one at a
+    /// time the error goes to the fdatasync that follows its write-back, whose flush owes every
+    /// write completed before it began and not covered by the one before (Linux's blk-flush and
+    /// QEMU's `bdrv_co_flush` serialize their flushes the same way).
+    ///
+    /// No thread waits: a FLUSH arriving while an fdatasync runs is put on the waiting list and
+    /// its I/O thread goes back to the pool; the thread running the fdatasync runs the next one
+    /// for every FLUSH on the list (one fdatasync for all of them) and answers them, until the
+    /// list is empty. So a FLUSH waits for at most the fdatasync running when it arrived plus
+    /// its own, and the lock is held only to join or to take the list, never across the
+    /// fdatasync (docs/locking.md, `file.flushes`). `sync` is the fdatasync (the tests make it
+    /// fail or wait as a medium would).
+    fn flush_in_turn(&self, waiter: FlushWaiter, sync: &dyn Fn() -> io::Result<()>) {
+        let mut batch = {
+            let mut token = locks::LockToken::root();
+            let (mut seq, _) = self.flushes.lock(&mut token);
+            if seq.running {
+                seq.waiting.push(waiter);
+                return;
+            }
+            seq.running = true;
+            vec![waiter]
+        };
+        loop {
+            // A FLUSH whose queue was aborted while it waited never began: Aborted, and the
+            // dirty range stays owed to the next fdatasync (none is run for it).
+            let (aborted, live): (Vec<_>, Vec<_>) = batch.drain(..).partition(FlushWaiter::aborted);
+            for waiter in aborted {
+                waiter.answer(StoreStatus::Aborted);
+            }
+            if !live.is_empty() {
+                let status = self.flush_with(sync);
+                for waiter in live {
+                    waiter.answer(status);
+                }
+            }
+            let mut token = locks::LockToken::root();
+            let (mut seq, _) = self.flushes.lock(&mut token);
+            if seq.waiting.is_empty() {
+                seq.running = false;
+                return;
+            }
+            batch = std::mem::take(&mut seq.waiting);
         }
     }
 
-    /// Before the fdatasync: the sticky failure if a flush failed already, else the lowest
-    /// LBA written back since the last flush (taken: writes completing from here on are
-    /// covered by this fdatasync or the next flush).
+    /// One fdatasync for the FLUSHes of a batch of [`Shared::flush_in_turn`] (never two at
+    /// once): its outcome, sticky on failure.
     ///
-    /// The failure's LBA is the lowest whose write may be lost, every block below it durable
-    /// (the [`StoreOp::Flush`] contract, on which the engine serves a FUA READ of blocks below
-    /// it): so it is lowered by what was written back after the failure too, which no
-    /// fdatasync will make durable any more.
-    fn flush_begin(&self) -> Result<u64, StoreStatus> {
+    /// Before the fdatasync: the sticky failure if one failed already (no fdatasync then),
+    /// else the lowest LBA written back since the last one is taken (writes completing from
+    /// here on are owed to the next). The failure's LBA is the lowest whose write may be lost,
+    /// every block below it durable (the [`StoreOp::Flush`] contract, on which the engine
+    /// serves a FUA READ of blocks below it): so a later flush's answer is lowered by what was
+    /// written back after the failure too, which no fdatasync will make durable any more.
+    fn flush_with(&self, sync: &dyn Fn() -> io::Result<()>) -> StoreStatus {
         let failed = self.flush_failed_lba.load(Ordering::Acquire);
         if failed != u64::MAX {
             let lba = failed.min(self.dirty_low.load(Ordering::Acquire));
-            return Err(StoreStatus::WriteError { lba });
+            return StoreStatus::WriteError { lba };
         }
-        Ok(self.dirty_low.swap(u64::MAX, Ordering::AcqRel))
+        let low = self.dirty_low.swap(u64::MAX, Ordering::AcqRel);
+        let Err(e) = sync() else {
+            return StoreStatus::Good;
+        };
+        // Nothing written back since the last flush: the error may be of anything, say 0.
+        let lba = if low == u64::MAX { 0 } else { low };
+        // Recorded before anything else (the log included): a flush that looks from here on
+        // finds the failure.
+        self.flush_failed_lba.fetch_min(lba, Ordering::AcqRel);
+        self.dirty_low.fetch_min(lba, Ordering::AcqRel);
+        log::error!(
+            "{}: fdatasync failed: {e}; writes from LBA {lba} on may be lost, every later flush \
+             fails until the disk is restarted",
+            self.path.display(),
+        );
+        StoreStatus::WriteError { lba }
+    }
+}
+
+/// The flushes of one store (`Shared::flush_in_turn`), under the `file.flushes` lock.
+#[derive(Debug, Default)]
+struct FlushSeq {
+    /// An I/O thread runs fdatasyncs; it serves `waiting` before it clears this.
+    running: bool,
+    /// FLUSHes that arrived while an fdatasync ran: the next one serves them all.
+    waiting: Vec<FlushWaiter>,
+}
+
+/// A FLUSH waiting for the fdatasync that answers it.
+#[derive(Debug)]
+struct FlushWaiter {
+    tag: u64,
+    /// Its queue's abort epoch when it was submitted.
+    epoch: u64,
+    queue: Arc<QueueShared>,
+}
+
+impl FlushWaiter {
+    /// Its queue was aborted since it was submitted.
+    fn aborted(&self) -> bool {
+        self.epoch < self.queue.abort_epoch.load(Ordering::Acquire)
     }
 
-    /// After the fdatasync (of either engine): its outcome, sticky on failure.
-    ///
-    /// Flushes may overlap (two on the ring, or on two I/O threads): each is an fdatasync of
-    /// the one flush fd, and the kernel reports a write-back error to one of them only, though
-    /// it may be of pages the other was to make durable. So a flush whose fdatasync succeeded
-    /// looks at the sticky failure again: one recorded meanwhile fails it too, and the failure's
-    /// LBA becomes the lowest either of them owed (every flush that gets here after a failure
-    /// was recorded began before it, `flush_begin`, so it overlapped the failed one). What
-    /// remains open: a flush whose success gets here before the failed one's failure does (its
-    /// fdatasync returned first, or its completion was reaped first) still answers GOOD.
-    /// Closing that would take holding each flush's answer until every flush it overlapped has
-    /// ended.
-    fn flush_end(&self, low: u64, synced: io::Result<()>) -> StoreStatus {
-        match synced {
-            Ok(()) => {
-                let failed = self.flush_failed_lba.load(Ordering::Acquire);
-                if failed == u64::MAX {
-                    return StoreStatus::Good;
-                }
-                let lba = self.flush_failed_lba.fetch_min(low, Ordering::AcqRel).min(low);
-                log::error!(
-                    "{}: an fdatasync that ran alongside a failed one succeeded; the error may be of \
-                     its writes: writes from LBA {lba} on may be lost",
-                    self.path.display()
-                );
-                self.dirty_low.fetch_min(low, Ordering::AcqRel);
-                StoreStatus::WriteError { lba }
-            }
-            Err(e) => {
-                let lba = if low == u64::MAX { 0 } else { low };
-                log::error!(
-                    "{}: fdatasync failed: {e}; writes from LBA {lba} on may be lost, every later \
-                     flush fails until the disk is restarted",
-                    self.path.display()
-                );
-                self.dirty_low.fetch_min(lba, Ordering::AcqRel);
-                StoreStatus::WriteError {
-                    lba: self.flush_failed_lba.fetch_min(lba, Ordering::AcqRel).min(lba),
-                }
-            }
+    /// Complete it with `status` (a queue dropped meanwhile has nobody to tell).
+    fn answer(self, status: StoreStatus) {
+        if self
+            .queue
+            .done
+            .send(StoreCompletion {
+                tag: self.tag,
+                status,
+            })
+            .is_ok()
+        {
+            self.queue.notify.signal();
         }
     }
 }

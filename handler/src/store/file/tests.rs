@@ -597,7 +597,7 @@ fn a_failed_flush_stays_failed(engine: IoEngine) {
     write(&mut q, 30, false);
     write(&mut q, 20, false);
     let eio = || Err(io::Error::from_raw_os_error(libc::EIO));
-    assert_eq!(store.shared.flush_with(eio), StoreStatus::WriteError { lba: 20 });
+    assert_eq!(store.shared.flush_with(&eio), StoreStatus::WriteError { lba: 20 });
     // Nothing written since, and the fdatasyncs succeed: still failed, at the same LBA.
     for _ in 0..2 {
         assert_eq!(
@@ -700,38 +700,226 @@ fn enospc_on_a_device_is_out_of_space_unless_it_ends_before_the_block() {
     ))));
 }
 
-/// Two flushes overlap, and the kernel reports the write-back error to one of them only (one
-/// fd, errseq): the one whose fdatasync succeeded but ends after the failure was recorded is
-/// not GOOD either, and the failure names the lowest LBA either flush owed (the error may be of
-/// its pages); so it does when both fail. Later flushes fail alike.
-#[test]
-fn a_flush_that_overlapped_a_failed_one_is_not_good() {
-    let eio = || Err(io::Error::from_raw_os_error(libc::EIO));
-    for first_failed in [false, true] {
-        let dir = TempDir::new("overlap");
-        let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
-        let shared = &store.shared;
-        shared.wrote_back(5 * 512);
-        let first = shared.flush_begin().expect("no flush failed yet");
-        shared.wrote_back(12 * 512);
-        let second = shared.flush_begin().expect("no flush failed yet");
-        assert_eq!((first, second), (5, 12));
-        assert_eq!(
-            shared.flush_end(second, eio()),
-            StoreStatus::WriteError { lba: 12 }
-        );
-        let synced = if first_failed { eio() } else { Ok(()) };
-        assert_eq!(
-            shared.flush_end(first, synced),
-            StoreStatus::WriteError { lba: 5 },
-            "the flush that overlapped the failed one, its own fdatasync failed: {first_failed}"
-        );
-        let mut q = store.open_queue().expect("queue");
-        assert_eq!(
-            run(&mut q, StoreOp::Flush, None),
-            StoreStatus::WriteError { lba: 5 }
-        );
+/// A medium whose fdatasyncs are scripted: call `k` (in the order they start) waits until the
+/// test releases it, then returns `results[k]`; it counts the calls and the most that ran at
+/// once. Every wait is bounded (10 s, then the call fails with ETIMEDOUT).
+struct ScriptedSync {
+    results: Vec<Option<i32>>,
+    calls: AtomicUsize,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    released: Vec<AtomicBool>,
+}
+
+impl ScriptedSync {
+    /// `results[k]`: None for success, Some(errno) for a failure.
+    fn new(results: &[Option<i32>]) -> Self {
+        Self {
+            results: results.to_vec(),
+            calls: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            max_running: AtomicUsize::new(0),
+            released: results.iter().map(|_| AtomicBool::new(false)).collect(),
+        }
     }
+
+    fn sync(&self) -> io::Result<()> {
+        let k = self.calls.fetch_add(1, Ordering::AcqRel);
+        let now = self.running.fetch_add(1, Ordering::AcqRel) + 1;
+        self.max_running.fetch_max(now, Ordering::AcqRel);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let released = loop {
+            if self.released.get(k).is_none_or(|r| r.load(Ordering::Acquire)) {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            locks::sleep(Duration::from_millis(1));
+        };
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        match self.results.get(k).copied().flatten() {
+            _ if !released => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+
+    fn release(&self, k: usize) {
+        self.released[k].store(true, Ordering::Release);
+    }
+
+    /// Wait (bounded) until `f` holds.
+    fn until(&self, what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            locks::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A queue end for `Shared::flush_in_turn`'s answers: its waiters and what they were answered.
+struct FlushAnswers {
+    queue: Arc<QueueShared>,
+    answers: Receiver<StoreCompletion>,
+}
+
+impl FlushAnswers {
+    fn new() -> Self {
+        let (done, answers) = crossbeam_channel::unbounded();
+        let queue = Arc::new(QueueShared {
+            done,
+            notify: EventFd::new().expect("eventfd"),
+            abort_epoch: AtomicU64::new(0),
+        });
+        Self { queue, answers }
+    }
+
+    fn waiter(&self, tag: u64) -> FlushWaiter {
+        FlushWaiter {
+            tag,
+            epoch: self.queue.abort_epoch.load(Ordering::Acquire),
+            queue: Arc::clone(&self.queue),
+        }
+    }
+
+    /// The `n` answers (bounded wait), as (tag, status) in tag order.
+    fn take(&self, n: usize) -> Vec<(u64, StoreStatus)> {
+        let mut got: Vec<_> = (0..n)
+            .map(|i| {
+                let c = self
+                    .answers
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("answer {i} of {n}: {e}"));
+                (c.tag, c.status)
+            })
+            .collect();
+        got.sort_unstable_by_key(|&(tag, _)| tag);
+        got
+    }
+}
+
+/// Flushes `tags` started on threads of their own while the first one's fdatasync runs (the
+/// later ones after `wrote_back(12)`): they are on the waiting list (or, were flushes not
+/// serialized, in an fdatasync of their own) before the test releases any fdatasync.
+fn start_overlapping_flushes<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    shared: &'s Shared,
+    medium: &'s ScriptedSync,
+    answers: &'s FlushAnswers,
+    tags: &[u64],
+) {
+    let flushes = |seq: &Shared| seq.flushes.lock_unchecked_at_runtime().waiting.len();
+    let (&first, later) = tags.split_first().expect("a flush");
+    let waiter = answers.waiter(first);
+    scope.spawn(move || shared.flush_in_turn(waiter, &|| medium.sync()));
+    medium.until("the first fdatasync", || {
+        medium.calls.load(Ordering::Acquire) == 1
+    });
+    shared.wrote_back(12 * 512);
+    for &tag in later {
+        let waiter = answers.waiter(tag);
+        scope.spawn(move || shared.flush_in_turn(waiter, &|| medium.sync()));
+    }
+    let n = later.len();
+    medium.until("the later flushes to wait or run", || {
+        flushes(shared) == n || medium.calls.load(Ordering::Acquire) == 1 + n
+    });
+}
+
+/// The flush that owed LBA 5 fails while flushes owing LBA 12 wait for it: they wait for the
+/// next fdatasync instead of running their own alongside it (which could have taken the EIO of
+/// block 5's page and named 12, so that a flush then said every block below 12 was on the
+/// medium and the engine served a FUA READ of block 5; or answered GOOD over LBA 12 before the
+/// failure was recorded, its own write-back error taken by the older one). They all name 5,
+/// none is GOOD, and no fdatasync runs after the failure.
+#[test]
+fn a_flush_arriving_while_a_failing_fdatasync_runs_names_the_lowest_lba_and_is_not_good() {
+    let dir = TempDir::new("overlap");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let shared = &*store.shared;
+    // Call 0 (the first flush's) fails; a call 1 (a second one alongside) would succeed first.
+    let medium = ScriptedSync::new(&[Some(libc::EIO), None, None]);
+    let answers = FlushAnswers::new();
+    shared.wrote_back(5 * 512);
+    std::thread::scope(|scope| {
+        start_overlapping_flushes(scope, shared, &medium, &answers, &[1, 2, 3]);
+        medium.release(1);
+        medium.release(2);
+        medium.until("a second fdatasync to end", || {
+            medium.running.load(Ordering::Acquire) <= 1
+        });
+        medium.release(0);
+    });
+    let failed = StoreStatus::WriteError { lba: 5 };
+    assert_eq!(answers.take(3), [(1, failed), (2, failed), (3, failed)]);
+    assert_eq!(
+        medium.max_running.load(Ordering::Acquire),
+        1,
+        "one fdatasync at a time"
+    );
+    assert_eq!(medium.calls.load(Ordering::Acquire), 1, "none after the failure");
+    let mut q = store.open_queue().expect("queue");
+    assert_eq!(run(&mut q, StoreOp::Flush, None), failed);
+}
+
+/// FLUSHes arriving while an fdatasync runs join the next one: one fdatasync serves them all
+/// (after the running one ends, never alongside it), and its failure names the lowest LBA they
+/// owe; the running one's success is theirs to keep.
+#[test]
+fn flushes_arriving_while_an_fdatasync_runs_share_the_next_one() {
+    let dir = TempDir::new("join");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let shared = &*store.shared;
+    let medium = ScriptedSync::new(&[None, Some(libc::EIO), None]);
+    let answers = FlushAnswers::new();
+    shared.wrote_back(5 * 512);
+    std::thread::scope(|scope| {
+        start_overlapping_flushes(scope, shared, &medium, &answers, &[1, 2, 3]);
+        medium.release(0);
+        medium.release(1);
+        medium.release(2);
+    });
+    let failed = StoreStatus::WriteError { lba: 12 };
+    assert_eq!(
+        answers.take(3),
+        [(1, StoreStatus::Good), (2, failed), (3, failed)]
+    );
+    assert_eq!(
+        medium.max_running.load(Ordering::Acquire),
+        1,
+        "one fdatasync at a time"
+    );
+    assert_eq!(
+        medium.calls.load(Ordering::Acquire),
+        2,
+        "the waiting flushes share one"
+    );
+}
+
+/// A FLUSH whose queue is aborted while it waits for the next fdatasync is answered Aborted
+/// without one (it never began), and what was written back stays owed to the next flush.
+#[test]
+fn a_waiting_flush_of_an_aborted_queue_is_aborted_without_an_fdatasync() {
+    let dir = TempDir::new("join-abort");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let shared = &*store.shared;
+    let medium = ScriptedSync::new(&[None, None]);
+    let answers = FlushAnswers::new();
+    shared.wrote_back(5 * 512);
+    std::thread::scope(|scope| {
+        start_overlapping_flushes(scope, shared, &medium, &answers, &[1, 2]);
+        answers.queue.abort_epoch.fetch_add(1, Ordering::AcqRel);
+        medium.release(0);
+        medium.release(1);
+    });
+    assert_eq!(
+        answers.take(2),
+        [(1, StoreStatus::Good), (2, StoreStatus::Aborted)]
+    );
+    assert_eq!(medium.calls.load(Ordering::Acquire), 1);
+    assert_eq!(shared.dirty_low.load(Ordering::Acquire), 12, "still owed");
 }
 
 /// Run a command of `disk` on `q` through all its store steps (`buf` is the data-out of those
@@ -1527,8 +1715,10 @@ fn uring_completions_from_the_kernel_are_handled_exactly() {
         op: StoreOp::Flush,
         buffer: None,
     };
-    q.complete_as_the_kernel(flush(3), -libc::EIO);
-    assert_eq!(reap_n(&mut q, 1), [(3, StoreStatus::WriteError { lba: 64 })]);
+    // FLUSH is not on the ring (one fdatasync at a time for the store, `flush_in_turn`): it
+    // goes to the threads, which answer the sticky failure of an fdatasync failed with EIO.
+    let eio = || Err(io::Error::from_raw_os_error(libc::EIO));
+    assert_eq!(store.shared.flush_with(&eio), StoreStatus::WriteError { lba: 64 });
     q.submit(
         &mut crate::store::StoreToken::root(),
         &mut vec![flush(4), flush(5)],

@@ -5,11 +5,12 @@
 //!   copy); the medium is the ring's fixed file [`DATA_FILE`] (registered once per ring: the
 //!   kernel then skips the fd table lookup and reference per request). A FUA write carries
 //!   RWF_DSYNC in its rw_flags, so it is on stable media when its CQE arrives (SBC-3 §5.39).
-//!   FLUSH is IORING_OP_FSYNC with IORING_FSYNC_DATASYNC on fixed file [`FLUSH_FILE`], the
-//!   store's fd for fdatasync alone: a RWF_DSYNC write syncs its own description and takes
-//!   the write-back error it finds there, which the flush must report (the file store's
-//!   module doc). The same sticky-failure rule as the threads ([`Shared::flush_begin`],
-//!   [`Shared::flush_end`]).
+//!   FLUSH is not on the ring: it goes to the thread pool like the ops below, where
+//!   [`Shared::flush_in_turn`] runs one fdatasync at a time for every queue of the store
+//!   (Linux reports a write-back error to one of two fdatasyncs racing on one description,
+//!   which could not tell whose pages it was of; the file store's module doc). One ring per
+//!   queue cannot keep that order across the store's queues without a thread of its own
+//!   waiting, and an FSYNC on a ring runs on a kernel worker thread anyway.
 //! - A short transfer is resubmitted for its remainder; EOF or an error hands the whole request
 //!   to the thread pool, which retries it and locates the failing block (block by block, as
 //!   the thread engine does), so the sense data names the failing LBA. Nothing partial is
@@ -66,8 +67,6 @@ use std::time::Instant;
 
 /// The ring's fixed file of reads and writes: [`Shared::data`].
 const DATA_FILE: types::Fixed = types::Fixed(0);
-/// The ring's fixed file of flushes: [`Shared::flush`], which nothing writes through.
-const FLUSH_FILE: types::Fixed = types::Fixed(1);
 /// user_data of the cancel SQEs: never a slot index.
 const CANCEL: u64 = 1 << 63;
 /// The most one SQE moves (the kernel's own cap on a read/write is just under 2 GiB).
@@ -160,8 +159,6 @@ enum SlotIo {
         /// The command buffer's address of the transfer's first byte.
         addr: u64,
     },
-    /// A FLUSH; `low` is what [`Shared::flush_begin`] took.
-    Flush { low: u64 },
 }
 
 /// A request the kernel holds. The request (and so its buffer's Arc) stays here until the CQE
@@ -186,7 +183,7 @@ pub(super) struct UringQueue {
     /// Indexed by the SQE's user_data.
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
-    /// Answered without the kernel (a bad range, a sticky flush failure), or reaped from the
+    /// Answered without the kernel (a bad range, a malformed request), or reaped from the
     /// CQ during abort_all: handed out by the next `reap`.
     ready: Vec<StoreCompletion>,
     /// SQEs pushed and not yet taken by the kernel.
@@ -214,7 +211,7 @@ impl UringQueue {
         };
         let registered = ring
             .submitter()
-            .register_files(&[store.data.as_raw_fd(), store.flush.as_raw_fd()])
+            .register_files(&[store.data.as_raw_fd()])
             .and_then(|()| {
                 ring.submitter()
                     .register_eventfd(threads.notify().as_fd().as_raw_fd())
@@ -273,9 +270,6 @@ impl UringQueue {
                     opcode::Read::new(DATA_FILE, ptr, n).offset(at).build()
                 }
             }
-            SlotIo::Flush { .. } => opcode::Fsync::new(FLUSH_FILE)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
         };
         let entry = entry.user_data(index as u64);
         let pushed = self.push_entry(&entry);
@@ -376,21 +370,6 @@ impl UringQueue {
         };
         let tag = slot.req.tag;
         let status = match &mut slot.io {
-            SlotIo::Flush { low } => {
-                let low = *low;
-                if slot.aborted && result == -libc::ECANCELED {
-                    // Not run: the dirty range stays owed to the next flush.
-                    self.store.dirty_low.fetch_min(low, Ordering::AcqRel);
-                    StoreStatus::Aborted
-                } else {
-                    let synced = if result < 0 {
-                        Err(io::Error::from_raw_os_error(-result))
-                    } else {
-                        Ok(())
-                    };
-                    self.store.flush_end(low, synced)
-                }
-            }
             SlotIo::Transfer {
                 write,
                 fua,
@@ -470,14 +449,13 @@ impl UringQueue {
                         StoreStatus::ReadError { lba }
                     }
                 }
-                SlotIo::Flush { .. } => StoreStatus::WriteError { lba: 0 },
             };
             self.delegate(slot.req, status);
         }
     }
 
     /// What the ring does for `req`: `None` for the ops the threads run, an answer for a
-    /// request that needs no I/O (out of range, malformed, a flush after a failed one).
+    /// request that needs no I/O (out of range, malformed).
     fn slot_io(&self, req: &StoreRequest) -> Result<Option<SlotIo>, StoreStatus> {
         let buffer = self.store.checked_buffer(req)?;
         match (&req.op, buffer) {
@@ -499,7 +477,7 @@ impl UringQueue {
                     addr: buf.buffer.addr() + buf.offset as u64,
                 }))
             }
-            (StoreOp::Flush, _) => self.store.flush_begin().map(|low| Some(SlotIo::Flush { low })),
+            // FLUSH goes to the threads: one fdatasync at a time for the whole store (module doc).
             _ => Ok(None),
         }
     }
@@ -612,10 +590,6 @@ impl StoreQueue for UringQueue {
                 }
                 Ok(Some(io)) => {
                     let index = self.free.pop().expect("fewer than QUEUE_DEPTH in flight");
-                    let flush_low = match io {
-                        SlotIo::Flush { low } => Some(low),
-                        SlotIo::Transfer { .. } => None,
-                    };
                     self.slots[index] = Some(Slot {
                         req,
                         io,
@@ -627,10 +601,6 @@ impl StoreQueue for UringQueue {
                     } else {
                         let slot = self.slots[index].take().expect("just filled");
                         self.free.push(index);
-                        if let Some(low) = flush_low {
-                            // Not run: the dirty range stays owed to the next flush.
-                            self.store.dirty_low.fetch_min(low, Ordering::AcqRel);
-                        }
                         refused = Some(StoreError::QueueFull { in_flight });
                         rest.push(slot.req);
                     }
