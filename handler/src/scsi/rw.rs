@@ -278,10 +278,14 @@ fn unmap(param: &[u8], ctx: &Context) -> Result<Plan, Sense> {
 /// The response (or next step) after the store ended `io` with `status`, on a thin
 /// provisioned disk when `thin`.
 pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Plan, Sense> {
-    if let (StoreOp::Flush, Some((StoreOp::Read { lba, blocks }, _)), StoreStatus::WriteError { lba: lost }) =
-        (&io.op, &io.then, status)
+    if let (
+        StoreOp::Flush,
+        Some((StoreOp::Read { lba, blocks }, _)),
+        StoreStatus::WriteError { lba: lost } | StoreStatus::SpaceExhausted { lba: lost },
+    ) = (&io.op, &io.then, status)
     {
-        return read_write_back_failed(io, *lba, *blocks, lost, thin);
+        let space = matches!(status, StoreStatus::SpaceExhausted { .. });
+        return read_write_back_failed(io, *lba, *blocks, lost, space, thin);
     }
     match status {
         StoreStatus::Good => Ok(match &io.then {
@@ -369,14 +373,33 @@ pub(crate) fn finish(io: &IoPlan, status: StoreStatus, thin: bool) -> Result<Pla
 ///   READ's first block: never inside the range past its first block, since nothing was
 ///   read, and Linux takes the blocks before INFORMATION as transferred when the transport
 ///   reports no residual (sd.c `sd_completed_bytes`; TCMU cannot say a Data-In of 0).
-fn read_write_back_failed(io: &IoPlan, lba: u64, blocks: u32, lost: u64, thin: bool) -> Result<Plan, Sense> {
+/// - A flush that failed for want of space (`space`: the store's
+///   [`StoreStatus::SpaceExhausted`], an fdatasync's ENOSPC) fails the READ as it fails a
+///   write on this disk: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT when thin
+///   provisioned, else WRITE ERROR as above, with the same INFORMATION.
+fn read_write_back_failed(
+    io: &IoPlan,
+    lba: u64,
+    blocks: u32,
+    lost: u64,
+    space: bool,
+    thin: bool,
+) -> Result<Plan, Sense> {
     if lost >= lba.saturating_add(u64::from(blocks)) {
         log::debug!(
             "FUA READ of {blocks} blocks at {lba}: a flush failed from LBA {lost}, above the range: read"
         );
         return finish(io, StoreStatus::Good, thin);
     }
-    Err(Sense::new(sense_key::MEDIUM_ERROR, asc::WRITE_ERROR).with_information(lost.min(lba)))
+    let sense = if space && thin {
+        Sense::new(
+            sense_key::DATA_PROTECT,
+            asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
+        )
+    } else {
+        Sense::new(sense_key::MEDIUM_ERROR, asc::WRITE_ERROR)
+    };
+    Err(sense.with_information(lost.min(lba)))
 }
 
 #[cfg(test)]
@@ -510,6 +533,20 @@ mod tests {
                 "loss from {lost}"
             );
         }
+        // Out of space (a thin disk): read below the loss; from it on, DATA PROTECT / SPACE
+        // ALLOCATION FAILED WRITE PROTECT (27/07) as for a write, same INFORMATION.
+        let space = |lba| StoreStatus::SpaceExhausted { lba };
+        let Plan::Io(read) = disk.finish(&flush(10), space(14)) else {
+            panic!("the range is below the loss: read it")
+        };
+        assert_eq!(read.op, StoreOp::Read { lba: 10, blocks: 4 });
+        let r = done(disk.finish(&flush(10), space(3)));
+        assert_eq!(
+            (r.status, r.sense[2], r.sense[12], r.sense[13], r.sense[6]),
+            (sam_status::CHECK_CONDITION, 0x07, 0x27, 0x07, 3),
+            "{:02x?}",
+            r.sense
+        );
         // A flush that failed otherwise says nothing of where: the READ fails.
         let r = done(disk.finish(&flush(10), StoreStatus::DeviceError));
         assert_eq!((r.status, r.sense[2]), (sam_status::CHECK_CONDITION, 0x04));

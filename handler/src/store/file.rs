@@ -45,7 +45,10 @@
 //!   fails too (with the lowest LBA written back since the last good flush, after the failure
 //!   included: every block below it is durable, so the engine serves a FUA READ of blocks
 //!   below it), until the disk is restarted; reporting GOOD would tell the initiator that lost
-//!   data is safe (`Shared::flush_with`).
+//!   data is safe (`Shared::flush_with`). An fdatasync failed with ENOSPC or EDQUOT (a file
+//!   system or a thin pool out of space when the pages were written back) is
+//!   [`StoreStatus::SpaceExhausted`] as a write's would be, and just as sticky: space freed
+//!   later does not bring back the pages Linux gave up on.
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
@@ -443,6 +446,8 @@ struct Shared {
     dirty_low: AtomicU64,
     /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has).
     flush_failed_lba: AtomicU64,
+    /// The failed flush ran out of space (ENOSPC, EDQUOT): later flushes fail alike.
+    flush_failed_space: AtomicBool,
     /// One fdatasync at a time, and the FLUSHes waiting for the next (`flush_in_turn`).
     flushes: locks::OrderedMutex<FlushSeq, locks::levels::FileFlushes>,
     /// Writes the io_uring engine sent with RWF_DSYNC (FUA), counted from the rw_flags of the
@@ -648,6 +653,7 @@ impl FileStore {
             discard_zeroes,
             dirty_low: AtomicU64::new(u64::MAX),
             flush_failed_lba: AtomicU64::new(u64::MAX),
+            flush_failed_space: AtomicBool::new(false),
             flushes: locks::OrderedMutex::new(FlushSeq::default()),
             dsync_writes: AtomicU64::new(0),
         });
@@ -1546,11 +1552,18 @@ impl Shared {
     /// every block below it durable (the [`StoreOp::Flush`] contract, on which the engine
     /// serves a FUA READ of blocks below it): so a later flush's answer is lowered by what was
     /// written back after the failure too, which no fdatasync will make durable any more.
+    ///
+    /// ENOSPC or EDQUOT (a thin-provisioned device or a file system out of space for pages
+    /// written back) is [`StoreStatus::SpaceExhausted`], as for a write; EIO and the rest
+    /// [`StoreStatus::WriteError`]. Either stays: Linux clears the dirty state of pages whose
+    /// write-back failed (the error is kept in the mapping's errseq, reported once), so a
+    /// later fdatasync does not write them again and would succeed over their loss, whatever
+    /// space was freed meanwhile. Only a restart (the image reopened) starts afresh.
     fn flush_with(&self, sync: &dyn Fn() -> io::Result<()>) -> StoreStatus {
         let failed = self.flush_failed_lba.load(Ordering::Acquire);
         if failed != u64::MAX {
             let lba = failed.min(self.dirty_low.load(Ordering::Acquire));
-            return StoreStatus::WriteError { lba };
+            return self.flush_failure(lba);
         }
         let low = self.dirty_low.swap(u64::MAX, Ordering::AcqRel);
         let Err(e) = sync() else {
@@ -1560,14 +1573,32 @@ impl Shared {
         let lba = if low == u64::MAX { 0 } else { low };
         // Recorded before anything else (the log included): a flush that looks from here on
         // finds the failure.
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+            self.flush_failed_space.store(true, Ordering::Release);
+        }
         self.flush_failed_lba.fetch_min(lba, Ordering::AcqRel);
         self.dirty_low.fetch_min(lba, Ordering::AcqRel);
+        let status = self.flush_failure(lba);
         log::error!(
             "{}: fdatasync failed: {e}; writes from LBA {lba} on may be lost, every later flush \
-             fails until the disk is restarted",
+             fails until the disk is restarted{}",
             self.path.display(),
+            if matches!(status, StoreStatus::SpaceExhausted { .. }) {
+                " (out of space: free space on the file system or extend the thin pool, then restart)"
+            } else {
+                ""
+            }
         );
-        StoreStatus::WriteError { lba }
+        status
+    }
+
+    /// The answer of a failed flush (sticky) at `lba`: of the kind the failed fdatasync was.
+    fn flush_failure(&self, lba: u64) -> StoreStatus {
+        if self.flush_failed_space.load(Ordering::Acquire) {
+            StoreStatus::SpaceExhausted { lba }
+        } else {
+            StoreStatus::WriteError { lba }
+        }
     }
 }
 

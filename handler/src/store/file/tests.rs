@@ -922,6 +922,42 @@ fn a_waiting_flush_of_an_aborted_queue_is_aborted_without_an_fdatasync() {
     assert_eq!(shared.dirty_low.load(Ordering::Acquire), 12, "still owed");
 }
 
+/// An fdatasync that fails for want of space (ENOSPC: a thin pool or a file system full when
+/// the pages were written back; EDQUOT alike) is SpaceExhausted, as a write would be, not
+/// WRITE ERROR; and it stays failed like any other flush failure (the pages were dropped), at
+/// the lowest LBA owed, lowered by what is written back after it.
+#[test]
+fn a_flush_out_of_space_is_space_exhausted_and_stays_failed() {
+    for errno in [libc::ENOSPC, libc::EDQUOT] {
+        let dir = TempDir::new("flush-space");
+        let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+        let mut q = store.open_queue().expect("queue");
+        let buf = buffer(4096);
+        let op = |lba| StoreOp::Write {
+            lba,
+            blocks: 1,
+            fua: false,
+        };
+        assert_eq!(run(&mut q, op(20), Some(&buf)), StoreStatus::Good);
+        let full = || Err(io::Error::from_raw_os_error(errno));
+        assert_eq!(
+            store.shared.flush_with(&full),
+            StoreStatus::SpaceExhausted { lba: 20 }
+        );
+        assert_eq!(
+            run(&mut q, StoreOp::Flush, None),
+            StoreStatus::SpaceExhausted { lba: 20 },
+            "sticky"
+        );
+        assert_eq!(run(&mut q, op(3), Some(&buf)), StoreStatus::Good);
+        assert_eq!(
+            run(&mut q, StoreOp::Flush, None),
+            StoreStatus::SpaceExhausted { lba: 3 }
+        );
+        assert!(store.dump().expect("dump").contains("FAILED"));
+    }
+}
+
 /// Run a command of `disk` on `q` through all its store steps (`buf` is the data-out of those
 /// that take one); its final response.
 fn command(
