@@ -50,7 +50,8 @@
 //!   [`StoreStatus::SpaceExhausted`] as a write's would be, and just as sticky: space freed
 //!   later does not bring back the pages Linux gave up on.
 //! - **Geometry from the medium.** A file's size is its length (it is created at
-//!   `create_size` when absent, and never truncated nor grown); a block device's is its size
+//!   `create_size` when absent, the file then its directory fsynced so that its name is as
+//!   durable as its blocks, and never truncated nor grown); a block device's is its size
 //!   (seek to the end) and its logical block size (sysfs). WRITE SAME writes every block of
 //!   its range, a 1-block one included.
 //! - **Failures.** A file system or a thin-provisioned device out of space is
@@ -1679,6 +1680,17 @@ fn direct_refused(path: &Path, e: io::Error, block_size: u32) -> Result<FileStor
 
 /// Create a sparse file of `size` bytes (checked first: nothing is created for a bad size).
 fn create_file(path: &Path, size: u64, block_size: u32, direct: bool) -> Result<File, FileStoreError> {
+    create_file_syncing(path, size, block_size, direct, sync_directory)
+}
+
+/// [`create_file`] with the directory's fsync given (the tests see it called, or make it fail).
+fn create_file_syncing(
+    path: &Path,
+    size: u64,
+    block_size: u32,
+    direct: bool,
+    sync_dir: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<File, FileStoreError> {
     let bs = u64::from(block_size);
     if size < bs {
         return Err(FileStoreError::TooSmall {
@@ -1709,6 +1721,14 @@ fn create_file(path: &Path, size: u64, block_size: u32, direct: bool) -> Result<
             })?;
             file.sync_all()
                 .map_err(|e| FileStoreError::from_io(path, "sync the new file", e))?;
+            // fsync(2) on a file does not make the directory entry naming it durable: without
+            // the directory's own fsync a crash could lose the new image's name though its
+            // size and blocks were synced, and the disk would come back "missing" after the
+            // initiator had written to it. The file stays if this fails (it was created, and
+            // a restart opens it as an existing image of the right size).
+            let dir = directory_of(path);
+            sync_dir(dir)
+                .map_err(|e| FileStoreError::from_io(dir, "sync the directory of the new file", e))?;
             log::info!("{}: created, {size} bytes", path.display());
         }
         // Created by someone else meanwhile: open it as an existing file (its size is checked).
@@ -1721,6 +1741,23 @@ fn create_file(path: &Path, size: u64, block_size: u32, direct: bool) -> Result<
         Err(e) => return Err(FileStoreError::from_io(path, "create", e)),
     }
     open_medium(path, direct, 0, false)
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// fsync the directory `dir` (opened read-only: fsync needs no write access on a directory).
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?
+        .sync_all()
 }
 
 /// Two opens must be of one file (a rename between them would split reads and FUA writes, or

@@ -339,6 +339,46 @@ fn out_of_range_and_malformed_requests(engine: IoEngine) {
     );
 }
 
+/// Creating an image fsyncs the directory that holds it after the file (its name is durable
+/// too, not only its blocks), and creation still works with the real fsync, a bare file name
+/// included (its directory is `.`). A failed directory fsync is a typed error naming the
+/// directory; the created file stays, opened as an existing image by a retry.
+#[test]
+fn creating_an_image_syncs_its_directory() {
+    let dir = TempDir::new("create-dir");
+    let path = dir.file("disk.img");
+    let mut synced = Vec::new();
+    create_file_syncing(&path, 1 << 20, 512, false, |d| {
+        synced.push(d.to_owned());
+        Ok(())
+    })
+    .expect("create");
+    assert_eq!(synced, [dir.0.clone()], "the directory holding the image");
+    assert_eq!(directory_of(Path::new("disk.img")), Path::new("."));
+    sync_directory(Path::new(".")).expect("the current directory syncs");
+
+    let other = dir.file("other.img");
+    let e = create_file_syncing(&other, 1 << 20, 512, false, |_| {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&e, FileStoreError::Io { path, what, .. } if *path == dir.0 && what.contains("directory")),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::metadata(&other).expect("stat").len(),
+        1 << 20,
+        "it stays"
+    );
+    open(&config(IoEngine::Threads, &other, Some(1 << 20))).expect("a retry opens it");
+    let e = sync_directory(&dir.file("absent")).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound);
+
+    open(&config(IoEngine::Threads, &dir.file("real.img"), Some(1 << 20)))
+        .expect("create with the real fsync");
+}
+
 #[test]
 fn creation_and_refusals_of_sizes() {
     let engine = IoEngine::Auto;
