@@ -1,7 +1,7 @@
 //! The system calls of the file store that std does not wrap: fallocate(2) to punch holes in
 //! a file, copy_file_range(2) for EXTENDED COPY, the BLKDISCARD / BLKZEROOUT ioctls on a block device, and flock(2) on an image
 //! (std's `File::try_lock` is newer than the crate's minimum Rust); for the tests, fcntl(2)
-//! F_GETFL.
+//! F_GETFL and F_SETLK.
 // UNSAFETY: fallocate(2), flock(2) and fcntl(2) are FFI calls taking only the fd and integers;
 // copy_file_range(2) also updates two offsets we own; the two
 // ioctls read one 16-byte range from memory we own for the duration of the call.
@@ -174,4 +174,25 @@ pub(super) fn status_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
         return Err(io::Error::last_os_error());
     }
     Ok(flags)
+}
+
+/// Take a POSIX write lock of the whole file behind `fd` (fcntl(2) F_SETLK, F_WRLCK), as
+/// Linux's NFS client does for an exclusive flock: for the tests to show the lock's fd can.
+///
+/// # Errors
+/// The errno (EBADF on a descriptor not open for writing, EAGAIN when held elsewhere).
+#[cfg(test)]
+pub(super) fn posix_write_lock(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: all-zero is a valid `struct flock` (plain integers); the fields set below are
+    // the whole file's write lock.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_SETLK reads the `struct flock` we own for the duration of the call and writes
+    // nothing; the fd is borrowed, hence open, for the call.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLK, &lock) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -1600,6 +1600,19 @@ fn sqe_rw_flags_reads_what_the_sqe_holds() {
     );
 }
 
+/// The fd that holds an image's lock is open for writing: on NFS the exclusive flock is an
+/// fcntl write lock (the client's emulation), which a read-only descriptor cannot take (EBADF),
+/// so images on NFS would not open. Here it also takes that very lock.
+#[test]
+fn the_image_lock_fd_is_open_for_writing() {
+    let dir = TempDir::new("lock-rw");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let claim = &store.shared._claim;
+    let flags = sys::status_flags(claim.as_fd()).expect("F_GETFL");
+    assert_eq!(flags & libc::O_ACCMODE, libc::O_RDWR);
+    sys::posix_write_lock(claim.as_fd()).expect("the write lock NFS's flock emulation takes");
+}
+
 /// The threads' FUA writes are durable because their fd is O_DSYNC: the kernel's own flags of
 /// the store's fds say so (fcntl F_GETFL), and that the fd of write-back writes is not (each
 /// would wait for the medium).
