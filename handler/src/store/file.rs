@@ -61,7 +61,7 @@
 //!   refused rather than growing it (`file/failure.rs`, shared by the I/O paths).
 //! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
 //!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
-//!   (`file/lock.rs`).
+//!   (`file/lock.rs`, which says what NFS keeps of this: its flock is the process's).
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
 //!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
 //!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a

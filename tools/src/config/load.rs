@@ -1111,6 +1111,38 @@ fn is_iscsi_name(name: &str) -> bool {
         && suffix.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// What a disk's `path` names, for telling two disks on one medium apart from two on two.
+///
+/// Two disks of one service on one image would corrupt each other, and the file store's lock
+/// does not keep them apart everywhere: on NFS flock is emulated with a POSIX lock, which
+/// belongs to the process, so the second disk of the one process gets it too (the file
+/// store's `file/lock.rs`). So the configuration refuses it, whatever the spelling.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Medium {
+    /// An existing file (its file system and inode: a hard link is the same file).
+    Inode { dev: u64, ino: u64 },
+    /// An existing block device (its device number: two device nodes of one disk).
+    Device(u64),
+    /// A path that does not exist yet (a file the store will create), made canonical where
+    /// it can be (a symlink or `..` in its directories is the same file).
+    Path(PathBuf),
+}
+
+impl Medium {
+    fn of(path: &Path) -> Self {
+        use std::os::unix::fs::FileTypeExt;
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) if m.file_type().is_block_device() => Self::Device(m.rdev()),
+            Ok(m) => Self::Inode {
+                dev: m.dev(),
+                ino: m.ino(),
+            },
+            Err(_) => Self::Path(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())),
+        }
+    }
+}
+
 /// Names, PCI functions, media, configured serials and designators, and LUNs must be unique
 /// across disks: each error points at the later use and names the earlier one.
 fn check_unique(ctx: &mut Ctx<'_>, disks: &[ReadDisk]) {
@@ -1119,7 +1151,7 @@ fn check_unique(ctx: &mut Ctx<'_>, disks: &[ReadDisk]) {
     let mut designators: HashMap<String, (&str, usize)> = HashMap::new();
     let mut functions: HashMap<String, (&str, usize)> = HashMap::new();
     let mut luns: HashMap<(&str, &str, u32), (&str, usize)> = HashMap::new();
-    let mut paths: HashMap<PathBuf, (&str, usize)> = HashMap::new();
+    let mut paths: HashMap<Medium, (&str, usize)> = HashMap::new();
     for disk in disks {
         let name = disk.spec.args.name.as_str();
         if let Some(at) = &disk.name_at {
@@ -1144,9 +1176,7 @@ fn check_unique(ctx: &mut Ctx<'_>, disks: &[ReadDisk]) {
         }
         if let (Some(path), Some(at)) = (&disk.spec.args.path, &disk.path_at) {
             let line = ctx.line(at.start);
-            // The same file under two spellings (a symlink, `..`) is the same medium.
-            let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            if let Some((other, first)) = paths.insert(key, (name, line)) {
+            if let Some((other, first)) = paths.insert(Medium::of(path), (name, line)) {
                 ctx.error(
                     at,
                     format!(

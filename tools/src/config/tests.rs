@@ -701,6 +701,38 @@ fn path_and_buffered_belong_to_file_boards() {
     );
 }
 
+/// Two disks on one image under two names (a hard link, a symlink) are refused like two on
+/// one path: the file store's lock would not keep them apart on NFS, where flock is a POSIX
+/// lock of the process and both disks of the one service would get it.
+#[test]
+fn two_disks_on_one_image_under_two_names_are_refused() {
+    let dir = std::env::temp_dir().join(format!("config-medium-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let a = dir.join("a.img");
+    std::fs::write(&a, [0u8; 512]).expect("write");
+    let hard = dir.join("hard.img");
+    let soft = dir.join("soft.img");
+    let _ = std::fs::remove_file(&hard);
+    let _ = std::fs::remove_file(&soft);
+    std::fs::hard_link(&a, &hard).expect("link");
+    std::os::unix::fs::symlink(&a, &soft).expect("symlink");
+    let two = |second: &std::path::Path| {
+        format!(
+            "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = {:?}\n\n\
+             [[disk]]\nname = \"g\"\nboard = \"file\"\npath = {:?}\n",
+            a.display().to_string(),
+            second.display().to_string()
+        )
+    };
+    for second in [&hard, &soft] {
+        assert_one(&two(second), Some(9), "already the medium of disk \"f\" (line 4)");
+    }
+    let other = dir.join("other.img");
+    std::fs::write(&other, [0u8; 512]).expect("write");
+    parse(&two(&other), "t.toml").expect("two images");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
 #[test]
 fn io_engine_is_read_and_checked_on_its_line() {
     use scst_accel_handler::store::file::IoEngine;
