@@ -353,7 +353,11 @@ fn creating_an_image_syncs_its_directory() {
         Ok(())
     })
     .expect("create");
-    assert_eq!(synced, [dir.0.clone()], "the directory holding the image");
+    assert_eq!(
+        synced,
+        std::slice::from_ref(&dir.0),
+        "the directory holding the image"
+    );
     assert_eq!(directory_of(Path::new("disk.img")), Path::new("."));
     sync_directory(Path::new(".")).expect("the current directory syncs");
 
