@@ -25,7 +25,7 @@
 //!   FUA, and follows the writes that have no FUA here, WRITE SAME, WRITE ZEROES, EXTENDED
 //!   COPY's [`StoreOp::Copy`] and UNMAP where LBPRZ is claimed, with a FLUSH before it
 //!   answers GOOD; a MODE SELECT clearing WCE flushes before its GOOD). FLUSH (SYNCHRONIZE
-//!   CACHE) is fdatasync(2) (IORING_OP_FSYNC with DATASYNC on a ring). A FUA write goes
+//!   CACHE) is fdatasync(2) on an I/O thread, in both engines. A FUA write goes
 //!   through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on the write), so it is on
 //!   stable media when it completes (SBC-3 §5.39: FUA). The fdatasync goes through a third
 //!   fd opened for it alone, in both engines: Linux reports a write-back error once per open
@@ -61,7 +61,7 @@
 //!   refused rather than growing it (`file/failure.rs`, shared by the I/O paths).
 //! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
 //!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
-//!   (`file/lock.rs`, which says what NFS keeps of this: its flock is the process's).
+//!   (`file/lock.rs`).
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
 //!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
 //!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a

@@ -10,7 +10,7 @@
 //!   (Linux reports a write-back error to one of two fdatasyncs racing on one description,
 //!   which could not tell whose pages it was of; the file store's module doc). One ring per
 //!   queue cannot keep that order across the store's queues without a thread of its own
-//!   waiting, and an FSYNC on a ring runs on a kernel worker thread anyway.
+//!   waiting, and an FSYNC on a ring ran on a kernel worker thread (io-wq) anyway.
 //! - A short transfer is resubmitted for its remainder; EOF or an error hands the whole request
 //!   to the thread pool, which retries it and locates the failing block (block by block, as
 //!   the thread engine does), so the sense data names the failing LBA. Nothing partial is
@@ -30,7 +30,7 @@
 //! - Bounded: at most [`QUEUE_DEPTH`] requests per queue (ring and pool together), beyond
 //!   which `submit` answers QueueFull; the ring has that many SQEs and twice the CQEs, so
 //!   neither overflows. The kernel's own workers for what it cannot issue without blocking
-//!   (io-wq: buffered writes, fsync) are capped at the store's I/O thread count per worker
+//!   (io-wq: buffered writes) are capped at the store's I/O thread count per worker
 //!   thread (IORING_REGISTER_IOWQ_MAX_WORKERS). `abort_all` cancels (IORING_OP_ASYNC_CANCEL) and waits at most
 //!   [`ABORT_WAIT`]; drop waits at most [`JOIN_BOUND`]. A request the kernel still holds
 //!   after that keeps its buffer forever (leaked, logged as an error): the kernel may still
@@ -172,7 +172,7 @@ struct Slot {
     retries: u32,
 }
 
-/// One worker's queue on io_uring: reads, writes and flushes on its own ring, the rest on the
+/// One worker's queue on io_uring: reads and writes on its own ring, the rest (FLUSH too) on the
 /// shared thread pool through `threads`.
 pub(super) struct UringQueue {
     ring: IoUring,
@@ -195,7 +195,7 @@ pub(super) struct UringQueue {
 
 impl UringQueue {
     /// A ring for `threads`'s worker, signalling its eventfd, whose kernel workers (io-wq: what
-    /// the kernel cannot issue without blocking, buffered writes and fsync) are capped at
+    /// the kernel cannot issue without blocking, buffered writes) are capped at
     /// `kernel_workers`. On failure `threads` is given back, for the caller to use alone.
     // The error carries the queue back (it is large) so the caller can serve without a ring.
     #[allow(clippy::result_large_err)]
