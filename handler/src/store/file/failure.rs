@@ -19,9 +19,13 @@
 //!   change, so every LBA below it must return the data last written there; that data is gone,
 //!   and GOOD over zeroes would hide the loss.
 //! - **A write past the end of a truncated file** would grow it back, silently, with holes
-//!   before: the store promises never to truncate nor grow. [`Shared::truncated_at`] checks the
-//!   file's size first (one fstat per write on a regular file), and the write fails as a write
-//!   error at the first missing block. A truncation between that check and the write is not
+//!   before: the store promises never to truncate nor grow. The file's size is read first (one
+//!   stat per write on a regular file), and the write fails as a write error at the first
+//!   missing block ([`Shared::past_end`]). The I/O threads fstat on their own thread
+//!   ([`Shared::truncated_at`]); the io_uring engine puts an IORING_OP_STATX on its ring ahead
+//!   of the write and pushes the write from that CQE, so the frontend's worker never waits for
+//!   a stat (on NFS or FUSE a write drops the cached attributes, and each stat is a round trip
+//!   to a server that may not answer). A truncation between that check and the write is not
 //!   caught (nothing atomic exists short of a lease); the next read past the cut reports it.
 
 use super::Shared;
@@ -80,6 +84,8 @@ impl Shared {
         if !self.regular {
             return None;
         }
+        #[cfg(test)]
+        tests::FSTATS.with(|n| n.set(n.get() + 1));
         let size = match self.data.metadata() {
             Ok(meta) => meta.len(),
             Err(e) => {
@@ -87,6 +93,14 @@ impl Shared {
                 return None;
             }
         };
+        self.past_end(start, len, size)
+    }
+
+    /// A write to `[start, start+len)` of a regular file of `size` bytes (read just before the
+    /// write, by the caller) would grow it: the first LBA of the range past its end, as a write
+    /// error, logged. The io_uring engine reads the size with IORING_OP_STATX (off the
+    /// worker's thread) and calls this on its completion.
+    pub(super) fn past_end(&self, start: u64, len: usize, size: u64) -> Option<StoreStatus> {
         if start + len as u64 <= size {
             return None;
         }
@@ -114,5 +128,17 @@ pub(super) fn out_of_space(lba: u64, block_size: u32, device_size: impl FnOnce()
             log::warn!("cannot read the device's size after ENOSPC at LBA {lba}: {e}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// The fstat calls of [`super::Shared::truncated_at`] made on this thread: the io_uring
+        /// engine's submitting thread must make none (a stat there blocks the frontend's
+        /// worker on a hung NFS or FUSE server).
+        pub(in crate::store::file) static FSTATS: Cell<u64> = const { Cell::new(0) };
     }
 }

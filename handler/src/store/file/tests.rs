@@ -1836,3 +1836,53 @@ fn uring_completions_from_the_kernel_are_handled_exactly() {
     q.complete_as_the_kernel(read(7), -libc::EINVAL);
     assert_eq!(reap_n(&mut q, 1), [(7, StoreStatus::InvalidRequest)]);
 }
+
+/// On io_uring the frontend's worker (here the test's thread, which submits and reaps) never
+/// stats the image before a write: the size check of each WRITE to a regular file is a STATX
+/// on the ring, and its protection holds (a write past the end of a file truncated under the
+/// store is a write error at the first missing block, and the file is not grown).
+#[test]
+fn uring_writes_read_the_files_size_off_the_submitting_thread() {
+    if !uring_or_skip("uring_writes_read_the_files_size_off_the_submitting_thread") {
+        return;
+    }
+    let dir = TempDir::new("stat-off-worker");
+    let path = dir.file("disk.img");
+    let store = open(&config(IoEngine::Uring, &path, Some(1 << 20))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(4096);
+    pattern(&buf, 4096, 0x3c);
+    let write = |q: &mut Box<dyn StoreQueue>, lba| {
+        run(
+            q,
+            StoreOp::Write {
+                lba,
+                blocks: 8,
+                fua: lba % 2 == 1,
+            },
+            Some(&buf),
+        )
+    };
+    let before = super::failure::tests::FSTATS.with(std::cell::Cell::get);
+    for lba in 0..20 {
+        assert_eq!(write(&mut q, lba * 8), StoreStatus::Good);
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(100 * 512))
+        .expect("truncate");
+    assert_eq!(write(&mut q, 96), StoreStatus::WriteError { lba: 100 });
+    assert_eq!(write(&mut q, 500), StoreStatus::WriteError { lba: 500 });
+    assert_eq!(write(&mut q, 0), StoreStatus::Good);
+    let stats = super::failure::tests::FSTATS.with(std::cell::Cell::get) - before;
+    assert_eq!(
+        stats, 0,
+        "the submitting thread stat'ed the image {stats} times for 23 writes"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        100 * 512,
+        "not grown"
+    );
+}

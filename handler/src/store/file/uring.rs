@@ -11,6 +11,13 @@
 //!   which could not tell whose pages it was of; the file store's module doc). One ring per
 //!   queue cannot keep that order across the store's queues without a thread of its own
 //!   waiting, and an FSYNC on a ring ran on a kernel worker thread (io-wq) anyway.
+//! - A WRITE to a regular file first reads the file's size with IORING_OP_STATX on the ring
+//!   (the kernel's io-wq runs it), and its CQE pushes the write, or answers a write past the
+//!   end of a file truncated under the store as the threads do (`file/failure.rs`). The
+//!   worker's thread never stats the file itself: on NFS or FUSE each stat after a write is a
+//!   round trip to the server, and a hung hard-mounted server would hold the worker inside
+//!   `submit`, where the frontend's stuck-in-store detection cannot run. The price is one
+//!   more trip through io-wq per such write; block devices have no size to check.
 //! - A short transfer is resubmitted for its remainder; EOF or an error hands the whole request
 //!   to the thread pool, which retries it and locates the failing block (block by block, as
 //!   the thread engine does), so the sense data names the failing LBA. Nothing partial is
@@ -109,6 +116,7 @@ pub(super) fn available() -> Result<(), String> {
         (opcode::Read::CODE, "READ"),
         (opcode::Write::CODE, "WRITE"),
         (opcode::Fsync::CODE, "FSYNC"),
+        (opcode::Statx::CODE, "STATX"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     ] {
         if !probe.is_supported(code) {
@@ -170,6 +178,10 @@ struct Slot {
     /// abort_all cancelled it: no resubmission, a partial transfer is Aborted.
     aborted: bool,
     retries: u32,
+    /// The SQE in flight is the IORING_OP_STATX of a write to a regular file, into the slot's
+    /// entry of [`UringQueue::stats`]: its CQE pushes the write, or answers it when the file
+    /// was truncated under the store (`Shared::past_end`).
+    size_check: bool,
 }
 
 /// One worker's queue on io_uring: reads and writes on its own ring, the rest (FLUSH too) on the
@@ -191,6 +203,10 @@ pub(super) struct UringQueue {
     /// The CQEs of one drain (kept: no allocation per reap).
     cqes: Vec<(u64, i32)>,
     submitted: u64,
+    /// One statx buffer per slot, for its write's size check (allocated once: none per write).
+    /// The kernel writes a slot's entry until the STATX's CQE, so like the slots they are
+    /// leaked, never freed, while the kernel may still hold one (`leak_held`).
+    stats: Box<[libc::statx]>,
 }
 
 impl UringQueue {
@@ -235,6 +251,9 @@ impl UringQueue {
             unsubmitted: false,
             cqes: Vec::with_capacity(2 * QUEUE_DEPTH),
             submitted: 0,
+            // SAFETY: `statx` is a C struct of integers only (no pointer, no enum, no
+            // reference), for which all zeroes is a valid value.
+            stats: vec![unsafe { std::mem::zeroed::<libc::statx>() }; QUEUE_DEPTH].into_boxed_slice(),
         })
     }
 
@@ -249,6 +268,16 @@ impl UringQueue {
             return false;
         };
         let entry = match slot.io {
+            // The size check of a write to a regular file: statx(2) of the data fd, run by the
+            // kernel's io-wq, never by the worker's thread (STATX takes no fixed file).
+            SlotIo::Transfer { .. } if slot.size_check => opcode::Statx::new(
+                types::Fd(self.store.data.as_raw_fd()),
+                c"".as_ptr(),
+                std::ptr::from_mut(&mut self.stats[index]).cast::<types::statx>(),
+            )
+            .flags(libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT)
+            .mask(libc::STATX_SIZE)
+            .build(),
             SlotIo::Transfer {
                 write,
                 fua,
@@ -289,6 +318,9 @@ impl UringQueue {
             // its slot, inside the buffer (checked by `checked_buffer` and `range` before the
             // slot was filled), and the slot keeps the request, hence the buffer's Arc, until
             // this SQE's CQE is reaped (`complete`), or forever if it never is (`Drop`). A
+            // STATX's buffer is the slot's entry of `stats`, whose allocation lives as long as
+            // the queue and is leaked with the slots; its path is a static empty C string, its
+            // fd the store's data fd, kept open by the queue's (or the leak's) `Arc<Shared>`. A
             // cancel SQE points at no memory.
             let pushed = unsafe { self.ring.submission().push(entry) };
             if pushed.is_ok() {
@@ -369,6 +401,19 @@ impl UringQueue {
             return;
         };
         let tag = slot.req.tag;
+        if slot.size_check {
+            slot.size_check = false;
+            let status = self.size_checked(index, &slot, result);
+            if let Some(status) = status {
+                self.free.push(index);
+                drop(slot);
+                self.ready.push(StoreCompletion { tag, status });
+            } else {
+                // The file reaches the write's end: now the write itself.
+                self.refill(index, slot);
+            }
+            return;
+        }
         let status = match &mut slot.io {
             SlotIo::Transfer {
                 write,
@@ -431,6 +476,33 @@ impl UringQueue {
         self.ready.push(StoreCompletion { tag, status });
     }
 
+    /// The CQE of the STATX before slot `index`'s write (`result`: 0, or -errno): the answer
+    /// when the write must not go (aborted, or past the end of a file truncated under the
+    /// store), `None` when it may. A failed statx lets it go, as the threads' failed fstat
+    /// does: the write then reports what the medium says.
+    fn size_checked(&self, index: usize, slot: &Slot, result: i32) -> Option<StoreStatus> {
+        if slot.aborted {
+            return Some(StoreStatus::Aborted);
+        }
+        let SlotIo::Transfer { start, len, .. } = slot.io else {
+            return None;
+        };
+        let stat = &self.stats[index];
+        if result < 0 || stat.stx_mask & libc::STATX_SIZE == 0 {
+            log::warn!(
+                "{}: statx before a write: {}",
+                self.store.path.display(),
+                if result < 0 {
+                    io::Error::from_raw_os_error(-result).to_string()
+                } else {
+                    "no size returned".to_owned()
+                }
+            );
+            return None;
+        }
+        self.store.past_end(start, len, stat.stx_size)
+    }
+
     /// Put `slot` back at `index` and push its next piece; if the SQ has no room, the request
     /// goes to the threads (which redo it whole).
     fn refill(&mut self, index: usize, slot: Slot) {
@@ -462,12 +534,6 @@ impl UringQueue {
             (StoreOp::Read { lba, blocks }, Some(buf)) | (StoreOp::Write { lba, blocks, .. }, Some(buf)) => {
                 let (start, len) = self.store.range(*lba, *blocks).ok_or(StoreStatus::OutOfRange)?;
                 let write = matches!(req.op, StoreOp::Write { .. });
-                if write {
-                    // As the threads' writes: a file truncated under the store is not grown.
-                    if let Some(status) = self.store.truncated_at(start, len) {
-                        return Err(status);
-                    }
-                }
                 Ok(Some(SlotIo::Transfer {
                     write,
                     fua: matches!(req.op, StoreOp::Write { fua: true, .. }),
@@ -491,11 +557,13 @@ impl UringQueue {
             .expect("a request that needs I/O")
             .expect("a ring op");
         let index = self.free.pop().expect("a free slot");
+        // As if its size check had passed: `result` is the write's or the read's.
         self.slots[index] = Some(Slot {
             req,
             io,
             aborted: false,
             retries: 0,
+            size_check: false,
         });
         self.complete(index, result);
         self.submit_ring();
@@ -552,6 +620,8 @@ impl UringQueue {
         for slot in held {
             std::mem::forget(slot.req);
         }
+        // A STATX still in the kernel writes into its slot's entry.
+        std::mem::forget(std::mem::take(&mut self.stats));
     }
 }
 
@@ -590,11 +660,15 @@ impl StoreQueue for UringQueue {
                 }
                 Ok(Some(io)) => {
                     let index = self.free.pop().expect("fewer than QUEUE_DEPTH in flight");
+                    // As the threads' writes: a file truncated under the store is not grown.
+                    // Its size is read by a STATX on the ring, not here (see `size_check`).
+                    let size_check = self.store.regular && matches!(io, SlotIo::Transfer { write: true, .. });
                     self.slots[index] = Some(Slot {
                         req,
                         io,
                         aborted: false,
                         retries: 0,
+                        size_check,
                     });
                     if self.push(index) {
                         self.submitted += 1;
