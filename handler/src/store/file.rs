@@ -120,6 +120,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use std::time::Instant;
 
 /// Default I/O threads.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -129,7 +130,9 @@ const QUEUE_DEPTH: usize = 256;
 const SCRATCH: usize = 1 << 20;
 /// How often an idle I/O thread looks up from its channel (every wait is bounded).
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// How long dropping the store waits for each I/O thread (it finishes at most one request).
+/// How long the teardown waits in all: for the I/O threads when the pool closes (one deadline
+/// for all of them, each finishing at most its current request), and for a ring's requests
+/// plus the pool when a ring queue holds the pool's last reference.
 const JOIN_BOUND: Duration = Duration::from_secs(10);
 /// How long `abort_all` waits for requests already in a thread's hands.
 const ABORT_WAIT: Duration = Duration::from_secs(2);
@@ -454,7 +457,18 @@ struct Shared {
     /// Writes the io_uring engine sent with RWF_DSYNC (FUA), counted from the rw_flags of the
     /// SQEs it pushed, for the dump and the tests.
     dsync_writes: AtomicU64,
+    /// Tests: while set, an I/O thread that takes a job holds it before running it, as if
+    /// hung in a system call (at most [`TEST_STALL_BOUND`]).
+    #[cfg(test)]
+    stall: AtomicBool,
+    /// Tests: I/O threads that took a job while `stall` was set.
+    #[cfg(test)]
+    stalled: AtomicUsize,
 }
+
+/// Tests: the longest an I/O thread stalls (`Shared::stall`).
+#[cfg(test)]
+const TEST_STALL_BOUND: Duration = Duration::from_secs(60);
 
 /// The I/O threads and their request channel.
 #[derive(Debug)]
@@ -657,6 +671,10 @@ impl FileStore {
             flush_failed_space: AtomicBool::new(false),
             flushes: locks::OrderedMutex::new(FlushSeq::default()),
             dsync_writes: AtomicU64::new(0),
+            #[cfg(test)]
+            stall: AtomicBool::new(false),
+            #[cfg(test)]
+            stalled: AtomicUsize::new(0),
         });
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(workers * QUEUE_DEPTH);
         let mut threads = Vec::with_capacity(workers);
@@ -716,7 +734,7 @@ impl FileStore {
         let (done, completions) = crossbeam_channel::unbounded();
         Ok(FileQueue {
             jobs,
-            _pool: Arc::clone(&self.pool),
+            pool: Some(Arc::clone(&self.pool)),
             completions,
             shared: Arc::new(QueueShared {
                 done,
@@ -792,14 +810,25 @@ impl Store for FileStore {
     }
 }
 
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Closing the channel ends every thread once it has finished its current request.
+impl Pool {
+    /// Close the channel and join the threads, all of them by `deadline`: one bound for the
+    /// whole pool, not one per thread (hung threads would add up past the service's stop
+    /// timeout). A thread not ended by then is left detached; it keeps the store's shared
+    /// state (its files, the image's lock) until its system call returns.
+    ///
+    /// What the threads still do: crossbeam hands out the jobs queued before the close, so
+    /// each thread takes what is left before it sees the channel closed. Every such job is of
+    /// a queue already dropped (each queue holds the pool), and a queue's drop aborts its
+    /// queued jobs (`FileQueue`'s `Drop`): the threads answer them Aborted, to nobody, without
+    /// running them. So a thread ends after at most the request it was running.
+    fn close(&mut self, deadline: Instant) {
         drop(self.jobs.take());
         for handle in self.threads.drain(..) {
-            if let Err(handle) = locks::join_bounded(handle, JOIN_BOUND) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(handle) = locks::join_bounded(handle, left) {
                 log::error!(
-                    "file store I/O thread {:?} still in a system call after {JOIN_BOUND:?}; left detached",
+                    "file store I/O thread {:?} not ended by the teardown's deadline ({JOIN_BOUND:?} \
+                     in all): still in a system call; left detached",
                     handle.thread().name()
                 );
             }
@@ -807,11 +836,17 @@ impl Drop for Pool {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close(Instant::now() + JOIN_BOUND);
+    }
+}
+
 /// One worker's queue: submits to the shared pool, reaps from its own channel.
 struct FileQueue {
     jobs: Sender<Job>,
-    /// Keeps the threads alive while the queue lives.
-    _pool: Arc<Pool>,
+    /// Keeps the threads alive while the queue lives (`None` once `release_pool` let go).
+    pool: Option<Arc<Pool>>,
     completions: Receiver<StoreCompletion>,
     shared: Arc<QueueShared>,
     /// Submitted and not yet reaped (the threads do not touch it: only this queue's owner).
@@ -827,6 +862,20 @@ impl FileQueue {
             self.shared.abort_epoch.fetch_add(1, Ordering::AcqRel);
         }
         n
+    }
+
+    /// The queue is going away: its jobs not yet started are never run (the threads answer
+    /// them Aborted, to nobody). Those already in a thread's hands finish.
+    fn abandon(&self) {
+        self.shared.abort_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Let go of the pool; if this was its last reference, close it by `deadline` (a ring
+    /// queue's drop shares its own deadline with the pool's joins).
+    fn release_pool(&mut self, deadline: Instant) {
+        if let Some(mut pool) = self.pool.take().and_then(Arc::into_inner) {
+            pool.close(deadline);
+        }
     }
 
     /// Have the `n` requests in flight at [`FileQueue::abort_start`] all completed?
@@ -937,6 +986,17 @@ impl StoreQueue for FileQueue {
     }
 }
 
+impl Drop for FileQueue {
+    /// A dropped queue's requests not yet started do not run: a frontend that drops a queue
+    /// (its stop's grace expired) has given up on them, and a write landing afterwards would
+    /// change the medium behind its back. Their buffers stay with the jobs until a thread
+    /// answers them, as before. The pool, if this was its last reference, closes within
+    /// [`JOIN_BOUND`].
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
 /// An I/O thread: take a job, run it with no lock held, send the completion, signal the queue.
 fn io_thread(shared: &Shared, rx: &Receiver<Job>, scratch: &PageBuffer) {
     let mut compare = Vec::new();
@@ -962,6 +1022,8 @@ fn io_thread(shared: &Shared, rx: &Receiver<Job>, scratch: &PageBuffer) {
         let status = if aborted {
             StoreStatus::Aborted
         } else {
+            #[cfg(test)]
+            shared.stall_if_asked();
             shared.execute(&req, scratch, &mut compare)
         };
         let tag = req.tag;
@@ -983,6 +1045,19 @@ enum Through {
 }
 
 impl Shared {
+    /// Tests: hold the job just taken while `stall` is set (bounded), as a hung system call.
+    #[cfg(test)]
+    fn stall_if_asked(&self) {
+        if !self.stall.load(Ordering::Acquire) {
+            return;
+        }
+        self.stalled.fetch_add(1, Ordering::AcqRel);
+        let deadline = Instant::now() + TEST_STALL_BOUND;
+        while self.stall.load(Ordering::Acquire) && Instant::now() < deadline {
+            locks::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn fd(&self, through: Through) -> BorrowedFd<'_> {
         match through {
             Through::WriteBack => self.data.as_fd(),

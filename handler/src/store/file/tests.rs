@@ -1886,3 +1886,142 @@ fn uring_writes_read_the_files_size_off_the_submitting_thread() {
         "not grown"
     );
 }
+
+/// Wait (bounded) until `n` I/O threads of `store` hold a stalled job.
+fn wait_stalled(store: &FileStore, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.shared.stalled.load(Ordering::Acquire) < n {
+        assert!(Instant::now() < deadline, "{n} I/O threads did not take a job");
+        locks::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `n` VERIFYs of one block (they go to the I/O threads in both engines).
+fn verifies(n: u64) -> Vec<StoreRequest> {
+    (0..n)
+        .map(|tag| StoreRequest {
+            tag,
+            op: StoreOp::Verify { lba: tag, blocks: 1 },
+            buffer: None,
+        })
+        .collect()
+}
+
+/// Dropping the store with every I/O thread hung in a request waits one [`JOIN_BOUND`] for all
+/// of them, not one each (four hung threads took 40 s, twice the service's stop timeout).
+#[test]
+fn dropping_a_store_with_hung_io_threads_waits_one_bound_for_all_of_them() {
+    let dir = TempDir::new("hung-threads");
+    let store = open(&FileStoreConfig {
+        workers: 4,
+        ..config(IoEngine::Threads, &dir.file("disk.img"), Some(1 << 20))
+    })
+    .expect("open");
+    let shared = Arc::clone(&store.shared);
+    shared.stall.store(true, Ordering::Release);
+    let mut q = store.open_queue().expect("queue");
+    submit_all(&mut q, verifies(4));
+    wait_stalled(&store, 4);
+    drop(q);
+    let started = Instant::now();
+    drop(store);
+    let took = started.elapsed();
+    shared.stall.store(false, Ordering::Release);
+    assert!(
+        took <= JOIN_BOUND + Duration::from_millis(1500),
+        "dropping the store took {took:?} with 4 hung threads"
+    );
+}
+
+/// A ring queue holding the pool's last reference, with a request the kernel never gives back
+/// and both I/O threads hung: its drop waits one [`JOIN_BOUND`] for the ring and the threads
+/// together, not the ring's bound and then the pool's.
+#[test]
+fn a_ring_queue_dropped_last_waits_one_bound_for_its_ring_and_the_threads() {
+    if !uring_or_skip("a_ring_queue_dropped_last_waits_one_bound_for_its_ring_and_the_threads") {
+        return;
+    }
+    let dir = TempDir::new("hung-ring");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let shared = Arc::clone(&store.shared);
+    let threads = store.thread_queue().expect("thread queue");
+    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads, 2) else {
+        panic!("a ring for the queue");
+    };
+    shared.stall.store(true, Ordering::Release);
+    let mut batch = verifies(2);
+    q.submit(&mut crate::store::StoreToken::root(), &mut batch)
+        .expect("submit");
+    wait_stalled(&store, 2);
+    let buf = buffer(4096);
+    q.hold_as_if_in_the_kernel(StoreRequest {
+        tag: 9,
+        op: StoreOp::Read { lba: 0, blocks: 8 },
+        buffer: Some(buf.clone()),
+    });
+    drop(store);
+    let started = Instant::now();
+    drop(q);
+    let took = started.elapsed();
+    shared.stall.store(false, Ordering::Release);
+    assert!(
+        took <= JOIN_BOUND + Duration::from_millis(1500),
+        "dropping the ring queue took {took:?}"
+    );
+    assert_eq!(
+        Arc::strong_count(&buf.buffer),
+        2,
+        "the held request's buffer is leaked"
+    );
+}
+
+/// A thread-engine queue dropped with writes still queued for the pool (its one I/O thread
+/// busy): none of them runs afterwards; the frontend that dropped it gave up on them.
+#[test]
+fn a_dropped_thread_queue_runs_none_of_its_queued_writes() {
+    let dir = TempDir::new("dropq");
+    let path = dir.file("disk.img");
+    let store = open(&FileStoreConfig {
+        workers: 1,
+        ..config(IoEngine::Threads, &path, Some(1 << 20))
+    })
+    .expect("open");
+    store.shared.stall.store(true, Ordering::Release);
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(4096);
+    pattern(&buf, 4096, 0x5a);
+    // The one thread holds the VERIFY; the writes queue behind it.
+    submit_all(&mut q, verifies(1));
+    wait_stalled(&store, 1);
+    submit_all(
+        &mut q,
+        (1..9u64)
+            .map(|i| StoreRequest {
+                tag: i,
+                op: StoreOp::Write {
+                    lba: 1000 + i * 8,
+                    blocks: 8,
+                    fua: false,
+                },
+                buffer: Some(buf.clone()),
+            })
+            .collect(),
+    );
+    drop(q);
+    store.shared.stall.store(false, Ordering::Release);
+    // The thread answers every job (to nobody) and lets go of its buffer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&buf.buffer) > 1 {
+        assert!(Instant::now() < deadline, "a job still holds the buffer");
+        locks::sleep(Duration::from_millis(2));
+    }
+    drop(store);
+    let data = std::fs::read(&path).expect("read");
+    let landed = (1..9usize)
+        .filter(|i| data[(1000 + i * 8) * 512..][..4096] == bytes(&buf, 4096)[..])
+        .count();
+    assert_eq!(
+        landed, 0,
+        "{landed} writes of the dropped queue landed after its drop"
+    );
+}

@@ -39,9 +39,11 @@
 //!   neither overflows. The kernel's own workers for what it cannot issue without blocking
 //!   (io-wq: buffered writes) are capped at the store's I/O thread count per worker
 //!   thread (IORING_REGISTER_IOWQ_MAX_WORKERS). `abort_all` cancels (IORING_OP_ASYNC_CANCEL) and waits at most
-//!   [`ABORT_WAIT`]; drop waits at most [`JOIN_BOUND`]. A request the kernel still holds
-//!   after that keeps its buffer forever (leaked, logged as an error): the kernel may still
-//!   write into it, so it must never go back to the pool.
+//!   [`ABORT_WAIT`]; drop cancels too and waits at most [`JOIN_BOUND`] in all, for the ring
+//!   and, when the queue holds the pool's last reference, for the I/O threads' joins (one
+//!   deadline, not one each). A request the kernel still holds after that keeps its buffer
+//!   forever (leaked, logged as an error): the kernel may still write into it, so it must
+//!   never go back to the pool.
 // UNSAFETY: pushing an SQE hands the kernel a buffer address; the safety argument is that the
 // slot owning the request (and so the buffer's Arc) lives until the CQE of that SQE is reaped.
 #![allow(unsafe_code)]
@@ -569,6 +571,24 @@ impl UringQueue {
         self.submit_ring();
     }
 
+    /// Tests: take `req` into a slot as if its SQE were in the kernel and never came back (no
+    /// SQE is pushed: a cancel finds nothing, so only the drop's deadline ends the wait).
+    #[cfg(test)]
+    pub(super) fn hold_as_if_in_the_kernel(&mut self, req: StoreRequest) {
+        let io = self
+            .slot_io(&req)
+            .expect("a request that needs I/O")
+            .expect("a ring op");
+        let index = self.free.pop().expect("a free slot");
+        self.slots[index] = Some(Slot {
+            req,
+            io,
+            aborted: false,
+            retries: 0,
+            size_check: false,
+        });
+    }
+
     /// Cancel every request the kernel holds; returns how many.
     fn cancel_ring(&mut self) -> usize {
         let mut n = 0;
@@ -738,13 +758,18 @@ impl StoreQueue for UringQueue {
 }
 
 impl Drop for UringQueue {
-    /// The kernel must be done with every buffer before the slots let go of them: cancel, wait
-    /// at most [`JOIN_BOUND`], and leak what it still holds.
+    /// The kernel must be done with every buffer before the slots let go of them: cancel, wait,
+    /// and leak what it still holds. One deadline, [`JOIN_BOUND`] from now, bounds that wait
+    /// and, when this queue holds the pool's last reference, the joins of its I/O threads.
     fn drop(&mut self) {
+        let deadline = Instant::now() + JOIN_BOUND;
+        // What this queue left to the threads and they have not started is not run.
+        self.threads.abandon();
         if self.slots_in_use() > 0 {
             self.cancel_ring();
-            if !self.wait_settled(Instant::now() + JOIN_BOUND, |_| true) {
+            if !self.wait_settled(deadline, |_| true) {
                 self.leak_held(JOIN_BOUND);
+                self.threads.release_pool(deadline);
                 return;
             }
         }
@@ -756,5 +781,6 @@ impl Drop for UringQueue {
         if let Err(e) = self.ring.submitter().unregister_files() {
             log::warn!("io_uring: unregistering the image's files: {e}; its lock is freed when the kernel tears the ring down");
         }
+        self.threads.release_pool(deadline);
     }
 }
