@@ -61,7 +61,10 @@
 //!   refused rather than growing it (`file/failure.rs`, shared by the I/O paths).
 //! - **One handler per image.** A file is flock'ed exclusively at open, a block device opened
 //!   O_EXCL: a second handler gets [`FileStoreError::Locked`] or [`FileStoreError::Busy`]
-//!   (`file/lock.rs`).
+//!   (`file/lock.rs`). The claim lives as long as anything may still write the image: an I/O
+//!   thread left detached at the teardown, or a ring's request the kernel kept past its
+//!   queue's drop (leaked with the store's state, so the claim then lasts until the process
+//!   ends).
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
 //!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
 //!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a

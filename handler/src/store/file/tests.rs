@@ -2025,3 +2025,37 @@ fn a_dropped_thread_queue_runs_none_of_its_queued_writes() {
         "{landed} writes of the dropped queue landed after its drop"
     );
 }
+
+/// A ring queue dropped while the kernel still holds one of its requests leaks the request and
+/// the store's shared state with it: the image stays claimed after the store is dropped, so no
+/// handler opens it while that write may still land.
+#[test]
+fn a_ring_queue_that_leaks_a_request_keeps_the_image_claimed() {
+    if !uring_or_skip("a_ring_queue_that_leaks_a_request_keeps_the_image_claimed") {
+        return;
+    }
+    let dir = TempDir::new("leak-claim");
+    let path = dir.file("disk.img");
+    let store = open(&config(IoEngine::Uring, &path, Some(1 << 20))).expect("open");
+    let threads = store.thread_queue().expect("thread queue");
+    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads, 2) else {
+        panic!("a ring for the queue");
+    };
+    let buf = buffer(4096);
+    q.hold_as_if_in_the_kernel(StoreRequest {
+        tag: 9,
+        op: StoreOp::Write {
+            lba: 0,
+            blocks: 8,
+            fua: false,
+        },
+        buffer: Some(buf.clone()),
+    });
+    drop(q);
+    drop(store);
+    match open(&config(IoEngine::Uring, &path, Some(1 << 20))) {
+        Err(FileStoreError::Locked { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("the image opened again while a leaked write may still land"),
+    }
+}

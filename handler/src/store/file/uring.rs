@@ -43,7 +43,9 @@
 //!   and, when the queue holds the pool's last reference, for the I/O threads' joins (one
 //!   deadline, not one each). A request the kernel still holds after that keeps its buffer
 //!   forever (leaked, logged as an error): the kernel may still write into it, so it must
-//!   never go back to the pool.
+//!   never go back to the pool; the store's shared state is leaked with it, so the image's
+//!   claim (flock or O_EXCL) is held until the process ends, not given to a next handler
+//!   while those writes may land.
 // UNSAFETY: pushing an SQE hands the kernel a buffer address; the safety argument is that the
 // slot owning the request (and so the buffer's Arc) lives until the CQE of that SQE is reaped.
 #![allow(unsafe_code)]
@@ -625,7 +627,8 @@ impl UringQueue {
     }
 
     /// Keep whatever the kernel still holds alive forever: it may still move data into or out
-    /// of those buffers, which must then never be reused.
+    /// of those buffers, which must then never be reused; and the store's shared state, whose
+    /// claim on the image must outlive those writes.
     fn leak_held(&mut self, waited: Duration) {
         let held: Vec<Slot> = self.slots.iter_mut().filter_map(Option::take).collect();
         if held.is_empty() {
@@ -642,6 +645,12 @@ impl UringQueue {
         }
         // A STATX still in the kernel writes into its slot's entry.
         std::mem::forget(std::mem::take(&mut self.stats));
+        // The store's shared state lives on with them, as with an I/O thread left detached:
+        // it owns the image's claim (the flock, or the O_EXCL open), which must not go while
+        // the kernel may still write the image, or a handler started next would serve it
+        // alongside those writes. Dropping the store no longer frees the claim: the process
+        // must end (and the kernel let go of the ring) first.
+        std::mem::forget(Arc::clone(&self.store));
     }
 }
 
