@@ -1,8 +1,9 @@
 //! The system calls of the file store that std does not wrap: fallocate(2) to punch holes in
 //! a file, copy_file_range(2) for EXTENDED COPY, the BLKDISCARD / BLKZEROOUT ioctls on a block device, and flock(2) on an image
-//! (std's `File::try_lock` is newer than the crate's minimum Rust); for the tests, fcntl(2)
-//! F_GETFL and F_SETLK.
+//! (std's `File::try_lock` is newer than the crate's minimum Rust), fstatfs(2) for the file
+//! system's type; for the tests, fcntl(2) F_GETFL and F_SETLK.
 // UNSAFETY: fallocate(2), flock(2) and fcntl(2) are FFI calls taking only the fd and integers;
+// fstatfs(2) writes one `statfs` we own for the duration of the call;
 // copy_file_range(2) also updates two offsets we own; the two
 // ioctls read one 16-byte range from memory we own for the duration of the call.
 #![allow(unsafe_code)]
@@ -158,6 +159,25 @@ pub(super) fn lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The type of the file system holding `fd` (fstatfs(2) `f_type`: its magic number, as in
+/// linux/magic.h).
+///
+/// # Errors
+/// The errno (EBADF, EIO, ENOSYS).
+pub(super) fn file_system_magic(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs writes at most one `statfs` into `st`, which lives for the call; the fd
+    // is borrowed, hence open, for the call.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // `__fsword_t` is i64 on x86_64, not on every target.
+    Ok(st.f_type as i64)
 }
 
 /// The file status flags of `fd` (fcntl(2) F_GETFL: O_DSYNC, O_DIRECT and the access mode),

@@ -1837,18 +1837,20 @@ fn uring_completions_from_the_kernel_are_handled_exactly() {
     assert_eq!(reap_n(&mut q, 1), [(7, StoreStatus::InvalidRequest)]);
 }
 
-/// On io_uring the frontend's worker (here the test's thread, which submits and reaps) never
-/// stats the image before a write: the size check of each WRITE to a regular file is a STATX
-/// on the ring, and its protection holds (a write past the end of a file truncated under the
-/// store is a write error at the first missing block, and the file is not grown).
-#[test]
-fn uring_writes_read_the_files_size_off_the_submitting_thread() {
-    if !uring_or_skip("uring_writes_read_the_files_size_off_the_submitting_thread") {
+/// The size check of each io_uring WRITE to a regular file, read where the store chose
+/// (`stat_on_ring`), keeps its protection (a write past the end of a file truncated under the
+/// store is a write error at the first missing block, and the file is not grown), and the
+/// frontend's worker (here the test's thread, which submits and reaps) stats the image once per
+/// write exactly when the file system answers a stat from memory: `stats_on_worker` of the 23
+/// writes.
+fn uring_write_size_checks(name: &str, stat_on_ring: bool, stats_on_worker: u64) {
+    if !uring_or_skip(name) {
         return;
     }
-    let dir = TempDir::new("stat-off-worker");
+    let dir = TempDir::new(name);
     let path = dir.file("disk.img");
     let store = open(&config(IoEngine::Uring, &path, Some(1 << 20))).expect("open");
+    store.shared.stat_on_ring.store(stat_on_ring, Ordering::Relaxed);
     let mut q = store.open_queue().expect("queue");
     let buf = buffer(4096);
     pattern(&buf, 4096, 0x3c);
@@ -1877,7 +1879,7 @@ fn uring_writes_read_the_files_size_off_the_submitting_thread() {
     assert_eq!(write(&mut q, 0), StoreStatus::Good);
     let stats = super::failure::tests::FSTATS.with(std::cell::Cell::get) - before;
     assert_eq!(
-        stats, 0,
+        stats, stats_on_worker,
         "the submitting thread stat'ed the image {stats} times for 23 writes"
     );
     assert_eq!(
@@ -1885,6 +1887,40 @@ fn uring_writes_read_the_files_size_off_the_submitting_thread() {
         100 * 512,
         "not grown"
     );
+}
+
+/// Off a local file system (NFS, FUSE...) the worker never stats the image: each write's size
+/// check is a STATX on the ring.
+#[test]
+fn uring_writes_off_a_local_file_system_read_the_files_size_off_the_submitting_thread() {
+    uring_write_size_checks(
+        "uring_writes_off_a_local_file_system_read_the_files_size_off_the_submitting_thread",
+        true,
+        0,
+    );
+}
+
+/// On a local file system the worker stats the image itself (answered from memory), with no
+/// trip through io-wq per write.
+#[test]
+fn uring_writes_on_a_local_file_system_stat_on_the_worker() {
+    uring_write_size_checks(
+        "uring_writes_on_a_local_file_system_stat_on_the_worker",
+        false,
+        23,
+    );
+}
+
+/// tmpfs answers a stat from memory; procfs is not on the list, and a type the store does not
+/// know is taken for one that may not (the safe side: the STATX on the ring).
+#[test]
+fn a_file_system_stats_locally_only_when_known_to() {
+    let local = |path: &str| {
+        let f = File::open(path).expect(path);
+        super::failure::stat_is_local(f.as_fd(), Path::new(path))
+    };
+    assert!(local("/dev/shm"), "tmpfs");
+    assert!(!local("/proc/self/stat"), "procfs");
 }
 
 /// Wait (bounded) until `n` I/O threads of `store` hold a stalled job.

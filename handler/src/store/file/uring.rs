@@ -11,13 +11,16 @@
 //!   which could not tell whose pages it was of; the file store's module doc). One ring per
 //!   queue cannot keep that order across the store's queues without a thread of its own
 //!   waiting, and an FSYNC on a ring ran on a kernel worker thread (io-wq) anyway.
-//! - A WRITE to a regular file first reads the file's size with IORING_OP_STATX on the ring
-//!   (the kernel's io-wq runs it), and its CQE pushes the write, or answers a write past the
-//!   end of a file truncated under the store as the threads do (`file/failure.rs`). The
-//!   worker's thread never stats the file itself: on NFS or FUSE each stat after a write is a
-//!   round trip to the server, and a hung hard-mounted server would hold the worker inside
-//!   `submit`, where the frontend's stuck-in-store detection cannot run. The price is one
-//!   more trip through io-wq per such write; block devices have no size to check.
+//! - A WRITE to a regular file first reads the file's size, so that a write past the end of a
+//!   file truncated under the store is refused as the threads refuse it (`file/failure.rs`).
+//!   On a file system that answers a stat from memory (`failure::stat_is_local`: ext4, XFS,
+//!   Btrfs, F2FS, tmpfs, ramfs) the worker fstats in `submit` (a fraction of a microsecond).
+//!   On any other the read is an IORING_OP_STATX on the ring (the kernel's io-wq runs it),
+//!   whose CQE pushes the write or answers it: the worker's thread never stats the file
+//!   itself there, since on NFS or FUSE each stat after a write is a round trip to the server,
+//!   and a hung hard-mounted server would hold the worker inside `submit`, where the
+//!   frontend's stuck-in-store detection cannot run. The price there is one more trip through
+//!   io-wq per write. Block devices have no size to check.
 //! - A short transfer is resubmitted for its remainder; EOF or an error hands the whole request
 //!   to the thread pool, which retries it and locates the failing block (block by block, as
 //!   the thread engine does), so the sense data names the failing LBA. Nothing partial is
@@ -538,6 +541,12 @@ impl UringQueue {
             (StoreOp::Read { lba, blocks }, Some(buf)) | (StoreOp::Write { lba, blocks, .. }, Some(buf)) => {
                 let (start, len) = self.store.range(*lba, *blocks).ok_or(StoreStatus::OutOfRange)?;
                 let write = matches!(req.op, StoreOp::Write { .. });
+                if write && !self.store.stat_on_ring.load(Ordering::Relaxed) {
+                    // A local file system: the stat is answered from memory, on this thread.
+                    if let Some(status) = self.store.truncated_at(start, len) {
+                        return Err(status);
+                    }
+                }
                 Ok(Some(SlotIo::Transfer {
                     write,
                     fua: matches!(req.op, StoreOp::Write { fua: true, .. }),
@@ -690,8 +699,11 @@ impl StoreQueue for UringQueue {
                 Ok(Some(io)) => {
                     let index = self.free.pop().expect("fewer than QUEUE_DEPTH in flight");
                     // As the threads' writes: a file truncated under the store is not grown.
-                    // Its size is read by a STATX on the ring, not here (see `size_check`).
-                    let size_check = self.store.regular && matches!(io, SlotIo::Transfer { write: true, .. });
+                    // Off a local file system its size is read by a STATX on the ring, not
+                    // here (see `size_check`; a local one was stat'ed when the slot was planned).
+                    let size_check = self.store.regular
+                        && self.store.stat_on_ring.load(Ordering::Relaxed)
+                        && matches!(io, SlotIo::Transfer { write: true, .. });
                     self.slots[index] = Some(Slot {
                         req,
                         io,
