@@ -1610,6 +1610,10 @@ impl Shared {
             seq.running = true;
             vec![waiter]
         };
+        // Should this thread unwind (a panic in the fdatasync or an answer), the next FLUSH
+        // takes the turn, serving those left waiting, instead of every later one waiting for
+        // a turn nobody holds.
+        let turn = FlushTurn(self);
         loop {
             // A FLUSH whose queue was aborted while it waited never began: Aborted, and the
             // dirty range stays owed to the next fdatasync (none is run for it).
@@ -1627,6 +1631,8 @@ impl Shared {
             let (mut seq, _) = self.flushes.lock(&mut token);
             if seq.waiting.is_empty() {
                 seq.running = false;
+                drop(seq);
+                std::mem::forget(turn);
                 return;
             }
             batch = std::mem::take(&mut seq.waiting);
@@ -1689,6 +1695,22 @@ impl Shared {
         } else {
             StoreStatus::WriteError { lba }
         }
+    }
+}
+
+/// The fdatasync turn of one I/O thread ([`Shared::flush_in_turn`]), given back should the
+/// thread unwind: dropped only then (the normal end forgets it, having cleared `running` under
+/// the lock itself).
+struct FlushTurn<'a>(&'a Shared);
+
+impl Drop for FlushTurn<'_> {
+    fn drop(&mut self) {
+        let mut token = locks::LockToken::root();
+        self.0.flushes.lock(&mut token).0.running = false;
+        log::error!(
+            "{}: an I/O thread unwound during a flush; the next FLUSH serves those waiting",
+            self.0.path.display()
+        );
     }
 }
 

@@ -844,6 +844,32 @@ impl FlushAnswers {
     }
 }
 
+/// An I/O thread that unwinds inside its fdatasync (a panic) gives its turn back: the next
+/// FLUSH runs, and serves one left waiting, instead of every later FLUSH waiting for a turn
+/// nobody holds.
+#[test]
+fn a_flush_turn_is_given_back_by_a_thread_that_unwinds() {
+    let dir = TempDir::new("unwind");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let shared = &*store.shared;
+    let answers = FlushAnswers::new();
+    let waiter = answers.waiter(1);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // A FLUSH arrives while this one's fdatasync runs, then the fdatasync panics.
+        shared.flush_in_turn(waiter, &|| {
+            shared.flush_in_turn(answers.waiter(2), &|| Ok(()));
+            panic!("an fdatasync that unwinds (test)")
+        });
+    }));
+    assert!(unwound.is_err(), "the scripted fdatasync panics");
+    shared.flush_in_turn(answers.waiter(3), &|| Ok(()));
+    assert_eq!(
+        answers.take(2),
+        [(2, StoreStatus::Good), (3, StoreStatus::Good)],
+        "the flush left waiting and the next one are served"
+    );
+}
+
 /// Flushes `tags` started on threads of their own while the first one's fdatasync runs (the
 /// later ones after `wrote_back(12)`): they are on the waiting list (or, were flushes not
 /// serialized, in an fdatasync of their own) before the test releases any fdatasync.
