@@ -122,7 +122,6 @@ pub(super) fn available() -> Result<(), String> {
     for (code, name) in [
         (opcode::Read::CODE, "READ"),
         (opcode::Write::CODE, "WRITE"),
-        (opcode::Fsync::CODE, "FSYNC"),
         (opcode::Statx::CODE, "STATX"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     ] {
