@@ -160,19 +160,17 @@ fn explain(e: io::Error) -> String {
     }
 }
 
-/// What a slot's SQE does.
+/// What a slot's SQE does: a READ or WRITE of `len` bytes at byte `start`, `done` of them moved
+/// so far (FLUSH and every other op go to the threads).
 #[derive(Debug)]
-enum SlotIo {
-    /// A READ or WRITE of `len` bytes at byte `start`, `done` of them moved so far.
-    Transfer {
-        write: bool,
-        fua: bool,
-        start: u64,
-        len: usize,
-        done: usize,
-        /// The command buffer's address of the transfer's first byte.
-        addr: u64,
-    },
+struct Transfer {
+    write: bool,
+    fua: bool,
+    start: u64,
+    len: usize,
+    done: usize,
+    /// The command buffer's address of the transfer's first byte.
+    addr: u64,
 }
 
 /// A request the kernel holds. The request (and so its buffer's Arc) stays here until the CQE
@@ -180,7 +178,7 @@ enum SlotIo {
 #[derive(Debug)]
 struct Slot {
     req: StoreRequest,
-    io: SlotIo,
+    io: Transfer,
     /// abort_all cancelled it: no resubmission, a partial transfer is Aborted.
     aborted: bool,
     retries: u32,
@@ -276,7 +274,7 @@ impl UringQueue {
         let entry = match slot.io {
             // The size check of a write to a regular file: statx(2) of the data fd, run by the
             // kernel's io-wq, never by the worker's thread (STATX takes no fixed file).
-            SlotIo::Transfer { .. } if slot.size_check => opcode::Statx::new(
+            Transfer { .. } if slot.size_check => opcode::Statx::new(
                 types::Fd(self.store.data.as_raw_fd()),
                 c"".as_ptr(),
                 std::ptr::from_mut(&mut self.stats[index]).cast::<types::statx>(),
@@ -284,7 +282,7 @@ impl UringQueue {
             .flags(libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT)
             .mask(libc::STATX_SIZE)
             .build(),
-            SlotIo::Transfer {
+            Transfer {
                 write,
                 fua,
                 start,
@@ -420,60 +418,57 @@ impl UringQueue {
             }
             return;
         }
-        let status = match &mut slot.io {
-            SlotIo::Transfer {
-                write,
-                fua,
-                start,
-                len,
-                done,
-                ..
-            } => {
-                let (write, fua, start, len) = (*write, *fua, *start, *len);
-                if result > 0 {
-                    *done += result as usize;
-                    // Written back, wholly or in part (an aborted one): the next flush owes it.
-                    if write && !fua && (*done >= len || slot.aborted) {
-                        self.store.wrote_back(start);
-                    }
-                    if *done >= len {
-                        StoreStatus::Good
-                    } else if slot.aborted {
-                        StoreStatus::Aborted
-                    } else {
-                        // Short: the rest goes again from where it stopped.
-                        return self.refill(index, slot);
-                    }
-                } else if slot.aborted {
-                    StoreStatus::Aborted
-                } else if matches!(-result, libc::EAGAIN | libc::EINTR) && slot.retries < RETRIES {
-                    slot.retries += 1;
-                    return self.refill(index, slot);
-                } else {
-                    let what = if write { "write" } else { "read" };
-                    let failed_lba = self.store.lba_of(start + *done as u64);
-                    let failure = if write {
-                        StoreStatus::WriteError { lba: failed_lba }
-                    } else {
-                        StoreStatus::ReadError { lba: failed_lba }
-                    };
-                    let error = if result == 0 {
-                        io::Error::from(io::ErrorKind::UnexpectedEof)
-                    } else {
-                        io::Error::from_raw_os_error(-result)
-                    };
-                    if let Some(status) = self.store.not_a_medium_error(&error, what) {
-                        status
-                    } else {
-                        log::warn!(
-                            "{}: io_uring {what} failed near LBA {failed_lba}: {error}; the I/O threads retry it and locate the failing block",
-                            self.store.path.display()
-                        );
-                        self.free.push(index);
-                        self.delegate(slot.req, failure);
-                        return;
-                    }
-                }
+        let Transfer {
+            write,
+            fua,
+            start,
+            len,
+            done,
+            ..
+        } = &mut slot.io;
+        let (write, fua, start, len) = (*write, *fua, *start, *len);
+        let status = if result > 0 {
+            *done += result as usize;
+            // Written back, wholly or in part (an aborted one): the next flush owes it.
+            if write && !fua && (*done >= len || slot.aborted) {
+                self.store.wrote_back(start);
+            }
+            if *done >= len {
+                StoreStatus::Good
+            } else if slot.aborted {
+                StoreStatus::Aborted
+            } else {
+                // Short: the rest goes again from where it stopped.
+                return self.refill(index, slot);
+            }
+        } else if slot.aborted {
+            StoreStatus::Aborted
+        } else if matches!(-result, libc::EAGAIN | libc::EINTR) && slot.retries < RETRIES {
+            slot.retries += 1;
+            return self.refill(index, slot);
+        } else {
+            let what = if write { "write" } else { "read" };
+            let failed_lba = self.store.lba_of(start + *done as u64);
+            let failure = if write {
+                StoreStatus::WriteError { lba: failed_lba }
+            } else {
+                StoreStatus::ReadError { lba: failed_lba }
+            };
+            let error = if result == 0 {
+                io::Error::from(io::ErrorKind::UnexpectedEof)
+            } else {
+                io::Error::from_raw_os_error(-result)
+            };
+            if let Some(status) = self.store.not_a_medium_error(&error, what) {
+                status
+            } else {
+                log::warn!(
+                    "{}: io_uring {what} failed near LBA {failed_lba}: {error}; the I/O threads retry it and locate the failing block",
+                    self.store.path.display()
+                );
+                self.free.push(index);
+                self.delegate(slot.req, failure);
+                return;
             }
         };
         self.free.push(index);
@@ -490,9 +485,7 @@ impl UringQueue {
         if slot.aborted {
             return Some(StoreStatus::Aborted);
         }
-        let SlotIo::Transfer { start, len, .. } = slot.io else {
-            return None;
-        };
+        let Transfer { start, len, .. } = slot.io;
         let stat = &self.stats[index];
         if result < 0 || stat.stx_mask & libc::STATX_SIZE == 0 {
             log::warn!(
@@ -516,17 +509,14 @@ impl UringQueue {
         if !self.push(index) {
             let slot = self.slots[index].take().expect("just put back");
             self.free.push(index);
-            let status = match slot.io {
-                SlotIo::Transfer {
-                    write, start, done, ..
-                } => {
-                    let lba = self.store.lba_of(start + done as u64);
-                    if write {
-                        StoreStatus::WriteError { lba }
-                    } else {
-                        StoreStatus::ReadError { lba }
-                    }
-                }
+            let Transfer {
+                write, start, done, ..
+            } = slot.io;
+            let lba = self.store.lba_of(start + done as u64);
+            let status = if write {
+                StoreStatus::WriteError { lba }
+            } else {
+                StoreStatus::ReadError { lba }
             };
             self.delegate(slot.req, status);
         }
@@ -534,7 +524,7 @@ impl UringQueue {
 
     /// What the ring does for `req`: `None` for the ops the threads run, an answer for a
     /// request that needs no I/O (out of range, malformed).
-    fn slot_io(&self, req: &StoreRequest) -> Result<Option<SlotIo>, StoreStatus> {
+    fn slot_io(&self, req: &StoreRequest) -> Result<Option<Transfer>, StoreStatus> {
         let buffer = self.store.checked_buffer(req)?;
         match (&req.op, buffer) {
             (StoreOp::Read { lba, blocks }, Some(buf)) | (StoreOp::Write { lba, blocks, .. }, Some(buf)) => {
@@ -546,7 +536,7 @@ impl UringQueue {
                         return Err(status);
                     }
                 }
-                Ok(Some(SlotIo::Transfer {
+                Ok(Some(Transfer {
                     write,
                     fua: matches!(req.op, StoreOp::Write { fua: true, .. }),
                     start,
@@ -702,7 +692,7 @@ impl StoreQueue for UringQueue {
                     // here (see `size_check`; a local one was stat'ed when the slot was planned).
                     let size_check = self.store.regular
                         && self.store.stat_on_ring.load(Ordering::Relaxed)
-                        && matches!(io, SlotIo::Transfer { write: true, .. });
+                        && matches!(io, Transfer { write: true, .. });
                     self.slots[index] = Some(Slot {
                         req,
                         io,
