@@ -133,6 +133,10 @@ const QUEUE_DEPTH: usize = 256;
 const SCRATCH: usize = 1 << 20;
 /// How often an idle I/O thread looks up from its channel (every wait is bounded).
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// The least a pool's close waits for each I/O thread, its deadline spent or not
+/// (`Pool::close`): an idle thread ends within it once the channel disconnects.
+const JOIN_FLOOR: Duration = Duration::from_millis(20);
 /// How long the teardown waits in all: for the I/O threads when the pool closes (one deadline
 /// for all of them, each finishing at most its current request), and for a ring's requests
 /// plus the pool when a ring queue holds the pool's last reference.
@@ -838,7 +842,9 @@ impl Pool {
     fn close(&mut self, deadline: Instant) {
         drop(self.jobs.take());
         for handle in self.threads.drain(..) {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // At least a moment each: an idle thread woken by the disconnect just now is not a
+            // hung one, even when a ring's wait spent the deadline already.
+            let left = deadline.saturating_duration_since(Instant::now()).max(JOIN_FLOOR);
             if let Err(handle) = locks::join_bounded(handle, left) {
                 log::error!(
                     "file store I/O thread {:?} not ended by the teardown's deadline ({JOIN_BOUND:?} \
@@ -887,6 +893,12 @@ impl FileQueue {
     /// Let go of the pool; if this was its last reference, close it by `deadline` (a ring
     /// queue's drop shares its own deadline with the pool's joins).
     fn release_pool(&mut self, deadline: Instant) {
+        // This queue's own sender first: the channel disconnects only once every sender is
+        // gone, and idle threads learn of the close only from that (else each would be waited
+        // for until the deadline and left detached as if hung). A plain queue's fields drop in
+        // this order by themselves; a ring queue calls this from its `Drop`, with them alive.
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.jobs, closed));
         if let Some(mut pool) = self.pool.take().and_then(Arc::into_inner) {
             pool.close(deadline);
         }

@@ -2037,6 +2037,35 @@ fn a_ring_queue_dropped_last_waits_one_bound_for_its_ring_and_the_threads() {
     );
 }
 
+/// A ring queue holding the pool's last reference, its I/O threads idle: its drop ends them
+/// at once (the channel disconnects when the queue lets go of its own sender), none is left
+/// detached as if hung, and the drop does not wait out [`JOIN_BOUND`].
+#[test]
+fn a_ring_queue_dropped_last_with_idle_threads_ends_them_at_once() {
+    if !uring_or_skip("a_ring_queue_dropped_last_with_idle_threads_ends_them_at_once") {
+        return;
+    }
+    let dir = TempDir::new("idle-ring");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let shared = Arc::clone(&store.shared);
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(4096);
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 0, blocks: 8 }, Some(&buf)),
+        StoreStatus::Good
+    );
+    drop(store);
+    let started = Instant::now();
+    drop(q);
+    let took = started.elapsed();
+    assert_eq!(
+        Arc::strong_count(&shared),
+        1,
+        "every I/O thread ended and let go of the store (none left detached)"
+    );
+    assert!(took < JOIN_BOUND / 2, "dropping the ring queue took {took:?}");
+}
+
 /// A thread-engine queue dropped with writes still queued for the pool (its one I/O thread
 /// busy): none of them runs afterwards; the frontend that dropped it gave up on them.
 #[test]
