@@ -712,17 +712,17 @@ impl TcmuService {
         }
     }
 
-    /// At the service's stop: wait for the disks' stop threads until `deadline` (a second
-    /// each at least), settling each that ends; one still running is left to finish on its
+    /// At the service's stop: wait for the disks' stop threads until `deadline` (past it, one
+    /// look at each), settling each that ends; one still running is left to finish on its
     /// own, its disk failed (exit 70) with its backend and backstore not released.
     fn join_stops(&mut self, deadline: Instant) {
         for disk in &mut self.disks {
             let Some(stopping) = disk.stopping.take() else {
                 continue;
             };
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_secs(1));
+            // Past the deadline a stop gets only a look (a thread that ended just now is
+            // settled): the stop's bound is what systemd's extended timeout allows.
+            let left = deadline.saturating_duration_since(Instant::now());
             match scst_accel_hal::locks::join_bounded(stopping.thread, left) {
                 Ok(joined) => settle_stop(disk, joined, stopping.trigger, stopping.started),
                 Err(_still_running) => {

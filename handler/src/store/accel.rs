@@ -1126,23 +1126,8 @@ impl AccelQueue {
         // What the engine held goes with the reset; the store's children say what was
         // submitted (the engine may have completed some without our having reaped them).
         let _ = self.queue.abandon_all();
-        let waiting: IntSet<u64> = self.backlog.iter().copied().collect();
-        let mut failed = Vec::new();
-        let mut seen = IntSet::default();
-        for (&id, child) in &self.children {
-            if !waiting.contains(&id) {
-                failed.push(id);
-                seen.insert(child.parent);
-            }
-        }
-        let children = &self.children;
-        self.backlog.retain(|id| {
-            let sibling = children.get(id).is_some_and(|c| seen.contains(&c.parent));
-            if sibling {
-                failed.push(*id);
-            }
-            !sibling
-        });
+        let (mut failed, parents) = self.on_device();
+        failed.extend(self.take_from_backlog(|parent| parents.contains(&parent)));
         let n = failed.len();
         for id in failed {
             self.child_done(id, status);
@@ -1156,27 +1141,43 @@ impl AccelQueue {
     /// a device request on the device is left whole (its waiting ones too: failed with it once
     /// the proof comes). Returns how many store requests were answered.
     fn fail_unsubmitted(&mut self, status: StoreStatus) -> usize {
-        let waiting: IntSet<u64> = self.backlog.iter().copied().collect();
-        let seen: IntSet<u64> = self
-            .children
-            .iter()
-            .filter(|(id, _)| !waiting.contains(id))
-            .map(|(_, child)| child.parent)
-            .collect();
-        let children = &self.children;
-        let mut failed = Vec::new();
-        self.backlog.retain(|id| {
-            let unseen = children.get(id).is_some_and(|c| !seen.contains(&c.parent));
-            if unseen {
-                failed.push(*id);
-            }
-            !unseen
-        });
+        let (_, parents) = self.on_device();
+        let failed = self.take_from_backlog(|parent| !parents.contains(&parent));
         let before = self.parents.len();
         for id in failed {
             self.child_done(id, status);
         }
         before - self.parents.len()
+    }
+
+    /// The device requests submitted to the device (every child not waiting in the backlog),
+    /// and their store requests.
+    fn on_device(&self) -> (Vec<u64>, IntSet<u64>) {
+        let waiting: IntSet<u64> = self.backlog.iter().copied().collect();
+        let mut submitted = Vec::new();
+        let mut parents = IntSet::default();
+        for (&id, child) in &self.children {
+            if !waiting.contains(&id) {
+                submitted.push(id);
+                parents.insert(child.parent);
+            }
+        }
+        (submitted, parents)
+    }
+
+    /// Take out of the backlog, and return, the device requests whose store request `take`
+    /// chooses.
+    fn take_from_backlog(&mut self, take: impl Fn(u64) -> bool) -> Vec<u64> {
+        let children = &self.children;
+        let mut taken = Vec::new();
+        self.backlog.retain(|id| {
+            let chosen = children.get(id).is_some_and(|c| take(c.parent));
+            if chosen {
+                taken.push(*id);
+            }
+            !chosen
+        });
+        taken
     }
 
     /// A request missed its deadline. First rung: ask the device to abort the late requests
@@ -1753,14 +1754,14 @@ impl StoreQueue for AccelQueue {
         let unsubmitted = self.fail_unsubmitted(StoreStatus::Aborted);
         if unsubmitted > 0 {
             log::warn!(
-                "{} queue {}: teardown: {unsubmitted} requests never submitted aborted",
+                "{} queue {}: abort: {unsubmitted} requests the device never saw aborted at once",
                 self.board.id(),
                 self.queue.index()
             );
         }
         if !self.parents.is_empty() {
             self.recover_with(
-                "teardown: aborting requests still in flight",
+                "abort (teardown or a deadline): stopping the queue with requests on the device",
                 Some(TEARDOWN_STOP_BOUND),
             );
         }

@@ -1123,8 +1123,9 @@ enum Medium {
     Inode { dev: u64, ino: u64 },
     /// An existing block device (its device number: two device nodes of one disk).
     Device(u64),
-    /// A path that does not exist yet (a file the store will create), made canonical where
-    /// it can be (a symlink or `..` in its directories is the same file).
+    /// A path that does not exist yet (a file the store will create): its directory made
+    /// canonical where it exists (a symlink or `..` in the directories names the same file),
+    /// with the file's name; a dangling symlink is followed to the file it names first.
     Path(PathBuf),
 }
 
@@ -1138,8 +1139,27 @@ impl Medium {
                 dev: m.dev(),
                 ino: m.ino(),
             },
-            Err(_) => Self::Path(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())),
+            Err(_) => Self::Path(Self::future_file(path)),
         }
+    }
+
+    /// Where a file not yet created will be: a dangling symlink's target (relative to the
+    /// link's directory), in its directory made canonical (`canonicalize` refuses a path
+    /// whose last part does not exist).
+    fn future_file(path: &Path) -> PathBuf {
+        let path = match std::fs::read_link(path) {
+            Ok(target) => path.parent().unwrap_or(Path::new("")).join(target),
+            Err(_) => path.to_owned(),
+        };
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return path;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::canonicalize(dir).map_or(path.clone(), |dir| dir.join(name))
     }
 }
 

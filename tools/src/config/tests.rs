@@ -730,6 +730,28 @@ fn two_disks_on_one_image_under_two_names_are_refused() {
     let other = dir.join("other.img");
     std::fs::write(&other, [0u8; 512]).expect("write");
     parse(&two(&other), "t.toml").expect("two images");
+    // A file not created yet, named through `..` or through a dangling symlink: the same.
+    let fresh = dir.join("fresh.img");
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir sub");
+    let dotdot = dir.join("sub").join("..").join("fresh.img");
+    let dangling = dir.join("dangling.img");
+    let _ = std::fs::remove_file(&dangling);
+    std::os::unix::fs::symlink("fresh.img", &dangling).expect("symlink");
+    let two_new = |first: &std::path::Path, second: &std::path::Path| {
+        format!(
+            "[[disk]]\nname = \"f\"\nboard = \"file\"\npath = {:?}\nsize = \"1M\"\n\n\
+             [[disk]]\nname = \"g\"\nboard = \"file\"\npath = {:?}\nsize = \"1M\"\n",
+            first.display().to_string(),
+            second.display().to_string()
+        )
+    };
+    for second in [&dotdot, &dangling] {
+        assert_one(
+            &two_new(&fresh, second),
+            Some(10),
+            "already the medium of disk \"f\" (line 4)",
+        );
+    }
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 

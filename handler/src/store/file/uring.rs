@@ -40,7 +40,8 @@
 //! - Bounded: at most [`QUEUE_DEPTH`] requests per queue (ring and pool together), beyond
 //!   which `submit` answers QueueFull; the ring has that many SQEs and twice the CQEs, so
 //!   neither overflows. The kernel's own workers for what it cannot issue without blocking
-//!   (io-wq: buffered writes) are capped at the store's I/O thread count per worker
+//!   (io-wq: buffered writes, and every STATX off a local file system, which a hung server
+//!   holds there) are capped at the store's I/O thread count per worker
 //!   thread (IORING_REGISTER_IOWQ_MAX_WORKERS). `abort_all` cancels (IORING_OP_ASYNC_CANCEL) and waits at most
 //!   [`ABORT_WAIT`]; drop cancels too and waits at most [`JOIN_BOUND`] in all, for the ring
 //!   and, when the queue holds the pool's last reference, for the I/O threads' joins (one
@@ -215,7 +216,7 @@ pub(super) struct UringQueue {
 
 impl UringQueue {
     /// A ring for `threads`'s worker, signalling its eventfd, whose kernel workers (io-wq: what
-    /// the kernel cannot issue without blocking, buffered writes) are capped at
+    /// the kernel cannot issue without blocking, buffered writes and STATX) are capped at
     /// `kernel_workers`. On failure `threads` is given back, for the caller to use alone.
     // The error carries the queue back (it is large) so the caller can serve without a ring.
     #[allow(clippy::result_large_err)]
