@@ -9,6 +9,15 @@
 //! A comparison of reset counts cannot do that: a caller that read the count after the running
 //! recovery moved it, but before that recovery ended, would find it unchanged and take a
 //! success for a failure.
+//!
+//! A turn may also be withdrawn ([`Recovering::withdraw`]): nothing reset, the word put back
+//! as it was, the last recovery's outcome the outcome again. That recovery ended before a
+//! waiter that came during the withdrawn turn looked, so its outcome proves nothing for the
+//! waiter (its requests may have been submitted after that recovery's reset). The waiter
+//! remembers the generation it found running ([`Waiting`]); a word that no longer runs with a
+//! lower generation is a withdrawn turn ([`Outcome::Withdrawn`]), and the waiter takes a turn
+//! again ([`RecoveryWord::begin`]) instead of an outcome: it recovers itself, or waits for the
+//! recovery that runs by then.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -28,7 +37,28 @@ pub(crate) enum Turn<'a> {
     /// No recovery ran: this caller runs one, and ends it with [`Recovering::finish`].
     Mine(Recovering<'a>),
     /// A recovery runs: poll [`RecoveryWord::outcome`] for it.
+    Running(Waiting),
+}
+
+/// A waiter's note of the recovery it found running ([`Turn::Running`]): its generation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Waiting {
+    generation: u64,
+}
+
+/// What a waiter finds ([`RecoveryWord::outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A recovery runs: the one waited for, or one begun after its turn ended.
     Running,
+    /// The recovery waited for ended, or one begun after its turn ended did (which started
+    /// from a newer failure and so is the one that says whether the function serves): whether
+    /// it succeeded. Never a recovery that ended before the waiter looked.
+    Ended(bool),
+    /// The turn waited for was withdrawn, and so was any turn begun since: the word is again
+    /// the outcome of a recovery that ended before the waiter looked, no proof of anything for
+    /// it. Take a turn again ([`RecoveryWord::begin`]).
+    Withdrawn,
 }
 
 /// The caller's own recovery. Dropped without [`Recovering::finish`] (a panic unwinding
@@ -54,8 +84,9 @@ impl Recovering<'_> {
     /// outcome is still the outcome). For a caller that finds, once the turn is its own, that
     /// the recovery it wanted is no longer wanted: another one ended between its look and its
     /// turn, or (the NVMe controller) a caller's reset began then. Only the turn's owner writes
-    /// the word while it runs, so nothing is lost. A waiter that came during the turn takes
-    /// that last outcome.
+    /// the word while it runs, so nothing is lost. A waiter that came during the turn does not
+    /// take that last outcome (it ended before the waiter looked): it finds
+    /// [`Outcome::Withdrawn`] and takes a turn again.
     pub(crate) fn withdraw(mut self) {
         self.finished = true;
         self.word.0.store(self.previous, Ordering::SeqCst);
@@ -92,7 +123,9 @@ impl RecoveryWord {
         let mut seen = self.0.load(Ordering::SeqCst);
         loop {
             if seen & RUNNING != 0 {
-                return Turn::Running;
+                return Turn::Running(Waiting {
+                    generation: seen >> 2,
+                });
             }
             let next = ((seen >> 2) + 1) << 2;
             match self
@@ -117,11 +150,26 @@ impl RecoveryWord {
         self.0.load(Ordering::SeqCst) & RUNNING != 0
     }
 
-    /// Once no recovery runs, whether the last one succeeded; `None` while one runs. A waiter
-    /// ([`Turn::Running`]) polls it, bounded: the outcome is that of the recovery it waited for,
-    /// or of one begun after that one ended, which started from a newer failure and so is the
-    /// one that says whether the function serves.
-    pub(crate) fn outcome(&self) -> Option<bool> {
+    /// What became of the recovery `waiting` found running ([`Turn::Running`]); a waiter polls
+    /// it, bounded. [`Outcome::Ended`] is the outcome of that recovery, or of one begun after
+    /// its turn ended: every turn that ended (not withdrawn) before that one began has a lower
+    /// generation, and a withdrawn turn puts back the word of such a turn (or the initial one,
+    /// generation 0), so an ended word of the generation seen or a higher one was written by
+    /// the end of that turn or of a later one. A lower one: [`Outcome::Withdrawn`].
+    pub(crate) fn outcome(&self, waiting: Waiting) -> Outcome {
+        let now = self.0.load(Ordering::SeqCst);
+        if now & RUNNING != 0 {
+            Outcome::Running
+        } else if now >> 2 < waiting.generation {
+            Outcome::Withdrawn
+        } else {
+            Outcome::Ended(now & OK != 0)
+        }
+    }
+
+    /// Once no recovery runs, whether the last one succeeded; `None` while one runs.
+    #[cfg(test)]
+    pub(crate) fn last_outcome(&self) -> Option<bool> {
         let now = self.0.load(Ordering::SeqCst);
         (now & RUNNING == 0).then_some(now & OK != 0)
     }
@@ -153,20 +201,27 @@ mod tests {
             panic!("no recovery ran");
         };
         assert!(word.running());
-        assert!(
-            matches!(word.begin(), Turn::Running),
-            "the second caller must wait"
-        );
-        assert_eq!(word.outcome(), None, "still running");
+        let Turn::Running(waiting) = word.begin() else {
+            panic!("the second caller must wait");
+        };
+        assert_eq!(word.outcome(waiting), Outcome::Running, "still running");
         first.finish(true);
-        assert_eq!(word.outcome(), Some(true));
+        assert_eq!(word.outcome(waiting), Outcome::Ended(true));
         assert!(!word.running());
         let Turn::Mine(second) = word.begin() else {
             panic!("the first one ended");
         };
-        assert_eq!(word.outcome(), None, "a newer one runs: wait for it");
+        assert_eq!(
+            word.outcome(waiting),
+            Outcome::Running,
+            "a newer one runs: wait for it"
+        );
         second.finish(false);
-        assert_eq!(word.outcome(), Some(false), "and take its outcome");
+        assert_eq!(
+            word.outcome(waiting),
+            Outcome::Ended(false),
+            "and take its outcome"
+        );
     }
 
     /// A withdrawn turn leaves the word as it was: the last recovery's outcome stands, and the
@@ -182,11 +237,56 @@ mod tests {
         let Turn::Mine(second) = word.begin() else {
             panic!("the first one ended");
         };
-        assert!(matches!(word.begin(), Turn::Running));
+        assert!(matches!(word.begin(), Turn::Running(_)));
         second.withdraw();
         assert_eq!(word.0.load(Ordering::SeqCst), before);
-        assert_eq!(word.outcome(), Some(true), "the first one's outcome");
+        assert_eq!(word.last_outcome(), Some(true), "the first one's outcome");
         assert!(matches!(word.begin(), Turn::Mine(_)));
+    }
+
+    /// A caller that found a turn taken, which was then withdrawn, does not take the outcome
+    /// the withdraw put back (a recovery that ended before it looked, whose reset proves
+    /// nothing for requests it submitted since): it learns of the withdraw and takes a turn
+    /// itself. A turn begun after the withdrawn one is waited for and its outcome taken.
+    #[test]
+    fn a_waiter_for_a_withdrawn_turn_takes_a_turn_again() {
+        let word = RecoveryWord::default();
+        let Turn::Mine(old) = word.begin() else {
+            panic!("no recovery ran");
+        };
+        old.finish(true);
+        let Turn::Mine(withdrawn) = word.begin() else {
+            panic!("the old one ended");
+        };
+        let Turn::Running(waiting) = word.begin() else {
+            panic!("the second caller must wait");
+        };
+        withdrawn.withdraw();
+        assert_eq!(
+            word.outcome(waiting),
+            Outcome::Withdrawn,
+            "the old recovery's success is no proof for the waiter"
+        );
+        let Turn::Mine(own) = word.begin() else {
+            panic!("the waiter takes the turn itself");
+        };
+        own.finish(false);
+        assert_eq!(word.outcome(waiting), Outcome::Ended(false));
+
+        // Withdrawn again, but another caller's turn began after it: that one is waited for.
+        let Turn::Mine(withdrawn) = word.begin() else {
+            panic!("none runs");
+        };
+        let Turn::Running(waiting) = word.begin() else {
+            panic!("the second caller must wait");
+        };
+        withdrawn.withdraw();
+        let Turn::Mine(later) = word.begin() else {
+            panic!("none runs");
+        };
+        assert_eq!(word.outcome(waiting), Outcome::Running);
+        later.finish(true);
+        assert_eq!(word.outcome(waiting), Outcome::Ended(true));
     }
 
     /// A recovery that panics ends as failed: no later caller waits for it.
@@ -201,7 +301,7 @@ mod tests {
         });
         assert!(unwound.is_err());
         assert!(!word.running());
-        assert_eq!(word.outcome(), Some(false));
+        assert_eq!(word.last_outcome(), Some(false));
         assert!(
             matches!(word.begin(), Turn::Mine(_)),
             "the next caller recovers itself"

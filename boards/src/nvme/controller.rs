@@ -31,8 +31,10 @@ use super::regs::Registers;
 use super::regs::ALL_ONES_32;
 use crate::engine::Geometry;
 use crate::engine::Recovered;
+use crate::recovery::Outcome;
 use crate::recovery::RecoveryWord;
 use crate::recovery::Turn;
+use crate::recovery::Waiting;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::DmaRegion;
 use scst_accel_dma::IovaAllocator;
@@ -591,7 +593,9 @@ impl NvmeController {
     /// unmoved: every restart failed (`Disabled`) until the store gave up. A recovery that
     /// began meanwhile on another thread is waited for instead, its reset the proof: until the
     /// caller's deadline, when it has one (`bounded`: the deadline and the bound it came
-    /// from), else as long as that recovery may take.
+    /// from), else as long as that recovery may take. A turn withdrawn meanwhile (it reset
+    /// nothing: [`Outcome::Withdrawn`]) ends no wait and proves nothing: the stop takes a turn
+    /// again, waiting by the same deadline (past it, the withdrawn turn is `Disabled`).
     ///
     /// [`Unproven::Recovered`] when this thread ran the recovery and it succeeded: a recovery
     /// the stop's caller counts as its own (`QueueEngine::recoveries`).
@@ -614,54 +618,71 @@ impl NvmeController {
     /// [`NvmeError::Disabled`] when that recovery ended without proving it.
     fn recover_unproven(&self, epoch: u64, intent: u64, bounded: Option<(Instant, Duration)>) -> Unproven {
         let proven = || self.quiesced.load(Ordering::Acquire) > epoch;
-        #[cfg(test)]
-        self.run_before_turn();
-        if let Turn::Mine(turn) = self.recovery.begin() {
-            if proven() {
-                log::info!(
-                    "{}: another recovery proved the end of DMA meanwhile; no recovery of this \
-                     queue's own",
-                    self.id()
-                );
-                turn.withdraw();
-                return Unproven::Done(Ok(()));
-            }
-            if self.intent_moved(intent) {
-                turn.withdraw();
-                return Unproven::IntentMoved;
-            }
-            let result = self.recover_now(intent);
-            turn.finish(result.is_ok());
-            if result.is_ok() {
-                return Unproven::Recovered;
-            }
-            if proven() && self.intent_moved(intent) {
-                // It gave way to a caller's reset or shutdown after its own reset proved the
-                // end of DMA: the controller stays disabled, as that caller meant, and the stop
-                // has its proof (no recovery: the count did not move).
-                return Unproven::Done(Ok(()));
-            }
-            return Unproven::Done(result);
-        }
         let timeout = self.recovery_wait_bound();
-        let deadline = bounded.map_or_else(|| Instant::now() + timeout, |(deadline, _)| deadline);
-        while !proven() && self.recovery.running() && Instant::now() < deadline {
-            // A wait on another thread's recovery: no lock is held here.
-            scst_accel_hal::locks::sleep(Duration::from_millis(1));
+        // Set by the first wait and kept across the turns taken again after a withdrawn one,
+        // so that the waits together end by that one deadline.
+        let mut first_deadline = None;
+        loop {
+            #[cfg(test)]
+            self.run_before_turn();
+            let waiting = match self.recovery.begin() {
+                Turn::Mine(turn) => {
+                    if proven() {
+                        log::info!(
+                            "{}: another recovery proved the end of DMA meanwhile; no recovery \
+                             of this queue's own",
+                            self.id()
+                        );
+                        turn.withdraw();
+                        return Unproven::Done(Ok(()));
+                    }
+                    if self.intent_moved(intent) {
+                        turn.withdraw();
+                        return Unproven::IntentMoved;
+                    }
+                    let result = self.recover_now(intent);
+                    turn.finish(result.is_ok());
+                    if result.is_ok() {
+                        return Unproven::Recovered;
+                    }
+                    if proven() && self.intent_moved(intent) {
+                        // It gave way to a caller's reset or shutdown after its own reset
+                        // proved the end of DMA: the controller stays disabled, as that caller
+                        // meant, and the stop has its proof (no recovery: the count did not
+                        // move).
+                        return Unproven::Done(Ok(()));
+                    }
+                    return Unproven::Done(result);
+                }
+                Turn::Running(waiting) => waiting,
+            };
+            let deadline = *first_deadline.get_or_insert_with(|| {
+                bounded.map_or_else(|| Instant::now() + timeout, |(deadline, _)| deadline)
+            });
+            let mut outcome = self.recovery.outcome(waiting);
+            while !proven() && outcome == Outcome::Running && Instant::now() < deadline {
+                // A wait on another thread's recovery: no lock is held here.
+                scst_accel_hal::locks::sleep(Duration::from_millis(1));
+                outcome = self.recovery.outcome(waiting);
+            }
+            if proven() {
+                return Unproven::Done(Ok(()));
+            }
+            if outcome == Outcome::Withdrawn && Instant::now() < deadline {
+                // Nothing was reset in the turn waited for: take a turn again.
+                continue;
+            }
+            let device = self.id().to_owned();
+            return Unproven::Done(match (outcome == Outcome::Running, bounded) {
+                (true, Some((_, waited))) => Err(NvmeError::DisableUnproven { device, waited }),
+                (true, None) => Err(NvmeError::Timeout {
+                    device,
+                    what: "another thread's controller recovery",
+                    timeout,
+                }),
+                (false, _) => Err(NvmeError::Disabled { device }),
+            });
         }
-        if proven() {
-            return Unproven::Done(Ok(()));
-        }
-        let device = self.id().to_owned();
-        Unproven::Done(match (self.recovery.running(), bounded) {
-            (true, Some((_, waited))) => Err(NvmeError::DisableUnproven { device, waited }),
-            (true, None) => Err(NvmeError::Timeout {
-                device,
-                what: "another thread's controller recovery",
-                timeout,
-            }),
-            (false, _) => Err(NvmeError::Disabled { device }),
-        })
     }
 
     /// Reset, then enable with fresh admin rings and ask for the I/O queues again; bump the
@@ -671,7 +692,9 @@ impl NvmeController {
     /// would take requests the store then fails ABORTED when it sees the new count, while the
     /// controller may still run them ([`NvmeQueue::restart`] refuses with
     /// [`NvmeError::ResetUnderWay`] until then). Concurrent callers wait for the one running
-    /// and share the outcome of that very recovery. A caller's [`NvmeController::reset`] or
+    /// and share the outcome of that very recovery (or of one begun after it); a turn withdrawn
+    /// meanwhile is no outcome to share, and its waiters take a turn again
+    /// (`wait_for_other_recovery`). A caller's [`NvmeController::reset`] or
     /// [`NvmeController::shutdown`] that begins after this call wins: the recovery leaves the
     /// controller disabled and fails ([`NvmeController::recover_now`]).
     ///
@@ -705,9 +728,23 @@ impl NvmeController {
     }
 
     fn recover_unless(&self, seen_resets: Option<u64>) -> Result<Recovered, NvmeError> {
+        // Read once, when the caller chose to recover: also for a turn taken again after a
+        // withdrawn one, so that a caller's reset or shutdown begun since is not missed.
         let intent = self.intent.load(Ordering::SeqCst);
-        let Turn::Mine(turn) = self.recovery.begin() else {
-            return self.wait_for_other_recovery().map(|()| Recovered::Shared);
+        // Set by the first wait and kept across the turns taken again after a withdrawn one
+        // (`wait_for_other_recovery`), so that the waits together are bounded by one recovery.
+        let mut deadline = None;
+        let turn = loop {
+            match self.recovery.begin() {
+                Turn::Mine(turn) => break turn,
+                Turn::Running(waiting) => {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + self.recovery_wait_bound());
+                    if self.wait_for_other_recovery(waiting, deadline)? {
+                        return Ok(Recovered::Shared);
+                    }
+                }
+            }
         };
         let serving = |seen| {
             self.reset_count() != seen
@@ -809,15 +846,25 @@ impl NvmeController {
         }
     }
 
-    /// Wait for another thread's recovery, bounded by what it may take
-    /// ([`NvmeController::recovery_bound`], plus [`RECOVERY_WAIT_SLACK`]), then share its
-    /// outcome ([`RecoveryWord::outcome`]).
-    fn wait_for_other_recovery(&self) -> Result<(), NvmeError> {
+    /// Wait for another thread's recovery, the one `waiting` found running, until `deadline`
+    /// (the first wait's: what a recovery may take, [`NvmeController::recovery_bound`], plus
+    /// [`RECOVERY_WAIT_SLACK`], from its start), then share its outcome
+    /// ([`RecoveryWord::outcome`]): `Ok(true)`. `Ok(false)` when its turn was withdrawn
+    /// ([`Outcome::Withdrawn`]): the outcome then in the word is that of a recovery that ended
+    /// before this caller looked, whose reset proves nothing for requests submitted since, so
+    /// the caller takes a turn again (it recovers itself, or waits for the recovery that runs
+    /// by then, until the same deadline): the deadline bounds all its waits, and past it a
+    /// withdrawn turn is a timeout, so it takes no turn again after it (a turn of its own runs
+    /// one recovery, bounded as any, and ends the call). A withdrawn turn holds the word only for
+    /// its owner's second look (register reads, nothing reset), so a recovery begun after it began
+    /// about when this caller's first wait did: the slack allows for that.
+    fn wait_for_other_recovery(&self, waiting: Waiting, deadline: Instant) -> Result<bool, NvmeError> {
         let timeout = self.recovery_wait_bound();
-        let deadline = Instant::now() + timeout;
         let recovered = loop {
-            if let Some(recovered) = self.recovery.outcome() {
-                break recovered;
+            match self.recovery.outcome(waiting) {
+                Outcome::Ended(recovered) => break recovered,
+                Outcome::Withdrawn if Instant::now() < deadline => return Ok(false),
+                Outcome::Withdrawn | Outcome::Running => {}
             }
             if Instant::now() >= deadline {
                 return Err(NvmeError::Timeout {
@@ -829,7 +876,7 @@ impl NvmeController {
             scst_accel_hal::locks::sleep(Duration::from_millis(1));
         };
         if recovered {
-            Ok(())
+            Ok(true)
         } else {
             Err(NvmeError::Disabled {
                 device: self.id().to_owned(),
@@ -1012,7 +1059,9 @@ enum Unproven {
 
 /// What a waiter for another thread's recovery allows beyond [`NvmeController::recovery_bound`]:
 /// each of the recovery's polls may overshoot its deadline by a pause (up to 1 ms) and a
-/// reschedule, and the waiter may be the one that finds the word changed late.
+/// reschedule, the waiter may be the one that finds the word changed late, and the recovery it
+/// waits for may have begun after a turn withdrawn after its first look (its owner's second
+/// look: register reads, nothing reset).
 const RECOVERY_WAIT_SLACK: Duration = Duration::from_millis(100);
 
 #[cfg(test)]

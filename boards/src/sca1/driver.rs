@@ -12,8 +12,10 @@ use super::regs::status;
 use super::regs::Cap0;
 use super::regs::Timeouts;
 use crate::engine::Recovered;
+use crate::recovery::Outcome;
 use crate::recovery::RecoveryWord;
 use crate::recovery::Turn;
+use crate::recovery::Waiting;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
@@ -571,8 +573,10 @@ impl Sca1 {
     /// FATAL function. Every queue's in-flight work is dead after it (each queue notices
     /// through [`Sca1::reset_count`]). One recovery runs at a time: a second caller waits
     /// (bounded) for the one running and shares its outcome, as the NVMe driver's callers do
-    /// (two at once would undo each other, one's ENABLE cleared by the other's reset). No
-    /// queue restarts from the recovery's reset until its count is published.
+    /// (two at once would undo each other, one's ENABLE cleared by the other's reset); a turn
+    /// withdrawn meanwhile is no outcome to share, and its waiters take a turn again
+    /// (`wait_for_other_recovery`). No queue restarts from the recovery's reset until its count
+    /// is published.
     ///
     /// [`Recovered::Ran`] when this call ran the recovery, [`Recovered::Shared`] when it waited
     /// for another caller's (which that caller counts).
@@ -602,8 +606,19 @@ impl Sca1 {
     }
 
     fn recover_unless(&self, seen_resets: Option<u64>) -> Result<Recovered, Sca1Error> {
-        let Turn::Mine(turn) = self.state.recovery.begin() else {
-            return self.wait_for_other_recovery().map(|()| Recovered::Shared);
+        // Set by the first wait and kept across the turns taken again after a withdrawn one
+        // (`wait_for_other_recovery`), so that the waits together are bounded by one recovery.
+        let mut deadline = None;
+        let turn = loop {
+            match self.state.recovery.begin() {
+                Turn::Mine(turn) => break turn,
+                Turn::Running(waiting) => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.recovery_bound());
+                    if self.wait_for_other_recovery(waiting, deadline)? {
+                        return Ok(Recovered::Shared);
+                    }
+                }
+            }
         };
         if seen_resets.is_some_and(|seen| self.recovered_since(seen)) && turn.after_success() {
             log::info!(
@@ -649,20 +664,37 @@ impl Sca1 {
         Ok(())
     }
 
-    /// Wait for another thread's recovery, bounded by what it may take
-    /// ([`Sca1::recovery_bound`]), then share its outcome ([`RecoveryWord::outcome`]).
-    fn wait_for_other_recovery(&self) -> Result<(), Sca1Error> {
-        let recovered = self.wait(
-            "another thread's recovery of the function",
-            self.recovery_bound(),
-            || self.state.recovery.outcome(),
-        )?;
-        if recovered {
-            Ok(())
-        } else {
-            Err(Sca1Error::RecoveryFailed {
+    /// Wait for another thread's recovery, the one `waiting` found running, until `deadline`
+    /// (the first wait's, [`Sca1::recovery_bound`] from its start), then share its outcome
+    /// ([`RecoveryWord::outcome`]): `Ok(true)`. `Ok(false)` when its turn was withdrawn
+    /// ([`Outcome::Withdrawn`]): the outcome then in the word is that of a recovery that ended
+    /// before this caller looked, whose reset proves nothing for requests submitted since, so
+    /// the caller takes a turn again (it recovers itself, or waits for the recovery that runs
+    /// by then, until the same deadline): the deadline bounds all its waits, and past it a
+    /// withdrawn turn is a timeout, so it takes no turn again after it (a turn of its own runs
+    /// one recovery, bounded as any, and ends the call). A withdrawn turn holds the word only for
+    /// its owner's second look (register reads, nothing reset), so a recovery begun after it began
+    /// about when this caller's first wait did: the bound's margin allows for that.
+    fn wait_for_other_recovery(&self, waiting: Waiting, deadline: Instant) -> Result<bool, Sca1Error> {
+        const WHAT: &str = "another thread's recovery of the function";
+        let outcome = self.wait_until(WHAT, deadline, self.recovery_bound(), || {
+            match self.state.recovery.outcome(waiting) {
+                Outcome::Running => None,
+                Outcome::Ended(ok) => Some(Some(ok)),
+                Outcome::Withdrawn => Some(None),
+            }
+        })?;
+        match outcome {
+            Some(true) => Ok(true),
+            Some(false) => Err(Sca1Error::RecoveryFailed {
                 device: self.id().to_owned(),
-            })
+            }),
+            None if Instant::now() >= deadline => Err(Sca1Error::Timeout {
+                device: self.id().to_owned(),
+                what: WHAT,
+                timeout: self.recovery_bound(),
+            }),
+            None => Ok(false),
         }
     }
 
@@ -677,9 +709,20 @@ impl Sca1 {
         &self,
         what: &'static str,
         timeout: Duration,
+        probe: impl FnMut() -> Option<T>,
+    ) -> Result<T, Sca1Error> {
+        self.wait_until(what, Instant::now() + timeout, timeout, probe)
+    }
+
+    /// [`Sca1::wait`] until `deadline`, a wait of `timeout` begun earlier (what a timeout
+    /// reports).
+    fn wait_until<T>(
+        &self,
+        what: &'static str,
+        deadline: Instant,
+        timeout: Duration,
         mut probe: impl FnMut() -> Option<T>,
     ) -> Result<T, Sca1Error> {
-        let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_micros(10);
         loop {
             if let Some(v) = probe() {

@@ -13,6 +13,7 @@ use super::Sca1Error;
 use super::Sca1Queue;
 use super::Sca1Request;
 use crate::engine::Recovered;
+use crate::recovery::Turn;
 use crate::sim::create_sim_board;
 use crate::sim::SimConfig;
 use crate::sim::SimHandle;
@@ -733,6 +734,40 @@ fn a_recovery_that_ended_since_the_callers_look_is_shared_not_run_again() {
     );
     assert_eq!(rig.driver.reset_count(), 2);
     assert_eq!(rig.sim.stats().resets - resets, 2);
+}
+
+/// A caller that comes while another caller's turn is taken, which that caller then withdraws
+/// (another recovery ended since its look), does not share the outcome the withdraw puts back:
+/// that recovery ended before this caller came, and its reset proves nothing for requests
+/// submitted since. It takes the turn itself and recovers the function. It used to return
+/// `Shared` on that old success, and the store released the buffers of requests no reset had
+/// ended.
+#[test]
+fn a_caller_waiting_for_a_withdrawn_turn_recovers_itself() {
+    let rig = Rig::new("sca1-withdrawn-turn", 1);
+    assert_eq!(rig.driver.recover().expect("an earlier recovery"), Recovered::Ran);
+    let count = rig.driver.reset_count();
+    let resets = rig.sim.stats().resets;
+    let (word, _) = rig.driver.recovery_state();
+    let Turn::Mine(turn) = word.begin() else {
+        panic!("no recovery runs");
+    };
+    let waiter = {
+        let driver = Arc::clone(&rig.driver);
+        std::thread::spawn(move || driver.recover())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiter.is_finished(), "the caller waits for the turn taken");
+    turn.withdraw();
+
+    let result = waiter.join().expect("waiter");
+    assert_eq!(
+        result.expect("its own recovery"),
+        Recovered::Ran,
+        "not the earlier recovery's success"
+    );
+    assert_eq!(rig.driver.reset_count(), count + 1);
+    assert_eq!(rig.sim.stats().resets - resets, 1, "the function was reset");
 }
 
 /// A caller that arrives while a recovery runs shares that very recovery's outcome, even when it

@@ -26,6 +26,7 @@ use crate::engine::SubmitError;
 use crate::nvme::NvmeConfig;
 use crate::nvme::NvmeController;
 use crate::nvme::NvmeError;
+use crate::recovery::Turn;
 use crate::sim::nvme::NvmeSimConfig;
 use scst_accel_hal::DeviceBacking;
 use std::sync::atomic::Ordering;
@@ -506,7 +507,7 @@ fn a_recovery_gives_way_to_a_callers_reset_begun_during_it() {
     assert_eq!(rig.ctrl.registers().csts() & 1, 0, "CSTS.RDY = 0");
     assert_eq!(rig.ctrl.reset_count(), 0, "no recovery counted");
     assert_eq!(
-        rig.ctrl.recovery_state().0.outcome(),
+        rig.ctrl.recovery_state().0.last_outcome(),
         Some(false),
         "a failed recovery"
     );
@@ -564,7 +565,7 @@ fn a_stop_does_not_recover_again_after_a_recovery_that_ended_before_its_turn() {
         0,
         "the stop ran no recovery of its own"
     );
-    assert_eq!(rig.ctrl.recovery_state().0.outcome(), Some(true));
+    assert_eq!(rig.ctrl.recovery_state().0.last_outcome(), Some(true));
     rig.sim.clear_faults();
     for (i, q) in rig.queues.iter_mut().enumerate() {
         q.restart().expect("restart after the recovery");
@@ -646,6 +647,51 @@ fn failed_recovery_with_a_read(
     assert!(!rig.ctrl.is_enabled());
     knobs.function_reset_fails.store(false, Ordering::Release);
     (rig, knobs, buf)
+}
+
+/// A stop that must recover the controller itself and finds a turn taken waits for it; when
+/// that turn is withdrawn (nothing reset, the failed recovery's outcome the word again), the
+/// stop takes a turn again and recovers the controller itself, instead of failing with
+/// `Disabled` as though a recovery had ended without proof.
+#[test]
+fn a_stop_waiting_for_a_withdrawn_turn_recovers_the_controller_itself() {
+    let (mut rig, knobs, buf) = failed_recovery_with_a_read("drv-stop-withdrawn-turn");
+    let ctrl = Arc::clone(&rig.ctrl);
+    let (word, _) = ctrl.recovery_state();
+    let Turn::Mine(turn) = word.begin() else {
+        panic!("no recovery runs");
+    };
+    std::thread::scope(|scope| {
+        let stop = scope.spawn(|| QueueEngine::stop(&mut rig.queues[0]));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!stop.is_finished(), "the stop waits for the turn taken");
+        turn.withdraw();
+        stop.join()
+            .expect("stop")
+            .expect("stopped by its own recovery's reset");
+    });
+
+    assert_eq!(rig.queues[0].abandon_all(), vec![1]);
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        2,
+        "the failed recovery's function reset, then the stop's"
+    );
+    assert!(rig.ctrl.is_enabled(), "the controller serves again");
+    assert_eq!(rig.ctrl.reset_count(), 1, "the stop's reset moved the count");
+    assert_eq!(
+        QueueEngine::recoveries(&rig.queues[0]),
+        1,
+        "the queue reports the recovery its stop ran"
+    );
+    drop(ctrl);
+    rig.sim.clear_faults();
+    for (i, q) in rig.queues.iter_mut().enumerate() {
+        q.restart().expect("restart after the stop's recovery");
+        verified_io(q, 16 * i as u64, 2 + i as u8);
+    }
+    drop(buf);
+    rig.finish();
 }
 
 /// A recovery held after its enable, while it waits for SET FEATURES (the admin queue serves,
@@ -734,6 +780,46 @@ fn a_caller_arriving_after_the_count_moved_shares_the_recoverys_outcome() {
     // Nothing was reset: the count the stand-in moved goes back for the orderly end.
     rig.ctrl.recovery_state().1.fetch_sub(1, Ordering::SeqCst);
     rig.finish();
+}
+
+/// A caller that comes while another caller's turn is taken, which that caller then withdraws
+/// (another recovery ended since its look, or a stop's proof came), does not share the outcome
+/// the withdraw puts back: that recovery ended before this caller came, and its reset proves
+/// nothing for requests submitted since. It takes the turn itself and recovers the controller.
+/// It used to return `Shared` on that old success, and the store released the buffers of
+/// requests no reset had ended.
+#[test]
+fn a_caller_waiting_for_a_withdrawn_turn_recovers_itself() {
+    let mut rig = Rig::up("drv-withdrawn-turn", NvmeSimConfig::default(), &config());
+    assert_eq!(rig.ctrl.recover().expect("an earlier recovery"), Recovered::Ran);
+    let count = rig.ctrl.reset_count();
+    let resets = rig.sim.stats().resets;
+    let (word, _) = rig.ctrl.recovery_state();
+    let Turn::Mine(turn) = word.begin() else {
+        panic!("no recovery runs");
+    };
+    let waiter = {
+        let ctrl = Arc::clone(&rig.ctrl);
+        std::thread::spawn(move || ctrl.recover())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiter.is_finished(), "the caller waits for the turn taken");
+    turn.withdraw();
+
+    let result = waiter.join().expect("waiter");
+    assert_eq!(
+        result.expect("its own recovery"),
+        Recovered::Ran,
+        "not the earlier recovery's success"
+    );
+    assert_eq!(rig.ctrl.reset_count(), count + 1);
+    assert!(rig.sim.stats().resets > resets, "the controller was reset");
+    for q in &mut rig.queues {
+        QueueEngine::stop(q).expect("stop");
+        assert_eq!(q.abandon_all(), Vec::<u64>::new());
+    }
+    Controller::shutdown(rig.ctrl.as_ref()).expect("shutdown");
+    rig.release();
 }
 
 /// A recovery of a hung controller may take 5 CAP.TO and two admin timeouts (a disable waiting
