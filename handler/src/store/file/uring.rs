@@ -555,27 +555,17 @@ impl UringQueue {
     /// deliver its CQE with `result` (bytes, or -errno), as the kernel would.
     #[cfg(test)]
     pub(super) fn complete_as_the_kernel(&mut self, req: StoreRequest, result: i32) {
-        let io = self
-            .slot_io(&req)
-            .expect("a request that needs I/O")
-            .expect("a ring op");
-        let index = self.free.pop().expect("a free slot");
         // As if its size check had passed: `result` is the write's or the read's.
-        self.slots[index] = Some(Slot {
-            req,
-            io,
-            aborted: false,
-            retries: 0,
-            size_check: false,
-        });
+        let index = self.hold_as_if_in_the_kernel(req);
         self.complete(index, result);
         self.submit_ring();
     }
 
     /// Tests: take `req` into a slot as if its SQE were in the kernel and never came back (no
-    /// SQE is pushed: a cancel finds nothing, so only the drop's deadline ends the wait).
+    /// SQE is pushed: a cancel finds nothing, so only the drop's deadline ends the wait); its
+    /// slot's index.
     #[cfg(test)]
-    pub(super) fn hold_as_if_in_the_kernel(&mut self, req: StoreRequest) {
+    pub(super) fn hold_as_if_in_the_kernel(&mut self, req: StoreRequest) -> usize {
         let io = self
             .slot_io(&req)
             .expect("a request that needs I/O")
@@ -588,6 +578,7 @@ impl UringQueue {
             retries: 0,
             size_check: false,
         });
+        index
     }
 
     /// Cancel every request the kernel holds; returns how many.
