@@ -831,8 +831,10 @@ impl Store for FileStore {
 impl Pool {
     /// Close the channel and join the threads, all of them by `deadline`: one bound for the
     /// whole pool, not one per thread (hung threads would add up past the service's stop
-    /// timeout). A thread not ended by then is left detached; it keeps the store's shared
-    /// state (its files, the image's lock) until its system call returns.
+    /// timeout), plus at most [`JOIN_FLOOR`] a thread once it has passed (a look that lets an
+    /// idle thread woken by the close end). A thread not ended by then is left detached; it
+    /// keeps the store's shared state (its files, the image's lock) until its system call
+    /// returns.
     ///
     /// What the threads still do: crossbeam hands out the jobs queued before the close, so
     /// each thread takes what is left before it sees the channel closed. Every such job is of
