@@ -21,6 +21,8 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
 
 /// A recovery runs.
 const RUNNING: u64 = 0b10;
@@ -116,6 +118,30 @@ impl Drop for Recovering<'_> {
 }
 
 impl RecoveryWord {
+    /// Take the turn to recover, waiting with `wait` for each recovery found running instead:
+    /// `wait` answers whether that recovery's outcome is the caller's to share (`true`: then
+    /// `None` here), or that its turn was withdrawn (`false`: the turn is asked for again), by
+    /// `deadline`, which is set at the first wait (`bound` from then) and kept for every one
+    /// after, so that the waits together end by it. Both drivers' `recover()`.
+    pub(crate) fn take_turn<E>(
+        &self,
+        bound: Duration,
+        mut wait: impl FnMut(Waiting, Instant) -> Result<bool, E>,
+    ) -> Result<Option<Recovering<'_>>, E> {
+        let mut deadline = None;
+        loop {
+            match self.begin() {
+                Turn::Mine(turn) => return Ok(Some(turn)),
+                Turn::Running(waiting) => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + bound);
+                    if wait(waiting, deadline)? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
     /// Take the turn to recover, or learn which recovery runs. Sequentially consistent with
     /// the drivers' other reset state (the SCA-1 driver's reset counts, the NVMe controller's
     /// epoch), which their queues read around this word.

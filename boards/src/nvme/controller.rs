@@ -731,20 +731,15 @@ impl NvmeController {
         // Read once, when the caller chose to recover: also for a turn taken again after a
         // withdrawn one, so that a caller's reset or shutdown begun since is not missed.
         let intent = self.intent.load(Ordering::SeqCst);
-        // Set by the first wait and kept across the turns taken again after a withdrawn one
-        // (`wait_for_other_recovery`), so that the waits together are bounded by one recovery.
-        let mut deadline = None;
-        let turn = loop {
-            match self.recovery.begin() {
-                Turn::Mine(turn) => break turn,
-                Turn::Running(waiting) => {
-                    let deadline =
-                        *deadline.get_or_insert_with(|| Instant::now() + self.recovery_wait_bound());
-                    if self.wait_for_other_recovery(waiting, deadline)? {
-                        return Ok(Recovered::Shared);
-                    }
-                }
-            }
+        // A turn withdrawn while waited for is asked for again, the waits bounded together by
+        // one recovery (`RecoveryWord::take_turn`, `wait_for_other_recovery`).
+        let turn = self
+            .recovery
+            .take_turn(self.recovery_wait_bound(), |waiting, deadline| {
+                self.wait_for_other_recovery(waiting, deadline)
+            })?;
+        let Some(turn) = turn else {
+            return Ok(Recovered::Shared);
         };
         let serving = |seen| {
             self.reset_count() != seen

@@ -14,7 +14,6 @@ use super::regs::Timeouts;
 use crate::engine::Recovered;
 use crate::recovery::Outcome;
 use crate::recovery::RecoveryWord;
-use crate::recovery::Turn;
 use crate::recovery::Waiting;
 use scst_accel_dma::mapping::IovaLock;
 use scst_accel_dma::IovaAllocator;
@@ -606,19 +605,16 @@ impl Sca1 {
     }
 
     fn recover_unless(&self, seen_resets: Option<u64>) -> Result<Recovered, Sca1Error> {
-        // Set by the first wait and kept across the turns taken again after a withdrawn one
-        // (`wait_for_other_recovery`), so that the waits together are bounded by one recovery.
-        let mut deadline = None;
-        let turn = loop {
-            match self.state.recovery.begin() {
-                Turn::Mine(turn) => break turn,
-                Turn::Running(waiting) => {
-                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.recovery_bound());
-                    if self.wait_for_other_recovery(waiting, deadline)? {
-                        return Ok(Recovered::Shared);
-                    }
-                }
-            }
+        // A turn withdrawn while waited for is asked for again, the waits bounded together by
+        // one recovery (`RecoveryWord::take_turn`, `wait_for_other_recovery`).
+        let turn = self
+            .state
+            .recovery
+            .take_turn(self.recovery_bound(), |waiting, deadline| {
+                self.wait_for_other_recovery(waiting, deadline)
+            })?;
+        let Some(turn) = turn else {
+            return Ok(Recovered::Shared);
         };
         if seen_resets.is_some_and(|seen| self.recovered_since(seen)) && turn.after_success() {
             log::info!(
