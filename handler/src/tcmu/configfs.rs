@@ -763,56 +763,40 @@ impl<F: ConfigfsFs> Targets<F> {
     }
 }
 
-/// A shared file system serves several owners (the targets and each disk's setup).
-impl<T: ConfigfsFs + ?Sized> ConfigfsFs for &T {
-    fn mkdir(&self, path: &Path) -> io::Result<()> {
-        (**self).mkdir(path)
-    }
-    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
-        (**self).write_attr(path, value)
-    }
-    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
-        (**self).symlink(target, link)
-    }
-    fn unlink(&self, link: &Path) -> io::Result<()> {
-        (**self).unlink(link)
-    }
-    fn rmdir(&self, path: &Path) -> io::Result<()> {
-        (**self).rmdir(path)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        (**self).exists(path)
-    }
-    fn read_attr(&self, path: &Path) -> io::Result<String> {
-        (**self).read_attr(path)
-    }
+/// A [`ConfigfsFs`] for a pointer to one: every call goes to the file system it points at.
+macro_rules! forward_configfs {
+    ($pointer:ty) => {
+        impl<T: ConfigfsFs + ?Sized> ConfigfsFs for $pointer {
+            fn mkdir(&self, path: &Path) -> io::Result<()> {
+                (**self).mkdir(path)
+            }
+            fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
+                (**self).write_attr(path, value)
+            }
+            fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+                (**self).symlink(target, link)
+            }
+            fn unlink(&self, link: &Path) -> io::Result<()> {
+                (**self).unlink(link)
+            }
+            fn rmdir(&self, path: &Path) -> io::Result<()> {
+                (**self).rmdir(path)
+            }
+            fn exists(&self, path: &Path) -> bool {
+                (**self).exists(path)
+            }
+            fn read_attr(&self, path: &Path) -> io::Result<String> {
+                (**self).read_attr(path)
+            }
+        }
+    };
 }
 
-/// A shared file system a thread can own: a service's disks each hold one (a disk's stop may
-/// run on a thread of its own) and a test can stand in for the kernel's.
-impl<T: ConfigfsFs + ?Sized> ConfigfsFs for std::sync::Arc<T> {
-    fn mkdir(&self, path: &Path) -> io::Result<()> {
-        (**self).mkdir(path)
-    }
-    fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
-        (**self).write_attr(path, value)
-    }
-    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
-        (**self).symlink(target, link)
-    }
-    fn unlink(&self, link: &Path) -> io::Result<()> {
-        (**self).unlink(link)
-    }
-    fn rmdir(&self, path: &Path) -> io::Result<()> {
-        (**self).rmdir(path)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        (**self).exists(path)
-    }
-    fn read_attr(&self, path: &Path) -> io::Result<String> {
-        (**self).read_attr(path)
-    }
-}
+// A shared file system serves several owners (the targets and each disk's setup).
+forward_configfs!(&T);
+// A shared file system a thread can own: a service's disks each hold one (a disk's stop may
+// run on a thread of its own) and a test can stand in for the kernel's.
+forward_configfs!(std::sync::Arc<T>);
 
 #[cfg(test)]
 mod tests {
