@@ -4,6 +4,9 @@
 #   ok                     IDENTIFY into mapped memory     -> exit 0, kernel log clean
 #   fault                  IDENTIFY to an unmapped IOVA    -> exit 5 (DMAR fault found)
 #   fault --expect-dmar    the same, fault required        -> exit 0
+# and one boot of the hal crate's VFIO unit tests on the guest's controller (hal-vfio: the
+# real-device test must run, not skip: BAR0, MSI-X, config space, the reset, DMA map/unmap and
+# the exact-unmap rule against the real type1 v2 driver).
 # Usage: tests/hil/selftest.sh [OUTDIR]  (default target/hil/selftest). Exit 0 when all hold;
 # 3 when QEMU cannot run here (as `hil.sh check`).
 set -euo pipefail
@@ -43,6 +46,33 @@ SCRIPT
 boot probe-ok 0 ok
 boot probe-fault 5 fault
 boot probe-fault-expected 0 fault --expect-dmar
+
+# The hal crate's unit-test executable (built by `cargo test` already in CI: no rebuild).
+hal_test=$(cd "$repo" && cargo test --locked -p scst-accel-hal --lib --no-run --message-format=json |
+	python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "scst_accel_hal" and m.get("executable"):
+        print(m["executable"])')
+cat >"$out/hal-vfio.sh" <<'SCRIPT'
+set -e
+bind_vfio "$NVME_BDF"
+bin=$(ls "$HIL_SHARE"/scst_accel_hal-* | head -n1)
+SCST_ACCEL_VFIO_DEVICE=$NVME_BDF "$bin" --test-threads=1 vfio >"$HIL_SHARE/hal-vfio.out" 2>&1 ||
+	{ cat "$HIL_SHARE/hal-vfio.out"; exit 1; }
+cat "$HIL_SHARE/hal-vfio.out"
+# A skip prints SKIPPED between the name and "ok": the real-device test must have run.
+grep -q "open_a_real_device_when_there_is_one \.\.\. ok$" "$HIL_SHARE/hal-vfio.out" ||
+	{ echo "hal-vfio: the real-device test did not run (skipped?)"; exit 1; }
+SCRIPT
+rc=0
+"$hil" run --out "$out/hal-vfio" --timeout 300 --bin "$hal_test" -- "$out/hal-vfio.sh" || rc=$?
+if [[ $rc -eq 0 ]]; then
+	echo "selftest: ok   hal-vfio -> exit 0"
+else
+	echo "selftest: FAIL hal-vfio -> exit $rc, want 0 (see $out/hal-vfio/serial.log)"
+	failures=$((failures + 1))
+fi
 
 if [[ $failures -ne 0 ]]; then
 	echo "selftest: $failures failure(s)"

@@ -239,6 +239,49 @@ fn a_mode_000_group_node_is_permission_denied() {
     assert_mentions(&e, &["run as root", "chown USER"]);
 }
 
+/// Two adjacent pages mapped by two map calls: the kernel's type1 v2 unmap would take both for
+/// a range over both, and would unmap the first of a range over it and the hole after the
+/// second; `VfioDma` refuses both ranges before the ioctl (`HalError::NotOneMapping`), so both
+/// mappings are still the kernel's, which each exact unmap then proves (vfio-ioctls fails an
+/// unmap whose size the kernel reports is not the size asked, so one that found nothing
+/// mapped would fail).
+#[allow(unsafe_code)] // UNSAFETY: DmaMapper::map is unsafe: the pages must outlive their mappings.
+fn unmaps_are_exact_against_the_kernel(dev: &VfioDevice) {
+    let pages = Box::into_raw(Box::new([Page([0; 4096]), Page([0; 4096])]));
+    let host = pages as u64;
+    let iova = 1 << 33;
+    for i in 0..2 {
+        // SAFETY: page `i` of a heap allocation of two page-aligned pages that this test
+        // neither reads nor writes, and frees only after both unmaps returned Ok.
+        unsafe { dev.dma().map(iova + i * 4096, host + i * 4096, 4096) }
+            .unwrap_or_else(|e| panic!("map page {i}: {e}"));
+    }
+    assert_eq!(dev.vfio_dma().live_mappings(), 2);
+    for (what, start, len) in [
+        ("both mappings", iova, 8192),
+        ("the second mapping and the hole after it", iova + 4096, 8192),
+        ("half of the first mapping", iova, 2048),
+    ] {
+        match dev.dma().unmap(start, len) {
+            Err(crate::HalError::NotOneMapping { .. }) => {}
+            other => panic!("an unmap of {what} must be refused before the kernel sees it: {other:?}"),
+        }
+        assert_eq!(
+            dev.vfio_dma().live_mappings(),
+            2,
+            "after the refused unmap of {what}"
+        );
+    }
+    for i in 0..2 {
+        if let Err(e) = dev.dma().unmap(iova + i * 4096, 4096) {
+            panic!("page {i} was no longer the kernel's to unmap: {e}; the pages are leaked");
+        }
+    }
+    assert_eq!(dev.vfio_dma().live_mappings(), 0);
+    // SAFETY: made by `Box::into_raw` above, no longer mapped, not freed before.
+    drop(unsafe { Box::from_raw(pages) });
+}
+
 /// One page, page-aligned: host memory for a DMA mapping, allocated without unsafe code.
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -300,6 +343,7 @@ fn open_a_real_device_when_there_is_one() {
     // SAFETY: made by `Box::into_raw` above, no longer mapped, not freed before.
     drop(unsafe { Box::from_raw(page) });
     assert_eq!(dev.vfio_dma().live_mappings(), 0);
+    unmaps_are_exact_against_the_kernel(&dev);
 
     match dev.reset() {
         Ok(kind) => assert_eq!(kind, crate::ResetKind::Function),
