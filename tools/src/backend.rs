@@ -278,11 +278,13 @@ fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> 
             path.display()
         )));
     }
+    // A block device's size and block size are its own (like a hardware board's medium): a
+    // size or block size the user gave is checked against them (the store refuses another),
+    // not ignored; a file's are the disk's: created at --size, or checked against it.
+    let file = board == BoardArg::File;
     let config = FileStoreConfig {
-        // A block device's size and block size are its own (like a hardware board's medium);
-        // a file's are the disk's: created at --size, or checked against it.
-        create_size: (board == BoardArg::File).then_some(disk.size),
-        block_size: (board == BoardArg::File).then_some(disk.block_size),
+        create_size: (file || disk.size_given).then_some(disk.size),
+        block_size: (file || disk.block_size_given).then_some(disk.block_size),
         direct: !disk.buffered,
         io_engine: disk.io_engine,
         workers: DEFAULT_WORKERS.max(disk.workers),

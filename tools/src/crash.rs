@@ -73,6 +73,13 @@ pub struct CrashArgs {
     pub duration: Duration,
 }
 
+impl CrashArgs {
+    /// The disk's settings, for `main` to note which were given ([`DiskArgs::note_given`]).
+    pub fn disk_mut(&mut self) -> &mut DiskArgs {
+        &mut self.disk
+    }
+}
+
 /// Bytes per write unit: writes start on a 4 KiB boundary, so O_DIRECT never needs a fallback,
 /// and are 1-4 units long.
 const UNIT_BYTES: u32 = 4096;
@@ -299,6 +306,194 @@ pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport
         }
     }
     report
+}
+
+/// `crash-check` arguments: the offline check of what a writer left, for a shell (the HIL
+/// suite's power-cut scenario runs it in the guest).
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The writer's journal.
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// The disk's block size (the writer's --block-size).
+    #[arg(long, default_value_t = 512)]
+    pub block_size: usize,
+    /// The image or block device the writer wrote, checked as it is (what a process kill left).
+    #[arg(long, conflicts_with = "log_writes", required_unless_present = "log_writes")]
+    pub image: Option<PathBuf>,
+    /// The log device of a dm-log-writes target stacked on the writer's device, read after
+    /// `dmsetup remove`: the states a power cut at the log's end may leave are checked instead
+    /// (the durable writes alone, every write, and --subsets random choices in between).
+    #[arg(long, requires = "size")]
+    pub log_writes: Option<PathBuf>,
+    /// The disk's size (the writer's --size); with --log-writes.
+    #[arg(long, value_parser = crate::units::parse_size)]
+    pub size: Option<u64>,
+    /// With --log-writes: how many states with a random half of the writes no flush covered.
+    #[arg(long, default_value_t = 4)]
+    pub subsets: u32,
+    /// Seed of those choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// One state checked by `crash-check`, as its JSON says.
+fn state_json(name: &str, replayed: Option<u64>, report: &CheckReport) -> serde_json::Value {
+    serde_json::json!({
+        "state": name,
+        "replayed_writes": replayed,
+        "durable_blocks": report.durable_blocks,
+        "lost": report.lost,
+        "stale_or_torn": report.stale_or_torn,
+        "first_errors": report.first_errors,
+    })
+}
+
+/// Whether `new` is a newer version of a block than `old`, by the generation of its stamp: the
+/// writer has one command at a time and numbers each write after the last, so a block's
+/// newest write carries the highest generation (the order a dm-log-writes log cannot give for
+/// a FUA write after a plain one, `log_writes` module doc). A block that is not a stamp (zeroes
+/// or damage) is older than any stamp; `check` judges what ends up in the image.
+fn newer_stamp(old: &[u8], new: &[u8]) -> bool {
+    let generation = |b: &[u8]| {
+        let g = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+        b.iter().any(|&x| x != 0).then_some(g)
+    };
+    generation(new) > generation(old)
+}
+
+/// What `crash-check --log-writes` found: its JSON report, and whether every state passed.
+/// The states are built in blocks of `block_size` (the disk's), the newest stamp of each block
+/// kept ([`newer_stamp`]).
+///
+/// # Errors
+/// [`crate::log_writes::LogError`] reading the log.
+pub fn check_power_cut(
+    log: &crate::log_writes::Log,
+    image_bytes: usize,
+    block_size: usize,
+    records: &[Record],
+    subsets: u32,
+    seed: u64,
+) -> Result<(serde_json::Value, bool), crate::log_writes::LogError> {
+    let durable = log.durable();
+    let writes = log.entries.iter().filter(|e| e.changes_blocks()).count();
+    let durable_writes = durable.iter().filter(|&&d| d).count();
+    let mut rng = Rng::new(seed);
+    let mut states = Vec::new();
+    let mut passed = true;
+    let mut image = vec![0u8; image_bytes];
+    let choices: [(&str, u32); 3] = [
+        ("durable writes only", 0),
+        ("every write", 0),
+        ("random", subsets),
+    ];
+    for (name, extra) in choices {
+        for i in 0..extra.max(u32::from(name != "random")) {
+            image.fill(0);
+            let keep = |_, durable| match name {
+                "durable writes only" => durable,
+                "every write" => true,
+                _ => durable || rng.below(2) == 0,
+            };
+            let replayed = log.replay(&mut image, block_size, keep, newer_stamp)?;
+            let report = check(&image, block_size, records);
+            passed &= report.lost == 0 && report.stale_or_torn == 0;
+            let label = if name == "random" {
+                format!("durable writes and a random half of the others ({})", i + 1)
+            } else {
+                name.to_owned()
+            };
+            states.push(state_json(&label, Some(replayed), &report));
+        }
+    }
+    let count = |f: fn(&crate::log_writes::Entry) -> bool| log.entries.iter().filter(|e| f(e)).count();
+    let journal = journal_counts(records);
+    let json = serde_json::json!({
+        "mode": "power-cut",
+        "journal": journal,
+        "log": {
+            "entries": log.entries.len(),
+            "block_size": log.block_size,
+            "writes": writes,
+            "flushes": count(crate::log_writes::Entry::is_flush),
+            "fua_writes": count(|e| e.is_fua() && e.changes_blocks()),
+            "durable_writes": durable_writes,
+            "writes_no_flush_covered": writes - durable_writes,
+        },
+        "states": states,
+        "passed": passed,
+    });
+    Ok((json, passed))
+}
+
+fn journal_counts(records: &[Record]) -> serde_json::Value {
+    let n = |kind| records.iter().filter(|r| r.kind == kind).count();
+    serde_json::json!({
+        "submitted_writes": n(RecordKind::Submitted),
+        "durable_writes": n(RecordKind::Durable),
+    })
+}
+
+/// Run `crash-check`; returns the exit code (0 every state passed, [`exit::DATA`] one did not,
+/// [`exit::IOERR`] the journal, image or log could not be read, [`exit::USAGE`] bad sizes).
+pub fn run_check(args: CheckArgs) -> u8 {
+    if !matches!(args.block_size, 512 | 4096) {
+        eprintln!("scst-accel crash-check: --block-size must be 512 or 4096");
+        return exit::USAGE;
+    }
+    let records = match read_journal(&args.journal) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("scst-accel crash-check: {e}");
+            return exit::IOERR;
+        }
+    };
+    let outcome = if let Some(log) = &args.log_writes {
+        let size = args.size.unwrap_or(0);
+        let Some(bytes) = usize::try_from(size)
+            .ok()
+            .filter(|&b| b > 0 && b % args.block_size == 0)
+        else {
+            eprintln!(
+                "scst-accel crash-check: --size {size} is not a whole number of {}-byte blocks",
+                args.block_size
+            );
+            return exit::USAGE;
+        };
+        crate::log_writes::Log::open(log)
+            .and_then(|log| check_power_cut(&log, bytes, args.block_size, &records, args.subsets, args.seed))
+            .map_err(|e| e.to_string())
+    } else {
+        let path = args.image.as_deref().unwrap_or(Path::new(""));
+        std::fs::read(path)
+            .map(|image| {
+                let report = check(&image, args.block_size, &records);
+                let passed = report.lost == 0 && report.stale_or_torn == 0;
+                let json = serde_json::json!({
+                    "mode": "image",
+                    "journal": journal_counts(&records),
+                    "states": [state_json("as found", None, &report)],
+                    "passed": passed,
+                });
+                (json, passed)
+            })
+            .map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    match outcome {
+        Ok((json, passed)) => {
+            println!("{json}");
+            if passed {
+                0
+            } else {
+                exit::DATA
+            }
+        }
+        Err(e) => {
+            eprintln!("scst-accel crash-check: {e}");
+            exit::IOERR
+        }
+    }
 }
 
 /// Why the writer stopped before its time.
@@ -573,6 +768,60 @@ mod tests {
             Err(JournalError::Damaged { index: 0, .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The power-cut check over a dm-log-writes log: a write the journal says was made durable
+    /// passes when a flush after it (or FUA) is in the log, and is lost when the log shows no
+    /// flush after it (a SYNCHRONIZE CACHE acknowledged without a flush reaching the device),
+    /// although every write's data is in the log and a process kill would have found it.
+    #[test]
+    fn a_durable_write_no_flush_covered_is_lost_to_a_power_cut() {
+        use crate::log_writes::tests::LogBuilder;
+        use crate::log_writes::tests::FUA_FLAG;
+        use crate::log_writes::Log;
+        use crate::log_writes::END_MARK;
+        let stamped = |lba: u64, generation: u32| {
+            let mut b = vec![0u8; 512];
+            stamp::stamp(&mut b, lba, generation);
+            b
+        };
+        let records = [
+            rec(RecordKind::Submitted, 0, 1, 1),
+            rec(RecordKind::Submitted, 1, 1, 2),
+            rec(RecordKind::Durable, 0, 1, 1),
+            rec(RecordKind::Durable, 1, 1, 2),
+            rec(RecordKind::Submitted, 2, 1, 3),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = LogBuilder::new(512)
+            .write(0, 0, &stamped(0, 1))
+            .flush()
+            .write(1, FUA_FLAG, &stamped(1, 2))
+            .write(2, 0, &stamped(2, 3))
+            .mark(END_MARK)
+            .finish(dir.path());
+        let log = Log::open(&kept).expect("log");
+        let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records, 3, 7).expect("check");
+        assert!(passed, "{json}");
+        assert_eq!(json["states"].as_array().map(Vec::len), Some(5), "{json}");
+        assert_eq!(json["log"]["flushes"], 1);
+        assert_eq!(json["log"]["fua_writes"], 1);
+        assert_eq!(json["log"]["writes_no_flush_covered"], 1);
+
+        // The same writes, the flush missing: block 0's durable write is lost to a power cut
+        // in the durable-only state (and so the check fails), not in the every-write one.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let unflushed = LogBuilder::new(512)
+            .write(0, 0, &stamped(0, 1))
+            .write(1, FUA_FLAG, &stamped(1, 2))
+            .write(2, 0, &stamped(2, 3))
+            .mark(END_MARK)
+            .finish(dir.path());
+        let log = Log::open(&unflushed).expect("log");
+        let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records, 0, 7).expect("check");
+        assert!(!passed, "{json}");
+        assert_eq!(json["states"][0]["lost"], 1, "{json}");
+        assert_eq!(json["states"][1]["lost"], 0, "{json}");
     }
 
     #[test]

@@ -121,6 +121,13 @@ pub struct DemoArgs {
     pub(crate) clone: Option<u64>,
 }
 
+impl DemoArgs {
+    /// The disk's settings, for `main` to note which were given ([`DiskArgs::note_given`]).
+    pub fn disk_mut(&mut self) -> &mut DiskArgs {
+        &mut self.disk
+    }
+}
+
 /// Access pattern argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PatternArg {

@@ -25,6 +25,13 @@ pub struct DiagArgs {
     json: bool,
 }
 
+impl DiagArgs {
+    /// The disk's settings, for `main` to note which were given ([`DiskArgs::note_given`]).
+    pub fn disk_mut(&mut self) -> &mut DiskArgs {
+        &mut self.disk
+    }
+}
+
 /// Run; returns the process exit code.
 pub fn run(args: DiagArgs) -> u8 {
     let blocks = match args.disk.validate() {

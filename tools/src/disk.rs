@@ -60,7 +60,8 @@ pub struct DiskArgs {
     pub max_transfer_blocks: u32,
     /// The disk image (--board file; created at --size when absent, and an existing one must
     /// have that size: it is never truncated nor grown) or the block device (--board
-    /// blockdev; its size and block size are the device's).
+    /// blockdev; its size and block size are the device's: a --size or --block-size given
+    /// must be the device's, or the disk is refused).
     #[arg(long)]
     pub path: Option<PathBuf>,
     /// Buffered I/O through the page cache instead of O_DIRECT (--board file/blockdev), for
@@ -77,6 +78,24 @@ pub struct DiskArgs {
     /// of 4 KiB buffers is always mapped for a device board.
     #[arg(long = "premap", value_name = "SIZE:COUNT", value_parser = Premap::parse)]
     pub premap: Vec<Premap>,
+    /// `size` was given (on the command line or in the configuration file), not defaulted: a
+    /// block device's size is its own, and one given must be it ([`DiskArgs::note_given`]).
+    #[arg(skip)]
+    pub size_given: bool,
+    /// The same for `block_size`.
+    #[arg(skip)]
+    pub block_size_given: bool,
+}
+
+impl DiskArgs {
+    /// Note which of the settings a block device decides were given on the command line
+    /// (`matches`: the subcommand's), so that one given and not the device's is refused rather
+    /// than ignored.
+    pub fn note_given(&mut self, matches: &clap::ArgMatches) {
+        let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        self.size_given |= given("size");
+        self.block_size_given |= given("block_size");
+    }
 }
 
 /// Largest buffer the SGV pool caches (and so can pre-map): its top size class, 4 MiB.

@@ -25,6 +25,7 @@ pub mod diag;
 pub mod disk;
 pub mod export;
 pub mod identity;
+pub mod log_writes;
 pub mod metrics;
 pub mod notify;
 pub mod serve;

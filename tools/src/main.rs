@@ -60,16 +60,35 @@ enum Command {
     /// writes were submitted and which acknowledged durable, until killed. Hidden: a test tool.
     #[command(hide = true)]
     CrashWriter(crash::CrashArgs),
+    /// Check what a crash writer left against its journal: an image as it is (a process kill),
+    /// or the states a power cut may leave, from a dm-log-writes log of its device. Prints
+    /// JSON. Hidden: a test tool (tests/hil/scenarios/power-cut.sh).
+    #[command(hide = true)]
+    CrashCheck(crash::CheckArgs),
 }
 
 fn main() -> ExitCode {
     // The matches are kept so that `serve` can tell which flags were given (they override the
     // configuration file's).
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // A block device's size and block size are its own: note which were given, so that one
+    // that is not the device's is refused rather than ignored.
+    if let Some((_, sub)) = matches.subcommand() {
+        let disk = match &mut cli.command {
+            Command::Demo(args) => Some(args.disk_mut()),
+            Command::Serve(args) => Some(&mut args.disk),
+            Command::Diag(args) => Some(args.disk_mut()),
+            Command::CrashWriter(args) => Some(args.disk_mut()),
+            _ => None,
+        };
+        if let Some(disk) = disk {
+            disk.note_given(sub);
+        }
+    }
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         _ => "warn",
@@ -89,6 +108,7 @@ fn main() -> ExitCode {
         Command::Resize(args) => control::run_resize(args),
         Command::Identity(args) => identity::run(args),
         Command::CrashWriter(args) => crash::run(args),
+        Command::CrashCheck(args) => crash::run_check(args),
     };
     ExitCode::from(code)
 }

@@ -469,6 +469,8 @@ fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> 
         io_engine,
         premap
     );
+    d.size_given |= given("size");
+    d.block_size_given |= given("block_size");
     if given("board") {
         disk.board = args.board;
     }

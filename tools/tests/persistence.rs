@@ -147,6 +147,49 @@ fn demo_on_a_block_device_verifies_the_previous_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A block device's size and block size are its own: a --size or --block-size given that is
+/// not the device's refuses the disk (exit 78, the message saying what the device has and to
+/// leave it out) instead of serving a disk of another geometry than asked; one that is the
+/// device's, or none, serves.
+#[test]
+fn a_block_device_refuses_a_size_or_block_size_not_its_own() {
+    let name = "a_block_device_refuses_a_size_or_block_size_not_its_own";
+    let dir = scratch("persistence", "geometry");
+    let backing = dir.join("backing.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("backing file");
+    let lo = match LoopDevice::attach(&backing, Some(512)) {
+        Ok(lo) => lo,
+        Err(reason) => {
+            scst_accel_hal::skip::test_skipped(name, &reason);
+            return;
+        }
+    };
+    let path = lo.0.to_str().expect("utf-8 path").to_owned();
+    let demo = |extra: &[&str]| {
+        let mut args = vec!["demo", "--board", "blockdev", "--path", &path, "--duration", "1s"];
+        args.extend_from_slice(extra);
+        scst_accel(&args)
+    };
+    let (code, stdout, stderr) = demo(&["--size", "8M"]);
+    assert_eq!(code, Some(78), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the device has 16777216 bytes, not the 8388608")
+            && stderr.contains("leave the size out"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = demo(&["--block-size", "4096"]);
+    assert_eq!(code, Some(78), "{stdout}\n{stderr}");
+    assert!(stderr.contains("logical block size is 512, not 4096"), "{stderr}");
+    let (code, stdout, stderr) = demo(&["--size", "16M", "--block-size", "512"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = demo(&[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    drop(lo);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An image another process holds (here `flock`, standing for another handler) is refused:
 /// exit 69 (EX_UNAVAILABLE: the holder may go away), and the message names the image and how
 /// to find the holder.

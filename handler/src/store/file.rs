@@ -150,9 +150,11 @@ pub struct FileStoreConfig {
     /// A regular file or a block device.
     pub path: PathBuf,
     /// Create a regular file of this many bytes when `path` does not exist. An existing file
-    /// must already have this size: it is never truncated nor grown.
+    /// must already have this size: it is never truncated nor grown. A block device must have
+    /// it, when given ([`FileStoreError::DeviceSize`]).
     pub create_size: Option<u64>,
-    /// Logical block size of a regular file (default 512). A block device has its own.
+    /// Logical block size of a regular file (default 512). A block device has its own, which
+    /// this must be, when given ([`FileStoreError::DeviceBlockSize`]).
     pub block_size: Option<u32>,
     /// O_DIRECT (the default): no page cache between the command buffers and the medium.
     /// `false`: buffered I/O, for file systems that refuse O_DIRECT (tmpfs before Linux 6.6).
@@ -290,6 +292,16 @@ pub enum FileStoreError {
         size: u64,
         /// Block size.
         block_size: u32,
+    },
+    /// A block device of another size than the one asked for.
+    #[error("{path}: the device has {actual} bytes, not the {requested} asked for; leave the size out for a block device (it is the device's), or ask for {actual} bytes")]
+    DeviceSize {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        actual: u64,
+        /// The size asked for.
+        requested: u64,
     },
     /// An existing file of another size than the one asked for.
     #[error("{path}: the file has {actual} bytes, not the {requested} asked for; it is never truncated nor grown: ask for {actual} bytes (--size, or `size` in the config), or resize the file yourself")]
@@ -559,7 +571,7 @@ impl FileStore {
                 .seek(SeekFrom::End(0))
                 .map_err(|e| FileStoreError::from_io(path, "seek to the end of the device", e))?;
             if let Some(requested) = config.create_size.filter(|&s| s != size) {
-                return Err(FileStoreError::SizeMismatch {
+                return Err(FileStoreError::DeviceSize {
                     path: path.clone(),
                     actual: size,
                     requested,

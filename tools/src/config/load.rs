@@ -33,7 +33,9 @@
 //! # pci = "0000:03:00.0"         # required for sca1/nvme/qemu-nvme, refused for the others
 //! # path = "/srv/disk0.img"      # required for file/blockdev (absolute), refused for the others;
 //! #                              # a file is created at `size` when absent, an existing one must
-//! #                              # have that size (never truncated nor grown)
+//! #                              # have that size (never truncated nor grown); a block
+//! #                              # device has its own size and block size, which a `size`
+//! #                              # or `block_size` given must be
 //! # buffered = false             # file/blockdev: page cache instead of O_DIRECT
 //! # io_engine = "auto"            # file/blockdev: "auto" (io_uring, else threads), "uring", "threads"
 //! size = "16G"                   # a string with a k/M/G/T suffix, or bytes; default 256M
@@ -841,6 +843,8 @@ fn disk_args(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<String>) -> 
         name: name.unwrap_or_else(|| "accel0".into()),
         size: size.map_or(256 << 20, Spanned::into_inner),
         block_size: block_size.unwrap_or(512),
+        size_given: sec.get("size").is_some(),
+        block_size_given: sec.get("block_size").is_some(),
         workers: narrow(integer(ctx, sec, "workers", 1..=u32_max)).unwrap_or(2),
         batch: narrow(integer(ctx, sec, "batch", 1..=u32_max)).unwrap_or(16),
         buffer_memory: self::size(ctx, sec, "buffer_memory").map_or(1 << 30, Spanned::into_inner),

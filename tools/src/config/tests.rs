@@ -104,6 +104,8 @@ fn a_full_file_reads_back_every_field() {
     assert_eq!(d.pci.as_deref(), Some("0000:03:00.0"));
     assert_eq!(d.args.size, 16 << 30);
     assert_eq!(d.args.block_size, 4096);
+    // Given, so a block device must have them (backend::open_file).
+    assert!(d.args.size_given && d.args.block_size_given);
     assert_eq!(d.args.workers, 4);
     assert_eq!(d.args.batch, 32);
     assert_eq!(d.args.buffer_memory, 2 << 30);
@@ -158,6 +160,8 @@ fn absent_fields_take_the_command_line_defaults() {
     assert_eq!(d.pci, None);
     assert_eq!(d.args.size, 256 << 20);
     assert_eq!(d.args.block_size, 512);
+    // Defaults, which a block device's own size and block size replace.
+    assert!(!d.args.size_given && !d.args.block_size_given);
     assert_eq!(d.args.workers, 2);
     assert_eq!(d.args.batch, 16);
     assert_eq!(d.args.buffer_memory, 1 << 30);
