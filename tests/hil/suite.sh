@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -41,6 +41,12 @@ iscsi_bins=()
 if path=$(command -v iscsi-test-cu); then
 	iscsi_bins+=(--bin "$path")
 fi
+# dmsetup for the power-cut scenario's device-mapper tables (hil.sh install adds it; the scenario
+# fails, saying so, without it).
+dm_bins=()
+if path=$(command -v dmsetup); then
+	dm_bins+=(--bin "$path")
+fi
 out="${HIL_OUT:-$root/target/hil/suite}"
 mkdir -p "$out"
 started=$SECONDS
@@ -56,6 +62,7 @@ for s in "${scenarios[@]}"; do
 	if [[ $s == xcopy ]]; then export HIL_NVME_NS=1; else unset HIL_NVME_NS; fi
 	extra=()
 	[[ $s != iscsi ]] || extra=(${iscsi_bins[@]+"${iscsi_bins[@]}"})
+	[[ $s != power-cut ]] || extra=(${dm_bins[@]+"${dm_bins[@]}"})
 	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-900}" --bin "$bin" \
 		--bin "$here/scenarios/common.sh" ${sg_bins[@]+"${sg_bins[@]}"} \
 		${extra[@]+"${extra[@]}"} -- "$script" || rc=$?

@@ -29,8 +29,11 @@
 //! block with data from nowhere. It does not simulate a power cut: the kernel's page cache
 //! survives a process kill, so even a buffered (`--buffered`) write that reached pwrite(2) is
 //! read back. What makes acknowledged data reach the device on power loss is O_DIRECT plus
-//! fdatasync(2) for SYNCHRONIZE CACHE and an O_DSYNC fd for FUA (store::file); this harness does
-//! not exercise that path — it needs a device that drops its cache (dm-flakey / a VM killed hard).
+//! fdatasync(2) for SYNCHRONIZE CACHE and an O_DSYNC fd for FUA (store::file); a kill does not
+//! exercise that path. The HIL suite's power-cut scenario (tests/hil/scenarios/power-cut.sh)
+//! does: it runs this writer on a dm-log-writes target, which logs what the device was sent,
+//! and `crash-check --log-writes` ([`check_power_cut`], `crate::log_writes`) checks every state
+//! a power cut may leave.
 //! The submitted records are written but not synced before their data write: a process kill
 //! keeps them (page cache); a power cut could lose them, so the check is only sound for kills.
 
