@@ -367,7 +367,7 @@ fn newer_stamp(old: &[u8], new: &[u8]) -> bool {
 
 /// What `crash-check --log-writes` found: its JSON report, and whether every state passed.
 /// The states are built in blocks of `block_size` (the disk's), the newest stamp of each block
-/// kept ([`newer_stamp`]).
+/// kept (`newer_stamp`).
 ///
 /// # Errors
 /// [`crate::log_writes::LogError`] reading the log.
