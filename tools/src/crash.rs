@@ -386,29 +386,21 @@ pub fn check_power_cut(
     let mut states = Vec::new();
     let mut passed = true;
     let mut image = vec![0u8; image_bytes];
-    let choices: [(&str, u32); 3] = [
-        ("durable writes only", 0),
-        ("every write", 0),
-        ("random", subsets),
-    ];
-    for (name, extra) in choices {
-        for i in 0..extra.max(u32::from(name != "random")) {
-            image.fill(0);
-            let keep = |_, durable| match name {
-                "durable writes only" => durable,
-                "every write" => true,
-                _ => durable || rng.below(2) == 0,
-            };
-            let replayed = log.replay(&mut image, block_size, keep, newer_stamp)?;
-            let report = check(&image, block_size, records);
-            passed &= report.lost == 0 && report.stale_or_torn == 0;
-            let label = if name == "random" {
-                format!("durable writes and a random half of the others ({})", i + 1)
-            } else {
-                name.to_owned()
-            };
-            states.push(state_json(&label, Some(replayed), &report));
-        }
+    let mut state = |label: String, keep: &mut dyn FnMut(bool) -> bool| {
+        image.fill(0);
+        let replayed = log.replay(&mut image, block_size, |_, durable| keep(durable), newer_stamp)?;
+        let report = check(&image, block_size, records);
+        passed &= report.lost == 0 && report.stale_or_torn == 0;
+        states.push(state_json(&label, Some(replayed), &report));
+        Ok::<(), crate::log_writes::LogError>(())
+    };
+    state("durable writes only".into(), &mut |durable| durable)?;
+    state("every write".into(), &mut |_| true)?;
+    for i in 1..=subsets {
+        state(
+            format!("durable writes and a random half of the others ({i})"),
+            &mut |durable| durable || rng.below(2) == 0,
+        )?;
     }
     let count = |f: fn(&crate::log_writes::Entry) -> bool| log.entries.iter().filter(|e| f(e)).count();
     let journal = journal_counts(records);
