@@ -40,9 +40,11 @@ for spec in "auto" "threads" "auto --buffered" "threads --buffered"; do
 	engine=$1 buffered=${2:-}
 	./dmsetup create pc-lw --table "0 $data log-writes $(majmin pc-data) $(majmin pc-log)"
 	journal=/tmp/journal-$n
+	# A new access pattern and write mix every run (printed and in result.json, to replay one).
+	seed=$((n * 100000 + RANDOM))
 	out=$HIL_SHARE/writer-$n.log
 	scst-accel crash-writer --board blockdev --path "$(node pc-lw)" --size 16M \
-		--io-engine "$engine" $buffered --journal "$journal" --seed "$n" --duration 120s >"$out" 2>&1 &
+		--io-engine "$engine" $buffered --journal "$journal" --seed "$seed" --duration 120s >"$out" 2>&1 &
 	pid=$!
 	hil_wait 60 grep -q "crash-writer: writing" "$out" || { cat "$out"; fail "cycle $n: the writer never started writing" 23; }
 	sleep $((2 + RANDOM % 3))
@@ -50,15 +52,15 @@ for spec in "auto" "threads" "auto --buffered" "threads --buffered"; do
 	kill -9 "$pid"
 	wait "$pid" 2>/dev/null || true
 	status=$(./dmsetup status pc-lw)
-	echo "power-cut: cycle $n ($engine${buffered:+, buffered}) killed; log-writes: $status"
+	echo "power-cut: cycle $n ($engine${buffered:+, buffered}, seed $seed) killed; log-writes: $status"
 	case $status in *logging_disabled*) fail "cycle $n: the log ran out of space ($status)" 25 ;; esac
 	./dmsetup remove pc-lw
 	rc=0
 	scst-accel crash-check --journal "$journal" --block-size "$bs" --log-writes "$(node pc-log)" \
-		--size 16M --subsets 4 --seed "$n" >"$HIL_SHARE/cycle-$n.json" || rc=$?
+		--size 16M --subsets 4 --seed "$seed" >"$HIL_SHARE/cycle-$n.json" || rc=$?
 	echo "power-cut: cycle $n crash-check exit $rc: $(cat "$HIL_SHARE/cycle-$n.json")" | cut -c1-400
 	[ "$rc" -eq 0 ] || [ "$rc" -eq 65 ] || fail "cycle $n: crash-check could not check (exit $rc)" 26
-	entry="{\"cycle\": $n, \"block_size\": $bs, \"engine\": \"$engine\", \"buffered\": $([ -n "$buffered" ] && echo true || echo false), \"check\": $(cat "$HIL_SHARE/cycle-$n.json")}"
+	entry="{\"cycle\": $n, \"seed\": $seed, \"block_size\": $bs, \"engine\": \"$engine\", \"buffered\": $([ -n "$buffered" ] && echo true || echo false), \"check\": $(cat "$HIL_SHARE/cycle-$n.json")}"
 	cycles="${cycles:+$cycles, }$entry"
 done
 echo "{\"cycles\": [$cycles]}" >"$HIL_SHARE/result.json"
