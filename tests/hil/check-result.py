@@ -14,10 +14,11 @@ import sys
 
 def check_power_cut(j):
     """The power-cut scenario: four cycles, each killed during writes, its log-writes log
-    replayed into every state a power cut may leave, and every state checked against the
-    writer's journal (no acknowledged durable write lost, no foreign or torn block). Each cycle
-    must have proved something: durable writes acknowledged, flushes on the device, and, with
-    O_DIRECT, FUA writes on the device."""
+    replayed into every state a power cut may leave once the I/O sent has completed, and every
+    state checked against the writer's journal (no acknowledged durable write lost, no foreign
+    or torn block), and the log's own order (no write reaching the device against the writer's
+    order, nothing but its stamps). Each cycle must have proved something: durable writes
+    acknowledged, flushes on the device, and, with O_DIRECT, FUA writes on the device."""
     cycles = j.get("cycles", [])
     checks = [("four cycles ran", len(cycles) == 4)]
     for c in cycles:
@@ -33,6 +34,10 @@ def check_power_cut(j):
                 check.get("passed") is True
                 and all(s.get("lost") == 0 and s.get("stale_or_torn") == 0 for s in states),
             ),
+            (
+                f"{what}: writes reached the device in the writer's order, all its stamps",
+                log.get("order_anomalies") == 0,
+            ),
             (f"{what}: writes acknowledged durable", journal.get("durable_writes", 0) > 0),
             (f"{what}: flushes reached the device", log.get("flushes", 0) > 0),
         ]
@@ -41,6 +46,8 @@ def check_power_cut(j):
         for s in states:
             for e in s.get("first_errors", []):
                 print(f"     {what}, {s.get('state')}: {e}")
+        for e in log.get("order_errors", []):
+            print(f"     {what}, the log's order: {e}")
         print(
             f"     power-cut: {what}: {journal.get('durable_writes')} durable of "
             f"{journal.get('submitted_writes')} writes in the journal; the log: {log.get('writes')} "

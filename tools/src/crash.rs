@@ -352,22 +352,83 @@ fn state_json(name: &str, replayed: Option<u64>, report: &CheckReport) -> serde_
     })
 }
 
-/// Whether `new` is a newer version of a block than `old`, by the generation of its stamp: the
-/// writer has one command at a time and numbers each write after the last, so a block's
-/// newest write carries the highest generation (the order a dm-log-writes log cannot give for
-/// a FUA write after a plain one, `log_writes` module doc). A block that is not a stamp (zeroes
-/// or damage) is older than any stamp; `check` judges what ends up in the image.
-fn newer_stamp(old: &[u8], new: &[u8]) -> bool {
-    let generation = |b: &[u8]| {
-        let g = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
-        b.iter().any(|&x| x != 0).then_some(g)
+/// The generation of `block` as the writer stamped it for `lba`; `None` for anything else
+/// (zeroes, damage, another LBA's stamp).
+fn stamp_generation(block: &[u8], lba: u64) -> Option<u32> {
+    let generation = u32::from_le_bytes(block.get(8..12)?.try_into().ok()?);
+    stamp::verify(block, lba, generation).ok().map(|()| generation)
+}
+
+/// Whether a written block replaces the image's in a power-cut state: the writer has one
+/// command at a time and numbers each write after the last, so of two stamps the newer write
+/// has the higher generation (the order a dm-log-writes log cannot give between a FUA write
+/// and a plain one, `log_writes` module doc). A block that is not the writer's stamp always
+/// replaces, so that [`check`] sees it (and [`log_order_anomalies`] counts it whatever comes
+/// after).
+fn place_newest(p: &crate::log_writes::Placement<'_>) -> bool {
+    let lba = p.block as u64;
+    match (stamp_generation(p.new, lba), stamp_generation(p.old, lba)) {
+        (Some(new), Some(old)) => new > old,
+        _ => true,
+    }
+}
+
+/// What no power-cut state can show, found in the log itself: a block written with data that
+/// is not the writer's stamp of it, and a write that reached the device out of the writer's
+/// order. Among the FUA writes, and among the plain writes, the log's order is the order of
+/// completion, and the writer's commands complete in its order: so, per block and per kind, the
+/// generations must not fall (a fall is a store that acknowledged a write before it completed,
+/// or sent an old buffer again). Returns the count and the first few, in words.
+///
+/// # Errors
+/// [`crate::log_writes::LogError`] reading the log.
+pub fn log_order_anomalies(
+    log: &crate::log_writes::Log,
+    image_bytes: usize,
+    block_size: usize,
+) -> Result<(u64, Vec<String>), crate::log_writes::LogError> {
+    let mut scratch = vec![0u8; image_bytes];
+    // Per block: the highest generation seen by FUA writes and by plain ones.
+    let mut last: HashMap<usize, [u32; 2]> = HashMap::new();
+    let (mut count, mut first) = (0u64, Vec::new());
+    let mut note = |text: String| {
+        count += 1;
+        if first.len() < 10 {
+            first.push(text);
+        }
     };
-    generation(new) > generation(old)
+    log.replay(
+        &mut scratch,
+        block_size,
+        |_, _| true,
+        |p| {
+            let kind = if p.fua { "FUA" } else { "plain" };
+            match stamp_generation(p.new, p.block as u64) {
+                None => note(format!(
+                    "LBA {}: log entry {} ({kind}) wrote data that is not the writer's stamp of it",
+                    p.block, p.entry
+                )),
+                Some(g) => {
+                    let seen = &mut last.entry(p.block).or_default()[usize::from(p.fua)];
+                    if g < *seen {
+                        note(format!(
+                            "LBA {}: generation {g} reached the device after generation {} by {kind} \
+                         writes (log entry {}), which complete in the writer's order",
+                            p.block, *seen, p.entry
+                        ));
+                    }
+                    *seen = (*seen).max(g);
+                }
+            }
+            false
+        },
+    )?;
+    Ok((count, first))
 }
 
 /// What `crash-check --log-writes` found: its JSON report, and whether every state passed.
 /// The states are built in blocks of `block_size` (the disk's), the newest stamp of each block
-/// kept (`newer_stamp`).
+/// kept (`place_newest`); the log's own order is checked too ([`log_order_anomalies`]).
 ///
 /// # Errors
 /// [`crate::log_writes::LogError`] reading the log.
@@ -388,7 +449,7 @@ pub fn check_power_cut(
     let mut image = vec![0u8; image_bytes];
     let mut state = |label: String, keep: &mut dyn FnMut(bool) -> bool| {
         image.fill(0);
-        let replayed = log.replay(&mut image, block_size, |_, durable| keep(durable), newer_stamp)?;
+        let replayed = log.replay(&mut image, block_size, |_, durable| keep(durable), place_newest)?;
         let report = check(&image, block_size, records);
         passed &= report.lost == 0 && report.stale_or_torn == 0;
         states.push(state_json(&label, Some(replayed), &report));
@@ -402,6 +463,8 @@ pub fn check_power_cut(
             &mut |durable| durable || rng.below(2) == 0,
         )?;
     }
+    let (anomalies, anomaly_errors) = log_order_anomalies(log, image_bytes, block_size)?;
+    passed &= anomalies == 0;
     let count = |f: fn(&crate::log_writes::Entry) -> bool| log.entries.iter().filter(|e| f(e)).count();
     let journal = journal_counts(records);
     let json = serde_json::json!({
@@ -415,6 +478,8 @@ pub fn check_power_cut(
             "fua_writes": count(|e| e.is_fua() && e.changes_blocks()),
             "durable_writes": durable_writes,
             "writes_no_flush_covered": writes - durable_writes,
+            "order_anomalies": anomalies,
+            "order_errors": anomaly_errors,
         },
         "states": states,
         "passed": passed,
@@ -817,6 +882,68 @@ mod tests {
         assert!(!passed, "{json}");
         assert_eq!(json["states"][0]["lost"], 1, "{json}");
         assert_eq!(json["states"][1]["lost"], 0, "{json}");
+    }
+
+    /// What no state can show is found in the log's own order: two FUA writes of one block
+    /// reaching the device against the writer's order (a store that acknowledged the first
+    /// before it completed), and a block written with data that is not the writer's stamp,
+    /// even when a later write covers it; a plain write logged after a newer FUA one is not
+    /// an anomaly (that is the log's own reordering).
+    #[test]
+    fn writes_out_of_the_writers_order_or_not_its_stamps_fail_the_check() {
+        use crate::log_writes::tests::LogBuilder;
+        use crate::log_writes::tests::FUA_FLAG;
+        use crate::log_writes::Log;
+        use crate::log_writes::END_MARK;
+        let stamped = |lba: u64, generation: u32| {
+            let mut b = vec![0u8; 512];
+            stamp::stamp(&mut b, lba, generation);
+            b
+        };
+        let records: Vec<Record> = (1..=3)
+            .flat_map(|g| {
+                [
+                    rec(RecordKind::Submitted, 0, 1, g),
+                    rec(RecordKind::Durable, 0, 1, g),
+                ]
+            })
+            .collect();
+        let check_log = |builder: LogBuilder| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let log = Log::open(builder.mark(END_MARK).finish(dir.path())).expect("log");
+            check_power_cut(&log, 512, 512, &records, 1, 7).expect("check")
+        };
+        // The log's own reordering: plain 1 logged (at the flush) after FUA 3: passes.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .write(0, FUA_FLAG, &stamped(0, 2))
+                .write(0, FUA_FLAG, &stamped(0, 3))
+                .write(0, 0, &stamped(0, 1))
+                .flush(),
+        );
+        assert!(passed, "{json}");
+        assert_eq!(json["log"]["order_anomalies"], 0, "{json}");
+        // FUA 3 completed before FUA 2: every state holds 3, only the order tells.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .write(0, FUA_FLAG, &stamped(0, 1))
+                .write(0, FUA_FLAG, &stamped(0, 3))
+                .write(0, FUA_FLAG, &stamped(0, 2)),
+        );
+        assert!(!passed, "{json}");
+        assert_eq!(json["log"]["order_anomalies"], 1, "{json}");
+        assert!(json["states"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["lost"] == 0 && s["stale_or_torn"] == 0)));
+        // Zeroes written over block 0, then a stamp: the states end with the stamp.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .write(0, FUA_FLAG, &stamped(0, 1))
+                .write(0, FUA_FLAG, &[0u8; 512])
+                .write(0, FUA_FLAG, &stamped(0, 3)),
+        );
+        assert!(!passed, "{json}");
+        assert_eq!(json["log"]["order_anomalies"], 1, "{json}");
     }
 
     #[test]

@@ -24,22 +24,30 @@
 //! writes are logged, then the flush. A FUA write is logged when it completes. So every entry
 //! before a flush entry that is not FUA was completed before that flush was submitted, and was
 //! made durable by it; the entries after the last flush that are not FUA are writes no flush
-//! covered (logged at the removal). A flush that carries data (REQ_PREFLUSH on a write) makes
-//! the writes before it durable, not its own data (unless it is FUA too).
+//! covered (logged at the removal). The target never sees a flush that carries data: dm core
+//! sends it the empty flush and then the data without REQ_PREFLUSH, so a REQ_PREFLUSH|REQ_FUA
+//! write shows as a flush entry and, later, a FUA write.
 //!
 //! **The log's order is not the device's** for a FUA write that follows a plain write to the
 //! same blocks: the FUA write is logged when it completes, the plain one only at the next
 //! flush, after it (seen in the guest: a plain write of generation 701 logged after a FUA write
 //! of 703 to the same eight blocks). The device ends with the later one (a FUA write replaces
 //! the cached copy). So a replay cannot take the log's order for the order of writes to one
-//! block; [`Log::replay`] asks its caller which of two versions of a block is newer (the crash
-//! check knows: its writer has one command at a time and stamps each block with a generation
-//! that grows with every write).
+//! block; [`Log::replay`] asks its caller whether each written block replaces the image's
+//! ([`Placement`]: the crash check knows, its writer having one command at a time and stamping
+//! each block with a generation that grows with every write). Among the FUA writes, and among
+//! the plain writes, the log's order is the order of completion; only between the two may it
+//! differ from the device's. Discards are logged as plain writes and so are refused
+//! ([`LogError::Unsupported`]).
 //!
 //! **What a power cut at the end keeps** ([`Log::durable`]): every FUA write, and every write
 //! with a flush entry after it. Any other write may or may not have reached the medium, in any
 //! combination (a device's volatile cache writes back in any order): [`Log::replay`] builds a
-//! state from the durable writes and a caller's choice of the others.
+//! state from the durable writes and a caller's choice of the others. "At the end" is after
+//! every I/O sent before the log was closed has completed: a store that acknowledged a FLUSH
+//! or a FUA write before the device completed it, but did send it, passes; catching that needs
+//! a mark in the log at each acknowledgment (the target's `mark` message), which the crash
+//! writer does not send.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -85,11 +93,6 @@ impl Entry {
         self.flags & FUA != 0
     }
 
-    /// A discard (the blocks' contents undefined; replayed as zeroes).
-    pub fn is_discard(&self) -> bool {
-        self.flags & DISCARD != 0
-    }
-
     /// Changes blocks: a write with data, or a discard.
     pub fn changes_blocks(&self) -> bool {
         self.mark.is_none() && self.sectors > 0
@@ -128,15 +131,15 @@ pub enum LogError {
         /// The log's length.
         len: u64,
     },
-    /// An entry of a kind this reader does not know (inline data other than a mark's text).
-    #[error("{path}: entry {index} has {data_len} bytes of inline data, which only marks have here")]
+    /// An entry this reader cannot replay.
+    #[error("{path}: entry {index} is {what}, which this reader cannot replay")]
     Unsupported {
         /// The log.
         path: PathBuf,
         /// The entry.
         index: u64,
-        /// Its `data_len`.
-        data_len: u64,
+        /// What it is.
+        what: &'static str,
     },
     /// The log does not end with the removal's mark.
     #[error(
@@ -176,6 +179,21 @@ pub enum LogError {
         /// The image's size.
         image_bytes: usize,
     },
+}
+
+/// One block of a write being replayed ([`Log::replay`]), for the caller to place or not.
+#[derive(Debug)]
+pub struct Placement<'a> {
+    /// The write's index in [`Log::entries`].
+    pub entry: usize,
+    /// A FUA write (logged when it completed; a plain write is logged at the next flush).
+    pub fua: bool,
+    /// The block's index in the image (in the replay's units).
+    pub block: usize,
+    /// What the image holds there now.
+    pub old: &'a [u8],
+    /// What the write put there.
+    pub new: &'a [u8],
 }
 
 /// A log read back: its entries (data left in the log until replayed).
@@ -269,9 +287,17 @@ impl Log {
                 return Err(LogError::Unsupported {
                     path: path.clone(),
                     index,
-                    data_len,
+                    what: "inline data other than a mark's text",
                 });
-            } else if flags & DISCARD == 0 {
+            } else if flags & DISCARD != 0 {
+                // Logged like a plain write (at the next flush), so not ordered against a FUA
+                // write of the same blocks logged before it; the crash writer sends none.
+                return Err(LogError::Unsupported {
+                    path: path.clone(),
+                    index,
+                    what: "a discard (not ordered against the FUA writes logged around it)",
+                });
+            } else {
                 let bytes = sectors.checked_mul(bs).ok_or_else(truncated)?;
                 at = at
                     .checked_add(bytes)
@@ -303,12 +329,11 @@ impl Log {
         durable(&self.entries)
     }
 
-    /// Write into `image` (zeroes where nothing was written) the entries that change blocks
-    /// and that `keep` keeps; `keep` gets each such entry's index and whether it is durable.
-    /// The image is taken in blocks of `unit` bytes (each write must cover whole ones), and a
-    /// written block replaces the image's only when `newer(old, new)` says so: the log's order
-    /// is not the order of the writes to one block (module doc). A discard zeroes its blocks
-    /// whatever they hold. Returns how many entries were replayed.
+    /// Write into `image` (zeroes where nothing was written) the writes that `keep` keeps;
+    /// `keep` gets each write's index and whether it is durable. The image is taken in blocks
+    /// of `unit` bytes (each write must cover whole ones), and a written block replaces the
+    /// image's only when `place` says so: the log's order is not the order of the writes to
+    /// one block (module doc). Returns how many writes were replayed.
     ///
     /// # Errors
     /// [`LogError::Io`] reading the data; [`LogError::OutsideImage`]; [`LogError::Misaligned`].
@@ -317,7 +342,7 @@ impl Log {
         image: &mut [u8],
         unit: usize,
         mut keep: impl FnMut(usize, bool) -> bool,
-        newer: impl Fn(&[u8], &[u8]) -> bool,
+        mut place: impl FnMut(&Placement<'_>) -> bool,
     ) -> Result<u64, LogError> {
         let durable = self.durable();
         let bs = self.block_size as usize;
@@ -347,21 +372,25 @@ impl Log {
                     unit,
                 });
             }
+            let first = range.start / unit;
             let blocks = &mut image[range];
-            if entry.is_discard() {
-                blocks.fill(0);
-            } else {
-                data.resize(blocks.len(), 0);
-                self.file
-                    .read_exact_at(&mut data, entry.data_at)
-                    .map_err(|source| LogError::Io {
-                        path: self.path.clone(),
-                        source,
-                    })?;
-                for (old, new) in blocks.chunks_mut(unit).zip(data.chunks(unit)) {
-                    if newer(old, new) {
-                        old.copy_from_slice(new);
-                    }
+            data.resize(blocks.len(), 0);
+            self.file
+                .read_exact_at(&mut data, entry.data_at)
+                .map_err(|source| LogError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            for (i, (old, new)) in blocks.chunks_mut(unit).zip(data.chunks(unit)).enumerate() {
+                let placement = Placement {
+                    entry: index,
+                    fua: entry.is_fua(),
+                    block: first + i,
+                    old,
+                    new,
+                };
+                if place(&placement) {
+                    old.copy_from_slice(new);
                 }
             }
             replayed += 1;
@@ -423,6 +452,11 @@ pub(crate) mod tests {
             self
         }
 
+        pub(crate) fn discard(mut self, sector: u64, sectors: u64) -> Self {
+            self.header(sector, sectors, DISCARD, b"");
+            self
+        }
+
         pub(crate) fn flush(mut self) -> Self {
             self.header(0, 0, FLUSH, b"");
             self
@@ -453,8 +487,8 @@ pub(crate) mod tests {
     }
 
     /// These tests' blocks are versioned by their fill byte.
-    fn newer(old: &[u8], new: &[u8]) -> bool {
-        new[0] > old[0]
+    fn newer(p: &Placement<'_>) -> bool {
+        p.new[0] > p.old[0]
     }
 
     /// A plain write followed by a FUA write of the same block is logged after it (at the next
@@ -474,7 +508,7 @@ pub(crate) mod tests {
         log.replay(&mut image, 512, |_, _| true, newer).expect("replay");
         assert_eq!(image[0], 2);
         // Taken in log order, the older version would win.
-        log.replay(&mut image, 512, |_, _| true, |_, _| true)
+        log.replay(&mut image, 512, |_, _| true, |_| true)
             .expect("replay");
         assert_eq!(image[0], 1);
     }
@@ -489,27 +523,28 @@ pub(crate) mod tests {
             .write(0, 0, &block(1)) // covered by the flush after it
             .flush()
             .write(1, FUA, &block(2)) // FUA
-            .write(2, 0, &block(3)) // covered by the flush carrying data below
-            .write(3, FLUSH, &block(4)) // a flush's own data: not durable
+            .write(2, 0, &block(3)) // covered by the flush below
+            .flush() // a REQ_PREFLUSH|REQ_FUA write: the flush, then the FUA data
+            .write(3, FUA, &block(4))
             .write(4, 0, &block(5)) // no flush after it
             .mark(END_MARK)
             .finish(dir.path());
         let log = Log::open(&path).expect("a whole log");
         assert_eq!(log.block_size, 512);
-        assert_eq!(log.entries.len(), 7);
+        assert_eq!(log.entries.len(), 8);
         assert_eq!(
             log.durable(),
-            [true, false, true, true, false, false, false],
-            "the flush and the mark change no block"
+            [true, false, true, true, false, true, false, false],
+            "the flushes and the mark change no block"
         );
         let mut minimal = vec![0u8; 6 * 512];
         assert_eq!(
             log.replay(&mut minimal, 512, |_, durable| durable, newer)
                 .expect("replay"),
-            3
+            4
         );
         let fills: Vec<u8> = minimal.chunks(512).map(|b| b[0]).collect();
-        assert_eq!(fills, [1, 2, 3, 0, 0, 0]);
+        assert_eq!(fills, [1, 2, 3, 4, 0, 0]);
         let mut all = vec![0u8; 6 * 512];
         assert_eq!(log.replay(&mut all, 512, |_, _| true, newer).expect("replay"), 5);
         let fills: Vec<u8> = all.chunks(512).map(|b| b[0]).collect();
@@ -550,5 +585,14 @@ pub(crate) mod tests {
             log.replay(&mut small, 512, |_, _| true, newer),
             Err(LogError::OutsideImage { .. })
         ));
+
+        let path = LogBuilder::new(512)
+            .write(0, 0, &block(1))
+            .discard(0, 1)
+            .flush()
+            .mark(END_MARK)
+            .finish(dir.path());
+        let e = Log::open(&path).expect_err("a discard");
+        assert!(matches!(e, LogError::Unsupported { index: 1, .. }), "{e}");
     }
 }

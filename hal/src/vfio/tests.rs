@@ -240,9 +240,10 @@ fn a_mode_000_group_node_is_permission_denied() {
 }
 
 /// Two adjacent pages mapped by two map calls: the kernel's type1 v2 unmap would take both for
-/// a range over both, and would unmap the first of a range over it and the hole after the
-/// second; `VfioDma` refuses both ranges before the ioctl (`HalError::NotOneMapping`), so both
-/// mappings are still the kernel's, which each exact unmap then proves (vfio-ioctls fails an
+/// a range over both, and the second for a range over it and the hole after it (then report a
+/// size other than the one asked, after unmapping); half of the first it would refuse itself
+/// (EINVAL: it splits no mapping). `VfioDma` refuses all three before the ioctl
+/// (`HalError::NotOneMapping`), so both mappings are still the kernel's, which each exact unmap then proves (vfio-ioctls fails an
 /// unmap whose size the kernel reports is not the size asked, so one that found nothing
 /// mapped would fail).
 #[allow(unsafe_code)] // UNSAFETY: DmaMapper::map is unsafe: the pages must outlive their mappings.

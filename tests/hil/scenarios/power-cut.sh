@@ -54,6 +54,15 @@ for spec in "auto" "threads" "auto --buffered" "threads --buffered"; do
 	status=$(./dmsetup status pc-lw)
 	echo "power-cut: cycle $n ($engine${buffered:+, buffered}, seed $seed) killed; log-writes: $status"
 	case $status in *logging_disabled*) fail "cycle $n: the log ran out of space ($status)" 25 ;; esac
+	# The killed process's io_uring ring holds the device open until the kernel's teardown of
+	# the ring drops its registered file (on a kernel worker, after the reap), and that last
+	# close writes the page cache back: remove the target once nothing holds it.
+	polls=0
+	while [ "$(./dmsetup info -c --noheadings -o open pc-lw | tr -d ' ')" != 0 ]; do
+		[ $polls -lt 300 ] || fail "cycle $n: the log-writes device is still open 30 s after the kill" 27
+		sleep 0.1
+		polls=$((polls + 1))
+	done
 	./dmsetup remove pc-lw
 	rc=0
 	scst-accel crash-check --journal "$journal" --block-size "$bs" --log-writes "$(node pc-log)" \
