@@ -8,7 +8,8 @@
 //! only selects when the counter is invariant and synchronized across CPUs), a tick is one TSC
 //! count read with RDTSC (no system call, no vDSO page); ticks become nanoseconds with a rate
 //! calibrated once against the monotonic clock, when a figure is first asked for. Elsewhere
-//! (another clocksource, another architecture) a tick is a nanosecond of `Instant`.
+//! (another clocksource, another architecture) a tick is a nanosecond of `Instant`; so is it
+//! under Miri, which has neither RDTSC nor the sysfs file (`docs/miri.md`).
 // UNSAFETY: one RDTSC instruction.
 #![allow(unsafe_code)]
 
@@ -33,7 +34,7 @@ enum Source {
 fn source() -> Source {
     static SOURCE: OnceLock<Source> = OnceLock::new();
     *SOURCE.get_or_init(|| {
-        let tsc = cfg!(target_arch = "x86_64")
+        let tsc = cfg!(all(target_arch = "x86_64", not(miri)))
             && std::fs::read_to_string(CLOCKSOURCE).is_ok_and(|s| s.trim() == "tsc");
         if tsc {
             Source::Tsc
