@@ -113,6 +113,15 @@ impl DmaRegion {
         }
         crate::page_buffer::kernel_page_size_matches()
             .map_err(|size| DmaError::UnsupportedPageSize { size })?;
+        // Miri has no huge pages, no madvise, and munmaps only whole mappings (no trimming to a
+        // 2 MiB boundary): under it every region is plain pages (docs/miri.md).
+        #[cfg(miri)]
+        let (ptr, len, backing) = {
+            let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            let alloc = |source| DmaError::Alloc { len, source };
+            (map_anonymous(len, 0).map_err(alloc)?, len, RegionBacking::Pages)
+        };
+        #[cfg(not(miri))]
         let (ptr, len, backing) = match map_huge(len) {
             Some((ptr, huge_len)) => (ptr, huge_len, RegionBacking::HugeTlb),
             None => {
@@ -306,6 +315,7 @@ impl Drop for DmaRegion {
 }
 
 /// Try 2 MiB huge pages for regions of at least that size; `None` means "use 4 KiB pages".
+#[cfg(not(miri))] // Miri: `DmaRegion::map` maps plain pages
 fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
     if len < HUGE_PAGE_SIZE {
         return None;
@@ -324,6 +334,7 @@ fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
 /// Anonymous memory of `len` bytes (whole pages) starting on a 2 MiB boundary: `len` plus
 /// 2 MiB mapped, and the unaligned head and the tail beyond `len` unmapped again, so the
 /// region is exactly `len` bytes and a [`DmaRegion`]'s drop unmaps all of it.
+#[cfg(not(miri))] // Miri: `DmaRegion::map` maps plain pages
 fn map_anonymous_huge_aligned(len: usize) -> std::io::Result<NonNull<u8>> {
     let whole = len + HUGE_PAGE_SIZE;
     let base = map_anonymous(whole, 0)?;
@@ -347,6 +358,7 @@ fn map_anonymous_huge_aligned(len: usize) -> std::io::Result<NonNull<u8>> {
 ///
 /// # Safety
 /// `ptr..ptr+len` must be whole pages of a mapping this process made, that nothing refers to.
+#[cfg(not(miri))] // Miri: `DmaRegion::map` maps plain pages
 unsafe fn unmap_part(ptr: *mut u8, len: usize) {
     if len == 0 {
         return;
@@ -362,6 +374,7 @@ unsafe fn unmap_part(ptr: *mut u8, len: usize) {
 
 /// Advise `ptr..ptr+len` (2 MiB-aligned) for transparent huge pages: [`RegionBacking::Transparent`],
 /// or [`RegionBacking::Pages`] where the kernel refuses the advice (built without THP).
+#[cfg(not(miri))] // Miri: `DmaRegion::map` maps plain pages
 fn advise_transparent(ptr: NonNull<u8>, len: usize) -> RegionBacking {
     // SAFETY: `ptr..ptr+len` is a mapping this process just made; madvise does not touch data.
     if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) } == 0 {
@@ -394,6 +407,11 @@ fn map_anonymous(len: usize, extra_flags: libc::c_int) -> std::io::Result<NonNul
 }
 
 fn advise_and_lock(ptr: NonNull<u8>, len: usize, lock: bool) {
+    // Miri has neither madvise nor mlock; both are advice about paging, nothing a Rust access
+    // depends on.
+    if cfg!(miri) {
+        return;
+    }
     // SAFETY: `ptr..ptr+len` is a mapping this process just made; madvise does not touch data.
     if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTFORK) } != 0 {
         log::debug!(
@@ -482,6 +500,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "Miri has no huge pages nor madvise (regions are plain pages) and cannot read /proc/self/smaps"
+    )]
     fn without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp() {
         let r = DmaRegion::new_unlocked(3 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE).expect("map");
         if r.backing() == RegionBacking::HugeTlb {
@@ -627,10 +649,13 @@ mod tests {
     /// into the asm block that calls memcpy, so that part of the argument is `shared_mem`'s, not the tool's.
     #[test]
     fn racing_copies_through_a_shared_region_read_only_written_bytes() {
+        // Miri checks each byte's accesses for races (the copies are its `AtomicU8` loop there):
+        // a few rounds are enough for it.
+        const ROUNDS: u32 = if cfg!(miri) { 10 } else { 2000 };
         let r = DmaRegion::new(PAGE_SIZE).expect("map");
         std::thread::scope(|s| {
             s.spawn(|| {
-                for round in 0..2000 {
+                for round in 0..ROUNDS {
                     if round % 2 == 0 {
                         r.write_at(8, &[0xaa; 200]);
                     } else {
@@ -649,7 +674,7 @@ mod tests {
                 }
             });
             let mut out = [0u8; 200];
-            for _ in 0..2000 {
+            for _ in 0..ROUNDS {
                 r.read_at(8, &mut out);
                 assert!(out.iter().all(|&b| matches!(b, 0 | 0xaa | 0x55)));
                 let e: Entry = r.read_obj(64);

@@ -57,6 +57,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "asks mincore(2), which Miri does not have, whether the memory is still mapped"
+    )]
     fn memory_dropped_while_a_panic_unwinds_stays_allocated() {
         let buffer = PageBuffer::new(PAGE_SIZE).expect("buffer");
         let region = DmaRegion::new(2 * PAGE_SIZE).expect("region");
@@ -67,6 +71,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "asks mincore(2), which Miri does not have, whether the memory is still mapped"
+    )]
     fn a_mapped_region_dropped_while_a_panic_unwinds_stays_mapped() {
         let mapper = Arc::new(LedgerMapper::default());
         let iovas = Arc::new(IovaLock::new(IovaAllocator::new(0, 1 << 30)));

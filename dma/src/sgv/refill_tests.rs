@@ -227,6 +227,10 @@ fn thread_names() -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "reads /proc/self/task, which does not show the threads Miri interprets"
+)]
 fn the_refill_thread_maps_ahead_of_the_misses() {
     // Arrange: a pool with its thread; one arena of 4 KiB chunks pre-mapped.
     let _serialized = serialized();
@@ -308,6 +312,10 @@ fn refill_threads() -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "reads /proc/self/task, which does not show the threads Miri interprets"
+)]
 fn a_pool_runs_one_refill_thread_and_its_shutdown_ends_it() {
     // Other tests' pools run their own threads; a pool's own is seen by the count growing.
     // Hold `serialized` so that no other test here starts or stops one meanwhile.
@@ -358,6 +366,10 @@ fn refill_thread_sleeps() -> u64 {
 /// An idle pool's refill thread sleeps on its channel, not in short turns: over a second with
 /// nothing asked it wakes at most once or twice (ten times with 100 ms turns).
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "reads /proc/self/task, which does not show the threads Miri interprets"
+)]
 fn an_idle_refill_thread_stays_asleep() {
     let _serialized = serialized();
     let pool = SgvPool::new(None, None, 64 * MIB).with_refill().expect("thread");

@@ -263,6 +263,10 @@ fn large_requests_are_exact_and_never_cached() {
 /// checked lock (a caller's bug), it is queued for the pool's next call instead of the drop
 /// asserting that no lock is held, whose panic would have unwound with it half released.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "asks mincore(2), which Miri does not have, whether memory is still mapped"
+)]
 fn an_uncached_buffer_dropped_under_a_lock_is_released_by_the_next_pool_call() {
     let f = fixture(1 << 30);
     let mut token = LockToken::root();
@@ -291,6 +295,10 @@ fn an_uncached_buffer_dropped_under_a_lock_is_released_by_the_next_pool_call() {
 /// assertion panicked in the dropping thread with the buffer half returned. The next return to
 /// the closed pool, from a thread holding no lock, releases it.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "asks mincore(2), which Miri does not have, whether memory is still mapped"
+)]
 fn a_cached_buffer_dropped_under_a_lock_while_its_pool_closes_is_released_by_the_next_return() {
     let Fixture { mapper, iovas, pool } = fixture(1 << 20);
     let mut token = LockToken::root();
@@ -333,6 +341,10 @@ fn a_cached_buffer_dropped_under_a_lock_while_its_pool_closes_is_released_by_the
 /// still has mapped, a blocking call: the arena stays mapped and allocated, leaked on purpose
 /// (and logged), instead of the final flush's root token panicking with the pool half dropped.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "asks mincore(2), which Miri does not have, whether memory is still mapped"
+)]
 fn the_last_reference_to_a_closed_pool_dropped_under_a_lock_leaks_its_mapped_memory() {
     let Fixture { mapper, iovas, pool } = fixture(1 << 20);
     let mut token = LockToken::root();
@@ -400,6 +412,10 @@ fn map_failures_and_iova_exhaustion_fail_fast() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "asks mincore(2), which Miri does not have, whether memory is still mapped"
+)]
 fn failed_unmaps_leak_instead_of_freeing_mapped_memory() {
     let f = fixture(1 << 30);
     let b = f.pool.get(&mut LockToken::root(), K4).expect("b");
@@ -773,6 +789,10 @@ fn an_arena_stays_mapped_until_its_last_chunk_is_released() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "asks mincore(2), which Miri does not have, whether memory is still mapped"
+)]
 fn a_leaked_arena_keeps_its_memory_for_views_still_held() {
     let f = fixture(1 << 30);
     let mut token = LockToken::root();
@@ -1032,6 +1052,10 @@ mod accounting {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "Miri has no huge pages (regions are plain pages there) and cannot read /sys"
+)]
 fn an_arena_placed_for_huge_pages_is_mapped_at_a_2_mib_aligned_iova() {
     // A 1 GiB cap: the 4 KiB class's arena is 16 MiB, large enough for huge pages (reserved
     // ones where the host has them, else transparent ones where its kernel has THP).
