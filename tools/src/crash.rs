@@ -242,6 +242,13 @@ pub struct CheckReport {
     pub first_errors: Vec<String>,
 }
 
+impl CheckReport {
+    /// Nothing durable lost, nothing stale or torn.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.stale_or_torn == 0
+    }
+}
+
 /// Check `image` (the disk's bytes, `block_size` blocks) against the journal `records`.
 pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport {
     let mut report = CheckReport::default();
@@ -355,16 +362,14 @@ fn state_json(name: &str, replayed: Option<u64>, report: &CheckReport) -> serde_
 /// The generation of `block` as the writer stamped it for `lba`; `None` for anything else
 /// (zeroes, damage, another LBA's stamp).
 fn stamp_generation(block: &[u8], lba: u64) -> Option<u32> {
-    let generation = u32::from_le_bytes(block.get(8..12)?.try_into().ok()?);
-    stamp::verify(block, lba, generation).ok().map(|()| generation)
+    stamp::check_any(block, lba).ok().flatten()
 }
 
 /// Whether a written block replaces the image's in a power-cut state: the writer has one
 /// command at a time and numbers each write after the last, so of two stamps the newer write
 /// has the higher generation (the order a dm-log-writes log cannot give between a FUA write
 /// and a plain one, `log_writes` module doc). A block that is not the writer's stamp always
-/// replaces, so that [`check`] sees it (and [`log_order_anomalies`] counts it whatever comes
-/// after).
+/// replaces, so that [`check`] sees it (and [`OrderCheck`] counts it whatever comes after).
 fn place_newest(p: &crate::log_writes::Placement<'_>) -> bool {
     let lba = p.block as u64;
     match (stamp_generation(p.new, lba), stamp_generation(p.old, lba)) {
@@ -373,62 +378,55 @@ fn place_newest(p: &crate::log_writes::Placement<'_>) -> bool {
     }
 }
 
-/// What no power-cut state can show, found in the log itself: a block written with data that
-/// is not the writer's stamp of it, and a write that reached the device out of the writer's
-/// order. Among the FUA writes, and among the plain writes, the log's order is the order of
-/// completion, and the writer's commands complete in its order: so, per block and per kind, the
-/// generations must not fall (a fall is a store that acknowledged a write before it completed,
-/// or sent an old buffer again). Returns the count and the first few, in words.
-///
-/// # Errors
-/// [`crate::log_writes::LogError`] reading the log.
-pub fn log_order_anomalies(
-    log: &crate::log_writes::Log,
-    image_bytes: usize,
-    block_size: usize,
-) -> Result<(u64, Vec<String>), crate::log_writes::LogError> {
-    let mut scratch = vec![0u8; image_bytes];
-    // Per block: the highest generation seen by FUA writes and by plain ones.
-    let mut last: HashMap<usize, [u32; 2]> = HashMap::new();
-    let (mut count, mut first) = (0u64, Vec::new());
-    let mut note = |text: String| {
-        count += 1;
-        if first.len() < 10 {
-            first.push(text);
-        }
-    };
-    log.replay(
-        &mut scratch,
-        block_size,
-        |_, _| true,
-        |p| {
-            let kind = if p.fua { "FUA" } else { "plain" };
-            match stamp_generation(p.new, p.block as u64) {
-                None => note(format!(
-                    "LBA {}: log entry {} ({kind}) wrote data that is not the writer's stamp of it",
-                    p.block, p.entry
-                )),
-                Some(g) => {
-                    let seen = &mut last.entry(p.block).or_default()[usize::from(p.fua)];
-                    if g < *seen {
-                        note(format!(
-                            "LBA {}: generation {g} reached the device after generation {} by {kind} \
+/// What no power-cut state can show, found in the log itself while every write of it is
+/// replayed: a block written with data that is not the writer's stamp of it, and a write that
+/// reached the device out of the writer's order. Among the FUA writes, and among the plain
+/// writes, the log's order is the order of completion, and the writer's commands complete in
+/// its order: so, per block and per kind, the generations must not fall (a fall is a store that
+/// acknowledged a write before it completed, or sent an old buffer again).
+#[derive(Default)]
+struct OrderCheck {
+    /// Per block: the highest generation seen by plain writes and by FUA ones.
+    last: HashMap<usize, [u32; 2]>,
+    anomalies: u64,
+    /// The first few, in words.
+    first: Vec<String>,
+}
+
+impl OrderCheck {
+    fn observe(&mut self, p: &crate::log_writes::Placement<'_>) {
+        let kind = if p.fua { "FUA" } else { "plain" };
+        let anomaly = match stamp_generation(p.new, p.block as u64) {
+            None => Some(format!(
+                "LBA {}: log entry {} ({kind}) wrote data that is not the writer's stamp of it",
+                p.block, p.entry
+            )),
+            Some(g) => {
+                let seen = &mut self.last.entry(p.block).or_default()[usize::from(p.fua)];
+                let fell = (g < *seen).then(|| {
+                    format!(
+                        "LBA {}: generation {g} reached the device after generation {} by {kind} \
                          writes (log entry {}), which complete in the writer's order",
-                            p.block, *seen, p.entry
-                        ));
-                    }
-                    *seen = (*seen).max(g);
-                }
+                        p.block, *seen, p.entry
+                    )
+                });
+                *seen = (*seen).max(g);
+                fell
             }
-            false
-        },
-    )?;
-    Ok((count, first))
+        };
+        if let Some(text) = anomaly {
+            self.anomalies += 1;
+            if self.first.len() < 10 {
+                self.first.push(text);
+            }
+        }
+    }
 }
 
 /// What `crash-check --log-writes` found: its JSON report, and whether every state passed.
 /// The states are built in blocks of `block_size` (the disk's), the newest stamp of each block
-/// kept (`place_newest`); the log's own order is checked too ([`log_order_anomalies`]).
+/// kept (`place_newest`); the log's own order is checked while the every-write state is built
+/// (`OrderCheck`).
 ///
 /// # Errors
 /// [`crate::log_writes::LogError`] reading the log.
@@ -447,24 +445,34 @@ pub fn check_power_cut(
     let mut states = Vec::new();
     let mut passed = true;
     let mut image = vec![0u8; image_bytes];
-    let mut state = |label: String, keep: &mut dyn FnMut(bool) -> bool| {
+    let mut state = |label: String,
+                     keep: &mut dyn FnMut(bool) -> bool,
+                     place: &mut dyn FnMut(&crate::log_writes::Placement<'_>) -> bool| {
         image.fill(0);
-        let replayed = log.replay(&mut image, block_size, |_, durable| keep(durable), place_newest)?;
+        let replayed = log.replay(&mut image, block_size, |_, durable| keep(durable), place)?;
         let report = check(&image, block_size, records);
-        passed &= report.lost == 0 && report.stale_or_torn == 0;
+        passed &= report.is_clean();
         states.push(state_json(&label, Some(replayed), &report));
         Ok::<(), crate::log_writes::LogError>(())
     };
-    state("durable writes only".into(), &mut |durable| durable)?;
-    state("every write".into(), &mut |_| true)?;
+    let mut order = OrderCheck::default();
+    state(
+        "durable writes only".into(),
+        &mut |durable| durable,
+        &mut place_newest,
+    )?;
+    state("every write".into(), &mut |_| true, &mut |p| {
+        order.observe(p);
+        place_newest(p)
+    })?;
     for i in 1..=subsets {
         state(
             format!("durable writes and a random half of the others ({i})"),
             &mut |durable| durable || rng.below(2) == 0,
+            &mut place_newest,
         )?;
     }
-    let (anomalies, anomaly_errors) = log_order_anomalies(log, image_bytes, block_size)?;
-    passed &= anomalies == 0;
+    passed &= order.anomalies == 0;
     let count = |f: fn(&crate::log_writes::Entry) -> bool| log.entries.iter().filter(|e| f(e)).count();
     let journal = journal_counts(records);
     let json = serde_json::json!({
@@ -478,8 +486,8 @@ pub fn check_power_cut(
             "fua_writes": count(|e| e.is_fua() && e.changes_blocks()),
             "durable_writes": durable_writes,
             "writes_no_flush_covered": writes - durable_writes,
-            "order_anomalies": anomalies,
-            "order_errors": anomaly_errors,
+            "order_anomalies": order.anomalies,
+            "order_errors": order.first,
         },
         "states": states,
         "passed": passed,
@@ -529,7 +537,7 @@ pub fn run_check(args: CheckArgs) -> u8 {
         std::fs::read(path)
             .map(|image| {
                 let report = check(&image, args.block_size, &records);
-                let passed = report.lost == 0 && report.stale_or_torn == 0;
+                let passed = report.is_clean();
                 let json = serde_json::json!({
                     "mode": "image",
                     "journal": journal_counts(&records),
@@ -801,6 +809,13 @@ impl Writer {
 mod tests {
     use super::*;
 
+    /// A 512-byte block as the writer stamps it.
+    fn stamped(lba: u64, generation: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 512];
+        stamp::stamp(&mut b, lba, generation);
+        b
+    }
+
     fn rec(kind: RecordKind, lba: u64, blocks: u32, generation: u32) -> Record {
         Record {
             kind,
@@ -840,11 +855,6 @@ mod tests {
         use crate::log_writes::tests::FUA_FLAG;
         use crate::log_writes::Log;
         use crate::log_writes::END_MARK;
-        let stamped = |lba: u64, generation: u32| {
-            let mut b = vec![0u8; 512];
-            stamp::stamp(&mut b, lba, generation);
-            b
-        };
         let records = [
             rec(RecordKind::Submitted, 0, 1, 1),
             rec(RecordKind::Submitted, 1, 1, 2),
@@ -895,11 +905,6 @@ mod tests {
         use crate::log_writes::tests::FUA_FLAG;
         use crate::log_writes::Log;
         use crate::log_writes::END_MARK;
-        let stamped = |lba: u64, generation: u32| {
-            let mut b = vec![0u8; 512];
-            stamp::stamp(&mut b, lba, generation);
-            b
-        };
         let records: Vec<Record> = (1..=3)
             .flat_map(|g| {
                 [
