@@ -83,7 +83,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A flush (REQ_PREFLUSH), with or without data.
+    /// A flush (an empty REQ_PREFLUSH bio: dm core sends the target no flush with data).
     pub fn is_flush(&self) -> bool {
         self.flags & FLUSH != 0
     }
@@ -93,7 +93,7 @@ impl Entry {
         self.flags & FUA != 0
     }
 
-    /// Changes blocks: a write with data, or a discard.
+    /// Changes blocks: a write with data (discards are refused by [`Log::open`]).
     pub fn changes_blocks(&self) -> bool {
         self.mark.is_none() && self.sectors > 0
     }
@@ -326,7 +326,13 @@ impl Log {
     /// For each entry, whether a power cut at the log's end keeps it: a FUA write, or one with a
     /// flush entry after it (see the module doc). False for the entries that change no block.
     pub fn durable(&self) -> Vec<bool> {
-        durable(&self.entries)
+        let mut out = vec![false; self.entries.len()];
+        let mut flush_after = false;
+        for (i, entry) in self.entries.iter().enumerate().rev() {
+            out[i] = entry.changes_blocks() && (entry.is_fua() || flush_after);
+            flush_after |= entry.is_flush();
+        }
+        out
     }
 
     /// Write into `image` (zeroes where nothing was written) the writes that `keep` keeps;
@@ -397,17 +403,6 @@ impl Log {
         }
         Ok(replayed)
     }
-}
-
-/// [`Log::durable`] over `entries`.
-fn durable(entries: &[Entry]) -> Vec<bool> {
-    let mut out = vec![false; entries.len()];
-    let mut flush_after = false;
-    for (i, entry) in entries.iter().enumerate().rev() {
-        out[i] = entry.changes_blocks() && (entry.is_fua() || flush_after);
-        flush_after |= entry.is_flush();
-    }
-    out
 }
 
 #[cfg(test)]
