@@ -17,26 +17,37 @@ def check_power_cut(j):
     replayed into every state a power cut may leave once the I/O sent has completed, and every
     state checked against the writer's journal (no acknowledged durable write lost, no foreign
     or torn block), and the log's own order (no write reaching the device against the writer's
-    order, nothing but its stamps). Each cycle must have proved something: durable writes
-    acknowledged, flushes on the device, and, with O_DIRECT, FUA writes on the device."""
+    order, nothing but its stamps), and each acknowledgment against the state a cut just
+    before the writer's mark of it leaves (every durable write of the run checked at a mark,
+    none late). Each cycle must have proved something: durable writes acknowledged, flushes on
+    the device, and, with O_DIRECT, FUA writes on the device."""
     cycles = j.get("cycles", [])
     checks = [("four cycles ran", len(cycles) == 4)]
     for c in cycles:
         n, check = c.get("cycle"), c.get("check", {})
         log, journal = check.get("log", {}), check.get("journal", {})
+        acks = check.get("acknowledgments", {})
         states = check.get("states", [])
         what = f"cycle {n} ({c.get('engine')}{', buffered' if c.get('buffered') else ''})"
         checks += [
             (f"{what}: checked as a power cut", check.get("mode") == "power-cut"),
             (f"{what}: 6 states checked", len(states) == 6),
+            (f"{what}: crash-check passed", check.get("passed") is True),
             (
                 f"{what}: no durable write lost, no foreign or torn block",
-                check.get("passed") is True
-                and all(s.get("lost") == 0 and s.get("stale_or_torn") == 0 for s in states),
+                all(s.get("lost") == 0 and s.get("stale_or_torn") == 0 for s in states),
             ),
             (
                 f"{what}: writes reached the device in the writer's order, all its stamps",
                 log.get("order_anomalies") == 0,
+            ),
+            (
+                f"{what}: every acknowledgment marked, checked at its mark, none before the device",
+                acks.get("marked") is True
+                and acks.get("marks", 0) > 0
+                and acks.get("checked_durable_writes") == journal.get("durable_writes")
+                and acks.get("unmarked_durable_writes") == 0
+                and acks.get("late") == 0,
             ),
             (f"{what}: writes acknowledged durable", journal.get("durable_writes", 0) > 0),
             (f"{what}: flushes reached the device", log.get("flushes", 0) > 0),
@@ -48,11 +59,15 @@ def check_power_cut(j):
                 print(f"     {what}, {s.get('state')}: {e}")
         for e in log.get("order_errors", []):
             print(f"     {what}, the log's order: {e}")
+        for e in acks.get("late_errors", []):
+            print(f"     {what}, an acknowledgment: {e}")
         print(
             f"     power-cut: {what}: {journal.get('durable_writes')} durable of "
             f"{journal.get('submitted_writes')} writes in the journal; the log: {log.get('writes')} "
             f"writes, {log.get('flushes')} flushes, {log.get('fua_writes')} FUA, "
-            f"{log.get('writes_no_flush_covered')} no flush covered"
+            f"{log.get('writes_no_flush_covered')} no flush covered; {acks.get('marks')} "
+            f"acknowledgment marks, {acks.get('checked_durable_writes')} durable writes checked "
+            f"at theirs"
         )
     failed = 0
     for name, ok in checks:

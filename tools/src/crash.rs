@@ -33,7 +33,10 @@
 //! exercise that path. The HIL suite's power-cut scenario (tests/hil/scenarios/power-cut.sh)
 //! does: it runs this writer on a dm-log-writes target, which logs what the device was sent,
 //! and `crash-check --log-writes` ([`check_power_cut`], `crate::log_writes`) checks every state
-//! a power cut may leave.
+//! a power cut may leave. With `--log-writes-mark` the writer marks that log at each
+//! acknowledgment (before journaling it), and the check holds each acknowledged write to the
+//! state a cut just before its mark leaves (`AckCheck`): an acknowledgment given before the
+//! device completed the FUA write or flush it rests on fails there.
 //! The submitted records are written but not synced before their data write: a process kill
 //! keeps them (page cache); a power cut could lose them, so the check is only sound for kills.
 
@@ -74,6 +77,11 @@ pub struct CrashArgs {
     /// Stop by itself after this long (a writer the test forgot must not run forever).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Mark the dm-log-writes target of this device-mapper name (as `dmsetup ls` shows it) at
+    /// each acknowledgment that makes writes durable, for `crash-check --log-writes` to check
+    /// each acknowledgment against what the device had made durable when it was given.
+    #[arg(long, value_name = "DM_NAME")]
+    pub log_writes_mark: Option<String>,
 }
 
 impl CrashArgs {
@@ -90,6 +98,15 @@ const UNIT_BYTES: u32 = 4096;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Printed on stdout when the write loop starts, so a test can time its kill from there.
 pub const READY_LINE: &str = "crash-writer: writing";
+
+/// The mark (`--log-writes-mark`) sent before the first write: its number is the first
+/// generation of the run, so that the check leaves out durable records of earlier runs, whose
+/// writes the log never saw.
+pub const START_MARK: &str = "scst-accel-start-";
+/// The mark sent at each acknowledgment that makes writes durable, before the journal records
+/// it: its number is the newest generation acknowledged durable, so every durable record of a
+/// generation up to it was acknowledged before the mark was sent.
+pub const ACK_MARK: &str = "scst-accel-ack-";
 
 /// Size of one journal record.
 pub const RECORD_BYTES: usize = 32;
@@ -423,10 +440,116 @@ impl OrderCheck {
     }
 }
 
+/// Each acknowledgment against what the device had made durable when the writer gave it: for
+/// every durable record, at the first [`ACK_MARK`] whose generation covers it, each of its
+/// blocks must hold, among the writes a cut just before that mark keeps
+/// ([`crate::log_writes::Log::durable_from`]), its generation or a later one. The marks of a
+/// correct store come after the FUA write or flush that made the acknowledgment true (the
+/// target logs those as they complete, a mark as it is sent); a store that acknowledged first
+/// leaves one after the mark, which no state at the log's end can show.
+#[derive(Default)]
+struct AckCheck {
+    /// Per block: (entry, generation) of every stamped write, from the every-write replay.
+    written: HashMap<usize, Vec<(usize, u32)>>,
+}
+
+/// What [`AckCheck`] found.
+#[derive(Default)]
+struct AckReport {
+    /// The writer's acknowledgment marks in the log.
+    marks: u64,
+    /// Durable records of this run checked at a mark.
+    checked: u64,
+    /// Durable records of this run with no mark after them (a lost mark).
+    unmarked: u64,
+    /// Durable records acknowledged before the device had made them durable.
+    late: u64,
+    /// Whether the writer marked this log at all ([`START_MARK`]).
+    marked: bool,
+    /// The first few late records, in words.
+    first: Vec<String>,
+}
+
+impl AckCheck {
+    fn observe(&mut self, p: &crate::log_writes::Placement<'_>) {
+        if let Some(g) = stamp_generation(p.new, p.block as u64) {
+            self.written.entry(p.block).or_default().push((p.entry, g));
+        }
+    }
+
+    fn check(&self, log: &crate::log_writes::Log, records: &[Record]) -> AckReport {
+        let durable_from = log.durable_from();
+        let mut durable: Vec<&Record> = records.iter().filter(|r| r.kind == RecordKind::Durable).collect();
+        durable.sort_by_key(|r| r.generation);
+        let mut report = AckReport::default();
+        // Records up to `done` are checked (or of an earlier run); `next` is the first not.
+        let mut done = 0u32;
+        let mut next = 0;
+        let number = |text: &str, prefix: &str| text.strip_prefix(prefix)?.parse::<u32>().ok();
+        for (at, entry) in log.entries.iter().enumerate() {
+            let Some(text) = &entry.mark else { continue };
+            if let Some(first) = number(text, START_MARK) {
+                report.marked = true;
+                done = done.max(first.saturating_sub(1));
+            }
+            let Some(acked) = number(text, ACK_MARK) else {
+                continue;
+            };
+            report.marks += 1;
+            while next < durable.len() && durable[next].generation <= acked {
+                let r = durable[next];
+                next += 1;
+                if r.generation <= done {
+                    continue;
+                }
+                report.checked += 1;
+                if let Some(text) = self.late_block(r, at, &durable_from) {
+                    report.late += 1;
+                    if report.first.len() < 10 {
+                        report.first.push(text);
+                    }
+                }
+            }
+            done = done.max(acked);
+        }
+        report.unmarked = durable[next..]
+            .iter()
+            .filter(|r| report.marked && r.generation > done)
+            .count() as u64;
+        report
+    }
+
+    /// The first block of `r` that no write durable before the mark at entry `mark` holds at
+    /// `r`'s generation or later, in words.
+    fn late_block(&self, r: &Record, mark: usize, durable_from: &[Option<usize>]) -> Option<String> {
+        (r.lba..r.lba + u64::from(r.blocks)).find_map(|lba| {
+            let writes = usize::try_from(lba)
+                .ok()
+                .and_then(|b| self.written.get(&b))
+                .map_or(&[][..], Vec::as_slice);
+            let newest = writes
+                .iter()
+                .filter(|&&(entry, _)| durable_from[entry].is_some_and(|d| d < mark))
+                .map(|&(_, g)| g)
+                .max();
+            (newest < Some(r.generation)).then(|| {
+                format!(
+                    "LBA {lba}: generation {} was acknowledged durable (mark at log entry {mark}) \
+                     when the device had made durable {}",
+                    r.generation,
+                    newest.map_or("nothing there".to_owned(), |g| format!("only generation {g}"))
+                )
+            })
+        })
+    }
+}
+
 /// What `crash-check --log-writes` found: its JSON report, and whether every state passed.
 /// The states are built in blocks of `block_size` (the disk's), the newest stamp of each block
 /// kept (`place_newest`); the log's own order is checked while the every-write state is built
-/// (`OrderCheck`).
+/// (`OrderCheck`), and then each acknowledgment at the writer's mark of it (`AckCheck`; a log
+/// with no [`START_MARK`] was not marked and passes that part unchecked, which the JSON's
+/// `acknowledgments.marked` says).
 ///
 /// # Errors
 /// [`crate::log_writes::LogError`] reading the log.
@@ -456,6 +579,7 @@ pub fn check_power_cut(
         Ok::<(), crate::log_writes::LogError>(())
     };
     let mut order = OrderCheck::default();
+    let mut acks = AckCheck::default();
     state(
         "durable writes only".into(),
         &mut |durable| durable,
@@ -463,6 +587,7 @@ pub fn check_power_cut(
     )?;
     state("every write".into(), &mut |_| true, &mut |p| {
         order.observe(p);
+        acks.observe(p);
         place_newest(p)
     })?;
     for i in 1..=subsets {
@@ -473,6 +598,8 @@ pub fn check_power_cut(
         )?;
     }
     passed &= order.anomalies == 0;
+    let acks = acks.check(log, records);
+    passed &= acks.late == 0 && acks.unmarked == 0;
     let count = |f: fn(&crate::log_writes::Entry) -> bool| log.entries.iter().filter(|e| f(e)).count();
     let journal = journal_counts(records);
     let json = serde_json::json!({
@@ -488,6 +615,14 @@ pub fn check_power_cut(
             "writes_no_flush_covered": writes - durable_writes,
             "order_anomalies": order.anomalies,
             "order_errors": order.first,
+        },
+        "acknowledgments": {
+            "marked": acks.marked,
+            "marks": acks.marks,
+            "checked_durable_writes": acks.checked,
+            "unmarked_durable_writes": acks.unmarked,
+            "late": acks.late,
+            "late_errors": acks.first,
         },
         "states": states,
         "passed": passed,
@@ -576,6 +711,17 @@ pub enum WriterError {
     /// A command was not answered in time.
     #[error("no completion within {0:?}")]
     Timeout(Duration),
+    /// The dm-log-writes target could not be marked (`--log-writes-mark`).
+    #[error(
+        "marking the dm-log-writes target {name}: {source} (is it a log-writes target, and are we root?)"
+    )]
+    Mark {
+        /// The device-mapper name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A command ended with a status other than GOOD (the run stops: the journal stays true).
     #[error("command {what} ended with status {status:#x}")]
     Status {
@@ -648,6 +794,8 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
 
 struct Writer {
     session: Session,
+    /// `--log-writes-mark`: the target to mark, and its name for errors.
+    marker: Option<(crate::dm_message::Messenger, String)>,
     journal: File,
     journal_path: PathBuf,
     rng: Rng,
@@ -661,7 +809,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn open(args: &CrashArgs, session: Session, units: u64, block_size: u32) -> Result<Self, JournalError> {
+    fn open(args: &CrashArgs, session: Session, units: u64, block_size: u32) -> Result<Self, WriterError> {
         let io = |source| JournalError::Io {
             path: args.journal.clone(),
             source,
@@ -684,8 +832,19 @@ impl Writer {
         if whole != len {
             journal.set_len(whole).map_err(io)?;
         }
-        Ok(Self {
+        let marker = match &args.log_writes_mark {
+            Some(name) => Some((
+                crate::dm_message::Messenger::open(name).map_err(|source| WriterError::Mark {
+                    name: name.clone(),
+                    source,
+                })?,
+                name.clone(),
+            )),
+            None => None,
+        };
+        let writer = Self {
             session,
+            marker,
             journal,
             journal_path: args.journal.clone(),
             rng: Rng::new(args.seed ^ u64::from(last)),
@@ -696,7 +855,24 @@ impl Writer {
             tag: 0,
             writes: 0,
             durable: 0,
-        })
+        };
+        writer.mark(START_MARK, writer.next_generation)?;
+        Ok(writer)
+    }
+
+    /// Mark the log-writes target (when `--log-writes-mark` names one) with `prefix` and
+    /// `generation`: as soon after an acknowledgment as the writer can, so that a store that
+    /// acknowledged before the device completed leaves its write or flush logged after the mark.
+    fn mark(&self, prefix: &str, generation: u32) -> Result<(), WriterError> {
+        let Some((messenger, name)) = &self.marker else {
+            return Ok(());
+        };
+        messenger
+            .send(&format!("mark {prefix}{generation}"))
+            .map_err(|source| WriterError::Mark {
+                name: name.clone(),
+                source,
+            })
     }
 
     fn append(&mut self, records: &[Record], sync: bool) -> Result<(), JournalError> {
@@ -775,7 +951,9 @@ impl Writer {
         match self.rng.below(3) {
             0 => {
                 let durable = self.write(true)?;
-                // Only now, after GOOD, may the journal claim it.
+                // Only now, after GOOD, may the journal claim it (the mark first: it is what
+                // pins the acknowledgment's moment in the log).
+                self.mark(ACK_MARK, durable.generation)?;
                 self.append(&[durable], true)?;
                 self.durable += 1;
             }
@@ -792,6 +970,8 @@ impl Writer {
                     vec![0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                     Vec::new(),
                 )?;
+                let newest = written.iter().map(|r| r.generation).max().unwrap_or_default();
+                self.mark(ACK_MARK, newest)?;
                 self.append(&written, true)?;
                 self.durable += written.len() as u64;
             }
@@ -949,6 +1129,111 @@ mod tests {
         );
         assert!(!passed, "{json}");
         assert_eq!(json["log"]["order_anomalies"], 1, "{json}");
+    }
+
+    /// The writer's marks pin each acknowledgment in the log: a FUA write or a flush logged
+    /// after the mark of its acknowledgment was acknowledged before the device completed it,
+    /// which the states at the log's end cannot show (every write there completed); a durable
+    /// record with no mark after it is a lost mark; records of an earlier run (below the start
+    /// mark's generation) are not the log's to check.
+    #[test]
+    fn an_acknowledgment_before_the_device_made_the_write_durable_fails_the_check() {
+        use crate::log_writes::tests::LogBuilder;
+        use crate::log_writes::tests::FUA_FLAG;
+        use crate::log_writes::Log;
+        use crate::log_writes::END_MARK;
+        let records = [
+            rec(RecordKind::Submitted, 0, 1, 1),
+            rec(RecordKind::Durable, 0, 1, 1),
+            rec(RecordKind::Submitted, 1, 1, 2),
+            rec(RecordKind::Durable, 1, 1, 2),
+        ];
+        let ack = |g: u32| format!("{ACK_MARK}{g}");
+        let start = format!("{START_MARK}1");
+        let check_log = |builder: LogBuilder, records: &[Record]| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let log = Log::open(builder.mark(END_MARK).finish(dir.path())).expect("log");
+            check_power_cut(&log, 2 * 512, 512, records, 1, 7).expect("check")
+        };
+        let acks = |json: &serde_json::Value, key: &str| json["acknowledgments"][key].clone();
+        // FUA 1, its mark; plain 2, the flush, its mark: each acknowledgment came after.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .mark(&start)
+                .write(0, FUA_FLAG, &stamped(0, 1))
+                .mark(&ack(1))
+                .write(1, 0, &stamped(1, 2))
+                .flush()
+                .mark(&ack(2)),
+            &records,
+        );
+        assert!(passed, "{json}");
+        assert_eq!(acks(&json, "marks"), 2, "{json}");
+        assert_eq!(acks(&json, "checked_durable_writes"), 2, "{json}");
+        // The flush completed after the acknowledgment's mark: every state at the end holds
+        // generation 2, only the mark tells.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .mark(&start)
+                .write(0, FUA_FLAG, &stamped(0, 1))
+                .mark(&ack(1))
+                .write(1, 0, &stamped(1, 2))
+                .mark(&ack(2))
+                .flush(),
+            &records,
+        );
+        assert!(!passed, "{json}");
+        assert_eq!(acks(&json, "late"), 1, "{json}");
+        assert!(json["states"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["lost"] == 0 && s["stale_or_torn"] == 0)));
+        // The FUA write completed after its mark.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .mark(&start)
+                .mark(&ack(1))
+                .write(0, FUA_FLAG, &stamped(0, 1))
+                .write(1, 0, &stamped(1, 2))
+                .flush()
+                .mark(&ack(2)),
+            &records,
+        );
+        assert!(!passed, "{json}");
+        assert_eq!(acks(&json, "late"), 1, "{json}");
+        // The last acknowledgment's mark is missing.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .mark(&start)
+                .write(0, FUA_FLAG, &stamped(0, 1))
+                .mark(&ack(1))
+                .write(1, 0, &stamped(1, 2))
+                .flush(),
+            &records,
+        );
+        assert!(!passed, "{json}");
+        assert_eq!(acks(&json, "unmarked_durable_writes"), 1, "{json}");
+        // A run that started at generation 2: generation 1's record is an earlier run's.
+        let (json, _) = check_log(
+            LogBuilder::new(512)
+                .mark(&format!("{START_MARK}2"))
+                .write(1, 0, &stamped(1, 2))
+                .flush()
+                .mark(&ack(2)),
+            &records,
+        );
+        assert_eq!(acks(&json, "checked_durable_writes"), 1, "{json}");
+        assert_eq!(acks(&json, "late"), 0, "{json}");
+        // A log the writer did not mark: nothing checked, nothing failed for it.
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .write(0, FUA_FLAG, &stamped(0, 1))
+                .write(1, 0, &stamped(1, 2))
+                .flush(),
+            &records,
+        );
+        assert!(passed, "{json}");
+        assert_eq!(acks(&json, "marked"), false, "{json}");
+        assert_eq!(acks(&json, "checked_durable_writes"), 0, "{json}");
     }
 
     #[test]

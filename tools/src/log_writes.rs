@@ -45,9 +45,12 @@
 //! combination (a device's volatile cache writes back in any order): [`Log::replay`] builds a
 //! state from the durable writes and a caller's choice of the others. "At the end" is after
 //! every I/O sent before the log was closed has completed: a store that acknowledged a FLUSH
-//! or a FUA write before the device completed it, but did send it, passes; catching that needs
-//! a mark in the log at each acknowledgment (the target's `mark` message), which the crash
-//! writer does not send.
+//! or a FUA write before the device completed it, but did send it, passes that state. So the
+//! crash writer also marks the log at each acknowledgment (`--log-writes-mark`: the target's
+//! `mark` message, which the target logs after every FUA write and flush that completed before
+//! it), and
+//! [`Log::durable_from`] says which writes a cut just before each mark keeps: what
+//! `crate::crash` checks the acknowledged writes against, mark by mark.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -326,11 +329,23 @@ impl Log {
     /// For each entry, whether a power cut at the log's end keeps it: a FUA write, or one with a
     /// flush entry after it (see the module doc). False for the entries that change no block.
     pub fn durable(&self) -> Vec<bool> {
-        let mut out = vec![false; self.entries.len()];
-        let mut flush_after = false;
+        self.durable_from().iter().map(Option::is_some).collect()
+    }
+
+    /// For each write, the index of the entry from which on it is durable: its own for a FUA
+    /// write, the next flush entry's for a plain one; `None` for a write no flush covered and
+    /// for the entries that change no block. A cut just after entry `i` keeps the writes whose
+    /// index here is at most `i` (the states at a mark, `crate::crash`'s acknowledgment check).
+    pub fn durable_from(&self) -> Vec<Option<usize>> {
+        let mut out = vec![None; self.entries.len()];
+        let mut next_flush = None;
         for (i, entry) in self.entries.iter().enumerate().rev() {
-            out[i] = entry.changes_blocks() && (entry.is_fua() || flush_after);
-            flush_after |= entry.is_flush();
+            if entry.changes_blocks() {
+                out[i] = if entry.is_fua() { Some(i) } else { next_flush };
+            }
+            if entry.is_flush() {
+                next_flush = Some(i);
+            }
         }
         out
     }
@@ -531,6 +546,11 @@ pub(crate) mod tests {
             log.durable(),
             [true, false, true, true, false, true, false, false],
             "the flushes and the mark change no block"
+        );
+        assert_eq!(
+            log.durable_from(),
+            [Some(1), None, Some(2), Some(4), None, Some(5), None, None],
+            "a plain write from the next flush on, a FUA write from itself"
         );
         let mut minimal = vec![0u8; 6 * 512];
         assert_eq!(

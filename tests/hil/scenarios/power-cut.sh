@@ -6,8 +6,11 @@
 # SIGKILL and the target's removal, `scst-accel crash-check --log-writes` rebuilds what a power
 # cut at that instant may leave on the device (the FUA writes and those a later flush covered;
 # with and without random choices of the rest) and checks each state against the writer's
-# journal: no write acknowledged durable lost, no block with data never written there. A
-# SIGKILL alone (tools/tests/crash.rs) cannot show this: the kernel's caches survive it.
+# journal: no write acknowledged durable lost, no block with data never written there. The
+# writer also marks the log at each acknowledgment (--log-writes-mark), and each acknowledged
+# write is checked against the state a cut just before its mark leaves: a store that
+# acknowledged a FLUSH or a FUA write before the device completed it fails there. A SIGKILL
+# alone (tools/tests/crash.rs) cannot show this: the kernel's caches survive it.
 #
 # Four cycles: the io_uring and thread engines, each with O_DIRECT and through the page cache
 # (--buffered); the disk has the device's 512-byte blocks (a block device's block size is its
@@ -44,7 +47,8 @@ for spec in "auto" "threads" "auto --buffered" "threads --buffered"; do
 	seed=$((n * 100000 + RANDOM))
 	out=$HIL_SHARE/writer-$n.log
 	scst-accel crash-writer --board blockdev --path "$(node pc-lw)" --size 16M \
-		--io-engine "$engine" $buffered --journal "$journal" --seed "$seed" --duration 120s >"$out" 2>&1 &
+		--io-engine "$engine" $buffered --journal "$journal" --seed "$seed" --duration 120s \
+		--log-writes-mark pc-lw >"$out" 2>&1 &
 	pid=$!
 	hil_wait 60 grep -q "crash-writer: writing" "$out" || { cat "$out"; fail "cycle $n: the writer never started writing" 23; }
 	sleep $((2 + RANDOM % 3))
