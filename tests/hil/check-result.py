@@ -13,22 +13,36 @@ import sys
 
 
 def check_power_cut(j):
-    """The power-cut scenario: four cycles, each killed during writes, its log-writes log
-    replayed into every state a power cut may leave once the I/O sent has completed, and every
-    state checked against the writer's journal (no acknowledged durable write lost, no foreign
-    or torn block), and the log's own order (no write reaching the device against the writer's
-    order, nothing but its stamps), and each acknowledgment against the state a cut just
-    before the writer's mark of it leaves (every durable write of the run checked at a mark,
-    none late). Each cycle must have proved something: durable writes acknowledged, flushes on
-    the device, and, with O_DIRECT, FUA writes on the device."""
+    """The power-cut scenario: six cycles (two on a disk of 4096-byte blocks), each killed
+    during writes, its log-writes log replayed into every state a power cut may leave once the
+    I/O sent has completed, and every state checked against the writer's journal (no
+    acknowledged durable write lost, no foreign or torn block), and the log's own order (no
+    write reaching the device against the writer's order, nothing but its stamps), and each
+    acknowledgment against the state a cut just before the writer's mark of it leaves (every
+    durable write of the run checked at a mark, none late). Each cycle must have proved
+    something: durable writes acknowledged, flushes on the device, and, with O_DIRECT, FUA
+    writes on the device."""
     cycles = j.get("cycles", [])
-    checks = [("four cycles ran", len(cycles) == 4)]
+    checks = [
+        ("six cycles ran", len(cycles) == 6),
+        (
+            "two of them on a disk of 4096-byte blocks, logged in 4096-byte blocks",
+            sum(
+                c.get("block_size") == 4096 and c.get("check", {}).get("log", {}).get("block_size") == 4096
+                for c in cycles
+            )
+            == 2,
+        ),
+    ]
     for c in cycles:
         n, check = c.get("cycle"), c.get("check", {})
         log, journal = check.get("log", {}), check.get("journal", {})
         acks = check.get("acknowledgments", {})
         states = check.get("states", [])
-        what = f"cycle {n} ({c.get('engine')}{', buffered' if c.get('buffered') else ''})"
+        what = (
+            f"cycle {n} ({c.get('block_size')}-byte blocks, {c.get('engine')}"
+            f"{', buffered' if c.get('buffered') else ''})"
+        )
         checks += [
             (f"{what}: checked as a power cut", check.get("mode") == "power-cut"),
             (f"{what}: 6 states checked", len(states) == 6),

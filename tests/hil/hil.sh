@@ -323,7 +323,7 @@ cmd_run() {
 	out=$(cd "$out" && pwd)
 	share=$out/share
 	rm -rf "$share"
-	rm -f "$out"/{serial.log,dmesg.log,console-kernel.log,rc,qemu.stderr,qemu.cmd,disk.img}
+	rm -f "$out"/{serial.log,dmesg.log,console-kernel.log,rc,qemu.stderr,qemu.cmd,disk.img,disk4k.img}
 	mkdir -p "$share/lib"
 	cp "$script" "$share/hil-script.sh"
 	for b in ${bins[@]+"${bins[@]}"}; do stage_bin "$b" "$share"; done
@@ -339,10 +339,20 @@ cmd_run() {
 	# QEMU (7.2) sets the Copy limits MSSRL/MCL/MSRC only from nvme-ns properties: the
 	# controller's own namespace reports ONCS Copy with MSSRL = MCL = 0, so no Copy can be
 	# sent to it (docs/xcopy.md). 128/128 are nvme-ns's defaults.
+	# With HIL_NVME_4K=1 (the power-cut scenario) a second namespace, nsid 2, of 4096-byte
+	# logical blocks on its own sparse 128 MiB image: a 4Kn disk on the kernel's nvme driver.
 	local nvme_dev=(-device nvme,serial=SCSTACCEL1,drive=nvm)
-	if [[ -n ${HIL_NVME_NS:-} ]]; then
+	if [[ -n ${HIL_NVME_NS:-} && -n ${HIL_NVME_4K:-} ]]; then
+		fail "HIL_NVME_NS and HIL_NVME_4K are for different scenarios; set one"
+	elif [[ -n ${HIL_NVME_NS:-} ]]; then
 		nvme_dev=(-device nvme,id=nvme0,serial=SCSTACCEL1
 			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1,mssrl=128,mcl=128,msrc=127)
+	elif [[ -n ${HIL_NVME_4K:-} ]]; then
+		truncate -s 128M "$out/disk4k.img"
+		nvme_dev=(-drive "file=$out/disk4k.img,if=none,id=nvm4k,format=raw"
+			-device nvme,id=nvme0,serial=SCSTACCEL1
+			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1
+			-device nvme-ns,drive=nvm4k,bus=nvme0,nsid=2,logical_block_size=4096,physical_block_size=4096)
 	fi
 	local qemu_args=(
 		-accel tcg,thread=multi -cpu max -smp 2 -m "$mem_mb"

@@ -60,6 +60,8 @@ for s in "${scenarios[@]}"; do
 	rc=0
 	# xcopy needs a namespace with Copy limits (hil.sh, HIL_NVME_NS).
 	if [[ $s == xcopy ]]; then export HIL_NVME_NS=1; else unset HIL_NVME_NS; fi
+	# power-cut needs a second namespace of 4 KiB blocks (hil.sh, HIL_NVME_4K).
+	if [[ $s == power-cut ]]; then export HIL_NVME_4K=1; else unset HIL_NVME_4K; fi
 	extra=()
 	[[ $s != iscsi ]] || extra=(${iscsi_bins[@]+"${iscsi_bins[@]}"})
 	[[ $s != power-cut ]] || extra=(${dm_bins[@]+"${dm_bins[@]}"})

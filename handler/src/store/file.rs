@@ -27,7 +27,12 @@
 //!   answers GOOD; a MODE SELECT clearing WCE flushes before its GOOD). FLUSH (SYNCHRONIZE
 //!   CACHE) is fdatasync(2) on an I/O thread, in both engines. A FUA write goes
 //!   through a second fd opened with O_DSYNC (on a ring: RWF_DSYNC on the write), so it is on
-//!   stable media when it completes (SBC-3 §5.39: FUA). The fdatasync goes through a third
+//!   stable media when it completes (SBC-3 §5.39: FUA). On a block device with O_DIRECT the
+//!   kernel sends such a write as REQ_FUA; a thread's synchronous write then also flushes the
+//!   whole device's cache (block/fops.c's `blkdev_write_iter` ends a completed O_DSYNC write
+//!   with `generic_write_sync`, 6.1 and mainline), where a ring's asynchronous one does not:
+//!   the HIL power-cut logs show one flush per FUA write with the threads engine, none with
+//!   io_uring. A cost of the fallback engine, not a durability difference. The fdatasync goes through a third
 //!   fd opened for it alone, in both engines: Linux reports a write-back error once per open
 //!   file description (errseq, `file->f_wb_err`), so a RWF_DSYNC write on the fd of the
 //!   writes would take the EIO of pages written back before it, and a flush on that fd would

@@ -12,9 +12,11 @@
 # acknowledged a FLUSH or a FUA write before the device completed it fails there. A SIGKILL
 # alone (tools/tests/crash.rs) cannot show this: the kernel's caches survive it.
 #
-# Four cycles: the io_uring and thread engines, each with O_DIRECT and through the page cache
-# (--buffered); the disk has the device's 512-byte blocks (a block device's block size is its
-# own). Needs dmsetup (staged by suite.sh) and dm-log-writes (hil.sh).
+# Six cycles: on the namespace of 512-byte blocks the io_uring and thread engines, each with
+# O_DIRECT and through the page cache (--buffered); on a second namespace of 4096-byte blocks
+# (hil.sh HIL_NVME_4K) io_uring with O_DIRECT and threads through the page cache. The disk has
+# the device's block size (a block device's block size is its own). Needs dmsetup (staged by
+# suite.sh) and dm-log-writes (hil.sh).
 set -e
 . ./common.sh
 fail() {
@@ -23,23 +25,40 @@ fail() {
 }
 [ -x ./dmsetup ] || fail "no dmsetup in the share (hil.sh install adds the dmsetup package)" 20
 ns=$(hil_nvme_ns "$NVME_BDF") || fail "no NVMe namespace block device (driver $(hil_driver "$NVME_BDF"))" 21
-dev=/dev/$ns
-[ "$(cat "/sys/block/$ns/queue/write_cache")" = "write back" ] ||
-	fail "$dev reports no volatile write cache: flushes would be dropped before the log sees them" 22
+# The second namespace, of 4096-byte blocks (hil.sh HIL_NVME_4K): found by its block size.
+ns4k=""
+for n in /sys/block/nvme*n*; do
+	[ "$(cat "$n/queue/logical_block_size")" = 4096 ] && ns4k=$(basename "$n")
+done
+[ -n "$ns4k" ] || fail "no namespace of 4096-byte blocks (hil.sh adds one with HIL_NVME_4K=1)" 28
 # majmin NAME: the major:minor of a device-mapper device (no udev here, so no /dev/mapper names;
 # devtmpfs makes /dev/dm-N).
 majmin() { ./dmsetup info -c --noheadings -o major,minor --separator : "$1" | tr -d ' '; }
 node() { echo "/dev/dm-$(./dmsetup info -c --noheadings -o minor "$1" | tr -d ' ')"; }
-sectors=$(cat "/sys/block/$ns/size")
-bs=$(cat "/sys/block/$ns/queue/logical_block_size")
 data=32768 # 16 MiB of 512-byte sectors for the disk; the rest of the namespace holds the log
-./dmsetup create pc-data --table "0 $data linear $dev 0"
-./dmsetup create pc-log --table "0 $((sectors - data)) linear $dev $data"
 cycles=""
 n=0
-for spec in "auto" "threads" "auto --buffered" "threads --buffered"; do
-	n=$((n + 1))
-	set -- $spec
+# cycles_on NAMESPACE SPEC...: one cycle per SPEC (an engine, then --buffered or nothing) with
+# the disk on NAMESPACE's first 16 MiB and the log on the rest.
+cycles_on() {
+	ns=$1
+	shift
+	dev=/dev/$ns
+	[ "$(cat "/sys/block/$ns/queue/write_cache")" = "write back" ] ||
+		fail "$dev reports no volatile write cache: flushes would be dropped before the log sees them" 22
+	sectors=$(cat "/sys/block/$ns/size")
+	bs=$(cat "/sys/block/$ns/queue/logical_block_size")
+	./dmsetup create pc-data --table "0 $data linear $dev 0"
+	./dmsetup create pc-log --table "0 $((sectors - data)) linear $dev $data"
+	for spec in "$@"; do
+		n=$((n + 1))
+		cycle $spec
+	done
+	./dmsetup remove pc-data
+	./dmsetup remove pc-log
+}
+# cycle ENGINE [--buffered]: one killed writer on the log-writes target, and its check.
+cycle() {
 	engine=$1 buffered=${2:-}
 	./dmsetup create pc-lw --table "0 $data log-writes $(majmin pc-data) $(majmin pc-log)"
 	journal=/tmp/journal-$n
@@ -75,5 +94,7 @@ for spec in "auto" "threads" "auto --buffered" "threads --buffered"; do
 	[ "$rc" -eq 0 ] || [ "$rc" -eq 65 ] || fail "cycle $n: crash-check could not check (exit $rc)" 26
 	entry="{\"cycle\": $n, \"seed\": $seed, \"block_size\": $bs, \"engine\": \"$engine\", \"buffered\": $([ -n "$buffered" ] && echo true || echo false), \"check\": $(cat "$HIL_SHARE/cycle-$n.json")}"
 	cycles="${cycles:+$cycles, }$entry"
-done
+}
+cycles_on "$ns" "auto" "threads" "auto --buffered" "threads --buffered"
+cycles_on "$ns4k" "auto" "threads --buffered"
 echo "{\"cycles\": [$cycles]}" >"$HIL_SHARE/result.json"
