@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// Page size this crate lays memory out in: the kernel's (SCST's buffers and every IOMMU
 /// mapping are whole pages of it). Checked against the running kernel before any memory is
-/// made ([`kernel_page_size_matches`]).
+/// made (`kernel_page_size_matches`).
 pub const PAGE_SIZE: usize = 4096;
 
 /// The running kernel's page size, when it is not [`PAGE_SIZE`] (an aarch64 kernel with 16 or

@@ -146,7 +146,7 @@ pub struct NvmeController {
     /// after a function reset): the controller does no DMA for a queue of an earlier epoch.
     quiesced: AtomicU64,
     /// Resets and shutdowns under way, whose outcome a queue that finds the controller
-    /// disabled under it waits for ([`NvmeController::await_quiesced`]).
+    /// disabled under it waits for (`NvmeController::await_quiesced`).
     disabling: AtomicU64,
     /// What the callers meant the controller to be. Bits 63:1 count the resets and shutdowns
     /// meant to leave it disabled, a caller's [`NvmeController::reset`] or
@@ -154,7 +154,7 @@ pub struct NvmeController {
     /// it touches the controller. Bit 0 ([`LEFT_DISABLED`]): the latest reset was one of those,
     /// not a recovery's: a queue that must reset the controller itself because that reset
     /// proved nothing leaves it disabled then; after a recovery's, it recovers it
-    /// ([`NvmeController::await_quiesced`]). A recovery ([`NvmeController::recover_now`])
+    /// (`NvmeController::await_quiesced`). A recovery (`NvmeController::recover_now`)
     /// clears bit 0 only if the count has not moved since its caller looked, and gives way
     /// (leaves the controller disabled and fails) when the count moves while it runs: it never
     /// re-enables a controller such a reset or shutdown disabled meanwhile.
@@ -438,7 +438,7 @@ impl NvmeController {
     /// controller is disabled: no DMA of it can happen, every I/O queue is deleted. It stays
     /// disabled until a [`NvmeController::recover`] called after it: a queue that finds this
     /// reset failed resets again, and does not recover it
-    /// ([`NvmeController::await_quiesced`]), and a recovery that runs meanwhile gives way
+    /// (`NvmeController::await_quiesced`), and a recovery that runs meanwhile gives way
     /// rather than enable the controller again (`intent`).
     ///
     /// # Errors
@@ -607,7 +607,7 @@ impl NvmeController {
     /// reset or shutdown since that look means the controller is to stay disabled, and the
     /// turn is withdrawn too ([`Unproven::IntentMoved`]: the caller looks again). Either can
     /// still happen after that second look; the recovery then gives way to the caller's reset
-    /// ([`NvmeController::recover_now`]), or runs once more on a controller that serves,
+    /// (`NvmeController::recover_now`), or runs once more on a controller that serves,
     /// which costs the other queues their requests in flight and nothing else.
     ///
     /// # Errors
@@ -696,7 +696,7 @@ impl NvmeController {
     /// meanwhile is no outcome to share, and its waiters take a turn again
     /// (`wait_for_other_recovery`). A caller's [`NvmeController::reset`] or
     /// [`NvmeController::shutdown`] that begins after this call wins: the recovery leaves the
-    /// controller disabled and fails ([`NvmeController::recover_now`]).
+    /// controller disabled and fails (`NvmeController::recover_now`).
     ///
     /// [`Recovered::Ran`] when this call ran the recovery, [`Recovered::Shared`] when it waited
     /// for another caller's (which that caller counts).
@@ -1032,7 +1032,7 @@ impl NvmeController {
 /// controller disabled.
 const LEFT_DISABLED: u64 = 1;
 
-/// How [`NvmeController::await_quiesced`] found the end of a queue's DMA proven.
+/// How `NvmeController::await_quiesced` found the end of a queue's DMA proven.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Quiesced {
     /// By a reset or recovery another thread ran, or a plain reset of this thread's.

@@ -62,7 +62,7 @@ pub struct NvmeQueueStats {
     /// Re-creations on the device.
     pub restarts: u64,
     /// Recoveries of the controller this queue's stops ran themselves (a recovery's reset had
-    /// failed or overran: [`NvmeController::await_quiesced`]); the engine contract's
+    /// failed or overran: `NvmeController::await_quiesced`); the engine contract's
     /// `QueueEngine::recoveries`.
     pub recoveries: u64,
     /// ABORT commands sent for this queue's commands.
@@ -845,7 +845,7 @@ impl NvmeQueue {
     /// The controller was disabled under the queue (another thread's reset): its commands
     /// are dropped, but only that disable's end (CSTS.RDY = 0) proves the controller no longer
     /// moves their data. Waits for it (no longer than `caller_bound`, when given), or resets or
-    /// recovers the controller ([`NvmeController::await_quiesced`]), counted in the queue's
+    /// recovers the controller (`NvmeController::await_quiesced`), counted in the queue's
     /// `recoveries`.
     fn await_disabled(&mut self, caller_bound: Option<Duration>) -> Result<(), NvmeError> {
         let Some(epoch) = self.live_epoch else {
@@ -867,7 +867,7 @@ impl NvmeQueue {
     /// stopped once that disable is proven (CSTS.RDY = 0): one under way on another thread is
     /// waited for, one that failed is done again here, bounded, as a recovery when it was a
     /// recovery's, so that the controller serves again and the restart that follows succeeds
-    /// ([`NvmeController::await_quiesced`]).
+    /// (`NvmeController::await_quiesced`).
     ///
     /// # Errors
     /// [`NvmeError::Gone`]; [`NvmeError::Timeout`] (only a controller reset helps);

@@ -999,7 +999,7 @@ impl Ring {
         self.entry_fault(&self.slots[self.slot_index(cmd)?])
     }
 
-    /// How often the data accessors have looked at the ring ([`Self::data_fault`]).
+    /// How often the data accessors have looked at the ring (`data_fault`).
     #[cfg(test)]
     pub(crate) fn data_checks(&self) -> usize {
         self.data_checks.load(std::sync::atomic::Ordering::Relaxed)
@@ -1018,7 +1018,7 @@ impl Ring {
     ///
     /// # Errors
     /// [`RingError::Broken`] when the ring is broken or the kernel reset it
-    /// ([`Self::data_fault`]); nothing is read then.
+    /// (`data_fault`); nothing is read then.
     pub fn read_data(&self, cmd: &TcmuCommand, offset: usize, buf: &mut [u8]) -> Result<usize, RingError> {
         if let Some(fault) = self.data_fault(cmd) {
             return Err(RingError::Broken(fault));
@@ -1134,7 +1134,7 @@ impl Ring {
     /// Put `data` into `cmd`'s Data-In buffer (the BIDI Data-In buffer when there is one) from
     /// its start, then, if `zero_rest` says so given the bytes put, zero the rest of the buffer
     /// ([`Self::zero_data_in`]); returns the bytes put. The ring is checked once
-    /// ([`Self::data_fault`]) before the first byte of the data area is touched, not again
+    /// (`data_fault`) before the first byte of the data area is touched, not again
     /// between the copy and the zeroing: that second look (two mailbox loads and a header
     /// read) would only move the window a reset can slip through from the copy's start to the
     /// zeroing's, and `complete` looks again before any answer lands. Nothing to put and
