@@ -340,7 +340,7 @@ cmd_run() {
 	# controller's own namespace reports ONCS Copy with MSSRL = MCL = 0, so no Copy can be
 	# sent to it (docs/xcopy.md). 128/128 are nvme-ns's defaults.
 	# With HIL_NVME_4K=1 (the power-cut scenario) a second namespace, nsid 2, of 4096-byte
-	# logical blocks on its own sparse 128 MiB image: a 4Kn disk on the kernel's nvme driver.
+	# logical blocks on its own sparse 256 MiB image: a 4Kn disk on the kernel's nvme driver.
 	local nvme_dev=(-device nvme,serial=SCSTACCEL1,drive=nvm)
 	if [[ -n ${HIL_NVME_NS:-} && -n ${HIL_NVME_4K:-} ]]; then
 		fail "HIL_NVME_NS and HIL_NVME_4K are for different scenarios; set one"
@@ -348,7 +348,7 @@ cmd_run() {
 		nvme_dev=(-device nvme,id=nvme0,serial=SCSTACCEL1
 			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1,mssrl=128,mcl=128,msrc=127)
 	elif [[ -n ${HIL_NVME_4K:-} ]]; then
-		truncate -s 128M "$out/disk4k.img"
+		truncate -s 256M "$out/disk4k.img"
 		nvme_dev=(-drive "file=$out/disk4k.img,if=none,id=nvm4k,format=raw"
 			-device nvme,id=nvme0,serial=SCSTACCEL1
 			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1

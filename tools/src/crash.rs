@@ -1223,6 +1223,26 @@ mod tests {
         );
         assert_eq!(acks(&json, "checked_durable_writes"), 1, "{json}");
         assert_eq!(acks(&json, "late"), 0, "{json}");
+        assert_eq!(acks(&json, "unmarked_durable_writes"), 0, "{json}");
+        // One flush round writing block 0 twice: the first write's data is gone, the later
+        // generation that replaced it satisfies its record.
+        let twice = [
+            rec(RecordKind::Submitted, 0, 1, 1),
+            rec(RecordKind::Submitted, 0, 1, 2),
+            rec(RecordKind::Durable, 0, 1, 1),
+            rec(RecordKind::Durable, 0, 1, 2),
+        ];
+        let (json, passed) = check_log(
+            LogBuilder::new(512)
+                .mark(&start)
+                .write(0, 0, &stamped(0, 1))
+                .write(0, 0, &stamped(0, 2))
+                .flush()
+                .mark(&ack(2)),
+            &twice,
+        );
+        assert!(passed, "{json}");
+        assert_eq!(acks(&json, "checked_durable_writes"), 2, "{json}");
         // A log the writer did not mark: nothing checked, nothing failed for it.
         let (json, passed) = check_log(
             LogBuilder::new(512)

@@ -19,8 +19,9 @@ use std::path::Path;
 const NAME_LEN: usize = 128;
 /// `DM_UUID_LEN`.
 const UUID_LEN: usize = 129;
-/// The longest message text sent (a log-writes mark fits in a 512-byte entry header after its
-/// 32 bytes of fields, so anything longer would be cut by the target anyway).
+/// The longest message text this sends, `mark ` and its label included: a choice, ample for
+/// the crash writer's marks (log-writes keeps at most its block size less 33 bytes of a mark's
+/// label, 479 with 512-byte blocks, and cuts the rest).
 pub const MAX_TEXT: usize = 255;
 
 /// `struct dm_ioctl`.

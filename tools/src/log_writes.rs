@@ -17,7 +17,10 @@
 //! or a mark, whose text is in its header after the four fields). The target updates
 //! `nr_entries` after each FUA write and mark; its removal logs what no flush covered, then a
 //! mark named `dm-log-writes-end`, so a log read after `dmsetup remove` is whole when its last
-//! entry is that mark.
+//! entry is that mark. The removal puts what no flush covered at the *head* of the entries its
+//! log thread has not written yet (`log_writes_dtr`: `list_splice_init`), before flushes and
+//! marks that came after those writes: remove the target only once that thread has caught up
+//! (tests/hil/scenarios/power-cut.sh waits for its count of logged entries to settle).
 //!
 //! **Its order.** A write that completes waits in the target's memory until a flush is
 //! *submitted*, which takes every write completed before it; when that flush completes, those
@@ -48,8 +51,7 @@
 //! or a FUA write before the device completed it, but did send it, passes that state. So the
 //! crash writer also marks the log at each acknowledgment (`--log-writes-mark`: the target's
 //! `mark` message, which the target logs after every FUA write and flush that completed before
-//! it), and
-//! [`Log::durable_from`] says which writes a cut just before each mark keeps: what
+//! it), and [`Log::durable_from`] says which writes a cut just before each mark keeps: what
 //! `crate::crash` checks the acknowledged writes against, mark by mark.
 
 use std::fs::File;

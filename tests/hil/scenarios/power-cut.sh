@@ -24,17 +24,26 @@ fail() {
 	exit "${2:-1}"
 }
 [ -x ./dmsetup ] || fail "no dmsetup in the share (hil.sh install adds the dmsetup package)" 20
-ns=$(hil_nvme_ns "$NVME_BDF") || fail "no NVMe namespace block device (driver $(hil_driver "$NVME_BDF"))" 21
-# The second namespace, of 4096-byte blocks (hil.sh HIL_NVME_4K): found by its block size.
-ns4k=""
-for n in /sys/block/nvme*n*; do
-	[ "$(cat "$n/queue/logical_block_size")" = 4096 ] && ns4k=$(basename "$n")
-done
-[ -n "$ns4k" ] || fail "no namespace of 4096-byte blocks (hil.sh adds one with HIL_NVME_4K=1)" 28
+hil_nvme_ns "$NVME_BDF" >/dev/null || fail "no NVMe namespace block device (driver $(hil_driver "$NVME_BDF"))" 21
+# The two namespaces (hil.sh HIL_NVME_4K), each found by its logical block size (not by its
+# name: the kernel names namespaces in the order it scans them).
+ns_of() {
+	for b in /sys/block/nvme*n*; do
+		if [ "$(cat "$b/queue/logical_block_size")" = "$1" ] && [ -b "/dev/${b##*/}" ]; then
+			echo "${b##*/}"
+			return 0
+		fi
+	done
+	return 1
+}
+ns=$(ns_of 512) || fail "no NVMe namespace of 512-byte blocks" 21
+ns4k=$(ns_of 4096) || fail "no NVMe namespace of 4096-byte blocks (hil.sh adds one with HIL_NVME_4K=1)" 28
 # majmin NAME: the major:minor of a device-mapper device (no udev here, so no /dev/mapper names;
 # devtmpfs makes /dev/dm-N).
 majmin() { ./dmsetup info -c --noheadings -o major,minor --separator : "$1" | tr -d ' '; }
 node() { echo "/dev/dm-$(./dmsetup info -c --noheadings -o minor "$1" | tr -d ' ')"; }
+# logged: the entries the log-writes target has written to its log (its status's fourth field).
+logged() { ./dmsetup status pc-lw | awk '{print $4}'; }
 data=32768 # 16 MiB of 512-byte sectors for the disk; the rest of the namespace holds the log
 cycles=""
 n=0
@@ -84,6 +93,18 @@ cycle() {
 	while [ "$(./dmsetup info -c --noheadings -o open pc-lw | tr -d ' ')" != 0 ]; do
 		[ $polls -lt 300 ] || fail "cycle $n: the log-writes device is still open 30 s after the kill" 27
 		sleep 0.1
+		polls=$((polls + 1))
+	done
+	# The removal logs the writes no flush covered ahead of every entry the target's log thread
+	# has not written yet (log_writes_dtr splices them at the head of its queue), which would
+	# put them before flushes and marks they came after: remove once the thread has caught up,
+	# its count of logged entries the same for a second.
+	last=$(logged) same=0 polls=0
+	while [ $same -lt 5 ]; do
+		[ $polls -lt 300 ] || fail "cycle $n: the log-writes target still logging 60 s after the kill" 29
+		sleep 0.2
+		now=$(logged)
+		if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0 last=$now; fi
 		polls=$((polls + 1))
 	done
 	./dmsetup remove pc-lw
