@@ -290,12 +290,16 @@ fn command(disk: &Disk, u: &mut Unstructured<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The flush before a FUA READ, answered with a write error: the read may still run
+/// The flush before a FUA READ, answered with a write error or with no space left (an
+/// fdatasync's EIO or ENOSPC): the read may still run, where the loss lies above its range
 /// (`rw::read_write_back_failed`).
 fn is_fua_read_flush(cdb: &[u8], io: &IoPlan, answer: StoreStatus) -> bool {
     matches!(cdb.first(), Some(0x08 | 0x28 | 0x88 | 0xA8))
         && matches!(io.op, StoreOp::Flush)
-        && matches!(answer, StoreStatus::WriteError { .. })
+        && matches!(
+            answer,
+            StoreStatus::WriteError { .. } | StoreStatus::SpaceExhausted { .. }
+        )
 }
 
 /// The response after the store answered `io`'s step with `answer`: well formed, with the
