@@ -282,7 +282,7 @@ pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport
             }
             RecordKind::Durable => {
                 report.durable_writes += 1;
-                for lba in r.lba..r.lba + u64::from(r.blocks) {
+                for lba in r.lba..r.lba.saturating_add(u64::from(r.blocks)) {
                     let g = durable.entry(lba).or_insert(0);
                     *g = (*g).max(r.generation);
                 }
@@ -524,7 +524,7 @@ impl AckCheck {
     /// The first block of `r` that no write durable before the mark at entry `mark` holds at
     /// `r`'s generation or later, in words.
     fn late_block(&self, r: &Record, mark: usize, durable_from: &[Option<usize>]) -> Option<String> {
-        (r.lba..r.lba + u64::from(r.blocks)).find_map(|lba| {
+        (r.lba..r.lba.saturating_add(u64::from(r.blocks))).find_map(|lba| {
             let writes = usize::try_from(lba)
                 .ok()
                 .and_then(|b| self.written.get(&b))
