@@ -990,6 +990,10 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log_writes::tests::LogBuilder;
+    use crate::log_writes::tests::FUA_FLAG;
+    use crate::log_writes::Log;
+    use crate::log_writes::END_MARK;
 
     /// A 512-byte block as the writer stamps it.
     fn stamped(lba: u64, generation: u32) -> Vec<u8> {
@@ -1005,6 +1009,19 @@ mod tests {
             blocks,
             generation,
         }
+    }
+
+    /// `check_power_cut` of `builder`'s log, ended with the removal's mark, over an image of
+    /// `blocks` 512-byte blocks, with `subsets` random states (seed 7).
+    fn power_cut(
+        builder: LogBuilder,
+        blocks: usize,
+        records: &[Record],
+        subsets: u32,
+    ) -> (serde_json::Value, bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(builder.mark(END_MARK).finish(dir.path())).expect("log");
+        check_power_cut(&log, blocks * 512, 512, records, subsets, 7).expect("check")
     }
 
     #[test]
@@ -1033,10 +1050,6 @@ mod tests {
     /// although every write's data is in the log and a process kill would have found it.
     #[test]
     fn a_durable_write_no_flush_covered_is_lost_to_a_power_cut() {
-        use crate::log_writes::tests::LogBuilder;
-        use crate::log_writes::tests::FUA_FLAG;
-        use crate::log_writes::Log;
-        use crate::log_writes::END_MARK;
         let records = [
             rec(RecordKind::Submitted, 0, 1, 1),
             rec(RecordKind::Submitted, 1, 1, 2),
@@ -1044,16 +1057,12 @@ mod tests {
             rec(RecordKind::Durable, 1, 1, 2),
             rec(RecordKind::Submitted, 2, 1, 3),
         ];
-        let dir = tempfile::tempdir().expect("tempdir");
         let kept = LogBuilder::new(512)
             .write(0, 0, &stamped(0, 1))
             .flush()
             .write(1, FUA_FLAG, &stamped(1, 2))
-            .write(2, 0, &stamped(2, 3))
-            .mark(END_MARK)
-            .finish(dir.path());
-        let log = Log::open(&kept).expect("log");
-        let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records, 3, 7).expect("check");
+            .write(2, 0, &stamped(2, 3));
+        let (json, passed) = power_cut(kept, 4, &records, 3);
         assert!(passed, "{json}");
         assert_eq!(json["states"].as_array().map(Vec::len), Some(5), "{json}");
         assert_eq!(json["log"]["flushes"], 1);
@@ -1062,15 +1071,11 @@ mod tests {
 
         // The same writes, the flush missing: block 0's durable write is lost to a power cut
         // in the durable-only state (and so the check fails), not in the every-write one.
-        let dir = tempfile::tempdir().expect("tempdir");
         let unflushed = LogBuilder::new(512)
             .write(0, 0, &stamped(0, 1))
             .write(1, FUA_FLAG, &stamped(1, 2))
-            .write(2, 0, &stamped(2, 3))
-            .mark(END_MARK)
-            .finish(dir.path());
-        let log = Log::open(&unflushed).expect("log");
-        let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records, 0, 7).expect("check");
+            .write(2, 0, &stamped(2, 3));
+        let (json, passed) = power_cut(unflushed, 4, &records, 0);
         assert!(!passed, "{json}");
         assert_eq!(json["states"][0]["lost"], 1, "{json}");
         assert_eq!(json["states"][1]["lost"], 0, "{json}");
@@ -1083,10 +1088,6 @@ mod tests {
     /// an anomaly (that is the log's own reordering).
     #[test]
     fn writes_out_of_the_writers_order_or_not_its_stamps_fail_the_check() {
-        use crate::log_writes::tests::LogBuilder;
-        use crate::log_writes::tests::FUA_FLAG;
-        use crate::log_writes::Log;
-        use crate::log_writes::END_MARK;
         let records: Vec<Record> = (1..=3)
             .flat_map(|g| {
                 [
@@ -1095,11 +1096,7 @@ mod tests {
                 ]
             })
             .collect();
-        let check_log = |builder: LogBuilder| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let log = Log::open(builder.mark(END_MARK).finish(dir.path())).expect("log");
-            check_power_cut(&log, 512, 512, &records, 1, 7).expect("check")
-        };
+        let check_log = |builder: LogBuilder| power_cut(builder, 1, &records, 1);
         // The log's own reordering: plain 1 logged (at the flush) after FUA 3: passes.
         let (json, passed) = check_log(
             LogBuilder::new(512)
@@ -1140,10 +1137,6 @@ mod tests {
     /// mark's generation) are not the log's to check.
     #[test]
     fn an_acknowledgment_before_the_device_made_the_write_durable_fails_the_check() {
-        use crate::log_writes::tests::LogBuilder;
-        use crate::log_writes::tests::FUA_FLAG;
-        use crate::log_writes::Log;
-        use crate::log_writes::END_MARK;
         let records = [
             rec(RecordKind::Submitted, 0, 1, 1),
             rec(RecordKind::Durable, 0, 1, 1),
@@ -1152,11 +1145,7 @@ mod tests {
         ];
         let ack = |g: u32| format!("{ACK_MARK}{g}");
         let start = format!("{START_MARK}1");
-        let check_log = |builder: LogBuilder, records: &[Record]| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let log = Log::open(builder.mark(END_MARK).finish(dir.path())).expect("log");
-            check_power_cut(&log, 2 * 512, 512, records, 1, 7).expect("check")
-        };
+        let check_log = |builder: LogBuilder, records: &[Record]| power_cut(builder, 2, records, 1);
         let acks = |json: &serde_json::Value, key: &str| json["acknowledgments"][key].clone();
         // FUA 1, its mark; plain 2, the flush, its mark: each acknowledgment came after.
         let (json, passed) = check_log(
