@@ -37,8 +37,8 @@
 //! acknowledgment (before journaling it), and the check holds each acknowledged write to the
 //! state a cut just before its mark leaves (`AckCheck`): an acknowledgment given before the
 //! device completed the FUA write or flush it rests on fails there whenever its mark reaches
-//! the target first (the writer marks microseconds after the acknowledgment), and so does a
-//! FUA write the store sent without FUA.
+//! the target first (the writer marks with one ioctl right after the acknowledgment), and so
+//! does a FUA write the store sent without FUA.
 //! The submitted records are written but not synced before their data write: a process kill
 //! keeps them (page cache); a power cut could lose them, so the check is only sound for kills.
 

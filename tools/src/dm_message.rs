@@ -1,7 +1,8 @@
 //! A message to a device-mapper target (`DM_TARGET_MSG`, what `dmsetup message NAME 0 TEXT`
 //! sends), in-process: the crash writer marks a dm-log-writes log at each acknowledgment
-//! ([`crate::crash`]), microseconds after it, where spawning `dmsetup` would take milliseconds
-//! and let a late flush slip in before the mark.
+//! ([`crate::crash`]) with one ioctl from its own thread right after it, where spawning
+//! `dmsetup` would add a fork and an exec per mark and widen the window in which a late flush
+//! slips in before the mark.
 //!
 //! The ABI is `include/uapi/linux/dm-ioctl.h`: a `struct dm_ioctl` header (312 bytes) naming the
 //! device, followed at `data_start` by `struct dm_target_msg` (the target's first sector, then
