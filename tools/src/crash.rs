@@ -796,8 +796,8 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
 
 struct Writer {
     session: Session,
-    /// `--log-writes-mark`: the target to mark, and its name for errors.
-    marker: Option<(crate::dm_message::Messenger, String)>,
+    /// `--log-writes-mark`: the target to mark.
+    marker: Option<crate::dm_message::Messenger>,
     journal: File,
     journal_path: PathBuf,
     rng: Rng,
@@ -835,13 +835,14 @@ impl Writer {
             journal.set_len(whole).map_err(io)?;
         }
         let marker = match &args.log_writes_mark {
-            Some(name) => Some((
-                crate::dm_message::Messenger::open(name).map_err(|source| WriterError::Mark {
-                    name: name.clone(),
-                    source,
-                })?,
-                name.clone(),
-            )),
+            Some(name) => {
+                Some(
+                    crate::dm_message::Messenger::open(name).map_err(|source| WriterError::Mark {
+                        name: name.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         let writer = Self {
@@ -866,13 +867,13 @@ impl Writer {
     /// `generation`: as soon after an acknowledgment as the writer can, so that a store that
     /// acknowledged before the device completed leaves its write or flush logged after the mark.
     fn mark(&self, prefix: &str, generation: u32) -> Result<(), WriterError> {
-        let Some((messenger, name)) = &self.marker else {
+        let Some(messenger) = &self.marker else {
             return Ok(());
         };
         messenger
             .send(&format!("mark {prefix}{generation}"))
             .map_err(|source| WriterError::Mark {
-                name: name.clone(),
+                name: messenger.name().to_owned(),
                 source,
             })
     }

@@ -98,6 +98,11 @@ impl Messenger {
         })
     }
 
+    /// The device-mapper name messages go to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Send `text` (for log-writes: `mark LABEL`) to the target at sector 0.
     ///
     /// # Errors
