@@ -24,7 +24,6 @@ fail() {
 	exit "${2:-1}"
 }
 [ -x ./dmsetup ] || fail "no dmsetup in the share (hil.sh install adds the dmsetup package)" 20
-hil_nvme_ns "$NVME_BDF" >/dev/null || fail "no NVMe namespace block device (driver $(hil_driver "$NVME_BDF"))" 21
 # The two namespaces (hil.sh HIL_NVME_4K), each found by its logical block size (not by its
 # name: the kernel names namespaces in the order it scans them).
 ns_of() {
@@ -36,7 +35,7 @@ ns_of() {
 	done
 	return 1
 }
-ns=$(ns_of 512) || fail "no NVMe namespace of 512-byte blocks" 21
+ns=$(ns_of 512) || fail "no NVMe namespace of 512-byte blocks (driver $(hil_driver "$NVME_BDF"))" 21
 ns4k=$(ns_of 4096) || fail "no NVMe namespace of 4096-byte blocks (hil.sh adds one with HIL_NVME_4K=1)" 28
 # majmin NAME: the major:minor of a device-mapper device (no udev here, so no /dev/mapper names;
 # devtmpfs makes /dev/dm-N).
