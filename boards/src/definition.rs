@@ -29,6 +29,13 @@ pub struct Quirks {
     /// reads): the register bus takes no 8-byte access. Both drivers honour it
     /// (`Sca1Config::split_64bit_mmio`, `NvmeConfig::split_64bit_mmio`).
     pub split_64bit_mmio: bool,
+    /// The device reports a volatile write cache but completes a write that asks for Force
+    /// Unit Access (NVMe CDW12 bit 30) before the data is on stable media: QEMU 7.2's
+    /// emulated controller (hw/nvme), measured under the HIL suite (its host process makes no
+    /// `fdatasync` for a FUA write, one for each Flush; docs/nvme.md "FUA"). The store then
+    /// follows each FUA write with a Flush and completes the write only when the Flush has
+    /// completed (`NvmeConfig::fua_ignored`, [`crate::engine::Geometry::fua_durable`]).
+    pub fua_ignored: bool,
 }
 
 /// The PCI class code of an NVM Express I/O controller: base class 01h (mass storage),
@@ -106,6 +113,7 @@ pub const SIM: BoardDefinition = BoardDefinition {
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
         split_64bit_mmio: false,
+        fua_ignored: false,
     },
 };
 
@@ -123,6 +131,7 @@ pub const SCA1_PCI: BoardDefinition = BoardDefinition {
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
         split_64bit_mmio: true,
+        fua_ignored: false,
     },
 };
 
@@ -141,11 +150,13 @@ pub const NVME: BoardDefinition = BoardDefinition {
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
         split_64bit_mmio: false,
+        fua_ignored: false,
     },
 };
 
 /// QEMU's emulated NVMe controller (the HIL suite's device, tests/hil): 1b36:0010. Its MMIO is
 /// emulated, so every register access costs an exit; a modest depth is as fast as a deep one.
+/// It ignores FUA ([`Quirks::fua_ignored`]).
 pub const QEMU_NVME: BoardDefinition = BoardDefinition {
     name: "qemu-nvme",
     description: "QEMU's emulated NVMe controller (VFIO in a guest, --pci ADDRESS)",
@@ -159,6 +170,7 @@ pub const QEMU_NVME: BoardDefinition = BoardDefinition {
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
         split_64bit_mmio: false,
+        fua_ignored: true,
     },
 };
 
@@ -176,6 +188,7 @@ pub const NVME_SIM: BoardDefinition = BoardDefinition {
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
         split_64bit_mmio: false,
+        fua_ignored: false,
     },
 };
 

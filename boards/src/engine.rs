@@ -253,6 +253,10 @@ pub struct Geometry {
     pub supports_write_zeroes: bool,
     /// The device has a volatile write cache (FLUSH and FUA mean something).
     pub volatile_cache: bool,
+    /// A write sent with FUA is on stable media when it completes. False for a device that
+    /// ignores FUA (the board quirk [`crate::definition::Quirks::fua_ignored`]): the store
+    /// then makes such a write durable with a [`DeviceOp::Flush`] after it.
+    pub fua_durable: bool,
     /// Most blocks one [`DeviceOp::Copy`] may move; 0 when the device cannot copy.
     pub max_copy_blocks: u32,
     /// Most blocks one [`DeviceOp::CompareAndWrite`] may cover (NVMe: ACWU + 1, within the

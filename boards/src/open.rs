@@ -177,6 +177,7 @@ fn bring_up_nvme(
         queue_depth: definition.queue_depth,
         interrupts: definition.interrupts == InterruptMode::Msix,
         split_64bit_mmio: definition.quirks.split_64bit_mmio,
+        fua_ignored: definition.quirks.fua_ignored,
         max_transfer_bytes: definition.max_transfer_bytes,
         ..NvmeConfig::default()
     };
@@ -398,6 +399,13 @@ mod tests {
             let (controller, queues) =
                 bring_up(definition, nvme_sim("identity-nvme-ok"), 1).expect("bring-up");
             drop(queues);
+            // QEMU's controller ignores FUA: its board says so to the store (`fua_ignored`).
+            assert_eq!(
+                controller.geometry().fua_durable,
+                definition.name != "qemu-nvme",
+                "{}",
+                definition.name
+            );
             controller.shutdown().expect("shutdown");
         }
     }

@@ -323,7 +323,7 @@ cmd_run() {
 	out=$(cd "$out" && pwd)
 	share=$out/share
 	rm -rf "$share"
-	rm -f "$out"/{serial.log,dmesg.log,console-kernel.log,rc,qemu.stderr,qemu.cmd,disk.img,disk4k.img}
+	rm -f "$out"/{serial.log,dmesg.log,console-kernel.log,rc,qemu.stderr,qemu.cmd,disk.img,disk4k.img,nvme-log.img}
 	mkdir -p "$share/lib"
 	cp "$script" "$share/hil-script.sh"
 	for b in ${bins[@]+"${bins[@]}"}; do stage_bin "$b" "$share"; done
@@ -341,9 +341,21 @@ cmd_run() {
 	# sent to it (docs/xcopy.md). 128/128 are nvme-ns's defaults.
 	# With HIL_NVME_4K=1 (the power-cut scenario) a second namespace, nsid 2, of 4096-byte
 	# logical blocks on its own sparse 256 MiB image: a 4Kn disk on the kernel's nvme driver.
+	# With HIL_NVME_LOGWRITES=1 (the power-cut-vfio scenario) the namespace's drive is QEMU's
+	# blklogwrites filter over the image: every write and flush the emulated controller makes
+	# is logged, in the format of Linux's dm-log-writes, to $out/nvme-log.img (a fresh sparse
+	# file, so the entries end where a header of zeroes begins: crash-check --log-format qemu).
+	local nvme_drive=(-drive "file=$img,if=none,id=nvm,format=raw")
 	local nvme_dev=(-device nvme,serial=SCSTACCEL1,drive=nvm)
-	if [[ -n ${HIL_NVME_NS:-} && -n ${HIL_NVME_4K:-} ]]; then
-		fail "HIL_NVME_NS and HIL_NVME_4K are for different scenarios; set one"
+	local set=0 v
+	for v in HIL_NVME_NS HIL_NVME_4K HIL_NVME_LOGWRITES; do [[ -z ${!v:-} ]] || set=$((set + 1)); done
+	if [[ $set -gt 1 ]]; then
+		fail "HIL_NVME_NS, HIL_NVME_4K and HIL_NVME_LOGWRITES are for different scenarios; set one"
+	elif [[ -n ${HIL_NVME_LOGWRITES:-} ]]; then
+		truncate -s 4G "$out/nvme-log.img"
+		nvme_drive=(-blockdev "driver=file,node-name=nvm-image,filename=$img"
+			-blockdev "driver=file,node-name=nvm-log,filename=$out/nvme-log.img"
+			-blockdev "driver=blklogwrites,node-name=nvm,file=nvm-image,log=nvm-log,log-sector-size=512")
 	elif [[ -n ${HIL_NVME_NS:-} ]]; then
 		nvme_dev=(-device nvme,id=nvme0,serial=SCSTACCEL1
 			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1,mssrl=128,mcl=128,msrc=127)
@@ -358,7 +370,7 @@ cmd_run() {
 		-accel tcg,thread=multi -cpu max -smp 2 -m "$mem_mb"
 		-machine q35,kernel-irqchip=split
 		-device intel-iommu,intremap=on,caching-mode=on
-		-drive "file=$img,if=none,id=nvm,format=raw"
+		"${nvme_drive[@]}"
 		"${nvme_dev[@]}"
 		-fsdev "local,id=fs0,path=$share,security_model=none"
 		-device virtio-9p-pci,fsdev=fs0,mount_tag=share

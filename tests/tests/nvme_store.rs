@@ -405,3 +405,94 @@ fn device_statuses_reach_the_store_translated() {
     assert_eq!(store.failure(), None, "answers, not a failing device");
     assert_eq!(sim.stats().iommu_faults, 0);
 }
+
+/// The NVMe simulator told to ignore FUA, as QEMU 7.2's controller does, under a board whose
+/// definition has the `fua_ignored` quirk (what `qemu-nvme` has).
+static NVME_SIM_FUA_IGNORED: definition::BoardDefinition = definition::BoardDefinition {
+    name: "nvme-sim-fua-ignored",
+    quirks: definition::Quirks {
+        split_64bit_mmio: false,
+        fua_ignored: true,
+    },
+    ..definition::NVME_SIM
+};
+
+/// On a controller that ignores FUA (the board quirk `fua_ignored`), a FUA write is made
+/// durable by a Flush after it, and completes only with that Flush: a failing Flush fails the
+/// write, at the write's first block. A plain write sends no Flush; a board without the quirk
+/// trusts the device's FUA and sends none either (the hazard the quirk answers).
+#[test]
+fn a_fua_write_on_a_controller_that_ignores_fua_completes_with_a_flush_after_it() {
+    let config = NvmeSimConfig {
+        num_blocks: 4096,
+        fua_ignored: true,
+        ..NvmeSimConfig::default()
+    };
+    let opened = open_board(&NVME_SIM_FUA_IGNORED, BoardSource::NvmeSim(config.clone()), 1).expect("open");
+    let sim = opened.nvme_sim.clone().expect("simulated controller");
+    let pool = Arc::new(SgvPool::new(
+        Some(device_mapper(Arc::clone(opened.controller.device()))),
+        Some(Arc::clone(opened.controller.iovas())),
+        64 << 20,
+    ));
+    let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+    let mut q = store.open_queue().expect("queue");
+    let buf = || {
+        IoBuffer::new(
+            CmdBuffer::allocate(&mut StoreToken::root(), &pool, 8 * 512).expect("buffer"),
+            8 * 512,
+        )
+    };
+    let write = |fua| StoreOp::Write {
+        lba: 1000,
+        blocks: 8,
+        fua,
+    };
+    let flushes = |sim: &NvmeSimHandle| sim.stats().flushes;
+    assert_eq!(
+        complete(q.as_mut(), 1, write(false), Some(buf())),
+        StoreStatus::Good
+    );
+    assert_eq!(flushes(&sim), 0, "a plain write sends no Flush");
+    assert_eq!(
+        complete(q.as_mut(), 2, write(true), Some(buf())),
+        StoreStatus::Good
+    );
+    assert_eq!(flushes(&sim), 1, "a FUA write is followed by a Flush");
+    // A COMPARE AND WRITE with FUA: the fused pair, then the Flush.
+    let caw = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 2 * 512).expect("buffer"),
+        2 * 512,
+    );
+    let op = StoreOp::CompareAndWrite {
+        lba: 1000,
+        blocks: 1,
+        fua: true,
+    };
+    assert_eq!(complete(q.as_mut(), 3, op, Some(caw)), StoreStatus::Good);
+    assert_eq!(flushes(&sim), 2, "a FUA COMPARE AND WRITE is followed by a Flush");
+    // The second I/O command from here, the Flush, fails with Write Fault: the write must
+    // not be answered GOOD, and its error names its own first block, not the Flush's LBA 0.
+    sim.inject("status:sct=2,sc=0x80,every=2".parse().expect("fault"));
+    assert_eq!(
+        complete(q.as_mut(), 4, write(true), Some(buf())),
+        StoreStatus::WriteError { lba: 1000 }
+    );
+    sim.clear_faults();
+    drop(q);
+    assert_eq!(store.failure(), None);
+    assert_eq!(sim.stats().iommu_faults, 0);
+
+    // The same controller under the board without the quirk: nothing follows a FUA write.
+    let (store, sim, pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    let data = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 8 * 512).expect("buffer"),
+        8 * 512,
+    );
+    assert_eq!(
+        complete(q.as_mut(), 1, write(true), Some(data)),
+        StoreStatus::Good
+    );
+    assert_eq!(flushes(&sim), 0, "FUA trusted: no Flush");
+}

@@ -67,9 +67,13 @@ use std::time::Instant;
 pub struct CrashArgs {
     #[command(flatten)]
     pub(crate) disk: DiskArgs,
-    /// What stands behind the engine (file or blockdev; needs --path).
+    /// What stands behind the engine: file or blockdev (needs --path), or a hardware board
+    /// (nvme, qemu-nvme, sca1; needs --pci): the HIL suite's power-cut-vfio scenario.
     #[arg(long, value_enum, default_value_t = BoardArg::File)]
     pub(crate) board: BoardArg,
+    /// PCI address of the function for a hardware board.
+    #[arg(long)]
+    pub(crate) pci: Option<String>,
     /// The journal of submitted and durable writes (appended; created when absent).
     #[arg(long)]
     pub journal: PathBuf,
@@ -761,7 +765,7 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         version: version::resolve(&args.disk.scst_version),
         ..KernelConfig::default()
     });
-    let backend = crate::backend::build(args.board, &args.disk, blocks, None, &[])?;
+    let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &[])?;
     let info = backend.store.info();
     // A write unit of 4 KiB: every write starts on a 4 KiB boundary, so O_DIRECT never needs
     // a fallback; blocks of 512 B to 4 KiB.

@@ -270,6 +270,9 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo, limit: u32) -> Geometry {
         supports_deallocate: info.controller.supports_dsm(),
         supports_write_zeroes: info.controller.supports_write_zeroes(),
         volatile_cache: info.controller.volatile_cache(),
+        // NVMe 1.4 §6.15: a Write with FUA completes once its data is non-volatile; a board
+        // whose controller does not keep that says so by its quirk (`NvmeController::bring_up`).
+        fua_durable: true,
         max_copy_blocks: if info.controller.supports_copy() {
             info.namespace.copy_blocks()
         } else {

@@ -89,6 +89,10 @@ pub struct NvmeConfig {
     pub admin_timeout: Duration,
     /// WORKAROUND: a board that cannot take 64-bit MMIO gets two 32-bit accesses, low first.
     pub split_64bit_mmio: bool,
+    /// WORKAROUND: the controller completes a FUA write before the data is stable (the board
+    /// quirk `fua_ignored`): the geometry says so ([`Geometry::fua_durable`] false), and the
+    /// store follows each FUA write with a Flush.
+    pub fua_ignored: bool,
     /// The bound on a normal shutdown when the controller reports no RTD3E, and the least
     /// bound when it does ([`shutdown_timeout`]); default [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
@@ -108,6 +112,7 @@ impl Default for NvmeConfig {
             iova_size: 1 << 40,
             admin_timeout: Duration::from_secs(5),
             split_64bit_mmio: false,
+            fua_ignored: false,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_transfer_bytes: MAX_TRANSFER,
         }
@@ -248,7 +253,10 @@ impl NvmeController {
                 return Err(e);
             }
         };
-        let geometry = geometry(cap, &info, config.max_transfer_bytes);
+        let geometry = Geometry {
+            fua_durable: !config.fua_ignored,
+            ..geometry(cap, &info, config.max_transfer_bytes)
+        };
         let controller = Arc::new(NvmeController {
             device: Arc::clone(&device),
             config: config.clone(),

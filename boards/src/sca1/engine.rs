@@ -88,6 +88,8 @@ impl Controller for Sca1 {
             supports_deallocate: true,
             supports_write_zeroes: true,
             volatile_cache: true,
+            // accelerator.md §3: a WRITE with FUA completes once its data is stable.
+            fua_durable: true,
             // COPY (contract 1.1) moves at most one transfer's worth per descriptor.
             max_copy_blocks: if caps.copy {
                 caps.max_transfer_bytes / caps.block_size.max(1)

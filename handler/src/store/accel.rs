@@ -387,10 +387,26 @@ struct DeviceCompareAndWrite {
     rereading: bool,
 }
 
+/// The Flush that makes a FUA write durable on a device that ignores FUA
+/// ([`Geometry::fua_durable`] false: the board quirk `fua_ignored`).
+///
+/// [`Geometry::fua_durable`]: scst_accel_boards::engine::Geometry::fua_durable
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FuaFlush {
+    /// Nothing follows the request.
+    None,
+    /// A FUA write (or COMPARE AND WRITE) starting at `lba`: once it has succeeded, a Flush
+    /// follows, and the request completes with the Flush.
+    After { lba: u64 },
+    /// The request's Flush is outstanding; a write error it reports is the write's, at `lba`.
+    Flushing { lba: u64 },
+}
+
 /// A store request being carried out.
 struct Parent {
     remaining: usize,
     status: StoreStatus,
+    fua_flush: FuaFlush,
     /// For Compare: the command's data and the scratch the medium is read into.
     compare: Option<ComparePair>,
     /// For COMPARE AND WRITE in the device.
@@ -456,6 +472,9 @@ struct AccelQueue {
     restart_refused_since: Option<(Instant, Instant)>,
     /// The device zeroes without a data transfer ([`Geometry::supports_write_zeroes`]).
     write_zeroes: bool,
+    /// The device has a volatile cache and ignores FUA ([`Geometry::fua_durable`] false): a
+    /// FUA write is made durable by a Flush after it ([`FuaFlush`]).
+    fua_by_flush: bool,
     /// On a device without write zeroes: one WRITE SAME chunk of zero blocks, mapped for the
     /// device when first needed, the data of the writes that zero a range. Declared last, so
     /// it is unmapped after the queue (stopped in `drop`) is gone.
@@ -503,6 +522,7 @@ impl AccelQueue {
             restart_failing_since: None,
             restart_refused_since: None,
             write_zeroes: geometry.supports_write_zeroes,
+            fua_by_flush: geometry.volatile_cache && !geometry.fua_durable,
             zeroes: None,
         }
     }
@@ -752,11 +772,20 @@ impl AccelQueue {
         if children.is_empty() {
             return self.finish_parent(req.tag, StoreStatus::Good);
         }
+        let fua_flush = match req.op {
+            StoreOp::Write { lba, fua: true, .. } | StoreOp::CompareAndWrite { lba, fua: true, .. }
+                if self.fua_by_flush =>
+            {
+                FuaFlush::After { lba }
+            }
+            _ => FuaFlush::None,
+        };
         self.parents.insert(
             req.tag,
             Parent {
                 remaining: children.len(),
                 status: StoreStatus::Good,
+                fua_flush,
                 compare,
                 compare_and_write,
                 scratch,
@@ -851,6 +880,7 @@ impl AccelQueue {
         tag: u64,
         mut caw: DeviceCompareAndWrite,
         status: StoreStatus,
+        fua_flush: FuaFlush,
     ) -> Option<StoreStatus> {
         let bs = self.bs();
         let (op, length, segments) = match (caw.rereading, status) {
@@ -911,6 +941,7 @@ impl AccelQueue {
             Parent {
                 remaining: 1,
                 status: StoreStatus::Good,
+                fua_flush,
                 compare: None,
                 compare_and_write: Some(caw),
                 scratch: None,
@@ -1001,9 +1032,10 @@ impl AccelQueue {
         let Some(parent) = self.parents.remove(&child.parent) else {
             return;
         };
+        let fua_flush = parent.fua_flush;
         if let Some(caw) = parent.compare_and_write {
-            if let Some(status) = self.compare_and_write_step(child.parent, caw, parent.status) {
-                self.finish_parent(child.parent, status);
+            if let Some(status) = self.compare_and_write_step(child.parent, caw, parent.status, fua_flush) {
+                self.complete(child.parent, status, fua_flush);
             }
             return;
         }
@@ -1011,7 +1043,51 @@ impl AccelQueue {
             (StoreStatus::Good, Some((data, scratch))) => compare(&data, &scratch),
             (status, _) => status,
         };
-        self.finish_parent(child.parent, status);
+        self.complete(child.parent, status, fua_flush);
+    }
+
+    /// A request whose device requests have all ended with `status`: finished, or, a FUA write
+    /// on a device that ignores FUA that succeeded, followed by its Flush ([`FuaFlush`]).
+    fn complete(&mut self, tag: u64, status: StoreStatus, fua_flush: FuaFlush) {
+        match (fua_flush, status) {
+            (FuaFlush::After { lba }, StoreStatus::Good) => self.flush_after_fua(tag, lba),
+            // The data may not be stable: the write failed, at its first block.
+            (FuaFlush::Flushing { lba }, StoreStatus::WriteError { .. }) => {
+                self.finish_parent(tag, StoreStatus::WriteError { lba });
+            }
+            _ => self.finish_parent(tag, status),
+        }
+    }
+
+    /// Queue the Flush that makes request `tag`, a FUA write at `lba` the device completed,
+    /// durable: the request completes when the Flush does (NVMe 1.4 §6.8: a Flush commits
+    /// every write completed before it was submitted).
+    fn flush_after_fua(&mut self, tag: u64, lba: u64) {
+        let id = self.next_child;
+        self.next_child += 1;
+        self.children.insert(
+            id,
+            Child {
+                parent: tag,
+                op: DeviceOp::Flush,
+                fua: false,
+                lba: 0,
+                length: 0,
+                segments: Segments::None,
+            },
+        );
+        self.backlog.push_back(id);
+        self.parents.insert(
+            tag,
+            Parent {
+                remaining: 1,
+                status: StoreStatus::Good,
+                fua_flush: FuaFlush::Flushing { lba },
+                compare: None,
+                compare_and_write: None,
+                scratch: None,
+            },
+        );
     }
 
     fn device_status(&self, c: &DeviceCompletion, child: Option<&Child>) -> StoreStatus {

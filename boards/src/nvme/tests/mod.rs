@@ -50,6 +50,7 @@ fn config() -> NvmeConfig {
         iova_size: 1 << 30,
         admin_timeout: Duration::from_secs(2),
         split_64bit_mmio: false,
+        fua_ignored: false,
         shutdown_timeout: Duration::from_millis(500),
         max_transfer_bytes: crate::nvme::MAX_TRANSFER,
     }

@@ -75,6 +75,11 @@ pub struct NvmeSimConfig {
     /// most [`MAX_DISABLE_MICROS`]; default 0 (RDY clears once no worker holds a command). A
     /// function reset is not slowed.
     pub disable_micros: u32,
+    /// Do nothing for a write's FUA bit (CDW12 bit 30), as QEMU 7.2's model does (measured:
+    /// docs/nvme.md "FUA"): the write completes without the medium's flush, only a Flush
+    /// command makes it stable. Default false (NVMe 1.4 §6.15: FUA makes the write stable
+    /// before it completes). The board quirk `fua_ignored` is the driver's answer to it.
+    pub fua_ignored: bool,
 }
 
 /// Largest [`NvmeSimConfig::rtd3e_micros`] and [`NvmeSimConfig::shutdown_micros`]: 120 s.
@@ -112,6 +117,7 @@ impl Default for NvmeSimConfig {
             rtd3e_micros: 0,
             shutdown_micros: 2000,
             disable_micros: 0,
+            fua_ignored: false,
         }
     }
 }

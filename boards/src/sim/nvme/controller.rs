@@ -108,6 +108,7 @@ pub(crate) struct Counters {
     pub fused_miscompares: AtomicU64,
     pub shutdown_notifications: AtomicU64,
     pub shutdowns_with_io_queues: AtomicU64,
+    pub flushes: AtomicU64,
 }
 
 impl Counters {
@@ -509,6 +510,7 @@ impl Shared {
             fused_miscompares: get(&self.stats.fused_miscompares),
             shutdown_notifications: get(&self.stats.shutdown_notifications),
             shutdowns_with_io_queues: get(&self.stats.shutdowns_with_io_queues),
+            flushes: get(&self.stats.flushes),
         }
     }
 

@@ -39,6 +39,8 @@ pub struct NvmeSimStats {
     /// Of them, those made while I/O queues still existed (the host should delete every I/O
     /// submission queue, then every I/O completion queue, first: §7.6.2).
     pub shutdowns_with_io_queues: u64,
+    /// Flush commands executed (the medium's flush a FUA write makes is not counted).
+    pub flushes: u64,
 }
 
 /// A cloneable handle on a simulated NVMe controller, for fault injection and statistics. It

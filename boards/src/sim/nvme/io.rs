@@ -45,7 +45,10 @@ pub(crate) fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_e
         return Err(status::INVALID_FIELD.into());
     }
     match opcode {
-        nvm::FLUSH => medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT),
+        nvm::FLUSH => {
+            Counters::add(&exec.shared.stats.flushes);
+            medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT)
+        }
         nvm::READ => read(exec, token, sqe, media_error),
         nvm::WRITE => write(exec, token, sqe),
         nvm::WRITE_ZEROES => write_zeroes(exec, token, sqe),
@@ -125,9 +128,15 @@ fn read(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, media_error: bool) ->
     Ok(Reply::Done(0))
 }
 
+/// Whether a write's FUA bit (CDW12 bit 30) is acted on: set, and the model not told to
+/// ignore it ([`crate::sim::nvme::NvmeSimConfig::fua_ignored`]).
+fn fua(exec: &Exec<'_>, sqe: &Sqe) -> bool {
+    sqe.cdw12 & (1 << 30) != 0 && !exec.shared.config.fua_ignored
+}
+
 /// Write (§6.15): host → medium. All data is gathered before the medium changes, so a Data
 /// Transfer Error leaves the blocks as they were. FUA (CDW12 bit 30) flushes before
-/// completing.
+/// completing ([`fua`]).
 fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let range = data_range(exec, sqe)?;
     let pieces = prp::pieces(exec, token, sqe.prp1, sqe.prp2, range.bytes)?;
@@ -143,7 +152,7 @@ fn write(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
             status::WRITE_FAULT,
         )?;
     }
-    if sqe.cdw12 & (1 << 30) != 0 {
+    if fua(exec, sqe) {
         medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT)?;
     }
     Ok(Reply::Done(0))
@@ -288,7 +297,7 @@ pub(crate) fn fused_compare_write(
             return (Err(status::UNRECOVERED_READ_ERROR.into()), failed_fused());
         }
     }
-    let flushed = if second.cdw12 & (1 << 30) != 0 {
+    let flushed = if fua(exec, second) {
         medium_result(exec, exec.shared.medium.flush(), status::WRITE_FAULT)
     } else {
         Ok(Reply::Done(0))
