@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut power-cut-vfio)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -62,14 +62,29 @@ for s in "${scenarios[@]}"; do
 	if [[ $s == xcopy ]]; then export HIL_NVME_NS=1; else unset HIL_NVME_NS; fi
 	# power-cut needs a second namespace of 4 KiB blocks (hil.sh, HIL_NVME_4K).
 	if [[ $s == power-cut ]]; then export HIL_NVME_4K=1; else unset HIL_NVME_4K; fi
+	# power-cut-vfio needs QEMU's log of the namespace's writes (hil.sh, HIL_NVME_LOGWRITES).
+	if [[ $s == power-cut-vfio ]]; then export HIL_NVME_LOGWRITES=1; else unset HIL_NVME_LOGWRITES; fi
 	extra=()
 	[[ $s != iscsi ]] || extra=(${iscsi_bins[@]+"${iscsi_bins[@]}"})
 	[[ $s != power-cut ]] || extra=(${dm_bins[@]+"${dm_bins[@]}"})
+	# power-cut-vfio's writer takes the whole namespace (a hardware board's disk is the
+	# namespace): 16 MiB, the size the host's check replays.
+	[[ $s != power-cut-vfio ]] || extra=(--disk-mb 16)
 	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-900}" --bin "$bin" \
 		--bin "$here/scenarios/common.sh" ${sg_bins[@]+"${sg_bins[@]}"} \
 		${extra[@]+"${extra[@]}"} -- "$script" || rc=$?
+	# A scenario's host half (scenarios/NAME.host.sh DIR BIN), after the guest powered off:
+	# power-cut-vfio checks the log QEMU wrote on the host.
+	host=$here/scenarios/$s.host.sh
+	hrc=0
+	if [[ $rc -eq 0 && -f $host ]]; then
+		"$host" "$dir" "$bin" || hrc=$?
+	fi
 	if [[ $rc -ne 0 ]]; then
 		echo "FAIL $s: guest run exited $rc (see $dir/serial.log, $dir/share/script.log)"
+		failed+=("$s")
+	elif [[ $hrc -ne 0 ]]; then
+		echo "FAIL $s: the host's half ($host) exited $hrc"
 		failed+=("$s")
 	elif ! python3 "$here/check-result.py" "$s" "$dir/share/result.json"; then
 		failed+=("$s")

@@ -38,7 +38,12 @@
 //! state a cut just before its mark leaves (`AckCheck`): an acknowledgment given before the
 //! device completed the FUA write or flush it rests on fails there whenever its mark reaches
 //! the target first (the writer marks with one ioctl right after the acknowledgment), and so
-//! does a FUA write the store sent without FUA.
+//! does a FUA write the store sent without FUA. Under a device the handler drives through VFIO
+//! (`--board qemu-nvme --pci`, the HIL power-cut-vfio scenario) there is no target to mark:
+//! QEMU's blklogwrites filter logs the emulated device's writes on the host, and the writer
+//! marks in band (`--in-band-marks`: a write of a mark block to the disk's last 4 KiB, kept
+//! out of its own writes, waited for), `--end-mark TEXT` ends a killed run's part of the log,
+//! and `crash-check --log-format qemu` reads it (`crate::log_writes`, module doc).
 //! The submitted records are written but not synced before their data write: a process kill
 //! keeps them (page cache); a power cut could lose them, so the check is only sound for kills.
 
@@ -86,8 +91,19 @@ pub struct CrashArgs {
     /// Mark the dm-log-writes target of this device-mapper name (as `dmsetup ls` shows it) at
     /// each acknowledgment that makes writes durable, for `crash-check --log-writes` to check
     /// each acknowledgment against what the device had made durable when it was given.
-    #[arg(long, value_name = "DM_NAME")]
+    #[arg(long, value_name = "DM_NAME", conflicts_with = "in_band_marks")]
     pub log_writes_mark: Option<String>,
+    /// Mark in band instead, for a log no mark can be sent to (QEMU's blklogwrites, under a
+    /// device the writer drives through VFIO): each mark is a write, waited for, of a block
+    /// with the mark's text ([`crate::log_writes::IN_BAND_MAGIC`]) to the disk's last 4 KiB,
+    /// which the writer then keeps out of its own writes.
+    #[arg(long)]
+    pub in_band_marks: bool,
+    /// Write the in-band mark TEXT and stop (nothing else is written, the journal is not
+    /// touched): the end of a run whose writer was killed, before the log's drive is closed
+    /// (`crash-check --log-format qemu --log-end-mark TEXT`).
+    #[arg(long, value_name = "TEXT", conflicts_with = "log_writes_mark")]
+    pub end_mark: Option<String>,
 }
 
 impl CrashArgs {
@@ -314,6 +330,10 @@ pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport
             }
             continue;
         }
+        // The writer's own in-band mark (`--in-band-marks`), in the unit it keeps for them.
+        if want.is_none() && crate::log_writes::in_band_mark(block).is_some() {
+            continue;
+        }
         let found = u32::from_le_bytes(block[8..12].try_into().unwrap_or([0; 4]));
         let traced = submitted
             .get(&found)
@@ -359,6 +379,14 @@ pub struct CheckArgs {
     /// (the durable writes alone, every write, and --subsets random choices in between).
     #[arg(long, requires = "size")]
     pub log_writes: Option<PathBuf>,
+    /// Who wrote the --log-writes log: Linux's dm-log-writes target, or QEMU's blklogwrites
+    /// driver (marks in band, needs --log-end-mark).
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Dm, requires = "log_writes")]
+    pub log_format: LogFormatArg,
+    /// With --log-format qemu: the in-band mark that ends the run's part of the log (the
+    /// writer's --end-mark).
+    #[arg(long, value_name = "TEXT", required_if_eq("log_format", "qemu"))]
+    pub log_end_mark: Option<String>,
     /// The disk's size (the writer's --size); with --log-writes.
     #[arg(long, value_parser = crate::units::parse_size)]
     pub size: Option<u64>,
@@ -368,6 +396,15 @@ pub struct CheckArgs {
     /// Seed of those choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// `crash-check --log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormatArg {
+    /// Linux's dm-log-writes target.
+    Dm,
+    /// QEMU's blklogwrites block driver.
+    Qemu,
 }
 
 /// One state checked by `crash-check`, as its JSON says.
@@ -670,7 +707,15 @@ pub fn run_check(args: CheckArgs) -> u8 {
             );
             return exit::USAGE;
         };
-        crate::log_writes::Log::open(log)
+        let format = match (args.log_format, &args.log_end_mark) {
+            (LogFormatArg::Qemu, Some(end)) => crate::log_writes::LogFormat::Qemu { end: end.clone() },
+            (LogFormatArg::Qemu, None) => {
+                eprintln!("scst-accel crash-check: --log-format qemu needs --log-end-mark");
+                return exit::USAGE;
+            }
+            (LogFormatArg::Dm, _) => crate::log_writes::LogFormat::DmLogWrites,
+        };
+        crate::log_writes::Log::open_as(log, &format)
             .and_then(|log| check_power_cut(&log, bytes, args.block_size, &records, args.subsets, args.seed))
             .map_err(|e| e.to_string())
     } else {
@@ -728,6 +773,12 @@ pub enum WriterError {
         #[source]
         source: std::io::Error,
     },
+    /// An in-band mark's text does not fit its block (or holds a zero byte).
+    #[error(
+        "an in-band mark's text must be at most {} bytes with no zero byte",
+        crate::log_writes::IN_BAND_MAX_TEXT
+    )]
+    MarkText,
     /// A command ended with a status other than GOOD (the run stops: the journal stays true).
     #[error("command {what} ended with status {status:#x}")]
     Status {
@@ -780,11 +831,50 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
     let mut sessions = crate::demo::attach(&kernel, &args.disk.name, 1)?;
     let session = sessions.pop().ok_or("no session")?;
     let unit_blocks = u64::from(UNIT_BYTES / info.block_size);
-    let units = info.num_blocks / unit_blocks;
-    if units == 0 {
-        return Err("the disk is smaller than one 4 KiB unit".into());
+    let mut units = info.num_blocks / unit_blocks;
+    // In-band marks go to the last unit, which the writes then leave alone.
+    let in_band =
+        (args.in_band_marks || args.end_mark.is_some()).then(|| units.saturating_sub(1) * unit_blocks);
+    if in_band.is_some() {
+        units = units.saturating_sub(1);
     }
-    let mut writer = Writer::open(args, session, units, info.block_size)?;
+    if units == 0 {
+        return Err("the disk is smaller than one 4 KiB unit (two with in-band marks)".into());
+    }
+    if let (Some(text), Some(lba)) = (&args.end_mark, in_band) {
+        let mut session = session;
+        write_in_band(&mut session, 1, lba, unit_blocks, info.block_size, text)?;
+        println!("crash-writer: marked {text:?} in band at LBA {lba}");
+        return Ok(());
+    }
+    if let (Some(lba), None) = (in_band, &args.end_mark) {
+        // The marks overwrite the last unit: a journal that has data there is of runs without.
+        let records = read_journal(&args.journal)?;
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.lba.saturating_add(u64::from(r.blocks)) > lba)
+        {
+            return Err(format!(
+                "--in-band-marks keeps the disk's last 4 KiB (LBA {lba} on) for its marks, but the \
+                 journal {} has a write there (generation {}, LBA {}): give a new journal and disk",
+                args.journal.display(),
+                r.generation,
+                r.lba
+            )
+            .into());
+        }
+    }
+    let marker = match (&args.log_writes_mark, in_band) {
+        (Some(name), _) => Some(Marker::Target(crate::dm_message::Messenger::open(name).map_err(
+            |source| WriterError::Mark {
+                name: name.clone(),
+                source,
+            },
+        )?)),
+        (None, Some(lba)) => Some(Marker::InBand { lba }),
+        (None, None) => None,
+    };
+    let mut writer = Writer::open(args, session, marker, units, info.block_size)?;
     println!("{READY_LINE}");
     std::io::stdout().flush()?;
     let until = Instant::now() + args.duration;
@@ -798,10 +888,80 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
+/// Where the writer's marks go.
+enum Marker {
+    /// `--log-writes-mark`: the dm-log-writes target's `mark` message.
+    Target(crate::dm_message::Messenger),
+    /// `--in-band-marks`: a write of the mark's block at this LBA (the disk's last unit).
+    InBand { lba: u64 },
+}
+
+/// WRITE(16) of `blocks` at `lba`, FUA or not.
+fn write16(lba: u64, blocks: u32, fua: bool) -> Vec<u8> {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = 0x8a;
+    if fua {
+        cdb[1] = 0x08;
+    }
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+/// One command with tag `tag`, waited for: GOOD or an error.
+fn send(
+    session: &mut Session,
+    tag: u64,
+    what: &'static str,
+    cdb: Vec<u8>,
+    data_out: Vec<u8>,
+) -> Result<(), WriterError> {
+    session.submit(ScsiRequest {
+        tag,
+        cdb,
+        data_out,
+        timeout_secs: 30,
+        ..ScsiRequest::default()
+    })?;
+    let done = session
+        .completions()
+        .recv_timeout(COMMAND_TIMEOUT)
+        .map_err(|_| WriterError::Timeout(COMMAND_TIMEOUT))?;
+    if done.status != 0 {
+        return Err(WriterError::Status {
+            what,
+            status: done.status,
+        });
+    }
+    Ok(())
+}
+
+/// Write the in-band mark `text` (`crate::log_writes::in_band_block`) over the unit at `lba`,
+/// and wait for it: a plain write, logged by QEMU when it completes, so after everything the
+/// writer was acknowledged before it.
+fn write_in_band(
+    session: &mut Session,
+    tag: u64,
+    lba: u64,
+    unit_blocks: u64,
+    block_size: u32,
+    text: &str,
+) -> Result<(), WriterError> {
+    let len = (unit_blocks * u64::from(block_size)) as usize;
+    let block = crate::log_writes::in_band_block(text, len).ok_or(WriterError::MarkText)?;
+    send(
+        session,
+        tag,
+        "WRITE(16) in-band mark",
+        write16(lba, unit_blocks as u32, false),
+        block,
+    )
+}
+
 struct Writer {
     session: Session,
-    /// `--log-writes-mark`: the target to mark.
-    marker: Option<crate::dm_message::Messenger>,
+    /// Where marks go (none: the log is not marked).
+    marker: Option<Marker>,
     journal: File,
     journal_path: PathBuf,
     rng: Rng,
@@ -815,7 +975,13 @@ struct Writer {
 }
 
 impl Writer {
-    fn open(args: &CrashArgs, session: Session, units: u64, block_size: u32) -> Result<Self, WriterError> {
+    fn open(
+        args: &CrashArgs,
+        session: Session,
+        marker: Option<Marker>,
+        units: u64,
+        block_size: u32,
+    ) -> Result<Self, WriterError> {
         let io = |source| JournalError::Io {
             path: args.journal.clone(),
             source,
@@ -838,18 +1004,7 @@ impl Writer {
         if whole != len {
             journal.set_len(whole).map_err(io)?;
         }
-        let marker = match &args.log_writes_mark {
-            Some(name) => {
-                Some(
-                    crate::dm_message::Messenger::open(name).map_err(|source| WriterError::Mark {
-                        name: name.clone(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let writer = Self {
+        let mut writer = Self {
             session,
             marker,
             journal,
@@ -867,19 +1022,35 @@ impl Writer {
         Ok(writer)
     }
 
-    /// Mark the log-writes target (when `--log-writes-mark` names one) with `prefix` and
-    /// `generation`: as soon after an acknowledgment as the writer can, so that a store that
-    /// acknowledged before the device completed leaves its write or flush logged after the mark.
-    fn mark(&self, prefix: &str, generation: u32) -> Result<(), WriterError> {
-        let Some(messenger) = &self.marker else {
-            return Ok(());
-        };
-        messenger
-            .send(&format!("mark {prefix}{generation}"))
-            .map_err(|source| WriterError::Mark {
-                name: messenger.name().to_owned(),
-                source,
-            })
+    /// Mark the log (when the writer marks one) with `prefix` and `generation`: as soon after
+    /// an acknowledgment as the writer can, so that a store that acknowledged before the device
+    /// completed leaves its write or flush logged after the mark.
+    fn mark(&mut self, prefix: &str, generation: u32) -> Result<(), WriterError> {
+        match &self.marker {
+            None => Ok(()),
+            Some(Marker::Target(messenger)) => {
+                messenger
+                    .send(&format!("mark {prefix}{generation}"))
+                    .map_err(|source| WriterError::Mark {
+                        name: messenger.name().to_owned(),
+                        source,
+                    })
+            }
+            Some(Marker::InBand { lba }) => {
+                let lba = *lba;
+                self.tag += 1;
+                let text = format!("{prefix}{generation}");
+                let block_size = self.block_size as u32;
+                write_in_band(
+                    &mut self.session,
+                    self.tag,
+                    lba,
+                    self.unit_blocks,
+                    block_size,
+                    &text,
+                )
+            }
+        }
     }
 
     fn append(&mut self, records: &[Record], sync: bool) -> Result<(), JournalError> {
@@ -897,25 +1068,7 @@ impl Writer {
     /// One command, waited for: GOOD or an error.
     fn command(&mut self, what: &'static str, cdb: Vec<u8>, data_out: Vec<u8>) -> Result<(), WriterError> {
         self.tag += 1;
-        self.session.submit(ScsiRequest {
-            tag: self.tag,
-            cdb,
-            data_out,
-            timeout_secs: 30,
-            ..ScsiRequest::default()
-        })?;
-        let done = self
-            .session
-            .completions()
-            .recv_timeout(COMMAND_TIMEOUT)
-            .map_err(|_| WriterError::Timeout(COMMAND_TIMEOUT))?;
-        if done.status != 0 {
-            return Err(WriterError::Status {
-                what,
-                status: done.status,
-            });
-        }
-        Ok(())
+        send(&mut self.session, self.tag, what, cdb, data_out)
     }
 
     /// Submit one write (journaled as submitted first); returns its record.
@@ -938,13 +1091,7 @@ impl Writer {
         for (i, block) in data.chunks_exact_mut(self.block_size).enumerate() {
             stamp::stamp(block, lba + i as u64, generation);
         }
-        let mut cdb = vec![0u8; 16];
-        cdb[0] = 0x8a; // WRITE(16)
-        if fua {
-            cdb[1] = 0x08;
-        }
-        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        let cdb = write16(lba, blocks, fua);
         self.command(if fua { "WRITE(16) FUA" } else { "WRITE(16)" }, cdb, data)?;
         self.writes += 1;
         Ok(Record {

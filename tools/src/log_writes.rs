@@ -53,6 +53,23 @@
 //! `mark` message, which the target logs after every FUA write and flush that completed before
 //! it), and [`Log::durable_from`] says which writes a cut just before each mark keeps: what
 //! `crate::crash` checks the acknowledged writes against, mark by mark.
+//!
+//! **QEMU's `blklogwrites`** ([`LogFormat::Qemu`]) writes the same format from inside QEMU's
+//! block layer, below an emulated device: what a driver in the guest (the NVMe engine through
+//! VFIO, tests/hil/scenarios/power-cut-vfio.sh) made the device write. Read for QEMU 6.1 to 8.2
+//! (block/blklogwrites.c, block/io.c), with the differences that matter here: each write is
+//! logged when the image's write has completed and before the guest sees its completion, each
+//! flush when the image's flush has completed (so, for a guest that waits for each command, the
+//! log's order is the device's); no entry is ever FUA (a FUA write the device passes on shows as a
+//! write and a flush, and QEMU's NVMe controller passes none: docs/nvme.md "FUA"); `nr_entries`
+//! is rewritten only at flushes (and every `log-super-update-interval` entries), so the entries
+//! go on past it, up to the first header of zeroes in a log file that started empty; a guest
+//! cannot send a mark, and closing the drive adds a flush. So the crash writer marks **in
+//! band** (`--in-band-marks`): it writes a block that begins with [`IN_BAND_MAGIC`] and the
+//! mark's text to a unit of the disk it keeps for that, and waits for it, the way it waits for
+//! every command; this reader turns such writes into marks. The log ends at the run's end
+//! mark (written after the writer's kill, before the drive is closed): what comes after it
+//! is not the run's.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -64,6 +81,49 @@ pub const MAGIC: u64 = 0x006a_7366_7773_6872;
 pub const VERSION: u64 = 1;
 /// The mark the target logs when it is removed: a log without it as its last entry is cut.
 pub const END_MARK: &str = "dm-log-writes-end";
+/// The first bytes of an in-band mark's block ([`LogFormat::Qemu`]); the mark's text follows,
+/// ended by a zero byte. No block the crash writer stamps can begin so: its first eight bytes
+/// are its LBA (`scst_accel_handler::workload::stamp`), and these read as an LBA above 2^62.
+pub const IN_BAND_MAGIC: &[u8; 16] = b"scst-accel-mark\0";
+/// Longest text of an in-band mark.
+pub const IN_BAND_MAX_TEXT: usize = 200;
+
+/// Whose log it is: what ends it and how marks are written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Linux's dm-log-writes target, read after `dmsetup remove`: `nr_entries` entries, the
+    /// last of them the target's [`END_MARK`]; marks are the target's own.
+    DmLogWrites,
+    /// QEMU's blklogwrites driver (module doc): the entries go on past `nr_entries` up to a
+    /// header of zeroes; marks are in band; the log ends at the in-band mark `end`.
+    Qemu {
+        /// The text of the mark that ends the run's part of the log.
+        end: String,
+    },
+}
+
+/// The text of an in-band mark's block, or `None` for any other block.
+pub fn in_band_mark(block: &[u8]) -> Option<String> {
+    let rest = block.strip_prefix(IN_BAND_MAGIC.as_slice())?;
+    let rest = &rest[..rest.len().min(IN_BAND_MAX_TEXT + 1)];
+    let text = &rest[..rest.iter().position(|&b| b == 0)?];
+    Some(String::from_utf8_lossy(text).into_owned())
+}
+
+/// The block of an in-band mark with `text` (at most [`IN_BAND_MAX_TEXT`] bytes, no zero byte),
+/// `len` bytes long (at least 217: the magic, the longest text and its zero byte), what
+/// [`in_band_mark`] reads back; `None` when either does not fit.
+pub fn in_band_block(text: &str, len: usize) -> Option<Vec<u8>> {
+    let fits = text.len() <= IN_BAND_MAX_TEXT && !text.as_bytes().contains(&0);
+    // The magic, the longest text and its ending zero.
+    let len_ok = len > IN_BAND_MAGIC.len() + IN_BAND_MAX_TEXT;
+    (fits && len_ok).then(|| {
+        let mut block = vec![0u8; len];
+        block[..IN_BAND_MAGIC.len()].copy_from_slice(IN_BAND_MAGIC);
+        block[IN_BAND_MAGIC.len()..IN_BAND_MAGIC.len() + text.len()].copy_from_slice(text.as_bytes());
+        block
+    })
+}
 
 const FLUSH: u64 = 1 << 0;
 const FUA: u64 = 1 << 1;
@@ -146,6 +206,20 @@ pub enum LogError {
         /// What it is.
         what: &'static str,
     },
+    /// A QEMU log without the run's end mark.
+    #[error(
+        "{path}: no in-band mark `{mark}` in the log's {entries} entries: the run's end was not \
+         marked (`crash-writer --end-mark`, after the writer's kill and before the guest powers \
+         off), or the log is of another run"
+    )]
+    NoRunEnd {
+        /// The log.
+        path: PathBuf,
+        /// The end mark looked for.
+        mark: String,
+        /// Entries read.
+        entries: usize,
+    },
     /// The log does not end with the removal's mark.
     #[error(
         "{path}: the log does not end with the `{END_MARK}` mark ({last}): remove the log-writes \
@@ -219,12 +293,22 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl Log {
-    /// Read the log at `path` (the log device, or a copy of it): the super block and every
-    /// entry's header, checked to lie inside the log and to end with [`END_MARK`].
+    /// Read the dm-log-writes log at `path` (the log device, or a copy of it): the super block
+    /// and every entry's header, checked to lie inside the log and to end with [`END_MARK`].
     ///
     /// # Errors
     /// [`LogError`].
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, LogError> {
+        Self::open_as(path, &LogFormat::DmLogWrites)
+    }
+
+    /// Read the log at `path`, written as `format` says: for a QEMU log, the entries up to the
+    /// first header of zeroes (at least `nr_entries`), in-band marks turned into marks, and the
+    /// log cut after its end mark.
+    ///
+    /// # Errors
+    /// [`LogError`].
+    pub fn open_as(path: impl Into<PathBuf>, format: &LogFormat) -> Result<Self, LogError> {
         let path = path.into();
         let io = |source| LogError::Io {
             path: path.clone(),
@@ -258,16 +342,25 @@ impl Log {
         let mut header = vec![0u8; block_size as usize];
         let mut at = bs;
         let mut entries = Vec::new();
-        for index in 0..count {
+        let qemu = matches!(format, LogFormat::Qemu { .. });
+        for index in 0.. {
             let truncated = || LogError::Truncated {
                 path: path.clone(),
                 index,
                 len,
             };
+            // QEMU's count lags: past it, the entries end at the file's end or at a header of
+            // zeroes (no entry is all zeroes: a write has blocks, a flush its flag).
+            if index >= count && (!qemu || at + bs > len) {
+                break;
+            }
             if at + bs > len {
                 return Err(truncated());
             }
             file.read_exact_at(&mut header, at).map_err(io)?;
+            if index >= count && header[..ENTRY_BYTES].iter().all(|&b| b == 0) {
+                break;
+            }
             at += bs;
             let (sector, sectors, flags, data_len) = (
                 u64_at(&header, 0),
@@ -304,20 +397,42 @@ impl Log {
                 });
             } else {
                 let bytes = sectors.checked_mul(bs).ok_or_else(truncated)?;
-                at = at
+                let end = at
                     .checked_add(bytes)
                     .filter(|&end| end <= len)
                     .ok_or_else(truncated)?;
+                if qemu && sectors > 0 {
+                    let mut first =
+                        vec![0u8; (bytes as usize).min(IN_BAND_MAGIC.len() + IN_BAND_MAX_TEXT + 1)];
+                    file.read_exact_at(&mut first, at).map_err(io)?;
+                    if let Some(text) = in_band_mark(&first) {
+                        entry.mark = Some(text);
+                        entry.sectors = 0;
+                    }
+                }
+                at = end;
             }
             entries.push(entry);
         }
-        match entries.last() {
-            Some(Entry { mark: Some(m), .. }) if m == END_MARK => {}
-            last => {
-                return Err(LogError::NoEndMark {
-                    path,
-                    last: last.map_or_else(|| "no entries".to_owned(), |e| format!("{e:?}")),
-                })
+        match format {
+            LogFormat::DmLogWrites => match entries.last() {
+                Some(Entry { mark: Some(m), .. }) if m == END_MARK => {}
+                last => {
+                    return Err(LogError::NoEndMark {
+                        path,
+                        last: last.map_or_else(|| "no entries".to_owned(), |e| format!("{e:?}")),
+                    })
+                }
+            },
+            LogFormat::Qemu { end } => {
+                let Some(at) = entries.iter().position(|e| e.mark.as_ref() == Some(end)) else {
+                    return Err(LogError::NoRunEnd {
+                        path,
+                        mark: end.clone(),
+                        entries: entries.len(),
+                    });
+                };
+                entries.truncate(at + 1);
             }
         }
         Ok(Self {
@@ -479,6 +594,18 @@ pub(crate) mod tests {
             self
         }
 
+        /// An in-band mark (QEMU's log): a plain write of one block at `sector`.
+        pub(crate) fn in_band(self, sector: u64, text: &str) -> Self {
+            let block = in_band_block(text, self.block_size).expect("a mark's block");
+            self.write(sector, 0, &block)
+        }
+
+        /// Make the super block's count say `n` entries (QEMU's lags behind the entries).
+        pub(crate) fn count(mut self, n: u64) -> Self {
+            self.count = n;
+            self
+        }
+
         pub(crate) fn finish(mut self, dir: &std::path::Path) -> PathBuf {
             self.bytes[0..8].copy_from_slice(&MAGIC.to_le_bytes());
             self.bytes[8..16].copy_from_slice(&VERSION.to_le_bytes());
@@ -611,5 +738,98 @@ pub(crate) mod tests {
             .finish(dir.path());
         let e = Log::open(&path).expect_err("a discard");
         assert!(matches!(e, LogError::Unsupported { index: 1, .. }), "{e}");
+    }
+
+    /// QEMU's log: the super block counts only up to its last flush, the entries go on to a
+    /// header of zeroes (the sparse tail of the log file), marks are in band, and the run ends
+    /// at its end mark (a flush of the drive's close after it is not the run's).
+    #[test]
+    fn a_qemu_log_reads_past_its_count_to_the_end_mark_with_marks_in_band() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = LogBuilder::new(512)
+            .in_band(7, "scst-accel-start-1")
+            .write(0, 0, &block(1)) // the first FUA write: a plain write to QEMU
+            .flush() // the Flush the store sent after it
+            .in_band(7, "scst-accel-ack-1")
+            .write(1, 0, &block(2))
+            .flush() // the super block's count is written here: 6
+            .write(2, 0, &block(3)) // no flush after it in the run
+            .in_band(7, "scst-accel-end-1")
+            .flush() // the drive's close
+            .count(6)
+            .finish(dir.path());
+        // Sparse tail: a header of zeroes ends the entries.
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&path, &bytes).expect("write");
+        let end = LogFormat::Qemu {
+            end: "scst-accel-end-1".to_owned(),
+        };
+        let log = Log::open_as(&path, &end).expect("a QEMU log");
+        assert_eq!(
+            log.entries.len(),
+            8,
+            "cut after the end mark, past the count of 6"
+        );
+        let marks: Vec<_> = log.entries.iter().filter_map(|e| e.mark.as_deref()).collect();
+        assert_eq!(
+            marks,
+            ["scst-accel-start-1", "scst-accel-ack-1", "scst-accel-end-1"]
+        );
+        assert!(log
+            .entries
+            .iter()
+            .all(|e| e.mark.is_none() || !e.changes_blocks()));
+        assert_eq!(
+            log.durable_from(),
+            [None, Some(2), None, None, Some(5), None, None, None],
+            "the close's flush is not the run's: the last write stays unflushed"
+        );
+        let mut image = vec![0u8; 8 * 512];
+        log.replay(&mut image, 512, |_, _| true, newer).expect("replay");
+        assert_eq!(
+            &image[7 * 512..],
+            &[0u8; 512][..],
+            "a mark's block is never replayed"
+        );
+
+        // Without its end mark (another run's, or never written) the log is refused.
+        let other = LogFormat::Qemu {
+            end: "scst-accel-end-2".to_owned(),
+        };
+        let e = Log::open_as(&path, &other).expect_err("no end");
+        assert!(matches!(e, LogError::NoRunEnd { entries: 9, .. }), "{e}");
+        // The count is a lower bound: fewer entries than it says is a cut log.
+        let short = LogBuilder::new(512)
+            .write(0, 0, &block(1))
+            .count(3)
+            .finish(dir.path());
+        assert!(matches!(
+            Log::open_as(&short, &end),
+            Err(LogError::Truncated { index: 1, .. })
+        ));
+        // dm-log-writes' marks are its own: a block that looks like a mark is data there.
+        let dm = LogBuilder::new(512)
+            .in_band(7, "scst-accel-ack-1")
+            .mark(END_MARK)
+            .finish(dir.path());
+        let log = Log::open(&dm).expect("dm log");
+        assert!(log.entries[0].mark.is_none() && log.entries[0].changes_blocks());
+    }
+
+    #[test]
+    fn an_in_band_mark_reads_back_and_nothing_else_is_one() {
+        let block = in_band_block("scst-accel-ack-42", 512).expect("fits");
+        assert_eq!(in_band_mark(&block).as_deref(), Some("scst-accel-ack-42"));
+        assert_eq!(in_band_mark(&[0u8; 512]), None);
+        let mut stamped = vec![0u8; 512];
+        scst_accel_handler::workload::stamp::stamp(&mut stamped, 7, 3);
+        assert_eq!(in_band_mark(&stamped), None);
+        let mut unended = block.clone();
+        unended[IN_BAND_MAGIC.len()..].fill(b'x');
+        assert_eq!(in_band_mark(&unended), None, "no end to the text");
+        assert!(in_band_block(&"x".repeat(IN_BAND_MAX_TEXT + 1), 512).is_none());
+        assert!(in_band_block("a\0b", 512).is_none());
+        assert!(in_band_block("ok", 100).is_none(), "too short a block");
     }
 }

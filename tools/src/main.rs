@@ -61,8 +61,9 @@ enum Command {
     #[command(hide = true)]
     CrashWriter(crash::CrashArgs),
     /// Check what a crash writer left against its journal: an image as it is (a process kill),
-    /// or the states a power cut may leave, from a dm-log-writes log of its device. Prints
-    /// JSON. Hidden: a test tool (tests/hil/scenarios/power-cut.sh).
+    /// or the states a power cut may leave, from a log of its device's writes (Linux's
+    /// dm-log-writes, or QEMU's blklogwrites). Prints JSON. Hidden: a test tool
+    /// (tests/hil/scenarios/power-cut.sh, power-cut-vfio.host.sh).
     #[command(hide = true)]
     CrashCheck(crash::CheckArgs),
 }

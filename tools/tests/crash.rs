@@ -46,7 +46,15 @@ impl Drop for Writer {
 
 const IMAGE_SIZE: &str = "8M";
 
-fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: bool, engine: &str) -> Writer {
+fn start(
+    image: &Path,
+    journal: &Path,
+    block_size: usize,
+    seed: u64,
+    buffered: bool,
+    engine: &str,
+    in_band_marks: bool,
+) -> Writer {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scst-accel"));
     // The board follows the medium: a block device (a loop device) is served as one.
     let board = if std::fs::metadata(image).is_ok_and(|m| m.file_type().is_block_device()) {
@@ -75,6 +83,9 @@ fn start(image: &Path, journal: &Path, block_size: usize, seed: u64, buffered: b
     .stderr(Stdio::inherit());
     if buffered {
         cmd.arg("--buffered");
+    }
+    if in_band_marks {
+        cmd.arg("--in-band-marks");
     }
     Writer(cmd.spawn().expect("start scst-accel crash-writer"))
 }
@@ -105,16 +116,29 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
     let mut rng = Rng::new(env_u64("SCST_ACCEL_CRASH_SEED", 2026));
     let dir = scratch("crash", "sigkill");
     let started = Instant::now();
-    let (mut done, mut buffered_cycles, mut checked) = (0u64, 0u64, 0u64);
-    let mut durable_writes = [0u64; 2];
+    let (mut done, mut buffered_cycles, mut checked, mut in_band_cycles) = (0u64, 0u64, 0u64, 0u64);
+    let mut durable_writes = [0u64; 4];
     while done < cycles && started.elapsed() < budget {
         let buffered = done % 4 == 3;
         let engine = if (done / 4) % 2 == 0 { "auto" } else { "threads" };
         // Every third cycle on a disk of 4 KiB blocks (an image and journal of its own).
         let block_size = if done % 3 == 2 { 4096 } else { 512 };
-        let image = dir.join(format!("disk-{block_size}.img"));
-        let journal = dir.join(format!("journal-{block_size}"));
-        let mut writer = start(&image, &journal, block_size, rng.next_u64(), buffered, engine);
+        // Every fifth cycle marks in band (the HIL power-cut-vfio scenario's writer), on a disk
+        // and journal of its own (the marks take the last unit): the marks' unit must not upset
+        // the check, and the marks must be there.
+        let in_band = done % 5 == 4;
+        let marked = if in_band { "-marked" } else { "" };
+        let image = dir.join(format!("disk-{block_size}{marked}.img"));
+        let journal = dir.join(format!("journal-{block_size}{marked}"));
+        let mut writer = start(
+            &image,
+            &journal,
+            block_size,
+            rng.next_u64(),
+            buffered,
+            engine,
+            in_band,
+        );
         wait_ready(&mut writer);
         std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
         // Child::kill is SIGKILL: nothing of the handler runs after it.
@@ -136,9 +160,19 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
             if buffered { "buffered" } else { "O_DIRECT" },
             report.first_errors
         );
+        if in_band {
+            let unit = &bytes[bytes.len() - 4096..];
+            let mark = scst_accel::log_writes::in_band_mark(unit);
+            assert!(
+                mark.as_deref()
+                    .is_some_and(|m| m.starts_with(crash::START_MARK) || m.starts_with(crash::ACK_MARK)),
+                "cycle {done}: the disk's last 4 KiB hold no mark of the writer: {mark:?}"
+            );
+            in_band_cycles += 1;
+        }
         checked += report.durable_blocks;
         // The journals only grow: the last check of each holds all its durable writes.
-        durable_writes[usize::from(block_size == 4096)] = report.durable_writes;
+        durable_writes[usize::from(block_size == 4096) + 2 * usize::from(in_band)] = report.durable_writes;
         buffered_cycles += u64::from(buffered);
         done += 1;
     }
@@ -149,7 +183,7 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
         "no write was ever acknowledged durable: the test proved nothing"
     );
     println!(
-        "crash: {done} cycles ({buffered_cycles} buffered, {} on 4 KiB blocks) in {:.1}s, {durable_writes} acknowledged durable writes \
+        "crash: {done} cycles ({buffered_cycles} buffered, {} on 4 KiB blocks, {in_band_cycles} marked in band) in {:.1}s, {durable_writes} acknowledged durable writes \
          in the journals, {checked} durable blocks checked over all cycles, lost 0, stale/torn 0",
         done / 3,
         started.elapsed().as_secs_f64()
@@ -196,7 +230,15 @@ fn sigkill_on_a_block_device_never_loses_an_acknowledged_write() {
         let journal = dir.join(format!("journal-{block_size}"));
         // Both engines on the device too: four cycles `auto` (io_uring here), four `threads`.
         let engine = if (done / 4) % 2 == 0 { "auto" } else { "threads" };
-        let mut writer = start(device, &journal, block_size, rng.next_u64(), buffered, engine);
+        let mut writer = start(
+            device,
+            &journal,
+            block_size,
+            rng.next_u64(),
+            buffered,
+            engine,
+            false,
+        );
         wait_ready(&mut writer);
         std::thread::sleep(Duration::from_millis(50 + rng.below(251)));
         writer.0.kill().expect("SIGKILL the writer");
