@@ -109,7 +109,11 @@ pub fn open_board(
             nvme_sim = Some(handle);
             device
         }
-        BoardSource::Pci(address) => Arc::new(VfioDevice::open(&address)?),
+        BoardSource::Pci(address) => {
+            let device: Arc<dyn DeviceBacking> = Arc::new(VfioDevice::open(&address)?);
+            warn_if_fua_trusted(definition, device.as_ref());
+            device
+        }
     };
     let (controller, queues) = bring_up(definition, device, queues)?;
     Ok(OpenedBoard {
@@ -122,6 +126,34 @@ pub fn open_board(
 }
 
 type Engines = (Arc<dyn Controller>, Vec<Box<dyn QueueEngine>>);
+
+/// QEMU's controller (a PCIe function; the simulated controller reports the same IDs but
+/// honours FUA) under a board that trusts its FUA, the generic `nvme`: say what the quirk is
+/// for (docs/nvme.md "FUA") rather than let FUA writes be answered before they are durable
+/// unsaid.
+fn warn_if_fua_trusted(definition: &BoardDefinition, device: &dyn DeviceBacking) {
+    let Ok(found) = device.pci_identity() else {
+        return; // bring_up reports it
+    };
+    if trusts_ignored_fua(definition, &found) {
+        log::warn!(
+            "{}: {found} is QEMU's NVMe controller, which completes a FUA write before it is \
+             durable; the `{}` board trusts FUA: use --board {} (its quirk follows each FUA \
+             write with a Flush)",
+            device.id(),
+            definition.name,
+            crate::definition::QEMU_NVME.name
+        );
+    }
+}
+
+/// Whether `definition` would trust the FUA of a function that says it is `found` while that
+/// function is QEMU's controller, which ignores FUA.
+fn trusts_ignored_fua(definition: &BoardDefinition, found: &PciIdentity) -> bool {
+    definition.engine == EngineKind::Nvme
+        && !definition.quirks.fua_ignored
+        && crate::definition::QEMU_NVME.admits(found)
+}
 
 /// Bring `device` up with `definition`'s driver, geometry and quirks, once it has shown to be
 /// that board ([`BoardDefinition::admits`]).
@@ -408,6 +440,21 @@ mod tests {
             );
             controller.shutdown().expect("shutdown");
         }
+    }
+
+    /// The generic `nvme` board on QEMU's controller is warned about (it would trust FUA);
+    /// `qemu-nvme` (the quirk), another controller, and an SCA-1 board are not.
+    #[test]
+    fn the_generic_nvme_board_on_qemus_controller_is_warned_about_fua() {
+        let qemu = crate::sim::nvme::PCI_IDENTITY;
+        assert!(trusts_ignored_fua(&NVME, &qemu));
+        assert!(!trusts_ignored_fua(&QEMU_NVME, &qemu));
+        let other = PciIdentity {
+            vendor_id: 0x144d,
+            ..qemu
+        };
+        assert!(!trusts_ignored_fua(&NVME, &other));
+        assert!(!trusts_ignored_fua(&SCA1_PCI, &qemu));
     }
 
     /// The definition's `max_transfer_bytes` reaches the geometry the store splits requests by
