@@ -353,9 +353,11 @@ cmd_run() {
 		fail "HIL_NVME_NS, HIL_NVME_4K and HIL_NVME_LOGWRITES are for different scenarios; set one"
 	elif [[ -n ${HIL_NVME_LOGWRITES:-} ]]; then
 		truncate -s 4G "$out/nvme-log.img"
-		nvme_drive=(-blockdev "driver=file,node-name=nvm-image,filename=$img"
+		# discard=unmap: the controller's deallocations reach the filter (logged) and punch
+		# the image (QEMU drops them at the first node without it).
+		nvme_drive=(-blockdev "driver=file,node-name=nvm-image,filename=$img,discard=unmap"
 			-blockdev "driver=file,node-name=nvm-log,filename=$out/nvme-log.img"
-			-blockdev "driver=blklogwrites,node-name=nvm,file=nvm-image,log=nvm-log,log-sector-size=512")
+			-blockdev "driver=blklogwrites,node-name=nvm,file=nvm-image,log=nvm-log,log-sector-size=512,discard=unmap")
 	elif [[ -n ${HIL_NVME_NS:-} ]]; then
 		nvme_dev=(-device nvme,id=nvme0,serial=SCSTACCEL1
 			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1,mssrl=128,mcl=128,msrc=127)

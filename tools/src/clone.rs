@@ -193,8 +193,8 @@ pub fn measure(args: &DemoArgs, bytes: u64) -> Result<Value, String> {
         .map_err(|e| err(&e))?;
     let info = backend.store.info();
     let bs = u64::from(info.block_size);
-    let frontend =
-        crate::demo::start_loopback_disk(&kernel, &args.disk, &backend, true).map_err(|e| err(e.as_ref()))?;
+    let frontend = crate::demo::start_loopback_disk(&kernel, &args.disk, &backend, true, false)
+        .map_err(|e| err(e.as_ref()))?;
     let mut sessions = crate::demo::attach(&kernel, &args.disk.name, 1).map_err(|e| e.to_string())?;
     let session = sessions.remove(0);
     let result = clone_on(&kernel, &frontend, &session, &args.disk.name, bytes, bs);

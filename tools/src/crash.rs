@@ -44,6 +44,12 @@
 //! marks in band (`--in-band-marks`: a write of a mark block to the disk's last 4 KiB, kept
 //! out of its own writes, waited for), `--end-mark TEXT` ends a killed run's part of the log,
 //! and `crash-check --log-format qemu` reads it (`crate::log_writes`, module doc).
+//!
+//! With `--unmaps` the disk is thin and a fourth of the rounds UNMAP a random range, journaled
+//! (an *unmapped* record, with a generation of its own) before it is sent: from then on the
+//! blocks may read zeroes, until a later write is made durable there; never an older
+//! generation (an UNMAP brings no old data back). QEMU's log has the deallocations in order;
+//! dm-log-writes' does not, so the dm power-cut scenario's writer sends none.
 //! The submitted records are written but not synced before their data write: a process kill
 //! keeps them (page cache); a power cut could lose them, so the check is only sound for kills.
 
@@ -104,6 +110,12 @@ pub struct CrashArgs {
     /// (`crash-check --log-format qemu --log-end-mark TEXT`).
     #[arg(long, value_name = "TEXT", conflicts_with = "log_writes_mark")]
     pub end_mark: Option<String>,
+    /// Serve the disk thin and mix UNMAPs of random ranges into the writes (a fourth of the
+    /// rounds; journaled before they are sent): the store must deallocate (a file, an NVMe
+    /// namespace with Dataset Management). Not with --log-writes-mark: dm-log-writes logs a
+    /// discard unordered against the FUA writes around it.
+    #[arg(long, conflicts_with = "log_writes_mark")]
+    pub unmaps: bool,
 }
 
 impl CrashArgs {
@@ -141,6 +153,9 @@ pub enum RecordKind {
     Submitted,
     /// The write was acknowledged durable: its data (or a later write's) must be on the image.
     Durable,
+    /// An UNMAP of the blocks was about to be submitted (`--unmaps`): from its generation on,
+    /// they may read zeroes (a durable write with a later generation ends that).
+    Unmapped,
 }
 
 /// One journal record: blocks `lba..lba+blocks` written with `generation`.
@@ -171,6 +186,7 @@ impl Record {
         b[4] = match self.kind {
             RecordKind::Submitted => 1,
             RecordKind::Durable => 2,
+            RecordKind::Unmapped => 3,
         };
         b[8..16].copy_from_slice(&self.lba.to_le_bytes());
         b[16..20].copy_from_slice(&self.blocks.to_le_bytes());
@@ -197,6 +213,7 @@ impl Record {
         let kind = match b[4] {
             1 => RecordKind::Submitted,
             2 => RecordKind::Durable,
+            3 => RecordKind::Unmapped,
             _ => return None,
         };
         Some(Self {
@@ -272,6 +289,10 @@ pub struct CheckReport {
     pub durable_writes: u64,
     /// Writes submitted in the journal.
     pub submitted_writes: u64,
+    /// UNMAPs submitted in the journal.
+    pub unmaps: u64,
+    /// Blocks that read zeroes where an UNMAP after their latest durable write allows it.
+    pub unmapped_zero_blocks: u64,
     /// Blocks whose latest durable write (or a later one) is not there.
     pub lost: u64,
     /// Blocks with data never written there: wrong LBA, a generation never submitted for it,
@@ -292,10 +313,19 @@ impl CheckReport {
 pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport {
     let mut report = CheckReport::default();
     let mut durable: HashMap<u64, u32> = HashMap::new();
+    // Per block, the latest UNMAP's generation.
+    let mut unmapped: HashMap<u64, u32> = HashMap::new();
     // Generation -> (first LBA, blocks): generations are unique per write.
     let mut submitted: HashMap<u32, (u64, u32)> = HashMap::new();
     for r in records {
         match r.kind {
+            RecordKind::Unmapped => {
+                report.unmaps += 1;
+                for lba in r.lba..r.lba.saturating_add(u64::from(r.blocks)) {
+                    let g = unmapped.entry(lba).or_insert(0);
+                    *g = (*g).max(r.generation);
+                }
+            }
             RecordKind::Submitted => {
                 report.submitted_writes += 1;
                 submitted.insert(r.generation, (r.lba, r.blocks));
@@ -321,6 +351,12 @@ pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport
             report.durable_blocks += 1;
         }
         if block.iter().all(|&b| b == 0) {
+            // An UNMAP after the block's latest durable write may have taken it (it is not
+            // durable itself, so the write may be there as well: the case below).
+            if want.is_some_and(|g| unmapped.get(&lba).is_some_and(|&u| u > g)) {
+                report.unmapped_zero_blocks += 1;
+                continue;
+            }
             if let Some(g) = want {
                 report.lost += 1;
                 note(
@@ -413,6 +449,7 @@ fn state_json(name: &str, replayed: Option<u64>, report: &CheckReport) -> serde_
         "state": name,
         "replayed_writes": replayed,
         "durable_blocks": report.durable_blocks,
+        "unmapped_zero_blocks": report.unmapped_zero_blocks,
         "lost": report.lost,
         "stale_or_torn": report.stale_or_torn,
         "first_errors": report.first_errors,
@@ -455,6 +492,9 @@ struct OrderCheck {
 
 impl OrderCheck {
     fn observe(&mut self, p: &crate::log_writes::Placement<'_>) {
+        if p.discard {
+            return; // zeroes, no stamp: an UNMAP the journal has
+        }
         let kind = if p.fua { "FUA" } else { "plain" };
         let anomaly = match stamp_generation(p.new, p.block as u64) {
             None => Some(format!(
@@ -654,6 +694,7 @@ pub fn check_power_cut(
             "writes": writes,
             "flushes": count(crate::log_writes::Entry::is_flush),
             "fua_writes": count(|e| e.is_fua() && e.changes_blocks()),
+            "discards": count(crate::log_writes::Entry::is_discard),
             "durable_writes": durable_writes,
             "writes_no_flush_covered": writes - durable_writes,
             "order_anomalies": order.anomalies,
@@ -678,6 +719,7 @@ fn journal_counts(records: &[Record]) -> serde_json::Value {
     serde_json::json!({
         "submitted_writes": n(RecordKind::Submitted),
         "durable_writes": n(RecordKind::Durable),
+        "unmaps": n(RecordKind::Unmapped),
     })
 }
 
@@ -827,7 +869,10 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         )
         .into());
     }
-    let _frontend = crate::demo::start_loopback_disk(&kernel, &args.disk, &backend, false)?;
+    if args.unmaps && !info.supports_unmap {
+        return Err("--unmaps needs a store that deallocates (this one cannot)".into());
+    }
+    let _frontend = crate::demo::start_loopback_disk(&kernel, &args.disk, &backend, false, args.unmaps)?;
     let mut sessions = crate::demo::attach(&kernel, &args.disk.name, 1)?;
     let session = sessions.pop().ok_or("no session")?;
     let unit_blocks = u64::from(UNIT_BYTES / info.block_size);
@@ -882,8 +927,8 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         writer.round()?;
     }
     println!(
-        "crash-writer: {} writes, {} durable, stopped after {:?}",
-        writer.writes, writer.durable, args.duration
+        "crash-writer: {} writes, {} durable, {} unmaps, stopped after {:?}",
+        writer.writes, writer.durable, writer.unmaps, args.duration
     );
     Ok(())
 }
@@ -972,6 +1017,9 @@ struct Writer {
     tag: u64,
     writes: u64,
     durable: u64,
+    /// `--unmaps`: a fourth of the rounds unmap.
+    unmap_rounds: bool,
+    unmaps: u64,
 }
 
 impl Writer {
@@ -1017,6 +1065,8 @@ impl Writer {
             tag: 0,
             writes: 0,
             durable: 0,
+            unmap_rounds: args.unmaps,
+            unmaps: 0,
         };
         writer.mark(START_MARK, writer.next_generation)?;
         Ok(writer)
@@ -1071,12 +1121,43 @@ impl Writer {
         send(&mut self.session, self.tag, what, cdb, data_out)
     }
 
-    /// Submit one write (journaled as submitted first); returns its record.
-    fn write(&mut self, fua: bool) -> Result<Record, WriterError> {
+    /// A random range of 1-4 units: first block, blocks.
+    fn range(&mut self) -> (u64, u32) {
         let unit = self.rng.below(self.units);
         let max_units = (self.units - unit).min(4);
         let blocks = ((1 + self.rng.below(max_units)) * self.unit_blocks) as u32;
-        let lba = unit * self.unit_blocks;
+        (unit * self.unit_blocks, blocks)
+    }
+
+    /// UNMAP one random range (journaled first: from here on its blocks may read zeroes).
+    fn unmap(&mut self) -> Result<(), WriterError> {
+        let (lba, blocks) = self.range();
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let record = Record {
+            kind: RecordKind::Unmapped,
+            lba,
+            blocks,
+            generation,
+        };
+        self.append(&[record], false)?;
+        // SBC-4 §5.32: an 8-byte header and one 16-byte block descriptor.
+        let mut list = vec![0u8; 24];
+        list[0..2].copy_from_slice(&22u16.to_be_bytes()); // UNMAP DATA LENGTH
+        list[2..4].copy_from_slice(&16u16.to_be_bytes()); // BLOCK DESCRIPTOR DATA LENGTH
+        list[8..16].copy_from_slice(&lba.to_be_bytes());
+        list[16..20].copy_from_slice(&blocks.to_be_bytes());
+        let mut cdb = vec![0u8; 10];
+        cdb[0] = 0x42;
+        cdb[7..9].copy_from_slice(&24u16.to_be_bytes());
+        self.command("UNMAP", cdb, list)?;
+        self.unmaps += 1;
+        Ok(())
+    }
+
+    /// Submit one write (journaled as submitted first); returns its record.
+    fn write(&mut self, fua: bool) -> Result<Record, WriterError> {
+        let (lba, blocks) = self.range();
         let generation = self.next_generation;
         self.next_generation += 1;
         let record = Record {
@@ -1102,7 +1183,7 @@ impl Writer {
 
     /// One round of the mix.
     fn round(&mut self) -> Result<(), WriterError> {
-        match self.rng.below(3) {
+        match self.rng.below(if self.unmap_rounds { 4 } else { 3 }) {
             0 => {
                 let durable = self.write(true)?;
                 // Only now, after GOOD, may the journal claim it (the mark first: it is what
@@ -1129,6 +1210,7 @@ impl Writer {
                 self.append(&written, true)?;
                 self.durable += written.len() as u64;
             }
+            3 => self.unmap()?,
             _ => {
                 // Never flushed by this round (a later flush covers it, but it is not journaled
                 // durable: the check then only allows, never requires, its data).
@@ -1428,5 +1510,78 @@ mod tests {
         stamp::stamp(&mut image[512..1024], 1, 1);
         let r = check(&image, 512, &more);
         assert_eq!((r.lost, r.stale_or_torn), (2, 1), "{r:?}");
+    }
+
+    /// An UNMAP after a block's latest durable write allows zeroes there (it may or may not have
+    /// reached the medium), never an older generation; a durable write after it requires its
+    /// data again. A record of it round-trips the journal.
+    #[test]
+    fn an_unmap_after_the_durable_write_allows_zeroes_and_nothing_older() {
+        let records = [
+            rec(RecordKind::Submitted, 0, 2, 1),
+            rec(RecordKind::Durable, 0, 2, 1),
+            rec(RecordKind::Submitted, 0, 2, 2),
+            rec(RecordKind::Durable, 0, 2, 2),
+            rec(RecordKind::Unmapped, 0, 1, 3),
+        ];
+        let unmapped = rec(RecordKind::Unmapped, 0, 1, 3);
+        assert_eq!(Record::decode(&unmapped.encode()), Some(unmapped));
+        let mut image = vec![0u8; 2 * 512];
+        stamp::stamp(&mut image[512..], 1, 2);
+        let r = check(&image, 512, &records);
+        assert_eq!(
+            (r.lost, r.stale_or_torn, r.unmaps, r.unmapped_zero_blocks),
+            (0, 0, 1, 1),
+            "{r:?}"
+        );
+        // Not unmapped, block 1 zeroed: lost. Block 0 holding generation 1 after 2 was durable:
+        // lost, unmap or not (an UNMAP does not bring old data back).
+        image[512..].fill(0);
+        stamp::stamp(&mut image[..512], 0, 1);
+        let r = check(&image, 512, &records);
+        assert_eq!((r.lost, r.stale_or_torn), (2, 0), "{r:?}");
+        // A durable write after the UNMAP: its zeroes no longer excuse the block.
+        let mut later = records.to_vec();
+        later.extend([
+            rec(RecordKind::Submitted, 0, 1, 4),
+            rec(RecordKind::Durable, 0, 1, 4),
+        ]);
+        let mut image = vec![0u8; 2 * 512];
+        stamp::stamp(&mut image[512..], 1, 2);
+        let r = check(&image, 512, &later);
+        assert_eq!((r.lost, r.unmapped_zero_blocks), (1, 0), "{r:?}");
+    }
+
+    /// In QEMU's log a discard is logged when it completes, in the writer's order: replayed as
+    /// zeroes, durable once a flush follows, and its zeroes pass the check where the journal
+    /// has the UNMAP (and are not order anomalies); without that record they are lost data.
+    #[test]
+    fn a_discard_in_qemus_log_replays_as_zeroes_the_journal_must_explain() {
+        let records = [
+            rec(RecordKind::Submitted, 0, 1, 1),
+            rec(RecordKind::Durable, 0, 1, 1),
+            rec(RecordKind::Unmapped, 0, 1, 2),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let end = crate::log_writes::LogFormat::Qemu {
+            end: "scst-accel-end-1".to_owned(),
+        };
+        let path = LogBuilder::new(512)
+            .write(0, 0, &stamped(0, 1))
+            .flush()
+            .discard(0, 1)
+            .flush()
+            .in_band(3, "scst-accel-end-1")
+            .finish(dir.path());
+        let log = Log::open_as(&path, &end).expect("log");
+        assert!(log.entries[2].is_discard() && log.entries[2].changes_blocks());
+        assert_eq!(log.durable(), [true, false, true, false, false]);
+        let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records, 2, 7).expect("check");
+        assert!(passed, "{json}");
+        assert_eq!(json["log"]["order_anomalies"], 0, "{json}");
+        assert_eq!(json["states"][0]["unmapped_zero_blocks"], 1, "{json}");
+        let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records[..2], 2, 7).expect("check");
+        assert!(!passed, "{json}");
+        assert_eq!(json["states"][0]["lost"], 1, "{json}");
     }
 }

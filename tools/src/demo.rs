@@ -243,7 +243,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
     });
     let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &args.inject)?;
     let info = backend.store.info();
-    let frontend = start_loopback_disk(&kernel, &args.disk, &backend, false)?;
+    let frontend = start_loopback_disk(&kernel, &args.disk, &backend, false, false)?;
     let sessions = attach(&kernel, &args.disk.name, args.sessions.max(1))?;
     // The workload's region: the disk, or the first --size bytes of a larger device (a
     // hardware board's disk is its whole namespace; the demo need not write all of it).
@@ -478,6 +478,7 @@ pub(crate) fn start_loopback_disk(
     disk: &DiskArgs,
     backend: &Backend,
     copy_manager: bool,
+    thin: bool,
 ) -> Result<Frontend, Box<dyn std::error::Error>> {
     let info = backend.store.info();
     let fd = kernel.open(true);
@@ -488,7 +489,12 @@ pub(crate) fn start_loopback_disk(
         None,
         info.device_ids.as_ref(),
     )?;
-    let config = Arc::new(Disk::try_new(disk.disk_config(&info, &identity, copy_manager))?);
+    let mut config = disk.disk_config(&info, &identity, copy_manager);
+    if thin && info.supports_unmap {
+        // What service.rs does for a disk whose spec asks for it (the caller checked).
+        config.thin_provisioning = true;
+    }
+    let config = Arc::new(Disk::try_new(config)?);
     Ok(Frontend::start(
         Arc::new(fd),
         config,

@@ -64,7 +64,9 @@
 //! write and a flush, and QEMU's NVMe controller passes none: docs/nvme.md "FUA"); `nr_entries`
 //! is rewritten only at flushes (and every `log-super-update-interval` entries), so the entries
 //! go on past it, up to the first header of zeroes in a log file that started empty; a guest
-//! cannot send a mark, and closing the drive adds a flush. So the crash writer marks **in
+//! cannot send a mark, and closing the drive adds a flush; a discard is logged when it
+//! completes, like a write (so, unlike dm-log-writes', in order: replayed as zeroes, what the
+//! punched image reads). So the crash writer marks **in
 //! band** (`--in-band-marks`): it writes a block that begins with [`IN_BAND_MAGIC`] and the
 //! mark's text to a unit of the disk it keeps for that, and waits for it, the way it waits for
 //! every command; this reader turns such writes into marks. The log ends at the run's end
@@ -158,7 +160,12 @@ impl Entry {
         self.flags & FUA != 0
     }
 
-    /// Changes blocks: a write with data (discards are refused by [`Log::open`]).
+    /// A discard (only in a [`LogFormat::Qemu`] log: a dm-log-writes log with one is refused).
+    pub fn is_discard(&self) -> bool {
+        self.flags & DISCARD != 0
+    }
+
+    /// Changes blocks: a write with data, or a discard.
     pub fn changes_blocks(&self) -> bool {
         self.mark.is_none() && self.sectors > 0
     }
@@ -267,6 +274,8 @@ pub struct Placement<'a> {
     pub entry: usize,
     /// A FUA write (logged when it completed; a plain write is logged at the next flush).
     pub fua: bool,
+    /// A discard: `new` is zeroes (QEMU's log; what a punched hole of the image reads).
+    pub discard: bool,
     /// The block's index in the image (in the replay's units).
     pub block: usize,
     /// What the image holds there now.
@@ -387,9 +396,12 @@ impl Log {
                     index,
                     what: "inline data other than a mark's text",
                 });
+            } else if flags & DISCARD != 0 && qemu {
+                // QEMU logs a discard when it completes, as it does a write: in order. No data
+                // in the log; the blocks read zeroes once it is replayed (a punched hole).
             } else if flags & DISCARD != 0 {
                 // Logged like a plain write (at the next flush), so not ordered against a FUA
-                // write of the same blocks logged before it; the crash writer sends none.
+                // write of the same blocks logged before it; the crash writer sends none here.
                 return Err(LogError::Unsupported {
                     path: path.clone(),
                     index,
@@ -513,16 +525,21 @@ impl Log {
             let first = range.start / unit;
             let blocks = &mut image[range];
             data.resize(blocks.len(), 0);
-            self.file
-                .read_exact_at(&mut data, entry.data_at)
-                .map_err(|source| LogError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            if entry.is_discard() {
+                data.fill(0);
+            } else {
+                self.file
+                    .read_exact_at(&mut data, entry.data_at)
+                    .map_err(|source| LogError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+            }
             for (i, (old, new)) in blocks.chunks_mut(unit).zip(data.chunks(unit)).enumerate() {
                 let placement = Placement {
                     entry: index,
                     fua: entry.is_fua(),
+                    discard: entry.is_discard(),
                     block: first + i,
                     old,
                     new,

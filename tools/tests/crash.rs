@@ -85,7 +85,8 @@ fn start(
         cmd.arg("--buffered");
     }
     if in_band_marks {
-        cmd.arg("--in-band-marks");
+        // The power-cut-vfio scenario's writer: marks in band and UNMAPs (a thin disk).
+        cmd.args(["--in-band-marks", "--unmaps"]);
     }
     Writer(cmd.spawn().expect("start scst-accel crash-writer"))
 }
@@ -123,9 +124,10 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
         let engine = if (done / 4) % 2 == 0 { "auto" } else { "threads" };
         // Every third cycle on a disk of 4 KiB blocks (an image and journal of its own).
         let block_size = if done % 3 == 2 { 4096 } else { 512 };
-        // Every fifth cycle marks in band (the HIL power-cut-vfio scenario's writer), on a disk
-        // and journal of its own (the marks take the last unit): the marks' unit must not upset
-        // the check, and the marks must be there.
+        // Every fifth cycle marks in band and unmaps (the HIL power-cut-vfio scenario's
+        // writer), on a disk and journal of its own (the marks take the last unit): the marks'
+        // unit must not upset the check, the marks must be there, and punched holes where the
+        // journal has an UNMAP after the durable write pass.
         let in_band = done % 5 == 4;
         let marked = if in_band { "-marked" } else { "" };
         let image = dir.join(format!("disk-{block_size}{marked}.img"));

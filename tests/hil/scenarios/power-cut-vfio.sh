@@ -3,7 +3,8 @@
 # the host every write and flush the emulated controller makes, in completion order. The crash
 # writer (`scst-accel crash-writer --board qemu-nvme`: the handler, the accelerator store on the
 # NVMe engine and the loopback kernel in one process) writes stamped blocks with FUA, SYNCHRONIZE
-# CACHE and unsynced writes, marking each acknowledgment in band (a write of a mark block to the
+# CACHE and unsynced writes, and UNMAPs ranges of its thin disk (--unmaps: NVMe deallocations,
+# which QEMU logs as discards, in order, and punches into the image), marking each acknowledgment in band (a write of a mark block to the
 # disk's last 4 KiB, waited for: a guest cannot send blklogwrites a mark). Each cycle's writer is
 # SIGKILLed, then a second writer process writes the cycle's end mark (`--end-mark`), so that
 # what the controller made after it (the next cycle, the drive's flush at QEMU's exit) is not
@@ -26,7 +27,7 @@ cycles=""
 for n in 1 2 3 4; do
 	seed=$((n * 100000 + RANDOM))
 	out=$HIL_SHARE/writer-$n.log
-	scst-accel crash-writer --board qemu-nvme --pci "$NVME_BDF" --in-band-marks \
+	scst-accel crash-writer --board qemu-nvme --pci "$NVME_BDF" --in-band-marks --unmaps \
 		--journal "$journal" --seed "$seed" --duration 120s >"$out" 2>&1 &
 	pid=$!
 	hil_wait 60 grep -q "crash-writer: writing" "$out" || { cat "$out"; fail "cycle $n: the writer never started writing" 21; }
