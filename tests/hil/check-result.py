@@ -90,7 +90,7 @@ def check_power_cut(j):
     return 1 if failed else 0
 
 
-def check_power_cut_vfio(j):
+def check_power_cut_vfio(j, block_size):
     """The power-cut-vfio scenario: four cycles of the crash writer on the NVMe engine through
     VFIO (QEMU's controller, which ignores FUA), each killed during writes, QEMU's blklogwrites
     log replayed on the host up to the cycle's end mark into every state a power cut may leave,
@@ -99,7 +99,17 @@ def check_power_cut_vfio(j):
     the journal checked at its mark, none late, none unmarked). Each cycle must have proved
     something: durable writes acknowledged and flushes on the device."""
     cycles = j.get("cycles", [])
-    checks = [("four cycles ran", len(cycles) == 4)]
+    checks = [
+        ("four cycles ran", len(cycles) == 4),
+        (
+            f"on a namespace of {block_size}-byte blocks, logged in them",
+            all(
+                c.get("block_size") == block_size
+                and c.get("check", {}).get("log", {}).get("block_size") == block_size
+                for c in cycles
+            ),
+        ),
+    ]
     for c in cycles:
         n, check = c.get("cycle"), c.get("check", {})
         log, journal = check.get("log", {}), check.get("journal", {})
@@ -170,7 +180,9 @@ def main():
     if scenario == "power-cut":
         return check_power_cut(j)
     if scenario == "power-cut-vfio":
-        return check_power_cut_vfio(j)
+        return check_power_cut_vfio(j, 512)
+    if scenario == "power-cut-vfio-4k":
+        return check_power_cut_vfio(j, 4096)
     t = j.get("teardown", {})
     pool = j.get("pool", {})
     checks = [

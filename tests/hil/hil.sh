@@ -341,10 +341,11 @@ cmd_run() {
 	# sent to it (docs/xcopy.md). 128/128 are nvme-ns's defaults.
 	# With HIL_NVME_4K=1 (the power-cut scenario) a second namespace, nsid 2, of 4096-byte
 	# logical blocks on its own sparse 256 MiB image: a 4Kn disk on the kernel's nvme driver.
-	# With HIL_NVME_LOGWRITES=1 (the power-cut-vfio scenario) the namespace's drive is QEMU's
-	# blklogwrites filter over the image: every write and flush the emulated controller makes
-	# is logged, in the format of Linux's dm-log-writes, to $out/nvme-log.img (a fresh sparse
-	# file, so the entries end where a header of zeroes begins: crash-check --log-format qemu).
+	# With HIL_NVME_LOGWRITES=512 or 4096 (the power-cut-vfio scenarios) the namespace's drive
+	# is QEMU's blklogwrites filter over the image: every write and flush the emulated
+	# controller makes is logged, in the format of Linux's dm-log-writes, to $out/nvme-log.img
+	# (a fresh sparse file, so the entries end where a header of zeroes begins: crash-check
+	# --log-format qemu), in units of the namespace's logical block, 512 or 4096 bytes.
 	local nvme_drive=(-drive "file=$img,if=none,id=nvm,format=raw")
 	local nvme_dev=(-device nvme,serial=SCSTACCEL1,drive=nvm)
 	local set=0 v
@@ -352,12 +353,16 @@ cmd_run() {
 	if [[ $set -gt 1 ]]; then
 		fail "HIL_NVME_NS, HIL_NVME_4K and HIL_NVME_LOGWRITES are for different scenarios; set one"
 	elif [[ -n ${HIL_NVME_LOGWRITES:-} ]]; then
+		local lbs=$HIL_NVME_LOGWRITES
+		[[ $lbs == 512 || $lbs == 4096 ]] || fail "HIL_NVME_LOGWRITES is the block size, 512 or 4096, not '$lbs'"
 		truncate -s 4G "$out/nvme-log.img"
 		# discard=unmap: the controller's deallocations reach the filter (logged) and punch
 		# the image (QEMU drops them at the first node without it).
 		nvme_drive=(-blockdev "driver=file,node-name=nvm-image,filename=$img,discard=unmap"
 			-blockdev "driver=file,node-name=nvm-log,filename=$out/nvme-log.img"
-			-blockdev "driver=blklogwrites,node-name=nvm,file=nvm-image,log=nvm-log,log-sector-size=512,discard=unmap")
+			-blockdev "driver=blklogwrites,node-name=nvm,file=nvm-image,log=nvm-log,log-sector-size=$lbs,discard=unmap")
+		nvme_dev=(-device nvme,id=nvme0,serial=SCSTACCEL1
+			-device "nvme-ns,drive=nvm,bus=nvme0,nsid=1,logical_block_size=$lbs,physical_block_size=$lbs")
 	elif [[ -n ${HIL_NVME_NS:-} ]]; then
 		nvme_dev=(-device nvme,id=nvme0,serial=SCSTACCEL1
 			-device nvme-ns,drive=nvm,bus=nvme0,nsid=1,mssrl=128,mcl=128,msrc=127)

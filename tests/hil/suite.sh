@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut power-cut-vfio)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut power-cut-vfio power-cut-vfio-4k)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -52,7 +52,9 @@ mkdir -p "$out"
 started=$SECONDS
 failed=()
 for s in "${scenarios[@]}"; do
-	script="$here/scenarios/$s.sh"
+	# power-cut-vfio-4k: power-cut-vfio's scripts on a namespace of 4096-byte blocks.
+	base=${s%-4k}
+	script="$here/scenarios/$base.sh"
 	[[ -f $script ]] || { echo "hil suite: no scenario $s" >&2; exit 2; }
 	dir="$out/$s"
 	t0=$SECONDS
@@ -62,20 +64,25 @@ for s in "${scenarios[@]}"; do
 	if [[ $s == xcopy ]]; then export HIL_NVME_NS=1; else unset HIL_NVME_NS; fi
 	# power-cut needs a second namespace of 4 KiB blocks (hil.sh, HIL_NVME_4K).
 	if [[ $s == power-cut ]]; then export HIL_NVME_4K=1; else unset HIL_NVME_4K; fi
-	# power-cut-vfio needs QEMU's log of the namespace's writes (hil.sh, HIL_NVME_LOGWRITES).
-	if [[ $s == power-cut-vfio ]]; then export HIL_NVME_LOGWRITES=1; else unset HIL_NVME_LOGWRITES; fi
+	# power-cut-vfio needs QEMU's log of the namespace's writes (hil.sh, HIL_NVME_LOGWRITES:
+	# the namespace's block size).
+	case $s in
+	power-cut-vfio) export HIL_NVME_LOGWRITES=512 ;;
+	power-cut-vfio-4k) export HIL_NVME_LOGWRITES=4096 ;;
+	*) unset HIL_NVME_LOGWRITES ;;
+	esac
 	extra=()
 	[[ $s != iscsi ]] || extra=(${iscsi_bins[@]+"${iscsi_bins[@]}"})
 	[[ $s != power-cut ]] || extra=(${dm_bins[@]+"${dm_bins[@]}"})
 	# power-cut-vfio's writer takes the whole namespace (a hardware board's disk is the
 	# namespace): 16 MiB, the size the host's check replays.
-	[[ $s != power-cut-vfio ]] || extra=(--disk-mb 16)
+	[[ $base != power-cut-vfio ]] || extra=(--disk-mb 16)
 	"$here/hil.sh" run --out "$dir" --timeout "${HIL_TIMEOUT:-900}" --bin "$bin" \
 		--bin "$here/scenarios/common.sh" ${sg_bins[@]+"${sg_bins[@]}"} \
 		${extra[@]+"${extra[@]}"} -- "$script" || rc=$?
 	# A scenario's host half (scenarios/NAME.host.sh DIR BIN), after the guest powered off:
 	# power-cut-vfio checks the log QEMU wrote on the host.
-	host=$here/scenarios/$s.host.sh
+	host=$here/scenarios/$base.host.sh
 	hrc=0
 	if [[ $rc -eq 0 && -f $host ]]; then
 		"$host" "$dir" "$bin" || hrc=$?

@@ -13,13 +13,15 @@ log=$dir/nvme-log.img
 [[ -f $log ]] || { echo "power-cut-vfio: no log $log (hil.sh HIL_NVME_LOGWRITES)" >&2; exit 1; }
 entries=()
 for n in $(python3 -c 'import json,sys; print(" ".join(str(c["cycle"]) for c in json.load(open(sys.argv[1]))["cycles"]))' "$share/cycles.json"); do
-	seed=$(python3 -c 'import json,sys; print(next(c["seed"] for c in json.load(open(sys.argv[1]))["cycles"] if c["cycle"] == int(sys.argv[2])))' "$share/cycles.json" "$n")
+	field() { python3 -c 'import json,sys; print(next(c[sys.argv[3]] for c in json.load(open(sys.argv[1]))["cycles"] if c["cycle"] == int(sys.argv[2])))' "$share/cycles.json" "$n" "$1"; }
+	seed=$(field seed)
+	bs=$(field block_size)
 	rc=0
-	"$bin" crash-check --journal "$share/journal-$n" --block-size 512 --log-writes "$log" \
+	"$bin" crash-check --journal "$share/journal-$n" --block-size "$bs" --log-writes "$log" \
 		--log-format qemu --log-end-mark "scst-accel-end-$n" --size 16M --subsets 4 --seed "$seed" \
 		>"$share/cycle-$n.json" || rc=$?
 	echo "power-cut-vfio: cycle $n crash-check exit $rc: $(cut -c1-300 "$share/cycle-$n.json")"
 	[[ $rc -eq 0 || $rc -eq 65 ]] || { echo "power-cut-vfio: cycle $n: crash-check could not check (exit $rc)" >&2; exit 1; }
-	entries+=("{\"cycle\": $n, \"seed\": $seed, \"check\": $(cat "$share/cycle-$n.json")}")
+	entries+=("{\"cycle\": $n, \"seed\": $seed, \"block_size\": $bs, \"check\": $(cat "$share/cycle-$n.json")}")
 done
 (IFS=,; echo "{\"cycles\": [${entries[*]}]}") >"$share/result.json"

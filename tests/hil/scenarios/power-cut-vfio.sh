@@ -14,7 +14,8 @@
 # "FUA"): this is what catches a store that trusts it.
 #
 # Four cycles on one disk and one journal (generations continue across cycles, and each
-# cycle's check covers the cycles before it).
+# cycle's check covers the cycles before it). The suite runs it on a namespace of 512-byte
+# blocks (power-cut-vfio) and of 4096-byte blocks (power-cut-vfio-4k).
 set -e
 . ./common.sh
 fail() {
@@ -22,6 +23,11 @@ fail() {
 	exit "${2:-1}"
 }
 bind_vfio "$NVME_BDF" >/dev/null || fail "binding $NVME_BDF to vfio-pci failed" 20
+# The disk's block size (the namespace's: hil.sh HIL_NVME_LOGWRITES), for the host's check.
+scst-accel diag --board qemu-nvme --pci "$NVME_BDF" --json >"$HIL_SHARE/diag.json" ||
+	fail "diag could not open the controller" 24
+bs=$(sed -n 's/^ *"block_size": *\([0-9]*\).*/\1/p' "$HIL_SHARE/diag.json" | head -1)
+[ -n "$bs" ] || { cat "$HIL_SHARE/diag.json"; fail "diag reported no block size" 24; }
 journal=/tmp/journal
 cycles=""
 for n in 1 2 3 4; do
@@ -43,6 +49,6 @@ for n in 1 2 3 4; do
 		{ cat "$HIL_SHARE/end-$n.log"; fail "cycle $n: writing the end mark failed" 23; }
 	cp "$journal" "$HIL_SHARE/journal-$n"
 	echo "power-cut-vfio: cycle $n (seed $seed) killed and marked; journal $(wc -c <"$journal") bytes"
-	cycles="${cycles:+$cycles, }{\"cycle\": $n, \"seed\": $seed}"
+	cycles="${cycles:+$cycles, }{\"cycle\": $n, \"seed\": $seed, \"block_size\": $bs}"
 done
 echo "{\"cycles\": [$cycles]}" >"$HIL_SHARE/cycles.json"
