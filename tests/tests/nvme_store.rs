@@ -44,7 +44,15 @@ fn complete(q: &mut dyn StoreQueue, tag: u64, op: StoreOp, buffer: Option<IoBuff
 /// The accelerator store over a simulated NVMe controller with one queue, the controller's
 /// handle, and an SGV pool of command buffers mapped for it.
 fn nvme_store(config: NvmeSimConfig) -> (AccelStore, NvmeSimHandle, Arc<SgvPool>) {
-    let opened = open_board(&definition::NVME_SIM, BoardSource::NvmeSim(config), 1).expect("open");
+    nvme_store_as(&definition::NVME_SIM, config)
+}
+
+/// [`nvme_store`] with the board `definition` (its quirks).
+fn nvme_store_as(
+    definition: &'static definition::BoardDefinition,
+    config: NvmeSimConfig,
+) -> (AccelStore, NvmeSimHandle, Arc<SgvPool>) {
+    let opened = open_board(definition, BoardSource::NvmeSim(config), 1).expect("open");
     let sim = opened.nvme_sim.clone().expect("simulated controller");
     let pool = Arc::new(SgvPool::new(
         Some(device_mapper(Arc::clone(opened.controller.device()))),
@@ -428,14 +436,7 @@ fn a_fua_write_on_a_controller_that_ignores_fua_completes_with_a_flush_after_it(
         fua_ignored: true,
         ..NvmeSimConfig::default()
     };
-    let opened = open_board(&NVME_SIM_FUA_IGNORED, BoardSource::NvmeSim(config.clone()), 1).expect("open");
-    let sim = opened.nvme_sim.clone().expect("simulated controller");
-    let pool = Arc::new(SgvPool::new(
-        Some(device_mapper(Arc::clone(opened.controller.device()))),
-        Some(Arc::clone(opened.controller.iovas())),
-        64 << 20,
-    ));
-    let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+    let (store, sim, pool) = nvme_store_as(&NVME_SIM_FUA_IGNORED, config.clone());
     let mut q = store.open_queue().expect("queue");
     let buf = || {
         IoBuffer::new(

@@ -932,6 +932,13 @@ impl AccelQueue {
             length: length as u32,
             segments,
         };
+        self.next_step(tag, child, fua_flush, Some(caw));
+        None
+    }
+
+    /// Queue `child` as the one outstanding device request of request `tag`, whose earlier
+    /// ones have all completed: its next step.
+    fn next_step(&mut self, tag: u64, child: Child, fua_flush: FuaFlush, caw: Option<DeviceCompareAndWrite>) {
         let id = self.next_child;
         self.next_child += 1;
         self.children.insert(id, child);
@@ -943,11 +950,10 @@ impl AccelQueue {
                 status: StoreStatus::Good,
                 fua_flush,
                 compare: None,
-                compare_and_write: Some(caw),
+                compare_and_write: caw,
                 scratch: None,
             },
         );
-        None
     }
 
     /// Compare reads the medium into scratch memory: allocate it next to the command buffer.
@@ -1063,31 +1069,15 @@ impl AccelQueue {
     /// durable: the request completes when the Flush does (NVMe 1.4 §6.8: a Flush commits
     /// every write completed before it was submitted).
     fn flush_after_fua(&mut self, tag: u64, lba: u64) {
-        let id = self.next_child;
-        self.next_child += 1;
-        self.children.insert(
-            id,
-            Child {
-                parent: tag,
-                op: DeviceOp::Flush,
-                fua: false,
-                lba: 0,
-                length: 0,
-                segments: Segments::None,
-            },
-        );
-        self.backlog.push_back(id);
-        self.parents.insert(
-            tag,
-            Parent {
-                remaining: 1,
-                status: StoreStatus::Good,
-                fua_flush: FuaFlush::Flushing { lba },
-                compare: None,
-                compare_and_write: None,
-                scratch: None,
-            },
-        );
+        let flush = Child {
+            parent: tag,
+            op: DeviceOp::Flush,
+            fua: false,
+            lba: 0,
+            length: 0,
+            segments: Segments::None,
+        };
+        self.next_step(tag, flush, FuaFlush::Flushing { lba }, None);
     }
 
     fn device_status(&self, c: &DeviceCompletion, child: Option<&Child>) -> StoreStatus {
