@@ -470,8 +470,19 @@ fn a_fua_write_on_a_controller_that_ignores_fua_completes_with_a_flush_after_it(
         blocks: 1,
         fua: true,
     };
-    assert_eq!(complete(q.as_mut(), 3, op, Some(caw)), StoreStatus::Good);
+    assert_eq!(complete(q.as_mut(), 3, op.clone(), Some(caw)), StoreStatus::Good);
     assert_eq!(flushes(&sim), 2, "a FUA COMPARE AND WRITE is followed by a Flush");
+    // One that miscompares wrote nothing: no Flush follows it.
+    let differs = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 2 * 512).expect("buffer"),
+        2 * 512,
+    );
+    differs.write_at(0, &[0xA5; 512]);
+    assert!(matches!(
+        complete(q.as_mut(), 30, op, Some(differs)),
+        StoreStatus::Miscompare { .. }
+    ));
+    assert_eq!(flushes(&sim), 2, "no Flush after a miscompare");
     // The second I/O command from here, the Flush, fails with Write Fault: the write must
     // not be answered GOOD, and its error names its own first block, not the Flush's LBA 0.
     sim.inject("status:sct=2,sc=0x80,every=2".parse().expect("fault"));
