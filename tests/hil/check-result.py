@@ -110,9 +110,9 @@ def check_power_cut_vfio(scenario, j, block_size):
     during writes, QEMU's blklogwrites log replayed on the host up to the cycle's end mark into
     every state a power cut may leave, with the checks of a power-cut cycle, each
     acknowledgment at its in-band mark; on a namespace of `block_size`-byte blocks, and the
-    UNMAPs must have reached the device as discards (each cycle's writers are serial and the
-    device completes what it took before the next bring-up: only one per kill, journaled but
-    not yet sent when the kill came, can be missing)."""
+    UNMAPs must have reached the device as discards (the writer has one command at a time:
+    only one per kill, journaled but not sent or in flight when the kill came, can be
+    missing)."""
     cycles = j.get("cycles", [])
     checks = [
         ("four cycles ran", len(cycles) == 4),
@@ -129,8 +129,8 @@ def check_power_cut_vfio(scenario, j, block_size):
         check = c.get("check", {})
         what = f"cycle {c.get('cycle')}"
         checks += power_cut_cycle(scenario, what, check, "marked in band")
-        # Each cycle's kill may fall between journaling an UNMAP and sending it: one per cycle
-        # so far may be missing (the journal holds the cycles before it).
+        # Each cycle's kill may catch an UNMAP journaled and not yet sent, or in flight: one
+        # per cycle so far may be missing (the journal holds the cycles before it).
         unmaps, discards = check.get("journal", {}).get("unmaps", 0), check.get("log", {}).get("discards", 0)
         killed = int(c.get("cycle") or 0)
         checks.append(

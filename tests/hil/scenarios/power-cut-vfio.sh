@@ -41,9 +41,11 @@ for n in 1 2 3 4; do
 	kill -0 "$pid" || { cat "$out"; fail "cycle $n: the writer ended before it was killed" 22; }
 	kill -9 "$pid"
 	wait "$pid" 2>/dev/null || true
-	# The killed writer's VFIO file descriptors are closed with it (the function is reset, and
-	# QEMU completes what it had taken first); this process brings the controller up again and
-	# writes the cycle's end mark after everything the killed one sent.
+	# The killed writer's VFIO file descriptors are closed with it (the function is reset);
+	# this process brings the controller up again and writes the cycle's end mark. The writer
+	# has one command at a time: a command of the killed one that QEMU logged after the mark
+	# (if its reset let one run on) falls outside the cycle, as a write the power cut lost,
+	# which no acknowledgment covered.
 	scst-accel crash-writer --board qemu-nvme --pci "$NVME_BDF" \
 		--journal "$journal" --end-mark "scst-accel-end-$n" >"$HIL_SHARE/end-$n.log" 2>&1 ||
 		{ cat "$HIL_SHARE/end-$n.log"; fail "cycle $n: writing the end mark failed" 23; }
