@@ -66,6 +66,7 @@ use scst_accel_handler::transport::version;
 use scst_accel_handler::workload::stamp;
 use scst_accel_handler::workload::stamp::Rng;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -309,8 +310,21 @@ impl CheckReport {
     }
 }
 
-/// Check `image` (the disk's bytes, `block_size` blocks) against the journal `records`.
+/// Check `image` (the disk's bytes, `block_size` blocks) against the journal `records`, as a
+/// process kill left it: zeroes where the journal has an UNMAP after the block's latest durable
+/// write pass (the UNMAP may have reached the medium).
 pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport {
+    check_replayed(image, block_size, records, None)
+}
+
+/// [`check`], for a state replayed from a log: with `discarded`, an UNMAP excuses zeroes only in
+/// the blocks a replayed discard left zeroed.
+fn check_replayed(
+    image: &[u8],
+    block_size: usize,
+    records: &[Record],
+    discarded: Option<&HashSet<u64>>,
+) -> CheckReport {
     let mut report = CheckReport::default();
     let mut durable: HashMap<u64, u32> = HashMap::new();
     // Per block, the latest UNMAP's generation.
@@ -353,7 +367,8 @@ pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport
         if block.iter().all(|&b| b == 0) {
             // An UNMAP after the block's latest durable write may have taken it (it is not
             // durable itself, so the write may be there as well: the case below).
-            if want.is_some_and(|g| unmapped.get(&lba).is_some_and(|&u| u > g)) {
+            let replayed_discard = discarded.is_none_or(|d| d.contains(&lba));
+            if replayed_discard && want.is_some_and(|g| unmapped.get(&lba).is_some_and(|&u| u > g)) {
                 report.unmapped_zero_blocks += 1;
                 continue;
             }
@@ -367,7 +382,8 @@ pub fn check(image: &[u8], block_size: usize, records: &[Record]) -> CheckReport
             continue;
         }
         // The writer's own in-band mark (`--in-band-marks`), in the unit it keeps for them.
-        if want.is_none() && crate::log_writes::in_band_mark(block).is_some() {
+        let in_marks_unit = lba * block_size as u64 >= crate::log_writes::in_band_unit(image.len() as u64);
+        if in_marks_unit && want.is_none() && crate::log_writes::in_band_mark(block).is_some() {
             continue;
         }
         let found = u32::from_le_bytes(block[8..12].try_into().unwrap_or([0; 4]));
@@ -655,8 +671,24 @@ pub fn check_power_cut(
                      keep: &mut dyn FnMut(bool) -> bool,
                      place: &mut dyn FnMut(&crate::log_writes::Placement<'_>) -> bool| {
         image.fill(0);
-        let replayed = log.replay(&mut image, block_size, |_, durable| keep(durable), place)?;
-        let report = check(&image, block_size, records);
+        // The blocks a discard replayed in this state left zeroed: only there may zeroes be
+        // excused by an UNMAP (one the journal has but this state did not replay is no excuse).
+        let mut discarded = HashSet::new();
+        let replayed = log.replay(
+            &mut image,
+            block_size,
+            |_, durable| keep(durable),
+            |p| {
+                let placed = place(p);
+                if placed && p.discard {
+                    discarded.insert(p.block as u64);
+                } else if placed {
+                    discarded.remove(&(p.block as u64));
+                }
+                placed
+            },
+        )?;
+        let report = check_replayed(&image, block_size, records, Some(&discarded));
         passed &= report.is_clean();
         states.push(state_json(&label, Some(replayed), &report));
         Ok::<(), crate::log_writes::LogError>(())
@@ -750,7 +782,10 @@ pub fn run_check(args: CheckArgs) -> u8 {
             return exit::USAGE;
         };
         let format = match (args.log_format, &args.log_end_mark) {
-            (LogFormatArg::Qemu, Some(end)) => crate::log_writes::LogFormat::Qemu { end: end.clone() },
+            (LogFormatArg::Qemu, Some(end)) => crate::log_writes::LogFormat::Qemu {
+                end: end.clone(),
+                mark_at: crate::log_writes::in_band_unit(size),
+            },
             (LogFormatArg::Qemu, None) => {
                 eprintln!("scst-accel crash-check: --log-format qemu needs --log-end-mark");
                 return exit::USAGE;
@@ -1565,6 +1600,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let end = crate::log_writes::LogFormat::Qemu {
             end: "scst-accel-end-1".to_owned(),
+            mark_at: 3 * 512,
         };
         let path = LogBuilder::new(512)
             .write(0, 0, &stamped(0, 1))
@@ -1583,5 +1619,16 @@ mod tests {
         let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records[..2], 2, 7).expect("check");
         assert!(!passed, "{json}");
         assert_eq!(json["states"][0]["lost"], 1, "{json}");
+        // The UNMAP journaled but no discard in the log, and the durable write's flush missing:
+        // the zeroes of the durable-only state are a lost write, not the UNMAP's.
+        let path = LogBuilder::new(512)
+            .write(0, 0, &stamped(0, 1))
+            .in_band(3, "scst-accel-end-1")
+            .finish(dir.path());
+        let log = Log::open_as(&path, &end).expect("log");
+        let (json, passed) = check_power_cut(&log, 4 * 512, 512, &records, 2, 7).expect("check");
+        assert!(!passed, "{json}");
+        assert_eq!(json["states"][0]["lost"], 1, "{json}");
+        assert_eq!(json["states"][0]["unmapped_zero_blocks"], 0, "{json}");
     }
 }

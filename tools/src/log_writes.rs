@@ -68,8 +68,12 @@
 //! completes, like a write (so, unlike dm-log-writes', in order: replayed as zeroes, what the
 //! punched image reads). So the crash writer marks **in
 //! band** (`--in-band-marks`): it writes a block that begins with [`IN_BAND_MAGIC`] and the
-//! mark's text to a unit of the disk it keeps for that, and waits for it, the way it waits for
-//! every command; this reader turns such writes into marks. The log ends at the run's end
+//! mark's text to a unit of the disk it keeps for that ([`in_band_unit`]), and waits for it,
+//! the way it waits for every command; this reader turns such writes, there, into marks. Such
+//! a mark is logged when its own write completes, not when it is sent: a store that answered
+//! before the device completed the Flush or FUA write it rests on is caught when that
+//! operation completes after the mark's write (measured in the HIL suite: hundreds of times a
+//! cycle, tests/hil/README.md), not with certainty per acknowledgment. The log ends at the run's end
 //! mark (written after the writer's kill, before the drive is closed): what comes after it
 //! is not the run's.
 
@@ -97,11 +101,24 @@ pub enum LogFormat {
     /// last of them the target's [`END_MARK`]; marks are the target's own.
     DmLogWrites,
     /// QEMU's blklogwrites driver (module doc): the entries go on past `nr_entries` up to a
-    /// header of zeroes; marks are in band; the log ends at the in-band mark `end`.
+    /// header of zeroes; marks are in band, at `mark_at`; the log ends at the in-band mark `end`.
     Qemu {
         /// The text of the mark that ends the run's part of the log.
         end: String,
+        /// The byte offset on the disk of the unit the writer keeps for its marks
+        /// ([`in_band_unit`]): a write there that reads as a mark is one; a mark's block
+        /// anywhere else is data (which the check then finds is not the writer's stamp).
+        mark_at: u64,
     },
+}
+
+/// Bytes of the unit the crash writer writes an in-band mark to.
+pub const IN_BAND_UNIT: u64 = 4096;
+
+/// The byte offset of the unit the crash writer keeps for in-band marks on a disk of
+/// `disk_bytes`: its last whole 4 KiB.
+pub fn in_band_unit(disk_bytes: u64) -> u64 {
+    (disk_bytes / IN_BAND_UNIT).saturating_sub(1) * IN_BAND_UNIT
 }
 
 /// The text of an in-band mark's block, or `None` for any other block.
@@ -351,7 +368,10 @@ impl Log {
         let mut header = vec![0u8; block_size as usize];
         let mut at = bs;
         let mut entries = Vec::new();
-        let qemu = matches!(format, LogFormat::Qemu { .. });
+        let (qemu, mark_at) = match format {
+            LogFormat::Qemu { mark_at, .. } => (true, Some(*mark_at)),
+            LogFormat::DmLogWrites => (false, None),
+        };
         for index in 0.. {
             let truncated = || LogError::Truncated {
                 path: path.clone(),
@@ -413,7 +433,8 @@ impl Log {
                     .checked_add(bytes)
                     .filter(|&end| end <= len)
                     .ok_or_else(truncated)?;
-                if qemu && sectors > 0 {
+                let at_marks = mark_at.is_some_and(|m| sector.checked_mul(bs) == Some(m));
+                if at_marks && sectors > 0 {
                     let mut first =
                         vec![0u8; (bytes as usize).min(IN_BAND_MAGIC.len() + IN_BAND_MAX_TEXT + 1)];
                     file.read_exact_at(&mut first, at).map_err(io)?;
@@ -436,7 +457,7 @@ impl Log {
                     })
                 }
             },
-            LogFormat::Qemu { end } => {
+            LogFormat::Qemu { end, .. } => {
                 let Some(at) = entries.iter().position(|e| e.mark.as_ref() == Some(end)) else {
                     return Err(LogError::NoRunEnd {
                         path,
@@ -781,6 +802,7 @@ pub(crate) mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let end = LogFormat::Qemu {
             end: "scst-accel-end-1".to_owned(),
+            mark_at: 7 * 512,
         };
         let log = Log::open_as(&path, &end).expect("a QEMU log");
         assert_eq!(
@@ -813,9 +835,18 @@ pub(crate) mod tests {
         // Without its end mark (another run's, or never written) the log is refused.
         let other = LogFormat::Qemu {
             end: "scst-accel-end-2".to_owned(),
+            mark_at: 7 * 512,
         };
         let e = Log::open_as(&path, &other).expect_err("no end");
         assert!(matches!(e, LogError::NoRunEnd { entries: 9, .. }), "{e}");
+        // A mark's block anywhere but the marks' unit is data (the end is then not found).
+        let elsewhere = LogFormat::Qemu {
+            end: "scst-accel-end-1".to_owned(),
+            mark_at: 6 * 512,
+        };
+        let e = Log::open_as(&path, &elsewhere).expect_err("no mark at 6");
+        assert!(matches!(e, LogError::NoRunEnd { .. }), "{e}");
+        assert_eq!(in_band_unit(16 << 20), (16 << 20) - 4096);
         // The count is a lower bound: fewer entries than it says is a cut log.
         let short = LogBuilder::new(512)
             .write(0, 0, &block(1))

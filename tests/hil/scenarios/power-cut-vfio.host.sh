@@ -16,9 +16,10 @@ for n in $(python3 -c 'import json,sys; print(" ".join(str(c["cycle"]) for c in 
 	field() { python3 -c 'import json,sys; print(next(c[sys.argv[3]] for c in json.load(open(sys.argv[1]))["cycles"] if c["cycle"] == int(sys.argv[2])))' "$share/cycles.json" "$n" "$1"; }
 	seed=$(field seed)
 	bs=$(field block_size)
+	size=$(field disk_bytes)
 	rc=0
 	"$bin" crash-check --journal "$share/journal-$n" --block-size "$bs" --log-writes "$log" \
-		--log-format qemu --log-end-mark "scst-accel-end-$n" --size 16M --subsets 4 --seed "$seed" \
+		--log-format qemu --log-end-mark "scst-accel-end-$n" --size "$size" --subsets 4 --seed "$seed" \
 		>"$share/cycle-$n.json" || rc=$?
 	echo "power-cut-vfio: cycle $n crash-check exit $rc: $(cut -c1-300 "$share/cycle-$n.json")"
 	[[ $rc -eq 0 || $rc -eq 65 ]] || { echo "power-cut-vfio: cycle $n: crash-check could not check (exit $rc)" >&2; exit 1; }

@@ -23,11 +23,13 @@ fail() {
 	exit "${2:-1}"
 }
 bind_vfio "$NVME_BDF" >/dev/null || fail "binding $NVME_BDF to vfio-pci failed" 20
-# The disk's block size (the namespace's: hil.sh HIL_NVME_LOGWRITES), for the host's check.
+# The disk's block size and size (the namespace's: hil.sh HIL_NVME_LOGWRITES, suite.sh
+# --disk-mb), for the host's check.
 scst-accel diag --board qemu-nvme --pci "$NVME_BDF" --json >"$HIL_SHARE/diag.json" ||
 	fail "diag could not open the controller" 24
 bs=$(sed -n 's/^ *"block_size": *\([0-9]*\).*/\1/p' "$HIL_SHARE/diag.json" | head -1)
-[ -n "$bs" ] || { cat "$HIL_SHARE/diag.json"; fail "diag reported no block size" 24; }
+blocks=$(sed -n 's/^ *"num_blocks": *\([0-9]*\).*/\1/p' "$HIL_SHARE/diag.json" | head -1)
+[ -n "$bs" ] && [ -n "$blocks" ] || { cat "$HIL_SHARE/diag.json"; fail "diag reported no geometry" 24; }
 journal=/tmp/journal
 cycles=""
 for n in 1 2 3 4; do
@@ -39,7 +41,7 @@ for n in 1 2 3 4; do
 	hil_wait 60 grep -q "crash-writer: writing" "$out" || { cat "$out"; fail "cycle $n: the writer never started writing" 21; }
 	sleep $((2 + RANDOM % 3))
 	kill -0 "$pid" || { cat "$out"; fail "cycle $n: the writer ended before it was killed" 22; }
-	kill -9 "$pid"
+	kill -9 "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 	# The killed writer's VFIO file descriptors are closed with it (the function is reset);
 	# this process brings the controller up again and writes the cycle's end mark. The writer
@@ -51,6 +53,6 @@ for n in 1 2 3 4; do
 		{ cat "$HIL_SHARE/end-$n.log"; fail "cycle $n: writing the end mark failed" 23; }
 	cp "$journal" "$HIL_SHARE/journal-$n"
 	echo "power-cut-vfio: cycle $n (seed $seed) killed and marked; journal $(wc -c <"$journal") bytes"
-	cycles="${cycles:+$cycles, }{\"cycle\": $n, \"seed\": $seed, \"block_size\": $bs}"
+	cycles="${cycles:+$cycles, }{\"cycle\": $n, \"seed\": $seed, \"block_size\": $bs, \"disk_bytes\": $((blocks * bs))}"
 done
 echo "{\"cycles\": [$cycles]}" >"$HIL_SHARE/cycles.json"
