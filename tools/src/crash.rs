@@ -129,6 +129,8 @@ impl CrashArgs {
 /// Bytes per write unit: writes start on a 4 KiB boundary, so O_DIRECT never needs a fallback,
 /// and are 1-4 units long.
 const UNIT_BYTES: u32 = 4096;
+// An in-band mark fills one write unit.
+const _: () = assert!(crate::log_writes::IN_BAND_UNIT == UNIT_BYTES as u64);
 /// Longest wait for one command; a stuck handler makes the writer fail, not hang.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Printed on stdout when the write loop starts, so a test can time its kill from there.
@@ -912,9 +914,11 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
     let session = sessions.pop().ok_or("no session")?;
     let unit_blocks = u64::from(UNIT_BYTES / info.block_size);
     let mut units = info.num_blocks / unit_blocks;
-    // In-band marks go to the last unit, which the writes then leave alone.
-    let in_band =
-        (args.in_band_marks || args.end_mark.is_some()).then(|| units.saturating_sub(1) * unit_blocks);
+    // In-band marks go to the last unit, where the reader looks for them, and which the writes
+    // then leave alone.
+    let bs = u64::from(info.block_size);
+    let in_band = (args.in_band_marks || args.end_mark.is_some())
+        .then(|| crate::log_writes::in_band_unit(info.num_blocks * bs) / bs);
     if in_band.is_some() {
         units = units.saturating_sub(1);
     }

@@ -368,10 +368,11 @@ impl Log {
         let mut header = vec![0u8; block_size as usize];
         let mut at = bs;
         let mut entries = Vec::new();
-        let (qemu, mark_at) = match format {
-            LogFormat::Qemu { mark_at, .. } => (true, Some(*mark_at)),
-            LogFormat::DmLogWrites => (false, None),
+        let mark_at = match format {
+            LogFormat::Qemu { mark_at, .. } => Some(*mark_at),
+            LogFormat::DmLogWrites => None,
         };
+        let qemu = mark_at.is_some();
         for index in 0.. {
             let truncated = || LogError::Truncated {
                 path: path.clone(),
