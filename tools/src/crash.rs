@@ -86,9 +86,10 @@ pub struct CrashArgs {
     /// PCI address of the function for a hardware board.
     #[arg(long)]
     pub(crate) pci: Option<String>,
-    /// The journal of submitted and durable writes (appended; created when absent).
-    #[arg(long)]
-    pub journal: PathBuf,
+    /// The journal of submitted and durable writes (appended; created when absent). Not with
+    /// --end-mark, which writes nothing a journal records.
+    #[arg(long, required_unless_present = "end_mark", conflicts_with = "end_mark")]
+    pub journal: Option<PathBuf>,
     /// Seed of the access pattern and of the write mix.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -931,9 +932,11 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         println!("crash-writer: marked {text:?} in band at LBA {lba}");
         return Ok(());
     }
-    if let (Some(lba), None) = (in_band, &args.end_mark) {
+    // Without --end-mark clap requires a journal.
+    let journal = args.journal.as_deref().ok_or("crash-writer needs --journal")?;
+    if let Some(lba) = in_band {
         // The marks overwrite the last unit: a journal that has data there is of runs without.
-        let records = read_journal(&args.journal)?;
+        let records = read_journal(journal)?;
         if let Some(r) = records
             .iter()
             .find(|r| r.lba.saturating_add(u64::from(r.blocks)) > lba)
@@ -941,7 +944,7 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
             return Err(format!(
                 "--in-band-marks keeps the disk's last 4 KiB (LBA {lba} on) for its marks, but the \
                  journal {} has a write there (generation {}, LBA {}): give a new journal and disk",
-                args.journal.display(),
+                journal.display(),
                 r.generation,
                 r.lba
             )
@@ -958,7 +961,7 @@ fn serve_and_write(args: &CrashArgs, blocks: u64) -> Result<(), Box<dyn std::err
         (None, Some(lba)) => Some(Marker::InBand { lba }),
         (None, None) => None,
     };
-    let mut writer = Writer::open(args, session, marker, units, info.block_size)?;
+    let mut writer = Writer::open(args, journal, session, marker, units, info.block_size)?;
     println!("{READY_LINE}");
     std::io::stdout().flush()?;
     let until = Instant::now() + args.duration;
@@ -1064,17 +1067,18 @@ struct Writer {
 impl Writer {
     fn open(
         args: &CrashArgs,
+        journal_path: &Path,
         session: Session,
         marker: Option<Marker>,
         units: u64,
         block_size: u32,
     ) -> Result<Self, WriterError> {
         let io = |source| JournalError::Io {
-            path: args.journal.clone(),
+            path: journal_path.to_path_buf(),
             source,
         };
         // Continue after every generation any earlier run used, so each stays unique.
-        let last = read_journal(&args.journal)?
+        let last = read_journal(journal_path)?
             .iter()
             .map(|r| r.generation)
             .max()
@@ -1082,7 +1086,7 @@ impl Writer {
         let journal = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
-            .open(&args.journal)
+            .open(journal_path)
             .map_err(io)?;
         // A record cut by the last kill would misalign every record appended after it (and make
         // it a damaged record in the middle): drop it, as read_journal did.
@@ -1095,7 +1099,7 @@ impl Writer {
             session,
             marker,
             journal,
-            journal_path: args.journal.clone(),
+            journal_path: journal_path.to_path_buf(),
             rng: Rng::new(args.seed ^ u64::from(last)),
             units,
             block_size: block_size as usize,

@@ -16,6 +16,7 @@ mod common;
 use common::scratch;
 use common::LoopDevice;
 use scst_accel::crash;
+use scst_accel::log_writes::in_band_mark;
 use scst_accel_handler::workload::stamp::Rng;
 use std::io::BufRead;
 use std::io::BufReader;
@@ -91,6 +92,24 @@ fn start(
     Writer(cmd.spawn().expect("start scst-accel crash-writer"))
 }
 
+/// Run `crash-writer --end-mark TEXT` on `image` (a file), without a journal: it must succeed.
+fn end_mark(image: &Path, block_size: usize, text: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+        .args(["crash-writer", "--board", "file", "--size", IMAGE_SIZE])
+        .args(["--block-size", &block_size.to_string(), "--end-mark", text])
+        .arg("--path")
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scst-accel crash-writer --end-mark");
+    assert!(
+        out.status.success(),
+        "crash-writer --end-mark failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Wait (bounded) until the writer says it is writing.
 fn wait_ready(writer: &mut Writer) {
     let stdout = writer.0.stdout.take().expect("piped stdout");
@@ -164,11 +183,26 @@ fn sigkill_never_loses_an_acknowledged_write_nor_leaves_foreign_data() {
         );
         if in_band {
             let unit = &bytes[bytes.len() - 4096..];
-            let mark = scst_accel::log_writes::in_band_mark(unit);
+            let mark = in_band_mark(unit);
             assert!(
                 mark.as_deref()
                     .is_some_and(|m| m.starts_with(crash::START_MARK) || m.starts_with(crash::ACK_MARK)),
                 "cycle {done}: the disk's last 4 KiB hold no mark of the writer: {mark:?}"
+            );
+            // The end mark of a killed run (`--end-mark`, no journal) replaces the last
+            // unit and writes nothing else.
+            let text = format!("scst-accel-end-{done}");
+            end_mark(&image, block_size, &text);
+            let after = std::fs::read(&image).expect("read the image");
+            let (data, unit) = after.split_at(after.len() - 4096);
+            assert_eq!(
+                in_band_mark(unit).as_deref(),
+                Some(text.as_str()),
+                "cycle {done}: the end mark"
+            );
+            assert!(
+                data == &bytes[..data.len()],
+                "cycle {done}: --end-mark wrote outside its unit"
             );
             in_band_cycles += 1;
         }

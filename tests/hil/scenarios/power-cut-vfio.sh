@@ -49,7 +49,7 @@ for n in 1 2 3 4; do
 	# (if its reset let one run on) falls outside the cycle, as a write the power cut lost,
 	# which no acknowledgment covered.
 	scst-accel crash-writer --board qemu-nvme --pci "$NVME_BDF" \
-		--journal "$journal" --end-mark "scst-accel-end-$n" >"$HIL_SHARE/end-$n.log" 2>&1 ||
+		--end-mark "scst-accel-end-$n" >"$HIL_SHARE/end-$n.log" 2>&1 ||
 		{ cat "$HIL_SHARE/end-$n.log"; fail "cycle $n: writing the end mark failed" 23; }
 	cp "$journal" "$HIL_SHARE/journal-$n"
 	echo "power-cut-vfio: cycle $n (seed $seed) killed and marked; journal $(wc -c <"$journal") bytes"
