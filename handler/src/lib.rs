@@ -11,6 +11,7 @@
 
 pub mod abi;
 pub mod frontend;
+pub mod heartbeat;
 mod int_map;
 pub mod loopback;
 pub mod scsi;

@@ -726,6 +726,10 @@ impl StoreQueue for ReapHoldQueue {
     fn in_flight(&self) -> usize {
         self.inner.in_flight()
     }
+
+    fn set_heartbeat(&mut self, heartbeat: scst_accel_handler::heartbeat::Heartbeat) {
+        self.inner.set_heartbeat(heartbeat);
+    }
 }
 
 /// A command whose reply was handed to SCST leaves the drain before the worker's next store

@@ -508,3 +508,93 @@ fn a_fua_write_on_a_controller_that_ignores_fua_completes_with_a_flush_after_it(
     );
     assert_eq!(flushes(&sim), 0, "FUA trusted: no Flush");
 }
+
+/// A recovery is one long store call (here the controller's disable, 700 ms, inside the reset of
+/// a function that reported CFS): the worker making it must not look wedged to a liveness check
+/// of a shorter `max_age` (the service's watchdog), because the store sets the worker's
+/// heartbeat ahead by the call's bound for it.
+#[test]
+fn a_worker_inside_a_device_recovery_is_not_taken_for_wedged() {
+    use scst_accel_boards::sim::nvme::NvmeFault;
+    use scst_accel_handler::heartbeat::Heartbeat;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering;
+
+    const MAX_AGE: Duration = Duration::from_millis(300);
+    let config = NvmeSimConfig {
+        num_blocks: 4096,
+        disable_micros: 700_000,
+        ..NvmeSimConfig::default()
+    };
+    let (store, sim, pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    let heartbeat = Heartbeat::new();
+    q.set_heartbeat(heartbeat.clone());
+    let buffer = || {
+        IoBuffer::new(
+            CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+            4096,
+        )
+    };
+    let read = StoreOp::Read { lba: 8, blocks: 8 };
+    assert_eq!(
+        complete(q.as_mut(), 1, read.clone(), Some(buffer())),
+        StoreStatus::Good
+    );
+
+    // The checker, as the service's watchdog runs it, beside the worker.
+    let done = Arc::new(AtomicBool::new(false));
+    let checker = {
+        let (done, heartbeat) = (Arc::clone(&done), heartbeat.clone());
+        std::thread::spawn(move || {
+            let mut wedged = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                wedged += u32::from(heartbeat.is_wedged(MAX_AGE));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            wedged
+        })
+    };
+    sim.inject(NvmeFault::Cfs);
+    q.submit(
+        &mut StoreToken::root(),
+        &mut vec![StoreRequest {
+            tag: 2,
+            op: read,
+            buffer: Some(buffer()),
+        }],
+    )
+    .expect("submit");
+    // The worker's loop: a beat per turn, then the store.
+    let (mut out, mut longest) = (Vec::new(), Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.is_empty() && Instant::now() < deadline {
+        heartbeat.beat();
+        let call = Instant::now();
+        q.reap(&mut out);
+        longest = longest.max(call.elapsed());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done.store(true, Ordering::Relaxed);
+    let wedged = checker.join().expect("checker");
+    assert_eq!(out.len(), 1, "the request ended after the recovery");
+    assert_eq!(out[0].status, StoreStatus::Aborted, "failed by the recovery");
+    assert!(
+        store.counters().resets.load(Ordering::Relaxed) >= 1,
+        "the function was reset"
+    );
+    assert!(
+        longest > MAX_AGE,
+        "the recovery took {longest:?} in one call: not longer than MAX_AGE, the test proves nothing"
+    );
+    assert_eq!(
+        wedged, 0,
+        "the worker looked wedged during its recovery ({longest:?})"
+    );
+    // After the call the heartbeat is the worker's own again: one that stops beating is wedged.
+    std::thread::sleep(MAX_AGE * 2);
+    assert!(
+        heartbeat.is_wedged(MAX_AGE),
+        "a worker that stopped beating looks wedged"
+    );
+}

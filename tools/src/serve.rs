@@ -336,9 +336,11 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
 }
 
 /// How old a worker's heartbeat may be before its disk counts as wedged. A worker beats at the
-/// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls, which
-/// the store's own deadlines bound to `command_timeout`); an idle worker parked in poll sets
-/// its heartbeat ahead to the end of its park first; a few seconds means stuck.
+/// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls); an idle
+/// worker parked in poll sets its heartbeat ahead to the end of its park first, and a store
+/// call that runs a device recovery (longer than this: an NVMe reset waits up to several
+/// CAP.TO) sets it ahead by the recovery's bound (`StoreQueue::set_heartbeat`); a few seconds
+/// past all of those means stuck.
 pub(crate) const WEDGED_AFTER: Duration = Duration::from_secs(10);
 
 /// The systemd watchdog, when the unit asks for one (WatchdogSec=): pings only while the

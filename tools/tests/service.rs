@@ -677,6 +677,10 @@ impl scst_accel_handler::store::StoreQueue for GatedQueue {
     fn in_flight(&self) -> usize {
         self.inner.in_flight()
     }
+
+    fn set_heartbeat(&mut self, heartbeat: scst_accel_handler::heartbeat::Heartbeat) {
+        self.inner.set_heartbeat(heartbeat);
+    }
 }
 
 /// A worker stuck in a store call that does not return is reported as wedged to the

@@ -490,7 +490,7 @@ impl Frontend {
             dumpers: Vec::new(),
         };
         for index in 0..config.workers.max(1) {
-            let queue = match shared.store.open_queue() {
+            let mut queue = match shared.store.open_queue() {
                 Ok(q) => q,
                 Err(source) => {
                     frontend.stop_workers();
@@ -500,6 +500,11 @@ impl Frontend {
                     });
                 }
             };
+            // A device recovery inside a store call sets the worker's heartbeat ahead by its
+            // bound, so the watchdog tells it from a wedge.
+            if let Some(heartbeat) = shared.liveness.heartbeat(index) {
+                queue.set_heartbeat(heartbeat);
+            }
             let (dump_tx, dump_rx) = dump::channel();
             let worker_shared = Arc::clone(&shared);
             let guard = ExitGuard {

@@ -305,7 +305,9 @@ impl Worker {
             // - `flush_submissions`: never waits; what the store refuses stays in the backlog
             //   and this loop turns on (it then fetches nothing and waits ≤ `idle_poll`);
             // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
-            //   abort step): as long as the store's own bounded escalation (a device reset);
+            //   abort step): as long as the store's own bounded escalation (a device reset),
+            //   for which the store sets this heartbeat ahead by its bound first
+            //   (`StoreQueue::set_heartbeat`);
             // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd);
             // - `linger` and `poll_completions`: at most `FrontendConfig::linger_for` (10 µs
             //   by default at 4 KiB commands) and `completion_poll_for` (4 µs), never above

@@ -34,6 +34,7 @@
 //! next request comes.
 
 use super::CopyPath;
+use super::Heartbeat;
 use super::IoBuffer;
 use super::Store;
 use super::StoreCompletion;
@@ -475,6 +476,9 @@ struct AccelQueue {
     /// The device has a volatile cache and ignores FUA ([`Geometry::fua_durable`] false): a
     /// FUA write is made durable by a Flush after it ([`FuaFlush`]).
     fua_by_flush: bool,
+    /// The owning worker's heartbeat, set ahead around each device call of a recovery
+    /// ([`AccelQueue::device_call`]); one nobody reads until the owner gives its own.
+    heartbeat: Heartbeat,
     /// On a device without write zeroes: one WRITE SAME chunk of zero blocks, mapped for the
     /// device when first needed, the data of the writes that zero a range. Declared last, so
     /// it is unmapped after the queue (stopped in `drop`) is gone.
@@ -523,6 +527,7 @@ impl AccelQueue {
             restart_refused_since: None,
             write_zeroes: geometry.supports_write_zeroes,
             fua_by_flush: geometry.volatile_cache && !geometry.fua_durable,
+            heartbeat: Heartbeat::new(),
             zeroes: None,
         }
     }
@@ -1252,7 +1257,7 @@ impl AccelQueue {
     fn escalate_timeout(&mut self) {
         let cutoff = Instant::now() - self.config.command_timeout;
         let late = self.queue.expired(cutoff);
-        match self.queue.abort(&late) {
+        match self.device_call(|q| q.queue.abort(&late)) {
             Ok(n) if n > 0 && n == late.len() => {
                 let deadline = Instant::now() + self.config.command_timeout.min(Duration::from_secs(1));
                 while Instant::now() < deadline {
@@ -1559,7 +1564,7 @@ impl AccelQueue {
         }
         // `recover_since`: a recovery that ends between the look above and this call is the
         // proof as well; the board then shares it instead of resetting the function again.
-        match self.board.recover_since(resets) {
+        match self.device_call(|q| q.board.recover_since(resets)) {
             Ok(recovered) => {
                 // A recovery this call only waited for is its runner's to count (another
                 // queue's of this store, or another caller's): counted here, it was counted
@@ -1587,10 +1592,10 @@ impl AccelQueue {
     /// store's, so it is counted here, whatever the stop's outcome. Every stop of the store goes
     /// through here, so no caller can leave one uncounted.
     fn stop_engine(&mut self, bound: Option<Duration>) -> Result<(), EngineError> {
-        let stopped = match bound {
-            Some(bound) => self.queue.stop_within(bound),
-            None => self.queue.stop(),
-        };
+        let stopped = self.device_call(|q| match bound {
+            Some(bound) => q.queue.stop_within(bound),
+            None => q.queue.stop(),
+        });
         self.count_stop_recoveries();
         stopped
     }
@@ -1599,9 +1604,33 @@ impl AccelQueue {
     /// ran (a restart stops the queue first), as [`AccelQueue::stop_engine`] does. The restart's
     /// bookkeeping (the reset count it runs under, the give-up) is [`AccelQueue::restart_queue`]'s.
     fn restart_engine(&mut self) -> Result<(), EngineError> {
-        let restarted = self.queue.restart();
+        let restarted = self.device_call(|q| q.queue.restart());
         self.count_stop_recoveries();
         restarted
+    }
+
+    /// Make one device call of an abort or a recovery (an abort of late requests, a queue stop,
+    /// a recovery of the function, a queue restart) with the worker's heartbeat set ahead by
+    /// [`AccelQueue::device_call_bound`] for it, and set to now after: such a call can keep the
+    /// worker far longer than a turn of its loop (an NVMe recovery waits up to five CAP.TO),
+    /// and the service's watchdog must not take it for a wedge; one that overruns its bound
+    /// is one.
+    fn device_call<T>(&mut self, call: impl FnOnce(&mut Self) -> T) -> T {
+        self.heartbeat.beat_until(self.device_call_bound());
+        let result = call(self);
+        self.heartbeat.beat();
+        result
+    }
+
+    /// The longest one device call of an abort or a recovery may keep the worker: each waits
+    /// at most for one recovery of the function ([`Controller::recovery_bound`]: a stop or
+    /// restart that has to recover it itself, a reset, or the wait for another caller's) and
+    /// the admin commands around it, which that bound already counts once; twice the bound
+    /// covers both with room.
+    ///
+    /// [`Controller::recovery_bound`]: scst_accel_boards::engine::Controller::recovery_bound
+    fn device_call_bound(&self) -> Duration {
+        self.board.recovery_bound() * 2
     }
 
     /// Count in [`AccelCounters::resets`] the recoveries the queue's stops ran since it last
@@ -1792,6 +1821,10 @@ impl StoreQueue for AccelQueue {
             return true;
         }
         !self.gone && self.queue.prepare_to_wait()
+    }
+
+    fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.heartbeat = heartbeat;
     }
 
     fn in_flight(&self) -> usize {

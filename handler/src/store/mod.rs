@@ -8,6 +8,7 @@
 //! The RAM store ([`ram::RamStore`]) implements it, the accelerator queue driver
 //! ([`accel::AccelStore`]) and the file and block-device store ([`file::FileStore`]).
 
+pub use crate::heartbeat::Heartbeat;
 use scst_accel_hal::locks::levels::Root;
 use scst_accel_hal::locks::LockToken;
 use std::fmt;
@@ -464,6 +465,15 @@ pub trait StoreQueue: Send {
     /// answers `false`, so an owner may call it before any wait.
     fn prepare_to_wait(&mut self) -> bool {
         false
+    }
+    /// The owning worker's heartbeat ([`Heartbeat`]). A queue whose calls can keep the worker
+    /// longer than one turn of its loop (a device recovery: a queue stop, a function reset, a
+    /// queue restart, each bounded by the board's own timeouts) sets it ahead by such a call's
+    /// bound before making it, so the service's liveness check (its systemd watchdog) tells a
+    /// recovery from a wedged worker. Stores whose calls never block keep the default, which
+    /// drops it; a wrapper queue forwards it to the queue it wraps.
+    fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        let _ = heartbeat;
     }
     /// Requests submitted and not yet reaped.
     fn in_flight(&self) -> usize;

@@ -273,6 +273,11 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// The serving worker's heartbeat, for the store queue ([`StoreQueue::set_heartbeat`]).
+    pub fn set_heartbeat(&mut self, heartbeat: crate::heartbeat::Heartbeat) {
+        self.queue.set_heartbeat(heartbeat);
+    }
+
     /// An executor over `disk`, submitting to `queue`, with command buffers from `pool`.
     pub fn new(disk: Arc<Disk>, queue: Box<dyn StoreQueue>, pool: Arc<SgvPool>) -> Self {
         Self {

@@ -15,6 +15,7 @@ use super::exec::StepError;
 use super::exec::TaskManagementStats;
 use super::ring::Ring;
 use super::uio::UioDevice;
+use crate::heartbeat::Heartbeat;
 use crate::store::StoreToken;
 use scst_accel_hal::EventFd;
 use std::os::fd::AsFd;
@@ -162,9 +163,9 @@ pub struct TcmuWorker {
     /// Signalled with `stop`, so a worker parked in its wait sees the stop at once.
     stop_wake: Arc<EventFd>,
     live: Arc<LiveCounters>,
-    /// Milliseconds since `started` at the top of the last turn.
-    heartbeat: Arc<AtomicU64>,
-    started: Instant,
+    /// Beaten at the top of each turn (set ahead over an idle park, and by the store queue
+    /// over a device recovery).
+    heartbeat: Heartbeat,
     thread: JoinHandle<WorkerReport>,
 }
 
@@ -193,13 +194,13 @@ impl TcmuWorker {
         exec.set_command_timeout(config.command_timeout);
         let stop = Arc::new(AtomicBool::new(false));
         let stop_wake = Arc::new(EventFd::new()?);
-        let heartbeat = Arc::new(AtomicU64::new(0));
+        let heartbeat = Heartbeat::new();
+        exec.set_heartbeat(heartbeat.clone());
         let live = Arc::new(LiveCounters::default());
-        let started = Instant::now();
         let thread = {
             let stop = Arc::clone(&stop);
             let stop_wake = Arc::clone(&stop_wake);
-            let heartbeat = Arc::clone(&heartbeat);
+            let heartbeat = heartbeat.clone();
             let live = Arc::clone(&live);
             std::thread::Builder::new().name(name.to_owned()).spawn(move || {
                 let beat = Beat {
@@ -207,7 +208,6 @@ impl TcmuWorker {
                     stop_wake: &stop_wake,
                     heartbeat: &heartbeat,
                     live: &live,
-                    started,
                 };
                 serve(device, ring, exec, config, &beat)
             })?
@@ -217,7 +217,6 @@ impl TcmuWorker {
             stop_wake,
             live,
             heartbeat,
-            started,
             thread,
         })
     }
@@ -242,8 +241,8 @@ impl TcmuWorker {
     /// How long ago the worker last began a turn (0 while it is parked idle within the bound
     /// it set: its heartbeat is then the time it will be back by).
     pub fn heartbeat_age(&self) -> Duration {
-        let last = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
+        // The worker never marks itself exited: its end shows as its thread's.
+        self.heartbeat.age().unwrap_or(Duration::MAX)
     }
 
     /// Stop taking ring entries, drain, unmap, and report. Bounded by one serving pass (the
@@ -266,9 +265,8 @@ impl TcmuWorker {
 struct Beat<'a> {
     stop: &'a AtomicBool,
     stop_wake: &'a EventFd,
-    heartbeat: &'a AtomicU64,
+    heartbeat: &'a Heartbeat,
     live: &'a LiveCounters,
-    started: Instant,
 }
 
 fn serve(
@@ -283,7 +281,6 @@ fn serve(
         stop_wake,
         heartbeat,
         live,
-        started,
     } = *beat;
     let mut token = StoreToken::root();
     let mut total = Progress::default();
@@ -298,10 +295,7 @@ fn serve(
         } else {
             (config.idle_poll, Duration::ZERO)
         };
-        heartbeat.store(
-            u64::try_from((started.elapsed() + ahead).as_millis()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        heartbeat.beat_until(ahead);
         let step = exec.step_or_wake(
             &mut token,
             &mut ring,

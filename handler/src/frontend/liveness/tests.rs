@@ -4,6 +4,7 @@ use super::Liveness;
 use crate::abi::queue_type;
 use crate::frontend::Frontend;
 use crate::frontend::FrontendConfig;
+use crate::heartbeat::Heartbeat;
 use crate::loopback::KernelConfig;
 use crate::loopback::LoopbackKernel;
 use crate::loopback::ScsiRequest;
@@ -69,10 +70,13 @@ impl Gate {
     }
 }
 
-/// A RAM store whose `submit` blocks on the gate: a device call that does not return.
+/// A RAM store whose `submit` blocks on the gate: a device call that does not return. With
+/// `announce`, the call first sets the worker's heartbeat that far ahead, as a store does for a
+/// bounded device recovery ([`StoreQueue::set_heartbeat`]).
 struct BlockingStore {
     ram: RamStore,
     gate: Arc<Gate>,
+    announce: Option<Duration>,
 }
 
 impl Store for BlockingStore {
@@ -84,6 +88,8 @@ impl Store for BlockingStore {
         Ok(Box::new(BlockingQueue {
             inner: self.ram.open_queue()?,
             gate: Arc::clone(&self.gate),
+            announce: self.announce,
+            heartbeat: None,
         }))
     }
 }
@@ -91,6 +97,8 @@ impl Store for BlockingStore {
 struct BlockingQueue {
     inner: Box<dyn StoreQueue>,
     gate: Arc<Gate>,
+    announce: Option<Duration>,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl StoreQueue for BlockingQueue {
@@ -99,12 +107,19 @@ impl StoreQueue for BlockingQueue {
         token: &mut crate::store::StoreToken<'_>,
         batch: &mut Vec<StoreRequest>,
     ) -> Result<(), StoreError> {
+        if let (Some(bound), Some(heartbeat)) = (self.announce, &self.heartbeat) {
+            heartbeat.beat_until(bound);
+        }
         self.gate.pass();
         self.inner.submit(token, batch)
     }
 
     fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {
         self.inner.reap(out)
+    }
+
+    fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.heartbeat = Some(heartbeat);
     }
 
     fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -132,12 +147,12 @@ fn eventually(f: impl Fn() -> bool) -> bool {
     false
 }
 
-#[test]
-fn frontend_worker_blocked_in_store_is_wedged_until_released() {
-    let gate = Arc::new(Gate::default());
+/// A frontend of two workers over a [`BlockingStore`], its workers idle and beating.
+fn start_blocking(gate: &Arc<Gate>, announce: Option<Duration>) -> (LoopbackKernel, Frontend) {
     let store = Arc::new(BlockingStore {
         ram: RamStore::new(512, 64, 256),
-        gate: Arc::clone(&gate),
+        gate: Arc::clone(gate),
+        announce,
     });
     let kernel = LoopbackKernel::new(KernelConfig::default());
     let fd = kernel.open(true);
@@ -161,7 +176,11 @@ fn frontend_worker_blocked_in_store_is_wedged_until_released() {
         "idle workers reported wedged: {:?}",
         frontend.wedged_workers(MAX_AGE)
     );
+    (kernel, frontend)
+}
 
+/// A session on the "liveness" device with one READ sent, which a worker takes into the store.
+fn send_read(kernel: &LoopbackKernel) -> crate::loopback::Session {
     let session = kernel
         .attach_session(
             "liveness",
@@ -183,6 +202,14 @@ fn frontend_worker_blocked_in_store_is_wedged_until_released() {
             timeout_secs: 30,
         })
         .expect("submit");
+    session
+}
+
+#[test]
+fn frontend_worker_blocked_in_store_is_wedged_until_released() {
+    let gate = Arc::new(Gate::default());
+    let (kernel, frontend) = start_blocking(&gate, None);
+    let session = send_read(&kernel);
     assert!(gate.wait_blocked(1), "the READ never reached the store");
 
     // One worker is stuck in `submit`; the other keeps beating.
@@ -226,4 +253,41 @@ fn frontend_liveness_reports_exited_and_stale_workers() {
     // Out of range indices are ignored, never a panic on the I/O path.
     liveness.beat(7);
     liveness.exited(7);
+}
+
+#[test]
+fn a_store_call_announced_through_the_heartbeat_is_not_wedged_until_its_bound() {
+    const ANNOUNCED: Duration = Duration::from_millis(1500);
+    let gate = Arc::new(Gate::default());
+    let (kernel, frontend) = start_blocking(&gate, Some(ANNOUNCED));
+    let session = send_read(&kernel);
+    assert!(gate.wait_blocked(1), "the READ never reached the store");
+    let blocked = Instant::now();
+    // Within the announced bound the worker is alive, however long past MAX_AGE.
+    while blocked.elapsed() < ANNOUNCED - MAX_AGE {
+        assert!(
+            frontend.wedged_workers(MAX_AGE).is_empty(),
+            "wedged {:?} into a call announced for {ANNOUNCED:?}",
+            blocked.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past it, the call is a wedge.
+    assert!(
+        eventually(|| frontend.wedged_workers(MAX_AGE).len() == 1),
+        "a call past its announced bound is not reported: {:?}",
+        frontend.wedged_workers(MAX_AGE)
+    );
+    assert!(
+        blocked.elapsed() >= ANNOUNCED,
+        "reported before the bound ran out"
+    );
+    gate.open();
+    session
+        .completions()
+        .recv_timeout(WAIT)
+        .expect("the READ completes");
+    drop(session);
+    let report = frontend.shutdown();
+    assert_eq!(report.panicked_workers, 0);
 }
