@@ -53,7 +53,11 @@
 //!   data is safe (`Shared::flush_with`). An fdatasync failed with ENOSPC or EDQUOT (a file
 //!   system or a thin pool out of space when the pages were written back) is
 //!   [`StoreStatus::SpaceExhausted`] as a write's would be, and just as sticky: space freed
-//!   later does not bring back the pages Linux gave up on.
+//!   later does not bring back the pages Linux gave up on. A FUA write failed with an I/O
+//!   error is taken for a failed flush too, as sticky, when anything was written back since
+//!   the last good flush: on a device without FUA of its own the kernel sends it as the write
+//!   and a flush of the device's cache and answers both with one error, and a failed cache
+//!   flush is recorded nowhere a later fdatasync would report (`Shared::fua_write_failed`).
 //! - **Geometry from the medium.** A file's size is its length (it is created at
 //!   `create_size` when absent, the file then its directory fsynced so that its name is as
 //!   durable as its blocks, and never truncated nor grown); a block device's is its size
@@ -472,6 +476,9 @@ struct Shared {
     /// Lowest LBA written back (not FUA) since the last good flush, by a write, a copy or a
     /// WRITE ZEROES however done (a hole, a discard, BLKZEROOUT); `u64::MAX` if none.
     dirty_low: AtomicU64,
+    /// The `dirty_low` a running fdatasync took over (`u64::MAX` while none runs): what a
+    /// failed FUA write during it may have lost ([`Shared::fua_write_failed`]).
+    flushing_low: AtomicU64,
     /// A flush failed: every later flush fails with this LBA (`u64::MAX` while none has).
     flush_failed_lba: AtomicU64,
     /// The failed flush ran out of space (ENOSPC, EDQUOT): later flushes fail alike.
@@ -701,6 +708,7 @@ impl FileStore {
             discard: AtomicBool::new(discard),
             discard_zeroes,
             dirty_low: AtomicU64::new(u64::MAX),
+            flushing_low: AtomicU64::new(u64::MAX),
             flush_failed_lba: AtomicU64::new(u64::MAX),
             flush_failed_space: AtomicBool::new(false),
             flushes: locks::OrderedMutex::new(FlushSeq::default()),
@@ -1323,10 +1331,47 @@ impl Shared {
                 if let Some(status) = self.not_a_medium_error(&e, "write") {
                     return status;
                 }
+                if matches!(through, Through::Fua) {
+                    self.fua_write_failed(&e);
+                }
                 let lba = self.locate(fd, start, len, at, io);
                 self.write_failed(&e, lba)
             }
         }
+    }
+
+    /// A FUA write failed with `e`. Where the device has no FUA of its own, the kernel made it
+    /// the write and a flush of the device's cache (the block layer's post-flush, or the file
+    /// system's `blkdev_issue_flush` under O_DSYNC), and answers both with this one error. A
+    /// failed cache flush may have lost every write-back write since the last good flush, and
+    /// the kernel records it nowhere a later fdatasync would report (unlike a failed page
+    /// write-back, kept in the file's errseq): the next flush would succeed over the loss. The
+    /// two causes cannot be told apart here, so the failure is taken for a failed flush, sticky
+    /// as [`Shared::flush_with`]'s, whenever such writes exist (`dirty_low`, or the range a
+    /// running fdatasync took over); with none, the write's own error loses nothing else and
+    /// the disk's flushes stay good. Out of space and a truncated file are the write's own.
+    pub(super) fn fua_write_failed(&self, e: &io::Error) {
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            || e.kind() == io::ErrorKind::UnexpectedEof
+        {
+            return;
+        }
+        // dirty_low before flushing_low: a flush takes dirty_low over only after it published
+        // it in flushing_low, so one of the two reads sees it.
+        let exposed = self
+            .dirty_low
+            .load(Ordering::SeqCst)
+            .min(self.flushing_low.load(Ordering::SeqCst));
+        if exposed == u64::MAX {
+            return;
+        }
+        self.flush_failed_lba.fetch_min(exposed, Ordering::AcqRel);
+        log::error!(
+            "{}: a FUA write failed ({e}); the device's cache flush may have failed with it: \
+             writes from LBA {exposed} on may be lost, every later flush fails until the disk is \
+             restarted",
+            self.path.display()
+        );
     }
 
     /// A change from byte `start` that is not yet durable completed (a write-back write, a copy,
@@ -1692,8 +1737,21 @@ impl Shared {
             let lba = failed.min(self.dirty_low.load(Ordering::Acquire));
             return self.flush_failure(lba);
         }
-        let low = self.dirty_low.swap(u64::MAX, Ordering::AcqRel);
-        let Err(e) = sync() else {
+        // Published before it is taken over, for a FUA write failing meanwhile
+        // (`fua_write_failed`); a write's fetch_min between the two only lowers `low`.
+        self.flushing_low
+            .store(self.dirty_low.load(Ordering::SeqCst), Ordering::SeqCst);
+        let low = self.dirty_low.swap(u64::MAX, Ordering::SeqCst);
+        self.flushing_low.store(low, Ordering::SeqCst);
+        let synced = sync();
+        self.flushing_low.store(u64::MAX, Ordering::SeqCst);
+        let Err(e) = synced else {
+            // A FUA write that failed during the fdatasync may have lost what it covers.
+            let failed = self.flush_failed_lba.load(Ordering::Acquire);
+            if failed != u64::MAX {
+                self.dirty_low.fetch_min(low, Ordering::AcqRel);
+                return self.flush_failure(failed.min(low));
+            }
             return StoreStatus::Good;
         };
         // Nothing written back since the last flush: the error may be of anything, say 0.

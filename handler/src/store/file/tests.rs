@@ -2150,3 +2150,118 @@ fn a_ring_queue_that_leaks_a_request_keeps_the_image_claimed() {
         Ok(_) => panic!("the image opened again while a leaked write may still land"),
     }
 }
+
+/// A FUA write that fails may be a failed flush of the device's cache (without FUA of its own
+/// the kernel answers the write and its post-flush with one error, and remembers a failed cache
+/// flush nowhere a later fdatasync reports): with writes written back since the last good
+/// flush, the next flush fails at the lowest of them, and stays failed, although the
+/// fdatasync succeeds. With none written back, a failed FUA write loses nothing else: the
+/// flushes stay good. Threads: the FUA write's transfer fails with EIO (`Shared::write`).
+#[test]
+fn a_failed_fua_write_fails_the_flush_of_what_was_written_back() {
+    let dir = TempDir::new("fua-fail");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let bs = u64::from(store.info().block_size);
+    let buf = buffer(4096);
+    let eio = |_: BorrowedFd<'_>, _: u64, _: usize, _: usize| -> io::Result<usize> {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    };
+    let fua_fails = |lba: u64| store.shared.write(lba * bs, bs as usize, Through::Fua, eio);
+
+    // Nothing written back since the last flush: the failure is the write's own.
+    assert_eq!(fua_fails(10), StoreStatus::WriteError { lba: 10 });
+    assert_eq!(run(&mut q, StoreOp::Flush, None), StoreStatus::Good);
+
+    let write = StoreOp::Write {
+        lba: 2,
+        blocks: 1,
+        fua: false,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    assert_eq!(fua_fails(10), StoreStatus::WriteError { lba: 10 });
+    for _ in 0..2 {
+        assert_eq!(
+            run(&mut q, StoreOp::Flush, None),
+            StoreStatus::WriteError { lba: 2 },
+            "the write at LBA 2 may be lost with the cache flush"
+        );
+    }
+}
+
+/// The ring hands a failed FUA write to the threads, which redo it; the redo succeeding must
+/// not hide the cache flush that may have failed with it: the next flush fails at the lowest
+/// LBA written back before.
+#[test]
+fn a_failed_fua_write_on_the_ring_fails_the_next_flush_though_its_redo_succeeds() {
+    if !uring_or_skip("a_failed_fua_write_on_the_ring_fails_the_next_flush_though_its_redo_succeeds") {
+        return;
+    }
+    let dir = TempDir::new("fua-ring");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let threads = store.thread_queue().expect("thread queue");
+    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads, 2) else {
+        panic!("a ring for the queue");
+    };
+    let src = buffer(4096);
+    let write = |tag, lba, fua| StoreRequest {
+        tag,
+        op: StoreOp::Write { lba, blocks: 8, fua },
+        buffer: Some(src.clone()),
+    };
+    q.submit(
+        &mut crate::store::StoreToken::root(),
+        &mut vec![write(1, 16, false)],
+    )
+    .expect("submit");
+    assert_eq!(reap_n(&mut q, 1), [(1, StoreStatus::Good)]);
+    q.complete_as_the_kernel(write(2, 64, true), -libc::EIO);
+    assert_eq!(
+        reap_n(&mut q, 1),
+        [(2, StoreStatus::Good)],
+        "redone by the threads"
+    );
+    let flush = StoreRequest {
+        tag: 3,
+        op: StoreOp::Flush,
+        buffer: None,
+    };
+    q.submit(&mut crate::store::StoreToken::root(), &mut vec![flush])
+        .expect("submit");
+    assert_eq!(reap_n(&mut q, 1), [(3, StoreStatus::WriteError { lba: 16 })]);
+}
+
+/// A FUA write failing while an fdatasync runs, with what that fdatasync took over written back
+/// before it: the fdatasync's success does not answer for it (`Shared::flushing_low`).
+#[test]
+fn a_fua_write_failing_during_an_fdatasync_fails_that_flush() {
+    let dir = TempDir::new("fua-during");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(4096);
+    let write = StoreOp::Write {
+        lba: 5,
+        blocks: 1,
+        fua: false,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    let during = || {
+        assert_eq!(
+            store.shared.dirty_low.load(Ordering::Acquire),
+            u64::MAX,
+            "taken over"
+        );
+        store
+            .shared
+            .fua_write_failed(&io::Error::from_raw_os_error(libc::EIO));
+        Ok(())
+    };
+    assert_eq!(
+        store.shared.flush_with(&during),
+        StoreStatus::WriteError { lba: 5 }
+    );
+    assert_eq!(
+        run(&mut q, StoreOp::Flush, None),
+        StoreStatus::WriteError { lba: 5 }
+    );
+}

@@ -463,6 +463,11 @@ impl UringQueue {
             if let Some(status) = self.store.not_a_medium_error(&error, what) {
                 status
             } else {
+                // Before the threads redo it: a redo that succeeds must not hide the cache
+                // flush that may have failed with it.
+                if write && fua {
+                    self.store.fua_write_failed(&error);
+                }
                 log::warn!(
                     "{}: io_uring {what} failed near LBA {failed_lba}: {error}; the I/O threads retry it and locate the failing block",
                     self.store.path.display()
