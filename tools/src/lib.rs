@@ -53,4 +53,49 @@ pub mod exit {
     pub const NOPERM: u8 = 77;
     /// Registration refused (license, version, name) or invalid configuration: do not restart.
     pub const CONFIG: u8 = 78;
+
+    /// A start failure a restart cannot mend (the unit's `RestartPreventExitStatus=`).
+    fn is_start_class(code: u8) -> bool {
+        matches!(code, USAGE | CONFIG)
+    }
+
+    /// A service's exit code from its disks' (`codes`, in configuration order, 0 for a disk
+    /// stopped cleanly; [`crate::service::Service::exit_code`], the TCMU service's). A failure
+    /// while serving, or a start failure a restart may mend (69, 77), outranks one of
+    /// [`CONFIG`] or [`USAGE`] wherever it is in the file: the service manager restarts on it
+    /// (the other disks serve again meanwhile), where a start class would end the restarts for
+    /// good. When the stop was asked for (a signal, a stop request), start failures of those
+    /// classes alone exit 0: the stop did what was asked, and the disks that never started
+    /// were reported when they failed (status, log) and fail again at the next start.
+    pub fn of_service(codes: impl IntoIterator<Item = u8>, stop_requested: bool) -> u8 {
+        let codes: Vec<u8> = codes.into_iter().filter(|&c| c != 0).collect();
+        match codes.iter().find(|&&c| !is_start_class(c)) {
+            Some(&code) => code,
+            None if stop_requested => 0,
+            None => codes.first().copied().unwrap_or(0),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_failure_while_serving_outranks_a_start_failure_wherever_it_is() {
+            // Clean, or start failures only, on a requested stop: 0.
+            assert_eq!(of_service([0, 0], true), 0);
+            assert_eq!(of_service([0, 0], false), 0);
+            assert_eq!(of_service([CONFIG, 0], true), 0);
+            assert_eq!(of_service([USAGE, CONFIG], true), 0);
+            // Every disk ended by itself: the first start class.
+            assert_eq!(of_service([0, CONFIG, USAGE], false), CONFIG);
+            // A failure a restart may mend wins over a start class before it in the file, so
+            // the restarts go on; requested or not.
+            for requested in [false, true] {
+                assert_eq!(of_service([CONFIG, IOERR], requested), IOERR);
+                assert_eq!(of_service([CONFIG, UNAVAILABLE, IOERR], requested), UNAVAILABLE);
+                assert_eq!(of_service([0, SOFTWARE, CONFIG], requested), SOFTWARE);
+            }
+        }
+    }
 }

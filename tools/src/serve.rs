@@ -221,9 +221,10 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
         forwarder.stop();
     }
     // The control socket answers (state `stopping`) until every teardown has ended.
+    let requested = service.stop_requested();
     let outcomes = service.stop();
     servers.stop();
-    let code = Service::exit_code(&outcomes);
+    let code = Service::exit_code(&outcomes, requested);
     notifier.status(&format!("stopped (exit {code})"));
     log::info!("stopped; exit code {code}");
     code

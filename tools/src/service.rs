@@ -322,11 +322,11 @@ impl Service {
 
     /// Start every disk, in order (see [`Service::start`]).
     pub fn start_disks(&mut self) {
-        if let Some(refusal) = self.preflight_exports() {
+        if let Some((refusal, code)) = self.preflight_exports() {
             for slot in &mut self.slots {
                 slot.state = DiskState::Failed;
                 slot.failure = Some(refusal.clone());
-                slot.exit_code = exit::CONFIG;
+                slot.exit_code = code;
             }
             log::error!("{refusal}; no disk was started");
             return;
@@ -336,14 +336,20 @@ impl Service {
         }
     }
 
-    /// Every disk's exports checked against SCST's sysfs; the first refusal, if any.
-    fn preflight_exports(&self) -> Option<String> {
+    /// Every disk's exports checked against SCST's sysfs; the first refusal, if any, with its
+    /// exit class: a target driver whose module is not loaded yet (a boot race: the service
+    /// started before the driver's unit) may be there at a restart (69); anything else is the
+    /// configuration's (78).
+    fn preflight_exports(&self) -> Option<(String, u8)> {
         let exporter = self.exporter.as_ref()?;
         self.slots.iter().find_map(|slot| {
-            exporter
-                .preflight(&slot.spec.exports)
-                .err()
-                .map(|e| format!("disk {}: export: {e}", slot.spec.args.name))
+            exporter.preflight(&slot.spec.exports).err().map(|e| {
+                let code = match e {
+                    crate::export::ExportError::DriverMissing { .. } => exit::UNAVAILABLE,
+                    _ => exit::CONFIG,
+                };
+                (format!("disk {}: export: {e}", slot.spec.args.name), code)
+            })
         })
     }
 
@@ -560,14 +566,12 @@ impl Service {
         })
     }
 
-    /// The exit code for how the service ended: 0 when every disk stopped on request;
-    /// otherwise the first failed disk's class (a failure while serving is 74, 69 or 70 as for
-    /// one disk; a start failure its own class).
-    pub fn exit_code(outcomes: &[DiskOutcome]) -> u8 {
-        outcomes
-            .iter()
-            .find(|o| o.exit_code != 0)
-            .map_or(0, |o| o.exit_code)
+    /// The exit code for how the service ended ([`exit::of_service`]): 0 when every disk
+    /// stopped on request; otherwise a failure while serving (74, 69 or 70 as for one disk)
+    /// before a start failure's class, and a start failure of class 78 or 64 not at all when
+    /// the stop was requested (`stop_requested`, [`Service::stop_requested`] before the stop).
+    pub fn exit_code(outcomes: &[DiskOutcome], stop_requested: bool) -> u8 {
+        exit::of_service(outcomes.iter().map(|o| o.exit_code), stop_requested)
     }
 
     fn start_disk(&mut self, index: usize) {

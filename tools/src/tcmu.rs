@@ -779,8 +779,9 @@ impl TcmuService {
         }
     }
 
-    fn exit_code(&self) -> u8 {
-        self.disks.iter().map(|d| d.exit_code).max().unwrap_or(0)
+    /// [`exit::of_service`] over the disks, in configuration order.
+    fn exit_code(&self, stop_requested: bool) -> u8 {
+        exit::of_service(self.disks.iter().map(|d| d.exit_code), stop_requested)
     }
 }
 
@@ -1407,7 +1408,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     // request, a device event or a signal, and otherwise looks at the disks once a second.
     let signal_handle = signals.handle();
     let (signal_tx, signal_rx) = crossbeam_channel::bounded(8);
-    std::thread::scope(|scope| {
+    let requested = std::thread::scope(|scope| {
         // Closed on every way out of the loop (a panic included), which ends the signal
         // thread: the scope's join cannot wait for ever.
         let _close = CloseSignals(signal_handle);
@@ -1423,7 +1424,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         } else {
             crossbeam_channel::never()
         };
-        serve_until_stop(&mut service, &requests, &events, &signal_rx, &notifier, line);
+        serve_until_stop(&mut service, &requests, &events, &signal_rx, &notifier, line)
     });
     // The watchdog goes first: a teardown is not a hang; systemd's stop timeout, extended by
     // the stop's bound (the drains run in parallel, each at most twice the drain budget), bounds
@@ -1450,7 +1451,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         listener.stop();
     }
     servers.stop();
-    let code = service.exit_code();
+    let code = service.exit_code(requested);
     log::info!("tcmu: stopped in {:?}; exit code {code}", started.elapsed());
     notifier.status(&format!("stopped (exit {code})"));
     code
@@ -1475,7 +1476,8 @@ impl Drop for CloseSignals {
 
 /// The service's loop: answer requests, act on device events, keep the status line and warn
 /// of stuck workers, until a stop request, SIGINT or SIGTERM, or no disk serves any more.
-/// It sleeps until one of its channels has something, at most [`SERVICE_LOOK`].
+/// It sleeps until one of its channels has something, at most [`SERVICE_LOOK`]. Returns
+/// whether the stop was asked for (a request or a signal) rather than every disk ending.
 fn serve_until_stop(
     service: &mut TcmuService,
     requests: &crossbeam_channel::Receiver<Request>,
@@ -1483,7 +1485,7 @@ fn serve_until_stop(
     signals: &crossbeam_channel::Receiver<i32>,
     notifier: &Notifier,
     mut last_line: String,
-) {
+) -> bool {
     let mut events = events.clone();
     let mut requests = requests.clone();
     let mut warned: Option<Instant> = None;
@@ -1517,11 +1519,11 @@ fn serve_until_stop(
         signalled |= signals.try_iter().any(|s| s == SIGINT || s == SIGTERM);
         if stop_asked {
             log::info!("stop requested: stopping every disk");
-            break;
+            return true;
         }
         if signalled {
             log::info!("signal: stopping every disk");
-            break;
+            return true;
         }
         for event in events.try_iter() {
             service.on_event(&event);
@@ -1532,7 +1534,7 @@ fn serve_until_stop(
         // service's stop, where nothing answers.
         if service.serving() == 0 && service.stopping() == 0 {
             log::error!("tcmu: no disk serves any more; stopping");
-            break;
+            return false;
         }
         let line = service.status_line();
         if line != last_line {
@@ -2315,7 +2317,7 @@ mod tests {
         std::thread::scope(|scope| {
             let _release = Release(&fs);
             let turning = scope.spawn(|| {
-                serve_until_stop(
+                let _requested = serve_until_stop(
                     service,
                     &requests,
                     &crossbeam_channel::never(),
