@@ -117,6 +117,15 @@ pub(crate) enum Command {
         request: RsocRequest,
         alloc: u32,
     },
+    /// SEND DIAGNOSTIC the disk performs: the default self-test, or SELF-TEST CODE 000b with
+    /// no parameter list. Nothing to do: GOOD.
+    SendDiagnostic,
+    /// FORMAT UNIT without protection information; with `fmtdata` a parameter list header
+    /// follows, long (8 bytes) with `longlist`, else short (4 bytes).
+    FormatUnit {
+        fmtdata: bool,
+        longlist: bool,
+    },
 }
 
 /// MODE SENSE(6)/(10) fields.
@@ -334,6 +343,39 @@ pub(crate) fn decode_traced(cdb: &[u8], geo: &Geometry, read: &impl ReadTrace) -
                 lba,
                 alloc: f.be32(10, 4),
             }
+        }
+        Op::SendDiagnostic => {
+            // Both fields are read before either is judged, so the usage data's property test
+            // sees each read from the all-zero CDB.
+            let code = f.bits(1, 0xE0);
+            let param_len = f.be(3, 2);
+            // SPC-5 SEND DIAGNOSTIC: with SELFTEST 1 the SELF-TEST CODE field must be 000b, else
+            // INVALID FIELD IN CDB. With SELFTEST 0, 000b is the only code this disk performs:
+            // there is no short or extended self-test to run in the background or the
+            // foreground, nor one to abort, so each of those codes is a field it cannot honour.
+            if code != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
+            }
+            // No diagnostic page is supported (there is no RECEIVE DIAGNOSTIC RESULTS either),
+            // in page format or not, and the default self-test takes no parameter data: any
+            // parameter list is refused before it is transferred.
+            if param_len != 0 {
+                return Err(Sense::invalid_cdb_field(3, None));
+            }
+            // SELFTEST is not read: the default self-test (1) has nothing to test that could
+            // fail, and code 000b without a list (0) asks for nothing; both are GOOD.
+            Command::SendDiagnostic
+        }
+        Op::FormatUnit => {
+            let fmtpinfo = f.bits(1, 0xC0);
+            let longlist = f.bit(1, 5);
+            let fmtdata = f.bit(1, 4);
+            // SBC-4 §5.4.1: FMTPINFO asks for protection information, which this disk does not
+            // offer (PROTECT 0 in INQUIRY): INVALID FIELD IN CDB, with or without FMTDATA.
+            if fmtpinfo != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
+            }
+            Command::FormatUnit { fmtdata, longlist }
         }
         Op::ReportSupportedOpcodes => Command::ReportSupportedOpcodes {
             request: RsocRequest {

@@ -27,7 +27,20 @@ pub(crate) fn cdb_info(d: &Decoded, geo: &Geometry) -> CdbInfo {
         Command::TestUnitReady
         | Command::ReserveRelease
         | Command::StartStopUnit { .. }
-        | Command::PreventAllow { .. } => (false, 0, None, None),
+        | Command::PreventAllow { .. }
+        | Command::SendDiagnostic => (false, 0, None, None),
+        // The parameter list's length is not in the CDB: the header is what the engine reads
+        // (a list with more, an initialization pattern or a defect list, is refused by it).
+        Command::FormatUnit { fmtdata, longlist } => {
+            let header = if !fmtdata {
+                0
+            } else if longlist {
+                super::rw::FORMAT_HEADER_LONG
+            } else {
+                super::rw::FORMAT_HEADER_SHORT
+            };
+            (false, header as u64, None, None)
+        }
         Command::RequestSense { alloc, .. }
         | Command::Inquiry { alloc, .. }
         | Command::ReadCapacity16 { alloc }

@@ -11,7 +11,7 @@
 //!   CODES; `info.rs`: what the PARSE reply needs; [`sense`]: fixed/descriptor sense;
 //!   `inquiry.rs`: INQUIRY and VPD pages; `capacity.rs`: READ CAPACITY; `mode.rs`: mode pages,
 //!   MODE SENSE/SELECT; `rw.rs`: store plans for READ/WRITE/VERIFY/WRITE SAME/UNMAP/SYNCHRONIZE
-//!   CACHE and their completion.
+//!   CACHE/FORMAT UNIT and their completion.
 //!
 //! SCST core answers REPORT LUNS, persistent reservations and more itself (spec §6.4); those are
 //! not reimplemented here.
@@ -743,9 +743,13 @@ impl Disk {
         }
         let done = |r: Response| Ok(Plan::Done(r));
         match d.command {
-            Command::TestUnitReady | Command::ReserveRelease | Command::PreFetch { .. } => {
-                done(Response::good())
-            }
+            // SEND DIAGNOSTIC: the default self-test has nothing to test that could fail (the
+            // store's own faults are reported by the commands that meet them), and the decoder
+            // refused every other form.
+            Command::TestUnitReady
+            | Command::ReserveRelease
+            | Command::PreFetch { .. }
+            | Command::SendDiagnostic => done(Response::good()),
             Command::RequestSense { desc, alloc } => {
                 // SPC-4 §6.39: no pending sense (SCST core answers those, spec §6.4), so report
                 // the unit's condition: NOT READY while stopped, else NO SENSE.
@@ -825,6 +829,7 @@ impl Disk {
             | Command::SynchronizeCache { .. }
             | Command::WriteSame { .. }
             | Command::Unmap { .. }
+            | Command::FormatUnit { .. }
             | Command::CompareAndWrite { .. } => rw::plan(&d.command, data_out, &self.rw_context()),
         }
     }

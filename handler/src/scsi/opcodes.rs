@@ -43,6 +43,7 @@ use std::sync::OnceLock;
 pub(crate) enum Op {
     TestUnitReady,
     RequestSense,
+    FormatUnit,
     Read6,
     Write6,
     Inquiry,
@@ -51,6 +52,7 @@ pub(crate) enum Op {
     Release6,
     ModeSense6,
     StartStopUnit,
+    SendDiagnostic,
     PreventAllowMediumRemoval,
     ReadCapacity10,
     Read10,
@@ -272,6 +274,17 @@ pub(crate) fn accepted_without_effect(e: &OpcodeEntry) -> [u8; 16] {
         }
         Op::WriteSame10 | Op::WriteSame16 | Op::Unmap => group_number(&mut m),
         Op::StartStopUnit => m[1] = 0x01, // IMMED
+        // CMPLST and DEFECT LIST FORMAT: this medium has no defect list (no PLIST, an empty
+        // GLIST) and a parameter list with one is refused, so neither whether a list replaces
+        // the GLIST nor the format of its (absent) descriptors changes anything.
+        Op::FormatUnit => m[1] = 0x0F,
+        // SEND DIAGNOSTIC (SPC-5): SELFTEST, because the default self-test has nothing to test
+        // that could fail, so it ends GOOD as SELF-TEST CODE 000b without a list does (the
+        // code is read either way: 000b is all SELFTEST 1 allows). PF: no parameter list is
+        // accepted (PARAMETER LIST LENGTH 0), so its format is moot. DEVOFFL, UNITOFFL:
+        // permissions for the default self-test, which here affects neither the medium nor
+        // another logical unit; with SELFTEST 0 they apply to nothing.
+        Op::SendDiagnostic => m[1] = 0x10 | 0x04 | 0x02 | 0x01,
         // PF: the parameter list is always parsed as SPC page format.
         Op::ModeSelect6 | Op::ModeSelect10 => m[1] = PF,
         // The core already performed the reservation (spec §6.4): every field is accepted.
@@ -322,6 +335,10 @@ const fn entry(
 pub(crate) static TABLE: &[OpcodeEntry] = &[
     entry(Op::TestUnitReady, 0x00, None, "TEST UNIT READY", &[0x00, 0, 0, 0, 0, CTL], true, false),
     entry(Op::RequestSense, 0x03, None, "REQUEST SENSE", &[0x03, 0x01, 0, 0, 0xFF, CTL], false, false),
+    // FORMAT UNIT (SBC-4 §5.4): FMTPINFO (refused unless 0), LONGLIST and FMTDATA are read;
+    // CMPLST and DEFECT LIST FORMAT accepted with no effect (`accepted_without_effect`). The
+    // vendor-specific byte 2, the obsolete byte 3 and byte 4 (FFMT: no fast format) are 0.
+    entry(Op::FormatUnit, 0x04, None, "FORMAT UNIT", &[0x04, 0xFF, 0, 0, 0, CTL], true, true),
     entry(Op::Read6, 0x08, None, "READ(6)", &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, CTL], true, false),
     entry(Op::Write6, 0x0A, None, "WRITE(6)", &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, CTL], true, true),
     entry(Op::Inquiry, 0x12, None, "INQUIRY", &[0x12, 0x01, 0xFF, 0xFF, 0xFF, CTL], false, false),
@@ -333,6 +350,9 @@ pub(crate) static TABLE: &[OpcodeEntry] = &[
     // Power condition modifiers are not supported; the POWER CONDITION field is evaluated
     // (only 0h, START_VALID, is accepted).
     entry(Op::StartStopUnit, 0x1B, None, "START STOP UNIT", &[0x1B, 0x01, 0, 0, 0xF7, CTL], false, false),
+    // SEND DIAGNOSTIC (SPC-5): SELF-TEST CODE and PARAMETER LIST LENGTH are read; PF,
+    // SELFTEST, DEVOFFL and UNITOFFL accepted with no effect (`accepted_without_effect`).
+    entry(Op::SendDiagnostic, 0x1D, None, "SEND DIAGNOSTIC", &[0x1D, 0xF7, 0, 0xFF, 0xFF, CTL], false, false),
     entry(Op::PreventAllowMediumRemoval, 0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", &[0x1E, 0, 0, 0, 0x03, CTL], false, false),
     entry(Op::ReadCapacity10, 0x25, None, "READ CAPACITY(10)", &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, CTL], false, false),
     entry(Op::Read10, 0x28, None, "READ(10)", &[0x28, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL], true, false),

@@ -1,5 +1,6 @@
 //! Store plans for the medium commands (READ, WRITE, WRITE AND VERIFY, VERIFY, SYNCHRONIZE
-//! CACHE, WRITE SAME, UNMAP) and the mapping of store completions to SCSI status and sense.
+//! CACHE, WRITE SAME, UNMAP, FORMAT UNIT) and the mapping of store completions to SCSI status
+//! and sense.
 //!
 //! The decoder already checked fields, limits and ranges; this file decides the store op(s).
 
@@ -142,6 +143,7 @@ pub(crate) fn plan(cmd: &Command, data_out: &dyn DataOut, ctx: &Context) -> Resu
             }
         }
         Command::Unmap { param_len } => unmap(&read_param(data_out, param_len), ctx),
+        Command::FormatUnit { fmtdata, longlist } => format_unit(fmtdata, longlist, data_out, ctx),
         // SBC-3 §5.2: NUMBER OF LOGICAL BLOCKS 0 is not an error; nothing is compared or written.
         // With Data-Out nonetheless (2 × 256 blocks truncated to 0 in the one-byte field, as
         // libiscsi's CompareAndWrite.Miscompare sends), the CDB and the data disagree: refused as
@@ -257,22 +259,128 @@ fn unmap(param: &[u8], ctx: &Context) -> Result<Plan, Sense> {
     if ranges.is_empty() {
         return good();
     }
-    let op = StoreOp::Unmap {
-        ranges: ranges.into_boxed_slice(),
-    };
+    Ok(deallocate(ranges.into_boxed_slice(), ctx))
+}
+
+/// The store op that deallocates `ranges` (UNMAP, a thin disk's FORMAT UNIT), and what must
+/// follow it before GOOD.
+fn deallocate(ranges: Box<[(u64, u32)]>, ctx: &Context) -> Plan {
+    let op = StoreOp::Unmap { ranges };
     if ctx.unmapped_reads_zero {
         // LBPRZ: a block the store deallocated reads as zeroes, so the UNMAP changed what
         // reads return, as a write of zeroes would; with WCE 0 that change must be durable
         // at GOOD like any other (a hole punched in a file is a metadata change fdatasync
         // makes durable; the RAM store has nothing to flush). Same rule as WRITE SAME.
-        return Ok(durable(op, ctx.write_cache));
+        return durable(op, ctx.write_cache);
     }
     // No LBPRZ: a deallocated block may read as anything (SBC-4, logical block provisioning:
     // LBPRZ 0), its old data included, so an UNMAP lost with the cache leaves a state a read
     // could have returned anyway: no flush. The stores that deallocate without LBPRZ: a block
     // device whose discard does not say it zeroes (`file.rs`), and the accelerator boards,
     // whose NVMe Deallocate is advisory (`store/accel.rs`, NVMe 1.4 §6.7).
-    Ok(io(op))
+    io(op)
+}
+
+/// FORMAT UNIT's short parameter list header (SBC-4 §5.4.2.2), LONGLIST 0.
+pub(super) const FORMAT_HEADER_SHORT: usize = 4;
+/// FORMAT UNIT's long parameter list header, LONGLIST 1.
+pub(super) const FORMAT_HEADER_LONG: usize = 8;
+
+/// Most ranges one FORMAT UNIT's deallocation is split into: a disk whose MAXIMUM UNMAP LBA
+/// COUNT is small next to its capacity gets larger ranges instead, so the list stays a bounded
+/// allocation (1 MiB of 16-byte ranges). 2^16 ranges of up to 2^32 - 1 blocks cover 2^48
+/// blocks, 128 PiB in 512-byte blocks; only a larger disk would get more.
+const FORMAT_MAX_RANGES: u64 = 1 << 16;
+
+/// FORMAT UNIT (SBC-4 §5.4) without protection information (the decoder refused FMTPINFO).
+///
+/// With FMTDATA the parameter list header is checked first: only what the disk does exactly is
+/// accepted, a header with no option set but IMMED (the command's GOOD after the work is what
+/// IMMED 0 asks, and IMMED 1 only allows earlier status) and no defect list.
+///
+/// Then, on a thin disk (LBPME), every block is deallocated, as SCST's vdisk does, through the
+/// path of UNMAP: one [`StoreOp::Unmap`] over the whole capacity in ranges of at most MAXIMUM
+/// UNMAP LBA COUNT blocks (fewer, larger ranges past [`FORMAT_MAX_RANGES`]), followed by a
+/// flush while WCE is 0 where LBPRZ is claimed ([`deallocate`]). On a fully provisioned disk
+/// nothing is written: without an initialization pattern (IP 0; one is refused) SBC-4 leaves
+/// the blocks' contents after a format unspecified, so the old data is a valid result, and
+/// rewriting the medium would only cost time.
+fn format_unit(fmtdata: bool, longlist: bool, data_out: &dyn DataOut, ctx: &Context) -> Result<Plan, Sense> {
+    if fmtdata {
+        check_format_header(longlist, data_out)?;
+    }
+    let n = ctx.geometry.num_blocks;
+    if !ctx.geometry.features.thin || n == 0 {
+        return good();
+    }
+    let per = u64::from(ctx.geometry.limits.max_unmap_lba_count.max(1))
+        .max(n.div_ceil(FORMAT_MAX_RANGES))
+        .min(u64::from(u32::MAX));
+    let mut ranges = Vec::with_capacity(usize::try_from(n.div_ceil(per)).unwrap_or(0));
+    let mut lba = 0;
+    while lba < n {
+        let blocks = (n - lba).min(per);
+        // `per` ≤ u32::MAX.
+        ranges.push((lba, blocks as u32));
+        lba += blocks;
+    }
+    Ok(deallocate(ranges.into_boxed_slice(), ctx))
+}
+
+/// The FORMAT UNIT parameter list header (SBC-4 §5.4.2.2): byte 0 PROTECTION FIELD USAGE
+/// (bits 2..0, the rest reserved); byte 1 FOV, DPRY, DCRT, STPF, IP, obsolete, IMMED, vendor
+/// specific; then the DEFECT LIST LENGTH (bytes 2-3), or in the long header a reserved byte 2,
+/// P_I_INFORMATION and PROTECTION INTERVAL EXPONENT (byte 3) and the DEFECT LIST LENGTH (bytes
+/// 4-7). Fewer bytes than the header: PARAMETER LIST LENGTH ERROR. Any field set but IMMED:
+/// INVALID FIELD IN PARAMETER LIST pointing at it: no protection information; with FOV 0,
+/// DPRY, DCRT, STPF and IP must be 0 (SBC-4 §5.4.2.2); FOV 1 makes each option a request, DCRT
+/// 0 one to certify the medium and IP 1 one to write an initialization pattern, which this disk
+/// does not do; no defect list is taken (the medium has none to add to or replace).
+fn check_format_header(longlist: bool, data_out: &dyn DataOut) -> Result<(), Sense> {
+    const IMMED: u8 = 0x02;
+    let len = if longlist {
+        FORMAT_HEADER_LONG
+    } else {
+        FORMAT_HEADER_SHORT
+    };
+    if data_out.len() < len {
+        return Err(Sense::param_list_length());
+    }
+    let mut h = [0u8; FORMAT_HEADER_LONG];
+    data_out.read(0, &mut h[..len]);
+    let field = |byte: usize, bits: u8| -> Result<(), Sense> {
+        match h[byte] & bits {
+            0 => Ok(()),
+            bad => Err(Sense::invalid_param_field(
+                byte,
+                Some(super::opcodes::highest_bit(bad)),
+            )),
+        }
+    };
+    // PROTECTION FIELD USAGE is a field: the pointer names its most significant bit.
+    if h[0] & 0x07 != 0 {
+        return Err(Sense::invalid_param_field(0, Some(2)));
+    }
+    field(0, 0xF8)?;
+    field(1, !IMMED)?;
+    let defect_list_length = if longlist {
+        field(2, 0xFF)?;
+        // P_I_INFORMATION and PROTECTION INTERVAL EXPONENT: fields, pointed at by their most
+        // significant bit.
+        if h[3] & 0xF0 != 0 {
+            return Err(Sense::invalid_param_field(3, Some(7)));
+        }
+        if h[3] & 0x0F != 0 {
+            return Err(Sense::invalid_param_field(3, Some(3)));
+        }
+        4
+    } else {
+        2
+    };
+    if h[defect_list_length..len].iter().any(|&b| b != 0) {
+        return Err(Sense::invalid_param_field(defect_list_length, None));
+    }
+    Ok(())
 }
 
 /// The response (or next step) after the store ended `io` with `status`, on a thin

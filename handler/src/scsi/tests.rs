@@ -571,3 +571,391 @@ fn pre_fetch_is_good_in_range_and_out_of_range_past_the_end() {
     let rsoc = good_data(&disk, &[0xA3, 0x0C, 0x01, 0x34, 0, 0, 0, 0, 0, 0xFF, 0, 0], &[]);
     assert_eq!(rsoc[1] & 0x07, 3, "{rsoc:?}");
 }
+
+// SEND DIAGNOSTIC (SPC-5) and FORMAT UNIT (SBC-4 §5.4), mandatory for a direct-access block
+// device (SBC-4's command table marks both M).
+
+const SEND_DIAGNOSTIC: u8 = 0x1D;
+const FORMAT_UNIT: u8 = 0x04;
+
+fn send_diagnostic(byte1: u8, param_len: u16) -> [u8; 6] {
+    let [hi, lo] = param_len.to_be_bytes();
+    [SEND_DIAGNOSTIC, byte1, 0, hi, lo, 0]
+}
+
+fn format_unit(byte1: u8) -> [u8; 6] {
+    [FORMAT_UNIT, byte1, 0, 0, 0, 0]
+}
+
+/// FMTDATA (byte 1 bit 4) and LONGLIST (bit 5).
+const FMTDATA: u8 = 0x10;
+const LONGLIST: u8 = 0x20;
+
+fn thin_disk(write_cache: bool, unmapped_reads_zero: bool) -> Disk {
+    let mut cfg = DiskConfig::new(512, 1000);
+    cfg.thin_provisioning = true;
+    cfg.write_cache = write_cache;
+    cfg.unmapped_reads_zero = unmapped_reads_zero;
+    cfg.limits.max_unmap_lba_count = 300;
+    disk_with(cfg)
+}
+
+/// The default self-test (SELFTEST=1, nothing to test that could fail) and SELF-TEST CODE 000b
+/// without a parameter list are GOOD, with or without the DEVOFFL / UNITOFFL permissions and
+/// PF, on a thick, thin, read-only or stopped disk (SEND DIAGNOSTIC does not access the medium).
+#[test]
+fn send_diagnostic_default_self_test_is_good() {
+    let mut read_only = DiskConfig::new(512, 1000);
+    read_only.read_only = true;
+    let disks = [disk(), thin_disk(true, true), disk_with(read_only)];
+    for disk in &disks {
+        for byte1 in [0x04, 0x05, 0x06, 0x07, 0x14, 0x00, 0x10, 0x01, 0x02, 0x03] {
+            good(disk, &send_diagnostic(byte1, 0), &[]);
+        }
+    }
+    let stopped = disk();
+    good(&stopped, &[0x1B, 0, 0, 0, 0x04, 0], &[]);
+    good(&stopped, &send_diagnostic(0x04, 0), &[]);
+}
+
+/// What this disk cannot do is refused with ILLEGAL REQUEST / INVALID FIELD IN CDB and the
+/// field pointer: SELFTEST=1 with a SELF-TEST CODE other than 000b (SPC-5 SEND DIAGNOSTIC),
+/// the background and foreground self-tests and their abort (no self-test to run in the
+/// background or foreground, nor to abort), any parameter list (no diagnostic page is
+/// supported, PF or not), and the reserved bits.
+#[test]
+fn send_diagnostic_refuses_what_the_disk_cannot_do() {
+    let disk = disk();
+    let at = |byte: u8, bit: Option<u8>| match bit {
+        Some(bit) => Some([0xC8 | bit, 0, byte]),
+        None => Some([0xC0, 0, byte]),
+    };
+    for code in 1..=7u8 {
+        let byte1 = code << 5;
+        check_sense(
+            &disk,
+            &send_diagnostic(byte1, 0),
+            &[],
+            [5, 0x24, 0],
+            at(1, Some(7)),
+        );
+        check_sense(
+            &disk,
+            &send_diagnostic(byte1 | 0x04, 0),
+            &[],
+            [5, 0x24, 0],
+            at(1, Some(7)),
+        );
+    }
+    for (byte1, len) in [
+        (0x10u8, 8u16),
+        (0x00, 4),
+        (0x04, 4),
+        (0x14, 0x100),
+        (0x10, 0xFFFF),
+    ] {
+        check_sense(
+            &disk,
+            &send_diagnostic(byte1, len),
+            &vec![0; usize::from(len)],
+            [5, 0x24, 0],
+            at(3, None),
+        );
+    }
+    // Byte 1 bit 3 and byte 2 are reserved.
+    check_sense(
+        &disk,
+        &send_diagnostic(0x08, 0),
+        &[],
+        [5, 0x24, 0],
+        at(1, Some(3)),
+    );
+    check_sense(
+        &disk,
+        &[SEND_DIAGNOSTIC, 0x04, 0x80, 0, 0, 0],
+        &[],
+        [5, 0x24, 0],
+        at(2, Some(7)),
+    );
+}
+
+/// FORMAT UNIT on a fully provisioned disk: GOOD without touching the medium. SBC-4 FORMAT
+/// UNIT leaves the blocks' contents unspecified without an initialization pattern, so the old
+/// data is a valid result. The accepted parameter lists: a short or long header with no option
+/// set but IMMED (GOOD after the work is also what IMMED allows), and no defect list.
+#[test]
+fn format_unit_on_a_thick_disk_is_good_without_io() {
+    let disk = disk();
+    good(&disk, &format_unit(0), &[]);
+    // CMPLST and DEFECT LIST FORMAT: no defect list exists, nothing to replace or decode.
+    good(&disk, &format_unit(0x0F), &[]);
+    good(&disk, &format_unit(FMTDATA), &[0; 4]);
+    good(&disk, &format_unit(FMTDATA), &[0, 0x02, 0, 0]);
+    good(&disk, &format_unit(FMTDATA | LONGLIST), &[0; 8]);
+    good(
+        &disk,
+        &format_unit(FMTDATA | LONGLIST | 0x0F),
+        &[0, 0x02, 0, 0, 0, 0, 0, 0],
+    );
+}
+
+/// FORMAT UNIT's refusals, on a thick and a thin disk alike: protection information asked for
+/// (FMTPINFO, no protection is offered), reserved / vendor-specific / FFMT CDB bits, a short
+/// parameter list (PARAMETER LIST LENGTH ERROR), and every parameter list header field this
+/// disk cannot honour exactly (INVALID FIELD IN PARAMETER LIST pointing at it): PROTECTION
+/// FIELD USAGE, FOV and the options it validates (DPRY, DCRT, STPF, IP), the vendor-specific
+/// bit, the long header's P_I_INFORMATION and PROTECTION INTERVAL EXPONENT, and a defect list.
+#[test]
+fn format_unit_refuses_what_the_disk_cannot_do() {
+    let cdb_at = |byte: u8, bit: u8| Some([0xC8 | bit, 0, byte]);
+    let param_at = |byte: u8, bit: Option<u8>| match bit {
+        Some(bit) => Some([0x88 | bit, 0, byte]),
+        None => Some([0x80, 0, byte]),
+    };
+    for disk in [disk(), thin_disk(true, true)] {
+        for byte1 in [0x40, 0x80, 0xC0, 0x40 | FMTDATA, 0xC0 | FMTDATA | LONGLIST] {
+            check_sense(&disk, &format_unit(byte1), &[0; 8], [5, 0x24, 0], cdb_at(1, 7));
+        }
+        check_sense(
+            &disk,
+            &[FORMAT_UNIT, 0, 0x01, 0, 0, 0],
+            &[],
+            [5, 0x24, 0],
+            cdb_at(2, 0),
+        );
+        check_sense(
+            &disk,
+            &[FORMAT_UNIT, 0, 0, 0x10, 0, 0],
+            &[],
+            [5, 0x24, 0],
+            cdb_at(3, 4),
+        );
+        // FFMT (byte 4 bits 1..0): no fast format.
+        check_sense(
+            &disk,
+            &[FORMAT_UNIT, 0, 0, 0, 0x01, 0],
+            &[],
+            [5, 0x24, 0],
+            cdb_at(4, 0),
+        );
+        // Short lists.
+        for (byte1, len) in [
+            (FMTDATA, 0usize),
+            (FMTDATA, 3),
+            (FMTDATA | LONGLIST, 4),
+            (FMTDATA | LONGLIST, 7),
+        ] {
+            check_sense(&disk, &format_unit(byte1), &vec![0; len], [5, 0x1A, 0], None);
+        }
+        let short = |header: [u8; 4], sks| {
+            check_sense(&disk, &format_unit(FMTDATA), &header, [5, 0x26, 0], sks);
+        };
+        short([0x01, 0, 0, 0], param_at(0, Some(2)));
+        short([0x04, 0, 0, 0], param_at(0, Some(2)));
+        short([0x80, 0, 0, 0], param_at(0, Some(7)));
+        short([0x08, 0, 0, 0], param_at(0, Some(3)));
+        for bit in [7u8, 6, 5, 4, 3, 2, 0] {
+            short([0, 1 << bit, 0, 0], param_at(1, Some(bit)));
+        }
+        short([0, 0, 0, 8], param_at(2, None));
+        short([0, 0, 1, 0], param_at(2, None));
+        let long = |header: [u8; 8], sks| {
+            check_sense(
+                &disk,
+                &format_unit(FMTDATA | LONGLIST),
+                &header,
+                [5, 0x26, 0],
+                sks,
+            );
+        };
+        long([0, 0, 0, 0x10, 0, 0, 0, 0], param_at(3, Some(7)));
+        long([0, 0, 0, 0x01, 0, 0, 0, 0], param_at(3, Some(3)));
+        long([0, 0, 0x01, 0, 0, 0, 0, 0], param_at(2, Some(0)));
+        long([0, 0, 0, 0, 0, 0, 0, 8], param_at(4, None));
+        long([0, 0x80, 0, 0, 0, 0, 0, 0], param_at(1, Some(7)));
+    }
+    // It writes the medium: refused on a read-only disk, NOT READY on a stopped one.
+    let mut cfg = DiskConfig::new(512, 1000);
+    cfg.read_only = true;
+    check_sense(&disk_with(cfg), &format_unit(0), &[], [7, 0x27, 0], None);
+    let stopped = disk();
+    good(&stopped, &[0x1B, 0, 0, 0, 0x04, 0], &[]);
+    check_sense(&stopped, &format_unit(0), &[], [2, 0x04, 0x02], None);
+}
+
+/// FORMAT UNIT on a thin disk deallocates every block, as one UNMAP of the whole capacity
+/// would: ranges of at most MAXIMUM UNMAP LBA COUNT blocks, covering it exactly; with WCE 0 a
+/// flush follows where LBPRZ is claimed (the format changed what reads return), and only there.
+#[test]
+fn format_unit_on_a_thin_disk_deallocates_everything() {
+    for (write_cache, lbprz) in [(true, true), (true, false), (false, true), (false, false)] {
+        let disk = thin_disk(write_cache, lbprz);
+        for (cdb, data) in [
+            (format_unit(0), &[][..]),
+            (format_unit(FMTDATA), &[0u8, 0x02, 0, 0][..]),
+            (format_unit(FMTDATA | LONGLIST), &[0u8; 8][..]),
+        ] {
+            let Plan::Io(io) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &data) else {
+                panic!("{cdb:02x?}: a thin disk's FORMAT UNIT deallocates")
+            };
+            assert_eq!(
+                io.op,
+                StoreOp::Unmap {
+                    ranges: vec![(0, 300), (300, 300), (600, 300), (900, 100)].into()
+                },
+                "{cdb:02x?}"
+            );
+            match disk.finish(&io, StoreStatus::Good) {
+                Plan::Io(flush) => {
+                    assert!(!write_cache && lbprz, "a flush only with WCE 0 and LBPRZ");
+                    assert_eq!(flush.op, StoreOp::Flush);
+                    let Plan::Done(r) = disk.finish(&flush, StoreStatus::Good) else {
+                        panic!("GOOD after the flush")
+                    };
+                    assert_eq!(r, Response::good());
+                }
+                Plan::Done(r) => {
+                    assert!(write_cache || !lbprz, "WCE 0 with LBPRZ flushes");
+                    assert_eq!(r, Response::good());
+                }
+            }
+            // A failed deallocation is the command's failure.
+            let Plan::Done(r) = disk.finish(&io, StoreStatus::DeviceError) else {
+                panic!("a failure ends the command")
+            };
+            assert_eq!(r.status, sam_status::CHECK_CONDITION);
+        }
+    }
+    // A ranges list stays short whatever MAXIMUM UNMAP LBA COUNT says, each range within u32.
+    let mut cfg = DiskConfig::new(512, 1 << 40);
+    cfg.thin_provisioning = true;
+    cfg.limits.max_unmap_lba_count = 1;
+    let huge = disk_with(cfg);
+    let StoreOp::Unmap { ranges } = io_op(&huge, &format_unit(0), &[]) else {
+        panic!("an UNMAP")
+    };
+    assert!(ranges.len() <= 1 << 16, "{} ranges", ranges.len());
+    let mut next = 0u64;
+    for &(lba, blocks) in ranges.iter() {
+        assert_eq!(lba, next);
+        assert!(blocks > 0);
+        next = lba + u64::from(blocks);
+    }
+    assert_eq!(next, 1 << 40);
+}
+
+/// SEND DIAGNOSTIC and FORMAT UNIT are reported supported, with the usage data the decoder
+/// evaluates, on thin and thick disks; PARSE asks for the parameter list header FORMAT UNIT
+/// reads (4 bytes, 8 with LONGLIST) and for nothing else.
+#[test]
+fn send_diagnostic_and_format_unit_are_in_rsoc_and_parse() {
+    for disk in [disk(), thin_disk(true, true)] {
+        let one = |opcode: u8| good_data(&disk, &[0xA3, 0x0C, 0x01, opcode, 0, 0, 0, 0, 0, 0xFF, 0, 0], &[]);
+        assert_eq!(one(FORMAT_UNIT), [0, 0x03, 0, 6, 0x04, 0xFF, 0, 0, 0, 0]);
+        assert_eq!(
+            one(SEND_DIAGNOSTIC),
+            [0, 0x03, 0, 6, 0x1D, 0xF7, 0, 0xFF, 0xFF, 0]
+        );
+        let all = good_data(&disk, &[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]);
+        let listed: Vec<&[u8]> = all[4..].chunks(8).collect();
+        assert!(listed.contains(&&[0x04, 0, 0, 0, 0, 0, 0, 6][..]));
+        assert!(listed.contains(&&[0x1D, 0, 0, 0, 0, 0, 0, 6][..]));
+        let info = |cdb: &[u8]| disk.cdb_info(cdb).expect("parses");
+        let none = info(&format_unit(0));
+        assert_eq!((none.direction, none.transfer_len), (data_direction::NONE, 0));
+        assert_ne!(none.op_flags & crate::abi::op_flags::WRITE_MEDIUM, 0);
+        let short = info(&format_unit(FMTDATA));
+        assert_eq!((short.direction, short.transfer_len), (data_direction::WRITE, 4));
+        let long = info(&format_unit(FMTDATA | LONGLIST));
+        assert_eq!((long.direction, long.transfer_len), (data_direction::WRITE, 8));
+        let diag = info(&send_diagnostic(0x04, 0));
+        assert_eq!((diag.direction, diag.transfer_len), (data_direction::NONE, 0));
+        assert_eq!(diag.op_flags & crate::abi::op_flags::WRITE_MEDIUM, 0);
+    }
+}
+
+/// A buffer of `len` bytes for a RAM store request.
+fn ram_buffer(len: usize) -> crate::store::IoBuffer {
+    let pool = std::sync::Arc::new(scst_accel_dma::SgvPool::new(None, None, 1 << 30));
+    let buffer = crate::store::CmdBuffer::allocate(&mut crate::store::StoreToken::root(), &pool, len.max(1))
+        .expect("buffer");
+    crate::store::IoBuffer::new(buffer, len)
+}
+
+/// Run `cdb` on `disk` over `store` to its response, as a frontend does: `data_out` in the
+/// command's buffer, every planned step executed in the store with the buffer from the step's
+/// offset. Returns the response and the command's buffer (a READ's data-in).
+fn run_on_ram(
+    disk: &Disk,
+    store: &crate::store::ram::RamStore,
+    cdb: &[u8],
+    data_out: &[u8],
+) -> (Response, crate::store::IoBuffer) {
+    let len = disk.cdb_info(cdb).map_or(0, |i| i.transfer_len as usize);
+    let buffer = ram_buffer(len.max(data_out.len()));
+    buffer.write_at(0, data_out);
+    let mut plan = disk.start(&mut scst_accel_hal::locks::LockToken::root(), cdb, &data_out);
+    loop {
+        match plan {
+            Plan::Done(r) => return (r, buffer),
+            Plan::Io(io) => {
+                let step = io.op.uses_buffer().then(|| crate::store::IoBuffer {
+                    offset: io.buffer_offset(),
+                    len: io.op.buffer_bytes(disk.block_size()) as usize,
+                    ..buffer.clone()
+                });
+                let request = crate::store::StoreRequest {
+                    tag: 1,
+                    op: io.op.clone(),
+                    buffer: step,
+                };
+                let status = store.execute(&mut crate::store::StoreToken::root(), &request);
+                plan = disk.finish(&io, status);
+            }
+        }
+    }
+}
+
+/// Written data, FORMAT UNIT, then reads: zeroes on a thin disk over the RAM store (whose
+/// deallocated blocks read as zeroes: LBPRZ), the data unchanged on a thick one.
+#[test]
+fn format_unit_on_a_thin_ram_disk_reads_zeroes_back() {
+    use crate::store::Store;
+    for thin in [true, false] {
+        let store = crate::store::ram::RamStore::new(512, 1000, 64);
+        let mut cfg = DiskConfig::for_store(&store.info());
+        cfg.thin_provisioning = thin;
+        cfg.unmapped_reads_zero &= thin;
+        cfg.limits.max_unmap_lba_count = 128;
+        let disk = disk_with(cfg);
+        let data = vec![0x5Au8; 8 * 512];
+        for lba in [0u8, 100, 200, 250] {
+            let write = [0x2A, 0, 0, 0, 0, lba, 0, 0, 8, 0];
+            let (r, _) = run_on_ram(&disk, &store, &write, &data);
+            assert_eq!(r.status, sam_status::GOOD);
+        }
+        let mut last = [0x8A, 0, 0, 0, 0, 0, 0, 0, 0x03, 0xE0, 0, 0, 0, 8, 0, 0];
+        assert_eq!(run_on_ram(&disk, &store, &last, &data).0.status, sam_status::GOOD);
+        let (r, _) = run_on_ram(&disk, &store, &format_unit(0), &[]);
+        assert_eq!(r, Response::good(), "thin {thin}");
+        last[0] = 0x88;
+        let reads = [
+            [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0].to_vec(),
+            [0x28, 0, 0, 0, 0, 100, 0, 0, 8, 0].to_vec(),
+            [0x28, 0, 0, 0, 0, 250, 0, 0, 8, 0].to_vec(),
+            last.to_vec(),
+        ];
+        for read in reads {
+            let (r, buffer) = run_on_ram(&disk, &store, &read, &[]);
+            assert_eq!((r.status, r.data_in_len), (sam_status::GOOD, 8 * 512));
+            let mut out = vec![0xEEu8; 8 * 512];
+            buffer.read_at(0, &mut out);
+            let expected = if thin { 0 } else { 0x5A };
+            assert!(
+                out.iter().all(|&b| b == expected),
+                "thin {thin}: {read:02x?} read {:02x?}",
+                &out[..16]
+            );
+        }
+    }
+}
