@@ -36,6 +36,15 @@ pub struct Quirks {
     /// follows each FUA write with a Flush and completes the write only when the Flush has
     /// completed (`NvmeConfig::fua_ignored`, [`crate::engine::Geometry::fua_durable`]).
     pub fua_ignored: bool,
+    /// The device's medium ids (an NVMe namespace's NGUID and EUI64) are not unique to the
+    /// medium, so they must not be the disk's SCSI identity: initiators (multipath) would take
+    /// two appliances' disks for one LUN. QEMU's emulated controller gives a namespace
+    /// configured without an `eui64` the EUI64 52:54:00:00:00:00:00:00 + the namespace count
+    /// (hw/nvme `NVME_EUI64_DEFAULT`), the same in every VM; Linux keeps the same workaround
+    /// (`NVME_QUIRK_BOGUS_NID`) for drives that report one NGUID/EUI64 on every unit. The
+    /// driver then reports no device ids ([`crate::engine::Controller::device_ids`]), and the
+    /// identity is configured or generated and persisted instead.
+    pub bogus_device_ids: bool,
 }
 
 /// The PCI class code of an NVM Express I/O controller: base class 01h (mass storage),
@@ -114,6 +123,7 @@ pub const SIM: BoardDefinition = BoardDefinition {
     quirks: Quirks {
         split_64bit_mmio: false,
         fua_ignored: false,
+        bogus_device_ids: false,
     },
 };
 
@@ -132,6 +142,7 @@ pub const SCA1_PCI: BoardDefinition = BoardDefinition {
     quirks: Quirks {
         split_64bit_mmio: true,
         fua_ignored: false,
+        bogus_device_ids: false,
     },
 };
 
@@ -151,12 +162,14 @@ pub const NVME: BoardDefinition = BoardDefinition {
     quirks: Quirks {
         split_64bit_mmio: false,
         fua_ignored: false,
+        bogus_device_ids: false,
     },
 };
 
 /// QEMU's emulated NVMe controller (the HIL suite's device, tests/hil): 1b36:0010. Its MMIO is
 /// emulated, so every register access costs an exit; a modest depth is as fast as a deep one.
-/// It ignores FUA ([`Quirks::fua_ignored`]).
+/// It ignores FUA ([`Quirks::fua_ignored`]), and its default EUI64 is the same in every VM
+/// ([`Quirks::bogus_device_ids`]).
 pub const QEMU_NVME: BoardDefinition = BoardDefinition {
     name: "qemu-nvme",
     description: "QEMU's emulated NVMe controller (VFIO in a guest, --pci ADDRESS)",
@@ -171,6 +184,7 @@ pub const QEMU_NVME: BoardDefinition = BoardDefinition {
     quirks: Quirks {
         split_64bit_mmio: false,
         fua_ignored: true,
+        bogus_device_ids: true,
     },
 };
 
@@ -189,6 +203,7 @@ pub const NVME_SIM: BoardDefinition = BoardDefinition {
     quirks: Quirks {
         split_64bit_mmio: false,
         fua_ignored: false,
+        bogus_device_ids: false,
     },
 };
 

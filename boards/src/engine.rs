@@ -275,15 +275,43 @@ pub struct DeviceIds {
     pub eui64: Option<[u8; 8]>,
 }
 
+/// QEMU's OUI (52:54:00, locally administered). QEMU's emulated NVMe controller gives a
+/// namespace configured without an `eui64` the EUI64 52:54:00:00:00:00:00:00 + the namespace
+/// count (hw/nvme `NVME_EUI64_DEFAULT`): the first namespace of every VM reports the same one.
+pub const QEMU_OUI: [u8; 3] = [0x52, 0x54, 0x00];
+
 impl DeviceIds {
-    /// From the raw fields; `None` when both are all zero.
+    /// From the raw fields, keeping only ids that can stand for this medium alone: not all
+    /// zero ("not supported"), and not under QEMU's OUI ([`QEMU_OUI`]; the OUI is an EUI64's
+    /// bytes 0-2 and an NGUID's bytes 8-10, per the NVMe NGUID format). `None` when none is
+    /// left. A dropped QEMU id is logged, naming the board that knows (`qemu-nvme`): two VMs
+    /// would otherwise export the same SCSI identity, and multipath would merge their LUNs.
+    /// The one definition of a usable device id: the identity (`tools/src/identity.rs`) takes
+    /// what the store reports.
     pub fn from_raw(nguid: [u8; 16], eui64: [u8; 8]) -> Option<Self> {
         let ids = Self {
-            nguid: Some(nguid).filter(|g| g.iter().any(|&b| b != 0)),
-            eui64: Some(eui64).filter(|e| e.iter().any(|&b| b != 0)),
+            nguid: Some(nguid).filter(|g| usable_id("NGUID", g, &g[8..11])),
+            eui64: Some(eui64).filter(|e| usable_id("EUI64", e, &e[..3])),
         };
         (ids.nguid.is_some() || ids.eui64.is_some()).then_some(ids)
     }
+}
+
+/// Whether a namespace id (`kind`, with its OUI `oui`) may be the disk's identity.
+fn usable_id(kind: &str, id: &[u8], oui: &[u8]) -> bool {
+    if id.iter().all(|&b| b == 0) {
+        return false;
+    }
+    if oui == QEMU_OUI {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        log::warn!(
+            "namespace {kind} {hex} has QEMU's OUI 52:54:00: QEMU gives it to every VM, so it is \
+             not used for the disk's identity (configured, or generated and persisted, instead); \
+             on QEMU's controller use --board qemu-nvme (quirk bogus_device_ids)"
+        );
+        return false;
+    }
+    true
 }
 
 /// One PCIe function as the store sees it. Shared by every queue.

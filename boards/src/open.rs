@@ -210,6 +210,7 @@ fn bring_up_nvme(
         interrupts: definition.interrupts == InterruptMode::Msix,
         split_64bit_mmio: definition.quirks.split_64bit_mmio,
         fua_ignored: definition.quirks.fua_ignored,
+        bogus_device_ids: definition.quirks.bogus_device_ids,
         max_transfer_bytes: definition.max_transfer_bytes,
         ..NvmeConfig::default()
     };

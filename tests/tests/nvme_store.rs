@@ -421,6 +421,7 @@ static NVME_SIM_FUA_IGNORED: definition::BoardDefinition = definition::BoardDefi
     quirks: definition::Quirks {
         split_64bit_mmio: false,
         fua_ignored: true,
+        bogus_device_ids: false,
     },
     ..definition::NVME_SIM
 };

@@ -8,16 +8,25 @@
 //!
 //! 1. the configuration (`[disk.identity]`, or `--vendor/--product/--serial/--naa`): source
 //!    "config";
-//! 2. the device: an NVMe namespace's NGUID, else its EUI64, reported as an EUI-64 based
-//!    designator as the NVM Express SCSI Translation Reference maps them: source "device";
-//! 3. the state directory: generated on an earlier start and persisted in
-//!    `STATE_DIR/identity/<disk>.toml`: source "state";
+//! 2. the state directory: the identity persisted in `STATE_DIR/identity/<disk>.toml` on an
+//!    earlier start: source "state" ("device" when it was derived from the device's id and the
+//!    device still reports that id). It wins over the device: a firmware update that starts
+//!    reporting an NGUID, or another one, must not silently turn the disk into another LUN;
+//! 3. the device: an NVMe namespace's NGUID, else its EUI64, reported as an EUI-64 based
+//!    designator as the NVM Express SCSI Translation Reference maps them: source "device".
+//!    Persisted, with the id it came from, when there is a state directory. Ids that are not
+//!    unique never get here: the board's driver drops them (`DeviceIds::from_raw`: all zero,
+//!    or QEMU's OUI 52:54:00, which every QEMU VM's first namespace reports; the board quirk
+//!    `bogus_device_ids`, set on `qemu-nvme`);
 //! 4. generated now from the OS random source (serial: 64 random bits as 16 hex digits;
 //!    designator: NAA 3, locally assigned, 60 random bits) and persisted for next time:
 //!    source "generated". Without a state directory (the demo) nothing is persisted.
 //!
 //! A state file that exists but does not parse is an error, never a reason to generate a new
-//! identity: that would silently turn the disk into a different LUN for every initiator.
+//! identity: that would silently turn the disk into a different LUN for every initiator. So
+//! is a state file derived from a device id when the device now reports another one
+//! ([`IdentityError::DeviceChanged`]): the disk may sit on another medium, or the firmware
+//! changed its ids, and only the operator knows which identity the LUN should keep.
 
 use crate::config::IdentitySpec;
 use crate::status::IdentityView;
@@ -135,18 +144,44 @@ pub enum IdentityError {
         /// The value both have.
         value: String,
     },
+    /// The state file records an identity derived from a device id, and the device now
+    /// reports another: another namespace behind the disk, or firmware that changed its ids.
+    /// Serving either identity silently could make initiators take one LUN for another.
+    #[error("disk {disk}'s identity in {path} was derived from device id {recorded}, but the device now reports {current} (another namespace, or firmware that changed its ids): to give the disk the new device's identity, delete {path} (initiators then see a new LUN); to keep the old one, set serial and naa in the configuration ([disk.identity], or --serial/--naa) to the values in {path}")]
+    DeviceChanged {
+        /// The disk being started.
+        disk: String,
+        /// Its state file.
+        path: PathBuf,
+        /// The device id the persisted identity came from.
+        recorded: String,
+        /// The device id reported now.
+        current: String,
+    },
     /// The OS random source failed.
     #[error("cannot read random bytes from /dev/urandom to generate an identity: {0}; configure serial and naa explicitly")]
     Random(io::Error),
 }
 
-/// What a state file holds: only the generated fields (vendor and product come from the
-/// configuration or fixed defaults, so they are not frozen here).
+/// What a state file holds: only the generated or device-derived fields (vendor and product
+/// come from the configuration or fixed defaults, so they are not frozen here).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
     serial: String,
     naa: String,
+    /// The device id (a designator, `eui.` + hex) the identity was derived from; absent for a
+    /// generated one, and in files written before it was recorded (those were all generated:
+    /// a device-derived identity was not persisted then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id: Option<String>,
+}
+
+/// A parsed state file.
+struct State {
+    serial: String,
+    naa: Designator,
+    device_id: Option<Designator>,
 }
 
 /// Identity flags of `serve` and `identity`: each overrides the generated value.
@@ -207,8 +242,9 @@ fn device_designator(device: &DeviceIds) -> Option<Designator> {
 /// Resolve the identity of `disk_name` (see the module documentation for the order).
 ///
 /// # Errors
-/// An invalid configured field, an unusable state directory, a corrupt state file, or no
-/// random source: [`IdentityError`] saying what to do.
+/// An invalid configured field, an unusable state directory, a corrupt state file, a state
+/// file derived from another device id than the device reports now, or no random source:
+/// [`IdentityError`] saying what to do.
 pub fn resolve(
     disk_name: &str,
     spec: &IdentitySpec,
@@ -253,21 +289,28 @@ pub fn resolve(
     if let (Some(serial), Some(naa)) = (&serial, naa) {
         return Ok(done(serial.clone(), naa, "config"));
     }
-    if let Some(dev) = device.and_then(device_designator) {
-        // The device's id is unique per namespace, so the serial is derived from it too (its
-        // hex, at most 32 digits) rather than persisted: the same namespace behind another
-        // appliance keeps the same identity, which is right for the same medium.
-        let dev_serial: String = dev.bytes().iter().map(|b| format!("{b:02x}")).collect();
-        return Ok(done(serial.unwrap_or(dev_serial), naa.unwrap_or(dev), "device"));
-    }
-    let (gen_serial, gen_naa, source) = match state_dir {
-        Some(dir) => load_or_generate(disk_name, dir)?,
-        None => {
-            let (s, n) = generate()?;
-            (s, n, "generated")
-        }
+    let device = device.and_then(device_designator);
+    let (base_serial, base_naa, source) = match state_dir {
+        Some(dir) => load_or_create(disk_name, dir, device)?,
+        None => match device {
+            Some(dev) => (device_serial(dev), dev, "device"),
+            None => {
+                let (s, n) = generate()?;
+                (s, n, "generated")
+            }
+        },
     };
-    Ok(done(serial.unwrap_or(gen_serial), naa.unwrap_or(gen_naa), source))
+    Ok(done(
+        serial.unwrap_or(base_serial),
+        naa.unwrap_or(base_naa),
+        source,
+    ))
+}
+
+/// The serial a device id gives: its hex (at most 32 digits), so the same namespace keeps the
+/// same serial even without a state directory.
+fn device_serial(dev: Designator) -> String {
+    dev.bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Refuse an identity that another disk of the service has (`others`: their names and
@@ -313,26 +356,59 @@ pub fn state_path(state_dir: &Path, disk_name: &str) -> Result<PathBuf, Identity
     Ok(state_dir.join(IDENTITY_DIR).join(format!("{disk_name}.toml")))
 }
 
-fn load_or_generate(
+/// The persisted identity of `disk_name`, checked against the device's id (`device`); or, with
+/// no state file yet, the device's identity or a generated one, persisted.
+fn load_or_create(
     disk_name: &str,
     state_dir: &Path,
+    device: Option<Designator>,
 ) -> Result<(String, Designator, &'static str), IdentityError> {
     let path = state_path(state_dir, disk_name)?;
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let (serial, naa) = parse_state(&path, &text)?;
-            Ok((serial, naa, "state"))
+            let state = parse_state(&path, &text)?;
+            let source = match (state.device_id, device) {
+                (Some(recorded), Some(current)) if recorded != current => {
+                    return Err(IdentityError::DeviceChanged {
+                        disk: disk_name.to_owned(),
+                        path,
+                        recorded: recorded.to_string(),
+                        current: current.to_string(),
+                    });
+                }
+                (Some(_), Some(_)) => "device",
+                (None, Some(current)) => {
+                    // Generated while the device reported no usable id (or before this version
+                    // persisted device-derived identities): initiators know the LUN by it. A
+                    // warning: a disk served from the device's id before this version (the
+                    // device won then) changes its identity here.
+                    log::warn!(
+                        "disk {disk_name}: keeps its persisted identity ({}), not the device id \
+                         {current} it reports now; delete that file to take the device's",
+                        path.display()
+                    );
+                    "state"
+                }
+                (_, None) => "state",
+            };
+            Ok((state.serial, state.naa, source))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let (serial, naa) = generate()?;
-            persist(&path, disk_name, &serial, naa)?;
-            Ok((serial, naa, "generated"))
+            let (serial, naa, source) = match device {
+                Some(dev) => (device_serial(dev), dev, "device"),
+                None => {
+                    let (s, n) = generate()?;
+                    (s, n, "generated")
+                }
+            };
+            persist(&path, disk_name, &serial, naa, device)?;
+            Ok((serial, naa, source))
         }
         Err(source) => Err(IdentityError::StateRead { path, source }),
     }
 }
 
-fn parse_state(path: &Path, text: &str) -> Result<(String, Designator), IdentityError> {
+fn parse_state(path: &Path, text: &str) -> Result<State, IdentityError> {
     let corrupt = |reason: String| IdentityError::StateCorrupt {
         path: path.to_owned(),
         reason,
@@ -343,7 +419,16 @@ fn parse_state(path: &Path, text: &str) -> Result<(String, Designator), Identity
         .naa
         .parse::<Designator>()
         .map_err(|e| corrupt(e.to_string()))?;
-    Ok((serial, naa))
+    let device_id = file
+        .device_id
+        .map(|d| d.parse::<Designator>())
+        .transpose()
+        .map_err(|e| corrupt(format!("device_id: {e}")))?;
+    Ok(State {
+        serial,
+        naa,
+        device_id,
+    })
 }
 
 fn generate() -> Result<(String, Designator), IdentityError> {
@@ -359,7 +444,13 @@ fn generate() -> Result<(String, Designator), IdentityError> {
 /// Write the state file so that a crash at any point leaves either no file or the whole
 /// file: a temporary file in the same directory, fsync'd, renamed over the name (atomic on
 /// POSIX), then the directory fsync'd so the rename itself is durable.
-fn persist(path: &Path, disk_name: &str, serial: &str, naa: Designator) -> Result<(), IdentityError> {
+fn persist(
+    path: &Path,
+    disk_name: &str,
+    serial: &str,
+    naa: Designator,
+    device_id: Option<Designator>,
+) -> Result<(), IdentityError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let err = |source: io::Error| IdentityError::StateDir {
         dir: dir.to_owned(),
@@ -374,10 +465,16 @@ fn persist(path: &Path, disk_name: &str, serial: &str, naa: Designator) -> Resul
     let body = toml::to_string(&StateFile {
         serial: serial.to_owned(),
         naa: naa.to_string(),
+        device_id: device_id.map(|d| d.to_string()),
     })
     .map_err(|e| err(io::Error::other(e)))?;
+    let origin = if device_id.is_some() {
+        "taken from its device's id"
+    } else {
+        "generated"
+    };
     let text = format!(
-        "# Identity of SCST disk {disk_name:?}, generated once by scst-accel. Initiators know the\n\
+        "# Identity of SCST disk {disk_name:?}, {origin} once by scst-accel. Initiators know the\n\
          # LUN by it: changing or removing this file makes it a different LUN to them.\n{body}"
     );
     let tmp = dir.join(format!(".{disk_name}.toml.tmp{}", std::process::id()));
@@ -418,9 +515,9 @@ pub struct IdentityArgs {
 /// `scst-accel identity`: resolve (and persist, if generated) the identity `serve` would give
 /// the disk, without a board or SCST, and print it. Returns the process exit code.
 ///
-/// The board is not opened, so an NVMe namespace's NGUID/EUI64 (which `serve` prefers to the
-/// state directory) is not consulted: on an NVMe board this shows what the disk would get if
-/// the namespace reported none.
+/// The board is not opened, so an NVMe namespace's NGUID/EUI64 is not consulted: for a disk
+/// with no state file yet this generates and persists an identity, which `serve` then keeps
+/// (the state directory wins over the device) even on a board whose namespace reports an id.
 pub fn run(args: IdentityArgs) -> u8 {
     match resolve(&args.name, &args.flags.spec(), Some(&args.state_dir), None) {
         Ok(id) => {
@@ -549,13 +646,176 @@ mod tests {
         assert_eq!(id.naa, Designator::Eui64Extended(nguid));
         assert_eq!(id.serial, "0102030405060708090a0b0c0d0e0f10");
         assert_eq!(id.source, "device");
-        assert!(!dir.exists());
+        // Persisted with the id it came from, so a later change of the device's id is seen.
+        let text = fs::read_to_string(state_path(&dir, "accel0").unwrap()).unwrap();
+        assert!(
+            text.contains("device_id = \"eui.0102030405060708090a0b0c0d0e0f10\""),
+            "{text}"
+        );
+        let again = resolve("accel0", &IdentitySpec::default(), Some(&dir), Some(&ids)).unwrap();
+        assert_eq!(
+            (again.serial, again.naa, again.source),
+            (id.serial, id.naa, "device")
+        );
+        let _ = fs::remove_dir_all(&dir);
         let only_eui = DeviceIds {
             nguid: None,
             eui64: Some([9; 8]),
         };
         let id = resolve("accel0", &IdentitySpec::default(), None, Some(&only_eui)).unwrap();
         assert_eq!(id.naa, Designator::Eui64([9; 8]));
+    }
+
+    /// An NVMe simulator whose namespace reports only `eui64` (an all-zero NGUID is "none"),
+    /// opened as `board`: the device ids its store hands to `resolve`.
+    fn sim_device_ids(
+        board: &'static scst_accel_boards::definition::BoardDefinition,
+        eui64: [u8; 8],
+    ) -> Option<DeviceIds> {
+        use scst_accel_boards::open::open_board;
+        use scst_accel_boards::open::BoardSource;
+        use scst_accel_boards::sim::nvme::NvmeSimConfig;
+        use scst_accel_handler::store::accel::AccelConfig;
+        use scst_accel_handler::store::accel::AccelStore;
+        use scst_accel_handler::store::Store;
+
+        let config = NvmeSimConfig {
+            num_blocks: 4096,
+            nguid: Some([0; 16]),
+            eui64: Some(eui64),
+            ..NvmeSimConfig::default()
+        };
+        let opened = open_board(board, BoardSource::NvmeSim(config), 1).expect("open");
+        let store = AccelStore::new(opened.controller, opened.queues, AccelConfig::default());
+        let ids = store.info().device_ids;
+        let _ = store.board().shutdown();
+        ids
+    }
+
+    /// QEMU gives the first namespace of every VM the EUI64 52:54:00:00:00:00:00:01: two
+    /// appliances on QEMU, each with its own state directory, must still differ, even on the
+    /// generic `nvme` board (the OUI) and whatever the EUI64 on `qemu-nvme` (its quirk).
+    #[test]
+    fn qemus_default_eui64_does_not_give_two_appliances_one_identity() {
+        use scst_accel_boards::definition;
+        const QEMU_DEFAULT: [u8; 8] = [0x52, 0x54, 0, 0, 0, 0, 0, 1];
+        let ids = sim_device_ids(&definition::NVME, QEMU_DEFAULT);
+        assert_eq!(ids, None, "QEMU's OUI is not an identity");
+        let (a, b) = (temp_dir("qemu-a"), temp_dir("qemu-b"));
+        let x = resolve("accel0", &IdentitySpec::default(), Some(&a), ids.as_ref()).unwrap();
+        let y = resolve("accel0", &IdentitySpec::default(), Some(&b), ids.as_ref()).unwrap();
+        assert_ne!(x.naa, y.naa);
+        assert_ne!(x.serial, y.serial);
+        assert_eq!((x.source, y.source), ("generated", "generated"));
+        let _ = fs::remove_dir_all(&a);
+        let _ = fs::remove_dir_all(&b);
+        // The quirk drops any id of the board, an explicitly configured one too.
+        assert_eq!(
+            sim_device_ids(&definition::QEMU_NVME, [0x5A, 0xCC, 0xE1, 0, 0, 0, 0, 7]),
+            None
+        );
+        assert!(sim_device_ids(&definition::NVME, [0x5A, 0xCC, 0xE1, 0, 0, 0, 0, 7]).is_some());
+        // An NGUID carries its OUI in bytes 8-10; a usable NGUID is kept beside a QEMU EUI64.
+        let mut qemu_nguid = [7u8; 16];
+        qemu_nguid[8..11].copy_from_slice(&[0x52, 0x54, 0]);
+        assert_eq!(DeviceIds::from_raw(qemu_nguid, QEMU_DEFAULT), None);
+        assert_eq!(
+            DeviceIds::from_raw([7; 16], QEMU_DEFAULT),
+            Some(DeviceIds {
+                nguid: Some([7; 16]),
+                eui64: None
+            })
+        );
+    }
+
+    /// A firmware update that starts reporting an NGUID does not change a persisted identity.
+    #[test]
+    fn a_persisted_generated_identity_survives_the_device_reporting_an_nguid() {
+        let dir = temp_dir("nguid-later");
+        let first = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap();
+        assert_eq!(first.source, "generated");
+        let ids = DeviceIds {
+            nguid: Some([0xAB; 16]),
+            eui64: None,
+        };
+        let later = resolve("accel0", &IdentitySpec::default(), Some(&dir), Some(&ids)).unwrap();
+        assert_eq!((later.serial, later.naa), (first.serial, first.naa));
+        assert_eq!(later.source, "state");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A persisted identity taken from one device id is not served when the device reports
+    /// another: refused, saying what to do; the state file is left alone.
+    #[test]
+    fn a_device_derived_identity_is_refused_when_the_device_reports_another_id() {
+        let dir = temp_dir("device-changed");
+        let old = DeviceIds {
+            nguid: Some([0x11; 16]),
+            eui64: None,
+        };
+        let first = resolve("accel0", &IdentitySpec::default(), Some(&dir), Some(&old)).unwrap();
+        assert_eq!(first.source, "device");
+        let path = state_path(&dir, "accel0").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let new = DeviceIds {
+            nguid: None,
+            eui64: Some([0x22; 8]),
+        };
+        let err = resolve("accel0", &IdentitySpec::default(), Some(&dir), Some(&new)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, IdentityError::DeviceChanged { recorded, current, .. }
+                if recorded == "eui.11111111111111111111111111111111" && current == "eui.2222222222222222"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("delete")
+                && msg.contains("serial and naa"),
+            "{msg}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), text, "the file is left alone");
+        // A device that no longer reports an id keeps the persisted identity; a configured
+        // serial and naa win over both.
+        let kept = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap();
+        assert_eq!((kept.naa, kept.source), (first.naa, "state"));
+        let configured = IdentitySpec {
+            serial: Some("SN-1".into()),
+            naa: Some("3000000000000001".into()),
+            ..IdentitySpec::default()
+        };
+        assert_eq!(
+            resolve("accel0", &configured, Some(&dir), Some(&new))
+                .unwrap()
+                .source,
+            "config"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A state file as written before the device id was recorded loads as it is, and still wins
+    /// over the device.
+    #[test]
+    fn an_old_state_file_still_loads() {
+        let dir = temp_dir("old-format");
+        let path = state_path(&dir, "accel0").unwrap();
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let old = "# Identity of SCST disk \"accel0\", generated once by scst-accel. Initiators know the\n\
+                   # LUN by it: changing or removing this file makes it a different LUN to them.\n\
+                   serial = \"0123456789ABCDEF\"\nnaa = \"3123456789abcdef\"\n";
+        fs::write(&path, old).unwrap();
+        let ids = DeviceIds {
+            nguid: Some([0x33; 16]),
+            eui64: None,
+        };
+        for device in [None, Some(&ids)] {
+            let id = resolve("accel0", &IdentitySpec::default(), Some(&dir), device).unwrap();
+            assert_eq!(id.serial, "0123456789ABCDEF");
+            assert_eq!(id.naa.to_string(), "3123456789abcdef");
+            assert_eq!(id.source, "state");
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), old, "not rewritten");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

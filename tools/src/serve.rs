@@ -70,9 +70,9 @@ pub struct ServeArgs {
     /// Size of each preallocated buffer.
     #[arg(long, default_value = "128k", value_parser = crate::units::parse_size)]
     pub prealloc_size: u64,
-    /// Where generated identities are kept, as `identity/<name>.toml`, so a disk keeps its
-    /// serial and designator across restarts (overrides service.state_dir; default
-    /// /var/lib/scst-accel).
+    /// Where identities (generated or device-derived) are kept, as `identity/<name>.toml`, so
+    /// a disk keeps its serial and designator across restarts (overrides service.state_dir;
+    /// default /var/lib/scst-accel).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// The control socket (overrides service.control_socket).

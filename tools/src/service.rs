@@ -116,8 +116,9 @@ pub struct StartOptions {
     /// disk starts), and remove them at its teardown. Off for the demo, whose loopback sessions
     /// stand in for SCST's targets.
     pub apply_exports: bool,
-    /// Keep generated identities in `state_dir` (`identity/<name>.toml`) so a disk keeps its
-    /// serial and designator across restarts. Off for the demo, whose disks are throwaway.
+    /// Keep identities (generated or device-derived) in `state_dir` (`identity/<name>.toml`)
+    /// so a disk keeps its serial and designator across restarts. Off for the demo, whose
+    /// disks are throwaway.
     pub persist_identities: bool,
     /// Stores of one's own for some disks (none by default: every disk gets its board's).
     pub stores: Option<StoreFactory>,

@@ -35,9 +35,10 @@ pub struct IdentityView {
     pub serial: String,
     /// VPD 83h designator: NAA as bare hex, EUI-64 based (NVMe) as `eui.` + hex.
     pub naa: String,
-    /// Where it came from: "config", "state" (generated earlier and persisted), "generated"
+    /// Where it came from: "config", "state" (persisted on an earlier start), "generated"
     /// (generated now: persisted, or not at all when there is no state directory, as in the
-    /// demo), "device" (NVMe NGUID/EUI64).
+    /// demo), "device" (NVMe NGUID/EUI64: taken now, or persisted from the id the device still
+    /// reports).
     pub source: String,
 }
 

@@ -62,3 +62,23 @@ fn a_corrupt_state_file_stops_the_process_with_advice() {
     assert!(err.contains("accel0.toml") && err.contains("remove it"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A state file that records the device id its identity was derived from (written by `serve`
+/// on an NVMe board) loads where no device is consulted, as it was written.
+#[test]
+fn a_state_file_derived_from_a_device_id_loads() {
+    let dir = temp_dir("device-id");
+    std::fs::create_dir_all(dir.join("identity")).expect("mkdir");
+    std::fs::write(
+        dir.join("identity/accel0.toml"),
+        "serial = \"0102030405060708090a0b0c0d0e0f10\"\n\
+         naa = \"eui.0102030405060708090a0b0c0d0e0f10\"\n\
+         device_id = \"eui.0102030405060708090a0b0c0d0e0f10\"\n",
+    )
+    .expect("write");
+    let id = identity(&dir);
+    assert_eq!(id["source"], "state");
+    assert_eq!(id["naa"], "eui.0102030405060708090a0b0c0d0e0f10");
+    assert_eq!(id["serial"], "0102030405060708090a0b0c0d0e0f10");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -93,6 +93,10 @@ pub struct NvmeConfig {
     /// quirk `fua_ignored`): the geometry says so ([`Geometry::fua_durable`] false), and the
     /// store follows each FUA write with a Flush.
     pub fua_ignored: bool,
+    /// WORKAROUND: the namespace's NGUID/EUI64 are not unique to it (the board quirk
+    /// `bogus_device_ids`): the controller reports no device ids, so the disk's identity is
+    /// never derived from them.
+    pub bogus_device_ids: bool,
     /// The bound on a normal shutdown when the controller reports no RTD3E, and the least
     /// bound when it does ([`shutdown_timeout`]); default [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
@@ -113,6 +117,7 @@ impl Default for NvmeConfig {
             admin_timeout: Duration::from_secs(5),
             split_64bit_mmio: false,
             fua_ignored: false,
+            bogus_device_ids: false,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_transfer_bytes: MAX_TRANSFER,
         }

@@ -29,6 +29,18 @@ impl Controller for NvmeController {
 
     fn device_ids(&self) -> Option<DeviceIds> {
         let ns = &self.info().namespace;
+        if self.config().bogus_device_ids {
+            // Said once per open (the store asks once), and only when there was an id to drop.
+            if ns.nguid != [0; 16] || ns.eui64 != [0; 8] {
+                log::info!(
+                    "{}: the namespace's NGUID/EUI64 are not used for the disk's identity: \
+                     this board's devices report the same ones on every unit (quirk \
+                     bogus_device_ids)",
+                    self.id()
+                );
+            }
+            return None;
+        }
         DeviceIds::from_raw(ns.nguid, ns.eui64)
     }
 

@@ -53,7 +53,7 @@
 //! prealloc_size = "128k"
 //! premap = ["4k:4096", "128k:512"]  # buffers mapped at start-up (SIZE up to 4M:COUNT)
 //!
-//! [disk.identity]                # optional; unset fields are generated and persisted
+//! [disk.identity]                # optional; unset fields are device-derived or generated, persisted
 //! vendor = "ACME"                # 1-8 printable ASCII characters
 //! product = "FastDisk"           # 1-16
 //! serial = "A1B2"                # 1-32

@@ -103,9 +103,9 @@ impl Default for ServiceSettings {
     }
 }
 
-/// A disk's identity as the initiator sees it (INQUIRY, VPD 80h/83h). Fields left `None` are
-/// generated once and persisted in the state directory (or, on an NVMe board, taken from the
-/// namespace's NGUID/EUI64).
+/// A disk's identity as the initiator sees it (INQUIRY, VPD 80h/83h). Fields left `None` come
+/// from the state directory, where they were persisted on the first start (taken then from an
+/// NVMe namespace's NGUID/EUI64, when it has a unique one, else generated).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdentitySpec {
     /// T10 vendor identification (1-8 printable ASCII characters).

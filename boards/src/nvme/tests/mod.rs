@@ -51,6 +51,7 @@ fn config() -> NvmeConfig {
         admin_timeout: Duration::from_secs(2),
         split_64bit_mmio: false,
         fua_ignored: false,
+        bogus_device_ids: false,
         shutdown_timeout: Duration::from_millis(500),
         max_transfer_bytes: crate::nvme::MAX_TRANSFER,
     }
