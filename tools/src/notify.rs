@@ -1,21 +1,28 @@
 //! systemd notification (`sd_notify(3)`): readiness, status, stopping, timeout extension and the
 //! watchdog, for a `Type=notify` unit (`dist/scst-accel.service`).
 //!
-//! Messages are formatted by the `sd-notify` crate. Under systemd (`NOTIFY_SOCKET` set) the
-//! crate also sends them; [`Notifier::to_socket`] sends to an explicit socket instead, so that
-//! tests never touch the process environment (which other test threads read concurrently).
+//! Messages are formatted by the `sd-notify` crate and sent here, to the datagram socket
+//! `NOTIFY_SOCKET` names: a path, or an abstract socket when it begins with `@` (as
+//! `sd_notify(3)` reads it; the crate would take `@name` for a file). The variable is read once,
+//! at [`Notifier::from_env`]; [`Notifier::to_notify_socket`] and [`Notifier::to_socket`] take an
+//! explicit address instead, so that tests never touch the process environment (which other
+//! test threads read concurrently).
 //!
 //! Notification is best effort: a service that cannot tell systemd it is ready is killed by
-//! systemd's start timeout anyway, so a send error is logged (at debug, once) and never fails
-//! the caller.
+//! systemd's start timeout anyway, so a send error is logged (at warn, once: a unit that never
+//! becomes ready must say why) and never fails the caller.
 //!
 //! [`Watchdog`] pings `WATCHDOG=1` only while a health check passes: a wedged service (a
 //! worker stuck in a store call) stops pinging and systemd restarts it (`WatchdogSec=`).
 
 use sd_notify::NotifyState;
+use std::ffi::OsStr;
 use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -32,10 +39,8 @@ const STOP_BOUND: Duration = Duration::from_secs(5);
 enum Target {
     /// Not started by systemd (no `NOTIFY_SOCKET`): nothing is ever sent.
     Disabled,
-    /// `NOTIFY_SOCKET`, through the `sd-notify` crate (which never unsets it here).
-    Env,
-    /// An explicit datagram socket (tests).
-    Socket(PathBuf),
+    /// A datagram socket: `NOTIFY_SOCKET`'s, or an explicit one (tests).
+    Socket(SocketAddr),
 }
 
 /// Sends notifications to the service manager.
@@ -54,23 +59,40 @@ impl Notifier {
     /// nothing at all otherwise (started from a shell or a test). The environment is read,
     /// never changed: unsetting it would race with other threads reading it.
     pub fn from_env() -> Self {
-        let target = if std::env::var_os("NOTIFY_SOCKET").is_some() {
-            Target::Env
-        } else {
-            Target::Disabled
-        };
         let watchdog = parse_watchdog(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
             std::process::id(),
         );
-        Self::new(target, watchdog)
+        match std::env::var_os("NOTIFY_SOCKET") {
+            Some(value) => Self {
+                watchdog,
+                ..Self::to_notify_socket(&value)
+            },
+            None => Self::new(Target::Disabled, watchdog),
+        }
+    }
+
+    /// A notifier that sends to the socket a `NOTIFY_SOCKET` value names: `@name` an abstract
+    /// socket, anything else a path. One that names no usable address (empty, too long) is
+    /// said at warn and sends nothing. It has no watchdog interval.
+    pub fn to_notify_socket(value: &OsStr) -> Self {
+        match notify_address(value) {
+            Ok(address) => Self::new(Target::Socket(address), None),
+            Err(e) => {
+                log::warn!(
+                    "NOTIFY_SOCKET={value:?} names no socket this process can send to ({e}): the \
+                     service manager will not hear that the service is ready"
+                );
+                Self::new(Target::Disabled, None)
+            }
+        }
     }
 
     /// A notifier that sends every message to the datagram socket bound at `path` (tests, or a
     /// supervisor other than systemd). It has no watchdog interval.
-    pub fn to_socket(path: impl Into<PathBuf>) -> Self {
-        Self::new(Target::Socket(path.into()), None)
+    pub fn to_socket(path: impl AsRef<Path>) -> Self {
+        Self::to_notify_socket(path.as_ref().as_os_str())
     }
 
     /// A notifier that sends nothing.
@@ -131,12 +153,11 @@ impl Notifier {
     fn send(&self, states: &[NotifyState<'_>]) {
         let result = match &self.target {
             Target::Disabled => return,
-            Target::Env => sd_notify::notify(false, states),
-            Target::Socket(path) => send_to(path, states),
+            Target::Socket(address) => send_to(address, states),
         };
         if let Err(e) = result {
             if !self.error_logged.swap(true, Ordering::Relaxed) {
-                log::debug!(
+                log::warn!(
                     "systemd notification failed (further failures are not logged): {e}; \
                      check NotifyAccess= and that the notify socket exists"
                 );
@@ -145,11 +166,24 @@ impl Notifier {
     }
 }
 
+/// The address a `NOTIFY_SOCKET` value names, as libsystemd reads it: `@name` the abstract
+/// socket `name`, `/…` a path; anything else (empty, relative, `vsock:`) is refused.
+fn notify_address(value: &OsStr) -> io::Result<SocketAddr> {
+    match value.as_bytes() {
+        [b'@', name @ ..] => SocketAddr::from_abstract_name(name),
+        [b'/', ..] => SocketAddr::from_pathname(Path::new(value)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "neither an absolute path nor @ and an abstract socket's name",
+        )),
+    }
+}
+
 /// One datagram with one `KEY=VALUE` line per state, as `sd_notify::notify` sends it.
-fn send_to(path: &std::path::Path, states: &[NotifyState<'_>]) -> io::Result<()> {
+fn send_to(address: &SocketAddr, states: &[NotifyState<'_>]) -> io::Result<()> {
     let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
     let socket = UnixDatagram::unbound()?;
-    let sent = socket.send_to(msg.as_bytes(), path)?;
+    let sent = socket.send_to_addr(msg.as_bytes(), address)?;
     if sent != msg.len() {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,
@@ -260,7 +294,7 @@ mod tests {
     struct Listener {
         _dir: tempfile::TempDir,
         socket: UnixDatagram,
-        path: PathBuf,
+        path: std::path::PathBuf,
     }
 
     fn listener() -> Listener {
@@ -279,6 +313,30 @@ mod tests {
         let mut buf = [0u8; 4096];
         let n = l.socket.recv(&mut buf).expect("a notification within the bound");
         String::from_utf8(buf[..n].to_vec()).expect("utf-8")
+    }
+
+    /// `NOTIFY_SOCKET=@name` is an abstract socket (`sd_notify(3)`), not a file named `@name`.
+    #[test]
+    fn an_abstract_notify_socket_is_reached() {
+        let name = format!("scst-accel-notify-test-{}", std::process::id());
+        let address = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+        let socket = UnixDatagram::bind_addr(&address).expect("bind the abstract socket");
+        socket.set_read_timeout(Some(WAIT)).expect("timeout");
+        let n = Notifier::to_notify_socket(OsStr::new(&format!("@{name}")));
+        assert!(n.enabled());
+        n.ready();
+        let mut buf = [0u8; 64];
+        let len = socket.recv(&mut buf).expect("READY=1 within the bound");
+        assert_eq!(&buf[..len], b"READY=1\n");
+        // A value that names no address sends nothing, and says so.
+        for unusable in ["", "notify.sock", "vsock:2:1234"] {
+            assert!(
+                !Notifier::to_notify_socket(OsStr::new(unusable)).enabled(),
+                "{unusable:?}"
+            );
+        }
+        let too_long = format!("/{}", "x".repeat(200));
+        assert!(!Notifier::to_notify_socket(OsStr::new(&too_long)).enabled());
     }
 
     #[test]
