@@ -12,6 +12,7 @@ use scst_accel_handler::frontend::TeardownTrigger;
 use scst_accel_handler::loopback::ScsiCompletion;
 use scst_accel_handler::loopback::ScsiRequest;
 use scst_accel_handler::loopback::Session;
+use scst_accel_handler::loopback::SessionSpec;
 use scst_accel_handler::store::ram::RamStore;
 use scst_accel_handler::store::Store;
 use scst_accel_handler::store::StoreCompletion;
@@ -997,4 +998,62 @@ fn a_store_whose_queue_stays_full_does_not_hold_its_worker() {
         .recv_timeout(WAIT)
         .expect("the held READ is answered");
     assert!(refused.iter().all(|c| c.tag != held.tag), "{held:?}");
+}
+
+/// While the store refuses the backlog the worker fetches no more EXECs, but it still takes
+/// SCST's management commands, which SCST queues first: an initiator logging in (ATTACH_SESS,
+/// which SCST fails after 5 s unanswered) gets its session however long the store stays full.
+#[test]
+fn a_session_attaches_while_the_store_refuses_the_backlog() {
+    let gated = GatedStore::new(RamStore::new(512, 8192, 256));
+    let rig = Rig::with_config(
+        "e2e-attach-full",
+        512,
+        8192,
+        default_options(),
+        Arc::new(gated.clone()),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        FrontendConfig {
+            workers: 1,
+            cmds_per_call: 8,
+            ..FrontendConfig::default()
+        },
+    );
+    gated.set_capacity(1);
+    let session = rig.session(0);
+    for tag in 1..=3u64 {
+        submit_read(&session, tag, 8 * tag as u32);
+    }
+    assert!(gated.wait_held(1), "no READ reached the store");
+    // The worker holds a backlog the store refuses.
+    std::thread::sleep(Duration::from_millis(100));
+    let attached = rig.kernel.attach_session(
+        "e2e-attach-full",
+        SessionSpec {
+            initiator_name: "iqn.test:late-initiator".into(),
+            target_name: "iqn.test:target".into(),
+            lun: 1,
+            rd_only: false,
+        },
+    );
+    assert!(
+        attached.is_ok(),
+        "ATTACH_SESS behind a full store: {:?}",
+        attached.err()
+    );
+    assert_eq!(gated.held(), 1, "the backlog stayed out of the store");
+    gated.set_capacity(0);
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut answered = 0;
+    while answered < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{answered} of 3 READs answered"
+        );
+        gated.release_all();
+        if let Ok(done) = session.completions().recv_timeout(Duration::from_millis(20)) {
+            assert_eq!(done.status, sam_status::GOOD, "{done:?}");
+            answered += 1;
+        }
+    }
 }

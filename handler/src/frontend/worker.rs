@@ -65,6 +65,13 @@ const READY_BACKOFF_MAX: Duration = Duration::from_millis(5);
 /// the replies are dropped ([`Worker::replies_untaken`]).
 const UNTAKEN_CALLS_MAX: u32 = 3;
 
+/// While the store refuses the backlog (nothing else is fetched), one command is fetched this
+/// often: SCST's ready list puts management first (ATTACH_SESS, DETACH_SESS, task management;
+/// spec §4), and an ATTACH_SESS unanswered for 5 s fails the initiator's login or the LUN's
+/// addition (§3.11, §7.3), however slow the store. An EXEC fetched so waits with the backlog;
+/// at one per look the backlog grows by at most two commands a second.
+const BACKLOG_LOOK: Duration = Duration::from_millis(500);
+
 /// Spin, reading the clock between a few spin hints, until `at` (at most a look's gap away:
 /// [`LOOK_GAP`]).
 fn spin_until(at: Instant) {
@@ -207,8 +214,11 @@ pub(super) struct Worker {
     released_buffers: Vec<Arc<CmdBuffer>>,
     submit: Vec<StoreRequest>,
     /// The store refused the last submission (its queue full, or failed): what it refused
-    /// waits in `submit`, and nothing is fetched until it is in ([`Worker::flush_submissions`]).
+    /// waits in `submit`, and nothing is fetched until it is in ([`Worker::flush_submissions`])
+    /// but one command every [`BACKLOG_LOOK`].
     store_refused: bool,
+    /// When the worker last fetched while the store refused ([`BACKLOG_LOOK`]).
+    backlog_look: Instant,
     /// Buffers of the requests in `submit` not leased yet, by cmd_h ([`Worker::grant_leases`]).
     to_lease: Vec<(u64, Arc<CmdBuffer>)>,
     /// Reused by [`Worker::grant_leases`]: no allocation per batch.
@@ -276,6 +286,7 @@ impl Worker {
             released_buffers: Vec::new(),
             submit: Vec::new(),
             store_refused: false,
+            backlog_look: Instant::now(),
             to_lease: Vec::new(),
             granted: Vec::new(),
             completions: Vec::new(),
@@ -358,10 +369,13 @@ impl Worker {
             }
             // Until the workers leave, they keep fetching: while draining, new commands are
             // answered (BUSY) and returned buffers honoured, never left to the close path.
-            // Except while the store refuses a backlog: then nothing is fetched, and SCST keeps
-            // what it holds (the initiators meet a full queue there, not here).
-            let want = if phase == Phase::Leaving || self.fd_closed || self.store_refused {
+            // Except while the store refuses a backlog: then one command per BACKLOG_LOOK (for
+            // the management SCST queues first), and SCST keeps the rest (the initiators meet
+            // a full queue there, not here).
+            let want = if phase == Phase::Leaving || self.fd_closed {
                 0
+            } else if self.store_refused {
+                usize::from(self.backlog_look_due())
             } else {
                 self.fetch_size.want()
             };
@@ -1155,7 +1169,7 @@ impl Worker {
         let segment = remap.data_descr;
         let own = {
             let (sessions, _) = self.shared.sessions.lock(&mut self.token);
-            sessions.contains_key(&remap.src_sess_h) && sessions.contains_key(&remap.dst_sess_h)
+            copy_inside_this_device(remap.src_sess_h, remap.dst_sess_h, |h| sessions.contains_key(&h))
         };
         let path = self.shared.store.info().copy;
         let bs = u64::from(self.shared.disk.block_size());
@@ -1518,6 +1532,15 @@ impl Worker {
         self.granted = granted;
     }
 
+    /// Whether a [`BACKLOG_LOOK`] is due while the store refuses (and take it).
+    fn backlog_look_due(&mut self) -> bool {
+        let due = self.backlog_look.elapsed() >= BACKLOG_LOOK;
+        if due {
+            self.backlog_look = Instant::now();
+        }
+        due
+    }
+
     /// Submit what is queued, reaping after each accepted batch (a reap can queue a command's
     /// next store step, which is submitted in the same call). Reaps at least once. What the
     /// store refuses (its queue is full, or it failed) stays queued in `submit`, the backlog,
@@ -1725,5 +1748,31 @@ fn busy() -> Response {
         sense: SenseBytes::new(),
         data: Vec::new(),
         data_in_len: 0,
+    }
+}
+
+/// Whether an EXT_COPY_REMAP segment from `src_sess_h` to `dst_sess_h` copies inside this
+/// device (`attached`: a session handle ATTACHed here and not DETACHed). Both ends must be the
+/// copy manager's one tgt_dev for this device: SCST's copy manager gives every designator of a
+/// device the tgt_dev of its own LUN of that device (`scst_copy_mgr.c`: `des->desig_tgt_dev =
+/// cmd->tgt_dev`), so a copy inside the device names the same handle twice, and it is attached
+/// here. Two different handles both attached here cannot both be this device's: one is stale
+/// (a session the kernel freed without a DETACH, its address since reused for another device's
+/// tgt_dev: spec §3.8, §7.3), and copying inside this device would write the wrong disk and
+/// answer GOOD. The copy manager copies such a segment itself.
+fn copy_inside_this_device(src_sess_h: u64, dst_sess_h: u64, attached: impl Fn(u64) -> bool) -> bool {
+    src_sess_h == dst_sess_h && attached(src_sess_h)
+}
+
+#[cfg(test)]
+mod copy_tests {
+    #[test]
+    fn a_copy_is_inside_this_device_only_between_one_attached_handle() {
+        let attached = |h: u64| h == 0x10 || h == 0x20;
+        assert!(super::copy_inside_this_device(0x10, 0x10, attached));
+        // Two attached handles: one is stale, the copy is not this device's to make.
+        assert!(!super::copy_inside_this_device(0x10, 0x20, attached));
+        assert!(!super::copy_inside_this_device(0x30, 0x30, attached));
+        assert!(!super::copy_inside_this_device(0x10, 0x30, attached));
     }
 }
