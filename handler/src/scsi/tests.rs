@@ -959,3 +959,24 @@ fn format_unit_on_a_thin_ram_disk_reads_zeroes_back() {
         }
     }
 }
+
+/// GROUP NUMBER is six bits (SBC-4, for IO advice hints) in every CDB that has it, 10- and
+/// 12-byte ones as the 16-byte ones: a group above 31 is accepted alike, not refused in one
+/// size as a reserved bit.
+#[test]
+fn group_number_is_six_bits_in_every_cdb_size() {
+    let d = disk();
+    // Transfer length 0 (no I/O, GOOD at once) and PRE-FETCH.
+    good(&d, &[0x28, 0, 0, 0, 0, 0, 0x3F, 0, 0, 0], &[]);
+    good(&d, &[0xA8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3F, 0], &[]);
+    good(&d, &[0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3F, 0], &[]);
+    good(&d, &[0x34, 0, 0, 0, 0, 0, 0x3F, 0, 1, 0], &[]);
+    // Bits 7 and 6 are still reserved.
+    check_sense(
+        &d,
+        &[0x28, 0, 0, 0, 0, 0, 0x40, 0, 1, 0],
+        &[],
+        [5, 0x24, 0],
+        Some([0xCE, 0, 6]),
+    );
+}
