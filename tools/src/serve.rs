@@ -147,7 +147,8 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
         ..StartOptions::default()
     };
     let notifier = Arc::new(Notifier::from_env());
-    notifier.status(&format!("starting {} disks", config.disks.len()));
+    let total = config.disks.len();
+    notifier.status(&format!("starting {total} disks"));
     let mut service = Service::new(config.service.clone(), config.disks, kernel, options);
     // The control socket and the metrics endpoint are bound before any disk registers: one
     // that cannot bind is a configuration error, and nothing has been applied yet.
@@ -159,9 +160,25 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
             return exit::CONFIG;
         }
     };
-    service.start_disks();
+    // One disk at a time, each with a start budget of its own from systemd (the unit's
+    // TimeoutStartSec would otherwise bound them all together), and a stop asked for meanwhile
+    // starting no more. Other signals wait for the loop below.
+    let mut early = Vec::new();
+    service.start_disks_with(|index, name| {
+        notifier.extend_timeout(DISK_START_BUDGET);
+        notifier.status(&format!("starting disk {} of {total}: {name}", index + 1));
+        early.extend(signals.pending());
+        !early.iter().any(|&s| s == SIGINT || s == SIGTERM)
+    });
+    early.extend(signals.pending());
+    if early.iter().any(|&s| s == SIGINT || s == SIGTERM) {
+        log::info!("signal during the start: stopping every disk");
+        announce_stop(&notifier, &service);
+        service.begin_stop();
+        early.retain(|&s| s != SIGINT && s != SIGTERM);
+    }
     let failures = service.start_failures();
-    if service.serving() == 0 {
+    if service.serving() == 0 && !service.stop_requested() {
         let code = failures.first().map_or(exit::SOFTWARE, |(_, f)| f.exit_code);
         for (name, failure) in &failures {
             eprintln!("scst-accel serve: disk {name}: {}", failure.message);
@@ -172,18 +189,21 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
         servers.stop();
         return code;
     }
-    // Every disk is registered and exported, or has failed (visible in status): ready.
+    // Every disk is registered and exported, or has failed (visible in status): ready. Not
+    // when a stop began during the start: STOPPING=1 has been said.
     let line = service.status_changed().unwrap_or_default();
     log::info!("{line}");
     notifier.status(&line);
-    notifier.ready();
+    if !service.stop_requested() {
+        notifier.ready();
+    }
     let watchdog = start_watchdog(&notifier, service.handle());
     // A signal wakes the supervisor at once; the loop below then takes it from `signals`.
     let forwarder = SignalWake::start(&service);
     loop {
         // Signals first: one that came while the disks started (before the forwarder) is
         // taken now, not after a whole turn.
-        for signal in signals.pending() {
+        for signal in early.drain(..).chain(signals.pending()) {
             match signal {
                 SIGHUP => service.flush_caches(),
                 SIGUSR1 => service.log_dumps(),
@@ -335,6 +355,13 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
     notifier.status("stopping: tearing every disk down");
     notifier.extend_timeout(service.stop_budget() + Duration::from_secs(5));
 }
+
+/// How long systemd is asked to wait for each disk's start (EXTEND_TIMEOUT_USEC before each):
+/// every wait of a start is bounded by the device's own timeouts (an NVMe controller's
+/// bring-up by about four CAP.TO, eight and a half minutes at the largest), so this only keeps
+/// the unit's start timeout, which would bound every disk together, from killing a slow but
+/// healthy start.
+const DISK_START_BUDGET: Duration = Duration::from_secs(600);
 
 /// How old a worker's heartbeat may be before its disk counts as wedged. A worker beats at the
 /// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls); an idle

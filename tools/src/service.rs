@@ -323,6 +323,13 @@ impl Service {
 
     /// Start every disk, in order (see [`Service::start`]).
     pub fn start_disks(&mut self) {
+        self.start_disks_with(|_, _| true);
+    }
+
+    /// [`Service::start_disks`], asking `before(index, name)` before each disk: `false` (a stop
+    /// was asked for meanwhile) starts no more, and the disks left are `Stopped`, never
+    /// registered; those started are torn down by the stop as usual.
+    pub fn start_disks_with(&mut self, mut before: impl FnMut(usize, &str) -> bool) {
         if let Some((refusal, code)) = self.preflight_exports() {
             for slot in &mut self.slots {
                 slot.state = DiskState::Failed;
@@ -333,6 +340,16 @@ impl Service {
             return;
         }
         for index in 0..self.slots.len() {
+            if !before(index, &self.slots[index].spec.args.name) {
+                for slot in &mut self.slots[index..] {
+                    slot.state = DiskState::Stopped;
+                }
+                log::info!(
+                    "stop requested during the start: {} disk(s) not started",
+                    self.slots.len() - index
+                );
+                return;
+            }
             self.start_disk(index);
         }
     }

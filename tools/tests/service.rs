@@ -1011,3 +1011,50 @@ fn a_disk_whose_identity_another_disk_has_is_refused() {
     assert_eq!(kernel.registered_devices(), ["dup-a"]);
     drop(service.stop());
 }
+
+/// A stop asked for while the disks start (`start_disks_with`'s question before each disk)
+/// starts no more: the disks left are `Stopped` and never registered, the one started is torn
+/// down by the stop, and the requested stop exits 0.
+#[test]
+fn a_stop_during_the_start_starts_no_more_disks() {
+    let (kernel, side) = loopback();
+    let mut service = Service::new(
+        settings(),
+        vec![
+            disk("early-0", BoardArg::Ram, 16 << 20, 4096),
+            disk("early-1", BoardArg::Ram, 16 << 20, 4096),
+            disk("early-2", BoardArg::Ram, 16 << 20, 4096),
+        ],
+        side,
+        StartOptions::default(),
+    );
+    let mut asked = Vec::new();
+    service.start_disks_with(|index, name| {
+        asked.push((index, name.to_owned()));
+        index < 1
+    });
+    assert_eq!(asked, [(0, "early-0".to_owned()), (1, "early-1".to_owned())]);
+    assert_eq!(service.serving(), 1);
+    assert_eq!(
+        kernel.registered_devices().len(),
+        1,
+        "only the first disk registered"
+    );
+    assert!(service.start_failures().is_empty(), "not started is not failed");
+    service.begin_stop();
+    let outcomes = service.stop();
+    let states: Vec<_> = outcomes.iter().map(|o| (o.name.as_str(), o.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("early-0", DiskState::Stopped),
+            ("early-1", DiskState::Stopped),
+            ("early-2", DiskState::Stopped)
+        ]
+    );
+    assert_eq!(Service::exit_code(&outcomes, true), 0);
+    assert!(
+        kernel.registered_devices().is_empty(),
+        "the started disk was unregistered"
+    );
+}
