@@ -599,3 +599,52 @@ fn a_worker_inside_a_device_recovery_is_not_taken_for_wedged() {
         "a worker that stopped beating looks wedged"
     );
 }
+
+/// A deallocation moves no data, so MAXIMUM TRANSFER does not split it: an UNMAP of a whole
+/// 4 GiB namespace (a thin disk's FORMAT UNIT) is two Dataset Management commands (each range
+/// up to what a request's u32 byte length holds), not 32 768 of MDTS each; and it deallocates.
+#[test]
+fn a_whole_disk_unmap_is_a_few_device_commands_not_one_per_transfer() {
+    let config = NvmeSimConfig {
+        num_blocks: 8 << 20, // 4 GiB of 512-byte blocks, RAM allocated only where written
+        ..NvmeSimConfig::default()
+    };
+    let (store, sim, pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    buf.write_at(0, &[0x5a; 4096]);
+    let lba = (8 << 20) - 8;
+    let write = StoreOp::Write {
+        lba,
+        blocks: 8,
+        fua: false,
+    };
+    assert_eq!(
+        complete(q.as_mut(), 1, write, Some(buf.clone())),
+        StoreStatus::Good
+    );
+    let before = sim.stats().commands;
+    let unmap = StoreOp::Unmap {
+        ranges: vec![(0, 8 << 20)].into(),
+    };
+    assert_eq!(complete(q.as_mut(), 2, unmap, None), StoreStatus::Good);
+    let commands = sim.stats().commands - before;
+    assert!(
+        (2..=4).contains(&commands),
+        "{commands} device commands for a whole-disk deallocation"
+    );
+    let read = StoreOp::Read { lba, blocks: 8 };
+    assert_eq!(
+        complete(q.as_mut(), 3, read, Some(buf.clone())),
+        StoreStatus::Good
+    );
+    let mut back = [0u8; 4096];
+    buf.read_at(0, &mut back);
+    assert!(
+        back.iter().all(|&b| b == 0),
+        "the written blocks read zeroes after the UNMAP"
+    );
+}

@@ -11,7 +11,9 @@
 //! 2. the state directory: the identity persisted in `STATE_DIR/identity/<disk>.toml` on an
 //!    earlier start: source "state" ("device" when it was derived from the device's id and the
 //!    device still reports that id). It wins over the device: a firmware update that starts
-//!    reporting an NGUID, or another one, must not silently turn the disk into another LUN;
+//!    reporting an NGUID, or another one, must not silently turn the disk into another LUN. A
+//!    file from an earlier version (no `origin` in it) gives way to a device id, as that
+//!    version did (it served the device's identity over any file), and is rewritten with it;
 //! 3. the device: an NVMe namespace's NGUID, else its EUI64, reported as an EUI-64 based
 //!    designator as the NVM Express SCSI Translation Reference maps them: source "device".
 //!    Persisted, with the id it came from, when there is a state directory. Ids that are not
@@ -175,6 +177,10 @@ struct StateFile {
     /// a device-derived identity was not persisted then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     device_id: Option<String>,
+    /// Where the identity came from, `generated` or `device`; absent in a file written before
+    /// the state file won over the device (a legacy file, [`State::legacy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
 }
 
 /// A parsed state file.
@@ -182,6 +188,9 @@ struct State {
     serial: String,
     naa: Designator,
     device_id: Option<Designator>,
+    /// Written by a version that served a namespace's id over any state file (no `origin`):
+    /// a disk whose device reports an id was known to initiators by the device's identity.
+    legacy: bool,
 }
 
 /// Identity flags of `serve` and `identity`: each overrides the generated value.
@@ -367,6 +376,18 @@ fn load_or_create(
     match fs::read_to_string(&path) {
         Ok(text) => {
             let state = parse_state(&path, &text)?;
+            if let (true, Some(current)) = (state.legacy, device) {
+                // The version that wrote this file served the device's id over it: that is
+                // the identity initiators know. Kept, and recorded in this version's format.
+                log::info!(
+                    "disk {disk_name}: {} is from an earlier version, which served the device's \
+                     id {current} over it; keeping that identity and recording it there",
+                    path.display()
+                );
+                let serial = device_serial(current);
+                persist(&path, disk_name, &serial, current, Some(current))?;
+                return Ok((serial, current, "device"));
+            }
             let source = match (state.device_id, device) {
                 (Some(recorded), Some(current)) if recorded != current => {
                     return Err(IdentityError::DeviceChanged {
@@ -378,10 +399,8 @@ fn load_or_create(
                 }
                 (Some(_), Some(_)) => "device",
                 (None, Some(current)) => {
-                    // Generated while the device reported no usable id (or before this version
-                    // persisted device-derived identities): initiators know the LUN by it. A
-                    // warning: a disk served from the device's id before this version (the
-                    // device won then) changes its identity here.
+                    // Generated while the device reported no usable id (firmware that reports
+                    // one since): initiators know the LUN by the generated identity.
                     log::warn!(
                         "disk {disk_name}: keeps its persisted identity ({}), not the device id \
                          {current} it reports now; delete that file to take the device's",
@@ -424,10 +443,20 @@ fn parse_state(path: &Path, text: &str) -> Result<State, IdentityError> {
         .map(|d| d.parse::<Designator>())
         .transpose()
         .map_err(|e| corrupt(format!("device_id: {e}")))?;
+    match (file.origin.as_deref(), device_id) {
+        (None | Some("generated"), None) | (Some("device"), Some(_)) => {}
+        (origin, _) => {
+            return Err(corrupt(format!(
+                "origin {origin:?} does not go with device_id {:?}",
+                device_id.map(|d| d.to_string())
+            )))
+        }
+    }
     Ok(State {
         serial,
         naa,
         device_id,
+        legacy: file.origin.is_none(),
     })
 }
 
@@ -466,6 +495,14 @@ fn persist(
         serial: serial.to_owned(),
         naa: naa.to_string(),
         device_id: device_id.map(|d| d.to_string()),
+        origin: Some(
+            if device_id.is_some() {
+                "device"
+            } else {
+                "generated"
+            }
+            .to_owned(),
+        ),
     })
     .map_err(|e| err(io::Error::other(e)))?;
     let origin = if device_id.is_some() {
@@ -808,13 +845,22 @@ mod tests {
             nguid: Some([0x33; 16]),
             eui64: None,
         };
-        for device in [None, Some(&ids)] {
-            let id = resolve("accel0", &IdentitySpec::default(), Some(&dir), device).unwrap();
-            assert_eq!(id.serial, "0123456789ABCDEF");
-            assert_eq!(id.naa.to_string(), "3123456789abcdef");
-            assert_eq!(id.source, "state");
-        }
+        // No device id: the file's identity, the file untouched.
+        let id = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap();
+        assert_eq!(id.serial, "0123456789ABCDEF");
+        assert_eq!(id.naa.to_string(), "3123456789abcdef");
+        assert_eq!(id.source, "state");
         assert_eq!(fs::read_to_string(&path).unwrap(), old, "not rewritten");
+        // A device id: the version that wrote the file served the device's identity over it,
+        // so that is what initiators know; kept, and recorded in the new format.
+        let id = resolve("accel0", &IdentitySpec::default(), Some(&dir), Some(&ids)).unwrap();
+        assert_eq!(id.naa, Designator::Eui64Extended([0x33; 16]));
+        assert_eq!(id.serial, "33".repeat(16));
+        assert_eq!(id.source, "device");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("origin = \"device\""), "{text}");
+        let again = resolve("accel0", &IdentitySpec::default(), Some(&dir), Some(&ids)).unwrap();
+        assert_eq!((again.serial, again.naa), (id.serial, id.naa));
         let _ = fs::remove_dir_all(&dir);
     }
 

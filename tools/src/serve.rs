@@ -179,7 +179,11 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     }
     let failures = service.start_failures();
     if service.serving() == 0 && !service.stop_requested() {
-        let code = failures.first().map_or(exit::SOFTWARE, |(_, f)| f.exit_code);
+        // A failure a restart may mend before a start class, wherever it is in the file.
+        let code = match exit::of_service(failures.iter().map(|(_, f)| f.exit_code), false) {
+            0 => exit::SOFTWARE,
+            code => code,
+        };
         for (name, failure) in &failures {
             eprintln!("scst-accel serve: disk {name}: {}", failure.message);
         }

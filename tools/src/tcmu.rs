@@ -1355,13 +1355,11 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
                 eprintln!("scst-accel serve: disk {}: {message}", disk.spec.args.name);
             }
         }
-        // The first disk's failure is the service's, as under scst_user.
-        let code = service
-            .disks
-            .iter()
-            .map(|d| d.exit_code)
-            .find(|&c| c != 0)
-            .unwrap_or(exit::SOFTWARE);
+        // As under scst_user: a failure a restart may mend before a start class.
+        let code = match exit::of_service(service.disks.iter().map(|d| d.exit_code), false) {
+            0 => exit::SOFTWARE,
+            code => code,
+        };
         drop(requests);
         service.stop_all("NothingServed");
         if let Some(listener) = listener {

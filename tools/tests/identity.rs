@@ -73,7 +73,8 @@ fn a_state_file_derived_from_a_device_id_loads() {
         dir.join("identity/accel0.toml"),
         "serial = \"0102030405060708090a0b0c0d0e0f10\"\n\
          naa = \"eui.0102030405060708090a0b0c0d0e0f10\"\n\
-         device_id = \"eui.0102030405060708090a0b0c0d0e0f10\"\n",
+         device_id = \"eui.0102030405060708090a0b0c0d0e0f10\"\n\
+         origin = \"device\"\n",
     )
     .expect("write");
     let id = identity(&dir);

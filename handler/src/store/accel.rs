@@ -679,14 +679,24 @@ impl AccelQueue {
                 Ok(split(op, false, *lba, blocks, None))
             }
             StoreOp::Unmap { ranges } => {
+                // A deallocation moves no data, so MAXIMUM TRANSFER does not bound it: one device
+                // request per range, up to what a request's byte length holds (u32; NVMe's
+                // Dataset Management range and SCA-1's DEALLOCATE take that much). A thin disk's
+                // whole-capacity FORMAT UNIT of a 4 TB namespace is then about a thousand
+                // requests, not two million of MAXIMUM TRANSFER each.
+                let per = u64::from(u32::MAX) / bs;
                 let mut out = Children::default();
                 for &(lba, blocks) in ranges.iter() {
-                    if !in_range(lba, u64::from(blocks)) {
+                    let blocks = u64::from(blocks);
+                    if !in_range(lba, blocks) {
                         return Err(StoreStatus::OutOfRange);
                     }
-                    split(DeviceOp::Deallocate, false, lba, u64::from(blocks), None)
-                        .into_iter()
-                        .for_each(|c| out.push(c));
+                    let mut done = 0;
+                    while done < blocks {
+                        let n = (blocks - done).min(per);
+                        out.push(child(DeviceOp::Deallocate, false, lba + done, n, Segments::None));
+                        done += n;
+                    }
                 }
                 Ok(out)
             }
@@ -1478,14 +1488,14 @@ impl AccelQueue {
     /// zombies and leaks the pool rather than unmap what the device may write).
     fn give_up(&mut self, why: &str) {
         self.gone = true;
-        let stopped = || {
-            if self.board.is_gone() {
-                self.dark_bar_stops_dma()
+        let stopped = |q: &mut Self| {
+            if q.board.is_gone() {
+                q.dark_bar_stops_dma()
             } else {
-                self.stop_dma()
+                q.stop_dma()
             }
         };
-        if self.queue.in_flight() > 0 && !stopped() {
+        if self.queue.in_flight() > 0 && !stopped(self) {
             self.dma_unproven = true;
             let backlog: Vec<u64> = self.backlog.drain(..).collect();
             for id in backlog {
@@ -1531,8 +1541,9 @@ impl AccelQueue {
 
     /// Make sure the function does no more DMA: reset it, else clear its bus mastering and read
     /// it back. False when neither could be confirmed.
-    fn stop_dma(&self) -> bool {
-        match self.board.reset() {
+    fn stop_dma(&mut self) -> bool {
+        // A reset (an NVMe one waits up to four CAP.TO): a device call like a recovery's.
+        match self.device_call(|q| q.board.reset()) {
             Ok(()) => return true,
             Err(e) => log::error!("{}: reset after a failed recovery: {e}", self.board.id()),
         }

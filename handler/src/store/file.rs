@@ -1356,8 +1356,11 @@ impl Shared {
         {
             return;
         }
-        // dirty_low before flushing_low: a flush takes dirty_low over only after it published
-        // it in flushing_low, so one of the two reads sees it.
+        // dirty_low before flushing_low: a flush sets flushing_low (to 0, then to what it
+        // took) before it takes dirty_low over, so one of the two reads sees it. What this
+        // does not cover: a FUA write failed on the device whose failure no thread has seen
+        // yet (unreaped on another queue's ring) while a concurrent fdatasync succeeds; that
+        // flush answers GOOD.
         let exposed = self
             .dirty_low
             .load(Ordering::SeqCst)
@@ -1737,10 +1740,10 @@ impl Shared {
             let lba = failed.min(self.dirty_low.load(Ordering::Acquire));
             return self.flush_failure(lba);
         }
-        // Published before it is taken over, for a FUA write failing meanwhile
-        // (`fua_write_failed`); a write's fetch_min between the two only lowers `low`.
-        self.flushing_low
-            .store(self.dirty_low.load(Ordering::SeqCst), Ordering::SeqCst);
+        // For a FUA write failing meanwhile (`fua_write_failed`): while dirty_low is taken
+        // over, what it covered is not known there, so the worst (LBA 0) is assumed; then the
+        // range taken.
+        self.flushing_low.store(0, Ordering::SeqCst);
         let low = self.dirty_low.swap(u64::MAX, Ordering::SeqCst);
         self.flushing_low.store(low, Ordering::SeqCst);
         let synced = sync();
