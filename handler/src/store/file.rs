@@ -1180,14 +1180,16 @@ impl Shared {
                 _,
             ) => match self.range(*lba, *blocks) {
                 Some((start, len)) => {
+                    // Neither a hole nor the device's zeroes are durable before a flush, and
+                    // one that fails part-way may have changed some blocks already: owed to
+                    // the next flush from the first attempt on.
+                    self.wrote_back(start);
                     // Deallocate on a device only where the blocks then read as zeroes: WRITE
                     // ZEROES must leave zeroes (SBC-3 §5.50), whatever LBPRZ says.
                     let done = (*deallocate && self.punch_hole(start, len as u64))
                         || (*deallocate && self.discard_zeroes && self.discard(start, len as u64))
                         || self.zero_out(start, len as u64);
                     if done {
-                        // Neither a hole nor the device's zeroes are durable before a flush.
-                        self.wrote_back(start);
                         return StoreStatus::Good;
                     }
                     self.write_zeroes(start, len, scratch)
@@ -1203,15 +1205,15 @@ impl Shared {
                 // where no hole can be punched the blocks simply stay mapped. A hole or a
                 // discard is not durable before a flush: owed to the next one like a write
                 // (a failed flush then names an LBA no higher than it; the engine follows an
-                // UNMAP with a flush under WCE 0 where LBPRZ is claimed, `scsi/rw.rs`).
+                // UNMAP with a flush under WCE 0 where LBPRZ is claimed, `scsi/rw.rs`), from
+                // the attempt on: a punch that fails part-way (EIO, ENOSPC splitting an
+                // extent) may have deallocated some of the range, and the UNMAP is still GOOD.
                 for (start, len) in resolved {
-                    let deallocated = if self.regular {
-                        self.punch_hole(start, len as u64)
+                    self.wrote_back(start);
+                    if self.regular {
+                        self.punch_hole(start, len as u64);
                     } else {
-                        self.discard(start, len as u64)
-                    };
-                    if deallocated {
-                        self.wrote_back(start);
+                        self.discard(start, len as u64);
                     }
                 }
                 StoreStatus::Good

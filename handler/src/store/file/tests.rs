@@ -2265,3 +2265,27 @@ fn a_fua_write_failing_during_an_fdatasync_fails_that_flush() {
         StoreStatus::WriteError { lba: 5 }
     );
 }
+
+/// An UNMAP is owed to the next flush from its attempt on, not only when the hole was punched:
+/// a punch that fails part-way (EIO or ENOSPC splitting an extent) may have deallocated some of
+/// the range, and the UNMAP is GOOD all the same. Here the punch is refused before it starts
+/// (the file system said it cannot punch), which the store cannot tell from a partial failure.
+#[test]
+fn an_unmap_is_owed_to_the_next_flush_though_its_punch_failed() {
+    let dir = TempDir::new("unmap-owed");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(64 << 10))).expect("open");
+    let mut q = store.open_queue().expect("queue");
+    store.shared.punch.store(false, Ordering::Relaxed);
+    let unmap = StoreOp::Unmap {
+        ranges: vec![(40, 8), (24, 8)].into(),
+    };
+    assert_eq!(run(&mut q, unmap, None), StoreStatus::Good);
+    assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), 24);
+    let zeroes = StoreOp::WriteZeroes {
+        lba: 8,
+        blocks: 8,
+        deallocate: true,
+    };
+    assert_eq!(run(&mut q, zeroes, None), StoreStatus::Good);
+    assert_eq!(store.shared.dirty_low.load(Ordering::Acquire), 8);
+}
