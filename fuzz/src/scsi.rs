@@ -405,12 +405,29 @@ fn io_inside(disk: &Disk, cdb: &[u8], io: &IoPlan, prev: Option<&IoPlan>, transf
                 io.op
             );
             let total: u64 = ranges.iter().map(|&(_, b)| u64::from(b)).sum();
-            check!(
-                ranges.len() as u64 <= u64::from(limits.max_unmap_descriptors)
-                    && total <= u64::from(limits.max_unmap_lba_count),
-                "{cdb:02x?}: {:?} over {limits:?}",
-                io.op
-            );
+            if cdb.first() == Some(&0x04) {
+                // FORMAT UNIT on a thin disk deallocates the whole capacity, in order, in ranges
+                // of MAXIMUM UNMAP LBA COUNT (larger, and at most 2^16 of them, on a disk that
+                // would need more): UNMAP's limits are the initiator's, not the format's.
+                let mut next = 0u64;
+                let in_order = ranges.iter().all(|&(lba, b)| {
+                    let ok = lba == next;
+                    next = lba + u64::from(b);
+                    ok
+                });
+                check!(
+                    in_order && total == n && ranges.len() <= 1 << 16,
+                    "{cdb:02x?}: FORMAT UNIT's {:?} is not the whole disk of {n} blocks",
+                    io.op
+                );
+            } else {
+                check!(
+                    ranges.len() as u64 <= u64::from(limits.max_unmap_descriptors)
+                        && total <= u64::from(limits.max_unmap_lba_count),
+                    "{cdb:02x?}: {:?} over {limits:?}",
+                    io.op
+                );
+            }
         }
         StoreOp::Flush => {}
         StoreOp::LbaStatus { lba } => check!(*lba < n, "{cdb:02x?}: {:?} on {n} blocks", io.op),

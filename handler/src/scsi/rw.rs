@@ -288,8 +288,9 @@ pub(super) const FORMAT_HEADER_LONG: usize = 8;
 
 /// Most ranges one FORMAT UNIT's deallocation is split into: a disk whose MAXIMUM UNMAP LBA
 /// COUNT is small next to its capacity gets larger ranges instead, so the list stays a bounded
-/// allocation (1 MiB of 16-byte ranges). 2^16 ranges of up to 2^32 - 1 blocks cover 2^48
-/// blocks, 128 PiB in 512-byte blocks; only a larger disk would get more.
+/// allocation (1 MiB of 16-byte ranges). 2^16 ranges of up to 2^32 - 1 blocks cover 2^48 - 2^16
+/// blocks, 128 PiB in 512-byte blocks; a larger thin disk's FORMAT UNIT fails (MEDIUM ERROR,
+/// FORMAT COMMAND FAILED) rather than build a list of billions of ranges.
 const FORMAT_MAX_RANGES: u64 = 1 << 16;
 
 /// FORMAT UNIT (SBC-4 §5.4) without protection information (the decoder refused FMTPINFO).
@@ -316,6 +317,9 @@ fn format_unit(fmtdata: bool, longlist: bool, data_out: &dyn DataOut, ctx: &Cont
     let per = u64::from(ctx.geometry.limits.max_unmap_lba_count.max(1))
         .max(n.div_ceil(FORMAT_MAX_RANGES))
         .min(u64::from(u32::MAX));
+    if n.div_ceil(per) > FORMAT_MAX_RANGES {
+        return Err(Sense::new(sense_key::MEDIUM_ERROR, asc::FORMAT_COMMAND_FAILED));
+    }
     let mut ranges = Vec::with_capacity(usize::try_from(n.div_ceil(per)).unwrap_or(0));
     let mut lba = 0;
     while lba < n {

@@ -33,6 +33,8 @@ pub mod sense_key {
 pub mod asc {
     /// No additional sense information.
     pub const NO_ADDITIONAL_SENSE: (u8, u8) = (0x00, 0x00);
+    /// FORMAT COMMAND FAILED (with MEDIUM ERROR: SBC-4, FORMAT UNIT).
+    pub const FORMAT_COMMAND_FAILED: (u8, u8) = (0x31, 0x01);
     /// Logical unit not ready, initializing command required (after STOP UNIT).
     pub const NOT_READY_INIT_REQUIRED: (u8, u8) = (0x04, 0x02);
     /// LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE.

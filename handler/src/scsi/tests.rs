@@ -842,6 +842,12 @@ fn format_unit_on_a_thin_disk_deallocates_everything() {
         next = lba + u64::from(blocks);
     }
     assert_eq!(next, 1 << 40);
+    // A disk past what 2^16 ranges of u32 blocks cover: the format fails, no list is built
+    // (the fuzzer's 2^62-block disk asked for a 64 GB one).
+    let mut cfg = DiskConfig::new(512, 1 << 62);
+    cfg.thin_provisioning = true;
+    let too_big = disk_with(cfg);
+    check_sense(&too_big, &format_unit(0), &[], [3, 0x31, 0x01], None);
 }
 
 /// SEND DIAGNOSTIC and FORMAT UNIT are reported supported, with the usage data the decoder
