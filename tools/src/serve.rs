@@ -365,7 +365,7 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
 /// bring-up by about four CAP.TO, eight and a half minutes at the largest), so this only keeps
 /// the unit's start timeout, which would bound every disk together, from killing a slow but
 /// healthy start.
-const DISK_START_BUDGET: Duration = Duration::from_secs(600);
+pub(crate) const DISK_START_BUDGET: Duration = Duration::from_secs(600);
 
 /// How old a worker's heartbeat may be before its disk counts as wedged. A worker beats at the
 /// top of each loop iteration (at most `idle_poll`, 50 ms, apart, plus its store calls); an idle

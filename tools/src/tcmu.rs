@@ -364,7 +364,18 @@ impl TcmuService {
 
     /// The shared targets, then every disk in order. `Err` only when the targets cannot be
     /// made (nothing started then).
+    #[cfg(test)]
     fn start(&mut self, target_spec: &TargetSpec) -> Result<(), StartFailure> {
+        self.start_with(target_spec, |_, _| true)
+    }
+
+    /// [`TcmuService::start`], asking `before(index, name)` before each disk: `false` (a stop
+    /// was asked for meanwhile) starts no more, and the disks left are `Stopped`.
+    fn start_with(
+        &mut self,
+        target_spec: &TargetSpec,
+        mut before: impl FnMut(usize, &str) -> bool,
+    ) -> Result<(), StartFailure> {
         let targets = Targets::create(
             Arc::clone(&self.fs),
             &self.settings.configfs_root,
@@ -376,6 +387,16 @@ impl TcmuService {
             message: error_chain(&e),
         })?;
         for i in 0..self.disks.len() {
+            if !before(i, &self.disks[i].spec.args.name) {
+                for disk in &mut self.disks[i..] {
+                    disk.state = DiskState::Stopped;
+                }
+                log::info!(
+                    "tcmu: stop requested during the start: {} disk(s) not started",
+                    self.disks.len() - i
+                );
+                break;
+            }
             // The disks started before this one: its identity must not repeat theirs.
             let others: Vec<(String, IdentityView)> = self.disks[..i]
                 .iter()
@@ -1341,7 +1362,33 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         None
     };
     let targets = target_spec(&service.settings, &config.disks);
-    if let Err(f) = service.start(&targets) {
+    // One disk at a time, each with a start budget of its own from systemd, and a stop asked
+    // for meanwhile starting no more (as `serve` under scst_user does).
+    let total = service.disks.len();
+    let mut stop_asked = false;
+    let started = service.start_with(&targets, |index, name| {
+        notifier.extend_timeout(crate::serve::DISK_START_BUDGET);
+        notifier.status(&format!("starting disk {} of {total}: {name}", index + 1));
+        stop_asked |= signals.pending().any(|s| s == SIGINT || s == SIGTERM);
+        !stop_asked
+    });
+    stop_asked |= signals.pending().any(|s| s == SIGINT || s == SIGTERM);
+    if stop_asked && started.is_ok() {
+        log::info!("tcmu: signal during the start: stopping every disk");
+        notifier.stopping();
+        notifier.status("stopping: tearing every disk down");
+        notifier.extend_timeout(service.settings.drain * 2 + Duration::from_secs(10));
+        drop(requests);
+        service.stop_all("Requested");
+        if let Some(listener) = listener {
+            listener.stop();
+        }
+        servers.stop();
+        let code = service.exit_code(true);
+        notifier.status(&format!("stopped (exit {code})"));
+        return code;
+    }
+    if let Err(f) = started {
         drop(requests);
         if let Some(listener) = listener {
             listener.stop();
@@ -1744,6 +1791,51 @@ mod tests {
         assert!(!root.join("core/user_4242/a").exists());
         service.stop_all("Requested");
         assert!(!root.join("core/user_4242").exists(), "the HBA went at the stop");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stop asked for during the start (`start_with`'s question before each disk) starts no
+    /// more disks: those left are `Stopped`, never made in configfs, and the requested stop
+    /// exits 0 over them.
+    #[test]
+    fn a_stop_during_the_start_starts_no_more_disks() {
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-svc3-{}", std::process::id()));
+        let root = dir.join("target");
+        std::fs::create_dir_all(root.join("core")).expect("scratch");
+        let config = ServiceConfig {
+            service: crate::config::ServiceSettings {
+                state_dir: dir.join("state"),
+                tcmu: TcmuSettings {
+                    configfs_root: root.clone(),
+                    hba: 4243,
+                    loopback: false,
+                    ..TcmuSettings::default()
+                },
+                ..crate::config::ServiceSettings::default()
+            },
+            disks: vec![disk("a"), disk("b"), disk("c")],
+        };
+        let mut service = TcmuService::new(&config);
+        let mut asked = Vec::new();
+        service
+            .start_with(&target_spec(&service.settings, &config.disks), |index, name| {
+                asked.push((index, name.to_owned()));
+                index < 1
+            })
+            .expect("the shared objects (the HBA) are made");
+        assert_eq!(asked, [(0, "a".to_owned()), (1, "b".to_owned())]);
+        // Disk a was tried (its ring cannot open here: failed); b and c were not.
+        assert_eq!(service.disks[0].state, DiskState::Failed);
+        assert_eq!(service.disks[1].state, DiskState::Stopped);
+        assert_eq!(service.disks[2].state, DiskState::Stopped);
+        assert!(!root.join("core/user_4243/b").exists(), "b was never made");
+        // The disks not started count as stopped (0): the code is disk a's failure's.
+        assert_eq!(
+            service.exit_code(true),
+            exit::of_service([service.disks[0].exit_code], true)
+        );
+        assert_eq!((service.disks[1].exit_code, service.disks[2].exit_code), (0, 0));
+        service.stop_all("Requested");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
