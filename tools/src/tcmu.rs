@@ -1754,27 +1754,38 @@ mod tests {
     /// backstore is made, its UIO device not found, and each is removed again; the targets go
     /// at the stop; the tree ends as it began. (Runs only where /sys/class/uio has no TCMU
     /// device of HBA 4242, which is everywhere but a host using that number.)
-    #[test]
-    fn disks_that_cannot_open_their_ring_leave_nothing_behind() {
-        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-svc2-{}", std::process::id()));
+    /// A service over a scratch directory tree laid out as configfs's `target` (scratch `name`,
+    /// HBA `hba`, the disks `names`): a plain directory tree stands in for configfs, whose
+    /// attribute files the kernel's mkdir would make (KernelFs writes without creating), so
+    /// no disk's ring opens. The scratch directory, its `target` root, the config, the service.
+    fn scratch_service(
+        name: &str,
+        hba: u32,
+        names: &[&str],
+    ) -> (PathBuf, PathBuf, ServiceConfig, TcmuService) {
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-{name}-{}", std::process::id()));
         let root = dir.join("target");
         std::fs::create_dir_all(root.join("core")).expect("scratch");
-        // A plain directory tree stands in for configfs: the backstore's attribute files are
-        // made by hand as the kernel's mkdir would (KernelFs writes without creating).
         let config = ServiceConfig {
             service: crate::config::ServiceSettings {
                 state_dir: dir.join("state"),
                 tcmu: TcmuSettings {
                     configfs_root: root.clone(),
-                    hba: 4242,
+                    hba,
                     loopback: false,
                     ..TcmuSettings::default()
                 },
                 ..crate::config::ServiceSettings::default()
             },
-            disks: vec![disk("a")],
+            disks: names.iter().map(|n| disk(n)).collect(),
         };
-        let mut service = TcmuService::new(&config);
+        let service = TcmuService::new(&config);
+        (dir, root, config, service)
+    }
+
+    #[test]
+    fn disks_that_cannot_open_their_ring_leave_nothing_behind() {
+        let (dir, root, config, mut service) = scratch_service("svc2", 4242, &["a"]);
         service
             .start(&target_spec(&service.settings, &config.disks))
             .expect("the shared objects (the HBA) are made");
@@ -1799,23 +1810,7 @@ mod tests {
     /// exits 0 over them.
     #[test]
     fn a_stop_during_the_start_starts_no_more_disks() {
-        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-svc3-{}", std::process::id()));
-        let root = dir.join("target");
-        std::fs::create_dir_all(root.join("core")).expect("scratch");
-        let config = ServiceConfig {
-            service: crate::config::ServiceSettings {
-                state_dir: dir.join("state"),
-                tcmu: TcmuSettings {
-                    configfs_root: root.clone(),
-                    hba: 4243,
-                    loopback: false,
-                    ..TcmuSettings::default()
-                },
-                ..crate::config::ServiceSettings::default()
-            },
-            disks: vec![disk("a"), disk("b"), disk("c")],
-        };
-        let mut service = TcmuService::new(&config);
+        let (dir, root, config, mut service) = scratch_service("svc3", 4243, &["a", "b", "c"]);
         let mut asked = Vec::new();
         service
             .start_with(&target_spec(&service.settings, &config.disks), |index, name| {
