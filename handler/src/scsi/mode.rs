@@ -257,6 +257,12 @@ pub(crate) fn mode_select(
             }
             page[i] = (page[i] & !m) | (sent[i] & m);
         }
+        // MRIE (SPC-5, Informational Exceptions Control): 0h-6h are methods, Ch-Fh vendor
+        // specific; 7h-Bh are reserved, a value no device server supports: INVALID FIELD IN
+        // PARAMETER LIST, at the field's most significant bit.
+        if code == INFORMATIONAL_EXCEPTIONS && (0x7..=0xB).contains(&(page[3] & 0x0F)) {
+            return Err(Sense::invalid_param_field(off + 3, Some(3)));
+        }
         off += page.len();
     }
     Ok(new)
@@ -472,6 +478,28 @@ mod tests {
             [5, 0x26, 0],
             Some([0x80, 0, 3]),
         );
+    }
+
+    #[test]
+    fn mode_select_refuses_a_reserved_mrie() {
+        let disk = disk();
+        let param = |mrie: u8| {
+            let mut p = vec![0u8; 4];
+            p.extend_from_slice(&[0x1C, 0x0A, 0x08, mrie, 0, 0, 0, 0, 0, 0, 0, 0]);
+            p
+        };
+        for mrie in [0x0, 0x4, 0x6, 0xC, 0xF] {
+            good(&disk, &[0x15, 0x10, 0, 0, 16, 0], &param(mrie));
+        }
+        for mrie in 0x7..=0xB {
+            check_sense(
+                &disk,
+                &[0x15, 0x10, 0, 0, 16, 0],
+                &param(mrie),
+                [5, 0x26, 0],
+                Some([0x8B, 0, 7]),
+            );
+        }
     }
 
     #[test]
