@@ -27,6 +27,7 @@ pub mod disk;
 pub mod dm_message;
 pub mod export;
 pub mod identity;
+pub mod journal;
 pub mod log_writes;
 pub mod metrics;
 pub mod notify;

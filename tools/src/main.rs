@@ -11,6 +11,7 @@ use scst_accel::crash;
 use scst_accel::demo;
 use scst_accel::diag;
 use scst_accel::identity;
+use scst_accel::journal;
 use scst_accel::serve;
 use std::process::ExitCode;
 
@@ -95,9 +96,23 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     let env = env_logger::Env::default().default_filter_or(cli.log.as_deref().unwrap_or(default_level));
-    env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .init();
+    let mut logger = env_logger::Builder::from_env(env);
+    if journal::stderr_is_journal() {
+        // Under systemd: the priority first, for `journalctl -p`; the journal stamps the time.
+        logger.format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}: {}",
+                journal::priority(record.level()),
+                record.target(),
+                record.args()
+            )
+        });
+    } else {
+        logger.format_timestamp_millis();
+    }
+    logger.init();
     let code = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args, matches.subcommand_matches("serve")),

@@ -58,3 +58,39 @@ fn diag_without_a_pci_address_for_a_hardware_board_explains_what_to_pass() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--pci"), "{stderr}");
 }
+
+/// Under systemd, where stderr is the journal's stream (`JOURNAL_STREAM` names its device and
+/// inode), each log line starts with its syslog priority (`<6>` info) and carries no timestamp;
+/// where the variable names another stream (inherited by a process whose stderr was
+/// redirected), the lines are the usual timestamped ones.
+#[test]
+fn log_lines_carry_their_priority_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir().join(format!("scst-accel-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let run = |stream: &dyn Fn(&std::fs::Metadata) -> String| {
+        let path = dir.join("stderr.log");
+        let file = std::fs::File::create(&path).expect("stderr file");
+        let meta = file.metadata().expect("metadata");
+        let status = Command::new(env!("CARGO_BIN_EXE_scst-accel"))
+            .args(["--log", "info", "diag", "--board", "sim"])
+            .env("JOURNAL_STREAM", stream(&meta))
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .status()
+            .expect("run scst-accel diag");
+        assert!(status.success(), "{status}");
+        std::fs::read_to_string(&path).expect("stderr")
+    };
+    let journal = run(&|m| format!("{}:{}", m.dev(), m.ino()));
+    assert!(!journal.is_empty(), "no log line");
+    assert!(
+        journal
+            .lines()
+            .all(|l| l.starts_with("<6>") || l.starts_with("<4>") || l.starts_with("<3>")),
+        "{journal}"
+    );
+    let elsewhere = run(&|m| format!("{}:{}", m.dev(), m.ino() + 1));
+    assert!(elsewhere.lines().all(|l| l.starts_with('[')), "{elsewhere}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

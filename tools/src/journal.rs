@@ -1,0 +1,58 @@
+//! Log lines for systemd's journal: when stderr is the journal's stream (`JOURNAL_STREAM`,
+//! systemd.exec(5)), each line starts with its syslog priority (`<3>` error ... `<7>` debug,
+//! sd-daemon(3)), so that `journalctl -p err` filters the service's errors; the journal keeps
+//! its own timestamps. Anywhere else (a terminal, a file, the HIL guest) the lines are as before.
+
+use std::os::unix::fs::MetadataExt;
+
+/// Whether stderr is the journal's stream: `JOURNAL_STREAM` names its device and inode
+/// ("DEV:INO"), which stderr's must match (a child whose stderr was redirected must not take
+/// the variable it inherited for its own).
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    names_stream(&value.to_string_lossy(), meta.dev(), meta.ino())
+}
+
+/// Whether a `JOURNAL_STREAM` value names the stream of device `dev` and inode `ino`.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    value
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
+}
+
+/// The syslog priority of a log level (sd-daemon(3) prefixes).
+pub fn priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_and_priorities() {
+        assert!(names_stream("12:3456", 12, 3456));
+        assert!(
+            !names_stream("12:3456", 12, 3457),
+            "another stream (stderr redirected)"
+        );
+        assert!(!names_stream("12", 12, 3456));
+        assert!(!names_stream("", 0, 0));
+        assert!(!names_stream("x:y", 0, 0));
+        assert_eq!(priority(log::Level::Error), 3);
+        assert_eq!(priority(log::Level::Warn), 4);
+        assert_eq!(priority(log::Level::Info), 6);
+        assert_eq!(priority(log::Level::Debug), 7);
+    }
+}
