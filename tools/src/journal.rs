@@ -36,6 +36,22 @@ pub fn priority(level: log::Level) -> u8 {
     }
 }
 
+/// One log record as the journal's stream takes it: every line of a multi-line message (a
+/// state dump) carries the record's priority, since the journal reads each line as an entry of
+/// its own, and a continuation line without a prefix would be stored at info.
+pub fn line(level: log::Level, target: &str, message: &str) -> String {
+    let priority = priority(level);
+    let mut out = String::with_capacity(message.len() + target.len() + 8);
+    for (i, text) in message.split('\n').enumerate() {
+        if i == 0 {
+            out.push_str(&format!("<{priority}>{target}: {text}\n"));
+        } else {
+            out.push_str(&format!("<{priority}>{text}\n"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +70,15 @@ mod tests {
         assert_eq!(priority(log::Level::Warn), 4);
         assert_eq!(priority(log::Level::Info), 6);
         assert_eq!(priority(log::Level::Debug), 7);
+    }
+
+    #[test]
+    fn every_line_of_a_message_carries_its_priority() {
+        assert_eq!(line(log::Level::Warn, "t", "one"), "<4>t: one\n");
+        assert_eq!(
+            line(log::Level::Warn, "t", "disk a: state dump\nqueue 0\nqueue 1"),
+            "<4>t: disk a: state dump\n<4>queue 0\n<4>queue 1\n"
+        );
+        assert_eq!(line(log::Level::Error, "t", ""), "<3>t: \n");
     }
 }

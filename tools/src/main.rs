@@ -101,13 +101,8 @@ fn main() -> ExitCode {
         // Under systemd: the priority first, for `journalctl -p`; the journal stamps the time.
         logger.format(|buf, record| {
             use std::io::Write;
-            writeln!(
-                buf,
-                "<{}>{}: {}",
-                journal::priority(record.level()),
-                record.target(),
-                record.args()
-            )
+            let line = journal::line(record.level(), record.target(), &record.args().to_string());
+            buf.write_all(line.as_bytes())
         });
     } else {
         logger.format_timestamp_millis();
