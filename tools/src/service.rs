@@ -59,6 +59,24 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// [`Frontend::on_trigger`]: scst_accel_handler::frontend::Frontend::on_trigger
 const TICK: Duration = Duration::from_secs(1);
 
+/// The grace the iSCSI target deletions still running at the stop's bound get, all together.
+const DELETION_GRACE: Duration = Duration::from_secs(1);
+
+/// Wait for the iSCSI target deletions still running at a stop: they share what is left of
+/// the stop's budget (to `deadline`) and [`DELETION_GRACE`] past it (a sysfs write SCST holds
+/// while it is busy), together and not a grace each, so the stop stays inside the margin
+/// `serve` announced over the budget (EXTEND_TIMEOUT_USEC) however many targets there are.
+/// A deletion still running then is left to finish on its own.
+fn join_deletions(deletions: Vec<std::thread::JoinHandle<()>>, deadline: Instant) {
+    let end = deadline.max(Instant::now() + DELETION_GRACE);
+    for deletion in deletions {
+        let left = end.saturating_duration_since(Instant::now());
+        if scst_accel_hal::locks::join_bounded(deletion, left).is_err() {
+            log::error!("an iSCSI target deletion did not end within the stop's budget; left to finish");
+        }
+    }
+}
+
 /// Which kernel side the disks register with.
 #[derive(Clone)]
 pub enum KernelSide {
@@ -557,16 +575,7 @@ impl Service {
             slot.failure = Some(format!("teardown overran {bound:?}"));
             slot.exit_code = exit::SOFTWARE;
         }
-        // The target deletions still running get what is left of the budget, at least a
-        // second each (a sysfs write SCST holds while it is busy).
-        for deletion in std::mem::take(&mut self.target_deletions) {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_secs(1));
-            if scst_accel_hal::locks::join_bounded(deletion, left).is_err() {
-                log::error!("an iSCSI target deletion did not end within {left:?}; left to finish");
-            }
-        }
+        join_deletions(std::mem::take(&mut self.target_deletions), deadline);
         self.slots.into_iter().map(Slot::into_outcome).collect()
     }
 
@@ -1177,6 +1186,30 @@ mod tests {
     use scst_accel_handler::scsi::Plan;
     use scst_accel_handler::store::ram::RamStore;
     use scst_accel_handler::store::Store;
+
+    /// Target deletions stuck at the stop's bound share one grace: three deletions that do
+    /// not end while they are waited for, the budget spent, are left after one grace in all,
+    /// not one each (the stop would overrun the margin announced to systemd with a few more).
+    #[test]
+    fn stuck_target_deletions_share_one_grace() {
+        let release = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let deletions: Vec<_> = (0..3)
+            .map(|_| {
+                let release = release.clone();
+                std::thread::spawn(move || {
+                    release.wait();
+                })
+            })
+            .collect();
+        let began = Instant::now();
+        join_deletions(deletions, began);
+        let took = began.elapsed();
+        release.wait();
+        assert!(
+            took >= DELETION_GRACE && took < DELETION_GRACE * 2,
+            "three stuck deletions took {took:?} past the bound; their grace is {DELETION_GRACE:?} in all"
+        );
+    }
 
     /// SPC-4: 3PC = 1 says a copy manager is addressable through the LU. SCST's copy manager
     /// serves a scst_user disk only once it is one of its LUNs (docs/xcopy.md §2), so 3PC
