@@ -80,6 +80,11 @@ use std::time::Instant;
 struct RingDataOut<'a> {
     ring: &'a Ring,
     cmd: &'a TcmuCommand,
+    /// A read failed: the ring was reset under the command (`tcmu_reset_ring` has already
+    /// answered it to the initiator), so the engine read zeroes in place of the initiator's
+    /// data and its plan must not run (a WRITE SAME of zeroes is a WRITE ZEROES, an unmap on a
+    /// thin disk).
+    failed: std::cell::Cell<bool>,
 }
 
 impl DataOut for RingDataOut<'_> {
@@ -92,6 +97,7 @@ impl DataOut for RingDataOut<'_> {
         // written either, `Ring::complete`): the engine sees zeroes.
         let n = self.ring.read_data(self.cmd, offset, out).unwrap_or_else(|e| {
             log::warn!("tcmu: cmd_id {}: Data-Out not read: {e}", self.cmd.cmd_id());
+            self.failed.set(true);
             0
         });
         out[n..].fill(0);
@@ -498,6 +504,29 @@ impl Executor {
         }
     }
 
+    /// The engine's plan for a command just taken from the ring: a pending unit attention, or
+    /// the command started with its Data-Out read from the ring. A Data-Out read that fails
+    /// (the ring was reset under the command: `tcmu_reset_ring` has already answered it) leaves
+    /// zeroes where the initiator's data was, so that plan is not used: nothing made from them
+    /// reaches the store (a WRITE SAME of zeroes would be a WRITE ZEROES, an unmap on a thin
+    /// disk). Its answer is written nowhere (the ring is broken), but the command is accounted
+    /// for as every other one.
+    fn plan(&self, token: &mut StoreToken<'_>, ring: &Ring, cmd: &TcmuCommand) -> Plan {
+        if let Some(attention) = self.pending_unit_attention(cmd.cdb()) {
+            return Plan::Done(attention);
+        }
+        let data_out = RingDataOut {
+            ring,
+            cmd,
+            failed: std::cell::Cell::new(false),
+        };
+        let plan = self.disk.start(token, cmd.cdb(), &data_out);
+        if data_out.failed.get() {
+            return Plan::Done(scsi::Response::check_condition(self.disk.sense(0x04, 0x44, 0x00)));
+        }
+        plan
+    }
+
     /// Take every entry the ring has, start its command, submit store requests and move on
     /// every store completion there is. The caller kicks the kernel when
     /// [`Ring::take_kick`] says so.
@@ -514,13 +543,7 @@ impl Executor {
                 Ok(Some(RingEntry::Command(cmd))) => {
                     progress.started += 1;
                     let received = Instant::now();
-                    let plan = match self.pending_unit_attention(cmd.cdb()) {
-                        Some(attention) => Plan::Done(attention),
-                        None => {
-                            let data_out = RingDataOut { ring, cmd: &cmd };
-                            self.disk.start(token, cmd.cdb(), &data_out)
-                        }
-                    };
+                    let plan = self.plan(token, ring, &cmd);
                     self.begin(token, ring, cmd, received, plan, &mut progress);
                 }
                 Ok(Some(RingEntry::TaskManagement(notice))) => {
@@ -1214,6 +1237,36 @@ mod tests {
             assert_eq!(&back[lba * bs..(lba + 1) * bs], &block[..], "LBA {}", 9 + lba);
         }
         assert_eq!(&back[9 * bs..], &vec![0; bs][..], "LBA 18 untouched");
+    }
+
+    /// A ring reset between taking a WRITE SAME and reading its block (`tcmu_reset_ring` has
+    /// answered the command already): the engine read zeroes in place of the block, and a
+    /// plan made from them (a WRITE ZEROES) must not reach the store.
+    #[test]
+    fn a_data_out_lost_to_a_ring_reset_plans_nothing_for_the_store() {
+        let mut r = rig();
+        let off = r.sim.data_off();
+        r.sim.write_data(off, &vec![0xaa; BS as usize]);
+        let iov = [Iovec {
+            iov_base: off as u64,
+            iov_len: u64::from(BS),
+        }];
+        // WRITE SAME(10): LBA 10, 8 blocks of 0xaa.
+        r.sim
+            .post_cmd(1, &[0x41, 0, 0, 0, 0, 10, 0, 0, 8, 0], &iov, &[])
+            .expect("post");
+        let Ok(Some(RingEntry::Command(cmd))) = r.ring.next_entry() else {
+            panic!("the WRITE SAME is not read");
+        };
+        assert!(
+            matches!(r.exec.plan(&mut StoreToken::root(), &r.ring, &cmd), Plan::Io(_)),
+            "before the reset: the WRITE SAME's own plan"
+        );
+        r.sim.reset_ring();
+        match r.exec.plan(&mut StoreToken::root(), &r.ring, &cmd) {
+            Plan::Done(answer) => assert_eq!(answer.status, sam_status::CHECK_CONDITION),
+            Plan::Io(io) => panic!("a plan made from zeroes reaches the store: {io:?}"),
+        }
     }
 
     #[test]
