@@ -847,7 +847,8 @@ impl Ring {
         self.region.read(base + abi::TMR_CMD_IDS_OFFSET, &mut raw);
         let cmd_ids = raw
             .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            // `__u16 cmd_ids[]`, written by `queue_tmr_ring` in the kernel's own byte order.
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
             .collect();
         Ok(RingEntry::TaskManagement(TmrNotice {
             tmr_type: tmr.tmr_type,

@@ -219,7 +219,7 @@ impl SimKernel {
         bytes[..size_of::<TmrEntry>()].copy_from_slice(tmr.as_bytes());
         for (i, id) in cmd_ids.iter().enumerate() {
             let o = abi::TMR_CMD_IDS_OFFSET + 2 * i;
-            bytes[o..o + 2].copy_from_slice(&id.to_le_bytes());
+            bytes[o..o + 2].copy_from_slice(&id.to_ne_bytes());
         }
         Ok(self.publish(at, &bytes, Posted::Tmr))
     }
