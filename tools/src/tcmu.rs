@@ -523,7 +523,11 @@ impl TcmuService {
     /// Grow disk `name` to `bytes`: the store first (no initiator may address a block it does
     /// not have yet), then the engine (READ CAPACITY answers the new size), then, when
     /// `tell_kernel`, the backstore's `dev_size` (the kernel's own figure; it broadcasts it as
-    /// a reconfiguration, which finds the size already served).
+    /// a reconfiguration, which finds the size already served). target_core_user refuses that
+    /// write with ESRCH when no process listens to its netlink group (`tcmu_dev_size_store`:
+    /// `tcmu_netlink_event_send` waits only for an ADDED_DEVICE nobody heard), as with
+    /// `netlink = false` and no tcmu-runner: the disk serves the new size all the same, the
+    /// kernel keeps its old figure (configfs shows it), and that is said at warn, not failed.
     fn resize(&mut self, name: &str, bytes: u64, tell_kernel: bool) -> Result<u64, String> {
         let i = self.disk_index(name)?;
         let disk = &mut self.disks[i];
@@ -550,10 +554,13 @@ impl TcmuService {
         running.capacity.raise();
         disk.num_blocks = blocks;
         if tell_kernel {
-            running
-                .setup
-                .set_dev_size(bytes)
-                .map_err(|e| format!("disk {name}: served at {blocks} blocks, but {}", error_chain(&e)))?;
+            match running.setup.set_dev_size(bytes) {
+                Ok(()) => {}
+                Err(e) if e.source.raw_os_error() == Some(libc::ESRCH) => log::warn!(
+                    "disk {name}: served at {blocks} blocks; the kernel keeps its own dev_size at                      the old figure: target_core_user takes a size change only when a process                      listens to its netlink events (ESRCH: nobody does; this service listens                      unless netlink = false)"
+                ),
+                Err(e) => return Err(format!("disk {name}: served at {blocks} blocks, but {}", error_chain(&e))),
+            }
         }
         log::info!(
             "disk {name}: resized to {bytes} bytes ({blocks} blocks); the next command is told \
@@ -2308,6 +2315,62 @@ mod tests {
         fn stalled(&self) -> bool {
             self.stalled.load(std::sync::atomic::Ordering::Acquire)
         }
+    }
+
+    /// configfs as target_core_user answers with nobody listening to its netlink group: an
+    /// enabled backstore's `attrib/dev_size` write fails with ESRCH (`tcmu_dev_size_store`).
+    struct UnheardFs;
+
+    impl ConfigfsFs for UnheardFs {
+        fn mkdir(&self, path: &Path) -> std::io::Result<()> {
+            KernelFs.mkdir(path)
+        }
+
+        fn write_attr(&self, path: &Path, value: &str) -> std::io::Result<()> {
+            if path.ends_with("attrib/dev_size") {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            KernelFs.write_attr(path, value)
+        }
+
+        fn symlink(&self, target: &Path, link: &Path) -> std::io::Result<()> {
+            KernelFs.symlink(target, link)
+        }
+
+        fn unlink(&self, link: &Path) -> std::io::Result<()> {
+            KernelFs.unlink(link)
+        }
+
+        fn rmdir(&self, path: &Path) -> std::io::Result<()> {
+            KernelFs.rmdir(path)
+        }
+    }
+
+    /// A resize with nobody listening to the kernel's events (netlink off, no tcmu-runner):
+    /// the kernel refuses its `dev_size` write, and the resize is done all the same (the disk
+    /// serves the new size; the kernel's figure is its own), not reported failed.
+    #[test]
+    fn a_resize_nobody_hears_is_served_though_the_kernel_keeps_its_size() {
+        let mut rig = serving_rig_on("unheard", Arc::new(UnheardFs));
+        assert_eq!(rig.service.resize("d0", 3072 * 512, true), Ok(3072));
+        assert_eq!(rig.service.disks[0].num_blocks, 3072);
+        assert_eq!(
+            run_command(&mut rig, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (
+                scst_accel_handler::abi::sam_status::CHECK_CONDITION,
+                [0x06, 0x2a, 0x09]
+            ),
+            "the resize's unit attention first"
+        );
+        assert_eq!(read_capacity(&mut rig, 2), 3071);
+        for f in RIG_ATTRIBUTES {
+            std::fs::remove_file(rig.root.join("core/user_4243/d0").join(f)).expect("rm");
+        }
+        std::fs::remove_dir(rig.root.join("core/user_4243/d0/attrib")).expect("rm");
+        std::fs::remove_dir(rig.root.join("core/user_4243/d0/action")).expect("rm");
+        rig.service.stop_all("Requested");
+        let d = &rig.service.disks[0];
+        assert_eq!((d.state, d.exit_code), (DiskState::Stopped, 0));
     }
 
     impl ConfigfsFs for StallingFs {

@@ -505,7 +505,7 @@ impl<F: ConfigfsFs> Setup<F> {
                  each of its events (a resize's dev_size write, the removal's rmdir), which this \
                  service never sends; resize or remove it only while that daemon runs (it \
                  answers), or with netlink off here (--tcmu-no-netlink: with nobody listening \
-                 the kernel does not wait)",
+                 the kernel does not wait, and keeps its own dev_size at a resize)",
                 attr.display()
             );
         }
