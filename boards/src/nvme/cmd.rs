@@ -539,6 +539,10 @@ pub struct LbaFormat {
     pub rp: u8,
 }
 
+/// Entries of the LBA Format table: bytes 383:128 of Identify Namespace, NLBAF at most 63
+/// (NVM Command Set Specification 1.0 §4.1.5.1, Figure 97; NVMe 1.4 had 16 at bytes 191:128).
+pub const MAX_LBA_FORMATS: usize = 64;
+
 /// The fields of the Identify Namespace data structure this driver uses (NVMe 1.4 Figure 249).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentifyNamespace {
@@ -546,9 +550,10 @@ pub struct IdentifyNamespace {
     pub nsze: u64,
     /// Namespace Capacity.
     pub ncap: u64,
-    /// Formatted LBA Size (bits 3:0 index the LBA format in use).
+    /// Formatted LBA Size (byte 26): bits 3:0, and with more than 16 formats bits 6:5 above
+    /// them, index the LBA format in use ([`IdentifyNamespace::format_index`]).
     pub flbas: u8,
-    /// LBA formats (NLBAF + 1 of them).
+    /// LBA formats (NLBAF + 1 of them, at most [`MAX_LBA_FORMATS`]).
     pub lbaf: Vec<LbaFormat>,
     /// Namespace Globally Unique Identifier (bytes 119:104; all zero: not supported).
     pub nguid: [u8; 16],
@@ -572,7 +577,8 @@ pub struct IdentifyNamespace {
 impl IdentifyNamespace {
     /// Parse the 4096-byte structure.
     pub fn parse(data: &[u8; IDENTIFY_LEN]) -> Self {
-        let nlbaf = usize::from(data[25]).min(15) + 1;
+        // NLBAF is 0's based; a value above 63 would run past the table, so it is capped.
+        let nlbaf = usize::from(data[25]).min(MAX_LBA_FORMATS - 1) + 1;
         let lbaf = (0..nlbaf)
             .map(|i| {
                 let d = le32(data, 128 + 4 * i);
@@ -630,9 +636,23 @@ impl IdentifyNamespace {
         u32::from(self.mssrl).min(self.mcl).min(65536)
     }
 
+    /// The index of the LBA format in use. FLBAS bits 3:0 are its low 4 bits; with more than
+    /// 16 formats, bits 6:5 are its 2 high ones (NVMe 2.0 Base Specification Figure 276, NVM
+    /// Command Set Specification 1.0 Figure 97), as Linux's `nvme_lbaf_index()` reads them.
+    /// With 16 or fewer the bits are reserved and the host ignores them: a format index above
+    /// 15 cannot exist then.
+    pub fn format_index(&self) -> usize {
+        let low = usize::from(self.flbas & 0xF);
+        if self.lbaf.len() > 16 {
+            low | usize::from(self.flbas & 0x60) >> 1
+        } else {
+            low
+        }
+    }
+
     /// The LBA format in use, if FLBAS names one that exists.
     pub fn format(&self) -> Option<LbaFormat> {
-        self.lbaf.get(usize::from(self.flbas & 0xF)).copied()
+        self.lbaf.get(self.format_index()).copied()
     }
 
     /// LBADS of the format in use (log2 of the block size), if valid (9..=16: 512 B..64 KiB).
@@ -810,5 +830,32 @@ mod tests {
         assert_eq!(first_active_nsid(&list), None);
         list[0..4].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(first_active_nsid(&list), Some(3));
+    }
+
+    #[test]
+    fn flbas_bits_6_5_index_formats_above_16() {
+        let mut n = [0u8; IDENTIFY_LEN];
+        n[0..8].copy_from_slice(&2048u64.to_le_bytes());
+        n[25] = 17; // 18 formats (0's based)
+        let lbaf = |i: usize| 128 + 4 * i;
+        n[lbaf(1)..lbaf(1) + 4].copy_from_slice(&(9u32 << 16).to_le_bytes());
+        n[lbaf(17)..lbaf(17) + 4].copy_from_slice(&(12u32 << 16).to_le_bytes());
+        n[26] = 0x21; // format 17: low bits 0001b, bits 6:5 = 01b
+        let ns = IdentifyNamespace::parse(&n);
+        assert_eq!(ns.lbaf.len(), 18);
+        assert_eq!(ns.format_index(), 17);
+        assert_eq!(ns.lbads(), Some(12), "format 17, not format 1");
+
+        // With 16 formats or fewer bits 6:5 are reserved and ignored.
+        n[25] = 15;
+        let ns = IdentifyNamespace::parse(&n);
+        assert_eq!((ns.lbaf.len(), ns.format_index(), ns.lbads()), (16, 1, Some(9)));
+
+        // The whole 64-entry table (bytes 383:128) is read; NLBAF above 63 is capped.
+        n[25] = 0xFF;
+        n[lbaf(63)..lbaf(63) + 4].copy_from_slice(&(13u32 << 16).to_le_bytes());
+        n[26] = 0x6F; // format 63
+        let ns = IdentifyNamespace::parse(&n);
+        assert_eq!((ns.lbaf.len(), ns.format_index(), ns.lbads()), (64, 63, Some(13)));
     }
 }

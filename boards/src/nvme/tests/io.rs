@@ -553,3 +553,21 @@ fn copy_moves_blocks_inside_the_namespace_when_oncs_reports_it() {
     assert!(matches!(c[0].status, DeviceStatus::Other(_)), "{c:?}");
     rig.finish();
 }
+
+/// A namespace formatted with LBA format 17 (of 18): FLBAS bits 6:5 carry the index's high
+/// bits (NVMe 2.0 Base Specification Figure 276). Read as format 1, the block size would be
+/// the other one, silently.
+#[test]
+fn an_lba_format_above_15_gives_its_own_block_size() {
+    let sim_config = NvmeSimConfig {
+        block_size: 4096,
+        num_blocks: 4096,
+        lba_format_index: 17,
+        ..NvmeSimConfig::default()
+    };
+    let mut rig = Rig::up("drv-lbaf-17", sim_config, &config());
+    assert_eq!(rig.ctrl.info().namespace.format_index(), 17);
+    assert_eq!(rig.ctrl.geometry().block_size, 4096);
+    verified_io(&mut rig.queues[0], 8, 3);
+    rig.finish();
+}

@@ -80,7 +80,16 @@ pub struct NvmeSimConfig {
     /// command makes it stable. Default false (NVMe 1.4 §6.15: FUA makes the write stable
     /// before it completes). The board quirk `fua_ignored` is the driver's answer to it.
     pub fua_ignored: bool,
+    /// The index of namespace 1's LBA format, 0..=63: the namespace reports this many formats
+    /// and one more (NLBAF = the index), `block_size` at this index, the other size (512 or
+    /// 4096) at every other, with FLBAS bits 3:0 and 6:5 naming it (NVMe 2.0 Base
+    /// Specification Figure 276). Default 0: one format, as NVMe 1.4 controllers report.
+    pub lba_format_index: u8,
 }
+
+/// Entries of the Identify Namespace LBA Format table (bytes 383:128, NVM Command Set
+/// Specification 1.0 Figure 97): [`NvmeSimConfig::lba_format_index`] is below it.
+pub const MAX_LBA_FORMATS: usize = 64;
 
 /// Largest [`NvmeSimConfig::rtd3e_micros`] and [`NvmeSimConfig::shutdown_micros`]: 120 s.
 pub const MAX_SHUTDOWN_MICROS: u32 = 120_000_000;
@@ -118,6 +127,7 @@ impl Default for NvmeSimConfig {
             shutdown_micros: 2000,
             disable_micros: 0,
             fua_ignored: false,
+            lba_format_index: 0,
         }
     }
 }
@@ -197,6 +207,12 @@ impl NvmeSimConfig {
             return bad(
                 "disable_micros",
                 format!("{} is above {MAX_DISABLE_MICROS}", self.disable_micros),
+            );
+        }
+        if usize::from(self.lba_format_index) >= MAX_LBA_FORMATS {
+            return bad(
+                "lba_format_index",
+                format!("{} is not below {MAX_LBA_FORMATS}", self.lba_format_index),
             );
         }
         Ok(())

@@ -80,7 +80,12 @@ pub(crate) fn namespace(config: &NvmeSimConfig) -> Vec<u8> {
     for at in [0, 8, 16] {
         put(&mut b, at, &config.num_blocks.to_le_bytes()); // NSZE, NCAP, NUSE
     }
-    // NSFEAT (24) = 0, NLBAF (25) = 0: one format, FLBAS (26) = 0 selects it.
+    // NSFEAT (24) = 0. NLBAF (25, 0's based) and FLBAS (26): the format in use is the last;
+    // its index's bits 3:0 go to FLBAS bits 3:0, bits 5:4 to FLBAS bits 6:5 (NVMe 2.0 Base
+    // Specification Figure 276).
+    let index = config.lba_format_index;
+    b[25] = index;
+    b[26] = (index & 0xF) | (index & 0x30) << 1;
     b[33] = config.dlfeat; // DLFEAT: by default deallocated blocks read as zeroes
                            // NGUID (bytes 119:104) and EUI64 (bytes 127:120), NVMe 1.4 Figure 245: byte arrays in
                            // big-endian order, copied as they are. All zero would mean "not supported".
@@ -92,8 +97,14 @@ pub(crate) fn namespace(config: &NvmeSimConfig) -> Vec<u8> {
         put(&mut b, 76, &u32::from(config.copy_max_blocks).to_le_bytes());
         b[80] = 0;
     }
+    // LBAFn: MS = 0, LBADS, RP = 0. The formats not in use have the other block size, so a
+    // host that reads the wrong one sees the wrong size.
     let lbads = config.block_size.trailing_zeros();
-    put(&mut b, 128, &(lbads << 16).to_le_bytes()); // LBAF0: MS = 0, LBADS, RP = 0
+    let other = if config.block_size == 512 { 12u32 } else { 9 };
+    for i in 0..=usize::from(index) {
+        let l = if i == usize::from(index) { lbads } else { other };
+        put(&mut b, 128 + 4 * i, &(l << 16).to_le_bytes());
+    }
     b
 }
 
