@@ -146,6 +146,17 @@ impl AdminQueue {
         self.cq_iova
     }
 
+    /// Dropped, leave both rings mapped ([`MappedRegion::leak_on_drop`]): for a controller
+    /// that may still fetch from the SQ or post to the CQ (no disable or function reset
+    /// proved CSTS.RDY = 0).
+    ///
+    /// [`MappedRegion::leak_on_drop`]: scst_accel_dma::MappedRegion::leak_on_drop
+    pub fn leak_on_drop(&mut self) {
+        let state = self.state.get_mut();
+        state.sq.leak_on_drop();
+        state.cq.leak_on_drop();
+    }
+
     /// Accept commands (after CSTS.RDY = 1) or refuse them (after a disable).
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Release);

@@ -13,7 +13,6 @@ use super::cmd::IdentifyController;
 use super::cmd::IdentifyNamespace;
 use super::cmd::Sqe;
 use super::cmd::IDENTIFY_LEN;
-use super::controller::map_region;
 use super::controller::NvmeConfig;
 use super::controller::NvmeInfo;
 use super::controller::MAX_TRANSFER;
@@ -27,7 +26,7 @@ use super::regs::Cap;
 use super::regs::Registers;
 use super::regs::ALL_ONES_32;
 use crate::engine::Geometry;
-use scst_accel_dma::mapping::IovaLock;
+use scst_accel_dma::MappedRegion;
 use scst_accel_hal::DeviceBacking;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +102,34 @@ pub(super) fn disable(device: &dyn DeviceBacking, r: &Registers<'_>, cap: Cap) -
     )
 }
 
+/// [`disable`], escalating to a function reset when the disable fails (other than by a gone
+/// device) and disabling again after it: the escalation of a controller reset (NVMe 1.4
+/// §7.3.2; Linux's `nvme_disable_ctrl()` failing leads to a PCI function reset in
+/// `nvme_reset_work()`). `Ok` proves CSTS.RDY = 0: the controller does no DMA. On `Err` the
+/// controller may still reach whatever memory it was given; the function reset's own failure
+/// is logged and the disable's error returned.
+pub(super) fn disable_or_reset(
+    device: &dyn DeviceBacking,
+    r: &Registers<'_>,
+    cap: Cap,
+) -> Result<(), NvmeError> {
+    let id = device.id();
+    match disable(device, r, cap) {
+        Ok(()) => Ok(()),
+        Err(NvmeError::Gone { device }) => Err(NvmeError::Gone { device }),
+        Err(e) => {
+            log::warn!("{id}: {e}; escalating to a function reset");
+            let kind = device.reset().map_err(|source| {
+                log::error!("{id}: function reset failed: {source}");
+                e
+            })?;
+            log::info!("{id}: function reset done ({kind:?})");
+            // The function reset returned the controller to its reset state (CC.EN = 0).
+            disable(device, r, cap)
+        }
+    }
+}
+
 /// Program the admin queue and enable: AQA, ASQ, ACQ, CC, wait for CSTS.RDY = 1 (CFS fatal).
 pub(super) fn enable(
     device: &dyn DeviceBacking,
@@ -133,16 +160,19 @@ pub(super) fn enable(
     Ok(())
 }
 
-/// IDENTIFY into a fresh mapped page (bring-up only: no buffer is shared between threads).
+/// IDENTIFY into `page` (bring-up only: no buffer is shared between threads). The caller
+/// owns the page: an IDENTIFY that timed out may still be written into it, so it must stay
+/// mapped until the controller is proven disabled ([`disable_or_reset`]).
 fn identify(
-    device: &Arc<dyn DeviceBacking>,
     admin: &AdminQueue,
-    iovas: &Arc<IovaLock>,
+    page: &MappedRegion,
     timeout: Duration,
     cns: u32,
     nsid: u32,
 ) -> Result<Box<[u8; IDENTIFY_LEN]>, NvmeError> {
-    let page = map_region(device, iovas, IDENTIFY_LEN, "an IDENTIFY buffer")?;
+    // Zeroed, as a fresh page was: what the controller does not write reads 0, not the last
+    // IDENTIFY's data.
+    page.region().fill(0, IDENTIFY_LEN, 0);
     let sqe = Sqe {
         opcode: admin_opcode::IDENTIFY,
         nsid,
@@ -174,13 +204,14 @@ pub(super) fn set_queue_count(admin: &AdminQueue, timeout: Duration, wanted: u16
 /// From any state to enabled and identified: disable (a disable that times out escalates to a
 /// function reset), enable, IDENTIFY the controller and its first active namespace, check both
 /// suit this driver, and ask for `config.queues` I/O queue pairs. Returns the IDENTIFY data
-/// and the pairs granted.
+/// and the pairs granted. `page` (at least [`IDENTIFY_LEN`] bytes) receives each IDENTIFY; on
+/// failure the caller keeps it mapped until the controller is proven disabled.
 pub(super) fn identify_and_configure(
     device: &Arc<dyn DeviceBacking>,
     config: &NvmeConfig,
     cap: Cap,
     admin: &AdminQueue,
-    iovas: &Arc<IovaLock>,
+    page: &MappedRegion,
     version: u32,
 ) -> Result<(NvmeInfo, u16), NvmeError> {
     let id = device.id();
@@ -201,7 +232,7 @@ pub(super) fn identify_and_configure(
     })?;
     enable(device.as_ref(), &r, cap, admin)?;
     let timeout = config.admin_timeout;
-    let data = identify(device, admin, iovas, timeout, cmd::cns::CONTROLLER, 0)?;
+    let data = identify(admin, page, timeout, cmd::cns::CONTROLLER, 0)?;
     let controller = IdentifyController::parse(&data);
     let unsupported = |what: String| NvmeError::Unsupported {
         device: id.to_owned(),
@@ -213,9 +244,9 @@ pub(super) fn identify_and_configure(
             controller.sqes, controller.cqes
         )));
     }
-    let list = identify(device, admin, iovas, timeout, cmd::cns::ACTIVE_NSIDS, 0)?;
+    let list = identify(admin, page, timeout, cmd::cns::ACTIVE_NSIDS, 0)?;
     let nsid = cmd::first_active_nsid(&list).ok_or_else(|| unsupported("no active namespace".to_owned()))?;
-    let data = identify(device, admin, iovas, timeout, cmd::cns::NAMESPACE, nsid)?;
+    let data = identify(admin, page, timeout, cmd::cns::NAMESPACE, nsid)?;
     let namespace = IdentifyNamespace::parse(&data);
     match namespace.format() {
         Some(f) if f.ms == 0 && namespace.lbads().is_some() => {}

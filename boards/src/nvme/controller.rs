@@ -8,6 +8,7 @@ use super::abort::AbortSlots;
 use super::admin::AdminQueue;
 use super::admin::ADMIN_ENTRIES;
 use super::bringup::disable;
+use super::bringup::disable_or_reset;
 use super::bringup::enable;
 use super::bringup::geometry;
 use super::bringup::identify_and_configure;
@@ -18,6 +19,7 @@ use super::cmd;
 use super::cmd::IdentifyController;
 use super::cmd::IdentifyNamespace;
 use super::cmd::Sqe;
+use super::cmd::IDENTIFY_LEN;
 use super::error::NvmeError;
 use super::error_log::ErrorLogPage;
 use super::prp::PrpEntries;
@@ -238,7 +240,7 @@ impl NvmeController {
             config.iova_base,
             config.iova_size,
         )));
-        let admin = AdminQueue::new(
+        let mut admin = AdminQueue::new(
             Arc::clone(&device),
             config.split_64bit_mmio,
             (cap.doorbell(0, false), cap.doorbell(0, true)),
@@ -246,18 +248,32 @@ impl NvmeController {
             map_region(&device, &iovas, usize::from(ADMIN_ENTRIES) * 16, "the admin CQ")?,
         )?;
         let log_page = map_region(&device, &iovas, PAGE_SIZE as usize, "the error log page")?;
+        let mut identify_page = map_region(&device, &iovas, IDENTIFY_LEN, "the IDENTIFY buffer")?;
         let start = Instant::now();
-        let result = identify_and_configure(&device, config, cap, &admin, &iovas, version);
+        let result = identify_and_configure(&device, config, cap, &admin, &identify_page, version);
         let (info, io_queues) = match result {
             Ok(v) => v,
             Err(e) => {
+                // An admin command that timed out may still be executed: the controller may
+                // fetch from the admin SQ, write the IDENTIFY buffer and post to the admin CQ
+                // until CSTS.RDY = 0 (NVMe 1.4 §3.1.6, §7.3.2). Only a proven disable, or a
+                // function reset, lets this memory be unmapped; otherwise it stays mapped
+                // (leaked), as a late write into an IOVA given to another mapping would corrupt
+                // it.
                 admin.set_enabled(false);
-                if let Err(d) = disable(device.as_ref(), &r, cap) {
-                    log::error!("{id}: disabling the controller after a failed bring-up: {d}");
+                if let Err(d) = disable_or_reset(device.as_ref(), &r, cap) {
+                    log::error!(
+                        "{id}: the controller is not proven disabled after a failed bring-up: {d}; \
+                         its admin queue and IDENTIFY buffer stay mapped"
+                    );
+                    admin.leak_on_drop();
+                    identify_page.leak_on_drop();
                 }
                 return Err(e);
             }
         };
+        // Every IDENTIFY completed: the controller no longer writes the buffer.
+        drop(identify_page);
         let geometry = Geometry {
             fua_durable: !config.fua_ignored,
             ..geometry(cap, &info, config.max_transfer_bytes)
@@ -283,11 +299,31 @@ impl NvmeController {
             aborts: AbortSlots::new(),
             error_log_page: ErrorLogPage::new(log_page),
         });
-        let queues = controller.create_queues().inspect_err(|_| {
-            if let Err(d) = controller.reset() {
-                log::error!("{id}: resetting the controller after a failed bring-up: {d}");
+        let mut controller = controller;
+        let queues = match controller.create_queues() {
+            Ok(queues) => queues,
+            Err((e, failed)) => {
+                // The queue that failed may exist on the controller (its CREATE I/O CQ took, or
+                // timed out and may yet take): its rings, and the admin rings, stay mapped
+                // until the reset proves the controller disabled.
+                if let Err(d) = controller.reset() {
+                    log::error!(
+                        "{id}: resetting the controller after a failed bring-up: {d}; its admin \
+                         queue and the failed I/O queue's rings stay mapped"
+                    );
+                    if let Some(mut q) = failed {
+                        q.leak_on_drop();
+                    }
+                    // No queue holds the controller any more (the failed one is dropped above
+                    // or leaked with its own reference), so this is its last reference but
+                    // for a leaked queue's: then that queue keeps the controller alive anyway.
+                    if let Some(c) = Arc::get_mut(&mut controller) {
+                        c.admin.leak_on_drop();
+                    }
+                }
+                return Err(e);
             }
-        })?;
+        };
         let info = &controller.info;
         log::info!(
             "{id}: NVMe {}.{} controller up in {:?}: {} ({}, fw {}), namespace {}: {} blocks of {} bytes, \
@@ -316,7 +352,11 @@ impl NvmeController {
         Ok((controller, queues))
     }
 
-    fn create_queues(self: &Arc<Self>) -> Result<Vec<NvmeQueue>, NvmeError> {
+    /// Create the I/O queues on the device. On failure, the queue whose creation failed comes
+    /// back with the error (when its rings were mapped): the controller may hold its CQ, so
+    /// the caller drops it only after a reset (queues created before it delete themselves when
+    /// dropped).
+    fn create_queues(self: &Arc<Self>) -> Result<Vec<NvmeQueue>, (NvmeError, Option<Box<NvmeQueue>>)> {
         let count = self.io_queues;
         let depth = queue_depth(self.config.queue_depth, self.cap);
         let max_vectors = self.device.max_interrupts();
@@ -326,7 +366,7 @@ impl NvmeController {
             irqs = self
                 .device
                 .enable_interrupts(vectors)
-                .map_err(|source| self.hal(source))?
+                .map_err(|source| (self.hal(source), None))?
                 .into_iter()
                 .map(Some)
                 .collect();
@@ -334,7 +374,11 @@ impl NvmeController {
         let mut queues = Vec::with_capacity(usize::from(count));
         for qid in 1..=count {
             let irq = irqs.get_mut(usize::from(qid)).and_then(Option::take);
-            queues.push(NvmeQueue::create(Arc::clone(self), qid, depth, irq)?);
+            let mut q = NvmeQueue::new(Arc::clone(self), qid, depth, irq).map_err(|e| (e, None))?;
+            if let Err(e) = q.create_on_device(self.epoch()) {
+                return Err((e, Some(Box::new(q))));
+            }
+            queues.push(q);
         }
         Ok(queues)
     }
@@ -490,20 +534,7 @@ impl NvmeController {
         self.admin.set_enabled(false);
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let r = self.registers();
-        let result = match disable(self.device.as_ref(), &r, self.cap) {
-            Ok(()) => Ok(()),
-            Err(NvmeError::Gone { device }) => Err(NvmeError::Gone { device }),
-            Err(e) => {
-                log::warn!("{}: {e}; escalating to a function reset", self.id());
-                let kind = self.device.reset().map_err(|source| {
-                    log::error!("{}: function reset failed: {source}", self.id());
-                    e
-                })?;
-                log::info!("{}: function reset done ({kind:?})", self.id());
-                // The function reset returned the controller to its reset state (CC.EN = 0).
-                disable(self.device.as_ref(), &r, self.cap)
-            }
-        };
+        let result = disable_or_reset(self.device.as_ref(), &r, self.cap);
         if result.is_ok() {
             // The disabled controller dropped every command, abandoned ABORTs included.
             self.aborts.forget_abandoned();

@@ -150,11 +150,13 @@ fn is_invalid_queue_identifier(status: Status) -> bool {
 
 impl NvmeQueue {
     /// Allocate and map the rings and PRP pages of queue `qid` with `depth` entries (a power
-    /// of two), then create the CQ and SQ on the controller.
+    /// of two); nothing is sent to the controller (`create_on_device` creates the CQ and SQ
+    /// there). Separate, so that a creation that fails leaves the caller the queue, whose
+    /// rings must stay mapped until the controller is proven disabled.
     ///
     /// # Errors
-    /// [`NvmeError`] from memory setup or the admin commands.
-    pub fn create(
+    /// [`NvmeError`] from memory setup.
+    pub(super) fn new(
         ctrl: Arc<NvmeController>,
         qid: u16,
         depth: u16,
@@ -184,7 +186,7 @@ impl NvmeQueue {
         let slot_bits = depth.trailing_zeros();
         let cap = ctrl.cap();
         let usable = depth - 1; // one SQ entry always stays empty
-        let mut q = Self {
+        let q = Self {
             qid,
             depth,
             slot_bits,
@@ -210,8 +212,6 @@ impl NvmeQueue {
             stats: NvmeQueueStats::default(),
             ctrl,
         };
-        let epoch = q.ctrl.epoch();
-        q.create_on_device(epoch)?;
         Ok(q)
     }
 
@@ -243,7 +243,7 @@ impl NvmeQueue {
     /// CREATE I/O CQ then CREATE I/O SQ (NVMe 1.4 §5.3, §5.4), physically contiguous; the
     /// queue counts as live in `epoch`, read before the commands were sent (a reset that began
     /// since leaves it not live).
-    fn create_on_device(&mut self, epoch: u64) -> Result<(), NvmeError> {
+    pub(super) fn create_on_device(&mut self, epoch: u64) -> Result<(), NvmeError> {
         let size = u32::from(self.depth - 1) << 16;
         let qid = u32::from(self.qid);
         let interrupts = match self.irq {

@@ -1254,3 +1254,89 @@ fn an_admin_reap_takes_at_most_one_ring_less_one_entry() {
     Controller::shutdown(rig.ctrl.as_ref()).expect("shutdown");
     rig.release();
 }
+
+/// A controller behind the interposer (CAP.TO = 500 ms) that answers every command 1.5 s late,
+/// so an IDENTIFY outlasts the bring-up's admin timeout and is still executed, and that drops
+/// the CC write clearing EN; and the bring-up's settings, with a 300 ms admin timeout.
+fn late_and_stuck(
+    id: &str,
+) -> (
+    Arc<Interposer>,
+    crate::sim::nvme::NvmeSimHandle,
+    Arc<super::interposer::Knobs>,
+    NvmeConfig,
+) {
+    let (device, handle) = sim(id, NvmeSimConfig::default());
+    let (device, knobs) = Interposer::new(
+        device,
+        InterposerConfig {
+            cap_to: Some(SHORT_CAP_TO),
+        },
+    );
+    handle.inject(fault("latency:1500ms"));
+    knobs.stuck_disable.store(true, Ordering::Release);
+    let config = NvmeConfig {
+        admin_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    (device, handle, knobs, config)
+}
+
+/// Until the late IDENTIFY of [`late_and_stuck`] would have been executed (its DMA and its
+/// completion), counted from `start`.
+fn wait_out_the_late_identify(start: Instant) {
+    std::thread::sleep((start + Duration::from_millis(2500)).saturating_duration_since(Instant::now()));
+}
+
+/// A bring-up whose IDENTIFY times out, on a controller that ignores the CC.EN clear: the
+/// failure escalates to a function reset (as a controller reset does), which drops the
+/// IDENTIFY, before the admin rings and the IDENTIFY buffer are unmapped. Unmapped after a
+/// disable that proved nothing, the late IDENTIFY hit unmapped IOVAs.
+#[test]
+fn a_failed_bring_up_resets_the_function_before_unmapping() {
+    let (device, handle, knobs, config) = late_and_stuck("drv-bring-up-stuck");
+    let start = Instant::now();
+
+    // Kept: a real function outlives the driver's failure, the simulated one with its handle.
+    let _device = Arc::clone(&device);
+    let Err(err) = NvmeController::bring_up(device, &config) else {
+        panic!("the IDENTIFY times out, yet the bring-up succeeded");
+    };
+
+    assert!(matches!(err, NvmeError::Timeout { .. }), "{err}");
+    assert!(knobs.dropped_disables.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        knobs.function_resets.load(Ordering::Relaxed),
+        1,
+        "the stuck disable escalated to a function reset"
+    );
+    wait_out_the_late_identify(start);
+    assert_released(&handle);
+}
+
+/// The same, but the function reset fails too: nothing proves the controller stopped, so the
+/// admin rings and the IDENTIFY buffer stay mapped (leaked), and the late IDENTIFY's data and
+/// completion land in memory still mapped for it, not on unmapped IOVAs.
+#[test]
+fn a_failed_bring_up_that_cannot_reset_keeps_its_dma_memory_mapped() {
+    let (device, handle, knobs, config) = late_and_stuck("drv-bring-up-no-reset");
+    knobs.function_reset_fails.store(true, Ordering::Release);
+    let start = Instant::now();
+
+    // Kept: a real function outlives the driver's failure, the simulated one with its handle.
+    let _device = Arc::clone(&device);
+    let Err(err) = NvmeController::bring_up(device, &config) else {
+        panic!("the IDENTIFY times out, yet the bring-up succeeded");
+    };
+
+    assert!(matches!(err, NvmeError::Timeout { .. }), "{err}");
+    assert_eq!(knobs.function_resets.load(Ordering::Relaxed), 1);
+    wait_out_the_late_identify(start);
+    let iommu = handle.iommu();
+    assert_eq!(iommu.fault_count(), 0, "IOMMU faults: {:?}", iommu.faults());
+    assert!(
+        iommu.mappings() >= 3,
+        "the admin rings and the IDENTIFY buffer stay mapped"
+    );
+    handle.clear_faults();
+}
