@@ -1,6 +1,7 @@
 //! Board definitions: what the driver needs to know about one product that the device does not
-//! tell it, as data. A vendor adds a board by adding a [`BoardDefinition`] to [`BOARDS`] (or
-//! passing one to [`crate::open::open_board`]); nothing in the handler changes.
+//! tell it, as data. A vendor adds a board by adding a [`BoardDefinition`] to [`BOARDS`] and
+//! naming it for the command line (docs/boards.md, "Adding a board"), or by passing one to
+//! [`crate::open::open_board`]; nothing in the handler changes.
 
 use scst_accel_hal::PciIdentity;
 

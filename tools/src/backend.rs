@@ -394,7 +394,11 @@ fn open_backend(
             let def = match board {
                 BoardArg::Sca1 => &definition::SCA1_PCI,
                 BoardArg::Nvme => &definition::NVME,
-                _ => &definition::QEMU_NVME,
+                BoardArg::QemuNvme => &definition::QEMU_NVME,
+                // Not hardware: answered by the arms above.
+                BoardArg::Ram | BoardArg::File | BoardArg::Blockdev | BoardArg::Sim | BoardArg::NvmeSim => {
+                    unreachable!("{board:?} is not a PCI board")
+                }
             };
             let address = pci.ok_or_else(|| {
                 BackendError::config(format!(

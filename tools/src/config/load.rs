@@ -60,7 +60,7 @@
 //! naa = "6001405a1b2c3d4e5f60718293a4b5c6"  # 32 hex digits from 6, or 16 from 3
 //!
 //! [[disk.export]]                # optional, repeatable
-//! driver = "iscsi"               # scst_local | iscsi
+//! driver = "iscsi"               # scst_local | iscsi | copy_manager
 //! target = "iqn.2024-01.com.example:accel0"  # iscsi: an IQN or eui.<16 hex digits>
 //! lun = 0                        # required; 0 to 16383
 //! enable = true                  # default true
