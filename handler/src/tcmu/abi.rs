@@ -38,8 +38,13 @@ pub const TCMU_SENSE_BUFFERSIZE: usize = 96;
 
 /// `TCMU_MAILBOX_FLAG_CAP_*`: what the kernel supports, in [`Mailbox::flags`].
 pub mod mailbox_flags {
-    /// `TCMU_MAILBOX_FLAG_CAP_OOOC`: out-of-order completion (by rewriting `cmd_id` of the
-    /// entry at the tail; the ring here completes in order and never needs it).
+    /// `TCMU_MAILBOX_FLAG_CAP_OOOC`: out-of-order completion: user space may write any
+    /// finished command's response into the CMD entry at `cmd_tail`, with that entry's
+    /// `cmd_id` rewritten to the finished command's (`tcmu_handle_completions` looks each
+    /// passed entry's `cmd_id` up). `tcmu_configure_device` sets it in every kernel whose
+    /// header this module follows (the flag sits beside `TCMU_MAILBOX_VERSION 2` already in
+    /// the earliest such header); the ring completes out of order when it is set and in order
+    /// when not ([`super::ring`], "The protocol").
     pub const CAP_OOOC: u16 = 1 << 0;
     /// `TCMU_MAILBOX_FLAG_CAP_READ_LEN`: `rsp.read_len` with `TCMU_UFLAG_READ_LEN` is honoured.
     pub const CAP_READ_LEN: u16 = 1 << 1;
@@ -223,9 +228,12 @@ impl EntryHdr {
 
 /// Byte offset of [`EntryHdr::uflags`] inside an entry.
 pub const HDR_UFLAGS: usize = offset_of!(EntryHdr, uflags);
+/// Byte offset of [`EntryHdr::cmd_id`] inside an entry (rewritten by an out-of-order
+/// completion, [`mailbox_flags::CAP_OOOC`]).
+pub const HDR_CMD_ID: usize = offset_of!(EntryHdr, cmd_id);
 
 const_assert_eq!(size_of::<EntryHdr>(), 8);
-const_assert_eq!(offset_of!(EntryHdr, cmd_id), 4);
+const_assert_eq!(HDR_CMD_ID, 4);
 const_assert_eq!(offset_of!(EntryHdr, kflags), 6);
 const_assert_eq!(HDR_UFLAGS, 7);
 

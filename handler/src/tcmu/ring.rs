@@ -1,23 +1,43 @@
 //! The command-ring consumer: reads what the kernel posts between our `cmd_tail` and its
-//! `cmd_head`, hands out commands, writes their responses and moves `cmd_tail` over every
-//! finished prefix (`include/uapi/linux/target_core_user.h`, "Ring Design";
-//! tcmu-design.rst, "The Command Ring").
+//! `cmd_head`, hands out commands, writes their responses and moves `cmd_tail` over the entries
+//! answered (`include/uapi/linux/target_core_user.h`, "Ring Design"; tcmu-design.rst, "The
+//! Command Ring").
 //!
 //! # The protocol
 //! The kernel writes an entry at `cmd_head`, then advances `cmd_head` by the entry's length
 //! modulo `cmdr_size`. An entry never wraps: when the next one does not fit before the ring's
-//! end the kernel first posts a PAD entry that fills the ring to its end. User space finishes
-//! entries in ring order: it writes the response over the entry's request (`rsp` shares the
-//! union with `req`) and advances `cmd_tail` past it. The kernel reads completions only up to
-//! `cmd_tail`, so here commands may finish in any order: `cmd_tail` moves only over a prefix of
-//! finished entries (PAD, TMR and unknown-opcode entries are finished as soon as they are
-//! read), and a finished command's response is held in memory and written into its entry only
-//! when `cmd_tail` passes it. No entry beyond `cmd_tail` is modified before its retirement, so a
-//! handler that restarts after a crash reads the unretired requests intact (responses written
-//! early would have overwritten them: `rsp` overlays `req`), but for the stretch a retirement
-//! had answered and not yet published with its one `cmd_tail` store (docs/tcmu.md, "The
-//! ring's rules"). The kernel's out-of-order mode (rewriting
-//! `cmd_id` of the entry at the tail, `TCMU_MAILBOX_FLAG_CAP_OOOC`) is not needed and not used.
+//! end the kernel first posts a PAD entry that fills the ring to its end. User space writes a
+//! response over an entry's request (`rsp` shares the union with `req`) and advances
+//! `cmd_tail` past it. The kernel reads completions only up to `cmd_tail`
+//! (`tcmu_handle_completions`: from where it last cleaned to `cmd_tail`, PAD and TMR entries
+//! skipped, each CMD entry's `hdr.cmd_id` looked up in `udev->commands` and that command
+//! completed with the entry's response, each entry stepped over by its own length; an unknown
+//! `cmd_id` breaks the device). Commands here may finish in any order; how their responses
+//! reach the ring depends on the kernel:
+//!
+//! - With [`abi::mailbox_flags::CAP_OOOC`] (every kernel this module follows sets it), out of
+//!   order: a finished command's response is written at once into the next CMD entry at
+//!   `cmd_tail`, whichever command that entry was posted for, with the entry's `cmd_id`
+//!   rewritten to the finished command's and its `len_op` kept; PAD, TMR and unknown-opcode
+//!   entries are passed over as they come (tcmu-runner's `tcmulib_command_complete` does the
+//!   same). Without it one stuck command (a store whose abort does not finish) would hold every
+//!   later response back until the kernel's `cmd_time_out` failed them all, READs and WRITEs
+//!   long answered GOOD included (`tcmu_check_expired_ring_cmd`). A command whose entry has
+//!   been overwritten so runs on from the copy taken when it was read ([`TcmuCommand`]: its
+//!   `cmd_id`, CDB and checked iovecs; nothing of it is read from the entry again), and its own
+//!   answer goes into a later CMD entry: the answers waiting never outnumber the CMD entries
+//!   ahead of `cmd_tail`, since each command not yet answered in the ring has left one there.
+//! - Without it (a mailbox that does not say so), in order: `cmd_tail` moves only over a prefix
+//!   of finished entries (PAD, TMR and unknown-opcode entries are finished as soon as they are
+//!   read), and a finished command's response is held in memory and written into its own entry
+//!   only when `cmd_tail` passes it.
+//!
+//! Either way no entry beyond `cmd_tail` is modified before `cmd_tail` passes it, so the
+//! entries ahead of it hold their requests intact (but for the stretch a retirement had
+//! answered and not yet published with its one `cmd_tail` store, docs/tcmu.md, "The ring's
+//! rules"); out of order, the commands whose entries were passed before they finished are
+//! known only to this ring and the kernel, which is why an adopted ring is reset, never
+//! resumed (docs/tcmu.md, "Timeouts and a dead handler").
 //!
 //! # Trust nothing
 //! The kernel is the peer, but a kernel bug (or a stale mapping after a ring reset) must not
@@ -48,6 +68,7 @@ use super::abi::TmrEntry;
 use super::region::Region;
 use crate::abi::sam_status;
 use scst_accel_dma::PageBuffer;
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::mem::size_of;
@@ -184,9 +205,9 @@ pub enum RingFault {
         /// The header now (its `uflags` not compared).
         found: EntryHdr,
     },
-    /// A CMD entry whose `cmd_id` another CMD entry still in the ring (not yet passed by
-    /// `cmd_tail`) carries: the kernel's completion lookup would be ambiguous.
-    #[error("command entry at ring offset {at} reuses cmd_id {cmd_id} of an entry still in the ring")]
+    /// A CMD entry whose `cmd_id` names a command the kernel has not reaped yet (read, and its
+    /// answer not yet passed by `cmd_tail`): the kernel's completion lookup would be ambiguous.
+    #[error("command entry at ring offset {at} reuses cmd_id {cmd_id} of a command not yet reaped")]
     DuplicateCmdId {
         /// Ring offset.
         at: u32,
@@ -402,7 +423,10 @@ struct Answer {
 enum SlotState {
     /// Handed out, not completed.
     Outstanding(u16),
-    /// Finished; its answer (none for PAD and TMR) waits for `cmd_tail` to reach it.
+    /// Finished; its answer (none for PAD and TMR) waits for `cmd_tail` to reach it. Out of
+    /// order a CMD entry's answer goes to [`Ring::ready`] instead, and its slot says
+    /// `Finished(None)`: the entry will carry whichever answer is next when `cmd_tail` gets
+    /// there.
     Finished(Option<Box<Answer>>),
 }
 
@@ -429,13 +453,26 @@ pub struct Ring {
     slots: VecDeque<Slot>,
     /// Sequence number of `slots[0]`; a command's `seq` indexes `slots` from it.
     front_seq: u64,
-    /// `cmd_id`s of the CMD entries read and not yet passed by `cmd_tail`: the kernel does not
-    /// reuse one before it has reaped its completion.
+    /// `cmd_id`s of the commands read whose answer `cmd_tail` has not yet passed (in order: of
+    /// the CMD entries not yet passed): the kernel does not reuse one before it has reaped its
+    /// completion (`tcmu_handle_completions` erases it from `udev->commands`).
     ids_in_ring: HashSet<u16>,
     /// Commands handed out and not completed.
     outstanding: usize,
     broken: Option<RingFault>,
     tail_moved: bool,
+    /// Whether the kernel takes completions out of order ([`abi::mailbox_flags::CAP_OOOC`]).
+    out_of_order: bool,
+    /// Out of order: the answers of finished commands (and of CMD entries refused when read),
+    /// with their `cmd_id`s, in the order they finished, each waiting for the next CMD entry
+    /// `cmd_tail` passes. There is always one: every command read and not yet answered in the
+    /// ring has either its own entry still ahead of `cmd_tail` or an entry of one answered
+    /// before it, so the answers waiting never outnumber the CMD entries ahead.
+    ready: VecDeque<(u16, Answer)>,
+    /// Out of order: the commands handed out and not completed whose entry `cmd_tail` has
+    /// passed (it carried another command's answer), by sequence number, with their `cmd_id`:
+    /// the kernel still waits for them, and only this table knows them now.
+    displaced: HashMap<u64, u16>,
     /// How often [`Self::data_fault`] looked at the ring: tests count the looks per command.
     #[cfg(test)]
     data_checks: std::sync::atomic::AtomicUsize,
@@ -443,8 +480,10 @@ pub struct Ring {
 
 impl Ring {
     /// Check the mailbox of `region` and start reading at its `cmd_tail` (a restarted handler
-    /// resumes where the previous one stopped; entries it had read but not finished are read
-    /// again, since `cmd_tail` never passed them).
+    /// resumes where the previous one stopped; entries it had read and not answered are read
+    /// again, since `cmd_tail` never passed them, but out of order a command whose entry
+    /// carried another's answer is not in the ring any more: docs/tcmu.md, "Timeouts and a
+    /// dead handler", why an adopted ring is reset instead).
     ///
     /// # Errors
     /// [`LayoutError`] when the mailbox does not describe a ring inside the region.
@@ -503,6 +542,9 @@ impl Ring {
             outstanding: 0,
             broken: None,
             tail_moved: false,
+            out_of_order: flags & abi::mailbox_flags::CAP_OOOC != 0,
+            ready: VecDeque::new(),
+            displaced: HashMap::new(),
             #[cfg(test)]
             data_checks: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -753,7 +795,13 @@ impl Ring {
                     sense: &INTERNAL_TARGET_FAILURE,
                     read_len: None,
                 });
-                self.push_slot(at, hdr, Some(cmd_id), SlotState::Finished(Some(Box::new(answer))));
+                let state = if self.out_of_order {
+                    self.ready.push_back((cmd_id, answer));
+                    SlotState::Finished(None)
+                } else {
+                    SlotState::Finished(Some(Box::new(answer)))
+                };
+                self.push_slot(at, hdr, Some(cmd_id), state);
                 Err(RingError::Refused { at, cmd_id, fault })
             }
         }
@@ -881,8 +929,13 @@ impl Ring {
     }
 
     /// Write `answer` into the entry at region offset `base` (a CMD entry's length was checked
-    /// to be at least a whole `tcmu_cmd_entry` before it could get a response).
-    fn write_answer(&self, base: usize, answer: &Answer) {
+    /// to be at least a whole `tcmu_cmd_entry` before it could get a response), naming command
+    /// `cmd_id` when it is another command's than the entry's (out of order: `len_op` stays, so
+    /// the kernel still steps over the entry by its own length).
+    fn write_answer(&self, base: usize, answer: &Answer, cmd_id: Option<u16>) {
+        if let Some(cmd_id) = cmd_id {
+            self.region.write_obj(base + abi::HDR_CMD_ID, &cmd_id);
+        }
         // Exactly the flags we mean, not ORed into what the entry holds: the kernel zeroes an
         // entry before posting it, so a set bit there is corruption, and passing it on would
         // be worse (a stray KEEP_BUF keeps the command's data blocks for ever, a stray
@@ -893,11 +946,13 @@ impl Ring {
         }
     }
 
-    /// Answer `cmd` with `rsp`; `cmd_tail` moves over every finished entry before the first
-    /// unfinished one (check [`Self::take_kick`] afterwards). The response is written into the
-    /// entry only when `cmd_tail` passes it, so an entry not yet retired still holds its
-    /// request: a handler restarted after a crash reads it again intact (but for a stretch
-    /// answered and not yet published by the `cmd_tail` store, docs/tcmu.md).
+    /// Answer `cmd` with `rsp` (check [`Self::take_kick`] afterwards). Out of order
+    /// ([`abi::mailbox_flags::CAP_OOOC`]) the answer goes at once into the next CMD entry at
+    /// `cmd_tail`, whoever's it was, and `cmd_tail` moves past it; in order `cmd_tail` moves
+    /// over every finished entry before the first unfinished one, and the response is written
+    /// into `cmd`'s own entry only when `cmd_tail` passes it. Either way an entry ahead of
+    /// `cmd_tail` still holds its request (but for a stretch answered and not yet published by
+    /// the `cmd_tail` store, docs/tcmu.md).
     ///
     /// # Errors
     /// [`RingError::NotOutstanding`] when `cmd` is not one this ring handed out and has not
@@ -910,14 +965,52 @@ impl Ring {
             seq: cmd.seq,
         };
         let answer = self.answer(rsp);
+        let out_of_order = self.out_of_order;
         match self.slot_index(&cmd).map(|index| &mut self.slots[index]) {
             Some(slot) if slot.state == SlotState::Outstanding(cmd.cmd_id) => {
-                slot.state = SlotState::Finished(Some(Box::new(answer)));
+                if out_of_order {
+                    slot.state = SlotState::Finished(None);
+                    self.ready.push_back((cmd.cmd_id, answer));
+                } else {
+                    slot.state = SlotState::Finished(Some(Box::new(answer)));
+                }
             }
-            _ => return Err(not_outstanding),
+            // Out of order, a command may finish after `cmd_tail` passed its entry.
+            Some(_) => return Err(not_outstanding),
+            None if self.displaced.get(&cmd.seq) == Some(&cmd.cmd_id) => {
+                self.displaced.remove(&cmd.seq);
+                self.ready.push_back((cmd.cmd_id, answer));
+            }
+            None => return Err(not_outstanding),
         }
         self.outstanding -= 1;
         self.retire()
+    }
+
+    /// How many entries from the front of the slot table `cmd_tail` can pass now. In order:
+    /// the finished prefix. Out of order: PAD, TMR and unknown-opcode entries freely, and one
+    /// CMD entry per answer waiting in [`Self::ready`], whatever command the entry was read
+    /// for.
+    fn retirable(&self) -> usize {
+        if !self.out_of_order {
+            return self
+                .slots
+                .iter()
+                .take_while(|slot| matches!(slot.state, SlotState::Finished(_)))
+                .count();
+        }
+        let mut answers = self.ready.len();
+        let mut n = 0;
+        for slot in &self.slots {
+            if slot.cmd_id.is_some() {
+                if answers == 0 {
+                    break;
+                }
+                answers -= 1;
+            }
+            n += 1;
+        }
+        n
     }
 
     /// Write the answers of the finished prefix into their entries and move `cmd_tail` over
@@ -925,7 +1018,8 @@ impl Ring {
     /// reset ([`Self::check_tail`]): the kernel may have posted new entries where the answers
     /// would go, and a `cmd_tail` of ours would not be an entry boundary of its.
     fn retire(&mut self) -> Result<(), RingError> {
-        if !matches!(self.slots.front(), Some(slot) if matches!(slot.state, SlotState::Finished(_))) {
+        let retirable = self.retirable();
+        if retirable == 0 {
             return Ok(());
         }
         // Once broken nothing more is written: after a reset the entries are the kernel's new
@@ -949,24 +1043,39 @@ impl Ring {
         let changed = self
             .slots
             .iter()
-            .take_while(|slot| matches!(slot.state, SlotState::Finished(_)))
+            .take(retirable)
             .find_map(|slot| self.entry_fault(slot));
         if let Some(fault) = changed {
             return Err(self.fail(fault));
         }
         let mut tail = self.tail;
-        while let Some(slot) = self.slots.front() {
-            let SlotState::Finished(answer) = &slot.state else {
+        for _ in 0..retirable {
+            let Some(slot) = self.slots.pop_front() else {
                 break;
             };
-            if let Some(answer) = answer {
-                self.write_answer(self.entry_off(slot.at), answer);
+            let base = self.entry_off(slot.at);
+            match (slot.cmd_id, slot.state) {
+                // Out of order, a CMD entry carries the oldest waiting answer, maybe another
+                // command's: `tcmu_handle_completions` completes whatever `hdr.cmd_id` names.
+                (Some(own), state) if self.out_of_order => {
+                    let (id, answer) = self.ready.pop_front().expect("retirable counted an answer");
+                    self.write_answer(base, &answer, (id != own).then_some(id));
+                    self.ids_in_ring.remove(&id);
+                    if state == SlotState::Outstanding(own) {
+                        self.displaced.insert(self.front_seq, own);
+                    }
+                }
+                (cmd_id, SlotState::Finished(answer)) => {
+                    if let Some(answer) = answer {
+                        self.write_answer(base, &answer, None);
+                    }
+                    if let Some(id) = cmd_id {
+                        self.ids_in_ring.remove(&id);
+                    }
+                }
+                (_, SlotState::Outstanding(_)) => unreachable!("in order only finished slots are retirable"),
             }
             tail = (slot.at + slot.hdr.entry_len()) % self.cmdr_size;
-            if let Some(id) = slot.cmd_id {
-                self.ids_in_ring.remove(&id);
-            }
-            self.slots.pop_front();
             self.front_seq += 1;
         }
         if tail != self.tail {
@@ -979,7 +1088,12 @@ impl Ring {
 
     /// Why `cmd`'s data blocks are not ours to touch, if they are not: the ring is broken, or
     /// the kernel reset it (our `cmd_tail` gone from the mailbox, `cmd_head` behind our read
-    /// position, or `cmd`'s entry holding another header). After a reset the kernel has freed
+    /// position, or `cmd`'s entry holding another header). Out of order `cmd`'s entry may be
+    /// behind `cmd_tail` already, overwritten with another command's answer (what the command
+    /// needs was copied when it was read, [`TcmuCommand`]); then the entry at `cmd_tail` is
+    /// compared instead. There is one: `cmd` is not answered, so a CMD entry is still ahead
+    /// ([`Ring::ready`]). It is the one that shows a reset while our `cmd_tail` was 0: the
+    /// kernel's first new entry lands there. After a reset the kernel has freed
     /// the command's data blocks (`tcmu_reset_ring`: `tcmu_cmd_free_data`) and hands them to
     /// new commands, or releases their pages (`find_free_blocks`), and an access to a released
     /// page of the mapping is SIGBUS (`tcmu_vma_fault`). Like `retire`'s checks, this narrows
@@ -997,7 +1111,11 @@ impl Ring {
         if let Err(fault) = self.load_head() {
             return Some(fault);
         }
-        self.entry_fault(&self.slots[self.slot_index(cmd)?])
+        let slot = match self.slot_index(cmd) {
+            Some(index) => &self.slots[index],
+            None => self.slots.front()?,
+        };
+        self.entry_fault(slot)
     }
 
     /// How often the data accessors have looked at the ring (`data_fault`).

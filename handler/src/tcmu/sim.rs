@@ -2,14 +2,23 @@
 //! target_core_user does (mailbox at 0, command ring at 128, data area after it), posts CMD,
 //! PAD and TMR entries the way `queue_cmd_ring` / `queue_tmr_ring` do (an entry never wraps: a
 //! PAD fills the ring's end first; one byte of the ring always stays free so head == tail means
-//! empty), and reaps completions up to `cmd_tail` the way `tcmu_handle_completions` does.
+//! empty), and reaps completions up to `cmd_tail` the way `tcmu_handle_completions` does: from
+//! where it last cleaned to `cmd_tail`, PAD and TMR entries skipped, each CMD entry's
+//! `hdr.cmd_id` looked up among the commands posted and not yet reaped (`udev->commands`), that
+//! command completed with the entry's response and forgotten, each entry stepped over by its
+//! own length.
 //!
 //! It is the peer [`super::ring::Ring`] is tested against, and it is strict where the kernel is:
-//! a `cmd_tail` that is not at an entry boundary, or passes `cmd_head`, is a [`SimError`] (the
-//! kernel would mark the device broken). Like the kernel it reaps from the shared memory, not
-//! from its own record: an entry's `cmd_id` and length come from the header there, and a header
-//! user space changed (anything but `uflags`) is a [`SimError`] too. It also places raw,
-//! malformed entries on request, to show that the ring refuses them.
+//! a `cmd_tail` that is not at an entry boundary, or passes `cmd_head`, is a [`SimError`], and so
+//! is a `cmd_id` that names no command waiting (unknown, or reaped already: a duplicate), after
+//! which the simulated kernel is broken for good, as the kernel sets `TCMU_DEV_BIT_BROKEN`. So a
+//! response under a wrong `cmd_id` cannot pass. Like the kernel it reaps from the shared memory,
+//! not from its own record: an entry's `cmd_id` and length come from the header there. A header
+//! user space changed beyond what it may is a [`SimError`] too: `uflags` always, and a CMD
+//! entry's `cmd_id` only when the mailbox advertises
+//! [`abi::mailbox_flags::CAP_OOOC`] (as current kernels do, [`CURRENT_KERNEL_FLAGS`]; leave it
+//! out of [`SimConfig::flags`] to stand for a kernel that reads completions in order only). It
+//! also places raw, malformed entries on request, to show that the ring refuses them.
 
 use super::abi;
 use super::abi::CmdEntryReq;
@@ -20,6 +29,7 @@ use super::abi::Mailbox;
 use super::abi::TmrEntry;
 use super::region::HeapMemory;
 use super::region::Region;
+use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::mem::size_of;
 use std::sync::Arc;
@@ -31,6 +41,13 @@ use zerocopy::IntoBytes;
 /// (`CMDR_OFF`).
 pub const SIM_CMDR_OFF: u32 = size_of::<Mailbox>() as u32;
 
+/// The mailbox flags `tcmu_configure_device` sets in current kernels (5.13 and later): out-of-
+/// order completion, `read_len`, TMR notifications, KEEP_BUF.
+pub const CURRENT_KERNEL_FLAGS: u16 = abi::mailbox_flags::CAP_OOOC
+    | abi::mailbox_flags::CAP_READ_LEN
+    | abi::mailbox_flags::CAP_TMR
+    | abi::mailbox_flags::CAP_KEEP_BUF;
+
 /// The shape of a simulated region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimConfig {
@@ -38,7 +55,8 @@ pub struct SimConfig {
     pub cmdr_size: u32,
     /// Data area size.
     pub data_size: usize,
-    /// [`abi::mailbox_flags`] to advertise.
+    /// [`abi::mailbox_flags`] to advertise, and to act on: without
+    /// [`abi::mailbox_flags::CAP_OOOC`] a CMD entry's `cmd_id` must stay the one posted.
     pub flags: u16,
 }
 
@@ -62,8 +80,9 @@ pub enum SimError {
         cleaned: u32,
     },
     /// An entry behind `cmd_tail` whose header is not the one posted (user space may set only
-    /// `uflags`): `tcmu_handle_completions` takes the opcode, the length and the `cmd_id` from
-    /// it, so the kernel would skip the wrong number of bytes or complete the wrong command.
+    /// `uflags`, and with `CAP_OOOC` a CMD entry's `cmd_id`): `tcmu_handle_completions` takes
+    /// the opcode, the length and the `cmd_id` from it, so the kernel would skip the wrong
+    /// number of bytes or complete the wrong command.
     #[error("entry at ring offset {at}: header {found:?} where {posted:?} was posted")]
     HeaderChanged {
         /// Ring offset of the entry.
@@ -72,6 +91,17 @@ pub enum SimError {
         posted: EntryHdr,
         /// The header as found in the shared memory.
         found: EntryHdr,
+    },
+    /// A CMD entry behind `cmd_tail` whose `cmd_id` names no command posted and not yet reaped
+    /// (never posted, or completed already through an earlier entry): the kernel's lookup
+    /// fails, it logs "cmd_id not found, ring is broken" and sets `TCMU_DEV_BIT_BROKEN`
+    /// (`tcmu_handle_completions`). The simulated kernel reaps nothing more after it.
+    #[error("entry at ring offset {at}: cmd_id {cmd_id} names no outstanding command, ring is broken")]
+    UnknownCmdId {
+        /// Ring offset of the entry.
+        at: u32,
+        /// The `cmd_id` found there.
+        cmd_id: u16,
     },
 }
 
@@ -120,6 +150,12 @@ pub struct SimKernel {
     head: u32,
     cleaned: u32,
     posted: VecDeque<PostedEntry>,
+    /// `CAP_OOOC` advertised: a CMD entry's `cmd_id` may be rewritten.
+    out_of_order: bool,
+    /// The ids of the commands posted and not yet reaped (`udev->commands`).
+    commands: HashSet<u16>,
+    /// The first [`SimError::UnknownCmdId`]: the device is broken, nothing more is reaped.
+    broken: Option<SimError>,
 }
 
 impl SimKernel {
@@ -140,6 +176,9 @@ impl SimKernel {
             head: 0,
             cleaned: 0,
             posted: VecDeque::new(),
+            out_of_order: config.flags & abi::mailbox_flags::CAP_OOOC != 0,
+            commands: HashSet::new(),
+            broken: None,
         }
     }
 
@@ -201,6 +240,7 @@ impl SimKernel {
             bytes[o..o + size_of::<Iovec>()].copy_from_slice(v.as_bytes());
         }
         bytes[base..base + cdb.len()].copy_from_slice(cdb);
+        self.commands.insert(cmd_id);
         Ok(self.publish(at, &bytes, Posted::Cmd))
     }
 
@@ -231,13 +271,26 @@ impl SimKernel {
     /// [`SimError::RingFull`].
     pub fn post_raw(&mut self, bytes: &[u8]) -> Result<u32, SimError> {
         let at = self.make_room(bytes.len() as u32)?;
-        Ok(self.publish(at, bytes, Posted::Raw))
+        let at = self.publish(at, bytes, Posted::Raw);
+        // Out of order, the ring may answer any command into a raw entry whose header says
+        // CMD, and the kernel would look that answer up like any other: so such an entry's id
+        // is a command's here. In order a raw entry is not one (its answer is read from the
+        // ring by the test).
+        if self.out_of_order {
+            if let Some(hdr) = self.posted.back().and_then(|p| p.hdr) {
+                if hdr.op() == abi::opcode::CMD {
+                    self.commands.insert(hdr.cmd_id);
+                }
+            }
+        }
+        Ok(at)
     }
 
     /// Reset the ring as `tcmu_reset_ring` does (`action/reset_ring`): every command
     /// forgotten, `cmd_head` and `cmd_tail` set to 0. Entries not reaped are dropped unread.
     pub fn reset_ring(&mut self) {
         self.posted.clear();
+        self.commands.clear();
         self.cleaned = 0;
         self.head = 0;
         self.region.store_u32_release(abi::MB_CMD_TAIL, 0);
@@ -299,13 +352,21 @@ impl SimKernel {
     /// Read the completions of every entry `cmd_tail` has passed since the last call, in ring
     /// order, and free their ring space. `tcmu_handle_completions` takes an entry's opcode,
     /// length and `cmd_id` from its header in the shared memory, so here that header is read
-    /// and checked against the one posted, and a completion carries the `cmd_id` found there.
+    /// and checked against the one posted (`uflags` may differ, and with `CAP_OOOC` a CMD
+    /// entry's `cmd_id`), a CMD entry's `cmd_id` must name a command posted and not yet reaped,
+    /// which it completes and forgets, and a completion carries the `cmd_id` found there.
     ///
     /// # Errors
     /// [`SimError::TailNotOnBoundary`] when `cmd_tail` stops inside an entry or beyond the
     /// last one posted; [`SimError::HeaderChanged`] when an entry's header is not as posted
-    /// (but for `uflags`). The entries before that point are freed nevertheless.
+    /// (but for what user space may change). The entries before that point are freed
+    /// nevertheless. [`SimError::UnknownCmdId`] when a CMD entry names no outstanding command:
+    /// the entries before it are freed, and every later call fails with it again (the kernel's
+    /// device is broken).
     pub fn reap(&mut self) -> Result<Vec<SimCompletion>, SimError> {
+        if let Some(broken) = &self.broken {
+            return Err(broken.clone());
+        }
         let tail = self.region.load_u32_acquire(abi::MB_CMD_TAIL);
         let mut done = Vec::new();
         while self.cleaned != tail {
@@ -326,18 +387,36 @@ impl SimKernel {
                 });
             }
             let entry_off = SIM_CMDR_OFF as usize + at as usize;
+            // A CMD entry as the kernel sees it: posted as one, or (out of order) a raw entry
+            // whose header says so, `post_raw`.
+            let mut is_cmd = what == Posted::Cmd;
             if let Some(posted) = hdr {
                 let found: EntryHdr = self.region.read_obj(entry_off);
-                let user_set_only_uflags = EntryHdr {
+                is_cmd |= self.out_of_order && what == Posted::Raw && posted.op() == abi::opcode::CMD;
+                let id_may_change = self.out_of_order && is_cmd;
+                let allowed = EntryHdr {
                     uflags: posted.uflags,
+                    cmd_id: if id_may_change {
+                        posted.cmd_id
+                    } else {
+                        found.cmd_id
+                    },
                     ..found
-                } == posted;
-                if !user_set_only_uflags {
+                };
+                if allowed != posted {
                     return Err(SimError::HeaderChanged { at, posted, found });
                 }
             }
-            if what == Posted::Cmd {
+            if is_cmd {
                 let rsp: CmdEntryRsp = self.region.read_obj(entry_off);
+                if !self.commands.remove(&rsp.hdr.cmd_id) {
+                    let broken = SimError::UnknownCmdId {
+                        at,
+                        cmd_id: rsp.hdr.cmd_id,
+                    };
+                    self.broken = Some(broken.clone());
+                    return Err(broken);
+                }
                 done.push(SimCompletion {
                     cmd_id: rsp.hdr.cmd_id,
                     uflags: rsp.hdr.uflags,
@@ -350,6 +429,11 @@ impl SimKernel {
             self.cleaned = (at + len) % self.cmdr_size;
         }
         Ok(done)
+    }
+
+    /// How many commands were posted and not yet reaped (`udev->commands`).
+    pub fn commands(&self) -> usize {
+        self.commands.len()
     }
 
     /// The `uflags` byte of the entry posted at ring offset `at`.
