@@ -1686,6 +1686,79 @@ mod tests {
         }
     }
 
+    impl HeldRig {
+        /// The device completes the held requests `which` picks, successfully; the others stay
+        /// held. Returns how many it completed.
+        fn complete_held_where(&self, which: impl Fn(&StoreOp) -> bool) -> usize {
+            let mut held = self.held.lock().expect("held");
+            let (go, stay): (Vec<StoreRequest>, Vec<StoreRequest>) =
+                std::mem::take(&mut *held).into_iter().partition(|r| which(&r.op));
+            *held = stay;
+            let n = go.len();
+            self.done
+                .lock()
+                .expect("done")
+                .extend(go.into_iter().map(|r| StoreCompletion {
+                    tag: r.tag,
+                    status: crate::store::StoreStatus::Good,
+                }));
+            n
+        }
+    }
+
+    /// A WRITE the device holds, then a READ it serves: on a kernel that takes completions out
+    /// of order (`CAP_OOOC`, as every current kernel) the READ's GOOD reaches the kernel at the
+    /// next poll, written into the WRITE's entry at `cmd_tail` under the READ's `cmd_id`,
+    /// instead of waiting for the WRITE (and, were the WRITE stuck, being failed with it by the
+    /// kernel's `cmd_time_out`). The WRITE's answer follows when the device completes it, into
+    /// the READ's entry, and the ring is empty again. The simulated kernel reaps by `cmd_id`,
+    /// so a response under a wrong id fails this.
+    #[test]
+    fn out_of_order_a_served_read_is_reaped_while_an_earlier_write_is_held() {
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_OOOC);
+        r.post_write(1, 10);
+        r.post_read(2, 20);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!((p.started, p.completed), (2, 0));
+        assert_eq!(done, []);
+        assert_eq!(r.complete_held_where(|op| matches!(op, StoreOp::Read { .. })), 1);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!(p.completed, 1);
+        assert_eq!(done, [(2, sam_status::GOOD)], "the READ, before the held WRITE");
+        assert_eq!(r.exec.in_flight(), 1, "the WRITE still runs");
+        assert_eq!(r.sim.commands(), 1);
+        assert_eq!(r.complete_held(), 1);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!(p.completed, 1);
+        assert_eq!(done, [(1, sam_status::GOOD)]);
+        assert_eq!(r.sim.commands(), 0);
+        assert_eq!(r.sim.free(), 8192 - 1, "the ring's space is all free again");
+        assert_eq!(r.ring.state().unretired, 0);
+        assert_eq!(r.ring.state().outstanding, 0);
+    }
+
+    /// The same on a kernel that does not advertise `CAP_OOOC`: the READ's answer waits in
+    /// memory until the WRITE before it is answered, then both reach the kernel in ring order,
+    /// each in its own entry.
+    #[test]
+    fn in_order_a_served_read_waits_for_an_earlier_held_write() {
+        let mut r = held_rig_with(true, usize::MAX, 0);
+        r.post_write(1, 10);
+        r.post_read(2, 20);
+        let (p, _) = r.poll_and_reap();
+        assert_eq!(p.started, 2);
+        assert_eq!(r.complete_held_where(|op| matches!(op, StoreOp::Read { .. })), 1);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!(p.completed, 1);
+        assert_eq!(done, [], "held back behind the WRITE");
+        assert_eq!(r.ring.state().unretired, 2);
+        assert_eq!(r.complete_held(), 1);
+        let (p, done) = r.poll_and_reap();
+        assert_eq!(p.completed, 1);
+        assert_eq!(done, [(1, sam_status::GOOD), (2, sam_status::GOOD)]);
+        assert_eq!(r.sim.free(), 8192 - 1);
+    }
+
     fn socket_events() -> (UioEvents, std::os::unix::net::UnixStream) {
         let (ours, kernel) = std::os::unix::net::UnixStream::pair().expect("pair");
         kernel.set_nonblocking(true).expect("nonblocking");

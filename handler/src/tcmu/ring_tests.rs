@@ -1388,3 +1388,59 @@ fn data_is_refused_once_a_reset_at_tail_zero_changed_the_commands_entry() {
     );
     assert_eq!(sim.read_data(off, 512), vec![0xaa; 512]);
 }
+
+/// Out of order (`CAP_OOOC`) across the ring's wrap: answers go into the CMD entries at
+/// `cmd_tail` in the order the commands finish, under their own `cmd_id`s, with the PAD at the
+/// ring's end passed over; a command whose entry carried another's answer still reads and
+/// writes its data from the copy taken when it was read, and its answer lands in a later entry.
+/// READ(10) entries with one iovec are 128 bytes; the ring is 448, so the fourth command needs
+/// a PAD of 64 at 384 and goes to 0.
+#[test]
+fn out_of_order_answers_fill_the_entries_at_the_tail_across_a_pad() {
+    let (mut sim, mut ring) = setup(448, mailbox_flags::CAP_OOOC);
+    let d = sim.data_off();
+    for (i, id) in [(0usize, 1u16), (1, 2), (2, 3)] {
+        sim.post_cmd(id, &cdb10(READ_10, i as u32, 1), &[iov(d + i * 512, 512)], &[])
+            .expect("post");
+    }
+    let mut cmds: Vec<TcmuCommand> = (0..3).map(|_| next_command(&mut ring)).collect();
+    let c3 = cmds.pop().expect("3");
+    let c2 = cmds.pop().expect("2");
+    let c1 = cmds.pop().expect("1");
+    // 3 then 2 finish: 3 into 1's entry at 0, 2 into its own at 128.
+    ring.complete(c3, &Response::GOOD).expect("complete 3");
+    ring.complete(c2, &Response::GOOD).expect("complete 2");
+    assert!(ring.take_kick());
+    let done = sim.reap().expect("reap");
+    assert_eq!(done.iter().map(|c| c.cmd_id).collect::<Vec<_>>(), [3, 2]);
+    assert_eq!(ring.state().tail, 256);
+    // 4 goes to 0 after a PAD at 384; 1's entry (at 256) is next at the tail.
+    assert_eq!(
+        sim.post_cmd(4, &cdb10(READ_10, 3, 1), &[iov(d + 3 * 512, 512)], &[]),
+        Ok(0)
+    );
+    let c4 = next_command(&mut ring);
+    ring.complete(c4, &Response::GOOD).expect("complete 4");
+    assert!(ring.take_kick());
+    let done = sim.reap().expect("reap");
+    assert_eq!(done.iter().map(|c| c.cmd_id).collect::<Vec<_>>(), [4]);
+    assert_eq!(ring.state().tail, 0, "past 1's entry and the PAD");
+    // 1's entry is gone (4's answer is in it); 1 still has its CDB and its Data-In.
+    assert_eq!(c1.cdb(), cdb10(READ_10, 0, 1));
+    assert_eq!(ring.write_data(&c1, 0, &[0x11; 512]), Ok(512));
+    let sense = [0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0];
+    ring.complete(c1, &check_condition(&sense)).expect("complete 1");
+    assert!(ring.take_kick());
+    let done = sim.reap().expect("reap");
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].cmd_id, done[0].status, done[0].sense[12]),
+        (1, sam_status::CHECK_CONDITION, 0x11),
+        "1's own answer, in 4's entry at 0"
+    );
+    assert_eq!(sim.read_data(d, 512), vec![0x11; 512]);
+    assert_eq!(ring.state().tail, 128);
+    assert_eq!((ring.state().unretired, ring.state().outstanding), (0, 0));
+    assert_eq!(sim.commands(), 0);
+    assert_eq!(sim.free(), 448 - 1);
+}
