@@ -1444,3 +1444,94 @@ fn out_of_order_answers_fill_the_entries_at_the_tail_across_a_pad() {
     assert_eq!(sim.commands(), 0);
     assert_eq!(sim.free(), 448 - 1);
 }
+
+/// Out of order, a command whose entry carried another's answer has no entry of its own to
+/// compare: after a ring reset while our `cmd_tail` was 0, with the kernel's first new entry
+/// at 0 and `cmd_head` back where we had read up to, its Data-In must still not be written
+/// (the reset freed its data blocks). The entry at `cmd_tail`, which we read and have not
+/// passed, shows the reset.
+#[test]
+fn out_of_order_a_reset_is_seen_by_a_command_whose_entry_is_gone() {
+    let (mut sim, mut ring) = setup(448, mailbox_flags::CAP_OOOC);
+    let d = sim.data_off();
+    for (i, id) in [(0usize, 1u16), (1, 2), (2, 3)] {
+        sim.post_cmd(id, &cdb10(READ_10, i as u32, 1), &[iov(d + i * 512, 512)], &[])
+            .expect("post");
+    }
+    let a = next_command(&mut ring);
+    let b = next_command(&mut ring);
+    let c = next_command(&mut ring);
+    ring.complete(c, &Response::GOOD).expect("complete 3");
+    ring.complete(b, &Response::GOOD).expect("complete 2");
+    assert_eq!(sim.reap().expect("reap").len(), 2);
+    // 4 at 0 after a PAD; its answer goes into 3's entry at 256 and cmd_tail past the PAD to 0.
+    assert_eq!(
+        sim.post_cmd(4, &cdb10(READ_10, 3, 1), &[iov(d + 3 * 512, 512)], &[]),
+        Ok(0)
+    );
+    let dcmd = next_command(&mut ring);
+    ring.complete(dcmd, &Response::GOOD).expect("complete 4");
+    assert_eq!(sim.reap().expect("reap").len(), 1);
+    assert_eq!(ring.state().tail, 0);
+    let read: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    sim.reset_ring();
+    assert_eq!(sim.post_cmd(5, &cdb10(READ_10, 4, 1), &[iov(d, 512)], &[]), Ok(0));
+    let found: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    let fault = RingFault::EntryChanged { at: 0, read, found };
+    assert_eq!(
+        ring.write_data(&a, 0, &[0x11; 512]),
+        Err(RingError::Broken(fault.clone()))
+    );
+    assert_ne!(sim.read_data(d, 512), vec![0x11; 512], "nothing written");
+    assert_eq!(ring.complete(a, &Response::GOOD), Err(RingError::Broken(fault)));
+    assert_eq!(sim.reap().expect("reap"), [], "nothing answered");
+}
+
+/// The simulated kernel reaps by `cmd_id` as `tcmu_handle_completions` does: with `CAP_OOOC`
+/// an entry may carry another command's id, but an id that names no outstanding command
+/// (never posted, or reaped already) breaks it for good, until a ring reset; without
+/// `CAP_OOOC` a rewritten id is a changed header.
+#[test]
+fn the_simulated_kernel_breaks_on_an_unknown_or_reaped_cmd_id() {
+    let id_at = |at: u32| SIM_CMDR_OFF as usize + at as usize + abi::HDR_CMD_ID;
+    let cdb = cdb10(READ_10, 0, 1);
+    // Unknown.
+    let (mut sim, _ring) = setup(4096, mailbox_flags::CAP_OOOC);
+    let at = sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    sim.region().write_obj(id_at(at), &9u16);
+    sim.region().store_u32_release(abi::MB_CMD_TAIL, sim.head());
+    let unknown = SimError::UnknownCmdId { at, cmd_id: 9 };
+    assert_eq!(sim.reap(), Err(unknown.clone()));
+    assert_eq!(sim.reap(), Err(unknown), "broken for good");
+    sim.reset_ring();
+    assert_eq!(sim.reap(), Ok(vec![]), "a reset clears it");
+    // Reaped already: the second entry names the first command again.
+    let (mut sim, _ring) = setup(4096, mailbox_flags::CAP_OOOC);
+    sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    let second = sim.post_cmd(2, &cdb, &[], &[]).expect("post");
+    sim.region().write_obj(id_at(second), &1u16);
+    sim.region().store_u32_release(abi::MB_CMD_TAIL, sim.head());
+    assert_eq!(
+        sim.reap(),
+        Err(SimError::UnknownCmdId {
+            at: second,
+            cmd_id: 1
+        })
+    );
+    // Another outstanding command's id, out of order: fine.
+    let (mut sim, _ring) = setup(4096, mailbox_flags::CAP_OOOC);
+    let first = sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    let second = sim.post_cmd(2, &cdb, &[], &[]).expect("post");
+    sim.region().write_obj(id_at(first), &2u16);
+    sim.region().write_obj(id_at(second), &1u16);
+    sim.region().store_u32_release(abi::MB_CMD_TAIL, sim.head());
+    let ids: Vec<u16> = sim.reap().expect("reap").iter().map(|c| c.cmd_id).collect();
+    assert_eq!(ids, [2, 1]);
+    // In order: the id must stay.
+    let (mut sim, _ring) = setup(4096, 0);
+    let first = sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    sim.post_cmd(2, &cdb, &[], &[]).expect("post");
+    sim.region().write_obj(id_at(first), &2u16);
+    sim.region().store_u32_release(abi::MB_CMD_TAIL, sim.head());
+    assert!(matches!(sim.reap(), Err(SimError::HeaderChanged { at: 0, .. })));
+}

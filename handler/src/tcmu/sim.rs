@@ -287,10 +287,14 @@ impl SimKernel {
     }
 
     /// Reset the ring as `tcmu_reset_ring` does (`action/reset_ring`): every command
-    /// forgotten, `cmd_head` and `cmd_tail` set to 0. Entries not reaped are dropped unread.
+    /// forgotten, wherever its entry was, `cmd_head`, `cmd_tail` and the cleaned position set
+    /// to 0. Entries not reaped are dropped unread.
     pub fn reset_ring(&mut self) {
         self.posted.clear();
+        // Every command completed (BUSY) and forgotten, and the device no longer broken
+        // (`clear_bit(TCMU_DEV_BIT_BROKEN)` in current kernels).
         self.commands.clear();
+        self.broken = None;
         self.cleaned = 0;
         self.head = 0;
         self.region.store_u32_release(abi::MB_CMD_TAIL, 0);
