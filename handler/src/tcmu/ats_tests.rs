@@ -54,7 +54,8 @@ fn sim_kernel() -> SimKernel {
     SimKernel::new(SimConfig {
         cmdr_size: 16384,
         data_size: 16 * SLOT,
-        flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+        // A current kernel's: out-of-order completion and `read_len`.
+        flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN | crate::tcmu::abi::mailbox_flags::CAP_OOOC,
     })
 }
 

@@ -1132,8 +1132,9 @@ mod tests {
         exec: Executor,
     }
 
+    /// A rig on a current kernel: `read_len` and out-of-order completion.
     fn rig() -> Rig {
-        rig_with(crate::tcmu::abi::mailbox_flags::CAP_READ_LEN)
+        rig_with(mailbox_flags::CAP_READ_LEN | mailbox_flags::CAP_OOOC)
     }
 
     /// [`rig`] with a kernel advertising `flags`.
@@ -1549,8 +1550,10 @@ mod tests {
         disk: Arc<Disk>,
     }
 
+    /// A held rig on a current kernel: out-of-order completion (`CAP_OOOC`), as
+    /// `tcmu_configure_device` advertises it.
     fn held_rig(abortable: bool) -> HeldRig {
-        held_rig_with(abortable, usize::MAX, 0)
+        held_rig_with(abortable, usize::MAX, mailbox_flags::CAP_OOOC)
     }
 
     /// A rig whose queue holds at most `capacity` requests, on a ring with `flags`.
@@ -1584,7 +1587,7 @@ mod tests {
         held_rig_on(
             true,
             capacity,
-            mailbox_flags::CAP_TMR,
+            mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC,
             crate::scsi::CompareAndWriteBy::Handler,
         )
     }
@@ -1883,7 +1886,7 @@ mod tests {
 
     #[test]
     fn an_aborted_read_in_the_store_is_answered_at_once_and_its_result_dropped() {
-        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC);
         r.post_read(1, 7);
         r.post_read(2, 8);
         let (p, done) = r.poll_and_reap();
@@ -1918,7 +1921,7 @@ mod tests {
 
     #[test]
     fn an_aborted_write_in_the_store_is_answered_only_when_the_device_is_done_with_it() {
-        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC);
         r.post_write(1, 7);
         let (_, done) = r.poll_and_reap();
         assert!(done.is_empty());
@@ -1981,13 +1984,18 @@ mod tests {
         );
         assert_eq!(r.disk.ranges().counts(&mut token), (1, 1));
         r.sim.post_tmr(tmr_type::ABORT_TASK, &[2]).expect("tmr");
-        let (p, _) = r.poll_and_reap();
+        let (p, done) = r.poll_and_reap();
         assert_eq!((p.aborted, r.exec.parked()), (1, 0));
+        assert_eq!(
+            done,
+            [(2, sam_status::TASK_ABORTED)],
+            "reaped at once: out of order, not behind the write"
+        );
         assert_eq!(r.exec.task_management().cancelled, 1);
         assert_eq!(r.disk.ranges().counts(&mut token), (1, 0), "out of the wait list");
         assert_eq!(r.complete_held(), 1, "only the write reached the store");
         let (_, done) = r.poll_and_reap();
-        assert_eq!(done, [(1, sam_status::GOOD), (2, sam_status::TASK_ABORTED)]);
+        assert_eq!(done, [(1, sam_status::GOOD)]);
         assert!(
             r.held.lock().expect("held").is_empty(),
             "the compare and write never ran"
@@ -2002,7 +2010,12 @@ mod tests {
     #[test]
     fn an_aborted_compare_and_write_whose_grant_is_on_its_way_never_runs() {
         let mut a = range_locked_rig(usize::MAX);
-        let mut b = held_rig_of(Arc::clone(&a.disk), true, usize::MAX, mailbox_flags::CAP_TMR);
+        let mut b = held_rig_of(
+            Arc::clone(&a.disk),
+            true,
+            usize::MAX,
+            mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC,
+        );
         let mut token = StoreToken::root();
         a.post_write(1, 7);
         a.poll_and_reap();
@@ -2042,10 +2055,12 @@ mod tests {
         r.poll_and_reap();
         assert_eq!(r.disk.ranges().counts(&mut token), (2, 0));
         r.sim.post_tmr(tmr_type::ABORT_TASK, &[2]).expect("tmr");
-        let (p, _) = r.poll_and_reap();
+        let (p, done) = r.poll_and_reap();
+        assert_eq!(p.aborted, 1);
         assert_eq!(
-            p.aborted, 1,
-            "answered (the kernel reaps it after command 1: in order)"
+            done,
+            [(2, sam_status::TASK_ABORTED)],
+            "reaped at once: out of order, not after command 1"
         );
         assert_eq!(
             r.disk.ranges().counts(&mut token),
@@ -2054,14 +2069,14 @@ mod tests {
         );
         assert_eq!(r.complete_held(), 1);
         let (_, done) = r.poll_and_reap();
-        assert_eq!(done, [(1, sam_status::GOOD), (2, sam_status::TASK_ABORTED)]);
+        assert_eq!(done, [(1, sam_status::GOOD)]);
         assert_eq!(r.disk.ranges().counts(&mut token), (0, 0));
     }
 
     #[test]
     fn an_aborted_command_still_queued_for_the_store_is_taken_back_and_never_submitted() {
         // The queue takes one request; the second waits in the executor's submission queue.
-        let mut r = held_rig_with(true, 1, mailbox_flags::CAP_TMR);
+        let mut r = held_rig_with(true, 1, mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC);
         r.post_write(1, 7);
         r.post_write(2, 8);
         let (p, done) = r.poll_and_reap();
@@ -2073,12 +2088,12 @@ mod tests {
         let (p, done) = r.poll_and_reap();
         assert_eq!((p.aborted, r.exec.task_management().cancelled), (1, 1));
         assert_eq!(r.exec.in_flight(), 1, "only write 1 is left, in the device");
-        // Answered, but the kernel reads answers in ring order: write 1 is still before it.
-        assert!(done.is_empty(), "{done:?}");
+        // Answered, and reaped at once: out of order, write 1 before it holds nothing back.
+        assert_eq!(done, [(2, sam_status::TASK_ABORTED)]);
         // The device finishes write 1 and the queue has room again: write 2 never reaches it.
         assert_eq!(r.complete_held(), 1);
         let (_, done) = r.poll_and_reap();
-        assert_eq!(done, [(1, sam_status::GOOD), (2, sam_status::TASK_ABORTED)]);
+        assert_eq!(done, [(1, sam_status::GOOD)]);
         assert!(
             r.held.lock().expect("held").is_empty(),
             "the cancelled write was submitted"
@@ -2088,7 +2103,7 @@ mod tests {
 
     #[test]
     fn a_lun_reset_naming_answered_commands_resets_the_engine_state_only() {
-        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC);
         // PREVENT ALLOW MEDIUM REMOVAL, prevent: engine state a LUN reset clears.
         r.sim.post_cmd(1, &[0x1e, 0, 0, 0, 1, 0], &[], &[]).expect("post");
         let (_, done) = r.poll_and_reap();
@@ -2112,7 +2127,7 @@ mod tests {
 
     #[test]
     fn the_drain_waits_for_an_early_answered_read_the_device_still_holds() {
-        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR);
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC);
         let (events, _kernel) = socket_events();
         r.post_read(1, 7);
         r.poll_and_reap();

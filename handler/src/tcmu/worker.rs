@@ -420,7 +420,8 @@ mod tests {
         let sim = SimKernel::new(SimConfig {
             cmdr_size: 8192,
             data_size: 64 * 1024,
-            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN,
+            // A current kernel's: out-of-order completion and `read_len`.
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN | crate::tcmu::abi::mailbox_flags::CAP_OOOC,
         });
         let (ours, kernel) = UnixStream::pair().expect("pair");
         kernel
