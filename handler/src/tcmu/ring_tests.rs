@@ -864,6 +864,10 @@ mod random {
         next_id: u16,
         reaped: usize,
         tmr: bool,
+        /// `CAP_OOOC` advertised: completions are reaped in the order the commands finished.
+        out_of_order: bool,
+        /// Out of order: the ids finished and not yet reaped, in finishing order.
+        finished: VecDeque<u16>,
     }
 
     impl World {
@@ -944,13 +948,25 @@ mod random {
                             )
                             .map_err(|e| TestCaseError::fail(e.to_string()))?;
                         self.completed.insert(id, status);
+                        if self.out_of_order {
+                            self.finished.push_back(id);
+                        }
                     }
                 }
                 Op::Reap => {
                     let done = self.sim.reap().map_err(|e| TestCaseError::fail(e.to_string()))?;
                     for c in done {
-                        // The kernel sees completions in ring order, each of a finished command.
-                        prop_assert_eq!(Some(c.cmd_id), self.in_ring.pop_front());
+                        if self.out_of_order {
+                            // In finishing order, each answer in the next CMD entry at the tail.
+                            prop_assert_eq!(Some(c.cmd_id), self.finished.pop_front());
+                            let at = self.in_ring.iter().position(|&id| id == c.cmd_id);
+                            prop_assert!(at.is_some(), "cmd {} not in the ring", c.cmd_id);
+                            self.in_ring.remove(at.unwrap_or_default());
+                        } else {
+                            // The kernel sees completions in ring order, each of a finished
+                            // command.
+                            prop_assert_eq!(Some(c.cmd_id), self.in_ring.pop_front());
+                        }
                         let status = self.completed.remove(&c.cmd_id);
                         prop_assert_eq!(status, Some(c.status), "cmd {} not finished", c.cmd_id);
                         let (_, sense) = response_for(c.cmd_id);
@@ -969,12 +985,14 @@ mod random {
         fn random_producer_and_consumer_sequences_agree(
             ring_words in 40u32..160,
             tmr in any::<bool>(),
+            out_of_order in any::<bool>(),
             ops in prop::collection::vec(op(), 1..200),
         ) {
             let sim = SimKernel::new(SimConfig {
                 cmdr_size: ring_words * 8,
                 data_size: usize::from(SLOTS) * SLOT_SIZE,
-                flags: if tmr { mailbox_flags::CAP_TMR } else { 0 },
+                flags: if tmr { mailbox_flags::CAP_TMR } else { 0 }
+                    | if out_of_order { mailbox_flags::CAP_OOOC } else { 0 },
             });
             let ring = Ring::attach(sim.region().clone()).expect("attach");
             let mut w = World {
@@ -987,6 +1005,8 @@ mod random {
                 next_id: 0,
                 reaped: 0,
                 tmr,
+                out_of_order,
+                finished: VecDeque::new(),
             };
             for op in ops {
                 w.step(op)?;
