@@ -38,8 +38,14 @@ impl AbortSlots {
 
     /// Wait, bounded by `timeout`, until fewer than `limit` (ACL + 1) ABORTs are outstanding,
     /// and take one of the slots.
-    fn acquire(&self, device: &str, limit: u32, timeout: Duration) -> Result<AbortPermit<'_>, NvmeError> {
-        let deadline = Instant::now() + timeout;
+    /// A free slot, waited for until `deadline` (`timeout` is the bound the error names).
+    fn acquire(
+        &self,
+        device: &str,
+        limit: u32,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<AbortPermit<'_>, NvmeError> {
         let mut pause = Duration::from_micros(10);
         loop {
             let outstanding = self.outstanding.load(Ordering::Acquire);
@@ -85,18 +91,28 @@ impl Drop for AbortPermit<'_> {
 }
 
 impl NvmeController {
-    /// ABORT (NVMe 1.4 §5.1) the command `cid` of submission queue `sqid`, bounded by the admin
-    /// timeout (once for a free abort slot, once for the command). Never more than ACL + 1
-    /// ABORTs are outstanding on the controller, whichever threads send them (§5.1: more
-    /// fail with Abort Command Limit Exceeded). Returns whether the controller aborted it (its
-    /// own completion then carries Command Abort Requested).
+    /// ABORT (NVMe 1.4 §5.1) the command `cid` of submission queue `sqid`, the wait for a free
+    /// abort slot and the command together bounded by `deadline` (the caller's one admin
+    /// timeout for all its ABORTs). Never more than ACL + 1 ABORTs are outstanding on the
+    /// controller, whichever threads send them (§5.1: more fail with Abort Command Limit
+    /// Exceeded). Returns whether the controller aborted it (its own completion then carries
+    /// Command Abort Requested).
     ///
     /// # Errors
-    /// As [`NvmeController`]'s admin commands.
-    pub(crate) fn abort_command(&self, sqid: u16, cid: u16) -> Result<bool, NvmeError> {
-        let timeout = self.config().admin_timeout;
+    /// As [`NvmeController`]'s admin commands; [`NvmeError::Timeout`] also when no time is
+    /// left for the command once a slot is free (nothing is sent then).
+    pub(crate) fn abort_command(&self, sqid: u16, cid: u16, deadline: Instant) -> Result<bool, NvmeError> {
+        let bound = self.config().admin_timeout;
         let limit = self.info().controller.abort_limit();
-        let permit = self.aborts.acquire(self.id(), limit, timeout)?;
+        let permit = self.aborts.acquire(self.id(), limit, deadline, bound)?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err(NvmeError::Timeout {
+                device: self.id().to_owned(),
+                what: "ABORT (no time left once an abort slot was free)",
+                timeout: bound,
+            });
+        }
         let sqe = Sqe {
             opcode: admin_opcode::ABORT,
             cdw10: cmd::abort_cdw10(sqid, cid),
@@ -104,13 +120,19 @@ impl NvmeController {
         };
         match self.admin_within("ABORT", sqe, timeout) {
             Ok(cqe) => Ok(cmd::abort_succeeded(cqe.dw0)),
+            Err(NvmeError::Timeout { device, what, .. }) => {
+                // Still outstanding on the controller until a reset drops it.
+                permit.abandon();
+                // The bound that ran out is the caller's budget, whatever part of it was
+                // left for this ABORT.
+                Err(NvmeError::Timeout {
+                    device,
+                    what,
+                    timeout: bound,
+                })
+            }
             Err(e) => {
-                if matches!(e, NvmeError::Timeout { .. }) {
-                    // Still outstanding on the controller until a reset drops it.
-                    permit.abandon();
-                } else {
-                    drop(permit);
-                }
+                drop(permit);
                 Err(e)
             }
         }
@@ -134,27 +156,36 @@ mod tests {
     #[test]
     fn slots_are_bounded_by_the_limit_and_abandoned_ones_last_until_a_reset() {
         let slots = AbortSlots::new();
-        let first = slots.acquire("dev", 2, Duration::ZERO).expect("first slot");
-        let second = slots.acquire("dev", 2, Duration::ZERO).expect("second slot");
-        assert!(is_slot_timeout(slots.acquire("dev", 2, Duration::ZERO)));
+        let first = slots
+            .acquire("dev", 2, Instant::now(), Duration::ZERO)
+            .expect("first slot");
+        let second = slots
+            .acquire("dev", 2, Instant::now(), Duration::ZERO)
+            .expect("second slot");
+        assert!(is_slot_timeout(slots.acquire(
+            "dev",
+            2,
+            Instant::now(),
+            Duration::ZERO
+        )));
 
         drop(first);
         let third = slots
-            .acquire("dev", 2, Duration::ZERO)
+            .acquire("dev", 2, Instant::now(), Duration::ZERO)
             .expect("a returned slot is free");
         third.abandon();
         assert!(
-            is_slot_timeout(slots.acquire("dev", 2, Duration::ZERO)),
+            is_slot_timeout(slots.acquire("dev", 2, Instant::now(), Duration::ZERO)),
             "an abandoned ABORT still holds its slot"
         );
 
         slots.forget_abandoned();
         drop(second);
         let _a = slots
-            .acquire("dev", 2, Duration::ZERO)
+            .acquire("dev", 2, Instant::now(), Duration::ZERO)
             .expect("free after the reset");
         let _b = slots
-            .acquire("dev", 2, Duration::ZERO)
+            .acquire("dev", 2, Instant::now(), Duration::ZERO)
             .expect("both free after the reset");
     }
 }

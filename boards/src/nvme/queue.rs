@@ -752,10 +752,15 @@ impl NvmeQueue {
     /// aborted", or an error status such as Abort Command Limit Exceeded) leaves the command in
     /// flight, to complete or be stopped.
     ///
+    /// The ABORTs of one call share one admin timeout: a controller slow on its admin queue
+    /// answering each just inside the timeout would otherwise hold the caller N timeouts for N
+    /// late commands (Linux's `nvme_timeout` likewise resets the controller when an abort's
+    /// own timer expires, not after all of them). Past it no more ABORT is sent.
+    ///
     /// # Errors
-    /// [`NvmeError::Timeout`] when an ABORT did not complete within the admin timeout (the
-    /// admin queue is stuck: stop the queue or reset), [`NvmeError::Gone`], and every other
-    /// admin error except a completion with an error status.
+    /// [`NvmeError::Timeout`] when the ABORTs did not complete within the admin timeout (the
+    /// admin queue is stuck or slow: stop the queue or reset), [`NvmeError::Gone`], and every
+    /// other admin error except a completion with an error status.
     pub fn abort(&mut self, user_tags: &[u64]) -> Result<usize, NvmeError> {
         if !self.live_on_device() {
             log::debug!(
@@ -765,6 +770,8 @@ impl NvmeQueue {
             );
             return Ok(0);
         }
+        let budget = self.ctrl.config().admin_timeout;
+        let deadline = Instant::now() + budget;
         let mut aborted = 0;
         let mut sent: Vec<usize> = Vec::new();
         for &tag in user_tags {
@@ -777,8 +784,15 @@ impl NvmeQueue {
                 .collect();
             let mut carried_out = false;
             for slot in slots {
+                if Instant::now() >= deadline {
+                    return Err(NvmeError::Timeout {
+                        device: self.ctrl.id().to_owned(),
+                        what: "the ABORTs of late commands (one admin timeout for all)",
+                        timeout: budget,
+                    });
+                }
                 sent.push(slot);
-                carried_out |= self.abort_slot(slot, tag)?;
+                carried_out |= self.abort_slot(slot, tag, deadline)?;
             }
             if carried_out {
                 aborted += 1;
@@ -788,10 +802,10 @@ impl NvmeQueue {
     }
 
     /// ABORT the command in `slot` (of request `tag`); whether the controller carried it out.
-    fn abort_slot(&mut self, slot: usize, tag: u64) -> Result<bool, NvmeError> {
+    fn abort_slot(&mut self, slot: usize, tag: u64, deadline: Instant) -> Result<bool, NvmeError> {
         let cid = (self.slots[slot].generation << self.slot_bits) | slot as u16;
         self.stats.aborts_sent += 1;
-        match self.ctrl.abort_command(self.qid, cid) {
+        match self.ctrl.abort_command(self.qid, cid, deadline) {
             Ok(true) => {
                 self.stats.aborts_accepted += 1;
                 Ok(true)

@@ -277,6 +277,43 @@ fn the_abort_command_limit_is_never_exceeded() {
     rig.finish();
 }
 
+/// A controller slow on its admin queue (each ABORT answered "not aborted" 80 ms late, inside
+/// the 200 ms admin timeout): the ABORTs of one call share one admin timeout, so eight late
+/// commands hold the caller one timeout, not eight ABORTs' worth, and past it no more ABORT is
+/// sent: the caller is told to escalate (stop the queue, reset) while its heartbeat's bound
+/// still holds.
+#[test]
+fn the_aborts_of_one_call_share_one_admin_timeout() {
+    let mut rig = Rig::up("abort-budget", NvmeSimConfig::default(), &short_config());
+    rig.sim.inject(fault("never-complete"));
+    let tags: Vec<u64> = (0..8).collect();
+    submit_flushes(&mut rig, 0, &tags);
+    rig.sim.inject(fault("latency:80ms"));
+    let before = rig.queues[0].stats().aborts_sent;
+
+    let err = rig.queues[0]
+        .abort(&tags)
+        .expect_err("the ABORTs outlast one admin timeout");
+
+    let sent = rig.queues[0].stats().aborts_sent - before;
+    match err {
+        NvmeError::Timeout { timeout, .. } => assert_eq!(timeout, SHORT_ADMIN_TIMEOUT),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert!(
+        (1..=3).contains(&sent),
+        "{sent} ABORTs sent in one admin timeout of {SHORT_ADMIN_TIMEOUT:?} at 80 ms each"
+    );
+    rig.sim.clear_faults();
+    Controller::recover(rig.ctrl.as_ref()).expect("recover");
+    for q in &mut rig.queues {
+        let expected: Vec<u64> = if q.qid() == 1 { tags.clone() } else { vec![] };
+        assert_eq!(q.abandon_all(), expected);
+        QueueEngine::restart(q).expect("restart");
+    }
+    rig.finish();
+}
+
 /// Two queue threads aborting at once share the controller's ABORT slots without deadlock or
 /// error, each ABORT sent once.
 #[test]
