@@ -11,6 +11,7 @@ use scst_accel_handler::abi;
 use scst_accel_handler::abi::data_direction;
 use scst_accel_handler::abi::sam_status;
 use scst_accel_handler::frontend::FrontendConfig;
+use scst_accel_handler::frontend::TeardownTrigger;
 use scst_accel_handler::loopback::decode_sense;
 use scst_accel_handler::store::ram::RamStore;
 use scst_accel_handler::transport::register::default_options;
@@ -238,8 +239,9 @@ fn submit_until_its_reply_is_dropped(
 }
 
 /// A kernel that keeps failing before it reads any reply does not make the worker resend
-/// forever: after a bounded number of calls the replies are dropped (counted as reply errors,
-/// their commands left to SCST's timeout and abort), and the worker goes on serving.
+/// forever: after a bounded number of calls the replies are dropped (counted as reply errors)
+/// and the disk's teardown is triggered, since SCST never completes a command handed to the
+/// handler on its own (spec §4): only the close path answers the dropped reply's command.
 #[test]
 fn replies_the_kernel_keeps_refusing_to_read_are_dropped_after_a_bound() {
     let refuse = Arc::new(AtomicBool::new(true));
@@ -266,10 +268,13 @@ fn replies_the_kernel_keeps_refusing_to_read_are_dropped_after_a_bound() {
     );
     assert!(
         session.completions().try_recv().is_err(),
-        "the dropped reply's command is SCST's to time out"
+        "the dropped reply's command is not answered while the fd is open"
     );
-    let r = execute(&session, 2, &read10(8, 1), Vec::new(), BLOCK);
-    assert_eq!(r.status, sam_status::GOOD, "the worker goes on serving");
+    assert_eq!(
+        rig.frontend().trigger(),
+        Some(TeardownTrigger::RepliesRefused(Errno::EFAULT.to_string())),
+        "the disk is torn down: the close path answers what the kernel never read"
+    );
     session.detach();
 }
 

@@ -1163,6 +1163,7 @@ pub fn failure_exit_code(trigger: &TeardownTrigger, panicked_workers: usize) -> 
         TeardownTrigger::StoreFailed(_) => exit::IOERR,
         TeardownTrigger::ScstClosed => exit::UNAVAILABLE,
         TeardownTrigger::WorkerFailed => exit::SOFTWARE,
+        TeardownTrigger::RepliesRefused(_) => exit::SOFTWARE,
     }
 }
 

@@ -33,6 +33,12 @@ pub enum TeardownTrigger {
     /// A worker thread panicked or left while the frontend was serving: its commands are
     /// answered by the close path and its queue cannot be trusted.
     WorkerFailed,
+    /// The kernel failed REPLY_AND_GET_MULTI several times in a row before reading any of the
+    /// worker's replies (the errno, e.g. EFAULT reading the header): they cannot be delivered,
+    /// and SCST never completes a command it handed to the handler on its own (spec §4), nor
+    /// finishes task management that waits for one, so only the close path (§5.3) can answer
+    /// them.
+    RepliesRefused(String),
 }
 
 impl fmt::Display for TeardownTrigger {
@@ -42,6 +48,7 @@ impl fmt::Display for TeardownTrigger {
             Self::StoreFailed(why) => write!(f, "store failed: {why}"),
             Self::ScstClosed => f.write_str("SCST closed the device"),
             Self::WorkerFailed => f.write_str("a worker failed"),
+            Self::RepliesRefused(errno) => write!(f, "the kernel refused to read the replies ({errno})"),
         }
     }
 }

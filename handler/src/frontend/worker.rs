@@ -62,7 +62,7 @@ const READY_BACKOFF_FIRST: Duration = Duration::from_micros(50);
 const READY_BACKOFF_MAX: Duration = Duration::from_millis(5);
 
 /// REPLY_AND_GET_MULTI calls in a row that may fail before the kernel reads any reply before
-/// the replies are dropped ([`Worker::replies_untaken`]).
+/// the replies are dropped and the disk torn down ([`Worker::replies_untaken`]).
 const UNTAKEN_CALLS_MAX: u32 = 3;
 
 /// While the store refuses the backlog (nothing else is fetched), one command is fetched this
@@ -920,10 +920,14 @@ impl Worker {
     }
 
     /// REPLY_AND_GET_MULTI failed before the kernel read any reply: keep them all for the next
-    /// call. After [`UNTAKEN_CALLS_MAX`] such calls in a row they are dropped (counted as
-    /// refused, logged): the kernel keeps failing the call, and a worker that resends forever
-    /// would never reach its teardown checks. A buffer allocated at EXEC time and named in a
-    /// dropped reply was never attached (the kernel read none of them, spec §3.3), so no
+    /// call. After [`UNTAKEN_CALLS_MAX`] such calls in a row the kernel is taken not to read
+    /// them at all: the disk is torn down ([`TeardownTrigger::RepliesRefused`]), since SCST
+    /// never completes a command handed to the handler on its own (spec §4) and a dropped
+    /// reply would leave its command, and any task management waiting for it, hung for as long
+    /// as the fd stays open; the close path (§5.3) answers them. The replies are dropped
+    /// (counted as refused, logged), as when SCST closes the device, and a worker that resent
+    /// forever would never reach its teardown checks. A buffer allocated at EXEC time and named
+    /// in a dropped reply was never attached (the kernel read none of them, spec §3.3), so no
     /// ON_CACHED_MEM_FREE will return it: it is freed with its reply. Returns 0: nothing was
     /// fetched.
     fn replies_untaken(&mut self, errno: Errno) -> usize {
@@ -937,11 +941,15 @@ impl Worker {
             return 0;
         }
         log::error!(
-            "worker {}: REPLY_AND_GET_MULTI failed ({errno}) {} times in a row before reading any reply; dropping {} replies (their commands are left to SCST's timeout and abort)",
+            "worker {}: REPLY_AND_GET_MULTI failed ({errno}) {} times in a row before reading any reply; \
+             dropping {} replies and tearing the disk down: SCST's close path answers their commands",
             self.index,
             self.untaken_calls,
             self.replies.len()
         );
+        self.shared
+            .trigger
+            .fire(TeardownTrigger::RepliesRefused(errno.to_string()));
         self.shared
             .counters
             .reply_errors
