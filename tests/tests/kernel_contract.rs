@@ -47,6 +47,98 @@ fn rig(name: &str, hook: Box<MultiHook>) -> Rig {
     )
 }
 
+/// SCST reuses a command handle only after its reply (spec §3.5): an EXEC for a handle whose
+/// earlier EXEC is still in the store is a kernel bug, staged here by repeating a fetched EXEC
+/// in the same batch. The repeat is refused with HARDWARE ERROR and reaches neither the store
+/// nor the device; the first keeps its entry and its buffer lease, so its own completion,
+/// when the store gives it, finds them (a store tag cannot tell two generations of a handle
+/// apart).
+#[test]
+fn an_exec_repeating_a_handle_still_in_the_store_is_refused() {
+    let repeat = Arc::new(AtomicBool::new(false));
+    let hook_repeat = Arc::clone(&repeat);
+    let hook: Box<MultiHook> = Box::new(move |fd, arg| {
+        let result = fd.reply_and_get_multi(arg);
+        let mut header = arg.header();
+        let n = header.cmds_cnt.max(0) as usize;
+        if result.is_ok() && n < arg.capacity() && hook_repeat.load(Ordering::SeqCst) {
+            if let Some(i) = (0..n).find(|&i| arg.cmd(i).subcode == abi::SCST_USER_EXEC) {
+                let exec = *arg.cmd(i);
+                *arg.cmd_mut(n) = exec;
+                header.cmds_cnt += 1;
+                arg.set_header(header);
+                hook_repeat.store(false, Ordering::SeqCst);
+            }
+        }
+        result
+    });
+    let gated = scst_accel_tests::GatedStore::new(RamStore::new(BLOCK, BLOCKS, 2048));
+    let rig = Rig::with_fd(
+        "contract-repeat-exec",
+        BLOCK,
+        BLOCKS,
+        default_options(),
+        Arc::new(gated.clone()),
+        Arc::new(SgvPool::new(None, None, 1 << 30)),
+        FrontendConfig {
+            workers: 1,
+            cmds_per_call: 8,
+            ..FrontendConfig::default()
+        },
+        |fd| Arc::new(MeddlingFd::new(fd, hook)) as Arc<dyn ScstUserFd>,
+    );
+    let session = rig.session(0);
+    repeat.store(true, Ordering::SeqCst);
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 1,
+            cdb: write10(3, 1).to_vec(),
+            data_out: vec![0x5a; BLOCK as usize],
+            expected_data_in: 0,
+            queue_type: abi::queue_type::SIMPLE,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    let refused = session
+        .completions()
+        .recv_timeout(scst_accel_tests::WAIT)
+        .expect("the repeat is answered");
+    assert!(!repeat.load(Ordering::SeqCst), "the EXEC was repeated");
+    assert_eq!(
+        (refused.status, decode_sense(&refused.sense)),
+        (sam_status::CHECK_CONDITION, Some((0x04, 0x44, 0x00))),
+        "{refused:?}"
+    );
+    assert_eq!(gated.held(), 1, "only the first EXEC reached the store");
+    assert_eq!(gated.release_all(), 1);
+    session
+        .submit(scst_accel_handler::loopback::ScsiRequest {
+            tag: 2,
+            cdb: read10(3, 1).to_vec(),
+            data_out: Vec::new(),
+            expected_data_in: BLOCK,
+            queue_type: abi::queue_type::SIMPLE,
+            timeout_secs: 30,
+        })
+        .expect("submit");
+    assert!(gated.wait_held(1), "the READ reached the store");
+    assert_eq!(gated.release_all(), 1);
+    let r = session
+        .completions()
+        .recv_timeout(scst_accel_tests::WAIT)
+        .expect("the READ is answered");
+    assert_eq!(
+        r.tag, 2,
+        "the first EXEC's late reply is the kernel's to refuse, not a completion"
+    );
+    assert_eq!(
+        (r.status, r.data_in),
+        (sam_status::GOOD, vec![0x5a; BLOCK as usize]),
+        "the first EXEC's write reached the medium"
+    );
+    session.detach();
+}
+
 /// A hook that hands the kernel, once, a copy of the worker's replies in which the first that
 /// `pick` chooses is replaced by `rewrite` of it; and whether it has. Every other call goes
 /// straight through.

@@ -1478,6 +1478,15 @@ impl Worker {
             let response = self.check_condition(0x0b, 0x00, 0x00);
             return self.reply_exec(cmd_h, ctx, response);
         }
+        let std::collections::hash_map::Entry::Vacant(slot) = self.inflight.entry(cmd_h) else {
+            // SCST reuses a handle only after the reply: a second EXEC with a handle still in
+            // the store is a kernel bug. The first keeps its entry and its lease (its request
+            // may still be on the device, and its completion must find its own entry: a
+            // store tag does not tell the two apart), and the second reaches nothing.
+            log::error!("cmd_h {cmd_h}: EXEC while an earlier EXEC of that handle is in the store; refused");
+            let response = self.check_condition(0x04, 0x44, 0x00);
+            return self.reply_exec(cmd_h, ctx, response);
+        };
         // The device's reference to the buffer is a lease, released by the completion; granted
         // with the rest of the batch, before the batch reaches the store
         // ([`Worker::grant_leases`]).
@@ -1493,14 +1502,7 @@ impl Worker {
             self.earliest_deadline
                 .map_or(ctx.deadline, |earliest| earliest.min(ctx.deadline)),
         );
-        let entry = Inflight { io, ctx, lease: None };
-        if let Some(previous) = self.inflight.insert(cmd_h, entry) {
-            // SCST reuses a handle only after the reply: a second EXEC with a live handle is a
-            // kernel bug. Keep the old lease outstanding (its request may still be on the
-            // device) rather than release it early.
-            log::error!("cmd_h {cmd_h} submitted while already in the store; the older entry is dropped");
-            drop(previous);
-        }
+        slot.insert(Inflight { io, ctx, lease: None });
     }
 
     /// Lease the buffers of the requests queued since the last batch, under one acquisition of
