@@ -57,6 +57,23 @@ pub mod cns {
     pub const CONTROLLER: u32 = 0x01;
     /// Active Namespace ID list (NSIDs greater than CDW1.NSID).
     pub const ACTIVE_NSIDS: u32 = 0x02;
+    /// I/O Command Set specific Identify Controller data structure for the command set named
+    /// by CDW11.CSI (NVMe 2.0 Base Specification §5.17.1; defined since NVMe 2.0, so a 1.x
+    /// controller may refuse it with Invalid Field in Command).
+    pub const IO_COMMAND_SET_CONTROLLER: u32 = 0x06;
+}
+
+/// Command Set Identifiers (NVMe 2.0 Base Specification §5.17.1, the CSI field).
+pub mod csi {
+    /// NVM Command Set.
+    pub const NVM: u8 = 0x00;
+}
+
+/// IDENTIFY CDW11 naming the command set `csi` in bits 31:24 (NVMe 2.0 Base Specification
+/// §5.17.1, CDW11; reserved in NVMe 1.4, where CDW11 held only the NVM Set Identifier in bits
+/// 15:0). Linux's `struct nvme_identify` places `csi` in the last byte of dword 11 likewise.
+pub const fn identify_cdw11(csi: u8) -> u32 {
+    (csi as u32) << 24
 }
 
 /// Feature identifiers (NVMe 1.4 §5.21.1).
@@ -441,6 +458,49 @@ impl IdentifyController {
     /// A volatile write cache is present.
     pub fn volatile_cache(&self) -> bool {
         self.vwc & 1 != 0
+    }
+}
+
+/// The Dataset Management limits of the NVM Command Set I/O Command Set specific Identify
+/// Controller data structure (CNS 06h, CSI 00h; NVM Command Set Specification 1.0 §4.1.5.3,
+/// laid out as Linux's `struct nvme_id_ctrl_nvm`). Each field is 0 where the controller
+/// reports no limit, and [`Default`] (all 0) stands for a controller that does not report the
+/// structure: Linux's `nvme_init_non_mdts_limits()` keeps its defaults then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentifyControllerNvm {
+    /// Dataset Management Ranges Limit (byte 3): the most ranges one Dataset Management
+    /// command may carry; 0 = only the command format's 256 (NR is 8 bits, 0's based).
+    pub dmrl: u8,
+    /// Dataset Management Range Size Limit (bytes 7:4): the most logical blocks one range may
+    /// cover; 0 = no limit. A controller refuses a larger range with Invalid Field in Command.
+    pub dmrsl: u32,
+    /// Dataset Management Size Limit (bytes 15:8): the most logical blocks all ranges of one
+    /// command may cover together; 0 = no limit.
+    pub dmsl: u64,
+}
+
+impl IdentifyControllerNvm {
+    /// Parse the 4096-byte structure (only its first 16 bytes are read). Byte 0 (VSL), 1
+    /// (WZSL) and 2 (WUSL) limit Verify, Write Zeroes and Write Uncorrectable, which this
+    /// driver bounds by the 16-bit NLB and MDTS already.
+    pub fn parse(data: &[u8; IDENTIFY_LEN]) -> Self {
+        Self {
+            dmrl: data[3],
+            dmrsl: le32(data, 4),
+            dmsl: le64(data, 8),
+        }
+    }
+
+    /// The most blocks one Dataset Management command of a single range may deallocate: DMRSL
+    /// and DMSL where reported (a zero field is no limit), and the range's 32-bit length field
+    /// (NVMe 1.4 §6.7, Figure 364). Never 0. Linux applies DMRSL the same way, as its discard
+    /// limit per range (`nvme_config_discard()`); this driver sends one range per command, so
+    /// DMRL (at least 1 when reported) never binds.
+    pub fn max_deallocate_blocks(&self) -> u32 {
+        let nonzero = |limit: u64| if limit == 0 { u64::MAX } else { limit };
+        nonzero(u64::from(self.dmrsl))
+            .min(nonzero(self.dmsl))
+            .min(u64::from(u32::MAX)) as u32
     }
 }
 
@@ -830,6 +890,33 @@ mod tests {
         assert_eq!(first_active_nsid(&list), None);
         list[0..4].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(first_active_nsid(&list), Some(3));
+    }
+
+    #[test]
+    fn identify_controller_nvm_reads_the_dataset_management_limits() {
+        assert_eq!(identify_cdw11(csi::NVM), 0);
+        assert_eq!(identify_cdw11(0x02), 0x0200_0000, "CSI is CDW11 bits 31:24");
+        let mut d = [0u8; IDENTIFY_LEN];
+        // All zero: no limit but the range's 32-bit length.
+        let none = IdentifyControllerNvm::parse(&d);
+        assert_eq!(none, IdentifyControllerNvm::default());
+        assert_eq!(none.max_deallocate_blocks(), u32::MAX);
+        d[0] = 0x11; // VSL
+        d[1] = 0x22; // WZSL
+        d[2] = 0x33; // WUSL
+        d[3] = 0x04; // DMRL
+        d[4..8].copy_from_slice(&65536u32.to_le_bytes()); // DMRSL
+        d[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes()); // DMSL
+        d[16] = 0xFF; // past the fields read
+        let nvm = IdentifyControllerNvm::parse(&d);
+        assert_eq!((nvm.dmrl, nvm.dmrsl, nvm.dmsl), (4, 65536, 1 << 40));
+        assert_eq!(nvm.max_deallocate_blocks(), 65536, "DMRSL binds");
+        // DMSL binds when it is the smaller; a DMSL above u32 does not widen a range.
+        d[8..16].copy_from_slice(&1000u64.to_le_bytes());
+        assert_eq!(IdentifyControllerNvm::parse(&d).max_deallocate_blocks(), 1000);
+        d[4..8].copy_from_slice(&0u32.to_le_bytes());
+        d[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert_eq!(IdentifyControllerNvm::parse(&d).max_deallocate_blocks(), u32::MAX);
     }
 
     #[test]
