@@ -155,9 +155,12 @@ fn delete_sq(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     Ok(Reply::Done(0))
 }
 
-/// Identify (§5.15): CNS 00h namespace 1, 01h controller, 02h active namespace list.
+/// Identify (§5.15): CNS 00h namespace 1, 01h controller, 02h active namespace list, and 06h
+/// the I/O Command Set specific controller data of the command set in CDW11 bits 31:24 (CSI,
+/// NVMe 2.0 Base Specification §5.17.1), of which only the NVM Command Set (00h) exists here.
 fn identify(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let cns = sqe.cdw10 as u8;
+    let csi = (sqe.cdw11 >> 24) as u8;
     let config = &exec.shared.config;
     let data = match cns {
         0x00 if sqe.nsid == 1 => identify::namespace(config),
@@ -165,6 +168,7 @@ fn identify(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
         0x01 => identify::controller(&exec.shared.id, config),
         0x02 if sqe.nsid >= 0xFFFF_FFFE => return Err(status::INVALID_NAMESPACE.into()),
         0x02 => identify::active_namespaces(sqe.nsid),
+        0x06 if csi == 0x00 && config.identify_io_command_set => identify::controller_nvm(config),
         _ => return Err(status::INVALID_FIELD.into()),
     };
     prp::send(exec, token, sqe.prp1, sqe.prp2, &data)?;

@@ -85,6 +85,16 @@ pub struct NvmeSimConfig {
     /// 4096) at every other, with FLBAS bits 3:0 and 6:5 naming it (NVMe 2.0 Base
     /// Specification Figure 276). Default 0: one format, as NVMe 1.4 controllers report.
     pub lba_format_index: u8,
+    /// Dataset Management Range Size Limit (DMRSL) in blocks, reported in the NVM Command Set
+    /// Identify Controller data (CNS 06h, CSI 00h; NVM Command Set Specification 1.0
+    /// §4.1.5.3): a Dataset Management range longer than it completes Invalid Field in
+    /// Command, as a controller reporting it refuses it. Default 0: no limit (QEMU's model
+    /// reports its block layer's largest request).
+    pub dmrsl: u32,
+    /// Answer Identify CNS 06h (the I/O Command Set specific controller data, NVMe 2.0);
+    /// default true. False: Invalid Field in Command, as a controller that predates NVMe 2.0
+    /// may answer it (its DMRSL then unknown to the host, whatever `dmrsl` is).
+    pub identify_io_command_set: bool,
 }
 
 /// Entries of the Identify Namespace LBA Format table (bytes 383:128, NVM Command Set
@@ -128,6 +138,8 @@ impl Default for NvmeSimConfig {
             disable_micros: 0,
             fua_ignored: false,
             lba_format_index: 0,
+            dmrsl: 0,
+            identify_io_command_set: true,
         }
     }
 }

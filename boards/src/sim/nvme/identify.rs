@@ -1,5 +1,7 @@
 //! Identify data structures (NVMe 1.4 §5.15.2): the controller (CNS 01h), namespace 1
-//! (CNS 00h) and the active namespace list (CNS 02h), each 4096 bytes, little endian.
+//! (CNS 00h), the active namespace list (CNS 02h) and the NVM Command Set's Identify
+//! Controller data (CNS 06h, CSI 00h: NVM Command Set Specification 1.0 §4.1.5.3), each 4096
+//! bytes, little endian.
 
 use super::spec;
 use super::NvmeSimConfig;
@@ -71,6 +73,14 @@ pub(crate) fn controller(id: &str, config: &NvmeSimConfig) -> Vec<u8> {
     let nqn = format!("nqn.2026-11.org.scst-accel:nvmesim:{id}");
     put(&mut b, 768, &nqn.as_bytes()[..nqn.len().min(255)]);
     put(&mut b, 2048, &2500u16.to_le_bytes()); // PSD0.MP: 25 W
+    b
+}
+
+/// The NVM Command Set I/O Command Set specific Identify Controller data (CNS 06h, CSI 00h):
+/// DMRSL (bytes 7:4) as configured; VSL, WZSL, WUSL, DMRL and DMSL 0 (no limit).
+pub(crate) fn controller_nvm(config: &NvmeSimConfig) -> Vec<u8> {
+    let mut b = vec![0u8; IDENTIFY_BYTES];
+    put(&mut b, 4, &config.dmrsl.to_le_bytes()); // DMRSL
     b
 }
 

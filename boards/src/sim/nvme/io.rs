@@ -375,8 +375,8 @@ fn copy(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
 /// Dataset Management (§6.7): NR + 1 ranges read from the host; with AD (CDW11 bit 2) each is
 /// deallocated (reads back as zeroes) when DLFEAT bits 2:0 are 001b; with 000b the model
 /// keeps the data, as a controller may (the command is advisory, and DLFEAT 000b promises
-/// nothing about what a deallocated block reads). Every range is checked before any is
-/// deallocated. Without AD the attributes are hints and nothing happens.
+/// nothing about what a deallocated block reads). Every range is checked (its LBAs, and its
+/// length against a configured DMRSL) before any is deallocated. Without AD the attributes are hints and nothing happens.
 fn dataset_management(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
     let count = (sqe.cdw10 & 0xFF) as usize + 1;
     let deallocate = sqe.cdw11 & (1 << 2) != 0;
@@ -393,6 +393,12 @@ fn dataset_management(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdR
         let mut start = [0u8; 8];
         start.copy_from_slice(&entry[8..16]);
         let start = u64::from_le_bytes(start);
+        // DMRSL: a controller refuses a longer range (NVM Command Set Specification 1.0
+        // §4.1.5.3), before deallocating any.
+        let dmrsl = exec.shared.config.dmrsl;
+        if dmrsl != 0 && blocks > dmrsl {
+            return Err(status::INVALID_FIELD.into());
+        }
         if blocks > 0 {
             ranges.push(lba_range(exec, start, u64::from(blocks))?);
         }
