@@ -248,6 +248,11 @@ pub struct Geometry {
     pub segment_alignment: u32,
     /// The device deallocates (UNMAP).
     pub supports_deallocate: bool,
+    /// Most blocks one [`DeviceOp::Deallocate`] may cover, never 0 (NVMe: the DMRSL and DMSL
+    /// of the NVM Command Set Identify Controller data, one range per command; u32::MAX where
+    /// the device sets no limit). A request's u32 byte length bounds it as well. The device
+    /// refuses a larger one: the store splits at it.
+    pub max_deallocate_blocks: u32,
     /// The device zeroes a range without a data transfer ([`DeviceOp::WriteZeroes`]; NVMe:
     /// ONCS bit 3). Without it the store writes zero blocks instead.
     pub supports_write_zeroes: bool,

@@ -10,6 +10,7 @@ use super::admin::ADMIN_ENTRIES;
 use super::cmd;
 use super::cmd::admin_opcode;
 use super::cmd::IdentifyController;
+use super::cmd::IdentifyControllerNvm;
 use super::cmd::IdentifyNamespace;
 use super::cmd::Sqe;
 use super::cmd::IDENTIFY_LEN;
@@ -169,6 +170,7 @@ fn identify(
     timeout: Duration,
     cns: u32,
     nsid: u32,
+    cdw11: u32,
 ) -> Result<Box<[u8; IDENTIFY_LEN]>, NvmeError> {
     // Zeroed, as a fresh page was: what the controller does not write reads 0, not the last
     // IDENTIFY's data.
@@ -178,12 +180,74 @@ fn identify(
         nsid,
         prp1: page.iova(),
         cdw10: cns,
+        cdw11,
         ..Sqe::default()
     };
     admin.execute("IDENTIFY", sqe, timeout)?;
     let mut data = Box::new([0u8; IDENTIFY_LEN]);
     page.region().read_at(0, &mut data[..]);
     Ok(data)
+}
+
+/// VS of NVMe 1.2 (major in bits 31:16, minor in 15:8; NVMe 1.4 §3.1.2).
+const VERSION_1_2: u32 = 0x0001_0200;
+
+/// The NVM Command Set I/O Command Set specific Identify Controller data (CNS 06h, CSI 00h),
+/// whose Dataset Management limits bound a deallocation ([`Geometry::max_deallocate_blocks`]),
+/// as Linux's `nvme_init_non_mdts_limits()` reads them. Asked only of a controller reporting
+/// version 1.2 or later: Linux skips it below 1.1 (`nvme_ctrl_limited_cns()`), and below 1.2
+/// for controllers with `NVME_QUIRK_IDENTIFY_CNS`, whose CNS decoding ignores the upper bits;
+/// this driver has no such quirk table, so it takes the stricter bound for every controller
+/// (a 1.1 controller then runs without limits, as before). A PCIe function is an I/O
+/// controller, the other condition of Linux's. A completion with an error status (a
+/// controller before NVMe 2.0 need not know CNS 06h and answers Invalid Field in Command) is
+/// no limit known, as in Linux; a timeout or a lost controller fails the bring-up like any
+/// other IDENTIFY. The data goes through the bring-up's one IDENTIFY `page`.
+fn identify_nvm_limits(
+    id: &str,
+    admin: &AdminQueue,
+    page: &MappedRegion,
+    timeout: Duration,
+    version: u32,
+) -> Result<IdentifyControllerNvm, NvmeError> {
+    if version < VERSION_1_2 {
+        log::debug!(
+            "{id}: version {version:#010x} is below 1.2: the NVM Command Set Identify Controller \
+             data (CNS 06h) is not asked for; no Dataset Management limits"
+        );
+        return Ok(IdentifyControllerNvm::default());
+    }
+    let cdw11 = cmd::identify_cdw11(cmd::csi::NVM);
+    match identify(
+        admin,
+        page,
+        timeout,
+        cmd::cns::IO_COMMAND_SET_CONTROLLER,
+        0,
+        cdw11,
+    ) {
+        Ok(data) => {
+            let nvm = IdentifyControllerNvm::parse(&data);
+            if nvm != IdentifyControllerNvm::default() {
+                log::info!(
+                    "{id}: Dataset Management limits: DMRL {} ranges, DMRSL {} blocks per range, \
+                     DMSL {} blocks per command (0: none)",
+                    nvm.dmrl,
+                    nvm.dmrsl,
+                    nvm.dmsl
+                );
+            }
+            Ok(nvm)
+        }
+        Err(NvmeError::Command { status, .. }) => {
+            log::info!(
+                "{id}: no NVM Command Set Identify Controller data (CNS 06h: {status}); no \
+                 Dataset Management limits known"
+            );
+            Ok(IdentifyControllerNvm::default())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// SET FEATURES Number of Queues (NVMe 1.4 §5.21.1.7); returns the I/O queue pairs granted.
@@ -232,7 +296,7 @@ pub(super) fn identify_and_configure(
     })?;
     enable(device.as_ref(), &r, cap, admin)?;
     let timeout = config.admin_timeout;
-    let data = identify(admin, page, timeout, cmd::cns::CONTROLLER, 0)?;
+    let data = identify(admin, page, timeout, cmd::cns::CONTROLLER, 0, 0)?;
     let controller = IdentifyController::parse(&data);
     let unsupported = |what: String| NvmeError::Unsupported {
         device: id.to_owned(),
@@ -244,9 +308,9 @@ pub(super) fn identify_and_configure(
             controller.sqes, controller.cqes
         )));
     }
-    let list = identify(admin, page, timeout, cmd::cns::ACTIVE_NSIDS, 0)?;
+    let list = identify(admin, page, timeout, cmd::cns::ACTIVE_NSIDS, 0, 0)?;
     let nsid = cmd::first_active_nsid(&list).ok_or_else(|| unsupported("no active namespace".to_owned()))?;
-    let data = identify(admin, page, timeout, cmd::cns::NAMESPACE, nsid)?;
+    let data = identify(admin, page, timeout, cmd::cns::NAMESPACE, nsid, 0)?;
     let namespace = IdentifyNamespace::parse(&data);
     match namespace.format() {
         Some(f) if f.ms == 0 && namespace.lbads().is_some() => {}
@@ -257,6 +321,7 @@ pub(super) fn identify_and_configure(
             )))
         }
     }
+    let nvm = identify_nvm_limits(id, admin, page, timeout, version)?;
     let io_queues = set_queue_count(admin, timeout, config.queues)?;
     Ok((
         NvmeInfo {
@@ -264,6 +329,7 @@ pub(super) fn identify_and_configure(
             controller,
             nsid,
             namespace,
+            nvm,
         },
         io_queues,
     ))
@@ -309,6 +375,8 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo, limit: u32) -> Geometry {
         } else {
             0
         },
+        // One range per Dataset Management command (`NvmeQueue::submit`): DMRSL and DMSL.
+        max_deallocate_blocks: info.nvm.max_deallocate_blocks(),
         // Each command of the fused pair carries one half: both must fit a transfer.
         max_compare_write_blocks: if info.controller.supports_fused_compare_write() {
             info.namespace
@@ -350,6 +418,7 @@ mod tests {
             controller: IdentifyController::parse(&c),
             nsid: 1,
             namespace: IdentifyNamespace::parse(&n),
+            nvm: IdentifyControllerNvm::default(),
         }
     }
 
@@ -378,6 +447,11 @@ mod tests {
         let g = geometry(cap, &info(10, 9, 0), 70_000);
         assert_eq!((g.max_transfer_bytes, g.max_segments), (17 * 4096, 18));
         assert_eq!(geometry(cap, &info(10, 12, 0), 100).max_transfer_bytes, 4096);
+        // A deallocation is bounded by DMRSL (and DMSL) only, not by the transfer limits.
+        assert_eq!(g.max_deallocate_blocks, u32::MAX, "no limit reported");
+        let mut limited = info(7, 9, cmd::ONCS_DSM);
+        limited.nvm.dmrsl = 65536;
+        assert_eq!(geometry(cap, &limited, MAX_TRANSFER).max_deallocate_blocks, 65536);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::bringup::set_queue_count;
 use super::bringup::wait_csts;
 use super::cmd;
 use super::cmd::IdentifyController;
+use super::cmd::IdentifyControllerNvm;
 use super::cmd::IdentifyNamespace;
 use super::cmd::Sqe;
 use super::cmd::IDENTIFY_LEN;
@@ -137,6 +138,9 @@ pub struct NvmeInfo {
     pub nsid: u32,
     /// Its data.
     pub namespace: IdentifyNamespace,
+    /// The NVM Command Set's Identify Controller data (CNS 06h): its Dataset Management limits,
+    /// all 0 (none) when the controller does not report it.
+    pub nvm: IdentifyControllerNvm,
 }
 
 /// An enabled NVMe controller, shared by its queues.

@@ -408,6 +408,12 @@ impl NvmeQueue {
             self.stats.refused += 1;
             return Ok(());
         }
+        if op == DeviceOp::Deallocate && blocks > geometry.max_deallocate_blocks {
+            // The controller would refuse the range with Invalid Field in Command.
+            return Err(SubmitError::Unaligned(
+                "more blocks than one Dataset Management range may cover (DMRSL, DMSL)",
+            ));
+        }
         if matches!(op, DeviceOp::Copy { .. }) && blocks > geometry.max_copy_blocks {
             return Err(SubmitError::Unaligned(
                 "more blocks than one Copy may move (MSSRL, MCL)",

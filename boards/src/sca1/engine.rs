@@ -86,6 +86,8 @@ impl Controller for Sca1 {
             max_segments: 1 << caps.cap0.max_sgl_log2.min(12),
             segment_alignment: 1,
             supports_deallocate: true,
+            // A DEALLOCATE descriptor has no limit but its u32 byte length (accelerator.md §3).
+            max_deallocate_blocks: u32::MAX,
             supports_write_zeroes: true,
             volatile_cache: true,
             // accelerator.md §3: a WRITE with FUA completes once its data is stable.

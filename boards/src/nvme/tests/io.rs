@@ -571,3 +571,37 @@ fn an_lba_format_above_15_gives_its_own_block_size() {
     verified_io(&mut rig.queues[0], 8, 3);
     rig.finish();
 }
+
+/// The NVM Command Set Identify Controller data (CNS 06h) is read at bring-up: its DMRSL
+/// bounds a deallocation ([`Geometry::max_deallocate_blocks`]), a longer one is refused before
+/// it reaches the controller (which would answer Invalid Field in Command), and one within it
+/// deallocates. A controller that refuses CNS 06h (NVMe 1.x) is brought up with no limit.
+///
+/// [`Geometry::max_deallocate_blocks`]: crate::engine::Geometry::max_deallocate_blocks
+#[test]
+fn dmrsl_bounds_a_deallocation_and_a_refused_cns_06h_is_no_limit() {
+    let sim_config = NvmeSimConfig {
+        dmrsl: 64,
+        ..NvmeSimConfig::default()
+    };
+    let mut rig = Rig::up("drv-dmrsl", sim_config.clone(), &config());
+    assert_eq!(rig.ctrl.info().nvm.dmrsl, 64);
+    assert_eq!(rig.ctrl.geometry().max_deallocate_blocks, 64);
+    let q = &mut rig.queues[0];
+    assert!(matches!(
+        q.submit(&req(1, DeviceOp::Deallocate, 0, 65 * 512, &[])),
+        Err(SubmitError::Unaligned(_))
+    ));
+    let c = run(q, &[req(2, DeviceOp::Deallocate, 0, 64 * 512, &[])]);
+    assert_eq!(c, vec![ok(2)]);
+    rig.finish();
+
+    let refused = NvmeSimConfig {
+        identify_io_command_set: false,
+        ..sim_config
+    };
+    let rig = Rig::up("drv-no-cns-06h", refused, &config());
+    assert_eq!(rig.ctrl.info().nvm, Default::default());
+    assert_eq!(rig.ctrl.geometry().max_deallocate_blocks, u32::MAX);
+    rig.finish();
+}
