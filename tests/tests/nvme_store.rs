@@ -648,3 +648,68 @@ fn a_whole_disk_unmap_is_a_few_device_commands_not_one_per_transfer() {
         "the written blocks read zeroes after the UNMAP"
     );
 }
+
+/// A controller whose Dataset Management range is limited (NVM Command Set Identify Controller
+/// DMRSL, CNS 06h) refuses a longer range with Invalid Field in Command: the store splits an
+/// UNMAP at DMRSL, so a thin disk's UNMAP (and FORMAT UNIT) of 2^20 blocks succeeds in 16
+/// Dataset Management commands and deallocates. Before the engine read DMRSL, the UNMAP was
+/// one range of 2^20 blocks and failed.
+#[test]
+fn an_unmap_is_split_at_the_controllers_dataset_management_range_limit() {
+    const DMRSL: u64 = 65536;
+    const BLOCKS: u64 = 1 << 20;
+    let config = NvmeSimConfig {
+        num_blocks: 2 * BLOCKS, // 1 GiB of 512-byte blocks, RAM allocated only where written
+        dmrsl: DMRSL as u32,
+        ..NvmeSimConfig::default()
+    };
+    let (store, sim, pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
+        4096,
+    );
+    buf.write_at(0, &[0xa5; 4096]);
+    // Written at the start, across the first DMRSL boundary and at the end of the range.
+    let written = [0, DMRSL - 4, BLOCKS - 8];
+    for (tag, &lba) in written.iter().enumerate() {
+        let write = StoreOp::Write {
+            lba,
+            blocks: 8,
+            fua: false,
+        };
+        assert_eq!(
+            complete(q.as_mut(), tag as u64 + 1, write, Some(buf.clone())),
+            StoreStatus::Good
+        );
+    }
+    let before = sim.stats().commands;
+    let unmap = StoreOp::Unmap {
+        ranges: vec![(0, BLOCKS as u32)].into(),
+    };
+    assert_eq!(
+        complete(q.as_mut(), 10, unmap, None),
+        StoreStatus::Good,
+        "an UNMAP of 2^20 blocks on a controller with DMRSL 65536"
+    );
+    let commands = sim.stats().commands - before;
+    assert_eq!(
+        commands,
+        BLOCKS / DMRSL,
+        "one Dataset Management command per DMRSL blocks"
+    );
+    for (tag, &lba) in written.iter().enumerate() {
+        buf.write_at(0, &[0xff; 4096]);
+        let read = StoreOp::Read { lba, blocks: 8 };
+        assert_eq!(
+            complete(q.as_mut(), tag as u64 + 20, read, Some(buf.clone())),
+            StoreStatus::Good
+        );
+        let mut back = [0u8; 4096];
+        buf.read_at(0, &mut back);
+        assert!(
+            back.iter().all(|&b| b == 0),
+            "blocks {lba}.. read zeroes after the UNMAP"
+        );
+    }
+}

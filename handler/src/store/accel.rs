@@ -461,6 +461,10 @@ struct AccelQueue {
     ///
     /// [`Geometry::max_copy_blocks`]: scst_accel_boards::engine::Geometry::max_copy_blocks
     copy_blocks: u32,
+    /// Most blocks of one device deallocation ([`Geometry::max_deallocate_blocks`]).
+    ///
+    /// [`Geometry::max_deallocate_blocks`]: scst_accel_boards::engine::Geometry::max_deallocate_blocks
+    deallocate_blocks: u32,
     /// Restarts have failed since the first instant, the last one at the second (another
     /// queue's recovery may still be running).
     restart_failing_since: Option<(Instant, Instant)>,
@@ -523,6 +527,7 @@ impl AccelQueue {
             failure,
             repeats_blocks,
             copy_blocks: geometry.max_copy_blocks,
+            deallocate_blocks: geometry.max_deallocate_blocks,
             restart_failing_since: None,
             restart_refused_since: None,
             write_zeroes: geometry.supports_write_zeroes,
@@ -680,11 +685,18 @@ impl AccelQueue {
             }
             StoreOp::Unmap { ranges } => {
                 // A deallocation moves no data, so MAXIMUM TRANSFER does not bound it: one device
-                // request per range, up to what a request's byte length holds (u32; NVMe's
-                // Dataset Management range and SCA-1's DEALLOCATE take that much). A thin disk's
+                // request per range, up to what a request's byte length holds (u32; SCA-1's
+                // DEALLOCATE takes that much) and what the device takes in one: an NVMe
+                // controller's DMRSL and DMSL (NVM Command Set Specification 1.0 §4.1.5.3),
+                // above which it refuses the command with Invalid Field in Command, as Linux
+                // caps a discard at DMRSL (`nvme_config_discard()`). A thin disk's
                 // whole-capacity FORMAT UNIT of a 4 TB namespace is then about a thousand
-                // requests, not two million of MAXIMUM TRANSFER each.
-                let per = u64::from(u32::MAX) / bs;
+                // requests where the device sets no limit, not two million of MAXIMUM TRANSFER
+                // each. The SCSI limits (VPD B0h) stay as configured: this split serves any
+                // UNMAP they allow.
+                let per = (u64::from(u32::MAX) / bs)
+                    .min(u64::from(self.deallocate_blocks))
+                    .max(1);
                 let mut out = Children::default();
                 for &(lba, blocks) in ranges.iter() {
                     let blocks = u64::from(blocks);
