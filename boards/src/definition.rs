@@ -148,7 +148,11 @@ pub const SCA1_PCI: BoardDefinition = BoardDefinition {
 };
 
 /// Any NVMe controller on PCIe (VFIO, --pci ADDRESS): queue count, depth and transfer size are
-/// capped by what the controller reports (CAP.MQES, SET FEATURES Number of Queues, MDTS).
+/// capped by what the controller reports (CAP.MQES, SET FEATURES Number of Queues, MDTS). Its
+/// 64-bit registers (CAP, ASQ, ACQ) are accessed as two 32-bit halves, low first, as Linux's
+/// nvme driver always does (`lo_hi_readq`/`lo_hi_writeq` in `nvme_pci_reg_read64` and
+/// `nvme_pci_configure_admin_queue`): an unknown controller may not take 8-byte accesses, and
+/// they are made only at bring-up, resets and register dumps, so the split costs nothing.
 pub const NVME: BoardDefinition = BoardDefinition {
     name: "nvme",
     description: "NVMe controller on PCIe (VFIO, --pci ADDRESS)",
@@ -161,7 +165,7 @@ pub const NVME: BoardDefinition = BoardDefinition {
     max_transfer_bytes: 1 << 20,
     interrupts: InterruptMode::Msix,
     quirks: Quirks {
-        split_64bit_mmio: false,
+        split_64bit_mmio: true,
         fua_ignored: false,
         bogus_device_ids: false,
     },
