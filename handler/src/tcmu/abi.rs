@@ -44,7 +44,7 @@ pub mod mailbox_flags {
     /// passed entry's `cmd_id` up). `tcmu_configure_device` sets it in every kernel whose
     /// header this module follows (the flag sits beside `TCMU_MAILBOX_VERSION 2` already in
     /// the earliest such header); the ring completes out of order when it is set and in order
-    /// when not ([`super::ring`], "The protocol").
+    /// when not ([`crate::tcmu::ring`], "The protocol").
     pub const CAP_OOOC: u16 = 1 << 0;
     /// `TCMU_MAILBOX_FLAG_CAP_READ_LEN`: `rsp.read_len` with `TCMU_UFLAG_READ_LEN` is honoured.
     pub const CAP_READ_LEN: u16 = 1 << 1;
