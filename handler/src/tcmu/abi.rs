@@ -41,9 +41,9 @@ pub mod mailbox_flags {
     /// `TCMU_MAILBOX_FLAG_CAP_OOOC`: out-of-order completion: user space may write any
     /// finished command's response into the CMD entry at `cmd_tail`, with that entry's
     /// `cmd_id` rewritten to the finished command's (`tcmu_handle_completions` looks each
-    /// passed entry's `cmd_id` up). `tcmu_configure_device` sets it in every kernel whose
-    /// header this module follows (the flag sits beside `TCMU_MAILBOX_VERSION 2` already in
-    /// the earliest such header); the ring completes out of order when it is set and in order
+    /// passed entry's `cmd_id` up). `tcmu_configure_device` sets it in every kernel read for
+    /// this module (since the data-area bitmap, Linux 4.6 or so: not confirmed against an
+    /// older source); the ring decides at run time, out of order when it is set and in order
     /// when not ([`crate::tcmu::ring`], "The protocol").
     pub const CAP_OOOC: u16 = 1 << 0;
     /// `TCMU_MAILBOX_FLAG_CAP_READ_LEN`: `rsp.read_len` with `TCMU_UFLAG_READ_LEN` is honoured.

@@ -146,10 +146,11 @@ pub struct Progress {
 /// - **already answered** (its response waits for `cmd_tail`, or the kernel has it):
 ///   nothing to do (`already_answered`).
 ///
-/// The ring hands answers to the kernel in ring order (`cmd_tail` moves over a finished
-/// prefix only, docs/tcmu.md), so an early answer reaches the kernel once every command
-/// posted before it is answered too; with a LUN reset, which lists them all, that is when the
-/// last medium-changing one completes.
+/// With `CAP_OOOC` (every current kernel) an early answer reaches the kernel at once, in the
+/// entry at `cmd_tail`. Without it the ring hands answers over in ring order (`cmd_tail`
+/// moves over a finished prefix only, docs/tcmu.md), so an early answer reaches the kernel
+/// once every command posted before it is answered too; with a LUN reset, which lists them
+/// all, that is when the last medium-changing one completes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TaskManagementStats {
     /// Notices read.

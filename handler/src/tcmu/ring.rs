@@ -1013,8 +1013,10 @@ impl Ring {
         n
     }
 
-    /// Write the answers of the finished prefix into their entries and move `cmd_tail` over
-    /// it; one release store publishes them all to the kernel. Nothing is written after a ring
+    /// Write the answers waiting into the entries `cmd_tail` can pass ([`Self::retirable`]:
+    /// in order the finished prefix, each into its own entry; out of order one answer per CMD
+    /// entry, whoever's it was) and move `cmd_tail` over them; one release store publishes
+    /// them all to the kernel. Nothing is written after a ring
     /// reset ([`Self::check_tail`]): the kernel may have posted new entries where the answers
     /// would go, and a `cmd_tail` of ours would not be an entry boundary of its.
     fn retire(&mut self) -> Result<(), RingError> {

@@ -1538,6 +1538,12 @@ fn the_simulated_kernel_breaks_on_an_unknown_or_reaped_cmd_id() {
             cmd_id: 1
         })
     );
+    let before: Vec<u16> = sim.completed_before_break().iter().map(|c| c.cmd_id).collect();
+    assert_eq!(
+        before,
+        [1],
+        "the kernel completed the first command before it broke"
+    );
     // Another outstanding command's id, out of order: fine.
     let (mut sim, _ring) = setup(4096, mailbox_flags::CAP_OOOC);
     let first = sim.post_cmd(1, &cdb, &[], &[]).expect("post");

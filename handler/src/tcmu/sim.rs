@@ -156,6 +156,10 @@ pub struct SimKernel {
     commands: HashSet<u16>,
     /// The first [`SimError::UnknownCmdId`]: the device is broken, nothing more is reaped.
     broken: Option<SimError>,
+    /// The completions of the walk that broke, made before it met the bad entry: the kernel
+    /// has completed those commands (`target_complete_cmd`) before it breaks
+    /// ([`SimKernel::completed_before_break`]).
+    before_break: Vec<SimCompletion>,
 }
 
 impl SimKernel {
@@ -179,6 +183,7 @@ impl SimKernel {
             out_of_order: config.flags & abi::mailbox_flags::CAP_OOOC != 0,
             commands: HashSet::new(),
             broken: None,
+            before_break: Vec::new(),
         }
     }
 
@@ -286,6 +291,12 @@ impl SimKernel {
         Ok(at)
     }
 
+    /// The completions the walk that broke the device ([`SimError::UnknownCmdId`]) made before
+    /// the bad entry, taken: what the initiator got before the break.
+    pub fn completed_before_break(&mut self) -> Vec<SimCompletion> {
+        std::mem::take(&mut self.before_break)
+    }
+
     /// Reset the ring as `tcmu_reset_ring` does (`action/reset_ring`): every command
     /// forgotten, wherever its entry was, `cmd_head`, `cmd_tail` and the cleaned position set
     /// to 0. Entries not reaped are dropped unread.
@@ -365,8 +376,9 @@ impl SimKernel {
     /// last one posted; [`SimError::HeaderChanged`] when an entry's header is not as posted
     /// (but for what user space may change). The entries before that point are freed
     /// nevertheless. [`SimError::UnknownCmdId`] when a CMD entry names no outstanding command:
-    /// the entries before it are freed, and every later call fails with it again (the kernel's
-    /// device is broken).
+    /// the entries before it are freed and their commands completed, as the kernel does
+    /// ([`Self::completed_before_break`] has those completions), and every later call fails
+    /// with it again (the kernel's device is broken).
     pub fn reap(&mut self) -> Result<Vec<SimCompletion>, SimError> {
         if let Some(broken) = &self.broken {
             return Err(broken.clone());
@@ -419,6 +431,7 @@ impl SimKernel {
                         cmd_id: rsp.hdr.cmd_id,
                     };
                     self.broken = Some(broken.clone());
+                    self.before_break = done;
                     return Err(broken);
                 }
                 done.push(SimCompletion {
