@@ -1507,6 +1507,43 @@ fn out_of_order_a_reset_is_seen_by_a_command_whose_entry_is_gone() {
     assert_eq!(sim.reap().expect("reap"), [], "nothing answered");
 }
 
+/// Out of order, with a TMR entry among the commands: `cmd_tail` passes the TMR along with the
+/// answers around it, and a command whose entry carried another's answer still writes its
+/// Data-In (its checks look at the CMD entry at `cmd_tail`, never at the TMR) and is answered
+/// in a later entry.
+#[test]
+fn out_of_order_a_tmr_entry_is_passed_and_a_displaced_command_still_serves() {
+    let (mut sim, mut ring) = setup(4096, mailbox_flags::CAP_OOOC | mailbox_flags::CAP_TMR);
+    let d = sim.data_off();
+    for (i, id) in [(0usize, 1u16), (1, 2)] {
+        sim.post_cmd(id, &cdb10(READ_10, i as u32, 1), &[iov(d + i * 512, 512)], &[])
+            .expect("post");
+    }
+    sim.post_tmr(abi::tmr_type::ABORT_TASK, &[1]).expect("tmr");
+    sim.post_cmd(3, &cdb10(READ_10, 2, 1), &[iov(d + 1024, 512)], &[])
+        .expect("post");
+    let a = next_command(&mut ring);
+    let b = next_command(&mut ring);
+    assert!(matches!(
+        ring.next_entry(),
+        Ok(Some(RingEntry::TaskManagement(_)))
+    ));
+    let c = next_command(&mut ring);
+    // 2's answer goes into 1's entry (1 displaced), 3's into 2's, and cmd_tail passes the TMR.
+    ring.complete(b, &Response::GOOD).expect("complete 2");
+    ring.complete(c, &Response::GOOD).expect("complete 3");
+    let ids: Vec<u16> = sim.reap().expect("reap").iter().map(|r| r.cmd_id).collect();
+    assert_eq!(ids, [2, 3]);
+    assert_eq!(ring.state().unretired, 1, "only 3's entry is ahead of cmd_tail");
+    ring.write_data(&a, 0, &[0x5a; 512])
+        .expect("the displaced command's Data-In");
+    assert_eq!(sim.read_data(d, 512), vec![0x5a; 512]);
+    ring.complete(a, &Response::GOOD).expect("complete 1");
+    let ids: Vec<u16> = sim.reap().expect("reap").iter().map(|r| r.cmd_id).collect();
+    assert_eq!(ids, [1], "1 answered in 3's entry");
+    assert_eq!(ring.state().unretired, 0);
+}
+
 /// The simulated kernel reaps by `cmd_id` as `tcmu_handle_completions` does: with `CAP_OOOC`
 /// an entry may carry another command's id, but an id that names no outstanding command
 /// (never posted, or reaped already) breaks it for good, until a ring reset; without
