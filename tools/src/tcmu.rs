@@ -2127,26 +2127,9 @@ mod tests {
             .contains("block size"));
         assert!(dump.expect("dump").contains("/dev/uio3"));
         assert!(unknown.expect_err("unknown").to_string().contains("no disk nope"));
-        assert_eq!(
-            run_command(&mut rig, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            (
-                scst_accel_handler::abi::sam_status::CHECK_CONDITION,
-                [0x06, 0x2a, 0x09]
-            ),
-            "the resize's unit attention first"
-        );
-        assert_eq!(read_capacity(&mut rig, 2), 3071);
-        // The stop: drained, unmapped, the backstore and the HBA removed (the attribute files
-        // go first here by hand: configfs removes them with their directory, a plain one does
-        // not).
-        for f in RIG_ATTRIBUTES {
-            std::fs::remove_file(rig.root.join("core/user_4243/d0").join(f)).expect("rm");
-        }
-        std::fs::remove_dir(rig.root.join("core/user_4243/d0/attrib")).expect("rm");
-        std::fs::remove_dir(rig.root.join("core/user_4243/d0/action")).expect("rm");
-        rig.service.stop_all("Requested");
-        let d = &rig.service.disks[0];
-        assert_eq!((d.state, d.exit_code), (DiskState::Stopped, 0));
+        assert_serves_3072_blocks_after_its_attention(&mut rig);
+        // The stop: drained, unmapped, the backstore and the HBA removed.
+        stop_serving_rig(&mut rig);
         assert!(
             !rig.root.join("core/user_4243").exists(),
             "backstore and HBA removed"
@@ -2354,15 +2337,28 @@ mod tests {
         let mut rig = serving_rig_on("unheard", Arc::new(UnheardFs));
         assert_eq!(rig.service.resize("d0", 3072 * 512, true), Ok(3072));
         assert_eq!(rig.service.disks[0].num_blocks, 3072);
+        assert_serves_3072_blocks_after_its_attention(&mut rig);
+        stop_serving_rig(&mut rig);
+    }
+
+    /// After a resize to 3072 blocks of 512: the next command is told CAPACITY DATA HAS
+    /// CHANGED, and READ CAPACITY answers the new last LBA.
+    fn assert_serves_3072_blocks_after_its_attention(rig: &mut Rig) {
         assert_eq!(
-            run_command(&mut rig, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            run_command(rig, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             (
                 scst_accel_handler::abi::sam_status::CHECK_CONDITION,
                 [0x06, 0x2a, 0x09]
             ),
             "the resize's unit attention first"
         );
-        assert_eq!(read_capacity(&mut rig, 2), 3071);
+        assert_eq!(read_capacity(rig, 2), 3071);
+    }
+
+    /// A requested stop of a [`serving_rig`]'s disk, which ends Stopped with exit 0 (the
+    /// attribute files go first here by hand: configfs removes them with their directory, a
+    /// plain one does not).
+    fn stop_serving_rig(rig: &mut Rig) {
         for f in RIG_ATTRIBUTES {
             std::fs::remove_file(rig.root.join("core/user_4243/d0").join(f)).expect("rm");
         }
