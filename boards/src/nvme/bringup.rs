@@ -67,10 +67,11 @@ pub(super) fn wait_csts(
     }
 }
 
-/// CC.EN = 0 and wait for CSTS.RDY = 0, bounded by CAP.TO (NVMe 1.4 §3.1.5, §7.6.1). An
-/// enable still in progress (EN = 1, RDY = 0, no CFS) is first waited out, bounded by CAP.TO:
-/// clearing EN before RDY = 1 is undefined (§3.1.5), as SPDK and FreeBSD also wait. Should RDY
-/// not come, EN is cleared anyway and the wait for RDY = 0 (then a function reset) decides.
+/// CC.EN = 0 and wait for CSTS.RDY = 0 (NVMe 1.4 §3.1.5, §7.6.1). An enable still in
+/// progress (EN = 1, RDY = 0, no CFS) is first waited out: clearing EN before RDY = 1 is
+/// undefined (§3.1.5), as SPDK and FreeBSD also wait. Should RDY not come, EN is cleared anyway
+/// and the wait for RDY = 0 (then a function reset) decides. Both waits are bounded by
+/// [`Cap::ready_timeout`] (CAP.TO, or CRTO.CRWMT when larger): the first is an enable's.
 pub(super) fn disable(device: &dyn DeviceBacking, r: &Registers<'_>, cap: Cap) -> Result<(), NvmeError> {
     let current = r.cc();
     if current == ALL_ONES_32 {
@@ -131,7 +132,9 @@ pub(super) fn disable_or_reset(
     }
 }
 
-/// Program the admin queue and enable: AQA, ASQ, ACQ, CC, wait for CSTS.RDY = 1 (CFS fatal).
+/// Program the admin queue and enable: AQA, ASQ, ACQ, CC, wait for CSTS.RDY = 1 (CFS fatal),
+/// bounded by [`Cap::ready_timeout`]: CRTO.CRWMT when CAP.CRMS.CRWMS is set and it exceeds
+/// CAP.TO, as Linux's `nvme_enable_ctrl()` waits.
 pub(super) fn enable(
     device: &dyn DeviceBacking,
     r: &Registers<'_>,

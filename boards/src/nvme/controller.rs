@@ -223,7 +223,33 @@ impl NvmeController {
         if cap_bits == u64::MAX || version == ALL_ONES_32 {
             return Err(NvmeError::Gone { device: id });
         }
-        let cap = Cap::from_bits(cap_bits);
+        let mut cap = Cap::from_bits(cap_bits);
+        if cap.crwms {
+            // Read before the first disable: its wait for an enable in progress is bounded by
+            // the same ready timeout as the enable (`Cap::ready_timeout`). Once, not at every
+            // enable as Linux's `nvme_enable_ctrl()` does: CRTO is fixed by the controller, and
+            // a recovery re-reading it could only move the bounds a waiter already took.
+            let crto = r.crto();
+            if crto == ALL_ONES_32 {
+                return Err(NvmeError::Gone { device: id });
+            }
+            cap = cap.with_crto(crto);
+            if cap.crwmt < u16::from(cap.to) {
+                // Linux's "bad crto" warning: CRWMT should be at least CAP.TO (NVMe 2.0
+                // §3.1.4.1); the larger is kept.
+                log::warn!(
+                    "{id}: CRTO {crto:#010x}: CRWMT {} ms is below CAP.TO {} ms; waiting CAP.TO",
+                    u32::from(cap.crwmt) * 500,
+                    u32::from(cap.to) * 500
+                );
+            } else {
+                log::info!(
+                    "{id}: CRTO {crto:#010x}: ready timeout {:?} (CRWMT; CAP.TO {} ms)",
+                    cap.ready_timeout(),
+                    u32::from(cap.to) * 500
+                );
+            }
+        }
         let unsupported = |what: String| NvmeError::Unsupported {
             device: id.clone(),
             what,
@@ -419,7 +445,8 @@ impl NvmeController {
         self.geometry
     }
 
-    /// CAP as read at bring-up.
+    /// CAP as read at bring-up, with CRTO.CRWMT when CAP.CRMS.CRWMS is set
+    /// ([`Cap::ready_timeout`] is the larger of the two).
     pub fn cap(&self) -> Cap {
         self.cap
     }
@@ -494,8 +521,8 @@ impl NvmeController {
         (s != ALL_ONES_32 && s & csts::CFS != 0).then_some(s)
     }
 
-    /// Controller reset (NVMe 1.4 §7.3.2): CC.EN = 0, then wait (bounded by CAP.TO) for
-    /// CSTS.RDY = 0, escalating to a function reset when it does not come. `Ok` means the
+    /// Controller reset (NVMe 1.4 §7.3.2): CC.EN = 0, then wait (bounded by
+    /// [`Cap::ready_timeout`]) for CSTS.RDY = 0, escalating to a function reset when it does not come. `Ok` means the
     /// controller is disabled: no DMA of it can happen, every I/O queue is deleted. It stays
     /// disabled until a [`NvmeController::recover`] called after it: a queue that finds this
     /// reset failed resets again, and does not recover it
@@ -928,18 +955,19 @@ impl NvmeController {
     }
 
     /// The longest a controller reset ([`NvmeController::reset`]) may take: a disable waits up
-    /// to CAP.TO for CSTS.RDY = 1 (an enable in progress: EN = 1, RDY = 0) and up to CAP.TO for
-    /// RDY = 0 after clearing EN; when that fails, a function reset (given the admin timeout:
-    /// no bound of the driver's covers `VFIO_DEVICE_RESET`) and a second disable, as long.
-    /// 4 CAP.TO + the admin timeout.
+    /// to the ready timeout T for CSTS.RDY = 1 (an enable in progress: EN = 1, RDY = 0) and up
+    /// to T for RDY = 0 after clearing EN; when that fails, a function reset (given the admin
+    /// timeout: no bound of the driver's covers `VFIO_DEVICE_RESET`) and a second disable, as
+    /// long. 4 T + the admin timeout, T being [`Cap::ready_timeout`]: CAP.TO, or CRTO.CRWMT
+    /// when larger.
     pub(crate) fn reset_bound(&self) -> Duration {
         self.cap.ready_timeout() * 4 + self.config.admin_timeout
     }
 
     /// The longest a recovery (`recover_now`) may take, what a second caller of
     /// [`NvmeController::recover`] waits for it: the reset ([`NvmeController::reset_bound`]),
-    /// the enable's wait for CSTS.RDY = 1 (CAP.TO) and SET FEATURES (the admin timeout).
-    /// 5 CAP.TO + twice the admin timeout. (The admin rings' reset takes the admin queue's lock,
+    /// the enable's wait for CSTS.RDY = 1 (the ready timeout T, [`Cap::ready_timeout`]) and
+    /// SET FEATURES (the admin timeout). 5 T + twice the admin timeout. (The admin rings' reset takes the admin queue's lock,
     /// which no one holds across a wait.)
     pub(crate) fn recovery_bound(&self) -> Duration {
         self.reset_bound() + self.cap.ready_timeout() + self.config.admin_timeout

@@ -26,6 +26,9 @@ pub mod offset {
     pub const ASQ: u64 = 0x28;
     /// Admin Completion Queue base (64-bit).
     pub const ACQ: u64 = 0x30;
+    /// Controller Ready Timeouts (NVMe 2.0 §3.1.4, offset 68h, 32-bit): read only when CAP.CRMS.CRWMS
+    /// says the controller has it.
+    pub const CRTO: u64 = 0x68;
     /// First doorbell (§3.1.16).
     pub const DOORBELLS: u64 = 0x1000;
 }
@@ -51,6 +54,18 @@ pub struct Cap {
     pub mpsmin: u8,
     /// Memory Page Size Maximum.
     pub mpsmax: u8,
+    /// Controller Ready With Media Support (CAP.CRMS.CRWMS, bit 59, NVMe 2.0 §3.1.4.1): the
+    /// controller has the CRTO register, and CAP.TO holds at most FFh of its CRWMT.
+    pub crwms: bool,
+    /// Controller Ready Independent of Media Support (CAP.CRMS.CRIMS, bit 60). Decoded for
+    /// the logs only: this driver leaves CC.CRIME 0 (see [`cc::config`]).
+    pub crims: bool,
+    /// CRTO.CRWMT (NVMe 2.0 §3.1.4, offset 68h, bits 15:0, 500 ms units): the worst-case time from
+    /// CC.EN = 1 to CSTS.RDY = 1 with CC.CRIME = 0. Not a CAP field: 0 when decoded, set by
+    /// [`Cap::with_crto`] once the register was read. Kept here, not beside CAP in the
+    /// controller, so that [`Cap::ready_timeout`] stays the one bound every CSTS.RDY wait and
+    /// every bound derived from them (reset, recovery) takes.
+    pub crwmt: u16,
 }
 
 impl Cap {
@@ -66,6 +81,18 @@ impl Cap {
             css: ((bits >> 37) & 0xFF) as u8,
             mpsmin: ((bits >> 48) & 0xF) as u8,
             mpsmax: ((bits >> 52) & 0xF) as u8,
+            crwms: bits & (1 << 59) != 0,
+            crims: bits & (1 << 60) != 0,
+            crwmt: 0,
+        }
+    }
+
+    /// This CAP with CRTO (read from [`offset::CRTO`]) applied: its CRWMT when CRWMS is set,
+    /// else nothing (the register is then reserved and may read anything).
+    pub const fn with_crto(self, crto: u32) -> Self {
+        Self {
+            crwmt: if self.crwms { (crto & 0xFFFF) as u16 } else { 0 },
+            ..self
         }
     }
 
@@ -80,12 +107,23 @@ impl Cap {
             | (self.css as u64) << 37
             | ((self.mpsmin & 0xF) as u64) << 48
             | ((self.mpsmax & 0xF) as u64) << 52
+            | (self.crwms as u64) << 59
+            | (self.crims as u64) << 60
     }
 
-    /// The bound on a CSTS.RDY transition (CAP.TO, §3.1.1); at least 500 ms, since a
-    /// controller reporting 0 still needs time.
+    /// The bound on a CSTS.RDY transition: the larger of CAP.TO (§3.1.1) and, when CRWMS is
+    /// set, CRTO.CRWMT; at least 500 ms, since a controller reporting 0 still needs time.
+    ///
+    /// With CRWMS set, CAP.TO is only CRWMT capped at FFh (127.5 s, NVMe 2.0 §3.1.4.1), so a
+    /// controller that needs longer to get its media ready says so in CRTO alone. Linux's
+    /// `nvme_enable_ctrl()` waits for the larger of the two as well, and warns when CRWMT is
+    /// below CAP.TO, which some controllers report wrongly. The same bound serves the waits
+    /// for RDY = 0 (Linux's `nvme_disable_ctrl()` takes CAP.TO alone there): a disable first
+    /// waits out an enable in progress, which may take CRWMT, and a longer bound on a wait
+    /// that ends when RDY clears costs nothing on a controller that clears it in time.
     pub fn ready_timeout(self) -> std::time::Duration {
-        std::time::Duration::from_millis(500 * u64::from(self.to.max(1)))
+        let units = u64::from(self.to).max(u64::from(self.crwmt)).max(1);
+        std::time::Duration::from_millis(500 * units)
     }
 
     /// Smallest memory page size in bytes.
@@ -119,7 +157,10 @@ pub mod cc {
     pub const IOCQES_16: u32 = 4 << 20;
 
     /// The configuration this driver runs with: NVM command set, 4 KiB pages, round robin,
-    /// 64-byte SQEs, 16-byte CQEs; `enable` sets EN.
+    /// 64-byte SQEs, 16-byte CQEs; `enable` sets EN. CC.CRIME (bit 24, NVMe 2.0 §3.1.4.5)
+    /// stays 0, as Linux's `nvme_enable_ctrl()` leaves it: CSTS.RDY then means the media is
+    /// ready too, so no command completes Admin Command Media Not Ready, and CRTO.CRWMT is the
+    /// enable's bound ([`Cap::ready_timeout`](super::Cap::ready_timeout)).
     pub const fn config(enable: bool) -> u32 {
         CSS_NVM | AMS_RR | IOSQES_64 | IOCQES_16 | enable as u32
     }
@@ -203,6 +244,11 @@ impl<'a> Registers<'a> {
     pub fn cc(&self) -> u32 {
         self.read32(offset::CC)
     }
+
+    /// CRTO (a 32-bit register: no 64-bit quirk applies).
+    pub fn crto(&self) -> u32 {
+        self.read32(offset::CRTO)
+    }
 }
 
 /// CAP, VS, CC, CSTS, AQA and INTMS decoded as one line per register, for logs and `diag`.
@@ -215,13 +261,14 @@ pub fn describe(regs: &Registers<'_>) -> String {
     let aqa = regs.read32(offset::AQA);
     let intms = regs.read32(offset::INTMS);
     format!(
-        "CAP   {cap_bits:#018x}: MQES {} CQR {} TO {} ms DSTRD {} CSS {:#x} MPSMIN {} MPSMAX {}\n\
+        "CAP   {cap_bits:#018x}: MQES {} CQR {} TO {} ms DSTRD {} CSS {:#x} MPSMIN {} MPSMAX {} \
+         CRWMS {} CRIMS {}\n\
          VS    {vs:#010x}: {}.{}.{}\n\
          CC    {cc:#010x}: EN {} CSS {} MPS {} AMS {} SHN {} IOSQES {} IOCQES {}\n\
          CSTS  {csts:#010x}: RDY {} CFS {} SHST {} PP {}\n\
          AQA   {aqa:#010x}: ASQS {} ACQS {}\n\
          INTMS {intms:#010x}\n\
-         ASQ   {:#018x}  ACQ {:#018x}\n",
+         ASQ   {:#018x}  ACQ {:#018x}\n{}",
         u32::from(cap.mqes) + 1,
         u8::from(cap.cqr),
         u32::from(cap.to) * 500,
@@ -229,6 +276,8 @@ pub fn describe(regs: &Registers<'_>) -> String {
         cap.css,
         cap.mpsmin,
         cap.mpsmax,
+        u8::from(cap.crwms),
+        u8::from(cap.crims),
         vs >> 16,
         (vs >> 8) & 0xFF,
         vs & 0xFF,
@@ -247,6 +296,16 @@ pub fn describe(regs: &Registers<'_>) -> String {
         ((aqa >> 16) & 0xFFF) + 1,
         regs.read64(offset::ASQ),
         regs.read64(offset::ACQ),
+        if cap.crwms {
+            let crto = regs.crto();
+            format!(
+                "CRTO  {crto:#010x}: CRWMT {} ms CRIMT {} ms\n",
+                u64::from(crto & 0xFFFF) * 500,
+                u64::from(crto >> 16) * 500
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -267,6 +326,9 @@ mod tests {
             css: 1,
             mpsmin: 0,
             mpsmax: 4,
+            crwms: false,
+            crims: false,
+            crwmt: 0,
         };
         let bits = cap.to_bits();
         assert_eq!(bits & 0xFFFF, 2047);
@@ -275,6 +337,44 @@ mod tests {
         assert_eq!(Cap::from_bits(bits), cap);
         assert_eq!(cap.ready_timeout(), std::time::Duration::from_millis(7500));
         assert_eq!(cap.min_page_size(), 4096);
+    }
+
+    /// CRMS (CAP bits 60:59) decodes, and CRTO.CRWMT raises the ready timeout above CAP.TO
+    /// only when CRWMS is set and only when it is the larger (NVMe 2.0 §3.1.4.1, CRTO at offset 68h;
+    /// Linux's `nvme_enable_ctrl()`).
+    #[test]
+    fn crms_and_crto_decode_and_the_larger_ready_timeout_wins() {
+        use std::time::Duration;
+        let base = Cap::from_bits(0x0000_0020_0100_03FF); // TO 1 (500 ms), CSS NVM, MQES 1023
+        assert!(!base.crwms && !base.crims);
+        assert_eq!(base.ready_timeout(), Duration::from_millis(500));
+        let crto = 8 | (3 << 16); // CRWMT 4 s, CRIMT 1.5 s
+        assert_eq!(base.with_crto(crto).crwmt, 0, "CRTO is reserved without CRWMS");
+        assert_eq!(base.with_crto(crto).ready_timeout(), Duration::from_millis(500));
+
+        let cap = Cap::from_bits(base.to_bits() | 1 << 59);
+        assert!(cap.crwms && !cap.crims);
+        assert_eq!(cap.to, 1);
+        let cap = cap.with_crto(crto);
+        assert_eq!(cap.crwmt, 8);
+        assert_eq!(cap.ready_timeout(), Duration::from_secs(4), "CRWMT above CAP.TO");
+        // CRWMT below CAP.TO (a wrong CRTO): CAP.TO is kept.
+        let long = Cap { to: 20, ..cap };
+        assert_eq!(long.ready_timeout(), Duration::from_secs(10));
+        // CRWMT beyond what CAP.TO can hold: 0xFFFF units, 32767.5 s.
+        assert_eq!(
+            Cap { to: 0xFF, ..cap }.with_crto(0xFFFF).ready_timeout(),
+            Duration::from_millis(32_767_500)
+        );
+
+        let both = Cap::from_bits(1 << 59 | 1 << 60);
+        assert!(both.crwms && both.crims);
+        assert_eq!(
+            both.to_bits(),
+            1 << 59 | 1 << 60,
+            "CRMS round-trips; CRWMT is no CAP bit"
+        );
+        assert_eq!(cap.to_bits(), base.to_bits() | 1 << 59);
     }
 
     #[test]

@@ -1340,3 +1340,51 @@ fn a_failed_bring_up_that_cannot_reset_keeps_its_dma_memory_mapped() {
     );
     handle.clear_faults();
 }
+
+/// A controller whose CAP.TO (500 ms) understates how long its enable takes (2 s) but that sets
+/// CAP.CRMS.CRWMS and reports CRTO.CRWMT 4 s: the bring-up's enable, and a recovery's, wait for
+/// CSTS.RDY = 1 up to CRWMT, as Linux's `nvme_enable_ctrl()` does (NVMe 2.0 §3.1.4.1, CRTO at
+/// offset 68h), and the reset and recovery bounds derived from the ready timeout grow with it.
+/// The bring-up used to give up after CAP.TO.
+#[test]
+fn the_enable_waits_crto_crwmt_when_cap_to_understates_it() {
+    let sim_config = NvmeSimConfig {
+        cap_to: 1,
+        crwmt: 8,
+        enable_micros: 2_000_000,
+        ..NvmeSimConfig::default()
+    };
+    let config = config();
+    let start = Instant::now();
+    let rig = Rig::up("drv-crwmt", sim_config, &config);
+    assert!(start.elapsed() >= Duration::from_secs(2), "{:?}", start.elapsed());
+    let cap = rig.ctrl.cap();
+    assert!(cap.crwms);
+    assert_eq!((cap.to, cap.crwmt), (1, 8));
+    assert_eq!(cap.ready_timeout(), Duration::from_secs(4));
+    assert_eq!(
+        rig.ctrl.reset_bound(),
+        Duration::from_secs(16) + config.admin_timeout
+    );
+    assert_eq!(
+        rig.ctrl.recovery_bound(),
+        Duration::from_secs(20) + config.admin_timeout * 2
+    );
+    let Rig {
+        ctrl,
+        mut queues,
+        sim,
+    } = rig;
+    for q in &mut queues {
+        QueueEngine::stop(q).expect("stop");
+    }
+    drop(queues);
+    Controller::reset(ctrl.as_ref()).expect("reset");
+    let start = Instant::now();
+    ctrl.recover().expect("the recovery's enable waits CRWMT too");
+    assert!(start.elapsed() >= Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(ctrl.is_enabled());
+    ctrl.shutdown().expect("shutdown");
+    drop(ctrl);
+    assert_released(&sim);
+}

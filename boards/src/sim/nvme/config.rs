@@ -63,6 +63,16 @@ pub struct NvmeSimConfig {
     /// case of a CSTS.RDY transition. Default 20 (10 s). The model itself takes
     /// [`NvmeSimConfig::disable_micros`] for a disable, whatever it advertises.
     pub cap_to: u8,
+    /// CRTO.CRWMT (NVMe 2.0 §3.1.4, offset 68h, bits 15:0), in 500 ms units: the controller's
+    /// own worst case from CC.EN = 1 to CSTS.RDY = 1. Non-zero sets CAP.CRMS.CRWMS (bit 59)
+    /// and makes CRTO read it; 0 (default): CRWMS clear and CRTO reads 0, as an NVMe 1.x
+    /// controller. Not checked against `cap_to`: a `cap_to` below it models a controller whose
+    /// CAP.TO understates its worst case (CAP.TO holds at most FFh of CRWMT, §3.1.4.1).
+    pub crwmt: u16,
+    /// How long this model takes from CC.EN 0→1 to CSTS.RDY = 1, in microseconds, at most
+    /// [`MAX_ENABLE_MICROS`]; default 2000. Set it above CAP.TO (and below `crwmt`) to model a
+    /// controller that gets its media ready later than CAP.TO says.
+    pub enable_micros: u32,
     /// RTD3 Entry Latency (Identify Controller bytes 91:88, §5.15.2.1): the microseconds the
     /// controller says a normal shutdown (CC.SHN = 01b to CSTS.SHST = 10b) may take; 0 = not
     /// reported (as QEMU's model), at most [`MAX_SHUTDOWN_MICROS`].
@@ -105,6 +115,8 @@ pub const MAX_LBA_FORMATS: usize = 64;
 pub const MAX_SHUTDOWN_MICROS: u32 = 120_000_000;
 /// Largest [`NvmeSimConfig::disable_micros`]: 60 s.
 pub const MAX_DISABLE_MICROS: u32 = 60_000_000;
+/// Largest [`NvmeSimConfig::enable_micros`]: 60 s.
+pub const MAX_ENABLE_MICROS: u32 = 60_000_000;
 
 /// [`NvmeSimConfig::dlfeat`] bits 2:0 = 001b: deallocated blocks read zeroes.
 pub const DLFEAT_READS_ZEROES: u8 = 0b001;
@@ -133,6 +145,8 @@ impl Default for NvmeSimConfig {
             irq_batch: 8,
             irq_hold_micros: 20,
             cap_to: 20,
+            crwmt: 0,
+            enable_micros: 2000,
             rtd3e_micros: 0,
             shutdown_micros: 2000,
             disable_micros: 0,
@@ -202,6 +216,12 @@ impl NvmeSimConfig {
         }
         if self.cap_to == 0 {
             return bad("cap_to", "0 is not in 1..=255 (500 ms units)".to_owned());
+        }
+        if self.enable_micros > MAX_ENABLE_MICROS {
+            return bad(
+                "enable_micros",
+                format!("{} is above {MAX_ENABLE_MICROS}", self.enable_micros),
+            );
         }
         if self.rtd3e_micros > MAX_SHUTDOWN_MICROS {
             return bad(
@@ -299,7 +319,7 @@ mod tests {
 
     #[test]
     fn each_field_out_of_range_is_named() {
-        let cases: [(&str, NvmeSimConfig); 16] = [
+        let cases: [(&str, NvmeSimConfig); 17] = [
             (
                 "cap_to",
                 NvmeSimConfig {
@@ -325,6 +345,13 @@ mod tests {
                 "disable_micros",
                 NvmeSimConfig {
                     disable_micros: MAX_DISABLE_MICROS + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "enable_micros",
+                NvmeSimConfig {
+                    enable_micros: MAX_ENABLE_MICROS + 1,
                     ..Default::default()
                 },
             ),

@@ -8,8 +8,10 @@
 //!   the doorbells at 0x1000 (CAP.DSTRD = 0); [`NvmeSimHandle`] injects [`NvmeFault`]s and
 //!   reads [`NvmeSimStats`].
 //! - CAP: MQES = 1023, CQR = 1, TO = `cap_to` (default 20: 10 s), CSS = NVM, MPSMIN = MPSMAX
-//!   = 0 (4 KiB pages); VS = 1.4.0; Identify RTD3E = `rtd3e_micros` (default 0). CC.EN 0→1
-//!   checks AQA/ASQ/ACQ and CC, then sets CSTS.RDY about 2 ms later; CC.EN 1→0 is a controller
+//!   = 0 (4 KiB pages), CRMS.CRWMS (bit 59) when `crwmt` is non-zero, with CRTO (68h, NVMe
+//!   2.0) reading CRWMT = `crwmt`; VS = 1.4.0; Identify RTD3E = `rtd3e_micros` (default 0).
+//!   CC.EN 0→1 checks AQA/ASQ/ACQ and CC, then sets CSTS.RDY `enable_micros` (default 2 ms)
+//!   later; CC.EN 1→0 is a controller
 //!   reset (§7.6.1): every queue deleted, held AERs dropped, CFS and SHST cleared, and RDY
 //!   cleared once the worker holds no command and `disable_micros` (default 0) have passed, so
 //!   RDY = 0 proves no DMA follows. CC.SHN sets SHST to occurring, then complete
@@ -88,6 +90,7 @@ pub use config::NvmeSimConfig;
 pub use config::DLFEAT_READS_ZEROES;
 pub use config::DLFEAT_WRITE_ZEROES_DEAC;
 pub use config::MAX_DISABLE_MICROS;
+pub use config::MAX_ENABLE_MICROS;
 pub use config::MAX_IO_QUEUES;
 pub use config::MAX_IRQ_BATCH;
 pub use config::MAX_IRQ_HOLD_MICROS;

@@ -30,6 +30,9 @@ pub(crate) mod reg {
     pub const ASQ: u64 = 0x28;
     /// Admin Completion Queue Base Address, 64 bits.
     pub const ACQ: u64 = 0x30;
+    /// Controller Ready Timeouts (NVMe 2.0 §3.1.4, offset 68h): CRWMT in bits 15:0, CRIMT in
+    /// 31:16, both in 500 ms units; meaningful when CAP.CRMS.CRWMS is set.
+    pub const CRTO: u64 = 0x68;
     /// First doorbell: SQ y tail at `DOORBELLS + (2y) * 4`, CQ y head at `DOORBELLS + (2y+1) * 4`
     /// (§3.1.24, §3.1.25, with CAP.DSTRD = 0).
     pub const DOORBELLS: u64 = 0x1000;
@@ -45,10 +48,13 @@ pub(crate) mod cap {
     pub const TO_SHIFT: u32 = 24;
     /// Command Sets Supported (bits 44:37): bit 37, the NVM command set.
     pub const CSS_NVM: u64 = 1 << 37;
-    /// The whole register with Timeout `to`: DSTRD = 0, MPSMIN = MPSMAX = 0 (4 KiB pages), no
-    /// NSSR, no BPS.
-    pub const fn value(to: u8) -> u64 {
-        MQES | CQR | ((to as u64) << TO_SHIFT) | CSS_NVM
+    /// Controller Ready With Media Support (CRMS.CRWMS, bit 59, NVMe 2.0 §3.1.4.1): CRTO is
+    /// implemented. CRIMS (bit 60) stays 0: this model has no ready-independent-of-media mode.
+    pub const CRWMS: u64 = 1 << 59;
+    /// The whole register with Timeout `to` and CRWMS when `crwms`: DSTRD = 0, MPSMIN = MPSMAX
+    /// = 0 (4 KiB pages), no NSSR, no BPS.
+    pub const fn value(to: u8, crwms: bool) -> u64 {
+        MQES | CQR | ((to as u64) << TO_SHIFT) | CSS_NVM | if crwms { CRWMS } else { 0 }
     }
 }
 

@@ -18,8 +18,6 @@ use super::spec::csts;
 use super::spec::reg;
 use super::NvmeSimConfig;
 
-/// Time from CC.EN = 1 to CSTS.RDY = 1 (a real controller takes up to CAP.TO).
-pub(crate) const ENABLE_DELAY: Duration = Duration::from_millis(2);
 /// I/O queue deletions [`ControllerState::deletions`] keeps (the newest).
 const DELETIONS_KEPT: usize = 256;
 
@@ -133,8 +131,12 @@ pub(crate) struct Effects {
 /// Register file and queues.
 #[derive(Debug)]
 pub(crate) struct ControllerState {
-    /// CAP as advertised (its TO from the configuration).
+    /// CAP as advertised (its TO and CRWMS from the configuration).
     cap: u64,
+    /// CRTO as advertised: CRWMT from the configuration, CRIMT 0.
+    crto: u32,
+    /// Time from CC.EN = 1 to CSTS.RDY = 1 (a real controller takes up to CAP.TO, or CRWMT).
+    enable_delay: Duration,
     /// Time from CC.SHN = 01b to CSTS.SHST = 10b.
     shutdown_delay: Duration,
     /// Time from CC.EN 1→0 to CSTS.RDY = 0, at least.
@@ -197,7 +199,9 @@ impl ControllerState {
     pub(crate) fn new(config: &NvmeSimConfig) -> Self {
         let n = usize::from(config.queues) + 1;
         Self {
-            cap: spec::cap::value(config.cap_to),
+            cap: spec::cap::value(config.cap_to, config.crwmt != 0),
+            crto: u32::from(config.crwmt),
+            enable_delay: Duration::from_micros(u64::from(config.enable_micros)),
             shutdown_delay: Duration::from_micros(u64::from(config.shutdown_micros)),
             disable_delay: Duration::from_micros(u64::from(config.disable_micros)),
             cc: 0,
@@ -282,6 +286,7 @@ impl ControllerState {
             o if o == reg::ASQ + 4 => (self.asq >> 32) as u32,
             reg::ACQ => self.acq as u32,
             o if o == reg::ACQ + 4 => (self.acq >> 32) as u32,
+            reg::CRTO => self.crto,
             // Optional registers (CMB, BP, PMR) read as 0 ("not supported"); doorbells are
             // write-only and read as 0 too.
             _ => 0,
@@ -376,7 +381,7 @@ impl ControllerState {
         fx
     }
 
-    /// CC.EN 0→1 (§7.6.1): check the admin queue and CC, then set RDY after [`ENABLE_DELAY`].
+    /// CC.EN 0→1 (§7.6.1): check the admin queue and CC, then set RDY after the configured enable delay.
     /// A configuration the controller cannot run sets CSTS.CFS and leaves RDY = 0, as QEMU
     /// does; this model is as strict as QEMU about IOSQES/IOCQES (6 and 4 when EN is set).
     fn enable(&mut self, now: Instant, id: &str) {
@@ -429,7 +434,7 @@ impl ControllerState {
             reserved: 0,
         });
         self.readiness = Readiness::Enabling {
-            ready_at: now + ENABLE_DELAY,
+            ready_at: now + self.enable_delay,
         };
         log::info!(
             "{id}: enabling (admin SQ {} entries, CQ {} entries)",

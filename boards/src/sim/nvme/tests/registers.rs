@@ -390,3 +390,32 @@ fn a_register_access_under_a_lock_after_the_simulators_is_refused() {
     let _held = table.lock(&mut token);
     rig.read(reg::CSTS);
 }
+
+/// `crwmt` sets CAP.CRMS.CRWMS (bit 59) and is what CRTO (68h) reads as CRWMT; without it both
+/// read 0. `enable_micros` holds CSTS.RDY at 0 that long after CC.EN = 1.
+#[test]
+fn crto_crwms_and_the_enable_time_are_configurable() {
+    let rig = Rig::new(small_config());
+    assert_eq!(rig.bar().read64(reg::CAP) >> 59 & 3, 0, "no CRMS");
+    assert_eq!(rig.read(reg::CRTO), 0);
+    let mut rig = Rig::new(NvmeSimConfig {
+        cap_to: 1,
+        crwmt: 8,
+        enable_micros: 300_000,
+        ..small_config()
+    });
+    let cap = rig.bar().read64(reg::CAP);
+    assert_eq!(
+        (cap >> 59 & 3, cap >> 24 & 0xFF),
+        (1, 1),
+        "CRWMS, not CRIMS; TO 500 ms"
+    );
+    assert_eq!(rig.read(reg::CRTO), 8, "CRWMT 4 s, CRIMT 0");
+    let start = Instant::now();
+    rig.enable();
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+}
