@@ -649,6 +649,33 @@ fn a_whole_disk_unmap_is_a_few_device_commands_not_one_per_transfer() {
     );
 }
 
+/// A controller whose Write Zeroes is limited (NVM Command Set Identify Controller WZSL, CNS
+/// 06h byte 1: 2^1 pages of 4 KiB, 16 blocks of 512 bytes) refuses a longer one with Invalid
+/// Field in Command: the store splits a WRITE SAME of zeroes without UNMAP (its write zeroes)
+/// at WZSL, so one over 200 blocks, within MAXIMUM TRANSFER (MDTS 5: 256 blocks), succeeds in
+/// 13 Write Zeroes and reads zeroes. Before the engine read WZSL it was one Write Zeroes of
+/// 200 blocks, and failed.
+#[test]
+fn a_write_zeroes_is_split_at_the_controllers_write_zeroes_size_limit() {
+    let config = NvmeSimConfig {
+        num_blocks: 4096,
+        wzsl: 1,
+        ..NvmeSimConfig::default()
+    };
+    let (store, sim, pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    let zeroes = StoreOp::WriteZeroes {
+        lba: 10,
+        blocks: 200,
+        deallocate: false,
+    };
+    let got = write_then(q.as_mut(), &pool, 512, 10, 200, zeroes);
+    assert!(got.iter().all(|&b| b == 0), "the zeroed blocks read zeroes");
+    drop(q);
+    assert_eq!(store.failure(), None);
+    assert_eq!(sim.stats().iommu_faults, 0);
+}
+
 /// A controller whose Dataset Management range is limited (NVM Command Set Identify Controller
 /// DMRSL, CNS 06h) refuses a longer range with Invalid Field in Command: the store splits an
 /// UNMAP at DMRSL, so a thin disk's UNMAP (and FORMAT UNIT) of 2^20 blocks succeeds in 16

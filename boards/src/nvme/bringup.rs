@@ -196,8 +196,9 @@ fn identify(
 const VERSION_1_2: u32 = 0x0001_0200;
 
 /// The NVM Command Set I/O Command Set specific Identify Controller data (CNS 06h, CSI 00h),
-/// whose Dataset Management limits bound a deallocation ([`Geometry::max_deallocate_blocks`]),
-/// as Linux's `nvme_init_non_mdts_limits()` reads them. Asked only of a controller reporting
+/// whose Dataset Management limits bound a deallocation ([`Geometry::max_deallocate_blocks`])
+/// and whose WZSL bounds a Write Zeroes ([`Geometry::max_write_zeroes_blocks`]), as Linux's
+/// `nvme_init_non_mdts_limits()` reads them. Asked only of a controller reporting
 /// version 1.2 or later: Linux skips it below 1.1 (`nvme_ctrl_limited_cns()`), and below 1.2
 /// for controllers with `NVME_QUIRK_IDENTIFY_CNS`, whose CNS decoding ignores the upper bits;
 /// this driver has no such quirk table, so it takes the stricter bound for every controller
@@ -234,10 +235,12 @@ fn identify_nvm_limits(
             if nvm != IdentifyControllerNvm::default() {
                 log::info!(
                     "{id}: Dataset Management limits: DMRL {} ranges, DMRSL {} blocks per range, \
-                     DMSL {} blocks per command (0: none)",
+                     DMSL {} blocks per command; Write Zeroes: WZSL {} (2^WZSL minimum pages) \
+                     (0: none)",
                     nvm.dmrl,
                     nvm.dmrsl,
-                    nvm.dmsl
+                    nvm.dmsl,
+                    nvm.wzsl
                 );
             }
             Ok(nvm)
@@ -369,6 +372,8 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo, limit: u32) -> Geometry {
         segment_alignment: PAGE_SIZE as u32,
         supports_deallocate: info.controller.supports_dsm(),
         supports_write_zeroes: info.controller.supports_write_zeroes(),
+        // WZSL and NLB (`NvmeQueue::submit` refuses more); no PRP, so not MDTS.
+        max_write_zeroes_blocks: info.nvm.max_write_zeroes_blocks(cap.min_page_size(), block_size),
         volatile_cache: info.controller.volatile_cache(),
         // NVMe 1.4 §6.15: a Write with FUA completes once its data is non-volatile; a board
         // whose controller does not keep that says so by its quirk (`NvmeController::bring_up`).
@@ -455,6 +460,10 @@ mod tests {
         let mut limited = info(7, 9, cmd::ONCS_DSM);
         limited.nvm.dmrsl = 65536;
         assert_eq!(geometry(cap, &limited, MAX_TRANSFER).max_deallocate_blocks, 65536);
+        // Write Zeroes: the 16-bit NLB, or WZSL (2 ^ WZSL pages of CAP.MPSMIN) when smaller.
+        assert_eq!(g.max_write_zeroes_blocks, 65536, "no WZSL");
+        limited.nvm.wzsl = 2;
+        assert_eq!(geometry(cap, &limited, MAX_TRANSFER).max_write_zeroes_blocks, 32);
     }
 
     #[test]

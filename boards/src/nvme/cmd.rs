@@ -468,6 +468,11 @@ impl IdentifyController {
 /// structure: Linux's `nvme_init_non_mdts_limits()` keeps its defaults then.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdentifyControllerNvm {
+    /// Write Zeroes Size Limit (byte 1): the most data one Write Zeroes may cover, as a power
+    /// of two in units of the minimum memory page size (2 ^ (12 + CAP.MPSMIN) bytes): 2 ^ WZSL
+    /// such pages, as Linux's `nvme_mps_to_sectors()` reads it (and MDTS is read); 0 = no
+    /// limit. A controller refuses a larger Write Zeroes with Invalid Field in Command.
+    pub wzsl: u8,
     /// Dataset Management Ranges Limit (byte 3): the most ranges one Dataset Management
     /// command may carry; 0 = only the command format's 256 (NR is 8 bits, 0's based).
     pub dmrl: u8,
@@ -480,11 +485,11 @@ pub struct IdentifyControllerNvm {
 }
 
 impl IdentifyControllerNvm {
-    /// Parse the 4096-byte structure (only its first 16 bytes are read). Byte 0 (VSL), 1
-    /// (WZSL) and 2 (WUSL) limit Verify, Write Zeroes and Write Uncorrectable, which this
-    /// driver bounds by the 16-bit NLB and MDTS already.
+    /// Parse the 4096-byte structure (only its first 16 bytes are read). Byte 0 (VSL) and 2
+    /// (WUSL) limit Verify and Write Uncorrectable, which this driver does not send.
     pub fn parse(data: &[u8; IDENTIFY_LEN]) -> Self {
         Self {
+            wzsl: data[1],
             dmrl: data[3],
             dmrsl: le32(data, 4),
             dmsl: le64(data, 8),
@@ -501,6 +506,23 @@ impl IdentifyControllerNvm {
         nonzero(u64::from(self.dmrsl))
             .min(nonzero(self.dmsl))
             .min(u64::from(u32::MAX)) as u32
+    }
+
+    /// The most blocks of `block_size` bytes one Write Zeroes may zero: WZSL where reported
+    /// (2 ^ WZSL pages of `min_page_size` bytes; Linux's `ctrl->max_zeroes_sectors` from
+    /// `nvme_mps_to_sectors()` in `nvme_init_non_mdts_limits()`), and the command's 16-bit
+    /// NLB (65536 blocks, NVM Command Set Specification 1.0 §3.3.7). Never 0: a WZSL below one
+    /// block (only with blocks larger than the controller's minimum page) leaves one block, as
+    /// the command cannot zero less.
+    pub fn max_write_zeroes_blocks(&self, min_page_size: u64, block_size: u32) -> u32 {
+        const NLB_BLOCKS: u64 = 65536;
+        let limit = match self.wzsl {
+            0 => NLB_BLOCKS,
+            w => min_page_size
+                .checked_shl(u32::from(w))
+                .map_or(NLB_BLOCKS, |bytes| bytes / u64::from(block_size.max(1))),
+        };
+        limit.clamp(1, NLB_BLOCKS) as u32
     }
 }
 
@@ -917,6 +939,37 @@ mod tests {
         d[4..8].copy_from_slice(&0u32.to_le_bytes());
         d[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
         assert_eq!(IdentifyControllerNvm::parse(&d).max_deallocate_blocks(), u32::MAX);
+    }
+
+    /// WZSL (byte 1) is a power of two of minimum memory pages, as MDTS is (Linux's
+    /// `nvme_mps_to_sectors()`), 0 no limit; the 16-bit NLB bounds it either way.
+    #[test]
+    fn identify_controller_nvm_reads_wzsl_in_minimum_pages() {
+        let mut d = [0u8; IDENTIFY_LEN];
+        let none = IdentifyControllerNvm::parse(&d);
+        assert_eq!(none.wzsl, 0);
+        assert_eq!(none.max_write_zeroes_blocks(4096, 512), 65536, "NLB only");
+        d[1] = 1;
+        let nvm = IdentifyControllerNvm::parse(&d);
+        assert_eq!(nvm.wzsl, 1);
+        assert_eq!(
+            nvm.max_write_zeroes_blocks(4096, 512),
+            16,
+            "8 KiB of 512-byte blocks"
+        );
+        assert_eq!(nvm.max_write_zeroes_blocks(4096, 4096), 2);
+        assert_eq!(nvm.max_write_zeroes_blocks(4096, 65536), 1, "never 0");
+        assert_eq!(nvm.max_write_zeroes_blocks(8192, 512), 32, "in CAP.MPSMIN pages");
+        d[1] = 20; // 4 GiB: more than NLB holds
+        assert_eq!(
+            IdentifyControllerNvm::parse(&d).max_write_zeroes_blocks(4096, 512),
+            65536
+        );
+        d[1] = 0xFF; // beyond u64: no limit but NLB
+        assert_eq!(
+            IdentifyControllerNvm::parse(&d).max_write_zeroes_blocks(4096, 512),
+            65536
+        );
     }
 
     #[test]

@@ -414,6 +414,12 @@ impl NvmeQueue {
                 "more blocks than one Dataset Management range may cover (DMRSL, DMSL)",
             ));
         }
+        if matches!(op, DeviceOp::WriteZeroes { .. }) && blocks > geometry.max_write_zeroes_blocks {
+            // The controller would refuse it with Invalid Field in Command.
+            return Err(SubmitError::Unaligned(
+                "more blocks than one Write Zeroes may cover (WZSL)",
+            ));
+        }
         if matches!(op, DeviceOp::Copy { .. }) && blocks > geometry.max_copy_blocks {
             return Err(SubmitError::Unaligned(
                 "more blocks than one Copy may move (MSSRL, MCL)",

@@ -89,6 +89,9 @@ impl Controller for Sca1 {
             // A DEALLOCATE descriptor has no limit but its u32 byte length (accelerator.md §3).
             max_deallocate_blocks: u32::MAX,
             supports_write_zeroes: true,
+            // A WRITE ZEROES descriptor, like a DEALLOCATE, is bounded by its u32 byte length
+            // only (accelerator.md §3).
+            max_write_zeroes_blocks: u32::MAX,
             volatile_cache: true,
             // accelerator.md §3: a WRITE with FUA completes once its data is stable.
             fua_durable: true,

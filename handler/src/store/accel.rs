@@ -477,6 +477,10 @@ struct AccelQueue {
     restart_refused_since: Option<(Instant, Instant)>,
     /// The device zeroes without a data transfer ([`Geometry::supports_write_zeroes`]).
     write_zeroes: bool,
+    /// Most blocks of one device write zeroes ([`Geometry::max_write_zeroes_blocks`]).
+    ///
+    /// [`Geometry::max_write_zeroes_blocks`]: scst_accel_boards::engine::Geometry::max_write_zeroes_blocks
+    write_zeroes_blocks: u32,
     /// The device has a volatile cache and ignores FUA ([`Geometry::fua_durable`] false): a
     /// FUA write is made durable by a Flush after it ([`FuaFlush`]).
     fua_by_flush: bool,
@@ -531,6 +535,7 @@ impl AccelQueue {
             restart_failing_since: None,
             restart_refused_since: None,
             write_zeroes: geometry.supports_write_zeroes,
+            write_zeroes_blocks: geometry.max_write_zeroes_blocks,
             fua_by_flush: geometry.volatile_cache && !geometry.fua_durable,
             heartbeat: Heartbeat::new(),
             zeroes: None,
@@ -681,7 +686,19 @@ impl AccelQueue {
                 let op = DeviceOp::WriteZeroes {
                     deallocate: *deallocate && self.info.supports_unmap,
                 };
-                Ok(split(op, false, *lba, blocks, None))
+                // At MAXIMUM TRANSFER, as before, and at what the device zeroes in one: an NVMe
+                // controller's WZSL (NVM Command Set Specification 1.0 §4.1.5.3), above which it
+                // refuses the command with Invalid Field in Command, as Linux caps a write
+                // zeroes at it (`max_zeroes_sectors`, `nvme_init_non_mdts_limits()`).
+                let per = max_blocks.min(u64::from(self.write_zeroes_blocks)).max(1);
+                let mut out = Children::default();
+                let mut done = 0;
+                while done < blocks {
+                    let n = (blocks - done).min(per);
+                    out.push(child(op, false, lba + done, n, Segments::None));
+                    done += n;
+                }
+                Ok(out)
             }
             StoreOp::Unmap { ranges } => {
                 // A deallocation moves no data, so MAXIMUM TRANSFER does not bound it: one device

@@ -101,6 +101,11 @@ pub struct NvmeSimConfig {
     /// Command, as a controller reporting it refuses it. Default 0: no limit (QEMU's model
     /// reports its block layer's largest request).
     pub dmrsl: u32,
+    /// Write Zeroes Size Limit (WZSL), reported in the NVM Command Set Identify Controller data
+    /// (CNS 06h, byte 1): the most one Write Zeroes may zero is 2 ^ `wzsl` pages of 4 KiB (the
+    /// minimum memory page size), 0..=[`MAX_WZSL`]; a Write Zeroes over more blocks completes
+    /// Invalid Field in Command, as a controller reporting it refuses it. Default 0: no limit.
+    pub wzsl: u8,
     /// Answer Identify CNS 06h (the I/O Command Set specific controller data, NVMe 2.0);
     /// default true. False: Invalid Field in Command, as a controller that predates NVMe 2.0
     /// may answer it (its DMRSL then unknown to the host, whatever `dmrsl` is).
@@ -117,6 +122,9 @@ pub const MAX_SHUTDOWN_MICROS: u32 = 120_000_000;
 pub const MAX_DISABLE_MICROS: u32 = 60_000_000;
 /// Largest [`NvmeSimConfig::enable_micros`]: 60 s.
 pub const MAX_ENABLE_MICROS: u32 = 60_000_000;
+/// Largest [`NvmeSimConfig::wzsl`]: 2^20 pages of 4 KiB, 4 GiB, more than the 16-bit NLB of a
+/// Write Zeroes covers at any block size.
+pub const MAX_WZSL: u8 = 20;
 
 /// [`NvmeSimConfig::dlfeat`] bits 2:0 = 001b: deallocated blocks read zeroes.
 pub const DLFEAT_READS_ZEROES: u8 = 0b001;
@@ -153,6 +161,7 @@ impl Default for NvmeSimConfig {
             fua_ignored: false,
             lba_format_index: 0,
             dmrsl: 0,
+            wzsl: 0,
             identify_io_command_set: true,
         }
     }
@@ -241,6 +250,9 @@ impl NvmeSimConfig {
                 format!("{} is above {MAX_DISABLE_MICROS}", self.disable_micros),
             );
         }
+        if self.wzsl > MAX_WZSL {
+            return bad("wzsl", format!("{} is above {MAX_WZSL}", self.wzsl));
+        }
         if usize::from(self.lba_format_index) >= MAX_LBA_FORMATS {
             return bad(
                 "lba_format_index",
@@ -319,7 +331,14 @@ mod tests {
 
     #[test]
     fn each_field_out_of_range_is_named() {
-        let cases: [(&str, NvmeSimConfig); 17] = [
+        let cases: [(&str, NvmeSimConfig); 18] = [
+            (
+                "wzsl",
+                NvmeSimConfig {
+                    wzsl: MAX_WZSL + 1,
+                    ..Default::default()
+                },
+            ),
             (
                 "cap_to",
                 NvmeSimConfig {

@@ -77,9 +77,10 @@ pub(crate) fn controller(id: &str, config: &NvmeSimConfig) -> Vec<u8> {
 }
 
 /// The NVM Command Set I/O Command Set specific Identify Controller data (CNS 06h, CSI 00h):
-/// DMRSL (bytes 7:4) as configured; VSL, WZSL, WUSL, DMRL and DMSL 0 (no limit).
+/// WZSL (byte 1) and DMRSL (bytes 7:4) as configured; VSL, WUSL, DMRL and DMSL 0 (no limit).
 pub(crate) fn controller_nvm(config: &NvmeSimConfig) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_BYTES];
+    b[1] = config.wzsl; // WZSL, 2^n pages of CAP.MPSMIN (4 KiB)
     put(&mut b, 4, &config.dmrsl.to_le_bytes()); // DMRSL
     b
 }

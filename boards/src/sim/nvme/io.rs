@@ -9,6 +9,7 @@ use super::controller::Counters;
 use super::controller::Token;
 use super::prp;
 use super::prp::Piece;
+use super::spec;
 use super::spec::nvm;
 use super::spec::status;
 use super::spec::Sqe;
@@ -305,9 +306,15 @@ pub(crate) fn fused_compare_write(
     (Ok(Reply::Done(0)), flushed)
 }
 
-/// Write Zeroes (§6.16): no data transfer, so MDTS does not apply. The blocks read zeroes
-/// afterwards whatever DEAC (CDW12 bit 25) says: this model writes the zeroes either way.
+/// Write Zeroes (§6.16): no data transfer, so MDTS does not apply, but a configured WZSL does:
+/// more than 2^`wzsl` pages of 4 KiB is Invalid Field in Command (NVM Command Set
+/// Specification 1.0 §4.1.5.3), checked before the range. The blocks read zeroes afterwards
+/// whatever DEAC (CDW12 bit 25) says: this model writes the zeroes either way.
 fn write_zeroes(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> CmdResult {
+    let config = &exec.shared.config;
+    if config.wzsl != 0 && nlb(sqe) * u64::from(config.block_size) > spec::PAGE_SIZE << config.wzsl {
+        return Err(status::INVALID_FIELD.into());
+    }
     let range = lba_range(exec, slba(sqe), nlb(sqe))?;
     exec.checkpoint(token)?;
     medium_result(

@@ -26,11 +26,12 @@
 //!   side, each woken by its own doorbell. A full
 //!   CQ stalls the SQs that post to it (slots are promised when a command is taken, so SQs
 //!   sharing a CQ never overflow it); Delete I/O SQ completes once its worker's command has.
-//! - Admin: Identify (CNS 00h, 01h, 02h, and 06h with CSI 00h: DMRSL = `dmrsl`), Get/Set Features (Number of Queues, Volatile Write
+//! - Admin: Identify (CNS 00h, 01h, 02h, and 06h with CSI 00h: DMRSL = `dmrsl`, WZSL = `wzsl`), Get/Set Features (Number of Queues, Volatile Write
 //!   Cache, and the mandatory ones stored as given), Create/Delete I/O CQ/SQ with the
 //!   specification's checks, Abort (always "not aborted"), Get Log Page (Error Information,
 //!   empty), Asynchronous Event Request (held; completed by invalid doorbell writes).
-//! - NVM on namespace 1: Read, Write (FUA), Flush, Write Zeroes, Dataset Management
+//! - NVM on namespace 1: Read, Write (FUA), Flush, Write Zeroes (over 2^`wzsl` pages of 4 KiB:
+//!   Invalid Field), Dataset Management
 //!   (deallocate; a range above `dmrsl` is Invalid Field), with PRP1/PRP2/PRP-list walking
 //!   (§4.3), LBA range checks and MDTS.
 //!
@@ -96,6 +97,7 @@ pub use config::MAX_IRQ_BATCH;
 pub use config::MAX_IRQ_HOLD_MICROS;
 pub use config::MAX_MDTS;
 pub use config::MAX_SHUTDOWN_MICROS;
+pub use config::MAX_WZSL;
 pub use fault::NvmeFault;
 pub use fault::NvmeFaultParseError;
 pub use fault::NVME_FAULT_KINDS;
