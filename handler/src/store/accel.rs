@@ -1571,7 +1571,7 @@ impl AccelQueue {
     /// Make sure the function does no more DMA: reset it, else clear its bus mastering and read
     /// it back. False when neither could be confirmed.
     fn stop_dma(&mut self) -> bool {
-        // A reset (an NVMe one waits up to four CAP.TO): a device call like a recovery's.
+        // A reset (an NVMe one waits up to four ready timeouts: CAP.TO, or CRTO.CRWMT when larger): a device call like a recovery's.
         match self.device_call(|q| q.board.reset()) {
             Ok(()) => return true,
             Err(e) => log::error!("{}: reset after a failed recovery: {e}", self.board.id()),
@@ -1652,7 +1652,7 @@ impl AccelQueue {
     /// Make one device call of an abort or a recovery (an abort of late requests, a queue stop,
     /// a recovery of the function, a queue restart) with the worker's heartbeat set ahead by
     /// [`AccelQueue::device_call_bound`] for it, and set to now after: such a call can keep the
-    /// worker far longer than a turn of its loop (an NVMe recovery waits up to five CAP.TO),
+    /// worker far longer than a turn of its loop (an NVMe recovery waits up to five ready timeouts),
     /// and the service's watchdog must not take it for a wedge; one that overruns its bound
     /// is one.
     fn device_call<T>(&mut self, call: impl FnOnce(&mut Self) -> T) -> T {
