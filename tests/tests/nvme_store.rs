@@ -611,11 +611,7 @@ fn a_whole_disk_unmap_is_a_few_device_commands_not_one_per_transfer() {
     };
     let (store, sim, pool) = nvme_store(config);
     let mut q = store.open_queue().expect("queue");
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
-    buf.write_at(0, &[0x5a; 4096]);
+    let buf = page_of(&pool, 0x5a);
     let lba = (8 << 20) - 8;
     let write = StoreOp::Write {
         lba,
@@ -636,16 +632,29 @@ fn a_whole_disk_unmap_is_a_few_device_commands_not_one_per_transfer() {
         (2..=4).contains(&commands),
         "{commands} device commands for a whole-disk deallocation"
     );
-    let read = StoreOp::Read { lba, blocks: 8 };
-    assert_eq!(
-        complete(q.as_mut(), 3, read, Some(buf.clone())),
-        StoreStatus::Good
+    assert_reads_zeroes(q.as_mut(), 3, lba, &buf);
+}
+
+/// A 4 KiB command buffer of `pool`, every byte `fill`.
+fn page_of(pool: &Arc<SgvPool>, fill: u8) -> IoBuffer {
+    let buf = IoBuffer::new(
+        CmdBuffer::allocate(&mut StoreToken::root(), pool, 4096).expect("buffer"),
+        4096,
     );
+    buf.write_at(0, &[fill; 4096]);
+    buf
+}
+
+/// The 8 blocks of 512 at `lba` read zeroes (into `buf`, filled with ones first).
+fn assert_reads_zeroes(q: &mut dyn StoreQueue, tag: u64, lba: u64, buf: &IoBuffer) {
+    buf.write_at(0, &[0xff; 4096]);
+    let read = StoreOp::Read { lba, blocks: 8 };
+    assert_eq!(complete(q, tag, read, Some(buf.clone())), StoreStatus::Good);
     let mut back = [0u8; 4096];
     buf.read_at(0, &mut back);
     assert!(
         back.iter().all(|&b| b == 0),
-        "the written blocks read zeroes after the UNMAP"
+        "blocks {lba}.. read zeroes after the UNMAP"
     );
 }
 
@@ -692,11 +701,7 @@ fn an_unmap_is_split_at_the_controllers_dataset_management_range_limit() {
     };
     let (store, sim, pool) = nvme_store(config);
     let mut q = store.open_queue().expect("queue");
-    let buf = IoBuffer::new(
-        CmdBuffer::allocate(&mut StoreToken::root(), &pool, 4096).expect("buffer"),
-        4096,
-    );
-    buf.write_at(0, &[0xa5; 4096]);
+    let buf = page_of(&pool, 0xa5);
     // Written at the start, across the first DMRSL boundary and at the end of the range.
     let written = [0, DMRSL - 4, BLOCKS - 8];
     for (tag, &lba) in written.iter().enumerate() {
@@ -726,17 +731,6 @@ fn an_unmap_is_split_at_the_controllers_dataset_management_range_limit() {
         "one Dataset Management command per DMRSL blocks"
     );
     for (tag, &lba) in written.iter().enumerate() {
-        buf.write_at(0, &[0xff; 4096]);
-        let read = StoreOp::Read { lba, blocks: 8 };
-        assert_eq!(
-            complete(q.as_mut(), tag as u64 + 20, read, Some(buf.clone())),
-            StoreStatus::Good
-        );
-        let mut back = [0u8; 4096];
-        buf.read_at(0, &mut back);
-        assert!(
-            back.iter().all(|&b| b == 0),
-            "blocks {lba}.. read zeroes after the UNMAP"
-        );
+        assert_reads_zeroes(q.as_mut(), tag as u64 + 20, lba, &buf);
     }
 }
