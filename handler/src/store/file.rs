@@ -1351,11 +1351,12 @@ impl Shared {
     /// two causes cannot be told apart here, so the failure is taken for a failed flush, sticky
     /// as [`Shared::flush_with`]'s, whenever such writes exist (`dirty_low`, or the range a
     /// running fdatasync took over); with none, the write's own error loses nothing else and
-    /// the disk's flushes stay good. Out of space and a truncated file are the write's own.
+    /// the disk's flushes stay good. Only an error of the device's I/O can be a failed cache
+    /// flush ([`is_device_io_error`]); any other (out of space, a truncated file, a resource
+    /// or retry error of the submission: ENOMEM, EAGAIN, ECANCELED, a read-only file system)
+    /// is the write's own, which never reached the device.
     pub(super) fn fua_write_failed(&self, e: &io::Error) {
-        if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-            || e.kind() == io::ErrorKind::UnexpectedEof
-        {
+        if !e.raw_os_error().is_some_and(is_device_io_error) {
             return;
         }
         // dirty_low before flushing_low: a flush sets flushing_low (to 0, then to what it
@@ -1949,6 +1950,26 @@ fn create_file_syncing(
 }
 
 /// The directory holding `path` (`.` for a bare file name).
+/// Whether `errno` is what Linux returns for a failed I/O of the device (`blk_status_to_errno`:
+/// BLK_STS_IOERR EIO, MEDIUM ENODATA, TARGET EREMOTEIO, NEXUS EBADE, TRANSPORT ENOLINK,
+/// PROTECTION EILSEQ, TIMEOUT ETIMEDOUT; a device gone ENXIO or ENODEV): the failures a FUA
+/// write's cache flush may have shared. A write refused before it reached the device (ENOMEM,
+/// EAGAIN, EINTR, ECANCELED, EBUSY, EROFS, EPERM, EINVAL...) is none of them.
+fn is_device_io_error(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EIO
+            | libc::ENODATA
+            | libc::EREMOTEIO
+            | libc::EBADE
+            | libc::ENOLINK
+            | libc::EILSEQ
+            | libc::ETIMEDOUT
+            | libc::ENXIO
+            | libc::ENODEV
+    )
+}
+
 fn directory_of(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -62,6 +62,22 @@ impl Shared {
                 return StoreStatus::SpaceExhausted { lba };
             }
         }
+        if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EPERM)) {
+            // A file system remounted read-only (after an error of its own, often), a block
+            // device set read-only (`blockdev --setro`: EPERM from the block layer), an
+            // immutable file: the medium refuses writes, which is DATA PROTECT, not a bad block.
+            log::error!(
+                "{path}: writes refused at LBA {lba} ({e}): the {} is read-only now; make it \
+                 writable again (a file system remounted read-only needs its own repair first), \
+                 then restart the disk",
+                if self.regular {
+                    "file or its file system"
+                } else {
+                    "device"
+                },
+            );
+            return StoreStatus::WriteProtected;
+        }
         log::error!("{path}: write error at LBA {lba}: {e}");
         StoreStatus::WriteError { lba }
     }

@@ -2231,6 +2231,78 @@ fn a_failed_fua_write_on_the_ring_fails_the_next_flush_though_its_redo_succeeds(
     assert_eq!(reap_n(&mut q, 1), [(3, StoreStatus::WriteError { lba: 16 })]);
 }
 
+/// A write refused because the medium became read-only (EROFS: its file system remounted
+/// read-only; EPERM: `blockdev --setro`, an immutable file) is DATA PROTECT / WRITE PROTECTED,
+/// not a medium error at the LBA; an I/O error stays one.
+#[test]
+fn a_write_refused_by_a_read_only_medium_is_write_protected() {
+    let dir = TempDir::new("write-protected");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    for errno in [libc::EROFS, libc::EPERM] {
+        assert_eq!(
+            store.shared.write_failed(&io::Error::from_raw_os_error(errno), 3),
+            StoreStatus::WriteProtected,
+            "errno {errno}"
+        );
+    }
+    assert_eq!(
+        store
+            .shared
+            .write_failed(&io::Error::from_raw_os_error(libc::EIO), 3),
+        StoreStatus::WriteError { lba: 3 }
+    );
+}
+
+/// A FUA write on the ring refused before it reached the device (ENOMEM: a resource error of
+/// the submission, as EAGAIN after its retries, ECANCELED or EBUSY are) is redone by the
+/// threads, and is no failed cache flush: the next flush stays good. (An EIO is taken for one:
+/// the test above.)
+#[test]
+fn a_fua_write_refused_before_the_device_does_not_fail_the_next_flush() {
+    if !uring_or_skip("a_fua_write_refused_before_the_device_does_not_fail_the_next_flush") {
+        return;
+    }
+    let dir = TempDir::new("fua-ring-enomem");
+    let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let threads = store.thread_queue().expect("thread queue");
+    let Ok(mut q) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads, 2) else {
+        panic!("a ring for the queue");
+    };
+    let src = buffer(4096);
+    let write = |tag, lba, fua| StoreRequest {
+        tag,
+        op: StoreOp::Write { lba, blocks: 8, fua },
+        buffer: Some(src.clone()),
+    };
+    q.submit(
+        &mut crate::store::StoreToken::root(),
+        &mut vec![write(1, 16, false)],
+    )
+    .expect("submit");
+    assert_eq!(reap_n(&mut q, 1), [(1, StoreStatus::Good)]);
+    for (tag, errno) in [
+        (2, libc::ENOMEM),
+        (3, libc::EAGAIN),
+        (4, libc::ECANCELED),
+        (5, libc::EROFS),
+    ] {
+        q.complete_as_the_kernel(write(tag, 64, true), -errno);
+        assert_eq!(
+            reap_n(&mut q, 1),
+            [(tag, StoreStatus::Good)],
+            "redone by the threads"
+        );
+    }
+    let flush = StoreRequest {
+        tag: 9,
+        op: StoreOp::Flush,
+        buffer: None,
+    };
+    q.submit(&mut crate::store::StoreToken::root(), &mut vec![flush])
+        .expect("submit");
+    assert_eq!(reap_n(&mut q, 1), [(9, StoreStatus::Good)]);
+}
+
 /// A FUA write failing while an fdatasync runs, with what that fdatasync took over written back
 /// before it: the fdatasync's success does not answer for it (`Shared::flushing_low`).
 #[test]
