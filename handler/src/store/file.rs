@@ -410,6 +410,9 @@ pub struct FileStore {
     pool: Arc<Pool>,
     /// The engine in use: [`IoEngine::Uring`] or [`IoEngine::Threads`], never Auto.
     engine: IoEngine,
+    /// `uring` was asked for, not `auto`: a queue whose ring cannot be set up is an error,
+    /// not a queue on the threads.
+    uring_forced: bool,
 }
 
 /// The first fallback from io_uring to the threads is a warning; later ones (more disks on
@@ -757,6 +760,7 @@ impl FileStore {
                 threads,
             }),
             engine,
+            uring_forced: config.io_engine == IoEngine::Uring,
         })
     }
 
@@ -809,10 +813,17 @@ impl Store for FileStore {
         let kernel_workers = u32::try_from(self.pool.threads.len()).unwrap_or(u32::MAX);
         match uring::UringQueue::new(Arc::clone(&self.shared), threads, kernel_workers) {
             Ok(queue) => Ok(Box::new(queue)),
+            Err((e, _)) if self.uring_forced => Err(StoreError::Device(format!(
+                "{}: cannot set up an io_uring for a queue: {}; io_engine = \"uring\" was asked \
+                 for (\"auto\" would use the I/O threads for this queue)",
+                self.shared.path.display(),
+                uring::explain(e)
+            ))),
             Err((e, threads)) => {
                 log::warn!(
-                    "{}: cannot set up an io_uring for a queue ({e}); this queue uses the I/O threads",
-                    self.shared.path.display()
+                    "{}: cannot set up an io_uring for a queue ({}); this queue uses the I/O threads",
+                    self.shared.path.display(),
+                    uring::explain(e)
                 );
                 Ok(Box::new(threads))
             }

@@ -2231,6 +2231,30 @@ fn a_failed_fua_write_on_the_ring_fails_the_next_flush_though_its_redo_succeeds(
     assert_eq!(reap_n(&mut q, 1), [(3, StoreStatus::WriteError { lba: 16 })]);
 }
 
+/// A queue whose io_uring cannot be set up (ENOMEM: the locked-memory limit before Linux
+/// 5.12) is an error when `uring` was asked for, as the README says of a refused io_uring,
+/// and a queue on the I/O threads under `auto`.
+#[test]
+fn a_forced_uring_engine_refuses_a_queue_without_a_ring() {
+    if !uring_or_skip("a_forced_uring_engine_refuses_a_queue_without_a_ring") {
+        return;
+    }
+    let dir = TempDir::new("forced-uring");
+    let forced = open(&config(IoEngine::Uring, &dir.file("forced.img"), Some(1 << 20))).expect("open");
+    super::uring::REFUSE_NEXT_RING.with(|r| r.set(true));
+    match forced.open_queue() {
+        Err(StoreError::Device(why)) => assert!(why.contains("io_uring"), "{why}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a queue without its ring under a forced uring engine"),
+    }
+    let auto = open(&config(IoEngine::Auto, &dir.file("auto.img"), Some(1 << 20))).expect("open");
+    super::uring::REFUSE_NEXT_RING.with(|r| r.set(true));
+    assert!(
+        auto.open_queue().is_ok(),
+        "auto: the queue falls back to the threads"
+    );
+}
+
 /// A write refused because the medium became read-only (EROFS: its file system remounted
 /// read-only; EPERM: `blockdev --setro`, an immutable file) is DATA PROTECT / WRITE PROTECTED,
 /// not a medium error at the LBA; an I/O error stays one.

@@ -135,8 +135,15 @@ pub(super) fn available() -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The next ring this thread sets up fails with ENOMEM, as io_uring_setup(2) does under a
+    /// locked-memory limit on kernels before 5.12 (tests of the fallback).
+    pub(super) static REFUSE_NEXT_RING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Why io_uring_setup(2) failed.
-fn explain(e: io::Error) -> String {
+pub(super) fn explain(e: io::Error) -> String {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
@@ -226,6 +233,10 @@ impl UringQueue {
         kernel_workers: u32,
     ) -> Result<Self, (io::Error, FileQueue)> {
         let entries = QUEUE_DEPTH as u32;
+        #[cfg(test)]
+        if REFUSE_NEXT_RING.with(|r| r.replace(false)) {
+            return Err((io::Error::from_raw_os_error(libc::ENOMEM), threads));
+        }
         let ring = match IoUring::new(entries) {
             Ok(ring) => ring,
             Err(e) => return Err((e, threads)),
