@@ -1969,6 +1969,51 @@ fn verifies(n: u64) -> Vec<StoreRequest> {
         .collect()
 }
 
+/// A ring transfer that failed goes to the I/O threads to be retried and its failing block
+/// located; with the pool's channel full (it is shared by every queue of the disk), it waits
+/// for room instead of being answered the ring's error unlocated: here an EIO on a healthy
+/// file, which the threads' retry reads GOOD once the pool drains.
+#[test]
+fn a_ring_retry_waits_for_room_on_the_io_threads() {
+    if !uring_or_skip("a_ring_retry_waits_for_room_on_the_io_threads") {
+        return;
+    }
+    let dir = TempDir::new("ring-deferred");
+    let store = open(&FileStoreConfig {
+        workers: 1,
+        ..config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))
+    })
+    .expect("open");
+    let shared = Arc::clone(&store.shared);
+    shared.stall.store(true, Ordering::Release);
+    // Fill the pool's channel (one thread: 256 jobs) from two other queues, the thread stalled.
+    let mut a: Box<dyn StoreQueue> = Box::new(store.thread_queue().expect("queue a"));
+    submit_all(&mut a, verifies(256));
+    wait_stalled(&store, 1);
+    let mut c: Box<dyn StoreQueue> = Box::new(store.thread_queue().expect("queue c"));
+    submit_all(&mut c, verifies(1));
+    let threads = store.thread_queue().expect("thread queue");
+    let Ok(mut b) = super::uring::UringQueue::new(Arc::clone(&store.shared), threads, 1) else {
+        panic!("a ring for the queue");
+    };
+    let buf = buffer(4096);
+    b.complete_as_the_kernel(
+        StoreRequest {
+            tag: 1,
+            op: StoreOp::Read { lba: 0, blocks: 8 },
+            buffer: Some(buf.clone()),
+        },
+        -libc::EIO,
+    );
+    let mut early = Vec::new();
+    b.reap(&mut early);
+    assert!(early.is_empty(), "answered while the pool had no room: {early:?}");
+    shared.stall.store(false, Ordering::Release);
+    assert_eq!(reap_n(&mut b, 1), [(1, StoreStatus::Good)], "the threads' retry");
+    reap_all(&mut a, 256, Duration::from_secs(10));
+    reap_all(&mut c, 1, Duration::from_secs(10));
+}
+
 /// Dropping the store with every I/O thread hung in a request waits one [`JOIN_BOUND`] for all
 /// of them, not one each (four hung threads took 40 s, twice the service's stop timeout).
 #[test]

@@ -71,6 +71,7 @@ use io_uring::types;
 use io_uring::IoUring;
 use io_uring::Probe;
 use scst_accel_hal::locks;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
@@ -214,6 +215,10 @@ pub(super) struct UringQueue {
     unsubmitted: bool,
     /// The CQEs of one drain (kept: no allocation per reap).
     cqes: Vec<(u64, i32)>,
+    /// Requests for the I/O threads (a ring transfer's retry, or the search for its failing
+    /// block) that the thread pool had no room for: handed over at the next submit or reap,
+    /// in order, once the pool has room ([`UringQueue::hand_over_deferred`]).
+    deferred: VecDeque<StoreRequest>,
     submitted: u64,
     /// One statx buffer per slot, for its write's size check (allocated once: none per write).
     /// The kernel writes a slot's entry until the STATX's CQE, so like the slots they are
@@ -266,6 +271,7 @@ impl UringQueue {
             ready: Vec::new(),
             unsubmitted: false,
             cqes: Vec::with_capacity(2 * QUEUE_DEPTH),
+            deferred: VecDeque::new(),
             submitted: 0,
             // SAFETY: `statx` is a C struct of integers only (no pointer, no enum, no
             // reference), for which all zeroes is a valid value.
@@ -378,16 +384,38 @@ impl UringQueue {
         self.threads.notify().signal();
     }
 
-    /// Give a request to the thread pool; if it has no room, answer `status` instead.
-    fn delegate(&mut self, req: StoreRequest, status: StoreStatus) {
-        let tag = req.tag;
-        let mut one = vec![req];
-        if let Err(e) = self.threads.submit_requests(&mut one) {
-            log::warn!(
-                "{}: cannot hand a request to the I/O threads: {e}",
-                self.store.path.display()
+    /// Give a request to the thread pool (a retry, or the search for a failing block); if it
+    /// has no room now (the pool's channel is shared by every queue of the disk), keep it for
+    /// when it has: answering the ring's error instead would report a medium error where
+    /// there may be none (an EAGAIN that ran out of retries), unlocated.
+    fn delegate(&mut self, req: StoreRequest) {
+        if self.deferred.is_empty() {
+            let mut one = vec![req];
+            if self.threads.submit_requests(&mut one).is_ok() {
+                return;
+            }
+            let Some(req) = one.pop() else { return };
+            log::debug!(
+                "{}: the I/O threads have no room; tag {} waits for it",
+                self.store.path.display(),
+                req.tag
             );
-            self.answer(tag, status);
+            self.deferred.push_back(req);
+        } else {
+            self.deferred.push_back(req);
+        }
+    }
+
+    /// Hand the deferred requests to the thread pool, in order, while it takes them.
+    fn hand_over_deferred(&mut self) {
+        while let Some(req) = self.deferred.pop_front() {
+            let mut one = vec![req];
+            if self.threads.submit_requests(&mut one).is_err() {
+                if let Some(req) = one.pop() {
+                    self.deferred.push_front(req);
+                }
+                return;
+            }
         }
     }
 
@@ -461,11 +489,6 @@ impl UringQueue {
         } else {
             let what = if write { "write" } else { "read" };
             let failed_lba = self.store.lba_of(start + *done as u64);
-            let failure = if write {
-                StoreStatus::WriteError { lba: failed_lba }
-            } else {
-                StoreStatus::ReadError { lba: failed_lba }
-            };
             let error = if result == 0 {
                 io::Error::from(io::ErrorKind::UnexpectedEof)
             } else {
@@ -484,7 +507,7 @@ impl UringQueue {
                     self.store.path.display()
                 );
                 self.free.push(index);
-                self.delegate(slot.req, failure);
+                self.delegate(slot.req);
                 return;
             }
         };
@@ -526,16 +549,7 @@ impl UringQueue {
         if !self.push(index) {
             let slot = self.slots[index].take().expect("just put back");
             self.free.push(index);
-            let Transfer {
-                write, start, done, ..
-            } = slot.io;
-            let lba = self.store.lba_of(start + done as u64);
-            let status = if write {
-                StoreStatus::WriteError { lba }
-            } else {
-                StoreStatus::ReadError { lba }
-            };
-            self.delegate(slot.req, status);
+            self.delegate(slot.req);
         }
     }
 
@@ -666,6 +680,7 @@ impl StoreQueue for UringQueue {
         _token: &mut crate::store::StoreToken<'_>,
         batch: &mut Vec<StoreRequest>,
     ) -> Result<(), StoreError> {
+        self.hand_over_deferred();
         let mut refused: Option<StoreError> = None;
         let mut rest = Vec::new();
         for req in batch.drain(..) {
@@ -729,6 +744,8 @@ impl StoreQueue for UringQueue {
         // again, so the fd is readable whenever a completion waits.
         let mut n = self.threads.reap(out);
         self.drain_cq();
+        // The threads' completions just reaped made room for what waited for it.
+        self.hand_over_deferred();
         n += self.ready.len();
         out.append(&mut self.ready);
         n
@@ -739,7 +756,7 @@ impl StoreQueue for UringQueue {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots_in_use() + self.ready.len() + self.threads.in_flight()
+        self.slots_in_use() + self.ready.len() + self.deferred.len() + self.threads.in_flight()
     }
 
     /// As the threads: what has not started completes Aborted (the ring's requests are
@@ -749,6 +766,13 @@ impl StoreQueue for UringQueue {
         let n = self.in_flight();
         if n == 0 {
             return 0;
+        }
+        // Waiting for room on the threads, not started: Aborted, as the threads' own.
+        for req in std::mem::take(&mut self.deferred) {
+            self.ready.push(StoreCompletion {
+                tag: req.tag,
+                status: StoreStatus::Aborted,
+            });
         }
         self.cancel_ring();
         let pool = self.threads.abort_start();
@@ -765,10 +789,11 @@ impl StoreQueue for UringQueue {
 
     fn dump(&self) -> Option<String> {
         Some(format!(
-            "file store queue (io_uring): {} in flight ({} in the ring, {} on the I/O threads), {} answered and not reaped, {} submitted",
+            "file store queue (io_uring): {} in flight ({} in the ring, {} on the I/O threads, {} waiting for room on them), {} answered and not reaped, {} submitted",
             self.in_flight(),
             self.slots_in_use(),
             self.threads.in_flight(),
+            self.deferred.len(),
             self.ready.len(),
             self.submitted
         ))
