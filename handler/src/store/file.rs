@@ -499,6 +499,11 @@ struct Shared {
     /// fraction of a microsecond and the STATX a trip through io-wq per write (23-50 % of the
     /// 4 KiB random-write IOPS on ext4 in three alternated runs). Tests may set it.
     stat_on_ring: AtomicBool,
+    /// The device is gone: an I/O answered ENODEV or ENXIO ("no such device": a block device
+    /// removed, a disk marked dead). Every later I/O would fail the same way, so the store
+    /// fails ([`Store::failure`]) and the disk is torn down, instead of answering MEDIUM
+    /// ERROR for ever.
+    gone: std::sync::OnceLock<String>,
     /// Tests: while set, an I/O thread that takes a job holds it before running it, as if
     /// hung in a system call (at most [`TEST_STALL_BOUND`]).
     #[cfg(test)]
@@ -717,6 +722,7 @@ impl FileStore {
             flushes: locks::OrderedMutex::new(FlushSeq::default()),
             dsync_writes: AtomicU64::new(0),
             stat_on_ring: AtomicBool::new(stat_on_ring),
+            gone: std::sync::OnceLock::new(),
             #[cfg(test)]
             stall: AtomicBool::new(false),
             #[cfg(test)]
@@ -802,6 +808,10 @@ impl FileStore {
 impl Store for FileStore {
     fn info(&self) -> StoreInfo {
         self.shared.info
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared.gone.get().cloned()
     }
 
     fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
@@ -1771,6 +1781,7 @@ impl Shared {
             }
             return StoreStatus::Good;
         };
+        self.note_gone(&e);
         // Nothing written back since the last flush: the error may be of anything, say 0.
         let lba = if low == u64::MAX { 0 } else { low };
         // Recorded before anything else (the log included): a flush that looks from here on

@@ -44,6 +44,7 @@ impl Shared {
     /// The status of a write that failed with `e` (not EINVAL, see `not_a_medium_error`) at
     /// `lba`, logged.
     pub(super) fn write_failed(&self, e: &io::Error, lba: u64) -> StoreStatus {
+        self.note_gone(e);
         let path = self.path.display();
         if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
             if self.regular {
@@ -82,8 +83,21 @@ impl Shared {
         StoreStatus::WriteError { lba }
     }
 
+    /// An I/O that failed with ENODEV or ENXIO ("no such device") tells that the device is
+    /// gone (a block device removed, a disk the kernel marked dead): the store fails
+    /// ([`super::Shared::gone`]), once, said at error.
+    pub(super) fn note_gone(&self, e: &io::Error) {
+        if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENXIO)) {
+            let why = format!("{}: the device is gone ({e})", self.path.display());
+            if self.gone.set(why.clone()).is_ok() {
+                log::error!("{why}; the disk is torn down");
+            }
+        }
+    }
+
     /// The status of a read that failed with `e` at `lba`, logged.
     pub(super) fn read_failed(&self, e: &io::Error, lba: u64) -> StoreStatus {
+        self.note_gone(e);
         let path = self.path.display();
         if e.kind() == io::ErrorKind::UnexpectedEof {
             log::error!(

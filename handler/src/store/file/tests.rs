@@ -2322,6 +2322,27 @@ fn a_write_refused_by_a_read_only_medium_is_write_protected() {
     );
 }
 
+/// An I/O answered ENODEV or ENXIO (a block device removed, a disk marked dead) fails the
+/// store, so that the disk is torn down rather than answering MEDIUM ERROR for ever; an EIO
+/// does not.
+#[test]
+fn a_device_gone_fails_the_store() {
+    let dir = TempDir::new("device-gone");
+    let store = open(&config(IoEngine::Threads, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    store
+        .shared
+        .read_failed(&io::Error::from_raw_os_error(libc::EIO), 3);
+    assert_eq!(store.failure(), None, "a medium error is the command's");
+    assert_eq!(
+        store
+            .shared
+            .read_failed(&io::Error::from_raw_os_error(libc::ENODEV), 3),
+        StoreStatus::ReadError { lba: 3 }
+    );
+    let why = store.failure().expect("the store failed");
+    assert!(why.contains("the device is gone"), "{why}");
+}
+
 /// A FUA write on the ring refused before it reached the device (ENOMEM: a resource error of
 /// the submission, as EAGAIN after its retries, ECANCELED or EBUSY are) is redone by the
 /// threads, and is no failed cache flush: the next flush stays good. (An EIO is taken for one:
