@@ -653,10 +653,23 @@ impl TcmuService {
         }
     }
 
-    /// A worker that ended on its own (its ring broke, its UIO device went): that disk is
-    /// stopped and shown failed; the others go on.
+    /// A worker that ended on its own (its ring broke, its UIO device went), or a store that
+    /// failed ([`Store::failure`]: its device gone, a fatal error or a timeout its recovery
+    /// could not clear): that disk is stopped and shown failed (a failed store: exit 74, as
+    /// under scst_user); the others go on.
     fn reap_finished(&mut self) {
         for i in 0..self.disks.len() {
+            let failed = self.disks[i]
+                .running
+                .as_ref()
+                .and_then(|r| r.backend.store.failure());
+            if let Some(why) = failed {
+                let name = self.disks[i].spec.args.name.clone();
+                log::error!("disk {name}: its store failed: {why}; stopping the disk");
+                self.disks[i].exit_code = self.disks[i].exit_code.max(exit::IOERR);
+                self.stop_disk(i, "StoreFailed", format!("its store failed: {why}"));
+                continue;
+            }
             let ended = self.disks[i]
                 .running
                 .as_ref()
@@ -1873,9 +1886,13 @@ mod tests {
 
     /// [`serving_rig`] with its configfs written through `fs`.
     fn serving_rig_on(tag: &str, fs: ServiceFs) -> Rig {
-        use scst_accel_handler::scsi::DiskConfig;
         use scst_accel_handler::store::ram::RamStore;
-        use scst_accel_handler::store::Store;
+        serving_rig_over(tag, fs, Arc::new(RamStore::new(512, 2048, 256)))
+    }
+
+    /// [`serving_rig_on`] over `store` (512-byte blocks, 2048 of them).
+    fn serving_rig_over(tag: &str, fs: ServiceFs, store: Arc<dyn scst_accel_handler::store::Store>) -> Rig {
+        use scst_accel_handler::scsi::DiskConfig;
         use scst_accel_handler::tcmu::sim::SimConfig;
         use scst_accel_handler::tcmu::sim::SimKernel;
         use scst_accel_handler::tcmu::uio::UioEvents;
@@ -1922,7 +1939,6 @@ mod tests {
             map_size: sim.region().len(),
         };
         let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
-        let store: Arc<dyn Store> = Arc::new(RamStore::new(512, 2048, 256));
         let backend = Backend::from_store(store, 1 << 22);
         let engine = Arc::new(Disk::new(DiskConfig::for_store(&backend.store.info())));
         let exec = Executor::new(
@@ -2298,6 +2314,61 @@ mod tests {
         fn stalled(&self) -> bool {
             self.stalled.load(std::sync::atomic::Ordering::Acquire)
         }
+    }
+
+    /// A RAM store whose failure can be set (a device gone under it).
+    struct FailingStore {
+        ram: scst_accel_handler::store::ram::RamStore,
+        failed: std::sync::OnceLock<String>,
+    }
+
+    impl scst_accel_handler::store::Store for FailingStore {
+        fn info(&self) -> scst_accel_handler::store::StoreInfo {
+            self.ram.info()
+        }
+
+        fn open_queue(
+            &self,
+        ) -> Result<Box<dyn scst_accel_handler::store::StoreQueue>, scst_accel_handler::store::StoreError>
+        {
+            self.ram.open_queue()
+        }
+
+        fn failure(&self) -> Option<String> {
+            self.failed.get().cloned()
+        }
+    }
+
+    /// A store that fails (its device gone, a fatal error its recovery could not clear) stops
+    /// its disk under TCMU too, shown failed with exit 74, as under scst_user; it used to serve
+    /// on, answering errors, with nothing in status.
+    #[test]
+    fn a_failed_store_stops_its_disk() {
+        let store = Arc::new(FailingStore {
+            ram: scst_accel_handler::store::ram::RamStore::new(512, 2048, 256),
+            failed: std::sync::OnceLock::new(),
+        });
+        let mut rig = serving_rig_over("store-failed", Arc::new(KernelFs), store.clone());
+        rig.service.reap_finished();
+        assert!(
+            rig.service.disks[0].running.is_some(),
+            "a healthy store serves on"
+        );
+        let _ = store.failed.set("the device is gone".into());
+        rig.service.reap_finished();
+        assert!(rig.service.disks[0].running.is_none(), "the disk is stopped");
+        collect_all_stops(&mut rig.service);
+        let d = &rig.service.disks[0];
+        assert_eq!((d.state, d.exit_code), (DiskState::Failed, exit::IOERR));
+        assert!(
+            d.failure.as_deref().unwrap_or("").contains("the device is gone"),
+            "{:?}",
+            d.failure
+        );
+        assert_eq!(
+            d.teardowns.last().map(|t| t.trigger.as_str()),
+            Some("StoreFailed")
+        );
     }
 
     /// configfs as target_core_user answers with nobody listening to its netlink group: an
