@@ -557,9 +557,17 @@ impl TcmuService {
             match running.setup.set_dev_size(bytes) {
                 Ok(()) => {}
                 Err(e) if e.source.raw_os_error() == Some(libc::ESRCH) => log::warn!(
-                    "disk {name}: served at {blocks} blocks; the kernel keeps its own dev_size at                      the old figure: target_core_user takes a size change only when a process                      listens to its netlink events (ESRCH: nobody does; this service listens                      unless netlink = false)"
+                    "disk {name}: served at {blocks} blocks; the kernel keeps its own dev_size at the old \
+                     figure: target_core_user takes a size change only when a process listens to \
+                     its netlink events (ESRCH: nobody does; this service listens unless netlink \
+                     = false)"
                 ),
-                Err(e) => return Err(format!("disk {name}: served at {blocks} blocks, but {}", error_chain(&e))),
+                Err(e) => {
+                    return Err(format!(
+                        "disk {name}: served at {blocks} blocks, but {}",
+                        error_chain(&e)
+                    ))
+                }
             }
         }
         log::info!(

@@ -344,9 +344,11 @@ impl NvmeController {
                     if let Some(mut q) = failed {
                         q.leak_on_drop();
                     }
-                    // No queue holds the controller any more (the failed one is dropped above
-                    // or leaked with its own reference), so this is its last reference but
-                    // for a leaked queue's: then that queue keeps the controller alive anyway.
+                    // No queue holds the controller any more: the failed one was dropped just
+                    // above (its rings leaked, not unmapped) and those created before it with
+                    // the error, so this is its last reference and its admin rings are leaked
+                    // with it. (Were another holder left, the rings would be unmapped at its
+                    // drop: there is none on this path.)
                     if let Some(c) = Arc::get_mut(&mut controller) {
                         c.admin.leak_on_drop();
                     }

@@ -388,33 +388,55 @@ impl UringQueue {
     /// has no room now (the pool's channel is shared by every queue of the disk), keep it for
     /// when it has: answering the ring's error instead would report a medium error where
     /// there may be none (an EAGAIN that ran out of retries), unlocated.
-    fn delegate(&mut self, req: StoreRequest) {
-        if self.deferred.is_empty() {
-            let mut one = vec![req];
-            if self.threads.submit_requests(&mut one).is_ok() {
-                return;
+    /// Only a full pool waits: any other refusal (the I/O threads are gone) answers `status`,
+    /// the ring's own error.
+    fn delegate(&mut self, req: StoreRequest, status: StoreStatus) {
+        if !self.deferred.is_empty() {
+            self.deferred.push_back(req);
+            return;
+        }
+        let tag = req.tag;
+        let mut one = vec![req];
+        match self.threads.submit_requests(&mut one) {
+            Ok(()) => {}
+            Err(StoreError::QueueFull { .. }) => {
+                log::debug!(
+                    "{}: the I/O threads have no room; tag {tag} waits for it",
+                    self.store.path.display()
+                );
+                self.deferred.extend(one.pop());
             }
-            let Some(req) = one.pop() else { return };
-            log::debug!(
-                "{}: the I/O threads have no room; tag {} waits for it",
-                self.store.path.display(),
-                req.tag
-            );
-            self.deferred.push_back(req);
-        } else {
-            self.deferred.push_back(req);
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot hand a request to the I/O threads: {e}",
+                    self.store.path.display()
+                );
+                self.answer(tag, status);
+            }
         }
     }
 
-    /// Hand the deferred requests to the thread pool, in order, while it takes them.
+    /// Hand the deferred requests to the thread pool, in order, while it takes them; if the
+    /// I/O threads are gone, the rest are answered Aborted (never started).
     fn hand_over_deferred(&mut self) {
         while let Some(req) = self.deferred.pop_front() {
+            let tag = req.tag;
             let mut one = vec![req];
-            if self.threads.submit_requests(&mut one).is_err() {
-                if let Some(req) = one.pop() {
-                    self.deferred.push_front(req);
+            match self.threads.submit_requests(&mut one) {
+                Ok(()) => {}
+                Err(StoreError::QueueFull { .. }) => {
+                    if let Some(req) = one.pop() {
+                        self.deferred.push_front(req);
+                    }
+                    return;
                 }
-                return;
+                Err(e) => {
+                    log::warn!(
+                        "{}: cannot hand a request to the I/O threads: {e}",
+                        self.store.path.display()
+                    );
+                    self.answer(tag, StoreStatus::Aborted);
+                }
             }
         }
     }
@@ -489,6 +511,11 @@ impl UringQueue {
         } else {
             let what = if write { "write" } else { "read" };
             let failed_lba = self.store.lba_of(start + *done as u64);
+            let failure = if write {
+                StoreStatus::WriteError { lba: failed_lba }
+            } else {
+                StoreStatus::ReadError { lba: failed_lba }
+            };
             let error = if result == 0 {
                 io::Error::from(io::ErrorKind::UnexpectedEof)
             } else {
@@ -507,7 +534,7 @@ impl UringQueue {
                     self.store.path.display()
                 );
                 self.free.push(index);
-                self.delegate(slot.req);
+                self.delegate(slot.req, failure);
                 return;
             }
         };
@@ -549,7 +576,16 @@ impl UringQueue {
         if !self.push(index) {
             let slot = self.slots[index].take().expect("just put back");
             self.free.push(index);
-            self.delegate(slot.req);
+            let Transfer {
+                write, start, done, ..
+            } = slot.io;
+            let lba = self.store.lba_of(start + done as u64);
+            let status = if write {
+                StoreStatus::WriteError { lba }
+            } else {
+                StoreStatus::ReadError { lba }
+            };
+            self.delegate(slot.req, status);
         }
     }
 
