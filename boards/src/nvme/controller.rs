@@ -234,6 +234,14 @@ impl NvmeController {
                 return Err(NvmeError::Gone { device: id });
             }
             cap = cap.with_crto(crto);
+            if cap.crwmt > super::regs::MAX_CRWMT_UNITS {
+                log::warn!(
+                    "{id}: CRTO {crto:#010x}: CRWMT {} s taken as {} s, the most this driver waits \
+                     for CSTS.RDY (every reset's and recovery's bound is a multiple of it)",
+                    u32::from(cap.crwmt) / 2,
+                    u32::from(super::regs::MAX_CRWMT_UNITS) / 2
+                );
+            }
             if cap.crwmt < u16::from(cap.to) {
                 // Linux's "bad crto" warning: CRWMT should be at least CAP.TO (NVMe 2.0
                 // §3.1.4.1); the larger is kept.

@@ -33,6 +33,10 @@ pub mod offset {
     pub const DOORBELLS: u64 = 0x1000;
 }
 
+/// The most of CRTO.CRWMT a ready wait takes, in 500 ms units: 5 minutes
+/// ([`Cap::ready_timeout`]).
+pub const MAX_CRWMT_UNITS: u16 = 600;
+
 /// Decoded CAP (NVMe 1.4 §3.1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cap {
@@ -121,8 +125,14 @@ impl Cap {
     /// for RDY = 0 (Linux's `nvme_disable_ctrl()` takes CAP.TO alone there): a disable first
     /// waits out an enable in progress, which may take CRWMT, and a longer bound on a wait
     /// that ends when RDY clears costs nothing on a controller that clears it in time.
+    ///
+    /// CRWMT counts up to [`MAX_CRWMT_UNITS`] (5 minutes): the field reaches 9 hours, and the
+    /// bound is multiplied into every reset's and recovery's (four and five times it), which a
+    /// worker's heartbeat is set ahead by; a garbage CRTO must not blind the watchdog for days.
+    /// A controller that truly needs longer fails its bring-up with a timeout, said so.
     pub fn ready_timeout(self) -> std::time::Duration {
-        let units = u64::from(self.to).max(u64::from(self.crwmt)).max(1);
+        let crwmt = self.crwmt.min(MAX_CRWMT_UNITS);
+        let units = u64::from(self.to).max(u64::from(crwmt)).max(1);
         std::time::Duration::from_millis(500 * units)
     }
 
@@ -361,10 +371,15 @@ mod tests {
         // CRWMT below CAP.TO (a wrong CRTO): CAP.TO is kept.
         let long = Cap { to: 20, ..cap };
         assert_eq!(long.ready_timeout(), Duration::from_secs(10));
-        // CRWMT beyond what CAP.TO can hold: 0xFFFF units, 32767.5 s.
+        // CRWMT beyond what CAP.TO can hold: 0x200 units, 256 s.
+        assert_eq!(
+            Cap { to: 0xFF, ..cap }.with_crto(0x200).ready_timeout(),
+            Duration::from_secs(256)
+        );
+        // A garbage CRWMT (0xFFFF units, 9 hours) counts up to 5 minutes.
         assert_eq!(
             Cap { to: 0xFF, ..cap }.with_crto(0xFFFF).ready_timeout(),
-            Duration::from_millis(32_767_500)
+            Duration::from_secs(300)
         );
 
         let both = Cap::from_bits(1 << 59 | 1 << 60);
