@@ -499,10 +499,11 @@ struct Shared {
     /// fraction of a microsecond and the STATX a trip through io-wq per write (23-50 % of the
     /// 4 KiB random-write IOPS on ext4 in three alternated runs). Tests may set it.
     stat_on_ring: AtomicBool,
-    /// The device is gone: an I/O answered ENODEV or ENXIO ("no such device": a block device
-    /// removed, a disk marked dead). Every later I/O would fail the same way, so the store
-    /// fails ([`Store::failure`]) and the disk is torn down, instead of answering MEDIUM
-    /// ERROR for ever.
+    /// The device is gone: an I/O answered ENODEV or ENXIO ("no such device"), or a block
+    /// device's size went to 0 (Linux's mark of a removed disk: reads then end at once and
+    /// writes get ENOSPC). Every later I/O would fail the same way, so the store fails
+    /// ([`Store::failure`]) and the disk is torn down, instead of answering MEDIUM ERROR for
+    /// ever.
     gone: std::sync::OnceLock<String>,
     /// Tests: while set, an I/O thread that takes a job holds it before running it, as if
     /// hung in a system call (at most [`TEST_STALL_BOUND`]).

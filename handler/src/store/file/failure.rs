@@ -55,6 +55,10 @@ impl Shared {
                 );
                 return StoreStatus::SpaceExhausted { lba };
             }
+            if self.note_gone_if_empty() {
+                log::error!("{path}: write error at LBA {lba}: the device is gone");
+                return StoreStatus::WriteError { lba };
+            }
             if out_of_space(lba, self.info.block_size, || (&self.data).seek(SeekFrom::End(0))) {
                 log::error!(
                     "{path}: the device has no space to store LBA {lba} ({e}): a thin-provisioned \
@@ -95,11 +99,29 @@ impl Shared {
         }
     }
 
+    /// A block device whose size is now 0 is gone: Linux sets a removed disk's capacity to 0
+    /// (`del_gendisk`, `blk_mark_disk_dead`), after which a read finds its end at once and a
+    /// write gets ENOSPC, not ENODEV. The store fails then ([`Self::note_gone`]); true if so.
+    /// A device shrunk but not empty is not gone: its blocks past the new end are medium
+    /// errors. A regular file cut to 0 is a truncation, said as such by the caller.
+    pub(super) fn note_gone_if_empty(&self) -> bool {
+        if self.regular || (&self.data).seek(SeekFrom::End(0)).ok() != Some(0) {
+            return false;
+        }
+        let why = format!("{}: the device is gone (its size is now 0)", self.path.display());
+        if self.gone.set(why.clone()).is_ok() {
+            log::error!("{why}; the disk is torn down");
+        }
+        true
+    }
+
     /// The status of a read that failed with `e` at `lba`, logged.
     pub(super) fn read_failed(&self, e: &io::Error, lba: u64) -> StoreStatus {
         self.note_gone(e);
         let path = self.path.display();
-        if e.kind() == io::ErrorKind::UnexpectedEof {
+        if e.kind() == io::ErrorKind::UnexpectedEof && self.note_gone_if_empty() {
+            log::error!("{path}: read error at LBA {lba}: the device is gone");
+        } else if e.kind() == io::ErrorKind::UnexpectedEof {
             log::error!(
                 "{path}: LBA {lba} is past the end of the {}: it was truncated (or shrunk) under \
                  the handler, and the data past its end is lost; restore it to {} bytes",

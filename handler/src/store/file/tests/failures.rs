@@ -619,3 +619,35 @@ fn a_block_device_shrunk_under_the_store_is_a_medium_error() {
         StoreStatus::WriteError { lba: 1020 }
     );
 }
+
+/// A block device whose size went to 0 under the store (removed: Linux sets a removed disk's
+/// capacity to 0; here a loop device whose backing file was emptied, `losetup -c`) fails the
+/// store, so that the disk is torn down; a shrunk one does not (the test above).
+#[test]
+fn a_block_device_gone_to_size_zero_fails_the_store() {
+    let name = "a_block_device_gone_to_size_zero_fails_the_store";
+    let lo = match LoopDevice::new(1 << 20) {
+        Ok(lo) => lo,
+        Err(reason) => return scst_accel_hal::skip::test_skipped(name, &reason),
+    };
+    let store = FileStore::open(&FileStoreConfig::new(&lo.device)).expect("open the loop device");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(4096);
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 0, blocks: 8 }, Some(&buf)),
+        StoreStatus::Good
+    );
+    assert_eq!(store.failure(), None);
+    OpenOptions::new()
+        .write(true)
+        .open(lo._dir.file("backing.img"))
+        .and_then(|f| f.set_len(0))
+        .expect("empty the backing file");
+    sh("losetup", &["-c", &lo.device.to_string_lossy()]).expect("losetup -c");
+    assert_eq!(
+        run(&mut q, StoreOp::Read { lba: 0, blocks: 8 }, Some(&buf)),
+        StoreStatus::ReadError { lba: 0 }
+    );
+    let why = store.failure().expect("the store failed");
+    assert!(why.contains("its size is now 0"), "{why}");
+}
