@@ -1482,7 +1482,10 @@ impl Worker {
             // SCST reuses a handle only after the reply: a second EXEC with a handle still in
             // the store is a kernel bug. The first keeps its entry and its lease (its request
             // may still be on the device, and its completion must find its own entry: a
-            // store tag does not tell the two apart), and the second reaches nothing.
+            // store tag does not tell the two apart), and the second reaches nothing. The
+            // first's completion replies for the handle once more later: the kernel refuses
+            // that (ESRCH, consumed, counted) unless it reused the handle meanwhile, a second
+            // kernel bug this does not guard against.
             log::error!("cmd_h {cmd_h}: EXEC while an earlier EXEC of that handle is in the store; refused");
             let response = self.check_condition(0x04, 0x44, 0x00);
             return self.reply_exec(cmd_h, ctx, response);
