@@ -1559,7 +1559,12 @@ fn the_simulated_kernel_breaks_on_an_unknown_or_reaped_cmd_id() {
     sim.region().store_u32_release(abi::MB_CMD_TAIL, sim.head());
     let unknown = SimError::UnknownCmdId { at, cmd_id: 9 };
     assert_eq!(sim.reap(), Err(unknown.clone()));
-    assert_eq!(sim.reap(), Err(unknown), "broken for good");
+    assert_eq!(sim.reap(), Err(unknown.clone()), "broken for good");
+    assert_eq!(
+        sim.post_cmd(2, &cdb, &[], &[]),
+        Err(unknown),
+        "and queues nothing more"
+    );
     sim.reset_ring();
     assert_eq!(sim.reap(), Ok(vec![]), "a reset clears it");
     // Reaped already: the second entry names the first command again.

@@ -220,7 +220,7 @@ impl SimKernel {
     /// length that plus the CDB rounded up to 8; returns the ring offset.
     ///
     /// # Errors
-    /// [`SimError::RingFull`].
+    /// [`SimError::RingFull`]; the device's [`SimError::UnknownCmdId`] while it is broken.
     pub fn post_cmd(
         &mut self,
         cmd_id: u16,
@@ -318,8 +318,13 @@ impl SimKernel {
     }
 
     /// Where the next entry of `len` bytes goes: after a PAD to the ring's end when it would
-    /// not fit before it.
+    /// not fit before it. Nothing goes while the device is broken.
     fn make_room(&mut self, len: u32) -> Result<u32, SimError> {
+        // A broken device queues nothing more (`queue_cmd_ring` fails the command while
+        // TCMU_DEV_BIT_BROKEN is set), until a ring reset.
+        if let Some(broken) = &self.broken {
+            return Err(broken.clone());
+        }
         let to_end = self.cmdr_size - self.head;
         let pad = if len > to_end { to_end } else { 0 };
         let free = self.free();
