@@ -353,6 +353,29 @@ impl Children {
     }
 }
 
+impl Extend<Child> for Children {
+    fn extend<I: IntoIterator<Item = Child>>(&mut self, children: I) {
+        for child in children {
+            self.push(child);
+        }
+    }
+}
+
+impl FromIterator<Child> for Children {
+    fn from_iter<I: IntoIterator<Item = Child>>(children: I) -> Self {
+        let mut out = Self::default();
+        out.extend(children);
+        out
+    }
+}
+
+/// `blocks` blocks from `lba` in pieces of at most `per` (at least one block each): (first
+/// block, blocks) of each.
+fn pieces(lba: u64, blocks: u64, per: u64) -> impl Iterator<Item = (u64, u64)> {
+    let per = per.max(1);
+    (0..blocks.div_ceil(per)).map(move |i| (lba + i * per, per.min(blocks - i * per)))
+}
+
 impl IntoIterator for Children {
     type Item = Child;
     type IntoIter = std::iter::Chain<std::option::IntoIter<Child>, std::vec::IntoIter<Child>>;
@@ -690,15 +713,10 @@ impl AccelQueue {
                 // controller's WZSL (NVM Command Set Specification 1.0 §4.1.5.3), above which it
                 // refuses the command with Invalid Field in Command, as Linux caps a write
                 // zeroes at it (`max_zeroes_sectors`, `nvme_init_non_mdts_limits()`).
-                let per = max_blocks.min(u64::from(self.write_zeroes_blocks)).max(1);
-                let mut out = Children::default();
-                let mut done = 0;
-                while done < blocks {
-                    let n = (blocks - done).min(per);
-                    out.push(child(op, false, lba + done, n, Segments::None));
-                    done += n;
-                }
-                Ok(out)
+                let per = max_blocks.min(u64::from(self.write_zeroes_blocks));
+                Ok(pieces(*lba, blocks, per)
+                    .map(|(at, n)| child(op, false, at, n, Segments::None))
+                    .collect())
             }
             StoreOp::Unmap { ranges } => {
                 // A deallocation moves no data, so MAXIMUM TRANSFER does not bound it: one device
@@ -711,21 +729,17 @@ impl AccelQueue {
                 // requests where the device sets no limit, not two million of MAXIMUM TRANSFER
                 // each. The SCSI limits (VPD B0h) stay as configured: this split serves any
                 // UNMAP they allow.
-                let per = (u64::from(u32::MAX) / bs)
-                    .min(u64::from(self.deallocate_blocks))
-                    .max(1);
+                let per = (u64::from(u32::MAX) / bs).min(u64::from(self.deallocate_blocks));
                 let mut out = Children::default();
                 for &(lba, blocks) in ranges.iter() {
                     let blocks = u64::from(blocks);
                     if !in_range(lba, blocks) {
                         return Err(StoreStatus::OutOfRange);
                     }
-                    let mut done = 0;
-                    while done < blocks {
-                        let n = (blocks - done).min(per);
-                        out.push(child(DeviceOp::Deallocate, false, lba + done, n, Segments::None));
-                        done += n;
-                    }
+                    out.extend(
+                        pieces(lba, blocks, per)
+                            .map(|(at, n)| child(DeviceOp::Deallocate, false, at, n, Segments::None)),
+                    );
                 }
                 Ok(out)
             }
@@ -1571,7 +1585,8 @@ impl AccelQueue {
     /// Make sure the function does no more DMA: reset it, else clear its bus mastering and read
     /// it back. False when neither could be confirmed.
     fn stop_dma(&mut self) -> bool {
-        // A reset (an NVMe one waits up to four ready timeouts: CAP.TO, or CRTO.CRWMT when larger): a device call like a recovery's.
+        // A reset (an NVMe one waits up to four ready timeouts: CAP.TO, or CRTO.CRWMT when
+        // larger): a device call like a recovery's.
         match self.device_call(|q| q.board.reset()) {
             Ok(()) => return true,
             Err(e) => log::error!("{}: reset after a failed recovery: {e}", self.board.id()),
@@ -1974,6 +1989,18 @@ mod tests {
 
     /// Restart failures close together are one run, counted from its first; one that comes
     /// after a longer quiet (the queue idle, nothing retried) starts a new run.
+    /// The pieces a split makes: none of nothing, whole ones, the rest last; a zero limit
+    /// still moves one block at a time.
+    #[test]
+    fn pieces_cover_the_range_in_order() {
+        let all = |lba, blocks, per| super::pieces(lba, blocks, per).collect::<Vec<_>>();
+        assert_eq!(all(5, 0, 4), []);
+        assert_eq!(all(5, 8, 4), [(5, 4), (9, 4)]);
+        assert_eq!(all(5, 9, 4), [(5, 4), (9, 4), (13, 1)]);
+        assert_eq!(all(0, 3, 0), [(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(all(7, 2, u64::MAX), [(7, 2)]);
+    }
+
     #[test]
     fn restart_failures_far_apart_start_the_count_again() {
         let gap = Duration::from_secs(2);

@@ -92,10 +92,15 @@ impl Shared {
     /// ([`super::Shared::gone`]), once, said at error.
     pub(super) fn note_gone(&self, e: &io::Error) {
         if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENXIO)) {
-            let why = format!("{}: the device is gone ({e})", self.path.display());
-            if self.gone.set(why.clone()).is_ok() {
-                log::error!("{why}; the disk is torn down");
-            }
+            self.mark_gone(&e.to_string());
+        }
+    }
+
+    /// The store fails, the first time only, said at error: the device is gone (`how`).
+    fn mark_gone(&self, how: &str) {
+        let why = format!("{}: the device is gone ({how})", self.path.display());
+        if self.gone.set(why.clone()).is_ok() {
+            log::error!("{why}; the disk is torn down");
         }
     }
 
@@ -108,10 +113,7 @@ impl Shared {
         if self.regular || (&self.data).seek(SeekFrom::End(0)).ok() != Some(0) {
             return false;
         }
-        let why = format!("{}: the device is gone (its size is now 0)", self.path.display());
-        if self.gone.set(why.clone()).is_ok() {
-            log::error!("{why}; the disk is torn down");
-        }
+        self.mark_gone("its size is now 0");
         true
     }
 
