@@ -179,8 +179,8 @@ fn every_check_fails_in_order_with_its_fix() {
     assert_mentions(&e, &["/vfio/7", "bound to vfio-pci"]);
     // Present but not openable read-write (a directory: EISDIR). As root a mode-000 node opens
     // anyway, so this proves the check really opens the node and reports its failure there;
-    // the EACCES -> "run as root or chown" mapping is proven by preflight's errno test and,
-    // when not root, by `a_mode_000_group_node_is_permission_denied` below.
+    // the EACCES -> "run as root or chown" mapping is proven by preflight's errno test and by
+    // `a_mode_000_group_node_is_permission_denied` below (run as `nobody` when root).
     fs::create_dir(t.dev().join("vfio/7")).expect("group node as a dir");
     let e = t.open(ADDR);
     assert!(
@@ -219,10 +219,9 @@ fn a_mode_000_group_node_is_permission_denied() {
         .and_then(|l| l.split_whitespace().nth(2))
         .is_some_and(|euid| euid == "0");
     if root {
-        return test_skipped(
-            "a_mode_000_group_node_is_permission_denied",
-            "running as root, which opens a mode-000 node anyway (CAP_DAC_OVERRIDE)",
-        );
+        // Root opens a mode-000 node anyway (CAP_DAC_OVERRIDE): run this test again in a child
+        // process that is not root.
+        return rerun_as_nobody("a_mode_000_group_node_is_permission_denied");
     }
     use std::os::unix::fs::PermissionsExt;
     let t = FakeTree::new();
@@ -237,6 +236,51 @@ fn a_mode_000_group_node_is_permission_denied() {
     let e = t.open(ADDR);
     assert!(matches!(e, VfioError::GroupPermission { .. }), "{e:?}");
     assert_mentions(&e, &["run as root", "chown USER"]);
+}
+
+/// Run the test `name` of this file again in a child process of this test binary, as uid and
+/// gid 65534 (`nobody`), and fail unless it ran there and passed. For the checks only a user
+/// without CAP_DAC_OVERRIDE can make; said as a skip only where root cannot drop to that user.
+fn rerun_as_nobody(name: &str) {
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let test = format!(
+        "{}::{name}",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            return test_skipped(
+                name,
+                &format!("running as root, and this test binary's path is unknown ({e})"),
+            )
+        }
+    };
+    let out = std::process::Command::new(&exe)
+        .args(["--exact", &test, "--test-threads", "1"])
+        .env("TMPDIR", "/tmp")
+        .env_remove("SCST_ACCEL_SKIP_LOG")
+        // std drops the supplementary groups too (setgroups(0)) when root sets a uid.
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            return test_skipped(
+                name,
+                &format!("running as root, which opens a mode-000 node anyway, and {exe:?} could not be run as uid {NOBODY}: {e}"),
+            )
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} as uid {NOBODY}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Two adjacent pages mapped by two map calls: the kernel's type1 v2 unmap would take both for
