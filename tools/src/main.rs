@@ -10,6 +10,7 @@ use scst_accel::control;
 use scst_accel::crash;
 use scst_accel::demo;
 use scst_accel::diag;
+use scst_accel::exit;
 use scst_accel::identity;
 use scst_accel::journal;
 use scst_accel::serve;
@@ -69,13 +70,28 @@ enum Command {
     CrashCheck(crash::CheckArgs),
 }
 
+/// Print clap's message and exit 0 for `--help` and `--version`, otherwise 64 (EX_USAGE), as
+/// the README's exit table says: clap's own code for a usage error is 2, which a unit's
+/// `RestartPreventExitStatus=64 78` does not list, so systemd would restart a misspelt flag
+/// until its start limit.
+fn command_line_error(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    match e.kind() {
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(exit::USAGE),
+    }
+}
+
 fn main() -> ExitCode {
     // The matches are kept so that `serve` can tell which flags were given (they override the
     // configuration file's).
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => return command_line_error(&e),
+    };
     let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        Err(e) => return command_line_error(&e),
     };
     // A block device's size and block size are its own: note which were given, so that one
     // that is not the device's is refused rather than ignored.

@@ -108,6 +108,20 @@ fn a_bad_size_is_a_usage_error() {
     assert!(stderr.contains("multiple of the block size"), "{stderr}");
 }
 
+/// What clap refuses itself (a misspelt flag, a size its parser refuses) is 64 as well, not
+/// clap's 2, which `RestartPreventExitStatus=64 78` would not stop systemd restarting; `--help`
+/// is 0.
+#[test]
+fn a_flag_clap_refuses_is_a_usage_error_and_help_is_not() {
+    let (code, stderr) = run(&["--loopback", "--sise", "1G"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--sise"), "{stderr}");
+    let (code, stderr) = run(&["--loopback", "--size", "16X"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    let (code, stderr) = run(&["--help"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[test]
 fn a_missing_config_file_is_a_configuration_error() {
     let (code, stderr) = run(&["--config", "/nonexistent/scst-accel.toml"]);
