@@ -132,10 +132,12 @@ impl Notifier {
 
     /// `EXTEND_TIMEOUT_USEC=…`: the current start or stop may take `by` more from now (a
     /// teardown that waits for a device longer than `TimeoutStopSec=` would be killed
-    /// mid-way). Capped at what the protocol's field holds (about 71 minutes).
+    /// mid-way). The field is systemd's 64-bit `usec_t` (sd_notify(3)); the sd-notify crate's
+    /// own variant holds a u32 (at most about 71 minutes, less than a `stop_timeout` may be),
+    /// so the line is written here.
     pub fn extend_timeout(&self, by: Duration) {
-        let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
-        self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+        let usec = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
+        self.send(&[NotifyState::Custom(&format!("EXTEND_TIMEOUT_USEC={usec}"))]);
     }
 
     /// `WATCHDOG=1`: the service is alive. Prefer [`Watchdog`], which pings only when healthy.
@@ -352,8 +354,11 @@ mod tests {
         assert_eq!(recv(&l), "STOPPING=1\n");
         n.extend_timeout(Duration::from_secs(25));
         assert_eq!(recv(&l), "EXTEND_TIMEOUT_USEC=25000000\n");
-        n.extend_timeout(Duration::from_secs(1 << 40));
-        assert_eq!(recv(&l), format!("EXTEND_TIMEOUT_USEC={}\n", u32::MAX));
+        // Two hours: past the 32 bits the sd-notify crate's variant holds.
+        n.extend_timeout(Duration::from_secs(7200));
+        assert_eq!(recv(&l), "EXTEND_TIMEOUT_USEC=7200000000\n");
+        n.extend_timeout(Duration::MAX);
+        assert_eq!(recv(&l), format!("EXTEND_TIMEOUT_USEC={}\n", u64::MAX));
         n.watchdog();
         assert_eq!(recv(&l), "WATCHDOG=1\n");
         assert_eq!(n.watchdog_interval(), None);

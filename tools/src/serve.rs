@@ -244,7 +244,11 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     if let Some(forwarder) = forwarder {
         forwarder.stop();
     }
-    // The control socket answers (state `stopping`) until every teardown has ended.
+    // The control socket answers (state `stopping`) until every teardown has ended. The
+    // extension counts from when it is sent (sd_notify(3)): the watchdog's and the forwarder's
+    // stops above may have spent up to ten seconds of the one sent at STOPPING, so it is sent
+    // again for what is left, the teardowns' budget and the servers' joins.
+    notifier.extend_timeout(service.stop_budget() + AFTER_TEARDOWN);
     let requested = service.stop_requested();
     let outcomes = service.stop();
     servers.stop();
@@ -357,8 +361,12 @@ impl Servers {
 fn announce_stop(notifier: &Notifier, service: &Service) {
     notifier.stopping();
     notifier.status("stopping: tearing every disk down");
-    notifier.extend_timeout(service.stop_budget() + Duration::from_secs(5));
+    notifier.extend_timeout(service.stop_budget() + AFTER_TEARDOWN);
 }
+
+/// What the stop spends past the teardowns' budget: the control and metrics servers' joins
+/// (up to 5 s each, a connection being served ends within its own 2 s budget) and a margin.
+const AFTER_TEARDOWN: Duration = Duration::from_secs(15);
 
 /// How long systemd is asked to wait for each disk's start (EXTEND_TIMEOUT_USEC before each):
 /// every wait of a start is bounded by the device's own timeouts (an NVMe controller's
