@@ -268,17 +268,7 @@ fn read_line(reader: &mut BufReader<UnixStream>, line: &mut Vec<u8>, deadline: I
 fn reply_within(writer: &mut UnixStream, value: &Value, deadline: Instant) -> io::Result<()> {
     let mut text = value.to_string();
     text.push('\n');
-    let mut rest = text.as_bytes();
-    while !rest.is_empty() {
-        writer.set_write_timeout(Some(time_left(deadline)?))?;
-        match writer.write(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    crate::metrics::write_within(writer, text.as_bytes(), deadline)
 }
 
 fn error(message: String) -> Value {

@@ -422,8 +422,13 @@ pub fn prometheus_text(snapshots: &[DiskSnapshot], window: &[DiskRates]) -> Stri
 
 /// Longest request head read; more is a 400.
 const MAX_HEAD: usize = 8 * 1024;
-/// Each connection is served within this, whatever the peer does.
-const CONNECTION_BUDGET: Duration = Duration::from_secs(2);
+/// The request head must have arrived within this of the accept, whatever the peer does: the
+/// server has one thread, and a scraper sends its request with the connection, so a peer that
+/// connects and waits holds the next scrape back by this much.
+const HEAD_BUDGET: Duration = Duration::from_millis(500);
+/// The reply is written within this, in all: a peer that reads slowly is dropped at it (a
+/// timeout per write would let one that takes a byte at a time hold the thread for ever).
+const REPLY_BUDGET: Duration = Duration::from_secs(2);
 /// After a failed accept or poll, the pause before the accept loop tries again.
 pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// How long `stop` waits for the thread.
@@ -574,8 +579,7 @@ fn serve_metrics(listener: &TcpListener, view: &dyn ServiceView, stop: &StopSign
 /// Read one request head (bounded in size and time) and answer it; the connection closes.
 fn answer_http(mut stream: TcpStream, view: &dyn ServiceView, sampler: &mut Sampler) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    let deadline = Instant::now() + CONNECTION_BUDGET;
-    stream.set_write_timeout(Some(CONNECTION_BUDGET))?;
+    let deadline = Instant::now() + HEAD_BUDGET;
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let complete = loop {
@@ -640,8 +644,50 @@ fn answer_http(mut stream: TcpStream, view: &dyn ServiceView, sampler: &mut Samp
     if method != Some("HEAD") {
         response.push_str(&body);
     }
-    stream.write_all(response.as_bytes())?;
-    stream.flush()
+    write_within(&mut stream, response.as_bytes(), Instant::now() + REPLY_BUDGET)
+}
+
+/// A stream whose writes can be bounded in time ([`TcpStream`], [`UnixStream`](std::os::unix::net::UnixStream)).
+pub(crate) trait WriteTimeout: Write {
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl WriteTimeout for TcpStream {
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+}
+
+impl WriteTimeout for std::os::unix::net::UnixStream {
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_write_timeout(self, timeout)
+    }
+}
+
+/// Write all of `bytes` before `deadline`, each write waiting at most what is left of it;
+/// `TimedOut` once it has passed.
+pub(crate) fn write_within<W: WriteTimeout>(
+    writer: &mut W,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer was too slow to take its reply: connection dropped",
+            ));
+        }
+        writer.set_write_timeout(Some(left))?;
+        match writer.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -832,6 +878,57 @@ mod tests {
             reply.contains("scst_accel_commands_total{disk=\"ram0\",op=\"read\"}"),
             "{reply}"
         );
+        server.stop();
+    }
+
+    /// A peer that takes its reply a little at a time, each write making progress, is dropped
+    /// at the reply's deadline (a timeout per write would have let it hold the thread).
+    #[test]
+    fn a_reply_to_a_trickling_reader_ends_at_its_deadline() {
+        let (mut ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut byte = [0u8; 512];
+                // Bounded: a writer that does not give up meets a closed peer after 3 s.
+                let until = Instant::now() + Duration::from_secs(3);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    if matches!(theirs.read(&mut byte), Ok(0) | Err(_)) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let started = Instant::now();
+        let reply = vec![b'x'; 64 << 20];
+        let result = write_within(&mut ours, &reply, started + Duration::from_millis(300));
+        let took = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(ours);
+        reader.join().unwrap();
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    /// A peer that connects and sends nothing holds the next scrape back by the head's budget,
+    /// not the reply's.
+    #[test]
+    fn an_idle_connection_holds_the_next_scrape_back_by_the_head_budget_only() {
+        let view: Arc<dyn ServiceView> = Arc::new(FakeView::default());
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), view).unwrap();
+        let addr = server.local_addr();
+        let idle = std::net::TcpStream::connect(addr).unwrap();
+        let started = Instant::now();
+        let reply = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        let took = started.elapsed();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(
+            took < REPLY_BUDGET,
+            "served after {took:?}, behind an idle connection"
+        );
+        drop(idle);
         server.stop();
     }
 
