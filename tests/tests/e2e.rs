@@ -216,6 +216,50 @@ fn abort_task_of_a_command_in_flight_waits_for_its_exec_reply() {
     );
 }
 
+/// WCE as MODE SENSE(6) reports it (caching page, no block descriptors), and the page as read.
+fn caching_page(session: &Session, tag: u64) -> (bool, Vec<u8>) {
+    let done = execute(session, tag, &[0x1A, 0x08, 0x08, 0, 255, 0], Vec::new(), 255);
+    assert_eq!(done.status, sam_status::GOOD, "{done:?}");
+    let page = done.data_in[4..].to_vec();
+    assert_eq!(page[0] & 0x3F, 0x08, "{:02x?}", done.data_in);
+    (page[2] & 0x04 != 0, page)
+}
+
+/// PERSISTENT RESERVE OUT PREEMPT AND ABORT (SCST's PR_ABORT_ALL) aborts tasks but is no reset
+/// (SPC-4 §5.12.11.2.6): a WCE an initiator cleared stays cleared, where a LUN RESET returns it
+/// to its default, as SCST's vdisk does.
+#[test]
+fn a_preempt_and_abort_keeps_the_mode_pages_a_lun_reset_restores() {
+    let rig = Rig::new(
+        "e2e-pr-abort",
+        512,
+        8192,
+        default_options(),
+        Arc::new(RamStore::new(512, 8192, 256)),
+    );
+    let session = rig.session(0);
+    let (wce, mut page) = caching_page(&session, 1);
+    assert!(wce, "a RAM store's cache is on by default");
+    page[0] &= 0x3F; // PS is reserved in MODE SELECT
+    page[2] &= !0x04;
+    let mut list = vec![0u8; 4];
+    list.extend_from_slice(&page);
+    let select = [0x15, 0x10, 0, 0, list.len() as u8, 0];
+    let done = execute(&session, 2, &select, list, 0);
+    assert_eq!(done.status, sam_status::GOOD, "{done:?}");
+    assert!(!caching_page(&session, 3).0);
+    let tm = |function| {
+        let id = session.task_mgmt(function, None).expect("task management");
+        let done = session.tm_completions().recv_timeout(WAIT).expect("TM completes");
+        assert_eq!((done.id, done.result), (id, 0));
+    };
+    tm(tm_fn::PR_ABORT_ALL);
+    let (wce, _) = caching_page(&session, 4);
+    assert!(!wce, "PREEMPT AND ABORT turned the write cache back on");
+    tm(tm_fn::LUN_RESET);
+    assert!(caching_page(&session, 5).0, "a LUN RESET restores the default");
+}
+
 #[test]
 fn capacity_change_raises_a_unit_attention_then_reports_the_new_size() {
     let rig = Rig::ram("e2e-resize", 512, 4096);

@@ -1132,13 +1132,12 @@ impl Worker {
             tm.cmd_h_to_abort,
             self.inflight.len()
         );
-        if cmd.subcode == abi::SCST_USER_TASK_MGMT_DONE
-            && matches!(
-                tm.fn_,
-                abi::tm_fn::LUN_RESET | abi::tm_fn::TARGET_RESET | abi::tm_fn::PR_ABORT_ALL
-            )
-        {
-            self.shared.disk.reset(&mut self.token);
+        if cmd.subcode == abi::SCST_USER_TASK_MGMT_DONE {
+            match tm.fn_ {
+                abi::tm_fn::LUN_RESET | abi::tm_fn::TARGET_RESET => self.shared.disk.reset(&mut self.token),
+                abi::tm_fn::PR_ABORT_ALL => self.shared.disk.preempt_and_abort(),
+                _ => {}
+            }
         }
         // Affected EXECs finish on their own (the store completes them); spec §4 only asks that
         // every one of them is answered, which the in-flight table guarantees.

@@ -689,6 +689,15 @@ impl Disk {
         *pages = defaults;
     }
 
+    /// PERSISTENT RESERVE OUT PREEMPT AND ABORT (SCST's `PR_ABORT_ALL`, LIO's
+    /// `TCMU_TMR_LUN_RESET_PRO`): the preempted initiator's tasks are aborted, but it is no
+    /// reset (SPC-4 §5.12.11.2.6): only PREVENT ALLOW MEDIUM REMOVAL is cleared, as SCST's
+    /// vdisk and usr/fileio do; the mode pages keep what MODE SELECT made them (a WCE an
+    /// initiator cleared must not come back on behind it).
+    pub fn preempt_and_abort(&self) {
+        self.prevent_removal.store(false, Ordering::Release);
+    }
+
     /// Sense bytes (fixed or descriptor per D_SENSE) for key/asc/ascq, for callers
     /// that need sense without a CDB (BUSY handling, aborted commands).
     pub fn sense(&self, key: u8, asc: u8, ascq: u8) -> SenseBytes {

@@ -32,9 +32,10 @@
 //! the backstore's attributes): the kernel has aborted the listed commands and waits for each
 //! to be completed before it answers the initiator's TMF, so the executor completes them as
 //! soon as that is safe (see [`TaskManagementStats`] for the four cases), with TASK ABORTED
-//! and no Data-In; a reset (LUN, target, PR preempt-and-abort) also returns the engine's mode
-//! pages and PREVENT ALLOW MEDIUM REMOVAL to their defaults, as the scst_user worker does on
-//! TASK_MGMT_DONE.
+//! and no Data-In; a reset (LUN, target) also returns the engine's mode pages and PREVENT ALLOW
+//! MEDIUM REMOVAL to their defaults, as the scst_user worker does on TASK_MGMT_DONE; a PR
+//! preempt-and-abort (`LUN_RESET_PRO`) is no reset and clears PREVENT only
+//! ([`Disk::preempt_and_abort`](crate::scsi::Disk::preempt_and_abort)).
 
 use super::abi::mailbox_flags;
 use super::abi::tmr_type;
@@ -155,7 +156,7 @@ pub struct Progress {
 pub struct TaskManagementStats {
     /// Notices read.
     pub notices: u64,
-    /// Of those, resets (LUN reset, warm or cold target reset, PR preempt-and-abort).
+    /// Of those, resets (LUN reset, warm or cold target reset; not a PR preempt-and-abort).
     pub resets: u64,
     /// Listed commands taken back before the store had them: from the store queue before
     /// submission, or parked waiting for their range.
@@ -635,10 +636,7 @@ impl Executor {
         self.tmr.notices += 1;
         let reset = matches!(
             notice.tmr_type,
-            tmr_type::LUN_RESET
-                | tmr_type::TARGET_WARM_RESET
-                | tmr_type::TARGET_COLD_RESET
-                | tmr_type::LUN_RESET_PRO
+            tmr_type::LUN_RESET | tmr_type::TARGET_WARM_RESET | tmr_type::TARGET_COLD_RESET
         );
         let before = self.tmr;
         for &id in &notice.cmd_ids {
@@ -686,6 +684,8 @@ impl Executor {
         if reset {
             self.tmr.resets += 1;
             self.disk.reset(token);
+        } else if notice.tmr_type == tmr_type::LUN_RESET_PRO {
+            self.disk.preempt_and_abort();
         }
         log::info!(
             "tcmu task management {} ({}) for {} command(s): {} cancelled before the store, \
@@ -2100,6 +2100,49 @@ mod tests {
             "the cancelled write was submitted"
         );
         assert_eq!(r.exec.in_flight(), 0);
+    }
+
+    /// A PR preempt-and-abort (`LUN_RESET_PRO`) is no reset (SPC-4 §5.12.11.2.6): it clears
+    /// PREVENT ALLOW MEDIUM REMOVAL, as SCST's vdisk does on PR_ABORT_ALL, and leaves the mode
+    /// pages as MODE SELECT made them; a LUN reset returns them to their defaults.
+    #[test]
+    fn a_preempt_and_abort_clears_prevent_and_keeps_the_mode_pages() {
+        let mut r = held_rig_with(true, usize::MAX, mailbox_flags::CAP_TMR | mailbox_flags::CAP_OOOC);
+        let default_wce = r.disk.write_cache_enabled();
+        r.sim.post_cmd(1, &[0x1e, 0, 0, 0, 1, 0], &[], &[]).expect("post");
+        r.poll_and_reap();
+        assert!(r.disk.removal_prevented());
+        // MODE SELECT(6) of the caching page with WCE flipped, straight to the disk the
+        // executor serves (a flush it plans answered GOOD).
+        let mut list = vec![0u8; 4];
+        list.extend_from_slice(&[0x08, 0x12, if default_wce { 0 } else { 0x04 }]);
+        list.extend_from_slice(&[0u8; 17]);
+        let select = [0x15, 0x10, 0, 0, list.len() as u8, 0];
+        let token = &mut scst_accel_hal::locks::LockToken::root();
+        match r.disk.start(token, &select, &list) {
+            Plan::Io(flush) => {
+                r.disk.finish(&flush, crate::store::StoreStatus::Good);
+            }
+            Plan::Done(done) => assert_eq!(done.status, sam_status::GOOD, "{done:?}"),
+        }
+        assert_eq!(r.disk.write_cache_enabled(), !default_wce);
+        r.sim.post_tmr(tmr_type::LUN_RESET_PRO, &[]).expect("tmr");
+        r.poll_and_reap();
+        assert!(!r.disk.removal_prevented(), "preempt-and-abort cleared PREVENT");
+        assert_eq!(
+            r.disk.write_cache_enabled(),
+            !default_wce,
+            "preempt-and-abort reset the caching page"
+        );
+        assert_eq!(r.exec.task_management().resets, 0);
+        r.sim.post_tmr(tmr_type::LUN_RESET, &[]).expect("tmr");
+        r.poll_and_reap();
+        assert_eq!(
+            r.disk.write_cache_enabled(),
+            default_wce,
+            "a LUN reset restores the default"
+        );
+        assert_eq!(r.exec.task_management().resets, 1);
     }
 
     #[test]
