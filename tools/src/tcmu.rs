@@ -1164,7 +1164,19 @@ fn engine_config(spec: &DiskSpec, info: &StoreInfo, identity: &Identity) -> Disk
     // LIO's passthrough parser hands COMPARE AND WRITE to the TCMU device: the engine runs it,
     // atomic under the disk's range locks (docs/scsi.md "COMPARE AND WRITE").
     config.compare_and_write = CompareAndWriteBy::Handler;
+    // LIO builds its own sense for the LUN (unit attentions, reservation conflicts) in
+    // descriptor format once the last LBA passes FFFFFFFFh (`target_sense_desc_format`), and a
+    // fixed-format INFORMATION cannot name such an LBA (VALID 0: an initiator then fails the
+    // whole request instead of counting the blocks before a MEDIUM ERROR). The engine's sense
+    // follows, so the LUN answers in one format, the one MODE SENSE's D_SENSE reports.
+    config.d_sense = descriptor_sense_for(config.num_blocks);
     config
+}
+
+/// Whether LIO makes a TCMU LUN of `num_blocks` answer in descriptor sense: its last LBA does
+/// not fit 32 bits.
+fn descriptor_sense_for(num_blocks: u64) -> bool {
+    num_blocks.saturating_sub(1) > u64::from(u32::MAX)
 }
 
 fn configfs_code(e: &ConfigfsError) -> u8 {
@@ -1685,6 +1697,31 @@ mod tests {
         let tcmu = Disk::try_new(engine_config(&spec, &info, &identity)).expect("disk");
         assert_eq!(tcmu.capabilities().copy_offload, CopyOffload::None);
         assert_eq!(tcmu.config().compare_and_write, CompareAndWriteBy::Handler);
+        assert!(
+            !tcmu.descriptor_sense(),
+            "a small disk answers in fixed format, as LIO does"
+        );
+    }
+
+    /// Above 2^32 blocks LIO's own sense for the LUN is descriptor format; the engine's follows.
+    #[test]
+    fn a_tcmu_disk_past_32_bit_lbas_answers_in_descriptor_sense() {
+        assert!(!descriptor_sense_for(1 << 32), "last LBA FFFFFFFFh still fits");
+        assert!(descriptor_sense_for((1 << 32) + 1));
+        use scst_accel_handler::store::ram::RamStore;
+        use scst_accel_handler::store::Store;
+        let mut info = RamStore::new(512, 1 << 16, 1 << 12).info();
+        info.num_blocks = (1 << 32) + 8;
+        let spec = disk("big");
+        let identity = crate::identity::resolve("big", &spec.identity, None, None).expect("identity");
+        let tcmu = Disk::try_new(engine_config(&spec, &info, &identity)).expect("disk");
+        assert!(tcmu.descriptor_sense());
+        // A READ past the end: LOGICAL BLOCK ADDRESS OUT OF RANGE, in descriptor format (72h).
+        let read16 = [0x88, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+        let Err(sense) = tcmu.cdb_info(&read16) else {
+            panic!("a READ past the end was accepted")
+        };
+        assert_eq!(sense.sense[0] & 0x7F, 0x72, "{:02x?}", sense.sense);
     }
 
     #[test]
