@@ -23,6 +23,7 @@ use scst_accel_hal::locks::LockToken;
 use scst_accel_handler::frontend::PoolPermit;
 use scst_accel_handler::store::accel::AccelConfig;
 use scst_accel_handler::store::accel::AccelStore;
+use scst_accel_handler::store::file::EngineGauge;
 use scst_accel_handler::store::file::FileStore;
 use scst_accel_handler::store::file::FileStoreConfig;
 use scst_accel_handler::store::file::FileStoreError;
@@ -78,11 +79,20 @@ pub struct Backend {
     pub sim: Option<SimHandle>,
     /// Fault injection and statistics of a simulated NVMe controller.
     pub nvme_sim: Option<NvmeSimHandle>,
-    /// The file store's I/O engine in use ("uring" or "threads"); `None` on other boards.
-    pub io_engine: Option<&'static str>,
+    /// What the file store's queues run, read when asked ([`Backend::io_engine`]); `None` on
+    /// other boards.
+    file_engine: Option<EngineGauge>,
 }
 
 impl Backend {
+    /// The file store's I/O engine as its queues run it now ("uring", "threads", or
+    /// "uring+threads" when some queues could not set up their ring under `auto`); `None` on
+    /// other boards. Read it once the queues are open (after the run): before, it is the
+    /// engine chosen at open, which a queue's fallback has not changed yet.
+    pub fn io_engine(&self) -> Option<&'static str> {
+        self.file_engine.as_ref().map(|g| g.running().name())
+    }
+
     /// A backend over a store of the caller's own (a vendor's store, or a test's) with
     /// host-only command buffers capped at `buffer_memory` bytes: no board, no DMA mapping, so
     /// its release is the pool's flush only. See [`crate::service::StartOptions::stores`].
@@ -93,7 +103,7 @@ impl Backend {
             accel: None,
             sim: None,
             nvme_sim: None,
-            io_engine: None,
+            file_engine: None,
         }
     }
 }
@@ -133,7 +143,9 @@ pub struct BackendReport {
     /// The function could be neither reset nor its bus mastering disabled (or it is gone and
     /// nothing can be confirmed): it may still DMA, so its rings and the pool were leaked.
     pub device_not_quiesced: bool,
-    /// The file store's I/O engine ("uring" or "threads"); `None` on other boards.
+    /// The file store's I/O engine as its queues ran it ("uring", "threads", or
+    /// "uring+threads": [`Backend::io_engine`]), read at the release, once every queue was
+    /// opened; `None` on other boards.
     pub io_engine: Option<&'static str>,
 }
 
@@ -295,9 +307,10 @@ fn open_file(board: BoardArg, disk: &DiskArgs) -> Result<Backend, BackendError> 
         message: error_chain(&e),
         exit_code: file_error_exit_code(&e),
     })?;
-    let io_engine = Some(store.io_engine().name());
+    // A gauge, not the engine's name: the queues open later, and one may fall back.
+    let file_engine = Some(store.engine_gauge());
     Ok(Backend {
-        io_engine,
+        file_engine,
         ..Backend::from_store(Arc::new(store), disk.buffer_memory)
     })
 }
@@ -367,7 +380,7 @@ fn open_backend(
                 accel: None,
                 sim: None,
                 nvme_sim: None,
-                io_engine: None,
+                file_engine: None,
             });
         }
         BoardArg::File | BoardArg::Blockdev => return open_file(board, disk),
@@ -440,7 +453,7 @@ fn open_backend(
         accel: Some(accel),
         sim: opened.sim,
         nvme_sim: opened.nvme_sim,
-        io_engine: None,
+        file_engine: None,
     })
 }
 
@@ -585,9 +598,10 @@ impl Backend {
             accel,
             sim,
             nvme_sim,
-            io_engine,
+            file_engine,
         } = self;
-        report.io_engine = io_engine;
+        // Every queue was opened by now (the frontend's workers, or the bench's driver).
+        report.io_engine = file_engine.map(|g| g.running().name());
         drop(store);
         let mut steps = Vec::new();
         let mut quiesced = true;

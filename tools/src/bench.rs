@@ -843,9 +843,10 @@ fn store_only(args: &BenchArgs, board: BoardArg, spec: &Spec, target: Option<&Ta
         region_bytes: region,
         seed: 1,
     };
-    let engine = backend.io_engine;
     let outcome = store::run(backend.store.as_ref(), &backend.pool, &workload);
     let released = backend.shutdown_unserved();
+    // Read at the release, after the run opened its queues (one may have fallen back).
+    let engine = released.io_engine;
     let r = outcome.map_err(|e| (exit::SOFTWARE, e.to_string()))?;
     // A device that timed out, reset or completed an unknown tag did not serve the run as
     // measured, whatever the requests' statuses say.

@@ -13,7 +13,11 @@
 //!   where the kernel lacks it or refuses it (ENOSYS, or EPERM under
 //!   `kernel.io_uring_disabled`), saying why once in the log (a warning, later stores at info
 //!   level); `uring` forced where it is unavailable is [`FileStoreError::UringUnavailable`].
-//!   [`FileStore::io_engine`] and the dump say which engine runs.
+//!   A queue whose own ring cannot be set up later (ENOMEM: the locked-memory limit before
+//!   Linux 5.12) runs on the threads under `auto`, with a warning, and is refused under
+//!   `uring`. [`FileStore::io_engine`] and the dump say what the queues opened so far run:
+//!   `uring`, `threads`, or `uring+threads` when some of them fell back
+//!   ([`RunningEngine`]; [`FileStore::engine_gauge`] for a report made after the queues open).
 //! - **A bounded pool.** The thread engine's queues hand their requests to one shared pool of
 //!   `workers` I/O threads through a bounded crossbeam channel, and get completions back
 //!   through their own channel plus an eventfd ([`StoreQueue::notify_fd`]) the frontend polls;
@@ -408,11 +412,89 @@ impl FileStoreError {
 pub struct FileStore {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
-    /// The engine in use: [`IoEngine::Uring`] or [`IoEngine::Threads`], never Auto.
+    /// The engine chosen at open: [`IoEngine::Uring`] or [`IoEngine::Threads`], never Auto.
     engine: IoEngine,
+    /// What the queues opened so far run: under `auto` a queue whose ring cannot be set up
+    /// runs on the threads though `engine` is io_uring.
+    queues: EngineGauge,
     /// `uring` was asked for, not `auto`: a queue whose ring cannot be set up is an error,
     /// not a queue on the threads.
     uring_forced: bool,
+}
+
+/// The engine a file store's queues run, as the dump and the tools' reports say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunningEngine {
+    /// io_uring: every queue opened so far has its ring (a store with no queue yet whose
+    /// engine is io_uring says so too).
+    Uring,
+    /// The I/O threads: the engine chosen (`threads`, or `auto` without io_uring), or under
+    /// `auto` every queue opened so far could not set up its ring.
+    Threads,
+    /// Under `auto`, some queues run their rings and others, whose ring could not be set up,
+    /// the I/O threads.
+    UringAndThreads,
+}
+
+impl RunningEngine {
+    /// The name reports use: "uring", "threads", or "uring+threads".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Uring => "uring",
+            Self::Threads => "threads",
+            Self::UringAndThreads => "uring+threads",
+        }
+    }
+}
+
+impl std::fmt::Display for RunningEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Counts of a file store's queues by the engine they run, read when a report is made
+/// ([`FileStore::engine_gauge`]): queues are opened when the workers start, after the store
+/// opened, so an engine read at open could not say that a ring was refused. It holds the
+/// counts only, neither the image nor the threads, so a report may keep it past the store.
+#[derive(Clone, Debug)]
+pub struct EngineGauge(Arc<QueueEngines>);
+
+#[derive(Debug)]
+struct QueueEngines {
+    /// The engine chosen at open (never Auto).
+    chosen: IoEngine,
+    /// Queues opened with their ring.
+    rings: AtomicUsize,
+    /// Queues opened on the threads because their ring could not be set up (`auto` only).
+    fell_back: AtomicUsize,
+}
+
+impl EngineGauge {
+    fn new(chosen: IoEngine) -> Self {
+        Self(Arc::new(QueueEngines {
+            chosen,
+            rings: AtomicUsize::new(0),
+            fell_back: AtomicUsize::new(0),
+        }))
+    }
+
+    /// What the queues opened so far run (every queue ever opened counts, closed ones too:
+    /// a report says what served the disk).
+    pub fn running(&self) -> RunningEngine {
+        let q = &self.0;
+        if q.chosen != IoEngine::Uring {
+            return RunningEngine::Threads;
+        }
+        match (
+            q.rings.load(Ordering::Relaxed),
+            q.fell_back.load(Ordering::Relaxed),
+        ) {
+            (_, 0) => RunningEngine::Uring,
+            (0, _) => RunningEngine::Threads,
+            _ => RunningEngine::UringAndThreads,
+        }
+    }
 }
 
 /// The first fallback from io_uring to the threads is a warning; later ones (more disks on
@@ -767,13 +849,22 @@ impl FileStore {
                 threads,
             }),
             engine,
+            queues: EngineGauge::new(engine),
             uring_forced: config.io_engine == IoEngine::Uring,
         })
     }
 
-    /// The engine in use: [`IoEngine::Uring`] or [`IoEngine::Threads`] (Auto resolved).
-    pub fn io_engine(&self) -> IoEngine {
-        self.engine
+    /// What the queues opened so far run ([`EngineGauge::running`]): Auto resolved, and a
+    /// queue that fell back to the threads counted as such.
+    pub fn io_engine(&self) -> RunningEngine {
+        self.queues.running()
+    }
+
+    /// A handle that says what the queues run whenever it is asked, the queues opened after
+    /// this call included, and that keeps neither the image nor the I/O threads: for reports
+    /// made while or after the disk serves.
+    pub fn engine_gauge(&self) -> EngineGauge {
+        self.queues.clone()
     }
 
     /// A queue of the thread engine.
@@ -823,7 +914,10 @@ impl Store for FileStore {
         // The queue's own ring; its eventfd is the thread queue's, so one fd says both.
         let kernel_workers = u32::try_from(self.pool.threads.len()).unwrap_or(u32::MAX);
         match uring::UringQueue::new(Arc::clone(&self.shared), threads, kernel_workers) {
-            Ok(queue) => Ok(Box::new(queue)),
+            Ok(queue) => {
+                self.queues.0.rings.fetch_add(1, Ordering::Relaxed);
+                Ok(Box::new(queue))
+            }
             Err((e, _)) if self.uring_forced => Err(StoreError::Device(format!(
                 "{}: cannot set up an io_uring for a queue: {}; io_engine = \"uring\" was asked \
                  for (\"auto\" would use the I/O threads for this queue)",
@@ -836,6 +930,7 @@ impl Store for FileStore {
                     self.shared.path.display(),
                     uring::explain(e)
                 );
+                self.queues.0.fell_back.fetch_add(1, Ordering::Relaxed);
                 Ok(Box::new(threads))
             }
         }
@@ -853,7 +948,7 @@ impl Store for FileStore {
             shared.path.display(),
             if shared.regular { "file" } else { "block device" },
             if shared.direct { "O_DIRECT" } else { "buffered" },
-            self.engine,
+            self.io_engine(),
             shared.info.num_blocks,
             shared.info.block_size,
             if low == u64::MAX {

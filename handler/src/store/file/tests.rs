@@ -91,7 +91,11 @@ fn buffer(len: usize) -> IoBuffer {
 fn open(config: &FileStoreConfig) -> Result<FileStore, FileStoreError> {
     let store = FileStore::open(config)?;
     if config.io_engine != IoEngine::Auto {
-        assert_eq!(store.io_engine(), config.io_engine, "the engine asked for");
+        assert_eq!(
+            store.io_engine().name(),
+            config.io_engine.name(),
+            "the engine asked for"
+        );
     }
     Ok(store)
 }
@@ -1497,7 +1501,7 @@ fn forced_uring_works_here() {
     }
     let dir = TempDir::new("forced");
     let store = open(&config(IoEngine::Uring, &dir.file("disk.img"), Some(1 << 20))).expect("open");
-    assert_eq!(store.io_engine(), IoEngine::Uring);
+    assert_eq!(store.io_engine(), RunningEngine::Uring);
     assert!(store.dump().expect("dump").contains("engine uring"));
     let mut q = store.open_queue().expect("queue");
     assert!(
@@ -1722,7 +1726,7 @@ fn without_io_uring_auto_falls_back_once_and_serves() {
         let path = dir.file(name);
         let store = FileStore::open_probing(&config(IoEngine::Auto, &path, Some(1 << 20)), unavailable)
             .expect("open");
-        assert_eq!(store.io_engine(), IoEngine::Threads);
+        assert_eq!(store.io_engine(), RunningEngine::Threads);
         let mut q = store.open_queue().expect("queue");
         assert!(!q.dump().expect("dump").contains("io_uring"), "a thread queue");
         let buf = buffer(4096);
@@ -2312,6 +2316,47 @@ fn a_forced_uring_engine_refuses_a_queue_without_a_ring() {
         auto.open_queue().is_ok(),
         "auto: the queue falls back to the threads"
     );
+}
+
+/// Under `auto`, a queue whose ring cannot be set up runs on the I/O threads, and what the store
+/// reports says so: its `io_engine`, its dump, and a gauge taken before any queue opened (as
+/// the tools take it when the store opens, before the workers start): "threads" while no
+/// queue has a ring, "uring+threads" once another has one.
+#[test]
+fn under_auto_a_queue_without_its_ring_is_reported_on_the_threads() {
+    if !uring_or_skip("under_auto_a_queue_without_its_ring_is_reported_on_the_threads") {
+        return;
+    }
+    let dir = TempDir::new("auto-report");
+    let store = open(&config(IoEngine::Auto, &dir.file("disk.img"), Some(1 << 20))).expect("open");
+    let gauge = store.engine_gauge();
+    assert_eq!(
+        gauge.running(),
+        RunningEngine::Uring,
+        "io_uring chosen, no queue yet"
+    );
+    super::uring::REFUSE_NEXT_RING.with(|r| r.set(true));
+    let fell_back = store
+        .open_queue()
+        .expect("auto: the queue falls back to the threads");
+    assert!(
+        !fell_back.dump().expect("dump").contains("io_uring"),
+        "a thread queue"
+    );
+    assert_eq!(store.io_engine(), RunningEngine::Threads);
+    assert_eq!(
+        gauge.running(),
+        RunningEngine::Threads,
+        "the gauge reads the queues live"
+    );
+    let dump = store.dump().expect("dump");
+    assert!(dump.contains("engine threads"), "{dump}");
+    let ring = store.open_queue().expect("a queue with its ring");
+    assert!(ring.dump().expect("dump").contains("io_uring"), "a ring queue");
+    assert_eq!(store.io_engine(), RunningEngine::UringAndThreads);
+    assert_eq!(gauge.running().name(), "uring+threads");
+    let dump = store.dump().expect("dump");
+    assert!(dump.contains("engine uring+threads"), "{dump}");
 }
 
 /// A write refused because the medium became read-only (EROFS: its file system remounted
