@@ -65,6 +65,15 @@ fn open_every_store() -> Vec<(String, StoreInfo)> {
         ..RamStore::new(512, 4096, 2048).info()
     };
     infos.push(("spinning".to_owned(), spinning));
+    // A block device over dm-thin with 64 KiB blocks (what the file store reads from sysfs's
+    // discard_granularity): 128 blocks of 512 bytes.
+    let thin_pool = StoreInfo {
+        unmap_granularity_blocks: Some(128),
+        unmapped_reads_zero: false,
+        reports_lba_status: false,
+        ..RamStore::new(512, 4096, 2048).info()
+    };
+    infos.push(("dm-thin/64k".to_owned(), thin_pool));
     let dir = std::env::temp_dir().join(format!("scsi-advertising-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("disk.img");
@@ -691,6 +700,15 @@ fn block_limits_are_consistent_and_enforced() {
             assert!(
                 max_unmap >= 1 && max_descriptors >= 1 && unmap_granularity >= 1,
                 "{what}"
+            );
+            // The medium's granularity where it has one, else the engine's 4 KiB.
+            let medium = info
+                .unmap_granularity_blocks
+                .map_or(4096 / u64::from(info.block_size), u64::from);
+            assert_eq!(
+                unmap_granularity,
+                medium.max(1),
+                "{what}: OPTIMAL UNMAP GRANULARITY"
             );
             let b2 = data(&disk, &[0x12, 0x01, 0xB2, 0, 0xFF, 0]);
             assert_eq!(b2[5] & 0x04 != 0, rc16[14] & 0x40 != 0, "{what}: LBPRZ");

@@ -188,7 +188,7 @@ impl DiskConfig {
     }
 
     /// The disk a store describes: its geometry (block size, capacity, physical block), its
-    /// largest request, its write cache (WCE = 1 only over a volatile cache, SBC-3 §6.4.5) and
+    /// largest request, its unmap granularity where it has one, its write cache (WCE = 1 only over a volatile cache, SBC-3 §6.4.5) and
     /// what it knows about deallocation (LBPRZ, GET LBA STATUS). Thin provisioning stays off:
     /// it is the operator's choice, possible only where [`StoreInfo::supports_unmap`]; the
     /// identity, read-only and the operator's limits are applied by the caller, and so is copy
@@ -203,6 +203,11 @@ impl DiskConfig {
         config.unmapped_reads_zero = info.unmapped_reads_zero;
         config.lba_status = info.reports_lba_status;
         config.limits.max_transfer_blocks = info.max_transfer_blocks.max(1);
+        // A smaller UNMAP than the medium's granularity deallocates nothing there (dm-thin's
+        // 64 KiB blocks): initiators that honour the page send none.
+        if let Some(blocks) = info.unmap_granularity_blocks {
+            config.limits.unmap_granularity = blocks.max(1);
+        }
         // MEDIUM ROTATION RATE (SBC-3 §6.6.2): 0001h non-rotating; a spinning medium's rate is
         // not known here, so 0000h "not reported". Unknown (tmpfs...) stays non-rotating: no
         // file system without a block device sits on a spinning disk of its own.

@@ -173,6 +173,7 @@ impl AccelStore {
             physical_block_size: block_size,
             max_transfer_blocks: (max_transfer_bytes(&geometry) / block_size).max(1),
             supports_unmap: geometry.supports_deallocate,
+            unmap_granularity_blocks: None,
             unmapped_reads_zero: false,
             reports_lba_status: false,
             volatile_cache: geometry.volatile_cache,

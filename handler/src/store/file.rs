@@ -85,8 +85,12 @@
 //!   the device discards (sysfs `queue/discard_max_bytes` > 0): UNMAP is BLKDISCARD, WRITE
 //!   ZEROES is BLKZEROOUT (BLKDISCARD for WRITE ZEROES with deallocate only when the device
 //!   says discarded blocks read as zeroes, `queue/discard_zeroes_data`, which modern kernels
-//!   always report 0), and LBPRZ is claimed only in that case. The ioctls run on the I/O
-//!   threads like every other request, holding no lock.
+//!   always report 0), and LBPRZ is claimed only in that case. A discard smaller than the
+//!   device's granularity frees nothing (dm-thin's blocks, 64 KiB by default), so
+//!   `queue/discard_granularity`, in logical blocks rounded up, is
+//!   [`StoreInfo::unmap_granularity_blocks`], hence VPD B0h's OPTIMAL UNMAP GRANULARITY (the
+//!   engine's 4 KiB, with a warning, where sysfs does not give it; for a file, the engine's).
+//!   The ioctls run on the I/O threads like every other request, holding no lock.
 //! - **GET LBA STATUS** (SBC-3 §5.7) on regular files: SEEK_DATA/SEEK_HOLE give the extent
 //!   from an LBA and whether it is a hole ([`StoreInfo::reports_lba_status`]); a block device
 //!   cannot say what it discarded and does not offer it.
@@ -773,6 +777,9 @@ impl FileStore {
                 physical_block_size,
                 max_transfer_blocks: config.max_transfer_blocks.max(1),
                 supports_unmap: !block_device || discard,
+                // A block device's discard granularity; a file's holes are its file system's
+                // blocks, which the engine's default (4 KiB) already is on ext4 and XFS.
+                unmap_granularity_blocks: queue.as_ref().and_then(|q| q.unmap_granularity_blocks),
                 // A hole reads as zeroes; a discarded device block only if the device says so.
                 unmapped_reads_zero: !block_device || discard_zeroes,
                 // Holes of a file are known (SEEK_DATA/SEEK_HOLE); a device does not say
@@ -2170,6 +2177,9 @@ struct DeviceQueue {
     discard: bool,
     /// `discard_zeroes_data` = 1 (absent on kernels since 6.x, always 0 since 4.12).
     discard_zeroes: bool,
+    /// `discard_granularity` in logical blocks, rounded up, at least 1, on a device that
+    /// discards; `None` when it does not, or sysfs does not say (logged).
+    unmap_granularity_blocks: Option<u32>,
 }
 
 /// A block device's queue limits, from sysfs (`/sys/dev/block/MAJ:MIN/queue`; a partition has
@@ -2179,8 +2189,13 @@ fn device_queue(path: &Path, file: &File) -> Result<DeviceQueue, FileStoreError>
         .metadata()
         .map_err(|e| FileStoreError::from_io(path, "stat", e))?
         .rdev();
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let base = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    queue_limits(Path::new("/sys"), path, libc::major(rdev), libc::minor(rdev))
+}
+
+/// [`device_queue`] of device `major:minor` under the sysfs mounted at `sys` (tests give a
+/// directory of their own).
+fn queue_limits(sys: &Path, path: &Path, major: u32, minor: u32) -> Result<DeviceQueue, FileStoreError> {
+    let base = sys.join(format!("dev/block/{major}:{minor}"));
     let read = |name: &str| -> Option<u64> {
         [base.join("queue").join(name), base.join("../queue").join(name)]
             .iter()
@@ -2202,10 +2217,36 @@ fn device_queue(path: &Path, file: &File) -> Result<DeviceQueue, FileStoreError>
         .unwrap_or(logical);
     let discard = read("discard_max_bytes").is_some_and(|n| n > 0);
     let discard_zeroes = read("discard_zeroes_data") == Some(1);
+    let unmap_granularity_blocks = if discard {
+        match read("discard_granularity").filter(|&bytes| bytes > 0) {
+            // Rounded up: a discard of less than the granularity frees nothing.
+            Some(bytes) => Some(
+                u32::try_from(bytes.div_ceil(u64::from(logical)))
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            ),
+            None => {
+                log::warn!(
+                    "{}: sysfs gives no discard granularity ({}/queue/discard_granularity absent, \
+                     unreadable or 0); UNMAP advertises the engine's default granularity (4 KiB), \
+                     and smaller discards than the device's may free nothing",
+                    path.display(),
+                    base.display()
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     log::info!(
         "{}: logical block size {logical}, physical {physical}, discard {}{}",
         path.display(),
-        if discard { "yes" } else { "no" },
+        match unmap_granularity_blocks {
+            Some(blocks) => format!("yes, by {blocks} blocks"),
+            None if discard => "yes".to_owned(),
+            None => "no".to_owned(),
+        },
         if discard_zeroes {
             " (discarded blocks read as zeroes)"
         } else {
@@ -2217,5 +2258,6 @@ fn device_queue(path: &Path, file: &File) -> Result<DeviceQueue, FileStoreError>
         physical_block_size: physical,
         discard,
         discard_zeroes,
+        unmap_granularity_blocks,
     })
 }

@@ -299,6 +299,11 @@ pub struct StoreInfo {
     pub max_transfer_blocks: u32,
     /// Deallocation (UNMAP, WRITE ZEROES with deallocate) is supported.
     pub supports_unmap: bool,
+    /// The medium's deallocation granularity in logical blocks (at least 1), where it says
+    /// one: a block device's discard granularity, below which a discard frees nothing. VPD
+    /// B0h's OPTIMAL UNMAP GRANULARITY follows it; `None` leaves the engine's default (4 KiB,
+    /// [`crate::scsi::DiskConfig::new`]).
+    pub unmap_granularity_blocks: Option<u32>,
     /// Deallocated blocks read as zeroes (LBPRZ, SBC-3 §4.7.3.5 and §6.6.4): true only where
     /// the store guarantees it (a punched hole in a file, the RAM store's zeroing), false for a
     /// device whose discard leaves the data undefined.

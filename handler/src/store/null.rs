@@ -30,6 +30,7 @@ impl NullStore {
                 physical_block_size: block_size,
                 max_transfer_blocks,
                 supports_unmap: false,
+                unmap_granularity_blocks: None,
                 unmapped_reads_zero: false,
                 reports_lba_status: false,
                 volatile_cache: false,

@@ -67,6 +67,7 @@ impl RamStore {
             physical_block_size: block_size,
             max_transfer_blocks,
             supports_unmap: true,
+            unmap_granularity_blocks: None,
             // UNMAP and WRITE ZEROES zero the range (`zero`), so deallocated blocks read as
             // zeroes: LBPRZ is the truth.
             unmapped_reads_zero: true,

@@ -1197,6 +1197,92 @@ impl Drop for LoopDevice {
     }
 }
 
+/// A block device's unmap granularity is its sysfs `queue/discard_granularity` in logical
+/// blocks, rounded up (a smaller discard frees nothing: dm-thin's 64 KiB blocks), read through
+/// a partition from its disk's queue; a device that does not discard (`discard_max_bytes` 0)
+/// deallocates nothing and has none; one whose sysfs gives no granularity leaves the engine's
+/// default (`None`). A fake sysfs root, so every case runs anywhere.
+#[test]
+fn a_block_devices_unmap_granularity_is_its_discard_granularity() {
+    let dir = TempDir::new("sysfs");
+    let sys = dir.0.clone();
+    let queue = |device: &Path, files: &[(&str, &str)]| {
+        let queue = device.join("queue");
+        std::fs::create_dir_all(&queue).expect("queue dir");
+        for (name, value) in files {
+            std::fs::write(queue.join(name), format!("{value}\n")).expect("sysfs file");
+        }
+    };
+    let node = |major: u32, minor: u32| sys.join(format!("dev/block/{major}:{minor}"));
+    let limits = |major: u32, minor: u32| {
+        queue_limits(&sys, Path::new("/dev/fake"), major, minor).expect("queue limits")
+    };
+    for (minor, logical, granularity, expected) in [
+        (0, "512", "65536", 128),
+        (1, "4096", "65536", 16),
+        // Not a whole number of blocks: rounded up, as a discard of less frees nothing.
+        (2, "4096", "6144", 2),
+        // Below one block: one.
+        (3, "4096", "512", 1),
+    ] {
+        let files = [
+            ("logical_block_size", logical),
+            ("discard_max_bytes", "17179869184"),
+            ("discard_granularity", granularity),
+        ];
+        queue(&node(253, minor), &files);
+        let got = limits(253, minor);
+        assert!(got.discard, "{logical}/{granularity}");
+        assert_eq!(
+            got.unmap_granularity_blocks,
+            Some(expected),
+            "{logical}/{granularity}"
+        );
+    }
+    // A device that does not discard: no UNMAP, whatever its granularity says.
+    queue(
+        &node(7, 0),
+        &[
+            ("logical_block_size", "512"),
+            ("discard_max_bytes", "0"),
+            ("discard_granularity", "4096"),
+        ],
+    );
+    let loop0 = limits(7, 0);
+    assert!(!loop0.discard);
+    assert_eq!(loop0.unmap_granularity_blocks, None);
+    // A device that discards but gives no granularity, or 0: the engine's default.
+    queue(
+        &node(8, 0),
+        &[("logical_block_size", "512"), ("discard_max_bytes", "4096")],
+    );
+    assert_eq!(limits(8, 0).unmap_granularity_blocks, None);
+    queue(
+        &node(8, 16),
+        &[
+            ("logical_block_size", "512"),
+            ("discard_max_bytes", "4096"),
+            ("discard_granularity", "0"),
+        ],
+    );
+    assert_eq!(limits(8, 16).unmap_granularity_blocks, None);
+    // A partition: its node links to a directory inside its disk's, which holds the queue.
+    let disk = sys.join("devices/virtual/block/dm-9");
+    queue(
+        &disk,
+        &[
+            ("logical_block_size", "512"),
+            ("discard_max_bytes", "17179869184"),
+            ("discard_granularity", "65536"),
+        ],
+    );
+    std::fs::create_dir_all(disk.join("dm-9p1")).expect("partition dir");
+    std::os::unix::fs::symlink(disk.join("dm-9p1"), node(259, 1)).expect("partition link");
+    let partition = limits(259, 1);
+    assert!(partition.discard);
+    assert_eq!(partition.unmap_granularity_blocks, Some(128));
+}
+
 /// On a loop device (which discards: it punches holes in its backing file): UNMAP is
 /// BLKDISCARD, WRITE ZEROES is BLKZEROOUT, and LBPRZ is claimed only if the device says
 /// discarded blocks read as zeroes (discard_zeroes_data, 0 on modern kernels). Skipped, loudly,
@@ -1226,6 +1312,17 @@ fn a_loop_device_discards_and_zeroes_out(engine: IoEngine) {
     let zeroes = lo.queue_file("discard_zeroes_data").as_deref() == Some("1");
     assert_eq!(info.supports_unmap, discards);
     assert_eq!(info.unmapped_reads_zero, discards && zeroes);
+    // The device's own granularity, in its blocks (a loop device: its backing file system's).
+    let granularity = lo
+        .queue_file("discard_granularity")
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&g| discards && g > 0)
+        .map(|g| {
+            u32::try_from(g.div_ceil(u64::from(info.block_size)))
+                .expect("blocks")
+                .max(1)
+        });
+    assert_eq!(info.unmap_granularity_blocks, granularity);
     let physical = lo
         .queue_file("physical_block_size")
         .and_then(|s| s.parse::<u32>().ok())
