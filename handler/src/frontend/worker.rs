@@ -315,10 +315,11 @@ impl Worker {
             //   end of that bound first (`Liveness::beat_until`), so parking never looks wedged;
             // - `flush_submissions`: never waits; what the store refuses stays in the backlog
             //   and this loop turns on (it then fetches nothing and waits ≤ `idle_poll`);
-            // - store calls (`submit`, `reap`, `abort_all` in the deadline escalation and the
-            //   abort step): as long as the store's own bounded escalation (a device reset),
-            //   for which the store sets this heartbeat ahead by its bound first
-            //   (`StoreQueue::set_heartbeat`);
+            // - store calls (`submit`, `reap`, `start_abort_all` in the deadline escalation,
+            //   `abort_all` in the abort step): as long as the store's own bounded escalation
+            //   (a device reset), for which the store sets this heartbeat ahead by its bound
+            //   first (`StoreQueue::set_heartbeat`); the file store's `start_abort_all` does
+            //   not wait;
             // - the REPLY_AND_GET_MULTI and GET_EXTENDED_CDB ioctls: never (non-blocking fd);
             // - `linger` and `poll_completions`: at most `FrontendConfig::linger_for` (10 µs
             //   by default at 4 KiB commands) and `completion_poll_for` (4 µs), never above
@@ -562,8 +563,9 @@ impl Worker {
         if let Some(device) = self.shared.store.dump() {
             log::error!("device state at the escalation of cmd_h {late}:\n{device}");
         }
-        // A late command the store refused (its queue full) never reached it: ended here.
-        let aborted = self.queue.abort_all() + self.abort_backlog(Some(now));
+        // A late command the store refused (its queue full) never reached it: ended here. The
+        // store's aborted requests complete through the next reaps: the worker serves meanwhile.
+        let aborted = self.queue.start_abort_all() + self.abort_backlog(Some(now));
         self.shared
             .counters
             .deadline_escalations

@@ -1145,12 +1145,18 @@ impl StoreQueue for FileQueue {
     /// system call finish it (a pread cannot be taken back) and complete with their outcome.
     /// Waits at most [`ABORT_WAIT`] for them, so the frontend finds them reaped.
     fn abort_all(&mut self) -> usize {
-        let n = self.abort_start();
+        let n = self.start_abort_all();
         let deadline = std::time::Instant::now() + ABORT_WAIT;
         while !self.abort_settled(n) && std::time::Instant::now() < deadline {
             locks::sleep(Duration::from_millis(1));
         }
         n
+    }
+
+    /// As `abort_all`, without the wait: each job keeps its request, and so its buffer, until
+    /// a thread answers it (Aborted, unless it was running), so nothing is let go early.
+    fn start_abort_all(&mut self) -> usize {
+        self.abort_start()
     }
 
     fn dump(&self) -> Option<String> {

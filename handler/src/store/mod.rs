@@ -490,6 +490,17 @@ pub trait StoreQueue: Send {
     fn abort_all(&mut self) -> usize {
         0
     }
+    /// The deadline escalation's abort: what [`StoreQueue::abort_all`] does to the requests in
+    /// flight, without waiting for them to complete; they complete through
+    /// [`StoreQueue::reap`] as ever, their buffers held by the store until then, while the
+    /// owner goes on serving (a request hung in a system call would otherwise hold the worker
+    /// for the store's whole wait at every escalation). Returns how many were in flight. The
+    /// default is `abort_all`: a board's abort is a queue stop and perhaps a function reset,
+    /// whose end is the proof that no DMA follows. The teardown calls `abort_all`: it must
+    /// find the queue empty right after.
+    fn start_abort_all(&mut self) -> usize {
+        self.abort_all()
+    }
     /// This queue's device state (ring pointers, requests in flight), for logs on escalation
     /// and dumps on demand; `None` for stores without a device.
     fn dump(&self) -> Option<String> {

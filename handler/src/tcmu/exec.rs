@@ -13,7 +13,8 @@
 //! Every command in the store has a deadline ([`Executor::set_command_timeout`]);
 //! [`Executor::check_deadlines`] escalates a missed one as the scst_user worker does
 //! (handler/src/frontend/worker.rs `check_deadlines`): a dump of the commands and the
-//! device's queue in the log, then the queue's `abort_all`, at most once a second.
+//! device's queue in the log, then the queue's `start_abort_all` (the aborted requests
+//! complete through later polls), at most once a second.
 //! [`Executor::drain`] is the teardown's half: no more ring entries, the store's requests
 //! completed (or aborted) and answered, bounded; its [`Drained`] proves nothing is left in
 //! the store. The thread that runs all this is [`super::worker`].
@@ -353,7 +354,8 @@ impl Executor {
         if let Some(device) = self.queue.dump() {
             log::error!("device queue at the escalation of request {late}:\n{device}");
         }
-        if self.queue.abort_all() == 0 {
+        // The aborted requests complete through the next polls: the worker serves meanwhile.
+        if self.queue.start_abort_all() == 0 {
             log::error!(
                 "the store could not abort its requests; they stay in flight until it completes them"
             );

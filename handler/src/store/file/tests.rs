@@ -35,6 +35,7 @@ on_both_engines!(
     a_loop_device_discards_and_zeroes_out,
     lba_status_reports_the_holes_of_a_file,
     abort_with_requests_in_flight_is_bounded_and_answers_all,
+    the_escalations_abort_does_not_wait_for_a_hung_request,
     drop_with_requests_in_flight_is_bounded_and_frees_the_buffers,
     with_the_write_cache_off_write_same_and_copy_are_durable_when_good,
 );
@@ -1544,6 +1545,56 @@ fn abort_with_requests_in_flight_is_bounded_and_answers_all(engine: IoEngine) {
         run(&mut q, StoreOp::Read { lba: 0, blocks: 8 }, Some(&buf)),
         StoreStatus::Good
     );
+}
+
+/// The deadline escalation's abort (`start_abort_all`) returns at once though a request hangs
+/// in an I/O thread (the test's stall, as a system call that does not return), where
+/// `abort_all` waits up to [`ABORT_WAIT`] at every escalation: the worker serves meanwhile.
+/// Nothing is let go early: the hung request keeps its buffer and stays in flight until it
+/// completes, with its outcome; the one queued behind it is answered Aborted, unrun.
+fn the_escalations_abort_does_not_wait_for_a_hung_request(engine: IoEngine) {
+    let dir = TempDir::new("abort-hung");
+    let store = open(&FileStoreConfig {
+        workers: 1,
+        ..config(engine, &dir.file("disk.img"), Some(1 << 20))
+    })
+    .expect("open");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(4096);
+    store.shared.stall.store(true, Ordering::Release);
+    // COMPARE goes to the I/O threads in both engines; the file's zeroes match the buffer's.
+    let hung = StoreRequest {
+        tag: 1,
+        op: StoreOp::Compare { lba: 0, blocks: 8 },
+        buffer: Some(buf.clone()),
+    };
+    submit_all(&mut q, vec![hung]);
+    wait_stalled(&store, 1);
+    submit_all(
+        &mut q,
+        verifies(1)
+            .into_iter()
+            .map(|r| StoreRequest { tag: 2, ..r })
+            .collect(),
+    );
+    let started = Instant::now();
+    assert_eq!(q.start_abort_all(), 2);
+    let took = started.elapsed();
+    assert!(took < ABORT_WAIT / 4, "the escalation's abort waited {took:?}");
+    assert_eq!(q.in_flight(), 2, "both still in flight");
+    assert_eq!(
+        Arc::strong_count(&buf.buffer),
+        2,
+        "the hung request still holds its buffer"
+    );
+    store.shared.stall.store(false, Ordering::Release);
+    let mut out = reap_all(&mut q, 2, Duration::from_secs(10));
+    out.sort_by_key(|c| c.tag);
+    assert_eq!(
+        out.iter().map(|c| (c.tag, c.status)).collect::<Vec<_>>(),
+        [(1, StoreStatus::Good), (2, StoreStatus::Aborted)]
+    );
+    assert_eq!(Arc::strong_count(&buf.buffer), 1, "given back once completed");
 }
 
 /// Dropping a queue with requests in flight returns within its bound and lets go of every

@@ -43,7 +43,8 @@
 //!   (io-wq: buffered writes, and every STATX off a local file system, which a hung server
 //!   holds there) are capped at the store's I/O thread count per worker
 //!   thread (IORING_REGISTER_IOWQ_MAX_WORKERS). `abort_all` cancels (IORING_OP_ASYNC_CANCEL) and waits at most
-//!   [`ABORT_WAIT`]; drop cancels too and waits at most [`JOIN_BOUND`] in all, for the ring
+//!   [`ABORT_WAIT`] (the deadline escalation's `start_abort_all` does not wait: the
+//!   cancelled requests complete through later reaps); drop cancels too and waits at most [`JOIN_BOUND`] in all, for the ring
 //!   and, when the queue holds the pool's last reference, for the I/O threads' joins (one
 //!   deadline, not one each). A request the kernel still holds after that keeps its buffer
 //!   forever (leaked, logged as an error): the kernel may still write into it, so it must
@@ -667,6 +668,25 @@ impl UringQueue {
         n
     }
 
+    /// Start aborting what is in flight (the two `abort_all`s): the requests waiting for room
+    /// on the threads answered Aborted, the ring's cancelled, the threads' not started
+    /// aborted. Returns how many were in flight, and how many of them on the threads.
+    fn abort_start(&mut self) -> (usize, usize) {
+        let n = self.in_flight();
+        if n == 0 {
+            return (0, 0);
+        }
+        // Waiting for room on the threads, not started: Aborted, as the threads' own.
+        for req in std::mem::take(&mut self.deferred) {
+            self.ready.push(StoreCompletion {
+                tag: req.tag,
+                status: StoreStatus::Aborted,
+            });
+        }
+        self.cancel_ring();
+        (n, self.threads.abort_start())
+    }
+
     /// Wait until the ring holds nothing and `settled` says the threads are done, or until
     /// `deadline`; true if everything came back.
     fn wait_settled(&mut self, deadline: Instant, settled: impl Fn(&FileQueue) -> bool) -> bool {
@@ -799,19 +819,10 @@ impl StoreQueue for UringQueue {
     /// cancelled with IORING_OP_ASYNC_CANCEL), what is under way finishes with its outcome
     /// (a partial transfer is Aborted, never Good). Waits at most [`ABORT_WAIT`] in all.
     fn abort_all(&mut self) -> usize {
-        let n = self.in_flight();
+        let (n, pool) = self.abort_start();
         if n == 0 {
             return 0;
         }
-        // Waiting for room on the threads, not started: Aborted, as the threads' own.
-        for req in std::mem::take(&mut self.deferred) {
-            self.ready.push(StoreCompletion {
-                tag: req.tag,
-                status: StoreStatus::Aborted,
-            });
-        }
-        self.cancel_ring();
-        let pool = self.threads.abort_start();
         let deadline = Instant::now() + ABORT_WAIT;
         if !self.wait_settled(deadline, |threads| threads.abort_settled(pool)) {
             log::error!(
@@ -821,6 +832,12 @@ impl StoreQueue for UringQueue {
             );
         }
         n
+    }
+
+    /// As `abort_all`, without the wait: a slot keeps its request, and so its buffer, until
+    /// the CQE of its cancelled SQE is reaped, and the threads' jobs keep theirs until answered.
+    fn start_abort_all(&mut self) -> usize {
+        self.abort_start().0
     }
 
     fn dump(&self) -> Option<String> {
