@@ -675,6 +675,14 @@ impl Ring {
             if self.next == head {
                 return Ok(None);
             }
+            // A reset while our cmd_tail was 0 leaves it 0, and once the kernel has posted up to
+            // or past our read position `load_head` does not see it either: reading on would
+            // take its new stream from the middle (one of its entries, or bytes inside one read
+            // as a header), its first new commands never read. Its first new entry lands at 0,
+            // our cmd_tail, where our oldest entry not retired is: one header read shows it.
+            if let Some(fault) = self.slots.front().and_then(|slot| self.entry_fault(slot)) {
+                return Err(RingError::Broken(fault));
+            }
             let at = self.next;
             let hdr: EntryHdr = self.region.read_obj(self.entry_off(at));
             let len = hdr.entry_len();

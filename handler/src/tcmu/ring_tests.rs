@@ -1319,6 +1319,40 @@ fn a_reset_while_our_tail_is_zero_is_seen_before_an_answer_lands_on_a_new_entry(
     assert_eq!(next_command(&mut fresh).cmd_id(), 5);
 }
 
+/// A reset while our `cmd_tail` is 0, and the kernel posts past our read position before we
+/// look again: `cmd_head` is ahead of it, so neither `TailMoved` nor `HeadBehind` shows the
+/// reset, and reading on would take the kernel's new stream from the middle (here its third
+/// entry, its first two never read; with other lengths, bytes inside an entry read as a
+/// header). The oldest entry not retired is at our `cmd_tail`, where the kernel's first new
+/// entry lands, so its header shows it.
+#[test]
+fn a_reset_at_tail_zero_with_the_head_past_our_read_position_is_seen_before_reading_on() {
+    let (mut sim, mut ring) = setup(4096, mailbox_flags::CAP_OOOC);
+    let cdb = cdb10(WRITE_10, 0, 1);
+    sim.post_cmd(1, &cdb, &[], &[]).expect("post");
+    sim.post_cmd(2, &cdb, &[], &[]).expect("post");
+    let first = next_command(&mut ring);
+    let _second = next_command(&mut ring);
+    let read: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    sim.reset_ring();
+    for id in [4, 5, 6] {
+        sim.post_cmd(id, &cdb, &[], &[]).expect("post");
+    }
+    let found: EntryHdr = sim.region().read_obj(SIM_CMDR_OFF as usize);
+    let fault = RingFault::EntryChanged { at: 0, read, found };
+    assert_broken(&mut ring, fault.clone());
+    assert_eq!(
+        ring.complete(first, &Response::GOOD),
+        Err(RingError::Broken(fault))
+    );
+    assert_eq!(sim.reap().expect("reap"), [], "nothing answered");
+    // The new entries are intact for a handler started afresh.
+    let mut fresh = Ring::attach(sim.region().clone()).expect("attach");
+    for id in [4, 5, 6] {
+        assert_eq!(next_command(&mut fresh).cmd_id(), id);
+    }
+}
+
 #[test]
 fn a_head_behind_our_read_position_is_a_reset() {
     // Reset with our cmd_tail 0: nothing posted since (cmd_head 0), or one entry (cmd_head
