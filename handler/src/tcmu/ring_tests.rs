@@ -1050,6 +1050,81 @@ mod random {
         })
     }
 
+    /// One hostile entry for ring offset `at` (its CDB offset is made from it): its length by
+    /// its header, and its bytes (at least that many; more where the length was jittered short).
+    fn hostile_entry(e: &Hostile, at: usize, data_off: u64, data_size: u64) -> (usize, Vec<u8>) {
+        let jitter = |x: u64, every: u64| x.is_multiple_of(every);
+        match e.kind {
+            0..=6 => {
+                let iovs = (e.a % 4) as usize;
+                let base = abi::CMD_ENTRY_SIZE + 16 * iovs;
+                let opcode = [0x00u8, 0x28, 0x2a, 0x88, 0xa8, 0x7f, 0x12][(e.b % 7) as usize];
+                let mut len = (base + 16).next_multiple_of(8);
+                if jitter(e.c, 5) {
+                    len = ((e.c >> 8) % 320) as usize & !7;
+                }
+                let mut b = vec![0u8; len.max(abi::CMD_ENTRY_SIZE + 16 * 4 + 32)];
+                b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::CMD).to_le_bytes());
+                b[4..6].copy_from_slice(&((e.a >> 16) as u16 % 8).to_le_bytes());
+                b[8..12].copy_from_slice(
+                    &(if jitter(e.c, 7) {
+                        (e.c >> 20) as u32
+                    } else {
+                        iovs as u32
+                    })
+                    .to_le_bytes(),
+                );
+                let mut cdb_off = SIM_CMDR_OFF as u64 + at as u64 + base as u64;
+                if jitter(e.c, 3) {
+                    cdb_off = cdb_off.wrapping_add((e.b >> 8) % 64).wrapping_sub(32);
+                }
+                b[24..32].copy_from_slice(&cdb_off.to_le_bytes());
+                for i in 0..iovs {
+                    let mut base = data_off + ((e.a >> 24) + i as u64 * 512) % data_size;
+                    let mut len = (e.b >> (16 + i)) % 1024;
+                    if jitter(e.c >> 8, 11) {
+                        base = e.b.rotate_left(i as u32 * 7);
+                        len = e.a.rotate_left(i as u32 * 13);
+                    }
+                    let o = abi::IOV_ARRAY_OFFSET + 16 * i;
+                    b[o..o + 8].copy_from_slice(&base.to_le_bytes());
+                    b[o + 8..o + 16].copy_from_slice(&len.to_le_bytes());
+                }
+                b[base] = opcode;
+                b[base + 7] = (e.c >> 32) as u8;
+                (len, b)
+            }
+            7 => {
+                let len = ((e.a % 64) * 8) as usize;
+                let mut b = vec![0u8; len.max(8)];
+                b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::PAD).to_le_bytes());
+                (len, b)
+            }
+            8 => {
+                let cnt = if jitter(e.c, 4) {
+                    (e.b >> 32) as u32
+                } else {
+                    (e.b % 8) as u32
+                };
+                let len = if jitter(e.c, 6) {
+                    ((e.a % 8) * 8) as usize
+                } else {
+                    (32 + 2 * cnt as usize).next_multiple_of(8).min(512)
+                };
+                let mut b = vec![0u8; len.max(32)];
+                b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::TMR).to_le_bytes());
+                b[12..16].copy_from_slice(&cnt.to_le_bytes());
+                (len, b)
+            }
+            _ => {
+                let len = ((e.a % 8 + 1) * 8) as usize;
+                let mut b = vec![0u8; len];
+                b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, 3 + (e.b % 5) as u32).to_le_bytes());
+                (len, b)
+            }
+        }
+    }
+
     /// Lay `entries` out from ring offset 0 into `ring` (cmdr_size bytes); returns where the
     /// last one ends (the head a kernel would publish).
     fn lay_out(entries: &[Hostile], ring: &mut [u8], data_off: u64, data_size: u64) -> usize {
@@ -1058,76 +1133,7 @@ mod random {
             if at + 8 > ring.len() {
                 break;
             }
-            let jitter = |x: u64, every: u64| x.is_multiple_of(every);
-            let (len, bytes) = match e.kind {
-                0..=6 => {
-                    let iovs = (e.a % 4) as usize;
-                    let base = abi::CMD_ENTRY_SIZE + 16 * iovs;
-                    let opcode = [0x00u8, 0x28, 0x2a, 0x88, 0xa8, 0x7f, 0x12][(e.b % 7) as usize];
-                    let mut len = (base + 16).next_multiple_of(8);
-                    if jitter(e.c, 5) {
-                        len = ((e.c >> 8) % 320) as usize & !7;
-                    }
-                    let mut b = vec![0u8; len.max(abi::CMD_ENTRY_SIZE + 16 * 4 + 32)];
-                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::CMD).to_le_bytes());
-                    b[4..6].copy_from_slice(&((e.a >> 16) as u16 % 8).to_le_bytes());
-                    b[8..12].copy_from_slice(
-                        &(if jitter(e.c, 7) {
-                            (e.c >> 20) as u32
-                        } else {
-                            iovs as u32
-                        })
-                        .to_le_bytes(),
-                    );
-                    let mut cdb_off = SIM_CMDR_OFF as u64 + at as u64 + base as u64;
-                    if jitter(e.c, 3) {
-                        cdb_off = cdb_off.wrapping_add((e.b >> 8) % 64).wrapping_sub(32);
-                    }
-                    b[24..32].copy_from_slice(&cdb_off.to_le_bytes());
-                    for i in 0..iovs {
-                        let mut base = data_off + ((e.a >> 24) + i as u64 * 512) % data_size;
-                        let mut len = (e.b >> (16 + i)) % 1024;
-                        if jitter(e.c >> 8, 11) {
-                            base = e.b.rotate_left(i as u32 * 7);
-                            len = e.a.rotate_left(i as u32 * 13);
-                        }
-                        let o = abi::IOV_ARRAY_OFFSET + 16 * i;
-                        b[o..o + 8].copy_from_slice(&base.to_le_bytes());
-                        b[o + 8..o + 16].copy_from_slice(&len.to_le_bytes());
-                    }
-                    b[base] = opcode;
-                    b[base + 7] = (e.c >> 32) as u8;
-                    (len, b)
-                }
-                7 => {
-                    let len = ((e.a % 64) * 8) as usize;
-                    let mut b = vec![0u8; len.max(8)];
-                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::PAD).to_le_bytes());
-                    (len, b)
-                }
-                8 => {
-                    let cnt = if jitter(e.c, 4) {
-                        (e.b >> 32) as u32
-                    } else {
-                        (e.b % 8) as u32
-                    };
-                    let len = if jitter(e.c, 6) {
-                        ((e.a % 8) * 8) as usize
-                    } else {
-                        (32 + 2 * cnt as usize).next_multiple_of(8).min(512)
-                    };
-                    let mut b = vec![0u8; len.max(32)];
-                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, abi::opcode::TMR).to_le_bytes());
-                    b[12..16].copy_from_slice(&cnt.to_le_bytes());
-                    (len, b)
-                }
-                _ => {
-                    let len = ((e.a % 8 + 1) * 8) as usize;
-                    let mut b = vec![0u8; len];
-                    b[..4].copy_from_slice(&EntryHdr::len_op(len as u32, 3 + (e.b % 5) as u32).to_le_bytes());
-                    (len, b)
-                }
-            };
+            let (len, bytes) = hostile_entry(e, at, data_off, data_size);
             let n = bytes.len().min(ring.len() - at);
             ring[at..at + n].copy_from_slice(&bytes[..n]);
             if len == 0 {
@@ -1136,6 +1142,18 @@ mod random {
             at += len;
         }
         at
+    }
+
+    /// A command handed out from a hostile ring: its CDB as long as its opcode says, its data
+    /// inside the data area (`data_off` to `region_len`).
+    fn check_sound(c: &TcmuCommand, data_off: u64, region_len: usize) -> Result<(), TestCaseError> {
+        let cdb = c.cdb();
+        let want = abi::cdb_len(cdb[0], cdb.get(7).copied().unwrap_or(0));
+        prop_assert_eq!(cdb.len(), want);
+        for s in c.data().iter().chain(c.bidi_in()) {
+            prop_assert!(s.off as u64 >= data_off && s.off + s.len <= region_len, "{s:?}");
+        }
+        Ok(())
     }
 
     proptest! {
@@ -1179,12 +1197,7 @@ mod random {
                 match ring.next_entry() {
                     Ok(None) | Err(RingError::Broken(_)) => break,
                     Ok(Some(RingEntry::Command(c))) => {
-                        let cdb = c.cdb();
-                        let want = abi::cdb_len(cdb[0], cdb.get(7).copied().unwrap_or(0));
-                        prop_assert_eq!(cdb.len(), want);
-                        for s in c.data().iter().chain(c.bidi_in()) {
-                            prop_assert!(s.off as u64 >= data_off && s.off + s.len <= region.len(), "{s:?}");
-                        }
+                        check_sound(&c, data_off, region.len())?;
                         ring.complete(c, &Response::GOOD).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     }
                     Ok(Some(RingEntry::TaskManagement(_))) | Err(RingError::Refused { .. }) => {}
@@ -1192,6 +1205,468 @@ mod random {
                 }
                 let state = ring.state();
                 prop_assert!(state.tail < cmdr_size && state.tail.is_multiple_of(8), "{state:?}");
+            }
+        }
+    }
+
+    /// The hostile ring out of order (`CAP_OOOC`): well-formed commands, forged entries (from
+    /// [`hostile`], under fresh ids), a command posted under the id of one still held, ring
+    /// resets, and the commands held and released in an order the strategy chooses, answered
+    /// through the simulated kernel, which reaps by `cmd_id` and breaks on an unknown one.
+    mod out_of_order {
+        use super::*;
+        use std::collections::HashSet;
+
+        /// Data slots of the well-formed commands (one each), then the zone of forged iovecs.
+        const SLOTS: usize = 8;
+        const SLOT_SIZE: usize = 256;
+        const FORGED_SIZE: usize = 2048;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// The kernel posts a command: CDB opcode, Data-Out length in its slot.
+            Post(u8, u16),
+            /// The kernel posts a forged entry (under a fresh id if its header says CMD).
+            Forged(Hostile),
+            /// The kernel posts a command under the id of the held one at this index (modulo).
+            Duplicate(usize),
+            Tmr,
+            Consume,
+            /// The test releases the held command at this index (modulo), its Data-In first if
+            /// asked.
+            Release(usize, bool),
+            Reap,
+            /// `action/reset_ring`; the handler restarts on a fresh ring, and the commands held
+            /// stay with the old one.
+            Reset,
+            /// A command held when the ring was reset is handed to its old ring.
+            Stale(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            // A duplicate and most stream faults break the ring for good, and nothing is served
+            // until a reset: few of them, and resets often enough that most of a sequence runs
+            // on a sound ring.
+            prop_oneof![
+                8 => (prop::sample::select(vec![0x00u8, 0x28, 0x2a, 0x88, 0xa8]), 1..=SLOT_SIZE as u16)
+                    .prop_map(|(o, l)| Op::Post(o, l)),
+                3 => hostile().prop_map(Op::Forged),
+                1 => any::<usize>().prop_map(Op::Duplicate),
+                1 => Just(Op::Tmr),
+                8 => Just(Op::Consume),
+                8 => (any::<usize>(), any::<bool>()).prop_map(|(i, d)| Op::Release(i, d)),
+                4 => Just(Op::Reap),
+                2 => Just(Op::Reset),
+                2 => any::<usize>().prop_map(Op::Stale),
+            ]
+        }
+
+        fn data_in(id: u16, len: usize) -> Vec<u8> {
+            (0..len)
+                .map(|i| (i as u16 ^ id.wrapping_mul(57) ^ 0xa5) as u8)
+                .collect()
+        }
+
+        struct World {
+            sim: SimKernel,
+            ring: Ring,
+            /// The ring reported itself broken (the kernel's commands may go unanswered).
+            broken: bool,
+            held: Vec<TcmuCommand>,
+            /// The commands the kernel posted and has not reaped (`udev->commands`).
+            in_kernel: HashSet<u16>,
+            /// Answers given (a command released, a CMD entry refused) and not yet reaped, in
+            /// the order given: the order the kernel must reap them in.
+            answered: VecDeque<(u16, u8, Vec<u8>)>,
+            /// The slot of each well-formed command not yet reaped, and its Data-Out.
+            slot_of: HashMap<u16, (usize, Vec<u8>)>,
+            /// What the slots must hold: the Data-Out posted, then the Data-In given, kept after
+            /// the command is reaped (nothing touches a block after its completion).
+            slots: Vec<u8>,
+            /// The ring as the kernel posted it: what lies from `cmd_tail` to `cmd_head` must be
+            /// this.
+            posted: Vec<u8>,
+            next_id: u16,
+            /// Old rings of resets, each with the commands it held.
+            stale: Vec<(Ring, Vec<TcmuCommand>)>,
+        }
+
+        impl World {
+            fn new(cmdr_size: u32, flags: u16) -> Self {
+                let sim = SimKernel::new(SimConfig {
+                    cmdr_size,
+                    data_size: SLOTS * SLOT_SIZE + FORGED_SIZE,
+                    flags,
+                });
+                let ring = Ring::attach(sim.region().clone()).expect("attach");
+                Self {
+                    sim,
+                    ring,
+                    broken: false,
+                    held: Vec::new(),
+                    in_kernel: HashSet::new(),
+                    answered: VecDeque::new(),
+                    slot_of: HashMap::new(),
+                    slots: vec![0; SLOTS * SLOT_SIZE],
+                    posted: vec![0; cmdr_size as usize],
+                    next_id: 1,
+                    stale: Vec::new(),
+                }
+            }
+
+            /// A new id: the kernel's are cyclic (`xa_alloc_cyclic`), never one still posted.
+            fn fresh_id(&mut self) -> u16 {
+                self.next_id = self.next_id.wrapping_add(1).max(1);
+                self.next_id
+            }
+
+            fn forged_off(&self) -> u64 {
+                (self.sim.data_off() + SLOTS * SLOT_SIZE) as u64
+            }
+
+            fn region_bytes(&self, off: usize, len: usize) -> Vec<u8> {
+                self.sim.read_data(off, len)
+            }
+
+            /// `cmd_tail`, the ring and the data area: what a ring that must write nothing
+            /// leaves as it was.
+            fn snapshot(&self) -> (u32, Vec<u8>) {
+                let tail = self.sim.region().load_u32_acquire(abi::MB_CMD_TAIL);
+                let from = SIM_CMDR_OFF as usize;
+                (tail, self.region_bytes(from, self.sim.region().len() - from))
+            }
+
+            /// The kernel posted (a command under `kernel_id`, if any): note what the ring now
+            /// holds.
+            fn note_posted(&mut self, kernel_id: Option<u16>) {
+                self.posted = self.region_bytes(SIM_CMDR_OFF as usize, self.posted.len());
+                self.in_kernel.extend(kernel_id);
+            }
+
+            /// No entry ahead of `cmd_tail` was written: from there to `cmd_head`, the ring is
+            /// as the kernel posted it.
+            fn check_ahead(&self) -> Result<(), TestCaseError> {
+                let tail = self.sim.region().load_u32_acquire(abi::MB_CMD_TAIL) as usize;
+                let head = self.sim.head() as usize;
+                let now = self.region_bytes(SIM_CMDR_OFF as usize, self.posted.len());
+                let n = self.posted.len();
+                let mut at = tail;
+                while at != head {
+                    prop_assert_eq!(
+                        now[at],
+                        self.posted[at],
+                        "ring byte {} ahead of cmd_tail {} written",
+                        at,
+                        tail
+                    );
+                    at = (at + 1) % n;
+                }
+                Ok(())
+            }
+
+            /// The data slots hold what the kernel and the test put there, nothing else.
+            fn check_slots(&self) -> Result<(), TestCaseError> {
+                let now = self.region_bytes(self.sim.data_off(), self.slots.len());
+                prop_assert!(now == self.slots, "a data slot was touched");
+                Ok(())
+            }
+
+            fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
+                match op {
+                    Op::Post(opcode, len) => {
+                        self.post(opcode, len, None)?;
+                    }
+                    Op::Forged(e) => self.forge(&e)?,
+                    Op::Duplicate(i) => {
+                        if self.broken || self.held.is_empty() {
+                            return Ok(());
+                        }
+                        let id = self.held[i % self.held.len()].cmd_id();
+                        if self.post(0x28, 0, Some(id))? {
+                            // Read up to it: the ring must break there (or before), not catch
+                            // up past it (`consume` refuses a second command under one id).
+                            let mut steps = 0;
+                            while self.consume()? {
+                                steps += 1;
+                                prop_assert!(steps <= self.posted.len() / 8 + 2, "no progress");
+                            }
+                            prop_assert!(self.broken, "cmd_id {} of a held command accepted again", id);
+                        }
+                    }
+                    Op::Tmr => {
+                        let ids: Vec<u16> = self.held.iter().map(|c| c.cmd_id()).take(3).collect();
+                        if self.sim.post_tmr(abi::tmr_type::ABORT_TASK, &ids).is_ok() {
+                            self.note_posted(None);
+                        }
+                    }
+                    Op::Consume => {
+                        self.consume()?;
+                    }
+                    Op::Release(i, data) => {
+                        if !self.held.is_empty() {
+                            let c = self.held.swap_remove(i % self.held.len());
+                            self.release(c, data)?;
+                        }
+                    }
+                    Op::Reap => self.reap()?,
+                    Op::Reset => self.reset(),
+                    Op::Stale(i) => {
+                        if let Some(k) = (!self.stale.is_empty()).then(|| i % self.stale.len()) {
+                            self.stale_release(k)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            /// A well-formed command in a free slot (under `id` if given, else a fresh one);
+            /// whether it was posted.
+            fn post(&mut self, opcode: u8, len: u16, id: Option<u16>) -> Result<bool, TestCaseError> {
+                let busy: HashSet<usize> = self.slot_of.values().map(|(s, _)| *s).collect();
+                let Some(slot) = (0..SLOTS).find(|s| !busy.contains(s)) else {
+                    return Ok(false);
+                };
+                let id = id.unwrap_or_else(|| self.fresh_id());
+                let off = self.sim.data_off() + slot * SLOT_SIZE;
+                let out: Vec<u8> = (0..usize::from(len)).map(|i| (i as u16 * 3 + id) as u8).collect();
+                let iovs = if len == 0 {
+                    vec![]
+                } else {
+                    vec![iov(off, out.len())]
+                };
+                match self.sim.post_cmd(id, &cdb_for(opcode, id), &iovs, &[]) {
+                    Ok(_) => {}
+                    Err(SimError::RingFull { .. }) => return Ok(false),
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                }
+                // The Data-Out, copied in by the kernel (before the post, in its order; same here).
+                self.sim.write_data(off, &out);
+                self.slots[slot * SLOT_SIZE..][..out.len()].copy_from_slice(&out);
+                self.slot_of.entry(id).or_insert((slot, out));
+                self.note_posted(Some(id));
+                Ok(true)
+            }
+
+            /// A forged entry where the kernel would put it, its posted length that of its
+            /// header (8 bytes for length 0), under a fresh id if it says CMD.
+            fn forge(&mut self, e: &Hostile) -> Result<(), TestCaseError> {
+                let forged = (self.forged_off(), FORGED_SIZE as u64);
+                let (len, _) = hostile_entry(e, 0, forged.0, forged.1);
+                let len = len.max(8);
+                let head = self.sim.head() as usize;
+                let at = if len > self.posted.len() - head { 0 } else { head };
+                let (_, mut bytes) = hostile_entry(e, at, forged.0, forged.1);
+                bytes.truncate(len);
+                let is_cmd = u32::from_le_bytes(bytes[..4].try_into().expect("4")) & abi::TCMU_OP_MASK
+                    == abi::opcode::CMD;
+                let id = is_cmd.then(|| self.fresh_id());
+                if let Some(id) = id {
+                    bytes[abi::HDR_CMD_ID..][..2].copy_from_slice(&id.to_ne_bytes());
+                }
+                match self.sim.post_raw(&bytes) {
+                    Ok(_) => self.note_posted(id),
+                    Err(SimError::RingFull { .. }) => {}
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                }
+                Ok(())
+            }
+
+            /// One `next_entry`; false once the ring has nothing more to hand out (caught up or
+            /// broken).
+            fn consume(&mut self) -> Result<bool, TestCaseError> {
+                let more = match self.ring.next_entry() {
+                    Ok(None) => false,
+                    Ok(Some(RingEntry::Command(c))) => {
+                        let id = c.cmd_id();
+                        prop_assert!(self.in_kernel.contains(&id), "cmd_id {} never posted", id);
+                        prop_assert!(
+                            self.held.iter().all(|h| h.cmd_id() != id),
+                            "cmd_id {} handed out twice",
+                            id
+                        );
+                        check_sound(&c, self.sim.data_off() as u64, self.sim.region().len())?;
+                        if let Some((slot, out)) = self.slot_of.get(&id) {
+                            let mut data = vec![0u8; c.data_len()];
+                            self.ring
+                                .read_data(&c, 0, &mut data)
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            prop_assert_eq!(&data, out, "slot {}", slot);
+                        }
+                        self.held.push(c);
+                        true
+                    }
+                    Ok(Some(RingEntry::TaskManagement(_))) => true,
+                    Err(RingError::Refused { cmd_id, fault, .. }) => {
+                        if !matches!(
+                            fault,
+                            EntryFault::TmrTooShort { .. } | EntryFault::TmrIdsOutsideEntry { .. }
+                        ) {
+                            prop_assert!(self.in_kernel.contains(&cmd_id), "cmd_id {} never posted", cmd_id);
+                            let sense = INTERNAL_TARGET_FAILURE.to_vec();
+                            self.answered
+                                .push_back((cmd_id, sam_status::CHECK_CONDITION, sense));
+                        }
+                        true
+                    }
+                    Err(RingError::Broken(_)) => {
+                        self.broken = true;
+                        false
+                    }
+                    Err(e @ RingError::NotOutstanding { .. }) => {
+                        return Err(TestCaseError::fail(e.to_string()))
+                    }
+                };
+                self.check_ahead()?;
+                Ok(more)
+            }
+
+            fn release(&mut self, c: TcmuCommand, data: bool) -> Result<(), TestCaseError> {
+                let id = c.cmd_id();
+                let fill = data_in(id, c.data_len().min(FORGED_SIZE));
+                let forged = self.forged_off() as usize..self.sim.region().len();
+                let own = self.slot_of.get(&id).map(|(slot, _)| *slot);
+                let writable = own.is_some()
+                    || c.data()
+                        .iter()
+                        .all(|s| forged.contains(&s.off) && s.off + s.len <= forged.end);
+                if self.broken {
+                    let before = self.snapshot();
+                    prop_assert!(self.ring.write_data(&c, 0, &fill).is_err());
+                    prop_assert!(self.ring.complete(c, &Response::GOOD).is_err());
+                    prop_assert!(self.snapshot() == before, "a broken ring wrote");
+                    return Ok(());
+                }
+                if data && writable {
+                    prop_assert_eq!(self.ring.write_data(&c, 0, &fill), Ok(fill.len()));
+                    if let Some(slot) = own {
+                        self.slots[slot * SLOT_SIZE..][..fill.len()].copy_from_slice(&fill);
+                    }
+                }
+                let (status, sense) = response_for(id);
+                let rsp = Response {
+                    status,
+                    sense: &sense,
+                    read_len: None,
+                };
+                self.ring
+                    .complete(c, &rsp)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                self.answered.push_back((id, status, sense));
+                self.check_ahead()?;
+                self.check_slots()
+            }
+
+            fn reap(&mut self) -> Result<(), TestCaseError> {
+                let done = self.sim.reap().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                for c in done {
+                    // Each answer once, in the order given, for a command the kernel posted.
+                    let Some((id, status, sense)) = self.answered.pop_front() else {
+                        return Err(TestCaseError::fail(format!(
+                            "cmd_id {} answered, none given",
+                            c.cmd_id
+                        )));
+                    };
+                    prop_assert_eq!((c.cmd_id, c.status), (id, status));
+                    prop_assert_eq!(&c.sense[..sense.len()], &sense[..]);
+                    prop_assert!(self.in_kernel.remove(&id));
+                    self.slot_of.remove(&id);
+                }
+                self.check_slots()
+            }
+
+            fn reset(&mut self) {
+                self.sim.reset_ring();
+                let fresh = Ring::attach(self.sim.region().clone()).expect("attach");
+                let old = std::mem::replace(&mut self.ring, fresh);
+                if !self.held.is_empty() {
+                    self.stale.push((old, std::mem::take(&mut self.held)));
+                }
+                // The kernel forgets every command and frees their blocks.
+                self.broken = false;
+                self.in_kernel.clear();
+                self.answered.clear();
+                self.slot_of.clear();
+                self.note_posted(None);
+            }
+
+            /// The old ring hands out nothing more, and neither writes the command's Data-In
+            /// (its blocks are the kernel's again) nor answers it: not a byte changes.
+            fn stale_release(&mut self, k: usize) -> Result<(), TestCaseError> {
+                let before = self.snapshot();
+                let (old, cmds) = &mut self.stale[k];
+                let c = cmds.pop().expect("a stale ring keeps commands");
+                let entry = old.next_entry();
+                prop_assert!(
+                    !matches!(entry, Ok(Some(_))),
+                    "a reset ring handed out {:?}",
+                    entry
+                );
+                let fill = data_in(c.cmd_id(), c.data_len().min(FORGED_SIZE));
+                prop_assert!(matches!(old.write_data(&c, 0, &fill), Err(RingError::Broken(_))));
+                let done = old.complete(c, &Response::GOOD);
+                prop_assert!(matches!(done, Err(RingError::Broken(_))), "{:?}", done);
+                if cmds.is_empty() {
+                    self.stale.swap_remove(k);
+                }
+                prop_assert!(self.snapshot() == before, "a reset ring wrote");
+                Ok(())
+            }
+
+            /// Read everything, release everything (last held first), reap.
+            fn drain(&mut self) -> Result<(), TestCaseError> {
+                let mut steps = 0;
+                while self.consume()? {
+                    steps += 1;
+                    prop_assert!(
+                        steps <= self.posted.len() / 8 + 2,
+                        "no progress after {} steps",
+                        steps
+                    );
+                }
+                while let Some(c) = self.held.pop() {
+                    self.release(c, true)?;
+                }
+                self.reap()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            /// Every command the kernel posted is answered exactly once, in the order answered,
+            /// with its own answer, or the ring says it is broken; no answer names an id not
+            /// posted (the simulated kernel breaks on one); nothing ahead of `cmd_tail` is
+            /// written; a command's data blocks are not touched after its completion (a reset
+            /// completes every command); and after a reset a fresh ring serves cleanly while the
+            /// old one refuses everything.
+            #[test]
+            fn a_hostile_ring_out_of_order_answers_each_command_once_or_breaks(
+                ring_words in 40u32..160,
+                flags in 0u16..8,
+                ops in prop::collection::vec(op(), 1..160),
+            ) {
+                let mut w = World::new(ring_words * 8, (flags << 1) | mailbox_flags::CAP_OOOC);
+                for op in ops {
+                    w.step(op)?;
+                }
+                w.drain()?;
+                if !w.broken {
+                    prop_assert!(w.in_kernel.is_empty(), "never answered: {:?}", w.in_kernel);
+                    prop_assert!(w.answered.is_empty());
+                    let state = w.ring.state();
+                    prop_assert_eq!((state.tail, state.unretired, state.outstanding), (w.sim.head(), 0, 0));
+                }
+                while !w.stale.is_empty() {
+                    w.step(Op::Stale(0))?;
+                }
+                // A reset, and the fresh ring serves two commands (all the smallest ring holds)
+                // answered last first.
+                w.reset();
+                for len in [16, 64] {
+                    prop_assert!(w.post(0x28, len, None)?);
+                }
+                w.drain()?;
+                prop_assert!(!w.broken && w.in_kernel.is_empty());
+                prop_assert_eq!(w.sim.posted(), 0);
             }
         }
     }
