@@ -16,7 +16,10 @@ pub const MAX_MDTS: u8 = 10;
 /// controller: 512-byte blocks, 64 MiB, 4 I/O queue pairs, 5 MSI-X vectors, MDTS 5.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NvmeSimConfig {
-    /// Namespace 1's logical block size: 512 or 4096 (Identify Namespace LBAF0.LBADS).
+    /// Namespace 1's logical block size (Identify Namespace LBAF0.LBADS): a power of two
+    /// from 512 to 65536 ([`MAX_BLOCK_SIZE`], the largest the driver serves), within one
+    /// transfer of `mdts`. Blocks above 4 KiB, beyond a page, are what make a small `wzsl`
+    /// hold less than one block.
     pub block_size: u32,
     /// Namespace 1's size in blocks (NSZE = NCAP = NUSE), at least 1.
     pub num_blocks: u64,
@@ -91,8 +94,8 @@ pub struct NvmeSimConfig {
     /// before it completes). The board quirk `fua_ignored` is the driver's answer to it.
     pub fua_ignored: bool,
     /// The index of namespace 1's LBA format, 0..=63: the namespace reports this many formats
-    /// and one more (NLBAF = the index), `block_size` at this index, the other size (512 or
-    /// 4096) at every other, with FLBAS bits 3:0 and 6:5 naming it (NVMe 2.0 Base
+    /// and one more (NLBAF = the index), `block_size` at this index, another size (4096 for
+    /// 512, else 512) at every other, with FLBAS bits 3:0 and 6:5 naming it (NVMe 2.0 Base
     /// Specification Figure 276). Default 0: one format, as NVMe 1.4 controllers report.
     pub lba_format_index: u8,
     /// Dataset Management Range Size Limit (DMRSL) in blocks, reported in the NVM Command Set
@@ -115,6 +118,10 @@ pub struct NvmeSimConfig {
 /// Entries of the Identify Namespace LBA Format table (bytes 383:128, NVM Command Set
 /// Specification 1.0 Figure 97): [`NvmeSimConfig::lba_format_index`] is below it.
 pub const MAX_LBA_FORMATS: usize = 64;
+
+/// Largest [`NvmeSimConfig::block_size`]: 64 KiB (LBADS 16), the largest block the driver
+/// serves.
+pub const MAX_BLOCK_SIZE: u32 = 65536;
 
 /// Largest [`NvmeSimConfig::rtd3e_micros`] and [`NvmeSimConfig::shutdown_micros`]: 120 s.
 pub const MAX_SHUTDOWN_MICROS: u32 = 120_000_000;
@@ -174,10 +181,13 @@ impl NvmeSimConfig {
     /// [`SimError::InvalidConfig`] naming the field and the accepted range.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |field: &'static str, reason: String| Err(SimError::InvalidConfig { field, reason });
-        if self.block_size != 512 && self.block_size != 4096 {
+        if !self.block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&self.block_size) {
             return bad(
                 "block_size",
-                format!("{} is neither 512 nor 4096", self.block_size),
+                format!(
+                    "{} is not a power of two from 512 to {MAX_BLOCK_SIZE}",
+                    self.block_size
+                ),
             );
         }
         if self.num_blocks == 0 || self.num_blocks.checked_mul(u64::from(self.block_size)).is_none() {
@@ -200,6 +210,18 @@ impl NvmeSimConfig {
         }
         if !(1..=MAX_MDTS).contains(&self.mdts) {
             return bad("mdts", format!("{} is not in 1..={MAX_MDTS}", self.mdts));
+        }
+        // A controller that cannot move one block in a command could not be read at all.
+        if self.max_transfer_bytes() < u64::from(self.block_size) {
+            return bad(
+                "mdts",
+                format!(
+                    "{} ({} bytes) is less than one block of {}",
+                    self.mdts,
+                    self.max_transfer_bytes(),
+                    self.block_size
+                ),
+            );
         }
         if self.dlfeat & !(0b111 | DLFEAT_WRITE_ZEROES_DEAC) != 0 || self.dlfeat & 0b111 > DLFEAT_READS_ZEROES
         {
@@ -331,7 +353,7 @@ mod tests {
 
     #[test]
     fn each_field_out_of_range_is_named() {
-        let cases: [(&str, NvmeSimConfig); 18] = [
+        let cases: [(&str, NvmeSimConfig); 21] = [
             (
                 "wzsl",
                 NvmeSimConfig {
@@ -412,7 +434,29 @@ mod tests {
             (
                 "block_size",
                 NvmeSimConfig {
-                    block_size: 1024,
+                    block_size: 3072,
+                    ..Default::default()
+                },
+            ),
+            (
+                "block_size",
+                NvmeSimConfig {
+                    block_size: 256,
+                    ..Default::default()
+                },
+            ),
+            (
+                "block_size",
+                NvmeSimConfig {
+                    block_size: MAX_BLOCK_SIZE * 2,
+                    ..Default::default()
+                },
+            ),
+            (
+                "mdts",
+                NvmeSimConfig {
+                    block_size: 16384,
+                    mdts: 1,
                     ..Default::default()
                 },
             ),
@@ -466,6 +510,13 @@ mod tests {
             }
         }
         NvmeSimConfig::default().validate().expect("the default is valid");
+        for block_size in [1024, 16384, MAX_BLOCK_SIZE] {
+            let config = NvmeSimConfig {
+                block_size,
+                ..Default::default()
+            };
+            config.validate().expect("a power of two within one transfer");
+        }
     }
 
     #[test]

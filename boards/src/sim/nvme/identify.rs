@@ -108,8 +108,8 @@ pub(crate) fn namespace(config: &NvmeSimConfig) -> Vec<u8> {
         put(&mut b, 76, &u32::from(config.copy_max_blocks).to_le_bytes());
         b[80] = 0;
     }
-    // LBAFn: MS = 0, LBADS, RP = 0. The formats not in use have the other block size, so a
-    // host that reads the wrong one sees the wrong size.
+    // LBAFn: MS = 0, LBADS, RP = 0. The formats not in use have another block size (4096 for
+    // 512, else 512), so a host that reads the wrong one sees the wrong size.
     let lbads = config.block_size.trailing_zeros();
     let other = if config.block_size == 512 { 12u32 } else { 9 };
     for i in 0..=usize::from(index) {

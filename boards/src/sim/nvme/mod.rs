@@ -90,6 +90,7 @@ pub const PCI_IDENTITY: PciIdentity = PciIdentity {
 pub use config::NvmeSimConfig;
 pub use config::DLFEAT_READS_ZEROES;
 pub use config::DLFEAT_WRITE_ZEROES_DEAC;
+pub use config::MAX_BLOCK_SIZE;
 pub use config::MAX_DISABLE_MICROS;
 pub use config::MAX_ENABLE_MICROS;
 pub use config::MAX_IO_QUEUES;

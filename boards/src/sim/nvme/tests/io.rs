@@ -373,6 +373,36 @@ fn write_zeroes_deallocate_flush_and_fua() {
     assert_eq!(rig.read_blocks(300, 1).1, &data[..512]);
 }
 
+/// WZSL bounds a Write Zeroes in bytes (2 ^ `wzsl` pages of 4 KiB), not in blocks: 8 KiB
+/// (`wzsl` 1) holds two 4 KiB blocks, and not one 16 KiB block, so even a one-block Write
+/// Zeroes completes Invalid Field in Command, as a controller reporting that WZSL refuses it.
+#[test]
+fn a_wzsl_below_one_block_refuses_every_write_zeroes() {
+    for (block_size, most) in [(4096u32, Some(2u32)), (16384, None)] {
+        let mut rig = Rig::new(NvmeSimConfig {
+            block_size,
+            wzsl: 1,
+            ..small_config()
+        });
+        rig.enable();
+        rig.create_io_queue(1, 8);
+        let zeroes = |blocks: u32| Sqe {
+            cdw10: 16,
+            cdw12: blocks - 1,
+            ..sqe(nvm::WRITE_ZEROES, 1)
+        };
+        let last_accepted = most.unwrap_or(0);
+        if last_accepted > 0 {
+            assert_eq!(status(&rig.command(1, zeroes(last_accepted))), Status::SUCCESS);
+        }
+        assert_eq!(
+            status(&rig.command(1, zeroes(last_accepted + 1))),
+            st::INVALID_FIELD,
+            "{block_size} B blocks"
+        );
+    }
+}
+
 #[test]
 fn the_completion_queue_wraps_with_the_phase_flipped_and_interrupts_follow() {
     let mut rig = Rig::with_io_queue(4);
