@@ -254,12 +254,14 @@ pub struct Geometry {
     /// refuses a larger one: the store splits at it.
     pub max_deallocate_blocks: u32,
     /// The device zeroes a range without a data transfer ([`DeviceOp::WriteZeroes`]; NVMe:
-    /// ONCS bit 3). Without it the store writes zero blocks instead.
+    /// ONCS bit 3, and a WZSL of at least one block). Without it the store writes zero blocks
+    /// instead.
     pub supports_write_zeroes: bool,
-    /// Most blocks one [`DeviceOp::WriteZeroes`] may cover, never 0 (NVMe: the WZSL of the NVM
-    /// Command Set Identify Controller data and the 16-bit NLB; u32::MAX where the device sets
-    /// no limit). No data moves, so the largest transfer does not bound it here; the device
-    /// refuses a larger one: the store splits at it.
+    /// Most blocks one [`DeviceOp::WriteZeroes`] may cover (NVMe: the WZSL of the NVM Command
+    /// Set Identify Controller data and the 16-bit NLB; u32::MAX where the device sets no
+    /// limit), never 0 but where that limit is below one block, which also clears
+    /// [`Geometry::supports_write_zeroes`]. No data moves, so the largest transfer does not
+    /// bound it here; the device refuses a larger one: the store splits at it.
     pub max_write_zeroes_blocks: u32,
     /// The device has a volatile write cache (FLUSH and FUA mean something).
     pub volatile_cache: bool,

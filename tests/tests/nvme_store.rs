@@ -685,6 +685,36 @@ fn a_write_zeroes_is_split_at_the_controllers_write_zeroes_size_limit() {
     assert_eq!(sim.stats().iommu_faults, 0);
 }
 
+/// A controller with Write Zeroes whose WZSL (CNS 06h byte 1: 1, 8 KiB) is below one block
+/// (16 KiB) refuses every Write Zeroes, even of one block: the store zeroes a range as on a
+/// controller without Write Zeroes, by writing zero blocks, for WRITE SAME of zeroes with and
+/// without UNMAP, over more than one WRITE SAME chunk (64 blocks). It used to send Write
+/// Zeroes of one block each, which the controller refused.
+#[test]
+fn a_wzsl_below_one_block_zeroes_by_writing_zero_blocks() {
+    const BS: u32 = 16384;
+    let config = NvmeSimConfig {
+        block_size: BS,
+        num_blocks: 1024,
+        wzsl: 1,
+        ..NvmeSimConfig::default()
+    };
+    let (store, sim, pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    for (lba, deallocate) in [(10u64, false), (300, true)] {
+        let zeroes = StoreOp::WriteZeroes {
+            lba,
+            blocks: 100,
+            deallocate,
+        };
+        let got = write_then(q.as_mut(), &pool, BS as usize, lba, 100, zeroes);
+        assert!(got.iter().all(|&b| b == 0), "deallocate {deallocate}: not zeroed");
+    }
+    drop(q);
+    assert_eq!(store.failure(), None);
+    assert_eq!(sim.stats().iommu_faults, 0);
+}
+
 /// A controller whose Dataset Management range is limited (NVM Command Set Identify Controller
 /// DMRSL, CNS 06h) refuses a longer range with Invalid Field in Command: the store splits an
 /// UNMAP at DMRSL, so a thin disk's UNMAP (and FORMAT UNIT) of 2^20 blocks succeeds in 16

@@ -364,6 +364,9 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo, limit: u32) -> Geometry {
         .min(u64::from(MAX_TRANSFER))
         .min(max_blocks_bytes)
         .min(limit) as u32;
+    // WZSL and NLB (`NvmeQueue::submit` refuses more); no PRP, so not MDTS. A WZSL below one
+    // block is no Write Zeroes at all: the controller would refuse every one.
+    let write_zeroes_blocks = info.nvm.max_write_zeroes_blocks(cap.min_page_size(), block_size);
     Geometry {
         block_size,
         capacity_blocks: info.namespace.nsze,
@@ -371,9 +374,8 @@ pub(super) fn geometry(cap: Cap, info: &NvmeInfo, limit: u32) -> Geometry {
         max_segments: max_transfer / PAGE_SIZE as u32 + 1,
         segment_alignment: PAGE_SIZE as u32,
         supports_deallocate: info.controller.supports_dsm(),
-        supports_write_zeroes: info.controller.supports_write_zeroes(),
-        // WZSL and NLB (`NvmeQueue::submit` refuses more); no PRP, so not MDTS.
-        max_write_zeroes_blocks: info.nvm.max_write_zeroes_blocks(cap.min_page_size(), block_size),
+        supports_write_zeroes: info.controller.supports_write_zeroes() && write_zeroes_blocks.is_some(),
+        max_write_zeroes_blocks: write_zeroes_blocks.unwrap_or(0),
         volatile_cache: info.controller.volatile_cache(),
         // NVMe 1.4 §6.15: a Write with FUA completes once its data is non-volatile; a board
         // whose controller does not keep that says so by its quirk (`NvmeController::bring_up`).
@@ -464,6 +466,30 @@ mod tests {
         assert_eq!(g.max_write_zeroes_blocks, 65536, "no WZSL");
         limited.nvm.wzsl = 2;
         assert_eq!(geometry(cap, &limited, MAX_TRANSFER).max_write_zeroes_blocks, 32);
+    }
+
+    /// A WZSL below one block (WZSL 1: 8 KiB, blocks of 16 and 64 KiB) leaves the controller no
+    /// Write Zeroes it accepts: the geometry offers none, as for a controller without it (ONCS
+    /// bit 3 clear), and its limit is 0, so the queue refuses one before the controller sees it.
+    /// With WZSL 0 (no limit), or a block that fits, the same controller's Write Zeroes is used.
+    #[test]
+    fn a_wzsl_below_one_block_is_no_write_zeroes() {
+        let cap = Cap::from_bits(0);
+        for lbads in [14, 16] {
+            let mut limited = info(7, lbads, cmd::ONCS_DSM | cmd::ONCS_WRITE_ZEROES);
+            assert!(
+                geometry(cap, &limited, MAX_TRANSFER).supports_write_zeroes,
+                "no WZSL"
+            );
+            limited.nvm.wzsl = 1;
+            let g = geometry(cap, &limited, MAX_TRANSFER);
+            assert!(!g.supports_write_zeroes, "{} B blocks, WZSL 8 KiB", g.block_size);
+            assert_eq!(g.max_write_zeroes_blocks, 0);
+            limited.nvm.wzsl = lbads - 12;
+            let g = geometry(cap, &limited, MAX_TRANSFER);
+            assert!(g.supports_write_zeroes, "WZSL of one block");
+            assert_eq!(g.max_write_zeroes_blocks, 1);
+        }
     }
 
     #[test]

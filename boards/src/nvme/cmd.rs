@@ -498,7 +498,9 @@ impl IdentifyControllerNvm {
 
     /// The most blocks one Dataset Management command of a single range may deallocate: DMRSL
     /// and DMSL where reported (a zero field is no limit), and the range's 32-bit length field
-    /// (NVMe 1.4 §6.7, Figure 364). Never 0. Linux applies DMRSL the same way, as its discard
+    /// (NVMe 1.4 §6.7, Figure 364). Never 0: DMRSL and DMSL count logical blocks, so a
+    /// reported limit holds at least one (unlike WZSL, in memory pages, which may hold none:
+    /// [`Self::max_write_zeroes_blocks`]). Linux applies DMRSL the same way, as its discard
     /// limit per range (`nvme_config_discard()`); this driver sends one range per command, so
     /// DMRL (at least 1 when reported) never binds.
     pub fn max_deallocate_blocks(&self) -> u32 {
@@ -511,10 +513,11 @@ impl IdentifyControllerNvm {
     /// The most blocks of `block_size` bytes one Write Zeroes may zero: WZSL where reported
     /// (2 ^ WZSL pages of `min_page_size` bytes; Linux's `ctrl->max_zeroes_sectors` from
     /// `nvme_mps_to_sectors()` in `nvme_init_non_mdts_limits()`), and the command's 16-bit
-    /// NLB (65536 blocks, NVM Command Set Specification 1.0 §3.3.7). Never 0: a WZSL below one
-    /// block (only with blocks larger than the controller's minimum page) leaves one block, as
-    /// the command cannot zero less.
-    pub fn max_write_zeroes_blocks(&self, min_page_size: u64, block_size: u32) -> u32 {
+    /// NLB (65536 blocks, NVM Command Set Specification 1.0 §3.3.7). `None` when WZSL is below
+    /// one block (WZSL 1 with 4 KiB pages is 8 KiB: blocks of 16 KiB or more): the command
+    /// cannot zero less than a block, and the controller refuses even one with Invalid Field
+    /// in Command, so the controller has no Write Zeroes this driver can use.
+    pub fn max_write_zeroes_blocks(&self, min_page_size: u64, block_size: u32) -> Option<u32> {
         const NLB_BLOCKS: u64 = 65536;
         let limit = match self.wzsl {
             0 => NLB_BLOCKS,
@@ -522,7 +525,7 @@ impl IdentifyControllerNvm {
                 .checked_shl(u32::from(w))
                 .map_or(NLB_BLOCKS, |bytes| bytes / u64::from(block_size.max(1))),
         };
-        limit.clamp(1, NLB_BLOCKS) as u32
+        (limit != 0).then(|| limit.min(NLB_BLOCKS) as u32)
     }
 }
 
@@ -942,33 +945,48 @@ mod tests {
     }
 
     /// WZSL (byte 1) is a power of two of minimum memory pages, as MDTS is (Linux's
-    /// `nvme_mps_to_sectors()`), 0 no limit; the 16-bit NLB bounds it either way.
+    /// `nvme_mps_to_sectors()`), 0 no limit; the 16-bit NLB bounds it either way, and a WZSL
+    /// below one block leaves no usable Write Zeroes (it was taken as one block, which the
+    /// controller refuses).
     #[test]
     fn identify_controller_nvm_reads_wzsl_in_minimum_pages() {
         let mut d = [0u8; IDENTIFY_LEN];
         let none = IdentifyControllerNvm::parse(&d);
         assert_eq!(none.wzsl, 0);
-        assert_eq!(none.max_write_zeroes_blocks(4096, 512), 65536, "NLB only");
+        assert_eq!(none.max_write_zeroes_blocks(4096, 512), Some(65536), "NLB only");
+        assert_eq!(none.max_write_zeroes_blocks(4096, 65536), Some(65536), "no WZSL");
         d[1] = 1;
         let nvm = IdentifyControllerNvm::parse(&d);
         assert_eq!(nvm.wzsl, 1);
         assert_eq!(
             nvm.max_write_zeroes_blocks(4096, 512),
-            16,
+            Some(16),
             "8 KiB of 512-byte blocks"
         );
-        assert_eq!(nvm.max_write_zeroes_blocks(4096, 4096), 2);
-        assert_eq!(nvm.max_write_zeroes_blocks(4096, 65536), 1, "never 0");
-        assert_eq!(nvm.max_write_zeroes_blocks(8192, 512), 32, "in CAP.MPSMIN pages");
+        assert_eq!(nvm.max_write_zeroes_blocks(4096, 4096), Some(2));
+        assert_eq!(
+            nvm.max_write_zeroes_blocks(4096, 8192),
+            Some(1),
+            "exactly one block"
+        );
+        // 8 KiB holds no 16 KiB or 64 KiB block: the controller refuses every Write Zeroes.
+        assert_eq!(nvm.max_write_zeroes_blocks(4096, 16384), None);
+        assert_eq!(nvm.max_write_zeroes_blocks(4096, 65536), None);
+        assert_eq!(
+            nvm.max_write_zeroes_blocks(8192, 512),
+            Some(32),
+            "in CAP.MPSMIN pages"
+        );
+        assert_eq!(nvm.max_write_zeroes_blocks(8192, 16384), Some(1));
         d[1] = 20; // 4 GiB: more than NLB holds
         assert_eq!(
             IdentifyControllerNvm::parse(&d).max_write_zeroes_blocks(4096, 512),
-            65536
+            Some(65536)
         );
         d[1] = 0xFF; // beyond u64: no limit but NLB
         assert_eq!(
             IdentifyControllerNvm::parse(&d).max_write_zeroes_blocks(4096, 512),
-            65536
+            Some(65536)
         );
     }
 

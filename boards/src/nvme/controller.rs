@@ -316,6 +316,17 @@ impl NvmeController {
             fua_durable: !config.fua_ignored,
             ..geometry(cap, &info, config.max_transfer_bytes)
         };
+        if info.controller.supports_write_zeroes() && !geometry.supports_write_zeroes {
+            log::warn!(
+                "{id}: Write Zeroes not used: WZSL {} (2^WZSL pages of {} bytes) is below one \
+                 block of {} bytes, so the controller would refuse every one (Invalid Field in \
+                 Command); ranges are zeroed by writing zero blocks, as without Write Zeroes in \
+                 ONCS",
+                info.nvm.wzsl,
+                cap.min_page_size(),
+                geometry.block_size
+            );
+        }
         let controller = Arc::new(NvmeController {
             device: Arc::clone(&device),
             config: config.clone(),

@@ -682,8 +682,8 @@ impl AccelQueue {
                     return Err(StoreStatus::OutOfRange);
                 }
                 if !self.write_zeroes {
-                    // No write zeroes on the device (NVMe ONCS bit 3 clear): WRITE SAME's
-                    // writes, of the zero chunk mapped by `start`.
+                    // No write zeroes on the device (NVMe: ONCS bit 3 clear, or a WZSL below one
+                    // block): WRITE SAME's writes, of the zero chunk mapped by `start`.
                     let iova = self
                         .zeroes
                         .as_ref()

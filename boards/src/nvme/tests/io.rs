@@ -605,3 +605,45 @@ fn dmrsl_bounds_a_deallocation_and_a_refused_cns_06h_is_no_limit() {
     assert_eq!(rig.ctrl.geometry().max_deallocate_blocks, u32::MAX);
     rig.finish();
 }
+
+/// A controller with Write Zeroes in ONCS whose WZSL (CNS 06h byte 1: 1, 8 KiB) is below one
+/// block (16 KiB) would refuse every Write Zeroes, even of one block, with Invalid Field in
+/// Command: the geometry offers none, as for a controller without it, and the queue refuses
+/// one before the controller sees it. It used to offer Write Zeroes of one block, each of
+/// which the controller refused. The same WZSL with 4 KiB blocks is two blocks.
+#[test]
+fn a_wzsl_below_one_block_offers_no_write_zeroes() {
+    let sim_config = NvmeSimConfig {
+        block_size: 16384,
+        num_blocks: 256,
+        wzsl: 1,
+        ..NvmeSimConfig::default()
+    };
+    let mut rig = Rig::up("drv-wzsl-below-block", sim_config.clone(), &config());
+    let g = rig.ctrl.geometry();
+    assert!(rig.ctrl.info().controller.supports_write_zeroes(), "ONCS bit 3");
+    assert_eq!((g.block_size, rig.ctrl.info().nvm.wzsl), (16384, 1));
+    assert!(!g.supports_write_zeroes);
+    assert_eq!(g.max_write_zeroes_blocks, 0);
+    let before = rig.sim.stats().commands;
+    let zeroes = DeviceOp::WriteZeroes { deallocate: false };
+    assert!(matches!(
+        rig.queues[0].submit(&req(1, zeroes, 0, 16384, &[])),
+        Err(SubmitError::Unaligned(_))
+    ));
+    assert_eq!(rig.sim.stats().commands, before, "nothing reached the controller");
+    verified_io(&mut rig.queues[0], 8, 4);
+    rig.finish();
+
+    let four_k = NvmeSimConfig {
+        block_size: 4096,
+        ..sim_config
+    };
+    let mut rig = Rig::up("drv-wzsl-two-blocks", four_k, &config());
+    let g = rig.ctrl.geometry();
+    assert!(g.supports_write_zeroes);
+    assert_eq!(g.max_write_zeroes_blocks, 2);
+    let c = run(&mut rig.queues[0], &[req(2, zeroes, 0, 2 * 4096, &[])]);
+    assert_eq!(c, vec![ok(2)]);
+    rig.finish();
+}
