@@ -271,8 +271,8 @@ pub(super) fn set_queue_count(admin: &AdminQueue, timeout: Duration, wanted: u16
     Ok(u32::from(wanted.max(1)).min(nsqa).min(ncqa) as u16)
 }
 
-/// From any state to enabled and identified: disable (a disable that times out escalates to a
-/// function reset), enable, IDENTIFY the controller and its first active namespace, check both
+/// From disabled (CSTS.RDY = 0 proven by the caller's [`disable_or_reset`]) to enabled and
+/// identified: enable, IDENTIFY the controller and its first active namespace, check both
 /// suit this driver, and ask for `config.queues` I/O queue pairs. Returns the IDENTIFY data
 /// and the pairs granted. `page` (at least [`IDENTIFY_LEN`] bytes) receives each IDENTIFY; on
 /// failure the caller keeps it mapped until the controller is proven disabled.
@@ -286,20 +286,6 @@ pub(super) fn identify_and_configure(
 ) -> Result<(NvmeInfo, u16), NvmeError> {
     let id = device.id();
     let r = Registers::new(device.bar0(), config.split_64bit_mmio);
-    if r.cc() & cc::EN != 0 || r.csts() & csts::RDY != 0 {
-        log::info!("{id}: controller was enabled; disabling it first");
-    }
-    disable(device.as_ref(), &r, cap).or_else(|e| match e {
-        NvmeError::Timeout { .. } => {
-            log::warn!("{id}: {e}; escalating to a function reset");
-            device.reset().map_err(|source| NvmeError::Hal {
-                device: id.to_owned(),
-                source: Box::new(source),
-            })?;
-            disable(device.as_ref(), &r, cap)
-        }
-        other => Err(other),
-    })?;
     enable(device.as_ref(), &r, cap, admin)?;
     let timeout = config.admin_timeout;
     let data = identify(admin, page, timeout, cmd::cns::CONTROLLER, 0, 0)?;

@@ -274,6 +274,17 @@ impl NvmeController {
                 cap.mpsmin
             )));
         }
+        if r.cc() & cc::EN != 0 || r.csts() & csts::RDY != 0 {
+            log::info!("{id}: controller was enabled; disabling it first");
+        }
+        // Disabled before anything is mapped for it: a controller left enabled (a driver that
+        // died) may still reach the rings and buffers its last owner gave it, at IOVAs this
+        // bring-up's window may hold. Mapped only after CSTS.RDY = 0 is proven, this
+        // bring-up's memory is reached only through what it programs itself. A disable that
+        // fails here (function reset included) leaves nothing of this bring-up mapped, so no
+        // memory waits for a proof: the error returns at once, not after a second disable and
+        // function reset (the failure path below, for a controller given the admin queue).
+        disable_or_reset(device.as_ref(), &r, cap)?;
         let iovas = Arc::new(IovaLock::new(IovaAllocator::new(
             config.iova_base,
             config.iova_size,

@@ -1341,6 +1341,61 @@ fn a_failed_bring_up_that_cannot_reset_keeps_its_dma_memory_mapped() {
     handle.clear_faults();
 }
 
+/// A controller left enabled by a driver that died, whose disable never finishes (the
+/// interposer drops the CC.EN = 0 write) and whose function reset fails: the bring-up's first
+/// disable fails, and the bring-up with it, after one disable and one function reset, with
+/// nothing of its own left mapped: it maps nothing before CSTS.RDY = 0 is proven, so no memory
+/// waits for a proof. It used to map its admin rings and IDENTIFY buffer first, then, that
+/// disable failed, run the failure path's disable and function reset again (twice the waits),
+/// and leak them.
+#[test]
+fn a_bring_up_whose_first_disable_fails_waits_once_and_maps_nothing() {
+    let (device, handle) = sim("drv-first-disable-stuck", NvmeSimConfig::default());
+    let (device, knobs) = Interposer::new(
+        device,
+        InterposerConfig {
+            cap_to: Some(SHORT_CAP_TO),
+        },
+    );
+    let device: Arc<dyn DeviceBacking> = device;
+    let (first, first_queues) = NvmeController::bring_up(Arc::clone(&device), &config()).expect("bring-up");
+    // The first driver dies with the controller enabled; its memory stays mapped, as it would
+    // until the kernel tears its VFIO container down.
+    std::mem::forget(first_queues);
+    std::mem::forget(first);
+    let mapped = handle.iommu().mappings();
+    knobs.stuck_disable.store(true, Ordering::Release);
+    knobs.function_reset_fails.store(true, Ordering::Release);
+    // Another IOVA window, so that nothing of the first driver's is in the way of a mapping.
+    let second = NvmeConfig {
+        iova_base: 1 << 36,
+        ..config()
+    };
+
+    let result = NvmeController::bring_up(Arc::clone(&device), &second);
+
+    assert_eq!(
+        knobs.dropped_disables.load(Ordering::Relaxed),
+        1,
+        "one CC.EN = 0 and its wait for CSTS.RDY = 0"
+    );
+    assert_eq!(knobs.function_resets.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        handle.iommu().mappings(),
+        mapped,
+        "nothing of the failed bring-up is left mapped"
+    );
+    // The disable's error, the function reset's logged (`disable_or_reset`).
+    assert!(
+        matches!(result, Err(NvmeError::Timeout { .. })),
+        "{:?}",
+        result.err()
+    );
+    assert_eq!(handle.iommu().fault_count(), 0);
+    knobs.stuck_disable.store(false, Ordering::Release);
+    knobs.function_reset_fails.store(false, Ordering::Release);
+}
+
 /// A controller whose CAP.TO (500 ms) understates how long its enable takes (2 s) but that sets
 /// CAP.CRMS.CRWMS and reports CRTO.CRWMT 4 s: the bring-up's enable, and a recovery's, wait for
 /// CSTS.RDY = 1 up to CRWMT, as Linux's `nvme_enable_ctrl()` does (NVMe 2.0 §3.1.4.1, CRTO at
