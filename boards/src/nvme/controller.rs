@@ -228,7 +228,10 @@ impl NvmeController {
             // Read before the first disable: its wait for an enable in progress is bounded by
             // the same ready timeout as the enable (`Cap::ready_timeout`). Once, not at every
             // enable as Linux's `nvme_enable_ctrl()` does: CRTO is fixed by the controller, and
-            // a recovery re-reading it could only move the bounds a waiter already took.
+            // a recovery re-reading it could only move the bounds a waiter already took. CAP was
+            // read before this driver's CC write: a previous owner's CC.CRIME = 1 makes CAP.TO
+            // hold CRIMT rather than CRWMT (NVMe 2.0 §3.1.3.1; Linux reads CAP again after its CC
+            // write), which the larger of CAP.TO and CRWMT covers.
             let crto = r.crto();
             if crto == ALL_ONES_32 {
                 return Err(NvmeError::Gone { device: id });
@@ -244,7 +247,7 @@ impl NvmeController {
             }
             if cap.crwmt < u16::from(cap.to) {
                 // Linux's "bad crto" warning: CRWMT should be at least CAP.TO (NVMe 2.0
-                // §3.1.4.1); the larger is kept.
+                // §3.1.3.1); the larger is kept.
                 log::warn!(
                     "{id}: CRTO {crto:#010x}: CRWMT {} ms is below CAP.TO {} ms; waiting CAP.TO",
                     u32::from(cap.crwmt) * 500,

@@ -657,8 +657,8 @@ impl NvmeQueue {
     /// logged once per call (the first and a count).
     pub fn reap(&mut self, out: &mut Vec<DeviceCompletion>) -> usize {
         // Posted: the head carries the expected phase tag (§4.6).
-        // NVMe has no interrupt status to acknowledge (MSI-X; §3.1.4's INTMS/INTMC are for
-        // pin-based and MSI interrupts only).
+        // NVMe has no interrupt status to acknowledge (MSI-X; INTMS and INTMC, §3.1.3 and
+        // §3.1.4, are for pin-based and MSI interrupts only).
         let (_, read) = self.irq_gate.reap(self.irq.as_ref(), &self.cq, || {});
         self.stats.irq_reads += u64::from(read);
         let mut accepted = 0;

@@ -26,8 +26,8 @@ pub mod offset {
     pub const ASQ: u64 = 0x28;
     /// Admin Completion Queue base (64-bit).
     pub const ACQ: u64 = 0x30;
-    /// Controller Ready Timeouts (NVMe 2.0 §3.1.4, offset 68h, 32-bit): read only when CAP.CRMS.CRWMS
-    /// says the controller has it.
+    /// Controller Ready Timeouts (NVMe 2.0 §3.1.3.21, offset 68h, 32-bit): read only when
+    /// CAP.CRMS.CRWMS says the controller has it.
     pub const CRTO: u64 = 0x68;
     /// First doorbell (§3.1.16).
     pub const DOORBELLS: u64 = 0x1000;
@@ -58,14 +58,14 @@ pub struct Cap {
     pub mpsmin: u8,
     /// Memory Page Size Maximum.
     pub mpsmax: u8,
-    /// Controller Ready With Media Support (CAP.CRMS.CRWMS, bit 59, NVMe 2.0 §3.1.4.1): the
+    /// Controller Ready With Media Support (CAP.CRMS.CRWMS, bit 59, NVMe 2.0 §3.1.3.1): the
     /// controller has the CRTO register, and CAP.TO holds at most FFh of its CRWMT.
     pub crwms: bool,
     /// Controller Ready Independent of Media Support (CAP.CRMS.CRIMS, bit 60). Decoded for
     /// the logs only: this driver leaves CC.CRIME 0 (see [`cc::config`]).
     pub crims: bool,
-    /// CRTO.CRWMT (NVMe 2.0 §3.1.4, offset 68h, bits 15:0, 500 ms units): the worst-case time from
-    /// CC.EN = 1 to CSTS.RDY = 1 with CC.CRIME = 0. Not a CAP field: 0 when decoded, set by
+    /// CRTO.CRWMT (NVMe 2.0 §3.1.3.21, offset 68h, bits 15:0, 500 ms units): the worst-case time
+    /// from CC.EN = 1 to CSTS.RDY = 1 with CC.CRIME = 0. Not a CAP field: 0 when decoded, set by
     /// [`Cap::with_crto`] once the register was read. Kept here, not beside CAP in the
     /// controller, so that [`Cap::ready_timeout`] stays the one bound every CSTS.RDY wait and
     /// every bound derived from them (reset, recovery) takes.
@@ -118,7 +118,7 @@ impl Cap {
     /// The bound on a CSTS.RDY transition: the larger of CAP.TO (§3.1.1) and, when CRWMS is
     /// set, CRTO.CRWMT; at least 500 ms, since a controller reporting 0 still needs time.
     ///
-    /// With CRWMS set, CAP.TO is only CRWMT capped at FFh (127.5 s, NVMe 2.0 §3.1.4.1), so a
+    /// With CRWMS set, CAP.TO is only CRWMT capped at FFh (127.5 s, NVMe 2.0 §3.1.3.1), so a
     /// controller that needs longer to get its media ready says so in CRTO alone. Linux's
     /// `nvme_enable_ctrl()` waits for the larger of the two as well, and warns when CRWMT is
     /// below CAP.TO, which some controllers report wrongly. The same bound serves the waits
@@ -167,7 +167,7 @@ pub mod cc {
     pub const IOCQES_16: u32 = 4 << 20;
 
     /// The configuration this driver runs with: NVM command set, 4 KiB pages, round robin,
-    /// 64-byte SQEs, 16-byte CQEs; `enable` sets EN. CC.CRIME (bit 24, NVMe 2.0 §3.1.4.5)
+    /// 64-byte SQEs, 16-byte CQEs; `enable` sets EN. CC.CRIME (bit 24, NVMe 2.0 §3.1.3.5)
     /// stays 0, as Linux's `nvme_enable_ctrl()` leaves it: CSTS.RDY then means the media is
     /// ready too, so no command completes Admin Command Media Not Ready, and CRTO.CRWMT is the
     /// enable's bound ([`Cap::ready_timeout`](super::Cap::ready_timeout)).
@@ -350,8 +350,8 @@ mod tests {
     }
 
     /// CRMS (CAP bits 60:59) decodes, and CRTO.CRWMT raises the ready timeout above CAP.TO
-    /// only when CRWMS is set and only when it is the larger (NVMe 2.0 §3.1.4.1, CRTO at offset 68h;
-    /// Linux's `nvme_enable_ctrl()`).
+    /// only when CRWMS is set and only when it is the larger (NVMe 2.0 §3.1.3.1, CRTO at offset
+    /// 68h, §3.1.3.21; Linux's `nvme_enable_ctrl()`).
     #[test]
     fn crms_and_crto_decode_and_the_larger_ready_timeout_wins() {
         use std::time::Duration;

@@ -1398,9 +1398,9 @@ fn a_bring_up_whose_first_disable_fails_waits_once_and_maps_nothing() {
 
 /// A controller whose CAP.TO (500 ms) understates how long its enable takes (2 s) but that sets
 /// CAP.CRMS.CRWMS and reports CRTO.CRWMT 4 s: the bring-up's enable, and a recovery's, wait for
-/// CSTS.RDY = 1 up to CRWMT, as Linux's `nvme_enable_ctrl()` does (NVMe 2.0 §3.1.4.1, CRTO at
-/// offset 68h), and the reset and recovery bounds derived from the ready timeout grow with it.
-/// The bring-up used to give up after CAP.TO.
+/// CSTS.RDY = 1 up to CRWMT, as Linux's `nvme_enable_ctrl()` does (NVMe 2.0 §3.1.3.1, CRTO at
+/// offset 68h, §3.1.3.21), and the reset and recovery bounds derived from the ready timeout
+/// grow with it. The bring-up used to give up after CAP.TO.
 #[test]
 fn the_enable_waits_crto_crwmt_when_cap_to_understates_it() {
     let sim_config = NvmeSimConfig {

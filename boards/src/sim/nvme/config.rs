@@ -66,11 +66,11 @@ pub struct NvmeSimConfig {
     /// case of a CSTS.RDY transition. Default 20 (10 s). The model itself takes
     /// [`NvmeSimConfig::disable_micros`] for a disable, whatever it advertises.
     pub cap_to: u8,
-    /// CRTO.CRWMT (NVMe 2.0 §3.1.4, offset 68h, bits 15:0), in 500 ms units: the controller's
+    /// CRTO.CRWMT (NVMe 2.0 §3.1.3.21, offset 68h, bits 15:0), in 500 ms units: the controller's
     /// own worst case from CC.EN = 1 to CSTS.RDY = 1. Non-zero sets CAP.CRMS.CRWMS (bit 59)
     /// and makes CRTO read it; 0 (default): CRWMS clear and CRTO reads 0, as an NVMe 1.x
     /// controller. Not checked against `cap_to`: a `cap_to` below it models a controller whose
-    /// CAP.TO understates its worst case (CAP.TO holds at most FFh of CRWMT, §3.1.4.1).
+    /// CAP.TO understates its worst case (CAP.TO holds at most FFh of CRWMT, §3.1.3.1).
     pub crwmt: u16,
     /// How long this model takes from CC.EN 0→1 to CSTS.RDY = 1, in microseconds, at most
     /// [`MAX_ENABLE_MICROS`]; default 2000. Set it above CAP.TO (and below `crwmt`) to model a

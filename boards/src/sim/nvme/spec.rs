@@ -30,7 +30,7 @@ pub(crate) mod reg {
     pub const ASQ: u64 = 0x28;
     /// Admin Completion Queue Base Address, 64 bits.
     pub const ACQ: u64 = 0x30;
-    /// Controller Ready Timeouts (NVMe 2.0 §3.1.4, offset 68h): CRWMT in bits 15:0, CRIMT in
+    /// Controller Ready Timeouts (NVMe 2.0 §3.1.3.21, offset 68h): CRWMT in bits 15:0, CRIMT in
     /// 31:16, both in 500 ms units; meaningful when CAP.CRMS.CRWMS is set.
     pub const CRTO: u64 = 0x68;
     /// First doorbell: SQ y tail at `DOORBELLS + (2y) * 4`, CQ y head at `DOORBELLS + (2y+1) * 4`
@@ -48,7 +48,7 @@ pub(crate) mod cap {
     pub const TO_SHIFT: u32 = 24;
     /// Command Sets Supported (bits 44:37): bit 37, the NVM command set.
     pub const CSS_NVM: u64 = 1 << 37;
-    /// Controller Ready With Media Support (CRMS.CRWMS, bit 59, NVMe 2.0 §3.1.4.1): CRTO is
+    /// Controller Ready With Media Support (CRMS.CRWMS, bit 59, NVMe 2.0 §3.1.3.1): CRTO is
     /// implemented. CRIMS (bit 60) stays 0: this model has no ready-independent-of-media mode.
     pub const CRWMS: u64 = 1 << 59;
     /// The whole register with Timeout `to` and CRWMS when `crwms`: DSTRD = 0, MPSMIN = MPSMAX
