@@ -316,6 +316,37 @@ pub fn resolve(
     ))
 }
 
+/// What [`resolve`] will give `disk_name` as far as it is known before its board opens: the
+/// configured serial and NAA, else those its state file holds when there is one (read only:
+/// nothing is created or rewritten); empty where only the start can tell (a device-derived
+/// identity, one generated now, a file that does not parse). For [`check_unique`] against a
+/// disk that has not started or failed to, so that a state file copied from another disk is
+/// refused whether or not that disk came up.
+pub fn planned(disk_name: &str, spec: &IdentitySpec, state_dir: Option<&Path>) -> IdentityView {
+    let stored = state_dir
+        .and_then(|dir| state_path(dir, disk_name).ok())
+        .and_then(|path| {
+            let text = fs::read_to_string(&path).ok()?;
+            parse_state(&path, &text).ok()
+        });
+    let configured_naa = spec
+        .naa
+        .as_deref()
+        .and_then(|n| n.parse::<Designator>().ok())
+        .map(|d| d.to_string());
+    IdentityView {
+        serial: spec
+            .serial
+            .clone()
+            .or_else(|| stored.as_ref().map(|s| s.serial.clone()))
+            .unwrap_or_default(),
+        naa: configured_naa
+            .or_else(|| stored.as_ref().map(|s| s.naa.to_string()))
+            .unwrap_or_default(),
+        ..IdentityView::default()
+    }
+}
+
 /// The serial a device id gives: its hex (at most 32 digits), so the same namespace keeps the
 /// same serial even without a state directory.
 fn device_serial(dev: Designator) -> String {

@@ -607,14 +607,27 @@ impl Service {
         let state_dir = self
             .persist_identities
             .then_some(self.settings.state_dir.as_path());
-        // The identities of the other disks (those started before, serving or not: a disk that
-        // failed comes back with the same one), which this disk's must not repeat.
+        // The identities of the other disks, which this disk's must not repeat: those that
+        // started, serving or not (a disk that failed comes back with the same one), and, for
+        // a disk before this one that has none (its start failed), what its configuration and
+        // state file say it will be: a state file copied from it makes this one, the later,
+        // refused whether or not it came up this time.
         let others: Vec<(String, IdentityView)> = self
             .slots
             .iter()
             .enumerate()
             .filter(|&(i, _)| i != index)
-            .map(|(_, s)| (s.spec.args.name.clone(), s.identity.clone()))
+            .filter_map(|(i, s)| {
+                let started = !s.identity.serial.is_empty() || !s.identity.naa.is_empty();
+                let view = if started {
+                    s.identity.clone()
+                } else if i < index {
+                    crate::identity::planned(&s.spec.args.name, &s.spec.identity, state_dir)
+                } else {
+                    return None;
+                };
+                Some((s.spec.args.name.clone(), view))
+            })
             .collect();
         let slot = &mut self.slots[index];
         let name = slot.spec.args.name.clone();

@@ -1012,6 +1012,41 @@ fn a_disk_whose_identity_another_disk_has_is_refused() {
     drop(service.stop());
 }
 
+/// A state file copied from a disk whose start failed this time (its board did not open) is
+/// still that disk's identity: the later disk is refused rather than served under it, so the
+/// identity does not change hands with the first disk's health from one boot to the next.
+#[test]
+fn a_state_file_copied_from_a_disk_that_failed_to_start_is_refused() {
+    let (kernel, side) = loopback();
+    let settings = settings();
+    let state = settings.state_dir.join("identity");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let copied = "serial = \"FEDCBA9876543210\"\nnaa = \"3000000000000002\"\n";
+    std::fs::write(state.join("cp-a.toml"), copied).expect("state file");
+    std::fs::write(state.join("cp-b.toml"), copied).expect("state file");
+    // A hardware board without --pci: the first disk fails before its identity is resolved.
+    let service = Service::start(
+        settings,
+        vec![
+            disk("cp-a", BoardArg::Nvme, 32 << 20, 512),
+            disk("cp-b", BoardArg::Ram, 32 << 20, 512),
+        ],
+        side,
+        StartOptions::default(),
+    );
+    let failures = service.start_failures();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert_eq!(failures[1].0, "cp-b");
+    assert_eq!(failures[1].1.exit_code, exit::CONFIG, "{}", failures[1].1.message);
+    assert!(
+        failures[1].1.message.contains("disk cp-a's too"),
+        "{}",
+        failures[1].1.message
+    );
+    assert!(kernel.registered_devices().is_empty());
+    drop(service.stop());
+}
+
 /// A stop asked for while the disks start (`start_disks_with`'s question before each disk)
 /// starts no more: the disks left are `Stopped` and never registered, the one started is torn
 /// down by the stop, and the requested stop exits 0.
