@@ -140,6 +140,9 @@ pub struct StartOptions {
     pub persist_identities: bool,
     /// Stores of one's own for some disks (none by default: every disk gets its board's).
     pub stores: Option<StoreFactory>,
+    /// How long a disk's teardown waits for SCST to remove its LUNs before it closes the
+    /// device anyway ([`LUN_REMOVAL_BOUND`] by default).
+    pub lun_removal_bound: Duration,
 }
 
 impl Default for StartOptions {
@@ -148,9 +151,18 @@ impl Default for StartOptions {
             apply_exports: true,
             persist_identities: true,
             stores: None,
+            lun_removal_bound: LUN_REMOVAL_BOUND,
         }
     }
 }
+
+/// How long a disk's teardown waits for SCST to remove its LUNs (`del LUN`) before it closes
+/// the device anyway. SCST's `del` waits, without a bound, until the LUN has no command in
+/// flight (`scst_acg_del_lun`), and the commands our handler holds end only when it answers
+/// them: after a worker died, or the kernel stopped reading its replies, only the close answers
+/// them (spec §5.3). Closing the device unregisters it, which removes its LUNs with it; the
+/// `del` left waiting then ends on its own.
+pub const LUN_REMOVAL_BOUND: Duration = Duration::from_secs(5);
 
 /// A disk's teardown, on its own thread.
 struct TeardownThread {
@@ -291,6 +303,7 @@ pub struct Service {
     /// Deletions of those targets still running (joined, bounded, by [`Service::stop`]).
     target_deletions: Vec<std::thread::JoinHandle<()>>,
     persist_identities: bool,
+    lun_removal_bound: Duration,
     stores: Option<StoreFactory>,
 }
 
@@ -335,6 +348,7 @@ impl Service {
             created_targets: Vec::new(),
             target_deletions: Vec::new(),
             persist_identities: options.persist_identities,
+            lun_removal_bound: options.lun_removal_bound,
             stores: options.stores,
         }
     }
@@ -707,10 +721,11 @@ impl Service {
         let handle = self.handle.clone();
         let done = Arc::new(AtomicBool::new(false));
         let done_here = Arc::clone(&done);
+        let lun_bound = self.lun_removal_bound;
         let spawned = std::thread::Builder::new()
             .name(format!("teardown-{name}"))
             .spawn(move || {
-                let finished = teardown_one(running);
+                let finished = teardown_one(running, lun_bound);
                 // Done before the wake-up, so the woken supervisor collects it at once (the
                 // thread may not have returned yet: `is_finished` could still say no).
                 done_here.store(true, Ordering::Release);
@@ -1133,7 +1148,7 @@ fn start_one(
             }
             Err(e) => {
                 // `apply` undid what it had applied; the disk goes as it came.
-                drop(teardown_one(running));
+                drop(teardown_one(running, LUN_REMOVAL_BOUND));
                 return Err(usage(format!("export: {e}")));
             }
         }
@@ -1143,7 +1158,7 @@ fn start_one(
 
 /// One disk's teardown, on its own thread: the frontend's sequence (drain, abort on the
 /// device, return buffers, leave, close), then the board's release in the safe order.
-fn teardown_one(running: Running) -> Finished {
+fn teardown_one(running: Running, lun_bound: Duration) -> Finished {
     let Running {
         frontend,
         backend,
@@ -1151,10 +1166,9 @@ fn teardown_one(running: Running) -> Finished {
     } = running;
     // The LUNs go first, while the workers still serve: SCST finishes the commands it holds for
     // them before it removes them, and no initiator sends new ones to a disk being torn down.
+    // Not waited for past `lun_bound` ([`LUN_REMOVAL_BOUND`]): the close below removes them.
     if let Some(exports) = exports {
-        for e in exports.remove_luns() {
-            log::error!("removing an export: {e}");
-        }
+        remove_luns_within(exports, lun_bound);
     }
     let mut frontend = frontend.shutdown();
     let backend = backend.shutdown(frontend.unmap.take());
@@ -1166,6 +1180,33 @@ fn teardown_one(running: Running) -> Finished {
         );
     }
     Finished { frontend, backend }
+}
+
+/// Remove a disk's LUNs on a thread of their own, waiting for it at most `bound`: past it the
+/// thread is left to end when SCST lets its `del` go (the device's close), logged.
+fn remove_luns_within(exports: crate::export::AppliedExports, bound: Duration) {
+    let luns = exports.describe().join(", ");
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("lun-removal".into())
+        .spawn(move || {
+            let errors = exports.remove_luns();
+            for e in &errors {
+                log::error!("removing an export: {e}");
+            }
+            let _ = tx.send(errors.len());
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a thread to remove the LUNs {luns}: {e}; closing the device removes them");
+        return;
+    }
+    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = scst_accel_hal::locks::recv_timeout(&rx, bound) {
+        log::error!(
+            "SCST did not remove the LUNs {luns} within {bound:?} (it waits for the commands they \
+             have in flight, which this disk's handler may no longer answer); closing the \
+             device, which removes them"
+        );
+    }
 }
 
 /// The exit code for how a disk's serving ended (see [`crate::exit`] and the README's table).

@@ -135,7 +135,7 @@ fn status_dump_and_resize_while_the_service_starts_its_disks_exit_69() {
     let options = StartOptions {
         apply_exports: false,
         persist_identities: false,
-        stores: None,
+        ..StartOptions::default()
     };
     let service = Service::new(
         ServiceSettings::default(),

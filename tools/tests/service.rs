@@ -520,6 +520,67 @@ fn an_export_that_cannot_apply_starts_no_disk_at_all() {
     assert!(sysfs.lines().is_empty(), "nothing written: {:?}", sysfs.lines());
 }
 
+/// SCST's `del LUN` waits, without a bound, for the commands the LUN has in flight, which only
+/// the handler (or the device's close) can end: a disk that fails on its own with its LUN's
+/// `del` stuck still tears down, after the LUN removal's bound, and its device is unregistered.
+/// Here the `del` blocks in its open: the LUN's mgmt file is a FIFO nobody reads any more.
+#[test]
+fn a_teardown_whose_lun_removal_hangs_closes_the_device_after_the_bound() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mgmt = dir.path().join("targets/scst_local/scst_local_tgt/luns/mgmt");
+    let recorder = FifoRecorder::new(mgmt.clone());
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        ServiceSettings {
+            scst_sysfs: dir.path().to_path_buf(),
+            ..settings()
+        },
+        vec![
+            exported(disk("stuck-del", BoardArg::Sim, 32 << 20, 4096), 2),
+            // A second disk keeps the service (and its snapshots) going once the first failed.
+            disk("stuck-other", BoardArg::Ram, 16 << 20, 4096),
+        ],
+        side,
+        StartOptions {
+            lun_removal_bound: Duration::from_millis(300),
+            ..StartOptions::default()
+        },
+    );
+    assert_eq!(service.serving(), 2, "{:?}", service.start_failures());
+    assert_eq!(recorder.wait_lines(1), vec!["add stuck-del 2".to_string()]);
+    // Nobody reads the mgmt file from now on: a `del` written to it never returns.
+    drop(recorder);
+    let sim = service
+        .backend("stuck-del")
+        .and_then(|b| b.sim.clone())
+        .expect("simulated board");
+    sim.inject("gone".parse().expect("fault"));
+    let session = attach(&kernel, "stuck-del");
+    read_one_block(&session, 30);
+    let failed = vec![
+        ("stuck-del".into(), DiskState::Failed),
+        ("stuck-other".into(), DiskState::Serving),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while snapshot_states(&mut service) != failed && Instant::now() < deadline {
+        service.supervise(Duration::from_millis(50));
+    }
+    assert_eq!(
+        snapshot_states(&mut service),
+        failed,
+        "the teardown waited for the LUN's removal"
+    );
+    assert_eq!(
+        kernel.registered_devices(),
+        ["stuck-other"],
+        "the device was closed"
+    );
+    drop(session);
+    drop(service.stop());
+    // Let the `del` left waiting go (a reader), so its thread ends with the test.
+    let _ = std::fs::File::open(&mgmt);
+}
+
 /// Send a command without data-out on `session`.
 fn submit(
     session: &scst_accel_handler::loopback::Session,
