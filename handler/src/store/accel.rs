@@ -1087,9 +1087,9 @@ impl AccelQueue {
         let Some(parent) = self.parents.get_mut(&child.parent) else {
             return;
         };
-        if parent.status == StoreStatus::Good && status != StoreStatus::Good {
-            parent.status = status;
-        }
+        // Pieces complete in any order (an NVMe controller's own): the request answers with
+        // its first failed block, not with the first failure to arrive.
+        parent.status = parent.status.merge_piece(status);
         parent.remaining -= 1;
         if parent.remaining > 0 {
             return;

@@ -275,6 +275,67 @@ pub enum StoreStatus {
     WriteProtected,
 }
 
+impl StoreStatus {
+    /// The block a failure names (the sense data's INFORMATION), if it names one.
+    pub fn lba(self) -> Option<u64> {
+        match self {
+            Self::ReadError { lba } | Self::WriteError { lba } | Self::SpaceExhausted { lba } => Some(lba),
+            _ => None,
+        }
+    }
+
+    /// Of the outcomes of two pieces of one request (a split at the device's limits, in any
+    /// completion order), the one that answers the request: a failure over success; of two
+    /// failures, one that names no block (it claims none of the request done), else the one
+    /// that names the lower block. An initiator takes every block below INFORMATION as
+    /// transferred (Linux's `sd_completed_bytes`, for a WRITE too), so answering with a higher
+    /// piece's failure would report a lower failed piece's blocks written.
+    #[must_use]
+    pub fn merge_piece(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Good, other) => other,
+            (kept, Self::Good) => kept,
+            (kept, other) => match (kept.lba(), other.lba()) {
+                (Some(a), Some(b)) if b < a => other,
+                (Some(_), None) => other,
+                _ => kept,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::StoreStatus;
+
+    #[test]
+    fn the_pieces_of_a_request_answer_with_their_first_failed_block() {
+        let read = |lba| StoreStatus::ReadError { lba };
+        let write = |lba| StoreStatus::WriteError { lba };
+        let good = StoreStatus::Good;
+        assert_eq!(good.merge_piece(good), good);
+        assert_eq!(good.merge_piece(write(9)), write(9));
+        assert_eq!(write(9).merge_piece(good), write(9));
+        // The higher piece failed first: the lower one's failure answers, in either order.
+        assert_eq!(write(4096).merge_piece(write(7)), write(7));
+        assert_eq!(write(7).merge_piece(write(4096)), write(7));
+        assert_eq!(
+            read(300).merge_piece(StoreStatus::SpaceExhausted { lba: 20 }),
+            StoreStatus::SpaceExhausted { lba: 20 }
+        );
+        // A failure that names no block claims nothing done: it wins over one that does.
+        assert_eq!(
+            write(4096).merge_piece(StoreStatus::Aborted),
+            StoreStatus::Aborted
+        );
+        assert_eq!(StoreStatus::Aborted.merge_piece(write(7)), StoreStatus::Aborted);
+        assert_eq!(
+            StoreStatus::DeviceError.merge_piece(StoreStatus::Aborted),
+            StoreStatus::DeviceError
+        );
+    }
+}
+
 /// A completion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreCompletion {
