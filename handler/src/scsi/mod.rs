@@ -615,11 +615,37 @@ impl Disk {
                 data_in_len: io.data_in_len,
                 ..next
             }),
+            // A write planned while WCE was 1 went to the cache; a MODE SELECT turned WCE to 0
+            // while it was in the store, and its flush may have run before this write reached
+            // the cache. GOOD under WCE 0 says the data is on the medium, and the initiator
+            // sends no SYNCHRONIZE CACHE any more: flush first (as a drive that flushes its
+            // whole cache, writes it had taken included).
+            Ok(Plan::Done(done))
+                if done.status == sam_status::GOOD
+                    && io.then.is_none()
+                    && self.left_in_cache(&io.op)
+                    && !self.write_cache_enabled() =>
+            {
+                Plan::Io(IoPlan::single(StoreOp::Flush, io.data_in_len))
+            }
             Ok(plan) => plan,
             Err(sense) => {
                 log::debug!("store op {:?} ended {status}", io.op);
                 Plan::Done(Response::check_condition(sense.encode(self.descriptor_sense())))
             }
+        }
+    }
+
+    /// Whether `op`, the last step of its plan, may have left what it wrote in the volatile
+    /// cache: a write without FUA, or one the store has no FUA for (WRITE SAME, WRITE ZEROES, a
+    /// copy, an UNMAP that changes what reads return under LBPRZ). Planned while WCE was 0,
+    /// each has FUA or a flush after it, so it is never the last step then.
+    fn left_in_cache(&self, op: &StoreOp) -> bool {
+        match op {
+            StoreOp::Write { fua, .. } | StoreOp::CompareAndWrite { fua, .. } => !fua,
+            StoreOp::WriteSame { .. } | StoreOp::WriteZeroes { .. } | StoreOp::Copy { .. } => true,
+            StoreOp::Unmap { .. } => self.caps.provisioning.unmapped_reads_zero,
+            _ => false,
         }
     }
 

@@ -589,6 +589,58 @@ mod tests {
         ([0x15, 0x10, 0, 0, p.len() as u8, 0], p)
     }
 
+    /// A write planned while WCE was 1 that completes after a MODE SELECT turned WCE to 0 is
+    /// flushed before its GOOD: the MODE SELECT's flush may have run before the write reached
+    /// the cache, and the initiator sends no SYNCHRONIZE CACHE under WCE 0. One that completes
+    /// while WCE is still 1 is answered at once, as is one planned under WCE 0 (FUA).
+    #[test]
+    fn a_cached_write_that_completes_after_wce_went_to_0_is_flushed_first() {
+        let disk = disk();
+        assert!(disk.write_cache_enabled());
+        let write = [0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+        let data = [0u8; 512];
+        let plan = |disk: &super::super::Disk| match disk.start(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            &write,
+            &data.as_slice(),
+        ) {
+            Plan::Io(io) => io,
+            Plan::Done(r) => panic!("{r:?}"),
+        };
+        // WCE stays 1: GOOD at once.
+        let cached = plan(&disk);
+        assert!(matches!(cached.op, StoreOp::Write { fua: false, .. }));
+        assert!(matches!(disk.finish(&cached, StoreStatus::Good), Plan::Done(r) if r == Response::good()));
+        // Planned under WCE 1, in the store while WCE goes to 0 (the MODE SELECT's flush ends).
+        let cached = plan(&disk);
+        let (cdb, off) = caching_select(false);
+        let Plan::Io(select_flush) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &cdb, &off)
+        else {
+            panic!("WCE 1 -> 0 flushes")
+        };
+        assert!(matches!(
+            disk.finish(&select_flush, StoreStatus::Good),
+            Plan::Done(_)
+        ));
+        let Plan::Io(flush) = disk.finish(&cached, StoreStatus::Good) else {
+            panic!("a write left in the cache answered GOOD under WCE 0")
+        };
+        assert_eq!(flush.op, StoreOp::Flush);
+        assert!(matches!(disk.finish(&flush, StoreStatus::Good), Plan::Done(r) if r == Response::good()));
+        // Its flush failing fails the write.
+        let Plan::Io(flush) = disk.finish(&cached, StoreStatus::Good) else {
+            panic!("flush expected")
+        };
+        let Plan::Done(r) = disk.finish(&flush, StoreStatus::WriteError { lba: 1 }) else {
+            panic!("a failed flush ends the write")
+        };
+        assert_eq!(r.status, sam_status::CHECK_CONDITION);
+        // Planned under WCE 0: FUA, answered at once.
+        let through = plan(&disk);
+        assert!(matches!(through.op, StoreOp::Write { fua: true, .. }));
+        assert!(matches!(disk.finish(&through, StoreStatus::Good), Plan::Done(r) if r == Response::good()));
+    }
+
     /// WCE 1 -> 0: with WCE 0 GOOD to a write means it is on the medium, and the initiator
     /// stops sending SYNCHRONIZE CACHE, so the writes the cache still holds must reach the
     /// medium before the MODE SELECT's GOOD: it is a flush of the store, WCE already 0 for every
