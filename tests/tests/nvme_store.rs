@@ -764,3 +764,34 @@ fn an_unmap_is_split_at_the_controllers_dataset_management_range_limit() {
         assert_reads_zeroes(q.as_mut(), tag as u64 + 20, lba, &buf);
     }
 }
+
+/// VERIFY with BYTCHK 0 reads its blocks from the medium (SBC-4), so a block the device cannot
+/// read fails it, naming the first: the store reads the range into a scratch chunk a window of
+/// pieces at a time (1000 blocks here: 16 device reads of at most 64 blocks). It used to check
+/// the range only and answer GOOD without reading anything.
+#[test]
+fn a_verify_reads_the_medium_and_fails_where_a_block_cannot_be_read() {
+    let config = NvmeSimConfig {
+        num_blocks: 4096,
+        ..NvmeSimConfig::default()
+    };
+    let (store, sim, _pool) = nvme_store(config);
+    let mut q = store.open_queue().expect("queue");
+    let verify = StoreOp::Verify {
+        lba: 100,
+        blocks: 1000,
+    };
+    let before = sim.stats().commands;
+    assert_eq!(complete(q.as_mut(), 1, verify.clone(), None), StoreStatus::Good);
+    let reads = sim.stats().commands - before;
+    assert!(reads >= 16, "{reads} device commands for 1000 blocks");
+    sim.inject("status:sct=2,sc=0x81".parse().expect("fault"));
+    assert_eq!(
+        complete(q.as_mut(), 2, verify, None),
+        StoreStatus::ReadError { lba: 100 }
+    );
+    sim.clear_faults();
+    drop(q);
+    assert_eq!(store.failure(), None);
+    assert_eq!(sim.stats().iommu_faults, 0);
+}

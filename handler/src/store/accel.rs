@@ -436,6 +436,8 @@ struct Parent {
     compare: Option<ComparePair>,
     /// For COMPARE AND WRITE in the device.
     compare_and_write: Option<DeviceCompareAndWrite>,
+    /// For VERIFY: the blocks not read yet, planned a piece at a time as earlier pieces end.
+    verify: Option<VerifyCursor>,
     /// Memory the device reads for this request besides the command's buffer (the expanded
     /// WRITE SAME pattern): kept until the last child completes.
     #[expect(
@@ -444,6 +446,33 @@ struct Parent {
     )]
     scratch: Option<IoBuffer>,
 }
+
+/// VERIFY (BYTCHK 0) reads its range into one scratch chunk nobody reads ([`AccelQueue`]'s
+/// `verify_scratch`), at most [`VERIFY_WINDOW`] pieces in flight: a VERIFY may name up to 2^32
+/// blocks, far more than one request's pieces should be planned at once.
+#[derive(Clone, Copy, Debug)]
+struct VerifyCursor {
+    /// The first block not planned yet.
+    next: u64,
+    /// Blocks not planned yet.
+    left: u64,
+}
+
+impl VerifyCursor {
+    /// The next piece of at most `per` blocks, if any is left.
+    fn take(&mut self, per: u64) -> Option<(u64, u64)> {
+        let n = self.left.min(per.max(1));
+        (n > 0).then(|| {
+            let piece = (self.next, n);
+            self.next += n;
+            self.left -= n;
+            piece
+        })
+    }
+}
+
+/// Pieces of one VERIFY in flight at once.
+const VERIFY_WINDOW: u64 = 8;
 
 struct AccelQueue {
     board: Arc<dyn Controller>,
@@ -515,6 +544,9 @@ struct AccelQueue {
     /// device when first needed, the data of the writes that zero a range. Declared last, so
     /// it is unmapped after the queue (stopped in `drop`) is gone.
     zeroes: Option<MappedRegion>,
+    /// One WRITE SAME chunk the device reads VERIFY's blocks into (SCA-1 has no media verify,
+    /// NVMe's Verify is optional): mapped at the first VERIFY, never read by the host.
+    verify_scratch: Option<MappedRegion>,
 }
 
 impl AccelQueue {
@@ -563,6 +595,7 @@ impl AccelQueue {
             fua_by_flush: geometry.volatile_cache && !geometry.fua_durable,
             heartbeat: Heartbeat::new(),
             zeroes: None,
+            verify_scratch: None,
         }
     }
 
@@ -779,13 +812,34 @@ impl AccelQueue {
                 }
                 Ok(out)
             }
-            // SCA-1 1.0 has no media verify: VERIFY with BYTCHK 0 checks the range only.
+            // VERIFY with BYTCHK 0 (SBC-4): the blocks are read from the medium, so one the
+            // device cannot read fails with its MEDIUM ERROR. SCA-1 1.0 has no media verify and
+            // NVMe's Verify is optional, so the device reads them into a scratch chunk:
+            // the first [`VERIFY_WINDOW`] pieces here, the rest as pieces end (`child_done`).
             StoreOp::Verify { lba, blocks } => {
-                if in_range(*lba, u64::from(*blocks)) {
-                    Ok(Children::default())
-                } else {
-                    Err(StoreStatus::OutOfRange)
+                if !in_range(*lba, u64::from(*blocks)) {
+                    return Err(StoreStatus::OutOfRange);
                 }
+                let iova = self
+                    .verify_scratch
+                    .as_ref()
+                    .map(MappedRegion::iova)
+                    .ok_or(StoreStatus::DeviceError)?;
+                let mut cursor = VerifyCursor {
+                    next: *lba,
+                    left: u64::from(*blocks),
+                };
+                let per = write_same_chunk(self.info);
+                Ok(std::iter::from_fn(|| cursor.take(per))
+                    .take(VERIFY_WINDOW as usize)
+                    .map(|(lba, n)| {
+                        let segments = Segments::Whole {
+                            iova,
+                            len: (n * bs) as u32,
+                        };
+                        child(DeviceOp::Read, false, lba, n, segments)
+                    })
+                    .collect())
             }
         }
     }
@@ -808,11 +862,24 @@ impl AccelQueue {
             Err(status) => return self.finish_parent(req.tag, status),
         };
         if matches!(req.op, StoreOp::WriteZeroes { .. }) && !self.write_zeroes && self.zeroes.is_none() {
-            match self.map_zeroes() {
+            match self.map_chunk() {
                 Ok(region) => self.zeroes = Some(region),
                 Err(e) => {
                     log::error!(
                         "{} queue {}: mapping zero blocks for a write zeroes: {e}",
+                        self.board.id(),
+                        self.queue.index()
+                    );
+                    return self.finish_parent(req.tag, StoreStatus::DeviceError);
+                }
+            }
+        }
+        if matches!(req.op, StoreOp::Verify { blocks, .. } if blocks > 0) && self.verify_scratch.is_none() {
+            match self.map_chunk() {
+                Ok(region) => self.verify_scratch = Some(region),
+                Err(e) => {
+                    log::error!(
+                        "{} queue {}: mapping the scratch a verify reads into: {e}",
                         self.board.id(),
                         self.queue.index()
                     );
@@ -839,6 +906,16 @@ impl AccelQueue {
             }
             _ => FuaFlush::None,
         };
+        let verify = match req.op {
+            StoreOp::Verify { lba, blocks } => {
+                let planned = (write_same_chunk(self.info) * VERIFY_WINDOW).min(u64::from(blocks));
+                Some(VerifyCursor {
+                    next: lba + planned,
+                    left: u64::from(blocks) - planned,
+                })
+            }
+            _ => None,
+        };
         self.parents.insert(
             req.tag,
             Parent {
@@ -847,14 +924,12 @@ impl AccelQueue {
                 fua_flush,
                 compare,
                 compare_and_write,
+                verify,
                 scratch,
             },
         );
         for c in children {
-            let id = self.next_child;
-            self.next_child += 1;
-            self.children.insert(id, c);
-            self.backlog.push_back(id);
+            self.enqueue(c);
         }
     }
 
@@ -892,9 +967,10 @@ impl AccelQueue {
     }
 
     /// One WRITE SAME chunk of zero blocks ([`write_same_chunk`]), mapped for the device.
-    fn map_zeroes(&self) -> Result<MappedRegion, scst_accel_dma::DmaError> {
+    /// One WRITE SAME chunk of fresh memory, mapped for the device: the zero blocks emulated
+    /// WRITE ZEROES writes from (fresh anonymous memory is zeroes), the blocks VERIFY reads into.
+    fn map_chunk(&self) -> Result<MappedRegion, scst_accel_dma::DmaError> {
         let len = write_same_chunk(self.info) as usize * self.bs() as usize;
-        // Fresh anonymous memory: zeroes.
         let region = DmaRegion::new(len)?;
         MappedRegion::new(
             region,
@@ -998,10 +1074,7 @@ impl AccelQueue {
     /// Queue `child` as the one outstanding device request of request `tag`, whose earlier
     /// ones have all completed: its next step.
     fn next_step(&mut self, tag: u64, child: Child, fua_flush: FuaFlush, caw: Option<DeviceCompareAndWrite>) {
-        let id = self.next_child;
-        self.next_child += 1;
-        self.children.insert(id, child);
-        self.backlog.push_back(id);
+        self.enqueue(child);
         self.parents.insert(
             tag,
             Parent {
@@ -1010,9 +1083,18 @@ impl AccelQueue {
                 fua_flush,
                 compare: None,
                 compare_and_write: caw,
+                verify: None,
                 scratch: None,
             },
         );
+    }
+
+    /// Queue a device request behind the backlog (submitted by the next `pump`).
+    fn enqueue(&mut self, child: Child) {
+        let id = self.next_child;
+        self.next_child += 1;
+        self.children.insert(id, child);
+        self.backlog.push_back(id);
     }
 
     /// Compare reads the medium into scratch memory: allocate it next to the command buffer.
@@ -1091,6 +1173,33 @@ impl AccelQueue {
         // its first failed block, not with the first failure to arrive.
         parent.status = parent.status.merge_piece(status);
         parent.remaining -= 1;
+        // A VERIFY reads on while its pieces succeed, one new piece for each that ended.
+        let per = write_same_chunk(self.info);
+        let next = match (parent.status, parent.verify.as_mut()) {
+            (StoreStatus::Good, Some(cursor)) => cursor.take(per),
+            _ => None,
+        };
+        if let Some((lba, n)) = next {
+            let iova = self.verify_scratch.as_ref().map(MappedRegion::iova);
+            if let Some(iova) = iova {
+                parent.remaining += 1;
+                let piece = Child {
+                    parent: child.parent,
+                    op: DeviceOp::Read,
+                    fua: false,
+                    lba,
+                    length: (n * self.bs()) as u32,
+                    segments: Segments::Whole {
+                        iova,
+                        len: (n * self.bs()) as u32,
+                    },
+                };
+                self.enqueue(piece);
+            }
+        }
+        let Some(parent) = self.parents.get_mut(&child.parent) else {
+            return;
+        };
         if parent.remaining > 0 {
             return;
         }
@@ -1966,6 +2075,9 @@ impl Drop for AccelQueue {
             // The zero blocks emulated WRITE ZEROES read from, too.
             if let Some(zeroes) = self.zeroes.as_mut() {
                 zeroes.leak_on_drop();
+            }
+            if let Some(scratch) = self.verify_scratch.as_mut() {
+                scratch.leak_on_drop();
             }
             std::mem::forget(std::mem::take(&mut self.parents));
             std::mem::forget(std::mem::take(&mut self.children));
