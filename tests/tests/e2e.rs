@@ -260,6 +260,32 @@ fn a_preempt_and_abort_keeps_the_mode_pages_a_lun_reset_restores() {
     assert!(caching_page(&session, 5).0, "a LUN RESET restores the default");
 }
 
+/// The scst_user worker takes no range lock and hands each store step the whole buffer, which
+/// is right for every plan but the engine's own COMPARE AND WRITE (TCMU's setting): a disk set
+/// so is refused at the frontend's start rather than served without the atomicity.
+#[test]
+fn the_scst_user_frontend_refuses_a_disk_whose_engine_runs_compare_and_write() {
+    use scst_accel_handler::frontend::Frontend;
+    use scst_accel_handler::frontend::FrontendError;
+    use scst_accel_handler::loopback::KernelConfig;
+    use scst_accel_handler::loopback::LoopbackKernel;
+    use scst_accel_handler::scsi::CompareAndWriteBy;
+    use scst_accel_handler::scsi::Disk;
+    use scst_accel_handler::scsi::DiskConfig;
+    let kernel = LoopbackKernel::new(KernelConfig::default());
+    let fd = kernel.open(true);
+    let mut config = DiskConfig::new(512, 8192);
+    config.compare_and_write = CompareAndWriteBy::Handler;
+    let started = Frontend::start(
+        Arc::new(fd),
+        Arc::new(Disk::new(config)),
+        Arc::new(RamStore::new(512, 8192, 256)),
+        Arc::new(SgvPool::new(None, None, 1 << 20)),
+        FrontendConfig::default(),
+    );
+    assert!(matches!(started, Err(FrontendError::CompareAndWriteInEngine)));
+}
+
 #[test]
 fn capacity_change_raises_a_unit_attention_then_reports_the_new_size() {
     let rig = Rig::ram("e2e-resize", 512, 4096);

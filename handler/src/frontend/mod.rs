@@ -206,6 +206,14 @@ pub enum FrontendError {
         #[source]
         source: std::io::Error,
     },
+    /// The disk has the engine run COMPARE AND WRITE (`CompareAndWriteBy::Handler`, the TCMU
+    /// frontend's setting), which needs range locks and a window into the command's buffer
+    /// that this frontend's worker does not apply: under scst_user SCST's core runs it.
+    #[error(
+        "the disk has the engine run COMPARE AND WRITE, which the scst_user frontend does not \
+         support: use CompareAndWriteBy::ScstCore (SCST's core runs it) for scst_user disks"
+    )]
+    CompareAndWriteInEngine,
 }
 
 /// Errors growing a disk ([`Frontend::resize`]).
@@ -459,6 +467,12 @@ impl Frontend {
         pool: Arc<SgvPool>,
         config: FrontendConfig,
     ) -> Result<Self, FrontendError> {
+        // The worker hands each store step the command's whole buffer and takes no range
+        // lock: right for every plan but the engine's own COMPARE AND WRITE (its write step
+        // takes the Data-Out's second half, atomically under the disk's range locks).
+        if disk.capabilities().compare_and_write.in_engine() {
+            return Err(FrontendError::CompareAndWriteInEngine);
+        }
         let trigger = trigger::Trigger::new().map_err(|source| FrontendError::Trigger { source })?;
         let doorbells = (0..config.workers.max(1))
             .map(|_| EventFd::new())
