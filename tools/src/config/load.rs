@@ -62,7 +62,7 @@
 //! [[disk.export]]                # optional, repeatable
 //! driver = "iscsi"               # scst_local | iscsi | copy_manager
 //! target = "iqn.2024-01.com.example:accel0"  # iscsi: an IQN or eui.<16 hex digits>
-//! lun = 0                        # required; 0 to 16383
+//! lun = 0                        # required; 0 to 16383 (copy_manager: to 16382)
 //! enable = true                  # default true
 //! ```
 //!
@@ -1010,6 +1010,18 @@ fn read_export(
     let target = required(ctx, &sec, "target", "\"scst_local_tgt\"");
     let target = target.and_then(|t| check_target(ctx, driver, t));
     let lun = required_lun(ctx, &sec);
+    if let (Some(TargetDriver::CopyManager), Some(SCST_MAX_LUN)) = (driver, lun) {
+        // The copy manager takes SCST_MAX_LUN for "this device is none of my LUNs"
+        // (scst_copy_mgr.c, scst_cm_get_lun): a device at that LUN counts as unregistered, so
+        // SCST would add it a second time, at a free LUN, and never delete this one.
+        let at = sec.get("lun").map_or_else(|| sec.span.clone(), |v| v.span());
+        ctx.error(
+            &at,
+            format!("copy_manager LUN {SCST_MAX_LUN} is SCST_MAX_LUN, which the copy manager takes for \"not one of its LUNs\""),
+            "use a lun from 0 to 16382",
+        );
+        return None;
+    }
     let enable = boolean(ctx, &sec, "enable").unwrap_or(true);
     let spec = ExportSpec {
         driver: driver?,
@@ -1047,6 +1059,9 @@ fn driver(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<TargetDriver> {
         }
     }
 }
+
+/// SCST's highest LUN (scst_const.h), the copy manager's "no LUN".
+const SCST_MAX_LUN: u32 = (1 << (16 - 2)) - 1;
 
 fn required_lun(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<u32> {
     if sec.get("lun").is_none() {

@@ -498,6 +498,24 @@ fn an_export_to_the_copy_manager_parses() {
     );
 }
 
+/// The copy manager takes LUN 16383 (SCST_MAX_LUN) for "not one of my LUNs": refused there,
+/// accepted for the other drivers.
+#[test]
+fn a_copy_manager_export_at_scst_max_lun_is_refused() {
+    let e = assert_one(
+        &disk_with(&export("copy_manager", "copy_manager_tgt", "16383")),
+        Some(7),
+        "copy_manager LUN 16383 is SCST_MAX_LUN",
+    );
+    assert!(e.hint.contains("16382"), "{e:?}");
+    parse(&disk_with(&export("scst_local", "scst_local_tgt", "16383")), "t").expect("scst_local may use it");
+    parse(
+        &disk_with(&export("copy_manager", "copy_manager_tgt", "16382")),
+        "t",
+    )
+    .expect("the LUN below");
+}
+
 #[test]
 fn an_export_with_an_unknown_driver_is_reported() {
     assert_one(
