@@ -14,10 +14,30 @@
 //! - Removal, in reverse: `del LUN`, then `del_target TARGET` for targets we created. Enabling
 //!   is not undone: the driver may serve other targets.
 //!
+//!   A `del` is written only while the LUN still holds this disk's device (its `device` link,
+//!   `luns/N/device`, names it): a LUN gone already (SCST removes a device's LUNs when it
+//!   unregisters it) or taken since by another device (an operator's `add` at the same number)
+//!   is left alone, logged.
+//!
 //! Every write is one `open(O_WRONLY)` + one `write` of one line + `close`, as `echo` does:
 //! SCST parses each write as one command and reports its refusal as the write's errno, which is
 //! returned with the path and the line. A LUN `add` blocks until our handler answers the
-//! ATTACH_SESS it causes (SCST gives up after 5 s), so the disk's workers must be serving.
+//! ATTACH_SESS it causes (scst_user gives up after 5 s, EFAULT), so the disk's workers must be
+//! serving.
+//!
+//! SCST runs a command on its own thread and answers EAGAIN when the command has not finished
+//! within 15 s while another configuration change holds its lock (scst_sysfs.c,
+//! `scst_sysfs_queue_wait_work`): the command stays queued and finishes later. As scstadmin
+//! does (scst/README, `last_sysfs_mgmt_res`), the exporter then polls `last_sysfs_mgmt_res`,
+//! which answers EAGAIN while commands are queued and then the last one's result (0 or
+//! -errno), for at most [`MgmtWait::bound`]. A command still queued past it is
+//! [`ExportError::Queued`]: it may still apply, so its step counts as applied and the undo
+//! removes it. The result is the last command's, whoever wrote it: another tool writing at the
+//! same time can lend us its result, as it can to scstadmin.
+//!
+//! [`ExportError::exit_code`] says whether a restart may mend a failure (69: iscsi-scstd not
+//! running or not answering, SCST busy, the handler late to answer) or the configuration must
+//! change (78).
 
 use crate::config::ExportSpec;
 use crate::config::TargetDriver;
@@ -26,6 +46,12 @@ use std::io;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+/// SCST's attribute with the result of the last management command (relative to the root).
+const MGMT_RESULT: &str = "last_sysfs_mgmt_res";
 
 /// What went wrong applying or removing an export, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +101,35 @@ pub enum ExportError {
         #[source]
         source: io::Error,
     },
+    /// iscsi-scstd is not connected to iscsi-scst (`targets/iscsi/open_state` is not `open`):
+    /// iscsi-scst refuses every target command meanwhile (EPERM).
+    #[error("iscsi-scstd is not connected to iscsi-scst ({file} says {state:?}, not \"open\"): start iscsi-scstd, then restart this service", file = .path.display())]
+    IscsiDaemon {
+        /// `open_state`.
+        path: PathBuf,
+        /// What it said (`closed`, `closing`).
+        state: String,
+    },
+    /// SCST answered EAGAIN (it queued the command) and had no result for it within the bound:
+    /// the command may still apply later.
+    #[error(
+        "SCST queued \"{line}\" for {file} and had no result for it after {waited:?} ({reason}): \
+         the command may still apply; SCST is busy with another configuration change (see \
+         `dmesg`), restart once it is done",
+        file = .path.display()
+    )]
+    Queued {
+        /// The file written.
+        path: PathBuf,
+        /// The line written (without its newline).
+        line: String,
+        /// How long `last_sysfs_mgmt_res` was polled.
+        waited: Duration,
+        /// Why there is no result.
+        reason: QueuedReason,
+    },
     /// A sysfs write failed: SCST refused the line, or the file could not be opened.
-    #[error("writing \"{line}\" to {file}: {source}{hint}", file = .path.display(), hint = write_hint(.line, .source))]
+    #[error("writing \"{line}\" to {file}: {source}{hint}", file = .path.display(), hint = write_hint(.path, .line, .source))]
     Write {
         /// The file written.
         path: PathBuf,
@@ -88,6 +141,43 @@ pub enum ExportError {
     },
 }
 
+/// Why a queued command has no result.
+#[derive(Debug, thiserror::Error)]
+pub enum QueuedReason {
+    /// `last_sysfs_mgmt_res` still answered EAGAIN at the bound: commands are still queued.
+    #[error("last_sysfs_mgmt_res still answered EAGAIN")]
+    StillQueued,
+    /// `last_sysfs_mgmt_res` could not be read.
+    #[error("reading last_sysfs_mgmt_res: {0}")]
+    Unreadable(#[source] io::Error),
+    /// `last_sysfs_mgmt_res` said something that is not a result.
+    #[error("last_sysfs_mgmt_res said {0:?}, not a result")]
+    Garbled(String),
+}
+
+impl ExportError {
+    /// The exit class of a failure (see [`crate::exit`]): 69 when a restart may mend it (a
+    /// target driver not loaded yet; iscsi-scstd not running, EPERM, or not answering within
+    /// 31 s, EBUSY; a command SCST still had queued at the bound; the handler late to answer the
+    /// ATTACH_SESS a LUN `add` causes, EFAULT), 78 when the configuration must change.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::DriverMissing { .. } | Self::IscsiDaemon { .. } | Self::Queued { .. } => {
+                crate::exit::UNAVAILABLE
+            }
+            Self::Write { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EPERM | libc::EBUSY | libc::EFAULT | libc::EAGAIN)
+                ) =>
+            {
+                crate::exit::UNAVAILABLE
+            }
+            _ => crate::exit::CONFIG,
+        }
+    }
+}
+
 fn load_hint(driver: &TargetDriver) -> &'static str {
     match driver {
         TargetDriver::ScstLocal => "modprobe scst_local",
@@ -96,9 +186,13 @@ fn load_hint(driver: &TargetDriver) -> &'static str {
     }
 }
 
-/// What to do about a refused line, from its errno and verb.
-fn write_hint(line: &str, source: &io::Error) -> String {
+/// What to do about a refused line, from its errno, verb and file (iscsi-scst's own refusals
+/// are about iscsi-scstd).
+fn write_hint(path: &Path, line: &str, source: &io::Error) -> String {
     let verb = line.split_whitespace().next().unwrap_or("");
+    let iscsi = path
+        .components()
+        .any(|c| c.as_os_str() == TargetDriver::Iscsi.sysfs_name());
     let hint = match (source.raw_os_error(), verb) {
         (Some(libc::EEXIST), "add") => "the LUN is taken: pick another lun (or `del` it on the target)",
         (Some(libc::EEXIST), "add_target") => "the target exists already",
@@ -106,10 +200,17 @@ fn write_hint(line: &str, source: &io::Error) -> String {
             "SCST does not know the device or the target: is the disk registered (serve running) and the target name right?"
         }
         (Some(libc::EINVAL | libc::ENOENT), "del") => "the LUN is gone already (removed by hand?)",
-        (Some(libc::ETIMEDOUT | libc::EAGAIN), _) => {
-            "SCST waited too long for an answer (ATTACH_SESS, 5 s): are the disk's workers serving?"
+        (Some(libc::EFAULT), "add") => {
+            "the disk's handler did not answer the ATTACH_SESS this LUN caused in time (scst_user \
+             waits 5 s): are the disk's workers serving? A restart retries"
+        }
+        (Some(libc::EAGAIN), _) => "SCST is busy with another configuration change: retry once it is done",
+        (Some(libc::EBUSY), _) if iscsi => {
+            "iscsi-scstd did not answer iscsi-scst within 31 s (an unreachable iSNS server?): is it \
+             running and responsive? A restart retries"
         }
         (Some(libc::EBUSY), _) => "SCST is busy (a suspend or another configuration change): retry",
+        (Some(libc::EPERM), _) if iscsi => "iscsi-scst refuses while iscsi-scstd is not connected: start iscsi-scstd",
         (Some(libc::EACCES | libc::EPERM | libc::EROFS), _) => {
             "no write access to SCST's sysfs: run as root, with ReadWritePaths=/sys/kernel/scst_tgt in the unit"
         }
@@ -120,13 +221,69 @@ fn write_hint(line: &str, source: &io::Error) -> String {
     format!(" ({hint})")
 }
 
+/// How long, and how often, to poll `last_sysfs_mgmt_res` for a command SCST queued (EAGAIN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MgmtWait {
+    /// The longest wait for a result, on top of the 15 s SCST waited before its EAGAIN; past
+    /// it the command is [`ExportError::Queued`].
+    pub bound: Duration,
+    /// The pause between two reads.
+    pub interval: Duration,
+}
+
+impl Default for MgmtWait {
+    /// 60 s, a read every 250 ms: SCST's own waits (an ATTACH_SESS 5 s, iscsi-scstd 31 s) fit
+    /// in it with room, and a read costs the kernel one spinlock.
+    fn default() -> Self {
+        Self {
+            bound: Duration::from_secs(60),
+            interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Reads and writes of SCST's attributes: the file system, or a test's stand-in for what a
+/// file system cannot do (a write answered EAGAIN, a result that comes later).
+pub(crate) trait Attributes: Send + Sync + std::fmt::Debug {
+    /// One `open(O_WRONLY)` + one `write` of `text` + `close`; the byte count written.
+    fn write(&self, path: &Path, text: &str) -> io::Result<usize>;
+    /// The whole attribute.
+    fn read(&self, path: &Path) -> io::Result<String>;
+}
+
+/// The real sysfs.
+#[derive(Debug)]
+struct Sysfs;
+
+impl Attributes for Sysfs {
+    fn write(&self, path: &Path, text: &str) -> io::Result<usize> {
+        // No create, no truncate: sysfs attributes exist or the write is wrong.
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        // One write, not write_all: SCST takes each write as one command, so a short write
+        // would be a truncated command, not something to complete with a second one.
+        file.write(text.as_bytes())
+    }
+
+    fn read(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// The management commands of one SCST sysfs tree.
+#[derive(Clone, Debug)]
+struct Mgmt {
+    root: PathBuf,
+    io: Arc<dyn Attributes>,
+    wait: MgmtWait,
+}
+
 /// Writes export blocks under an SCST sysfs root.
 #[derive(Clone, Debug)]
 pub struct Exporter {
-    root: PathBuf,
+    mgmt: Mgmt,
 }
 
-/// One step `apply` did, undone by `remove`.
+/// One step `apply` did (or may have done: SCST still had it queued), undone by `remove`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
     /// `add_target` on the iscsi driver: ours to delete.
@@ -136,6 +293,7 @@ enum Step {
         driver: TargetDriver,
         target: String,
         lun: u32,
+        device: String,
     },
 }
 
@@ -143,26 +301,47 @@ enum Step {
 #[derive(Debug)]
 #[must_use = "exports stay in SCST until removed"]
 pub struct AppliedExports {
-    root: PathBuf,
+    mgmt: Mgmt,
     steps: Vec<Step>,
 }
 
 impl Exporter {
     /// An exporter for the sysfs tree at `root` (`/sys/kernel/scst_tgt`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            mgmt: Mgmt {
+                root: root.into(),
+                io: Arc::new(Sysfs),
+                wait: MgmtWait::default(),
+            },
+        }
+    }
+
+    /// An exporter whose attributes are `io`'s (tests).
+    #[cfg(test)]
+    pub(crate) fn with_io(root: impl Into<PathBuf>, io: Arc<dyn Attributes>, wait: MgmtWait) -> Self {
+        Self {
+            mgmt: Mgmt {
+                root: root.into(),
+                io,
+                wait,
+            },
+        }
     }
 
     /// Check what can be checked before anything is registered, so that a bad export block
     /// never leaves half a configuration: each driver is loaded, each name is usable, each
-    /// scst_local target exists (iscsi targets are created when absent).
+    /// scst_local target exists (iscsi targets are created when absent), and for iSCSI,
+    /// iscsi-scstd is connected (`open_state` is `open`, when the driver has that attribute):
+    /// without it iscsi-scst refuses every target command.
     ///
     /// # Errors
     /// The first problem found.
     pub fn preflight(&self, specs: &[ExportSpec]) -> Result<(), ExportError> {
+        let root = &self.mgmt.root;
         for spec in specs {
             check_name(&spec.target)?;
-            let driver = driver_dir(&self.root, spec.driver);
+            let driver = driver_dir(root, spec.driver);
             if !is_dir(&driver) {
                 return Err(ExportError::DriverMissing {
                     driver: spec.driver,
@@ -183,20 +362,37 @@ impl Exporter {
                         path: target,
                     });
                 }
+                TargetDriver::Iscsi => self.check_iscsi_daemon(&driver)?,
                 _ => {}
             }
         }
         Ok(())
     }
 
+    /// `open_state` (iscsi-scst's config.c) is `open` while iscsi-scstd holds the control
+    /// device; an iscsi-scst without the attribute (older than it) is not checked.
+    fn check_iscsi_daemon(&self, driver: &Path) -> Result<(), ExportError> {
+        let path = driver.join("open_state");
+        match self.mgmt.io.read(&path) {
+            Ok(text) if text.trim() == "open" => Ok(()),
+            Ok(text) => Err(ExportError::IscsiDaemon {
+                path,
+                state: text.trim().to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ExportError::Read { path, source }),
+        }
+    }
+
     /// Add `device` to every LUN of `specs`, in order. On a failure, what was applied is
-    /// undone (in reverse) before the error is returned.
+    /// undone (in reverse) before the error is returned, including a step SCST still had
+    /// queued ([`ExportError::Queued`]), which may apply later.
     ///
     /// # Errors
     /// The first failure; failures of the undo are logged.
     pub fn apply(&self, device: &str, specs: &[ExportSpec]) -> Result<AppliedExports, ExportError> {
         let mut applied = AppliedExports {
-            root: self.root.clone(),
+            mgmt: self.mgmt.clone(),
             steps: Vec::new(),
         };
         for spec in specs {
@@ -218,7 +414,7 @@ impl Exporter {
     /// The target's LUN directory cannot be read, or SCST refuses the line.
     pub fn delete_target(&self, target: &str) -> Result<bool, ExportError> {
         check_name(target)?;
-        let driver = driver_dir(&self.root, TargetDriver::Iscsi);
+        let driver = driver_dir(&self.mgmt.root, TargetDriver::Iscsi);
         let luns_dir = driver.join(target).join("luns");
         let luns = match std::fs::read_dir(&luns_dir) {
             Ok(entries) => entries
@@ -236,34 +432,52 @@ impl Exporter {
         if luns > 0 {
             return Ok(false);
         }
-        write_line(&driver.join("mgmt"), &format!("del_target {target}"))?;
+        self.mgmt
+            .command(&driver.join("mgmt"), &format!("del_target {target}"))?;
         Ok(true)
     }
 
     fn apply_one(&self, device: &str, spec: &ExportSpec, steps: &mut Vec<Step>) -> Result<(), ExportError> {
         check_name(&spec.target)?;
-        let driver = driver_dir(&self.root, spec.driver);
+        let driver = driver_dir(&self.mgmt.root, spec.driver);
         let target = driver.join(&spec.target);
         // Only a directory is a target: SCST creates one per target, synchronously with the
         // `add_target` write.
         if spec.driver == TargetDriver::Iscsi && !is_dir(&target) {
-            write_line(&driver.join("mgmt"), &format!("add_target {}", spec.target))?;
-            steps.push(Step::CreatedTarget {
+            let created = self
+                .mgmt
+                .command(&driver.join("mgmt"), &format!("add_target {}", spec.target));
+            if maybe_applied(&created) {
+                steps.push(Step::CreatedTarget {
+                    target: spec.target.clone(),
+                });
+            }
+            created?;
+        }
+        let added = self
+            .mgmt
+            .command(&target.join("luns/mgmt"), &format!("add {device} {}", spec.lun));
+        if maybe_applied(&added) {
+            steps.push(Step::Lun {
+                driver: spec.driver,
                 target: spec.target.clone(),
+                lun: spec.lun,
+                device: device.to_string(),
             });
         }
-        write_line(&target.join("luns/mgmt"), &format!("add {device} {}", spec.lun))?;
-        steps.push(Step::Lun {
-            driver: spec.driver,
-            target: spec.target.clone(),
-            lun: spec.lun,
-        });
+        added?;
         if spec.enable && spec.driver == TargetDriver::Iscsi {
-            write_line(&target.join("enabled"), "1")?;
-            write_line(&driver.join("enabled"), "1")?;
+            self.mgmt.command(&target.join("enabled"), "1")?;
+            self.mgmt.command(&driver.join("enabled"), "1")?;
         }
         Ok(())
     }
+}
+
+/// Done, or still queued in SCST (which may do it after we gave up waiting): either way its
+/// undo is due.
+fn maybe_applied(result: &Result<(), ExportError>) -> bool {
+    matches!(result, Ok(()) | Err(ExportError::Queued { .. }))
 }
 
 impl AppliedExports {
@@ -272,7 +486,9 @@ impl AppliedExports {
         self.steps
             .iter()
             .filter_map(|step| match step {
-                Step::Lun { driver, target, lun } => Some(format!("{}/{target}/{lun}", driver.sysfs_name())),
+                Step::Lun {
+                    driver, target, lun, ..
+                } => Some(format!("{}/{target}/{lun}", driver.sysfs_name())),
                 Step::CreatedTarget { .. } => None,
             })
             .collect()
@@ -305,19 +521,46 @@ impl AppliedExports {
         Self { steps, ..self }.remove()
     }
 
-    /// Remove everything applied, in reverse order: `del LUN`, then `del_target` for targets
-    /// this `apply` created (the undo of a failed `apply`, when no other disk can have used
-    /// them yet). Best effort: every step is attempted; the failures are returned.
+    /// Remove everything applied, in reverse order: `del LUN` for each LUN that still holds
+    /// this disk's device, then `del_target` for targets this `apply` created (the undo of a
+    /// failed `apply`, when no other disk can have used them yet). Best effort: every step is
+    /// attempted; the failures are returned.
     pub fn remove(self) -> Vec<ExportError> {
         let mut errors = Vec::new();
         for step in self.steps.iter().rev() {
             let result = match step {
-                Step::Lun { driver, target, lun } => write_line(
-                    &driver_dir(&self.root, *driver).join(target).join("luns/mgmt"),
-                    &format!("del {lun}"),
-                ),
-                Step::CreatedTarget { target } => write_line(
-                    &driver_dir(&self.root, TargetDriver::Iscsi).join("mgmt"),
+                Step::Lun {
+                    driver,
+                    target,
+                    lun,
+                    device,
+                } => {
+                    let luns = driver_dir(&self.mgmt.root, *driver).join(target).join("luns");
+                    match lun_holder(&luns.join(lun.to_string())) {
+                        Ok(Some(holder)) if holder == *device => {
+                            self.mgmt.command(&luns.join("mgmt"), &format!("del {lun}"))
+                        }
+                        Ok(Some(holder)) => {
+                            log::warn!(
+                                "LUN {lun} of {} target {target} holds device {holder} now, not \
+                                 {device}: left alone (re-added by someone else)",
+                                driver.sysfs_name()
+                            );
+                            Ok(())
+                        }
+                        Ok(None) => {
+                            log::info!(
+                                "LUN {lun} of {} target {target} is gone already (SCST removes a \
+                                 device's LUNs when it unregisters it): nothing to delete",
+                                driver.sysfs_name()
+                            );
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Step::CreatedTarget { target } => self.mgmt.command(
+                    &driver_dir(&self.mgmt.root, TargetDriver::Iscsi).join("mgmt"),
                     &format!("del_target {target}"),
                 ),
             };
@@ -326,6 +569,22 @@ impl AppliedExports {
             }
         }
         errors
+    }
+}
+
+/// The device a LUN holds (the last component of its `device` link, which SCST points at the
+/// device's directory), or `None` when the LUN is gone. An unreadable link is an error: the
+/// LUN is then left, as it may be someone else's.
+fn lun_holder(lun_dir: &Path) -> Result<Option<String>, ExportError> {
+    let link = lun_dir.join("device");
+    match std::fs::read_link(&link) {
+        Ok(to) => Ok(Some(
+            to.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ExportError::Read { path: link, source }),
     }
 }
 
@@ -354,28 +613,74 @@ fn check_name(target: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
-/// One `echo LINE > PATH`: open (no create, no truncate: sysfs attributes exist or the write
-/// is wrong), one write of the line and its newline, close.
-fn write_line(path: &Path, line: &str) -> Result<(), ExportError> {
-    let error = |source: io::Error| ExportError::Write {
-        path: path.to_path_buf(),
-        line: line.to_string(),
-        source,
-    };
-    log::info!("sysfs: echo \"{line}\" > {}", path.display());
-    let mut file = OpenOptions::new().write(true).open(path).map_err(error)?;
-    let text = format!("{line}\n");
-    // One write, not write_all: SCST takes each write as one command, so a short write would
-    // be a truncated command, not something to complete with a second one.
-    let written = file.write(text.as_bytes()).map_err(error)?;
-    if written != text.len() {
-        return Err(error(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("short write: {written} of {} bytes", text.len()),
-        )));
+impl Mgmt {
+    /// One `echo LINE > PATH`: open, one write of the line and its newline, close; when SCST
+    /// answers EAGAIN (it queued the command: see the module's documentation), the command's
+    /// result from `last_sysfs_mgmt_res`.
+    fn command(&self, path: &Path, line: &str) -> Result<(), ExportError> {
+        let error = |source: io::Error| ExportError::Write {
+            path: path.to_path_buf(),
+            line: line.to_string(),
+            source,
+        };
+        log::info!("sysfs: echo \"{line}\" > {}", path.display());
+        let text = format!("{line}\n");
+        match self.io.write(path, &text) {
+            Ok(written) if written == text.len() => Ok(()),
+            Ok(written) => Err(error(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {} bytes", text.len()),
+            ))),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                log::warn!(
+                    "SCST queued \"{line}\" (EAGAIN: another configuration change holds it up); \
+                     waiting for its result at most {:?}",
+                    self.wait.bound
+                );
+                let began = Instant::now();
+                let result_path = self.root.join(MGMT_RESULT);
+                match await_queued(|| self.io.read(&result_path), self.wait) {
+                    Ok(result) => result.map_err(error),
+                    Err(reason) => Err(ExportError::Queued {
+                        path: path.to_path_buf(),
+                        line: line.to_string(),
+                        waited: began.elapsed(),
+                        reason,
+                    }),
+                }
+            }
+            Err(e) => Err(error(e)),
+        }
     }
-    Ok(())
+}
+
+/// The result of a command SCST queued, from `read` (`last_sysfs_mgmt_res`): it fails with
+/// EAGAIN while commands are queued, then says `0` (done) or `-N` (refused with errno N), read
+/// every `wait.interval` for at most `wait.bound`.
+fn await_queued(
+    mut read: impl FnMut() -> io::Result<String>,
+    wait: MgmtWait,
+) -> Result<Result<(), io::Error>, QueuedReason> {
+    let deadline = Instant::now() + wait.bound;
+    loop {
+        match read() {
+            Ok(text) => {
+                return match text.trim().parse::<i32>() {
+                    Ok(0) => Ok(Ok(())),
+                    Ok(n) if n < 0 => Ok(Err(io::Error::from_raw_os_error(-n))),
+                    _ => Err(QueuedReason::Garbled(text.trim().to_string())),
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+            Err(e) => return Err(QueuedReason::Unreadable(e)),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(QueuedReason::StillQueued);
+        }
+        std::thread::sleep(wait.interval.min(deadline - now));
+    }
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -387,18 +387,17 @@ impl Service {
     }
 
     /// Every disk's exports checked against SCST's sysfs; the first refusal, if any, with its
-    /// exit class: a target driver whose module is not loaded yet (a boot race: the service
-    /// started before the driver's unit) may be there at a restart (69); anything else is the
-    /// configuration's (78).
+    /// exit class ([`crate::export::ExportError::exit_code`]): a target driver whose module is
+    /// not loaded yet, or iscsi-scstd not started yet (a boot race: the service started before
+    /// their units), may be there at a restart (69); anything else is the configuration's (78).
     fn preflight_exports(&self) -> Option<(String, u8)> {
         let exporter = self.exporter.as_ref()?;
         self.slots.iter().find_map(|slot| {
             exporter.preflight(&slot.spec.exports).err().map(|e| {
-                let code = match e {
-                    crate::export::ExportError::DriverMissing { .. } => exit::UNAVAILABLE,
-                    _ => exit::CONFIG,
-                };
-                (format!("disk {}: export: {e}", slot.spec.args.name), code)
+                (
+                    format!("disk {}: export: {e}", slot.spec.args.name),
+                    e.exit_code(),
+                )
             })
         })
     }
@@ -1149,7 +1148,10 @@ fn start_one(
             Err(e) => {
                 // `apply` undid what it had applied; the disk goes as it came.
                 drop(teardown_one(running, LUN_REMOVAL_BOUND));
-                return Err(usage(format!("export: {e}")));
+                return Err(StartFailure {
+                    message: format!("export: {e}"),
+                    exit_code: e.exit_code(),
+                });
             }
         }
     }
@@ -1264,6 +1266,45 @@ mod tests {
             took >= DELETION_GRACE && took < DELETION_GRACE * 2,
             "three stuck deletions took {took:?} past the bound; their grace is {DELETION_GRACE:?} in all"
         );
+    }
+
+    /// An export that fails for a cause a restart may mend (iscsi-scstd not connected: EPERM)
+    /// fails the disk's start with 69, which systemd restarts; a configuration error (the LUN
+    /// taken: EEXIST) with 78, which it does not.
+    #[test]
+    fn an_export_failure_a_restart_may_mend_exits_69() {
+        let text = "[[disk]]\nname = \"a\"\nboard = \"ram\"\nsize = \"16M\"\n\
+                    [[disk.export]]\ndriver = \"iscsi\"\ntarget = \"iqn.2026-12.com.example:t\"\nlun = 0\n\
+                    [[disk]]\nname = \"b\"\nboard = \"ram\"\nsize = \"16M\"\n\
+                    [[disk.export]]\ndriver = \"scst_local\"\ntarget = \"scst_local_tgt\"\nlun = 0\n";
+        let cfg = crate::config::load::parse(text, "t.toml").expect("parses");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("targets/iscsi")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("targets/scst_local/scst_local_tgt")).expect("mkdir");
+        let script = crate::export::tests::Script::default()
+            .refuse("add_target iqn.2026-12.com.example:t", libc::EPERM)
+            .refuse("add b 0", libc::EEXIST);
+        let exporter = Exporter::with_io(
+            dir.path(),
+            std::sync::Arc::new(script),
+            crate::export::MgmtWait::default(),
+        );
+        let kernel = KernelSide::Loopback(scst_accel_handler::loopback::LoopbackKernel::new(
+            scst_accel_handler::loopback::KernelConfig::default(),
+        ));
+        let start = |spec: &DiskSpec| match start_one(spec, &kernel, Some(&exporter), None, &[], None) {
+            Ok(_) => panic!("disk {} started", spec.args.name),
+            Err(failure) => failure,
+        };
+        let failure = start(&cfg.disks[0]);
+        assert_eq!(failure.exit_code, exit::UNAVAILABLE, "{}", failure.message);
+        assert!(
+            failure.message.contains("start iscsi-scstd"),
+            "{}",
+            failure.message
+        );
+        let failure = start(&cfg.disks[1]);
+        assert_eq!(failure.exit_code, exit::CONFIG, "{}", failure.message);
     }
 
     /// SPC-4: 3PC = 1 says a copy manager is addressable through the LU. SCST's copy manager

@@ -363,6 +363,11 @@ impl FifoRecorder {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = std::sync::Arc::clone(&lines);
         let fifo = path.clone();
+        // A LUN mgmt file: its LUNs are modelled as SCST makes them, before the line is
+        // recorded (the exporter deletes a LUN only while its `device` link names the disk).
+        let luns = (path.file_name() == Some("mgmt".as_ref())
+            && path.parent().is_some_and(|p| p.ends_with("luns")))
+        .then(|| path.parent().expect("parent").to_path_buf());
         let reader = std::thread::spawn(move || loop {
             let mut text = String::new();
             if std::fs::File::open(&fifo)
@@ -374,6 +379,9 @@ impl FifoRecorder {
             for line in text.lines() {
                 if line == "END" {
                     return;
+                }
+                if let Some(luns) = &luns {
+                    lun_command(luns, line);
                 }
                 recorded.lock().expect("lines").push(line.to_owned());
             }
@@ -396,6 +404,23 @@ impl FifoRecorder {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.lines()
+    }
+}
+
+/// What SCST does in `luns` for a LUN mgmt `line`: `add DEVICE N` makes `N/device`, a link to
+/// the device's directory; `del N` removes `N`.
+fn lun_command(luns: &std::path::Path, line: &str) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["add", device, lun] => {
+            let dir = luns.join(lun);
+            std::fs::create_dir_all(&dir).expect("mkdir lun");
+            std::os::unix::fs::symlink(format!("../../../../../devices/{device}"), dir.join("device"))
+                .expect("device link");
+        }
+        // SCST refuses a `del` of a LUN it does not have; the line is recorded all the same.
+        ["del", lun] if luns.join(lun).exists() => std::fs::remove_dir_all(luns.join(lun)).expect("rm lun"),
+        _ => {}
     }
 }
 
@@ -1016,9 +1041,13 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         mgmt.lines()
     );
     drop(session);
+    // LUN 1 goes as SCST removes a LUN whose device it unregisters: the stop has no LUN to
+    // delete (a `del 1` now would delete whatever LUN 1 holds), and the target is empty. (The
+    // fake removes a LUN after the `del`'s writer has moved on, so a `del` at the stop would
+    // race the target's deletion, which looks at the LUNs left.)
+    std::fs::remove_dir_all(iscsi.join(IQN).join("luns/1")).expect("rm lun 1");
     let outcomes = service.stop();
     assert_eq!(outcomes[1].state, DiskState::Stopped);
-    assert_eq!(luns.wait_lines(4)[3], "del 1");
     let deleted = format!("del_target {IQN}");
     let wait = Instant::now() + Duration::from_secs(5);
     while !mgmt.lines().contains(&deleted) && Instant::now() < wait {
@@ -1029,6 +1058,12 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         lines.iter().filter(|l| **l == deleted).count(),
         1,
         "the target is deleted once, after its last disk: {lines:?}"
+    );
+    assert_eq!(
+        luns.lines().len(),
+        3,
+        "a LUN gone is not deleted: {:?}",
+        luns.lines()
     );
 }
 

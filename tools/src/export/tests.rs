@@ -11,6 +11,7 @@ use super::*;
 use std::io::Read;
 use std::sync::mpsc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// How long the exporter, and then the reader's last lines, may take: generous, as a loaded
 /// 2-CPU machine running the other tests' threads and `mkfifo` processes can stall either for
@@ -150,6 +151,15 @@ fn read_line(file: &mut std::fs::File) -> String {
     String::from_utf8(bytes).expect("text")
 }
 
+/// What SCST makes with a LUN (`add DEVICE LUN`): `luns/LUN/device`, a link to the device's
+/// directory. `luns_mgmt` is the LUN's `luns/mgmt`, relative to `root`. Made before the
+/// exporter needs it: the fake's reader takes the `add` after the exporter's write returned.
+fn lun_link(root: &Path, luns_mgmt: &str, lun: u32, device: &str) {
+    let dir = root.join(luns_mgmt).with_file_name(lun.to_string());
+    std::fs::create_dir_all(&dir).expect("mkdir lun");
+    std::os::unix::fs::symlink(root.join("devices").join(device), dir.join("device")).expect("device link");
+}
+
 fn spec(driver: TargetDriver, target: &str, lun: u32, enable: bool) -> ExportSpec {
     ExportSpec {
         driver,
@@ -190,6 +200,7 @@ fn export_scst_local_adds_and_removes_the_lun() {
     let applied = applied.expect("apply");
     assert_eq!(applied.describe(), vec!["scst_local/scst_local_tgt/3"]);
 
+    lun_link(fake.root(), LOCAL_LUNS, 3, "accel0");
     let del = [(LOCAL_LUNS, "del 3")];
     let (errors, lines) = fake.run(&paths(&del), move || applied.remove());
     assert!(errors.is_empty(), "{errors:?}");
@@ -218,6 +229,8 @@ fn export_copy_manager_adds_and_removes_its_lun() {
         applied.describe(),
         vec!["scst_local/scst_local_tgt/0", "copy_manager/copy_manager_tgt/5"]
     );
+    lun_link(fake.root(), CM_LUNS, 5, "accel0");
+    lun_link(fake.root(), LOCAL_LUNS, 0, "accel0");
     let del = [(CM_LUNS, "del 5"), (LOCAL_LUNS, "del 0")];
     let (errors, lines) = fake.run(&paths(&del), move || applied.remove());
     assert!(errors.is_empty(), "{errors:?}");
@@ -258,6 +271,8 @@ fn export_iscsi_creates_enables_and_removes_in_reverse() {
         ]
     );
 
+    lun_link(fake.root(), IQN_LUNS, 1, "accel0");
+    lun_link(fake.root(), LOCAL_LUNS, 0, "accel0");
     let del = [
         (IQN_LUNS, "del 1"),
         (ISCSI_MGMT, "del_target iqn.2026-11.com.example:accel"),
@@ -285,6 +300,7 @@ fn export_iscsi_existing_target_is_neither_created_nor_deleted() {
     let e = exporter.clone();
     let (applied, lines) = fake.run(&[luns], move || e.apply("accel0", &specs));
     assert_eq!(lines, pairs(&[(luns, "add accel0 0")]));
+    lun_link(fake.root(), luns, 0, "accel0");
     let (errors, lines) = fake.run(&[luns], move || applied.expect("apply").remove());
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(lines, pairs(&[(luns, "del 0")]));
@@ -303,6 +319,8 @@ fn export_failure_rolls_back_what_was_applied() {
         spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false),
         spec(TargetDriver::Iscsi, IQN, 1, true),
     ];
+    lun_link(fake.root(), IQN_LUNS, 1, "accel0");
+    lun_link(fake.root(), LOCAL_LUNS, 0, "accel0");
     let expected = [
         (LOCAL_LUNS, "add accel0 0"),
         (ISCSI_MGMT, "add_target iqn.2026-11.com.example:accel"),
@@ -340,6 +358,8 @@ fn export_remove_attempts_every_step() {
     let e = exporter.clone();
     let (applied, _) = fake.run(&paths(&add), move || e.apply("accel0", &specs));
     let applied = applied.expect("apply");
+    lun_link(fake.root(), IQN_LUNS, 1, "accel0");
+    lun_link(fake.root(), LOCAL_LUNS, 0, "accel0");
     // The iSCSI LUN file vanishes: its `del` fails, the other steps still run.
     let luns = fake.root().join("targets/iscsi/.created-by-add_target/luns/mgmt");
     std::fs::remove_file(&luns).expect("rm");
@@ -439,4 +459,314 @@ fn delete_target_leaves_a_target_with_luns_in_it() {
     assert!(!exporter
         .delete_target("iqn.2026-12.com.example:gone")
         .expect("gone"));
+}
+
+/// SCST's answers where a file system cannot give them: writes of some lines refused with an
+/// errno (EAGAIN: queued), `last_sysfs_mgmt_res` answering from a script (EAGAIN once the
+/// script is spent); every other read from the file system. Every write attempted is recorded.
+#[derive(Debug, Default)]
+pub(crate) struct Script {
+    refusals: Vec<(String, i32)>,
+    results: std::sync::Mutex<std::collections::VecDeque<String>>,
+    writes: std::sync::Mutex<Vec<String>>,
+}
+
+impl Script {
+    /// `line` (without its newline) refused with `errno`, every time.
+    pub(crate) fn refuse(mut self, line: &str, errno: i32) -> Self {
+        self.refusals.push((line.to_string(), errno));
+        self
+    }
+
+    /// What `last_sysfs_mgmt_res` says, one answer per read; `None` is EAGAIN.
+    fn results(self, answers: &[Option<&str>]) -> Self {
+        // An empty answer stands for EAGAIN (`read`).
+        *self.results.lock().expect("results") =
+            answers.iter().map(|a| a.unwrap_or("").to_string()).collect();
+        self
+    }
+
+    /// The lines written, in order (refused ones included).
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.writes.lock().expect("writes").clone()
+    }
+}
+
+impl Attributes for Script {
+    fn write(&self, _path: &Path, text: &str) -> io::Result<usize> {
+        let line = text.trim_end_matches('\n');
+        self.writes.lock().expect("writes").push(line.to_string());
+        match self.refusals.iter().find(|(l, _)| l == line) {
+            Some((_, errno)) => Err(io::Error::from_raw_os_error(*errno)),
+            None => Ok(text.len()),
+        }
+    }
+
+    fn read(&self, path: &Path) -> io::Result<String> {
+        if path.ends_with(MGMT_RESULT) {
+            return match self.results.lock().expect("results").pop_front() {
+                Some(answer) if !answer.is_empty() => Ok(format!("{answer}\n")),
+                _ => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+            };
+        }
+        std::fs::read_to_string(path)
+    }
+}
+
+/// Short waits: a test of the bound waits it out.
+const QUICK: MgmtWait = MgmtWait {
+    bound: Duration::from_millis(40),
+    interval: Duration::from_millis(2),
+};
+
+/// An SCST tree with scst_local's `scst_local_tgt` and the iscsi driver (no target), as
+/// directories; the exporter's writes go to `script`.
+fn scripted(script: Script) -> (tempfile::TempDir, Arc<Script>, Exporter) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("targets/scst_local/scst_local_tgt/luns")).expect("mkdir");
+    std::fs::create_dir_all(dir.path().join("targets/iscsi")).expect("mkdir");
+    let script = Arc::new(script);
+    let exporter = Exporter::with_io(dir.path(), script.clone(), QUICK);
+    (dir, script, exporter)
+}
+
+/// A reader of `answers` in turn (`None`: EAGAIN), counting its reads.
+fn answers(
+    answers: &[Option<&str>],
+) -> (
+    impl FnMut() -> io::Result<String>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reads.clone();
+    let mut answers: std::collections::VecDeque<Option<String>> =
+        answers.iter().map(|a| a.map(str::to_string)).collect();
+    let read = move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match answers.pop_front().flatten() {
+            Some(text) => Ok(text),
+            None => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+        }
+    };
+    (read, reads)
+}
+
+/// `last_sysfs_mgmt_res` answers EAGAIN while commands are queued, then the last one's result.
+#[test]
+fn export_a_queued_command_s_result_is_polled_through_eagain() {
+    let wait = MgmtWait {
+        bound: Duration::from_secs(30),
+        interval: Duration::from_millis(1),
+    };
+    let (read, reads) = answers(&[None, None, Some("0\n")]);
+    assert!(matches!(await_queued(read, wait), Ok(Ok(()))));
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    let (read, _) = answers(&[None, Some("-16\n")]);
+    let refused = await_queued(read, wait).expect("a result").expect_err("refused");
+    assert_eq!(refused.raw_os_error(), Some(libc::EBUSY));
+
+    let (read, _) = answers(&[Some("busy\n")]);
+    assert!(matches!(await_queued(read, wait), Err(QueuedReason::Garbled(t)) if t == "busy"));
+}
+
+/// A result that never comes is waited for `bound`, no longer, read every `interval` (not
+/// spun on); a wait without its bound fails here instead of hanging.
+#[test]
+fn export_a_queued_command_is_waited_for_at_most_the_bound() {
+    let wait = MgmtWait {
+        bound: Duration::from_millis(100),
+        interval: Duration::from_millis(10),
+    };
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reads.clone();
+    let read = move || {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(n < 1000, "still polling after {n} reads: the wait has no bound");
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    };
+    let began = Instant::now();
+    let result = await_queued(read, wait);
+    let took = began.elapsed();
+    assert!(matches!(result, Err(QueuedReason::StillQueued)), "{result:?}");
+    assert!(took >= wait.bound, "gave up after {took:?}");
+    let reads = reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=12).contains(&reads),
+        "{reads} reads in {took:?}: one per interval expected"
+    );
+}
+
+/// A LUN `add` SCST queued (EAGAIN) and then finished is applied; one it then refused is its
+/// errno, with that errno's hint.
+#[test]
+fn export_a_queued_command_ends_with_scst_s_result() {
+    let specs = vec![spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false)];
+    let (_dir, script, exporter) = scripted(
+        Script::default()
+            .refuse("add accel0 0", libc::EAGAIN)
+            .results(&[None, Some("0")]),
+    );
+    let applied = exporter
+        .apply("accel0", &specs)
+        .expect("done once SCST finished it");
+    assert_eq!(applied.describe(), vec!["scst_local/scst_local_tgt/0"]);
+    assert_eq!(script.lines(), vec!["add accel0 0"]);
+
+    let (_dir, _script, exporter) = scripted(
+        Script::default()
+            .refuse("add accel0 0", libc::EAGAIN)
+            .results(&[Some("-17")]),
+    );
+    let err = exporter.apply("accel0", &specs).expect_err("refused once run");
+    assert!(
+        matches!(&err, ExportError::Write { source, .. } if source.raw_os_error() == Some(libc::EEXIST)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("the LUN is taken"), "{err}");
+    assert_eq!(err.exit_code(), crate::exit::CONFIG);
+}
+
+/// An `add_target`, and a LUN `add`, still queued at the bound may apply later: the error says
+/// so (69: a restart may mend it) and the undo removes them all the same, so that no orphan
+/// target or LUN is left for a later run to take for someone else's.
+#[test]
+fn export_a_command_still_queued_at_the_bound_is_undone() {
+    let iscsi = vec![spec(TargetDriver::Iscsi, IQN, 1, true)];
+    let (_dir, script, exporter) =
+        scripted(Script::default().refuse(&format!("add_target {IQN}"), libc::EAGAIN));
+    let err = exporter
+        .apply("accel0", &iscsi)
+        .expect_err("no result within the bound");
+    assert!(
+        matches!(
+            &err,
+            ExportError::Queued {
+                reason: QueuedReason::StillQueued,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("may still apply"), "{err}");
+    assert_eq!(err.exit_code(), crate::exit::UNAVAILABLE);
+    assert_eq!(
+        script.lines(),
+        vec![format!("add_target {IQN}"), format!("del_target {IQN}")]
+    );
+
+    let local = vec![spec(TargetDriver::ScstLocal, "scst_local_tgt", 2, false)];
+    let (dir, script, exporter) = scripted(Script::default().refuse("add accel0 2", libc::EAGAIN));
+    // SCST finished the `add` by the time the undo looks.
+    lun_link(dir.path(), LOCAL_LUNS, 2, "accel0");
+    let err = exporter
+        .apply("accel0", &local)
+        .expect_err("no result within the bound");
+    assert!(matches!(&err, ExportError::Queued { .. }), "{err:?}");
+    assert_eq!(script.lines(), vec!["add accel0 2", "del 2"]);
+}
+
+/// SCST removes a device's LUNs when it unregisters it, and an operator may have added another
+/// device at the same number since: a `del` then would delete someone else's LUN. Only the
+/// LUNs whose `device` link names this disk are deleted.
+#[test]
+fn export_removal_deletes_only_the_luns_that_hold_this_device() {
+    let specs = vec![
+        spec(TargetDriver::ScstLocal, "scst_local_tgt", 0, false),
+        spec(TargetDriver::ScstLocal, "scst_local_tgt", 1, false),
+        spec(TargetDriver::ScstLocal, "scst_local_tgt", 2, false),
+    ];
+    let (dir, script, exporter) = scripted(Script::default());
+    let applied = exporter.apply("accel0", &specs).expect("apply");
+    lun_link(dir.path(), LOCAL_LUNS, 0, "accel0");
+    lun_link(dir.path(), LOCAL_LUNS, 1, "someone-else");
+    // LUN 2 is gone.
+    let errors = applied.remove_luns();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        script.lines(),
+        vec!["add accel0 0", "add accel0 1", "add accel0 2", "del 0"]
+    );
+}
+
+/// A failure a restart may mend exits 69 (restarted); one of the configuration 78 (not).
+#[test]
+fn export_failures_have_their_exit_class() {
+    let write = |path: &str, line: &str, errno: i32| ExportError::Write {
+        path: PathBuf::from(path),
+        line: line.into(),
+        source: io::Error::from_raw_os_error(errno),
+    };
+    let iscsi_mgmt = "/sys/kernel/scst_tgt/targets/iscsi/mgmt";
+    let luns = "/sys/kernel/scst_tgt/targets/scst_local/scst_local_tgt/luns/mgmt";
+    // iscsi-scstd not connected (EPERM) or not answering in 31 s (EBUSY), SCST busy (EAGAIN),
+    // the handler late to answer ATTACH_SESS (EFAULT).
+    for errno in [libc::EPERM, libc::EBUSY, libc::EAGAIN] {
+        let e = write(iscsi_mgmt, &format!("add_target {IQN}"), errno);
+        assert_eq!(e.exit_code(), crate::exit::UNAVAILABLE, "{e}");
+    }
+    assert_eq!(
+        write(luns, "add accel0 0", libc::EFAULT).exit_code(),
+        crate::exit::UNAVAILABLE
+    );
+    for errno in [
+        libc::EEXIST,
+        libc::EINVAL,
+        libc::ENOENT,
+        libc::EACCES,
+        libc::EROFS,
+        libc::EISDIR,
+    ] {
+        let e = write(luns, "add accel0 0", errno);
+        assert_eq!(e.exit_code(), crate::exit::CONFIG, "{e}");
+    }
+    let queued = ExportError::Queued {
+        path: PathBuf::from(luns),
+        line: "add accel0 0".into(),
+        waited: Duration::from_secs(60),
+        reason: QueuedReason::StillQueued,
+    };
+    assert_eq!(queued.exit_code(), crate::exit::UNAVAILABLE);
+    let missing = ExportError::TargetMissing {
+        target: "t".into(),
+        path: PathBuf::from("/x"),
+    };
+    assert_eq!(missing.exit_code(), crate::exit::CONFIG);
+
+    // The hints name the cause of each.
+    let text = write(iscsi_mgmt, "add_target x", libc::EPERM).to_string();
+    assert!(text.contains("start iscsi-scstd"), "{text}");
+    let text = write(iscsi_mgmt, "add_target x", libc::EBUSY).to_string();
+    assert!(text.contains("iscsi-scstd did not answer"), "{text}");
+    let text = write(luns, "add accel0 0", libc::EFAULT).to_string();
+    assert!(text.contains("ATTACH_SESS"), "{text}");
+    let text = write(luns, "add accel0 0", libc::EAGAIN).to_string();
+    assert!(
+        text.contains("another configuration change") && !text.contains("ATTACH_SESS"),
+        "{text}"
+    );
+}
+
+/// iscsi-scst refuses every target command while iscsi-scstd is not connected: the preflight
+/// says so (69) when `open_state` is not `open`, and does not ask an iscsi-scst without it.
+#[test]
+fn export_preflight_requires_iscsi_scstd_connected() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let iscsi = dir.path().join("targets/iscsi");
+    std::fs::create_dir_all(&iscsi).expect("mkdir");
+    let exporter = Exporter::new(dir.path());
+    let specs = [spec(TargetDriver::Iscsi, IQN, 0, true)];
+    exporter.preflight(&specs).expect("no open_state: not checked");
+    std::fs::write(iscsi.join("open_state"), "closed\n").expect("write");
+    let err = exporter
+        .preflight(&specs)
+        .expect_err("iscsi-scstd is not running");
+    assert!(
+        matches!(&err, ExportError::IscsiDaemon { state, .. } if state == "closed"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("start iscsi-scstd"), "{err}");
+    assert_eq!(err.exit_code(), crate::exit::UNAVAILABLE);
+    std::fs::write(iscsi.join("open_state"), "open\n").expect("write");
+    exporter.preflight(&specs).expect("iscsi-scstd connected");
 }
