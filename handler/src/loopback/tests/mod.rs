@@ -208,4 +208,5 @@ mod queues;
 mod registration;
 mod teardown;
 mod validation;
+mod wakeups;
 mod xcopy;
