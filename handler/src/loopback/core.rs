@@ -157,8 +157,63 @@ impl DeviceState {
         self.after_parse(id, fx);
     }
 
-    /// Buffer stage after parsing (spec §3.6 "cached path" / "non-cached path").
+    /// The core's checks of what the dev handler's parse decided (the core's parser or a PARSE
+    /// reply alike: `scst_parse_cmd` goes on after `dev_user_parse` in both cases), in the
+    /// kernel's order (scst_targ.c:1158-1238, built without CONFIG_SCST_USE_EXPECTED_VALUES):
+    /// - a data direction other than the initiator's expected one fails the command with
+    ///   ILLEGAL REQUEST 49/00 INVALID MESSAGE ERROR, unless the initiator expected no data and
+    ///   the length is 0, or the command is TEST UNIT READY expected NONE or READ
+    ///   (`scst_is_allowed_to_mismatch_cmd`, scst_targ.c:987-1001); a length other than the
+    ///   expected one is only a residual;
+    /// - `SCST_UNKNOWN_LBA` in the op flags fails it with HARDWARE ERROR;
+    /// - a length of 0 makes the direction NONE ("set_res").
+    ///
+    /// False when the command was completed.
+    fn post_parse_checks(&mut self, id: u64, fx: &mut Effects) -> bool {
+        let Some(cmd) = self.cmds.get_mut(&id) else {
+            return false;
+        };
+        // The initiator's expected direction, from what it sends and expects back.
+        let expected = match (cmd.data_out.is_empty(), cmd.expected_data_in) {
+            (true, 0) => data_direction::NONE,
+            (true, _) => data_direction::READ,
+            (false, 0) => data_direction::WRITE,
+            (false, _) => data_direction::BIDI,
+        };
+        let p = &mut cmd.parsed;
+        if p.direction != expected {
+            let tur_allowed = cmd.cdb.first() == Some(&core_parse::TEST_UNIT_READY)
+                && matches!(expected, data_direction::READ | data_direction::NONE);
+            if (expected != data_direction::NONE || p.bufflen != 0) && !tur_allowed {
+                log::warn!(
+                    "loopback: expected data direction {expected} for opcode {:#04x} doesn't match decoded {}",
+                    cmd.cdb.first().copied().unwrap_or(0),
+                    p.direction
+                );
+                self.complete_with_sense(id, sense::INVALID_MESSAGE, fx);
+                return false;
+            }
+        }
+        if p.op_flags & abi::op_flags::UNKNOWN_LBA != 0 {
+            log::warn!(
+                "loopback: unknown LBA (opcode {:#04x})",
+                cmd.cdb.first().copied().unwrap_or(0)
+            );
+            self.complete_with_sense(id, sense::HARDWARE_ERROR, fx);
+            return false;
+        }
+        if p.bufflen == 0 {
+            p.direction = data_direction::NONE;
+        }
+        true
+    }
+
+    /// Buffer stage after parsing (spec §3.6 "cached path" / "non-cached path"), once the
+    /// core's checks of the parse passed.
     pub fn after_parse(&mut self, id: u64, fx: &mut Effects) {
+        if !self.post_parse_checks(id, fx) {
+            return;
+        }
         let reuse = self.opt.memory_reuse_type;
         let Some(cmd) = self.cmds.get(&id) else { return };
         let dir = cmd.parsed.direction;

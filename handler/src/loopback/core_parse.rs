@@ -13,6 +13,8 @@ use crate::abi::op_flags;
 pub(crate) const REPORT_LUNS: u8 = 0xa0;
 /// INQUIRY (skips unit attentions).
 pub(crate) const INQUIRY: u8 = 0x12;
+/// TEST UNIT READY.
+pub(crate) const TEST_UNIT_READY: u8 = 0x00;
 /// REQUEST SENSE (the core reports a pending unit attention itself).
 pub(crate) const REQUEST_SENSE: u8 = 0x03;
 /// WRITE SAME(10).

@@ -21,6 +21,9 @@ pub(crate) const INTERNAL_FAILURE: SenseCode = code(0x0b, 0x44, 0x00);
 pub(crate) const LUN_NOT_SUPPORTED: SenseCode = code(0x05, 0x25, 0x00);
 /// ILLEGAL REQUEST 05/20/00 INVALID COMMAND OPERATION CODE.
 pub(crate) const INVALID_OPCODE: SenseCode = code(0x05, 0x20, 0x00);
+/// ILLEGAL REQUEST 05/49/00 INVALID MESSAGE ERROR: the parsed data direction is not the
+/// initiator's (`scst_sense_invalid_message`, scst_targ.c:1187).
+pub(crate) const INVALID_MESSAGE: SenseCode = code(0x05, 0x49, 0x00);
 /// UNIT ATTENTION 06/2A/09 CAPACITY DATA HAS CHANGED.
 pub(crate) const CAPACITY_CHANGED: SenseCode = code(0x06, 0x2a, 0x09);
 /// DATA PROTECT 07/27/00 WRITE PROTECTED.

@@ -392,3 +392,90 @@ fn every_invalid_parse_reply_field_fails_with_hardware_error() {
     );
     assert_eq!(sense_of(&recv(&s)), (0x0b, 0x44, 0x00));
 }
+
+/// The core's checks after the PARSE reply (scst_targ.c:1176-1238): a direction other than the
+/// initiator's fails with ILLEGAL REQUEST 49/00 (TEST UNIT READY, and no data expected with
+/// length 0, exempt); SCST_UNKNOWN_LBA fails with HARDWARE ERROR; the reply itself is valid.
+#[test]
+fn the_core_checks_a_parse_replys_direction_and_lba_against_the_initiators() {
+    let r = rig(opt(
+        abi::parse_type::CALL,
+        abi::on_free_cmd_type::IGNORE,
+        abi::memory_reuse_type::NO_REUSE,
+    ));
+    let s = attach(&r, false);
+    let mut tag = 0;
+    let mut parse_then = |req: ScsiRequest, f: Box<dyn FnOnce(&mut abi::ParseReply)>| {
+        tag += 1;
+        s.submit(ScsiRequest { tag, ..req }).unwrap();
+        let c = wait_cmd(&r.fd);
+        assert_eq!(c.subcode, abi::SCST_USER_PARSE);
+        r.fd.reply_cmd(&parse_reply(c.cmd_h, f)).unwrap();
+    };
+    // A READ the handler parses as a WRITE.
+    parse_then(
+        read10(0, 0, 1),
+        Box::new(|p| p.data_direction = data_direction::WRITE),
+    );
+    assert_eq!(sense_of(&recv(&s)), (0x05, 0x49, 0x00));
+    // A READ the handler parses as moving no data: expected READ, so still a mismatch.
+    parse_then(
+        read10(0, 0, 1),
+        Box::new(|p| {
+            p.data_direction = data_direction::NONE;
+            p.bufflen = 0;
+        }),
+    );
+    assert_eq!(sense_of(&recv(&s)), (0x05, 0x49, 0x00));
+    // A READ with SCST_UNKNOWN_LBA.
+    parse_then(
+        read10(0, 0, 1),
+        Box::new(|p| p.op_flags |= abi::op_flags::UNKNOWN_LBA),
+    );
+    assert_eq!(sense_of(&recv(&s)), (0x04, 0x44, 0x00));
+    // TEST UNIT READY the initiator expects data from, parsed as NONE: allowed.
+    parse_then(
+        ScsiRequest {
+            expected_data_in: 512,
+            ..tur(0)
+        },
+        Box::new(|p| {
+            p.data_direction = data_direction::NONE;
+            p.bufflen = 0;
+            p.data_len = 0;
+        }),
+    );
+    let x = wait_cmd(&r.fd);
+    assert_eq!(x.subcode, abi::SCST_USER_EXEC);
+    r.fd.reply_cmd(&completed(x.cmd_h, 0, 0, 0)).unwrap();
+    assert_eq!(recv(&s).status, sam_status::GOOD);
+    // No data expected, parsed as a READ of length 0 (a READ(10) of 0 blocks can't be, so the
+    // core's parser is the one to produce it): allowed, and the EXEC moves no data.
+    tag += 1;
+    let r0 = rig(default_opt());
+    let s0 = attach(&r0, false);
+    s0.submit(ScsiRequest {
+        tag,
+        expected_data_in: 0,
+        ..read10(0, 0, 0)
+    })
+    .unwrap();
+    let x = wait_cmd(&r0.fd);
+    let e: abi::ScsiCmdExec = x.read_payload();
+    assert_eq!(
+        (x.subcode, e.bufflen, e.data_direction),
+        (abi::SCST_USER_EXEC, 0, data_direction::NONE)
+    );
+    r0.fd.reply_cmd(&completed(x.cmd_h, 0, 0, 0)).unwrap();
+    assert_eq!(recv(&s0).status, sam_status::GOOD);
+    // The core's own parser is checked too: a WRITE whose data the initiator does not send.
+    s0.submit(ScsiRequest {
+        tag: tag + 1,
+        cdb: cdb10(0x2a, 0, 1),
+        ..Default::default()
+    })
+    .unwrap();
+    // New commands run in a fetch (the core works in the handler's threads).
+    drive_core(&r0.fd);
+    assert_eq!(sense_of(&recv(&s0)), (0x05, 0x49, 0x00));
+}
