@@ -520,10 +520,13 @@ impl DeviceState {
             let h = self.new_ucmd(UcmdKind::Tm { tm: id });
             let Some(tm) = self.tms.get_mut(&id) else { continue };
             tm.done_queued = true;
+            // No `cmd_h_to_abort`: the core clears `mcmd->cmd_to_abort` once the abort is
+            // done (scst_targ.c:6089), before the DONE stage builds this message
+            // (scst_user.c:2879-2883).
             let payload = abi::Tm {
                 sess_h: tm.sess_h,
                 fn_: tm.fn_,
-                cmd_h_to_abort: tm.cmd_h_to_abort,
+                cmd_h_to_abort: 0,
                 ..Default::default()
             };
             if let Some(u) = self.ucmds.get_mut(&h) {

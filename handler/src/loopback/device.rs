@@ -150,7 +150,6 @@ pub(crate) struct TmState {
     pub id: u64,
     pub sess_h: u64,
     pub fn_: u32,
-    pub cmd_h_to_abort: u32,
     /// Aborted commands the handler still holds; DONE waits for them.
     pub affected: HashSet<u64>,
     pub received_replied: bool,

@@ -675,7 +675,6 @@ impl Session {
                     id,
                     sess_h,
                     fn_: function,
-                    cmd_h_to_abort,
                     affected,
                     received_replied: false,
                     done_queued: false,

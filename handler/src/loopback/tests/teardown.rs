@@ -69,6 +69,12 @@ fn tm_abort_of_an_exec_in_flight() {
     );
     let done = wait_cmd(&r.fd);
     assert_eq!(done.subcode, abi::SCST_USER_TASK_MGMT_DONE);
+    let p: abi::Tm = done.read_payload();
+    assert_eq!(
+        (p.fn_, p.cmd_h_to_abort),
+        (abi::tm_fn::ABORT_TASK, 0),
+        "the core cleared cmd_to_abort before DONE (scst_targ.c:6089)"
+    );
     r.fd.reply_cmd(&ReplyCmd::with_result(
         done.cmd_h,
         abi::SCST_USER_TASK_MGMT_DONE,
