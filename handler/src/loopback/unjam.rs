@@ -103,10 +103,15 @@ impl DeviceState {
             | abi::UCMD_STATE_EXECING
             | abi::UCMD_STATE_EXT_COPY_REMAPPING => {
                 let id = cmd?;
-                if let Some(u) = self.ucmds.get_mut(&h) {
-                    u.aborted = true;
-                }
                 let c = self.cmds.get(&id)?;
+                // `ucmd->aborted` (ON_FREE_CMD's `aborted`) only for a command SCST aborted
+                // (SCST_CMD_ABORTED, scst_user.c:2585-2587, 2611-2612); one failed with BUSY or
+                // LUN NOT SUPPORTED here is not.
+                if c.aborted {
+                    if let Some(u) = self.ucmds.get_mut(&h) {
+                        u.aborted = true;
+                    }
+                }
                 let sess_h = c.sess_h;
                 let (status, sense, action) = if c.aborted {
                     (abi::sam_status::TASK_ABORTED, Vec::new(), UnjamAction::Aborted)

@@ -296,3 +296,51 @@ fn user_copies_under_the_device_lock_are_caught() {
         crate::loopback::uaccess::copy_from_user(addr, &mut b).ok()
     });
 }
+
+/// ON_FREE_CMD after an unjam says `aborted` only for a command SCST aborted
+/// (scst_user.c:2585-2587, 2611-2612): an EXEC unjammed unreplied ends with LUN NOT SUPPORTED
+/// and `aborted` 0; one aborted by task management first with `aborted` 1.
+#[test]
+fn on_free_cmd_after_an_unjam_is_aborted_only_for_an_aborted_command() {
+    let r = rig(opt(
+        abi::parse_type::STANDARD,
+        abi::on_free_cmd_type::CALL,
+        abi::memory_reuse_type::NO_REUSE,
+    ));
+    let s = attach(&r, false);
+    let dev = r.fd.device_for_test();
+    let on_free_after_unjam = |tag: u64, abort: bool| -> (abi::ScsiOnFreeCmd, ScsiCompletion) {
+        s.submit(tur(tag)).unwrap();
+        let x = wait_cmd(&r.fd);
+        assert_eq!(x.subcode, abi::SCST_USER_EXEC);
+        if abort {
+            s.task_mgmt(abi::tm_fn::ABORT_TASK, Some(tag)).unwrap();
+        }
+        dev.with(&mut LockToken::root(), |st, fx| {
+            st.unjam(x.cmd_h, false, fx);
+            st.run_core_work(fx);
+        });
+        let c = recv(&s);
+        loop {
+            let m = wait_cmd(&r.fd);
+            match m.subcode {
+                abi::SCST_USER_ON_FREE_CMD => {
+                    assert_eq!(m.cmd_h, x.cmd_h);
+                    r.fd.reply_cmd(&ReplyCmd::new(m.cmd_h, m.subcode)).unwrap();
+                    return (m.read_payload(), c);
+                }
+                abi::SCST_USER_TASK_MGMT_RECEIVED | abi::SCST_USER_TASK_MGMT_DONE => {
+                    r.fd.reply_cmd(&ReplyCmd::with_result(m.cmd_h, m.subcode, 0))
+                        .unwrap();
+                }
+                other => panic!("unexpected subcode {other:#x}"),
+            }
+        }
+    };
+    let (of, c) = on_free_after_unjam(1, false);
+    assert_eq!(sense_of(&c), (0x05, 0x25, 0x00));
+    assert_eq!(of.aborted, 0, "failed, not aborted");
+    let (of, c) = on_free_after_unjam(2, true);
+    assert!(c.aborted);
+    assert_eq!(of.aborted, 1);
+}
