@@ -33,8 +33,6 @@ use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,19 +53,10 @@ pub(crate) const SUSPEND_TIMEOUT: Duration = Duration::from_secs(90);
 /// more (docs/performance.md, "Keeping both CPUs busy").
 const DEVICE_LOCK_SPIN: Duration = Duration::from_micros(20);
 
-/// Readiness of one open file (spec §3.9 poll): a pipe holding one byte while the ready list or
-/// the core's active list is non-empty AND a poller would see it. A pipe instead of an eventfd
-/// keeps this module free of `unsafe`; `poll(2)` sees the same thing. Arm/disarm happen under
-/// the device lock, so the byte can never go stale.
-///
-/// The kernel's `dev_user_poll` (scst_user.c:2517-2540) answers POLLIN at once when a list is
-/// non-empty, and otherwise sleeps on `cmd_list_waitQ`, which only a `wake_up` ends: work queued
-/// without one (`dev_user_add_to_ready` in thread context, scst_user.c:1143-1201, see
-/// [`DeviceState::queue_ready`]) wakes no sleeping poller. So the byte is written when work is
-/// queued with a wake-up, and, for work queued without one, only when a poll begins: the
-/// model's poll entry is [`crate::transport::ScstUserFd::poll_fd`], which sees `unsignalled`
-/// and arms the pipe then. A handler that keeps the fd and polls it again without asking for
-/// it sleeps past such work (until a wake-up or its timeout): poll right after `poll_fd`.
+/// Level-triggered readiness of one open file (spec §3.9 poll): a pipe holding one byte while
+/// the ready list or the core's active list is non-empty. A pipe instead of an eventfd keeps
+/// this module free of `unsafe`; `poll(2)` sees the same thing. Arm/disarm happen under the
+/// device lock, so the byte can never go stale.
 ///
 /// Each arm and disarm is a syscall of the model, counted in [`UserMemory`]: they happen only
 /// when readiness changes, not per command.
@@ -76,9 +65,6 @@ pub(crate) struct PollSignal {
     reader: std::io::PipeReader,
     writer: std::io::PipeWriter,
     memory: Arc<UserMemory>,
-    /// Work is queued that no wake-up announced and the pipe is not armed: the next poll entry
-    /// arms it. Written under the device lock; read without it at poll entry.
-    unsignalled: AtomicBool,
 }
 
 impl PollSignal {
@@ -89,13 +75,7 @@ impl PollSignal {
             reader,
             writer,
             memory,
-            unsignalled: AtomicBool::new(false),
         })
-    }
-
-    /// Work is queued that no wake-up announced: a poll entered now must see it.
-    pub fn unsignalled(&self) -> bool {
-        self.unsignalled.load(Ordering::Acquire)
     }
 
     /// The fd to poll.
@@ -216,11 +196,6 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
-    /// A wake-up on `cmd_list_waitQ` is to be delivered (pollers see the lists).
-    pub fn woken(&self) -> bool {
-        self.wake_fetchers || self.wake_all
-    }
-
     /// Nothing to deliver.
     pub fn is_empty(&self) -> bool {
         self.scsi.is_empty()
@@ -266,12 +241,6 @@ pub(crate) struct DeviceState {
     pub cm: super::copy_mgr::CopyManager,
     poll: Arc<PollSignal>,
     poll_armed: bool,
-    /// Threads asleep in a blocking fetch, and the wake-ups granted to them: the kernel's
-    /// fetcher sleeps (an exclusive wait on `cmd_list_waitQ`, scst_user.c:2190) until a
-    /// `wake_up` picks it, not until work happens to be queued; the model's waits re-check at
-    /// [`WAIT_SLICE`] and look at the lists only with a wake-up granted ([`Self::grant_wakes`]).
-    pub fetch_waiters: u32,
-    pub fetch_wakes: u32,
 }
 
 impl DeviceState {
@@ -307,8 +276,6 @@ impl DeviceState {
             cm: super::copy_mgr::CopyManager::default(),
             poll,
             poll_armed: false,
-            fetch_waiters: 0,
-            fetch_wakes: 0,
         }
     }
 
@@ -333,19 +300,6 @@ impl DeviceState {
 
     /// `dev_user_add_to_ready` (spec §3.1): mgmt FIFO at the front; PARSE, ALLOC_MEM and
     /// HEAD_OF_QUEUE EXEC right after the mgmt block (LIFO among themselves); the rest appended.
-    ///
-    /// It wakes (`wake_up(cmd_list_waitQ)`: one blocked fetcher and every poller) only as the
-    /// kernel does (scst_user.c:1151-1196): for management messages (ATTACH/DETACH_SESS, TM),
-    /// ON_FREE_CMD, ON_CACHED_MEM_FREE and EXT_COPY_REMAP, and for a command queued from
-    /// interrupt context, which in the model is the initiator's data arriving (an EXEC whose
-    /// data-out is still to be copied: in the kernel the target driver's `scst_rx_data` puts the
-    /// command on the active list with a wake-up, scst_targ.c:1826-1846). A PARSE, ALLOC_MEM or
-    /// EXEC produced by a handler thread (its reply, or its fetch running the active list)
-    /// wakes nobody: that thread is expected to fetch it, and an idle sibling sleeping in poll
-    /// or in a blocking fetch stays asleep. New commands themselves wake when they enter the
-    /// active list (`scst_cmd_init_done`, scst_targ.c:888-891; [`Session::submit`]).
-    ///
-    /// [`Session::submit`]: super::Session::submit
     pub fn queue_ready(&mut self, h: u32, fx: &mut Effects) {
         let Some(ucmd) = self.ucmds.get(&h) else { return };
         let head_of_queue = ucmd.state == abi::UCMD_STATE_EXECING
@@ -366,22 +320,7 @@ impl DeviceState {
         } else {
             self.ready.push_back(h);
         }
-        let data_arrived = ucmd.state == abi::UCMD_STATE_EXECING
-            && ucmd
-                .scsi_cmd()
-                .and_then(|id| self.cmds.get(&id))
-                .is_some_and(|c| c.data_out_pending);
-        let do_wake = ucmd.is_mgmt()
-            || matches!(
-                ucmd.state,
-                abi::UCMD_STATE_ON_FREEING
-                    | abi::UCMD_STATE_ON_CACHE_FREEING
-                    | abi::UCMD_STATE_EXT_COPY_REMAPPING
-            )
-            || data_arrived;
-        if do_wake {
-            fx.wake_fetchers = true;
-        }
+        fx.wake_fetchers = true;
     }
 
     /// Remove `h` from the ready list if queued.
@@ -400,38 +339,18 @@ impl DeviceState {
         }
     }
 
-    /// Keep the poll pipe right (see [`PollSignal`]): disarmed when nothing is ready and no
-    /// core work pends; armed when something is and `woken` (a wake-up on `cmd_list_waitQ`
-    /// went with it, or a poll is entered now); otherwise left as it is, the work marked
-    /// unsignalled for the next poll entry. Once armed it stays armed until the lists are
-    /// empty: every poller was woken and sees them non-empty. As the kernel's `dev_user_poll`
-    /// (spec §3.9), the active list counts even while SCST's activity is suspended and the work
-    /// cannot run: POLLIN stays up, and the fetch that follows gets EAGAIN for as long as the
-    /// suspension lasts (up to 90 s).
-    pub fn sync_poll(&mut self, woken: bool) {
+    /// Keep the poll pipe level-triggered: armed iff something is ready or core work pends.
+    /// As the kernel's `dev_user_poll` (spec §3.9), the active list counts even while SCST's
+    /// activity is suspended and the work cannot run: POLLIN stays up, and the fetch that
+    /// follows gets EAGAIN for as long as the suspension lasts (up to 90 s).
+    pub fn sync_poll(&mut self) {
         let want = !self.ready.is_empty() || !self.active.is_empty();
         if want && !self.poll_armed {
-            if woken {
-                self.poll.arm();
-                self.poll_armed = true;
-            }
+            self.poll.arm();
+            self.poll_armed = true;
         } else if !want && self.poll_armed {
             self.poll.disarm();
             self.poll_armed = false;
-        }
-        let unsignalled = want && !self.poll_armed;
-        if self.poll.unsignalled.load(Ordering::Relaxed) != unsignalled {
-            self.poll.unsignalled.store(unsignalled, Ordering::Release);
-        }
-    }
-
-    /// The wake-ups of `fx` as the blocked fetchers receive them: `wake_up` ends one exclusive
-    /// wait, `wake_up_all` every one; with nobody asleep a wake-up is lost.
-    pub fn grant_wakes(&mut self, fx: &Effects) {
-        if fx.wake_all {
-            self.fetch_wakes = self.fetch_waiters;
-        } else if fx.wake_fetchers && self.fetch_wakes < self.fetch_waiters {
-            self.fetch_wakes += 1;
         }
     }
 
@@ -573,8 +492,7 @@ impl Device {
         let r = {
             let mut st = self.lock(token);
             let r = f(&mut st, &mut fx);
-            st.sync_poll(fx.woken());
-            st.grant_wakes(&fx);
+            st.sync_poll();
             r
         };
         self.finish(fx);
@@ -651,7 +569,7 @@ impl DeviceState {
     /// faulted): it goes back to the head of the ready list as it was, as the kernel re-queues
     /// a ucmd whose copy to user space faulted (spec §3.2). Left alone if something else
     /// (unjam, a reply) has dealt with the ucmd since.
-    pub fn undeliver(&mut self, d: &mut Delivery) {
+    pub fn undeliver(&mut self, d: &mut Delivery, fx: &mut Effects) {
         let h = d.msg.cmd_h;
         let Some(u) = self.ucmds.get_mut(&h) else { return };
         if !u.sent_to_user || u.this_state_unjammed || u.msg.subcode != d.msg.subcode {
@@ -665,9 +583,8 @@ impl DeviceState {
                 c.data_out_pending = true;
             }
         }
-        // `list_add` without a wake-up (scst_user.c:2247-2252): pollers see it at their next
-        // poll entry.
         self.ready.push_front(h);
+        fx.wake_fetchers = true;
     }
 }
 

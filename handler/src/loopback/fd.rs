@@ -117,10 +117,8 @@ impl Drop for OpenFile {
 
 /// An open loopback scst_user file descriptor. `Clone` is dup(2): the last clone dropped (or
 /// closed with [`LoopbackFd::close`]) releases the device (spec §5). Its [`ScstUserFd::poll_fd`]
-/// is a pipe that polls readable while commands are ready or core work pends and a poller would
-/// see it as the kernel's: work queued with a wake-up, or found by a poll entered after it (the
-/// call of `poll_fd` is that entry; work a reply produces wakes no poller already asleep);
-/// before REGISTER it never becomes readable (the kernel would answer POLLNVAL).
+/// is a pipe that polls readable (level-triggered) while commands are ready or core work
+/// pends; before REGISTER it never becomes readable (the kernel would answer POLLNVAL).
 #[derive(Clone)]
 pub struct LoopbackFd {
     file: Arc<OpenFile>,
@@ -192,8 +190,7 @@ impl LoopbackFd {
                 } else {
                     st.suspended.saturating_sub(1)
                 };
-                st.sync_poll(false);
-                st.fetch_wakes = st.fetch_waiters;
+                st.sync_poll();
                 drop(st);
                 // Fetchers blocked in the kernel look at their device again.
                 d.cond.notify_all();
@@ -529,17 +526,7 @@ impl ScstUserFd for LoopbackFd {
         outcome.result
     }
 
-    /// The model's poll entry (see `PollSignal`): as `dev_user_poll` (scst_user.c:2517-2540)
-    /// looks at the lists before it sleeps, work queued without a wake-up arms the pipe now, so
-    /// that this poll returns at once; pollers already asleep see it too (they share the pipe).
-    /// One atomic load when there is no such work.
     fn poll_fd(&self) -> BorrowedFd<'_> {
-        if self.file.poll.unsignalled() {
-            if let Some(dev) = self.file.device.get() {
-                let token = &mut LockToken::root();
-                dev.lock(token).sync_poll(true);
-            }
-        }
         self.file.poll.fd()
     }
 }

@@ -4,8 +4,7 @@
 //! The handler talks to it only through [`crate::transport::ScstUserFd`], exactly as to the
 //! real device; the model is held to the spec, not to our handler:
 //! - `fd`: the open file and every ioctl with the kernel's errnos (§1.2, §3.2, §3.3, §3.9);
-//! - `device`: the per-device lock, ready list, active list and fetch path (§3.1, §5.6), and
-//!   the wake-ups of fetchers and pollers, only where the kernel's `dev_user_add_to_ready` wakes;
+//! - `device`: the per-device lock, ready list, active list and fetch path (§3.1, §5.6);
 //! - `ucmd`: the per-message object and its flags (§3.11, §5.4);
 //! - `core`, `core_parse`: the SCST core's own processing of a command (§3.6, §3.7);
 //! - `copy_mgr`: SCST's copy manager: EXTENDED COPY, EXT_COPY_REMAP (§3.8), RECEIVE COPY

@@ -178,8 +178,7 @@ struct Held<'a> {
 impl Held<'_> {
     /// Drop the lock (keeping poll readiness right) and deliver the effects.
     fn unlock(&mut self, mut st: StateGuard<'_>) {
-        st.sync_poll(self.fx.woken());
-        st.grant_wakes(&self.fx);
+        st.sync_poll();
         drop(st);
         self.dev.finish(std::mem::take(&mut self.fx));
     }
@@ -302,24 +301,8 @@ pub(crate) fn reply_and_get(
                 st = dev.lock(token);
                 continue;
             }
-            // Nothing to deliver (above): no wake-up goes with this sync.
-            st.sync_poll(false);
-            // Asleep until a wake-up is granted to this thread (see `grant_wakes`): work
-            // queued without one, by another thread's reply, does not end the wait.
-            st.fetch_waiters += 1;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                st = st.wait_timeout(&dev.cond, WAIT_SLICE.min(left));
-                if st.fetch_wakes > 0 {
-                    st.fetch_wakes -= 1;
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    break;
-                }
-            }
-            st.fetch_waiters -= 1;
-            st.fetch_wakes = st.fetch_wakes.min(st.fetch_waiters);
+            st.sync_poll();
+            st = st.wait_timeout(&dev.cond, WAIT_SLICE.min(deadline - now));
         }
     }
     // The initiator's data-out of every EXEC fetched goes into its buffer in one syscall,
@@ -360,7 +343,7 @@ pub(crate) fn reply_and_get(
                 st.complete_with_sense(id, sense::INTERNAL_FAILURE, &mut held.fx);
             }
             for d in deliveries[bad + 1..].iter_mut().rev() {
-                st.undeliver(d);
+                st.undeliver(d, &mut held.fx);
             }
             delivered = bad;
             result = Err(Errno::EFAULT);

@@ -377,7 +377,7 @@ pub(crate) fn copy_fixed_c_string(addr: u64, len: usize) -> Result<Vec<u8>, Errn
     TEST_MEMORY.copy_fixed_c_string(addr, len)
 }
 
-/// Whether `fd` polls readable right now (test helper for the poll fd).
+/// Whether `fd` polls readable right now (test helper for the level-triggered poll fd).
 #[cfg(test)]
 pub(crate) fn poll_readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     use std::os::fd::AsRawFd;

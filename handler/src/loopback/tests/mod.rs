@@ -208,5 +208,4 @@ mod queues;
 mod registration;
 mod teardown;
 mod validation;
-mod wakeups;
 mod xcopy;
