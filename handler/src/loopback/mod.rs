@@ -16,6 +16,13 @@
 //! - `unjam`: teardown on the last close (§5);
 //! - `uaccess`: user memory access through `process_vm_readv`/`process_vm_writev`, batched
 //!   and counted ([`LoopbackKernel::syscalls`]).
+//!
+//! Kinder than the kernel, knowingly: the poll fd is a pipe armed whenever the ready list is not
+//! empty, so a handler asleep in `poll` is woken for work another thread's reply queued, which
+//! `dev_user_add_to_ready` (scst_user.c:1143-1201) wakes nobody for; the kernel's poll only finds
+//! such work when a poll begins. A pipe cannot see a poll begin: armed only at `poll_fd()`, the
+//! model was stricter than the kernel instead (a handler polling an fd it took earlier slept
+//! past queued work until its timeout), so it stays the kinder way.
 
 mod copy_mgr;
 mod core;
