@@ -861,31 +861,8 @@ impl AccelQueue {
             Ok(scratch) => scratch,
             Err(status) => return self.finish_parent(req.tag, status),
         };
-        if matches!(req.op, StoreOp::WriteZeroes { .. }) && !self.write_zeroes && self.zeroes.is_none() {
-            match self.map_chunk() {
-                Ok(region) => self.zeroes = Some(region),
-                Err(e) => {
-                    log::error!(
-                        "{} queue {}: mapping zero blocks for a write zeroes: {e}",
-                        self.board.id(),
-                        self.queue.index()
-                    );
-                    return self.finish_parent(req.tag, StoreStatus::DeviceError);
-                }
-            }
-        }
-        if matches!(req.op, StoreOp::Verify { blocks, .. } if blocks > 0) && self.verify_scratch.is_none() {
-            match self.map_chunk() {
-                Ok(region) => self.verify_scratch = Some(region),
-                Err(e) => {
-                    log::error!(
-                        "{} queue {}: mapping the scratch a verify reads into: {e}",
-                        self.board.id(),
-                        self.queue.index()
-                    );
-                    return self.finish_parent(req.tag, StoreStatus::DeviceError);
-                }
-            }
+        if let Err(status) = self.map_chunks_for(&req.op) {
+            return self.finish_parent(req.tag, status);
         }
         let compare_and_write = match self.compare_and_write_scratch(token, &req) {
             Ok(caw) => caw,
@@ -967,6 +944,36 @@ impl AccelQueue {
     }
 
     /// One WRITE SAME chunk of zero blocks ([`write_same_chunk`]), mapped for the device.
+    /// Map, at their first use, the chunks `op` needs the device to reach besides the command's
+    /// buffer: the zero blocks an emulated WRITE ZEROES writes from, the scratch VERIFY reads into.
+    fn map_chunks_for(&mut self, op: &StoreOp) -> Result<(), StoreStatus> {
+        let (slot, what) = match op {
+            StoreOp::WriteZeroes { .. } if !self.write_zeroes => {
+                (&self.zeroes, "zero blocks for a write zeroes")
+            }
+            StoreOp::Verify { blocks, .. } if *blocks > 0 => {
+                (&self.verify_scratch, "the scratch a verify reads into")
+            }
+            _ => return Ok(()),
+        };
+        if slot.is_some() {
+            return Ok(());
+        }
+        let region = self.map_chunk().map_err(|e| {
+            log::error!(
+                "{} queue {}: mapping {what}: {e}",
+                self.board.id(),
+                self.queue.index()
+            );
+            StoreStatus::DeviceError
+        })?;
+        match op {
+            StoreOp::WriteZeroes { .. } => self.zeroes = Some(region),
+            _ => self.verify_scratch = Some(region),
+        }
+        Ok(())
+    }
+
     /// One WRITE SAME chunk of fresh memory, mapped for the device: the zero blocks emulated
     /// WRITE ZEROES writes from (fresh anonymous memory is zeroes), the blocks VERIFY reads into.
     fn map_chunk(&self) -> Result<MappedRegion, scst_accel_dma::DmaError> {
