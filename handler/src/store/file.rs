@@ -1460,6 +1460,11 @@ impl Shared {
                 StoreStatus::Good
             }
             Err((at, e)) => {
+                if matches!(through, Through::WriteBack) {
+                    // The blocks before the failure may be in the cache now: the next flush
+                    // owes them, and a failed one may have lost them (`read_write_back_failed`).
+                    self.wrote_back(start);
+                }
                 if let Some(status) = self.not_a_medium_error(&e, "write") {
                     return status;
                 }

@@ -370,6 +370,23 @@ fn a_failing_device_is_a_medium_error_at_the_failing_lba() {
         run(&mut q, write, Some(&buf)),
         StoreStatus::WriteError { lba: cut_lba + 8 }
     );
+    // A write-back write over the cut lands its first 8 blocks in the cache before it fails:
+    // the next flush owes them from its first block (a failed flush may have lost them).
+    let dirty = |store: &FileStore| store.shared.dirty_low.load(std::sync::atomic::Ordering::Acquire);
+    let over_the_cut = StoreOp::Write {
+        lba: cut_lba - 8,
+        blocks: 16,
+        fua: false,
+    };
+    assert_eq!(
+        run(&mut q, over_the_cut, Some(&buf)),
+        StoreStatus::WriteError { lba: cut_lba }
+    );
+    assert_eq!(
+        dirty(&store),
+        cut_lba - 8,
+        "the blocks before the failure are owed to a flush"
+    );
     assert_eq!(
         run(&mut q, StoreOp::Verify { lba: 0, blocks: 8192 }, None),
         StoreStatus::ReadError { lba: cut_lba }
