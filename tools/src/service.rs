@@ -1097,7 +1097,7 @@ fn start_one(
             }
         },
     };
-    if let Err(e) = register(fd.as_ref(), &spec.args.register_params(&info)) {
+    if let Err(e) = register_waiting_for_a_release(fd.as_ref(), &spec.args.register_params(&info)) {
         backend.shutdown_unserved();
         return Err(usage(format!("registration of {} refused: {e}", spec.args.name)));
     }
@@ -1156,6 +1156,38 @@ fn start_one(
         }
     }
     Ok((running, info, identity))
+}
+
+/// How long a registration refused because the name is in use (EEXIST) is tried again.
+/// SCST unregisters a closed device on a kernel thread of its own (`dev_user_release`,
+/// scst_user.c: `kthread_run(__dev_user_release)`), so a restart right after the previous
+/// process died (kill -9, a crash) can find its name still registered for a moment.
+pub const NAME_RELEASE_WAIT: Duration = Duration::from_secs(15);
+
+/// [`register`], a refusal for a name in use tried again every 250 ms for at most
+/// [`NAME_RELEASE_WAIT`] (said once at warn): past it the name belongs to another handler.
+fn register_waiting_for_a_release(
+    fd: &dyn scst_accel_handler::transport::ScstUserFd,
+    params: &scst_accel_handler::transport::register::RegisterParams,
+) -> Result<(), scst_accel_handler::transport::register::RegisterError> {
+    use scst_accel_handler::transport::register::RegisterError;
+    let deadline = Instant::now() + NAME_RELEASE_WAIT;
+    let mut said = false;
+    loop {
+        match register(fd, params) {
+            Err(RegisterError::NameInUse { name }) if Instant::now() < deadline => {
+                if !std::mem::replace(&mut said, true) {
+                    log::warn!(
+                        "a device named {name:?} is still registered with SCST (a previous \
+                         process's device, which SCST releases on a thread of its own?): trying \
+                         again for up to {NAME_RELEASE_WAIT:?}"
+                    );
+                }
+                scst_accel_hal::locks::sleep(Duration::from_millis(250));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// One disk's teardown, on its own thread: the frontend's sequence (drain, abort on the

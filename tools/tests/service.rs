@@ -1189,3 +1189,31 @@ fn a_stop_during_the_start_starts_no_more_disks() {
         "the started disk was unregistered"
     );
 }
+
+/// SCST releases a closed device on a thread of its own, so a restart right after the previous
+/// process died can find the disk's name still registered (EEXIST): the registration is tried
+/// again until the name is free (here the previous "process" closes its device after 800 ms),
+/// rather than failing at once with 78, which systemd would not restart.
+#[test]
+fn a_name_still_registered_by_a_closing_device_is_waited_for() {
+    use scst_accel_handler::transport::register::default_options;
+    use scst_accel_handler::transport::register::register;
+    use scst_accel_handler::transport::register::RegisterParams;
+    let (kernel, side) = loopback();
+    let previous = kernel.open(true);
+    register(&previous, &RegisterParams::new("reborn", 4096, default_options())).expect("register");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        drop(previous);
+    });
+    let service = Service::start(
+        settings(),
+        vec![disk("reborn", BoardArg::Ram, 16 << 20, 4096)],
+        side,
+        StartOptions::default(),
+    );
+    closer.join().expect("closer");
+    assert_eq!(service.serving(), 1, "{:?}", service.start_failures());
+    assert_eq!(kernel.registered_devices(), ["reborn"]);
+    drop(service.stop());
+}
