@@ -373,9 +373,20 @@ fn io_inside(disk: &Disk, cdb: &[u8], io: &IoPlan, prev: Option<&IoPlan>, transf
                 io.op
             );
         }
-        StoreOp::Verify { lba, blocks }
-        | StoreOp::Compare { lba, blocks }
-        | StoreOp::CompareAndWrite { lba, blocks, .. } => {
+        StoreOp::Verify { lba, blocks } | StoreOp::Compare { lba, blocks } => {
+            check!(
+                *blocks > 0 && inside(*lba, u64::from(*blocks)),
+                "{cdb:02x?}: {:?} on {n} blocks",
+                io.op
+            );
+            // VERIFY, with or without BYTCHK, is bound by MAXIMUM TRANSFER LENGTH.
+            check!(
+                *blocks <= limits.max_transfer_blocks,
+                "{cdb:02x?}: {:?} over {limits:?}",
+                io.op
+            );
+        }
+        StoreOp::CompareAndWrite { lba, blocks, .. } => {
             check!(
                 *blocks > 0 && inside(*lba, u64::from(*blocks)),
                 "{cdb:02x?}: {:?} on {n} blocks",

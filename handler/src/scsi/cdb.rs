@@ -423,12 +423,11 @@ pub(crate) fn decode_traced(cdb: &[u8], geo: &Geometry, read: &impl ReadTrace) -
             let bytchk = bytchk(&f)?;
             let l = layout(entry.cdb_len());
             let (lba, count) = (f.be(l.lba.0, l.lba.1), f.be32(l.len.0, l.len.1));
-            // Only a verification that transfers data is bound by MAXIMUM TRANSFER LENGTH.
-            let blocks = if bytchk {
-                transfer_blocks(lba, count, l.len.0, geo)?
-            } else {
-                in_range(lba, u64::from(count), geo)?
-            };
+            // Bound by MAXIMUM TRANSFER LENGTH with or without a data transfer (SBC-4's transfer
+            // limits name VERIFY's VERIFICATION LENGTH): BYTCHK 0 reads the blocks from the
+            // medium too, and an unbounded one (2^32 blocks) would outlast the command's
+            // deadline, whose escalation aborts the whole store queue.
+            let blocks = transfer_blocks(lba, count, l.len.0, geo)?;
             Command::Verify { blocks, bytchk }
         }
         Op::PreFetch10 | Op::PreFetch16 => {
@@ -671,8 +670,13 @@ mod tests {
             cmd(&[0x2E, 0x06, 0, 0, 0, 0, 0, 0, 1, 0]),
             Err(Sense::invalid_cdb_field(1, Some(2)))
         );
-        // Medium verification is not bound by the transfer limit.
-        assert!(cmd(&[0x2F, 0, 0, 0, 0, 0, 0, 0x01, 0, 0]).is_ok());
+        // A medium verification (BYTCHK 0) is bound by the transfer limit too (SBC-4's
+        // transfer limits): 256 blocks is over this geometry's.
+        assert_eq!(
+            cmd(&[0x2F, 0, 0, 0, 0, 0, 0, 0x01, 0, 0]),
+            Err(Sense::invalid_cdb_field(7, None))
+        );
+        assert!(cmd(&[0x2F, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]).is_ok());
     }
 
     #[test]
