@@ -777,6 +777,9 @@ fn a_verify_reads_the_medium_and_fails_where_a_block_cannot_be_read() {
     };
     let (store, sim, _pool) = nvme_store(config);
     let mut q = store.open_queue().expect("queue");
+    // Nothing to read: GOOD, before any scratch is mapped.
+    let nothing = StoreOp::Verify { lba: 100, blocks: 0 };
+    assert_eq!(complete(q.as_mut(), 0, nothing, None), StoreStatus::Good);
     let verify = StoreOp::Verify {
         lba: 100,
         blocks: 1000,

@@ -352,6 +352,15 @@ impl Children {
     fn is_empty(&self) -> bool {
         self.first.is_none()
     }
+
+    /// The blocks the device requests move, in blocks of `bs` bytes.
+    fn blocks(&self, bs: u64) -> u64 {
+        self.first
+            .iter()
+            .chain(&self.rest)
+            .map(|c| u64::from(c.length) / bs.max(1))
+            .sum()
+    }
 }
 
 impl Extend<Child> for Children {
@@ -820,6 +829,9 @@ impl AccelQueue {
                 if !in_range(*lba, u64::from(*blocks)) {
                     return Err(StoreStatus::OutOfRange);
                 }
+                if *blocks == 0 {
+                    return Ok(Children::default());
+                }
                 let iova = self
                     .verify_scratch
                     .as_ref()
@@ -883,9 +895,10 @@ impl AccelQueue {
             }
             _ => FuaFlush::None,
         };
+        // A VERIFY goes on after the pieces `plan` made, whatever they covered.
         let verify = match req.op {
             StoreOp::Verify { lba, blocks } => {
-                let planned = (write_same_chunk(self.info) * VERIFY_WINDOW).min(u64::from(blocks));
+                let planned = children.blocks(self.bs()).min(u64::from(blocks));
                 Some(VerifyCursor {
                     next: lba + planned,
                     left: u64::from(blocks) - planned,
