@@ -165,11 +165,12 @@ impl ExportError {
             Self::DriverMissing { .. } | Self::IscsiDaemon { .. } | Self::Queued { .. } => {
                 crate::exit::UNAVAILABLE
             }
-            Self::Write { source, .. }
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EPERM | libc::EBUSY | libc::EFAULT | libc::EAGAIN)
-                ) =>
+            // EPERM and EBUSY are iscsi-scstd's only from iscsi-scst's files; elsewhere EPERM
+            // is no write access to SCST's sysfs, the configuration's (`write_hint` alike).
+            Self::Write { source, path, .. }
+                if matches!(source.raw_os_error(), Some(libc::EFAULT | libc::EAGAIN))
+                    || (matches!(source.raw_os_error(), Some(libc::EPERM | libc::EBUSY))
+                        && under_iscsi(path)) =>
             {
                 crate::exit::UNAVAILABLE
             }
@@ -186,13 +187,17 @@ fn load_hint(driver: &TargetDriver) -> &'static str {
     }
 }
 
+/// Whether `path` is one of iscsi-scst's files (`targets/iscsi/...`).
+fn under_iscsi(path: &Path) -> bool {
+    path.components()
+        .any(|c| c.as_os_str() == TargetDriver::Iscsi.sysfs_name())
+}
+
 /// What to do about a refused line, from its errno, verb and file (iscsi-scst's own refusals
 /// are about iscsi-scstd).
 fn write_hint(path: &Path, line: &str, source: &io::Error) -> String {
     let verb = line.split_whitespace().next().unwrap_or("");
-    let iscsi = path
-        .components()
-        .any(|c| c.as_os_str() == TargetDriver::Iscsi.sysfs_name());
+    let iscsi = under_iscsi(path);
     let hint = match (source.raw_os_error(), verb) {
         (Some(libc::EEXIST), "add") => "the LUN is taken: pick another lun (or `del` it on the target)",
         (Some(libc::EEXIST), "add_target") => "the target exists already",

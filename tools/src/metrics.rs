@@ -684,6 +684,13 @@ pub(crate) fn write_within<W: WriteTimeout>(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A socket's write timeout ends the write with EAGAIN: the deadline passed.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer was too slow to take its reply: connection dropped",
+                ))
+            }
             Err(e) => return Err(e),
         }
     }

@@ -709,6 +709,7 @@ fn export_failures_have_their_exit_class() {
         write(luns, "add accel0 0", libc::EFAULT).exit_code(),
         crate::exit::UNAVAILABLE
     );
+    // EPERM and EBUSY outside iscsi-scst's files are no write access, not iscsi-scstd.
     for errno in [
         libc::EEXIST,
         libc::EINVAL,
@@ -716,6 +717,8 @@ fn export_failures_have_their_exit_class() {
         libc::EACCES,
         libc::EROFS,
         libc::EISDIR,
+        libc::EPERM,
+        libc::EBUSY,
     ] {
         let e = write(luns, "add accel0 0", errno);
         assert_eq!(e.exit_code(), crate::exit::CONFIG, "{e}");

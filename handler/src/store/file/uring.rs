@@ -505,6 +505,10 @@ impl UringQueue {
                 return self.refill(index, slot);
             }
         } else if slot.aborted {
+            // Cancelled after part of it was written back (a short write refilled): owed.
+            if write && !fua && *done > 0 {
+                self.store.wrote_back(start);
+            }
             StoreStatus::Aborted
         } else if matches!(-result, libc::EAGAIN | libc::EINTR) && slot.retries < RETRIES {
             slot.retries += 1;
