@@ -1041,10 +1041,11 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         mgmt.lines()
     );
     drop(session);
-    // LUN 1 goes as SCST removes a LUN whose device it unregisters: the stop has no LUN to
-    // delete (a `del 1` now would delete whatever LUN 1 holds), and the target is empty. (The
-    // fake removes a LUN after the `del`'s writer has moved on, so a `del` at the stop would
-    // race the target's deletion, which looks at the LUNs left.)
+    // LUN 1 is taken away here, as SCST takes the LUNs of a device removed under the service:
+    // the stop then finds no LUN 1 and writes no `del 1` (one would delete whatever LUN 1
+    // holds by then), and the target is empty. An orderly stop's `del` of a LUN still there is
+    // `exports_are_applied_after_registration_and_removed_at_stop`'s: this fake removes a LUN
+    // only after the `del`'s writer has moved on, which would race the target's deletion.
     std::fs::remove_dir_all(iscsi.join(IQN).join("luns/1")).expect("rm lun 1");
     let outcomes = service.stop();
     assert_eq!(outcomes[1].state, DiskState::Stopped);
