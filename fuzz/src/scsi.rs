@@ -361,25 +361,16 @@ fn io_inside(disk: &Disk, cdb: &[u8], io: &IoPlan, prev: Option<&IoPlan>, transf
     let limits = caps.limits;
     let inside = |lba: u64, blocks: u64| lba.checked_add(blocks).is_some_and(|end| end <= n);
     match &io.op {
-        StoreOp::Read { lba, blocks } | StoreOp::Write { lba, blocks, .. } => {
+        // Bound by MAXIMUM TRANSFER LENGTH: READ, WRITE, and VERIFY with or without BYTCHK.
+        StoreOp::Read { lba, blocks }
+        | StoreOp::Write { lba, blocks, .. }
+        | StoreOp::Verify { lba, blocks }
+        | StoreOp::Compare { lba, blocks } => {
             check!(
                 *blocks > 0 && inside(*lba, u64::from(*blocks)),
                 "{cdb:02x?}: {:?} on {n} blocks",
                 io.op
             );
-            check!(
-                *blocks <= limits.max_transfer_blocks,
-                "{cdb:02x?}: {:?} over {limits:?}",
-                io.op
-            );
-        }
-        StoreOp::Verify { lba, blocks } | StoreOp::Compare { lba, blocks } => {
-            check!(
-                *blocks > 0 && inside(*lba, u64::from(*blocks)),
-                "{cdb:02x?}: {:?} on {n} blocks",
-                io.op
-            );
-            // VERIFY, with or without BYTCHK, is bound by MAXIMUM TRANSFER LENGTH.
             check!(
                 *blocks <= limits.max_transfer_blocks,
                 "{cdb:02x?}: {:?} over {limits:?}",

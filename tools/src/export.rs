@@ -683,7 +683,8 @@ fn await_queued(
         if now >= deadline {
             return Err(QueuedReason::StillQueued);
         }
-        std::thread::sleep(wait.interval.min(deadline - now));
+        // Checked: no lock may be held across this wait (docs/locking.md).
+        scst_accel_hal::locks::sleep(wait.interval.min(deadline - now));
     }
 }
 
