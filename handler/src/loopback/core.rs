@@ -344,6 +344,54 @@ impl DeviceState {
         self.complete_cmd(id, sam_status::TASK_ABORTED, Vec::new(), Vec::new(), true, fx);
     }
 
+    /// The core's `dev_done` for a disk (`dev_user_disk_done` -> `scst_block_generic_dev_done`,
+    /// scst_lib.c:12752-12798, installed only when the parse type is not CALL, scst_user.c:3170-3190):
+    /// a READ CAPACITY(10) or (16) answered GOOD sets the device's block size from its BLOCK
+    /// LENGTH field, which parses every later command (a handler that reports another block size
+    /// than it registered gets its later READs and WRITEs sized by it). A length of 0 changes
+    /// nothing (logged by SCST); one below 512 is refused (`scst_calc_block_shift`); one that is
+    /// not a power of two counts as the power below it (`ilog2`).
+    fn snoop_block_size(&mut self, opcode: u8, service_action: u8, data_in: &[u8]) {
+        const READ_CAPACITY: u8 = 0x25;
+        const SERVICE_ACTION_IN_16: u8 = 0x9e;
+        const SAI_READ_CAPACITY_16: u8 = 0x10;
+        let offset = match (opcode, service_action) {
+            (READ_CAPACITY, _) => 4,
+            (SERVICE_ACTION_IN_16, SAI_READ_CAPACITY_16) => 8,
+            _ => return,
+        };
+        // Disks, CD-ROMs (05h) and optical memory (07h): the types given this dev_done.
+        const TYPE_ROM: u8 = 0x05;
+        const TYPE_MOD: u8 = 0x07;
+        let disk_like = matches!(self.dev_type, abi::TYPE_DISK | TYPE_ROM | TYPE_MOD);
+        if !disk_like || self.opt.parse_type == abi::parse_type::CALL {
+            return;
+        }
+        let Some(field) = data_in.get(offset..offset + 4) else {
+            return;
+        };
+        let length = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+        if length == 0 {
+            log::warn!(
+                "loopback: READ CAPACITY answered a block length of 0 (SCST logs it, changes nothing)"
+            );
+            return;
+        }
+        let shift = length.ilog2();
+        if shift < 9 {
+            log::warn!("loopback: READ CAPACITY answered a block length of {length}: SCST refuses it");
+            return;
+        }
+        let block_size = 1u32 << shift;
+        if block_size != self.block_size {
+            log::info!(
+                "loopback: READ CAPACITY changed the block size from {} into {block_size}, as SCST's core does",
+                self.block_size
+            );
+            self.block_size = block_size;
+        }
+    }
+
     /// Complete a command to the initiator (once), then run its free stage.
     pub fn complete_cmd(
         &mut self,
@@ -375,6 +423,10 @@ impl DeviceState {
         let tag = cmd.tag;
         let cm_parent = cmd.cm_parent;
         let opcode = cmd.cdb.first().copied().unwrap_or(0);
+        if !aborted && status == sam_status::GOOD {
+            let service_action = cmd.cdb.get(1).map_or(0, |b| b & 0x1f);
+            self.snoop_block_size(opcode, service_action, &data_in);
+        }
         if let Some(ec) = cm_parent {
             // The copy manager's own READ/WRITE: back to its EXTENDED COPY.
             if let Some(s) = self.sessions.get_mut(&sess_h) {

@@ -317,3 +317,61 @@ fn recycled_data_buffers_carry_the_next_commands_data() {
     r.fd.reply_cmd(&completed(x.cmd_h, 0, 0, 0)).unwrap();
     assert_eq!(recv(&s).status, sam_status::GOOD);
 }
+
+/// SCST's core snoops a disk's READ CAPACITY answered GOOD (`scst_block_generic_dev_done`): its
+/// BLOCK LENGTH becomes the device's block size and sizes every later command. A handler
+/// registered with 512-byte blocks that answers READ CAPACITY(10) with 4096 gets a READ(10) of
+/// one block as 4096 bytes; one that answers a length of 0 changes nothing.
+#[test]
+fn read_capacity_sets_the_block_size_later_commands_are_sized_by() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let read_capacity = |tag: u64, block_length: u32| {
+        s.submit(ScsiRequest {
+            tag,
+            cdb: vec![0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            expected_data_in: 8,
+            queue_type: abi::queue_type::SIMPLE,
+            timeout_secs: 30,
+            ..Default::default()
+        })
+        .unwrap();
+        let c = wait_cmd(&r.fd);
+        assert_eq!(c.subcode, abi::SCST_USER_EXEC);
+        let buf = PageBuffer::new(4096).unwrap();
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&1023u32.to_be_bytes());
+        data[4..].copy_from_slice(&block_length.to_be_bytes());
+        buf.write_at(0, &data);
+        let e: abi::ScsiCmdExec = c.read_payload();
+        let pbuf = if e.pbuf != 0 { 0 } else { buf.addr() };
+        r.fd.reply_cmd(&completed(c.cmd_h, 8, pbuf, sam_status::GOOD))
+            .unwrap();
+        assert_eq!(recv(&s).status, sam_status::GOOD);
+        buf
+    };
+    let bufflen_of_one_block_read = |tag: u64| {
+        s.submit(read10(tag, 0, 1)).unwrap();
+        let c = wait_cmd(&r.fd);
+        let e: abi::ScsiCmdExec = c.read_payload();
+        let buf = PageBuffer::new(4096).unwrap();
+        let pbuf = if e.pbuf != 0 { 0 } else { buf.addr() };
+        r.fd.reply_cmd(&completed(c.cmd_h, 0, pbuf, sam_status::GOOD))
+            .unwrap();
+        recv(&s);
+        e.bufflen
+    };
+    assert_eq!(bufflen_of_one_block_read(1), 512);
+    let _kept = read_capacity(2, 4096);
+    assert_eq!(
+        bufflen_of_one_block_read(3),
+        4096,
+        "the snooped block size sizes the READ"
+    );
+    let _kept = read_capacity(4, 0);
+    assert_eq!(
+        bufflen_of_one_block_read(5),
+        4096,
+        "a block length of 0 changes nothing"
+    );
+}
