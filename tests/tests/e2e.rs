@@ -286,6 +286,106 @@ fn the_scst_user_frontend_refuses_a_disk_whose_engine_runs_compare_and_write() {
     assert!(matches!(started, Err(FrontendError::CompareAndWriteInEngine)));
 }
 
+/// A store whose queue reports every completion twice (a store bug the worker must survive),
+/// the copy in the same reap, and which runs a READ only 20 ms after its submission (as a device
+/// would, later), so that a copy taken for the next step's completion answers that step before
+/// its data is there.
+struct TwiceStore(RamStore);
+
+struct TwiceQueue {
+    inner: Box<dyn StoreQueue>,
+    reads: Vec<(Instant, StoreRequest)>,
+}
+
+impl Store for TwiceStore {
+    fn info(&self) -> StoreInfo {
+        self.0.info()
+    }
+
+    fn open_queue(&self) -> Result<Box<dyn StoreQueue>, StoreError> {
+        Ok(Box::new(TwiceQueue {
+            inner: self.0.open_queue()?,
+            reads: Vec::new(),
+        }))
+    }
+}
+
+impl StoreQueue for TwiceQueue {
+    fn submit(
+        &mut self,
+        token: &mut scst_accel_handler::store::StoreToken<'_>,
+        batch: &mut Vec<StoreRequest>,
+    ) -> Result<(), StoreError> {
+        let (reads, rest): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .partition(|r| matches!(r.op, scst_accel_handler::store::StoreOp::Read { .. }));
+        let due = Instant::now() + Duration::from_millis(20);
+        self.reads.extend(reads.into_iter().map(|r| (due, r)));
+        let mut rest = rest;
+        self.inner.submit(token, &mut rest)
+    }
+
+    fn reap(&mut self, out: &mut Vec<StoreCompletion>) -> usize {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.reads = later;
+        let mut due: Vec<StoreRequest> = due.into_iter().map(|(_, r)| r).collect();
+        if !due.is_empty() {
+            self.inner
+                .submit(&mut scst_accel_handler::store::StoreToken::root(), &mut due)
+                .expect("the RAM store takes the reads");
+        }
+        let start = out.len();
+        let n = self.inner.reap(out);
+        let copies: Vec<StoreCompletion> = out[start..].to_vec();
+        out.extend(copies);
+        2 * n
+    }
+
+    fn notify_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.notify_fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.reads.len() + self.inner.in_flight()
+    }
+}
+
+/// A store that completes a request twice must not complete the command's next step with the
+/// copy: a FUA READ under WCE 1 is a flush, then the read, and the flush's second completion,
+/// taken for the read's, answered the READ before it read anything (the buffer's old contents).
+/// Each step's store tag carries the step, so the copy is told apart and ignored.
+#[test]
+fn a_completion_reported_twice_does_not_complete_the_next_step() {
+    let store = TwiceStore(RamStore::new(512, 8192, 256));
+    let rig = Rig::new("e2e-twice", 512, 8192, default_options(), Arc::new(store));
+    let session = rig.session(0);
+    let write10 = |lba: u8| [0x2A, 0, 0, 0, 0, lba, 0, 0, 8, 0];
+    let a = vec![0xA5u8; 4096];
+    assert_eq!(
+        execute(&session, 1, &write10(0), a.clone(), 0).status,
+        sam_status::GOOD
+    );
+    // Other data through the buffers since, so that one not read into holds no A.
+    for tag in 2..6 {
+        let done = execute(&session, tag, &write10(8), vec![0x3Cu8; 4096], 0);
+        assert_eq!(done.status, sam_status::GOOD);
+    }
+    // READ(10) with FUA (byte 1 bit 3): the RAM store has a write cache, so flush, then read.
+    let fua_read = [0x28, 0x08, 0, 0, 0, 0, 0, 0, 8, 0];
+    for tag in 6..10 {
+        let done = execute(&session, tag, &fua_read, Vec::new(), 4096);
+        assert_eq!(done.status, sam_status::GOOD, "{done:?}");
+        assert!(
+            done.data_in == a,
+            "tag {tag}: the READ was answered before it read (first byte {:#x})",
+            done.data_in.first().copied().unwrap_or(0)
+        );
+    }
+}
+
 #[test]
 fn capacity_change_raises_a_unit_attention_then_reports_the_new_size() {
     let rig = Rig::ram("e2e-resize", 512, 4096);

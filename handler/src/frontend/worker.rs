@@ -139,6 +139,10 @@ struct ReplyMeta {
 
 /// An EXEC whose store work is under way.
 struct Inflight {
+    /// The store tag of this step: cmd_h in the low 32 bits, the worker's step count in the
+    /// high ones ([`Worker::store_steps`]), so a completion of an earlier step of the command
+    /// (a store that completes a request twice) is told from this one's.
+    tag: u64,
     io: IoPlan,
     ctx: ExecCtx,
     /// The device's lease on the command's buffer, released when the store completes it.
@@ -219,8 +223,10 @@ pub(super) struct Worker {
     store_refused: bool,
     /// When the worker last fetched while the store refused ([`BACKLOG_LOOK`]).
     backlog_look: Instant,
-    /// Buffers of the requests in `submit` not leased yet, by cmd_h ([`Worker::grant_leases`]).
+    /// Buffers of the requests in `submit` not leased yet, by store tag ([`Worker::grant_leases`]).
     to_lease: Vec<(u64, Arc<CmdBuffer>)>,
+    /// Store steps submitted so far, wrapping: the high half of each step's tag.
+    store_steps: u32,
     /// Reused by [`Worker::grant_leases`]: no allocation per batch.
     granted: Vec<LeaseGrant>,
     completions: Vec<StoreCompletion>,
@@ -288,6 +294,7 @@ impl Worker {
             store_refused: false,
             backlog_look: Instant::now(),
             to_lease: Vec::new(),
+            store_steps: 0,
             granted: Vec::new(),
             completions: Vec::new(),
             last_escalation: None,
@@ -586,7 +593,7 @@ impl Worker {
             .map(|(cmd_h, f)| {
                 format!(
                     "  cmd_h {cmd_h}: EXEC {}, age {:?}, deadline {}, queue {}, op {:?}, buffer {}, lease {}",
-                    if self.submit.iter().any(|r| r.tag == u64::from(*cmd_h)) {
+                    if self.submit.iter().any(|r| r.tag as u32 == *cmd_h) {
                         "waiting for room in the store"
                     } else {
                         "in store"
@@ -1494,11 +1501,13 @@ impl Worker {
         // The device's reference to the buffer is a lease, released by the completion; granted
         // with the rest of the batch, before the batch reaches the store
         // ([`Worker::grant_leases`]).
+        let tag = (u64::from(self.store_steps) << 32) | u64::from(cmd_h);
+        self.store_steps = self.store_steps.wrapping_add(1);
         if let Some(buffer) = &ctx.buffer {
-            self.to_lease.push((u64::from(cmd_h), Arc::clone(&buffer.buffer)));
+            self.to_lease.push((tag, Arc::clone(&buffer.buffer)));
         }
         self.submit.push(StoreRequest {
-            tag: u64::from(cmd_h),
+            tag,
             op: io.op.clone(),
             buffer: ctx.buffer.clone(),
         });
@@ -1506,7 +1515,12 @@ impl Worker {
             self.earliest_deadline
                 .map_or(ctx.deadline, |earliest| earliest.min(ctx.deadline)),
         );
-        slot.insert(Inflight { io, ctx, lease: None });
+        slot.insert(Inflight {
+            tag,
+            io,
+            ctx,
+            lease: None,
+        });
     }
 
     /// Lease the buffers of the requests queued since the last batch, under one acquisition of
@@ -1626,8 +1640,24 @@ impl Worker {
         let mut done = std::mem::take(&mut self.completions);
         for completion in done.drain(..) {
             let cmd_h = completion.tag as u32;
+            match self.inflight.get(&cmd_h) {
+                Some(step) if step.tag == completion.tag => {}
+                // An earlier step's tag: the store completed that request twice. Taken for
+                // this step's, it would answer the command before this step ran (a READ's data
+                // not read yet) and end the lease the device may still use.
+                Some(_) => {
+                    log::error!(
+                        "store completed tag {:#x}, an earlier step of cmd_h {cmd_h}, again; ignored",
+                        completion.tag
+                    );
+                    continue;
+                }
+                None => {
+                    log::error!("store completed unknown tag {:#x}; ignored", completion.tag);
+                    continue;
+                }
+            }
             let Some(state) = self.inflight.remove(&cmd_h) else {
-                log::error!("store completed unknown tag {}; ignored", completion.tag);
                 continue;
             };
             // The device is done with the buffer: its lease ends with the reap's others, under
