@@ -1640,26 +1640,21 @@ impl Worker {
         let mut done = std::mem::take(&mut self.completions);
         for completion in done.drain(..) {
             let cmd_h = completion.tag as u32;
-            match self.inflight.get(&cmd_h) {
-                Some(step) if step.tag == completion.tag => {}
+            let std::collections::hash_map::Entry::Occupied(step) = self.inflight.entry(cmd_h) else {
+                log::error!("store completed unknown tag {:#x}; ignored", completion.tag);
+                continue;
+            };
+            if step.get().tag != completion.tag {
                 // An earlier step's tag: the store completed that request twice. Taken for
                 // this step's, it would answer the command before this step ran (a READ's data
                 // not read yet) and end the lease the device may still use.
-                Some(_) => {
-                    log::error!(
-                        "store completed tag {:#x}, an earlier step of cmd_h {cmd_h}, again; ignored",
-                        completion.tag
-                    );
-                    continue;
-                }
-                None => {
-                    log::error!("store completed unknown tag {:#x}; ignored", completion.tag);
-                    continue;
-                }
-            }
-            let Some(state) = self.inflight.remove(&cmd_h) else {
+                log::error!(
+                    "store completed tag {:#x}, an earlier step of cmd_h {cmd_h}, again; ignored",
+                    completion.tag
+                );
                 continue;
-            };
+            }
+            let state = step.remove();
             // The device is done with the buffer: its lease ends with the reap's others, under
             // one acquisition of the lease table below.
             if let Some(lease) = state.lease {
