@@ -480,6 +480,20 @@ impl VerifyCursor {
     }
 }
 
+/// One piece of a VERIFY of request `parent`: `blocks` blocks from `lba` read into the scratch
+/// chunk at `iova`.
+fn verify_read(parent: u64, lba: u64, blocks: u64, bs: u64, iova: u64) -> Child {
+    let len = (blocks * bs) as u32;
+    Child {
+        parent,
+        op: DeviceOp::Read,
+        fua: false,
+        lba,
+        length: len,
+        segments: Segments::Whole { iova, len },
+    }
+}
+
 /// Pieces of one VERIFY in flight at once.
 const VERIFY_WINDOW: u64 = 8;
 
@@ -844,13 +858,7 @@ impl AccelQueue {
                 let per = write_same_chunk(self.info);
                 Ok(std::iter::from_fn(|| cursor.take(per))
                     .take(VERIFY_WINDOW as usize)
-                    .map(|(lba, n)| {
-                        let segments = Segments::Whole {
-                            iova,
-                            len: (n * bs) as u32,
-                        };
-                        child(DeviceOp::Read, false, lba, n, segments)
-                    })
+                    .map(|(lba, n)| verify_read(req.tag, lba, n, bs, iova))
                     .collect())
             }
         }
@@ -1200,21 +1208,15 @@ impl AccelQueue {
             _ => None,
         };
         if let Some((lba, n)) = next {
-            let iova = self.verify_scratch.as_ref().map(MappedRegion::iova);
-            if let Some(iova) = iova {
-                parent.remaining += 1;
-                let piece = Child {
-                    parent: child.parent,
-                    op: DeviceOp::Read,
-                    fua: false,
-                    lba,
-                    length: (n * self.bs()) as u32,
-                    segments: Segments::Whole {
-                        iova,
-                        len: (n * self.bs()) as u32,
-                    },
-                };
-                self.enqueue(piece);
+            // Mapped by `start` before the first window: without it the rest is unread, and
+            // the VERIFY must not answer GOOD.
+            match self.verify_scratch.as_ref().map(MappedRegion::iova) {
+                Some(iova) => {
+                    parent.remaining += 1;
+                    let piece = verify_read(child.parent, lba, n, self.bs(), iova);
+                    self.enqueue(piece);
+                }
+                None => parent.status = parent.status.merge_piece(StoreStatus::DeviceError),
             }
         }
         let Some(parent) = self.parents.get_mut(&child.parent) else {
