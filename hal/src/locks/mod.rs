@@ -1,6 +1,7 @@
 //! The checked lock hierarchy of scst-accel (architecture.md §4, docs/locking.md).
 //!
-//! Every lock of the project has a level ([`levels`], one ordered list). A thread may take a
+//! Every lock of the product has a level ([`levels`], one ordered list; the exceptions, one
+//! leaf mutex and a few flags, are listed in docs/locking.md). A thread may take a
 //! lock only while every lock it holds is of a strictly lower level, so no two threads can wait
 //! for each other's locks: the AB-BA deadlock of SCST's history (cleanup took the buffer-pool
 //! lock then the command-list lock, I/O the other way round; scst_user.md §5.6) cannot happen.
@@ -25,8 +26,9 @@
 //!   feature (as tracing-mutex): every acquisition, with or without a token, checks a
 //!   per-thread stack of held locks and fails at once, before blocking, on an inversion:
 //!   "lock order violation: taking `frontend.cmd_table` (level 2) at src/x.rs:10:5 while
-//!   holding `sgv.pool` (level 8) taken at src/y.rs:20:9" (a panic in debug builds; in release
-//!   builds a log line and an abort, never a deadlock). Call sites that cannot thread a token (callbacks,
+//!   holding `sgv.pool` (level 8) taken at src/y.rs:20:9", on stderr and in the log, and the
+//!   process aborts, never deadlocks (a test that provokes a violation on purpose holds
+//!   [`expect_violations`], and gets a panic there instead). Call sites that cannot thread a token (callbacks,
 //!   trait objects, `Drop`) use [`OrderedMutex::lock_unchecked_at_runtime`] and rely on this.
 //!   Locks of the same level are never nested, so the order is total and no cycle can form.
 //!
@@ -65,8 +67,10 @@ pub use levels::LockLevel;
 pub use mutex::OrderedMutex;
 pub use mutex::OrderedMutexGuard;
 pub use runtime::assert_no_locks_held;
+pub use runtime::expect_violations;
 pub use runtime::held_locks;
 pub use runtime::observed_edges;
+pub use runtime::ExpectViolations;
 pub use runtime::LOCK_CHECK;
 pub use rwlock::OrderedReadGuard;
 pub use rwlock::OrderedRwLock;

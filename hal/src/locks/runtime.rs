@@ -9,9 +9,13 @@
 //! It catches what the types cannot see: acquisitions through
 //! `lock_unchecked_at_runtime` (callbacks, trait objects), a second [`LockToken::root`] made
 //! while a lock is held, and locks held across blocking calls. A violation names both locks and
-//! both acquisition sites; debug and test builds panic (tests expect it), release builds log
-//! and abort: a handler that has broken the order must stop before it deadlocks, and a panic in
-//! a worker thread could be caught and leave the deadlock to happen. Without the checker
+//! both acquisition sites, and the process aborts, in every build: a handler that has broken
+//! the order must stop before it deadlocks, and a panic in a worker thread could be caught (a
+//! join that logs it, a poisoned lock recovered) and leave the deadlock to happen, or a test
+//! pass that should have failed. The message goes to stderr (past libtest's capture, which an
+//! abort would lose) and to the log. A test that provokes a violation on purpose holds
+//! [`expect_violations`] on its thread; there (debug builds) a violation panics instead, so
+//! that `should_panic` and `catch_unwind` see it. Without the checker
 //! every function here is an empty inline function and a guard carries nothing but its hold
 //! time for [`lock_stats`](super::lock_stats).
 //!
@@ -38,6 +42,19 @@ mod imp {
     thread_local! {
         static HELD: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
         static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+        /// How many [`super::ExpectViolations`] guards this thread holds.
+        static EXPECTING: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Count one more (or one fewer) guard of [`super::expect_violations`] on this thread.
+    pub(crate) fn expecting(more: bool) {
+        let _ = EXPECTING.try_with(|n| {
+            n.set(if more {
+                n.get() + 1
+            } else {
+                n.get().saturating_sub(1)
+            })
+        });
     }
 
     /// Edges observed by any thread, by lock name (debug builds: the tests compare them with
@@ -48,14 +65,22 @@ mod imp {
     static EDGES: std::sync::Mutex<std::collections::BTreeSet<(&'static str, &'static str)>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-    /// Report a violation: panic in debug and test builds, log and abort in release builds.
+    /// Report a violation: a panic on a thread of a debug build that expects one
+    /// ([`super::expect_violations`]); anywhere else the message on stderr and in the log, and
+    /// an abort.
     #[cold]
     fn fail(message: String) -> ! {
-        if cfg!(debug_assertions) {
+        if cfg!(debug_assertions) && EXPECTING.try_with(Cell::get).unwrap_or(0) > 0 {
             panic!("{message}");
         }
         log::error!("{message}");
-        eprintln!("scst-accel: {message}; aborting");
+        // Straight to the file, not through eprintln!: libtest captures that per test and the
+        // abort would discard it.
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("scst-accel: {message}; aborting\n{backtrace}\n").as_bytes(),
+        );
         std::process::abort();
     }
 
@@ -204,11 +229,39 @@ mod imp {
     pub(crate) fn observed_edges() -> Vec<(&'static str, &'static str)> {
         Vec::new()
     }
+
+    #[inline(always)]
+    pub(crate) fn expecting(_more: bool) {}
 }
 
 /// Whether the runtime checker is compiled in (debug and test builds; release builds with the
 /// `lock-check` feature).
 pub const LOCK_CHECK: bool = cfg!(any(debug_assertions, feature = "lock-check"));
+
+/// While this lives, a lock-order violation or a lock held across a blocking call on this
+/// thread panics (debug builds) instead of aborting the process: for a test that provokes one
+/// on purpose (`should_panic`, `catch_unwind`). Only this thread: a violation on any other
+/// still aborts. A release build with `lock-check` aborts regardless.
+#[must_use = "violations are expected only while the guard lives"]
+#[derive(Debug)]
+pub struct ExpectViolations {
+    /// Not Send: the expectation is this thread's.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// A test expects a violation on this thread ([`ExpectViolations`]).
+pub fn expect_violations() -> ExpectViolations {
+    imp::expecting(true);
+    ExpectViolations {
+        _thread: std::marker::PhantomData,
+    }
+}
+
+impl Drop for ExpectViolations {
+    fn drop(&mut self) {
+        imp::expecting(false);
+    }
+}
 
 /// This thread holds one checked lock for as long as this lives; it also times the hold for
 /// [`lock_stats`](super::lock_stats).

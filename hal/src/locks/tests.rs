@@ -39,6 +39,7 @@ fn every_build_with_debug_assertions_checks_the_order() {
     }
     let table = Table::new(Vec::new());
     let pool = Pool::new(Vec::new());
+    let _expected = expect_violations();
     let inversion = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _free_lists = pool.lock_unchecked_at_runtime();
         let _entries = table.lock_unchecked_at_runtime();
@@ -90,6 +91,7 @@ fn guards_may_be_dropped_out_of_order() {
     expected = "lock order violation: taking `frontend.cmd_table` (level 2) while holding `sgv.pool` (level 9)"
 )]
 fn the_scst_inversion_panics_at_run_time() {
+    let _expected = expect_violations();
     // SCST's cleanup path: the pool lock, then the command list. Two threads doing this and the
     // I/O order would deadlock; the checker rejects the first thread alone, at once.
     let table = Table::new(Vec::new());
@@ -104,6 +106,7 @@ fn the_scst_inversion_panics_at_run_time() {
     expected = "lock order violation: taking `sgv.stash` (level 10) while holding `sgv.stash` (level 10)"
 )]
 fn two_locks_of_one_level_are_never_nested() {
+    let _expected = expect_violations();
     let mine = OrderedMutex::<(), levels::SgvStash>::new(());
     let other = OrderedMutex::<(), levels::SgvStash>::new(());
     let _a = mine.lock_unchecked_at_runtime();
@@ -114,6 +117,7 @@ fn two_locks_of_one_level_are_never_nested() {
 #[test]
 #[should_panic(expected = "lock order violation: taking `iommu.table` (level 20)")]
 fn a_recursive_read_panics() {
+    let _expected = expect_violations();
     let table = OrderedRwLock::<u32, levels::IommuTable>::new(0);
     let _a = table.read_unchecked_at_runtime();
     let _b = table.read_unchecked_at_runtime();
@@ -123,6 +127,7 @@ fn a_recursive_read_panics() {
 #[test]
 #[should_panic(expected = "blocking call `VFIO_DEVICE_RESET` while holding `sim.state` (level 18)")]
 fn a_blocking_call_under_a_lock_panics() {
+    let _expected = expect_violations();
     let state = OrderedMutex::<(), levels::SimState>::new(());
     let _g = state.lock_unchecked_at_runtime();
     assert_no_locks_held("VFIO_DEVICE_RESET");
@@ -132,6 +137,7 @@ fn a_blocking_call_under_a_lock_panics() {
 #[test]
 #[should_panic(expected = "blocking call `LockToken::root` while holding `frontend.cmd_table`")]
 fn a_root_token_under_a_lock_panics() {
+    let _expected = expect_violations();
     let table = Table::new(Vec::new());
     let _g = table.lock_unchecked_at_runtime();
     let _second_root = LockToken::root();
@@ -141,6 +147,7 @@ fn a_root_token_under_a_lock_panics() {
 #[test]
 #[should_panic(expected = "blocking call `sleep` while holding `dma.iova` (level 11)")]
 fn sleep_under_a_lock_panics() {
+    let _expected = expect_violations();
     let iovas = OrderedMutex::<(), levels::DmaIova>::new(());
     let _g = iovas.lock_unchecked_at_runtime();
     sleep(Duration::ZERO);
@@ -152,6 +159,7 @@ fn sleep_under_a_lock_panics() {
     expected = "blocking call `Condvar::wait_timeout` while holding `frontend.sessions` (level 1)"
 )]
 fn a_condvar_wait_under_another_lock_panics() {
+    let _expected = expect_violations();
     let sessions = OrderedMutex::<(), levels::FrontendSessions>::new(());
     let state = OrderedMutex::<(), levels::SimState>::new(());
     let cond = OrderedCondvar::new();
@@ -462,5 +470,55 @@ fn lock_stats_add_up_the_counts_of_every_thread() {
         after > before + THREADS * HOLDS,
         "{after} after {before}: {} holds on {THREADS} threads and one here",
         THREADS * HOLDS
+    );
+}
+
+/// The variable that makes [`a_violation_on_a_thread_that_expects_none_aborts_the_process`]'s
+/// second run (in a child process) commit the violation.
+const ABORT_CHILD: &str = "SCST_ACCEL_LOCKS_ABORT_CHILD";
+
+/// A violation on a thread that holds no [`expect_violations`] aborts the whole process, with
+/// the message on stderr, also in a test build: a worker's panic would only reach a bounded join
+/// that logs it (the file store's I/O threads, the simulators' engines, the SGV refill thread)
+/// and the test would pass. The test runs itself again in a child process that commits the
+/// inversion on such a thread, and requires SIGABRT and the message.
+#[cfg(debug_assertions)]
+#[test]
+fn a_violation_on_a_thread_that_expects_none_aborts_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+
+    if std::env::var_os(ABORT_CHILD).is_some() {
+        let worker = std::thread::spawn(|| {
+            let table = Table::new(Vec::new());
+            let pool = Pool::new(Vec::new());
+            let _free_lists = pool.lock_unchecked_at_runtime();
+            let _entries = table.lock_unchecked_at_runtime();
+        });
+        // As those joiners do: a panic is a value here, which the test would not look at.
+        let _ = join_bounded(worker, Duration::from_secs(10));
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "locks::tests::a_violation_on_a_thread_that_expects_none_aborts_the_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ABORT_CHILD, "1")
+        .output()
+        .expect("run the test binary again");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "the inversion did not abort the child: {:?}, stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(
+            "lock order violation: taking `frontend.cmd_table` (level 2) while holding `sgv.pool` (level 9)"
+        ) && stderr.contains("aborting"),
+        "stderr:\n{stderr}"
     );
 }
