@@ -52,6 +52,18 @@ impl ErrorLogPage {
     }
 }
 
+/// The error log page taken (`ErrorLogPage::busy` set) for one reader; dropping it lets the next
+/// one in. An atomic flag, not a lock of the hierarchy: its holder runs an admin command (a
+/// blocking call), and its waiters sleep with [`scst_accel_hal::locks::sleep`], bounded by their
+/// caller's timeout (docs/locking.md, "Flags that act as locks").
+struct PageHeld<'a>(&'a AtomicBool);
+
+impl Drop for PageHeld<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl NvmeController {
     /// GET LOG PAGE, Error Information (NVMe 1.4 §5.14.1.1): the ELPE + 1 entries IDENTIFY
     /// reported (at most [`ERROR_LOG_MAX_ENTRIES`], one page), in the controller's order;
@@ -82,8 +94,10 @@ impl NvmeController {
             scst_accel_hal::locks::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
         }
+        // Released by the guard's drop, also if the read panics (a panic under it would
+        // otherwise leave the page taken, and every later read would time out on it).
+        let _page = PageHeld(&log.busy);
         let result = self.read_error_log(deadline.saturating_duration_since(Instant::now()));
-        log.busy.store(false, Ordering::Release);
         result.map_err(|e| match e {
             // The bound the caller gave, not what was left of it after the wait for the page.
             NvmeError::Timeout { device, what, .. } => NvmeError::Timeout {

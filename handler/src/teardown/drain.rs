@@ -154,6 +154,9 @@ impl Drain {
     /// # Errors
     /// [`Remaining`] if commands are still inside at the deadline: escalate.
     pub fn wait_idle(&self, timeout: Duration) -> Result<(), Remaining> {
+        // A wait: no checked lock may be held across it (its own `idle_lock` is outside the
+        // hierarchy, docs/locking.md, so the condition variable's wait does not assert this).
+        scst_accel_hal::locks::assert_no_locks_held("Drain::wait_idle");
         self.close();
         let deadline = Deadline::after(timeout);
         let state = &*self.state;
