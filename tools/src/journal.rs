@@ -52,6 +52,24 @@ pub fn line(level: log::Level, target: &str, message: &str) -> String {
     out
 }
 
+/// A message for the operator written straight to stderr, not through the logger (a refused
+/// configuration, a start that failed): when stderr is the journal's stream each of its lines
+/// carries the error priority, so that `journalctl -p err` shows it (without the prefix the
+/// journal stores the line at info).
+pub fn error_to_stderr(text: &str) {
+    eprint!("{}", error_text(stderr_is_journal(), text));
+}
+
+/// What [`error_to_stderr`] writes.
+fn error_text(journal: bool, text: &str) -> String {
+    if journal {
+        let err = priority(log::Level::Error);
+        text.split('\n').map(|l| format!("<{err}>{l}\n")).collect()
+    } else {
+        format!("{text}\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +88,13 @@ mod tests {
         assert_eq!(priority(log::Level::Warn), 4);
         assert_eq!(priority(log::Level::Info), 6);
         assert_eq!(priority(log::Level::Debug), 7);
+    }
+
+    #[test]
+    fn an_error_written_to_the_journal_s_stream_carries_the_error_priority() {
+        assert_eq!(error_text(true, "serve: bad key"), "<3>serve: bad key\n");
+        assert_eq!(error_text(true, "a\nb"), "<3>a\n<3>b\n");
+        assert_eq!(error_text(false, "serve: bad key"), "serve: bad key\n");
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     let config = match service_config(&args, matches) {
         Ok(c) => c,
         Err((message, code)) => {
-            eprintln!("scst-accel serve: {message}");
+            crate::journal::error_to_stderr(&format!("scst-accel serve: {message}"));
             return code;
         }
     };
@@ -111,13 +111,17 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("scst-accel serve: cannot install signal handlers: {e}");
+            crate::journal::error_to_stderr(&format!(
+                "scst-accel serve: cannot install signal handlers: {e}"
+            ));
             return exit::SOFTWARE;
         }
     };
     if config.service.frontend == Frontend::Tcmu {
         if args.loopback {
-            eprintln!("scst-accel serve: --loopback is the scst_user frontend's; not with --frontend tcmu");
+            crate::journal::error_to_stderr(
+                "scst-accel serve: --loopback is the scst_user frontend's; not with --frontend tcmu",
+            );
             return exit::USAGE;
         }
         return crate::tcmu::run(&config, &mut signals);
@@ -155,7 +159,7 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
     let servers = match Servers::start(&config.service, Arc::new(service.handle())) {
         Ok(s) => s,
         Err(message) => {
-            eprintln!("scst-accel serve: {message}");
+            crate::journal::error_to_stderr(&format!("scst-accel serve: {message}"));
             let _ = service.stop();
             return exit::CONFIG;
         }
@@ -185,9 +189,9 @@ pub fn run(args: ServeArgs, matches: Option<&ArgMatches>) -> u8 {
             code => code,
         };
         for (name, failure) in &failures {
-            eprintln!("scst-accel serve: disk {name}: {}", failure.message);
+            crate::journal::error_to_stderr(&format!("scst-accel serve: disk {name}: {}", failure.message));
         }
-        eprintln!("scst-accel serve: no disk could start; exiting {code}");
+        crate::journal::error_to_stderr(&format!("scst-accel serve: no disk could start; exiting {code}"));
         notifier.status(&format!("no disk could start (exit {code})"));
         let _ = service.stop();
         servers.stop();
