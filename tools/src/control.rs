@@ -357,6 +357,7 @@ pub fn status_reply(disks: &[DiskSnapshot], rates: &[DiskRates]) -> Value {
                 "block_size": d.block_size,
                 "num_blocks": d.num_blocks,
                 "exports": d.exports,
+                "exports_lost": d.exports_lost,
                 "in_flight": f.inflight,
                 "iops": r.iops,
                 "mb_per_s": r.mb_per_s,

@@ -479,24 +479,161 @@ impl Exporter {
     }
 }
 
+impl Exporter {
+    /// Apply again, for `device`, the export blocks of `specs` whose LUN is gone (found by
+    /// [`AppliedExports::check`]): iscsi-scstd's exit deletes every iSCSI target (iscsi-scst's
+    /// `iscsi_release` -> `target_del_all`), so each restart of it takes the disks' iSCSI
+    /// exports away, and an operator's `del` takes one LUN. Each block is checked first as the
+    /// preflight checks it (the driver loaded; for iSCSI, iscsi-scstd connected), then applied
+    /// as [`Exporter::apply`] does: the target created when absent (ours to delete then), the
+    /// LUN added, the target and the driver enabled. Unlike `apply`, nothing is undone on a
+    /// failure: what was done serves, and is recorded in the [`Restored`] for the stop to remove.
+    ///
+    /// # Errors
+    /// The first failure (the blocks after it are not tried: the next check tries again).
+    pub fn restore(&self, device: &str, specs: &[ExportSpec]) -> (Restored, Result<(), ExportError>) {
+        let mut steps = Vec::new();
+        for spec in specs {
+            let applied = self
+                .preflight(std::slice::from_ref(spec))
+                .and_then(|()| self.apply_one(device, spec, &mut steps));
+            if let Err(e) = applied {
+                return (Restored { steps }, Err(e));
+            }
+        }
+        (Restored { steps }, Ok(()))
+    }
+}
+
+/// What [`Exporter::restore`] did, to take into the disk's [`AppliedExports`]
+/// ([`AppliedExports::absorb`]) so that the stop removes it.
+#[derive(Debug, Default)]
+#[must_use = "restored exports stay in SCST until removed"]
+pub struct Restored {
+    steps: Vec<Step>,
+}
+
+impl Restored {
+    /// The LUNs added, as `driver/target/lun`.
+    pub fn describe(&self) -> Vec<String> {
+        describe(&self.steps)
+    }
+
+    /// The iSCSI targets created (see [`AppliedExports::created_targets`]).
+    pub fn created_targets(&self) -> Vec<String> {
+        created_targets(&self.steps)
+    }
+}
+
+/// What SCST's sysfs says now of a LUN [`Exporter::apply`] added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LunNow {
+    /// It holds the disk's device.
+    Ours,
+    /// It is gone (its target too, perhaps).
+    Gone,
+    /// Another device holds its number now (an operator's `del` and `add`): left alone.
+    HeldBy(String),
+    /// Its `device` link could not be read.
+    Unreadable(String),
+}
+
 /// Done, or still queued in SCST (which may do it after we gave up waiting): either way its
 /// undo is due.
 fn maybe_applied(result: &Result<(), ExportError>) -> bool {
     matches!(result, Ok(()) | Err(ExportError::Queued { .. }))
 }
 
+/// The LUNs of `steps`, as `driver/target/lun`.
+fn describe(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Lun {
+                driver, target, lun, ..
+            } => Some(format!("{}/{target}/{lun}", driver.sysfs_name())),
+            Step::CreatedTarget { .. } => None,
+        })
+        .collect()
+}
+
+/// The targets `steps` created.
+fn created_targets(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::CreatedTarget { target } => Some(target.clone()),
+            Step::Lun { .. } => None,
+        })
+        .collect()
+}
+
 impl AppliedExports {
     /// The LUNs, as `driver/target/lun`.
     pub fn describe(&self) -> Vec<String> {
+        describe(&self.steps)
+    }
+
+    /// Each LUN added, as `driver/target/lun`, with what sysfs says of it now (a `readlink` of
+    /// its `device` link: no SCST lock taken, nothing waited for).
+    pub fn check(&self) -> Vec<(String, LunNow)> {
         self.steps
             .iter()
             .filter_map(|step| match step {
                 Step::Lun {
-                    driver, target, lun, ..
-                } => Some(format!("{}/{target}/{lun}", driver.sysfs_name())),
+                    driver,
+                    target,
+                    lun,
+                    device,
+                } => {
+                    let dir = driver_dir(&self.mgmt.root, *driver)
+                        .join(target)
+                        .join("luns")
+                        .join(lun.to_string());
+                    let now = match lun_holder(&dir) {
+                        Ok(Some(holder)) if holder == *device => LunNow::Ours,
+                        Ok(Some(holder)) => LunNow::HeldBy(holder),
+                        Ok(None) => LunNow::Gone,
+                        Err(e) => LunNow::Unreadable(e.to_string()),
+                    };
+                    Some((format!("{}/{target}/{lun}", driver.sysfs_name()), now))
+                }
                 Step::CreatedTarget { .. } => None,
             })
             .collect()
+    }
+
+    /// The blocks of `specs` (the disk's configuration) whose LUN `check` found gone: what
+    /// [`Exporter::restore`] applies again.
+    pub fn gone(&self, specs: &[ExportSpec]) -> Vec<ExportSpec> {
+        let gone: Vec<String> = self
+            .check()
+            .into_iter()
+            .filter(|(_, now)| *now == LunNow::Gone)
+            .map(|(lun, _)| lun)
+            .collect();
+        specs
+            .iter()
+            .filter(|spec| {
+                gone.contains(&format!(
+                    "{}/{}/{}",
+                    spec.driver.sysfs_name(),
+                    spec.target,
+                    spec.lun
+                ))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Take in what a restore did: a LUN added again is recorded once, a target it created is
+    /// this disk's to leave and the service's to delete, as those `apply` created.
+    pub fn absorb(&mut self, restored: Restored) {
+        for step in restored.steps {
+            if !self.steps.contains(&step) {
+                self.steps.push(step);
+            }
+        }
     }
 
     /// The iSCSI targets `apply` created (`add_target`). Other disks of the service may add
@@ -504,13 +641,7 @@ impl AppliedExports {
     /// and the service deletes each once no disk of it exports there
     /// ([`Exporter::delete_target`]).
     pub fn created_targets(&self) -> Vec<String> {
-        self.steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::CreatedTarget { target } => Some(target.clone()),
-                Step::Lun { .. } => None,
-            })
-            .collect()
+        created_targets(&self.steps)
     }
 
     /// Remove this disk's LUNs, in reverse order; the targets it created stay (see

@@ -17,7 +17,10 @@ use crate::config::ServiceSettings;
 use crate::config::TargetDriver;
 use crate::exit;
 use crate::export::AppliedExports;
+use crate::export::ExportError;
 use crate::export::Exporter;
+use crate::export::LunNow;
+use crate::export::Restored;
 use crate::status::DeviceCounters;
 use crate::status::DiskSnapshot;
 use crate::status::DiskState;
@@ -67,6 +70,24 @@ const DELETION_GRACE: Duration = Duration::from_secs(1);
 /// while it is busy), together and not a grace each, so the stop stays inside the margin
 /// `serve` announced over the budget (EXTEND_TIMEOUT_USEC) however many targets there are.
 /// A deletion still running then is left to finish on its own.
+/// Log `said` about `key` when it differs from what was said last (a condition that lasts is
+/// logged once); `None` (all is well again) is logged only after something was.
+fn note(notes: &mut std::collections::BTreeMap<String, String>, key: &str, said: Option<String>) {
+    match said {
+        Some(text) => {
+            if notes.get(key) != Some(&text) {
+                log::warn!("{text}");
+                notes.insert(key.to_string(), text);
+            }
+        }
+        None => {
+            if notes.remove(key).is_some() {
+                log::info!("{key}: as configured again");
+            }
+        }
+    }
+}
+
 fn join_deletions(deletions: Vec<std::thread::JoinHandle<()>>, deadline: Instant) {
     let end = deadline.max(Instant::now() + DELETION_GRACE);
     for deletion in deletions {
@@ -143,6 +164,9 @@ pub struct StartOptions {
     /// How long a disk's teardown waits for SCST to remove its LUNs before it closes the
     /// device anyway ([`LUN_REMOVAL_BOUND`] by default).
     pub lun_removal_bound: Duration,
+    /// How often the supervisor looks whether each serving disk's LUNs are still there, and
+    /// applies again those that are gone ([`EXPORT_CHECK`] by default).
+    pub export_check: Duration,
 }
 
 impl Default for StartOptions {
@@ -152,9 +176,17 @@ impl Default for StartOptions {
             persist_identities: true,
             stores: None,
             lun_removal_bound: LUN_REMOVAL_BOUND,
+            export_check: EXPORT_CHECK,
         }
     }
 }
+
+/// How often a serving disk's exports are checked: each LUN's `device` link read (a
+/// `readlink` in sysfs, which takes no SCST lock). A LUN found gone is added again (and its
+/// iSCSI target created again when it went too: iscsi-scstd's exit deletes every iSCSI target,
+/// so each restart of it took the service's exports away until the service restarted); a LUN
+/// another device holds now is reported and left alone.
+pub const EXPORT_CHECK: Duration = Duration::from_secs(5);
 
 /// How long a disk's teardown waits for SCST to remove its LUNs (`del LUN`) before it closes
 /// the device anyway. SCST's `del` waits, without a bound, until the LUN has no command in
@@ -203,6 +235,14 @@ struct Slot {
     /// Its LUNs are (or may still be) in SCST: from a start that applied exports until a
     /// teardown that ended; an abandoned or panicked teardown leaves it set.
     holds_exports: bool,
+    /// A restore of its gone LUNs, running on its own thread (a LUN `add` waits for the
+    /// handler's ATTACH_SESS, an EAGAIN for SCST's result: the supervisor must not).
+    restore: Option<JoinHandle<(Restored, Result<(), ExportError>)>>,
+    /// What was last said of each LUN and of the last restore, so that a condition that
+    /// lasts is logged once, not at every check.
+    export_notes: std::collections::BTreeMap<String, String>,
+    /// The LUNs the last check did not find holding the disk's device (status).
+    exports_lost: Vec<String>,
 }
 
 /// What the control socket, the metrics endpoint and the watchdog ask a service's loop (the
@@ -305,6 +345,9 @@ pub struct Service {
     persist_identities: bool,
     lun_removal_bound: Duration,
     stores: Option<StoreFactory>,
+    export_check: Duration,
+    /// When the exports are next checked ([`Service::keep_exports`]).
+    next_export_check: Instant,
 }
 
 impl Service {
@@ -350,6 +393,8 @@ impl Service {
             persist_identities: options.persist_identities,
             lun_removal_bound: options.lun_removal_bound,
             stores: options.stores,
+            export_check: options.export_check,
+            next_export_check: Instant::now() + options.export_check,
         }
     }
 
@@ -477,6 +522,7 @@ impl Service {
         loop {
             self.watch_triggers();
             self.collect_teardowns();
+            self.keep_exports();
             if !self.active() {
                 return false;
             }
@@ -588,6 +634,11 @@ impl Service {
             slot.failure = Some(format!("teardown overran {bound:?}"));
             slot.exit_code = exit::SOFTWARE;
         }
+        // A restore still running may create a target: waited for (bounded), so that the
+        // target is deleted with the others; the LUNs it adds go with the device's
+        // unregistration.
+        self.collect_restores(Some(deadline));
+        self.release_targets();
         join_deletions(std::mem::take(&mut self.target_deletions), deadline);
         self.slots.into_iter().map(Slot::into_outcome).collect()
     }
@@ -785,6 +836,125 @@ impl Service {
         }
     }
 
+    /// Every [`Service::export_check`](StartOptions::export_check): for each serving disk
+    /// whose restore is not running, what sysfs says of its LUNs; those gone are applied again
+    /// on a thread of the disk's ([`Exporter::restore`]). Finished restores are collected at
+    /// every call. Nothing once a stop began.
+    fn keep_exports(&mut self) {
+        self.collect_restores(None);
+        let Some(exporter) = self.exporter.clone() else {
+            return;
+        };
+        if self.stop_began.is_some() || Instant::now() < self.next_export_check {
+            return;
+        }
+        self.next_export_check = Instant::now() + self.export_check;
+        for slot in &mut self.slots {
+            if slot.state != DiskState::Serving || slot.restore.is_some() {
+                continue;
+            }
+            let Some(applied) = slot.running.as_ref().and_then(|r| r.exports.as_ref()) else {
+                continue;
+            };
+            let name = slot.spec.args.name.clone();
+            let now = applied.check();
+            slot.exports_lost = now
+                .iter()
+                .filter(|(_, state)| *state != LunNow::Ours)
+                .map(|(lun, _)| lun.clone())
+                .collect();
+            for (lun, state) in &now {
+                let said = match state {
+                    LunNow::Ours => None,
+                    LunNow::Gone => Some(format!(
+                        "disk {name}: LUN {lun} is gone (iscsi-scstd's restart deletes every                          iSCSI target; someone's `del`?): adding it again"
+                    )),
+                    LunNow::HeldBy(other) => Some(format!(
+                        "disk {name}: LUN {lun} holds device {other} now, not this disk: left                          alone; give the disk another LUN number, or free this one, and restart"
+                    )),
+                    LunNow::Unreadable(e) => Some(format!("disk {name}: LUN {lun}: {e}")),
+                };
+                note(&mut slot.export_notes, lun, said);
+            }
+            let gone = applied.gone(&slot.spec.exports);
+            if gone.is_empty() {
+                continue;
+            }
+            let exporter = exporter.clone();
+            let device = name.clone();
+            let handle = self.handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("re-export-{name}"))
+                .spawn(move || {
+                    let restored = exporter.restore(&device, &gone);
+                    handle.wake();
+                    restored
+                });
+            match spawned {
+                Ok(thread) => slot.restore = Some(thread),
+                Err(e) => log::error!("disk {name}: no thread to restore its exports: {e}"),
+            }
+        }
+    }
+
+    /// Take in the restores that ended (all of them, waiting at most until `until`, when
+    /// given): what each did goes into its disk's exports (or, if the disk stopped meanwhile,
+    /// its targets to the service's list and its LUNs to the device's unregistration).
+    fn collect_restores(&mut self, until: Option<Instant>) {
+        for slot in &mut self.slots {
+            let Some(thread) = slot.restore.take() else {
+                continue;
+            };
+            let joined = match until {
+                None if !thread.is_finished() => {
+                    slot.restore = Some(thread);
+                    continue;
+                }
+                None => scst_accel_hal::locks::join(thread).map_err(|_| "panicked"),
+                Some(deadline) => {
+                    let left = deadline.max(Instant::now() + DELETION_GRACE) - Instant::now();
+                    match scst_accel_hal::locks::join_bounded(thread, left) {
+                        Ok(joined) => joined.map_err(|_| "panicked"),
+                        Err(_) => Err("did not end within the stop's budget; left to finish"),
+                    }
+                }
+            };
+            let name = &slot.spec.args.name;
+            let (restored, result) = match joined {
+                Ok(r) => r,
+                Err(why) => {
+                    log::error!("disk {name}: the restore of its exports {why}");
+                    continue;
+                }
+            };
+            let luns = restored.describe();
+            for target in restored.created_targets() {
+                if !self.created_targets.contains(&target) {
+                    self.created_targets.push(target);
+                }
+            }
+            if !luns.is_empty() {
+                log::warn!("disk {name}: exported again as {}", luns.join(", "));
+                slot.exports_lost.retain(|lun| !luns.contains(lun));
+            }
+            match slot.running.as_mut().and_then(|r| r.exports.as_mut()) {
+                Some(applied) => applied.absorb(restored),
+                None => {
+                    // Stopping: the teardown has the exports; the device's unregistration
+                    // removes the LUNs this added.
+                    drop(restored);
+                }
+            }
+            let failure = result.err().map(|e| {
+                format!(
+                    "disk {name}: its exports could not be applied again: {e}; tried again                      every {:?}",
+                    self.export_check
+                )
+            });
+            note(&mut slot.export_notes, "restore", failure);
+        }
+    }
+
     /// Delete the iSCSI targets this service created that none of its disks exports to any
     /// more: a disk's teardown removes only its LUNs, since other disks may have theirs in a
     /// target it created (`del_target` would take them along). A disk whose teardown did not
@@ -913,6 +1083,9 @@ impl Slot {
             teardowns: Vec::new(),
             outcome: None,
             holds_exports: false,
+            restore: None,
+            export_notes: std::collections::BTreeMap::new(),
+            exports_lost: Vec::new(),
         }
     }
 
@@ -977,6 +1150,7 @@ impl Slot {
                 .and_then(|r| r.exports.as_ref())
                 .map(AppliedExports::describe)
                 .unwrap_or_default(),
+            exports_lost: running.map(|_| self.exports_lost.clone()).unwrap_or_default(),
             frontend: running.map(|r| r.frontend.stats()).or(self.last_stats),
             device: running.map_or(self.device, |r| r.backend.device_counters()),
             teardowns: self.teardowns.clone(),

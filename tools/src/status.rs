@@ -105,6 +105,9 @@ pub struct DiskSnapshot {
     pub num_blocks: u64,
     /// Exports applied now, as "driver/target/lun".
     pub exports: Vec<String>,
+    /// Those of `exports` the last check (every few seconds) did not find holding the disk's
+    /// device: gone (being applied again) or taken by another device.
+    pub exports_lost: Vec<String>,
     /// The frontend's counters while it runs (its last ones after a teardown). Not serialized
     /// as is: the status renderer turns them into named figures.
     #[serde(skip)]
@@ -257,6 +260,7 @@ pub(crate) mod fake {
                 block_size: 512,
                 num_blocks: 2048,
                 exports: vec!["scst_local/scst_local_tgt/0".into()],
+                exports_lost: Vec::new(),
                 frontend: Some(frontend),
                 // Three recoveries of the function, two of them the store's.
                 device: DeviceCounters {

@@ -295,6 +295,8 @@ impl TcmuDisk {
             } else {
                 Vec::new()
             },
+            // LIO's fabric links are made once at start and not watched.
+            exports_lost: Vec::new(),
             frontend: stats.map(frontend_stats),
             device: self
                 .running

@@ -41,6 +41,7 @@ impl ServiceView for Fake {
             block_size: 4096,
             num_blocks: 1 << 18,
             exports: Vec::new(),
+            exports_lost: Vec::new(),
             frontend: Some(FrontendStats {
                 exec: n * 1000,
                 exec_errors: 7,

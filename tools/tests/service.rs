@@ -506,6 +506,60 @@ fn exports_are_applied_after_registration_and_removed_at_stop() {
     );
 }
 
+/// A LUN taken away while the disk serves (an operator's `del`; iscsi-scstd's restart takes
+/// whole iSCSI targets) is found at the next check and added again; the status says it is
+/// lost meanwhile, and the stop removes the LUN as before.
+#[test]
+fn a_lun_taken_away_while_serving_is_added_again() {
+    let sysfs = FakeScstSysfs::new();
+    let (_kernel, side) = loopback();
+    let mut service = Service::start(
+        ServiceSettings {
+            scst_sysfs: sysfs.root(),
+            ..settings()
+        },
+        vec![exported(disk("exp-again", BoardArg::Ram, 16 << 20, 4096), 4)],
+        side,
+        StartOptions {
+            export_check: Duration::from_millis(50),
+            ..StartOptions::default()
+        },
+    );
+    assert_eq!(service.serving(), 1, "{:?}", service.start_failures());
+    assert_eq!(sysfs.wait_lines(1), vec!["add exp-again 4".to_string()]);
+    let lun = sysfs.root().join("targets/scst_local/scst_local_tgt/luns/4");
+    // A few checks find it in place: nothing written.
+    service.supervise(Duration::from_millis(200));
+    assert_eq!(sysfs.lines().len(), 1, "{:?}", sysfs.lines());
+    assert!(snapshots(&mut service)[0].exports_lost.is_empty());
+
+    std::fs::remove_dir_all(&lun).expect("the LUN is deleted by hand");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sysfs.lines().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the LUN was not added again: {:?}",
+            sysfs.lines()
+        );
+        service.supervise(Duration::from_millis(50));
+    }
+    assert_eq!(sysfs.lines()[1], "add exp-again 4");
+    // Collected once its thread ends: the status no longer says it is lost.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !snapshots(&mut service)[0].exports_lost.is_empty() {
+        assert!(Instant::now() < deadline, "still lost in the status");
+        service.supervise(Duration::from_millis(50));
+    }
+    assert_eq!(
+        snapshots(&mut service)[0].exports,
+        vec!["scst_local/scst_local_tgt/4".to_string()]
+    );
+    let outcomes = service.stop();
+    assert_eq!(Service::exit_code(&outcomes, false), 0);
+    assert_eq!(sysfs.wait_lines(3)[2], "del 4", "{:?}", sysfs.lines());
+    assert_eq!(sysfs.lines().len(), 3, "{:?}", sysfs.lines());
+}
+
 #[test]
 fn an_export_that_cannot_apply_starts_no_disk_at_all() {
     let sysfs = FakeScstSysfs::new();

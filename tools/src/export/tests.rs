@@ -773,3 +773,81 @@ fn export_preflight_requires_iscsi_scstd_connected() {
     std::fs::write(iscsi.join("open_state"), "open\n").expect("write");
     exporter.preflight(&specs).expect("iscsi-scstd connected");
 }
+
+/// iscsi-scstd's exit deletes every iSCSI target (iscsi-scst's `iscsi_release` ->
+/// `target_del_all`): the check finds the LUN gone, and a restore once iscsi-scstd is back
+/// creates the target again, adds the LUN and enables both, and that target is then the
+/// disk's to delete like one `apply` created. While iscsi-scstd is not connected the restore
+/// writes nothing and says why (69).
+#[test]
+fn export_a_target_iscsi_scstd_took_away_is_created_again_with_its_lun() {
+    let (dir, script, exporter) = scripted(Script::default());
+    let root = dir.path();
+    let iscsi = root.join("targets/iscsi");
+    std::fs::write(iscsi.join("open_state"), "open\n").expect("write");
+    let specs = vec![spec(TargetDriver::Iscsi, IQN, 0, true)];
+    // SCST would make the target's directory at the `add_target`: made here by hand, with the
+    // LUN the `add` makes, before and after the apply.
+    std::fs::create_dir_all(iscsi.join(IQN).join("luns")).expect("mkdir");
+    let mut applied = exporter.apply("accel0", &specs).expect("apply");
+    assert!(applied.created_targets().is_empty(), "the target existed");
+    lun_link(root, IQN_LUNS, 0, "accel0");
+    let lun = format!("iscsi/{IQN}/0");
+    assert_eq!(applied.check(), vec![(lun.clone(), LunNow::Ours)]);
+    assert!(applied.gone(&specs).is_empty());
+
+    std::fs::remove_dir_all(iscsi.join(IQN)).expect("iscsi-scstd exits: its targets go");
+    assert_eq!(applied.check(), vec![(lun.clone(), LunNow::Gone)]);
+    let gone = applied.gone(&specs);
+    assert_eq!(gone, specs);
+
+    std::fs::write(iscsi.join("open_state"), "closed\n").expect("write");
+    let before = script.lines().len();
+    let (restored, result) = exporter.restore("accel0", &gone);
+    assert!(
+        matches!(result, Err(ExportError::IscsiDaemon { .. })),
+        "{result:?}"
+    );
+    assert!(restored.describe().is_empty());
+    assert_eq!(
+        script.lines().len(),
+        before,
+        "nothing written without iscsi-scstd"
+    );
+
+    std::fs::write(iscsi.join("open_state"), "open\n").expect("write");
+    let (restored, result) = exporter.restore("accel0", &gone);
+    result.expect("restored");
+    assert_eq!(
+        script.lines()[before..],
+        [
+            format!("add_target {IQN}"),
+            "add accel0 0".to_string(),
+            "1".to_string(),
+            "1".to_string()
+        ]
+    );
+    assert_eq!(restored.describe(), vec![lun.clone()]);
+    assert_eq!(restored.created_targets(), vec![IQN.to_string()]);
+    applied.absorb(restored);
+    assert_eq!(applied.describe(), vec![lun], "the LUN is recorded once");
+    assert_eq!(applied.created_targets(), vec![IQN.to_string()]);
+}
+
+/// A LUN number another device holds now (an operator's `del` and `add`) is reported, not
+/// applied again: it is not ours to take back.
+#[test]
+fn export_a_lun_another_device_holds_now_is_left_alone() {
+    let (dir, _script, exporter) = scripted(Script::default());
+    let specs = vec![spec(TargetDriver::ScstLocal, "scst_local_tgt", 3, false)];
+    let applied = exporter.apply("accel0", &specs).expect("apply");
+    lun_link(dir.path(), LOCAL_LUNS, 3, "someone-else");
+    assert_eq!(
+        applied.check(),
+        vec![(
+            "scst_local/scst_local_tgt/3".to_string(),
+            LunNow::HeldBy("someone-else".into())
+        )]
+    );
+    assert!(applied.gone(&specs).is_empty());
+}
