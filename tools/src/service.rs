@@ -515,7 +515,8 @@ impl Service {
 
     /// Run the supervisor for at most `for_at_most` (or until every disk has ended): answer
     /// requests, tear down disks whose trigger fired, collect finished teardowns. Returns
-    /// whether any disk is still serving or stopping.
+    /// whether any disk is still serving or stopping; when none is, the requests queued are
+    /// answered first.
     pub fn supervise(&mut self, for_at_most: Duration) -> bool {
         let deadline = Instant::now() + for_at_most;
         let mut woken = false;
@@ -524,6 +525,11 @@ impl Service {
             self.collect_teardowns();
             self.keep_exports();
             if !self.active() {
+                // What is queued already is answered (a status asked while the last disk's
+                // teardown ended), not left to its asker's 5 s bound.
+                while let Ok(request) = self.requests.try_recv() {
+                    self.answer(request);
+                }
                 return false;
             }
             let left = deadline.saturating_duration_since(Instant::now());

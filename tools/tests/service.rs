@@ -233,6 +233,24 @@ fn a_trigger_wakes_the_supervisor() {
     let _ = service.stop();
 }
 
+/// A request queued when no disk is left (a status asked as the last teardown ended) is
+/// answered by the supervisor's last turn, not left to its asker's 5 s bound: the race behind
+/// `a_trigger_wakes_the_supervisor`'s occasional failure (its snapshot asked while the
+/// teardown it had just begun ended).
+#[test]
+fn a_request_queued_when_no_disk_is_left_is_answered() {
+    let (_kernel, side) = loopback();
+    let mut service = Service::new(settings(), Vec::new(), side, StartOptions::default());
+    assert!(!service.active());
+    let started = Instant::now();
+    assert!(snapshots(&mut service).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+}
+
 /// The end of a teardown wakes the supervisor, which collects the disk at once: a stop whose
 /// teardown waits for a READ the device holds 300 ms ends in about that, not at the
 /// supervisor's next turn a second after the stop began.
