@@ -819,5 +819,8 @@ fn await_queued(
     }
 }
 
+mod record;
+pub use record::CreatedTargets;
+
 #[cfg(test)]
 pub(crate) mod tests;

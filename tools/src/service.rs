@@ -17,6 +17,7 @@ use crate::config::ServiceSettings;
 use crate::config::TargetDriver;
 use crate::exit;
 use crate::export::AppliedExports;
+use crate::export::CreatedTargets;
 use crate::export::ExportError;
 use crate::export::Exporter;
 use crate::export::LunNow;
@@ -338,8 +339,10 @@ pub struct Service {
     last_status: String,
     exporter: Option<Exporter>,
     /// The iSCSI targets this service created, deleted once no disk exports there
-    /// ([`Service::release_targets`]).
+    /// ([`Service::release_targets`]); with those an earlier run created and recorded.
     created_targets: Vec<String>,
+    /// Where `created_targets` is kept for a run after a crash (the state directory).
+    target_record: CreatedTargets,
     /// Deletions of those targets still running (joined, bounded, by [`Service::stop`]).
     target_deletions: Vec<std::thread::JoinHandle<()>>,
     persist_identities: bool,
@@ -379,6 +382,20 @@ impl Service {
     ) -> Self {
         let (tx, requests) = crossbeam_channel::unbounded();
         let settings_root = settings.scst_sysfs.clone();
+        // The targets an earlier run created, which it may not have deleted (a kill -9): this
+        // run's as well, deleted at its stop once empty (`Exporter::delete_target` leaves a
+        // target holding someone else's LUN).
+        let target_record = CreatedTargets::at(
+            (options.apply_exports && options.persist_identities).then_some(settings.state_dir.as_path()),
+        );
+        let created_targets = target_record.load();
+        if !created_targets.is_empty() {
+            log::info!(
+                "iSCSI targets an earlier run created (the state directory's record): {}; \
+                 deleted at stop once empty",
+                created_targets.join(", ")
+            );
+        }
         Self {
             settings,
             kernel,
@@ -388,7 +405,8 @@ impl Service {
             stop_began: None,
             last_status: String::new(),
             exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
-            created_targets: Vec::new(),
+            created_targets,
+            target_record,
             target_deletions: Vec::new(),
             persist_identities: options.persist_identities,
             lun_removal_bound: options.lun_removal_bound,
@@ -728,10 +746,14 @@ impl Service {
                 running.frontend.on_trigger(Box::new(move || handle.wake()));
                 if let Some(applied) = &running.exports {
                     slot.holds_exports = true;
+                    let before = self.created_targets.len();
                     for target in applied.created_targets() {
                         if !self.created_targets.contains(&target) {
                             self.created_targets.push(target);
                         }
+                    }
+                    if self.created_targets.len() != before {
+                        self.target_record.save(&self.created_targets);
                     }
                 }
                 slot.running = Some(running);
@@ -937,6 +959,7 @@ impl Service {
             for target in restored.created_targets() {
                 if !self.created_targets.contains(&target) {
                     self.created_targets.push(target);
+                    self.target_record.save(&self.created_targets);
                 }
             }
             if !luns.is_empty() {
@@ -972,6 +995,7 @@ impl Service {
         };
         let slots = &self.slots;
         let mut deletions = Vec::new();
+        let before = self.created_targets.len();
         self.created_targets.retain(|target| {
             let used = slots.iter().any(|slot| {
                 slot.holds_exports
@@ -1003,6 +1027,11 @@ impl Service {
             }
             false
         });
+        if self.created_targets.len() != before {
+            // Taken off the record as their deletion begins: one that fails is logged, and
+            // then left in place by later runs too.
+            self.target_record.save(&self.created_targets);
+        }
         self.target_deletions.append(&mut deletions);
     }
 

@@ -1050,6 +1050,50 @@ fn a_teardown_that_overruns_the_stop_budget_is_abandoned() {
     assert_eq!(Service::exit_code(&outcomes, false), exit::SOFTWARE);
 }
 
+/// An iSCSI target an earlier run created and did not delete (it was killed) is in the state
+/// directory's record: this run exports into it (no `add_target`: it exists), takes it for its
+/// own, and deletes it at its stop once empty, taking it off the record. Without the record the
+/// target was someone else's and stayed, empty and enabled, after every later stop.
+#[test]
+fn a_target_an_earlier_run_created_is_deleted_at_this_run_s_stop() {
+    const IQN: &str = "iqn.2026-12.com.example:inherited";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let iscsi = root.join("targets/iscsi");
+    let mgmt = FifoRecorder::new(iscsi.join("mgmt"));
+    // A real directory: the target is there at the start, as the killed run left it.
+    let luns = FifoRecorder::new(iscsi.join(IQN).join("luns/mgmt"));
+    let settings = settings();
+    let record = settings.state_dir.join("iscsi-targets");
+    std::fs::write(&record, format!("# made by hand for the test\n{IQN}\n")).expect("record");
+    let mut spec = disk("inherit-ram", BoardArg::Ram, 16 << 20, 4096);
+    spec.exports.push(scst_accel::config::ExportSpec {
+        driver: scst_accel::config::TargetDriver::Iscsi,
+        target: IQN.into(),
+        lun: 0,
+        enable: false,
+    });
+    let (_kernel, side) = loopback();
+    let service = Service::start(
+        ServiceSettings {
+            scst_sysfs: root.to_path_buf(),
+            ..settings
+        },
+        vec![spec],
+        side,
+        StartOptions::default(),
+    );
+    assert_eq!(service.serving(), 1, "{:?}", service.start_failures());
+    assert_eq!(luns.wait_lines(1), vec!["add inherit-ram 0".to_string()]);
+    assert!(mgmt.lines().is_empty(), "the target exists: {:?}", mgmt.lines());
+    let outcomes = service.stop();
+    assert_eq!(Service::exit_code(&outcomes, false), 0);
+    assert_eq!(luns.wait_lines(2)[1], "del 0");
+    assert_eq!(mgmt.wait_lines(1), vec![format!("del_target {IQN}")]);
+    let left = std::fs::read_to_string(&record).expect("record");
+    assert!(!left.lines().any(|l| l == IQN), "still recorded: {left}");
+}
+
 /// Two disks with LUNs in one iSCSI target the service created: the failure of the disk whose
 /// export created it removes that disk's LUN only (a `del_target` would take the other disk's
 /// LUN along while it serves); the target goes once the last disk exporting there stopped.
@@ -1075,10 +1119,12 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         spec
     };
     let (kernel, side) = loopback();
+    let settings = settings();
+    let settings_dir = settings.state_dir.clone();
     let mut service = Service::start(
         ServiceSettings {
             scst_sysfs: root.to_path_buf(),
-            ..settings()
+            ..settings
         },
         vec![
             export(disk("tgt-first", BoardArg::Sim, 32 << 20, 4096), 0),
@@ -1088,6 +1134,13 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         StartOptions::default(),
     );
     assert_eq!(service.serving(), 2, "{:?}", service.start_failures());
+    assert!(
+        std::fs::read_to_string(settings_dir.join("iscsi-targets"))
+            .expect("the created target is recorded")
+            .lines()
+            .any(|l| l == IQN),
+        "a run after a crash must know it for this service's"
+    );
     assert_eq!(
         luns.wait_lines(2),
         vec!["add tgt-first 0".to_string(), "add tgt-second 1".to_string()]
@@ -1137,7 +1190,11 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         3,
         "a LUN gone is not deleted: {:?}",
         luns.lines()
-    );
+    ); // Recorded while it existed, off the record once deleted.
+    assert!(!std::fs::read_to_string(settings_dir.join("iscsi-targets"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == IQN));
 }
 
 /// A configured serial that another disk already has (here its generated one, persisted in the
