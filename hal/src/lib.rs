@@ -296,7 +296,10 @@ pub trait DeviceBacking: Send + Sync {
     /// Clear Bus Master Enable in the function's PCI command register and read it back: the
     /// device-independent way to stop a function's DMA when its reset failed (PCIe: a
     /// function with Bus Master Enable clear issues no memory requests). `Ok` only when the
-    /// bit reads back clear; after it, memory the function could reach may be unmapped.
+    /// bit reads back clear; after it, memory the function could reach may be unmapped. The
+    /// VFIO backend writes Memory Space Enable set with it, also where it was cleared under
+    /// the driver: written clear, vfio-pci would revoke BAR0's mapping and the next register
+    /// access would die of SIGBUS. So a BAR dark for that reason may answer again afterwards.
     ///
     /// # Errors
     /// [`HalError::OffTheBus`] when config space reads all-ones (the function is gone or its

@@ -5,8 +5,9 @@
 #   fault                  IDENTIFY to an unmapped IOVA    -> exit 5 (DMAR fault found)
 #   fault --expect-dmar    the same, fault required        -> exit 0
 # and one boot of the hal crate's VFIO unit tests on the guest's controller (hal-vfio: the
-# real-device test must run, not skip: BAR0, MSI-X, config space, the reset, DMA map/unmap and
-# the exact-unmap rule against the real type1 v2 driver).
+# real-device test must run, not skip: BAR0, MSI-X, config space, the reset, DMA map/unmap,
+# the exact-unmap rule against the real type1 v2 driver, and bus mastering cleared while Memory
+# Space Enable is cleared under the driver).
 # Usage: tests/hil/selftest.sh [OUTDIR]  (default target/hil/selftest). Exit 0 when all hold;
 # 3 when QEMU cannot run here (as `hil.sh check`).
 set -euo pipefail

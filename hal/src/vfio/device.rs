@@ -25,6 +25,11 @@ use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_WRITE;
 use vfio_ioctls::VfioContainer;
 use vfio_ioctls::VfioOps;
 
+use super::command;
+use super::command::ConfigIo;
+use super::command::PCI_COMMAND;
+use super::command::PCI_COMMAND_MASTER;
+use super::command::PCI_COMMAND_MEMORY;
 use super::dma::VfioDma;
 use super::error::VfioError;
 use super::fd_region::FdRegion;
@@ -46,12 +51,6 @@ const PCI_VENDOR_ID: u64 = 0x00;
 const PCI_DEVICE_ID: u64 = 0x02;
 /// Revision ID and class code (PCI_CLASS_REVISION: revision 08h, class code 09h-0Bh).
 const PCI_CLASS_REVISION: u64 = 0x08;
-/// PCI command register offset in config space (`linux/pci_regs.h` PCI_COMMAND).
-const PCI_COMMAND: u64 = 0x04;
-/// PCI_COMMAND_MEMORY: the function answers memory-space (BAR) accesses.
-const PCI_COMMAND_MEMORY: u16 = 1 << 1;
-/// PCI_COMMAND_MASTER: the function may issue DMA.
-const PCI_COMMAND_MASTER: u16 = 1 << 2;
 
 /// A PCIe function driven through VFIO.
 ///
@@ -267,33 +266,14 @@ impl DeviceBacking for VfioDevice {
         Ok(fds)
     }
 
+    /// Clears Bus Master Enable and leaves Memory Space Enable set, setting it again if it
+    /// was cleared under the driver (why: [`command::clear_bus_master`]).
     fn disable_bus_master(&self) -> Result<(), HalError> {
-        let fail = |reason: String| HalError::BusMaster {
-            device: self.id.clone(),
-            reason,
-        };
-        let cmd = self
-            .config
-            .read16(PCI_COMMAND)
-            .map_err(|e| fail(format!("reading the command register: {e}")))?;
-        if cmd == u16::MAX {
-            return Err(HalError::OffTheBus {
-                device: self.id.clone(),
-            });
-        }
-        self.config
-            .write16(PCI_COMMAND, cmd & !PCI_COMMAND_MASTER)
-            .map_err(|e| fail(format!("writing the command register: {e}")))?;
-        let now = self
-            .config
-            .read16(PCI_COMMAND)
-            .map_err(|e| fail(format!("reading the command register back: {e}")))?;
-        if now == u16::MAX || now & PCI_COMMAND_MASTER != 0 {
-            return Err(fail(format!(
-                "the command register reads {now:#06x} after clearing Bus Master Enable"
-            )));
-        }
-        log::warn!("{}: bus mastering disabled (PCI command {cmd:#06x} -> {now:#06x}): the function can no longer DMA", self.id);
+        let (cmd, now) = command::clear_bus_master(&self.config, &self.id)?;
+        log::warn!(
+            "{}: bus mastering disabled (PCI command {cmd:#06x} -> {now:#06x}): the function can no longer DMA",
+            self.id
+        );
         Ok(())
     }
 
@@ -476,7 +456,9 @@ impl ConfigSpace {
         }
         Ok(self.offset + offset)
     }
+}
 
+impl ConfigIo for ConfigSpace {
     fn read16(&self, offset: u64) -> io::Result<u16> {
         let mut b = [0u8; 2];
         self.file.read_exact_at(&mut b, self.at(offset)?)?;

@@ -10,6 +10,7 @@
 //!
 //! Raw system calls the crate does not offer usably live in `sys.rs` (it says why, per call).
 
+mod command;
 mod device;
 mod dma;
 mod error;

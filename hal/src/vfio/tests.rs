@@ -333,7 +333,8 @@ struct Page([u8; 4096]);
 
 /// Open the function named by `SCST_ACCEL_VFIO_DEVICE` (bound to vfio-pci): BAR0, MSI-X on and
 /// off, a DMA map and unmap of one page, the reset, and bus mastering still on after it (the
-/// kernel restores config space around the reset), then off and on again.
+/// kernel restores config space around the reset), then off and on again, and off again with
+/// Memory Space Enable cleared under the driver (as root: it is cleared through sysfs).
 #[test]
 #[allow(unsafe_code)] // UNSAFETY: DmaMapper::map is unsafe: the test's page must outlive the mapping.
 fn open_a_real_device_when_there_is_one() {
@@ -401,4 +402,56 @@ fn open_a_real_device_when_there_is_one() {
     assert!(!master(&dev), "Bus Master Enable reads back clear");
     dev.enable_bus_master().expect("enable bus mastering again");
     assert!(master(&dev), "Bus Master Enable reads back set");
+    bus_master_off_under_a_dark_bar(&dev, &addr);
+}
+
+/// Memory Space Enable cleared behind vfio-pci's back (through sysfs, as AER recovery or a
+/// failed config restore leaves it): BAR0 is dark while bus mastering is on, the case
+/// `disable_bus_master` is called for. Clearing bus mastering then must leave BAR0's mapping
+/// usable: after a write of MSE 0 through vfio-pci the next access to it is SIGBUS, which kills
+/// this test binary. MSE reads set again afterwards (vfio-pci wrote it through).
+fn bus_master_off_under_a_dark_bar(dev: &VfioDevice, addr: &str) {
+    use super::command::PCI_COMMAND;
+    use super::command::PCI_COMMAND_MASTER;
+    use super::command::PCI_COMMAND_MEMORY;
+    use std::os::unix::fs::FileExt;
+    const NAME: &str = "open_a_real_device_when_there_is_one (bus master off under a dark BAR)";
+    let path = Path::new("/sys/bus/pci/devices").join(addr).join("config");
+    let sysfs = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            return test_skipped(
+                NAME,
+                &format!(
+                    "{} cannot be opened for writing ({e}): it takes root",
+                    path.display()
+                ),
+            )
+        }
+    };
+    let mut b = [0u8; 2];
+    sysfs
+        .read_exact_at(&mut b, PCI_COMMAND)
+        .expect("read PCI_COMMAND through sysfs");
+    let cmd = u16::from_le_bytes(b) & !PCI_COMMAND_MEMORY;
+    sysfs
+        .write_all_at(&cmd.to_le_bytes(), PCI_COMMAND)
+        .expect("clear Memory Space Enable through sysfs");
+    let dark = dev.pci_command().expect("read PCI_COMMAND");
+    assert_eq!(
+        dark & (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER),
+        PCI_COMMAND_MASTER,
+        "vfio-pci shows the function's own Memory Space Enable: {dark:#06x}"
+    );
+    dev.disable_bus_master()
+        .expect("disable bus mastering under a dark BAR");
+    // SIGBUS here if the write revoked the BAR mapping.
+    let id = dev.bar0().read32(0);
+    let now = dev.pci_command().expect("read PCI_COMMAND");
+    assert_eq!(
+        now & (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER),
+        PCI_COMMAND_MEMORY,
+        "after disable_bus_master: {now:#06x} (BAR0 offset 0 read {id:#010x})"
+    );
+    dev.enable_bus_master().expect("enable bus mastering again");
 }
