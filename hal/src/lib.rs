@@ -303,7 +303,9 @@ pub trait DeviceBacking: Send + Sync {
     ///
     /// # Errors
     /// [`HalError::OffTheBus`] when config space reads all-ones (the function is gone or its
-    /// link is down: no write reaches it, and it can make no memory request either);
+    /// link is down: no write reaches it, and it can make no memory request either), before
+    /// the write or at the read-back; through VFIO, the command register with all its bits
+    /// set but INTx Disable (vfio-pci virtualises that one, so it reads either way);
     /// [`HalError::BusMaster`] when config space cannot be reached or the bit does not clear.
     /// No default: a backing that cannot do it says so in its own `Err` (a wrapper that
     /// inherited a default "cannot" would make its device look unable to stop DMA, and the
@@ -313,8 +315,9 @@ pub trait DeviceBacking: Send + Sync {
     /// The function's identity from its config space header.
     ///
     /// # Errors
-    /// [`HalError::OffTheBus`] when config space reads all-ones; [`HalError::Config`] when it
-    /// cannot be read.
+    /// [`HalError::OffTheBus`] when config space reads all-ones (through VFIO: the command
+    /// register, as for [`DeviceBacking::disable_bus_master`]; vfio-pci answers the vendor and
+    /// device IDs from its own copy); [`HalError::Config`] when it cannot be read.
     fn pci_identity(&self) -> Result<PciIdentity, HalError>;
 }
 

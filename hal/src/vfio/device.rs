@@ -45,13 +45,6 @@ use crate::PciIdentity;
 use crate::RegisterIo;
 use crate::ResetKind;
 
-/// Vendor ID offset in config space (`linux/pci_regs.h` PCI_VENDOR_ID).
-const PCI_VENDOR_ID: u64 = 0x00;
-/// Device ID offset (PCI_DEVICE_ID).
-const PCI_DEVICE_ID: u64 = 0x02;
-/// Revision ID and class code (PCI_CLASS_REVISION: revision 08h, class code 09h-0Bh).
-const PCI_CLASS_REVISION: u64 = 0x08;
-
 /// A PCIe function driven through VFIO.
 ///
 /// Fields drop in declaration order, which is the teardown order: BAR0's mapping and the
@@ -278,26 +271,7 @@ impl DeviceBacking for VfioDevice {
     }
 
     fn pci_identity(&self) -> Result<PciIdentity, HalError> {
-        let read = |offset| {
-            self.config.read16(offset).map_err(|e| HalError::Config {
-                device: self.id.clone(),
-                reason: format!("reading offset {offset:#04x}: {e}"),
-            })
-        };
-        let vendor_id = read(PCI_VENDOR_ID)?;
-        if vendor_id == u16::MAX {
-            return Err(HalError::OffTheBus {
-                device: self.id.clone(),
-            });
-        }
-        let device_id = read(PCI_DEVICE_ID)?;
-        // 08h revision, 09h programming interface; 0Ah sub-class, 0Bh base class.
-        let (low, high) = (read(PCI_CLASS_REVISION)?, read(PCI_CLASS_REVISION + 2)?);
-        Ok(PciIdentity {
-            vendor_id,
-            device_id,
-            class_code: (u32::from(high) << 8) | u32::from(low >> 8),
-        })
+        command::read_identity(&self.config, &self.id)
     }
 
     fn disable_interrupts(&self) -> Result<(), HalError> {
