@@ -83,6 +83,22 @@ pub enum HalError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel could allocate fewer MSI-X vectors than asked (VFIO: vfio_msi_enable), and
+    /// enabled none.
+    #[error(
+        "only {available} of the {vectors} MSI-X vectors asked for {device} could be allocated, so none \
+         is enabled: the kernel is short of interrupt vectors (in a VM, the hypervisor's interrupt \
+         remapping may offer fewer; see dmesg and /proc/interrupts): free vectors held by other \
+         devices, or use a board definition that polls (InterruptMode::Poll)"
+    )]
+    TooFewVectors {
+        /// Device identifier.
+        device: String,
+        /// Vectors asked for.
+        vectors: u32,
+        /// Vectors the kernel could allocate.
+        available: u32,
+    },
     /// The device offers no reset.
     #[error("device {device} offers no function reset")]
     NoReset {
@@ -279,7 +295,8 @@ pub trait DeviceBacking: Send + Sync {
     /// replacing any enabled before; 0 disables them all and returns none.
     ///
     /// # Errors
-    /// [`HalError::Interrupts`].
+    /// [`HalError::TooFewVectors`] when the kernel could allocate only some of them (none is
+    /// enabled then); [`HalError::Interrupts`] otherwise.
     fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError>;
     /// Disable every vector.
     ///

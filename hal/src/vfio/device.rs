@@ -252,8 +252,14 @@ impl DeviceBacking for VfioDevice {
             .map_err(|e| self.irq_error(vectors, e))?;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let fd = self.handle.fd().map_err(|_| self.irq_error(vectors, gone()))?;
-        sys::set_irq_eventfds(fd, VFIO_PCI_MSIX_IRQ_INDEX, &borrowed)
-            .map_err(|e| self.irq_error(vectors, e))?;
+        sys::set_irq_eventfds(fd, VFIO_PCI_MSIX_IRQ_INDEX, &borrowed).map_err(|e| match e {
+            sys::SetIrqsError::TooFewVectors(available) => HalError::TooFewVectors {
+                device: self.id.clone(),
+                vectors,
+                available,
+            },
+            sys::SetIrqsError::Os(e) => self.irq_error(vectors, e),
+        })?;
         self.irqs_enabled.store(true, Ordering::Release);
         log::info!("{}: {vectors} MSI-X vectors on eventfds", self.id);
         Ok(fds)

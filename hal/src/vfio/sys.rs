@@ -100,20 +100,60 @@ fn irq_set_words(flags: u32, index: u32, fds: &[BorrowedFd<'_>]) -> Vec<u32> {
     words
 }
 
-fn set_irqs(device: BorrowedFd<'_>, words: &[u32]) -> io::Result<()> {
+/// Why `VFIO_DEVICE_SET_IRQS` enabled nothing.
+#[derive(Debug)]
+pub(crate) enum SetIrqsError {
+    /// The ioctl failed with this errno.
+    Os(io::Error),
+    /// The kernel could allocate only this many of the MSI/MSI-X vectors asked, and enabled
+    /// none of them.
+    TooFewVectors(u32),
+}
+
+impl From<SetIrqsError> for io::Error {
+    fn from(e: SetIrqsError) -> Self {
+        match e {
+            SetIrqsError::Os(e) => e,
+            SetIrqsError::TooFewVectors(n) => io::Error::other(format!("only {n} vectors available")),
+        }
+    }
+}
+
+/// What a `VFIO_DEVICE_SET_IRQS` that returned `rc` did (`errno` is asked for only when `rc`
+/// is negative).
+///
+/// A positive `rc` is a failure too: enabling MSI or MSI-X from nothing, vfio_msi_enable
+/// (vfio_pci_intrs.c) asks pci_alloc_irq_vectors for 1 to `count` vectors and, given fewer,
+/// frees them and returns the number it got, which vfio_pci_set_msi_trigger and
+/// vfio_pci_ioctl_set_irqs hand to user space as the ioctl's result (QEMU retries with it). The
+/// index stays disabled and no eventfd was installed.
+fn set_irqs_outcome(rc: libc::c_int, errno: impl FnOnce() -> io::Error) -> Result<(), SetIrqsError> {
+    match u32::try_from(rc) {
+        Ok(0) => Ok(()),
+        Ok(available) => Err(SetIrqsError::TooFewVectors(available)),
+        Err(_) => Err(SetIrqsError::Os(errno())),
+    }
+}
+
+fn set_irqs(device: BorrowedFd<'_>, words: &[u32]) -> Result<(), SetIrqsError> {
     crate::locks::assert_no_locks_held("VFIO_DEVICE_SET_IRQS");
     // SAFETY: `words` is a live, 4-aligned vfio_irq_set whose argsz (words[0]) equals its length
     // in bytes (built by irq_set_words); the kernel only reads it.
     let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_SET_IRQS, words.as_ptr()) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_irqs_outcome(rc, io::Error::last_os_error)
 }
 
 /// `VFIO_DEVICE_SET_IRQS` with `DATA_EVENTFD | ACTION_TRIGGER`: vector i of irq `index` signals
 /// `fds[i]`. The kernel takes its own reference to each eventfd.
-pub(crate) fn set_irq_eventfds(device: BorrowedFd<'_>, index: u32, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+///
+/// # Errors
+/// [`SetIrqsError::TooFewVectors`] when the kernel could not allocate `fds.len()` vectors (then
+/// none is enabled); else the errno.
+pub(crate) fn set_irq_eventfds(
+    device: BorrowedFd<'_>,
+    index: u32,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), SetIrqsError> {
     set_irqs(
         device,
         &irq_set_words(
@@ -127,10 +167,12 @@ pub(crate) fn set_irq_eventfds(device: BorrowedFd<'_>, index: u32, fds: &[Borrow
 /// `VFIO_DEVICE_SET_IRQS` with `DATA_NONE | ACTION_TRIGGER`, count 0: disable every vector of
 /// irq `index` (vfio.h: "the index can be disabled as a whole").
 pub(crate) fn disable_irq_index(device: BorrowedFd<'_>, index: u32) -> io::Result<()> {
+    // A disable allocates nothing: a positive result here would be a kernel we do not know.
     set_irqs(
         device,
         &irq_set_words(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, &[]),
     )
+    .map_err(io::Error::from)
 }
 
 /// `VFIO_DEVICE_RESET`: function-level (or bus) reset; the errno is returned.
@@ -190,6 +232,29 @@ mod tests {
         assert_eq!(words[5], a.as_fd().as_raw_fd() as u32);
         assert_eq!(words[6], b.as_fd().as_raw_fd() as u32);
         assert_eq!(irq_set_words(0x21, 2, &[]), vec![20, 0x21, 2, 0, 0]);
+    }
+
+    #[test]
+    fn a_positive_set_irqs_result_is_the_vectors_available_and_a_failure() {
+        let errno = || -> io::Error { panic!("errno read for a non-negative result") };
+        assert!(set_irqs_outcome(0, errno).is_ok());
+        assert!(matches!(
+            set_irqs_outcome(3, errno),
+            Err(SetIrqsError::TooFewVectors(3))
+        ));
+        assert!(matches!(
+            set_irqs_outcome(-1, || io::Error::from_raw_os_error(libc::EINVAL)),
+            Err(SetIrqsError::Os(e)) if e.raw_os_error() == Some(libc::EINVAL)
+        ));
+        // What enable_interrupts makes of it: the count, and what to do.
+        let msg = crate::HalError::TooFewVectors {
+            device: "0000:00:04.0".into(),
+            vectors: 8,
+            available: 3,
+        }
+        .to_string();
+        assert!(msg.contains("only 3 of the 8 MSI-X vectors"), "{msg}");
+        assert!(msg.contains("InterruptMode::Poll"), "{msg}");
     }
 
     #[test]
