@@ -1,5 +1,5 @@
-//! [`DmaRegion`]: locked, page-aligned anonymous memory for descriptor rings, completion rings
-//! and scatter lists.
+//! [`DmaRegion`]: page-aligned anonymous memory for descriptor rings, completion rings, scatter
+//! lists and the SGV pool's arenas.
 //!
 //! The memory is shared with a device (or the simulated device's engine threads), which writes
 //! it behind Rust's back. So no Rust reference into it is ever formed, and every access is
@@ -8,7 +8,7 @@
 //! for the bytes that synchronise with the device (the completion phase byte,
 //! `accelerator.md §4`). Two agents touching the same bytes at once get torn data, never
 //! undefined behaviour.
-#![allow(unsafe_code)] // UNSAFETY: mmap/mlock/munmap and atomic copies into memory a device writes.
+#![allow(unsafe_code)] // UNSAFETY: mmap/munmap and atomic copies into memory a device writes.
 
 use crate::DmaError;
 use crate::PAGE_SIZE;
@@ -16,7 +16,6 @@ use scst_accel_hal::shared_mem;
 use std::mem::size_of;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
 use zerocopy::FromBytes;
@@ -28,9 +27,6 @@ pub const HUGE_PAGE_SIZE: usize = 2 << 20;
 
 /// Largest region: rings and scatter lists are small; anything near this is a bug.
 const MAX_REGION_LEN: usize = 1 << 30;
-
-/// Set once the mlock failure has been logged, so a busy system logs it once, not per ring.
-static MLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// How a region's memory is backed ([`DmaRegion::backing`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +44,7 @@ pub enum RegionBacking {
     Pages,
 }
 
-/// Anonymous, page-aligned memory, locked when the limit allows, unmapped on drop.
+/// Anonymous, page-aligned memory, unmapped on drop; never `mlock`ed (see [`DmaRegion::new`]).
 ///
 /// Zero-filled when made. Accessors panic on an out-of-range offset: offsets come from the
 /// driver's own ring arithmetic, never from the device, so a bad one is a driver bug.
@@ -80,31 +76,19 @@ impl DmaRegion {
     /// memory is placed at a 2 MiB-aligned address and advised for transparent huge pages
     /// ([`RegionBacking::Transparent`]), and only where that advice is refused is it plain 4 KiB
     /// pages (each fallback logged at debug). The memory is
-    /// `MADV_DONTFORK` (a forked child must not share pages a device writes) and `mlock`ed
-    /// when `RLIMIT_MEMLOCK` allows (VFIO pins mapped pages anyway; locking early makes the
-    /// limit visible at start rather than at the first map).
+    /// `MADV_DONTFORK` (a forked child must not share pages a device writes).
+    ///
+    /// It is not `mlock`ed: what a device reaches is mapped through the IOMMU, and VFIO type1
+    /// pins the pages it maps and charges them to the process's `locked_vm` against
+    /// RLIMIT_MEMLOCK (vfio_pin_pages_remote checks `mm->locked_vm + lock_acct` against the
+    /// limit, vfio_lock_acct adds them), whether or not they are mlocked, and an mlock charges
+    /// `locked_vm` too: locked, every ring counted twice against the limit. Memory a simulated
+    /// device reaches needs no locking. Unmapped memory may be paged out, like any other.
     ///
     /// # Errors
     /// [`DmaError::InvalidLength`] for 0 or more than 1 GiB; [`DmaError::Alloc`] when the
     /// kernel refuses the mapping.
     pub fn new(len: usize) -> Result<Self, DmaError> {
-        Self::map(len, true)
-    }
-
-    /// As [`DmaRegion::new`] but never `mlock`ed: for SGV arenas (`sgv::arena`), which are
-    /// large and made on demand. A mapped arena is pinned by the IOMMU map itself (VFIO type1
-    /// charges the pages it pins to the process's `locked_vm`, as mlock does, so an mlock on
-    /// top adds no guarantee and would charge the same pages to `RLIMIT_MEMLOCK` twice), and a
-    /// host-only arena should not fault in 16 MiB up front for a pool that may use one 4 KiB
-    /// buffer of it.
-    ///
-    /// # Errors
-    /// As [`DmaRegion::new`].
-    pub(crate) fn new_unlocked(len: usize) -> Result<Self, DmaError> {
-        Self::map(len, false)
-    }
-
-    fn map(len: usize, lock: bool) -> Result<Self, DmaError> {
         if len == 0 || len > MAX_REGION_LEN {
             return Err(DmaError::InvalidLength {
                 len,
@@ -135,7 +119,7 @@ impl DmaRegion {
                 }
             }
         };
-        advise_and_lock(ptr, len, lock);
+        advise_dontfork(ptr, len);
         Ok(Self { ptr, len, backing })
     }
 
@@ -406,9 +390,8 @@ fn map_anonymous(len: usize, extra_flags: libc::c_int) -> std::io::Result<NonNul
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
-fn advise_and_lock(ptr: NonNull<u8>, len: usize, lock: bool) {
-    // Miri has neither madvise nor mlock; both are advice about paging, nothing a Rust access
-    // depends on.
+fn advise_dontfork(ptr: NonNull<u8>, len: usize) {
+    // Miri has no madvise; it is advice about paging, nothing a Rust access depends on.
     if cfg!(miri) {
         return;
     }
@@ -418,19 +401,6 @@ fn advise_and_lock(ptr: NonNull<u8>, len: usize, lock: bool) {
             "madvise(MADV_DONTFORK) on a DMA region failed: {}",
             std::io::Error::last_os_error()
         );
-    }
-    if !lock {
-        return;
-    }
-    // SAFETY: as above; mlock only faults the pages in and pins them.
-    if unsafe { libc::mlock(ptr.as_ptr().cast(), len) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if !MLOCK_WARNED.swap(true, Ordering::Relaxed) {
-            log::warn!(
-                "cannot lock {len} bytes of DMA memory ({e}); continuing unlocked. VFIO pins mapped \
-                 memory against RLIMIT_MEMLOCK: raise it (ulimit -l, LimitMEMLOCK= in systemd)"
-            );
-        }
     }
 }
 
@@ -505,7 +475,7 @@ mod tests {
         ignore = "Miri has no huge pages nor madvise (regions are plain pages) and cannot read /proc/self/smaps"
     )]
     fn without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp() {
-        let r = DmaRegion::new_unlocked(3 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE).expect("map");
+        let r = DmaRegion::new(3 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE).expect("map");
         if r.backing() == RegionBacking::HugeTlb {
             scst_accel_hal::skip::test_skipped(
                 "without_reserved_huge_pages_a_large_region_is_placed_and_advised_for_thp",
@@ -544,9 +514,24 @@ mod tests {
         assert_eq!(r.load_u8_acquire(r.len() - 1), 0x5a);
     }
 
+    /// Rings and arenas alike are pinned by the VFIO map that gives the device access; an
+    /// mlock of them would charge RLIMIT_MEMLOCK a second time for the same pages.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot read /proc/self/smaps")]
+    fn no_region_is_mlocked() {
+        for len in [PAGE_SIZE, HUGE_PAGE_SIZE + PAGE_SIZE] {
+            let r = DmaRegion::new(len).expect("map");
+            let flags = vm_flags_at(r.addr()).expect("the region is a mapping of this process");
+            assert!(
+                !flags.iter().any(|f| f == "lo"),
+                "a {len}-byte region is mlocked (VM_LOCKED): {flags:?}"
+            );
+        }
+    }
+
     #[test]
     fn small_regions_are_not_advised_for_thp() {
-        let r = DmaRegion::new_unlocked(HUGE_PAGE_SIZE - PAGE_SIZE).expect("map");
+        let r = DmaRegion::new(HUGE_PAGE_SIZE - PAGE_SIZE).expect("map");
         assert_eq!(r.backing(), RegionBacking::Pages);
         assert_eq!(r.iova_alignment(), PAGE_SIZE as u64);
     }

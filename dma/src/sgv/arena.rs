@@ -309,7 +309,7 @@ mod tests {
 
     fn arena(class: u8, chunks: usize) -> Arc<Arena> {
         let chunk_len = crate::PAGE_SIZE << class;
-        let region = DmaRegion::new_unlocked(chunks * chunk_len).expect("region");
+        let region = DmaRegion::new(chunks * chunk_len).expect("region");
         Arc::new(Arena::new(region, Some(0x10_0000), class, chunk_len))
     }
 

@@ -377,7 +377,7 @@ impl Shared {
     }
 
     fn make_arena(&self, token: &mut PoolToken<'_>, class: u8, size: usize, len: usize) -> Option<Arena> {
-        let region = match DmaRegion::new_unlocked(len) {
+        let region = match DmaRegion::new(len) {
             Ok(region) => region,
             Err(e) => {
                 log::warn!("SGV pool {}: cannot allocate a {len}-byte arena: {e}", self.id);
