@@ -12,7 +12,9 @@
 # acknowledged a FLUSH or a FUA write before the device completed it fails there. A SIGKILL
 # alone (tools/tests/crash.rs) cannot show this: the kernel's caches survive it.
 #
-# Six cycles: on the namespace of 512-byte blocks the io_uring and thread engines, each with
+# Six cycles: on the namespace of 512-byte blocks the io_uring (forced: `uring`, which fails
+# where io_uring is unavailable, where `auto` would fall back to the threads and test them
+# twice) and thread engines, each with
 # O_DIRECT and through the page cache (--buffered); on a second namespace of 4096-byte blocks
 # (hil.sh HIL_NVME_4K) io_uring with O_DIRECT and threads through the page cache. The disk has
 # the device's block size (a block device's block size is its own). Needs dmsetup (staged by
@@ -115,6 +117,6 @@ cycle() {
 	entry="{\"cycle\": $n, \"seed\": $seed, \"block_size\": $bs, \"engine\": \"$engine\", \"buffered\": $([ -n "$buffered" ] && echo true || echo false), \"check\": $(cat "$HIL_SHARE/cycle-$n.json")}"
 	cycles="${cycles:+$cycles, }$entry"
 }
-cycles_on "$ns" "auto" "threads" "auto --buffered" "threads --buffered"
-cycles_on "$ns4k" "auto" "threads --buffered"
+cycles_on "$ns" "uring" "threads" "uring --buffered" "threads --buffered"
+cycles_on "$ns4k" "uring" "threads --buffered"
 echo "{\"cycles\": [$cycles]}" >"$HIL_SHARE/result.json"
