@@ -128,6 +128,13 @@ pub enum ExportError {
         /// Why there is no result.
         reason: QueuedReason,
     },
+    /// An iSCSI target someone else made is gone (iscsi-scstd's restart deletes them all): the
+    /// LUN waits for its owner to make it again, with its own settings.
+    #[error("iSCSI target {target} is gone and is not this service's: its LUN is added again once its owner (scstadmin, a script) has made it again")]
+    NotOurTarget {
+        /// The target.
+        target: String,
+    },
     /// A sysfs write failed: SCST refused the line, or the file could not be opened.
     #[error("writing \"{line}\" to {file}: {source}{hint}", file = .path.display(), hint = write_hint(.path, .line, .source))]
     Write {
@@ -162,9 +169,10 @@ impl ExportError {
     /// ATTACH_SESS a LUN `add` causes, EFAULT), 78 when the configuration must change.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::DriverMissing { .. } | Self::IscsiDaemon { .. } | Self::Queued { .. } => {
-                crate::exit::UNAVAILABLE
-            }
+            Self::DriverMissing { .. }
+            | Self::IscsiDaemon { .. }
+            | Self::Queued { .. }
+            | Self::NotOurTarget { .. } => crate::exit::UNAVAILABLE,
             // EPERM and EBUSY are iscsi-scstd's only from iscsi-scst's files; elsewhere EPERM
             // is no write access to SCST's sysfs, the configuration's (`write_hint` alike).
             Self::Write { source, path, .. }
@@ -485,17 +493,36 @@ impl Exporter {
     /// `iscsi_release` -> `target_del_all`), so each restart of it takes the disks' iSCSI
     /// exports away, and an operator's `del` takes one LUN. Each block is checked first as the
     /// preflight checks it (the driver loaded; for iSCSI, iscsi-scstd connected), then applied
-    /// as [`Exporter::apply`] does: the target created when absent (ours to delete then), the
-    /// LUN added, the target and the driver enabled. Unlike `apply`, nothing is undone on a
-    /// failure: what was done serves, and is recorded in the [`Restored`] for the stop to remove.
+    /// as [`Exporter::apply`] does: the LUN added, the target and the driver enabled. An absent
+    /// iSCSI target is created again only when it is one of `ours` (the service created it, with
+    /// no CHAP and no initiator group): someone else's target had settings of its own that a
+    /// bare `add_target` would not give it back, so its block waits
+    /// ([`ExportError::NotOurTarget`]) until its owner has made it again. Unlike `apply`,
+    /// nothing is undone on a failure: what was done serves, and is recorded in the
+    /// [`Restored`] for the stop to remove.
     ///
     /// # Errors
     /// The first failure (the blocks after it are not tried: the next check tries again).
-    pub fn restore(&self, device: &str, specs: &[ExportSpec]) -> (Restored, Result<(), ExportError>) {
+    pub fn restore(
+        &self,
+        device: &str,
+        specs: &[ExportSpec],
+        ours: &[String],
+    ) -> (Restored, Result<(), ExportError>) {
         let mut steps = Vec::new();
         for spec in specs {
+            let target = driver_dir(&self.mgmt.root, spec.driver).join(&spec.target);
             let applied = self
                 .preflight(std::slice::from_ref(spec))
+                .and_then(|()| {
+                    if spec.driver == TargetDriver::Iscsi && !is_dir(&target) && !ours.contains(&spec.target)
+                    {
+                        return Err(ExportError::NotOurTarget {
+                            target: spec.target.clone(),
+                        });
+                    }
+                    Ok(())
+                })
                 .and_then(|()| self.apply_one(device, spec, &mut steps));
             if let Err(e) = applied {
                 return (Restored { steps }, Err(e));

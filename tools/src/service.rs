@@ -911,10 +911,11 @@ impl Service {
             let exporter = exporter.clone();
             let device = name.clone();
             let handle = self.handle.clone();
+            let ours = self.created_targets.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("re-export-{name}"))
                 .spawn(move || {
-                    let restored = exporter.restore(&device, &gone);
+                    let restored = exporter.restore(&device, &gone, &ours);
                     handle.wake();
                     restored
                 });

@@ -776,9 +776,10 @@ fn export_preflight_requires_iscsi_scstd_connected() {
 
 /// iscsi-scstd's exit deletes every iSCSI target (iscsi-scst's `iscsi_release` ->
 /// `target_del_all`): the check finds the LUN gone, and a restore once iscsi-scstd is back
-/// creates the target again, adds the LUN and enables both, and that target is then the
-/// disk's to delete like one `apply` created. While iscsi-scstd is not connected the restore
-/// writes nothing and says why (69).
+/// creates the target again when it is the service's, adds the LUN and enables both, and that
+/// target is then the disk's to delete like one `apply` created. While iscsi-scstd is not
+/// connected the restore writes nothing and says why (69); someone else's target is not made
+/// again (its CHAP and initiator groups would be lost): its LUN waits for it.
 #[test]
 fn export_a_target_iscsi_scstd_took_away_is_created_again_with_its_lun() {
     let (dir, script, exporter) = scripted(Script::default());
@@ -801,9 +802,10 @@ fn export_a_target_iscsi_scstd_took_away_is_created_again_with_its_lun() {
     let gone = applied.gone(&specs);
     assert_eq!(gone, specs);
 
+    let ours = [IQN.to_string()];
     std::fs::write(iscsi.join("open_state"), "closed\n").expect("write");
     let before = script.lines().len();
-    let (restored, result) = exporter.restore("accel0", &gone);
+    let (restored, result) = exporter.restore("accel0", &gone, &ours);
     assert!(
         matches!(result, Err(ExportError::IscsiDaemon { .. })),
         "{result:?}"
@@ -816,7 +818,20 @@ fn export_a_target_iscsi_scstd_took_away_is_created_again_with_its_lun() {
     );
 
     std::fs::write(iscsi.join("open_state"), "open\n").expect("write");
-    let (restored, result) = exporter.restore("accel0", &gone);
+    // Not the service's target (it existed at the apply): someone else's settings would be
+    // lost to a bare add_target, so it waits for its owner.
+    let (restored, result) = exporter.restore("accel0", &gone, &[]);
+    assert!(
+        matches!(&result, Err(ExportError::NotOurTarget { target }) if target == IQN),
+        "{result:?}"
+    );
+    assert!(restored.describe().is_empty());
+    assert_eq!(
+        script.lines().len(),
+        before,
+        "nothing written for someone else's target"
+    );
+    let (restored, result) = exporter.restore("accel0", &gone, &ours);
     result.expect("restored");
     assert_eq!(
         script.lines()[before..],
