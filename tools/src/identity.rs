@@ -29,6 +29,8 @@
 //! is a state file derived from a device id when the device now reports another one
 //! ([`IdentityError::DeviceChanged`]): the disk may sit on another medium, or the firmware
 //! changed its ids, and only the operator knows which identity the LUN should keep.
+//!
+//! A disk refused for another disk's identity ([`resolve_unique`]) writes nothing.
 
 use crate::config::IdentitySpec;
 use crate::status::IdentityView;
@@ -260,6 +262,24 @@ pub fn resolve(
     state_dir: Option<&Path>,
     device: Option<&DeviceIds>,
 ) -> Result<Identity, IdentityError> {
+    resolve_unique(disk_name, spec, state_dir, device, &[])
+}
+
+/// [`resolve`], refusing an identity that one of `others` (the service's other disks: names
+/// and identities) has ([`check_unique`]) before anything is written: a disk refused leaves no
+/// state file behind, which would otherwise keep the refused identity for its next start (a
+/// disk over another disk's namespace, once pointed at its own, would then be refused as
+/// [`IdentityError::DeviceChanged`]).
+///
+/// # Errors
+/// As [`resolve`], and [`IdentityError::Duplicate`].
+pub fn resolve_unique(
+    disk_name: &str,
+    spec: &IdentitySpec,
+    state_dir: Option<&Path>,
+    device: Option<&DeviceIds>,
+    others: &[(String, IdentityView)],
+) -> Result<Identity, IdentityError> {
     if let Some(dir) = state_dir {
         // A bad name is reported as such, before anything else complains about it.
         state_path(dir, disk_name)?;
@@ -288,32 +308,40 @@ pub fn resolve(
                 })
         })
         .transpose()?;
-    let done = |serial: String, naa: Designator, source| Identity {
-        vendor: vendor.clone(),
-        product: product.clone(),
-        serial,
-        naa,
-        source,
+    // The identity served: the configured fields over `base`, refused where another disk has
+    // it.
+    let unique = |base_serial: &str, base_naa: Designator, source| {
+        let identity = Identity {
+            vendor: vendor.clone(),
+            product: product.clone(),
+            serial: serial.clone().unwrap_or_else(|| base_serial.to_owned()),
+            naa: naa.unwrap_or(base_naa),
+            source,
+        };
+        let others = others.iter().map(|(name, view)| (name.as_str(), view));
+        check_unique(disk_name, &identity, others).map(|()| identity)
     };
     if let (Some(serial), Some(naa)) = (&serial, naa) {
-        return Ok(done(serial.clone(), naa, "config"));
+        return unique(serial, naa, "config");
     }
     let device = device.and_then(device_designator);
-    let (base_serial, base_naa, source) = match state_dir {
-        Some(dir) => load_or_create(disk_name, dir, device)?,
-        None => match device {
+    let Some(dir) = state_dir else {
+        let (base_serial, base_naa, source) = match device {
             Some(dev) => (device_serial(dev), dev, "device"),
             None => {
                 let (s, n) = generate()?;
                 (s, n, "generated")
             }
-        },
+        };
+        return unique(&base_serial, base_naa, source);
     };
-    Ok(done(
-        serial.unwrap_or(base_serial),
-        naa.unwrap_or(base_naa),
-        source,
-    ))
+    let path = state_path(dir, disk_name)?;
+    let base = load_or_plan(disk_name, &path, device)?;
+    let identity = unique(&base.serial, base.naa, base.source)?;
+    if let Some(write) = base.write {
+        persist(&path, disk_name, &base.serial, base.naa, write)?;
+    }
+    Ok(identity)
 }
 
 /// What [`resolve`] will give `disk_name` as far as it is known before its board opens: the
@@ -396,53 +424,38 @@ pub fn state_path(state_dir: &Path, disk_name: &str) -> Result<PathBuf, Identity
     Ok(state_dir.join(IDENTITY_DIR).join(format!("{disk_name}.toml")))
 }
 
-/// The persisted identity of `disk_name`, checked against the device's id (`device`); or, with
-/// no state file yet, the device's identity or a generated one, persisted.
-fn load_or_create(
-    disk_name: &str,
-    state_dir: &Path,
-    device: Option<Designator>,
-) -> Result<(String, Designator, &'static str), IdentityError> {
-    let path = state_path(state_dir, disk_name)?;
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let state = parse_state(&path, &text)?;
-            if let (true, Some(current)) = (state.legacy, device) {
-                // The version that wrote this file served the device's id over it: that is
-                // the identity initiators know. Kept, and recorded in this version's format.
-                log::info!(
-                    "disk {disk_name}: {} is from an earlier version, which served the device's \
-                     id {current} over it; keeping that identity and recording it there",
-                    path.display()
-                );
-                let serial = device_serial(current);
-                persist(&path, disk_name, &serial, current, Some(current))?;
-                return Ok((serial, current, "device"));
-            }
-            let source = match (state.device_id, device) {
-                (Some(recorded), Some(current)) if recorded != current => {
-                    return Err(IdentityError::DeviceChanged {
-                        disk: disk_name.to_owned(),
-                        path,
-                        recorded: recorded.to_string(),
-                        current: current.to_string(),
-                    });
-                }
-                (Some(_), Some(_)) => "device",
-                (None, Some(current)) => {
-                    // Generated while the device reported no usable id (firmware that reports
-                    // one since): initiators know the LUN by the generated identity.
-                    log::warn!(
-                        "disk {disk_name}: keeps its persisted identity ({}), not the device id \
-                         {current} it reports now; delete that file to take the device's",
-                        path.display()
-                    );
-                    "state"
-                }
-                (_, None) => "state",
-            };
-            Ok((state.serial, state.naa, source))
-        }
+/// What the state directory gives a disk: the identity in its state file, or the one to
+/// write there.
+struct Base {
+    serial: String,
+    naa: Designator,
+    source: &'static str,
+    /// What to write before serving it; `None`: the file holds it already.
+    write: Option<StateWrite>,
+}
+
+/// How [`persist`] writes a state file.
+#[derive(Clone, Copy, Debug)]
+enum StateWrite {
+    /// There was none: create it.
+    Create {
+        /// The device id the identity came from; `None`: generated.
+        device_id: Option<Designator>,
+    },
+    /// Rewrite a legacy file in this version's format, with the device id (`device_id`) whose
+    /// identity it stands for.
+    Upgrade {
+        /// The device id.
+        device_id: Designator,
+    },
+}
+
+/// The persisted identity of `disk_name` (in `path`), checked against the device's id
+/// (`device`); or, with no state file yet, the device's identity or a generated one, to be
+/// written.
+fn load_or_plan(disk_name: &str, path: &Path, device: Option<Designator>) -> Result<Base, IdentityError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let (serial, naa, source) = match device {
                 Some(dev) => (device_serial(dev), dev, "device"),
@@ -451,11 +464,64 @@ fn load_or_create(
                     (s, n, "generated")
                 }
             };
-            persist(&path, disk_name, &serial, naa, device)?;
-            Ok((serial, naa, source))
+            return Ok(Base {
+                serial,
+                naa,
+                source,
+                write: Some(StateWrite::Create { device_id: device }),
+            });
         }
-        Err(source) => Err(IdentityError::StateRead { path, source }),
+        Err(source) => {
+            return Err(IdentityError::StateRead {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let state = parse_state(path, &text)?;
+    if let (true, Some(current)) = (state.legacy, device) {
+        // The version that wrote this file served the device's id over it: that is the
+        // identity initiators know. Kept, and recorded in this version's format.
+        log::info!(
+            "disk {disk_name}: {} is from an earlier version, which served the device's id \
+             {current} over it; keeping that identity and recording it there",
+            path.display()
+        );
+        return Ok(Base {
+            serial: device_serial(current),
+            naa: current,
+            source: "device",
+            write: Some(StateWrite::Upgrade { device_id: current }),
+        });
     }
+    let source = match (state.device_id, device) {
+        (Some(recorded), Some(current)) if recorded != current => {
+            return Err(IdentityError::DeviceChanged {
+                disk: disk_name.to_owned(),
+                path: path.to_owned(),
+                recorded: recorded.to_string(),
+                current: current.to_string(),
+            });
+        }
+        (Some(_), Some(_)) => "device",
+        (None, Some(current)) => {
+            // Generated while the device reported no usable id (firmware that reports one
+            // since): initiators know the LUN by the generated identity.
+            log::warn!(
+                "disk {disk_name}: keeps its persisted identity ({}), not the device id \
+                 {current} it reports now; delete that file to take the device's",
+                path.display()
+            );
+            "state"
+        }
+        (_, None) => "state",
+    };
+    Ok(Base {
+        serial: state.serial,
+        naa: state.naa,
+        source,
+        write: None,
+    })
 }
 
 fn parse_state(path: &Path, text: &str) -> Result<State, IdentityError> {
@@ -509,7 +575,7 @@ fn persist(
     disk_name: &str,
     serial: &str,
     naa: Designator,
-    device_id: Option<Designator>,
+    write: StateWrite,
 ) -> Result<(), IdentityError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let err = |source: io::Error| IdentityError::StateDir {
@@ -522,6 +588,10 @@ fn persist(
         .mode(0o700)
         .create(dir)
         .map_err(err)?;
+    let device_id = match write {
+        StateWrite::Create { device_id } => device_id,
+        StateWrite::Upgrade { device_id } => Some(device_id),
+    };
     let body = toml::to_string(&StateFile {
         serial: serial.to_owned(),
         naa: naa.to_string(),
@@ -669,6 +739,48 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A disk refused because another disk has its identity writes no state file: it would
+    /// keep the refused identity for the disk's next start.
+    #[test]
+    fn a_disk_refused_as_a_duplicate_leaves_no_state_file() {
+        let dir = temp_dir("refused");
+        let ids = DeviceIds {
+            nguid: Some([0x44; 16]),
+            eui64: None,
+        };
+        let first = resolve("a", &IdentitySpec::default(), Some(&dir), Some(&ids)).unwrap();
+        let others = [("a".to_owned(), first.view())];
+        // Two disks over one namespace.
+        let err = resolve_unique("b", &IdentitySpec::default(), Some(&dir), Some(&ids), &others).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::Duplicate { other, field: "serial", .. } if other == "a"),
+            "{err}"
+        );
+        assert!(
+            !state_path(&dir, "b").unwrap().exists(),
+            "b's identity was written"
+        );
+        // A configured serial another disk has, the rest generated.
+        let spec = IdentitySpec {
+            serial: Some(first.serial.clone()),
+            ..IdentitySpec::default()
+        };
+        let err = resolve_unique("c", &spec, Some(&dir), None, &others).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::Duplicate { field: "serial", .. }),
+            "{err}"
+        );
+        assert!(
+            !state_path(&dir, "c").unwrap().exists(),
+            "c's identity was written"
+        );
+        // Unrefused, it is written as before.
+        let c = resolve_unique("c", &IdentitySpec::default(), Some(&dir), None, &others).unwrap();
+        assert_eq!(c.source, "generated");
+        assert!(state_path(&dir, "c").unwrap().exists());
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -1256,16 +1256,13 @@ fn start_one(
             exit_code: e.exit_code,
         })?;
     let info = backend.store.info();
-    let resolved = crate::identity::resolve(
+    let resolved = crate::identity::resolve_unique(
         &spec.args.name,
         &spec.identity,
         state_dir,
         info.device_ids.as_ref(),
-    )
-    .and_then(|identity| {
-        let others = others.iter().map(|(name, view)| (name.as_str(), view));
-        crate::identity::check_unique(&spec.args.name, &identity, others).map(|()| identity)
-    });
+        others,
+    );
     let identity = match resolved {
         Ok(identity) => identity,
         Err(e) => {

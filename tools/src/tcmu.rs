@@ -1205,16 +1205,13 @@ fn start_disk(
     let backend = backend::build(spec.board, &spec.args, blocks, spec.pci.as_deref(), &spec.inject)
         .map_err(|e| fail(e.message, e.exit_code))?;
     let info = backend.store.info();
-    let identity = match crate::identity::resolve(
+    let identity = match crate::identity::resolve_unique(
         &spec.args.name,
         &spec.identity,
         Some(state_dir),
         info.device_ids.as_ref(),
-    )
-    .and_then(|identity| {
-        let others = others.iter().map(|(name, view)| (name.as_str(), view));
-        crate::identity::check_unique(&spec.args.name, &identity, others).map(|()| identity)
-    }) {
+        others,
+    ) {
         Ok(i) => i,
         Err(e) => {
             backend.shutdown_unserved();
