@@ -30,6 +30,11 @@
 //! ([`IdentityError::DeviceChanged`]): the disk may sit on another medium, or the firmware
 //! changed its ids, and only the operator knows which identity the LUN should keep.
 //!
+//! A new state file is linked into place (link(2), so the state directory's file system needs
+//! hard links, as every Linux-native one has), never renamed over an existing one: two starts
+//! of one disk that both find no file (`serve`, and `scst-accel identity` run beside it) both
+//! make an identity, and the second to write takes the first's, so neither serves an identity
+//! the disk will not have at its next start.
 //! A disk refused for another disk's identity ([`resolve_unique`]) writes nothing.
 
 use crate::config::IdentitySpec;
@@ -48,6 +53,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 /// Default T10 vendor identification: the one the handler has always reported, so existing
 /// initiator-side rules (udev, multipath blacklists) keep matching.
@@ -162,6 +169,13 @@ pub enum IdentityError {
         /// The device id reported now.
         current: String,
     },
+    /// The state file was created by another start between this one's look and its write, and
+    /// gone again at the next look, more than once: something keeps removing it.
+    #[error("identity state file {path} keeps appearing and disappearing while this disk starts: stop whatever removes it (another scst-accel, a cleanup job), then start the disk again")]
+    StateContended {
+        /// The file.
+        path: PathBuf,
+    },
     /// The OS random source failed.
     #[error("cannot read random bytes from /dev/urandom to generate an identity: {0}; configure serial and naa explicitly")]
     Random(io::Error),
@@ -271,6 +285,10 @@ pub fn resolve(
 /// disk over another disk's namespace, once pointed at its own, would then be refused as
 /// [`IdentityError::DeviceChanged`]).
 ///
+/// A new state file never replaces one another start (`serve`, `scst-accel identity`) created
+/// since this one looked: the file is linked into place, and where one is there already the
+/// identity in it is taken instead, so both starts give the disk the one identity on disk.
+///
 /// # Errors
 /// As [`resolve`], and [`IdentityError::Duplicate`].
 pub fn resolve_unique(
@@ -336,13 +354,31 @@ pub fn resolve_unique(
         return unique(&base_serial, base_naa, source);
     };
     let path = state_path(dir, disk_name)?;
-    let base = load_or_plan(disk_name, &path, device)?;
-    let identity = unique(&base.serial, base.naa, base.source)?;
-    if let Some(write) = base.write {
-        persist(&path, disk_name, &base.serial, base.naa, write)?;
+    // A second round only when another start created the file between this one's look and its
+    // write: the next look finds that file.
+    for _ in 0..CREATE_ROUNDS {
+        let base = load_or_plan(disk_name, &path, device)?;
+        let identity = unique(&base.serial, base.naa, base.source)?;
+        let Some(write) = base.write else {
+            return Ok(identity);
+        };
+        #[cfg(test)]
+        tests::before_write(write);
+        if persist(&path, disk_name, &base.serial, base.naa, write)? {
+            return Ok(identity);
+        }
+        log::info!(
+            "disk {disk_name}: {} was created by another start (serve, or scst-accel identity) \
+             while this one made its identity; taking the identity in it",
+            path.display()
+        );
     }
-    Ok(identity)
+    Err(IdentityError::StateContended { path })
 }
+
+/// Looks at the state file [`resolve_unique`] makes before giving up: each round but the
+/// first follows a file that appeared, so more than two means it keeps being removed.
+const CREATE_ROUNDS: usize = 3;
 
 /// What [`resolve`] will give `disk_name` as far as it is known before its board opens: the
 /// configured serial and NAA, else those its state file holds when there is one (read only:
@@ -437,13 +473,14 @@ struct Base {
 /// How [`persist`] writes a state file.
 #[derive(Clone, Copy, Debug)]
 enum StateWrite {
-    /// There was none: create it.
+    /// There was none: create it, unless another start has since (its identity is then the
+    /// disk's).
     Create {
         /// The device id the identity came from; `None`: generated.
         device_id: Option<Designator>,
     },
     /// Rewrite a legacy file in this version's format, with the device id (`device_id`) whose
-    /// identity it stands for.
+    /// identity it stands for: a start racing this one writes the same.
     Upgrade {
         /// The device id.
         device_id: Designator,
@@ -568,15 +605,19 @@ fn generate() -> Result<(String, Designator), IdentityError> {
 }
 
 /// Write the state file so that a crash at any point leaves either no file or the whole
-/// file: a temporary file in the same directory, fsync'd, renamed over the name (atomic on
-/// POSIX), then the directory fsync'd so the rename itself is durable.
+/// file: a temporary file in the same directory, fsync'd, then put in place, then the
+/// directory fsync'd so that the new name is durable too. Created (`StateWrite::Create`) by
+/// link(2), which fails where the name exists, so a file another start wrote since this one
+/// looked is never replaced: `Ok(false)`, and the caller takes the identity in it (a rename
+/// would leave this start serving one identity and the disk's next start another). Upgraded
+/// by rename(2) over the file read. `Ok(true)`: written.
 fn persist(
     path: &Path,
     disk_name: &str,
     serial: &str,
     naa: Designator,
     write: StateWrite,
-) -> Result<(), IdentityError> {
+) -> Result<bool, IdentityError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let err = |source: io::Error| IdentityError::StateDir {
         dir: dir.to_owned(),
@@ -615,8 +656,15 @@ fn persist(
         "# Identity of SCST disk {disk_name:?}, {origin} once by scst-accel. Initiators know the\n\
          # LUN by it: changing or removing this file makes it a different LUN to them.\n{body}"
     );
-    let tmp = dir.join(format!(".{disk_name}.toml.tmp{}", std::process::id()));
-    let write = || -> io::Result<()> {
+    // Unique within the process, not only by pid: two resolves of one disk in one process (as
+    // in the tests) must not write one temporary file.
+    static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{disk_name}.toml.tmp{}.{}",
+        std::process::id(),
+        TEMPORARIES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write_file = || -> io::Result<bool> {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -625,10 +673,28 @@ fn persist(
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        let placed = match write {
+            StateWrite::Upgrade { .. } => fs::rename(&tmp, path).map(|()| true)?,
+            StateWrite::Create { .. } => {
+                let placed = match fs::hard_link(&tmp, path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(e),
+                };
+                if let Err(e) = fs::remove_file(&tmp) {
+                    // The state file is in place (or another's is): a stray temporary is
+                    // harmless, nothing reads it.
+                    log::warn!("cannot remove {}: {e}", tmp.display());
+                }
+                placed
+            }
+        };
+        // Also where another start's file won: the identity served is then in that file,
+        // whose name that start may not have made durable yet.
+        fs::File::open(dir)?.sync_all()?;
+        Ok(placed)
     };
-    write().map_err(|e| {
+    write_file().map_err(|e| {
         let _ = fs::remove_file(&tmp);
         err(e)
     })
@@ -656,6 +722,8 @@ pub struct IdentityArgs {
 /// The board is not opened, so an NVMe namespace's NGUID/EUI64 is not consulted: for a disk
 /// with no state file yet this generates and persists an identity, which `serve` then keeps
 /// (the state directory wins over the device) even on a board whose namespace reports an id.
+/// A `serve` starting the disk at the same moment gives it the same identity: whichever writes
+/// the file first, the other takes the identity in it.
 pub fn run(args: IdentityArgs) -> u8 {
     match resolve(&args.name, &args.flags.spec(), Some(&args.state_dir), None) {
         Ok(id) => {
@@ -687,6 +755,22 @@ pub fn run(args: IdentityArgs) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    thread_local! {
+        /// Run once by the next resolve on this thread that is about to create a state file,
+        /// after its look found none: what another start does meanwhile.
+        static BEFORE_CREATE: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn before_write(write: StateWrite) {
+        if matches!(write, StateWrite::Create { .. }) {
+            if let Some(hook) = BEFORE_CREATE.with(|h| h.borrow_mut().take()) {
+                hook();
+            }
+        }
+    }
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("scst-accel-identity-{tag}-{}", std::process::id()));
@@ -739,6 +823,41 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Two starts of one disk with no state file yet (`serve`, and `scst-accel identity` run
+    /// beside it): each looks, finds none and makes an identity; the second to write takes
+    /// the first's, so both give the disk the identity on disk, which its next start keeps.
+    #[test]
+    fn a_state_file_another_start_created_meanwhile_is_taken_not_replaced() {
+        let dir = temp_dir("race");
+        let other: Rc<RefCell<Option<Identity>>> = Rc::default();
+        let (slot, other_dir) = (Rc::clone(&other), dir.clone());
+        BEFORE_CREATE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let id = resolve("accel0", &IdentitySpec::default(), Some(&other_dir), None).unwrap();
+                *slot.borrow_mut() = Some(id);
+            }));
+        });
+        let this = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap();
+        let other = other
+            .take()
+            .expect("the other start ran between the look and the write");
+        assert_eq!(other.source, "generated");
+        assert_eq!(
+            (&this.serial, this.naa),
+            (&other.serial, other.naa),
+            "both serve the first identity written"
+        );
+        assert_eq!(this.source, "state");
+        let next = resolve("accel0", &IdentitySpec::default(), Some(&dir), None).unwrap();
+        assert_eq!((next.serial, next.naa), (other.serial, other.naa));
+        let names: Vec<_> = fs::read_dir(dir.join(IDENTITY_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["accel0.toml"], "no temporary file is left");
         let _ = fs::remove_dir_all(&dir);
     }
 
