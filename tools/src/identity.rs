@@ -34,7 +34,7 @@
 //! hard links, as every Linux-native one has), never renamed over an existing one: two starts
 //! of one disk that both find no file (`serve`, and `scst-accel identity` run beside it) both
 //! make an identity, and the second to write takes the first's, so neither serves an identity
-//! the disk will not have at its next start.
+//! the disk will not have at its next start. The directories made for it are fsync'd with it.
 //! A disk refused for another disk's identity ([`resolve_unique`]) writes nothing.
 
 use crate::config::IdentitySpec;
@@ -610,7 +610,8 @@ fn generate() -> Result<(String, Designator), IdentityError> {
 /// link(2), which fails where the name exists, so a file another start wrote since this one
 /// looked is never replaced: `Ok(false)`, and the caller takes the identity in it (a rename
 /// would leave this start serving one identity and the disk's next start another). Upgraded
-/// by rename(2) over the file read. `Ok(true)`: written.
+/// by rename(2) over the file read. The directories are created as needed ([`create_dirs`]).
+/// `Ok(true)`: written.
 fn persist(
     path: &Path,
     disk_name: &str,
@@ -623,12 +624,7 @@ fn persist(
         dir: dir.to_owned(),
         source,
     };
-    // 0700: the identity is the service's own; nobody else should edit it.
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
+    create_dirs(dir).map_err(err)?;
     let device_id = match write {
         StateWrite::Create { device_id } => device_id,
         StateWrite::Upgrade { device_id } => Some(device_id),
@@ -691,13 +687,52 @@ fn persist(
         };
         // Also where another start's file won: the identity served is then in that file,
         // whose name that start may not have made durable yet.
-        fs::File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
         Ok(placed)
     };
     write_file().map_err(|e| {
         let _ = fs::remove_file(&tmp);
         err(e)
     })
+}
+
+/// Create `dir` and whichever of its ancestors are missing, mode 0700 (the identity is the
+/// service's own; nobody else should edit it). A directory's name lives in its parent, so each
+/// parent is fsync'd once it holds the new name: otherwise a crash could lose the directory,
+/// with the state file in it, after the file's own fsync ([`persist`] fsyncs `dir` itself
+/// once the file is in it).
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    for &created in missing.iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(created) {
+            Ok(()) => {}
+            // Another start made it meanwhile: its parent is fsync'd here all the same.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let parent = created
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// fsync(2) a directory, so that the names made in it are durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    tests::synced(dir);
+    Ok(())
 }
 
 /// `identity` arguments.
@@ -762,6 +797,8 @@ mod tests {
         /// Run once by the next resolve on this thread that is about to create a state file,
         /// after its look found none: what another start does meanwhile.
         static BEFORE_CREATE: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+        /// The directories fsync'd on this thread, in order.
+        static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
     }
 
     pub(super) fn before_write(write: StateWrite) {
@@ -770,6 +807,10 @@ mod tests {
                 hook();
             }
         }
+    }
+
+    pub(super) fn synced(dir: &Path) {
+        SYNCED.with(|s| s.borrow_mut().push(dir.to_owned()));
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -859,6 +900,27 @@ mod tests {
             .collect();
         assert_eq!(names, ["accel0.toml"], "no temporary file is left");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The directories a first start creates are durable with the file: each one's parent is
+    /// fsync'd once it holds the new name, and the identity directory once the file is in it.
+    #[test]
+    fn the_directories_made_for_a_state_file_are_fsynced_with_it() {
+        let root = temp_dir("durable");
+        let state = root.join("state");
+        SYNCED.with(|s| s.borrow_mut().clear());
+        resolve("accel0", &IdentitySpec::default(), Some(&state), None).unwrap();
+        let synced = SYNCED.with(|s| s.take());
+        let parent = root.parent().unwrap().to_owned();
+        assert_eq!(
+            synced,
+            [parent, root.clone(), state.clone(), state.join(IDENTITY_DIR)]
+        );
+        // Nothing is created a second time: only the file's directory, for a new file.
+        fs::remove_file(state_path(&state, "accel0").unwrap()).unwrap();
+        resolve("accel0", &IdentitySpec::default(), Some(&state), None).unwrap();
+        assert_eq!(SYNCED.with(|s| s.take()), [state.join(IDENTITY_DIR)]);
+        let _ = fs::remove_dir_all(&root);
     }
 
     /// A disk refused because another disk has its identity writes no state file: it would
