@@ -1274,7 +1274,8 @@ fn start_one(
     if spec.thin_provisioning && !info.supports_unmap {
         log::warn!(
             "disk {}: thin_provisioning asked, but store {} cannot deallocate (a block device \
-             without discard support?): the disk is served thick",
+             without discard support, an image on a file system that cannot punch holes?): the \
+             disk is served thick",
             spec.args.name,
             board_name(spec.board)
         );

@@ -79,9 +79,14 @@
 //!   queue's drop (leaked with the store's state, so the claim then lasts until the process
 //!   ends).
 //! - **Deallocation.** On regular files UNMAP and WRITE ZEROES with deallocate punch holes
-//!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ); a
-//!   file system that cannot punch holes gets zeroes written for WRITE ZEROES, and UNMAP (a
-//!   hint, SBC-3 §4.7.3.4) does nothing. On a block device deallocation is offered only when
+//!   (reads of a hole return zeroes, so [`StoreInfo::unmapped_reads_zero`] = true: LBPRZ).
+//!   Whether the file system can is probed at open, by a punch just past the end of the file
+//!   (`punch_works`): one that cannot (ramfs, vfat) is not offered deallocation
+//!   ([`StoreInfo::supports_unmap`] false: the disk is served thick, with a warning, and the
+//!   dump says so). Thin, it would deallocate nothing for any UNMAP, and a FORMAT UNIT would
+//!   leave the old data where LBPRZ promises zeroes. Should a punch still be refused later,
+//!   WRITE ZEROES writes zeroes and UNMAP (a hint, SBC-3 §4.7.3.4: the blocks may stay mapped)
+//!   does nothing. On a block device deallocation is offered only when
 //!   the device discards (sysfs `queue/discard_max_bytes` > 0): UNMAP is BLKDISCARD, WRITE
 //!   ZEROES is BLKZEROOUT (BLKDISCARD for WRITE ZEROES with deallocate only when the device
 //!   says discarded blocks read as zeroes, `queue/discard_zeroes_data`, which modern kernels
@@ -633,13 +638,15 @@ impl FileStore {
     /// # Errors
     /// [`FileStoreError`], saying what to do.
     pub fn open(config: &FileStoreConfig) -> Result<Self, FileStoreError> {
-        Self::open_probing(config, uring::available)
+        Self::open_probing(config, uring::available, sys::punch_hole)
     }
 
-    /// [`FileStore::open`], with the io_uring probe given (tests make it fail).
+    /// [`FileStore::open`], with the io_uring probe and the hole punch that probes a file
+    /// ([`punch_works`]) given (tests make them fail).
     fn open_probing(
         config: &FileStoreConfig,
         uring_available: impl FnOnce() -> Result<(), String>,
+        punch_hole: impl FnOnce(BorrowedFd<'_>, u64, u64) -> io::Result<()>,
     ) -> Result<Self, FileStoreError> {
         let path = &config.path;
         // First: a forced engine the kernel lacks must not create the file.
@@ -750,6 +757,7 @@ impl FileStore {
         let rotational = medium_device.ok().and_then(device_rotational);
         let discard = queue.as_ref().is_some_and(|q| q.discard);
         let discard_zeroes = queue.as_ref().is_some_and(|q| q.discard && q.discard_zeroes);
+        let punch = !block_device && punch_works(path, &data, size, physical_block_size, punch_hole);
         let sync = open_medium(path, config.direct, libc::O_DSYNC, false)?;
         same_file(path, &data, &sync)?;
         // No I/O goes through it, so no O_DIRECT to refuse.
@@ -776,7 +784,10 @@ impl FileStore {
                 num_blocks: size / bs,
                 physical_block_size,
                 max_transfer_blocks: config.max_transfer_blocks.max(1),
-                supports_unmap: !block_device || discard,
+                // Deallocation only where it happens: thin over a file system that cannot
+                // punch holes, a FORMAT UNIT would leave the old data where LBPRZ promises
+                // zeroes, and no UNMAP would free anything.
+                supports_unmap: punch || discard,
                 // A block device's discard granularity; a file's holes are its file system's
                 // blocks, which the engine's default (4 KiB) already is on ext4 and XFS.
                 unmap_granularity_blocks: queue.as_ref().and_then(|q| q.unmap_granularity_blocks),
@@ -801,7 +812,7 @@ impl FileStore {
             flush,
             regular: !block_device,
             direct: config.direct,
-            punch: AtomicBool::new(!block_device),
+            punch: AtomicBool::new(punch),
             copy_range: AtomicBool::new(true),
             discard: AtomicBool::new(discard),
             discard_zeroes,
@@ -951,13 +962,19 @@ impl Store for FileStore {
         let failed = shared.flush_failed_lba.load(Ordering::Acquire);
         let low = shared.dirty_low.load(Ordering::Acquire);
         Some(format!(
-            "file store {} ({}, {}, engine {}): {} blocks of {}; {}; {}; {} I/O threads; {} FUA writes with RWF_DSYNC",
+            "file store {} ({}, {}, engine {}): {} blocks of {}; {}; {}; {}; {} I/O threads; {} FUA writes with RWF_DSYNC",
             shared.path.display(),
             if shared.regular { "file" } else { "block device" },
             if shared.direct { "O_DIRECT" } else { "buffered" },
             self.io_engine(),
             shared.info.num_blocks,
             shared.info.block_size,
+            match (shared.regular, shared.info.supports_unmap) {
+                (true, true) => "deallocates by punching holes",
+                (true, false) => "the file system cannot punch holes: no deallocation (thick)",
+                (false, true) => "deallocates by discarding",
+                (false, false) => "the device does not discard: no deallocation (thick)",
+            },
             if low == u64::MAX {
                 "nothing written back since the last flush".to_owned()
             } else {
@@ -1981,6 +1998,36 @@ impl FlushWaiter {
             .is_ok()
         {
             self.queue.notify.signal();
+        }
+    }
+}
+
+/// Whether holes can be punched in the regular file `data` (`size` bytes, `block` its file
+/// system's block), found once at open by punching `block` bytes just past its end with
+/// KEEP_SIZE: no byte the file holds is deallocated and its size stays, while a file system
+/// that cannot punch refuses that as any other (EOPNOTSUPP: it checks the mode before the range;
+/// ramfs, vfat). Anything but success is a no, with a warning: the disk is then served thick
+/// (UNMAP not offered, WRITE ZEROES writes zeroes) rather than thin with nothing deallocated,
+/// where a FORMAT UNIT would leave the old data though LBPRZ promises zeroes. `punch_hole` is
+/// [`sys::punch_hole`] (tests give another).
+fn punch_works(
+    path: &Path,
+    data: &File,
+    size: u64,
+    block: u32,
+    punch_hole: impl FnOnce(BorrowedFd<'_>, u64, u64) -> io::Result<()>,
+) -> bool {
+    match punch_hole(data.as_fd(), size, u64::from(block)) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!(
+                "{}: cannot punch holes in it ({e}): no deallocation offered, so a disk with \
+                 thin_provisioning is served thick, and WRITE ZEROES writes zeroes; put the \
+                 image on a file system that punches holes (ext4, XFS, btrfs, tmpfs) for thin \
+                 provisioning",
+                path.display()
+            );
+            false
         }
     }
 }

@@ -1133,6 +1133,102 @@ fn a_file_reports_its_physical_block_and_unmapped_blocks_read_zero(engine: IoEng
     assert_eq!(got[24 * 512..], expected[24 * 512..]);
 }
 
+/// A file whose file system cannot punch holes (the probe's punch refused with EOPNOTSUPP, as
+/// ramfs and vfat refuse it; the real one is `failures::ramfs_cannot_punch_holes_so_the_disk_is_thick`)
+/// is not offered deallocation: thin, its UNMAPs would deallocate nothing and a FORMAT UNIT
+/// would leave the old data where LBPRZ promises zeroes. The dump says so; WRITE ZEROES with
+/// deallocate writes the zeroes. The probe punches past the end of the file, never inside.
+#[test]
+fn a_file_that_cannot_have_holes_punched_is_not_offered_deallocation() {
+    let dir = TempDir::new("nopunch");
+    let path = dir.file("disk.img");
+    let size = 1u64 << 20;
+    let probed = std::cell::Cell::new(None);
+    let store = FileStore::open_probing(
+        &config(IoEngine::Threads, &path, Some(size)),
+        super::uring::available,
+        |_: BorrowedFd<'_>, offset: u64, len: u64| {
+            probed.set(Some((offset, len)));
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        },
+    )
+    .expect("open");
+    let (offset, len) = probed.get().expect("punching was probed");
+    assert!(
+        offset >= size && len > 0,
+        "probed at {offset}+{len}, inside the file"
+    );
+    let info = store.info();
+    assert!(
+        !info.supports_unmap,
+        "deallocation offered where no hole can be punched"
+    );
+    // The engine's disk: thin asked by the operator, as the service grants it.
+    let mut cfg = crate::scsi::DiskConfig::for_store(&info);
+    cfg.thin_provisioning = info.supports_unmap;
+    let disk = crate::scsi::Disk::try_new(cfg).expect("disk");
+    let provisioning = &disk.capabilities().provisioning;
+    assert!(!provisioning.thin && !provisioning.unmapped_reads_zero);
+    assert!(!store.shared.punch.load(Ordering::Relaxed));
+    let dump = store.dump().expect("dump");
+    assert!(dump.contains("cannot punch holes"), "{dump}");
+    let mut q = store.open_queue().expect("queue");
+    let buf = buffer(8192);
+    pattern(&buf, 8192, 0x3C);
+    let write = StoreOp::Write {
+        lba: 0,
+        blocks: 16,
+        fua: false,
+    };
+    assert_eq!(run(&mut q, write, Some(&buf)), StoreStatus::Good);
+    let zeroes = StoreOp::WriteZeroes {
+        lba: 0,
+        blocks: 16,
+        deallocate: true,
+    };
+    assert_eq!(run(&mut q, zeroes, None), StoreStatus::Good);
+    let out = buffer(8192);
+    let read = StoreOp::Read { lba: 0, blocks: 16 };
+    assert_eq!(run(&mut q, read, Some(&out)), StoreStatus::Good);
+    assert!(bytes(&out, 8192).iter().all(|&b| b == 0));
+    drop(q);
+    drop(store);
+    // Where the punch works, deallocation is offered.
+    let store = FileStore::open_probing(
+        &config(IoEngine::Threads, &path, Some(size)),
+        super::uring::available,
+        |_: BorrowedFd<'_>, _: u64, _: u64| Ok(()),
+    )
+    .expect("open");
+    assert!(store.info().supports_unmap);
+}
+
+/// The probe of hole punching at open deallocates nothing the file holds and leaves its size
+/// alone: a fully written image keeps every byte and every allocated block.
+#[test]
+fn probing_hole_punching_leaves_the_image_alone() {
+    let dir = TempDir::new("punchprobe");
+    let path = dir.file("disk.img");
+    let size = 1usize << 20;
+    std::fs::write(&path, vec![0xA5u8; size]).expect("image");
+    let file = File::open(&path).expect("open");
+    file.sync_all().expect("fsync");
+    let before = file.metadata().expect("stat");
+    let store = open(&FileStoreConfig {
+        direct: false,
+        ..config(IoEngine::Threads, &path, None)
+    })
+    .expect("open");
+    assert!(
+        store.info().supports_unmap,
+        "the temp dir's file system punches holes"
+    );
+    let after = file.metadata().expect("stat");
+    assert_eq!((after.len(), after.blocks()), (before.len(), before.blocks()));
+    drop(store);
+    assert!(std::fs::read(&path).expect("read").iter().all(|&b| b == 0xA5));
+}
+
 /// A loop device over a file in the temp dir, detached on drop.
 struct LoopDevice {
     device: PathBuf,
@@ -1865,15 +1961,23 @@ fn without_io_uring_auto_falls_back_once_and_serves() {
     // Where the kernel lacks io_uring another test may have warned already (once per process).
     let warned_before = usize::from(FALLBACK_WARNED.load(Ordering::Acquire));
     let forced = dir.file("forced.img");
-    let e =
-        FileStore::open_probing(&config(IoEngine::Uring, &forced, Some(1 << 20)), unavailable).unwrap_err();
+    let e = FileStore::open_probing(
+        &config(IoEngine::Uring, &forced, Some(1 << 20)),
+        unavailable,
+        sys::punch_hole,
+    )
+    .unwrap_err();
     assert!(matches!(e, FileStoreError::UringUnavailable { .. }), "{e}");
     assert!(e.to_string().contains("--io-engine threads"), "{e}");
     assert!(!forced.exists(), "nothing created");
     for name in ["a.img", "b.img"] {
         let path = dir.file(name);
-        let store = FileStore::open_probing(&config(IoEngine::Auto, &path, Some(1 << 20)), unavailable)
-            .expect("open");
+        let store = FileStore::open_probing(
+            &config(IoEngine::Auto, &path, Some(1 << 20)),
+            unavailable,
+            sys::punch_hole,
+        )
+        .expect("open");
         assert_eq!(store.io_engine(), RunningEngine::Threads);
         let mut q = store.open_queue().expect("queue");
         assert!(!q.dump().expect("dump").contains("io_uring"), "a thread queue");

@@ -74,6 +74,23 @@ impl Mounted {
         })
     }
 
+    /// A ramfs: a file system that cannot punch holes (fallocate(2) answers EOPNOTSUPP).
+    fn ramfs(tag: &str) -> Result<Self, String> {
+        if !is_root() {
+            return Err("not root (mount needs it)".into());
+        }
+        let dir = TempDir::new(tag);
+        let mnt = dir.file("mnt");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        let mnt_s = mnt.to_str().ok_or("temp path is not UTF-8")?.to_owned();
+        sh("mount", &["-t", "ramfs", "none", &mnt_s])?;
+        Ok(Self {
+            mnt,
+            loop_device: None,
+            dir,
+        })
+    }
+
     /// ext4 without a journal on a loop device over a `size`-byte file of the temp dir.
     fn ext4(tag: &str, size: u64) -> Result<Self, String> {
         if !is_root() {
@@ -156,6 +173,26 @@ fn fixed(key: u8, (asc, ascq): (u8, u8), lba: u32) -> Vec<u8> {
     let mut s = vec![0xF0, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq];
     s[3..7].copy_from_slice(&lba.to_be_bytes());
     s
+}
+
+/// An image on a file system that cannot punch holes (ramfs) is not offered deallocation,
+/// found at open: thin, its UNMAPs would deallocate nothing and a FORMAT UNIT would leave the
+/// old data where LBPRZ promises zeroes. The dump says so.
+#[test]
+fn ramfs_cannot_punch_holes_so_the_disk_is_thick() {
+    let name = "ramfs_cannot_punch_holes_so_the_disk_is_thick";
+    let fs = match Mounted::ramfs("ramfs") {
+        Ok(fs) => fs,
+        Err(reason) => return scst_accel_hal::skip::test_skipped(name, &reason),
+    };
+    let store = FileStore::open(&FileStoreConfig {
+        direct: false,
+        ..image_config(&fs.file("disk.img"), 1 << 20)
+    })
+    .expect("open");
+    assert!(!store.info().supports_unmap, "deallocation offered on ramfs");
+    let dump = store.dump().expect("dump");
+    assert!(dump.contains("cannot punch holes"), "{dump}");
 }
 
 /// ENOSPC: a sparse 1 MiB image on a 256 KiB tmpfs fills it up. The write that cannot get
