@@ -108,9 +108,11 @@ pub struct TcmuArgs {
     /// authentication (needs iscsi_target_mod).
     #[arg(long)]
     pub tcmu_iscsi: Option<String>,
-    /// Take over the backstore and targets a killed `serve` left (its ring, with the
-    /// initiator's commands still in it, is served from where that run stopped) instead of
-    /// refusing them; what is missing is created. All of it is removed at the stop.
+    /// Take over the backstore and targets a killed `serve` left instead of refusing them;
+    /// what is missing is created. The adopted ring is reset before it is served (device
+    /// blocked, every command still in it answered BUSY for the initiator to retry, unblocked:
+    /// nothing is replayed), and the backstore gets `attrib/nl_reply_supported=-1` and
+    /// `attrib/tmr_notification=1`. All of it is removed at the stop.
     #[arg(long)]
     pub tcmu_adopt: bool,
     /// How long the stop waits for the store's requests before aborting them (and then as
