@@ -459,12 +459,46 @@ fn service_config(args: &ServeArgs, matches: Option<&ArgMatches>) -> Result<Serv
         };
     }
     crate::tcmu::apply_args(&mut config.service.tcmu, &args.tcmu, &from_flags);
+    if config.service.frontend == Frontend::Tcmu {
+        refuse_exports_under_tcmu(&config, args.config.as_deref())?;
+    }
     for disk in &config.disks {
         disk.args
             .validate()
             .map_err(|e| (format!("disk {}: {e}", disk.args.name), exit::USAGE))?;
     }
     Ok(config)
+}
+
+/// Under TCMU, export blocks are refused as the file's own `frontend = "tcmu"` refuses them
+/// (config::load, exit 78): they write SCST's sysfs, and under TCMU every disk is LUN N of the
+/// service's shared targets instead. `--frontend tcmu` over a file written for SCST reaches
+/// here with the blocks already read; serving on without them would drop the exports the file
+/// asks for without a word.
+fn refuse_exports_under_tcmu(
+    config: &ServiceConfig,
+    file: Option<&std::path::Path>,
+) -> Result<(), (String, u8)> {
+    let with_exports: Vec<String> = config
+        .disks
+        .iter()
+        .filter(|d| !d.exports.is_empty())
+        .map(|d| format!("{} ({})", d.args.name, d.exports.len()))
+        .collect();
+    if with_exports.is_empty() {
+        return Ok(());
+    }
+    Err((
+        format!(
+            "{}: [[disk.export]] blocks of disk(s) {} add the disk to an SCST target; under \
+             --frontend tcmu every disk is LUN N (its place in the file) of the targets \
+             [service.tcmu] declares; remove the export blocks, or serve with --frontend scst",
+            file.unwrap_or_else(|| std::path::Path::new("the configuration"))
+                .display(),
+            with_exports.join(", ")
+        ),
+        exit::CONFIG,
+    ))
 }
 
 /// Disk flags that, given on the command line, override the file's one disk.

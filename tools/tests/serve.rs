@@ -736,3 +736,40 @@ fn tcmu_is_not_with_loopback() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--loopback"), "{err}");
 }
+
+#[test]
+fn exports_of_a_file_are_refused_under_a_tcmu_frontend_the_command_line_chose() {
+    // The file is written for SCST (no frontend key) and has an export block; --frontend tcmu
+    // overrides the file's frontend. The export would be dropped without a word under TCMU:
+    // refused as the file's own frontend = "tcmu" refuses it (78), before anything is made.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("target");
+    std::fs::create_dir_all(root.join("core")).expect("core");
+    let file = dir.path().join("svc.toml");
+    std::fs::write(
+        &file,
+        "[[disk]]\nname = \"d0\"\nboard = \"ram\"\nsize = \"8M\"\n\
+         [[disk.export]]\ndriver = \"scst_local\"\ntarget = \"scst_local_tgt\"\nlun = 0\n",
+    )
+    .expect("config");
+    let (code, err) = run(&[
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--frontend",
+        "tcmu",
+        "--tcmu-no-loop",
+        "--tcmu-no-netlink",
+        "--configfs-root",
+        root.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("[[disk.export]]") && err.contains("d0 (1)") && err.contains("--frontend tcmu"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(root.join("core"))
+        .expect("core")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing was made: {left:?}");
+}
