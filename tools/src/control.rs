@@ -373,6 +373,7 @@ pub fn status_reply(disks: &[DiskSnapshot], rates: &[DiskRates]) -> Value {
                     "write_bytes": f.write_bytes,
                     "aborted": f.aborted,
                     "deadline_escalations": f.deadline_escalations,
+                    "task_mgmt": f.task_mgmt,
                 })),
                 "device": d.device,
                 "teardowns": d.teardowns,
@@ -583,8 +584,8 @@ pub fn run_resize(args: ResizeArgs) -> u8 {
 /// The human form of a status reply: one line per disk, then failures.
 pub fn status_table(reply: &Value) -> String {
     let mut out = format!(
-        "{:<16} {:<9} {:>10} {:>10} {:>9} {:>10} {:>8}\n",
-        "DISK", "STATE", "CAPACITY", "IOPS", "MB/s", "P99(us)", "ERRORS"
+        "{:<16} {:<9} {:>10} {:>10} {:>9} {:>10} {:>8} {:>9}\n",
+        "DISK", "STATE", "CAPACITY", "IOPS", "MB/s", "P99(us)", "ERRORS", "TASKMGMT"
     );
     let empty = Vec::new();
     let disks = reply.get("disks").and_then(Value::as_array).unwrap_or(&empty);
@@ -597,15 +598,20 @@ pub fn status_table(reply: &Value) -> String {
             .and_then(Value::as_f64)
             .map_or("-".to_string(), |v| format!("{v:.0}"));
         let errors = d.pointer("/frontend/errors").and_then(Value::as_u64).unwrap_or(0);
+        let task_mgmt = d
+            .pointer("/frontend/task_mgmt")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         out.push_str(&format!(
-            "{:<16} {:<9} {:>10} {:>10.0} {:>9.1} {:>10} {:>8}\n",
+            "{:<16} {:<9} {:>10} {:>10.0} {:>9.1} {:>10} {:>8} {:>9}\n",
             s("name"),
             s("state"),
             human_bytes(d.get("capacity_bytes").and_then(Value::as_u64).unwrap_or(0)),
             f("iops"),
             f("mb_per_s"),
             p99,
-            errors
+            errors,
+            task_mgmt
         ));
         if let Some(why) = d.get("failure").and_then(Value::as_str) {
             failures.push(format!("{}: {why}", s("name")));
@@ -701,6 +707,9 @@ mod tests {
             "writes",
             "read_bytes",
             "write_bytes",
+            "aborted",
+            "deadline_escalations",
+            "task_mgmt",
         ] {
             assert!(disk["frontend"][key].is_u64(), "{key}: {disk}");
         }
@@ -716,7 +725,14 @@ mod tests {
         assert_eq!(reply["totals"]["disks"], 2);
         assert_eq!(reply["totals"]["failed"], 1);
         let table = status_table(&reply);
+        assert_eq!(disk["frontend"]["task_mgmt"], 5);
+        assert_eq!(disk["frontend"]["deadline_escalations"], 4);
         assert!(table.contains("ram0") && table.contains("1.0MiB"), "{table}");
+        // Task management has a column of its own, after the errors.
+        let header = table.lines().next().unwrap_or_default();
+        assert!(header.trim_end().ends_with("ERRORS  TASKMGMT"), "{table}");
+        let ram0 = table.lines().find(|l| l.starts_with("ram0")).unwrap_or_default();
+        assert!(ram0.trim_end().ends_with(" 5"), "{table}");
         assert!(
             table.contains("failures:") && table.contains("device gone"),
             "{table}"

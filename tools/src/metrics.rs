@@ -290,12 +290,24 @@ pub fn prometheus_text(snapshots: &[DiskSnapshot], window: &[DiskRates]) -> Stri
             let _ = writeln!(o, "{name}{{disk=\"{}\"}} {}", label(&d.name), value(d));
         }
     };
-    let simple: [(&str, &str, &str, &Figure<'_>); 9] = [
+    let simple: [(&str, &str, &str, &Figure<'_>); 11] = [
         (
             "scst_accel_command_errors_total",
             "counter",
             "SCSI commands answered with a status other than GOOD.",
             &|d| stats(d).exec_errors,
+        ),
+        (
+            "scst_accel_deadline_escalations_total",
+            "counter",
+            "Commands that missed their deadline in the store and were escalated (a dump, then the store's abort).",
+            &|d| stats(d).deadline_escalations,
+        ),
+        (
+            "scst_accel_task_management_total",
+            "counter",
+            "Task management messages from the kernel (scst_user: TASK_MGMT_RECEIVED and TASK_MGMT_DONE each; TCMU: the ring's TMR notices).",
+            &|d| stats(d).task_mgmt,
         ),
         (
             "scst_accel_busy_total",
@@ -816,6 +828,8 @@ mod tests {
         assert!(text.contains("scst_accel_disk_state{disk=\"ram0\",state=\"serving\"} 1"));
         assert!(text.contains("scst_accel_disk_state{disk=\"ram0\",state=\"failed\"} 0"));
         assert!(text.contains("scst_accel_capacity_bytes{disk=\"ram0\"} 1048576"));
+        assert!(text.contains("scst_accel_deadline_escalations_total{disk=\"ram0\"} 4"));
+        assert!(text.contains("scst_accel_task_management_total{disk=\"ram0\"} 5"));
         // Every recovery once: the store's two are among the controller's three.
         assert!(
             text.contains("scst_accel_device_resets_total{disk=\"ram0\"} 3"),

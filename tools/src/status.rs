@@ -241,6 +241,8 @@ pub(crate) mod fake {
                 exec_errors: n,
                 busy: 2,
                 inflight: 3,
+                deadline_escalations: 4,
+                task_mgmt: 5,
                 latency,
                 ..FrontendStats::default()
             };

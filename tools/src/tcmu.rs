@@ -1768,7 +1768,7 @@ mod tests {
     }
 
     #[test]
-    fn the_workers_figures_become_the_frontend_figures_status_renders() {
+    fn the_workers_figures_become_the_frontend_figures_status_renders_task_management_included() {
         let s = WorkerStats {
             started: 10,
             completed: 7,
@@ -1789,6 +1789,36 @@ mod tests {
             ),
             (10, 4, 3, 4, 2)
         );
+        // And as status renders them: a disk's snapshot from its worker's last figures, in
+        // the control socket's reply (`status --json`), its table (`status`) and the metrics.
+        let (dir, _root, _config, mut service) = scratch_service("render", 4244, &["vol1"]);
+        service.disks[0].last = Some(s);
+        let snapshot = service.disks[0].snapshot();
+        let reply = crate::control::status_reply(std::slice::from_ref(&snapshot), &[]);
+        let frontend = &reply["disks"][0]["frontend"];
+        assert_eq!(frontend["exec"], 10, "{reply}");
+        assert_eq!(frontend["errors"], 4, "{reply}");
+        assert_eq!(frontend["deadline_escalations"], 4, "{reply}");
+        assert_eq!(frontend["task_mgmt"], 2, "{reply}");
+        assert_eq!(reply["disks"][0]["in_flight"], 3, "{reply}");
+        let table = crate::control::status_table(&reply);
+        let row = table.lines().find(|l| l.starts_with("vol1")).unwrap_or_default();
+        let figures: Vec<&str> = row.split_whitespace().rev().take(2).collect();
+        assert_eq!(
+            figures,
+            ["2", "4"],
+            "task management, then errors, from the right: {table}"
+        );
+        let text = crate::metrics::prometheus_text(&[snapshot], &[]);
+        assert!(
+            text.contains("scst_accel_task_management_total{disk=\"vol1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scst_accel_deadline_escalations_total{disk=\"vol1\"} 4"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A configfs root that does not exist: the shared targets cannot be made, nothing
