@@ -551,9 +551,10 @@ pub(crate) fn join_within(
     what: &str,
 ) {
     let Some(thread) = thread else { return };
-    match done.recv_timeout(STOP_BOUND) {
+    match scst_accel_hal::locks::blocking("recv_timeout", || done.recv_timeout(STOP_BOUND)) {
+        // Done, or its sender dropped as the thread ends: the join returns at once.
         Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-            if thread.join().is_err() {
+            if scst_accel_hal::locks::join(thread).is_err() {
                 log::error!("the {what} server thread panicked");
             }
         }

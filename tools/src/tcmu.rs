@@ -206,7 +206,7 @@ fn open_uio(hba: &str, name: &str) -> Result<UioDevice, UioError> {
         match tried {
             Ok(device) => return Ok(device),
             Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => scst_accel_hal::locks::sleep(Duration::from_millis(50)),
         }
     }
 }

@@ -397,10 +397,9 @@ impl LoopbackKernel {
             timeout_secs: 0,
         })?;
         let timeout = Duration::from_secs(30);
-        let done = session
-            .completions()
-            .recv_timeout(timeout)
-            .map_err(|_| CopyManagerError::Timeout(timeout))?;
+        let done =
+            scst_accel_hal::locks::blocking("recv_timeout", || session.completions().recv_timeout(timeout))
+                .map_err(|_| CopyManagerError::Timeout(timeout))?;
         if done.status != abi::sam_status::GOOD {
             return Err(CopyManagerError::Inquiry(done.status));
         }

@@ -447,10 +447,10 @@ impl Executor {
                     .min(Duration::from_millis(50));
                 if let Err(e) = scst_accel_hal::fdio::poll_readable(&[fd], wait) {
                     log::warn!("tcmu drain: waiting for the store: {e}");
-                    std::thread::sleep(Duration::from_millis(1));
+                    scst_accel_hal::locks::sleep(Duration::from_millis(1));
                 }
             } else {
-                std::thread::sleep(Duration::from_millis(1));
+                scst_accel_hal::locks::sleep(Duration::from_millis(1));
             }
             self.flush(token, ring, &mut progress);
             if ring.take_kick() {

@@ -782,6 +782,9 @@ pub struct EventListener {
 /// eventfd ends the wait at once (an idle service costs one wake-up per turn).
 const LISTEN_TURN: Duration = Duration::from_secs(10);
 
+/// How long [`EventListener::stop`] waits for the listener thread.
+const STOP_BOUND: Duration = Duration::from_secs(5);
+
 impl EventListener {
     /// Resolve `TCM-USER`, join its `config` group, and hand every event to `deliver` on a
     /// thread of its own (`deliver` is called there; a channel's send fits).
@@ -838,12 +841,19 @@ impl EventListener {
         self.thread.is_finished()
     }
 
-    /// Stop and join: bounded by one delivery (the stop eventfd ends the wait).
+    /// Stop and join: the stop eventfd ends the listener's wait, so it ends within the
+    /// delivery it may be in; one that has not ended after [`STOP_BOUND`] (a delivery that
+    /// blocks) is left detached, said, rather than holding the service's stop.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
         self.stop_wake.signal();
-        if self.thread.join().is_err() {
-            log::error!("tcmu: the netlink listener panicked");
+        match scst_accel_hal::locks::join_bounded(self.thread, STOP_BOUND) {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => log::error!("tcmu: the netlink listener panicked"),
+            Err(_still_running) => log::error!(
+                "tcmu: the netlink listener did not end within {STOP_BOUND:?} of its stop (its \
+                 delivery blocks?); left detached"
+            ),
         }
     }
 }

@@ -82,7 +82,9 @@ pub fn scan(
         if inflight.is_empty() {
             break;
         }
-        let c = match session.completions().recv_timeout(timeout) {
+        let c = match scst_accel_hal::locks::blocking("recv_timeout", || {
+            session.completions().recv_timeout(timeout)
+        }) {
             Ok(c) => c,
             Err(e) => {
                 let left: u64 = inflight.values().map(|&(_, n)| u64::from(n)).sum();

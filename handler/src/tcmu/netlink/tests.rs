@@ -472,3 +472,35 @@ proptest! {
         }
     }
 }
+
+/// The listener's stop waits at most `STOP_BOUND` for its thread: one held in a delivery (the
+/// service's callback blocking) is left, detached, and the stop returns; it waited without
+/// limit. The thread stands in for the listener's: it ignores the stop until released.
+#[test]
+fn a_listener_held_in_a_delivery_is_left_at_the_stops_bound() {
+    use std::time::Instant;
+    let released = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let released = Arc::clone(&released);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !released.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let listener = EventListener {
+        stop: Arc::default(),
+        stop_wake: Arc::new(EventFd::new().expect("eventfd")),
+        lost: Arc::default(),
+        thread,
+    };
+    let started = Instant::now();
+    listener.stop();
+    let took = started.elapsed();
+    released.store(true, Ordering::Release);
+    assert!(
+        took >= STOP_BOUND && took < STOP_BOUND + Duration::from_secs(3),
+        "the stop took {took:?}, its bound is {STOP_BOUND:?}"
+    );
+}
