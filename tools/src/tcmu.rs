@@ -1493,18 +1493,13 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     // Signals come through a channel from a thread of their own, so the loop sleeps until a
     // request, a device event or a signal, and otherwise looks at the disks once a second.
     let signal_handle = signals.handle();
-    let (signal_tx, signal_rx) = crossbeam_channel::bounded(8);
     let requested = std::thread::scope(|scope| {
         // Closed on every way out of the loop (a panic included), which ends the signal
-        // thread: the scope's join cannot wait for ever.
+        // thread, whose forwarding never blocks (`forward_stop_signals`); the receiver is this
+        // closure's, so it goes with it too: the scope's join cannot wait for ever.
         let _close = CloseSignals(signal_handle);
-        scope.spawn(move || {
-            for signal in signals.forever() {
-                if signal_tx.send(signal).is_err() {
-                    break;
-                }
-            }
-        });
+        let (signal_tx, signal_rx) = crossbeam_channel::bounded(8);
+        scope.spawn(move || forward_stop_signals(signals.forever(), &signal_tx));
         let events = if listener.is_some() {
             events
         } else {
@@ -1550,6 +1545,26 @@ const SERVICE_LOOK: Duration = Duration::from_secs(1);
 /// What the service's stop allows beyond the drains (twice the budget) before it gives up on a
 /// disk's stop thread; systemd's stop timeout is extended by as much and a little more.
 const STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// Forward the stop signals among `signals` (SIGINT, SIGTERM) to the service's loop, until
+/// `signals` ends (its handle closed) or the loop's receiver is gone. Never waits on the
+/// channel: a full one holds that many stops the loop has not read, and one more changes
+/// nothing (the loop stops at the first), whereas a blocking send, once the loop had stopped
+/// reading, would keep this thread, and the scope that joins it, for ever. SIGHUP and SIGUSR1,
+/// registered for the scst_user frontend, mean nothing under TCMU and are not forwarded, so
+/// only stops can fill the channel.
+fn forward_stop_signals(signals: impl Iterator<Item = i32>, tx: &crossbeam_channel::Sender<i32>) {
+    for signal in signals {
+        if signal != SIGINT && signal != SIGTERM {
+            log::debug!("signal {signal}: nothing to do under TCMU");
+            continue;
+        }
+        match tx.try_send(signal) {
+            Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => {}
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => break,
+        }
+    }
+}
 
 /// Closes the service's signal iterator when dropped, ending the thread that forwards it.
 struct CloseSignals(signal_hook::iterator::Handle);
@@ -2648,5 +2663,33 @@ mod tests {
         assert_eq!(trigger, "WorkerEnded");
         assert!(!tpg.join("lun/lun_0").exists(), "its LUN is gone");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The signal forwarder never blocks: with the loop's channel full (8 stops it has not
+    /// read, as when the loop has already stopped reading) and the receiver alive, every
+    /// further signal is dropped and the forwarder ends with its iterator, so the scope that
+    /// joins it ends. With a blocking send it waited for ever on the ninth. SIGHUP and SIGUSR1
+    /// are not forwarded.
+    #[test]
+    fn the_signal_forwarder_ends_with_its_signals_even_when_the_loop_reads_none() {
+        use signal_hook::consts::SIGHUP;
+        use signal_hook::consts::SIGUSR1;
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let signals: Vec<i32> = [SIGHUP, SIGUSR1]
+            .into_iter()
+            .chain(std::iter::repeat_n(SIGTERM, 20))
+            .collect();
+        let forwarder = std::thread::spawn(move || forward_stop_signals(signals.into_iter(), &tx));
+        let joined = scst_accel_hal::locks::join_bounded(forwarder, Duration::from_secs(5));
+        assert!(
+            matches!(joined, Ok(Ok(()))),
+            "the forwarder blocked on the full channel"
+        );
+        let forwarded: Vec<i32> = rx.try_iter().collect();
+        assert_eq!(
+            forwarded,
+            vec![SIGTERM; 8],
+            "stops only, as many as the channel holds"
+        );
     }
 }
