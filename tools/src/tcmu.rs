@@ -62,6 +62,7 @@ use scst_accel_handler::tcmu::uio::TcmuUioName;
 use scst_accel_handler::tcmu::uio::UioDevice;
 use scst_accel_handler::tcmu::uio::UioError;
 use scst_accel_handler::tcmu::worker::command_timeout_under;
+use scst_accel_handler::tcmu::worker::StopError;
 use scst_accel_handler::tcmu::worker::TcmuWorker;
 use scst_accel_handler::tcmu::worker::WorkerConfig;
 use scst_accel_handler::tcmu::worker::WorkerReport;
@@ -234,12 +235,13 @@ struct Running {
     uio_index: u32,
 }
 
-/// A disk's parts once its worker has stopped ([`halt`]), for [`settle`].
+/// A disk's parts once its worker has stopped, or been left at its bound ([`halt`]), for
+/// [`settle`].
 struct Halted {
     backend: Backend,
     engine: Arc<Disk>,
     setup: Setup<ServiceFs>,
-    report: Result<WorkerReport, String>,
+    report: Result<WorkerReport, StopError>,
     /// Commands in flight when the worker was asked to stop.
     in_flight_at_start: u64,
 }
@@ -1031,7 +1033,8 @@ fn worker_command_timeout(
 const KERNEL_REMOVED: &str = "KernelRemoved";
 
 /// A disk whose LUNs are gone and whose worker was asked to stop: the drain awaited (the ring
-/// unmapped by the worker after it; bounded by twice the drain budget).
+/// unmapped by the worker after it), at most [`TcmuWorker::stop_bound`] (twice the drain budget
+/// and a second); a worker still running then is left ([`StopError::Detached`]).
 fn halt(running: Running) -> Halted {
     let in_flight_at_start = running.worker.stats().in_flight();
     let Running {
@@ -1050,9 +1053,10 @@ fn halt(running: Running) -> Halted {
     }
 }
 
-/// The end of a disk whose worker has stopped ([`halt`]): the backend released (the pool
-/// unmapped only with the drain's proof, else leaked), the backstore removed, the teardown
-/// recorded.
+/// The end of a disk whose worker has stopped or been left ([`halt`]): the backend released
+/// (the pool unmapped only with the drain's proof, else leaked; a left worker's function reset,
+/// its pool leaked), the backstore removed (not under a left worker, which still maps its
+/// ring), the teardown recorded.
 fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, failed: bool) {
     let name = disk.spec.args.name.clone();
     let Halted {
@@ -1064,6 +1068,7 @@ fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, 
     } = halted;
     disk.num_blocks = engine.num_blocks();
     let mut code = disk.exit_code;
+    let mut ring_unmapped = true;
     let (backend_report, zombies, permitted) = match &report {
         Ok(r) => {
             log::info!(
@@ -1097,10 +1102,23 @@ fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, 
                 }
             }
         }
-        Err(panic) => {
-            log::error!("disk {name}: the worker panicked ({panic}); the buffer pool is leaked");
+        Err(e @ StopError::Panicked(_)) => {
+            log::error!("disk {name}: {e}");
             code = code.max(exit::SOFTWARE);
             (backend.shutdown(None), 0, false)
+        }
+        Err(e @ StopError::Detached(_)) => {
+            // Without a permit the release resets the function (no more DMA into the pool),
+            // or, if it cannot be confirmed, leaks its rings too, and leaks the pool either way.
+            log::error!(
+                "disk {name}: {e}; its function is reset, its buffer pool leaked, not unmapped, and \
+                 its backstore {} left in configfs (the worker maps its ring): once the process \
+                 has exited, restart with --tcmu-adopt or remove it (rmdir)",
+                setup.backstore().display()
+            );
+            code = code.max(exit::SOFTWARE);
+            ring_unmapped = false;
+            (backend.shutdown(None), in_flight_at_start, false)
         }
     };
     disk.last = report.as_ref().ok().map(|r| WorkerStats {
@@ -1111,10 +1129,13 @@ fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, 
         escalations: r.escalations,
         ..disk.last.unwrap_or_default()
     });
-    // The ring is unmapped (the worker dropped the device after its drain): the backstore can go.
-    if let Err(e) = setup.remove() {
-        log::error!("disk {name}: {}", error_chain(&e));
-        code = code.max(exit::SOFTWARE);
+    if ring_unmapped {
+        // The ring is unmapped (the worker dropped the device after its drain, or as it
+        // unwound): the backstore can go.
+        if let Err(e) = setup.remove() {
+            log::error!("disk {name}: {}", error_chain(&e));
+            code = code.max(exit::SOFTWARE);
+        }
     }
     if backend_report.mapped_after != 0 || backend_report.leaked_buffers != 0 {
         log::error!(
@@ -2459,6 +2480,136 @@ mod tests {
         assert_eq!(
             d.teardowns.last().map(|t| t.trigger.as_str()),
             Some("StoreFailed")
+        );
+    }
+
+    /// A RAM store whose queues' `submit` blocks once `stuck` is set, until `released` (at
+    /// most 30 s, so a test that fails still ends): a store call stuck in a device recovery or
+    /// a VFIO reset that does not return.
+    struct StuckStore {
+        ram: scst_accel_handler::store::ram::RamStore,
+        stuck: Arc<std::sync::atomic::AtomicBool>,
+        entered: Arc<std::sync::atomic::AtomicBool>,
+        released: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct StuckQueue {
+        inner: Box<dyn scst_accel_handler::store::StoreQueue>,
+        stuck: Arc<std::sync::atomic::AtomicBool>,
+        entered: Arc<std::sync::atomic::AtomicBool>,
+        released: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl scst_accel_handler::store::Store for StuckStore {
+        fn info(&self) -> scst_accel_handler::store::StoreInfo {
+            self.ram.info()
+        }
+
+        fn open_queue(
+            &self,
+        ) -> Result<Box<dyn scst_accel_handler::store::StoreQueue>, scst_accel_handler::store::StoreError>
+        {
+            Ok(Box::new(StuckQueue {
+                inner: self.ram.open_queue()?,
+                stuck: Arc::clone(&self.stuck),
+                entered: Arc::clone(&self.entered),
+                released: Arc::clone(&self.released),
+            }))
+        }
+    }
+
+    impl scst_accel_handler::store::StoreQueue for StuckQueue {
+        fn submit(
+            &mut self,
+            token: &mut scst_accel_handler::store::StoreToken<'_>,
+            batch: &mut Vec<scst_accel_handler::store::StoreRequest>,
+        ) -> Result<(), scst_accel_handler::store::StoreError> {
+            use std::sync::atomic::Ordering;
+            if self.stuck.load(Ordering::Acquire) {
+                self.entered.store(true, Ordering::Release);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !self.released.load(Ordering::Acquire) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            self.inner.submit(token, batch)
+        }
+
+        fn reap(&mut self, out: &mut Vec<scst_accel_handler::store::StoreCompletion>) -> usize {
+            self.inner.reap(out)
+        }
+
+        fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            self.inner.notify_fd()
+        }
+
+        fn in_flight(&self) -> usize {
+            self.inner.in_flight()
+        }
+    }
+
+    /// Sets a flag however the test ends (a failed assertion must not leave a thread stuck).
+    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The service's stop with a worker stuck in a store call far longer than the worker's
+    /// stop bound (twice the drain budget and a second, 3 s here): the stop ends at that
+    /// bound instead of waiting for the call (it joined the worker without limit), and the
+    /// disk is failed, exit 70, its pool leaked without the drain's proof and its backstore
+    /// left in configfs (the left worker still maps its ring).
+    #[test]
+    fn a_worker_stuck_in_a_store_call_fails_its_disk_within_the_stops_bound() {
+        use std::sync::atomic::Ordering;
+        let store = Arc::new(StuckStore {
+            ram: scst_accel_handler::store::ram::RamStore::new(512, 2048, 256),
+            stuck: Arc::default(),
+            entered: Arc::default(),
+            released: Arc::default(),
+        });
+        let _release = SetOnDrop(Arc::clone(&store.released));
+        let mut rig = serving_rig_over("stuck", Arc::new(KernelFs), store.clone());
+        let bound = rig.service.disks[0]
+            .running
+            .as_ref()
+            .map(|r| r.worker.stop_bound())
+            .unwrap_or_default();
+        assert_eq!(bound, Duration::from_secs(3));
+        store.stuck.store(true, Ordering::Release);
+        let iov = [scst_accel_handler::tcmu::abi::Iovec {
+            iov_base: rig.sim.data_off() as u64,
+            iov_len: 512,
+        }];
+        rig.sim
+            .post_cmd(1, &[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], &iov, &[])
+            .expect("post");
+        std::io::Write::write_all(&mut rig.kernel, &1u32.to_ne_bytes()).expect("event");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.entered.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            store.entered.load(Ordering::Acquire),
+            "the worker is in the store call"
+        );
+        let started = Instant::now();
+        rig.service.stop_all("Requested");
+        let took = started.elapsed();
+        assert!(
+            took >= bound && took < bound + Duration::from_secs(4),
+            "the stop took {took:?}, its worker's bound is {bound:?}"
+        );
+        let d = &rig.service.disks[0];
+        assert_eq!((d.state, d.exit_code), (DiskState::Failed, exit::SOFTWARE));
+        let teardown = d.teardowns.last().expect("recorded");
+        assert!(!teardown.unmap_permitted, "{teardown:?}");
+        assert!(
+            rig.root.join("core/user_4243/d0").exists(),
+            "the backstore whose ring the left worker maps stays"
         );
     }
 

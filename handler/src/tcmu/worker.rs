@@ -27,6 +27,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
 
+/// What [`TcmuWorker::stop`] allows beyond the drain's own bound (twice `drain_budget`): the
+/// serving pass the stop finds the worker in (the stop's eventfd ends its wait at once) and the
+/// ring's unmap after the drain. As the scst_user frontend's `LEAVE_MARGIN`.
+pub const LEAVE_MARGIN: Duration = Duration::from_secs(1);
+
 /// The kernel's default command timeout of a TCMU backstore (`attrib/cmd_time_out`;
 /// target_core_user.c `TCMU_TIME_OUT`).
 pub const KERNEL_CMD_TIME_OUT: Duration = Duration::from_secs(30);
@@ -60,6 +65,16 @@ pub struct WorkerConfig {
     /// grant or a stop (an eventfd, seen at once) wakes the worker before it, so an idle disk
     /// costs one wake-up per `idle_park`.
     pub idle_park: Duration,
+}
+
+impl WorkerConfig {
+    /// How long [`TcmuWorker::stop`] waits for the thread: its drain (at most twice
+    /// `drain_budget`) and [`LEAVE_MARGIN`]. A worker still running then is stuck in a store
+    /// call (a device recovery may keep one for twice the board's recovery bound, a VFIO reset
+    /// that never returns for ever), and is left.
+    pub fn stop_bound(&self) -> Duration {
+        self.drain_budget.saturating_mul(2).saturating_add(LEAVE_MARGIN)
+    }
 }
 
 impl Default for WorkerConfig {
@@ -157,6 +172,28 @@ impl LiveCounters {
     }
 }
 
+/// Why [`TcmuWorker::stop`] has no report to give.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The thread panicked. Its store requests' fate is unknown (treat the store as not
+    /// drained: leak the buffer pool rather than unmap it); its ring was unmapped as the
+    /// thread unwound.
+    #[error("the worker panicked ({0}); its store requests' fate is unknown, so its buffer pool must be leaked, not unmapped")]
+    Panicked(String),
+    /// The thread had not ended this long after the stop was asked
+    /// ([`WorkerConfig::stop_bound`]): it is stuck in a store call. It is left running,
+    /// detached: it still maps the ring and its requests may still be in the device's hands,
+    /// so the device must be reset or left, its buffer pool leaked, and the backstore (whose
+    /// ring it maps) left in configfs. Should the call ever return, the thread drains and
+    /// unmaps the ring on its own.
+    #[error(
+        "the worker did not end within {0:?} of its stop (stuck in a store call: a device \
+         recovery, a hung system call); left running, detached, with its ring mapped and its \
+         store requests perhaps still in the device's hands"
+    )]
+    Detached(Duration),
+}
+
 /// A running worker; stop it with [`TcmuWorker::stop`].
 pub struct TcmuWorker {
     stop: Arc<AtomicBool>,
@@ -166,6 +203,8 @@ pub struct TcmuWorker {
     /// Beaten at the top of each turn (set ahead over an idle park, and by the store queue
     /// over a device recovery).
     heartbeat: Heartbeat,
+    /// [`WorkerConfig::stop_bound`] of the configuration it was spawned with.
+    stop_bound: Duration,
     thread: JoinHandle<WorkerReport>,
 }
 
@@ -217,6 +256,7 @@ impl TcmuWorker {
             stop_wake,
             live,
             heartbeat,
+            stop_bound: config.stop_bound(),
             thread,
         })
     }
@@ -245,19 +285,34 @@ impl TcmuWorker {
         self.heartbeat.age().unwrap_or(Duration::MAX)
     }
 
-    /// Stop taking ring entries, drain, unmap, and report. Bounded by one serving pass (the
-    /// stop wakes a parked worker) and twice `drain_budget`.
+    /// How long [`TcmuWorker::stop`] waits for the thread ([`WorkerConfig::stop_bound`]).
+    pub fn stop_bound(&self) -> Duration {
+        self.stop_bound
+    }
+
+    /// Stop taking ring entries, drain, unmap, and report: one serving pass (the stop wakes a
+    /// parked worker) and the drain, twice `drain_budget`. Waits at most
+    /// [`TcmuWorker::stop_bound`]: a store call that keeps the thread longer (a device
+    /// recovery, a reset that never returns) must not hold the service's stop, so the thread
+    /// is then left running, detached ([`StopError::Detached`]), as the scst_user frontend
+    /// leaves a worker stuck in a store call.
     ///
     /// # Errors
-    /// The thread panicked (its store requests' fate is unknown: treat as not drained).
-    pub fn stop(self) -> Result<WorkerReport, String> {
+    /// [`StopError`]: the thread panicked, or was left.
+    pub fn stop(self) -> Result<WorkerReport, StopError> {
         self.request_stop();
-        self.thread.join().map_err(|p| {
-            p.downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into())
-        })
+        let bound = self.stop_bound;
+        match scst_accel_hal::locks::join_bounded(self.thread, bound) {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(p)) => Err(StopError::Panicked(
+                p.downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into()),
+            )),
+            // Dropping the handle detaches the thread; it owns the device, ring and executor.
+            Err(_still_running) => Err(StopError::Detached(bound)),
+        }
     }
 }
 
@@ -526,6 +581,104 @@ mod tests {
             report.error
         );
         assert!(report.drained.is_ok());
+    }
+
+    /// A store queue whose `submit` blocks until `released` (at most 20 s, so a test that
+    /// fails still ends): a store call stuck in a device recovery or a hung system call.
+    struct StuckQueue {
+        inner: Box<dyn crate::store::StoreQueue>,
+        entered: Arc<AtomicBool>,
+        released: Arc<AtomicBool>,
+    }
+
+    impl crate::store::StoreQueue for StuckQueue {
+        fn submit(
+            &mut self,
+            token: &mut StoreToken<'_>,
+            batch: &mut Vec<crate::store::StoreRequest>,
+        ) -> Result<(), crate::store::StoreError> {
+            self.entered.store(true, Ordering::Release);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !self.released.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.inner.submit(token, batch)
+        }
+
+        fn reap(&mut self, out: &mut Vec<crate::store::StoreCompletion>) -> usize {
+            self.inner.reap(out)
+        }
+
+        fn notify_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            self.inner.notify_fd()
+        }
+
+        fn in_flight(&self) -> usize {
+            self.inner.in_flight()
+        }
+    }
+
+    /// A worker stuck in a store call far longer than its stop's bound (twice the drain
+    /// budget and `LEAVE_MARGIN`): the stop returns at the bound, the worker left detached,
+    /// instead of waiting for the call (it waited without limit). Released afterwards, the
+    /// thread ends on its own.
+    #[test]
+    fn a_worker_stuck_in_a_store_call_is_left_at_the_stops_bound() {
+        let mut sim = SimKernel::new(SimConfig {
+            cmdr_size: 8192,
+            data_size: 64 * 1024,
+            flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN | crate::tcmu::abi::mailbox_flags::CAP_OOOC,
+        });
+        let (ours, mut kernel) = UnixStream::pair().expect("pair");
+        let info = UioInfo {
+            index: 0,
+            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
+            map_size: sim.region().len(),
+        };
+        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let store = RamStore::new(BS, 1024, 256);
+        let entered = Arc::new(AtomicBool::new(false));
+        let released = Arc::new(AtomicBool::new(false));
+        let queue = StuckQueue {
+            inner: store.open_queue().expect("queue"),
+            entered: Arc::clone(&entered),
+            released: Arc::clone(&released),
+        };
+        let exec = Executor::new(
+            Arc::new(Disk::new(DiskConfig::for_store(&store.info()))),
+            Box::new(queue),
+            Arc::new(SgvPool::new(None, None, 1 << 22)),
+        );
+        let config = WorkerConfig {
+            idle_poll: Duration::from_millis(10),
+            drain_budget: Duration::from_millis(100),
+            ..WorkerConfig::default()
+        };
+        let worker = TcmuWorker::spawn("tcmu-stuck", device, exec, config).expect("spawn");
+        assert_eq!(worker.stop_bound(), Duration::from_millis(1200));
+        let iov = [Iovec {
+            iov_base: sim.data_off() as u64,
+            iov_len: BS.into(),
+        }];
+        sim.post_cmd(1, &rw10(0x28, 3, 1), &iov, &[]).expect("post");
+        kernel.write_all(&1u32.to_ne_bytes()).expect("event");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !entered.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(entered.load(Ordering::Acquire), "the worker is in the store call");
+        let started = Instant::now();
+        let stopped = worker.stop();
+        let took = started.elapsed();
+        released.store(true, Ordering::Release);
+        assert!(
+            matches!(stopped, Err(StopError::Detached(bound)) if bound == Duration::from_millis(1200)),
+            "{stopped:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(1200) && took < Duration::from_secs(5),
+            "the stop took {took:?}: not bounded by its 1.2 s"
+        );
     }
 
     /// The handler escalates before the kernel fails a command: a deadline is at most half
