@@ -370,7 +370,7 @@ fn announce_stop(notifier: &Notifier, service: &Service) {
 
 /// What the stop spends past the teardowns' budget: the control and metrics servers' joins
 /// (up to 5 s each, a connection being served ends within its own 2 s budget) and a margin.
-const AFTER_TEARDOWN: Duration = Duration::from_secs(15);
+pub(crate) const AFTER_TEARDOWN: Duration = Duration::from_secs(15);
 
 /// How long systemd is asked to wait for each disk's start (EXTEND_TIMEOUT_USEC before each):
 /// every wait of a start is bounded by the device's own timeouts (an NVMe controller's

@@ -9,11 +9,13 @@
 //! backstore (enable creates the UIO device), the worker on its ring, then its LUNs (linking
 //! a LUN makes the kernel scan it through the ring, so the ring is served first). A disk that
 //! cannot start is removed again (its objects newest first) and shown failed; the others serve.
-//! Stop (SIGINT/SIGTERM, or every disk ended): the iSCSI target disabled, every disk's LUNs
-//! removed while its worker still serves (what the initiator has in flight completes), every
-//! worker asked to stop (their drains run in parallel), then disk by disk, newest first: its
-//! drain awaited, the ring unmapped, the backstore removed, the backend released (its pool
-//! unmapped only with the drain's proof); the shared targets last.
+//! Stop (SIGINT/SIGTERM, or every disk ended): the iSCSI target disabled, then every disk's stop
+//! at once, each on a thread of its own: its LUNs removed while its worker still serves (what
+//! the initiator has in flight completes), its worker stopped (the drain awaited, the ring
+//! unmapped; a worker stuck in a store call left at its bound), its backend released (its pool
+//! unmapped only with the drain's proof), its backstore removed; the whole bounded by
+//! `stop_budget`, past which a disk's stop still running is left and its disk failed; the
+//! shared targets last.
 //!
 //! The service answers `scst-accel status`, the control socket and the metrics endpoint as the
 //! scst_user service does, from each worker's live figures.
@@ -21,6 +23,7 @@
 use crate::backend;
 use crate::backend::error_chain;
 use crate::backend::Backend;
+use crate::backend::BackendReport;
 use crate::config::DiskSpec;
 use crate::config::ServiceConfig;
 use crate::config::TcmuSettings;
@@ -236,7 +239,7 @@ struct Running {
 }
 
 /// A disk's parts once its worker has stopped, or been left at its bound ([`halt`]), for
-/// [`settle`].
+/// [`finish`].
 struct Halted {
     backend: Backend,
     engine: Arc<Disk>,
@@ -246,16 +249,36 @@ struct Halted {
     in_flight_at_start: u64,
 }
 
-/// A disk's stop thread ([`spawn_stop`]): it hands back the disk's parts and the exit code its
-/// LUNs' removal gave (`None` if it never got them).
-type StopThread = JoinHandle<Option<(Halted, u8)>>;
+/// What a disk's stop did ([`stop_running`]), made on the thread that ran it and recorded into
+/// the disk on the service loop ([`record`]).
+struct Finished {
+    /// The exit code the stop makes the disk's: 0, or 70 (a LUN or the backstore not removed,
+    /// the worker's error, panic or abandonment, a drain without proof).
+    code: u8,
+    /// The worker's totals from its report (`None` when it gave none: it panicked or was left).
+    totals: Option<WorkerStats>,
+    num_blocks: u64,
+    backend: BackendReport,
+    /// Store requests the stop left in flight.
+    zombies: u64,
+    /// The buffer pool was unmapped with the drain's proof.
+    permitted: bool,
+    in_flight_at_start: u64,
+}
 
-/// A disk's stop running on a thread of its own ([`TcmuService::stop_disk`]), settled by
-/// [`TcmuService::collect_stops`] once the thread has ended.
+/// A disk's stop thread ([`spawn_stop`]): the whole stop, LUNs to backstore (`None` if it never
+/// got the disk's parts).
+type StopThread = JoinHandle<Option<Finished>>;
+
+/// A disk's stop running on a thread of its own ([`TcmuService::begin_stop`]), recorded by
+/// [`TcmuService::collect_stops`] once the thread has ended, or left by
+/// [`TcmuService::join_stops`] at the service stop's bound.
 struct Stopping {
     thread: StopThread,
     trigger: &'static str,
     started: Instant,
+    /// The disk is shown failed once stopped (it was stopped alone, for a failure).
+    failed: bool,
 }
 
 /// One disk of the service.
@@ -329,6 +352,9 @@ fn frontend_stats(s: WorkerStats) -> FrontendStats {
 /// The disks, the shared targets and the settings.
 struct TcmuService {
     settings: TcmuSettings,
+    /// `[service] stop_timeout`: with the drains' own bound, what the stop may take
+    /// ([`TcmuService::stop_budget`]).
+    stop_timeout: Duration,
     state_dir: PathBuf,
     fs: ServiceFs,
     targets: Option<Targets<ServiceFs>>,
@@ -361,6 +387,7 @@ impl TcmuService {
             .collect();
         Self {
             settings,
+            stop_timeout: config.service.stop_timeout,
             state_dir: config.service.state_dir.clone(),
             fs: Arc::new(KernelFs),
             targets: None,
@@ -715,118 +742,151 @@ impl TcmuService {
         }
     }
 
-    /// Stop one disk while the others serve, shown failed with `failure`: its LUNs, its worker
-    /// (drain, unmap), then, in [`Self::collect_stops`], its backstore and its backend. The
-    /// LUNs' removal and the drain run on a thread of their own: removing a LUN waits in the
-    /// kernel for every command of it, up to the backstore's `cmd_time_out` (for ever if 0)
-    /// when its ring's commands have nobody to answer them and the kernel refused to reset the
-    /// ring ([`release_dead_ring`]); the drain takes up to twice its budget. Meanwhile the
-    /// service loop answers status, the control socket and the watchdog. With no thread to be
-    /// had, the stop runs here.
+    /// Stop one disk while the others serve, shown failed with `failure`
+    /// ([`TcmuService::begin_stop`]).
     fn stop_disk(&mut self, i: usize, trigger: &'static str, failure: String) {
+        self.begin_stop(i, trigger, Some(failure));
+    }
+
+    /// Begin disk `i`'s stop on a thread of its own ([`stop_running`]: its LUNs, its worker
+    /// (drain, unmap; left at its bound), its backend, its backstore), recorded by
+    /// [`Self::collect_stops`] or [`Self::join_stops`]. Off the service loop: removing a LUN
+    /// waits in the kernel for the LUN's commands, up to the backstore's `cmd_time_out` (for
+    /// ever if 0) when its ring's commands have nobody to answer them and the kernel refused
+    /// to reset the ring ([`release_dead_ring`]); the worker's stop takes up to
+    /// [`TcmuWorker::stop_bound`]; an NVMe function's shutdown at the release up to a minute.
+    /// Meanwhile the loop answers status, the control socket and the watchdog, and the
+    /// service's stop runs every disk's at once. `failure` shows the disk failed, with why;
+    /// `None` is a requested stop. With no thread to be had, the stop runs here.
+    fn begin_stop(&mut self, i: usize, trigger: &'static str, failure: Option<String>) {
         let disk = &mut self.disks[i];
         let Some(running) = disk.running.take() else {
             return;
         };
         disk.state = DiskState::Stopping;
-        disk.failure = Some(failure);
+        let failed = failure.is_some();
+        if failure.is_some() {
+            disk.failure = failure;
+        }
         // Status shows the worker's figures as they were when its stop began.
         disk.last = Some(running.worker.stats());
         let started = Instant::now();
         let name = disk.spec.args.name.clone();
-        match spawn_stop(&name, running) {
+        match spawn_stop(&name, running, trigger) {
             Ok(thread) => {
                 disk.stopping = Some(Stopping {
                     thread,
                     trigger,
                     started,
+                    failed,
                 });
             }
             Err(refused) => {
-                let (mut running, e) = *refused;
-                log::error!("disk {name}: no thread for its stop ({e}); stopping it on the service loop");
-                disk.exit_code = disk.exit_code.max(remove_luns(&name, &mut running));
-                running.worker.request_stop();
-                settle(disk, halt(running), trigger, started, true);
+                let (running, e) = *refused;
+                log::error!(
+                    "disk {name}: no thread for its stop ({e}); stopping it here (its worker's stop is \
+                     bounded, its LUNs' removal and its backend's release are not)"
+                );
+                let finished = stop_running(&name, running, trigger);
+                record(disk, finished, trigger, started, failed);
             }
         }
     }
 
-    /// Settle the disks whose stop thread has ended ([`Self::stop_disk`]): their backend
-    /// released, their backstore removed, their teardown recorded. Never waits: a stop still
-    /// running is looked at again on the loop's next turn.
+    /// Record the disks whose stop thread has ended ([`Self::begin_stop`]). Never waits: a
+    /// stop still running is looked at again on the loop's next turn.
     fn collect_stops(&mut self) {
         for disk in &mut self.disks {
             if disk.stopping.as_ref().is_some_and(|s| s.thread.is_finished()) {
-                if let Some(stopping) = disk.stopping.take() {
+                if let Some(Stopping {
+                    thread,
+                    trigger,
+                    started,
+                    failed,
+                }) = disk.stopping.take()
+                {
                     // Finished: the join returns at once.
-                    let joined = scst_accel_hal::locks::join(stopping.thread);
-                    settle_stop(disk, joined, stopping.trigger, stopping.started);
+                    let joined = scst_accel_hal::locks::join(thread);
+                    settle_stop(disk, joined, trigger, started, failed);
                 }
             }
         }
     }
 
     /// At the service's stop: wait for the disks' stop threads until `deadline` (past it, one
-    /// look at each), settling each that ends; one still running is left to finish on its
-    /// own, its disk failed (exit 70) with its backend and backstore not released.
+    /// look at each), recording each that ends; one still running is left to finish on its
+    /// own (the process exits without it), its disk failed (exit 70).
     fn join_stops(&mut self, deadline: Instant) {
         for disk in &mut self.disks {
-            let Some(stopping) = disk.stopping.take() else {
+            let Some(Stopping {
+                thread,
+                trigger,
+                started,
+                failed,
+            }) = disk.stopping.take()
+            else {
                 continue;
             };
             // Past the deadline a stop gets only a look (a thread that ended just now is
-            // settled): the stop's bound is what systemd's extended timeout allows.
+            // recorded): the stop's bound is what systemd's extended timeout allows.
             let left = deadline.saturating_duration_since(Instant::now());
-            match scst_accel_hal::locks::join_bounded(stopping.thread, left) {
-                Ok(joined) => settle_stop(disk, joined, stopping.trigger, stopping.started),
+            match scst_accel_hal::locks::join_bounded(thread, left) {
+                Ok(joined) => settle_stop(disk, joined, trigger, started, failed),
                 Err(_still_running) => {
                     log::error!(
-                        "disk {}: its stop (LUN removal, drain) still runs after {:?}; left to \
-                         finish on its own, its backstore and buffer pool not released",
+                        "disk {}: its stop (LUN removal, drain, backend release, backstore removal) \
+                         still runs after {:?}, past the service stop's bound; left to finish on its \
+                         own: its LUNs and backstore may stay in configfs (restart with --tcmu-adopt, \
+                         or remove them), its buffer pool is not unmapped, and a function not reset \
+                         yet is reset by the kernel when the process exits (VFIO's release)",
                         disk.spec.args.name,
-                        stopping.started.elapsed()
+                        started.elapsed()
                     );
                     disk.state = DiskState::Failed;
+                    disk.failure.get_or_insert_with(|| {
+                        format!(
+                            "its stop overran the service stop's bound ({:?})",
+                            started.elapsed()
+                        )
+                    });
                     disk.exit_code = exit::SOFTWARE;
                 }
             }
         }
     }
 
-    /// Stop every serving disk: iSCSI disabled, every LUN removed (newest first) while the
-    /// workers serve, every worker asked to stop, then each finished newest first, then the
-    /// stops of disks stopped alone awaited (bounded), then the shared targets.
-    fn stop_all(&mut self, trigger: &str) {
+    /// What the service's stop may take: every disk's stop (LUNs, worker, backend, backstore)
+    /// runs at once, together bounded by `stop_timeout`, as under scst_user, but never below
+    /// the drains' own bound (twice the drain budget and [`STOP_SLACK`]); plus a second. A
+    /// disk's stop still running then is left ([`Self::join_stops`]).
+    fn stop_budget(&self) -> Duration {
+        self.stop_timeout
+            .max(self.settings.drain.saturating_mul(2).saturating_add(STOP_SLACK))
+            .saturating_add(Duration::from_secs(1))
+    }
+
+    /// Stop every serving disk: the iSCSI target disabled, then every disk's stop at once, each
+    /// on its own thread ([`Self::begin_stop`]: its LUNs removed while its worker serves, its
+    /// worker stopped, its backend released, its backstore removed), awaited with the stops of
+    /// disks stopped alone earlier until [`Self::stop_budget`] from here, then the shared
+    /// targets.
+    fn stop_all(&mut self, trigger: &'static str) {
         let started = Instant::now();
+        let budget = self.stop_budget();
         if let Some(targets) = &mut self.targets {
             if let Err(e) = targets.disable() {
                 log::error!("tcmu stop: {}", error_chain(&e));
             }
         }
-        for disk in self.disks.iter_mut().rev() {
-            if let Some(mut running) = disk.running.take() {
-                disk.state = DiskState::Stopping;
-                let code = remove_luns(&disk.spec.args.name, &mut running);
-                disk.exit_code = disk.exit_code.max(code);
-                disk.running = Some(running);
-            }
+        for i in (0..self.disks.len()).rev() {
+            self.begin_stop(i, trigger, None);
         }
-        log::info!("tcmu stop: every LUN removed in {:?}", started.elapsed());
-        for disk in &self.disks {
-            if let Some(running) = &disk.running {
-                running.worker.request_stop();
-            }
-        }
-        for disk in self.disks.iter_mut().rev() {
-            if let Some(running) = disk.running.take() {
-                settle(disk, halt(running), trigger, started, false);
-            }
-        }
-        // The disks stopped alone earlier whose stop still runs: their LUNs must be gone before
-        // the shared targets can go. Within the stop's own bound (the drains', twice the
-        // budget, plus the slack systemd's timeout is extended by).
-        self.join_stops(started + self.settings.drain * 2 + STOP_SLACK);
+        log::info!(
+            "tcmu stop: {} disk stop(s) running, bounded by {budget:?}",
+            self.stopping()
+        );
+        // Their LUNs must be gone before the shared targets can go.
+        self.join_stops(started + budget);
         if let Some(targets) = self.targets.take() {
             if let Err(e) = targets.remove() {
                 log::error!("tcmu stop: {}", error_chain(&e));
@@ -854,10 +914,24 @@ fn remove_luns(name: &str, running: &mut Running) -> u8 {
     code
 }
 
-/// A disk's stop on a thread of its own ([`TcmuService::stop_disk`]): [`remove_luns`], the
-/// worker asked to stop and awaited ([`halt`]). `Err` gives `running` back untouched when no
-/// thread can be had.
-fn spawn_stop(name: &str, running: Running) -> Result<StopThread, Box<(Running, String)>> {
+/// A disk's whole stop, on whichever thread runs it: [`remove_luns`] (while its worker still
+/// answers their commands), the worker asked to stop and awaited within its bound ([`halt`]),
+/// then [`finish`] (backend released, backstore removed).
+fn stop_running(name: &str, mut running: Running, trigger: &str) -> Finished {
+    let code = remove_luns(name, &mut running);
+    running.worker.request_stop();
+    let mut finished = finish(name, halt(running), trigger);
+    finished.code = finished.code.max(code);
+    finished
+}
+
+/// [`stop_running`] on a thread of its own ([`TcmuService::begin_stop`]). `Err` gives
+/// `running` back untouched when no thread can be had.
+fn spawn_stop(
+    name: &str,
+    running: Running,
+    trigger: &'static str,
+) -> Result<StopThread, Box<(Running, String)>> {
     // Handed over once the thread runs: a failed spawn drops its closure, and the disk's parts
     // must not go with it (a setup dropped leaves its objects in configfs, a backend dropped
     // unmaps nothing with proof).
@@ -868,10 +942,8 @@ fn spawn_stop(name: &str, running: Running) -> Result<StopThread, Box<(Running, 
         .spawn(move || {
             // Sent right after the spawn, from the service loop; the bound only covers a loop
             // that panicked in between (the sender is dropped then, and this returns at once).
-            let mut running = scst_accel_hal::locks::recv_timeout(&rx, Duration::from_secs(10)).ok()?;
-            let code = remove_luns(&thread_name, &mut running);
-            running.worker.request_stop();
-            Some((halt(running), code))
+            let running = scst_accel_hal::locks::recv_timeout(&rx, Duration::from_secs(10)).ok()?;
+            Some(stop_running(&thread_name, running, trigger))
         });
     match spawned {
         Ok(thread) => match tx.send(running) {
@@ -888,15 +960,13 @@ fn spawn_stop(name: &str, running: Running) -> Result<StopThread, Box<(Running, 
 /// [`TcmuService::join_stops`]).
 fn settle_stop(
     disk: &mut TcmuDisk,
-    joined: std::thread::Result<Option<(Halted, u8)>>,
+    joined: std::thread::Result<Option<Finished>>,
     trigger: &'static str,
     started: Instant,
+    failed: bool,
 ) {
     match joined {
-        Ok(Some((halted, code))) => {
-            disk.exit_code = disk.exit_code.max(code);
-            settle(disk, halted, trigger, started, true);
-        }
+        Ok(Some(finished)) => record(disk, finished, trigger, started, failed),
         Ok(None) | Err(_) => {
             log::error!(
                 "disk {}: its stop thread ended without stopping it (it panicked, or never got \
@@ -913,14 +983,14 @@ fn settle_stop(
 /// LUN waits for every command the LUN still has (core_tpg_remove_lun ->
 /// transport_clear_lun_ref), and the commands in the ring of a dead worker end only when the
 /// kernel times them out (`attrib/cmd_time_out`, 30 s by default, never if 0), all that time
-/// on the service's loop, which serves every disk's control. So, as tcmu-runner does with a
-/// ring it cannot serve: block the device (new commands fail at once with BUSY instead of
-/// entering the ring) and reset the ring with BUSY (the kernel completes every command in it
-/// so; initiators retry). Only once the worker has stopped using the ring: an ended worker
+/// in the disk's stop, which the service's stop bounds and then leaves. So, as tcmu-runner
+/// does with a ring it cannot serve: block the device (new commands fail at once with BUSY
+/// instead of entering the ring) and reset the ring with BUSY (the kernel completes every
+/// command in it so; initiators retry). Only once the worker has stopped using the ring: an ended worker
 /// thread has unmapped it (the UIO device is dropped at the end of its serve, worker.rs). The
 /// device stays blocked: it is removed next. Each write is one bounded configfs store. If the
 /// kernel refuses, the LUNs' removal that follows waits for those commands (off the service
-/// loop when the disk stops alone, [`TcmuService::stop_disk`]); said, with why. Returns the
+/// loop, on the disk's stop thread, [`TcmuService::begin_stop`]); said, with why. Returns the
 /// exit code a refusal makes the disk's (70), or 0.
 fn release_dead_ring(name: &str, running: &Running) -> u8 {
     if !running.worker.is_finished() || !running.setup.backstore().exists() {
@@ -1056,9 +1126,8 @@ fn halt(running: Running) -> Halted {
 /// The end of a disk whose worker has stopped or been left ([`halt`]): the backend released
 /// (the pool unmapped only with the drain's proof, else leaked; a left worker's function reset,
 /// its pool leaked), the backstore removed (not under a left worker, which still maps its
-/// ring), the teardown recorded.
-fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, failed: bool) {
-    let name = disk.spec.args.name.clone();
+/// ring), what happened returned for [`record`].
+fn finish(name: &str, halted: Halted, trigger: &str) -> Finished {
     let Halted {
         backend,
         engine,
@@ -1066,10 +1135,9 @@ fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, 
         report,
         in_flight_at_start,
     } = halted;
-    disk.num_blocks = engine.num_blocks();
-    let mut code = disk.exit_code;
+    let mut code = 0;
     let mut ring_unmapped = true;
-    let (backend_report, zombies, permitted) = match &report {
+    let (backend, zombies, permitted, totals) = match &report {
         Ok(r) => {
             log::info!(
                 "disk {name}: {} commands started, {} completed, {} refused, {} task management, \
@@ -1090,22 +1158,30 @@ fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, 
                         error_chain(e)
                     );
                 }
-                Some(_) => code = code.max(exit::SOFTWARE),
+                Some(_) => code = exit::SOFTWARE,
                 None => {}
             }
+            let totals = Some(WorkerStats {
+                started: r.progress.started as u64,
+                completed: r.progress.completed as u64,
+                refused: r.progress.refused as u64,
+                task_management: r.progress.task_management as u64,
+                escalations: r.escalations,
+                ..WorkerStats::default()
+            });
             match &r.drained {
-                Ok(drained) => (backend.shutdown_drained(drained), 0, true),
+                Ok(drained) => (backend.shutdown_drained(drained), 0, true, totals),
                 Err(e) => {
                     log::error!("disk {name}: {e}; the buffer pool is leaked, not unmapped");
-                    code = code.max(exit::SOFTWARE);
-                    (backend.shutdown(None), e.in_flight as u64, false)
+                    code = exit::SOFTWARE;
+                    (backend.shutdown(None), e.in_flight as u64, false, totals)
                 }
             }
         }
         Err(e @ StopError::Panicked(_)) => {
             log::error!("disk {name}: {e}");
-            code = code.max(exit::SOFTWARE);
-            (backend.shutdown(None), 0, false)
+            code = exit::SOFTWARE;
+            (backend.shutdown(None), 0, false, None)
         }
         Err(e @ StopError::Detached(_)) => {
             // Without a permit the release resets the function (no more DMA into the pool),
@@ -1116,33 +1192,58 @@ fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, 
                  has exited, restart with --tcmu-adopt or remove it (rmdir)",
                 setup.backstore().display()
             );
-            code = code.max(exit::SOFTWARE);
+            code = exit::SOFTWARE;
             ring_unmapped = false;
-            (backend.shutdown(None), in_flight_at_start, false)
+            (backend.shutdown(None), in_flight_at_start, false, None)
         }
     };
-    disk.last = report.as_ref().ok().map(|r| WorkerStats {
-        started: r.progress.started as u64,
-        completed: r.progress.completed as u64,
-        refused: r.progress.refused as u64,
-        task_management: r.progress.task_management as u64,
-        escalations: r.escalations,
-        ..disk.last.unwrap_or_default()
-    });
     if ring_unmapped {
         // The ring is unmapped (the worker dropped the device after its drain, or as it
         // unwound): the backstore can go.
         if let Err(e) = setup.remove() {
             log::error!("disk {name}: {}", error_chain(&e));
-            code = code.max(exit::SOFTWARE);
+            code = exit::SOFTWARE;
         }
     }
-    if backend_report.mapped_after != 0 || backend_report.leaked_buffers != 0 {
+    if backend.mapped_after != 0 || backend.leaked_buffers != 0 {
         log::error!(
             "disk {name}: {} bytes still mapped, {} buffers leaked",
-            backend_report.mapped_after,
-            backend_report.leaked_buffers
+            backend.mapped_after,
+            backend.leaked_buffers
         );
+    }
+    Finished {
+        code,
+        totals,
+        num_blocks: engine.num_blocks(),
+        backend,
+        zombies,
+        permitted,
+        in_flight_at_start,
+    }
+}
+
+/// Record a disk's [`Finished`] stop: its figures, its teardown, its exit code and state
+/// (failed when `failed`, a stop for a failure, or when the stop gave a code).
+fn record(disk: &mut TcmuDisk, finished: Finished, trigger: &str, started: Instant, failed: bool) {
+    let Finished {
+        code,
+        totals,
+        num_blocks,
+        backend,
+        zombies,
+        permitted,
+        in_flight_at_start,
+    } = finished;
+    disk.num_blocks = num_blocks;
+    if let Some(totals) = totals {
+        // The report has no error or turn counts: those of the stop's start stay.
+        let last = disk.last.unwrap_or_default();
+        disk.last = Some(WorkerStats {
+            errors: last.errors,
+            turns: last.turns,
+            ..totals
+        });
     }
     disk.teardowns.push(TeardownRecord {
         at: SystemTime::now(),
@@ -1155,22 +1256,23 @@ fn settle(disk: &mut TcmuDisk, halted: Halted, trigger: &str, started: Instant, 
         unmap_permitted: permitted,
     });
     disk.device = DeviceCounters {
-        device_errors: backend_report.device_errors,
-        timeouts: backend_report.timeouts,
-        resets: backend_report.resets,
-        controller_resets: backend_report.controller_resets,
-        unknown_tags: backend_report.unknown_tags,
+        device_errors: backend.device_errors,
+        timeouts: backend.timeouts,
+        resets: backend.resets,
+        controller_resets: backend.controller_resets,
+        unknown_tags: backend.unknown_tags,
     };
-    disk.exit_code = code;
-    disk.state = if failed || code != 0 {
+    disk.exit_code = disk.exit_code.max(code);
+    disk.state = if failed || disk.exit_code != 0 {
         DiskState::Failed
     } else {
         DiskState::Stopped
     };
     log::info!(
-        "disk {name}: stopped in {:?} (release {:.1} ms)",
+        "disk {}: stopped in {:?} (release {:.1} ms)",
+        disk.spec.args.name,
         started.elapsed(),
-        backend_report.release_ms
+        backend.release_ms
     );
 }
 
@@ -1335,22 +1437,17 @@ fn start_disk(
         // begun its scan), then the worker, the backstore and the backend, as a stop does.
         let message = error_chain(&e);
         let code = configfs_code(&e);
-        disk.running = Some(Running {
+        let running = Running {
             backend,
             engine,
             capacity,
             setup,
             worker,
             uio_index,
-        });
+        };
         let started = Instant::now();
-        if let Some(mut running) = disk.running.take() {
-            if let Err(e) = running.setup.unexport() {
-                log::error!("disk {name}: {}", error_chain(&e));
-            }
-            running.worker.request_stop();
-            settle(disk, halt(running), "StartFailed", started, true);
-        }
+        let finished = stop_running(&name, running, "StartFailed");
+        record(disk, finished, "StartFailed", started, true);
         return Err(fail(message, code));
     }
     disk.exports = targets
@@ -1439,7 +1536,7 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         log::info!("tcmu: signal during the start: stopping every disk");
         notifier.stopping();
         notifier.status("stopping: tearing every disk down");
-        notifier.extend_timeout(service.settings.drain * 2 + Duration::from_secs(10));
+        notifier.extend_timeout(service.stop_budget() + AFTER_STOP);
         drop(requests);
         service.stop_all("Requested");
         if let Some(listener) = listener {
@@ -1529,14 +1626,14 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
         serve_until_stop(&mut service, &requests, &events, &signal_rx, &notifier, line)
     });
     // The watchdog goes first: a teardown is not a hang; systemd's stop timeout, extended by
-    // the stop's bound (the drains run in parallel, each at most twice the drain budget), bounds
-    // it instead.
+    // the stop's bound (every disk's stop at once, left at `stop_budget`) and what follows it,
+    // bounds it instead.
     if let Some(watchdog) = watchdog {
         watchdog.stop();
     }
     notifier.stopping();
     notifier.status("stopping: tearing every disk down");
-    notifier.extend_timeout(service.settings.drain * 2 + Duration::from_secs(10));
+    notifier.extend_timeout(service.stop_budget() + AFTER_STOP);
     let started = Instant::now();
     // The loop no longer answers: the request channel is closed, so the control socket's
     // and the metrics' questions fail at once (a snapshot is empty) instead of each waiting
@@ -1563,8 +1660,16 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
 /// a disk's stop that ended, the status line, stuck workers).
 const SERVICE_LOOK: Duration = Duration::from_secs(1);
 
-/// What the service's stop allows beyond the drains (twice the budget) before it gives up on a
-/// disk's stop thread; systemd's stop timeout is extended by as much and a little more.
+/// What systemd's stop timeout is extended by beyond [`TcmuService::stop_budget`]: what
+/// `serve` allows after the scst_user teardowns (the control and metrics servers' joins and a
+/// margin, which also covers the shared targets' removal) and the netlink listener's join.
+const AFTER_STOP: Duration = Duration::from_secs(
+    crate::serve::AFTER_TEARDOWN.as_secs() + scst_accel_handler::tcmu::netlink::STOP_BOUND.as_secs(),
+);
+
+/// What the service's stop allows a disk beyond its drain (twice the budget) at the least,
+/// whatever `stop_timeout` says: the LUNs' removal, the worker's last pass, the backend's
+/// release and the backstore's removal ([`TcmuService::stop_budget`]).
 const STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// Forward the stop signals among `signals` (SIGINT, SIGTERM) to the service's loop, until
@@ -2561,7 +2666,8 @@ mod tests {
     /// stop bound (twice the drain budget and a second, 3 s here): the stop ends at that
     /// bound instead of waiting for the call (it joined the worker without limit), and the
     /// disk is failed, exit 70, its pool leaked without the drain's proof and its backstore
-    /// left in configfs (the left worker still maps its ring).
+    /// left in configfs (the left worker still maps its ring). The service's bound, which
+    /// systemd's extended stop timeout covers, is never below the worker's.
     #[test]
     fn a_worker_stuck_in_a_store_call_fails_its_disk_within_the_stops_bound() {
         use std::sync::atomic::Ordering;
@@ -2579,6 +2685,10 @@ mod tests {
             .map(|r| r.worker.stop_bound())
             .unwrap_or_default();
         assert_eq!(bound, Duration::from_secs(3));
+        assert!(
+            rig.service.stop_budget() >= bound + STOP_SLACK,
+            "the service's bound covers the worker's"
+        );
         store.stuck.store(true, Ordering::Release);
         let iov = [scst_accel_handler::tcmu::abi::Iovec {
             iov_base: rig.sim.data_off() as u64,
@@ -2813,6 +2923,65 @@ mod tests {
         let trigger = d.teardowns.last().map(|t| t.trigger.clone()).unwrap_or_default();
         assert_eq!(trigger, "WorkerEnded");
         assert!(!tpg.join("lun/lun_0").exists(), "its LUN is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A disk's stop that does not end (its LUN's removal held in the kernel: a dead ring's
+    /// commands wait for `cmd_time_out`, never if 0) is left at the service stop's bound,
+    /// `stop_budget` (here the drains' own: twice 100 ms, 5 s of slack and a second, with
+    /// `stop_timeout` 0): the stop returns, the disk failed, exit 70, and the process could
+    /// exit within what systemd was told. Without the bound the stop waited for the removal.
+    #[test]
+    fn a_disk_stop_that_overruns_the_services_bound_is_left_and_fails_its_disk() {
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-rig-overrun-{}", std::process::id()));
+        let tpg = dir.join("target/loopback/naa.5001405000000044/tpgt_1");
+        let fs = Arc::new(StallingFs {
+            stall: tpg.join("lun/lun_0/d0"),
+            stalled: false.into(),
+            released: false.into(),
+        });
+        let _release = Release(&fs);
+        let mut rig = serving_rig_on("overrun", Arc::clone(&fs) as ServiceFs);
+        std::fs::create_dir_all(tpg.join("lun")).expect("scratch");
+        let targets = Targets::create(
+            Arc::clone(&fs) as ServiceFs,
+            &rig.root,
+            &TargetSpec {
+                hba: None,
+                loopback: Some(("naa.5001405000000044".into(), "naa.5001405000000045".into())),
+                iscsi: None,
+            },
+            true,
+        )
+        .expect("targets");
+        rig.service.disks[0]
+            .running
+            .as_mut()
+            .expect("serving")
+            .setup
+            .export_lun(&targets, 0, "d0")
+            .expect("LUN 0");
+        rig.service.stop_timeout = Duration::ZERO;
+        rig.service.settings.drain = Duration::from_millis(100);
+        let budget = rig.service.stop_budget();
+        assert_eq!(budget, Duration::from_millis(6200));
+        let started = Instant::now();
+        rig.service.stop_all("Requested");
+        let took = started.elapsed();
+        assert!(fs.stalled(), "the LUN's removal was held");
+        assert!(
+            took >= budget && took < budget + Duration::from_secs(3),
+            "the stop took {took:?}, its bound is {budget:?}"
+        );
+        let d = &rig.service.disks[0];
+        assert_eq!((d.state, d.exit_code), (DiskState::Failed, exit::SOFTWARE));
+        assert!(
+            d.failure.as_deref().unwrap_or("").contains("overran"),
+            "{:?}",
+            d.failure
+        );
+        assert!(d.stopping.is_none(), "left, not awaited");
+        fs.release();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

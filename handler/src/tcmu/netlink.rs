@@ -783,7 +783,7 @@ pub struct EventListener {
 const LISTEN_TURN: Duration = Duration::from_secs(10);
 
 /// How long [`EventListener::stop`] waits for the listener thread.
-const STOP_BOUND: Duration = Duration::from_secs(5);
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
 
 impl EventListener {
     /// Resolve `TCM-USER`, join its `config` group, and hand every event to `deliver` on a

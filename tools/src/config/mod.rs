@@ -30,7 +30,8 @@ pub struct ServiceSettings {
     /// Prometheus text endpoint (opt-in): an address on this host.
     pub metrics_listen: Option<SocketAddr>,
     /// A stop (SIGTERM) is bounded by this plus a second: the disks are torn down in parallel,
-    /// and a teardown still running then fails its disk (exit 70).
+    /// and a teardown still running then fails its disk (exit 70). Under TCMU the bound is
+    /// never below the drains' own (twice `[service.tcmu] drain` and 5 s).
     pub stop_timeout: Duration,
     /// Which kernel target serves every disk of the service.
     pub frontend: Frontend,
