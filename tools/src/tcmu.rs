@@ -1486,7 +1486,7 @@ fn start_disk(
 /// returns the exit code.
 pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     let fail = |message: String, code: u8| {
-        eprintln!("scst-accel serve --frontend tcmu: {message}");
+        crate::journal::error_to_stderr(&format!("scst-accel serve --frontend tcmu: {message}"));
         code
     };
     let (tx, requests) = crossbeam_channel::unbounded();
@@ -1558,7 +1558,10 @@ pub fn run(config: &ServiceConfig, signals: &mut Signals) -> u8 {
     if service.serving() == 0 {
         for disk in &service.disks {
             if let Some(message) = &disk.failure {
-                eprintln!("scst-accel serve: disk {}: {message}", disk.spec.args.name);
+                crate::journal::error_to_stderr(&format!(
+                    "scst-accel serve: disk {}: {message}",
+                    disk.spec.args.name
+                ));
             }
         }
         // As under scst_user: a failure a restart may mend before a start class.
