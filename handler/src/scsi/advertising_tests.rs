@@ -725,15 +725,16 @@ fn block_limits_are_consistent_and_enforced() {
             assert_eq!(rc16[14] & 0x40, 0, "{what}: LBPRZ without LBPME");
         }
 
-        // V_SUP (Extended INQUIRY Data) where the caching page's default WCE says a volatile
-        // cache exists.
+        // V_SUP (Extended INQUIRY Data) where the store has a volatile cache, and the caching
+        // page's default WCE 1 there (`DiskConfig::for_store`; the operator's write_cache =
+        // false lowers the WCE, never V_SUP).
         assert!(pages[4..].contains(&0x86), "{what}");
         let b86 = data(&disk, &[0x12, 0x01, 0x86, 0, 0xFF, 0]);
         let caching_default = data(&disk, &[0x1A, 0x08, 0x88, 0, 0xFF, 0]);
         assert_eq!(
             b86[6] & 0x01 != 0,
-            caching_default[6] & 0x04 != 0,
-            "{what}: V_SUP and WCE"
+            info.volatile_cache,
+            "{what}: V_SUP and the store's cache"
         );
         assert_eq!(
             caching_default[6] & 0x04 != 0,

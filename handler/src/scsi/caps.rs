@@ -142,9 +142,11 @@ pub struct Capabilities {
     pub compare_and_write_in_device: u32,
     /// Provisioning.
     pub provisioning: Provisioning,
-    /// A volatile write cache exists: the initial WCE of the caching mode page, and V_SUP in
-    /// the Extended INQUIRY Data page.
+    /// The default WCE of the caching mode page (the initial one, and the one a reset
+    /// restores): [`DiskConfig::write_cache`], and 0 without a volatile cache.
     pub write_cache: bool,
+    /// A volatile write cache exists: V_SUP in the Extended INQUIRY Data page.
+    pub volatile_cache: bool,
     /// D_SENSE of the control mode page (not changeable, [`DiskConfig::d_sense`]).
     pub d_sense: bool,
     /// DPO and FUA are accepted on READ/WRITE (DPOFUA in the mode parameter header). Always
@@ -203,7 +205,8 @@ impl Capabilities {
                 unmapped_reads_zero: thin && config.unmapped_reads_zero,
                 lba_status: thin && config.lba_status,
             },
-            write_cache: config.write_cache,
+            write_cache: config.write_cache && config.volatile_cache,
+            volatile_cache: config.volatile_cache,
             d_sense: config.d_sense,
             dpo_fua: true,
             read_only: config.read_only,

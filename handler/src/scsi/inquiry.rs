@@ -116,7 +116,7 @@ fn device_identification(config: &DiskConfig) -> Vec<u8> {
 fn extended_inquiry_data(caps: &Capabilities) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     d[1] = 0x07; // HEADSUP, ORDSUP, SIMPSUP
-    if caps.write_cache {
+    if caps.volatile_cache {
         d[2] = 0x01; // V_SUP
     }
     d[3] = 0x01; // LUICLR
@@ -304,7 +304,8 @@ mod tests {
         assert_eq!(optimal(1020, 2048, 3), 1016, "a multiple of 8 under the maximum");
     }
 
-    /// Extended INQUIRY Data: task attributes, LUICLR, and V_SUP only over a volatile cache.
+    /// Extended INQUIRY Data: task attributes, LUICLR, and V_SUP only over a volatile cache,
+    /// whatever the default WCE (a cache started written through is still there).
     #[test]
     fn vpd_extended_inquiry_data() {
         let d = good_data(&disk_with(config()), &[0x12, 1, 0x86, 0, 0xFF, 0], &[]);
@@ -313,6 +314,9 @@ mod tests {
         assert!(d[8..].iter().all(|&b| b == 0));
         let mut cfg = config();
         cfg.write_cache = false;
+        let d = good_data(&disk_with(cfg.clone()), &[0x12, 1, 0x86, 0, 0xFF, 0], &[]);
+        assert_eq!(d[6], 0x01, "written through by default: V_SUP still");
+        cfg.volatile_cache = false;
         let d = good_data(&disk_with(cfg), &[0x12, 1, 0x86, 0, 0xFF, 0], &[]);
         assert_eq!(d[6], 0, "no volatile cache: no V_SUP");
     }

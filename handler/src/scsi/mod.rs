@@ -113,10 +113,19 @@ pub struct DiskConfig {
     /// GET LBA STATUS is offered on a thin disk (SBC-3 §5.7): set it only when the store
     /// answers [`StoreOp::LbaStatus`] (`StoreInfo::reports_lba_status`).
     pub lba_status: bool,
-    /// Initial WCE of the caching mode page; with WCE 0 every write is forced to FUA, and the
-    /// writes without FUA (WRITE SAME, EXTENDED COPY segments, UNMAP where LBPRZ is claimed) are
-    /// followed by a flush; a MODE SELECT that turns it from 1 to 0 flushes before its GOOD.
+    /// The default WCE of the caching mode page: the value the disk starts with and a LOGICAL
+    /// UNIT RESET restores (the page is not savable, so its default is what SAM-5 restores),
+    /// and what MODE SENSE reports as the default (PC 10b). 1 only over a volatile cache
+    /// ([`DiskConfig::volatile_cache`]; SBC-4: WCE 1 means writes may complete from a volatile
+    /// cache). With WCE 0 every write is forced to FUA, and the writes without FUA (WRITE SAME,
+    /// EXTENDED COPY segments, UNMAP where LBPRZ is claimed) are followed by a flush; a MODE
+    /// SELECT that turns it from 1 to 0 flushes before its GOOD.
     pub write_cache: bool,
+    /// The store has a volatile write cache ([`crate::store::StoreInfo::volatile_cache`]):
+    /// V_SUP of the Extended INQUIRY Data page. Not the WCE: a cache the operator starts
+    /// written through ([`DiskConfig::write_cache`] false) is still there for an initiator's
+    /// MODE SELECT to turn on.
+    pub volatile_cache: bool,
     /// D_SENSE of the control mode page: descriptor (0x72) rather than fixed (0x70) sense. Not
     /// changeable by MODE SELECT: it must be the value the target core was registered with
     /// (scst_user's `Opt::d_sense`, 0 in `transport::register::default_options`), whose
@@ -171,6 +180,7 @@ impl DiskConfig {
             unmapped_reads_zero: false,
             lba_status: false,
             write_cache: true,
+            volatile_cache: true,
             d_sense: false,
             compare_and_write: CompareAndWriteBy::ScstCore,
             store_compare_and_write_blocks: 0,
@@ -188,7 +198,8 @@ impl DiskConfig {
     }
 
     /// The disk a store describes: its geometry (block size, capacity, physical block), its
-    /// largest request, its unmap granularity where it has one, its write cache (WCE = 1 only over a volatile cache, SBC-3 §6.4.5) and
+    /// largest request, its unmap granularity where it has one, its write cache (V_SUP, and a
+    /// default WCE of 1, only over a volatile cache, SBC-3 §6.4.5) and
     /// what it knows about deallocation (LBPRZ, GET LBA STATUS). Thin provisioning stays off:
     /// it is the operator's choice, possible only where [`StoreInfo::supports_unmap`]; the
     /// identity, read-only and the operator's limits are applied by the caller, and so is copy
@@ -199,6 +210,7 @@ impl DiskConfig {
     pub fn for_store(info: &crate::store::StoreInfo) -> Self {
         let mut config = Self::new(info.block_size, info.num_blocks);
         config.physical_block_exponent = info.physical_block_exponent();
+        config.volatile_cache = info.volatile_cache;
         config.write_cache = info.volatile_cache;
         config.unmapped_reads_zero = info.unmapped_reads_zero;
         config.lba_status = info.reports_lba_status;
@@ -512,7 +524,7 @@ impl Disk {
             num_blocks: AtomicU64::new(config.num_blocks),
             stopped: AtomicBool::new(false),
             prevent_removal: AtomicBool::new(false),
-            wce: AtomicBool::new(config.write_cache),
+            wce: AtomicBool::new(caps.write_cache),
             mode: OrderedMutex::new(ModePages::defaults(&caps)),
             ranges: ranges::RangeLocks::new(),
             caps,

@@ -404,6 +404,47 @@ mod tests {
         assert_eq!(again[14] & 0x04, 0);
     }
 
+    /// A disk whose default WCE is 0 (`DiskConfig::write_cache` false over a volatile cache:
+    /// the operator's write-through) reports WCE 0 as the current and the default value (PC
+    /// 00b, 10b), WCE still changeable (PC 01b) and V_SUP still 1; every write is planned FUA.
+    /// An initiator may turn the cache on; a LOGICAL UNIT RESET restores WCE 0 (SAM-5: a page
+    /// that cannot be saved returns to its default), a PREEMPT AND ABORT leaves it as it is.
+    #[test]
+    fn a_disk_written_through_by_default_stays_so_across_a_reset() {
+        let mut cfg = DiskConfig::new(512, 1000);
+        cfg.write_cache = false;
+        let disk = disk_with(cfg);
+        let wce = |pc: u8| good_data(&disk, &[0x1A, 0x08, (pc << 6) | 0x08, 0, 0xFF, 0], &[])[6] & 0x04;
+        assert_eq!(
+            (wce(0), wce(1), wce(2)),
+            (0, 0x04, 0),
+            "current, changeable, default"
+        );
+        assert!(!disk.write_cache_enabled());
+        assert_eq!(
+            good_data(&disk, &[0x12, 1, 0x86, 0, 0xFF, 0], &[])[6],
+            0x01,
+            "V_SUP"
+        );
+        let write = [0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+        let fua = |disk: &super::super::Disk| {
+            matches!(
+                super::super::tests::io_op(disk, &write, &[0; 512]),
+                StoreOp::Write { fua: true, .. }
+            )
+        };
+        assert!(fua(&disk), "written through");
+        let (on, on_data) = caching_select(true);
+        good(&disk, &on, &on_data);
+        assert_eq!((wce(0), wce(2)), (0x04, 0), "turned on; the default stays 0");
+        assert!(!fua(&disk));
+        disk.preempt_and_abort();
+        assert!(disk.write_cache_enabled(), "PREEMPT AND ABORT is no reset");
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
+        assert_eq!((wce(0), wce(2)), (0, 0), "the reset restored the default");
+        assert!(!disk.write_cache_enabled() && fua(&disk));
+    }
+
     /// D_SENSE is the registered value and not changeable: SCST's core makes sense (unit
     /// attentions, the copy manager's errors) in that format, so a LUN whose engine switched
     /// would answer in two. The changeable mask has nothing of the control page; a MODE
