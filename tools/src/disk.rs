@@ -73,6 +73,13 @@ pub struct DiskArgs {
     /// it is unavailable), or threads.
     #[arg(long, default_value = "auto", value_parser = IoEngine::parse)]
     pub io_engine: IoEngine,
+    /// The write cache's default: `false` starts the disk written through (WCE 0 in the
+    /// caching mode page, every write FUA) and brings WCE 0 back after a LOGICAL UNIT RESET,
+    /// on every frontend; `true` (the default) is WCE 1 where the store has a volatile cache (a
+    /// file, a block device, an NVMe namespace with one) and 0 where it has none. Initiators
+    /// may still change the current WCE with MODE SELECT.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_cache: bool,
     /// Command buffers to map at start-up, as SIZE:COUNT (e.g. 128k:512; repeatable), so the
     /// first commands of that size map nothing on a worker. Within --buffer-memory; one arena
     /// of 4 KiB buffers is always mapped for a device board.
@@ -195,6 +202,25 @@ impl DiskArgs {
         // exponent, LBPRZ and GET LBA STATUS only where the store guarantees them). Thin
         // provisioning itself is the caller's choice, bounded by `info.supports_unmap`.
         let mut config = DiskConfig::for_store(info);
+        // The operator's write-through (`write_cache = false`, as SCST vdisk's `write_through`
+        // or LIO's `emulate_write_cache=0`): the default WCE is 0, so the disk starts written
+        // through and a reset, which restores the default (the page cannot be saved), keeps
+        // it so. V_SUP stays: the cache is there, and an initiator may still turn it on. A
+        // store without a volatile cache has WCE 0 anyway.
+        if !self.write_cache {
+            config.write_cache = false;
+            if info.volatile_cache {
+                log::info!(
+                    "disk {}: write_cache = false: written through (WCE 0) at start and after                      every reset",
+                    self.name
+                );
+            } else {
+                log::debug!(
+                    "disk {}: write_cache = false: its store has no volatile cache, WCE is 0 anyway",
+                    self.name
+                );
+            }
+        }
         identity.apply(&mut config);
         config.limits.max_transfer_blocks = config.limits.max_transfer_blocks.min(self.max_transfer_blocks);
         if copy_manager {
@@ -250,6 +276,63 @@ mod tests {
         assert!(!args.disk_config(&info, &identity, false).write_cache);
         info.volatile_cache = true;
         assert!(args.disk_config(&info, &identity, false).write_cache);
+    }
+
+    /// `write_cache = false` over a store with a volatile cache (a file store's): the disk
+    /// serves WCE 0 as the current and the default value (MODE SENSE PC 00b and 10b), V_SUP
+    /// still 1, every write planned FUA; a LOGICAL UNIT RESET after an initiator turned the
+    /// cache on brings WCE 0 back. `true` keeps the store's cache on, as before the setting.
+    #[test]
+    fn write_cache_false_serves_the_disk_written_through_and_a_reset_keeps_it_so() {
+        use scst_accel_hal::locks::LockToken;
+        use scst_accel_handler::scsi::Disk;
+        use scst_accel_handler::scsi::Plan;
+        use scst_accel_handler::store::StoreOp;
+
+        let identity =
+            crate::identity::resolve("accel0", &IdentitySpec::default(), None, None).expect("identity");
+        let mut info = RamStore::new(512, 64, 64).info();
+        info.volatile_cache = true; // a file store's page cache, a drive's write cache
+        let run = |disk: &Disk, cdb: &[u8], data: &[u8]| disk.start(&mut LockToken::root(), cdb, &data);
+        let wce = |disk: &Disk, pc: u8| match run(disk, &[0x1A, 0x08, (pc << 6) | 0x08, 0, 0xFF, 0], &[]) {
+            Plan::Done(r) => r.data[6] & 0x04 != 0,
+            Plan::Io(io) => panic!("MODE SENSE planned {io:?}"),
+        };
+        let write_fua = |disk: &Disk| match run(disk, &[0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[0; 512]) {
+            Plan::Io(io) => matches!(io.op, StoreOp::Write { fua: true, .. }),
+            Plan::Done(r) => panic!("WRITE answered {r:?}"),
+        };
+        let on = DiskArgs::default();
+        assert!(on.write_cache, "on by default");
+        let disk = Disk::try_new(on.disk_config(&info, &identity, false)).expect("disk");
+        assert!(wce(&disk, 0) && wce(&disk, 2) && !write_fua(&disk));
+
+        let off = DiskArgs {
+            write_cache: false,
+            ..DiskArgs::default()
+        };
+        let disk = Disk::try_new(off.disk_config(&info, &identity, false)).expect("disk");
+        assert!(!wce(&disk, 0), "current WCE");
+        assert!(!wce(&disk, 2), "default WCE");
+        assert!(wce(&disk, 1), "changeable");
+        assert!(write_fua(&disk), "written through");
+        let Plan::Done(r) = run(&disk, &[0x12, 1, 0x86, 0, 0xFF, 0], &[]) else {
+            panic!("INQUIRY planned I/O")
+        };
+        assert_eq!(r.data[6] & 0x01, 0x01, "V_SUP: the cache is there");
+        // An initiator turns the cache on (MODE SELECT(6) of the caching page, WCE 1), then a
+        // LOGICAL UNIT RESET: the default again.
+        let mut select = vec![0u8; 4];
+        select.extend_from_slice(&[0x08, 0x12, 0x04]);
+        select.resize(24, 0);
+        let Plan::Done(r) = run(&disk, &[0x15, 0x10, 0, 0, 24, 0], &select) else {
+            panic!("turning WCE on flushes nothing")
+        };
+        assert_eq!(r.status, 0, "{r:?}");
+        assert!(wce(&disk, 0) && !write_fua(&disk));
+        disk.reset(&mut LockToken::root());
+        assert!(!wce(&disk, 0), "the reset restored WCE 0");
+        assert!(write_fua(&disk));
     }
 
     /// READ CAPACITY(16) over a real file store of 512-byte blocks on this file system: the

@@ -522,6 +522,7 @@ const DISK_FLAGS: &[&str] = &[
     "prealloc_size",
     "read_only",
     "thin_provisioning",
+    "write_cache",
     "vendor",
     "product",
     "serial",
@@ -547,7 +548,8 @@ fn override_disk(disk: &mut DiskSpec, args: &ServeArgs, given: &dyn Fn(&str) -> 
         path,
         buffered,
         io_engine,
-        premap
+        premap,
+        write_cache
     );
     d.size_given |= given("size");
     d.block_size_given |= given("block_size");

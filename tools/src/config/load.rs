@@ -48,6 +48,7 @@
 //! max_transfer_blocks = 2048
 //! read_only = false
 //! thin_provisioning = false
+//! write_cache = true             # false: written through (WCE 0) at start and after a reset
 //! inject = ["latency:1ms"]       # simulated boards (sim, nvme-sim) only
 //! prealloc = 0
 //! prealloc_size = "128k"
@@ -600,6 +601,7 @@ const DISK_KEYS: &[&str] = &[
     "max_transfer_blocks",
     "read_only",
     "thin_provisioning",
+    "write_cache",
     "inject",
     "prealloc",
     "prealloc_size",
@@ -855,6 +857,7 @@ fn disk_args(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<String>) -> 
         buffered: boolean(ctx, sec, "buffered").unwrap_or(false),
         io_engine: io_engine(ctx, sec).unwrap_or_default(),
         premap: premap(ctx, sec),
+        write_cache: boolean(ctx, sec, "write_cache").unwrap_or(true),
     }
 }
 

@@ -56,6 +56,7 @@ command_timeout = "7s"
 max_transfer_blocks = 1024
 read_only = true
 thin_provisioning = true
+write_cache = false
 prealloc = 8
 prealloc_size = "256k"
 premap = ["4k:4096", "128k:16"]
@@ -114,6 +115,7 @@ fn a_full_file_reads_back_every_field() {
     assert_eq!(d.args.max_transfer_blocks, 1024);
     assert!(d.read_only);
     assert!(d.thin_provisioning);
+    assert!(!d.args.write_cache);
     assert_eq!(d.prealloc, 8);
     assert_eq!(d.prealloc_size, 256 << 10);
     assert_eq!(
@@ -169,6 +171,10 @@ fn absent_fields_take_the_command_line_defaults() {
     assert_eq!(d.args.command_timeout, Duration::from_secs(5));
     assert_eq!(d.args.max_transfer_blocks, 2048);
     assert!(!d.read_only && !d.thin_provisioning);
+    assert!(
+        d.args.write_cache,
+        "the store's write cache, as before the key existed"
+    );
     assert!(d.inject.is_empty() && d.exports.is_empty());
     assert_eq!(d.identity, Default::default());
     assert_eq!(d.prealloc, 0);
@@ -239,6 +245,11 @@ fn a_value_of_the_wrong_type_is_reported() {
         &disk_with("read_only = \"yes\"\n"),
         Some(4),
         "`read_only` must be true or false",
+    );
+    assert_one(
+        &disk_with("write_cache = \"off\"\n"),
+        Some(4),
+        "`write_cache` must be true or false",
     );
     assert_one(
         &disk_with("size = 1.5\n"),
