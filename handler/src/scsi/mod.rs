@@ -257,6 +257,33 @@ pub enum DiskConfigError {
     },
 }
 
+/// The fields of the current mode pages whose value matters for data safety and so must
+/// outlive the process where the logical unit outlives it (TCMU adoption after a kill, where
+/// LIO keeps the LUN and initiators are told nothing): WCE alone. The caching page has no other
+/// changeable field, nothing of the control page is changeable, and the informational
+/// exceptions page only says how failures are reported. An initiator that turned WCE to 0
+/// takes GOOD to a write for durable (SBC-4 caching mode page) and stops sending SYNCHRONIZE
+/// CACHE (Linux's sd strips PREFLUSH and FUA from its bios); a process that comes back with
+/// WCE 1 would answer those writes from a volatile cache nothing flushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CurrentMode {
+    /// WCE of the caching mode page.
+    pub wce: bool,
+}
+
+/// Where a disk records its [`CurrentMode`] durably, installed by the service with
+/// [`Disk::record_mode_with`]: the engine calls it, holding the mode pages' lock, before a
+/// change of those fields takes effect, so the record always holds what the disk serves or the
+/// change being made, in the order the changes were made.
+pub trait ModeRecorder: Send + Sync + std::fmt::Debug {
+    /// Make `mode` durable before returning; `Err` says why it is not (a MODE SELECT is then
+    /// refused and changes nothing).
+    ///
+    /// # Errors
+    /// What failed, for the log.
+    fn record(&self, mode: CurrentMode) -> Result<(), String>;
+}
+
 /// Data the initiator sent with the command (data-out), read by the engine where it must look
 /// at it: MODE SELECT and UNMAP parameter lists, the WRITE SAME block.
 pub trait DataOut {
@@ -486,6 +513,9 @@ pub struct Disk {
     /// The block-range locks that make COMPARE AND WRITE atomic where this engine runs it
     /// (level `scsi.ranges`, a leaf); untouched on every other disk.
     ranges: ranges::RangeLocks,
+    /// Where a change of [`CurrentMode`] is recorded before it takes effect (TCMU, for an
+    /// adopting process); none elsewhere.
+    recorder: std::sync::OnceLock<Box<dyn ModeRecorder>>,
 }
 
 static_assertions::assert_impl_all!(Disk: Send, Sync);
@@ -527,6 +557,7 @@ impl Disk {
             wce: AtomicBool::new(caps.write_cache),
             mode: OrderedMutex::new(ModePages::defaults(&caps)),
             ranges: ranges::RangeLocks::new(),
+            recorder: std::sync::OnceLock::new(),
             caps,
             config,
         })
@@ -585,6 +616,47 @@ impl Disk {
     /// Current WCE of the caching mode page.
     pub fn write_cache_enabled(&self) -> bool {
         self.wce.load(Ordering::Acquire)
+    }
+
+    /// The current mode fields a [`ModeRecorder`] keeps.
+    pub fn current_mode(&self) -> CurrentMode {
+        CurrentMode {
+            wce: self.write_cache_enabled(),
+        }
+    }
+
+    /// Serve `mode` as the current values from now on: what a process that takes over a
+    /// logical unit another one served (TCMU adoption) restores before its first command, so
+    /// initiators, told nothing, find the page as they left it. The default values (PC 10b)
+    /// stay the configuration's. Not recorded: it is what the record says.
+    pub fn restore_mode<L: LockBefore<levels::ScsiModePages>>(
+        &self,
+        token: &mut LockToken<'_, L>,
+        mode: CurrentMode,
+    ) {
+        let mut pages = self.mode_pages(token);
+        let mut restored = pages.clone();
+        restored.set_wce(mode.wce);
+        self.publish_mode(&restored);
+        *pages = restored;
+    }
+
+    /// Record every later change of [`CurrentMode`] with `recorder` before it takes effect (a
+    /// MODE SELECT is answered only after its record; a reset's is logged when it fails).
+    /// Once per disk: a second recorder is handed back.
+    ///
+    /// # Errors
+    /// `recorder` itself when one is installed already.
+    pub fn record_mode_with(&self, recorder: Box<dyn ModeRecorder>) -> Result<(), Box<dyn ModeRecorder>> {
+        self.recorder.set(recorder)
+    }
+
+    /// Record `new` where a recorder is installed and it differs from `old`.
+    fn record_mode(&self, old: &ModePages, new: &ModePages) -> Result<(), String> {
+        match self.recorder.get() {
+            Some(recorder) if old.wce() != new.wce() => recorder.record(CurrentMode { wce: new.wce() }),
+            _ => Ok(()),
+        }
     }
 
     /// Stopped by START STOP UNIT?
@@ -728,6 +800,15 @@ impl Disk {
         self.prevent_removal.store(false, Ordering::Release);
         let defaults = ModePages::defaults(&self.caps);
         let mut pages = self.mode_pages(token);
+        // A reset cannot be refused (SAM-5): a record that fails leaves the previous value
+        // there, which a process adopting the LU would serve instead of the default.
+        if let Err(e) = self.record_mode(&pages, &defaults) {
+            log::error!(
+                "reset: the mode pages' return to their defaults (WCE {}) could not be recorded:                  {e}; a process that takes this logical unit over would serve WCE {}",
+                u8::from(defaults.wce()),
+                u8::from(pages.wce())
+            );
+        }
         self.publish_mode(&defaults);
         *pages = defaults;
     }
@@ -843,6 +924,20 @@ impl Disk {
                 let param = read_param(data_out, param_len);
                 let mut pages = self.mode_pages(token);
                 let new = mode::mode_select(ten, &param, &pages, self.block_size(), self.num_blocks())?;
+                // Recorded before it takes effect, under the lock, so the records follow the
+                // changes in their order. A kill after the record leaves the new value recorded
+                // and the MODE SELECT unanswered; a TCMU adoption answers the ring's commands
+                // BUSY and the initiator retries it. Turning WCE off, the process that takes
+                // the LU over then serves WCE 0 to an initiator that still believes 1, which
+                // is safe (it sends SYNCHRONIZE CACHE); turning it on, WCE 1 to one that
+                // believes 0 until its retry makes the same change.
+                if let Err(e) = self.record_mode(&pages, &new) {
+                    log::error!("MODE SELECT refused: its change could not be recorded: {e}");
+                    return Err(Sense::new(
+                        sense::sense_key::HARDWARE_ERROR,
+                        sense::asc::INTERNAL_TARGET_FAILURE,
+                    ));
+                }
                 let clears_wce = pages.wce() && !new.wce();
                 self.publish_mode(&new);
                 *pages = new;

@@ -95,6 +95,15 @@ impl ModePages {
         self.caching[2] & 0x04 != 0
     }
 
+    /// Set WCE.
+    pub fn set_wce(&mut self, wce: bool) {
+        if wce {
+            self.caching[2] |= 0x04;
+        } else {
+            self.caching[2] &= !0x04;
+        }
+    }
+
     /// The pages in ascending page code order.
     fn pages(&self) -> [&[u8]; 3] {
         [&self.caching, &self.control, &self.informational_exceptions]
@@ -628,6 +637,104 @@ mod tests {
         caching[2] = if wce { 0x04 } else { 0 };
         p.extend_from_slice(&caching);
         ([0x15, 0x10, 0, 0, p.len() as u8, 0], p)
+    }
+
+    /// A [`super::super::ModeRecorder`] that keeps what it is given, failing while `fail` is set.
+    #[derive(Debug, Default)]
+    struct Records {
+        kept: std::sync::Mutex<Vec<super::super::CurrentMode>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl super::super::ModeRecorder for std::sync::Arc<Records> {
+        fn record(&self, mode: super::super::CurrentMode) -> Result<(), String> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("the state directory is read-only".into());
+            }
+            self.kept.lock().expect("records").push(mode);
+            Ok(())
+        }
+    }
+
+    fn recorded(disk: &super::super::Disk) -> std::sync::Arc<Records> {
+        let records = std::sync::Arc::new(Records::default());
+        disk.record_mode_with(Box::new(std::sync::Arc::clone(&records)))
+            .expect("the first recorder");
+        records
+    }
+
+    /// A MODE SELECT that changes WCE is recorded before it is answered: the record is there
+    /// when the engine plans the flush that precedes the GOOD of WCE 1 -> 0 (and before the
+    /// GOOD of 0 -> 1, which plans none); one that leaves WCE as it is records nothing. A
+    /// record that fails refuses the MODE SELECT (HARDWARE ERROR / INTERNAL TARGET FAILURE)
+    /// and changes nothing.
+    #[test]
+    fn a_mode_select_changing_wce_is_recorded_before_it_is_answered() {
+        use super::super::CurrentMode;
+        let disk = disk();
+        let records = recorded(&disk);
+        assert!(
+            disk.record_mode_with(Box::new(std::sync::Arc::clone(&records)))
+                .is_err(),
+            "once"
+        );
+        let kept = || records.kept.lock().expect("records").clone();
+        let (off, off_data) = caching_select(false);
+        let Plan::Io(flush) = disk.start(&mut scst_accel_hal::locks::LockToken::root(), &off, &off_data)
+        else {
+            panic!("WCE 1 -> 0 flushes first")
+        };
+        assert_eq!(
+            kept(),
+            [CurrentMode { wce: false }],
+            "recorded before the flush and its GOOD"
+        );
+        assert!(matches!(disk.finish(&flush, StoreStatus::Good), Plan::Done(r) if r == Response::good()));
+        good(&disk, &off, &off_data);
+        assert_eq!(kept().len(), 1, "no change, no record");
+        let (on, on_data) = caching_select(true);
+        good(&disk, &on, &on_data);
+        assert_eq!(kept(), [CurrentMode { wce: false }, CurrentMode { wce: true }]);
+        assert_eq!(disk.current_mode(), CurrentMode { wce: true });
+
+        records.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        check_sense(&disk, &off, &off_data, [4, 0x44, 0], None);
+        assert!(disk.write_cache_enabled(), "a change not recorded is not made");
+        good(&disk, &on, &on_data);
+    }
+
+    /// A reset back to the default WCE is recorded (its record failing is logged: a reset
+    /// cannot be refused); a restored mode is served as current, the default staying the
+    /// configuration's, and is not recorded again.
+    #[test]
+    fn a_reset_is_recorded_and_a_restored_mode_is_served() {
+        use super::super::CurrentMode;
+        let disk = disk();
+        let records = recorded(&disk);
+        let kept = || records.kept.lock().expect("records").clone();
+        disk.restore_mode(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            CurrentMode { wce: false },
+        );
+        assert!(!disk.write_cache_enabled());
+        let caching = |pc: u8| good_data(&disk, &[0x1A, 0x08, (pc << 6) | 0x08, 0, 0xFF, 0], &[])[6];
+        assert_eq!(
+            (caching(0) & 0x04, caching(2) & 0x04),
+            (0, 0x04),
+            "current 0, default 1"
+        );
+        assert!(kept().is_empty(), "a restore is what the record says already");
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
+        assert_eq!(kept(), [CurrentMode { wce: true }]);
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
+        assert_eq!(kept().len(), 1, "no change, no record");
+        disk.restore_mode(
+            &mut scst_accel_hal::locks::LockToken::root(),
+            CurrentMode { wce: false },
+        );
+        records.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        disk.reset(&mut scst_accel_hal::locks::LockToken::root());
+        assert!(disk.write_cache_enabled(), "the reset happens all the same");
     }
 
     /// A write planned while WCE was 1 that completes after a MODE SELECT turned WCE to 0 is
