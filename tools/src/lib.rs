@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod notify;
 pub mod serve;
 pub mod service;
+pub mod state_file;
 pub mod status;
 pub mod tcmu;
 pub mod units;

@@ -4,8 +4,6 @@
 //! and the one the dead run made stayed (empty, enabled) after every later stop.
 
 use std::io;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -52,8 +50,8 @@ impl CreatedTargets {
         }
     }
 
-    /// Record `targets`, replacing the record atomically (a temporary file, fsync'd, renamed
-    /// over it, the directory fsync'd). A failure is logged: the service goes on, and a later
+    /// Record `targets`, replacing the record atomically
+    /// ([`crate::state_file::write_atomically`]). A failure is logged: the service goes on, and a later
     /// run may leave a target in place.
     pub fn save(&self, targets: &[String]) {
         let Some(path) = &self.path else {
@@ -70,9 +68,6 @@ impl CreatedTargets {
 }
 
 fn write_atomically(path: &Path, targets: &[String]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new().recursive(true).create(dir)?;
-    let tmp = dir.join(format!(".{RECORD}.tmp{}", std::process::id()));
     let mut text = String::from(
         "# iSCSI targets scst-accel created; each is deleted at a stop once none of its disks\n\
          # exports there and nobody else's LUN is in it.\n",
@@ -81,21 +76,7 @@ fn write_atomically(path: &Path, targets: &[String]) -> io::Result<()> {
         text.push_str(target);
         text.push('\n');
     }
-    let write = || -> io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    crate::state_file::write_atomically(path, &text)
 }
 
 #[cfg(test)]

@@ -1,0 +1,71 @@
+//! A file of the service's state directory replaced atomically: a crash at any point leaves
+//! either the previous file or the whole new one, and once the write returns the new one
+//! survives a power cut. (Identity state files are not replaced but linked into place, once:
+//! `identity.rs`.)
+
+use std::fs;
+use std::io;
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+/// Write `text` to `path`: its directory made when missing (0700: the state is the service's
+/// own), a temporary file beside it (0600) written and fsync'd, renamed over the name (atomic
+/// on POSIX), then the directory fsync'd so that the rename itself is durable. The temporary
+/// file is removed on a failure. Its name carries the process id and a counter, so two writes
+/// of one file at once (two threads) never share one.
+///
+/// # Errors
+/// The first step that failed.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.tmp{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write = || -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_state_file_is_replaced_whole_with_its_modes_and_no_temporary_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sub/state.toml");
+        write_atomically(&path, "one\n").expect("first write");
+        write_atomically(&path, "two\n").expect("second write");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "two\n");
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("dir")), 0o700);
+        let names: Vec<_> = fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.toml")]);
+    }
+}
