@@ -266,7 +266,7 @@ impl DeviceBacking for VfioDevice {
     }
 
     /// Clears Bus Master Enable and leaves Memory Space Enable set, setting it again if it
-    /// was cleared under the driver (why: [`command::clear_bus_master`]).
+    /// was cleared under the driver (why: `command::clear_bus_master`).
     fn disable_bus_master(&self) -> Result<(), HalError> {
         let (cmd, now) = command::clear_bus_master(&self.config, &self.id)?;
         log::warn!(
