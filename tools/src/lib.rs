@@ -6,7 +6,8 @@
 //! - [`backend`], [`disk`]: what stands behind a disk, and how it registers with SCST;
 //! - [`status`], [`control`], [`metrics`]: what the service says about its disks, over the
 //!   control socket (`scst-accel status`, `dump`, `resize`) and the Prometheus endpoint.
-//! - [`identity`]: the disk's stable identity (serial, VPD 83h designator), and `identity`.
+//! - [`identity`]: the disk's stable identity (serial, VPD 83h designator), and `identity`;
+//!   [`mode_state`]: a TCMU disk's current WCE, kept for `serve --tcmu-adopt`.
 // Unsafe code is denied (the workspace's lints) but for one module: `dm_message`'s ioctl.
 #![deny(unsafe_code)]
 // The demo's JSON report is one `serde_json::json!` literal, deeper than the default limit (128).
@@ -30,6 +31,7 @@ pub mod identity;
 pub mod journal;
 pub mod log_writes;
 pub mod metrics;
+pub mod mode_state;
 pub mod notify;
 pub mod serve;
 pub mod service;

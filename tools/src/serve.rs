@@ -71,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "128k", value_parser = crate::units::parse_size)]
     pub prealloc_size: u64,
     /// Where identities (generated or device-derived) are kept, as `identity/<name>.toml`, so
-    /// a disk keeps its serial and designator across restarts (overrides service.state_dir;
+    /// a disk keeps its serial and designator across restarts, and under TCMU each disk's
+    /// current WCE, as `mode/<name>.toml`, for `--tcmu-adopt` (overrides service.state_dir;
     /// default /var/lib/scst-accel).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,

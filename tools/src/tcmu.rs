@@ -1396,6 +1396,16 @@ fn start_disk(
             setup.backstore().display()
         );
     }
+    // Before the first command: an adopted LU's initiators were told nothing of the kill and
+    // keep the WCE they set (crate::mode_state); a new one starts from the default, recorded.
+    let mode = crate::mode_state::ModeState::new(state_dir, &spec.args.name)
+        .and_then(|state| crate::mode_state::prepare(&engine, state, setup.adopted()));
+    if let Err(e) = mode {
+        drop(queue);
+        remove_logged(setup);
+        backend.shutdown_unserved();
+        return Err(fail(e.to_string(), exit::CONFIG));
+    }
     let command_timeout =
         worker_command_timeout(&spec.args.name, spec.args.command_timeout, setup.cmd_time_out());
     let (hba, name) = setup_spec.uio_names();
@@ -2486,6 +2496,13 @@ mod tests {
                     "the adopted ring was reset and the device unblocked again"
                 );
                 assert!(failure.contains("udev"), "{failure}");
+                // The adopted disk's WCE was settled before its ring was looked for: with no
+                // record of the killed run's (none here), WCE 0, recorded (crate::mode_state).
+                let mode = crate::mode_state::ModeState::new(&dir.join("state"), "a").expect("name");
+                assert_eq!(
+                    mode.load().expect("recorded"),
+                    Some(scst_accel_handler::scsi::CurrentMode { wce: false })
+                );
             } else {
                 assert!(
                     failure.contains("resetting the adopted backstore's ring")

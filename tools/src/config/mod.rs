@@ -19,7 +19,8 @@ use std::time::Duration;
 /// Where the service keeps state, listens and finds SCST.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceSettings {
-    /// Generated identities are persisted here (one file per disk).
+    /// Generated identities are persisted here (one file per disk), and under TCMU each disk's
+    /// current WCE (`crate::mode_state`).
     pub state_dir: PathBuf,
     /// The control socket (`scst-accel status`, `dump`, `resize`); root-only (mode 0600).
     pub control_socket: PathBuf,

@@ -51,7 +51,7 @@ impl CreatedTargets {
     }
 
     /// Record `targets`, replacing the record atomically
-    /// ([`crate::state_file::write_atomically`]). A failure is logged: the service goes on, and a later
+    /// (`state_file::write_atomically`). A failure is logged: the service goes on, and a later
     /// run may leave a target in place.
     pub fn save(&self, targets: &[String]) {
         let Some(path) = &self.path else {
