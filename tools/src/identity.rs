@@ -48,13 +48,9 @@ use serde::Serialize;
 use std::fs;
 use std::io;
 use std::io::Read;
-use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 
 /// Default T10 vendor identification: the one the handler has always reported, so existing
 /// initiator-side rules (udev, multipath blacklists) keep matching.
@@ -652,48 +648,32 @@ fn persist(
         "# Identity of SCST disk {disk_name:?}, {origin} once by scst-accel. Initiators know the\n\
          # LUN by it: changing or removing this file makes it a different LUN to them.\n{body}"
     );
-    // Unique within the process, not only by pid: two resolves of one disk in one process (as
-    // in the tests) must not write one temporary file.
-    static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{disk_name}.toml.tmp{}.{}",
-        std::process::id(),
-        TEMPORARIES.fetch_add(1, Ordering::Relaxed)
-    ));
     let write_file = || -> io::Result<bool> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+        let tmp = crate::state_file::write_temporary(dir, &format!("{disk_name}.toml"), &text)?;
         let placed = match write {
-            StateWrite::Upgrade { .. } => fs::rename(&tmp, path).map(|()| true)?,
-            StateWrite::Create { .. } => {
-                let placed = match fs::hard_link(&tmp, path) {
-                    Ok(()) => true,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                    Err(e) => return Err(e),
-                };
-                if let Err(e) = fs::remove_file(&tmp) {
-                    // The state file is in place (or another's is): a stray temporary is
-                    // harmless, nothing reads it.
-                    log::warn!("cannot remove {}: {e}", tmp.display());
-                }
-                placed
-            }
+            StateWrite::Upgrade { .. } => fs::rename(&tmp, path).map(|()| true),
+            StateWrite::Create { .. } => match fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            },
         };
+        let placed = placed.inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        if matches!(write, StateWrite::Create { .. }) {
+            if let Err(e) = fs::remove_file(&tmp) {
+                // The state file is in place (or another's is): a stray temporary is
+                // harmless, nothing reads it.
+                log::warn!("cannot remove {}: {e}", tmp.display());
+            }
+        }
         // Also where another start's file won: the identity served is then in that file,
         // whose name that start may not have made durable yet.
         sync_dir(dir)?;
         Ok(placed)
     };
-    write_file().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        err(e)
-    })
+    write_file().map_err(err)
 }
 
 /// Create `dir` and whichever of its ancestors are missing, mode 0700 (the identity is the

@@ -9,22 +9,40 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 /// Write `text` to `path`: its directory made when missing (0700: the state is the service's
 /// own), a temporary file beside it (0600) written and fsync'd, renamed over the name (atomic
 /// on POSIX), then the directory fsync'd so that the rename itself is durable. The temporary
-/// file is removed on a failure. Its name carries the process id and a counter, so two writes
-/// of one file at once (two threads) never share one.
+/// file ([`write_temporary`]) is removed on a failure.
 ///
 /// # Errors
 /// The first step that failed.
 pub(crate) fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = write_temporary(dir, &name, text)?;
+    let place = || -> io::Result<()> {
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    };
+    place().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// A temporary file in `dir` for the state file `name`, holding `text`, written and fsync'd
+/// (0600), for the caller to put in place (rename, or link: `identity.rs`). Its name carries
+/// the process id and a counter, unique within the process (two threads writing one state
+/// file never share one). Removed again when the write fails.
+///
+/// # Errors
+/// The create, write or fsync that failed.
+pub(crate) fn write_temporary(dir: &Path, name: &str, text: &str) -> io::Result<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
         ".{name}.tmp{}.{}",
         std::process::id(),
@@ -38,13 +56,15 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        f.sync_all()
     };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    match write() {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
