@@ -288,6 +288,8 @@ struct Mgmt {
     root: PathBuf,
     io: Arc<dyn Attributes>,
     wait: MgmtWait,
+    /// Where the iSCSI targets created are recorded ([`CreatedTargets`]; none by default).
+    record: CreatedTargets,
 }
 
 /// Writes export blocks under an SCST sysfs root.
@@ -326,8 +328,16 @@ impl Exporter {
                 root: root.into(),
                 io: Arc::new(Sysfs),
                 wait: MgmtWait::default(),
+                record: CreatedTargets::default(),
             },
         }
+    }
+
+    /// This exporter, recording in `record` each iSCSI target it creates, before its
+    /// `add_target` (and taking it off when that is refused, or the target deleted).
+    pub fn with_record(mut self, record: CreatedTargets) -> Self {
+        self.mgmt.record = record;
+        self
     }
 
     /// An exporter whose attributes are `io`'s (tests).
@@ -338,6 +348,7 @@ impl Exporter {
                 root: root.into(),
                 io,
                 wait,
+                record: CreatedTargets::default(),
             },
         }
     }
@@ -434,7 +445,10 @@ impl Exporter {
                 .filter_map(Result::ok)
                 .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
                 .count(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.mgmt.record.remove(target);
+                return Ok(false);
+            }
             Err(source) => {
                 return Err(ExportError::Read {
                     path: luns_dir,
@@ -443,10 +457,12 @@ impl Exporter {
             }
         };
         if luns > 0 {
+            // Kept on the record: a later run's stop tries again once the LUNs are gone.
             return Ok(false);
         }
         self.mgmt
             .command(&driver.join("mgmt"), &format!("del_target {target}"))?;
+        self.mgmt.record.remove(target);
         Ok(true)
     }
 
@@ -457,6 +473,9 @@ impl Exporter {
         // Only a directory is a target: SCST creates one per target, synchronously with the
         // `add_target` write.
         if spec.driver == TargetDriver::Iscsi && !is_dir(&target) {
+            // Recorded first: a kill between the two leaves a record of a target that may not
+            // exist (its deletion finds nothing), never a target without a record.
+            self.mgmt.record.add(&spec.target);
             let created = self
                 .mgmt
                 .command(&driver.join("mgmt"), &format!("add_target {}", spec.target));
@@ -464,6 +483,8 @@ impl Exporter {
                 steps.push(Step::CreatedTarget {
                     target: spec.target.clone(),
                 });
+            } else {
+                self.mgmt.record.remove(&spec.target);
             }
             created?;
         }
@@ -497,9 +518,11 @@ impl Exporter {
     /// iSCSI target is created again only when it is one of `ours` (the service created it, with
     /// no CHAP and no initiator group): someone else's target had settings of its own that a
     /// bare `add_target` would not give it back, so its block waits
-    /// ([`ExportError::NotOurTarget`]) until its owner has made it again. Unlike `apply`,
-    /// nothing is undone on a failure: what was done serves, and is recorded in the
-    /// [`Restored`] for the stop to remove.
+    /// ([`ExportError::NotOurTarget`]) until its owner has made it again, and then only the LUN
+    /// is added: enabling it is its owner's (who may still be giving it its CHAP user and
+    /// groups when the check finds it back). Once `stop` is set (the service stops) no further
+    /// block is applied. Unlike `apply`, nothing is undone on a failure: what was done serves,
+    /// and is recorded in the [`Restored`] for the stop to remove.
     ///
     /// # Errors
     /// The first failure (the blocks after it are not tried: the next check tries again).
@@ -508,15 +531,23 @@ impl Exporter {
         device: &str,
         specs: &[ExportSpec],
         ours: &[String],
+        stop: &std::sync::atomic::AtomicBool,
     ) -> (Restored, Result<(), ExportError>) {
         let mut steps = Vec::new();
         for spec in specs {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            let theirs = spec.driver == TargetDriver::Iscsi && !ours.contains(&spec.target);
+            let spec = &ExportSpec {
+                enable: spec.enable && !theirs,
+                ..spec.clone()
+            };
             let target = driver_dir(&self.mgmt.root, spec.driver).join(&spec.target);
             let applied = self
                 .preflight(std::slice::from_ref(spec))
                 .and_then(|()| {
-                    if spec.driver == TargetDriver::Iscsi && !is_dir(&target) && !ours.contains(&spec.target)
-                    {
+                    if theirs && !is_dir(&target) {
                         return Err(ExportError::NotOurTarget {
                             target: spec.target.clone(),
                         });
@@ -722,10 +753,13 @@ impl AppliedExports {
                         Err(e) => Err(e),
                     }
                 }
-                Step::CreatedTarget { target } => self.mgmt.command(
-                    &driver_dir(&self.mgmt.root, TargetDriver::Iscsi).join("mgmt"),
-                    &format!("del_target {target}"),
-                ),
+                Step::CreatedTarget { target } => self
+                    .mgmt
+                    .command(
+                        &driver_dir(&self.mgmt.root, TargetDriver::Iscsi).join("mgmt"),
+                        &format!("del_target {target}"),
+                    )
+                    .inspect(|()| self.mgmt.record.remove(target)),
             };
             if let Err(e) = result {
                 errors.push(e);

@@ -66,11 +66,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// The grace the iSCSI target deletions still running at the stop's bound get, all together.
 const DELETION_GRACE: Duration = Duration::from_secs(1);
 
-/// Wait for the iSCSI target deletions still running at a stop: they share what is left of
-/// the stop's budget (to `deadline`) and [`DELETION_GRACE`] past it (a sysfs write SCST holds
-/// while it is busy), together and not a grace each, so the stop stays inside the margin
-/// `serve` announced over the budget (EXTEND_TIMEOUT_USEC) however many targets there are.
-/// A deletion still running then is left to finish on its own.
 /// Log `said` about `key` when it differs from what was said last (a condition that lasts is
 /// logged once); `None` (all is well again) is logged only after something was.
 fn note(notes: &mut std::collections::BTreeMap<String, String>, key: &str, said: Option<String>) {
@@ -89,6 +84,11 @@ fn note(notes: &mut std::collections::BTreeMap<String, String>, key: &str, said:
     }
 }
 
+/// Wait for the iSCSI target deletions still running at a stop: they share what is left of
+/// the stop's budget (to `deadline`) and [`DELETION_GRACE`] past it (a sysfs write SCST holds
+/// while it is busy), together and not a grace each, so the stop stays inside the margin
+/// `serve` announced over the budget (EXTEND_TIMEOUT_USEC) however many targets there are.
+/// A deletion still running then is left to finish on its own.
 fn join_deletions(deletions: Vec<std::thread::JoinHandle<()>>, deadline: Instant) {
     let end = deadline.max(Instant::now() + DELETION_GRACE);
     for deletion in deletions {
@@ -341,8 +341,8 @@ pub struct Service {
     /// The iSCSI targets this service created, deleted once no disk exports there
     /// ([`Service::release_targets`]); with those an earlier run created and recorded.
     created_targets: Vec<String>,
-    /// Where `created_targets` is kept for a run after a crash (the state directory).
-    target_record: CreatedTargets,
+    /// Set when a stop begins: a restore of exports still running writes nothing more.
+    stopping: Arc<AtomicBool>,
     /// Deletions of those targets still running (joined, bounded, by [`Service::stop`]).
     target_deletions: Vec<std::thread::JoinHandle<()>>,
     persist_identities: bool,
@@ -404,9 +404,11 @@ impl Service {
             handle: ServiceHandle { requests: tx },
             stop_began: None,
             last_status: String::new(),
-            exporter: options.apply_exports.then(|| Exporter::new(&settings_root)),
+            exporter: options
+                .apply_exports
+                .then(|| Exporter::new(&settings_root).with_record(target_record)),
             created_targets,
-            target_record,
+            stopping: Arc::new(AtomicBool::new(false)),
             target_deletions: Vec::new(),
             persist_identities: options.persist_identities,
             lun_removal_bound: options.lun_removal_bound,
@@ -627,6 +629,7 @@ impl Service {
     /// Begin the teardown of every disk still serving, all at once (each in its own thread).
     pub fn begin_stop(&mut self) {
         self.stop_began.get_or_insert_with(Instant::now);
+        self.stopping.store(true, Ordering::Release);
         for index in 0..self.slots.len() {
             if self.slots[index].state == DiskState::Serving {
                 self.begin_teardown(index, TeardownTrigger::Requested);
@@ -746,14 +749,11 @@ impl Service {
                 running.frontend.on_trigger(Box::new(move || handle.wake()));
                 if let Some(applied) = &running.exports {
                     slot.holds_exports = true;
-                    let before = self.created_targets.len();
+                    // Recorded in the state directory by the exporter already.
                     for target in applied.created_targets() {
                         if !self.created_targets.contains(&target) {
                             self.created_targets.push(target);
                         }
-                    }
-                    if self.created_targets.len() != before {
-                        self.target_record.save(&self.created_targets);
                     }
                 }
                 slot.running = Some(running);
@@ -895,14 +895,14 @@ impl Service {
                 let said = match state {
                     LunNow::Ours => None,
                     LunNow::Gone => Some(format!(
-                        "disk {name}: LUN {lun} is gone (iscsi-scstd's restart deletes every                          iSCSI target; someone's `del`?): adding it again"
+                        "disk {name}: LUN {lun} is gone (iscsi-scstd's restart deletes every iSCSI target; someone's `del`?): adding it again"
                     )),
                     LunNow::HeldBy(other) => Some(format!(
-                        "disk {name}: LUN {lun} holds device {other} now, not this disk: left                          alone; give the disk another LUN number, or free this one, and restart"
+                        "disk {name}: LUN {lun} holds device {other} now, not this disk: left alone; give the disk another LUN number, or free this one, and restart"
                     )),
                     LunNow::Unreadable(e) => Some(format!("disk {name}: LUN {lun}: {e}")),
                 };
-                note(&mut slot.export_notes, lun, said);
+                note(&mut slot.export_notes, &format!("disk {name}: LUN {lun}"), said);
             }
             let gone = applied.gone(&slot.spec.exports);
             if gone.is_empty() {
@@ -912,10 +912,11 @@ impl Service {
             let device = name.clone();
             let handle = self.handle.clone();
             let ours = self.created_targets.clone();
+            let stopping = Arc::clone(&self.stopping);
             let spawned = std::thread::Builder::new()
                 .name(format!("re-export-{name}"))
                 .spawn(move || {
-                    let restored = exporter.restore(&device, &gone, &ours);
+                    let restored = exporter.restore(&device, &gone, &ours, &stopping);
                     handle.wake();
                     restored
                 });
@@ -930,18 +931,20 @@ impl Service {
     /// given): what each did goes into its disk's exports (or, if the disk stopped meanwhile,
     /// its targets to the service's list and its LUNs to the device's unregistration).
     fn collect_restores(&mut self, until: Option<Instant>) {
+        // One end for all, as `join_deletions` has: not a grace each.
+        let end = until.map(|deadline| deadline.max(Instant::now() + DELETION_GRACE));
         for slot in &mut self.slots {
             let Some(thread) = slot.restore.take() else {
                 continue;
             };
-            let joined = match until {
+            let joined = match end {
                 None if !thread.is_finished() => {
                     slot.restore = Some(thread);
                     continue;
                 }
                 None => scst_accel_hal::locks::join(thread).map_err(|_| "panicked"),
-                Some(deadline) => {
-                    let left = deadline.max(Instant::now() + DELETION_GRACE) - Instant::now();
+                Some(end) => {
+                    let left = end.saturating_duration_since(Instant::now());
                     match scst_accel_hal::locks::join_bounded(thread, left) {
                         Ok(joined) => joined.map_err(|_| "panicked"),
                         Err(_) => Err("did not end within the stop's budget; left to finish"),
@@ -960,7 +963,6 @@ impl Service {
             for target in restored.created_targets() {
                 if !self.created_targets.contains(&target) {
                     self.created_targets.push(target);
-                    self.target_record.save(&self.created_targets);
                 }
             }
             if !luns.is_empty() {
@@ -977,11 +979,15 @@ impl Service {
             }
             let failure = result.err().map(|e| {
                 format!(
-                    "disk {name}: its exports could not be applied again: {e}; tried again                      every {:?}",
+                    "disk {name}: its exports could not be applied again: {e}; tried again every {:?}",
                     self.export_check
                 )
             });
-            note(&mut slot.export_notes, "restore", failure);
+            note(
+                &mut slot.export_notes,
+                &format!("disk {name}: its exports"),
+                failure,
+            );
         }
     }
 
@@ -996,7 +1002,6 @@ impl Service {
         };
         let slots = &self.slots;
         let mut deletions = Vec::new();
-        let before = self.created_targets.len();
         self.created_targets.retain(|target| {
             let used = slots.iter().any(|slot| {
                 slot.holds_exports
@@ -1028,11 +1033,6 @@ impl Service {
             }
             false
         });
-        if self.created_targets.len() != before {
-            // Taken off the record as their deletion begins: one that fails is logged, and
-            // then left in place by later runs too.
-            self.target_record.save(&self.created_targets);
-        }
         self.target_deletions.append(&mut deletions);
     }
 

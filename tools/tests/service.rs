@@ -1064,8 +1064,9 @@ fn a_target_an_earlier_run_created_is_deleted_at_this_run_s_stop() {
     // A real directory: the target is there at the start, as the killed run left it.
     let luns = FifoRecorder::new(iscsi.join(IQN).join("luns/mgmt"));
     let settings = settings();
-    let record = settings.state_dir.join("iscsi-targets");
-    std::fs::write(&record, format!("# made by hand for the test\n{IQN}\n")).expect("record");
+    let record = settings.state_dir.join("iscsi-targets").join(IQN);
+    std::fs::create_dir_all(record.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&record, "").expect("record");
     let mut spec = disk("inherit-ram", BoardArg::Ram, 16 << 20, 4096);
     spec.exports.push(scst_accel::config::ExportSpec {
         driver: scst_accel::config::TargetDriver::Iscsi,
@@ -1090,8 +1091,7 @@ fn a_target_an_earlier_run_created_is_deleted_at_this_run_s_stop() {
     assert_eq!(Service::exit_code(&outcomes, false), 0);
     assert_eq!(luns.wait_lines(2)[1], "del 0");
     assert_eq!(mgmt.wait_lines(1), vec![format!("del_target {IQN}")]);
-    let left = std::fs::read_to_string(&record).expect("record");
-    assert!(!left.lines().any(|l| l == IQN), "still recorded: {left}");
+    assert!(!record.exists(), "still recorded");
 }
 
 /// Two disks with LUNs in one iSCSI target the service created: the failure of the disk whose
@@ -1134,12 +1134,10 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         StartOptions::default(),
     );
     assert_eq!(service.serving(), 2, "{:?}", service.start_failures());
+    let record = settings_dir.join("iscsi-targets").join(IQN);
     assert!(
-        std::fs::read_to_string(settings_dir.join("iscsi-targets"))
-            .expect("the created target is recorded")
-            .lines()
-            .any(|l| l == IQN),
-        "a run after a crash must know it for this service's"
+        record.exists(),
+        "the created target is recorded: a run after a crash must know it for this service's"
     );
     assert_eq!(
         luns.wait_lines(2),
@@ -1190,11 +1188,9 @@ fn a_created_iscsi_target_stays_while_another_disk_exports_there() {
         3,
         "a LUN gone is not deleted: {:?}",
         luns.lines()
-    ); // Recorded while it existed, off the record once deleted.
-    assert!(!std::fs::read_to_string(settings_dir.join("iscsi-targets"))
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l == IQN));
+    );
+    // Recorded while it existed, off the record once deleted.
+    assert!(!record.exists(), "still recorded after its deletion");
 }
 
 /// A configured serial that another disk already has (here its generated one, persisted in the

@@ -469,6 +469,9 @@ pub(crate) struct Script {
     refusals: Vec<(String, i32)>,
     results: std::sync::Mutex<std::collections::VecDeque<String>>,
     writes: std::sync::Mutex<Vec<String>>,
+    /// A file whose existence each write notes (in `probed`): what was on disk when it came.
+    probe: Option<PathBuf>,
+    probed: std::sync::Mutex<Vec<bool>>,
 }
 
 impl Script {
@@ -486,6 +489,17 @@ impl Script {
         self
     }
 
+    /// Note at each write whether `path` exists ([`Script::probed`]).
+    fn probing(mut self, path: PathBuf) -> Self {
+        self.probe = Some(path);
+        self
+    }
+
+    /// Whether the probed file existed at each write, in order.
+    fn probed(&self) -> Vec<bool> {
+        self.probed.lock().expect("probed").clone()
+    }
+
     /// The lines written, in order (refused ones included).
     pub(crate) fn lines(&self) -> Vec<String> {
         self.writes.lock().expect("writes").clone()
@@ -496,6 +510,9 @@ impl Attributes for Script {
     fn write(&self, _path: &Path, text: &str) -> io::Result<usize> {
         let line = text.trim_end_matches('\n');
         self.writes.lock().expect("writes").push(line.to_string());
+        if let Some(probe) = &self.probe {
+            self.probed.lock().expect("probed").push(probe.exists());
+        }
         match self.refusals.iter().find(|(l, _)| l == line) {
             Some((_, errno)) => Err(io::Error::from_raw_os_error(*errno)),
             None => Ok(text.len()),
@@ -774,6 +791,9 @@ fn export_preflight_requires_iscsi_scstd_connected() {
     exporter.preflight(&specs).expect("iscsi-scstd connected");
 }
 
+/// A restore that is not being stopped.
+static NOT_STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// iscsi-scstd's exit deletes every iSCSI target (iscsi-scst's `iscsi_release` ->
 /// `target_del_all`): the check finds the LUN gone, and a restore once iscsi-scstd is back
 /// creates the target again when it is the service's, adds the LUN and enables both, and that
@@ -805,7 +825,7 @@ fn export_a_target_iscsi_scstd_took_away_is_created_again_with_its_lun() {
     let ours = [IQN.to_string()];
     std::fs::write(iscsi.join("open_state"), "closed\n").expect("write");
     let before = script.lines().len();
-    let (restored, result) = exporter.restore("accel0", &gone, &ours);
+    let (restored, result) = exporter.restore("accel0", &gone, &ours, &NOT_STOPPING);
     assert!(
         matches!(result, Err(ExportError::IscsiDaemon { .. })),
         "{result:?}"
@@ -820,7 +840,7 @@ fn export_a_target_iscsi_scstd_took_away_is_created_again_with_its_lun() {
     std::fs::write(iscsi.join("open_state"), "open\n").expect("write");
     // Not the service's target (it existed at the apply): someone else's settings would be
     // lost to a bare add_target, so it waits for its owner.
-    let (restored, result) = exporter.restore("accel0", &gone, &[]);
+    let (restored, result) = exporter.restore("accel0", &gone, &[], &NOT_STOPPING);
     assert!(
         matches!(&result, Err(ExportError::NotOurTarget { target }) if target == IQN),
         "{result:?}"
@@ -831,7 +851,24 @@ fn export_a_target_iscsi_scstd_took_away_is_created_again_with_its_lun() {
         before,
         "nothing written for someone else's target"
     );
-    let (restored, result) = exporter.restore("accel0", &gone, &ours);
+    // Its owner makes it again: the LUN is added, and the target left for its owner to enable
+    // (with the CHAP user and groups it may still be giving it).
+    std::fs::create_dir_all(iscsi.join(IQN).join("luns")).expect("the owner's add_target");
+    let (theirs, result) = exporter.restore("accel0", &gone, &[], &NOT_STOPPING);
+    result.expect("the LUN added to the owner's target");
+    assert_eq!(script.lines()[before..], ["add accel0 0".to_string()]);
+    assert!(theirs.created_targets().is_empty());
+    drop(theirs);
+    // Taken away again, to be made by the service this time.
+    std::fs::remove_dir_all(iscsi.join(IQN)).expect("iscsi-scstd exits again");
+    let before = script.lines().len();
+    // A service that stops writes nothing more.
+    let (stopped, result) =
+        exporter.restore("accel0", &gone, &ours, &std::sync::atomic::AtomicBool::new(true));
+    result.expect("nothing tried");
+    assert!(stopped.describe().is_empty());
+    assert_eq!(script.lines().len(), before, "nothing written once stopping");
+    let (restored, result) = exporter.restore("accel0", &gone, &ours, &NOT_STOPPING);
     result.expect("restored");
     assert_eq!(
         script.lines()[before..],
@@ -865,4 +902,33 @@ fn export_a_lun_another_device_holds_now_is_left_alone() {
         )]
     );
     assert!(applied.gone(&specs).is_empty());
+}
+
+/// A created iSCSI target is recorded before its `add_target` is written (a kill between the
+/// two must leave a record, never a target without one), stays recorded while it exists, and
+/// goes off the record when its `add_target` is refused or it is deleted.
+#[test]
+fn export_a_target_is_recorded_before_it_is_created() {
+    let state = tempfile::tempdir().expect("state dir");
+    let record = state.path().join(record::RECORD).join(IQN);
+    let (dir, script, exporter) = scripted(Script::default().probing(record.clone()));
+    let exporter = exporter.with_record(CreatedTargets::at(Some(state.path())));
+    let specs = vec![spec(TargetDriver::Iscsi, IQN, 0, false)];
+    let applied = exporter.apply("accel0", &specs).expect("apply");
+    assert_eq!(script.lines()[0], format!("add_target {IQN}"));
+    assert!(script.probed()[0], "recorded only after its add_target");
+    assert!(record.exists());
+    assert_eq!(applied.created_targets(), vec![IQN.to_string()]);
+    // SCST made its directory; nobody else's LUN in it: deleted, and off the record.
+    std::fs::create_dir_all(dir.path().join("targets/iscsi").join(IQN).join("luns")).expect("mkdir");
+    drop(applied.remove_luns());
+    assert!(exporter.delete_target(IQN).expect("deleted"));
+    assert!(!record.exists(), "still recorded after its deletion");
+
+    // Refused: never made, so not recorded.
+    let (_dir, _script, refusing) =
+        scripted(Script::default().refuse(&format!("add_target {IQN}"), libc::EINVAL));
+    let refusing = refusing.with_record(CreatedTargets::at(Some(state.path())));
+    refusing.apply("accel0", &specs).expect_err("refused");
+    assert!(!record.exists(), "a refused add_target left a record");
 }
