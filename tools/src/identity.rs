@@ -48,7 +48,6 @@ use serde::Serialize;
 use std::fs;
 use std::io;
 use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -114,7 +113,7 @@ pub enum IdentityError {
     #[error("disk name {0:?} cannot name an identity state file: use {rule}", rule = crate::disk::DISK_NAME_RULE)]
     DiskName(String),
     /// The state directory cannot be created or written.
-    #[error("cannot write identity state in {dir}: {source}; create it (writable by the service, mode 0700) or point service.state_dir / --state-dir elsewhere")]
+    #[error("cannot write identity state in {dir}: {source}; create it (writable by the service, mode 0700) or point service.state_dir / --state-dir elsewhere{links}", links = links_hint(.source))]
     StateDir {
         /// The directory.
         dir: PathBuf,
@@ -175,6 +174,17 @@ pub enum IdentityError {
     /// The OS random source failed.
     #[error("cannot read random bytes from /dev/urandom to generate an identity: {0}; configure serial and naa explicitly")]
     Random(io::Error),
+}
+
+/// A hint where a state file could not be linked into place because the file system has no
+/// hard links (vfat answers EPERM, some FUSE file systems EOPNOTSUPP or ENOSYS).
+fn links_hint(source: &io::Error) -> &'static str {
+    match source.raw_os_error() {
+        Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS) => {
+            " (new state files are hard-linked into place: the state directory must be on a file system with hard links, not vfat)"
+        }
+        _ => "",
+    }
 }
 
 /// What a state file holds: only the generated or device-derived fields (vendor and product
@@ -682,29 +692,7 @@ fn persist(
 /// with the state file in it, after the file's own fsync ([`persist`] fsyncs `dir` itself
 /// once the file is in it).
 fn create_dirs(dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    let mut at = dir;
-    while !at.as_os_str().is_empty() && !at.exists() {
-        missing.push(at);
-        match at.parent() {
-            Some(parent) => at = parent,
-            None => break,
-        }
-    }
-    for &created in missing.iter().rev() {
-        match fs::DirBuilder::new().mode(0o700).create(created) {
-            Ok(()) => {}
-            // Another start made it meanwhile: its parent is fsync'd here all the same.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        let parent = created
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        sync_dir(parent)?;
-    }
-    Ok(())
+    crate::state_file::create_dirs(dir, sync_dir)
 }
 
 /// fsync(2) a directory, so that the names made in it are durable.
@@ -772,6 +760,26 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::rc::Rc;
+
+    /// A state directory whose file system refuses link(2) (vfat: EPERM) says that hard links
+    /// are what it lacks; other failures do not.
+    #[test]
+    fn a_state_dir_without_hard_links_says_so() {
+        let refused = |errno| {
+            IdentityError::StateDir {
+                dir: PathBuf::from("/mnt/vfat/scst-accel"),
+                source: io::Error::from_raw_os_error(errno),
+            }
+            .to_string()
+        };
+        assert!(
+            refused(libc::EPERM).contains("hard links"),
+            "{}",
+            refused(libc::EPERM)
+        );
+        assert!(refused(libc::EOPNOTSUPP).contains("hard links"));
+        assert!(!refused(libc::EACCES).contains("hard links"));
+    }
 
     thread_local! {
         /// Run once by the next resolve on this thread that is about to create a state file,

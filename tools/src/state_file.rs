@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
-/// Write `text` to `path`: its directory made when missing (0700: the state is the service's
-/// own), a temporary file beside it (0600) written and fsync'd, renamed over the name (atomic
+/// Write `text` to `path`: its directory made when missing ([`create_dirs`]: 0700, the state
+/// is the service's own), a temporary file beside it (0600) written and fsync'd, renamed over the name (atomic
 /// on POSIX), then the directory fsync'd so that the rename itself is durable. The temporary
 /// file ([`write_temporary`]) is removed on a failure.
 ///
@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 /// The first step that failed.
 pub(crate) fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    create_dirs(dir, sync_dir)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = write_temporary(dir, &name, text)?;
     let place = || -> io::Result<()> {
@@ -32,6 +32,44 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     place().inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
+}
+
+/// Create `dir` and whichever of its ancestors are missing, mode 0700, each one's parent
+/// fsync'd (with `sync_dir`) once it holds the new name: a directory's name lives in its
+/// parent, so otherwise a crash could lose the directory, with the state file in it, after the
+/// file's own fsync.
+///
+/// # Errors
+/// The first mkdir (other than one another thread made meanwhile) or fsync that failed.
+pub(crate) fn create_dirs(dir: &Path, sync_dir: fn(&Path) -> io::Result<()>) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    for &created in missing.iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(created) {
+            Ok(()) => {}
+            // Another start made it meanwhile: its parent is fsync'd here all the same.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let parent = created
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// fsync(2) a directory, so that the names made in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 /// A temporary file in `dir` for the state file `name`, holding `text`, written and fsync'd
