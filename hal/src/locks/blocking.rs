@@ -15,7 +15,8 @@ const JOIN_POLL: Duration = Duration::from_millis(1);
 /// is held. For blocking calls without a helper here (a crossbeam `recv_timeout`, a `poll`).
 ///
 /// # Panics
-/// In debug and test builds, when a checked lock is held.
+/// A violation aborts the process (docs/locking.md; a panic where the thread holds
+/// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: when a checked lock is held.
 #[track_caller]
 pub fn blocking<R>(what: &str, f: impl FnOnce() -> R) -> R {
     assert_no_locks_held(what);
@@ -25,7 +26,8 @@ pub fn blocking<R>(what: &str, f: impl FnOnce() -> R) -> R {
 /// `std::thread::sleep` with no lock held.
 ///
 /// # Panics
-/// In debug and test builds, when a checked lock is held.
+/// A violation aborts the process (docs/locking.md; a panic where the thread holds
+/// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: when a checked lock is held.
 #[track_caller]
 pub fn sleep(duration: Duration) {
     assert_no_locks_held("sleep");
@@ -39,7 +41,8 @@ pub fn sleep(duration: Duration) {
 /// The thread's panic payload, as `JoinHandle::join`.
 ///
 /// # Panics
-/// In debug and test builds, when a checked lock is held.
+/// A violation aborts the process (docs/locking.md; a panic where the thread holds
+/// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: when a checked lock is held.
 #[track_caller]
 pub fn join<T>(handle: JoinHandle<T>) -> std::thread::Result<T> {
     assert_no_locks_held("join");
@@ -53,7 +56,8 @@ pub fn join<T>(handle: JoinHandle<T>) -> std::thread::Result<T> {
 /// `Err(handle)` when the thread is still running after `bound`.
 ///
 /// # Panics
-/// In debug and test builds, when a checked lock is held.
+/// A violation aborts the process (docs/locking.md; a panic where the thread holds
+/// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: when a checked lock is held.
 #[track_caller]
 pub fn join_bounded<T>(
     handle: JoinHandle<T>,
@@ -101,7 +105,8 @@ impl<T> TimedRecv for std::sync::mpsc::Receiver<T> {
 /// The channel's timeout or disconnection error.
 ///
 /// # Panics
-/// In debug and test builds, when a checked lock is held.
+/// A violation aborts the process (docs/locking.md; a panic where the thread holds
+/// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: when a checked lock is held.
 #[track_caller]
 pub fn recv_timeout<R: TimedRecv>(rx: &R, timeout: Duration) -> Result<R::Item, R::Error> {
     assert_no_locks_held("recv_timeout");

@@ -45,7 +45,8 @@ impl OrderedCondvar {
     /// Returns the guard and whether the wait timed out. A poisoned mutex is recovered.
     ///
     /// # Panics
-    /// In debug and test builds, if this thread holds any checked lock other than `guard`'s.
+    /// A violation aborts the process (docs/locking.md; a panic where the thread holds
+    /// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: if this thread holds any checked lock other than `guard`'s.
     #[track_caller]
     pub fn wait_timeout<'a, T, L: LockLevel>(
         &self,

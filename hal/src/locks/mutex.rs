@@ -57,7 +57,8 @@ impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
     /// borrow `token`, which is usable again once they are dropped.
     ///
     /// # Panics
-    /// In debug and test builds, if this thread holds a checked lock at or above `L` taken
+    /// A violation aborts the process (docs/locking.md; a panic where the thread holds
+    /// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: if this thread holds a checked lock at or above `L` taken
     /// outside the token chain (the runtime check backs the types).
     #[track_caller]
     pub fn lock<'a, M>(
@@ -75,7 +76,8 @@ impl<T: ?Sized, L: LockLevel> OrderedMutex<T, L> {
     /// `Drop`). Not checked by the compiler; checked at run time in debug and test builds.
     ///
     /// # Panics
-    /// In debug and test builds, at once (before blocking) if this thread holds a checked lock
+    /// A violation aborts the process (docs/locking.md; a panic where the thread holds
+    /// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: at once (before blocking) if this thread holds a checked lock
     /// of level `L` or above: "lock order violation: taking `a` (level n) while holding `b`
     /// (level m)".
     #[track_caller]

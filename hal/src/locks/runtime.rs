@@ -326,7 +326,8 @@ pub fn observed_edges() -> Vec<(&'static str, &'static str)> {
 /// `lock-check` feature, and is free without it.
 ///
 /// # Panics
-/// In debug and test builds, when a checked lock is held.
+/// A violation aborts the process (docs/locking.md; a panic where the thread holds
+/// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: when a checked lock is held.
 #[track_caller]
 #[inline]
 pub fn assert_no_locks_held(what: &str) {

@@ -95,7 +95,8 @@ impl<T: ?Sized, L: LockLevel> OrderedRwLock<T, L> {
     /// Shared lock without a token; checked at run time in debug and test builds.
     ///
     /// # Panics
-    /// In debug and test builds, at once if this thread holds a checked lock of level `L` or
+    /// A violation aborts the process (docs/locking.md; a panic where the thread holds
+    /// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: at once if this thread holds a checked lock of level `L` or
     /// above (including this one: a recursive read can deadlock behind a queued writer).
     #[track_caller]
     pub fn read_unchecked_at_runtime(&self) -> OrderedReadGuard<'_, T, L> {
@@ -120,7 +121,8 @@ impl<T: ?Sized, L: LockLevel> OrderedRwLock<T, L> {
     /// Exclusive lock without a token; checked at run time in debug and test builds.
     ///
     /// # Panics
-    /// In debug and test builds, at once if this thread holds a checked lock of level `L` or
+    /// A violation aborts the process (docs/locking.md; a panic where the thread holds
+    /// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: at once if this thread holds a checked lock of level `L` or
     /// above.
     #[track_caller]
     pub fn write_unchecked_at_runtime(&self) -> OrderedWriteGuard<'_, T, L> {

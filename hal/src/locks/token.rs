@@ -38,7 +38,8 @@ impl LockToken<'static, Root> {
     /// under a lock is caught at once.
     ///
     /// # Panics
-    /// In debug and test builds, when this thread holds a checked lock.
+    /// A violation aborts the process (docs/locking.md; a panic where the thread holds
+    /// [`expect_violations`](crate::locks::expect_violations)), with the runtime checker: when this thread holds a checked lock.
     #[track_caller]
     pub fn root() -> Self {
         assert_no_locks_held("LockToken::root");
