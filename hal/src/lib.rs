@@ -88,8 +88,9 @@ pub enum HalError {
     #[error(
         "only {available} of the {vectors} MSI-X vectors asked for {device} could be allocated, so none \
          is enabled: the kernel is short of interrupt vectors (in a VM, the hypervisor's interrupt \
-         remapping may offer fewer; see dmesg and /proc/interrupts): free vectors held by other \
-         devices, or use a board definition that polls (InterruptMode::Poll)"
+         remapping may offer fewer; see dmesg and /proc/interrupts): give the disk fewer workers \
+         (`--workers`, `workers` in the configuration: one queue, and one vector, each), or free \
+         vectors held by other devices"
     )]
     TooFewVectors {
         /// Device identifier.

@@ -211,7 +211,7 @@ impl DiskArgs {
             config.write_cache = false;
             if info.volatile_cache {
                 log::info!(
-                    "disk {}: write_cache = false: written through (WCE 0) at start and after                      every reset",
+                    "disk {}: write_cache = false: written through (WCE 0) at start and after every reset",
                     self.name
                 );
             } else {

@@ -140,7 +140,7 @@ impl ModeState {
         };
         let body = toml::to_string(&ModeFile { wce: mode.wce }).map_err(|e| err(io::Error::other(e)))?;
         let text = format!(
-            "# The caching mode page's WCE that SCST disk {:?} serves, kept by scst-accel so that\n\
+            "# The caching mode page's WCE that disk {:?} serves, kept by scst-accel so that\n\
              # `serve --tcmu-adopt` after a kill serves it again; a start that creates the\n\
              # backstore rewrites it with the default.\n{body}",
             self.disk
@@ -176,6 +176,16 @@ pub fn prepare(engine: &Disk, state: ModeState, adopted: bool) -> Result<(), Mod
     let name = state.disk.clone();
     if adopted {
         let (mode, record) = match state.load() {
+            Ok(Some(mode)) if mode.wce && !engine.current_mode().wce => {
+                // `write_cache = false` set since: written through is safe whatever initiators
+                // believe, and it is the operator's lasting choice.
+                log::warn!(
+                    "disk {name}: adopted: the earlier process served WCE 1 ({}), but the disk is \
+                     configured write_cache = false now: serving WCE 0",
+                    state.path.display()
+                );
+                (CurrentMode { wce: false }, true)
+            }
             Ok(Some(mode)) => {
                 log::info!(
                     "disk {name}: adopted: serving WCE {} as the earlier process recorded it ({})",
@@ -235,15 +245,35 @@ mod tests {
     /// The engine of a TCMU disk named `name` over a store with a volatile cache (a file
     /// store's page cache), as `tcmu::start_disk` builds it: WCE 1 by default.
     fn engine(name: &str) -> Disk {
+        engine_with(name, true)
+    }
+
+    fn engine_with(name: &str, write_cache: bool) -> Disk {
         let mut info = RamStore::new(512, 1024, 64).info();
         info.volatile_cache = true;
         let identity =
             crate::identity::resolve(name, &IdentitySpec::default(), None, None).expect("identity");
         let args = crate::disk::DiskArgs {
             name: name.into(),
+            write_cache,
             ..crate::disk::DiskArgs::default()
         };
         Disk::try_new(args.disk_config(&info, &identity, false)).expect("disk")
+    }
+
+    /// `write_cache = false` set between the kill and the adoption: the recorded WCE 1 is not
+    /// served over it (written through is safe whatever initiators believe), and 0 is recorded.
+    #[test]
+    fn an_adoption_under_write_cache_false_serves_wce_0_over_a_recorded_1() {
+        let dir = temp_dir("adopt-wt");
+        let state = || ModeState::new(&dir, "d2").expect("state");
+        prepare(&engine("d2"), state(), false).expect("a fresh start records WCE 1");
+        assert_eq!(state().load().expect("load"), Some(CurrentMode { wce: true }));
+        let adopting = engine_with("d2", false);
+        prepare(&adopting, state(), true).expect("adopt");
+        assert_eq!(wce(&adopting), (false, false));
+        assert_eq!(state().load().expect("load"), Some(CurrentMode { wce: false }));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn run(disk: &Disk, cdb: &[u8], data: &[u8]) -> Plan {

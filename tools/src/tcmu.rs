@@ -1268,6 +1268,10 @@ fn record(disk: &mut TcmuDisk, finished: Finished, trigger: &str, started: Insta
     } else {
         DiskState::Stopped
     };
+    if disk.state == DiskState::Failed && disk.failure.is_none() {
+        // A worker left detached, a release that failed: the log has the details.
+        disk.failure = Some(format!("its stop failed (exit {}); see the log", disk.exit_code));
+    }
     log::info!(
         "disk {}: stopped in {:?} (release {:.1} ms)",
         disk.spec.args.name,

@@ -804,7 +804,7 @@ impl Disk {
         // there, which a process adopting the LU would serve instead of the default.
         if let Err(e) = self.record_mode(&pages, &defaults) {
             log::error!(
-                "reset: the mode pages' return to their defaults (WCE {}) could not be recorded:                  {e}; a process that takes this logical unit over would serve WCE {}",
+                "reset: the mode pages' return to their defaults (WCE {}) could not be recorded: {e}; a process that takes this logical unit over would serve WCE {}",
                 u8::from(defaults.wce()),
                 u8::from(pages.wce())
             );

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 /// What [`TcmuWorker::stop`] allows beyond the drain's own bound (twice `drain_budget`): the
 /// serving pass the stop finds the worker in (the stop's eventfd ends its wait at once) and the
-/// ring's unmap after the drain. As the scst_user frontend's `LEAVE_MARGIN`.
+/// ring's unmap after the drain, as the scst_user frontend's stop grace does for its workers.
 pub const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 
 /// The kernel's default command timeout of a TCMU backstore (`attrib/cmd_time_out`;
