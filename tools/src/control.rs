@@ -67,8 +67,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// each read waits at most what is left of it, inside a line too. (The last reply may then
 /// take the service's time to answer and [`IO_TIMEOUT`] to write.)
 const CONNECTION_BUDGET: Duration = Duration::from_secs(2);
-/// The client waits this long for a reply (a dump may take a moment).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The client waits this long for a reply (a dump may take a moment). Above twice the
+/// supervisor's answer wait (5 s) with room: with a supervisor that does not answer, the
+/// server's one thread may be in a figures sample's wait when the client connects, then waits
+/// as long again for the request's answer before it replies that the service did not answer
+/// (exit 69). At 10 s a loaded machine made the client time out first (EAGAIN, "cannot reach")
+/// now and then.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The control socket's server: one thread, one connection at a time.
 pub struct ControlServer {
