@@ -2858,23 +2858,22 @@ mod tests {
         }
     }
 
-    /// A disk whose worker ended and whose ring the kernel will not reset: its LUN's removal
-    /// blocks (here for as long as the test holds it). The service loop must still turn: it
-    /// takes the ended worker, starts the stop, answers a snapshot showing the disk stopping
-    /// while the removal blocks, settles the disk once the removal ends (failed, exit 70: the
-    /// reset was refused; its LUN gone), and only then, with nothing left to serve, returns.
-    /// With the stop run on the loop (as before) the snapshot goes unanswered until the
-    /// removal ends.
-    #[test]
-    fn a_lun_removal_that_blocks_does_not_stop_the_service_loop() {
-        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-rig-stall-{}", std::process::id()));
-        let tpg = dir.join("target/loopback/naa.5001405000000042/tpgt_1");
+    /// A serving disk (configfs under a scratch directory, `tag` in its name) exported as LUN 0
+    /// of a tcm_loop target `wwn` (initiator `nexus`) whose LUN link's removal stalls until the
+    /// test releases it ([`StallingFs`]); the scratch directory and the TPG with it.
+    fn serving_with_a_stalling_lun(
+        tag: &str,
+        wwn: &str,
+        nexus: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf, Arc<StallingFs>, Rig) {
+        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-rig-{tag}-{}", std::process::id()));
+        let tpg = dir.join(format!("target/loopback/{wwn}/tpgt_1"));
         let fs = Arc::new(StallingFs {
             stall: tpg.join("lun/lun_0/d0"),
             stalled: false.into(),
             released: false.into(),
         });
-        let mut rig = serving_rig_on("stall", Arc::clone(&fs) as ServiceFs);
+        let mut rig = serving_rig_on(tag, Arc::clone(&fs) as ServiceFs);
         // The shared tcm_loop TPG (there already, adopted) and the disk's LUN 0 in it.
         std::fs::create_dir_all(tpg.join("lun")).expect("scratch");
         let targets = Targets::create(
@@ -2882,7 +2881,7 @@ mod tests {
             &rig.root,
             &TargetSpec {
                 hba: None,
-                loopback: Some(("naa.5001405000000042".into(), "naa.5001405000000043".into())),
+                loopback: Some((wwn.into(), nexus.into())),
                 iscsi: None,
             },
             true,
@@ -2895,6 +2894,20 @@ mod tests {
             .setup
             .export_lun(&targets, 0, "d0")
             .expect("LUN 0");
+        (dir, tpg, fs, rig)
+    }
+
+    /// A disk whose worker ended and whose ring the kernel will not reset: its LUN's removal
+    /// blocks (here for as long as the test holds it). The service loop must still turn: it
+    /// takes the ended worker, starts the stop, answers a snapshot showing the disk stopping
+    /// while the removal blocks, settles the disk once the removal ends (failed, exit 70: the
+    /// reset was refused; its LUN gone), and only then, with nothing left to serve, returns.
+    /// With the stop run on the loop (as before) the snapshot goes unanswered until the
+    /// removal ends.
+    #[test]
+    fn a_lun_removal_that_blocks_does_not_stop_the_service_loop() {
+        let (dir, tpg, fs, mut rig) =
+            serving_with_a_stalling_lun("stall", "naa.5001405000000042", "naa.5001405000000043");
         assert!(fs.stall.exists(), "LUN 0 linked");
         // The worker ends (its device went), the backstore stays.
         rig.kernel
@@ -2957,34 +2970,9 @@ mod tests {
     /// exit within what systemd was told. Without the bound the stop waited for the removal.
     #[test]
     fn a_disk_stop_that_overruns_the_services_bound_is_left_and_fails_its_disk() {
-        let dir = std::env::temp_dir().join(format!("scst-accel-tcmu-rig-overrun-{}", std::process::id()));
-        let tpg = dir.join("target/loopback/naa.5001405000000044/tpgt_1");
-        let fs = Arc::new(StallingFs {
-            stall: tpg.join("lun/lun_0/d0"),
-            stalled: false.into(),
-            released: false.into(),
-        });
+        let (dir, _tpg, fs, mut rig) =
+            serving_with_a_stalling_lun("overrun", "naa.5001405000000044", "naa.5001405000000045");
         let _release = Release(&fs);
-        let mut rig = serving_rig_on("overrun", Arc::clone(&fs) as ServiceFs);
-        std::fs::create_dir_all(tpg.join("lun")).expect("scratch");
-        let targets = Targets::create(
-            Arc::clone(&fs) as ServiceFs,
-            &rig.root,
-            &TargetSpec {
-                hba: None,
-                loopback: Some(("naa.5001405000000044".into(), "naa.5001405000000045".into())),
-                iscsi: None,
-            },
-            true,
-        )
-        .expect("targets");
-        rig.service.disks[0]
-            .running
-            .as_mut()
-            .expect("serving")
-            .setup
-            .export_lun(&targets, 0, "d0")
-            .expect("LUN 0");
         rig.service.stop_timeout = Duration::ZERO;
         rig.service.settings.drain = Duration::from_millis(100);
         let budget = rig.service.stop_budget();

@@ -436,16 +436,19 @@ mod tests {
         c
     }
 
-    /// Post `cdb` with one iovec at data offset `at`, signal, wait (bounded) for the kick.
-    /// The simulated ring as a UIO device whose events come from `ours`, and an executor on a
-    /// RAM store.
-    fn device_and_executor(sim: &SimKernel, ours: UnixStream) -> (UioDevice, Executor) {
+    /// The simulated ring as a UIO device whose events come from `ours`.
+    fn uio_device(sim: &SimKernel, ours: UnixStream) -> UioDevice {
         let info = UioInfo {
             index: 0,
             name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
             map_size: sim.region().len(),
         };
-        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)))
+    }
+
+    /// [`uio_device`], and an executor on a RAM store.
+    fn device_and_executor(sim: &SimKernel, ours: UnixStream) -> (UioDevice, Executor) {
+        let device = uio_device(sim, ours);
         let store = RamStore::new(BS, 1024, 256);
         let disk = Arc::new(Disk::new(DiskConfig::for_store(&store.info())));
         let exec = Executor::new(
@@ -630,12 +633,7 @@ mod tests {
             flags: crate::tcmu::abi::mailbox_flags::CAP_READ_LEN | crate::tcmu::abi::mailbox_flags::CAP_OOOC,
         });
         let (ours, mut kernel) = UnixStream::pair().expect("pair");
-        let info = UioInfo {
-            index: 0,
-            name: TcmuUioName::parse("tcm-user/7/disk0/scst-accel/ram").expect("name"),
-            map_size: sim.region().len(),
-        };
-        let device = UioDevice::from_parts(info, sim.region().clone(), UioEvents::new(OwnedFd::from(ours)));
+        let device = uio_device(&sim, ours);
         let store = RamStore::new(BS, 1024, 256);
         let entered = Arc::new(AtomicBool::new(false));
         let released = Arc::new(AtomicBool::new(false));
