@@ -19,8 +19,9 @@ use std::time::Duration;
 /// Where the service keeps state, listens and finds SCST.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceSettings {
-    /// Generated identities are persisted here (one file per disk), and under TCMU each disk's
-    /// current WCE (`crate::mode_state`).
+    /// Generated identities are persisted here (one file per disk), under TCMU each disk's
+    /// current WCE (`crate::mode_state`), and under scst_user the iSCSI targets the service
+    /// created (`crate::export::CreatedTargets`).
     pub state_dir: PathBuf,
     /// The control socket (`scst-accel status`, `dump`, `resize`); root-only (mode 0600).
     pub control_socket: PathBuf,
