@@ -60,6 +60,22 @@ pub struct Rig {
     pub blocks: u64,
 }
 
+/// Every test on a rig checks, as it ends, that our handler left each cached buffer alone
+/// while SCST owned it (the loopback kernel's check, `buffer_ownership_violations`): the
+/// teardown and abort tests are where a DMA outliving its command's reply would show.
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let violations = self.kernel.buffer_ownership_violations();
+        if violations > 0 && !std::thread::panicking() {
+            panic!(
+                "{violations} buffers of {} were written while SCST owned them (after their EXEC \
+                 reply, before their return): see the loopback kernel's error log",
+                self.name
+            );
+        }
+    }
+}
+
 impl Rig {
     /// Register `name` with `opt` and serve it from `store`, with host-only buffers.
     pub fn new(name: &str, block_size: u32, blocks: u64, opt: Opt, store: Arc<dyn Store>) -> Self {

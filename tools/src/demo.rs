@@ -148,6 +148,9 @@ pub(crate) struct Outcome {
     /// Of `cpu`, the simulated board's threads ([`simulated_device_cpu_time`]).
     pub(crate) device_cpu: Option<Duration>,
     pub(crate) devices_left: usize,
+    /// Cached buffers the loopback kernel found changed while SCST owned them (the handler or
+    /// its device wrote a buffer after its EXEC reply; `LoopbackKernel::buffer_ownership_violations`).
+    pub(crate) ownership_violations: u64,
     /// The loopback kernel model's own syscalls during the timed phase (None where the
     /// kernel serves several disks and they cannot be told apart).
     pub(crate) model_syscalls: Option<ModelSyscalls>,
@@ -394,6 +397,8 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         }
     };
     let devices_left = kernel.registered_devices().len();
+    // After the frontend's stop: the buffers the teardown's FLUSH gave back are checked too.
+    let ownership_violations = kernel.buffer_ownership_violations();
     let backend = backend.shutdown(frontend.unmap.take());
     Ok(Outcome {
         workload: result?,
@@ -404,6 +409,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         worker_cpu,
         device_cpu,
         devices_left,
+        ownership_violations,
         model_syscalls: Some(model_syscalls),
         allocations,
     })
@@ -580,6 +586,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
             "panicked_workers": o.frontend.panicked_workers,
         },
         "devices_left_registered": o.devices_left,
+        "buffer_ownership_violations": o.ownership_violations,
         "kernel_model": o.model_syscalls.map(|m| json!({
             "process_vm_readv": m.process_vm_readv,
             "process_vm_writev": m.process_vm_writev,
@@ -669,6 +676,7 @@ pub(crate) fn healthy(args: &DemoArgs, o: &Outcome) -> bool {
         && (released_everything(o) || deliberate_leak(args, o))
         && o.frontend.panicked_workers == 0
         && o.devices_left == 0
+        && o.ownership_violations == 0
         && (w.commands > 0 || !args.inject.is_empty())
 }
 
@@ -730,6 +738,13 @@ fn report(args: &DemoArgs, o: &Outcome) -> u8 {
         }
         for e in &w.first_errors {
             println!("error: {e}");
+        }
+        if o.ownership_violations > 0 {
+            println!(
+                "error: {} buffers changed while SCST owned them (written after their EXEC reply): \
+                 on a real kernel, corrupt data sent or reused",
+                o.ownership_violations
+            );
         }
     }
     if healthy(args, o) {

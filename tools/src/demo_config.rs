@@ -105,12 +105,13 @@ pub fn run(args: &DemoArgs, path: &Path) -> u8 {
         .zip(crate::cpu::process_cpu_time())
         .map(|(a, b)| b.saturating_sub(a));
     let devices_left = kernel.registered_devices().len();
+    let ownership_violations = kernel.buffer_ownership_violations();
     let (value, healthy) = summary(
         args,
         &specs,
         outcomes,
         reports,
-        devices_left,
+        (devices_left, ownership_violations),
         cpu,
         started.elapsed(),
     );
@@ -200,12 +201,12 @@ fn summary(
     specs: &[crate::config::DiskSpec],
     outcomes: Vec<DiskOutcome>,
     mut reports: Vec<(String, LoadReport)>,
-    devices_left: usize,
+    (devices_left, ownership_violations): (usize, u64),
     cpu: Option<Duration>,
     elapsed: Duration,
 ) -> (serde_json::Value, bool) {
     let mut disks = Vec::new();
-    let mut healthy = devices_left == 0 && !outcomes.is_empty();
+    let mut healthy = devices_left == 0 && ownership_violations == 0 && !outcomes.is_empty();
     let mut totals = WorkloadReport::default();
     for (spec, outcome) in specs.iter().zip(outcomes) {
         let report = reports
@@ -240,6 +241,7 @@ fn summary(
             "process_cpu_s": cpu.map(|c| c.as_secs_f64()),
             "wall_s": elapsed.as_secs_f64(),
             "devices_left_registered": devices_left,
+            "buffer_ownership_violations": ownership_violations,
         },
         "healthy": healthy,
     });
@@ -284,7 +286,9 @@ fn disk_entry(
         worker_cpu: None,
         device_cpu: None,
         devices_left: 0,
-        // One kernel serves every disk of the file: its syscalls are not per disk.
+        // One kernel serves every disk of the file: its buffer checks and syscalls are not per
+        // disk (the summary checks the kernel's count).
+        ownership_violations: 0,
         model_syscalls: None,
         allocations: None,
     };

@@ -8,6 +8,7 @@ use super::core_parse;
 use super::device::CoreWork;
 use super::device::DeviceState;
 use super::device::Effects;
+use super::ownership::Check;
 use super::sense;
 use super::sense::SenseCode;
 use super::session::ScsiCompletion;
@@ -232,10 +233,18 @@ impl DeviceState {
         let Some(cmd) = self.cmds.get_mut(&id) else { return };
         cmd.cached = buff_cached;
         if let Some((oid, obj)) = hit {
-            // Cache hit: no ALLOC_MEM, EXEC carries the cached buffer.
+            // Cache hit: no ALLOC_MEM, EXEC carries the cached buffer, which must still hold
+            // what its last command left in it (checked at the EXEC's delivery).
             cmd.sgv = Some(oid);
             cmd.pbuf = obj.pbuf;
             cmd.data_out_pending = has_data_out(dir);
+            let check = obj.fingerprint.map(|expected| Check {
+                pbuf: obj.pbuf,
+                expected,
+            });
+            if let Some(u) = cmd.ucmd.and_then(|h| self.ucmds.get_mut(&h)) {
+                u.ownership_check = check;
+            }
             self.queue_exec(id, fx);
             return;
         }
@@ -515,6 +524,7 @@ impl DeviceState {
                         vec![Evicted {
                             owner: destroyed.owner,
                             pbuf: destroyed.pbuf,
+                            fingerprint: destroyed.fingerprint,
                         }],
                         fx,
                     );
@@ -547,6 +557,10 @@ impl DeviceState {
                 abi::SCST_USER_ON_CACHED_MEM_FREE,
                 &abi::OnCachedMemFree { pbuf: e.pbuf },
             );
+            u.ownership_check = e.fingerprint.map(|expected| Check {
+                pbuf: e.pbuf,
+                expected,
+            });
             u.sent_to_user = false;
             self.queue_ready(e.owner, fx);
         }

@@ -8,6 +8,8 @@
 //! condvar wake-ups are collected in [`Effects`] and delivered after the lock is dropped.
 
 use super::core_parse::ParsedCdb;
+use super::ownership::Check;
+use super::ownership::Fingerprint;
 use super::sense::SenseCode;
 use super::session::ScsiCompletion;
 use super::session::TmCompletion;
@@ -453,6 +455,10 @@ pub(crate) struct Delivery {
     pub len: usize,
     /// Initiator data to copy into the buffer first (user address, bytes).
     pub data_out: Option<(u64, Vec<u8>)>,
+    /// A buffer going back to the handler, to check before the fetch returns (`ownership.rs`).
+    pub ownership_check: Option<Check>,
+    /// What the data-out copy left in the command's buffer, once written.
+    pub data_out_written: Option<Fingerprint>,
     pub cmd: Option<u64>,
     /// `seen_by_user` before this delivery (restored if it is taken back).
     pub seen_before: bool,
@@ -558,11 +564,21 @@ impl DeviceState {
                 msg: u.msg,
                 len,
                 data_out,
+                ownership_check: u.ownership_check.take(),
+                data_out_written: None,
                 cmd,
                 seen_before,
             });
         }
         None
+    }
+
+    /// The initiator's data-out was copied into command `cmd`'s buffer: the handler must leave
+    /// it as it is while SCST owns the buffer (`ownership.rs`).
+    pub fn note_data_out(&mut self, cmd: Option<u64>, written: Fingerprint) {
+        if let Some(oid) = cmd.and_then(|id| self.cmds.get(&id)).and_then(|c| c.sgv) {
+            self.sgv.set_fingerprint(oid, written);
+        }
     }
 
     /// Take back a delivery that never reached the user (an earlier one of the same ioctl

@@ -494,6 +494,7 @@ impl ScstUserFd for LoopbackFd {
                 clustered,
                 in_use: false,
                 last_used: Instant::now(),
+                fingerprint: None,
             });
             // The creation reference is dropped and the owner reference taken: net 1.
             if class.is_none() {

@@ -12,6 +12,8 @@
 //! - `reply`: reply validation and effects (§3.4, §3.5);
 //! - `reply_get`: the replies and fetches of one REPLY_AND_GET ioctl, batched (§3.2, §3.3);
 //! - `sgv`: the SGV buffer cache with owner handles (§3.6);
+//! - `ownership`: the check that the handler leaves a cached buffer alone while SCST owns it
+//!   (§3.6);
 //! - `session`: the kernel object, sessions, task management (§4, §7);
 //! - `unjam`: teardown on the last close (§5);
 //! - `uaccess`: user memory access through `process_vm_readv`/`process_vm_writev`, batched
@@ -29,6 +31,7 @@ mod core;
 mod core_parse;
 mod device;
 mod fd;
+mod ownership;
 mod reply;
 mod reply_get;
 mod sense;

@@ -7,6 +7,7 @@ use super::device::Device;
 use super::device::DeviceState;
 use super::device::Effects;
 use super::device::Token;
+use super::ownership::Fingerprint;
 use super::sense;
 use super::sgv::SgvObject;
 use super::spare::SpareBuffers;
@@ -289,6 +290,11 @@ impl DeviceState {
                     Ok((data, sense)) => {
                         if let Some(c) = self.cmds.get_mut(&id) {
                             c.resp_data_len = resp as i32;
+                            // The data was read from the start of the command's buffer: what
+                            // it must still hold when the handler gets it back (`ownership`).
+                            if let (Some(oid), false) = (c.sgv, data.is_empty()) {
+                                self.sgv.set_fingerprint(oid, Fingerprint::of(&data));
+                            }
                         }
                         self.complete_or_abort(id, status, sense, data, fx);
                         Ok(())
@@ -427,6 +433,7 @@ impl DeviceState {
             clustered: false,
             in_use: true,
             last_used: Instant::now(),
+            fingerprint: None,
         });
         cmd.sgv = Some(oid);
         cmd.pbuf = pbuf;

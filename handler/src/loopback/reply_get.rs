@@ -44,6 +44,8 @@ use super::device::StateGuard;
 use super::device::Token;
 use super::device::BLOCKING_FETCH_CAP;
 use super::device::WAIT_SLICE;
+use super::ownership;
+use super::ownership::Fingerprint;
 use super::reply::Copied;
 use super::reply::ExecRanges;
 use super::reply::Plan;
@@ -305,14 +307,26 @@ pub(crate) fn reply_and_get(
             st = st.wait_timeout(&dev.cond, WAIT_SLICE.min(deadline - now));
         }
     }
-    // The initiator's data-out of every EXEC fetched goes into its buffer in one syscall,
-    // with the lock dropped.
+    // Buffers going back to the handler are checked, and the initiator's data-out of every
+    // EXEC fetched goes into its buffer in one syscall, with the lock dropped: the checks
+    // first, before a data-out overwrites a reused buffer, and before this fetch returns, so
+    // before the handler may write there again (`ownership.rs`).
     let with_data: Vec<usize> = (0..deliveries.len())
         .filter(|&k| deliveries[k].data_out.is_some())
         .collect();
+    let verify = |deliveries: &[Delivery]| {
+        let checks = deliveries.iter().filter_map(|d| d.ownership_check);
+        if checks.clone().next().is_none() {
+            return;
+        }
+        mem.count_ownership_violations(ownership::verify(mem, &dev.name, checks));
+    };
     let mut delivered = deliveries.len();
+    let mut checked = false;
     if !with_data.is_empty() {
         held.unlock(st);
+        verify(&deliveries);
+        checked = true;
         let written = {
             let ranges: Vec<(u64, &[u8])> = with_data
                 .iter()
@@ -321,13 +335,20 @@ pub(crate) fn reply_and_get(
                 .collect();
             mem.write_ranges(&ranges)
         };
-        // Written into the handler's buffers: the model is done with those data-out buffers.
+        // Written into the handler's buffers: the model is done with those data-out buffers,
+        // once it noted what the handler must leave in them (`ownership.rs`).
         for &k in with_data.iter().take(written) {
             if let Some((_, data)) = deliveries[k].data_out.take() {
+                deliveries[k].data_out_written = Some(Fingerprint::of(&data));
                 dev.spare.give(data);
             }
         }
         st = dev.lock(token);
+        for d in &deliveries {
+            if let Some(fingerprint) = d.data_out_written {
+                st.note_data_out(d.cmd, fingerprint);
+            }
+        }
         if let Some(&bad) = with_data.get(written) {
             // The pinned pages vanished: the core fails that command (internal failure) and
             // the ioctl returns EFAULT with the commands before it delivered; the ones after
@@ -355,6 +376,11 @@ pub(crate) fn reply_and_get(
         slots.slot(i).as_mut_bytes()[..d.len].copy_from_slice(&d.msg.as_bytes()[..d.len]);
     }
     held.unlock(st);
+    if !checked {
+        // No data-out was written: the buffers are as the handler left them until this
+        // fetch returns.
+        verify(&deliveries);
+    }
     Outcome {
         replies_done: replies.len(),
         delivered,

@@ -270,6 +270,15 @@ impl LoopbackKernel {
         self.inner.memory.syscalls()
     }
 
+    /// Buffers the model found changed while SCST owned them (all devices of this kernel): a
+    /// cached buffer written between its EXEC reply and its return to the handler (a cache
+    /// hit's EXEC or ON_CACHED_MEM_FREE), which on a real kernel corrupts the data a target
+    /// sends or the next command finds (spec §3.6; `ownership.rs`). A correct handler leaves
+    /// it at 0.
+    pub fn buffer_ownership_violations(&self) -> u64 {
+        self.inner.memory.ownership_violations()
+    }
+
     /// Open `/dev/scst_user` (with O_NONBLOCK if `nonblocking`; sampled at REGISTER, §1.1).
     ///
     /// # Panics

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use std::time::Instant;
 
+use super::ownership::Fingerprint;
 use crate::int_map::IntMap;
 
 /// Pages of the largest cached class: order 10, 4 MiB (spec §3.6).
@@ -38,6 +39,9 @@ pub(crate) struct SgvObject {
     pub in_use: bool,
     /// Last time it went back to the pool.
     pub last_used: Instant,
+    /// What the handler left in it at its last command's EXEC reply (a READ's data), checked
+    /// when it goes back to the handler (`ownership.rs`).
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// An object evicted from the cache.
@@ -47,6 +51,8 @@ pub(crate) struct Evicted {
     pub owner: u32,
     /// The buffer.
     pub pbuf: u64,
+    /// What it held when the handler last gave it to SCST, to check at ON_CACHED_MEM_FREE.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// Both pools (normal and clustered) of one device.
@@ -86,12 +92,22 @@ impl SgvPool {
     }
 
     /// Take a free object of exactly `pages` (most recently used first: the LRU tail is reused
-    /// and the cold head gets purged).
+    /// and the cold head gets purged). Its fingerprint goes with the copy returned (the check
+    /// is the new command's to make), not back into the pool.
     pub fn take_free(&mut self, pages: u64, clustered: bool) -> Option<(u64, SgvObject)> {
         let id = self.free.get_mut(&(pages, clustered))?.pop()?;
         let obj = self.objects.get_mut(&id)?;
         obj.in_use = true;
-        Some((id, obj.clone()))
+        let taken = obj.clone();
+        obj.fingerprint = None;
+        Some((id, taken))
+    }
+
+    /// Record what object `id` holds as its command hands it to SCST (`ownership.rs`).
+    pub fn set_fingerprint(&mut self, id: u64, fingerprint: Fingerprint) {
+        if let Some(obj) = self.objects.get_mut(&id) {
+            obj.fingerprint = Some(fingerprint);
+        }
     }
 
     /// Insert a new object; returns its id.
@@ -149,6 +165,7 @@ impl SgvPool {
                         Evicted {
                             owner: o.owner,
                             pbuf: o.pbuf,
+                            fingerprint: o.fingerprint,
                         },
                     )
                 })
@@ -192,6 +209,7 @@ mod tests {
             clustered: false,
             in_use: true,
             last_used: Instant::now(),
+            fingerprint: None,
         }
     }
 
@@ -232,11 +250,13 @@ mod tests {
             vec![
                 Evicted {
                     owner: 1,
-                    pbuf: 0x1000
+                    pbuf: 0x1000,
+                    fingerprint: None,
                 },
                 Evicted {
                     owner: 2,
-                    pbuf: 0x2000
+                    pbuf: 0x2000,
+                    fingerprint: None,
                 }
             ]
         );
@@ -265,7 +285,8 @@ mod tests {
             pool.flush(),
             vec![Evicted {
                 owner: 7,
-                pbuf: 0x7000
+                pbuf: 0x7000,
+                fingerprint: None,
             }]
         );
         assert_eq!(pool.cached_totals(), (0, 0));

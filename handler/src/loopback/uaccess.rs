@@ -88,6 +88,8 @@ pub(crate) struct UserMemory {
     writev: AtomicU64,
     pipe_writes: AtomicU64,
     pipe_reads: AtomicU64,
+    /// Buffers found changed while SCST owned them (`ownership.rs`).
+    ownership_violations: AtomicU64,
 }
 
 /// Direction of one transfer.
@@ -105,6 +107,18 @@ impl UserMemory {
             process_vm_writev: self.writev.load(Ordering::Relaxed),
             poll_pipe_writes: self.pipe_writes.load(Ordering::Relaxed),
             poll_pipe_reads: self.pipe_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Buffers found changed while SCST owned them, so far.
+    pub fn ownership_violations(&self) -> u64 {
+        self.ownership_violations.load(Ordering::Relaxed)
+    }
+
+    /// Count `n` buffers found changed while SCST owned them.
+    pub fn count_ownership_violations(&self, n: u64) {
+        if n > 0 {
+            self.ownership_violations.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -351,6 +365,7 @@ static TEST_MEMORY: UserMemory = UserMemory {
     writev: AtomicU64::new(0),
     pipe_writes: AtomicU64::new(0),
     pipe_reads: AtomicU64::new(0),
+    ownership_violations: AtomicU64::new(0),
 };
 
 /// `copy_from_user` for tests that are not a loopback kernel.

@@ -3,6 +3,7 @@
 //! (`sent_to_user`, `seen_by_user`, `jammed`, `this_state_unjammed`) and a reference count.
 //! A ucmd leaves the hash only when its count reaches 0.
 
+use super::ownership::Check;
 use crate::abi;
 use crate::abi::GetCmd;
 
@@ -50,6 +51,9 @@ pub(crate) struct Ucmd {
     pub refs: u32,
     /// What it stands for.
     pub kind: UcmdKind,
+    /// A buffer to check at this ucmd's next delivery (a cache hit's EXEC, ON_CACHED_MEM_FREE)
+    /// before the handler gets it back (`ownership.rs`).
+    pub ownership_check: Option<Check>,
 }
 
 impl Ucmd {
@@ -70,6 +74,7 @@ impl Ucmd {
             in_reply: false,
             refs: 1,
             kind,
+            ownership_check: None,
         }
     }
 

@@ -93,6 +93,17 @@ fn write_miss_allocates_then_hit_carries_the_data() {
     assert_eq!(got, vec![0xcd; 4096]);
     r.fd.reply_cmd(&completed(x2.cmd_h, 0, 0, 0)).unwrap();
     assert_eq!(recv(&s).status, sam_status::GOOD);
+    assert_eq!(r.kernel.buffer_ownership_violations(), 0);
+
+    // A WRITE's buffer holds the initiator's data until it comes back: one the handler wrote
+    // after its reply is found at the next hit.
+    buf.fill(17, 1, 0x00);
+    s.submit(write10(3, 0, vec![0xef; 4096])).unwrap();
+    let x3 = wait_cmd(&r.fd);
+    assert_eq!(x3.subcode, abi::SCST_USER_EXEC, "hit");
+    assert_eq!(r.kernel.buffer_ownership_violations(), 1);
+    r.fd.reply_cmd(&completed(x3.cmd_h, 0, 0, 0)).unwrap();
+    assert_eq!(recv(&s).status, sam_status::GOOD);
 }
 
 #[test]
@@ -373,5 +384,48 @@ fn read_capacity_sets_the_block_size_later_commands_are_sized_by() {
         bufflen_of_one_block_read(5),
         4096,
         "a block length of 0 changes nothing"
+    );
+}
+
+/// A cached buffer the handler writes after its EXEC reply (a late DMA, a worker reusing it
+/// early) is caught when it goes back to the handler: at the next cache hit's EXEC, and at
+/// ON_CACHED_MEM_FREE; one left alone is not.
+#[test]
+fn a_buffer_written_while_scst_owns_it_is_a_counted_violation() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let buf = PageBuffer::new(4096).unwrap();
+    let read_once = |tag: u64, pbuf: u64, fill: u8| {
+        s.submit(read10(tag, 0, 8)).unwrap();
+        let c = wait_cmd(&r.fd);
+        assert_eq!(c.subcode, abi::SCST_USER_EXEC);
+        buf.fill(0, 4096, fill);
+        r.fd.reply_cmd(&completed(c.cmd_h, 4096, pbuf, 0)).unwrap();
+        assert_eq!(recv(&s).data_in, vec![fill; 4096]);
+    };
+    read_once(1, buf.addr(), 0x5a);
+    read_once(2, 0, 0x11);
+    assert_eq!(
+        r.kernel.buffer_ownership_violations(),
+        0,
+        "left alone until the hit"
+    );
+
+    buf.fill(100, 1, 0xee);
+    read_once(3, 0, 0x22);
+    assert_eq!(
+        r.kernel.buffer_ownership_violations(),
+        1,
+        "written after READ 2's reply, found at READ 3's EXEC"
+    );
+
+    buf.fill(4095, 1, 0x00);
+    r.kernel.flush_cache("disk0").unwrap();
+    let c = wait_cmd(&r.fd);
+    assert_eq!(c.subcode, abi::SCST_USER_ON_CACHED_MEM_FREE);
+    assert_eq!(
+        r.kernel.buffer_ownership_violations(),
+        2,
+        "written after READ 3's reply, found at ON_CACHED_MEM_FREE"
     );
 }
