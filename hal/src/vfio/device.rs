@@ -36,6 +36,7 @@ use super::fd_region::FdRegion;
 use super::mmio::Access64;
 use super::mmio::MmioRegion;
 use super::preflight;
+use super::reset;
 use super::sys;
 use crate::DeviceBacking;
 use crate::DmaMapper;
@@ -304,7 +305,11 @@ impl DeviceBacking for VfioDevice {
             source,
         };
         let fd = self.handle.fd().map_err(|_| reset_error(gone()))?;
-        sys::device_reset(fd).map_err(reset_error)?;
+        // A busy function (EAGAIN) is tried again, briefly: reset.rs says why.
+        reset::retry_busy(&self.id, reset::ATTEMPTS, reset::FIRST_PAUSE, || {
+            sys::device_reset(fd)
+        })
+        .map_err(reset_error)?;
         // The kernel saves and restores config space around the reset (pci_reset_function), so
         // the command register (bus master) is as before; the device's own state is reset.
         log::info!("{}: function reset (VFIO_DEVICE_RESET)", self.id);

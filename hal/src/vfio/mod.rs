@@ -6,7 +6,8 @@
 //! sets up the container (TYPE1v2 IOMMU), group and device through vfio-ioctls, maps BAR0
 //! ([`MmioRegion`], or [`FdRegion`] when the BAR cannot be mmapped) and enables bus mastering.
 //! DMA is [`VfioDma`]; interrupts are MSI-X vectors on eventfds; `reset()` is
-//! VFIO_DEVICE_RESET when the function offers it and an honest `NoReset` when not.
+//! VFIO_DEVICE_RESET when the function offers it (tried again briefly while the kernel finds
+//! the function busy: `reset.rs`) and an honest `NoReset` when not.
 //!
 //! Raw system calls the crate does not offer usably live in `sys.rs` (it says why, per call).
 
@@ -18,6 +19,7 @@ mod fd_region;
 mod memlock;
 mod mmio;
 mod preflight;
+mod reset;
 mod sys;
 #[cfg(test)]
 mod tests;
