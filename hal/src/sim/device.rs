@@ -154,7 +154,8 @@ impl DeviceBacking for SimDevice {
 
     /// # Errors
     /// [`HalError::Interrupts`] with EINVAL when `vectors` is 0 or more than the function has,
-    /// or the errno of eventfd creation.
+    /// or the errno of eventfd creation; [`HalError::TooFewVectors`] when more are asked than
+    /// the host grants ([`InterruptLines::limit_grants`]).
     fn enable_interrupts(&self, vectors: u32) -> Result<Vec<EventFd>, HalError> {
         self.interrupts.enable(vectors)
     }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
@@ -20,6 +21,10 @@ use crate::HalError;
 pub struct InterruptLines {
     device: String,
     vectors: u32,
+    /// How many vectors the host can allocate (the kernel's share of interrupt vectors, which
+    /// can be below what the function offers): `u32::MAX` unless a test limits it
+    /// ([`InterruptLines::limit_grants`]).
+    grantable: AtomicU32,
     /// One entry per enabled vector: a duplicate of the descriptor handed to the driver, kept as
     /// a `File` so that signalling is a plain `write(2)` of a u64 with no unsafe code.
     /// Level `interrupts.lines`: a leaf, read-held for one non-blocking eventfd write.
@@ -34,6 +39,7 @@ impl InterruptLines {
         Self {
             device: device.to_owned(),
             vectors,
+            grantable: AtomicU32::new(u32::MAX),
             lines: OrderedRwLock::new(Vec::new()),
             raised: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -136,6 +142,14 @@ impl InterruptLines {
         lines.len() as u32
     }
 
+    /// From now on the host allocates at most `max` vectors: an enable of more fails with
+    /// [`HalError::TooFewVectors`] and enables none, as `VFIO_DEVICE_SET_IRQS` does when
+    /// `pci_alloc_irq_vectors` returns fewer than asked (vfio_msi_enable). The function still
+    /// offers [`InterruptLines::vectors`]: this is the host running short, not the device.
+    pub fn limit_grants(&self, max: u32) {
+        self.grantable.store(max, Ordering::Relaxed);
+    }
+
     /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before; 0
     /// disables them all and hands out none, as the VFIO backend does. Stands for
     /// `VFIO_DEVICE_SET_IRQS`, a blocking ioctl: asserts (debug and test builds) that the
@@ -153,6 +167,16 @@ impl InterruptLines {
         }
         if count > self.vectors {
             return Err(error(io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let grantable = self.grantable.load(Ordering::Relaxed);
+        if count > grantable {
+            // As vfio-pci: what was enabled before is gone, and nothing is enabled now.
+            self.disable();
+            return Err(HalError::TooFewVectors {
+                device: self.device.clone(),
+                vectors: count,
+                available: grantable,
+            });
         }
         let mut handed_out = Vec::with_capacity(count as usize);
         let mut kept = Vec::with_capacity(count as usize);
@@ -174,5 +198,29 @@ impl InterruptLines {
         let mut token = LockToken::root();
         self.lines.write(&mut token).0.clear();
         log::debug!("{}: disabled MSI-X", self.device);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enable_past_the_grant_limit_fails_as_vfio_does_and_enables_none() {
+        let lines = InterruptLines::new("sim-grants", 4);
+        assert_eq!(lines.enable(4).expect("4 of 4").len(), 4);
+        lines.limit_grants(2);
+        match lines.enable(4) {
+            Err(HalError::TooFewVectors {
+                vectors: 4,
+                available: 2,
+                ..
+            }) => {}
+            other => panic!("expected TooFewVectors(2 of 4), got {other:?}"),
+        }
+        assert_eq!(lines.enabled(), 0, "none enabled, the earlier ones gone too");
+        assert_eq!(lines.vectors(), 4, "the function still offers 4");
+        assert_eq!(lines.enable(2).expect("2 granted").len(), 2);
+        assert_eq!(lines.enabled(), 2);
     }
 }
