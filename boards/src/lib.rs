@@ -9,3 +9,4 @@ pub mod open;
 mod recovery;
 pub mod sca1;
 pub mod sim;
+mod vectors;

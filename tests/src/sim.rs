@@ -109,16 +109,53 @@ impl SimRig {
         interrupts: bool,
         frontend: FrontendConfig,
     ) -> Self {
+        Self::on_board(
+            name,
+            (block_size, blocks),
+            command_timeout,
+            interrupts,
+            frontend,
+            None,
+        )
+    }
+
+    /// A board with a queue and an MSI-X vector per worker of `frontend`, of which the host
+    /// grants only `granted` (`InterruptLines::limit_grants`: the kernel short of vectors).
+    pub fn with_granted_vectors(
+        name: &str,
+        block_size: u32,
+        blocks: u64,
+        frontend: FrontendConfig,
+        granted: u32,
+    ) -> Self {
+        let timeout = Duration::from_secs(5);
+        Self::on_board(name, (block_size, blocks), timeout, true, frontend, Some(granted))
+    }
+
+    /// The board: as many queues and vectors as `frontend` has workers (at least 2), the host
+    /// granting `granted` vectors when given.
+    fn on_board(
+        name: &str,
+        (block_size, blocks): (u32, u64),
+        command_timeout: Duration,
+        interrupts: bool,
+        frontend: FrontendConfig,
+        granted: Option<u32>,
+    ) -> Self {
+        let queues = (frontend.workers as u32).max(2);
         let config = SimConfig {
-            queues: 2,
-            vectors: 2,
+            queues,
+            vectors: queues,
             block_size,
             num_blocks: blocks,
             ..SimConfig::default()
         };
         let (device, sim) = create_sim_board(name, config).expect("sim board");
+        if let Some(granted) = granted {
+            device.interrupts().limit_grants(granted);
+        }
         let driver = Sca1Config {
-            queues: 2,
+            queues,
             ring_entries: 64,
             interrupts,
             ..Sca1Config::default()

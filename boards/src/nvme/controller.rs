@@ -428,9 +428,9 @@ impl NvmeController {
         let mut irqs = Vec::new();
         if self.config.interrupts && max_vectors > 1 {
             let vectors = max_vectors.min(u32::from(count) + 1);
-            irqs = self
-                .device
-                .enable_interrupts(vectors)
+            // Vector 0 is the (polled) admin queue's, vector q I/O queue q's: fewer than 2
+            // granted gives no I/O queue one, and all are polled (crate::vectors).
+            irqs = crate::vectors::enable_available(self.device.as_ref(), vectors, 2)
                 .map_err(|source| (self.hal(source), None))?
                 .into_iter()
                 .map(Some)

@@ -1040,6 +1040,9 @@ impl NvmeQueue {
             self.stats.aborts_sent,
             self.stats.aborts_accepted
         );
+        if self.irq.is_none() {
+            s.push_str(", polled (no MSI-X vector)");
+        }
         s
     }
 }

@@ -20,6 +20,7 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
 use scst_accel_hal::RegisterIo;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -234,6 +235,9 @@ pub struct Sca1 {
     coalesce: u32,
     /// What the function's queues share with it about resets.
     state: Arc<ResetState>,
+    /// Queues and MSI-X vectors of the bring-up (queue i has vector i; the rest are polled),
+    /// for the dump: a host short of vectors starts the board with fewer (crate::vectors).
+    queues_and_vectors: [AtomicU32; 2],
 }
 
 /// The resets of one function, shared with its queues (accelerator.md §7: a reset stops every
@@ -363,6 +367,7 @@ impl Sca1 {
             iovas,
             coalesce,
             state: Arc::default(),
+            queues_and_vectors: Default::default(),
         };
         // The reset that may escalate: a previous owner may have left the function doing DMA
         // that only a function reset ends.
@@ -444,15 +449,19 @@ impl Sca1 {
         } else {
             0
         };
-        let mut irqs = if vectors > 0 {
-            self.device
-                .enable_interrupts(vectors)?
+        // Vector i is queue i's (Q_VECTOR = index); the queues past the vectors the host
+        // granted are polled (crate::vectors).
+        let mut irqs: Vec<_> = if vectors > 0 {
+            crate::vectors::enable_available(self.device.as_ref(), vectors, 1)?
                 .into_iter()
                 .map(Some)
                 .collect()
         } else {
             Vec::new()
         };
+        let vectors = irqs.len() as u32;
+        self.queues_and_vectors[0].store(count, Ordering::Relaxed);
+        self.queues_and_vectors[1].store(vectors, Ordering::Relaxed);
         for index in 0..count {
             let irq = irqs.get_mut(index as usize).and_then(Option::take);
             let qc = QueueConfig {
@@ -472,11 +481,12 @@ impl Sca1 {
             )?);
         }
         log::info!(
-            "{}: SCA-1 up: {} queues x {} entries, {} vectors, {} blocks of {} bytes",
+            "{}: SCA-1 up: {} queues x {} entries, {} vectors ({} queues polled), {} blocks of {} bytes",
             self.id(),
             count,
             entries,
             vectors,
+            count - vectors,
             self.caps.capacity_blocks,
             self.caps.block_size
         );
@@ -486,6 +496,13 @@ impl Sca1 {
     /// Device identifier.
     pub fn id(&self) -> &str {
         self.device.id()
+    }
+
+    /// The queues and the MSI-X vectors the bring-up enabled for them: queue i has vector i
+    /// while i < vectors; the others are polled.
+    pub fn queues_and_vectors(&self) -> (u32, u32) {
+        let [queues, vectors] = &self.queues_and_vectors;
+        (queues.load(Ordering::Relaxed), vectors.load(Ordering::Relaxed))
     }
 
     /// Capabilities read at bring-up.

@@ -156,7 +156,7 @@ impl Controller for Sca1 {
         let r = |off| bar.read32(off);
         format!(
             "{}: SCA-1 ID {:#010x} VERSION {:#010x} CAP0 {:#010x} CAP1 {:#010x} CONTROL {:#x} \
-             STATUS {:#x} FATAL_CODE {:#x} INT_STATUS {:#x} INT_MASK {:#x} INT_COALESCE {:#x} resets {}",
+             STATUS {:#x} FATAL_CODE {:#x} INT_STATUS {:#x} INT_MASK {:#x} INT_COALESCE {:#x} resets {}{}",
             Sca1::id(self),
             r(global::ID),
             r(global::VERSION),
@@ -169,6 +169,13 @@ impl Controller for Sca1 {
             r(global::INT_MASK),
             r(global::INT_COALESCE),
             Sca1::reset_count(self),
+            match self.queues_and_vectors() {
+                (queues, vectors) if vectors < queues => format!(
+                    "; {vectors} MSI-X vectors for {queues} queues: queues {vectors}..{} polled",
+                    queues - 1
+                ),
+                _ => String::new(),
+            },
         )
     }
 }
@@ -301,6 +308,9 @@ impl QueueEngine for Sca1Queue {
             stats.refused,
             stats.restarts,
         );
+        if Sca1Queue::notify_fd(self).is_none() {
+            out.push_str(" polled (no MSI-X vector)");
+        }
         if let Some(err) = self.error_registers() {
             let _ = write!(out, " Q_ERROR {:#x} Q_ERROR_INDEX {}", err.0, err.1);
         }
