@@ -603,8 +603,13 @@ impl Executor {
         timeout: Duration,
         wake: Option<BorrowedFd<'_>>,
     ) -> Result<Progress, StepError> {
-        // Completions already waiting in the store: look at every fd without sleeping.
-        let timeout = if self.queue.prepare_to_wait() {
+        // Completions already waiting in the store: look at every fd without sleeping. A
+        // polled store queue (no notify fd: an accelerator queue without an MSI-X vector) with
+        // requests in flight has nothing to wake this wait: look without sleeping too, as the
+        // scst_user worker does, rather than leave each completion up to `timeout` (idle_poll)
+        // late.
+        let polled_in_flight = self.queue.notify_fd().is_none() && self.queue.in_flight() > 0;
+        let timeout = if polled_in_flight || self.queue.prepare_to_wait() {
             Duration::ZERO
         } else {
             timeout
@@ -1541,6 +1546,51 @@ mod tests {
                 }));
             n
         }
+    }
+
+    /// A store queue without a notify fd (polled: an accelerator queue without an MSI-X
+    /// vector) holding a request: a step does not sleep its timeout, since nothing would wake
+    /// it for the completion, and serves the completion once there.
+    #[test]
+    fn a_step_with_a_polled_store_busy_does_not_sleep() {
+        use std::os::fd::OwnedFd;
+        use std::os::unix::net::UnixStream;
+
+        let mut r = held_rig(true);
+        let (ours, _kernel) = UnixStream::pair().expect("pair");
+        let events = UioEvents::new(OwnedFd::from(ours));
+        let mut token = StoreToken::root();
+        let off = r.sim.data_off();
+        let iov = [Iovec {
+            iov_base: off as u64,
+            iov_len: BS.into(),
+        }];
+        r.sim.post_cmd(1, &rw10(0x28, 3, 1), &iov, &[]).expect("post");
+        let p = r.exec.poll(&mut token, &mut r.ring).expect("poll");
+        assert_eq!(p.started, 1);
+        let start = std::time::Instant::now();
+        r.exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_secs(5))
+            .expect("step");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "slept {:?} with a polled request in flight",
+            start.elapsed()
+        );
+        let held: Vec<StoreRequest> = std::mem::take(&mut *r.held.lock().expect("held"));
+        r.done
+            .lock()
+            .expect("done")
+            .extend(held.into_iter().map(|req| StoreCompletion {
+                tag: req.tag,
+                status: crate::store::StoreStatus::Good,
+            }));
+        let p = r
+            .exec
+            .step(&mut token, &mut r.ring, &events, Duration::from_secs(5))
+            .expect("step");
+        assert_eq!(p.completed, 1);
+        assert_eq!(r.sim.reap().expect("reap").len(), 1);
     }
 
     struct HeldRig {
