@@ -45,6 +45,11 @@
 //! out of its own writes, waited for), `--end-mark TEXT` ends a killed run's part of the log,
 //! and `crash-check --log-format qemu` reads it (`crate::log_writes`, module doc).
 //!
+//! Under a file system (`--board file`, the HIL power-cut-fs scenario) the log is of the file
+//! system's device: `crash-check --pick-marks` and `--state-at` rebuild whole devices at the
+//! writer's marks (`crate::fs_states`), which the scenario mounts, and `--image
+//! --durable-up-to` checks the image file in each against the journal up to the mark.
+//!
 //! With `--unmaps` the disk is thin and a fourth of the rounds UNMAP a random range, journaled
 //! (an *unmapped* record, with a generation of its own) before it is sent: from then on the
 //! blocks may read zeroes, until a later write is made durable there; never an older
@@ -420,15 +425,34 @@ fn check_replayed(
 /// suite's power-cut scenario runs it in the guest).
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {
-    /// The writer's journal.
-    #[arg(long)]
-    pub journal: PathBuf,
+    /// The writer's journal (not with --pick-marks or --state-at, which read only the log).
+    #[arg(long, required_unless_present_any = ["pick_marks", "state_at"])]
+    pub journal: Option<PathBuf>,
     /// The disk's block size (the writer's --block-size).
     #[arg(long, default_value_t = 512)]
     pub block_size: usize,
     /// The image or block device the writer wrote, checked as it is (what a process kill left).
     #[arg(long, conflicts_with = "log_writes", required_unless_present = "log_writes")]
     pub image: Option<PathBuf>,
+    /// With --image: hold only the durable records up to this generation to it (the image
+    /// is a power-cut state at the writer's acknowledgment mark of this generation:
+    /// tests/hil/scenarios/power-cut-fs.sh).
+    #[arg(long, requires = "image")]
+    pub durable_up_to: Option<u32>,
+    /// With --log-writes of a file system's device (`crate::fs_states`): print at most this
+    /// many of the log's acknowledgment and kill marks to rebuild states at (the last ones and
+    /// seeded random ones, --seed), one a line: log entry, the generation the journal's
+    /// durable records must hold up to there (`all` at the kill mark), the mark's text.
+    #[arg(long, requires = "log_writes", conflicts_with_all = ["state_at", "journal"])]
+    pub pick_marks: Option<usize>,
+    /// With --log-writes of a file system's device: write the state a power cut just before
+    /// the mark at this log entry leaves (the writes durable before it) to --state-out, the
+    /// device's --size, sparse; prints JSON.
+    #[arg(long, requires_all = ["log_writes", "state_out"], conflicts_with = "journal")]
+    pub state_at: Option<usize>,
+    /// Where --state-at writes the device's image (replaced).
+    #[arg(long, requires = "state_at")]
+    pub state_out: Option<PathBuf>,
     /// The log device of a dm-log-writes target stacked on the writer's device, read after
     /// `dmsetup remove`: the states a power cut at the log's end may leave are checked instead
     /// (the durable writes alone, every write, and --subsets random choices in between).
@@ -765,13 +789,20 @@ pub fn run_check(args: CheckArgs) -> u8 {
         eprintln!("scst-accel crash-check: --block-size must be 512 or 4096");
         return exit::USAGE;
     }
-    let records = match read_journal(&args.journal) {
+    if args.pick_marks.is_some() || args.state_at.is_some() {
+        return run_fs_states(&args);
+    }
+    let journal = args.journal.as_deref().unwrap_or(Path::new(""));
+    let mut records = match read_journal(journal) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("scst-accel crash-check: {e}");
             return exit::IOERR;
         }
     };
+    if let Some(g) = args.durable_up_to {
+        records.retain(|r| r.kind != RecordKind::Durable || r.generation <= g);
+    }
     let outcome = if let Some(log) = &args.log_writes {
         let size = args.size.unwrap_or(0);
         let Some(bytes) = usize::try_from(size)
@@ -827,6 +858,71 @@ pub fn run_check(args: CheckArgs) -> u8 {
             eprintln!("scst-accel crash-check: {e}");
             exit::IOERR
         }
+    }
+}
+
+/// `crash-check --pick-marks` and `--state-at` (`crate::fs_states`): the marks to rebuild
+/// states at, or one state's image; the exit code as [`run_check`]'s.
+fn run_fs_states(args: &CheckArgs) -> u8 {
+    let fail = |e: &dyn std::fmt::Display, code: u8| {
+        eprintln!("scst-accel crash-check: {e}");
+        code
+    };
+    let Some(log_path) = &args.log_writes else {
+        return fail(&"--pick-marks and --state-at need --log-writes", exit::USAGE);
+    };
+    let log = match crate::log_writes::Log::open(log_path) {
+        Ok(log) => log,
+        Err(e) => return fail(&e, exit::IOERR),
+    };
+    if let Some(count) = args.pick_marks {
+        return match crate::fs_states::pick_marks(&log, count, args.seed) {
+            Ok(marks) => {
+                for m in marks {
+                    let up_to = m
+                        .durable_up_to
+                        .map_or_else(|| "all".to_owned(), |g| g.to_string());
+                    println!("{} {up_to} {}", m.entry, m.text);
+                }
+                0
+            }
+            Err(e) => fail(&e, exit::DATA),
+        };
+    }
+    let (Some(entry), Some(out)) = (args.state_at, &args.state_out) else {
+        return fail(&"--state-at needs --state-out", exit::USAGE);
+    };
+    let size = args.size.unwrap_or(0);
+    let Some(bytes) = usize::try_from(size)
+        .ok()
+        .filter(|&b| b > 0 && b % args.block_size == 0)
+    else {
+        return fail(
+            &format!(
+                "--size {size} is not a whole number of {}-byte blocks (give the log-writes \
+                 device's size)",
+                args.block_size
+            ),
+            exit::USAGE,
+        );
+    };
+    let mut image = vec![0u8; bytes];
+    let built = crate::fs_states::rebuild(&log, entry, &mut image, args.block_size)
+        .and_then(|replayed| crate::fs_states::write_sparse(&image, out).map(|()| replayed));
+    match built {
+        Ok(replayed) => {
+            let json = serde_json::json!({
+                "mode": "state",
+                "entry": entry,
+                "mark": log.entries[entry].mark,
+                "replayed_writes": replayed,
+                "log_entries": log.entries.len(),
+            });
+            println!("{json}");
+            0
+        }
+        Err(e @ crate::fs_states::StateError::NotAMark { .. }) => fail(&e, exit::USAGE),
+        Err(e) => fail(&e, exit::IOERR),
     }
 }
 

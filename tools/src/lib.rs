@@ -27,6 +27,7 @@ pub mod diag;
 pub mod disk;
 pub mod dm_message;
 pub mod export;
+pub mod fs_states;
 pub mod identity;
 pub mod journal;
 pub mod log_writes;
