@@ -104,6 +104,64 @@ def check_power_cut(j):
     return report("power-cut", checks)
 
 
+def check_power_cut_fs(j):
+    """The power-cut-fs scenario: two cycles of the crash writer on a sparse image file on ext4
+    over a dm-log-writes target (io_uring with O_DIRECT, threads through the page cache), each
+    killed during writes; at each of a sample of marks (the kill mark among them) the device a
+    power cut just before it leaves is rebuilt, mounted (ext4's journal recovered) and its
+    image file checked against the writer's journal: it mounts, the file has its full size,
+    no write acknowledged durable up to the mark lost, no foreign or torn block. Each cycle
+    must have proved something: writes acknowledged durable, and durable blocks checked at
+    the kill mark."""
+    cycles = j.get("cycles", [])
+    checks = [("two cycles ran", len(cycles) == 2)]
+    for c in cycles:
+        what = f"cycle {c.get('cycle')} ({c.get('engine')}{', buffered' if c.get('buffered') else ''}, seed {c.get('seed')})"
+        states = c.get("states", [])
+        kill = [s for s in states if s.get("durable_up_to") == "all"]
+        journal = (kill[0].get("check", {}).get("journal", {}) if kill else {})
+        checks += [
+            (f"{what}: {c.get('picked')} states checked", len(states) == c.get("picked") and len(states) > 0),
+            (f"{what}: the kill mark's state among them", len(kill) == 1),
+            (f"{what}: every state mounts (ext4 journal recovered)", all(s.get("mounted") is True for s in states)),
+            (
+                f"{what}: the image file whole in every state",
+                all(s.get("file_bytes") == c.get("image_bytes") for s in states),
+            ),
+            (
+                f"{what}: no durable write lost, no foreign or torn block, in any state",
+                all(
+                    s.get("check", {}).get("passed") is True
+                    and all(t.get("lost") == 0 and t.get("stale_or_torn") == 0 for t in s["check"].get("states", []))
+                    for s in states
+                ),
+            ),
+            (f"{what}: writes acknowledged durable", journal.get("durable_writes", 0) > 0),
+            (
+                f"{what}: durable blocks checked at the kill mark",
+                bool(kill) and kill[0].get("check", {}).get("states", [{}])[0].get("durable_blocks", 0) > 0,
+            ),
+        ]
+        for s in states:
+            chk = s.get("check", {})
+            where = f"{what}, state at {s.get('mark')} (entry {s.get('entry')})"
+            if chk.get("why"):
+                print(f"     {where}: {chk['why']}")
+            for t in chk.get("states", []):
+                print(
+                    f"     {where}: {t.get('durable_blocks')} durable blocks, {t.get('lost')} lost, "
+                    f"{t.get('stale_or_torn')} stale or torn; {s.get('rebuilt', {}).get('replayed_writes')} "
+                    f"writes replayed"
+                )
+                for e in t.get("first_errors", []):
+                    print(f"       {e}")
+        print(
+            f"     power-cut-fs: {what}: {journal.get('durable_writes')} durable of "
+            f"{journal.get('submitted_writes')} writes in the journal"
+        )
+    return report("power-cut-fs", checks)
+
+
 def check_power_cut_vfio(scenario, j, block_size):
     """The power-cut-vfio scenarios: four cycles of the crash writer on the NVMe engine through
     VFIO (QEMU's controller, which ignores FUA; a thin disk, UNMAPs mixed in), each killed
@@ -160,6 +218,8 @@ def main():
         return check_iscsi(j, os.path.dirname(os.path.abspath(path)))
     if scenario == "power-cut":
         return check_power_cut(j)
+    if scenario == "power-cut-fs":
+        return check_power_cut_fs(j)
     if scenario == "power-cut-vfio":
         return check_power_cut_vfio(scenario, j, 512)
     if scenario == "power-cut-vfio-4k":

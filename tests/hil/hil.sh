@@ -22,8 +22,9 @@ CACHE_DIR=${HIL_CACHE_DIR:-$REPO/target/hil}
 QEMU=${HIL_QEMU:-qemu-system-x86_64}
 BUSYBOX=${HIL_BUSYBOX:-/bin/busybox}
 # libiscsi-bin: iscsi-test-cu, libiscsi's SCSI conformance suite (the iscsi scenario); dmsetup:
-# the power-cut scenario's device-mapper tables.
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio sg3-utils libiscsi-bin dmsetup)
+# the power-cut scenario's device-mapper tables; e2fsprogs: mkfs.ext4 for power-cut-fs.
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio sg3-utils libiscsi-bin dmsetup
+	e2fsprogs)
 # Guest modules; their dependencies come from `modprobe --show-depends`. vfio_iommu_type1 is
 # named explicitly because busybox modprobe ignores the soft dependency vfio-pci has on it.
 # The LIO modules serve the TCMU scenario (LIO's target core, its user backstore, the local
@@ -32,10 +33,11 @@ PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static fio kmod cpio sg3-uti
 # the crypto API, which no module dependency names; without it each login fails
 # ("iscsi_login_setup_crypto() failed").
 # dm-log-writes (with dm-mod, whose linear target is built in) logs the writes, FUA writes and
-# flushes the power-cut scenario's device is sent.
+# flushes the power-cut scenario's device is sent; ext4 and loop: power-cut-fs makes an ext4 on
+# it, and mounts each rebuilt state through a loop device.
 GUEST_MODULES=(nvme-core nvme vfio vfio_iommu_type1 vfio-pci virtio_pci 9pnet_virtio 9p
 	configfs target_core_mod uio target_core_user tcm_loop sd_mod iscsi_target_mod crc32c_generic
-	dm-log-writes)
+	dm-log-writes ext4 loop)
 # Kernel-log lines that fail a run (extended regular expressions, matched case-sensitively).
 # QEMU's own VT-d model reports each blocked DMA on its stderr too ("translation failure"),
 # including those the guest never logs because its fault recording registers were full.

@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut power-cut-vfio power-cut-vfio-4k)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut power-cut-fs power-cut-vfio power-cut-vfio-4k)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
@@ -47,6 +47,11 @@ dm_bins=()
 if path=$(command -v dmsetup); then
 	dm_bins+=(--bin "$path")
 fi
+# mkfs.ext4 for power-cut-fs (e2fsprogs; the scenario fails, saying so, without it).
+fs_bins=(${dm_bins[@]+"${dm_bins[@]}"})
+if path=$(command -v mkfs.ext4); then
+	fs_bins+=(--bin "$path")
+fi
 out="${HIL_OUT:-$root/target/hil/suite}"
 mkdir -p "$out"
 started=$SECONDS
@@ -74,6 +79,8 @@ for s in "${scenarios[@]}"; do
 	extra=()
 	[[ $s != iscsi ]] || extra=(${iscsi_bins[@]+"${iscsi_bins[@]}"})
 	[[ $s != power-cut ]] || extra=(${dm_bins[@]+"${dm_bins[@]}"})
+	# power-cut-fs: two 64 MiB file systems and their log on the namespace.
+	[[ $s != power-cut-fs ]] || extra=(${fs_bins[@]+"${fs_bins[@]}"} --disk-mb 384)
 	# power-cut-vfio's writer takes the whole namespace (a hardware board's disk is the
 	# namespace): 16 MiB, the size the host's check replays.
 	[[ $base != power-cut-vfio ]] || extra=(--disk-mb 16)
