@@ -14,12 +14,14 @@ pub mod alloc_stats;
 pub mod cycles;
 pub mod fdio;
 pub mod locks;
+pub mod removal;
 pub mod shared_mem;
 pub mod sim;
 pub mod skip;
 pub mod vfio;
 
 pub use fdio::EventFd;
+pub use removal::RemovalRequest;
 
 /// Errors of device access.
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +339,13 @@ pub trait DeviceBacking: Send + Sync {
     /// register, as for [`DeviceBacking::disable_bus_master`]; vfio-pci answers the vendor and
     /// device IDs from its own copy); [`HalError::Config`] when it cannot be read.
     fn pci_identity(&self) -> Result<PciIdentity, HalError>;
+    /// The channel on which the kernel asks for the function back (vfio-pci's device request,
+    /// `VFIO_PCI_REQ_IRQ_INDEX`: an unbind from vfio-pci or a hot removal waits until the
+    /// device fd is closed): the owner that sees [`RemovalRequest::is_requested`] must stop
+    /// the disk and close the device. `None` when the function offers no such channel; the
+    /// owner then cannot see the request. No default, for the reason given at
+    /// [`DeviceBacking::disable_bus_master`]: a wrapper forwards it.
+    fn removal_request(&self) -> Option<&RemovalRequest>;
 }
 
 /// A device seen through an interposer on its BAR 0: tests and fuzzers that watch, delay or
@@ -388,5 +397,9 @@ impl<T: BarInterposer> DeviceBacking for T {
 
     fn pci_identity(&self) -> Result<PciIdentity, HalError> {
         self.device().pci_identity()
+    }
+
+    fn removal_request(&self) -> Option<&RemovalRequest> {
+        self.device().removal_request()
     }
 }

@@ -287,6 +287,10 @@ impl DeviceBacking for Rigged {
     fn pci_identity(&self) -> Result<scst_accel_hal::PciIdentity, HalError> {
         self.inner.pci_identity()
     }
+
+    fn removal_request(&self) -> Option<&scst_accel_hal::RemovalRequest> {
+        self.inner.removal_request()
+    }
 }
 
 /// What [`Sca1::bring_up`] returns.

@@ -15,6 +15,7 @@ use crate::EventFd;
 use crate::HalError;
 use crate::PciIdentity;
 use crate::RegisterIo;
+use crate::RemovalRequest;
 use crate::ResetKind;
 
 /// BAR0 of a simulated function: checks every access as a mapped BAR would fault on it, then
@@ -76,6 +77,9 @@ pub struct SimDevice {
     bar0: SimBar,
     iommu: Arc<Iommu>,
     interrupts: Arc<InterruptLines>,
+    /// Always offered, as vfio-pci offers its device request on every function; `None` only
+    /// when the eventfd could not be made (logged).
+    removal: Option<RemovalRequest>,
 }
 
 impl SimDevice {
@@ -101,6 +105,11 @@ impl SimDevice {
             interrupts: Arc::clone(&interrupts),
         });
         log::info!("{id}: simulated function created (BAR0 {bar0_len:#x} bytes, {vectors} MSI-X vectors)");
+        let removal = RemovalRequest::new()
+            .inspect_err(|e| {
+                log::warn!("{id}: no removal request channel ({e}): removal requests cannot be simulated")
+            })
+            .ok();
         Self {
             bar0: SimBar {
                 device: id.to_owned(),
@@ -109,6 +118,17 @@ impl SimDevice {
             },
             iommu,
             interrupts,
+            removal,
+        }
+    }
+
+    /// Ask for the function back as the kernel does on an unbind from vfio-pci or a hot
+    /// removal ([`RemovalRequest`]): the device model keeps running, as the real function
+    /// does until its owner closes it.
+    pub fn request_removal(&self) {
+        log::warn!("{}: removal requested (simulated unbind)", self.bar0.device);
+        if let Some(removal) = &self.removal {
+            removal.raise();
         }
     }
 
@@ -212,6 +232,10 @@ impl DeviceBacking for SimDevice {
             });
         }
         Ok(self.bar0.model.pci_identity())
+    }
+
+    fn removal_request(&self) -> Option<&RemovalRequest> {
+        self.removal.as_ref()
     }
 }
 

@@ -293,3 +293,15 @@ fn a_bar_length_that_is_not_whole_registers_panics() {
         })
     });
 }
+
+/// The simulated function offers the device request as vfio-pci does, and `request_removal`
+/// raises it where an owner looks (through the trait, as for a VFIO function).
+#[test]
+fn a_simulated_removal_request_is_seen_through_the_trait() {
+    let (device, _recorder) = device(1);
+    let backing: &dyn DeviceBacking = &device;
+    let request = backing.removal_request().expect("offered");
+    assert!(!request.is_requested());
+    device.request_removal();
+    assert!(request.is_requested());
+}

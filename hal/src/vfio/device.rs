@@ -16,9 +16,11 @@ use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_PCI;
 use vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_RESET;
+use vfio_bindings::bindings::vfio::VFIO_IRQ_INFO_EVENTFD;
 use vfio_bindings::bindings::vfio::VFIO_PCI_BAR0_REGION_INDEX;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX;
+use vfio_bindings::bindings::vfio::VFIO_PCI_REQ_IRQ_INDEX;
 use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_MMAP;
 use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_READ;
 use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_WRITE;
@@ -44,6 +46,7 @@ use crate::EventFd;
 use crate::HalError;
 use crate::PciIdentity;
 use crate::RegisterIo;
+use crate::RemovalRequest;
 use crate::ResetKind;
 
 /// A PCIe function driven through VFIO.
@@ -61,6 +64,9 @@ pub struct VfioDevice {
     msix_vectors: u32,
     /// Whether MSI-X eventfds are installed (the kernel rejects disabling an index that is off).
     irqs_enabled: AtomicBool,
+    /// The eventfd registered on `VFIO_PCI_REQ_IRQ_INDEX` ([`RemovalRequest`]); `None` when the
+    /// function offers no device request or its registration failed (both logged at open).
+    removal: Option<RemovalRequest>,
 }
 
 impl std::fmt::Debug for VfioDevice {
@@ -133,6 +139,7 @@ impl VfioDevice {
             .device()
             .and_then(|d| d.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX))
             .map_or(0, |irq| irq.count);
+        let removal = register_removal_request(addr, &handle);
         let dev = Self {
             id,
             bar0,
@@ -142,6 +149,7 @@ impl VfioDevice {
             reset_supported,
             msix_vectors,
             irqs_enabled: AtomicBool::new(false),
+            removal,
         };
         dev.enable_bus_master()?;
         log::info!(
@@ -197,6 +205,14 @@ impl VfioDevice {
     #[cfg(test)]
     pub(super) fn pci_command(&self) -> io::Result<u16> {
         self.config.read16(PCI_COMMAND)
+    }
+
+    /// Fire the device request from user space, as `vfio_pci_core_request` fires it on an
+    /// unbind (the real-device test: proves the eventfd is registered where the kernel signals).
+    #[cfg(test)]
+    pub(super) fn trigger_removal_request(&self) -> io::Result<()> {
+        let fd = self.handle.fd().map_err(|_| gone())?;
+        sys::trigger_irq_loopback(fd, VFIO_PCI_REQ_IRQ_INDEX)
     }
 
     /// The DMA mapper with its live-mapping counts.
@@ -294,6 +310,10 @@ impl DeviceBacking for VfioDevice {
         Ok(())
     }
 
+    fn removal_request(&self) -> Option<&RemovalRequest> {
+        self.removal.as_ref()
+    }
+
     fn reset(&self) -> Result<ResetKind, HalError> {
         if !self.reset_supported {
             return Err(HalError::NoReset {
@@ -322,6 +342,22 @@ impl Drop for VfioDevice {
         if let Err(e) = self.disable_interrupts() {
             log::error!("{}: disabling MSI-X at close failed: {e}", self.id);
         }
+        // The device request's eventfd goes before the device fd closes (vfio-pci would drop
+        // it at close too, vfio_pci_core_close_device, but an fd-less close path is no reason
+        // to leave the kernel a reference to our eventfd until then).
+        if self.removal.is_some() {
+            let unregistered = self
+                .handle
+                .fd()
+                .map_err(|_| gone())
+                .and_then(|fd| sys::disable_irq_index(fd, VFIO_PCI_REQ_IRQ_INDEX));
+            if let Err(e) = unregistered {
+                log::error!(
+                    "{}: unregistering the device request eventfd at close failed: {e}",
+                    self.id
+                );
+            }
+        }
         let (live, bytes) = (self.dma.live_mappings(), self.dma.pinned_bytes());
         if live > 0 {
             // Not unmapped here: the mappings belong to whoever made them. Closing the container
@@ -332,6 +368,45 @@ impl Drop for VfioDevice {
             );
         }
         log::info!("{}: closing VFIO device", self.id);
+    }
+}
+
+/// Register an eventfd on `VFIO_PCI_REQ_IRQ_INDEX`, the channel on which vfio-pci asks for the
+/// function back (an unbind or a hot removal waits until the device fd is closed:
+/// [`RemovalRequest`]). vfio-pci reports one such vector on every function
+/// (`vfio_pci_get_irq_count`); a function that reports none, or a registration the kernel
+/// refuses, leaves the disk serving without it: logged, not an error, since all it costs is
+/// that an unbind blocks until the service stops.
+fn register_removal_request(addr: &str, handle: &DeviceHandle) -> Option<RemovalRequest> {
+    crate::locks::assert_no_locks_held("VFIO_DEVICE_GET_IRQ_INFO");
+    let offered = handle
+        .device()
+        .and_then(|d| d.get_irq_info(VFIO_PCI_REQ_IRQ_INDEX))
+        .is_some_and(|irq| irq.count >= 1 && irq.flags & VFIO_IRQ_INFO_EVENTFD != 0);
+    if !offered {
+        log::info!(
+            "{addr}: the function offers no VFIO device request (VFIO_PCI_REQ_IRQ_INDEX): an unbind \
+             from vfio-pci or a hot removal cannot be seen, and blocks until the service stops"
+        );
+        return None;
+    }
+    let registered = RemovalRequest::new().and_then(|request| {
+        let fd = handle.fd().map_err(|_| gone())?;
+        sys::set_irq_eventfds(fd, VFIO_PCI_REQ_IRQ_INDEX, &[request.fd()]).map_err(io::Error::from)?;
+        Ok(request)
+    });
+    match registered {
+        Ok(request) => {
+            log::debug!("{addr}: device request eventfd registered (VFIO_PCI_REQ_IRQ_INDEX)");
+            Some(request)
+        }
+        Err(e) => {
+            log::warn!(
+                "{addr}: cannot register the VFIO device request eventfd ({e}): an unbind from \
+                 vfio-pci or a hot removal cannot be seen, and blocks until the service stops"
+            );
+            None
+        }
     }
 }
 

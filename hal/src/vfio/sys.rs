@@ -164,6 +164,19 @@ pub(crate) fn set_irq_eventfds(
     )
 }
 
+/// `VFIO_DEVICE_SET_IRQS` with `DATA_NONE | ACTION_TRIGGER`, count 1: fire vector 0 of irq
+/// `index` from user space (vfio.h: "DATA_NONE or DATA_BOOL ... loopback testing"), so its
+/// eventfd is signalled as the device or the kernel would signal it; EINVAL when no eventfd is
+/// registered there. The real-device test uses it to prove the device request eventfd is the
+/// one the kernel signals.
+#[cfg(test)]
+pub(crate) fn trigger_irq_loopback(device: BorrowedFd<'_>, index: u32) -> io::Result<()> {
+    let mut words = irq_set_words(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, &[]);
+    // count (word 4) 1, no data: DATA_NONE carries none.
+    words[4] = 1;
+    set_irqs(device, &words).map_err(io::Error::from)
+}
+
 /// `VFIO_DEVICE_SET_IRQS` with `DATA_NONE | ACTION_TRIGGER`, count 0: disable every vector of
 /// irq `index` (vfio.h: "the index can be disabled as a whole").
 pub(crate) fn disable_irq_index(device: BorrowedFd<'_>, index: u32) -> io::Result<()> {

@@ -403,6 +403,23 @@ fn open_a_real_device_when_there_is_one() {
     dev.enable_bus_master().expect("enable bus mastering again");
     assert!(master(&dev), "Bus Master Enable reads back set");
     bus_master_off_under_a_dark_bar(&dev, &addr);
+    the_removal_request_is_registered_where_the_kernel_signals(&dev);
+}
+
+/// vfio-pci offers its device request on every function (`vfio_pci_get_irq_count`), so the
+/// open registered an eventfd there; a user-space trigger of that index (what
+/// `vfio_pci_core_request` does on an unbind) is then seen as the kernel's request.
+fn the_removal_request_is_registered_where_the_kernel_signals(dev: &VfioDevice) {
+    let request = dev
+        .removal_request()
+        .expect("vfio-pci offers a device request (VFIO_PCI_REQ_IRQ_INDEX) on every function");
+    assert!(!request.is_requested(), "nobody asked for the device yet");
+    dev.trigger_removal_request()
+        .expect("SET_IRQS loopback on VFIO_PCI_REQ_IRQ_INDEX: EINVAL means no eventfd is registered");
+    assert!(
+        request.is_requested(),
+        "the kernel's signal reaches the registered eventfd"
+    );
 }
 
 /// Memory Space Enable cleared behind vfio-pci's back (through sysfs, as AER recovery or a

@@ -311,4 +311,8 @@ impl DeviceBacking for Interposer {
     fn pci_identity(&self) -> Result<scst_accel_hal::PciIdentity, HalError> {
         self.bar.inner.pci_identity()
     }
+
+    fn removal_request(&self) -> Option<&scst_accel_hal::RemovalRequest> {
+        self.bar.inner.removal_request()
+    }
 }
