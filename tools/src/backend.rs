@@ -616,7 +616,11 @@ impl Backend {
             // A healthy device is told it is being shut down, so it makes its volatile cache
             // stable and counts no unsafe shutdown (NVMe CC.SHN, §7.6.2); `Ok` includes the
             // reset that proves no more DMA. A device that failed or is gone is reset at once.
-            let healthy = accel.failure().is_none() && !controller.is_gone() && controller.fatal().is_none();
+            // One the kernel asked back (an unbind) still works until it is closed: it is
+            // shut down in order too.
+            let healthy = (accel.failure().is_none() || accel.removal_requested())
+                && !controller.is_gone()
+                && controller.fatal().is_none();
             let shut_down = healthy
                 && timed(
                     &mut steps,

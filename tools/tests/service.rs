@@ -172,6 +172,116 @@ fn a_failed_device_is_torn_down_alone() {
     assert_eq!(Service::exit_code(&outcomes, false), exit::IOERR);
 }
 
+/// The kernel asks for a simulated function back (an unbind from vfio-pci: its device request
+/// eventfd) while READs are on the device: that disk alone is stopped through the one teardown
+/// within its bound, every READ answered (GOOD, or an error status: none lost), the device
+/// closed (what lets the kernel's unbind return), and the disk's failure names the request and
+/// what to do; the RAM disk keeps serving. Without the store's look at the request the disk
+/// serves on and the unbind would block for as long as the service runs.
+#[test]
+fn a_removal_request_stops_that_disk_alone_and_closes_its_device() {
+    const READS: u64 = 8;
+    let (kernel, side) = loopback();
+    let mut service = Service::start(
+        settings(),
+        vec![
+            disk("unbind-sim", BoardArg::Sim, 32 << 20, 4096),
+            disk("unbind-ram", BoardArg::Ram, 32 << 20, 4096),
+        ],
+        side,
+        StartOptions::default(),
+    );
+    assert_eq!(service.serving(), 2, "{:?}", service.start_failures());
+    let backend = service
+        .backend("unbind-sim")
+        .expect("the simulated disk's backend");
+    // Each descriptor takes 100 ms: the READs are still on the device when the request comes.
+    backend
+        .sim
+        .as_ref()
+        .expect("simulated board")
+        .inject("latency:100ms".parse().expect("fault"));
+    let device = std::sync::Arc::downgrade(backend.controller().expect("a board").device());
+    let session = attach(&kernel, "unbind-sim");
+    for tag in 1..=READS {
+        submit(
+            &session,
+            tag,
+            vec![0x28, 0, 0, 0, 0, tag as u8, 0, 0, 1, 0],
+            4096,
+            30,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let asked = Instant::now();
+    device
+        .upgrade()
+        .expect("the device is open")
+        .removal_request()
+        .expect("the simulated function offers a device request")
+        .raise();
+    // The disk's teardown: noticed within an idle poll, drained (the READs complete at 100 ms
+    // each), the function shut down and closed. Well inside the teardown's own bounds.
+    let bound = Duration::from_secs(10);
+    let failed = loop {
+        service.supervise(Duration::from_millis(50));
+        let disks = snapshots(&mut service);
+        let sim = disks.iter().find(|d| d.name == "unbind-sim").expect("listed");
+        if sim.state == DiskState::Failed {
+            break sim.clone();
+        }
+        assert!(
+            asked.elapsed() < bound,
+            "still {:?} {:?} after the removal request: nobody noticed it",
+            sim.state,
+            asked.elapsed()
+        );
+    };
+    let teardown = failed.teardowns.last().expect("the disk's teardown is recorded");
+    assert!(
+        teardown.in_flight_at_start > 0,
+        "the READs were on the device when the teardown began: {teardown:?}"
+    );
+    let why = failed.failure.clone().unwrap_or_default();
+    assert!(why.contains("the kernel asked for the device back"), "{why}");
+    assert!(
+        why.contains("bind") && why.contains("restart"),
+        "says what to do: {why}"
+    );
+    assert!(
+        device.upgrade().is_none(),
+        "the VFIO device (here its simulation) is closed, so the unbind can complete"
+    );
+    let mut answered: Vec<u64> = (0..READS)
+        .map(|_| {
+            let done = session
+                .completions()
+                .recv_timeout(Duration::from_secs(20))
+                .expect("every READ is answered, none lost");
+            // GOOD (drained) or an error status (aborted by the teardown): either is an answer.
+            done.tag
+        })
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(answered, (1..=READS).collect::<Vec<_>>());
+    // The other disk serves on.
+    let states = snapshot_states(&mut service);
+    assert_eq!(
+        states,
+        vec![
+            ("unbind-sim".into(), DiskState::Failed),
+            ("unbind-ram".into(), DiskState::Serving)
+        ]
+    );
+    let ram = attach(&kernel, "unbind-ram");
+    let done = command(&ram, 1, vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 4096);
+    assert_eq!(done.status, 0, "{done:?}");
+    drop((session, ram));
+    let outcomes = service.stop();
+    assert_eq!(outcomes[0].exit_code, exit::IOERR, "{:?}", outcomes[0].failure);
+    assert_eq!(outcomes[1].state, DiskState::Stopped);
+}
+
 /// Send one READ(10) of block 0 (4 KiB) on `session`, which the kernel times out after
 /// `timeout_secs`.
 fn read_one_block(session: &scst_accel_handler::loopback::Session, timeout_secs: u32) {

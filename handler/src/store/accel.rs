@@ -63,8 +63,10 @@ use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockToken;
 use scst_accel_hal::locks::OrderedMutex;
 use scst_accel_hal::HalError;
+use scst_accel_hal::RemovalRequest;
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -147,8 +149,11 @@ pub struct AccelStore {
     total_queues: usize,
     config: AccelConfig,
     counters: Arc<AccelCounters>,
-    /// Set once, by the first queue that finds the device unusable (gone, or recovery failed).
+    /// Set once, by the first queue that finds the device unusable (gone, or recovery failed),
+    /// or by [`Store::failure`] when the kernel asked for the device back.
     failure: Arc<OnceLock<String>>,
+    /// The failure is the kernel's removal request ([`AccelStore::removal_requested`]).
+    removal_requested: AtomicBool,
 }
 
 /// The largest transfer a request may have: the device's, and no more than its segment limit
@@ -199,7 +204,37 @@ impl AccelStore {
             config,
             counters: Arc::default(),
             failure: Arc::default(),
+            removal_requested: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the store stopped serving because the kernel asked for the device back (an
+    /// unbind from vfio-pci, a hot removal: [`RemovalRequest`]), not because the device
+    /// failed: the function still works until it is closed, so its release may shut it down
+    /// in order (NVMe: its volatile cache made stable) before the reset.
+    pub fn removal_requested(&self) -> bool {
+        self.removal_requested.load(Ordering::Acquire)
+    }
+
+    /// The kernel's request for the device, once: the store's failure from then on. Asked by
+    /// whoever asks [`Store::failure`] (a frontend worker once per idle poll, the TCMU
+    /// supervisor once per turn): one non-blocking eventfd read until it is seen.
+    fn note_removal_request(&self) -> Option<String> {
+        let device = self.board.device();
+        if !device.removal_request().is_some_and(RemovalRequest::is_requested) {
+            return None;
+        }
+        let id = self.board.id();
+        let why = format!(
+            "{id}: the kernel asked for the device back (an unbind from vfio-pci, or a hot removal); \
+             the disk is stopped and the device closed so that the unbind can complete. To serve \
+             it again, bind {id} to vfio-pci again and restart the service (or the disk)"
+        );
+        if self.failure.set(why.clone()).is_ok() {
+            self.removal_requested.store(true, Ordering::Release);
+            log::error!("{why}");
+        }
+        self.failure.get().cloned()
     }
 
     /// The board's controller.
@@ -250,7 +285,10 @@ impl Store for AccelStore {
     }
 
     fn failure(&self) -> Option<String> {
-        self.failure.get().cloned()
+        self.failure
+            .get()
+            .cloned()
+            .or_else(|| self.note_removal_request())
     }
 
     fn dump(&self) -> Option<String> {
