@@ -214,6 +214,8 @@ def main():
         return check_xcopy(j)
     if scenario == "tcmu-reset":
         return check_tcmu_reset(j)
+    if scenario == "unbind":
+        return check_unbind(j)
     if scenario == "iscsi":
         return check_iscsi(j, os.path.dirname(os.path.abspath(path)))
     if scenario == "power-cut":
@@ -368,6 +370,23 @@ def check_tcmu_reset(j):
     if j.get("lun_reset") == "skipped":
         print("     tcmu-reset: SKIPPED the LUN reset: sg_reset (sg3-utils) is not in the guest")
     return 1 if failed else 0
+
+
+def check_unbind(j):
+    """The controller unbound from vfio-pci under a writer, through TCMU (scenarios/unbind.sh)."""
+    checks = [
+        ("the writer was running when the function was unbound", j.get("writer_running") == "yes"),
+        ("the unbind returned within 30 s", j.get("unbind_rc") == 0 and j.get("unbind_s", 1e9) < 30),
+        ("the function is no longer bound to vfio-pci", j.get("driver_after") != "vfio-pci"),
+        ("the writer ended, not hung", j.get("writer_hung") is False),
+        ("serve logged that the kernel asked for the device back", j.get("reason_logged", 0) >= 1),
+        ("serve exited 74 (its only disk failed)", j.get("serve_rc") == 74),
+        ("every configfs object was removed", j.get("configfs_clean") is True),
+        ("the kernel's nvme driver took the controller back", j.get("rebound") is True),
+    ]
+    print(f"     unbind: /dev/{j.get('device')}, unbind waited {j.get('unbind_s')} s "
+          f"(rc {j.get('unbind_rc')})")
+    return report("unbind", checks)
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))

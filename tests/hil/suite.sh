@@ -16,7 +16,7 @@ if [[ ${1:-} == --bin ]]; then
 	shift 2
 fi
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset xcopy iscsi power-cut power-cut-fs power-cut-vfio power-cut-vfio-4k)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(workload teardown reset restart tcmu tcmu-reset unbind xcopy iscsi power-cut power-cut-fs power-cut-vfio power-cut-vfio-4k)
 
 if ! why=$("$here/hil.sh" check 2>&1); then
 	echo "hil suite: SKIPPED: QEMU cannot run here: $why"
