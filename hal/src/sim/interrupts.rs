@@ -25,6 +25,9 @@ pub struct InterruptLines {
     /// can be below what the function offers): `u32::MAX` unless a test limits it
     /// ([`InterruptLines::limit_grants`]).
     grantable: AtomicU32,
+    /// How a shortfall is answered: ENOSPC with no count (x86's irq domain) when set, the
+    /// count the host could allocate otherwise ([`InterruptLines::answer_shortfall_with_enospc`]).
+    shortfall_enospc: std::sync::atomic::AtomicBool,
     /// One entry per enabled vector: a duplicate of the descriptor handed to the driver, kept as
     /// a `File` so that signalling is a plain `write(2)` of a u64 with no unsafe code.
     /// Level `interrupts.lines`: a leaf, read-held for one non-blocking eventfd write.
@@ -40,6 +43,7 @@ impl InterruptLines {
             device: device.to_owned(),
             vectors,
             grantable: AtomicU32::new(u32::MAX),
+            shortfall_enospc: std::sync::atomic::AtomicBool::new(false),
             lines: OrderedRwLock::new(Vec::new()),
             raised: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -150,6 +154,14 @@ impl InterruptLines {
         self.grantable.store(max, Ordering::Relaxed);
     }
 
+    /// Answer an enable past [`InterruptLines::limit_grants`] as vfio-pci does on x86 (`enospc`):
+    /// the ioctl fails with ENOSPC and no count ([`HalError::Interrupts`]), since the irq domain
+    /// assigns the vectors only when vfio-pci requests each interrupt; otherwise with the count
+    /// ([`HalError::TooFewVectors`]).
+    pub fn answer_shortfall_with_enospc(&self, enospc: bool) {
+        self.shortfall_enospc.store(enospc, Ordering::Relaxed);
+    }
+
     /// Enable vectors `0..count`, each with a fresh eventfd, replacing any enabled before; 0
     /// disables them all and hands out none, as the VFIO backend does. Stands for
     /// `VFIO_DEVICE_SET_IRQS`, a blocking ioctl: asserts (debug and test builds) that the
@@ -172,6 +184,9 @@ impl InterruptLines {
         if count > grantable {
             // As vfio-pci: what was enabled before is gone, and nothing is enabled now.
             self.disable();
+            if self.shortfall_enospc.load(Ordering::Relaxed) {
+                return Err(error(io::Error::from_raw_os_error(libc::ENOSPC)));
+            }
             return Err(HalError::TooFewVectors {
                 device: self.device.clone(),
                 vectors: count,

@@ -654,6 +654,20 @@ fn a_wzsl_below_one_block_offers_no_write_zeroes() {
 /// bring-up failed with TooFewVectors.
 #[test]
 fn four_queues_with_three_granted_vectors_serve_with_two_polled() {
+    four_queues_on_a_host_short_of_vectors(false, 3);
+}
+
+/// The host short of vectors as x86's vfio-pci says it: ENOSPC and no count. The start halves
+/// its ask (5, then 2): the admin vector and I/O queue 1's, queues 2 to 4 polled.
+#[test]
+fn a_host_answering_enospc_gets_half_the_vectors_until_it_accepts() {
+    four_queues_on_a_host_short_of_vectors(true, 2);
+}
+
+/// Four I/O queues asking five vectors of a host that grants three, answering its shortfall
+/// with ENOSPC or with the count; `enabled` vectors come up (vector q is I/O queue q's, the
+/// rest polled), and every queue serves.
+fn four_queues_on_a_host_short_of_vectors(enospc: bool, enabled: u32) {
     let irq = NvmeConfig {
         queues: 4,
         interrupts: true,
@@ -666,11 +680,12 @@ fn four_queues_with_three_granted_vectors_serve_with_two_polled() {
     };
     let (device, handle) = sim("drv-3-of-5-vectors", sim_config);
     device.interrupts().limit_grants(3);
+    device.interrupts().answer_shortfall_with_enospc(enospc);
     let mut rig = Rig::up_on(device.clone(), handle, &irq);
-    assert_eq!(device.interrupts().enabled(), 3);
+    assert_eq!(device.interrupts().enabled(), enabled);
     assert_eq!(rig.queues.len(), 4);
     for (i, q) in rig.queues.iter_mut().enumerate() {
-        let polled = q.qid() >= 3;
+        let polled = u32::from(q.qid()) >= enabled;
         assert_eq!(q.notify_fd().is_none(), polled, "queue {}", q.qid());
         assert_eq!(
             q.dump().contains("polled (no MSI-X vector)"),
