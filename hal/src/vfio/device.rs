@@ -325,11 +325,23 @@ impl DeviceBacking for VfioDevice {
             source,
         };
         let fd = self.handle.fd().map_err(|_| reset_error(gone()))?;
-        // A busy function (EAGAIN) is tried again, briefly: reset.rs says why.
-        reset::retry_busy(&self.id, reset::ATTEMPTS, reset::FIRST_PAUSE, || {
-            sys::device_reset(fd)
-        })
-        .map_err(reset_error)?;
+        // A busy function (EAGAIN) is tried again, briefly: reset.rs says why. Not while the
+        // kernel is taking the function back: the unbind (device_release_driver) holds its
+        // device lock until we close the device, so every try would be EAGAIN.
+        let removing = self.removal.as_ref().is_some_and(RemovalRequest::is_requested);
+        let attempts = if removing { 1 } else { reset::ATTEMPTS };
+        reset::retry_busy(&self.id, attempts, reset::FIRST_PAUSE, || sys::device_reset(fd)).map_err(|e| {
+            match e.kind() {
+                // retry_busy's answer for a function busy through every try (its one, here).
+                io::ErrorKind::ResourceBusy if removing => reset_error(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "the kernel is taking the function back (an unbind from vfio-pci or a hot \
+                 removal holds its device lock until the device is closed), so it cannot be \
+                 reset now; the teardown goes on as after a failed reset",
+                )),
+                _ => reset_error(e),
+            }
+        })?;
         // The kernel saves and restores config space around the reset (pci_reset_function), so
         // the command register (bus master) is as before; the device's own state is reset.
         log::info!("{}: function reset (VFIO_DEVICE_RESET)", self.id);
