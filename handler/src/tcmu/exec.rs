@@ -244,6 +244,11 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// SENSE (SAM-5, unit attention conditions).
 const UA_EXEMPT: [u8; 3] = [0x12, 0xa0, 0x03];
 
+/// How long a step waits between looks at a polled store queue with requests in flight (no
+/// notify fd to wake it): a completion is at most this late, and a device that stalls costs
+/// at most one wake-up per this much, not a spinning CPU.
+const POLLED_LOOK: Duration = Duration::from_micros(200);
+
 /// Raises CAPACITY DATA HAS CHANGED (06/2A/09) for the next command of an [`Executor`], from
 /// the thread that resized its disk ([`Executor::capacity_notice`]).
 #[derive(Clone, Debug)]
@@ -605,12 +610,14 @@ impl Executor {
     ) -> Result<Progress, StepError> {
         // Completions already waiting in the store: look at every fd without sleeping. A
         // polled store queue (no notify fd: an accelerator queue without an MSI-X vector) with
-        // requests in flight has nothing to wake this wait: look without sleeping too, as the
-        // scst_user worker does, rather than leave each completion up to `timeout` (idle_poll)
-        // late.
+        // requests in flight has nothing to wake this wait: look again after POLLED_LOOK
+        // rather than leave each completion up to `timeout` (idle_poll) late, and without
+        // spinning on a device that stalls until the commands' deadlines.
         let polled_in_flight = self.queue.notify_fd().is_none() && self.queue.in_flight() > 0;
-        let timeout = if polled_in_flight || self.queue.prepare_to_wait() {
+        let timeout = if self.queue.prepare_to_wait() {
             Duration::ZERO
+        } else if polled_in_flight {
+            timeout.min(POLLED_LOOK)
         } else {
             timeout
         };
@@ -1550,7 +1557,8 @@ mod tests {
 
     /// A store queue without a notify fd (polled: an accelerator queue without an MSI-X
     /// vector) holding a request: a step does not sleep its timeout, since nothing would wake
-    /// it for the completion, and serves the completion once there.
+    /// it for the completion (it looks again after POLLED_LOOK), and serves the completion
+    /// once there.
     #[test]
     fn a_step_with_a_polled_store_busy_does_not_sleep() {
         use std::os::fd::OwnedFd;
@@ -1569,7 +1577,8 @@ mod tests {
         let p = r.exec.poll(&mut token, &mut r.ring).expect("poll");
         assert_eq!(p.started, 1);
         let start = std::time::Instant::now();
-        r.exec
+        let p = r
+            .exec
             .step(&mut token, &mut r.ring, &events, Duration::from_secs(5))
             .expect("step");
         assert!(
@@ -1577,6 +1586,7 @@ mod tests {
             "slept {:?} with a polled request in flight",
             start.elapsed()
         );
+        assert_eq!(p.completed, 0, "nothing completed yet");
         let held: Vec<StoreRequest> = std::mem::take(&mut *r.held.lock().expect("held"));
         r.done
             .lock()
