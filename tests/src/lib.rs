@@ -62,9 +62,13 @@ pub struct Rig {
 
 /// Every test on a rig checks, as it ends, that our handler left each cached buffer alone
 /// while SCST owned it (the loopback kernel's check, `buffer_ownership_violations`): the
-/// teardown and abort tests are where a DMA outliving its command's reply would show.
+/// teardown and abort tests are where a DMA outliving its command's reply would show. The
+/// frontend goes first, so the buffers its close gives back are checked too. The count is the
+/// kernel's: on a kernel several rigs share (`Rig::on_kernel`), the one dropped first may be
+/// named for another's.
 impl Drop for Rig {
     fn drop(&mut self) {
+        drop(self.frontend.take());
         let violations = self.kernel.buffer_ownership_violations();
         if violations > 0 && !std::thread::panicking() {
             panic!(

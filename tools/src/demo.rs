@@ -397,7 +397,7 @@ fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Err
         }
     };
     let devices_left = kernel.registered_devices().len();
-    // After the frontend's stop: the buffers the teardown's FLUSH gave back are checked too.
+    // After the frontend's stop: the buffers its close gave back are checked too.
     let ownership_violations = kernel.buffer_ownership_violations();
     let backend = backend.shutdown(frontend.unmap.take());
     Ok(Outcome {

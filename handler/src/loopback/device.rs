@@ -575,8 +575,15 @@ impl DeviceState {
 
     /// The initiator's data-out was copied into command `cmd`'s buffer: the handler must leave
     /// it as it is while SCST owns the buffer (`ownership.rs`).
+    /// Not for BIDI: the handler's data-in goes into the same buffer before its reply.
     pub fn note_data_out(&mut self, cmd: Option<u64>, written: Fingerprint) {
-        if let Some(oid) = cmd.and_then(|id| self.cmds.get(&id)).and_then(|c| c.sgv) {
+        let Some(c) = cmd.and_then(|id| self.cmds.get(&id)) else {
+            return;
+        };
+        if c.parsed.direction != abi::data_direction::WRITE {
+            return;
+        }
+        if let Some(oid) = c.sgv {
             self.sgv.set_fingerprint(oid, written);
         }
     }

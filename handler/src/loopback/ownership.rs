@@ -13,11 +13,22 @@
 //! the reply; a WRITE's data-out, as the model copied it in before the EXEC), and compares the
 //! buffer with it when the buffer goes back to the handler (a cache hit's EXEC, or
 //! ON_CACHED_MEM_FREE), after the device lock is dropped and before the fetch that delivers it
-//! returns, so before the handler may legitimately write there again. A difference is a
-//! violation: logged, counted ([`super::LoopbackKernel::buffer_ownership_violations`]), and
-//! the delivery goes on as the kernel's would. Not covered: a command answered with no data (an
-//! error, an abort) leaves no fingerprint, so a late write into its buffer is not seen here (the
-//! workload's verification sees it if it reaches the medium or an initiator).
+//! returns, so before the handler may legitimately write there again; and, for the buffers the
+//! last close's flush gives back (their ON_CACHED_MEM_FREE unjammed, never delivered), before
+//! the close returns (`unjam.rs`). A difference is a violation: logged, counted
+//! ([`super::LoopbackKernel::buffer_ownership_violations`]), and the delivery goes on as the
+//! kernel's would.
+//!
+//! Stricter than SCST in one place, knowingly: a WRITE's fingerprint is taken at the data-out
+//! copy, so a handler that changed a WRITE's data in place before its reply (its right: the
+//! buffer is the handler's from the EXEC to the reply) would be counted; this handler never
+//! does (BIDI commands, whose data-in shares the buffer, take no fingerprint).
+//!
+//! Not covered: a command answered with no data (an error, an abort) leaves no new fingerprint,
+//! and a cache hit whose EXEC never reaches the handler (aborted first) drops the one it took,
+//! so a late write into such a buffer is not seen here (the workload's verification sees it if
+//! it reaches the medium or an initiator); a write landing after the check is not seen either
+//! (the check is a snapshot as the buffer comes back).
 
 use super::uaccess::UserMemory;
 

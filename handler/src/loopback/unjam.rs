@@ -6,6 +6,8 @@ use super::device::Device;
 use super::device::DeviceState;
 use super::device::Effects;
 use super::device::Token;
+use super::ownership;
+use super::ownership::Check;
 use super::sense;
 use super::ucmd::UcmdKind;
 use crate::abi;
@@ -232,6 +234,11 @@ pub(crate) fn release(dev: &Device, token: &mut Token<'_>) -> CloseReport {
         }
         report.buffers_flushed += st.flush_sgv(fx);
     });
+    // The buffers the flushes give back are checked as a delivery would check them
+    // (`ownership.rs`): their ON_CACHED_MEM_FREE is unjammed here, never delivered. With the
+    // lock dropped, before this release returns, so before the handler, whose close this is,
+    // may unmap them.
+    let mut checks: Vec<Check> = Vec::new();
     for pass in 0..MAX_CLEANUP_PASSES {
         report.passes = pass + 1;
         let done = dev.with(token, |st, fx| {
@@ -245,6 +252,7 @@ pub(crate) fn release(dev: &Device, token: &mut Token<'_>) -> CloseReport {
             st.run_core_work(fx);
             match st.ready.pop_front() {
                 Some(h) => {
+                    checks.extend(st.ucmds.get_mut(&h).and_then(|u| u.ownership_check.take()));
                     if let Some(a) = st.unjam(h, true, fx) {
                         report.count(a);
                     }
@@ -259,6 +267,11 @@ pub(crate) fn release(dev: &Device, token: &mut Token<'_>) -> CloseReport {
                 None => false,
             }
         });
+        if !checks.is_empty() {
+            let found = ownership::verify(&dev.memory, &dev.name, checks.iter().copied());
+            dev.memory.count_ownership_violations(found);
+            checks.clear();
+        }
         if done {
             break;
         }

@@ -429,3 +429,26 @@ fn a_buffer_written_while_scst_owns_it_is_a_counted_violation() {
         "written after READ 3's reply, found at ON_CACHED_MEM_FREE"
     );
 }
+
+/// The close flushes the cache and unjams the ON_CACHED_MEM_FREE of every buffer still in it
+/// (spec §5.3): those buffers are checked there, before the close returns.
+#[test]
+fn a_buffer_written_while_scst_owns_it_is_found_at_the_close() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let buf = PageBuffer::new(4096).unwrap();
+    s.submit(read10(1, 0, 8)).unwrap();
+    let c = wait_cmd(&r.fd);
+    buf.fill(0, 4096, 0x33);
+    r.fd.reply_cmd(&completed(c.cmd_h, 4096, buf.addr(), 0)).unwrap();
+    assert_eq!(recv(&s).data_in, vec![0x33; 4096]);
+    buf.fill(2048, 8, 0x44);
+    assert_eq!(r.kernel.buffer_ownership_violations(), 0);
+    let report = r.fd.close();
+    assert!(report.released);
+    assert_eq!(
+        r.kernel.buffer_ownership_violations(),
+        1,
+        "written after the reply, found as the close gave it back"
+    );
+}
