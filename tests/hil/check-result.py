@@ -139,7 +139,8 @@ def check_power_cut_fs(j):
             (f"{what}: writes acknowledged durable", journal.get("durable_writes", 0) > 0),
             (
                 f"{what}: durable blocks checked at the kill mark",
-                bool(kill) and kill[0].get("check", {}).get("states", [{}])[0].get("durable_blocks", 0) > 0,
+                bool(kill)
+                and any(t.get("durable_blocks", 0) > 0 for t in kill[0].get("check", {}).get("states", [])),
             ),
         ]
         for s in states:
@@ -381,6 +382,7 @@ def check_unbind(j):
         ("the writer ended, not hung", j.get("writer_hung") is False),
         ("serve logged that the kernel asked for the device back", j.get("reason_logged", 0) >= 1),
         ("serve exited 74 (its only disk failed)", j.get("serve_rc") == 74),
+        ("serve stopped on its own, without the scenario's SIGTERM", j.get("sigterm_sent") is False),
         ("every configfs object was removed", j.get("configfs_clean") is True),
         ("the kernel's nvme driver took the controller back", j.get("rebound") is True),
     ]

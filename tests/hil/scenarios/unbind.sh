@@ -34,6 +34,7 @@ kill -0 $WRITER 2>/dev/null && writer_running=yes
 # so a timed-out writer would stay blocked with the script. Past 30 s serve is stopped, which
 # closes the device and lets the unbind return, and the scenario fails on unbind_rc 124.
 t=$(now)
+sigterm_sent=false
 rm -f /tmp/unbind.rc
 ( echo "$NVME_BDF" >/sys/bus/pci/drivers/vfio-pci/unbind; echo $? >/tmp/unbind.rc ) &
 UNBIND=$!
@@ -45,6 +46,7 @@ if [ -e /tmp/unbind.rc ]; then
 else
 	unbind_rc=124
 	echo "unbind scenario: the unbind still blocks after $unbind_s s: stopping serve so that it returns"
+	sigterm_sent=true
 	kill -TERM $SERVE
 fi
 i=0
@@ -61,7 +63,7 @@ tail -2 /tmp/writer.log
 # serve stops on its own once no disk serves; SIGTERM if it has not within 60 s.
 i=0
 while kill -0 $SERVE 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
-kill -0 $SERVE 2>/dev/null && { echo "unbind scenario: serve still running 60 s on; SIGTERM"; kill -TERM $SERVE; }
+kill -0 $SERVE 2>/dev/null && { echo "unbind scenario: serve still running 60 s on; SIGTERM"; sigterm_sent=true; kill -TERM $SERVE; }
 wait $SERVE
 serve_rc=$?
 reason_logged=$(grep -c 'the kernel asked for the device back' "$HIL_SHARE/serve.log")
@@ -76,7 +78,7 @@ bind_nvme "$NVME_BDF" >/dev/null && rebound=true
 cat >"$HIL_SHARE/result.json" <<JSON
 {"scenario": "unbind", "device": "$SD", "unbind_rc": $unbind_rc, "unbind_s": $unbind_s,
  "driver_after": "$driver_after", "writer_running": "$writer_running", "writer_hung": $writer_hung,
- "reason_logged": $reason_logged, "serve_rc": $serve_rc, "configfs_clean": $clean,
+ "reason_logged": $reason_logged, "serve_rc": $serve_rc, "sigterm_sent": $sigterm_sent, "configfs_clean": $clean,
  "rebound": $rebound}
 JSON
 cat "$HIL_SHARE/result.json"
