@@ -560,11 +560,20 @@ impl DeviceState {
             u.sent_to_user = true;
             u.seen_by_user = true;
             let len = abi::payload_len(u.msg.subcode).unwrap_or(std::mem::size_of::<GetCmd>());
+            let ownership_check = u.ownership_check.take();
+            let msg = u.msg;
+            if ownership_check.is_some() {
+                // A cache hit's EXEC: the buffer is the handler's once this delivery's check
+                // is made; its fingerprint is spent (an undelivery puts it back).
+                if let Some(oid) = cmd.and_then(|id| self.cmds.get(&id)).and_then(|c| c.sgv) {
+                    self.sgv.set_fingerprint(oid, None);
+                }
+            }
             return Some(Delivery {
-                msg: u.msg,
+                msg,
                 len,
                 data_out,
-                ownership_check: u.ownership_check.take(),
+                ownership_check,
                 data_out_written: None,
                 cmd,
                 seen_before,
@@ -584,7 +593,7 @@ impl DeviceState {
             return;
         }
         if let Some(oid) = c.sgv {
-            self.sgv.set_fingerprint(oid, written);
+            self.sgv.set_fingerprint(oid, Some(written));
         }
     }
 
@@ -600,6 +609,12 @@ impl DeviceState {
         }
         u.sent_to_user = false;
         u.seen_by_user = d.seen_before;
+        u.ownership_check = d.ownership_check;
+        if let Some(check) = d.ownership_check {
+            if let Some(oid) = d.cmd.and_then(|id| self.cmds.get(&id)).and_then(|c| c.sgv) {
+                self.sgv.set_fingerprint(oid, Some(check.expected));
+            }
+        }
         if let Some((_, data)) = d.data_out.take() {
             if let Some(c) = d.cmd.and_then(|id| self.cmds.get_mut(&id)) {
                 c.data_out = data;

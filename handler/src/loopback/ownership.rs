@@ -24,11 +24,15 @@
 //! buffer is the handler's from the EXEC to the reply) would be counted; this handler never
 //! does (BIDI commands, whose data-in shares the buffer, take no fingerprint).
 //!
+//! A cache hit whose EXEC never reaches the handler (aborted while queued) leaves the
+//! buffer's fingerprint in the pool for the next hit; the delivery that makes the check spends
+//! it (an undelivered one puts it back).
+//!
 //! Not covered: a command answered with no data (an error, an abort) leaves no new fingerprint,
-//! and a cache hit whose EXEC never reaches the handler (aborted first) drops the one it took,
-//! so a late write into such a buffer is not seen here (the workload's verification sees it if
-//! it reaches the medium or an initiator); a write landing after the check is not seen either
-//! (the check is a snapshot as the buffer comes back).
+//! so a late write into its buffer is not seen here (the workload's verification sees it if it
+//! reaches the medium or an initiator); a write landing after the check is not seen either (the
+//! check is a snapshot as the buffer comes back); and the count is the kernel's, not a
+//! device's.
 
 use super::uaccess::UserMemory;
 

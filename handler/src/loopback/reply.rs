@@ -293,7 +293,7 @@ impl DeviceState {
                             // The data was read from the start of the command's buffer: what
                             // it must still hold when the handler gets it back (`ownership`).
                             if let (Some(oid), false) = (c.sgv, data.is_empty()) {
-                                self.sgv.set_fingerprint(oid, Fingerprint::of(&data));
+                                self.sgv.set_fingerprint(oid, Some(Fingerprint::of(&data)));
                             }
                         }
                         self.complete_or_abort(id, status, sense, data, fx);

@@ -92,21 +92,21 @@ impl SgvPool {
     }
 
     /// Take a free object of exactly `pages` (most recently used first: the LRU tail is reused
-    /// and the cold head gets purged). Its fingerprint goes with the copy returned (the check
-    /// is the new command's to make), not back into the pool.
+    /// and the cold head gets purged). Its fingerprint stays until the check of the EXEC that
+    /// hands it to the handler is made (`DeviceState::dequeue_for_user`): a command that ends
+    /// before its EXEC is delivered leaves it for the next hit.
     pub fn take_free(&mut self, pages: u64, clustered: bool) -> Option<(u64, SgvObject)> {
         let id = self.free.get_mut(&(pages, clustered))?.pop()?;
         let obj = self.objects.get_mut(&id)?;
         obj.in_use = true;
-        let taken = obj.clone();
-        obj.fingerprint = None;
-        Some((id, taken))
+        Some((id, obj.clone()))
     }
 
-    /// Record what object `id` holds as its command hands it to SCST (`ownership.rs`).
-    pub fn set_fingerprint(&mut self, id: u64, fingerprint: Fingerprint) {
+    /// Record what object `id` holds as its command hands it to SCST (`ownership.rs`), or
+    /// forget it (`None`) as the object goes to the handler.
+    pub fn set_fingerprint(&mut self, id: u64, fingerprint: Option<Fingerprint>) {
         if let Some(obj) = self.objects.get_mut(&id) {
-            obj.fingerprint = Some(fingerprint);
+            obj.fingerprint = fingerprint;
         }
     }
 

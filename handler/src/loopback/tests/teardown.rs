@@ -344,3 +344,48 @@ fn on_free_cmd_after_an_unjam_is_aborted_only_for_an_aborted_command() {
     assert!(c.aborted);
     assert_eq!(of.aborted, 1);
 }
+
+/// A cache hit whose EXEC never reached the handler (aborted while queued) leaves the buffer's
+/// fingerprint for the next hit: a write made while SCST owned the buffer is still found there.
+#[test]
+fn an_aborted_hit_leaves_the_ownership_check_for_the_next_one() {
+    let r = rig(default_opt());
+    let s = attach(&r, false);
+    let buf = PageBuffer::new(4096).unwrap();
+    s.submit(read10(1, 0, 8)).unwrap();
+    let c = wait_cmd(&r.fd);
+    buf.fill(0, 4096, 0x5a);
+    r.fd.reply_cmd(&completed(c.cmd_h, 4096, buf.addr(), 0)).unwrap();
+    assert_eq!(recv(&s).data_in, vec![0x5a; 4096]);
+    buf.fill(100, 1, 0xee);
+
+    s.submit(read10(2, 0, 8)).unwrap();
+    drive_core_until_queued(&r);
+    let tm = s.task_mgmt(abi::tm_fn::ABORT_TASK, Some(2)).unwrap();
+    let c2 = recv(&s);
+    assert_eq!((c2.tag, c2.aborted), (2, true));
+    let rcv = wait_cmd(&r.fd);
+    assert_eq!(rcv.subcode, abi::SCST_USER_TASK_MGMT_RECEIVED);
+    r.fd.reply_cmd(&ReplyCmd::new(rcv.cmd_h, abi::SCST_USER_TASK_MGMT_RECEIVED))
+        .unwrap();
+    let done = wait_cmd(&r.fd);
+    assert_eq!(done.subcode, abi::SCST_USER_TASK_MGMT_DONE);
+    r.fd.reply_cmd(&ReplyCmd::with_result(
+        done.cmd_h,
+        abi::SCST_USER_TASK_MGMT_DONE,
+        0,
+    ))
+    .unwrap();
+    assert_eq!(
+        s.tm_completions().recv_timeout(WAIT).unwrap(),
+        TmCompletion { id: tm, result: 0 }
+    );
+    assert_eq!(r.kernel.buffer_ownership_violations(), 0, "never delivered");
+
+    s.submit(read10(3, 0, 8)).unwrap();
+    let c3 = wait_cmd(&r.fd);
+    assert_eq!(c3.subcode, abi::SCST_USER_EXEC);
+    let e: abi::ScsiCmdExec = c3.read_payload();
+    assert_eq!(e.pbuf, buf.addr(), "the same cached buffer");
+    assert_eq!(r.kernel.buffer_ownership_violations(), 1);
+}
