@@ -114,6 +114,12 @@ pub struct DemoArgs {
     /// runs and by fio, so the check of pre-existing data (an earlier run's stamps) is not run.
     #[arg(skip)]
     pub(crate) scratch_medium: bool,
+    /// Set by `bench`, not a flag: the loopback kernel does not check that the handler leaves
+    /// SCST's buffers alone (`KernelConfig::check_buffer_ownership`): the check reads every
+    /// buffer back, a second copy of the data per command that would be counted as the
+    /// command path's.
+    #[arg(skip)]
+    pub(crate) no_ownership_check: bool,
     /// Instead of the workload: clone this many bytes by EXTENDED COPY and by READ + WRITE
     /// through the initiator, and print the time and process CPU of both as JSON
     /// (docs/xcopy.md). --size must hold three times it.
@@ -242,6 +248,7 @@ pub(crate) fn workload_config(args: &DemoArgs) -> WorkloadConfig {
 fn demo(args: &DemoArgs, blocks: u64) -> Result<Outcome, Box<dyn std::error::Error>> {
     let kernel = LoopbackKernel::new(KernelConfig {
         version: version::resolve(&args.disk.scst_version),
+        check_buffer_ownership: !args.no_ownership_check,
         ..KernelConfig::default()
     });
     let backend = crate::backend::build(args.board, &args.disk, blocks, args.pci.as_deref(), &args.inject)?;
@@ -587,6 +594,7 @@ pub(crate) fn summary(args: &DemoArgs, o: &Outcome) -> serde_json::Value {
         },
         "devices_left_registered": o.devices_left,
         "buffer_ownership_violations": o.ownership_violations,
+        "buffer_ownership_checked": !args.no_ownership_check,
         "kernel_model": o.model_syscalls.map(|m| json!({
             "process_vm_readv": m.process_vm_readv,
             "process_vm_writev": m.process_vm_writev,

@@ -327,7 +327,8 @@ impl ScstUserFd for LoopbackFd {
             desc.type_,
             desc.block_size,
             !self.file.nonblocking,
-            SgvPool::new(desc.sgv_single_alloc_pages, purge),
+            SgvPool::new(desc.sgv_single_alloc_pages, purge)
+                .checking_ownership(kernel.config.check_buffer_ownership),
             self.file.poll.clone(),
         );
         let dev = Arc::new(Device::new(name.clone(), state, kernel.memory.clone()));

@@ -292,7 +292,9 @@ impl DeviceState {
                             c.resp_data_len = resp as i32;
                             // The data was read from the start of the command's buffer: what
                             // it must still hold when the handler gets it back (`ownership`).
-                            if let (Some(oid), false) = (c.sgv, data.is_empty()) {
+                            if let (Some(oid), false, true) =
+                                (c.sgv, data.is_empty(), self.sgv.check_ownership)
+                            {
                                 self.sgv.set_fingerprint(oid, Some(Fingerprint::of(&data)));
                             }
                         }

@@ -314,6 +314,7 @@ pub(crate) fn reply_and_get(
     let with_data: Vec<usize> = (0..deliveries.len())
         .filter(|&k| deliveries[k].data_out.is_some())
         .collect();
+    let check_ownership = st.sgv.check_ownership;
     let verify = |deliveries: &[Delivery]| {
         let checks = deliveries.iter().filter_map(|d| d.ownership_check);
         if checks.clone().next().is_none() {
@@ -339,7 +340,7 @@ pub(crate) fn reply_and_get(
         // once it noted what the handler must leave in them (`ownership.rs`).
         for &k in with_data.iter().take(written) {
             if let Some((_, data)) = deliveries[k].data_out.take() {
-                deliveries[k].data_out_written = Some(Fingerprint::of(&data));
+                deliveries[k].data_out_written = check_ownership.then(|| Fingerprint::of(&data));
                 dev.spare.give(data);
             }
         }

@@ -39,6 +39,11 @@ pub struct KernelConfig {
     pub attach_timeout: Duration,
     /// SGV purge interval; `None` = from the device descriptor (0 → 60 s, <0 → never).
     pub purge_interval: Option<Duration>,
+    /// Check that the handler leaves each cached buffer alone while SCST owns it
+    /// ([`LoopbackKernel::buffer_ownership_violations`]; on by default). It reads every
+    /// buffer back and hashes it, a second copy of the data per command: `bench` turns it off
+    /// so that its loopback figures are the command path's, not the check's.
+    pub check_buffer_ownership: bool,
 }
 
 impl Default for KernelConfig {
@@ -47,6 +52,7 @@ impl Default for KernelConfig {
             version: crate::transport::version::default_version_string(),
             attach_timeout: Duration::from_secs(5),
             purge_interval: None,
+            check_buffer_ownership: true,
         }
     }
 }

@@ -66,6 +66,8 @@ pub(crate) struct SgvPool {
     next_id: u64,
     single_alloc_pages: u64,
     purge_interval: Option<Duration>,
+    /// Fingerprints are taken (`KernelConfig::check_buffer_ownership`, `ownership.rs`).
+    pub check_ownership: bool,
 }
 
 impl SgvPool {
@@ -77,7 +79,14 @@ impl SgvPool {
             next_id: 1,
             single_alloc_pages: u64::try_from(single_alloc_pages).unwrap_or(0),
             purge_interval,
+            check_ownership: true,
         }
+    }
+
+    /// With fingerprints taken (`ownership.rs`) or not.
+    pub fn checking_ownership(mut self, check: bool) -> Self {
+        self.check_ownership = check;
+        self
     }
 
     /// Pages of the size class for `bytes`, or `None` if such a buffer is never cached:
@@ -105,6 +114,9 @@ impl SgvPool {
     /// Record what object `id` holds as its command hands it to SCST (`ownership.rs`), or
     /// forget it (`None`) as the object goes to the handler.
     pub fn set_fingerprint(&mut self, id: u64, fingerprint: Option<Fingerprint>) {
+        if !self.check_ownership {
+            return;
+        }
         if let Some(obj) = self.objects.get_mut(&id) {
             obj.fingerprint = fingerprint;
         }
