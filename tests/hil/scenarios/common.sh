@@ -33,3 +33,22 @@ require_disks() {
 	2) cat "$3"; fail "no /dev/sdX within 60 s" 13 ;;
 	esac
 }
+
+# wait_log_caught_up TARGET: wait until the dm-log-writes TARGET's log thread has caught up,
+# its count of entries written to its log (its status's fourth field) the same for a second
+# (0.2 s polls). Removing the target logs the writes no flush covered ahead of every entry the
+# thread has not written yet (log_writes_dtr splices them at the head of its queue), which
+# would put them before flushes and marks they came after: the power-cut scenarios remove it
+# after this. Returns 0 once caught up, 1 when it is still logging after 60 s. Needs ./dmsetup.
+wait_log_caught_up() {
+	_last=$(./dmsetup status "$1" | awk '{print $4}')
+	_same=0
+	_polls=0
+	while [ $_same -lt 5 ]; do
+		[ $_polls -lt 300 ] || return 1
+		sleep 0.2
+		_now=$(./dmsetup status "$1" | awk '{print $4}')
+		if [ "$_now" = "$_last" ]; then _same=$((_same + 1)); else _same=0 _last=$_now; fi
+		_polls=$((_polls + 1))
+	done
+}

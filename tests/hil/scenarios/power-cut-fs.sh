@@ -48,7 +48,6 @@ dev=/dev/$ns
 	fail "$dev reports no volatile write cache: flushes would be dropped before the log sees them" 22
 majmin() { ./dmsetup info -c --noheadings -o major,minor --separator : "$1" | tr -d ' '; }
 node() { echo "/dev/dm-$(./dmsetup info -c --noheadings -o minor "$1" | tr -d ' ')"; }
-logged() { ./dmsetup status pcfs-lw | awk '{print $4}'; }
 fs_sectors=131072 # 64 MiB of 512-byte sectors per cycle's file system
 fs_bytes=$((fs_sectors * 512))
 img_bytes=16777216
@@ -104,15 +103,8 @@ for spec in $specs; do
 		sleep 0.1
 		polls=$((polls + 1))
 	done
-	# As power-cut.sh: remove the target once its log thread has caught up.
-	last=$(logged) same=0 polls=0
-	while [ $same -lt 5 ]; do
-		[ $polls -lt 300 ] || fail "cycle $n: the log-writes target still logging 60 s after the kill" 29
-		sleep 0.2
-		now=$(logged)
-		if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0 last=$now; fi
-		polls=$((polls + 1))
-	done
+	# Remove the target once its log thread has caught up (common.sh says why).
+	wait_log_caught_up pcfs-lw || fail "cycle $n: the log-writes target still logging 60 s after the kill" 29
 	./dmsetup remove pcfs-lw
 	./dmsetup remove pcfs-data
 	log=$(node pcfs-log)

@@ -43,8 +43,6 @@ ns4k=$(ns_of 4096) || fail "no NVMe namespace of 4096-byte blocks (hil.sh adds o
 # devtmpfs makes /dev/dm-N).
 majmin() { ./dmsetup info -c --noheadings -o major,minor --separator : "$1" | tr -d ' '; }
 node() { echo "/dev/dm-$(./dmsetup info -c --noheadings -o minor "$1" | tr -d ' ')"; }
-# logged: the entries the log-writes target has written to its log (its status's fourth field).
-logged() { ./dmsetup status pc-lw | awk '{print $4}'; }
 data=32768 # 16 MiB of 512-byte sectors for the disk; the rest of the namespace holds the log
 cycles=""
 n=0
@@ -96,18 +94,8 @@ cycle() {
 		sleep 0.1
 		polls=$((polls + 1))
 	done
-	# The removal logs the writes no flush covered ahead of every entry the target's log thread
-	# has not written yet (log_writes_dtr splices them at the head of its queue), which would
-	# put them before flushes and marks they came after: remove once the thread has caught up,
-	# its count of logged entries the same for a second.
-	last=$(logged) same=0 polls=0
-	while [ $same -lt 5 ]; do
-		[ $polls -lt 300 ] || fail "cycle $n: the log-writes target still logging 60 s after the kill" 29
-		sleep 0.2
-		now=$(logged)
-		if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0 last=$now; fi
-		polls=$((polls + 1))
-	done
+	# Remove the target once its log thread has caught up (common.sh says why).
+	wait_log_caught_up pc-lw || fail "cycle $n: the log-writes target still logging 60 s after the kill" 29
 	./dmsetup remove pc-lw
 	rc=0
 	scst-accel crash-check --journal "$journal" --block-size "$bs" --log-writes "$(node pc-log)" \
