@@ -19,9 +19,9 @@ use std::time::Duration;
 
 const BLOCKS: u64 = 16384;
 
-fn run(rig: &SimRig, max_commands: u64, io_size: u32) -> workload::WorkloadReport {
-    let session = rig.rig.session(0);
-    let config = WorkloadConfig {
+/// The tests' workload: random, half reads, `max_commands` of `io_size` bytes, 8 deep, seed 5.
+fn config(max_commands: u64, io_size: u32) -> WorkloadConfig {
+    WorkloadConfig {
         pattern: Pattern::Random,
         mix: Mix::Mixed { read_percent: 50 },
         io_size,
@@ -31,13 +31,22 @@ fn run(rig: &SimRig, max_commands: u64, io_size: u32) -> workload::WorkloadRepor
         seed: 5,
         completion_timeout: WAIT,
         ..WorkloadConfig::default()
-    };
+    }
+}
+
+fn run(rig: &SimRig, max_commands: u64, io_size: u32) -> workload::WorkloadReport {
+    run_with(rig, &config(max_commands, io_size))
+}
+
+/// `config` on the rig's disk through one session, detached after.
+fn run_with(rig: &SimRig, config: &WorkloadConfig) -> workload::WorkloadReport {
+    let session = rig.rig.session(0);
     let geometry = Geometry {
         block_size: rig.rig.block_size,
         num_blocks: rig.rig.blocks,
     };
     let report =
-        workload::run(std::slice::from_ref(&session), geometry, &config, &mut |_| {}).expect("workload");
+        workload::run(std::slice::from_ref(&session), geometry, config, &mut |_| {}).expect("workload");
     session.detach();
     report
 }
@@ -343,25 +352,12 @@ fn a_disk_with_four_workers_and_two_granted_vectors_serves_with_two_queues_polle
         ..Default::default()
     };
     let rig = SimRig::with_granted_vectors("accel-2-of-4-vectors", 512, BLOCKS, frontend, 2);
-    let session = rig.rig.session(0);
     let config = WorkloadConfig {
-        pattern: Pattern::Random,
-        mix: Mix::Mixed { read_percent: 50 },
-        io_size: 16384,
         queue_depth: 16,
-        duration: Duration::from_secs(20),
-        max_commands: Some(800),
         seed: 11,
-        completion_timeout: WAIT,
-        ..WorkloadConfig::default()
+        ..config(800, 16384)
     };
-    let geometry = Geometry {
-        block_size: rig.rig.block_size,
-        num_blocks: rig.rig.blocks,
-    };
-    let report =
-        workload::run(std::slice::from_ref(&session), geometry, &config, &mut |_| {}).expect("workload");
-    session.detach();
+    let report = run_with(&rig, &config);
     assert_eq!(report.verify_errors, 0, "{:?}", report.first_errors);
     assert_eq!(report.scsi_errors, 0, "{:?}", report.first_errors);
     assert_eq!(report.unanswered, 0);
