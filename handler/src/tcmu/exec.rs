@@ -1587,14 +1587,7 @@ mod tests {
             start.elapsed()
         );
         assert_eq!(p.completed, 0, "nothing completed yet");
-        let held: Vec<StoreRequest> = std::mem::take(&mut *r.held.lock().expect("held"));
-        r.done
-            .lock()
-            .expect("done")
-            .extend(held.into_iter().map(|req| StoreCompletion {
-                tag: req.tag,
-                status: crate::store::StoreStatus::Good,
-            }));
+        assert_eq!(r.complete_held(), 1);
         let p = r
             .exec
             .step(&mut token, &mut r.ring, &events, Duration::from_secs(5))
@@ -1728,15 +1721,17 @@ mod tests {
 
         /// The device completes every request it holds, successfully.
         fn complete_held(&self) -> usize {
+            self.complete_held_with(crate::store::StoreStatus::Good)
+        }
+
+        /// The device completes every request it holds with `status`. Returns how many.
+        fn complete_held_with(&self, status: crate::store::StoreStatus) -> usize {
             let held: Vec<StoreRequest> = std::mem::take(&mut *self.held.lock().expect("held"));
             let n = held.len();
             self.done
                 .lock()
                 .expect("done")
-                .extend(held.into_iter().map(|r| StoreCompletion {
-                    tag: r.tag,
-                    status: crate::store::StoreStatus::Good,
-                }));
+                .extend(held.into_iter().map(|r| StoreCompletion { tag: r.tag, status }));
             n
         }
 
@@ -1846,14 +1841,10 @@ mod tests {
         r.sim.post_cmd(1, &rw10(0x28, 10, 4), &iov, &[]).expect("post");
         let p = r.exec.poll(&mut StoreToken::root(), &mut r.ring).expect("poll");
         assert_eq!(p.started, 1);
-        let held: Vec<StoreRequest> = std::mem::take(&mut *r.held.lock().expect("held"));
-        r.done
-            .lock()
-            .expect("done")
-            .extend(held.into_iter().map(|req| StoreCompletion {
-                tag: req.tag,
-                status: crate::store::StoreStatus::ReadError { lba: 12 },
-            }));
+        assert_eq!(
+            r.complete_held_with(crate::store::StoreStatus::ReadError { lba: 12 }),
+            1
+        );
         r.exec.poll(&mut StoreToken::root(), &mut r.ring).expect("poll");
         r.ring.take_kick();
         let done = r.sim.reap().expect("reap");
