@@ -116,7 +116,17 @@ impl SimRig {
             interrupts,
             frontend,
             None,
+            true,
         )
+    }
+
+    /// As [`SimRig::with_configs`] (5 s deadlines, interrupts), with every descriptor run by
+    /// the board's engine threads (`SimConfig::inline_doorbells` off): a device that completes
+    /// after its doorbell write returns, for tests of what a driver does while its commands are
+    /// on the board.
+    pub fn with_engine_threads(name: &str, block_size: u32, blocks: u64, frontend: FrontendConfig) -> Self {
+        let timeout = Duration::from_secs(5);
+        Self::on_board(name, (block_size, blocks), timeout, true, frontend, None, false)
     }
 
     /// A board with a queue and an MSI-X vector per worker of `frontend`, of which the host
@@ -129,11 +139,20 @@ impl SimRig {
         granted: u32,
     ) -> Self {
         let timeout = Duration::from_secs(5);
-        Self::on_board(name, (block_size, blocks), timeout, true, frontend, Some(granted))
+        Self::on_board(
+            name,
+            (block_size, blocks),
+            timeout,
+            true,
+            frontend,
+            Some(granted),
+            true,
+        )
     }
 
     /// The board: as many queues and vectors as `frontend` has workers (at least 2), the host
-    /// granting `granted` vectors when given.
+    /// granting `granted` vectors when given, doorbells run by their writer when it can
+    /// (`inline_doorbells`).
     fn on_board(
         name: &str,
         (block_size, blocks): (u32, u64),
@@ -141,6 +160,7 @@ impl SimRig {
         interrupts: bool,
         frontend: FrontendConfig,
         granted: Option<u32>,
+        inline_doorbells: bool,
     ) -> Self {
         let queues = (frontend.workers as u32).max(2);
         let config = SimConfig {
@@ -148,6 +168,7 @@ impl SimRig {
             vectors: queues,
             block_size,
             num_blocks: blocks,
+            inline_doorbells,
             ..SimConfig::default()
         };
         let (device, sim) = create_sim_board(name, config).expect("sim board");

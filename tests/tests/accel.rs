@@ -316,7 +316,9 @@ fn rig_polling(name: &str, completion_poll_per_mib: Duration) -> SimRig {
         completion_poll_per_mib,
         ..Default::default()
     };
-    SimRig::with_configs(name, 512, BLOCKS, Duration::from_secs(5), true, frontend)
+    // Commands stay on the board after their doorbell (the engine threads run them), or there
+    // is nothing in flight to look for.
+    SimRig::with_engine_threads(name, 512, BLOCKS, frontend)
 }
 
 /// With large commands in flight on the board and nothing else to do, a worker looks for their

@@ -2,7 +2,8 @@
 //! owning the register file, the medium, the fault plan and one engine thread per queue.
 //!
 //! Wake-ups: each engine parks between looks at the state; a doorbell unparks only its own
-//! queue's engine (a CQ_HEAD write only while that engine waits for a completion slot),
+//! queue's engine (a CQ_HEAD write only while that engine waits for a completion slot; an
+//! SQ_TAIL write only when its writer could not run the descriptors itself, `engine::run_inline`),
 //! every other change all of them ([`Shared::notify`]), which also signals the
 //! condition variable a function reset waits on for the engines to go idle. Each wake-up is
 //! counted per queue before the unpark ([`Shared::wakes`]), so an engine whose last look found
@@ -53,6 +54,7 @@ use scst_accel_hal::sim::SimModel;
 use scst_accel_hal::PciIdentity;
 
 use super::engine;
+use super::engine::TagSet;
 use super::fault::Decision;
 use super::fault::FaultPlan;
 use super::medium::Medium;
@@ -84,6 +86,7 @@ pub(crate) struct Counters {
     pub resets: AtomicU64,
     pub stale: AtomicU64,
     pub hangs: AtomicU64,
+    pub inline_descriptors: AtomicU64,
 }
 
 impl Counters {
@@ -138,6 +141,11 @@ pub(crate) struct Shared {
     /// How many faults the plan holds, written under its lock after every change: with none,
     /// an engine's per-descriptor verdict is the default one and needs no lock.
     standing_faults: AtomicUsize,
+    /// Per queue, descriptors taken since the board was created (the fault plan's `every`
+    /// counter), by its engine thread or a doorbell's writer.
+    taken: Vec<AtomicU64>,
+    /// Per queue, the tags fetched, so an injected unknown tag is really unknown.
+    seen_tags: Vec<TagSet>,
 }
 
 impl Shared {
@@ -269,6 +277,21 @@ impl Shared {
         self.faults.lock(token).0.decide(q, n)
     }
 
+    /// Whether any fault is planned: then only the engine threads execute descriptors.
+    pub(crate) fn faults_standing(&self) -> bool {
+        self.standing_faults.load(Ordering::Acquire) != 0
+    }
+
+    /// Count one more descriptor taken on queue `q`; its number, from 1.
+    pub(crate) fn count_taken(&self, q: u32) -> u64 {
+        self.taken[q as usize].fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The tags fetched on queue `q`.
+    pub(crate) fn seen_tags(&self, q: u32) -> &TagSet {
+        &self.seen_tags[q as usize]
+    }
+
     /// Publish the plan's size after a change to it (called with the plan locked).
     fn plan_changed(&self, plan: &FaultPlan) {
         self.standing_faults.store(plan.len(), Ordering::Release);
@@ -328,6 +351,8 @@ impl Shared {
                 if !self.cq_slot_waiters[q].load(Ordering::Relaxed) {
                     return;
                 }
+            } else if self.config.inline_doorbells && engine::run_inline(self, q as u32) {
+                return;
             }
             self.wake_engine(q);
             return;
@@ -500,6 +525,7 @@ impl Shared {
             stale: get(&self.stats.stale),
             hangs: get(&self.stats.hangs),
             halted_queues,
+            inline_descriptors: get(&self.stats.inline_descriptors),
         }
     }
 }
@@ -543,6 +569,8 @@ impl SimBoard {
                 stopping: AtomicBool::new(false),
                 faults: OrderedMutex::new(FaultPlan::default()),
                 standing_faults: AtomicUsize::new(0),
+                taken: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+                seen_tags: (0..queues).map(|_| TagSet::new()).collect(),
             }),
             engines: OrderedMutex::new(Vec::new()),
         }

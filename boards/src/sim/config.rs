@@ -50,6 +50,13 @@ pub struct SimConfig {
     /// The contract's minor version the engine implements (VERSION reads 1.minor), 0..=2:
     /// 1 adds the COPY descriptor (accelerator.md §3.1), 2 adds INT_COALESCE.REARM (§9).
     pub minor: u16,
+    /// Whether the thread that writes an SQ_TAIL doorbell executes the queue's descriptors
+    /// itself when it can do so without waiting (no fault standing, the queue's engine idle:
+    /// `engine::run_inline`), instead of waking the queue's engine thread. On by default: a
+    /// real board's work costs the host no CPU, and the hand-off to a thread costs it two
+    /// context switches per doorbell. Off, every descriptor runs on the engine threads, with
+    /// the timing of a device that answers later.
+    pub inline_doorbells: bool,
 }
 
 impl Default for SimConfig {
@@ -66,6 +73,7 @@ impl Default for SimConfig {
             stop_timeout_ms: 500,
             reset_timeout_ms: 2000,
             minor: 2,
+            inline_doorbells: true,
         }
     }
 }

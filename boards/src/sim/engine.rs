@@ -16,6 +16,13 @@
 //! Withheld completions belong to the RUN epoch in which their descriptors ran: once RUN is
 //! cleared or the board resets they are dropped, never posted (see [`Withheld`]).
 //!
+//! A queue's engine runs in its thread, or in the thread that writes the queue's SQ_TAIL
+//! ([`run_inline`], [`SimConfig::inline_doorbells`](super::SimConfig::inline_doorbells)):
+//! that writer takes the descriptors as the thread would, BUSY set under the lock, so the two
+//! never hold the queue at once and every proof here holds for either; it does so only when it
+//! can finish without waiting (no fault standing, nothing the thread keeps, a free completion
+//! slot, no coalescing timer, no checked lock held), and otherwise wakes the thread.
+//!
 //! Under [`Fault::Prefetch`](super::Fault::Prefetch) the engine fetches descriptors ahead of the
 //! one it executes and reports `sq_head` past them (§3, §4). It executes them in order, each
 //! taken as work the way a descriptor at the head is (BUSY set under the lock, in a hold that
@@ -25,6 +32,8 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -36,7 +45,9 @@ use super::board::Counters;
 use super::board::Shared;
 use super::board::StateGuard;
 use super::board::Token;
+use super::fault::Decision;
 use super::registers::BoardState;
+use super::registers::QueueState;
 use super::scatter::gather_checked;
 use super::scatter::Scatter;
 use crate::sca1::desc::cq_status;
@@ -64,6 +75,9 @@ const BAD_PHASE_HOLD: Duration = Duration::from_millis(1);
 const DESCRIPTOR_BYTES: u64 = 32;
 const COMPLETION_BYTES: u64 = 16;
 const SGL_ENTRY_BYTES: usize = 16;
+/// Most descriptors a doorbell's writer executes in one write ([`run_inline`]) before it hands
+/// the rest to the queue's engine thread: a writer is not kept by another thread's stream.
+const INLINE_BUDGET: u32 = 64;
 
 /// The descriptor was abandoned (RUN cleared, reset, FATAL, device gone or shutdown), or the
 /// queue halted: stop working on it, post nothing more.
@@ -130,6 +144,31 @@ struct Withheld {
     due: Instant,
 }
 
+impl Job {
+    /// The job of the descriptor at the head of `qs`.
+    fn at_head(qs: &QueueState, reset_epoch: u64) -> Self {
+        Self {
+            epoch: qs.epoch,
+            reset_epoch,
+            index: qs.sq_head,
+            seq: qs.seq,
+            ring_size: qs.ring_size,
+            sq_base: qs.sq_base,
+            cq_base: qs.cq_base,
+        }
+    }
+}
+
+/// What a doorbell's writer found when it looked to execute its queue ([`run_inline`]).
+enum Claim {
+    /// The descriptor at the head, BUSY set.
+    Job(Job),
+    /// No descriptor is waiting and nothing is left for the engine thread.
+    Nothing,
+    /// The engine thread must look: the queue holds work the writer may not run.
+    Decline,
+}
+
 /// What the engine works on next; BUSY is set for either.
 #[derive(Clone, Copy, Debug)]
 enum Work {
@@ -169,20 +208,31 @@ enum Next {
 }
 
 /// Tags a queue has fetched: one bit per possible tag (8 KiB), so noting a tag on every
-/// descriptor costs a bit set, not a hash.
-struct TagSet(Box<[u64]>);
+/// descriptor costs a bit set, not a hash. Atomic, because whoever executes the queue (its
+/// engine thread, or a doorbell's writer: [`run_inline`]) notes the tags it fetches.
+#[derive(Debug)]
+pub(crate) struct TagSet(Box<[AtomicU64]>);
 
 impl TagSet {
-    fn new() -> Self {
-        Self(vec![0u64; (usize::from(u16::MAX) + 1) / 64].into_boxed_slice())
+    pub(crate) fn new() -> Self {
+        Self(
+            (0..(usize::from(u16::MAX) + 1) / 64)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        )
     }
 
-    fn insert(&mut self, tag: u16) {
-        self.0[usize::from(tag) / 64] |= 1 << (tag % 64);
+    fn insert(&self, tag: u16) {
+        let word = &self.0[usize::from(tag) / 64];
+        let bit = 1 << (tag % 64);
+        // Loaded first: the set bit is the common case, and a load keeps the line shared.
+        if word.load(Ordering::Relaxed) & bit == 0 {
+            word.fetch_or(bit, Ordering::Relaxed);
+        }
     }
 
     fn contains(&self, tag: u16) -> bool {
-        self.0[usize::from(tag) / 64] & (1 << (tag % 64)) != 0
+        self.0[usize::from(tag) / 64].load(Ordering::Relaxed) & (1 << (tag % 64)) != 0
     }
 }
 
@@ -214,13 +264,12 @@ enum Signal {
     Burst,
 }
 
-struct Engine {
-    shared: Arc<Shared>,
+struct Engine<'s> {
+    shared: &'s Shared,
     q: u32,
-    /// Descriptors taken since the board was created (the fault plan's `every` counter).
-    taken: u64,
-    /// Tags seen on this queue, so an injected unknown tag is really unknown.
-    seen_tags: TagSet,
+    /// Run by a doorbell's writer ([`run_inline`]), not the queue's engine thread: it never
+    /// waits, and holds nothing from one call to the next.
+    inline: bool,
     /// Completions withheld by a storm, if any.
     withheld: Option<Withheld>,
     /// Descriptors fetched ahead ([`Fault::Prefetch`](super::Fault::Prefetch)), in ring order,
@@ -276,18 +325,7 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
     let mut token = Token::root();
     // Before the first look at the state: a doorbell of this queue unparks this thread.
     shared.register_engine(q);
-    let mut engine = Engine {
-        shared,
-        q,
-        taken: 0,
-        seen_tags: TagSet::new(),
-        withheld: None,
-        prefetched: VecDeque::new(),
-        checked: Cell::new(None),
-        bounce: Cell::new(Vec::new()),
-        sgl_raw: Cell::new(Vec::new()),
-        sgl: Cell::new(Vec::new()),
-    };
+    let mut engine = Engine::new(&shared, q, false);
     log::debug!("{}: engine {q} started", engine.shared.id);
     let mut next = engine.next_work(&mut token, None);
     while let Some(work) = next {
@@ -305,7 +343,86 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
     log::debug!("{}: engine {q} stopped", engine.shared.id);
 }
 
-impl Engine {
+/// The scratch buffers of the executions a thread runs as a doorbell's writer
+/// ([`run_inline`]), kept from one doorbell to the next as an engine thread keeps its own.
+#[derive(Default)]
+struct Scratch {
+    bounce: Vec<u8>,
+    sgl_raw: Vec<u8>,
+    sgl: Vec<(u64, u32)>,
+}
+
+thread_local! {
+    static INLINE_SCRATCH: Cell<Scratch> = const {
+        Cell::new(Scratch { bounce: Vec::new(), sgl_raw: Vec::new(), sgl: Vec::new() })
+    };
+}
+
+/// Execute queue `q`'s waiting descriptors in the thread that wrote its SQ_TAIL doorbell,
+/// as the engine thread would (the same checks, DMA through the IOMMU model, completions and
+/// interrupts), when that can be done without ever waiting ([`Engine::claim`]): the device's
+/// work done within the posted write, which the contract allows (it sets no time between a
+/// doorbell and the completions, accelerator.md §3, §4). A real board's engines cost
+/// the host no CPU; the model's thread hand-off cost the host two context switches per
+/// doorbell, which the accelerator's figures in `bench` then measured instead of the driver.
+///
+/// `false` when the queue's engine thread must look (the caller wakes it): a fault standing,
+/// the writer holding a checked lock (no DMA is started under a lock), work the thread keeps,
+/// a full completion ring, a coalescing timer, or more than [`INLINE_BUDGET`] descriptors.
+pub(crate) fn run_inline(shared: &Shared, q: u32) -> bool {
+    if shared.faults_standing() || !scst_accel_hal::locks::held_locks().is_empty() {
+        return false;
+    }
+    let mut token = Token::root();
+    let mut engine = Engine::new(shared, q, true);
+    let first = {
+        let mut st = engine.lock(&mut token);
+        engine.claim(&mut st)
+    };
+    let mut job = match first {
+        Claim::Job(job) => job,
+        Claim::Nothing => return true,
+        Claim::Decline => return false,
+    };
+    let scratch = INLINE_SCRATCH.take();
+    engine.bounce.set(scratch.bounce);
+    engine.sgl_raw.set(scratch.sgl_raw);
+    engine.sgl.set(scratch.sgl);
+    let mut budget = INLINE_BUDGET;
+    let handled = loop {
+        // Abandoned or halted work needs nothing more than BUSY cleared.
+        let _ = engine.process(&mut token, &job);
+        Counters::add(&shared.stats.inline_descriptors, 1);
+        budget -= 1;
+        match engine.release_inline(&mut token, budget > 0) {
+            Claim::Job(next) => job = next,
+            Claim::Nothing => break true,
+            Claim::Decline => break false,
+        }
+    };
+    INLINE_SCRATCH.set(Scratch {
+        bounce: engine.bounce.take(),
+        sgl_raw: engine.sgl_raw.take(),
+        sgl: engine.sgl.take(),
+    });
+    handled
+}
+
+impl<'s> Engine<'s> {
+    fn new(shared: &'s Shared, q: u32, inline: bool) -> Self {
+        Self {
+            shared,
+            q,
+            inline,
+            withheld: None,
+            prefetched: VecDeque::new(),
+            checked: Cell::new(None),
+            bounce: Cell::new(Vec::new()),
+            sgl_raw: Cell::new(Vec::new()),
+            sgl: Cell::new(Vec::new()),
+        }
+    }
+
     fn qi(&self) -> usize {
         self.q as usize
     }
@@ -465,6 +582,9 @@ impl Engine {
     /// one at the head (BUSY set for any); a burst of an ended epoch, or descriptors fetched
     /// ahead that can no longer run; or nothing (`None`).
     fn take_work(&self, st: &mut BoardState, burst: Option<(Job, Instant)>) -> Option<Next> {
+        // Only this thread keeps work from one look to the next; a doorbell's writer leaves
+        // the queue to it while it does ([`Engine::claim`]).
+        st.queues[self.qi()].engine_holds = self.withheld.is_some() || !self.prefetched.is_empty();
         let reset_epoch = st.reset_epoch;
         if burst.is_some_and(|(job, _)| st.queues[self.qi()].epoch != job.epoch) {
             return Some(Next::StaleBurst);
@@ -481,6 +601,11 @@ impl Engine {
             return None;
         }
         let qs = &mut st.queues[self.qi()];
+        if qs.busy {
+            // A doorbell's writer executes the queue ([`run_inline`]); at its release it takes
+            // what is left, or wakes this thread.
+            return None;
+        }
         if let Some((job, due)) = burst {
             if Instant::now() >= due {
                 qs.busy = true;
@@ -495,15 +620,66 @@ impl Engine {
             return None;
         }
         qs.busy = true;
-        Some(Next::Work(Work::Descriptor(Job {
-            epoch: qs.epoch,
-            reset_epoch,
-            index: qs.sq_head,
-            seq: qs.seq,
-            ring_size: qs.ring_size,
-            sq_base: qs.sq_base,
-            cq_base: qs.cq_base,
-        })))
+        Some(Next::Work(Work::Descriptor(Job::at_head(qs, reset_epoch))))
+    }
+
+    /// A doorbell writer's look under the lock ([`run_inline`]): the descriptor at the head
+    /// (BUSY set) if the writer may execute it now without ever waiting: the queue runnable
+    /// and idle, no fault standing, nothing its engine thread keeps (descriptors fetched ahead,
+    /// completions withheld), no coalesced interrupt waiting for its timer, and a free
+    /// completion slot, which stays free for this descriptor (only the holder of BUSY moves
+    /// CQ_TAIL, the host only frees slots), so its completion is posted without a wait.
+    fn claim(&self, st: &mut BoardState) -> Claim {
+        if self.shared.gone() || self.shared.stopping() || !st.runnable(self.qi()) {
+            return Claim::Decline;
+        }
+        let deadline = st.coalesce_deadline(self.qi());
+        let reset_epoch = st.reset_epoch;
+        let qs = &mut st.queues[self.qi()];
+        if qs.busy || qs.engine_holds || deadline.is_some() || self.shared.faults_standing() {
+            return Claim::Decline;
+        }
+        if qs.sq_head == qs.sq_tail {
+            return Claim::Nothing;
+        }
+        if qs.cq_full() {
+            return Claim::Decline;
+        }
+        qs.busy = true;
+        Claim::Job(Job::at_head(qs, reset_epoch))
+    }
+
+    /// [`Engine::release`] for a doorbell's writer: clear BUSY and, while `more` is allowed,
+    /// claim the next descriptor in the same lock hold. `Decline` when work is left that the
+    /// engine thread must take (the caller wakes it).
+    fn release_inline(&self, token: &mut Token<'_>, more: bool) -> Claim {
+        let mut st = self.lock(token);
+        st.queues[self.qi()].busy = false;
+        if st.finish_reset_if_idle() {
+            drop(st);
+            log::info!("{}: reset complete", self.shared.id);
+            // Wakes every engine thread, this queue's too: it looks for itself.
+            self.shared.notify();
+            return Claim::Nothing;
+        }
+        let next = if more {
+            self.claim(&mut st)
+        } else {
+            let qs = &st.queues[self.qi()];
+            if qs.sq_head == qs.sq_tail && st.coalesce_deadline(self.qi()).is_none() {
+                Claim::Nothing
+            } else {
+                Claim::Decline
+            }
+        };
+        // A coalesced interrupt left waiting for its timer is the engine thread's to fire.
+        let next = match next {
+            Claim::Nothing if st.coalesce_deadline(self.qi()).is_some() => Claim::Decline,
+            next => next,
+        };
+        drop(st);
+        self.shared.notify_reset_waiters();
+        next
     }
 
     /// Clear BUSY; the last engine to go idle completes a pending reset. In the same lock
@@ -620,8 +796,15 @@ impl Engine {
     }
 
     fn process(&mut self, token: &mut Token<'_>, job: &Job) -> Step<()> {
-        self.taken += 1;
-        let plan = self.shared.decide(token, self.q, self.taken);
+        let taken = self.shared.count_taken(self.q);
+        // Inline, the writer saw no fault standing before it took the job (`claim`): the
+        // verdict is the default one, as for any descriptor taken before a fault is injected
+        // ([`Shared::decide`](super::board::Shared::decide)); so it never waits here.
+        let plan = if self.inline {
+            Decision::default()
+        } else {
+            self.shared.decide(token, self.q, taken)
+        };
         if plan.hang {
             self.hang(token, job);
             return Err(Abandoned);
@@ -667,7 +850,7 @@ impl Engine {
                 waiting.min(room),
             )
         };
-        self.seen_tags.insert(desc.tag);
+        self.shared.seen_tags(self.q).insert(desc.tag);
         // Fetch ahead before this descriptor's completion reports the head past them.
         let sq_head = if to_fetch > 0 {
             self.fetch_ahead(token, job, head, seq, to_fetch)?
@@ -789,7 +972,7 @@ impl Engine {
                 break;
             }
             Counters::add(&self.shared.stats.descriptors, 1);
-            self.seen_tags.insert(desc.tag);
+            self.shared.seen_tags(self.q).insert(desc.tag);
             self.prefetched.push_back((ahead, desc));
             fetched += 1;
         }
@@ -889,7 +1072,7 @@ impl Engine {
             .collect();
         let mut tag = near.wrapping_add(0x8000);
         for _ in 0..=u16::MAX {
-            if !self.seen_tags.contains(tag) && !in_ring.contains(&tag) {
+            if !self.shared.seen_tags(self.q).contains(tag) && !in_ring.contains(&tag) {
                 break;
             }
             tag = tag.wrapping_add(1);
@@ -1262,7 +1445,12 @@ impl Engine {
         };
         let (slot, phase) = match reserved {
             Some(slot) => slot,
-            None => self.await_cq_slot(token, job, free_slot)?,
+            None => {
+                // A doorbell's writer claims a job only with a free slot, which stays free for
+                // it (`Engine::claim`), and a writer must never wait for its own reap.
+                debug_assert!(!self.inline, "an inline execution found no completion slot");
+                self.await_cq_slot(token, job, free_slot)?
+            }
         };
         let addr = job.cq_base + u64::from(slot) * COMPLETION_BYTES;
         let flags = if phase { CQ_PHASE } else { 0 };
@@ -1385,18 +1573,7 @@ mod tests {
             bar.write32(queue::reg(0, queue::RING_SIZE), 8);
             bar.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN);
             // A second view of queue 0's engine, driven by the test thread.
-            let engine = Engine {
-                shared: Arc::clone(sim.shared()),
-                q: 0,
-                taken: 0,
-                seen_tags: TagSet::new(),
-                withheld: None,
-                prefetched: VecDeque::new(),
-                checked: Cell::new(None),
-                bounce: Cell::new(Vec::new()),
-                sgl_raw: Cell::new(Vec::new()),
-                sgl: Cell::new(Vec::new()),
-            };
+            let engine = Engine::new(sim.shared(), 0, false);
             let mut token = Token::root();
             let job = {
                 let st = engine.lock(&mut token);

@@ -31,6 +31,10 @@ pub struct SimStats {
     pub hangs: u64,
     /// Queues halted right now (Q_STATUS.ERROR = 1).
     pub halted_queues: u32,
+    /// Of the descriptors, those executed by the thread that wrote their SQ_TAIL doorbell
+    /// ([`SimConfig::inline_doorbells`](super::SimConfig::inline_doorbells)), not by an engine
+    /// thread.
+    pub inline_descriptors: u64,
 }
 
 /// A cloneable handle on a simulated board, for fault injection and statistics. It does not

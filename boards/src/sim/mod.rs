@@ -6,7 +6,9 @@
 //!   (§1, §2) and a [`SimHandle`] for fault injection and counters;
 //! - one engine thread per queue fetches descriptors, moves data and posts completions
 //!   (§3–§6, §9) only through the device's IOMMU model, so DMA to memory the driver unmapped
-//!   is a recorded fault, never corruption;
+//!   is a recorded fault, never corruption; when nothing could make it wait, the thread that
+//!   writes a queue's SQ_TAIL runs that engine's work itself before the write returns
+//!   ([`SimConfig::inline_doorbells`]), under the same checks;
 //! - soft and function resets (§7) abandon all in-flight work and return only when no DMA can
 //!   follow;
 //! - [`Fault`]s, chosen at run time, make the board slow, lossy, hung, gone or wrong in the ways

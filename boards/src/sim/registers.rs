@@ -173,6 +173,9 @@ pub(crate) struct QueueState {
     pub first_pending: Option<Instant>,
     /// An interrupt came due while masked: deliver it on unmask (MSI-X pending bit).
     pub latched: bool,
+    /// The queue's engine thread keeps descriptors fetched ahead or completions withheld:
+    /// only it may run the queue (a doorbell's writer leaves it alone, `engine::run_inline`).
+    pub engine_holds: bool,
 }
 
 impl QueueState {
@@ -297,9 +300,11 @@ impl BoardState {
         for q in &mut self.queues {
             let busy = q.busy;
             let epoch = q.epoch + 1;
+            let engine_holds = q.engine_holds;
             *q = QueueState {
                 busy,
                 epoch,
+                engine_holds,
                 ..QueueState::default()
             };
         }

@@ -616,7 +616,8 @@ fn a_sparse_file_backs_the_medium() {
 #[test]
 fn a_doorbell_wakes_its_queues_engine_at_once() {
     const ROUNDS: u16 = 20;
-    let mut rig = Rig::enabled();
+    let mut rig = Rig::new(threaded_config());
+    rig.enable();
     let shared = std::sync::Arc::clone(rig.sim.shared());
     let mut tq = TestQueue::start(&mut rig, 1, 16);
     let queues = shared.config.queues;
@@ -655,7 +656,8 @@ fn a_doorbell_wakes_its_queues_engine_at_once() {
 /// 25 ms, and a loaded machine still finishes nearly all of them well within it.
 #[test]
 fn an_idle_engine_serves_a_doorbell_at_once() {
-    let mut rig = Rig::enabled();
+    let mut rig = Rig::new(threaded_config());
+    rig.enable();
     let mut tq = TestQueue::start(&mut rig, 0, 16);
     let rounds = 20;
     let mut prompt = 0;

@@ -7,6 +7,7 @@
 
 mod edges;
 mod faults;
+mod inline;
 mod io;
 mod registers;
 mod resets;
@@ -54,6 +55,15 @@ pub(super) fn small_config() -> SimConfig {
         stop_timeout_ms: 100,
         reset_timeout_ms: 1000,
         ..SimConfig::default()
+    }
+}
+
+/// [`small_config`] with every descriptor left to the engine threads (no doorbell executed
+/// by its writer): for the tests of the threads' own wake-ups.
+pub(super) fn threaded_config() -> SimConfig {
+    SimConfig {
+        inline_doorbells: false,
+        ..small_config()
     }
 }
 
