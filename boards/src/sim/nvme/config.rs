@@ -62,6 +62,13 @@ pub struct NvmeSimConfig {
     /// ...and a completion waits at most this many microseconds for others to share its raise
     /// (looked at before the worker takes its next command), 0..=[`MAX_IRQ_HOLD_MICROS`].
     pub irq_hold_micros: u32,
+    /// Whether the thread that writes an I/O SQ's tail doorbell executes the commands itself
+    /// when it can do so without waiting (no fault standing, the SQ's worker idle, CQ room:
+    /// `worker::run_inline`), instead of waking the SQ's worker thread. On by default: a real
+    /// controller's work costs the host no CPU, and the hand-off to a thread costs it two
+    /// context switches per doorbell. Off, every command runs on the worker threads, with the
+    /// timing of a controller that answers later.
+    pub inline_doorbells: bool,
     /// CAP.TO (§3.1.1), in 500 ms units, 1..=255: what the controller advertises as the worst
     /// case of a CSTS.RDY transition. Default 20 (10 s). The model itself takes
     /// [`NvmeSimConfig::disable_micros`] for a disable, whatever it advertises.
@@ -159,6 +166,7 @@ impl Default for NvmeSimConfig {
             dlfeat: DLFEAT_READS_ZEROES,
             irq_batch: 8,
             irq_hold_micros: 20,
+            inline_doorbells: true,
             cap_to: 20,
             crwmt: 0,
             enable_micros: 2000,

@@ -109,6 +109,7 @@ pub(crate) struct Counters {
     pub shutdown_notifications: AtomicU64,
     pub shutdowns_with_io_queues: AtomicU64,
     pub flushes: AtomicU64,
+    pub inline_completions: AtomicU64,
 }
 
 impl Counters {
@@ -314,6 +315,9 @@ impl Shared {
         if qid >= self.workers.len() {
             self.wake_worker(0);
         } else if index.is_multiple_of(2) {
+            if self.config.inline_doorbells && worker::run_inline(self, qid) {
+                return;
+            }
             self.wake_worker(qid);
         } else {
             // Sequentially consistent after the count: see `mark_stalled`.
@@ -341,6 +345,11 @@ impl Shared {
     pub(crate) fn raise(&self, vector: u32) {
         Counters::add(&self.stats.interrupts);
         self.interrupts.raise(vector);
+    }
+
+    /// Whether any fault is planned: then only the worker threads execute commands.
+    pub(crate) fn faults_standing(&self) -> bool {
+        self.standing_faults.load(Ordering::Acquire) != 0
     }
 
     /// The fault plan's verdict on the next command. With no fault standing the verdict is
@@ -511,6 +520,7 @@ impl Shared {
             shutdown_notifications: get(&self.stats.shutdown_notifications),
             shutdowns_with_io_queues: get(&self.stats.shutdowns_with_io_queues),
             flushes: get(&self.stats.flushes),
+            inline_completions: get(&self.stats.inline_completions),
         }
     }
 

@@ -41,6 +41,10 @@ pub struct NvmeSimStats {
     pub shutdowns_with_io_queues: u64,
     /// Flush commands executed (the medium's flush a FUA write makes is not counted).
     pub flushes: u64,
+    /// Of the completions, those posted by the thread that wrote their SQ's tail doorbell
+    /// ([`NvmeSimConfig::inline_doorbells`](super::NvmeSimConfig::inline_doorbells)), not by
+    /// a worker thread.
+    pub inline_completions: u64,
 }
 
 /// A cloneable handle on a simulated NVMe controller, for fault injection and statistics. It

@@ -657,6 +657,32 @@ impl ControllerState {
         }))
     }
 
+    /// Nothing for SQ `w`'s worker to do, nor in hand: a doorbell's writer that found no
+    /// command to take need not wake it (`worker::run_inline`).
+    pub(crate) fn sq_drained(&self, w: usize) -> bool {
+        !self.busy[w]
+            && self
+                .sqs
+                .get(w)
+                .copied()
+                .flatten()
+                .is_none_or(|sq| sq.head == sq.tail)
+    }
+
+    /// Give worker `w`'s command `job` back to its SQ untouched (a doorbell's writer that
+    /// would have had to wait to execute it): the head back at its entry, the worker idle,
+    /// its CQ slots no longer promised. The host saw nothing of it (the head is reported only
+    /// in completions, and none was posted); under a new epoch (a reset since) only the
+    /// release is left to do.
+    pub(crate) fn give_back(&mut self, w: usize, job: &Job) {
+        if self.epoch == job.epoch {
+            if let Some(sq) = self.sqs[w].as_mut().filter(|sq| sq.head == job.sqhd) {
+                sq.head = job.index;
+            }
+        }
+        self.release(w);
+    }
+
     /// Worker `w` has commands in its SQ but no room in their CQ: it waits for a CQ head
     /// doorbell ([`Shared::ring`](super::controller::Shared) wakes the stalled workers).
     pub(crate) fn stalled(&self, w: usize) -> bool {

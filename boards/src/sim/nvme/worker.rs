@@ -5,7 +5,10 @@
 //!
 //! One worker per submission queue (worker w serves SQ w; worker 0, the admin queue's, also
 //! completes asynchronous events), as a controller with per-queue engines: the queues of
-//! different host threads are served side by side, each woken by its own SQ doorbell only.
+//! different host threads are served side by side, each woken by its own SQ doorbell only. An
+//! I/O SQ's commands run in the thread that writes its tail doorbell instead when that needs no
+//! wait ([`run_inline`]): it takes them as the worker would (marked busy under the lock, a CQ
+//! slot promised), so worker and writer never hold one SQ's command at once.
 //! The controller state (registers and queues) stays under one lock, never held across DMA.
 //! Before every DMA step a worker checks that its command is still valid (same epoch: no reset
 //! since, device present, not shutting down); otherwise it drops the command with no
@@ -27,6 +30,7 @@ use super::controller::Counters;
 use super::controller::Shared;
 use super::controller::StateGuard;
 use super::controller::Token;
+use super::fault::Decision;
 use super::io;
 use super::irq_batch::IrqBatch;
 use super::prp::PrpScratch;
@@ -42,6 +46,9 @@ use super::state::Work;
 
 /// Longest single wait: stop flags are re-checked at least this often.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Most commands a doorbell's writer executes in one write ([`run_inline`]) before it hands
+/// the rest to the SQ's worker thread: a writer is not kept by another thread's stream.
+const INLINE_BUDGET: u32 = 64;
 
 /// Why a command produced no completion of its own.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,6 +87,8 @@ pub(crate) struct Exec<'a> {
     pub irq: &'a IrqBatch,
     /// The worker's list of PRP pieces, lent to one command at a time ([`super::prp::pieces`]).
     pub prp: &'a PrpScratch,
+    /// Executed by a doorbell's writer ([`run_inline`]), which must never wait.
+    pub inline: bool,
 }
 
 impl Exec<'_> {
@@ -181,7 +190,17 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
     log::debug!("{}: NVMe worker {w} started", shared.id);
     while let Some(work) = next_work(&shared, &mut token, w, &irq) {
         match work {
-            Work::Command(job) => command(&shared, &mut token, job, &irq, &prp),
+            Work::Command(job) => {
+                let exec = Exec {
+                    shared: &shared,
+                    job,
+                    irq: &irq,
+                    prp: &prp,
+                    inline: false,
+                };
+                // A worker thread waits where it must: it never gives a command back.
+                let _ = command(&exec, &mut token);
+            }
             Work::Event { epoch, cid, dw0 } => {
                 let job = Job {
                     epoch,
@@ -198,6 +217,7 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
                     job: Job { sqhd, ..job },
                     irq: &irq,
                     prp: &prp,
+                    inline: false,
                 };
                 let _ = post(&exec, &mut token, cid, dw0, Status::SUCCESS);
             }
@@ -210,6 +230,90 @@ pub(crate) fn run(shared: Arc<Shared>, w: usize) {
         irq.flush_if_held(&shared);
     }
     log::debug!("{}: NVMe worker {w} stopped", shared.id);
+}
+
+thread_local! {
+    /// The PRP list of the commands this thread executes as a doorbell's writer
+    /// ([`run_inline`]), kept from one doorbell to the next as a worker thread keeps its own.
+    static INLINE_PRP: PrpScratch = PrpScratch::default();
+}
+
+/// Execute I/O SQ `w`'s waiting commands in the thread that wrote its tail doorbell, as its
+/// worker thread would (the same checks, DMA through the IOMMU model, completions, interrupts
+/// batched the same way and raised before the write returns), when that needs no wait: no
+/// fault standing, the writer holding no checked lock (no DMA is started under a lock), the
+/// worker idle and CQ room for each command (promised as it is taken). A controller may
+/// complete a command any time after its doorbell; a real one costs the
+/// host no CPU, while the hand-off to a worker thread cost it two context switches per
+/// doorbell, which `bench` then measured as the NVMe engine's. The admin queue is always its
+/// worker's (asynchronous events, and admin commands that wait for I/O queues to drain).
+///
+/// `false` when the worker thread must look (the caller wakes it): the conditions above
+/// unmet, a fused operation whose second needs CQ room not there yet (given back untouched),
+/// or more than [`INLINE_BUDGET`] commands.
+pub(crate) fn run_inline(shared: &Shared, w: usize) -> bool {
+    if w == 0 || shared.faults_standing() || !scst_accel_hal::locks::held_locks().is_empty() {
+        return false;
+    }
+    let mut token = Token::root();
+    let irq = IrqBatch::new(shared, w);
+    let handled = INLINE_PRP.with(|prp| {
+        let mut st = shared.lock(&mut token);
+        let mut released = false;
+        for _ in 0..INLINE_BUDGET {
+            let next = inline_take(shared, &mut st, w);
+            let drained = st.sq_drained(w);
+            drop(st);
+            if released {
+                // As a worker thread's release: news for a reset, an SQ deletion or a worker
+                // stalled on a full CQ.
+                shared.released();
+            }
+            // Nothing waiting (true), or work the writer must not take (false).
+            let Some(job) = next else {
+                return drained;
+            };
+            let exec = Exec {
+                shared,
+                job,
+                irq: &irq,
+                prp,
+                inline: true,
+            };
+            let taken = command(&exec, &mut token);
+            irq.flush_if_held(shared);
+            st = shared.lock(&mut token);
+            if taken == Taken::GiveBack {
+                st.give_back(w, &job);
+                drop(st);
+                shared.released();
+                return false;
+            }
+            // Released and the next taken in one hold of the state.
+            st.release(w);
+            released = true;
+        }
+        drop(st);
+        if released {
+            shared.released();
+        }
+        false
+    });
+    irq.flush(shared);
+    handled
+}
+
+/// The command at the head of SQ `w` for a doorbell's writer, taken (the worker marked busy,
+/// its CQ slot promised), if the writer may run it.
+fn inline_take(shared: &Shared, st: &mut StateGuard<'_>, w: usize) -> Option<Job> {
+    if shared.gone() || shared.stopping() || shared.faults_standing() {
+        return None;
+    }
+    match st.next_work(w)? {
+        Work::Command(job) => Some(job),
+        // Events are the admin worker's (w = 0), which never runs inline.
+        Work::Event { .. } => None,
+    }
 }
 
 /// Wait for worker `w`'s work; `None` at shutdown. Marks the worker busy. Before it sleeps it
@@ -271,40 +375,54 @@ fn fetch(exec: &Exec<'_>, token: &mut Token<'_>) -> Option<Sqe> {
     Sqe::read_from_bytes(&raw).ok()
 }
 
+/// What became of a command a doorbell's writer took ([`run_inline`]).
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+enum Taken {
+    /// Executed (completed, failed or abandoned), as a worker thread would have.
+    Done,
+    /// Untouched, to be given back to the SQ: executing it would have meant waiting (the CQ
+    /// room a fused operation's second command needs).
+    GiveBack,
+}
+
 /// Fetch, execute and complete one command (or, for the first of a fused operation, both).
-fn command(shared: &Shared, token: &mut Token<'_>, job: Job, irq: &IrqBatch, prp: &PrpScratch) {
-    let exec = Exec {
-        shared,
-        job,
-        irq,
-        prp,
-    };
-    let Some(sqe) = fetch(&exec, token) else {
-        return;
+fn command(exec: &Exec<'_>, token: &mut Token<'_>) -> Taken {
+    let (shared, job) = (exec.shared, exec.job);
+    let Some(sqe) = fetch(exec, token) else {
+        return Taken::Done;
     };
     let io_command = job.sqid != 0;
-    let plan = shared.decide(token, io_command, io_command && sqe.opcode() == nvm::READ);
+    // Inline, the writer saw no fault standing before it took the command: the verdict is the
+    // default one, as for any command taken before a fault is injected (`Shared::decide`);
+    // so it never pauses here.
+    let plan = if exec.inline {
+        Decision::default()
+    } else {
+        shared.decide(token, io_command, io_command && sqe.opcode() == nvm::READ)
+    };
     if plan.latency_micros > 0
         && exec
             .pause(token, Instant::now() + Duration::from_micros(plan.latency_micros))
             .is_err()
     {
-        return;
+        return Taken::Done;
     }
     let fuses = io_command && shared.config.compare_write_max_blocks > 0;
     let result = match sqe.fuse() {
-        FUSE_FIRST if fuses => return fused(&exec, token, &sqe, plan.never_complete),
+        FUSE_FIRST if fuses => return fused(exec, token, &sqe, plan.never_complete),
         // A second without a first before it (a first takes its second with it).
         FUSE_SECOND if fuses => Err(Failure::Status(status::ABORTED_MISSING_FUSED)),
         FUSE_NORMAL if io_command => match plan.status {
             Some((sct, sc)) => Err(Failure::Status(Status::injected(sct, sc))),
-            None => io::execute(&exec, token, &sqe, plan.media_error),
+            None => io::execute(exec, token, &sqe, plan.media_error),
         },
-        FUSE_NORMAL => admin::execute(&exec, token, &sqe),
+        FUSE_NORMAL => admin::execute(exec, token, &sqe),
         // Fused operations where the controller reports none (FUSES = 0), and the reserved 11b.
         _ => Err(Failure::Status(status::INVALID_FIELD)),
     };
-    complete(&exec, token, &sqe, result, plan.never_complete);
+    complete(exec, token, &sqe, result, plan.never_complete);
+    Taken::Done
 }
 
 /// Post a command's completion, unless it was abandoned, held, or its completion is to be
@@ -333,39 +451,41 @@ fn complete(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe, result: CmdResult
 /// write; when the next entry is not there, or is not the second of a fused operation, the
 /// first completes as Command Aborted due to Missing Fused Command (and an entry that is not a
 /// second runs as the ordinary command it is).
-fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bool) {
+fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bool) -> Taken {
     // The wait for the second's CQ slot below may need the host to reap.
     exec.irq.flush(exec.shared);
     let w = usize::from(exec.job.sqid);
     let second_job = {
         let Ok(mut st) = exec.lock_valid(token) else {
-            return;
+            return Taken::Done;
         };
         loop {
             match st.take_fused_second(w, &exec.job) {
                 Ok(job) => break Some(job),
                 Err(false) => break None,
+                // A doorbell's writer may be the host that would free the room: it gives
+                // the first back, for the worker thread to wait with.
+                Err(true) if exec.inline => return Taken::GiveBack,
                 // No CQ room for a second entry: bounded waits, each re-checking that the
                 // command is still valid (a reset or shutdown abandons it).
                 Err(true) => match exec.wait_valid(st) {
                     Ok(again) => st = again,
-                    Err(_) => return,
+                    Err(_) => return Taken::Done,
                 },
             }
         }
     };
     let missing = || Err(Failure::Status(status::ABORTED_MISSING_FUSED));
     let Some(second_job) = second_job else {
-        return complete(exec, token, first, missing(), never_complete);
+        complete(exec, token, first, missing(), never_complete);
+        return Taken::Done;
     };
     let second_exec = Exec {
-        shared: exec.shared,
         job: second_job,
-        irq: exec.irq,
-        prp: exec.prp,
+        ..*exec
     };
     let Some(second) = fetch(&second_exec, token) else {
-        return;
+        return Taken::Done;
     };
     if second.fuse() != FUSE_SECOND {
         complete(exec, token, first, missing(), never_complete);
@@ -374,11 +494,13 @@ fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bo
             FUSE_FIRST => missing(), // two firsts in a row: this one has no second either
             _ => Err(Failure::Status(status::INVALID_FIELD)),
         };
-        return complete(&second_exec, token, &second, result, never_complete);
+        complete(&second_exec, token, &second, result, never_complete);
+        return Taken::Done;
     }
     let (first_result, second_result) = io::fused_compare_write(exec, token, first, &second);
     complete(exec, token, first, first_result, never_complete);
     complete(&second_exec, token, &second, second_result, never_complete);
+    Taken::Done
 }
 
 /// Post a completion on the job's CQ (§4.6): claim the slot (advance the tail, flipping the
@@ -437,6 +559,9 @@ pub(crate) fn post(
         Err(e) => return Err(e),
     }
     Counters::add(&exec.shared.stats.completions);
+    if exec.inline {
+        Counters::add(&exec.shared.stats.inline_completions);
+    }
     if let Some(vector) = vector {
         exec.irq.posted(exec.shared, vector, job.epoch);
     }

@@ -6,6 +6,7 @@
 mod admin;
 mod faults;
 mod fused;
+mod inline;
 mod io;
 mod queues;
 mod registers;
