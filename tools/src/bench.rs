@@ -1121,7 +1121,9 @@ fn notes(args: &BenchArgs, target: Option<&Target>, fio: &FioPlan) -> Vec<String
     if args.boards.iter().any(|b| b.is_simulated()) {
         notes.push(
             "dev us/IO: CPU of the simulated board's own threads, which a real board would spend \
-             itself; `host cpu per command` ratios leave it out (CPU us/IO - dev us/IO)"
+             itself; `host cpu per command` ratios leave it out (CPU us/IO - dev us/IO). The \
+             model's work a doorbell's writer runs itself (the simulators' default, \
+             inline_doorbells) is in the host's threads and counted as host CPU"
                 .into(),
         );
     }
