@@ -344,7 +344,9 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
 }
 
 /// The scratch buffers of the executions a thread runs as a doorbell's writer
-/// ([`run_inline`]), kept from one doorbell to the next as an engine thread keeps its own.
+/// ([`run_inline`]), kept from one doorbell to the next as an engine thread keeps its own: at
+/// most a scatter list of the board's longest and, for a transfer longer than the in-place
+/// limit (1 MiB), a bounce buffer of at most MAX_TRANSFER, per host thread that rings.
 #[derive(Default)]
 struct Scratch {
     bounce: Vec<u8>,
@@ -367,10 +369,12 @@ thread_local! {
 /// doorbell, which the accelerator's figures in `bench` then measured instead of the driver.
 ///
 /// `false` when the queue's engine thread must look (the caller wakes it): a fault standing,
-/// the writer holding a checked lock (no DMA is started under a lock), work the thread keeps,
-/// a full completion ring, a coalescing timer, or more than [`INLINE_BUDGET`] descriptors.
+/// the writer holding a checked lock (no DMA is started under a lock), a medium in a file
+/// (its reads, writes and syncs are system calls a real board's host never waits in), work
+/// the thread keeps, a full completion ring, a coalescing timer, or more than
+/// [`INLINE_BUDGET`] descriptors.
 pub(crate) fn run_inline(shared: &Shared, q: u32) -> bool {
-    if shared.faults_standing() || !scst_accel_hal::locks::held_locks().is_empty() {
+    if shared.faults_standing() || !shared.medium.is_ram() || !scst_accel_hal::locks::no_checked_lock_held() {
         return false;
     }
     let mut token = Token::root();
@@ -392,7 +396,6 @@ pub(crate) fn run_inline(shared: &Shared, q: u32) -> bool {
     let handled = loop {
         // Abandoned or halted work needs nothing more than BUSY cleared.
         let _ = engine.process(&mut token, &job);
-        Counters::add(&shared.stats.inline_descriptors, 1);
         budget -= 1;
         match engine.release_inline(&mut token, budget > 0) {
             Claim::Job(next) => job = next,
@@ -696,6 +699,9 @@ impl<'s> Engine<'s> {
         let seen = self.shared.wakes(self.q);
         let mut st = self.lock(token);
         st.queues[self.qi()].busy = false;
+        // What this descriptor fetched ahead or withheld, published before a writer can claim
+        // the queue (`take_work` below may not run: a coalescing timer, a reset).
+        st.queues[self.qi()].engine_holds = self.withheld.is_some() || !self.prefetched.is_empty();
         let reset_done = st.finish_reset_if_idle();
         let mut released = Released::NotLooked;
         if !reset_done && !self.shared.stopping() && st.coalesce_deadline(self.qi()).is_none() {
@@ -923,6 +929,9 @@ impl<'s> Engine<'s> {
             return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
         Counters::add(&self.shared.stats.descriptors, 1);
+        if self.inline {
+            Counters::add(&self.shared.stats.inline_descriptors, 1);
+        }
         let desc = Descriptor::read_from_bytes(&raw).map_err(|_| Abandoned)?;
         if desc.seq != job.seq {
             log::warn!(

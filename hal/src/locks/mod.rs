@@ -69,6 +69,7 @@ pub use mutex::OrderedMutexGuard;
 pub use runtime::assert_no_locks_held;
 pub use runtime::expect_violations;
 pub use runtime::held_locks;
+pub use runtime::no_checked_lock_held;
 pub use runtime::observed_edges;
 pub use runtime::ExpectViolations;
 pub use runtime::LOCK_CHECK;

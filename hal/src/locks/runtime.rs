@@ -169,6 +169,13 @@ mod imp {
         .unwrap_or_default()
     }
 
+    /// Whether this thread holds no checked lock; `false` when its record cannot be read (the
+    /// thread's locals being torn down, or a borrow in progress): unknown is not none.
+    pub(crate) fn none_held() -> bool {
+        HELD.try_with(|held| held.try_borrow().is_ok_and(|held| held.is_empty()))
+            .unwrap_or(false)
+    }
+
     /// Fails if this thread holds any checked lock (before a blocking call `what`).
     #[track_caller]
     pub(crate) fn assert_none_held(what: &str) {
@@ -220,6 +227,11 @@ mod imp {
     #[inline(always)]
     pub(crate) fn held() -> Vec<(&'static str, u32)> {
         Vec::new()
+    }
+
+    #[inline(always)]
+    pub(crate) fn none_held() -> bool {
+        true
     }
 
     #[inline(always)]
@@ -312,6 +324,14 @@ impl Drop for Held {
 /// without the runtime checker, where nothing is tracked.
 pub fn held_locks() -> Vec<(&'static str, u32)> {
     imp::held()
+}
+
+/// Whether this thread holds no checked lock, without building a list: for a caller that may
+/// take a root token only then (a simulated doorbell's writer running the device's engine,
+/// `boards::sim`). `false` when the checker cannot read its record. Always `true` without the
+/// runtime checker, where nothing is tracked.
+pub fn no_checked_lock_held() -> bool {
+    imp::none_held()
 }
 
 /// Every (held → taken) pair of lock names observed in this process so far (debug and test

@@ -63,6 +63,11 @@ fn the_token_chain_takes_locks_in_order_and_frees_the_parent() {
         }
     }
     assert!(held_locks().is_empty());
+    assert!(no_checked_lock_held());
+    {
+        let _entries = table.lock(&mut token);
+        assert_eq!(no_checked_lock_held(), !LOCK_CHECK, "a held lock is seen");
+    }
     // The root token is usable again once the guards are gone.
     let (entries, _) = table.lock(&mut token);
     assert_eq!(*entries, vec![1, 2]);
