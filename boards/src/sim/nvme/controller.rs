@@ -323,6 +323,9 @@ impl Shared {
             // Sequentially consistent after the count: see `mark_stalled`.
             std::sync::atomic::fence(Ordering::SeqCst);
             self.wake_stalled();
+            // And a worker waiting for the room of a fused operation's second command, on the
+            // condition variable (`worker::fused`): free when no one waits.
+            self.wake.notify_all();
         }
     }
 

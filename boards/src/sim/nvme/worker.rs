@@ -252,7 +252,7 @@ thread_local! {
 /// unmet, a fused operation whose second needs CQ room not there yet (given back untouched),
 /// or more than [`INLINE_BUDGET`] commands.
 pub(crate) fn run_inline(shared: &Shared, w: usize) -> bool {
-    if w == 0 || shared.faults_standing() || !scst_accel_hal::locks::held_locks().is_empty() {
+    if w == 0 || shared.faults_standing() || !scst_accel_hal::locks::no_checked_lock_held() {
         return false;
     }
     let mut token = Token::root();
@@ -286,6 +286,11 @@ pub(crate) fn run_inline(shared: &Shared, w: usize) -> bool {
             if taken == Taken::GiveBack {
                 st.give_back(w, &job);
                 drop(st);
+                // Fetched again by the worker: counted once.
+                shared
+                    .stats
+                    .commands
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 shared.released();
                 return false;
             }

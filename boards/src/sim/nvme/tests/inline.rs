@@ -1,7 +1,18 @@
 //! I/O commands executed by the thread that wrote their SQ's tail doorbell
 //! (`worker::run_inline`, [`NvmeSimConfig::inline_doorbells`]), and what is left to the SQ's
-//! worker thread: a fault standing, and a fused operation whose second needs CQ room the
-//! writer would have to wait for.
+//! worker thread: a fault standing, a writer holding a lock, more than the budget, and a fused
+//! operation whose second needs CQ room the writer would have to wait for.
+//!
+//! A worker also looks at its SQ on its own (woken by a queue's creation or a change of the
+//! controller, and on its 50 ms idle timer); one that looks between a doorbell's post and its
+//! writer's claim takes the work itself, as it may. So a test that needs the writer to run the
+//! work lets the workers settle first and tries on a fresh controller up to [`ATTEMPTS`] times
+//! ([`on_some_attempt`]): what it checks must hold on one of them, and with the writer's path
+//! taken out it holds on none.
+
+use scst_accel_hal::locks::levels;
+use scst_accel_hal::locks::LockToken;
+use scst_accel_hal::locks::OrderedMutex;
 
 use super::super::spec::nvm;
 use super::io::rw_contiguous;
@@ -12,46 +23,125 @@ use crate::sim::nvme::NvmeFault;
 const FIRST: u32 = 1 << 8;
 const SECOND: u32 = 2 << 8;
 
+const ATTEMPTS: usize = 5;
+
+/// Run `scenario` until it passes, at most [`ATTEMPTS`] times; panics with its last failure.
+fn on_some_attempt(what: &str, mut scenario: impl FnMut() -> Result<(), String>) {
+    let mut failures = Vec::new();
+    for _ in 0..ATTEMPTS {
+        match scenario() {
+            Ok(()) => return,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("{what}: failed on every attempt: {failures:#?}");
+}
+
+/// `Err(message)` unless `ok`.
+fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(message())
+    }
+}
+
+/// A small controller with I/O queue pair 1 of `entries` entries, its workers asleep again
+/// after the wake-ups of the queue's creation.
+fn settled(entries: u16) -> Rig {
+    let rig = Rig::with_io_queue(entries);
+    std::thread::sleep(Duration::from_millis(10));
+    rig
+}
+
+fn inline_completions(rig: &Rig) -> u64 {
+    rig.sim.stats().inline_completions
+}
+
 /// A command whose doorbell finds the worker idle, no fault standing and CQ room is complete
 /// when the doorbell write returns.
 #[test]
 fn a_doorbell_completes_its_commands_before_the_write_returns() {
-    let mut rig = Rig::with_io_queue(8);
-    let data = pattern(2048, 9);
-    let src = rig.alloc(data.len());
-    rig.region(src).write_at(0, &data);
-    let dst = rig.alloc(data.len());
-    let write = rw_contiguous(&mut rig, nvm::WRITE, 40, 4, src);
-    let read = rw_contiguous(&mut rig, nvm::READ, 40, 4, dst);
-    let cids = rig.submit_together(1, &[write, read]);
-    for cid in cids {
-        let cqe = rig
-            .next_completion_within(1, Duration::ZERO)
-            .expect("posted when the doorbell write returned");
-        assert_eq!((cqe.cid, status(&cqe)), (cid, Status::SUCCESS));
-    }
-    assert_eq!(rig.read_mem(dst, 0, data.len()), data);
-    assert_eq!(rig.sim.stats().inline_completions, 2);
+    on_some_attempt("inline completions", || {
+        let mut rig = settled(8);
+        let data = pattern(2048, 9);
+        let src = rig.alloc(data.len());
+        rig.region(src).write_at(0, &data);
+        let dst = rig.alloc(data.len());
+        let write = rw_contiguous(&mut rig, nvm::WRITE, 40, 4, src);
+        let read = rw_contiguous(&mut rig, nvm::READ, 40, 4, dst);
+        let cids = rig.submit_together(1, &[write, read]);
+        let by_writer = inline_completions(&rig);
+        check(by_writer == 2, || format!("{by_writer} posted by the writer"))?;
+        for cid in cids {
+            let cqe = rig
+                .next_completion_within(1, Duration::ZERO)
+                .expect("counted as posted");
+            assert_eq!((cqe.cid, status(&cqe)), (cid, Status::SUCCESS));
+        }
+        assert_eq!(rig.read_mem(dst, 0, data.len()), data);
+        Ok(())
+    });
 }
 
 /// With a fault standing, the SQ's worker thread executes every command: a fault may make it
-/// wait (latency, a stopped controller), which a writer must never do.
+/// wait (latency, a stopped controller), which a writer must never do. Once the plan is empty
+/// the writer runs the SQ again.
 #[test]
 fn with_a_fault_standing_the_worker_thread_runs_the_queue() {
+    on_some_attempt("the worker under a fault, the writer after", || {
+        let mut rig = settled(8);
+        rig.sim.inject(NvmeFault::MediaError { every: 1000 });
+        let buf = rig.alloc(512);
+        let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, buf);
+        assert_eq!(status(&rig.command(1, read)), Status::SUCCESS);
+        assert_eq!(inline_completions(&rig), 0);
+        rig.sim.clear_faults();
+        // The clearing woke every worker: let them look and sleep again.
+        std::thread::sleep(Duration::from_millis(10));
+        let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, buf);
+        rig.submit(1, read);
+        let by_writer = inline_completions(&rig);
+        check(by_writer == 1, || format!("{by_writer} posted by the writer"))?;
+        assert!(rig.next_completion_within(1, Duration::ZERO).is_some());
+        Ok(())
+    });
+}
+
+/// A writer holding a checked lock (a driver's) starts no DMA: the worker thread runs the
+/// command.
+#[test]
+fn a_writer_holding_a_lock_leaves_the_queue_to_the_worker() {
     let mut rig = Rig::with_io_queue(8);
-    rig.sim.inject(NvmeFault::MediaError { every: 1000 });
     let buf = rig.alloc(512);
     let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, buf);
-    assert_eq!(status(&rig.command(1, read)), Status::SUCCESS);
-    assert_eq!(rig.sim.stats().inline_completions, 0);
-    rig.sim.clear_faults();
-    let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, buf);
-    rig.submit(1, read);
-    assert!(
-        rig.next_completion_within(1, Duration::ZERO).is_some(),
-        "inline again"
-    );
-    assert_eq!(rig.sim.stats().inline_completions, 1);
+    {
+        let spare = OrderedMutex::<(), levels::AccelSpareQueues>::new(());
+        let mut token = LockToken::root();
+        let _held = spare.lock(&mut token);
+        rig.submit(1, read);
+    }
+    assert_eq!(status(&rig.next_completion(1)), Status::SUCCESS);
+    assert_eq!(inline_completions(&rig), 0);
+}
+
+/// A writer runs at most `INLINE_BUDGET` (64) commands per doorbell and leaves the rest to the
+/// worker thread.
+#[test]
+fn a_doorbell_beyond_the_budget_hands_the_rest_to_the_worker() {
+    on_some_attempt("the budget", || {
+        let mut rig = settled(128);
+        let flushes = vec![sqe(nvm::FLUSH, 1); 100];
+        let cids = rig.submit_together(1, &flushes);
+        let by_writer = inline_completions(&rig);
+        check(by_writer == 64, || format!("{by_writer} posted by the writer"))?;
+        for cid in cids {
+            let cqe = rig.next_completion(1);
+            assert_eq!((cqe.cid, status(&cqe)), (cid, Status::SUCCESS));
+        }
+        assert_eq!(inline_completions(&rig), 64);
+        Ok(())
+    });
 }
 
 /// A fused Compare and Write whose second command finds no CQ room is given back untouched by
@@ -59,43 +149,55 @@ fn with_a_fault_standing_the_worker_thread_runs_the_queue() {
 /// thread once the host reaps.
 #[test]
 fn a_fused_operation_short_of_cq_room_is_given_back_to_the_worker() {
-    // A 4-entry CQ holds 3 completions.
-    let mut rig = Rig::with_io_queue(4);
-    let old = pattern(1024, 1);
-    assert_eq!(rig.write_blocks(10, &old), Status::SUCCESS);
-    let inline_before = rig.sim.stats().inline_completions;
-    let scratch = rig.alloc(512);
-    for _ in 0..2 {
-        let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, scratch);
-        rig.submit(1, read);
-    }
-    // Two completions posted and not consumed: room for one, the pair needs two.
-    let expected = rig.alloc(old.len());
-    rig.region(expected).write_at(0, &old);
-    let new = pattern(1024, 2);
-    let data = rig.alloc(new.len());
-    rig.region(data).write_at(0, &new);
-    let mut compare = rw_contiguous(&mut rig, nvm::COMPARE, 10, 2, expected);
-    compare.cdw0 |= FIRST;
-    let mut write = rw_contiguous(&mut rig, nvm::WRITE, 10, 2, data);
-    write.cdw0 |= SECOND;
-    let pair = rig.submit_together(1, &[compare, write]);
-    assert_eq!(rig.sim.stats().inline_completions, inline_before + 2);
-    assert_eq!(rig.sim.stats().fused_compare_writes, 0, "nothing executed yet");
-    // Consuming the two frees the room; the worker thread executes the pair.
-    for _ in 0..2 {
-        assert_eq!(status(&rig.next_completion(1)), Status::SUCCESS);
-    }
-    let mut done: Vec<_> = (0..2).map(|_| rig.next_completion(1)).collect();
-    done.sort_by_key(|c| c.cid);
-    assert_eq!(
-        done.iter().map(|c| (c.cid, status(c))).collect::<Vec<_>>(),
-        [(pair[0], Status::SUCCESS), (pair[1], Status::SUCCESS)]
-    );
-    let stats = rig.sim.stats();
-    assert_eq!(stats.fused_compare_writes, 1);
-    assert_eq!(stats.inline_completions, inline_before + 2, "{stats:?}");
-    assert_eq!(rig.read_blocks(10, 2), (Status::SUCCESS, new));
+    on_some_attempt("a fused operation given back", || {
+        // A 4-entry CQ holds 3 completions.
+        let mut rig = settled(4);
+        let old = pattern(1024, 1);
+        assert_eq!(rig.write_blocks(10, &old), Status::SUCCESS);
+        let before = rig.sim.stats();
+        let scratch = rig.alloc(512);
+        for _ in 0..2 {
+            let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, scratch);
+            rig.submit(1, read);
+        }
+        let reads_by_writer = inline_completions(&rig) - before.inline_completions;
+        check(reads_by_writer == 2, || {
+            format!("{reads_by_writer} reads posted by the writer")
+        })?;
+        // Two completions posted and not consumed: room for one, the pair needs two.
+        let expected = rig.alloc(old.len());
+        rig.region(expected).write_at(0, &old);
+        let new = pattern(1024, 2);
+        let data = rig.alloc(new.len());
+        rig.region(data).write_at(0, &new);
+        let mut compare = rw_contiguous(&mut rig, nvm::COMPARE, 10, 2, expected);
+        compare.cdw0 |= FIRST;
+        let mut write = rw_contiguous(&mut rig, nvm::WRITE, 10, 2, data);
+        write.cdw0 |= SECOND;
+        let pair = rig.submit_together(1, &[compare, write]);
+        assert_eq!(rig.sim.stats().fused_compare_writes, 0, "nothing executed yet");
+        // Consuming the two frees the room; the worker thread executes the pair.
+        for _ in 0..2 {
+            assert_eq!(status(&rig.next_completion(1)), Status::SUCCESS);
+        }
+        let mut done: Vec<_> = (0..2).map(|_| rig.next_completion(1)).collect();
+        done.sort_by_key(|c| c.cid);
+        assert_eq!(
+            done.iter().map(|c| (c.cid, status(c))).collect::<Vec<_>>(),
+            [(pair[0], Status::SUCCESS), (pair[1], Status::SUCCESS)]
+        );
+        let stats = rig.sim.stats();
+        assert_eq!(stats.fused_compare_writes, 1);
+        assert_eq!(
+            stats.inline_completions,
+            before.inline_completions + 2,
+            "{stats:?}"
+        );
+        // Four commands fetched, the first of the pair once though the writer gave it back.
+        assert_eq!(stats.commands, before.commands + 4, "{stats:?}");
+        assert_eq!(rig.read_blocks(10, 2), (Status::SUCCESS, new));
+        Ok(())
+    });
 }
 
 /// Off, every command runs on the worker threads.
@@ -110,5 +212,5 @@ fn with_inline_doorbells_off_the_worker_threads_run_everything() {
     let data = pattern(1024, 4);
     assert_eq!(rig.write_blocks(3, &data), Status::SUCCESS);
     assert_eq!(rig.read_blocks(3, 2), (Status::SUCCESS, data));
-    assert_eq!(rig.sim.stats().inline_completions, 0);
+    assert_eq!(inline_completions(&rig), 0);
 }
