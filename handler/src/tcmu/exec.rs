@@ -621,15 +621,25 @@ impl Executor {
         } else {
             timeout
         };
+        // At most four fds, on the stack: a step allocates nothing (it runs once per turn, and
+        // every 200 us while a polled queue has requests in flight).
         let ready = {
-            let mut fds = vec![events.as_fd()];
-            fds.extend(self.queue.notify_fd());
-            fds.extend(self.mailbox.wake_fd());
-            fds.extend(wake);
-            scst_accel_hal::fdio::poll_readable(&fds, timeout)
-                .map_err(|e| StepError::Uio(UioError::Wait(e)))?
+            let mut fds = heapless::Vec::<BorrowedFd<'_>, 4>::new();
+            for fd in [
+                Some(events.as_fd()),
+                self.queue.notify_fd(),
+                self.mailbox.wake_fd(),
+                wake,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // Four slots for at most four fds: the push cannot fail.
+                let _ = fds.push(fd);
+            }
+            scst_accel_hal::fdio::poll_ready(&fds, timeout).map_err(|e| StepError::Uio(UioError::Wait(e)))?
         };
-        if ready.first().copied().unwrap_or(false) {
+        if ready.is_ready(0) {
             events.take_event().map_err(StepError::Uio)?;
         }
         let served = self.poll(token, ring);
