@@ -44,6 +44,7 @@ use scst_accel_dma::IovaAllocator;
 use scst_accel_dma::MappedRegion;
 use scst_accel_hal::DeviceBacking;
 use scst_accel_hal::HalError;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -188,6 +189,9 @@ pub struct NvmeController {
     /// Per I/O queue id (index 0 unused): the controller epoch in which that queue was
     /// created on the device, plus 1; 0 once deleted. What the shutdown deletes first.
     live_queues: Vec<AtomicU64>,
+    /// MSI-X vectors the host granted at bring-up (vector 0 the admin queue's, vector q I/O
+    /// queue q's; 0 when the queues were polled by configuration), for the register dump.
+    vectors_granted: AtomicU32,
     /// ABORT slots under the Abort Command Limit (NVMe 1.4 §5.1), see `abort`.
     pub(super) aborts: AbortSlots,
     /// The Error Information log page and its reader, see `error_log`.
@@ -359,6 +363,7 @@ impl NvmeController {
             before_turn: std::sync::atomic::AtomicU8::new(0),
             recovery: RecoveryWord::default(),
             live_queues: (0..=io_queues).map(|_| AtomicU64::new(0)).collect(),
+            vectors_granted: AtomicU32::new(0),
             aborts: AbortSlots::new(),
             error_log_page: ErrorLogPage::new(log_page),
         });
@@ -436,6 +441,7 @@ impl NvmeController {
                 .map(Some)
                 .collect();
         }
+        self.vectors_granted.store(irqs.len() as u32, Ordering::Relaxed);
         let mut queues = Vec::with_capacity(usize::from(count));
         for qid in 1..=count {
             let irq = irqs.get_mut(usize::from(qid)).and_then(Option::take);
@@ -1123,10 +1129,11 @@ impl NvmeController {
         }
     }
 
-    /// CAP, VS, CC, CSTS, AQA, INTMS decoded, then the newest entries of the Error Information
-    /// log, read with [`DUMP_ERROR_LOG_TIMEOUT`](super::DUMP_ERROR_LOG_TIMEOUT) only when the
-    /// controller is ready (CSTS.RDY = 1, CFS = 0) and no earlier read timed out since the last
-    /// reset; otherwise `error log: unavailable (reason)`.
+    /// CAP, VS, CC, CSTS, AQA, INTMS decoded, the I/O queues polled for want of an MSI-X
+    /// vector if any, then the newest entries of the Error Information log, read with
+    /// [`DUMP_ERROR_LOG_TIMEOUT`](super::DUMP_ERROR_LOG_TIMEOUT) only when the controller is
+    /// ready (CSTS.RDY = 1, CFS = 0) and no earlier read timed out since the last reset;
+    /// otherwise `error log: unavailable (reason)`.
     pub fn dump_registers(&self) -> String {
         let r = self.registers();
         let status = r.csts();
@@ -1134,8 +1141,25 @@ impl NvmeController {
             return format!("{}: registers read all-ones (device gone)\n", self.id());
         }
         let mut s = regs::describe(&r);
+        s.push_str(&self.describe_vectors());
         s.push_str(&self.describe_error_log(status));
         s
+    }
+
+    /// `MSI-X: ...` when the host granted fewer vectors than the I/O queues asked
+    /// (crate::vectors): which queues are polled; empty otherwise.
+    fn describe_vectors(&self) -> String {
+        let granted = self.vectors_granted.load(Ordering::Relaxed);
+        let count = u32::from(self.io_queues);
+        if !self.config.interrupts || granted > count {
+            return String::new();
+        }
+        // Vector 0 is the admin queue's: I/O queues 1..granted have theirs.
+        let first_polled = granted.max(1);
+        format!(
+            "MSI-X: {granted} vectors for the admin queue and {count} I/O queues: I/O queues \
+             {first_polled}..{count} polled\n"
+        )
     }
 }
 

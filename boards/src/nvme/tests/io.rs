@@ -650,7 +650,8 @@ fn a_wzsl_below_one_block_offers_no_write_zeroes() {
 
 /// The host short of MSI-X vectors: 4 I/O queues want 5 (vector 0 is the admin queue's), the
 /// kernel grants 3. The controller comes up with 3: I/O queues 1 and 2 signal their vectors,
-/// 3 and 4 are polled (their dumps say so), and every queue moves verified data. Before, the
+/// 3 and 4 are polled (their dumps and the controller's say so), and every queue moves
+/// verified data. Before, the
 /// bring-up failed with TooFewVectors.
 #[test]
 fn four_queues_with_three_granted_vectors_serve_with_two_polled() {
@@ -695,5 +696,10 @@ fn four_queues_on_a_host_short_of_vectors(enospc: bool, enabled: u32) {
         );
         verified_io(q, 64 * i as u64, i as u8);
     }
+    let dump = rig.ctrl.dump_registers();
+    let polled = format!(
+        "MSI-X: {enabled} vectors for the admin queue and 4 I/O queues: I/O queues {enabled}..4 polled"
+    );
+    assert!(dump.contains(&polled), "{dump}");
     rig.finish();
 }
