@@ -97,6 +97,9 @@ struct Job {
     ring_size: u32,
     sq_base: u64,
     cq_base: u64,
+    /// The completion slot free when a doorbell's writer claimed the job (`Engine::claim`);
+    /// `None` for an engine thread's, which waits for one if it must.
+    claimed_slot: Option<Slot>,
 }
 
 /// A descriptor's result, before it becomes a completion entry.
@@ -155,6 +158,7 @@ impl Job {
             ring_size: qs.ring_size,
             sq_base: qs.sq_base,
             cq_base: qs.cq_base,
+            claimed_slot: None,
         }
     }
 }
@@ -630,8 +634,9 @@ impl<'s> Engine<'s> {
     /// (BUSY set) if the writer may execute it now without ever waiting: the queue runnable
     /// and idle, no fault standing, nothing its engine thread keeps (descriptors fetched ahead,
     /// completions withheld), no coalesced interrupt waiting for its timer, and a free
-    /// completion slot, which stays free for this descriptor (only the holder of BUSY moves
-    /// CQ_TAIL, the host only frees slots), so its completion is posted without a wait.
+    /// completion slot, taken with the job: only the holder of BUSY moves CQ_TAIL, so it is
+    /// still the next slot when the completion is posted, and the completion never waits (a
+    /// host that moves CQ_HEAD backwards meanwhile breaks §4, and finds that slot written).
     fn claim(&self, st: &mut BoardState) -> Claim {
         if self.shared.gone() || self.shared.stopping() || !st.runnable(self.qi()) {
             return Claim::Decline;
@@ -649,7 +654,10 @@ impl<'s> Engine<'s> {
             return Claim::Decline;
         }
         qs.busy = true;
-        Claim::Job(Job::at_head(qs, reset_epoch))
+        Claim::Job(Job {
+            claimed_slot: Some((qs.cq_tail, qs.phase)),
+            ..Job::at_head(qs, reset_epoch)
+        })
     }
 
     /// [`Engine::release`] for a doorbell's writer: clear BUSY and, while `more` is allowed,
@@ -850,7 +858,10 @@ impl<'s> Engine<'s> {
             }
             let waiting = (qs.sq_tail + job.ring_size - qs.sq_head) % job.ring_size;
             (
-                (!qs.cq_full()).then_some((qs.cq_tail, qs.phase)),
+                // A writer's job keeps the slot it claimed (`Engine::claim`).
+                (!qs.cq_full())
+                    .then_some((qs.cq_tail, qs.phase))
+                    .or(job.claimed_slot),
                 qs.sq_head,
                 qs.seq,
                 waiting.min(room),
@@ -1455,8 +1466,8 @@ impl<'s> Engine<'s> {
         let (slot, phase) = match reserved {
             Some(slot) => slot,
             None => {
-                // A doorbell's writer claims a job only with a free slot, which stays free for
-                // it (`Engine::claim`), and a writer must never wait for its own reap.
+                // A doorbell's writer's job carries the slot it claimed (`Engine::claim`): a
+                // writer never waits for its own reap.
                 debug_assert!(!self.inline, "an inline execution found no completion slot");
                 self.await_cq_slot(token, job, free_slot)?
             }
@@ -1594,6 +1605,7 @@ mod tests {
                     ring_size: 8,
                     sq_base: 0x10_0000,
                     cq_base: 0x20_0000,
+                    claimed_slot: None,
                 }
             };
             assert!(

@@ -26,9 +26,7 @@
 //! 32 queues, since INT_STATUS has 32 bits; writing RUN = 1 to a queue whose RUN is already 1
 //! changes nothing (§2 resets head, tail, phase and sequence on "setting RUN", read here as RUN
 //! going from 0 to 1: a driver restarts a queue by clearing RUN and waiting for BUSY = 0 first,
-//! §6, and a rewrite of the same value is no transition); a CQ_HEAD write that would release
-//! completion entries not yet posted, or take back slots already released, is ignored (§4: the
-//! host releases what it consumed).
+//! §6, and a rewrite of the same value is no transition).
 //!
 //! [`SimDevice`]: scst_accel_hal::sim::SimDevice
 

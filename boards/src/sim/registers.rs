@@ -327,10 +327,7 @@ impl BoardState {
 
     /// Apply queue `q`'s posted doorbell writes (its engine calls this at every look at the
     /// state). A write made while RUN was 0 or under another RUN epoch, or beyond the ring,
-    /// is ignored (§2: a doorbell of a stopped queue does nothing), and so is a CQ_HEAD that
-    /// would release entries not posted or take back released slots (§4: the host releases
-    /// what it consumed): the engine's free slots then only grow between its looks, which a
-    /// doorbell's writer running the engine relies on (`engine::run_inline`).
+    /// is ignored (§2: a doorbell of a stopped queue does nothing).
     pub(crate) fn apply_posted(&mut self, q: usize) {
         let Some(pq) = self.posted.queues.get(q) else {
             return;
@@ -362,17 +359,6 @@ impl BoardState {
                 continue;
             }
             if head {
-                let size = qs.ring_size;
-                let posted = (qs.cq_tail + size - qs.cq_head) % size;
-                if (value + size - qs.cq_head) % size > posted {
-                    log::warn!(
-                        "sim: queue {q} CQ_HEAD {value} ignored: the head is {} and the tail {}, \
-                         so it would release entries not posted",
-                        qs.cq_head,
-                        qs.cq_tail
-                    );
-                    continue;
-                }
                 qs.cq_head = value;
             } else {
                 qs.sq_tail = value;
@@ -740,22 +726,12 @@ mod tests {
         st.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN, now);
         st.apply_posted(0);
         assert_eq!(st.queues[0].sq_tail, 0, "written while stopped: ignored");
-        // Running: applied, the newest write of each doorbell (two completions posted).
-        st.queues[0].cq_tail = 2;
+        // Running: applied, the newest write of each doorbell.
         st.write32(doorbell::sq_tail(0), 2, now);
         st.write32(doorbell::sq_tail(0), 5, now);
         st.write32(doorbell::cq_head(0), 1, now);
         st.apply_posted(0);
         assert_eq!((st.queues[0].sq_tail, st.queues[0].cq_head), (5, 1));
-        // A CQ_HEAD past the entries posted, or behind the one released: ignored.
-        for head in [3, 0] {
-            st.write32(doorbell::cq_head(0), head, now);
-            st.apply_posted(0);
-            assert_eq!(st.queues[0].cq_head, 1, "CQ_HEAD {head}");
-        }
-        st.write32(doorbell::cq_head(0), 2, now);
-        st.apply_posted(0);
-        assert_eq!(st.queues[0].cq_head, 2, "up to the tail");
         // Beyond the ring: ignored.
         st.write32(doorbell::sq_tail(0), 8, now);
         st.apply_posted(0);
