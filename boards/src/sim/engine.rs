@@ -844,7 +844,7 @@ impl<'s> Engine<'s> {
         let room = (plan.prefetch as usize).saturating_sub(self.prefetched.len()) as u32;
         // Consumed: the slot may be reused once the host sees sq_head move past it.
         // In the same lock hold, the completion slot if one is free now: only this engine
-        // moves cq_tail, and the host only frees slots, so it stays free for this
+        // moves cq_tail, and a host keeping to §4 only frees slots, so it stays free for this
         // descriptor's completion (a device reserving its completion slot when it fetches).
         let (mut reserved, head, seq, to_fetch) = {
             let mut st = self.lock(token);
@@ -852,6 +852,12 @@ impl<'s> Engine<'s> {
                 return Err(Abandoned);
             }
             let qs = &mut st.queues[self.qi()];
+            // `claim` took a writer's job with the slot it found free (only the holder of BUSY
+            // fills one): it posts there whatever CQ_HEAD says now.
+            debug_assert!(
+                !self.inline || job.claimed_slot.is_some(),
+                "an inline job without its slot"
+            );
             if !ahead {
                 qs.sq_head = (job.index + 1) % job.ring_size;
                 qs.seq = job.seq.wrapping_add(1);

@@ -60,13 +60,13 @@ impl Medium {
         }
     }
 
-    /// Open or create the sparse file at `path` and give it exactly `len` bytes (extending it
-    /// leaves a hole that reads as zeroes).
     /// Whether the blocks are in memory (no system call moves them).
     pub(crate) fn is_ram(&self) -> bool {
         matches!(self, Self::Ram { .. })
     }
 
+    /// Open or create the sparse file at `path` and give it exactly `len` bytes (extending it
+    /// leaves a hole that reads as zeroes).
     pub(crate) fn sparse_file(path: &Path, len: u64) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)

@@ -726,7 +726,9 @@ mod tests {
         st.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN, now);
         st.apply_posted(0);
         assert_eq!(st.queues[0].sq_tail, 0, "written while stopped: ignored");
-        // Running: applied, the newest write of each doorbell.
+        // Running: applied, the newest write of each doorbell; a CQ_HEAD past the model's tail
+        // too (a host that reaped an entry before the engine's post took the lock to move the
+        // tail: refusing it once dropped the host's doorbell and stalled the queue).
         st.write32(doorbell::sq_tail(0), 2, now);
         st.write32(doorbell::sq_tail(0), 5, now);
         st.write32(doorbell::cq_head(0), 1, now);

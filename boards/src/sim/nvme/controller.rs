@@ -110,6 +110,7 @@ pub(crate) struct Counters {
     pub shutdowns_with_io_queues: AtomicU64,
     pub flushes: AtomicU64,
     pub inline_completions: AtomicU64,
+    pub fused_given_back: AtomicU64,
 }
 
 impl Counters {
@@ -151,6 +152,9 @@ pub(crate) struct Shared {
     workers: Vec<OnceLock<Thread>>,
     /// Per worker: it has commands but their CQ is full; a CQ head doorbell wakes it.
     stalled: Vec<AtomicBool>,
+    /// Workers waiting on [`Shared::wake`] for the CQ room of a fused operation's second
+    /// command (`worker::fused`), counted under the state lock before their look for it.
+    fused_waiters: AtomicUsize,
     faults: OrderedMutex<FaultPlan, levels::SimFaults>,
     /// The fault plan's length, published under its lock after each change: while it is 0 a
     /// command's verdict is the default one and the plan's lock is not taken (a lock per
@@ -323,9 +327,15 @@ impl Shared {
             // Sequentially consistent after the count: see `mark_stalled`.
             std::sync::atomic::fence(Ordering::SeqCst);
             self.wake_stalled();
-            // And a worker waiting for the room of a fused operation's second command, on the
-            // condition variable (`worker::fused`): free when no one waits.
-            self.wake.notify_all();
+            // And a worker waiting on the condition variable for the room of a fused
+            // operation's second command (`worker::fused`). It counts itself under the state
+            // lock before it looks, and waits with the lock released: either it looks after
+            // this write was posted, or this sees the count and, through the lock, notifies
+            // only once it waits.
+            if self.fused_waiters.load(Ordering::SeqCst) > 0 {
+                drop(self.lock_for_bar());
+                self.wake.notify_all();
+            }
         }
     }
 
@@ -348,6 +358,16 @@ impl Shared {
     pub(crate) fn raise(&self, vector: u32) {
         Counters::add(&self.stats.interrupts);
         self.interrupts.raise(vector);
+    }
+
+    /// A worker starts (`true`) or ends its wait for a fused second's CQ room; called with the
+    /// state locked.
+    pub(crate) fn fused_wait(&self, waiting: bool) {
+        if waiting {
+            self.fused_waiters.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.fused_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Whether any fault is planned: then only the worker threads execute commands.
@@ -524,6 +544,7 @@ impl Shared {
             shutdowns_with_io_queues: get(&self.stats.shutdowns_with_io_queues),
             flushes: get(&self.stats.flushes),
             inline_completions: get(&self.stats.inline_completions),
+            fused_given_back: get(&self.stats.fused_given_back),
         }
     }
 
@@ -570,6 +591,7 @@ impl NvmeController {
                 // Worker w serves SQ w: the admin queue and every I/O queue.
                 workers: (0..=queues).map(|_| OnceLock::new()).collect(),
                 stalled: (0..=queues).map(|_| AtomicBool::new(false)).collect(),
+                fused_waiters: AtomicUsize::new(0),
                 faults: OrderedMutex::new(FaultPlan::default()),
                 standing_faults: AtomicUsize::new(0),
                 gone: AtomicBool::new(false),

@@ -45,6 +45,9 @@ pub struct NvmeSimStats {
     /// ([`NvmeSimConfig::inline_doorbells`](super::NvmeSimConfig::inline_doorbells)), not by
     /// a worker thread.
     pub inline_completions: u64,
+    /// Fused operations a doorbell's writer gave back to their worker thread untouched, their
+    /// second short of CQ room.
+    pub fused_given_back: u64,
 }
 
 /// A cloneable handle on a simulated NVMe controller, for fault injection and statistics. It

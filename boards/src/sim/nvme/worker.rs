@@ -291,6 +291,7 @@ pub(crate) fn run_inline(shared: &Shared, w: usize) -> bool {
                     .stats
                     .commands
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                Counters::add(&shared.stats.fused_given_back);
                 shared.released();
                 return false;
             }
@@ -464,6 +465,9 @@ fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bo
         let Ok(mut st) = exec.lock_valid(token) else {
             return Taken::Done;
         };
+        // A worker may wait below for a CQ head doorbell: counted before its first look, under
+        // the lock, so that doorbell notifies it (`Shared::ring`); a writer never waits.
+        let _waiting = (!exec.inline).then(|| FusedWait::new(exec.shared));
         loop {
             match st.take_fused_second(w, &exec.job) {
                 Ok(job) => break Some(job),
@@ -506,6 +510,22 @@ fn fused(exec: &Exec<'_>, token: &mut Token<'_>, first: &Sqe, never_complete: bo
     complete(exec, token, first, first_result, never_complete);
     complete(&second_exec, token, &second, second_result, never_complete);
     Taken::Done
+}
+
+/// A worker counted among those that may wait for a fused second's CQ room, until dropped.
+struct FusedWait<'a>(&'a Shared);
+
+impl<'a> FusedWait<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.fused_wait(true);
+        Self(shared)
+    }
+}
+
+impl Drop for FusedWait<'_> {
+    fn drop(&mut self) {
+        self.0.fused_wait(false);
+    }
 }
 
 /// Post a completion on the job's CQ (§4.6): claim the slot (advance the tail, flipping the

@@ -112,6 +112,10 @@ fn with_a_fault_standing_the_worker_thread_runs_the_queue() {
 /// command.
 #[test]
 fn a_writer_holding_a_lock_leaves_the_queue_to_the_worker() {
+    if !scst_accel_hal::locks::LOCK_CHECK {
+        eprintln!("skipped: built without the lock checker, a writer cannot know it holds a lock");
+        return;
+    }
     let mut rig = Rig::with_io_queue(8);
     let buf = rig.alloc(512);
     let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, buf);
@@ -175,6 +179,10 @@ fn a_fused_operation_short_of_cq_room_is_given_back_to_the_worker() {
         let mut write = rw_contiguous(&mut rig, nvm::WRITE, 10, 2, data);
         write.cdw0 |= SECOND;
         let pair = rig.submit_together(1, &[compare, write]);
+        let given_back = rig.sim.stats().fused_given_back;
+        check(given_back == 1, || {
+            format!("{given_back} fused operations given back")
+        })?;
         assert_eq!(rig.sim.stats().fused_compare_writes, 0, "nothing executed yet");
         // Consuming the two frees the room; the worker thread executes the pair.
         for _ in 0..2 {
