@@ -41,6 +41,8 @@ mod registers;
 mod scatter;
 
 #[cfg(test)]
+mod attempts;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

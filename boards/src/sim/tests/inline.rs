@@ -5,9 +5,9 @@
 //! An engine thread also looks at its queue on its own (when a RUN write wakes it, and on its
 //! 50 ms idle timer); one that looks in the microseconds between a doorbell's post and its
 //! writer's claim takes the work itself, as it may. So a test that needs the writer to run the
-//! work lets the engines settle first and tries on a fresh board up to [`ATTEMPTS`] times
-//! ([`on_some_attempt`]): what it checks must hold on one of them, and with the writer's path
-//! taken out it holds on none.
+//! work lets the engines settle first and tries on a fresh board up to
+//! [`ATTEMPTS`](crate::sim::attempts::ATTEMPTS) times ([`on_some_attempt`]): what it checks
+//! must hold on one of them, and with the writer's path taken out it holds on none.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::AtomicBool;
@@ -21,30 +21,9 @@ use scst_accel_hal::locks::OrderedMutex;
 
 use super::*;
 use crate::sca1::desc::cq_status;
+use crate::sim::attempts::check;
+use crate::sim::attempts::on_some_attempt;
 use crate::sim::Fault;
-
-const ATTEMPTS: usize = 5;
-
-/// Run `scenario` until it passes, at most [`ATTEMPTS`] times; panics with its last failure.
-fn on_some_attempt(what: &str, mut scenario: impl FnMut() -> Result<(), String>) {
-    let mut failures = Vec::new();
-    for _ in 0..ATTEMPTS {
-        match scenario() {
-            Ok(()) => return,
-            Err(e) => failures.push(e),
-        }
-    }
-    panic!("{what}: failed on every attempt: {failures:#?}");
-}
-
-/// `Err(message)` unless `ok`.
-fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
-    if ok {
-        Ok(())
-    } else {
-        Err(message())
-    }
-}
 
 /// Queue `q` of a fresh enabled board, started, with its engine thread back asleep after the
 /// wake-up of the RUN write.

@@ -6,9 +6,9 @@
 //! A worker also looks at its SQ on its own (woken by a queue's creation or a change of the
 //! controller, and on its 50 ms idle timer); one that looks between a doorbell's post and its
 //! writer's claim takes the work itself, as it may. So a test that needs the writer to run the
-//! work lets the workers settle first and tries on a fresh controller up to [`ATTEMPTS`] times
-//! ([`on_some_attempt`]): what it checks must hold on one of them, and with the writer's path
-//! taken out it holds on none.
+//! work lets the workers settle first and tries on a fresh controller up to
+//! [`ATTEMPTS`](crate::sim::attempts::ATTEMPTS) times ([`on_some_attempt`]): what it checks
+//! must hold on one of them, and with the writer's path taken out it holds on none.
 
 use scst_accel_hal::locks::levels;
 use scst_accel_hal::locks::LockToken;
@@ -17,34 +17,13 @@ use scst_accel_hal::locks::OrderedMutex;
 use super::super::spec::nvm;
 use super::io::rw_contiguous;
 use super::*;
+use crate::sim::attempts::check;
+use crate::sim::attempts::on_some_attempt;
 use crate::sim::nvme::NvmeFault;
 
 /// FUSE field values in CDW0 bits 9:8.
 const FIRST: u32 = 1 << 8;
 const SECOND: u32 = 2 << 8;
-
-const ATTEMPTS: usize = 5;
-
-/// Run `scenario` until it passes, at most [`ATTEMPTS`] times; panics with its last failure.
-fn on_some_attempt(what: &str, mut scenario: impl FnMut() -> Result<(), String>) {
-    let mut failures = Vec::new();
-    for _ in 0..ATTEMPTS {
-        match scenario() {
-            Ok(()) => return,
-            Err(e) => failures.push(e),
-        }
-    }
-    panic!("{what}: failed on every attempt: {failures:#?}");
-}
-
-/// `Err(message)` unless `ok`.
-fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
-    if ok {
-        Ok(())
-    } else {
-        Err(message())
-    }
-}
 
 /// A small controller with I/O queue pair 1 of `entries` entries, its workers asleep again
 /// after the wake-ups of the queue's creation.
