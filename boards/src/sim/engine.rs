@@ -100,6 +100,9 @@ struct Job {
     /// The completion slot free when a doorbell's writer claimed the job (`Engine::claim`);
     /// `None` for an engine thread's, which waits for one if it must.
     claimed_slot: Option<Slot>,
+    /// The claim consumed the descriptor (`sq_head` is past it): a doorbell's writer's job
+    /// ([`Engine::claim`]).
+    consumed: bool,
 }
 
 /// A descriptor's result, before it becomes a completion entry.
@@ -159,6 +162,7 @@ impl Job {
             sq_base: qs.sq_base,
             cq_base: qs.cq_base,
             claimed_slot: None,
+            consumed: false,
         }
     }
 }
@@ -290,6 +294,10 @@ struct Engine<'s> {
     /// allocates nothing once the longest list has been seen.
     sgl_raw: Cell<Vec<u8>>,
     sgl: Cell<Vec<(u64, u32)>>,
+    /// A doorbell's writer's completion entry, written to its slot and not yet published
+    /// (`cq_tail` moved, INT_STATUS, the interrupt): [`Engine::release_inline`] publishes it
+    /// in the hold that clears BUSY.
+    unpublished: Cell<Option<(Job, Slot)>>,
 }
 
 /// The `(iova, bytes)` entries of a fetched scatter list, appended to `out`, and their total;
@@ -384,8 +392,9 @@ pub(crate) fn run_inline(shared: &Shared, q: u32) -> bool {
     let mut token = Token::root();
     let mut engine = Engine::new(shared, q, true);
     let first = {
+        let changes = shared.changes();
         let mut st = engine.lock(&mut token);
-        engine.claim(&mut st)
+        engine.claim(&mut st, changes)
     };
     let mut job = match first {
         Claim::Job(job) => job,
@@ -427,6 +436,7 @@ impl<'s> Engine<'s> {
             bounce: Cell::new(Vec::new()),
             sgl_raw: Cell::new(Vec::new()),
             sgl: Cell::new(Vec::new()),
+            unpublished: Cell::new(None),
         }
     }
 
@@ -637,7 +647,14 @@ impl<'s> Engine<'s> {
     /// completion slot, taken with the job: only the holder of BUSY moves CQ_TAIL, so it is
     /// still the next slot when the completion is posted, and the completion never waits (a
     /// host that moves CQ_HEAD backwards meanwhile breaks §4, and finds that slot written).
-    fn claim(&self, st: &mut BoardState) -> Claim {
+    ///
+    /// The claim consumes the descriptor (`sq_head` moves past it) and keeps the completion
+    /// slot: no other look under the lock is needed until its completion is published. Moving
+    /// the head before the fetch is not seen by the host: the head reaches it only in a
+    /// completion entry (§4), and only the holder of BUSY posts one. It also stands for the
+    /// first check before a DMA step ([`Engine::checkpoint`]): `changes` is the board's
+    /// change count read before the lock was taken.
+    fn claim(&self, st: &mut BoardState, changes: u64) -> Claim {
         if self.shared.gone() || self.shared.stopping() || !st.runnable(self.qi()) {
             return Claim::Decline;
         }
@@ -654,27 +671,44 @@ impl<'s> Engine<'s> {
             return Claim::Decline;
         }
         qs.busy = true;
-        Claim::Job(Job {
+        let job = Job {
             claimed_slot: Some((qs.cq_tail, qs.phase)),
+            consumed: true,
             ..Job::at_head(qs, reset_epoch)
-        })
+        };
+        qs.sq_head = (job.index + 1) % job.ring_size;
+        qs.seq = job.seq.wrapping_add(1);
+        // Valid under this hold, as `valid` would find it: not gone or stopping, runnable, and
+        // the job's epoch is the queue's.
+        self.checked.set(Some((job.epoch, changes)));
+        Claim::Job(job)
     }
 
     /// [`Engine::release`] for a doorbell's writer: clear BUSY and, while `more` is allowed,
     /// claim the next descriptor in the same lock hold. `Decline` when work is left that the
     /// engine thread must take (the caller wakes it).
+    ///
+    /// The completion the execution wrote, if any, is published first in the same hold
+    /// ([`Engine::publish`]), and its interrupt raised once the lock is released: one hold of
+    /// the state per descriptor where the post and the release took one each.
     fn release_inline(&self, token: &mut Token<'_>, more: bool) -> Claim {
+        let changes = self.shared.changes();
         let mut st = self.lock(token);
+        let vector = self
+            .unpublished
+            .take()
+            .and_then(|(job, slot)| self.publish(&mut st, &job, slot));
         st.queues[self.qi()].busy = false;
         if st.finish_reset_if_idle() {
             drop(st);
+            self.raise(vector);
             log::info!("{}: reset complete", self.shared.id);
             // Wakes every engine thread, this queue's too: it looks for itself.
             self.shared.notify();
             return Claim::Nothing;
         }
         let next = if more {
-            self.claim(&mut st)
+            self.claim(&mut st, changes)
         } else {
             let qs = &st.queues[self.qi()];
             if qs.sq_head == qs.sq_tail && st.coalesce_deadline(self.qi()).is_none() {
@@ -689,6 +723,7 @@ impl<'s> Engine<'s> {
             next => next,
         };
         drop(st);
+        self.raise(vector);
         self.shared.notify_reset_waiters();
         next
     }
@@ -846,28 +881,29 @@ impl<'s> Engine<'s> {
         // In the same lock hold, the completion slot if one is free now: only this engine
         // moves cq_tail, and a host keeping to §4 only frees slots, so it stays free for this
         // descriptor's completion (a device reserving its completion slot when it fetches).
-        let (mut reserved, head, seq, to_fetch) = {
+        let (mut reserved, head, seq, to_fetch) = if job.consumed {
+            // A writer's claim consumed it and kept its slot (`Engine::claim`); it fetches
+            // nothing ahead.
+            (
+                job.claimed_slot,
+                (job.index + 1) % job.ring_size,
+                job.seq.wrapping_add(1),
+                0,
+            )
+        } else {
             let mut st = self.lock(token);
             if !self.valid(&st, job) {
                 return Err(Abandoned);
             }
             let qs = &mut st.queues[self.qi()];
-            // `claim` took a writer's job with the slot it found free (only the holder of BUSY
-            // fills one): it posts there whatever CQ_HEAD says now.
-            debug_assert!(
-                !self.inline || job.claimed_slot.is_some(),
-                "an inline job without its slot"
-            );
+            debug_assert!(!self.inline, "a writer's job is consumed by its claim");
             if !ahead {
                 qs.sq_head = (job.index + 1) % job.ring_size;
                 qs.seq = job.seq.wrapping_add(1);
             }
             let waiting = (qs.sq_tail + job.ring_size - qs.sq_head) % job.ring_size;
             (
-                // A writer's job keeps the slot it claimed (`Engine::claim`).
-                (!qs.cq_full())
-                    .then_some((qs.cq_tail, qs.phase))
-                    .or(job.claimed_slot),
+                (!qs.cq_full()).then_some((qs.cq_tail, qs.phase)),
                 qs.sq_head,
                 qs.seq,
                 waiting.min(room),
@@ -1495,28 +1531,65 @@ impl<'s> Engine<'s> {
         }
         self.write_entry(token, job, addr, &Completion { flags, ..entry })?;
 
+        if self.inline && signal == Signal::Coalesced {
+            // Published with BUSY cleared, in one hold (`Engine::release_inline`); an entry
+            // before it (none inline: a writer runs no fault) is published first.
+            debug_assert!(
+                self.unpublished.get().is_none(),
+                "two entries from one writer's job"
+            );
+            let earlier = self.unpublished.replace(Some((*job, (slot, phase))));
+            if let Some((earlier, slot)) = earlier {
+                let mut st = self.lock(token);
+                let vector = self.publish(&mut st, &earlier, slot);
+                drop(st);
+                self.raise(vector);
+            }
+            return Ok(());
+        }
         let mut st = self.lock(token);
         if !self.valid(&st, job) {
             return Err(Abandoned);
         }
+        let vector = match signal {
+            Signal::Coalesced => self.publish(&mut st, job, (slot, phase)),
+            Signal::Burst => {
+                self.advance_cq_tail(&mut st, job, slot);
+                st.set_int_status(self.qi());
+                None
+            }
+        };
+        drop(st);
+        self.raise(vector);
+        Ok(())
+    }
+
+    /// Publish the completion entry written at `slot` for `job`: `cq_tail` past it, counted,
+    /// INT_STATUS and coalescing (§9). Nothing if the job is no longer valid (its entry stays
+    /// unpublished, as an abandoned descriptor's). The vector to raise once `st` is released.
+    fn publish(&self, st: &mut StateGuard<'_>, job: &Job, (slot, _): Slot) -> Option<u32> {
+        if !self.valid(st, job) {
+            return None;
+        }
+        self.advance_cq_tail(st, job, slot);
+        st.note_completion(self.qi(), Instant::now)
+    }
+
+    /// `cq_tail` past the entry posted at `slot`, the phase flipped at the wrap; counted.
+    fn advance_cq_tail(&self, st: &mut StateGuard<'_>, job: &Job, slot: u32) {
         let qs = &mut st.queues[self.qi()];
         qs.cq_tail = (slot + 1) % job.ring_size;
         if qs.cq_tail == 0 {
             qs.phase = !qs.phase;
         }
         Counters::add(&self.shared.stats.completions, 1);
-        let vector = match signal {
-            Signal::Coalesced => st.note_completion(self.qi(), Instant::now),
-            Signal::Burst => {
-                st.set_int_status(self.qi());
-                None
-            }
-        };
-        drop(st);
+    }
+
+    /// Raise `vector`, if any, with no lock held.
+    fn raise(&self, vector: Option<u32>) {
         if let Some(vector) = vector {
             self.shared.raise(vector);
         }
-        Ok(())
     }
 
     /// Hold `job` until a completion slot is free, with this queue's CQ_HEAD writes waking the
@@ -1567,7 +1640,8 @@ mod tests {
     use scst_accel_hal::DeviceBacking;
 
     /// The check before a DMA step skips the lock while nothing changed since a check under
-    /// it; every change that ends the engine's right to work must still be seen at once.
+    /// it, or since a doorbell's writer claimed the job (`Engine::claim` stands for the first
+    /// check); every change that ends the engine's right to work must still be seen at once.
     #[test]
     fn a_checkpoint_sees_run_cleared_resets_fatal_and_device_loss() {
         type Change = fn(&dyn DeviceBacking, &crate::sim::SimHandle);
@@ -1584,7 +1658,7 @@ mod tests {
             ("FATAL", |_, sim| sim.inject(Fault::Fatal { code: 7 })),
             ("device gone", |_, sim| sim.inject(Fault::DeviceGone)),
         ];
-        for (what, change) in changes {
+        for ((what, change), inline) in changes.iter().flat_map(|c| [(c, false), (c, true)]) {
             let config = SimConfig {
                 queues: 1,
                 vectors: 0,
@@ -1599,9 +1673,23 @@ mod tests {
             bar.write32(queue::reg(0, queue::RING_SIZE), 8);
             bar.write32(queue::reg(0, queue::Q_CONTROL), queue::RUN);
             // A second view of queue 0's engine, driven by the test thread.
-            let engine = Engine::new(sim.shared(), 0, false);
+            let engine = Engine::new(sim.shared(), 0, inline);
             let mut token = Token::root();
-            let job = {
+            let job = if inline {
+                // A descriptor made waiting and claimed in one hold: no doorbell, so no engine
+                // thread looks, and the claim's BUSY keeps them out after.
+                let changes = sim.shared().changes();
+                let mut st = engine.lock(&mut token);
+                st.queues[0].sq_tail = 1;
+                let Claim::Job(job) = engine.claim(&mut st, changes) else {
+                    panic!("{what}: the writer's claim");
+                };
+                assert_eq!(
+                    st.queues[0].sq_head, 1,
+                    "{what}: the claim consumed the descriptor"
+                );
+                job
+            } else {
                 let st = engine.lock(&mut token);
                 Job {
                     epoch: st.queues[0].epoch,
@@ -1612,20 +1700,25 @@ mod tests {
                     sq_base: 0x10_0000,
                     cq_base: 0x20_0000,
                     claimed_slot: None,
+                    consumed: false,
                 }
             };
-            assert!(
-                engine.checkpoint(&mut token, &job).is_ok(),
-                "{what}: valid before"
-            );
-            assert!(
-                engine.checkpoint(&mut token, &job).is_ok(),
-                "{what}: valid, unlocked"
-            );
+            // A writer's claim is the check before its first step: the change comes straight
+            // after it.
+            if !inline {
+                assert!(
+                    engine.checkpoint(&mut token, &job).is_ok(),
+                    "{what}: valid before"
+                );
+                assert!(
+                    engine.checkpoint(&mut token, &job).is_ok(),
+                    "{what}: valid, unlocked"
+                );
+            }
             change(dev.as_ref(), &sim);
             assert!(
                 engine.checkpoint(&mut token, &job).is_err(),
-                "{what}: the next check abandons the job"
+                "{what} (writer {inline}): the next check abandons the job"
             );
         }
     }
