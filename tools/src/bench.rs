@@ -103,7 +103,8 @@ pub struct BenchArgs {
     /// Disk size of each run (an existing --path image has its own).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     size: u64,
-    /// Repetitions of each cell (the median by IOPS is reported).
+    /// Repetitions of each cell (the median by IOPS is reported), in rounds that measure every
+    /// board and layer in turn, so a change in the machine's load falls on all cells alike.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Initiator sessions of the loopback layer, the workload's queue depth split among them
@@ -478,39 +479,46 @@ pub fn run(args: BenchArgs) -> u8 {
             }
         }
         healthy &= cells.iter().all(|c| c["healthy"].as_bool().unwrap_or(false));
-        for &board in &args.boards {
-            for &layer in &args.layers {
-                if matches!(layer, Layer::Handler | Layer::Reference) {
-                    continue;
-                }
-                let mut runs = Vec::new();
-                for _ in 0..args.repeat.max(1) {
-                    let measured = match layer {
-                        Layer::Loopback => loopback(&args, board, &spec, target.as_ref()),
-                        Layer::Store => store_only(&args, board, &spec, target.as_ref()),
-                        Layer::Handler | Layer::Reference => unreachable!("measured once per workload"),
-                    };
-                    match measured {
-                        Ok(v) => runs.push(v),
-                        Err((code, e)) => {
-                            eprintln!(
-                                "scst-accel bench: {} on {} ({}): {e}",
-                                spec.name,
-                                crate::service::board_name(board),
-                                layer.name()
-                            );
-                            return code;
-                        }
+        // The cells of the boards, each measured once per round: the rounds take every board
+        // and layer in turn, so a change in the machine's load (a shared host) falls on every
+        // cell's repeats alike instead of on one board's, and the ratios of one run compare
+        // like with like.
+        let cell_keys: Vec<(BoardArg, Layer)> = args
+            .boards
+            .iter()
+            .flat_map(|&board| args.layers.iter().map(move |&layer| (board, layer)))
+            .filter(|(_, layer)| !matches!(layer, Layer::Handler | Layer::Reference))
+            .collect();
+        let mut cell_runs: Vec<Vec<Value>> = cell_keys.iter().map(|_| Vec::new()).collect();
+        for _ in 0..args.repeat.max(1) {
+            for (&(board, layer), runs) in cell_keys.iter().zip(&mut cell_runs) {
+                let measured = match layer {
+                    Layer::Loopback => loopback(&args, board, &spec, target.as_ref()),
+                    Layer::Store => store_only(&args, board, &spec, target.as_ref()),
+                    Layer::Handler | Layer::Reference => unreachable!("measured once per workload"),
+                };
+                match measured {
+                    Ok(v) => runs.push(v),
+                    Err((code, e)) => {
+                        eprintln!(
+                            "scst-accel bench: {} on {} ({}): {e}",
+                            spec.name,
+                            crate::service::board_name(board),
+                            layer.name()
+                        );
+                        return code;
                     }
                 }
-                let mut cell = median(runs);
-                cell["host_cpu_us_per_command"] = host_cpu_per_command(&cell);
-                healthy &= cell["healthy"].as_bool().unwrap_or(false);
-                let iops = cell["iops"].as_f64().unwrap_or(0.0);
-                let reference = *first.entry(layer.name()).or_insert(iops);
-                cell["ratio_to_first"] = json!(if reference > 0.0 { iops / reference } else { 0.0 });
-                cells.push(cell);
             }
+        }
+        for (&(_, layer), runs) in cell_keys.iter().zip(cell_runs) {
+            let mut cell = median(runs);
+            cell["host_cpu_us_per_command"] = host_cpu_per_command(&cell);
+            healthy &= cell["healthy"].as_bool().unwrap_or(false);
+            let iops = cell["iops"].as_f64().unwrap_or(0.0);
+            let reference = *first.entry(layer.name()).or_insert(iops);
+            cell["ratio_to_first"] = json!(if reference > 0.0 { iops / reference } else { 0.0 });
+            cells.push(cell);
         }
         if let (FioPlan::Ready { bin, .. }, Some(t)) = (&fio_plan, &target) {
             let mut runs = Vec::new();
