@@ -30,6 +30,7 @@
 //! whose epoch ended, or whose queue cannot run, is dropped with no completion and no DMA.
 
 use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -151,6 +152,27 @@ struct Withheld {
 }
 
 impl Job {
+    /// The job `n` descriptors after this one, of a writer's claim of several
+    /// ([`Engine::claim`]): the next ring index and seq, and the completion slot after this
+    /// one's (the phase flips where the ring wraps).
+    fn nth(&self, n: u32) -> Self {
+        let claimed_slot = self.claimed_slot.map(|(slot, phase)| {
+            let at = slot + n;
+            (at % self.ring_size, phase ^ (at >= self.ring_size))
+        });
+        Self {
+            index: (self.index + n) % self.ring_size,
+            seq: self.seq.wrapping_add(n),
+            claimed_slot,
+            ..*self
+        }
+    }
+
+    /// Where its descriptor lies (§3).
+    fn descriptor_slot(&self) -> u64 {
+        self.sq_base + u64::from(self.index) * DESCRIPTOR_BYTES
+    }
+
     /// The job of the descriptor at the head of `qs`.
     fn at_head(qs: &QueueState, reset_epoch: u64) -> Self {
         Self {
@@ -169,8 +191,9 @@ impl Job {
 
 /// What a doorbell's writer found when it looked to execute its queue ([`run_inline`]).
 enum Claim {
-    /// The descriptor at the head, BUSY set.
-    Job(Job),
+    /// `count` descriptors from the head (`first` and those after it, [`Job::nth`]), consumed,
+    /// with their completion slots, BUSY set.
+    Jobs { first: Job, count: u32 },
     /// No descriptor is waiting and nothing is left for the engine thread.
     Nothing,
     /// The engine thread must look: the queue holds work the writer may not run.
@@ -294,10 +317,10 @@ struct Engine<'s> {
     /// allocates nothing once the longest list has been seen.
     sgl_raw: Cell<Vec<u8>>,
     sgl: Cell<Vec<(u64, u32)>>,
-    /// A doorbell's writer's completion entry, written to its slot and not yet published
-    /// (`cq_tail` moved, INT_STATUS, the interrupt): [`Engine::release_inline`] publishes it
-    /// in the hold that clears BUSY.
-    unpublished: Cell<Option<(Job, Slot)>>,
+    /// A doorbell's writer's completion entries, written to their slots and not yet published
+    /// (`cq_tail` moved, INT_STATUS, the interrupt), in order: [`Engine::release_inline`]
+    /// publishes them in the hold that clears BUSY.
+    unpublished: RefCell<Vec<(Job, Slot)>>,
 }
 
 /// The `(iova, bytes)` entries of a fetched scatter list, appended to `out`, and their total;
@@ -330,6 +353,36 @@ fn dma_steps(segments: &[(u64, u32)]) -> impl Iterator<Item = (u64, usize)> + '_
     })
 }
 
+/// The descriptor read from `job`'s slot of queue `q`, counted (`inline`: by a doorbell's
+/// writer); `Err` with the status to halt with when its seq is not the one expected (a stale
+/// descriptor, §8).
+fn fetched_descriptor(
+    shared: &Shared,
+    q: u32,
+    job: &Job,
+    raw: &[u8; DESCRIPTOR_BYTES as usize],
+    inline: bool,
+) -> Result<Descriptor, u8> {
+    Counters::add(&shared.stats.descriptors, 1);
+    if inline {
+        Counters::add(&shared.stats.inline_descriptors, 1);
+    }
+    // 32 bytes are a descriptor: cannot fail.
+    let desc = Descriptor::read_from_bytes(raw).map_err(|_| cq_status::STALE)?;
+    if desc.seq != job.seq {
+        log::warn!(
+            "{}: queue {q} index {}: seq {} but expected {} (stale descriptor)",
+            shared.id,
+            job.index,
+            desc.seq,
+            job.seq
+        );
+        Counters::add(&shared.stats.stale, 1);
+        return Err(cq_status::STALE);
+    }
+    Ok(desc)
+}
+
 /// Body of queue `q`'s engine thread: runs until the board shuts down.
 pub(crate) fn run(shared: Arc<Shared>, q: u32) {
     // The engine's lock chain starts here and is threaded down: every lock it takes is taken
@@ -359,16 +412,26 @@ pub(crate) fn run(shared: Arc<Shared>, q: u32) {
 /// ([`run_inline`]), kept from one doorbell to the next as an engine thread keeps its own: at
 /// most a scatter list of the board's longest and, for a transfer longer than the in-place
 /// limit (1 MiB), a bounce buffer of at most MAX_TRANSFER, per host thread that rings.
+/// With the descriptors a claim fetched and the entries it wrote, so a doorbell allocates
+/// nothing once one as long has been seen.
 #[derive(Default)]
 struct Scratch {
     bounce: Vec<u8>,
     sgl_raw: Vec<u8>,
     sgl: Vec<(u64, u32)>,
+    fetched: VecDeque<(Job, Descriptor)>,
+    unpublished: Vec<(Job, Slot)>,
 }
 
 thread_local! {
     static INLINE_SCRATCH: Cell<Scratch> = const {
-        Cell::new(Scratch { bounce: Vec::new(), sgl_raw: Vec::new(), sgl: Vec::new() })
+        Cell::new(Scratch {
+            bounce: Vec::new(),
+            sgl_raw: Vec::new(),
+            sgl: Vec::new(),
+            fetched: VecDeque::new(),
+            unpublished: Vec::new(),
+        })
     };
 }
 
@@ -391,13 +454,14 @@ pub(crate) fn run_inline(shared: &Shared, q: u32) -> bool {
     }
     let mut token = Token::root();
     let mut engine = Engine::new(shared, q, true);
+    let mut budget = INLINE_BUDGET;
     let first = {
         let changes = shared.changes();
         let mut st = engine.lock(&mut token);
-        engine.claim(&mut st, changes)
+        engine.claim(&mut st, changes, budget)
     };
-    let mut job = match first {
-        Claim::Job(job) => job,
+    let (mut first, mut count) = match first {
+        Claim::Jobs { first, count } => (first, count),
         Claim::Nothing => return true,
         Claim::Decline => return false,
     };
@@ -405,13 +469,16 @@ pub(crate) fn run_inline(shared: &Shared, q: u32) -> bool {
     engine.bounce.set(scratch.bounce);
     engine.sgl_raw.set(scratch.sgl_raw);
     engine.sgl.set(scratch.sgl);
-    let mut budget = INLINE_BUDGET;
+    engine.prefetched = scratch.fetched;
+    engine.unpublished = RefCell::new(scratch.unpublished);
     let handled = loop {
-        // Abandoned or halted work needs nothing more than BUSY cleared.
-        let _ = engine.process(&mut token, &job);
-        budget -= 1;
-        match engine.release_inline(&mut token, budget > 0) {
-            Claim::Job(next) => job = next,
+        engine.run_claimed(&mut token, &first, count);
+        budget -= count;
+        match engine.release_inline(&mut token, budget) {
+            Claim::Jobs {
+                first: next,
+                count: more,
+            } => (first, count) = (next, more),
             Claim::Nothing => break true,
             Claim::Decline => break false,
         }
@@ -420,6 +487,8 @@ pub(crate) fn run_inline(shared: &Shared, q: u32) -> bool {
         bounce: engine.bounce.take(),
         sgl_raw: engine.sgl_raw.take(),
         sgl: engine.sgl.take(),
+        fetched: std::mem::take(&mut engine.prefetched),
+        unpublished: engine.unpublished.take(),
     });
     handled
 }
@@ -436,7 +505,7 @@ impl<'s> Engine<'s> {
             bounce: Cell::new(Vec::new()),
             sgl_raw: Cell::new(Vec::new()),
             sgl: Cell::new(Vec::new()),
-            unpublished: Cell::new(None),
+            unpublished: RefCell::new(Vec::new()),
         }
     }
 
@@ -648,13 +717,16 @@ impl<'s> Engine<'s> {
     /// still the next slot when the completion is posted, and the completion never waits (a
     /// host that moves CQ_HEAD backwards meanwhile breaks §4, and finds that slot written).
     ///
-    /// The claim consumes the descriptor (`sq_head` moves past it) and keeps the completion
-    /// slot: no other look under the lock is needed until its completion is published. Moving
-    /// the head before the fetch is not seen by the host: the head reaches it only in a
-    /// completion entry (§4), and only the holder of BUSY posts one. It also stands for the
-    /// first check before a DMA step ([`Engine::checkpoint`]): `changes` is the board's
-    /// change count read before the lock was taken.
-    fn claim(&self, st: &mut BoardState, changes: u64) -> Claim {
+    /// The claim takes every waiting descriptor the completion ring has free slots for, `max`
+    /// at most, as a device that fetches a burst of descriptors: it consumes them (`sq_head`
+    /// moves past them) and keeps their completion slots, so no other look under the lock is
+    /// needed until their completions are published, and they are fetched in one IOMMU access
+    /// ([`Engine::run_claimed`]). Moving the head before the fetch is not seen by the host:
+    /// the head reaches it only in a completion entry (§4), and only the holder of BUSY posts
+    /// one. The claim also stands for the first check before a DMA step
+    /// ([`Engine::checkpoint`]): `changes` is the board's change count read before the lock
+    /// was taken.
+    fn claim(&self, st: &mut BoardState, changes: u64, max: u32) -> Claim {
         if self.shared.gone() || self.shared.stopping() || !st.runnable(self.qi()) {
             return Claim::Decline;
         }
@@ -670,18 +742,67 @@ impl<'s> Engine<'s> {
         if qs.cq_full() {
             return Claim::Decline;
         }
+        // Not full, so the ring has a size and one slot free at least.
+        let waiting = (qs.sq_tail + qs.ring_size - qs.sq_head) % qs.ring_size;
+        let room = (qs.cq_head + qs.ring_size - qs.cq_tail - 1) % qs.ring_size;
+        let count = waiting.min(room).min(max).max(1);
         qs.busy = true;
-        let job = Job {
+        let first = Job {
             claimed_slot: Some((qs.cq_tail, qs.phase)),
             consumed: true,
             ..Job::at_head(qs, reset_epoch)
         };
-        qs.sq_head = (job.index + 1) % job.ring_size;
-        qs.seq = job.seq.wrapping_add(1);
+        qs.sq_head = (first.index + count) % first.ring_size;
+        qs.seq = first.seq.wrapping_add(count);
         // Valid under this hold, as `valid` would find it: not gone or stopping, runnable, and
-        // the job's epoch is the queue's.
-        self.checked.set(Some((job.epoch, changes)));
-        Claim::Job(job)
+        // the jobs' epoch is the queue's.
+        self.checked.set(Some((first.epoch, changes)));
+        Claim::Jobs { first, count }
+    }
+
+    /// Execute the `count` descriptors a writer claimed from `first`: fetched in one IOMMU
+    /// access (a burst, checked slot by slot: the first that faults or carries another seq
+    /// ends it), each then executed in order through [`Engine::process`] as a descriptor
+    /// fetched ahead, and the queue halted at the slot that ended the burst once those before
+    /// it are done (§8), as one by one. Abandoned work needs nothing more than BUSY cleared:
+    /// what was fetched and not executed is dropped.
+    fn run_claimed(&mut self, token: &mut Token<'_>, first: &Job, count: u32) {
+        let failed = self.fetch_claimed(token, first, count);
+        while let Some(&(job, _)) = self.prefetched.front() {
+            if self.process(token, &job).is_err() {
+                self.prefetched.clear();
+                return;
+            }
+        }
+        if let Some((job, status)) = failed {
+            self.halt(token, &job, status);
+        }
+    }
+
+    /// Fetch a writer's claimed descriptors into `prefetched`, under one hold of the IOMMU's
+    /// table; the job and halt status of the slot that ended the burst early, if one did.
+    fn fetch_claimed(&mut self, token: &mut Token<'_>, first: &Job, count: u32) -> Option<(Job, u8)> {
+        if self.checkpoint(token, first).is_err() {
+            return None;
+        }
+        let (shared, q) = (self.shared, self.q);
+        let fetched = &mut self.prefetched;
+        shared.iommu.dma_batch_under(&mut Token::root(), |batch| {
+            (0..count).find_map(|n| {
+                let job = first.nth(n);
+                let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
+                if batch.read(job.descriptor_slot(), &mut raw).is_err() {
+                    return Some((job, cq_status::DMA_FAULT));
+                }
+                match fetched_descriptor(shared, q, &job, &raw, true) {
+                    Ok(desc) => {
+                        fetched.push_back((job, desc));
+                        None
+                    }
+                    Err(status) => Some((job, status)),
+                }
+            })
+        })
     }
 
     /// [`Engine::release`] for a doorbell's writer: clear BUSY and, while `more` is allowed,
@@ -691,24 +812,21 @@ impl<'s> Engine<'s> {
     /// The completion the execution wrote, if any, is published first in the same hold
     /// ([`Engine::publish`]), and its interrupt raised once the lock is released: one hold of
     /// the state per descriptor where the post and the release took one each.
-    fn release_inline(&self, token: &mut Token<'_>, more: bool) -> Claim {
+    fn release_inline(&self, token: &mut Token<'_>, more: u32) -> Claim {
         let changes = self.shared.changes();
         let mut st = self.lock(token);
-        let vector = self
-            .unpublished
-            .take()
-            .and_then(|(job, slot)| self.publish(&mut st, &job, slot));
+        let (vector, raises) = self.publish_pending(&mut st);
         st.queues[self.qi()].busy = false;
         if st.finish_reset_if_idle() {
             drop(st);
-            self.raise(vector);
+            self.raise_times(vector, raises);
             log::info!("{}: reset complete", self.shared.id);
             // Wakes every engine thread, this queue's too: it looks for itself.
             self.shared.notify();
             return Claim::Nothing;
         }
-        let next = if more {
-            self.claim(&mut st, changes)
+        let next = if more > 0 {
+            self.claim(&mut st, changes, more)
         } else {
             let qs = &st.queues[self.qi()];
             if qs.sq_head == qs.sq_tail && st.coalesce_deadline(self.qi()).is_none() {
@@ -723,7 +841,7 @@ impl<'s> Engine<'s> {
             next => next,
         };
         drop(st);
-        self.raise(vector);
+        self.raise_times(vector, raises);
         self.shared.notify_reset_waiters();
         next
     }
@@ -822,9 +940,15 @@ impl<'s> Engine<'s> {
     /// §8: halt the queue at `job`'s index. The contract posts no completion for a halt (the
     /// slot's tag cannot be trusted); the model sets INT_STATUS and raises the queue's vector
     /// (unless masked) so a driver that reads Q_STATUS on each interrupt learns of it at once.
+    ///
+    /// A writer's completions not yet published are published first: the descriptors before
+    /// the one that halts completed before it, as one by one.
     fn halt(&self, token: &mut Token<'_>, job: &Job, error: u8) -> Abandoned {
         let mut st = self.lock(token);
+        let (pending, raises) = self.publish_pending(&mut st);
         if !self.valid(&st, job) {
+            drop(st);
+            self.raise_times(pending, raises);
             return Abandoned;
         }
         log::warn!(
@@ -838,9 +962,8 @@ impl<'s> Engine<'s> {
         st.set_int_status(self.qi());
         let vector = (st.int_mask & (1 << self.q) == 0).then_some(st.queues[self.qi()].vector);
         drop(st);
-        if let Some(vector) = vector {
-            self.shared.raise(vector);
-        }
+        self.raise_times(pending, raises);
+        self.raise(vector);
         Abandoned
     }
 
@@ -977,28 +1100,16 @@ impl<'s> Engine<'s> {
     fn fetch(&self, token: &mut Token<'_>, job: &Job) -> Step<Descriptor> {
         self.checkpoint(token, job)?;
         let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
-        let slot = job.sq_base + u64::from(job.index) * DESCRIPTOR_BYTES;
-        if self.shared.iommu.dma_read(slot, &mut raw).is_err() {
+        if self
+            .shared
+            .iommu
+            .dma_read(job.descriptor_slot(), &mut raw)
+            .is_err()
+        {
             return Err(self.halt(token, job, cq_status::DMA_FAULT));
         }
-        Counters::add(&self.shared.stats.descriptors, 1);
-        if self.inline {
-            Counters::add(&self.shared.stats.inline_descriptors, 1);
-        }
-        let desc = Descriptor::read_from_bytes(&raw).map_err(|_| Abandoned)?;
-        if desc.seq != job.seq {
-            log::warn!(
-                "{}: queue {} index {}: seq {} but expected {} (stale descriptor)",
-                self.shared.id,
-                self.q,
-                job.index,
-                desc.seq,
-                job.seq
-            );
-            Counters::add(&self.shared.stats.stale, 1);
-            return Err(self.halt(token, job, cq_status::STALE));
-        }
-        Ok(desc)
+        fetched_descriptor(self.shared, self.q, job, &raw, self.inline)
+            .map_err(|status| self.halt(token, job, status))
     }
 
     /// [`Fault::Prefetch`](super::Fault::Prefetch): fetch up to `count` descriptors from ring
@@ -1023,8 +1134,12 @@ impl<'s> Engine<'s> {
             };
             self.checkpoint(token, &ahead)?;
             let mut raw = [0u8; DESCRIPTOR_BYTES as usize];
-            let slot = job.sq_base + u64::from(ahead.index) * DESCRIPTOR_BYTES;
-            if self.shared.iommu.dma_read(slot, &mut raw).is_err() {
+            if self
+                .shared
+                .iommu
+                .dma_read(ahead.descriptor_slot(), &mut raw)
+                .is_err()
+            {
                 break;
             }
             let Ok(desc) = Descriptor::read_from_bytes(&raw) else {
@@ -1532,19 +1647,9 @@ impl<'s> Engine<'s> {
         self.write_entry(token, job, addr, &Completion { flags, ..entry })?;
 
         if self.inline && signal == Signal::Coalesced {
-            // Published with BUSY cleared, in one hold (`Engine::release_inline`); an entry
-            // before it (none inline: a writer runs no fault) is published first.
-            debug_assert!(
-                self.unpublished.get().is_none(),
-                "two entries from one writer's job"
-            );
-            let earlier = self.unpublished.replace(Some((*job, (slot, phase))));
-            if let Some((earlier, slot)) = earlier {
-                let mut st = self.lock(token);
-                let vector = self.publish(&mut st, &earlier, slot);
-                drop(st);
-                self.raise(vector);
-            }
+            // Published with BUSY cleared, in one hold, with the other entries of the claim
+            // (`Engine::release_inline`).
+            self.unpublished.borrow_mut().push((*job, (slot, phase)));
             return Ok(());
         }
         let mut st = self.lock(token);
@@ -1562,6 +1667,22 @@ impl<'s> Engine<'s> {
         drop(st);
         self.raise(vector);
         Ok(())
+    }
+
+    /// Publish a writer's completion entries written and not yet published, in order: each
+    /// entry's interrupt, if due (all on this queue's vector), and how many were, to raise once
+    /// the lock is released.
+    fn publish_pending(&self, st: &mut StateGuard<'_>) -> (Option<u32>, u32) {
+        let (mut vector, mut raises) = (None, 0);
+        let mut unpublished = self.unpublished.take();
+        for (job, slot) in unpublished.drain(..) {
+            if let Some(due) = self.publish(st, &job, slot) {
+                (vector, raises) = (Some(due), raises + 1);
+            }
+        }
+        // Its capacity kept for the next claim.
+        self.unpublished.replace(unpublished);
+        (vector, raises)
     }
 
     /// Publish the completion entry written at `slot` for `job`: `cq_tail` past it, counted,
@@ -1587,8 +1708,15 @@ impl<'s> Engine<'s> {
 
     /// Raise `vector`, if any, with no lock held.
     fn raise(&self, vector: Option<u32>) {
+        self.raise_times(vector, 1);
+    }
+
+    /// Raise `vector`, if any, `times` times (one per completion that made it due).
+    fn raise_times(&self, vector: Option<u32>, times: u32) {
         if let Some(vector) = vector {
-            self.shared.raise(vector);
+            for _ in 0..times {
+                self.shared.raise(vector);
+            }
         }
     }
 
@@ -1681,7 +1809,7 @@ mod tests {
                 let changes = sim.shared().changes();
                 let mut st = engine.lock(&mut token);
                 st.queues[0].sq_tail = 1;
-                let Claim::Job(job) = engine.claim(&mut st, changes) else {
+                let Claim::Jobs { first: job, .. } = engine.claim(&mut st, changes, 1) else {
                     panic!("{what}: the writer's claim");
                 };
                 assert_eq!(

@@ -77,6 +77,78 @@ fn a_doorbell_completes_its_descriptors_before_the_write_returns() {
     });
 }
 
+/// A writer claims every descriptor its doorbell made waiting (as many as the completion ring
+/// has free slots for) and fetches them in one burst: here six that run past the end of both
+/// rings, whose completions land in the slots after the five before them, the phase flipped
+/// from the ring's first slot on (§4).
+#[test]
+fn a_burst_across_the_end_of_the_rings_completes_in_order_with_the_phase_flipped() {
+    on_some_attempt("a burst across the wrap", || {
+        let mut rig = Rig::enabled();
+        let mut tq = settled_queue(&mut rig, 0, 8);
+        for tag in 1..=5 {
+            tq.push(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
+        }
+        tq.ring(&rig);
+        for tag in 1..=5 {
+            assert_eq!(tq.next(&rig).tag, tag);
+        }
+        for tag in 6..=11 {
+            tq.push(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
+        }
+        tq.ring(&rig);
+        let got: Vec<_> = (0..6).map(|i| tq.peek(&rig, i).map(|c| c.tag)).collect();
+        let by_writer = rig.sim.stats().inline_descriptors;
+        check(by_writer == 11, || format!("{by_writer} run by the writer"))?;
+        assert_eq!(
+            got,
+            (6..=11).map(Some).collect::<Vec<_>>(),
+            "when the write returned"
+        );
+        for tag in 6..=11 {
+            let c = tq.next(&rig);
+            assert_eq!((c.tag, c.status), (tag, cq_status::OK));
+        }
+        Ok(())
+    });
+}
+
+/// A burst whose third descriptor is stale (another seq): the two before it complete, and are
+/// published (counted, INT_STATUS) before the queue halts at the third's index (§8), as one by
+/// one; the fourth is not executed.
+#[test]
+fn a_stale_descriptor_in_a_burst_halts_the_queue_after_those_before_it() {
+    on_some_attempt("a stale descriptor in a burst", || {
+        let mut rig = Rig::enabled();
+        let mut tq = settled_queue(&mut rig, 0, 8);
+        tq.push(&rig, desc(opcode::FLUSH, 1, 0, 0, 0));
+        tq.push(&rig, desc(opcode::FLUSH, 2, 0, 0, 0));
+        tq.push_raw(
+            &rig,
+            Descriptor {
+                seq: 9,
+                ..desc(opcode::FLUSH, 3, 0, 0, 0)
+            },
+        );
+        tq.seq += 1;
+        tq.push(&rig, desc(opcode::FLUSH, 4, 0, 0, 0));
+        tq.ring(&rig);
+        let stats = rig.sim.stats();
+        check(stats.inline_descriptors == 3, || format!("{stats:?}"))?;
+        assert_eq!(
+            rig.qread(0, queue::Q_STATUS) & queue::ERROR,
+            queue::ERROR,
+            "halted"
+        );
+        assert_eq!(rig.qread(0, queue::Q_ERROR), u32::from(cq_status::STALE));
+        assert_eq!(rig.qread(0, queue::Q_ERROR_INDEX), 2);
+        assert_eq!((stats.completions, stats.stale), (2, 1), "{stats:?}");
+        assert_eq!((tq.next(&rig).tag, tq.next(&rig).tag), (1, 2));
+        assert!(tq.stays_empty(&rig), "nothing after the stale slot is executed");
+        Ok(())
+    });
+}
+
 /// With a fault standing anywhere on the board, a doorbell wakes its engine thread: a fault
 /// may make the engine wait (latency, hang, a storm's hold), which a writer must never do.
 /// Once the plan is empty the writer runs the queue again.
