@@ -809,9 +809,9 @@ impl<'s> Engine<'s> {
     /// claim the next descriptor in the same lock hold. `Decline` when work is left that the
     /// engine thread must take (the caller wakes it).
     ///
-    /// The completion the execution wrote, if any, is published first in the same hold
-    /// ([`Engine::publish`]), and its interrupt raised once the lock is released: one hold of
-    /// the state per descriptor where the post and the release took one each.
+    /// The completions the claim's executions wrote are published first in the same hold
+    /// ([`Engine::publish_pending`]), and their interrupts raised once the lock is released:
+    /// one hold of the state per claim where each descriptor's post and release took one each.
     fn release_inline(&self, token: &mut Token<'_>, more: u32) -> Claim {
         let changes = self.shared.changes();
         let mut st = self.lock(token);
