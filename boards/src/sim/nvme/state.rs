@@ -68,8 +68,13 @@ impl CompQueue {
     /// A free slot exists for one more command: a queue of N entries holds at most N - 1
     /// completions (§4.1), counting those already promised.
     pub(crate) fn has_room(&self) -> bool {
+        self.room() > 0
+    }
+
+    /// Free slots for more commands, those promised counted as taken.
+    pub(crate) fn room(&self) -> u16 {
         let posted = (self.tail + self.size - self.head) % self.size;
-        posted + self.reserved + 1 < self.size
+        self.size.saturating_sub(posted + self.reserved + 1)
     }
 }
 
@@ -111,6 +116,19 @@ pub(crate) struct Job {
     pub cqid: u16,
     /// SQ head after taking it, reported as SQHD.
     pub sqhd: u16,
+}
+
+impl Job {
+    /// The job of the command `n` entries after this one in an SQ of `sq_size` entries, taken
+    /// with it ([`ControllerState::take_burst`]); its SQHD is the head just past it.
+    pub(crate) fn nth(&self, n: u16, sq_size: u16) -> Self {
+        let index = (self.index + n) % sq_size;
+        Self {
+            index,
+            sqhd: (index + 1) % sq_size,
+            ..*self
+        }
+    }
 }
 
 /// What a register write asks the caller to do after unlocking.
@@ -655,6 +673,50 @@ impl ControllerState {
             cqid: sq.cqid,
             sqhd: head,
         }))
+    }
+
+    /// Up to `max` commands at the head of SQ `w` for a doorbell's writer, taken at once as
+    /// [`ControllerState::next_work`] takes one (the worker busy, a CQ slot promised for each):
+    /// as many as are waiting and their CQ has room for. Returns the first one's job, the
+    /// count and the SQ's size (the others' jobs: [`Job::nth`]).
+    pub(crate) fn take_burst(&mut self, w: usize, max: u16) -> Option<(Job, u16, u16)> {
+        // The admin queue's worker also takes asynchronous events: never a writer's.
+        if w == 0 {
+            return None;
+        }
+        let sq = self.sqs.get(w).copied().flatten()?;
+        let Some(Work::Command(first)) = self.next_work(w) else {
+            return None;
+        };
+        // The first is taken (its slot promised, counted in `room`); the head is past it.
+        let head = first.sqhd;
+        let room = self.cqs[usize::from(sq.cqid)].map_or(0, |cq| cq.room());
+        let more = ((sq.tail + sq.size - head) % sq.size)
+            .min(room)
+            .min(max.saturating_sub(1));
+        if let Some(taken) = self.sqs[w].as_mut() {
+            taken.head = (head + more) % sq.size;
+        }
+        for _ in 0..more {
+            self.reserve(w, sq.cqid);
+        }
+        Some((first, more + 1, sq.size))
+    }
+
+    /// Give the commands of a burst from `from` on back to SQ `w` untouched (the head back at
+    /// `from`'s entry, their `count` CQ slots no longer promised), when the head is still
+    /// where the burst left it (`end`) in `from`'s epoch: a doorbell's writer that must not
+    /// run them (a fused pair, taken apart). The worker stays busy with the commands before.
+    pub(crate) fn return_burst_tail(&mut self, w: usize, from: &Job, end: u16, count: u16) {
+        if self.epoch != from.epoch {
+            return;
+        }
+        if let Some(sq) = self.sqs[w].as_mut().filter(|sq| sq.head == end) {
+            sq.head = from.index;
+            for _ in 0..count {
+                self.unreserve(w);
+            }
+        }
     }
 
     /// Nothing for SQ `w`'s worker to do, nor in hand: a doorbell's writer that found no

@@ -48,7 +48,7 @@ use super::state::Work;
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Most commands a doorbell's writer executes in one write ([`run_inline`]) before it hands
 /// the rest to the SQ's worker thread: a writer is not kept by another thread's stream.
-const INLINE_BUDGET: u32 = 64;
+const INLINE_BUDGET: u16 = 64;
 
 /// Why a command produced no completion of its own.
 #[derive(Debug, PartialEq, Eq)]
@@ -246,7 +246,10 @@ thread_local! {
 /// complete a command any time after its doorbell; a real one costs the
 /// host no CPU, while the hand-off to a worker thread cost it two context switches per
 /// doorbell, which `bench` then measured as the NVMe engine's. The admin queue is always its
-/// worker's (asynchronous events, and admin commands that wait for I/O queues to drain).
+/// worker's (asynchronous events, and admin commands that wait for I/O queues to drain). The
+/// writer takes every waiting command the CQ has room for at once (a controller fetching a
+/// burst of entries) and fetches them in one IOMMU access ([`run_burst`]): one hold of the
+/// state takes a burst and releases the one before.
 ///
 /// `false` when the worker thread must look (the caller wakes it): the conditions above
 /// unmet, a fused operation whose second needs CQ room not there yet (given back untouched),
@@ -260,8 +263,13 @@ pub(crate) fn run_inline(shared: &Shared, w: usize) -> bool {
     let handled = INLINE_PRP.with(|prp| {
         let mut st = shared.lock(&mut token);
         let mut released = false;
-        for _ in 0..INLINE_BUDGET {
-            let next = inline_take(shared, &mut st, w);
+        let mut budget = INLINE_BUDGET;
+        loop {
+            let burst = if budget > 0 {
+                inline_take(shared, &mut st, w, budget)
+            } else {
+                None
+            };
             let drained = st.sq_drained(w);
             drop(st);
             if released {
@@ -270,20 +278,12 @@ pub(crate) fn run_inline(shared: &Shared, w: usize) -> bool {
                 shared.released();
             }
             // Nothing waiting (true), or work the writer must not take (false).
-            let Some(job) = next else {
-                return drained;
+            let Some((first, count, sq_size)) = burst else {
+                return budget > 0 && drained;
             };
-            let exec = Exec {
-                shared,
-                job,
-                irq: &irq,
-                prp,
-                inline: true,
-            };
-            let taken = command(&exec, &mut token);
-            irq.flush_if_held(shared);
+            let ran = run_burst(shared, &irq, prp, &mut token, first, count, sq_size);
             st = shared.lock(&mut token);
-            if taken == Taken::GiveBack {
+            if let Some(job) = ran.given_back {
                 st.give_back(w, &job);
                 drop(st);
                 // Fetched again by the worker: counted once.
@@ -295,31 +295,121 @@ pub(crate) fn run_inline(shared: &Shared, w: usize) -> bool {
                 shared.released();
                 return false;
             }
-            // Released and the next taken in one hold of the state.
+            // Released and the next burst taken in one hold of the state.
             st.release(w);
             released = true;
+            budget = budget.saturating_sub(ran.executed.max(1));
         }
-        drop(st);
-        if released {
-            shared.released();
-        }
-        false
     });
     irq.flush(shared);
     handled
 }
 
-/// The command at the head of SQ `w` for a doorbell's writer, taken (the worker marked busy,
-/// its CQ slot promised), if the writer may run it.
-fn inline_take(shared: &Shared, st: &mut StateGuard<'_>, w: usize) -> Option<Job> {
+/// The commands at the head of SQ `w` for a doorbell's writer, `max` at most, taken
+/// ([`ControllerState::take_burst`]: the worker marked busy, a CQ slot promised for each), if
+/// the writer may run them: the first's job, the count and the SQ's size.
+///
+/// [`ControllerState::take_burst`]: super::state::ControllerState::take_burst
+fn inline_take(shared: &Shared, st: &mut StateGuard<'_>, w: usize, max: u16) -> Option<(Job, u16, u16)> {
     if shared.gone() || shared.stopping() || shared.faults_standing() {
         return None;
     }
-    match st.next_work(w)? {
-        Work::Command(job) => Some(job),
-        // Events are the admin worker's (w = 0), which never runs inline.
-        Work::Event { .. } => None,
+    st.take_burst(w, max)
+}
+
+/// What a doorbell's writer did with a burst ([`run_burst`]).
+struct BurstRun {
+    /// Commands executed (completed, failed or abandoned).
+    executed: u16,
+    /// A fused operation's first, untouched, to give back to the SQ (its second needs CQ room
+    /// not there yet: executing it would have meant waiting).
+    given_back: Option<Job>,
+}
+
+/// Fetch the `count` commands a writer took from `first` on in one IOMMU access (the first
+/// entry that faults ends the burst), and execute them in order as the worker would, each
+/// through [`execute`]. A fused operation runs as the worker runs it: its first at the head of
+/// a burst of its own (the first takes its second from the SQ itself), so a burst ends before
+/// it, and the entries after the burst's end go back to the SQ untouched
+/// ([`ControllerState::return_burst_tail`]). An entry that cannot be fetched sets CSTS.CFS, as
+/// [`fetch`] does, once the commands before it are done.
+///
+/// [`ControllerState::return_burst_tail`]: super::state::ControllerState::return_burst_tail
+fn run_burst(
+    shared: &Shared,
+    irq: &IrqBatch,
+    prp: &PrpScratch,
+    token: &mut Token<'_>,
+    first: Job,
+    count: u16,
+    sq_size: u16,
+) -> BurstRun {
+    let exec_of = |job| Exec {
+        shared,
+        job,
+        irq,
+        prp,
+        inline: true,
+    };
+    let mut run = BurstRun {
+        executed: 0,
+        given_back: None,
+    };
+    if exec_of(first).checkpoint(token).is_err() {
+        return run;
     }
+    let mut raw = [[0u8; SQE_BYTES as usize]; INLINE_BUDGET as usize];
+    let entries = &mut raw[..usize::from(count)];
+    let fetched = shared.iommu.dma_batch_under(&mut Token::root(), |batch| {
+        for (n, entry) in (0..count).zip(entries.iter_mut()) {
+            let job = first.nth(n, sq_size);
+            if batch
+                .read(job.sq_base + u64::from(job.index) * SQE_BYTES, entry)
+                .is_err()
+            {
+                return n;
+            }
+        }
+        count
+    });
+    let parsed = |n: u16| Sqe::read_from_bytes(&raw[usize::from(n)]).ok();
+    let fuses = shared.config.compare_write_max_blocks > 0;
+    let fused_at = (0..fetched).find(|&n| fuses && parsed(n).is_some_and(|sqe| sqe.fuse() == FUSE_FIRST));
+    let kept = match fused_at {
+        Some(0) => 1,
+        Some(n) => n,
+        None => fetched,
+    };
+    if kept < count {
+        let w = usize::from(first.sqid);
+        let end = (first.index + count) % sq_size;
+        shared
+            .lock(token)
+            .return_burst_tail(w, &first.nth(kept, sq_size), end, count - kept);
+    }
+    for n in 0..kept {
+        let Some(sqe) = parsed(n) else {
+            break;
+        };
+        let exec = exec_of(first.nth(n, sq_size));
+        Counters::add(&shared.stats.commands);
+        run.executed += 1;
+        if execute(&exec, token, &sqe) == Taken::GiveBack {
+            run.given_back = Some(exec.job);
+            return run;
+        }
+        irq.flush_if_held(shared);
+    }
+    if kept == fetched && fetched < count {
+        let job = first.nth(fetched, sq_size);
+        // No command identifier to complete with: CSTS.CFS (§3.1.6), as `fetch` sets it.
+        fatal(
+            &exec_of(job),
+            token,
+            &format!("cannot fetch SQ {} entry {}", job.sqid, job.index),
+        );
+    }
+    run
 }
 
 /// Wait for worker `w`'s work; `None` at shutdown. Marks the worker busy. Before it sleeps it
@@ -394,10 +484,16 @@ enum Taken {
 
 /// Fetch, execute and complete one command (or, for the first of a fused operation, both).
 fn command(exec: &Exec<'_>, token: &mut Token<'_>) -> Taken {
-    let (shared, job) = (exec.shared, exec.job);
     let Some(sqe) = fetch(exec, token) else {
         return Taken::Done;
     };
+    execute(exec, token, &sqe)
+}
+
+/// Execute and complete the command `sqe` fetched for `exec`'s job (or, for the first of a
+/// fused operation, both).
+fn execute(exec: &Exec<'_>, token: &mut Token<'_>, sqe: &Sqe) -> Taken {
+    let (shared, job) = (exec.shared, exec.job);
     let io_command = job.sqid != 0;
     // Inline, the writer saw no fault standing before it took the command: the verdict is the
     // default one, as for any command taken before a fault is injected (`Shared::decide`);
@@ -416,18 +512,18 @@ fn command(exec: &Exec<'_>, token: &mut Token<'_>) -> Taken {
     }
     let fuses = io_command && shared.config.compare_write_max_blocks > 0;
     let result = match sqe.fuse() {
-        FUSE_FIRST if fuses => return fused(exec, token, &sqe, plan.never_complete),
+        FUSE_FIRST if fuses => return fused(exec, token, sqe, plan.never_complete),
         // A second without a first before it (a first takes its second with it).
         FUSE_SECOND if fuses => Err(Failure::Status(status::ABORTED_MISSING_FUSED)),
         FUSE_NORMAL if io_command => match plan.status {
             Some((sct, sc)) => Err(Failure::Status(Status::injected(sct, sc))),
-            None => io::execute(exec, token, &sqe, plan.media_error),
+            None => io::execute(exec, token, sqe, plan.media_error),
         },
-        FUSE_NORMAL => admin::execute(exec, token, &sqe),
+        FUSE_NORMAL => admin::execute(exec, token, sqe),
         // Fused operations where the controller reports none (FUSES = 0), and the reserved 11b.
         _ => Err(Failure::Status(status::INVALID_FIELD)),
     };
-    complete(exec, token, &sqe, result, plan.never_complete);
+    complete(exec, token, sqe, result, plan.never_complete);
     Taken::Done
 }
 

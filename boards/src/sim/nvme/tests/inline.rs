@@ -187,6 +187,76 @@ fn a_fused_operation_short_of_cq_room_is_given_back_to_the_worker() {
     });
 }
 
+/// A writer takes every command its doorbell made waiting (as many as the CQ has room for)
+/// and fetches them in one burst: here six that run past the end of both queues, completed in
+/// order, the phase tag flipped from the queue's first slot on (§4.6).
+#[test]
+fn a_burst_across_the_end_of_the_queues_completes_in_order() {
+    on_some_attempt("a burst across the wrap", || {
+        let mut rig = settled(8);
+        let before = inline_completions(&rig);
+        let cids = rig.submit_together(1, &vec![sqe(nvm::FLUSH, 1); 5]);
+        for cid in cids {
+            assert_eq!(rig.next_completion(1).cid, cid);
+        }
+        let cids = rig.submit_together(1, &vec![sqe(nvm::FLUSH, 1); 6]);
+        let by_writer = inline_completions(&rig) - before;
+        check(by_writer == 11, || format!("{by_writer} posted by the writer"))?;
+        for cid in cids {
+            let cqe = rig
+                .next_completion_within(1, Duration::ZERO)
+                .expect("posted when the write returned");
+            assert_eq!((cqe.cid, status(&cqe)), (cid, Status::SUCCESS));
+        }
+        Ok(())
+    });
+}
+
+/// A fused Compare and Write in the middle of a burst runs as the worker runs it: the
+/// commands before it first, then the pair (its first takes its second), then the command
+/// after it, all by the writer (the CQ has room for every completion).
+#[test]
+fn a_fused_operation_inside_a_burst_runs_in_its_place() {
+    on_some_attempt("a fused operation inside a burst", || {
+        let mut rig = settled(16);
+        let old = pattern(1024, 3);
+        assert_eq!(rig.write_blocks(20, &old), Status::SUCCESS);
+        let before = rig.sim.stats();
+        let scratch = rig.alloc(512);
+        let read = rw_contiguous(&mut rig, nvm::READ, 0, 1, scratch);
+        let expected = rig.alloc(old.len());
+        rig.region(expected).write_at(0, &old);
+        let new = pattern(1024, 4);
+        let data = rig.alloc(new.len());
+        rig.region(data).write_at(0, &new);
+        let mut compare = rw_contiguous(&mut rig, nvm::COMPARE, 20, 2, expected);
+        compare.cdw0 |= FIRST;
+        let mut write = rw_contiguous(&mut rig, nvm::WRITE, 20, 2, data);
+        write.cdw0 |= SECOND;
+        let flush = sqe(nvm::FLUSH, 1);
+        let cids = rig.submit_together(1, &[read, read, compare, write, flush]);
+        let by_writer = inline_completions(&rig) - before.inline_completions;
+        check(by_writer == 5, || format!("{by_writer} posted by the writer"))?;
+        let done: Vec<_> = (0..5)
+            .map(|_| {
+                let cqe = rig
+                    .next_completion_within(1, Duration::ZERO)
+                    .expect("posted when the write returned");
+                (cqe.cid, status(&cqe))
+            })
+            .collect();
+        assert_eq!(
+            done,
+            cids.iter().map(|&cid| (cid, Status::SUCCESS)).collect::<Vec<_>>()
+        );
+        let stats = rig.sim.stats();
+        assert_eq!(stats.fused_compare_writes, before.fused_compare_writes + 1);
+        assert_eq!(stats.commands, before.commands + 5, "{stats:?}");
+        assert_eq!(rig.read_blocks(20, 2), (Status::SUCCESS, new));
+        Ok(())
+    });
+}
+
 /// Off, every command runs on the worker threads.
 #[test]
 fn with_inline_doorbells_off_the_worker_threads_run_everything() {
