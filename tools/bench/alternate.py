@@ -18,16 +18,26 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 
 BOARDS = ["ram", "sim", "nvme-sim"]
 
 
 def run(binary, args):
-    out = subprocess.run(
+    """One bench run's cells by board; None (and why, on stderr) if it failed or was unhealthy."""
+    done = subprocess.run(
         [binary, "bench", "--boards", ",".join(BOARDS), "--layers", args.layer,
          "--workloads", args.workload, "--duration", args.duration, "--json"],
-        capture_output=True, text=True, timeout=600, check=True).stdout
-    return {cell["board"]: cell for cell in json.loads(out)["results"]}
+        capture_output=True, text=True, timeout=600)
+    try:
+        cells = {cell["board"]: cell for cell in json.loads(done.stdout)["results"]}
+    except (json.JSONDecodeError, KeyError) as e:
+        print(f"{binary}: exit {done.returncode}, no results ({e}): {done.stderr[-500:]}", file=sys.stderr)
+        return None
+    if done.returncode != 0 or any(not cells.get(b, {}).get("healthy") for b in BOARDS):
+        print(f"{binary}: exit {done.returncode}, a cell unhealthy: pair left out", file=sys.stderr)
+        return None
+    return cells
 
 
 def spread(values):
@@ -45,11 +55,20 @@ def main():
     args = parser.parse_args()
     builds = {"base": args.base, "head": args.head}
     cells = {name: [] for name in builds}
-    for _ in range(args.pairs):
-        for name, binary in builds.items():
-            cells[name].append(run(binary, args))
+    for pair in range(args.pairs):
+        # Each build first in every other pair: neither always runs on the other's heels.
+        order = list(builds.items())
+        if pair % 2:
+            order.reverse()
+        runs = {name: run(binary, args) for name, binary in order}
+        if all(runs.values()):
+            for name, cells_of_run in runs.items():
+                cells[name].append(cells_of_run)
     for name in builds:
         runs = cells[name]
+        if not runs:
+            print(f"{name}: no pair completed")
+            continue
         print(f"{name} ({builds[name]}), {len(runs)} runs, median [range]:")
         for board in BOARDS:
             iops = [r[board]["iops"] / r["ram"]["iops"] for r in runs]

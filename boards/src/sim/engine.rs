@@ -98,8 +98,9 @@ struct Job {
     ring_size: u32,
     sq_base: u64,
     cq_base: u64,
-    /// The completion slot free when a doorbell's writer claimed the job (`Engine::claim`);
-    /// `None` for an engine thread's, which waits for one if it must.
+    /// The completion slot a doorbell's writer's claim kept for the job (`Engine::claim`: the
+    /// free slots from CQ_TAIL on, one per descriptor claimed); `None` for an engine thread's,
+    /// which waits for one if it must.
     claimed_slot: Option<Slot>,
     /// The claim consumed the descriptor (`sq_head` is past it): a doorbell's writer's job
     /// ([`Engine::claim`]).
@@ -709,8 +710,8 @@ impl<'s> Engine<'s> {
         Some(Next::Work(Work::Descriptor(Job::at_head(qs, reset_epoch))))
     }
 
-    /// A doorbell writer's look under the lock ([`run_inline`]): the descriptor at the head
-    /// (BUSY set) if the writer may execute it now without ever waiting: the queue runnable
+    /// A doorbell writer's look under the lock ([`run_inline`]): the descriptors from the head
+    /// (BUSY set) if the writer may execute them now without ever waiting: the queue runnable
     /// and idle, no fault standing, nothing its engine thread keeps (descriptors fetched ahead,
     /// completions withheld), no coalesced interrupt waiting for its timer, and a free
     /// completion slot, taken with the job: only the holder of BUSY moves CQ_TAIL, so it is
@@ -805,8 +806,8 @@ impl<'s> Engine<'s> {
         })
     }
 
-    /// [`Engine::release`] for a doorbell's writer: clear BUSY and, while `more` is allowed,
-    /// claim the next descriptor in the same lock hold. `Decline` when work is left that the
+    /// [`Engine::release`] for a doorbell's writer: clear BUSY and, while `more` (the budget
+    /// left) allows, claim the next burst in the same lock hold. `Decline` when work is left that the
     /// engine thread must take (the caller wakes it).
     ///
     /// The completions the claim's executions wrote are published first in the same hold
@@ -1815,6 +1816,11 @@ mod tests {
                 assert_eq!(
                     st.queues[0].sq_head, 1,
                     "{what}: the claim consumed the descriptor"
+                );
+                assert_eq!(
+                    engine.checked.get(),
+                    Some((job.epoch, changes)),
+                    "{what}: the claim stands for the first check"
                 );
                 job
             } else {

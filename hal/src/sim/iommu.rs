@@ -270,7 +270,6 @@ impl Iommu {
 
     /// Copies currently between translation and their last byte.
     #[cfg(test)]
-    #[cfg(test)]
     pub(crate) fn copies_in_flight(&self) -> u64 {
         self.copies_in_flight.load(Ordering::SeqCst)
     }

@@ -706,7 +706,8 @@ impl ControllerState {
     /// Give the commands of a burst from `from` on back to SQ `w` untouched (the head back at
     /// `from`'s entry, their `count` CQ slots no longer promised), when the head is still
     /// where the burst left it (`end`) in `from`'s epoch: a doorbell's writer that must not
-    /// run them (a fused pair, taken apart). The worker stays busy with the commands before.
+    /// run them now (a fused pair, run at the head of a burst of its own; the entries after
+    /// one that could not be fetched). The worker stays busy with the commands before.
     pub(crate) fn return_burst_tail(&mut self, w: usize, from: &Job, end: u16, count: u16) {
         if self.epoch != from.epoch {
             return;

@@ -388,10 +388,12 @@ fn run_burst(
             .return_burst_tail(w, &first.nth(kept, sq_size), end, count - kept);
     }
     for n in 0..kept {
-        let Some(sqe) = parsed(n) else {
-            break;
-        };
         let exec = exec_of(first.nth(n, sq_size));
+        // Abandoned (a reset, device loss, shutdown): the rest with it, uncounted, as `fetch`
+        // counts only a command whose check passed.
+        let (Some(sqe), Ok(())) = (parsed(n), exec.checkpoint(token)) else {
+            return run;
+        };
         Counters::add(&shared.stats.commands);
         run.executed += 1;
         if execute(&exec, token, &sqe) == Taken::GiveBack {
@@ -400,7 +402,9 @@ fn run_burst(
         }
         irq.flush_if_held(shared);
     }
-    if kept == fetched && fetched < count {
+    // The entry that could not be fetched ended the burst (not a fused first at its head,
+    // whose second's fetch is its own).
+    if fused_at.is_none() && fetched < count {
         let job = first.nth(fetched, sq_size);
         // No command identifier to complete with: CSTS.CFS (§3.1.6), as `fetch` sets it.
         fatal(

@@ -266,6 +266,38 @@ fn a_full_completion_ring_leaves_the_queue_to_the_engine_thread() {
     });
 }
 
+/// A claim takes no more descriptors than the completion ring has free slots for, one slot
+/// always left empty (§4): with two completions of a four-entry ring not reaped, a doorbell of
+/// two runs one, and the engine thread runs the other once the host reaps (no entry the host
+/// has not released is overwritten).
+#[test]
+fn a_claim_takes_no_more_than_the_completion_ring_has_room_for() {
+    on_some_attempt("a claim bounded by the ring's room", || {
+        let mut rig = Rig::enabled();
+        let mut tq = settled_queue(&mut rig, 0, 4);
+        for tag in 1..=2 {
+            tq.push(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
+        }
+        tq.ring(&rig);
+        check(rig.sim.stats().inline_descriptors == 2, || {
+            "the first two not run by the writer".into()
+        })?;
+        for tag in 3..=4 {
+            tq.push(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
+        }
+        tq.ring(&rig);
+        let by_writer = rig.sim.stats().inline_descriptors;
+        check(by_writer == 3, || format!("{by_writer} run by the writer"))?;
+        let posted: Vec<_> = (0..3).map(|i| tq.peek(&rig, i).map(|c| c.tag)).collect();
+        assert_eq!(posted, [Some(1), Some(2), Some(3)], "the fourth waits for a slot");
+        for tag in 1..=4 {
+            assert_eq!(tq.next(&rig).tag, tag);
+        }
+        assert_eq!(rig.sim.stats().inline_descriptors, 3);
+        Ok(())
+    });
+}
+
 /// A completion the writer posts under interrupt coalescing (count 8, 500 µs) starts the
 /// coalescing timer, which is the engine thread's to fire: the writer wakes it, and the
 /// interrupt comes.
@@ -297,9 +329,10 @@ fn a_coalescing_timer_the_writer_starts_is_fired_by_the_engine_thread() {
     });
 }
 
-/// A reset while writers run READs: the reset completes only once the writer lets go of its
-/// descriptor, and nothing the writer does after touches host memory (the buffer is unmapped
-/// the moment the reset returns, so any later DMA is a recorded IOMMU fault).
+/// A reset while writers run bursts of READs: the reset completes only once the writer lets go
+/// of its descriptors, and nothing the writer does after touches host memory (the buffer is
+/// unmapped the moment the reset returns, so any later DMA is a recorded IOMMU fault), the
+/// descriptors of its burst not yet executed included.
 #[test]
 fn a_reset_waits_for_a_writers_descriptor_and_no_dma_follows() {
     const LEN: usize = 256 * 1024;
@@ -329,11 +362,18 @@ fn a_reset_waits_for_a_writers_descriptor_and_no_dma_follows() {
             let writer = s.spawn(|| {
                 let mut tag = 0u16;
                 while !stop.load(Ordering::Relaxed) {
-                    tag = tag.wrapping_add(1);
-                    tq.submit(&rig, desc(opcode::READ, tag, 0, LEN as u32, iova));
+                    // Four per doorbell: one claim, the reset landing inside it.
+                    for _ in 0..4 {
+                        tag = tag.wrapping_add(1);
+                        tq.push(&rig, desc(opcode::READ, tag, 0, LEN as u32, iova));
+                    }
+                    tq.ring(&rig);
                     // Bounded: after the reset nothing completes.
                     let deadline = Instant::now() + Duration::from_millis(50);
-                    while tq.poll(&rig).is_none() && Instant::now() < deadline {}
+                    let mut reaped = 0;
+                    while reaped < 4 && Instant::now() < deadline {
+                        reaped += usize::from(tq.poll(&rig).is_some());
+                    }
                     served.fetch_add(1, Ordering::Relaxed);
                 }
             });

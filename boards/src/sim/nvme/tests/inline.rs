@@ -212,6 +212,30 @@ fn a_burst_across_the_end_of_the_queues_completes_in_order() {
     });
 }
 
+/// A burst takes no more commands than the CQ has room for (a queue of N entries holds N - 1
+/// completions, §4.1): with two completions of a four-entry CQ not reaped, a doorbell of two
+/// runs one, and the worker thread runs the other once the host reaps.
+#[test]
+fn a_burst_takes_no_more_than_the_cq_has_room_for() {
+    on_some_attempt("a burst bounded by the CQ's room", || {
+        let mut rig = settled(4);
+        let before = inline_completions(&rig);
+        let first = rig.submit_together(1, &[sqe(nvm::FLUSH, 1); 2]);
+        check(inline_completions(&rig) - before == 2, || {
+            "the first two not posted by the writer".into()
+        })?;
+        let second = rig.submit_together(1, &[sqe(nvm::FLUSH, 1); 2]);
+        let by_writer = inline_completions(&rig) - before;
+        check(by_writer == 3, || format!("{by_writer} posted by the writer"))?;
+        for cid in first.into_iter().chain(second) {
+            let cqe = rig.next_completion(1);
+            assert_eq!((cqe.cid, status(&cqe)), (cid, Status::SUCCESS));
+        }
+        assert_eq!(inline_completions(&rig) - before, 3);
+        Ok(())
+    });
+}
+
 /// A fused Compare and Write in the middle of a burst runs as the worker runs it: the
 /// commands before it first, then the pair (its first takes its second), then the command
 /// after it, all by the writer (the CQ has room for every completion).
