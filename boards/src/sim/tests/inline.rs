@@ -149,6 +149,50 @@ fn a_stale_descriptor_in_a_burst_halts_the_queue_after_those_before_it() {
     });
 }
 
+/// A burst that runs into a submission ring slot the IOMMU does not map: the descriptors
+/// before it complete and are published, and the queue halts at that slot's index with
+/// DMA_FAULT (§8), as one by one.
+#[test]
+fn a_burst_into_an_unmapped_ring_slot_halts_there_after_those_before_it() {
+    on_some_attempt("a burst into an unmapped slot", || {
+        let mut rig = Rig::enabled();
+        let mut tq = settled_queue(&mut rig, 0, 256);
+        // 126 descriptors through: the burst below starts two slots before the ring's second
+        // page (32-byte descriptors, 128 to a page).
+        for tag in 0..126u16 {
+            tq.submit(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
+            assert_eq!(tq.next(&rig).tag, tag);
+        }
+        let (sq_iova, sq_addr) = (0x1000_0000, rig.buf(tq.sq).addr());
+        rig.unmap(tq.sq);
+        // SAFETY: the ring's first page stays mapped to `tq.sq`'s buffer, which the rig owns
+        // and frees only in its drop, after the reset that proves no DMA follows.
+        unsafe { rig.dev.dma().map(sq_iova, sq_addr, 4096) }.expect("map the first page");
+        let before = rig.sim.stats();
+        for tag in 200..203 {
+            tq.push(&rig, desc(opcode::FLUSH, tag, 0, 0, 0));
+        }
+        tq.ring(&rig);
+        let stats = rig.sim.stats();
+        let by_writer = stats.inline_descriptors - before.inline_descriptors;
+        check(by_writer == 2, || format!("{by_writer} fetched by the writer"))?;
+        assert_eq!(
+            rig.qread(0, queue::Q_STATUS) & queue::ERROR,
+            queue::ERROR,
+            "halted"
+        );
+        assert_eq!(rig.qread(0, queue::Q_ERROR), u32::from(cq_status::DMA_FAULT));
+        assert_eq!(rig.qread(0, queue::Q_ERROR_INDEX), 128);
+        assert_eq!(stats.completions - before.completions, 2, "{stats:?}");
+        assert_eq!((tq.next(&rig).tag, tq.next(&rig).tag), (200, 201));
+        assert!(
+            tq.stays_empty(&rig),
+            "nothing after the unmapped slot is executed"
+        );
+        Ok(())
+    });
+}
+
 /// With a fault standing anywhere on the board, a doorbell wakes its engine thread: a fault
 /// may make the engine wait (latency, hang, a storm's hold), which a writer must never do.
 /// Once the plan is empty the writer runs the queue again.
