@@ -102,9 +102,6 @@ struct Job {
     /// free slots from CQ_TAIL on, one per descriptor claimed); `None` for an engine thread's,
     /// which waits for one if it must.
     claimed_slot: Option<Slot>,
-    /// The claim consumed the descriptor (`sq_head` is past it): a doorbell's writer's job
-    /// ([`Engine::claim`]).
-    consumed: bool,
 }
 
 /// A descriptor's result, before it becomes a completion entry.
@@ -185,8 +182,13 @@ impl Job {
             sq_base: qs.sq_base,
             cq_base: qs.cq_base,
             claimed_slot: None,
-            consumed: false,
         }
+    }
+
+    /// A doorbell's writer's job: its claim consumed the descriptor (`sq_head` is past it) and
+    /// kept its completion slot ([`Engine::claim`]).
+    fn claimed(&self) -> bool {
+        self.claimed_slot.is_some()
     }
 }
 
@@ -750,7 +752,6 @@ impl<'s> Engine<'s> {
         qs.busy = true;
         let first = Job {
             claimed_slot: Some((qs.cq_tail, qs.phase)),
-            consumed: true,
             ..Job::at_head(qs, reset_epoch)
         };
         qs.sq_head = (first.index + count) % first.ring_size;
@@ -1005,7 +1006,7 @@ impl<'s> Engine<'s> {
         // In the same lock hold, the completion slot if one is free now: only this engine
         // moves cq_tail, and a host keeping to §4 only frees slots, so it stays free for this
         // descriptor's completion (a device reserving its completion slot when it fetches).
-        let (mut reserved, head, seq, to_fetch) = if job.consumed {
+        let (mut reserved, head, seq, to_fetch) = if job.claimed() {
             // A writer's claim consumed it and kept its slot (`Engine::claim`); it fetches
             // nothing ahead.
             (
@@ -1834,7 +1835,6 @@ mod tests {
                     sq_base: 0x10_0000,
                     cq_base: 0x20_0000,
                     claimed_slot: None,
-                    consumed: false,
                 }
             };
             // A writer's claim is the check before its first step: the change comes straight
